@@ -1,0 +1,71 @@
+# Two commands do all set-up on a fresh machine:
+#   make e2e    the main job: render, bring up a cluster, drive traffic, run chaos, verify, report
+#   make test   the test suite (contract tests, local-backend integration tests)
+# Both bootstrap .venv (and, as root, the Debian packages the local backend needs).
+
+PY        ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+APTSTAMP  := $(VENV)/.apt-installed
+BACKEND   ?= auto
+TOPOLOGY  ?= fixtures/topology.yaml
+EDITION   ?=
+EXPERIMENT?= experiments/edge-outage.json
+RUN_DIR   ?=
+PYTEST_ARGS ?=
+
+APT_PKGS  := nftables iproute2 chromium procps
+
+.PHONY: all e2e test lint bench clean chaos render up down status venv deps
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $@
+
+$(APTSTAMP):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
+	else echo "not root: skipping Debian packages ($(APT_PKGS)); the local backend needs root"; fi
+	@mkdir -p $(VENV) && touch $@
+
+deps: $(STAMP) $(APTSTAMP)
+venv: deps
+
+render: deps
+	$(BIN)/harness render --topology $(TOPOLOGY) $(if $(EDITION),--edition $(EDITION)) --out out/manifests
+
+e2e: deps
+	$(BIN)/harness e2e --backend $(BACKEND) --topology $(TOPOLOGY) $(if $(EDITION),--edition $(EDITION)) --experiment $(EXPERIMENT)
+
+chaos: deps
+	$(BIN)/harness chaos --backend $(BACKEND) $(EXPERIMENT)
+
+up: deps
+	$(BIN)/harness up --backend $(BACKEND) --topology $(TOPOLOGY)
+
+down: deps
+	$(BIN)/harness down --backend $(BACKEND)
+
+status: deps
+	$(BIN)/harness status --backend $(BACKEND)
+
+test: deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: deps
+	$(BIN)/ruff check harness tests bench loadtests
+	$(BIN)/mypy
+
+bench: deps
+	$(BIN)/python bench/run.py
+
+clean:
+	-@test -x $(BIN)/harness && $(BIN)/harness down --backend local --all >/dev/null 2>&1 || true
+	rm -rf out runs build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

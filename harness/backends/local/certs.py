@@ -1,0 +1,177 @@
+"""A Consul-Connect-like CA for the local backend's sidecars.
+
+Consul's built-in CA signs one leaf certificate per service whose only
+identity is a SPIFFE URI SAN (``spiffe://<trust domain>/ns/<ns>/dc/<dc>/svc/<service>``);
+sidecars present it on every outbound connection, check the server's SPIFFE
+ID, and authorise inbound connections by it (intentions). To exercise the same
+paths, and to make a mis-routed connection fail the same way (the wrong
+service's certificate), the local backend issues such certificates itself:
+EC P-256 keys like Consul's default, with the `cryptography` package.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from harness.backends.local.mesh import DEFAULT_DATACENTER, TRUST_DOMAIN
+from harness.backends.local.mesh_envoy import TlsFiles
+
+CA_VALIDITY = dt.timedelta(days=30)
+LEAF_VALIDITY = dt.timedelta(days=3)  # Consul's default leaf TTL is 72h
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def spiffe_id(trust_domain: str, namespace: str, datacenter: str, service: str) -> str:
+    """Consul's service identity URI for the default partition."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/dc/{datacenter}/svc/{service}"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a key file readable by its owner only, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class CertAuthority:
+    """A root CA in `directory` (created, or reused when it already holds one) that issues leaves.
+
+    Thread-safe: the local backend creates pods from a thread pool.
+    """
+
+    def __init__(self, directory: Path, trust_domain: str = TRUST_DOMAIN) -> None:
+        self.directory = Path(directory)
+        self.trust_domain = trust_domain
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.ca_path = self.directory / "ca.pem"
+        self._ca_key_path = self.directory / "ca-key.pem"
+        self._lock = threading.Lock()
+        self._issued: dict[tuple[str, str, str], TlsFiles] = {}
+        if self.ca_path.exists() and self._ca_key_path.exists():
+            self._cert = x509.load_pem_x509_certificate(self.ca_path.read_bytes())
+            key = serialization.load_pem_private_key(self._ca_key_path.read_bytes(), password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"{self._ca_key_path}: not an EC key")
+            self._key = key
+        else:
+            self._key, self._cert = self._make_root()
+            _write_private(self._ca_key_path, self._pem_key(self._key))
+            _write(self.ca_path, self._cert.public_bytes(serialization.Encoding.PEM))
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self._cert.public_bytes(serialization.Encoding.PEM)
+
+    @staticmethod
+    def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def _make_root(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Consul CA (edge-harness local backend)")])
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(now + CA_VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(ski, critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{self.trust_domain}")]),
+                critical=False,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return key, cert
+
+    def leaf(self, service: str, namespace: str = "default", datacenter: str = DEFAULT_DATACENTER) -> TlsFiles:
+        """The (cached) leaf for one service identity, written under `directory`/leaves."""
+        ident = (datacenter, namespace, service)
+        with self._lock:
+            files = self._issued.get(ident)
+            if files is not None:
+                return files
+            uri = spiffe_id(self.trust_domain, namespace, datacenter, service)
+            key = ec.generate_private_key(ec.SECP256R1())
+            now = dt.datetime.now(dt.UTC)
+            cert = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+                .issuer_name(self._cert.subject)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - CLOCK_SKEW)
+                .not_valid_after(now + LEAF_VALIDITY)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(
+                    x509.KeyUsage(
+                        digital_signature=True,
+                        content_commitment=False,
+                        key_encipherment=True,
+                        data_encipherment=False,
+                        key_agreement=True,
+                        key_cert_sign=False,
+                        crl_sign=False,
+                        encipher_only=False,
+                        decipher_only=False,
+                    ),
+                    critical=True,
+                )
+                .add_extension(
+                    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                    critical=False,
+                )
+                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+                .add_extension(
+                    x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False
+                )
+                .sign(self._key, hashes.SHA256())
+            )
+            d = self.directory / "leaves"
+            d.mkdir(exist_ok=True)
+            stem = f"{datacenter}.{namespace}.{service}"
+            files = TlsFiles(ca=self.ca_path, cert=d / f"{stem}.pem", key=d / f"{stem}-key.pem")
+            _write_private(files.key, self._pem_key(key))
+            _write(files.cert, cert.public_bytes(serialization.Encoding.PEM))
+            self._issued[ident] = files
+            return files
+
+
+__all__ = ["CertAuthority", "TlsFiles", "spiffe_id"]

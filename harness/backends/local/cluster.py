@@ -1,0 +1,584 @@
+"""The local cluster: pods as processes in network namespaces, with a control loop.
+
+This is what kubelet, the Deployment controller, the consul-k8s endpoints
+controller and Consul's xDS server do, reduced to one process:
+
+- pods are created from the rendered Deployments, placed by `sched`, each in its
+  own network namespace (`net`), with one process per container (`apps`) and,
+  for meshed pods, a real Envoy sidecar (`sidecar`/`mesh`);
+- a control loop runs the readiness probes, notices dead processes, re-creates
+  pods of a Deployment after a realistic delay, keeps the catalog (Consul
+  service -> endpoints with health) and pushes changes to every sidecar;
+- chaos primitives act on real processes and real links.
+
+It runs inside the daemon process (`daemon.py`) so that it outlives the
+`harness up` command; `LocalBackend` talks to it over a Unix socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.backends.base import Inventory, PodInfo
+from harness.backends.local import netns
+from harness.backends.local.apps import app_argv
+from harness.backends.local.certs import CertAuthority
+from harness.backends.local.mesh import Catalog, Endpoint, MeshConfig
+from harness.backends.local.net import Network, PodNet, ZoneSpec
+from harness.backends.local.sched import SERVICE_PORT, UPSTREAMS, ClusterSpec, DeploymentSpec, Node, Probe, cluster_spec
+from harness.backends.local.sidecar import Sidecar, parse_upstreams
+from harness.backends.local.state import State
+from harness.errors import BackendError, InputError
+from harness.render.manifests import Manifests
+
+log = logging.getLogger("harness.local")
+
+INBOUND_PORT = 20000
+ADMIN_PORT = 19000
+ENTRY_APP = "frontend"
+TICK_S = 0.1
+
+
+@dataclass
+class ProbeState:
+    probe: Probe
+    next_at: float
+    successes: int = 0
+    failures: int = 0
+    inflight: Future[bool] | None = None
+
+
+@dataclass
+class Pod:
+    name: str
+    dep: DeploymentSpec
+    node: Node
+    net: PodNet
+    dir: Path
+    started: float
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    sidecar: Sidecar | None = None
+    ready: bool = False
+    alive: bool = True
+    forced_unready: bool = False
+    readiness: list[ProbeState] = field(default_factory=list)
+    liveness: list[ProbeState] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return self.alive and self.ready and not self.forced_unready
+
+
+class LocalCluster:
+    """Owns every namespace, process and file of one local cluster."""
+
+    def __init__(self, manifests: Manifests, state_dir: Path, cluster: str = "eh") -> None:
+        self.m = manifests
+        self.topology = manifests.topology
+        self.state_dir = state_dir
+        self.cluster = cluster
+        self.spec, self.mesh = validate(manifests)
+        self.state = State(state_dir / "state.json")
+        self.pods_dir = state_dir / "pods"
+        self.log_dir = state_dir / "accesslogs"
+        self.inventory = Inventory(state_dir / "inventory.jsonl")
+        self.lock = threading.RLock()
+        self.pods: dict[str, Pod] = {}
+        self.down_nodes: set[str] = set()
+        self.pending: dict[str, list[float]] = {d.where: [] for d in self.spec.deployments}  # due times of replacements
+        self.creating: dict[str, int] = {d.where: 0 for d in self.spec.deployments}
+        self.counter = itertools.count(1)
+        self.catalog_sig: str = ""
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pod")
+        self.network: Network | None = None
+        self.probe_pool: netns.NetnsExecutor | None = None
+        self.entries: dict[str, Any] = {}
+        self.certs: CertAuthority | None = None
+        self._loop: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self, progress: Any = None) -> None:
+        """Create the network and every pod; return once all are ready (or raise)."""
+        say = progress or (lambda msg: log.info(msg))
+        self.pods_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.state.add_dir(str(self.state_dir / "pods"))
+        zones = [ZoneSpec(z.name, self.topology.short(z), z.is_edge, z.link) for z in self.topology.zones]
+        self.network = Network(self.cluster, self.topology.local.address_range, zones, self.state)
+        say("network: hub router, zone bridges, nftables")
+        self.network.create()
+        self.probe_pool = netns.NetnsExecutor(self.network.hub_ns, max_workers=8)
+        self.certs = CertAuthority(self.state_dir / "ca", trust_domain=self.mesh.trust_domain)
+        from harness.backends.local.entry import EntryRelay
+
+        for z in self.topology.zones:
+            relay = EntryRelay()
+            relay.start()
+            self.entries[z.name] = relay
+        say(f"pods: {sum(d.replicas for d in self.spec.deployments)} across {len(self.spec.nodes)} nodes")
+        futures = []
+        for dep in self.spec.deployments:
+            for _ in range(dep.replicas):
+                futures.append(self.pool.submit(self._create_pod, dep))
+        for fut in futures:
+            fut.result()
+        self._loop = threading.Thread(target=self._run_loop, name="control-loop", daemon=True)
+        self._loop.start()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            self._raise_background()
+            with self.lock:
+                waiting = [p.name for p in self.pods.values() if not p.healthy]
+            if not waiting:
+                say("all pods ready")
+                return
+            time.sleep(0.1)
+        raise BackendError(f"pods not ready after 60 s: {', '.join(sorted(waiting))}")
+
+    def _raise_background(self) -> None:
+        if self.error is not None:
+            raise BackendError(f"control loop failed: {self.error!r}") from self.error
+
+    def stop(self) -> None:
+        """Stop everything this cluster created (idempotent)."""
+        self.stop_event.set()
+        if self._loop is not None:
+            self._loop.join(timeout=5)
+        with self.lock:
+            pods = list(self.pods.values())
+        for p in pods:
+            self._kill_processes(p)
+        for relay in self.entries.values():
+            with contextlib.suppress(Exception):
+                relay.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.probe_pool is not None:
+            self.probe_pool.shutdown()
+        if self.network is not None:
+            with contextlib.suppress(Exception):
+                self.network.destroy()
+        self.inventory.close()
+
+    # -- pods ------------------------------------------------------------------
+    def _create_pod(self, dep: DeploymentSpec) -> Pod | None:
+        with self.lock:
+            load: dict[str, int] = {}
+            for p in self.pods.values():
+                if p.alive:
+                    load[p.node.name] = load.get(p.node.name, 0) + 1
+            node = self.spec.place(dep, self.down_nodes, load)
+            if node is None:
+                return None
+            name = f"{dep.name}-{next(self.counter):05d}"
+        assert self.network is not None and self.certs is not None
+        net = self.network.add_pod(name, node.zone)
+        pdir = self.pods_dir / name
+        pdir.mkdir(parents=True, exist_ok=True)
+        pod = Pod(name=name, dep=dep, node=node, net=net, dir=pdir, started=time.time())
+        mounts = self._materialise_volumes(dep, pdir)
+        for c in dep.containers:
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(pdir),
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
+                **c.env,
+                "EH_MOUNTS": json.dumps({mp: str(mounts[vol]) for mp, vol in c.mounts.items()}),
+                "EH_POD_DIR": str(pdir / c.name),
+                "EH_POD": name,
+            }
+            (pdir / c.name).mkdir(exist_ok=True)
+            argv = netns.exec_argv(net.ns, app_argv(c.image, sys.executable))
+            pod.procs[c.name] = self._spawn(argv, env, pdir / f"{c.name}.log", f"{name}/{c.name}")
+        if dep.meshed:
+            app_port = self._app_port(dep)
+            upstreams = parse_upstreams(dep.annotations.get(UPSTREAMS, ""), dep.where)
+            sc = Sidecar(
+                self.mesh,
+                pod=name,
+                namespace=dep.namespace,
+                consul_service=dep.consul_service,
+                app_port=app_port,
+                upstreams=upstreams,
+                workdir=pdir / "envoy",
+                certs=self.certs,
+                inbound_port=INBOUND_PORT,
+                admin_port=ADMIN_PORT,
+                access_log=self.log_dir / f"{name}.jsonl",
+            )
+            sc.write_bootstrap()
+            sc.update(self._catalog())
+            pod.sidecar = sc
+            pod.procs["consul-dataplane"] = self._spawn(
+                netns.exec_argv(net.ns, sc.argv()),
+                {"PATH": os.environ.get("PATH", "")},
+                pdir / "envoy.log",
+                f"{name}/envoy",
+            )
+        now = time.time()
+        for c in dep.containers:
+            if c.readiness:
+                pod.readiness.append(ProbeState(c.readiness, now + c.readiness.initial_delay_s))
+            if c.liveness:
+                pod.liveness.append(ProbeState(c.liveness, now + max(c.liveness.initial_delay_s, 5.0)))
+        if not pod.readiness:
+            pod.ready = True
+        with self.lock:
+            self.pods[name] = pod
+        self.inventory.added(
+            PodInfo(
+                pod=name,
+                ip=net.ip,
+                node=node.name,
+                zone=node.zone,
+                service=dep.app,
+                consul_service=dep.consul_service,
+                namespace=dep.namespace,
+                started=pod.started,
+            )
+        )
+        return pod
+
+    def _app_port(self, dep: DeploymentSpec) -> int:
+        """The port the sidecar forwards inbound traffic to, as consul-k8s picks it."""
+        ref = dep.annotations.get(SERVICE_PORT)
+        if ref is not None:
+            port = dep.port(ref)
+            if port is None:
+                raise InputError(
+                    str(self.m.root), f"{dep.where}: annotations.{SERVICE_PORT}", f"no container port {ref!r}"
+                )
+            return port
+        for c in dep.containers:
+            if c.ports:
+                return c.ports[0]
+        raise InputError(str(self.m.root), dep.where, "meshed Deployment has no container port for its sidecar")
+
+    def _materialise_volumes(self, dep: DeploymentSpec, pdir: Path) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for vol, cm in dep.volumes.items():
+            d = pdir / "volumes" / vol
+            d.mkdir(parents=True, exist_ok=True)
+            for key, value in self.spec.config_maps[(dep.namespace, cm)].items():
+                (d / key).write_text(value, encoding="utf-8")
+            out[vol] = d
+        return out
+
+    def _spawn(self, argv: list[str], env: dict[str, str], logfile: Path, what: str) -> subprocess.Popen[bytes]:
+        with logfile.open("ab") as fh:
+            proc = subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.state.add_pid(proc.pid, what)
+        return proc
+
+    def _kill_processes(self, pod: Pod) -> None:
+        for proc in pod.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        for proc in pod.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            self.state.remove_pid(proc.pid)
+
+    def _pod_died(self, pod: Pod, reason: str) -> None:
+        """A pod is gone: processes killed, links removed, replacement scheduled."""
+        with self.lock:
+            if not pod.alive:
+                return
+            pod.alive = False
+            pod.ready = False
+        log.info("pod %s died: %s", pod.name, reason)
+        self._kill_processes(pod)
+        self.inventory.removed(pod.name)
+        assert self.network is not None
+        with contextlib.suppress(Exception):
+            self.network.remove_pod(pod.name)
+        shutil.rmtree(pod.dir / "volumes", ignore_errors=True)
+        with self.lock:
+            del self.pods[pod.name]
+            self.pending[pod.dep.where].append(time.time() + self.topology.local.pod_restart_delay_s)
+
+    # -- control loop ----------------------------------------------------------
+    def _run_loop(self) -> None:
+        try:
+            while not self.stop_event.is_set():
+                self._tick()
+                self.stop_event.wait(TICK_S)
+        except BaseException as exc:  # surfaced to callers by _raise_background
+            log.exception("control loop failed")
+            self.error = exc
+
+    def _tick(self) -> None:
+        now = time.time()
+        with self.lock:
+            pods = list(self.pods.values())
+        for pod in pods:
+            dead = [n for n, p in pod.procs.items() if p.poll() is not None]
+            if dead:
+                self._pod_died(pod, f"container {dead[0]} exited")
+                continue
+            self._probe(pod, pod.readiness, now, readiness=True)
+            if self._probe(pod, pod.liveness, now, readiness=False) is False:
+                self._pod_died(pod, "liveness probe failed")
+        self._reconcile(now)
+        self._push()
+
+    def _probe(self, pod: Pod, states: list[ProbeState], now: float, readiness: bool) -> bool | None:
+        assert self.probe_pool is not None
+        verdict: bool | None = None
+        for st in states:
+            if st.inflight is not None and st.inflight.done():
+                ok = st.inflight.result()
+                st.inflight = None
+                if ok:
+                    st.successes, st.failures = st.successes + 1, 0
+                else:
+                    st.failures, st.successes = st.failures + 1, 0
+            if st.inflight is None and now >= st.next_at:
+                st.inflight = self.probe_pool.submit(_check, pod.net.ip, st.probe)
+                st.next_at = now + st.probe.period_s
+        if readiness:
+            if states and all(s.successes >= s.probe.success_threshold for s in states):
+                pod.ready = True
+            elif any(s.failures >= s.probe.failure_threshold for s in states):
+                pod.ready = False
+            elif not pod.ready and any(s.failures > 0 for s in states) and not any(s.successes for s in states):
+                pod.ready = False
+        else:
+            if any(s.failures >= s.probe.failure_threshold for s in states):
+                verdict = False
+        return verdict
+
+    def _reconcile(self, now: float) -> None:
+        """The Deployment controller: keep `replicas` pods per Deployment."""
+        for dep in self.spec.deployments:
+            with self.lock:
+                live = sum(1 for p in self.pods.values() if p.dep is dep and p.alive) + self.creating[dep.where]
+                missing = dep.replicas - live
+                due = sorted(self.pending[dep.where])
+                if missing <= 0:
+                    self.pending[dep.where] = []
+                    continue
+                while len(due) < missing:
+                    due.append(now)
+                ready_now = [t for t in due[:missing] if t <= now]
+                if not ready_now:
+                    self.pending[dep.where] = due
+                    continue
+                if self.spec.place(dep, self.down_nodes) is None:
+                    self.pending[dep.where] = due  # Pending: no node fits until one comes back
+                    continue
+                self.pending[dep.where] = due[len(ready_now) :]
+                self.creating[dep.where] += len(ready_now)
+            for _ in ready_now:
+                self.pool.submit(self._create_then_count, dep)
+
+    def _create_then_count(self, dep: DeploymentSpec) -> None:
+        try:
+            pod = self._create_pod(dep)
+            if pod is None:
+                with self.lock:
+                    self.pending[dep.where].append(time.time() + 1.0)
+        except BaseException as exc:
+            log.exception("creating a pod of %s failed", dep.where)
+            self.error = exc
+        finally:
+            with self.lock:
+                self.creating[dep.where] -= 1
+
+    def _catalog(self) -> Catalog:
+        cat: Catalog = {}
+        with self.lock:
+            for p in self.pods.values():
+                if not p.dep.meshed or not p.alive:
+                    continue
+                key = (p.dep.namespace, p.dep.consul_service) if self.mesh.namespaced else p.dep.consul_service
+                cat.setdefault(key, []).append(
+                    Endpoint(pod=p.name, ip=p.net.ip, port=INBOUND_PORT, healthy=p.healthy, zone=p.node.zone)
+                )  # type: ignore[arg-type]
+        for eps in cat.values():
+            eps.sort(key=lambda e: e.pod)
+        return cat
+
+    def _push(self) -> None:
+        """Push endpoint changes to every sidecar and entry relay (only on change)."""
+        cat = self._catalog()
+        sig = json.dumps(
+            {str(k): [(e.pod, e.healthy) for e in v] for k, v in sorted(cat.items(), key=lambda kv: str(kv[0]))}
+        )
+        if sig == self.catalog_sig:
+            return
+        self.catalog_sig = sig
+        with self.lock:
+            pods = [p for p in self.pods.values() if p.alive]
+        for p in pods:
+            if p.sidecar is not None:
+                p.sidecar.update(cat)
+        for zone, relay in self.entries.items():
+            relay.set_backends(self.entry_backends(zone))
+
+    def entry_backends(self, zone: str) -> list[tuple[str, int]]:
+        """The zone's shop as users reach it: Ready frontend pods, on their Service's target port."""
+        out = []
+        with self.lock:
+            for p in self.pods.values():
+                if p.dep.app != ENTRY_APP or p.node.zone != zone or not p.healthy:
+                    continue
+                for svc in self.spec.services:
+                    if (
+                        svc.namespace == p.dep.namespace
+                        and svc.ports
+                        and all(p.dep.labels.get(k) == v for k, v in svc.selector.items())
+                    ):
+                        port = p.dep.port(svc.ports[0][1])
+                        if port is not None:
+                            out.append((p.net.ip, port))
+                            break
+        return out
+
+    # -- queries ---------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            pods = {
+                p.name: ("Ready" if p.healthy else ("Unready" if p.forced_unready else "NotReady"))
+                for p in self.pods.values()
+            }
+            pending = {k: len(v) for k, v in self.pending.items() if v}
+            netns_of = {p.name: p.net.ns for p in self.pods.values()}
+        return {
+            "pods": pods,
+            "pending": pending,
+            "down_nodes": sorted(self.down_nodes),
+            "nodes": {n.name: n.zone for n in self.spec.nodes},
+            "entrypoints": self.entrypoints(),
+            "netns": netns_of,
+            "error": repr(self.error) if self.error else None,
+        }
+
+    def entrypoints(self) -> dict[str, str]:
+        return {z: r.url for z, r in self.entries.items()}
+
+    # -- chaos primitives --------------------------------------------------------
+    def _pods_of(self, zone: str, service: str) -> list[Pod]:
+        with self.lock:
+            return [p for p in self.pods.values() if p.alive and p.node.zone == zone and p.dep.app == service]
+
+    def kill_pod(self, zone: str, service: str) -> list[str]:
+        pods = self._pods_of(zone, service)
+        if not pods:
+            raise BackendError(f"no live {service} pod in {zone}")
+        for p in pods:
+            for proc in p.procs.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        return [p.name for p in pods]
+
+    def _zone_nodes(self, zone: str) -> list[str]:
+        nodes = [n.name for n in self.spec.nodes if n.zone == zone]
+        if not nodes:
+            raise BackendError(f"no node in zone {zone!r}")
+        return nodes
+
+    def kill_node(self, node: str) -> None:
+        if node not in {n.name for n in self.spec.nodes}:
+            raise BackendError(f"no node {node!r}")
+        with self.lock:
+            self.down_nodes.add(node)
+            victims = [p for p in self.pods.values() if p.node.name == node and p.alive]
+        assert self.network is not None
+        for p in victims:
+            with contextlib.suppress(Exception):
+                self.network.set_pod_link(p.name, False)
+            self._pod_died(p, f"node {node} killed")
+
+    def restore_node(self, node: str) -> None:
+        with self.lock:
+            self.down_nodes.discard(node)
+
+    def zone_outage(self, zone: str) -> None:
+        for n in self._zone_nodes(zone):
+            self.kill_node(n)
+
+    def restore_zone(self, zone: str) -> None:
+        for n in self._zone_nodes(zone):
+            self.restore_node(n)
+
+    def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
+        assert self.network is not None
+        z = self.topology.zone(zone)
+        self.network.set_link(zone, latency_ms, z.link.jitter_ms, loss_percent)
+
+    def clear_link(self, zone: str) -> None:
+        assert self.network is not None
+        self.network.clear_link(zone)
+
+    def partition_zone(self, zone: str) -> None:
+        assert self.network is not None
+        self.network.partition(zone)
+
+    def heal_zone(self, zone: str) -> None:
+        assert self.network is not None
+        self.network.heal(zone)
+
+    def set_pod_unready(self, zone: str, service: str, unready: bool = True) -> list[str]:
+        pods = self._pods_of(zone, service)
+        if not pods:
+            raise BackendError(f"no live {service} pod in {zone}")
+        with self.lock:
+            for p in pods:
+                p.forced_unready = unready
+        return [p.name for p in pods]
+
+
+def validate(manifests: Manifests) -> tuple[ClusterSpec, MeshConfig]:
+    """Every check that can reject the manifests, run before anything is started."""
+    root = str(manifests.root)
+    spec = cluster_spec(manifests.kind_config, manifests.objects, root, manifests.topology.short)
+    mesh = MeshConfig.from_objects(spec.consul_objects, f"{root}/consul")
+    for dep in spec.deployments:
+        for i, c in enumerate(dep.containers):
+            try:
+                app_argv(c.image, sys.executable)
+            except (KeyError, ValueError):
+                raise InputError(
+                    root, f"{dep.where}: spec.template.spec.containers[{i}].image", f"no local app for {c.image!r}"
+                ) from None
+        if dep.meshed:
+            parse_upstreams(dep.annotations.get(UPSTREAMS, ""), f"{root}: {dep.where}: annotations.{UPSTREAMS}")
+    return spec, mesh
+
+
+def _check(ip: str, probe: Probe) -> bool:
+    """One probe, run on a thread inside the hub namespace (like kubelet on the node)."""
+    try:
+        if probe.kind == "tcp":
+            with socket.create_connection((ip, probe.port), timeout=probe.timeout_s):
+                return True
+        conn = http.client.HTTPConnection(ip, probe.port, timeout=probe.timeout_s)
+        try:
+            conn.request("GET", probe.path, headers={"User-Agent": "kube-probe/1.31"})
+            return 200 <= conn.getresponse().status < 400
+        finally:
+            conn.close()
+    except OSError:
+        return False

@@ -1,0 +1,169 @@
+"""The local cluster's daemon: `python -m harness.backends.local.daemon`.
+
+`harness up` returns while the cluster keeps running (traffic, chaos and
+`harness down` are separate commands), so the cluster lives in this detached
+process. It serves a small JSON API on a Unix socket in the state directory
+(no TCP port to collide with, reachable whatever the network namespace), and
+writes `daemon.json` with its phase so `harness up` can show progress and
+report a start-up failure in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socketserver
+import sys
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+CHAOS_OPS = {
+    "kill_pod",
+    "kill_node",
+    "restore_node",
+    "zone_outage",
+    "restore_zone",
+    "set_link",
+    "clear_link",
+    "partition_zone",
+    "heal_zone",
+    "set_pod_unready",
+    "set_pod_ready",
+}
+
+
+def write_phase(state_dir: Path, **fields: Any) -> None:
+    """Atomically record the daemon's phase for `harness up` / `status`."""
+    path = state_dir / "daemon.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), **fields}), encoding="utf-8")
+    tmp.replace(path)
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _handler(cluster: Any, shutdown: threading.Event) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: the log is for the cluster
+            pass
+
+        def address_string(self) -> str:
+            return "unix"
+
+        def _reply(self, code: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path == "/status":
+                self._reply(200, cluster.status())
+            elif self.path == "/entrypoints":
+                self._reply(200, cluster.entrypoints())
+            else:
+                self._reply(404, {"error": f"no such path {self.path}"})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if self.path == "/shutdown":
+                self._reply(200, {"ok": True})
+                shutdown.set()
+                return
+            if self.path != "/chaos":
+                self._reply(404, {"error": f"no such path {self.path}"})
+                return
+            op = body.get("op")
+            if op not in CHAOS_OPS:
+                self._reply(400, {"error": f"unknown operation {op!r}"})
+                return
+            args = body.get("args") or {}
+            try:
+                if op == "set_pod_ready":
+                    result = cluster.set_pod_unready(args["zone"], args["service"], unready=False)
+                else:
+                    result = getattr(cluster, op)(**args)
+                self._reply(200, {"ok": True, "result": result})
+            except HarnessError as exc:
+                self._reply(409, {"error": str(exc)})
+            except Exception as exc:  # reported to the client, the daemon keeps running
+                self._reply(500, {"error": f"{exc.__class__.__name__}: {exc}"})
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="harness-local-daemon")
+    ap.add_argument("--manifests", required=True, type=Path)
+    ap.add_argument("--state-dir", required=True, type=Path)
+    ap.add_argument("--cluster", default="eh")
+    args = ap.parse_args(argv)
+    state_dir: Path = args.state_dir
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.FileHandler(state_dir / "daemon.log")],
+    )
+    shutdown = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: shutdown.set())
+
+    from harness.backends.local.cluster import LocalCluster
+    from harness.render.manifests import load
+
+    cluster = None
+    server = None
+    try:
+        write_phase(state_dir, phase="starting", message="reading manifests")
+        cluster = LocalCluster(load(args.manifests), state_dir, args.cluster)
+
+        def progress(msg: str) -> None:
+            write_phase(state_dir, phase="starting", message=msg)
+
+        cluster.start(progress)
+        sock = state_dir / "api.sock"
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        server = _Server(str(sock), _handler(cluster, shutdown))
+        threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+        write_phase(state_dir, phase="ready", message="cluster is up", socket=str(sock))
+        while not shutdown.wait(0.5):
+            if cluster.error is not None:
+                logging.error("control loop failed: %r", cluster.error)
+                write_phase(state_dir, phase="failed", message=f"control loop failed: {cluster.error!r}")
+                break
+    except HarnessError as exc:
+        write_phase(state_dir, phase="failed", message=str(exc))
+        return 2
+    except BaseException as exc:
+        logging.error("daemon failed: %s", traceback.format_exc())
+        write_phase(state_dir, phase="failed", message=f"{exc.__class__.__name__}: {exc}")
+        return 1
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if cluster is not None:
+            write_phase(state_dir, phase="stopping", message="tearing down")
+            cluster.stop()
+            write_phase(state_dir, phase="stopped", message="torn down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

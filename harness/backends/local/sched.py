@@ -1,0 +1,473 @@
+"""Reading the rendered manifests the way Kubernetes would, for the local backend.
+
+The local backend runs *exactly* the objects kind would get, so this module
+parses Namespaces, ServiceAccounts, Services, ConfigMaps and Deployments into
+small typed specs, and places pods on nodes by nodeSelector, required node
+affinity and tolerations vs taints, as kube-scheduler does. Anything it does
+not understand is an error naming the object and the field: silently ignoring
+a field would make the local run test something other than what was rendered.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from harness.errors import InputError
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
+REGION_LABEL = "topology.kubernetes.io/region"
+ZONE_TYPE_LABEL = "edge-harness.io/zone-type"
+CONSUL_KINDS = {"ProxyDefaults", "ServiceDefaults", "ServiceResolver", "ServiceRouter", "ServiceIntentions"}
+INJECT = "consul.hashicorp.com/connect-inject"
+SERVICE_PORT = "consul.hashicorp.com/connect-service-port"
+CONNECT_SERVICE = "consul.hashicorp.com/connect-service"
+UPSTREAMS = "consul.hashicorp.com/connect-service-upstreams"
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    zone: str
+    labels: dict[str, str]
+    taints: tuple[Taint, ...] = ()
+
+
+@dataclass(frozen=True)
+class Probe:
+    kind: str  # http | tcp
+    port: int
+    path: str = "/"
+    period_s: float = 1.0
+    initial_delay_s: float = 0.0
+    timeout_s: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    image: str
+    ports: tuple[int, ...]
+    named_ports: dict[str, int]
+    env: dict[str, str]
+    mounts: dict[str, str]  # mountPath -> volume name
+    readiness: Probe | None
+    liveness: Probe | None
+
+
+@dataclass(frozen=True)
+class Term:
+    """One nodeSelectorTerm: all expressions must match."""
+
+    exprs: tuple[tuple[str, str, tuple[str, ...]], ...]  # (key, operator, values)
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str | None
+    operator: str
+    value: str | None
+    effect: str | None
+
+    def tolerates(self, t: Taint) -> bool:
+        if self.effect and self.effect != t.effect:
+            return False
+        if self.key is None:
+            return self.operator == "Exists"
+        if self.key != t.key:
+            return False
+        return self.operator == "Exists" or self.value == t.value
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    namespace: str
+    name: str
+    replicas: int
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    service_account: str | None
+    containers: tuple[Container, ...]
+    volumes: dict[str, str]  # volume name -> ConfigMap name
+    node_selector: dict[str, str]
+    terms: tuple[Term, ...]
+    tolerations: tuple[Toleration, ...]
+    grace_s: float
+    where: str  # "Deployment ns/name" for messages
+
+    @property
+    def meshed(self) -> bool:
+        return self.annotations.get(INJECT) == "true"
+
+    @property
+    def consul_service(self) -> str:
+        return self.annotations.get(CONNECT_SERVICE) or self.labels.get("app", self.name)
+
+    @property
+    def app(self) -> str:
+        return self.labels.get("app", self.name)
+
+    def port(self, ref: int | str) -> int | None:
+        """A container port by number or by name, as a Service targetPort refers to it."""
+        if isinstance(ref, int) or str(ref).isdigit():
+            return int(ref)
+        for c in self.containers:
+            if ref in c.named_ports:
+                return c.named_ports[str(ref)]
+        return None
+
+    def fits(self, node: Node) -> bool:
+        """Would kube-scheduler place this pod on `node` (ignoring resources)?"""
+        for k, v in self.node_selector.items():
+            if node.labels.get(k) != v:
+                return False
+        if self.terms and not any(_term_matches(t, node.labels) for t in self.terms):
+            return False
+        for taint in node.taints:
+            if taint.effect in ("NoSchedule", "NoExecute") and not any(
+                tol.tolerates(taint) for tol in self.tolerations
+            ):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    namespace: str
+    name: str
+    selector: dict[str, str]
+    ports: tuple[tuple[int, int | str], ...]  # (port, targetPort by number or name)
+
+
+@dataclass
+class ClusterSpec:
+    nodes: list[Node]
+    deployments: list[DeploymentSpec]
+    services: list[ServiceSpec]
+    config_maps: dict[tuple[str, str], dict[str, str]]
+    namespaces: list[str]
+    consul_objects: list[dict[str, Any]] = field(default_factory=list)
+
+    def place(
+        self, dep: DeploymentSpec, down: set[str] | None = None, load: dict[str, int] | None = None
+    ) -> Node | None:
+        """The node a new pod of `dep` goes to: fitting, up, least loaded; None if none fits."""
+        down = down or set()
+        load = load or {}
+        fitting = [n for n in self.nodes if n.name not in down and dep.fits(n)]
+        if not fitting:
+            return None
+        return min(fitting, key=lambda n: (load.get(n.name, 0), n.name))
+
+
+def _term_matches(term: Term, labels: dict[str, str]) -> bool:
+    for key, op, values in term.exprs:
+        present = key in labels
+        if op == "In" and not (present and labels[key] in values):
+            return False
+        if op == "NotIn" and present and labels[key] in values:
+            return False
+        if op == "Exists" and not present:
+            return False
+        if op == "DoesNotExist" and present:
+            return False
+    return True
+
+
+class _Fields:
+    """Walks an object, popping known fields; what is left at the end is unsupported."""
+
+    def __init__(self, where: str, source: str) -> None:
+        self.where = where
+        self.source = source
+
+    def fail(self, path: str, message: str) -> InputError:
+        return InputError(self.source, f"{self.where}: {path}", message)
+
+    def check_only(self, obj: Any, path: str, allowed: set[str]) -> dict[str, Any]:
+        if obj is None:
+            return {}
+        if not isinstance(obj, dict):
+            raise self.fail(path, f"expected a mapping, got {type(obj).__name__}")
+        for key in obj:
+            if key not in allowed:
+                raise self.fail(f"{path}.{key}" if path else key, "not supported by the local backend")
+        return obj
+
+
+def nodes_from_kind_config(cfg: dict[str, Any], source: str, short: Callable[[str], str]) -> list[Node]:
+    """Nodes as kind would create them: one per worker, labels and JoinConfiguration taints."""
+    f = _Fields("kind Cluster", source)
+    workers = [n for n in cfg.get("nodes", []) if isinstance(n, dict) and n.get("role") == "worker"]
+    if not workers:
+        raise f.fail("nodes", "no worker nodes")
+    counters: dict[str, itertools.count[int]] = {}
+    nodes: list[Node] = []
+    for i, n in enumerate(workers):
+        labels = {str(k): str(v) for k, v in (n.get("labels") or {}).items()}
+        zone = labels.get(ZONE_LABEL)
+        if not zone:
+            raise f.fail(f"nodes[{i}].labels", f"worker without {ZONE_LABEL}")
+        taints: list[Taint] = []
+        for patch in n.get("kubeadmConfigPatches") or []:
+            doc = yaml.safe_load(patch) if isinstance(patch, str) else patch
+            reg = (doc or {}).get("nodeRegistration") or {}
+            for t in reg.get("taints") or []:
+                taints.append(Taint(str(t["key"]), str(t.get("value", "")), str(t.get("effect", "NoSchedule"))))
+            for item in str(((reg.get("kubeletExtraArgs") or {}).get("register-with-taints")) or "").split(","):
+                if item:
+                    kv, _, effect = item.partition(":")
+                    k, _, v = kv.partition("=")
+                    taints.append(Taint(k, v, effect or "NoSchedule"))
+        c = counters.setdefault(zone, itertools.count(1))
+        nodes.append(Node(f"{short(zone)}-n{next(c)}", zone, labels, tuple(taints)))
+    return nodes
+
+
+_POD_SPEC_FIELDS = {
+    "containers",
+    "volumes",
+    "serviceAccountName",
+    "affinity",
+    "nodeSelector",
+    "tolerations",
+    "terminationGracePeriodSeconds",
+}
+_CONTAINER_FIELDS = {
+    "name",
+    "image",
+    "ports",
+    "env",
+    "readinessProbe",
+    "livenessProbe",
+    "startupProbe",
+    "resources",
+    "volumeMounts",
+    "imagePullPolicy",
+}
+
+
+def _probe(f: _Fields, p: Any, path: str, ports: dict[str, int]) -> Probe | None:
+    if p is None:
+        return None
+    p = f.check_only(
+        p,
+        path,
+        {
+            "httpGet",
+            "tcpSocket",
+            "periodSeconds",
+            "initialDelaySeconds",
+            "timeoutSeconds",
+            "failureThreshold",
+            "successThreshold",
+        },
+    )
+    common = dict(
+        period_s=float(p.get("periodSeconds", 10)),
+        initial_delay_s=float(p.get("initialDelaySeconds", 0)),
+        timeout_s=float(p.get("timeoutSeconds", 1)),
+        failure_threshold=int(p.get("failureThreshold", 3)),
+        success_threshold=int(p.get("successThreshold", 1)),
+    )
+
+    def port_of(v: Any, where: str) -> int:
+        if isinstance(v, int):
+            return v
+        if isinstance(v, str) and v in ports:
+            return ports[v]
+        raise f.fail(where, f"unknown port {v!r}")
+
+    if "httpGet" in p:
+        h = f.check_only(p["httpGet"], f"{path}.httpGet", {"path", "port", "scheme"})
+        if h.get("scheme", "HTTP") != "HTTP":
+            raise f.fail(f"{path}.httpGet.scheme", "only HTTP is supported by the local backend")
+        return Probe("http", port_of(h.get("port"), f"{path}.httpGet.port"), str(h.get("path", "/")), **common)  # type: ignore[arg-type]
+    if "tcpSocket" in p:
+        t = f.check_only(p["tcpSocket"], f"{path}.tcpSocket", {"port"})
+        return Probe("tcp", port_of(t.get("port"), f"{path}.tcpSocket.port"), **common)  # type: ignore[arg-type]
+    raise f.fail(path, "needs httpGet or tcpSocket (others are not supported by the local backend)")
+
+
+def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace", "default")
+    where = f"Deployment {ns}/{meta.get('name')}"
+    f = _Fields(where, source)
+    spec = f.check_only(
+        obj.get("spec"), "spec", {"replicas", "selector", "template", "strategy", "revisionHistoryLimit"}
+    )
+    tmpl = f.check_only(spec.get("template"), "spec.template", {"metadata", "spec"})
+    tmeta = f.check_only(tmpl.get("metadata"), "spec.template.metadata", {"labels", "annotations"})
+    pspec = f.check_only(tmpl.get("spec"), "spec.template.spec", _POD_SPEC_FIELDS)
+    sel = (spec.get("selector") or {}).get("matchLabels") or {}
+    labels = {str(k): str(v) for k, v in (tmeta.get("labels") or {}).items()}
+    for k, v in sel.items():
+        if labels.get(k) != v:
+            raise f.fail("spec.selector.matchLabels", f"{k}={v} does not match the pod template labels")
+    containers: list[Container] = []
+    for i, c in enumerate(pspec.get("containers") or []):
+        cp = f"spec.template.spec.containers[{i}]"
+        c = f.check_only(c, cp, _CONTAINER_FIELDS)
+        if not c.get("image"):
+            raise f.fail(f"{cp}.image", "required")
+        named: dict[str, int] = {}
+        ports: list[int] = []
+        for j, p in enumerate(c.get("ports") or []):
+            p = f.check_only(p, f"{cp}.ports[{j}]", {"containerPort", "name", "protocol"})
+            if p.get("protocol", "TCP") != "TCP":
+                raise f.fail(f"{cp}.ports[{j}].protocol", "only TCP is supported by the local backend")
+            ports.append(int(p["containerPort"]))
+            if "name" in p:
+                named[str(p["name"])] = int(p["containerPort"])
+        env: dict[str, str] = {}
+        for j, e in enumerate(c.get("env") or []):
+            e = f.check_only(e, f"{cp}.env[{j}]", {"name", "value"})
+            env[str(e["name"])] = str(e.get("value", ""))
+        mounts: dict[str, str] = {}
+        for j, m in enumerate(c.get("volumeMounts") or []):
+            m = f.check_only(m, f"{cp}.volumeMounts[{j}]", {"name", "mountPath", "readOnly"})
+            mounts[str(m["mountPath"])] = str(m["name"])
+        containers.append(
+            Container(
+                name=str(c.get("name")),
+                image=str(c["image"]),
+                ports=tuple(ports),
+                named_ports=named,
+                env=env,
+                mounts=mounts,
+                readiness=_probe(f, c.get("readinessProbe"), f"{cp}.readinessProbe", named),
+                liveness=_probe(f, c.get("livenessProbe"), f"{cp}.livenessProbe", named),
+            )
+        )
+    if not containers:
+        raise f.fail("spec.template.spec.containers", "at least one container is required")
+    volumes: dict[str, str] = {}
+    for j, v in enumerate(pspec.get("volumes") or []):
+        v = f.check_only(v, f"spec.template.spec.volumes[{j}]", {"name", "configMap"})
+        cm = f.check_only(
+            v.get("configMap"), f"spec.template.spec.volumes[{j}].configMap", {"name", "items", "defaultMode"}
+        )
+        if not cm:
+            raise f.fail(
+                f"spec.template.spec.volumes[{j}]", "only configMap volumes are supported by the local backend"
+            )
+        if cm.get("items"):
+            raise f.fail(f"spec.template.spec.volumes[{j}].configMap.items", "not supported by the local backend")
+        volumes[str(v["name"])] = str(cm["name"])
+    for c in containers:
+        for mp, vol in c.mounts.items():
+            if vol not in volumes:
+                raise f.fail("spec.template.spec", f"container {c.name!r} mounts unknown volume {vol!r} at {mp}")
+    affinity = f.check_only(pspec.get("affinity"), "spec.template.spec.affinity", {"nodeAffinity"})
+    na = f.check_only(
+        affinity.get("nodeAffinity"),
+        "spec.template.spec.affinity.nodeAffinity",
+        {"requiredDuringSchedulingIgnoredDuringExecution", "preferredDuringSchedulingIgnoredDuringExecution"},
+    )
+    terms: list[Term] = []
+    req = f.check_only(
+        na.get("requiredDuringSchedulingIgnoredDuringExecution"),
+        "spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution",
+        {"nodeSelectorTerms"},
+    )
+    for k, term in enumerate(req.get("nodeSelectorTerms") or []):
+        tp = f"spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{k}]"
+        term = f.check_only(term, tp, {"matchExpressions"})
+        exprs = []
+        for m, e in enumerate(term.get("matchExpressions") or []):
+            e = f.check_only(e, f"{tp}.matchExpressions[{m}]", {"key", "operator", "values"})
+            if e.get("operator") not in ("In", "NotIn", "Exists", "DoesNotExist"):
+                raise f.fail(f"{tp}.matchExpressions[{m}].operator", f"{e.get('operator')!r} is not supported")
+            exprs.append((str(e["key"]), str(e["operator"]), tuple(str(x) for x in e.get("values") or [])))
+        terms.append(Term(tuple(exprs)))
+    tolerations = []
+    for j, t in enumerate(pspec.get("tolerations") or []):
+        t = f.check_only(t, f"spec.template.spec.tolerations[{j}]", {"key", "operator", "value", "effect"})
+        tolerations.append(Toleration(t.get("key"), str(t.get("operator", "Equal")), t.get("value"), t.get("effect")))
+    return DeploymentSpec(
+        namespace=ns,
+        name=str(meta.get("name")),
+        replicas=int(spec.get("replicas", 1)),
+        labels=labels,
+        annotations={str(k): str(v) for k, v in (tmeta.get("annotations") or {}).items()},
+        service_account=pspec.get("serviceAccountName"),
+        containers=tuple(containers),
+        volumes=volumes,
+        node_selector={str(k): str(v) for k, v in (pspec.get("nodeSelector") or {}).items()},
+        terms=tuple(terms),
+        tolerations=tuple(tolerations),
+        grace_s=float(pspec.get("terminationGracePeriodSeconds", 30)),
+        where=where,
+    )
+
+
+def parse_service(obj: dict[str, Any], source: str) -> ServiceSpec:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace", "default")
+    f = _Fields(f"Service {ns}/{meta.get('name')}", source)
+    spec = f.check_only(obj.get("spec"), "spec", {"selector", "ports", "type"})
+    if spec.get("type", "ClusterIP") != "ClusterIP":
+        raise f.fail("spec.type", f"{spec.get('type')!r} is not supported by the local backend (ClusterIP only)")
+    ports = []
+    for i, p in enumerate(spec.get("ports") or []):
+        p = f.check_only(p, f"spec.ports[{i}]", {"port", "targetPort", "name", "protocol"})
+        tp = p.get("targetPort", p["port"])
+        ports.append((int(p["port"]), int(tp) if isinstance(tp, int) or str(tp).isdigit() else str(tp)))
+    return ServiceSpec(
+        ns, str(meta.get("name")), {str(k): str(v) for k, v in (spec.get("selector") or {}).items()}, tuple(ports)
+    )
+
+
+def cluster_spec(
+    kind_config: dict[str, Any], objects: list[dict[str, Any]], source: str, short: Callable[[str], str]
+) -> ClusterSpec:
+    """Everything the local backend will run, checked; raises InputError on the first problem."""
+    nodes = nodes_from_kind_config(kind_config, f"{source}/kind-config.yaml", short)
+    spec = ClusterSpec(nodes=nodes, deployments=[], services=[], config_maps={}, namespaces=[])
+    for obj in objects:
+        kind = obj.get("kind")
+        meta = obj.get("metadata") or {}
+        src = str(obj.get("__source__", source))
+        if kind == "Namespace":
+            spec.namespaces.append(str(meta.get("name")))
+        elif kind == "ServiceAccount":
+            continue  # identity comes from the Consul service name, as with ACLs off
+        elif kind == "ConfigMap":
+            data = obj.get("data") or {}
+            spec.config_maps[(meta.get("namespace", "default"), str(meta.get("name")))] = {
+                str(k): str(v) for k, v in data.items()
+            }
+        elif kind == "Service":
+            spec.services.append(parse_service(obj, src))
+        elif kind == "Deployment":
+            spec.deployments.append(parse_deployment(obj, src))
+        elif kind in CONSUL_KINDS and str(obj.get("apiVersion", "")).startswith("consul.hashicorp.com/"):
+            spec.consul_objects.append(obj)
+        else:
+            raise InputError(
+                src, f"{kind} {meta.get('namespace', '')}/{meta.get('name')}", "kind not supported by the local backend"
+            )
+    for dep in spec.deployments:
+        for c in dep.containers:
+            for vol in c.mounts.values():
+                if (dep.namespace, dep.volumes[vol]) not in spec.config_maps:
+                    raise InputError(
+                        source, dep.where, f"ConfigMap {dep.volumes[vol]!r} not found in namespace {dep.namespace}"
+                    )
+        if not any(dep.fits(n) for n in nodes):
+            raise InputError(source, dep.where, "fits no node (nodeSelector / node affinity / tolerations vs taints)")
+    return spec

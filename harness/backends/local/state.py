@@ -1,0 +1,353 @@
+"""What the local backend created, on disk, so it can always be removed.
+
+The local backend creates kernel objects (network namespaces, an nftables
+table) and processes that outlive the harness process if it crashes: `ip netns
+del` does not even stop the processes inside a namespace. So every creation is
+recorded in a small JSON file *before or right after* it happens (written
+atomically: a crash never leaves half a file), and `cleanup(path)` removes
+everything listed, idempotently, from any later process.
+
+Processes are recorded with their kernel start time (`/proc/<pid>/stat` field
+22): a PID can be recycled by an unrelated process after ours died, and the
+start time is what tells them apart. We never signal a PID whose start time
+does not match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.backends.local import netns as nsutil
+
+KIND = "edge-harness-local-state"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A process we started: pid plus what identifies it beyond the pid."""
+
+    pid: int
+    starttime: int  # clock ticks since boot (/proc/<pid>/stat field 22)
+    cmdline: str
+    label: str = ""
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot, or None if it does not exist."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # comm (field 2) is in parentheses and may hold spaces: split after the last ')'
+    rest = raw[raw.rfind(")") + 2 :].split()
+    # rest[0] is field 3 (state); field 22 is rest[19]
+    return int(rest[19])
+
+
+def proc_is_zombie(pid: int) -> bool:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return raw[raw.rfind(")") + 2 :].split()[0] in ("Z", "X")
+
+
+def proc_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def record_process(pid: int, label: str = "") -> ProcessRecord:
+    """Identify a live process now (call right after starting it)."""
+    start = proc_starttime(pid)
+    if start is None:
+        # already gone: record something that can never match a future process
+        return ProcessRecord(pid=pid, starttime=-1, cmdline="", label=label)
+    return ProcessRecord(pid=pid, starttime=start, cmdline=proc_cmdline(pid), label=label)
+
+
+def process_alive(rec: ProcessRecord) -> bool:
+    """True if `rec.pid` is still *the same* process and has not exited."""
+    return proc_starttime(rec.pid) == rec.starttime and not proc_is_zombie(rec.pid)
+
+
+def terminate(records: list[ProcessRecord], grace_s: float = 3.0) -> None:
+    """SIGTERM every still-matching process, then SIGKILL those left after `grace_s`.
+
+    A zombie counts as gone: exit statuses are left for whoever owns the
+    `Popen` (reaping here would make its `returncode` lie).
+    """
+    live = [r for r in records if process_alive(r)]
+    for r in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(r.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while live and time.monotonic() < deadline:
+        live = [r for r in live if process_alive(r)]
+        if live:
+            time.sleep(0.05)
+    for r in live:
+        # re-check identity right before the hard kill: never SIGKILL a recycled pid
+        if process_alive(r):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(r.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while live and time.monotonic() < deadline:
+        live = [r for r in live if process_alive(r)]
+        if live:
+            time.sleep(0.02)
+
+
+@dataclass
+class _Data:
+    cluster: str = ""
+    created: float = field(default_factory=time.time)
+    netns: list[str] = field(default_factory=list)  # in creation order (hub first)
+    nft: list[dict[str, str]] = field(default_factory=list)  # {"netns", "family", "table"}
+    processes: list[ProcessRecord] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class State:
+    """The state file of one local cluster; every mutation is persisted at once.
+
+    Thread-safe (pods are started from several threads). Opening an existing
+    file loads it, so a new harness process can keep adding to, or clean up, a
+    cluster an earlier one created.
+    """
+
+    def __init__(self, path: str | Path, cluster: str = "") -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._data = _load(self.path) if self.path.exists() else _Data(cluster=cluster)
+        if cluster and not self._data.cluster:
+            self._data.cluster = cluster
+        self._save()
+
+    # -- read ---------------------------------------------------------------
+    @property
+    def cluster(self) -> str:
+        return self._data.cluster
+
+    @property
+    def netns(self) -> list[str]:
+        with self._lock:
+            return list(self._data.netns)
+
+    @property
+    def processes(self) -> list[ProcessRecord]:
+        with self._lock:
+            return list(self._data.processes)
+
+    @property
+    def dirs(self) -> list[Path]:
+        with self._lock:
+            return [Path(d) for d in self._data.dirs]
+
+    @property
+    def nft_tables(self) -> list[dict[str, str]]:
+        with self._lock:
+            return [dict(t) for t in self._data.nft]
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            return self._data.meta.get(key, default)
+
+    # -- record -------------------------------------------------------------
+    def add_netns(self, name: str) -> None:
+        """Record *before* `ip netns add`, so a crash in between still cleans up."""
+        with self._lock:
+            if name not in self._data.netns:
+                self._data.netns.append(name)
+                self._save()
+
+    def discard_netns(self, name: str) -> None:
+        with self._lock:
+            if name in self._data.netns:
+                self._data.netns.remove(name)
+                self._save()
+
+    def add_nft_table(self, ns: str, family: str, table: str) -> None:
+        with self._lock:
+            entry = {"netns": ns, "family": family, "table": table}
+            if entry not in self._data.nft:
+                self._data.nft.append(entry)
+                self._save()
+
+    def discard_nft_table(self, ns: str, family: str, table: str) -> None:
+        with self._lock:
+            entry = {"netns": ns, "family": family, "table": table}
+            if entry in self._data.nft:
+                self._data.nft.remove(entry)
+                self._save()
+
+    def add_process(self, pid: int, label: str = "") -> ProcessRecord:
+        """Record a process we just started (reads its start time now)."""
+        rec = record_process(pid, label)
+        with self._lock:
+            self._data.processes = [p for p in self._data.processes if p.pid != pid]
+            self._data.processes.append(rec)
+            self._save()
+        return rec
+
+    def discard_process(self, pid: int) -> None:
+        with self._lock:
+            before = len(self._data.processes)
+            self._data.processes = [p for p in self._data.processes if p.pid != pid]
+            if len(self._data.processes) != before:
+                self._save()
+
+    def add_pid(self, pid: int, label: str = "") -> ProcessRecord:
+        """Alias of `add_process`."""
+        return self.add_process(pid, label)
+
+    def remove_pid(self, pid: int) -> None:
+        """Alias of `discard_process`."""
+        self.discard_process(pid)
+
+    def add_dir(self, path: str | Path) -> None:
+        """A directory to delete on cleanup (only directories we created ourselves)."""
+        with self._lock:
+            p = str(Path(path).resolve())
+            if p not in self._data.dirs:
+                self._data.dirs.append(p)
+                self._save()
+
+    def discard_dir(self, path: str | Path) -> None:
+        with self._lock:
+            p = str(Path(path).resolve())
+            if p in self._data.dirs:
+                self._data.dirs.remove(p)
+                self._save()
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Free-form JSON-able data for the backend (e.g. where its run directory is)."""
+        with self._lock:
+            self._data.meta[key] = value
+            self._save()
+
+    def _save(self) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            doc = {"kind": KIND, "version": VERSION, **asdict(self._data)}
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            with tmp.open("w", encoding="utf-8") as fh:
+                json.dump(doc, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+
+
+def _load(path: Path) -> _Data:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+        raise ValueError(f"{path}: not a local-backend state file")
+    return _Data(
+        cluster=doc.get("cluster", ""),
+        created=doc.get("created", 0.0),
+        netns=list(doc.get("netns", [])),
+        nft=[dict(t) for t in doc.get("nft", [])],
+        processes=[ProcessRecord(**p) for p in doc.get("processes", [])],
+        dirs=list(doc.get("dirs", [])),
+        meta=dict(doc.get("meta", {})),
+    )
+
+
+def is_state_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(256)
+        # cheap pre-check, so scanning a run directory never parses big JSON files
+        if KIND.encode() not in head:
+            return False
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("kind") == KIND
+
+
+def find_states(root: str | Path) -> list[Path]:
+    """State files of clusters left under `root` (searched recursively)."""
+    r = Path(root)
+    if not r.exists():
+        return []
+    return sorted(p for p in r.rglob("*.json") if p.is_file() and is_state_file(p))
+
+
+@dataclass
+class CleanupReport:
+    killed: list[int] = field(default_factory=list)
+    netns_deleted: list[str] = field(default_factory=list)
+    dirs_deleted: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def cleanup(path: str | Path, grace_s: float = 3.0) -> CleanupReport:
+    """Remove everything the state file at `path` records, then the file itself.
+
+    Idempotent and crash-safe: works whether the creating process is alive,
+    crashed, or already cleaned up half of it. Order matters: processes first
+    (a namespace with a live process in it survives `ip netns del`), then the
+    nft tables, then the namespaces (pods before the hub that holds their veth
+    peers), then directories. Processes still inside one of *our* namespaces
+    that were never recorded (a crash between spawn and record) are ours too,
+    and are killed as well. The state file is only removed when nothing failed,
+    so a partial cleanup can be retried.
+    """
+    p = Path(path)
+    report = CleanupReport()
+    if not p.exists():
+        return report
+    data = _load(p)
+    recorded = [r for r in data.processes if process_alive(r)]
+    terminate(recorded, grace_s)
+    report.killed.extend(r.pid for r in recorded)
+
+    stray: list[ProcessRecord] = []
+    for ns in data.netns:
+        for pid in nsutil.ns_pids(ns):
+            if pid != os.getpid():
+                rec = record_process(pid, f"in {ns}")
+                if rec.starttime >= 0:
+                    stray.append(rec)
+    terminate(stray, grace_s)
+    report.killed.extend(r.pid for r in stray)
+
+    for t in data.nft:
+        if nsutil.ns_exists(t["netns"]):
+            nsutil.run(nsutil.exec_argv(t["netns"], ["nft", "delete", "table", t["family"], t["table"]]), check=False)
+    # pods (created later) first, the hub (first recorded) last
+    for ns in reversed(data.netns):
+        if not nsutil.ns_exists(ns):
+            continue
+        try:
+            nsutil.run(["ip", "netns", "del", ns])
+            report.netns_deleted.append(ns)
+        except Exception as exc:  # keep going: remove as much as possible
+            report.errors.append(str(exc))
+    for d in data.dirs:
+        if Path(d).exists():
+            shutil.rmtree(d, ignore_errors=True)
+            if Path(d).exists():
+                report.errors.append(f"{d}: could not be removed")
+            else:
+                report.dirs_deleted.append(d)
+    still = [r.pid for r in recorded + stray if process_alive(r)]
+    if still:
+        report.errors.append(f"processes still running: {still}")
+    if not report.errors:
+        p.unlink(missing_ok=True)
+    return report

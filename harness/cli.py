@@ -1,0 +1,271 @@
+"""`harness`: the command line, a thin face over the library.
+
+Exit codes CI can gate on: 0 pass, 1 verdict failed, 2 bad input or usage,
+3 backend/environment error, 130 interrupted. Bad input is one line naming the
+file and field, with no traceback, before anything is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+
+from harness.backends import BACKENDS, BackendOptions
+from harness.errors import BackendError, HarnessError, InputError
+
+EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_BACKEND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        err.print(f"{self.prog}: {message}", markup=False)
+        sys.exit(EXIT_INPUT)
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backend")
+    g.add_argument("--backend", default="auto", choices=BACKENDS, help="auto = kind when Docker answers, else local")
+    g.add_argument("--cluster", default="eh", help="local/kind cluster name (<= 8 letters/digits)")
+    g.add_argument("--context", help="existing: kubeconfig context")
+    g.add_argument("--kubeconfig", help="existing: kubeconfig file")
+    g.add_argument("--allow-context", action="append", default=[], help="existing: allow destructive chaos on this context")
+
+
+def _bopts(a: argparse.Namespace) -> BackendOptions:
+    return BackendOptions(
+        name=a.backend, cluster=a.cluster, context=a.context, kubeconfig=a.kubeconfig, allow_contexts=list(a.allow_context)
+    )
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--topology", type=Path, help="topology file (default fixtures/topology.yaml)")
+    g.add_argument("--manifests", type=Path, help="a directory written by `harness render` (possibly edited)")
+    p.add_argument("--edition", choices=["ce", "enterprise"], help="override the topology's Consul edition")
+
+
+def _progress(label: str) -> Callable[[str], None]:
+    def say(msg: str) -> None:
+        out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {label}{msg}", markup=True, highlight=False)
+
+    return say
+
+
+# -- commands ------------------------------------------------------------------
+def cmd_render(a: argparse.Namespace) -> int:
+    from harness.render import render, write
+    from harness.topology import Edition, load_topology
+
+    topo = load_topology(a.topology)
+    files = write(render(topo, Edition(a.edition) if a.edition else None), a.out)
+    out.print(f"rendered {len(files)} files into {a.out}")
+    return EXIT_PASS
+
+
+def _load_manifests(a: argparse.Namespace, workdir: Path) -> Any:
+    from harness.e2e import E2EOptions, prepare_manifests
+    from harness.render.manifests import load
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    return load(prepare_manifests(E2EOptions(topology=a.topology, manifests=a.manifests, edition=a.edition), workdir))
+
+
+def cmd_up(a: argparse.Namespace) -> int:
+    from harness.backends import choose, connect
+
+    name, why = choose(a.backend)
+    bopts = _bopts(a)
+    bopts.name = name
+    out.print(f"backend: {name} ({why})")
+    m = _load_manifests(a, Path("runs") / ".up" / a.cluster)
+    b = connect(bopts)
+    b.up(m, progress=_progress("up: "))  # type: ignore[call-arg]
+    for zone, url in b.entrypoints().items():
+        out.print(f"  {zone:24} {url}")
+    return EXIT_PASS
+
+
+def cmd_down(a: argparse.Namespace) -> int:
+    from harness.backends import connect
+
+    b = connect(_bopts(a))
+    b.down()
+    out.print(f"{b.name}: down")
+    return EXIT_PASS
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from harness.backends import connect
+
+    st = connect(_bopts(a)).status()
+    if a.json:
+        out.print_json(json.dumps(st.as_dict()))
+        return EXIT_PASS if st.up else EXIT_BACKEND
+    out.print(f"{st.backend}: {'up' if st.up else 'down'} — {st.detail}")
+    if st.pods:
+        t = Table("pod", "phase")
+        for pod, phase in sorted(st.pods.items()):
+            t.add_row(pod, phase)
+        out.print(t)
+    return EXIT_PASS if st.up else EXIT_BACKEND
+
+
+def cmd_traffic(a: argparse.Namespace) -> int:
+    from harness.backends import connect
+    from harness.run import new_run_dir
+    from harness.traffic import run_traffic
+
+    b = connect(_bopts(a))
+    run_dir = a.run_dir or new_run_dir(label="traffic")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    res = run_traffic(b.entrypoints(), run_dir / "requests.jsonl", users=a.users, spawn_rate=a.users,
+                      duration_s=a.duration, shape=a.shape, processes=a.processes)  # fmt: skip
+    out.print(f"{res}  ->  {run_dir}/requests.jsonl")
+    return EXIT_PASS
+
+
+def cmd_chaos(a: argparse.Namespace) -> int:
+    from harness.chaos import run_experiment
+    from harness.run import new_run_dir
+
+    run_dir = a.run_dir or new_run_dir(label="chaos")
+    res = run_experiment(a.experiment, run_dir, _bopts(a))
+    out.print(f"chaos: {res.status}{' (hypothesis deviated)' if res.deviated else ''}; journal {res.journal}")
+    return EXIT_PASS if res.ok else EXIT_FAIL
+
+
+def _verdict(run_dir: Path) -> Any:
+    from harness.verify import print_summary, verify
+
+    if not run_dir.is_dir():
+        raise InputError(str(run_dir), "", "not a run directory")
+    v = verify(run_dir)
+    print_summary(v, out)
+    return v
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    v = _verdict(a.run_dir)
+    return EXIT_PASS if v.passed else EXIT_FAIL
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from harness.report import write_junit, write_report
+
+    if not a.run_dir.is_dir():
+        raise InputError(str(a.run_dir), "", "not a run directory")
+    html = write_report(a.run_dir)
+    junit = write_junit(a.run_dir)
+    out.print(f"report: {html}\njunit:  {junit}")
+    return EXIT_PASS
+
+
+def cmd_e2e(a: argparse.Namespace) -> int:
+    from harness.e2e import E2EOptions, run_e2e
+    from harness.verify import print_summary
+
+    opts = E2EOptions(
+        topology=a.topology, manifests=a.manifests, edition=a.edition, experiments=list(a.experiment),
+        users=a.users, keep=a.keep, processes=a.processes, warmup_s=a.warmup, cooldown_s=a.cooldown,
+    )  # fmt: skip
+    res = run_e2e(opts, _bopts(a), say=_progress(""))
+    print_summary(res.verdict, out)
+    for m in res.messages:
+        out.print(f"[yellow]{m}[/yellow]")
+    out.print(f"run: {res.run_dir}  report: {res.run_dir / 'report.html'}")
+    out.print("[bold green]PASS[/bold green]" if res.passed else "[bold red]FAIL[/bold red]")
+    return EXIT_PASS if res.passed else EXIT_FAIL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="harness", description="End-to-end and chaos harness for edge-aware Consul service meshes.")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("render", help="render manifests from a topology")
+    p.add_argument("--topology", type=Path)
+    p.add_argument("--edition", choices=["ce", "enterprise"])
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(fn=cmd_render)
+
+    p = sub.add_parser("up", help="bring up a cluster and apply the manifests")
+    _source_args(p)
+    _backend_args(p)
+    p.set_defaults(fn=cmd_up)
+
+    p = sub.add_parser("down", help="remove everything `up` created (idempotent)")
+    _backend_args(p)
+    p.set_defaults(fn=cmd_down)
+
+    p = sub.add_parser("status", help="show the cluster's pods")
+    _backend_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("traffic", help="drive locust traffic at every zone's entry point")
+    _backend_args(p)
+    p.add_argument("--users", type=int, default=10)
+    p.add_argument("--duration", type=float, default=30.0)
+    p.add_argument("--shape", choices=["steady", "ramp"], default="steady")
+    p.add_argument("--processes", type=int, default=1, help="locust worker processes (locust's distributed mode)")
+    p.add_argument("--run-dir", type=Path)
+    p.set_defaults(fn=cmd_traffic)
+
+    p = sub.add_parser("chaos", help="run a chaostoolkit experiment (rollbacks always)")
+    _backend_args(p)
+    p.add_argument("experiment", type=Path)
+    p.add_argument("--run-dir", type=Path)
+    p.set_defaults(fn=cmd_chaos)
+
+    p = sub.add_parser("verify", help="judge a run directory; exit 1 when an invariant fails")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("report", help="write report.html and junit.xml for a run directory")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("e2e", help="render, up, traffic + chaos, verify, report, down")
+    _source_args(p)
+    _backend_args(p)
+    p.add_argument("--experiment", type=Path, action="append", default=[], help="chaostoolkit experiment (repeatable)")
+    p.add_argument("--users", type=int, default=12)
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--warmup", type=float, default=8.0)
+    p.add_argument("--cooldown", type=float, default=8.0)
+    p.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
+    p.set_defaults(fn=cmd_e2e)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except InputError as exc:
+        err.print(exc.line, markup=False, highlight=False)
+        return EXIT_INPUT
+    except BackendError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return EXIT_BACKEND
+    except HarnessError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return EXIT_BACKEND
+    except KeyboardInterrupt:
+        err.print("interrupted: everything started was cleaned up; records so far are kept", markup=False)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The whole loop as one library call: render → up → traffic + chaos → observe → verify → report.
+
+The CLI's `e2e`, `make e2e` and the pytest plugin all call `run_e2e`, so the
+pipeline exists once. Whatever happens (a failed step, Ctrl-C), the cluster
+it brought up is taken down and every record written so far stays in the run
+directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.backends import BackendOptions, choose, connect
+from harness.backends.base import Backend
+from harness.errors import InputError
+from harness.run import copy_manifests, new_run_dir, write_inventory
+
+
+@dataclass
+class E2EOptions:
+    topology: Path | None = None
+    manifests: Path | None = None  # a rendered (possibly edited) directory instead of --topology
+    edition: str | None = None
+    experiments: list[Path] = field(default_factory=list)
+    users: int = 12
+    spawn_rate: float = 12.0
+    warmup_s: float = 8.0
+    cooldown_s: float = 8.0
+    processes: int = 1
+    keep: bool = False  # leave the cluster up afterwards
+    runs_root: Path = Path("runs")
+    label: str = ""
+
+
+@dataclass
+class E2EResult:
+    run_dir: Path
+    backend: str
+    passed: bool
+    verdict: Any
+    chaos_ok: bool
+    messages: list[str]
+
+
+def prepare_manifests(opts: E2EOptions, run_dir: Path) -> Path:
+    """Render the topology (or take a rendered directory) into run_dir/manifests; InputError on bad input."""
+    from harness.render import render, write
+    from harness.render.manifests import load
+    from harness.topology import Edition, load_topology
+
+    if opts.manifests is not None:
+        if not opts.manifests.is_dir():
+            raise InputError(str(opts.manifests), "", "not a directory written by `harness render`")
+        load(opts.manifests)  # validate before copying
+        return copy_manifests(opts.manifests, run_dir)
+    topo = load_topology(opts.topology)
+    edition = Edition(opts.edition) if opts.edition else None
+    out = run_dir / "manifests"
+    write(render(topo, edition), out)
+    return out
+
+
+def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] = print) -> E2EResult:
+    from harness.chaos import check_experiment, run_experiment
+    from harness.observe import AccessLogCollector, build_hops
+    from harness.render.manifests import load
+    from harness.report import write_junit, write_report
+    from harness.traffic import TrafficRunner
+    from harness.verify import verify
+
+    for exp in opts.experiments:
+        check_experiment(exp)
+    name, why = choose(bopts.name)
+    say(f"backend: {name} ({why})")
+    bopts.name = name
+    run_dir = new_run_dir(opts.runs_root, opts.label)
+    say(f"run directory: {run_dir}")
+    try:
+        mdir = prepare_manifests(opts, run_dir)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing was started: leave nothing behind
+        raise
+    manifests = load(mdir)
+    backend = connect(bopts)
+    messages: list[str] = []
+    chaos_ok = True
+    collector = None
+    try:
+        backend.up(manifests, progress=lambda m: say(f"up: {m}"))  # type: ignore[call-arg]
+        collector = AccessLogCollector(backend.log_sources, run_dir / "accesslogs")
+        collector.start()
+        entry = backend.entrypoints()
+        say(f"traffic: {opts.users} users over {len(entry)} zones")
+        with TrafficRunner(entry, run_dir / "requests.jsonl", users=opts.users, spawn_rate=opts.spawn_rate, processes=opts.processes):
+            time.sleep(opts.warmup_s)
+            for exp in opts.experiments:
+                say(f"chaos: {exp}")
+                res = run_experiment(exp, run_dir, bopts)
+                if not res.ok:
+                    chaos_ok = False
+                    messages.append(f"chaos experiment {exp.name}: {res.status}{' (deviated)' if res.deviated else ''}")
+                say(f"chaos: {exp.name} {res.status}")
+            time.sleep(opts.cooldown_s)
+        collector.stop()
+        collector = None
+    finally:
+        if collector is not None:
+            with contextlib.suppress(Exception):
+                collector.stop()
+        with contextlib.suppress(Exception):
+            _save_inventory(backend, run_dir)
+        with contextlib.suppress(Exception):
+            _save_artifacts(backend, run_dir)  # kept for the post-mortem, taken before the cluster goes
+        if not opts.keep:
+            say("down")
+            backend.down()
+    say("observe: hop records from the sidecars' access logs")
+    build_hops(run_dir)
+    verdict = verify(run_dir)
+    write_report(run_dir)
+    write_junit(run_dir)
+    passed = bool(verdict.passed) and chaos_ok
+    return E2EResult(run_dir, name, passed, verdict, chaos_ok, messages)
+
+
+def _save_inventory(backend: Backend, run_dir: Path) -> None:
+    src = getattr(backend, "inventory_path", None)
+    if isinstance(src, Path) and src.exists():
+        shutil.copyfile(src, run_dir / "inventory.jsonl")
+    else:
+        write_inventory(backend.inventory(), run_dir / "inventory.jsonl")
+
+
+def _save_artifacts(backend: Backend, run_dir: Path) -> None:
+    """For the post-mortem: whatever the backend can hand over (pod logs, Envoy config dumps)."""
+    saver = getattr(backend, "save_artifacts", None)
+    if callable(saver):
+        saver(run_dir / "artifacts")

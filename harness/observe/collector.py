@@ -1,0 +1,198 @@
+"""Collect sidecar access logs into the run directory while traffic and chaos run.
+
+The sidecars' access logs are the only record of which pod served each hop
+(the HashiCups apps never say), and pods die during chaos taking their logs
+with them. So lines are copied out continuously, as raw as they came, to
+``<run dir>/accesslogs/<pod>.jsonl`` and flushed at once; `build_hops` turns
+them into hop records later, offline.
+
+The collector runs in a background thread. A thread that dies quietly would
+leave a run that *looks* fine but has no hops, so an error in the thread is
+kept and re-raised in the caller's thread by `stop()` or `check()` (the way
+kopf surfaces errors of its daemon threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from harness.backends.base import LogSource
+from harness.errors import HarnessError
+
+
+class CollectorError(HarnessError):
+    """The collector thread failed; the original exception is the ``__cause__``."""
+
+
+def pod_file_name(pod: str) -> str:
+    """The file name for a pod's lines: pod names are DNS labels, but never trust a path separator."""
+    safe = pod.replace(os.sep, "_").replace("\0", "_")
+    if safe in ("", ".", ".."):
+        safe = f"_{safe}_"
+    return f"{safe}.jsonl"
+
+
+class FileLogSource(LogSource):
+    """Tail one sidecar's access-log file, like ``tail -F``.
+
+    Survives the file not existing yet (pod starting), being truncated
+    (copytruncate rotation: read again from the start) and being replaced
+    (rename rotation or a pod restarted into the same path: the old file is
+    read to its end, then the new one from its start). A line is yielded only
+    once it is complete, so a line caught mid-write is never split in two.
+    """
+
+    def __init__(self, pod: str, path: Path, chunk_size: int = 1 << 20) -> None:
+        self.pod = pod
+        self.path = Path(path)
+        self._chunk = chunk_size
+        self._fh: IO[bytes] | None = None
+        self._ino: tuple[int, int] | None = None
+        self._pending = b""
+
+    def _open(self) -> bool:
+        try:
+            fh = self.path.open("rb")
+        except FileNotFoundError:
+            return False
+        st = os.fstat(fh.fileno())
+        self._fh, self._ino, self._pending = fh, (st.st_dev, st.st_ino), b""
+        return True
+
+    def _drain(self) -> Iterator[str]:
+        fh = self._fh
+        assert fh is not None
+        while True:
+            data = fh.read(self._chunk)
+            if not data:
+                return
+            data = self._pending + data
+            lines = data.split(b"\n")
+            self._pending = lines.pop()
+            for raw in lines:
+                line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+                if line.strip():
+                    yield line
+
+    def read(self) -> Iterator[str]:
+        if self._fh is None and not self._open():
+            return
+        yield from self._drain()
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return  # removed: keep the old handle (more lines may still arrive) until a new file shows up
+        assert self._fh is not None
+        if (st.st_dev, st.st_ino) != self._ino:
+            # Replaced: the old file is drained above; switch to the new one from its start.
+            self._fh.close()
+            self._fh = None
+            if self._open():
+                yield from self._drain()
+        elif st.st_size < self._fh.tell():
+            # Truncated in place: everything now in the file is new.
+            self._fh.seek(0)
+            self._pending = b""
+            yield from self._drain()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class AccessLogCollector:
+    """Poll log sources in a background thread; append raw lines to ``out_dir/<pod>.jsonl``.
+
+    `sources` is called on every poll (a backend's ``log_sources``) so pods
+    created during the run are picked up; a source that disappears from the
+    list is simply no longer polled (its file stays). Sources are kept by pod
+    name, so re-created source objects for the same pod reuse the same file.
+
+    Use as a context manager or call `start()` / `stop()`; `stop()` does a
+    last poll so lines written just before it are kept, closes the files and
+    re-raises (as :class:`CollectorError`) any error from the thread.
+    """
+
+    def __init__(self, sources: Callable[[], list[LogSource]], out_dir: Path, interval_s: float = 0.2) -> None:
+        self._sources = sources
+        self.out_dir = Path(out_dir)
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._files: dict[str, IO[str]] = {}
+        self.lines_written = 0
+
+    def start(self) -> AccessLogCollector:
+        if self._thread is not None:
+            raise CollectorError("access-log collector already started")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="access-log-collector", daemon=True)
+        self._thread.start()
+        return self
+
+    def poll_once(self) -> int:
+        """Read every source once and append what it had; returns the number of lines written."""
+        total = 0
+        for src in self._sources():
+            fh = self._files.get(src.pod)
+            n = 0
+            for line in src.read():
+                if fh is None:
+                    fh = self._files[src.pod] = (self.out_dir / pod_file_name(src.pod)).open("a", encoding="utf-8")
+                fh.write(line.rstrip("\r\n") + "\n")
+                n += 1
+            if fh is not None and n:
+                fh.flush()  # on disk now: a crash of the harness must not lose what the pod said
+            total += n
+        self.lines_written += total
+        return total
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.poll_once()
+                self._stop.wait(self.interval_s)
+            self.poll_once()  # last lines written just before stop()
+        except BaseException as exc:
+            self._error = exc
+
+    def check(self) -> None:
+        """Raise the collector thread's error now, if it has one (call it between steps)."""
+        if self._error is not None:
+            raise CollectorError(f"access-log collector failed: {self._error!r}") from self._error
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread, close the files, and re-raise its error here (in the caller's thread)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise CollectorError(f"access-log collector did not stop within {timeout} s")
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+        self.check()
+
+    def __enter__(self) -> AccessLogCollector:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.stop()
+            return
+        with contextlib.suppress(CollectorError):
+            self.stop()  # the body's exception is the one to see; ours is secondary

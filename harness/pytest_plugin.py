@@ -1,0 +1,89 @@
+"""pytest plugin (`-p harness.pytest_plugin`, auto-loaded via the pytest11 entry point).
+
+For teams writing their own edge-routing tests against any backend:
+
+    pytest --eh-backend local --eh-topology fixtures/topology.yaml
+    pytest --eh-backend existing --eh-context nightly-eks --eh-allow-context nightly-eks
+
+Options map onto `harness.backends.BackendOptions` (one place for flags);
+the session fixture `eh_cluster` brings the cluster up once and always takes
+it down; `eh_run` is a fresh run directory per test; tests marked
+`@pytest.mark.edge_chaos` are skipped unless destructive chaos is allowed for
+the chosen backend. JUnit XML comes from pytest's own `--junitxml`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("edge-harness")
+    g.addoption("--eh-backend", default=None, help="auto | local | kind | existing (enables the eh_* fixtures)")
+    g.addoption("--eh-topology", default=None, help="topology file (default fixtures/topology.yaml)")
+    g.addoption("--eh-manifests", default=None, help="a rendered manifests directory instead of a topology")
+    g.addoption("--eh-cluster", default="eh", help="local/kind cluster name")
+    g.addoption("--eh-context", default=None, help="existing backend: kubeconfig context")
+    g.addoption("--eh-allow-context", action="append", default=[], help="allow destructive chaos on this context")
+    g.addoption("--eh-keep", action="store_true", help="leave the cluster up after the session")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "edge_chaos: a destructive chaos test (needs an allowed backend)")
+
+
+@pytest.fixture(scope="session")
+def eh_options(pytestconfig: pytest.Config) -> Any:
+    from harness.backends import BackendOptions
+
+    name = pytestconfig.getoption("--eh-backend")
+    if name is None:
+        pytest.skip("no --eh-backend given")
+    return BackendOptions(
+        name=name,
+        cluster=pytestconfig.getoption("--eh-cluster"),
+        context=pytestconfig.getoption("--eh-context"),
+        allow_contexts=list(pytestconfig.getoption("--eh-allow-context")),
+    )
+
+
+@pytest.fixture(scope="session")
+def eh_cluster(eh_options: Any, pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The backend, up for the whole session, always taken down (unless --eh-keep)."""
+    from harness.backends import connect
+    from harness.e2e import E2EOptions, prepare_manifests
+    from harness.render.manifests import load
+
+    topo = pytestconfig.getoption("--eh-topology")
+    mdir = pytestconfig.getoption("--eh-manifests")
+    work = tmp_path_factory.mktemp("eh-cluster")
+    opts = E2EOptions(topology=Path(topo) if topo else None, manifests=Path(mdir) if mdir else None)
+    manifests = load(prepare_manifests(opts, work))
+    backend = connect(eh_options)
+    try:
+        backend.up(manifests)  # type: ignore[call-arg]
+        yield backend
+    finally:
+        if not pytestconfig.getoption("--eh-keep"):
+            backend.down()
+
+
+@pytest.fixture
+def eh_run(tmp_path: Path) -> Path:
+    """A fresh run directory for one test."""
+    run = tmp_path / "run"
+    run.mkdir()
+    return run
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    name = config.getoption("--eh-backend")
+    allowed = bool(config.getoption("--eh-allow-context")) or name in ("local", "kind")
+    skip = pytest.mark.skip(reason="destructive chaos needs --eh-backend local/kind or an --eh-allow-context")
+    for item in items:
+        if "edge_chaos" in item.keywords and not allowed:
+            item.add_marker(skip)

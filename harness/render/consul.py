@@ -1,0 +1,186 @@
+"""Consul config-entry CRDs (consul.hashicorp.com/v1alpha1) that make routing edge-aware.
+
+What each kind is for here:
+- ProxyDefaults `global`: JSON access logs from every sidecar, with the exact
+  field list observe parses (pinned rather than left to Consul's default, so a
+  Consul upgrade cannot silently change the records), and http as the mesh
+  default protocol (L7 routing needs it).
+- ServiceDefaults: the protocol per service (postgres is tcp) and, on callers,
+  aggressive passive health checking, so a dead in-zone host is ejected after
+  one failure and the aggregate cluster spills to the Region within seconds.
+- ServiceResolver: on each edge copy, failover to the Region. In CE that is
+  another service name (`targets: [{service: product-api}]`); Enterprise names
+  the Region namespace, and redirects Region-only services from edge
+  namespaces to the Region namespace.
+- ServiceRouter: retries for HTTP services, so a request caught by a pod dying
+  mid-flight is retried (possibly on the failover target) instead of lost.
+- ServiceIntentions: exactly the call graph, everything else denied. With ACLs
+  off Consul's default is allow, so the `*` deny is what makes a wrong route
+  (e.g. to another Local Zone) fail loudly.
+CE must not contain Enterprise-only fields (namespaces in targets/redirects,
+sameness groups, prioritizeByLocality, failover policy): CE and the consul-k8s
+webhook reject them. CE config-entry names are unique cluster-wide because
+every Kubernetes namespace maps to the one `default` Consul namespace.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from harness.render import naming
+from harness.render.naming import ConsulService
+from harness.topology.model import Edition, Placement, Topology
+
+API_VERSION = "consul.hashicorp.com/v1alpha1"
+CONNECT_TIMEOUT_MS = 2000
+PASSIVE_HEALTH_CHECK: dict[str, Any] = {
+    "interval": "1s",
+    "maxFailures": 1,
+    "enforcingConsecutive5xx": 100,
+    "maxEjectionPercent": 100,
+    "baseEjectionTime": "5s",
+}
+# isValidRetryCondition values; gateway-error covers a 502/503/504 from a pod
+# that is shutting down, reset/refused-stream a connection it dropped.
+RETRY_ON = ["reset", "connect-failure", "refused-stream", "gateway-error"]
+NUM_RETRIES = 2
+
+# Consul's JSON access-log fields (agent/xds/accesslogs) -> Envoy command operators.
+ACCESS_LOG_FIELDS: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "route_name": "%ROUTE_NAME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%",
+    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+}
+
+
+def _crd(kind: str, name: str, ns: str, spec: dict[str, Any]) -> dict[str, Any]:
+    labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": spec,
+    }
+
+
+def proxy_defaults() -> dict[str, Any]:
+    spec = {
+        "config": {"protocol": "http"},
+        "accessLogs": {"enabled": True, "jsonFormat": json.dumps(ACCESS_LOG_FIELDS, indent=2) + "\n"},
+    }
+    return _crd("ProxyDefaults", "global", naming.CONSUL_NAMESPACE, spec)
+
+
+def _redirected_region_services(t: Topology, edition: Edition) -> list[tuple[str, str]]:
+    """Enterprise: (service, edge namespace) of each Region-only service named from an edge namespace."""
+    if edition is not Edition.ENTERPRISE:
+        return []
+    return [
+        (svc.name, naming.namespace(t, zone))
+        for zone in t.edge_zones
+        for svc in t.services
+        if svc.placement is Placement.REGION
+    ]
+
+
+def service_defaults(t: Topology, services: list[ConsulService], edition: Edition) -> list[dict[str, Any]]:
+    out = []
+    for cs in services:
+        spec: dict[str, Any] = {"protocol": cs.service.protocol}
+        if cs.service.upstreams:
+            spec["upstreamConfig"] = {
+                "defaults": {"connectTimeoutMs": CONNECT_TIMEOUT_MS, "passiveHealthCheck": dict(PASSIVE_HEALTH_CHECK)}
+            }
+        out.append(_crd("ServiceDefaults", cs.name, cs.namespace, spec))
+    # The redirected name needs a protocol too: the discovery chain starts there.
+    for name, ns in _redirected_region_services(t, edition):
+        out.append(_crd("ServiceDefaults", name, ns, {"protocol": t.service(name).protocol}))
+    return out
+
+
+def _region_copy(t: Topology, cs: ConsulService, edition: Edition) -> tuple[str, str]:
+    """(Consul name, namespace) of the Region copy an edge copy fails over to."""
+    region = t.region_zones[0]
+    return naming.consul_name(t, cs.service, region, edition), naming.namespace(t, region)
+
+
+def service_resolvers(t: Topology, services: list[ConsulService], edition: Edition) -> list[dict[str, Any]]:
+    out = []
+    timeout = f"{CONNECT_TIMEOUT_MS // 1000}s" if CONNECT_TIMEOUT_MS % 1000 == 0 else f"{CONNECT_TIMEOUT_MS}ms"
+    for cs in services:
+        if not cs.is_edge_copy:
+            continue
+        name, ns = _region_copy(t, cs, edition)
+        target: dict[str, str] = {"service": name}
+        if edition is Edition.ENTERPRISE:
+            target["namespace"] = ns
+        spec = {"connectTimeout": timeout, "failover": {"*": {"targets": [target]}}}
+        out.append(_crd("ServiceResolver", cs.name, cs.namespace, spec))
+    for name, ns in _redirected_region_services(t, edition):
+        spec = {"redirect": {"service": name, "namespace": naming.REGION_NAMESPACE}}
+        out.append(_crd("ServiceResolver", name, ns, spec))
+    return out
+
+
+def service_routers(services: list[ConsulService]) -> list[dict[str, Any]]:
+    out = []
+    for cs in services:
+        if cs.service.protocol != "http":
+            continue
+        route = {
+            "match": {"http": {"pathPrefix": "/"}},
+            "destination": {"numRetries": NUM_RETRIES, "retryOnConnectFailure": True, "retryOn": list(RETRY_ON)},
+        }
+        out.append(_crd("ServiceRouter", cs.name, cs.namespace, {"routes": [route]}))
+    return out
+
+
+def _source(name: str, ns: str, action: str, enterprise: bool) -> dict[str, str]:
+    """An intention source; CE has one Consul namespace, so naming one is Enterprise-only."""
+    return {"name": name, "namespace": ns, "action": action} if enterprise else {"name": name, "action": action}
+
+
+def service_intentions(t: Topology, services: list[ConsulService], edition: Edition) -> list[dict[str, Any]]:
+    out = []
+    enterprise = edition is Edition.ENTERPRISE
+    for cs in services:
+        sources = [_source(name, ns, "allow", enterprise) for name, ns in naming.callers(t, cs, edition)]
+        sources.append(_source("*", "*", "deny", enterprise))
+        destination = {"name": cs.name, "namespace": cs.namespace} if enterprise else {"name": cs.name}
+        out.append(_crd("ServiceIntentions", cs.name, cs.namespace, {"destination": destination, "sources": sources}))
+    return out
+
+
+def render_consul(t: Topology, edition: Edition) -> dict[str, list[dict[str, Any]]]:
+    """File name (under consul/) -> config-entry CRDs, in apply order."""
+    services = naming.consul_services(t, edition)
+    files = {
+        "00-proxy-defaults.yaml": [proxy_defaults()],
+        "10-service-defaults.yaml": service_defaults(t, services, edition),
+        "20-service-resolvers.yaml": service_resolvers(t, services, edition),
+        "30-service-routers.yaml": service_routers(services),
+        "40-service-intentions.yaml": service_intentions(t, services, edition),
+    }
+    return {name: objs for name, objs in files.items() if objs}

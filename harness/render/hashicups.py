@@ -1,0 +1,279 @@
+"""Kubernetes objects for HashiCups, one copy per zone (docs/CONTRACTS.md §2, §5).
+
+Each zone gets its own Deployment per service, pinned to that zone by a
+*required* node affinity: a zone's copy must never be scheduled elsewhere,
+or "in-zone" would stop meaning anything. Only edge copies tolerate the edge
+taint, so nothing from the Region (or another edge zone, whose affinity
+forbids it anyway) lands on an edge node. Apps reach their upstreams at
+localhost ports the sidecar listens on, configured with the same environment
+variables and files HashiCorp's published manifests use.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from harness.render import naming
+from harness.render.kind import edge_taint
+from harness.render.naming import ConsulService, Workload
+from harness.topology.model import KNOWN_PORTS, Edition, Service, Topology
+
+NGINX_IMAGE = "nginx:1.27-alpine"
+NGINX_PORT = 80
+POSTGRES_ENV = {"POSTGRES_DB": "products", "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "password"}
+
+
+def _upstream_port(t: Topology, svc: Service, upstream: str) -> int | None:
+    """Local port of `upstream` if `svc` calls it (the sidecar's listener), else None."""
+    return t.service(upstream).container_port if upstream in svc.upstreams else None
+
+
+def config_map_name(cs: ConsulService, suffix: str) -> str:
+    return f"{cs.name}-{suffix}"
+
+
+def nginx_conf(t: Topology, svc: Service) -> str:
+    """The frontend pod's nginx: `/api` to the public-api upstream, the rest to the Next.js app."""
+    lines = ["server {", f"    listen {NGINX_PORT};", "    server_name _;"]
+    api_port = _upstream_port(t, svc, "public-api")
+    if api_port is not None:
+        lines += [
+            "    location /api {",
+            f"        proxy_pass http://127.0.0.1:{api_port};",
+            "        proxy_http_version 1.1;",
+            "        proxy_set_header Host $host;",
+            "    }",
+        ]
+    lines += [
+        "    location / {",
+        f"        proxy_pass http://127.0.0.1:{svc.container_port};",
+        "        proxy_http_version 1.1;",
+        "        proxy_set_header Host $host;",
+        "    }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def product_api_conf(t: Topology, svc: Service) -> str:
+    """product-api's conf.json: the database through the sidecar's postgres listener."""
+    db_port = _upstream_port(t, svc, "postgres") or KNOWN_PORTS["postgres"]
+    conf = {
+        "db_connection": (
+            f"host=localhost port={db_port} user={POSTGRES_ENV['POSTGRES_USER']} "
+            f"password={POSTGRES_ENV['POSTGRES_PASSWORD']} dbname={POSTGRES_ENV['POSTGRES_DB']} sslmode=disable"
+        ),
+        "bind_address": f":{svc.container_port}",
+        "metrics_address": ":9103",
+    }
+    return json.dumps(conf, indent=2) + "\n"
+
+
+def _labels(w: Workload | ConsulService) -> dict[str, str]:
+    name = w.consul_name if isinstance(w, Workload) else w.name
+    return {
+        naming.LABEL_APP: w.service.name,
+        naming.LABEL_CONSUL_SERVICE: name,
+        naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+    }
+
+
+def _meta(name: str, ns: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": ns, "labels": labels}
+
+
+def _http_probe(path: str, port: int | str, period: int = 2) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": 2}
+
+
+def _tcp_probe(port: int | str, period: int = 2) -> dict[str, Any]:
+    return {"tcpSocket": {"port": port}, "periodSeconds": period, "failureThreshold": 2}
+
+
+def _env(values: dict[str, str]) -> list[dict[str, str]]:
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def _resources(cpu: str = "25m", memory: str = "32Mi") -> dict[str, Any]:
+    return {"requests": {"cpu": cpu, "memory": memory}}
+
+
+def _port_name(svc: Service) -> str:
+    return "http" if svc.protocol == "http" else "tcp"
+
+
+def service_port(svc: Service) -> tuple[int, str]:
+    """(port, name) users and the mesh reach the pod on: the frontend pod is entered through nginx."""
+    if svc.name == "frontend":
+        return NGINX_PORT, "http"
+    return svc.container_port, _port_name(svc)
+
+
+def _containers(t: Topology, svc: Service, cs: ConsulService) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(containers, volumes) of one pod; HashiCups services by name, any other image generically."""
+    port = svc.container_port
+    main: dict[str, Any] = {
+        "name": svc.name,
+        "image": svc.container_image,
+        "ports": [{"name": _port_name(svc) if svc.name != "frontend" else "app", "containerPort": port}],
+    }
+    containers = [main]
+    volumes: list[dict[str, Any]] = []
+    if svc.name == "frontend":
+        main["env"] = _env({"NEXT_PUBLIC_PUBLIC_API_URL": "/"})
+        main["readinessProbe"] = _http_probe("/", port)
+        main["resources"] = _resources("50m", "128Mi")
+        containers.append(
+            {
+                "name": "nginx",
+                "image": NGINX_IMAGE,
+                "ports": [{"name": "http", "containerPort": NGINX_PORT}],
+                "volumeMounts": [{"name": "nginx-config", "mountPath": "/etc/nginx/conf.d", "readOnly": True}],
+                "readinessProbe": _http_probe("/", "http"),
+                "livenessProbe": _tcp_probe("http", 5),
+                "resources": _resources(),
+            }
+        )
+        volumes.append({"name": "nginx-config", "configMap": {"name": config_map_name(cs, "nginx")}})
+    elif svc.name == "public-api":
+        env = {"BIND_ADDRESS": f":{port}"}
+        product_port = _upstream_port(t, svc, "product-api")
+        if product_port is not None:
+            env["PRODUCT_API_URI"] = f"http://localhost:{product_port}"
+        main["env"] = _env(env)
+        main["readinessProbe"] = _http_probe("/health", port)
+        main["livenessProbe"] = _http_probe("/health", port, 5)
+        main["resources"] = _resources()
+    elif svc.name == "product-api":
+        main["env"] = _env({"CONFIG_FILE": "/config/conf.json"})
+        main["volumeMounts"] = [{"name": "config", "mountPath": "/config", "readOnly": True}]
+        main["readinessProbe"] = _http_probe("/health/readyz", port)
+        main["livenessProbe"] = _http_probe("/health/livez", port, 5)
+        main["resources"] = _resources()
+        volumes.append({"name": "config", "configMap": {"name": config_map_name(cs, "config")}})
+    elif svc.name == "postgres":
+        main["env"] = _env(POSTGRES_ENV)
+        main["readinessProbe"] = _tcp_probe(port)
+        main["livenessProbe"] = _tcp_probe(port, 5)
+        main["resources"] = _resources("50m", "128Mi")
+    else:
+        # Not a HashiCups image: upstreams by convention `<NAME>_ADDR=localhost:<port>`.
+        env = {
+            up.upper().replace("-", "_") + "_ADDR": f"localhost:{t.service(up).container_port}" for up in svc.upstreams
+        }
+        if env:
+            main["env"] = _env(env)
+        main["readinessProbe"] = _tcp_probe(port)
+        main["resources"] = _resources()
+    return containers, volumes
+
+
+def config_maps(t: Topology, cs: ConsulService) -> list[dict[str, Any]]:
+    data: dict[str, str] | None = None
+    suffix = ""
+    if cs.service.name == "frontend":
+        suffix, data = "nginx", {"nginx.conf": nginx_conf(t, cs.service)}
+    elif cs.service.name == "product-api":
+        suffix, data = "config", {"conf.json": product_api_conf(t, cs.service)}
+    if data is None:
+        return []
+    meta = _meta(config_map_name(cs, suffix), cs.namespace, _labels(cs))
+    return [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}]
+
+
+def _pod_annotations(t: Topology, w: Workload, edition: Edition) -> dict[str, str]:
+    ann = {
+        naming.ANN_INJECT: "true",
+        naming.ANN_SERVICE: w.consul_name,
+        naming.ANN_SERVICE_PORT: service_port(w.service)[1],
+    }
+    upstreams = naming.upstream_annotation(t, w.service, w.zone, edition)
+    if upstreams:
+        ann[naming.ANN_UPSTREAMS] = upstreams
+    return ann
+
+
+def deployment(t: Topology, w: Workload, cs: ConsulService, edition: Edition) -> dict[str, Any]:
+    selector = {
+        naming.LABEL_APP: w.service.name,
+        naming.LABEL_CONSUL_SERVICE: w.consul_name,
+        naming.LABEL_POD_ZONE: w.zone.name,
+    }
+    containers, volumes = _containers(t, w.service, cs)
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": w.consul_name,
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": naming.LABEL_ZONE, "operator": "In", "values": [w.zone.name]}]}
+                    ]
+                }
+            }
+        },
+    }
+    if w.zone.is_edge:
+        taint = edge_taint(w.zone)
+        pod_spec["tolerations"] = [
+            {"key": taint["key"], "operator": "Equal", "value": taint["value"], "effect": taint["effect"]}
+        ]
+    pod_spec["containers"] = containers
+    if volumes:
+        pod_spec["volumes"] = volumes
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(w.deployment, w.namespace, {**_labels(w), naming.LABEL_POD_ZONE: w.zone.name}),
+        "spec": {
+            "replicas": w.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": selector, "annotations": _pod_annotations(t, w, edition)},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def service_objects(t: Topology, cs: ConsulService) -> list[dict[str, Any]]:
+    """ServiceAccount, ConfigMaps and Service of one Consul service (names = Consul name)."""
+    port, port_name = service_port(cs.service)
+    meta = _meta(cs.name, cs.namespace, _labels(cs))
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        *config_maps(t, cs),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta,
+            "spec": {
+                "selector": {naming.LABEL_APP: cs.service.name, naming.LABEL_CONSUL_SERVICE: cs.name},
+                "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}],
+            },
+        },
+    ]
+
+
+def namespaces(t: Topology) -> list[dict[str, Any]]:
+    """The Consul release namespace and one namespace per zone (the Region's AZs share one)."""
+    names = [naming.CONSUL_NAMESPACE]
+    for zone in t.zones:
+        ns = naming.namespace(t, zone)
+        if ns not in names:
+            names.append(ns)
+    labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": labels}} for n in names]
+
+
+def render_k8s(t: Topology, edition: Edition) -> dict[str, list[dict[str, Any]]]:
+    """File name (under k8s/) -> objects, in apply order."""
+    files: dict[str, list[dict[str, Any]]] = {"00-namespaces.yaml": namespaces(t)}
+    works = naming.workloads(t, edition)
+    for cs in naming.consul_services(t, edition):
+        objs = files.setdefault(f"10-{cs.namespace}.yaml", [])
+        objs += service_objects(t, cs)
+        objs += [
+            deployment(t, w, cs, edition) for w in works if (w.namespace, w.consul_name) == (cs.namespace, cs.name)
+        ]
+    return files

@@ -1,0 +1,54 @@
+"""A run directory holds everything of one run (see docs/CONTRACTS.md section 4).
+
+It is the only thing the verifier and the report read, so a run copied from
+another machine (or from CI's artifacts) can be judged again with
+`harness verify RUN_DIR`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from harness.backends.base import Inventory
+
+RUNS_ROOT = Path("runs")
+
+
+def new_run_dir(root: Path = RUNS_ROOT, label: str = "") -> Path:
+    """`runs/<UTC timestamp>[-label]/`, unique even when two runs start in the same second."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = f"{stamp}-{label}" if label else stamp
+    for i in range(1000):
+        path = root / (base if i == 0 else f"{base}.{i}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a run directory under {root}")
+
+
+def copy_manifests(src: Path, run_dir: Path) -> Path:
+    dst = run_dir / "manifests"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    return dst
+
+
+def write_inventory(inv: Inventory, path: Path) -> None:
+    """Pod lifecycle events (added, removed) in time order, from an in-memory inventory."""
+    events: list[tuple[float, str, dict[str, object]]] = []
+    for p in inv.pods():
+        base = {k: v for k, v in asdict(p).items() if k not in ("started", "ended")}
+        events.append((p.started, "added", base))
+        if p.ended is not None:
+            events.append((p.ended, "removed", base))
+    events.sort(key=lambda e: (e[0], e[1] != "added"))
+    with path.open("w", encoding="utf-8") as fh:
+        for ts, event, base in events:
+            fh.write(json.dumps({"ts": ts, "event": event, **base}) + "\n")

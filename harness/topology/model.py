@@ -1,0 +1,315 @@
+"""Topology model, loading and validation.
+
+The file is YAML with camelCase keys (it sits next to Kubernetes manifests and
+is read by the same people). Validation is strict: an unknown key is an error,
+because a typo that silently falls back to a default would make a run test
+something other than what its author meant. Every error is one line naming the
+file and the field (``fixtures/topology.yaml: zones[2].type: ...``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from harness.errors import InputError
+
+DEFAULT_TOPOLOGY = Path(__file__).resolve().parents[2] / "fixtures" / "topology.yaml"
+
+# HashiCups images as published by HashiCorp (hashicorp-demoapp/hashicups-setups
+# and consul tutorials). Pinned: a moving tag would change what a run tests.
+KNOWN_IMAGES: dict[str, str] = {
+    "frontend": "hashicorpdemoapp/frontend:v1.0.9",
+    "public-api": "hashicorpdemoapp/public-api:v0.0.7",
+    "product-api": "hashicorpdemoapp/product-api:v0.0.22",
+    "postgres": "hashicorpdemoapp/product-api-db:v0.0.22",
+}
+KNOWN_PORTS: dict[str, int] = {"frontend": 3000, "public-api": 8080, "product-api": 9090, "postgres": 5432}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+class ZoneType(str, Enum):
+    AVAILABILITY_ZONE = "availability-zone"
+    LOCAL_ZONE = "local-zone"
+    WAVELENGTH_ZONE = "wavelength-zone"
+
+
+class Edition(str, Enum):
+    CE = "ce"
+    ENTERPRISE = "enterprise"
+
+
+class Placement(str, Enum):
+    EDGE = "edge"  # replicas in every zone (each AZ and each edge zone)
+    REGION = "region"  # replicas in the Region's AZs only
+
+
+class ServiceLink(_Model):
+    """The edge zone's link to its parent Region (AWS calls it the service link)."""
+
+    latency_ms: float = Field(default=10.0, ge=0, le=5000)
+    jitter_ms: float = Field(default=0.0, ge=0, le=5000)
+    loss_percent: float = Field(default=0.0, ge=0, le=100)
+
+
+class Zone(_Model):
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    type: ZoneType
+    nodes: int = Field(default=1, ge=1, le=20)
+    service_link: ServiceLink | None = None
+    short_name: str | None = Field(default=None, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+    @property
+    def is_edge(self) -> bool:
+        return self.type is not ZoneType.AVAILABILITY_ZONE
+
+    @property
+    def link(self) -> ServiceLink:
+        """The service link of an edge zone (defaults when not given)."""
+        return self.service_link or ServiceLink()
+
+
+class Service(_Model):
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+    placement: Placement
+    replicas: int = Field(default=1, ge=1, le=10)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    protocol: str = Field(default="http", pattern=r"^(http|tcp)$")
+    upstreams: tuple[str, ...] = ()
+    image: str | None = None
+
+    @property
+    def container_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return KNOWN_PORTS[self.name]
+
+    @property
+    def container_image(self) -> str:
+        return self.image or KNOWN_IMAGES[self.name]
+
+
+class Slo(_Model):
+    in_zone_share: float = Field(default=0.999, gt=0, le=1)
+    error_budget: float = Field(default=0.01, ge=0, le=1)
+    max_failover_s: float = Field(default=5.0, gt=0)
+    max_recovery_s: float = Field(default=60.0, gt=0)
+
+
+class LocalSettings(_Model):
+    """Settings only the local backend reads."""
+
+    address_range: str = "10.213.0.0/16"
+    pod_restart_delay_s: float = Field(default=2.0, ge=0, le=120)
+
+    @field_validator("address_range")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            net = ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"not a network address range: {exc}") from None
+        if net.version != 4 or net.prefixlen > 20:
+            raise ValueError("must be an IPv4 range of /20 or larger")
+        return value
+
+
+class Topology(_Model):
+    api_version: str = Field(default="edge-harness/v1", pattern=r"^edge-harness/v1$")
+    name: str = Field(default="edge", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=30)
+    region: str = Field(default="us-west-2", pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
+    edition: Edition = Edition.CE
+    zones: tuple[Zone, ...]
+    services: tuple[Service, ...]
+    slo: Slo = Slo()
+    local: LocalSettings = LocalSettings()
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> Topology:
+        _check_cross_fields(self)
+        return self
+
+    # -- helpers -------------------------------------------------------------
+    @property
+    def edge_zones(self) -> list[Zone]:
+        return [z for z in self.zones if z.is_edge]
+
+    @property
+    def region_zones(self) -> list[Zone]:
+        return [z for z in self.zones if not z.is_edge]
+
+    def zone(self, name: str) -> Zone:
+        for z in self.zones:
+            if z.name == name:
+                return z
+        raise KeyError(name)
+
+    def service(self, name: str) -> Service:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def short(self, zone: Zone | str) -> str:
+        """Short zone name used in object names: `lax-1a` for `us-west-2-lax-1a`."""
+        z = self.zone(zone) if isinstance(zone, str) else zone
+        if z.short_name:
+            return z.short_name
+        prefix = self.region + "-"
+        if z.name.startswith(prefix) and len(z.name) > len(prefix):
+            return z.name[len(prefix) :]
+        if z.name.startswith(self.region) and len(z.name) > len(self.region):
+            return self.region.rsplit("-", 1)[-1] + z.name[len(self.region) :]
+        return z.name
+
+
+class _CrossFieldError(ValueError):
+    """A rule across fields; `field` is the path to report."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _check_cross_fields(t: Topology) -> None:
+    seen: dict[str, int] = {}
+    for i, z in enumerate(t.zones):
+        if z.name in seen:
+            raise _CrossFieldError(f"zones[{i}].name", f"duplicate zone name {z.name!r} (also zones[{seen[z.name]}])")
+        seen[z.name] = i
+        if not z.name.startswith(t.region):
+            raise _CrossFieldError(f"zones[{i}].name", f"zone {z.name!r} is not in region {t.region!r}")
+        if not z.is_edge and z.service_link is not None:
+            raise _CrossFieldError(f"zones[{i}].serviceLink", "only edge zones (local-zone, wavelength-zone) have a service link")
+    shorts: dict[str, int] = {}
+    for i, z in enumerate(t.zones):
+        short = t.short(z)
+        if short in shorts:
+            raise _CrossFieldError(f"zones[{i}].shortName", f"short name {short!r} clashes with zones[{shorts[short]}]")
+        shorts[short] = i
+    if not t.region_zones:
+        raise _CrossFieldError("zones", "at least one availability-zone (the Region) is required")
+    if not t.edge_zones:
+        raise _CrossFieldError("zones", "at least one edge zone (local-zone or wavelength-zone) is required")
+    names: dict[str, int] = {}
+    for i, s in enumerate(t.services):
+        if s.name in names:
+            raise _CrossFieldError(f"services[{i}].name", f"duplicate service name {s.name!r} (also services[{names[s.name]}])")
+        names[s.name] = i
+        if s.image is None and s.name not in KNOWN_IMAGES:
+            raise _CrossFieldError(f"services[{i}].image", f"required for {s.name!r} (no HashiCups image is known by that name)")
+        if s.port is None and s.name not in KNOWN_PORTS:
+            raise _CrossFieldError(f"services[{i}].port", f"required for {s.name!r}")
+    if not any(s.placement is Placement.REGION for s in t.services):
+        raise _CrossFieldError("services", "at least one Region-only service (placement: region) is required")
+    for i, s in enumerate(t.services):
+        for j, up in enumerate(s.upstreams):
+            if up not in names:
+                raise _CrossFieldError(f"services[{i}].upstreams[{j}]", f"unknown service {up!r}")
+            if up == s.name:
+                raise _CrossFieldError(f"services[{i}].upstreams[{j}]", "a service cannot be its own upstream")
+        if s.placement is Placement.REGION:
+            for j, up in enumerate(s.upstreams):
+                if t.service(up).placement is Placement.EDGE:
+                    raise _CrossFieldError(
+                        f"services[{i}].upstreams[{j}]",
+                        f"Region-only service {s.name!r} cannot call edge-placed {up!r} (Region -> edge is never allowed)",
+                    )
+    ports: dict[int, str] = {}
+    for i, s in enumerate(t.services):
+        if s.container_port in ports:
+            raise _CrossFieldError(f"services[{i}].port", f"port {s.container_port} already used by {ports[s.container_port]!r}")
+        ports[s.container_port] = s.name
+    # cycles in the call graph would make the mesh loop forever
+    graph = {s.name: list(s.upstreams) for s in t.services}
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: list[str]) -> None:
+        state[n] = 1
+        for m in graph[n]:
+            if state.get(m) == 1:
+                raise _CrossFieldError("services", f"call graph has a cycle: {' -> '.join([*path, n, m])}")
+            if m not in state:
+                visit(m, [*path, n])
+        state[n] = 2
+
+    for n in graph:
+        if n not in state:
+            visit(n, [])
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def parse_topology(data: Any, source: str = "<topology>") -> Topology:
+    """Validate already-parsed YAML data; raise `InputError` on the first problem."""
+    if data is None:
+        raise InputError(source, "", "file is empty (expected a mapping with zones and services)")
+    if not isinstance(data, dict):
+        raise InputError(source, "", f"expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _CrossFieldError):
+            raise InputError(source, ctx_err.field, str(ctx_err)) from None
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "enum":
+            msg = f"{msg}, got {err.get('input')!r}"
+        raise InputError(source, _loc(tuple(err["loc"])), msg) from None
+
+
+def load_topology(path: str | Path | None = None) -> Topology:
+    """Read and validate a topology file (the default one when `path` is None)."""
+    p = Path(path) if path is not None else DEFAULT_TOPOLOGY
+    source = str(path) if path is not None else _display(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(source, "", "no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise InputError(source, "", f"cannot read: {exc.__class__.__name__}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise InputError(source, where, f"YAML syntax error: {problem}") from None
+    return parse_topology(data, source)
+
+
+def _display(p: Path) -> str:
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def dump_topology(t: Topology) -> str:
+    """Normalised YAML (every default spelled out) that `load_topology` reads back."""
+    data = t.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,30 @@
+"""Traffic: HashiCups users driven by locust, recorded request by request.
+
+The harness side (`run_traffic`, `TrafficRunner`) starts locust in its own
+process and never imports locust (gevent monkey-patching). The locust side is
+`loadtests/hashicups.py`, which uses `harness.traffic.recorder` to append
+`requests.jsonl` (docs/CONTRACTS.md §4).
+"""
+
+from harness.traffic.recorder import RequestRecorder, parse_entrypoints
+from harness.traffic.runner import (
+    DEFAULT_LOCUSTFILE,
+    TrafficError,
+    TrafficResult,
+    TrafficRunner,
+    ZoneCounts,
+    run_traffic,
+    summarise_requests,
+)
+
+__all__ = [
+    "DEFAULT_LOCUSTFILE",
+    "RequestRecorder",
+    "TrafficError",
+    "TrafficResult",
+    "TrafficRunner",
+    "ZoneCounts",
+    "parse_entrypoints",
+    "run_traffic",
+    "summarise_requests",
+]

@@ -1,0 +1,158 @@
+"""Per-request records (`requests.jsonl`) written from inside a locust process.
+
+The verifier judges availability from what users saw, request by request, and
+lines them up with the chaos timeline; locust's own aggregated stats are too
+coarse for that. So every request event becomes one JSON line (CONTRACTS §4,
+`requests.jsonl`).
+
+This module never imports locust: it is imported by the locustfile (inside the
+gevent-patched locust process) and only *receives* locust's environment. The
+harness process may import the package `harness.traffic` without dragging
+gevent's monkey-patching in.
+
+Writing: the file is opened with ``O_APPEND`` and every record is one
+``os.write`` of one complete line. With ``--processes N`` several workers
+append to the same file; on Linux an ``O_APPEND`` write of a few hundred bytes
+to a local file lands whole at the end, so lines never interleave and nothing
+is buffered in user space that a crash could lose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+REQUESTS_FILE_ENV = "EH_REQUESTS_FILE"
+"""Env var naming the file to append records to; unset = no recording."""
+
+ENTRYPOINTS_ENV = "EH_ENTRYPOINTS"
+"""Env var with a JSON object {zone: base_url}: users spread over these zones."""
+
+ZONE_ENV = "EH_ZONE"
+"""Env var naming the zone of the single --host when EH_ENTRYPOINTS is unset."""
+
+DEFAULT_ZONE = "default"
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+_MID_CACHE_MAX = 10_000  # bounded: a locustfile naming requests by URL would otherwise grow it forever
+
+
+class RequestRecorder:
+    """Appends one `requests.jsonl` line per locust request event.
+
+    Attach with :meth:`attach` (from the locustfile's ``init`` listener). The
+    entry zone and endpoint come from the request event's ``context`` (the
+    user's ``context()`` merged with the per-request context): keys ``zone`` and
+    ``endpoint``. A request without a zone is attributed to `default_zone`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], default_zone: str = DEFAULT_ZONE) -> None:
+        self.path = os.fspath(path)
+        self.default_zone = default_zone
+        # O_APPEND: each write lands at the current end even with several writer processes.
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._mid: dict[tuple[str, str, str], str] = {}
+        self.written = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RequestRecorder | None:
+        """A recorder for the file named by ``EH_REQUESTS_FILE``, or None when unset.
+
+        Recording is opt-in so a plain ``locust -f loadtests/hashicups.py`` run
+        by hand leaves no files behind.
+        """
+        env = os.environ if environ is None else environ
+        path = env.get(REQUESTS_FILE_ENV)
+        if not path:
+            return None
+        return cls(path, default_zone=env.get(ZONE_ENV) or DEFAULT_ZONE)
+
+    def attach(self, environment: Any) -> None:
+        """Listen to `environment.events.request`; close the file on ``quitting``."""
+        environment.events.request.add_listener(self.on_request)
+        environment.events.quitting.add_listener(self._on_quitting)
+
+    def _on_quitting(self, **_kwargs: Any) -> None:
+        self.close()
+
+    def on_request(
+        self,
+        request_type: str,
+        name: str,
+        response_time: float | None,
+        response_length: int,
+        response: Any = None,
+        context: dict[str, Any] | None = None,
+        exception: BaseException | None = None,
+        start_time: float | None = None,
+        url: str | None = None,
+        **_kwargs: Any,
+    ) -> None:
+        """Locust `request` event listener: one record, one write.
+
+        Kept lean (cached string fields, one f-string, one syscall) because it
+        runs on every request and the bench holds it to >= 0.8x of plain
+        locust throughput; `json.dumps` of a dict per request cost twice as much.
+        """
+        fd = self._fd
+        if fd is None:
+            return
+        ctx = context or {}
+        zone = ctx.get("zone") or self.default_zone
+        endpoint = ctx.get("endpoint") or name
+        # The string fields repeat (a few zones x endpoints): encode them once, format the rest.
+        key = (zone, endpoint, name)
+        mid = self._mid.get(key)
+        if mid is None:
+            mid = f'"zone": {_dumps(zone)}, "endpoint": {_dumps(endpoint)}, "name": {_dumps(name)}'
+            if len(self._mid) < _MID_CACHE_MAX:
+                self._mid[key] = mid
+        status = int(getattr(response, "status_code", None) or 0)
+        latency = float(response_time or 0.0)
+        if start_time is None:
+            start_time = time.time() - latency / 1000.0  # locust passes it for HTTP users; custom clients may not
+        if exception is None:
+            tail = '"ok": true, "error": null}\n'
+        else:
+            tail = f'"ok": false, "error": {_dumps(_error_text(exception))}}}\n'
+        line = f'{{"ts": {float(start_time)!r}, {mid}, "status": {status}, "latency_ms": {round(latency, 3)!r}, {tail}'
+        os.write(fd, line.encode())
+        self.written += 1
+
+    def close(self) -> None:
+        """Close the file; later events are dropped (locust is shutting down)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _error_text(exc: BaseException) -> str:
+    """A short, single-line description (tracebacks would bloat millions of lines)."""
+    text = str(exc) or type(exc).__name__
+    text = text.replace("\n", " ")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def parse_entrypoints(raw: str | None) -> dict[str, str]:
+    """Parse ``EH_ENTRYPOINTS`` (JSON {zone: base_url}); empty dict when unset.
+
+    Raises ValueError with a clear message on anything else, because a typo
+    there would otherwise silently send all traffic to one zone.
+    """
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{ENTRYPOINTS_ENV}: not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{ENTRYPOINTS_ENV}: expected a non-empty JSON object {{zone: base_url}}")
+    out: dict[str, str] = {}
+    for zone, url in data.items():
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"{ENTRYPOINTS_ENV}: zone {zone!r}: base URL must be http(s)://..., got {url!r}")
+        out[str(zone)] = url.rstrip("/")
+    return out

@@ -1,0 +1,412 @@
+"""Run locust headless in its own process and summarise what users saw.
+
+Why a subprocess: importing locust monkey-patches the whole interpreter with
+gevent, which would break the harness's threads, subprocesses and the
+Kubernetes client. So the harness never imports locust; it starts
+``python -m locust`` from its own interpreter (the venv's locust), points it at
+``loadtests/hashicups.py`` and reads the records that locustfile's recorder
+appends to ``<run dir>/requests.jsonl``.
+
+Scaling out uses locust's own distributed mode (``--processes N`` forks a
+master and N workers), never a home-grown fan-out, so counts and shapes stay
+locust's.
+
+The process is started in a new session: a Ctrl-C at the terminal reaches
+only the harness, which then stops locust in order (SIGINT so locust writes
+its summary, then SIGTERM, then SIGKILL for the process group it leads, which
+holds only locust and its forked workers). Its output goes to
+``<run dir>/locust.log``, never to the caller's stdout (a pipeline on the
+harness's output must not hang on a child holding it open).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from harness.errors import HarnessError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_LOCUSTFILE = REPO_ROOT / "loadtests" / "hashicups.py"
+SHAPES = ("steady", "ramp")
+
+REQUESTS_FILE = "requests.jsonl"
+LOG_FILE = "locust.log"
+STATS_FILE_PREFIX = "locust-stats"  # locust appends ".json"
+
+START_GRACE_S = 30.0
+"""Wall time allowed beyond `duration_s` (startup, workers connecting, summary) before we stop locust."""
+
+
+class TrafficError(HarnessError):
+    """Locust could not run (bad locustfile, bad arguments): names the log to read."""
+
+
+class StopEvent(Protocol):
+    """Anything with ``is_set()`` (threading.Event, multiprocessing.Event, ...)."""
+
+    def is_set(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ZoneCounts:
+    """What the users entering at one zone saw."""
+
+    requests: int
+    failures: int
+
+
+@dataclass(frozen=True)
+class TrafficResult:
+    """Summary of one locust run, counted from `requests.jsonl` (this run's lines only).
+
+    `rps` is requests divided by the span from the first request's start to
+    the last request's end, so startup and shutdown time do not dilute it.
+    `returncode` is locust's (1 just means some requests failed);
+    `stopped_early` is True when stop_event / stop() ended the run before its
+    duration.
+    """
+
+    requests: int
+    failures: int
+    rps: float
+    duration_s: float
+    returncode: int | None
+    stopped_early: bool
+    requests_file: Path
+    log_file: Path
+    stats_file: Path
+    per_zone: dict[str, ZoneCounts] = field(default_factory=dict)
+
+    @property
+    def failure_ratio(self) -> float:
+        return self.failures / self.requests if self.requests else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "requests": self.requests,
+            "failures": self.failures,
+            "rps": self.rps,
+            "duration_s": self.duration_s,
+            "returncode": self.returncode,
+            "stopped_early": self.stopped_early,
+            "requests_file": str(self.requests_file),
+            "log_file": str(self.log_file),
+            "per_zone": {z: {"requests": c.requests, "failures": c.failures} for z, c in self.per_zone.items()},
+        }
+
+
+def locust_command(
+    locustfile: Path,
+    host: str,
+    users: int,
+    spawn_rate: float,
+    duration_s: float,
+    processes: int,
+    stats_prefix: Path,
+) -> list[str]:
+    """The locust command line (pure; exposed for tests and for `--dry-run` style printing)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile),
+        "--headless",
+        "--host",
+        host,
+        "-u",
+        str(users),
+        "-r",
+        f"{spawn_rate:g}",
+        "-t",
+        f"{max(1, math.ceil(duration_s))}s",
+        "--stop-timeout",
+        "2",
+        "--only-summary",
+        "--json-file",
+        str(stats_prefix),
+    ]
+    if processes > 1:
+        cmd += ["--processes", str(processes)]
+    return cmd
+
+
+class TrafficRunner:
+    """Locust in the background while something else (chaos) runs.
+
+    ::
+
+        with TrafficRunner(backend.entrypoints(), run_dir, users=20, spawn_rate=10, duration_s=600) as tr:
+            run_chaos(...)
+        result = tr.result   # stopped and counted on exit
+
+    `start()` returns once the process is launched; `wait()` blocks until it
+    ends by itself; `stop()` ends it early (idempotent) and returns the
+    :class:`TrafficResult`.
+    """
+
+    def __init__(
+        self,
+        entrypoints: dict[str, str],
+        out: Path,
+        users: int,
+        spawn_rate: float,
+        duration_s: float,
+        shape: str = "steady",
+        processes: int = 1,
+        locustfile: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        if not entrypoints:
+            raise TrafficError("traffic: no entrypoints (zone -> base URL) to send users to")
+        if shape not in SHAPES:
+            raise TrafficError(f"traffic: unknown shape {shape!r}; choose one of {list(SHAPES)}")
+        if users < 1 or spawn_rate <= 0 or duration_s <= 0 or processes < 1:
+            raise TrafficError("traffic: users, spawn_rate, duration_s and processes must be positive")
+        self.entrypoints = dict(entrypoints)
+        self.out = Path(out).resolve()  # locust runs with cwd=out: every path handed over is absolute
+        self.users = users
+        self.spawn_rate = spawn_rate
+        self.duration_s = duration_s
+        self.shape = shape
+        self.processes = processes
+        self.locustfile = Path(locustfile).resolve() if locustfile is not None else DEFAULT_LOCUSTFILE
+        self.extra_env = dict(extra_env or {})
+        self.requests_file = self.out / REQUESTS_FILE
+        self.log_file = self.out / LOG_FILE
+        self.stats_file = self.out / f"{STATS_FILE_PREFIX}.json"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_wall = 0.0
+        self._started_mono = 0.0
+        self._ended_mono: float | None = None
+        self._stopped_early = False
+        self._lock = threading.Lock()
+        self.result: TrafficResult | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> TrafficRunner:
+        """Launch locust; raises TrafficError if it cannot even be started."""
+        if self._proc is not None:
+            raise TrafficError("traffic: runner already started")
+        if not self.locustfile.is_file():
+            raise TrafficError(f"{self.locustfile}: locustfile not found")
+        self.out.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "EH_REQUESTS_FILE": str(self.requests_file),
+            "EH_ENTRYPOINTS": json.dumps(self.entrypoints),
+            "EH_SHAPE": self.shape,
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+        cmd = locust_command(
+            self.locustfile,
+            next(iter(self.entrypoints.values())),
+            self.users,
+            self.spawn_rate,
+            self.duration_s,
+            self.processes,
+            self.out / STATS_FILE_PREFIX,
+        )
+        self._started_wall = time.time()
+        self._started_mono = time.monotonic()
+        with self.log_file.open("ab") as log:
+            log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(cmd)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(self.out),
+                env=env,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def wait(self, timeout: float | None = None, stop_event: StopEvent | None = None) -> bool:
+        """Block until locust exits (True), `timeout` passes or `stop_event` is set (False)."""
+        proc = self._require()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while proc.poll() is None:
+            if stop_event is not None and stop_event.is_set():
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        self._mark_ended()
+        return True
+
+    def stop(self, timeout: float = 15.0) -> TrafficResult:
+        """Stop locust if still running (SIGINT, then SIGTERM, then SIGKILL) and count the records."""
+        with self._lock:
+            if self.result is not None:
+                return self.result
+            proc = self._require()
+            if proc.poll() is None:
+                self._stopped_early = True
+                self._terminate(proc, timeout)
+            self._reap_group(proc.pid)
+            self._mark_ended()
+            self.result = self._summarise(proc.returncode)
+            return self.result
+
+    def _terminate(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """SIGINT lets locust stop users and write its stats; escalate only if it hangs."""
+        for sig, wait_s in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0)):
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    @staticmethod
+    def _reap_group(pgid: int, grace_s: float = 3.0) -> None:
+        """Kill workers left behind by a master that died (the group is ours alone: new session)."""
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+    def _mark_ended(self) -> None:
+        if self._ended_mono is None:
+            self._ended_mono = time.monotonic()
+
+    def _require(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            raise TrafficError("traffic: runner not started")
+        return self._proc
+
+    def _summarise(self, returncode: int | None) -> TrafficResult:
+        ended = self._ended_mono if self._ended_mono is not None else time.monotonic()
+        total, failures, rps, per_zone = summarise_requests(self.requests_file, since=self._started_wall)
+        if returncode not in (0, 1) and not self._stopped_early and total == 0:
+            raise TrafficError(
+                f"traffic: locust exited with code {returncode}; see {self.log_file}:\n{_tail(self.log_file)}"
+            )
+        return TrafficResult(
+            requests=total,
+            failures=failures,
+            rps=rps,
+            duration_s=ended - self._started_mono,
+            returncode=returncode,
+            stopped_early=self._stopped_early,
+            requests_file=self.requests_file,
+            log_file=self.log_file,
+            stats_file=self.stats_file,
+            per_zone=per_zone,
+        )
+
+    # -- context manager ----------------------------------------------------------
+    def __enter__(self) -> TrafficRunner:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._proc is not None:
+            self.stop()
+
+
+def run_traffic(
+    entrypoints: dict[str, str],
+    out: Path,
+    users: int,
+    spawn_rate: float,
+    duration_s: float,
+    shape: str = "steady",
+    processes: int = 1,
+    locustfile: Path | None = None,
+    stop_event: StopEvent | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> TrafficResult:
+    """Drive users at `entrypoints` ({zone: base_url}) for `duration_s`; records go to `out`/requests.jsonl.
+
+    `out` is the run directory. Returns when locust finishes on its own, when
+    `stop_event` is set (result has ``stopped_early``), or after
+    ``duration_s + START_GRACE_S`` at the latest (a hung locust never hangs the
+    harness). On KeyboardInterrupt locust is stopped cleanly and the interrupt
+    re-raised.
+    """
+    runner = TrafficRunner(entrypoints, out, users, spawn_rate, duration_s, shape, processes, locustfile, extra_env)
+    runner.start()
+    try:
+        runner.wait(timeout=duration_s + START_GRACE_S, stop_event=stop_event)
+    finally:
+        result = runner.stop()
+    return result
+
+
+def summarise_requests(path: Path, since: float = 0.0) -> tuple[int, int, float, dict[str, ZoneCounts]]:
+    """(requests, failures, rps, per-zone counts) of the records in `path` with ts >= `since`.
+
+    DuckDB reads the file because a long run holds millions of lines; a torn
+    last line (locust killed mid-write) is skipped rather than failing the run.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0, 0, 0.0, {}
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        rows = con.execute(
+            """
+            SELECT zone, count(*), count(*) FILTER (WHERE NOT coalesce(ok, false)),
+                   min(ts), max(ts + coalesce(latency_ms, 0) / 1000.0)
+            FROM read_json(?, format='newline_delimited', ignore_errors=true,
+                columns={'ts': 'DOUBLE', 'zone': 'VARCHAR', 'ok': 'BOOLEAN', 'latency_ms': 'DOUBLE'})
+            WHERE ts IS NOT NULL AND ts >= ?
+            GROUP BY zone ORDER BY zone
+            """,
+            [str(path), since],
+        ).fetchall()
+    finally:
+        con.close()
+    per_zone = {str(z): ZoneCounts(int(n), int(f)) for z, n, f, _, _ in rows}
+    total = sum(c.requests for c in per_zone.values())
+    failures = sum(c.failures for c in per_zone.values())
+    rps = 0.0
+    if rows:
+        first, last = min(r[3] for r in rows), max(r[4] for r in rows)
+        if last > first:
+            rps = total / (last - first)
+    return total, failures, rps, per_zone
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,94 @@
+"""Verify a run directory against the routing invariants (docs/CONTRACTS.md §4).
+
+The verifier reads records only: it imports nothing of the backends, traffic,
+chaos or CLI, so it judges a run from any backend or one copied from another
+machine. Public API:
+
+- `verify(run_dir) -> Verdict`: load and check (raises `harness.errors.InputError`
+  when the run directory or its topology is unusable).
+- `Verdict.passed`, `Verdict.to_json()`, `Verdict.to_dict()`, `Verdict.from_dict()`.
+- `write_verdict(run_dir, verdict) -> Path`: writes `run_dir/verdict.json`.
+- `load_verdict(path) -> Verdict`: reads one back (schema version checked).
+- `print_summary(verdict, console)`: rich tables for the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.errors import InputError
+from harness.verify.invariants import DEFINITIONS, Checker
+from harness.verify.model import (
+    AVAILABILITY,
+    FALLBACK,
+    HUB_AND_SPOKE,
+    INVARIANTS,
+    LOCALITY,
+    SCHEMA_PATH,
+    SCHEMA_VERSION,
+    SHARED_SERVICES,
+    FaultResult,
+    InvariantResult,
+    PairResult,
+    RunInfo,
+    Verdict,
+    WindowResult,
+)
+from harness.verify.records import load_run
+from harness.verify.summary import print_summary
+
+
+def verify(run_dir: Path | str, threads: int | None = None) -> Verdict:
+    """Check every invariant over the records in `run_dir` and return the verdict.
+
+    `threads` caps DuckDB's worker threads (default: all cores).
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise InputError(str(path), "", "run directory does not exist")
+    run = load_run(path, threads=threads)
+    try:
+        return Checker(run).verdict()
+    finally:
+        run.con.close()
+
+
+def write_verdict(run_dir: Path | str, verdict: Verdict) -> Path:
+    """Write `verdict.json` into the run directory (atomically: a reader never sees half)."""
+    out = Path(run_dir) / "verdict.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(verdict.to_json() + "\n", encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def load_verdict(path: Path | str) -> Verdict:
+    p = Path(path)
+    try:
+        return Verdict.from_dict(json.loads(p.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(str(p), "", f"not a readable verdict: {exc}") from None
+
+
+__all__ = [
+    "AVAILABILITY",
+    "DEFINITIONS",
+    "FALLBACK",
+    "HUB_AND_SPOKE",
+    "INVARIANTS",
+    "LOCALITY",
+    "SCHEMA_PATH",
+    "SCHEMA_VERSION",
+    "SHARED_SERVICES",
+    "FaultResult",
+    "InvariantResult",
+    "PairResult",
+    "RunInfo",
+    "Verdict",
+    "WindowResult",
+    "load_verdict",
+    "print_summary",
+    "verify",
+    "write_verdict",
+]

@@ -1,0 +1,188 @@
+"""The verdict: what `verify` concludes about one run directory.
+
+Plain dataclasses rather than pydantic models: the verdict is produced by the
+verifier only (never parsed from user input), and its JSON form is pinned by
+`docs/verdict-schema.json` (versioned by `SCHEMA_VERSION`), which is what CI,
+the report and post-mortem tooling consume. Keys are snake_case except the
+top-level `schemaVersion`, which follows the other versioned files of the
+project.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = "1"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "verdict-schema.json"
+
+# Invariant names, in the order the design lists them (and the report shows them).
+LOCALITY = "locality"
+HUB_AND_SPOKE = "hub-and-spoke"
+FALLBACK = "fallback"
+SHARED_SERVICES = "shared-services"
+AVAILABILITY = "availability"
+INVARIANTS = (LOCALITY, HUB_AND_SPOKE, FALLBACK, SHARED_SERVICES, AVAILABILITY)
+
+# Pair status values: "no-traffic" is neither a pass nor a fail by itself; the
+# invariant decides (see invariants.py) whether missing traffic is fatal.
+PASS = "pass"
+FAIL = "fail"
+NO_TRAFFIC = "no-traffic"
+NOT_APPLICABLE = "n/a"
+
+
+def iso(ts: float | None) -> str:
+    """UTC ISO-8601 with milliseconds: messages must be readable next to pod logs."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+@dataclass
+class PairResult:
+    """One (caller zone, upstream) pair under one invariant (and, for fallback, one fault)."""
+
+    caller_zone: str
+    upstream: str
+    status: str
+    counts: dict[str, float | int | None] = field(default_factory=dict)
+    first_offenders: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+    fault: str | None = None
+
+
+@dataclass
+class WindowResult:
+    """Availability over one time window (a fault's impact window or the steady state)."""
+
+    window: str
+    start: float | None
+    end: float | None
+    requests: int
+    failed: int
+    error_rate: float | None
+    excluded_requests: int
+    excluded_failed: int
+    status: str
+    message: str = ""
+    first_offenders: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class InvariantResult:
+    name: str
+    passed: bool
+    message: str
+    pairs: list[PairResult] = field(default_factory=list)
+    windows: list[WindowResult] = field(default_factory=list)
+
+
+@dataclass
+class FaultResult:
+    """Per-fault measurements (failover, loss, recovery) and the fault's own pass/fail."""
+
+    fault: str
+    kind: str
+    zone: str
+    services: list[str]
+    entry_down: bool
+    inject: float
+    restore: float | None
+    failover_s: float | None
+    lost_requests: int
+    lost_hops: int
+    recovery_s: float | None
+    passed: bool
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunInfo:
+    run_dir: str
+    topology: str
+    region: str
+    edition: str
+    start: float | None
+    end: float | None
+    hops: int
+    requests: int
+    inventory_events: int
+    chaos_records: int
+    hops_resolved_from_inventory: int
+    hops_unattributed: int
+    slo: dict[str, float]
+    definitions: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Verdict:
+    run: RunInfo
+    invariants: list[InvariantResult]
+    faults: list[FaultResult]
+    schema_version: str = SCHEMA_VERSION
+
+    @property
+    def passed(self) -> bool:
+        """A run passes only if every invariant and every fault passes."""
+        return all(i.passed for i in self.invariants) and all(f.passed for f in self.faults)
+
+    def invariant(self, name: str) -> InvariantResult:
+        for inv in self.invariants:
+            if inv.name == name:
+                return inv
+        raise KeyError(name)
+
+    def fault(self, fault_id: str) -> FaultResult:
+        for f in self.faults:
+            if f.fault == fault_id:
+                return f
+        raise KeyError(fault_id)
+
+    @property
+    def failure_messages(self) -> list[str]:
+        """Every failure message, invariants first: what CI prints and JUnit records."""
+        out = [i.message for i in self.invariants if not i.passed]
+        for f in self.faults:
+            if not f.passed:
+                out.extend(f"fault {f.fault}: {m}" for m in f.messages)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schemaVersion": self.schema_version,
+            "passed": self.passed,
+            "run": asdict(self.run),
+            "invariants": [asdict(i) for i in self.invariants],
+            "faults": [asdict(f) for f in self.faults],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        """Rebuild a verdict from its JSON form (report/junit of a copied run dir)."""
+        if data.get("schemaVersion") != SCHEMA_VERSION:
+            raise ValueError(
+                f"unsupported verdict schemaVersion {data.get('schemaVersion')!r} (expected {SCHEMA_VERSION!r})"
+            )
+        invariants = [
+            InvariantResult(
+                name=i["name"],
+                passed=i["passed"],
+                message=i["message"],
+                pairs=[PairResult(**p) for p in i.get("pairs", [])],
+                windows=[WindowResult(**w) for w in i.get("windows", [])],
+            )
+            for i in data["invariants"]
+        ]
+        return cls(
+            run=RunInfo(**data["run"]),
+            invariants=invariants,
+            faults=[FaultResult(**f) for f in data["faults"]],
+        )

@@ -1,0 +1,54 @@
+"""Shared fixtures of the project's own test suite."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "consul-k8s-v1.9.11"
+
+
+def local_backend_ready() -> tuple[bool, str]:
+    if os.geteuid() != 0:
+        return False, "needs root"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return False, f"needs {tool}"
+    return True, ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    ok, why = local_backend_ready()
+    if ok:
+        return
+    skip = pytest.mark.skip(reason=f"local backend: {why}")
+    for item in items:
+        if "local" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Namespaces and processes of a local cluster that should be gone after `down`."""
+    found: list[str] = []
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    found += [f"netns {n}" for n in ns if n.startswith(prefix + "-")]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"/{prefix}/" in cmd and ("envoy" in cmd or "harness.backends.local" in cmd):
+            found.append(f"process {proc.name}: {cmd[:120]}")
+    return found

@@ -1,0 +1,666 @@
+"""Contract tests of harness.backends.kube against a fake API server (kmock) on loopback.
+
+`FakeApiServer` is shared by the kind and existing backend tests (imported from
+here). It is kmock's KubernetesEmulator served over real HTTP from a thread,
+so the official client, urllib3 streaming and our REST paths are all exercised
+for real. Known kmock 0.8 gaps it works around or that the tests respect:
+label/field selectors are ignored (our code filters client-side anyway),
+objects get no status (tests patch it in the way a controller would), and
+kmock cannot route `/api/v1/namespaces[/NAME]` (it takes `namespaces` as the
+namespace segment): `parse_path` is wrapped for exactly those two paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+from kmock._internal import parsing
+
+from harness.backends.base import Inventory
+from harness.backends.kube import (
+    LABEL_SERVING,
+    KubeCluster,
+    KubeLogSource,
+    KubeLogSources,
+    LineStream,
+    PodGone,
+    access_log_record,
+    api_client_from_kubeconfig,
+    split_timestamp,
+)
+from harness.errors import BackendError
+from harness.render import render, write
+from harness.render.manifests import Manifests, load
+from harness.topology.model import load_topology
+
+RESOURCES: dict[str, tuple[str, bool]] = {
+    "v1/namespaces": ("Namespace", False),
+    "v1/nodes": ("Node", False),
+    "v1/pods": ("Pod", True),
+    "v1/services": ("Service", True),
+    "v1/serviceaccounts": ("ServiceAccount", True),
+    "v1/configmaps": ("ConfigMap", True),
+    "v1/secrets": ("Secret", True),
+    "apps/v1/deployments": ("Deployment", True),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
+    "consul.hashicorp.com/v1alpha1/proxydefaults": ("ProxyDefaults", True),
+    "consul.hashicorp.com/v1alpha1/servicedefaults": ("ServiceDefaults", True),
+    "consul.hashicorp.com/v1alpha1/serviceresolvers": ("ServiceResolver", True),
+    "consul.hashicorp.com/v1alpha1/servicerouters": ("ServiceRouter", True),
+    "consul.hashicorp.com/v1alpha1/serviceintentions": ("ServiceIntentions", True),
+}
+
+_orig_parse_path = parsing.parse_path
+
+
+def _parse_path(path: str) -> parsing.ParsedPath:
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) in (3, 4):
+        return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+    return _orig_parse_path(path)
+
+
+class FakeApiServer:
+    """kmock's Kubernetes emulator on 127.0.0.1:<free port>, run from a background thread."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stopped: asyncio.Event | None = None
+        self.log_replies: dict[str, list[Any]] = {}  # pod -> responses of successive log calls
+        self.log_calls: list[dict[str, str]] = []
+        self.kmock: kmock.KubernetesEmulator
+        self.port = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FakeApiServer:
+        parsing.parse_path = _parse_path
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError("fake API server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stopped is not None
+        self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(timeout=15)
+        parsing.parse_path = _orig_parse_path
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        self._stopped = asyncio.Event()
+        async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:
+            self.kmock = k
+            self.port = server.port
+            for key, (kind, namespaced) in RESOURCES.items():
+                k.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced)
+            k["get", kmock.resource("v1/pods"), kmock.subresource("log")] << self._log
+            self._ready.set()
+            await self._stopped.wait()
+
+    def _log(self, request: kmock.Request) -> Any:
+        self.log_calls.append({"pod": str(request.name), **request.params})
+        replies = self.log_replies.get(str(request.name), [])
+        if not replies:
+            return kmock.KubernetesObjectNotFoundError()
+        reply = replies.pop(0)
+        return reply if isinstance(reply, BaseException) else reply.encode()
+
+    # -- helpers for tests -----------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_kubeconfig(self, path: Path, context: str = "fake") -> Path:
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": context, "cluster": {"server": self.url}}],
+                    "users": [{"name": context, "user": {"token": "t"}}],
+                    "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
+                    "current-context": context,
+                }
+            )
+        )
+        return path
+
+    def cluster(self, tmp_path: Path, context: str = "fake") -> KubeCluster:
+        kc = self.write_kubeconfig(tmp_path / f"kubeconfig-{context}", context)
+        return KubeCluster(api_client_from_kubeconfig(kc, context))
+
+    def requests(self) -> list[tuple[str, str, dict[str, str], Any]]:
+        """(method, path, query, body) of every request so far, in arrival order."""
+        return [(str(r.method.value), r.url.path, dict(r.params), r.data) for r in self.raw_requests()]
+
+    def raw_requests(self) -> list[kmock.Request]:
+        return list(self.kmock)
+
+    def writes(self) -> list[tuple[str, str, Any]]:
+        return [(m, p, d) for m, p, _q, d in self.requests() if m in ("POST", "PATCH", "DELETE")]
+
+    def seed(self, cluster: KubeCluster, *objs: dict[str, Any]) -> None:
+        for o in objs:
+            cluster.apply_one(o)
+
+
+def node(name: str, zone: str, zone_type: str, ip: str, cidr: str, region: str = "us-west-2") -> dict[str, Any]:
+    labels = {"topology.kubernetes.io/region": region, "topology.kubernetes.io/zone": zone}
+    if zone_type:
+        labels["edge-harness.io/zone-type"] = zone_type
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"podCIDR": cidr},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+    }
+
+
+def pod(
+    name: str,
+    ns: str,
+    zone: str,
+    app: str,
+    consul: str,
+    ip: str | None,
+    node_name: str,
+    *,
+    serving: bool = True,
+    phase: str = "Running",
+) -> dict[str, Any]:
+    labels = {"app": app, "edge-harness.io/zone": zone, "edge-harness.io/consul-service": consul}
+    if serving:
+        labels[LABEL_SERVING] = "true"
+    status: dict[str, Any] = {"phase": phase, "startTime": "2026-11-25T20:00:00Z"}
+    if ip:
+        status["podIP"] = ip
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": node_name, "containers": [{"name": app}, {"name": "consul-dataplane"}]},
+        "status": status,
+    }
+
+
+T0 = datetime(2026, 11, 25, 20, 0, 0, tzinfo=UTC).timestamp()  # pods' startTime
+
+NODES = [
+    node("edge-worker", "us-west-2a", "availability-zone", "172.18.0.2", "10.244.1.0/24"),
+    node("edge-worker2", "us-west-2b", "availability-zone", "172.18.0.3", "10.244.2.0/24"),
+    node("edge-worker3", "us-west-2-lax-1a", "local-zone", "172.18.0.4", "10.244.3.0/24"),
+    node("edge-worker4", "us-west-2-las-1a", "local-zone", "172.18.0.5", "10.244.4.0/24"),
+    node("edge-worker5", "us-west-2-phx-2a", "local-zone", "172.18.0.6", "10.244.5.0/24"),
+    node("edge-control-plane", "", "", "172.18.0.7", "10.244.0.0/24"),
+]
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    with FakeApiServer() as server:
+        yield server
+
+
+def rendered(tmp_path: Path) -> Manifests:
+    out = tmp_path / "rendered"
+    write(render(load_topology()), out)
+    return load(out)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+# -- apply --------------------------------------------------------------------
+
+
+def test_apply_sends_every_rendered_object_in_order_namespaces_first(api: FakeApiServer, tmp_path: Path) -> None:
+    m = rendered(tmp_path)
+    c = api.cluster(tmp_path)
+    progress: list[str] = []
+    applied = c.apply(m.objects, progress.append)
+
+    posts = [(p, d) for meth, p, d in api.writes() if meth == "POST"]
+    assert len(posts) == len(m.objects)
+    expected = KubeCluster.apply_order(m.objects)
+    assert [d for _p, d in posts] == [dict(o) for o in expected]
+    kinds = [d["kind"] for _p, d in posts]
+    n_ns = kinds.count("Namespace")
+    assert kinds[:n_ns] == ["Namespace"] * n_ns and "Namespace" not in kinds[n_ns:]
+    # Consul CRDs go to their group's URL in their namespace.
+    pd = next(p for p, d in posts if d["kind"] == "ProxyDefaults")
+    assert pd == "/apis/consul.hashicorp.com/v1alpha1/namespaces/consul/proxydefaults"
+    assert (posts[0][0], posts[0][1]["kind"]) == ("/api/v1/namespaces", "Namespace")
+    assert all(a.created for a in applied)
+    assert progress[-1].startswith(f"applied {len(m.objects)}/{len(m.objects)} ")
+
+
+def test_reapply_patches_server_side_and_reports_not_created(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "hashicups"}}
+    assert c.apply_one(ns).created is True
+    again = c.apply_one({**ns, "metadata": {"name": "hashicups", "labels": {"x": "y"}}})
+    assert again.created is False
+    meth, path, query, body = api.requests()[-1]
+    assert (meth, path) == ("PATCH", "/api/v1/namespaces/hashicups")
+    assert query == {"fieldManager": "edge-harness", "force": "true"}
+    assert body["metadata"]["labels"] == {"x": "y"}
+    hdr = api.raw_requests()[-1].headers
+    assert hdr["Content-Type"] == "application/apply-patch+yaml"
+
+
+def test_unknown_kind_is_a_clear_error(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    with pytest.raises(
+        BackendError, match=r"does not serve ExportedServices \(consul.hashicorp.com/v1alpha1\).*Consul"
+    ):
+        c.apply_one(
+            {"apiVersion": "consul.hashicorp.com/v1alpha1", "kind": "ExportedServices", "metadata": {"name": "x"}}
+        )
+
+
+def test_delete_is_idempotent(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    c.apply_one({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "n"}})
+    assert c.exists("v1", "ConfigMap", "n", "a")
+    assert c.delete("v1", "ConfigMap", "n", "a") is True
+    assert c.delete("v1", "ConfigMap", "n", "a") is False
+    assert not c.exists("v1", "ConfigMap", "n", "a")
+
+
+# -- readiness ----------------------------------------------------------------
+
+
+def _deployment(name: str, ns: str, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": replicas},
+    }
+
+
+def test_wait_ready_times_out_naming_laggards_then_succeeds(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    api.seed(c, _deployment("a", "n", 2), _deployment("b", "n", 1))
+    c.request(
+        "PATCH",
+        "/apis/apps/v1/namespaces/n/deployments/a",
+        body={"status": {"readyReplicas": 1}},
+        content_type="application/merge-patch+json",
+    )
+    with pytest.raises(BackendError, match=r"not ready after 0s: n/a 1/2 ready, n/b 0/1 ready, n/c missing"):
+        c.wait_deployments_ready([("n", "a"), ("n", "b"), ("n", "c")], timeout=0, poll=0.01)
+
+    def controller() -> None:  # what the Deployment controller would do, a little later
+        time.sleep(0.2)
+        for name, n in (("a", 2), ("b", 1)):
+            c.request(
+                "PATCH",
+                f"/apis/apps/v1/namespaces/n/deployments/{name}",
+                body={"status": {"readyReplicas": n}},
+                content_type="application/merge-patch+json",
+            )
+
+    t = threading.Thread(target=controller)
+    t.start()
+    progress: list[str] = []
+    c.wait_deployments_ready([("n", "a"), ("n", "b")], timeout=10, progress=progress.append, poll=0.05)
+    t.join()
+    assert progress[0] == "deployments ready 0/2" and progress[-1] == "deployments ready 2/2"
+
+
+def test_stale_generation_is_not_ready(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    d = _deployment("a", "n", 1)
+    d["metadata"]["generation"] = 3
+    d["status"] = {"readyReplicas": 1, "observedGeneration": 2}
+    api.seed(c, d)
+    assert c.deployments_ready([("n", "a")]) == {("n", "a"): (0, 1)}
+
+
+# -- nodes, cordon, drain -----------------------------------------------------
+
+
+def test_nodes_map_to_zones_with_addresses(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    api.seed(c, *NODES)
+    assert c.nodes()["edge-worker3"] == "us-west-2-lax-1a"
+    assert c.nodes()["edge-control-plane"] == ""
+    info = {n.name: n for n in c.node_infos()}
+    assert info["edge-worker3"].internal_ip == "172.18.0.4"
+    assert info["edge-worker3"].pod_cidrs == ("10.244.3.0/24",)
+    assert info["edge-worker3"].zone_type == "local-zone"
+
+
+def test_drain_cordons_and_kills_pods_on_the_node_but_not_daemonsets(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    ds_pod = pod("kube-proxy-x", "kube-system", "z", "kube-proxy", "", "172.18.0.4", "edge-worker3")
+    ds_pod["metadata"]["ownerReferences"] = [{"kind": "DaemonSet", "name": "kube-proxy"}]
+    api.seed(
+        c,
+        *NODES,
+        pod(
+            "p1",
+            "hashicups-lax-1a",
+            "us-west-2-lax-1a",
+            "product-api",
+            "product-api-lax-1a",
+            "10.244.3.5",
+            "edge-worker3",
+        ),
+        pod("p2", "hashicups", "us-west-2a", "product-api", "product-api", "10.244.1.5", "edge-worker"),
+        ds_pod,
+    )
+    assert c.drain("edge-worker3") == ["hashicups-lax-1a/p1"]
+    writes = api.writes()[-2:]
+    assert writes[0][:2] == ("PATCH", "/api/v1/nodes/edge-worker3")
+    assert writes[0][2] == {"spec": {"unschedulable": True}}
+    assert writes[1][:2] == ("DELETE", "/api/v1/namespaces/hashicups-lax-1a/pods/p1")
+    assert api.requests()[-1][2] == {"gracePeriodSeconds": "0"}
+    assert {n.name: n.unschedulable for n in c.node_infos()}["edge-worker3"] is True
+    c.uncordon("edge-worker3")
+    assert {n.name: n.unschedulable for n in c.node_infos()}["edge-worker3"] is False
+
+
+# -- pod chaos ----------------------------------------------------------------
+
+
+def test_kill_pods_deletes_only_the_zone_and_service_pods(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    api.seed(
+        c,
+        pod("pa-lax-1", "hashicups-lax-1a", "us-west-2-lax-1a", "product-api", "product-api-lax-1a", "10.0.3.1", "n3"),
+        pod("pa-lax-2", "hashicups-lax-1a", "us-west-2-lax-1a", "product-api", "product-api-lax-1a", "10.0.3.2", "n3"),
+        pod("pub-lax", "hashicups-lax-1a", "us-west-2-lax-1a", "public-api", "public-api-lax-1a", "10.0.3.3", "n3"),
+        pod("pa-2a", "hashicups", "us-west-2a", "product-api", "product-api", "10.0.1.1", "n1"),
+    )
+    assert sorted(c.kill_pods("us-west-2-lax-1a", "product-api")) == ["pa-lax-1", "pa-lax-2"]
+    deletes = [p for m, p, _d in api.writes() if m == "DELETE"]
+    assert sorted(deletes) == [
+        "/api/v1/namespaces/hashicups-lax-1a/pods/pa-lax-1",
+        "/api/v1/namespaces/hashicups-lax-1a/pods/pa-lax-2",
+    ]
+    # The label selector is sent for real servers (the fake ignores it).
+    lists = [q for m, p, q, _b in api.requests() if m == "GET" and p == "/api/v1/pods"]
+    assert lists[-1] == {"labelSelector": "edge-harness.io/zone=us-west-2-lax-1a,app=product-api"}
+    with pytest.raises(BackendError, match="no pods of product-api in zone us-west-2-lax-1a"):
+        c.kill_pods("us-west-2-lax-1a", "product-api")
+
+
+def test_set_serving_flips_the_service_label_only(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    api.seed(
+        c, pod("pa", "hashicups-lax-1a", "us-west-2-lax-1a", "product-api", "product-api-lax-1a", "10.0.3.1", "n3")
+    )
+    assert c.set_serving("us-west-2-lax-1a", "product-api", False) == ["pa"]
+    meth, path, body = api.writes()[-1]
+    assert (meth, path, body) == (
+        "PATCH",
+        "/api/v1/namespaces/hashicups-lax-1a/pods/pa",
+        {"metadata": {"labels": {LABEL_SERVING: "false"}}},
+    )
+    assert api.raw_requests()[-1].headers["Content-Type"] == "application/merge-patch+json"
+    labels = c.pods("hashicups-lax-1a")[0]["metadata"]["labels"]
+    assert labels[LABEL_SERVING] == "false" and labels["app"] == "product-api"  # RS selector labels untouched
+    c.set_serving("us-west-2-lax-1a", "product-api", True)
+    assert c.pods("hashicups-lax-1a")[0]["metadata"]["labels"][LABEL_SERVING] == "true"
+
+
+def test_set_serving_refuses_pods_without_the_label(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    api.seed(c, pod("pa", "ns", "z", "product-api", "product-api-z", "10.0.3.1", "n3", serving=False))
+    with pytest.raises(BackendError, match=f"pods pa lack the {LABEL_SERVING} label"):
+        c.set_serving("z", "product-api", False)
+    with pytest.raises(BackendError, match="no pods of frontend in zone z"):
+        c.set_serving("z", "frontend", False)
+
+
+def test_pod_phases_only_hashicups_pods(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    other = pod("consul-server-0", "consul", "z", "consul", "", "10.0.0.9", "n1")
+    del other["metadata"]["labels"]["edge-harness.io/zone"]
+    api.seed(c, pod("pa", "ns", "z", "product-api", "pa-z", "10.0.3.1", "n3", phase="Pending"), other)
+    assert c.pod_phases() == {"ns/pa": "Pending"}
+    assert c.pod_phases(["consul"]) == {}
+
+
+# -- inventory ----------------------------------------------------------------
+
+
+def test_inventory_from_pods_with_zone_from_node(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    api.seed(
+        c,
+        *NODES,
+        pod(
+            "pa-lax",
+            "hashicups-lax-1a",
+            "us-west-2-lax-1a",
+            "product-api",
+            "product-api-lax-1a",
+            "10.244.3.5",
+            "edge-worker3",
+        ),
+        # labelled lax but scheduled on an AZ node: the node is the truth
+        pod(
+            "pa-odd",
+            "hashicups-lax-1a",
+            "us-west-2-lax-1a",
+            "product-api",
+            "product-api-lax-1a",
+            "10.244.1.9",
+            "edge-worker",
+        ),
+        pod("pending", "hashicups", "us-west-2a", "frontend", "frontend", None, ""),
+    )
+    inv = Inventory(tmp_path / "inventory.jsonl")
+    c.refresh_inventory(inv)
+    by = {p.pod: p for p in inv.pods()}
+    assert set(by) == {"pa-lax", "pa-odd"}
+    assert by["pa-lax"].zone == "us-west-2-lax-1a" and by["pa-lax"].node == "edge-worker3"
+    assert by["pa-lax"].consul_service == "product-api-lax-1a" and by["pa-lax"].service == "product-api"
+    assert by["pa-lax"].started == T0
+    assert by["pa-odd"].zone == "us-west-2a"
+    c.refresh_inventory(inv)  # nothing changed: nothing written again
+    lines = [json.loads(x) for x in (tmp_path / "inventory.jsonl").read_text().splitlines()]
+    assert [(x["event"], x["pod"]) for x in lines] == [("added", "pa-lax"), ("added", "pa-odd")]
+    c.delete_pod("hashicups-lax-1a", "pa-lax")
+    c.refresh_inventory(inv)
+    gone = inv.get("pa-lax")
+    assert gone is not None and gone.ended is not None  # keeps its entry
+    assert inv.by_ip("10.244.3.5", ts=gone.ended - 0.5) == gone
+    inv.close()
+
+
+def test_inventory_watch_records_history(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    api.seed(c, *NODES, pod("a", "hashicups", "us-west-2a", "frontend", "frontend", "10.244.1.2", "edge-worker"))
+    inv = Inventory()
+    w = c.watch_inventory(inv)
+    try:
+        assert wait_until(lambda: inv.get("a") is not None)
+        api.seed(
+            c,
+            pod(
+                "b", "hashicups-lax-1a", "us-west-2-lax-1a", "frontend", "frontend-lax-1a", "10.244.3.2", "edge-worker3"
+            ),
+        )
+        assert wait_until(lambda: inv.get("b") is not None)
+        c.delete_pod("hashicups", "a")
+        assert wait_until(lambda: (inv.get("a") or Any).ended is not None)  # type: ignore[union-attr]
+        # A pod that gets its IP later (MODIFIED event) is added then.
+        api.seed(c, pod("c", "hashicups", "us-west-2b", "frontend", "frontend", None, "edge-worker2"))
+        c.request(
+            "PATCH",
+            "/api/v1/namespaces/hashicups/pods/c",
+            body={"status": {"podIP": "10.244.2.7"}},
+            content_type="application/merge-patch+json",
+        )
+        assert wait_until(lambda: inv.get("c") is not None)
+        assert inv.by_ip("10.244.2.7") is not None and inv.by_ip("10.244.2.7").zone == "us-west-2b"  # type: ignore[union-attr]
+    finally:
+        w.stop()
+    assert not w.alive
+    assert [p.pod for p in inv.pods(alive_only=True)] == ["b", "c"]
+
+
+# -- logs ---------------------------------------------------------------------
+
+ACCESS = {
+    "start_time": "2026-11-25T20:00:00.000Z",
+    "response_code": "200",
+    "upstream_cluster": "product-api-lax-1a.default.dc1.internal.x.consul",
+    "upstream_host": "10.244.3.5:20000",
+}
+
+
+def _line(ts: str, rec: dict[str, Any] | str) -> str:
+    return f"{ts} {rec if isinstance(rec, str) else json.dumps(rec)}"
+
+
+def test_access_log_filter_keeps_json_access_lines_only() -> None:
+    assert access_log_record("2026-11-25T20:00:00.000Z [INFO]  consul-dataplane: started", "p") is None
+    assert access_log_record('{"level":"info","msg":"x"}', "p") is None
+    assert access_log_record("{not json", "p") is None
+    out = access_log_record(json.dumps(ACCESS), "pod-1")
+    assert out is not None and json.loads(out) == {**ACCESS, "caller_pod": "pod-1"}
+
+
+def test_split_timestamp() -> None:
+    t1 = int(T0 + 1) * 1_000_000_000
+    assert split_timestamp("2026-11-25T20:00:01.5Z hello world") == (t1 + 500_000_000, "hello world")
+    assert split_timestamp("2026-11-25T20:00:01.000000007Z x") == (t1 + 7, "x")
+    assert split_timestamp("no timestamp here") is None
+    assert split_timestamp("2026-13-45T99:00:01Z x") is None
+
+
+class _FakeStream:
+    def __init__(self, lines: list[str]) -> None:
+        self._lines = lines
+        self.closed = False
+
+    def lines(self) -> Iterator[str]:
+        yield from self._lines
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_log_source_follows_across_restarts_without_duplicates() -> None:
+    a = dict(ACCESS, request_id="a")
+    b = dict(ACCESS, request_id="b")
+    b2 = dict(ACCESS, request_id="b2")  # same instant as b, different line
+    c = dict(ACCESS, request_id="c")
+    opens: list[str | None] = []
+    script: list[list[str] | Exception] = [
+        [
+            _line("2026-11-25T20:00:01.1Z", a),
+            _line("2026-11-25T20:00:01.2Z", "[INFO] dataplane"),
+            _line("2026-11-25T20:00:02.5Z", b),
+        ],
+        RuntimeError("container is waiting to start"),  # restart in progress: retried
+        # re-opened with sinceTime=20:00:02: the server repeats the whole second
+        [_line("2026-11-25T20:00:02.5Z", b), _line("2026-11-25T20:00:02.5Z", b2), _line("2026-11-25T20:00:03Z", c)],
+    ]
+    streams: list[_FakeStream] = []
+
+    def opener(since: str | None) -> _FakeStream:
+        opens.append(since)
+        if not script:
+            raise PodGone("p")
+        step = script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        streams.append(_FakeStream(step))
+        return streams[-1]
+
+    src = KubeLogSource("pa-1", "ns", opener=opener, retry_s=0.01)
+    got: list[str] = []
+    got += list(src.read())
+    assert src.wait_finished(5)
+    got += list(src.read())
+    assert [json.loads(x)["request_id"] for x in got] == ["a", "b", "b2", "c"]
+    assert all(json.loads(x)["caller_pod"] == "pa-1" for x in got)
+    assert opens == [None, "2026-11-25T20:00:02Z", "2026-11-25T20:00:02Z", "2026-11-25T20:00:03Z"]
+    assert src.errors == ["container is waiting to start"]
+    assert all(s.closed for s in streams)
+    assert src.finished
+
+
+def test_log_source_reads_through_the_api(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    a = dict(ACCESS, request_id="a")
+    b = dict(ACCESS, request_id="b")
+    api.log_replies["pa"] = [
+        _line("2026-11-25T20:00:01Z", a) + "\n" + _line("2026-11-25T20:00:01.5Z", "plain text") + "\n",
+        _line("2026-11-25T20:00:01Z", a) + "\n" + _line("2026-11-25T20:00:04Z", b) + "\n",
+    ]
+    src = KubeLogSource("pa", "hashicups-lax-1a", cluster=c, retry_s=0.01)
+    src.start()
+    assert src.wait_finished(10)
+    got = [json.loads(x)["request_id"] for x in src.read()]
+    assert got == ["a", "b"]
+    assert [x.get("sinceTime") for x in api.log_calls] == [None, "2026-11-25T20:00:01Z", "2026-11-25T20:00:04Z"]
+    assert api.log_calls[0] == {"pod": "pa", "container": "consul-dataplane", "follow": "true", "timestamps": "true"}
+    src.close()
+
+
+def test_log_sources_are_stable_per_pod(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    api.seed(c, pod("pa", "ns", "z", "product-api", "pa-z", "10.0.3.1", "n3"))
+    not_meshed = pod("pb", "ns", "z", "product-api", "pa-z", "10.0.3.2", "n3")
+    not_meshed["spec"]["containers"] = [{"name": "product-api"}]
+    api.seed(c, not_meshed)
+    api.log_replies["pa"] = [_line("2026-11-25T20:00:01Z", ACCESS) + "\n"]
+    sources = KubeLogSources(c)
+    first = sources.current()
+    assert [s.pod for s in first] == ["pa"]
+    assert sources.current()[0] is first[0]
+    src = first[0]
+    assert isinstance(src, KubeLogSource)
+    assert len(list(src.read())) <= 1
+    assert src.wait_finished(10)
+    list(src.read())
+    c.delete_pod("ns", "pa")
+    assert sources.current() == []
+    sources.close()
+
+
+def test_line_stream_splits_and_survives_close() -> None:
+    class Resp:
+        def __init__(self) -> None:
+            self.chunks = [b"a\nb", b"c\r\n", b"tail"]
+            self.shut = False
+
+        def read1(self, _n: int) -> bytes:
+            return self.chunks.pop(0) if self.chunks else b""
+
+        def shutdown(self) -> None:
+            self.shut = True
+
+    r = Resp()
+    s = LineStream(r)
+    assert list(s.lines()) == ["a", "bc", "tail"]
+    s.close()
+    assert r.shut

@@ -1,0 +1,210 @@
+"""The local backend end to end: real namespaces, real Envoy sidecars, real postgres.
+
+One cluster of the default topology is brought up for the module (bring-up is
+the expensive part); tests that break things restore them before they end.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness.backends.local import LocalBackend
+from harness.errors import InputError
+from harness.render import render, write
+from harness.render.manifests import load
+from harness.topology import load_topology
+from tests.conftest import leftovers
+
+pytestmark = [pytest.mark.local, pytest.mark.slow]
+
+CLUSTER = "ehtest"
+LAX, LAS, PHX = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a"
+COFFEES = {"query": "{ coffees { id name price } }"}
+
+
+@pytest.fixture(scope="module")
+def manifests_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("manifests")
+    write(render(load_topology()), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(manifests_dir: Path) -> Iterator[LocalBackend]:
+    b = LocalBackend(cluster=CLUSTER)
+    b.down()
+    try:
+        b.up(load(manifests_dir))
+        yield b
+    finally:
+        b.down()
+        assert leftovers(CLUSTER) == []
+
+
+def _pod(b: LocalBackend, zone: str, service: str) -> str:
+    return next(p.pod for p in b.inventory().pods(alive_only=True) if p.zone == zone and p.service == service)
+
+
+def _ns_of(b: LocalBackend, pod: str) -> str:
+    return str(b.raw_status()["netns"][pod])
+
+
+def test_each_zone_serves_coffees_from_postgres(cluster: LocalBackend) -> None:
+    entry = cluster.entrypoints()
+    assert set(entry) == {"us-west-2a", "us-west-2b", LAX, LAS, PHX}
+    for zone, url in entry.items():
+        shop = httpx.get(url + "/", timeout=5)
+        assert shop.status_code == 200 and "HashiCups" in shop.text, zone
+        r = httpx.post(url + "/api", json=COFFEES, timeout=5)
+        assert r.status_code == 200, (zone, r.text)
+        coffees = r.json()["data"]["coffees"]
+        assert len(coffees) >= 5 and all(c["name"] for c in coffees), zone
+
+
+def _connect_ms(ns: str, ip: str, port: int) -> float | None:
+    """Connect time from inside a pod's namespace (None when the connection fails)."""
+    code = (
+        "import socket,time,sys\n"
+        f"t=time.perf_counter()\n"
+        f"s=socket.create_connection(('{ip}',{port}),timeout=2)\n"
+        "print((time.perf_counter()-t)*1000)\n"
+    )
+    r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True, timeout=10)
+    return float(r.stdout) if r.returncode == 0 else None
+
+
+def _http_rtt_ms(ns: str, ip: str, port: int) -> float | None:
+    code = (
+        "import socket,time\n"
+        f"s=socket.create_connection(('{ip}',{port}),timeout=3)\n"
+        "best=1e9\n"
+        "for _ in range(5):\n"
+        "  t=time.perf_counter(); s.sendall(b'GET /health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.recv(65536)\n"
+        "  best=min(best,(time.perf_counter()-t)*1000)\n"
+        "print(best)\n"
+    )
+    r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True, timeout=15)
+    return float(r.stdout) if r.returncode == 0 else None
+
+
+def test_hub_and_spoke_and_service_link_latency(cluster: LocalBackend) -> None:
+    inv = {p.pod: p for p in cluster.inventory().pods(alive_only=True)}
+    lax_pub = _pod(cluster, LAX, "public-api")
+    las_prod = inv[_pod(cluster, LAS, "product-api")]
+    region_pub = next(p for p in inv.values() if p.zone == "us-west-2a" and p.service == "public-api")
+    lax_prod = inv[_pod(cluster, LAX, "product-api")]
+    ns = _ns_of(cluster, lax_pub)
+    # LZ -> another LZ: fails (dropped at the hub)
+    assert _connect_ms(ns, las_prod.ip, 9090) is None
+    # LZ -> Region: works, and a round trip pays the service link (12 ms in the default topology)
+    rtt_region = _http_rtt_ms(ns, region_pub.ip, 8080)
+    rtt_local = _http_rtt_ms(ns, lax_prod.ip, 9090)
+    assert rtt_region is not None and rtt_local is not None
+    assert rtt_region >= 12.0, rtt_region
+    assert rtt_local < 8.0, rtt_local
+
+
+def _hops_to(b: LocalBackend, caller_pod: str, since: float) -> list[dict[str, object]]:
+    path = b.state_dir / "accesslogs" / f"{caller_pod}.jsonl"
+    out = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("direction") != "outbound":
+            continue
+        ts = _ts(str(rec["start_time"]))
+        if ts >= since:
+            rec["ts"] = ts
+            out.append(rec)
+    return out
+
+
+def _ts(start_time: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(start_time.replace("Z", "+00:00")).timestamp()
+
+
+def test_product_api_killed_in_lz_fails_over_within_a_second_and_comes_back(cluster: LocalBackend) -> None:
+    url = cluster.entrypoints()[LAX]
+    stop = threading.Event()
+    statuses: list[tuple[float, int]] = []
+
+    def drive() -> None:
+        with httpx.Client(timeout=5) as c:
+            while not stop.is_set():
+                try:
+                    statuses.append((time.time(), c.post(url + "/api", json=COFFEES).status_code))
+                except httpx.HTTPError:
+                    statuses.append((time.time(), 0))
+                time.sleep(0.02)
+
+    t = threading.Thread(target=drive)
+    t.start()
+    try:
+        time.sleep(1.5)
+        inv = {p.ip: p for p in cluster.inventory().pods()}
+        caller = _pod(cluster, LAX, "public-api")
+        t_kill = time.time()
+        killed = cluster.kill_pod(LAX, "product-api")
+        assert killed
+        # the Deployment re-creates the pod after the restart delay; wait for it to be Ready
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            phases = cluster.status().pods
+            fresh = [p for p in cluster.inventory().pods(alive_only=True) if p.zone == LAX and p.service == "product-api"]
+            if fresh and fresh[0].pod not in killed and phases.get(fresh[0].pod) == "Ready":
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("product-api was not re-created in lax-1a")
+        t_back = time.time()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        t.join()
+    inv = {p.ip: p for p in cluster.inventory().pods()}
+    hops = _hops_to(cluster, caller, t_kill - 1)
+
+    def zone_of(h: dict[str, object]) -> str | None:
+        host = str(h.get("upstream_host") or "")
+        p = inv.get(host.rsplit(":", 1)[0])
+        return p.zone if p else None
+
+    region = [h for h in hops if h["ts"] > t_kill and zone_of(h) in ("us-west-2a", "us-west-2b") and h["response_code"] == "200"]
+    assert region, "no hop went to the Region after the kill"
+    assert float(region[0]["ts"]) - t_kill < 1.0, float(region[0]["ts"]) - t_kill
+    assert not any(zone_of(h) in (LAS, PHX) for h in hops), "a hop crossed to another Local Zone"
+    late = [h for h in hops if float(h["ts"]) > t_back + 1.0]
+    assert late and all(zone_of(h) == LAX for h in late), "traffic did not come back in-zone"
+    assert sum(1 for _, s in statuses if s != 200) <= 5, "too many user-visible errors"
+
+
+def test_unsupported_manifest_field_is_refused_before_anything_starts(manifests_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    edited = tmp_path / "m"
+    shutil.copytree(manifests_dir, edited)
+    f = edited / "k8s" / "10-hashicups-lax-1a.yaml"
+    docs = list(yaml.safe_load_all(f.read_text()))
+    for d in docs:
+        if d and d.get("kind") == "Deployment":
+            d["spec"]["template"]["spec"]["hostNetwork"] = True
+            break
+    f.write_text(yaml.safe_dump_all(docs))
+    b = LocalBackend(cluster="ehbad")
+    with pytest.raises(InputError) as exc:
+        b.up(load(edited))
+    assert "spec.template.spec.hostNetwork" in str(exc.value) and "frontend-lax-1a" in str(exc.value)
+    assert leftovers("ehbad") == []
+    assert not (b.state_dir / "daemon.json").exists()

@@ -1,0 +1,291 @@
+"""Observe: tailing access logs, collecting them in a thread, and joining them into hops.
+
+The synthetic run below is built so that a naive join gives wrong answers:
+an IP that moves from a dead pod to a pod of another zone, a replacement pod
+under a new IP, hops a fraction of a second either side of the hand-over,
+a 503 UH with no upstream host, lines without ``caller_pod`` / ``direction``
+(kind-style, attributed by file name) and inbound lines that must be skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from harness.backends.base import Inventory, LogSource, PodInfo
+from harness.observe import AccessLogCollector, CollectorError, FileLogSource, build_hops
+
+T = 1764100000.0
+LAX, PHX, AZ = "us-west-2-lax-1a", "us-west-2-phx-2a", "us-west-2a"
+
+
+def iso(ts: float) -> str:
+    """Envoy's %START_TIME% format."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def line(ts: float, host: str | None, cluster: str, code: int = 200, flags: str = "-", **extra: str) -> str:
+    rec: dict[str, str | None] = {
+        "start_time": iso(ts),
+        "method": "GET",
+        "path": "/coffees",
+        "response_code": str(code),
+        "response_flags": flags,
+        "duration": "3",
+        "upstream_host": host,
+        "upstream_cluster": cluster,
+        **extra,
+    }
+    return json.dumps(rec)
+
+
+def pod(name: str, ip: str, zone: str, service: str, consul: str, started: float) -> PodInfo:
+    return PodInfo(name, ip, f"{zone}-n1", zone, service, consul, "hashicups", started)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    inv = Inventory(tmp_path / "inventory.jsonl")
+    inv.added(pod("public-api-lax-1", "10.0.1.6", LAX, "public-api", "public-api-lax-1a", T))
+    inv.added(pod("frontend-lax-1", "10.0.1.5", LAX, "frontend", "frontend-lax-1a", T))
+    inv.added(pod("product-api-lax-a", "10.0.1.10", LAX, "product-api", "product-api-lax-1a", T))
+    inv.added(pod("product-api-2a-x", "10.0.0.20", AZ, "product-api", "product-api", T))
+    inv.added(pod("public-api-2a-x", "10.0.0.21", AZ, "public-api", "public-api", T))
+    inv.added(pod("public-api-phx-1", "10.0.2.6", PHX, "public-api", "public-api", T))  # same Consul name, 2 zones
+    # product-api-lax-a dies at T+100; its replacement comes up under a new IP ...
+    inv.removed("product-api-lax-a", T + 100)
+    inv.added(pod("product-api-lax-b", "10.0.1.11", LAX, "product-api", "product-api-lax-1a", T + 101))
+    # ... and its old IP goes at once to a pod in another zone.
+    inv.added(pod("product-api-phx-c", "10.0.1.10", PHX, "product-api", "product-api-phx-2a", T + 100))
+    inv.close()
+    logs = tmp_path / "accesslogs"
+    logs.mkdir()
+    out = {"caller_pod": "public-api-lax-1", "caller_service": "public-api-lax-1a", "direction": "outbound"}
+    cl_lax = "product-api-lax-1a.default.dc1.internal.0f0f.consul"
+    lines = [
+        line(T + 50, "10.0.1.10:9090", cl_lax, **out),  # served by lax-a
+        line(T + 99.9, "10.0.1.10:9090", cl_lax, **out),  # still lax-a (inside its life)
+        line(T + 100.1, "10.0.1.10:9090", cl_lax, **out),  # already phx-c (inside its life beats slack)
+        line(T + 250, "10.0.1.10:9090", cl_lax, **out),  # phx-c
+        line(T + 150, "10.0.1.11:9090", cl_lax, **out),  # replacement lax-b
+        line(T + 100.6, "10.0.1.11:9090", cl_lax, **out),  # 0.4 s before lax-b's added event: within slack
+        line(T + 120, None, "failover-target~0~" + cl_lax, 503, "UH", **out),  # no upstream host
+        line(T + 121, "-", "1a2b3c4d~product-api.default.dc1.internal.0f0f.consul", 503, "UF", **out),
+        line(T + 130, "10.0.0.20:9090", "product-api.default.dc1.internal.0f0f.consul", **out),  # Region
+        line(T + 131, "10.9.9.9:9090", cl_lax, **out),  # IP the inventory never saw
+        line(T + 132, "10.0.1.6:8080", "x", direction="inbound", caller_pod="public-api-lax-1"),  # skipped
+        '{"start_time": "2025-11-',  # torn last line of a killed pod: skipped
+    ]
+    (logs / "public-api-lax-1.jsonl").write_text("\n".join(lines) + "\n")
+    # kind-style: no caller_pod, no direction: the file name names the caller.
+    (logs / "frontend-lax-1.jsonl").write_text(
+        line(T + 10, "10.0.1.6:8080", "public-api-lax-1a.default.dc1.internal.0f0f.consul") + "\n"
+    )
+    # Caller pod unknown to the inventory: fall back to its Consul name.
+    (logs / "ghost.jsonl").write_text(
+        line(T + 11, "10.0.0.20:9090", "product-api.default.x", caller_service="public-api-lax-1a") + "\n"
+        + line(T + 12, "10.0.0.20:9090", "product-api.default.x", caller_service="public-api") + "\n"
+    )
+    return tmp_path
+
+
+def _hops(run_dir: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in (run_dir / "hops.jsonl").read_text().splitlines()]
+
+
+def test_build_hops_joins_ip_history_and_callers(run_dir: Path) -> None:
+    n = build_hops(run_dir)
+    hops = _hops(run_dir)
+    assert n == len(hops) == 13
+    assert [h["ts"] for h in hops] == sorted(h["ts"] for h in hops)  # type: ignore[type-var]
+    by_ts = {round(float(h["ts"]) - T, 1): h for h in hops}  # type: ignore[arg-type]
+    for h in hops:
+        assert list(h) == [
+            "ts", "caller_pod", "caller_service", "caller_zone", "upstream", "upstream_cluster",
+            "upstream_host", "serving_pod", "serving_zone", "status", "flags", "duration_ms",
+        ]  # fmt: skip
+
+    def served(dt: float) -> tuple[object, object]:
+        return by_ts[dt]["serving_pod"], by_ts[dt]["serving_zone"]
+
+    assert served(50) == ("product-api-lax-a", LAX)
+    assert served(99.9) == ("product-api-lax-a", LAX)
+    assert served(100.1) == ("product-api-phx-c", PHX)
+    assert served(250) == ("product-api-phx-c", PHX)
+    assert served(150) == ("product-api-lax-b", LAX)
+    assert served(100.6) == ("product-api-lax-b", LAX)
+    assert served(130) == ("product-api-2a-x", AZ)
+    assert served(131) == (None, None)
+
+    uh = by_ts[120]
+    assert uh["upstream_host"] == "" and uh["serving_pod"] is None and uh["serving_zone"] is None
+    assert uh["upstream"] == "product-api" and uh["status"] == 503 and uh["flags"] == "UH"
+    assert uh["upstream_cluster"] == "failover-target~0~product-api-lax-1a.default.dc1.internal.0f0f.consul"
+    assert by_ts[121]["upstream"] == "product-api" and by_ts[121]["upstream_host"] == ""
+    assert by_ts[131]["upstream"] == "product-api"  # unknown IP: from the cluster's Consul name
+
+    first = by_ts[50]
+    assert (first["caller_pod"], first["caller_service"], first["caller_zone"]) == ("public-api-lax-1", "public-api", LAX)
+    assert first["upstream"] == "product-api" and first["upstream_host"] == "10.0.1.10:9090"
+    assert first["status"] == 200 and first["duration_ms"] == 3.0 and first["flags"] == "-"
+
+    kind_style = by_ts[10]
+    assert (kind_style["caller_pod"], kind_style["caller_service"], kind_style["caller_zone"]) == (
+        "frontend-lax-1", "frontend", LAX,
+    )  # fmt: skip
+    assert kind_style["serving_pod"] == "public-api-lax-1" and kind_style["upstream"] == "public-api"
+
+    assert (by_ts[11]["caller_service"], by_ts[11]["caller_zone"]) == ("public-api", LAX)
+    assert (by_ts[12]["caller_service"], by_ts[12]["caller_zone"]) == ("public-api", None)  # 3 zones: unknown
+    assert 132 not in by_ts  # inbound
+
+
+def test_build_hops_is_idempotent_and_handles_empty_runs(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    first = (build_hops(run_dir), (run_dir / "hops.jsonl").read_text())
+    assert (build_hops(run_dir), (run_dir / "hops.jsonl").read_text()) == first
+    assert not (run_dir / "hops.jsonl.tmp").exists() and not (run_dir / ".hops-duckdb-tmp").exists()
+
+    empty = tmp_path_factory.mktemp("empty")
+    assert build_hops(empty) == 0
+    assert (empty / "hops.jsonl").read_text() == ""
+
+    no_inventory = tmp_path_factory.mktemp("noinv")
+    (no_inventory / "accesslogs").mkdir()
+    (no_inventory / "accesslogs" / "p.jsonl").write_text(line(T, "10.0.0.1:80", "svc.default.x") + "\n")
+    assert build_hops(no_inventory) == 1
+    (hop,) = _hops(no_inventory)
+    assert hop["caller_pod"] == "p" and hop["serving_pod"] is None and hop["upstream"] == "svc"
+
+
+def test_build_hops_at_volume(tmp_path: Path) -> None:
+    """Many lines, many pods cycling through a few IPs: every hop lands on the pod of its moment."""
+    inv = Inventory(tmp_path / "inventory.jsonl")
+    # 20 generations of pods, each holding one of 5 IPs for 10 s, in alternating zones.
+    for gen in range(20):
+        for k in range(5):
+            zone = LAX if gen % 2 == 0 else PHX
+            inv.added(pod(f"p{gen}-{k}", f"10.1.0.{k}", zone, "product-api", "product-api", T + gen * 10))
+            inv.removed(f"p{gen}-{k}", T + gen * 10 + 10)
+    inv.added(pod("caller", "10.2.0.1", LAX, "public-api", "public-api-lax-1a", T))
+    inv.close()
+    (tmp_path / "accesslogs").mkdir()
+    with (tmp_path / "accesslogs" / "caller.jsonl").open("w") as fh:
+        for i in range(40_000):
+            ts = T + 0.1 + (i % 1990) * 0.1  # never on a hand-over instant
+            fh.write(line(ts, f"10.1.0.{i % 5}:9090", "product-api.x", caller_pod="caller") + "\n")
+    assert build_hops(tmp_path) == 40_000
+    with (tmp_path / "hops.jsonl").open() as fh:
+        for raw in fh:
+            h = json.loads(raw)
+            gen = int((h["ts"] - T) // 10)
+            assert h["serving_pod"] == f"p{gen}-{h['upstream_host'][7]}"
+            assert h["serving_zone"] == (LAX if gen % 2 == 0 else PHX)
+
+
+# -- FileLogSource -------------------------------------------------------------------------
+def test_file_source_tails_growth_partial_lines_truncation_and_replacement(tmp_path: Path) -> None:
+    path = tmp_path / "envoy.log"
+    src = FileLogSource("p", path)
+    assert list(src.read()) == []  # not there yet
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3')
+    assert list(src.read()) == ['{"a": 1}', '{"a": 2}']
+    with path.open("a") as fh:
+        fh.write('}\n\n{"a": 4}\n')
+    assert list(src.read()) == ['{"a": 3}', '{"a": 4}']
+    assert list(src.read()) == []
+    # copytruncate-style rotation
+    path.write_text('{"b": 1}\n')
+    assert list(src.read()) == ['{"b": 1}']
+    # rename rotation: the old file gets one more line before the new one appears
+    with path.open("a") as fh:
+        fh.write('{"b": 2}\n')
+    os.rename(path, tmp_path / "envoy.log.1")
+    with (tmp_path / "envoy.log.1").open("a") as fh:
+        fh.write('{"b": 3}\n')
+    path.write_text('{"c": 1}\n')
+    assert list(src.read()) == ['{"b": 2}', '{"b": 3}', '{"c": 1}']
+    # deleted: nothing, no error; re-created: read from its start
+    path.unlink()
+    assert list(src.read()) == []
+    path.write_text('{"d": 1}\n')
+    assert list(src.read()) == ['{"d": 1}']
+    src.close()
+
+
+# -- AccessLogCollector ----------------------------------------------------------------------
+def _wait_for(pred: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_collector_follows_growing_and_recreated_files_and_new_pods(tmp_path: Path) -> None:
+    logs = tmp_path / "pods"
+    logs.mkdir()
+    out = tmp_path / "run" / "accesslogs"
+    sources: dict[str, FileLogSource] = {"a": FileLogSource("a", logs / "a.log")}
+    lock = threading.Lock()
+
+    def current() -> list[LogSource]:
+        with lock:
+            return list(sources.values())
+
+    collected = out / "a.jsonl"
+    with AccessLogCollector(current, out, interval_s=0.02) as col:
+        for i in range(50):
+            with (logs / "a.log").open("a") as fh:
+                fh.write(json.dumps({"i": i}) + "\n")
+        _wait_for(lambda: collected.exists() and len(collected.read_text().splitlines()) == 50)
+        # The pod's log is re-created (container restart): new lines from the new file.
+        (logs / "a.log").unlink()
+        (logs / "a.log").write_text('{"i": "new"}\n')
+        _wait_for(lambda: collected.read_text().splitlines()[-1:] == ['{"i": "new"}'])
+        # A pod appears mid-run; its last line comes just before stop().
+        with lock:
+            sources["b"] = FileLogSource("b", logs / "b.log")
+        (logs / "b.log").write_text('{"b": 1}\n')
+        assert col.alive
+    assert collected.read_text().splitlines() == [json.dumps({"i": i}) for i in range(50)] + ['{"i": "new"}']
+    assert (out / "b.jsonl").read_text() == '{"b": 1}\n'
+    assert col.lines_written == 52
+
+
+class _Exploding(LogSource):
+    def __init__(self) -> None:
+        self.pod = "boom"
+        self.calls = 0
+
+    def read(self) -> Iterator[str]:
+        self.calls += 1
+        if self.calls >= 3:
+            raise RuntimeError("log source broke")
+        yield '{"ok": true}'
+
+
+def test_collector_error_resurfaces_in_caller_thread(tmp_path: Path) -> None:
+    src = _Exploding()
+    col = AccessLogCollector(lambda: [src], tmp_path, interval_s=0.01).start()
+    _wait_for(lambda: not col.alive)
+    with pytest.raises(CollectorError, match="log source broke") as info:
+        col.check()
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(CollectorError):
+        col.stop()
+    assert (tmp_path / "boom.jsonl").read_text() == '{"ok": true}\n{"ok": true}\n'
+
+
+def test_collector_context_manager_keeps_body_exception(tmp_path: Path) -> None:
+    src = _Exploding()
+    with pytest.raises(ValueError, match="body"), AccessLogCollector(lambda: [src], tmp_path, interval_s=0.01):
+        _wait_for(lambda: src.calls >= 3)
+        raise ValueError("body")

@@ -1,0 +1,109 @@
+"""Topology validation: every bad input is one line naming the file and field, exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.errors import InputError
+from harness.topology import dump_topology, load_topology, parse_topology
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "fixtures" / "topology.yaml"
+
+
+def _base() -> dict:
+    return yaml.safe_load(DEFAULT.read_text())
+
+
+def test_default_topology_values() -> None:
+    t = load_topology()
+    assert t.region == "us-west-2" and t.edition.value == "ce"
+    assert [z.name for z in t.region_zones] == ["us-west-2a", "us-west-2b"]
+    assert [z.name for z in t.edge_zones] == ["us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a"]
+    assert {s.name for s in t.services if s.placement.value == "region"} == {"postgres"}
+    assert t.short("us-west-2-lax-1a") == "lax-1a" and t.short("us-west-2a") == "2a"
+
+
+def test_dump_round_trips() -> None:
+    for f in ("topology.yaml", "topology-wide.yaml"):
+        t = load_topology(REPO / "fixtures" / f)
+        assert parse_topology(yaml.safe_load(dump_topology(t))) == t
+
+
+def _mut(fn) -> dict:  # type: ignore[no-untyped-def]
+    d = _base()
+    fn(d)
+    return d
+
+
+CASES = [
+    ("wrong type", lambda d: d["zones"][0].__setitem__("nodes", "two"), "zones[0].nodes"),
+    ("unknown zone type", lambda d: d["zones"][2].__setitem__("type", "edge-zone"), "zones[2].type"),
+    ("duplicate zone", lambda d: d["zones"].append(dict(d["zones"][2])), "zones[5].name"),
+    ("duplicate service", lambda d: d["services"].append(dict(d["services"][0])), "services[4].name"),
+    ("no region service", lambda d: d["services"].__setitem__(3, {**d["services"][3], "placement": "edge"}), "services"),
+    ("unknown upstream", lambda d: d["services"][0].__setitem__("upstreams", ["nope"]), "services[0].upstreams[0]"),
+    ("no AZ", lambda d: d.__setitem__("zones", d["zones"][2:]), "zones"),
+    ("no edge zone", lambda d: d.__setitem__("zones", d["zones"][:2]), "zones"),
+    ("unknown key", lambda d: d.__setitem__("zonez", []), "zonez"),
+    ("link on AZ", lambda d: d["zones"][0].__setitem__("serviceLink", {"latencyMs": 1}), "zones[0].serviceLink"),
+    ("zone outside region", lambda d: d["zones"][2].__setitem__("name", "eu-west-1-ber-1a"), "zones[2].name"),
+    ("bad SLO", lambda d: d["slo"].__setitem__("inZoneShare", 1.5), "slo.inZoneShare"),
+    ("bad range", lambda d: d["local"].__setitem__("addressRange", "10.0.0.0/28"), "local.addressRange"),
+    ("region calls edge", lambda d: d["services"][3].__setitem__("upstreams", ["product-api"]), "services[3].upstreams[0]"),
+    ("cycle", lambda d: d["services"][2].__setitem__("upstreams", ["postgres", "frontend"]), "services"),
+    ("missing zones", lambda d: d.pop("zones"), "zones"),
+    ("bad edition", lambda d: d.__setitem__("edition", "pro"), "edition"),
+]
+
+
+@pytest.mark.parametrize(("name", "mutate", "field"), CASES, ids=[c[0] for c in CASES])
+def test_invalid_topology_names_the_field(name: str, mutate, field: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "t.yaml"
+    f.write_text(yaml.safe_dump(_mut(mutate)))
+    with pytest.raises(InputError) as exc:
+        load_topology(f)
+    line = str(exc.value)
+    assert line.startswith(f"{f}: {field}: "), line
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [("", ""), ("zones: [\n", "line 2"), ("- a\n- b\n", ""), ("zones: 3\nservices: []\n", "zones")],
+    ids=["empty", "yaml-syntax", "not-a-mapping", "zones-not-a-list"],
+)
+def test_unparseable_files(text: str, field: str, tmp_path: Path) -> None:
+    f = tmp_path / "t.yaml"
+    f.write_text(text)
+    with pytest.raises(InputError) as exc:
+        load_topology(f)
+    assert str(exc.value).startswith(f"{f}: {field}" if field else f"{f}: ")
+
+
+def test_cli_bad_topology_one_line_exit_2_nothing_written(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(_mut(lambda d: d["zones"][2].__setitem__("type", "edge-zone"))))
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "harness", "render", "--topology", str(f), "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{f}: zones[2].type: "), r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert not out.exists()
+
+
+def test_cli_missing_file_and_usage_exit_2(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "harness", "render", "--topology", str(tmp_path / "no.yaml"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip() == f"{tmp_path / 'no.yaml'}: no such file"
+    r = subprocess.run([sys.executable, "-m", "harness", "frobnicate"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -1,0 +1,345 @@
+"""Traffic: the locustfile, its recorder and the runner, against a loopback fake shop.
+
+The fake shop answers like HashiCups' frontend (``GET /``) and public-api
+(``POST /api`` GraphQL) and counts what it received, so a test can compare
+three independent counts: what the server saw, what locust counted in its own
+stats, and what the recorder wrote. Coffee 2 answers HTTP 500 and coffee 3 a
+200 carrying GraphQL ``errors``: both must be recorded as failures.
+
+Locust runs as a subprocess (as in production), bounded by ``-t`` and by
+subprocess timeouts; only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from harness.traffic import RequestRecorder, TrafficRunner, parse_entrypoints, run_traffic, summarise_requests
+
+REPO = Path(__file__).resolve().parents[1]
+LOCUSTFILE = REPO / "loadtests" / "hashicups.py"
+COFFEES = [{"id": i, "name": f"Coffee {i}", "price": 100 + i} for i in (1, 2, 3, 4)]
+
+
+class FakeShop(ThreadingHTTPServer):
+    """A tiny HashiCups entry point; `zone` is only for assertions."""
+
+    daemon_threads = True
+
+    def __init__(self, zone: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.zone = zone
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def count(self, key: str) -> None:
+        with self.lock:
+            self.counts[key] += 1
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as locust's FastHttpUser expects
+    server: FakeShop
+
+    def setup(self) -> None:
+        super().setup()
+        # Without NODELAY a Python server adds ~40 ms per keep-alive response.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str, key: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        self.server.count(key)  # only answers that went out count
+
+    def do_GET(self) -> None:
+        self._send(200, b"<html><body>HashiCups</body></html>", "text/html", "shop")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        query = json.loads(self.rfile.read(length) or b"{}").get("query", "")
+        if "coffees" in query:
+            self._send(200, json.dumps({"data": {"coffees": COFFEES}}).encode(), "application/json", "coffees")
+        elif 'coffeeID: "2"' in query:
+            self._send(500, b'{"error": "boom"}', "application/json", "coffee")
+        elif 'coffeeID: "3"' in query:
+            body = {"errors": [{"message": "product-api unavailable"}], "data": {"coffee": None}}
+            self._send(200, json.dumps(body).encode(), "application/json", "coffee")
+        else:
+            self._send(200, json.dumps({"data": {"coffee": COFFEES[0]}}).encode(), "application/json", "coffee")
+
+
+def _serve(zone: str) -> Iterator[FakeShop]:
+    srv = FakeShop(zone)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(5)
+
+
+@pytest.fixture
+def shop() -> Iterator[FakeShop]:
+    yield from _serve("zone-a")
+
+
+@pytest.fixture
+def shop_b() -> Iterator[FakeShop]:
+    yield from _serve("zone-b")
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _locust(
+    tmp_path: Path, host: str, extra_env: dict[str, str], *args: str, seconds: int = 3
+) -> tuple[Path, dict[str, int]]:
+    """Run the locustfile like a person would (plain `locust -f`); return (requests file, locust's totals)."""
+    req = tmp_path / "requests.jsonl"
+    env = {**os.environ, "EH_REQUESTS_FILE": str(req), "EH_WAIT": "0.01", **extra_env}
+    for key in ("EH_ENTRYPOINTS", "EH_SHAPE", "EH_ZONE"):
+        if key not in extra_env:
+            env.pop(key, None)  # the caller's shell must not leak into the test
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host]
+    # --stop-timeout: users finish the request in flight at the end, so the server's count is exact.
+    cmd += [
+        "-u",
+        "4",
+        "-r",
+        "20",
+        "-t",
+        f"{seconds}s",
+        "--stop-timeout",
+        "5",
+        "--only-summary",
+        "--json-file",
+        str(tmp_path / "stats"),
+        *args,
+    ]
+    with (tmp_path / "locust.log").open("wb") as log:
+        proc = subprocess.run(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=seconds + 40,
+            cwd=tmp_path,
+        )
+    assert proc.returncode in (0, 1), (tmp_path / "locust.log").read_text()[-3000:]
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    totals = {
+        "requests": sum(s["num_requests"] for s in stats),
+        "failures": sum(s["num_failures"] for s in stats),
+    }
+    return req, totals
+
+
+@pytest.mark.slow
+def test_single_zone_records_match_locust_and_server(tmp_path: Path, shop: FakeShop) -> None:
+    t0 = time.time()
+    req, totals = _locust(tmp_path, shop.url, {"EH_ZONE": "us-west-2-lax-1a"})
+    recs = _records(req)
+    assert totals["requests"] > 50
+    assert len(recs) == totals["requests"]
+    assert sum(1 for r in recs if not r["ok"]) == totals["failures"]
+    assert len(recs) == sum(shop.counts.values())
+    assert {r["zone"] for r in recs} == {"us-west-2-lax-1a"}
+    by_name = Counter(r["name"] for r in recs)
+    assert set(by_name) == {"GET /", "POST /api coffees", "POST /api coffee"}
+    # Weights 1:3:2 — coffees is the most frequent journey.
+    assert by_name["POST /api coffees"] > by_name["GET /"]
+    for r in recs:
+        assert set(r) == {"ts", "zone", "endpoint", "name", "status", "latency_ms", "ok", "error"}
+        assert t0 - 1 < float(r["ts"]) < time.time()  # type: ignore[arg-type]
+        assert (
+            r["endpoint"]
+            == {"GET /": "shop", "POST /api coffees": "coffees", "POST /api coffee": "coffee"}[str(r["name"])]
+        )
+    http500 = [r for r in recs if r["status"] == 500]
+    gql = [r for r in recs if r["status"] == 200 and not r["ok"]]
+    assert http500 and all(not r["ok"] and r["error"] for r in http500)
+    assert gql and all("GraphQL error: product-api unavailable" in str(r["error"]) for r in gql)
+    assert all(r["ok"] and r["error"] is None for r in recs if r["status"] == 200 and r["name"] != "POST /api coffee")
+
+
+@pytest.mark.slow
+def test_multi_zone_spreads_users_and_names_entry_zone(tmp_path: Path, shop: FakeShop, shop_b: FakeShop) -> None:
+    eps = {"zone-a": shop.url, "zone-b": shop_b.url}
+    # --host points nowhere useful: with EH_ENTRYPOINTS it must not be used.
+    req, totals = _locust(tmp_path, "http://127.0.0.1:9", {"EH_ENTRYPOINTS": json.dumps(eps)})
+    recs = _records(req)
+    per_zone = Counter(str(r["zone"]) for r in recs)
+    assert len(recs) == totals["requests"]
+    # Attribution is exact: each zone's records equal what that zone's server received.
+    assert per_zone["zone-a"] == sum(shop.counts.values()) > 0
+    assert per_zone["zone-b"] == sum(shop_b.counts.values()) > 0
+    assert set(per_zone) == {"zone-a", "zone-b"}
+
+
+@pytest.mark.slow
+def test_distributed_workers_append_to_one_valid_file(tmp_path: Path, shop: FakeShop) -> None:
+    req, totals = _locust(tmp_path, shop.url, {}, "--processes", "2", seconds=4)
+    raw = req.read_text()
+    assert raw.endswith("\n")
+    recs = [json.loads(line) for line in raw.splitlines()]  # every line whole: no interleaving
+    assert len(recs) == totals["requests"] > 50
+    assert len(recs) == sum(shop.counts.values())
+    assert "worker" in (tmp_path / "locust.log").read_text().lower()
+
+
+def test_recorder_writes_one_contract_line_per_event(tmp_path: Path) -> None:
+    class Resp:
+        status_code = 503
+
+    path = tmp_path / "r.jsonl"
+    rec = RequestRecorder(path, default_zone="z0")
+    rec.on_request(
+        "POST",
+        "POST /api coffees",
+        12.3456,
+        10,
+        response=Resp(),
+        context={"zone": "z1", "endpoint": "coffees"},
+        exception=RuntimeError("HTTP 503\nmore"),
+        start_time=100.5,
+        url="http://x/api",
+    )
+    rec.on_request("GET", "GET /", 1.0, 10, response=None, context={}, exception=ConnectionError(), start_time=101.0)
+    rec.close()
+    rec.on_request("GET", "GET /", 1.0, 10, response=None, context={}, exception=None, start_time=102.0)  # dropped
+    a, b = _records(path)
+    assert a == {
+        "ts": 100.5,
+        "zone": "z1",
+        "endpoint": "coffees",
+        "name": "POST /api coffees",
+        "status": 503,
+        "latency_ms": 12.346,
+        "ok": False,
+        "error": "HTTP 503 more",
+    }
+    assert b["zone"] == "z0" and b["status"] == 0 and b["error"] == "ConnectionError" and b["endpoint"] == "GET /"
+
+
+def test_recorder_from_env_is_opt_in(tmp_path: Path) -> None:
+    assert RequestRecorder.from_env({}) is None
+    rec = RequestRecorder.from_env({"EH_REQUESTS_FILE": str(tmp_path / "x.jsonl"), "EH_ZONE": "lz"})
+    assert rec is not None and rec.default_zone == "lz"
+    rec.close()
+
+
+def test_parse_entrypoints_rejects_bad_input() -> None:
+    assert parse_entrypoints(None) == {}
+    assert parse_entrypoints('{"a": "http://h:1/"}') == {"a": "http://h:1"}
+    for bad in ("nope", "[]", "{}", '{"a": "h:1"}'):
+        with pytest.raises(ValueError, match="EH_ENTRYPOINTS"):
+            parse_entrypoints(bad)
+
+
+def test_summarise_counts_only_this_runs_lines(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    lines = [
+        {"ts": 10.0, "zone": "a", "ok": True, "latency_ms": 5.0},  # an earlier run's line
+        {"ts": 100.0, "zone": "a", "ok": True, "latency_ms": 0.0},
+        {"ts": 101.0, "zone": "b", "ok": False, "latency_ms": 0.0},
+        {"ts": 102.0, "zone": "a", "ok": False, "latency_ms": 0.0},
+    ]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"ts": 103.0, "zo')  # torn last line
+    total, failures, rps, per_zone = summarise_requests(path, since=50.0)
+    assert (total, failures) == (3, 2)
+    assert rps == pytest.approx(1.5)
+    assert per_zone["a"].requests == 2 and per_zone["b"].failures == 1
+    assert summarise_requests(tmp_path / "missing.jsonl") == (0, 0, 0.0, {})
+
+
+@pytest.mark.slow
+def test_run_traffic_stops_on_time(tmp_path: Path, shop: FakeShop) -> None:
+    t0 = time.monotonic()
+    res = run_traffic(
+        {"zone-a": shop.url}, tmp_path, users=3, spawn_rate=10, duration_s=3, extra_env={"EH_WAIT": "0.01"}
+    )
+    elapsed = time.monotonic() - t0
+    assert 3 <= elapsed < 3 + 20
+    assert not res.stopped_early and res.returncode in (0, 1)
+    assert res.requests == len(_records(tmp_path / "requests.jsonl")) == sum(shop.counts.values())
+    assert res.failures > 0 and res.rps > 0
+    assert set(res.per_zone) == {"zone-a"}
+    assert res.log_file.is_file() and res.stats_file.is_file()
+
+
+@pytest.mark.slow
+def test_run_traffic_stops_on_stop_event_with_processes(tmp_path: Path, shop: FakeShop) -> None:
+    stop = threading.Event()
+    threading.Timer(4.0, stop.set).start()
+    t0 = time.monotonic()
+    res = run_traffic(
+        {"zone-a": shop.url},
+        tmp_path,
+        users=4,
+        spawn_rate=20,
+        duration_s=120,
+        processes=2,
+        shape="ramp",
+        stop_event=stop,
+        extra_env={"EH_WAIT": "0.01"},
+    )
+    elapsed = time.monotonic() - t0
+    assert elapsed < 4 + 20
+    assert res.stopped_early
+    assert res.requests > 0 and res.requests == len(_records(tmp_path / "requests.jsonl"))
+    # The whole process group is gone: no orphaned workers keep sending.
+    before = sum(shop.counts.values())
+    time.sleep(0.5)
+    assert sum(shop.counts.values()) == before
+
+
+@pytest.mark.slow
+def test_traffic_runner_context_manager_stops_background_locust(tmp_path: Path, shop: FakeShop) -> None:
+    with TrafficRunner(
+        {"zone-a": shop.url}, tmp_path, users=2, spawn_rate=10, duration_s=60, extra_env={"EH_WAIT": "0.01"}
+    ) as tr:
+        deadline = time.monotonic() + 20
+        while sum(shop.counts.values()) < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tr.running
+        pid = tr.pid
+    assert tr.result is not None and tr.result.stopped_early and tr.result.requests >= 20
+    assert pid is not None and not Path(f"/proc/{pid}").exists()
+
+
+def test_runner_rejects_bad_arguments(tmp_path: Path) -> None:
+    from harness.traffic import TrafficError
+
+    with pytest.raises(TrafficError, match="shape"):
+        TrafficRunner({"a": "http://127.0.0.1:1"}, tmp_path, 1, 1, 1, shape="zigzag")
+    with pytest.raises(TrafficError, match="entrypoints"):
+        TrafficRunner({}, tmp_path, 1, 1, 1)
+    with pytest.raises(TrafficError, match="locustfile not found"):
+        TrafficRunner({"a": "http://127.0.0.1:1"}, tmp_path, 1, 1, 1, locustfile=tmp_path / "none.py").start()
