@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_backend_kube import NODES, FakeApiServer, pod, rendered, wait_until
 
 from harness.backends.kind import KindBackend, kind_available
 from harness.errors import BackendError
+from tests.test_backend_kube import NODES, FakeApiServer, pod, rendered, wait_until
 
 FAKE_TOOL = f"""#!{sys.executable}
 import json, os, sys, time
@@ -74,7 +74,12 @@ class Tools:
         script.chmod(0o755)
         for n in names:
             (self.bin / n).symlink_to(script)
-        self.env = {"PATH": str(self.bin), "FAKE_LOG": str(self.log), "FAKE_STATE": str(self.state), "FAKE_API": api.url}
+        self.env = {
+            "PATH": str(self.bin),
+            "FAKE_LOG": str(self.log),
+            "FAKE_STATE": str(self.state),
+            "FAKE_API": api.url,
+        }
 
     def calls(self) -> list[list[str]]:
         if not self.log.exists():
@@ -140,7 +145,7 @@ def _up(api: FakeApiServer, tools: Tools, tmp_path: Path) -> tuple[KindBackend, 
 
 
 def test_up_issues_exactly_the_expected_commands(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
-    backend, m = _up(api, tools, tmp_path)
+    _backend, m = _up(api, tools, tmp_path)
     wd = tmp_path / "wd"
     kc = str(wd / "kubeconfig")
     calls = tools.calls()
@@ -150,11 +155,14 @@ def test_up_issues_exactly_the_expected_commands(api: FakeApiServer, tools: Tool
         ["helm", "repo", "add", "hashicorp", "https://helm.releases.hashicorp.com", "--force-update"],
         [
             "helm", "upgrade", "--install", "consul", "hashicorp/consul", "--version", "1.9.11", "-n", "consul",
-            "--create-namespace", "-f", str(wd / "consul-values.yaml"), "--kubeconfig", kc, "--wait", "--timeout", "15m",
+            "--create-namespace", "-f", str(wd / "consul-values.yaml"), "--kubeconfig", kc,
+            "--wait", "--timeout", "15m",
         ],
     ]  # fmt: skip
     execs = calls[4:]
-    assert [c[:5] for c in execs] == [["docker", "exec", n, "sh", "-c"] for n in ("edge-worker3", "edge-worker4", "edge-worker5")]
+    assert [c[:5] for c in execs] == [
+        ["docker", "exec", n, "sh", "-c"] for n in ("edge-worker3", "edge-worker4", "edge-worker5")
+    ]
     # the kind config written is the rendered one, named after the cluster
     import yaml
 
@@ -163,7 +171,9 @@ def test_up_issues_exactly_the_expected_commands(api: FakeApiServer, tools: Tool
     assert yaml.safe_load((wd / "consul-values.yaml").read_text()) == m.helm_values
     # every rendered object reached the API (namespaces applied once before helm, then all)
     posts = [d for meth, _p, d in api.writes() if meth == "POST" and d.get("kind") not in ("Node",)]
-    assert len([d for d in posts if d["kind"] != "Namespace"]) == len([o for o in m.objects if o["kind"] != "Namespace"])
+    assert len([d for d in posts if d["kind"] != "Namespace"]) == len(
+        [o for o in m.objects if o["kind"] != "Namespace"]
+    )
     # lax-1a's script: other LZs dropped both ways, Region peers delayed by the service link (12 ms)
     lax = execs[0][5]
     for cidr in ("172.18.0.5/32", "10.244.4.0/24", "172.18.0.6/32", "10.244.5.0/24"):
@@ -216,17 +226,32 @@ def test_chaos_commands(api: FakeApiServer, tools: Tools, tmp_path: Path) -> Non
     assert backend.nodes()["edge-worker4"] == "us-west-2-las-1a"
 
 
-def test_failed_tool_is_a_clear_error(api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_tool_is_a_clear_error(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     backend, _m = _up(api, tools, tmp_path)
     monkeypatch.setenv("FAKE_EXEC_FAIL", "1")
-    with pytest.raises(BackendError, match=r"^`docker exec edge-worker3 sh -c <script>` failed \(exit 1\): .*container is not running"):
+    with pytest.raises(
+        BackendError, match=r"^`docker exec edge-worker3 sh -c <script>` failed \(exit 1\): .*container is not running"
+    ):
         backend.partition_zone("us-west-2-lax-1a")
 
 
 def test_pod_chaos_and_inventory_through_the_api(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
     backend, _m = _up(api, tools, tmp_path)
     c = backend.cluster
-    api.seed(c, pod("pa-1", "hashicups-lax-1a", "us-west-2-lax-1a", "product-api", "product-api-lax-1a", "10.244.3.9", "edge-worker3"))
+    api.seed(
+        c,
+        pod(
+            "pa-1",
+            "hashicups-lax-1a",
+            "us-west-2-lax-1a",
+            "product-api",
+            "product-api-lax-1a",
+            "10.244.3.9",
+            "edge-worker3",
+        ),
+    )
     inv = backend.inventory(tmp_path / "inv.jsonl")
     assert inv.by_ip("10.244.3.9") is not None
     assert backend.set_pod_unready("us-west-2-lax-1a", "product-api") == ["pa-1"]
@@ -285,5 +310,8 @@ def test_kind_available_reports_the_docker_daemon(tools: Tools, monkeypatch: pyt
     assert kind_available() == (True, "Docker 27.3.1 answers and kind, helm, kubectl are installed")
     monkeypatch.setenv("FAKE_DOCKER_DOWN", "1")
     ok, why = kind_available()
-    assert not ok and why == "Docker daemon not usable: Cannot connect to the Docker daemon at unix:///var/run/docker.sock."
+    assert (
+        not ok
+        and why == "Docker daemon not usable: Cannot connect to the Docker daemon at unix:///var/run/docker.sock."
+    )
     assert os.environ["PATH"] == str(tools.bin)

@@ -87,7 +87,7 @@ def _http_rtt_ms(ns: str, ip: str, port: int) -> float | None:
         "import socket,time\n"
         f"s=socket.create_connection(('{ip}',{port}),timeout=3)\n"
         "best=1e9\n"
-        "for _ in range(5):\n"
+        "for _ in range(10):\n"
         "  t=time.perf_counter(); s.sendall(b'GET /health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.recv(65536)\n"
         "  best=min(best,(time.perf_counter()-t)*1000)\n"
         "print(best)\n"
@@ -100,17 +100,18 @@ def test_hub_and_spoke_and_service_link_latency(cluster: LocalBackend) -> None:
     inv = {p.pod: p for p in cluster.inventory().pods(alive_only=True)}
     lax_pub = _pod(cluster, LAX, "public-api")
     las_prod = inv[_pod(cluster, LAS, "product-api")]
-    region_pub = next(p for p in inv.values() if p.zone == "us-west-2a" and p.service == "public-api")
-    lax_prod = inv[_pod(cluster, LAX, "product-api")]
-    ns = _ns_of(cluster, lax_pub)
+    region_a = inv[_pod(cluster, "us-west-2a", "public-api")]
+    region_b = inv[_pod(cluster, "us-west-2b", "public-api")]
+    lax_ns = _ns_of(cluster, lax_pub)
     # LZ -> another LZ: fails (dropped at the hub)
-    assert _connect_ms(ns, las_prod.ip, 9090) is None
-    # LZ -> Region: works, and a round trip pays the service link (12 ms in the default topology)
-    rtt_region = _http_rtt_ms(ns, region_pub.ip, 8080)
-    rtt_local = _http_rtt_ms(ns, lax_prod.ip, 9090)
-    assert rtt_region is not None and rtt_local is not None
-    assert rtt_region >= 12.0, rtt_region
-    assert rtt_local < 8.0, rtt_local
+    assert _connect_ms(lax_ns, las_prod.ip, 9090) is None
+    # LZ -> Region works, and a round trip pays the service link (12 ms in the default topology);
+    # the same request Region -> Region is the baseline (same kind of server, no service link)
+    rtt_lz = _http_rtt_ms(lax_ns, region_a.ip, 8080)
+    rtt_region = _http_rtt_ms(_ns_of(cluster, region_b.pod), region_a.ip, 8080)
+    assert rtt_lz is not None and rtt_region is not None
+    assert rtt_lz >= 12.0, rtt_lz
+    assert rtt_lz - rtt_region >= 9.0, (rtt_lz, rtt_region)
 
 
 def _hops_to(b: LocalBackend, caller_pod: str, since: float) -> list[dict[str, object]]:
@@ -179,7 +180,7 @@ def test_product_api_killed_in_lz_fails_over_within_a_second_and_comes_back(clus
         p = inv.get(host.rsplit(":", 1)[0])
         return p.zone if p else None
 
-    region = [h for h in hops if h["ts"] > t_kill and zone_of(h) in ("us-west-2a", "us-west-2b") and h["response_code"] == "200"]
+    region = [h for h in hops if h["ts"] > t_kill and zone_of(h) in ("us-west-2a", "us-west-2b") and int(h["response_code"] or 0) == 200]
     assert region, "no hop went to the Region after the kill"
     assert float(region[0]["ts"]) - t_kill < 1.0, float(region[0]["ts"]) - t_kill
     assert not any(zone_of(h) in (LAS, PHX) for h in hops), "a hop crossed to another Local Zone"

@@ -31,7 +31,15 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def line(ts: float, host: str | None, cluster: str, code: int = 200, flags: str = "-", **extra: str) -> str:
+def line(
+    ts: float,
+    host: str | None,
+    cluster: str,
+    code: int = 200,
+    flags: str = "-",
+    extra: dict[str, str] | None = None,
+    **fields: str,
+) -> str:
     rec: dict[str, str | None] = {
         "start_time": iso(ts),
         "method": "GET",
@@ -41,7 +49,8 @@ def line(ts: float, host: str | None, cluster: str, code: int = 200, flags: str 
         "duration": "3",
         "upstream_host": host,
         "upstream_cluster": cluster,
-        **extra,
+        **(extra or {}),
+        **fields,
     }
     return json.dumps(rec)
 
@@ -70,16 +79,16 @@ def run_dir(tmp_path: Path) -> Path:
     out = {"caller_pod": "public-api-lax-1", "caller_service": "public-api-lax-1a", "direction": "outbound"}
     cl_lax = "product-api-lax-1a.default.dc1.internal.0f0f.consul"
     lines = [
-        line(T + 50, "10.0.1.10:9090", cl_lax, **out),  # served by lax-a
-        line(T + 99.9, "10.0.1.10:9090", cl_lax, **out),  # still lax-a (inside its life)
-        line(T + 100.1, "10.0.1.10:9090", cl_lax, **out),  # already phx-c (inside its life beats slack)
-        line(T + 250, "10.0.1.10:9090", cl_lax, **out),  # phx-c
-        line(T + 150, "10.0.1.11:9090", cl_lax, **out),  # replacement lax-b
-        line(T + 100.6, "10.0.1.11:9090", cl_lax, **out),  # 0.4 s before lax-b's added event: within slack
-        line(T + 120, None, "failover-target~0~" + cl_lax, 503, "UH", **out),  # no upstream host
-        line(T + 121, "-", "1a2b3c4d~product-api.default.dc1.internal.0f0f.consul", 503, "UF", **out),
-        line(T + 130, "10.0.0.20:9090", "product-api.default.dc1.internal.0f0f.consul", **out),  # Region
-        line(T + 131, "10.9.9.9:9090", cl_lax, **out),  # IP the inventory never saw
+        line(T + 50, "10.0.1.10:9090", cl_lax, extra=out),  # served by lax-a
+        line(T + 99.9, "10.0.1.10:9090", cl_lax, extra=out),  # still lax-a (inside its life)
+        line(T + 100.1, "10.0.1.10:9090", cl_lax, extra=out),  # already phx-c (inside its life beats slack)
+        line(T + 250, "10.0.1.10:9090", cl_lax, extra=out),  # phx-c
+        line(T + 150, "10.0.1.11:9090", cl_lax, extra=out),  # replacement lax-b
+        line(T + 100.6, "10.0.1.11:9090", cl_lax, extra=out),  # 0.4 s before lax-b's added event: within slack
+        line(T + 120, None, "failover-target~0~" + cl_lax, 503, "UH", extra=out),  # no upstream host
+        line(T + 121, "-", "1a2b3c4d~product-api.default.dc1.internal.0f0f.consul", 503, "UF", extra=out),
+        line(T + 130, "10.0.0.20:9090", "product-api.default.dc1.internal.0f0f.consul", extra=out),  # Region
+        line(T + 131, "10.9.9.9:9090", cl_lax, extra=out),  # IP the inventory never saw
         line(T + 132, "10.0.1.6:8080", "x", direction="inbound", caller_pod="public-api-lax-1"),  # skipped
         '{"start_time": "2025-11-',  # torn last line of a killed pod: skipped
     ]
@@ -90,8 +99,10 @@ def run_dir(tmp_path: Path) -> Path:
     )
     # Caller pod unknown to the inventory: fall back to its Consul name.
     (logs / "ghost.jsonl").write_text(
-        line(T + 11, "10.0.0.20:9090", "product-api.default.x", caller_service="public-api-lax-1a") + "\n"
-        + line(T + 12, "10.0.0.20:9090", "product-api.default.x", caller_service="public-api") + "\n"
+        line(T + 11, "10.0.0.20:9090", "product-api.default.x", caller_service="public-api-lax-1a")
+        + "\n"
+        + line(T + 12, "10.0.0.20:9090", "product-api.default.x", caller_service="public-api")
+        + "\n"
     )
     return tmp_path
 
@@ -132,7 +143,11 @@ def test_build_hops_joins_ip_history_and_callers(run_dir: Path) -> None:
     assert by_ts[131]["upstream"] == "product-api"  # unknown IP: from the cluster's Consul name
 
     first = by_ts[50]
-    assert (first["caller_pod"], first["caller_service"], first["caller_zone"]) == ("public-api-lax-1", "public-api", LAX)
+    assert (first["caller_pod"], first["caller_service"], first["caller_zone"]) == (
+        "public-api-lax-1",
+        "public-api",
+        LAX,
+    )
     assert first["upstream"] == "product-api" and first["upstream_host"] == "10.0.1.10:9090"
     assert first["status"] == 200 and first["duration_ms"] == 3.0 and first["flags"] == "-"
 
@@ -147,7 +162,9 @@ def test_build_hops_joins_ip_history_and_callers(run_dir: Path) -> None:
     assert 132 not in by_ts  # inbound
 
 
-def test_build_hops_is_idempotent_and_handles_empty_runs(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_build_hops_is_idempotent_and_handles_empty_runs(
+    run_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     first = (build_hops(run_dir), (run_dir / "hops.jsonl").read_text())
     assert (build_hops(run_dir), (run_dir / "hops.jsonl").read_text()) == first
     assert not (run_dir / "hops.jsonl.tmp").exists() and not (run_dir / ".hops-duckdb-tmp").exists()

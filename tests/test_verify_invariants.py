@@ -32,7 +32,12 @@ def failed(v: object) -> set[str]:
 
 def test_clean_run_with_fault_passes(tmp_path: Path) -> None:
     # a short failover at a high enough rate keeps the lost requests within the budget
-    sc = Scenario(T, duration_s=90, rate_per_zone=4, faults=[FaultSpec("k", "service-down", LAX, ("product-api",), 30, 50, 0.2, 2.0)])
+    sc = Scenario(
+        T,
+        duration_s=90,
+        rate_per_zone=4,
+        faults=[FaultSpec("k", "service-down", LAX, ("product-api",), 30, 50, 0.2, 2.0)],
+    )
     v = verify(write_run(tmp_path / "r", sc))
     assert v.passed, v.failure_messages
     f = v.fault("k")
@@ -129,7 +134,8 @@ def test_zone_down_excludes_entry_requests_and_reports_them(tmp_path: Path) -> N
     f = FaultSpec("zone-las", "zone-down", LAS, (), 30, 45, 0, 1.0, entry_down=True)
     v = verify(run(tmp_path, faults=[f]))
     w = next(w for w in v.invariant(AVAILABILITY).windows if w.window == "fault zone-las")
-    assert w.excluded_requests > 0 and w.excluded_failed == w.excluded_requests
+    # LAS fails from inject until restore + recovery delay (16 s at 4 requests/s)
+    assert w.excluded_failed == 16 * 4 and w.excluded_requests >= w.excluded_failed
     assert w.failed == 0 and v.passed, v.failure_messages
     assert v.fault("zone-las").lost_requests >= 15 * 4
 
@@ -142,7 +148,11 @@ def test_zone_down_without_entry_exclusion_blows_budget(tmp_path: Path) -> None:
 
 def test_unattributed_hops_resolved_from_inventory_history(tmp_path: Path) -> None:
     # every hop lacks serving_zone; pods are replaced and their old IPs reused by AZ pods
-    d = run(tmp_path, faults=[FaultSpec("k", "service-down", LAX, ("product-api",), 30, 50, 0.1, 0.5)], drop_serving_zone=1.0)
+    d = run(
+        tmp_path,
+        faults=[FaultSpec("k", "service-down", LAX, ("product-api",), 30, 50, 0.1, 0.5)],
+        drop_serving_zone=1.0,
+    )
     v = verify(d)
     assert v.run.hops_resolved_from_inventory > 0 and v.run.hops_unattributed == 0
     assert LOCALITY not in failed(v) and HUB_AND_SPOKE not in failed(v), v.failure_messages
@@ -156,7 +166,15 @@ def test_ip_reuse_uses_holder_at_hop_time(tmp_path: Path) -> None:
     end = 1_764_100_000.0 + 90
     inv += [
         {**lax_pod, "ts": end + 1, "event": "removed"},
-        {"ts": end + 2, "event": "added", "pod": "batch-2a", "ip": lax_pod["ip"], "node": "2a-n1", "zone": AZ, "service": "batch"},
+        {
+            "ts": end + 2,
+            "event": "added",
+            "pod": "batch-2a",
+            "ip": lax_pod["ip"],
+            "node": "2a-n1",
+            "zone": AZ,
+            "service": "batch",
+        },
     ]
     (d / "inventory.jsonl").write_text("".join(json.dumps(e) + "\n" for e in inv))
     hops = [json.loads(x) for x in (d / "hops.jsonl").read_text().splitlines()]
@@ -213,7 +231,7 @@ def test_missing_run_dir_and_topology_are_input_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="run directory does not exist"):
         verify(tmp_path / "nope")
     (tmp_path / "r").mkdir()
-    with pytest.raises(InputError, match="topology.yaml: no such file"):
+    with pytest.raises(InputError, match=r"topology\.yaml: no such file"):
         verify(tmp_path / "r")
 
 

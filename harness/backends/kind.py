@@ -152,6 +152,7 @@ class KindBackend(Backend):
         self._inventory: Inventory | None = None
         self._watcher: InventoryWatcher | None = None
         self._logs: KubeLogSources | None = None
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}  # port-forwards this process started
 
     @classmethod
     def from_options(cls, opts: BackendOptions, manifests: Manifests | None = None) -> KindBackend:
@@ -397,6 +398,7 @@ class KindBackend(Backend):
         logfile = self.workdir / f"port-forward-{zone}.log"
         while time.monotonic() < deadline:
             if "Forwarding from" in logfile.read_text(errors="replace"):
+                self._procs[proc.pid] = proc
                 return PortForward(zone, proc.pid, port, f"{ns}/{deploy}")
             if proc.poll() is not None:
                 break
@@ -410,12 +412,19 @@ class KindBackend(Backend):
         )
 
     def stop_entrypoints(self) -> None:
+        """Stop the recorded port-forwards by PID (only while the PID is still a port-forward)."""
         for pf in self._port_forwards().values():
-            if _pid_is_port_forward(pf.pid):
+            proc = self._procs.pop(pf.pid, None)
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+            elif _pid_is_port_forward(pf.pid):  # started by an earlier process: not our child to reap
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pf.pid, signal.SIGTERM)
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(pf.pid, os.WNOHANG)
         if self._state_file.is_file():
             self._save_state(portForwards={})
 

@@ -359,24 +359,23 @@ class KubeCluster:
 
     # -- readiness -----------------------------------------------------------
     def deployments_ready(self, deployments: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
-        """(namespace, name) -> (ready replicas, desired replicas), as the controller reports them."""
+        """(namespace, name) -> (ready replicas, desired replicas; -1 when missing), from one list call."""
+        items = (self.request("GET", "/apis/apps/v1/deployments") or {}).get("items", [])
+        found = {(str(_meta(d).get("namespace")), str(_meta(d).get("name"))): d for d in items}
         out: dict[tuple[str, str], tuple[int, int]] = {}
-        for ns, name in deployments:
-            try:
-                d = self.request("GET", f"/apis/apps/v1/namespaces/{quote(ns)}/deployments/{quote(name)}")
-            except KubeApiError as exc:
-                if exc.status != 404:
-                    raise
-                out[(ns, name)] = (0, -1)
+        for key in deployments:
+            d = found.get(key)
+            if d is None:
+                out[key] = (0, -1)
                 continue
-            desired = int(((d or {}).get("spec") or {}).get("replicas", 1))
-            status = (d or {}).get("status") or {}
+            desired = int((d.get("spec") or {}).get("replicas", 1))
+            status = d.get("status") or {}
             ready = int(status.get("readyReplicas") or 0)
-            generation = (d.get("metadata") or {}).get("generation")
+            generation = _meta(d).get("generation")
             observed = status.get("observedGeneration")
             if generation is not None and observed is not None and int(observed) < int(generation):
                 ready = 0  # the controller has not seen the latest spec yet: its counts are stale
-            out[(ns, name)] = (ready, desired)
+            out[key] = (ready, desired)
         return out
 
     def wait_deployments_ready(

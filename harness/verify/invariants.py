@@ -133,10 +133,6 @@ def request_text(r: dict[str, Any]) -> str:
     return f"{text} {r['error']}" if r.get("error") else text
 
 
-def _fmt_s(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}s"
-
-
 @dataclass
 class _Window:
     """A measurement over one pair in one time range: first good instant and losses."""
@@ -168,21 +164,13 @@ class Checker:
         return None if row is None else row[0]
 
     def _hops(
-        self, where: str, params: list[Any], limit: int = MAX_OFFENDERS, desc: bool = False
+        self, where: str, params: list[Any], limit: int = MAX_OFFENDERS, table: str = "hops"
     ) -> list[dict[str, Any]]:
         cols = ", ".join(HOP_FIELDS)
-        order = "DESC" if desc else ""
         rows = self.con.execute(
-            f"SELECT {cols} FROM hops WHERE {where} ORDER BY ts {order} LIMIT {int(limit)}", params
+            f"SELECT {cols} FROM {table} WHERE {where} ORDER BY ts LIMIT {int(limit)}", params
         ).fetchall()
         return [dict(zip(HOP_FIELDS, r, strict=True)) for r in rows]
-
-    def _requests(self, where: str, params: list[Any]) -> list[dict[str, Any]]:
-        cols = ", ".join(REQUEST_FIELDS)
-        rows = self.con.execute(
-            f"SELECT {cols} FROM requests WHERE {where} ORDER BY ts LIMIT {MAX_OFFENDERS}", params
-        ).fetchall()
-        return [dict(zip(REQUEST_FIELDS, r, strict=True)) for r in rows]
 
     def _no_traffic_fails(self, caller_zone: str) -> bool:
         return zone_is_edge(self.t, caller_zone)
@@ -201,7 +189,7 @@ class Checker:
         base = "caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ts >= ? AND ts <= ?"
         row = self.con.execute(
             f"""
-            WITH w AS (SELECT ts, ok, ({good_sql}) AS good FROM hops WHERE {base}),
+            WITH w AS (SELECT ts, ok, ({good_sql}) AS good FROM fhops WHERE {base}),
                  b AS (SELECT max(ts) FILTER (WHERE ok AND NOT coalesce(good, false)) AS last_bad FROM w),
                  f AS (SELECT min(ts) FILTER (WHERE ok AND good AND ts > coalesce((SELECT last_bad FROM b), -{INF}))
                        AS instant FROM w)
@@ -215,8 +203,25 @@ class Checker:
         assert row is not None
         w = _Window(int(row[0]), int(row[1]), int(row[2]), row[3], row[4], int(row[5]))
         until = w.instant if w.instant is not None else hi
-        w.offenders = self._hops(f"{base} AND ts <= ? AND NOT (ok AND coalesce(({good_sql}), false))", [*params, until])
+        w.offenders = self._hops(
+            f"{base} AND ts <= ? AND NOT (ok AND coalesce(({good_sql}), false))", [*params, until], table="fhops"
+        )
         return w
+
+    def _fault_hops(self) -> None:
+        """Copy the hops of the faulted zones, from inject to the next fault or the end, into `fhops`.
+
+        Every per-fault measurement reads only these (one scan of `hops`
+        instead of several per fault and pair). Windows of one zone are merged
+        first so that no hop is copied twice.
+        """
+        spans = [
+            (f.zone, "", f.inject, self._next_fault_in_zone(f, f.restore if f.restore is not None else f.inject))
+            for f in self.run.faults
+        ]
+        merged = merge_intervals(spans)
+        cond = spans_sql("caller_zone", [(z, lo, hi) for z, _, lo, hi in merged])
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE fhops AS SELECT * FROM hops WHERE {cond}")
 
     def _expected_sql(self, zone: str, upstream: str) -> str:
         try:
@@ -235,6 +240,7 @@ class Checker:
         self,
     ) -> tuple[list[FaultResult], list[PairResult], list[tuple[str, str, float, float]], list[tuple[Fault, float]]]:
         """Measure each fault; return results, fallback pairs, locality exclusions and impact windows."""
+        self._fault_hops()
         results: list[FaultResult] = []
         fb_pairs: list[PairResult] = []
         exclusions: list[tuple[str, str, float, float]] = []
@@ -393,7 +399,7 @@ class Checker:
                 for u, callers in recovery_pairs:
                     lost_hops += int(
                         self._one(
-                            "SELECT count(*) FROM hops WHERE caller_zone = ? AND upstream = ? AND "
+                            "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? AND "
                             "list_contains(?, caller_service) AND ts >= ? AND ts <= ? AND NOT ok",
                             [f.zone, u, callers, f.inject, lost_until],
                         )
@@ -613,21 +619,11 @@ class Checker:
 
     def availability(self, impact: list[tuple[Fault, float]]) -> InvariantResult:
         self.con.execute(
-            "CREATE OR REPLACE TEMP TABLE fault_win "
-            "(fault VARCHAR, zone VARCHAR, entry_down BOOLEAN, lo DOUBLE, hi DOUBLE)"
-        )
-        if impact:
-            self.con.executemany(
-                "INSERT INTO fault_win VALUES (?, ?, ?, ?, ?)",
-                [[f.fault, f.zone, f.entry_down, f.inject, hi] for f, hi in impact],
-            )
-        self.con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE req_marked AS
             SELECT r.*, NOT {REQUEST_OK_SQL} AS failed,
-                   EXISTS (SELECT 1 FROM fault_win w
-                           WHERE w.entry_down AND w.zone = r.zone AND r.ts BETWEEN w.lo AND w.hi) AS excluded,
-                   EXISTS (SELECT 1 FROM fault_win w WHERE r.ts BETWEEN w.lo AND w.hi) AS in_fault
+                   {spans_sql("zone", [(f.zone, f.inject, hi) for f, hi in impact if f.entry_down])} AS excluded,
+                   {spans_sql(None, [("", f.inject, hi) for f, hi in impact])} AS in_fault
             FROM requests r
             """
         )
@@ -761,3 +757,20 @@ def merge_intervals(intervals: list[tuple[str, str, float, float]]) -> list[tupl
         else:
             out.append((z, u, lo, hi))
     return out
+
+
+def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]]) -> str:
+    """A boolean SQL expression: the row's ts (and zone) falls in one of a few windows.
+
+    Written out as literals because a range join of a million rows against a
+    handful of windows is far slower in DuckDB than a filter it can evaluate
+    during the scan. Values come from the verifier itself (floats and the
+    topology's zone names), quoted all the same.
+    """
+    if not spans:
+        return "false"
+    parts = []
+    for zone, lo, hi in spans:
+        z = f"{zone_column} = '{zone.replace(chr(39), chr(39) * 2)}' AND " if zone_column else ""
+        parts.append(f"({z}ts BETWEEN {float(lo)!r} AND {float(hi)!r})")
+    return "(" + " OR ".join(parts) + ")"

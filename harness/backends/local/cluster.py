@@ -130,7 +130,7 @@ class LocalCluster:
         from harness.backends.local.entry import EntryRelay
 
         for z in self.topology.zones:
-            relay = EntryRelay()
+            relay = EntryRelay(self.network.hub_ns)
             relay.start()
             self.entries[z.name] = relay
         say(f"pods: {sum(d.replicas for d in self.spec.deployments)} across {len(self.spec.nodes)} nodes")
@@ -554,7 +554,7 @@ def validate(manifests: Manifests) -> tuple[ClusterSpec, MeshConfig]:
     """Every check that can reject the manifests, run before anything is started."""
     root = str(manifests.root)
     spec = cluster_spec(manifests.kind_config, manifests.objects, root, manifests.topology.short)
-    mesh = MeshConfig.from_objects(spec.consul_objects, f"{root}/consul")
+    mesh = MeshConfig.from_objects(spec.consul_objects, f"{root}/consul", edition=manifests.topology.edition.value)
     for dep in spec.deployments:
         for i, c in enumerate(dep.containers):
             try:

@@ -55,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.backends.local.apps._http import bind_host_default, log
+from harness.backends.local.apps._http import log
 
 APP = "postgres"
 FALLBACK_SYSTEM_USER = "edge-harness-pg"
@@ -295,7 +295,7 @@ class Settings:
             database=env.get("POSTGRES_DB", "") or user,
             host_auth=host_auth,
             port=int(port_text),
-            listen=env.get("EH_BIND_HOST", "").strip() or bind_host_default(),
+            listen=env.get("EH_BIND_HOST", "").strip() or "0.0.0.0",
             pod_dir=Path(pod_dir),
         )
 

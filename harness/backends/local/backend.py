@@ -1,0 +1,239 @@
+"""`LocalBackend`: the client side of the local cluster.
+
+`LocalBackend` is the client side of the protocol in `harness.backends.base`:
+`up` validates the manifests in-process (bad input fails before anything is
+started), then starts the cluster daemon (`daemon.py`) detached and waits for
+it; every other call is a JSON request to the daemon's Unix socket. `down`
+asks the daemon to tear down and then removes whatever a crashed daemon left,
+from the state file (`state.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from harness.backends.base import Backend, Inventory, LogSource, Status
+from harness.errors import BackendError
+from harness.render.manifests import Manifests
+
+DEFAULT_STATE_ROOT = Path(os.environ.get("EH_STATE_ROOT", "/run/edge-harness"))
+UP_TIMEOUT_S = 120.0
+
+
+def requirements() -> tuple[bool, str]:
+    """Can the local backend run here? (root, ip, nft)."""
+    if os.geteuid() != 0:
+        return False, "the local backend needs root (network namespaces, nftables)"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return (
+                False,
+                f"the local backend needs `{tool}` (apt-get install {'iproute2' if tool == 'ip' else 'nftables'})",
+            )
+    return True, "root, ip and nft available"
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, cluster: str = "eh", state_root: Path | None = None) -> None:
+        if not cluster.isalnum() or len(cluster) > 8:
+            raise BackendError(f"cluster name {cluster!r}: at most 8 letters/digits (it prefixes interface names)")
+        self.cluster = cluster
+        self.state_dir = (state_root or DEFAULT_STATE_ROOT) / cluster
+
+    # -- daemon plumbing ---------------------------------------------------------
+    def _phase(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.state_dir / "daemon.json").read_text(encoding="utf-8")))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _client(self) -> httpx.Client:
+        sock = self.state_dir / "api.sock"
+        if not sock.exists():
+            raise BackendError(f"local cluster {self.cluster!r} is not up (no {sock})")
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://local", timeout=30)
+
+    def _get(self, path: str) -> Any:
+        with self._client() as c:
+            r = c.get(path)
+        return r.json()
+
+    def _chaos(self, op: str, **args: Any) -> Any:
+        with self._client() as c:
+            r = c.post("/chaos", json={"op": op, "args": args})
+        body = r.json()
+        if r.status_code != 200:
+            raise BackendError(f"{op}: {body.get('error')}")
+        return body.get("result")
+
+    def is_up(self) -> bool:
+        return self._phase().get("phase") == "ready" and (self.state_dir / "api.sock").exists()
+
+    # -- protocol ----------------------------------------------------------------
+    def up(self, manifests: Manifests, progress: Callable[[str], None] | None = None) -> None:
+        from harness.backends.local.cluster import validate
+
+        ok, why = requirements()
+        if not ok:
+            raise BackendError(why)
+        validate(manifests)  # InputError before anything starts
+        if self.is_up():
+            raise BackendError(f"local cluster {self.cluster!r} is already up (harness down first)")
+        self.down()  # leftovers of a crashed run
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        say = progress or (lambda _m: None)
+        log = (self.state_dir / "daemon.out").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.backends.local.daemon", "--manifests", str(manifests.root),
+             "--state-dir", str(self.state_dir), "--cluster", self.cluster],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        (self.state_dir / "daemon.pid").write_text(str(proc.pid))
+        deadline = time.time() + UP_TIMEOUT_S
+        last = ""
+        try:
+            while True:
+                ph = self._phase()
+                if ph.get("message") and ph.get("message") != last:
+                    last = ph["message"]
+                    say(last)
+                if ph.get("phase") == "ready":
+                    return
+                if ph.get("phase") in ("failed", "stopped") or proc.poll() is not None:
+                    proc.wait(timeout=30)
+                    raise BackendError(
+                        f"local cluster failed to start: {ph.get('message', 'daemon exited')} (log: {self.state_dir}/daemon.log)"
+                    )
+                if time.time() > deadline:
+                    raise BackendError(
+                        f"local cluster not up after {UP_TIMEOUT_S:.0f} s (log: {self.state_dir}/daemon.log)"
+                    )
+                time.sleep(0.1)
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> None:
+        from harness.backends.local.state import cleanup
+
+        pid = self._daemon_pid()
+        if pid is not None:
+            with contextlib.suppress(BackendError, httpx.HTTPError):
+                with self._client() as c:
+                    c.post("/shutdown", timeout=5)
+            if not _wait_gone(pid, 30):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                if not _wait_gone(pid, 15):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+        cleanup(self.state_dir / "state.json")
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / "api.sock").unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / "daemon.pid").unlink()
+        if (self.state_dir / "daemon.json").exists():
+            with contextlib.suppress(OSError):
+                (self.state_dir / "daemon.json").unlink()
+
+    def _daemon_pid(self) -> int | None:
+        """The daemon's PID if it is still the process we started (checked by its cmdline)."""
+        try:
+            pid = int((self.state_dir / "daemon.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+        if b"harness.backends.local.daemon" not in cmdline or str(self.state_dir).encode() not in cmdline:
+            return None
+        return pid
+
+    def status(self) -> Status:
+        ph = self._phase()
+        if not self.is_up():
+            return Status("local", False, ph.get("message", "not up"))
+        st = self._get("/status")
+        return Status("local", True, f"{len(st['pods'])} pods, error: {st['error']}", st["pods"])
+
+    def inventory(self) -> Inventory:
+        return Inventory.load(self.state_dir / "inventory.jsonl")
+
+    @property
+    def inventory_path(self) -> Path:
+        return self.state_dir / "inventory.jsonl"
+
+    def entrypoints(self) -> dict[str, str]:
+        return dict(self._get("/entrypoints"))
+
+    def nodes(self) -> dict[str, str]:
+        return dict(self._get("/status")["nodes"])
+
+    def log_sources(self) -> list[LogSource]:
+        from harness.observe import FileLogSource
+
+        return [FileLogSource(p.stem, p) for p in sorted((self.state_dir / "accesslogs").glob("*.jsonl"))]
+
+    def kill_pod(self, zone: str, service: str) -> list[str]:
+        return list(self._chaos("kill_pod", zone=zone, service=service))
+
+    def kill_node(self, node: str) -> None:
+        self._chaos("kill_node", node=node)
+
+    def restore_node(self, node: str) -> None:
+        self._chaos("restore_node", node=node)
+
+    def zone_outage(self, zone: str) -> None:
+        self._chaos("zone_outage", zone=zone)
+
+    def restore_zone(self, zone: str) -> None:
+        self._chaos("restore_zone", zone=zone)
+
+    def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
+        self._chaos("set_link", zone=zone, latency_ms=latency_ms, loss_percent=loss_percent)
+
+    def clear_link(self, zone: str) -> None:
+        self._chaos("clear_link", zone=zone)
+
+    def partition_zone(self, zone: str) -> None:
+        self._chaos("partition_zone", zone=zone)
+
+    def heal_zone(self, zone: str) -> None:
+        self._chaos("heal_zone", zone=zone)
+
+    def set_pod_unready(self, zone: str, service: str) -> list[str]:
+        return list(self._chaos("set_pod_unready", zone=zone, service=service))
+
+    def set_pod_ready(self, zone: str, service: str) -> list[str]:
+        return list(self._chaos("set_pod_ready", zone=zone, service=service))
+
+    def raw_status(self) -> dict[str, Any]:
+        return dict(self._get("/status"))
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie child of ours still answers kill(0): reap it if it is ours
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        time.sleep(0.1)
+    return False
