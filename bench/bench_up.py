@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.backends.local import LocalBackend, requirements  # noqa: E402
-from harness.render import render, write  # noqa: E402
-from harness.render.manifests import load  # noqa: E402
-from harness.topology import load_topology  # noqa: E402
+from harness.backends.local import LocalBackend, requirements
+from harness.render import render, write
+from harness.render.manifests import load
+from harness.topology import load_topology
 
 GOAL_UP_S = 15.0
 
@@ -45,7 +45,10 @@ def main(runs: int = int(os.environ.get("BENCH_RUNS", "2"))) -> int:
                 downs.append(time.perf_counter() - t1)
     up = statistics.median(ups)
     print(f"local up, default topology ({pods} pods), {runs} runs: " + ", ".join(f"{u:.2f}s" for u in ups))
-    print(f"  median up   {up:6.2f} s   goal {GOAL_UP_S:.0f} s   ratio goal/measured {GOAL_UP_S / up:5.2f}x  {'OK' if up <= GOAL_UP_S else 'MISSED'}")
+    print(
+        f"  median up   {up:6.2f} s   goal {GOAL_UP_S:.0f} s   "
+        f"ratio goal/measured {GOAL_UP_S / up:5.2f}x  {'OK' if up <= GOAL_UP_S else 'MISSED'}"
+    )
     print(f"  median down {statistics.median(downs):6.2f} s")
     return 0
 

@@ -29,8 +29,9 @@ def scenario(hops: int) -> Scenario:
     t = load_topology()
     zones = len(t.zones)
     duration = 600.0
-    # each request makes one hop per edge of the call chain (3 for HashiCups)
-    rate = hops / 3 / zones / duration
+    # each request makes one hop per edge of the call chain (3 for HashiCups); +2% for
+    # the requests the zone-down fault turns away before any hop
+    rate = hops / 3 / zones / duration * 1.02
     return Scenario(
         t,
         duration_s=duration,
@@ -81,11 +82,13 @@ def main() -> None:
     n_hops = sum(1 for _ in (run_dir / "hops.jsonl").open("rb"))
     n_req = sum(1 for _ in (run_dir / "requests.jsonl").open("rb"))
     times = []
+    cpu = []
     verdict = None
     for _ in range(args.repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         verdict = verify(run_dir)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     best = min(times)
     assert verdict is not None
     t0 = time.perf_counter()
@@ -93,11 +96,11 @@ def main() -> None:
     naive_s = time.perf_counter() - t0
     print(f"records: {n_hops:,} hops + {n_req:,} requests; verdict passed={verdict.passed}")
     print(
-        f"verify():      best {best:6.2f}s of {args.repeat}  {n_hops / best:12,.0f} hops/s  goal {GOAL_S:g}s: "
-        f"{best / GOAL_S:5.2f}x of budget ({'OK' if best <= GOAL_S else 'OVER'})"
+        f"verify():      best {best:6.2f}s of {args.repeat} (cpu {min(cpu):.2f}s)  {n_hops / best:12,.0f} hops/s  "
+        f"goal {GOAL_S:g}s: {best / GOAL_S:5.2f}x of budget ({'OK' if best <= GOAL_S else 'OVER'})"
     )
     print(
-        f"naive Python:       {naive_s:6.2f}s     {n_hops / naive_s:12,.0f} hops/s  "
+        f"naive Python:       {naive_s:6.2f}s               {n_hops / naive_s:12,.0f} hops/s  "
         f"(locality + hub counts only) -> verify is {naive_s / best:.1f}x faster"
     )
 

@@ -38,12 +38,18 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cluster", default="eh", help="local/kind cluster name (<= 8 letters/digits)")
     g.add_argument("--context", help="existing: kubeconfig context")
     g.add_argument("--kubeconfig", help="existing: kubeconfig file")
-    g.add_argument("--allow-context", action="append", default=[], help="existing: allow destructive chaos on this context")
+    g.add_argument(
+        "--allow-context", action="append", default=[], help="existing: allow destructive chaos on this context"
+    )
 
 
 def _bopts(a: argparse.Namespace) -> BackendOptions:
     return BackendOptions(
-        name=a.backend, cluster=a.cluster, context=a.context, kubeconfig=a.kubeconfig, allow_contexts=list(a.allow_context)
+        name=a.backend,
+        cluster=a.cluster,
+        context=a.context,
+        kubeconfig=a.kubeconfig,
+        allow_contexts=list(a.allow_context),
     )
 
 
@@ -130,9 +136,9 @@ def cmd_traffic(a: argparse.Namespace) -> int:
     b = connect(_bopts(a))
     run_dir = a.run_dir or new_run_dir(label="traffic")
     run_dir.mkdir(parents=True, exist_ok=True)
-    res = run_traffic(b.entrypoints(), run_dir / "requests.jsonl", users=a.users, spawn_rate=a.users,
+    res = run_traffic(b.entrypoints(), run_dir, users=a.users, spawn_rate=a.users,
                       duration_s=a.duration, shape=a.shape, processes=a.processes)  # fmt: skip
-    out.print(f"{res}  ->  {run_dir}/requests.jsonl")
+    out.print(f"{res.requests} requests, {res.failures} failed, {res.rps:.0f}/s  ->  {res.requests_file}")
     return EXIT_PASS
 
 
@@ -147,11 +153,12 @@ def cmd_chaos(a: argparse.Namespace) -> int:
 
 
 def _verdict(run_dir: Path) -> Any:
-    from harness.verify import print_summary, verify
+    from harness.verify import print_summary, verify, write_verdict
 
     if not run_dir.is_dir():
         raise InputError(str(run_dir), "", "not a run directory")
     v = verify(run_dir)
+    write_verdict(run_dir, v)
     print_summary(v, out)
     return v
 
@@ -166,8 +173,9 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     if not a.run_dir.is_dir():
         raise InputError(str(a.run_dir), "", "not a run directory")
-    html = write_report(a.run_dir)
-    junit = write_junit(a.run_dir)
+    v = _verdict(a.run_dir)
+    html = write_report(a.run_dir, v)
+    junit = write_junit(a.run_dir, v)
     out.print(f"report: {html}\njunit:  {junit}")
     return EXIT_PASS
 

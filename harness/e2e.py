@@ -21,6 +21,8 @@ from harness.backends.base import Backend
 from harness.errors import InputError
 from harness.run import copy_manifests, new_run_dir, write_inventory
 
+TRAFFIC_BOUND_S = 6 * 3600.0
+
 
 @dataclass
 class E2EOptions:
@@ -72,7 +74,7 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     from harness.render.manifests import load
     from harness.report import write_junit, write_report
     from harness.traffic import TrafficRunner
-    from harness.verify import verify
+    from harness.verify import verify, write_verdict
 
     for exp in opts.experiments:
         check_experiment(exp)
@@ -97,7 +99,15 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
         collector.start()
         entry = backend.entrypoints()
         say(f"traffic: {opts.users} users over {len(entry)} zones")
-        with TrafficRunner(entry, run_dir / "requests.jsonl", users=opts.users, spawn_rate=opts.spawn_rate, processes=opts.processes):
+        # duration is only a bound: the runner is stopped when the context exits
+        with TrafficRunner(
+            entry,
+            run_dir,
+            users=opts.users,
+            spawn_rate=opts.spawn_rate,
+            duration_s=TRAFFIC_BOUND_S,
+            processes=opts.processes,
+        ):
             time.sleep(opts.warmup_s)
             for exp in opts.experiments:
                 say(f"chaos: {exp}")
@@ -123,8 +133,9 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     say("observe: hop records from the sidecars' access logs")
     build_hops(run_dir)
     verdict = verify(run_dir)
-    write_report(run_dir)
-    write_junit(run_dir)
+    write_verdict(run_dir, verdict)
+    write_report(run_dir, verdict)
+    write_junit(run_dir, verdict)
     passed = bool(verdict.passed) and chaos_ok
     return E2EResult(run_dir, name, passed, verdict, chaos_ok, messages)
 

@@ -65,7 +65,7 @@ def eh_cluster(eh_options: Any, pytestconfig: pytest.Config, tmp_path_factory: p
     manifests = load(prepare_manifests(opts, work))
     backend = connect(eh_options)
     try:
-        backend.up(manifests)  # type: ignore[call-arg]
+        backend.up(manifests)
         yield backend
     finally:
         if not pytestconfig.getoption("--eh-keep"):

@@ -52,6 +52,9 @@ elif name == "kind" and args[:2] == ["create", "cluster"]:
 elif name == "kind" and args[:2] == ["delete", "cluster"]:
     cname = args[args.index("--name") + 1]
     open(clusters_file, "w").write("\\n".join(c for c in clusters if c != cname))
+elif name == "kubectl" and "port-forward" in args and os.environ.get("FAKE_PF_FAIL"):
+    print("error: unable to forward port because pod is not running. Current status=Pending", file=sys.stderr)
+    sys.exit(1)
 elif name == "kubectl" and "port-forward" in args:
     local = args[-1].split(":")[0]
     print(f"Forwarding from 127.0.0.1:{{local}} -> 80", flush=True)
@@ -315,3 +318,75 @@ def test_kind_available_reports_the_docker_daemon(tools: Tools, monkeypatch: pyt
         and why == "Docker daemon not usable: Cannot connect to the Docker daemon at unix:///var/run/docker.sock."
     )
     assert os.environ["PATH"] == str(tools.bin)
+
+
+def test_enterprise_needs_a_licence_secret_before_helm(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.render import render, write
+    from harness.render.manifests import load
+    from harness.topology.model import load_topology
+
+    write(render(load_topology(), "enterprise"), tmp_path / "ent")
+    m = load(tmp_path / "ent")
+    backend = KindBackend("edge", tmp_path / "wd")
+    monkeypatch.delenv("CONSUL_LICENSE", raising=False)
+    monkeypatch.delenv("CONSUL_LICENSE_PATH", raising=False)
+    with pytest.raises(BackendError, match=r"^edition enterprise needs a licence: set CONSUL_LICENSE"):
+        backend.up(m)
+    assert not any(c[0] == "helm" for c in tools.calls())
+    monkeypatch.setenv("CONSUL_LICENSE_PATH", str(tmp_path / "nope.hclic"))
+    with pytest.raises(BackendError, match=r"^CONSUL_LICENSE_PATH .*nope\.hclic: No such file"):
+        backend.up(m)
+    (tmp_path / "lic.hclic").write_text("02MV4UU43BK5HGYYTOJZ\n")
+    monkeypatch.setenv("CONSUL_LICENSE_PATH", str(tmp_path / "lic.hclic"))
+    monkeypatch.setenv("PATH", str(tools.bin))
+    (tools.bin / "helm").unlink()  # stop right after the licence: helm "missing" is checked first, so fake a failure
+    (tools.bin / "helm").write_text("#!/bin/sh\necho 'Error: INSTALLATION FAILED: timed out' >&2\nexit 1\n")
+    (tools.bin / "helm").chmod(0o755)
+    with pytest.raises(
+        BackendError, match=r"^`helm repo add hashicorp .*` failed \(exit 1\): Error: INSTALLATION FAILED"
+    ):
+        backend.up(m)
+    secret = next(d for meth, _p, d in api.writes() if meth == "POST" and d.get("kind") == "Secret")
+    assert secret["metadata"] == {"name": "consul-ent-license", "namespace": "consul"}
+    assert secret["stringData"] == {"key": "02MV4UU43BK5HGYYTOJZ"}
+
+
+def test_status_port_forward_failure_and_kubeconfig_export(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = KindBackend("edge", tmp_path / "wd")
+    st = backend.status()
+    assert (st.up, st.detail) == (False, "kind cluster edge does not exist")
+    with pytest.raises(BackendError, match="no manifests recorded"):
+        backend.entrypoints()
+    # cluster exists but this workdir has no kubeconfig yet: it is exported, not re-created
+    (tools.state / "clusters").write_text("edge")
+    (tmp_path / "wd").mkdir()
+    with pytest.raises(BackendError):
+        backend.up(rendered(tmp_path))  # the fake `kind export` writes nothing: the API step fails
+    assert ["kind", "export", "kubeconfig", "--name", "edge", "--kubeconfig", str(backend.kubeconfig)] in tools.calls()
+    assert not any(c[:3] == ["kind", "create", "cluster"] for c in tools.calls())
+
+    (tools.state / "clusters").unlink()
+    (tmp_path / "second").mkdir()
+    backend2, _m = _up(api, tools, tmp_path / "second")
+    monkeypatch.setenv("FAKE_PF_FAIL", "1")
+    with pytest.raises(
+        BackendError,
+        match=r"^kubectl port-forward to hashicups-las-1a/frontend-las-1a \(us-west-2-las-1a\) "
+        r"did not start: error: unable",
+    ):
+        backend2.entrypoints()
+
+
+def test_from_options(tmp_path: Path) -> None:
+    from harness.backends import BackendOptions
+
+    b = KindBackend.from_options(BackendOptions(name="kind", cluster="ci", workdir=tmp_path))
+    assert (b.cluster_name, b.workdir, b.kubeconfig) == (
+        "ci",
+        tmp_path / "kind-ci",
+        tmp_path / "kind-ci" / "kubeconfig",
+    )

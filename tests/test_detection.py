@@ -122,7 +122,9 @@ def test_rendered_mesh_passes(rendered: Path, tmp_path: Path) -> None:
     ],
     ids=["failover-to-other-lz", "failover-missing", "public-api-calls-region", "postgres-in-lz"],
 )
-def test_seeded_misconfiguration_fails(rendered: Path, tmp_path: Path, seed: Callable[[Path], None], invariant: str) -> None:
+def test_seeded_misconfiguration_fails(
+    rendered: Path, tmp_path: Path, seed: Callable[[Path], None], invariant: str
+) -> None:
     res = _run(rendered, tmp_path, seed, "ehd1")
     assert not res.passed
     failed = _failed(res.run_dir)

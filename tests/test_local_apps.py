@@ -278,7 +278,16 @@ def test_coffee_by_id_in_graphql_and_rest(stack: Stack) -> None:
     assert rest.status_code == 200 and rest.headers["content-type"] == "application/json"
     (item,) = rest.json()
     assert set(item) == {
-        "id", "name", "teaser", "collection", "origin", "color", "description", "price", "image", "ingredients",
+        "id",
+        "name",
+        "teaser",
+        "collection",
+        "origin",
+        "color",
+        "description",
+        "price",
+        "image",
+        "ingredients",
     }
     assert item["id"] == 2 and item["ingredients"] == [{"ingredient_id": 1}, {"ingredient_id": 2}, {"ingredient_id": 4}]
     assert httpx.get(stack.url(stack.product_port, "/coffees/x")).status_code == 404
@@ -410,7 +419,9 @@ def test_graphql_parser_rejects_what_it_does_not_support() -> None:
 
 def test_image_mapping_and_unknown_image() -> None:
     assert app_argv("hashicorpdemoapp/product-api:v0.0.22", "/py") == [
-        "/py", "-m", "harness.backends.local.apps.product_api",
+        "/py",
+        "-m",
+        "harness.backends.local.apps.product_api",
     ]
     assert app_argv("docker.io/library/nginx:1.27-alpine", "/py")[-1] == "harness.backends.local.apps.nginx"
     assert image_repository("hashicorpdemoapp/frontend@sha256:abc") == "hashicorpdemoapp/frontend"

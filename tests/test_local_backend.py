@@ -78,7 +78,9 @@ def _connect_ms(ns: str, ip: str, port: int) -> float | None:
         f"s=socket.create_connection(('{ip}',{port}),timeout=2)\n"
         "print((time.perf_counter()-t)*1000)\n"
     )
-    r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True, timeout=10)
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True, timeout=10
+    )
     return float(r.stdout) if r.returncode == 0 else None
 
 
@@ -92,7 +94,9 @@ def _http_rtt_ms(ns: str, ip: str, port: int) -> float | None:
         "  best=min(best,(time.perf_counter()-t)*1000)\n"
         "print(best)\n"
     )
-    r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True, timeout=15)
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True, timeout=15
+    )
     return float(r.stdout) if r.returncode == 0 else None
 
 
@@ -161,7 +165,9 @@ def test_product_api_killed_in_lz_fails_over_within_a_second_and_comes_back(clus
         deadline = time.time() + 30
         while time.time() < deadline:
             phases = cluster.status().pods
-            fresh = [p for p in cluster.inventory().pods(alive_only=True) if p.zone == LAX and p.service == "product-api"]
+            fresh = [
+                p for p in cluster.inventory().pods(alive_only=True) if p.zone == LAX and p.service == "product-api"
+            ]
             if fresh and fresh[0].pod not in killed and phases.get(fresh[0].pod) == "Ready":
                 break
             time.sleep(0.1)
@@ -180,7 +186,11 @@ def test_product_api_killed_in_lz_fails_over_within_a_second_and_comes_back(clus
         p = inv.get(host.rsplit(":", 1)[0])
         return p.zone if p else None
 
-    region = [h for h in hops if h["ts"] > t_kill and zone_of(h) in ("us-west-2a", "us-west-2b") and int(h["response_code"] or 0) == 200]
+    region = [
+        h
+        for h in hops
+        if h["ts"] > t_kill and zone_of(h) in ("us-west-2a", "us-west-2b") and int(h["response_code"] or 0) == 200
+    ]
     assert region, "no hop went to the Region after the kill"
     assert float(region[0]["ts"]) - t_kill < 1.0, float(region[0]["ts"]) - t_kill
     assert not any(zone_of(h) in (LAS, PHX) for h in hops), "a hop crossed to another Local Zone"

@@ -58,7 +58,9 @@ def test_least_loaded_fitting_node_and_pending_when_none(wide: Manifests) -> Non
 
 
 def test_toleration_matching() -> None:
-    node = Node("x-n1", "z", {"topology.kubernetes.io/zone": "z"}, (Taint("edge-harness.io/edge-zone", "z", "NoSchedule"),))
+    node = Node(
+        "x-n1", "z", {"topology.kubernetes.io/zone": "z"}, (Taint("edge-harness.io/edge-zone", "z", "NoSchedule"),)
+    )
     dep_obj = {
         "metadata": {"name": "d", "namespace": "n"},
         "spec": {
@@ -81,9 +83,15 @@ def test_toleration_matching() -> None:
     ("mutate", "field"),
     [
         (lambda d: d["spec"]["template"]["spec"].__setitem__("hostNetwork", True), "spec.template.spec.hostNetwork"),
-        (lambda d: d["spec"]["template"]["spec"]["containers"][0].__setitem__("command", ["sh"]), "containers[0].command"),
+        (
+            lambda d: d["spec"]["template"]["spec"]["containers"][0].__setitem__("command", ["sh"]),
+            "containers[0].command",
+        ),
         (lambda d: d["spec"]["template"]["spec"]["volumes"][0].__setitem__("emptyDir", {}), "volumes[0].emptyDir"),
-        (lambda d: d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"].__setitem__("exec", {}), "readinessProbe.exec"),
+        (
+            lambda d: d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"].__setitem__("exec", {}),
+            "readinessProbe.exec",
+        ),
     ],
     ids=["hostNetwork", "command", "emptyDir", "exec-probe"],
 )

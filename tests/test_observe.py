@@ -73,7 +73,16 @@ def run_dir(tmp_path: Path) -> Path:
     inv.added(pod("product-api-lax-b", "10.0.1.11", LAX, "product-api", "product-api-lax-1a", T + 101))
     # ... and its old IP goes at once to a pod in another zone.
     inv.added(pod("product-api-phx-c", "10.0.1.10", PHX, "product-api", "product-api-phx-2a", T + 100))
+    # An IP left idle for a second between two owners: hops in the gap go to the nearer one.
+    inv.added(pod("product-api-2a-y", "10.0.0.30", AZ, "product-api", "product-api", T))
+    inv.removed("product-api-2a-y", T + 200)
+    inv.added(pod("postgres-2a", "10.0.0.30", AZ, "postgres", "postgres", T + 201))
     inv.close()
+    # The replacement pod changes IP later (an `ip` event): its old IP is not its any more.
+    ip_event = {**json.loads((tmp_path / "inventory.jsonl").read_text().splitlines()[7]), "event": "ip"}
+    assert ip_event["pod"] == "product-api-lax-b"
+    with (tmp_path / "inventory.jsonl").open("a") as fh:
+        fh.write(json.dumps({**ip_event, "ts": T + 300, "ip": "10.0.1.12"}) + "\n")
     logs = tmp_path / "accesslogs"
     logs.mkdir()
     out = {"caller_pod": "public-api-lax-1", "caller_service": "public-api-lax-1a", "direction": "outbound"}
@@ -89,6 +98,11 @@ def run_dir(tmp_path: Path) -> Path:
         line(T + 121, "-", "1a2b3c4d~product-api.default.dc1.internal.0f0f.consul", 503, "UF", extra=out),
         line(T + 130, "10.0.0.20:9090", "product-api.default.dc1.internal.0f0f.consul", extra=out),  # Region
         line(T + 131, "10.9.9.9:9090", cl_lax, extra=out),  # IP the inventory never saw
+        line(T + 200.3, "10.0.0.30:9090", "product-api.x", extra=out),  # 0.3 s after 2a-y left
+        line(T + 200.8, "10.0.0.30:5432", "postgres.x", extra=out),  # 0.2 s before postgres-2a came
+        line(T + 203, "10.0.0.30:9090", "product-api.x", extra=out),  # postgres-2a's: the IP is its now
+        line(T + 310, "10.0.1.12:9090", cl_lax, extra=out),  # lax-b under its new IP
+        line(T + 311, "10.0.1.11:9090", cl_lax, extra=out),  # lax-b's old IP: nobody's now
         line(T + 132, "10.0.1.6:8080", "x", direction="inbound", caller_pod="public-api-lax-1"),  # skipped
         '{"start_time": "2025-11-',  # torn last line of a killed pod: skipped
     ]
@@ -114,7 +128,7 @@ def _hops(run_dir: Path) -> list[dict[str, object]]:
 def test_build_hops_joins_ip_history_and_callers(run_dir: Path) -> None:
     n = build_hops(run_dir)
     hops = _hops(run_dir)
-    assert n == len(hops) == 13
+    assert n == len(hops) == 18
     assert [h["ts"] for h in hops] == sorted(h["ts"] for h in hops)  # type: ignore[type-var]
     by_ts = {round(float(h["ts"]) - T, 1): h for h in hops}  # type: ignore[arg-type]
     for h in hops:
@@ -134,6 +148,11 @@ def test_build_hops_joins_ip_history_and_callers(run_dir: Path) -> None:
     assert served(100.6) == ("product-api-lax-b", LAX)
     assert served(130) == ("product-api-2a-x", AZ)
     assert served(131) == (None, None)
+    assert served(200.3) == ("product-api-2a-y", AZ)
+    assert served(310) == ("product-api-lax-b", LAX)
+    assert served(311) == (None, None)
+    assert served(200.8) == ("postgres-2a", AZ)
+    assert by_ts[200.8]["upstream"] == by_ts[203]["upstream"] == "postgres"  # the serving pod's service wins
 
     uh = by_ts[120]
     assert uh["upstream_host"] == "" and uh["serving_pod"] is None and uh["serving_zone"] is None

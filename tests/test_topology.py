@@ -46,7 +46,11 @@ CASES = [
     ("unknown zone type", lambda d: d["zones"][2].__setitem__("type", "edge-zone"), "zones[2].type"),
     ("duplicate zone", lambda d: d["zones"].append(dict(d["zones"][2])), "zones[5].name"),
     ("duplicate service", lambda d: d["services"].append(dict(d["services"][0])), "services[4].name"),
-    ("no region service", lambda d: d["services"].__setitem__(3, {**d["services"][3], "placement": "edge"}), "services"),
+    (
+        "no region service",
+        lambda d: d["services"].__setitem__(3, {**d["services"][3], "placement": "edge"}),
+        "services",
+    ),
     ("unknown upstream", lambda d: d["services"][0].__setitem__("upstreams", ["nope"]), "services[0].upstreams[0]"),
     ("no AZ", lambda d: d.__setitem__("zones", d["zones"][2:]), "zones"),
     ("no edge zone", lambda d: d.__setitem__("zones", d["zones"][:2]), "zones"),
@@ -55,7 +59,11 @@ CASES = [
     ("zone outside region", lambda d: d["zones"][2].__setitem__("name", "eu-west-1-ber-1a"), "zones[2].name"),
     ("bad SLO", lambda d: d["slo"].__setitem__("inZoneShare", 1.5), "slo.inZoneShare"),
     ("bad range", lambda d: d["local"].__setitem__("addressRange", "10.0.0.0/28"), "local.addressRange"),
-    ("region calls edge", lambda d: d["services"][3].__setitem__("upstreams", ["product-api"]), "services[3].upstreams[0]"),
+    (
+        "region calls edge",
+        lambda d: d["services"][3].__setitem__("upstreams", ["product-api"]),
+        "services[3].upstreams[0]",
+    ),
     ("cycle", lambda d: d["services"][2].__setitem__("upstreams", ["postgres", "frontend"]), "services"),
     ("missing zones", lambda d: d.pop("zones"), "zones"),
     ("bad edition", lambda d: d.__setitem__("edition", "pro"), "edition"),
@@ -102,8 +110,9 @@ def test_cli_bad_topology_one_line_exit_2_nothing_written(tmp_path: Path) -> Non
 
 
 def test_cli_missing_file_and_usage_exit_2(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "harness", "render", "--topology", str(tmp_path / "no.yaml"), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    missing = str(tmp_path / "no.yaml")
+    argv = [sys.executable, "-m", "harness", "render", "--topology", missing, "--out", str(tmp_path / "o")]
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and r.stderr.strip() == f"{tmp_path / 'no.yaml'}: no such file"
     r = subprocess.run([sys.executable, "-m", "harness", "frobnicate"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "Traceback" not in r.stderr

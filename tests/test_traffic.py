@@ -343,3 +343,13 @@ def test_runner_rejects_bad_arguments(tmp_path: Path) -> None:
         TrafficRunner({}, tmp_path, 1, 1, 1)
     with pytest.raises(TrafficError, match="locustfile not found"):
         TrafficRunner({"a": "http://127.0.0.1:1"}, tmp_path, 1, 1, 1, locustfile=tmp_path / "none.py").start()
+
+
+@pytest.mark.slow
+def test_run_traffic_reports_a_broken_locustfile(tmp_path: Path) -> None:
+    from harness.traffic import TrafficError
+
+    bad = tmp_path / "broken.py"
+    bad.write_text("from locust import FastHttpUser\nraise RuntimeError('locustfile exploded')\n")
+    with pytest.raises(TrafficError, match="locustfile exploded"):
+        run_traffic({"a": "http://127.0.0.1:9"}, tmp_path / "run", users=1, spawn_rate=1, duration_s=2, locustfile=bad)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import InputError
-from harness.topology import load_topology
+from harness.topology import DEFAULT_TOPOLOGY, load_topology
 from harness.verify import AVAILABILITY, FALLBACK, HUB_AND_SPOKE, LOCALITY, SHARED_SERVICES, verify
 from harness.verify.synth import FaultSpec, Scenario, write_run
 
@@ -220,7 +220,7 @@ def test_locality_tolerates_share_at_slo(tmp_path: Path) -> None:
 def test_empty_run_fails_loudly(tmp_path: Path) -> None:
     d = tmp_path / "empty"
     (d / "manifests").mkdir(parents=True)
-    (d / "manifests" / "topology.yaml").write_text(Path("fixtures/topology.yaml").read_text())
+    (d / "manifests" / "topology.yaml").write_text(DEFAULT_TOPOLOGY.read_text())
     v = verify(d)
     assert not v.passed
     assert "no hops recorded" in v.invariant(HUB_AND_SPOKE).message

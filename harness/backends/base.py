@@ -111,9 +111,9 @@ class Inventory:
                     if p.ended is None:
                         return p
                     continue
-                if p.started - 1.0 <= ts and (p.ended is None or ts <= p.ended + 1.0):
-                    if best is None or p.started > best.started:
-                        best = p
+                alive_then = p.started - 1.0 <= ts and (p.ended is None or ts <= p.ended + 1.0)
+                if alive_then and (best is None or p.started > best.started):
+                    best = p
             return best
 
     def close(self) -> None:

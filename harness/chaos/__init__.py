@@ -51,7 +51,9 @@ def check_experiment(path: Path) -> dict[str, Any]:
             raise InputError(str(path), key, "required")
     for i, act in enumerate(data.get("method") or []):
         prov = (act or {}).get("provider") or {}
-        if prov.get("type") == "python" and not str(prov.get("module", "")).startswith(("harness.chaos", "chaosk8s", "chaoslib")):
+        if prov.get("type") == "python" and not str(prov.get("module", "")).startswith(
+            ("harness.chaos", "chaosk8s", "chaoslib")
+        ):
             raise InputError(str(path), f"method[{i}].provider.module", f"unknown module {prov.get('module')!r}")
     return data
 
@@ -67,10 +69,19 @@ def run_experiment(experiment: Path, run_dir: Path, opts: BackendOptions, timeou
     run_dir.mkdir(parents=True, exist_ok=True)
     journal = run_dir / "chaos-journal.json"
     env = {**os.environ, **opts.env(), "EH_RUN_DIR": str(run_dir.resolve())}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if p
+    )
     argv = [chaos_bin(), "--log-file", str(run_dir / "chaos.log"), "run", "--rollback-strategy", "always",
             "--journal-path", str(journal), "--no-verify-tls", str(experiment)]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         rc = proc.wait(timeout=timeout_s)
     except BaseException:

@@ -41,7 +41,9 @@ def _fault_id(action: str, zone: str, service: str | None = None) -> str:
 def ready_services(backend: Backend, zone: str) -> set[str]:
     """Logical services with at least one Ready pod in `zone`."""
     phases = backend.status().pods
-    return {p.service for p in backend.inventory().pods(alive_only=True) if p.zone == zone and phases.get(p.pod) == "Ready"}
+    return {
+        p.service for p in backend.inventory().pods(alive_only=True) if p.zone == zone and phases.get(p.pod) == "Ready"
+    }
 
 
 def wait_ready(backend: Backend, zone: str, services: list[str], timeout_s: float = READY_TIMEOUT_S) -> float:
@@ -72,7 +74,9 @@ def kill_pod(zone: str, service: str, configuration: dict[str, Any] | None = Non
     return {"fault": fault, "killed": pods, "replaced_after_s": round(waited + 0.5, 3)}
 
 
-def make_unready(zone: str, service: str, duration_s: float = 10.0, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_unready(
+    zone: str, service: str, duration_s: float = 10.0, configuration: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Fail the readiness of `service` in `zone` for `duration_s` (pods keep running)."""
     b = _backend(configuration)
     fault = _fault_id("unready", zone, service)
@@ -149,12 +153,18 @@ def restore_zone(zone: str, configuration: dict[str, Any] | None = None) -> None
 
 
 def degrade_link(
-    zone: str, latency_ms: float, loss_percent: float = 0.0, duration_s: float = 10.0, configuration: dict[str, Any] | None = None
+    zone: str,
+    latency_ms: float,
+    loss_percent: float = 0.0,
+    duration_s: float = 10.0,
+    configuration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Add latency / loss on the zone's service link for `duration_s`: traffic must stay in-zone."""
     b = _backend(configuration)
     fault = _fault_id("link", zone)
-    record(fault, "inject", "degrade_link", zone, FaultKind.LINK_DEGRADED, latency_ms=latency_ms, loss_percent=loss_percent)
+    record(
+        fault, "inject", "degrade_link", zone, FaultKind.LINK_DEGRADED, latency_ms=latency_ms, loss_percent=loss_percent
+    )
     b.set_link(zone, latency_ms, loss_percent)
     try:
         time.sleep(duration_s)

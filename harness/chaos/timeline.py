@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 
-class FaultKind(str, Enum):
+class FaultKind(StrEnum):
     SERVICE_DOWN = "service-down"  # the listed services have no live instance left in the zone
     ZONE_DOWN = "zone-down"  # every node of the zone is down
     LINK_DEGRADED = "link-degraded"  # latency / loss on the zone's service link

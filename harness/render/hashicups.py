@@ -83,11 +83,11 @@ def _meta(name: str, ns: str, labels: dict[str, str]) -> dict[str, Any]:
     return {"name": name, "namespace": ns, "labels": labels}
 
 
-def _http_probe(path: str, port: int | str, period: int = 2) -> dict[str, Any]:
+def _http_probe(path: str, port: int | str, period: int = 1) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": 2}
 
 
-def _tcp_probe(port: int | str, period: int = 2) -> dict[str, Any]:
+def _tcp_probe(port: int | str, period: int = 1) -> dict[str, Any]:
     return {"tcpSocket": {"port": port}, "periodSeconds": period, "failureThreshold": 2}
 
 
@@ -229,7 +229,10 @@ def deployment(t: Topology, w: Workload, cs: ConsulService, edition: Edition) ->
             "replicas": w.replicas,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": selector, "annotations": _pod_annotations(t, w, edition)},
+                "metadata": {
+                    "labels": {**selector, naming.LABEL_SERVING: "true"},
+                    "annotations": _pod_annotations(t, w, edition),
+                },
                 "spec": pod_spec,
             },
         },
@@ -248,7 +251,11 @@ def service_objects(t: Topology, cs: ConsulService) -> list[dict[str, Any]]:
             "kind": "Service",
             "metadata": meta,
             "spec": {
-                "selector": {naming.LABEL_APP: cs.service.name, naming.LABEL_CONSUL_SERVICE: cs.name},
+                "selector": {
+                    naming.LABEL_APP: cs.service.name,
+                    naming.LABEL_CONSUL_SERVICE: cs.name,
+                    naming.LABEL_SERVING: "true",
+                },
                 "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}],
             },
         },

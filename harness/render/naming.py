@@ -24,6 +24,11 @@ LABEL_APP = "app"
 LABEL_POD_ZONE = "edge-harness.io/zone"
 LABEL_CONSUL_SERVICE = "edge-harness.io/consul-service"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# In the pod template and the Service selector, never in the Deployment selector:
+# flipping it to "false" takes a running pod out of its Service (so consul-k8s
+# deregisters it) without the ReplicaSet replacing it: the "unready" chaos on
+# real clusters, whose images offer no way to fail readiness from outside.
+LABEL_SERVING = "edge-harness.io/serving"
 MANAGED_BY = "edge-harness"
 
 # consul-k8s pod annotations.

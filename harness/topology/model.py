@@ -10,7 +10,7 @@ file and the field (``fixtures/topology.yaml: zones[2].type: ...``).
 from __future__ import annotations
 
 import ipaddress
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +34,21 @@ KNOWN_PORTS: dict[str, int] = {"frontend": 3000, "public-api": 8080, "product-ap
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
-    )
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
 
 
-class ZoneType(str, Enum):
+class ZoneType(StrEnum):
     AVAILABILITY_ZONE = "availability-zone"
     LOCAL_ZONE = "local-zone"
     WAVELENGTH_ZONE = "wavelength-zone"
 
 
-class Edition(str, Enum):
+class Edition(StrEnum):
     CE = "ce"
     ENTERPRISE = "enterprise"
 
 
-class Placement(str, Enum):
+class Placement(StrEnum):
     EDGE = "edge"  # replicas in every zone (each AZ and each edge zone)
     REGION = "region"  # replicas in the Region's AZs only
 
@@ -191,7 +189,9 @@ def _check_cross_fields(t: Topology) -> None:
         if not z.name.startswith(t.region):
             raise _CrossFieldError(f"zones[{i}].name", f"zone {z.name!r} is not in region {t.region!r}")
         if not z.is_edge and z.service_link is not None:
-            raise _CrossFieldError(f"zones[{i}].serviceLink", "only edge zones (local-zone, wavelength-zone) have a service link")
+            raise _CrossFieldError(
+                f"zones[{i}].serviceLink", "only edge zones (local-zone, wavelength-zone) have a service link"
+            )
     shorts: dict[str, int] = {}
     for i, z in enumerate(t.zones):
         short = t.short(z)
@@ -205,10 +205,14 @@ def _check_cross_fields(t: Topology) -> None:
     names: dict[str, int] = {}
     for i, s in enumerate(t.services):
         if s.name in names:
-            raise _CrossFieldError(f"services[{i}].name", f"duplicate service name {s.name!r} (also services[{names[s.name]}])")
+            raise _CrossFieldError(
+                f"services[{i}].name", f"duplicate service name {s.name!r} (also services[{names[s.name]}])"
+            )
         names[s.name] = i
         if s.image is None and s.name not in KNOWN_IMAGES:
-            raise _CrossFieldError(f"services[{i}].image", f"required for {s.name!r} (no HashiCups image is known by that name)")
+            raise _CrossFieldError(
+                f"services[{i}].image", f"required for {s.name!r} (no HashiCups image is known by that name)"
+            )
         if s.port is None and s.name not in KNOWN_PORTS:
             raise _CrossFieldError(f"services[{i}].port", f"required for {s.name!r}")
     if not any(s.placement is Placement.REGION for s in t.services):
@@ -224,12 +228,15 @@ def _check_cross_fields(t: Topology) -> None:
                 if t.service(up).placement is Placement.EDGE:
                     raise _CrossFieldError(
                         f"services[{i}].upstreams[{j}]",
-                        f"Region-only service {s.name!r} cannot call edge-placed {up!r} (Region -> edge is never allowed)",
+                        f"Region-only service {s.name!r} cannot call edge-placed {up!r} "
+                        "(Region -> edge is never allowed)",
                     )
     ports: dict[int, str] = {}
     for i, s in enumerate(t.services):
         if s.container_port in ports:
-            raise _CrossFieldError(f"services[{i}].port", f"port {s.container_port} already used by {ports[s.container_port]!r}")
+            raise _CrossFieldError(
+                f"services[{i}].port", f"port {s.container_port} already used by {ports[s.container_port]!r}"
+            )
         ports[s.container_port] = s.name
     # cycles in the call graph would make the mesh loop forever
     graph = {s.name: list(s.upstreams) for s in t.services}

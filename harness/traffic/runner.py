@@ -312,7 +312,9 @@ class TrafficRunner:
     def _summarise(self, returncode: int | None) -> TrafficResult:
         ended = self._ended_mono if self._ended_mono is not None else time.monotonic()
         total, failures, rps, per_zone = summarise_requests(self.requests_file, since=self._started_wall)
-        if returncode not in (0, 1) and not self._stopped_early and total == 0:
+        if total == 0 and not self._stopped_early:
+            # A full run with not even a failed request means locust never ran users (bad
+            # locustfile or arguments); an unreachable shop would still record failures.
             raise TrafficError(
                 f"traffic: locust exited with code {returncode}; see {self.log_file}:\n{_tail(self.log_file)}"
             )

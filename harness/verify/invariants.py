@@ -232,6 +232,25 @@ class Checker:
             return "serving_zone = caller_zone"
         return "serving_kind = 'region'"
 
+    def _failover_end(self, f: Fault, upstream: str, fault_end: float) -> float:
+        """Where the failover window ends: the restore, or earlier when a replacement already serves.
+
+        A restore is recorded when the harness *sees* the replacement Ready,
+        which can be a little after the mesh has started sending it traffic.
+        Hops served in-zone by a pod that did not exist at injection are the
+        recovery, not a failed failover, so the failover window stops at the
+        first of them.
+        """
+        back = self._one(
+            """
+            SELECT min(h.ts) FROM fhops h JOIN inventory i ON i.pod = h.serving_pod AND i.event = 'added'
+            WHERE h.caller_zone = ? AND h.upstream = ? AND h.ok AND h.serving_zone = h.caller_zone
+              AND i.ts > ? AND h.ts >= ? AND h.ts <= ?
+            """,
+            [f.zone, upstream, f.inject, f.inject, fault_end],
+        )
+        return min(fault_end, float(back) - 1e-6) if back is not None else fault_end
+
     def _next_fault_in_zone(self, f: Fault, after: float) -> float:
         nxt = [g.inject for g in self.run.faults if g.zone == f.zone and g.fault != f.fault and g.inject > after]
         return min(nxt, default=max(self.run_end, after))
@@ -276,7 +295,9 @@ class Checker:
             lost_hops = 0
             pair_results: dict[str, PairResult] = {}
             for u, callers in failover_pairs:
-                w = self._measure(f.zone, u, callers, f.inject, fault_end, "serving_kind = 'region'")
+                w = self._measure(
+                    f.zone, u, callers, f.inject, self._failover_end(f, u, fault_end), "serving_kind = 'region'"
+                )
                 pr = PairResult(
                     caller_zone=f.zone,
                     upstream=u,

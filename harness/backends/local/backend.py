@@ -117,7 +117,8 @@ class LocalBackend(Backend):
                 if ph.get("phase") in ("failed", "stopped") or proc.poll() is not None:
                     proc.wait(timeout=30)
                     raise BackendError(
-                        f"local cluster failed to start: {ph.get('message', 'daemon exited')} (log: {self.state_dir}/daemon.log)"
+                        f"local cluster failed to start: {ph.get('message', 'daemon exited')} "
+                        f"(log: {self.state_dir}/daemon.log)"
                     )
                 if time.time() > deadline:
                     raise BackendError(
@@ -133,9 +134,8 @@ class LocalBackend(Backend):
 
         pid = self._daemon_pid()
         if pid is not None:
-            with contextlib.suppress(BackendError, httpx.HTTPError):
-                with self._client() as c:
-                    c.post("/shutdown", timeout=5)
+            with contextlib.suppress(BackendError, httpx.HTTPError), self._client() as c:
+                c.post("/shutdown", timeout=5)
             if not _wait_gone(pid, 30):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)

@@ -360,9 +360,9 @@ class LocalCluster:
         if readiness:
             if states and all(s.successes >= s.probe.success_threshold for s in states):
                 pod.ready = True
-            elif any(s.failures >= s.probe.failure_threshold for s in states):
-                pod.ready = False
-            elif not pod.ready and any(s.failures > 0 for s in states) and not any(s.successes for s in states):
+            elif any(s.failures >= s.probe.failure_threshold for s in states) or (
+                not pod.ready and any(s.failures > 0 for s in states) and not any(s.successes for s in states)
+            ):
                 pod.ready = False
         else:
             if any(s.failures >= s.probe.failure_threshold for s in states):
@@ -415,7 +415,7 @@ class LocalCluster:
                 key = (p.dep.namespace, p.dep.consul_service) if self.mesh.namespaced else p.dep.consul_service
                 cat.setdefault(key, []).append(
                     Endpoint(pod=p.name, ip=p.net.ip, port=INBOUND_PORT, healthy=p.healthy, zone=p.node.zone)
-                )  # type: ignore[arg-type]
+                )
         for eps in cat.values():
             eps.sort(key=lambda e: e.pod)
         return cat

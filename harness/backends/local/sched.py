@@ -237,6 +237,7 @@ def nodes_from_kind_config(cfg: dict[str, Any], source: str, short: Callable[[st
     return nodes
 
 
+_REQUIRED = "spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
 _POD_SPEC_FIELDS = {
     "containers",
     "volumes",
@@ -385,7 +386,7 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
         {"nodeSelectorTerms"},
     )
     for k, term in enumerate(req.get("nodeSelectorTerms") or []):
-        tp = f"spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{k}]"
+        tp = f"{_REQUIRED}.nodeSelectorTerms[{k}]"
         term = f.check_only(term, tp, {"matchExpressions"})
         exprs = []
         for m, e in enumerate(term.get("matchExpressions") or []):
