@@ -95,7 +95,7 @@ def cmd_up(a: argparse.Namespace) -> int:
     out.print(f"backend: {name} ({why})")
     m = _load_manifests(a, Path("runs") / ".up" / a.cluster)
     b = connect(bopts)
-    b.up(m, progress=_progress("up: "))  # type: ignore[call-arg]
+    b.up(m, progress=_progress("up: "))
     for zone, url in b.entrypoints().items():
         out.print(f"  {zone:24} {url}")
     return EXIT_PASS

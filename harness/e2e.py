@@ -94,7 +94,7 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     chaos_ok = True
     collector = None
     try:
-        backend.up(manifests, progress=lambda m: say(f"up: {m}"))  # type: ignore[call-arg]
+        backend.up(manifests, progress=lambda m: say(f"up: {m}"))
         collector = AccessLogCollector(backend.log_sources, run_dir / "accesslogs")
         collector.start()
         entry = backend.entrypoints()

@@ -664,3 +664,17 @@ def test_line_stream_splits_and_survives_close() -> None:
     assert list(s.lines()) == ["a", "bc", "tail"]
     s.close()
     assert r.shut
+
+
+def test_save_artifacts_writes_logs_per_container_and_survives_missing_logs(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path)
+    ns = "hashicups-lax-1a"
+    c.apply_one({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    api.seed(c, pod("pa", ns, "us-west-2-lax-1a", "public-api", "public-api-lax-1a", "10.244.3.7", "edge-worker3"))
+    api.log_replies["pa"] = ["app started\n"]  # the sidecar's log is missing: must not abort the collection
+    out = tmp_path / "artifacts"
+    saved = c.save_artifacts(out, [ns])
+    assert saved == [f"{ns}/pa"]
+    assert (out / ns / "pa.public-api.log").read_text() == "app started\n"
+    assert (out / ns / "pa.consul-dataplane.log").read_text().startswith("log unavailable")
+    assert (out / ns / "events.json").exists()

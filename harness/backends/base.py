@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,8 +150,8 @@ class Backend(ABC):
     name: str
 
     @abstractmethod
-    def up(self, manifests: Manifests) -> None:
-        """Create the cluster (if the backend owns one) and apply the manifests."""
+    def up(self, manifests: Manifests, progress: Callable[[str], None] | None = None) -> None:
+        """Create the cluster (if the backend owns one) and apply the manifests; `progress` gets one line per step."""
 
     @abstractmethod
     def down(self) -> None:

@@ -180,6 +180,11 @@ class ExistingBackend(Backend):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._state_file.write_text(json.dumps({**self._state(), **changes}, indent=2) + "\n", encoding="utf-8")
 
+    def save_artifacts(self, out: Path) -> None:
+        """Pod logs and events of every namespace the manifests use (for the post-mortem)."""
+        namespaces = {str(o["metadata"]["name"]) for o in self.manifests().objects if o.get("kind") == "Namespace"}
+        self.cluster.save_artifacts(out, namespaces)
+
     def manifests(self) -> Manifests:
         if self._manifests is None:
             root = self._state().get("manifests")
@@ -204,7 +209,9 @@ class ExistingBackend(Backend):
         return result
 
     # -- lifecycle -----------------------------------------------------------
-    def up(self, manifests: Manifests) -> None:
+    def up(self, manifests: Manifests, progress: ProgressFn | None = None) -> None:
+        if progress is not None:
+            self.progress = progress
         self._manifests = manifests
         self._require_zones(manifests.topology)
         self._save_state(manifests=str(Path(manifests.root).resolve()))

@@ -201,6 +201,11 @@ class KindBackend(Backend):
         state = {**self._state(), **changes}
         self._state_file.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
+    def save_artifacts(self, out: Path) -> None:
+        """Pod logs and events of every namespace the manifests use (for the post-mortem)."""
+        namespaces = {str(o["metadata"]["name"]) for o in self.manifests().objects if o.get("kind") == "Namespace"}
+        self.cluster.save_artifacts(out, namespaces)
+
     def manifests(self) -> Manifests:
         """The manifests `up` applied (kept by path in the state file, for later processes)."""
         if self._manifests is None:
@@ -229,7 +234,9 @@ class KindBackend(Backend):
         out = self._run("kind", "get", "clusters").stdout
         return self.cluster_name in out.split()
 
-    def up(self, manifests: Manifests) -> None:
+    def up(self, manifests: Manifests, progress: ProgressFn | None = None) -> None:
+        if progress is not None:
+            self.progress = progress
         self.check_tools()
         self._manifests = manifests
         self.workdir.mkdir(parents=True, exist_ok=True)

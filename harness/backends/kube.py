@@ -473,6 +473,37 @@ class KubeCluster:
         want = dict(selector or {})
         return [p for p in items if all(_labels(p).get(k) == v for k, v in want.items())]
 
+    def save_artifacts(self, out: Path, namespaces: Iterable[str]) -> list[str]:
+        """For the post-mortem: events and every container's log of every pod in `namespaces`.
+
+        Envoy config dumps are not reachable here: consul-dataplane binds its
+        admin to the pod's loopback. Each failure is written down instead of
+        aborting, since artifacts are collected precisely when things are broken.
+        """
+        saved: list[str] = []
+        for ns in sorted(set(namespaces)):
+            nsdir = out / ns
+            nsdir.mkdir(parents=True, exist_ok=True)
+            try:
+                events = self.request("GET", f"/api/v1/namespaces/{quote(ns)}/events")
+                (nsdir / "events.json").write_text(json.dumps(events, indent=2, default=str))
+            except (KubeApiError, BackendError) as exc:
+                (nsdir / "events.json").write_text(json.dumps({"error": str(exc)}))
+            for pod in self.pods(ns):
+                name = str(_meta(pod)["name"])
+                for c in (pod.get("spec") or {}).get("containers") or []:
+                    cname = str(c.get("name"))
+                    try:
+                        text = self.request(
+                            "GET", f"/api/v1/namespaces/{quote(ns)}/pods/{quote(name)}/log", query=[("container", cname)]
+                        )
+                    except (KubeApiError, BackendError) as exc:
+                        text = f"log unavailable: {exc}"
+                    body = text if isinstance(text, str) else json.dumps(text)
+                    (nsdir / f"{name}.{cname}.log").write_text(body)
+                saved.append(f"{ns}/{name}")
+        return saved
+
     def pods_of(self, zone: str, service: str) -> list[dict[str, Any]]:
         """HashiCups pods of logical `service` in `zone` (by the renderer's pod labels)."""
         return self.pods(selector={LABEL_POD_ZONE: zone, LABEL_APP: service})

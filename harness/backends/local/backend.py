@@ -220,6 +220,13 @@ class LocalBackend(Backend):
     def set_pod_ready(self, zone: str, service: str) -> list[str]:
         return list(self._chaos("set_pod_ready", zone=zone, service=service))
 
+    def save_artifacts(self, out: Path) -> None:
+        """Pod logs, Envoy config dumps, the daemon log and status, into `out` (for the post-mortem)."""
+        with self._client() as c:
+            r = c.post("/artifacts", json={"dir": str(out.resolve())}, timeout=60)
+        if r.status_code != 200:
+            raise BackendError(f"artifacts: {r.json().get('error')}")
+
     def raw_status(self) -> dict[str, Any]:
         return dict(self._get("/status"))
 

@@ -81,6 +81,12 @@ def _handler(cluster: Any, shutdown: threading.Event) -> type[BaseHTTPRequestHan
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
+            if self.path == "/artifacts":
+                try:
+                    self._reply(200, {"ok": True, "pods": cluster.save_artifacts(Path(body["dir"]))})
+                except (OSError, KeyError) as exc:
+                    self._reply(500, {"error": f"{exc.__class__.__name__}: {exc}"})
+                return
             if self.path == "/shutdown":
                 self._reply(200, {"ok": True})
                 shutdown.set()
