@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,22 @@ from harness.backends.base import Status
 from harness.backends.existing import PARTITION_POLICY, ExistingBackend, check_zones, zone_type_of
 from harness.backends.kube import KubeCluster, NodeInfo
 from harness.errors import BackendError
-from tests.test_backend_kube import FakeApiServer, node, pod, rendered
+from tests.kubefake import FakeApiServer, lax_pod, node, pod, rendered
+from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
-# EKS-like nodes: no edge-harness zone-type label; type follows AWS zone naming.
+# EKS-like nodes: no edge-harness zone-type label (type follows AWS zone naming), named after their IP.
 EKS_NODES = [
-    node("ip-10-0-1-10.us-west-2.compute.internal", "us-west-2a", "", "10.0.1.10", ""),
-    node("ip-10-0-2-10.us-west-2.compute.internal", "us-west-2b", "", "10.0.2.10", ""),
-    node("ip-10-0-3-10.us-west-2.compute.internal", "us-west-2-lax-1a", "", "10.0.3.10", ""),
-    node("ip-10-0-4-10.us-west-2.compute.internal", "us-west-2-las-1a", "", "10.0.4.10", ""),
-    node("ip-10-0-5-10.us-west-2.compute.internal", "us-west-2-phx-2a", "", "10.0.5.10", ""),
-    node("ip-10-0-5-11.us-west-2.compute.internal", "us-west-2-phx-2a", "", "10.0.5.11", ""),
-    node("ip-10-0-6-10.us-west-2.compute.internal", "us-west-2c", "", "10.0.6.10", ""),  # not in the topology
+    node(f"ip-{ip.replace('.', '-')}.us-west-2.compute.internal", zone, "", ip, "")
+    for zone, ip in (
+        ("us-west-2a", "10.0.1.10"),
+        ("us-west-2b", "10.0.2.10"),
+        ("us-west-2-lax-1a", "10.0.3.10"),
+        ("us-west-2-las-1a", "10.0.4.10"),
+        ("us-west-2-phx-2a", "10.0.5.10"),
+        ("us-west-2-phx-2a", "10.0.5.11"),
+        ("us-west-2c", "10.0.6.10"),  # not in the topology
+    )
 ]
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
 
 
 def _backend(api: FakeApiServer, tmp_path: Path, allow: tuple[str, ...] = (), **kw: object) -> ExistingBackend:
@@ -209,7 +206,7 @@ def test_pod_chaos_inventory_status_entrypoints(
     api.seed(
         b.cluster,
         *EKS_NODES,
-        pod("pa-1", "hashicups-lax-1a", "us-west-2-lax-1a", "product-api", "product-api-lax-1a", "10.0.3.20", lax),
+        lax_pod("pa-1", "10.0.3.20", lax),
     )
     inv = b.inventory()
     info = inv.by_ip("10.0.3.20")

@@ -13,7 +13,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ import pytest
 
 from harness.backends.kind import KindBackend, kind_available
 from harness.errors import BackendError
-from tests.test_backend_kube import NODES, FakeApiServer, pod, rendered, wait_until
+from tests.kubefake import NODES, FakeApiServer, lax_pod, rendered, wait_until
+from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
 FAKE_TOOL = f"""#!{sys.executable}
 import json, os, sys, time
@@ -91,12 +91,6 @@ class Tools:
 
     def reset(self) -> None:
         self.log.unlink(missing_ok=True)
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -243,18 +237,7 @@ def test_failed_tool_is_a_clear_error(
 def test_pod_chaos_and_inventory_through_the_api(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
     backend, _m = _up(api, tools, tmp_path)
     c = backend.cluster
-    api.seed(
-        c,
-        pod(
-            "pa-1",
-            "hashicups-lax-1a",
-            "us-west-2-lax-1a",
-            "product-api",
-            "product-api-lax-1a",
-            "10.244.3.9",
-            "edge-worker3",
-        ),
-    )
+    api.seed(c, lax_pod("pa-1", "10.244.3.9"))
     inv = backend.inventory(tmp_path / "inv.jsonl")
     assert inv.by_ip("10.244.3.9") is not None
     assert backend.set_pod_unready("us-west-2-lax-1a", "product-api") == ["pa-1"]

@@ -1,30 +1,19 @@
 """Contract tests of harness.backends.kube against a fake API server (kmock) on loopback.
 
-`FakeApiServer` is shared by the kind and existing backend tests (imported from
-here). It is kmock's KubernetesEmulator served over real HTTP from a thread,
-so the official client, urllib3 streaming and our REST paths are all exercised
-for real. Known kmock 0.8 gaps it works around or that the tests respect:
-label/field selectors are ignored (our code filters client-side anyway),
-objects get no status (tests patch it in the way a controller would), and
-kmock cannot route `/api/v1/namespaces[/NAME]` (it takes `namespaces` as the
-namespace segment): `parse_path` is wrapped for exactly those two paths.
+The fake server and its fixtures live in `tests.kubefake`, shared with the
+kind and existing backend tests.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kmock
 import pytest
-import yaml
-from kmock._internal import parsing
 
 from harness.backends.base import Inventory
 from harness.backends.kube import (
@@ -35,201 +24,11 @@ from harness.backends.kube import (
     LineStream,
     PodGone,
     access_log_record,
-    api_client_from_kubeconfig,
     split_timestamp,
 )
 from harness.errors import BackendError
-from harness.render import render, write
-from harness.render.manifests import Manifests, load
-from harness.topology.model import load_topology
-
-RESOURCES: dict[str, tuple[str, bool]] = {
-    "v1/namespaces": ("Namespace", False),
-    "v1/nodes": ("Node", False),
-    "v1/pods": ("Pod", True),
-    "v1/services": ("Service", True),
-    "v1/serviceaccounts": ("ServiceAccount", True),
-    "v1/configmaps": ("ConfigMap", True),
-    "v1/secrets": ("Secret", True),
-    "apps/v1/deployments": ("Deployment", True),
-    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
-    "consul.hashicorp.com/v1alpha1/proxydefaults": ("ProxyDefaults", True),
-    "consul.hashicorp.com/v1alpha1/servicedefaults": ("ServiceDefaults", True),
-    "consul.hashicorp.com/v1alpha1/serviceresolvers": ("ServiceResolver", True),
-    "consul.hashicorp.com/v1alpha1/servicerouters": ("ServiceRouter", True),
-    "consul.hashicorp.com/v1alpha1/serviceintentions": ("ServiceIntentions", True),
-}
-
-_orig_parse_path = parsing.parse_path
-
-
-def _parse_path(path: str) -> parsing.ParsedPath:
-    parts = path.strip("/").split("/")
-    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) in (3, 4):
-        return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
-    return _orig_parse_path(path)
-
-
-class FakeApiServer:
-    """kmock's Kubernetes emulator on 127.0.0.1:<free port>, run from a background thread."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stopped: asyncio.Event | None = None
-        self.log_replies: dict[str, list[Any]] = {}  # pod -> responses of successive log calls
-        self.log_calls: list[dict[str, str]] = []
-        self.kmock: kmock.KubernetesEmulator
-        self.port = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> FakeApiServer:
-        parsing.parse_path = _parse_path
-        self._thread.start()
-        if not self._ready.wait(15):
-            raise RuntimeError("fake API server did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stopped is not None
-        self._loop.call_soon_threadsafe(self._stopped.set)
-        self._thread.join(timeout=15)
-        parsing.parse_path = _orig_parse_path
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._main())
-
-    async def _main(self) -> None:
-        self._stopped = asyncio.Event()
-        async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:
-            self.kmock = k
-            self.port = server.port
-            for key, (kind, namespaced) in RESOURCES.items():
-                k.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced)
-            k["get", kmock.resource("v1/pods"), kmock.subresource("log")] << self._log
-            self._ready.set()
-            await self._stopped.wait()
-
-    def _log(self, request: kmock.Request) -> Any:
-        self.log_calls.append({"pod": str(request.name), **request.params})
-        replies = self.log_replies.get(str(request.name), [])
-        if not replies:
-            return kmock.KubernetesObjectNotFoundError()
-        reply = replies.pop(0)
-        return reply if isinstance(reply, BaseException) else reply.encode()
-
-    # -- helpers for tests -----------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def write_kubeconfig(self, path: Path, context: str = "fake") -> Path:
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": context, "cluster": {"server": self.url}}],
-                    "users": [{"name": context, "user": {"token": "t"}}],
-                    "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
-                    "current-context": context,
-                }
-            )
-        )
-        return path
-
-    def cluster(self, tmp_path: Path, context: str = "fake") -> KubeCluster:
-        kc = self.write_kubeconfig(tmp_path / f"kubeconfig-{context}", context)
-        return KubeCluster(api_client_from_kubeconfig(kc, context))
-
-    def requests(self) -> list[tuple[str, str, dict[str, str], Any]]:
-        """(method, path, query, body) of every request so far, in arrival order."""
-        return [(str(r.method.value), r.url.path, dict(r.params), r.data) for r in self.raw_requests()]
-
-    def raw_requests(self) -> list[kmock.Request]:
-        return list(self.kmock)
-
-    def writes(self) -> list[tuple[str, str, Any]]:
-        return [(m, p, d) for m, p, _q, d in self.requests() if m in ("POST", "PATCH", "DELETE")]
-
-    def seed(self, cluster: KubeCluster, *objs: dict[str, Any]) -> None:
-        for o in objs:
-            cluster.apply_one(o)
-
-
-def node(name: str, zone: str, zone_type: str, ip: str, cidr: str, region: str = "us-west-2") -> dict[str, Any]:
-    labels = {"topology.kubernetes.io/region": region, "topology.kubernetes.io/zone": zone}
-    if zone_type:
-        labels["edge-harness.io/zone-type"] = zone_type
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"podCIDR": cidr},
-        "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
-    }
-
-
-def pod(
-    name: str,
-    ns: str,
-    zone: str,
-    app: str,
-    consul: str,
-    ip: str | None,
-    node_name: str,
-    *,
-    serving: bool = True,
-    phase: str = "Running",
-) -> dict[str, Any]:
-    labels = {"app": app, "edge-harness.io/zone": zone, "edge-harness.io/consul-service": consul}
-    if serving:
-        labels[LABEL_SERVING] = "true"
-    status: dict[str, Any] = {"phase": phase, "startTime": "2026-11-25T20:00:00Z"}
-    if ip:
-        status["podIP"] = ip
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {"nodeName": node_name, "containers": [{"name": app}, {"name": "consul-dataplane"}]},
-        "status": status,
-    }
-
-
-T0 = datetime(2026, 11, 25, 20, 0, 0, tzinfo=UTC).timestamp()  # pods' startTime
-
-NODES = [
-    node("edge-worker", "us-west-2a", "availability-zone", "172.18.0.2", "10.244.1.0/24"),
-    node("edge-worker2", "us-west-2b", "availability-zone", "172.18.0.3", "10.244.2.0/24"),
-    node("edge-worker3", "us-west-2-lax-1a", "local-zone", "172.18.0.4", "10.244.3.0/24"),
-    node("edge-worker4", "us-west-2-las-1a", "local-zone", "172.18.0.5", "10.244.4.0/24"),
-    node("edge-worker5", "us-west-2-phx-2a", "local-zone", "172.18.0.6", "10.244.5.0/24"),
-    node("edge-control-plane", "", "", "172.18.0.7", "10.244.0.0/24"),
-]
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
-
-
-def rendered(tmp_path: Path) -> Manifests:
-    out = tmp_path / "rendered"
-    write(render(load_topology()), out)
-    return load(out)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
+from tests.kubefake import NODES, T0, FakeApiServer, lax_pod, pod, rendered, wait_until
+from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
 # -- apply --------------------------------------------------------------------
 
@@ -360,15 +159,7 @@ def test_drain_cordons_and_kills_pods_on_the_node_but_not_daemonsets(api: FakeAp
     api.seed(
         c,
         *NODES,
-        pod(
-            "p1",
-            "hashicups-lax-1a",
-            "us-west-2-lax-1a",
-            "product-api",
-            "product-api-lax-1a",
-            "10.244.3.5",
-            "edge-worker3",
-        ),
+        lax_pod("p1", "10.244.3.5"),
         pod("p2", "hashicups", "us-west-2a", "product-api", "product-api", "10.244.1.5", "edge-worker"),
         ds_pod,
     )
@@ -390,9 +181,9 @@ def test_kill_pods_deletes_only_the_zone_and_service_pods(api: FakeApiServer, tm
     c = api.cluster(tmp_path)
     api.seed(
         c,
-        pod("pa-lax-1", "hashicups-lax-1a", "us-west-2-lax-1a", "product-api", "product-api-lax-1a", "10.0.3.1", "n3"),
-        pod("pa-lax-2", "hashicups-lax-1a", "us-west-2-lax-1a", "product-api", "product-api-lax-1a", "10.0.3.2", "n3"),
-        pod("pub-lax", "hashicups-lax-1a", "us-west-2-lax-1a", "public-api", "public-api-lax-1a", "10.0.3.3", "n3"),
+        lax_pod("pa-lax-1", "10.0.3.1", "n3"),
+        lax_pod("pa-lax-2", "10.0.3.2", "n3"),
+        lax_pod("pub-lax", "10.0.3.3", "n3", app="public-api"),
         pod("pa-2a", "hashicups", "us-west-2a", "product-api", "product-api", "10.0.1.1", "n1"),
     )
     assert sorted(c.kill_pods("us-west-2-lax-1a", "product-api")) == ["pa-lax-1", "pa-lax-2"]
@@ -410,9 +201,7 @@ def test_kill_pods_deletes_only_the_zone_and_service_pods(api: FakeApiServer, tm
 
 def test_set_serving_flips_the_service_label_only(api: FakeApiServer, tmp_path: Path) -> None:
     c = api.cluster(tmp_path)
-    api.seed(
-        c, pod("pa", "hashicups-lax-1a", "us-west-2-lax-1a", "product-api", "product-api-lax-1a", "10.0.3.1", "n3")
-    )
+    api.seed(c, lax_pod("pa", "10.0.3.1", "n3"))
     assert c.set_serving("us-west-2-lax-1a", "product-api", False) == ["pa"]
     meth, path, body = api.writes()[-1]
     assert (meth, path, body) == (
@@ -453,25 +242,9 @@ def test_inventory_from_pods_with_zone_from_node(api: FakeApiServer, tmp_path: P
     api.seed(
         c,
         *NODES,
-        pod(
-            "pa-lax",
-            "hashicups-lax-1a",
-            "us-west-2-lax-1a",
-            "product-api",
-            "product-api-lax-1a",
-            "10.244.3.5",
-            "edge-worker3",
-        ),
+        lax_pod("pa-lax", "10.244.3.5"),
         # labelled lax but scheduled on an AZ node: the node is the truth
-        pod(
-            "pa-odd",
-            "hashicups-lax-1a",
-            "us-west-2-lax-1a",
-            "product-api",
-            "product-api-lax-1a",
-            "10.244.1.9",
-            "edge-worker",
-        ),
+        lax_pod("pa-odd", "10.244.1.9", "edge-worker"),
         pod("pending", "hashicups", "us-west-2a", "frontend", "frontend", None, ""),
     )
     inv = Inventory(tmp_path / "inventory.jsonl")
@@ -500,12 +273,7 @@ def test_inventory_watch_records_history(api: FakeApiServer, tmp_path: Path) -> 
     w = c.watch_inventory(inv)
     try:
         assert wait_until(lambda: inv.get("a") is not None)
-        api.seed(
-            c,
-            pod(
-                "b", "hashicups-lax-1a", "us-west-2-lax-1a", "frontend", "frontend-lax-1a", "10.244.3.2", "edge-worker3"
-            ),
-        )
+        api.seed(c, lax_pod("b", "10.244.3.2", app="frontend"))
         assert wait_until(lambda: inv.get("b") is not None)
         c.delete_pod("hashicups", "a")
         assert wait_until(lambda: (inv.get("a") or Any).ended is not None)  # type: ignore[union-attr]
@@ -670,7 +438,7 @@ def test_save_artifacts_writes_logs_per_container_and_survives_missing_logs(api:
     c = api.cluster(tmp_path)
     ns = "hashicups-lax-1a"
     c.apply_one({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    api.seed(c, pod("pa", ns, "us-west-2-lax-1a", "public-api", "public-api-lax-1a", "10.244.3.7", "edge-worker3"))
+    api.seed(c, lax_pod("pa", "10.244.3.7", app="public-api"))
     api.log_replies["pa"] = ["app started\n"]  # the sidecar's log is missing: must not abort the collection
     out = tmp_path / "artifacts"
     saved = c.save_artifacts(out, [ns])

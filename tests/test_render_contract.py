@@ -451,7 +451,11 @@ def test_ce_naming() -> None:
         "app": "product-api",
         "edge-harness.io/consul-service": "product-api-lax-1a",
         "edge-harness.io/zone": "us-west-2-lax-1a",
+        "edge-harness.io/serving": "true",
     }
+    # the serving label selects the pod into its Service but is not part of the Deployment selector
+    dep_sel = dep["spec"]["selector"]["matchLabels"]
+    assert "edge-harness.io/serving" not in dep_sel and dep_sel.items() <= pod["metadata"]["labels"].items()
     assert pod["metadata"]["annotations"]["consul.hashicorp.com/connect-inject"] == "true"
     assert pod["metadata"]["annotations"]["consul.hashicorp.com/connect-service"] == "product-api-lax-1a"
     assert pod["metadata"]["annotations"]["consul.hashicorp.com/connect-service-upstreams"] == "postgres:5432"
@@ -465,6 +469,7 @@ def test_ce_naming() -> None:
     assert b.find("Service", "product-api", "hashicups")["spec"]["selector"] == {
         "app": "product-api",
         "edge-harness.io/consul-service": "product-api",
+        "edge-harness.io/serving": "true",
     }
     frontend = b.find("Deployment", "frontend-lax-1a", LAX)["spec"]["template"]["metadata"]["annotations"]
     assert frontend["consul.hashicorp.com/connect-service-upstreams"] == "public-api-lax-1a:8080"

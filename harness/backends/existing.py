@@ -41,19 +41,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from harness.backends.base import Backend, Inventory, LogSource, Status
+from harness.backends.base import Status
 from harness.backends.kube import (
     LABEL_MANAGED_BY,
     AppliedObject,
-    InventoryWatcher,
     KubeCluster,
-    KubeLogSources,
     NodeInfo,
     ProgressFn,
     api_client_from_kubeconfig,
 )
+from harness.backends.kubebackend import HelmRun, KubeBackend
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
@@ -104,7 +101,7 @@ def check_zones(nodes: Sequence[NodeInfo], topology: Topology) -> ZoneCheck:
     return ZoneCheck(found, problems, extra)
 
 
-class ExistingBackend(Backend):
+class ExistingBackend(KubeBackend):
     """A cluster reached through kubeconfig context `context`."""
 
     name = "existing"
@@ -125,20 +122,19 @@ class ExistingBackend(Backend):
     ) -> None:
         if not context:
             raise BackendError("existing backend needs a kubeconfig context (--context)")
+        super().__init__(
+            Path(workdir) / f"existing-{re.sub(r'[^A-Za-z0-9_.-]', '_', context)}",
+            manifests=manifests,
+            progress=progress,
+            ready_timeout_s=ready_timeout_s,
+            run=run,
+            cluster=cluster,
+        )
         self.context = context
         self.kubeconfig = Path(kubeconfig) if kubeconfig is not None else None
         env_allow = [c.strip() for c in os.environ.get(ALLOW_ENV, "").split(",") if c.strip()]
         self.allowed = sorted(set(allow_destructive_contexts) | set(env_allow))
-        self.workdir = Path(workdir) / f"existing-{re.sub(r'[^A-Za-z0-9_.-]', '_', context)}"
-        self._manifests = manifests
         self.install_consul = install_consul
-        self.progress: ProgressFn = progress or (lambda _m: None)
-        self.ready_timeout_s = ready_timeout_s
-        self._cluster = cluster
-        self._run_fn = run
-        self._inventory: Inventory | None = None
-        self._watcher: InventoryWatcher | None = None
-        self._logs: KubeLogSources | None = None
 
     @classmethod
     def from_options(cls, opts: BackendOptions, manifests: Manifests | None = None) -> ExistingBackend:
@@ -146,11 +142,14 @@ class ExistingBackend(Backend):
             raise BackendError("existing backend needs a kubeconfig context (--context or EH_CONTEXT)")
         return cls(opts.context, opts.kubeconfig, opts.allow_contexts, workdir=opts.workdir, manifests=manifests)
 
+    # -- the cluster ---------------------------------------------------------
     @property
-    def cluster(self) -> KubeCluster:
-        if self._cluster is None:
-            self._cluster = KubeCluster(api_client_from_kubeconfig(self.kubeconfig, self.context))
-        return self._cluster
+    def _where(self) -> str:
+        return f"context {self.context}"
+
+    def _connect(self) -> KubeCluster:
+        """Through the named context (of `kubeconfig`, else the default kubeconfig)."""
+        return KubeCluster(api_client_from_kubeconfig(self.kubeconfig, self.context))
 
     # -- safety --------------------------------------------------------------
     @property
@@ -164,37 +163,6 @@ class ExistingBackend(Backend):
                 f"allow-list (--allow-context {self.context} or {ALLOW_ENV}={self.context})"
             )
 
-    # -- state ---------------------------------------------------------------
-    @property
-    def _state_file(self) -> Path:
-        return self.workdir / "state.json"
-
-    def _state(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self._state_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _save_state(self, **changes: Any) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._state_file.write_text(json.dumps({**self._state(), **changes}, indent=2) + "\n", encoding="utf-8")
-
-    def save_artifacts(self, out: Path) -> None:
-        """Pod logs and events of every namespace the manifests use (for the post-mortem)."""
-        namespaces = {str(o["metadata"]["name"]) for o in self.manifests().objects if o.get("kind") == "Namespace"}
-        self.cluster.save_artifacts(out, namespaces)
-
-    def manifests(self) -> Manifests:
-        if self._manifests is None:
-            root = self._state().get("manifests")
-            if not root:
-                raise BackendError(f"context {self.context}: no manifests recorded in {self._state_file}; run up first")
-            from harness.render.manifests import load
-
-            self._manifests = load(root)
-        return self._manifests
-
     # -- zones ---------------------------------------------------------------
     def check_zones(self, topology: Topology | None = None) -> ZoneCheck:
         t = topology or self.manifests().topology
@@ -203,7 +171,7 @@ class ExistingBackend(Backend):
     def _require_zones(self, topology: Topology) -> ZoneCheck:
         result = self.check_zones(topology)
         if result.problems:
-            raise BackendError(f"context {self.context} does not match the topology: " + "; ".join(result.problems))
+            raise BackendError(f"{self._where} does not match the topology: " + "; ".join(result.problems))
         if result.extra:
             self.progress(f"zones not in the topology (left alone): {', '.join(result.extra)}")
         return result
@@ -228,37 +196,26 @@ class ExistingBackend(Backend):
                 known.add((a.kind, a.namespace, a.name))
             self._save_state(applied=[x.as_dict() for x in applied])  # after each: a crash keeps the record
             self.progress(f"applied {a.kind} {a.namespace + '/' if a.namespace else ''}{a.name}")
-        deployments = [
-            (str(o["metadata"].get("namespace", "default")), str(o["metadata"]["name"]))
-            for o in manifests.objects
-            if o["kind"] == "Deployment"
-        ]
-        cluster.wait_deployments_ready(deployments, self.ready_timeout_s, self.progress)
+        self._wait_ready(manifests)
 
-    def _helm_install(self, manifests: Manifests) -> None:
+    def _helm_runner(self, manifests: Manifests, chart: dict[str, Any]) -> HelmRun:
+        """helm from PATH, only needed with `install_consul` (Consul is usually there already)."""
         helm = shutil.which("helm")
         if helm is None:
             raise BackendError("install_consul needs `helm` on PATH (https://helm.sh/docs/intro/install/)")
-        chart = manifests.meta.get("chart") or {}
-        release = manifests.meta.get("release") or {"name": "consul", "namespace": "consul"}
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        values = self.workdir / "consul-values.yaml"
-        values.write_text(yaml.safe_dump(manifests.helm_values, sort_keys=False))
-        ctx = ["--kube-context", self.context] + (["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else [])
-        for argv in (
-            [helm, "repo", "add", "hashicorp", str(chart.get("repo")), "--force-update"],
-            [
-                helm, "upgrade", "--install", str(release["name"]), f"hashicorp/{chart.get('name', 'consul')}",
-                "--version", str(chart.get("version")), "-n", str(release["namespace"]), "--create-namespace",
-                "-f", str(values), *ctx, "--wait", "--timeout", "15m",
-            ],
-        ):  # fmt: skip
-            proc = self._run_fn(argv, capture_output=True, text=True, timeout=1200, check=False)
+
+        def run(args: Sequence[str]) -> None:
+            proc = self._run_fn([helm, *args], capture_output=True, text=True, timeout=1200, check=False)
             if proc.returncode != 0:
                 err = (proc.stderr or "").strip().splitlines()
                 raise BackendError(
-                    f"`helm {' '.join(argv[1:3])}` failed (exit {proc.returncode}): {err[-1] if err else ''}"
+                    f"`helm {' '.join(args[:2])}` failed (exit {proc.returncode}): {err[-1] if err else ''}"
                 )
+
+        return run
+
+    def _helm_target(self) -> list[str]:
+        return ["--kube-context", self.context] + (["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else [])
 
     def down(self) -> None:
         """Delete what `up` created: objects in reverse order, created namespaces last (they cascade)."""
@@ -274,46 +231,20 @@ class ExistingBackend(Backend):
                 self.cluster.delete(a.api_version, a.kind, None, a.name)
         self._state_file.unlink(missing_ok=True)
 
-    def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
-        if self._logs is not None:
-            self._logs.close()
-            self._logs = None
-        if self._inventory is not None:
-            self._inventory.close()
-            self._inventory = None
-
     def status(self) -> Status:
         try:
             pods = self.cluster.pod_phases()
             zones = self.check_zones() if self._manifests is not None or self._state().get("manifests") else None
         except BackendError as exc:
-            return Status(self.name, False, f"context {self.context}: {exc}")
+            return Status(self.name, False, f"{self._where}: {exc}")
         running = sum(1 for p in pods.values() if p == "Running")
-        detail = f"context {self.context}: {running}/{len(pods)} pods running"
+        detail = f"{self._where}: {running}/{len(pods)} pods running"
         if zones is not None and zones.problems:
             detail += "; " + "; ".join(zones.problems)
         if zones is not None and zones.extra:
             detail += f"; extra zones: {', '.join(zones.extra)}"
         up = bool(pods) and running == len(pods) and not (zones and zones.problems)
         return Status(self.name, up, detail, pods)
-
-    def inventory(self, path: Path | None = None) -> Inventory:
-        if self._inventory is None:
-            self._inventory = Inventory(path)
-            self.cluster.refresh_inventory(self._inventory)
-            self._watcher = self.cluster.watch_inventory(self._inventory)
-        return self._inventory
-
-    def log_sources(self) -> list[LogSource]:
-        if self._logs is None:
-            self._logs = KubeLogSources(self.cluster)
-        return self._logs.current()
-
-    def nodes(self) -> dict[str, str]:
-        return self.cluster.nodes()
 
     def entrypoints(self) -> dict[str, str]:
         """Zone -> URL from `EH_ENTRYPOINTS` (JSON): on a shared cluster users enter through its own ingress.
@@ -333,15 +264,6 @@ class ExistingBackend(Backend):
         return {str(k): v.rstrip("/") for k, v in data.items()}
 
     # -- chaos ---------------------------------------------------------------
-    def kill_pod(self, zone: str, service: str) -> list[str]:
-        return self.cluster.kill_pods(zone, service)
-
-    def _zone_nodes(self, zone: str) -> list[str]:
-        names = [n.name for n in self.cluster.node_infos() if n.zone == zone]
-        if not names:
-            raise BackendError(f"context {self.context}: no nodes in zone {zone}")
-        return names
-
     def kill_node(self, node: str) -> None:
         self._require_destructive(f"kill_node {node}")
         self.cluster.drain(node)
@@ -407,9 +329,3 @@ class ExistingBackend(Backend):
 
     def clear_link(self, zone: str) -> None:
         self.set_link(zone, 0.0)
-
-    def set_pod_unready(self, zone: str, service: str) -> list[str]:
-        return self.cluster.set_serving(zone, service, False)
-
-    def set_pod_ready(self, zone: str, service: str) -> list[str]:
-        return self.cluster.set_serving(zone, service, True)

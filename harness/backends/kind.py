@@ -28,7 +28,6 @@ Desktop; a port-forward to one zone's Deployment pins the entry zone exactly.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -43,17 +42,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from harness.backends.base import Backend, Inventory, LogSource, Status
+from harness.backends.base import Status
 from harness.backends.kube import (
     LABEL_APP,
     LABEL_POD_ZONE,
-    InventoryWatcher,
     KubeCluster,
-    KubeLogSources,
     NodeInfo,
     ProgressFn,
     api_client_from_kubeconfig,
 )
+from harness.backends.kubebackend import HelmRun, KubeBackend
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
@@ -125,7 +123,7 @@ def _pid_is_port_forward(pid: int) -> bool:
     return b"port-forward" in cmd
 
 
-class KindBackend(Backend):
+class KindBackend(KubeBackend):
     """A kind cluster named `cluster_name`; state (kubeconfig, port-forwards) lives in `workdir`."""
 
     name = "kind"
@@ -141,17 +139,11 @@ class KindBackend(Backend):
         ready_timeout_s: float = 900.0,
         run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
     ) -> None:
+        super().__init__(
+            Path(workdir), manifests=manifests, progress=progress, ready_timeout_s=ready_timeout_s, run=run
+        )
         self.cluster_name = cluster_name
-        self.workdir = Path(workdir)
         self.kubeconfig = Path(kubeconfig) if kubeconfig is not None else self.workdir / "kubeconfig"
-        self._manifests = manifests
-        self.progress: ProgressFn = progress or (lambda _m: None)
-        self.ready_timeout_s = ready_timeout_s
-        self._run_fn = run
-        self._cluster: KubeCluster | None = None
-        self._inventory: Inventory | None = None
-        self._watcher: InventoryWatcher | None = None
-        self._logs: KubeLogSources | None = None
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # port-forwards this process started
 
     @classmethod
@@ -184,50 +176,16 @@ class KindBackend(Backend):
             raise BackendError(f"`{tool} {shown}` failed (exit {proc.returncode}): {err[-1] if err else ''}")
         return proc
 
-    # -- state ---------------------------------------------------------------
+    # -- the cluster ---------------------------------------------------------
     @property
-    def _state_file(self) -> Path:
-        return self.workdir / "state.json"
+    def _where(self) -> str:
+        return f"kind cluster {self.cluster_name}"
 
-    def _state(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self._state_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _save_state(self, **changes: Any) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        state = {**self._state(), **changes}
-        self._state_file.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-
-    def save_artifacts(self, out: Path) -> None:
-        """Pod logs and events of every namespace the manifests use (for the post-mortem)."""
-        namespaces = {str(o["metadata"]["name"]) for o in self.manifests().objects if o.get("kind") == "Namespace"}
-        self.cluster.save_artifacts(out, namespaces)
-
-    def manifests(self) -> Manifests:
-        """The manifests `up` applied (kept by path in the state file, for later processes)."""
-        if self._manifests is None:
-            root = self._state().get("manifests")
-            if not root:
-                raise BackendError(
-                    f"kind cluster {self.cluster_name}: no manifests recorded in {self._state_file}; run up first"
-                )
-            from harness.render.manifests import load
-
-            self._manifests = load(root)
-        return self._manifests
-
-    @property
-    def cluster(self) -> KubeCluster:
-        if self._cluster is None:
-            if not self.kubeconfig.is_file():
-                raise BackendError(
-                    f"kind cluster {self.cluster_name}: no kubeconfig at {self.kubeconfig}; run up first"
-                )
-            self._cluster = KubeCluster(api_client_from_kubeconfig(self.kubeconfig, f"kind-{self.cluster_name}"))
-        return self._cluster
+    def _connect(self) -> KubeCluster:
+        """Through the kubeconfig `kind create` wrote, at kind's context name for the cluster."""
+        if not self.kubeconfig.is_file():
+            raise BackendError(f"{self._where}: no kubeconfig at {self.kubeconfig}; run up first")
+        return KubeCluster(api_client_from_kubeconfig(self.kubeconfig, f"kind-{self.cluster_name}"))
 
     # -- lifecycle -----------------------------------------------------------
     def cluster_exists(self) -> bool:
@@ -262,12 +220,7 @@ class KindBackend(Backend):
         self._helm_install(manifests)
         cluster.forget_discovery()  # the chart brought the Consul CRDs
         cluster.apply(manifests.objects, self.progress)
-        deployments = [
-            (str(o["metadata"].get("namespace", "default")), str(o["metadata"]["name"]))
-            for o in manifests.objects
-            if o["kind"] == "Deployment"
-        ]
-        cluster.wait_deployments_ready(deployments, self.ready_timeout_s, self.progress)
+        self._wait_ready(manifests)
         self.progress("imposing the edge network (hub-and-spoke, service links)")
         for n in self._edge_nodes():
             self._apply_network(n)
@@ -295,20 +248,19 @@ class KindBackend(Backend):
             }
         )
 
-    def _helm_install(self, manifests: Manifests) -> None:
-        chart = manifests.meta.get("chart") or {}
-        release = manifests.meta.get("release") or {"name": "consul", "namespace": "consul"}
+    def _helm_runner(self, manifests: Manifests, chart: dict[str, Any]) -> HelmRun:
+        """kind always installs the chart, so a manifest without a pinned one is refused up front."""
         if not chart.get("repo") or not chart.get("version"):
             raise BackendError(f"{manifests.root}/manifest.json: chart repo/version missing (re-render)")
-        values = self.workdir / "consul-values.yaml"
-        values.write_text(yaml.safe_dump(manifests.helm_values, sort_keys=False))
         self.progress(f"installing Consul (chart {chart['name']} {chart['version']})")
-        self._run("helm", "repo", "add", "hashicorp", str(chart["repo"]), "--force-update")
-        self._run(
-            "helm", "upgrade", "--install", str(release["name"]), f"hashicorp/{chart.get('name', 'consul')}",
-            "--version", str(chart["version"]), "-n", str(release["namespace"]), "--create-namespace",
-            "-f", str(values), "--kubeconfig", str(self.kubeconfig), "--wait", "--timeout", "15m",
-        )  # fmt: skip
+
+        def helm(args: Sequence[str]) -> None:
+            self._run("helm", *args)
+
+        return helm
+
+    def _helm_target(self) -> list[str]:
+        return ["--kubeconfig", str(self.kubeconfig)]
 
     def down(self) -> None:
         self.stop_entrypoints()
@@ -318,48 +270,20 @@ class KindBackend(Backend):
         self._run("kind", "delete", "cluster", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig))
         self._state_file.unlink(missing_ok=True)
 
-    def close(self) -> None:
-        """Stop background watchers and log followers (the cluster stays)."""
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
-        if self._logs is not None:
-            self._logs.close()
-            self._logs = None
-        if self._inventory is not None:
-            self._inventory.close()
-            self._inventory = None
-
     def status(self) -> Status:
         try:
             exists = self.cluster_exists()
         except BackendError as exc:
             return Status(self.name, False, str(exc))
         if not exists:
-            return Status(self.name, False, f"kind cluster {self.cluster_name} does not exist")
+            return Status(self.name, False, f"{self._where} does not exist")
         try:
             pods = self.cluster.pod_phases()
         except BackendError as exc:
-            return Status(self.name, False, f"kind cluster {self.cluster_name}: {exc}")
+            return Status(self.name, False, f"{self._where}: {exc}")
         running = sum(1 for p in pods.values() if p == "Running")
         up = bool(pods) and running == len(pods)
-        return Status(self.name, up, f"kind cluster {self.cluster_name}: {running}/{len(pods)} pods running", pods)
-
-    def inventory(self, path: Path | None = None) -> Inventory:
-        """The live inventory, filled by a list now and kept current by a watch until `close`."""
-        if self._inventory is None:
-            self._inventory = Inventory(path)
-            self.cluster.refresh_inventory(self._inventory)
-            self._watcher = self.cluster.watch_inventory(self._inventory)
-        return self._inventory
-
-    def log_sources(self) -> list[LogSource]:
-        if self._logs is None:
-            self._logs = KubeLogSources(self.cluster)
-        return self._logs.current()
-
-    def nodes(self) -> dict[str, str]:
-        return self.cluster.nodes()
+        return Status(self.name, up, f"{self._where}: {running}/{len(pods)} pods running", pods)
 
     # -- entrypoints ---------------------------------------------------------
     def _entry_deployments(self) -> dict[str, tuple[str, str]]:
@@ -443,12 +367,6 @@ class KindBackend(Backend):
         edge = [n for n in self._node_infos() if n.zone_type and n.zone_type != "availability-zone"]
         return [n for n in edge if zone is None or n.zone == zone]
 
-    def _zone_nodes(self, zone: str) -> list[str]:
-        names = [n.name for n in self._node_infos() if n.zone == zone]
-        if not names:
-            raise BackendError(f"kind cluster {self.cluster_name}: no nodes in zone {zone}")
-        return names
-
     def _link(self, zone: str) -> tuple[float, float, float]:
         """(latency ms, jitter ms, loss %) in force for `zone`: an override, else the topology's."""
         override = (self._state().get("links") or {}).get(zone)
@@ -501,9 +419,6 @@ class KindBackend(Backend):
             self._apply_network(n)
 
     # -- chaos ---------------------------------------------------------------
-    def kill_pod(self, zone: str, service: str) -> list[str]:
-        return self.cluster.kill_pods(zone, service)
-
     def kill_node(self, node: str) -> None:
         self._run("docker", "stop", node)
 
@@ -549,9 +464,3 @@ class KindBackend(Backend):
         parts = set(self._state().get("partitioned") or [])
         self._save_state(partitioned=sorted(parts - {zone}))
         self._reapply_zone(zone)
-
-    def set_pod_unready(self, zone: str, service: str) -> list[str]:
-        return self.cluster.set_serving(zone, service, False)
-
-    def set_pod_ready(self, zone: str, service: str) -> list[str]:
-        return self.cluster.set_serving(zone, service, True)

@@ -188,7 +188,7 @@ class KubeCluster:
         return cls(api_client_from_kubeconfig(kubeconfig, context))
 
     # -- raw REST ------------------------------------------------------------
-    def _send(
+    def request(
         self,
         method: str,
         path: str,
@@ -199,6 +199,10 @@ class KubeCluster:
         stream: bool = False,
         timeout: float | tuple[float, float] | None = 60.0,
     ) -> Any:
+        """One API call; JSON answers are decoded; non-2xx raises `KubeApiError`.
+
+        With `stream` the urllib3 response comes back unread (for follows and watches).
+        """
         headers: dict[str, str | None] = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -227,18 +231,6 @@ class KubeCluster:
             return json.loads(data)
         except ValueError:
             return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        query: Sequence[tuple[str, str]] = (),
-        content_type: str | None = None,
-    ) -> Any:
-        """One API call; JSON answers are decoded; non-2xx raises `KubeApiError`."""
-        return self._send(method, path, body=body, query=query, content_type=content_type)
 
     # -- discovery -----------------------------------------------------------
     def _load_group_version(self, api_version: str) -> dict[str, ResourceRef]:
@@ -336,26 +328,23 @@ class KubeCluster:
             progress(f"applied {i}/{len(ordered)} {applied.kind} {where}{applied.name}")
         return out
 
-    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
-        """Delete one object; False when it was already gone (so `down` is idempotent)."""
+    def _on_item(self, method: str, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        """`method` on one object's URL; False on 404, so a missing object is an answer, not an error."""
         ref = self.resource(api_version, kind)
         try:
-            self.request("DELETE", ref.item(namespace if ref.namespaced else None, name))
+            self.request(method, ref.item(namespace if ref.namespaced else None, name))
         except KubeApiError as exc:
             if exc.status == 404:
                 return False
             raise
         return True
 
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        """Delete one object; False when it was already gone (so `down` is idempotent)."""
+        return self._on_item("DELETE", api_version, kind, namespace, name)
+
     def exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
-        ref = self.resource(api_version, kind)
-        try:
-            self.request("GET", ref.item(namespace if ref.namespaced else None, name))
-        except KubeApiError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return self._on_item("GET", api_version, kind, namespace, name)
 
     # -- readiness -----------------------------------------------------------
     def deployments_ready(self, deployments: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
@@ -495,7 +484,9 @@ class KubeCluster:
                     cname = str(c.get("name"))
                     try:
                         text = self.request(
-                            "GET", f"/api/v1/namespaces/{quote(ns)}/pods/{quote(name)}/log", query=[("container", cname)]
+                            "GET",
+                            f"/api/v1/namespaces/{quote(ns)}/pods/{quote(name)}/log",
+                            query=[("container", cname)],
                         )
                     except (KubeApiError, BackendError) as exc:
                         text = f"log unavailable: {exc}"
@@ -643,7 +634,9 @@ class KubeCluster:
         self, path: str, query: Sequence[tuple[str, str]], read_timeout: float | None = None
     ) -> LineStream:
         """Open a streaming GET (watch, follow) and hand back its lines."""
-        resp = self._send("GET", path, query=query, stream=True, timeout=(10.0, read_timeout) if read_timeout else None)
+        resp = self.request(
+            "GET", path, query=query, stream=True, timeout=(10.0, read_timeout) if read_timeout else None
+        )
         return LineStream(resp)
 
 

@@ -42,44 +42,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from duckdb import DuckDBPyConnection
 
-ACCESSLOG_DIR = "accesslogs"
-INVENTORY_FILE = "inventory.jsonl"
-HOPS_FILE = "hops.jsonl"
+from harness.records import (
+    ACCESSLOG_COLUMNS,
+    ACCESSLOG_DIR,
+    HOPS_FILE,
+    INVENTORY_COLUMNS,
+    INVENTORY_FILE,
+    read_json_sql,
+    sql_str,
+)
 
 SLACK_S = 1.0
 """How far outside a pod's recorded lifetime a hop may still be attributed to it (clock skew, event lag)."""
-
-_ACCESSLOG_COLUMNS = {
-    "start_time": "VARCHAR",
-    "response_code": "VARCHAR",
-    "response_flags": "VARCHAR",
-    "duration": "VARCHAR",
-    "upstream_host": "VARCHAR",
-    "upstream_cluster": "VARCHAR",
-    "caller_pod": "VARCHAR",
-    "caller_service": "VARCHAR",
-    "direction": "VARCHAR",
-}
-
-_INVENTORY_COLUMNS = {
-    "ts": "DOUBLE",
-    "event": "VARCHAR",
-    "pod": "VARCHAR",
-    "ip": "VARCHAR",
-    "node": "VARCHAR",
-    "zone": "VARCHAR",
-    "service": "VARCHAR",
-    "consul_service": "VARCHAR",
-    "namespace": "VARCHAR",
-}
-
-
-def _columns_sql(cols: dict[str, str]) -> str:
-    return "{" + ", ".join(f"'{k}': '{v}'" for k, v in cols.items()) + "}"
-
-
-def _sql_str(value: str | os.PathLike[str]) -> str:
-    return "'" + os.fspath(value).replace("'", "''") + "'"
 
 
 def build_hops(run_dir: Path, slack_s: float = SLACK_S) -> int:
@@ -100,12 +74,12 @@ def build_hops(run_dir: Path, slack_s: float = SLACK_S) -> int:
     spill = run_dir / ".hops-duckdb-tmp"
     con = duckdb.connect()
     try:
-        con.execute(f"SET temp_directory = {_sql_str(spill)}")
+        con.execute(f"SET temp_directory = {sql_str(spill)}")
         con.execute("SET TimeZone = 'UTC'")  # Envoy's START_TIME without an offset is UTC
         _load_inventory(con, inventory)
         _load_accesslogs(con, logs)
         con.execute(_HOPS_SQL.replace("$SLACK", repr(float(slack_s))))
-        con.execute(f"COPY (SELECT * FROM hops ORDER BY ts, caller_pod) TO {_sql_str(tmp)} (FORMAT JSON)")
+        con.execute(f"COPY (SELECT * FROM hops ORDER BY ts, caller_pod) TO {sql_str(tmp)} (FORMAT JSON)")
         row = con.execute("SELECT count(*) FROM hops").fetchone()
         count = int(row[0]) if row else 0
     finally:
@@ -117,12 +91,11 @@ def build_hops(run_dir: Path, slack_s: float = SLACK_S) -> int:
 
 def _load_inventory(con: DuckDBPyConnection, path: Path) -> None:
     """Table `inv` (the raw events) and `intervals`: (pod, ip) with [start, end) from the history."""
-    cols = ", ".join(f"{k} {v}" for k, v in _INVENTORY_COLUMNS.items())
+    cols = ", ".join(f"{k} {v}" for k, v in INVENTORY_COLUMNS.items())
     if path.is_file() and path.stat().st_size > 0:
         sql = f"""
-            CREATE TABLE inv AS SELECT {", ".join(_INVENTORY_COLUMNS)}
-            FROM read_json({_sql_str(path)}, format='newline_delimited', ignore_errors=true,
-                           columns={_columns_sql(_INVENTORY_COLUMNS)})
+            CREATE TABLE inv AS SELECT {", ".join(INVENTORY_COLUMNS)}
+            FROM {read_json_sql(path, INVENTORY_COLUMNS)}
             WHERE ts IS NOT NULL AND pod IS NOT NULL
         """
     else:
@@ -153,19 +126,13 @@ def _load_inventory(con: DuckDBPyConnection, path: Path) -> None:
 
 def _load_accesslogs(con: DuckDBPyConnection, logs: list[Path]) -> None:
     """Table `raw`: the outbound lines, typed, with a row id and the pod each file belongs to."""
-    names = ", ".join(_ACCESSLOG_COLUMNS)
+    names = ", ".join(ACCESSLOG_COLUMNS)
     if not logs:
-        cols = ", ".join(f"{k} {v}" for k, v in _ACCESSLOG_COLUMNS.items())
+        cols = ", ".join(f"{k} {v}" for k, v in ACCESSLOG_COLUMNS.items())
         con.execute(f"CREATE TABLE raw_lines ({cols}, filename VARCHAR)")
     else:
-        files = "[" + ", ".join(_sql_str(p) for p in logs) + "]"
-        con.execute(
-            f"""
-            CREATE TABLE raw_lines AS SELECT {names}, filename
-            FROM read_json({files}, format='newline_delimited', ignore_errors=true, filename=true,
-                           columns={_columns_sql(_ACCESSLOG_COLUMNS)})
-            """
-        )
+        source = read_json_sql(logs, ACCESSLOG_COLUMNS, filename=True)
+        con.execute(f"CREATE TABLE raw_lines AS SELECT {names}, filename FROM {source}")
     con.execute(
         r"""
         CREATE TABLE raw AS

@@ -28,52 +28,8 @@ from pathlib import Path
 
 import duckdb
 
+from harness.records import CHAOS_COLUMNS, HOP_COLUMNS, INVENTORY_COLUMNS, REQUEST_COLUMNS, read_json_sql, sql_str
 from harness.topology import Placement, Topology, load_topology
-
-HOP_COLUMNS = {
-    "ts": "DOUBLE",
-    "caller_pod": "VARCHAR",
-    "caller_service": "VARCHAR",
-    "caller_zone": "VARCHAR",
-    "upstream": "VARCHAR",
-    "upstream_cluster": "VARCHAR",
-    "upstream_host": "VARCHAR",
-    "serving_pod": "VARCHAR",
-    "serving_zone": "VARCHAR",
-    "status": "INTEGER",
-    "flags": "VARCHAR",
-    "duration_ms": "DOUBLE",
-}
-REQUEST_COLUMNS = {
-    "ts": "DOUBLE",
-    "zone": "VARCHAR",
-    "endpoint": "VARCHAR",
-    "name": "VARCHAR",
-    "status": "INTEGER",
-    "latency_ms": "DOUBLE",
-    "ok": "BOOLEAN",
-    "error": "VARCHAR",
-}
-INVENTORY_COLUMNS = {
-    "ts": "DOUBLE",
-    "event": "VARCHAR",
-    "pod": "VARCHAR",
-    "ip": "VARCHAR",
-    "node": "VARCHAR",
-    "zone": "VARCHAR",
-    "service": "VARCHAR",
-}
-CHAOS_COLUMNS = {
-    "ts": "DOUBLE",
-    "fault": "VARCHAR",
-    "phase": "VARCHAR",
-    "action": "VARCHAR",
-    "kind": "VARCHAR",
-    "zone": "VARCHAR",
-    "service": "VARCHAR",
-    "services": "VARCHAR[]",
-    "entry_down": "BOOLEAN",
-}
 
 # A hop failed when no upstream host answered, the upstream answered 5xx, or a
 # TCP hop (status 0) carries an Envoy response flag (UF, UH, UO, URX, ...).
@@ -125,24 +81,12 @@ class RunData:
         return None if row is None else row[0]
 
 
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
-def _read_json_sql(path: Path, columns: dict[str, str]) -> str:
-    cols = ", ".join(f"{_sql_str(k)}: {_sql_str(v)}" for k, v in columns.items())
-    return (
-        f"read_json({_sql_str(str(path))}, format='newline_delimited', columns={{{cols}}}, "
-        "ignore_errors=true, maximum_object_size=16777216)"
-    )
-
-
 def _load_table(
     con: duckdb.DuckDBPyConnection, table: str, path: Path, columns: dict[str, str], where: str = ""
 ) -> None:
     """Create `table` from a JSON-lines file, or empty with the same schema when absent."""
     if path.is_file() and path.stat().st_size > 0:
-        con.execute(f"CREATE TABLE {table} AS SELECT * FROM {_read_json_sql(path, columns)} {where}")
+        con.execute(f"CREATE TABLE {table} AS SELECT * FROM {read_json_sql(path, columns)} {where}")
     else:
         cols = ", ".join(f'"{k}" {v}' for k, v in columns.items())
         con.execute(f"CREATE TABLE {table} ({cols})")
@@ -201,8 +145,8 @@ def _topology_tables(con: duckdb.DuckDBPyConnection, t: Topology) -> None:
 
 def _case(column: str, mapping: dict[str, str], default: str) -> str:
     """A CASE over the topology's few names: cheaper than a join, so it fuses with the scan."""
-    whens = " ".join(f"WHEN {_sql_str(k)} THEN {_sql_str(v)}" for k, v in mapping.items())
-    return f"(CASE {column} {whens} ELSE {_sql_str(default)} END)" if mapping else _sql_str(default)
+    whens = " ".join(f"WHEN {sql_str(k)} THEN {sql_str(v)}" for k, v in mapping.items())
+    return f"(CASE {column} {whens} ELSE {sql_str(default)} END)" if mapping else sql_str(default)
 
 
 def _build_hops(con: duckdb.DuckDBPyConnection, t: Topology, path: Path) -> None:
@@ -227,7 +171,7 @@ def _build_hops(con: duckdb.DuckDBPyConnection, t: Topology, path: Path) -> None
     if path.is_file() and path.stat().st_size > 0:
         source = (
             f"(SELECT * REPLACE (nullif(serving_pod, '') AS serving_pod, nullif(serving_zone, '') AS serving_zone) "
-            f"FROM {_read_json_sql(path, HOP_COLUMNS)} WHERE ts IS NOT NULL)"
+            f"FROM {read_json_sql(path, HOP_COLUMNS)} WHERE ts IS NOT NULL)"
         )
     else:
         cols = ", ".join(f'NULL::{v} AS "{k}"' for k, v in HOP_COLUMNS.items())

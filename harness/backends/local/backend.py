@@ -94,6 +94,9 @@ class LocalBackend(Backend):
         if self.is_up():
             raise BackendError(f"local cluster {self.cluster!r} is already up (harness down first)")
         self.down()  # leftovers of a crashed run
+        # a fresh cluster starts with fresh records: pod names repeat across clusters, and an access
+        # log appended to a previous cluster's file would mix two runs (the run directory keeps copies)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         say = progress or (lambda _m: None)
         log = (self.state_dir / "daemon.out").open("ab")

@@ -26,6 +26,7 @@ from harness.backends.local.mesh import (
     ServiceRef,
     UpstreamConfig,
 )
+from harness.render.consul import ACCESS_LOG_FIELDS
 
 T_CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 T_LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -43,33 +44,8 @@ T_HTTP_OPTS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtoc
 
 LOCAL_APP_CLUSTER = "local_app"
 
-# Consul's default JSON access-log format (agent/xds/accesslogs/accesslogs.go), field for field.
-CONSUL_JSON_LOG_FORMAT: dict[str, str] = {
-    "start_time": "%START_TIME%",
-    "route_name": "%ROUTE_NAME%",
-    "method": "%REQ(:METHOD)%",
-    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-    "protocol": "%PROTOCOL%",
-    "response_code": "%RESPONSE_CODE%",
-    "response_flags": "%RESPONSE_FLAGS%",
-    "response_code_details": "%RESPONSE_CODE_DETAILS%",
-    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
-    "bytes_received": "%BYTES_RECEIVED%",
-    "bytes_sent": "%BYTES_SENT%",
-    "duration": "%DURATION%",
-    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
-    "user_agent": "%REQ(USER-AGENT)%",
-    "request_id": "%REQ(X-REQUEST-ID)%",
-    "authority": "%REQ(:AUTHORITY)%",
-    "upstream_host": "%UPSTREAM_HOST%",
-    "upstream_cluster": "%UPSTREAM_CLUSTER%",
-    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
-    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
-    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
-    "requested_server_name": "%REQUESTED_SERVER_NAME%",
-    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
-}
+# Consul's default JSON access-log format: the renderer's copy is the one place it is written down.
+CONSUL_JSON_LOG_FORMAT: dict[str, str] = ACCESS_LOG_FIELDS
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,228 @@
+"""The fake Kubernetes API server and fixtures shared by the kube, kind and existing backend tests.
+
+`FakeApiServer` is kmock's KubernetesEmulator served over real HTTP from a
+thread, so the official client, urllib3 streaming and our REST paths are all
+exercised for real. Known kmock 0.8 gaps it works around or that the tests
+respect: label/field selectors are ignored (our code filters client-side
+anyway), objects get no status (tests patch it in the way a controller
+would), and kmock cannot route `/api/v1/namespaces[/NAME]` (it takes
+`namespaces` as the namespace segment): `parse_path` is wrapped for exactly
+those two paths.
+
+A test module gets the `api` fixture by importing it as `api as api` (an
+explicit re-export, so pytest finds it and linters see it used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+from kmock._internal import parsing
+
+from harness.backends.kube import LABEL_SERVING, KubeCluster, api_client_from_kubeconfig
+from harness.render import render, write
+from harness.render.manifests import Manifests, load
+from harness.topology.model import load_topology
+
+RESOURCES: dict[str, tuple[str, bool]] = {
+    "v1/namespaces": ("Namespace", False),
+    "v1/nodes": ("Node", False),
+    "v1/pods": ("Pod", True),
+    "v1/services": ("Service", True),
+    "v1/serviceaccounts": ("ServiceAccount", True),
+    "v1/configmaps": ("ConfigMap", True),
+    "v1/secrets": ("Secret", True),
+    "apps/v1/deployments": ("Deployment", True),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
+    "consul.hashicorp.com/v1alpha1/proxydefaults": ("ProxyDefaults", True),
+    "consul.hashicorp.com/v1alpha1/servicedefaults": ("ServiceDefaults", True),
+    "consul.hashicorp.com/v1alpha1/serviceresolvers": ("ServiceResolver", True),
+    "consul.hashicorp.com/v1alpha1/servicerouters": ("ServiceRouter", True),
+    "consul.hashicorp.com/v1alpha1/serviceintentions": ("ServiceIntentions", True),
+}
+
+_orig_parse_path = parsing.parse_path
+
+
+def _parse_path(path: str) -> parsing.ParsedPath:
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) in (3, 4):
+        return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+    return _orig_parse_path(path)
+
+
+class FakeApiServer:
+    """kmock's Kubernetes emulator on 127.0.0.1:<free port>, run from a background thread."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stopped: asyncio.Event | None = None
+        self.log_replies: dict[str, list[Any]] = {}  # pod -> responses of successive log calls
+        self.log_calls: list[dict[str, str]] = []
+        self.kmock: kmock.KubernetesEmulator
+        self.port = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FakeApiServer:
+        parsing.parse_path = _parse_path
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError("fake API server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stopped is not None
+        self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(timeout=15)
+        parsing.parse_path = _orig_parse_path
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        self._stopped = asyncio.Event()
+        async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:
+            self.kmock = k
+            self.port = server.port
+            for key, (kind, namespaced) in RESOURCES.items():
+                k.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced)
+            k["get", kmock.resource("v1/pods"), kmock.subresource("log")] << self._log
+            self._ready.set()
+            await self._stopped.wait()
+
+    def _log(self, request: kmock.Request) -> Any:
+        self.log_calls.append({"pod": str(request.name), **request.params})
+        replies = self.log_replies.get(str(request.name), [])
+        if not replies:
+            return kmock.KubernetesObjectNotFoundError()
+        reply = replies.pop(0)
+        return reply if isinstance(reply, BaseException) else reply.encode()
+
+    # -- helpers for tests -----------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_kubeconfig(self, path: Path, context: str = "fake") -> Path:
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": context, "cluster": {"server": self.url}}],
+                    "users": [{"name": context, "user": {"token": "t"}}],
+                    "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
+                    "current-context": context,
+                }
+            )
+        )
+        return path
+
+    def cluster(self, tmp_path: Path, context: str = "fake") -> KubeCluster:
+        kc = self.write_kubeconfig(tmp_path / f"kubeconfig-{context}", context)
+        return KubeCluster(api_client_from_kubeconfig(kc, context))
+
+    def requests(self) -> list[tuple[str, str, dict[str, str], Any]]:
+        """(method, path, query, body) of every request so far, in arrival order."""
+        return [(str(r.method.value), r.url.path, dict(r.params), r.data) for r in self.raw_requests()]
+
+    def raw_requests(self) -> list[kmock.Request]:
+        return list(self.kmock)
+
+    def writes(self) -> list[tuple[str, str, Any]]:
+        return [(m, p, d) for m, p, _q, d in self.requests() if m in ("POST", "PATCH", "DELETE")]
+
+    def seed(self, cluster: KubeCluster, *objs: dict[str, Any]) -> None:
+        for o in objs:
+            cluster.apply_one(o)
+
+
+def node(name: str, zone: str, zone_type: str, ip: str, cidr: str, region: str = "us-west-2") -> dict[str, Any]:
+    labels = {"topology.kubernetes.io/region": region, "topology.kubernetes.io/zone": zone}
+    if zone_type:
+        labels["edge-harness.io/zone-type"] = zone_type
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"podCIDR": cidr},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+    }
+
+
+def pod(
+    name: str,
+    ns: str,
+    zone: str,
+    app: str,
+    consul: str,
+    ip: str | None,
+    node_name: str,
+    *,
+    serving: bool = True,
+    phase: str = "Running",
+) -> dict[str, Any]:
+    labels = {"app": app, "edge-harness.io/zone": zone, "edge-harness.io/consul-service": consul}
+    if serving:
+        labels[LABEL_SERVING] = "true"
+    status: dict[str, Any] = {"phase": phase, "startTime": "2026-11-25T20:00:00Z"}
+    if ip:
+        status["podIP"] = ip
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": node_name, "containers": [{"name": app}, {"name": "consul-dataplane"}]},
+        "status": status,
+    }
+
+
+def lax_pod(name: str, ip: str, node_name: str = "edge-worker3", app: str = "product-api") -> dict[str, Any]:
+    """A pod of `app` in the lax-1a Local Zone's namespace: the zone most tests aim chaos at."""
+    return pod(name, "hashicups-lax-1a", "us-west-2-lax-1a", app, f"{app}-lax-1a", ip, node_name)
+
+
+T0 = datetime(2026, 11, 25, 20, 0, 0, tzinfo=UTC).timestamp()  # pods' startTime
+
+NODES = [
+    node("edge-worker", "us-west-2a", "availability-zone", "172.18.0.2", "10.244.1.0/24"),
+    node("edge-worker2", "us-west-2b", "availability-zone", "172.18.0.3", "10.244.2.0/24"),
+    node("edge-worker3", "us-west-2-lax-1a", "local-zone", "172.18.0.4", "10.244.3.0/24"),
+    node("edge-worker4", "us-west-2-las-1a", "local-zone", "172.18.0.5", "10.244.4.0/24"),
+    node("edge-worker5", "us-west-2-phx-2a", "local-zone", "172.18.0.6", "10.244.5.0/24"),
+    node("edge-control-plane", "", "", "172.18.0.7", "10.244.0.0/24"),
+]
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    with FakeApiServer() as server:
+        yield server
+
+
+def rendered(tmp_path: Path) -> Manifests:
+    """The default topology rendered into `tmp_path` and loaded, as `harness render` would leave it."""
+    out = tmp_path / "rendered"
+    write(render(load_topology()), out)
+    return load(out)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `cond` (watches and controllers act asynchronously); its last answer once `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
