@@ -377,7 +377,7 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
     na = f.check_only(
         affinity.get("nodeAffinity"),
         "spec.template.spec.affinity.nodeAffinity",
-        {"requiredDuringSchedulingIgnoredDuringExecution", "preferredDuringSchedulingIgnoredDuringExecution"},
+        {"requiredDuringSchedulingIgnoredDuringExecution"},
     )
     terms: list[Term] = []
     req = f.check_only(

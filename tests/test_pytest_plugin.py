@@ -1,0 +1,47 @@
+"""The pytest plugin: options, skips and markers, without bringing up a cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def _ini(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+
+EXAMPLE = """
+import pytest
+
+def test_needs_cluster(eh_cluster):
+    raise AssertionError("must not run without --eh-backend")
+
+@pytest.mark.edge_chaos
+def test_chaos():
+    pass
+
+def test_plain(eh_run):
+    assert eh_run.is_dir()
+"""
+
+
+def test_without_backend_cluster_tests_skip(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(EXAMPLE)
+    res = pytester.runpytest("-rs")
+    res.assert_outcomes(passed=1, skipped=2)  # chaos needs a backend too
+    res.stdout.fnmatch_lines(["*no --eh-backend given*"])
+
+
+def test_destructive_chaos_needs_an_allowed_context(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(EXAMPLE)
+    res = pytester.runpytest("--eh-backend", "existing", "-rs", "-k", "test_chaos")
+    res.assert_outcomes(skipped=1)
+    res.stdout.fnmatch_lines(["*destructive chaos needs*"])
+    res = pytester.runpytest("--eh-backend", "existing", "--eh-allow-context", "nightly", "-k", "test_chaos")
+    res.assert_outcomes(passed=1)
+
+
+def test_options_are_listed(pytester: pytest.Pytester) -> None:
+    res = pytester.runpytest("--help")
+    res.stdout.fnmatch_lines(["*--eh-backend*", "*--eh-topology*", "*--eh-context*", "*--eh-allow-context*"])
