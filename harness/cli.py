@@ -104,6 +104,14 @@ def cmd_up(a: argparse.Namespace) -> int:
 def cmd_down(a: argparse.Namespace) -> int:
     from harness.backends import connect
 
+    if a.all:
+        from harness.backends.local.backend import DEFAULT_STATE_ROOT, LocalBackend
+
+        names = sorted(p.name for p in DEFAULT_STATE_ROOT.iterdir() if p.is_dir()) if DEFAULT_STATE_ROOT.is_dir() else []
+        for name in names:
+            LocalBackend(cluster=name).down()
+            out.print(f"local {name}: down")
+        return EXIT_PASS
     b = connect(_bopts(a))
     b.down()
     out.print(f"{b.name}: down")
@@ -214,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("down", help="remove everything `up` created (idempotent)")
     _backend_args(p)
+    p.add_argument("--all", action="store_true", help="local: every local cluster on this machine (after crashes)")
     p.set_defaults(fn=cmd_down)
 
     p = sub.add_parser("status", help="show the cluster's pods")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -52,3 +54,13 @@ def leftovers(prefix: str) -> list[str]:
         if f"/{prefix}/" in cmd and ("envoy" in cmd or "harness.backends.local" in cmd):
             found.append(f"process {proc.name}: {cmd[:120]}")
     return found
+
+
+def free_ports(n: int, ip: str = "127.0.0.1") -> list[int]:
+    """`n` distinct free ports: every socket stays bound until all are chosen (the kernel may hand a
+    just-closed port out again, which once gave an app and a listener the same port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((ip, 0))
+        return [int(s.getsockname()[1]) for s in socks]

@@ -34,6 +34,7 @@ from harness.backends.local.apps import (
 )
 from harness.backends.local.apps.nginx import ConfigError, build_servers, parse_conf
 from harness.backends.local.apps.public_api import QueryError, parse_query
+from tests.conftest import free_ports
 
 PY = sys.executable
 HOST = "127.0.0.1"
@@ -74,13 +75,6 @@ server {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (loopback only)."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -191,8 +185,7 @@ def stack() -> Iterator[Stack]:
     tmp.chmod(0o711)
     procs = Procs(tmp)
     try:
-        pg_port, product_port, metrics_port = free_port(), free_port(), free_port()
-        public_port, frontend_port, nginx_port = free_port(), free_port(), free_port()
+        pg_port, product_port, metrics_port, public_port, frontend_port, nginx_port = free_ports(6, HOST)
         pg_env = {
             "POSTGRES_DB": "products",
             "POSTGRES_USER": "postgres",
@@ -347,7 +340,7 @@ def test_database_outage_and_recovery(stack: Stack) -> None:
 def test_nginx_upstream_down_is_502(tmp_path: Path) -> None:
     procs = Procs(tmp_path)
     try:
-        port, dead = free_port(), free_port()
+        port, dead = free_ports(2, HOST)
         (tmp_path / "default.conf").write_text(
             f"server {{ listen {port}; location / {{ proxy_pass http://127.0.0.1:{dead}; }} }}\n"
         )
@@ -446,7 +439,7 @@ def test_mounts_resolve_longest_first() -> None:
 def test_frontend_starts_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     procs = Procs(tmp_path)
     try:
-        port = free_port()
+        (port,) = free_ports(1, HOST)
         fe = procs.start("frontend", "frontend", {"PORT": str(port)})
         waited = wait_until(fe, lambda: tcp_open(port), timeout=5)
         assert waited < 3.0, f"frontend took {waited:.2f}s to listen"  # sanity bound; imports are checked below

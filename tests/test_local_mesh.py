@@ -34,6 +34,7 @@ from harness.backends.local.certs import CertAuthority
 from harness.backends.local.mesh import TRUST_DOMAIN, Endpoint, MeshConfig, ServiceRef
 from harness.backends.local.sidecar import Sidecar, find_envoy, parse_upstreams
 from harness.errors import InputError
+from tests.conftest import free_ports
 
 API = "consul.hashicorp.com/v1alpha1"
 SRC = "rendered/consul"
@@ -408,12 +409,6 @@ S((ip, port), H).serve_forever()
 """
 
 
-def free_port(ip: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
-
-
 def wait_port(ip: str, port: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -493,8 +488,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         ("caller", "public-api-lax-1a", m1, "127.0.0.5", "-", "product-api-lax-1a:{u1},catalog-api:{u2},postgres:{u3}"),
         ("intruder", "frontend-lax-1a", m2, "127.0.0.6", "-", "product-api-lax-1a:{u4},product-api:{u5},postgres:{u6}"),
     ]
-    for k in ("u1", "u2", "u3", "u4", "u5", "u6", "A", "B", "P", "-"):
-        e.ports[k] = free_port()
+    names = ("u1", "u2", "u3", "u4", "u5", "u6", "A", "B", "P", "-")
+    # one batch for every port on 127.0.0.1 (apps, upstream listeners, admins): all distinct;
+    # inbound listeners bind each sidecar's own 127.0.0.x, so they cannot clash with these
+    batch = free_ports(len(names) + len(plan))
+    e.ports.update(zip(names, batch, strict=False))
+    admin_ports = batch[len(names) :]
     e.app_argv = {
         "A": [sys.executable, "-c", HTTP_APP, "A", "127.0.0.1", str(e.ports["A"])],
         "B": [sys.executable, "-c", HTTP_APP, "B", "127.0.0.1", str(e.ports["B"])],
@@ -503,8 +502,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     try:
         for app in e.app_argv:
             e.start_app(app)
-        for name, svc, mesh, ip, app, ups in plan:
-            inbound = free_port(ip)
+        for (name, svc, mesh, ip, app, ups), admin_port in zip(plan, admin_ports, strict=True):
+            (inbound,) = free_ports(1, ip)
             sc = Sidecar(
                 mesh,
                 f"{svc}-pod",
@@ -515,7 +514,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 tmp / name,
                 ca,
                 inbound_port=inbound,
-                admin_port=free_port(),
+                admin_port=admin_port,
                 bind_ip=ip,
                 access_log=tmp / "logs" / f"{name}.jsonl",
             )

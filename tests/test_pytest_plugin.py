@@ -11,6 +11,7 @@ pytest_plugins = ["pytester"]
 def _ini(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
 
+
 EXAMPLE = """
 import pytest
 

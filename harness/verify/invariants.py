@@ -99,7 +99,8 @@ DEFINITIONS = {
     "locality": "in-zone hops / hops with an upstream host, outside the pair's fault windows, >= inZoneShare",
     "hub_and_spoke": "no hop of an edge caller served in another edge zone, "
     "none of a Region caller served in an edge zone",
-    "failover_s": "first successful Region-served hop after the last successful non-Region hop, minus inject",
+    "failover_s": "first successful Region-served hop after the last successful non-Region hop, minus inject; "
+    "the window ends at the restore or at the first hop served in-zone by a replacement pod, whichever is first",
     "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop, minus restore",
     "lost": "failed requests entering the zone and failed hops of the affected pairs, from inject to failover "
     "(or to the end of the fault window)",
