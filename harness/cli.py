@@ -22,8 +22,10 @@ from harness.errors import BackendError, HarnessError, InputError
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_BACKEND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# CI logs are not terminals: give tables room instead of rich's 80-column default
+_WIDTH = None if sys.stdout.isatty() else 160
+out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,7 +109,9 @@ def cmd_down(a: argparse.Namespace) -> int:
     if a.all:
         from harness.backends.local.backend import DEFAULT_STATE_ROOT, LocalBackend
 
-        names = sorted(p.name for p in DEFAULT_STATE_ROOT.iterdir() if p.is_dir()) if DEFAULT_STATE_ROOT.is_dir() else []
+        names = (
+            sorted(p.name for p in DEFAULT_STATE_ROOT.iterdir() if p.is_dir()) if DEFAULT_STATE_ROOT.is_dir() else []
+        )
         for name in names:
             LocalBackend(cluster=name).down()
             out.print(f"local {name}: down")

@@ -108,8 +108,15 @@ def test_rendered_mesh_passes(rendered: Path, tmp_path: Path) -> None:
     res = _run(rendered, tmp_path, None, "ehd0")
     assert res.passed, (_failed(res.run_dir), res.messages)
     assert (res.run_dir / "report.html").stat().st_size > 0
-    hops = (res.run_dir / "hops.jsonl").read_text().splitlines()
+    hops = [json.loads(x) for x in (res.run_dir / "hops.jsonl").read_text().splitlines()]
     assert len(hops) > 100
+    # every user request through /api is exactly one frontend -> public-api hop (plus retries):
+    # many more would mean access-log lines were collected twice
+    api_requests = sum(
+        1 for x in (res.run_dir / "requests.jsonl").read_text().splitlines() if json.loads(x)["endpoint"] != "shop"
+    )
+    frontend_hops = sum(1 for h in hops if h["caller_service"] == "frontend")
+    assert api_requests * 0.9 <= frontend_hops <= api_requests * 1.1 + 10, (api_requests, frontend_hops)
 
 
 @pytest.mark.parametrize(

@@ -296,6 +296,21 @@ def test_collector_follows_growing_and_recreated_files_and_new_pods(tmp_path: Pa
     assert col.lines_written == 52
 
 
+def test_collector_copies_each_line_once_when_sources_are_recreated_every_poll(tmp_path: Path) -> None:
+    """A backend may hand out a fresh source object per call (each reading from the file's start)."""
+    log = tmp_path / "a.log"
+    log.write_text("".join(json.dumps({"i": i}) + "\n" for i in range(5)))
+    out = tmp_path / "accesslogs"
+    col = AccessLogCollector(lambda: [FileLogSource("a", log)], out)
+    col.poll_once()
+    with log.open("a") as fh:
+        fh.write('{"i": 5}\n')
+    col.poll_once()
+    col.poll_once()
+    col.stop()
+    assert (out / "a.jsonl").read_text().splitlines() == [json.dumps({"i": i}) for i in range(6)]
+
+
 class _Exploding(LogSource):
     def __init__(self) -> None:
         self.pod = "boom"

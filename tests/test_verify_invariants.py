@@ -18,6 +18,7 @@ from harness.verify.synth import FaultSpec, Scenario, write_run
 
 T = load_topology()
 LAX, LAS, AZ = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2a"
+T_START = Scenario(T).start
 KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 1.5, 2.0)
 
 
@@ -240,3 +241,23 @@ def test_truncated_last_line_is_tolerated(tmp_path: Path) -> None:
     with (d / "hops.jsonl").open("a") as fh:
         fh.write('{"ts": 1764100089.9, "caller_pod": "x", "caller_zo')
     assert verify(d).passed
+
+
+def test_region_only_upstream_needs_no_traffic_after_a_link_fault(tmp_path: Path) -> None:
+    """Pooled postgres connections log nothing until they close: no recovery is asked of them."""
+    f = FaultSpec("slow-link", "link-degraded", LAX, (), 30, 50)
+    rd = run(tmp_path, faults=[f])
+    hops = (rd / "hops.jsonl").read_text().splitlines()
+    kept = [h for h in hops if not (json.loads(h)["upstream"] == "postgres" and json.loads(h)["caller_zone"] == LAX
+                                    and json.loads(h)["ts"] > T_START + 30)]  # fmt: skip
+    assert len(kept) < len(hops)
+    (rd / "hops.jsonl").write_text("\n".join(kept) + "\n")
+    v = verify(rd)
+    assert v.passed, v.failure_messages
+    # ...while an edge upstream with no traffic after the restore is still unverified
+    kept = [h for h in kept if not (json.loads(h)["upstream"] == "product-api" and json.loads(h)["caller_zone"] == LAX
+                                    and json.loads(h)["ts"] > T_START + 50)]  # fmt: skip
+    (rd / "hops.jsonl").write_text("\n".join(kept) + "\n")
+    v = verify(rd)
+    assert FALLBACK in failed(v)
+    assert any("product-api" in m and "no traffic after restore" in m for m in v.fault("slow-link").messages)

@@ -113,7 +113,10 @@ class AccessLogCollector:
     `sources` is called on every poll (a backend's ``log_sources``) so pods
     created during the run are picked up; a source that disappears from the
     list is simply no longer polled (its file stays). Sources are kept by pod
-    name, so re-created source objects for the same pod reuse the same file.
+    name: the first source object seen for a pod is the one polled for the
+    rest of the run, so a backend that hands out a fresh object for the same
+    pod on every call (each reading from the start of the pod's log) cannot
+    make the collector copy the same lines twice.
 
     Use as a context manager or call `start()` / `stop()`; `stop()` does a
     last poll so lines written just before it are kept, closes the files and
@@ -128,6 +131,7 @@ class AccessLogCollector:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._files: dict[str, IO[str]] = {}
+        self._known: dict[str, LogSource] = {}
         self.lines_written = 0
 
     def start(self) -> AccessLogCollector:
@@ -141,11 +145,13 @@ class AccessLogCollector:
     def poll_once(self) -> int:
         """Read every source once and append what it had; returns the number of lines written."""
         total = 0
-        for src in self._sources():
+        for offered in self._sources():
+            src = self._known.setdefault(offered.pod, offered)
             fh = self._files.get(src.pod)
             n = 0
             for line in src.read():
                 if fh is None:
+                    self.out_dir.mkdir(parents=True, exist_ok=True)
                     fh = self._files[src.pod] = (self.out_dir / pod_file_name(src.pod)).open("a", encoding="utf-8")
                 fh.write(line.rstrip("\r\n") + "\n")
                 n += 1

@@ -252,6 +252,16 @@ class Checker:
         )
         return min(fault_end, float(back) - 1e-6) if back is not None else fault_end
 
+    def _edge_pairs(self, zone_pairs: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+        """Pairs whose upstream is edge-placed: only they have an in-zone service to recover to.
+
+        A Region-only upstream (postgres) is served from the Region before, during
+        and after any fault (the shared-services invariant checks that); its TCP
+        hops are logged only when a pooled connection closes, so "no traffic after
+        restore" would say nothing about recovery.
+        """
+        return [(u, c) for u, c in zone_pairs if self._placement(u) != "region"]
+
     def _next_fault_in_zone(self, f: Fault, after: float) -> float:
         nxt = [g.inject for g in self.run.faults if g.zone == f.zone and g.fault != f.fault and g.inject > after]
         return min(nxt, default=max(self.run_end, after))
@@ -285,10 +295,10 @@ class Checker:
                         "failover not applicable"
                     )
             elif f.kind == "zone-down":
-                recovery_pairs = zone_pairs
+                recovery_pairs = self._edge_pairs(zone_pairs)
                 excluded_upstreams = [u for u, _ in zone_pairs]
             else:
-                recovery_pairs = zone_pairs
+                recovery_pairs = self._edge_pairs(zone_pairs)
                 excluded_upstreams = []
 
             failover_s: float | None = None
