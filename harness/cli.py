@@ -142,22 +142,21 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def cmd_traffic(a: argparse.Namespace) -> int:
     from harness.backends import connect
+    from harness.e2e import record_traffic
     from harness.run import new_run_dir
-    from harness.traffic import run_traffic
 
     b = connect(_bopts(a))
     run_dir = a.run_dir or new_run_dir(label="traffic")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    res = run_traffic(b.entrypoints(), run_dir, users=a.users, spawn_rate=a.users,
-                      duration_s=a.duration, shape=a.shape, processes=a.processes)  # fmt: skip
-    out.print(f"{res.requests} requests, {res.failures} failed, {res.rps:.0f}/s  ->  {res.requests_file}")
+    res = record_traffic(b, run_dir, a.users, a.duration, a.shape, a.processes)
+    out.print(f"{res.requests} requests, {res.failures} failed, {res.rps:.0f}/s  ->  {run_dir}")
     return EXIT_PASS
 
 
 def cmd_chaos(a: argparse.Namespace) -> int:
-    from harness.chaos import run_experiment
+    from harness.chaos import check_experiment, run_experiment
     from harness.run import new_run_dir
 
+    check_experiment(a.experiment)  # bad input: nothing is created
     run_dir = a.run_dir or new_run_dir(label="chaos")
     res = run_experiment(a.experiment, run_dir, _bopts(a))
     out.print(f"chaos: {res.status}{' (hypothesis deviated)' if res.deviated else ''}; journal {res.journal}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,9 +68,54 @@ def prepare_manifests(opts: E2EOptions, run_dir: Path) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
+    """Record what the mesh says while the body runs: access logs, then inventory and artifacts.
+
+    Whatever ends the body (success, a failed step, Ctrl-C), what was recorded
+    is on disk afterwards: the collector flushes as it goes and does a last
+    poll, and the inventory and the artifacts are saved before the caller may
+    take the cluster down.
+    """
+    from harness.observe import AccessLogCollector
+
+    collector = AccessLogCollector(backend.log_sources, run_dir / "accesslogs")
+    collector.start()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            collector.stop()
+        with contextlib.suppress(Exception):
+            _save_inventory(backend, run_dir)
+        with contextlib.suppress(Exception):
+            _save_artifacts(backend, run_dir)  # kept for the post-mortem, taken before the cluster goes
+
+
+def record_traffic(
+    backend: Backend, run_dir: Path, users: int, duration_s: float, shape: str = "steady", processes: int = 1
+) -> Any:
+    """`harness traffic` for game days: a complete run directory that `harness verify` can judge.
+
+    Chaos run meanwhile from another terminal with `harness chaos --run-dir` the
+    same directory adds the timeline.
+    """
+    from harness.observe import build_hops
+    from harness.traffic import run_traffic
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "manifests").exists():
+        copy_manifests(backend.manifests().root, run_dir)
+    with recording(backend, run_dir):
+        result = run_traffic(backend.entrypoints(), run_dir, users=users, spawn_rate=users, duration_s=duration_s,
+                             shape=shape, processes=processes)  # fmt: skip
+    build_hops(run_dir)
+    return result
+
+
 def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] = print) -> E2EResult:
     from harness.chaos import check_experiment, run_experiment
-    from harness.observe import AccessLogCollector, build_hops
+    from harness.observe import build_hops
     from harness.render.manifests import load
     from harness.report import write_junit, write_report
     from harness.traffic import TrafficRunner
@@ -92,41 +137,31 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     backend = connect(bopts)
     messages: list[str] = []
     chaos_ok = True
-    collector = None
     try:
         backend.up(manifests, progress=lambda m: say(f"up: {m}"))
-        collector = AccessLogCollector(backend.log_sources, run_dir / "accesslogs")
-        collector.start()
-        entry = backend.entrypoints()
-        say(f"traffic: {opts.users} users over {len(entry)} zones")
-        # duration is only a bound: the runner is stopped when the context exits
-        with TrafficRunner(
-            entry,
-            run_dir,
-            users=opts.users,
-            spawn_rate=opts.spawn_rate,
-            duration_s=TRAFFIC_BOUND_S,
-            processes=opts.processes,
-        ):
-            time.sleep(opts.warmup_s)
-            for exp in opts.experiments:
-                say(f"chaos: {exp}")
-                res = run_experiment(exp, run_dir, bopts)
-                if not res.ok:
-                    chaos_ok = False
-                    messages.append(f"chaos experiment {exp.name}: {res.status}{' (deviated)' if res.deviated else ''}")
-                say(f"chaos: {exp.name} {res.status}")
-            time.sleep(opts.cooldown_s)
-        collector.stop()
-        collector = None
+        with recording(backend, run_dir):
+            entry = backend.entrypoints()
+            say(f"traffic: {opts.users} users over {len(entry)} zones")
+            # duration is only a bound: the runner is stopped when the context exits
+            with TrafficRunner(
+                entry,
+                run_dir,
+                users=opts.users,
+                spawn_rate=opts.spawn_rate,
+                duration_s=TRAFFIC_BOUND_S,
+                processes=opts.processes,
+            ):
+                time.sleep(opts.warmup_s)
+                for exp in opts.experiments:
+                    say(f"chaos: {exp}")
+                    res = run_experiment(exp, run_dir, bopts)
+                    if not res.ok:
+                        chaos_ok = False
+                        deviated = " (deviated)" if res.deviated else ""
+                        messages.append(f"chaos experiment {exp.name}: {res.status}{deviated}")
+                    say(f"chaos: {exp.name} {res.status}")
+                time.sleep(opts.cooldown_s)
     finally:
-        if collector is not None:
-            with contextlib.suppress(Exception):
-                collector.stop()
-        with contextlib.suppress(Exception):
-            _save_inventory(backend, run_dir)
-        with contextlib.suppress(Exception):
-            _save_artifacts(backend, run_dir)  # kept for the post-mortem, taken before the cluster goes
         if not opts.keep:
             say("down")
             backend.down()

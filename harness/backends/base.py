@@ -154,6 +154,10 @@ class Backend(ABC):
         """Create the cluster (if the backend owns one) and apply the manifests; `progress` gets one line per step."""
 
     @abstractmethod
+    def manifests(self) -> Manifests:
+        """The manifests the running cluster was brought up with (for a later process's run directory)."""
+
+    @abstractmethod
     def down(self) -> None:
         """Remove everything `up` created. Idempotent; works after a crash."""
 

@@ -98,6 +98,7 @@ class LocalBackend(Backend):
         # log appended to a previous cluster's file would mix two runs (the run directory keeps copies)
         shutil.rmtree(self.state_dir, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "manifests.path").write_text(str(Path(manifests.root).resolve()))
         say = progress or (lambda _m: None)
         log = (self.state_dir / "daemon.out").open("ab")
         proc = subprocess.Popen(
@@ -164,6 +165,15 @@ class LocalBackend(Backend):
         if b"harness.backends.local.daemon" not in cmdline or str(self.state_dir).encode() not in cmdline:
             return None
         return pid
+
+    def manifests(self) -> Manifests:
+        from harness.render.manifests import load
+
+        try:
+            root = (self.state_dir / "manifests.path").read_text().strip()
+        except FileNotFoundError:
+            raise BackendError(f"local cluster {self.cluster!r} was never brought up (no manifests recorded)") from None
+        return load(root)
 
     def status(self) -> Status:
         ph = self._phase()
