@@ -219,3 +219,81 @@ def test_unsupported_manifest_field_is_refused_before_anything_starts(manifests_
     assert "spec.template.spec.hostNetwork" in str(exc.value) and "frontend-lax-1a" in str(exc.value)
     assert leftovers("ehbad") == []
     assert not (b.state_dir / "daemon.json").exists()
+
+
+def _wait(cond, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _zone_phases(b: LocalBackend, zone: str) -> dict[str, str]:
+    phases = b.status().pods
+    return {p.service: phases.get(p.pod, "") for p in b.inventory().pods(alive_only=True) if p.zone == zone}
+
+
+def test_unready_takes_pods_out_of_service_and_back(cluster: LocalBackend) -> None:
+    pods = cluster.set_pod_unready(PHX, "public-api")
+    assert pods and _zone_phases(cluster, PHX)["public-api"] == "Unready"
+    # the zone's shop still answers: frontend's sidecar fails over to the Region's public-api
+    r = httpx.post(cluster.entrypoints()[PHX] + "/api", json=COFFEES, timeout=5)
+    assert r.status_code == 200
+    assert cluster.set_pod_ready(PHX, "public-api") == pods
+    assert _wait(lambda: _zone_phases(cluster, PHX)["public-api"] == "Ready", 10)
+
+
+def test_node_kill_and_zone_outage_take_pods_down_until_restored(cluster: LocalBackend) -> None:
+    nodes = cluster.nodes()
+    lax_node = next(n for n, z in nodes.items() if z == LAX)
+    before = {p.pod for p in cluster.inventory().pods(alive_only=True) if p.zone == LAX}
+    cluster.kill_node(lax_node)
+    assert not any(p.zone == LAX for p in cluster.inventory().pods(alive_only=True))
+    time.sleep(3)  # longer than the restart delay: the pods stay Pending while their node is down
+    assert not any(p.zone == LAX for p in cluster.inventory().pods(alive_only=True))
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(cluster.entrypoints()[LAX] + "/", timeout=3).raise_for_status()
+    cluster.restore_node(lax_node)
+    assert _wait(
+        lambda: _zone_phases(cluster, LAX) == dict.fromkeys(("frontend", "public-api", "product-api"), "Ready")
+    )
+    after = {p.pod for p in cluster.inventory().pods(alive_only=True) if p.zone == LAX}
+    assert before.isdisjoint(after)  # new pods, new names (and new IPs)
+    # the dead pods keep their history in the inventory
+    assert all(cluster.inventory().get(p) is not None and cluster.inventory().get(p).ended for p in before)  # type: ignore[union-attr]
+
+    cluster.zone_outage(LAS)
+    assert not any(p.zone == LAS for p in cluster.inventory().pods(alive_only=True))
+    cluster.restore_zone(LAS)
+    assert _wait(lambda: len(_zone_phases(cluster, LAS)) == 3 and set(_zone_phases(cluster, LAS).values()) == {"Ready"})
+
+
+def test_link_latency_and_partition_primitives(cluster: LocalBackend) -> None:
+    inv = {p.pod: p for p in cluster.inventory().pods(alive_only=True)}
+    phx_pub = _pod(cluster, PHX, "public-api")
+    region = inv[_pod(cluster, "us-west-2a", "public-api")]
+    ns = _ns_of(cluster, phx_pub)
+    base = _http_rtt_ms(ns, region.ip, 8080)
+    cluster.set_link(PHX, 80.0)
+    slow = _http_rtt_ms(ns, region.ip, 8080)
+    cluster.clear_link(PHX)
+    again = _http_rtt_ms(ns, region.ip, 8080)
+    assert base is not None and slow is not None and again is not None
+    assert slow - base >= 60.0 and again < slow - 40.0, (base, slow, again)
+    cluster.partition_zone(PHX)
+    try:
+        assert _http_rtt_ms(ns, region.ip, 8080) is None
+    finally:
+        cluster.heal_zone(PHX)
+    assert _http_rtt_ms(ns, region.ip, 8080) is not None
+
+
+def test_unknown_targets_are_clear_errors(cluster: LocalBackend) -> None:
+    from harness.errors import BackendError
+
+    with pytest.raises(BackendError, match="no live nosuch pod"):
+        cluster.kill_pod(LAX, "nosuch")
+    with pytest.raises(BackendError, match="no node"):
+        cluster.kill_node("nowhere-n1")
