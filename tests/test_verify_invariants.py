@@ -261,3 +261,35 @@ def test_region_only_upstream_needs_no_traffic_after_a_link_fault(tmp_path: Path
     v = verify(rd)
     assert FALLBACK in failed(v)
     assert any("product-api" in m and "no traffic after restore" in m for m in v.fault("slow-link").messages)
+
+
+def _plant_region_hops(rd: Path, zone: str, at: list[float]) -> None:
+    """Copy one of `zone`'s product-api hops to each time in `at`, served by a Region pod instead."""
+    lines = (rd / "hops.jsonl").read_text().splitlines()
+    local = next(
+        json.loads(h)
+        for h in lines
+        if json.loads(h)["caller_zone"] == zone and json.loads(h)["upstream"] == "product-api"
+    )
+    region = next(
+        json.loads(h)
+        for h in lines
+        if json.loads(h)["caller_zone"] == AZ and json.loads(h)["upstream"] == "product-api"
+    )
+    for ts in at:
+        lines.append(json.dumps({**local, "ts": ts, "upstream_host": region["upstream_host"],
+                                 "serving_pod": region["serving_pod"], "serving_zone": region["serving_zone"]}))  # fmt: skip
+    (rd / "hops.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_partition_excludes_the_zone_from_locality_but_not_forever(tmp_path: Path) -> None:
+    """Outlier ejection after a partition heals may send a few hops to the Region: that is recovery."""
+    f = FaultSpec("cut", "partition", LAX, (), 30, 40, entry_down=True)
+    rd = run(tmp_path, faults=[f])
+    _plant_region_hops(rd, LAX, [T_START + 35, T_START + 40.5])
+    v = verify(rd)
+    assert LOCALITY not in failed(v), v.failure_messages
+    # the same misplaced hops under a link-degraded fault (traffic must stay in-zone) break locality
+    rd2 = run(tmp_path / "b", faults=[FaultSpec("slow", "link-degraded", LAX, (), 30, 40)])
+    _plant_region_hops(rd2, LAX, [T_START + 35, T_START + 36])
+    assert LOCALITY in failed(verify(rd2))

@@ -17,8 +17,10 @@ reader of a copied verdict does not need this file):
   a zone count as out of zone (the verifier cannot prove otherwise). A fault
   window of a pair runs from the inject to restore + the measured recovery (or
   + `maxRecoveryS` when recovery was not measured); service-down excludes the
-  listed services' pairs, zone-down all pairs of the zone; link-degraded and
-  partition exclude nothing (the zone's own instances stay healthy).
+  listed services' pairs, zone-down and partition all pairs of the zone (a
+  partitioned zone's pods fail on their Region-only dependencies and may stay
+  outlier-ejected for a while after the heal); link-degraded excludes nothing:
+  under latency, traffic must stay in-zone.
 - Hub-and-spoke: zero tolerance, in every window. A hop of an edge caller
   served in an edge zone other than its own, or of a Region caller served in an
   edge zone (or in a zone the topology does not know) fails it.
@@ -28,7 +30,8 @@ reader of a copied verdict does not need this file):
   within [inject, restore]; `failover_s` = F - inject. Failed hops are neutral
   for F and counted as lost. Recovery, for every pair the fault touched
   (service-down: those pairs; zone-down, partition, link-degraded: every pair
-  of the zone): R = the first successful hop served where it belongs (in-zone,
+  of the zone with an edge-placed upstream, the only ones with an in-zone
+  service to come back to): R = the first successful hop served where it belongs (in-zone,
   or the Region for Region callers and Region-placed upstreams) after the last
   successful hop served elsewhere, within [restore, next fault in the zone or
   end of run]; `recovery_s` = R - restore. No hop at all for the pair during
@@ -294,7 +297,10 @@ class Checker:
                         f"no mesh caller of {', '.join(sorted(down)) or 'any service'} stays up in {f.zone}: "
                         "failover not applicable"
                     )
-            elif f.kind == "zone-down":
+            elif f.kind in ("zone-down", "partition"):
+                # A partitioned zone is impaired as a whole: its Region-only dependencies are out
+                # of reach, its pods answer 5xx, and outlier detection may eject them for a while
+                # after the heal. Locality is not judged then; recovery is.
                 recovery_pairs = self._edge_pairs(zone_pairs)
                 excluded_upstreams = [u for u, _ in zone_pairs]
             else:
