@@ -277,8 +277,8 @@ def _plant_region_hops(rd: Path, zone: str, at: list[float]) -> None:
         if json.loads(h)["caller_zone"] == AZ and json.loads(h)["upstream"] == "product-api"
     )
     for ts in at:
-        lines.append(json.dumps({**local, "ts": ts, "upstream_host": region["upstream_host"],
-                                 "serving_pod": region["serving_pod"], "serving_zone": region["serving_zone"]}))  # fmt: skip
+        served = {k: region[k] for k in ("upstream_host", "serving_pod", "serving_zone")}
+        lines.append(json.dumps({**local, "ts": ts, **served}))
     (rd / "hops.jsonl").write_text("\n".join(lines) + "\n")
 
 
