@@ -136,3 +136,21 @@ def test_seeded_misconfiguration_fails(
     assert not res.passed
     failed = _failed(res.run_dir)
     assert invariant in failed, failed
+
+
+def test_node_zone_and_service_link_experiments_pass_on_the_rendered_mesh(rendered: Path, tmp_path: Path) -> None:
+    """Every shipped experiment runs end to end (the default one, edge-outage, runs in `make e2e`)."""
+    mdir = tmp_path / "manifests"
+    shutil.copytree(rendered, mdir)
+    experiments = [REPO / "experiments" / f for f in ("node-kill.json", "zone-outage.json", "service-link.json")]
+    opts = E2EOptions(manifests=mdir, experiments=experiments, users=8, spawn_rate=8, warmup_s=4, cooldown_s=6,
+                      runs_root=tmp_path / "runs")  # fmt: skip
+    try:
+        res = run_e2e(opts, BackendOptions(name="local", cluster="ehd2"), say=lambda _m: None)
+    finally:
+        assert leftovers("ehd2") == []
+    assert res.chaos_ok, res.messages
+    assert res.passed, (_failed(res.run_dir), res.verdict.failure_messages)
+    kinds = {f.kind for f in res.verdict.faults}
+    assert kinds == {"service-down", "zone-down", "link-degraded", "partition"}
+    assert all(f.restore is not None for f in res.verdict.faults)
