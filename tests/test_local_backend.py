@@ -297,3 +297,39 @@ def test_unknown_targets_are_clear_errors(cluster: LocalBackend) -> None:
         cluster.kill_pod(LAX, "nosuch")
     with pytest.raises(BackendError, match="no node"):
         cluster.kill_node("nowhere-n1")
+
+
+def test_enterprise_edition_runs_with_namespaces_and_fails_over(tmp_path: Path) -> None:
+    """The Enterprise rendering (a namespace per zone, failover to the Region namespace) on the same backend."""
+    from harness.topology import Edition
+
+    write(render(load_topology(), Edition.ENTERPRISE), tmp_path / "m")
+    b = LocalBackend(cluster="ehent")
+    try:
+        b.up(load(tmp_path / "m"))
+        for zone, url in b.entrypoints().items():
+            assert httpx.post(url + "/api", json=COFFEES, timeout=5).status_code == 200, zone
+        region_ips = {p.ip for p in b.inventory().pods(alive_only=True) if p.zone in ("us-west-2a", "us-west-2b")}
+        caller = _pod(b, LAX, "public-api")
+        t_kill = time.time()
+        b.kill_pod(LAX, "product-api")
+        url = b.entrypoints()[LAX]
+        codes = [httpx.post(url + "/api", json=COFFEES, timeout=5).status_code for _ in range(20)]
+        assert codes.count(200) >= 19, codes
+        time.sleep(0.5)  # access logs are flushed every 200 ms
+        hops = _hops_to(b, caller, t_kill)
+        assert any(str(h["upstream_host"]).rsplit(":", 1)[0] in region_ips for h in hops), "no failover to the Region"
+    finally:
+        b.down()
+    assert leftovers("ehent") == []
+
+
+def test_second_up_is_refused_and_bad_cluster_names_are_rejected(cluster: LocalBackend, manifests_dir: Path) -> None:
+    from harness.errors import BackendError
+
+    with pytest.raises(BackendError, match="already up"):
+        LocalBackend(cluster=CLUSTER).up(load(manifests_dir))
+    assert cluster.status().up  # the running cluster was not touched
+    for bad in ("has-dash", "waytoolongname", ""):
+        with pytest.raises(BackendError, match="at most 8 letters/digits"):
+            LocalBackend(cluster=bad)
