@@ -12,12 +12,15 @@ BACKEND   ?= auto
 TOPOLOGY  ?= fixtures/topology.yaml
 EDITION   ?=
 EXPERIMENT?= experiments/edge-outage.json
-RUN_DIR   ?=
+CONTEXT   ?=
+ALLOW_CONTEXT ?=
 PYTEST_ARGS ?=
+# backend flags, shared by every target that talks to a cluster
+BFLAGS    = --backend $(BACKEND) $(if $(CONTEXT),--context $(CONTEXT)) $(if $(ALLOW_CONTEXT),--allow-context $(ALLOW_CONTEXT))
 
 APT_PKGS  := nftables iproute2 chromium procps
 
-.PHONY: all e2e test lint bench clean chaos render up down status venv deps
+.PHONY: all e2e nightly test lint bench clean chaos render up down status venv deps
 
 all: test
 
@@ -42,19 +45,25 @@ render: deps
 	$(BIN)/harness render --topology $(TOPOLOGY) $(if $(EDITION),--edition $(EDITION)) --out out/manifests
 
 e2e: deps
-	$(BIN)/harness e2e --backend $(BACKEND) --topology $(TOPOLOGY) $(if $(EDITION),--edition $(EDITION)) --experiment $(EXPERIMENT)
+	$(BIN)/harness e2e $(BFLAGS) --topology $(TOPOLOGY) $(if $(EDITION),--edition $(EDITION)) --experiment $(EXPERIMENT)
+
+# Nightly against EKS with Local Zones: make nightly CONTEXT=<kube context> (destructive chaos allowed there)
+nightly: deps
+	@test -n "$(CONTEXT)" || { echo "make nightly: CONTEXT=<kubeconfig context> is required" >&2; exit 2; }
+	$(BIN)/harness e2e --backend existing --context $(CONTEXT) --allow-context $(CONTEXT) --topology $(TOPOLOGY) \
+	  --experiment experiments/edge-outage.json --experiment experiments/node-kill.json --experiment experiments/zone-outage.json
 
 chaos: deps
-	$(BIN)/harness chaos --backend $(BACKEND) $(EXPERIMENT)
+	$(BIN)/harness chaos $(BFLAGS) $(EXPERIMENT)
 
 up: deps
-	$(BIN)/harness up --backend $(BACKEND) --topology $(TOPOLOGY)
+	$(BIN)/harness up $(BFLAGS) --topology $(TOPOLOGY)
 
 down: deps
-	$(BIN)/harness down --backend $(BACKEND)
+	$(BIN)/harness down $(BFLAGS)
 
 status: deps
-	$(BIN)/harness status --backend $(BACKEND)
+	$(BIN)/harness status $(BFLAGS)
 
 test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -42,6 +42,9 @@ def repo_root() -> Path:
 def leftovers(prefix: str) -> list[str]:
     """Namespaces and processes of a local cluster that should be gone after `down`."""
     found: list[str] = []
+    state_dir = Path(os.environ.get("EH_STATE_ROOT", "/run/edge-harness")) / prefix
+    if state_dir.exists():
+        found.append(f"state dir {state_dir}")
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     found += [f"netns {n}" for n in ns if n.startswith(prefix + "-")]
     for proc in Path("/proc").iterdir():

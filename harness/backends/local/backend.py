@@ -146,14 +146,12 @@ class LocalBackend(Backend):
                 if not _wait_gone(pid, 15):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-        cleanup(self.state_dir / "state.json")
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / "api.sock").unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / "daemon.pid").unlink()
-        if (self.state_dir / "daemon.json").exists():
-            with contextlib.suppress(OSError):
-                (self.state_dir / "daemon.json").unlink()
+        report = cleanup(self.state_dir / "state.json")
+        if report.errors:
+            # keep the state file: a second `down` retries exactly what is left
+            raise BackendError(f"local cluster {self.cluster!r}: cleanup incomplete: {'; '.join(report.errors)}")
+        # Records a run needs were copied into its run directory (e2e, `harness traffic`) before this.
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def _daemon_pid(self) -> int | None:
         """The daemon's PID if it is still the process we started (checked by its cmdline)."""
