@@ -293,3 +293,19 @@ def test_partition_excludes_the_zone_from_locality_but_not_forever(tmp_path: Pat
     rd2 = run(tmp_path / "b", faults=[FaultSpec("slow", "link-degraded", LAX, (), 30, 40)])
     _plant_region_hops(rd2, LAX, [T_START + 35, T_START + 36])
     assert LOCALITY in failed(verify(rd2))
+
+
+def test_silent_postgres_is_reported_but_a_postgres_pod_in_an_lz_fails(tmp_path: Path) -> None:
+    """Pooled TCP connections may log nothing all run; where postgres ran is still checked."""
+    rd = run(tmp_path)
+    hops = [h for h in (rd / "hops.jsonl").read_text().splitlines() if json.loads(h)["upstream"] != "postgres"]
+    (rd / "hops.jsonl").write_text("\n".join(hops) + "\n")
+    v = verify(rd)
+    assert SHARED_SERVICES not in failed(v), v.failure_messages
+    ev = {"ts": T_START + 1, "event": "added", "pod": "postgres-lz-1", "ip": "10.9.9.9", "node": "lax-1a-n1"}
+    ev |= {"zone": LAX, "service": "postgres", "consul_service": "postgres", "namespace": "hashicups-lax-1a"}
+    with (rd / "inventory.jsonl").open("a") as fh:
+        fh.write(json.dumps(ev) + "\n")
+    v = verify(rd)
+    assert SHARED_SERVICES in failed(v)
+    assert any("postgres-lz-1 (postgres) in us-west-2-lax-1a" in m for m in v.failure_messages), v.failure_messages

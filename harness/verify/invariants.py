@@ -556,6 +556,12 @@ class Checker:
             [z, u],
         )
 
+    def _protocol(self, u: str) -> str:
+        try:
+            return self.t.service(u).protocol
+        except KeyError:
+            return "http"
+
     def _placement(self, u: str) -> str:
         try:
             return self.t.service(u).placement.value
@@ -636,7 +642,10 @@ class Checker:
             )
             if total == 0:
                 pr.status = NO_TRAFFIC
-                if self._no_traffic_fails(z):
+                # Envoy logs a TCP hop when its connection closes: a pooled connection kept open for
+                # the whole run leaves no record, so silence is reported for TCP, not failed (the
+                # placement check below still sees where the service ran).
+                if self._no_traffic_fails(z) and self._protocol(u) != "tcp":
                     pr.status = FAIL
                     pr.message = f"shared-services: {z} -> {u}: no traffic (unverified)"
             if elsewhere:
@@ -650,6 +659,22 @@ class Checker:
             if pr.status == FAIL:
                 failures.append(pr.message)
             results.append(pr)
+        # Where Region-only services ran, from the inventory: a pod of one in an edge zone can serve
+        # hops that pooled TCP connections never log, so its placement alone is a violation.
+        misplaced = self.con.execute(
+            """
+            SELECT i.pod, i.service, i.zone, min(i.ts) FROM inventory i
+            JOIN services s ON s.name = i.service JOIN zones z ON z.name = i.zone
+            WHERE i.event = 'added' AND s.placement = 'region' AND z.kind <> 'region'
+            GROUP BY ALL ORDER BY 4
+            """
+        ).fetchall()
+        if misplaced:
+            pod, svc, zone, ts = misplaced[0]
+            failures.append(
+                f"shared-services: {len(misplaced)} pod(s) of Region-only services ran outside the Region, "
+                f"first {pod} ({svc}) in {zone} at {iso(ts)}"
+            )
         if self.total_hops == 0:
             failures.insert(0, "shared-services: no hops recorded (hops.jsonl missing or empty): unverified")
         msg = self._summary(SHARED_SERVICES, failures, "every hop to a Region-only service was served in the Region")

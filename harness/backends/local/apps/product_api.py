@@ -36,6 +36,7 @@ import queue
 import re
 import sys
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -115,21 +116,36 @@ class Database:
 
     At most `size` connections exist; callers beyond that wait. Connections
     are autocommit (read-only queries, no transaction left open on an
-    abandoned connection).
+    abandoned connection). A connection older than `max_lifetime_s` is closed
+    instead of reused (Go's `sql.DB.SetConnMaxLifetime`, as services commonly
+    set it): Envoy writes a TCP access-log line only when a connection closes,
+    so recycled connections keep the postgres hops visible during a run.
     """
 
-    def __init__(self, dsn: str, size: int = 8, connect_timeout: int = 3) -> None:
+    def __init__(self, dsn: str, size: int = 8, connect_timeout: int = 3, max_lifetime_s: float = 5.0) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
-        self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
+        self.max_lifetime_s = max_lifetime_s
+        self._idle: queue.LifoQueue[tuple[psycopg.Connection[Any], float]] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
 
     def _flush_idle(self) -> None:
         while True:
             try:
-                conn = self._idle.get_nowait()
+                conn, _born = self._idle.get_nowait()
             except queue.Empty:
                 return
+            conn.close()
+
+    def _idle_conn(self) -> tuple[psycopg.Connection[Any], float] | None:
+        """A pooled connection young enough to reuse (older ones are closed on the way)."""
+        while True:
+            try:
+                conn, born = self._idle.get_nowait()
+            except queue.Empty:
+                return None
+            if time.monotonic() - born < self.max_lifetime_s:
+                return conn, born
             conn.close()
 
     def _new(self) -> psycopg.Connection[Any]:
@@ -143,12 +159,13 @@ class Database:
         """
         with self._slots:
             for attempt in range(2):
-                try:
-                    conn = self._idle.get_nowait()
+                pooled = self._idle_conn()
+                if pooled is not None:
+                    conn, born = pooled
                     reused = True
-                except queue.Empty:
+                else:
                     conn = self._new()  # a failure here is not retried: nothing stale to blame
-                    reused = False
+                    born, reused = time.monotonic(), False
                 try:
                     results = []
                     with conn.cursor() as cur:
@@ -164,7 +181,7 @@ class Database:
                 except BaseException:
                     conn.close()
                     raise
-                self._idle.put(conn)
+                self._idle.put((conn, born))
                 return results
         raise AssertionError("unreachable")  # the loop either returns or raises
 
