@@ -110,6 +110,8 @@ DEFINITIONS = {
     "availability": "failed / all user requests per fault window [inject, restore + recovery] and in steady state, "
     "excluding requests entering zones whose entry point is down",
     "no_traffic": "a fault or edge pair without records is a failure (unverified), a Region pair is only reported",
+    "shared_services": "hops to Region-only services are served in the Region and no pod of one ran in an edge zone "
+    "(inventory); a TCP pair with no hops is reported, not failed (Envoy logs TCP hops when connections close)",
 }
 
 # SQL: the hop is served in the caller's local zone (see module docstring).
