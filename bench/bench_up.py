@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +22,50 @@ from harness.render.manifests import load
 from harness.topology import load_topology
 
 GOAL_UP_S = 15.0
+LAX = "us-west-2-lax-1a"
+
+# keep-alive GET /health for a fixed time from inside a pod's namespace; prints requests/s
+_LOAD = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+req = b"GET /health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
+n, end = 0, time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    s.sendall(req)
+    data = b""
+    while b"\\r\\n\\r\\n" not in data:
+        data += s.recv(65536)
+    head, _, body = data.partition(b"\\r\\n\\r\\n")
+    length = int([h.split(b":")[1] for h in head.split(b"\\r\\n") if h.lower().startswith(b"content-length")][0])
+    while len(body) < length:
+        body += s.recv(65536)
+    n += 1
+print(n / float(sys.argv[3]))
+"""
+
+
+def _rate(ns: str, ip: str, port: int, seconds: float = 3.0) -> float:
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _LOAD, ip, str(port), str(seconds)],
+                         capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    return float(out.stdout)
+
+
+def relay_overhead(b: LocalBackend) -> None:
+    """Service-link relay vs a direct same-zone path, both to a public-api pod, link latency set to 0."""
+    pods = b.inventory().pods(alive_only=True)
+    client = next(p for p in pods if p.zone == LAX and p.service == "frontend")
+    local = next(p for p in pods if p.zone == LAX and p.service == "public-api")
+    region = next(p for p in pods if p.zone == "us-west-2a" and p.service == "public-api")
+    ns = b.raw_status()["netns"][client.pod]
+    b.set_link(LAX, 0.0)
+    try:
+        direct = _rate(ns, local.ip, 8080)
+        relayed = _rate(ns, region.ip, 8080)
+    finally:
+        b.clear_link(LAX)
+    print(f"service-link relay (latency 0): {relayed:7.0f} req/s vs direct same-zone {direct:7.0f} req/s, "
+          f"ratio {relayed / direct:4.2f}x")  # fmt: skip
 
 
 def main(runs: int = int(os.environ.get("BENCH_RUNS", "2"))) -> int:
@@ -39,6 +84,8 @@ def main(runs: int = int(os.environ.get("BENCH_RUNS", "2"))) -> int:
             try:
                 b.up(m)
                 ups.append(time.perf_counter() - t0)
+                if len(ups) == 1:
+                    relay_overhead(b)
             finally:
                 t1 = time.perf_counter()
                 b.down()

@@ -343,24 +343,21 @@ def test_set_link_rejects_region_zone_and_bad_values(cluster: Cluster) -> None:
         cluster.net.partition("nowhere")
 
 
-def test_relay_sustains_many_small_requests(cluster: Cluster) -> None:
-    """The relay must carry locust-like load: many small requests on keep-alive connections."""
+def test_relay_carries_many_small_requests_in_order(cluster: Cluster) -> None:
+    """Locust-like load through the relay: many small requests on concurrent keep-alive connections,
+    every answer complete and in order (its throughput is measured in bench/bench_up.py, not asserted here)."""
     net, p = cluster.net, cluster.pods
     try:
         net.set_link(LAX, 0.0)
 
-        def worker(_: int) -> int:
+        def worker(i: int) -> int:
             with connect(p["l1"].ns, p["r1"].ip) as s:
-                n, end = 0, time.monotonic() + 1.0
-                while time.monotonic() < end:
-                    echo_once(s, b"GET /coffees HTTP/1.1\r\n\r\n")
-                    n += 1
-                return n
+                for n in range(300):
+                    echo_once(s, f"GET /coffees/{i}-{n} HTTP/1.1\r\n\r\n".encode())  # asserts the echo
+                return 300
 
         with ThreadPoolExecutor(4) as ex:
-            total = sum(ex.map(worker, range(4)))
-        print(f"relay: {total} requests/s over 4 keep-alive connections")
-        assert total >= 800, f"{total} requests/s through the relay"  # client and echo servers share the CPUs
+            assert sum(ex.map(worker, range(4))) == 1200
     finally:
         net.clear_link(LAX)
 
