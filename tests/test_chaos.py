@@ -63,6 +63,7 @@ class FakeBackend:
         self.n = 0
         self.calls: list[tuple[str, Any]] = []
         self.replace_at: float | None = None
+        self.unready_until = 0.0
         self._add("product-api")
         self._add("frontend")
 
@@ -85,7 +86,8 @@ class FakeBackend:
         if self.replace_at is not None and time.time() >= self.replace_at:
             self.replace_at = None
             self._add("product-api")
-        return Status("fake", True, "", {p.pod: "Ready" for p in self.inv.pods(alive_only=True)})
+        phase = "Ready" if time.time() >= self.unready_until else "NotReady"
+        return Status("fake", True, "", {p.pod: phase for p in self.inv.pods(alive_only=True)})
 
     def inventory(self) -> Inventory:
         return self.inv
@@ -105,6 +107,14 @@ class FakeBackend:
         self.calls.append(("kill_node", node))
         for p in self.inv.pods(alive_only=True):
             self.inv.removed(p.pod)
+
+    def partition_zone(self, zone: str) -> None:
+        self.calls.append(("partition_zone", zone))
+        self.unready_until = float("inf")
+
+    def heal_zone(self, zone: str) -> None:
+        self.calls.append(("heal_zone", zone))
+        self.unready_until = time.time() + 0.4  # readiness comes back a little after the heal
 
     def restore_node(self, node: str) -> None:
         self.calls.append(("restore_node", node))
@@ -150,3 +160,15 @@ def test_kill_node_unknown_zone_is_refused(fake: FakeBackend) -> None:
 def test_wait_ready_times_out_with_the_missing_services(fake: FakeBackend) -> None:
     with pytest.raises(BackendError, match="public-api not ready"):
         actions.wait_ready(fake, LAX, ["public-api"], timeout_s=0.3)  # type: ignore[arg-type]
+
+
+def test_partition_records_restore_at_the_heal_and_returns_once_the_zone_is_whole(
+    fake: FakeBackend, tmp_path: Path
+) -> None:
+    t0 = time.time()
+    out = actions.partition_zone(LAX, duration_s=0.1)
+    inject, restore = _timeline(tmp_path)
+    assert (inject["kind"], inject["entry_down"]) == ("partition", True)
+    assert restore["ts"] - inject["ts"] < 0.35  # recorded at the heal, not after the wait
+    assert time.time() - t0 >= 0.45 and out["whole_after_heal_s"] >= 0.3  # ...but returned once Ready again
+    assert [c[0] for c in fake.calls] == ["partition_zone", "heal_zone"]

@@ -185,8 +185,14 @@ def partition_zone(zone: str, duration_s: float = 10.0, configuration: dict[str,
     cannot be served while the link is cut: the fault is recorded with
     `entry_down`, and the verdict reports those requests apart from the budget
     while it checks that the other zones are untouched and this one recovers.
+
+    The restore is recorded at the heal (recovery is measured from there); the
+    action then waits until the zone's pods are Ready again: their readiness
+    depends on postgres, and Envoy keeps an ejected postgres host out for a
+    growing time after repeated ejections, so "healed" and "whole" differ.
     """
     b = _backend(configuration)
+    services = _zone_services(b, zone)
     fault = _fault_id("partition", zone)
     record(fault, "inject", "partition_zone", zone, FaultKind.PARTITION, entry_down=True)
     b.partition_zone(zone)
@@ -195,7 +201,8 @@ def partition_zone(zone: str, duration_s: float = 10.0, configuration: dict[str,
     finally:
         b.heal_zone(zone)
         record(fault, "restore", "partition_zone", zone, FaultKind.PARTITION)
-    return {"fault": fault}
+    waited = wait_ready(b, zone, services)
+    return {"fault": fault, "whole_after_heal_s": round(waited, 3)}
 
 
 def heal_zone(zone: str, configuration: dict[str, Any] | None = None) -> None:
