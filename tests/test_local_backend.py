@@ -281,7 +281,8 @@ def test_link_latency_and_partition_primitives(cluster: LocalBackend) -> None:
     cluster.clear_link(PHX)
     again = _http_rtt_ms(ns, region.ip, 8080)
     assert base is not None and slow is not None and again is not None
-    assert slow - base >= 60.0 and again < slow - 40.0, (base, slow, again)
+    # 18 ms in the default topology, then 80 ms: a round trip grows by ~62 ms (min of 10 samples)
+    assert slow >= 80.0 and slow - base >= 45.0 and again < slow - 40.0, (base, slow, again)
     cluster.partition_zone(PHX)
     try:
         assert _http_rtt_ms(ns, region.ip, 8080) is None
@@ -316,9 +317,11 @@ def test_enterprise_edition_runs_with_namespaces_and_fails_over(tmp_path: Path) 
         url = b.entrypoints()[LAX]
         codes = [httpx.post(url + "/api", json=COFFEES, timeout=5).status_code for _ in range(20)]
         assert codes.count(200) >= 19, codes
-        time.sleep(0.5)  # access logs are flushed every 200 ms
-        hops = _hops_to(b, caller, t_kill)
-        assert any(str(h["upstream_host"]).rsplit(":", 1)[0] in region_ips for h in hops), "no failover to the Region"
+        # access logs are flushed every 200 ms; on a loaded machine give them a little longer
+        assert _wait(
+            lambda: any(str(h["upstream_host"]).rsplit(":", 1)[0] in region_ips for h in _hops_to(b, caller, t_kill)),
+            10,
+        ), "no failover to the Region"
     finally:
         b.down()
     assert leftovers("ehent") == []
