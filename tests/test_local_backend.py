@@ -115,7 +115,7 @@ def test_hub_and_spoke_and_service_link_latency(cluster: LocalBackend) -> None:
     rtt_region = _http_rtt_ms(_ns_of(cluster, region_b.pod), region_a.ip, 8080)
     assert rtt_lz is not None and rtt_region is not None
     assert rtt_lz >= 12.0, rtt_lz
-    assert rtt_lz - rtt_region >= 9.0, (rtt_lz, rtt_region)
+    assert rtt_lz - rtt_region >= 6.0, (rtt_lz, rtt_region)  # 12 ms configured; min-of-10 samples each
 
 
 def _hops_to(b: LocalBackend, caller_pod: str, since: float) -> list[dict[str, object]]:
