@@ -89,7 +89,7 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
         with contextlib.suppress(Exception):
             _save_inventory(backend, run_dir)
         with contextlib.suppress(Exception):
-            _save_artifacts(backend, run_dir)  # kept for the post-mortem, taken before the cluster goes
+            backend.save_artifacts(run_dir / "artifacts")  # kept for the post-mortem, taken before the cluster goes
 
 
 def record_traffic(
@@ -181,10 +181,3 @@ def _save_inventory(backend: Backend, run_dir: Path) -> None:
         shutil.copyfile(src, run_dir / "inventory.jsonl")
     else:
         write_inventory(backend.inventory(), run_dir / "inventory.jsonl")
-
-
-def _save_artifacts(backend: Backend, run_dir: Path) -> None:
-    """For the post-mortem: whatever the backend can hand over (pod logs, Envoy config dumps)."""
-    saver = getattr(backend, "save_artifacts", None)
-    if callable(saver):
-        saver(run_dir / "artifacts")

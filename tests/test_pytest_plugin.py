@@ -46,3 +46,24 @@ def test_destructive_chaos_needs_an_allowed_context(pytester: pytest.Pytester) -
 def test_options_are_listed(pytester: pytest.Pytester) -> None:
     res = pytester.runpytest("--help")
     res.stdout.fnmatch_lines(["*--eh-backend*", "*--eh-topology*", "*--eh-context*", "*--eh-allow-context*"])
+
+
+@pytest.mark.local
+@pytest.mark.slow
+def test_eh_cluster_brings_a_local_cluster_up_and_down(pytester: pytest.Pytester) -> None:
+    from tests.conftest import leftovers
+
+    pytester.makepyfile(
+        """
+        import httpx
+
+        def test_every_zone_has_a_shop(eh_cluster):
+            entry = eh_cluster.entrypoints()
+            assert len(entry) == 5
+            for url in entry.values():
+                assert httpx.get(url + "/", timeout=5).status_code == 200
+        """
+    )
+    res = pytester.runpytest_subprocess("--eh-backend", "local", "--eh-cluster", "ehplug")
+    res.assert_outcomes(passed=1)
+    assert leftovers("ehplug") == []

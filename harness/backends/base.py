@@ -172,6 +172,10 @@ class Backend(ABC):
         """Zone name → base URL of that zone's frontend, as users reach it."""
 
     @abstractmethod
+    def save_artifacts(self, out: Path) -> None:
+        """For the post-mortem: whatever the backend can hand over (pod logs, events, Envoy config dumps)."""
+
+    @abstractmethod
     def log_sources(self) -> list[LogSource]:
         """Current sidecar access-log sources (call again to pick up new pods)."""
 

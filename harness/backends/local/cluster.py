@@ -367,9 +367,7 @@ class LocalCluster:
         if readiness:
             if states and all(s.successes >= s.probe.success_threshold for s in states):
                 pod.ready = True
-            elif any(s.failures >= s.probe.failure_threshold for s in states) or (
-                not pod.ready and any(s.failures > 0 for s in states) and not any(s.successes for s in states)
-            ):
+            elif any(s.failures >= s.probe.failure_threshold for s in states):
                 pod.ready = False
         else:
             if any(s.failures >= s.probe.failure_threshold for s in states):
