@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,10 @@ def local_backend_ready() -> tuple[bool, str]:
     return True, ""
 
 
+LOCAL_LOCK = Path(os.environ.get("EH_TEST_LOCK", "/run/edge-harness-tests.lock"))
+_lock_fd: int | None = None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     ok, why = local_backend_ready()
     if ok:
@@ -32,6 +38,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "local" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """One session with local-backend tests per machine at a time.
+
+    Local clusters compete for the same two cores and the same timing; two
+    suites at once (two checkouts, a bench beside a test run) make each
+    other's timing tests fail. So a session that will run `local` tests takes
+    an exclusive lock for its whole life and waits for another to finish.
+    """
+    global _lock_fd
+    ok, _ = local_backend_ready()
+    if not ok or not any("local" in item.keywords for item in session.items):
+        return
+    fd = os.open(LOCAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"\nwaiting for {LOCAL_LOCK}: another session runs local-backend tests", file=sys.stderr, flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    _lock_fd = fd
 
 
 @pytest.fixture(scope="session")
