@@ -15,6 +15,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,6 +134,19 @@ class LogSource(ABC):
         """Lines written since the last call (non-blocking)."""
 
 
+CHAOS_PRIMITIVES = frozenset(
+    {
+        "kill_pod",
+        "kill_node",
+        "zone_outage",
+        "set_link",
+        "partition_zone",
+        "set_pod_unready",
+    }
+)
+"""Fault-injecting primitives (each has its restore); `Backend.capabilities()` returns a subset."""
+
+
 @dataclass
 class Status:
     backend: str
@@ -178,6 +192,23 @@ class Backend(ABC):
     @abstractmethod
     def log_sources(self) -> list[LogSource]:
         """Current sidecar access-log sources (call again to pick up new pods)."""
+
+    # -- observation beyond access logs ----------------------------------------
+    @abstractmethod
+    def capabilities(self) -> frozenset[str]:
+        """The chaos primitives (names in `CHAOS_PRIMITIVES`) this backend can perform on this cluster.
+
+        An experiment that needs one outside the set is refused before anything
+        is injected, rather than failing half-way through a game day.
+        """
+
+    @abstractmethod
+    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+        """GET `path` (e.g. ``/clusters?format=json``) on the Envoy admin API of `pod`'s sidecar."""
+
+    @abstractmethod
+    def consul_api(self) -> AbstractContextManager[str]:
+        """A context yielding the base URL of Consul's HTTP API (``http://127.0.0.1:PORT``) while it lasts."""
 
     # -- chaos primitives: each returns quickly; each has its restore ---------
     @abstractmethod

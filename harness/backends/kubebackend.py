@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from harness.backends.base import Backend, Inventory, LogSource
+from harness.backends.base import CHAOS_PRIMITIVES, Backend, Inventory, LogSource
 from harness.backends.kube import InventoryWatcher, KubeCluster, KubeLogSources, ProgressFn
 from harness.errors import BackendError
 
@@ -176,6 +177,15 @@ class KubeBackend(Backend):
         return names
 
     # -- pod chaos (the same API calls on any cluster) -----------------------
+    def capabilities(self) -> frozenset[str]:
+        return CHAOS_PRIMITIVES
+
+    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+        raise BackendError("envoy_admin: not implemented yet on this backend")  # replaced in this round
+
+    def consul_api(self) -> AbstractContextManager[str]:
+        raise BackendError("consul_api: not implemented yet on this backend")  # replaced in this round
+
     def kill_pod(self, zone: str, service: str) -> list[str]:
         return self.cluster.kill_pods(zone, service)
 

@@ -19,12 +19,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from harness.backends.base import Backend, Inventory, LogSource, Status
+from harness.backends.base import CHAOS_PRIMITIVES, Backend, Inventory, LogSource, Status
 from harness.errors import BackendError
 from harness.render.manifests import Manifests
 
@@ -197,6 +198,15 @@ class LocalBackend(Backend):
         from harness.observe import FileLogSource
 
         return [FileLogSource(p.stem, p) for p in sorted((self.state_dir / "accesslogs").glob("*.jsonl"))]
+
+    def capabilities(self) -> frozenset[str]:
+        return CHAOS_PRIMITIVES
+
+    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+        raise BackendError("envoy_admin: not implemented yet on this backend")  # replaced in this round
+
+    def consul_api(self) -> AbstractContextManager[str]:
+        raise BackendError("consul_api: not implemented yet on this backend")  # replaced in this round
 
     def kill_pod(self, zone: str, service: str) -> list[str]:
         return list(self._chaos("kill_pod", zone=zone, service=service))
