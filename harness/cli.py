@@ -153,14 +153,38 @@ def cmd_traffic(a: argparse.Namespace) -> int:
 
 
 def cmd_chaos(a: argparse.Namespace) -> int:
-    from harness.chaos import check_experiment, run_experiment
+    """Run one experiment against a cluster that is up; exit 0 only when it ran as planned.
+
+    Before anything runs: the file must parse (exit 2), the cluster must answer
+    and be up (exit 3), and the experiment must fit the cluster's topology and
+    capabilities (exit 2, no run directory created). Afterwards the journal is
+    judged, not just its status: a steady state that failed before the method,
+    a failed action or rollback, or a status other than completed exits 1 with
+    one line saying why.
+    """
+    from harness.backends import choose, connect
+    from harness.chaos import load_experiment, plan_run, run_planned, write_plan
     from harness.run import new_run_dir
 
-    check_experiment(a.experiment)  # bad input: nothing is created
+    load_experiment(a.experiment)  # malformed: exit 2 before any backend is touched
+    bopts = _bopts(a)
+    bopts.name, _ = choose(bopts.name)
+    b = connect(bopts)
+    try:
+        st = b.status()
+        if not st.up:
+            raise BackendError(f"{b.name} cluster {a.cluster!r} is not up ({st.detail}): run `harness up` first")
+        planned = plan_run([a.experiment], b.manifests().topology, b.capabilities(), a.run_dir)
+    finally:
+        b.close()
     run_dir = a.run_dir or new_run_dir(label="chaos")
-    res = run_experiment(a.experiment, run_dir, _bopts(a))
-    out.print(f"chaos: {res.status}{' (hypothesis deviated)' if res.deviated else ''}; journal {res.journal}")
-    return EXIT_PASS if res.ok else EXIT_FAIL
+    write_plan(run_dir, planned)
+    res = run_planned(planned[0], run_dir, bopts)
+    if res.ok:
+        out.print(f"chaos: {res.id} ran as planned; journal {res.journal}")
+        return EXIT_PASS
+    err.print(f"chaos: {res.id}: {res.reason} (journal {res.journal})", markup=False, highlight=False)
+    return EXIT_FAIL
 
 
 def _verdict(run_dir: Path) -> Any:

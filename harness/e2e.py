@@ -4,6 +4,13 @@ The CLI's `e2e`, `make e2e` and the pytest plugin all call `run_e2e`, so the
 pipeline exists once. Whatever happens (a failed step, Ctrl-C), the cluster
 it brought up is taken down and every record written so far stays in the run
 directory.
+
+Order of one run (each step's records are in the run directory, CONTRACTS §4):
+check every experiment against the topology and the backend's capabilities
+(bad input: nothing created) → run directory, manifests → up → plan.json →
+[preflight: STANDINS] → upstream stats "start" → traffic → experiments, each
+into chaos/<NN>-<stem>/ → cooldown → traffic stops → upstream stats "end" →
+inventory, entrypoints, artifacts → down → hops → verdict, report.
 """
 
 from __future__ import annotations
@@ -14,12 +21,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend
-from harness.errors import InputError
+from harness.errors import BackendError, InputError
 from harness.run import copy_manifests, new_run_dir, write_inventory
+
+if TYPE_CHECKING:
+    from harness.chaos import PlannedExperiment
+    from harness.topology import Topology
 
 TRAFFIC_BOUND_S = 6 * 3600.0
 
@@ -89,7 +100,33 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
         with contextlib.suppress(Exception):
             _save_inventory(backend, run_dir)
         with contextlib.suppress(Exception):
+            _save_entrypoints(backend, run_dir)
+        with contextlib.suppress(Exception):
             backend.save_artifacts(run_dir / "artifacts")  # kept for the post-mortem, taken before the cluster goes
+
+
+def before_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -> None:
+    """Everything that must be recorded before the first user request (e2e and `harness traffic`).
+
+    Preflight (Consul's own view: preflight.json, stream STANDINS) belongs
+    here, before the "start" snapshot: traffic must not start on a mesh whose
+    configuration was never checked.
+    """
+    snap = _upstream_snapshot(backend, run_dir, "start")
+    if snap is not None:
+        say(f"upstream stats: {snap.rows} host counters from {len(snap.pods)} sidecars")
+
+
+def after_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -> None:
+    """The last records taken while the cluster is still up: the "end" snapshot of upstream counters."""
+    _upstream_snapshot(backend, run_dir, "end")
+
+
+def _upstream_snapshot(backend: Backend, run_dir: Path, label: str) -> Any:
+    """A snapshot of every sidecar's per-host counters (attempt evidence); a backend that cannot is noted, not fatal."""
+    from harness.observe.upstream_stats import snapshot_quietly
+
+    return snapshot_quietly(backend, run_dir, label)
 
 
 def record_traffic(
@@ -107,64 +144,110 @@ def record_traffic(
     if not (run_dir / "manifests").exists():
         copy_manifests(backend.manifests().root, run_dir)
     with recording(backend, run_dir):
-        result = run_traffic(backend.entrypoints(), run_dir, users=users, spawn_rate=users, duration_s=duration_s,
-                             shape=shape, processes=processes)  # fmt: skip
+        before_traffic(backend, run_dir, lambda _m: None)
+        try:
+            result = run_traffic(backend.entrypoints(), run_dir, users=users, spawn_rate=users,
+                                 duration_s=duration_s, shape=shape, processes=processes)  # fmt: skip
+        finally:
+            after_traffic(backend, run_dir, lambda _m: None)
     build_hops(run_dir)
     return result
 
 
+def check_inputs(
+    opts: E2EOptions, backend: Backend, topology: Topology
+) -> tuple[list[PlannedExperiment], frozenset[str] | None]:
+    """Every experiment checked against the topology and what the backend can do, before anything starts.
+
+    A backend that can only tell its capabilities once its cluster is up
+    (BackendError now) is asked again after `up`, still before traffic.
+    """
+    from harness.chaos import plan_run
+
+    try:
+        caps: frozenset[str] | None = backend.capabilities()
+    except BackendError:
+        caps = None
+    return plan_run(list(opts.experiments), topology, caps), caps
+
+
+def _topology_of(opts: E2EOptions) -> Topology:
+    from harness.render.manifests import load
+    from harness.topology import load_topology
+
+    if opts.manifests is not None:
+        if not opts.manifests.is_dir():
+            raise InputError(str(opts.manifests), "", "not a directory written by `harness render`")
+        return load(opts.manifests).topology
+    return load_topology(opts.topology)
+
+
 def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] = print) -> E2EResult:
-    from harness.chaos import check_experiment, run_experiment
+    from harness.chaos import plan_run, run_planned, write_plan
     from harness.observe import build_hops
     from harness.render.manifests import load
     from harness.report import write_junit, write_report
     from harness.traffic import TrafficRunner
     from harness.verify import verify, write_verdict
 
-    for exp in opts.experiments:
-        check_experiment(exp)
     name, why = choose(bopts.name)
-    say(f"backend: {name} ({why})")
     bopts.name = name
+    topology = _topology_of(opts)
+    backend = connect(bopts)
+    try:
+        planned, caps = check_inputs(opts, backend, topology)  # bad input: no run dir, no cluster
+    except BaseException:
+        backend.close()
+        raise
+    say(f"backend: {name} ({why})")
     run_dir = new_run_dir(opts.runs_root, opts.label)
     say(f"run directory: {run_dir}")
     try:
         mdir = prepare_manifests(opts, run_dir)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing was started: leave nothing behind
+        backend.close()
         raise
     manifests = load(mdir)
-    backend = connect(bopts)
     messages: list[str] = []
     chaos_ok = True
     try:
         backend.up(manifests, progress=lambda m: say(f"up: {m}"))
+        if caps is None and planned:
+            planned = plan_run(list(opts.experiments), topology, backend.capabilities())
+        write_plan(run_dir, planned)
         with recording(backend, run_dir):
             entry = backend.entrypoints()
-            say(f"traffic: {opts.users} users over {len(entry)} zones")
-            # duration is only a bound: the runner is stopped when the context exits
-            with TrafficRunner(
-                entry,
-                run_dir,
-                users=opts.users,
-                spawn_rate=opts.spawn_rate,
-                duration_s=TRAFFIC_BOUND_S,
-                processes=opts.processes,
-            ):
-                time.sleep(opts.warmup_s)
-                for exp in opts.experiments:
-                    say(f"chaos: {exp}")
-                    res = run_experiment(exp, run_dir, bopts)
-                    if not res.ok:
-                        chaos_ok = False
-                        deviated = " (deviated)" if res.deviated else ""
-                        messages.append(f"chaos experiment {exp.name}: {res.status}{deviated}")
-                    say(f"chaos: {exp.name} {res.status}")
-                time.sleep(opts.cooldown_s)
+            probe_zones = sorted({z for p in planned for z in p.zones if z in entry})
+            before_traffic(backend, run_dir, say)
+            say(f"traffic: {opts.users} users over {len(entry)} zones, probes into {', '.join(probe_zones) or 'none'}")
+            try:
+                # duration is only a bound: the runner is stopped when the context exits
+                with TrafficRunner(
+                    entry,
+                    run_dir,
+                    users=opts.users,
+                    spawn_rate=opts.spawn_rate,
+                    duration_s=TRAFFIC_BOUND_S,
+                    processes=opts.processes,
+                    probe_zones=probe_zones,
+                ):
+                    time.sleep(opts.warmup_s)
+                    for p in planned:
+                        say(f"chaos: {p.id} ({p.file})")
+                        res = run_planned(p, run_dir, bopts)
+                        if not res.ok:
+                            chaos_ok = False
+                            messages.append(f"chaos experiment {p.id}: {res.reason}")
+                        say(f"chaos: {p.id} {'ran as planned' if res.ok else 'FAILED: ' + str(res.reason)}")
+                    time.sleep(opts.cooldown_s)
+            finally:
+                after_traffic(backend, run_dir, say)
     finally:
         if not opts.keep:
             say("down")
             backend.down()
+        backend.close()
     say("observe: hop records from the sidecars' access logs")
     build_hops(run_dir)
     verdict = verify(run_dir)
@@ -173,6 +256,13 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     write_junit(run_dir, verdict)
     passed = bool(verdict.passed) and chaos_ok
     return E2EResult(run_dir, name, passed, verdict, chaos_ok, messages)
+
+
+def _save_entrypoints(backend: Backend, run_dir: Path) -> None:
+    """`entrypoints.jsonl` as the backend wrote it (local: in its state directory)."""
+    src = getattr(backend, "entrypoints_path", None)
+    if isinstance(src, Path) and src.exists():
+        shutil.copyfile(src, run_dir / "entrypoints.jsonl")
 
 
 def _save_inventory(backend: Backend, run_dir: Path) -> None:

@@ -23,6 +23,29 @@ Records: with ``EH_REQUESTS_FILE=path`` each request is appended to that file
 as one ``requests.jsonl`` line (docs/CONTRACTS.md §4), also with
 ``--processes N``.
 
+Zone probes (``ZoneProbe``, one per zone of ``EH_PROBE_ZONES``, a JSON list,
+default every zone of ``EH_ENTRYPOINTS``): a coffees query into its zone every
+``EH_PROBE_PERIOD`` seconds
+(default 0.04) on a fixed clock, whether or not the previous one has
+answered (an open model: a slow request during a failover does not delay the
+next probe, so the records keep their spacing exactly when it matters). The
+gap between two records bounds how precisely a failover or recovery instant
+can be known; with shoppers alone a zone got ~6 requests/s (resolution ~170
+ms), the probe brings every zone pair to <= 40 ms. At most
+``EH_PROBE_INFLIGHT`` (default 8) probes of a zone are in flight; ``0``
+disables probes. They take one of the ``-u`` users per probed zone (locust's
+``fixed_count``): the harness adds them to its shopper count. `harness e2e`
+probes the zones its experiments act on (8 zones at 25 requests/s each would
+saturate the local backend's 2 cores and stretch every gap).
+
+Timeouts, set deliberately (locust's defaults are 60 s each): a connection
+must be up within ``CONNECT_TIMEOUT_S`` (3 s: one lost SYN is retransmitted
+after 1 s), and an answer must come within ``NETWORK_TIMEOUT_S`` (10 s: above
+the mesh's own worst case, three 2 s connect attempts per hop with the
+rendered retries). A user whose connection goes to a pod that died would
+otherwise wait a minute and the run would record nothing from its zone; the
+entry points reset such connections at once, these bound what is left.
+
 Knobs (env): ``EH_SHAPE=steady|ramp`` picks a load shape from
 ``loadtests/shapes.py`` (unset: plain ``-u -r -t``); ``EH_WAIT`` is the think
 time in seconds, ``"MIN,MAX"`` or one number (default ``0.1,0.5``; ``0`` for
@@ -36,9 +59,12 @@ import json
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import gevent
+from gevent.pool import Pool
 from locust import FastHttpUser, between, constant, events, task
 from shapes import select_shape
 
@@ -53,6 +79,13 @@ COFFEE_QUERY = '{ coffee(coffeeID: "%s") { id name price } }'
 
 ENTRYPOINTS = parse_entrypoints(os.environ.get("EH_ENTRYPOINTS"))
 DEFAULT_ZONE = os.environ.get("EH_ZONE") or "default"
+PROBE_PERIOD_S = float(os.environ.get("EH_PROBE_PERIOD", "0.04"))
+PROBE_INFLIGHT = int(os.environ.get("EH_PROBE_INFLIGHT", "8"))
+PROBE_ZONES = [
+    z for z in json.loads(os.environ.get("EH_PROBE_ZONES") or json.dumps(list(ENTRYPOINTS))) if z in ENTRYPOINTS
+]
+CONNECT_TIMEOUT_S = 3.0
+NETWORK_TIMEOUT_S = 10.0
 
 # At most one shape class may be visible here: locust runs the first one it finds.
 Shape = select_shape(os.environ.get("EH_SHAPE"))
@@ -72,6 +105,7 @@ def _wait_time() -> Any:
 # Round-robin slot per user. Each worker process counts on its own, offset by
 # its worker index, so N workers still spread their users over all zones.
 _slots = itertools.count()
+_probe_slots = itertools.count()
 
 
 def graphql_failure(status: int, body: bytes | None) -> str | None:
@@ -105,6 +139,8 @@ class HashiCupsUser(FastHttpUser):
     """One shopper bound to one entry zone for its whole life (like a real user near a zone)."""
 
     wait_time = _wait_time()
+    connection_timeout = CONNECT_TIMEOUT_S
+    network_timeout = NETWORK_TIMEOUT_S
 
     def __init__(self, environment: Any) -> None:
         if ENTRYPOINTS:
@@ -157,6 +193,56 @@ class HashiCupsUser(FastHttpUser):
             why = graphql_failure(resp.status_code, resp.content)
             if why is not None:
                 resp.failure(why)
+
+
+class ZoneProbe(FastHttpUser):
+    """A coffees query into one zone every PROBE_PERIOD_S, on a fixed clock (see the module docstring).
+
+    One instance per probed zone (``fixed_count``); each takes the next zone
+    round-robin, offset by the worker index under ``--processes``.
+    """
+
+    fixed_count = len(PROBE_ZONES) if PROBE_PERIOD_S > 0 and PROBE_INFLIGHT > 0 else 0
+    wait_time = constant(0)
+    connection_timeout = CONNECT_TIMEOUT_S
+    network_timeout = NETWORK_TIMEOUT_S
+    concurrency = max(1, PROBE_INFLIGHT)
+
+    def __init__(self, environment: Any) -> None:
+        worker = int(getattr(environment.runner, "worker_index", 0) or 0)
+        self.zone = PROBE_ZONES[(next(_probe_slots) + worker) % len(PROBE_ZONES)]
+        self.host = ENTRYPOINTS[self.zone]
+        super().__init__(environment)
+        self._context = {"zone": self.zone}
+
+    def context(self) -> dict[str, Any]:
+        return self._context
+
+    def _one(self) -> None:
+        with self.client.post(
+            "/api", json=COFFEES_QUERY, name="POST /api probe", context={"endpoint": "probe"}, catch_response=True
+        ) as resp:
+            why = graphql_failure(resp.status_code, resp.content)
+            if why is not None:
+                resp.failure(why)
+
+    @task
+    def probe(self) -> None:
+        """Fire on the clock; never wait for an answer before the next tick (up to PROBE_INFLIGHT at once)."""
+        pool = Pool(PROBE_INFLIGHT)
+        next_at = time.monotonic()
+        try:
+            while True:
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    gevent.sleep(delay)
+                if pool.free_count() > 0:
+                    pool.spawn(self._one)
+                next_at += PROBE_PERIOD_S
+                if next_at < time.monotonic() - PROBE_PERIOD_S:
+                    next_at = time.monotonic()  # fell behind (CPU starved): restart the clock, never burst
+        finally:
+            pool.kill(block=False)
 
 
 @events.init.add_listener

@@ -199,11 +199,28 @@ class LocalBackend(Backend):
 
         return [FileLogSource(p.stem, p) for p in sorted((self.state_dir / "accesslogs").glob("*.jsonl"))]
 
+    @property
+    def entrypoints_path(self) -> Path:
+        """`entrypoints.jsonl` as the cluster writes it (copied into the run directory like the inventory)."""
+        return self.state_dir / "entrypoints.jsonl"
+
     def capabilities(self) -> frozenset[str]:
+        """Every primitive: the cluster owns its processes, links (a userspace relay does latency and loss
+        where the kernel has no netem) and the nftables of the hub, so nothing depends on the host."""
         return CHAOS_PRIMITIVES
 
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
-        raise BackendError("envoy_admin: not implemented yet on this backend")  # replaced in this round
+        """The daemon does the GET from inside the pod's namespace (the admin port listens on its loopback)."""
+        with self._client() as c:
+            r = c.get("/envoy_admin", params={"pod": pod, "path": path, "timeout": str(timeout_s)},
+                      timeout=timeout_s + 5)  # fmt: skip
+        if r.status_code != 200:
+            try:
+                why = r.json().get("error")
+            except ValueError:
+                why = r.text[:200]
+            raise BackendError(f"envoy_admin {pod}{path}: {why}")
+        return r.content
 
     def consul_api(self) -> AbstractContextManager[str]:
         raise BackendError("consul_api: not implemented yet on this backend")  # replaced in this round
