@@ -173,7 +173,8 @@ def cmd_chaos(a: argparse.Namespace) -> int:
     try:
         st = b.status()
         if not st.up:
-            raise BackendError(f"{b.name} cluster {a.cluster!r} is not up ({st.detail}): run `harness up` first")
+            detail = f" ({st.detail})" if st.detail not in ("", "not up") else ""
+            raise BackendError(f"{b.name} cluster {a.cluster!r} is not up{detail}: run `harness up` first")
         planned = plan_run([a.experiment], b.manifests().topology, b.capabilities(), a.run_dir)
     finally:
         b.close()

@@ -135,6 +135,13 @@ def graphql_failure(status: int, body: bytes | None) -> str | None:
     return None
 
 
+def _failure(resp: Any) -> str | None:
+    """Why a response failed: the transport error when none came back (a timeout, a reset), else the GraphQL verdict."""
+    if not resp.status_code and getattr(resp, "error", None) is not None:
+        return f"no response: {resp.error}"
+    return graphql_failure(resp.status_code, resp.content)
+
+
 class HashiCupsUser(FastHttpUser):
     """One shopper bound to one entry zone for its whole life (like a real user near a zone)."""
 
@@ -168,7 +175,7 @@ class HashiCupsUser(FastHttpUser):
         with self.client.post(
             "/api", json=COFFEES_QUERY, name="POST /api coffees", context={"endpoint": "coffees"}, catch_response=True
         ) as resp:
-            why = graphql_failure(resp.status_code, resp.content)
+            why = _failure(resp)
             if why is not None:
                 resp.failure(why)
                 return
@@ -190,7 +197,7 @@ class HashiCupsUser(FastHttpUser):
             context={"endpoint": "coffee"},
             catch_response=True,
         ) as resp:
-            why = graphql_failure(resp.status_code, resp.content)
+            why = _failure(resp)
             if why is not None:
                 resp.failure(why)
 
@@ -222,7 +229,7 @@ class ZoneProbe(FastHttpUser):
         with self.client.post(
             "/api", json=COFFEES_QUERY, name="POST /api probe", context={"endpoint": "probe"}, catch_response=True
         ) as resp:
-            why = graphql_failure(resp.status_code, resp.content)
+            why = _failure(resp)
             if why is not None:
                 resp.failure(why)
 
