@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -54,6 +55,8 @@ class LocalBackend(Backend):
             raise BackendError(f"cluster name {cluster!r}: at most 8 letters/digits (it prefixes interface names)")
         self.cluster = cluster
         self.state_dir = (state_root or DEFAULT_STATE_ROOT) / cluster
+        self._admin: httpx.Client | None = None  # kept: a snapshot asks every sidecar at once
+        self._admin_lock = threading.Lock()
 
     # -- daemon plumbing ---------------------------------------------------------
     def _phase(self) -> dict[str, Any]:
@@ -211,9 +214,11 @@ class LocalBackend(Backend):
 
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
         """The daemon does the GET from inside the pod's namespace (the admin port listens on its loopback)."""
-        with self._client() as c:
-            r = c.get("/envoy_admin", params={"pod": pod, "path": path, "timeout": str(timeout_s)},
-                      timeout=timeout_s + 5)  # fmt: skip
+        with self._admin_lock:
+            if self._admin is None:
+                self._admin = self._client()
+            c = self._admin
+        r = c.get("/envoy_admin", params={"pod": pod, "path": path, "timeout": str(timeout_s)}, timeout=timeout_s + 5)
         if r.status_code != 200:
             try:
                 why = r.json().get("error")
@@ -264,6 +269,13 @@ class LocalBackend(Backend):
             r = c.post("/artifacts", json={"dir": str(out.resolve())}, timeout=60)
         if r.status_code != 200:
             raise BackendError(f"artifacts: {r.json().get('error')}")
+
+    def close(self) -> None:
+        """Close the admin API client (the cluster stays up)."""
+        with self._admin_lock:
+            client, self._admin = self._admin, None
+        if client is not None:
+            client.close()
 
     def raw_status(self) -> dict[str, Any]:
         return dict(self._get("/status"))
