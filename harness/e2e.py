@@ -114,7 +114,8 @@ def before_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) 
     """
     snap = _upstream_snapshot(backend, run_dir, "start")
     if snap is not None:
-        say(f"upstream stats: {snap.rows} host counters from {len(snap.pods)} sidecars")
+        missing = f", {len(snap.failed)} did not answer: {', '.join(sorted(snap.failed))}" if snap.failed else ""
+        say(f"upstream stats: {snap.rows} host counters from {len(snap.pods)} sidecars{missing}")
 
 
 def after_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -> None:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from harness.backends.local import LocalBackend
-from harness.observe.upstream_stats import parse_clusters
+from harness.observe.upstream_stats import parse_clusters, snapshot
 from harness.render import render, write
 from harness.render.manifests import load
 from harness.topology import load_topology
@@ -129,6 +129,14 @@ def test_envoy_admin_answers_from_inside_the_pod(cluster: LocalBackend) -> None:
 
     with pytest.raises(BackendError, match="no live meshed pod"):
         cluster.envoy_admin("no-such-pod", "/clusters")
+
+
+def test_snapshot_of_every_sidecar_at_once(cluster: LocalBackend, tmp_path: Path) -> None:
+    """A burst of concurrent admin calls (more than the daemon socket's old backlog of 5) all get answers."""
+    snap = snapshot(cluster, tmp_path, "start", workers=32)
+    alive = {p.pod for p in cluster.inventory().pods(alive_only=True)}
+    assert snap.failed == {} and set(snap.pods) == alive
+    assert snap.rows == len((tmp_path / "upstream-stats.jsonl").read_text().splitlines()) > len(alive)
 
 
 def test_entry_resets_kept_alive_connections_when_the_node_dies(cluster: LocalBackend) -> None:

@@ -23,6 +23,7 @@ and at exit), so no watcher thread outlives the experiment.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,8 @@ from harness.backends.base import Backend
 from harness.chaos.roles import RoleError, parse_role, resolve_zone
 from harness.chaos.timeline import FaultKind, record
 from harness.errors import BackendError, HarnessError
+
+log = logging.getLogger("chaostoolkit")  # chaostoolkit writes this logger to chaos.log
 
 READY_TIMEOUT_S = 90.0
 POLL_S = 0.1
@@ -87,9 +90,14 @@ def _run_dir() -> Path | None:
 
 
 def _snapshot(b: Backend, label: str) -> None:
+    """Upstream counters of every sidecar into the run directory; pods that did not answer go to chaos.log."""
     from harness.observe.upstream_stats import snapshot_quietly
 
-    snapshot_quietly(b, _run_dir(), label)
+    snap = snapshot_quietly(b, _run_dir(), label)
+    if snap is not None and snap.failed:
+        pods = ", ".join(f"{pod} ({why})" for pod, why in sorted(snap.failed.items()))
+        log.warning("upstream stats %r: %d of %d pods did not answer: %s", label, len(snap.failed),
+                    len(snap.failed) + len(snap.pods), pods)  # fmt: skip
 
 
 def _zone(b: Backend, value: Any, configuration: Mapping[str, Any] | None) -> str:

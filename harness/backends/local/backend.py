@@ -218,7 +218,11 @@ class LocalBackend(Backend):
             if self._admin is None:
                 self._admin = self._client()
             c = self._admin
-        r = c.get("/envoy_admin", params={"pod": pod, "path": path, "timeout": str(timeout_s)}, timeout=timeout_s + 5)
+        try:
+            r = c.get("/envoy_admin", params={"pod": pod, "path": path, "timeout": str(timeout_s)},
+                      timeout=timeout_s + 5)  # fmt: skip
+        except httpx.HTTPError as exc:
+            raise BackendError(f"envoy_admin {pod}{path}: local cluster API: {exc}") from None
         if r.status_code != 200:
             try:
                 why = r.json().get("error")

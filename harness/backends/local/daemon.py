@@ -53,6 +53,9 @@ def write_phase(state_dir: Path, **fields: Any) -> None:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 refuses (EAGAIN) the 6th of a burst: an upstream-stats
+    # snapshot asks every sidecar at once
+    request_queue_size = 128
 
 
 def _handler(cluster: Any, shutdown: threading.Event) -> type[BaseHTTPRequestHandler]:
