@@ -26,16 +26,17 @@ as one ``requests.jsonl`` line (docs/CONTRACTS.md §4), also with
 Zone probes (``ZoneProbe``, one per zone of ``EH_PROBE_ZONES``, a JSON list,
 default every zone of ``EH_ENTRYPOINTS``): a coffees query into its zone every
 ``EH_PROBE_PERIOD`` seconds
-(default 0.04) on a fixed clock, whether or not the previous one has
+(default 0.03) on a fixed clock, whether or not the previous one has
 answered (an open model: a slow request during a failover does not delay the
 next probe, so the records keep their spacing exactly when it matters). The
 gap between two records bounds how precisely a failover or recovery instant
 can be known; with shoppers alone a zone got ~6 requests/s (resolution ~170
-ms), the probe brings every zone pair to <= 40 ms. At most
-``EH_PROBE_INFLIGHT`` (default 8) probes of a zone are in flight; ``0``
+ms), the probe brings every zone pair to ~30-45 ms (the period plus the jitter of
+the records), within the 50 ms asked for. At most
+``EH_PROBE_INFLIGHT`` (default 32: ~1 s of answers) probes of a zone are in flight; ``0``
 disables probes. They take one of the ``-u`` users per probed zone (locust's
 ``fixed_count``): the harness adds them to its shopper count. `harness e2e`
-probes the zones its experiments act on (8 zones at 25 requests/s each would
+probes the zones its experiments act on (8 zones at 33 requests/s each would
 saturate the local backend's 2 cores and stretch every gap).
 
 Timeouts, set deliberately (locust's defaults are 60 s each): a connection
@@ -79,8 +80,8 @@ COFFEE_QUERY = '{ coffee(coffeeID: "%s") { id name price } }'
 
 ENTRYPOINTS = parse_entrypoints(os.environ.get("EH_ENTRYPOINTS"))
 DEFAULT_ZONE = os.environ.get("EH_ZONE") or "default"
-PROBE_PERIOD_S = float(os.environ.get("EH_PROBE_PERIOD", "0.04"))
-PROBE_INFLIGHT = int(os.environ.get("EH_PROBE_INFLIGHT", "8"))
+PROBE_PERIOD_S = float(os.environ.get("EH_PROBE_PERIOD", "0.03"))
+PROBE_INFLIGHT = int(os.environ.get("EH_PROBE_INFLIGHT", "32"))
 PROBE_ZONES = [
     z for z in json.loads(os.environ.get("EH_PROBE_ZONES") or json.dumps(list(ENTRYPOINTS))) if z in ENTRYPOINTS
 ]

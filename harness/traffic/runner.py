@@ -45,8 +45,8 @@ REQUESTS_FILE = "requests.jsonl"
 LOG_FILE = "locust.log"
 STATS_FILE_PREFIX = "locust-stats"  # locust appends ".json"
 
-DEFAULT_PROBE_PERIOD_S = 0.04
-"""One probe request per zone every 40 ms (loadtests/hashicups.py `ZoneProbe`): failover and recovery
+DEFAULT_PROBE_PERIOD_S = 0.03
+"""One probe request per zone every 30 ms (loadtests/hashicups.py `ZoneProbe`): failover and recovery
 instants are then known to within the gap between records, <= 50 ms per zone pair."""
 
 START_GRACE_S = 30.0
