@@ -146,8 +146,15 @@ def cmd_traffic(a: argparse.Namespace) -> int:
     from harness.run import new_run_dir
 
     b = connect(_bopts(a))
-    run_dir = a.run_dir or new_run_dir(label="traffic")
-    res = record_traffic(b, run_dir, a.users, a.duration, a.shape, a.processes)
+    try:
+        unknown = sorted(set(a.probe_zone) - set(b.entrypoints()))
+        if unknown:
+            raise InputError("--probe-zone", "", f"no entry point for {', '.join(unknown)}")
+        run_dir = a.run_dir or new_run_dir(label="traffic")
+        res = record_traffic(b, run_dir, a.users, a.duration, a.shape, a.processes, a.probe_period,
+                             a.probe_zone or None)  # fmt: skip
+    finally:
+        b.close()
     out.print(f"{res.requests} requests, {res.failures} failed, {res.rps:.0f}/s  ->  {run_dir}")
     return EXIT_PASS
 
@@ -264,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--shape", choices=["steady", "ramp"], default="steady")
     p.add_argument("--processes", type=int, default=1, help="locust worker processes (locust's distributed mode)")
+    p.add_argument("--probe-period", type=float, help="seconds between zone probes (default 0.03; 0: no probes)")
+    p.add_argument("--probe-zone", action="append", default=[], help="probe only these zones (repeatable)")
     p.add_argument("--run-dir", type=Path)
     p.set_defaults(fn=cmd_traffic)
 

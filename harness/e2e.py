@@ -131,7 +131,14 @@ def _upstream_snapshot(backend: Backend, run_dir: Path, label: str) -> Any:
 
 
 def record_traffic(
-    backend: Backend, run_dir: Path, users: int, duration_s: float, shape: str = "steady", processes: int = 1
+    backend: Backend,
+    run_dir: Path,
+    users: int,
+    duration_s: float,
+    shape: str = "steady",
+    processes: int = 1,
+    probe_period_s: float | None = None,
+    probe_zones: list[str] | None = None,
 ) -> Any:
     """`harness traffic` for game days: a complete run directory that `harness verify` can judge.
 
@@ -140,6 +147,7 @@ def record_traffic(
     """
     from harness.observe import build_hops
     from harness.traffic import run_traffic
+    from harness.traffic.runner import DEFAULT_PROBE_PERIOD_S
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "manifests").exists():
@@ -148,7 +156,9 @@ def record_traffic(
         before_traffic(backend, run_dir, lambda _m: None)
         try:
             result = run_traffic(backend.entrypoints(), run_dir, users=users, spawn_rate=users,
-                                 duration_s=duration_s, shape=shape, processes=processes)  # fmt: skip
+                                 duration_s=duration_s, shape=shape, processes=processes,
+                                 probe_period_s=DEFAULT_PROBE_PERIOD_S if probe_period_s is None else probe_period_s,
+                                 probe_zones=probe_zones)  # fmt: skip
         finally:
             after_traffic(backend, run_dir, lambda _m: None)
     build_hops(run_dir)
