@@ -129,3 +129,28 @@ def test_inventory_readiness_events_replay(tmp_path: Path) -> None:
     replay = Inventory.load(partial)
     assert replay.is_ready("p1") and replay.ready_since("p1") == 13.0
     assert [p.pod for p in replay.ready_pods()] == ["p1"]
+
+
+def test_readiness_events_do_not_end_a_pods_hold_on_its_ip(tmp_path: Path) -> None:
+    """`ready`/`unready` say whether a pod serves, not which IP it holds: hops after them keep their pod."""
+    from harness.observe import build_hops
+
+    t = 1764100000.0
+    inv = Inventory(tmp_path / "inventory.jsonl")
+    inv.added(PodInfo("product-api-lax-a", "10.0.1.10", "lax-1a-n1", "us-west-2-lax-1a", "product-api",
+                      "product-api-lax-1a", "hashicups-lax-1a", t))  # fmt: skip
+    inv.ready("product-api-lax-a", t + 1)
+    inv.unready("product-api-lax-a", t + 30)
+    inv.ready("product-api-lax-a", t + 40)
+    inv.close()
+    (tmp_path / "accesslogs").mkdir()
+    lines = []
+    for dt in (10, 35, 60):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t + dt)) + ".000Z"
+        lines.append(json.dumps({"start_time": stamp, "response_code": 200, "response_flags": "-", "duration": 3,
+                                 "upstream_host": "10.0.1.10:20000", "upstream_cluster": "product-api-lax-1a.x",
+                                 "caller_pod": "caller", "direction": "outbound"}))  # fmt: skip
+    (tmp_path / "accesslogs" / "caller.jsonl").write_text("\n".join(lines) + "\n")
+    assert build_hops(tmp_path) == 3
+    hops = [json.loads(x) for x in (tmp_path / "hops.jsonl").read_text().splitlines()]
+    assert [h["serving_pod"] for h in hops] == ["product-api-lax-a"] * 3
