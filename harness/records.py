@@ -207,7 +207,7 @@ def _clean_copy(src: Path, dst: Path) -> list[tuple[int, str]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.decode("utf-8"))
             except UnicodeDecodeError:
                 bad.append((n, "not UTF-8 (corrupt)"))
                 continue

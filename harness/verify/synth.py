@@ -62,6 +62,7 @@ class FaultSpec:
     restore the Region keeps serving (zone-down: the zone keeps failing) this long.
     `recorded_restore`: when the timeline's restore line is written, if not at
     the restore (older timelines wrote it after waiting for readiness).
+    `recorded=False` models an outage of the mesh that no experiment caused.
     """
 
     fault: str
@@ -74,6 +75,7 @@ class FaultSpec:
     recovery_delay_s: float = 2.0
     entry_down: bool = False
     recorded_restore: float | None = None
+    recorded: bool = True  # False: an outage nobody injected (no timeline line, no experiment)
 
 
 @dataclass
@@ -338,7 +340,7 @@ def write_run(run_dir: Path, sc: Scenario) -> Path:
         _write_lines(run_dir / "entrypoints.jsonl", [json.dumps(r) + "\n" for r in entrypoint_records(sc, m)])
     if sc.preflight:
         (run_dir / "preflight.json").write_text(json.dumps(preflight(sc, m), indent=1), encoding="utf-8")
-    if sc.plan and sc.faults:
+    if sc.plan and any(f.recorded for f in sc.faults):
         _write_plan(run_dir, sc)
     if sc.run_status is not None:
         ended = sc.start + sc.duration_s + 1.0 if sc.run_status != "running" else None
@@ -361,6 +363,8 @@ def _sorted_events(events: list[dict[str, object]]) -> list[dict[str, object]]:
 def chaos_records(sc: Scenario) -> Iterator[dict[str, object]]:
     events: list[dict[str, object]] = []
     for f in sc.faults:
+        if not f.recorded:
+            continue
         base = {
             "fault": f.fault,
             "action": ACTIONS.get(f.kind, "partition_zone"),
@@ -434,7 +438,7 @@ def preflight(sc: Scenario, m: _Model) -> dict[str, Any]:
 
 def _write_plan(run_dir: Path, sc: Scenario) -> None:
     exps = []
-    for i, f in enumerate(sc.faults):
+    for i, f in enumerate(x for x in sc.faults if x.recorded):
         exp_id = experiment_id(i, f)
         exps.append({"id": exp_id, "file": f"experiments/{f.fault}.json", "actions": [action_name(f)]})
         d = run_dir / "chaos" / exp_id
@@ -520,9 +524,9 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
     changes = list(m.changes)
     snaps = sorted(
         [(sc.start - 0.5, "start")]
-        + [(sc.start + f.inject + 0.002, f"inject {f.fault}") for f in sc.faults]
+        + [(sc.start + f.inject + 0.002, f"inject {f.fault}") for f in sc.faults if f.recorded]
         + [(sc.start + (f.restore if f.recorded_restore is None else f.recorded_restore) + 0.002,
-            f"restore {f.fault}") for f in sc.faults if f.restore is not None]
+            f"restore {f.fault}") for f in sc.faults if f.restore is not None and f.recorded]
     )  # fmt: skip
     faults = sc.faults
     drop = sc.drop_serving_zone
@@ -576,7 +580,7 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             if sc.misconfig == "call-outside-graph" and svc == "frontend" and up == "product-api" and zone != first_lz:
                 continue
             pod, status, flags, extra = serve(svc, zone, up, rel)
-            dur = 1.0 + extra
+            dur = float(round(1.0 + extra))  # Envoy's %DURATION%: whole milliseconds
             host = f"{pod.ip}:{m.ports[up]}" if pod else ""
             sz = pod.zone if pod else None
             sp = pod.name if pod else None
@@ -592,10 +596,10 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
                 f'{{"ts": {ms / 1000!r}, "caller_pod": "{cname}", "caller_service": "{svc}", "caller_zone": "{zone}", '
                 f'"upstream": "{up}", "upstream_cluster": "{cluster}", "upstream_host": "{host}", '
                 f'"serving_pod": {json.dumps(sp)}, "serving_zone": {json.dumps(sz)}, "status": {code}, '
-                f'"flags": "{flags}", "duration_ms": {_num(dur)}}}\n'
+                f'"flags": "{flags}", "duration_ms": {dur!r}}}\n'
             )
             rec: dict[str, Any] = {"start_time": _envoy_time(ms), "method": "GET", "path": f"/{up}",
-                                   "response_code": code, "response_flags": flags, "duration": round(dur),
+                                   "response_code": code, "response_flags": flags, "duration": int(dur),
                                    "upstream_host": host or None, "upstream_cluster": cluster}  # fmt: skip
             if sc.accesslogs == "local":
                 rec |= {"caller_pod": cname, "caller_service": m.consul(svc, zone), "direction": "outbound"}
