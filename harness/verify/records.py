@@ -245,10 +245,6 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
         run.hops_source = "accesslogs"
         resolved = "serving_zone IS NOT NULL"
         source = "hops_base"
-        if (run_dir / HOPS_FILE).is_file():
-            run.notes.append(
-                f"hops rebuilt from {len(logs)} access-log files ({built.hops} hops); {HOPS_FILE} was not read"
-            )
     else:
         skipped += load_jsonl(con, "hops_file", [run_dir / HOPS_FILE], HOP_COLUMNS, root=run_dir)
         run.hops_source = HOPS_FILE if (run_dir / HOPS_FILE).is_file() else "none"
