@@ -203,3 +203,22 @@ def test_window_without_traffic_is_not_a_pass(n_lz: int, gap_start: float) -> No
         assert "no traffic during fault f" in " ".join(v.fault("f").messages)
     finally:
         shutil.rmtree(d.parent)
+
+
+@settings(max_examples=4, deadline=None, derandomize=True)
+@given(st.floats(0.0, 0.6), st.sampled_from(["local", "kind", "none"]))
+def test_when_the_restore_is_recorded_does_not_change_the_failover(lag: float, accesslogs: str) -> None:
+    """Same config, same verdict: readiness, not the order of two writers, ends the failover window."""
+    t = topology(1, 2)
+    zone = t.edge_zones[0].name
+
+    def measured(recorded: float | None) -> tuple[float | None, bool]:
+        f = FaultSpec("f", "service-down", zone, ("product-api",), 20.0, 30.0, 0.1, 0.0, recorded_restore=recorded)
+        d = _write(Scenario(t, duration_s=45, rate_per_zone=5, faults=[f], replace_pods=False, accesslogs=accesslogs))
+        try:
+            v = verify(d)
+            return v.fault("f").failover_s, v.passed
+        finally:
+            shutil.rmtree(d.parent)
+
+    assert measured(None) == measured(30.0 + lag)
