@@ -546,8 +546,8 @@ def test_corrupt_lines_anywhere_are_skipped_counted_and_named(tmp_path: Path) ->
     assert v.run.skipped_records == [
         {"file": f"accesslogs/{caller}.jsonl", "line": 4, "reason": "not JSON (corrupt or truncated)"},
         {"file": "chaos.jsonl", "line": 1, "reason": "not a JSON object (list)"},
-        {"file": "entrypoints.jsonl", "line": 2, "reason": "no valid ts"},
-        {"file": "inventory.jsonl", "line": 3, "reason": "no valid ts"},
+        {"file": "entrypoints.jsonl", "line": 2, "reason": "no valid ts, zone or up"},
+        {"file": "inventory.jsonl", "line": 3, "reason": "no valid ts or pod"},
         {"file": "requests.jsonl", "line": 101, "reason": "not JSON (corrupt or truncated)"},
         {"file": "upstream-stats.jsonl", "line": 6, "reason": "not UTF-8 (corrupt)"},
     ]
@@ -581,6 +581,14 @@ def test_partial_runs_are_marked(tmp_path: Path, state: dict[str, Any] | None, p
         assert v.run.notes[0].startswith(f"partial run: run.json says status {state['status']}")  # type: ignore[index]
     if state is None:
         assert "no run.json: whether the run completed is not recorded" in v.run.notes
+
+
+def test_a_run_json_cut_short_is_partial_and_named(tmp_path: Path) -> None:
+    d = run(tmp_path, run_status=None)
+    (d / "run.json").write_text('{"started": 1764099980.0, "ended"')
+    v = verify(d)
+    assert v.run.partial and v.run.run_status is None
+    assert v.run.skipped_records == [{"file": "run.json", "line": 1, "reason": "not JSON: Expecting ':' delimiter"}]
 
 
 def test_a_run_killed_half_way_still_gets_a_partial_verdict(tmp_path: Path) -> None:

@@ -173,9 +173,10 @@ def load_inventory(
     con: DuckDBPyConnection, path: Path, topology: Topology | None = None, root: Path | None = None
 ) -> list[SkippedLine]:
     """Tables `inv` (the raw events), `intervals` ((pod, ip) with [start, end)) and `consul_names`."""
-    skipped = load_jsonl(con, "inv_all", [path], INVENTORY_COLUMNS, root=root)
-    con.execute("CREATE TABLE inv AS SELECT * FROM inv_all WHERE pod IS NOT NULL")
-    con.execute("DROP TABLE inv_all")
+    skipped = load_jsonl(
+        con, "inv", [path], INVENTORY_COLUMNS, root=root, valid_sql="ts IS NOT NULL AND pod IS NOT NULL",
+        what="ts or pod",
+    )  # fmt: skip
     # Each added/ip event opens an interval for (pod, ip) that the pod's next added/ip/removed event
     # closes; ready/unready change whether the pod serves, not which IP it holds.
     con.execute(

@@ -857,7 +857,7 @@ class Checker:
     def shared_services(self) -> InvariantResult:
         viol = "(serving_kind IS NOT NULL AND serving_kind <> 'region')"
         excused = self._unrouted_excused_sql()
-        not_routed = f"(coalesce(upstream_host, '') = '' AND (flags LIKE '%NR%' OR NOT {excused}))"
+        not_routed = f"(coalesce(upstream_host, '') = '' AND (coalesce(flags, '') LIKE '%NR%' OR NOT {excused}))"
         rows = self.con.execute(
             f"""
             SELECT caller_zone, upstream, count(*),

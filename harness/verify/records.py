@@ -181,7 +181,10 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     _topology_tables(con, topology)
     skipped += load_jsonl(con, "requests", [run_dir / REQUESTS_FILE], REQUEST_COLUMNS, root=run_dir)
     skipped += load_jsonl(con, "chaos", [run_dir / CHAOS_FILE], CHAOS_COLUMNS, root=run_dir)
-    skipped += load_jsonl(con, "entrypoints", [run_dir / ENTRYPOINTS_FILE], ENTRYPOINT_COLUMNS, root=run_dir)
+    skipped += load_jsonl(
+        con, "entrypoints", [run_dir / ENTRYPOINTS_FILE], ENTRYPOINT_COLUMNS, root=run_dir,
+        valid_sql="ts IS NOT NULL AND zone IS NOT NULL AND up IS NOT NULL", what="ts, zone or up",
+    )  # fmt: skip
     skipped += load_inventory(con, run_dir / INVENTORY_FILE, topology, root=run_dir)
     con.execute("CREATE VIEW inventory AS SELECT * FROM inv")
     run = RunData(con, topology, run_dir, [], notes, None, None)
