@@ -184,7 +184,8 @@ def test_unrouted_region_only_hops_are_excused_only_by_a_fault_that_explains_the
     base = {"caller_pod": caller["pod"], "caller_service": "product-api", "caller_zone": LAX, "upstream": "postgres",
             "upstream_cluster": "postgres.x", "upstream_host": "", "serving_pod": None, "serving_zone": None,
             "status": 0, "flags": "UH", "duration_ms": 0.0}  # fmt: skip
-    append(d / "hops.jsonl", json.dumps({**base, "ts": T0 + 35}), json.dumps({**base, "ts": T0 + 41}))
+    # during the partition and just after the heal (reconnecting), and at bring-up before the first request
+    append(d / "hops.jsonl", *(json.dumps({**base, "ts": T0 + dt}) for dt in (35, 41, -2)))
     v = verify(d)
     assert SHARED_SERVICES not in failed(v), v.failure_messages
     append(d / "hops.jsonl", json.dumps({**base, "ts": T0 + 36, "flags": "NR"}))  # no route is configuration

@@ -51,8 +51,10 @@ reader of a copied verdict does not need this file):
 - Shared services: hops to Region-placed upstreams must be served in an
   availability zone (zero tolerance; unattributed hosts count as violations)
   and must be routed: a hop that found no upstream host (NR, UH ...) fails,
-  except during a fault that took the caller's zone down or cut it off, or the
-  service itself, and `maxRecoveryS` after it (NR, no route, is never excused).
+  except before the first user request (bring-up: the mesh converges before
+  traffic starts), during a fault that took the caller's zone down or cut it
+  off or the service itself, or while the service had no ready pod, each until
+  `maxRecoveryS` after it (NR, no route, is never excused).
 - Call graph: every hop's (caller service -> upstream service) is an edge the
   topology declares (logical names); a hop whose caller or upstream cannot be
   identified is unverified and fails. Consul's intentions must deny every
@@ -162,9 +164,10 @@ DEFINITIONS = {
     "at most maxRecoveryS]; a window without them is unverified = fail",
     "no_traffic": "a fault or edge pair without records is a failure (unverified), a Region pair is only reported",
     "shared_services": "hops to Region-only services are served in the Region and routed (a hop without upstream "
-    "host fails unless a fault took the caller's zone or the service down, until maxRecoveryS after it; NR never "
-    "excused) and no pod of one ran in an edge zone (inventory); a TCP pair with no hops is reported, not failed "
-    "(Envoy logs TCP hops when connections close)",
+    "host fails, except before the first user request (bring-up), during a fault that took the caller's zone or the "
+    "service down or while the service had no ready pod, each until maxRecoveryS after it; NR is never excused) "
+    "and no pod of one ran in an edge zone (inventory); a TCP pair with no hops is reported, not failed (Envoy logs "
+    "TCP hops when connections close)",
     "call_graph": "every hop's caller service -> upstream service is declared by the topology (logical names; an "
     "unidentified caller or upstream is unverified = fail); preflight.json's intentions checks show Consul denies "
     "every undeclared call (and a refused-probe check where the backend could make one)",
@@ -941,8 +944,14 @@ class Checker:
         return InvariantResult(SHARED_SERVICES, not failures, msg, pairs=results)
 
     def _unrouted_excused_sql(self) -> str:
-        """SQL: a hop without upstream host falls where a fault or an outage explains it (see DEFINITIONS)."""
-        parts: list[str] = []
+        """SQL: a hop without upstream host falls where a fault or an outage explains it (see DEFINITIONS).
+
+        Before the first user request the mesh is still converging (apps open
+        their database connections while the sidecars get their endpoints; the
+        harness starts traffic once every pod is ready), so bring-up is not judged.
+        """
+        first_request = self._one("SELECT min(ts) FROM requests")
+        parts: list[str] = [f"(ts < {float(first_request)!r})"] if first_request is not None else []
         slack = self.slo.max_recovery_s
         for f in self.run.faults:
             end = INF if f.restore is None else f.restore + slack
