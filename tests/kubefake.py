@@ -115,6 +115,7 @@ class FakeApiServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
     def write_kubeconfig(self, path: Path, context: str = "fake") -> Path:
         path.write_text(
             yaml.safe_dump(
@@ -150,7 +151,9 @@ class FakeApiServer:
 
     def seed(self, cluster: KubeCluster, *objs: dict[str, Any]) -> None:
         """Apply objects as a test's precondition; their namespaces are created first (a real API refuses otherwise)."""
-        for ns in {str((o.get("metadata") or {}).get("namespace")) for o in objs if (o.get("metadata") or {}).get("namespace")}:
+        for ns in {
+            str((o.get("metadata") or {}).get("namespace")) for o in objs if (o.get("metadata") or {}).get("namespace")
+        }:
             self.sim.call(lambda ns=ns: self.sim.ensure_namespace(ns))
         for o in objs:
             cluster.apply_one(o)

@@ -529,7 +529,11 @@ class ClusterSim:
         if plural == "namespaces":
             if not meta.get("deletionTimestamp"):
                 self.patch(
-                    api_version, plural, ns, name, {"metadata": {"deletionTimestamp": k8s_time()}, "status": {"phase": "Terminating"}}
+                    api_version,
+                    plural,
+                    ns,
+                    name,
+                    {"metadata": {"deletionTimestamp": k8s_time()}, "status": {"phase": "Terminating"}},
                 )
             return self.objects[key]
         if plural == "pods":
@@ -568,7 +572,10 @@ class ClusterSim:
         if spec.get("clusterIP") != "None":
             spec["clusterIP"] = f"10.96.{random.randint(0, 255)}.{random.randint(1, 254)}"
         used = {
-            int(p["nodePort"]) for s in self.items("v1", "services") for p in (s.get("spec") or {}).get("ports") or [] if p.get("nodePort")
+            int(p["nodePort"])
+            for s in self.items("v1", "services")
+            for p in (s.get("spec") or {}).get("ports") or []
+            if p.get("nodePort")
         }
         for p in spec.get("ports") or []:
             p.setdefault("protocol", "TCP")
@@ -578,7 +585,9 @@ class ClusterSim:
                     if int(p["nodePort"]) in used:
                         raise Invalid(f"provided port is already allocated: {p['nodePort']}")
                     if not 30000 <= int(p["nodePort"]) <= 32767:
-                        raise Invalid("provided port is not in the valid range. The range of valid ports is 30000-32767")
+                        raise Invalid(
+                            "provided port is not in the valid range. The range of valid ports is 30000-32767"
+                        )
                 else:
                     p["nodePort"] = next(n for n in range(30000, 32768) if n not in used)
                 used.add(int(p["nodePort"]))
@@ -727,7 +736,9 @@ class ClusterSim:
                 await send(
                     {
                         "type": "ERROR",
-                        "object": status_obj(410, "Expired", f"too old resource version: {since} ({self.compacted_rv})"),
+                        "object": status_obj(
+                            410, "Expired", f"too old resource version: {since} ({self.compacted_rv})"
+                        ),
                     }
                 )
                 with _suppress():
@@ -752,7 +763,12 @@ class ClusterSim:
                 await asyncio.wait_for(changed.wait(), timeout=min(remaining, 0.5))
         if bookmarks:
             kind = self.resources[key][0]
-            await send({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": key[0], "metadata": {"resourceVersion": str(since)}}})
+            await send(
+                {
+                    "type": "BOOKMARK",
+                    "object": {"kind": kind, "apiVersion": key[0], "metadata": {"resourceVersion": str(since)}},
+                }
+            )
         with _suppress():
             await resp.write_eof()
         return resp
@@ -776,8 +792,10 @@ class ClusterSim:
         containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
         cname = params.get("container") or (containers[0] if len(containers) == 1 else "")
         if cname not in containers:
-            msg = f"container {cname} is not valid for pod {name}" if cname else (
-                f"a container name must be specified for pod {name}, choose one of: {containers}"
+            msg = (
+                f"container {cname} is not valid for pod {name}"
+                if cname
+                else (f"a container name must be specified for pod {name}, choose one of: {containers}")
             )
             return aiohttp.web.json_response(status_obj(400, "BadRequest", msg), status=400)
         run = self.pods.get(str(pod["metadata"]["uid"]))
@@ -851,20 +869,19 @@ class ClusterSim:
             node = self.get("v1", "nodes", None, name)
             if node is None:
                 continue
-            if not nrun.up and nrun.down_since is not None and not nrun.notready_marked:
-                if now - nrun.down_since >= self.t.node_grace_s:
-                    nrun.notready_marked = True
-                    self._node_condition(node, "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.")
-                    taints = [t for t in (node.get("spec") or {}).get("taints") or [] if "unreachable" not in t["key"]]
-                    taints.append({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": k8s_time()})
-                    self.patch("v1", "nodes", None, name, {"spec": {"taints": taints}})
-                    for pod in self._pods_on(name):
-                        self._set_pod_ready(pod, False)
-            if not nrun.up and nrun.notready_marked and nrun.down_since is not None:
-                if now - nrun.down_since >= self.t.node_grace_s + self.t.eviction_s:
-                    for pod in self._pods_on(name):
-                        if not pod["metadata"].get("deletionTimestamp"):
-                            self.delete("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
+            gone_for = now - nrun.down_since if not nrun.up and nrun.down_since is not None else -1.0
+            if not nrun.notready_marked and gone_for >= self.t.node_grace_s:
+                nrun.notready_marked = True
+                self._node_condition(node, "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.")
+                taints = [t for t in (node.get("spec") or {}).get("taints") or [] if "unreachable" not in t["key"]]
+                taints.append({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": k8s_time()})
+                self.patch("v1", "nodes", None, name, {"spec": {"taints": taints}})
+                for pod in self._pods_on(name):
+                    self._set_pod_ready(pod, False)
+            if nrun.notready_marked and gone_for >= self.t.node_grace_s + self.t.eviction_s:
+                for pod in self._pods_on(name):
+                    if not pod["metadata"].get("deletionTimestamp"):
+                        self.delete("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
             if nrun.up and nrun.boot_at is not None and now >= nrun.boot_at:
                 nrun.boot_at = None
                 if nrun.notready_marked:
@@ -925,13 +942,18 @@ class ClusterSim:
         want = int(spec.get("replicas", 1))
         if len(live) < want:
             taken = {p["metadata"]["name"] for p in self.items("v1", "pods", ns)}
-            for i in range(want - len(live)):
+            for _ in range(want - len(live)):
                 if plural == "statefulsets":
                     pname = next(f"{name}-{n}" for n in itertools.count() if f"{name}-{n}" not in taken)
                     owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name, "uid": owner_uid}
                 else:
                     pname = f"{name}-{rs_hash}-" + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
-                    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{name}-{rs_hash}", "uid": owner_uid}
+                    owner = {
+                        "apiVersion": "apps/v1",
+                        "kind": "ReplicaSet",
+                        "name": f"{name}-{rs_hash}",
+                        "uid": owner_uid,
+                    }
                 taken.add(pname)
                 pod = {
                     "metadata": {
@@ -1006,22 +1028,34 @@ class ClusterSim:
                 else:
                     reasons[why] += 1
             if not fits:
-                msg = f"0/{len(nodes)} nodes are available: " + ", ".join(f"{c} {r}" for r, c in sorted(reasons.items()))
+                msg = f"0/{len(nodes)} nodes are available: " + ", ".join(
+                    f"{c} {r}" for r, c in sorted(reasons.items())
+                )
                 cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}
                 old = [c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "PodScheduled"]
                 if not old or old[0].get("message") != msg:
                     self.patch(
-                        "v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"],
+                        "v1",
+                        "pods",
+                        pod["metadata"]["namespace"],
+                        pod["metadata"]["name"],
                         {"status": {"conditions": [{**cond, "lastTransitionTime": k8s_time(now)}]}},
-                    )  # fmt: skip
+                    )
                 continue
             load = collections.Counter((p.get("spec") or {}).get("nodeName") for p in self.items("v1", "pods"))
             node = min(fits, key=lambda n: (load[n["metadata"]["name"]], n["metadata"]["name"]))
             self.patch(
-                "v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"],
-                {"spec": {"nodeName": node["metadata"]["name"]},
-                 "status": {"conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": k8s_time(now)}]}},
-            )  # fmt: skip
+                "v1",
+                "pods",
+                pod["metadata"]["namespace"],
+                pod["metadata"]["name"],
+                {
+                    "spec": {"nodeName": node["metadata"]["name"]},
+                    "status": {
+                        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": k8s_time(now)}]
+                    },
+                },
+            )
             run = self._run_of(pod)
             run.bound_at = now
 
@@ -1089,30 +1123,47 @@ class ClusterSim:
         for c in (pod.get("spec") or {}).get("containers") or []:
             cont.logs[c["name"]] = []
             if c["name"] == "consul-dataplane":
-                cont.logs[c["name"]].append((ns0, "[INFO]  consul-dataplane: consul-dataplane starting: version=1.9.11"))
+                cont.logs[c["name"]].append(
+                    (ns0, "[INFO]  consul-dataplane: consul-dataplane starting: version=1.9.11")
+                )
         run.current = cont
         restarts = run.instances - 1
         status = {
             "phase": "Running",
             "hostIP": next(
-                (a["address"] for a in (node.get("status") or {}).get("addresses") or [] if a.get("type") == "InternalIP"),
+                (
+                    a["address"]
+                    for a in (node.get("status") or {}).get("addresses") or []
+                    if a.get("type") == "InternalIP"
+                ),
                 "",
             ),
             "podIP": ip,
             "podIPs": [{"ip": ip}],
             "startTime": (pod.get("status") or {}).get("startTime") or k8s_time(now),
             "containerStatuses": [
-                {"name": c["name"], "ready": False, "started": True, "restartCount": restarts,
-                 "image": c.get("image", ""), "state": {"running": {"startedAt": k8s_time(now)}}}
+                {
+                    "name": c["name"],
+                    "ready": False,
+                    "started": True,
+                    "restartCount": restarts,
+                    "image": c.get("image", ""),
+                    "state": {"running": {"startedAt": k8s_time(now)}},
+                }
                 for c in (pod.get("spec") or {}).get("containers") or []
             ],
-        }  # fmt: skip
+        }
         conds = {c["type"]: c for c in (pod.get("status") or {}).get("conditions") or []}
         for t_ in ("Initialized", "PodScheduled"):
             conds.setdefault(t_, {"type": t_, "status": "True", "lastTransitionTime": k8s_time(now)})
         for t_ in ("Ready", "ContainersReady"):
             if conds.get(t_, {}).get("status") != "False":
-                conds[t_] = {"type": t_, "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": k8s_time(now)}
+                conds[t_] = {
+                    "type": t_,
+                    "status": "False",
+                    "reason": "ContainersNotReady",
+                    "lastTransitionTime": k8s_time(now),
+                }
         status["conditions"] = list(conds.values())
         self.patch("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"], {"status": status})
         run.ready_at = now + self.t.ready_s
@@ -1124,11 +1175,26 @@ class ClusterSim:
         phase = "Succeeded" if code == 0 else "Failed"
         c0 = ((pod.get("spec") or {}).get("containers") or [{}])[0]
         self.patch(
-            "v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"],
-            {"status": {"phase": phase, "containerStatuses": [
-                {"name": c0.get("name"), "ready": False, "restartCount": 0,
-                 "state": {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}}]}},
-        )  # fmt: skip
+            "v1",
+            "pods",
+            pod["metadata"]["namespace"],
+            pod["metadata"]["name"],
+            {
+                "status": {
+                    "phase": phase,
+                    "containerStatuses": [
+                        {
+                            "name": c0.get("name"),
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {
+                                "terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
+                            },
+                        }
+                    ],
+                }
+            },
+        )
         if run.current is not None:
             self.loop_task(self._stop_container(run.current))
 
@@ -1156,7 +1222,10 @@ class ClusterSim:
             for p in self.items("networking.k8s.io/v1", "networkpolicies", ns)
             if "Ingress" in ((p.get("spec") or {}).get("policyTypes") or ["Ingress"])
             and selector_matches(
-                [(k, "=", v) for k, v in (((p.get("spec") or {}).get("podSelector") or {}).get("matchLabels") or {}).items()],
+                [
+                    (k, "=", v)
+                    for k, v in (((p.get("spec") or {}).get("podSelector") or {}).get("matchLabels") or {}).items()
+                ],
                 labels_of(dst),
             )
         ]
@@ -1196,9 +1265,12 @@ class ClusterSim:
             return
         cs = [{**c, "ready": ready} for c in (pod.get("status") or {}).get("containerStatuses") or []]
         self.patch(
-            "v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"],
+            "v1",
+            "pods",
+            pod["metadata"]["namespace"],
+            pod["metadata"]["name"],
             {"status": {"conditions": conds, "containerStatuses": cs}},
-        )  # fmt: skip
+        )
 
     # -- containers, endpoints, logs -------------------------------------------------
     def _containers(self) -> list[Container]:
@@ -1342,22 +1414,37 @@ class ClusterSim:
         code = 200 if target is not None else 503
         stats = self.upstream_stats.setdefault(caller["metadata"]["name"], {}).setdefault(cluster, {})
         if host is not None:
-            ctr = stats.setdefault(host, {"cx_total": 0, "cx_connect_fail": 0, "rq_total": 0, "rq_error": 0, "rq_timeout": 0})
+            ctr = stats.setdefault(
+                host, {"cx_total": 0, "cx_connect_fail": 0, "rq_total": 0, "rq_error": 0, "rq_timeout": 0}
+            )
             ctr["cx_total"] += 1
             ctr["rq_total"] += 1
         line = {
-            "start_time": iso_ms(now), "route_name": upstream, "method": "POST" if port == "8080" else "GET",
-            "path": path, "protocol": "HTTP/1.1", "response_code": code,
+            "start_time": iso_ms(now),
+            "route_name": upstream,
+            "method": "POST" if port == "8080" else "GET",
+            "path": path,
+            "protocol": "HTTP/1.1",
+            "response_code": code,
             "response_flags": "-" if target is not None else "UH",
             "response_code_details": "via_upstream" if target is not None else "no_healthy_upstream",
-            "connection_termination_details": None, "bytes_received": 64, "bytes_sent": 512, "duration": 2,
-            "upstream_service_time": "1" if target is not None else None, "x_forwarded_for": None,
-            "user_agent": "python-httpx", "request_id": str(uuid.uuid4()), "authority": f"localhost:{port}",
-            "upstream_host": host, "upstream_cluster": cluster,
+            "connection_termination_details": None,
+            "bytes_received": 64,
+            "bytes_sent": 512,
+            "duration": 2,
+            "upstream_service_time": "1" if target is not None else None,
+            "x_forwarded_for": None,
+            "user_agent": "python-httpx",
+            "request_id": str(uuid.uuid4()),
+            "authority": f"localhost:{port}",
+            "upstream_host": host,
+            "upstream_cluster": cluster,
             "upstream_local_address": f"{run.current.ip}:{40000 + next(self._rr) % 20000}" if host else None,
-            "downstream_local_address": f"127.0.0.1:{port}", "downstream_remote_address": "127.0.0.1:50000",
-            "requested_server_name": None, "upstream_transport_failure_reason": None,
-        }  # fmt: skip
+            "downstream_local_address": f"127.0.0.1:{port}",
+            "downstream_remote_address": "127.0.0.1:50000",
+            "requested_server_name": None,
+            "upstream_transport_failure_reason": None,
+        }
         run.current.envoy_buffer.append(json.dumps(line))
         return target, code
 
@@ -1374,11 +1461,17 @@ class ClusterSim:
             return _text(code, "no healthy upstream")
         pups = self._upstreams(public)
         if "9090" in pups:
-            product, pcode = self._log_hop(public, pups["9090"], "9090", "/coffees")
+            product, _code = self._log_hop(public, pups["9090"], "9090", "/coffees")
             if product is None:
-                body = {"errors": [{"message": "Get \"http://localhost:9090/coffees\": 503 no healthy upstream"}], "data": None}
+                body = {
+                    "errors": [{"message": 'Get "http://localhost:9090/coffees": 503 no healthy upstream'}],
+                    "data": None,
+                }
                 return aiohttp.web.json_response(body)
-        coffees = [{"id": "1", "name": "Packer Spiced Latte", "price": 350}, {"id": "2", "name": "Vaulatte", "price": 200}]
+        coffees = [
+            {"id": "1", "name": "Packer Spiced Latte", "price": 350},
+            {"id": "2", "name": "Vaulatte", "price": 200},
+        ]
         return aiohttp.web.json_response({"data": {"coffees": coffees}})
 
     async def _envoy_admin(self, pod: Obj, req: Any) -> aiohttp.web.StreamResponse:
@@ -1407,7 +1500,9 @@ class ClusterSim:
                 names = [up]
                 res = self.consul.entries.get(("ServiceResolver", up)) if self.consul else None
                 if res:
-                    names += [str(t.get("service")) for t in ((res.get("failover") or {}).get("*") or {}).get("targets") or []]
+                    names += [
+                        str(t.get("service")) for t in ((res.get("failover") or {}).get("*") or {}).get("targets") or []
+                    ]
                 for i, svc_name in enumerate(names):
                     cname = f"failover-target~{i}~{self._cluster(svc_name)}" if res else self._cluster(svc_name)
                     counters = self.upstream_stats.get(name, {}).get(cname, {})
@@ -1415,14 +1510,18 @@ class ClusterSim:
                     for p in self._instances(svc_name):
                         host = f"{p['status']['podIP']}:20000"
                         ctr = counters.get(host, {})
-                        hosts.append({
-                            "address": {"socket_address": {"address": p["status"]["podIP"], "port_value": 20000}},
-                            "stats": [{"name": k, "value": str(ctr.get(k, 0)), "type": "COUNTER"}
-                                      for k in ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")],
-                            "health_status": {"eds_health_status": "HEALTHY"}
-                            | ({} if self._alive(p) else {"failed_outlier_check": True}),
-                            "weight": 1,
-                        })  # fmt: skip
+                        hosts.append(
+                            {
+                                "address": {"socket_address": {"address": p["status"]["podIP"], "port_value": 20000}},
+                                "stats": [
+                                    {"name": k, "value": str(ctr.get(k, 0)), "type": "COUNTER"}
+                                    for k in ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
+                                ],
+                                "health_status": {"eds_health_status": "HEALTHY"}
+                                | ({} if self._alive(p) else {"failed_outlier_check": True}),
+                                "weight": 1,
+                            }
+                        )
                     clusters.append({"name": cname, "added_via_api": True, "host_statuses": hosts})
             clusters.append({"name": "local_app", "host_statuses": []})
             if req.query.get("format") == "json":
@@ -1437,12 +1536,18 @@ class ClusterSim:
         if req.path == "/config_dump":
             dump = {
                 "configs": [
-                    {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-                     "bootstrap": {"node": {"id": f"{name}-{svc}-sidecar-proxy", "cluster": svc}}},
-                    {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
-                     "dynamic_active_clusters": [{"cluster": {"name": self._cluster(u)}} for u in self._upstreams(pod).values()]},
+                    {
+                        "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+                        "bootstrap": {"node": {"id": f"{name}-{svc}-sidecar-proxy", "cluster": svc}},
+                    },
+                    {
+                        "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+                        "dynamic_active_clusters": [
+                            {"cluster": {"name": self._cluster(u)}} for u in self._upstreams(pod).values()
+                        ],
+                    },
                 ]
-            }  # fmt: skip
+            }
             return aiohttp.web.json_response(dump)
         return _text(404, "invalid path\n")
 
@@ -1453,16 +1558,24 @@ class ClusterSim:
             return _text(500, "No cluster leader")
         path = req.path
         if path == "/v1/status/leader":
-            server = next((p for p in self.items("v1", "pods", c.namespace) if labels_of(p).get("component") == "server"), None)
+            server = next(
+                (p for p in self.items("v1", "pods", c.namespace) if labels_of(p).get("component") == "server"), None
+            )
             ip = (server or {}).get("status", {}).get("podIP", "")
             return aiohttp.web.json_response(f"{ip}:8300" if ip else "")
         if path == "/v1/agent/self":
-            return aiohttp.web.json_response({"Config": {"Datacenter": c.datacenter, "Version": c.version, "NodeName": "consul-server-0"}})
+            return aiohttp.web.json_response(
+                {"Config": {"Datacenter": c.datacenter, "Version": c.version, "NodeName": "consul-server-0"}}
+            )
         if path == "/v1/catalog/services":
-            names = sorted({
-                (p["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service", "")
-                for p in self.items("v1", "pods") if self._serving(p)
-            } - {""})  # fmt: skip
+            names = sorted(
+                {
+                    (p["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service", "")
+                    for p in self.items("v1", "pods")
+                    if self._serving(p)
+                }
+                - {""}
+            )
             out: dict[str, list[str]] = {"consul": []}
             for n in names:
                 out[n] = []
@@ -1481,16 +1594,37 @@ class ClusterSim:
                 if "passing" in req.query and not passing:
                     continue
                 pname, ns = p["metadata"]["name"], p["metadata"]["namespace"]
-                entries.append({
-                    "Node": {"Node": f"{p['spec'].get('nodeName')}-virtual", "Address": p["status"].get("hostIP", ""),
-                             "Datacenter": c.datacenter, "Meta": {"synthetic-node": "true"}},
-                    "Service": {"ID": f"{pname}-{svc}", "Service": svc, "Address": p["status"]["podIP"], "Port": 0,
-                                "Meta": {"pod-name": pname, "k8s-namespace": ns, "synthetic-node": "true",
-                                         "managed-by": "consul-k8s-endpoints-controller"}},
-                    "Checks": [{"CheckID": f"{ns}/{pname}-{svc}", "Name": "Kubernetes Readiness Check",
-                                "Type": "kubernetes-readiness", "Status": "passing" if passing else "critical",
-                                "ServiceName": svc}],
-                })  # fmt: skip
+                entries.append(
+                    {
+                        "Node": {
+                            "Node": f"{p['spec'].get('nodeName')}-virtual",
+                            "Address": p["status"].get("hostIP", ""),
+                            "Datacenter": c.datacenter,
+                            "Meta": {"synthetic-node": "true"},
+                        },
+                        "Service": {
+                            "ID": f"{pname}-{svc}",
+                            "Service": svc,
+                            "Address": p["status"]["podIP"],
+                            "Port": 0,
+                            "Meta": {
+                                "pod-name": pname,
+                                "k8s-namespace": ns,
+                                "synthetic-node": "true",
+                                "managed-by": "consul-k8s-endpoints-controller",
+                            },
+                        },
+                        "Checks": [
+                            {
+                                "CheckID": f"{ns}/{pname}-{svc}",
+                                "Name": "Kubernetes Readiness Check",
+                                "Type": "kubernetes-readiness",
+                                "Status": "passing" if passing else "critical",
+                                "ServiceName": svc,
+                            }
+                        ],
+                    }
+                )
             return aiohttp.web.json_response(entries)
         m = re.fullmatch(r"/v1/config/([^/]+)(?:/([^/]+))?", path)
         if m:
@@ -1504,7 +1638,11 @@ class ClusterSim:
                     return _text(404, f'Config entry not found for "{m.group(1)}" / "{m.group(2)}"')
                 return aiohttp.web.json_response(_consul_entry(m.group(1), m.group(2), spec, c.datacenter))
             return aiohttp.web.json_response(
-                [_consul_entry(m.group(1), n, s, c.datacenter) for (k, n), s in sorted(c.entries.items()) if k == crd_kind]
+                [
+                    _consul_entry(m.group(1), n, s, c.datacenter)
+                    for (k, n), s in sorted(c.entries.items())
+                    if k == crd_kind
+                ]
             )
         m = re.fullmatch(r"/v1/discovery-chain/([^/]+)", path)
         if m:
@@ -1519,8 +1657,19 @@ class ClusterSim:
         def target(name: str) -> Obj:
             tid = f"{name}.default.default.{dc}"
             sni = f"{name}.default.{dc}.internal.{c.trust_domain}"
-            return {"ID": tid, "Service": name, "Namespace": "default", "Partition": "default", "Datacenter": dc,
-                    "ConnectTimeout": "5s", "MeshGateway": {}, "Subset": {}, "TransparentProxy": {}, "SNI": sni, "Name": sni}  # fmt: skip
+            return {
+                "ID": tid,
+                "Service": name,
+                "Namespace": "default",
+                "Partition": "default",
+                "Datacenter": dc,
+                "ConnectTimeout": "5s",
+                "MeshGateway": {},
+                "Subset": {},
+                "TransparentProxy": {},
+                "SNI": sni,
+                "Name": sni,
+            }
 
         resolver = c.entries.get(("ServiceResolver", svc)) or {}
         node_name = f"resolver:{svc}.default.default.{dc}"
@@ -1537,11 +1686,16 @@ class ClusterSim:
             (c.entries.get(("ProxyDefaults", "global")) or {}).get("config") or {}
         ).get("protocol", "tcp")
         return {
-            "ServiceName": svc, "Namespace": "default", "Partition": "default", "Datacenter": dc,
-            "Protocol": proto, "StartNode": node_name, "Default": not resolver,
+            "ServiceName": svc,
+            "Namespace": "default",
+            "Partition": "default",
+            "Datacenter": dc,
+            "Protocol": proto,
+            "StartNode": node_name,
+            "Default": not resolver,
             "Nodes": {node_name: {"Type": "resolver", "Name": f"{svc}.default.default.{dc}", "Resolver": res}},
             "Targets": targets,
-        }  # fmt: skip
+        }
 
     # -- consul-k8s config-entry controller -------------------------------------------
     def _consul_tick(self, now: float) -> None:
@@ -1571,10 +1725,17 @@ class ClusterSim:
             return
         if CONSUL_FINALIZER not in finalizers:
             self.patch(
-                CONSUL_GROUP, plural, ns, name,
-                {"metadata": {"finalizers": [*finalizers, CONSUL_FINALIZER]},
-                 "status": {"conditions": [{"type": "Synced", "status": "Unknown", "lastTransitionTime": k8s_time(now)}]}},
-            )  # fmt: skip
+                CONSUL_GROUP,
+                plural,
+                ns,
+                name,
+                {
+                    "metadata": {"finalizers": [*finalizers, CONSUL_FINALIZER]},
+                    "status": {
+                        "conditions": [{"type": "Synced", "status": "Unknown", "lastTransitionTime": k8s_time(now)}]
+                    },
+                },
+            )
             return
         status = obj.get("status") or {}
         gen = int(meta.get("generation", 1))
@@ -1587,13 +1748,26 @@ class ClusterSim:
         if error is None:
             c.entries[(kind, name)] = copy.deepcopy(obj.get("spec") or {})
             c.entry_sources[(kind, name)] = src
-            new = {"conditions": [{"type": "Synced", "status": "True", "lastTransitionTime": k8s_time(now)}],
-                   "lastSyncedTime": k8s_time(now), "_simSyncedGeneration": gen}  # fmt: skip
+            new = {
+                "conditions": [{"type": "Synced", "status": "True", "lastTransitionTime": k8s_time(now)}],
+                "lastSyncedTime": k8s_time(now),
+                "_simSyncedGeneration": gen,
+            }
         else:
             reason, message = error
-            new = {"conditions": [{"type": "Synced", "status": "False", "reason": reason, "message": message,
-                                   "lastTransitionTime": k8s_time(now)}],
-                   "lastSyncedTime": status.get("lastSyncedTime"), "_simSyncedGeneration": gen}  # fmt: skip
+            new = {
+                "conditions": [
+                    {
+                        "type": "Synced",
+                        "status": "False",
+                        "reason": reason,
+                        "message": message,
+                        "lastTransitionTime": k8s_time(now),
+                    }
+                ],
+                "lastSyncedTime": status.get("lastSyncedTime"),
+                "_simSyncedGeneration": gen,
+            }
         self.patch(CONSUL_GROUP, plural, ns, name, {"status": new}, status_only=True)
 
     def _consul_validate(self, kind: str, name: str, spec: Obj, src: str) -> tuple[str, str] | None:
@@ -1638,8 +1812,14 @@ class ClusterSim:
                 continue
             ns, name = ing["metadata"]["namespace"], ing["metadata"]["name"]
             host = f"k8s-{ns[:8]}-{name[:8]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}.us-west-2.elb.amazonaws.com"
-            self.patch("networking.k8s.io/v1", "ingresses", ns, name,
-                       {"status": {"loadBalancer": {"ingress": [{"hostname": host}]}}}, status_only=True)  # fmt: skip
+            self.patch(
+                "networking.k8s.io/v1",
+                "ingresses",
+                ns,
+                name,
+                {"status": {"loadBalancer": {"ingress": [{"hostname": host}]}}},
+                status_only=True,
+            )
 
     # -- host-facing network: kind port mappings, load balancers ----------------------------
     async def _proxy_to_service(self, svc_match: Callable[[Obj], int | None], reader: Any, writer: Any) -> None:
@@ -1652,9 +1832,10 @@ class ClusterSim:
             sel = (svc.get("spec") or {}).get("selector") or {}
             ns = svc["metadata"]["namespace"]
             eps = [
-                p for p in self.items("v1", "pods", ns)
+                p
+                for p in self.items("v1", "pods", ns)
                 if sel and all(labels_of(p).get(k) == v for k, v in sel.items()) and self._serving(p)
-            ]  # fmt: skip
+            ]
             if eps:
                 eps.sort(key=lambda p: p["metadata"]["name"])
                 pod = eps[next(self._rr) % len(eps)]
@@ -1754,13 +1935,18 @@ class ClusterSim:
     ) -> Obj:
         """A node whose kubelet the simulation runs (kind nodes, or EKS-like ones)."""
         node = {
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **labels}},
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **labels},
+            },
             "spec": {"podCIDR": cidr, "podCIDRs": [cidr], **({"taints": taints} if taints else {})},
             "status": {
                 "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastTransitionTime": k8s_time()}],
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "KubeletReady", "lastTransitionTime": k8s_time()}
+                ],
             },
-        }  # fmt: skip
+        }
         self.nodes[name] = NodeRun(name)
         return self.create("v1", "nodes", None, node)
 
@@ -1771,7 +1957,11 @@ class ClusterSim:
     # -- kind ------------------------------------------------------------------------
     async def kind_create(self, name: str, config: Obj) -> Obj:
         if self.kind_cluster is not None:
-            return {"rc": 1, "stderr": f'ERROR: failed to create cluster: node(s) already exist for a cluster with the name "{name}"'}
+            return {
+                "rc": 1,
+                "stderr": "ERROR: failed to create cluster: node(s) already exist for a cluster with the name "
+                f'"{name}"',
+            }
         self.kind_cluster = name
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.ensure_namespace(ns)
@@ -1792,7 +1982,9 @@ class ClusterSim:
                     continue
                 reg = (doc or {}).get("nodeRegistration") or {}
                 for t in reg.get("taints") or []:
-                    taints.append({"key": str(t["key"]), "value": str(t.get("value", "")), "effect": str(t.get("effect"))})
+                    taints.append(
+                        {"key": str(t["key"]), "value": str(t.get("value", "")), "effect": str(t.get("effect"))}
+                    )
                 extra = reg.get("kubeletExtraArgs") or {}
                 for item in str(extra.get("register-with-taints", "")).split(","):
                     if item:
@@ -1802,9 +1994,15 @@ class ClusterSim:
             self.add_node(node_name, labels, ip=f"172.18.0.{i + 2}", cidr=f"10.244.{i}.0/24", taints=taints or None)
             for m in n.get("extraPortMappings") or []:
                 try:
-                    await self.publish(node_name, int(m["containerPort"]), int(m["hostPort"]) if m.get("hostPort") else None)
+                    await self.publish(
+                        node_name, int(m["containerPort"]), int(m["hostPort"]) if m.get("hostPort") else None
+                    )
                 except OSError:
-                    return {"rc": 1, "stderr": f"ERROR: failed to create cluster: Bind for 127.0.0.1:{m.get('hostPort')} failed: port is already allocated"}  # fmt: skip
+                    return {
+                        "rc": 1,
+                        "stderr": "ERROR: failed to create cluster: Bind for "
+                        f"127.0.0.1:{m.get('hostPort')} failed: port is already allocated",
+                    }
         return {"rc": 0}
 
     async def kind_delete(self) -> Obj:
@@ -1854,16 +2052,25 @@ class ClusterSim:
             if nrun is None:
                 return {"rc": 1, "stderr": f"Error response from daemon: No such container: {node}"}
             if port is None or port not in nrun.port_maps or not nrun.up:
-                return {"rc": 1, "stderr": f"Error: No public port '{rest[1] if len(rest) > 1 else ''}' published for {node}"}
+                return {
+                    "rc": 1,
+                    "stderr": f"Error: No public port '{rest[1] if len(rest) > 1 else ''}' published for {node}",
+                }
             return {"rc": 0, "stdout": f"127.0.0.1:{nrun.port_maps[port]}\n"}
         return {"rc": 1, "stderr": f"fake docker: unsupported {cmd}"}
 
     # -- helm (the consul chart) ----------------------------------------------------------
-    async def helm_install(self, release: str, namespace: str, values: Obj, wait: bool, timeout_s: float, create_ns: bool) -> Obj:
+    async def helm_install(
+        self, release: str, namespace: str, values: Obj, wait: bool, timeout_s: float, create_ns: bool
+    ) -> Obj:
         self.helm_calls.append({"release": release, "namespace": namespace, "values": values})
         if self.get("v1", "namespaces", None, namespace) is None:
             if not create_ns:
-                return {"rc": 1, "stderr": f'Error: INSTALLATION FAILED: create: failed to create: namespaces "{namespace}" not found'}
+                return {
+                    "rc": 1,
+                    "stderr": "Error: INSTALLATION FAILED: create: failed to create: "
+                    f'namespaces "{namespace}" not found',
+                }
             self.ensure_namespace(namespace)
         self.install_consul(values, release=release, namespace=namespace)
         if not wait:
@@ -1898,7 +2105,11 @@ class ClusterSim:
         chart_labels = {"app": "consul", "release": release, "chart": "consul-helm", "heritage": "Helm"}
 
         def placement(section: Obj) -> Obj:
-            tpl = {"{{ template \"consul.name\" . }}": "consul", '"{{ .Release.Name }}"': release, "{{ .Release.Name }}": release}
+            tpl = {
+                '{{ template "consul.name" . }}': "consul",
+                '"{{ .Release.Name }}"': release,
+                "{{ .Release.Name }}": release,
+            }
 
             def render(text: Any) -> Any:
                 if not text:
@@ -1917,17 +2128,31 @@ class ClusterSim:
                 out["tolerations"] = render(section.get("tolerations"))
             return out
 
-        def workload(kind: str, plural: str, name: str, component: str, section: Obj, replicas: int, ports: list[Obj], image_: str) -> None:
+        def workload(
+            kind: str,
+            plural: str,
+            name: str,
+            component: str,
+            section: Obj,
+            replicas: int,
+            ports: list[Obj],
+            image_: str,
+        ) -> None:
             labels = {**chart_labels, "component": component}
             obj = {
                 "metadata": {"name": name, "labels": labels},
                 "spec": {
                     "replicas": replicas,
                     "selector": {"matchLabels": {"app": "consul", "release": release, "component": component}},
-                    "template": {"metadata": {"labels": labels},
-                                 "spec": {"containers": [{"name": component, "image": image_, "ports": ports}], **placement(section)}},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "containers": [{"name": component, "image": image_, "ports": ports}],
+                            **placement(section),
+                        },
+                    },
                 },
-            }  # fmt: skip
+            }
             if self.get("apps/v1", plural, namespace, name) is None:
                 self.create("apps/v1", plural, namespace, obj)
             else:
@@ -1935,32 +2160,92 @@ class ClusterSim:
 
         srv_default_affinity = (
             "podAntiAffinity:\n  requiredDuringSchedulingIgnoredDuringExecution:\n    - labelSelector:\n"
-            "        matchLabels:\n          app: consul\n          release: \"{{ .Release.Name }}\"\n"
+            '        matchLabels:\n          app: consul\n          release: "{{ .Release.Name }}"\n'
             "          component: server\n      topologyKey: kubernetes.io/hostname\n"
         )
-        workload("StatefulSet", "statefulsets", f"{release}-server", "server",
-                 {"affinity": srv_default_affinity, **srv}, int(srv.get("replicas", 1)),
-                 [{"name": "http", "containerPort": 8500}, {"name": "grpc", "containerPort": 8502}], image)  # fmt: skip
+        workload(
+            "StatefulSet",
+            "statefulsets",
+            f"{release}-server",
+            "server",
+            {"affinity": srv_default_affinity, **srv},
+            int(srv.get("replicas", 1)),
+            [{"name": "http", "containerPort": 8500}, {"name": "grpc", "containerPort": 8502}],
+            image,
+        )
         if self.consul.inject:
-            workload("Deployment", "deployments", f"{release}-connect-injector", "connect-injector", ci,
-                     int(ci.get("replicas", 1)), [{"name": "webhook", "containerPort": 8080}],
-                     str(g.get("imageK8S") or "hashicorp/consul-k8s-control-plane:1.9.11"))  # fmt: skip
-            if self.get("admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations", None, f"{release}-connect-injector") is None:
-                self.create("admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations", None,
-                            {"metadata": {"name": f"{release}-connect-injector", "labels": {**chart_labels, "component": "connect-injector"}},
-                             "webhooks": []})  # fmt: skip
-        workload("Deployment", "deployments", f"{release}-webhook-cert-manager", "webhook-cert-manager",
-                 values.get("webhookCertManager") or {}, 1, [], str(g.get("imageK8S") or "hashicorp/consul-k8s-control-plane:1.9.11"))  # fmt: skip
+            workload(
+                "Deployment",
+                "deployments",
+                f"{release}-connect-injector",
+                "connect-injector",
+                ci,
+                int(ci.get("replicas", 1)),
+                [{"name": "webhook", "containerPort": 8080}],
+                str(g.get("imageK8S") or "hashicorp/consul-k8s-control-plane:1.9.11"),
+            )
+            if (
+                self.get(
+                    "admissionregistration.k8s.io/v1",
+                    "mutatingwebhookconfigurations",
+                    None,
+                    f"{release}-connect-injector",
+                )
+                is None
+            ):
+                self.create(
+                    "admissionregistration.k8s.io/v1",
+                    "mutatingwebhookconfigurations",
+                    None,
+                    {
+                        "metadata": {
+                            "name": f"{release}-connect-injector",
+                            "labels": {**chart_labels, "component": "connect-injector"},
+                        },
+                        "webhooks": [],
+                    },
+                )
+        workload(
+            "Deployment",
+            "deployments",
+            f"{release}-webhook-cert-manager",
+            "webhook-cert-manager",
+            values.get("webhookCertManager") or {},
+            1,
+            [],
+            str(g.get("imageK8S") or "hashicorp/consul-k8s-control-plane:1.9.11"),
+        )
         for svc_name, spec in (
-            (f"{release}-server", {"clusterIP": "None", "publishNotReadyAddresses": True,
-                                   "ports": [{"name": "http", "port": 8500, "targetPort": 8500}],
-                                   "selector": {"app": "consul", "release": release, "component": "server"}}),
-            (f"{release}-ui", {"ports": [{"name": "http", "port": 80, "targetPort": 8500}],
-                               "selector": {"app": "consul", "release": release, "component": "server"}}),
-        ):  # fmt: skip
+            (
+                f"{release}-server",
+                {
+                    "clusterIP": "None",
+                    "publishNotReadyAddresses": True,
+                    "ports": [{"name": "http", "port": 8500, "targetPort": 8500}],
+                    "selector": {"app": "consul", "release": release, "component": "server"},
+                },
+            ),
+            (
+                f"{release}-ui",
+                {
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8500}],
+                    "selector": {"app": "consul", "release": release, "component": "server"},
+                },
+            ),
+        ):
             if self.get("v1", "services", namespace, svc_name) is None:
-                self.create("v1", "services", namespace,
-                            {"metadata": {"name": svc_name, "labels": {**chart_labels, "component": svc_name.split("-")[-1]}}, "spec": spec})  # fmt: skip
+                self.create(
+                    "v1",
+                    "services",
+                    namespace,
+                    {
+                        "metadata": {
+                            "name": svc_name,
+                            "labels": {**chart_labels, "component": svc_name.split("-")[-1]},
+                        },
+                        "spec": spec,
+                    },
+                )
 
     async def helm_uninstall(self, release: str, namespace: str) -> Obj:
         if self.consul is None or self.consul.release != release:
@@ -1971,7 +2256,7 @@ class ClusterSim:
                 continue
             if labels_of(obj).get("release") == release and pl != "pods":
                 self.delete(av, pl, n, name)
-        for kind, plural in CONSUL_KINDS.items():
+        for plural in CONSUL_KINDS.values():
             for obj in list(self.items(CONSUL_GROUP, plural)):
                 self._remove((CONSUL_GROUP, plural, obj["metadata"]["namespace"], obj["metadata"]["name"]))
             self.unregister(CONSUL_GROUP, plural)
@@ -1993,9 +2278,13 @@ class ClusterSim:
             return aiohttp.web.json_response(await self.docker(list(body.get("args") or [])))
         if path == "helm/install":
             out = await self.helm_install(
-                body["release"], body["namespace"], body.get("values") or {}, bool(body.get("wait")),
-                float(body.get("timeout_s") or 300), bool(body.get("create_namespace")),
-            )  # fmt: skip
+                body["release"],
+                body["namespace"],
+                body.get("values") or {},
+                bool(body.get("wait")),
+                float(body.get("timeout_s") or 300),
+                bool(body.get("create_namespace")),
+            )
             return aiohttp.web.json_response(out)
         if path == "helm/uninstall":
             return aiohttp.web.json_response(await self.helm_uninstall(body["release"], body["namespace"]))
@@ -2005,9 +2294,12 @@ class ClusterSim:
             pod = self.pod_by_uid(q["uid"])
             run = self.pods.get(q["uid"])
             alive = (
-                pod is not None and run is not None and run.current is not None and run.current.alive
+                pod is not None
+                and run is not None
+                and run.current is not None
+                and run.current.alive
                 and run.current.instance == int(q.get("instance", run.current.instance))
-            )  # fmt: skip
+            )
             return aiohttp.web.json_response({"alive": alive})
         if path == "endpoint":
             pod = self.pod_by_uid(q["uid"])
@@ -2036,9 +2328,19 @@ class ClusterSim:
                 sel = (((obj or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
             if obj is None:
                 return {"error": f'Error from server (NotFound): {plural} "{name}" not found'}
-            pods = [p for p in self.items("v1", "pods", namespace) if sel and all(labels_of(p).get(k) == v for k, v in sel.items())]
+            pods = [
+                p
+                for p in self.items("v1", "pods", namespace)
+                if sel and all(labels_of(p).get(k) == v for k, v in sel.items())
+            ]
             # kubectl's AttachablePodForObject: active pods, Ready first
-            pods.sort(key=lambda p: (not self._pod_ready(p), (p.get("status") or {}).get("phase") != "Running", p["metadata"]["name"]))
+            pods.sort(
+                key=lambda p: (
+                    not self._pod_ready(p),
+                    (p.get("status") or {}).get("phase") != "Running",
+                    p["metadata"]["name"],
+                )
+            )
             if not pods:
                 return {"error": f"error: unable to forward port because no pods match {kind}/{name}"}
             pod = pods[0]
@@ -2119,8 +2421,7 @@ def _consul_entry(kind: str, name: str, spec: Obj, dc: str) -> Obj:
     def pascal(v: Any, free_keys: bool = False) -> Any:
         if isinstance(v, dict):
             return {
-                (k if free_keys else k[:1].upper() + k[1:]): pascal(x, k in ("failover", "meta"))
-                for k, x in v.items()
+                (k if free_keys else k[:1].upper() + k[1:]): pascal(x, k in ("failover", "meta")) for k, x in v.items()
             }
         if isinstance(v, list):
             return [pascal(x) for x in v]

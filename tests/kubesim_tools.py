@@ -25,6 +25,7 @@ Standard library only: it runs as a separate process, like the real tools.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -231,7 +232,9 @@ def port_forward(args: list[str]) -> None:
             except OSError:
                 alive = False
             if not alive:
-                die(f'"Unhandled Error" err="an error occurred forwarding {port} -> {remote}: pod {res["pod"]} is gone"')
+                die(
+                    f'"Unhandled Error" err="an error occurred forwarding {port} -> {remote}: pod {res["pod"]} is gone"'
+                )
 
     def pipe(a: socket.socket, b: socket.socket) -> None:
         try:
@@ -244,10 +247,8 @@ def port_forward(args: list[str]) -> None:
             pass
         finally:
             for s in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     threading.Thread(target=watch, daemon=True).start()
     while True:
@@ -258,7 +259,8 @@ def port_forward(args: list[str]) -> None:
             conn.close()
             die(
                 f'"Unhandled Error" err="an error occurred forwarding {port} -> {remote}: error forwarding port '
-                f'{pod_port} to pod {uid}: failed to connect to localhost:{pod_port} inside namespace: connection refused"'
+                f"{pod_port} to pod {uid}: failed to connect to localhost:{pod_port} inside namespace: "
+                'connection refused"'
             )
         try:
             upstream = socket.create_connection(("127.0.0.1", int(ep)), timeout=5)

@@ -7,8 +7,6 @@ kind and existing backend tests.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any

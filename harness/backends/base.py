@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.errors import BackendError
+
 if TYPE_CHECKING:
     from harness.render.manifests import Manifests
 
@@ -277,6 +279,17 @@ class Backend(ABC):
         An experiment that needs one outside the set is refused before anything
         is injected, rather than failing half-way through a game day.
         """
+
+    def require_capability(self, primitive: str) -> None:
+        """Refuse `primitive` (BackendError saying why) when this cluster cannot perform it.
+
+        Called before a fault is recorded or injected, so a refused fault
+        leaves no trace on the cluster or in the timeline. Backends whose
+        `capabilities()` is costly for some primitives override this to check
+        only the one asked for.
+        """
+        if primitive not in self.capabilities():
+            raise BackendError(f"the {self.name} backend cannot {primitive} on this cluster")
 
     @abstractmethod
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:

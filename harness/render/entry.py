@@ -111,7 +111,11 @@ def alb_ingress(t: Topology, zone: Zone) -> dict[str, Any]:
         "metadata": {
             "name": name,
             "namespace": naming.namespace(t, zone),
-            "labels": {naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_POD_ZONE: zone.name, LABEL_ENTRY: "true"},
+            "labels": {
+                naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+                naming.LABEL_POD_ZONE: zone.name,
+                LABEL_ENTRY: "true",
+            },
             "annotations": {
                 ALB_ANNOTATION_PREFIX + "scheme": "internet-facing",
                 ALB_ANNOTATION_PREFIX + "target-type": "ip",
@@ -152,6 +156,4 @@ def render_entry(t: Topology, edition: Edition) -> dict[str, list[dict[str, Any]
 
 def kind_port_mappings(t: Topology) -> list[dict[str, Any]]:
     """extraPortMappings of the control-plane: each zone's nodePort, host port left to kind (kept across restarts)."""
-    return [
-        {"containerPort": node_port(t, z), "listenAddress": "127.0.0.1", "protocol": "TCP"} for z in entry_zones(t)
-    ]
+    return [{"containerPort": node_port(t, z), "listenAddress": "127.0.0.1", "protocol": "TCP"} for z in entry_zones(t)]
