@@ -866,8 +866,8 @@ class LineStream:
                 *complete, buf = buf.split(b"\n")
                 for raw in complete:
                     yield raw.decode("utf-8", "replace").rstrip("\r")
-        except Exception:  # noqa: BLE001 - closed under us, reset, or a chunked body cut short (urllib3
-            pass  # ProtocolError: the pod went mid-follow): whatever the cause, the stream simply ends
+        except Exception:  # closed under us, reset, or a chunked body cut short (urllib3 ProtocolError:
+            pass  # the pod went mid-follow): whatever the cause, the stream simply ends
         if buf.strip():
             yield buf.decode("utf-8", "replace")
 
