@@ -509,6 +509,31 @@ class ClusterSim:
             self._remove(key)
         return new
 
+    def replace(self, api_version: str, plural: str, ns: str | None, name: str, body: Obj) -> Obj:
+        """PUT: the object becomes `body` (identity, creation time and status kept, as the API server does)."""
+        key = (api_version, plural, ns, name)
+        cur = self.objects.get(key)
+        if cur is None:
+            raise NotFound(f'{plural} "{name}" not found')
+        new = copy.deepcopy(body)
+        old_meta = cur.get("metadata") or {}
+        meta = new.setdefault("metadata", {})
+        for k in ("uid", "creationTimestamp", "generation", "finalizers", "deletionTimestamp"):
+            if k in old_meta and k not in meta:
+                meta[k] = old_meta[k]
+        meta["name"] = name
+        if ns is not None:
+            meta["namespace"] = ns
+        new["apiVersion"], new["kind"] = cur.get("apiVersion"), cur.get("kind")
+        if "status" in cur:
+            new["status"] = cur["status"]
+        if new.get("spec") != cur.get("spec") and "generation" in old_meta:
+            meta["generation"] = int(old_meta["generation"]) + 1
+        self._bump(new)
+        self.objects[key] = new
+        self._emit((api_version, plural), "MODIFIED", new)
+        return new
+
     def _remove(self, key: Key) -> None:
         obj = self.objects.pop(key, None)
         if obj is None:
@@ -668,11 +693,7 @@ class ClusterSim:
                 return aiohttp.web.json_response(self.patch(*key, ns, name, body, status_only=sub == "status"))
             if method == "PUT" and name is not None:
                 body = request.data if isinstance(request.data, dict) else {}
-                cur = self.get(*key, ns, name)
-                if cur is None:
-                    raise NotFound(f'{key[1]} "{name}" not found')
-                repl = {k: v for k, v in cur.items() if k in ("apiVersion", "kind")} | body
-                return aiohttp.web.json_response(self.patch(*key, ns, name, _replace_patch(cur, repl)))
+                return aiohttp.web.json_response(self.replace(*key, ns, name, body))
             if method == "DELETE" and name is not None:
                 grace = params.get("gracePeriodSeconds")
                 if grace is None and isinstance(request.data, dict) and "gracePeriodSeconds" in request.data:
@@ -919,6 +940,12 @@ class ClusterSim:
         for kind_plural in ("deployments", "statefulsets"):
             for d in list(self.items("apps/v1", kind_plural)):
                 self._reconcile_workload(d, kind_plural)
+        # the garbage collector: a pod whose owner is gone is deleted (background cascading deletion)
+        uids = {str(o["metadata"].get("uid")) for o in self.objects.values()}
+        for p in list(self.items("v1", "pods")):
+            owners = p["metadata"].get("ownerReferences") or []
+            if owners and not p["metadata"].get("deletionTimestamp") and not any(o.get("uid") in uids for o in owners):
+                self.delete("v1", "pods", p["metadata"]["namespace"], p["metadata"]["name"])
 
     def _reconcile_workload(self, d: Obj, plural: str) -> None:
         meta, spec = d["metadata"], d.get("spec") or {}
@@ -2404,17 +2431,6 @@ def _tolerates(tol: Obj, taint: Obj) -> bool:
 
 def _is_job(pod: Obj) -> bool:
     return (pod.get("spec") or {}).get("restartPolicy") == "Never"
-
-
-def _replace_patch(cur: Obj, new: Obj) -> Obj:
-    """A merge patch that turns `cur` into `new` (keys absent from `new` deleted)."""
-    out: Obj = {}
-    for k in cur:
-        if k not in new and k not in ("metadata", "status"):
-            out[k] = None
-    for k, v in new.items():
-        out[k] = v
-    return out
 
 
 def _consul_entry(kind: str, name: str, spec: Obj, dc: str) -> Obj:

@@ -226,12 +226,25 @@ def test_set_serving_refuses_pods_without_the_label(api: FakeApiServer, tmp_path
         c.set_serving("z", "frontend", False)
 
 
-def test_pod_phases_only_hashicups_pods(api: FakeApiServer, tmp_path: Path) -> None:
+def test_pod_phases_only_hashicups_pods_by_their_ready_condition(api: FakeApiServer, tmp_path: Path) -> None:
     c = api.cluster(tmp_path)
     other = pod("consul-server-0", "consul", "z", "consul", "", "10.0.0.9", "n1")
     del other["metadata"]["labels"]["edge-harness.io/zone"]
-    api.seed(c, pod("pa", "ns", "z", "product-api", "pa-z", "10.0.3.1", "n3", phase="Pending"), other)
-    assert c.pod_phases() == {"ns/pa": "Pending"}
+    running = pod("pa", "ns", "z", "product-api", "pa-z", "10.0.3.1", "n3")
+    ready = [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-25T20:00:05Z"}]
+    api.seed(
+        c,
+        pod("pending", "ns", "z", "product-api", "pa-z", None, "", phase="Pending"),
+        running,
+        {
+            **running,
+            "metadata": {**running["metadata"], "name": "pb"},
+            "status": {**running["status"], "conditions": ready},
+        },
+        other,
+    )
+    # keyed by pod name (the inventory's key); Ready is the condition, never the phase
+    assert c.pod_phases() == {"pending": "Pending", "pa": "NotReady", "pb": "Ready"}
     assert c.pod_phases(["consul"]) == {}
 
 
