@@ -102,8 +102,12 @@ class Rendered:
         for name in sorted(self.entry):
             out[f"{ENTRY_DIR}/{name}"] = yamlio.dump_all(
                 self.entry[name],
-                [_describe(name, self.entry[name]), origin,
-                 "Per-zone entry points, applied only by the backend this variant is for.", edit],
+                [
+                    _describe(name, self.entry[name]),
+                    origin,
+                    "Per-zone entry points, applied only by the backend this variant is for.",
+                    edit,
+                ],
             )
         meta = {**self.meta, "files": [*out]}
         out[MANIFEST_FILE] = json.dumps(meta, indent=2) + "\n"
