@@ -120,7 +120,8 @@ def test_pods_get_an_ip_then_ready_with_its_transition_time(api: FakeApiServer, 
     ips = {p["status"]["podIP"]}
     for _ in range(3):  # every re-created pod: a new name and a new IP
         c.delete_pod("n", p["metadata"]["name"])
-        assert wait_until(lambda: bool(_ready_pods(c)) and _ready_pods(c)[0]["metadata"]["uid"] != p["metadata"]["uid"])
+        uid = p["metadata"]["uid"]
+        assert wait_until(lambda uid=uid: bool(_ready_pods(c)) and _ready_pods(c)[0]["metadata"]["uid"] != uid)
         p = _ready_pods(c)[0]
         assert p["status"]["podIP"] not in ips
         ips.add(p["status"]["podIP"])
