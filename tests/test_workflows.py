@@ -35,7 +35,9 @@ def test_workflows_pass_actionlint() -> None:
 
 def test_actionlint_would_catch_a_broken_workflow(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
-    bad.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo ${{ github.nope }}\n")
+    bad.write_text(
+        "on: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo ${{ github.nope }}\n"
+    )
     proc = subprocess.run([_actionlint(), str(bad)], capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and "nope" in proc.stdout
 
