@@ -141,11 +141,13 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
         raise
     manifests = load(mdir)
     backend = connect(bopts)
+    for exp in opts.experiments:  # refused before anything changes where the backend can tell (EKS)
+        check_capabilities(exp, backend)
     messages: list[str] = []
     chaos_ok = True
     try:
         backend.up(manifests, progress=lambda m: say(f"up: {m}"))
-        for exp in opts.experiments:  # a fault this cluster cannot do is refused before traffic or chaos
+        for exp in opts.experiments:  # again, now that up has probed the cluster (kind: sch_netem)
             check_capabilities(exp, backend)
         with recording(backend, run_dir):
             entry = backend.entrypoints()

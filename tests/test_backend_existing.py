@@ -369,6 +369,23 @@ def test_service_link_faults_are_refused_before_anything_is_recorded(
     check_capabilities(REPO / "experiments" / "eks-edge.json", b)  # the nightly's edge faults are all possible
 
 
+def test_e2e_with_a_fault_eks_cannot_do_is_refused_before_anything_changes(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from harness.cli import main
+
+    kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
+    monkeypatch.chdir(tmp_path)
+    before = _mutations(api)
+    args = ["e2e", "--backend", "existing", "--context", "eks-nightly", "--kubeconfig", str(kc)]
+    args += ["--allow-context", "eks-nightly", *[f"--entrypoint={z}={u}" for z, u in ENTRY.items()]]
+    assert main([*args, "--experiment", str(REPO / "experiments" / "edge-outage.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "edge-outage.json: method[2].provider.func: degrade_link:" in err[0]
+    assert "cannot set_link" in err[0]
+    assert _mutations(api) == before  # nothing applied, nothing injected
+
+
 def test_partition_needs_a_cni_that_enforces_network_policy(
     api: FakeApiServer, eks: KubeCluster, tmp_path: Path
 ) -> None:
