@@ -101,7 +101,8 @@ def _load_inventory(con: DuckDBPyConnection, path: Path) -> None:
     else:
         sql = f"CREATE TABLE inv ({cols})"
     con.execute(sql)
-    # Each added/ip event opens an interval for (pod, ip) that the pod's next event closes.
+    # Each added/ip event opens an interval for (pod, ip) that the pod's next added/ip/removed event
+    # closes; ready/unready change whether the pod serves, not which IP it holds.
     con.execute(
         """
         CREATE TABLE intervals AS
@@ -109,7 +110,7 @@ def _load_inventory(con: DuckDBPyConnection, path: Path) -> None:
             SELECT pod, event, nullif(ip, '') AS ip, zone, service, consul_service, ts AS start_ts,
                    lead(ts) OVER (PARTITION BY pod ORDER BY ts,
                        CASE event WHEN 'added' THEN 0 WHEN 'ip' THEN 1 ELSE 2 END) AS end_ts
-            FROM inv
+            FROM inv WHERE event IN ('added', 'ip', 'removed')
         ) WHERE event IN ('added', 'ip')
         """
     )
