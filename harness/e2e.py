@@ -85,6 +85,12 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(Exception):
+            # Envoy buffers access logs: wait until every sidecar has written its lines (no fixed cooldown)
+            problems = backend.flush_access_logs()
+            if problems:
+                (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+                (run_dir / "artifacts" / "access-log-flush.txt").write_text("\n".join(problems) + "\n")
+        with contextlib.suppress(Exception):
             collector.stop()
         with contextlib.suppress(Exception):
             _save_inventory(backend, run_dir)
@@ -116,7 +122,7 @@ def record_traffic(
 
 
 def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] = print) -> E2EResult:
-    from harness.chaos import check_experiment, run_experiment
+    from harness.chaos import check_capabilities, check_experiment, run_experiment
     from harness.observe import build_hops
     from harness.render.manifests import load
     from harness.report import write_junit, write_report
@@ -138,11 +144,15 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
         raise
     manifests = load(mdir)
     backend = connect(bopts)
+    for exp in opts.experiments:  # refused before anything changes where the backend can tell (EKS)
+        check_capabilities(exp, backend)
     messages: list[str] = []
     chaos_ok = True
     try:
         mark_run(run_dir, "up")
         backend.up(manifests, progress=lambda m: say(f"up: {m}"))
+        for exp in opts.experiments:  # again, now that up has probed the cluster (kind: sch_netem)
+            check_capabilities(exp, backend)
         with recording(backend, run_dir):
             entry = backend.entrypoints()
             say(f"traffic: {opts.users} users over {len(entry)} zones")
@@ -192,3 +202,6 @@ def _save_inventory(backend: Backend, run_dir: Path) -> None:
         shutil.copyfile(src, run_dir / "inventory.jsonl")
     else:
         write_inventory(backend.inventory(), run_dir / "inventory.jsonl")
+    entry = getattr(backend, "entrypoints_path", None)  # kind/existing: written as it happened
+    if isinstance(entry, Path) and entry.exists():
+        shutil.copyfile(entry, run_dir / "entrypoints.jsonl")
