@@ -624,3 +624,17 @@ def test_verify_and_report_import_no_backend() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+def test_events_at_one_instant_keep_the_writers_order(tmp_path: Path) -> None:
+    """A pod recorded unready then ready at the same instant is ready; a hand-over at one instant is no outage."""
+    d = run(tmp_path)
+    pod = pod_of(d, LAX, "product-api")
+    append(d / "inventory.jsonl", *(json.dumps(pod | {"event": e, "ts": T0 + 60}) for e in ("unready", "ready")))
+    v = verify(d)
+    assert v.passed and not any("had no ready pod" in n for n in v.run.notes), v.run.notes
+    append(d / "inventory.jsonl", json.dumps(pod | {"event": "unready", "ts": T0 + 70}))
+    v = verify(d)
+    assert any(
+        n.startswith(f"product-api had no ready pod in {LAX} from 2025-11-25T19:47:50.000Z to -") for n in v.run.notes
+    )

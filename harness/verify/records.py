@@ -361,17 +361,14 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
     return sorted(done, key=lambda x: (x.inject, x.fault))
 
 
-# Same-instant events: a pod becoming ready is taken before another leaving, so that a hand-over at
-# one instant is not a zero-length outage.
-_EVENT_ORDER = {"added": 0, "ip": 1, "ready": 2, "unready": 3, "removed": 4}
-
-
 def _readiness(run: RunData) -> None:
     """Down intervals per (zone, service) and per (Region, service), from the inventory (few rows)."""
+    # Events at the same instant keep the writer's order (one pod's unready then ready stays so); a
+    # hand-over between two pods at one instant is a zero-length outage, which is dropped below.
     rows = run.con.execute(
-        "SELECT ts, event, pod, zone, service FROM inv WHERE zone IS NOT NULL AND service IS NOT NULL"
+        "SELECT ts, event, pod, zone, service FROM inv WHERE zone IS NOT NULL AND service IS NOT NULL "
+        "ORDER BY ts, rowid"
     ).fetchall()
-    rows.sort(key=lambda r: (r[0], _EVENT_ORDER.get(r[1], 9), r[2]))
     run.readiness_events = any(r[1] in ("ready", "unready") for r in rows)
     if rows and not run.readiness_events:
         run.notes.append(
