@@ -43,15 +43,33 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--allow-context", action="append", default=[], help="existing: allow destructive chaos on this context"
     )
+    g.add_argument(
+        "--entrypoint", action="append", default=[], metavar="ZONE=URL",
+        help="existing: where users enter ZONE (repeat per zone; also EH_ENTRYPOINTS as JSON)",
+    )  # fmt: skip
+    g.add_argument("--install-consul", action="store_true", help="existing: install the pinned Consul chart")
+    g.add_argument(
+        "--own-mesh-defaults", action="store_true",
+        help="existing: may take over mesh-wide config entries it did not create (restored on down)",
+    )  # fmt: skip
 
 
 def _bopts(a: argparse.Namespace) -> BackendOptions:
+    entry: dict[str, str] = {}
+    for v in a.entrypoint:
+        zone, sep, url = v.partition("=")
+        if not sep or not zone or not url:
+            raise InputError("--entrypoint", "", f"expected ZONE=URL, got {v!r}")
+        entry[zone] = url
     return BackendOptions(
         name=a.backend,
         cluster=a.cluster,
         context=a.context,
         kubeconfig=a.kubeconfig,
         allow_contexts=list(a.allow_context),
+        entrypoints=entry,
+        install_consul=a.install_consul,
+        own_mesh_defaults=a.own_mesh_defaults,
     )
 
 
@@ -182,7 +200,8 @@ def cmd_chaos(a: argparse.Namespace) -> int:
         if not st.up:
             detail = f" ({st.detail})" if st.detail not in ("", "not up") else ""
             raise BackendError(f"{b.name} cluster {a.cluster!r} is not up{detail}: run `harness up` first")
-        planned = plan_run([a.experiment], b.manifests().topology, b.capabilities(), a.run_dir)
+        # only the primitives the experiment uses are asked (on EKS a partition needs a probe connection)
+        planned = plan_run([a.experiment], b.manifests().topology, None, a.run_dir, require=b.require_capability)
     finally:
         b.close()
     run_dir = a.run_dir or new_run_dir(label="chaos")

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend
-from harness.errors import BackendError, InputError
-from harness.run import copy_manifests, new_run_dir, write_inventory
+from harness.errors import InputError
+from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
 
 if TYPE_CHECKING:
     from harness.chaos import PlannedExperiment
@@ -96,11 +96,15 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(Exception):
+            # Envoy buffers access logs: wait until every sidecar has written its lines (no fixed cooldown)
+            problems = backend.flush_access_logs()
+            if problems:
+                (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+                (run_dir / "artifacts" / "access-log-flush.txt").write_text("\n".join(problems) + "\n")
+        with contextlib.suppress(Exception):
             collector.stop()
         with contextlib.suppress(Exception):
             _save_inventory(backend, run_dir)
-        with contextlib.suppress(Exception):
-            _save_entrypoints(backend, run_dir)
         with contextlib.suppress(Exception):
             backend.save_artifacts(run_dir / "artifacts")  # kept for the post-mortem, taken before the cluster goes
 
@@ -150,6 +154,7 @@ def record_traffic(
     from harness.traffic.runner import DEFAULT_PROBE_PERIOD_S
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    mark_run(run_dir, "traffic")
     if not (run_dir / "manifests").exists():
         copy_manifests(backend.manifests().root, run_dir)
     with recording(backend, run_dir):
@@ -162,24 +167,20 @@ def record_traffic(
         finally:
             after_traffic(backend, run_dir, lambda _m: None)
     build_hops(run_dir)
+    mark_run(run_dir, "done", "complete")  # a run that never gets here stays "running": its verdict is partial
     return result
 
 
-def check_inputs(
-    opts: E2EOptions, backend: Backend, topology: Topology
-) -> tuple[list[PlannedExperiment], frozenset[str] | None]:
+def check_inputs(opts: E2EOptions, backend: Backend, topology: Topology) -> list[PlannedExperiment]:
     """Every experiment checked against the topology and what the backend can do, before anything starts.
 
-    A backend that can only tell its capabilities once its cluster is up
-    (BackendError now) is asked again after `up`, still before traffic.
+    InputError on the first problem. `run_e2e` asks the backend again after
+    `up`: some clusters only show what they can do once they exist (kind
+    learns there whether the kernel has sch_netem).
     """
     from harness.chaos import plan_run
 
-    try:
-        caps: frozenset[str] | None = backend.capabilities()
-    except BackendError:
-        caps = None
-    return plan_run(list(opts.experiments), topology, caps), caps
+    return plan_run(list(opts.experiments), topology, None, require=backend.require_capability)
 
 
 def _topology_of(opts: E2EOptions) -> Topology:
@@ -206,7 +207,8 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     topology = _topology_of(opts)
     backend = connect(bopts)
     try:
-        planned, caps = check_inputs(opts, backend, topology)  # bad input: no run dir, no cluster
+        # bad input, or a fault the cluster cannot do where the backend can tell now (EKS): no run dir, no cluster
+        planned = check_inputs(opts, backend, topology)
     except BaseException:
         backend.close()
         raise
@@ -214,6 +216,7 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     run_dir = new_run_dir(opts.runs_root, opts.label)
     say(f"run directory: {run_dir}")
     try:
+        mark_run(run_dir, "render")
         mdir = prepare_manifests(opts, run_dir)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing was started: leave nothing behind
@@ -223,9 +226,10 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     messages: list[str] = []
     chaos_ok = True
     try:
+        mark_run(run_dir, "up")
         backend.up(manifests, progress=lambda m: say(f"up: {m}"))
-        if caps is None and planned:
-            planned = plan_run(list(opts.experiments), topology, backend.capabilities())
+        # again, now that up has probed the cluster (kind: sch_netem); still before any traffic or fault
+        planned = plan_run(list(opts.experiments), topology, None, require=backend.require_capability)
         write_plan(run_dir, planned)
         with recording(backend, run_dir):
             entry = backend.entrypoints()
@@ -243,24 +247,33 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
                     processes=opts.processes,
                     probe_zones=probe_zones,
                 ):
+                    mark_run(run_dir, "traffic")
                     time.sleep(opts.warmup_s)
                     for p in planned:
+                        mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")
                         res = run_planned(p, run_dir, bopts)
                         if not res.ok:
                             chaos_ok = False
                             messages.append(f"chaos experiment {p.id}: {res.reason}")
                         say(f"chaos: {p.id} {'ran as planned' if res.ok else 'FAILED: ' + str(res.reason)}")
+                    mark_run(run_dir, "cooldown")
                     time.sleep(opts.cooldown_s)
             finally:
                 after_traffic(backend, run_dir, say)
+    except BaseException as exc:
+        mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
     finally:
-        if not opts.keep:
-            say("down")
-            backend.down()
-        backend.close()
+        try:
+            if not opts.keep:
+                say("down")
+                backend.down()
+        finally:
+            backend.close()
     say("observe: hop records from the sidecars' access logs")
     build_hops(run_dir)
+    mark_run(run_dir, "verify", "complete")  # every record is in; what follows only reads them
     verdict = verify(run_dir)
     write_verdict(run_dir, verdict)
     write_report(run_dir, verdict)
@@ -269,16 +282,12 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     return E2EResult(run_dir, name, passed, verdict, chaos_ok, messages)
 
 
-def _save_entrypoints(backend: Backend, run_dir: Path) -> None:
-    """`entrypoints.jsonl` as the backend wrote it (local: in its state directory)."""
-    src = getattr(backend, "entrypoints_path", None)
-    if isinstance(src, Path) and src.exists():
-        shutil.copyfile(src, run_dir / "entrypoints.jsonl")
-
-
 def _save_inventory(backend: Backend, run_dir: Path) -> None:
     src = getattr(backend, "inventory_path", None)
     if isinstance(src, Path) and src.exists():
         shutil.copyfile(src, run_dir / "inventory.jsonl")
     else:
         write_inventory(backend.inventory(), run_dir / "inventory.jsonl")
+    entry = getattr(backend, "entrypoints_path", None)  # kind/existing: written as it happened
+    if isinstance(entry, Path) and entry.exists():
+        shutil.copyfile(entry, run_dir / "entrypoints.jsonl")

@@ -302,6 +302,9 @@ class FakeBackend:
             self.pending.remove((due, svc))
             self._add(svc, ready_delay=0.05)  # the replacement becomes ready a little after it exists
 
+    def require_capability(self, primitive: str) -> None:
+        """Every fault is possible on this fake (the actions ask before they record an inject)."""
+
     def status(self) -> Status:
         self._tick()
         phase = "NotReady" if self.unready else "Ready"

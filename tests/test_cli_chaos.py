@@ -19,7 +19,7 @@ from harness.backends.base import CHAOS_PRIMITIVES, Status
 from harness.chaos import ChaosResult
 from harness.cli import main
 from harness.e2e import E2EOptions, run_e2e
-from harness.errors import InputError
+from harness.errors import BackendError, InputError
 from harness.topology import load_topology
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +46,11 @@ class UpBackend:
 
     def capabilities(self) -> frozenset[str]:
         return self.caps
+
+    def require_capability(self, primitive: str) -> None:
+        """As `Backend.require_capability`: BackendError saying why."""
+        if primitive not in self.caps:
+            raise BackendError(f"the local backend cannot {primitive} on this cluster")
 
     def up(self, *a: Any, **k: Any) -> None:
         self.calls.append("up")
@@ -110,7 +115,9 @@ def test_chaos_refuses_a_fault_the_cluster_cannot_do(
     monkeypatch.chdir(tmp_path)
     exp = _experiment(tmp_path, "us-west-2-lax-1a", func="degrade_link", latency_ms=50)
     assert main(["chaos", "--backend", "local", str(exp)]) == 2
-    assert "degrade_link needs set_link" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == (
+        f"{exp}: method[0].provider.func: degrade_link: the local backend cannot set_link on this cluster"
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -134,9 +141,7 @@ def test_chaos_exit_code_follows_the_judged_journal(
     assert plan["experiments"][0]["actions"] == ["break it"]
 
 
-def test_e2e_refuses_a_bad_experiment_before_the_run_directory_and_the_cluster(
-    tmp_path: Path, up: UpBackend
-) -> None:
+def test_e2e_refuses_a_bad_experiment_before_the_run_directory_and_the_cluster(tmp_path: Path, up: UpBackend) -> None:
     exp = REPO / "experiments" / "edge-outage.json"
     narrow = tmp_path / "two-lz.yaml"
     narrow.write_text(

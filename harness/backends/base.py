@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.errors import BackendError
+
 if TYPE_CHECKING:
     from harness.render.manifests import Manifests
 
@@ -75,6 +77,20 @@ class Inventory:
             self._pods[pod] = ended
             self._ready.pop(pod, None)
             self._write("removed", ended, ts)
+
+    def ip_changed(self, info: PodInfo, ts: float | None = None) -> None:
+        """The same pod now holds another IP (its sandbox was re-created on a restarted node): event `ip`.
+
+        The pod keeps its name and its readiness record; lookups of the old IP
+        after `ts` no longer find it here (the file keeps the history for observe).
+        """
+        with self._lock:
+            old = self._pods.get(info.pod)
+            if old is None or old.ended is not None or old.ip == info.ip:
+                return
+            ts = time.time() if ts is None else ts
+            self._pods[info.pod] = PodInfo(**{**asdict(info), "started": old.started, "ended": None})
+            self._write("ip", self._pods[info.pod], ts)
 
     def ready(self, pod: str, ts: float | None = None) -> None:
         """The pod became a serving endpoint (what consul-k8s registers as passing).
@@ -132,6 +148,8 @@ class Inventory:
                     inv._ready.setdefault(rec["pod"], rec["ts"])
                 elif rec["event"] == "unready":
                     inv._ready.pop(rec["pod"], None)
+                elif rec["event"] == "ip" and rec["pod"] in inv._pods:
+                    inv._pods[rec["pod"]] = PodInfo(**{**asdict(inv._pods[rec["pod"]]), "ip": rec["ip"]})
         return inv
 
     def pods(self, alive_only: bool = False) -> list[PodInfo]:
@@ -239,6 +257,20 @@ class Backend(ABC):
     def log_sources(self) -> list[LogSource]:
         """Current sidecar access-log sources (call again to pick up new pods)."""
 
+    def flush_access_logs(self, timeout_s: float = 30.0) -> list[str]:
+        """Block until every access-log line the sidecars wrote so far can be read from `log_sources()`.
+
+        Call it after the last request and before the collector's last poll:
+        Envoy buffers access logs and writes them every
+        `--file-flush-interval-msec` (default 10 s), so "traffic stopped" is
+        not "logs complete". Returns one line per sidecar that could not be
+        confirmed complete (for the verdict's notes). This default suits a
+        backend whose sources tail files that its sidecars flush on their own
+        short interval; the Kubernetes backends override it (Envoy's
+        `write_total_buffered` gauge, then a catch-up read of each container log).
+        """
+        return []
+
     # -- observation beyond access logs ----------------------------------------
     @abstractmethod
     def capabilities(self) -> frozenset[str]:
@@ -247,6 +279,17 @@ class Backend(ABC):
         An experiment that needs one outside the set is refused before anything
         is injected, rather than failing half-way through a game day.
         """
+
+    def require_capability(self, primitive: str) -> None:
+        """Refuse `primitive` (BackendError saying why) when this cluster cannot perform it.
+
+        Called before a fault is recorded or injected, so a refused fault
+        leaves no trace on the cluster or in the timeline. Backends whose
+        `capabilities()` is costly for some primitives override this to check
+        only the one asked for.
+        """
+        if primitive not in self.capabilities():
+            raise BackendError(f"the {self.name} backend cannot {primitive} on this cluster")
 
     @abstractmethod
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:

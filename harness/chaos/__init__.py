@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,9 @@ from typing import Any
 from harness.backends import BackendOptions
 from harness.chaos.experiment import PlannedExperiment, check_experiment, load_experiment, plan_experiment
 from harness.chaos.timeline import FaultKind, record
+from harness.errors import BackendError, InputError
+from harness.records import CHAOS_DIR, JOURNAL_FILE, PLAN_FILE
 from harness.topology import Topology
-
-PLAN_FILE = "plan.json"
-CHAOS_DIR = "chaos"
 
 
 @dataclass
@@ -49,6 +49,45 @@ class ChaosResult:
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+
+# harness.chaos.actions function -> the backend primitive it injects (base.CHAOS_PRIMITIVES)
+ACTION_PRIMITIVES = {
+    "kill_pod": "kill_pod",
+    "make_unready": "set_pod_unready",
+    "kill_node": "kill_node",
+    "zone_outage": "zone_outage",
+    "degrade_link": "set_link",
+    "partition_zone": "partition_zone",
+}
+
+
+def required_primitives(data: dict[str, Any]) -> list[tuple[int, str, str]]:
+    """(method index, action func, primitive) of every harness action in an experiment's method."""
+    out = []
+    for i, act in enumerate(data.get("method") or []):
+        prov = (act or {}).get("provider") or {}
+        func = str(prov.get("func", ""))
+        if prov.get("module") == "harness.chaos.actions" and func in ACTION_PRIMITIVES:
+            out.append((i, func, ACTION_PRIMITIVES[func]))
+    return out
+
+
+def check_capabilities(path: Path, backend: Any) -> None:
+    """InputError (exit 2) when the experiment needs a fault this backend cannot perform on this cluster.
+
+    Run before the experiment starts, so a fault the cluster cannot do (the
+    service link on EKS, a partition without an enforcing CNI, netem on a
+    kernel without sch_netem) is refused with nothing injected. (`plan_run`
+    with `require=backend.require_capability` does the same within the full
+    check; this is the check alone.)
+    """
+    data = check_experiment(path)
+    for i, func, primitive in required_primitives(data):
+        try:
+            backend.require_capability(primitive)
+        except BackendError as exc:
+            raise InputError(str(path), f"method[{i}].provider.func", f"{func}: {exc}") from None
 
 
 def chaos_bin() -> str:
@@ -122,6 +161,7 @@ def plan_run(
     topology: Topology | None,
     capabilities: frozenset[str] | None,
     run_dir: Path | None = None,
+    require: Callable[[str], None] | None = None,
 ) -> list[PlannedExperiment]:
     """Check every experiment (InputError on the first problem, nothing written) and number them.
 
@@ -129,7 +169,7 @@ def plan_run(
     `harness chaos` runs into one directory never overwrite each other.
     """
     first = len(_existing_plan(run_dir)) + 1 if run_dir is not None else 1
-    planned = [plan_experiment(p, topology, capabilities) for p in paths]
+    planned = [plan_experiment(p, topology, capabilities, require=require) for p in paths]
     for i, p in enumerate(planned):
         p.id = f"{first + i:02d}-{Path(p.file).stem}"
     return planned
@@ -154,7 +194,7 @@ def run_planned(p: PlannedExperiment, run_dir: Path, opts: BackendOptions, timeo
     exp_dir.mkdir(parents=True, exist_ok=True)
     exp_file = exp_dir / "experiment.json"
     exp_file.write_text(json.dumps(p.data, indent=2) + "\n", encoding="utf-8")
-    journal_path = exp_dir / "journal.json"
+    journal_path = exp_dir / JOURNAL_FILE
     env = {**os.environ, **opts.env(), "EH_RUN_DIR": str(run_dir.resolve())}
     env["PYTHONPATH"] = os.pathsep.join(
         x for x in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if x
@@ -201,25 +241,29 @@ def run_experiment(
     topology: Topology | None = None,
     capabilities: frozenset[str] | None = None,
     timeout_s: float = 900,
+    require: Callable[[str], None] | None = None,
 ) -> ChaosResult:
     """Check, plan (added to ``plan.json``) and run one experiment into `run_dir`."""
-    (p,) = plan_run([experiment], topology, capabilities, run_dir)
+    (p,) = plan_run([experiment], topology, capabilities, run_dir, require)
     write_plan(run_dir, [p])
     return run_planned(p, run_dir, opts, timeout_s)
 
 
 __all__ = [
+    "ACTION_PRIMITIVES",
     "CHAOS_DIR",
     "PLAN_FILE",
     "ChaosResult",
     "FaultKind",
     "PlannedExperiment",
+    "check_capabilities",
     "check_experiment",
     "judge_journal",
     "load_experiment",
     "plan_experiment",
     "plan_run",
     "record",
+    "required_primitives",
     "run_experiment",
     "run_planned",
     "write_plan",

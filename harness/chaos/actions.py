@@ -193,6 +193,7 @@ def kill_pod(zone: str, service: str, configuration: dict[str, Any] | None = Non
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
     fault = _fault_id("kill-pod", zone, service)
+    b.require_capability("kill_pod")  # refused before anything is recorded or injected
     _snapshot(b, f"before {fault}")
     inject = record(
         fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend"
@@ -216,6 +217,7 @@ def make_unready(
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
     fault = _fault_id("unready", zone, service)
+    b.require_capability("set_pod_unready")
     record(fault, "inject", "make_unready", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend")
     pods: list[str] = []
     try:
@@ -256,6 +258,7 @@ def kill_node(
     elsewhere = {p.service for p in alive if p.zone == zone and p.node != node}
     lost = sorted(on_node - elsewhere)
     fault = _fault_id("kill-node", zone, node)
+    b.require_capability("kill_node")
     _snapshot(b, f"before {fault}")
     record(fault, "inject", "kill_node", zone, FaultKind.SERVICE_DOWN, lost, entry_down="frontend" in lost, node=node)
     try:
@@ -285,6 +288,7 @@ def zone_outage(zone: str, duration_s: float = 10.0, configuration: dict[str, An
     zone = _zone(b, zone, configuration)
     services = _zone_services(b, zone)
     fault = _fault_id("zone-outage", zone)
+    b.require_capability("zone_outage")
     _snapshot(b, f"before {fault}")
     record(fault, "inject", "zone_outage", zone, FaultKind.ZONE_DOWN, services, entry_down=True)
     try:
@@ -317,6 +321,7 @@ def degrade_link(
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
     fault = _fault_id("link", zone)
+    b.require_capability("set_link")  # e.g. EKS, or kind without sch_netem: refused, nothing recorded
     record(
         fault, "inject", "degrade_link", zone, FaultKind.LINK_DEGRADED, latency_ms=latency_ms, loss_percent=loss_percent
     )
@@ -355,6 +360,7 @@ def partition_zone(zone: str, duration_s: float = 10.0, configuration: dict[str,
     zone = _zone(b, zone, configuration)
     services = _zone_services(b, zone)
     fault = _fault_id("partition", zone)
+    b.require_capability("partition_zone")
     record(fault, "inject", "partition_zone", zone, FaultKind.PARTITION, entry_down=True)
     try:
         b.partition_zone(zone)

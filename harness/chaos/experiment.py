@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.chaos.roles import ROLE_EXAMPLES, RoleError, looks_like_role, parse_role, resolve_values
-from harness.errors import InputError
+from harness.errors import BackendError, InputError
 from harness.topology import Placement, Topology
 
 ALLOWED_MODULES = ("harness.chaos", "chaosk8s", "chaoslib")
@@ -148,10 +148,13 @@ def _value(src: str, path: str, raw: Any, cfg: dict[str, Any]) -> tuple[Any, str
 
 
 def check_experiment(
-    path: Path, topology: Topology | None = None, capabilities: frozenset[str] | None = None
+    path: Path,
+    topology: Topology | None = None,
+    capabilities: frozenset[str] | None = None,
+    require: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Validate an experiment (see the module docstring); returns it with roles resolved when a topology is given."""
-    return plan_experiment(path, topology, capabilities).data
+    return plan_experiment(path, topology, capabilities, require=require).data
 
 
 def plan_experiment(
@@ -159,7 +162,14 @@ def plan_experiment(
     topology: Topology | None = None,
     capabilities: frozenset[str] | None = None,
     exp_id: str | None = None,
+    require: Callable[[str], None] | None = None,
 ) -> PlannedExperiment:
+    """Check the experiment and resolve its roles (see the module docstring).
+
+    A fault is checked against `capabilities` (a set) and/or `require` (a
+    backend's `require_capability`, which raises BackendError saying why: on
+    some clusters a primitive needs a probe, so only the ones used are asked).
+    """
     from harness.chaos.actions import PRIMITIVE_OF
 
     src = str(path)
@@ -179,6 +189,7 @@ def plan_experiment(
     zone_names = {z.name for z in topology.zones} if topology is not None else set()
     actions: list[str] = []
     method_zones: list[str] = []
+    asked: set[str] = set()
     for where, act in _activities(data):
         if not isinstance(act, dict):
             raise InputError(src, where, "an activity is a JSON object")
@@ -202,6 +213,12 @@ def plan_experiment(
                 src, f"{where}.provider.func", f"{func.__name__} needs {primitive}, which this backend cannot do here "
                 f"(it can: {', '.join(sorted(capabilities)) or 'nothing'})",
             )  # fmt: skip
+        if require is not None and primitive is not None and primitive not in asked:
+            asked.add(primitive)
+            try:
+                require(primitive)
+            except BackendError as exc:
+                raise InputError(src, f"{where}.provider.func", f"{func.__name__}: {exc}") from None
         if topology is None:
             continue
         zones_of_activity: list[str] = []

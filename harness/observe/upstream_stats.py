@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.base import Backend
+from harness.records import UPSTREAM_STATS_FILE
 
-UPSTREAM_STATS_FILE = "upstream-stats.jsonl"
 COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
 INBOUND_CLUSTERS = frozenset({"local_app"})  # the sidecar's own app: not an upstream
 WORKERS = 8
