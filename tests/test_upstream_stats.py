@@ -154,3 +154,19 @@ def test_readiness_events_do_not_end_a_pods_hold_on_its_ip(tmp_path: Path) -> No
     assert build_hops(tmp_path) == 3
     hops = [json.loads(x) for x in (tmp_path / "hops.jsonl").read_text().splitlines()]
     assert [h["serving_pod"] for h in hops] == ["product-api-lax-a"] * 3
+
+
+def test_snapshot_threads_yield_to_traffic(tmp_path: Path) -> None:
+    """Taken at fault boundaries, where failover instants are read: the admin calls run at nice 19."""
+    import os
+
+    seen: list[int] = []
+
+    class Nice(_Admin):
+        def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super().envoy_admin(pod, path, timeout_s)
+
+    snapshot(Nice(delay=0.0), tmp_path, "end")  # type: ignore[arg-type]
+    assert seen and set(seen) == {19}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 19  # the caller keeps its own

@@ -14,15 +14,22 @@ is caught first), ``inject <fault>`` (right after the primitive acted),
 ``restore <fault>`` (right after the undoing primitive), ``end``.
 
 Counters are cumulative per Envoy process; a replacement pod starts at zero.
+
+Evidence must not disturb what it measures: a snapshot is taken right at a
+fault boundary, exactly where failover and recovery instants are read, so its
+threads run at the lowest CPU priority (nice 19; the local backend's daemon
+does the same for the threads that read the admin API) and yield to traffic.
 Envoy's proto3 JSON leaves out zero values and writes uint64 as strings, so a
 missing counter is 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +43,7 @@ from harness.records import UPSTREAM_STATS_FILE
 COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
 INBOUND_CLUSTERS = frozenset({"local_app"})  # the sidecar's own app: not an upstream
 WORKERS = 8
+NICE = 19
 ADMIN_TIMEOUT_S = 5.0
 
 # Envoy's HostUtility::healthFlagsToString order and wording, from the JSON health_status fields
@@ -88,6 +96,12 @@ class Snapshot:
     failed: dict[str, str] = field(default_factory=dict)  # pod -> why (a pod dying meanwhile is normal)
 
 
+def lower_priority() -> None:
+    """Run the calling thread at nice 19 (Linux: niceness is per thread, inherited by threads it starts)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+
+
 def _append(path: Path, lines: list[str]) -> None:
     """One O_APPEND write per pod: the harness and chaostoolkit's process append to the same file."""
     if not lines:
@@ -123,7 +137,9 @@ def snapshot(
 
     if not names:
         return snap
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names))), thread_name_prefix="upstream-stats") as ex:
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(workers, len(names))), thread_name_prefix="upstream-stats", initializer=lower_priority
+    ) as ex:
         for pod, result in ex.map(one, names):
             if isinstance(result, str):
                 snap.failed[pod] = result
