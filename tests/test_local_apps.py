@@ -14,10 +14,10 @@ import os
 import shutil
 import signal
 import socket
-import threading
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -267,7 +267,8 @@ def stack() -> Iterator[Stack]:
         wait_until(public, lambda: http_ok(f"http://{HOST}:{public_port}/health"))
         wait_until(frontend, lambda: http_ok(f"http://{HOST}:{frontend_port}/"))
         wait_until(nginx, lambda: http_ok(f"http://{HOST}:{nginx_port}/nginx-health"))
-        yield Stack(payments, procs, tmp, pg, pg_env, pg_port, product_port, metrics_port, public_port, frontend_port, nginx_port)
+        ports = (pg_port, product_port, metrics_port, public_port, frontend_port, nginx_port)
+        yield Stack(payments, procs, tmp, pg, pg_env, *ports)
     finally:
         procs.stop_all()
         payments.shutdown()

@@ -47,7 +47,8 @@ def failover_to_other_lz(root: Path) -> None:
     def fn(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for d in docs:
             if d["kind"] == "ServiceResolver" and d["metadata"]["name"] == "product-api-lax-1a":
-                d["spec"]["failover"] = {"*": {"targets": [{"service": "product-api-las-1a"}, {"service": "product-api"}]}}
+                targets = [{"service": "product-api-las-1a"}, {"service": "product-api"}]
+                d["spec"]["failover"] = {"*": {"targets": targets}}
         return docs
 
     _edit(root / "consul" / "20-service-resolvers.yaml", fn)
@@ -83,10 +84,10 @@ class MeshView:
             node = next(nd for nd in spec.nodes if dep.fits(nd))
             for i in range(dep.replicas):
                 n += 1
+                port = dep.containers[0].ports[0] if dep.containers[0].ports else 0
+                ip = f"10.99.{n // 250}.{n % 250 + 1}"
                 self._instances.append(
-                    Instance(f"{dep.name}-{i:05d}", node.name, f"10.99.{n // 250}.{n % 250 + 1}",
-                             dep.containers[0].ports[0] if dep.containers[0].ports else 0,
-                             dep.consul_service, dep.namespace, True)  # fmt: skip
+                    Instance(f"{dep.name}-{i:05d}", node.name, ip, port, dep.consul_service, dep.namespace, True)
                 )
 
     def config_objects(self) -> list[dict[str, Any]]:
@@ -119,8 +120,9 @@ class FakeBackend:
         for o in self._manifests.objects:
             if o["apiVersion"].startswith("consul.hashicorp.com/"):
                 name = o["metadata"]["name"]
-                out.append(ConfigEntryStatus(o["kind"], name, o["metadata"]["namespace"], self.synced.get(name, True),
-                                             "ConsulAgentError" if self.synced.get(name, True) is False else ""))  # fmt: skip
+                synced = self.synced.get(name, True)
+                reason = "ConsulAgentError" if synced is False else ""
+                out.append(ConfigEntryStatus(o["kind"], name, o["metadata"]["namespace"], synced, reason))
         return out
 
     def probe_edge(self, source: str, destination: str) -> EdgeProbe:
