@@ -138,8 +138,11 @@ def _hops(b: LocalBackend, ip_zone: dict[str, str], caller: str, since: float) -
 def test_startup_probe_and_no_cascading_ejection(tmp_path: Path, up: Any) -> None:
     """Rendered manifests, 2 replicas per zone, slow postgres: no restart; product-api dies: frontend stays."""
     b = up(rendered(tmp_path, replicas=2), "ehst2")
+    deadline = time.time() + 60  # `up` stops waiting after 30 s; a loaded machine may need longer
+    while not all(phase == "Ready" for phase in b.status().pods.values()):
+        assert time.time() < deadline, b.status().pods
+        time.sleep(0.5)
     assert all(p.ended is None for p in product_api_pods(b)), "startupProbe did not hold liveness back"
-    assert all(phase == "Ready" for phase in b.status().pods.values()), b.status().pods
 
     url = b.entrypoints()[LAX] + "/api"
     results: list[tuple[float, int, bool]] = []

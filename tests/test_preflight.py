@@ -258,7 +258,7 @@ def test_failover_to_another_local_zone_fails_preflight_naming_the_chain(setup: 
     b = setup(failover_to_other_lz)
     said: list[str] = []
     with pytest.raises(PreflightFailed) as info:
-        gate(b, tmp_path, "gate", said.append)  # type: ignore[arg-type]
+        gate(b, tmp_path, "gate", said.append, settle_s=0)  # type: ignore[arg-type]
     (bad,) = _failed(info.value.result)["discovery-chain"]
     assert bad.subject == f"{LAX} -> product-api-lax-1a"
     assert "product-api-las-1a" in bad.message and "another edge zone" in bad.message
@@ -270,17 +270,17 @@ def test_failover_to_another_local_zone_fails_preflight_naming_the_chain(setup: 
     assert "discovery-chain" in text and "chain: resolver:product-api-lax-1a" in text
     assert json.loads((tmp_path / "preflight.json").read_text())["ok"] is False
     # record mode writes the same file and lets the run go on
-    assert gate(b, tmp_path / "rec", "record", said.append).ok is False  # type: ignore[arg-type]
+    assert gate(b, tmp_path / "rec", "record", said.append, settle_s=0).ok is False  # type: ignore[arg-type]
 
 
 def test_missing_failover_fails_preflight(setup: Any) -> None:
-    res = run_preflight(setup(failover_missing))
+    res = run_preflight(setup(failover_missing), settle_s=0)
     (bad,) = _failed(res)["discovery-chain"]
     assert "no failover to the Region" in bad.message
 
 
 def test_undeclared_intention_fails_preflight(setup: Any) -> None:
-    res = run_preflight(setup(frontend_may_call_product_api))
+    res = run_preflight(setup(frontend_may_call_product_api), settle_s=0)
     failed = _failed(res)
     (bad,) = failed["intentions"]
     assert bad.subject == "product-api-lax-1a" and "frontend-lax-1a allowed (declared: no)" in bad.message
@@ -292,7 +292,9 @@ def test_unready_instance_and_unsynced_crd_fail_preflight(setup: Any) -> None:
     b = setup()
     b.view.unready.add(next(i.pod for i in b.view.instances() if i.service == "public-api-lax-1a"))
     b.synced["product-api-lax-1a"] = False
-    failed = _failed(run_preflight(b))
+    slept: list[float] = []
+    failed = _failed(run_preflight(b, settle_s=0, sleep=slept.append))
+    assert slept == []  # nothing to wait for with no settle time
     assert [c.subject for c in failed["instances-passing"]] == ["public-api-lax-1a"]
     assert failed["instances-passing"][0].message == "0 of 1 instances passing"
     assert {c.subject for c in failed["crd-synced"]} == {
@@ -301,6 +303,21 @@ def test_unready_instance_and_unsynced_crd_fail_preflight(setup: Any) -> None:
         "ServiceRouter hashicups-lax-1a/product-api-lax-1a",
         "ServiceIntentions hashicups-lax-1a/product-api-lax-1a",
     }
+
+
+def test_health_is_given_time_to_settle(setup: Any) -> None:
+    """An instance that becomes Ready while preflight waits passes; the wait is bounded."""
+    b = setup()
+    pod = next(i.pod for i in b.view.instances() if i.service == "public-api-lax-1a")
+    b.view.unready.add(pod)
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        b.view.unready.discard(pod)  # Ready one probe period later
+
+    res = run_preflight(b, sleep=sleep)
+    assert res.ok and slept == [1.0]
 
 
 def test_a_backend_without_the_hooks_is_unverified_not_passed(setup: Any, tmp_path: Path) -> None:
@@ -334,7 +351,7 @@ def test_unknown_service_in_chain_target(setup: Any) -> None:
 
         _edit(root / "consul" / "20-service-resolvers.yaml", edit)
 
-    (bad,) = _failed(run_preflight(setup(fn)))["discovery-chain"]
+    (bad,) = _failed(run_preflight(setup(fn), settle_s=0))["discovery-chain"]
     assert "product-api-backup, not a service of the topology" in bad.message
 
 

@@ -257,6 +257,9 @@ class Backend(ABC):
     def probe_edge(self, source: str, destination: str) -> EdgeProbe:
         """Call `destination` (a Consul service) as `source` would, through its sidecar's inbound listener.
 
+        Names as the intentions API writes them: ``name``, or ``namespace/name``
+        in Enterprise.
+
         Used by preflight's `refused-probe` check on an edge the topology does
         not declare. Default: not possible here (see `EdgeProbe`).
         """

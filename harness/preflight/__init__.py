@@ -177,18 +177,21 @@ def _consul_client(url: str) -> Any:
     )
 
 
-def check_crds(backend: Backend, manifests_objects: Iterable[dict[str, Any]], client: Any) -> list[Check]:
+def check_crds(
+    backend: Backend, manifests_objects: Iterable[dict[str, Any]], client: Any, exp: Expected
+) -> list[Check]:
     """Every config-entry CRD Synced=True (backend) and present in Consul (``/v1/config/:kind``)."""
     crds = [o for o in manifests_objects if str(o.get("apiVersion", "")).startswith("consul.hashicorp.com/")]
     try:
         statuses = {(s.kind, s.namespace, s.name): s for s in backend.config_entry_status()}
     except BackendError as exc:
         return [Check("crd-synced", "*", False, str(exc), {"possible": False})]
-    in_consul: dict[str, set[str]] = {}
+    in_consul: dict[tuple[str, str], set[str]] = {}
     out = []
     for obj in crds:
         kind = str(obj.get("kind"))
         meta = obj.get("metadata") or {}
+        spec = obj.get("spec") or {}
         name, ns = str(meta.get("name")), str(meta.get("namespace", "default"))
         subject = f"{kind} {ns}/{name}"
         st = statuses.get((kind, ns, name))
@@ -200,15 +203,29 @@ def check_crds(backend: Backend, manifests_objects: Iterable[dict[str, Any]], cl
         if consul_kind is None:
             out.append(Check("crd-synced", subject, False, f"unknown config-entry kind {kind}"))
             continue
-        if consul_kind not in in_consul:
-            in_consul[consul_kind] = {str(e.get("Name")) for e in client.config.list(consul_kind) or []}
-        consul_name = str((obj.get("spec") or {}).get("destination", {}).get("name") or name) if (
-            kind == "ServiceIntentions") else name  # fmt: skip
-        if consul_name not in in_consul[consul_kind]:
+        consul_name, consul_ns = name, ns
+        if kind == "ServiceIntentions":  # the Consul entry is named after its destination
+            dest = spec.get("destination") or {}
+            consul_name, consul_ns = str(dest.get("name") or name), str(dest.get("namespace") or ns)
+        if exp.edition is not Edition.ENTERPRISE or kind == "ProxyDefaults":
+            consul_ns = "default"
+        if (consul_kind, consul_ns) not in in_consul:
+            entries = _list_entries(client, consul_kind, consul_ns)
+            in_consul[(consul_kind, consul_ns)] = {str(e.get("Name")) for e in entries}
+        if consul_name not in in_consul[(consul_kind, consul_ns)]:
             out.append(Check("crd-synced", subject, False, f"Synced, but Consul has no {consul_kind} {consul_name!r}"))
             continue
         out.append(Check("crd-synced", subject, True, "Synced and in Consul"))
     return out
+
+
+def _list_entries(client: Any, kind: str, namespace: str) -> list[dict[str, Any]]:
+    """``/v1/config/:kind`` (``?ns=`` outside CE's single namespace; py-consul's call has no ns)."""
+    if namespace == "default":
+        return list(client.config.list(kind) or [])
+    from consul.callback import CB
+
+    return list(client.http.get(CB.json(), f"/v1/config/{kind}", params=[("ns", namespace)]) or [])
 
 
 def _zone_label(exp: Expected, service: str, namespace: str) -> str:
@@ -376,6 +393,8 @@ def check_intentions(client: Any, exp: Expected) -> list[Check]:
 def probe_pairs(exp: Expected) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(undeclared, declared) HTTP edges to call for real: per destination service, one of each.
 
+    Names as the intentions API writes them (``ns/name`` in Enterprise).
+
     Undeclared: a same-zone service that does not call it (e.g. frontend ->
     product-api), and a caller from another edge zone (LZ -> LZ). Declared: its
     own zone's caller, the positive control that the probe itself works.
@@ -394,15 +413,16 @@ def probe_pairs(exp: Expected) -> tuple[list[tuple[str, str]], list[tuple[str, s
         callers = {exp.key(n, ns) for n, ns in naming.callers(t, dest, exp.edition)}
         local = by_zone[zone.name]
         stranger = next((s for s in local.values() if exp.cs_key(s) not in callers and s is not dest), None)
+        name = exp.api_name(dest.name, dest.namespace)
         if stranger is not None:
-            undeclared.append((stranger.name, dest.name))
+            undeclared.append((exp.api_name(stranger.name, stranger.namespace), name))
         caller = next((s for s in local.values() if exp.cs_key(s) in callers), None)
         if caller is not None:
-            declared.append((caller.name, dest.name))
+            declared.append((exp.api_name(caller.name, caller.namespace), name))
         if caller is not None and len(t.edge_zones) > 1:
             other = by_zone[t.edge_zones[1].name].get(caller.service.name)
             if other is not None and exp.cs_key(other) not in callers:
-                undeclared.append((other.name, dest.name))
+                undeclared.append((exp.api_name(other.name, other.namespace), name))
     return undeclared, declared
 
 
@@ -434,8 +454,38 @@ def check_refused(backend: Backend, exp: Expected) -> list[Check]:
 # --------------------------------------------------------------------------- running it
 
 
-def run_preflight(backend: Backend, client_factory: Callable[[str], Any] = _consul_client) -> PreflightResult:
-    """Every check against the running cluster of `backend` (its manifests say what is expected)."""
+SETTLE_S = 30.0
+
+
+def _settled(check: Callable[[], list[Check]], settle_s: float, sleep: Callable[[float], None]) -> list[Check]:
+    """Run `check` until it passes or `settle_s` is over: the last answer counts.
+
+    Sync status and instance health converge after `up` returns (a consul-k8s
+    sync, a readiness probe period); judging the first answer would make the
+    result depend on when preflight happened to run. A mesh that does not
+    converge within the bound fails.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        checks = check()
+        waiting_helps = any(not c.ok and c.detail.get("possible", True) for c in checks)
+        if not waiting_helps or time.monotonic() >= deadline:
+            return checks
+        sleep(1.0)
+
+
+def run_preflight(
+    backend: Backend,
+    client_factory: Callable[[str], Any] = _consul_client,
+    settle_s: float = SETTLE_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PreflightResult:
+    """Every check against the running cluster of `backend` (its manifests say what is expected).
+
+    CRD sync and instance health are given `settle_s` to converge; the
+    configuration checks (chains, intentions, probes) are judged at once:
+    they do not change by waiting.
+    """
     manifests = backend.manifests()
     exp = Expected.of(manifests.topology, manifests.edition)
     with backend.consul_api() as url:
@@ -447,9 +497,9 @@ def run_preflight(backend: Backend, client_factory: Callable[[str], Any] = _cons
             raise BackendError(f"Consul API at {url} does not answer: {exc}") from exc
         if not leader:
             raise BackendError(f"Consul API at {url}: no cluster leader")
-        checks += check_crds(backend, manifests.objects, client)
+        checks += _settled(lambda: check_crds(backend, manifests.objects, client, exp), settle_s, sleep)
         checks += check_chains(client, exp)
-        checks += check_instances(client, exp)
+        checks += _settled(lambda: check_instances(client, exp), settle_s, sleep)
         checks += check_intentions(client, exp)
     checks += check_refused(backend, exp)
     return PreflightResult(time.time(), url, checks)
@@ -464,11 +514,17 @@ def write_preflight(run_dir: Path, result: PreflightResult) -> Path:
     return path
 
 
-def gate(backend: Backend, run_dir: Path, mode: str = "gate", say: Callable[[str], None] = print) -> PreflightResult:
+def gate(
+    backend: Backend,
+    run_dir: Path,
+    mode: str = "gate",
+    say: Callable[[str], None] = print,
+    settle_s: float = SETTLE_S,
+) -> PreflightResult:
     """Run preflight before traffic, write ``preflight.json``; mode ``gate`` raises PreflightFailed on failure."""
     if mode not in MODES:
         raise ValueError(f"preflight mode {mode!r}: expected one of {MODES}")
-    result = run_preflight(backend)
+    result = run_preflight(backend, settle_s=settle_s)
     path = write_preflight(run_dir, result)
     failed = result.failures
     say(f"preflight: {len(result.checks) - len(failed)} of {len(result.checks)} checks passed -> {path}")

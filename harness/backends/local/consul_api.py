@@ -572,19 +572,17 @@ def refused_probe(cluster: Any, source: str, destination: str, call_in: Callable
     with the right server identity.
     """
     mesh: MeshConfig = cluster.mesh
+    src_ref, dest_ref = _ref(mesh, source, None), _ref(mesh, destination, None)
+
+    def is_dest(p: Any) -> bool:
+        ns = mesh.consul_namespace(p.dep.namespace)
+        return bool(p.dep.consul_service == dest_ref.name and ns == dest_ref.namespace)
+
     with cluster.lock:
-        pods = [
-            p
-            for p in cluster.pods.values()
-            if p.alive and p.healthy and p.dep.meshed and p.dep.consul_service == destination
-        ]
-        src_pods = [p for p in cluster.pods.values() if p.dep.meshed and p.dep.consul_service == source]
+        pods = [p for p in cluster.pods.values() if p.alive and p.healthy and p.dep.meshed and is_dest(p)]
     if not pods:
         return {"possible": False, "refused": False, "status": None, "detail": f"no ready pod of {destination}"}
-    ns = mesh.consul_namespace(pods[0].dep.namespace)
-    src_ns = mesh.consul_namespace(src_pods[0].dep.namespace) if src_pods else ns
-    dest_ref = ServiceRef(destination, ns)
-    leaf = cluster.certs.leaf(source, namespace=src_ns, datacenter=mesh.datacenter)
+    leaf = cluster.certs.leaf(src_ref.name, namespace=src_ref.namespace, datacenter=mesh.datacenter)
     target = sorted(pods, key=lambda p: p.name)[0]
     status, detail = call_in(
         cluster.network.hub_ns, mtls_request, target.net.ip, SIDECAR_PORT, mesh.sni(dest_ref),
