@@ -364,3 +364,39 @@ def test_consul_api_that_does_not_answer_is_a_backend_error(setup: Any) -> None:
 
 def test_mesh_view_compiles_what_the_backend_compiles(rendered: Path) -> None:
     assert isinstance(MeshView(load(rendered)).mesh, MeshConfig)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_preflight_exit_codes(setup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    from harness import cli
+
+    good, bad = setup(), setup(failover_to_other_lz)
+    for backend, code in ((good, cli.EXIT_PASS), (bad, cli.EXIT_FAIL)):
+        monkeypatch.setattr("harness.backends.connect", lambda _opts, b=backend: b)
+        run_dir = tmp_path / f"pf-{code}"
+        assert cli.main(["preflight", "--backend", "local", "--run-dir", str(run_dir)]) == code
+        printed = capsys.readouterr().out
+        assert json.loads((run_dir / "preflight.json").read_text())["ok"] is (code == cli.EXIT_PASS)
+        assert ("PASS" if code == cli.EXIT_PASS else "product-api-las-1a") in printed
+
+
+def test_cli_traffic_stops_before_traffic_when_preflight_fails(
+    setup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from harness import cli
+
+    b = setup(failover_to_other_lz)
+    monkeypatch.setattr("harness.backends.connect", lambda _opts: b)
+
+    def no_traffic(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("traffic started although preflight failed")
+
+    monkeypatch.setattr("harness.traffic.run_traffic", no_traffic)
+    run_dir = tmp_path / "run"
+    code = cli.main(["traffic", "--backend", "local", "--run-dir", str(run_dir), "--duration", "1"])
+    assert code == cli.EXIT_FAIL
+    err = capsys.readouterr().err
+    assert "preflight failed" in err and "chain: resolver:product-api-lax-1a" in err
+    assert not (run_dir / "requests.jsonl").exists()
