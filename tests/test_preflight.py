@@ -196,7 +196,7 @@ def test_consul_api_answers_in_consuls_shapes(setup: Any) -> None:
     assert lax["Failover"] == {"*": {"Targets": [{"Service": "product-api"}]}}
     assert lax["Meta"]["external-source"] == "kubernetes"
     sd = httpx.get(f"{api}/v1/config/service-defaults/public-api-lax-1a").json()
-    assert sd["UpstreamConfig"]["Defaults"]["PassiveHealthCheck"]["MaxFailures"] == 3
+    assert sd["UpstreamConfig"]["Defaults"]["PassiveHealthCheck"]["MaxFailures"] == 2
     assert sd["UpstreamConfig"]["Defaults"]["PassiveHealthCheck"]["BaseEjectionTime"] == "5s"
     router = httpx.get(f"{api}/v1/config/service-router/product-api").json()
     assert router["Routes"][0]["Match"]["HTTP"] == {"PathPrefix": "/"}

@@ -592,12 +592,15 @@ def test_service_defaults() -> None:
     assert caller["protocol"] == "http"
     assert caller["upstreamConfig"]["defaults"]["passiveHealthCheck"] == {
         "interval": "1s",
-        "maxFailures": 3,
+        "maxFailures": 2,
         "enforcingConsecutive5xx": 100,
         "maxEjectionPercent": 100,
         "baseEjectionTime": "5s",
     }
     assert caller["upstreamConfig"]["defaults"]["connectTimeoutMs"] == 2000
+    # a request's own retries must be able to eject a dead host and reach the failover target
+    router = b.find("ServiceRouter", "product-api-lax-1a")["spec"]["routes"][0]["destination"]
+    assert caller["upstreamConfig"]["defaults"]["passiveHealthCheck"]["maxFailures"] <= router["numRetries"]
 
 
 def _replicas(b: Bundle, app: str) -> dict[str, int]:
