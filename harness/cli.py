@@ -44,15 +44,33 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--allow-context", action="append", default=[], help="existing: allow destructive chaos on this context"
     )
+    g.add_argument(
+        "--entrypoint", action="append", default=[], metavar="ZONE=URL",
+        help="existing: where users enter ZONE (repeat per zone; also EH_ENTRYPOINTS as JSON)",
+    )  # fmt: skip
+    g.add_argument("--install-consul", action="store_true", help="existing: install the pinned Consul chart")
+    g.add_argument(
+        "--own-mesh-defaults", action="store_true",
+        help="existing: may take over mesh-wide config entries it did not create (restored on down)",
+    )  # fmt: skip
 
 
 def _bopts(a: argparse.Namespace) -> BackendOptions:
+    entry: dict[str, str] = {}
+    for v in a.entrypoint:
+        zone, sep, url = v.partition("=")
+        if not sep or not zone or not url:
+            raise InputError("--entrypoint", "", f"expected ZONE=URL, got {v!r}")
+        entry[zone] = url
     return BackendOptions(
         name=a.backend,
         cluster=a.cluster,
         context=a.context,
         kubeconfig=a.kubeconfig,
         allow_contexts=list(a.allow_context),
+        entrypoints=entry,
+        install_consul=a.install_consul,
+        own_mesh_defaults=a.own_mesh_defaults,
     )
 
 
@@ -179,6 +197,8 @@ def cmd_preflight(a: argparse.Namespace) -> int:
         out.print(f"[{colour}]{name:18}[/{colour}] {ok} passed, {bad} failed", highlight=False)
     for c in res.failures:
         out.print(describe(c), markup=False, highlight=False)
+    for note in res.notes:
+        out.print(f"note: {note}", markup=False, highlight=False)
     out.print(f"preflight: {path}")
     if res.ok:
         out.print("[bold green]PASS[/bold green]")
@@ -192,6 +212,14 @@ def cmd_chaos(a: argparse.Namespace) -> int:
     from harness.run import new_run_dir
 
     check_experiment(a.experiment)  # bad input: nothing is created
+    from harness.backends import connect
+    from harness.chaos import check_capabilities
+
+    backend = connect(_bopts(a))
+    try:
+        check_capabilities(a.experiment, backend)  # a fault this cluster cannot do: refused, nothing injected
+    finally:
+        backend.close()
     run_dir = a.run_dir or new_run_dir(label="chaos")
     res = run_experiment(a.experiment, run_dir, _bopts(a))
     out.print(f"chaos: {res.status}{' (hypothesis deviated)' if res.deviated else ''}; journal {res.journal}")

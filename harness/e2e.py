@@ -20,7 +20,7 @@ from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend
 from harness.errors import InputError
 from harness.preflight import gate as preflight_gate
-from harness.run import copy_manifests, new_run_dir, write_inventory
+from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
 
 TRAFFIC_BOUND_S = 6 * 3600.0
 
@@ -87,6 +87,12 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(Exception):
+            # Envoy buffers access logs: wait until every sidecar has written its lines (no fixed cooldown)
+            problems = backend.flush_access_logs()
+            if problems:
+                (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+                (run_dir / "artifacts" / "access-log-flush.txt").write_text("\n".join(problems) + "\n")
+        with contextlib.suppress(Exception):
             collector.stop()
         with contextlib.suppress(Exception):
             _save_inventory(backend, run_dir)
@@ -112,6 +118,7 @@ def record_traffic(
     from harness.traffic import run_traffic
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    mark_run(run_dir, "traffic")
     if not (run_dir / "manifests").exists():
         copy_manifests(backend.manifests().root, run_dir)
     # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic ---
@@ -120,11 +127,12 @@ def record_traffic(
         result = run_traffic(backend.entrypoints(), run_dir, users=users, spawn_rate=users, duration_s=duration_s,
                              shape=shape, processes=processes)  # fmt: skip
     build_hops(run_dir)
+    mark_run(run_dir, "done", "complete")  # a run that never gets here stays "running": its verdict is partial
     return result
 
 
 def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] = print) -> E2EResult:
-    from harness.chaos import check_experiment, run_experiment
+    from harness.chaos import check_capabilities, check_experiment, run_experiment
     from harness.observe import build_hops
     from harness.render.manifests import load
     from harness.report import write_junit, write_report
@@ -139,17 +147,24 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     run_dir = new_run_dir(opts.runs_root, opts.label)
     say(f"run directory: {run_dir}")
     try:
+        mark_run(run_dir, "render")
         mdir = prepare_manifests(opts, run_dir)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing was started: leave nothing behind
         raise
     manifests = load(mdir)
     backend = connect(bopts)
+    for exp in opts.experiments:  # refused before anything changes where the backend can tell (EKS)
+        check_capabilities(exp, backend)
     messages: list[str] = []
     chaos_ok = True
     try:
+        mark_run(run_dir, "up")
         backend.up(manifests, progress=lambda m: say(f"up: {m}"))
+        for exp in opts.experiments:  # again, now that up has probed the cluster (kind: sch_netem)
+            check_capabilities(exp, backend)
         # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic; "gate" stops here ---
+        mark_run(run_dir, "preflight")
         preflight_gate(backend, run_dir, opts.preflight, say)
         with recording(backend, run_dir):
             entry = backend.entrypoints()
@@ -163,8 +178,10 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
                 duration_s=TRAFFIC_BOUND_S,
                 processes=opts.processes,
             ):
+                mark_run(run_dir, "traffic")
                 time.sleep(opts.warmup_s)
                 for exp in opts.experiments:
+                    mark_run(run_dir, "chaos")
                     say(f"chaos: {exp}")
                     res = run_experiment(exp, run_dir, bopts)
                     if not res.ok:
@@ -172,13 +189,18 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
                         deviated = " (deviated)" if res.deviated else ""
                         messages.append(f"chaos experiment {exp.name}: {res.status}{deviated}")
                     say(f"chaos: {exp.name} {res.status}")
+                mark_run(run_dir, "cooldown")
                 time.sleep(opts.cooldown_s)
+    except BaseException as exc:
+        mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
     finally:
         if not opts.keep:
             say("down")
             backend.down()
     say("observe: hop records from the sidecars' access logs")
     build_hops(run_dir)
+    mark_run(run_dir, "verify", "complete")  # every record is in; what follows only reads them
     verdict = verify(run_dir)
     write_verdict(run_dir, verdict)
     write_report(run_dir, verdict)
@@ -193,3 +215,6 @@ def _save_inventory(backend: Backend, run_dir: Path) -> None:
         shutil.copyfile(src, run_dir / "inventory.jsonl")
     else:
         write_inventory(backend.inventory(), run_dir / "inventory.jsonl")
+    entry = getattr(backend, "entrypoints_path", None)  # kind/existing: written as it happened
+    if isinstance(entry, Path) and entry.exists():
+        shutil.copyfile(entry, run_dir / "entrypoints.jsonl")

@@ -2,12 +2,15 @@
 
 `FakeApiServer` is kmock's KubernetesEmulator served over real HTTP from a
 thread, so the official client, urllib3 streaming and our REST paths are all
-exercised for real. Known kmock 0.8 gaps it works around or that the tests
-respect: label/field selectors are ignored (our code filters client-side
-anyway), objects get no status (tests patch it in the way a controller
-would), and kmock cannot route `/api/v1/namespaces[/NAME]` (it takes
-`namespaces` as the namespace segment): `parse_path` is wrapped for exactly
-those two paths.
+exercised for real; behind it runs `tests.kubesim.ClusterSim`, which makes it
+behave like a cluster where the harness depends on it (resourceVersion and
+watch semantics, scheduling, pod IPs and the Ready condition, replacement of
+killed pods, node loss, container logs that grow, consul-k8s' CRD status,
+the chart, kind's nodes and port mappings; see that module's docstring for
+the sources). kmock is kept for what it does well: request parsing, the
+request log the tests assert on, and API discovery. kmock cannot route
+`/api/v1/namespaces[/NAME]` (it takes `namespaces` as the namespace
+segment): `parse_path` is wrapped for exactly those two paths.
 
 A test module gets the `api` fixture by importing it as `api as api` (an
 explicit re-export, so pytest finds it and linters see it used).
@@ -23,32 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import kmock
 import pytest
 import yaml
-from kmock._internal import parsing
+from kmock._internal import apps, parsing
 
 from harness.backends.kube import LABEL_SERVING, KubeCluster, api_client_from_kubeconfig
 from harness.render import render, write
 from harness.render.manifests import Manifests, load
 from harness.topology.model import load_topology
-
-RESOURCES: dict[str, tuple[str, bool]] = {
-    "v1/namespaces": ("Namespace", False),
-    "v1/nodes": ("Node", False),
-    "v1/pods": ("Pod", True),
-    "v1/services": ("Service", True),
-    "v1/serviceaccounts": ("ServiceAccount", True),
-    "v1/configmaps": ("ConfigMap", True),
-    "v1/secrets": ("Secret", True),
-    "apps/v1/deployments": ("Deployment", True),
-    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
-    "consul.hashicorp.com/v1alpha1/proxydefaults": ("ProxyDefaults", True),
-    "consul.hashicorp.com/v1alpha1/servicedefaults": ("ServiceDefaults", True),
-    "consul.hashicorp.com/v1alpha1/serviceresolvers": ("ServiceResolver", True),
-    "consul.hashicorp.com/v1alpha1/servicerouters": ("ServiceRouter", True),
-    "consul.hashicorp.com/v1alpha1/serviceintentions": ("ServiceIntentions", True),
-}
+from tests.kubesim import ClusterSim, SimTimings
 
 _orig_parse_path = parsing.parse_path
 
@@ -60,16 +48,29 @@ def _parse_path(path: str) -> parsing.ParsedPath:
     return _orig_parse_path(path)
 
 
-class FakeApiServer:
-    """kmock's Kubernetes emulator on 127.0.0.1:<free port>, run from a background thread."""
+@attrs.define(kw_only=True)
+class SimEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+    """kmock's emulator with the simulation in front: it serves what it owns, kmock the rest (discovery)."""
 
-    def __init__(self) -> None:
+    sim: Any = attrs.field(default=None)
+
+    async def _handle(self, request: Any) -> Any:
+        if self.sim is not None:
+            resp = await self.sim.maybe_serve(request)
+            if resp is not None:
+                return resp
+        return await apps.RawHandler._handle(self, request)
+
+
+class FakeApiServer:
+    """The simulated cluster's API on 127.0.0.1:<free port>, run from a background thread."""
+
+    def __init__(self, timings: SimTimings | None = None) -> None:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stopped: asyncio.Event | None = None
-        self.log_replies: dict[str, list[Any]] = {}  # pod -> responses of successive log calls
-        self.log_calls: list[dict[str, str]] = []
-        self.kmock: kmock.KubernetesEmulator
+        self.sim = ClusterSim(timings)
+        self.kmock: SimEmulator
         self.port = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -92,22 +93,23 @@ class FakeApiServer:
 
     async def _main(self) -> None:
         self._stopped = asyncio.Event()
-        async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:
+        async with SimEmulator(sim=self.sim) as k, kmock.Server(k) as server:
             self.kmock = k
             self.port = server.port
-            for key, (kind, namespaced) in RESOURCES.items():
-                k.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced)
-            k["get", kmock.resource("v1/pods"), kmock.subresource("log")] << self._log
+            self.sim.attach(k, asyncio.get_running_loop())
             self._ready.set()
             await self._stopped.wait()
+            await self.sim.close()
 
-    def _log(self, request: kmock.Request) -> Any:
-        self.log_calls.append({"pod": str(request.name), **request.params})
-        replies = self.log_replies.get(str(request.name), [])
-        if not replies:
-            return kmock.KubernetesObjectNotFoundError()
-        reply = replies.pop(0)
-        return reply if isinstance(reply, BaseException) else reply.encode()
+    # -- what older tests used directly --------------------------------------------
+    @property
+    def log_replies(self) -> dict[str, list[Any]]:
+        """Canned answers of successive log calls per pod (instead of the pod's real container log)."""
+        return self.sim.log_replies
+
+    @property
+    def log_calls(self) -> list[dict[str, str]]:
+        return self.sim.log_calls
 
     # -- helpers for tests -----------------------------------------------------
     @property
@@ -143,7 +145,16 @@ class FakeApiServer:
     def writes(self) -> list[tuple[str, str, Any]]:
         return [(m, p, d) for m, p, _q, d in self.requests() if m in ("POST", "PATCH", "DELETE")]
 
+    def install_consul(self, values: dict[str, Any] | None = None, namespace: str = "consul") -> None:
+        """What `helm install` of the consul chart leaves behind (CRDs served, server, injector)."""
+        self.sim.call(lambda: self.sim.install_consul(values or {}, namespace=namespace))
+
     def seed(self, cluster: KubeCluster, *objs: dict[str, Any]) -> None:
+        """Apply objects as a test's precondition; their namespaces are created first (a real API refuses otherwise)."""
+        for ns in {
+            str((o.get("metadata") or {}).get("namespace")) for o in objs if (o.get("metadata") or {}).get("namespace")
+        }:
+            self.sim.call(lambda ns=ns: self.sim.ensure_namespace(ns))
         for o in objs:
             cluster.apply_one(o)
 

@@ -1,63 +1,112 @@
-"""Contract tests of the existing (EKS) backend against the fake API server."""
+"""The existing (EKS) backend against the simulated cluster with EKS-like nodes.
+
+EKS nodes carry `topology.kubernetes.io/zone` (a Local Zone's name, e.g.
+us-west-2-lax-1a) and region labels set from the instance, but none of the
+harness's own labels; their kubelets run in the simulation, so pods really
+schedule, start and become Ready. Each test here pins a finding of issue 9
+(or keeps an earlier guarantee): per-zone entry URLs checked before anything
+(1), Consul placement that EKS nodes satisfy and the checks of a Consul that
+is already there (2), faults EKS cannot do refused before anything is
+recorded (3, 5), mesh-wide config entries left alone or restored (4), no
+watcher left running after `close` (6).
+"""
 
 from __future__ import annotations
 
+import json
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.backends.base import Status
-from harness.backends.existing import PARTITION_POLICY, ExistingBackend, check_zones, zone_type_of
+from harness.backends.existing import (
+    PARTITION_POLICY,
+    ExistingBackend,
+    check_zones,
+    parse_entrypoints,
+    zone_type_of,
+)
 from harness.backends.kube import KubeCluster, NodeInfo
-from harness.errors import BackendError
-from tests.kubefake import FakeApiServer, lax_pod, node, pod, rendered
+from harness.errors import BackendError, InputError
+from tests import kubesim_tools
+from tests.kubefake import FakeApiServer, rendered, wait_until
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
-# EKS-like nodes: no edge-harness zone-type label (type follows AWS zone naming), named after their IP.
+REPO = Path(__file__).resolve().parents[1]
+LAX, LAS, PHX = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a"
+ZONES = ("us-west-2a", "us-west-2b", LAX, LAS, PHX)
+
+
+def eks_node(ip: str, zone: str, group: str) -> dict[str, Any]:
+    """An EKS managed-node-group node as the API shows it (no edge-harness labels)."""
+    name = f"ip-{ip.replace('.', '-')}.us-west-2.compute.internal"
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "topology.kubernetes.io/region": "us-west-2",
+                "topology.kubernetes.io/zone": zone,
+                "kubernetes.io/hostname": name,
+                "node.kubernetes.io/instance-type": "m5.large" if "-" not in zone[10:] else "t3.xlarge",
+                "eks.amazonaws.com/nodegroup": group,
+            },
+        },
+        "spec": {"podCIDR": ip.rsplit(".", 1)[0] + ".0/24"},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": ip}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+        },
+    }
+
+
 EKS_NODES = [
-    node(f"ip-{ip.replace('.', '-')}.us-west-2.compute.internal", zone, "", ip, "")
-    for zone, ip in (
-        ("us-west-2a", "10.0.1.10"),
-        ("us-west-2b", "10.0.2.10"),
-        ("us-west-2-lax-1a", "10.0.3.10"),
-        ("us-west-2-las-1a", "10.0.4.10"),
-        ("us-west-2-phx-2a", "10.0.5.10"),
-        ("us-west-2-phx-2a", "10.0.5.11"),
-        ("us-west-2c", "10.0.6.10"),  # not in the topology
-    )
+    eks_node("10.0.1.10", "us-west-2a", "region-a"),
+    eks_node("10.0.2.10", "us-west-2b", "region-b"),
+    eks_node("10.0.3.10", LAX, "lz-lax"),
+    eks_node("10.0.4.10", LAS, "lz-las"),
+    eks_node("10.0.5.10", PHX, "lz-phx"),
+    eks_node("10.0.5.11", PHX, "lz-phx"),
+    eks_node("10.0.6.10", "us-west-2c", "region-c"),  # not in the topology
 ]
+NODE = {n["metadata"]["labels"]["topology.kubernetes.io/zone"]: n["metadata"]["name"] for n in EKS_NODES}
+ENTRY = {z: f"https://{z}.shop.example.test" for z in ZONES}
 
 
-def _backend(api: FakeApiServer, tmp_path: Path, allow: tuple[str, ...] = (), **kw: object) -> ExistingBackend:
+def _backend(api: FakeApiServer, tmp_path: Path, allow: tuple[str, ...] = (), **kw: Any) -> ExistingBackend:
     kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
-    return ExistingBackend("eks-nightly", kc, allow, workdir=tmp_path / "wd", **kw)  # type: ignore[arg-type]
+    kw.setdefault("entrypoints", [f"{z}={u}" for z, u in ENTRY.items()])
+    b = ExistingBackend("eks-nightly", kc, allow, workdir=tmp_path / "wd", **kw)
+    b.ready_poll_s = 0.1
+    return b
 
 
-def _mark_ready(c: KubeCluster, stop: threading.Event) -> None:
-    while not stop.is_set():
-        for d in (c.request("GET", "/apis/apps/v1/deployments") or {}).get("items", []):
-            if not (d.get("status") or {}).get("readyReplicas"):
-                ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
-                c.request(
-                    "PATCH",
-                    f"/apis/apps/v1/namespaces/{ns}/deployments/{name}",
-                    body={"status": {"readyReplicas": d["spec"]["replicas"]}},
-                    content_type="application/merge-patch+json",
-                )
-        time.sleep(0.3)
+def _cluster(api: FakeApiServer, tmp_path: Path, consul: dict[str, Any] | None = None) -> KubeCluster:
+    """EKS-like nodes, and (unless `consul` is {}) the Consul an operator installed with the rendered values."""
+    c = api.cluster(tmp_path, "admin")
+    api.seed(c, *EKS_NODES)
+    if consul != {}:
+        api.install_consul(consul or rendered(tmp_path / "operator").helm_values)
+        assert wait_until(lambda: bool(c.find_consul()) and c.find_consul().servers_ready == 1, 10)  # type: ignore[union-attr]
+    return c
 
 
-def _up(api: FakeApiServer, tmp_path: Path, b: ExistingBackend) -> None:
-    stop = threading.Event()
-    t = threading.Thread(target=_mark_ready, args=(api.cluster(tmp_path, "ctl"), stop), daemon=True)
-    t.start()
-    try:
-        b.up(rendered(tmp_path))
-    finally:
-        stop.set()
-        t.join()
+@pytest.fixture
+def eks(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeCluster]:
+    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
+    monkeypatch.delenv("EH_ALLOW_CONTEXTS", raising=False)
+    yield _cluster(api, tmp_path)
+
+
+def _mutations(api: FakeApiServer) -> list[tuple[str, str]]:
+    return [(m, p) for m, p, _d in api.writes()]
+
+
+# -- zones ------------------------------------------------------------------------
 
 
 def test_zone_types_from_labels_or_aws_naming() -> None:
@@ -75,14 +124,14 @@ def test_zone_check_reports_missing_mistyped_and_extra(tmp_path: Path) -> None:
     nodes = [
         NodeInfo("a", "us-west-2a", "us-west-2", "", "", (), False),
         NodeInfo("b", "us-west-2b", "us-west-2", "", "", (), False),
-        NodeInfo("c", "us-west-2-lax-1a", "us-west-2", "wavelength-zone", "", (), False),
-        NodeInfo("d", "us-west-2-las-1a", "us-west-2", "", "", (), False),
+        NodeInfo("c", LAX, "us-west-2", "wavelength-zone", "", (), False),
+        NodeInfo("d", LAS, "us-west-2", "", "", (), False),
         NodeInfo("e", "us-west-2c", "us-west-2", "", "", (), False),
     ]
     r = check_zones(nodes, t)
     assert r.problems == [
-        "zone us-west-2-lax-1a is wavelength-zone in the cluster but local-zone in the topology",
-        "zone us-west-2-phx-2a (local-zone) has no nodes",
+        f"zone {LAX} is wavelength-zone in the cluster but local-zone in the topology",
+        f"zone {PHX} (local-zone) has no nodes",
     ]
     assert r.extra == ["us-west-2c"]
     wrong_region = [NodeInfo(x.name, x.zone, "eu-west-1", x.zone_type, "", (), False) for x in nodes]
@@ -90,148 +139,355 @@ def test_zone_check_reports_missing_mistyped_and_extra(tmp_path: Path) -> None:
 
 
 def test_up_refuses_a_cluster_that_does_not_match(api: FakeApiServer, tmp_path: Path) -> None:
+    c = api.cluster(tmp_path, "admin")
+    api.seed(c, *EKS_NODES[:3])
+    before = _mutations(api)
     b = _backend(api, tmp_path)
-    api.seed(b.cluster, *EKS_NODES[:3])
     with pytest.raises(
         BackendError,
-        match=r"^context eks-nightly does not match the topology: zone us-west-2-las-1a \(local-zone\) has no nodes; "
-        r"zone us-west-2-phx-2a \(local-zone\) has no nodes$",
+        match=rf"^context eks-nightly does not match the topology: zone {LAS} \(local-zone\) has no nodes; "
+        rf"zone {PHX} \(local-zone\) has no nodes$",
     ):
         b.up(rendered(tmp_path))
-    assert [m for m, _p, _d in api.writes() if m != "POST" or _d.get("kind") != "Node"] == []  # nothing applied
+    assert _mutations(api) == before  # nothing applied
 
 
-def test_up_applies_then_down_deletes_only_what_it_created(api: FakeApiServer, tmp_path: Path) -> None:
+# -- finding 1: every zone's way in, checked before anything ------------------------------
+
+
+def test_entry_urls_are_checked_at_start_one_line_exit_2_nothing_changed(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from harness.cli import main
+
+    kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
+    monkeypatch.chdir(tmp_path)
+    before = _mutations(api)
+    args = ["up", "--backend", "existing", "--context", "eks-nightly", "--kubeconfig", str(kc)]
+    given = [f"--entrypoint={z}={u}" for z, u in ENTRY.items() if z not in (LAX, PHX)]
+    assert main([*args, *given]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"--entrypoint: no entry URL for zone(s) {LAX}, {PHX}: pass --entrypoint ZONE=URL for each "
+        f'(or EH_ENTRYPOINTS=\'{{"<zone>": "http://..."}}\'), or give the zone albSubnets in the topology'
+    ]
+    assert main([*args, *given, "--entrypoint", "nowhere"]) == 2
+    assert capsys.readouterr().err.strip() == "--entrypoint: expected ZONE=URL, got 'nowhere'"
+    monkeypatch.setenv("EH_ENTRYPOINTS", "{not json")
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("EH_ENTRYPOINTS: not JSON:")
+    assert _mutations(api) == before
+
+
+def test_entry_urls_from_flags_env_and_alb_ingress(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert parse_entrypoints([f"{LAX}=http://a/"], json.dumps({LAX: "http://b", LAS: "http://c"})) == {
+        LAX: "http://a",
+        LAS: "http://c",
+    }
+    with pytest.raises(InputError, match=r"^EH_ENTRYPOINTS: us-west-2a: not an http\(s\) URL: 'ftp://x'$"):
+        parse_entrypoints([], json.dumps({"us-west-2a": "ftp://x"}))
+    # a zone whose topology entry has ALB subnets gets an Ingress; its URL is the ALB's address
+    topo = (
+        (REPO / "fixtures" / "topology.yaml")
+        .read_text()
+        .replace(
+            "  - name: us-west-2-lax-1a      # Los Angeles\n",
+            "  - name: us-west-2-lax-1a\n    albSubnets: [subnet-0a1b2c3d4e5f60718]\n",
+        )
+    )
+    assert "albSubnets" in topo
+    (tmp_path / "alb.yaml").write_text(topo)
+    from harness.render import render, write
+    from harness.render.manifests import load
+    from harness.topology.model import load_topology
+
+    write(render(load_topology(tmp_path / "alb.yaml")), tmp_path / "alb")
+    m = load(tmp_path / "alb")
+    ing = next(o for o in m.entry_objects("cluster.yaml") if o["kind"] == "Ingress")
+    assert ing["metadata"]["annotations"]["alb.ingress.kubernetes.io/subnets"] == "subnet-0a1b2c3d4e5f60718"
+    b = _backend(api, tmp_path, entrypoints=[f"{z}={u}" for z, u in ENTRY.items() if z != LAX])
+    b.up(m)
+    urls = b.entrypoints()
+    assert urls[LAX].startswith("http://k8s-hashicup-entry-la-") and urls[LAX].endswith(".elb.amazonaws.com")
+    assert urls[LAS] == ENTRY[LAS]
+    b.close()
+
+
+# -- finding 2: Consul on EKS ----------------------------------------------------------
+
+
+def test_the_rendered_consul_values_place_the_server_on_eks_nodes(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--install-consul` with the rendered values: the server runs in a Region AZ of an EKS cluster."""
+    bindir = tmp_path / "bin"
+    kubesim_tools.install(bindir)
+    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("FAKE_API", api.url)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "argv.jsonl"))
+    c = _cluster(api, tmp_path, consul={})
+    b = _backend(api, tmp_path, ("eks-nightly",), install_consul=True)
+    m = rendered(tmp_path)
+    b.up(m)
+    server = c.pods("consul", {"component": "server"})[0]
+    assert server["status"]["phase"] == "Running"
+    assert c.nodes()[server["spec"]["nodeName"]] in ("us-west-2a", "us-west-2b")
+    wd = tmp_path / "wd" / "existing-eks-nightly"
+    calls = [json.loads(x) for x in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    assert [x for x in calls if x[0] == "helm"] == [
+        ["helm", "repo", "add", "hashicorp", "https://helm.releases.hashicorp.com", "--force-update"],
+        [
+            "helm", "upgrade", "--install", "consul", "hashicorp/consul", "--version", "1.9.11",
+            "-n", "consul", "--create-namespace", "-f", str(wd / "consul-values.yaml"),
+            "--kube-context", "eks-nightly", "--kubeconfig", str(tmp_path / "kubeconfig"), "--wait", "--timeout", "15m",
+        ],
+    ]  # fmt: skip
+    b.down()  # it installed Consul, so it uninstalls it (and the namespace helm created)
+    assert wait_until(lambda: c.find_consul() is None, 5)
+    uninstall = ["helm", "uninstall", "consul", "-n", "consul", "--kube-context", "eks-nightly"]
+    calls = [json.loads(x) for x in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    assert [*uninstall, "--kubeconfig", str(tmp_path / "kubeconfig")] in calls
+    assert wait_until(lambda: not c.exists("v1", "Namespace", None, "consul"), 5)
+
+    # what the values used to say: a zone-type label EKS nodes never carry -> the server stays Pending
+    old = {**m.helm_values, "server": {"replicas": 1, "nodeSelector": "edge-harness.io/zone-type: availability-zone\n"}}
+    api.sim.call(lambda: api.sim.install_consul(old))
+    assert wait_until(lambda: bool(c.pods("consul", {"component": "server"})), 5)
+    assert wait_until(lambda: "didn't match" in json.dumps(c.pods("consul", {"component": "server"})[0]["status"]), 5)
+    assert c.pods("consul", {"component": "server"})[0]["status"]["phase"] == "Pending"
+
+
+def test_an_existing_consul_is_checked_before_anything_changes(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
+    values = rendered(tmp_path / "r").helm_values
+    cases = [
+        ({}, r"no Consul found \(no pod labelled app=consul, component=server\).*--install-consul"),
+        ({**values, "global": {**values["global"], "image": "hashicorp/consul:1.14.4"}}, r"Consul '1.14.4' .* too old"),
+        ({**values, "connectInject": {"enabled": False}}, r"no Ready connect-injector: connect-inject must be on"),
+    ]
+    for i, (consul, message) in enumerate(cases):
+        (tmp_path / f"c{i}").mkdir()
+        with FakeApiServer() as server:
+            _cluster(server, tmp_path / f"c{i}", consul=consul)
+            before = _mutations(server)
+            b = _backend(server, tmp_path / f"c{i}")
+            with pytest.raises(BackendError, match=message):
+                b.up(rendered(tmp_path / f"c{i}"))
+            assert _mutations(server) == before, message
+
+
+# -- finding 4: mesh-wide config entries ---------------------------------------------------
+
+
+def _proxy_defaults(c: KubeCluster) -> list[dict[str, Any]]:
+    return list((c.request("GET", "/apis/consul.hashicorp.com/v1alpha1/proxydefaults") or {}).get("items") or [])
+
+
+def test_absent_proxy_defaults_is_created_without_a_mesh_protocol_and_removed_on_down(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path
+) -> None:
+    b = _backend(api, tmp_path)
+    b.up(rendered(tmp_path))
+    (pd,) = _proxy_defaults(eks)
+    assert pd["spec"]["accessLogs"]["enabled"] is True
+    assert "protocol" not in (pd["spec"].get("config") or {})  # other teams' services keep Consul's tcp default
+    assert all(s.synced for s in b.config_entry_status())
+    b.down()
+    assert wait_until(lambda: _proxy_defaults(eks) == [], 5)
+
+
+def test_someone_elses_proxy_defaults_is_never_changed_unless_told(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path
+) -> None:
+    theirs = {
+        "apiVersion": "consul.hashicorp.com/v1alpha1",
+        "kind": "ProxyDefaults",
+        "metadata": {"name": "global", "namespace": "platform"},
+        "spec": {"config": {"protocol": "tcp"}, "meshGateway": {"mode": "local"}},
+    }
+    api.seed(eks, theirs)
+    before = _mutations(api)
+    b = _backend(api, tmp_path)
+    with pytest.raises(BackendError, match=r"^ProxyDefaults platform/global exists and was not created by this run.*"
+                                           r"--own-mesh-defaults"):  # fmt: skip
+        b.up(rendered(tmp_path))
+    assert _mutations(api) == before  # refused before anything was applied
+
+    owner = _backend(api, tmp_path, own_mesh_defaults=True)
+    owner.up(rendered(tmp_path))
+    (pd,) = _proxy_defaults(eks)
+    assert pd["metadata"]["namespace"] == "platform" and pd["spec"]["accessLogs"]["enabled"] is True
+    owner.down()
+    (pd,) = _proxy_defaults(eks)
+    assert pd["spec"] == theirs["spec"]  # restored as it was
+
+
+def test_a_usable_proxy_defaults_is_kept_as_it_is(api: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> None:
+    m = rendered(tmp_path)
+    theirs = {**next(o for o in m.consul_objects if o["kind"] == "ProxyDefaults")}
+    theirs = {**theirs, "metadata": {"name": "global", "namespace": "platform"}}
+    api.seed(eks, theirs)
     b = _backend(api, tmp_path)
     progress: list[str] = []
     b.progress = progress.append
-    c = b.cluster
-    api.seed(c, *EKS_NODES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "consul"}})
-    _up(api, tmp_path, b)
-    assert "zones not in the topology (left alone): us-west-2c" in progress
-    assert progress[-1].startswith("deployments ready ")
-    m = rendered(tmp_path)
-    before = len(api.writes())
-    b.down()
-    deletes = [p for meth, p, _d in api.writes()[before:] if meth == "DELETE"]
-    # consul existed before: it stays, but the ProxyDefaults applied into it goes
-    assert "/api/v1/namespaces/consul" not in deletes
-    assert "/apis/consul.hashicorp.com/v1alpha1/namespaces/consul/proxydefaults/global" in deletes
-    ns_created = [
-        o["metadata"]["name"] for o in m.objects if o["kind"] == "Namespace" and o["metadata"]["name"] != "consul"
-    ]
-    assert deletes[-len(ns_created) :] == [f"/api/v1/namespaces/{n}" for n in reversed(ns_created)]
-    assert len(deletes) == 1 + len(ns_created)  # objects inside created namespaces go with them
-    assert not (tmp_path / "wd" / "existing-eks-nightly" / "state.json").exists()
-    b.down()  # idempotent: nothing recorded, nothing deleted
-    assert [m for m, _p, _d in api.writes()[before + len(deletes) :] if m == "DELETE"] == []
-
-
-def test_destructive_chaos_refused_unless_allow_listed(
-    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("EH_ALLOW_CONTEXTS", raising=False)
-    b = _backend(api, tmp_path, ("staging",), manifests=rendered(tmp_path))
-    api.seed(b.cluster, *EKS_NODES)
-    before = len(api.writes())
-    for call in (
-        lambda: b.kill_node(EKS_NODES[2]["metadata"]["name"]),
-        lambda: b.zone_outage("us-west-2-lax-1a"),
-        lambda: b.partition_zone("us-west-2-lax-1a"),
-    ):
-        with pytest.raises(BackendError, match=r"^refusing \w+ .* on context 'eks-nightly': destructive chaos needs"):
-            call()
-    assert api.writes()[before:] == []
-    monkeypatch.setenv("EH_ALLOW_CONTEXTS", "other, eks-nightly")
-    assert _backend(api, tmp_path).destructive_allowed
-
-
-def test_node_kill_is_cordon_and_pod_deletion(api: FakeApiServer, tmp_path: Path) -> None:
-    b = _backend(api, tmp_path, ("eks-nightly",), manifests=rendered(tmp_path))
-    phx1, phx2 = EKS_NODES[4]["metadata"]["name"], EKS_NODES[5]["metadata"]["name"]
-    api.seed(
-        b.cluster,
-        *EKS_NODES,
-        pod("pa-1", "hashicups-phx-2a", "us-west-2-phx-2a", "product-api", "product-api-phx-2a", "10.0.5.20", phx1),
-        pod("pa-2", "hashicups-phx-2a", "us-west-2-phx-2a", "product-api", "product-api-phx-2a", "10.0.5.21", phx2),
+    b.up(m)
+    assert "ProxyDefaults platform/global: kept as it is (not created by this run; its access logs are usable)" in (
+        progress
     )
-    before = len(api.writes())
-    b.zone_outage("us-west-2-phx-2a")
-    w = api.writes()[before:]
-    # both nodes cordoned before any pod dies, so no pod is rescheduled onto the sibling
-    assert [(m, p) for m, p, _d in w] == [
-        ("PATCH", f"/api/v1/nodes/{phx1}"),
-        ("PATCH", f"/api/v1/nodes/{phx2}"),
-        ("PATCH", f"/api/v1/nodes/{phx1}"),
-        ("DELETE", "/api/v1/namespaces/hashicups-phx-2a/pods/pa-1"),
-        ("PATCH", f"/api/v1/nodes/{phx2}"),
-        ("DELETE", "/api/v1/namespaces/hashicups-phx-2a/pods/pa-2"),
-    ]
-    b.restore_zone("us-west-2-phx-2a")
-    assert not any(n.unschedulable for n in b.cluster.node_infos())
-    b.kill_node(phx1)
-    assert {n.name: n.unschedulable for n in b.cluster.node_infos()}[phx1]
-    b.restore_node(phx1)
-    assert not any(n.unschedulable for n in b.cluster.node_infos())
-    with pytest.raises(BackendError, match="no nodes in zone us-west-2-nowhere-1a"):
-        b.restore_zone("us-west-2-nowhere-1a")
+    assert [p["metadata"]["namespace"] for p in _proxy_defaults(eks)] == ["platform"]
+    b.down()
+    assert [p["metadata"]["namespace"] for p in _proxy_defaults(eks)] == ["platform"]
 
 
-def test_partition_is_a_network_policy_in_the_zone_namespace(api: FakeApiServer, tmp_path: Path) -> None:
+# -- findings 3 and 5: faults EKS cannot do are refused before anything ------------------------
+
+
+def test_service_link_faults_are_refused_before_anything_is_recorded(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.chaos import actions, check_capabilities
+
     b = _backend(api, tmp_path, ("eks-nightly",), manifests=rendered(tmp_path))
-    b.partition_zone("us-west-2-lax-1a")
+    assert "set_link" not in b.capabilities()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.setenv("EH_RUN_DIR", str(run_dir))
+    monkeypatch.setattr(actions, "_backend", lambda _cfg: b)
+    with pytest.raises(BackendError, match=r"cannot set_link: a real service link's latency cannot be changed"):
+        actions.degrade_link(LAX, 150, duration_s=0)
+    assert not (run_dir / "chaos.jsonl").exists()  # no inject that "never recovers"
+    b.clear_link(LAX)  # the rollback is harmless
+    with pytest.raises(
+        InputError,
+        match=r"edge-outage.json: method\[2\]\.provider\.func: degrade_link: context eks-\w+ cannot set_link",
+    ):
+        check_capabilities(REPO / "experiments" / "edge-outage.json", b)
+    check_capabilities(REPO / "experiments" / "eks-edge.json", b)  # the nightly's edge faults are all possible
+
+
+def test_e2e_with_a_fault_eks_cannot_do_is_refused_before_anything_changes(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from harness.cli import main
+
+    kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
+    monkeypatch.chdir(tmp_path)
+    before = _mutations(api)
+    args = ["e2e", "--backend", "existing", "--context", "eks-nightly", "--kubeconfig", str(kc)]
+    args += ["--allow-context", "eks-nightly", *[f"--entrypoint={z}={u}" for z, u in ENTRY.items()]]
+    assert main([*args, "--experiment", str(REPO / "experiments" / "edge-outage.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "edge-outage.json: method[2].provider.func: degrade_link:" in err[0]
+    assert "cannot set_link" in err[0]
+    assert _mutations(api) == before  # nothing applied, nothing injected
+
+
+def test_partition_needs_a_cni_that_enforces_network_policy(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path
+) -> None:
+    from harness.chaos import check_capabilities
+
+    api.sim.netpol_enforced = False  # e.g. EKS VPC CNI without its network policy agent
+    b = _backend(api, tmp_path, ("eks-nightly",), manifests=rendered(tmp_path))
+    assert "partition_zone" not in b.capabilities()
+    assert b.can("kill_node")
+    with pytest.raises(BackendError, match="the CNI does not enforce NetworkPolicy: a probe connection went through"):
+        b.partition_zone(LAX)
+    with pytest.raises(InputError, match=r"service-link\.json: method\[0\]"):
+        check_capabilities(REPO / "experiments" / "service-link.json", b)
+    probe_ns = f"eh-netpol-probe-{__import__('os').getpid()}"
+    assert wait_until(lambda: not eks.exists("v1", "Namespace", None, probe_ns), 5)  # the probe cleaned up
+    assert not any(p.endswith("/networkpolicies") and m == "POST" and "hashicups" in p for m, p in _mutations(api))
+
+    api.sim.netpol_enforced = True
+    b2 = ExistingBackend(
+        "eks-nightly", b.kubeconfig, ("eks-nightly",), workdir=tmp_path / "wd2", manifests=rendered(tmp_path)
+    )
+    assert b2.network_policy_enforced() == (
+        True,
+        "NetworkPolicy enforced: a probe connection was refused by a deny-all policy",
+    )
+    api.sim.call(lambda: api.sim.ensure_namespace("hashicups-lax-1a"))  # as after `up`
+    b2.partition_zone(LAX)
     meth, path, body = api.writes()[-1]
     assert (meth, path) == ("POST", "/apis/networking.k8s.io/v1/namespaces/hashicups-lax-1a/networkpolicies")
     assert body["metadata"]["name"] == PARTITION_POLICY
     assert body["spec"]["podSelector"] == {} and body["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert body["spec"]["egress"][0] == {"to": [{"podSelector": {}}]}  # own namespace only (plus DNS)
-    b.heal_zone("us-west-2-lax-1a")
+    b2.heal_zone(LAX)
     assert api.writes()[-1][:2] == (
         "DELETE",
         f"/apis/networking.k8s.io/v1/namespaces/hashicups-lax-1a/networkpolicies/{PARTITION_POLICY}",
     )
     with pytest.raises(BackendError, match="us-west-2a is not an edge zone"):
-        b.partition_zone("us-west-2a")
-    with pytest.raises(BackendError, match="set_link is not available on the existing backend"):
-        b.set_link("us-west-2-lax-1a", 100)
-    with pytest.raises(BackendError, match="set_link is not available"):
-        b.clear_link("us-west-2-lax-1a")
+        b2.partition_zone("us-west-2a")
 
 
-def test_pod_chaos_inventory_status_entrypoints(
-    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_destructive_chaos_refused_unless_allow_listed(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    b = _backend(api, tmp_path, manifests=rendered(tmp_path))
-    lax = EKS_NODES[2]["metadata"]["name"]
-    api.seed(
-        b.cluster,
-        *EKS_NODES,
-        lax_pod("pa-1", "10.0.3.20", lax),
-    )
-    inv = b.inventory()
-    info = inv.by_ip("10.0.3.20")
-    assert info is not None and info.zone == "us-west-2-lax-1a" and info.node == lax
-    assert b.set_pod_unready("us-west-2-lax-1a", "product-api") == ["pa-1"]
-    assert b.set_pod_ready("us-west-2-lax-1a", "product-api") == ["pa-1"]
-    assert b.kill_pod("us-west-2-lax-1a", "product-api") == ["pa-1"]
-    assert b.nodes()[lax] == "us-west-2-lax-1a"
-    st = b.status()
-    assert isinstance(st, Status) and not st.up
-    assert "extra zones: us-west-2c" in st.detail
-    assert [s.pod for s in b.log_sources()] == []
+    b = _backend(api, tmp_path, ("staging",), manifests=rendered(tmp_path))
+    assert b.capabilities() == {"kill_pod", "set_pod_unready"}
+    before = _mutations(api)
+    for call in (
+        lambda: b.kill_node(NODE[LAX]),
+        lambda: b.zone_outage(LAX),
+        lambda: b.partition_zone(LAX),
+    ):
+        with pytest.raises(BackendError, match=r"^refusing \w+ .* on context 'eks-nightly': destructive chaos needs"):
+            call()
+    assert _mutations(api) == before
+    monkeypatch.setenv("EH_ALLOW_CONTEXTS", "other, eks-nightly")
+    assert _backend(api, tmp_path).destructive_allowed
+
+
+def test_node_kill_is_cordon_and_pod_deletion(api: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> None:
+    b = _backend(api, tmp_path, ("eks-nightly",))
+    b.up(rendered(tmp_path))
+    phx1, phx2 = EKS_NODES[4]["metadata"]["name"], EKS_NODES[5]["metadata"]["name"]
+    on = {n: [p["metadata"]["name"] for p in eks.pods() if p["spec"].get("nodeName") == n] for n in (phx1, phx2)}
+    assert on[phx1] and on[phx2]  # the zone's pods are spread over its two nodes
+    before = len(api.writes())
+    b.zone_outage(PHX)
+    w = [(m, p) for m, p, _d in api.writes()[before:] if "/pods/" in p or "/nodes/" in p]
+    # both nodes cordoned before any pod dies, so no pod is rescheduled onto the sibling
+    assert w[:2] == [("PATCH", f"/api/v1/nodes/{phx1}"), ("PATCH", f"/api/v1/nodes/{phx2}")]
+    assert {p.rsplit("/", 1)[1] for m, p in w if m == "DELETE"} == set(on[phx1]) | set(on[phx2])
+    # the replacements wait: every node of the zone is cordoned and the pods are pinned to it
+    assert wait_until(lambda: all(p["status"]["phase"] == "Pending" for p in eks.pods("hashicups-phx-2a")))
+    b.restore_zone(PHX)
+    assert not any(n.unschedulable for n in eks.node_infos())
+    assert wait_until(lambda: b.status().up, 10)  # the replacements ran once the nodes came back
+    with pytest.raises(BackendError, match="no nodes in zone us-west-2-nowhere-1a"):
+        b.restore_zone("us-west-2-nowhere-1a")
     b.close()
 
-    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
-    with pytest.raises(BackendError, match="set EH_ENTRYPOINTS"):
-        b.entrypoints()
-    monkeypatch.setenv("EH_ENTRYPOINTS", '{"us-west-2-lax-1a": "https://lax.example.test/"}')
-    assert b.entrypoints() == {"us-west-2-lax-1a": "https://lax.example.test"}
-    monkeypatch.setenv("EH_ENTRYPOINTS", "[1]")
-    with pytest.raises(BackendError, match="expected a JSON object"):
-        b.entrypoints()
-    monkeypatch.setenv("EH_ENTRYPOINTS", "{")
-    with pytest.raises(BackendError, match="not JSON"):
-        b.entrypoints()
+
+# -- finding 6 and the rest ---------------------------------------------------------------
+
+
+def test_pod_chaos_inventory_status_and_close(api: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> None:
+    b = _backend(api, tmp_path)
+    b.up(rendered(tmp_path))
+    inv = b.inventory()
+    pa = next(p for p in inv.pods() if p.pod.startswith("product-api-lax-1a-"))
+    assert pa.zone == LAX and pa.node == NODE[LAX] and pa.ip.startswith("10.0.3.") and inv.is_ready(pa.pod)
+    assert b.set_pod_unready(LAX, "product-api") == [pa.pod]
+    assert wait_until(lambda: not inv.is_ready(pa.pod))
+    assert b.status().pods[pa.pod] == "Unready"
+    assert b.set_pod_ready(LAX, "product-api") == [pa.pod]
+    assert b.kill_pod(LAX, "product-api") == [pa.pod]
+    assert wait_until(lambda: inv.get(pa.pod).ended is not None)  # type: ignore[union-attr]
+    assert b.nodes()[NODE[LAX]] == LAX
+    st = b.status()
+    assert isinstance(st, Status) and "extra zones: us-west-2c" in st.detail
+    threads = [t for t in threading.enumerate() if t.name == "eh-inventory-watch"]
+    assert threads
+    b.close()  # the chaos extension closes its backend: no watcher outlives it
+    assert wait_until(lambda: not any(t.is_alive() for t in threads), 5)
 
 
 def test_context_is_required_and_bad_context_is_clear(tmp_path: Path) -> None:
@@ -246,47 +502,16 @@ def test_context_is_required_and_bad_context_is_clear(tmp_path: Path) -> None:
         b.manifests()
 
 
-def test_install_consul_runs_the_pinned_chart_in_the_context(
-    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import subprocess
-
-    calls: list[list[str]] = []
-
-    def run(argv: list[str], **_kw: object) -> subprocess.CompletedProcess[str]:
-        calls.append(argv)
-        failing = argv[1:3] == ["upgrade", "--install"] and len(calls) > 2
-        return subprocess.CompletedProcess(argv, 1 if failing else 0, "", "Error: timed out waiting" if failing else "")
-
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "helm").write_text("#!/bin/sh\nexit 0\n")
-    (bindir / "helm").chmod(0o755)
-    monkeypatch.setenv("PATH", str(bindir))
-    b = _backend(api, tmp_path, install_consul=True, run=run)
-    api.seed(b.cluster, *EKS_NODES)
-    _up(api, tmp_path, b)
-    wd = tmp_path / "wd" / "existing-eks-nightly"
-    assert calls == [
-        [str(bindir / "helm"), "repo", "add", "hashicorp", "https://helm.releases.hashicorp.com", "--force-update"],
-        [
-            str(bindir / "helm"), "upgrade", "--install", "consul", "hashicorp/consul", "--version", "1.9.11",
-            "-n", "consul", "--create-namespace", "-f", str(wd / "consul-values.yaml"),
-            "--kube-context", "eks-nightly", "--kubeconfig", str(tmp_path / "kubeconfig"), "--wait", "--timeout", "15m",
-        ],
-    ]  # fmt: skip
-    with pytest.raises(BackendError, match=r"^`helm upgrade --install` failed \(exit 1\): Error: timed out waiting"):
-        b.up(rendered(tmp_path))
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(BackendError, match=r"^install_consul needs `helm` on PATH"):
-        b.up(rendered(tmp_path))
-
-
 def test_from_options(tmp_path: Path) -> None:
     from harness.backends import BackendOptions
 
-    opts = BackendOptions(name="existing", context="eks-a", allow_contexts=["eks-a"], workdir=tmp_path)
+    opts = BackendOptions(
+        name="existing", context="eks-a", allow_contexts=["eks-a"], workdir=tmp_path,
+        entrypoints={LAX: "http://x"}, install_consul=True, own_mesh_defaults=True,
+    )  # fmt: skip
     b = ExistingBackend.from_options(opts)
     assert (b.context, b.destructive_allowed, b.workdir) == ("eks-a", True, tmp_path / "existing-eks-a")
+    assert (b.install_consul, b.own_mesh_defaults, b.entry_flags) == (True, True, [f"{LAX}=http://x"])
+    assert json.loads(opts.env()["EH_ENTRYPOINTS"]) == {LAX: "http://x"}  # the chaos process probes them too
     with pytest.raises(BackendError, match="needs a kubeconfig context"):
         ExistingBackend.from_options(BackendOptions(name="existing", workdir=tmp_path))

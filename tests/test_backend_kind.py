@@ -1,88 +1,46 @@
-"""Contract tests of the kind backend: fake `kind`/`helm`/`docker`/`kubectl` on PATH + the fake API server.
+"""The kind backend against the simulated cluster (`tests.kubesim`) and fake kind/docker/helm/kubectl.
 
-The fake tools record their argv and answer the way the real ones do (kind
-writes a kubeconfig, kubectl port-forward prints "Forwarding from" and keeps
-running), so the exact commands a real run would issue are pinned here
-without Docker.
+The fake tools (`tests.kubesim_tools`) record their argv and answer the way
+the real ones do; what a command does to the cluster (nodes created from the
+kind config, a node container stopped, the chart's pods scheduled by its
+values, a port-forward to one pod) is what the simulation does, so each test
+here would have failed against the first-contact defects of issue 8: pod
+phases instead of the Ready condition (3), an inventory read at the end (4),
+entry points bound to one pod (5), access logs lost in Envoy's buffer (6), no
+Envoy config dumps (9), tc netem assumed (10).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import yaml
 
-from harness.backends.kind import KindBackend, kind_available
+from harness.backends.kind import NETEM_PROBE, KindBackend, kind_available
 from harness.errors import BackendError
-from tests.kubefake import NODES, FakeApiServer, lax_pod, rendered, wait_until
+from harness.render.manifests import Manifests
+from tests import kubesim_tools
+from tests.kubefake import FakeApiServer, rendered, wait_until
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
-FAKE_TOOL = f"""#!{sys.executable}
-import json, os, sys, time
-name = os.path.basename(sys.argv[0])
-args = sys.argv[1:]
-with open(os.environ["FAKE_LOG"], "a") as f:
-    f.write(json.dumps([name, *args]) + "\\n")
-state = os.environ["FAKE_STATE"]
-clusters_file = os.path.join(state, "clusters")
-clusters = open(clusters_file).read().split() if os.path.exists(clusters_file) else []
-if name == "docker" and args[:1] == ["info"]:
-    if os.environ.get("FAKE_DOCKER_DOWN"):
-        print("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.", file=sys.stderr)
-        sys.exit(1)
-    print("27.3.1")
-elif name == "kind" and args[:2] == ["get", "clusters"]:
-    print("\\n".join(clusters) if clusters else "No kind clusters found.", file=sys.stdout if clusters else sys.stderr)
-elif name == "kind" and args[:2] == ["create", "cluster"]:
-    cname = args[args.index("--name") + 1]
-    kc = args[args.index("--kubeconfig") + 1]
-    ctx = "kind-" + cname
-    with open(kc, "w") as f:
-        json.dump({{"apiVersion": "v1", "kind": "Config", "current-context": ctx,
-                   "clusters": [{{"name": ctx, "cluster": {{"server": os.environ["FAKE_API"]}}}}],
-                   "users": [{{"name": ctx, "user": {{"token": "x"}}}}],
-                   "contexts": [{{"name": ctx, "context": {{"cluster": ctx, "user": ctx}}}}]}}, f)
-    open(clusters_file, "w").write("\\n".join(clusters + [cname]))
-elif name == "kind" and args[:2] == ["delete", "cluster"]:
-    cname = args[args.index("--name") + 1]
-    open(clusters_file, "w").write("\\n".join(c for c in clusters if c != cname))
-elif name == "kubectl" and "port-forward" in args and os.environ.get("FAKE_PF_FAIL"):
-    print("error: unable to forward port because pod is not running. Current status=Pending", file=sys.stderr)
-    sys.exit(1)
-elif name == "kubectl" and "port-forward" in args:
-    local = args[-1].split(":")[0]
-    print(f"Forwarding from 127.0.0.1:{{local}} -> 80", flush=True)
-    time.sleep(3600)
-elif name == "docker" and args[:1] == ["exec"] and os.environ.get("FAKE_EXEC_FAIL"):
-    print("Error response from daemon: container is not running", file=sys.stderr)
-    sys.exit(1)
-"""
+LAX = "us-west-2-lax-1a"
 
 
 class Tools:
-    def __init__(self, root: Path, api: FakeApiServer, names: tuple[str, ...]) -> None:
+    """The fake tools on PATH, talking to one simulated cluster; `calls()` is every argv, in order."""
+
+    def __init__(self, root: Path, api: FakeApiServer, names: tuple[str, ...] = kubesim_tools.TOOLS) -> None:
         self.bin = root / "bin"
-        self.bin.mkdir()
-        self.state = root / "toolstate"
-        self.state.mkdir()
+        kubesim_tools.install(self.bin, names)
         self.log = root / "argv.jsonl"
-        script = root / "fake_tool.py"
-        script.write_text(FAKE_TOOL)
-        script.chmod(0o755)
-        for n in names:
-            (self.bin / n).symlink_to(script)
-        self.env = {
-            "PATH": str(self.bin),
-            "FAKE_LOG": str(self.log),
-            "FAKE_STATE": str(self.state),
-            "FAKE_API": api.url,
-        }
+        self.env = {"PATH": f"{self.bin}:{os.environ['PATH']}", "FAKE_LOG": str(self.log), "FAKE_API": api.url}
 
     def calls(self) -> list[list[str]]:
         if not self.log.exists():
@@ -95,54 +53,47 @@ class Tools:
 
 @pytest.fixture
 def tools(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Tools:
-    t = Tools(tmp_path, api, ("kind", "helm", "docker", "kubectl"))
+    t = Tools(tmp_path, api)
     for k, v in t.env.items():
         monkeypatch.setenv(k, v)
     return t
 
 
-def _controller(api: FakeApiServer, backend: KindBackend, stop: threading.Event) -> None:
-    """Plays the Deployment controller: marks every Deployment ready once it appears."""
-    done: set[str] = set()
-    while not stop.is_set():
-        if backend.kubeconfig.is_file():
-            try:
-                c = backend.cluster
-                for d in (c.request("GET", "/apis/apps/v1/deployments") or {}).get("items", []):
-                    key = f"{d['metadata']['namespace']}/{d['metadata']['name']}"
-                    if key not in done:
-                        c.request(
-                            "PATCH",
-                            f"/apis/apps/v1/namespaces/{key.replace('/', '/deployments/')}",
-                            body={"status": {"readyReplicas": d["spec"]["replicas"]}},
-                            content_type="application/merge-patch+json",
-                        )
-                        done.add(key)
-            except BackendError:
-                pass
-        time.sleep(0.3)
+def kind_backend(workdir: Path, **kw: Any) -> KindBackend:
+    """A KindBackend polling readiness often (the simulated cluster is fast; a real one gets 2 s)."""
+    b = KindBackend("edge", workdir, ready_timeout_s=60, **kw)
+    b.ready_poll_s = 0.1
+    return b
 
 
-def _up(api: FakeApiServer, tools: Tools, tmp_path: Path) -> tuple[KindBackend, Any]:
+@pytest.fixture
+def up(api: FakeApiServer, tools: Tools, tmp_path: Path) -> Iterator[tuple[KindBackend, Manifests]]:
+    """A kind cluster `edge` brought up from the default topology; closed (not deleted) afterwards."""
     m = rendered(tmp_path)
-    wd = tmp_path / "wd"
-    backend = KindBackend("edge", wd, ready_timeout_s=60)
-    # the nodes kind would have registered (names as kind gives them)
-    seed = api.cluster(tmp_path)
-    api.seed(seed, *NODES)
-    stop = threading.Event()
-    t = threading.Thread(target=_controller, args=(api, backend, stop), daemon=True)
-    t.start()
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(m)
+    yield backend, m
+    backend.close()
+
+
+def _get(url: str, path: str = "/") -> int:
     try:
-        backend.up(m)
-    finally:
-        stop.set()
-        t.join()
-    return backend, m
+        return httpx.get(url + path, timeout=3).status_code
+    except httpx.HTTPError:
+        return 0
 
 
-def test_up_issues_exactly_the_expected_commands(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
-    _backend, m = _up(api, tools, tmp_path)
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+# -- commands -----------------------------------------------------------------------
+
+
+def test_up_issues_exactly_the_documented_commands(
+    up: tuple[KindBackend, Manifests], tools: Tools, tmp_path: Path, api: FakeApiServer
+) -> None:
+    backend, m = up
     wd = tmp_path / "wd"
     kc = str(wd / "kubeconfig")
     calls = tools.calls()
@@ -156,42 +107,52 @@ def test_up_issues_exactly_the_expected_commands(api: FakeApiServer, tools: Tool
             "--wait", "--timeout", "15m",
         ],
     ]  # fmt: skip
-    execs = calls[4:]
-    assert [c[:5] for c in execs] == [
-        ["docker", "exec", n, "sh", "-c"] for n in ("edge-worker3", "edge-worker4", "edge-worker5")
-    ]
-    # the kind config written is the rendered one, named after the cluster
-    import yaml
-
+    edge_nodes = ["edge-worker3", "edge-worker4", "edge-worker5"]  # kind names workers in config order
+    assert calls[4] == ["docker", "exec", "edge-worker3", "sh", "-c", NETEM_PROBE]
+    assert [c[:5] for c in calls[5:8]] == [["docker", "exec", n, "sh", "-c"] for n in edge_nodes]
+    assert calls[8:] == [["docker", "port", "edge-control-plane", f"{p}/tcp"] for p in range(30100, 30105)]
     written = yaml.safe_load((wd / "kind-config.yaml").read_text())
     assert written == {**m.kind_config, "name": "edge"}
     assert yaml.safe_load((wd / "consul-values.yaml").read_text()) == m.helm_values
-    # every rendered object reached the API (namespaces applied once before helm, then all)
-    posts = [d for meth, _p, d in api.writes() if meth == "POST" and d.get("kind") not in ("Node",)]
-    assert len([d for d in posts if d["kind"] != "Namespace"]) == len(
-        [o for o in m.objects if o["kind"] != "Namespace"]
-    )
+    # kind made the nodes the config describes: zone labels, edge taints, the control-plane's port mappings
+    nodes = {n.name: n for n in backend.cluster.node_infos()}
+    assert nodes["edge-worker3"].zone == LAX and nodes["edge-worker3"].zone_type == "local-zone"
+    assert nodes["edge-control-plane"].zone == ""
+    raw = backend.cluster.request("GET", "/api/v1/nodes/edge-worker3")
+    assert {"key": "edge-harness.io/edge-zone", "value": LAX, "effect": "NoSchedule"} in raw["spec"]["taints"]
     # lax-1a's script: other LZs dropped both ways, Region peers delayed by the service link (12 ms)
-    lax = execs[0][5]
-    for cidr in ("172.18.0.5/32", "10.244.4.0/24", "172.18.0.6/32", "10.244.5.0/24"):
+    lax = calls[5][5]
+    for cidr in ("172.18.0.6/32", "10.244.4.0/24", "172.18.0.7/32", "10.244.5.0/24"):
         assert f"iptables -A EH-CHAOS -d {cidr} -j DROP" in lax and f"iptables -A EH-CHAOS -s {cidr} -j DROP" in lax
-    assert "10.244.1.0/24 -j DROP" not in lax and "172.18.0.7/32 -j DROP" not in lax
+    assert "10.244.1.0/24 -j DROP" not in lax and "172.18.0.2/32 -j DROP" not in lax
     assert "tc qdisc add dev eth0 parent 1:4 handle 40: netem delay 12ms\n" in lax
-    for cidr in ("172.18.0.2/32", "10.244.1.0/24", "10.244.2.0/24", "172.18.0.7/32", "10.244.0.0/24"):
+    for cidr in ("172.18.0.3/32", "10.244.1.0/24", "10.244.2.0/24", "172.18.0.2/32", "10.244.0.0/24"):
         assert f"u32 match ip dst {cidr} flowid 1:4" in lax
-    assert "match ip dst 10.244.4.0/24" not in lax
+    # every rendered object and every entry Service reached the API
+    posts = [d for meth, _p, d in api.writes() if meth == "POST" and isinstance(d, dict)]
+    kinds = [d.get("kind") for d in posts]
+    assert kinds.count("Deployment") == len(m.of_kind("Deployment"))
+    entries = sorted(n for d in posts if (n := d.get("metadata", {}).get("name", "")).startswith("entry-"))
+    assert entries == ["entry-2a", "entry-2b", "entry-las-1a", "entry-lax-1a", "entry-phx-2a"]
 
 
 def test_up_reuses_an_existing_cluster(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
-    (tools.state / "clusters").write_text("edge")
-    (tmp_path / "wd").mkdir()
-    api.write_kubeconfig(tmp_path / "wd" / "kubeconfig", "kind-edge")
-    _up(api, tools, tmp_path)
-    assert [c for c in tools.calls() if c[0] == "kind"] == [["kind", "get", "clusters"]]
+    m = rendered(tmp_path)
+    first = kind_backend(tmp_path / "wd")
+    first.up(m)
+    first.close()
+    again = kind_backend(tmp_path / "wd2")
+    tools.reset()
+    again.up(m)
+    assert [c for c in tools.calls() if c[0] == "kind"] == [
+        ["kind", "get", "clusters"],
+        ["kind", "export", "kubeconfig", "--name", "edge", "--kubeconfig", str(tmp_path / "wd2" / "kubeconfig")],
+    ]
+    again.close()
 
 
-def test_chaos_commands(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
-    backend, _m = _up(api, tools, tmp_path)
+def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools) -> None:
+    backend, _m = up
     tools.reset()
     backend.kill_node("edge-worker3")
     backend.restore_node("edge-worker3")
@@ -204,16 +165,16 @@ def test_chaos_commands(api: FakeApiServer, tools: Tools, tmp_path: Path) -> Non
     assert calls[3:] == [["docker", "stop", "edge-worker"], ["docker", "start", "edge-worker"]]  # AZ: no edge rules
 
     tools.reset()
-    backend.partition_zone("us-west-2-lax-1a")
-    backend.set_link("us-west-2-lax-1a", 150, 5)
+    backend.partition_zone(LAX)
+    backend.set_link(LAX, 150, 5)
     script = tools.calls()[-1][5]
-    for cidr in ("172.18.0.2/32", "10.244.1.0/24", "172.18.0.7/32"):
+    for cidr in ("172.18.0.3/32", "10.244.1.0/24", "172.18.0.2/32"):
         assert f"iptables -A EH-CHAOS -d {cidr} -j DROP" in script  # partitioned from the Region
     assert "netem delay 150ms loss 5%" in script
-    backend.heal_zone("us-west-2-lax-1a")
-    backend.clear_link("us-west-2-lax-1a")
+    backend.heal_zone(LAX)
+    backend.clear_link(LAX)
     script = tools.calls()[-1][5]
-    assert "172.18.0.2/32 -j DROP" not in script and "netem delay 12ms\n" in script
+    assert "172.18.0.3/32 -j DROP" not in script and "netem delay 12ms\n" in script
     assert all(c[2] == "edge-worker3" for c in tools.calls())
 
     with pytest.raises(BackendError, match="us-west-2a is not an edge zone"):
@@ -223,64 +184,280 @@ def test_chaos_commands(api: FakeApiServer, tools: Tools, tmp_path: Path) -> Non
     assert backend.nodes()["edge-worker4"] == "us-west-2-las-1a"
 
 
-def test_failed_tool_is_a_clear_error(
+def test_failed_tool_is_a_clear_error(up: tuple[KindBackend, Manifests], tools: Tools, api: FakeApiServer) -> None:
+    backend, _m = up
+    api.sim.call(lambda: api.sim.node_down("edge-worker3"))
+    with pytest.raises(
+        BackendError, match=r"^`docker exec edge-worker3 sh -c <script>` failed \(exit 1\): .*is not running"
+    ):
+        backend.partition_zone(LAX)
+
+
+# -- finding 10: tc netem -------------------------------------------------------------
+
+
+def test_without_sch_netem_up_works_and_service_link_faults_are_refused(
     api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend, _m = _up(api, tools, tmp_path)
-    monkeypatch.setenv("FAKE_EXEC_FAIL", "1")
-    with pytest.raises(
-        BackendError, match=r"^`docker exec edge-worker3 sh -c <script>` failed \(exit 1\): .*container is not running"
-    ):
-        backend.partition_zone("us-west-2-lax-1a")
+    api.sim.netem_available = False  # the host kernel has no sch_netem (WSL2, this machine)
+    progress: list[str] = []
+    backend = kind_backend(tmp_path / "wd", progress=progress.append)
+    backend.up(rendered(tmp_path))
+    assert any("service-link latency NOT emulated" in p and "Specified qdisc kind is unknown" in p for p in progress)
+    scripts = [c[5] for c in tools.calls() if c[:2] == ["docker", "exec"] and c[5] != NETEM_PROBE]
+    assert len(scripts) == 3 and not any("netem" in s for s in scripts)
+    assert all("iptables -A EH-CHAOS" in s for s in scripts)  # hub-and-spoke still imposed
+    assert "set_link" not in backend.capabilities() and "kill_node" in backend.capabilities()
+    with pytest.raises(BackendError, match=r"cannot set_link: service-link latency needs tc netem .*sch_netem"):
+        backend.set_link(LAX, 100)
+    backend.clear_link(LAX)  # a rollback of a refused fault is harmless
 
+    # the chaos action refuses before recording anything (no fault that "never recovers")
+    from harness.chaos import actions
 
-def test_pod_chaos_and_inventory_through_the_api(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
-    backend, _m = _up(api, tools, tmp_path)
-    c = backend.cluster
-    api.seed(c, lax_pod("pa-1", "10.244.3.9"))
-    inv = backend.inventory(tmp_path / "inv.jsonl")
-    assert inv.by_ip("10.244.3.9") is not None
-    assert backend.set_pod_unready("us-west-2-lax-1a", "product-api") == ["pa-1"]
-    assert backend.set_pod_ready("us-west-2-lax-1a", "product-api") == ["pa-1"]
-    assert backend.kill_pod("us-west-2-lax-1a", "product-api") == ["pa-1"]
-    assert wait_until(lambda: (inv.get("pa-1") is not None) and inv.get("pa-1").ended is not None)  # type: ignore[union-attr]
-    st = backend.status()
-    assert st.backend == "kind" and "kind cluster edge" in st.detail
-    assert [s.pod for s in backend.log_sources()] == []
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.setenv("EH_RUN_DIR", str(run_dir))
+    monkeypatch.setattr(actions, "_backend", lambda _cfg: backend)
+    with pytest.raises(BackendError, match="cannot set_link"):
+        actions.degrade_link(LAX, 100, duration_s=0)
+    assert not (run_dir / "chaos.jsonl").exists() or (run_dir / "chaos.jsonl").read_text() == ""
     backend.close()
 
 
-def test_entrypoints_port_forward_per_zone_and_stop_by_pid(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
-    backend, m = _up(api, tools, tmp_path)
+# -- finding 3: Ready is the condition, not the phase ------------------------------------
+
+
+def test_pod_phases_report_the_ready_condition(up: tuple[KindBackend, Manifests], api: FakeApiServer) -> None:
+    backend, _m = up
+    states = backend.status().pods
+    assert states and set(states.values()) == {"Ready"}
+    assert backend.status().up
+    pod = next(n for n in states if n.startswith("product-api-lax-1a-"))
+    # readiness fails while the container keeps running: phase Running, not Ready
+    api.sim.call(lambda: api.sim.block_readiness("hashicups-lax-1a", pod))
+    assert wait_until(lambda: backend.status().pods.get(pod) == "NotReady")
+    raw = backend.cluster.request("GET", f"/api/v1/namespaces/hashicups-lax-1a/pods/{pod}")
+    assert raw["status"]["phase"] == "Running"
+    assert not backend.status().up
+
+    from harness.chaos import actions
+
+    assert "product-api" not in actions.ready_services(backend, LAX)
+    api.sim.call(lambda: api.sim.block_readiness("hashicups-lax-1a", pod, False))
+    assert actions.wait_ready(backend, LAX, ["product-api"], timeout_s=10) < 10
+    backend.set_pod_unready(LAX, "product-api")
+    assert backend.status().pods[pod] == "Unready"
+
+
+# -- finding 4: the inventory is a history from up on --------------------------------------
+
+
+def test_inventory_is_watched_from_up_with_ready_ip_and_removed_events(
+    up: tuple[KindBackend, Manifests], api: FakeApiServer
+) -> None:
+    backend, _m = up
+    path = backend.inventory_path
+    assert path.exists(), "up starts the recording: the history begins before the first request"
+    first = _lines(path)
+    pods = {r["pod"] for r in first if r["event"] == "added"}
+    assert len(pods) == 16 and {r["pod"] for r in first if r["event"] == "ready"} == pods
+    for r in first:  # every ready comes after its added
+        if r["event"] == "ready":
+            added = next(a for a in first if a["pod"] == r["pod"] and a["event"] == "added")
+            assert r["ts"] >= added["ts"]
+
+    old = next(p for p in pods if p.startswith("product-api-lax-1a-"))
+    old_ip = next(r["ip"] for r in first if r["pod"] == old)
+    backend.kill_pod(LAX, "product-api")
+    assert wait_until(lambda: any(r["event"] == "ready" and r["pod"] not in pods for r in _lines(path)), 10)
+    recs = _lines(path)
+    assert any(r["event"] == "removed" and r["pod"] == old for r in recs)
+    new = next(r for r in recs if r["event"] == "added" and r["pod"] not in pods)
+    assert new["pod"].startswith("product-api-lax-1a-") and new["ip"] != old_ip and new["zone"] == LAX
+    assert new["ip"].startswith("10.244.3.")  # from edge-worker3's podCIDR
+
+    # a node lost for longer than the node controller's grace period: its pods turn unready in the API;
+    # when it comes back they restart under new IPs (the same pod names)
+    backend.kill_node("edge-worker4")
+    las = {r["pod"]: r["ip"] for r in recs if r["event"] == "added" and r["zone"] == "us-west-2-las-1a"}
+    assert wait_until(lambda: {r["pod"] for r in _lines(path) if r["event"] == "unready"} >= set(las), 10)
+    backend.restore_node("edge-worker4")
+    assert wait_until(lambda: {r["pod"] for r in _lines(path) if r["event"] == "ip"} >= set(las), 10)
+    assert wait_until(lambda: sum(1 for r in _lines(path) if r["event"] == "ready" and r["pod"] in las) == 6, 10)
+    moved = {r["pod"]: r["ip"] for r in _lines(path) if r["event"] == "ip"}
+    assert all(moved[p] != ip for p, ip in las.items())
+
+
+def test_close_stops_every_background_thread(up: tuple[KindBackend, Manifests]) -> None:
+    backend, _m = up
+    before = set(threading.enumerate())
+    backend.close()  # the recording started by up
+    backend.inventory()  # an in-memory watch, as a chaos process has
+    backend.close()
+    backend.start_recording()
+    backend.entrypoints()
+    backend.log_sources()
+    backend.envoy_admin(next(iter(backend.status().pods)), "/ready")
+    mine = [t for t in threading.enumerate() if t not in before and t.name.startswith("eh-")]
+    assert {"eh-inventory-watch", "eh-entry-monitor"} <= {t.name for t in mine}
+    backend.close()
+    assert wait_until(lambda: not [t for t in mine if t.is_alive()], 5), [t.name for t in mine if t.is_alive()]
+
+
+# -- finding 5: entry points survive pod and node loss ------------------------------------
+
+
+def test_entry_points_are_published_node_ports_that_survive_pod_and_node_loss(
+    up: tuple[KindBackend, Manifests], api: FakeApiServer, tools: Tools
+) -> None:
+    backend, _m = up
     tools.reset()
     urls = backend.entrypoints()
-    assert set(urls) == {z.name for z in m.topology.zones}
-    pfs = [c for c in tools.calls() if c[0] == "kubectl"]
-    lax = next(c for c in pfs if "deployment/frontend-lax-1a" in c)
-    port = urls["us-west-2-lax-1a"].rsplit(":", 1)[1]
-    assert lax == [
-        "kubectl", "--kubeconfig", str(backend.kubeconfig), "port-forward", "--address", "127.0.0.1",
-        "-n", "hashicups-lax-1a", "deployment/frontend-lax-1a", f"{port}:80",
+    assert tools.calls() == []  # no port-forward process: the ports were published when the cluster was created
+    assert set(urls) == {"us-west-2a", "us-west-2b", LAX, "us-west-2-las-1a", "us-west-2-phx-2a"}
+    lax = urls[LAX]
+    assert all(_get(u) == 200 for u in urls.values())
+    # the frontend pod dies: the URL is down until the replacement is ready, then up again at the same URL
+    backend.kill_pod(LAX, "frontend")
+    assert _get(lax) == 0 or wait_until(lambda: _get(lax) == 0, 5)
+    assert wait_until(lambda: _get(lax) == 200, 10)
+    # its node dies: down while the zone has no frontend, back when the node is
+    backend.kill_node("edge-worker3")
+    assert _get(lax) == 0
+    backend.restore_node("edge-worker3")
+    assert wait_until(lambda: _get(lax) == 200, 10)
+    # the record says when
+    recs = _lines(backend.entrypoints_path)
+    lax_recs = [(r["up"], r["reason"]) for r in recs if r["zone"] == LAX]
+    assert lax_recs[0] == (True, None)
+    assert (False, "no ready frontend pod") in lax_recs or any(not up and "probe" in str(why) for up, why in lax_recs)
+    assert lax_recs[-1] == (True, None) or wait_until(
+        lambda: [r["up"] for r in _lines(backend.entrypoints_path) if r["zone"] == LAX][-1], 5
+    )
+    assert {r["zone"] for r in recs} == set(urls)
+
+
+# -- finding 6: access logs are complete before the cluster goes -------------------------------
+
+
+def test_access_logs_are_flushed_every_second_and_read_to_the_end(
+    up: tuple[KindBackend, Manifests], api: FakeApiServer
+) -> None:
+    backend, m = up
+    assert m.helm_values["connectInject"]["envoyExtraArgs"] == "--file-flush-interval-msec 1000"
+    pod = next(p for p in api.sim.pods_of("frontend", LAX))
+    dp = next(c for c in pod["spec"]["containers"] if c["name"] == "consul-dataplane")
+    assert dp["args"][-3:] == ["--", "--file-flush-interval-msec", "1000"]  # what the injector made of the value
+    sources = backend.log_sources()
+    url = backend.entrypoints()[LAX]
+    sent = 0
+    for _ in range(20):
+        assert httpx.post(url + "/api", json={"query": "{ coffees { id } }"}, timeout=5).status_code == 200
+        sent += 1
+    assert backend.flush_access_logs(timeout_s=10) == []
+    lines = [json.loads(x) for s in sources for x in s.read()]
+    # each request is two hops: frontend -> public-api, public-api -> product-api
+    assert len([x for x in lines if x["caller_pod"] == pod["metadata"]["name"]]) == sent
+    assert len(lines) == 2 * sent
+    assert {x["upstream_host"].split(":")[0] for x in lines} <= {
+        p["status"]["podIP"] for p in api.sim.pods_of(zone=LAX)
+    }  # in-zone, attributable
+
+
+def test_a_sidecar_that_never_flushes_is_reported(up: tuple[KindBackend, Manifests], api: FakeApiServer) -> None:
+    """Without the flush setting Envoy holds lines 10 s: the flush wait says so instead of losing them quietly."""
+    backend, _m = up
+    backend.log_sources()
+    pod = next(p for p in api.sim.pods_of("frontend", LAX))
+    run = api.sim.pods[pod["metadata"]["uid"]]
+    assert run.current is not None
+    run.current.flush_ms = 3_600_000
+    run.current.next_flush = 1e12
+    httpx.post(backend.entrypoints()[LAX] + "/api", json={"query": "{ coffees { id } }"}, timeout=5)
+    problems = backend.flush_access_logs(timeout_s=1)
+    assert len(problems) == 1 and problems[0].startswith(pod["metadata"]["name"] + ": ")
+    assert "still buffered after 1 s" in problems[0]
+
+
+# -- finding 9: Envoy admin through a port-forward -------------------------------------------
+
+
+def test_envoy_admin_and_artifacts_through_port_forward(
+    up: tuple[KindBackend, Manifests], tools: Tools, tmp_path: Path
+) -> None:
+    backend, _m = up
+    pod = next(n for n in backend.status().pods if n.startswith("public-api-lax-1a-"))
+    tools.reset()
+    clusters = json.loads(backend.envoy_admin(pod, "/clusters?format=json"))
+    names = [c["name"] for c in clusters["cluster_statuses"]]
+    assert any(n.startswith("failover-target~0~product-api-lax-1a.") for n in names)
+    assert any(n.startswith("failover-target~1~product-api.") for n in names)
+    assert tools.calls() == [
+        ["kubectl", "--kubeconfig", str(backend.kubeconfig), "port-forward", "--address", "127.0.0.1",
+         "-n", "hashicups-lax-1a", f"pod/{pod}", ":19000"],
     ]  # fmt: skip
-    assert any("deployment/frontend-2a" in c for c in pfs)
-    state = json.loads((tmp_path / "wd" / "state.json").read_text())
-    pids = [pf["pid"] for pf in state["portForwards"].values()]
-    assert all(Path(f"/proc/{p}").exists() for p in pids)
-    tools.reset()
-    assert backend.entrypoints() == urls  # running ones are reused
-    assert tools.calls() == []
-    backend.stop_entrypoints()
-    assert wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), 10)
-    tools.reset()
-    backend.down()
-    assert tools.calls() == [["kind", "delete", "cluster", "--name", "edge", "--kubeconfig", str(backend.kubeconfig)]]
-    assert not (tmp_path / "wd" / "state.json").exists()
+    backend.envoy_admin(pod, "/ready")
+    assert len(tools.calls()) == 1  # the forward is reused while the pod lives
+    out = tmp_path / "artifacts"
+    backend.save_artifacts(out)
+    dumps = sorted(out.glob("*/*.envoy-config_dump.json"))
+    assert len(dumps) == 16 and len(list(out.glob("*/*.envoy-clusters.json"))) == 16
+    assert all("configs" in json.loads(d.read_text()) for d in dumps)
+    # a pod that is gone: a clear error, not a hang
+    backend.kill_pod(LAX, "public-api")
+    with pytest.raises(BackendError, match=f"no pod {pod}|port-forward .*{pod}"):
+        backend.envoy_admin(pod, "/ready")
+
+
+# -- Consul's API and CRD status ------------------------------------------------------
+
+
+def test_consul_api_survives_the_server_pod_and_crd_status(
+    up: tuple[KindBackend, Manifests], api: FakeApiServer
+) -> None:
+    backend, _m = up
+    with backend.consul_api() as url:
+        leader = httpx.get(url + "/v1/status/leader", timeout=5).json()
+        assert leader.endswith(":8300")
+        backend.cluster.delete_pod("consul", "consul-server-0")  # the StatefulSet re-creates it under a new IP
+        assert wait_until(lambda: _consul_leader(url) not in ("", leader), 15)
+    statuses = backend.config_entry_status()
+    assert statuses and all(s.synced for s in statuses)
+    assert {s.kind for s in statuses} == {
+        "ProxyDefaults", "ServiceDefaults", "ServiceResolver", "ServiceRouter", "ServiceIntentions",
+    }  # fmt: skip
+
+
+def _consul_leader(url: str) -> str:
+    try:
+        return str(httpx.get(url + "/v1/status/leader", timeout=3).json())
+    except (httpx.HTTPError, ValueError):
+        return ""
+
+
+def test_config_entry_status_reports_what_consul_refused(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
+    api.sim.consul_reject[("ServiceResolver", "product-api-lax-1a")] = "Unexpected response code: 500 (no)"
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path))
+    st = {(s.kind, s.name): s for s in backend.config_entry_status()}
+    bad = st[("ServiceResolver", "product-api-lax-1a")]
+    assert (bad.synced, bad.reason, bad.message) == (
+        False,
+        "ConsulAgentError",
+        "writing config entry to consul: Unexpected response code: 500 (no)",
+    )
+    assert sum(1 for s in st.values() if not s.synced) == 1
+    backend.close()
+
+
+# -- tools, status, options ------------------------------------------------------------
 
 
 def test_missing_tools_are_one_clear_line(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     t = Tools(tmp_path, api, ("kind", "docker"))
-    for k, v in t.env.items():
-        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATH", str(t.bin))
+    monkeypatch.setenv("FAKE_API", api.url)
     backend = KindBackend("edge", tmp_path / "wd")
     with pytest.raises(BackendError, match=r"^kind backend needs `helm` on PATH \(https://helm.sh"):
         backend.up(rendered(tmp_path))
@@ -300,7 +477,6 @@ def test_kind_available_reports_the_docker_daemon(tools: Tools, monkeypatch: pyt
         not ok
         and why == "Docker daemon not usable: Cannot connect to the Docker daemon at unix:///var/run/docker.sock."
     )
-    assert os.environ["PATH"] == str(tools.bin)
 
 
 def test_enterprise_needs_a_licence_secret_before_helm(
@@ -323,8 +499,7 @@ def test_enterprise_needs_a_licence_secret_before_helm(
         backend.up(m)
     (tmp_path / "lic.hclic").write_text("02MV4UU43BK5HGYYTOJZ\n")
     monkeypatch.setenv("CONSUL_LICENSE_PATH", str(tmp_path / "lic.hclic"))
-    monkeypatch.setenv("PATH", str(tools.bin))
-    (tools.bin / "helm").unlink()  # stop right after the licence: helm "missing" is checked first, so fake a failure
+    (tools.bin / "helm").unlink()  # stop right after the licence with a failing helm
     (tools.bin / "helm").write_text("#!/bin/sh\necho 'Error: INSTALLATION FAILED: timed out' >&2\nexit 1\n")
     (tools.bin / "helm").chmod(0o755)
     with pytest.raises(
@@ -336,32 +511,22 @@ def test_enterprise_needs_a_licence_secret_before_helm(
     assert secret["stringData"] == {"key": "02MV4UU43BK5HGYYTOJZ"}
 
 
-def test_status_port_forward_failure_and_kubeconfig_export(
-    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_status_down_and_kubeconfig_export(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
     backend = KindBackend("edge", tmp_path / "wd")
     st = backend.status()
     assert (st.up, st.detail) == (False, "kind cluster edge does not exist")
     with pytest.raises(BackendError, match="no manifests recorded"):
         backend.entrypoints()
-    # cluster exists but this workdir has no kubeconfig yet: it is exported, not re-created
-    (tools.state / "clusters").write_text("edge")
-    (tmp_path / "wd").mkdir()
-    with pytest.raises(BackendError):
-        backend.up(rendered(tmp_path))  # the fake `kind export` writes nothing: the API step fails
-    assert ["kind", "export", "kubeconfig", "--name", "edge", "--kubeconfig", str(backend.kubeconfig)] in tools.calls()
-    assert not any(c[:3] == ["kind", "create", "cluster"] for c in tools.calls())
-
-    (tools.state / "clusters").unlink()
-    (tmp_path / "second").mkdir()
-    backend2, _m = _up(api, tools, tmp_path / "second")
-    monkeypatch.setenv("FAKE_PF_FAIL", "1")
-    with pytest.raises(
-        BackendError,
-        match=r"^kubectl port-forward to hashicups-las-1a/frontend-las-1a \(us-west-2-las-1a\) "
-        r"did not start: error: unable",
-    ):
-        backend2.entrypoints()
+    backend.ready_poll_s = 0.1
+    backend.up(rendered(tmp_path))
+    st = backend.status()
+    assert st.up and st.detail == "kind cluster edge: 16/16 pods ready"
+    tools.reset()
+    backend.down()
+    assert tools.calls() == [["kind", "delete", "cluster", "--name", "edge", "--kubeconfig", str(backend.kubeconfig)]]
+    assert not (tmp_path / "wd" / "state.json").exists()
+    assert backend.status().detail == "kind cluster edge does not exist"
+    backend.down()  # idempotent, as kind's delete is
 
 
 def test_from_options(tmp_path: Path) -> None:

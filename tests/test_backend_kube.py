@@ -7,8 +7,6 @@ kind and existing backend tests.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +34,12 @@ from tests.kubefake import api as api  # the shared fixture, re-exported for pyt
 def test_apply_sends_every_rendered_object_in_order_namespaces_first(api: FakeApiServer, tmp_path: Path) -> None:
     m = rendered(tmp_path)
     c = api.cluster(tmp_path)
+    api.install_consul()  # Consul's CRDs come with the chart
+    before = len(api.writes())
     progress: list[str] = []
     applied = c.apply(m.objects, progress.append)
 
-    posts = [(p, d) for meth, p, d in api.writes() if meth == "POST"]
+    posts = [(p, d) for meth, p, d in api.writes()[before:] if meth == "POST"]
     assert len(posts) == len(m.objects)
     expected = KubeCluster.apply_order(m.objects)
     assert [d for _p, d in posts] == [dict(o) for o in expected]
@@ -50,7 +50,7 @@ def test_apply_sends_every_rendered_object_in_order_namespaces_first(api: FakeAp
     pd = next(p for p, d in posts if d["kind"] == "ProxyDefaults")
     assert pd == "/apis/consul.hashicorp.com/v1alpha1/namespaces/consul/proxydefaults"
     assert (posts[0][0], posts[0][1]["kind"]) == ("/api/v1/namespaces", "Namespace")
-    assert all(a.created for a in applied)
+    assert all(a.created for a in applied if (a.kind, a.name) != ("Namespace", "consul"))  # the chart made that one
     assert progress[-1].startswith(f"applied {len(m.objects)}/{len(m.objects)} ")
 
 
@@ -80,6 +80,7 @@ def test_unknown_kind_is_a_clear_error(api: FakeApiServer, tmp_path: Path) -> No
 
 def test_delete_is_idempotent(api: FakeApiServer, tmp_path: Path) -> None:
     c = api.cluster(tmp_path)
+    c.apply_one({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}})
     c.apply_one({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "n"}})
     assert c.exists("v1", "ConfigMap", "n", "a")
     assert c.delete("v1", "ConfigMap", "n", "a") is True
@@ -91,50 +92,50 @@ def test_delete_is_idempotent(api: FakeApiServer, tmp_path: Path) -> None:
 
 
 def _deployment(name: str, ns: str, replicas: int) -> dict[str, Any]:
+    labels = {"app": name}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"replicas": replicas},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": "x"}]}},
+        },
     }
 
 
 def test_wait_ready_times_out_naming_laggards_then_succeeds(api: FakeApiServer, tmp_path: Path) -> None:
     c = api.cluster(tmp_path)
     api.seed(c, _deployment("a", "n", 2), _deployment("b", "n", 1))
-    c.request(
-        "PATCH",
-        "/apis/apps/v1/namespaces/n/deployments/a",
-        body={"status": {"readyReplicas": 1}},
-        content_type="application/merge-patch+json",
-    )
-    with pytest.raises(BackendError, match=r"not ready after 0s: n/a 1/2 ready, n/b 0/1 ready, n/c missing"):
+    # no node to run them on: the pods stay Pending
+    with pytest.raises(BackendError, match=r"not ready after 0s: n/a 0/2 ready, n/b 0/1 ready, n/c missing"):
         c.wait_deployments_ready([("n", "a"), ("n", "b"), ("n", "c")], timeout=0, poll=0.01)
-
-    def controller() -> None:  # what the Deployment controller would do, a little later
-        time.sleep(0.2)
-        for name, n in (("a", 2), ("b", 1)):
-            c.request(
-                "PATCH",
-                f"/apis/apps/v1/namespaces/n/deployments/{name}",
-                body={"status": {"readyReplicas": n}},
-                content_type="application/merge-patch+json",
-            )
-
-    t = threading.Thread(target=controller)
-    t.start()
+    assert wait_until(lambda: len([p for p in c.pods("n") if p["status"].get("conditions")]) == 3)
+    pending = c.pods("n")
+    assert all(p["status"]["phase"] == "Pending" for p in pending)
+    assert pending[0]["status"]["conditions"][0]["message"] == "0/0 nodes are available: "
+    api.seed(c, NODES[0])  # a node joins: the scheduler binds, the kubelet starts them, readiness passes
     progress: list[str] = []
     c.wait_deployments_ready([("n", "a"), ("n", "b")], timeout=10, progress=progress.append, poll=0.05)
-    t.join()
     assert progress[0] == "deployments ready 0/2" and progress[-1] == "deployments ready 2/2"
+    ready = c.pods("n")
+    assert all(p["spec"]["nodeName"] == "edge-worker" and p["status"]["podIP"].startswith("10.244.1.") for p in ready)
 
 
 def test_stale_generation_is_not_ready(api: FakeApiServer, tmp_path: Path) -> None:
     c = api.cluster(tmp_path)
-    d = _deployment("a", "n", 1)
-    d["metadata"]["generation"] = 3
-    d["status"] = {"readyReplicas": 1, "observedGeneration": 2}
-    api.seed(c, d)
+    api.seed(c, NODES[0], _deployment("a", "n", 1))
+    c.wait_deployments_ready([("n", "a")], timeout=10, poll=0.05)
+    api.sim.paused.add("workloads")  # the controller has not seen the next spec yet
+    c.request(
+        "PATCH",
+        "/apis/apps/v1/namespaces/n/deployments/a",
+        body={"spec": {"replicas": 1, "template": {"metadata": {"labels": {"app": "a", "v": "2"}}}}},
+        content_type="application/merge-patch+json",
+    )
+    d = c.request("GET", "/apis/apps/v1/namespaces/n/deployments/a")
+    assert (d["metadata"]["generation"], d["status"]["observedGeneration"], d["status"]["readyReplicas"]) == (2, 1, 1)
     assert c.deployments_ready([("n", "a")]) == {("n", "a"): (0, 1)}
 
 
@@ -225,12 +226,25 @@ def test_set_serving_refuses_pods_without_the_label(api: FakeApiServer, tmp_path
         c.set_serving("z", "frontend", False)
 
 
-def test_pod_phases_only_hashicups_pods(api: FakeApiServer, tmp_path: Path) -> None:
+def test_pod_phases_only_hashicups_pods_by_their_ready_condition(api: FakeApiServer, tmp_path: Path) -> None:
     c = api.cluster(tmp_path)
     other = pod("consul-server-0", "consul", "z", "consul", "", "10.0.0.9", "n1")
     del other["metadata"]["labels"]["edge-harness.io/zone"]
-    api.seed(c, pod("pa", "ns", "z", "product-api", "pa-z", "10.0.3.1", "n3", phase="Pending"), other)
-    assert c.pod_phases() == {"ns/pa": "Pending"}
+    running = pod("pa", "ns", "z", "product-api", "pa-z", "10.0.3.1", "n3")
+    ready = [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-25T20:00:05Z"}]
+    api.seed(
+        c,
+        pod("pending", "ns", "z", "product-api", "pa-z", None, "", phase="Pending"),
+        running,
+        {
+            **running,
+            "metadata": {**running["metadata"], "name": "pb"},
+            "status": {**running["status"], "conditions": ready},
+        },
+        other,
+    )
+    # keyed by pod name (the inventory's key); Ready is the condition, never the phase
+    assert c.pod_phases() == {"pending": "Pending", "pa": "NotReady", "pb": "Ready"}
     assert c.pod_phases(["consul"]) == {}
 
 

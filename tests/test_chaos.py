@@ -82,6 +82,9 @@ class FakeBackend:
             )
         )
 
+    def require_capability(self, primitive: str) -> None:
+        """Every fault is possible on this fake (the actions ask before they record an inject)."""
+
     def status(self) -> Status:
         if self.replace_at is not None and time.time() >= self.replace_at:
             self.replace_at = None

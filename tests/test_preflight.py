@@ -122,7 +122,8 @@ class FakeBackend:
                 name = o["metadata"]["name"]
                 synced = self.synced.get(name, True)
                 reason = "ConsulAgentError" if synced is False else ""
-                out.append(ConfigEntryStatus(o["kind"], name, o["metadata"]["namespace"], synced, reason))
+                ns = o["metadata"]["namespace"]
+                out.append(ConfigEntryStatus(kind=o["kind"], namespace=ns, name=name, synced=synced, reason=reason))
         return out
 
     def probe_edge(self, source: str, destination: str) -> EdgeProbe:
@@ -244,6 +245,9 @@ def test_preflight_passes_the_rendered_mesh(setup: Any, tmp_path: Path) -> None:
     assert res.ok, [f"{c.check} {c.subject}: {c.message}" for c in res.failures]
     kinds = {c.check for c in res.checks}
     assert kinds == {"crd-synced", "discovery-chain", "instances-passing", "intentions", "refused-probe"}
+    undeclared = [c for c in res.checks if c.check == "intentions"]
+    assert "frontend-lax-1a -> product-api-lax-1a" in {c.subject for c in undeclared}
+    assert "public-api-lax-1a -> product-api-lax-1a" not in {c.subject for c in undeclared}  # declared
     chains = [c for c in res.checks if c.check == "discovery-chain"]
     assert len(chains) == 5 * 3  # every zone calls public-api, product-api and postgres
     refused = [c for c in res.checks if c.check == "refused-probe" and c.detail["refused"]]
@@ -266,6 +270,11 @@ def test_failover_to_another_local_zone_fails_preflight_naming_the_chain(setup: 
         "resolver:product-api-lax-1a.default.default.dc1: product-api-lax-1a.default.default.dc1 -> failover "
         "[product-api-las-1a.default.default.dc1, product-api.default.default.dc1]"
     ]
+    assert [(t["service"], t["zone"]) for t in bad.detail["targets"]] == [
+        ("product-api-lax-1a", LAX),
+        ("product-api-las-1a", "us-west-2-las-1a"),
+        ("product-api", "Region"),
+    ]
     text = str(info.value)
     assert "discovery-chain" in text and "chain: resolver:product-api-lax-1a" in text
     assert json.loads((tmp_path / "preflight.json").read_text())["ok"] is False
@@ -283,7 +292,7 @@ def test_undeclared_intention_fails_preflight(setup: Any) -> None:
     res = run_preflight(setup(frontend_may_call_product_api), settle_s=0)
     failed = _failed(res)
     (bad,) = failed["intentions"]
-    assert bad.subject == "product-api-lax-1a" and "frontend-lax-1a allowed (declared: no)" in bad.message
+    assert bad.subject == "frontend-lax-1a -> product-api-lax-1a" and "undeclared call allowed" in bad.message
     probes = {c.subject for c in failed["refused-probe"]}
     assert "frontend-lax-1a -> product-api-lax-1a" in probes
 
@@ -324,11 +333,15 @@ def test_a_backend_without_the_hooks_is_unverified_not_passed(setup: Any, tmp_pa
     b = setup()
     b.probe_possible = False
     b.config_entry_status = lambda: Backend.config_entry_status(b)  # type: ignore[arg-type]
-    res = gate(b, tmp_path, "gate", lambda _m: None)  # not possible is no misconfiguration: no stop...
+    said: list[str] = []
+    res = gate(b, tmp_path, "gate", said.append)  # not possible is no misconfiguration: no stop...
     failed = _failed(res)
-    assert not res.ok  # ...but the record says unverified
-    assert all(c.detail["possible"] is False for c in failed["refused-probe"])
-    assert "cannot report" in failed["crd-synced"][0].message
+    assert not res.ok  # ...but the record says unverified (the verdict's `config` fails on it)
+    assert "cannot report" in failed["crd-synced"][0].message and failed["crd-synced"][0].detail["possible"] is False
+    assert not any(c.check == "refused-probe" for c in res.checks)  # optional evidence: a note, no check
+    assert res.notes and res.notes[0].startswith("refused-probe: not possible")
+    assert any(line.startswith("note: refused-probe") for line in said)
+    assert json.loads((tmp_path / "preflight.json").read_text())["notes"] == res.notes
 
 
 def test_enterprise_edition_preflight(rendered: Path, tmp_path: Path, setup: Any) -> None:
@@ -400,3 +413,18 @@ def test_cli_traffic_stops_before_traffic_when_preflight_fails(
     err = capsys.readouterr().err
     assert "preflight failed" in err and "chain: resolver:product-api-lax-1a" in err
     assert not (run_dir / "requests.jsonl").exists()
+
+
+def test_an_intentions_404_is_no_denial(setup: Any) -> None:
+    """py-consul turns a 404 into None: a Consul that cannot answer must not look like one that denies."""
+    from harness.preflight import _consul_client
+
+    def client_without_check(url: str) -> Any:
+        c = _consul_client(url)
+        c.connect.intentions.check = lambda *_a, **_k: None
+        return c
+
+    res = run_preflight(setup(), client_factory=client_without_check, settle_s=0)
+    bad = _failed(res)["intentions"]
+    assert bad and all("answered 404" in c.message for c in bad)
+    assert not any(c.ok for c in res.checks if c.check == "intentions")

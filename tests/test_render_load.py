@@ -52,7 +52,8 @@ def test_layout_matches_contract(out: Path) -> None:
     assert {"topology.yaml", "kind-config.yaml", "consul-values.yaml", "manifest.json"} <= files
     assert "k8s/00-namespaces.yaml" in files
     assert {"k8s/10-hashicups.yaml", "k8s/10-hashicups-lax-1a.yaml"} <= files
-    assert all(f.startswith(("k8s/", "consul/")) or "/" not in f for f in files)
+    assert all(f.startswith(("k8s/", "consul/", "entry/")) or "/" not in f for f in files)
+    assert {"entry/kind.yaml", "entry/cluster.yaml"} <= files
     meta = json.loads((out / "manifest.json").read_text())
     assert meta["edition"] == "ce"
     assert meta["chart"] == {"repo": "https://helm.releases.hashicorp.com", "name": "consul", "version": "1.9.11"}

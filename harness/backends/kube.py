@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +33,7 @@ from urllib.parse import quote
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from harness.backends.base import Inventory, LogSource, PodInfo
+from harness.backends.base import ConfigEntryStatus, Inventory, LogSource, PodInfo
 from harness.errors import BackendError
 
 FIELD_MANAGER = "edge-harness"
@@ -56,6 +56,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_SERVING = "edge-harness.io/serving"
 
 DATAPLANE_CONTAINER = "consul-dataplane"
+CONSUL_API_GROUP = "consul.hashicorp.com"
 
 ProgressFn = Callable[[str], None]
 
@@ -465,9 +466,10 @@ class KubeCluster:
     def save_artifacts(self, out: Path, namespaces: Iterable[str]) -> list[str]:
         """For the post-mortem: events and every container's log of every pod in `namespaces`.
 
-        Envoy config dumps are not reachable here: consul-dataplane binds its
-        admin to the pod's loopback. Each failure is written down instead of
-        aborting, since artifacts are collected precisely when things are broken.
+        Envoy's config dumps come from the backend (`KubeBackend.save_artifacts`,
+        through a port-forward to each sidecar's admin). Each failure is written
+        down instead of aborting, since artifacts are collected precisely when
+        things are broken.
         """
         saved: list[str] = []
         for ns in sorted(set(namespaces)):
@@ -555,23 +557,108 @@ class KubeCluster:
         return names
 
     def pod_phases(self, namespaces: Iterable[str] | None = None) -> dict[str, str]:
-        """`namespace/pod` -> phase for HashiCups pods (the ones with a zone label)."""
+        """Pod name -> its state as the chaos probes read it, for HashiCups pods (those with a zone label).
+
+        `Ready` is the pod's Ready condition (what the Endpoints controller and
+        so consul-k8s go by), never the phase: a Running pod can be unready for
+        a long time (readiness probe failing, a node the control plane lost).
+        States: Ready, Unready (taken out of its Service by the unready chaos),
+        NotReady, Terminating, or the phase (Pending, ...). Keyed by pod name,
+        the inventory's key, which the chaos actions join on.
+        """
         items: list[dict[str, Any]] = []
         if namespaces is None:
             items = self.pods()
         else:
             for ns in namespaces:
                 items += self.pods(ns)
-        out = {}
-        for p in items:
-            if LABEL_POD_ZONE not in _labels(p):
+        return {str(_meta(p)["name"]): pod_state(p) for p in items if LABEL_POD_ZONE in _labels(p)}
+
+    def config_entry_status(self, objects: Iterable[Mapping[str, Any]]) -> list[ConfigEntryStatus]:
+        """The consul-k8s sync status of each Consul config-entry CRD among `objects`, read from the API.
+
+        consul-k8s writes `status.conditions[type=Synced]` ("True" once the
+        entry is in Consul; "False" with reason/message when Consul refused it;
+        "Unknown" while it is being written): consul-http-api-subset.md §6.
+        A missing object or condition is reported as not synced, never skipped.
+        """
+        out: list[ConfigEntryStatus] = []
+        for obj in objects:
+            api_version = str(obj.get("apiVersion", ""))
+            if not api_version.startswith(CONSUL_API_GROUP + "/"):
                 continue
-            meta = _meta(p)
-            out[f"{meta.get('namespace')}/{meta['name']}"] = str((p.get("status") or {}).get("phase") or "Unknown")
+            kind, meta = str(obj["kind"]), _meta(obj)
+            ns, name = str(meta.get("namespace") or "default"), str(meta["name"])
+            try:
+                ref = self.resource(api_version, kind)
+                live = self.request("GET", ref.item(ns, name))
+            except KubeApiError as exc:
+                if exc.status != 404:
+                    raise
+                out.append(ConfigEntryStatus(kind, ns, name, False, "NotFound", "the object does not exist"))
+                continue
+            cond = next(
+                (c for c in ((live or {}).get("status") or {}).get("conditions") or [] if c.get("type") == "Synced"),
+                None,
+            )
+            if cond is None:
+                out.append(
+                    ConfigEntryStatus(kind, ns, name, False, "NoSyncedCondition", "consul-k8s has not synced it")
+                )
+                continue
+            out.append(
+                ConfigEntryStatus(
+                    kind, ns, name, cond.get("status") == "True", str(cond.get("reason") or ""),
+                    str(cond.get("message") or ""),
+                )
+            )  # fmt: skip
         return out
 
+    def find_consul(self) -> ConsulInstall | None:
+        """The Consul the chart installed, found by the chart's labels (any namespace); None when absent.
+
+        The chart labels its objects `app=consul`, `release=<release>` and
+        `component=server|connect-injector|ui` (charts/consul/templates/
+        server-statefulset.yaml, connect-inject-deployment.yaml, ui-service.yaml);
+        the server's image tag is the Consul version.
+        """
+        servers = [p for p in self.pods(selector={"component": "server"}) if _labels(p).get("app") == "consul"]
+        if not servers:
+            return None
+        server = servers[0]
+        ns = str(_meta(server).get("namespace"))
+        release = _labels(server).get("release", "consul")
+        image = next(
+            (str(c.get("image")) for c in (server.get("spec") or {}).get("containers") or [] if c.get("image")), ""
+        )
+        version = image.rsplit(":", 1)[-1] if ":" in image else ""
+        injectors = [
+            p for p in self.pods(ns, selector={"component": "connect-injector"}) if _labels(p).get("app") == "consul"
+        ]
+        ui = [
+            svc
+            for svc in (self.request("GET", f"/api/v1/namespaces/{quote(ns)}/services") or {}).get("items") or []
+            if _labels(svc).get("app") == "consul" and _labels(svc).get("component") == "ui"
+        ]
+        ui_port = 80
+        if ui:
+            ports = (ui[0].get("spec") or {}).get("ports") or []
+            http = [int(x["port"]) for x in ports if x.get("name") == "http" or int(x.get("targetPort") or 0) == 8500]
+            ui_port = http[0] if http else 80
+        return ConsulInstall(
+            namespace=ns,
+            release=release,
+            image=image,
+            version=version,
+            servers_ready=sum(1 for p in servers if pod_condition(p, "Ready")[0] == "True"),
+            injectors_ready=sum(1 for p in injectors if pod_condition(p, "Ready")[0] == "True"),
+            ui_service=str(_meta(ui[0])["name"]) if ui else "",
+            ui_port=ui_port,
+        )
+
     # -- inventory -----------------------------------------------------------
-    def pod_info(self, pod: Mapping[str, Any], node_zones: Mapping[str, str]) -> PodInfo | None:
+    @staticmethod
+    def pod_info(pod: Mapping[str, Any], node_zones: Mapping[str, str]) -> PodInfo | None:
         """PodInfo of a HashiCups pod with an IP, else None (not ours, or not scheduled yet).
 
         The zone comes from the node the pod runs on (the truth about where it
@@ -600,32 +687,18 @@ class KubeCluster:
             started=started if started is not None else time.time(),
         )
 
-    def refresh_inventory(self, inventory: Inventory) -> None:
-        """One list: add pods not yet known (or whose IP changed), end pods that are gone."""
-        zones = self.nodes()
-        seen: set[str] = set()
-        for p in self.pods():
-            self._observe(inventory, p, zones)
-            seen.add(str(_meta(p)["name"]))
-        for info in inventory.pods(alive_only=True):
-            if info.pod not in seen:
-                inventory.removed(info.pod)
+    def list_pods(self) -> tuple[list[dict[str, Any]], str]:
+        """All pods and the list's resourceVersion (where a watch continues without a gap)."""
+        doc = self.request("GET", "/api/v1/pods") or {}
+        return list(doc.get("items") or []), str((doc.get("metadata") or {}).get("resourceVersion") or "")
 
-    def _observe(self, inventory: Inventory, pod: Mapping[str, Any], zones: Mapping[str, str]) -> None:
-        phase = (pod.get("status") or {}).get("phase")
-        name = str(_meta(pod)["name"])
-        if phase in ("Succeeded", "Failed"):
-            inventory.removed(name)
-            return
-        info = self.pod_info(pod, zones)
-        if info is None:
-            return
-        known = inventory.get(name)
-        if known is None or known.ended is not None or (known.ip, known.node) != (info.ip, info.node):
-            inventory.added(info)
+    def refresh_inventory(self, inventory: Inventory) -> None:
+        """One list, folded into `inventory` (pods gone since are removed): a catch-up, not a history."""
+        items, _rv = self.list_pods()
+        PodTracker(inventory, self.nodes()).sync(items, initial=True)
 
     def watch_inventory(self, inventory: Inventory) -> InventoryWatcher:
-        """Start a background list+watch that keeps `inventory` current until `.stop()`."""
+        """List now (so the inventory is current when this returns), then keep it current until `.stop()`."""
         w = InventoryWatcher(self, inventory)
         w.start()
         return w
@@ -638,6 +711,130 @@ class KubeCluster:
             "GET", path, query=query, stream=True, timeout=(10.0, read_timeout) if read_timeout else None
         )
         return LineStream(resp)
+
+
+@dataclass(frozen=True)
+class ConsulInstall:
+    """A Consul found in the cluster (existing backend: used as it is, after checks)."""
+
+    namespace: str
+    release: str
+    image: str
+    version: str  # the server image's tag, e.g. 1.22.7 or 1.22.7-ent
+    servers_ready: int
+    injectors_ready: int  # connect-injector pods Ready: without one, no pod gets a sidecar
+    ui_service: str
+    ui_port: int
+
+
+def pod_condition(pod: Mapping[str, Any], kind: str) -> tuple[str, float | None]:
+    """(status, lastTransitionTime) of a pod condition; ("", None) when the pod has none of that type."""
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return str(c.get("status") or ""), parse_k8s_time(c.get("lastTransitionTime"))
+    return "", None
+
+
+def pod_serving(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod is an Endpoints address of its Service, i.e. what consul-k8s registers as passing.
+
+    Ready condition True, the `edge-harness.io/serving` label (part of the
+    Service selector) not "false", and not terminating: the Endpoints
+    controller drops terminating pods from `addresses` at once.
+    """
+    return (
+        pod_condition(pod, "Ready")[0] == "True"
+        and _labels(pod).get(LABEL_SERVING) != "false"
+        and not _meta(pod).get("deletionTimestamp")
+    )
+
+
+def pod_state(pod: Mapping[str, Any]) -> str:
+    """Ready / Unready / NotReady / Terminating / <phase>: one word per pod for status and probes."""
+    if _meta(pod).get("deletionTimestamp"):
+        return "Terminating"
+    phase = str((pod.get("status") or {}).get("phase") or "Unknown")
+    if phase != "Running":
+        return phase
+    if pod_condition(pod, "Ready")[0] != "True":
+        return "NotReady"
+    if _labels(pod).get(LABEL_SERVING) == "false":
+        return "Unready"
+    return "Ready"
+
+
+class PodTracker:
+    """Turns pod snapshots (a list, watch events) into inventory events (docs/CONTRACTS.md, inventory.jsonl).
+
+    - `added` when a HashiCups pod first has an IP; `ip` when the same pod
+      later holds another one (its sandbox was re-created on a restarted node);
+    - `ready` / `unready` when `pod_serving` changes, at the Ready condition's
+      `lastTransitionTime` when that is what changed (metav1.Time has second
+      precision, so it can be up to 1 s early; it is kept within the pod's own
+      history and never later than now), else when it was observed (a label
+      flip or a deletion carries no time of its own);
+    - `removed` when the pod is deleted, failed or succeeded.
+    Times of pods found by the first list are the cluster's (startTime,
+    lastTransitionTime), so history before the watch began is not guessed.
+    """
+
+    def __init__(self, inventory: Inventory, zones: Mapping[str, str]) -> None:
+        self.inventory = inventory
+        self.zones = dict(zones)
+        self._last_ts: dict[str, float] = {}
+
+    def _at(self, pod: str, ts: float | None, now: float) -> float:
+        t = now if ts is None else min(max(ts, self._last_ts.get(pod, ts)), now)
+        self._last_ts[pod] = max(t, self._last_ts.get(pod, t))
+        return t
+
+    def observe(self, pod: Mapping[str, Any], *, initial: bool = False, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        name = str(_meta(pod).get("name", ""))
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            self.gone(name, now)
+            return
+        info = pod_info_of(pod, self.zones)
+        if info is None:
+            return
+        known = self.inventory.get(name)
+        if known is None or known.ended is not None:
+            started = self._at(name, info.started if initial else None, now)
+            self.inventory.added(PodInfo(**{**asdict(info), "started": started}))
+        elif known.ip != info.ip:
+            self.inventory.ip_changed(info, self._at(name, None, now))
+        serving = pod_serving(pod)
+        if serving == self.inventory.is_ready(name):
+            return
+        status, changed_at = pod_condition(pod, "Ready")
+        by_condition = (status == "True") == serving and changed_at is not None
+        ts = self._at(name, changed_at if by_condition else None, now)
+        if serving:
+            self.inventory.ready(name, ts)
+        else:
+            self.inventory.unready(name, ts)
+
+    def gone(self, name: str, now: float | None = None) -> None:
+        info = self.inventory.get(name)
+        if info is None or info.ended is not None:
+            return
+        self.inventory.removed(name, self._at(name, None, time.time() if now is None else now))
+
+    def sync(self, items: Iterable[Mapping[str, Any]], *, initial: bool = False) -> None:
+        """A full list: observe each pod, end the live ones the list no longer has."""
+        now = time.time()
+        seen = set()
+        for p in items:
+            self.observe(p, initial=initial, now=now)
+            seen.add(str(_meta(p).get("name", "")))
+        for info in self.inventory.pods(alive_only=True):
+            if info.pod not in seen:
+                self.gone(info.pod, now)
+
+
+def pod_info_of(pod: Mapping[str, Any], zones: Mapping[str, str]) -> PodInfo | None:
+    """`KubeCluster.pod_info` without a cluster (the logic needs only the pod and the node zones)."""
+    return KubeCluster.pod_info(pod, zones)
 
 
 class LineStream:
@@ -657,8 +854,8 @@ class LineStream:
                 *complete, buf = buf.split(b"\n")
                 for raw in complete:
                     yield raw.decode("utf-8", "replace").rstrip("\r")
-        except (OSError, ValueError, AttributeError):
-            pass  # closed under us (stop) or connection reset: the stream simply ends
+        except Exception:  # closed under us, reset, or a chunked body cut short (urllib3 ProtocolError:
+            pass  # the pod went mid-follow): whatever the cause, the stream simply ends
         if buf.strip():
             yield buf.decode("utf-8", "replace")
 
@@ -669,23 +866,40 @@ class LineStream:
 
 
 class InventoryWatcher:
-    """List + watch of pods feeding an Inventory, reconnecting until stopped.
+    """List + watch of pods feeding an Inventory through a `PodTracker`, until stopped.
 
-    Each (re)connect starts with a list, so pods that vanished while the watch
-    was down are still ended, and a fresh watch's synthetic ADDED events are
-    harmless: `_observe` only records what changed.
+    Kubernetes' list/watch contract (api-concepts, "Efficient detection of
+    changes"): the list's `metadata.resourceVersion` is where the watch
+    starts, so nothing between the two is missed; every event's object
+    carries its resourceVersion, and a watch that ends (the server's
+    `timeoutSeconds`, a dropped connection) resumes from the last one seen,
+    with `allowWatchBookmarks` keeping it current through quiet periods; a
+    version the server no longer has answers `ERROR` 410 Expired, and only
+    then is the whole list read again (pods gone meanwhile are removed). The
+    first list happens in `start()`, so the inventory is complete when the
+    caller goes on to send traffic.
     """
 
     def __init__(self, cluster: KubeCluster, inventory: Inventory, watch_timeout_s: int = 300) -> None:
         self.cluster = cluster
         self.inventory = inventory
         self.watch_timeout_s = watch_timeout_s
+        self.tracker = PodTracker(inventory, {})
         self._stop = threading.Event()
         self._stream: LineStream | None = None
+        self._rv = ""
         self._thread = threading.Thread(target=self._run, name="eh-inventory-watch", daemon=True)
         self.errors: list[str] = []
+        self.relists = 0
+
+    def _relist(self, initial: bool) -> None:
+        self.tracker.zones = self.cluster.nodes()
+        items, self._rv = self.cluster.list_pods()
+        self.tracker.sync(items, initial=initial)
+        self.relists += 1
 
     def start(self) -> None:
+        self._relist(initial=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -702,11 +916,15 @@ class InventoryWatcher:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                self.cluster.refresh_inventory(self.inventory)
-                zones = self.cluster.nodes()
-                stream = self.cluster.stream_lines(
-                    "/api/v1/pods", [("watch", "true"), ("timeoutSeconds", str(self.watch_timeout_s))]
-                )
+                if not self._rv:
+                    self._relist(initial=False)
+                query = [
+                    ("watch", "true"),
+                    ("resourceVersion", self._rv),
+                    ("allowWatchBookmarks", "true"),
+                    ("timeoutSeconds", str(self.watch_timeout_s)),
+                ]
+                stream = self.cluster.stream_lines("/api/v1/pods", query, read_timeout=self.watch_timeout_s + 30)
                 self._stream = stream
                 if self._stop.is_set():
                     stream.close()
@@ -714,14 +932,15 @@ class InventoryWatcher:
                 for line in stream.lines():
                     if self._stop.is_set():
                         break
-                    self._handle(line, zones)
+                    self._handle(line)
                 backoff = 0.5
             except Exception as exc:  # a watch must outlive API hiccups; the error is kept for status
                 self.errors.append(str(exc))
+                self._rv = ""
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    def _handle(self, line: str, zones: dict[str, str]) -> None:
+    def _handle(self, line: str) -> None:
         if not line.strip():
             return
         try:
@@ -730,16 +949,29 @@ class InventoryWatcher:
             return
         obj = event.get("object") or {}
         kind = event.get("type")
-        if kind == "ERROR" or not isinstance(obj, dict) or "metadata" not in obj:
+        if kind == "ERROR":
+            code = obj.get("code") if isinstance(obj, dict) else None
+            self.errors.append(f"watch: {obj.get('message') if isinstance(obj, dict) else obj}")
+            if code == 410:
+                self._rv = ""  # expired: list again
+                if self._stream is not None:
+                    self._stream.close()
+            return
+        if not isinstance(obj, dict) or "metadata" not in obj:
+            return
+        rv = str(obj["metadata"].get("resourceVersion") or "")
+        if rv:
+            self._rv = rv
+        if kind == "BOOKMARK":
             return
         name = str(obj["metadata"].get("name", ""))
         if kind == "DELETED":
-            self.inventory.removed(name)
+            self.tracker.gone(name)
             return
         node = (obj.get("spec") or {}).get("nodeName")
-        if node and node not in zones:
-            zones.update(self.cluster.nodes())  # a node joined since we looked
-        self.cluster._observe(self.inventory, obj, zones)
+        if node and node not in self.tracker.zones:
+            self.tracker.zones.update(self.cluster.nodes())  # a node joined since we looked
+        self.tracker.observe(obj)
 
 
 # -- sidecar access logs ------------------------------------------------------
@@ -851,6 +1083,8 @@ class KubeLogSource(LogSource):
         self._thread: threading.Thread | None = None
         self._last_ns = -1
         self._seen_at_last: set[str] = set()
+        self._accept_lock = threading.Lock()
+        self._cluster = cluster
         self.opens = 0
         self.errors: list[str] = []
 
@@ -860,13 +1094,47 @@ class KubeLogSource(LogSource):
         if parsed is None:
             return None
         ns, text = parsed
-        if ns < self._last_ns or (ns == self._last_ns and text in self._seen_at_last):
-            return None
-        if ns > self._last_ns:
-            self._last_ns = ns
-            self._seen_at_last = set()
-        self._seen_at_last.add(text)
+        with self._accept_lock:
+            if ns < self._last_ns or (ns == self._last_ns and text in self._seen_at_last):
+                return None
+            if ns > self._last_ns:
+                self._last_ns = ns
+                self._seen_at_last = set()
+            self._seen_at_last.add(text)
         return text
+
+    def _deliver(self, line: str) -> None:
+        text = self._accept(line)
+        if text is None:
+            return
+        rec = access_log_record(text, self.pod)
+        if rec is not None:
+            self._queue.put(rec)
+
+    def catch_up(self) -> bool:
+        """Read the container log once (not following) from the last delivered second: nothing is left behind.
+
+        The follow stream delivers lines as the API server relays them, with
+        no way to tell "all caught up" from "nothing new"; a plain read of the
+        log now returns every line the runtime holds, and the timestamp dedupe
+        drops what was delivered already. False when the pod is gone (its log
+        went with it) or the read failed.
+        """
+        if self._cluster is None:
+            return False
+        query = [("container", self.container), ("timestamps", "true")]
+        if self._last_ns >= 0:
+            query.append(("sinceTime", since_time(self._last_ns)))
+        try:
+            text = self._cluster.request(
+                "GET", f"/api/v1/namespaces/{quote(self.namespace)}/pods/{quote(self.pod)}/log", query=query
+            )
+        except BackendError as exc:
+            self.errors.append(str(exc))
+            return False
+        for line in (text if isinstance(text, str) else "").splitlines():
+            self._deliver(line)
+        return True
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -882,12 +1150,7 @@ class KubeLogSource(LogSource):
             self._stream = stream
             try:
                 for line in stream.lines():
-                    text = self._accept(line)
-                    if text is None:
-                        continue
-                    rec = access_log_record(text, self.pod)
-                    if rec is not None:
-                        self._queue.put(rec)
+                    self._deliver(line)
             finally:
                 stream.close()
             self._stop.wait(self._retry_s)  # ended: container restarting, or we are stopping
@@ -954,6 +1217,11 @@ class KubeLogSources:
             for key, src in list(self._sources.items()):
                 if src.finished:
                     del self._sources[key]
+            return list(self._sources.values())
+
+    def known(self) -> list[KubeLogSource]:
+        """The sources followed now (without listing pods again)."""
+        with self._lock:
             return list(self._sources.values())
 
     def close(self) -> None:

@@ -3,38 +3,135 @@
 Both backends apply the same rendered objects through `kube.KubeCluster`,
 keep their state (manifests path, what they started or created) in one JSON
 file in a workdir so a later process can pick up where `up` left off, follow
-the same inventory watch and sidecar logs, and do pod chaos with the same
-label flips and deletions. They differ in how the cluster is reached and
-created, and in node/zone/link chaos (docker + iptables on kind, cordon +
+the same inventory watch and sidecar logs, reach pods through `kubectl
+port-forward`, and do pod chaos with the same label flips and deletions.
+They differ in how the cluster is reached and created, in how users enter
+each zone, and in node/zone/link chaos (docker + iptables on kind, cordon +
 NetworkPolicy on a shared cluster), which stays in the subclasses.
+
+Records. The process that brings the cluster up or records traffic (it calls
+`up` or `log_sources`) writes the pod history and the entry points' history
+as they happen, into `workdir/records/<pid>/` (`inventory_path`,
+`entrypoints_path`), from a watch started before the first request: a list
+at the end would miss every pod chaos killed and every IP that changed. Other
+processes (the chaos extension) keep an in-memory inventory only, so two
+processes never write one file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import threading
+import time
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import yaml
 
 from harness.backends.base import CHAOS_PRIMITIVES, Backend, Inventory, LogSource
-from harness.backends.kube import InventoryWatcher, KubeCluster, KubeLogSources, ProgressFn
+from harness.backends.kube import (
+    LABEL_APP,
+    ConfigEntryStatus,
+    InventoryWatcher,
+    KubeApiError,
+    KubeCluster,
+    KubeLogSources,
+    ProgressFn,
+)
+from harness.backends.kubeforward import AdminForwards, ForwardRelay
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
     from harness.render.manifests import Manifests
 
 HelmRun = Callable[[Sequence[str]], None]
+ENTRY_SERVICE = "frontend"
+ENTRY_PROBE_PERIOD_S = 1.0
+ENTRY_PROBE_TIMEOUT_S = 2.0
+
+
+class EntryMonitor:
+    """Writes `entrypoints.jsonl`: when each zone's entry point was up, when down and why.
+
+    An entry point is up while the zone has a serving frontend pod (from the
+    inventory: what its Service routes to) AND a request to its URL gets an
+    HTTP answer below 500 (the way in itself works: port mapping, load
+    balancer, kube-proxy). Checked every second; one line per change.
+    """
+
+    def __init__(self, urls: dict[str, str], inventory: Inventory, path: Path) -> None:
+        self.urls = dict(urls)
+        self.inventory = inventory
+        self.path = path
+        self.state: dict[str, tuple[bool, str]] = {}
+        self._stop = threading.Event()
+        self._fh = path.open("a", encoding="utf-8")
+        self._thread = threading.Thread(target=self._run, name="eh-entry-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._check_all()
+        self._thread.start()
+
+    def _serving(self, zone: str) -> bool:
+        return any(
+            p.zone == zone and p.service == ENTRY_SERVICE and self.inventory.is_ready(p.pod)
+            for p in self.inventory.pods(alive_only=True)
+        )
+
+    def check(self, zone: str, url: str) -> tuple[bool, str]:
+        if not self._serving(zone):
+            return False, "no ready frontend pod"
+        try:
+            r = httpx.get(url.rstrip("/") + "/", timeout=ENTRY_PROBE_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            return False, f"probe: {exc.__class__.__name__}: {exc}".strip().rstrip(":")
+        if r.status_code >= 500:
+            return False, f"probe: HTTP {r.status_code}"
+        return True, ""
+
+    def _check_all(self) -> None:
+        for zone, url in sorted(self.urls.items()):
+            up, reason = self.check(zone, url)
+            if self.state.get(zone, (None, ""))[0] != up:
+                self.state[zone] = (up, reason)
+                rec = {"ts": time.time(), "zone": zone, "url": url, "up": up, "reason": reason or None}
+                self._fh.write(json.dumps(rec) + "\n")
+                self._fh.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(ENTRY_PROBE_PERIOD_S):
+            with contextlib.suppress(Exception):  # a probe error must not end the record
+                self._check_all()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._fh.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class KubeBackend(Backend):
-    """Common state, API access, inventory, logs and pod chaos of the Kubernetes-API backends.
+    """Common state, API access, records, logs, port-forwards and pod chaos of the Kubernetes-API backends.
 
-    A subclass says where its cluster is (`_where`, `_connect`) and how helm is
-    run and pointed at the cluster (`_helm_runner`, `_helm_target`).
+    A subclass says where its cluster is (`_where`, `_connect`, `_kubectl`),
+    how helm is run and pointed at it (`_helm_runner`, `_helm_target`), and
+    where users enter each zone (`_entry_urls`).
     """
 
     def __init__(
@@ -51,11 +148,16 @@ class KubeBackend(Backend):
         self._manifests = manifests
         self.progress: ProgressFn = progress or (lambda _m: None)
         self.ready_timeout_s = ready_timeout_s
+        self.ready_poll_s = 2.0  # how often `up` asks whether the Deployments are ready
         self._run_fn = run
         self._cluster = cluster
         self._inventory: Inventory | None = None
         self._watcher: InventoryWatcher | None = None
         self._logs: KubeLogSources | None = None
+        self._recording = False
+        self._entry_monitor: EntryMonitor | None = None
+        self._admin: AdminForwards | None = None
+        self._lock = threading.RLock()
 
     # -- what subclasses say -------------------------------------------------
     @property
@@ -68,12 +170,20 @@ class KubeBackend(Backend):
         """A client for the cluster (called once, on first use of `cluster`)."""
 
     @abstractmethod
+    def _kubectl(self) -> list[str]:
+        """kubectl and the flags that point it at this cluster (for port-forwards)."""
+
+    @abstractmethod
     def _helm_runner(self, manifests: Manifests, chart: dict[str, Any]) -> HelmRun:
         """Check helm can run (before anything is written) and return what runs one helm command."""
 
     @abstractmethod
     def _helm_target(self) -> list[str]:
         """helm flags that point it at this cluster."""
+
+    @abstractmethod
+    def _entry_urls(self) -> dict[str, str]:
+        """Zone -> base URL of the zone's entry point, as users reach it."""
 
     # -- state ---------------------------------------------------------------
     @property
@@ -109,10 +219,66 @@ class KubeBackend(Backend):
             self._cluster = self._connect()
         return self._cluster
 
+    # -- records ---------------------------------------------------------------
+    @property
+    def records_dir(self) -> Path:
+        return self.workdir / "records" / str(os.getpid())
+
+    @property
+    def inventory_path(self) -> Path:
+        """This process's pod history (inventory.jsonl), written while it records (see module doc)."""
+        return self.records_dir / "inventory.jsonl"
+
+    @property
+    def entrypoints_path(self) -> Path:
+        """This process's entry-point history (entrypoints.jsonl), written while it records."""
+        return self.records_dir / "entrypoints.jsonl"
+
+    def _prune_records(self) -> None:
+        root = self.workdir / "records"
+        if not root.is_dir():
+            return
+        for d in root.iterdir():
+            if d.name.isdigit() and int(d.name) != os.getpid() and not _pid_alive(int(d.name)):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def start_recording(self) -> None:
+        """Start writing the pod history (and, once entry points are known, theirs) for this process."""
+        with self._lock:
+            if self._recording:
+                return
+            self._prune_records()
+            if self._inventory is not None:  # an in-memory watch already runs: replace it by a recording one
+                self._stop_inventory()
+            shutil.rmtree(self.records_dir, ignore_errors=True)
+            self.records_dir.mkdir(parents=True, exist_ok=True)
+            self._recording = True
+            self._inventory = Inventory(self.inventory_path)
+            self._watcher = self.cluster.watch_inventory(self._inventory)
+
+    def _stop_inventory(self) -> None:
+        if self._entry_monitor is not None:
+            self._entry_monitor.stop()
+            self._entry_monitor = None
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        if self._inventory is not None:
+            self._inventory.close()
+            self._inventory = None
+
     def save_artifacts(self, out: Path) -> None:
-        """Pod logs and events of every namespace the manifests use (for the post-mortem)."""
+        """Pod logs and events, and every live sidecar's Envoy `/config_dump` and `/clusters` (post-mortem)."""
         namespaces = {str(o["metadata"]["name"]) for o in self.manifests().objects if o.get("kind") == "Namespace"}
         self.cluster.save_artifacts(out, namespaces)
+        for ns, pod in self._meshed_pods():
+            (out / ns).mkdir(parents=True, exist_ok=True)
+            for path, suffix in (("/config_dump", "config_dump.json"), ("/clusters?format=json", "clusters.json")):
+                target = out / ns / f"{pod}.envoy-{suffix}"
+                try:
+                    target.write_bytes(self._admin_get(ns, pod, path, timeout_s=10.0))
+                except BackendError as exc:
+                    target.write_text(json.dumps({"error": str(exc)}) + "\n")
 
     # -- lifecycle helpers ---------------------------------------------------
     def _helm_install(self, manifests: Manifests) -> None:
@@ -139,33 +305,90 @@ class KubeBackend(Backend):
             for o in manifests.objects
             if o["kind"] == "Deployment"
         ]
-        self.cluster.wait_deployments_ready(deployments, self.ready_timeout_s, self.progress)
+        self.cluster.wait_deployments_ready(deployments, self.ready_timeout_s, self.progress, poll=self.ready_poll_s)
 
     def close(self) -> None:
-        """Stop background watchers and log followers (the cluster stays)."""
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
-        if self._logs is not None:
-            self._logs.close()
-            self._logs = None
-        if self._inventory is not None:
-            self._inventory.close()
-            self._inventory = None
+        """Stop this process's watchers, log followers and port-forwards (the cluster stays). Idempotent."""
+        with self._lock:
+            self._stop_inventory()
+            self._recording = False
+            if self._logs is not None:
+                self._logs.close()
+                self._logs = None
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
 
     # -- observation ---------------------------------------------------------
-    def inventory(self, path: Path | None = None) -> Inventory:
-        """The live inventory, filled by a list now and kept current by a watch until `close`."""
-        if self._inventory is None:
-            self._inventory = Inventory(path)
-            self.cluster.refresh_inventory(self._inventory)
-            self._watcher = self.cluster.watch_inventory(self._inventory)
-        return self._inventory
+    def inventory(self) -> Inventory:
+        """The live inventory: listed now, kept current by a watch until `close` (recorded when recording)."""
+        with self._lock:
+            if self._inventory is None:
+                self._inventory = Inventory()
+                self._watcher = self.cluster.watch_inventory(self._inventory)
+            return self._inventory
+
+    def entrypoints(self) -> dict[str, str]:
+        urls = self._entry_urls()
+        with self._lock:
+            if self._recording and self._entry_monitor is None and self._inventory is not None:
+                self._entry_monitor = EntryMonitor(urls, self._inventory, self.entrypoints_path)
+                self._entry_monitor.start()
+        return urls
 
     def log_sources(self) -> list[LogSource]:
+        self.start_recording()
         if self._logs is None:
             self._logs = KubeLogSources(self.cluster)
         return self._logs.current()
+
+    def flush_access_logs(self, timeout_s: float = 30.0) -> list[str]:
+        """Wait until no sidecar holds buffered access-log lines, then read every container log once more.
+
+        Envoy reports the bytes its access-log buffer holds in the
+        `access_log_file.write_total_buffered` gauge (`filesystem.` in older
+        versions); at 0 every line logged so far has been written to the
+        container's stdout, where the log API has it. A catch-up read of each
+        followed container then delivers whatever the follow stream had not
+        yet relayed. Sidecars of pods that died took their unflushed lines with
+        them: that loss is reported, not hidden.
+        """
+        if self._logs is None:
+            return []
+        problems: list[str] = []
+        deadline = time.monotonic() + timeout_s
+        inv = self.inventory()
+        for src in self._logs.known():
+            info = inv.get(src.pod)
+            if info is None or info.ended is not None:
+                problems.append(f"{src.pod}: pod gone; lines its sidecar had not flushed are lost")
+                continue
+            while True:
+                try:
+                    buffered = self._buffered_bytes(src.namespace, src.pod)
+                except BackendError as exc:
+                    problems.append(f"{src.pod}: cannot read Envoy's access-log buffer: {exc}")
+                    break
+                if buffered == 0:
+                    break
+                if time.monotonic() >= deadline:
+                    problems.append(f"{src.pod}: {buffered} bytes of access log still buffered after {timeout_s:.0f} s")
+                    break
+                time.sleep(0.2)
+            if not src.catch_up():
+                problems.append(f"{src.pod}: container log could not be read to its end")
+        return problems
+
+    def _buffered_bytes(self, namespace: str, pod: str) -> int:
+        raw = self._admin_get(namespace, pod, "/stats?filter=write_total_buffered&format=json")
+        try:
+            stats = json.loads(raw).get("stats") or []
+        except ValueError:
+            raise BackendError(f"Envoy admin of {namespace}/{pod}: /stats is not JSON") from None
+        values = [int(s.get("value") or 0) for s in stats if str(s.get("name", "")).endswith("write_total_buffered")]
+        if not values:
+            raise BackendError(f"Envoy admin of {namespace}/{pod}: no write_total_buffered gauge")
+        return sum(values)
 
     def nodes(self) -> dict[str, str]:
         return self.cluster.nodes()
@@ -176,15 +399,85 @@ class KubeBackend(Backend):
             raise BackendError(f"{self._where}: no nodes in zone {zone}")
         return names
 
+    def _meshed_pods(self) -> list[tuple[str, str]]:
+        """(namespace, pod) of every HashiCups pod with a consul-dataplane sidecar, alive now."""
+        out = []
+        for p in self.cluster.pods():
+            meta = p.get("metadata") or {}
+            containers = {c.get("name") for c in (p.get("spec") or {}).get("containers") or []}
+            running = (p.get("status") or {}).get("phase") == "Running" and not meta.get("deletionTimestamp")
+            if running and "consul-dataplane" in containers and LABEL_APP in (meta.get("labels") or {}):
+                out.append((str(meta.get("namespace")), str(meta["name"])))
+        return sorted(out)
+
+    # -- reaching inside pods ---------------------------------------------------
+    def _admin_get(self, namespace: str, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+        with self._lock:
+            if self._admin is None:
+                self._admin = AdminForwards(self._kubectl())
+            admin = self._admin
+        return admin.get(namespace, pod, path, timeout_s)
+
+    def _pod_namespace(self, pod: str) -> str:
+        info = self._inventory.get(pod) if self._inventory is not None else None
+        if info is not None and info.namespace:
+            return info.namespace
+        try:
+            items = (
+                self.cluster.request("GET", "/api/v1/pods", query=[("fieldSelector", f"metadata.name={pod}")]) or {}
+            ).get("items") or []
+        except KubeApiError as exc:
+            raise BackendError(f"{self._where}: cannot look up pod {pod}: {exc}") from None
+        items = [p for p in items if (p.get("metadata") or {}).get("name") == pod]
+        if not items:
+            raise BackendError(f"{self._where}: no pod {pod}")
+        return str(items[0]["metadata"]["namespace"])
+
+    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+        """GET on the pod's Envoy admin (127.0.0.1:19000 inside the pod) through `kubectl port-forward`."""
+        return self._admin_get(self._pod_namespace(pod), pod, path, timeout_s)
+
+    def _consul_ui(self) -> tuple[str, str, int]:
+        """(namespace, Service, port) of the chart's UI Service, which fronts the Consul servers' HTTP API."""
+        release = self.manifests().meta.get("release") or {"name": "consul", "namespace": "consul"}
+        found = self.cluster.find_consul()
+        if found is not None and found.ui_service:
+            return found.namespace, found.ui_service, found.ui_port
+        return str(release["namespace"]), f"{release['name']}-ui", 80
+
+    @contextlib.contextmanager
+    def _consul_api(self) -> Iterator[str]:
+        ns, svc, port = self._consul_ui()
+        relay = ForwardRelay(self._kubectl(), ns, f"svc/{svc}", port)
+        try:
+            yield relay.url
+        finally:
+            relay.close()
+
+    def consul_api(self) -> contextlib.AbstractContextManager[str]:
+        """Consul's HTTP API at a local URL that survives a server pod being replaced (reference §8)."""
+        return self._consul_api()
+
+    def config_entry_status(self) -> list[ConfigEntryStatus]:
+        """consul-k8s' `Synced` status of every Consul config-entry CRD the manifests hold."""
+        return self.cluster.config_entry_status(self.manifests().consul_objects)
+
     # -- pod chaos (the same API calls on any cluster) -----------------------
     def capabilities(self) -> frozenset[str]:
         return CHAOS_PRIMITIVES
 
-    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
-        raise BackendError("envoy_admin: not implemented yet on this backend")  # replaced in this round
+    def can(self, primitive: str) -> bool:
+        """Whether `primitive` is in `capabilities()` (subclasses answer for one primitive without costly probes)."""
+        return primitive in self.capabilities()
 
-    def consul_api(self) -> AbstractContextManager[str]:
-        raise BackendError("consul_api: not implemented yet on this backend")  # replaced in this round
+    def require_capability(self, primitive: str) -> None:
+        """BackendError naming why, when this cluster cannot perform `primitive` (checked before injecting)."""
+        if not self.can(primitive):
+            raise BackendError(f"{self._where} cannot {primitive}: {self.why_not(primitive)}")
+
+    def why_not(self, primitive: str) -> str:
+        """One line: why `primitive` is outside `capabilities()` here."""
+        return "not supported by this backend"
 
     def kill_pod(self, zone: str, service: str) -> list[str]:
         return self.cluster.kill_pods(zone, service)

@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.backends import BackendOptions
 from harness.chaos.timeline import FaultKind, record
-from harness.errors import InputError
+from harness.errors import BackendError, InputError
 
 
 @dataclass
@@ -56,6 +56,43 @@ def check_experiment(path: Path) -> dict[str, Any]:
         ):
             raise InputError(str(path), f"method[{i}].provider.module", f"unknown module {prov.get('module')!r}")
     return data
+
+
+# harness.chaos.actions function -> the backend primitive it injects (base.CHAOS_PRIMITIVES)
+ACTION_PRIMITIVES = {
+    "kill_pod": "kill_pod",
+    "make_unready": "set_pod_unready",
+    "kill_node": "kill_node",
+    "zone_outage": "zone_outage",
+    "degrade_link": "set_link",
+    "partition_zone": "partition_zone",
+}
+
+
+def required_primitives(data: dict[str, Any]) -> list[tuple[int, str, str]]:
+    """(method index, action func, primitive) of every harness action in an experiment's method."""
+    out = []
+    for i, act in enumerate(data.get("method") or []):
+        prov = (act or {}).get("provider") or {}
+        func = str(prov.get("func", ""))
+        if prov.get("module") == "harness.chaos.actions" and func in ACTION_PRIMITIVES:
+            out.append((i, func, ACTION_PRIMITIVES[func]))
+    return out
+
+
+def check_capabilities(path: Path, backend: Any) -> None:
+    """InputError (exit 2) when the experiment needs a fault this backend cannot perform on this cluster.
+
+    Run before the experiment starts, so a fault the cluster cannot do (the
+    service link on EKS, a partition without an enforcing CNI, netem on a
+    kernel without sch_netem) is refused with nothing injected.
+    """
+    data = check_experiment(path)
+    for i, func, primitive in required_primitives(data):
+        try:
+            backend.require_capability(primitive)
+        except BackendError as exc:
+            raise InputError(str(path), f"method[{i}].provider.func", f"{func}: {exc}") from None
 
 
 def chaos_bin() -> str:
@@ -100,4 +137,13 @@ def run_experiment(experiment: Path, run_dir: Path, opts: BackendOptions, timeou
         return ChaosResult("failed", True, journal, rc)
 
 
-__all__ = ["ChaosResult", "FaultKind", "check_experiment", "record", "run_experiment"]
+__all__ = [
+    "ACTION_PRIMITIVES",
+    "ChaosResult",
+    "FaultKind",
+    "check_capabilities",
+    "check_experiment",
+    "record",
+    "required_primitives",
+    "run_experiment",
+]

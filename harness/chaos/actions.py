@@ -66,6 +66,7 @@ def kill_pod(zone: str, service: str, configuration: dict[str, Any] | None = Non
     """Kill every pod of `service` in `zone`; the fault lasts until the Deployment has replaced them."""
     b = _backend(configuration)
     fault = _fault_id("kill-pod", zone, service)
+    b.require_capability("kill_pod")  # refused before anything is recorded or injected
     record(fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend")
     pods = b.kill_pod(zone, service)
     time.sleep(0.5)  # the dead pods must leave the inventory before we wait for replacements
@@ -80,6 +81,7 @@ def make_unready(
     """Fail the readiness of `service` in `zone` for `duration_s` (pods keep running)."""
     b = _backend(configuration)
     fault = _fault_id("unready", zone, service)
+    b.require_capability("set_pod_unready")
     record(fault, "inject", "make_unready", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend")
     pods = b.set_pod_unready(zone, service)
     try:
@@ -114,6 +116,7 @@ def kill_node(
     elsewhere = {p.service for p in alive if p.zone == zone and p.node != node}
     lost = sorted(on_node - elsewhere)
     fault = _fault_id("kill-node", zone, node)
+    b.require_capability("kill_node")
     record(fault, "inject", "kill_node", zone, FaultKind.SERVICE_DOWN, lost, entry_down="frontend" in lost, node=node)
     b.kill_node(node)
     try:
@@ -137,6 +140,7 @@ def zone_outage(zone: str, duration_s: float = 10.0, configuration: dict[str, An
     b = _backend(configuration)
     services = _zone_services(b, zone)
     fault = _fault_id("zone-outage", zone)
+    b.require_capability("zone_outage")
     record(fault, "inject", "zone_outage", zone, FaultKind.ZONE_DOWN, services, entry_down=True)
     b.zone_outage(zone)
     try:
@@ -162,6 +166,7 @@ def degrade_link(
     """Add latency / loss on the zone's service link for `duration_s`: traffic must stay in-zone."""
     b = _backend(configuration)
     fault = _fault_id("link", zone)
+    b.require_capability("set_link")  # e.g. EKS, or kind without sch_netem: refused, nothing recorded
     record(
         fault, "inject", "degrade_link", zone, FaultKind.LINK_DEGRADED, latency_ms=latency_ms, loss_percent=loss_percent
     )
@@ -194,6 +199,7 @@ def partition_zone(zone: str, duration_s: float = 10.0, configuration: dict[str,
     b = _backend(configuration)
     services = _zone_services(b, zone)
     fault = _fault_id("partition", zone)
+    b.require_capability("partition_zone")
     record(fault, "inject", "partition_zone", zone, FaultKind.PARTITION, entry_down=True)
     b.partition_zone(zone)
     try:

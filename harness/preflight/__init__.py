@@ -23,12 +23,13 @@ Checks (each a record of ``preflight.json``, docs/CONTRACTS.md §4):
   (``/v1/health/service/:s?passing``) as the manifests' replicas.
 - ``intentions``: for every pair of the topology's Consul services, Consul's
   decision (``/v1/connect/intentions/check``) allows exactly the call graph
-  the topology declares and denies everything else.
+  the topology declares and denies everything else (one check per
+  undeclared pair).
 - ``refused-probe``: a real call on undeclared edges must be refused by the
   destination's sidecar, and one on a declared edge must not
-  (`Backend.probe_edge`); a backend that cannot make such a call says so and
-  the check fails as unverified (the gate lets the run go on: it is not a
-  misconfiguration, and the verdict reports it).
+  (`Backend.probe_edge`); a backend that cannot make such a call gets no
+  check and a line in ``notes`` (the verdict's `call-graph` takes the probe
+  as optional evidence).
 
 `gate` is what `harness e2e` and `harness traffic` call before traffic: mode
 ``gate`` stops on a failed check (the chain printed), ``record`` writes
@@ -81,6 +82,7 @@ class PreflightResult:
     ts: float
     consul: str
     checks: list[Check]
+    notes: list[str] = field(default_factory=list)  # what could not be checked here, and why
 
     @property
     def ok(self) -> bool:
@@ -96,7 +98,10 @@ class PreflightResult:
         return [c for c in self.failures if c.detail.get("possible", True)]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ts": self.ts, "consul": self.consul, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+        doc: dict[str, Any] = {"ts": self.ts, "consul": self.consul, "ok": self.ok}
+        doc["checks"] = [asdict(c) for c in self.checks]
+        doc["notes"] = list(self.notes)
+        return doc
 
 
 class PreflightFailed(HarnessError):
@@ -237,6 +242,22 @@ def _zone_label(exp: Expected, service: str, namespace: str) -> str:
     return ",".join(z.name for z in zones)
 
 
+def chain_targets(chain: dict[str, Any], exp: Expected) -> list[dict[str, str]]:
+    """The chain's targets in order: each reachable resolver's target, then its failover targets."""
+    targets = chain.get("Targets") or {}
+    out: list[dict[str, str]] = []
+    for node_id in _resolver_nodes(chain):
+        res = (chain.get("Nodes") or {}).get(node_id, {}).get("Resolver") or {}
+        for tid in [res.get("Target"), *((res.get("Failover") or {}).get("Targets") or [])]:
+            t = targets.get(tid) or {}
+            svc, ns = str(t.get("Service") or tid), str(t.get("Namespace") or "default")
+            zones = exp.zones_of(svc, ns)
+            entry = {"service": svc, "id": str(tid), "zone": "?" if zones is None else _zones(zones)}
+            if entry not in out:
+                out.append(entry)
+    return out
+
+
 def chain_summary(chain: dict[str, Any]) -> list[str]:
     """Each resolver the chain reaches, as ``node: target -> failover [a, b]``."""
     out = []
@@ -337,7 +358,12 @@ def check_chains(client: Any, exp: Expected) -> list[Check]:
                     out.append(Check("discovery-chain", subject, False, f"cannot read the chain: {exc}"))
                     continue
                 why = judge_chain(exp, zone, up.placement, chain)
-                detail = {"chain": chain_summary(chain), "start": chain.get("StartNode"), "caller_zone": zone.name}
+                detail = {
+                    "targets": chain_targets(chain, exp),
+                    "chain": chain_summary(chain),
+                    "start": chain.get("StartNode"),
+                    "caller_zone": zone.name,
+                }
                 if why is None:
                     out.append(Check("discovery-chain", subject, True, "in-zone, then the Region only", detail))
                 else:
@@ -368,25 +394,38 @@ def check_instances(client: Any, exp: Expected) -> list[Check]:
 
 
 def check_intentions(client: Any, exp: Expected) -> list[Check]:
-    """Consul's decision for every (source, destination) pair of the topology's services."""
+    """Consul's decision for every pair of the topology's services.
+
+    One check per undeclared pair (Consul must deny it); a declared pair gets
+    a (failed) check only when Consul denies it, so the count of `intentions`
+    checks is the count of undeclared calls Consul was asked about.
+    """
     out = []
     for dest in exp.services:
         declared = {exp.key(n, ns) for n, ns in naming.callers(exp.topology, dest, exp.edition)}
-        wrong: list[str] = []
         for src in exp.services:
             if exp.cs_key(src) == exp.cs_key(dest):
                 continue
             want = exp.cs_key(src) in declared
+            subject = f"{exp.api_name(src.name, src.namespace)} -> {exp.api_name(dest.name, dest.namespace)}"
             try:
-                got = bool(client.connect.intentions.check(exp.api_name(src.name, src.namespace),
-                                                           exp.api_name(dest.name, dest.namespace)))  # fmt: skip
+                answer = client.connect.intentions.check(exp.api_name(src.name, src.namespace),
+                                                         exp.api_name(dest.name, dest.namespace))  # fmt: skip
+                if answer is None:  # py-consul turns a 404 into None: no decision is not a denial
+                    raise LookupError("/v1/connect/intentions/check answered 404")
+                got = bool(answer)
             except Exception as exc:
-                wrong.append(f"{src.name}: cannot ask Consul ({exc})")
+                out.append(Check("intentions", subject, False, f"cannot ask Consul: {exc}", {"declared": want}))
                 continue
-            if got != want:
-                wrong.append(f"{src.name} {'allowed' if got else 'denied'} (declared: {'yes' if want else 'no'})")
-        msg = "exactly the declared callers are allowed" if not wrong else "; ".join(wrong[:6])
-        out.append(Check("intentions", dest.name, not wrong, msg, {"wrong": wrong}))
+            if want and got:
+                continue
+            if want:
+                out.append(Check("intentions", subject, False, "declared call denied by Consul", {"declared": True}))
+            elif got:
+                msg = "undeclared call allowed by Consul (intentions do not enforce the call graph)"
+                out.append(Check("intentions", subject, False, msg, {"declared": False, "allowed": True}))
+            else:
+                out.append(Check("intentions", subject, True, "denied", {"declared": False, "allowed": False}))
     return out
 
 
@@ -426,7 +465,13 @@ def probe_pairs(exp: Expected) -> tuple[list[tuple[str, str]], list[tuple[str, s
     return undeclared, declared
 
 
-def check_refused(backend: Backend, exp: Expected) -> list[Check]:
+def check_refused(backend: Backend, exp: Expected, notes: list[str]) -> list[Check]:
+    """Real calls on undeclared edges (refused) and declared ones (not refused, the control).
+
+    A backend that cannot make such a call gets no check, only a line in
+    `notes`: the verdict treats the probe as optional evidence, and Consul's
+    decision is still checked for every pair by `check_intentions`.
+    """
     undeclared, declared = probe_pairs(exp)
     out = []
     for src, dst, must_refuse in [(s, d, True) for s, d in undeclared] + [(s, d, False) for s, d in declared]:
@@ -434,20 +479,21 @@ def check_refused(backend: Backend, exp: Expected) -> list[Check]:
         try:
             res = backend.probe_edge(src, dst)
         except BackendError as exc:
-            out.append(Check("refused-probe", subject, False, f"probe failed: {exc}"))
+            out.append(Check("refused-probe", subject, False, f"probe failed: {exc}", {"declared": not must_refuse}))
             continue
-        detail = {"possible": res.possible, "refused": res.refused, "declared": not must_refuse, "detail": res.detail}
         if not res.possible:
-            out.append(Check("refused-probe", subject, False, f"not possible on this backend: {res.detail}", detail))
-        elif res.refused != must_refuse:
+            notes.append(f"refused-probe: not possible on this backend: {res.detail}")
+            return []
+        detail = {"refused": res.refused, "declared": not must_refuse, "detail": res.detail}
+        if res.refused != must_refuse:
             what = "refused on a declared edge"
             if must_refuse:
                 what = "not refused (intentions do not enforce the call graph)"
             out.append(Check("refused-probe", subject, False, f"{what}: {res.detail}", detail))
         else:
             out.append(Check("refused-probe", subject, True, "refused" if must_refuse else "allowed (control)", detail))
-    if not out:
-        out.append(Check("refused-probe", "*", False, "no HTTP edge to probe in this topology", {"possible": False}))
+    if not undeclared:
+        notes.append("refused-probe: the topology has no undeclared HTTP edge to call")
     return out
 
 
@@ -501,8 +547,9 @@ def run_preflight(
         checks += check_chains(client, exp)
         checks += _settled(lambda: check_instances(client, exp), settle_s, sleep)
         checks += check_intentions(client, exp)
-    checks += check_refused(backend, exp)
-    return PreflightResult(time.time(), url, checks)
+    notes: list[str] = []
+    checks += check_refused(backend, exp, notes)
+    return PreflightResult(time.time(), url, checks, notes)
 
 
 def write_preflight(run_dir: Path, result: PreflightResult) -> Path:
@@ -530,6 +577,8 @@ def gate(
     say(f"preflight: {len(result.checks) - len(failed)} of {len(result.checks)} checks passed -> {path}")
     for c in failed:
         say(describe(c))
+    for note in result.notes:
+        say(f"note: {note}")
     if mode == "gate" and result.blocking:
         raise PreflightFailed(result, path)
     return result

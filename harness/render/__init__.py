@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.render import consul, hashicups, helm, kind, naming, yamlio
+from harness.render import consul, entry, hashicups, helm, kind, naming, yamlio
 from harness.topology.model import Edition, Topology, dump_topology
 
 TOPOLOGY_FILE = "topology.yaml"
@@ -25,9 +25,11 @@ VALUES_FILE = "consul-values.yaml"
 MANIFEST_FILE = "manifest.json"
 K8S_DIR = "k8s"
 CONSUL_DIR = "consul"
+ENTRY_DIR = entry.ENTRY_DIR  # per-zone entry points, one file per backend variant (render/entry.py)
 
 __all__ = [
     "CONSUL_DIR",
+    "ENTRY_DIR",
     "K8S_DIR",
     "KIND_FILE",
     "MANIFEST_FILE",
@@ -49,6 +51,7 @@ class Rendered:
     k8s: dict[str, list[dict[str, Any]]]  # file name under k8s/ -> objects
     consul: dict[str, list[dict[str, Any]]]  # file name under consul/ -> CRDs
     meta: dict[str, Any] = field(default_factory=dict)
+    entry: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # file under entry/ -> objects
 
     @property
     def edition(self) -> Edition:
@@ -96,6 +99,16 @@ class Rendered:
             out[f"{CONSUL_DIR}/{name}"] = yamlio.dump_all(
                 self.consul[name], [_describe(name, self.consul[name]), origin, edit]
             )
+        for name in sorted(self.entry):
+            out[f"{ENTRY_DIR}/{name}"] = yamlio.dump_all(
+                self.entry[name],
+                [
+                    _describe(name, self.entry[name]),
+                    origin,
+                    "Per-zone entry points, applied only by the backend this variant is for.",
+                    edit,
+                ],
+            )
         meta = {**self.meta, "files": [*out]}
         out[MANIFEST_FILE] = json.dumps(meta, indent=2) + "\n"
         return out
@@ -133,12 +146,13 @@ def render(topology: Topology, edition: Edition | None = None) -> Rendered:
         k8s=hashicups.render_k8s(t, ed),
         consul=consul.render_consul(t, ed),
         meta=meta,
+        entry=entry.render_entry(t, ed),
     )
 
 
 def _previous_files(out_dir: Path) -> list[Path]:
     """Files an earlier `write` left in `out_dir` (refusing to clobber a directory that is not ours)."""
-    stale = [p for d in (K8S_DIR, CONSUL_DIR) for p in sorted((out_dir / d).glob("*.yaml"))]
+    stale = [p for d in (K8S_DIR, CONSUL_DIR, ENTRY_DIR) for p in sorted((out_dir / d).glob("*.yaml"))]
     manifest = out_dir / MANIFEST_FILE
     if not manifest.is_file():
         if stale:

@@ -2,18 +2,36 @@
 
 Chart 1.9.11 is consul-k8s v1.9.11 and ships Consul 1.22.7; images are pinned
 to the same versions so a run tests exactly what the chart was released with.
-The control plane (server, connect injector, webhook cert manager) is pinned
-to Region nodes: an edge zone may be cut off from the Region on purpose, and a
-Consul server stranded behind that cut would make every chaos result mean
-something else. Transparent proxy is off so every hop goes through an upstream
-named in the pod annotation: that is what makes the per-zone upstream choice
-explicit and its access log attributable. Every key used here exists in the
-chart's values.yaml (the contract tests check it against the reference copy).
+Transparent proxy is off so every hop goes through an upstream named in the
+pod annotation: that is what makes the per-zone upstream choice explicit and
+its access log attributable. Every key used here exists in the chart's
+values.yaml (the contract tests check it against the reference copy).
+
+Placement. The control plane (server, connect injector, webhook cert
+manager) runs in the Region's Availability Zones: an edge zone may be cut off
+on purpose, and a Consul server stranded behind that cut would make every
+chaos result mean something else. It is selected by
+`topology.kubernetes.io/zone In [the Region's AZs]`, a label every kind node
+here and every EKS node carries (the kubelet sets it from the instance's
+zone); the harness's own `edge-harness.io/zone-type` label exists only on kind
+nodes, so selecting on it left the server Pending on EKS. The chart types
+`affinity` and `nodeSelector` as multi-line strings run through `tpl`
+(templates/server-statefulset.yaml, connect-inject-deployment.yaml);
+webhook-cert-manager has only a nodeSelector, so it is pinned to the first AZ.
+
+Access logs. Envoy writes access logs through a buffer flushed every
+`--file-flush-interval-msec` (default 10000 ms); the chart hands
+`connectInject.envoyExtraArgs` to the injector as `-envoy-extra-args`, which
+appends it after `--` to every consul-dataplane command line
+(connect-inject/webhook/consul_dataplane_sidecar.go), so the sidecars flush
+every second and a run's tail is readable soon after its last request.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import yaml
 
 from harness.render import naming
 from harness.topology.model import Edition, Topology, ZoneType
@@ -45,9 +63,44 @@ def datacenter(t: Topology) -> str:
     return t.region
 
 
-def _region_node_selector() -> str:
-    # The chart types nodeSelector as a multi-line YAML string, not a map.
-    return f"{naming.LABEL_ZONE_TYPE}: {ZoneType.AVAILABILITY_ZONE.value}\n"
+ACCESS_LOG_FLUSH_MS = 1000
+ENVOY_EXTRA_ARGS = f"--file-flush-interval-msec {ACCESS_LOG_FLUSH_MS}"
+
+# The chart's default server affinity (values.yaml `server.affinity`): one server per node.
+SERVER_ANTI_AFFINITY = {
+    "podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "labelSelector": {
+                    "matchLabels": {
+                        "app": '{{ template "consul.name" . }}',
+                        "release": '"{{ .Release.Name }}"',
+                        "component": "server",
+                    }
+                },
+                "topologyKey": "kubernetes.io/hostname",
+            }
+        ]
+    }
+}
+
+
+def region_azs(t: Topology) -> list[str]:
+    return [z.name for z in t.zones if z.type is ZoneType.AVAILABILITY_ZONE]
+
+
+def _region_affinity(t: Topology) -> dict[str, Any]:
+    term = {"matchExpressions": [{"key": naming.LABEL_ZONE, "operator": "In", "values": region_azs(t)}]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+
+
+def _yaml_string(value: dict[str, Any]) -> str:
+    """The chart takes affinity/nodeSelector as YAML text it `tpl`s into the pod spec."""
+    text = yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
+    # safe_dump quotes the template strings; the chart's default writes them bare, tpl renders either.
+    return text.replace("'{{ template \"consul.name\" . }}'", '{{ template "consul.name" . }}').replace(
+        "'\"{{ .Release.Name }}\"'", '"{{ .Release.Name }}"'
+    )
 
 
 def render_helm_values(t: Topology, edition: Edition) -> dict[str, Any]:
@@ -63,7 +116,8 @@ def render_helm_values(t: Topology, edition: Edition) -> dict[str, Any]:
         "enabled": True,  # also installs and reconciles the config-entry CRDs in this chart version
         "default": False,  # only pods annotated connect-inject=true join the mesh
         "transparentProxy": {"defaultEnabled": False},
-        "nodeSelector": _region_node_selector(),
+        "affinity": _yaml_string(_region_affinity(t)),
+        "envoyExtraArgs": ENVOY_EXTRA_ARGS,
     }
     if edition is Edition.ENTERPRISE:
         global_["enableConsulNamespaces"] = True
@@ -71,7 +125,7 @@ def render_helm_values(t: Topology, edition: Edition) -> dict[str, Any]:
         connect_inject["consulNamespaces"] = {"mirroringK8S": True}
     return {
         "global": global_,
-        "server": {"replicas": 1, "nodeSelector": _region_node_selector()},
+        "server": {"replicas": 1, "affinity": _yaml_string({**_region_affinity(t), **SERVER_ANTI_AFFINITY})},
         "connectInject": connect_inject,
-        "webhookCertManager": {"nodeSelector": _region_node_selector()},
+        "webhookCertManager": {"nodeSelector": f"{naming.LABEL_ZONE}: {region_azs(t)[0]}\n"},
     }

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.render import naming
+from harness.render import entry, naming
 from harness.render.yamlio import dump
 from harness.topology.model import Topology, Zone
 
@@ -56,12 +56,28 @@ def kind_worker_names(t: Topology) -> list[str]:
     return [base if i == 0 else f"{base}{i + 1}" for i in range(len(worker_zones(t)))]
 
 
+def control_plane(t: Topology) -> dict[str, Any]:
+    """The control-plane node: it publishes each zone's entry nodePort on the host.
+
+    Chaos never stops the control-plane (it belongs to no zone), so the way
+    into every zone survives pod, node and zone loss; `hostPort` is left to
+    kind, which picks a free one and keeps it across container restarts
+    (kind pkg/apis/config/v1alpha4/types.go, PortMapping). The kind backend
+    reads it back with `docker port`.
+    """
+    node: dict[str, Any] = {"role": "control-plane"}
+    mappings = entry.kind_port_mappings(t)
+    if mappings:
+        node["extraPortMappings"] = mappings
+    return node
+
+
 def render_kind_config(t: Topology) -> dict[str, Any]:
     return {
         "kind": "Cluster",
         "apiVersion": KIND_API_VERSION,
         "name": cluster_name(t),
-        "nodes": [{"role": "control-plane"}, *(_worker(t, z) for z in worker_zones(t))],
+        "nodes": [control_plane(t), *(_worker(t, z) for z in worker_zones(t))],
     }
 
 

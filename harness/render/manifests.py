@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from harness.errors import InputError
-from harness.render import CONSUL_DIR, K8S_DIR, KIND_FILE, MANIFEST_FILE, TOPOLOGY_FILE, VALUES_FILE
+from harness.render import CONSUL_DIR, ENTRY_DIR, K8S_DIR, KIND_FILE, MANIFEST_FILE, TOPOLOGY_FILE, VALUES_FILE
 from harness.topology.model import Edition, Topology, load_topology
 
 
@@ -33,6 +33,13 @@ class Manifests:
     objects: list[dict[str, Any]]
     meta: dict[str, Any]
     origins: list[str] = field(default_factory=list)
+    # entry/<variant>.yaml -> objects: per-zone entry points, applied only by the backend of that
+    # variant (kind.yaml: kind; cluster.yaml: existing). Not in `objects`: the local backend never sees them.
+    entry: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def entry_objects(self, variant: str) -> list[dict[str, Any]]:
+        """The per-zone entry objects of one variant (empty for a directory rendered without them)."""
+        return list(self.entry.get(variant, []))
 
     @property
     def edition(self) -> Edition:
@@ -151,7 +158,12 @@ def load(directory: Path | str) -> Manifests:
             for obj, src in _load_objects(path, label(f"{sub}/{path.name}")):
                 objects.append(obj)
                 origins.append(src.removeprefix(str(root) + "/"))
+    entry: dict[str, list[dict[str, Any]]] = {}
+    if (root / ENTRY_DIR).is_dir():
+        for path in sorted((root / ENTRY_DIR).glob("*.yaml")):
+            entry[path.name] = [obj for obj, _src in _load_objects(path, label(f"{ENTRY_DIR}/{path.name}"))]
     return Manifests(
+        entry=entry,
         root=root,
         topology=topology,
         kind_config=kind_config,

@@ -22,13 +22,15 @@ from pathlib import Path
 from harness.report.svg import Marker, Series, flow_map, line_chart, stacked_share_chart
 from harness.verify import Verdict, verify
 from harness.verify.invariants import HUB_VIOLATION_SQL, IN_ZONE_SQL, REQUEST_OK_SQL
-from harness.verify.model import iso
+from harness.verify.model import iso, seconds
 from harness.verify.records import RunData, load_run
 
 MAX_BUCKETS = 150
 NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
 ZONE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 NO_HOST = "(no upstream host)"
+# Invariants judged from evidence other than hop streams: their checks are listed one by one.
+EVIDENCE_INVARIANTS = ("hub-and-spoke", "call-graph", "experiment-ran", "coverage", "config")
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5em;color:#222;max-width:1400px}
@@ -39,6 +41,7 @@ table{border-collapse:collapse;margin:.5em 0;font-size:13px}
 td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f4f4f4}.msg{font-family:ui-monospace,monospace;font-size:12px;white-space:pre-wrap}
 .grid-wrap{display:flex;flex-wrap:wrap;gap:10px}
+.partial{background:#fff3e0;border:1px solid #ef6c00;padding:.4em .6em}
 svg text{font-size:10px;fill:#333}svg .title{font-size:12px;font-weight:600}
 svg .plot{fill:#fafafa;stroke:#ccc}svg .grid{stroke:#eee}svg .ytick{text-anchor:end}svg .xtick{text-anchor:middle}
 svg .fault{fill:#d32f2f;opacity:.08}svg .inject{stroke:#d32f2f;stroke-dasharray:4 2}
@@ -59,10 +62,6 @@ def _badge(passed: bool) -> str:
     return f'<span class="badge {"pass" if passed else "fail"}">{"PASS" if passed else "FAIL"}</span>'
 
 
-def _s(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}s"
-
-
 def _verdict_html(v: Verdict) -> str:
     r = v.run
     rows = "".join(
@@ -72,19 +71,52 @@ def _verdict_html(v: Verdict) -> str:
     frows = "".join(
         f"<tr><td>{escape(f.fault)}</td><td>{escape(f.kind)}</td><td>{escape(f.zone)}</td>"
         f"<td>{escape(', '.join(f.services))}</td><td>{iso(f.inject)}</td><td>{iso(f.restore)}</td>"
-        f"<td>{_s(f.failover_s)}</td><td>{f.lost_requests}</td><td>{f.lost_hops}</td><td>{_s(f.recovery_s)}</td>"
+        f"<td>{seconds(f.failover_s, f.failover_resolution_s)}</td><td>{f.lost_requests}</td><td>{f.lost_hops}</td>"
+        f"<td>{seconds(f.recovery_s, f.recovery_resolution_s)}</td>"
         f"<td>{_badge(f.passed)}</td><td class='msg'>{escape(chr(10).join(f.messages))}</td></tr>"
         for f in v.faults
     )
     failures = "".join(f"<li class='msg'>{escape(m)}</li>" for m in v.failure_messages)
     notes = "".join(f"<li>{escape(n)}</li>" for n in r.notes)
     slo = ", ".join(f"{k} {val:g}" for k, val in r.slo.items())
+    partial = (
+        f"<p class='partial'><b>Partial run</b>: it stopped at stage <code>{escape(r.stopped_at or '?')}</code> "
+        f"(status {escape(r.run_status or '?')}); the verdict is judged on what was recorded.</p>"
+        if r.partial
+        else ""
+    )
+    skipped = "".join(
+        f"<li class='msg'>{escape(str(s['file']))}:{s['line']}: {escape(str(s['reason']))}</li>"
+        for s in r.skipped_records
+    )
+    more = r.skipped_records_total - len(r.skipped_records)
+    skipped_html = (
+        f"<h2>Skipped record lines ({r.skipped_records_total})</h2><ul>{skipped}</ul>"
+        + (f"<p>... and {more} more</p>" if more > 0 else "")
+        if r.skipped_records_total
+        else ""
+    )
+    checks = "".join(
+        f"<tr><td>{escape(i.name)}</td><td>{escape(c.subject)}</td><td>{escape(c.status)}</td>"
+        f"<td class='msg'>{escape(c.message)}</td></tr>"
+        for i in v.invariants
+        if i.name in EVIDENCE_INVARIANTS
+        for c in i.checks
+    )
+    checks_html = (
+        "<h2>Evidence</h2><table><tr><th>invariant</th><th>subject</th><th>status</th><th>detail</th></tr>"
+        f"{checks}</table>"
+        if checks
+        else ""
+    )
     return f"""
 <section id="verdict">
-<h1>Verdict {_badge(v.passed)}</h1>
+<h1>Verdict {_badge(v.passed)}{" (partial run)" if r.partial else ""}</h1>
+{partial}
 <p>Run <code>{escape(r.run_dir)}</code>
 &middot; topology <b>{escape(r.topology)}</b> ({escape(r.region)}, {escape(r.edition)})
-&middot; {iso(r.start)} &ndash; {iso(r.end)} &middot; {r.hops:,} hops &middot; {r.requests:,} user requests
+&middot; {iso(r.start)} &ndash; {iso(r.end)} &middot; {r.hops:,} hops (from {escape(r.hops_source)})
+&middot; {r.requests:,} user requests
 &middot; SLO: {escape(slo)}</p>
 <table><tr><th>invariant</th><th>result</th><th>detail</th></tr>{rows}</table>
 <h2>Faults</h2>
@@ -94,7 +126,9 @@ def _verdict_html(v: Verdict) -> str:
 <th>lost requests</th><th>lost hops</th><th>recovery</th><th>result</th><th>messages</th></tr>
 {frows}</table>
 {f"<h2>Failures</h2><ul>{failures}</ul>" if failures else ""}
+{checks_html}
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
+{skipped_html}
 </section>"""
 
 

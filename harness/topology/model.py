@@ -10,6 +10,7 @@ file and the field (``fixtures/topology.yaml: zones[2].type: ...``).
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,18 @@ class Zone(_Model):
     nodes: int = Field(default=1, ge=1, le=20)
     service_link: ServiceLink | None = None
     short_name: str | None = Field(default=None, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    # Subnets of an Application Load Balancer for this zone's entry point (AWS Load Balancer
+    # Controller). Only ALBs exist in Local Zones (no NLB), and only in some: empty = no ALB,
+    # the operator names the zone's URL instead (harness/render/entry.py).
+    alb_subnets: tuple[str, ...] = Field(default=(), max_length=16)
+
+    @field_validator("alb_subnets")
+    @classmethod
+    def _subnet_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for s in value:
+            if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", s):
+                raise ValueError(f"{s!r} is not a subnet ID (subnet-<8 or 17 hex digits>)")
+        return value
 
     @property
     def is_edge(self) -> bool:

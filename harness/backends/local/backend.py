@@ -233,9 +233,9 @@ class LocalBackend(Backend):
         for obj in self.manifests().objects:
             if str(obj.get("apiVersion", "")).startswith("consul.hashicorp.com/"):
                 meta = obj.get("metadata") or {}
-                out.append(ConfigEntryStatus(str(obj.get("kind")), str(meta.get("name")),
-                                             str(meta.get("namespace", "default")), True, "",
-                                             "compiled by the local backend"))  # fmt: skip
+                out.append(ConfigEntryStatus(kind=str(obj.get("kind")), namespace=str(meta.get("namespace", "default")),
+                                             name=str(meta.get("name")), synced=True,
+                                             message="compiled by the local backend"))  # fmt: skip
         return out
 
     def probe_edge(self, source: str, destination: str) -> EdgeProbe:

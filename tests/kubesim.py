@@ -1,0 +1,2522 @@
+"""A Kubernetes cluster, simulated where the harness depends on how one behaves.
+
+kmock (the base of the fake API server in `tests.kubefake`) stores objects and
+answers REST; a real cluster also *acts*: it schedules pods, gives them IPs,
+flips their Ready condition, replaces the ones that die, forgets pods on a
+dead node only after a grace period, syncs Consul's CRDs and reports it in
+their status, serves container logs that grow, and forwards ports to pods
+that can die. The harness's kind/EKS code is only as trustworthy as the fake
+it is tested against ("a fake is only as good as its likeness"), so this
+module does all of that, each behaviour taken from the source named here:
+
+- resourceVersion, list+watch: a list returns the collection's
+  `metadata.resourceVersion`; a watch from that version replays only later
+  events; without one it starts with synthetic ADDED events ("Get State and
+  Start at Most Recent"); a version older than the retained history gets
+  `ERROR` 410 Expired; `timeoutSeconds` ends the stream; `allowWatchBookmarks`
+  gets a BOOKMARK (https://kubernetes.io/docs/reference/using-api/api-concepts/).
+- Pods: the scheduler binds (nodeSelector, required node affinity, taints vs
+  tolerations, cordoned nodes skipped); the kubelet gives the pod an IP from
+  its node's podCIDR and later sets `Ready` with `lastTransitionTime` (second
+  precision, as metav1.Time serialises). Every new sandbox gets a new IP: a
+  re-created pod, and a pod whose node restarted (host-local IPAM allocates
+  the next free address, and kind keeps /var, so old leases stay taken).
+- Deletion: `gracePeriodSeconds=0` removes the object at once (force); else
+  `deletionTimestamp` is set and the kubelet removes it after the containers
+  stopped. Namespaces cascade. Finalizers hold objects back (kmock semantics).
+- A node whose kubelet stops (kind: `docker stop`) keeps its pods `Ready` in
+  the API until node-monitor-grace-period passes (40 s; 50 s since Kubernetes
+  1.32, kubernetes/kubernetes#121793), then the node is Unknown and its pods
+  NotReady; eviction needs tolerationSeconds (300 s by default) on top. When
+  the node comes back its pods restart with new sandboxes (new IPs).
+- consul-k8s 1.9.11's config-entry controller (shared/reference/
+  consul-http-api-subset.md §6): finalizer `finalizers.consul.hashicorp.com`,
+  `Synced=Unknown`, then `Synced=True` with `lastSyncedTime`, or
+  `Synced=False` with reason `ConsulAgentError` and the error text.
+- The chart (consul-k8s v1.9.11): server StatefulSet, connect-injector and
+  webhook-cert-manager placed by the values' nodeSelector/affinity/
+  tolerations (multi-line strings, as the chart types them); CRDs served only
+  once installed; the injector adds `consul-dataplane` with
+  `-envoy-admin-bind-address=127.0.0.1 -envoy-admin-bind-port=19000` and
+  `connectInject.envoyExtraArgs` after `--`
+  (control-plane/connect-inject/webhook/consul_dataplane_sidecar.go).
+- Envoy buffers access logs and writes them every `--file-flush-interval-msec`
+  (default 10000); `access_log_file.write_total_buffered` is the buffered byte
+  count; a killed container loses its buffer. Admin on 19000:
+  `/config_dump`, `/clusters?format=json`, `/stats?format=json`.
+- kubectl port-forward (see the fake tool in `tests.kubesim_tools`) is bound
+  to one pod instance and exits when it is gone ("lost connection to pod",
+  kubectl >= 1.23, kubernetes/kubernetes#103526); `svc/` and `deployment/`
+  targets resolve to one pod first.
+- kind: node names `<cluster>-control-plane`, `<cluster>-worker`,
+  `<cluster>-worker2`...; `labels` become node labels; JoinConfiguration
+  `nodeRegistration.taints` / `register-with-taints`; `extraPortMappings`
+  publish a node port on the host (hostPort unset: a random one, kept across
+  restarts; read with `docker port`); NodePort needs nodePort == containerPort
+  (kind docs, configuration.md "NodePort with Port Mappings").
+
+Everything runs on the fake server's asyncio loop; tests call into it with
+`ClusterSim.call`. Timings are scaled down (`SimTimings`), never skipped: a
+behaviour that takes time on a real cluster takes time here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import hashlib
+import itertools
+import json
+import random
+import re
+import shlex
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp.web
+import yaml
+
+# -- small helpers ---------------------------------------------------------------
+
+
+def k8s_time(ts: float | None = None) -> str:
+    """metav1.Time: RFC 3339 with second precision."""
+    return datetime.fromtimestamp(time.time() if ts is None else ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_ms(ts: float) -> str:
+    """Envoy's %START_TIME% default format (millisecond precision)."""
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def rfc3339_nano(ns: int) -> str:
+    """The container runtime's log timestamp (what `timestamps=true` prefixes)."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(secs, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{frac:09d}Z"
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (null deletes)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def labels_of(obj: dict[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def parse_selector(text: str) -> list[tuple[str, str, str]]:
+    """Equality-based label selector (`a=b,c!=d,e`) -> (key, op, value)."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if "!=" in part:
+            k, v = part.split("!=", 1)
+            out.append((k.strip(), "!=", v.strip()))
+        elif "==" in part:
+            k, v = part.split("==", 1)
+            out.append((k.strip(), "=", v.strip()))
+        elif "=" in part:
+            k, v = part.split("=", 1)
+            out.append((k.strip(), "=", v.strip()))
+        elif part.startswith("!"):
+            out.append((part[1:], "!", ""))
+        else:
+            out.append((part, "exists", ""))
+    return out
+
+
+def selector_matches(sel: list[tuple[str, str, str]], labels: dict[str, str]) -> bool:
+    for k, op, v in sel:
+        if op == "=" and labels.get(k) != v:
+            return False
+        if op == "!=" and labels.get(k) == v:
+            return False
+        if op == "exists" and k not in labels:
+            return False
+        if op == "!" and k in labels:
+            return False
+    return True
+
+
+def field_value(obj: dict[str, Any], path: str) -> str:
+    cur: Any = obj
+    for part in path.split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return "" if cur is None else str(cur)
+
+
+class ApiError(Exception):
+    """An API answer other than 2xx: the HTTP status, Kubernetes' reason, and the message."""
+
+    code = 500
+    reason = "InternalError"
+
+
+class NotFound(ApiError):
+    code, reason = 404, "NotFound"
+
+
+class Conflict(ApiError):
+    code, reason = 409, "AlreadyExists"
+
+
+class Forbidden(ApiError):
+    code, reason = 403, "Forbidden"
+
+
+class Invalid(ApiError):
+    code, reason = 422, "Invalid"
+
+
+def status_obj(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+# -- resources -----------------------------------------------------------------
+
+CONSUL_GROUP = "consul.hashicorp.com/v1alpha1"
+CONSUL_KINDS = {
+    "ProxyDefaults": "proxydefaults",
+    "ServiceDefaults": "servicedefaults",
+    "ServiceResolver": "serviceresolvers",
+    "ServiceRouter": "servicerouters",
+    "ServiceSplitter": "servicesplitters",
+    "ServiceIntentions": "serviceintentions",
+    "SamenessGroup": "samenessgroups",
+    "Mesh": "meshes",
+}
+CONSUL_ENTRY_KIND = {
+    "ProxyDefaults": "proxy-defaults",
+    "ServiceDefaults": "service-defaults",
+    "ServiceResolver": "service-resolver",
+    "ServiceRouter": "service-router",
+    "ServiceSplitter": "service-splitter",
+    "ServiceIntentions": "service-intentions",
+    "SamenessGroup": "sameness-group",
+    "Mesh": "mesh",
+}
+CONSUL_FINALIZER = "finalizers.consul.hashicorp.com"
+
+# (apiVersion, plural) -> (kind, namespaced); consul CRDs are added by the chart.
+CORE_RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
+    ("v1", "namespaces"): ("Namespace", False),
+    ("v1", "nodes"): ("Node", False),
+    ("v1", "pods"): ("Pod", True),
+    ("v1", "services"): ("Service", True),
+    ("v1", "serviceaccounts"): ("ServiceAccount", True),
+    ("v1", "configmaps"): ("ConfigMap", True),
+    ("v1", "secrets"): ("Secret", True),
+    ("v1", "events"): ("Event", True),
+    ("apps/v1", "deployments"): ("Deployment", True),
+    ("apps/v1", "statefulsets"): ("StatefulSet", True),
+    ("networking.k8s.io/v1", "networkpolicies"): ("NetworkPolicy", True),
+    ("networking.k8s.io/v1", "ingresses"): ("Ingress", True),
+    ("admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations"): ("MutatingWebhookConfiguration", False),
+}
+
+
+@dataclass
+class SimTimings:
+    """How long the simulated cluster takes for each step (real values in comments)."""
+
+    tick_s: float = 0.02
+    start_s: float = 0.15  # bound -> Running with an IP (image pulled, sandbox up); real: seconds
+    ready_s: float = 0.25  # Running -> Ready (readiness probe period); real: 1-10 s
+    terminate_s: float = 0.1  # graceful stop; real: up to terminationGracePeriodSeconds
+    node_grace_s: float = 1.0  # node-monitor-grace-period; real 40 s / 50 s
+    eviction_s: float = 300.0  # tolerationSeconds of not-ready/unreachable; real 300 s
+    node_boot_s: float = 0.2  # docker start -> kubelet posts Ready
+    crd_sync_s: float = 0.05  # consul-k8s reconcile; real ~100 ms
+    helm_wait_cap_s: float = 6.0  # `helm --wait --timeout 15m` is capped at this in tests
+    watch_history: int = 5000  # events kept for watches from a resourceVersion (etcd compaction)
+
+
+@dataclass
+class NodeRun:
+    """What the simulation knows about a node beyond its API object."""
+
+    name: str
+    up: bool = True
+    down_since: float | None = None
+    boot_at: float | None = None
+    next_ip: int = 2
+    scripts: list[str] = field(default_factory=list)  # docker exec scripts, in order
+    port_maps: dict[int, int] = field(default_factory=dict)  # containerPort -> host port
+    notready_marked: bool = False
+
+
+@dataclass
+class Container:
+    """One running instance of a pod's containers (a sandbox): logs, Envoy buffer, endpoints."""
+
+    instance: int
+    ip: str
+    started: float
+    alive: bool = True
+    logs: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # container -> (ns, line)
+    envoy_buffer: list[str] = field(default_factory=list)
+    flush_ms: int = 10_000
+    next_flush: float = 0.0
+    listeners: dict[int, Any] = field(default_factory=dict)  # pod port -> aiohttp runner
+    listener_ports: dict[int, int] = field(default_factory=dict)  # pod port -> loopback port
+
+
+@dataclass
+class PodRun:
+    uid: str
+    namespace: str
+    name: str
+    bound_at: float | None = None
+    ready_at: float | None = None  # when the readiness probe will pass
+    instances: int = 0
+    current: Container | None = None
+    kill_at: float | None = None  # terminating: when the kubelet removes it
+    exited: bool = False  # run-to-completion pods (probe clients)
+    ready_blocked: bool = False  # test hook: readiness probe fails
+
+
+@dataclass
+class Consul:
+    """The Consul the chart installed: its config entries and identity."""
+
+    datacenter: str = "dc1"
+    version: str = "1.22.7"
+    trust_domain: str = field(default_factory=lambda: f"{uuid.uuid4()}.consul")
+    entries: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, name) -> CRD spec
+    entry_sources: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> k8s ns/name
+    inject: bool = True
+    envoy_extra_args: list[str] = field(default_factory=list)
+    dataplane_image: str = "hashicorp/consul-dataplane:1.9.11"
+    release: str = "consul"
+    namespace: str = "consul"
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+Obj = dict[str, Any]
+Key = tuple[str, str, str | None, str]  # (apiVersion, plural, namespace, name)
+
+
+class ClusterSim:
+    """The simulated cluster; every method runs on the server's event loop unless it says otherwise."""
+
+    def __init__(self, timings: SimTimings | None = None) -> None:
+        self.t = timings or SimTimings()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.kmock: Any = None  # the kmock emulator (discovery registry, request log)
+        self.objects: dict[Key, Obj] = {}
+        self.rv = 100
+        self.history: collections.deque[tuple[int, tuple[str, str], str, Obj]] = collections.deque()
+        self.compacted_rv = 100
+        self._changed = asyncio.Event()
+        self.resources: dict[tuple[str, str], tuple[str, bool]] = {}
+        self.nodes: dict[str, NodeRun] = {}
+        self.pods: dict[str, PodRun] = {}  # uid -> run state
+        self.consul: Consul | None = None
+        self.kind_cluster: str | None = None
+        self.host_listeners: list[Any] = []
+        self.netem_available = True  # the host kernel has sch_netem (kind node containers share it)
+        self.netpol_enforced = True  # the CNI enforces NetworkPolicy (EKS: VPC CNI network policy on)
+        self.consul_reject: dict[tuple[str, str], str] = {}  # (kind, name) -> Consul's error text
+        self.log_replies: dict[str, list[Any]] = {}  # pod -> canned replies of successive log calls
+        self.log_calls: list[dict[str, str]] = []
+        self.helm_calls: list[dict[str, Any]] = []
+        self.lb_listeners: dict[tuple[str, str], int] = {}
+        self.upstream_stats: dict[str, dict[str, dict[str, dict[str, int]]]] = {}  # pod -> cluster -> host -> ctr
+        self._rr = itertools.count()
+        self.paused: set[str] = set()  # controllers stopped by a test ("workloads": kube-controller-manager down)
+        self._task: asyncio.Task[None] | None = None
+        for (api_version, plural), info in CORE_RESOURCES.items():
+            self.resources[(api_version, plural)] = info
+
+    # -- wiring ------------------------------------------------------------------
+    def attach(self, kmock_emulator: Any, loop: asyncio.AbstractEventLoop) -> None:
+        import kmock
+
+        self.kmock = kmock_emulator
+        self.loop = loop
+        self._changed = asyncio.Event()
+        for (api_version, plural), (kind, namespaced) in self.resources.items():
+            kmock_emulator.resources[f"{api_version}/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=namespaced)
+        self._task = loop.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for c in self._containers():
+            await self._stop_container(c)
+        for runner in self.host_listeners:
+            runner.close()
+        self.host_listeners.clear()
+
+    def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run `fn` (sync, or returning an awaitable) on the loop from a test thread; its result."""
+        assert self.loop is not None
+
+        async def run() -> Any:
+            out = fn()
+            if isinstance(out, Awaitable):
+                out = await out
+            return out
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+    def register(self, api_version: str, plural: str, kind: str, namespaced: bool) -> None:
+        import kmock
+
+        self.resources[(api_version, plural)] = (kind, namespaced)
+        if self.kmock is not None:
+            self.kmock.resources[f"{api_version}/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=namespaced)
+
+    def unregister(self, api_version: str, plural: str) -> None:
+        self.resources.pop((api_version, plural), None)
+        if self.kmock is not None and f"{api_version}/{plural}" in self.kmock.resources:
+            del self.kmock.resources[f"{api_version}/{plural}"]
+
+    # -- the store -----------------------------------------------------------------
+    def _notify(self) -> None:
+        """Wake every watch and log follower (they wait on the event they captured)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _emit(self, res: tuple[str, str], kind: str, obj: Obj) -> None:
+        self.history.append((self.rv, res, kind, copy.deepcopy(obj)))
+        while len(self.history) > self.t.watch_history:
+            self.compacted_rv = self.history.popleft()[0]
+        self._notify()
+
+    def _bump(self, obj: Obj) -> None:
+        self.rv += 1
+        obj.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
+
+    def get(self, api_version: str, plural: str, ns: str | None, name: str) -> Obj | None:
+        return self.objects.get((api_version, plural, ns, name))
+
+    def items(self, api_version: str, plural: str, ns: str | None = None) -> list[Obj]:
+        return [
+            o
+            for (av, pl, n, _name), o in self.objects.items()
+            if av == api_version and pl == plural and (ns is None or n == ns)
+        ]
+
+    def create(self, api_version: str, plural: str, ns: str | None, obj: Obj) -> Obj:
+        """Create as the API server would (409 raised as KeyError); admission and defaults applied."""
+        kind, namespaced = self.resources[(api_version, plural)]
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
+        name = str(meta["name"])
+        ns = (ns or meta.get("namespace") or "default") if namespaced else None
+        if namespaced:
+            meta["namespace"] = ns
+            nso = self.get("v1", "namespaces", None, str(ns))
+            if nso is None:
+                raise NotFound(f'namespaces "{ns}" not found')
+            if (nso.get("metadata") or {}).get("deletionTimestamp"):
+                raise Forbidden(
+                    f'{plural} "{name}" is forbidden: unable to create new content in namespace {ns} '
+                    "because it is being terminated"
+                )
+        key = (api_version, plural, ns, name)
+        if key in self.objects:
+            group = api_version.split("/")[0] if "/" in api_version else ""
+            raise Conflict(f'{plural}{"." + group if group else ""} "{name}" already exists')
+        obj["apiVersion"], obj["kind"] = api_version, kind
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = k8s_time()
+        if "spec" in obj and kind not in ("Pod", "Node", "Namespace", "Service"):
+            meta["generation"] = 1
+        if kind == "Pod":
+            self._admit_pod(obj)
+        if kind == "Namespace":
+            obj.setdefault("status", {})["phase"] = "Active"
+        if kind == "Service":
+            self._admit_service(obj)
+        self._bump(obj)
+        self.objects[key] = obj
+        if kind == "Node":
+            self.nodes.setdefault(name, NodeRun(name))  # a Node object is a kubelet that registered
+        if kind == "Pod" and (obj.get("status") or {}).get("podIP"):
+            self._adopt(obj)
+        self._emit((api_version, plural), "ADDED", obj)
+        return obj
+
+    def _adopt(self, pod: Obj) -> None:
+        """A pod seeded with an IP is one the kubelet already started: its sandbox runs with that IP."""
+        run = self._run_of(pod)
+        run.instances = 1
+        now = time.time()
+        run.bound_at = now
+        run.current = Container(instance=1, ip=str(pod["status"]["podIP"]), started=now, next_flush=now + 10)
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            run.current.logs[c["name"]] = []
+        if not (pod.get("status") or {}).get("conditions"):
+            run.ready_at = now + self.t.ready_s
+
+    def patch(
+        self, api_version: str, plural: str, ns: str | None, name: str, patch: Obj, *, status_only: bool = False
+    ) -> Obj:
+        key = (api_version, plural, ns, name)
+        cur = self.objects.get(key)
+        if cur is None:
+            raise NotFound(f'{plural} "{name}" not found')
+        if status_only:
+            patch = {"status": patch.get("status")} if "status" in patch else {}
+        new = merge_patch(cur, patch)
+        meta = new.setdefault("metadata", {})
+        meta["uid"] = (cur.get("metadata") or {}).get("uid")
+        meta["name"], meta["namespace"] = name, ns
+        if ns is None:
+            meta.pop("namespace", None)
+        if new.get("spec") != cur.get("spec") and "generation" in (cur.get("metadata") or {}):
+            meta["generation"] = int(cur["metadata"]["generation"]) + 1
+        if new == cur:
+            return cur
+        self._bump(new)
+        self.objects[key] = new
+        self._emit((api_version, plural), "MODIFIED", new)
+        if not meta.get("finalizers") and meta.get("deletionTimestamp") and plural not in ("pods", "namespaces"):
+            self._remove(key)
+        return new
+
+    def replace(self, api_version: str, plural: str, ns: str | None, name: str, body: Obj) -> Obj:
+        """PUT: the object becomes `body` (identity, creation time and status kept, as the API server does)."""
+        key = (api_version, plural, ns, name)
+        cur = self.objects.get(key)
+        if cur is None:
+            raise NotFound(f'{plural} "{name}" not found')
+        new = copy.deepcopy(body)
+        old_meta = cur.get("metadata") or {}
+        meta = new.setdefault("metadata", {})
+        for k in ("uid", "creationTimestamp", "generation", "finalizers", "deletionTimestamp"):
+            if k in old_meta and k not in meta:
+                meta[k] = old_meta[k]
+        meta["name"] = name
+        if ns is not None:
+            meta["namespace"] = ns
+        new["apiVersion"], new["kind"] = cur.get("apiVersion"), cur.get("kind")
+        if "status" in cur:
+            new["status"] = cur["status"]
+        if new.get("spec") != cur.get("spec") and "generation" in old_meta:
+            meta["generation"] = int(old_meta["generation"]) + 1
+        self._bump(new)
+        self.objects[key] = new
+        self._emit((api_version, plural), "MODIFIED", new)
+        return new
+
+    def _remove(self, key: Key) -> None:
+        obj = self.objects.pop(key, None)
+        if obj is None:
+            return
+        self._bump(obj)
+        self._emit((key[0], key[1]), "DELETED", obj)
+        if key[1] == "pods":
+            run = self.pods.pop(str(obj["metadata"]["uid"]), None)
+            if run is not None and run.current is not None:
+                self.loop_task(self._stop_container(run.current))
+
+    def delete(self, api_version: str, plural: str, ns: str | None, name: str, grace: int | None = None) -> Obj:
+        key = (api_version, plural, ns, name)
+        obj = self.objects.get(key)
+        if obj is None:
+            raise NotFound(f'{plural} "{name}" not found')
+        meta = obj["metadata"]
+        if plural == "namespaces":
+            if not meta.get("deletionTimestamp"):
+                self.patch(
+                    api_version,
+                    plural,
+                    ns,
+                    name,
+                    {"metadata": {"deletionTimestamp": k8s_time()}, "status": {"phase": "Terminating"}},
+                )
+            return self.objects[key]
+        if plural == "pods":
+            spec_grace = int((obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+            g = spec_grace if grace is None else grace
+            run = self.pods.get(str(meta["uid"]))
+            if g == 0 or run is None or run.current is None:
+                self._remove(key)  # force deletion: gone from the API at once, the kubelet cleans up later
+                return obj
+            if not meta.get("deletionTimestamp"):
+                now = time.time()
+                run.kill_at = now + min(g, self.t.terminate_s)
+                return self.patch(
+                    api_version,
+                    plural,
+                    ns,
+                    name,
+                    {"metadata": {"deletionTimestamp": k8s_time(now + g), "deletionGracePeriodSeconds": g}},
+                )
+            return obj
+        if meta.get("finalizers"):
+            if not meta.get("deletionTimestamp"):
+                return self.patch(api_version, plural, ns, name, {"metadata": {"deletionTimestamp": k8s_time()}})
+            return obj
+        self._remove(key)
+        return obj
+
+    def loop_task(self, coro: Any) -> None:
+        assert self.loop is not None
+        self.loop.create_task(coro)
+
+    # -- admission -------------------------------------------------------------
+    def _admit_service(self, svc: Obj) -> None:
+        spec = svc.setdefault("spec", {})
+        spec.setdefault("type", "ClusterIP")
+        if spec.get("clusterIP") != "None":
+            spec["clusterIP"] = f"10.96.{random.randint(0, 255)}.{random.randint(1, 254)}"
+        used = {
+            int(p["nodePort"])
+            for s in self.items("v1", "services")
+            for p in (s.get("spec") or {}).get("ports") or []
+            if p.get("nodePort")
+        }
+        for p in spec.get("ports") or []:
+            p.setdefault("protocol", "TCP")
+            p.setdefault("targetPort", p.get("port"))
+            if spec["type"] in ("NodePort", "LoadBalancer"):
+                if p.get("nodePort"):
+                    if int(p["nodePort"]) in used:
+                        raise Invalid(f"provided port is already allocated: {p['nodePort']}")
+                    if not 30000 <= int(p["nodePort"]) <= 32767:
+                        raise Invalid(
+                            "provided port is not in the valid range. The range of valid ports is 30000-32767"
+                        )
+                else:
+                    p["nodePort"] = next(n for n in range(30000, 32768) if n not in used)
+                used.add(int(p["nodePort"]))
+
+    def _admit_pod(self, pod: Obj) -> None:
+        """Defaults, DefaultTolerationSeconds, and consul-k8s's mutating webhook."""
+        spec = pod.setdefault("spec", {})
+        spec.setdefault("terminationGracePeriodSeconds", 30)
+        spec.setdefault("restartPolicy", "Always")
+        tol = spec.setdefault("tolerations", [])
+        for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
+            if not any(t.get("key") == key for t in tol):
+                tol.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300})
+        pod.setdefault("status", {}).setdefault("phase", "Pending")
+        ann = (pod.get("metadata") or {}).setdefault("annotations", {})
+        c = self.consul
+        if c is None or not c.inject or ann.get("consul.hashicorp.com/connect-inject") != "true":
+            return
+        if any(x.get("name") == "consul-dataplane" for x in spec.get("containers") or []):
+            return
+        args = [
+            "-addresses",
+            f"{c.release}-server.{c.namespace}.svc",
+            "-grpc-port=8502",
+            "-envoy-admin-bind-address=127.0.0.1",
+            "-envoy-admin-bind-port=19000",
+            "-log-level=info",
+        ]
+        if c.envoy_extra_args:
+            args += ["--", *c.envoy_extra_args]
+        spec["containers"] = [
+            *(spec.get("containers") or []),
+            {"name": "consul-dataplane", "image": c.dataplane_image, "args": args},
+        ]
+        spec["initContainers"] = [{"name": "consul-connect-inject-init", "image": "hashicorp/consul-k8s-control-plane"}]
+        ann["consul.hashicorp.com/connect-inject-status"] = "injected"
+
+    # -- REST ------------------------------------------------------------------
+    async def maybe_serve(self, request: Any) -> aiohttp.web.StreamResponse | None:
+        """Serve what the simulation owns; None hands the request to kmock (discovery, extra reactions)."""
+        path = request.url.path
+        if path.startswith("/_sim/"):
+            return await self._control(request)
+        res = request.resource
+        if res is None or not res.plural:
+            return None
+        api_version = f"{res.group}/{res.version}" if res.group else str(res.version)
+        key = (api_version, str(res.plural))
+        sub = request.subresource
+        if key not in self.resources:
+            return aiohttp.web.json_response(
+                status_obj(404, "NotFound", "the server could not find the requested resource"), status=404
+            )
+        if sub == "log":
+            return await self._serve_log(request)
+        if sub not in (None, "status"):
+            return None
+        kind, namespaced = self.resources[key]
+        ns = request.namespace if namespaced else None
+        name = request.name
+        method = str(request.method.value).upper()
+        params = dict(request.params)
+        try:
+            if method == "GET" and params.get("watch") in ("true", "1"):
+                return await self._serve_watch(request, key, ns, params)
+            if method == "GET" and name is None:
+                return aiohttp.web.json_response(self._list(key, ns, params, kind))
+            if method == "GET":
+                obj = self.get(*key, ns, name)
+                if obj is None:
+                    raise NotFound(f'{key[1]} "{name}" not found')
+                return aiohttp.web.json_response(obj)
+            if method == "POST" and name is None:
+                body = request.data if isinstance(request.data, dict) else {}
+                return aiohttp.web.json_response(self.create(*key, ns, body), status=201)
+            if method == "PATCH" and name is not None:
+                body = request.data if isinstance(request.data, dict) else {}
+                return aiohttp.web.json_response(self.patch(*key, ns, name, body, status_only=sub == "status"))
+            if method == "PUT" and name is not None:
+                body = request.data if isinstance(request.data, dict) else {}
+                return aiohttp.web.json_response(self.replace(*key, ns, name, body))
+            if method == "DELETE" and name is not None:
+                grace = params.get("gracePeriodSeconds")
+                if grace is None and isinstance(request.data, dict) and "gracePeriodSeconds" in request.data:
+                    grace = request.data["gracePeriodSeconds"]
+                obj = self.delete(*key, ns, name, int(grace) if grace is not None else None)
+                return aiohttp.web.json_response(obj)
+        except ApiError as exc:
+            return aiohttp.web.json_response(status_obj(exc.code, exc.reason, str(exc)), status=exc.code)
+        return aiohttp.web.json_response(status_obj(405, "MethodNotAllowed", "method not allowed"), status=405)
+
+    def _filtered(self, key: tuple[str, str], ns: str | None, params: dict[str, str]) -> list[Obj]:
+        sel = parse_selector(params.get("labelSelector", ""))
+        fields = [f.split("=", 1) for f in params.get("fieldSelector", "").split(",") if "=" in f]
+        out = []
+        for o in self.items(*key, ns):
+            if not selector_matches(sel, labels_of(o)):
+                continue
+            if any(field_value(o, f.rstrip("=")) != v for f, v in fields):
+                continue
+            out.append(o)
+        return out
+
+    def _list(self, key: tuple[str, str], ns: str | None, params: dict[str, str], kind: str) -> Obj:
+        return {
+            "apiVersion": key[0],
+            "kind": f"{kind}List",
+            "metadata": {"resourceVersion": str(self.rv)},
+            "items": self._filtered(key, ns, params),
+        }
+
+    async def _serve_watch(
+        self, request: Any, key: tuple[str, str], ns: str | None, params: dict[str, str]
+    ) -> aiohttp.web.StreamResponse:
+        sel = parse_selector(params.get("labelSelector", ""))
+        timeout = float(params.get("timeoutSeconds") or 1800)
+        bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
+        rv_param = params.get("resourceVersion") or ""
+        deadline = time.monotonic() + timeout
+        resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request._raw_request)
+
+        def wanted(o: Obj) -> bool:
+            meta = o.get("metadata") or {}
+            return (ns is None or meta.get("namespace") == ns) and selector_matches(sel, labels_of(o))
+
+        async def send(event: Obj) -> bool:
+            try:
+                await resp.write(json.dumps(event).encode() + b"\n")
+                return True
+            except (ConnectionError, RuntimeError):
+                return False
+
+        if rv_param in ("", "0"):
+            since = self.rv
+            for o in self._filtered(key, ns, params):
+                if not await send({"type": "ADDED", "object": o}):
+                    return resp
+        else:
+            since = int(rv_param)
+            if since < self.compacted_rv:
+                await send(
+                    {
+                        "type": "ERROR",
+                        "object": status_obj(
+                            410, "Expired", f"too old resource version: {since} ({self.compacted_rv})"
+                        ),
+                    }
+                )
+                with _suppress():
+                    await resp.write_eof()
+                return resp
+        while True:
+            for rv, res, etype, obj in list(self.history):
+                if rv <= since or res != key:
+                    continue
+                since = rv
+                if wanted(obj) and not await send({"type": etype, "object": obj}):
+                    return resp
+            since = max(since, self.rv)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            transport = request._raw_request.transport
+            if transport is None or transport.is_closing():
+                return resp
+            changed = self._changed
+            with _suppress():
+                await asyncio.wait_for(changed.wait(), timeout=min(remaining, 0.5))
+        if bookmarks:
+            kind = self.resources[key][0]
+            await send(
+                {
+                    "type": "BOOKMARK",
+                    "object": {"kind": kind, "apiVersion": key[0], "metadata": {"resourceVersion": str(since)}},
+                }
+            )
+        with _suppress():
+            await resp.write_eof()
+        return resp
+
+    async def _serve_log(self, request: Any) -> aiohttp.web.StreamResponse:
+        """Container logs: 404 for a missing pod, 400 while waiting, follow until the instance ends."""
+        ns, name = request.namespace, request.name
+        params = dict(request.params)
+        self.log_calls.append({"pod": str(name), **params})
+        canned = self.log_replies.get(str(name))
+        if canned is not None:
+            if not canned:
+                return aiohttp.web.json_response(status_obj(404, "NotFound", f'pods "{name}" not found'), status=404)
+            reply = canned.pop(0)
+            if isinstance(reply, BaseException):
+                raise reply
+            return aiohttp.web.Response(body=str(reply).encode(), content_type="text/plain")
+        pod = self.get("v1", "pods", ns, str(name))
+        if pod is None:
+            return aiohttp.web.json_response(status_obj(404, "NotFound", f'pods "{name}" not found'), status=404)
+        containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
+        cname = params.get("container") or (containers[0] if len(containers) == 1 else "")
+        if cname not in containers:
+            msg = (
+                f"container {cname} is not valid for pod {name}"
+                if cname
+                else (f"a container name must be specified for pod {name}, choose one of: {containers}")
+            )
+            return aiohttp.web.json_response(status_obj(400, "BadRequest", msg), status=400)
+        run = self.pods.get(str(pod["metadata"]["uid"]))
+        cont = run.current if run is not None else None
+        if cont is None or not cont.alive:
+            msg = f'container "{cname}" in pod "{name}" is waiting to start: ContainerCreating'
+            return aiohttp.web.json_response(status_obj(400, "BadRequest", msg), status=400)
+        since = parse_time(params.get("sinceTime"))
+        since_ns = int(since * 1e9) if since is not None else -1
+        stamps = params.get("timestamps") in ("true", "1")
+        follow = params.get("follow") in ("true", "1")
+        lines = cont.logs.setdefault(cname, [])
+
+        def fmt(ns_: int, text: str) -> bytes:
+            return ((rfc3339_nano(ns_) + " " if stamps else "") + text + "\n").encode()
+
+        if not follow:
+            body = b"".join(fmt(n, t) for n, t in lines if n >= since_ns)
+            return aiohttp.web.Response(body=body, content_type="text/plain")
+        resp = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await resp.prepare(request._raw_request)
+        pos = 0
+        try:
+            while True:
+                while pos < len(lines):
+                    n, text = lines[pos]
+                    pos += 1
+                    if n >= since_ns:
+                        await resp.write(fmt(n, text))
+                if not cont.alive:
+                    break
+                transport = request._raw_request.transport
+                if transport is None or transport.is_closing():
+                    return resp
+                changed = self._changed
+                with _suppress():
+                    await asyncio.wait_for(changed.wait(), timeout=0.2)
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass
+        return resp
+
+    # -- controllers ---------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            try:
+                now = time.time()
+                self._nodes_tick(now)
+                self._namespaces_tick()
+                if "workloads" not in self.paused:
+                    self._workloads_tick()
+                self._scheduler_tick(now)
+                await self._kubelet_tick(now)
+                self._consul_tick(now)
+                self._ingress_tick()
+            except Exception as exc:  # a controller bug must be seen, not hang the test
+                import traceback
+
+                traceback.print_exc()
+                raise exc
+            await asyncio.sleep(self.t.tick_s)
+
+    def _node_ready(self, node: Obj) -> bool:
+        for c in (node.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "Ready":
+                return c.get("status") == "True"
+        return True  # a node seeded without conditions is taken as Ready (as the tests' EKS nodes)
+
+    def _nodes_tick(self, now: float) -> None:
+        for name, nrun in self.nodes.items():
+            node = self.get("v1", "nodes", None, name)
+            if node is None:
+                continue
+            gone_for = now - nrun.down_since if not nrun.up and nrun.down_since is not None else -1.0
+            if not nrun.notready_marked and gone_for >= self.t.node_grace_s:
+                nrun.notready_marked = True
+                self._node_condition(node, "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.")
+                taints = [t for t in (node.get("spec") or {}).get("taints") or [] if "unreachable" not in t["key"]]
+                taints.append({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": k8s_time()})
+                self.patch("v1", "nodes", None, name, {"spec": {"taints": taints}})
+                for pod in self._pods_on(name):
+                    self._set_pod_ready(pod, False)
+            if nrun.notready_marked and gone_for >= self.t.node_grace_s + self.t.eviction_s:
+                for pod in self._pods_on(name):
+                    if not pod["metadata"].get("deletionTimestamp"):
+                        self.delete("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
+            if nrun.up and nrun.boot_at is not None and now >= nrun.boot_at:
+                nrun.boot_at = None
+                if nrun.notready_marked:
+                    self._node_condition(node, "True", "KubeletReady", "kubelet is posting ready status")
+                    taints = [t for t in (node.get("spec") or {}).get("taints") or [] if "unreachable" not in t["key"]]
+                    self.patch("v1", "nodes", None, name, {"spec": {"taints": taints or None}})
+                nrun.notready_marked = False
+                nrun.down_since = None
+
+    def _node_condition(self, node: Obj, status: str, reason: str, message: str) -> None:
+        conds = [c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") != "Ready"]
+        conds.append(
+            {"type": "Ready", "status": status, "reason": reason, "message": message, "lastTransitionTime": k8s_time()}
+        )
+        self.patch("v1", "nodes", None, node["metadata"]["name"], {"status": {"conditions": conds}})
+
+    def _pods_on(self, node: str) -> list[Obj]:
+        return [p for p in self.items("v1", "pods") if (p.get("spec") or {}).get("nodeName") == node]
+
+    def _namespaces_tick(self) -> None:
+        for ns in list(self.items("v1", "namespaces")):
+            if not ns["metadata"].get("deletionTimestamp"):
+                continue
+            name = ns["metadata"]["name"]
+            content = [k for k in list(self.objects) if k[2] == name]
+            for av, pl, n, obj_name in content:
+                obj = self.objects.get((av, pl, n, obj_name))
+                if obj is not None and not obj["metadata"].get("deletionTimestamp"):
+                    self.delete(av, pl, n, obj_name, 0 if pl == "pods" else None)
+            if not [k for k in self.objects if k[2] == name]:
+                self._remove(("v1", "namespaces", None, name))
+
+    # Deployments and StatefulSets -> pods
+    def _workloads_tick(self) -> None:
+        for kind_plural in ("deployments", "statefulsets"):
+            for d in list(self.items("apps/v1", kind_plural)):
+                self._reconcile_workload(d, kind_plural)
+        # the garbage collector: a pod whose owner is gone is deleted (background cascading deletion)
+        uids = {str(o["metadata"].get("uid")) for o in self.objects.values()}
+        for p in list(self.items("v1", "pods")):
+            owners = p["metadata"].get("ownerReferences") or []
+            if owners and not p["metadata"].get("deletionTimestamp") and not any(o.get("uid") in uids for o in owners):
+                self.delete("v1", "pods", p["metadata"]["namespace"], p["metadata"]["name"])
+
+    def _reconcile_workload(self, d: Obj, plural: str) -> None:
+        meta, spec = d["metadata"], d.get("spec") or {}
+        ns, name = meta["namespace"], meta["name"]
+        template = spec.get("template") or {}
+        tpl_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+        rs_hash = "".join("bcdfghjklmnpqrstvwxz2456789"[int(c, 16) % 27] for c in tpl_hash[:10])
+        owner_uid = meta["uid"]
+        owned = [
+            p
+            for p in self.items("v1", "pods", ns)
+            if any(o.get("uid") == owner_uid for o in (p["metadata"].get("ownerReferences") or []))
+        ]
+        live = [p for p in owned if not p["metadata"].get("deletionTimestamp")]
+        if meta.get("deletionTimestamp"):
+            for p in live:
+                self.delete("v1", "pods", ns, p["metadata"]["name"])
+            if not owned:
+                self._remove(("apps/v1", plural, ns, name))
+            return
+        want = int(spec.get("replicas", 1))
+        if len(live) < want:
+            taken = {p["metadata"]["name"] for p in self.items("v1", "pods", ns)}
+            for _ in range(want - len(live)):
+                if plural == "statefulsets":
+                    pname = next(f"{name}-{n}" for n in itertools.count() if f"{name}-{n}" not in taken)
+                    owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name, "uid": owner_uid}
+                else:
+                    pname = f"{name}-{rs_hash}-" + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
+                    owner = {
+                        "apiVersion": "apps/v1",
+                        "kind": "ReplicaSet",
+                        "name": f"{name}-{rs_hash}",
+                        "uid": owner_uid,
+                    }
+                taken.add(pname)
+                pod = {
+                    "metadata": {
+                        "name": pname,
+                        "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+                        "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
+                        "ownerReferences": [{**owner, "controller": True}],
+                    },
+                    "spec": copy.deepcopy(template.get("spec") or {}),
+                }
+                self.create("v1", "pods", ns, pod)
+        elif len(live) > want:
+            for p in live[want:]:
+                self.delete("v1", "pods", ns, p["metadata"]["name"])
+        ready = sum(1 for p in live if self._pod_ready(p))
+        status = {
+            "observedGeneration": meta.get("generation", 1),
+            "replicas": len(owned),
+            "readyReplicas": ready or None,
+            "availableReplicas": ready or None,
+            "updatedReplicas": len(live) or None,
+        }
+        if any((d.get("status") or {}).get(k) != v for k, v in status.items()):
+            self.patch("apps/v1", plural, ns, name, {"status": status}, status_only=True)
+
+    @staticmethod
+    def _pod_ready(pod: Obj) -> bool:
+        return any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (pod.get("status") or {}).get("conditions") or []
+        )
+
+    # scheduler
+    def _fits(self, pod: Obj, node: Obj) -> str | None:
+        """None when `pod` may run on `node`, else why not (the scheduler's message part)."""
+        spec = pod.get("spec") or {}
+        nspec = node.get("spec") or {}
+        labels = labels_of(node)
+        if nspec.get("unschedulable"):
+            return "node(s) were unschedulable"
+        if not self._node_ready(node):
+            return "node(s) had untolerated taint {node.kubernetes.io/unreachable: }"
+        for k, v in (spec.get("nodeSelector") or {}).items():
+            if labels.get(k) != v:
+                return "node(s) didn't match Pod's node affinity/selector"
+        req = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        )
+        if req:
+            terms = req.get("nodeSelectorTerms") or []
+            if not any(_term_matches(t, labels) for t in terms):
+                return "node(s) didn't match Pod's node affinity/selector"
+        for taint in nspec.get("taints") or []:
+            if taint.get("effect") not in ("NoSchedule", "NoExecute"):
+                continue
+            if not any(_tolerates(t, taint) for t in spec.get("tolerations") or []):
+                return f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
+        return None
+
+    def _scheduler_tick(self, now: float) -> None:
+        nodes = self.items("v1", "nodes")
+        for pod in self.items("v1", "pods"):
+            spec = pod.get("spec") or {}
+            if spec.get("nodeName") or pod["metadata"].get("deletionTimestamp"):
+                continue
+            reasons: collections.Counter[str] = collections.Counter()
+            fits = []
+            for n in nodes:
+                why = self._fits(pod, n)
+                if why is None:
+                    fits.append(n)
+                else:
+                    reasons[why] += 1
+            if not fits:
+                msg = f"0/{len(nodes)} nodes are available: " + ", ".join(
+                    f"{c} {r}" for r, c in sorted(reasons.items())
+                )
+                cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}
+                old = [c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "PodScheduled"]
+                if not old or old[0].get("message") != msg:
+                    self.patch(
+                        "v1",
+                        "pods",
+                        pod["metadata"]["namespace"],
+                        pod["metadata"]["name"],
+                        {"status": {"conditions": [{**cond, "lastTransitionTime": k8s_time(now)}]}},
+                    )
+                continue
+            load = collections.Counter((p.get("spec") or {}).get("nodeName") for p in self.items("v1", "pods"))
+            node = min(fits, key=lambda n: (load[n["metadata"]["name"]], n["metadata"]["name"]))
+            self.patch(
+                "v1",
+                "pods",
+                pod["metadata"]["namespace"],
+                pod["metadata"]["name"],
+                {
+                    "spec": {"nodeName": node["metadata"]["name"]},
+                    "status": {
+                        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": k8s_time(now)}]
+                    },
+                },
+            )
+            run = self._run_of(pod)
+            run.bound_at = now
+
+    def _run_of(self, pod: Obj) -> PodRun:
+        uid = str(pod["metadata"]["uid"])
+        run = self.pods.get(uid)
+        if run is None:
+            run = PodRun(uid, pod["metadata"].get("namespace", ""), pod["metadata"]["name"])
+            self.pods[uid] = run
+        return run
+
+    # kubelet
+    async def _kubelet_tick(self, now: float) -> None:
+        for pod in list(self.items("v1", "pods")):
+            meta, spec = pod["metadata"], pod.get("spec") or {}
+            node_name = spec.get("nodeName")
+            if not node_name or node_name not in self.nodes:
+                continue  # unscheduled, or on a node the simulation does not run (seeded snapshots)
+            nrun = self.nodes[node_name]
+            run = self._run_of(pod)
+            if not nrun.up or nrun.boot_at is not None:
+                continue
+            if meta.get("deletionTimestamp"):
+                if run.kill_at is None or now >= run.kill_at:
+                    if run.current is not None:
+                        await self._flush_envoy(run.current, now)  # graceful stop: Envoy flushes on exit
+                    self._remove(("v1", "pods", meta["namespace"], meta["name"]))
+                continue
+            if run.exited:
+                continue
+            if run.current is None or not run.current.alive:
+                if run.bound_at is None:
+                    run.bound_at = now
+                if now - run.bound_at >= self.t.start_s:
+                    self._start_sandbox(pod, run, nrun, now)
+                continue
+            cont = run.current
+            if run.ready_at is not None and now >= run.ready_at and not run.ready_blocked:
+                run.ready_at = None
+                if _is_job(pod):
+                    self._finish_job(pod, run, now)
+                else:
+                    self._set_pod_ready(pod, True, now)
+            if run.ready_blocked and self._pod_ready(pod):
+                self._set_pod_ready(pod, False, now)
+                run.ready_at = now
+            if now >= cont.next_flush:
+                await self._flush_envoy(cont, now)
+
+    def _start_sandbox(self, pod: Obj, run: PodRun, nrun: NodeRun, now: float) -> None:
+        node = self.get("v1", "nodes", None, nrun.name) or {}
+        cidr = (node.get("spec") or {}).get("podCIDR") or "10.244.99.0/24"
+        base = cidr.split("/")[0].rsplit(".", 1)[0]
+        ip = f"{base}.{nrun.next_ip}"
+        nrun.next_ip = nrun.next_ip + 1 if nrun.next_ip < 254 else 2
+        run.instances += 1
+        flush_ms = 10_000
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            args = [str(a) for a in c.get("args") or []]
+            if "--file-flush-interval-msec" in args:
+                flush_ms = int(args[args.index("--file-flush-interval-msec") + 1])
+        cont = Container(instance=run.instances, ip=ip, started=now, flush_ms=flush_ms)
+        cont.next_flush = now + flush_ms / 1000
+        ns0 = time.time_ns()
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            cont.logs[c["name"]] = []
+            if c["name"] == "consul-dataplane":
+                cont.logs[c["name"]].append(
+                    (ns0, "[INFO]  consul-dataplane: consul-dataplane starting: version=1.9.11")
+                )
+        run.current = cont
+        restarts = run.instances - 1
+        status = {
+            "phase": "Running",
+            "hostIP": next(
+                (
+                    a["address"]
+                    for a in (node.get("status") or {}).get("addresses") or []
+                    if a.get("type") == "InternalIP"
+                ),
+                "",
+            ),
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "startTime": (pod.get("status") or {}).get("startTime") or k8s_time(now),
+            "containerStatuses": [
+                {
+                    "name": c["name"],
+                    "ready": False,
+                    "started": True,
+                    "restartCount": restarts,
+                    "image": c.get("image", ""),
+                    "state": {"running": {"startedAt": k8s_time(now)}},
+                }
+                for c in (pod.get("spec") or {}).get("containers") or []
+            ],
+        }
+        conds = {c["type"]: c for c in (pod.get("status") or {}).get("conditions") or []}
+        for t_ in ("Initialized", "PodScheduled"):
+            conds.setdefault(t_, {"type": t_, "status": "True", "lastTransitionTime": k8s_time(now)})
+        for t_ in ("Ready", "ContainersReady"):
+            if conds.get(t_, {}).get("status") != "False":
+                conds[t_] = {
+                    "type": t_,
+                    "status": "False",
+                    "reason": "ContainersNotReady",
+                    "lastTransitionTime": k8s_time(now),
+                }
+        status["conditions"] = list(conds.values())
+        self.patch("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"], {"status": status})
+        run.ready_at = now + self.t.ready_s
+
+    def _finish_job(self, pod: Obj, run: PodRun, now: float) -> None:
+        """A run-to-completion pod (the NetworkPolicy probe client): exit 0 or 1."""
+        run.exited = True
+        code = self._job_exit_code(pod)
+        phase = "Succeeded" if code == 0 else "Failed"
+        c0 = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+        self.patch(
+            "v1",
+            "pods",
+            pod["metadata"]["namespace"],
+            pod["metadata"]["name"],
+            {
+                "status": {
+                    "phase": phase,
+                    "containerStatuses": [
+                        {
+                            "name": c0.get("name"),
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {
+                                "terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
+                            },
+                        }
+                    ],
+                }
+            },
+        )
+        if run.current is not None:
+            self.loop_task(self._stop_container(run.current))
+
+    def _job_exit_code(self, pod: Obj) -> int:
+        """`wget ... http://IP:PORT/`: 0 when the connection would be allowed."""
+        c0 = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+        cmd = " ".join(str(x) for x in [*(c0.get("command") or []), *(c0.get("args") or [])])
+        m = re.search(r"http://([\d.]+):?(\d*)", cmd)
+        if not m:
+            return 0
+        target = next((p for p in self.items("v1", "pods") if (p.get("status") or {}).get("podIP") == m.group(1)), None)
+        if target is None:
+            return 1
+        run = self.pods.get(str(target["metadata"]["uid"]))
+        if run is None or run.current is None or not run.current.alive:
+            return 1
+        if self.netpol_enforced and not self._ingress_allowed(pod, target):
+            return 1
+        return 0
+
+    def _ingress_allowed(self, src: Obj, dst: Obj) -> bool:
+        ns = dst["metadata"]["namespace"]
+        policies = [
+            p
+            for p in self.items("networking.k8s.io/v1", "networkpolicies", ns)
+            if "Ingress" in ((p.get("spec") or {}).get("policyTypes") or ["Ingress"])
+            and selector_matches(
+                [
+                    (k, "=", v)
+                    for k, v in (((p.get("spec") or {}).get("podSelector") or {}).get("matchLabels") or {}).items()
+                ],
+                labels_of(dst),
+            )
+        ]
+        if not policies:
+            return True
+        for p in policies:
+            for rule in (p.get("spec") or {}).get("ingress") or []:
+                for peer in rule.get("from") or [{}]:
+                    if "podSelector" in peer and src["metadata"]["namespace"] == ns:
+                        ml = (peer.get("podSelector") or {}).get("matchLabels") or {}
+                        if selector_matches([(k, "=", v) for k, v in ml.items()], labels_of(src)):
+                            return True
+                    if not peer:
+                        return True
+        return False
+
+    def _set_pod_ready(self, pod: Obj, ready: bool, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        st = "True" if ready else "False"
+        conds = []
+        changed = False
+        have = set()
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") in ("Ready", "ContainersReady"):
+                have.add(c["type"])
+                if c.get("status") != st:
+                    changed = True
+                    c = {"type": c["type"], "status": st, "lastTransitionTime": k8s_time(now)}
+                    if not ready:
+                        c["reason"] = "ContainersNotReady"
+            conds.append(c)
+        for t_ in ("Ready", "ContainersReady"):
+            if t_ not in have:
+                changed = True
+                conds.append({"type": t_, "status": st, "lastTransitionTime": k8s_time(now)})
+        if not changed:
+            return
+        cs = [{**c, "ready": ready} for c in (pod.get("status") or {}).get("containerStatuses") or []]
+        self.patch(
+            "v1",
+            "pods",
+            pod["metadata"]["namespace"],
+            pod["metadata"]["name"],
+            {"status": {"conditions": conds, "containerStatuses": cs}},
+        )
+
+    # -- containers, endpoints, logs -------------------------------------------------
+    def _containers(self) -> list[Container]:
+        return [r.current for r in self.pods.values() if r.current is not None]
+
+    async def _stop_container(self, cont: Container) -> None:
+        """The container dies: endpoints refuse, log follows end, Envoy's buffer is lost."""
+        cont.alive = False
+        cont.envoy_buffer.clear()
+        self._notify()
+        runners = list(cont.listeners.values())
+        cont.listeners.clear()
+        cont.listener_ports.clear()
+        for r in runners:
+            with _suppress():
+                await r.cleanup()
+
+    async def _flush_envoy(self, cont: Container, now: float) -> None:
+        if cont.envoy_buffer and cont.alive:
+            stamp = time.time_ns()
+            lines = cont.logs.setdefault("consul-dataplane", [])
+            for i, line in enumerate(cont.envoy_buffer):
+                lines.append((stamp + i, line))
+            cont.envoy_buffer.clear()
+            self._notify()
+        cont.next_flush = now + cont.flush_ms / 1000
+
+    def pod_by_uid(self, uid: str) -> Obj | None:
+        return next((p for p in self.items("v1", "pods") if p["metadata"].get("uid") == uid), None)
+
+    async def endpoint(self, pod: Obj, port: int) -> int | None:
+        """Loopback port standing in for `podIP:port`, while something listens there; None refuses."""
+        run = self.pods.get(str(pod["metadata"]["uid"]))
+        if run is None or run.current is None or not run.current.alive:
+            return None
+        cont = run.current
+        if port in cont.listener_ports:
+            return cont.listener_ports[port]
+        handler = self._app_for(pod, port)
+        if handler is None:
+            return None
+        server = aiohttp.web.Server(handler)
+        runner = aiohttp.web.ServerRunner(server, shutdown_timeout=0.1)
+        await runner.setup()
+        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        lport = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        if not cont.alive:
+            await runner.cleanup()
+            return None
+        cont.listeners[port] = runner
+        cont.listener_ports[port] = lport
+        return lport
+
+    def _container_ports(self, pod: Obj) -> dict[str, int]:
+        out = {}
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            for p in c.get("ports") or []:
+                out[str(p.get("name") or p["containerPort"])] = int(p["containerPort"])
+        return out
+
+    def _app_for(self, pod: Obj, port: int) -> Callable[[Any], Awaitable[aiohttp.web.StreamResponse]] | None:
+        labels = labels_of(pod)
+        injected = any(c.get("name") == "consul-dataplane" for c in (pod.get("spec") or {}).get("containers") or [])
+        if port == 19000 and injected:
+            return lambda req: self._envoy_admin(pod, req)
+        if port in self._container_ports(pod).values():
+            if labels.get("app") == "frontend" and port in (80, 3000):
+                return lambda req: self._frontend(pod, req)
+            if labels.get("component") == "server" and port == 8500:
+                return lambda req: self._consul_http(req)
+            return lambda req: _text(200, "ok\n")
+        return None
+
+    # -- mesh ---------------------------------------------------------------------
+    def _serving(self, pod: Obj) -> bool:
+        """What the Consul catalog says: the pod is an Endpoints address (Ready, serving, not terminating)."""
+        return (
+            self._pod_ready(pod)
+            and labels_of(pod).get("edge-harness.io/serving", "true") != "false"
+            and not pod["metadata"].get("deletionTimestamp")
+        )
+
+    def _alive(self, pod: Obj) -> bool:
+        run = self.pods.get(str(pod["metadata"]["uid"]))
+        return run is not None and run.current is not None and run.current.alive
+
+    def _instances(self, consul_name: str) -> list[Obj]:
+        return [
+            p
+            for p in self.items("v1", "pods")
+            if ((p["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service") == consul_name)
+            and self._serving(p)
+        ]
+
+    def _cluster(self, svc: str) -> str:
+        dc = self.consul.datacenter if self.consul else "dc1"
+        td = self.consul.trust_domain if self.consul else "td.consul"
+        return f"{svc}.default.{dc}.internal.{td}"
+
+    def route(self, caller: Obj, upstream: str) -> tuple[Obj | None, str]:
+        """(serving pod or None, upstream_cluster) the caller's Envoy picks for `upstream` now.
+
+        Consul's view (passing instances) is what Envoy has; a passing host
+        that is actually dead fails its connection and is ejected, so the
+        pick skips it, and with no live host left the aggregate cluster
+        moves to the resolver's failover target (Consul CE: another service).
+        """
+        c = self.consul
+        resolver = c.entries.get(("ServiceResolver", upstream)) if c else None
+        targets = [upstream]
+        if resolver:
+            for fo in ((resolver.get("failover") or {}).get("*") or {}).get("targets") or []:
+                targets.append(str(fo.get("service")))
+        for i, svc in enumerate(targets):
+            live = [p for p in self._instances(svc) if self._alive(p)]
+            if live:
+                live.sort(key=lambda p: p["metadata"]["name"])
+                pick = live[next(self._rr) % len(live)]
+                name = self._cluster(svc)
+                return pick, (f"failover-target~{i}~{name}" if resolver else name)
+        return None, (f"failover-target~0~{self._cluster(upstream)}" if resolver else self._cluster(upstream))
+
+    def _upstreams(self, pod: Obj) -> dict[str, str]:
+        """Logical upstream (by port) -> Consul name, from the connect-service-upstreams annotation."""
+        ann = (pod["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service-upstreams", "")
+        out = {}
+        for part in (x for x in ann.split(",") if x):
+            name, _, port = part.rpartition(":")
+            out[port] = name.split(".")[0]
+        return out
+
+    def _log_hop(self, caller: Obj, upstream: str, port: str, path: str) -> tuple[Obj | None, int]:
+        """One outbound hop of `caller`'s sidecar: pick, count, buffer the access-log line."""
+        run = self.pods.get(str(caller["metadata"]["uid"]))
+        if run is None or run.current is None or not run.current.alive:
+            return None, 0
+        target, cluster = self.route(caller, upstream)
+        now = time.time()
+        host = f"{target['status']['podIP']}:20000" if target is not None else None
+        code = 200 if target is not None else 503
+        stats = self.upstream_stats.setdefault(caller["metadata"]["name"], {}).setdefault(cluster, {})
+        if host is not None:
+            ctr = stats.setdefault(
+                host, {"cx_total": 0, "cx_connect_fail": 0, "rq_total": 0, "rq_error": 0, "rq_timeout": 0}
+            )
+            ctr["cx_total"] += 1
+            ctr["rq_total"] += 1
+        line = {
+            "start_time": iso_ms(now),
+            "route_name": upstream,
+            "method": "POST" if port == "8080" else "GET",
+            "path": path,
+            "protocol": "HTTP/1.1",
+            "response_code": code,
+            "response_flags": "-" if target is not None else "UH",
+            "response_code_details": "via_upstream" if target is not None else "no_healthy_upstream",
+            "connection_termination_details": None,
+            "bytes_received": 64,
+            "bytes_sent": 512,
+            "duration": 2,
+            "upstream_service_time": "1" if target is not None else None,
+            "x_forwarded_for": None,
+            "user_agent": "python-httpx",
+            "request_id": str(uuid.uuid4()),
+            "authority": f"localhost:{port}",
+            "upstream_host": host,
+            "upstream_cluster": cluster,
+            "upstream_local_address": f"{run.current.ip}:{40000 + next(self._rr) % 20000}" if host else None,
+            "downstream_local_address": f"127.0.0.1:{port}",
+            "downstream_remote_address": "127.0.0.1:50000",
+            "requested_server_name": None,
+            "upstream_transport_failure_reason": None,
+        }
+        run.current.envoy_buffer.append(json.dumps(line))
+        return target, code
+
+    async def _frontend(self, pod: Obj, req: Any) -> aiohttp.web.StreamResponse:
+        """nginx: `/api` through the sidecar to public-api (which calls product-api), the rest to Next.js."""
+        await req.read()
+        if not req.path.startswith("/api"):
+            return _text(200, "<html><body>HashiCups</body></html>", "text/html")
+        ups = self._upstreams(pod)
+        if "8080" not in ups:
+            return _text(502, "no public-api upstream\n")
+        public, code = self._log_hop(pod, ups["8080"], "8080", "/api")
+        if public is None:
+            return _text(code, "no healthy upstream")
+        pups = self._upstreams(public)
+        if "9090" in pups:
+            product, _code = self._log_hop(public, pups["9090"], "9090", "/coffees")
+            if product is None:
+                body = {
+                    "errors": [{"message": 'Get "http://localhost:9090/coffees": 503 no healthy upstream'}],
+                    "data": None,
+                }
+                return aiohttp.web.json_response(body)
+        coffees = [
+            {"id": "1", "name": "Packer Spiced Latte", "price": 350},
+            {"id": "2", "name": "Vaulatte", "price": 200},
+        ]
+        return aiohttp.web.json_response({"data": {"coffees": coffees}})
+
+    async def _envoy_admin(self, pod: Obj, req: Any) -> aiohttp.web.StreamResponse:
+        run = self.pods.get(str(pod["metadata"]["uid"]))
+        cont = run.current if run else None
+        name = pod["metadata"]["name"]
+        svc = (pod["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service", "")
+        if req.path == "/ready":
+            return _text(200, "LIVE\n")
+        if req.path == "/stats":
+            buffered = sum(len(x) + 1 for x in cont.envoy_buffer) if cont else 0
+            stats = [
+                {"name": "access_log_file.write_buffered", "value": len(cont.envoy_buffer) if cont else 0},
+                {"name": "access_log_file.write_total_buffered", "value": buffered},
+                {"name": "server.live", "value": 1},
+            ]
+            flt = req.query.get("filter")
+            if flt:
+                stats = [s for s in stats if re.search(flt, s["name"])]
+            if req.query.get("format") == "json":
+                return aiohttp.web.json_response({"stats": stats})
+            return _text(200, "".join(f"{s['name']}: {s['value']}\n" for s in stats))
+        if req.path == "/clusters":
+            clusters = []
+            for up in self._upstreams(pod).values():
+                names = [up]
+                res = self.consul.entries.get(("ServiceResolver", up)) if self.consul else None
+                if res:
+                    names += [
+                        str(t.get("service")) for t in ((res.get("failover") or {}).get("*") or {}).get("targets") or []
+                    ]
+                for i, svc_name in enumerate(names):
+                    cname = f"failover-target~{i}~{self._cluster(svc_name)}" if res else self._cluster(svc_name)
+                    counters = self.upstream_stats.get(name, {}).get(cname, {})
+                    hosts = []
+                    for p in self._instances(svc_name):
+                        host = f"{p['status']['podIP']}:20000"
+                        ctr = counters.get(host, {})
+                        hosts.append(
+                            {
+                                "address": {"socket_address": {"address": p["status"]["podIP"], "port_value": 20000}},
+                                "stats": [
+                                    {"name": k, "value": str(ctr.get(k, 0)), "type": "COUNTER"}
+                                    for k in ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
+                                ],
+                                "health_status": {"eds_health_status": "HEALTHY"}
+                                | ({} if self._alive(p) else {"failed_outlier_check": True}),
+                                "weight": 1,
+                            }
+                        )
+                    clusters.append({"name": cname, "added_via_api": True, "host_statuses": hosts})
+            clusters.append({"name": "local_app", "host_statuses": []})
+            if req.query.get("format") == "json":
+                return aiohttp.web.json_response({"cluster_statuses": clusters})
+            text = "".join(
+                f"{c['name']}::{h['address']['socket_address']['address']}:20000::{s['name']}::{s['value']}\n"
+                for c in clusters
+                for h in c["host_statuses"]
+                for s in h["stats"]
+            )
+            return _text(200, text)
+        if req.path == "/config_dump":
+            dump = {
+                "configs": [
+                    {
+                        "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+                        "bootstrap": {"node": {"id": f"{name}-{svc}-sidecar-proxy", "cluster": svc}},
+                    },
+                    {
+                        "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+                        "dynamic_active_clusters": [
+                            {"cluster": {"name": self._cluster(u)}} for u in self._upstreams(pod).values()
+                        ],
+                    },
+                ]
+            }
+            return aiohttp.web.json_response(dump)
+        return _text(404, "invalid path\n")
+
+    # -- Consul's HTTP API (the subset preflight uses) ------------------------------------
+    async def _consul_http(self, req: Any) -> aiohttp.web.StreamResponse:
+        """Consul's read endpoints carry X-Consul-Index (py-consul's health/catalog calls require it)."""
+        resp = await self._consul_http_body(req)
+        if resp.status == 200:
+            resp.headers["X-Consul-Index"] = "1"
+            resp.headers["X-Consul-KnownLeader"] = "true"
+        return resp
+
+    def _intention_allowed(self, source: str, destination: str) -> bool:
+        """Consul's decision: an exact source beats `*`; no match is allow (ACLs off)."""
+        assert self.consul is not None
+        sources = (self.consul.entries.get(("ServiceIntentions", destination)) or {}).get("sources") or []
+        for name in (source, "*"):
+            for src in sources:
+                if src.get("name") == name:
+                    return bool(src.get("action") == "allow")
+        return True
+
+    async def _consul_http_body(self, req: Any) -> aiohttp.web.StreamResponse:
+        c = self.consul
+        if c is None:
+            return _text(500, "No cluster leader")
+        path = req.path
+        if path == "/v1/status/leader":
+            server = next(
+                (p for p in self.items("v1", "pods", c.namespace) if labels_of(p).get("component") == "server"), None
+            )
+            ip = (server or {}).get("status", {}).get("podIP", "")
+            return aiohttp.web.json_response(f"{ip}:8300" if ip else "")
+        if path == "/v1/agent/self":
+            return aiohttp.web.json_response(
+                {"Config": {"Datacenter": c.datacenter, "Version": c.version, "NodeName": "consul-server-0"}}
+            )
+        if path == "/v1/catalog/services":
+            names = sorted(
+                {
+                    (p["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service", "")
+                    for p in self.items("v1", "pods")
+                    if self._serving(p)
+                }
+                - {""}
+            )
+            out: dict[str, list[str]] = {"consul": []}
+            for n in names:
+                out[n] = []
+                out[f"{n}-sidecar-proxy"] = []
+            return aiohttp.web.json_response(out)
+        m = re.fullmatch(r"/v1/health/service/([^/]+)", path)
+        if m:
+            svc = m.group(1)
+            entries = []
+            for p in self.items("v1", "pods"):
+                if (p["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service") != svc:
+                    continue
+                if not (p.get("status") or {}).get("podIP") or p["metadata"].get("deletionTimestamp"):
+                    continue
+                passing = self._serving(p)
+                if "passing" in req.query and not passing:
+                    continue
+                pname, ns = p["metadata"]["name"], p["metadata"]["namespace"]
+                entries.append(
+                    {
+                        "Node": {
+                            "Node": f"{p['spec'].get('nodeName')}-virtual",
+                            "Address": p["status"].get("hostIP", ""),
+                            "Datacenter": c.datacenter,
+                            "Meta": {"synthetic-node": "true"},
+                        },
+                        "Service": {
+                            "ID": f"{pname}-{svc}",
+                            "Service": svc,
+                            "Address": p["status"]["podIP"],
+                            "Port": 0,
+                            "Meta": {
+                                "pod-name": pname,
+                                "k8s-namespace": ns,
+                                "synthetic-node": "true",
+                                "managed-by": "consul-k8s-endpoints-controller",
+                            },
+                        },
+                        "Checks": [
+                            {
+                                "CheckID": f"{ns}/{pname}-{svc}",
+                                "Name": "Kubernetes Readiness Check",
+                                "Type": "kubernetes-readiness",
+                                "Status": "passing" if passing else "critical",
+                                "ServiceName": svc,
+                            }
+                        ],
+                    }
+                )
+            return aiohttp.web.json_response(entries)
+        m = re.fullmatch(r"/v1/config/([^/]+)(?:/([^/]+))?", path)
+        if m:
+            kind_by_entry = {v: k for k, v in CONSUL_ENTRY_KIND.items()}
+            crd_kind = kind_by_entry.get(m.group(1))
+            if crd_kind is None:
+                return _text(400, f"invalid config entry kind: {m.group(1)}")
+            if m.group(2):
+                spec = c.entries.get((crd_kind, m.group(2)))
+                if spec is None:
+                    return _text(404, f'Config entry not found for "{m.group(1)}" / "{m.group(2)}"')
+                return aiohttp.web.json_response(_consul_entry(m.group(1), m.group(2), spec, c.datacenter))
+            return aiohttp.web.json_response(
+                [
+                    _consul_entry(m.group(1), n, s, c.datacenter)
+                    for (k, n), s in sorted(c.entries.items())
+                    if k == crd_kind
+                ]
+            )
+        m = re.fullmatch(r"/v1/discovery-chain/([^/]+)", path)
+        if m:
+            return aiohttp.web.json_response({"Chain": self._chain(m.group(1))})
+        if path == "/v1/connect/intentions/check":
+            src, dst = req.query.get("source", ""), req.query.get("destination", "")
+            if not src or not dst:
+                return _text(400, "required query parameter 'source' not set")
+            return aiohttp.web.json_response({"Allowed": self._intention_allowed(src, dst)})
+        return _text(404, "404 page not found")
+
+    def _chain(self, svc: str) -> Obj:
+        c = self.consul
+        assert c is not None
+        dc = c.datacenter
+
+        def target(name: str) -> Obj:
+            tid = f"{name}.default.default.{dc}"
+            sni = f"{name}.default.{dc}.internal.{c.trust_domain}"
+            return {
+                "ID": tid,
+                "Service": name,
+                "Namespace": "default",
+                "Partition": "default",
+                "Datacenter": dc,
+                "ConnectTimeout": "5s",
+                "MeshGateway": {},
+                "Subset": {},
+                "TransparentProxy": {},
+                "SNI": sni,
+                "Name": sni,
+            }
+
+        resolver = c.entries.get(("ServiceResolver", svc)) or {}
+        node_name = f"resolver:{svc}.default.default.{dc}"
+        res: Obj = {"ConnectTimeout": resolver.get("connectTimeout", "5s"), "Target": f"{svc}.default.default.{dc}"}
+        targets = {f"{svc}.default.default.{dc}": target(svc)}
+        fo = [str(t.get("service")) for t in ((resolver.get("failover") or {}).get("*") or {}).get("targets") or []]
+        if fo:
+            res["Failover"] = {"Targets": [f"{n}.default.default.{dc}" for n in fo]}
+            for n in fo:
+                targets[f"{n}.default.default.{dc}"] = target(n)
+        if not resolver:
+            res["Default"] = True
+        proto = (c.entries.get(("ServiceDefaults", svc)) or {}).get("protocol") or (
+            (c.entries.get(("ProxyDefaults", "global")) or {}).get("config") or {}
+        ).get("protocol", "tcp")
+        return {
+            "ServiceName": svc,
+            "Namespace": "default",
+            "Partition": "default",
+            "Datacenter": dc,
+            "Protocol": proto,
+            "StartNode": node_name,
+            "Default": not resolver,
+            "Nodes": {node_name: {"Type": "resolver", "Name": f"{svc}.default.default.{dc}", "Resolver": res}},
+            "Targets": targets,
+        }
+
+    # -- consul-k8s config-entry controller -------------------------------------------
+    def _consul_tick(self, now: float) -> None:
+        c = self.consul
+        if c is None:
+            return
+        for kind, plural in CONSUL_KINDS.items():
+            if (CONSUL_GROUP, plural) not in self.resources:
+                continue
+            for obj in list(self.items(CONSUL_GROUP, plural)):
+                self._reconcile_entry(kind, plural, obj, now)
+
+    def _reconcile_entry(self, kind: str, plural: str, obj: Obj, now: float) -> None:
+        c = self.consul
+        assert c is not None
+        meta = obj["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        src = f"{ns}/{name}"
+        finalizers = list(meta.get("finalizers") or [])
+        if meta.get("deletionTimestamp"):
+            if CONSUL_FINALIZER in finalizers:
+                if c.entry_sources.get((kind, name)) == src:
+                    c.entries.pop((kind, name), None)
+                    c.entry_sources.pop((kind, name), None)
+                rest = [f for f in finalizers if f != CONSUL_FINALIZER]
+                self.patch(CONSUL_GROUP, plural, ns, name, {"metadata": {"finalizers": rest or None}})
+            return
+        if CONSUL_FINALIZER not in finalizers:
+            self.patch(
+                CONSUL_GROUP,
+                plural,
+                ns,
+                name,
+                {
+                    "metadata": {"finalizers": [*finalizers, CONSUL_FINALIZER]},
+                    "status": {
+                        "conditions": [{"type": "Synced", "status": "Unknown", "lastTransitionTime": k8s_time(now)}]
+                    },
+                },
+            )
+            return
+        status = obj.get("status") or {}
+        gen = int(meta.get("generation", 1))
+        if status.get("_simSyncedGeneration") == gen and (now - (parse_time(status.get("lastSyncedTime")) or 0)) < 3600:
+            return
+        cond_time = parse_time(next((x.get("lastTransitionTime") for x in status.get("conditions") or []), None))
+        if cond_time is not None and now - cond_time < self.t.crd_sync_s:
+            return
+        error = self._consul_validate(kind, name, obj.get("spec") or {}, src)
+        if error is None:
+            c.entries[(kind, name)] = copy.deepcopy(obj.get("spec") or {})
+            c.entry_sources[(kind, name)] = src
+            new = {
+                "conditions": [{"type": "Synced", "status": "True", "lastTransitionTime": k8s_time(now)}],
+                "lastSyncedTime": k8s_time(now),
+                "_simSyncedGeneration": gen,
+            }
+        else:
+            reason, message = error
+            new = {
+                "conditions": [
+                    {
+                        "type": "Synced",
+                        "status": "False",
+                        "reason": reason,
+                        "message": message,
+                        "lastTransitionTime": k8s_time(now),
+                    }
+                ],
+                "lastSyncedTime": status.get("lastSyncedTime"),
+                "_simSyncedGeneration": gen,
+            }
+        self.patch(CONSUL_GROUP, plural, ns, name, {"status": new}, status_only=True)
+
+    def _consul_validate(self, kind: str, name: str, spec: Obj, src: str) -> tuple[str, str] | None:
+        c = self.consul
+        assert c is not None
+        owner = c.entry_sources.get((kind, name))
+        if owner is not None and owner != src:
+            return (
+                "ExternallyManagedConfigError",
+                f"config entry managed in different datacenter or by another resource: {owner!r}",
+            )
+        forced = self.consul_reject.get((kind, name))
+        if forced:
+            return "ConsulAgentError", f"writing config entry to consul: {forced}"
+        if kind == "ServiceResolver":
+            proto = self._protocol(name)
+            for t in ((spec.get("failover") or {}).get("*") or {}).get("targets") or []:
+                other = self._protocol(str(t.get("service")))
+                if other != proto:
+                    return (
+                        "ConsulAgentError",
+                        "writing config entry to consul: Unexpected response code: 500 (discovery chain "
+                        f'"{name}" uses inconsistent protocols; service "{t.get("service")}" has "{other}" '
+                        f'which is not "{proto}")',
+                    )
+        return None
+
+    def _protocol(self, svc: str) -> str:
+        c = self.consul
+        assert c is not None
+        sd = c.entries.get(("ServiceDefaults", svc))
+        if sd and sd.get("protocol"):
+            return str(sd["protocol"])
+        return str(((c.entries.get(("ProxyDefaults", "global")) or {}).get("config") or {}).get("protocol", "tcp"))
+
+    # AWS Load Balancer Controller: an `alb` Ingress gets an address
+    def _ingress_tick(self) -> None:
+        for ing in self.items("networking.k8s.io/v1", "ingresses"):
+            if (ing.get("spec") or {}).get("ingressClassName") != "alb":
+                continue
+            if ((ing.get("status") or {}).get("loadBalancer") or {}).get("ingress"):
+                continue
+            ns, name = ing["metadata"]["namespace"], ing["metadata"]["name"]
+            host = f"k8s-{ns[:8]}-{name[:8]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}.us-west-2.elb.amazonaws.com"
+            self.patch(
+                "networking.k8s.io/v1",
+                "ingresses",
+                ns,
+                name,
+                {"status": {"loadBalancer": {"ingress": [{"hostname": host}]}}},
+                status_only=True,
+            )
+
+    # -- host-facing network: kind port mappings, load balancers ----------------------------
+    async def _proxy_to_service(self, svc_match: Callable[[Obj], int | None], reader: Any, writer: Any) -> None:
+        """kube-proxy: a connection to a Service port goes to one ready endpoint (round robin)."""
+        target: tuple[Obj, int] | None = None
+        for svc in self.items("v1", "services"):
+            port = svc_match(svc)
+            if port is None:
+                continue
+            sel = (svc.get("spec") or {}).get("selector") or {}
+            ns = svc["metadata"]["namespace"]
+            eps = [
+                p
+                for p in self.items("v1", "pods", ns)
+                if sel and all(labels_of(p).get(k) == v for k, v in sel.items()) and self._serving(p)
+            ]
+            if eps:
+                eps.sort(key=lambda p: p["metadata"]["name"])
+                pod = eps[next(self._rr) % len(eps)]
+                tp = next(
+                    (x.get("targetPort") for x in svc["spec"].get("ports") or [] if int(x.get("port", 0)) == port), port
+                )
+                cport = int(tp) if str(tp).isdigit() else self._container_ports(pod).get(str(tp), 0)
+                target = (pod, cport)
+            break
+        if target is None:
+            writer.close()
+            return
+        lport = await self.endpoint(*target)
+        if lport is None:
+            writer.close()  # a "Ready" endpoint whose node is gone: the connection fails
+            return
+        await _pipe(reader, writer, "127.0.0.1", lport)
+
+    async def publish(self, node: str, container_port: int, host_port: int | None) -> int:
+        """An extraPortMapping: host 127.0.0.1:<port> -> node:<containerPort> (kube-proxy NodePort)."""
+        nrun = self.nodes[node]
+
+        async def handle(reader: Any, writer: Any) -> None:
+            if not nrun.up:
+                writer.close()
+                return
+
+            def match(svc: Obj) -> int | None:
+                if (svc.get("spec") or {}).get("type") not in ("NodePort", "LoadBalancer"):
+                    return None
+                for p in svc["spec"].get("ports") or []:
+                    if int(p.get("nodePort") or 0) == container_port:
+                        return int(p["port"])
+                return None
+
+            await self._proxy_to_service(match, reader, writer)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", host_port or 0)
+        self.host_listeners.append(server)
+        port = int(server.sockets[0].getsockname()[1])
+        nrun.port_maps[container_port] = port
+        return port
+
+    async def expose(self, namespace: str, service: str) -> int:
+        """A load balancer in front of a Service (what an operator's per-zone URL points at)."""
+        key = (namespace, service)
+        if key in self.lb_listeners:
+            return self.lb_listeners[key]
+
+        async def handle(reader: Any, writer: Any) -> None:
+            def match(svc: Obj) -> int | None:
+                if (svc["metadata"]["namespace"], svc["metadata"]["name"]) != key:
+                    return None
+                return int((svc["spec"].get("ports") or [{}])[0].get("port", 80))
+
+            await self._proxy_to_service(match, reader, writer)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.host_listeners.append(server)
+        self.lb_listeners[key] = int(server.sockets[0].getsockname()[1])
+        return self.lb_listeners[key]
+
+    # -- node operations (docker stop/start) ----------------------------------------------
+    async def node_down(self, name: str) -> None:
+        nrun = self.nodes[name]
+        if not nrun.up:
+            return
+        nrun.up = False
+        nrun.down_since = time.time()
+        nrun.boot_at = None
+        for pod in self._pods_on(name):
+            run = self.pods.get(str(pod["metadata"]["uid"]))
+            if run is not None and run.current is not None:
+                await self._stop_container(run.current)
+                run.bound_at = None
+
+    def node_up(self, name: str) -> None:
+        nrun = self.nodes[name]
+        if nrun.up:
+            return
+        nrun.up = True
+        nrun.boot_at = time.time() + self.t.node_boot_s
+        for pod in self._pods_on(name):
+            run = self._run_of(pod)
+            run.bound_at = nrun.boot_at
+            if self._pod_ready(pod):
+                self._set_pod_ready(pod, False)  # the kubelet re-runs its probes on the new containers
+
+    def add_node(
+        self,
+        name: str,
+        labels: dict[str, str],
+        *,
+        ip: str,
+        cidr: str,
+        taints: list[dict[str, str]] | None = None,
+    ) -> Obj:
+        """A node whose kubelet the simulation runs (kind nodes, or EKS-like ones)."""
+        node = {
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **labels},
+            },
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr], **({"taints": taints} if taints else {})},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "KubeletReady", "lastTransitionTime": k8s_time()}
+                ],
+            },
+        }
+        self.nodes[name] = NodeRun(name)
+        return self.create("v1", "nodes", None, node)
+
+    def ensure_namespace(self, name: str) -> None:
+        if self.get("v1", "namespaces", None, name) is None:
+            self.create("v1", "namespaces", None, {"metadata": {"name": name}})
+
+    # -- kind ------------------------------------------------------------------------
+    async def kind_create(self, name: str, config: Obj) -> Obj:
+        if self.kind_cluster is not None:
+            return {
+                "rc": 1,
+                "stderr": "ERROR: failed to create cluster: node(s) already exist for a cluster with the name "
+                f'"{name}"',
+            }
+        self.kind_cluster = name
+        for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            self.ensure_namespace(ns)
+        counts: collections.Counter[str] = collections.Counter()
+        for i, n in enumerate(config.get("nodes") or [{"role": "control-plane"}]):
+            role = n.get("role", "control-plane")
+            counts[role] += 1
+            suffix = "" if counts[role] == 1 else str(counts[role])
+            node_name = f"{name}-{role}{suffix}"
+            labels = {str(k): str(v) for k, v in (n.get("labels") or {}).items()}
+            taints: list[dict[str, str]] = []
+            if role == "control-plane":
+                labels["node-role.kubernetes.io/control-plane"] = ""
+                taints.append({"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"})
+            for patch in n.get("kubeadmConfigPatches") or []:
+                doc = yaml.safe_load(patch) if isinstance(patch, str) else patch
+                if (doc or {}).get("kind") not in ("JoinConfiguration", "InitConfiguration"):
+                    continue
+                reg = (doc or {}).get("nodeRegistration") or {}
+                for t in reg.get("taints") or []:
+                    taints.append(
+                        {"key": str(t["key"]), "value": str(t.get("value", "")), "effect": str(t.get("effect"))}
+                    )
+                extra = reg.get("kubeletExtraArgs") or {}
+                for item in str(extra.get("register-with-taints", "")).split(","):
+                    if item:
+                        kv, _, effect = item.partition(":")
+                        k, _, v = kv.partition("=")
+                        taints.append({"key": k, "value": v, "effect": effect})
+            self.add_node(node_name, labels, ip=f"172.18.0.{i + 2}", cidr=f"10.244.{i}.0/24", taints=taints or None)
+            for m in n.get("extraPortMappings") or []:
+                try:
+                    await self.publish(
+                        node_name, int(m["containerPort"]), int(m["hostPort"]) if m.get("hostPort") else None
+                    )
+                except OSError:
+                    return {
+                        "rc": 1,
+                        "stderr": "ERROR: failed to create cluster: Bind for "
+                        f"127.0.0.1:{m.get('hostPort')} failed: port is already allocated",
+                    }
+        return {"rc": 0}
+
+    async def kind_delete(self) -> Obj:
+        for c in self._containers():
+            await self._stop_container(c)
+        for server in self.host_listeners:
+            server.close()
+        self.host_listeners.clear()
+        self.objects.clear()
+        self.pods.clear()
+        self.nodes.clear()
+        self.consul = None
+        self.kind_cluster = None
+        for plural in CONSUL_KINDS.values():
+            self.unregister(CONSUL_GROUP, plural)
+        return {"rc": 0}
+
+    async def docker(self, args: list[str]) -> Obj:
+        if not args:
+            return {"rc": 1, "stderr": "usage"}
+        cmd, rest = args[0], args[1:]
+        if cmd in ("stop", "start"):
+            for n in rest:
+                if n not in self.nodes:
+                    return {"rc": 1, "stderr": f"Error response from daemon: No such container: {n}"}
+            for n in rest:
+                if cmd == "stop":
+                    await self.node_down(n)
+                else:
+                    self.node_up(n)
+            return {"rc": 0, "stdout": "\n".join(rest) + "\n"}
+        if cmd == "exec":
+            node, script = rest[0], rest[-1]
+            if node not in self.nodes:
+                return {"rc": 1, "stderr": f"Error response from daemon: No such container: {node}"}
+            if not self.nodes[node].up:
+                return {"rc": 1, "stderr": f"Error response from daemon: container {node} is not running"}
+            if "netem" in script and not self.netem_available:
+                # What tc says when the kernel cannot load sch_netem (WSL2 and some kernels).
+                return {"rc": 2, "stderr": "Error: Specified qdisc kind is unknown."}
+            self.nodes[node].scripts.append(script)
+            return {"rc": 0}
+        if cmd == "port":
+            node = rest[0]
+            port = int(rest[1].split("/")[0]) if len(rest) > 1 else None
+            nrun = self.nodes.get(node)
+            if nrun is None:
+                return {"rc": 1, "stderr": f"Error response from daemon: No such container: {node}"}
+            if port is None or port not in nrun.port_maps or not nrun.up:
+                return {
+                    "rc": 1,
+                    "stderr": f"Error: No public port '{rest[1] if len(rest) > 1 else ''}' published for {node}",
+                }
+            return {"rc": 0, "stdout": f"127.0.0.1:{nrun.port_maps[port]}\n"}
+        return {"rc": 1, "stderr": f"fake docker: unsupported {cmd}"}
+
+    # -- helm (the consul chart) ----------------------------------------------------------
+    async def helm_install(
+        self, release: str, namespace: str, values: Obj, wait: bool, timeout_s: float, create_ns: bool
+    ) -> Obj:
+        self.helm_calls.append({"release": release, "namespace": namespace, "values": values})
+        if self.get("v1", "namespaces", None, namespace) is None:
+            if not create_ns:
+                return {
+                    "rc": 1,
+                    "stderr": "Error: INSTALLATION FAILED: create: failed to create: "
+                    f'namespaces "{namespace}" not found',
+                }
+            self.ensure_namespace(namespace)
+        self.install_consul(values, release=release, namespace=namespace)
+        if not wait:
+            return {"rc": 0}
+        deadline = time.monotonic() + min(timeout_s, self.t.helm_wait_cap_s)
+        while time.monotonic() < deadline:
+            chart = [p for p in self.items("v1", "pods", namespace) if labels_of(p).get("release") == release]
+            if chart and all(self._pod_ready(p) for p in chart):
+                return {"rc": 0}
+            await asyncio.sleep(0.05)
+        return {"rc": 1, "stderr": "Error: INSTALLATION FAILED: context deadline exceeded"}
+
+    def install_consul(self, values: Obj, *, release: str = "consul", namespace: str = "consul") -> None:
+        """What the chart creates that the harness meets: CRDs, server, injector, cert manager, Services."""
+        g = values.get("global") or {}
+        ci = values.get("connectInject") or {}
+        srv = values.get("server") or {}
+        image = str(g.get("image") or "hashicorp/consul:1.22.7")
+        self.consul = Consul(
+            datacenter=str(g.get("datacenter") or "dc1"),
+            version=image.rsplit(":", 1)[-1].removesuffix("-ent"),
+            inject=bool(ci.get("enabled", True)),
+            envoy_extra_args=shlex.split(str(ci.get("envoyExtraArgs") or "")),
+            dataplane_image=str(g.get("imageConsulDataplane") or "hashicorp/consul-dataplane:1.9.11"),
+            release=release,
+            namespace=namespace,
+            values=values,
+        )
+        self.ensure_namespace(namespace)
+        for kind, plural in CONSUL_KINDS.items():
+            self.register(CONSUL_GROUP, plural, kind, True)
+        chart_labels = {"app": "consul", "release": release, "chart": "consul-helm", "heritage": "Helm"}
+
+        def placement(section: Obj) -> Obj:
+            tpl = {
+                '{{ template "consul.name" . }}': "consul",
+                '"{{ .Release.Name }}"': release,
+                "{{ .Release.Name }}": release,
+            }
+
+            def render(text: Any) -> Any:
+                if not text:
+                    return None
+                s = str(text)
+                for a, b in tpl.items():
+                    s = s.replace(a, b)
+                return yaml.safe_load(s)
+
+            out: Obj = {}
+            if render(section.get("nodeSelector")):
+                out["nodeSelector"] = render(section.get("nodeSelector"))
+            if render(section.get("affinity")):
+                out["affinity"] = render(section.get("affinity"))
+            if render(section.get("tolerations")):
+                out["tolerations"] = render(section.get("tolerations"))
+            return out
+
+        def workload(
+            kind: str,
+            plural: str,
+            name: str,
+            component: str,
+            section: Obj,
+            replicas: int,
+            ports: list[Obj],
+            image_: str,
+        ) -> None:
+            labels = {**chart_labels, "component": component}
+            obj = {
+                "metadata": {"name": name, "labels": labels},
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"matchLabels": {"app": "consul", "release": release, "component": component}},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "containers": [{"name": component, "image": image_, "ports": ports}],
+                            **placement(section),
+                        },
+                    },
+                },
+            }
+            if self.get("apps/v1", plural, namespace, name) is None:
+                self.create("apps/v1", plural, namespace, obj)
+            else:
+                self.patch("apps/v1", plural, namespace, name, {"spec": obj["spec"]})
+
+        srv_default_affinity = (
+            "podAntiAffinity:\n  requiredDuringSchedulingIgnoredDuringExecution:\n    - labelSelector:\n"
+            '        matchLabels:\n          app: consul\n          release: "{{ .Release.Name }}"\n'
+            "          component: server\n      topologyKey: kubernetes.io/hostname\n"
+        )
+        workload(
+            "StatefulSet",
+            "statefulsets",
+            f"{release}-server",
+            "server",
+            {"affinity": srv_default_affinity, **srv},
+            int(srv.get("replicas", 1)),
+            [{"name": "http", "containerPort": 8500}, {"name": "grpc", "containerPort": 8502}],
+            image,
+        )
+        if self.consul.inject:
+            workload(
+                "Deployment",
+                "deployments",
+                f"{release}-connect-injector",
+                "connect-injector",
+                ci,
+                int(ci.get("replicas", 1)),
+                [{"name": "webhook", "containerPort": 8080}],
+                str(g.get("imageK8S") or "hashicorp/consul-k8s-control-plane:1.9.11"),
+            )
+            if (
+                self.get(
+                    "admissionregistration.k8s.io/v1",
+                    "mutatingwebhookconfigurations",
+                    None,
+                    f"{release}-connect-injector",
+                )
+                is None
+            ):
+                self.create(
+                    "admissionregistration.k8s.io/v1",
+                    "mutatingwebhookconfigurations",
+                    None,
+                    {
+                        "metadata": {
+                            "name": f"{release}-connect-injector",
+                            "labels": {**chart_labels, "component": "connect-injector"},
+                        },
+                        "webhooks": [],
+                    },
+                )
+        workload(
+            "Deployment",
+            "deployments",
+            f"{release}-webhook-cert-manager",
+            "webhook-cert-manager",
+            values.get("webhookCertManager") or {},
+            1,
+            [],
+            str(g.get("imageK8S") or "hashicorp/consul-k8s-control-plane:1.9.11"),
+        )
+        for svc_name, spec in (
+            (
+                f"{release}-server",
+                {
+                    "clusterIP": "None",
+                    "publishNotReadyAddresses": True,
+                    "ports": [{"name": "http", "port": 8500, "targetPort": 8500}],
+                    "selector": {"app": "consul", "release": release, "component": "server"},
+                },
+            ),
+            (
+                f"{release}-ui",
+                {
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8500}],
+                    "selector": {"app": "consul", "release": release, "component": "server"},
+                },
+            ),
+        ):
+            if self.get("v1", "services", namespace, svc_name) is None:
+                self.create(
+                    "v1",
+                    "services",
+                    namespace,
+                    {
+                        "metadata": {
+                            "name": svc_name,
+                            "labels": {**chart_labels, "component": svc_name.split("-")[-1]},
+                        },
+                        "spec": spec,
+                    },
+                )
+
+    async def helm_uninstall(self, release: str, namespace: str) -> Obj:
+        if self.consul is None or self.consul.release != release:
+            return {"rc": 1, "stderr": f"Error: uninstall: Release not loaded: {release}: release: not found"}
+        for av, pl, n, name in list(self.objects):
+            obj = self.objects.get((av, pl, n, name))
+            if obj is None:
+                continue
+            if labels_of(obj).get("release") == release and pl != "pods":
+                self.delete(av, pl, n, name)
+        for plural in CONSUL_KINDS.values():
+            for obj in list(self.items(CONSUL_GROUP, plural)):
+                self._remove((CONSUL_GROUP, plural, obj["metadata"]["namespace"], obj["metadata"]["name"]))
+            self.unregister(CONSUL_GROUP, plural)
+        self.consul = None
+        return {"rc": 0, "stdout": f'release "{release}" uninstalled\n'}
+
+    # -- the control API the fake tools call ----------------------------------------------
+    async def _control(self, request: Any) -> aiohttp.web.StreamResponse:
+        path = request.url.path.removeprefix("/_sim/")
+        body = request.data if isinstance(request.data, dict) else {}
+        q = dict(request.params)
+        if path == "kind/create":
+            return aiohttp.web.json_response(await self.kind_create(body["name"], body.get("config") or {}))
+        if path == "kind/delete":
+            return aiohttp.web.json_response(await self.kind_delete())
+        if path == "kind/clusters":
+            return aiohttp.web.json_response({"clusters": [self.kind_cluster] if self.kind_cluster else []})
+        if path == "docker":
+            return aiohttp.web.json_response(await self.docker(list(body.get("args") or [])))
+        if path == "helm/install":
+            out = await self.helm_install(
+                body["release"],
+                body["namespace"],
+                body.get("values") or {},
+                bool(body.get("wait")),
+                float(body.get("timeout_s") or 300),
+                bool(body.get("create_namespace")),
+            )
+            return aiohttp.web.json_response(out)
+        if path == "helm/uninstall":
+            return aiohttp.web.json_response(await self.helm_uninstall(body["release"], body["namespace"]))
+        if path == "portforward":
+            return aiohttp.web.json_response(await self._resolve_forward(q["namespace"], q["target"], int(q["port"])))
+        if path == "podalive":
+            pod = self.pod_by_uid(q["uid"])
+            run = self.pods.get(q["uid"])
+            alive = (
+                pod is not None
+                and run is not None
+                and run.current is not None
+                and run.current.alive
+                and run.current.instance == int(q.get("instance", run.current.instance))
+            )
+            return aiohttp.web.json_response({"alive": alive})
+        if path == "endpoint":
+            pod = self.pod_by_uid(q["uid"])
+            lport = await self.endpoint(pod, int(q["port"])) if pod is not None else None
+            return aiohttp.web.json_response({"port": lport})
+        return aiohttp.web.json_response({"error": f"unknown sim path {path}"}, status=404)
+
+    async def _resolve_forward(self, namespace: str, target: str, port: int) -> Obj:
+        """What kubectl port-forward does before it forwards: one pod, and the pod port."""
+        kind, _, name = target.rpartition("/")
+        kind = kind or "pod"
+        pod: Obj | None = None
+        pod_port = port
+        if kind in ("pod", "pods", "po"):
+            pod = self.get("v1", "pods", namespace, name)
+            if pod is None:
+                return {"error": f'Error from server (NotFound): pods "{name}" not found'}
+        else:
+            if kind in ("svc", "service", "services"):
+                obj = self.get("v1", "services", namespace, name)
+                plural = "services"
+                sel = ((obj or {}).get("spec") or {}).get("selector") or {}
+            else:
+                obj = self.get("apps/v1", "deployments", namespace, name)
+                plural = "deployments"
+                sel = (((obj or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            if obj is None:
+                return {"error": f'Error from server (NotFound): {plural} "{name}" not found'}
+            pods = [
+                p
+                for p in self.items("v1", "pods", namespace)
+                if sel and all(labels_of(p).get(k) == v for k, v in sel.items())
+            ]
+            # kubectl's AttachablePodForObject: active pods, Ready first
+            pods.sort(
+                key=lambda p: (
+                    not self._pod_ready(p),
+                    (p.get("status") or {}).get("phase") != "Running",
+                    p["metadata"]["name"],
+                )
+            )
+            if not pods:
+                return {"error": f"error: unable to forward port because no pods match {kind}/{name}"}
+            pod = pods[0]
+            if plural == "services":
+                for sp in (obj.get("spec") or {}).get("ports") or []:  # type: ignore[union-attr]
+                    if int(sp.get("port", 0)) == port:
+                        tp = sp.get("targetPort", port)
+                        pod_port = int(tp) if str(tp).isdigit() else self._container_ports(pod).get(str(tp), port)
+                        break
+                else:
+                    return {"error": f"error: Service {name} does not have a service port {port}"}
+        assert pod is not None
+        phase = (pod.get("status") or {}).get("phase")
+        run = self.pods.get(str(pod["metadata"]["uid"]))
+        if phase != "Running" or run is None or run.current is None or not run.current.alive:
+            return {"error": f"error: unable to forward port because pod is not running. Current status={phase}"}
+        return {
+            "pod": pod["metadata"]["name"],
+            "uid": pod["metadata"]["uid"],
+            "instance": run.current.instance,
+            "pod_port": pod_port,
+        }
+
+    # -- test conveniences (call through `call`) --------------------------------------------
+    def block_readiness(self, namespace: str, name: str, blocked: bool = True) -> None:
+        pod = self.get("v1", "pods", namespace, name)
+        assert pod is not None
+        self._run_of(pod).ready_blocked = blocked
+
+    def pods_of(self, app: str | None = None, zone: str | None = None) -> list[Obj]:
+        return [
+            p
+            for p in self.items("v1", "pods")
+            if (app is None or labels_of(p).get("app") == app)
+            and (zone is None or labels_of(p).get("edge-harness.io/zone") == zone)
+        ]
+
+
+def _term_matches(term: Obj, labels: dict[str, str]) -> bool:
+    for e in term.get("matchExpressions") or []:
+        key, op, vals = e.get("key"), e.get("operator"), list(e.get("values") or [])
+        have = labels.get(str(key))
+        if op == "In" and have not in vals:
+            return False
+        if op == "NotIn" and have in vals:
+            return False
+        if op == "Exists" and have is None:
+            return False
+        if op == "DoesNotExist" and have is not None:
+            return False
+    return True
+
+
+def _tolerates(tol: Obj, taint: Obj) -> bool:
+    if tol.get("effect") and tol.get("effect") != taint.get("effect"):
+        return False
+    if tol.get("operator") == "Exists":
+        return not tol.get("key") or tol.get("key") == taint.get("key")
+    return tol.get("key") == taint.get("key") and str(tol.get("value", "")) == str(taint.get("value", ""))
+
+
+def _is_job(pod: Obj) -> bool:
+    return (pod.get("spec") or {}).get("restartPolicy") == "Never"
+
+
+def _consul_entry(kind: str, name: str, spec: Obj, dc: str) -> Obj:
+    def pascal(v: Any, free_keys: bool = False) -> Any:
+        if isinstance(v, dict):
+            return {
+                (k if free_keys else k[:1].upper() + k[1:]): pascal(x, k in ("failover", "meta")) for k, x in v.items()
+            }
+        if isinstance(v, list):
+            return [pascal(x) for x in v]
+        return v
+
+    return {
+        "Kind": kind,
+        "Name": name,
+        **pascal(spec),
+        "Meta": {"consul.hashicorp.com/source-datacenter": dc, "external-source": "kubernetes"},
+    }
+
+
+def _text(status: int, body: str, content_type: str = "text/plain") -> aiohttp.web.Response:
+    return aiohttp.web.Response(status=status, text=body, content_type=content_type)
+
+
+async def _pipe(reader: Any, writer: Any, host: str, port: int) -> None:
+    try:
+        r2, w2 = await asyncio.open_connection(host, port)
+    except OSError:
+        writer.close()
+        return
+
+    async def copy_(src: Any, dst: Any) -> None:
+        try:
+            while True:
+                data = await src.read(65536)
+                if not data:
+                    break
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with _suppress():
+                dst.close()
+
+    await asyncio.gather(copy_(reader, w2), copy_(r2, writer))
+
+
+class _suppress:
+    """contextlib.suppress for the exceptions a closing stream raises (and timeouts)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(
+            exc[0],  # type: ignore[arg-type]
+            (ConnectionError, OSError, RuntimeError, asyncio.TimeoutError, asyncio.CancelledError),
+        )
+
+
+def names(objs: Iterable[Obj]) -> list[str]:
+    return sorted(str(o["metadata"]["name"]) for o in objs)
+
+
+__all__ = ["ClusterSim", "SimTimings", "names"]

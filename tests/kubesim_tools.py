@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Fake `kind`, `docker`, `helm` and `kubectl` for the backend tests, answering the way the real tools do.
+
+Installed as symlinks named after each tool (see `install`); every call is
+appended to $FAKE_LOG as a JSON argv so tests can pin the exact commands a
+real run issues. What each tool does is whatever the simulated cluster
+(`tests.kubesim`, reached at $FAKE_API under /_sim/) says happened:
+
+- kind: `get clusters`, `create cluster --name --config --kubeconfig` (the
+  cluster's nodes, labels, taints and port mappings come from the config as
+  kind reads it), `delete cluster`, `export kubeconfig`.
+- docker: `info`, `stop`/`start` (the node's kubelet stops: the simulation
+  decides what the API shows and when), `exec NODE sh -c SCRIPT` (tc netem
+  fails as on a kernel without sch_netem when the simulation says so),
+  `port NODE PORT/tcp`.
+- helm: `repo add`, `upgrade --install` (the chart's values decide where its
+  pods can run; `--wait` fails with helm's "context deadline exceeded" when
+  they never become Ready), `uninstall`.
+- kubectl: `port-forward [--address A] -n NS TARGET [LOCAL]:REMOTE` forwards
+  real TCP connections to the one pod it resolved, and exits with "lost
+  connection to pod" when that pod (instance) is gone, as kubectl >= 1.23 does.
+
+Standard library only: it runs as a separate process, like the real tools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+TOOLS = ("kind", "docker", "helm", "kubectl")
+
+
+def install(bindir: Path, names: tuple[str, ...] = TOOLS) -> None:
+    """Make `bindir/<tool>` run this script (shebang: the test's own interpreter)."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    script = bindir / "_fake_tool.py"
+    script.write_text(f"#!{sys.executable}\n" + Path(__file__).read_text())
+    script.chmod(0o755)
+    for n in names:
+        link = bindir / n
+        if not link.exists():
+            link.symlink_to(script)
+
+
+def _api(path: str, body: dict[str, Any] | None = None, query: str = "") -> dict[str, Any]:
+    url = os.environ["FAKE_API"].rstrip("/") + "/_sim/" + path + (f"?{query}" if query else "")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def _finish(out: dict[str, Any]) -> None:
+    if out.get("stdout"):
+        sys.stdout.write(out["stdout"])
+    if out.get("stderr"):
+        sys.stderr.write(out["stderr"].rstrip("\n") + "\n")
+    sys.exit(int(out.get("rc", 0)))
+
+
+def _opt(args: list[str], *names: str) -> str | None:
+    for n in names:
+        if n in args:
+            return args[args.index(n) + 1]
+        for a in args:
+            if a.startswith(n + "="):
+                return a.split("=", 1)[1]
+    return None
+
+
+def _write_kubeconfig(path: str, cluster: str) -> None:
+    ctx = f"kind-{cluster}"
+    Path(path).write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": ctx,
+                "clusters": [{"name": ctx, "cluster": {"server": os.environ["FAKE_API"]}}],
+                "users": [{"name": ctx, "user": {"token": "kind"}}],
+                "contexts": [{"name": ctx, "context": {"cluster": ctx, "user": ctx}}],
+            }
+        )
+    )
+
+
+def kind(args: list[str]) -> None:
+    if args[:2] == ["get", "clusters"]:
+        names = _api("kind/clusters")["clusters"]
+        if names:
+            print("\n".join(names))
+        else:
+            print("No kind clusters found.", file=sys.stderr)
+        return
+    if args[:2] == ["create", "cluster"]:
+        import yaml
+
+        name = _opt(args, "--name") or "kind"
+        config = yaml.safe_load(Path(_opt(args, "--config") or "/dev/null").read_text()) or {}
+        out = _api("kind/create", {"name": name, "config": config})
+        if out.get("rc"):
+            _finish(out)
+        _write_kubeconfig(_opt(args, "--kubeconfig") or str(Path.home() / ".kube/config"), name)
+        print(f'Creating cluster "{name}" ...', file=sys.stderr)
+        return
+    if args[:2] == ["delete", "cluster"]:
+        name = _opt(args, "--name") or "kind"
+        if name in _api("kind/clusters")["clusters"]:
+            _api("kind/delete", {"name": name})
+        print(f'Deleting cluster "{name}" ...', file=sys.stderr)
+        return
+    if args[:2] == ["export", "kubeconfig"]:
+        name = _opt(args, "--name") or "kind"
+        if name not in _api("kind/clusters")["clusters"]:
+            print(f'ERROR: could not locate any control plane nodes for cluster named "{name}"', file=sys.stderr)
+            sys.exit(1)
+        _write_kubeconfig(_opt(args, "--kubeconfig") or str(Path.home() / ".kube/config"), name)
+        return
+    print(f"fake kind: unsupported {args}", file=sys.stderr)
+    sys.exit(2)
+
+
+def docker(args: list[str]) -> None:
+    if args[:1] == ["info"]:
+        if os.environ.get("FAKE_DOCKER_DOWN"):
+            print("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.", file=sys.stderr)
+            sys.exit(1)
+        print("27.3.1")
+        return
+    _finish(_api("docker", {"args": args}))
+
+
+def _duration(text: str) -> float:
+    total = 0.0
+    for num, unit in re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", text):
+        total += float(num) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[unit]
+    return total or 300.0
+
+
+def helm(args: list[str]) -> None:
+    if args[:2] == ["repo", "add"]:
+        print(f'"{args[2]}" has been added to your repositories')
+        return
+    if args[:1] == ["version"]:
+        print("v3.16.2+g13654a5")
+        return
+    if args[:2] == ["upgrade", "--install"]:
+        import yaml
+
+        release = args[2]
+        values: dict[str, Any] = {}
+        for i, a in enumerate(args):
+            if a in ("-f", "--values"):
+                values.update(yaml.safe_load(Path(args[i + 1]).read_text()) or {})
+        out = _api(
+            "helm/install",
+            {
+                "release": release,
+                "namespace": _opt(args, "-n", "--namespace") or "default",
+                "values": values,
+                "wait": "--wait" in args,
+                "timeout_s": _duration(_opt(args, "--timeout") or "5m"),
+                "create_namespace": "--create-namespace" in args,
+            },
+        )
+        if not out.get("rc"):
+            print(f'Release "{release}" has been upgraded. Happy Helming!')
+        _finish(out)
+    if args[:1] == ["uninstall"]:
+        _finish(_api("helm/uninstall", {"release": args[1], "namespace": _opt(args, "-n", "--namespace") or "default"}))
+    print(f"fake helm: unsupported {args}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _stamp() -> str:
+    return time.strftime("E%m%d %H:%M:%S.000000", time.gmtime())
+
+
+def port_forward(args: list[str]) -> None:
+    ns = _opt(args, "-n", "--namespace") or "default"
+    address = _opt(args, "--address") or "127.0.0.1"
+    skip = {"-n", "--namespace", "--address", "--kubeconfig", "--context", "--pod-running-timeout"}
+    positional = []
+    i = args.index("port-forward") + 1
+    while i < len(args):
+        if args[i] in skip:
+            i += 2
+            continue
+        if not args[i].startswith("-"):
+            positional.append(args[i])
+        i += 1
+    target, spec = positional[0], positional[1]
+    local_s, _, remote_s = spec.rpartition(":") if ":" in spec else (spec, ":", spec)
+    remote = int(remote_s)
+    local = int(local_s) if local_s else 0
+    if os.environ.get("FAKE_PF_FAIL"):
+        print("error: unable to forward port because pod is not running. Current status=Pending", file=sys.stderr)
+        sys.exit(1)
+    res = _api("portforward", query=f"namespace={ns}&target={target}&port={remote}")
+    if res.get("error"):
+        print(res["error"], file=sys.stderr)
+        sys.exit(1)
+    uid, instance, pod_port = res["uid"], res["instance"], res["pod_port"]
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((address, local))
+    lsock.listen(64)
+    port = lsock.getsockname()[1]
+    print(f"Forwarding from {address}:{port} -> {remote}", flush=True)
+
+    def die(msg: str) -> None:
+        print(f"{_stamp()} portforward.go:413] {msg}", file=sys.stderr, flush=True)
+        print("error: lost connection to pod", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.1)
+            try:
+                alive = _api("podalive", query=f"uid={uid}&instance={instance}")["alive"]
+            except OSError:
+                alive = False
+            if not alive:
+                die(
+                    f'"Unhandled Error" err="an error occurred forwarding {port} -> {remote}: pod {res["pod"]} is gone"'
+                )
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    threading.Thread(target=watch, daemon=True).start()
+    while True:
+        conn, _ = lsock.accept()
+        print(f"Handling connection for {port}", flush=True)
+        ep = _api("endpoint", query=f"uid={uid}&port={pod_port}").get("port")
+        if ep is None:
+            conn.close()
+            die(
+                f'"Unhandled Error" err="an error occurred forwarding {port} -> {remote}: error forwarding port '
+                f"{pod_port} to pod {uid}: failed to connect to localhost:{pod_port} inside namespace: "
+                'connection refused"'
+            )
+        try:
+            upstream = socket.create_connection(("127.0.0.1", int(ep)), timeout=5)
+        except OSError:
+            conn.close()
+            continue
+        threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
+        threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+
+
+def kubectl(args: list[str]) -> None:
+    if "port-forward" in args:
+        port_forward(args)
+        return
+    if args[:2] == ["version", "--client"]:
+        print("Client Version: v1.37.1")
+        return
+    print(f"fake kubectl: unsupported {args}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main() -> None:
+    name = os.path.basename(sys.argv[0])
+    args = sys.argv[1:]
+    log = os.environ.get("FAKE_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps([name, *args]) + "\n")
+    {"kind": kind, "docker": docker, "helm": helm, "kubectl": kubectl}[name](args)
+
+
+if __name__ == "__main__":
+    main()

