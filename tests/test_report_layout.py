@@ -34,8 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from harness.report import write_report
+from harness.report.svg import Canvas, TimeAxis, _tick_label, text_width, value_ticks
 from harness.topology import load_topology
 from harness.verify import Verdict, verify
 from harness.verify.synth import FaultSpec, Scenario, write_run
@@ -344,3 +347,40 @@ def test_page_size_is_bounded_by_buckets_not_hops(tmp_path: Path) -> None:
         # a step area: a horizontal and a vertical move per bucket on each of its two edges
         assert max(_pathpoints(page)) <= 4 * 150 + 4
     assert sizes[1] <= sizes[0] * 1.10, sizes
+
+
+# -- the placement rules themselves (no browser) -------------------------------------------
+
+
+@given(st.floats(min_value=0, max_value=5e6, allow_nan=False), st.booleans())
+def test_value_ticks_cover_the_data_with_round_distinct_steps(top: float, integer: bool) -> None:
+    ticks = value_ticks(top, integer)
+    assert ticks[0] == 0 and ticks[-1] >= top and 2 <= len(ticks) <= 6
+    steps = {round(b - a, 9) for a, b in itertools.pairwise(ticks)}
+    assert len(steps) == 1 and min(steps) > 0
+    if integer:
+        assert all(t == int(t) for t in ticks) and min(steps) >= 1
+    labels = [_tick_label(t, ticks[1] - ticks[0]) for t in ticks]
+    assert len(set(labels)) == len(labels) and all(
+        abs(float(x.replace(",", "")) - t) <= 1e-9 * max(t, 1) for x, t in zip(labels, ticks, strict=True)
+    )
+
+
+@given(st.floats(min_value=1.0, max_value=4 * 86400.0), st.floats(min_value=1.7e9, max_value=1.8e9))
+def test_clock_ticks_never_touch(span: float, t0: float) -> None:
+    axis = TimeAxis(t0, t0 + span)
+    ticks = axis.ticks()
+    assert len(ticks) >= 2
+    xs = [axis.x(t) for t, _ in ticks]
+    widest = max(text_width(label) for _, label in ticks)
+    assert all(b - a >= widest + 4 for a, b in itertools.pairwise(xs)), (span, ticks)
+
+
+def test_canvas_refuses_overlapping_or_clipped_labels() -> None:
+    c = Canvas(200, 50)
+    assert c.text(10, 20, "kill-product-api")
+    assert not c.text(20, 22, "burst-01")  # would overlap the first
+    assert c.text(20, 40, "burst-01")  # one line lower is free
+    assert not c.text(190, 20, "x-long-label")  # would leave the SVG
+    assert not c.text(10, 5, "top")  # its ascent would be cut off
+    assert c.parts and all("<text" in p for p in c.parts) and len(c.parts) == 2

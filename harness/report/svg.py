@@ -197,21 +197,21 @@ class Series:
 
 def value_ticks(top: float, integer: bool, n: int = 4) -> list[float]:
     """Round ticks from 0 covering `top`: 1-2-5 steps, at least 1 apart for counts (never "1, 1, 0, 0")."""
-    top = max(top, 1.0 if integer else 1e-9)
+    # counts: at least 0..1; an empty chart: 0..1; values (ms): no finer than 0.01
+    top = max(top, 1.0) if integer or top <= 0 else max(top, 0.01)
     raw = top / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     if integer:
         step = max(1.0, float(math.ceil(step)))
     k = math.ceil(top / step - 1e-9)
-    return [i * step for i in range(k + 1)]
+    return [round(i * step, 10) for i in range(k + 1)]
 
 
 def _tick_label(v: float, step: float) -> str:
-    if step >= 1 or v == 0:
-        return f"{v:,.0f}"
-    decimals = max(0, -math.floor(math.log10(step)) + (1 if step * 10 ** -math.floor(math.log10(step)) == 2.5 else 0))
-    return f"{v:,.{decimals}f}"
+    """As many decimals as the step needs (2.5 -> one, 0.25 -> two), so labels are exact and distinct."""
+    frac = f"{step:.6f}".rstrip("0").split(".")[1]
+    return f"{v:,.{len(frac)}f}"
 
 
 def _legend(c: Canvas, items: Sequence[tuple[str, str, str]], y: float, x0: float = ML) -> float:
