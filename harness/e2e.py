@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend
 from harness.errors import InputError
+from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class E2EOptions:
     keep: bool = False  # leave the cluster up afterwards
     runs_root: Path = Path("runs")
     label: str = ""
+    preflight: str = "gate"  # harness.preflight: "gate" stops before traffic on failure, "record" goes on
 
 
 @dataclass
@@ -143,6 +145,7 @@ def record_traffic(
     processes: int = 1,
     probe_period_s: float | None = None,
     probe_zones: list[str] | None = None,
+    preflight: str = "gate",
 ) -> Any:
     """`harness traffic` for game days: a complete run directory that `harness verify` can judge.
 
@@ -157,6 +160,8 @@ def record_traffic(
     mark_run(run_dir, "traffic")
     if not (run_dir / "manifests").exists():
         copy_manifests(backend.manifests().root, run_dir)
+    # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic ---
+    preflight_gate(backend, run_dir, preflight, print)
     with recording(backend, run_dir):
         before_traffic(backend, run_dir, lambda _m: None)
         try:
@@ -231,6 +236,9 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
         # again, now that up has probed the cluster (kind: sch_netem); still before any traffic or fault
         planned = plan_run(list(opts.experiments), topology, None, require=backend.require_capability)
         write_plan(run_dir, planned)
+        # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic; "gate" stops here ---
+        mark_run(run_dir, "preflight")
+        preflight_gate(backend, run_dir, opts.preflight, say)
         with recording(backend, run_dir):
             entry = backend.entrypoints()
             probe_zones = sorted({z for p in planned for z in p.zones if z in entry})

@@ -82,9 +82,12 @@ class _Refs(HTMLParser):
         super().__init__()
         self.refs: list[str] = []
         self.tags: list[str] = []
+        self.scripts: list[dict[str, str | None]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
+        if tag == "script":
+            self.scripts.append(dict(attrs))
         for k, v in attrs:
             if k in ("src", "href", "xlink:href", "action", "srcset", "data", "poster") and v:
                 self.refs.append(f"{tag}.{k}={v}")
@@ -95,9 +98,11 @@ def test_report_is_self_contained(broken_run: Path, verdict: Verdict) -> None:
     p = _Refs()
     p.feed(page)
     assert p.refs == []
-    assert "script" not in p.tags and "link" not in p.tags
-    assert "url(" not in page and "@import" not in page and "://" not in page
-    assert p.tags.count("svg") >= 3 + 1  # share charts, latency, errors, flow maps
+    assert "link" not in p.tags and "iframe" not in p.tags and "img" not in p.tags
+    # two inline scripts: the faults as JSON data and the hover read-out; nothing loaded
+    assert [s.get("type") for s in p.scripts] == ["application/json", None]
+    assert "url(" not in page and "@import" not in page and "://" not in page and "fetch(" not in page
+    assert p.tags.count("svg") >= 1 + 5 + 3  # timeline, a zone's charts, flow maps
     # the LZ->LZ flow of the misconfiguration is drawn red in the "during" map
     assert 'class="flow-bad"' in page
 
@@ -129,7 +134,7 @@ def test_report_renders_in_headless_chromium(broken_run: Path, verdict: Verdict,
         [*base, "--dump-dom", page.as_uri()], check=True, capture_output=True, timeout=120, text=True
     ).stdout
     assert "Verdict" in dom and "FAIL" in dom
-    assert dom.count("<svg") >= 4 and "<polygon" in dom and "<polyline" in dom
+    assert dom.count("<svg") >= 9 and 'class="timeline"' in dom and "<polyline" in dom and 'class="flow"' in dom
     assert "hub-and-spoke: us-west-2-lax-1a -&gt; us-west-2-las-1a" in dom
 
 
