@@ -175,7 +175,7 @@ def cmd_traffic(a: argparse.Namespace) -> int:
 
     b = connect(_bopts(a))
     try:
-        unknown = sorted(set(a.probe_zone) - set(b.entrypoints()))
+        unknown = sorted(set(a.probe_zone) - set(b.entrypoints())) if a.probe_zone else []
         if unknown:
             raise InputError("--probe-zone", "", f"no entry point for {', '.join(unknown)}")
         run_dir = a.run_dir or new_run_dir(label="traffic")
