@@ -33,8 +33,10 @@ gap between two records bounds how precisely a failover or recovery instant
 can be known; with shoppers alone a zone got ~6 requests/s (resolution ~170
 ms), the probe brings every zone pair to ~30-45 ms (the period plus the jitter of
 the records), within the 50 ms asked for. At most
-``EH_PROBE_INFLIGHT`` (default 32: ~1 s of answers) probes of a zone are in flight; ``0``
-disables probes. They take one of the ``-u`` users per probed zone (locust's
+``EH_PROBE_INFLIGHT`` probes of a zone are in flight (default: as many as
+ticks fit in the two timeouts, so no tick is ever skipped: a partition once held
+32 probes for ~0.5 s and the clock stopped for 300 ms right at the heal, where
+the recovery instant is read); ``0`` disables probes. They take one of the ``-u`` users per probed zone (locust's
 ``fixed_count``): the harness adds them to its shopper count. `harness e2e`
 probes the zones its experiments act on (8 zones at 33 requests/s each would
 saturate the local backend's 2 cores and stretch every gap).
@@ -57,6 +59,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import sys
@@ -81,12 +84,14 @@ COFFEE_QUERY = '{ coffee(id: "%s") { id name price } }'
 ENTRYPOINTS = parse_entrypoints(os.environ.get("EH_ENTRYPOINTS"))
 DEFAULT_ZONE = os.environ.get("EH_ZONE") or "default"
 PROBE_PERIOD_S = float(os.environ.get("EH_PROBE_PERIOD", "0.03"))
-PROBE_INFLIGHT = int(os.environ.get("EH_PROBE_INFLIGHT", "32"))
 PROBE_ZONES = [
     z for z in json.loads(os.environ.get("EH_PROBE_ZONES") or json.dumps(list(ENTRYPOINTS))) if z in ENTRYPOINTS
 ]
 CONNECT_TIMEOUT_S = 3.0
 NETWORK_TIMEOUT_S = 10.0
+# Enough probes in flight that a tick is never skipped: a request ends within the timeouts at the latest
+_ALL_TICKS = math.ceil((CONNECT_TIMEOUT_S + NETWORK_TIMEOUT_S) / PROBE_PERIOD_S) + 1 if PROBE_PERIOD_S > 0 else 0
+PROBE_INFLIGHT = int(os.environ.get("EH_PROBE_INFLIGHT") or _ALL_TICKS)
 
 # At most one shape class may be visible here: locust runs the first one it finds.
 Shape = select_shape(os.environ.get("EH_SHAPE"))
