@@ -92,7 +92,7 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
     """
     from harness.observe import AccessLogCollector
 
-    collector = AccessLogCollector(backend.log_sources, run_dir / "accesslogs")
+    collector = AccessLogCollector(backend.log_sources, run_dir / "accesslogs", compact_run_dir=run_dir)
     collector.start()
     try:
         yield
@@ -171,7 +171,7 @@ def record_traffic(
                                  probe_zones=probe_zones)  # fmt: skip
         finally:
             after_traffic(backend, run_dir, lambda _m: None)
-    build_hops(run_dir)
+    build_hops(run_dir, jsonl=False)  # Parquet: a long run's hops are no JSON to wait for
     mark_run(run_dir, "done", "complete")  # a run that never gets here stays "running": its verdict is partial
     return result
 
@@ -280,7 +280,7 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
         finally:
             backend.close()
     say("observe: hop records from the sidecars' access logs")
-    build_hops(run_dir)
+    build_hops(run_dir, jsonl=False)  # Parquet: a long run's hops are no JSON to wait for
     mark_run(run_dir, "verify", "complete")  # every record is in; what follows only reads them
     verdict = verify(run_dir)
     write_verdict(run_dir, verdict)
