@@ -47,7 +47,8 @@ from harness.verify import verify
 t0, c0 = time.perf_counter(), time.process_time()
 v = verify(sys.argv[1])
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-failed = [i.name + ": " + i.message[:200] for i in v.invariants if not i.passed] + [f.fault + ": fault failed" for f in v.faults if not f.passed][:5]
+failed = [i.name + ": " + i.message[:200] for i in v.invariants if not i.passed]
+failed += [f.fault + ": fault failed" for f in v.faults if not f.passed][:5]
 print(json.dumps({"wall": wall, "cpu": cpu, "hops": v.run.hops, "requests": v.run.requests, "passed": v.passed,
                   "failed": failed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

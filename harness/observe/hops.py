@@ -74,6 +74,7 @@ from harness.records import (
 )
 
 SLACK_S = 1.0
+PIECE_BUCKET_S = 60.0  # see _pieces
 """How far outside a pod's recorded lifetime a hop may still be attributed to it (clock skew, event lag)."""
 
 INBOUND_SQL = (
@@ -155,11 +156,14 @@ def create_hops(
     *,
     inventory_loaded: bool = False,
     table: str = "hops",
+    view: bool = False,
 ) -> HopsBuild:
     """Create `table` (the hops.jsonl columns) in `con` from the run's access logs and inventory.
 
     Also leaves `inv`, `intervals` and `consul_names` (see `load_inventory`)
-    unless `inventory_loaded` says the caller made them already.
+    unless `inventory_loaded` says the caller made them already. With `view`,
+    `table` is a temporary view (the caller materialises what it needs in
+    one pass, then calls `drop_hops_view`) and `HopsBuild.hops` is left 0.
     """
     run_dir = Path(run_dir)
     con.execute("SET TimeZone = 'UTC'")  # Envoy's START_TIME without an offset is UTC
@@ -172,13 +176,24 @@ def create_hops(
     built.accesslog_lines, built.inbound_lines = (int(row[0]), int(row[1])) if row else (0, 0)
     _pieces(con, "serving_pieces", "ip", slack_s)
     _pieces(con, "caller_pieces", "pod", slack_s)
+    if view:
+        con.execute(_HOPS_SQL.replace("CREATE TABLE $TABLE", f"CREATE TEMP VIEW {table}"))
+        return built
     con.execute(_HOPS_SQL.replace("$TABLE", table))
     row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
     built.hops = int(row[0]) if row else 0
-    _drop_accesslogs(con)
-    con.execute("DROP TABLE serving_pieces")
-    con.execute("DROP TABLE caller_pieces")
+    drop_hops_view(con, None)
     return built
+
+
+def drop_hops_view(con: DuckDBPyConnection, view: str | None) -> None:
+    """Drop a `create_hops(view=True)` view and what it reads (or only the latter, for `view=None`)."""
+    if view is not None:
+        con.execute(f"DROP VIEW {view}")
+    _drop_accesslogs(con)
+    for pieces in ("serving_pieces", "caller_pieces"):
+        con.execute(f"DROP TABLE {pieces}")
+        con.execute(f"DROP TABLE {pieces}_last")
 
 
 def load_inventory(
@@ -296,9 +311,12 @@ def _drop_accesslogs(con: DuckDBPyConnection) -> None:
         con.execute(f"DROP VIEW IF EXISTS {view}")
     for table in ("cluster_names", "file_pods"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
-    con.execute("DROP VIEW IF EXISTS raw_text")
-    con.execute("DROP TABLE IF EXISTS raw_text")
-    con.execute("DROP TABLE IF EXISTS raw_text_tail")
+    kinds = dict(con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables WHERE table_name IN ('raw_text', 'raw_text_tail')"
+    ).fetchall())  # fmt: skip
+    for name in ("raw_text", "raw_text_tail"):  # the view first: it reads the tail table
+        if name in kinds:
+            con.execute(f"DROP {'VIEW' if kinds[name] == 'VIEW' else 'TABLE'} {name}")
 
 
 def _pieces(con: DuckDBPyConnection, name: str, interval_key: str, slack_s: float) -> None:
@@ -365,17 +383,39 @@ def _pieces(con: DuckDBPyConnection, name: str, interval_key: str, slack_s: floa
         FROM {name}_eval GROUP BY key, b
         """
     )
-    # each piece runs to the next breakpoint: a hash join on the key plus a range check finds a
-    # row's piece (pieces of a key never overlap) far faster than an ASOF join sorting every row
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT *, lead(b) OVER (PARTITION BY key ORDER BY b) AS nb "
-                f"FROM {name}")  # fmt: skip
+    # Each piece runs to the next breakpoint. A hash join on (key, minute) plus a range check finds a
+    # row's piece far faster than an ASOF join sorting every row, and stays linear however often an
+    # IP was reused: a piece is listed under every minute it covers, so a row meets only the few
+    # pieces of its own minute. A key's last piece has no end: it is joined on the key alone.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name}_all AS SELECT *, lead(b) OVER (PARTITION BY key ORDER BY b) "
+                f"AS nb FROM {name}")  # fmt: skip
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT *, unnest(range("
+        f"CAST(floor(b / {PIECE_BUCKET_S}) AS BIGINT), CAST(floor(nb / {PIECE_BUCKET_S}) AS BIGINT) + 1)) AS bk "
+        f"FROM {name}_all WHERE nb IS NOT NULL"
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name}_last AS SELECT * EXCLUDE (nb) FROM {name}_all WHERE nb IS NULL")
+    con.execute(f"DROP TABLE {name}_all")
     for t in ("bp", "samples", "eval"):
         con.execute(f"DROP TABLE {name}_{t}")
 
 
 def _piece_sql(alias: str, field: str, ts: str) -> str:
-    """SQL: `field` (pod, zone, service) of the piece `alias` a row at time `ts` fell in."""
-    return f"(CASE WHEN {ts} = {alias}.b THEN {alias}.point_{field} ELSE {alias}.span_{field} END)"
+    """SQL: `field` (pod, zone, service) of the piece a row at time `ts` fell in (joined by `_piece_join_sql`)."""
+    return (
+        f"(CASE WHEN {alias}l.key IS NOT NULL "
+        f"THEN (CASE WHEN {ts} = {alias}l.b THEN {alias}l.point_{field} ELSE {alias}l.span_{field} END) "
+        f"ELSE (CASE WHEN {ts} = {alias}.b THEN {alias}.point_{field} ELSE {alias}.span_{field} END) END)"
+    )
+
+
+def _piece_join_sql(alias: str, pieces: str, key: str, ts: str) -> str:
+    """SQL: the two LEFT JOINs that find a row's piece of `pieces` (see `_pieces`) as `alias` / `<alias>l`."""
+    return (
+        f"LEFT JOIN {pieces} {alias} ON {key} = {alias}.key "
+        f"AND CAST(floor({ts} / {PIECE_BUCKET_S}) AS BIGINT) = {alias}.bk AND {ts} >= {alias}.b AND {ts} < {alias}.nb "
+        f"LEFT JOIN {pieces}_last {alias}l ON {key} = {alias}l.key AND {ts} >= {alias}l.b"
+    )
 
 
 def _nearest_interval_sql(name: str, source: str, source_key: str, interval_key: str) -> str:
@@ -432,11 +472,12 @@ def resolve_ips(con: DuckDBPyConnection, source: str, target: str, slack_s: floa
         CREATE TABLE {target} AS SELECT * FROM (
             SELECT r.id, {_piece_sql("p", "pod", "r.ts")} AS pod, {_piece_sql("p", "zone", "r.ts")} AS zone,
                    {_piece_sql("p", "service", "r.ts")} AS service
-            FROM {source} r JOIN {p} p ON r.ip = p.key AND r.ts >= p.b AND (p.nb IS NULL OR r.ts < p.nb)
+            FROM {source} r {_piece_join_sql("p", p, "r.ip", "r.ts")}
         ) WHERE pod IS NOT NULL
         """
     )
     con.execute(f"DROP TABLE {p}")
+    con.execute(f"DROP TABLE {p}_last")
 
 
 def host_ip_sql(column: str) -> str:
@@ -470,8 +511,8 @@ SELECT
     r.flags,
     r.duration_ms
 FROM raw r
-LEFT JOIN serving_pieces s ON r.ip = s.key AND r.ts >= s.b AND (s.nb IS NULL OR r.ts < s.nb)
-LEFT JOIN caller_pieces c ON r.caller_pod = c.key AND r.ts >= c.b AND (c.nb IS NULL OR r.ts < c.nb)
+{_piece_join_sql("s", "serving_pieces", "r.ip", "r.ts")}
+{_piece_join_sql("c", "caller_pieces", "r.caller_pod", "r.ts")}
 LEFT JOIN caller_any ca ON ca.pod = r.caller_pod
 LEFT JOIN consul_names cn ON cn.consul_service = r.caller_service_raw
 LEFT JOIN consul_names un ON un.consul_service = r.cluster_service

@@ -47,7 +47,15 @@ from typing import Any
 import duckdb
 
 from harness.columnar import REQUESTS, read_records
-from harness.observe.hops import HopsBuild, create_hops, has_accesslogs, host_ip_sql, load_inventory, resolve_ips
+from harness.observe.hops import (
+    HopsBuild,
+    create_hops,
+    drop_hops_view,
+    has_accesslogs,
+    host_ip_sql,
+    load_inventory,
+    resolve_ips,
+)
 from harness.records import (
     CHAOS_COLUMNS,
     CHAOS_DIR,
@@ -255,7 +263,8 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
     """
     con, t, run_dir = run.con, run.topology, run.run_dir
     if has_accesslogs(run_dir):
-        built = create_hops(con, run_dir, t, inventory_loaded=True, table="hops_base")
+        # a view: the access-log lines go from Parquet into `hops` in one pass (no second copy of them)
+        built = create_hops(con, run_dir, t, inventory_loaded=True, table="hops_base", view=True)
         skipped += built.skipped
         run.hops_build = built
         run.hops_source = "accesslogs"
@@ -309,7 +318,13 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
         FROM {source}
         """
     )
-    con.execute(f"DROP TABLE {source}")
+    if run.hops_source == "accesslogs":
+        drop_hops_view(con, source)
+        row = con.execute("SELECT count(*) FROM hops").fetchone()
+        if run.hops_build is not None:
+            run.hops_build.hops = int(row[0]) if row else 0
+    else:
+        con.execute(f"DROP TABLE {source}")
 
 
 def _upstream_stats(con: duckdb.DuckDBPyConnection, run_dir: Path) -> list[SkippedLine]:
