@@ -113,20 +113,19 @@ def scaled_run(base: Path, root: Path, hops: int) -> Path:
         _shift_jsonl(base / name, run / name, copies, span)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    for kind, shift in ((ACCESSLOGS, "start_time"), (REQUESTS, "ts")):
+    for kind in (ACCESSLOGS, REQUESTS):
         state = load_state(base, kind)
         segs = [str(base / COLUMNAR_DIR / kind.name / s) for s in state["segments"]]
         out_dir = run / COLUMNAR_DIR / kind.name
         out_dir.mkdir(parents=True)
-        cols = [c for c in kind.columns] + ["filename"]
+        cols = [*kind.out_columns, "filename"]
         names = []
         for k in range(copies):
-            if shift == "ts":
-                expr = f"ts + {k * span} AS ts"
-            else:
-                expr = (f"strftime(CAST(start_time AS TIMESTAMP) + to_seconds({k * span}), "
-                        "'%Y-%m-%dT%H:%M:%S.%gZ') AS start_time")  # fmt: skip
-            sel = ", ".join(expr if c == shift else f'"{c}"' for c in cols)
+            exprs = {"ts": f"ts + {k * span} AS ts"}
+            if kind is ACCESSLOGS:
+                exprs["start_time"] = (f"strftime(CAST(start_time AS TIMESTAMP) + to_seconds({k * span}), "
+                                       "'%Y-%m-%dT%H:%M:%S.%gZ') AS start_time")  # fmt: skip
+            sel = ", ".join(exprs.get(c, f'"{c}"') for c in cols)
             name = f"{k + 1:06d}.parquet"
             con.execute(f"COPY (SELECT {sel} FROM read_parquet([{', '.join(map(sql_str, segs))}])) "
                         f"TO {sql_str(out_dir / name)} (FORMAT PARQUET, COMPRESSION ZSTD)")  # fmt: skip

@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 from harness.columnar import ACCESSLOGS, load_state, read_records
 from harness.records import (
     ACCESSLOG_DIR,
-    ACCESSLOG_TS_SQL,
     HOPS_FILE,
     HOPS_PARQUET_FILE,
     INVENTORY_COLUMNS,
@@ -286,7 +285,7 @@ def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine
         SELECT *, {host_ip_sql("host")} AS ip
         FROM (
             SELECT
-                {ACCESSLOG_TS_SQL} AS ts,
+                l.ts,
                 coalesce(nullif(l.caller_pod, ''), f.pod) AS caller_pod,
                 nullif(l.caller_service, '') AS caller_service_raw,
                 CASE WHEN l.upstream_host IS NULL OR l.upstream_host IN ('', '-') THEN ''
