@@ -16,6 +16,7 @@ inventory, entrypoints, artifacts → down → hops → verdict, report.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend
 from harness.errors import InputError
 from harness.preflight import gate as preflight_gate
+from harness.records import REQUESTS_FILE
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
 
 if TYPE_CHECKING:
@@ -34,6 +36,57 @@ if TYPE_CHECKING:
     from harness.topology import Topology
 
 TRAFFIC_BOUND_S = 6 * 3600.0
+WARM_REQUESTS = 20  # successful user requests per zone before the first fault
+COOL_REQUESTS = 40  # ... and per zone after the last experiment, before traffic stops
+
+
+class RequestWatch:
+    """Follows requests.jsonl as locust writes it: how many successful requests each zone had since a time.
+
+    Warm-up and cool-down wait for what they are for (users served in every
+    zone; the last recovery on record) instead of sleeping a fixed time: on
+    a healthy run that is a second or two, and the bound still holds when a
+    zone never serves (the verdict then says what is missing).
+    """
+
+    def __init__(self, path: Path, zones: list[str]) -> None:
+        self.path = path
+        self.zones = zones
+        self._offset = 0
+        self._pending = b""
+        self._ok: dict[str, list[float]] = {z: [] for z in zones}
+
+    def _read(self) -> None:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(data)
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        for raw in lines:
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue  # the verifier names corrupt lines; here they only do not count
+            if isinstance(rec, dict) and rec.get("ok") is True and rec.get("zone") in self._ok:
+                self._ok[rec["zone"]].append(float(rec.get("ts") or 0.0))
+
+    def served(self, since: float) -> dict[str, int]:
+        self._read()
+        return {z: sum(1 for t in ts if t >= since) for z, ts in self._ok.items()}
+
+    def wait(self, since: float, n: int, timeout_s: float) -> bool:
+        """Until every zone had `n` successful requests from `since` on, or `timeout_s` passed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if all(c >= n for c in self.served(since).values()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
 
 
 @dataclass
@@ -256,7 +309,9 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
                     probe_zones=probe_zones,
                 ):
                     mark_run(run_dir, "traffic")
-                    time.sleep(opts.warmup_s)
+                    # every zone's users served before the first fault, not a fixed pause (warmup_s bounds it)
+                    served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
+                    served.wait(0.0, WARM_REQUESTS, opts.warmup_s)
                     for p in planned:
                         mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")
@@ -266,7 +321,8 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
                             messages.append(f"chaos experiment {p.id}: {res.reason}")
                         say(f"chaos: {p.id} {'ran as planned' if res.ok else 'FAILED: ' + str(res.reason)}")
                     mark_run(run_dir, "cooldown")
-                    time.sleep(opts.cooldown_s)
+                    # the last fault's recovery on record: every zone served again after it (cooldown_s bounds it)
+                    served.wait(time.time(), COOL_REQUESTS, opts.cooldown_s)
             finally:
                 after_traffic(backend, run_dir, say)
     except BaseException as exc:
