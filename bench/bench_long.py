@@ -147,7 +147,8 @@ def measure(run: Path) -> dict[str, Any]:
                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
     if out.returncode != 0:
         raise SystemExit(f"verify of {run} failed:\n{out.stderr[-3000:]}")
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    # the last JSON line (DuckDB may draw a progress bar on stdout during a long query)
+    return dict(json.loads([x for x in out.stdout.splitlines() if x.startswith('{"wall"')][-1]))
 
 
 def main() -> int:
