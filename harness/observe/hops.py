@@ -185,6 +185,34 @@ def create_hops(
     return built
 
 
+NAME_COLUMNS = ("caller_pod", "caller_service", "caller_zone", "upstream", "upstream_cluster", "upstream_host",
+                "serving_pod", "serving_zone", "flags")  # fmt: skip
+"""The hop columns whose values are names: a few hundred distinct values in fifty million rows."""
+
+
+def hop_names_sql() -> str:
+    """SQL: every value a `create_hops(view=True)` view can put into a `NAME_COLUMNS` column (a superset).
+
+    From the small tables it joins (inventory intervals, Consul names, cluster
+    and file names) plus one scan of the access logs' own name columns. A
+    reader can then store those columns as one ENUM (a byte or two per value
+    instead of a string each: a 10-hour run's hops fit in memory); a value
+    this misses makes the cast fail loudly, never a silent NULL.
+    """
+    return """
+        SELECT DISTINCT v FROM (
+            SELECT unnest([pod, zone, service, consul_service]) AS v FROM intervals
+            UNION ALL SELECT unnest([consul_service, service, zone]) FROM consul_names
+            UNION ALL SELECT unnest([upstream_cluster, cluster_service]) FROM cluster_names
+            UNION ALL SELECT pod FROM file_pods
+            UNION ALL SELECT unnest([caller_pod, caller_service, upstream_host, response_flags, upstream_cluster])
+                FROM (SELECT DISTINCT caller_pod, caller_service, upstream_host, response_flags, upstream_cluster
+                      FROM raw_text)
+            UNION ALL SELECT unnest(['', '-'])
+        ) WHERE v IS NOT NULL
+    """
+
+
 def drop_hops_view(con: DuckDBPyConnection, view: str | None) -> None:
     """Drop a `create_hops(view=True)` view and what it reads (or only the latter, for `view=None`)."""
     if view is not None:
