@@ -13,7 +13,8 @@ of (due time, chunk) that one timer drains as chunks fall due, so many chunks
 are "in flight" at once, as on a real long link. The relay is asyncio
 protocols on uvloop (when installed), not streams and tasks: a chunk with no
 delay goes from one socket's callback straight to the other's write, so the
-relay costs about 20-30 us of CPU per request/response (bench/bench_relay.py). The config file (JSON, see `write_config`) is re-read on SIGHUP and
+relay costs about 20-30 us of CPU per request/response (bench/bench_relay.py).
+The config file (JSON, see `write_config`) is re-read on SIGHUP and
 when its mtime changes; delays are looked up per chunk, so `set_link` affects
 existing connections as well as new ones.
 
