@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.verify.model import Verdict, iso, seconds
+from harness.verify.why import cell, fault_reasons
 
 MAX_SKIPPED_SHOWN = 20
 
@@ -48,17 +49,19 @@ def print_summary(verdict: Verdict, console: Console) -> None:
         ft = Table(title="Faults")
         cols = ("fault", "kind", "zone", "inject", "failover", "lost req", "lost hops", "recovery", "result")
         for col in cols:
-            ft.add_column(col, justify="right" if col in ("failover", "lost req", "lost hops", "recovery") else "left")
+            ft.add_column(col, justify="right" if col in ("lost req", "lost hops") else "left")
+        reasons = fault_reasons(verdict)  # a "-" always says why (n/a by design, or unverified)
         for f in verdict.faults:
+            why_failover, why_recovery = reasons[f.fault]
             ft.add_row(
                 f.fault,
                 f.kind,
                 f.zone,
                 iso(f.inject),
-                seconds(f.failover_s, f.failover_resolution_s),
+                cell(seconds(f.failover_s, f.failover_resolution_s), why_failover),
                 str(f.lost_requests),
                 str(f.lost_hops),
-                seconds(f.recovery_s, f.recovery_resolution_s) if f.restore is not None else "never restored",
+                cell(seconds(f.recovery_s, f.recovery_resolution_s), why_recovery),
                 _mark(f.passed),
             )
         console.print(ft)
