@@ -26,7 +26,7 @@ from harness.status import probe_entrypoints
 class _Handler(BaseHTTPRequestHandler):
     code = 200
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         body = b"<html>HashiCups</html>"
         self.send_response(self.server.code)  # type: ignore[attr-defined]
         self.send_header("Content-Length", str(len(body)))
@@ -139,7 +139,7 @@ def test_zones_are_probed_at_once_so_a_dead_zone_costs_one_timeout() -> None:
     barrier = threading.Barrier(3)
 
     class Meet(_Handler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             try:
                 barrier.wait(timeout=5)
                 self.server.code = 200  # type: ignore[attr-defined]
