@@ -310,6 +310,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def cmd_e2e(a: argparse.Namespace) -> int:
     from harness.e2e import E2EOptions, run_e2e
+    from harness.progress import E2EProgress
     from harness.verify import print_summary
 
     opts = E2EOptions(
@@ -317,7 +318,13 @@ def cmd_e2e(a: argparse.Namespace) -> int:
         users=a.users, keep=a.keep, processes=a.processes, warmup_s=a.warmup, cooldown_s=a.cooldown,
         preflight=a.preflight,
     )  # fmt: skip
-    res = run_e2e(opts, _bopts(a), say=_progress(""))
+    # progress (harness/progress.py): a live panel on a terminal, plain lines in CI logs
+    progress = E2EProgress(out)
+    try:
+        watch = lambda run_dir, planned: progress.start(run_dir, planned, a.warmup, a.cooldown)  # noqa: E731
+        res = run_e2e(opts, _bopts(a), say=progress.say, on_start=watch)
+    finally:
+        progress.stop()
     print_summary(res.verdict, out)
     for m in res.messages:
         out.print(f"[yellow]{m}[/yellow]")
