@@ -181,7 +181,7 @@ def cmd_status(a: argparse.Namespace) -> int:
         et = Table("zone", "entry point", "answers", title="Entry points (GET /)")
         for s in states:
             colour = "green" if s.ok else "yellow" if s.answers else "red"
-            answers = Text("yes" if s.answers else "no", style=colour) + Text(f" {s.detail}")
+            answers = Text("yes" if s.answers else "no", style=colour) + Text(f": {s.detail}")
             et.add_row(Text(s.zone), Text(s.url), answers)
         out.print(et)
     elif entry_err:

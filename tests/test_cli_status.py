@@ -96,9 +96,9 @@ def test_status_prints_each_entry_point_and_whether_it_answers(
     lines = {z: next(line for line in out.splitlines() if z in line) for z in entry}
     for zone, url in entry.items():
         assert url in lines[zone]
-    assert "yes HTTP 200 in" in lines["us-west-2-lax-1a"]
-    assert "yes HTTP 503 in" in lines["us-west-2-las-1a"]
-    assert "no no answer: connection refused" in lines["us-west-2-phx-2a"]
+    assert "yes: HTTP 200 in" in lines["us-west-2-lax-1a"]
+    assert "yes: HTTP 503 in" in lines["us-west-2-las-1a"]
+    assert "no: connection refused" in lines["us-west-2-phx-2a"]
     assert b.closed
 
 
@@ -162,4 +162,4 @@ def test_an_entry_that_accepts_but_never_answers_times_out() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
         (state,) = probe_entrypoints({"z": f"http://127.0.0.1:{s.getsockname()[1]}"}, timeout_s=0.3)
-    assert not state.answers and state.detail == "no answer: timed out after 0.3 s", state
+    assert not state.answers and state.detail == "timed out after 0.3 s", state
