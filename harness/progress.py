@@ -108,7 +108,7 @@ class Snapshot:
     started: list[str] = field(default_factory=list)  # experiment ids whose directory exists
     finished: list[str] = field(default_factory=list)  # ... whose journal exists
     active: dict[str, dict[str, Any]] = field(default_factory=dict)  # fault -> its inject record
-    restored: list[str] = field(default_factory=list)  # faults with a restore record, in order
+    events: list[dict[str, Any]] = field(default_factory=list)  # every inject/restore record, in file order
 
 
 def read_run_dir(run_dir: Path) -> Snapshot:
@@ -138,9 +138,10 @@ def read_run_dir(run_dir: Path) -> Snapshot:
             continue
         if rec.get("phase") == "inject":
             snap.active[str(rec["fault"])] = rec
+            snap.events.append(rec)
         elif rec.get("phase") == "restore":
             snap.active.pop(str(rec["fault"]), None)
-            snap.restored.append(str(rec["fault"]))
+            snap.events.append(rec)
     return snap
 
 
@@ -231,19 +232,19 @@ class E2EProgress:
             if snap.stage != old.stage and snap.stage is not None:
                 self._stage_since = now
                 lines.append(f"phase: {STAGE_TEXT.get(snap.stage, snap.stage)}")
+            # in the order they happened when one poll sees several: experiments run one after the other
             for exp in snap.started:
                 if exp not in old.started:
                     self._exp_since[exp] = now
                     lines.append(f"experiment {exp} started")
-            for exp in snap.finished:
-                if exp not in old.finished:
+                if exp in snap.finished and exp not in old.finished:
                     self._exp_took[exp] = now - self._exp_since.get(exp, now)
                     lines.append(f"experiment {exp} finished")
-            for fault, rec in snap.active.items():
-                if fault not in old.active:
-                    lines.append(f"fault {fault} injected in {rec.get('zone', '?')} ({rec.get('kind', '?')})")
-            for fault in snap.restored[len(old.restored) :]:
-                lines.append(f"fault {fault} restored")
+            for rec in snap.events[len(old.events) :]:  # a fault injected and restored between two polls shows both
+                if rec.get("phase") == "inject":
+                    lines.append(f"fault {rec['fault']} injected in {rec.get('zone', '?')} ({rec.get('kind', '?')})")
+                else:
+                    lines.append(f"fault {rec['fault']} restored")
             self._seen = snap
             heartbeat = not self.live and now - self._last_beat >= HEARTBEAT_S
             if lines or heartbeat:

@@ -126,6 +126,22 @@ def test_plain_lines_when_not_a_terminal(tmp_path: Path) -> None:
     assert not ANSI.search(out) and "\r" not in out  # CI logs: no colour codes, no cursor movement
 
 
+def test_a_fault_injected_and_restored_between_two_polls_shows_both(tmp_path: Path) -> None:
+    prog = E2EProgress(Console(file=StringIO(), force_terminal=False), clock=Clock())
+    run = tmp_path / "run"
+    run.mkdir()
+    prog.start(run, [], warmup_s=0, cooldown_s=0, watch=False)
+    for i in range(3):  # a burst of pod kills, each back before the next poll
+        _chaos_line(run, ts=1.0 + i, fault=f"kill-{i}", phase="inject", zone=LAX, kind="service-down")
+        _chaos_line(run, ts=1.5 + i, fault=f"kill-{i}", phase="restore", zone=LAX, kind="service-down")
+    assert prog.poll() == [
+        line
+        for i in range(3)
+        for line in (f"fault kill-{i} injected in {LAX} (service-down)", f"fault kill-{i} restored")
+    ]
+    assert prog.headline() == "starting"  # nothing active any more
+
+
 def test_a_half_written_timeline_line_is_read_on_the_next_poll(tmp_path: Path) -> None:
     prog = E2EProgress(Console(file=StringIO(), force_terminal=False), clock=Clock())
     run = tmp_path / "run"
