@@ -4,12 +4,12 @@ A run takes minutes and most of it is waiting (warm-up, pauses, the faults'
 own durations), so a terminal that stays silent for a minute looks hung.
 Everything shown is read from the run directory the run is writing anyway
 (docs/CONTRACTS.md §4): `run.json` (the stage, written at every change),
-`chaos.jsonl` (each fault's inject and restore,
-written by the chaostoolkit process) and `chaos/<id>/` (an experiment has
-started when its directory exists, finished when its journal exists), with
-the plan handed over when the run directory is created. So the
-display needs no hook inside the chaos process and shows exactly what the
-records say, which is also what a post-mortem will read.
+`chaos.jsonl` (each fault's inject and restore, written by the chaostoolkit
+process) and `chaos/<id>/` (an experiment has started when its directory
+exists, finished when its journal exists); the plan is handed over when the
+run directory is created. So the display needs no hook inside the chaos
+process and shows exactly what the records say, which is also what a
+post-mortem will read.
 
 On a terminal it is a rich live panel under the log lines; when stdout is not
 a terminal (CI logs) it degrades to plain lines: one per change (stage,
@@ -42,7 +42,7 @@ from harness.records import CHAOS_DIR, CHAOS_FILE, JOURNAL_FILE, RUN_FILE
 
 POLL_S = 0.5
 HEARTBEAT_S = 30.0
-ACTIVITY_OVERHEAD_S = 1.0  # a probe or action's own work (snapshots, pod lookups), measured ~0.3-1.5 s locally
+ACTIVITY_OVERHEAD_S = 1.0  # a probe or action's own work (snapshots, pod lookups): a round figure, not measured
 EXPERIMENT_OVERHEAD_S = 3.0  # chaostoolkit's start (imports, validation) and the control's close
 REPLACEMENT_S = 4.0  # kill_pod holds until the replacement is ready: podRestartDelayS (2) + readiness
 
