@@ -96,7 +96,7 @@ def _pair(status: str = FAIL, **counts: float | int | None) -> PairResult:
 
 def test_reasons_follow_the_fallback_pairs_of_the_fault() -> None:
     # no caller left up in the zone (public-api and product-api both killed): nothing to fail over
-    assert failover_reason(_fault(), []) == "n/a: no caller stays up in the zone"
+    assert failover_reason(_fault(), []) == "n/a: no mesh caller of it stays up in the zone"
     assert failover_reason(_fault(), [_pair(hops_during=40, failover_s=None)]) == "never failed over to the Region"
     assert failover_reason(_fault(failover_s=0.4), [_pair(hops_during=40)]) is None
     assert failover_reason(_fault(kind="partition"), []) == "n/a: the zone is cut off from the Region"

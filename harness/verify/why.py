@@ -45,7 +45,7 @@ def failover_reason(f: FaultResult, pairs: list[PairResult]) -> str | None:
     measured = [p for p in pairs if "hops_during" in p.counts]
     if not measured:
         if f.kind == "service-down":
-            return "n/a: no caller stays up in the zone"
+            return "n/a: no mesh caller of it stays up in the zone"
         return f"n/a: no failover is measured for a {f.kind} fault"
     if any(not p.counts.get("hops_during") for p in measured):
         return "unverified: no traffic during the fault"
