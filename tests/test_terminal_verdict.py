@@ -15,7 +15,7 @@ from rich.console import Console
 
 from harness.topology import load_topology
 from harness.verify import print_summary
-from harness.verify.model import FAIL, PASS, FaultResult, InvariantResult, PairResult, RunInfo, Verdict
+from harness.verify.model import FAIL, PASS, FaultResult, InvariantResult, PairResult, RunInfo, Verdict, iso, seconds
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from harness.verify.why import failover_reason, fault_reasons, recovery_reason
 from tests.verdicts import verify
@@ -113,3 +113,30 @@ def test_reasons_read_the_fallback_invariant_of_that_fault_only() -> None:
     mine = PairResult(LAX, "product-api", FAIL, counts={"hops_during": 12}, fault="f")
     v = Verdict(run, [InvariantResult("fallback", False, "", pairs=[other, mine])], [_fault()])
     assert fault_reasons(v)["f"][0] == "never failed over to the Region"
+
+
+def test_a_narrow_terminal_gets_one_block_per_fault_with_every_reason_on_its_line(tmp_path: Path) -> None:
+    sc = Scenario(
+        T,
+        duration_s=90,
+        rate_per_zone=4,
+        faults=[
+            FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 15, 30, 1.0, 1.0),
+            FaultSpec("zone-las", "zone-down", LAS, (), 40, 55, 0.0, 3.0, entry_down=True),
+        ],
+    )
+    v = verify(write_run(tmp_path / "run", sc))
+    buf = StringIO()
+    print_summary(v, Console(file=buf, width=80, force_terminal=False, color_system=None))
+    lines = buf.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    kill = next(f for f in v.faults if f.fault == "kill-product-api-lax")
+    start = lines.index(f" 1 kill-product-api-lax  {'PASS' if kill.passed else 'FAIL'}")
+    assert lines[start + 1 : start + 5] == [
+        f"   service-down in {LAX}, injected {iso(kill.inject)}",
+        f"   failover {seconds(kill.failover_s, kill.failover_resolution_s)}",
+        f"   recovery {seconds(kill.recovery_s, kill.recovery_resolution_s)}",
+        f"   lost {kill.lost_requests} requests, {kill.lost_hops} hops",
+    ]
+    assert "   failover - (n/a: the zone's callers are down with it)" in lines
+    assert not any(line.startswith("┃ fault") for line in lines)  # no folded nine-column table
