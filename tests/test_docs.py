@@ -25,7 +25,7 @@ import harness.pytest_plugin as plugin
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-CODE_DIRS = ["harness", "loadtests", "bench", "tests", ".github"]
+CODE_DIRS = ["harness", "loadtests", "bench", "tests", ".github", ".ci"]
 CODE_FILES = [REPO / "Makefile", REPO / "pyproject.toml"]
 ENV_VAR = re.compile(r"\bEH_[A-Z][A-Z0-9_]*\b")
 MD_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -102,7 +102,7 @@ def env_vars_in_code() -> dict[str, str]:
         f
         for d in CODE_DIRS
         for f in (REPO / d).rglob("*")
-        if f.is_file() and f.suffix in (".py", ".yml", ".yaml", ".js", ".sh", ".toml")
+        if f.is_file() and (f.suffix in (".py", ".yml", ".yaml", ".js", ".sh", ".toml") or d == ".ci")
     ]
     for f in [*files, *CODE_FILES]:
         if f.resolve() == Path(__file__).resolve() or "__pycache__" in f.parts:
