@@ -14,17 +14,40 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import harness.backends
 from harness.backends import BackendOptions
 from harness.chaos import run_experiment
+from harness.backends.base import Status
 from harness.cli import main
-from tests.test_cli_chaos import UpBackend
+from harness.topology import load_topology
 
 REPO = Path(__file__).resolve().parents[1]
 STRAYS = ("chaostoolkit.log", "journal.json")
+
+
+class UpBackend:
+    """A cluster that is up with the default topology (what `harness chaos` asks before it runs anything)."""
+
+    name = "local"
+
+    class _M:
+        topology = load_topology(REPO / "fixtures" / "topology.yaml")
+
+    def status(self) -> Status:
+        return Status("local", True, "16 pods")
+
+    def manifests(self) -> Any:
+        return self._M()
+
+    def require_capability(self, primitive: str) -> None:
+        """Every primitive is available (the experiments here use process activities only)."""
+
+    def close(self) -> None:
+        pass
 
 
 def _experiment(where: Path) -> Path:
