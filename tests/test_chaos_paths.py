@@ -20,8 +20,8 @@ import pytest
 
 import harness.backends
 from harness.backends import BackendOptions
-from harness.chaos import run_experiment
 from harness.backends.base import Status
+from harness.chaos import run_experiment
 from harness.cli import main
 from harness.topology import load_topology
 
