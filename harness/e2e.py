@@ -135,7 +135,7 @@ def prepare_manifests(opts: E2EOptions, run_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
+def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None = None) -> Iterator[None]:
     """Record what the mesh says while the body runs: access logs, then inventory and artifacts.
 
     Whatever ends the body (success, a failed step, Ctrl-C), what was recorded
@@ -160,8 +160,12 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
             collector.stop()
         with contextlib.suppress(Exception):
             _save_inventory(backend, run_dir)
+        if say is not None:
+            say("records: access logs, inventory and counters saved")
         with contextlib.suppress(Exception):
             backend.save_artifacts(run_dir / "artifacts")  # kept for the post-mortem, taken before the cluster goes
+        if say is not None:
+            say("records: artifacts saved")
 
 
 def before_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -> None:
@@ -300,7 +304,7 @@ def run_e2e(
         # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic; "gate" stops here ---
         mark_run(run_dir, "preflight")
         preflight_gate(backend, run_dir, opts.preflight, say)
-        with recording(backend, run_dir):
+        with recording(backend, run_dir, say):
             entry = backend.entrypoints()
             probe_zones = sorted({z for p in planned for z in p.zones if z in entry})
             before_traffic(backend, run_dir, say)
@@ -331,7 +335,9 @@ def run_e2e(
                     mark_run(run_dir, "cooldown")
                     # the last fault's recovery on record: every zone served again after it (cooldown_s bounds it)
                     served.wait(time.time(), COOL_REQUESTS, opts.cooldown_s)
+                    say("traffic: stopping")
             finally:
+                say("traffic: stopped")
                 after_traffic(backend, run_dir, say)
     except BaseException as exc:
         mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
