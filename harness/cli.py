@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "zone served 20 requests")  # fmt: skip
     p.add_argument("--cooldown", type=float, default=8.0,
                    help="at most this many seconds of traffic after the last experiment: it stops as soon as every "
-                        "zone served 40 requests after it")  # fmt: skip
+                        "zone served 20 requests after it")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     _preflight_arg(p)
     p.set_defaults(fn=cmd_e2e)

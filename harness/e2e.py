@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 TRAFFIC_BOUND_S = 6 * 3600.0
 WARM_REQUESTS = 20  # successful user requests per zone before the first fault
-COOL_REQUESTS = 40  # ... and per zone after the last experiment, before traffic stops
+COOL_REQUESTS = 20  # ... and per zone after the last experiment (its recovery on record), before traffic stops
 
 
 class RequestWatch:
