@@ -72,8 +72,8 @@ from harness.backends.kube import (
     ProgressFn,
     api_client_from_kubeconfig,
 )
-from harness.backends.kubebackend import HelmRun, KubeBackend
-from harness.backends.kubeforward import find_tool
+from harness.backends.kube.backend import HelmRun, KubeBackend
+from harness.backends.kube.forward import find_tool
 from harness.errors import BackendError, InputError
 
 if TYPE_CHECKING:

@@ -48,8 +48,8 @@ import yaml
 
 from harness.backends.base import CHAOS_PRIMITIVES, Status
 from harness.backends.kube import KubeCluster, NodeInfo, ProgressFn, api_client_from_kubeconfig
-from harness.backends.kubebackend import HelmRun, KubeBackend
-from harness.backends.kubeforward import find_tool
+from harness.backends.kube.backend import HelmRun, KubeBackend
+from harness.backends.kube.forward import find_tool
 from harness.errors import BackendError
 
 if TYPE_CHECKING:

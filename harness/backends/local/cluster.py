@@ -4,7 +4,7 @@ This is what kubelet, the Deployment controller, the consul-k8s endpoints
 controller and Consul's xDS server do, reduced to one process:
 
 - pods are created from the rendered Deployments, placed by `sched`, each in its
-  own network namespace (`net`), with one process per container (`apps`) and,
+  own network namespace (`network`), with one process per container (`apps`) and,
   for meshed pods, a real Envoy sidecar (`sidecar`/`mesh`);
 - a control loop runs the readiness probes, notices dead processes, re-creates
   pods of a Deployment after a realistic delay, keeps the catalog (Consul
@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.base import Inventory, PodInfo
-from harness.backends.local import netns
 from harness.backends.local.apps import app_argv
 from harness.backends.local.certs import CertAuthority
 from harness.backends.local.mesh import Catalog, Endpoint, MeshConfig
-from harness.backends.local.net import Network, PodNet, ZoneSpec
+from harness.backends.local.network import Network, PodNet, ZoneSpec, netns
 from harness.backends.local.sched import (
     SERVICE_PORT,
     UPSTREAMS,

@@ -120,8 +120,8 @@ def _handler(cluster: Any, shutdown: threading.Event) -> type[BaseHTTPRequestHan
                     self._reply(500, {"error": f"{exc.__class__.__name__}: {exc}"})
                 return
             if self.path == "/refused-probe":  # preflight's refused-probe check (consul_api.refused_probe)
-                from harness.backends.local import netns
                 from harness.backends.local.consul_api import refused_probe
+                from harness.backends.local.network import netns
 
                 try:
                     self._reply(200, refused_probe(cluster, body["source"], body["destination"], netns.call_in))

@@ -9,7 +9,7 @@ that is not a change is never written (no needless cluster re-warming, and the
 outlier-detection state of hosts survives endpoint updates, as with real EDS).
 
 The listeners and clusters come from `mesh` (Consul's semantics) through
-`mesh_envoy` (their Envoy encoding); identities come from `certs`.
+`mesh.envoy` (their Envoy encoding); identities come from `certs`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.backends.local import mesh_envoy as ex
 from harness.backends.local.certs import CertAuthority
 from harness.backends.local.mesh import (
     Catalog,
@@ -37,6 +36,7 @@ from harness.backends.local.mesh import (
     ServiceRef,
     catalog_endpoints,
 )
+from harness.backends.local.mesh import envoy as ex
 from harness.errors import InputError
 
 DEFAULT_INBOUND_PORT = 20000  # consul-k8s' public listener port

@@ -1,6 +1,6 @@
 """What the kind and existing backends share: a cluster driven through the Kubernetes API.
 
-Both backends apply the same rendered objects through `kube.KubeCluster`,
+Both backends apply the same rendered objects through `KubeCluster`,
 keep their state (manifests path, what they started or created) in one JSON
 file in a workdir so a later process can pick up where `up` left off, follow
 the same inventory watch and sidecar logs, reach pods through `kubectl
@@ -34,17 +34,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
-from harness.backends.base import CHAOS_PRIMITIVES, Backend, Inventory, LogSource
-from harness.backends.kube import (
-    LABEL_APP,
-    ConfigEntryStatus,
-    InventoryWatcher,
-    KubeApiError,
-    KubeCluster,
-    KubeLogSources,
-    ProgressFn,
-)
-from harness.backends.kubeforward import AdminForwards, ForwardRelay
+from harness.backends.base import CHAOS_PRIMITIVES, Backend, ConfigEntryStatus, Inventory, LogSource
+from harness.backends.kube.api import LABEL_APP, KubeApiError, ProgressFn
+from harness.backends.kube.cluster import KubeCluster
+from harness.backends.kube.forward import AdminForwards, ForwardRelay
+from harness.backends.kube.inventory import InventoryWatcher
+from harness.backends.kube.logs import KubeLogSources
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
