@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness.verify import Verdict, verify
-from harness.verify.model import seconds
+from harness.verify.verdict import seconds
 
 
 def junit_xml(verdict: Verdict, suite: str = "edge-harness.verify") -> str:

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from harness.errors import InputError
 from harness.verify.invariants import DEFINITIONS, Checker
-from harness.verify.model import (
+from harness.verify.rundata import load_run
+from harness.verify.summary import print_summary
+from harness.verify.verdict import (
     AVAILABILITY,
     CALL_GRAPH,
     CONFIG,
@@ -40,8 +42,6 @@ from harness.verify.model import (
     Verdict,
     WindowResult,
 )
-from harness.verify.records import load_run
-from harness.verify.summary import print_summary
 
 
 def verify(run_dir: Path | str, threads: int | None = None) -> Verdict:
