@@ -51,6 +51,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from harness.contract import names
 from harness.render import naming
 from harness.render.naming import ConsulService
 from harness.topology.model import Edition, Placement, Topology
@@ -99,7 +100,7 @@ ACCESS_LOG_FIELDS: dict[str, str] = {
 
 
 def _crd(kind: str, name: str, ns: str, spec: dict[str, Any]) -> dict[str, Any]:
-    labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+    labels = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
     return {
         "apiVersion": API_VERSION,
         "kind": kind,
@@ -113,7 +114,7 @@ def proxy_defaults() -> dict[str, Any]:
         "config": {"protocol": "http"},
         "accessLogs": {"enabled": True, "jsonFormat": json.dumps(ACCESS_LOG_FIELDS, indent=2) + "\n"},
     }
-    return _crd("ProxyDefaults", "global", naming.CONSUL_NAMESPACE, spec)
+    return _crd("ProxyDefaults", "global", names.CONSUL_NAMESPACE, spec)
 
 
 def _redirected_region_services(t: Topology, edition: Edition) -> list[tuple[str, str]]:
@@ -162,7 +163,7 @@ def service_resolvers(t: Topology, services: list[ConsulService], edition: Editi
         spec = {"connectTimeout": timeout, "failover": {"*": {"targets": [target]}}}
         out.append(_crd("ServiceResolver", cs.name, cs.namespace, spec))
     for name, ns in _redirected_region_services(t, edition):
-        spec = {"redirect": {"service": name, "namespace": naming.REGION_NAMESPACE}}
+        spec = {"redirect": {"service": name, "namespace": names.REGION_NAMESPACE}}
         out.append(_crd("ServiceResolver", name, ns, spec))
     return out
 

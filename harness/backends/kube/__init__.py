@@ -18,18 +18,7 @@ test fakes use).
 """
 
 from harness.backends.kube.api import (
-    ANN_CONSUL_SERVICE,
-    CONSUL_API_GROUP,
-    DATAPLANE_CONTAINER,
     FIELD_MANAGER,
-    LABEL_APP,
-    LABEL_CONSUL_SERVICE,
-    LABEL_MANAGED_BY,
-    LABEL_POD_ZONE,
-    LABEL_REGION,
-    LABEL_SERVING,
-    LABEL_ZONE,
-    LABEL_ZONE_TYPE,
     AppliedObject,
     KubeApi,
     KubeApiError,
@@ -44,6 +33,19 @@ from harness.backends.kube.apply import ConsulInstall
 from harness.backends.kube.cluster import KubeCluster
 from harness.backends.kube.inventory import InventoryWatcher, PodTracker, pod_condition, pod_serving, pod_state
 from harness.backends.kube.logs import KubeLogSource, KubeLogSources, PodGone, access_log_record, split_timestamp
+from harness.contract.names import ANN_SERVICE as ANN_CONSUL_SERVICE
+from harness.contract.names import (
+    CONSUL_API_GROUP,
+    DATAPLANE_CONTAINER,
+    LABEL_APP,
+    LABEL_CONSUL_SERVICE,
+    LABEL_MANAGED_BY,
+    LABEL_POD_ZONE,
+    LABEL_REGION,
+    LABEL_SERVING,
+    LABEL_ZONE,
+    LABEL_ZONE_TYPE,
+)
 
 __all__ = [
     "ANN_CONSUL_SERVICE",

@@ -28,29 +28,11 @@ from urllib.parse import quote
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from harness.contract.names import LABEL_REGION, LABEL_ZONE, LABEL_ZONE_TYPE
 from harness.errors import BackendError
 
 FIELD_MANAGER = "edge-harness"
 
-# Labels the renderer puts on nodes and pods (docs/CONTRACTS.md §2). Repeated
-# here rather than imported from harness.render.naming so a backend depends on
-# the rendered *output* contract, not on renderer internals.
-LABEL_REGION = "topology.kubernetes.io/region"
-LABEL_ZONE = "topology.kubernetes.io/zone"
-LABEL_ZONE_TYPE = "edge-harness.io/zone-type"
-LABEL_APP = "app"
-LABEL_POD_ZONE = "edge-harness.io/zone"
-LABEL_CONSUL_SERVICE = "edge-harness.io/consul-service"
-ANN_CONSUL_SERVICE = "consul.hashicorp.com/connect-service"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-# Pod label in the Service selector but NOT in the Deployment selector: setting
-# it to "false" takes a pod out of its Service's Endpoints (so consul-k8s
-# deregisters the instance) while the ReplicaSet keeps owning it (no
-# replacement pod appears). See `KubeCluster.set_serving`.
-LABEL_SERVING = "edge-harness.io/serving"
-
-DATAPLANE_CONTAINER = "consul-dataplane"
-CONSUL_API_GROUP = "consul.hashicorp.com"
 
 ProgressFn = Callable[[str], None]
 

@@ -18,7 +18,6 @@ from urllib.parse import quote
 
 from harness.backends.base import ConfigEntryStatus
 from harness.backends.kube.api import (
-    CONSUL_API_GROUP,
     AppliedObject,
     KubeApi,
     KubeApiError,
@@ -28,6 +27,9 @@ from harness.backends.kube.api import (
     _no_progress,
 )
 from harness.backends.kube.inventory import pod_condition
+from harness.contract.names import (
+    CONSUL_API_GROUP,
+)
 from harness.errors import BackendError
 
 

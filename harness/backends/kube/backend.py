@@ -35,11 +35,18 @@ import httpx
 import yaml
 
 from harness.backends.base import CHAOS_PRIMITIVES, Backend, ConfigEntryStatus, Inventory, LogSource
-from harness.backends.kube.api import LABEL_APP, KubeApiError, ProgressFn
+from harness.backends.kube.api import (
+    KubeApiError,
+    ProgressFn,
+)
 from harness.backends.kube.cluster import KubeCluster
 from harness.backends.kube.forward import AdminForwards, ForwardRelay
 from harness.backends.kube.inventory import InventoryWatcher
 from harness.backends.kube.logs import KubeLogSources
+from harness.contract.names import (
+    DATAPLANE_CONTAINER,
+    LABEL_APP,
+)
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
@@ -401,7 +408,7 @@ class KubeBackend(Backend):
             meta = p.get("metadata") or {}
             containers = {c.get("name") for c in (p.get("spec") or {}).get("containers") or []}
             running = (p.get("status") or {}).get("phase") == "Running" and not meta.get("deletionTimestamp")
-            if running and "consul-dataplane" in containers and LABEL_APP in (meta.get("labels") or {}):
+            if running and DATAPLANE_CONTAINER in containers and LABEL_APP in (meta.get("labels") or {}):
                 out.append((str(meta.get("namespace")), str(meta["name"])))
         return sorted(out)
 

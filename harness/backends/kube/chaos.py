@@ -9,7 +9,17 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from harness.backends.kube.api import LABEL_APP, LABEL_POD_ZONE, LABEL_SERVING, KubeApi, KubeApiError, _labels, _meta
+from harness.backends.kube.api import (
+    KubeApi,
+    KubeApiError,
+    _labels,
+    _meta,
+)
+from harness.contract.names import (
+    LABEL_APP,
+    LABEL_POD_ZONE,
+    LABEL_SERVING,
+)
 from harness.errors import BackendError
 
 

@@ -11,16 +11,20 @@ from typing import Any
 
 from harness.backends.base import Inventory, PodInfo
 from harness.backends.kube.api import (
-    ANN_CONSUL_SERVICE,
-    LABEL_APP,
-    LABEL_CONSUL_SERVICE,
-    LABEL_POD_ZONE,
-    LABEL_SERVING,
     KubeApi,
     LineStream,
     _labels,
     _meta,
     parse_k8s_time,
+)
+from harness.contract.names import (
+    ANN_SERVICE as ANN_CONSUL_SERVICE,
+)
+from harness.contract.names import (
+    LABEL_APP,
+    LABEL_CONSUL_SERVICE,
+    LABEL_POD_ZONE,
+    LABEL_SERVING,
 )
 
 

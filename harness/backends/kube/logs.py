@@ -11,7 +11,16 @@ from typing import Protocol
 from urllib.parse import quote
 
 from harness.backends.base import LogSource
-from harness.backends.kube.api import DATAPLANE_CONTAINER, LABEL_POD_ZONE, KubeApi, KubeApiError, _labels, _meta
+from harness.backends.kube.api import (
+    KubeApi,
+    KubeApiError,
+    _labels,
+    _meta,
+)
+from harness.contract.names import (
+    DATAPLANE_CONTAINER,
+    LABEL_POD_ZONE,
+)
 from harness.errors import BackendError
 
 ACCESS_LOG_KEYS = frozenset({"start_time", "response_code", "upstream_cluster"})
