@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend
+from harness.contract.rundir import ACCESSLOG_DIR, ARTIFACTS_DIR, ENTRYPOINTS_FILE, INVENTORY_FILE
 from harness.errors import InputError
 from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
@@ -92,7 +93,7 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
     """
     from harness.observe import AccessLogCollector
 
-    collector = AccessLogCollector(backend.log_sources, run_dir / "accesslogs")
+    collector = AccessLogCollector(backend.log_sources, run_dir / ACCESSLOG_DIR)
     collector.start()
     try:
         yield
@@ -101,14 +102,14 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
             # Envoy buffers access logs: wait until every sidecar has written its lines (no fixed cooldown)
             problems = backend.flush_access_logs()
             if problems:
-                (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-                (run_dir / "artifacts" / "access-log-flush.txt").write_text("\n".join(problems) + "\n")
+                (run_dir / ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
+                (run_dir / ARTIFACTS_DIR / "access-log-flush.txt").write_text("\n".join(problems) + "\n")
         with contextlib.suppress(Exception):
             collector.stop()
         with contextlib.suppress(Exception):
             _save_inventory(backend, run_dir)
         with contextlib.suppress(Exception):
-            backend.save_artifacts(run_dir / "artifacts")  # kept for the post-mortem, taken before the cluster goes
+            backend.save_artifacts(run_dir / ARTIFACTS_DIR)  # kept for the post-mortem, taken before the cluster goes
 
 
 def before_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -> None:
@@ -293,9 +294,9 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
 def _save_inventory(backend: Backend, run_dir: Path) -> None:
     src = getattr(backend, "inventory_path", None)
     if isinstance(src, Path) and src.exists():
-        shutil.copyfile(src, run_dir / "inventory.jsonl")
+        shutil.copyfile(src, run_dir / INVENTORY_FILE)
     else:
-        write_inventory(backend.inventory(), run_dir / "inventory.jsonl")
+        write_inventory(backend.inventory(), run_dir / INVENTORY_FILE)
     entry = getattr(backend, "entrypoints_path", None)  # kind/existing: written as it happened
     if isinstance(entry, Path) and entry.exists():
-        shutil.copyfile(entry, run_dir / "entrypoints.jsonl")
+        shutil.copyfile(entry, run_dir / ENTRYPOINTS_FILE)

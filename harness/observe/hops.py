@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
     from harness.topology import Topology
 
-from harness.records import (
+from harness.contract.rundir import (
     ACCESSLOG_COLUMNS,
     ACCESSLOG_DIR,
     ACCESSLOG_TS_SQL,
@@ -71,6 +71,7 @@ from harness.records import (
     SkippedLine,
     load_jsonl,
     sql_str,
+    topology_path,
 )
 
 SLACK_S = 1.0
@@ -128,13 +129,13 @@ def _topology_or_none(run_dir: Path) -> Topology | None:
     from harness.errors import InputError
     from harness.topology import load_topology
 
-    for candidate in (run_dir / "manifests" / "topology.yaml", run_dir / "topology.yaml"):
-        if candidate.is_file():
-            try:
-                return load_topology(candidate)
-            except InputError:
-                return None
-    return None
+    candidate = topology_path(run_dir)
+    if not candidate.is_file():
+        return None
+    try:
+        return load_topology(candidate)
+    except InputError:
+        return None
 
 
 def create_hops(

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.base import Backend
-from harness.records import UPSTREAM_STATS_FILE
+from harness.contract.rundir import UPSTREAM_STATS_FILE
 
 COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
 INBOUND_CLUSTERS = frozenset({"local_app"})  # the sidecar's own app: not an upstream

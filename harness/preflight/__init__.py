@@ -49,12 +49,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from harness.backends.base import Backend
+from harness.contract.rundir import PREFLIGHT_FILE
 from harness.errors import BackendError, HarnessError
 from harness.render import naming
 from harness.render.naming import ConsulService
 from harness.topology.model import Edition, Placement, Topology, Zone
 
-PREFLIGHT_FILE = "preflight.json"
 MODES = ("gate", "record")
 CONFIG_KINDS = {
     "ProxyDefaults": "proxy-defaults",

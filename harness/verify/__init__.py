@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness.contract.rundir import VERDICT_FILE
 from harness.errors import InputError
 from harness.verify.invariants import DEFINITIONS, Checker
 from harness.verify.rundata import load_run
@@ -61,7 +62,7 @@ def verify(run_dir: Path | str, threads: int | None = None) -> Verdict:
 
 def write_verdict(run_dir: Path | str, verdict: Verdict) -> Path:
     """Write `verdict.json` into the run directory (atomically: a reader never sees half)."""
-    out = Path(run_dir) / "verdict.json"
+    out = Path(run_dir) / VERDICT_FILE
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(verdict.to_json() + "\n", encoding="utf-8")
     tmp.replace(out)

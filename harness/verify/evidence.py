@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from harness.records import CHAOS_DIR, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE
+from harness.contract.rundir import CHAOS_DIR, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE
 from harness.verify.rundata import RunData
 from harness.verify.verdict import FAIL, PASS, UNVERIFIED, CheckResult
 

@@ -3,7 +3,7 @@
 Why DuckDB: a long run holds millions of hops; the invariants are set queries
 (group by pair, range-join against fault windows), which a columnar engine does
 in well under a second where a Python loop over dicts takes tens of seconds.
-Every file is read with *explicit* column types (`harness.records`) so that a
+Every file is read with *explicit* column types (`harness.contract.rundir`) so that a
 record missing a field yields NULL instead of a type guess that changes from
 run to run, and every line that cannot be used is skipped and *named*
 (`RunData.skipped`: file, line number, reason), never dropped silently.
@@ -43,8 +43,8 @@ from typing import Any
 
 import duckdb
 
-from harness.observe.hops import HopsBuild, create_hops, host_ip_sql, load_inventory, resolve_ips
-from harness.records import (
+from harness.contract.rundir import (
+    ACCESSLOG_DIR,
     CHAOS_COLUMNS,
     CHAOS_DIR,
     CHAOS_FILE,
@@ -65,7 +65,9 @@ from harness.records import (
     load_jsonl,
     read_json_doc,
     sql_str,
+    topology_path,
 )
+from harness.observe.hops import HopsBuild, create_hops, host_ip_sql, load_inventory, resolve_ips
 from harness.topology import Placement, Topology, load_topology
 
 # A hop failed when no upstream host answered, the upstream answered 5xx, or a
@@ -163,10 +165,7 @@ class RunData:
 
 
 def find_topology(run_dir: Path) -> Path:
-    for candidate in (run_dir / "manifests" / "topology.yaml", run_dir / "topology.yaml"):
-        if candidate.is_file():
-            return candidate
-    return run_dir / "manifests" / "topology.yaml"  # load_topology reports "no such file" on it
+    return topology_path(run_dir)
 
 
 def load_run(run_dir: Path, threads: int | None = None) -> RunData:
@@ -240,7 +239,7 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
     scan; a join would materialise the million rows once more) and success.
     """
     con, t, run_dir = run.con, run.topology, run.run_dir
-    logs = sorted((run_dir / "accesslogs").glob("*.jsonl"))
+    logs = sorted((run_dir / ACCESSLOG_DIR).glob("*.jsonl"))
     if logs:
         built = create_hops(con, run_dir, t, inventory_loaded=True, table="hops_base")
         skipped += built.skipped

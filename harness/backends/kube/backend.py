@@ -47,6 +47,7 @@ from harness.contract.names import (
     DATAPLANE_CONTAINER,
     LABEL_APP,
 )
+from harness.contract.rundir import ENTRYPOINTS_FILE, INVENTORY_FILE
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
@@ -229,12 +230,12 @@ class KubeBackend(Backend):
     @property
     def inventory_path(self) -> Path:
         """This process's pod history (inventory.jsonl), written while it records (see module doc)."""
-        return self.records_dir / "inventory.jsonl"
+        return self.records_dir / INVENTORY_FILE
 
     @property
     def entrypoints_path(self) -> Path:
         """This process's entry-point history (entrypoints.jsonl), written while it records."""
-        return self.records_dir / "entrypoints.jsonl"
+        return self.records_dir / ENTRYPOINTS_FILE
 
     def _prune_records(self) -> None:
         root = self.workdir / "records"

@@ -35,6 +35,7 @@ from harness.backends.base import (
     LogSource,
     Status,
 )
+from harness.contract.rundir import ACCESSLOG_DIR, ENTRYPOINTS_FILE, INVENTORY_FILE
 from harness.errors import BackendError
 from harness.render.manifests import Manifests
 
@@ -193,11 +194,11 @@ class LocalBackend(Backend):
         return Status("local", True, f"{len(st['pods'])} pods, error: {st['error']}", st["pods"])
 
     def inventory(self) -> Inventory:
-        return Inventory.load(self.state_dir / "inventory.jsonl")
+        return Inventory.load(self.state_dir / INVENTORY_FILE)
 
     @property
     def inventory_path(self) -> Path:
-        return self.state_dir / "inventory.jsonl"
+        return self.state_dir / INVENTORY_FILE
 
     def entrypoints(self) -> dict[str, str]:
         return dict(self._get("/entrypoints"))
@@ -208,12 +209,12 @@ class LocalBackend(Backend):
     def log_sources(self) -> list[LogSource]:
         from harness.observe import FileLogSource
 
-        return [FileLogSource(p.stem, p) for p in sorted((self.state_dir / "accesslogs").glob("*.jsonl"))]
+        return [FileLogSource(p.stem, p) for p in sorted((self.state_dir / ACCESSLOG_DIR).glob("*.jsonl"))]
 
     @property
     def entrypoints_path(self) -> Path:
         """`entrypoints.jsonl` as the cluster writes it (copied into the run directory like the inventory)."""
-        return self.state_dir / "entrypoints.jsonl"
+        return self.state_dir / ENTRYPOINTS_FILE
 
     def capabilities(self) -> frozenset[str]:
         """Every primitive: the cluster owns its processes, links (a userspace relay does latency and loss

@@ -53,6 +53,7 @@ from harness.backends.local.sched import (
 )
 from harness.backends.local.sidecar import parse_upstreams
 from harness.backends.local.state import State
+from harness.contract.rundir import ACCESSLOG_DIR, ENTRYPOINTS_FILE, INVENTORY_FILE
 from harness.errors import BackendError, InputError
 from harness.render.manifests import Manifests
 
@@ -68,9 +69,9 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
         self.spec, self.mesh = validate(manifests)
         self.state = State(state_dir / "state.json")
         self.pods_dir = state_dir / "pods"
-        self.log_dir = state_dir / "accesslogs"
-        self.inventory = Inventory(state_dir / "inventory.jsonl")
-        self.entrypoints_file = state_dir / "entrypoints.jsonl"
+        self.log_dir = state_dir / ACCESSLOG_DIR
+        self.inventory = Inventory(state_dir / INVENTORY_FILE)
+        self.entrypoints_file = state_dir / ENTRYPOINTS_FILE
         self.entry_up: dict[str, bool] = {}
         self.reserved: dict[str, Placed] = {}  # pods being created: counted by the scheduler already
         self.lock = threading.RLock()
@@ -207,7 +208,7 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
                         body = f"unavailable: {exc}"
                     (pdir / f"envoy-{what}.{'json' if what == 'config_dump' else 'txt'}").write_text(body)
             written.append(p.name)
-        for name in ("daemon.log", "inventory.jsonl"):
+        for name in ("daemon.log", INVENTORY_FILE):
             if (self.state_dir / name).exists():
                 shutil.copyfile(self.state_dir / name, out / name)
         (out / "status.json").write_text(json.dumps(self.status(), indent=2))
