@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from harness.backends.base import Inventory
+from harness.contract.inventory import Inventory
 from harness.contract.rundir import RUN_FILE
 
 RUNS_ROOT = Path("runs")

@@ -10,9 +10,6 @@ primitives the experiments drive.
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -20,172 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.contract.inventory import Inventory
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
     from harness.render.manifests import Manifests
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    """One pod as the inventory knows it; `ended` is None while it lives."""
-
-    pod: str
-    ip: str
-    node: str
-    zone: str
-    service: str  # logical service (app label), e.g. product-api
-    consul_service: str  # Consul name, e.g. product-api-lax-1a
-    namespace: str
-    started: float
-    ended: float | None = None
-
-
-class Inventory:
-    """Pod → IP → node → zone, with history: pods that died keep their entry.
-
-    Thread-safe; every change is appended to `inventory.jsonl` when a path is
-    given, so a run directory holds the whole history even after a crash.
-    """
-
-    def __init__(self, path: Path | None = None) -> None:
-        self._lock = threading.Lock()
-        self._pods: dict[str, PodInfo] = {}
-        self._ready: dict[str, float] = {}  # pod -> when it last became ready (only pods ready now)
-        self._path = path
-        self._fh = path.open("a", encoding="utf-8") if path is not None else None
-
-    def _write(self, event: str, info: PodInfo, ts: float) -> None:
-        if self._fh is None:
-            return
-        rec = {"ts": ts, "event": event, **{k: v for k, v in asdict(info).items() if k not in ("started", "ended")}}
-        self._fh.write(json.dumps(rec) + "\n")
-        self._fh.flush()
-
-    def added(self, info: PodInfo) -> None:
-        with self._lock:
-            self._pods[info.pod] = info
-            self._write("added", info, info.started)
-
-    def removed(self, pod: str, ts: float | None = None) -> None:
-        with self._lock:
-            info = self._pods.get(pod)
-            if info is None or info.ended is not None:
-                return
-            ts = time.time() if ts is None else ts
-            ended = PodInfo(**{**asdict(info), "ended": ts})
-            self._pods[pod] = ended
-            self._ready.pop(pod, None)
-            self._write("removed", ended, ts)
-
-    def ip_changed(self, info: PodInfo, ts: float | None = None) -> None:
-        """The same pod now holds another IP (its sandbox was re-created on a restarted node): event `ip`.
-
-        The pod keeps its name and its readiness record; lookups of the old IP
-        after `ts` no longer find it here (the file keeps the history for observe).
-        """
-        with self._lock:
-            old = self._pods.get(info.pod)
-            if old is None or old.ended is not None or old.ip == info.ip:
-                return
-            ts = time.time() if ts is None else ts
-            self._pods[info.pod] = PodInfo(**{**asdict(info), "started": old.started, "ended": None})
-            self._write("ip", self._pods[info.pod], ts)
-
-    def ready(self, pod: str, ts: float | None = None) -> None:
-        """The pod became a serving endpoint (what consul-k8s registers as passing).
-
-        `added` does not imply it: a pod exists (and holds its IP) before its
-        readiness probe passes. Only a change is written; unknown or removed
-        pods are ignored (a late probe result of a pod that just died).
-        """
-        self._set_ready(pod, True, ts)
-
-    def unready(self, pod: str, ts: float | None = None) -> None:
-        """The pod stopped being a serving endpoint (probe failed, unready chaos); `removed` implies it."""
-        self._set_ready(pod, False, ts)
-
-    def _set_ready(self, pod: str, ready: bool, ts: float | None) -> None:
-        with self._lock:
-            info = self._pods.get(pod)
-            if info is None or info.ended is not None or (pod in self._ready) == ready:
-                return
-            ts = time.time() if ts is None else ts
-            if ready:
-                self._ready[pod] = ts
-            else:
-                self._ready.pop(pod, None)
-            self._write("ready" if ready else "unready", info, ts)
-
-    def is_ready(self, pod: str) -> bool:
-        with self._lock:
-            return pod in self._ready
-
-    def ready_since(self, pod: str) -> float | None:
-        """When the pod last became ready (None while it is not ready)."""
-        with self._lock:
-            return self._ready.get(pod)
-
-    @classmethod
-    def load(cls, path: Path) -> Inventory:
-        """Replay an `inventory.jsonl` written by another process (read-only)."""
-        inv = cls()
-        if not path.exists():
-            return inv
-        with path.open(encoding="utf-8") as fh:
-            for raw in fh:
-                if not raw.strip():
-                    continue
-                rec = json.loads(raw)
-                fields = {k: rec[k] for k in ("pod", "ip", "node", "zone", "service", "consul_service", "namespace")}
-                if rec["event"] == "added":
-                    inv._pods[rec["pod"]] = PodInfo(**fields, started=rec["ts"])
-                elif rec["event"] == "removed" and rec["pod"] in inv._pods:
-                    old = inv._pods[rec["pod"]]
-                    inv._pods[rec["pod"]] = PodInfo(**{**asdict(old), "ended": rec["ts"]})
-                    inv._ready.pop(rec["pod"], None)
-                elif rec["event"] == "ready" and rec["pod"] in inv._pods:
-                    inv._ready.setdefault(rec["pod"], rec["ts"])
-                elif rec["event"] == "unready":
-                    inv._ready.pop(rec["pod"], None)
-                elif rec["event"] == "ip" and rec["pod"] in inv._pods:
-                    inv._pods[rec["pod"]] = PodInfo(**{**asdict(inv._pods[rec["pod"]]), "ip": rec["ip"]})
-        return inv
-
-    def pods(self, alive_only: bool = False) -> list[PodInfo]:
-        with self._lock:
-            return [p for p in self._pods.values() if not alive_only or p.ended is None]
-
-    def get(self, pod: str) -> PodInfo | None:
-        with self._lock:
-            return self._pods.get(pod)
-
-    def by_ip(self, ip: str, ts: float | None = None) -> PodInfo | None:
-        """The pod that held `ip` at time `ts` (the live one when ts is None)."""
-        with self._lock:
-            best: PodInfo | None = None
-            for p in self._pods.values():
-                if p.ip != ip:
-                    continue
-                if ts is None:
-                    if p.ended is None:
-                        return p
-                    continue
-                alive_then = p.started - 1.0 <= ts and (p.ended is None or ts <= p.ended + 1.0)
-                if alive_then and (best is None or p.started > best.started):
-                    best = p
-            return best
-
-    def ready_pods(self) -> list[PodInfo]:
-        """Live pods that are serving endpoints now."""
-        with self._lock:
-            return [p for p in self._pods.values() if p.ended is None and p.pod in self._ready]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
 
 
 class LogSource(ABC):

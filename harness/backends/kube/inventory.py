@@ -9,7 +9,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 
-from harness.backends.base import Inventory, PodInfo
 from harness.backends.kube.api import (
     KubeApi,
     LineStream,
@@ -17,6 +16,7 @@ from harness.backends.kube.api import (
     _meta,
     parse_k8s_time,
 )
+from harness.contract.inventory import Inventory, PodInfo
 from harness.contract.names import (
     ANN_SERVICE as ANN_CONSUL_SERVICE,
 )

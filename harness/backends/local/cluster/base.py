@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import Inventory
 from harness.backends.local.certs import CertAuthority
 from harness.backends.local.mesh import Catalog, MeshConfig
 from harness.backends.local.network import Network, PodNet, netns
 from harness.backends.local.sched import ClusterSpec, DeploymentSpec, Node, Placed, Probe
 from harness.backends.local.sidecar import Sidecar
 from harness.backends.local.state import State
+from harness.contract.inventory import Inventory
 from harness.render.manifests import Manifests
 from harness.topology.model import Topology
 

@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import Inventory
 from harness.backends.local.apps import app_argv
 from harness.backends.local.certs import CertAuthority
 from harness.backends.local.cluster.base import (
@@ -53,6 +52,7 @@ from harness.backends.local.sched import (
 )
 from harness.backends.local.sidecar import parse_upstreams
 from harness.backends.local.state import State
+from harness.contract.inventory import Inventory
 from harness.contract.rundir import ACCESSLOG_DIR, ENTRYPOINTS_FILE, INVENTORY_FILE
 from harness.errors import BackendError, InputError
 from harness.render.manifests import Manifests

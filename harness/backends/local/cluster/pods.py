@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from harness.backends.base import PodInfo
 from harness.backends.local.apps import app_argv
 from harness.backends.local.cluster.base import (
     ADMIN_PORT,
@@ -32,6 +31,7 @@ from harness.backends.local.sched import (
     Placed,
 )
 from harness.backends.local.sidecar import Sidecar, parse_upstreams
+from harness.contract.inventory import PodInfo
 from harness.errors import InputError
 
 
