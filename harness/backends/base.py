@@ -1,17 +1,26 @@
-"""The one protocol every backend (kind, existing, local) implements.
+"""The one protocol every backend (kind, existing, local) implements, split by concern.
 
 Backends take the rendered manifests (a directory written by `harness render`,
 loaded with `harness.render.manifests.load`) and never import the verifier,
 the report or the CLI. Everything the later stages need from a backend goes
-through this protocol: where users enter, which pod held which IP when (the
-inventory), where the sidecars' access logs come from, and the chaos
-primitives the experiments drive.
+through this protocol:
+
+- `Lifecycle`: up, down, status, artifacts, close;
+- `Observation`: where users enter, which pod held which IP when (the
+  inventory, `harness.contract.inventory`), the sidecars' access logs, Envoy's
+  admin API, Consul's HTTP API, the nodes;
+- `Chaos`: the fault primitives, each declared once in `PRIMITIVES` (method,
+  restore, arguments) and dispatched by name (`dispatch`, `Chaos.perform`)
+  by the chaos actions and the local daemon; `capabilities()` says which this
+  cluster can do.
+
+`Backend` joins the three. `ProgressFn` is the one spelling of a progress callback.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,17 +43,72 @@ class LogSource(ABC):
         """Lines written since the last call (non-blocking)."""
 
 
-CHAOS_PRIMITIVES = frozenset(
-    {
-        "kill_pod",
-        "kill_node",
-        "zone_outage",
-        "set_link",
-        "partition_zone",
-        "set_pod_unready",
-    }
-)
+ProgressFn = Callable[[str], None]
+"""The one spelling of a progress callback: one line per step of a long operation (`up`, apply, waits)."""
+
+
+def no_progress(_msg: str) -> None:
+    """The default `ProgressFn`: long steps report progress only when someone listens."""
+
+
+@dataclass(frozen=True)
+class ChaosPrimitive:
+    """One fault a backend can inject, declared once: its method, its restore, their arguments.
+
+    The chaos actions, the local backend's client and its daemon all dispatch
+    by this table (`Chaos.perform`), so adding a primitive is one entry here
+    plus its implementation in each backend.
+    """
+
+    name: str  # the backend method that injects it (also the capability name)
+    params: tuple[str, ...]  # its arguments, in order
+    restore: str | None  # the method that undoes it (None: the cluster heals itself, e.g. a killed pod)
+    restore_params: tuple[str, ...] = ()
+    returns_pods: bool = False  # inject / restore return the pod names they acted on
+
+
+PRIMITIVES: dict[str, ChaosPrimitive] = {
+    p.name: p
+    for p in (
+        ChaosPrimitive("kill_pod", ("zone", "service"), None, returns_pods=True),
+        ChaosPrimitive("kill_node", ("node",), "restore_node", ("node",)),
+        ChaosPrimitive("zone_outage", ("zone",), "restore_zone", ("zone",)),
+        ChaosPrimitive("set_link", ("zone", "latency_ms", "loss_percent"), "clear_link", ("zone",)),
+        ChaosPrimitive("partition_zone", ("zone",), "heal_zone", ("zone",)),
+        ChaosPrimitive("set_pod_unready", ("zone", "service"), "set_pod_ready", ("zone", "service"), returns_pods=True),
+    )
+}
+CHAOS_PRIMITIVES = frozenset(PRIMITIVES)
 """Fault-injecting primitives (each has its restore); `Backend.capabilities()` returns a subset."""
+
+# Every chaos method (injects and restores) -> (its primitive, its parameter names).
+CHAOS_METHODS: dict[str, tuple[ChaosPrimitive, tuple[str, ...]]] = {
+    **{p.name: (p, p.params) for p in PRIMITIVES.values()},
+    **{p.restore: (p, p.restore_params) for p in PRIMITIVES.values() if p.restore is not None},
+}
+
+
+def dispatch(target: Any, method: str, args: Mapping[str, Any]) -> Any:
+    """Call the chaos `method` of `target` (a backend, the local cluster) by name, checked against the table.
+
+    The one dispatch the chaos actions, `Chaos.perform` and the local daemon share.
+    """
+    if method not in CHAOS_METHODS:
+        raise BackendError(f"unknown chaos operation {method!r}")
+    return getattr(target, method)(**args)
+
+
+def chaos_arguments(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Positional and keyword arguments of a chaos `method` call as keywords (for forwarding it)."""
+    _spec, params = CHAOS_METHODS[method]
+    if len(args) > len(params):
+        raise TypeError(f"{method}() takes {len(params)} arguments, got {len(args)}")
+    out = dict(zip(params, args, strict=False))
+    for k, v in kwargs.items():
+        if k not in params or k in out:
+            raise TypeError(f"{method}() got an unexpected or repeated argument {k!r}")
+        out[k] = v
+    return out
 
 
 @dataclass(frozen=True)
@@ -90,13 +154,13 @@ class Status:
         return asdict(self)
 
 
-class Backend(ABC):
-    """What `harness up/down/status/chaos` drive, whichever cluster is behind it."""
+class Lifecycle(ABC):
+    """Bring a cluster up and down, say how it is, and hand over artifacts."""
 
     name: str
 
     @abstractmethod
-    def up(self, manifests: Manifests, progress: Callable[[str], None] | None = None) -> None:
+    def up(self, manifests: Manifests, progress: ProgressFn | None = None) -> None:
         """Create the cluster (if the backend owns one) and apply the manifests; `progress` gets one line per step."""
 
     @abstractmethod
@@ -111,15 +175,28 @@ class Backend(ABC):
     def status(self) -> Status: ...
 
     @abstractmethod
+    def save_artifacts(self, out: Path) -> None:
+        """For the post-mortem: whatever the backend can hand over (pod logs, events, Envoy config dumps)."""
+
+    def close(self) -> None:  # noqa: B027 - a no-op is right for backends that hold nothing in-process
+        """Release what this client holds in this process (watch threads, log followers); the cluster stays.
+
+        Idempotent. The chaostoolkit extension shares one backend per process
+        and calls this when chaostoolkit's process ends, so no thread outlives it.
+        """
+
+
+class Observation(ABC):
+    """What the later stages read of a running cluster: entry points, inventory, logs, Envoy and Consul."""
+
+    name: str
+
+    @abstractmethod
     def inventory(self) -> Inventory: ...
 
     @abstractmethod
     def entrypoints(self) -> dict[str, str]:
         """Zone name → base URL of that zone's frontend, as users reach it."""
-
-    @abstractmethod
-    def save_artifacts(self, out: Path) -> None:
-        """For the post-mortem: whatever the backend can hand over (pod logs, events, Envoy config dumps)."""
 
     @abstractmethod
     def log_sources(self) -> list[LogSource]:
@@ -138,26 +215,6 @@ class Backend(ABC):
         `write_total_buffered` gauge, then a catch-up read of each container log).
         """
         return []
-
-    # -- observation beyond access logs ----------------------------------------
-    @abstractmethod
-    def capabilities(self) -> frozenset[str]:
-        """The chaos primitives (names in `CHAOS_PRIMITIVES`) this backend can perform on this cluster.
-
-        An experiment that needs one outside the set is refused before anything
-        is injected, rather than failing half-way through a game day.
-        """
-
-    def require_capability(self, primitive: str) -> None:
-        """Refuse `primitive` (BackendError saying why) when this cluster cannot perform it.
-
-        Called before a fault is recorded or injected, so a refused fault
-        leaves no trace on the cluster or in the timeline. Backends whose
-        `capabilities()` is costly for some primitives override this to check
-        only the one asked for.
-        """
-        if primitive not in self.capabilities():
-            raise BackendError(f"the {self.name} backend cannot {primitive} on this cluster")
 
     @abstractmethod
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
@@ -188,7 +245,44 @@ class Backend(ABC):
         """
         return EdgeProbe(False, False, f"{self.name}: calling as another service's identity is not possible here")
 
-    # -- chaos primitives: each returns quickly; each has its restore ---------
+    @abstractmethod
+    def nodes(self) -> dict[str, str]:
+        """Node name → zone name."""
+
+
+class Chaos(ABC):
+    """The fault primitives of `PRIMITIVES`, what this cluster can do of them, and one generic dispatch."""
+
+    name: str
+
+    @abstractmethod
+    def capabilities(self) -> frozenset[str]:
+        """The chaos primitives (names in `CHAOS_PRIMITIVES`) this backend can perform on this cluster.
+
+        An experiment that needs one outside the set is refused before anything
+        is injected, rather than failing half-way through a game day.
+        """
+
+    def require_capability(self, primitive: str) -> None:
+        """Refuse `primitive` (BackendError saying why) when this cluster cannot perform it.
+
+        Called before a fault is recorded or injected, so a refused fault
+        leaves no trace on the cluster or in the timeline. Backends whose
+        `capabilities()` is costly for some primitives override this to check
+        only the one asked for.
+        """
+        if primitive not in self.capabilities():
+            raise BackendError(f"the {self.name} backend cannot {primitive} on this cluster")
+
+    def perform(self, method: str, **args: Any) -> list[str] | None:
+        """Call the chaos `method` (an inject or restore of `PRIMITIVES`) by name, with keyword arguments.
+
+        How the chaos actions and the local daemon dispatch; a backend whose
+        primitives run elsewhere (the local client) forwards the same call.
+        """
+        result = dispatch(self, method, args)
+        return list(result) if result is not None else None
+
     @abstractmethod
     def kill_pod(self, zone: str, service: str) -> list[str]:
         """Kill every pod of `service` in `zone`; the Deployment re-creates them. Returns pod names."""
@@ -229,13 +323,8 @@ class Backend(ABC):
     @abstractmethod
     def set_pod_ready(self, zone: str, service: str) -> list[str]: ...
 
-    @abstractmethod
-    def nodes(self) -> dict[str, str]:
-        """Node name → zone name."""
 
-    def close(self) -> None:  # noqa: B027 - a no-op is right for backends that hold nothing in-process
-        """Release what this client holds in this process (watch threads, log followers); the cluster stays.
+class Backend(Lifecycle, Observation, Chaos):
+    """What `harness up/down/status/chaos` drive, whichever cluster is behind it: the three concerns joined."""
 
-        Idempotent. The chaostoolkit extension shares one backend per process
-        and calls this when chaostoolkit's process ends, so no thread outlives it.
-        """
+    name: str

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,17 +28,14 @@ from urllib.parse import quote
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from harness.backends.base import ProgressFn as ProgressFn
 from harness.contract.names import LABEL_REGION, LABEL_ZONE, LABEL_ZONE_TYPE
 from harness.errors import BackendError
 
 FIELD_MANAGER = "edge-harness"
 
 
-ProgressFn = Callable[[str], None]
 
-
-def _no_progress(_msg: str) -> None:
-    """Default progress sink: long steps report progress only when someone listens."""
 
 
 class KubeApiError(BackendError):

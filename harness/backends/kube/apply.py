@@ -16,16 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from harness.backends.base import ConfigEntryStatus
-from harness.backends.kube.api import (
-    AppliedObject,
-    KubeApi,
-    KubeApiError,
-    ProgressFn,
-    _labels,
-    _meta,
-    _no_progress,
-)
+from harness.backends.base import ConfigEntryStatus, ProgressFn
+from harness.backends.base import no_progress as _no_progress
+from harness.backends.kube.api import AppliedObject, KubeApi, KubeApiError, _labels, _meta
 from harness.backends.kube.inventory import pod_condition
 from harness.contract.names import (
     CONSUL_API_GROUP,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
-from harness.backends.base import CHAOS_PRIMITIVES, Backend, ConfigEntryStatus, Inventory, LogSource
+from harness.backends.base import CHAOS_PRIMITIVES, Backend, ConfigEntryStatus, LogSource, no_progress
 from harness.backends.kube.api import (
     KubeApiError,
     ProgressFn,
@@ -43,6 +43,7 @@ from harness.backends.kube.cluster import KubeCluster
 from harness.backends.kube.forward import AdminForwards, ForwardRelay
 from harness.backends.kube.inventory import InventoryWatcher
 from harness.backends.kube.logs import KubeLogSources
+from harness.contract.inventory import Inventory
 from harness.contract.names import (
     DATAPLANE_CONTAINER,
     LABEL_APP,
@@ -149,7 +150,7 @@ class KubeBackend(Backend):
     ) -> None:
         self.workdir = workdir
         self._manifests = manifests
-        self.progress: ProgressFn = progress or (lambda _m: None)
+        self.progress: ProgressFn = progress or no_progress
         self.ready_timeout_s = ready_timeout_s
         self.ready_poll_s = 2.0  # how often `up` asks whether the Deployments are ready
         self._run_fn = run

@@ -85,3 +85,6 @@ class ClusterChaos(ClusterBase):
             for p in pods:
                 p.forced_unready = unready
         return [p.name for p in pods]
+
+    def set_pod_ready(self, zone: str, service: str) -> list[str]:
+        return self.set_pod_unready(zone, service, unready=False)

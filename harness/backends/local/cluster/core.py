@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from harness.backends.base import ProgressFn
 from harness.backends.local.apps import app_argv
 from harness.backends.local.certs import CertAuthority
 from harness.backends.local.cluster.base import (
@@ -91,7 +92,7 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
         self._loop: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------
-    def start(self, progress: Any = None) -> None:
+    def start(self, progress: ProgressFn | None = None) -> None:
         """Create the network and every pod; return once all are ready (or raise)."""
         say = progress or (lambda msg: log.info(msg))
         meshed = sum(d.replicas for d in self.spec.deployments if d.meshed)
