@@ -19,6 +19,7 @@ through this protocol:
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -154,6 +155,80 @@ class Status:
         return asdict(self)
 
 
+class RecordFollower:
+    """Keeps run-directory record files equal to the files a backend writes as things happen.
+
+    A backend's inventory and entry-point history are written where the
+    backend can write them (the local daemon's state directory, this
+    process's records directory for kind/EKS); from `Observation.record_into`
+    on, a thread appends every complete line they gain to the run directory's
+    file of the same name, so the run directory holds the history from the
+    start, also when the process dies mid-run. `stop()` copies the rest
+    (a torn last line included, as the source has it). A source that is
+    replaced (shorter than what was copied) is copied again from its start.
+    """
+
+    def __init__(self, sources: Mapping[str, Path], run_dir: Path, interval_s: float = 0.25) -> None:
+        self.sources = dict(sources)
+        self.run_dir = run_dir
+        self.interval_s = interval_s
+        self._offsets: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="eh-record-follower", daemon=True)
+        self.errors: list[str] = []
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.sources)
+
+    def start(self) -> RecordFollower:
+        self.poll()
+        self._thread.start()
+        return self
+
+    def poll(self, final: bool = False) -> None:
+        with self._lock:
+            for name, src in self.sources.items():
+                try:
+                    self._copy(name, src, final)
+                except OSError as exc:
+                    self.errors.append(f"{name}: {exc}")
+
+    def _copy(self, name: str, src: Path, final: bool) -> None:
+        dst = self.run_dir / name
+        if not src.exists():
+            return
+        offset = self._offsets.get(name)
+        size = src.stat().st_size
+        if offset is None or size < offset:  # first sight, or the source was replaced: start over
+            dst.write_bytes(b"")
+            offset = 0
+        if size == offset:
+            self._offsets[name] = offset
+            return
+        with src.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read(size - offset)
+        if not final:
+            data = data[: data.rfind(b"\n") + 1]  # complete lines only while the writer may be mid-line
+        if data:
+            with dst.open("ab") as out:
+                out.write(data)
+        self._offsets[name] = offset + len(data)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+
+    def stop(self) -> None:
+        """Stop following and copy what is left (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self.poll(final=True)
+
+
 class Lifecycle(ABC):
     """Bring a cluster up and down, say how it is, and hand over artifacts."""
 
@@ -215,6 +290,16 @@ class Observation(ABC):
         `write_total_buffered` gauge, then a catch-up read of each container log).
         """
         return []
+
+    def record_sources(self) -> dict[str, Path]:
+        """The record files this backend writes as things happen, by run-directory name (`inventory.jsonl`,
+        `entrypoints.jsonl`); none by default (an in-memory inventory is written out at the end instead)."""
+        return {}
+
+    def record_into(self, run_dir: Path) -> RecordFollower:
+        """From now on keep `run_dir`'s inventory / entry-point records equal to this backend's (see
+        `RecordFollower`); stop the follower after the last event to be recorded."""
+        return RecordFollower(self.record_sources(), run_dir).start()
 
     @abstractmethod
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:

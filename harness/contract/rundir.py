@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,32 @@ JUNIT_FILE = "junit.xml"
 ARTIFACTS_DIR = "artifacts"
 MANIFESTS_DIR = "manifests"  # the rendered directory the run used
 TOPOLOGY_FILE = "topology.yaml"  # in the rendered directory
+HOPS_BUILD_FILE = "hops-build.json"  # what observe built hops.jsonl from (verify consumes hops.jsonl when current)
+RECORDING_FILE = "recording.jsonl"  # what went wrong while recording (collector, flush, inventory, artifacts)
+
+
+def record_problem(run_dir: Path, what: str, message: str) -> None:
+    """Append one line to `recording.jsonl`: a recording step failed; the verifier reports it in the verdict's notes."""
+    rec = {"ts": time.time(), "what": what, "message": message}
+    with (run_dir / RECORDING_FILE).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+def hop_inputs(run_dir: Path) -> list[list[Any]]:
+    """What hops are built from, as (file, size, mtime_ns): access logs, inventory, topology.
+
+    observe writes it next to hops.jsonl (`HOPS_BUILD_FILE`); verify takes
+    hops.jsonl as built only while these (and hops.jsonl itself) are unchanged.
+    """
+    files = [*sorted((run_dir / ACCESSLOG_DIR).glob("*.jsonl")), run_dir / INVENTORY_FILE, topology_path(run_dir)]
+    out: list[list[Any]] = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out.append([str(f.relative_to(run_dir)), st.st_size, st.st_mtime_ns])
+    return out
 
 
 def topology_path(run_dir: Path) -> Path:
@@ -131,6 +158,7 @@ UPSTREAM_STATS_COLUMNS = {
 }
 # The access-log fields observe needs (read as text: Envoy writes numbers for
 # some fields and null for empty ones, and other backends may quote them).
+RECORDING_COLUMNS = {"ts": "DOUBLE", "what": "VARCHAR", "message": "VARCHAR"}
 ACCESSLOG_COLUMNS = {
     "start_time": "VARCHAR",
     "response_code": "VARCHAR",

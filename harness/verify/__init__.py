@@ -14,13 +14,15 @@ machine. Public API:
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.contract.rundir import VERDICT_FILE
 from harness.errors import InputError
 from harness.verify.invariants import DEFINITIONS, Checker
-from harness.verify.rundata import load_run
+from harness.verify.rundata import RunData, load_run
 from harness.verify.summary import print_summary
 from harness.verify.verdict import (
     AVAILABILITY,
@@ -45,19 +47,30 @@ from harness.verify.verdict import (
 )
 
 
-def verify(run_dir: Path | str, threads: int | None = None) -> Verdict:
-    """Check every invariant over the records in `run_dir` and return the verdict.
+@contextlib.contextmanager
+def judged(run_dir: Path | str, threads: int | None = None) -> Iterator[tuple[RunData, Verdict]]:
+    """Load the run once, verify it, and lend the loaded run with its verdict to the caller (the report).
 
-    `threads` caps DuckDB's worker threads (default: all cores).
+    The database is closed when the block ends; nothing else reloads or
+    re-derives the records meanwhile (`verify` is this without the lending).
     """
     path = Path(run_dir)
     if not path.is_dir():
         raise InputError(str(path), "", "run directory does not exist")
     run = load_run(path, threads=threads)
     try:
-        return Checker(run).verdict()
+        yield run, Checker(run).verdict()
     finally:
         run.con.close()
+
+
+def verify(run_dir: Path | str, threads: int | None = None) -> Verdict:
+    """Check every invariant over the records in `run_dir` and return the verdict.
+
+    `threads` caps DuckDB's worker threads (default: all cores).
+    """
+    with judged(run_dir, threads) as (_run, verdict):
+        return verdict
 
 
 def write_verdict(run_dir: Path | str, verdict: Verdict) -> Path:
@@ -98,6 +111,7 @@ __all__ = [
     "RunInfo",
     "Verdict",
     "WindowResult",
+    "judged",
     "load_verdict",
     "print_summary",
     "verify",

@@ -238,6 +238,11 @@ class KubeBackend(Backend):
         """This process's entry-point history (entrypoints.jsonl), written while it records."""
         return self.records_dir / ENTRYPOINTS_FILE
 
+    def record_sources(self) -> dict[str, Path]:
+        """This process's pod and entry-point history (recording starts now if it had not)."""
+        self.start_recording()
+        return {INVENTORY_FILE: self.inventory_path, ENTRYPOINTS_FILE: self.entrypoints_path}
+
     def _prune_records(self) -> None:
         root = self.workdir / "records"
         if not root.is_dir():

@@ -222,6 +222,10 @@ class LocalBackend(Backend):
     def nodes(self) -> dict[str, str]:
         return dict(self._get("/status")["nodes"])
 
+    def record_sources(self) -> dict[str, Path]:
+        """The daemon's pod and entry-point history (it writes them as they happen)."""
+        return {INVENTORY_FILE: self.state_dir / INVENTORY_FILE, ENTRYPOINTS_FILE: self.state_dir / ENTRYPOINTS_FILE}
+
     def log_sources(self) -> list[LogSource]:
         from harness.observe import FileLogSource
 
