@@ -8,6 +8,8 @@ joins on them. One module, so a renamed label cannot leave a reader behind.
 
 from __future__ import annotations
 
+from harness.topology.model import Edition, Placement, Service, Topology, Zone
+
 # Node labels (kind config, real clusters) and the taint on edge nodes.
 LABEL_REGION = "topology.kubernetes.io/region"
 LABEL_ZONE = "topology.kubernetes.io/zone"
@@ -45,3 +47,21 @@ CE_CONSUL_NAMESPACE = "default"  # Consul CE has one namespace
 
 # The sidecar container consul-k8s injects (its logs carry the access log on kind/EKS).
 DATAPLANE_CONTAINER = "consul-dataplane"
+
+
+# -- the per-topology names every stage derives the same way -----------------------------------
+def namespace(t: Topology, zone: Zone) -> str:
+    """Kubernetes namespace of a zone's HashiCups objects (same rule in both editions)."""
+    return f"{REGION_NAMESPACE}-{t.short(zone)}" if zone.is_edge else REGION_NAMESPACE
+
+
+def consul_name(t: Topology, service: Service, zone: Zone, edition: Edition) -> str:
+    """Consul service name of `service`'s instances in `zone`.
+
+    CE merges same-named services across Kubernetes namespaces, so an edge
+    zone's copy needs its own name; Enterprise keeps the plain name and relies
+    on the per-zone Consul namespace instead.
+    """
+    if edition is Edition.CE and zone.is_edge and service.placement is Placement.EDGE:
+        return f"{service.name}-{t.short(zone)}"
+    return service.name

@@ -90,6 +90,37 @@ def topology_path(run_dir: Path) -> Path:
             return candidate
     return run_dir / MANIFESTS_DIR / TOPOLOGY_FILE
 
+
+# The access-log line every sidecar writes: Consul's JSON format (ProxyDefaults accessLogs.jsonFormat, written
+# by render.consul; the local sidecars use it as is), field -> Envoy command operator. ACCESSLOG_COLUMNS reads it.
+ACCESS_LOG_FIELDS: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "route_name": "%ROUTE_NAME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%",
+    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+}
+
+
 REQUEST_COLUMNS = {
     "ts": "DOUBLE",
     "zone": "VARCHAR",
@@ -156,9 +187,9 @@ UPSTREAM_STATS_COLUMNS = {
     "rq_timeout": "BIGINT",
     "health_flags": "VARCHAR",
 }
+RECORDING_COLUMNS = {"ts": "DOUBLE", "what": "VARCHAR", "message": "VARCHAR"}
 # The access-log fields observe needs (read as text: Envoy writes numbers for
 # some fields and null for empty ones, and other backends may quote them).
-RECORDING_COLUMNS = {"ts": "DOUBLE", "what": "VARCHAR", "message": "VARCHAR"}
 ACCESSLOG_COLUMNS = {
     "start_time": "VARCHAR",
     "response_code": "VARCHAR",

@@ -255,7 +255,7 @@ def load_inventory(
 
 def topology_names(t: Topology) -> list[tuple[str, str, str | None]]:
     """(Consul name, logical service, its zone if it names exactly one) by the renderer's naming rule."""
-    from harness.render.naming import consul_name
+    from harness.contract.names import consul_name
 
     zones_of: dict[str, set[str]] = {}
     service_of: dict[str, str] = {}

@@ -52,6 +52,7 @@ import json
 from typing import Any
 
 from harness.contract import names
+from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.render import naming
 from harness.render.naming import ConsulService
 from harness.topology.model import Edition, Placement, Topology
@@ -69,34 +70,6 @@ PASSIVE_HEALTH_CHECK: dict[str, Any] = {
 # isValidRetryCondition values; gateway-error covers a 502/503/504 from a pod
 # that is shutting down, reset/refused-stream a connection it dropped.
 RETRY_ON = ["reset", "connect-failure", "refused-stream", "gateway-error"]
-
-# Consul's JSON access-log fields (agent/xds/accesslogs) -> Envoy command operators.
-ACCESS_LOG_FIELDS: dict[str, str] = {
-    "start_time": "%START_TIME%",
-    "route_name": "%ROUTE_NAME%",
-    "method": "%REQ(:METHOD)%",
-    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-    "protocol": "%PROTOCOL%",
-    "response_code": "%RESPONSE_CODE%",
-    "response_flags": "%RESPONSE_FLAGS%",
-    "response_code_details": "%RESPONSE_CODE_DETAILS%",
-    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
-    "bytes_received": "%BYTES_RECEIVED%",
-    "bytes_sent": "%BYTES_SENT%",
-    "duration": "%DURATION%",
-    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
-    "user_agent": "%REQ(USER-AGENT)%",
-    "request_id": "%REQ(X-REQUEST-ID)%",
-    "authority": "%REQ(:AUTHORITY)%",
-    "upstream_host": "%UPSTREAM_HOST%",
-    "upstream_cluster": "%UPSTREAM_CLUSTER%",
-    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
-    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
-    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
-    "requested_server_name": "%REQUESTED_SERVER_NAME%",
-    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
-}
 
 
 def _crd(kind: str, name: str, ns: str, spec: dict[str, Any]) -> dict[str, Any]:

@@ -11,25 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.contract.names import REGION_NAMESPACE
+from harness.contract.names import consul_name, namespace
 from harness.topology.model import Edition, Placement, Service, Topology, Zone
-
-
-def namespace(t: Topology, zone: Zone) -> str:
-    """Kubernetes namespace of a zone's HashiCups objects (same rule in both editions)."""
-    return f"{REGION_NAMESPACE}-{t.short(zone)}" if zone.is_edge else REGION_NAMESPACE
-
-
-def consul_name(t: Topology, service: Service, zone: Zone, edition: Edition) -> str:
-    """Consul service name of `service`'s instances in `zone`.
-
-    CE merges same-named services across Kubernetes namespaces, so an edge
-    zone's copy needs its own name; Enterprise keeps the plain name and relies
-    on the per-zone Consul namespace instead.
-    """
-    if edition is Edition.CE and zone.is_edge and service.placement is Placement.EDGE:
-        return f"{service.name}-{t.short(zone)}"
-    return service.name
 
 
 def deployment_name(t: Topology, service: Service, zone: Zone, edition: Edition) -> str:

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from harness.contract.names import consul_name
 from harness.contract.rundir import (
     ACCESSLOG_DIR,
     CHAOS_FILE,
@@ -51,7 +52,6 @@ from harness.contract.rundir import (
     TOPOLOGY_FILE,
     UPSTREAM_STATS_FILE,
 )
-from harness.render.naming import consul_name
 from harness.topology import Placement, Topology, dump_topology
 
 MISCONFIGS = (
