@@ -86,3 +86,27 @@ def test_dispatch_refuses_what_the_table_does_not_name() -> None:
     assert chaos_arguments("set_link", ("z", 10.0), {"loss_percent": 2.0}) == {
         "zone": "z", "latency_ms": 10.0, "loss_percent": 2.0,
     }  # fmt: skip
+
+
+def test_the_chaos_extension_exports_what_experiments_call() -> None:
+    """Every action and probe the shipped experiments name is in its module's `__all__`; every action's
+    primitive is one the table declares."""
+    import importlib
+    import json
+
+    from harness.chaos import actions
+
+    assert set(actions.PRIMITIVE_OF) <= set(actions.__all__)
+    assert set(actions.PRIMITIVE_OF.values()) <= CHAOS_PRIMITIVES
+    called = 0
+    for path in sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.json")):
+        doc = json.loads(path.read_text())
+        activities = [*doc.get("method", []), *doc.get("rollbacks", []),
+                      *(doc.get("steady-state-hypothesis") or {}).get("probes", [])]  # fmt: skip
+        for act in activities:
+            prov = act.get("provider") or {}
+            if str(prov.get("module", "")).startswith("harness.chaos."):
+                module = importlib.import_module(prov["module"])
+                assert prov["func"] in module.__all__, (path.name, prov["func"])
+                called += 1
+    assert called > 0

@@ -403,3 +403,24 @@ PRIMITIVE_OF: dict[str, str] = {
     "heal_zone": "partition_zone",
 }
 """The backend primitive (`Backend.capabilities()` names) each action needs, restores included."""
+
+# The extension's public face: what an experiment's `provider.func` may name, and the helpers the CLI and the
+# probes share. Everything else (underscored) is internal.
+__all__ = [
+    "PRIMITIVE_OF",
+    "clear_link",
+    "close_backends",
+    "degrade_link",
+    "heal_zone",
+    "kill_node",
+    "kill_pod",
+    "make_ready",
+    "make_unready",
+    "partition_zone",
+    "ready_services",
+    "restore_node",
+    "restore_zone",
+    "wait_ready",
+    "wait_replacement_ready",
+    "zone_outage",
+]
