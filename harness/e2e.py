@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendOptions, choose, connect
-from harness.backends.base import Backend, Observation, RecordFollower
+from harness.backends.base import Backend, Observation, ProgressFn, RecordFollower
 from harness.contract.rundir import ACCESSLOG_DIR, ARTIFACTS_DIR, INVENTORY_FILE, record_problem
 from harness.errors import InputError
 from harness.preflight import gate as preflight_gate
@@ -133,7 +133,7 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
                     record_problem(run_dir, what, f"{exc.__class__.__name__}: {exc}")
 
 
-def before_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -> None:
+def before_traffic(backend: Backend, run_dir: Path, say: ProgressFn) -> None:
     """Everything that must be recorded before the first user request (e2e and `harness traffic`).
 
     Preflight (Consul's own view: preflight.json, stream STANDINS) belongs
@@ -146,7 +146,7 @@ def before_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) 
         say(f"upstream stats: {snap.rows} host counters from {len(snap.pods)} sidecars{missing}")
 
 
-def after_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -> None:
+def after_traffic(backend: Backend, run_dir: Path, say: ProgressFn) -> None:
     """The last records taken while the cluster is still up: the "end" snapshot of upstream counters."""
     _upstream_snapshot(backend, run_dir, "end")
 
@@ -221,7 +221,7 @@ def _topology_of(opts: E2EOptions) -> Topology:
     return load_topology(opts.topology)
 
 
-def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] = print) -> E2EResult:
+def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: ProgressFn = print) -> E2EResult:
     from harness.chaos import plan_run, run_planned, write_plan
     from harness.observe import build_hops
     from harness.render.manifests import load

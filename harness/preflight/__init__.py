@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness.backends.base import Backend
+from harness.backends.base import Backend, ProgressFn
 from harness.contract.rundir import PREFLIGHT_FILE
 from harness.errors import BackendError, HarnessError
 from harness.render import naming
@@ -565,7 +565,7 @@ def gate(
     backend: Backend,
     run_dir: Path,
     mode: str = "gate",
-    say: Callable[[str], None] = print,
+    say: ProgressFn = print,
     settle_s: float = SETTLE_S,
 ) -> PreflightResult:
     """Run preflight before traffic, write ``preflight.json``; mode ``gate`` raises PreflightFailed on failure."""
