@@ -31,7 +31,27 @@ lifecycle, pods, chaos), `nft` (the rules), `relay` and `netem` (link
 latency), `netns` (entering namespaces).
 """
 
-from harness.backends.local.network.addresses import LinkMode, PodNet, ZoneSpec, zone_specs
-from harness.backends.local.network.hub import Network
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.backends.local.network.addresses import LinkMode, PodNet, ZoneSpec, zone_specs
+    from harness.backends.local.network.hub import Network
+
+# Loaded on first use: `state` imports `network.netns`, and `hub` imports `state`, so importing the
+# package must not import `hub` (or `addresses`) eagerly.
+_LAZY = {
+    "LinkMode": "addresses", "PodNet": "addresses", "ZoneSpec": "addresses", "zone_specs": "addresses",
+    "Network": "hub",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["LinkMode", "Network", "PodNet", "ZoneSpec", "zone_specs"]

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from harness.backends.local.state import State
 from harness.errors import BackendError
 from harness.topology.model import ServiceLink
 
 if TYPE_CHECKING:
+    from harness.backends.local.state import State
     from harness.topology.model import Topology
 
 RELAY_BASE_PORT = 15000  # relay listeners live in the hub namespace: no clash with anything on the host
