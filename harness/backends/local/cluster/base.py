@@ -89,6 +89,7 @@ class ClusterBase:
     entry_up: dict[str, bool]
     reserved: dict[str, Placed]
     lock: threading.RLock
+    tick_lock: threading.Lock
     pods: dict[str, Pod]
     down_nodes: set[str]
     pending: dict[str, list[float]]
@@ -114,6 +115,9 @@ class ClusterBase:
         raise NotImplementedError
 
     def _push(self) -> None:
+        raise NotImplementedError
+
+    def _update_serving(self) -> None:
         raise NotImplementedError
 
     def _placed(self) -> list[Placed]:

@@ -81,9 +81,14 @@ class ClusterChaos(ClusterBase):
         pods = self._pods_of(zone, service)
         if not pods:
             raise BackendError(f"no live {service} pod in {zone}")
-        with self.lock:
-            for p in pods:
-                p.forced_unready = unready
+        with self.tick_lock:
+            with self.lock:
+                for p in pods:
+                    p.forced_unready = unready
+            # In effect when the action returns (what `status` and the timeline say):
+            # the inventory records it first, then the sidecars and relays are told.
+            self._update_serving()
+            self._push()
         return [p.name for p in pods]
 
     def set_pod_ready(self, zone: str, service: str) -> list[str]:

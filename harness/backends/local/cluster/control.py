@@ -36,6 +36,10 @@ class ControlLoop(ClusterBase):
             self.error = exc
 
     def _tick(self) -> None:
+        with self.tick_lock:
+            self._tick_locked()
+
+    def _tick_locked(self) -> None:
         now = time.time()
         with self.lock:
             pods = list(self.pods.values())

@@ -76,6 +76,9 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
         self.entry_up: dict[str, bool] = {}
         self.reserved: dict[str, Placed] = {}  # pods being created: counted by the scheduler already
         self.lock = threading.RLock()
+        # One control-loop step at a time: a readiness fault adopts its verdict
+        # itself (inventory first, then sidecars) instead of racing the loop.
+        self.tick_lock = threading.Lock()
         self.pods: dict[str, Pod] = {}
         self.down_nodes: set[str] = set()
         self.pending: dict[str, list[float]] = {d.where: [] for d in self.spec.deployments}  # due times of replacements
