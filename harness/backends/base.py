@@ -21,27 +21,18 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.contract.inventory import Inventory
+from harness.contract.logsource import LogSource
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
     from harness.render.manifests import Manifests
-
-
-class LogSource(ABC):
-    """A stream of one sidecar's raw access-log lines."""
-
-    pod: str
-
-    @abstractmethod
-    def read(self) -> Iterator[str]:
-        """Lines written since the last call (non-blocking)."""
 
 
 ProgressFn = Callable[[str], None]

@@ -227,7 +227,7 @@ class LocalBackend(Backend):
         return {INVENTORY_FILE: self.state_dir / INVENTORY_FILE, ENTRYPOINTS_FILE: self.state_dir / ENTRYPOINTS_FILE}
 
     def log_sources(self) -> list[LogSource]:
-        from harness.observe import FileLogSource
+        from harness.contract.logsource import FileLogSource
 
         return [FileLogSource(p.stem, p) for p in sorted((self.state_dir / ACCESSLOG_DIR).glob("*.jsonl"))]
 
