@@ -93,7 +93,7 @@ def scaled_run(base: Path, root: Path, hops: int) -> Path:
     import duckdb
 
     from harness.columnar import ACCESSLOGS, COLUMNAR_DIR, REQUESTS, load_state
-    from harness.records import sql_str
+    from harness.contract.rundir import sql_str
 
     copies = max(1, math.ceil(hops / BASE_HOPS))
     run = root / f"run-{copies * BASE_HOPS}"

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.records import (
+from harness.contract.rundir import (
     ACCESSLOG_COLUMNS,
     ACCESSLOG_DIR,
     ACCESSLOG_TS_SQL,

@@ -78,3 +78,6 @@ def every_shop_answers(zones: Any = None, configuration: dict[str, Any] | None =
     entry = b.entrypoints()
     wanted = _zones(zones, configuration)
     return all(_shop_status(entry[z]) == 200 for z in (wanted if wanted is not None else entry))
+
+
+__all__ = ["all_pods_ready", "every_shop_answers", "shop_answers", "zone_has_ready"]

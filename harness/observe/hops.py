@@ -49,9 +49,10 @@ Definitions:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,20 +62,22 @@ if TYPE_CHECKING:
     from harness.topology import Topology
 
 from harness.columnar import ACCESSLOGS, load_state, read_records
-from harness.records import (
+from harness.contract.inventory import SLACK_S
+from harness.contract.rundir import (
     ACCESSLOG_DIR,
+    HOPS_BUILD_FILE,
     HOPS_FILE,
     HOPS_PARQUET_FILE,
     INVENTORY_COLUMNS,
     INVENTORY_FILE,
     SkippedLine,
+    hop_inputs,
     load_jsonl,
     sql_str,
+    topology_path,
 )
 
-SLACK_S = 1.0
 PIECE_BUCKET_S = 60.0  # see _pieces
-"""How far outside a pod's recorded lifetime a hop may still be attributed to it (clock skew, event lag)."""
 
 INBOUND_SQL = (
     "coalesce(direction = 'inbound' OR (direction IS NULL AND (coalesce(upstream_cluster, '') = 'local_app' "
@@ -91,6 +94,7 @@ class HopsBuild:
     accesslog_lines: int = 0
     inbound_lines: int = 0
     skipped: list[SkippedLine] = field(default_factory=list)
+    file: str = ""  # current_build: the hops file observe wrote that is still current
 
 
 def accesslog_files(run_dir: Path) -> list[Path]:
@@ -119,6 +123,8 @@ def build_hops(run_dir: Path, slack_s: float = SLACK_S, *, jsonl: bool = True) -
     if jsonl:
         outs.append((run_dir / HOPS_FILE, "FORMAT JSON"))
     spill = run_dir / ".hops-duckdb-tmp"
+    inputs = hop_inputs(run_dir)  # before reading: a file that changes meanwhile makes the build stale
+    (run_dir / HOPS_BUILD_FILE).unlink(missing_ok=True)
     con = duckdb.connect()
     try:
         con.execute(f"SET temp_directory = {sql_str(spill)}")
@@ -130,7 +136,61 @@ def build_hops(run_dir: Path, slack_s: float = SLACK_S, *, jsonl: bool = True) -
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
+    meta = {
+        "inputs": inputs,
+        "outputs": {out.name: _fingerprint(out) for out, _ in outs},
+        "slack_s": slack_s,
+        "hops": built.hops,
+        "accesslog_files": built.accesslog_files,
+        "accesslog_lines": built.accesslog_lines,
+        "inbound_lines": built.inbound_lines,
+        "skipped": [asdict(s) for s in built.skipped],
+    }
+    (run_dir / HOPS_BUILD_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return built.hops
+
+
+def _fingerprint(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def current_build(run_dir: Path, slack_s: float = SLACK_S) -> HopsBuild | None:
+    """What observe's last `build_hops` found, when its hops file is still what it built from the present inputs.
+
+    None when there is no record of the build, or the access logs (and their
+    Parquet segments), the inventory, the topology, the hops file itself or
+    the slack differ: then the hops must be built again (verify does, from
+    the access logs). `HopsBuild.file` names the file to read: hops.parquet
+    when it is current, else hops.jsonl.
+    """
+    try:
+        meta = json.loads((run_dir / HOPS_BUILD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("slack_s") != slack_s or meta.get("inputs") != hop_inputs(run_dir):
+        return None
+    outputs = meta.get("outputs")
+    if not isinstance(outputs, dict):
+        return None
+    chosen = None
+    for name in (HOPS_PARQUET_FILE, HOPS_FILE):
+        try:
+            if name in outputs and outputs[name] == _fingerprint(run_dir / name):
+                chosen = name
+                break
+        except OSError:
+            continue
+    if chosen is None:
+        return None
+    try:
+        return HopsBuild(
+            hops=int(meta["hops"]), accesslog_files=int(meta["accesslog_files"]),
+            accesslog_lines=int(meta["accesslog_lines"]), inbound_lines=int(meta["inbound_lines"]),
+            skipped=[SkippedLine(**s) for s in meta["skipped"]], file=chosen,
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _topology_or_none(run_dir: Path) -> Topology | None:
@@ -138,13 +198,13 @@ def _topology_or_none(run_dir: Path) -> Topology | None:
     from harness.errors import InputError
     from harness.topology import load_topology
 
-    for candidate in (run_dir / "manifests" / "topology.yaml", run_dir / "topology.yaml"):
-        if candidate.is_file():
-            try:
-                return load_topology(candidate)
-            except InputError:
-                return None
-    return None
+    candidate = topology_path(run_dir)
+    if not candidate.is_file():
+        return None
+    try:
+        return load_topology(candidate)
+    except InputError:
+        return None
 
 
 def create_hops(
@@ -267,7 +327,7 @@ def load_inventory(
 
 def topology_names(t: Topology) -> list[tuple[str, str, str | None]]:
     """(Consul name, logical service, its zone if it names exactly one) by the renderer's naming rule."""
-    from harness.render.naming import consul_name
+    from harness.contract.names import consul_name
 
     zones_of: dict[str, set[str]] = {}
     service_of: dict[str, str] = {}

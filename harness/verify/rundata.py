@@ -3,7 +3,7 @@
 Why DuckDB: a long run holds millions of hops; the invariants are set queries
 (group by pair, range-join against fault windows), which a columnar engine does
 in well under a second where a Python loop over dicts takes tens of seconds.
-Every file is read with *explicit* column types (`harness.records`) so that a
+Every file is read with *explicit* column types (`harness.contract.rundir`) so that a
 record missing a field yields NULL instead of a type guess that changes from
 run to run, and every line that cannot be used is skipped and *named*
 (`RunData.skipped`: file, line number, reason), never dropped silently.
@@ -47,18 +47,7 @@ from typing import Any
 import duckdb
 
 from harness.columnar import REQUESTS, read_records
-from harness.observe.hops import (
-    NAME_COLUMNS,
-    HopsBuild,
-    create_hops,
-    drop_hops_view,
-    has_accesslogs,
-    hop_names_sql,
-    host_ip_sql,
-    load_inventory,
-    resolve_ips,
-)
-from harness.records import (
+from harness.contract.rundir import (
     CHAOS_COLUMNS,
     CHAOS_DIR,
     CHAOS_FILE,
@@ -71,6 +60,8 @@ from harness.records import (
     JOURNAL_FILE,
     PLAN_FILE,
     PREFLIGHT_FILE,
+    RECORDING_COLUMNS,
+    RECORDING_FILE,
     RUN_FILE,
     UPSTREAM_STATS_COLUMNS,
     UPSTREAM_STATS_FILE,
@@ -78,6 +69,19 @@ from harness.records import (
     load_jsonl,
     read_json_doc,
     sql_str,
+    topology_path,
+)
+from harness.observe.hops import (
+    NAME_COLUMNS,
+    HopsBuild,
+    create_hops,
+    current_build,
+    drop_hops_view,
+    has_accesslogs,
+    hop_names_sql,
+    host_ip_sql,
+    load_inventory,
+    resolve_ips,
 )
 from harness.topology import Placement, Topology, load_topology
 
@@ -143,7 +147,7 @@ class RunData:
     start: float | None
     end: float | None
     skipped: list[SkippedLine] = field(default_factory=list)
-    hops_source: str = "none"  # accesslogs | hops.parquet | hops.jsonl | none
+    hops_source: str = "none"  # accesslogs | hops.{parquet,jsonl} (observe, current) | hops.parquet | hops.jsonl | none
     hops_build: HopsBuild | None = None
     meta: RunMeta = field(default_factory=RunMeta)
     preflight: dict[str, Any] | None = None
@@ -180,10 +184,7 @@ MEMORY_LIMIT = "1200MB"
 
 
 def find_topology(run_dir: Path) -> Path:
-    for candidate in (run_dir / "manifests" / "topology.yaml", run_dir / "topology.yaml"):
-        if candidate.is_file():
-            return candidate
-    return run_dir / "manifests" / "topology.yaml"  # load_topology reports "no such file" on it
+    return topology_path(run_dir)
 
 
 def load_run(run_dir: Path, threads: int | None = None) -> RunData:
@@ -232,8 +233,17 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
         notes.append(f"records name zones the topology does not have: {', '.join(unknown)}")
     _readiness(run)
     _documents(run, skipped)
+    skipped += _recording_problems(con, run_dir, notes)
     run.skipped = sorted(skipped, key=lambda s: (s.file, s.line))
     return run
+
+
+def _recording_problems(con: duckdb.DuckDBPyConnection, run_dir: Path, notes: list[str]) -> list[SkippedLine]:
+    """What went wrong while the run was recorded (recording.jsonl): each a note of the verdict, never dropped."""
+    skipped = load_jsonl(con, "recording", [run_dir / RECORDING_FILE], RECORDING_COLUMNS, root=run_dir)
+    for what, message in con.execute("SELECT what, message FROM recording ORDER BY ts").fetchall():
+        notes.append(f"recording: {what or '?'}: {message or ''}".rstrip(": "))
+    return skipped
 
 
 def _topology_tables(con: duckdb.DuckDBPyConnection, t: Topology) -> None:
@@ -264,7 +274,22 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
     scan; a join would materialise the million rows once more) and success.
     """
     con, t, run_dir = run.con, run.topology, run.run_dir
-    if has_accesslogs(run_dir):
+    logs = has_accesslogs(run_dir)
+    current = current_build(run_dir) if logs else None
+    if current is not None:
+        # observe resolved these hops from exactly the access logs and inventory present now: taken as built,
+        # with observe's rule and its counts (a hops file edited, or older than its inputs, is not current)
+        skipped += [s for s in current.skipped if s.file != INVENTORY_FILE]  # the inventory's were counted above
+        if current.file == HOPS_PARQUET_FILE:
+            cols = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in HOP_COLUMNS.items())
+            con.execute(f"CREATE TABLE hops_base AS SELECT {cols} FROM read_parquet({sql_str(run_dir / current.file)})")
+        else:
+            skipped += load_jsonl(con, "hops_base", [run_dir / HOPS_FILE], HOP_COLUMNS, root=run_dir)
+        run.hops_build = current
+        run.hops_source = f"{current.file} (observe, current)"
+        resolved = "serving_zone IS NOT NULL"
+        source = "hops_base"
+    elif logs:
         # a view: the access-log lines go from Parquet into `hops` in one pass (no second copy of them)
         built = create_hops(con, run_dir, t, inventory_loaded=True, table="hops_base", view=True)
         skipped += built.skipped
