@@ -162,7 +162,7 @@ def current_build(run_dir: Path, slack_s: float = SLACK_S) -> HopsBuild | None:
     Parquet segments), the inventory, the topology, the hops file itself or
     the slack differ: then the hops must be built again (verify does, from
     the access logs). `HopsBuild.file` names the file to read: hops.parquet
-    when it is current, else hops.jsonl.
+    (always written), hops.jsonl only for a build recorded before it was.
     """
     try:
         meta = json.loads((run_dir / HOPS_BUILD_FILE).read_text(encoding="utf-8"))
@@ -173,16 +173,12 @@ def current_build(run_dir: Path, slack_s: float = SLACK_S) -> HopsBuild | None:
     outputs = meta.get("outputs")
     if not isinstance(outputs, dict):
         return None
-    chosen = None
-    for name in (HOPS_PARQUET_FILE, HOPS_FILE):
-        try:
-            if name in outputs and outputs[name] == _fingerprint(run_dir / name):
-                chosen = name
-                break
-        except OSError:
-            continue
-    if chosen is None:
+    try:
+        if not outputs or any(fp != _fingerprint(run_dir / name) for name, fp in outputs.items()):
+            return None  # any file it wrote edited since (or gone): the access logs decide
+    except OSError:
         return None
+    chosen = HOPS_PARQUET_FILE if HOPS_PARQUET_FILE in outputs else HOPS_FILE
     try:
         return HopsBuild(
             hops=int(meta["hops"]), accesslog_files=int(meta["accesslog_files"]),
