@@ -288,9 +288,12 @@ class _Conn:
         self.relay.conns.add(self)
         self.client.peer, self.upstream.peer = self.upstream, self.client
         self.connected = True
-        early, client.early = client.early, []
-        for data in early:
-            self.upstream.send(data)
+        # bytes either side sent before both were wired (a server's greeting can arrive with the connect)
+        for side in (client, self.upstream):
+            early, side.early = side.early, []
+            for data in early:
+                assert side.peer is not None
+                side.peer.send(data)
         client._resume_reading()
 
     def lost(self, side: _Side, failed: bool) -> None:
