@@ -25,7 +25,8 @@ def test_default_topology_values() -> None:
     assert t.region == "us-west-2" and t.edition.value == "ce"
     assert [z.name for z in t.region_zones] == ["us-west-2a", "us-west-2b"]
     assert [z.name for z in t.edge_zones] == ["us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a"]
-    assert {s.name for s in t.services if s.placement.value == "region"} == {"postgres"}
+    assert {s.name for s in t.services if s.placement.value == "region"} == {"postgres", "postgres-replica"}
+    assert t.service("postgres-replica").replica_of == "postgres"
     assert t.short("us-west-2-lax-1a") == "lax-1a" and t.short("us-west-2a") == "2a"
 
 

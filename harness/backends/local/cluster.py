@@ -243,6 +243,7 @@ class LocalCluster:
                 "EH_MOUNTS": json.dumps({mp: str(mounts[vol]) for mp, vol in c.mounts.items()}),
                 "EH_POD_DIR": str(pdir / c.name),
                 "EH_POD": name,
+                **({"EH_COMMAND": json.dumps(list(c.command))} if c.command else {}),
             }
             (pdir / c.name).mkdir(exist_ok=True)
             argv = netns.exec_argv(net.ns, app_argv(c.image, sys.executable))
