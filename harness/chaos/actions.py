@@ -34,6 +34,7 @@ from typing import Any
 
 from harness.backends import BackendOptions, connect
 from harness.backends.base import Backend
+from harness.chaos import expected
 from harness.chaos.roles import RoleError, parse_role, resolve_zone
 from harness.chaos.timeline import FaultKind, record
 from harness.errors import BackendError, HarnessError
@@ -117,6 +118,14 @@ def _zone(b: Backend, value: Any, configuration: Mapping[str, Any] | None) -> st
     return zone
 
 
+def _expected(declared: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Timeline fields of an `expected_errors` declaration (harness.chaos.expected); BackendError when malformed."""
+    try:
+        return expected.timeline_fields(declared)
+    except ValueError as exc:
+        raise BackendError(f"expected_errors: {exc}") from None
+
+
 def _fault_id(action: str, zone: str, service: str | None = None) -> str:
     short = zone.split("-", 3)[-1]
     return "-".join(x for x in (action, service, short, uuid.uuid4().hex[:4]) if x)
@@ -188,16 +197,26 @@ def _zone_services(backend: Backend, zone: str) -> list[str]:
     return sorted({p.service for p in backend.inventory().pods(alive_only=True) if p.zone == zone})
 
 
-def kill_pod(zone: str, service: str, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Kill every pod of `service` in `zone`; the fault lasts until the Deployment's replacement is ready."""
+def kill_pod(
+    zone: str,
+    service: str,
+    configuration: dict[str, Any] | None = None,
+    expected_errors: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Kill every pod of `service` in `zone`; the fault lasts until the Deployment's replacement is ready.
+
+    `expected_errors` declares a single point of failure and its error budget (harness.chaos.expected).
+    """
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
+    declared = _expected(expected_errors)
     fault = _fault_id("kill-pod", zone, service)
     b.require_capability("kill_pod")  # refused before anything is recorded or injected
     _snapshot(b, f"before {fault}")
     inject = record(
-        fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend"
-    )
+        fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend",
+        **declared,
+    )  # fmt: skip
     try:
         pods = b.kill_pod(zone, service)
     except BaseException:
@@ -240,18 +259,33 @@ def make_ready(zone: str, service: str, configuration: dict[str, Any] | None = N
 
 
 def kill_node(
-    zone: str, node: str | None = None, duration_s: float = 10.0, configuration: dict[str, Any] | None = None
+    zone: str,
+    node: str | None = None,
+    duration_s: float = 10.0,
+    configuration: dict[str, Any] | None = None,
+    service: str | None = None,
+    expected_errors: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Stop a node of `zone` (the first one unless `node` is named) for `duration_s`.
+    """Stop a node of `zone` for `duration_s`: the one running `service`'s pod when given (e.g. the
+    database primary's node), else `node`, else the zone's first.
 
     Its pods die; services left with no instance in the zone fall back to the Region.
-    Node names differ per backend (kind-worker3, ip-10-0-...), so experiments name the zone.
+    Node names differ per backend (kind-worker3, ip-10-0-...), so experiments name the zone
+    (and the service whose node it is). `expected_errors`: see harness.chaos.expected.
     """
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
+    declared = _expected(expected_errors)
     nodes = sorted(n for n, z in b.nodes().items() if z == zone)
     if not nodes or (node is not None and node not in nodes):
         raise BackendError(f"no node {node or ''} in zone {zone}")
+    if service is not None and node is None:
+        holding = sorted(
+            {p.node for p in b.inventory().pods(alive_only=True) if p.zone == zone and p.service == service} & set(nodes)
+        )
+        if not holding:
+            raise BackendError(f"no node of {zone} runs a {service} pod")
+        node = holding[0]
     node = node or nodes[0]
     alive = b.inventory().pods(alive_only=True)
     on_node = {p.service for p in alive if p.node == node}
@@ -260,7 +294,10 @@ def kill_node(
     fault = _fault_id("kill-node", zone, node)
     b.require_capability("kill_node")
     _snapshot(b, f"before {fault}")
-    record(fault, "inject", "kill_node", zone, FaultKind.SERVICE_DOWN, lost, entry_down="frontend" in lost, node=node)
+    record(
+        fault, "inject", "kill_node", zone, FaultKind.SERVICE_DOWN, lost, entry_down="frontend" in lost, node=node,
+        **declared,
+    )  # fmt: skip
     try:
         b.kill_node(node)
         acted = time.time()
@@ -282,15 +319,21 @@ def restore_node(zone: str, node: str | None = None, configuration: dict[str, An
         b.restore_node(n)
 
 
-def zone_outage(zone: str, duration_s: float = 10.0, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every node of `zone` down for `duration_s`."""
+def zone_outage(
+    zone: str,
+    duration_s: float = 10.0,
+    configuration: dict[str, Any] | None = None,
+    expected_errors: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every node of `zone` down for `duration_s`. `expected_errors`: see harness.chaos.expected."""
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
+    declared = _expected(expected_errors)
     services = _zone_services(b, zone)
     fault = _fault_id("zone-outage", zone)
     b.require_capability("zone_outage")
     _snapshot(b, f"before {fault}")
-    record(fault, "inject", "zone_outage", zone, FaultKind.ZONE_DOWN, services, entry_down=True)
+    record(fault, "inject", "zone_outage", zone, FaultKind.ZONE_DOWN, services, entry_down=True, **declared)
     try:
         b.zone_outage(zone)
         acted = time.time()
@@ -382,8 +425,82 @@ def heal_zone(zone: str, configuration: dict[str, Any] | None = None) -> None:
     b.heal_zone(_zone(b, zone, configuration))
 
 
+def kill_pod_burst(
+    zones: str | list[str],
+    service: str,
+    count: int = 20,
+    interval_s: float = 1.0,
+    settle_s: float = 2.0,
+    configuration: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A burst of `count` pod kills of `service`, round robin over `zones`, one every `interval_s`.
+
+    Each kill is its own fault (its own failover and recovery in the verdict).
+    Kills in different zones overlap; a zone is killed again only after its
+    previous replacement was ready and `settle_s` more passed (the recovery
+    and the coverage after it are measured up to the next fault in the zone,
+    so back-to-back faults in one zone would leave nothing to measure). Each
+    restore is recorded at the replacement's `ready` inventory event, as in
+    `kill_pod`, so its time does not depend on when this loop looked.
+    """
+    b = _backend(configuration)
+    if count < 1 or interval_s < 0 or settle_s < 0:
+        raise BackendError("kill_pod_burst: count >= 1, interval_s >= 0 and settle_s >= 0")
+    items = zones if isinstance(zones, list) else [zones]
+    names: list[str] = []
+    for item in items:
+        try:
+            z = resolve_zone(item, b.manifests().topology, configuration)
+        except RoleError as exc:
+            raise BackendError(str(exc)) from None
+        names += [x for x in (z if isinstance(z, list) else [z]) if x not in names]
+    if not names:
+        raise BackendError("kill_pod_burst: no zone")
+    b.require_capability("kill_pod")
+    pending: dict[str, tuple[str, dict[str, Any], set[str]]] = {}
+    free_at: dict[str, float] = {}
+    done: list[dict[str, Any]] = []
+
+    def finish(zone: str) -> None:
+        fault, inject, gone = pending.pop(zone)
+        ready_ts = wait_replacement_ready(b, zone, service, gone)
+        record(fault, "restore", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], ts=ready_ts)
+        _snapshot(b, f"restore {fault}")
+        free_at[zone] = max(ready_ts, time.time()) + settle_s
+        done.append({"fault": fault, "zone": zone, "killed": sorted(gone),
+                     "replaced_after_s": round(ready_ts - inject["ts"], 3)})  # fmt: skip
+
+    try:
+        for i in range(count):
+            zone = names[i % len(names)]
+            if zone in pending:
+                finish(zone)
+            wait = free_at.get(zone, 0.0) - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            fault = _fault_id("kill-pod", zone, service)
+            _snapshot(b, f"before {fault}")
+            inject = record(
+                fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend"
+            )
+            try:
+                gone = set(b.kill_pod(zone, service))
+            except BaseException:
+                record(fault, "restore", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service])
+                raise
+            pending[zone] = (fault, inject, gone)
+            _snapshot(b, f"inject {fault}")
+            if i < count - 1:
+                time.sleep(interval_s)
+    finally:
+        for zone in list(pending):
+            finish(zone)
+    return {"kills": len(done), "zones": names, "faults": done}
+
+
 PRIMITIVE_OF: dict[str, str] = {
     "kill_pod": "kill_pod",
+    "kill_pod_burst": "kill_pod",
     "make_unready": "set_pod_unready",
     "make_ready": "set_pod_unready",
     "kill_node": "kill_node",

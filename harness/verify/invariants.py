@@ -84,7 +84,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.verify import evidence
+from harness.verify import evidence, expected
 from harness.verify.model import (
     AVAILABILITY,
     CALL_GRAPH,
@@ -249,6 +249,7 @@ class Checker:
         self.run_end = run.end if run.end is not None else 0.0
         self.total_hops = int(self._one("SELECT count(*) FROM hops") or 0)
         self.entry_down = self._entry_down_spans()
+        self.declared: dict[str, dict[str, Any]] = {}  # fault -> its declared single point of failure, judged
 
     # -- helpers -------------------------------------------------------------
     def _one(self, sql: str, params: list[Any] | None = None) -> Any:
@@ -410,7 +411,9 @@ class Checker:
             if f.kind == "service-down":
                 for u, callers in zone_pairs:
                     alive = [c for c in callers if c not in down]
-                    if u in down and alive:
+                    if u in down and alive and expected.no_failover(f, u):
+                        messages.append(f"{u}: declared single point of failure, no failover to measure")
+                    elif u in down and alive:
                         failover_pairs.append((u, alive))
                 # every pair whose upstream went down must come back in-zone, also when its callers went down too
                 recovery_pairs = self._edge_pairs([(u, c) for u, c in zone_pairs if u in down])
@@ -1012,6 +1015,7 @@ class Checker:
         return InvariantResult(CALL_GRAPH, not failures, msg, checks=checks)
 
     def availability(self, impact: list[tuple[Fault, float]]) -> InvariantResult:
+        impact = [(f, expected.impact_end(self.run, f, hi)) for f, hi in impact]  # declared: over the cascade
         excluded = [(f.zone, f.inject, hi) for f, hi in impact if f.entry_down] + self.entry_down
         self.con.execute(
             f"""
@@ -1025,7 +1029,13 @@ class Checker:
         windows: list[WindowResult] = []
         budget = self.slo.error_budget
         for f, hi in impact:
-            windows.append(self._window(f"fault {f.fault}", f.inject, hi, "ts BETWEEN ? AND ?", [f.inject, hi]))
+            w = self._window(
+                f"fault {f.fault}", f.inject, hi, "ts BETWEEN ? AND ?", [f.inject, hi],
+                expected.budget(f, budget), f.spof,
+            )  # fmt: skip
+            windows.append(w)
+            if expected.declared(f):
+                self.declared[f.fault] = expected.statement(f, w.requests, w.failed)
         windows.append(self._window("steady state", None, None, "NOT in_fault", []))
         failures = [w.message for w in windows if w.status != PASS]
         worst = max((w.error_rate for w in windows if w.error_rate is not None), default=None)
@@ -1036,7 +1046,19 @@ class Checker:
             AVAILABILITY, not failures, self._summary(AVAILABILITY, failures, ok_text), windows=windows
         )
 
-    def _window(self, name: str, lo: float | None, hi: float | None, where: str, params: list[Any]) -> WindowResult:
+    def _window(
+        self,
+        name: str,
+        lo: float | None,
+        hi: float | None,
+        where: str,
+        params: list[Any],
+        budget: float | None = None,
+        spof: tuple[str, ...] = (),
+    ) -> WindowResult:
+        """Availability of one window against `budget` (the SLO's unless the fault declared its own)."""
+        budget = self.slo.error_budget if budget is None else budget
+        declared = f" declared for single point of failure {', '.join(spof)}" if spof else ""
         row = self.con.execute(
             f"""
             SELECT count(*) FILTER (WHERE NOT excluded), count(*) FILTER (WHERE NOT excluded AND failed),
@@ -1053,7 +1075,7 @@ class Checker:
         if n == 0:
             w.status = FAIL
             w.message = f"availability: {name}: no traffic (no user requests{excl})"
-        elif rate is not None and rate > self.slo.error_budget:
+        elif rate is not None and rate > budget:
             w.status = FAIL
             w.first_offenders = self._failed_requests(where, params)
             zones = self.con.execute(
@@ -1065,7 +1087,12 @@ class Checker:
             first = f", first at {request_text(w.first_offenders[0])}" if w.first_offenders else ""
             w.message = (
                 f"availability: {name}: {failed}/{n} user requests failed ({rate * 100:.2f}% > "
-                f"{self.slo.error_budget * 100:g}% budget; {by_zone}){excl}{first}"
+                f"{budget * 100:g}% budget{declared}; {by_zone}){excl}{first}"
+            )
+        elif spof:
+            w.message = (
+                f"availability: {name}: {failed}/{n} user requests failed ({(rate or 0) * 100:.2f}%), within the "
+                f"{budget * 100:g}% budget{declared}{excl}"
             )
         return w
 
@@ -1176,6 +1203,10 @@ class Checker:
         ).fetchone()
         assert counts is not None
         notes = list(self.run.notes) + self._outage_notes()
+        for fr, f in zip(fx.results, self.run.faults, strict=True):
+            if f.fault in self.declared:  # the single point of failure and its errors, stated pass or fail
+                fr.expected = self.declared[f.fault]
+                notes.insert(0, expected.note(f, fr.expected))
         if counts[3]:
             notes.append(f"{counts[3]} hops have an upstream host that no inventory record explains (unattributed)")
         if not self.run.entrypoints_present:
