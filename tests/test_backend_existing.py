@@ -127,6 +127,7 @@ def test_zone_check_reports_missing_mistyped_and_extra(tmp_path: Path) -> None:
         NodeInfo("c", LAX, "us-west-2", "wavelength-zone", "", (), False),
         NodeInfo("d", LAS, "us-west-2", "", "", (), False),
         NodeInfo("e", "us-west-2c", "us-west-2", "", "", (), False),
+        NodeInfo("f", "us-west-2-wl1-sfo-wlz-1", "us-west-2", "", "", (), False),
     ]
     r = check_zones(nodes, t)
     assert r.problems == [

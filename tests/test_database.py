@@ -23,14 +23,12 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.backends.local.apps import accepts_command
+from harness.backends.local.apps import accepts_command, postgres_standby
 from harness.backends.local.apps import postgres as pg_app
-from harness.backends.local.apps import postgres_standby
 from harness.backends.local.sched import parse_deployment
 from harness.errors import InputError
-from harness.render import database, naming
+from harness.render import database, naming, render
 from harness.render.checks import check_all
-from harness.render import render
 from harness.topology.model import Edition, Topology, load_topology, parse_topology
 from tests.conftest import free_ports
 from tests.test_render_contract import FIXTURES, Bundle, _k8s_errors
@@ -51,7 +49,9 @@ def _deployments(b: Bundle, app: str) -> list[dict[str, Any]]:
 
 
 def _zone_of(dep: dict[str, Any]) -> str:
-    terms = dep["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    terms = dep["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
     return str(terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0])
 
 
@@ -78,7 +78,9 @@ def test_replica_rendered_valid_in_another_az_streaming_through_the_mesh(topo: s
     # the WAL stream is a declared call through the replica's sidecar, allowed by the primary's intentions
     ups = pod["metadata"]["annotations"][naming.ANN_UPSTREAMS]
     assert ups.split(":")[0].split(".")[0] == "postgres" and ups.endswith(":5432")
-    intentions = next(o for o in b.objects if o["kind"] == "ServiceIntentions" and o["spec"]["destination"]["name"] == "postgres")
+    intentions = next(
+        o for o in b.objects if o["kind"] == "ServiceIntentions" and o["spec"]["destination"]["name"] == "postgres"
+    )
     assert "postgres-replica" in {s["name"] for s in intentions["spec"]["sources"] if s["action"] == "allow"}
 
 
@@ -162,12 +164,10 @@ def test_stand_in_marker_is_the_rendered_one_and_other_commands_are_refused() ->
 
 # -- real streaming replication with the local backend's PostgreSQL binaries ----------------------
 def _psql(port: int, sql: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(pg_app.bin_dir() / "psql"), "-h", HOST, "-p", str(port), "-U", "postgres", "-d", "products",
-         "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],  # fmt: skip
-        capture_output=True, text=True, env={**os.environ, "PGPASSWORD": "password", "PGCONNECT_TIMEOUT": "2"},
-        timeout=20, check=False,
-    )  # fmt: skip
+    argv = [str(pg_app.bin_dir() / "psql"), "-h", HOST, "-p", str(port), "-U", "postgres", "-d", "products",
+            "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]  # fmt: skip
+    env = {**os.environ, "PGPASSWORD": "password", "PGCONNECT_TIMEOUT": "2"}
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=20, check=False)
 
 
 def _wait(pred: Any, timeout: float, what: str, logs: list[Path]) -> None:

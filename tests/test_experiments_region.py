@@ -75,6 +75,5 @@ def test_a_bad_declaration_is_refused_with_its_field(tmp_path: Path) -> None:
     f.write_text(json.dumps(data))
     with pytest.raises(InputError) as exc:
         plan_experiment(f, load_topology(TOPOLOGIES[0]))
-    assert str(exc.value) == (
-        f"{f}: method[0].provider.arguments.expected_errors: errorBudget: a share of user requests between 0 and 1, got 2"
-    )
+    field = "method[0].provider.arguments.expected_errors"
+    assert str(exc.value) == f"{f}: {field}: errorBudget: a share of user requests between 0 and 1, got 2"

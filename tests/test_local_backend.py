@@ -74,12 +74,10 @@ def _psql_in(ns: str, port: int, sql: str) -> subprocess.CompletedProcess[str]:
     """psql from inside a pod's namespace (the embedded binaries the stand-in runs), as product-api connects."""
     from harness.backends.local.apps.postgres import bin_dir
 
-    return subprocess.run(
-        ["ip", "netns", "exec", ns, str(bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-         "-d", "products", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],  # fmt: skip
-        capture_output=True, text=True, timeout=20, check=False,
-        env={"PGPASSWORD": "password", "PGCONNECT_TIMEOUT": "3", "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+    argv = ["ip", "netns", "exec", ns, str(bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U",
+            "postgres", "-d", "products", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]  # fmt: skip
+    env = {"PGPASSWORD": "password", "PGCONNECT_TIMEOUT": "3", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False, env=env)
 
 
 def test_region_replica_streams_the_primary_through_the_mesh(cluster: LocalBackend) -> None:

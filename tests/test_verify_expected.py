@@ -26,7 +26,11 @@ AZ, LAX = "us-west-2a", "us-west-2-lax-1a"
 START = Scenario(T).start
 INJECT, RESTORE = 30.0, 40.0
 DB = FaultSpec("kill-pod-postgres-2a", "service-down", AZ, ("postgres",), INJECT, RESTORE, RESTORE - INJECT, 0.5)
-DECLARATION = {"singlePointOfFailure": "postgres", "errorBudget": 0.9, "why": "one primary, nothing promotes the replica"}
+DECLARATION = {
+    "singlePointOfFailure": "postgres",
+    "errorBudget": 0.9,
+    "why": "one primary, nothing promotes the replica",
+}
 
 
 def _rewrite(path: Path, fn: Any) -> None:
@@ -59,7 +63,10 @@ def spof_run(tmp_path: Path, declaration: dict[str, Any] | None, errors_until: f
     if cascade_until is not None:  # product-api's readiness follows its database: unready in LAX meanwhile
         inv = [json.loads(x) for x in (d / "inventory.jsonl").read_text().splitlines()]
         pod = next(e for e in inv if e["event"] == "ready" and e["service"] == "product-api" and e["zone"] == LAX)
-        extra = [{**pod, "event": "unready", "ts": START + INJECT + 1}, {**pod, "event": "ready", "ts": START + cascade_until}]
+        extra = [
+            {**pod, "event": "unready", "ts": START + INJECT + 1},
+            {**pod, "event": "ready", "ts": START + cascade_until},
+        ]
         rows = sorted(inv + extra, key=lambda e: e["ts"])
         (d / "inventory.jsonl").write_text("".join(json.dumps(e) + "\n" for e in rows))
     return d
@@ -96,7 +103,7 @@ def test_errors_beyond_the_declared_budget_fail(tmp_path: Path) -> None:
 def test_undeclared_spof_fails_against_the_slo(tmp_path: Path) -> None:
     v = verify(spof_run(tmp_path, None))
     assert not v.invariant(AVAILABILITY).passed
-    assert f"budget; " in v.invariant(AVAILABILITY).message and "declared" not in v.invariant(AVAILABILITY).message
+    assert "budget; " in v.invariant(AVAILABILITY).message and "declared" not in v.invariant(AVAILABILITY).message
     assert v.fault(DB.fault).expected is None
 
 

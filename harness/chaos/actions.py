@@ -281,7 +281,8 @@ def kill_node(
         raise BackendError(f"no node {node or ''} in zone {zone}")
     if service is not None and node is None:
         holding = sorted(
-            {p.node for p in b.inventory().pods(alive_only=True) if p.zone == zone and p.service == service} & set(nodes)
+            {p.node for p in b.inventory().pods(alive_only=True) if p.zone == zone and p.service == service}
+            & set(nodes)
         )
         if not holding:
             raise BackendError(f"no node of {zone} runs a {service} pod")

@@ -296,7 +296,9 @@ def _check_replicas(t: Topology) -> None:
         if primary.name == s.name:
             raise _CrossFieldError(where, "a service cannot be a replica of itself")
         if primary.replica_of is not None:
-            raise _CrossFieldError(where, f"{primary.name!r} is itself a replica (cascading replicas are not supported)")
+            raise _CrossFieldError(
+                where, f"{primary.name!r} is itself a replica (cascading replicas are not supported)"
+            )
         if s.placement is not Placement.REGION or primary.placement is not Placement.REGION:
             raise _CrossFieldError(where, "a replica and its primary must both be Region-only (placement: region)")
         if s.protocol != "tcp" or primary.protocol != "tcp":

@@ -77,10 +77,14 @@ def statement(f: Fault, requests: int, failed: int) -> dict[str, Any]:
 def note(f: Fault, block: dict[str, Any]) -> str:
     """One line for the run's notes (and the terminal): the single point of failure and its cost."""
     rate = block["errorRate"]
-    share = "no user requests" if rate is None else f"{block['failed']}/{block['requests']} user requests failed ({rate * 100:.1f}%)"
+    share = (
+        "no user requests"
+        if rate is None
+        else f"{block['failed']}/{block['requests']} user requests failed ({rate * 100:.1f}%)"
+    )
     verdict = "within" if block["withinBudget"] else "BEYOND"
     why = f": {f.expected_why}" if f.expected_why else ""
     return (
         f"fault {f.fault}: single point of failure {', '.join(f.spof)} (declared){why}; {share}, "
-        f"{verdict} the declared {f.expected_budget * 100:g}% budget"
+        f"{verdict} the declared {block['errorBudget'] * 100:g}% budget"
     )
