@@ -1042,6 +1042,16 @@ class Checker:
         ok_text = f"{len(windows)} windows within the {budget * 100:g}% error budget" + (
             f" (worst {worst * 100:.2f}%)" if worst is not None else ""
         )
+        if self.declared:  # say which windows had a budget of their own, and why
+            ok_text = (
+                f"{len(windows)} windows within their error budgets: "
+                + "; ".join(
+                    f"fault {fid} {d['errorRate'] * 100 if d['errorRate'] is not None else 0:.2f}% within the "
+                    f"{d['errorBudget'] * 100:g}% declared for single point of failure {', '.join(d['singlePointOfFailure'])}"
+                    for fid, d in self.declared.items()
+                )
+                + f"; the others within the SLO's {budget * 100:g}%"
+            )
         return InvariantResult(
             AVAILABILITY, not failures, self._summary(AVAILABILITY, failures, ok_text), windows=windows
         )
