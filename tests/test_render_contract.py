@@ -477,7 +477,7 @@ def test_ce_naming() -> None:
     assert resolver["failover"] == {"*": {"targets": [{"service": "product-api"}]}}
     assert resolver["connectTimeout"] == "2s"
     namespaces = [o["metadata"]["name"] for o in b.objects if o["kind"] == "Namespace"]
-    assert namespaces == ["consul", "hashicups", LAX, "hashicups-las-1a", "hashicups-phx-2a"]
+    assert namespaces == ["consul", "hashicups", LAX, "hashicups-las-1a", "hashicups-phx-2a", "hashicups-wl1-sfo-wlz-1"]
 
 
 def test_enterprise_naming() -> None:
