@@ -60,7 +60,7 @@ def _ns_of(b: LocalBackend, pod: str) -> str:
 
 def test_each_zone_serves_coffees_from_postgres(cluster: LocalBackend) -> None:
     entry = cluster.entrypoints()
-    assert set(entry) == {"us-west-2a", "us-west-2b", LAX, LAS, PHX}
+    assert set(entry) == {"us-west-2a", "us-west-2b", LAX, LAS, PHX, "us-west-2-wl1-sfo-wlz-1"}
     for zone, url in entry.items():
         shop = httpx.get(url + "/", timeout=5)
         assert shop.status_code == 200 and "HashiCups" in shop.text, zone
