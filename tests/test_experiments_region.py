@@ -9,6 +9,7 @@ declarations are checked before anything starts.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,14 @@ from typing import Any
 import pytest
 
 from harness.backends.base import CHAOS_PRIMITIVES
-from harness.chaos import plan_run
+from harness.chaos import actions, plan_run
 from harness.chaos.experiment import plan_experiment
 from harness.chaos.roles import RoleError, resolve_values
-from harness.errors import InputError
+from harness.errors import BackendError, InputError
 from harness.render.naming import region_service_zones
 from harness.topology import load_topology
+from tests.test_chaos import LAX, FakeBackend
+from tests.test_chaos import fake as fake  # the protocol fake's fixture, shared
 
 REPO = Path(__file__).resolve().parents[1]
 TOPOLOGIES = [REPO / "fixtures" / f for f in ("topology.yaml", "topology-wide.yaml", "topology-eu.yaml")]
@@ -77,3 +80,42 @@ def test_a_bad_declaration_is_refused_with_its_field(tmp_path: Path) -> None:
         plan_experiment(f, load_topology(TOPOLOGIES[0]))
     field = "method[0].provider.arguments.expected_errors"
     assert str(exc.value) == f"{f}: {field}: errorBudget: a share of user requests between 0 and 1, got 2"
+
+
+# -- the actions behind them, on the protocol fake of tests/test_chaos.py ---------------------------
+def _timeline(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run_dir / "chaos.jsonl").read_text().splitlines()]
+
+
+def test_burst_kills_are_separate_faults_never_overlapping_in_a_zone(fake: FakeBackend, tmp_path: Path) -> None:
+    out = actions.kill_pod_burst([LAX], "product-api", count=3, interval_s=0.0, settle_s=0.2)
+    lines = _timeline(tmp_path)
+    assert out["kills"] == 3 and [x["phase"] for x in lines].count("inject") == 3
+    faults: dict[str, dict[str, float]] = {}
+    for x in lines:
+        faults.setdefault(x["fault"], {})[x["phase"]] = x["ts"]
+    spans = sorted((f["inject"], f["restore"]) for f in faults.values())
+    assert len(spans) == 3 and all(lo < hi for lo, hi in spans)
+    for (_, restore), (nxt, _) in itertools.pairwise(spans):
+        assert nxt >= restore + 0.2  # the zone's next kill waits for its replacement and the settle time
+    alive = next(p.pod for p in fake.inv.pods(alive_only=True) if p.service == "product-api")
+    assert spans[-1][1] == fake.inv.ready_since(alive)  # a restore is its replacement's `ready` event
+    assert [c[0] for c in fake.calls] == ["kill_pod"] * 3
+
+
+def test_burst_refuses_nonsense_counts(fake: FakeBackend) -> None:
+    with pytest.raises(BackendError, match="count >= 1"):
+        actions.kill_pod_burst([LAX], "product-api", count=0)
+
+
+def test_node_of_a_service_and_the_declaration_reach_the_timeline(fake: FakeBackend, tmp_path: Path) -> None:
+    decl = {"singlePointOfFailure": "product-api", "errorBudget": 0.5, "why": "test"}
+    out = actions.kill_node(LAX, service="product-api", duration_s=0.05, expected_errors=decl)
+    inject = _timeline(tmp_path)[0]
+    assert out["node"] == "lax-1a-n1"
+    assert inject["expected_error_budget"] == 0.5 and inject["single_point_of_failure"] == ["product-api"]
+    assert inject["expected_why"] == "test"
+    with pytest.raises(BackendError, match="no node of .* runs a public-api pod"):
+        actions.kill_node(LAX, service="public-api", duration_s=0)
+    with pytest.raises(BackendError, match="expected_errors: errorBudget"):
+        actions.kill_pod(LAX, "product-api", expected_errors={"singlePointOfFailure": "x", "errorBudget": -1})

@@ -1047,7 +1047,8 @@ class Checker:
                 f"{len(windows)} windows within their error budgets: "
                 + "; ".join(
                     f"fault {fid} {d['errorRate'] * 100 if d['errorRate'] is not None else 0:.2f}% within the "
-                    f"{d['errorBudget'] * 100:g}% declared for single point of failure {', '.join(d['singlePointOfFailure'])}"
+                    f"{d['errorBudget'] * 100:g}% declared for single point of failure "
+                    f"{', '.join(d['singlePointOfFailure'])}"
                     for fid, d in self.declared.items()
                 )
                 + f"; the others within the SLO's {budget * 100:g}%"
