@@ -115,7 +115,7 @@ def test_node_of_a_service_and_the_declaration_reach_the_timeline(fake: FakeBack
     assert out["node"] == "lax-1a-n1"
     assert inject["expected_error_budget"] == 0.5 and inject["single_point_of_failure"] == ["product-api"]
     assert inject["expected_why"] == "test"
-    with pytest.raises(BackendError, match="no node of .* runs a public-api pod"):
+    with pytest.raises(BackendError, match=r"no node of .* runs a public-api pod"):
         actions.kill_node(LAX, service="public-api", duration_s=0)
     with pytest.raises(BackendError, match="expected_errors: errorBudget"):
         actions.kill_pod(LAX, "product-api", expected_errors={"singlePointOfFailure": "x", "errorBudget": -1})
