@@ -17,7 +17,8 @@ import pytest
 
 from harness.chaos import expected as declared_errors
 from harness.topology import load_topology
-from harness.verify import AVAILABILITY, FALLBACK
+from harness.verify import AVAILABILITY, FALLBACK, LOCALITY
+from harness.verify.expected import dependants
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.verdicts import verify
 
@@ -40,11 +41,12 @@ def _rewrite(path: Path, fn: Any) -> None:
 
 
 def spof_run(tmp_path: Path, declaration: dict[str, Any] | None, errors_until: float = RESTORE,
-             cascade_until: float | None = None) -> Path:  # fmt: skip
+             cascade_until: float | None = None, ejected: bool = False) -> Path:  # fmt: skip
     """The primary down from INJECT to RESTORE; every zone's requests fail until `errors_until`."""
     # replace_pods=False: the model's primary turns unready rather than being replaced (it models one AZ's
     # pods only; a Region-only pod removed under its callers is not what this test is about)
-    sc = Scenario(T, duration_s=80, rate_per_zone=4, faults=[DB], replace_pods=False)
+    sc = Scenario(T, duration_s=80, rate_per_zone=4, faults=[DB], replace_pods=False,
+                  accesslogs="none" if ejected else "local")  # fmt: skip
     d = write_run(tmp_path / "run", sc)
     seen = [0]
 
@@ -60,6 +62,21 @@ def spof_run(tmp_path: Path, declaration: dict[str, Any] | None, errors_until: f
     if declaration is not None:
         fields = declared_errors.timeline_fields(declaration)
         _rewrite(d / "chaos.jsonl", lambda c: {**c, **fields} if c["phase"] == "inject" else c)
+    if ejected:  # LAX's product-api answers 500 without its database: Envoy ejects it, hops go to the Region
+        inv = [json.loads(x) for x in (d / "inventory.jsonl").read_text().splitlines()]
+        region = next(e for e in inv if e["event"] == "added" and e["service"] == "product-api" and e["zone"] == AZ)
+
+        def eject(h: dict[str, Any]) -> dict[str, Any]:
+            if (
+                h["caller_zone"] == LAX
+                and h["upstream"] == "product-api"
+                and START + INJECT + 2 <= h["ts"] <= START + RESTORE
+            ):
+                port = h["upstream_host"].rsplit(":", 1)[1]
+                h.update(upstream_host=f"{region['ip']}:{port}", serving_pod=region["pod"], serving_zone=AZ, status=500)
+            return h
+
+        _rewrite(d / "hops.jsonl", eject)
     if cascade_until is not None:  # product-api's readiness follows its database: unready in LAX meanwhile
         inv = [json.loads(x) for x in (d / "inventory.jsonl").read_text().splitlines()]
         pod = next(e for e in inv if e["event"] == "ready" and e["service"] == "product-api" and e["zone"] == LAX)
@@ -116,6 +133,21 @@ def test_the_cascade_is_the_declared_faults_and_errors_after_it_are_not(tmp_path
     # the same errors without the cascade in the inventory land in the steady state and fail it
     v2 = verify(spof_run(tmp_path / "b", DECLARATION, errors_until=RESTORE + 6))
     assert "availability: steady state" in v2.invariant(AVAILABILITY).message
+
+
+def test_locality_is_not_judged_for_what_depends_on_the_declared_spof(tmp_path: Path) -> None:
+    v = verify(spof_run(tmp_path, DECLARATION, ejected=True))
+    assert LOCALITY not in {i.name for i in v.invariants if not i.passed}, v.failure_messages
+    # the same hops without the declaration: LAX's healthy product-api was bypassed, locality fails
+    v2 = verify(spof_run(tmp_path / "b", None, ejected=True))
+    assert f"locality: {LAX} -> product-api" in v2.invariant(LOCALITY).message
+    assert sorted(dependants(T, ("postgres",))) == [
+        "frontend",
+        "postgres",
+        "postgres-replica",
+        "product-api",
+        "public-api",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,10 @@ verifier then:
   explain (after everything was up again) still are;
 - measures no failover for the declared service (it has nowhere to fail over
   to: that is what "single point of failure" means) and says so;
+- does not judge locality for the services that depend on it (product-api,
+  public-api, frontend: they answer errors everywhere and Envoy's outlier
+  detection sends their callers anywhere) from the inject until they are back
+  in-zone after the cascade (measured, or `maxRecoveryS`);
 - states the single point of failure and its errors against the budget in
   the fault's result (`expected`) and in the run's notes, pass or fail:
   never hidden.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.topology import Topology
 from harness.verify.records import Fault, RunData
 
 
@@ -48,6 +53,19 @@ def impact_end(run: RunData, f: Fault, hi: float) -> float:
             if f.inject <= lo <= restore:
                 end = max(end, up if up is not None else max(run.end or hi, hi))
     return end
+
+
+def dependants(t: Topology, spof: tuple[str, ...]) -> set[str]:
+    """The declared services and every service whose calls reach them (transitively, by the call graph)."""
+    out = set(spof)
+    changed = True
+    while changed:
+        changed = False
+        for s in t.services:
+            if s.name not in out and out & set(s.upstreams):
+                out.add(s.name)
+                changed = True
+    return out
 
 
 def budget(f: Fault, slo_budget: float) -> float:
