@@ -26,6 +26,7 @@ import yaml
 from harness.backends.local.apps import accepts_command, postgres_standby
 from harness.backends.local.apps import postgres as pg_app
 from harness.backends.local.sched import parse_deployment
+from harness.contract import names
 from harness.errors import InputError
 from harness.render import database, naming, render
 from harness.render.checks import check_all
@@ -76,7 +77,7 @@ def test_replica_rendered_valid_in_another_az_streaming_through_the_mesh(topo: s
     assert env["PGPASSWORD"] == env["POSTGRES_PASSWORD"]
     assert c["startupProbe"]["tcpSocket"]["port"] == c["readinessProbe"]["tcpSocket"]["port"] == 5433
     # the WAL stream is a declared call through the replica's sidecar, allowed by the primary's intentions
-    ups = pod["metadata"]["annotations"][naming.ANN_UPSTREAMS]
+    ups = pod["metadata"]["annotations"][names.ANN_UPSTREAMS]
     assert ups.split(":")[0].split(".")[0] == "postgres" and ups.endswith(":5432")
     intentions = next(
         o for o in b.objects if o["kind"] == "ServiceIntentions" and o["spec"]["destination"]["name"] == "postgres"

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.topology import Topology
-from harness.verify.records import Fault, RunData
+from harness.verify.rundata import Fault, RunData
 
 
 def declared(f: Fault) -> bool:
