@@ -18,7 +18,7 @@ def test_upstreams_are_created_before_their_callers_in_every_zone(tmp_path: Path
     spec, _ = validate(load(tmp_path))
     order = [d.app for d in start_order(spec.deployments)]
     assert sorted(order) == sorted(d.app for d in spec.deployments)  # every Deployment, once
-    rank = {"postgres": 0, "postgres-replica": 0, "product-api": 1, "public-api": 2, "frontend": 3}
+    rank = {"postgres": 0, "postgres-replica": 1, "product-api": 1, "public-api": 2, "frontend": 3}
     assert [rank[a] for a in order] == sorted(rank[a] for a in order)
     # ties keep the manifests' order
     fronts = [d.where for d in spec.deployments if d.app == "frontend"]
