@@ -68,7 +68,7 @@ CASES = [
     ("missing zones", lambda d: d.pop("zones"), "zones"),
     ("bad edition", lambda d: d.__setitem__("edition", "pro"), "edition"),
     ("negative user latency", lambda d: d["zones"][2].__setitem__("userLatencyMs", -1), "zones[2].userLatencyMs"),
-    ("user latency not a number", lambda d: d["zones"][0].__setitem__("userLatencyMs", "3ms"), "zones[0].userLatencyMs"),
+    ("user latency text", lambda d: d["zones"][0].__setitem__("userLatencyMs", "3ms"), "zones[0].userLatencyMs"),
     ("user latency too large", lambda d: d["zones"][3].__setitem__("userLatencyMs", 5001), "zones[3].userLatencyMs"),
 ]
 

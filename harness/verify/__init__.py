@@ -40,6 +40,7 @@ from harness.verify.model import (
     Verdict,
     WindowResult,
 )
+from harness.verify.penalty import fallback_penalty
 from harness.verify.records import load_run
 from harness.verify.summary import print_summary
 
@@ -54,7 +55,9 @@ def verify(run_dir: Path | str, threads: int | None = None) -> Verdict:
         raise InputError(str(path), "", "run directory does not exist")
     run = load_run(path, threads=threads)
     try:
-        return Checker(run).verdict()
+        verdict = Checker(run).verdict()
+        verdict.fallback_penalty = fallback_penalty(run)
+        return verdict
     finally:
         run.con.close()
 

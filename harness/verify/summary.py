@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.verify.model import Verdict, iso, seconds
+from harness.verify.penalty import penalty_text
 
 MAX_SKIPPED_SHOWN = 20
 
@@ -62,6 +63,10 @@ def print_summary(verdict: Verdict, console: Console) -> None:
                 _mark(f.passed),
             )
         console.print(ft)
+    if verdict.fallback_penalty:
+        console.print(Text("Fallback latency penalty", style="bold") + Text(" (information, not an invariant):"))
+        for p in verdict.fallback_penalty:
+            console.print(Text("  " + penalty_text(p)))
     for note in run.notes:
         console.print(Text("note: ", style="yellow") + Text(note))
     if run.skipped_records_total:
