@@ -187,8 +187,9 @@ class _Pipe:
 class Relay:
     """All edge zones' listeners in one asyncio process."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         self.config = config
+        self.connect_timeout_s = connect_timeout_s
         self.zones: dict[str, ZoneLink] = {}
         self.servers: dict[str, asyncio.base_events.Server] = {}
         self.mtime = 0.0
@@ -242,7 +243,7 @@ class Relay:
             return
         _nodelay(csock)
         try:
-            u_reader, u_writer = await asyncio.wait_for(asyncio.open_connection(*dst), CONNECT_TIMEOUT_S)
+            u_reader, u_writer = await asyncio.wait_for(asyncio.open_connection(*dst), self.connect_timeout_s)
         except (TimeoutError, OSError) as exc:
             log.debug("%s: connect %s:%d failed: %s", zone, dst[0], dst[1], exc)
             _reset(c_writer)
@@ -298,13 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="linkrelay", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--verbose", action="store_true")
+    # users' access links (access.py) fail fast like the entry relay; the service link waits like a mesh connect
+    parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s linkrelay %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    asyncio.run(Relay(args.config).main())
+    asyncio.run(Relay(args.config, args.connect_timeout).main())
     return 0
 
 

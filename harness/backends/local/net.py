@@ -144,6 +144,7 @@ class Network:
             )
         self.cluster = cluster
         self.state = state
+        self.users_net = subnets[0]  # users' access links (access.py): never partitioned
         self.hub = f"{cluster}-hub"
         self.table = cluster
         self.requested_mode: LinkMode = link_mode
@@ -487,8 +488,9 @@ class Network:
             z = self._zones[name]
             others = [o for o in self._zones.values() if o is not z]
             drop = 'counter drop comment "partition"'
-            cmds.append(f'add rule inet {t} partition_in iifname "{z.bridge}" ip daddr != {z.subnet} {drop}')
-            cmds.append(f'add rule inet {t} partition_out oifname "{z.bridge}" ip saddr != {z.subnet} {drop}')
+            own = f"{{ {z.subnet}, {self.users_net} }}"  # the zone itself and its users
+            cmds.append(f'add rule inet {t} partition_in iifname "{z.bridge}" ip daddr != {own} {drop}')
+            cmds.append(f'add rule inet {t} partition_out oifname "{z.bridge}" ip saddr != {own} {drop}')
             if others:
                 brs = _set(f'"{o.bridge}"' for o in others)
                 cmds.append(f"add rule inet {t} partition_in iifname {brs} ip daddr {z.subnet} {drop}")
