@@ -56,7 +56,9 @@ class WorkerCluster(Protocol):
 
     def apply(self, objects: Iterable[Mapping[str, Any]]) -> Any: ...
 
-    def wait_deployments_ready(self, deployments: Sequence[tuple[str, str]], timeout: float = ...) -> Any: ...
+    def wait_deployments_ready(
+        self, deployments: Sequence[tuple[str, str]], timeout: float, progress: Any = ..., poll: float = ...
+    ) -> Any: ...
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool: ...
 
@@ -194,6 +196,7 @@ class InZoneWorkers:
         master_host: str,
         master_port: int = MASTER_PORT,
         ready_timeout_s: float = 300.0,
+        poll_s: float = 2.0,
         **kw: Any,
     ) -> None:
         self.cluster = cluster
@@ -201,6 +204,7 @@ class InZoneWorkers:
         self.master_port = master_port
         self.objects = worker_objects(topology, master_host, master_port, **kw)
         self.ready_timeout_s = ready_timeout_s
+        self.poll_s = poll_s
         self.entrypoints = cluster_entrypoints(topology)
         self.started = False
 
@@ -215,7 +219,7 @@ class InZoneWorkers:
     def start(self) -> InZoneWorkers:
         self.started = True  # from the first write on, stop() must clean up
         self.cluster.apply(self.objects)
-        self.cluster.wait_deployments_ready(self.deployments, timeout=self.ready_timeout_s)
+        self.cluster.wait_deployments_ready(self.deployments, timeout=self.ready_timeout_s, poll=self.poll_s)
         self.check_placement()
         return self
 
