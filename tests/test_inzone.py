@@ -44,6 +44,7 @@ from harness.traffic.runner import TrafficError, TrafficRunner, locust_command
 from tests.kubefake import FakeApiServer, wait_until
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import EKS_NODES, NODE
+from tests.test_backend_kind import tools as tools  # the fake kind/docker/kubectl, re-exported for pytest
 from tests.test_render_contract import K8S_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,8 @@ def test_rendered_workers_are_valid_and_pinned_to_their_zone() -> None:
 
 def test_master_command_and_probe_rule(tmp_path: Path) -> None:
     cmd = locust_command(Path("f.py"), "http://x", 5, 5, 10, 4, tmp_path / "s", master=("0.0.0.0", 5557, 5))
-    assert cmd[-7:] == ["--master", "--master-bind-host", "0.0.0.0", "--master-bind-port", "5557", "--expect-workers", "5"]
+    assert cmd[-7:] == ["--master", "--master-bind-host", "0.0.0.0", "--master-bind-port", "5557",
+                        "--expect-workers", "5"]  # fmt: skip
     assert "--processes" not in cmd
     entry = cluster_entrypoints(T)
     with pytest.raises(TrafficError, match="every zone is probed"):
@@ -121,7 +123,7 @@ def test_a_worker_outside_its_zone_is_refused(api: FakeApiServer, tmp_path: Path
     expr = dep["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     expr["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] = ["us-west-2a"]
     try:
-        with pytest.raises(BackendError, match="locust-worker-lax-1a.* runs in us-west-2a"):
+        with pytest.raises(BackendError, match=r"locust-worker-lax-1a.* runs in us-west-2a"):
             workers.start()
     finally:
         workers.stop()
@@ -142,10 +144,10 @@ class _Shop(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._send(b"<html>HashiCups</html>", "text/html")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self._send(b'{"data": {"coffees": [{"id": "1", "name": "Latte", "price": 2}]}}', "application/json")
 
@@ -220,3 +222,57 @@ def test_distributed_mode_forwards_every_workers_records_to_the_master(tmp_path:
         assert any(r["endpoint"] == "probe" for r in by_zone[z])  # one zone probe per worker, in its zone
         assert all(r["ok"] for r in by_zone[z])
     assert result.requests == len(recs) and set(result.per_zone) == set(zones)
+
+
+# -- the e2e wiring: refused before anything starts, kind finds its host address ---------------
+
+
+def test_workers_in_zone_refused_on_local_one_line_exit_2(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "harness", "e2e", "--backend", "local", "--cluster", "ehnowk", "--workers-in-zone"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("--workers-in-zone: kind and existing only"), r.stderr
+    assert not (tmp_path / "runs").exists()  # no run directory, nothing started
+
+
+def test_existing_needs_a_master_host(api: FakeApiServer, tmp_path: Path) -> None:
+    from harness.backends.existing import ExistingBackend
+    from harness.e2e import E2EOptions, check_workers_in_zone
+
+    kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
+    b = ExistingBackend("eks-nightly", kc, (), workdir=tmp_path / "wd")
+    try:
+        with pytest.raises(InputError, match=r"^--locust-master-host: required with --workers-in-zone"):
+            check_workers_in_zone(E2EOptions(workers_in_zone=True), b)
+        check_workers_in_zone(E2EOptions(workers_in_zone=True, locust_master_host="10.0.0.9"), b)
+        check_workers_in_zone(E2EOptions(), b)
+    finally:
+        b.close()
+    assert not [w for w in api.writes()]  # nothing changed on the cluster
+
+
+def test_kind_workers_reach_the_host_through_kinds_network(api: FakeApiServer, tools: Any, tmp_path: Path) -> None:
+    from harness.e2e import E2EOptions, check_workers_in_zone, in_zone_workers
+    from tests.kubefake import rendered
+    from tests.test_backend_kind import kind_backend
+
+    m = rendered(tmp_path)
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        backend.up(m)
+        opts = E2EOptions(workers_in_zone=True)
+        check_workers_in_zone(opts, backend)  # kind needs no --locust-master-host
+        workers = in_zone_workers(opts, backend, m.topology)
+        workers.poll_s = 0.1
+        args = _deployments(workers.objects)["locust-worker-lax-1a"]["spec"]["template"]["spec"]["containers"][0][
+            "args"
+        ]
+        assert args[args.index("--master-host") + 1] == "172.18.0.1"  # the IPv4 gateway of kind's network
+        with workers:
+            assert sorted(workers.check_placement().values()) == sorted(z.name for z in T.zones)
+        assert wait_until(lambda: not backend.cluster.pods(NAMESPACE), 10)
+    finally:
+        backend.close()

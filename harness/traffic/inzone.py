@@ -113,7 +113,12 @@ def worker_objects(
         raise InputError("topology", "services", "no frontend: no zone has an entry point for users")
     objs: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": _meta("")["labels"]}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(CONFIGMAP), "data": _files(locustfile_dir or REPO_ROOT / "loadtests")},
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta(CONFIGMAP),
+            "data": _files(locustfile_dir or REPO_ROOT / "loadtests"),
+        },
     ]
     items = [
         {"key": "hashicups.py", "path": "hashicups.py"},
@@ -122,6 +127,8 @@ def worker_objects(
         {"key": "init.py", "path": "harness/__init__.py"},
         {"key": "init.py", "path": "harness/traffic/__init__.py"},
     ]
+    worker_args = ["-f", f"{MOUNT}/hashicups.py", "--worker", "--master-host", master_host]
+    worker_args += ["--master-port", str(master_port)]
     for zone in zones:
         labels = {naming.LABEL_APP: ROLE, LABEL_ROLE: ROLE, naming.LABEL_POD_ZONE: zone.name}
         container_env = {
@@ -145,8 +152,7 @@ def worker_objects(
                 {
                     "name": "locust",
                     "image": image,
-                    "args": ["-f", f"{MOUNT}/hashicups.py", "--worker", "--master-host", master_host,
-                             "--master-port", str(master_port)],  # fmt: skip
+                    "args": worker_args,
                     "env": [{"name": k, "value": v} for k, v in container_env.items()],
                     "volumeMounts": [{"name": "locust-files", "mountPath": MOUNT, "readOnly": True}],
                     "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}},
@@ -218,9 +224,13 @@ class InZoneWorkers:
 
     def start(self) -> InZoneWorkers:
         self.started = True  # from the first write on, stop() must clean up
-        self.cluster.apply(self.objects)
-        self.cluster.wait_deployments_ready(self.deployments, timeout=self.ready_timeout_s, poll=self.poll_s)
-        self.check_placement()
+        try:
+            self.cluster.apply(self.objects)
+            self.cluster.wait_deployments_ready(self.deployments, timeout=self.ready_timeout_s, poll=self.poll_s)
+            self.check_placement()
+        except BaseException:
+            self.stop()  # never leave half a fleet of workers on somebody's cluster
+            raise
         return self
 
     def check_placement(self) -> dict[str, str]:

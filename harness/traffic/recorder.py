@@ -251,7 +251,7 @@ def attach_from_env(environment: Any, environ: Mapping[str, str] | None = None) 
     path = env.get(REQUESTS_FILE_ENV)
     if not path:
         return
-    if type(runner).__name__ == "MasterRunner":
+    if runner is not None and type(runner).__name__ == "MasterRunner":
         sink = MasterSink(path)
         runner.register_message(RECORDS_MESSAGE, sink.on_message)
         environment.events.quitting.add_listener(sink.close)
