@@ -86,8 +86,8 @@ def test_rendered_workers_are_valid_and_pinned_to_their_zone() -> None:
 
 def test_master_command_and_probe_rule(tmp_path: Path) -> None:
     cmd = locust_command(Path("f.py"), "http://x", 5, 5, 10, 4, tmp_path / "s", master=("0.0.0.0", 5557, 5))
-    assert cmd[-7:] == ["--master", "--master-bind-host", "0.0.0.0", "--master-bind-port", "5557",
-                        "--expect-workers", "5"]  # fmt: skip
+    assert cmd[-9:] == ["--master", "--master-bind-host", "0.0.0.0", "--master-bind-port", "5557",
+                        "--expect-workers", "5", "--expect-workers-max-wait", "120"]  # fmt: skip
     assert "--processes" not in cmd
     entry = cluster_entrypoints(T)
     with pytest.raises(TrafficError, match="every zone is probed"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,3 +93,28 @@ def test_locust_users_and_zone_probes_pay_it(cluster: LocalBackend, tmp_path: Pa
     assert probes.get(LAX, 0) > 10 and probes.get(LAS, 0) > 10, probes
     assert statistics.median(by_zone[LAX]) >= LAX_USER_MS - 1
     assert statistics.median(by_zone[LAS]) < statistics.median(by_zone[LAX]) - LAX_USER_MS / 2
+
+
+def test_fallback_penalty_from_a_real_run(cluster: LocalBackend, tmp_path: Path) -> None:
+    """public-api killed in LAX while its users shop: the verdict finds the window it was served from the
+    Region (readiness), counts the requests in it and the Region-served hops, and an in-zone baseline
+    that carries LAX's 80 ms users."""
+    from harness.e2e import record_traffic
+    from harness.verify import verify
+
+    run = tmp_path / "run"
+
+    def kill() -> None:
+        time.sleep(4.0)
+        cluster.kill_pod(LAX, "public-api")
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        record_traffic(cluster, run, users=4, duration_s=10, probe_zones=[LAX], preflight="record")
+    finally:
+        killer.join()
+    p = {x.zone: x for x in verify(run).fallback_penalty}[LAX]
+    assert p.fallback_windows >= 1 and p.fallback.requests > 0 and p.region_hops > 0, p
+    assert p.in_zone.requests > 0 and p.in_zone.p50_ms is not None and p.in_zone.p50_ms >= LAX_USER_MS - 1, p
+    assert p.penalty_p50_ms is not None

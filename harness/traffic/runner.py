@@ -49,6 +49,9 @@ DEFAULT_PROBE_PERIOD_S = 0.03
 """One probe request per zone every 30 ms (loadtests/hashicups.py `ZoneProbe`): failover and recovery
 instants are then known to within the gap between records, <= 50 ms per zone pair."""
 
+EXPECT_WORKERS_MAX_WAIT_S = 120.0
+"""Distributed mode with workers elsewhere: how long the master waits for all of them to connect."""
+
 START_GRACE_S = 30.0
 """Wall time allowed beyond `duration_s` (startup, workers connecting, summary) before we stop locust."""
 
@@ -147,7 +150,9 @@ def locust_command(
         # locust's distributed mode with workers elsewhere (harness.traffic.inzone): wait for all of them
         host, port, workers = master
         cmd += ["--master", "--master-bind-host", host, "--master-bind-port", str(port),
-                "--expect-workers", str(workers)]  # fmt: skip
+                "--expect-workers", str(workers),
+                # workers that cannot reach the master end the run with locust's own message, never a silent wait
+                "--expect-workers-max-wait", f"{EXPECT_WORKERS_MAX_WAIT_S:g}"]  # fmt: skip
     elif processes > 1:
         cmd += ["--processes", str(processes)]
     return cmd
