@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from harness.backends.local import netns
 from harness.backends.local.access import (
     USER_RELAY_BASE_PORT,
     UserAccess,
@@ -31,7 +30,7 @@ from harness.backends.local.access import (
     relay_rules,
 )
 from harness.backends.local.entry import EntryRelay
-from harness.backends.local.net import Network, ZoneSpec
+from harness.backends.local.network import Network, ZoneSpec, netns
 from harness.backends.local.state import State, cleanup, terminate
 from harness.errors import BackendError
 from harness.topology.model import ServiceLink

@@ -35,8 +35,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.contract import names as naming
 from harness.errors import InputError
-from harness.render import naming
 from harness.render.entry import entry_zones, service_name
 from harness.render.hashicups import NGINX_PORT
 from harness.topology.model import Topology, Zone

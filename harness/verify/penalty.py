@@ -29,8 +29,8 @@ has no request.
 from __future__ import annotations
 
 from harness.topology import Placement
-from harness.verify.model import LatencyStats, ZonePenalty
-from harness.verify.records import RunData
+from harness.verify.rundata import RunData
+from harness.verify.verdict import LatencyStats, ZonePenalty
 
 INF = 1e300
 PERCENTILES = (0.5, 0.95)

@@ -7,13 +7,13 @@ user request, not added by arithmetic afterwards. So the local backend gives
 each zone a user namespace ``<cluster>-u<i>``: a veth pair (the *access link*,
 ``ua<i>`` on the hub side, ``eth0`` inside) with a /30 from the first /24 of
 the topology's address range (zone subnets start at the second /24, see
-net.py), and a default route via the hub. The zone's entry relay (entry.py)
+network/addresses.py), and a default route via the hub. The zone's entry relay (entry.py)
 opens its upstream sockets *inside* that namespace, so every user connection
 into zone Z crosses Z's access link: locust (and the zone probes) → the entry
 relay on the host's loopback → Z's user namespace → access link → hub → Z's
 frontend pod.
 
-The latency on the access link, like the service link's (net.py):
+The latency on the access link, like the service link's (network/relay.py, network/netem.py):
 - where the kernel has ``sch_netem``: a netem qdisc on the hub end of the
   access link delays hub → users packets by the whole round trip;
 - here (no netem): the hub's nat prerouting redirects TCP arriving from the
@@ -27,7 +27,7 @@ The latency on the access link, like the service link's (net.py):
   at the instant of a node kill.
 A zone with ``userLatencyMs: 0`` still enters through its user namespace, with
 no redirect (its traffic is forwarded, not relayed). Users are never
-partitioned (net.py exempts the access network, as it exempts the hub's own
+partitioned (network/nft.py exempts the access network, as it exempts the hub's own
 traffic): users of a zone enter it directly, not through the Region.
 """
 
@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.backends.local import linkrelay
-from harness.backends.local import netns as nsutil
+from harness.backends.local.network import netns as nsutil
 from harness.backends.local.state import State, process_alive, record_process, terminate
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
-    from harness.backends.local.net import Network
+    from harness.backends.local.network import Network
 
 USER_RELAY_BASE_PORT = 15200  # in the hub namespace, next to the service-link relay's 15000+i
 USER_CONNECT_TIMEOUT_S = 1.0  # as the entry relay's own connect timeout: a live frontend answers in << 1 ms
