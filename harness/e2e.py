@@ -219,7 +219,7 @@ def check_workers_in_zone(opts: E2EOptions, backend: Backend) -> None:
     """`--workers-in-zone` needs pods of our own in the cluster and an address of this machine they can reach."""
     if not opts.workers_in_zone:
         return
-    from harness.backends.kubebackend import KubeBackend
+    from harness.backends.kube.backend import KubeBackend
 
     if not isinstance(backend, KubeBackend):
         raise InputError(
