@@ -166,6 +166,10 @@ CHAOS_COLUMNS = {
     "service": "VARCHAR",
     "services": "VARCHAR[]",
     "entry_down": "BOOLEAN",
+    # an experiment's declared single point of failure (harness/chaos/expected.py), inject lines only
+    "expected_error_budget": "DOUBLE",
+    "single_point_of_failure": "VARCHAR[]",
+    "expected_why": "VARCHAR",
 }
 ENTRYPOINT_COLUMNS = {
     "ts": "DOUBLE",

@@ -106,6 +106,11 @@ class Fault:
     inject: float
     restore: float | None
     action: str | None
+    # declared by the experiment (harness/chaos/expected.py): this fault's own error budget and the
+    # single point of failure that explains its errors; None / () when nothing was declared
+    expected_budget: float | None = None
+    spof: tuple[str, ...] = ()
+    expected_why: str = ""
 
 
 @dataclass
@@ -337,11 +342,12 @@ def _upstream_stats(con: duckdb.DuckDBPyConnection, run_dir: Path) -> list[Skipp
 def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> list[Fault]:
     """Pair inject and restore records per fault id (sorted by time, not file order)."""
     rows = con.execute(
-        "SELECT ts, fault, phase, action, kind, zone, service, services, entry_down FROM chaos ORDER BY ts, phase"
+        "SELECT ts, fault, phase, action, kind, zone, service, services, entry_down, expected_error_budget, "
+        "single_point_of_failure, expected_why FROM chaos ORDER BY ts, phase"
     ).fetchall()
     open_: dict[str, dict[str, object]] = {}
     done: list[Fault] = []
-    for ts, fault, phase, action, kind, zone, service, services, entry_down in rows:
+    for ts, fault, phase, action, kind, zone, service, services, entry_down, budget, spof, why in rows:
         if not fault:
             notes.append(f"chaos record at {ts} has no fault id; ignored")
             continue
@@ -363,6 +369,9 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
                 "entry_down": bool(entry_down) if entry_down is not None else k == "zone-down",
                 "inject": ts,
                 "action": action,
+                "expected_budget": budget,
+                "spof": tuple(spof or ()),
+                "expected_why": why or "",
             }
         elif phase == "restore":
             if fault not in open_:

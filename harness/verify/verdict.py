@@ -148,6 +148,9 @@ class FaultResult:
     failover_resolution_s: float | None = None
     recovery_resolution_s: float | None = None
     failover_end: float | None = None  # where the failover window ended (restore, or the upstream ready again)
+    # a single point of failure the experiment declared, and its errors against the declared budget
+    # (harness/verify/expected.py); None when the fault declared nothing
+    expected: dict[str, Any] | None = None
 
 
 @dataclass
