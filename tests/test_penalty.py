@@ -72,7 +72,7 @@ def test_penalty_per_zone_from_readiness_windows(tmp_path: Path) -> None:
     want_in, want_fb = _relatency(run, LAX, lat)
     v = verify(run)
     by_zone = {p.zone: p for p in v.fallback_penalty}
-    assert set(by_zone) == {z.name for z in T.edge_zones}  # edge zones with requests; AZs have no Region to fall back to
+    assert set(by_zone) == {z.name for z in T.edge_zones}  # AZs have no Region to fall back to
     p = by_zone[LAX]
     assert p.fallback_windows == 1 and abs(p.fallback_s - 30.0) < 0.01
     assert p.in_zone.requests == len(want_in) and p.fallback.requests == len(want_fb) > 0
