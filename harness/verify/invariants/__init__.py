@@ -26,6 +26,9 @@ reader of a copied verdict does not need this file):
   after it came up again (or `maxRecoveryS`). Hops without an upstream host
   count against availability, not locality; hops whose host cannot be
   attributed count as out of zone.
+- In a window: a hop or user request belongs to a fault or outage window when
+  its lifetime [ts, ts + duration] overlaps it (Envoy and locust stamp it with
+  its start; one in flight at the kill was served or failed because of it).
 - Hub-and-spoke: zero tolerance, in every window. A hop of an edge caller
   served in an edge zone other than its own, or of a Region caller served in an
   edge zone (or in a zone the topology does not know) fails it; so does any

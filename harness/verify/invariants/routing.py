@@ -7,6 +7,7 @@ from typing import Any
 from harness.verify import evidence
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
+    HOP_END_SQL,
     HUB_VIOLATION_SQL,
     IN_ZONE_SQL,
     INF,
@@ -51,7 +52,8 @@ class RoutingChecks(CheckBase):
                    count(*) FILTER (WHERE e.zone IS NULL AND coalesce(h.upstream_host, '') <> ''
                                      AND h.serving_zone IS NULL)
             FROM hops h
-            LEFT JOIN loc_excl e ON e.zone = h.caller_zone AND e.upstream = h.upstream AND h.ts BETWEEN e.lo AND e.hi
+            LEFT JOIN loc_excl e ON e.zone = h.caller_zone AND e.upstream = h.upstream
+                 AND h.ts <= e.hi AND h.ts + coalesce(h.duration_ms, 0) / 1000.0 >= e.lo
             WHERE h.placement = 'edge'
             GROUP BY h.caller_zone, h.upstream
             """
@@ -337,15 +339,15 @@ class RoutingChecks(CheckBase):
         for f in self.run.faults:
             end = INF if f.restore is None else f.restore + slack
             if f.kind in ("zone-down", "partition"):
-                parts.append(spans_sql("caller_zone", [(f.zone, f.inject, end)]))
+                parts.append(spans_sql("caller_zone", [(f.zone, f.inject, end)], HOP_END_SQL))
             for s in f.services:
                 if self._placement(s) == "region":
-                    parts.append(f"(upstream = '{_q(s)}' AND {spans_sql(None, [('', f.inject, end)])})")
+                    parts.append(f"(upstream = '{_q(s)}' AND {spans_sql(None, [('', f.inject, end)], HOP_END_SQL)})")
         for (zone, service), intervals in self.run.down.items():
             if zone != self.t.region or self._placement(service) != "region":
                 continue
             spans = [("", lo, INF if hi is None else hi + slack) for lo, hi in intervals]
-            parts.append(f"(upstream = '{_q(service)}' AND {spans_sql(None, spans)})")
+            parts.append(f"(upstream = '{_q(service)}' AND {spans_sql(None, spans, HOP_END_SQL)})")
         return "(" + " OR ".join(parts) + ")" if parts else "false"
 
     def call_graph(self) -> InvariantResult:

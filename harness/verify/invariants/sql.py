@@ -7,6 +7,12 @@ from typing import Any
 
 from harness.verify.verdict import iso
 
+# A hop or request is *in* a window when its lifetime overlaps it, not only when it
+# started inside: a request in flight at the kill was served (or failed) because of
+# the fault although Envoy and locust stamp it with its start.
+HOP_END_SQL = "(ts + coalesce(duration_ms, 0) / 1000.0)"
+REQUEST_END_SQL = "(ts + coalesce(latency_ms, 0) / 1000.0)"
+
 MAX_OFFENDERS = 5
 MAX_MESSAGES = 3
 INF = 1e300
@@ -35,6 +41,8 @@ DEFINITIONS = {
     "inbound_line": "an access-log line of the serving side (direction inbound, upstream_cluster local_app, or an "
     "upstream host on loopback): not a hop, counted apart in run.inbound_lines",
     "serving_pod": "the pod that held the upstream host's IP at the hop's start (inventory history, 1 s slack)",
+    "in_window": "a hop or user request is in a fault or outage window when its lifetime [ts, ts + duration] "
+    "overlaps it: Envoy and locust stamp it with its start, so one in flight at the fault is the fault's",
     "local": "edge caller: its own zone; Region caller: any availability zone",
     "up": "a (zone, service) is up while >= 1 of its pods is ready (inventory ready/unready/removed; without "
     "readiness events a pod is ready from `added`); for Region callers the Region as a whole",
@@ -138,8 +146,11 @@ def merge_intervals(intervals: list[tuple[str, str, float, float]]) -> list[tupl
     return out
 
 
-def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]]) -> str:
+def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]], end_sql: str | None = None) -> str:
     """A boolean SQL expression: the row's ts (and zone) falls in one of a few windows.
+
+    With `end_sql` (the row's end instant) the row's lifetime [ts, end] need
+    only overlap the window: see HOP_END_SQL.
 
     Written out as literals because a range join of a million rows against a
     handful of windows is far slower in DuckDB than a filter it can evaluate
@@ -151,5 +162,8 @@ def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]]) ->
     parts = []
     for zone, lo, hi in spans:
         z = f"{zone_column} = '{_q(zone)}' AND " if zone_column else ""
-        parts.append(f"({z}ts BETWEEN {float(lo)!r} AND {float(hi)!r})")
+        if end_sql is None:
+            parts.append(f"({z}ts BETWEEN {float(lo)!r} AND {float(hi)!r})")
+        else:
+            parts.append(f"({z}ts <= {float(hi)!r} AND {end_sql} >= {float(lo)!r})")
     return "(" + " OR ".join(parts) + ")"

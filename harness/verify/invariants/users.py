@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from harness.verify.invariants.base import CheckBase
-from harness.verify.invariants.sql import MAX_OFFENDERS, REQUEST_FIELDS, REQUEST_OK_SQL, request_text, spans_sql
+from harness.verify.invariants.sql import (
+    MAX_OFFENDERS,
+    REQUEST_END_SQL,
+    REQUEST_FIELDS,
+    REQUEST_OK_SQL,
+    request_text,
+    spans_sql,
+)
 from harness.verify.rundata import Fault
 from harness.verify.verdict import (
     AVAILABILITY,
@@ -30,15 +37,17 @@ class UserChecks(CheckBase):
             f"""
             CREATE OR REPLACE TEMP TABLE req_marked AS
             SELECT r.*, NOT {REQUEST_OK_SQL} AS failed,
-                   {spans_sql("zone", excluded)} AS excluded,
-                   {spans_sql(None, [("", f.inject, hi) for f, hi in impact])} AS in_fault
+                   {spans_sql("zone", excluded, REQUEST_END_SQL)} AS excluded,
+                   {spans_sql(None, [("", f.inject, hi) for f, hi in impact], REQUEST_END_SQL)} AS in_fault
             FROM requests r
             """
         )
         windows: list[WindowResult] = []
         budget = self.slo.error_budget
         for f, hi in impact:
-            windows.append(self._window(f"fault {f.fault}", f.inject, hi, "ts BETWEEN ? AND ?", [f.inject, hi]))
+            windows.append(
+                self._window(f"fault {f.fault}", f.inject, hi, f"ts <= ? AND {REQUEST_END_SQL} >= ?", [hi, f.inject])
+            )
         windows.append(self._window("steady state", None, None, "NOT in_fault", []))
         failures = [w.message for w in windows if w.status != PASS]
         worst = max((w.error_rate for w in windows if w.error_rate is not None), default=None)
