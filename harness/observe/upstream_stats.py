@@ -47,6 +47,7 @@ class AdminReader(Protocol):
     def inventory(self) -> Inventory: ...
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes: ...
 
+
 COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
 INBOUND_CLUSTERS = frozenset({"local_app"})  # the sidecar's own app: not an upstream
 WORKERS = 8

@@ -35,9 +35,6 @@ from harness.errors import BackendError
 FIELD_MANAGER = "edge-harness"
 
 
-
-
-
 class KubeApiError(BackendError):
     """A non-2xx answer from the API server, with the status the caller may branch on."""
 

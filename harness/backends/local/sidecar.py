@@ -43,6 +43,7 @@ DEFAULT_INBOUND_PORT = 20000  # consul-k8s' public listener port
 DEFAULT_ADMIN_PORT = 19000
 ACCESS_LOG_FLUSH_MS = 200  # Envoy's default is 10 s; observe wants hops promptly
 
+
 def parse_upstreams(annotation: str, source: str) -> list[Upstream]:
     """Parse ``consul.hashicorp.com/connect-service-upstreams`` (the contract's parser, strict)."""
     return upstreams.parse_strict(annotation, source)

@@ -124,7 +124,7 @@ class RoutingChecks(CheckBase):
             f"caller_zone = ? AND upstream = ? AND coalesce(upstream_host, '') <> '' "
             f"AND NOT coalesce({IN_ZONE_SQL}, false) "
             "AND NOT EXISTS (SELECT 1 FROM loc_excl e WHERE e.zone = hops.caller_zone AND e.upstream = hops.upstream "
-            "AND hops.ts BETWEEN e.lo AND e.hi)",
+            f"AND hops.ts <= e.hi AND {HOP_END_SQL} >= e.lo)",
             [z, u],
         )
 
