@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.contract.inventory import Inventory
+from harness.contract.inventory import PodInfo as PodInfo  # re-exported: the protocol's inventory record
 from harness.contract.logsource import LogSource
 from harness.errors import BackendError
 

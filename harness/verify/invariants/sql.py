@@ -7,6 +7,12 @@ from typing import Any
 
 from harness.verify.verdict import iso
 
+# A hop or request is *in* a window when its lifetime overlaps it, not only when it
+# started inside: a request in flight at the kill was served (or failed) because of
+# the fault although Envoy and locust stamp it with its start.
+HOP_END_SQL = "(ts + coalesce(duration_ms, 0) / 1000.0)"
+REQUEST_END_SQL = "(ts + coalesce(latency_ms, 0) / 1000.0)"
+
 MAX_OFFENDERS = 5
 MAX_MESSAGES = 3
 INF = 1e300
@@ -138,13 +144,6 @@ def merge_intervals(intervals: list[tuple[str, str, float, float]]) -> list[tupl
         else:
             out.append((z, u, lo, hi))
     return out
-
-
-# A hop or request is *in* a window when its lifetime overlaps it, not only when it
-# started inside: a request in flight at the kill was served (or failed) because of
-# the fault although Envoy and locust stamp it with its start.
-HOP_END_SQL = "(ts + coalesce(duration_ms, 0) / 1000.0)"
-REQUEST_END_SQL = "(ts + coalesce(latency_ms, 0) / 1000.0)"
 
 
 def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]], end_sql: str | None = None) -> str:
