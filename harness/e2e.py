@@ -131,7 +131,7 @@ def after_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -
 
 def _upstream_snapshot(backend: Backend, run_dir: Path, label: str) -> Any:
     """A snapshot of every sidecar's per-host counters (attempt evidence); a backend that cannot is noted, not fatal."""
-    from harness.observe.upstream_stats import snapshot_quietly
+    from harness.chaos.upstream_stats import snapshot_quietly
 
     return snapshot_quietly(backend, run_dir, label)
 

@@ -27,7 +27,8 @@ from harness.backends.kind import NETEM_PROBE, KindBackend, kind_available
 from harness.errors import BackendError
 from harness.render.manifests import Manifests
 from tests import kubesim_tools
-from tests.kubefake import FakeApiServer, rendered, wait_until
+from tests.conftest import wait_until
+from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
 LAX = "us-west-2-lax-1a"

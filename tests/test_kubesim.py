@@ -24,7 +24,8 @@ import pytest
 from harness.backends.base import Inventory
 from harness.backends.kube import InventoryWatcher, KubeCluster, parse_k8s_time, pod_condition
 from tests import kubesim_tools
-from tests.kubefake import NODES, FakeApiServer, wait_until
+from tests.conftest import wait_until
+from tests.kubefake import NODES, FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kubesim import SimTimings
 

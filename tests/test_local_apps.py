@@ -37,7 +37,7 @@ from harness.backends.local.apps import (
 )
 from harness.backends.local.apps.nginx import ConfigError, build_servers, parse_conf
 from harness.backends.local.apps.product_api import wait_for_database
-from tests.conftest import free_ports
+from tests.conftest import REPO, free_ports
 
 PY = sys.executable
 HOST = "127.0.0.1"
@@ -109,7 +109,7 @@ class Procs:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=fh,
-                cwd=str(Path(__file__).resolve().parents[1]),
+                cwd=str(REPO),
             )
         proc = Proc(name, popen, log)
         self.started.append(proc)
@@ -505,7 +505,7 @@ def test_image_mapping_and_unknown_image() -> None:
         assert isinstance(info.value, KeyError)
         assert str(info.value).startswith(f"no local app for image {image!r}")
     for module in IMAGE_APPS.values():
-        assert (Path(__file__).resolve().parents[1] / "harness/backends/local/apps" / f"{module}.py").is_file()
+        assert (REPO / "harness/backends/local/apps" / f"{module}.py").is_file()
 
 
 def test_mounts_resolve_longest_first() -> None:

@@ -11,7 +11,6 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -22,8 +21,8 @@ import yaml
 from harness.render import Rendered, checks, render
 from harness.render.consul import ACCESS_LOG_FIELDS
 from harness.topology.model import Edition, Topology, load_topology
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference" / "consul-k8s-v1.9.11"
 FIXTURES = {"default": REPO / "fixtures" / "topology.yaml", "wide": REPO / "fixtures" / "topology-wide.yaml"}
 K8S_VERSION = "1.37.0"

@@ -42,8 +42,8 @@ from harness.report.svg import Canvas, TimeAxis, _tick_label, text_width, value_
 from harness.topology import load_topology
 from harness.verify import Verdict, verify
 from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 WIDE = REPO / "fixtures" / "topology-wide.yaml"
 MEASURE_JS = Path(__file__).with_name("report_measure.js")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 from harness.traffic import RequestRecorder, TrafficRunner, parse_entrypoints, run_traffic, summarise_requests
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO / "loadtests" / "hashicups.py"
 COFFEES = [{"id": i, "name": f"Coffee {i}", "price": 100 + i} for i in (1, 2, 3, 4)]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.errors import BackendError
 
@@ -188,14 +188,14 @@ class Inventory:
                 self._fh = None
 
 
-class LogSource(ABC):
-    """A stream of one sidecar's raw access-log lines."""
+class LogSource(Protocol):
+    """A stream of one sidecar's raw access-log lines (structural: the collector declares the same shape)."""
 
     pod: str
 
-    @abstractmethod
     def read(self) -> Iterator[str]:
         """Lines written since the last call (non-blocking)."""
+        ...
 
 
 CHAOS_PRIMITIVES = frozenset(

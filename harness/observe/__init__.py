@@ -8,9 +8,10 @@
   (the verifier's), `resolve_ips` applies the same IP-at-time rule to other
   records.
 
-The collector names are imported lazily: it needs the backend protocol
-(`harness.backends.base.LogSource`), and the verifier, which imports
-`harness.observe.hops`, must not import anything of the backends.
+The collector names are imported lazily: the verifier imports
+`harness.observe.hops` and needs none of the collector's threads. Observe never
+imports a backend: the collector declares the log source it reads
+(`harness.observe.collector.LogSource`) and every backend's sources fit it.
 """
 
 from __future__ import annotations

@@ -17,13 +17,27 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Protocol
 
-from harness.backends.base import LogSource
 from harness.errors import HarnessError
+
+
+class LogSource(Protocol):
+    """What the collector reads: one sidecar's raw access-log lines.
+
+    Declared here, by its reader, rather than imported from the backends: observe
+    never imports a backend (docs/ARCHITECTURE.md), and every backend's log
+    source (`harness.backends.base.LogSource`) has this shape.
+    """
+
+    pod: str
+
+    def read(self) -> Iterator[str]:
+        """Lines written since the last call (non-blocking)."""
+        ...
 
 
 class CollectorError(HarnessError):
@@ -38,7 +52,7 @@ def pod_file_name(pod: str) -> str:
     return f"{safe}.jsonl"
 
 
-class FileLogSource(LogSource):
+class FileLogSource:
     """Tail one sidecar's access-log file, like ``tail -F``.
 
     Survives the file not existing yet (pod starting), being truncated
@@ -123,7 +137,7 @@ class AccessLogCollector:
     re-raises (as :class:`CollectorError`) any error from the thread.
     """
 
-    def __init__(self, sources: Callable[[], list[LogSource]], out_dir: Path, interval_s: float = 0.2) -> None:
+    def __init__(self, sources: Callable[[], Sequence[LogSource]], out_dir: Path, interval_s: float = 0.2) -> None:
         self._sources = sources
         self.out_dir = Path(out_dir)
         self.interval_s = interval_s

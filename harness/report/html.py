@@ -54,10 +54,18 @@ from harness.report.svg import (
     timeline,
 )
 from harness.topology import Placement, Topology
-from harness.verify import Verdict, verify
-from harness.verify.invariants import HUB_VIOLATION_SQL, IN_ZONE_SQL, REQUEST_OK_SQL
-from harness.verify.model import iso, seconds
-from harness.verify.records import RunData, load_run, pairs
+from harness.verify import (
+    HUB_VIOLATION_SQL,
+    IN_ZONE_SQL,
+    REQUEST_OK_SQL,
+    RunData,
+    Verdict,
+    iso,
+    load_run,
+    pairs,
+    seconds,
+    verify,
+)
 
 MAX_BUCKETS = 150
 MAX_FLOW_WINDOWS = 80

@@ -10,8 +10,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from harness.verify import Verdict, verify
-from harness.verify.model import seconds
+from harness.verify import Verdict, seconds, verify
 
 
 def junit_xml(verdict: Verdict, suite: str = "edge-harness.verify") -> str:

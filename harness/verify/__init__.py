@@ -10,6 +10,10 @@ machine. Public API:
 - `write_verdict(run_dir, verdict) -> Path`: writes `run_dir/verdict.json`.
 - `load_verdict(path) -> Verdict`: reads one back (schema version checked).
 - `print_summary(verdict, console)`: rich tables for the CLI.
+- For the report (which must not reach into the verifier's modules): `load_run`
+  and `RunData` (the run's records in DuckDB), `pairs`, the SQL predicates the
+  invariants use (`IN_ZONE_SQL`, `HUB_VIOLATION_SQL`, `REQUEST_OK_SQL`) and the
+  formatters `iso`, `seconds`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 from pathlib import Path
 
 from harness.errors import InputError
-from harness.verify.invariants import DEFINITIONS, Checker
+from harness.verify.invariants import DEFINITIONS, HUB_VIOLATION_SQL, IN_ZONE_SQL, REQUEST_OK_SQL, Checker
 from harness.verify.model import (
     AVAILABILITY,
     CALL_GRAPH,
@@ -39,8 +43,10 @@ from harness.verify.model import (
     RunInfo,
     Verdict,
     WindowResult,
+    iso,
+    seconds,
 )
-from harness.verify.records import load_run
+from harness.verify.records import RunData, load_run, pairs
 from harness.verify.summary import print_summary
 
 
@@ -85,8 +91,11 @@ __all__ = [
     "EXPERIMENT_RAN",
     "FALLBACK",
     "HUB_AND_SPOKE",
+    "HUB_VIOLATION_SQL",
     "INVARIANTS",
+    "IN_ZONE_SQL",
     "LOCALITY",
+    "REQUEST_OK_SQL",
     "SCHEMA_PATH",
     "SCHEMA_VERSION",
     "SHARED_SERVICES",
@@ -94,11 +103,16 @@ __all__ = [
     "FaultResult",
     "InvariantResult",
     "PairResult",
+    "RunData",
     "RunInfo",
     "Verdict",
     "WindowResult",
+    "iso",
+    "load_run",
     "load_verdict",
+    "pairs",
     "print_summary",
+    "seconds",
     "verify",
     "write_verdict",
 ]

@@ -1,0 +1,29 @@
+"""A test kit for users' own tests: the harness's pipeline without a cluster.
+
+As httpx ships `MockTransport` and kopf its testing kit, this module ships a
+backend that lives in memory, so code written against the backend protocol
+(an extension's chaos action, a custom collector, a CI check of the verifier's
+configuration) can be tested in milliseconds, with no root, no Docker, no
+Kubernetes::
+
+    from harness import verify
+    from harness.testing import FakeBackend, ManualClock
+
+    fake = FakeBackend("topology.yaml", clock=ManualClock())   # up at once
+    fake.traffic(seconds=5)                                    # every zone, every 50 ms
+    fake.zone_outage("us-west-2-lax-1a")
+    fake.traffic(seconds=5)                                    # lax fails over to the Region
+    verdict = verify(fake.write_run(tmp_path / "run"))
+    assert verdict.invariant("locality").passed
+
+`FakeBackend` implements `harness.backends.base.Backend` (lifecycle,
+inventory, log sources, chaos primitives); routing follows Consul CE's
+locality-aware failover (in-zone, else the Region, never another Local Zone).
+It has no Envoy admin API and no Consul API: those calls raise `BackendError`,
+as a backend that cannot answer them does. See `harness.testing.fake` for
+what is modelled.
+"""
+
+from harness.testing.fake import FakeBackend, FakeRequest, ManualClock, MemoryLogSource
+
+__all__ = ["FakeBackend", "FakeRequest", "ManualClock", "MemoryLogSource"]
