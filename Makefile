@@ -21,7 +21,7 @@ BFLAGS    = --backend $(BACKEND) $(if $(CONTEXT),--context $(CONTEXT)) $(if $(AL
 
 APT_PKGS  := nftables iproute2 chromium procps
 
-.PHONY: all e2e nightly test test-fast test-install lint lint-imports bench clean chaos render up down status venv deps
+.PHONY: all e2e nightly test test-fast test-properties test-install lint lint-imports bench clean chaos render up down status venv deps
 
 all: test
 
@@ -78,10 +78,14 @@ test: deps lint-imports
 test-fast: deps lint-imports
 	EH_NO_LOCAL=1 $(BIN)/python -m pytest -q -m "not local and not slow" $(PYTEST_ARGS)
 
+# The property tests with Hypothesis's own example counts (make test bounds them: tests/conftest.py profiles)
+test-properties: deps
+	$(BIN)/python -m pytest -q -m property --hypothesis-profile=thorough $(PYTEST_ARGS)
+
 # `pip install .` (not editable) into a fresh venv, then `harness e2e --backend local` from another directory:
 # the package finds its fixtures, load tests and experiments as package data (tests/test_install.py).
 test-install: deps
-	$(BIN)/python -m pytest -q -m slow tests/test_install.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q tests/test_install.py $(PYTEST_ARGS)
 
 # The pipeline's layering (pyproject.toml [tool.importlinter], docs/ARCHITECTURE.md)
 lint-imports: deps

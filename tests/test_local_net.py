@@ -36,6 +36,7 @@ from harness.backends.local.state import (
 )
 from harness.errors import BackendError
 from harness.topology.model import ServiceLink
+from tests.conftest import wait_until
 
 pytestmark = [
     pytest.mark.local,
@@ -168,12 +169,10 @@ def start_echo(net: Network, state: State, pn: PodNet, workdir: Path) -> subproc
 
 
 def wait_listening(net: Network, pods: list[PodNet], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
     for pn in pods:
-        while not can_connect(net.hub, pn.ip, timeout=0.2):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"echo server in {pn.pod} did not start")
-            time.sleep(0.05)
+        assert wait_until(lambda pn=pn: can_connect(net.hub, pn.ip, timeout=0.2), timeout), (
+            f"echo server in {pn.pod} did not start"
+        )
 
 
 @pytest.fixture(scope="module")
