@@ -36,6 +36,8 @@ from tests.conftest import REPO, wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
+pytestmark = pytest.mark.slow  # a fake API server per test: seconds each
+
 LAX, LAS, PHX = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a"
 ZONES = ("us-west-2a", "us-west-2b", LAX, LAS, PHX)
 

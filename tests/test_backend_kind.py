@@ -31,6 +31,8 @@ from tests.conftest import wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
+pytestmark = pytest.mark.slow  # a fake API server and fake tools per test: seconds each
+
 LAX = "us-west-2-lax-1a"
 
 

@@ -29,6 +29,8 @@ from tests.kubefake import NODES, FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kubesim import SimTimings
 
+pytestmark = pytest.mark.slow  # the simulated cluster runs in real time: seconds each
+
 
 def _deployment(name: str, ns: str = "n", replicas: int = 1) -> dict[str, Any]:
     labels = {"app": name, "edge-harness.io/zone": "us-west-2a"}

@@ -603,6 +603,7 @@ class DelayedForward:
             self.sock.close()
 
 
+@pytest.mark.slow  # starts its own product-api against the stack's postgres and waits for it
 def test_product_api_listens_only_once_postgres_answers(stack: Stack, tmp_path: Path) -> None:
     """v0.0.22 start-up: metrics at once, the API port only after the database connected."""
     db_port, api_port, metrics_port = free_ports(3, HOST)

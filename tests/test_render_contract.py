@@ -90,12 +90,14 @@ def _k8s_errors(objects: list[dict[str, Any]]) -> list[str]:
     return errors
 
 
+@pytest.mark.slow  # kubernetes-validate loads the API schemas
 def test_k8s_objects_validate(rendered: Bundle) -> None:
     assert _k8s_errors(rendered.objects) == []
     kinds = {o["kind"] for o in rendered.objects}
     assert {"Namespace", "ServiceAccount", "Service", "Deployment", "ConfigMap"} <= kinds
 
 
+@pytest.mark.slow  # kubernetes-validate loads the API schemas
 def test_k8s_validation_catches_breakage() -> None:
     b = bundle()
     dep = b.find("Deployment", "product-api-lax-1a")

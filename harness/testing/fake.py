@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.backends.base import CHAOS_PRIMITIVES, Backend, Inventory, PodInfo, Status
+from harness.backends.base import CHAOS_PRIMITIVES, Backend, Inventory, LogSource, PodInfo, Status
 from harness.errors import BackendError
 from harness.records import ACCESSLOG_DIR, INVENTORY_FILE, MANIFESTS_DIR, REQUESTS_FILE, RUN_FILE
 from harness.render.layout import TOPOLOGY_FILE
@@ -179,7 +179,7 @@ class FakeBackend(Backend):
                  "down_nodes": sorted(self._down_nodes), "partitioned": sorted(self._partitioned)}  # fmt: skip
         (out / "fake-state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
 
-    def log_sources(self) -> list[MemoryLogSource]:  # type: ignore[override]
+    def log_sources(self) -> list[LogSource]:
         for pod in self._logs:
             self._sources.setdefault(pod, MemoryLogSource(pod, self._logs[pod]))
         return list(self._sources.values())
