@@ -42,11 +42,6 @@ CHAOS_FILE = "chaos.jsonl"
 PLAN_FILE = "plan.json"
 CHAOS_DIR = "chaos"
 JOURNAL_FILE = "journal.json"
-MANIFESTS_DIR = "manifests"  # the rendered directory the run applied (its topology.yaml is the run's topology)
-ARTIFACTS_DIR = "artifacts"  # the backend's post-mortem material
-VERDICT_FILE = "verdict.json"
-REPORT_FILE = "report.html"
-JUNIT_FILE = "junit.xml"
 
 REQUEST_COLUMNS = {
     "ts": "DOUBLE",

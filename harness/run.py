@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from harness.backends.base import Inventory
-from harness.records import MANIFESTS_DIR, RUN_FILE
+from harness.records import RUN_FILE
 
 RUNS_ROOT = Path("runs")
 RUN_STATUSES = ("running", "complete", "interrupted", "failed")
@@ -35,7 +35,7 @@ def new_run_dir(root: Path = RUNS_ROOT, label: str = "") -> Path:
 
 
 def copy_manifests(src: Path, run_dir: Path) -> Path:
-    dst = run_dir / MANIFESTS_DIR
+    dst = run_dir / "manifests"
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst)

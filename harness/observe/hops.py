@@ -68,12 +68,10 @@ from harness.records import (
     HOPS_FILE,
     INVENTORY_COLUMNS,
     INVENTORY_FILE,
-    MANIFESTS_DIR,
     SkippedLine,
     load_jsonl,
     sql_str,
 )
-from harness.render.layout import TOPOLOGY_FILE
 
 SLACK_S = 1.0
 """How far outside a pod's recorded lifetime a hop may still be attributed to it (clock skew, event lag)."""
@@ -130,7 +128,7 @@ def _topology_or_none(run_dir: Path) -> Topology | None:
     from harness.errors import InputError
     from harness.topology import load_topology
 
-    for candidate in (run_dir / MANIFESTS_DIR / TOPOLOGY_FILE, run_dir / TOPOLOGY_FILE):
+    for candidate in (run_dir / "manifests" / "topology.yaml", run_dir / "topology.yaml"):
         if candidate.is_file():
             try:
                 return load_topology(candidate)

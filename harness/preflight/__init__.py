@@ -50,11 +50,11 @@ from urllib.parse import urlsplit
 
 from harness.backends.base import Backend
 from harness.errors import BackendError, HarnessError
-from harness.records import PREFLIGHT_FILE
 from harness.render import naming
 from harness.render.naming import ConsulService
 from harness.topology.model import Edition, Placement, Topology, Zone
 
+PREFLIGHT_FILE = "preflight.json"
 MODES = ("gate", "record")
 CONFIG_KINDS = {
     "ProxyDefaults": "proxy-defaults",

@@ -43,7 +43,6 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
-from harness.records import REPORT_FILE
 from harness.report.svg import (
     FaultMark,
     Series,
@@ -826,6 +825,6 @@ def write_report(run_dir: Path | str, verdict: Verdict | None = None) -> Path:
     """Write `run_dir/report.html`; verifies the run first unless `verdict` is given."""
     path = Path(run_dir)
     v = verdict if verdict is not None else verify(path)
-    out = path / REPORT_FILE
+    out = path / "report.html"
     out.write_text(render_html(path, v), encoding="utf-8")
     return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from harness.records import JUNIT_FILE
 from harness.verify import Verdict, seconds, verify
 
 
@@ -54,6 +53,6 @@ def write_junit(run_dir: Path | str, verdict: Verdict | None = None) -> Path:
     """Write `run_dir/junit.xml`; verifies the run first unless `verdict` is given."""
     path = Path(run_dir)
     v = verdict if verdict is not None else verify(path)
-    out = path / JUNIT_FILE
+    out = path / "junit.xml"
     out.write_text(junit_xml(v), encoding="utf-8")
     return out

@@ -38,8 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backends.base import CHAOS_PRIMITIVES, Backend, Inventory, LogSource, PodInfo, Status
 from harness.errors import BackendError
-from harness.records import ACCESSLOG_DIR, INVENTORY_FILE, MANIFESTS_DIR, REQUESTS_FILE, RUN_FILE
-from harness.render.layout import TOPOLOGY_FILE
+from harness.records import ACCESSLOG_DIR, INVENTORY_FILE, REQUESTS_FILE, RUN_FILE
 from harness.render.naming import consul_name, workloads
 from harness.topology import Placement, Topology, load_topology
 from harness.topology.model import dump_topology
@@ -287,8 +286,8 @@ class FakeBackend(Backend):
         evidence it lacks.
         """
         run = Path(run_dir)
-        (run / MANIFESTS_DIR).mkdir(parents=True, exist_ok=True)
-        (run / MANIFESTS_DIR / TOPOLOGY_FILE).write_text(dump_topology(self.topology), encoding="utf-8")
+        (run / "manifests").mkdir(parents=True, exist_ok=True)
+        (run / "manifests" / "topology.yaml").write_text(dump_topology(self.topology), encoding="utf-8")
         events = []
         for p in self.inv.pods():
             base = {"pod": p.pod, "ip": p.ip, "node": p.node, "zone": p.zone, "service": p.service,

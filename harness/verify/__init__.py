@@ -22,7 +22,6 @@ import json
 from pathlib import Path
 
 from harness.errors import InputError
-from harness.records import VERDICT_FILE
 from harness.verify.invariants import DEFINITIONS, HUB_VIOLATION_SQL, IN_ZONE_SQL, REQUEST_OK_SQL, Checker
 from harness.verify.model import (
     AVAILABILITY,
@@ -68,7 +67,7 @@ def verify(run_dir: Path | str, threads: int | None = None) -> Verdict:
 
 def write_verdict(run_dir: Path | str, verdict: Verdict) -> Path:
     """Write `verdict.json` into the run directory (atomically: a reader never sees half)."""
-    out = Path(run_dir) / VERDICT_FILE
+    out = Path(run_dir) / "verdict.json"
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(verdict.to_json() + "\n", encoding="utf-8")
     tmp.replace(out)
