@@ -91,3 +91,29 @@ def test_down_all_goes_through_the_registry(tmp_path: Path, monkeypatch: pytest.
     assert main(["down", "--all"]) == 0
     assert downed == ["eha", "ehb"]
     assert capsys.readouterr().out.split() == ["local", "eha:", "down", "local", "ehb:", "down"]
+
+
+def test_the_chaos_extension_exports_what_experiments_name() -> None:
+    """`__all__` of the extension's modules is its surface: every shipped experiment names only those."""
+    import importlib
+    import json
+
+    mods = {m: importlib.import_module(m) for m in ("harness.chaos.actions", "harness.chaos.probes")}
+    for mod in [*mods.values(), importlib.import_module("harness.chaos.control")]:
+        assert mod.__all__ and all(callable(getattr(mod, n)) for n in mod.__all__)
+    named: set[tuple[str, str]] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            prov = node.get("provider")
+            if isinstance(prov, dict) and prov.get("module") in mods:
+                named.add((prov["module"], prov["func"]))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for exp in EXPERIMENTS.glob("*.json"):
+        walk(json.loads(exp.read_text()))
+    assert named and all(func in mods[m].__all__ for m, func in named), named

@@ -396,3 +396,19 @@ PRIMITIVE_OF: dict[str, str] = {
     "heal_zone": "partition_zone",
 }
 """The backend primitive (`Backend.capabilities()` names) each action needs, restores included."""
+
+
+# The chaostoolkit surface (provider module `harness.chaos.actions`): what experiments may name.
+__all__ = [
+    "clear_link",
+    "degrade_link",
+    "heal_zone",
+    "kill_node",
+    "kill_pod",
+    "make_ready",
+    "make_unready",
+    "partition_zone",
+    "restore_node",
+    "restore_zone",
+    "zone_outage",
+]
