@@ -18,8 +18,6 @@ import pytest
 
 from tests.conftest import REPO, leftovers
 
-pytestmark = [pytest.mark.local, pytest.mark.slow, pytest.mark.chaos]
-
 CLUSTER = "ehcli"
 
 
@@ -30,6 +28,9 @@ def harness(*args: str, cwd: Path, timeout: float = 180) -> subprocess.Completed
     )  # fmt: skip
 
 
+@pytest.mark.local  # the game day itself; the bad-input test below needs no root
+@pytest.mark.slow
+@pytest.mark.chaos
 def test_gameday_flow(tmp_path: Path) -> None:
     backend = ["--backend", "local", "--cluster", CLUSTER]
     run = tmp_path / "runs" / "gameday"
