@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +27,15 @@ CLUSTER = "ehinst"
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the harness installed from the checkout as a regular (non-editable) package."""
-    venv = tmp_path_factory.mktemp("install") / "venv"
+    root = tmp_path_factory.mktemp("install")
+    # a clean copy of the source: pip builds in the tree, and a stale build/lib there would be packaged too
+    src = root / "src"
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "runs", "out", "__pycache__", ".*_cache",
+                                  ".hypothesis")  # fmt: skip
+    shutil.copytree(REPO, src, symlinks=True, ignore=skip)
+    venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO)], capture_output=True, text=True,
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(src)], capture_output=True, text=True,
                          stdin=subprocess.DEVNULL, timeout=900)  # fmt: skip
     assert pip.returncode == 0, pip.stderr[-3000:]
     return venv
