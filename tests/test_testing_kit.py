@@ -151,3 +151,19 @@ def test_what_it_cannot_do_it_refuses(fake: FakeBackend) -> None:
         fake.consul_api()
     with pytest.raises(TypeError):
         FakeBackend().traffic(seconds=0.1)
+
+
+def test_manifests_are_the_rendered_topology_so_roles_resolve(fake: FakeBackend) -> None:
+    from harness.chaos.roles import parse_role, resolve_values
+
+    m = fake.manifests()
+    assert m.topology == fake.topology and any(o["kind"] == "Deployment" for o in m.objects)
+    assert parse_role("a Local Zone") is not None
+    zone = resolve_values(["a Local Zone"], m.topology)["a Local Zone"]
+    assert zone in {z.name for z in fake.topology.edge_zones}
+
+
+def test_restore_of_a_node_that_is_up_changes_nothing(fake: FakeBackend) -> None:
+    before = sorted(p.pod for p in fake.inventory().pods(alive_only=True))
+    fake.restore_node("lax-1a-n1")
+    assert sorted(p.pod for p in fake.inventory().pods(alive_only=True)) == before

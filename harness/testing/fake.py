@@ -138,20 +138,29 @@ class FakeBackend(Backend):
         self._next_ip = 10
         self._rr: dict[tuple[str, str], int] = {}
         self._up = False
+        self._manifests: Manifests | None = None
         if up_now:
             self._place()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def up(self, manifests: Manifests | None = None, progress: Callable[[str], None] | None = None) -> None:
         if manifests is not None:
-            self.topology = manifests.topology
+            self.topology, self._manifests = manifests.topology, manifests
         if not self._up:
             self._place()
         if progress is not None:
             progress(f"fake: {len(self.inv.pods(alive_only=True))} pods up")
 
     def manifests(self) -> Manifests:
-        raise BackendError("fake: no rendered directory behind this cluster (it was built from a topology)")
+        """The topology rendered in memory (what `harness up` would have applied), for roles and preflight."""
+        if self._manifests is None:
+            from harness.render import render
+            from harness.render.manifests import Manifests
+
+            r = render(self.topology)
+            self._manifests = Manifests(Path("<fake>"), r.topology, r.kind_config, r.helm_values, r.objects, r.meta,
+                                        entry=r.entry)  # fmt: skip
+        return self._manifests
 
     def down(self) -> None:
         now = self.clock()
@@ -211,8 +220,9 @@ class FakeBackend(Backend):
 
     def restore_node(self, node: str) -> None:
         self._fault("restore_node", node)
-        self._down_nodes.discard(node)
-        self._place(only_node=node)
+        if node in self._down_nodes:  # idempotent: a node that is up keeps its pods
+            self._down_nodes.discard(node)
+            self._place(only_node=node)
 
     def zone_outage(self, zone: str) -> None:
         self._fault("zone_outage", zone)
