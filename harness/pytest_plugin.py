@@ -9,7 +9,8 @@ Options map onto `harness.backends.BackendOptions` (one place for flags);
 the session fixture `eh_cluster` brings the cluster up once and always takes
 it down; `eh_run` is a fresh run directory per test; tests marked
 `@pytest.mark.edge_chaos` are skipped unless destructive chaos is allowed for
-the chosen backend. JUnit XML comes from pytest's own `--junitxml`.
+the chosen backend; `eh_fake` is an in-memory cluster (`harness.testing`) that
+needs no backend at all. JUnit XML comes from pytest's own `--junitxml`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,20 @@ def eh_cluster(eh_options: Any, pytestconfig: pytest.Config, tmp_path_factory: p
     finally:
         if not pytestconfig.getoption("--eh-keep"):
             backend.down()
+
+
+@pytest.fixture
+def eh_fake(pytestconfig: pytest.Config) -> Any:
+    """An in-memory cluster of `--eh-topology` (default: the shipped topology) on a `ManualClock`.
+
+    `harness.testing.FakeBackend`: no backend option needed, nothing to bring up
+    or down; drive it with `traffic()` and the chaos primitives, then
+    `write_run(eh_run)` and `harness.verify.verify`.
+    """
+    from harness.testing import FakeBackend, ManualClock
+
+    topo = pytestconfig.getoption("--eh-topology")
+    return FakeBackend(Path(topo) if topo else None, clock=ManualClock())
 
 
 @pytest.fixture

@@ -96,12 +96,18 @@ def test_partition_cuts_region_only_upstreams(fake: FakeBackend) -> None:
 
 def test_kill_pod_replaces_with_new_ips_and_history(fake: FakeBackend) -> None:
     before = {p.pod: p.ip for p in fake.inventory().pods(alive_only=True) if p.zone == LAX}
-    fake.clock.advance(1.0)  # type: ignore[attr-defined]
+    clock: ManualClock = fake.clock  # type: ignore[assignment]
+    killed_at = clock.advance(1.0)
     killed = fake.kill_pod(LAX, "product-api")
-    assert len(killed) == 1 and fake.inventory().get(killed[0]).ended is not None  # type: ignore[union-attr]
+    assert len(killed) == 1 and fake.inventory().get(killed[0]).ended == killed_at  # type: ignore[union-attr]
+    assert not [p for p in fake.inventory().pods(alive_only=True) if p.zone == LAX and p.service == "product-api"]
+    clock.advance(fake.replace_s + 0.3)  # looked at later than the replacement was due
     new = [p for p in fake.inventory().pods(alive_only=True) if p.zone == LAX and p.service == "product-api"]
     assert len(new) == 1 and new[0].pod not in before and new[0].ip not in before.values()
-    assert fake.inventory().is_ready(new[0].pod)
+    assert new[0].started == killed_at + fake.replace_s and fake.inventory().is_ready(new[0].pod)
+    inject, restore = fake.timeline
+    assert (inject["phase"], restore["phase"], inject["kind"]) == ("inject", "restore", "service-down")
+    assert (inject["ts"], restore["ts"]) == (killed_at, new[0].started)  # restored at the replacement's readiness
 
 
 def test_zone_outage_and_restore(fake: FakeBackend) -> None:
@@ -110,7 +116,25 @@ def test_zone_outage_and_restore(fake: FakeBackend) -> None:
     assert fake.request(LAX).status == 503  # the zone's entry is gone with it
     fake.restore_zone(LAX)
     assert fake.request(LAX).ok
-    assert [f[1] for f in fake.faults][:2] == ["zone_outage", "kill_node"]
+    assert [(r["phase"], r["kind"], r["entry_down"]) for r in fake.timeline] == [
+        ("inject", "zone-down", True), ("restore", "zone-down", False)
+    ]
+
+
+def test_faults_through_the_fake_are_judged_as_fault_windows(fake: FakeBackend, tmp_path: Path) -> None:
+    """Its timeline is the chaos actions' (chaos.jsonl): failover inside a window is not a locality violation."""
+    fake.traffic(seconds=1.0)
+    fake.set_pod_unready(LAX, "product-api")
+    fake.traffic(seconds=1.0)
+    fake.set_pod_ready(LAX, "product-api")
+    fake.traffic(seconds=1.0)
+    fake.kill_pod(LAS, "public-api")
+    fake.traffic(seconds=2.0)
+    verdict = verify(fake.write_run(tmp_path / "run"))
+    for name in ("locality", "shared-services", "fallback", "availability", "coverage"):
+        assert verdict.invariant(name).passed, verdict.invariant(name).message
+    assert [f.kind for f in verdict.faults] == ["service-down", "service-down"]
+    assert all(f.passed and f.failover_s is not None and f.failover_s <= 0.05 for f in verdict.faults)
 
 
 def test_collector_copies_the_same_lines_write_run_writes(fake: FakeBackend, tmp_path: Path) -> None:
@@ -124,23 +148,31 @@ def test_collector_copies_the_same_lines_write_run_writes(fake: FakeBackend, tmp
     assert col.poll_once() == 0  # every line is read once
 
 
-def test_a_misrouting_mesh_fails_the_verdict(
-    fake: FakeBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("misroute", [False, True])
+def test_a_failover_to_another_local_zone_fails_the_verdict(
+    fake: FakeBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, misroute: bool
 ) -> None:
-    """The fake's records reach the verifier for real: LZ -> LZ failover must fail locality."""
+    """The fake's records reach the verifier for real: the same run passes fallback and has no LZ -> LZ hop,
+    until the mesh fails over to another Local Zone instead of the Region."""
+    if misroute:
+        route = fake._route
+
+        def lz_to_lz(caller, upstream):  # type: ignore[no-untyped-def]
+            if caller.info.zone == LAX and upstream == "product-api" and fake._pick(upstream, LAX, LAX) is None:
+                return fake._pick(upstream, LAS, LAX), "-"
+            return route(caller, upstream)
+
+        monkeypatch.setattr(fake, "_route", lz_to_lz)
+    fake.traffic(seconds=1.0)
     fake.set_pod_unready(LAX, "product-api")
-    route = fake._route
-
-    def lz_to_lz(caller, upstream):  # type: ignore[no-untyped-def]
-        if caller.info.zone == LAX and upstream == "product-api":
-            return fake._pick(upstream, LAS, LAX), "-"
-        return route(caller, upstream)
-
-    monkeypatch.setattr(fake, "_route", lz_to_lz)
-    fake.traffic(seconds=0.5)
+    fake.traffic(seconds=1.0)
+    fake.set_pod_ready(LAX, "product-api")
+    fake.traffic(seconds=1.0)
     verdict = verify(fake.write_run(tmp_path / "run"))
-    loc = verdict.invariant("locality")
-    assert not loc.passed and LAX in loc.message
+    fallback, hub = verdict.invariant("fallback"), verdict.invariant("hub-and-spoke")
+    assert fallback.passed is not misroute, fallback.message
+    lz_to_lz_message = f"hub-and-spoke: {LAX} -> {LAS}: 20 hops to product-api"
+    assert hub.message.startswith(lz_to_lz_message) is misroute, hub.message
 
 
 def test_what_it_cannot_do_it_refuses(fake: FakeBackend) -> None:

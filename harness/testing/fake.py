@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.backends.base import CHAOS_PRIMITIVES, Backend, Inventory, LogSource, PodInfo, Status
+from harness.chaos.timeline import FaultKind
 from harness.errors import BackendError
-from harness.records import ACCESSLOG_DIR, INVENTORY_FILE, REQUESTS_FILE, RUN_FILE
+from harness.records import ACCESSLOG_DIR, CHAOS_FILE, INVENTORY_FILE, REQUESTS_FILE, RUN_FILE
 from harness.render.naming import consul_name, workloads
 from harness.topology import Placement, Topology, load_topology
 from harness.topology.model import dump_topology
@@ -60,7 +61,7 @@ class ManualClock:
         return self.now
 
     def advance(self, seconds: float) -> float:
-        self.now += seconds
+        self.now = round(self.now + seconds, 6)  # no drift from adding 0.05 a thousand times
         return self.now
 
 
@@ -123,12 +124,18 @@ class FakeBackend(Backend):
         *,
         clock: Callable[[], float] = time.time,
         up_now: bool = True,
+        replace_s: float = 1.0,
     ) -> None:
         self.topology = topology if isinstance(topology, Topology) else load_topology(topology)
         self.clock = clock
         self.inv = Inventory()
+        self.replace_s = replace_s  # a killed pod's replacement is ready this long after the kill
+        self._pending: list[tuple[float, list[_Pod], dict[str, Any]]] = []  # (due, killed pods, their fault)
         self.requests: list[FakeRequest] = []
-        self.faults: list[tuple[float, str, tuple[Any, ...]]] = []  # (ts, primitive, args): what was injected
+        self.faults: list[tuple[float, str, tuple[Any, ...]]] = []  # (ts, primitive, args): what was called
+        self._inv_events: list[dict[str, Any]] = []  # inventory.jsonl lines
+        self.timeline: list[dict[str, Any]] = []  # chaos.jsonl lines, as the chaos actions would write them
+        self._open: dict[str, dict[str, Any]] = {}  # zone, node or zone/service -> its open fault's inject
         self._pods: dict[str, _Pod] = {}
         self._logs: dict[str, list[str]] = {}
         self._sources: dict[str, MemoryLogSource] = {}
@@ -165,14 +172,16 @@ class FakeBackend(Backend):
     def down(self) -> None:
         now = self.clock()
         for pod in [p.pod for p in self.inv.pods(alive_only=True)]:
-            self.inv.removed(pod, now)
+            self._inv_event("removed", pod, now)
         self._up = False
 
     def status(self) -> Status:
+        self._tick()
         pods = {p.pod: ("Running" if self._pods[p.pod].ready else "NotReady") for p in self.inv.pods(alive_only=True)}
         return Status(self.name, self._up, f"{len(pods)} pods", pods)
 
     def inventory(self) -> Inventory:
+        self._tick()
         return self.inv
 
     def entrypoints(self) -> dict[str, str]:
@@ -202,67 +211,96 @@ class FakeBackend(Backend):
         raise BackendError("fake: no Consul HTTP API")
 
     # -- chaos primitives ----------------------------------------------------------------------
+    # Each writes the chaos timeline the harness's chaos actions would write around it (`chaos.jsonl`:
+    # inject, then restore; the same fault kinds), so a verdict over `write_run` judges the fault windows.
     def kill_pod(self, zone: str, service: str) -> list[str]:
+        """The pods die now; the Deployment's replacements are ready `replace_s` later (new names and IPs),
+        and that readiness is the fault's restore, as the chaos action records it."""
         self._fault("kill_pod", zone, service)
         victims = [p for p in self._alive() if p.info.zone == zone and p.info.service == service]
+        fault = self._inject("kill_pod", zone, FaultKind.SERVICE_DOWN, [service], service == ENTRY_SERVICE)
         now = self.clock()
         for v in victims:
-            self.inv.removed(v.info.pod, now)
-            self._start(v.info.service, v.info.consul_service, v.info.namespace, zone, v.info.node, v.port)
+            self._inv_event("removed", v.info.pod, now)
+        self._pending.append((now + self.replace_s, victims, fault))
+        self._tick()
         return [v.info.pod for v in victims]
+
+    def _tick(self) -> None:
+        """Start the replacements that are due (at their due time, not at the time someone looked)."""
+        now = self.clock()
+        for item in [x for x in self._pending if x[0] <= now]:
+            self._pending.remove(item)
+            due, victims, fault = item
+            for v in victims:
+                self._start(v.info.service, v.info.consul_service, v.info.namespace, v.info.zone, v.info.node,
+                            v.port, ts=due)  # fmt: skip
+            self._restore(fault, ts=due)
 
     def kill_node(self, node: str) -> None:
         self._fault("kill_node", node)
-        self._down_nodes.add(node)
-        now = self.clock()
-        for p in [p for p in self._alive() if p.info.node == node]:
-            self.inv.removed(p.info.pod, now)
+        lost = sorted({p.info.service for p in self._alive() if p.info.node == node})
+        zone = self.nodes()[node]
+        self._inject("kill_node", zone, FaultKind.SERVICE_DOWN, lost, ENTRY_SERVICE in lost, key=node, node=node)
+        self._down(node)
 
     def restore_node(self, node: str) -> None:
         self._fault("restore_node", node)
         if node in self._down_nodes:  # idempotent: a node that is up keeps its pods
-            self._down_nodes.discard(node)
-            self._place(only_node=node)
+            self._up_again(node)
+            self._restore(self._open.get(node))
 
     def zone_outage(self, zone: str) -> None:
         self._fault("zone_outage", zone)
+        services = sorted({p.info.service for p in self._alive() if p.info.zone == zone})
+        self._inject("zone_outage", zone, FaultKind.ZONE_DOWN, services, True)
         for node, z in self.nodes().items():
             if z == zone:
-                self.kill_node(node)
+                self._down(node)
 
     def restore_zone(self, zone: str) -> None:
         self._fault("restore_zone", zone)
         for node, z in self.nodes().items():
-            if z == zone:
-                self.restore_node(node)
+            if z == zone and node in self._down_nodes:
+                self._up_again(node)
+        self._restore(self._open.get(zone))
 
     def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
         self._fault("set_link", zone, latency_ms, loss_percent)
         self._links[zone] = (latency_ms, loss_percent)
+        self._inject("degrade_link", zone, FaultKind.LINK_DEGRADED, [], False, latency_ms=latency_ms)
 
     def clear_link(self, zone: str) -> None:
         self._fault("clear_link", zone)
         self._links.pop(zone, None)
+        self._restore(self._open.get(zone))
 
     def partition_zone(self, zone: str) -> None:
         self._fault("partition_zone", zone)
         self._partitioned.add(zone)
+        self._inject("partition_zone", zone, FaultKind.PARTITION, [], True)
 
     def heal_zone(self, zone: str) -> None:
         self._fault("heal_zone", zone)
         self._partitioned.discard(zone)
+        self._restore(self._open.get(zone))
 
     def set_pod_unready(self, zone: str, service: str) -> list[str]:
         self._fault("set_pod_unready", zone, service)
+        self._inject("make_unready", zone, FaultKind.SERVICE_DOWN, [service], service == ENTRY_SERVICE,
+                     key=f"{zone}/{service}")  # fmt: skip
         return self._set_ready(zone, service, False)
 
     def set_pod_ready(self, zone: str, service: str) -> list[str]:
         self._fault("set_pod_ready", zone, service)
-        return self._set_ready(zone, service, True)
+        pods = self._set_ready(zone, service, True)
+        self._restore(self._open.get(f"{zone}/{service}"))
+        return pods
 
     # -- traffic -------------------------------------------------------------------------------
     def request(self, zone: str) -> FakeRequest:
         """One user request entering `zone`'s frontend; every hop it makes is logged by its caller's sidecar."""
+        self._tick()
         ts = self.clock()
         entry = self._pick(ENTRY_SERVICE, zone, zone)
         if entry is None:
@@ -281,8 +319,11 @@ class FakeBackend(Backend):
         names = zones if zones is not None else [z.name for z in self.topology.zones]
         out: list[FakeRequest] = []
         for _ in range(round(seconds / period_s)):
+            # requests in the middle of each period: a primitive called between two traffic() calls acts
+            # strictly between requests, never at the instant of one (no tie for the verifier to break)
+            self.clock.advance(period_s / 2)
             out += [self.request(z) for z in names]
-            self.clock.advance(period_s)
+            self.clock.advance(period_s / 2)
         return out
 
     # -- a run directory -----------------------------------------------------------------------
@@ -290,28 +331,22 @@ class FakeBackend(Backend):
         """The records a run directory holds for what happened so far (docs/CONTRACTS.md §4).
 
         `manifests/topology.yaml`, `inventory.jsonl`, `accesslogs/<pod>.jsonl`,
-        `requests.jsonl` and a complete `run.json`. No chaos timeline, plan,
-        preflight or counters: the fake injects faults but is not the chaos
-        runner, so a verdict over this directory judges the hops and says what
-        evidence it lacks.
+        `requests.jsonl`, `chaos.jsonl` (the faults injected through this
+        backend, inject and restore) and a complete `run.json`. No plan,
+        preflight or counters: the verdict judges hops, requests and fault
+        windows, and says which evidence it lacks (unverified is a failure).
         """
         run = Path(run_dir)
         (run / "manifests").mkdir(parents=True, exist_ok=True)
         (run / "manifests" / "topology.yaml").write_text(dump_topology(self.topology), encoding="utf-8")
-        events = []
-        for p in self.inv.pods():
-            base = {"pod": p.pod, "ip": p.ip, "node": p.node, "zone": p.zone, "service": p.service,
-                    "consul_service": p.consul_service, "namespace": p.namespace}  # fmt: skip
-            events.append({"ts": p.started, "event": "added", **base})
-            events.append({"ts": p.started, "event": "ready", **base})
-            if p.ended is not None:
-                events.append({"ts": p.ended, "event": "removed", **base})
-        events.sort(key=lambda e: (e["ts"], ["added", "ready", "removed"].index(str(e["event"]))))
+        events = sorted(self._inv_events, key=lambda e: float(e["ts"]))  # stable: same-ts events keep their order
         (run / INVENTORY_FILE).write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
         logs = run / ACCESSLOG_DIR
         logs.mkdir(exist_ok=True)
         for pod, lines in self._logs.items():
             (logs / f"{pod}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        chaos = [{k: v for k, v in r.items() if k != "closed"} for r in self.timeline]
+        (run / CHAOS_FILE).write_text("".join(json.dumps(r) + "\n" for r in chaos), encoding="utf-8")
         reqs = "".join(json.dumps(r.record()) + "\n" for r in self.requests)
         (run / REQUESTS_FILE).write_text(reqs, encoding="utf-8")
         start = min([r.ts for r in self.requests], default=self.clock())
@@ -326,6 +361,53 @@ class FakeBackend(Backend):
 
     def _fault(self, primitive: str, *args: Any) -> None:
         self.faults.append((self.clock(), primitive, args))
+
+    def _inject(self, action: str, zone: str, kind: FaultKind, services: list[str], entry_down: bool,
+                key: str | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+        """Open a fault: its `inject` line (the shape `harness.chaos.timeline.record` writes)."""
+        n = sum(1 for r in self.timeline if r["phase"] == "inject") + 1
+        rec = {"ts": self.clock(), "fault": f"{n:02d}-{action}-{self.topology.short(self.topology.zone(zone))}",
+               "phase": "inject", "action": action, "zone": zone, "kind": kind.value, "services": services,
+               "entry_down": entry_down, **extra}  # fmt: skip
+        self.timeline.append(rec)
+        self._open[key or zone] = rec
+        return rec
+
+    def _restore(self, inject: dict[str, Any] | None, ts: float | None = None) -> None:
+        """Close a fault: its `restore` line (nothing when no such fault is open)."""
+        if inject is None or inject.get("closed"):
+            return
+        inject["closed"] = True
+        rec = {k: v for k, v in inject.items() if k != "closed"}
+        self.timeline.append({**rec, "ts": self.clock() if ts is None else ts, "phase": "restore", "entry_down": False})
+        self._open = {k: v for k, v in self._open.items() if v is not inject}
+
+    def _inv_event(self, event: str, pod: str, ts: float, info: PodInfo | None = None) -> None:
+        """One inventory change, in memory and as its `inventory.jsonl` line (what a backend writes)."""
+        before = self.inv.get(pod), self.inv.is_ready(pod)
+        if event == "added" and info is not None:
+            self.inv.added(info)
+        elif event == "removed":
+            self.inv.removed(pod, ts)
+        elif event == "ready":
+            self.inv.ready(pod, ts)
+        else:
+            self.inv.unready(pod, ts)
+        p = self.inv.get(pod)
+        if p is not None and (before != (p, self.inv.is_ready(pod))):  # only a change is written
+            base = {"pod": p.pod, "ip": p.ip, "node": p.node, "zone": p.zone, "service": p.service,
+                    "consul_service": p.consul_service, "namespace": p.namespace}  # fmt: skip
+            self._inv_events.append({"ts": ts, "event": event, **base})
+
+    def _down(self, node: str) -> None:
+        self._down_nodes.add(node)
+        now = self.clock()
+        for p in [p for p in self._alive() if p.info.node == node]:
+            self._inv_event("removed", p.info.pod, now)
+
+    def _up_again(self, node: str) -> None:
+        self._down_nodes.discard(node)
+        self._place(only_node=node)
 
     def _alive(self) -> list[_Pod]:
         return [self._pods[p.pod] for p in self.inv.pods(alive_only=True)]
@@ -342,21 +424,24 @@ class FakeBackend(Backend):
                 self._start(w.service.name, w.consul_name, w.namespace, w.zone.name, node, w.service.container_port)
         self._up = True
 
-    def _start(self, service: str, consul: str, namespace: str, zone: str, node: str, port: int) -> _Pod:
+    def _start(
+        self, service: str, consul: str, namespace: str, zone: str, node: str, port: int, ts: float | None = None
+    ) -> _Pod:
         self._next_ip += 1
         n = self._next_ip
         pod = f"{consul}-{n:05d}"
-        info = PodInfo(pod, f"10.244.{n // 250}.{n % 250 + 2}", node, zone, service, consul, namespace, self.clock())
+        started = self.clock() if ts is None else ts
+        info = PodInfo(pod, f"10.244.{n // 250}.{n % 250 + 2}", node, zone, service, consul, namespace, started)
         self._pods[pod] = _Pod(info, port)
-        self.inv.added(info)
-        self.inv.ready(pod, info.started)
+        self._inv_event("added", pod, info.started, info)
+        self._inv_event("ready", pod, info.started)
         return self._pods[pod]
 
     def _set_ready(self, zone: str, service: str, ready: bool) -> list[str]:
         hit = [p for p in self._alive() if p.info.zone == zone and p.info.service == service]
         for p in hit:
             p.ready = ready
-            (self.inv.ready if ready else self.inv.unready)(p.info.pod, self.clock())
+            self._inv_event("ready" if ready else "unready", p.info.pod, self.clock())
         return [p.info.pod for p in hit]
 
     def _pick(self, service: str, zone: str, caller_zone: str) -> _Pod | None:
@@ -427,6 +512,6 @@ class FakeBackend(Backend):
 
 
 def _envoy_time(ts: float) -> str:
-    """Envoy's %START_TIME%: UTC, whole milliseconds."""
-    ms = int(ts * 1000 + 1e-6)
+    """Envoy's %START_TIME%: UTC, whole milliseconds (rounded: a fake clock's 0.1 is not 0.0999...)."""
+    ms = round(ts * 1000)
     return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
