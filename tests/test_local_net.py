@@ -396,10 +396,9 @@ def test_pod_link_down_fails_new_connections(cluster: Cluster) -> None:
         assert time.monotonic() - t0 < 2
     finally:
         net.set_pod_link("r2", up=True)
-    deadline = time.monotonic() + 5
-    while not can_connect(p["r1"].ns, p["r2"].ip, timeout=0.5):
-        assert time.monotonic() < deadline, "pod unreachable after its link came back"
-        time.sleep(0.1)
+    assert wait_until(lambda: can_connect(p["r1"].ns, p["r2"].ip, timeout=0.5), 5, 0.1), (
+        "pod unreachable after its link came back"
+    )
 
 
 def test_recreated_pod_gets_new_ip_and_namespace(cluster: Cluster) -> None:
