@@ -11,13 +11,13 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 from rich.console import Console
 
 from harness.backends import BACKENDS, BackendOptions
+from harness.backends.base import ProgressFn
 from harness.errors import BackendError, HarnessError, InputError
 from harness.preflight import PreflightFailed
 
@@ -90,7 +90,7 @@ def _preflight_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress(label: str) -> Callable[[str], None]:
+def _progress(label: str) -> ProgressFn:
     def say(msg: str) -> None:
         out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {label}{msg}", markup=True, highlight=False)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.backends.local.linkrelay import ZoneLink
-from harness.backends.local.net import Network
+from harness.backends.local.network import Network
 from harness.backends.local.state import ProcessRecord, State, cleanup, find_states, proc_starttime
 from harness.errors import BackendError
 from tests.test_local_net import RANGE, ZONES

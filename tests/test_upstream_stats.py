@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import Inventory, PodInfo
 from harness.chaos.upstream_stats import UPSTREAM_STATS_FILE, health_flags, parse_clusters, snapshot
+from harness.contract.inventory import Inventory, PodInfo
 from harness.errors import BackendError
 
 TD = "7f3c1a52-4d1e-4b7a-9c31-5e2f0a9d6b10"

@@ -71,5 +71,4 @@ def every_shop_answers(zones: Any = None, configuration: dict[str, Any] | None =
     return all(shop_answers(z, configuration) == 200 for z in (wanted if wanted is not None else b.entrypoints()))
 
 
-# The chaostoolkit surface (provider module `harness.chaos.probes`)
 __all__ = ["all_pods_ready", "every_shop_answers", "shop_answers", "zone_has_ready"]

@@ -8,16 +8,14 @@
   (the verifier's), `resolve_ips` applies the same IP-at-time rule to other
   records.
 
-The collector names are imported lazily: the verifier imports
-`harness.observe.hops` and needs none of the collector's threads. Observe never
-imports a backend: the collector declares the log source it reads
-(`harness.observe.collector.LogSource`) and every backend's sources fit it.
+Observe imports nothing of the backends: the log-source type it polls is the
+contract layer's (`harness.contract.logsource`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from harness.contract.logsource import FileLogSource
+from harness.observe.collector import AccessLogCollector, CollectorError, pod_file_name
 from harness.observe.hops import (
     ACCESSLOG_DIR,
     HOPS_FILE,
@@ -30,20 +28,6 @@ from harness.observe.hops import (
     load_inventory,
     resolve_ips,
 )
-
-if TYPE_CHECKING:
-    from harness.observe.collector import AccessLogCollector, CollectorError, FileLogSource, pod_file_name
-
-_COLLECTOR = ("AccessLogCollector", "CollectorError", "FileLogSource", "pod_file_name")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _COLLECTOR:
-        from harness.observe import collector
-
-        return getattr(collector, name)
-    raise AttributeError(f"module 'harness.observe' has no attribute {name!r}")
-
 
 __all__ = [
     "ACCESSLOG_DIR",

@@ -17,27 +17,13 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Protocol
+from typing import IO
 
+from harness.contract.logsource import LogSource
 from harness.errors import HarnessError
-
-
-class LogSource(Protocol):
-    """What the collector reads: one sidecar's raw access-log lines.
-
-    Declared here, by its reader, rather than imported from the backends: observe
-    never imports a backend (docs/ARCHITECTURE.md), and every backend's log
-    source (`harness.backends.base.LogSource`) has this shape.
-    """
-
-    pod: str
-
-    def read(self) -> Iterator[str]:
-        """Lines written since the last call (non-blocking)."""
-        ...
 
 
 class CollectorError(HarnessError):
@@ -50,75 +36,6 @@ def pod_file_name(pod: str) -> str:
     if safe in ("", ".", ".."):
         safe = f"_{safe}_"
     return f"{safe}.jsonl"
-
-
-class FileLogSource:
-    """Tail one sidecar's access-log file, like ``tail -F``.
-
-    Survives the file not existing yet (pod starting), being truncated
-    (copytruncate rotation: read again from the start) and being replaced
-    (rename rotation or a pod restarted into the same path: the old file is
-    read to its end, then the new one from its start). A line is yielded only
-    once it is complete, so a line caught mid-write is never split in two.
-    """
-
-    def __init__(self, pod: str, path: Path, chunk_size: int = 1 << 20) -> None:
-        self.pod = pod
-        self.path = Path(path)
-        self._chunk = chunk_size
-        self._fh: IO[bytes] | None = None
-        self._ino: tuple[int, int] | None = None
-        self._pending = b""
-
-    def _open(self) -> bool:
-        try:
-            fh = self.path.open("rb")
-        except FileNotFoundError:
-            return False
-        st = os.fstat(fh.fileno())
-        self._fh, self._ino, self._pending = fh, (st.st_dev, st.st_ino), b""
-        return True
-
-    def _drain(self) -> Iterator[str]:
-        fh = self._fh
-        assert fh is not None
-        while True:
-            data = fh.read(self._chunk)
-            if not data:
-                return
-            data = self._pending + data
-            lines = data.split(b"\n")
-            self._pending = lines.pop()
-            for raw in lines:
-                line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
-                if line.strip():
-                    yield line
-
-    def read(self) -> Iterator[str]:
-        if self._fh is None and not self._open():
-            return
-        yield from self._drain()
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return  # removed: keep the old handle (more lines may still arrive) until a new file shows up
-        assert self._fh is not None
-        if (st.st_dev, st.st_ino) != self._ino:
-            # Replaced: the old file is drained above; switch to the new one from its start.
-            self._fh.close()
-            self._fh = None
-            if self._open():
-                yield from self._drain()
-        elif st.st_size < self._fh.tell():
-            # Truncated in place: everything now in the file is new.
-            self._fh.seek(0)
-            self._pending = b""
-            yield from self._drain()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
 
 
 class AccessLogCollector:
@@ -137,7 +54,7 @@ class AccessLogCollector:
     re-raises (as :class:`CollectorError`) any error from the thread.
     """
 
-    def __init__(self, sources: Callable[[], Sequence[LogSource]], out_dir: Path, interval_s: float = 0.2) -> None:
+    def __init__(self, sources: Callable[[], list[LogSource]], out_dir: Path, interval_s: float = 0.2) -> None:
         self._sources = sources
         self.out_dir = Path(out_dir)
         self.interval_s = interval_s

@@ -36,11 +36,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.backends.base import CHAOS_PRIMITIVES, Backend, Inventory, LogSource, PodInfo, Status
+from harness.backends.base import CHAOS_PRIMITIVES, Backend, Status
 from harness.chaos.timeline import FaultKind
+from harness.contract.inventory import Inventory, PodInfo
+from harness.contract.logsource import LogSource
+from harness.contract.names import consul_name
+from harness.contract.rundir import (
+    ACCESSLOG_DIR,
+    CHAOS_FILE,
+    INVENTORY_FILE,
+    MANIFESTS_DIR,
+    REQUESTS_FILE,
+    RUN_FILE,
+    TOPOLOGY_FILE,
+)
 from harness.errors import BackendError
-from harness.records import ACCESSLOG_DIR, CHAOS_FILE, INVENTORY_FILE, REQUESTS_FILE, RUN_FILE
-from harness.render.naming import consul_name, workloads
+from harness.render.naming import workloads
 from harness.topology import Placement, Topology, load_topology
 from harness.topology.model import dump_topology
 
@@ -65,7 +76,7 @@ class ManualClock:
         return self.now
 
 
-class MemoryLogSource:
+class MemoryLogSource(LogSource):
     """One sidecar's access-log lines, read once each (the shape `AccessLogCollector` polls)."""
 
     def __init__(self, pod: str, lines: list[str]) -> None:
@@ -337,8 +348,8 @@ class FakeBackend(Backend):
         windows, and says which evidence it lacks (unverified is a failure).
         """
         run = Path(run_dir)
-        (run / "manifests").mkdir(parents=True, exist_ok=True)
-        (run / "manifests" / "topology.yaml").write_text(dump_topology(self.topology), encoding="utf-8")
+        (run / MANIFESTS_DIR).mkdir(parents=True, exist_ok=True)
+        (run / MANIFESTS_DIR / TOPOLOGY_FILE).write_text(dump_topology(self.topology), encoding="utf-8")
         events = sorted(self._inv_events, key=lambda e: float(e["ts"]))  # stable: same-ts events keep their order
         (run / INVENTORY_FILE).write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
         logs = run / ACCESSLOG_DIR

@@ -36,13 +36,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from harness.contract.rundir import REQUESTS_FILE
 from harness.errors import HarnessError
 
 # Package data: locust gets a file path, which an installed package has as much as a checkout
 DEFAULT_LOCUSTFILE = Path(str(files("harness").joinpath("loadtests", "hashicups.py")))
 SHAPES = ("steady", "ramp")
 
-REQUESTS_FILE = "requests.jsonl"
 LOG_FILE = "locust.log"
 STATS_FILE_PREFIX = "locust-stats"  # locust appends ".json"
 

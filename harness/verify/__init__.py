@@ -10,20 +10,25 @@ machine. Public API:
 - `write_verdict(run_dir, verdict) -> Path`: writes `run_dir/verdict.json`.
 - `load_verdict(path) -> Verdict`: reads one back (schema version checked).
 - `print_summary(verdict, console)`: rich tables for the CLI.
-- For the report (which must not reach into the verifier's modules): `load_run`
-  and `RunData` (the run's records in DuckDB), `pairs`, the SQL predicates the
-  invariants use (`IN_ZONE_SQL`, `HUB_VIOLATION_SQL`, `REQUEST_OK_SQL`) and the
-  formatters `iso`, `seconds`.
+- For the report (which must not reach into the verifier's modules): `judged`,
+  `load_run` and `RunData` (the run's records in DuckDB), `pairs`, the SQL
+  predicates the invariants use (`IN_ZONE_SQL`, `HUB_VIOLATION_SQL`,
+  `REQUEST_OK_SQL`) and the formatters `iso`, `seconds`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+from harness.contract.rundir import VERDICT_FILE
 from harness.errors import InputError
 from harness.verify.invariants import DEFINITIONS, HUB_VIOLATION_SQL, IN_ZONE_SQL, REQUEST_OK_SQL, Checker
-from harness.verify.model import (
+from harness.verify.rundata import RunData, load_run, pairs
+from harness.verify.summary import print_summary
+from harness.verify.verdict import (
     AVAILABILITY,
     CALL_GRAPH,
     CONFIG,
@@ -46,8 +51,23 @@ from harness.verify.model import (
     iso,
     seconds,
 )
-from harness.verify.records import RunData, load_run, pairs
-from harness.verify.summary import print_summary
+
+
+@contextlib.contextmanager
+def judged(run_dir: Path | str, threads: int | None = None) -> Iterator[tuple[RunData, Verdict]]:
+    """Load the run once, verify it, and lend the loaded run with its verdict to the caller (the report).
+
+    The database is closed when the block ends; nothing else reloads or
+    re-derives the records meanwhile (`verify` is this without the lending).
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise InputError(str(path), "", "run directory does not exist")
+    run = load_run(path, threads=threads)
+    try:
+        yield run, Checker(run).verdict()
+    finally:
+        run.con.close()
 
 
 def verify(run_dir: Path | str, threads: int | None = None) -> Verdict:
@@ -55,19 +75,13 @@ def verify(run_dir: Path | str, threads: int | None = None) -> Verdict:
 
     `threads` caps DuckDB's worker threads (default: all cores).
     """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise InputError(str(path), "", "run directory does not exist")
-    run = load_run(path, threads=threads)
-    try:
-        return Checker(run).verdict()
-    finally:
-        run.con.close()
+    with judged(run_dir, threads) as (_run, verdict):
+        return verdict
 
 
 def write_verdict(run_dir: Path | str, verdict: Verdict) -> Path:
     """Write `verdict.json` into the run directory (atomically: a reader never sees half)."""
-    out = Path(run_dir) / "verdict.json"
+    out = Path(run_dir) / VERDICT_FILE
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(verdict.to_json() + "\n", encoding="utf-8")
     tmp.replace(out)
@@ -108,6 +122,7 @@ __all__ = [
     "Verdict",
     "WindowResult",
     "iso",
+    "judged",
     "load_run",
     "load_verdict",
     "pairs",
