@@ -32,6 +32,15 @@ def fake() -> FakeBackend:
     return FakeBackend(FIXTURES / "topology.yaml", clock=ManualClock())
 
 
+def _unready_window(fake: FakeBackend) -> None:
+    """A second of traffic before, during and after LAX's product-api is unready (one fault window)."""
+    fake.traffic(seconds=1.0)
+    fake.set_pod_unready(LAX, "product-api")
+    fake.traffic(seconds=1.0)
+    fake.set_pod_ready(LAX, "product-api")
+    fake.traffic(seconds=1.0)
+
+
 def _hops(run: Path) -> list[dict[str, object]]:
     build_hops(run)
     return [json.loads(x) for x in (run / "hops.jsonl").read_text().splitlines()]
@@ -123,11 +132,7 @@ def test_zone_outage_and_restore(fake: FakeBackend) -> None:
 
 def test_faults_through_the_fake_are_judged_as_fault_windows(fake: FakeBackend, tmp_path: Path) -> None:
     """Its timeline is the chaos actions' (chaos.jsonl): failover inside a window is not a locality violation."""
-    fake.traffic(seconds=1.0)
-    fake.set_pod_unready(LAX, "product-api")
-    fake.traffic(seconds=1.0)
-    fake.set_pod_ready(LAX, "product-api")
-    fake.traffic(seconds=1.0)
+    _unready_window(fake)
     fake.kill_pod(LAS, "public-api")
     fake.traffic(seconds=2.0)
     verdict = verify(fake.write_run(tmp_path / "run"))
@@ -163,11 +168,7 @@ def test_a_failover_to_another_local_zone_fails_the_verdict(
             return route(caller, upstream)
 
         monkeypatch.setattr(fake, "_route", lz_to_lz)
-    fake.traffic(seconds=1.0)
-    fake.set_pod_unready(LAX, "product-api")
-    fake.traffic(seconds=1.0)
-    fake.set_pod_ready(LAX, "product-api")
-    fake.traffic(seconds=1.0)
+    _unready_window(fake)
     verdict = verify(fake.write_run(tmp_path / "run"))
     fallback, hub = verdict.invariant("fallback"), verdict.invariant("hub-and-spoke")
     assert fallback.passed is not misroute, fallback.message
