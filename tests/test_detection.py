@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 import yaml
 
@@ -111,7 +112,8 @@ def test_rendered_mesh_passes(rendered: Path, tmp_path: Path) -> None:
     html = (res.run_dir / "report.html").read_text(encoding="utf-8")
     assert f"<title>edge-harness report: PASS - {res.run_dir.name}</title>" in html
     assert res.verdict.faults and all(f.fault in html for f in res.verdict.faults)
-    hops = [json.loads(x) for x in (res.run_dir / "hops.jsonl").read_text().splitlines()]
+    rel = duckdb.sql(f"SELECT * FROM read_parquet('{res.run_dir / 'hops.parquet'}')")  # e2e's hop record
+    hops = [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
     assert len(hops) > 100
     # every user request through /api is exactly one frontend -> public-api hop (plus retries):
     # many more would mean access-log lines were collected twice
