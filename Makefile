@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make e2e    the main job: render, bring up a cluster, drive traffic, run chaos, verify, report
 #   make test   the test suite (contract tests, local-backend integration tests)
+#   make test-fast  the fast lane: no root, no local cluster, no slow test (under a minute)
 # Both bootstrap .venv (and, as root, the Debian packages the local backend needs).
 
 PY        ?= python3
@@ -20,7 +21,7 @@ BFLAGS    = --backend $(BACKEND) $(if $(CONTEXT),--context $(CONTEXT)) $(if $(AL
 
 APT_PKGS  := nftables iproute2 chromium procps
 
-.PHONY: all e2e nightly test lint bench clean chaos render up down status venv deps
+.PHONY: all e2e nightly test test-fast test-properties test-install lint lint-imports bench clean chaos render up down status venv deps
 
 all: test
 
@@ -69,10 +70,29 @@ down: deps
 status: deps
 	$(BIN)/harness status $(BFLAGS)
 
-test: deps
+test: deps lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: deps
+# The fast lane (README "Tests"): what runs without root and without a local cluster, slow tests left out.
+# EH_NO_LOCAL=1 makes the local-backend tests skip even as root, so the lane takes no lock either;
+# two xdist workers (this machine has two cores), each module on one worker (module fixtures stay shared).
+test-fast: deps lint-imports
+	EH_NO_LOCAL=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not local and not slow" $(PYTEST_ARGS)
+
+# The property tests with Hypothesis's own example counts (make test bounds them: tests/conftest.py profiles)
+test-properties: deps
+	$(BIN)/python -m pytest -q -m property --hypothesis-profile=thorough $(PYTEST_ARGS)
+
+# `pip install .` (not editable) into a fresh venv, then `harness e2e --backend local` from another directory:
+# the package finds its fixtures, load tests and experiments as package data (tests/test_install.py).
+test-install: deps
+	$(BIN)/python -m pytest -q tests/test_install.py $(PYTEST_ARGS)
+
+# The pipeline's layering (pyproject.toml [tool.importlinter], docs/ARCHITECTURE.md)
+lint-imports: deps
+	$(BIN)/lint-imports --no-cache
+
+lint: deps lint-imports
 	$(BIN)/ruff check harness tests bench loadtests
 	$(BIN)/mypy
 

@@ -98,6 +98,16 @@ def _progress(label: str) -> ProgressFn:
 
 
 # -- commands ------------------------------------------------------------------
+EXPERIMENT_HELP = "chaostoolkit experiment: a file, or the name of a shipped one (edge-outage, node-kill ...)"
+
+
+def _experiment(arg: str) -> Path:
+    """`--experiment` as a path; a shipped experiment's name works from any directory (an installed harness)."""
+    from harness.chaos.experiment import resolve_experiment
+
+    return resolve_experiment(arg)
+
+
 def cmd_render(a: argparse.Namespace) -> int:
     from harness.render import render, write
     from harness.topology import Edition, load_topology
@@ -132,16 +142,10 @@ def cmd_up(a: argparse.Namespace) -> int:
 
 
 def cmd_down(a: argparse.Namespace) -> int:
-    from harness.backends import connect
+    from harness.backends import connect, down_all
 
     if a.all:
-        from harness.backends.local.backend import DEFAULT_STATE_ROOT, LocalBackend
-
-        names = (
-            sorted(p.name for p in DEFAULT_STATE_ROOT.iterdir() if p.is_dir()) if DEFAULT_STATE_ROOT.is_dir() else []
-        )
-        for name in names:
-            LocalBackend(cluster=name).down()
+        for name in down_all():
             out.print(f"local {name}: down")
         return EXIT_PASS
     b = connect(_bopts(a))
@@ -378,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chaos", help="run a chaostoolkit experiment (rollbacks always)")
     _backend_args(p)
-    p.add_argument("experiment", type=Path)
+    p.add_argument("experiment", type=_experiment, help=EXPERIMENT_HELP)
     p.add_argument("--run-dir", type=Path)
     p.set_defaults(fn=cmd_chaos)
 
@@ -393,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("e2e", help="render, up, traffic + chaos, verify, report, down")
     _source_args(p)
     _backend_args(p)
-    p.add_argument("--experiment", type=Path, action="append", default=[], help="chaostoolkit experiment (repeatable)")
+    p.add_argument(
+        "--experiment", type=_experiment, action="append", default=[], help=f"{EXPERIMENT_HELP} (repeatable)"
+    )
     p.add_argument("--users", type=int, default=12)
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--warmup", type=float, default=8.0,

@@ -212,7 +212,7 @@ def after_traffic(backend: Backend, run_dir: Path, say: ProgressFn) -> None:
 
 def _upstream_snapshot(backend: Backend, run_dir: Path, label: str) -> Any:
     """A snapshot of every sidecar's per-host counters (attempt evidence); a backend that cannot is noted, not fatal."""
-    from harness.observe.upstream_stats import snapshot_quietly
+    from harness.chaos.upstream_stats import snapshot_quietly
 
     return snapshot_quietly(backend, run_dir, label)
 
@@ -274,14 +274,12 @@ def check_workers_in_zone(opts: E2EOptions, backend: Backend) -> None:
     """`--workers-in-zone` needs pods of our own in the cluster and an address of this machine they can reach."""
     if not opts.workers_in_zone:
         return
-    from harness.backends.kube.backend import KubeBackend
-
-    if not isinstance(backend, KubeBackend):
+    if backend.name not in ("kind", "existing"):
         raise InputError(
             "--workers-in-zone", "", "kind and existing only (the local backend puts users behind each zone's "
             "access link: zones[].userLatencyMs)"
         )  # fmt: skip
-    if not opts.locust_master_host and type(backend).__name__ != "KindBackend":
+    if not opts.locust_master_host and backend.name != "kind":
         raise InputError(
             "--locust-master-host", "", "required with --workers-in-zone on an existing cluster: an address of "
             "this machine that the cluster's pods can connect to (e.g. a runner inside the VPC)"

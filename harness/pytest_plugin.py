@@ -13,9 +13,10 @@ Options (`--eh-backend`, `--eh-topology` or `--eh-manifests`, `--eh-cluster`,
 brings the cluster up once and always takes it down (unless `--eh-keep`);
 `eh_options` are the options; `eh_run` is a fresh run directory per test;
 tests marked `@pytest.mark.edge_chaos` are skipped unless destructive chaos
-is allowed for the chosen backend. The plugin reads no environment variable
-itself (the existing backend reads `EH_ENTRYPOINTS`). JUnit XML comes from
-pytest's own `--junitxml`.
+is allowed for the chosen backend; `eh_fake` is an in-memory cluster
+(`harness.testing.FakeBackend`) that needs no backend at all. The plugin
+reads no environment variable itself (the existing backend reads
+`EH_ENTRYPOINTS`). JUnit XML comes from pytest's own `--junitxml`.
 """
 
 from __future__ import annotations
@@ -76,6 +77,20 @@ def eh_cluster(eh_options: Any, pytestconfig: pytest.Config, tmp_path_factory: p
     finally:
         if not pytestconfig.getoption("--eh-keep"):
             backend.down()
+
+
+@pytest.fixture
+def eh_fake(pytestconfig: pytest.Config) -> Any:
+    """An in-memory cluster of `--eh-topology` (default: the shipped topology) on a `ManualClock`.
+
+    `harness.testing.FakeBackend`: no backend option needed, nothing to bring up
+    or down; drive it with `traffic()` and the chaos primitives, then
+    `write_run(eh_run)` and `harness.verify.verify`.
+    """
+    from harness.testing import FakeBackend, ManualClock
+
+    topo = pytestconfig.getoption("--eh-topology")
+    return FakeBackend(Path(topo) if topo else None, clock=ManualClock())
 
 
 @pytest.fixture

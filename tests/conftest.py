@@ -9,15 +9,30 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis profiles: `bounded` (the default here, `make test`) keeps property tests to a few seconds each;
+# `thorough` (`make test-properties`, `--hypothesis-profile=thorough`) runs Hypothesis's own example counts.
+settings.register_profile("bounded", max_examples=20)
+settings.register_profile("thorough")
+settings.load_profile("bounded")
 
 REPO = Path(__file__).resolve().parents[1]
+# Package data (pyproject [tool.setuptools.package-data]); fixtures/, experiments/, loadtests/ at the top link here
+FIXTURES = REPO / "harness" / "fixtures"
+EXPERIMENTS = REPO / "harness" / "experiments"
+LOADTESTS = REPO / "harness" / "loadtests"
 SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "consul-k8s-v1.9.11"
 
 
 def local_backend_ready() -> tuple[bool, str]:
+    if os.environ.get("EH_NO_LOCAL"):
+        return False, "EH_NO_LOCAL is set (the fast lane, make test-fast)"
     if os.geteuid() != 0:
         return False, "needs root"
     for tool in ("ip", "nft"):
@@ -61,11 +76,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     _lock_fd = fd
 
 
-@pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return REPO
-
-
 def leftovers(prefix: str) -> list[str]:
     """Namespaces and processes of a local cluster that should be gone after `down`."""
     found: list[str] = []
@@ -94,3 +104,14 @@ def free_ports(n: int, ip: str = "127.0.0.1") -> list[int]:
         for s in socks:
             s.bind((ip, 0))
         return [int(s.getsockname()[1]) for s in socks]
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll `cond` until it is true (watches, daemons and threads act asynchronously); its last answer
+    once `timeout` passes, so `assert wait_until(...)` fails on the state the test waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return bool(cond())

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -227,13 +226,3 @@ def rendered(tmp_path: Path) -> Manifests:
     out = tmp_path / "rendered"
     write(render(load_topology()), out)
     return load(out)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll `cond` (watches and controllers act asynchronously); its last answer once `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()

@@ -32,10 +32,12 @@ from harness.backends.existing import (
 from harness.backends.kube import KubeCluster, NodeInfo
 from harness.errors import BackendError, InputError
 from tests import kubesim_tools
-from tests.kubefake import FakeApiServer, rendered, wait_until
+from tests.conftest import REPO, wait_until
+from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a fake API server per test: seconds each
+
 LAX, LAS, PHX, SFO = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a", "us-west-2-wl1-sfo-wlz-1"
 ZONES = ("us-west-2a", "us-west-2b", LAX, LAS, PHX, SFO)
 

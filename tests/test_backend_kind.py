@@ -27,8 +27,11 @@ from harness.backends.kind import NETEM_PROBE, KindBackend, kind_available
 from harness.errors import BackendError
 from harness.render.manifests import Manifests
 from tests import kubesim_tools
-from tests.kubefake import FakeApiServer, rendered, wait_until
+from tests.conftest import wait_until
+from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+
+pytestmark = pytest.mark.slow  # a fake API server and fake tools per test: seconds each
 
 LAX = "us-west-2-lax-1a"
 

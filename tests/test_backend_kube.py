@@ -25,7 +25,8 @@ from harness.backends.kube import (
 )
 from harness.contract.inventory import Inventory
 from harness.errors import BackendError
-from tests.kubefake import NODES, T0, FakeApiServer, lax_pod, pod, rendered, wait_until
+from tests.conftest import wait_until
+from tests.kubefake import NODES, T0, FakeApiServer, lax_pod, pod, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
 # -- apply --------------------------------------------------------------------

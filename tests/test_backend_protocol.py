@@ -24,6 +24,7 @@ from harness.backends.local.backend import LocalBackend
 from harness.backends.local.cluster import LocalCluster
 from harness.backends.local.daemon import CHAOS_OPS
 from harness.errors import BackendError
+from tests.conftest import EXPERIMENTS
 
 
 def test_backend_is_the_three_concerns() -> None:
@@ -99,7 +100,7 @@ def test_the_chaos_extension_exports_what_experiments_call() -> None:
     assert set(actions.PRIMITIVE_OF) <= set(actions.__all__)
     assert set(actions.PRIMITIVE_OF.values()) <= CHAOS_PRIMITIVES
     called = 0
-    for path in sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.json")):
+    for path in sorted(EXPERIMENTS.glob("*.json")):
         doc = json.loads(path.read_text())
         activities = [*doc.get("method", []), *doc.get("rollbacks", []),
                       *(doc.get("steady-state-hypothesis") or {}).get("probes", [])]  # fmt: skip

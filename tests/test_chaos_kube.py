@@ -9,7 +9,6 @@ and the control's `after_experiment_control` stops it.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from harness.backends import BackendOptions
 from harness.backends.existing import ExistingBackend
 from harness.chaos import actions, probes
 from harness.chaos.control import after_experiment_control
+from tests.conftest import wait_until
 from tests.kubefake import FakeApiServer, lax_pod, node, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
@@ -53,7 +53,5 @@ def test_actions_share_one_backend_and_its_watcher_stops_at_the_end(
         actions.make_ready(LAX, "product-api")
     assert len(made) == 1 and len(_watchers()) == before + 1
     after_experiment_control(context={}, state={})
-    deadline = time.time() + 10
-    while len(_watchers()) > before and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(_watchers()) <= before, 10)
     assert len(_watchers()) == before

@@ -24,8 +24,8 @@ from harness.backends.base import Status
 from harness.chaos import run_experiment
 from harness.cli import main
 from harness.topology import load_topology
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 STRAYS = ("chaostoolkit.log", "journal.json")
 
 

@@ -22,8 +22,8 @@ from harness.cli import main
 from harness.e2e import E2EOptions, run_e2e
 from harness.errors import BackendError, InputError
 from harness.topology import load_topology
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TOPOLOGY = REPO / "fixtures" / "topology.yaml"
 
 

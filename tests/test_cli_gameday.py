@@ -16,11 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import leftovers
+from tests.conftest import REPO, leftovers
 
-pytestmark = [pytest.mark.local, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER = "ehcli"
 
 
@@ -31,6 +28,9 @@ def harness(*args: str, cwd: Path, timeout: float = 180) -> subprocess.Completed
     )  # fmt: skip
 
 
+@pytest.mark.local  # the game day itself; the bad-input test below needs no root
+@pytest.mark.slow
+@pytest.mark.chaos
 def test_gameday_flow(tmp_path: Path) -> None:
     backend = ["--backend", "local", "--cluster", CLUSTER]
     run = tmp_path / "runs" / "gameday"

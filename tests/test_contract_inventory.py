@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from harness.contract.inventory import SLACK_S, Inventory, IpHistory, PodInfo, intervals
 from harness.observe.hops import load_inventory, resolve_ips
 from harness.verify.rundata import load_run
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 IPS = ["10.0.1.5", "10.0.1.6", "10.0.2.7"]
 
 

@@ -21,11 +21,10 @@ from harness.backends import BackendOptions
 from harness.e2e import E2EOptions, run_e2e
 from harness.render import render, write
 from harness.topology import load_topology
-from tests.conftest import leftovers
+from tests.conftest import REPO, leftovers
 
-pytestmark = [pytest.mark.local, pytest.mark.slow]
+pytestmark = [pytest.mark.local, pytest.mark.slow, pytest.mark.chaos]
 
-REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = REPO / "experiments" / "kill-product-api-lax.json"
 LAX, LAS = "us-west-2-lax-1a", "us-west-2-las-1a"
 
@@ -109,7 +108,10 @@ def _run(rendered: Path, tmp_path: Path, seed: Callable[[Path], None] | None, cl
 def test_rendered_mesh_passes(rendered: Path, tmp_path: Path) -> None:
     res = _run(rendered, tmp_path, None, "ehd0")
     assert res.passed, (_failed(res.run_dir), res.messages)
-    assert (res.run_dir / "report.html").stat().st_size > 0
+    # the report is of this run: its title carries the verdict and the run, and it shows every fault measured
+    html = (res.run_dir / "report.html").read_text(encoding="utf-8")
+    assert f"<title>edge-harness report: PASS - {res.run_dir.name}</title>" in html
+    assert res.verdict.faults and all(f.fault in html for f in res.verdict.faults)
     rel = duckdb.sql(f"SELECT * FROM read_parquet('{res.run_dir / 'hops.parquet'}')")  # e2e's hop record
     hops = [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
     assert len(hops) > 100

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 import harness.pytest_plugin as plugin
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 CODE_DIRS = ["harness", "loadtests", "bench", "tests", ".github", ".ci"]
 CODE_FILES = [REPO / "Makefile", REPO / "pyproject.toml"]

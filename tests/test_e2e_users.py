@@ -17,11 +17,10 @@ import pytest
 
 from harness.backends import BackendOptions
 from harness.e2e import E2EOptions, run_e2e
-from tests.conftest import leftovers
+from tests.conftest import REPO, leftovers
 
-pytestmark = [pytest.mark.local, pytest.mark.slow]
+pytestmark = [pytest.mark.local, pytest.mark.slow, pytest.mark.chaos]
 
-REPO = Path(__file__).resolve().parents[1]
 LAX = "us-west-2-lax-1a"
 
 

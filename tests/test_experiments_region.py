@@ -23,10 +23,10 @@ from harness.chaos.roles import RoleError, resolve_values
 from harness.errors import BackendError, InputError
 from harness.render.naming import region_service_zones
 from harness.topology import load_topology
+from tests.conftest import REPO
 from tests.test_chaos import LAX, FakeBackend
 from tests.test_chaos import fake as fake  # the protocol fake's fixture, shared
 
-REPO = Path(__file__).resolve().parents[1]
 TOPOLOGIES = [REPO / "fixtures" / f for f in ("topology.yaml", "topology-wide.yaml", "topology-eu.yaml")]
 NEW = ["az-primary-loss", "az-node-loss", "postgres-primary-kill", "wavelength-outage", "edge-pod-burst"]
 

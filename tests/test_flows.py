@@ -31,13 +31,13 @@ import pytest
 from harness.backends import BackendOptions
 from harness.e2e import E2EOptions, run_e2e
 from tests import kubesim_tools
-from tests.kubefake import FakeApiServer, wait_until
+from tests.conftest import REPO, wait_until
+from tests.kubefake import FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import EKS_NODES, _cluster
 
-REPO = Path(__file__).resolve().parents[1]
 LAX = "us-west-2-lax-1a"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +21,8 @@ from graphql import build_schema, parse, validate
 from harness.backends.local.apps._http import Request, UpstreamResponse
 from harness.backends.local.apps.public_api import PublicApi
 from harness.backends.local.apps.public_api_schema import SCHEMA_SDL
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SOURCES = [REPO / "loadtests" / "hashicups.py", REPO / "harness" / "chaos" / "probes.py"]
 SCHEMA = build_schema(SCHEMA_SDL)
 

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import leftovers
+from tests.conftest import REPO, leftovers
 
-pytestmark = [pytest.mark.local, pytest.mark.slow]
+pytestmark = [pytest.mark.local, pytest.mark.slow, pytest.mark.chaos]
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER = "ehint"
 
 

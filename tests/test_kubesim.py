@@ -24,9 +24,12 @@ import pytest
 from harness.backends.kube import InventoryWatcher, KubeCluster, parse_k8s_time, pod_condition
 from harness.contract.inventory import Inventory
 from tests import kubesim_tools
-from tests.kubefake import NODES, FakeApiServer, wait_until
+from tests.conftest import wait_until
+from tests.kubefake import NODES, FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kubesim import SimTimings
+
+pytestmark = pytest.mark.slow  # the simulated cluster runs in real time: seconds each
 
 
 def _deployment(name: str, ns: str = "n", replicas: int = 1) -> dict[str, Any]:

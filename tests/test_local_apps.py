@@ -37,7 +37,7 @@ from harness.backends.local.apps import (
 )
 from harness.backends.local.apps.nginx import ConfigError, build_servers, parse_conf
 from harness.backends.local.apps.product_api import wait_for_database
-from tests.conftest import free_ports
+from tests.conftest import REPO, free_ports, wait_until
 
 PY = sys.executable
 HOST = "127.0.0.1"
@@ -109,7 +109,7 @@ class Procs:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=fh,
-                cwd=str(Path(__file__).resolve().parents[1]),
+                cwd=str(REPO),
             )
         proc = Proc(name, popen, log)
         self.started.append(proc)
@@ -131,20 +131,22 @@ class Procs:
             self.stop(proc)
 
 
-def wait_until(proc: Proc, check: object, timeout: float = 20.0) -> float:
-    """Poll `check()` until true; fail with the app's stderr if it exits or times out. Returns seconds waited."""
+def wait_app(proc: Proc, check: object, timeout: float = 20.0) -> float:
+    """`wait_until(check)` that fails at once, with the app's stderr, if the app exits. Returns seconds waited."""
     assert callable(check)
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
+
+    def ready() -> bool:
         if proc.popen.poll() is not None:
             pytest.fail(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.stderr()}")
         try:
-            if check():
-                return time.monotonic() - start
+            return bool(check())
         except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.02)
-    pytest.fail(f"{proc.name} not ready after {timeout}s:\n{proc.stderr()}")
+            return False
+
+    start = time.monotonic()
+    if not wait_until(ready, timeout, 0.02):
+        pytest.fail(f"{proc.name} not ready after {timeout}s:\n{proc.stderr()}")
+    return time.monotonic() - start
 
 
 def http_ok(url: str) -> bool:
@@ -207,7 +209,7 @@ class Stack:
 
 def start_postgres(procs: Procs, env: dict[str, str], port: int) -> Proc:
     pg = procs.start("postgres", "postgres", env)
-    wait_until(pg, lambda: tcp_open(port), timeout=30)
+    wait_app(pg, lambda: tcp_open(port), timeout=30)
     return pg
 
 
@@ -263,10 +265,10 @@ def stack() -> Iterator[Stack]:
             NGINX_CONF.format(frontend=frontend_port, public_api=public_port, listen=nginx_port)
         )
         nginx = procs.start("nginx", "nginx", {"EH_MOUNTS": json.dumps({"/etc/nginx/conf.d": str(conf_dir)})})
-        wait_until(product, lambda: http_ok(f"http://{HOST}:{product_port}/health/readyz"))
-        wait_until(public, lambda: http_ok(f"http://{HOST}:{public_port}/health"))
-        wait_until(frontend, lambda: http_ok(f"http://{HOST}:{frontend_port}/"))
-        wait_until(nginx, lambda: http_ok(f"http://{HOST}:{nginx_port}/nginx-health"))
+        wait_app(product, lambda: http_ok(f"http://{HOST}:{product_port}/health/readyz"))
+        wait_app(public, lambda: http_ok(f"http://{HOST}:{public_port}/health"))
+        wait_app(frontend, lambda: http_ok(f"http://{HOST}:{frontend_port}/"))
+        wait_app(nginx, lambda: http_ok(f"http://{HOST}:{nginx_port}/nginx-health"))
         ports = (pg_port, product_port, metrics_port, public_port, frontend_port, nginx_port)
         yield Stack(payments, procs, tmp, pg, pg_env, *ports)
     finally:
@@ -421,7 +423,7 @@ def test_database_outage_and_recovery(stack: Stack) -> None:
 
     stack.pg = start_postgres(stack.procs, stack.pg_env, stack.pg_port)  # same data dir: no re-init
     assert "initialising" not in stack.pg.stderr()
-    wait_until(stack.pg, lambda: http_ok(readyz), timeout=10)
+    wait_app(stack.pg, lambda: http_ok(readyz), timeout=10)
     assert httpx.post(api, json={"query": COFFEES_QUERY}).status_code == 200
 
 
@@ -433,7 +435,7 @@ def test_nginx_upstream_down_is_502(tmp_path: Path) -> None:
             f"server {{ listen {port}; location / {{ proxy_pass http://127.0.0.1:{dead}; }} }}\n"
         )
         nginx = procs.start("nginx", "nginx", {"EH_MOUNTS": json.dumps({"/etc/nginx/conf.d": str(tmp_path)})})
-        wait_until(nginx, lambda: tcp_open(port), timeout=5)
+        wait_app(nginx, lambda: tcp_open(port), timeout=5)
         assert httpx.get(f"http://{HOST}:{port}/x").status_code == 502
     finally:
         procs.stop_all()
@@ -505,7 +507,7 @@ def test_image_mapping_and_unknown_image() -> None:
         assert isinstance(info.value, KeyError)
         assert str(info.value).startswith(f"no local app for image {image!r}")
     for module in IMAGE_APPS.values():
-        assert (Path(__file__).resolve().parents[1] / "harness/backends/local/apps" / f"{module}.py").is_file()
+        assert (REPO / "harness/backends/local/apps" / f"{module}.py").is_file()
 
 
 def test_mounts_resolve_longest_first() -> None:
@@ -522,7 +524,7 @@ def test_frontend_starts_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     try:
         (port,) = free_ports(1, HOST)
         fe = procs.start("frontend", "frontend", {"PORT": str(port)})
-        waited = wait_until(fe, lambda: tcp_open(port), timeout=5)
+        waited = wait_app(fe, lambda: tcp_open(port), timeout=5)
         assert waited < 3.0, f"frontend took {waited:.2f}s to listen"  # sanity bound; imports are checked below
         assert Procs.stop(fe) == 0
         assert "stopping signal=SIGTERM" in fe.stderr()
@@ -601,6 +603,7 @@ class DelayedForward:
             self.sock.close()
 
 
+@pytest.mark.slow  # starts its own product-api against the stack's postgres and waits for it
 def test_product_api_listens_only_once_postgres_answers(stack: Stack, tmp_path: Path) -> None:
     """v0.0.22 start-up: metrics at once, the API port only after the database connected."""
     db_port, api_port, metrics_port = free_ports(3, HOST)
@@ -614,14 +617,14 @@ def test_product_api_listens_only_once_postgres_answers(stack: Stack, tmp_path: 
     procs = Procs(tmp_path)
     try:
         p = procs.start("product-api", "product_api", {"CONFIG_FILE": str(tmp_path / "conf.json")})
-        wait_until(p, lambda: tcp_open(metrics_port), timeout=10)
+        wait_app(p, lambda: tcp_open(metrics_port), timeout=10)
         deadline = time.monotonic() + 2.5  # two retries of the 1 s loop without a database
         while time.monotonic() < deadline:
             assert not tcp_open(api_port), "product-api listens before postgres answers"
             time.sleep(0.1)
         assert "database not ready, retrying" in p.stderr()
         fwd.open()
-        waited = wait_until(p, lambda: http_ok(f"http://{HOST}:{api_port}/health/readyz"), timeout=10)
+        waited = wait_app(p, lambda: http_ok(f"http://{HOST}:{api_port}/health/readyz"), timeout=10)
         assert waited < 3.0  # the next retry (1 s later) connects
         assert Procs.stop(p) == 0
     finally:

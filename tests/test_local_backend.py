@@ -22,7 +22,7 @@ from harness.errors import InputError
 from harness.render import render, write
 from harness.render.manifests import load
 from harness.topology import load_topology
-from tests.conftest import leftovers
+from tests.conftest import leftovers, wait_until
 
 pytestmark = [pytest.mark.local, pytest.mark.slow]
 
@@ -251,15 +251,6 @@ def test_unsupported_manifest_field_is_refused_before_anything_starts(manifests_
     assert not (b.state_dir / "daemon.json").exists()
 
 
-def _wait(cond, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def _zone_phases(b: LocalBackend, zone: str) -> dict[str, str]:
     phases = b.status().pods
     return {p.service: phases.get(p.pod, "") for p in b.inventory().pods(alive_only=True) if p.zone == zone}
@@ -272,7 +263,7 @@ def test_unready_takes_pods_out_of_service_and_back(cluster: LocalBackend) -> No
     r = httpx.post(cluster.entrypoints()[PHX] + "/api", json=COFFEES, timeout=5)
     assert r.status_code == 200
     assert cluster.set_pod_ready(PHX, "public-api") == pods
-    assert _wait(lambda: _zone_phases(cluster, PHX)["public-api"] == "Ready", 10)
+    assert wait_until(lambda: _zone_phases(cluster, PHX)["public-api"] == "Ready", 10)
 
 
 def test_node_kill_and_zone_outage_take_pods_down_until_restored(cluster: LocalBackend) -> None:
@@ -286,8 +277,8 @@ def test_node_kill_and_zone_outage_take_pods_down_until_restored(cluster: LocalB
     with pytest.raises(httpx.HTTPError):
         httpx.get(cluster.entrypoints()[LAX] + "/", timeout=3).raise_for_status()
     cluster.restore_node(lax_node)
-    assert _wait(
-        lambda: _zone_phases(cluster, LAX) == dict.fromkeys(("frontend", "public-api", "product-api"), "Ready")
+    assert wait_until(
+        lambda: _zone_phases(cluster, LAX) == dict.fromkeys(("frontend", "public-api", "product-api"), "Ready"), 30
     )
     after = {p.pod for p in cluster.inventory().pods(alive_only=True) if p.zone == LAX}
     assert before.isdisjoint(after)  # new pods, new names (and new IPs)
@@ -297,7 +288,7 @@ def test_node_kill_and_zone_outage_take_pods_down_until_restored(cluster: LocalB
     cluster.zone_outage(LAS)
     assert not any(p.zone == LAS for p in cluster.inventory().pods(alive_only=True))
     cluster.restore_zone(LAS)
-    assert _wait(lambda: len(_zone_phases(cluster, LAS)) == 3 and set(_zone_phases(cluster, LAS).values()) == {"Ready"})
+    assert wait_until(lambda: list(_zone_phases(cluster, LAS).values()) == ["Ready"] * 3, 30)
 
 
 def test_link_latency_and_partition_primitives(cluster: LocalBackend) -> None:
@@ -348,7 +339,7 @@ def test_enterprise_edition_runs_with_namespaces_and_fails_over(tmp_path: Path) 
         codes = [httpx.post(url + "/api", json=COFFEES, timeout=5).status_code for _ in range(20)]
         assert codes.count(200) >= 19, codes
         # access logs are flushed every 200 ms; on a loaded machine give them a little longer
-        assert _wait(
+        assert wait_until(
             lambda: any(str(h["upstream_host"]).rsplit(":", 1)[0] in region_ips for h in _hops_to(b, caller, t_kill)),
             10,
         ), "no failover to the Region"

@@ -34,7 +34,7 @@ from harness.backends.local.mesh import TRUST_DOMAIN, Endpoint, MeshConfig, Serv
 from harness.backends.local.mesh import envoy as mesh_envoy
 from harness.backends.local.sidecar import Sidecar, find_envoy, parse_upstreams
 from harness.errors import InputError
-from tests.conftest import free_ports
+from tests.conftest import free_ports, wait_until
 
 API = "consul.hashicorp.com/v1alpha1"
 SRC = "rendered/consul"
@@ -410,12 +410,12 @@ S((ip, port), H).serve_forever()
 
 
 def wait_port(ip: str, port: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         with contextlib.suppress(OSError), socket.create_connection((ip, port), timeout=0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"{ip}:{port} not listening")
+            return True
+        return False
+
+    assert wait_until(listening, timeout, 0.02), f"{ip}:{port} not listening"
 
 
 @dataclass
@@ -540,6 +540,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             stop(proc)
 
 
+@pytest.fixture(autouse=True)
+def _envoys_survive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test on the running mesh: no Envoy exited (a crash is that test's failure, in any order)."""
+    yield
+    if "env" in request.fixturenames:
+        env: Env = request.getfixturevalue("env")
+        exited = {n: p.poll() for n, p in env.envoys.items() if p.poll() is not None}
+        assert not exited, f"Envoy exited during {request.node.name}: {exited} (see {env.tmp}/*.envoy.log)"
+
+
 def test_healthy_local_upstream_serves_every_hop(env: Env) -> None:
     results = [get(env.ports["u1"]) for _ in range(20)]
     assert results == [(200, "A")] * 20
@@ -645,7 +655,3 @@ def test_update_writes_only_changes(env: Env) -> None:
     cat["postgres"] = [*cat["postgres"], Endpoint("pg-2", "127.0.0.9", 1, False, "z")]
     assert sc.update(cat) == [sni("postgres")]
     sc.update(env.catalog)
-
-
-def test_envoys_are_still_running(env: Env) -> None:
-    assert {n: p.poll() for n, p in env.envoys.items()} == dict.fromkeys(env.envoys)

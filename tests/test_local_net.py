@@ -30,12 +30,12 @@ from harness.backends.local.state import (
     State,
     cleanup,
     find_states,
-    proc_starttime,
     process_alive,
     terminate,
 )
 from harness.errors import BackendError
 from harness.topology.model import ServiceLink
+from tests.conftest import wait_until
 
 pytestmark = [
     pytest.mark.local,
@@ -168,12 +168,10 @@ def start_echo(net: Network, state: State, pn: PodNet, workdir: Path) -> subproc
 
 
 def wait_listening(net: Network, pods: list[PodNet], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
     for pn in pods:
-        while not can_connect(net.hub, pn.ip, timeout=0.2):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"echo server in {pn.pod} did not start")
-            time.sleep(0.05)
+        assert wait_until(lambda pn=pn: can_connect(net.hub, pn.ip, timeout=0.2), timeout), (
+            f"echo server in {pn.pod} did not start"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +278,9 @@ def test_link_jitter_spreads_round_trips(cluster: Cluster) -> None:
         with connect(p["l1"].ns, p["r1"].ip) as s:
             samples = [echo_once(s) * 1000 for _ in range(20)]
         assert max(samples) - min(samples) > 5, samples
-        assert min(samples) >= 0  # never negative delays
+        # jitter spreads round trips both ways around the latency, within latency + jitter (two halves of
+        # 10 +- 15 ms, each clamped at 0: test_local_net_units.py) plus the slack the other tests allow
+        assert min(samples) < 20.0 < max(samples) <= 20.0 + 30.0 + 20.0, samples
     finally:
         net.clear_link(LAX)
 
@@ -395,10 +395,9 @@ def test_pod_link_down_fails_new_connections(cluster: Cluster) -> None:
         assert time.monotonic() - t0 < 2
     finally:
         net.set_pod_link("r2", up=True)
-    deadline = time.monotonic() + 5
-    while not can_connect(p["r1"].ns, p["r2"].ip, timeout=0.5):
-        assert time.monotonic() < deadline, "pod unreachable after its link came back"
-        time.sleep(0.1)
+    assert wait_until(lambda: can_connect(p["r1"].ns, p["r2"].ip, timeout=0.5), 5, 0.1), (
+        "pod unreachable after its link came back"
+    )
 
 
 def test_recreated_pod_gets_new_ip_and_namespace(cluster: Cluster) -> None:
@@ -529,57 +528,3 @@ def test_cleanup_after_crash(tmp_path: Path) -> None:
         cleanup(state_path)
         for ns in _our_netns(cluster):
             netns.run(["ip", "netns", "del", ns], check=False)
-
-
-def test_cleanup_never_signals_a_recycled_pid(tmp_path: Path) -> None:
-    """A recorded pid whose start time differs is someone else's process now: leave it alone."""
-    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
-    try:
-        state = State(tmp_path / "state.json")
-        real = state.add_process(proc.pid, "sleep")
-        assert real.starttime == proc_starttime(proc.pid)
-        state.discard_process(proc.pid)
-        # simulate: our process died long ago and the pid was reused by this sleep
-        forged = ProcessRecord(pid=proc.pid, starttime=real.starttime - 1, cmdline="old", label="old")
-        state._data.processes.append(forged)
-        state._save()
-        report = cleanup(state.path, grace_s=0.2)
-        assert report.killed == []
-        assert proc.poll() is None
-        assert not state.path.exists()
-        # the genuine record does get it killed
-        state2 = State(tmp_path / "state2.json")
-        state2.add_process(proc.pid, "sleep")
-        assert cleanup(state2.path, grace_s=1.0).killed == [proc.pid]
-        assert proc.wait(timeout=5) == -9 or proc.returncode == -15
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def test_state_file_round_trips(tmp_path: Path) -> None:
-    path = tmp_path / "s" / "state.json"
-    s = State(path, cluster="eh1")
-    s.add_netns("eh1-hub")
-    s.add_netns("eh1-hub")
-    s.add_nft_table("eh1-hub", "inet", "eh1")
-    s.add_dir(tmp_path / "d")
-    s.set_meta("run", "runs/x")
-    again = State(path)
-    assert again.cluster == "eh1"
-    assert again.netns == ["eh1-hub"]
-    assert again.nft_tables == [{"netns": "eh1-hub", "family": "inet", "table": "eh1"}]
-    assert again.dirs == [(tmp_path / "d").resolve()]
-    assert again.get_meta("run") == "runs/x"
-    assert [p.name for p in path.parent.iterdir()] == ["state.json"]  # no temp files left behind
-    (tmp_path / "other.json").write_text('{"kind": "something-else"}')
-    assert find_states(tmp_path) == [path]
-
-
-def test_network_rejects_bad_names_and_ranges(tmp_path: Path) -> None:
-    state = State(tmp_path / "state.json")
-    with pytest.raises(BackendError, match="cluster name"):
-        Network("much-too-long-name", RANGE, ZONES, state)
-    with pytest.raises(BackendError, match="zone subnets"):
-        Network("ok", "10.213.0.0/23", ZONES, state)

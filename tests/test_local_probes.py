@@ -24,7 +24,7 @@ from harness.errors import InputError
 from harness.render import render
 from harness.render.manifests import load
 from harness.topology import load_topology
-from tests.conftest import free_ports
+from tests.conftest import REPO, free_ports
 
 HOST = "127.0.0.1"
 
@@ -86,7 +86,7 @@ def test_rendered_public_api_probe_passes_and_the_old_one_never_does(manifests: 
     }
     log = (tmp_path / "public-api.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "harness.backends.local.apps.public_api"], env=env,
-                            stdout=log, stderr=log, cwd=str(Path(__file__).resolve().parents[1]))  # fmt: skip
+                            stdout=log, stderr=log, cwd=str(REPO))  # fmt: skip
     try:
         deadline = time.monotonic() + 10
         while not _check(HOST, rendered_probe):

@@ -16,15 +16,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from harness.backends.local import LocalBackend
-from harness.observe.upstream_stats import parse_clusters, snapshot
+from harness.chaos.upstream_stats import parse_clusters, snapshot
 from harness.render import render, write
 from harness.render.manifests import load
 from harness.topology import load_topology
-from tests.conftest import leftovers
+from tests.conftest import leftovers, wait_until
 
 pytestmark = [pytest.mark.local, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER = "ehrt"
 LAX, LAS = "us-west-2-lax-1a", "us-west-2-las-1a"
 TOPOLOGY = """
@@ -63,15 +62,6 @@ def _events(b: LocalBackend) -> list[dict[str, object]]:
     return [json.loads(x) for x in b.inventory_path.read_text().splitlines()]
 
 
-def _wait(cond: object, timeout: float = 30.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    pytest.fail("condition not met in time")
-
-
 def test_replicas_spread_over_the_zones_nodes(cluster: LocalBackend) -> None:
     """kube-scheduler with the rendered hostname constraint puts one replica on each node of a two-node zone."""
     by: dict[tuple[str, str], list[str]] = {}
@@ -108,14 +98,14 @@ def test_unready_chaos_writes_events_before_the_sidecars_are_told(cluster: Local
 
     pods = cluster.set_pod_unready(LAS, "public-api")
     try:
-        _wait(lambda: all(not cluster.inventory().is_ready(p) for p in pods))
-        _wait(lambda: "UNHEALTHY" in local_eds.read_text())
+        assert wait_until(lambda: all(not cluster.inventory().is_ready(p) for p in pods), 30)
+        assert wait_until(lambda: "UNHEALTHY" in local_eds.read_text(), 30)
         unready_ts = [float(str(e["ts"])) for e in _events(cluster) if e["event"] == "unready" and e["pod"] in pods]
         assert len(unready_ts) == len(pods)
         assert eds_mtime() >= max(unready_ts)  # the sidecar's endpoints changed only after the event was on disk
     finally:
         cluster.set_pod_ready(LAS, "public-api")
-    _wait(lambda: all(cluster.inventory().is_ready(p) for p in pods))
+    assert wait_until(lambda: all(cluster.inventory().is_ready(p) for p in pods), 30)
     st = cluster.status().pods
     assert all(st[p] == "Ready" for p in pods)
 
@@ -161,6 +151,6 @@ def test_entry_resets_kept_alive_connections_when_the_node_dies(cluster: LocalBa
         lines = [json.loads(x) for x in cluster.entrypoints_path.read_text().splitlines()]
         return [(e["up"], e["reason"]) for e in lines if e["zone"] == LAS and float(str(e["ts"])) >= t0]
 
-    _wait(lambda: len(las()) >= 2, 60)
+    assert wait_until(lambda: len(las()) >= 2, 60)
     assert las()[:2] == [(False, "no ready frontend pod"), (True, "a ready frontend pod serves it")]
-    _wait(lambda: sum(1 for p in cluster.inventory().ready_pods() if p.zone == LAS) == 6, 60)
+    assert wait_until(lambda: sum(1 for p in cluster.inventory().ready_pods() if p.zone == LAS) == 6, 60)

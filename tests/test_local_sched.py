@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,7 @@ from harness.errors import InputError
 from harness.render import render, write
 from harness.render.manifests import Manifests, load
 from harness.topology import load_topology
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ from harness.backends.local.startorder import start_order
 from harness.render import render, write
 from harness.render.manifests import load
 from harness.topology import load_topology
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 def test_upstreams_are_created_before_their_callers_in_every_zone(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from harness.backends.base import LogSource
 from harness.contract.inventory import Inventory, PodInfo
 from harness.observe import AccessLogCollector, CollectorError, FileLogSource, build_hops
+from tests.conftest import wait_until
 
 T = 1764100000.0
 LAX, PHX, AZ = "us-west-2-lax-1a", "us-west-2-phx-2a", "us-west-2a"
@@ -257,13 +257,6 @@ def test_file_source_tails_growth_partial_lines_truncation_and_replacement(tmp_p
 
 
 # -- AccessLogCollector ----------------------------------------------------------------------
-def _wait_for(pred: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def test_collector_follows_growing_and_recreated_files_and_new_pods(tmp_path: Path) -> None:
@@ -282,11 +275,11 @@ def test_collector_follows_growing_and_recreated_files_and_new_pods(tmp_path: Pa
         for i in range(50):
             with (logs / "a.log").open("a") as fh:
                 fh.write(json.dumps({"i": i}) + "\n")
-        _wait_for(lambda: collected.exists() and len(collected.read_text().splitlines()) == 50)
+        assert wait_until(lambda: collected.exists() and len(collected.read_text().splitlines()) == 50)
         # The pod's log is re-created (container restart): new lines from the new file.
         (logs / "a.log").unlink()
         (logs / "a.log").write_text('{"i": "new"}\n')
-        _wait_for(lambda: collected.read_text().splitlines()[-1:] == ['{"i": "new"}'])
+        assert wait_until(lambda: collected.read_text().splitlines()[-1:] == ['{"i": "new"}'])
         # A pod appears mid-run; its last line comes just before stop().
         with lock:
             sources["b"] = FileLogSource("b", logs / "b.log")
@@ -327,7 +320,7 @@ class _Exploding(LogSource):
 def test_collector_error_resurfaces_in_caller_thread(tmp_path: Path) -> None:
     src = _Exploding()
     col = AccessLogCollector(lambda: [src], tmp_path, interval_s=0.01).start()
-    _wait_for(lambda: not col.alive)
+    assert wait_until(lambda: not col.alive)
     with pytest.raises(CollectorError, match="log source broke") as info:
         col.check()
     assert isinstance(info.value.__cause__, RuntimeError)
@@ -339,7 +332,7 @@ def test_collector_error_resurfaces_in_caller_thread(tmp_path: Path) -> None:
 def test_collector_context_manager_keeps_body_exception(tmp_path: Path) -> None:
     src = _Exploding()
     with pytest.raises(ValueError, match="body"), AccessLogCollector(lambda: [src], tmp_path, interval_s=0.01):
-        _wait_for(lambda: src.calls >= 3)
+        assert wait_until(lambda: src.calls >= 3)
         raise ValueError("body")
 
 

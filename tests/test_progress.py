@@ -31,8 +31,8 @@ from harness.progress import (
 )
 from harness.run import mark_run
 from harness.topology import load_topology
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 LAX = "us-west-2-lax-1a"
 ANSI = re.compile(r"\x1b\[")
 

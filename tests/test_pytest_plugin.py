@@ -67,3 +67,23 @@ def test_eh_cluster_brings_a_local_cluster_up_and_down(pytester: pytest.Pytester
     res = pytester.runpytest_subprocess("--eh-backend", "local", "--eh-cluster", "ehplug")
     res.assert_outcomes(passed=1)
     assert leftovers("ehplug") == []
+
+
+def test_eh_fake_needs_no_backend(pytester: pytest.Pytester) -> None:
+    """The shipped test kit as a fixture: a user's test of the locality invariant, no cluster, no root."""
+    pytester.makepyfile(
+        """
+        from harness.verify import verify
+
+        def test_lax_fails_over_to_the_region(eh_fake, eh_run):
+            eh_fake.traffic(seconds=1)
+            eh_fake.set_pod_unready("us-west-2-lax-1a", "product-api")
+            eh_fake.traffic(seconds=1)
+            eh_fake.set_pod_ready("us-west-2-lax-1a", "product-api")
+            eh_fake.traffic(seconds=1)
+            verdict = verify(eh_fake.write_run(eh_run))
+            assert verdict.invariant("locality").passed and verdict.invariant("fallback").passed
+        """
+    )
+    res = pytester.runpytest()
+    res.assert_outcomes(passed=1)

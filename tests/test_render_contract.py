@@ -11,7 +11,6 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -23,8 +22,8 @@ from harness.contract.scheduling import Taint, kind_nodes
 from harness.render import Rendered, checks, render
 from harness.render.consul import ACCESS_LOG_FIELDS
 from harness.topology.model import Edition, Topology, load_topology
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference" / "consul-k8s-v1.9.11"
 FIXTURES = {"default": REPO / "fixtures" / "topology.yaml", "wide": REPO / "fixtures" / "topology-wide.yaml"}
 K8S_VERSION = "1.37.0"
@@ -92,12 +91,14 @@ def _k8s_errors(objects: list[dict[str, Any]]) -> list[str]:
     return errors
 
 
+@pytest.mark.slow  # kubernetes-validate loads the API schemas
 def test_k8s_objects_validate(rendered: Bundle) -> None:
     assert _k8s_errors(rendered.objects) == []
     kinds = {o["kind"] for o in rendered.objects}
     assert {"Namespace", "ServiceAccount", "Service", "Deployment", "ConfigMap"} <= kinds
 
 
+@pytest.mark.slow  # kubernetes-validate loads the API schemas
 def test_k8s_validation_catches_breakage() -> None:
     b = bundle()
     dep = b.find("Deployment", "product-api-lax-1a")

@@ -14,8 +14,8 @@ from harness.errors import InputError
 from harness.render import Rendered, render, write
 from harness.render.manifests import load
 from harness.topology.model import Edition, load_topology
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FIXTURES = {"default": REPO / "fixtures" / "topology.yaml", "wide": REPO / "fixtures" / "topology-wide.yaml"}
 CASES = [(t, e) for t in FIXTURES for e in ("ce", "enterprise")]
 

@@ -107,6 +107,7 @@ def test_report_is_self_contained(broken_run: Path, verdict: Verdict) -> None:
     assert 'class="flow-bad"' in page
 
 
+@pytest.mark.slow  # headless chromium
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make installs it)")
 def test_report_renders_in_headless_chromium(broken_run: Path, verdict: Verdict, tmp_path: Path) -> None:
     page = write_report(broken_run, verdict)

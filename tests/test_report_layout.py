@@ -42,8 +42,8 @@ from harness.report.svg import Canvas, TimeAxis, _tick_label, text_width, value_
 from harness.topology import load_topology
 from harness.verify import Verdict, verify
 from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 WIDE = REPO / "fixtures" / "topology-wide.yaml"
 MEASURE_JS = Path(__file__).with_name("report_measure.js")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -158,6 +158,7 @@ def measured(pages: dict[str, tuple[Path, Verdict]], tmp_path_factory: pytest.Te
         return {f"{name}@{w}": r for (name, w), r in zip(jobs, results, strict=True)}
 
 
+@pytest.mark.slow  # headless chromium / a 1M-hop page
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_no_label_overlaps_or_clipping_in_chromium(measured: dict[str, Any], name: str, width: int) -> None:
@@ -177,6 +178,7 @@ def _clock(text: str, day: float) -> float:
     return day + int(hh) * 3600 + int(mm) * 60 + float(ss)
 
 
+@pytest.mark.slow  # headless chromium / a 1M-hop page
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("name", ["broken", "long"])
 def test_hover_shows_clock_time_on_one_time_axis(measured: dict[str, Any], name: str, width: int) -> None:
@@ -330,6 +332,7 @@ def _pathpoints(page: str) -> Iterator[int]:
         yield len(re.findall(r"-?\d+(?:\.\d+)?[ ,]-?\d+(?:\.\d+)?|[HV]-?\d", m.group(1)))
 
 
+@pytest.mark.slow  # headless chromium / a 1M-hop page
 def test_page_size_is_bounded_by_buckets_not_hops(tmp_path: Path) -> None:
     """Ten times the hops, the same page size (within a few %): every series is bucketed in DuckDB."""
     sizes = []

@@ -18,9 +18,9 @@ from harness.verify import print_summary
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from harness.verify.verdict import FAIL, PASS, FaultResult, InvariantResult, PairResult, RunInfo, Verdict, iso, seconds
 from harness.verify.why import failover_reason, fault_reasons, recovery_reason
+from tests.conftest import REPO
 from tests.verdicts import verify
 
-REPO = Path(__file__).resolve().parents[1]
 T = load_topology(REPO / "fixtures" / "topology.yaml")
 LAX, LAS, PHX = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a"
 

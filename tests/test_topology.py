@@ -11,8 +11,8 @@ import yaml
 
 from harness.errors import InputError
 from harness.topology import dump_topology, load_topology, parse_topology
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "fixtures" / "topology.yaml"
 
 

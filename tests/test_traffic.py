@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 from harness.traffic import RequestRecorder, TrafficRunner, parse_entrypoints, run_traffic, summarise_requests
+from tests.conftest import REPO, wait_until
 
-REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO / "loadtests" / "hashicups.py"
 COFFEES = [{"id": i, "name": f"Coffee {i}", "price": 100 + i} for i in (1, 2, 3, 4)]
 
@@ -329,9 +329,14 @@ def test_traffic_runner_context_manager_stops_background_locust(tmp_path: Path, 
     with TrafficRunner(
         {"zone-a": shop.url}, tmp_path, users=2, spawn_rate=10, duration_s=60, extra_env={"EH_WAIT": "0.01"}
     ) as tr:
-        deadline = time.monotonic() + 20
-        while sum(shop.counts.values()) < 20 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # wait on what the client completed (its records), not on what the server received: a request
+        # the shop counted may still be in flight when the runner stops (it once left 19 of 20)
+        req = tmp_path / "requests.jsonl"
+
+        def completed() -> int:
+            return sum(1 for line in req.read_text().splitlines() if line.endswith("}")) if req.exists() else 0
+
+        assert wait_until(lambda: completed() >= 20, 20, 0.1), completed()
         assert tr.running
         pid = tr.pid
     assert tr.result is not None and tr.result.stopped_early and tr.result.requests >= 20

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.chaos.upstream_stats import UPSTREAM_STATS_FILE, health_flags, parse_clusters, snapshot
 from harness.contract.inventory import Inventory, PodInfo
 from harness.errors import BackendError
-from harness.observe.upstream_stats import UPSTREAM_STATS_FILE, health_flags, parse_clusters, snapshot
 
 TD = "7f3c1a52-4d1e-4b7a-9c31-5e2f0a9d6b10"
 

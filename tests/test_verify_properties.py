@@ -6,6 +6,11 @@ model writes the records. Properties: clean runs pass; one planted LZ->LZ hop
 anywhere fails hub-and-spoke; a slight reordering of records does not change
 the verdict; the measured failover equals the constructed one within the
 traffic's inter-arrival time.
+
+Example counts come from the loaded Hypothesis profile (tests/conftest.py):
+`bounded` in `make test`, Hypothesis's own defaults in `make test-properties`
+(`--hypothesis-profile=thorough`). Examples are random, not fixed: a failure
+prints the example and Hypothesis's database replays it next time.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +33,9 @@ from tests.verdicts import verify  # every verdict is validated against the sche
 
 LZ_NAMES = ["us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a"]
 AZ_NAMES = ["us-west-2a", "us-west-2b"]
-SETTINGS = settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+# one example writes and verifies a whole synthetic run (~0.3 s): no deadline; the count is the profile's
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+pytestmark = [pytest.mark.property, pytest.mark.slow]
 
 
 def topology(n_az: int, n_lz: int) -> Topology:
@@ -179,7 +187,7 @@ def test_measured_failover_matches_constructed(sc: Scenario, delay: float) -> No
         shutil.rmtree(d.parent)
 
 
-@settings(max_examples=4, deadline=None, derandomize=True)
+@SETTINGS
 @given(st.integers(1, 3), st.floats(10, 40))
 def test_window_without_traffic_is_not_a_pass(n_lz: int, gap_start: float) -> None:
     """Remove all traffic during the fault: the verdict must fail with "no traffic", never pass."""
@@ -205,7 +213,7 @@ def test_window_without_traffic_is_not_a_pass(n_lz: int, gap_start: float) -> No
         shutil.rmtree(d.parent)
 
 
-@settings(max_examples=4, deadline=None, derandomize=True)
+@SETTINGS
 @given(st.floats(0.0, 0.6), st.sampled_from(["local", "kind", "none"]))
 def test_when_the_restore_is_recorded_does_not_change_the_failover(lag: float, accesslogs: str) -> None:
     """Same config, same verdict: readiness, not the order of two writers, ends the failover window."""

@@ -36,6 +36,7 @@ from harness.verify import (
     print_summary,
 )
 from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.conftest import REPO
 from tests.verdicts import verify
 
 T = load_topology()
@@ -43,7 +44,6 @@ LAX, LAS, AZ = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2a"
 FIRST_LZ = T.edge_zones[0].name
 T0 = Scenario(T).start
 KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run(tmp_path: Path, name: str = "run", **kw: Any) -> Path:

@@ -91,4 +91,30 @@ def connect(opts: BackendOptions) -> Backend:
     return ExistingBackend.from_options(opts)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendOptions", "Inventory", "LogSource", "PodInfo", "Status", "choose", "connect"]
+def down_all() -> list[str]:
+    """Tear down every local cluster on this machine (`harness down --all`); returns their names.
+
+    Here, beside `connect`, so that the faces (CLI, pytest plugin) never import
+    a backend's module: only the registry knows where the local state lives.
+    """
+    from harness.backends.local.backend import DEFAULT_STATE_ROOT, LocalBackend
+
+    root = DEFAULT_STATE_ROOT
+    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for name in names:
+        LocalBackend(cluster=name).down()
+    return names
+
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendOptions",
+    "Inventory",
+    "LogSource",
+    "PodInfo",
+    "Status",
+    "choose",
+    "connect",
+    "down_all",
+]

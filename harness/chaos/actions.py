@@ -92,7 +92,7 @@ def _run_dir() -> Path | None:
 
 def _snapshot(b: Backend, label: str) -> None:
     """Upstream counters of every sidecar into the run directory; pods that did not answer go to chaos.log."""
-    from harness.observe.upstream_stats import snapshot_quietly
+    from harness.chaos.upstream_stats import snapshot_quietly
 
     snap = snapshot_quietly(b, _run_dir(), label)
     if snap is not None and snap.failed:

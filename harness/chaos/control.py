@@ -17,3 +17,7 @@ from harness.chaos.actions import close_backends
 def after_experiment_control(context: Any, state: Any = None, **kwargs: Any) -> None:
     """chaostoolkit calls this once the experiment (rollbacks included) has finished."""
     close_backends()
+
+
+# The chaostoolkit control (`controls: [{provider: {module: harness.chaos.control}}]`)
+__all__ = ["after_experiment_control"]

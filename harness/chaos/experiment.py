@@ -25,6 +25,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,30 @@ class PlannedExperiment:
 
     def plan_entry(self) -> dict[str, Any]:
         return {"id": self.id, "file": str(self.file), "actions": list(self.actions), "roles": dict(self.roles)}
+
+
+# The experiments shipped with the harness (package data; `experiments/` in a checkout links here)
+SHIPPED_EXPERIMENTS = Path(str(files("harness").joinpath("experiments")))
+
+
+def shipped_experiments() -> list[str]:
+    """Names of the experiments shipped with the harness (`edge-outage`, `node-kill` ...)."""
+    return sorted(p.stem for p in SHIPPED_EXPERIMENTS.glob("*.json"))
+
+
+def resolve_experiment(arg: str | Path) -> Path:
+    """An experiment argument as a path: the file when it exists, else a shipped experiment by name.
+
+    So `--experiment edge-outage` works from any directory, with the harness
+    installed by `pip install` (no checkout, no `experiments/` at hand). A
+    name that is neither stays as given: `load_experiment` then says
+    "no such experiment file" about exactly what the user typed.
+    """
+    path = Path(arg)
+    if path.exists() or path.parent != Path("."):
+        return path
+    shipped = SHIPPED_EXPERIMENTS / (path.name if path.suffix == ".json" else f"{path.name}.json")
+    return shipped if shipped.is_file() else path
 
 
 def load_experiment(path: Path) -> dict[str, Any]:

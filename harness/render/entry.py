@@ -45,7 +45,6 @@ from harness.render import naming
 from harness.render.hashicups import NGINX_PORT
 from harness.topology.model import Edition, Topology, Zone
 
-ENTRY_DIR = "entry"
 KIND_VARIANT = "kind.yaml"
 CLUSTER_VARIANT = "cluster.yaml"
 ENTRY_SERVICE = "frontend"  # the logical service users enter through (nginx on port 80)

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from harness.errors import InputError
-from harness.render import CONSUL_DIR, ENTRY_DIR, K8S_DIR, KIND_FILE, MANIFEST_FILE, TOPOLOGY_FILE, VALUES_FILE
+from harness.render.layout import CONSUL_DIR, ENTRY_DIR, K8S_DIR, KIND_FILE, MANIFEST_FILE, TOPOLOGY_FILE, VALUES_FILE
 from harness.topology.model import Edition, Topology, load_topology
 
 

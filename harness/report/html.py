@@ -56,10 +56,18 @@ from harness.report.svg import (
     timeline,
 )
 from harness.topology import Placement, Topology
-from harness.verify import Verdict, judged
-from harness.verify.invariants import HUB_VIOLATION_SQL, IN_ZONE_SQL, REQUEST_OK_SQL
-from harness.verify.rundata import RunData, load_run, pairs
-from harness.verify.verdict import iso, seconds
+from harness.verify import (
+    HUB_VIOLATION_SQL,
+    IN_ZONE_SQL,
+    REQUEST_OK_SQL,
+    RunData,
+    Verdict,
+    iso,
+    judged,
+    load_run,
+    pairs,
+    seconds,
+)
 
 MAX_BUCKETS = 150
 MAX_FLOW_WINDOWS = 80

@@ -11,8 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness.contract.rundir import JUNIT_FILE
-from harness.verify import Verdict, verify
-from harness.verify.verdict import seconds
+from harness.verify import Verdict, seconds, verify
 
 
 def junit_xml(verdict: Verdict, suite: str = "edge-harness.verify") -> str:

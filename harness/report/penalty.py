@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from html import escape
 
-from harness.verify.verdict import LatencyStats, Verdict, ZonePenalty
+from harness.verify import LatencyStats, Verdict, ZonePenalty
 
 
 def _ms(v: float | None) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from pydantic.alias_generators import to_camel
 
 from harness.errors import InputError
 
-DEFAULT_TOPOLOGY = Path(__file__).resolve().parents[2] / "fixtures" / "topology.yaml"
+# Package data (pyproject [tool.setuptools.package-data]): found the same in a checkout and in an install.
+DEFAULT_TOPOLOGY = Path(str(files("harness").joinpath("fixtures", "topology.yaml")))
 
 # HashiCups images as published by HashiCorp (hashicorp-demoapp/hashicups-setups
 # and consul tutorials). Pinned: a moving tag would change what a run tests.

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -38,8 +39,8 @@ from typing import Protocol
 from harness.contract.rundir import REQUESTS_FILE
 from harness.errors import HarnessError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_LOCUSTFILE = REPO_ROOT / "loadtests" / "hashicups.py"
+# Package data: locust gets a file path, which an installed package has as much as a checkout
+DEFAULT_LOCUSTFILE = Path(str(files("harness").joinpath("loadtests", "hashicups.py")))
 SHAPES = ("steady", "ramp")
 
 LOG_FILE = "locust.log"

@@ -10,6 +10,10 @@ machine. Public API:
 - `write_verdict(run_dir, verdict) -> Path`: writes `run_dir/verdict.json`.
 - `load_verdict(path) -> Verdict`: reads one back (schema version checked).
 - `print_summary(verdict, console)`: rich tables for the CLI.
+- For the report (which must not reach into the verifier's modules): `judged`,
+  `load_run` and `RunData` (the run's records in DuckDB), `pairs`, the SQL
+  predicates the invariants use (`IN_ZONE_SQL`, `HUB_VIOLATION_SQL`,
+  `REQUEST_OK_SQL`) and the formatters `iso`, `seconds`.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from pathlib import Path
 
 from harness.contract.rundir import VERDICT_FILE
 from harness.errors import InputError
-from harness.verify.invariants import DEFINITIONS, Checker
+from harness.verify.invariants import DEFINITIONS, HUB_VIOLATION_SQL, IN_ZONE_SQL, REQUEST_OK_SQL, Checker
 from harness.verify.penalty import fallback_penalty
-from harness.verify.rundata import RunData, load_run
+from harness.verify.rundata import RunData, load_run, pairs
 from harness.verify.summary import print_summary
 from harness.verify.verdict import (
     AVAILABILITY,
@@ -41,10 +45,14 @@ from harness.verify.verdict import (
     CheckResult,
     FaultResult,
     InvariantResult,
+    LatencyStats,
     PairResult,
     RunInfo,
     Verdict,
     WindowResult,
+    ZonePenalty,
+    iso,
+    seconds,
 )
 
 
@@ -102,21 +110,31 @@ __all__ = [
     "EXPERIMENT_RAN",
     "FALLBACK",
     "HUB_AND_SPOKE",
+    "HUB_VIOLATION_SQL",
     "INVARIANTS",
+    "IN_ZONE_SQL",
     "LOCALITY",
+    "REQUEST_OK_SQL",
     "SCHEMA_PATH",
     "SCHEMA_VERSION",
     "SHARED_SERVICES",
     "CheckResult",
     "FaultResult",
     "InvariantResult",
+    "LatencyStats",
     "PairResult",
+    "RunData",
     "RunInfo",
     "Verdict",
     "WindowResult",
+    "ZonePenalty",
+    "iso",
     "judged",
+    "load_run",
     "load_verdict",
+    "pairs",
     "print_summary",
+    "seconds",
     "verify",
     "write_verdict",
 ]

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = "2"
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "verdict-schema.json"
+# Package data (docs/verdict-schema.json links here): the schema ships with the verifier that writes verdicts
+SCHEMA_PATH = Path(str(files("harness.verify").joinpath("verdict-schema.json")))
 
 # Invariant names, in the order the design lists them (and the report shows them).
 LOCALITY = "locality"

@@ -1,0 +1,82 @@
+"""The local network substrate's pieces that need no root: state file, cleanup, validation, link delays.
+
+Kept out of test_local_net.py, whose module-level `local` mark (root, namespaces,
+nftables) would skip them for no reason.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.backends.local.linkrelay import ZoneLink
+from harness.backends.local.network import Network
+from harness.backends.local.state import ProcessRecord, State, cleanup, find_states, proc_starttime
+from harness.errors import BackendError
+from tests.test_local_net import RANGE, ZONES
+
+
+def test_link_delay_is_latency_plus_jitter_never_negative() -> None:
+    """One way is half the latency +- half the jitter, clamped at 0: a jitter wider than the latency
+    gives zero delays, never negative ones (a negative sleep would be no delay and skew the mean)."""
+    link = ZoneLink(port=1, latency_ms=4.0, jitter_ms=30.0)
+    draws = [link.one_way_delay_s() * 1000 for _ in range(2000)]
+    assert min(draws) == 0.0 and max(draws) <= 2.0 + 15.0
+    assert sum(d == 0.0 for d in draws) > 100  # 13 of 30 ms of the spread lies below zero: ~43% clamp
+    assert all(ZoneLink(port=1, latency_ms=40.0).one_way_delay_s() == 0.02 for _ in range(10))  # no jitter: exact
+
+
+def test_cleanup_never_signals_a_recycled_pid(tmp_path: Path) -> None:
+    """A recorded pid whose start time differs is someone else's process now: leave it alone."""
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        state = State(tmp_path / "state.json")
+        real = state.add_process(proc.pid, "sleep")
+        assert real.starttime == proc_starttime(proc.pid)
+        state.discard_process(proc.pid)
+        # simulate: our process died long ago and the pid was reused by this sleep
+        forged = ProcessRecord(pid=proc.pid, starttime=real.starttime - 1, cmdline="old", label="old")
+        state._data.processes.append(forged)
+        state._save()
+        report = cleanup(state.path, grace_s=0.2)
+        assert report.killed == []
+        assert proc.poll() is None
+        assert not state.path.exists()
+        # the genuine record does get it killed
+        state2 = State(tmp_path / "state2.json")
+        state2.add_process(proc.pid, "sleep")
+        assert cleanup(state2.path, grace_s=1.0).killed == [proc.pid]
+        assert proc.wait(timeout=5) == -9 or proc.returncode == -15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_state_file_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "s" / "state.json"
+    s = State(path, cluster="eh1")
+    s.add_netns("eh1-hub")
+    s.add_netns("eh1-hub")
+    s.add_nft_table("eh1-hub", "inet", "eh1")
+    s.add_dir(tmp_path / "d")
+    s.set_meta("run", "runs/x")
+    again = State(path)
+    assert again.cluster == "eh1"
+    assert again.netns == ["eh1-hub"]
+    assert again.nft_tables == [{"netns": "eh1-hub", "family": "inet", "table": "eh1"}]
+    assert again.dirs == [(tmp_path / "d").resolve()]
+    assert again.get_meta("run") == "runs/x"
+    assert [p.name for p in path.parent.iterdir()] == ["state.json"]  # no temp files left behind
+    (tmp_path / "other.json").write_text('{"kind": "something-else"}')
+    assert find_states(tmp_path) == [path]
+
+
+def test_network_rejects_bad_names_and_ranges(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.json")
+    with pytest.raises(BackendError, match="cluster name"):
+        Network("much-too-long-name", RANGE, ZONES, state)
+    with pytest.raises(BackendError, match="zone subnets"):
+        Network("ok", "10.213.0.0/23", ZONES, state)
