@@ -47,14 +47,15 @@ render: deps
 e2e: deps
 	$(BIN)/harness e2e $(BFLAGS) --topology $(TOPOLOGY) $(if $(EDITION),--edition $(EDITION)) --experiment $(EXPERIMENT)
 
-# Nightly against EKS with Local Zones: make nightly CONTEXT=<kube context> (destructive chaos allowed there).
+# Nightly against EKS with Local Zones: make nightly CONTEXT=<kube context> (destructive chaos allowed and executed
+# there: --execute; without it a run against an existing cluster stops at its plan).
 # Only faults EKS can take: edge pod kill + unready (eks-edge.json), node kill by cordon + delete.
 # Entry URLs per zone: EH_ENTRYPOINTS='{"<zone>": "https://..."}' or NIGHTLY_FLAGS="--entrypoint ZONE=URL ...";
 # NIGHTLY_FLAGS may also add --install-consul or --own-mesh-defaults (README "Run against EKS").
 NIGHTLY_FLAGS ?=
 nightly: deps
 	@test -n "$(CONTEXT)" || { echo "make nightly: CONTEXT=<kubeconfig context> is required" >&2; exit 2; }
-	$(BIN)/harness e2e --backend existing --context $(CONTEXT) --allow-context $(CONTEXT) --topology $(TOPOLOGY) \
+	$(BIN)/harness e2e --backend existing --context $(CONTEXT) --allow-context $(CONTEXT) --execute --topology $(TOPOLOGY) \
 	  $(NIGHTLY_FLAGS) --experiment experiments/eks-edge.json --experiment experiments/node-kill.json
 
 chaos: deps

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any, NoReturn
 from rich.console import Console
 
 from harness.backends import BACKENDS, BackendOptions
-from harness.errors import BackendError, HarnessError, InputError
+from harness.errors import BackendError, DryRun, HarnessError, InputError
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_BACKEND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -52,6 +53,29 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
         "--own-mesh-defaults", action="store_true",
         help="existing: may take over mesh-wide config entries it did not create (restored on down)",
     )  # fmt: skip
+    g.add_argument(
+        "--execute", action="store_true",
+        help="existing: really inject destructive faults (default: a dry run that prints the plan; also EH_EXECUTE=1)",
+    )  # fmt: skip
+    g.add_argument(
+        "--max-share", type=_share, metavar="SHARE",
+        help="existing: blast radius, at most this share of a zone's nodes or pods down at once (0-1; also "
+        "EH_MAX_SHARE)",
+    )  # fmt: skip
+    g.add_argument(
+        "--allow-file", type=Path, metavar="FILE",
+        help="existing: allow-list file, one context per line (also EH_ALLOW_FILE; default "
+        "~/.config/edge-harness/allowed-contexts)",
+    )  # fmt: skip
+
+
+def _share(value: str) -> float:
+    from harness.backends.fence import parse_share
+
+    try:
+        return parse_share(value, "--max-share")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _bopts(a: argparse.Namespace) -> BackendOptions:
@@ -70,6 +94,9 @@ def _bopts(a: argparse.Namespace) -> BackendOptions:
         entrypoints=entry,
         install_consul=a.install_consul,
         own_mesh_defaults=a.own_mesh_defaults,
+        execute=a.execute or os.environ.get("EH_EXECUTE", "") in ("1", "true", "yes"),
+        max_share=a.max_share,
+        allow_file=str(a.allow_file) if a.allow_file else None,
     )
 
 
@@ -171,22 +198,77 @@ def cmd_traffic(a: argparse.Namespace) -> int:
 
 
 def cmd_chaos(a: argparse.Namespace) -> int:
+    """Run one experiment (rollbacks always); on a cluster that can be planned (existing), plan it first.
+
+    The plan (nodes, pods, durations, blast radius, steady state) is printed
+    before anything runs; over the blast radius is exit 2, destructive without
+    --execute a dry run (exit 0), a steady state that does not hold exit 1,
+    a kill switch that is on exit 3: in each case nothing is injected and no
+    run directory is created. `--abort RUN_DIR` is the kill switch.
+    """
+    if a.abort is not None:
+        return _chaos_abort(a)
+    if a.experiment is None:
+        raise InputError("harness chaos", "EXPERIMENT", "an experiment file is required (or --abort RUN_DIR)")
+    from harness.backends.fence import engaged_switch, kill_switch_paths
     from harness.chaos import check_experiment, run_experiment
+    from harness.gameday import dry_run_banner, plan_experiment
     from harness.run import new_run_dir
 
-    check_experiment(a.experiment)  # bad input: nothing is created
+    data = check_experiment(a.experiment)  # bad input: nothing is created
     from harness.backends import connect
     from harness.chaos import check_capabilities
 
-    backend = connect(_bopts(a))
+    bopts = _bopts(a)
+    backend = connect(bopts)
     try:
         check_capabilities(a.experiment, backend)  # a fault this cluster cannot do: refused, nothing injected
+        plan = plan_experiment(a.experiment, data, backend)
+        if plan is not None:
+            for line in plan.lines():
+                out.print(line, markup=False, highlight=False)
+            plan.refuse_over_blast_radius()
+            if plan.destructive and not bopts.execute:
+                out.print(dry_run_banner(plan), markup=False, highlight=False)
+                return EXIT_PASS
+            if plan.steady:
+                err.print(
+                    f"chaos: {a.experiment}: steady state does not hold, nothing injected: {'; '.join(plan.steady)}",
+                    markup=False, highlight=False,
+                )  # fmt: skip
+                return EXIT_FAIL
+        switch = engaged_switch(kill_switch_paths(a.run_dir.resolve() if a.run_dir else ""))
+        if switch is not None:
+            raise BackendError(f"kill switch {switch} is on: nothing injected (remove the file to run chaos again)")
     finally:
         backend.close()
     run_dir = a.run_dir or new_run_dir(label="chaos")
-    res = run_experiment(a.experiment, run_dir, _bopts(a))
+    res = run_experiment(a.experiment, run_dir, bopts)
     out.print(f"chaos: {res.status}{' (hypothesis deviated)' if res.deviated else ''}; journal {res.journal}")
     return EXIT_PASS if res.ok else EXIT_FAIL
+
+
+def _chaos_abort(a: argparse.Namespace) -> int:
+    """The kill switch: ABORT file, immediate rollback of every fault in effect, chaos processes stopped."""
+    from harness.backends import connect
+    from harness.gameday import abort
+
+    if not a.abort.is_dir():
+        raise InputError(str(a.abort), "", "not a run directory")
+    backend = None
+    try:
+        backend = connect(_bopts(a))
+    except HarnessError as exc:  # still turn the switch on and stop the processes: do what can be done
+        err.print(f"abort: cannot reach the cluster to roll back from here: {exc}", markup=False, highlight=False)
+    try:
+        res = abort(a.abort, backend, say=lambda m: out.print(f"abort: {m}", markup=False, highlight=False))
+    finally:
+        if backend is not None:
+            backend.close()
+    if res.still_running:
+        err.print(f"abort: chaos processes still running: {res.still_running}", markup=False, highlight=False)
+        return EXIT_BACKEND
+    return EXIT_PASS
 
 
 def _verdict(run_dir: Path) -> Any:
@@ -270,8 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chaos", help="run a chaostoolkit experiment (rollbacks always)")
     _backend_args(p)
-    p.add_argument("experiment", type=Path)
+    p.add_argument("experiment", type=Path, nargs="?")
     p.add_argument("--run-dir", type=Path)
+    p.add_argument(
+        "--abort", type=Path, metavar="RUN_DIR",
+        help="kill switch: roll back every fault in effect now and stop the run's chaos processes",
+    )  # fmt: skip
     p.set_defaults(fn=cmd_chaos)
 
     p = sub.add_parser("verify", help="judge a run directory; exit 1 when an invariant fails")
@@ -299,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
+    except DryRun as exc:
+        out.print(str(exc), markup=False, highlight=False)
+        return EXIT_PASS
     except InputError as exc:
         err.print(exc.line, markup=False, highlight=False)
         return EXIT_INPUT

@@ -18,7 +18,7 @@ from typing import Any
 
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend
-from harness.errors import InputError
+from harness.errors import DryRun, InputError
 from harness.run import copy_manifests, new_run_dir, write_inventory
 
 TRAFFIC_BOUND_S = 6 * 3600.0
@@ -132,6 +132,12 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     name, why = choose(bopts.name)
     say(f"backend: {name} ({why})")
     bopts.name = name
+    if name == "existing":  # destructive chaos on someone else's cluster: the plan only, unless --execute
+        from harness.gameday import dry_run_e2e
+
+        lines = dry_run_e2e(opts.experiments, opts, bopts, load)
+        if lines is not None:
+            raise DryRun("\n".join(lines))
     run_dir = new_run_dir(opts.runs_root, opts.label)
     say(f"run directory: {run_dir}")
     try:
