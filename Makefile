@@ -20,7 +20,7 @@ BFLAGS    = --backend $(BACKEND) $(if $(CONTEXT),--context $(CONTEXT)) $(if $(AL
 
 APT_PKGS  := nftables iproute2 chromium procps
 
-.PHONY: all e2e nightly test lint bench clean chaos render up down status venv deps
+.PHONY: all e2e nightly test fuzz soak lint bench clean chaos render up down status venv deps
 
 all: test
 
@@ -72,6 +72,10 @@ status: deps
 
 test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The input fuzz tests with the long hypothesis profile (make test runs them with a bounded one)
+fuzz: deps
+	$(BIN)/python -m pytest --hypothesis-profile=fuzz tests/test_fuzz_inputs.py $(PYTEST_ARGS)
 
 lint: deps
 	$(BIN)/ruff check harness tests bench loadtests

@@ -35,10 +35,40 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_INPUT)
 
 
+def _number(kind: type[int] | type[float], minimum: float, *, inclusive: bool = True) -> Callable[[str], Any]:
+    """An argparse type for a finite number >= (or >) `minimum`: checked before anything starts (exit 2)."""
+
+    def parse(value: str) -> int | float:
+        what = "an integer" if kind is int else "a number"
+        try:
+            n = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+        if n != n or n in (float("inf"), float("-inf")) or (n < minimum if inclusive else n <= minimum):
+            raise argparse.ArgumentTypeError(f"expected {what} {'>=' if inclusive else '>'} {minimum:g}, got {value!r}")
+        return n
+
+    return parse
+
+
+_COUNT = _number(int, 1)
+_SECONDS = _number(float, 0.0)
+_DURATION = _number(float, 0.0, inclusive=False)
+
+
+def _cluster_name(value: str) -> str:
+    """A lowercase letter then up to 7 letters/digits: names of interfaces, namespaces and kind nodes derive from it."""
+    import re
+
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", value):
+        raise argparse.ArgumentTypeError(f"expected a lowercase letter then up to 7 letters/digits, got {value!r}")
+    return value
+
+
 def _backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend")
     g.add_argument("--backend", default="auto", choices=BACKENDS, help="auto = kind when Docker answers, else local")
-    g.add_argument("--cluster", default="eh", help="local/kind cluster name (<= 8 letters/digits)")
+    g.add_argument("--cluster", default="eh", type=_cluster_name, help="local/kind cluster name (<= 8 letters/digits)")
     g.add_argument("--context", help="existing: kubeconfig context")
     g.add_argument("--kubeconfig", help="existing: kubeconfig file")
     g.add_argument(
@@ -126,11 +156,22 @@ def cmd_render(a: argparse.Namespace) -> int:
 
 
 def _load_manifests(a: argparse.Namespace, workdir: Path) -> Any:
+    """Render (or copy) the manifests into `workdir`; bad input leaves no new directory behind."""
+    import shutil
+
     from harness.e2e import E2EOptions, prepare_manifests
     from harness.render.manifests import load
 
+    created = [p for p in (workdir, *workdir.parents) if not p.exists()]
     workdir.mkdir(parents=True, exist_ok=True)
-    return load(prepare_manifests(E2EOptions(topology=a.topology, manifests=a.manifests, edition=a.edition), workdir))
+    try:
+        return load(
+            prepare_manifests(E2EOptions(topology=a.topology, manifests=a.manifests, edition=a.edition), workdir)
+        )
+    except BaseException:
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
 
 
 def cmd_up(a: argparse.Namespace) -> int:
@@ -343,10 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("traffic", help="drive locust traffic at every zone's entry point")
     _backend_args(p)
-    p.add_argument("--users", type=int, default=10)
-    p.add_argument("--duration", type=float, default=30.0)
+    p.add_argument("--users", type=_COUNT, default=10)
+    p.add_argument("--duration", type=_DURATION, default=30.0)
     p.add_argument("--shape", choices=["steady", "ramp"], default="steady")
-    p.add_argument("--processes", type=int, default=1, help="locust worker processes (locust's distributed mode)")
+    p.add_argument("--processes", type=_COUNT, default=1, help="locust worker processes (locust's distributed mode)")
     p.add_argument("--run-dir", type=Path)
     p.set_defaults(fn=cmd_traffic)
 
@@ -372,10 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     _source_args(p)
     _backend_args(p)
     p.add_argument("--experiment", type=Path, action="append", default=[], help="chaostoolkit experiment (repeatable)")
-    p.add_argument("--users", type=int, default=12)
-    p.add_argument("--processes", type=int, default=1)
-    p.add_argument("--warmup", type=float, default=8.0)
-    p.add_argument("--cooldown", type=float, default=8.0)
+    p.add_argument("--users", type=_COUNT, default=12)
+    p.add_argument("--processes", type=_COUNT, default=1)
+    p.add_argument("--warmup", type=_SECONDS, default=8.0)
+    p.add_argument("--cooldown", type=_SECONDS, default=8.0)
     p.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     p.set_defaults(fn=cmd_e2e)
     return ap

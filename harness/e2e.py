@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -138,17 +139,24 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
         lines = dry_run_e2e(opts.experiments, opts, bopts, load)
         if lines is not None:
             raise DryRun("\n".join(lines))
-    run_dir = new_run_dir(opts.runs_root, opts.label)
-    say(f"run directory: {run_dir}")
+    # Input errors and a backend that cannot be reached are found before the run directory exists:
+    # the manifests are rendered into a staging directory and moved in once everything checked out.
+    staging = Path(tempfile.mkdtemp(prefix="eh-manifests-"))
     try:
-        mdir = prepare_manifests(opts, run_dir)
-    except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)  # nothing was started: leave nothing behind
-        raise
-    manifests = load(mdir)
-    backend = connect(bopts)
-    for exp in opts.experiments:  # refused before anything changes where the backend can tell (EKS)
-        check_capabilities(exp, backend)
+        load(prepare_manifests(opts, staging))
+        backend = connect(bopts)
+        try:
+            for exp in opts.experiments:  # refused before anything changes where the backend can tell (EKS)
+                check_capabilities(exp, backend)
+        except BaseException:
+            backend.close()
+            raise
+        run_dir = new_run_dir(opts.runs_root, opts.label)
+        shutil.move(staging / "manifests", run_dir / "manifests")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    say(f"run directory: {run_dir}")
+    manifests = load(run_dir / "manifests")
     messages: list[str] = []
     chaos_ok = True
     try:

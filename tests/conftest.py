@@ -12,8 +12,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Fuzz profiles (tests/test_fuzz_inputs.py and any property test without its own settings):
+# `ci` is the default of `make test`: a bounded, derandomized set of examples, so the suite takes the
+# same time and gives the same answer on every run; `fuzz` is the long profile, random and many
+# examples: `make fuzz`, or `pytest --hypothesis-profile=fuzz tests/test_fuzz_inputs.py`.
+_FUZZ_CHECKS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=_FUZZ_CHECKS
+)
+settings.register_profile("fuzz", max_examples=1500, deadline=None, suppress_health_check=_FUZZ_CHECKS)
+settings.load_profile("ci")
 SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "consul-k8s-v1.9.11"
 
 
