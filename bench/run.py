@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_verify.py", "bench_traffic.py", "bench_up.py"]
+BENCHES = ["bench_verify.py", "bench_report.py", "bench_traffic.py", "bench_up.py"]
 
 
 def main() -> int:

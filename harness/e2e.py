@@ -20,7 +20,7 @@ from typing import Any
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend
 from harness.errors import DryRun, InputError
-from harness.run import copy_manifests, new_run_dir, write_inventory
+from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
 
 TRAFFIC_BOUND_S = 6 * 3600.0
 
@@ -111,12 +111,14 @@ def record_traffic(
     from harness.traffic import run_traffic
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    mark_run(run_dir, "traffic")
     if not (run_dir / "manifests").exists():
         copy_manifests(backend.manifests().root, run_dir)
     with recording(backend, run_dir):
         result = run_traffic(backend.entrypoints(), run_dir, users=users, spawn_rate=users, duration_s=duration_s,
                              shape=shape, processes=processes)  # fmt: skip
     build_hops(run_dir)
+    mark_run(run_dir, "done", "complete")  # a run that never gets here stays "running": its verdict is partial
     return result
 
 
@@ -152,6 +154,7 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
             backend.close()
             raise
         run_dir = new_run_dir(opts.runs_root, opts.label)
+        mark_run(run_dir, "render")
         shutil.move(staging / "manifests", run_dir / "manifests")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -160,6 +163,7 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     messages: list[str] = []
     chaos_ok = True
     try:
+        mark_run(run_dir, "up")
         backend.up(manifests, progress=lambda m: say(f"up: {m}"))
         for exp in opts.experiments:  # again, now that up has probed the cluster (kind: sch_netem)
             check_capabilities(exp, backend)
@@ -175,8 +179,10 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
                 duration_s=TRAFFIC_BOUND_S,
                 processes=opts.processes,
             ):
+                mark_run(run_dir, "traffic")
                 time.sleep(opts.warmup_s)
                 for exp in opts.experiments:
+                    mark_run(run_dir, "chaos")
                     say(f"chaos: {exp}")
                     res = run_experiment(exp, run_dir, bopts)
                     if not res.ok:
@@ -184,13 +190,18 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
                         deviated = " (deviated)" if res.deviated else ""
                         messages.append(f"chaos experiment {exp.name}: {res.status}{deviated}")
                     say(f"chaos: {exp.name} {res.status}")
+                mark_run(run_dir, "cooldown")
                 time.sleep(opts.cooldown_s)
+    except BaseException as exc:
+        mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
     finally:
         if not opts.keep:
             say("down")
             backend.down()
     say("observe: hop records from the sidecars' access logs")
     build_hops(run_dir)
+    mark_run(run_dir, "verify", "complete")  # every record is in; what follows only reads them
     verdict = verify(run_dir)
     write_verdict(run_dir, verdict)
     write_report(run_dir, verdict)

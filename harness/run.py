@@ -14,8 +14,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from harness.backends.base import Inventory
+from harness.records import RUN_FILE
 
 RUNS_ROOT = Path("runs")
+RUN_STATUSES = ("running", "complete", "interrupted", "failed")
 
 
 def new_run_dir(root: Path = RUNS_ROOT, label: str = "") -> Path:
@@ -52,3 +54,34 @@ def write_inventory(inv: Inventory, path: Path) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for ts, event, base in events:
             fh.write(json.dumps({"ts": ts, "event": event, **base}) + "\n")
+
+
+def mark_run(run_dir: Path, stage: str | None = None, status: str = "running") -> dict[str, object]:
+    """Write `run_dir/run.json`: where the run is and whether it finished (docs/CONTRACTS.md §4).
+
+    Called at every stage change, so a run killed at any point says where it
+    stopped: the verifier marks the verdict of a run whose status is not
+    `complete` (or that has no `ended`) as partial. `started` is kept from
+    the first call; `ended` is set when the status leaves `running`. Written
+    atomically (temp file + rename): a reader never sees half a file.
+    """
+    if status not in RUN_STATUSES:
+        raise ValueError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+    path = Path(run_dir) / RUN_FILE
+    now = time.time()
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            old = {}
+    except (OSError, ValueError):
+        old = {}
+    data: dict[str, object] = {
+        "started": old.get("started", now),
+        "ended": None if status == "running" else now,
+        "stage": stage if stage is not None else old.get("stage"),
+        "status": status,
+    }
+    tmp = path.with_name(f".{RUN_FILE}.tmp")
+    tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return data

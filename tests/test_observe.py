@@ -340,3 +340,60 @@ def test_collector_context_manager_keeps_body_exception(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="body"), AccessLogCollector(lambda: [src], tmp_path, interval_s=0.01):
         _wait_for(lambda: src.calls >= 3)
         raise ValueError("body")
+
+
+# -- definitions the verifier relies on ----------------------------------------------------------
+def test_inbound_lines_without_direction_are_not_hops(tmp_path: Path) -> None:
+    """kind/EKS sidecars log the inbound listener too, with no `direction`: `local_app`, loopback hosts."""
+    inv = Inventory(tmp_path / "inventory.jsonl")
+    inv.added(pod("public-api-lax-1", "10.0.1.6", LAX, "public-api", "public-api-lax-1a", T))
+    inv.added(pod("product-api-lax-a", "10.0.1.10", LAX, "product-api", "product-api-lax-1a", T))
+    inv.close()
+    (tmp_path / "accesslogs").mkdir()
+    (tmp_path / "accesslogs" / "public-api-lax-1.jsonl").write_text(
+        line(T + 1, "10.0.1.10:9090", "product-api-lax-1a.default.dc1.internal.x.consul") + "\n"  # outbound
+        + line(T + 2, "127.0.0.1:8080", "local_app") + "\n"  # inbound: the app behind this sidecar
+        + line(T + 3, "127.0.0.1:8080", "local_app", code=503, flags="UF") + "\n"
+        + line(T + 4, "[::1]:8080", "something") + "\n"  # loopback: inbound whatever the cluster
+    )  # fmt: skip
+    import duckdb
+
+    from harness.observe import create_hops
+
+    con = duckdb.connect()
+    built = create_hops(con, tmp_path)
+    assert (built.hops, built.inbound_lines, built.accesslog_lines) == (1, 3, 4)
+    assert con.execute("SELECT serving_pod FROM hops").fetchall() == [("product-api-lax-a",)]
+
+
+def test_readiness_events_do_not_end_a_pods_hold_on_its_ip(tmp_path: Path) -> None:
+    """`ready`/`unready` come between `added` and `removed`: the pod keeps its IP through them."""
+    ev = {"pod": "product-api-lax-a", "ip": "10.0.1.10", "node": "n", "zone": LAX, "service": "product-api",
+          "consul_service": "product-api-lax-1a", "namespace": "ns"}  # fmt: skip
+    events = [("added", T), ("ready", T + 1), ("unready", T + 50), ("ready", T + 60), ("removed", T + 100)]
+    (tmp_path / "inventory.jsonl").write_text(
+        "".join(json.dumps({**ev, "event": e, "ts": ts}) + "\n" for e, ts in events)
+    )
+    (tmp_path / "accesslogs").mkdir()
+    cl = "product-api-lax-1a.default.dc1.internal.x.consul"
+    (tmp_path / "accesslogs" / "caller.jsonl").write_text(
+        "".join(line(T + dt, "10.0.1.10:9090", cl) + "\n" for dt in (5, 55, 70, 99))
+    )
+    assert build_hops(tmp_path) == 4
+    assert {h["serving_pod"] for h in _hops(tmp_path)} == {"product-api-lax-a"}
+
+
+def test_consul_names_the_inventory_never_saw_map_through_the_topology(tmp_path: Path) -> None:
+    """A 503 UH to a zone's copy that has no pod left still names its logical upstream."""
+    from harness.render import render, write
+    from harness.topology import load_topology
+
+    write(render(load_topology()), tmp_path / "manifests")
+    (tmp_path / "accesslogs").mkdir()
+    (tmp_path / "accesslogs" / "public-api-lax-1.jsonl").write_text(
+        line(T, None, "failover-target~0~product-api-lax-1a.default.dc1.internal.x.consul", 503, "UH",
+             caller_service="public-api-lax-1a") + "\n"
+    )  # fmt: skip
+    assert build_hops(tmp_path) == 1
+    (hop,) = _hops(tmp_path)
+    assert (hop["upstream"], hop["caller_service"], hop["caller_zone"]) == ("product-api", "public-api", LAX)

@@ -50,9 +50,9 @@ def test_verdict_validates_against_schema(verdict: Verdict, tmp_path: Path) -> N
     jsonschema.Draft202012Validator.check_schema(schema)
     data = json.loads(verdict.to_json())
     jsonschema.validate(data, schema)
-    assert data["schemaVersion"] == "1" and data["passed"] is False
+    assert data["schemaVersion"] == "2" and data["passed"] is False and data["partial"] is False
     # a verdict with a wrong version is rejected by the schema and by the loader
-    bad = dict(data, schemaVersion="2")
+    bad = dict(data, schemaVersion="1")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
     p = tmp_path / "verdict.json"
@@ -82,9 +82,12 @@ class _Refs(HTMLParser):
         super().__init__()
         self.refs: list[str] = []
         self.tags: list[str] = []
+        self.scripts: list[dict[str, str | None]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
+        if tag == "script":
+            self.scripts.append(dict(attrs))
         for k, v in attrs:
             if k in ("src", "href", "xlink:href", "action", "srcset", "data", "poster") and v:
                 self.refs.append(f"{tag}.{k}={v}")
@@ -95,9 +98,11 @@ def test_report_is_self_contained(broken_run: Path, verdict: Verdict) -> None:
     p = _Refs()
     p.feed(page)
     assert p.refs == []
-    assert "script" not in p.tags and "link" not in p.tags
-    assert "url(" not in page and "@import" not in page and "://" not in page
-    assert p.tags.count("svg") >= 3 + 1  # share charts, latency, errors, flow maps
+    assert "link" not in p.tags and "iframe" not in p.tags and "img" not in p.tags
+    # two inline scripts: the faults as JSON data and the hover read-out; nothing loaded
+    assert [s.get("type") for s in p.scripts] == ["application/json", None]
+    assert "url(" not in page and "@import" not in page and "://" not in page and "fetch(" not in page
+    assert p.tags.count("svg") >= 1 + 5 + 3  # timeline, a zone's charts, flow maps
     # the LZ->LZ flow of the misconfiguration is drawn red in the "during" map
     assert 'class="flow-bad"' in page
 
@@ -129,7 +134,7 @@ def test_report_renders_in_headless_chromium(broken_run: Path, verdict: Verdict,
         [*base, "--dump-dom", page.as_uri()], check=True, capture_output=True, timeout=120, text=True
     ).stdout
     assert "Verdict" in dom and "FAIL" in dom
-    assert dom.count("<svg") >= 4 and "<polygon" in dom and "<polyline" in dom
+    assert dom.count("<svg") >= 9 and 'class="timeline"' in dom and "<polyline" in dom and 'class="flow"' in dom
     assert "hub-and-spoke: us-west-2-lax-1a -&gt; us-west-2-las-1a" in dom
 
 
@@ -156,3 +161,37 @@ def test_report_of_clean_run_without_faults(tmp_path: Path) -> None:
     assert 'class="flow-bad"' not in page
     root = ET.parse(write_junit(d)).getroot()
     assert root.findall(".//failure") == []
+
+
+def test_report_shows_new_invariants_partial_runs_skipped_lines_and_resolution(tmp_path: Path) -> None:
+    sc = Scenario(
+        load_topology(),
+        duration_s=40,
+        rate_per_zone=3,
+        faults=[FaultSpec("kill-lax", "service-down", LAX, ("product-api",), 10, 20, 0.2, 0.5)],
+        run_status="interrupted",
+        preflight=False,
+    )
+    d = write_run(tmp_path / "run", sc)
+    with (d / "requests.jsonl").open("a") as fh:
+        fh.write('{"ts": 17641')
+    v = verify(d)
+    assert v.run.partial and v.run.run_status == "interrupted" and v.run.stopped_at == "chaos"
+    page = write_report(d, v).read_text()
+    for name in ("call-graph", "experiment-ran", "coverage", "config"):
+        assert f"<td>{name}</td>" in page
+    assert "Partial run" in page and "stopped at stage <code>chaos</code>" in page
+    assert "requests.jsonl:" in page and "truncated last line" in page
+    f = v.fault("kill-lax")
+    assert f.failover_s is not None and f.failover_resolution_s is not None
+    assert f"{f.failover_s:.3f} s ±{f.failover_resolution_s:.3f}" in page
+    assert "config: no preflight.json" in page
+    buf = StringIO()
+    print_summary(v, Console(file=buf, width=200, color_system=None))
+    out = buf.getvalue()
+    assert "PARTIAL RUN: it stopped at stage chaos (status interrupted)" in out
+    assert "skipped 1 corrupt or truncated record line(s):" in out and "requests.jsonl:" in out
+    assert f"{f.failover_s:.3f} s ±{f.failover_resolution_s:.3f}" in out
+    root = ET.parse(write_junit(d, v)).getroot()
+    props = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert props["schemaVersion"] == "2" and props["partial"] == "true"

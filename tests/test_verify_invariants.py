@@ -2,6 +2,9 @@
 
 Runs come from the synthetic mesh model (harness.verify.synth) whose routing
 is known, so every expectation is computed from the scenario, not copied.
+Tests that plant or remove hops edit hops.jsonl and therefore write the run
+without access logs (`accesslogs="none"`, a run copied without them): with
+access logs the verifier rebuilds the hops and never reads hops.jsonl.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import pytest
 
 from harness.errors import InputError
 from harness.topology import DEFAULT_TOPOLOGY, load_topology
-from harness.verify import AVAILABILITY, FALLBACK, HUB_AND_SPOKE, LOCALITY, SHARED_SERVICES, verify
+from harness.verify import AVAILABILITY, FALLBACK, HUB_AND_SPOKE, LOCALITY, SHARED_SERVICES
 from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.verdicts import verify  # every verdict is validated against the schema
 
 T = load_topology()
 LAX, LAS, AZ = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2a"
@@ -87,7 +91,7 @@ def test_postgres_served_in_lz_fails_shared_services(tmp_path: Path) -> None:
 
 
 def test_region_caller_served_in_lz_is_hub_violation(tmp_path: Path) -> None:
-    d = run(tmp_path)
+    d = run(tmp_path, accesslogs="none")
     lines = (d / "hops.jsonl").read_text().splitlines()
     h = json.loads(next(x for x in lines if f'"caller_zone": "{AZ}"' in x and '"upstream": "product-api"' in x))
     h.update(serving_zone=LAX, serving_pod="product-api-lax-1a-x", upstream_host="10.213.2.99:9090")
@@ -119,7 +123,7 @@ def test_restore_without_recovery_fails(tmp_path: Path) -> None:
 
 
 def test_no_traffic_during_fault_fails(tmp_path: Path) -> None:
-    d = run(tmp_path, faults=[KILL])
+    d = run(tmp_path, faults=[KILL], accesslogs="none")
     start = 1_764_100_000.0
     keep = [
         x
@@ -143,7 +147,7 @@ def test_zone_down_excludes_entry_requests_and_reports_them(tmp_path: Path) -> N
 
 def test_zone_down_without_entry_exclusion_blows_budget(tmp_path: Path) -> None:
     f = FaultSpec("zone-las", "zone-down", LAS, (), 30, 45, 0, 1.0, entry_down=False)
-    v = verify(run(tmp_path, faults=[f]))
+    v = verify(run(tmp_path, faults=[f], entrypoints=False))  # nothing says the entry point was down
     assert AVAILABILITY in failed(v)
 
 
@@ -153,6 +157,7 @@ def test_unattributed_hops_resolved_from_inventory_history(tmp_path: Path) -> No
         tmp_path,
         faults=[FaultSpec("k", "service-down", LAX, ("product-api",), 30, 50, 0.1, 0.5)],
         drop_serving_zone=1.0,
+        accesslogs="none",
     )
     v = verify(d)
     assert v.run.hops_resolved_from_inventory > 0 and v.run.hops_unattributed == 0
@@ -161,7 +166,7 @@ def test_unattributed_hops_resolved_from_inventory_history(tmp_path: Path) -> No
 
 def test_ip_reuse_uses_holder_at_hop_time(tmp_path: Path) -> None:
     """The latest holder of an IP (an AZ pod) must not be blamed for hops before it got the IP."""
-    d = run(tmp_path)
+    d = run(tmp_path, accesslogs="none")
     inv = [json.loads(x) for x in (d / "inventory.jsonl").read_text().splitlines()]
     lax_pod = next(e for e in inv if e["zone"] == LAX and e["service"] == "product-api")
     end = 1_764_100_000.0 + 90
@@ -187,7 +192,7 @@ def test_ip_reuse_uses_holder_at_hop_time(tmp_path: Path) -> None:
 
 
 def test_unknown_host_counts_against_locality(tmp_path: Path) -> None:
-    d = run(tmp_path)
+    d = run(tmp_path, accesslogs="none")
     hops = [json.loads(x) for x in (d / "hops.jsonl").read_text().splitlines()]
     for h in hops:
         if h["caller_zone"] == LAX and h["upstream"] == "public-api":
@@ -236,17 +241,23 @@ def test_missing_run_dir_and_topology_are_input_errors(tmp_path: Path) -> None:
         verify(tmp_path / "r")
 
 
-def test_truncated_last_line_is_tolerated(tmp_path: Path) -> None:
-    d = run(tmp_path)
+def test_truncated_last_line_is_skipped_and_named(tmp_path: Path) -> None:
+    d = run(tmp_path, accesslogs="none")
+    n = len((d / "hops.jsonl").read_text().splitlines())
     with (d / "hops.jsonl").open("a") as fh:
         fh.write('{"ts": 1764100089.9, "caller_pod": "x", "caller_zo')
-    assert verify(d).passed
+    v = verify(d)
+    assert v.passed, v.failure_messages
+    assert v.run.skipped_records_total == 1
+    assert v.run.skipped_records == [{"file": "hops.jsonl", "line": n + 1, "reason": "truncated last line"}]
+    assert any(note.startswith(f"hops.jsonl: 1 corrupt or truncated line(s) skipped (line {n + 1})")
+               for note in v.run.notes)  # fmt: skip
 
 
 def test_region_only_upstream_needs_no_traffic_after_a_link_fault(tmp_path: Path) -> None:
     """Pooled postgres connections log nothing until they close: no recovery is asked of them."""
     f = FaultSpec("slow-link", "link-degraded", LAX, (), 30, 50)
-    rd = run(tmp_path, faults=[f])
+    rd = run(tmp_path, faults=[f], accesslogs="none")
     hops = (rd / "hops.jsonl").read_text().splitlines()
     kept = [h for h in hops if not (json.loads(h)["upstream"] == "postgres" and json.loads(h)["caller_zone"] == LAX
                                     and json.loads(h)["ts"] > T_START + 30)]  # fmt: skip
@@ -285,19 +296,19 @@ def _plant_region_hops(rd: Path, zone: str, at: list[float]) -> None:
 def test_partition_excludes_the_zone_from_locality_but_not_forever(tmp_path: Path) -> None:
     """Outlier ejection after a partition heals may send a few hops to the Region: that is recovery."""
     f = FaultSpec("cut", "partition", LAX, (), 30, 40, entry_down=True)
-    rd = run(tmp_path, faults=[f])
+    rd = run(tmp_path, faults=[f], accesslogs="none")
     _plant_region_hops(rd, LAX, [T_START + 35, T_START + 40.5])
     v = verify(rd)
     assert LOCALITY not in failed(v), v.failure_messages
     # the same misplaced hops under a link-degraded fault (traffic must stay in-zone) break locality
-    rd2 = run(tmp_path / "b", faults=[FaultSpec("slow", "link-degraded", LAX, (), 30, 40)])
+    rd2 = run(tmp_path / "b", faults=[FaultSpec("slow", "link-degraded", LAX, (), 30, 40)], accesslogs="none")
     _plant_region_hops(rd2, LAX, [T_START + 35, T_START + 36])
     assert LOCALITY in failed(verify(rd2))
 
 
 def test_silent_postgres_is_reported_but_a_postgres_pod_in_an_lz_fails(tmp_path: Path) -> None:
     """Pooled TCP connections may log nothing all run; where postgres ran is still checked."""
-    rd = run(tmp_path)
+    rd = run(tmp_path, accesslogs="none")
     hops = [h for h in (rd / "hops.jsonl").read_text().splitlines() if json.loads(h)["upstream"] != "postgres"]
     (rd / "hops.jsonl").write_text("\n".join(hops) + "\n")
     v = verify(rd)

@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.topology import Topology, parse_topology
-from harness.verify import HUB_AND_SPOKE, verify
+from harness.verify import HUB_AND_SPOKE
 from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.verdicts import verify  # every verdict is validated against the schema
 
 LZ_NAMES = ["us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a"]
 AZ_NAMES = ["us-west-2a", "us-west-2b"]
@@ -42,7 +43,7 @@ def topology(n_az: int, n_lz: int) -> Topology:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn, min_lz: int = 1) -> Scenario:
+def scenarios(draw: st.DrawFn, min_lz: int = 1, accesslogs: str | None = None) -> Scenario:
     n_az = draw(st.integers(1, 2))
     n_lz = draw(st.integers(min_lz, 3))
     t = topology(n_az, n_lz)
@@ -71,6 +72,9 @@ def scenarios(draw: st.DrawFn, min_lz: int = 1) -> Scenario:
         faults=faults,
         seed=draw(st.integers(0, 1000)),
         drop_serving_zone=draw(st.sampled_from([0.0, 0.3])),
+        # rebuilt from local-style or kind-style access logs, or read from hops.jsonl
+        accesslogs=accesslogs or draw(st.sampled_from(["local", "kind", "none"])),
+        readiness=draw(st.booleans()),
     )
 
 
@@ -90,7 +94,7 @@ def test_clean_runs_pass(sc: Scenario) -> None:
 
 
 @SETTINGS
-@given(scenarios(min_lz=2), st.floats(0, 1), st.integers(0, 1))
+@given(scenarios(min_lz=2, accesslogs="none"), st.floats(0, 1), st.integers(0, 1))
 def test_one_lz_to_lz_hop_fails_hub_and_spoke(sc: Scenario, where: float, direct: int) -> None:
     d = _write(sc)
     try:
@@ -142,14 +146,16 @@ def test_slight_reordering_keeps_verdict(sc: Scenario, seed: int) -> None:
     try:
         before = _comparable(verify(d))
         rng = random.Random(seed)
-        for name in ("hops.jsonl", "requests.jsonl", "chaos.jsonl", "inventory.jsonl"):
-            lines = (d / name).read_text().splitlines()
+        files = [d / n for n in ("hops.jsonl", "requests.jsonl", "chaos.jsonl", "inventory.jsonl",
+                                 "entrypoints.jsonl", "upstream-stats.jsonl")]  # fmt: skip
+        for path in [*files, *sorted((d / "accesslogs").glob("*.jsonl"))]:
+            lines = path.read_text().splitlines()
             # swap neighbours within a window of 20 lines: records written by several processes
             for i in range(0, len(lines) - 1):
                 j = min(len(lines) - 1, i + rng.randrange(20))
                 if rng.random() < 0.3:
                     lines[i], lines[j] = lines[j], lines[i]
-            (d / name).write_text("\n".join(lines) + "\n")
+            path.write_text("\n".join(lines) + "\n")
         assert _comparable(verify(d)) == before
     finally:
         shutil.rmtree(d.parent)
@@ -184,6 +190,7 @@ def test_window_without_traffic_is_not_a_pass(n_lz: int, gap_start: float) -> No
         duration_s=60,
         rate_per_zone=4,
         faults=[FaultSpec("f", "service-down", zone, ("product-api",), gap_start, gap_start + 5, 0.1, 0.5)],
+        accesslogs="none",
     )
     d = _write(sc)
     try:
@@ -196,3 +203,22 @@ def test_window_without_traffic_is_not_a_pass(n_lz: int, gap_start: float) -> No
         assert "no traffic during fault f" in " ".join(v.fault("f").messages)
     finally:
         shutil.rmtree(d.parent)
+
+
+@settings(max_examples=4, deadline=None, derandomize=True)
+@given(st.floats(0.0, 0.6), st.sampled_from(["local", "kind", "none"]))
+def test_when_the_restore_is_recorded_does_not_change_the_failover(lag: float, accesslogs: str) -> None:
+    """Same config, same verdict: readiness, not the order of two writers, ends the failover window."""
+    t = topology(1, 2)
+    zone = t.edge_zones[0].name
+
+    def measured(recorded: float | None) -> tuple[float | None, bool]:
+        f = FaultSpec("f", "service-down", zone, ("product-api",), 20.0, 30.0, 0.1, 0.0, recorded_restore=recorded)
+        d = _write(Scenario(t, duration_s=45, rate_per_zone=5, faults=[f], replace_pods=False, accesslogs=accesslogs))
+        try:
+            v = verify(d)
+            return v.fault("f").failover_s, v.passed
+        finally:
+            shutil.rmtree(d.parent)
+
+    assert measured(None) == measured(30.0 + lag)

@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness.verify import Verdict, verify
+from harness.verify.model import seconds
 
 
 def junit_xml(verdict: Verdict, suite: str = "edge-harness.verify") -> str:
@@ -19,8 +20,9 @@ def junit_xml(verdict: Verdict, suite: str = "edge-harness.verify") -> str:
         cases.append(("invariants", inv.name, inv.passed, [inv.message], inv.message))
     for f in verdict.faults:
         detail = (
-            f"kind {f.kind}, zone {f.zone}, failover {f.failover_s}, lost requests {f.lost_requests}, "
-            f"lost hops {f.lost_hops}, recovery {f.recovery_s}"
+            f"kind {f.kind}, zone {f.zone}, failover {seconds(f.failover_s, f.failover_resolution_s)}, "
+            f"lost requests {f.lost_requests}, lost hops {f.lost_hops}, "
+            f"recovery {seconds(f.recovery_s, f.recovery_resolution_s)}"
         )
         cases.append(("faults", f.fault, f.passed, f.messages, detail))
     failures = sum(1 for c in cases if not c[2])
@@ -33,6 +35,7 @@ def junit_xml(verdict: Verdict, suite: str = "edge-harness.verify") -> str:
         ("run_dir", verdict.run.run_dir),
         ("topology", verdict.run.topology),
         ("schemaVersion", verdict.schema_version),
+        ("partial", str(verdict.run.partial).lower()),
     ):
         ET.SubElement(props, "property", name=k, value=v)
     for classname, name, passed, messages, detail in cases:

@@ -21,6 +21,10 @@ from harness.errors import InputError
 from harness.verify.invariants import DEFINITIONS, Checker
 from harness.verify.model import (
     AVAILABILITY,
+    CALL_GRAPH,
+    CONFIG,
+    COVERAGE,
+    EXPERIMENT_RAN,
     FALLBACK,
     HUB_AND_SPOKE,
     INVARIANTS,
@@ -28,6 +32,7 @@ from harness.verify.model import (
     SCHEMA_PATH,
     SCHEMA_VERSION,
     SHARED_SERVICES,
+    CheckResult,
     FaultResult,
     InvariantResult,
     PairResult,
@@ -73,7 +78,11 @@ def load_verdict(path: Path | str) -> Verdict:
 
 __all__ = [
     "AVAILABILITY",
+    "CALL_GRAPH",
+    "CONFIG",
+    "COVERAGE",
     "DEFINITIONS",
+    "EXPERIMENT_RAN",
     "FALLBACK",
     "HUB_AND_SPOKE",
     "INVARIANTS",
@@ -81,6 +90,7 @@ __all__ = [
     "SCHEMA_PATH",
     "SCHEMA_VERSION",
     "SHARED_SERVICES",
+    "CheckResult",
     "FaultResult",
     "InvariantResult",
     "PairResult",

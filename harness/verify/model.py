@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "verdict-schema.json"
 
 # Invariant names, in the order the design lists them (and the report shows them).
@@ -25,7 +25,21 @@ HUB_AND_SPOKE = "hub-and-spoke"
 FALLBACK = "fallback"
 SHARED_SERVICES = "shared-services"
 AVAILABILITY = "availability"
-INVARIANTS = (LOCALITY, HUB_AND_SPOKE, FALLBACK, SHARED_SERVICES, AVAILABILITY)
+CALL_GRAPH = "call-graph"
+EXPERIMENT_RAN = "experiment-ran"
+COVERAGE = "coverage"
+CONFIG = "config"
+INVARIANTS = (
+    LOCALITY,
+    HUB_AND_SPOKE,
+    FALLBACK,
+    SHARED_SERVICES,
+    AVAILABILITY,
+    CALL_GRAPH,
+    EXPERIMENT_RAN,
+    COVERAGE,
+    CONFIG,
+)
 
 # Pair status values: "no-traffic" is neither a pass nor a fail by itself; the
 # invariant decides (see invariants.py) whether missing traffic is fatal.
@@ -33,6 +47,8 @@ PASS = "pass"
 FAIL = "fail"
 NO_TRAFFIC = "no-traffic"
 NOT_APPLICABLE = "n/a"
+UNVERIFIED = "unverified"
+MAX_SKIPPED_LISTED = 100
 
 
 def iso(ts: float | None) -> str:
@@ -40,6 +56,20 @@ def iso(ts: float | None) -> str:
     if ts is None:
         return "-"
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def seconds(value: float | None, resolution: float | None = None) -> str:
+    """A measured time with its resolution, e.g. `0.210 s ±0.030`.
+
+    The resolution is the gap between the records that bound the instant, so
+    printing milliseconds without it would claim a precision the traffic did
+    not give. `-` when nothing was measured.
+    """
+    if value is None:
+        return "-"
+    if resolution is None:
+        return f"{value:.3f} s"
+    return f"{value:.3f} s ±{resolution:.3f}"
 
 
 @dataclass
@@ -73,12 +103,29 @@ class WindowResult:
 
 
 @dataclass
+class CheckResult:
+    """One piece of evidence an invariant judged that is not a zone pair or a time window.
+
+    Examples: a preflight check (config), an experiment's journal
+    (experiment-ran), a fault's coverage in one zone and window (coverage), a
+    sidecar's counters to a host in another edge zone (hub-and-spoke), an
+    undeclared call (call-graph).
+    """
+
+    subject: str
+    status: str  # pass | fail | unverified | n/a
+    message: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class InvariantResult:
     name: str
     passed: bool
     message: str
     pairs: list[PairResult] = field(default_factory=list)
     windows: list[WindowResult] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)
 
 
 @dataclass
@@ -98,6 +145,9 @@ class FaultResult:
     recovery_s: float | None
     passed: bool
     messages: list[str] = field(default_factory=list)
+    failover_resolution_s: float | None = None
+    recovery_resolution_s: float | None = None
+    failover_end: float | None = None  # where the failover window ended (restore, or the upstream ready again)
 
 
 @dataclass
@@ -117,6 +167,16 @@ class RunInfo:
     slo: dict[str, float]
     definitions: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    partial: bool = False
+    run_status: str | None = None  # run.json status (None: no run.json)
+    stopped_at: str | None = None  # run.json stage when the run is partial
+    hops_source: str = "none"  # accesslogs | hops.jsonl | none
+    accesslog_lines: int = 0
+    inbound_lines: int = 0
+    upstream_stats_records: int = 0
+    readiness_events: bool = False
+    skipped_records_total: int = 0
+    skipped_records: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -156,6 +216,7 @@ class Verdict:
         return {
             "schemaVersion": self.schema_version,
             "passed": self.passed,
+            "partial": self.run.partial,
             "run": asdict(self.run),
             "invariants": [asdict(i) for i in self.invariants],
             "faults": [asdict(f) for f in self.faults],
@@ -178,6 +239,7 @@ class Verdict:
                 message=i["message"],
                 pairs=[PairResult(**p) for p in i.get("pairs", [])],
                 windows=[WindowResult(**w) for w in i.get("windows", [])],
+                checks=[CheckResult(**c) for c in i.get("checks", [])],
             )
             for i in data["invariants"]
         ]

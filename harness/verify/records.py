@@ -1,34 +1,71 @@
-"""Load a run directory's records into DuckDB tables the invariants query.
+"""Load a run directory's records into DuckDB tables (and its few documents) for the invariants.
 
 Why DuckDB: a long run holds millions of hops; the invariants are set queries
 (group by pair, range-join against fault windows), which a columnar engine does
 in well under a second where a Python loop over dicts takes tens of seconds.
-Every file is read with `read_json` and *explicit* column types so that a
-record missing a field (an older observe, a copied run) yields NULL instead of
-a type guess that changes from run to run. A truncated last line (a run killed
-mid-write) is skipped (`ignore_errors`), because records are appended and
-flushed one line at a time and everything before it is intact.
+Every file is read with *explicit* column types (`harness.records`) so that a
+record missing a field yields NULL instead of a type guess that changes from
+run to run, and every line that cannot be used is skipped and *named*
+(`RunData.skipped`: file, line number, reason), never dropped silently.
+
+Hops are rebuilt from `accesslogs/` + the inventory every time the access
+logs exist (`harness.observe.hops.create_hops`): a stale or edited
+`hops.jsonl` never decides a verdict. Without access logs (a run copied
+without them) `hops.jsonl` is read, and hops it could not attribute are
+attributed by the same IP-at-time rule (`harness.observe.hops.resolve_ips`).
 
 Tables after `load_run`:
 - `zones(name, kind, type)`: kind `region` (availability zone) or `edge`.
 - `services(name, placement)`; `calls(caller, upstream)` (the call graph).
 - `requests(ts, zone, endpoint, name, status, latency_ms, ok, error)`.
-- `inventory(ts, event, pod, ip, node, zone, service)`.
+- `inventory` (= `inv`), `intervals`, `consul_names` (see observe).
 - `chaos(ts, fault, phase, action, kind, zone, service, services, entry_down)`.
-- `hops(...)`: hops.jsonl plus the derived columns `serving_zone` (resolved
-  from `inventory` by IP *at the hop's time* when the record lacks it),
-  `resolved` (it was), `caller_kind`, `serving_kind` (`region|edge|unknown`,
-  NULL when no upstream host), `placement` of the upstream and `ok`.
+- `entrypoints(ts, zone, url, up, reason)`.
+- `upstream_stats(...)`: upstream-stats.jsonl plus `caller_zone`, `caller_service`
+  (the sidecar's pod in the inventory) and `host_pod`, `host_zone`,
+  `host_service` (who held the host's IP at the snapshot's time).
+- `hops(...)`: the hops.jsonl columns plus `resolved` (the serving zone came from
+  the inventory), `caller_kind`, `serving_kind` (`region|edge|unknown`, NULL when
+  no upstream host), `placement` of the upstream and `ok`.
+
+Readiness (`RunData.down`): a (zone, service) is *up* while at least one of
+its pods is ready (`ready`/`unready` inventory events; `removed` is unready).
+An inventory without any readiness event (older runs) counts a pod as ready
+from its `added` event, and says so in a note. For Region callers the key is
+the Region as a whole (`topology.region`): any AZ's ready pod serves them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
-from harness.records import CHAOS_COLUMNS, HOP_COLUMNS, INVENTORY_COLUMNS, REQUEST_COLUMNS, read_json_sql, sql_str
+from harness.observe.hops import HopsBuild, create_hops, host_ip_sql, load_inventory, resolve_ips
+from harness.records import (
+    CHAOS_COLUMNS,
+    CHAOS_DIR,
+    CHAOS_FILE,
+    ENTRYPOINT_COLUMNS,
+    ENTRYPOINTS_FILE,
+    HOP_COLUMNS,
+    HOPS_FILE,
+    INVENTORY_FILE,
+    JOURNAL_FILE,
+    PLAN_FILE,
+    PREFLIGHT_FILE,
+    REQUEST_COLUMNS,
+    REQUESTS_FILE,
+    RUN_FILE,
+    UPSTREAM_STATS_COLUMNS,
+    UPSTREAM_STATS_FILE,
+    SkippedLine,
+    load_jsonl,
+    read_json_doc,
+    sql_str,
+)
 from harness.topology import Placement, Topology, load_topology
 
 # A hop failed when no upstream host answered, the upstream answered 5xx, or a
@@ -50,6 +87,7 @@ ACTION_KINDS = {
     "partition_zone": "partition",
 }
 FAULT_KINDS = ("service-down", "zone-down", "link-degraded", "partition")
+RUN_STATUSES = ("running", "complete", "interrupted", "failed")
 
 
 @dataclass(frozen=True)
@@ -67,6 +105,22 @@ class Fault:
 
 
 @dataclass
+class RunMeta:
+    """run.json: where the run was when it was last written (docs/CONTRACTS.md §4)."""
+
+    present: bool = False
+    started: float | None = None
+    ended: float | None = None
+    stage: str | None = None
+    status: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        """The run did not complete (or says nothing of it ending): its records stop somewhere."""
+        return self.present and (self.status != "complete" or self.ended is None)
+
+
+@dataclass
 class RunData:
     con: duckdb.DuckDBPyConnection
     topology: Topology
@@ -75,21 +129,37 @@ class RunData:
     notes: list[str]
     start: float | None
     end: float | None
+    skipped: list[SkippedLine] = field(default_factory=list)
+    hops_source: str = "none"  # accesslogs | hops.jsonl | none
+    hops_build: HopsBuild | None = None
+    meta: RunMeta = field(default_factory=RunMeta)
+    preflight: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
+    journals: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    unreadable: dict[str, SkippedLine] = field(default_factory=dict)  # document (relative path) -> why
+    readiness_events: bool = False
+    entrypoints_present: bool = False
+    # (zone or region, service) -> down intervals [lo, hi) (hi None: still down at the end)
+    down: dict[tuple[str, str], list[tuple[float, float | None]]] = field(default_factory=dict)
+    first_up: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def scalar(self, sql: str, params: list[object] | None = None) -> object:
         row = self.con.execute(sql, params or []).fetchone()
         return None if row is None else row[0]
 
-
-def _load_table(
-    con: duckdb.DuckDBPyConnection, table: str, path: Path, columns: dict[str, str], where: str = ""
-) -> None:
-    """Create `table` from a JSON-lines file, or empty with the same schema when absent."""
-    if path.is_file() and path.stat().st_size > 0:
-        con.execute(f"CREATE TABLE {table} AS SELECT * FROM {read_json_sql(path, columns)} {where}")
-    else:
-        cols = ", ".join(f'"{k}" {v}' for k, v in columns.items())
-        con.execute(f"CREATE TABLE {table} ({cols})")
+    def up_key(self, zone: str, service: str) -> tuple[str, str]:
+        """The readiness key a caller in `zone` depends on for `service` (the Region as a whole for AZs)."""
+        try:
+            z = self.topology.zone(zone)
+        except KeyError:
+            return (zone, service)
+        if not z.is_edge:
+            return (self.topology.region, service)
+        try:
+            placement = self.topology.service(service).placement
+        except KeyError:
+            return (zone, service)
+        return (zone, service) if placement is Placement.EDGE else (self.topology.region, service)
 
 
 def find_topology(run_dir: Path) -> Path:
@@ -100,23 +170,33 @@ def find_topology(run_dir: Path) -> Path:
 
 
 def load_run(run_dir: Path, threads: int | None = None) -> RunData:
-    """Read topology and records of `run_dir` into an in-memory DuckDB database."""
+    """Read topology, records and documents of `run_dir` into an in-memory DuckDB database."""
     topology = load_topology(find_topology(run_dir))
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    _topology_tables(con, topology)
-    _load_table(con, "requests", run_dir / "requests.jsonl", REQUEST_COLUMNS, "WHERE ts IS NOT NULL")
-    _load_table(con, "inventory", run_dir / "inventory.jsonl", INVENTORY_COLUMNS, "WHERE ts IS NOT NULL")
-    _load_table(con, "chaos", run_dir / "chaos.jsonl", CHAOS_COLUMNS, "WHERE ts IS NOT NULL")
-    _build_hops(con, topology, run_dir / "hops.jsonl")
+    con.execute("SET TimeZone = 'UTC'")
+    skipped: list[SkippedLine] = []
     notes: list[str] = []
-    faults = _faults(con, topology, notes)
+    _topology_tables(con, topology)
+    skipped += load_jsonl(con, "requests", [run_dir / REQUESTS_FILE], REQUEST_COLUMNS, root=run_dir)
+    skipped += load_jsonl(con, "chaos", [run_dir / CHAOS_FILE], CHAOS_COLUMNS, root=run_dir)
+    skipped += load_jsonl(
+        con, "entrypoints", [run_dir / ENTRYPOINTS_FILE], ENTRYPOINT_COLUMNS, root=run_dir,
+        valid_sql="ts IS NOT NULL AND zone IS NOT NULL AND up IS NOT NULL", what="ts, zone or up",
+    )  # fmt: skip
+    skipped += load_inventory(con, run_dir / INVENTORY_FILE, topology, root=run_dir)
+    con.execute("CREATE VIEW inventory AS SELECT * FROM inv")
+    run = RunData(con, topology, run_dir, [], notes, None, None)
+    run.entrypoints_present = (run_dir / ENTRYPOINTS_FILE).is_file()
+    _build_hops(run, skipped)
+    skipped += _upstream_stats(con, run_dir)
+    run.faults = _faults(con, topology, notes)
     row = con.execute(
         "SELECT min(lo), max(hi) FROM (SELECT min(ts) lo, max(ts) hi FROM hops "
         "UNION ALL SELECT min(ts), max(ts) FROM requests UNION ALL SELECT min(ts), max(ts) FROM chaos)"
     ).fetchone()
-    start, end = (row[0], row[1]) if row else (None, None)
+    run.start, run.end = (row[0], row[1]) if row else (None, None)
     unknown = [
         r[0]
         for r in con.execute(
@@ -126,7 +206,10 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     ]
     if unknown:
         notes.append(f"records name zones the topology does not have: {', '.join(unknown)}")
-    return RunData(con, topology, run_dir, faults, notes, start, end)
+    _readiness(run)
+    _documents(run, skipped)
+    run.skipped = sorted(skipped, key=lambda s: (s.file, s.line))
+    return run
 
 
 def _topology_tables(con: duckdb.DuckDBPyConnection, t: Topology) -> None:
@@ -149,18 +232,44 @@ def _case(column: str, mapping: dict[str, str], default: str) -> str:
     return f"(CASE {column} {whens} ELSE {sql_str(default)} END)" if mapping else sql_str(default)
 
 
-def _build_hops(con: duckdb.DuckDBPyConnection, t: Topology, path: Path) -> None:
-    """Read hops.jsonl into `hops` with serving zone, zone kinds, placement and success.
+def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
+    """Table `hops`: rebuilt from the access logs when there are any, else read from hops.jsonl.
 
-    One scan of the file computes everything from the topology (CASE over its
-    zone and service names fuses with the JSON scan; a join would materialise
-    the million rows once more). Then only the hops that lack a serving zone but
-    have an upstream host are updated from the inventory: an ASOF join picks the
-    pod that held the IP *at the hop's time* (pods are replaced under new IPs
-    and IPs are reused, so the latest mapping would be wrong); if the IP's first
-    `added` event comes slightly after the hop (clocks of different machines),
-    that first holder is used.
+    Then one pass adds what the invariants group by: zone kinds and the
+    upstream's placement (a CASE over the topology's names fuses with the
+    scan; a join would materialise the million rows once more) and success.
     """
+    con, t, run_dir = run.con, run.topology, run.run_dir
+    logs = sorted((run_dir / "accesslogs").glob("*.jsonl"))
+    if logs:
+        built = create_hops(con, run_dir, t, inventory_loaded=True, table="hops_base")
+        skipped += built.skipped
+        run.hops_build = built
+        run.hops_source = "accesslogs"
+        resolved = "serving_zone IS NOT NULL"
+        source = "hops_base"
+    else:
+        skipped += load_jsonl(con, "hops_file", [run_dir / HOPS_FILE], HOP_COLUMNS, root=run_dir)
+        run.hops_source = HOPS_FILE if (run_dir / HOPS_FILE).is_file() else "none"
+        # Hops observe could not attribute: the pod that held the IP at the hop's time (observe's one rule).
+        con.execute(
+            f"CREATE TEMP TABLE need_ip AS SELECT rowid AS id, ts, {host_ip_sql('upstream_host')} AS ip "
+            "FROM hops_file WHERE nullif(serving_zone, '') IS NULL AND coalesce(upstream_host, '') <> ''"
+        )
+        resolve_ips(con, "need_ip", "need_res")
+        con.execute(
+            """
+            CREATE TABLE hops_base AS
+            SELECT h.* REPLACE (coalesce(nullif(h.serving_pod, ''), r.pod) AS serving_pod,
+                                coalesce(nullif(h.serving_zone, ''), r.zone) AS serving_zone),
+                   r.id IS NOT NULL AS resolved_
+            FROM hops_file h LEFT JOIN need_res r ON r.id = h.rowid
+            """
+        )
+        for tbl in ("hops_file", "need_ip", "need_res"):
+            con.execute(f"DROP TABLE {tbl}")
+        resolved = "resolved_"
+        source = "hops_base"
     kinds = {z.name: ("edge" if z.is_edge else "region") for z in t.zones}
     placements = {s.name: s.placement.value for s in t.services}
     serving_kind = (
@@ -168,18 +277,11 @@ def _build_hops(con: duckdb.DuckDBPyConnection, t: Topology, path: Path) -> None
         "(CASE WHEN coalesce(upstream_host, '') = '' THEN NULL ELSE 'unknown' END) "
         f"ELSE {_case('serving_zone', kinds, 'unknown')} END)"
     )
-    if path.is_file() and path.stat().st_size > 0:
-        source = (
-            f"(SELECT * REPLACE (nullif(serving_pod, '') AS serving_pod, nullif(serving_zone, '') AS serving_zone) "
-            f"FROM {read_json_sql(path, HOP_COLUMNS)} WHERE ts IS NOT NULL)"
-        )
-    else:
-        cols = ", ".join(f'NULL::{v} AS "{k}"' for k, v in HOP_COLUMNS.items())
-        source = f"(SELECT {cols} LIMIT 0)"
+    cols = ", ".join(f'"{c}"' for c in HOP_COLUMNS)
     con.execute(
         f"""
         CREATE TABLE hops AS
-        SELECT *, false AS resolved,
+        SELECT {cols}, {resolved} AS resolved,
                {_case("caller_zone", kinds, "unknown")} AS caller_kind,
                {serving_kind} AS serving_kind,
                {_case("upstream", placements, "unknown")} AS placement,
@@ -187,29 +289,29 @@ def _build_hops(con: duckdb.DuckDBPyConnection, t: Topology, path: Path) -> None
         FROM {source}
         """
     )
+    con.execute(f"DROP TABLE {source}")
+
+
+def _upstream_stats(con: duckdb.DuckDBPyConnection, run_dir: Path) -> list[SkippedLine]:
+    """Table `upstream_stats`: the counters, their sidecar's zone, and who held each host's IP then."""
+    skipped = load_jsonl(con, "stats_raw", [run_dir / UPSTREAM_STATS_FILE], UPSTREAM_STATS_COLUMNS, root=run_dir)
+    con.execute(f"CREATE TEMP TABLE stats_ip AS SELECT row_number() OVER () AS id, *, {host_ip_sql('host')} AS ip "
+                "FROM stats_raw")  # fmt: skip
+    resolve_ips(con, "stats_ip", "stats_host")
     con.execute(
-        "CREATE TABLE inv_ip AS SELECT ts, ip, pod, zone FROM inventory "
-        "WHERE event IN ('added', 'ip') AND coalesce(ip, '') <> '' AND zone IS NOT NULL"
-    )
-    con.execute(
-        "CREATE TABLE inv_first AS SELECT ip, arg_min(pod, ts) pod, arg_min(zone, ts) zone FROM inv_ip GROUP BY ip"
-    )
-    con.execute(
-        f"""
-        UPDATE hops SET serving_zone = m.zone, serving_pod = coalesce(hops.serving_pod, m.pod), resolved = true,
-               serving_kind = {_case("m.zone", kinds, "unknown")}
-        FROM (
-            SELECT h.rid, coalesce(i.zone, f.zone) AS zone, coalesce(i.pod, f.pod) AS pod
-            FROM (SELECT rowid AS rid, ts,
-                         regexp_replace(regexp_replace(upstream_host, ':[0-9]+$', ''), '^\\[|\\]$', '', 'g') AS ip
-                  FROM hops WHERE serving_zone IS NULL AND coalesce(upstream_host, '') <> '') h
-            ASOF LEFT JOIN inv_ip i ON h.ip = i.ip AND h.ts >= i.ts
-            LEFT JOIN inv_first f ON h.ip = f.ip
-            WHERE coalesce(i.zone, f.zone) IS NOT NULL
-        ) m
-        WHERE hops.rowid = m.rid
+        """
+        CREATE TABLE upstream_stats AS
+        SELECT s.* EXCLUDE (id), c.zone AS caller_zone, c.service AS caller_service,
+               h.pod AS host_pod, h.zone AS host_zone, h.service AS host_service
+        FROM stats_ip s
+        LEFT JOIN (SELECT pod, arg_max(zone, start_ts) AS zone, arg_max(service, start_ts) AS service
+                   FROM intervals GROUP BY pod) c ON c.pod = s.pod
+        LEFT JOIN stats_host h ON h.id = s.id
         """
     )
+    for tbl in ("stats_raw", "stats_ip", "stats_host"):
+        con.execute(f"DROP TABLE {tbl}")
+    return skipped
 
 
 def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> list[Fault]:
@@ -259,11 +361,109 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
     return sorted(done, key=lambda x: (x.inject, x.fault))
 
 
-def zone_is_edge(t: Topology, zone: str) -> bool:
+def _readiness(run: RunData) -> None:
+    """Down intervals per (zone, service) and per (Region, service), from the inventory (few rows)."""
+    # Events at the same instant keep the writer's order (one pod's unready then ready stays so); a
+    # hand-over between two pods at one instant is a zero-length outage, which is dropped below.
+    rows = run.con.execute(
+        "SELECT ts, event, pod, zone, service FROM inv WHERE zone IS NOT NULL AND service IS NOT NULL "
+        "ORDER BY ts, rowid"
+    ).fetchall()
+    run.readiness_events = any(r[1] in ("ready", "unready") for r in rows)
+    if rows and not run.readiness_events:
+        run.notes.append(
+            "the inventory has no ready/unready events (an older inventory): "
+            "a pod counts as ready from its `added` event until it is removed"
+        )
+    ready_pods: dict[tuple[str, str], set[str]] = {}
+    open_down: dict[tuple[str, str], float] = {}
+    for ts, event, pod, zone, service in rows:
+        keys = [(zone, service)]
+        if not _is_edge(run.topology, zone):
+            keys.append((run.topology.region, service))
+        if event == "ready" or (event == "added" and not run.readiness_events):
+            becomes: bool | None = True
+        elif event in ("unready", "removed"):
+            becomes = False
+        else:
+            becomes = None
+        if becomes is None:
+            continue
+        for key in keys:
+            pods = ready_pods.setdefault(key, set())
+            before = bool(pods)
+            (pods.add if becomes else pods.discard)(pod)
+            after = bool(pods)
+            if after and not before:
+                run.first_up.setdefault(key, float(ts))
+                lo = open_down.pop(key, None)
+                if lo is not None and ts > lo:
+                    run.down.setdefault(key, []).append((lo, float(ts)))
+            elif before and not after:
+                open_down[key] = float(ts)
+    for key, lo in open_down.items():
+        run.down.setdefault(key, []).append((lo, None))
+
+
+def _is_edge(t: Topology, zone: str) -> bool:
     try:
         return t.zone(zone).is_edge
     except KeyError:
-        return True  # unknown zones are judged as strictly as edge zones
+        return True
+
+
+def _doc(run: RunData, rel: str, skipped: list[SkippedLine]) -> Any:
+    data, bad = read_json_doc(run.run_dir / rel, root=run.run_dir)
+    if bad is not None:
+        skipped.append(bad)
+        run.unreadable[rel] = bad
+    return data
+
+
+def _documents(run: RunData, skipped: list[SkippedLine]) -> None:
+    """run.json, preflight.json, plan.json and the experiments' journals (small: plain Python)."""
+    meta = _doc(run, RUN_FILE, skipped)
+    if isinstance(meta, dict):
+        status = meta.get("status")
+        run.meta = RunMeta(
+            present=True,
+            started=_num(meta.get("started")),
+            ended=_num(meta.get("ended")),
+            stage=str(meta["stage"]) if meta.get("stage") is not None else None,
+            status=str(status) if status is not None else None,
+        )
+        if status not in RUN_STATUSES:
+            run.notes.append(f"{RUN_FILE}: unknown status {status!r}")
+    elif RUN_FILE in run.unreadable:
+        run.meta = RunMeta(present=True)  # a run.json cut short: the run did not finish writing it
+    elif meta is not None:
+        run.unreadable[RUN_FILE] = SkippedLine(RUN_FILE, 1, "not a JSON object")
+        run.meta = RunMeta(present=True)
+    else:
+        run.notes.append(f"no {RUN_FILE}: whether the run completed is not recorded")
+    pre = _doc(run, PREFLIGHT_FILE, skipped)
+    run.preflight = pre if isinstance(pre, dict) else None
+    if pre is not None and not isinstance(pre, dict):
+        run.unreadable[PREFLIGHT_FILE] = SkippedLine(PREFLIGHT_FILE, 1, "not a JSON object")
+    plan = _doc(run, PLAN_FILE, skipped)
+    run.plan = plan if isinstance(plan, dict) else None
+    if plan is not None and not isinstance(plan, dict):
+        run.unreadable[PLAN_FILE] = SkippedLine(PLAN_FILE, 1, "not a JSON object")
+    ids = [str(e.get("id")) for e in (run.plan or {}).get("experiments") or [] if isinstance(e, dict)]
+    chaos_dir = run.run_dir / CHAOS_DIR
+    found = sorted(p.name for p in chaos_dir.iterdir() if p.is_dir()) if chaos_dir.is_dir() else []
+    for exp_id in dict.fromkeys([*ids, *found]):
+        rel = f"{CHAOS_DIR}/{exp_id}/{JOURNAL_FILE}"
+        j = _doc(run, rel, skipped)
+        run.journals[exp_id] = j if isinstance(j, dict) else None
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
+
+
+def zone_is_edge(t: Topology, zone: str) -> bool:
+    return _is_edge(t, zone)  # unknown zones are judged as strictly as edge zones
 
 
 def pairs(t: Topology) -> list[tuple[str, str, tuple[str, ...]]]:

@@ -8,9 +8,22 @@ than from fixtures keeps the expected values computed, not copied. The model
 also knows the seeded misconfigurations of the design, so the tests can check
 each one makes the verdict fail.
 
-It writes exactly the files of docs/CONTRACTS.md §4 (manifests/topology.yaml,
-requests.jsonl, hops.jsonl, inventory.jsonl, chaos.jsonl) and nothing the
-verifier would not get from a real run.
+It writes the files of docs/CONTRACTS.md §4 and nothing the verifier would not
+get from a real run: run.json, manifests/topology.yaml, requests.jsonl,
+accesslogs/<pod>.jsonl (raw Envoy JSON lines, local-backend style with
+`direction`/`caller_*`, or kind style without them and with the inbound
+`local_app` lines), hops.jsonl (what observe derives from them),
+inventory.jsonl (added/ready/unready/removed), entrypoints.jsonl,
+upstream-stats.jsonl (per-host counters at start, each fault boundary and
+end), preflight.json, chaos.jsonl, plan.json and chaos/<id>/journal.json
+(chaostoolkit-lib 1.44's journal shape). Each can be left out to model an
+older or broken run.
+
+Times follow the real writers: Envoy's START_TIME has millisecond precision,
+so hop times are whole milliseconds in both access logs and hops.jsonl; the
+chaos timeline's restore is written when the fault is undone (a killed pod's
+replacement is ready at that instant), unless `FaultSpec.recorded_restore`
+models an older timeline that wrote it later.
 """
 
 from __future__ import annotations
@@ -19,12 +32,24 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from harness.render.naming import consul_name
 from harness.topology import Placement, Topology, dump_topology
 
-MISCONFIGS = ("failover-to-lz", "missing-failover", "no-locality", "postgres-in-lz")
+MISCONFIGS = (
+    "failover-to-lz",  # the resolver fails over to another Local Zone (the hop is logged there)
+    "failover-to-lz-hidden",  # targets [other LZ, Region]: the LZ attempt fails at connect, the retry hides it
+    "missing-failover",
+    "no-locality",
+    "postgres-in-lz",
+    "postgres-unrouted",  # the first Local Zone's postgres hops find no upstream host (a redirect removed)
+    "call-outside-graph",  # the first Local Zone's frontend calls product-api directly
+)
+TRUST_DOMAIN = "0f0f0f0f-synth.consul"
+ACTIONS = {"service-down": "kill_pod", "zone-down": "zone_outage", "link-degraded": "set_link"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +60,9 @@ class FaultSpec:
     restored). `failover_delay_s`: hops from the zone to the down services fail
     for this long before the Region takes over. `recovery_delay_s`: after the
     restore the Region keeps serving (zone-down: the zone keeps failing) this long.
+    `recorded_restore`: when the timeline's restore line is written, if not at
+    the restore (older timelines wrote it after waiting for readiness).
+    `recorded=False` models an outage of the mesh that no experiment caused.
     """
 
     fault: str
@@ -46,6 +74,8 @@ class FaultSpec:
     failover_delay_s: float = 1.0
     recovery_delay_s: float = 2.0
     entry_down: bool = False
+    recorded_restore: float | None = None
+    recorded: bool = True  # False: an outage nobody injected (no timeline line, no experiment)
 
 
 @dataclass
@@ -59,6 +89,14 @@ class Scenario:
     replace_pods: bool = True  # a restored service comes back as new pods under new IPs; old IPs are reused
     start: float = 1_764_100_000.0
     seed: int = 0
+    accesslogs: str = "local"  # local | kind | none
+    readiness: bool = True  # the inventory has ready/unready events (older inventories do not)
+    silent: list[tuple[str, float, float | None]] = field(default_factory=list)  # (zone, from, to): users hang
+    stats: bool = True  # upstream-stats.jsonl
+    entrypoints: bool = True  # entrypoints.jsonl
+    preflight: bool = True  # preflight.json (every check passing)
+    plan: bool = True  # plan.json + one experiment (journal) per fault
+    run_status: str | None = "complete"  # run.json status; None: no run.json
 
 
 @dataclass
@@ -73,6 +111,15 @@ def _num(x: float) -> str:
     return repr(round(x, 6))
 
 
+def _ms(ts: float) -> int:
+    """Envoy's clock: whole milliseconds (START_TIME is printed with %3f)."""
+    return int(ts * 1000 + 1e-6)
+
+
+def _envoy_time(ms: int) -> str:
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
 class _Model:
     def __init__(self, sc: Scenario) -> None:
         self.sc = sc
@@ -84,8 +131,10 @@ class _Model:
         self.next_host: dict[str, int] = {}
         self.inventory: list[dict[str, object]] = []
         self.pods: dict[tuple[str, str], list[_Pod]] = {}  # current pods per (service, zone)
-        self.history: dict[tuple[str, str], list[tuple[float, list[_Pod]]]] = {}
+        self.all_pods: dict[str, _Pod] = {}
         self.ports = {s.name: s.container_port for s in self.t.services}
+        self.counters: dict[tuple[str, str, str], list[int]] = {}  # (pod, cluster, host) -> cx, cf, rq, rqe
+        self.stats_lines: list[str] = []
         for s in self.t.services:
             zones = [z.name for z in self.t.zones] if s.placement is Placement.EDGE else self.azs
             if s.placement is Placement.REGION:
@@ -99,12 +148,21 @@ class _Model:
                 for z in self.lzs:
                     self._add(s.name, z, sc.start - 10.0)
         self.entry = next(s.name for s in self.t.services if not any(s.name in o.upstreams for o in self.t.services))
-        # pod replacement: at each service-down restore the zone's pods are replaced
-        self.changes: list[tuple[float, str, str]] = []
+        self._members()
+        # Pod lifecycle during faults, in time order: (ts, order, what, service, zone)
+        self.changes: list[tuple[float, int, str, str, str]] = []
         for f in sc.faults:
-            if f.kind == "service-down" and f.restore is not None and sc.replace_pods:
+            if f.kind == "service-down":
                 for name in f.services:
-                    self.changes.append((sc.start + f.restore, name, f.zone))
+                    self.changes.append((sc.start + f.inject + 0.001, 0, "down", name, f.zone))
+                    if f.restore is not None:
+                        self.changes.append((sc.start + f.restore, 1, "up", name, f.zone))
+            elif f.kind == "zone-down":
+                for s in self.t.services:
+                    if (s.name, f.zone) in self.pods:
+                        self.changes.append((sc.start + f.inject + 0.001, 0, "unready", s.name, f.zone))
+                        if f.restore is not None:
+                            self.changes.append((sc.start + f.restore, 1, "ready", s.name, f.zone))
         self.changes.sort()
 
     def _ip(self, zone: str) -> str:
@@ -112,44 +170,66 @@ class _Model:
         self.next_host[zone] = n + 1
         return f"10.213.{self.zone_index[zone]}.{n}"
 
-    def _add(self, service: str, zone: str, ts: float, ip: str | None = None) -> _Pod:
+    def _event(self, ts: float, event: str, p: _Pod) -> None:
+        self.inventory.append(
+            {
+                "ts": ts,
+                "event": event,
+                "pod": p.name,
+                "ip": p.ip,
+                "node": f"{self.t.short(p.zone)}-n1" if p.zone in self.zone_index else "",
+                "zone": p.zone,
+                "service": p.service,
+                "consul_service": self.consul(p.service, p.zone),
+                "namespace": "hashicups",
+            }
+        )
+
+    def consul(self, service: str, zone: str) -> str:
+        try:
+            return consul_name(self.t, self.t.service(service), self.t.zone(zone), self.t.edition)
+        except KeyError:
+            return service
+
+    def _add(self, service: str, zone: str, ts: float, ip: str | None = None, ready: bool = True) -> _Pod:
         short = self.t.short(zone)
         k = len(self.inventory)
         pod = _Pod(f"{service}-{short}-{k:04x}", ip or self._ip(zone), zone, service)
         self.pods.setdefault((service, zone), []).append(pod)
-        self.inventory.append(
-            {
-                "ts": ts,
-                "event": "added",
-                "pod": pod.name,
-                "ip": pod.ip,
-                "node": f"{short}-n1",
-                "zone": zone,
-                "service": service,
-            }
-        )
+        self.all_pods[pod.name] = pod
+        self._event(ts, "added", pod)
+        if ready and self.sc.readiness:
+            self._event(ts + (1.0 if ts < self.sc.start else 0.0), "ready", pod)
         return pod
 
+    def apply(self, ts: float, what: str, service: str, zone: str) -> None:
+        """A fault's effect on the pods (killed / back / unready / ready), as the inventory records it."""
+        if what == "down":
+            if self.sc.replace_pods:
+                for p in self.pods.get((service, zone), []):
+                    self._event(ts, "removed", p)
+            elif self.sc.readiness:
+                for p in self.pods.get((service, zone), []):
+                    self._event(ts, "unready", p)
+        elif what == "up":
+            if self.sc.replace_pods:
+                self.replace(service, zone, ts)
+            elif self.sc.readiness:
+                for p in self.pods.get((service, zone), []):
+                    self._event(ts, "ready", p)
+        elif self.sc.readiness:
+            for p in self.pods.get((service, zone), []):
+                self._event(ts, what, p)
+
     def replace(self, service: str, zone: str, ts: float) -> None:
+        """The Deployment's replacements are ready at `ts` (the restore); the dead pods' IPs are reused."""
         old = self.pods.get((service, zone), [])
         self.pods[(service, zone)] = []
-        for p in old:
-            self.inventory.append(
-                {
-                    "ts": ts,
-                    "event": "removed",
-                    "pod": p.name,
-                    "ip": p.ip,
-                    "node": "",
-                    "zone": p.zone,
-                    "service": service,
-                }
-            )
         for _ in old:
             self._add(service, zone, ts)
         # the old IPs are handed to unrelated pods in the first AZ: attribution must use history
         for p in old:
-            self._add("batch-job", self.azs[0], ts + 0.001, ip=p.ip)
+            self._add("batch-job", self.azs[0], ts + 0.001, ip=p.ip, ready=False)
             self.pods.pop(("batch-job", self.azs[0]), None)
 
     def pick(self, service: str, zone: str) -> _Pod | None:
@@ -169,9 +249,74 @@ class _Model:
                 return p
         return None
 
+    # -- attempt evidence ------------------------------------------------------
+    def _members(self) -> None:
+        """Every sidecar lists its upstreams' hosts with zero counters before the first request."""
+        for (service, zone), callers in list(self.pods.items()):
+            for u in next((s.upstreams for s in self.t.services if s.name == service), []):
+                local = self.pods.get((u, zone)) if self.t.service(u).placement is Placement.EDGE else None
+                targets = local or [p for az in self.azs for p in self.pods.get((u, az), [])]
+                for c in callers:
+                    for p in targets:
+                        key = (c.name, self.cluster(zone, u, p.zone), f"{p.ip}:{self.ports[u]}")
+                        self.counters.setdefault(key, [0, 0, 0, 0])
+
+    def cluster(self, caller_zone: str, upstream: str, served_zone: str | None) -> str:
+        """The Envoy cluster of a caller's upstream that holds the serving host (failover sub-clusters)."""
+        name = self.consul(upstream, caller_zone)
+        base = f"{name}.default.dc1.internal.{TRUST_DOMAIN}"
+        if name == upstream:  # Region-only upstream, or a Region caller
+            return base
+        target = self.consul(upstream, served_zone) if served_zone else name
+        k = 0 if target == name else 1
+        return f"failover-target~{k}~{target}.default.dc1.internal.{TRUST_DOMAIN}"
+
+    def count(self, caller: str, cluster: str, host: str, rq: int = 1, cf: int = 0, err: int = 0) -> None:
+        c = self.counters.setdefault((caller, cluster, host), [0, 0, 0, 0])
+        if c[0] == 0 or cf:
+            c[0] += 1  # a new connection (first use, or a connect attempt that failed)
+        c[1] += cf
+        c[2] += rq
+        c[3] += err
+
+    def snapshot(self, ts: float, label: str) -> None:
+        """Every live sidecar's counters (a dead pod's Envoy admin does not answer)."""
+        if not self.sc.stats:
+            return
+        alive = {p.name for pods in self.pods.values() for p in pods}
+        for (pod, cluster, host), (cx, cf, rq, rqe) in sorted(self.counters.items()):
+            if pod not in alive:
+                continue
+            self.stats_lines.append(
+                json.dumps(
+                    {
+                        "ts": ts,
+                        "label": label,
+                        "pod": pod,
+                        "cluster": cluster,
+                        "host": host,
+                        "cx_total": cx,
+                        "cx_connect_fail": cf,
+                        "rq_total": rq,
+                        "rq_error": rqe,
+                        "rq_timeout": 0,
+                        "health_flags": "healthy",
+                    }
+                )
+                + "\n"
+            )
+
 
 def _active(f: FaultSpec, rel: float, extra: float = 0.0) -> bool:
     return f.inject <= rel and (f.restore is None or rel < f.restore + extra)
+
+
+def experiment_id(i: int, f: FaultSpec) -> str:
+    return f"{i + 1:02d}-{f.fault}"
+
+
+def action_name(f: FaultSpec) -> str:
+    return f"{ACTIONS.get(f.kind, 'partition_zone')} {f.zone}"
 
 
 def write_run(run_dir: Path, sc: Scenario) -> Path:
@@ -180,28 +325,49 @@ def write_run(run_dir: Path, sc: Scenario) -> Path:
     (run_dir / "manifests").mkdir(exist_ok=True)
     (run_dir / "manifests" / "topology.yaml").write_text(dump_topology(sc.topology), encoding="utf-8")
     m = _Model(sc)
+    logs = _AccessLogs(run_dir / "accesslogs", sc.accesslogs)
     with (
         (run_dir / "hops.jsonl").open("w", encoding="utf-8") as hops,
         (run_dir / "requests.jsonl").open("w", encoding="utf-8") as reqs,
     ):
-        _simulate(m, sc, hops, reqs)
-    with (run_dir / "inventory.jsonl").open("w", encoding="utf-8") as inv:
-        for e in sorted(m.inventory, key=lambda e: float(e["ts"])):  # type: ignore[arg-type]
-            inv.write(json.dumps(e) + "\n")
-    with (run_dir / "chaos.jsonl").open("w", encoding="utf-8") as ch:
-        for rec in chaos_records(sc):
-            ch.write(json.dumps(rec) + "\n")
+        _simulate(m, sc, hops, reqs, logs)
+    logs.flush()
+    _write_lines(run_dir / "inventory.jsonl", [json.dumps(e) + "\n" for e in _sorted_events(m.inventory)])
+    _write_lines(run_dir / "chaos.jsonl", [json.dumps(r) + "\n" for r in chaos_records(sc)])
+    if sc.stats:
+        _write_lines(run_dir / "upstream-stats.jsonl", m.stats_lines)
+    if sc.entrypoints:
+        _write_lines(run_dir / "entrypoints.jsonl", [json.dumps(r) + "\n" for r in entrypoint_records(sc, m)])
+    if sc.preflight:
+        (run_dir / "preflight.json").write_text(json.dumps(preflight(sc, m), indent=1), encoding="utf-8")
+    if sc.plan and any(f.recorded for f in sc.faults):
+        _write_plan(run_dir, sc)
+    if sc.run_status is not None:
+        ended = sc.start + sc.duration_s + 1.0 if sc.run_status != "running" else None
+        stage = "done" if sc.run_status == "complete" else "chaos"  # where an unfinished run stopped
+        state = {"started": sc.start - 20.0, "ended": ended, "stage": stage, "status": sc.run_status}
+        (run_dir / "run.json").write_text(json.dumps(state) + "\n", encoding="utf-8")
     return run_dir
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+
+
+def _sorted_events(events: list[dict[str, object]]) -> list[dict[str, object]]:
+    order = {"added": 0, "ready": 1, "unready": 2, "removed": 3}
+    return sorted(events, key=lambda e: (float(e["ts"]), order.get(str(e["event"]), 9)))  # type: ignore[arg-type]
 
 
 def chaos_records(sc: Scenario) -> Iterator[dict[str, object]]:
     events: list[dict[str, object]] = []
     for f in sc.faults:
+        if not f.recorded:
+            continue
         base = {
             "fault": f.fault,
-            "action": {"service-down": "kill_pod", "zone-down": "zone_outage", "link-degraded": "set_link"}.get(
-                f.kind, "partition_zone"
-            ),
+            "action": ACTIONS.get(f.kind, "partition_zone"),
             "kind": f.kind,
             "zone": f.zone,
             "service": f.services[0] if f.services else None,
@@ -210,23 +376,161 @@ def chaos_records(sc: Scenario) -> Iterator[dict[str, object]]:
         }
         events.append({"ts": sc.start + f.inject, "phase": "inject", **base})
         if f.restore is not None:
-            events.append({"ts": sc.start + f.restore, "phase": "restore", **base})
+            at = f.recorded_restore if f.recorded_restore is not None else f.restore
+            events.append({"ts": sc.start + at, "phase": "restore", **base})
     yield from sorted(events, key=lambda e: float(e["ts"]))  # type: ignore[arg-type]
 
 
-def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str]) -> None:
+def _entry_dead(m: _Model, f: FaultSpec, zone: str, rel: float) -> bool:
+    return (
+        f.zone == zone
+        and (f.kind == "zone-down" or (f.kind == "service-down" and m.entry in f.services))
+        and _active(f, rel, f.recovery_delay_s if f.kind == "zone-down" else 0.0)
+    )
+
+
+def entrypoint_records(sc: Scenario, m: _Model) -> list[dict[str, object]]:
+    """Each zone's entry point up at the start, down while a fault kills it (as `_entry_dead` models)."""
+    out: list[dict[str, object]] = []
+    for z in sc.topology.zones:
+        url = f"http://127.0.0.1:{31000 + m.zone_index[z.name]}"
+        out.append({"ts": sc.start - 5.0, "zone": z.name, "url": url, "up": True, "reason": "ready"})
+        for f in sc.faults:
+            if f.zone != z.name or not (f.kind == "zone-down" or (f.kind == "service-down" and m.entry in f.services)):
+                continue
+            out.append({"ts": sc.start + f.inject, "zone": z.name, "url": url, "up": False,
+                        "reason": f"no ready {m.entry} pod"})  # fmt: skip
+            if f.restore is not None:
+                back = f.restore + (f.recovery_delay_s if f.kind == "zone-down" else 0.0)
+                out.append({"ts": sc.start + back, "zone": z.name, "url": url, "up": True, "reason": "ready"})
+    return sorted(out, key=lambda r: (float(r["ts"]), str(r["zone"])))  # type: ignore[arg-type]
+
+
+def preflight(sc: Scenario, m: _Model) -> dict[str, Any]:
+    """Consul's view as the preflight would record it for a correctly rendered mesh (every check passing)."""
+    t = sc.topology
+    checks: list[dict[str, Any]] = []
+    names = sorted({m.consul(s.name, z.name) for s in t.services for z in t.zones
+                    if s.placement is Placement.EDGE or not z.is_edge})  # fmt: skip
+    for n in names:
+        checks.append({"check": "crd-synced", "subject": f"ServiceDefaults/{n}", "ok": True, "message": "Synced",
+                       "detail": {}})  # fmt: skip
+        checks.append({"check": "instances-passing", "subject": n, "ok": True, "message": "every instance passing",
+                       "detail": {}})  # fmt: skip
+    for z in t.edge_zones:
+        for s in t.services:
+            if s.placement is not Placement.EDGE:
+                continue
+            local = m.consul(s.name, z.name)
+            checks.append({"check": "discovery-chain", "subject": local, "ok": True,
+                           "message": "in-zone first, then the Region", "detail": {"caller_zone": z.name,
+                           "targets": [f"{local}.default.dc1", f"{s.name}.default.dc1"]}})  # fmt: skip
+    declared = {(s.name, u) for s in t.services for u in s.upstreams}
+    for src in t.services:
+        for dst in t.services:
+            if src.name != dst.name and (src.name, dst.name) not in declared:
+                checks.append({"check": "intentions", "subject": f"{src.name} -> {dst.name}", "ok": True,
+                               "message": "denied", "detail": {"allowed": False}})  # fmt: skip
+    checks.append({"check": "refused-probe", "subject": "frontend -> product-api", "ok": True,
+                   "message": "refused (403)", "detail": {}})  # fmt: skip
+    return {"ts": sc.start - 15.0, "consul": "http://127.0.0.1:8500", "ok": True, "checks": checks}
+
+
+def _write_plan(run_dir: Path, sc: Scenario) -> None:
+    exps = []
+    for i, f in enumerate(x for x in sc.faults if x.recorded):
+        exp_id = experiment_id(i, f)
+        exps.append({"id": exp_id, "file": f"experiments/{f.fault}.json", "actions": [action_name(f)]})
+        d = run_dir / "chaos" / exp_id
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "journal.json").write_text(json.dumps(journal(sc, f), indent=1), encoding="utf-8")
+    (run_dir / "plan.json").write_text(json.dumps({"experiments": exps}, indent=1), encoding="utf-8")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def journal(sc: Scenario, f: FaultSpec) -> dict[str, Any]:
+    """A chaostoolkit-lib 1.44 journal of an experiment whose one action ran and succeeded."""
+    t0 = sc.start + f.inject - 1.0
+    probe = {"activity": {"type": "probe", "name": "all-pods-ready", "tolerance": True,
+                          "provider": {"type": "python", "module": "harness.chaos.probes", "func": "all_pods_ready"}},
+             "output": True, "status": "succeeded", "start": _iso(t0), "end": _iso(t0 + 0.1), "duration": 0.1,
+             "tolerance_met": True}  # fmt: skip
+    end = sc.start + (f.restore if f.restore is not None else sc.duration_s)
+    action = {"activity": {"type": "action", "name": action_name(f),
+                           "provider": {"type": "python", "module": "harness.chaos.actions",
+                                        "func": ACTIONS.get(f.kind, "partition_zone")}},
+              "output": {"fault": f.fault}, "status": "succeeded", "start": _iso(sc.start + f.inject),
+              "end": _iso(end), "duration": end - sc.start - f.inject}  # fmt: skip
+    return {
+        "chaoslib-version": "1.44.0",
+        "experiment": {"title": f.fault},
+        "start": _iso(t0),
+        "end": _iso(end + 1.0),
+        "status": "completed",
+        "deviated": False,
+        "steady_states": {
+            "before": {"steady_state_met": True, "probes": [probe]},
+            "after": {"steady_state_met": True, "probes": [probe]},
+            "during": [],
+        },
+        "run": [action],
+        "rollbacks": [],
+    }
+
+
+class _AccessLogs:
+    """Raw Envoy access-log lines per pod, buffered and appended (a long run has many pods and lines)."""
+
+    def __init__(self, root: Path, style: str) -> None:
+        self.root = root
+        self.style = style
+        self.buf: dict[str, list[str]] = {}
+        self.n = 0
+        if style != "none":
+            root.mkdir(parents=True, exist_ok=True)
+
+    def add(self, pod: str, rec: dict[str, Any]) -> None:
+        if self.style == "none":
+            return
+        self.buf.setdefault(pod, []).append(json.dumps(rec) + "\n")
+        self.n += 1
+        if self.n >= 50_000:
+            self.flush()
+
+    def flush(self) -> None:
+        for pod, lines in self.buf.items():
+            with (self.root / f"{pod}.jsonl").open("a", encoding="utf-8") as fh:
+                fh.writelines(lines)
+        self.buf.clear()
+        self.n = 0
+
+
+def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _AccessLogs) -> None:
     t = sc.topology
     zones = [z.name for z in t.zones]
     edge = {z.name: z.is_edge for z in t.zones}
     placement = {s.name: s.placement for s in t.services}
     upstreams = {s.name: list(s.upstreams) for s in t.services}
+    protocol = {s.name: s.protocol for s in t.services}
+    if sc.misconfig == "call-outside-graph":
+        upstreams = {**upstreams, "frontend": ["product-api", *upstreams["frontend"]]}
     link_ms = {z.name: z.link.latency_ms for z in t.zones if z.is_edge}
     step = 1.0 / sc.rate_per_zone
     n_ticks = int(sc.duration_s * sc.rate_per_zone)
     rng = m.rng
     changes = list(m.changes)
+    snaps = sorted(
+        [(sc.start - 0.5, "start")]
+        + [(sc.start + f.inject + 0.002, f"inject {f.fault}") for f in sc.faults if f.recorded]
+        + [(sc.start + (f.restore if f.recorded_restore is None else f.recorded_restore) + 0.002,
+            f"restore {f.fault}") for f in sc.faults if f.restore is not None and f.recorded]
+    )  # fmt: skip
     faults = sc.faults
     drop = sc.drop_serving_zone
+    first_lz = m.lzs[0] if m.lzs else None
     hop_lines: list[str] = []
     req_lines: list[str] = []
 
@@ -250,67 +554,91 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str]) -> None:
                     other = next((z for z in m.lzs if z != czone), None)
                     pod = m.pick(up, other) if other else None
                     return pod, 503, "UF", 1000.0
+                if sc.misconfig == "failover-to-lz-hidden":
+                    other = next((z for z in m.lzs if z != czone), None)
+                    tried = m.pick(up, other) if other else None
+                    caller_pod = m.pick(caller, czone)
+                    if tried and caller_pod:  # the connect to the other LZ fails; Envoy retries to the Region
+                        m.count(caller_pod.name, m.cluster(czone, up, other), f"{tried.ip}:{m.ports[up]}", 0, 1)
                 return m.region_pod(up, None), 200, "-", link_ms.get(czone, 0.0)
         if placement[up] is Placement.REGION:
             if sc.misconfig == "postgres-in-lz" and edge[czone]:
                 return m.pick(up, czone), 200, "-", extra
+            if sc.misconfig == "postgres-unrouted" and czone == first_lz:
+                return None, 0, "UH", 0.0
             return m.region_pod(up, czone), 200, "-", extra + link_ms.get(czone, 0.0)
         if sc.misconfig == "no-locality" and edge[czone]:
             return m.region_pod(up, None), 200, "-", extra + link_ms.get(czone, 0.0)
         return m.pick(up, czone), 200, "-", extra
 
-    def call(svc: str, zone: str, ts: float, rel: float) -> tuple[bool, float, float]:
-        """Run `svc`'s upstream calls from `zone`; return (ok, latency, next ts)."""
+    def call(svc: str, zone: str, ms: int, rel: float) -> tuple[bool, float, int]:
+        """Run `svc`'s upstream calls from `zone`; return (ok, latency, next ms)."""
         ok, total = True, 0.0
         caller_pod = m.pick(svc, zone)
         cname = caller_pod.name if caller_pod else f"{svc}-{t.short(zone)}"
         for up in upstreams[svc]:
+            if sc.misconfig == "call-outside-graph" and svc == "frontend" and up == "product-api" and zone != first_lz:
+                continue
             pod, status, flags, extra = serve(svc, zone, up, rel)
-            dur = 1.0 + extra
+            dur = float(round(1.0 + extra))  # Envoy's %DURATION%: whole milliseconds
             host = f"{pod.ip}:{m.ports[up]}" if pod else ""
             sz = pod.zone if pod else None
             sp = pod.name if pod else None
+            cluster = m.cluster(zone, up, sz)
+            if pod and caller_pod:
+                m.count(caller_pod.name, cluster, host, 1, 1 if flags == "UF" else 0, 1 if status >= 500 else 0)
             if pod and drop and rng.random() < drop:
                 sz = sp = None
             if status >= 500 or pod is None:
                 ok = False
+            code = 0 if protocol[up] == "tcp" else status  # Envoy logs TCP proxies with code 0 and the flags
             hop_lines.append(
-                f'{{"ts": {_num(ts)}, "caller_pod": "{cname}", "caller_service": "{svc}", "caller_zone": "{zone}", '
-                f'"upstream": "{up}", "upstream_cluster": "{up}.default.dc1.internal", "upstream_host": "{host}", '
-                f'"serving_pod": {json.dumps(sp)}, "serving_zone": {json.dumps(sz)}, "status": {status}, '
-                f'"flags": "{flags}", "duration_ms": {_num(dur)}}}\n'
+                f'{{"ts": {ms / 1000!r}, "caller_pod": "{cname}", "caller_service": "{svc}", "caller_zone": "{zone}", '
+                f'"upstream": "{up}", "upstream_cluster": "{cluster}", "upstream_host": "{host}", '
+                f'"serving_pod": {json.dumps(sp)}, "serving_zone": {json.dumps(sz)}, "status": {code}, '
+                f'"flags": "{flags}", "duration_ms": {dur!r}}}\n'
             )
-            ts += 0.0005
+            rec: dict[str, Any] = {"start_time": _envoy_time(ms), "method": "GET", "path": f"/{up}",
+                                   "response_code": code, "response_flags": flags, "duration": int(dur),
+                                   "upstream_host": host or None, "upstream_cluster": cluster}  # fmt: skip
+            if sc.accesslogs == "local":
+                rec |= {"caller_pod": cname, "caller_service": m.consul(svc, zone), "direction": "outbound"}
+            logs.add(cname, rec)
+            if sc.accesslogs == "kind" and pod is not None:
+                inbound = {**rec, "upstream_host": f"127.0.0.1:{m.ports[up]}", "upstream_cluster": "local_app"}
+                logs.add(pod.name, inbound)
+            ms += 1
             total += dur
             if pod is None or status >= 500:
                 break
-            sub_ok, sub_lat, ts = call(up, pod.zone, ts, rel)
+            sub_ok, sub_lat, ms = call(up, pod.zone, ms, rel)
             total += sub_lat
             if not sub_ok:
                 ok = False
                 break
-        return ok, total, ts
+        return ok, total, ms
+
+    def silent(z: str, rel: float) -> bool:
+        return any(sz == z and lo <= rel and (hi is None or rel < hi) for sz, lo, hi in sc.silent)
 
     for k in range(n_ticks):
         for zi, z in enumerate(zones):
             rel = k * step + zi * step / (len(zones) + 1)
-            while changes and sc.start + rel >= changes[0][0]:
-                ts_c, s, cz = changes.pop(0)
-                m.replace(s, cz, ts_c)
             ts = sc.start + rel
-            entry_dead = any(
-                f.zone == z
-                and (f.kind == "zone-down" or (f.kind == "service-down" and m.entry in f.services))
-                and _active(f, rel, f.recovery_delay_s if f.kind == "zone-down" else 0.0)
-                for f in faults
-            )
-            if entry_dead:
+            while changes and ts >= changes[0][0]:
+                ts_c, _, what, s, cz = changes.pop(0)
+                m.apply(ts_c, what, s, cz)
+            while snaps and ts >= snaps[0][0]:
+                m.snapshot(*snaps.pop(0))
+            if silent(z, rel):
+                continue
+            if any(_entry_dead(m, f, z, rel) for f in faults):
                 req_lines.append(
                     f'{{"ts": {_num(ts)}, "zone": "{z}", "endpoint": "coffees", "name": "POST /api coffees", '
                     f'"status": 0, "latency_ms": 1000.0, "ok": false, "error": "connection refused"}}\n'
                 )
                 continue
-            ok, lat, _ = call(m.entry, z, ts, rel)
+            ok, lat, _ = call(m.entry, z, _ms(ts), rel)
             status = 200 if ok else 502
             err = "null" if ok else '"bad gateway"'
             req_lines.append(
@@ -323,5 +651,10 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str]) -> None:
             reqs.writelines(req_lines)
             hop_lines.clear()
             req_lines.clear()
+    for ts_c, _, what, s, cz in changes:
+        m.apply(ts_c, what, s, cz)
+    for snap in snaps:
+        m.snapshot(*snap)
+    m.snapshot(sc.start + sc.duration_s + 0.5, "end")
     hops.writelines(hop_lines)
     reqs.writelines(req_lines)

@@ -1,0 +1,211 @@
+"""Invariants judged from the run's documents rather than its record streams.
+
+- `config`: Consul's own view before traffic (preflight.json): every
+  config-entry CRD synced, every discovery chain in-zone first and then the
+  Region only, every expected instance passing.
+- `experiment-ran`: plan.json against each experiment's chaostoolkit journal.
+  chaostoolkit 1.19 / chaostoolkit-lib 1.44 say `status: completed,
+  deviated: false` with an empty `run` when the steady state failed *before*
+  the method (the method was skipped), and `completed` when an action raised
+  (the action's own entry says `failed`); so the journal's status alone proves
+  nothing and every planned action is looked up in `run[]`.
+- The intentions half of `call-graph` (Consul's evaluation of the intentions
+  for every undeclared source -> destination, and a refused probe call).
+
+Missing evidence is never a pass: a run without preflight.json has an
+unverified config, a run with chaos records but no plan an unverified
+experiment list.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from harness.records import CHAOS_DIR, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE
+from harness.verify.model import FAIL, PASS, UNVERIFIED, CheckResult
+from harness.verify.records import RunData
+
+CONFIG_CHECKS = ("crd-synced", "discovery-chain", "instances-passing")
+INTENTION_CHECKS = ("intentions", "refused-probe")
+
+
+def _checks(run: RunData) -> list[dict[str, Any]]:
+    raw = (run.preflight or {}).get("checks")
+    return [c for c in raw if isinstance(c, dict)] if isinstance(raw, list) else []
+
+
+def _missing_preflight(run: RunData) -> str:
+    bad = run.unreadable.get(PREFLIGHT_FILE)
+    if bad is not None:
+        return f"{PREFLIGHT_FILE} is unreadable ({bad.text()})"
+    if run.preflight is None:
+        return f"no {PREFLIGHT_FILE} (the preflight never ran or the run stopped before it)"
+    return ""
+
+
+def chain_text(detail: Any) -> str:
+    """A discovery chain's targets in order, as a person reads it: `a -> b -> c`."""
+    targets = detail.get("targets") if isinstance(detail, dict) else None
+    if not isinstance(targets, list) or not targets:
+        return ""
+    names = []
+    for t in targets:
+        if isinstance(t, dict):
+            names.append(str(t.get("service") or t.get("id") or t.get("name") or json.dumps(t, sort_keys=True)))
+        else:
+            names.append(str(t))
+    return " -> ".join(names)
+
+
+def check_result(c: dict[str, Any]) -> CheckResult:
+    kind = str(c.get("check") or "?")
+    subject = str(c.get("subject") or "?")
+    ok = c.get("ok") is True
+    msg = str(c.get("message") or "")
+    detail = c.get("detail") if isinstance(c.get("detail"), dict) else {}
+    text = f"{kind} {subject}: {msg}" if msg else f"{kind} {subject}"
+    if kind == "discovery-chain" and not ok:
+        chain = chain_text(detail)
+        if chain and chain not in text:
+            text += f" (chain: {chain})"
+    return CheckResult(subject=f"{kind} {subject}", status=PASS if ok else FAIL, message=text, detail=detail or {})
+
+
+def config(run: RunData) -> tuple[list[str], list[CheckResult], str]:
+    """Failures, checks and the pass text of the `config` invariant."""
+    missing = _missing_preflight(run)
+    if missing:
+        return [f"config: {missing}: Consul's configuration is unverified"], [], ""
+    checks = [c for c in _checks(run) if c.get("check") in CONFIG_CHECKS]
+    results = [check_result(c) for c in checks]
+    failures = [f"config: {r.message}" for r in results if r.status == FAIL]
+    for kind in CONFIG_CHECKS:
+        if not any(c.get("check") == kind for c in checks):
+            failures.append(f"config: {PREFLIGHT_FILE} has no {kind} checks (unverified)")
+            results.append(CheckResult(subject=kind, status=UNVERIFIED, message=f"no {kind} checks"))
+    if run.preflight is not None and run.preflight.get("ok") is False and not failures:
+        failures.append(f"config: {PREFLIGHT_FILE} says ok=false but names no failed check")
+    counts = ", ".join(f"{sum(1 for c in checks if c.get('check') == k)} {k}" for k in CONFIG_CHECKS)
+    return failures, results, f"every preflight check passed ({counts})"
+
+
+def intentions(run: RunData) -> tuple[list[str], list[CheckResult], str]:
+    """The intentions evidence of `call-graph`: Consul denies every undeclared call."""
+    missing = _missing_preflight(run)
+    if missing:
+        return [f"call-graph: {missing}: whether intentions deny undeclared calls is unverified"], [], ""
+    checks = [c for c in _checks(run) if c.get("check") in INTENTION_CHECKS]
+    results = [check_result(c) for c in checks]
+    failures = [f"call-graph: {r.message}" for r in results if r.status == FAIL]
+    n_int = sum(1 for c in checks if c.get("check") == "intentions")
+    n_probe = sum(1 for c in checks if c.get("check") == "refused-probe")
+    if n_int == 0:
+        failures.append(f"call-graph: {PREFLIGHT_FILE} has no intentions checks: undeclared calls unverified")
+        results.append(CheckResult(subject="intentions", status=UNVERIFIED, message="no intentions checks"))
+    probe = (
+        f", {n_probe} refused probe calls" if n_probe else ", no refused probe call (the backend could not make one)"
+    )
+    return failures, results, f"intentions deny {n_int} undeclared calls{probe}"
+
+
+def _last_line(exc: Any) -> str:
+    if isinstance(exc, list) and exc:
+        return str(exc[-1]).strip()
+    return str(exc).strip() if exc else ""
+
+
+def _failed_probes(state: dict[str, Any]) -> str:
+    names = []
+    for p in state.get("probes") or []:
+        if not isinstance(p, dict):
+            continue
+        if p.get("status") != "succeeded" or p.get("tolerance_met") is False:
+            name = (p.get("activity") or {}).get("name", "?")
+            why = _last_line(p.get("exception")) or f"output {json.dumps(p.get('output'))[:80]}"
+            names.append(f"'{name}' ({why})")
+    return ", ".join(names)
+
+
+def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: str) -> CheckResult:
+    """One planned experiment against its journal."""
+    exp_id = str(exp.get("id") or "?")
+    label = f"experiment {exp_id}" + (f" ({exp['file']})" if exp.get("file") else "")
+    planned = [str(a) for a in exp.get("actions") or []]
+    detail: dict[str, Any] = {"planned_actions": planned}
+    if journal is None:
+        why = unreadable or f"no journal ({CHAOS_DIR}/{exp_id}/{JOURNAL_FILE}): it never ran or stopped before the end"
+        return CheckResult(exp_id, FAIL, f"experiment-ran: {label}: {why}", detail)
+    status = journal.get("status")
+    detail.update(status=status, deviated=journal.get("deviated"))
+    problems: list[str] = []
+    before = (journal.get("steady_states") or {}).get("before")
+    if isinstance(before, dict) and before.get("steady_state_met") is False:
+        probes = _failed_probes(before)
+        problems.append(
+            "the steady state before the method did not hold"
+            + (f" (probe {probes})" if probes else "")
+            + ", so chaostoolkit skipped the method"
+        )
+    if status != "completed":
+        problems.append(f"journal status {status!r}")
+    runs = [r for r in journal.get("run") or [] if isinstance(r, dict)]
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_name.setdefault(str((r.get("activity") or {}).get("name")), []).append(r)
+    ran: list[str] = []
+    for action in planned:
+        entries = by_name.get(action, [])
+        if not entries:
+            problems.append(f"action '{action}' never ran")
+            continue
+        bad = [r for r in entries if r.get("status") != "succeeded"]
+        if bad:
+            why = _last_line(bad[0].get("exception")) or str(bad[0].get("status"))
+            problems.append(f"action '{action}' failed: {why}")
+        else:
+            ran.append(action)
+    if journal.get("deviated") is True:
+        after = (journal.get("steady_states") or {}).get("after") or {}
+        probes = _failed_probes(after) if isinstance(after, dict) else ""
+        problems.append("the steady state after the method did not hold (deviated)" + (f": {probes}" if probes else ""))
+    detail["actions_succeeded"] = ran
+    if problems:
+        return CheckResult(exp_id, FAIL, f"experiment-ran: {label}: " + "; ".join(problems), detail)
+    return CheckResult(exp_id, PASS, f"{label}: {len(ran)} actions succeeded", detail)
+
+
+def experiment_ran(run: RunData, chaos_records: int) -> tuple[list[str], list[CheckResult], str]:
+    """Failures, checks and pass text of `experiment-ran`."""
+    bad_plan = run.unreadable.get(PLAN_FILE)
+    if bad_plan is not None:
+        return (
+            [f"experiment-ran: {PLAN_FILE} is unreadable ({bad_plan.text()}): what was planned is unverified"],
+            [],
+            "",
+        )
+    if run.plan is None:
+        if chaos_records or run.journals:
+            what = f"{chaos_records} chaos records" if chaos_records else f"{len(run.journals)} journals"
+            return (
+                [f"experiment-ran: {what} but no {PLAN_FILE}: which experiments were meant to run is unverified"],
+                [],
+                "",
+            )
+        return [], [], "no experiments planned"
+    exps = [e for e in run.plan.get("experiments") or [] if isinstance(e, dict)]
+    if not exps and chaos_records:
+        return [f"experiment-ran: {PLAN_FILE} plans no experiment but chaos.jsonl has {chaos_records} records"], [], ""
+    results = []
+    for e in exps:
+        exp_id = str(e.get("id") or "?")
+        rel = f"{CHAOS_DIR}/{exp_id}/{JOURNAL_FILE}"
+        bad = run.unreadable.get(rel)
+        results.append(experiment(e, run.journals.get(exp_id), f"journal unreadable ({bad.text()})" if bad else ""))
+    failures = [r.message for r in results if r.status == FAIL]
+    planned_ids = {str(e.get("id")) for e in exps}
+    extra = sorted(j for j in run.journals if j not in planned_ids)
+    if extra:
+        run.notes.append(f"journals of experiments not in {PLAN_FILE}: {', '.join(extra)}")
+    n_actions = sum(len(r.detail.get("actions_succeeded", [])) for r in results)
+    return failures, results, f"{len(results)} planned experiments ran every action ({n_actions} actions)"

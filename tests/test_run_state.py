@@ -1,0 +1,68 @@
+"""run.json: every stage change is recorded, so a run that stopped says where (issue 10 deliver 3).
+
+The verifier marks the verdict of a run that did not complete as partial and
+still judges what was recorded; these tests pin the writer side
+(`harness.run.mark_run`, and `run_e2e` marking its stages and how it ended).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import harness.e2e as e2e
+from harness.backends import BackendOptions
+from harness.errors import BackendError
+from harness.run import mark_run
+from tests.verdicts import verify
+
+
+def test_mark_run_keeps_started_and_sets_ended_when_the_run_leaves_running(tmp_path: Path) -> None:
+    first = mark_run(tmp_path, "up")
+    assert first["status"] == "running" and first["ended"] is None and first["stage"] == "up"
+    second = mark_run(tmp_path, "traffic")
+    assert second["started"] == first["started"] and second["ended"] is None
+    done = mark_run(tmp_path, "verify", "complete")
+    assert done["ended"] is not None and done["started"] == first["started"]
+    assert json.loads((tmp_path / "run.json").read_text()) == done
+    assert not list(tmp_path.glob(".run.json*"))  # written atomically, no temp file left
+    stopped = mark_run(tmp_path, status="interrupted")
+    assert stopped["stage"] == "verify"  # the stage it stopped in is kept
+    with pytest.raises(ValueError, match="run status 'done'"):
+        mark_run(tmp_path, "x", "done")
+
+
+class _FailingBackend:
+    name = "fake"
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.downs = 0
+
+    def up(self, manifests: Any, progress: Any = None) -> None:
+        raise self.exc
+
+    def down(self) -> None:
+        self.downs += 1
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"), [(BackendError("node lost"), "failed"), (KeyboardInterrupt(), "interrupted")]
+)
+def test_e2e_records_where_a_run_stopped_and_its_verdict_is_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException, status: str
+) -> None:
+    backend = _FailingBackend(exc)
+    monkeypatch.setattr(e2e, "choose", lambda name: ("fake", "test"))
+    monkeypatch.setattr(e2e, "connect", lambda opts: backend)
+    with pytest.raises(type(exc)):
+        e2e.run_e2e(e2e.E2EOptions(runs_root=tmp_path), BackendOptions(name="local"), say=lambda m: None)
+    (run_dir,) = tmp_path.iterdir()
+    state = json.loads((run_dir / "run.json").read_text())
+    assert (state["stage"], state["status"]) == ("up", status) and state["ended"] is not None
+    assert backend.downs == 1
+    v = verify(run_dir)  # nothing recorded but the manifests: judged all the same, and partial
+    assert v.run.partial and v.run.stopped_at == "up" and not v.passed

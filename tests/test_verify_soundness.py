@@ -1,0 +1,640 @@
+"""The verdict must be true (issue 7), inbound lines (issue 8 item 8), nothing recorded lost (issue 10).
+
+Each test builds a synthetic run (harness.verify.synth) with the case planted
+the way it happens on a real cluster, and checks that the verdict fails
+naming the right invariant, the zones and the first offending records -- or,
+for the "failures of a correct mesh" cases, that it passes deterministically.
+Every verdict is validated against docs/verdict-schema.json (tests.verdicts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from harness.topology import load_topology
+from harness.verify import (
+    AVAILABILITY,
+    CALL_GRAPH,
+    CONFIG,
+    COVERAGE,
+    EXPERIMENT_RAN,
+    FALLBACK,
+    HUB_AND_SPOKE,
+    LOCALITY,
+    SHARED_SERVICES,
+    Verdict,
+    print_summary,
+)
+from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.verdicts import verify
+
+T = load_topology()
+LAX, LAS, AZ = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2a"
+FIRST_LZ = T.edge_zones[0].name
+T0 = Scenario(T).start
+KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(tmp_path: Path, name: str = "run", **kw: Any) -> Path:
+    sc = Scenario(T, duration_s=kw.pop("duration_s", 90), rate_per_zone=kw.pop("rate_per_zone", 4), **kw)
+    return write_run(tmp_path / name, sc)
+
+
+def failed(v: Verdict) -> set[str]:
+    return {i.name for i in v.invariants if not i.passed}
+
+
+def inventory(d: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (d / "inventory.jsonl").read_text().splitlines()]
+
+
+def pod_of(d: Path, zone: str, service: str) -> dict[str, Any]:
+    return next(e for e in inventory(d) if e["zone"] == zone and e["service"] == service and e["event"] == "added")
+
+
+def envoy_line(ts: float, host: str, cluster: str, caller: dict[str, Any], code: int = 200, flags: str = "-") -> str:
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return json.dumps(
+        {
+            "start_time": when,
+            "response_code": code,
+            "response_flags": flags,
+            "duration": 3,
+            "upstream_host": host,
+            "upstream_cluster": cluster,
+            "caller_pod": caller["pod"],
+            "caller_service": caller["consul_service"],
+            "direction": "outbound",
+        }
+    )
+
+
+def append(path: Path, *lines: str) -> None:
+    with path.open("a") as fh:
+        fh.writelines(x + "\n" for x in lines)
+
+
+def edit_json(path: Path, fn: Any) -> None:
+    path.write_text(json.dumps(fn(json.loads(path.read_text()))))
+
+
+# -- 1. hops are rebuilt from the access logs: a stale hops.jsonl decides nothing (issue 7 item 6) ----------
+def test_a_stale_or_edited_hops_file_does_not_decide_the_verdict(tmp_path: Path) -> None:
+    d = run(tmp_path, faults=[KILL])
+    clean = verify(d)
+    assert clean.passed, clean.failure_messages
+    assert clean.run.hops_source == "accesslogs" and clean.run.hops > 0
+    caller = pod_of(d, LAX, "public-api")
+    las = pod_of(d, LAS, "product-api")
+    # an LZ->LZ hop written into hops.jsonl only (an edited or stale file): not what the sidecars said
+    hop = {"ts": T0 + 20, "caller_pod": caller["pod"], "caller_service": "public-api", "caller_zone": LAX,
+           "upstream": "product-api", "upstream_cluster": "x", "upstream_host": f"{las['ip']}:9090",
+           "serving_pod": las["pod"], "serving_zone": LAS, "status": 200, "flags": "-", "duration_ms": 3.0}  # fmt: skip
+    append(d / "hops.jsonl", json.dumps(hop))
+    v = verify(d)
+    assert v.passed and v.run.hops == clean.run.hops, v.failure_messages
+    (d / "hops.jsonl").unlink()
+    assert verify(d).run.hops == clean.run.hops
+    # the same hop in the caller sidecar's access log is judged
+    cluster = f"failover-target~0~product-api-lax-1a.default.dc1.internal.{'x'}.consul"
+    append(d / "accesslogs" / f"{caller['pod']}.jsonl", envoy_line(T0 + 20, f"{las['ip']}:9090", cluster, caller))
+    v = verify(d)
+    assert HUB_AND_SPOKE in failed(v) and v.run.hops == clean.run.hops + 1
+    msg = v.invariant(HUB_AND_SPOKE).message
+    assert msg.startswith(f"hub-and-spoke: {LAX} -> {LAS}: 1 hops to product-api, first at ")
+    assert caller["pod"] in msg and las["pod"] in msg
+
+
+def _comparable(v: Verdict) -> dict[str, Any]:
+    d = v.to_dict()
+    for k in ("run_dir", "hops_source", "accesslog_lines", "notes", "hops_resolved_from_inventory"):
+        d["run"].pop(k)
+    return d
+
+
+def test_access_logs_and_hops_file_give_the_same_verdict(tmp_path: Path) -> None:
+    """Observe's hops.jsonl and the verifier's rebuild are one rule: the same run gives the same verdict."""
+    faults = [KILL, FaultSpec("zone-las", "zone-down", LAS, (), 60, 70, 0, 1.0, entry_down=True)]
+    a = verify(run(tmp_path, "a", faults=faults, misconfig="failover-to-lz"))
+    b = verify(run(tmp_path, "b", faults=faults, misconfig="failover-to-lz", accesslogs="none", drop_serving_zone=0.5))
+    assert a.run.hops_source == "accesslogs" and b.run.hops_source == "hops.jsonl"
+    assert b.run.hops_resolved_from_inventory > 0
+    assert _comparable(a) == _comparable(b)
+    assert HUB_AND_SPOKE in failed(a)
+
+
+def test_hops_file_attribution_uses_observes_rule_not_a_second_one(tmp_path: Path) -> None:
+    """A host whose first holder appears 5 s after the hop is unknown (observe's slack is 1 s), not that pod."""
+    d = run(tmp_path, accesslogs="none")
+    caller = pod_of(d, LAX, "public-api")
+    ghost = {**pod_of(d, LAS, "product-api"), "ts": T0 + 50, "pod": "product-api-las-late", "ip": "10.213.9.9"}
+    append(d / "inventory.jsonl", json.dumps(ghost))
+    base = {"caller_pod": caller["pod"], "caller_service": "public-api", "caller_zone": LAX, "upstream": "product-api",
+            "upstream_cluster": "x", "upstream_host": "10.213.9.9:9090", "serving_pod": None, "serving_zone": None,
+            "status": 200, "flags": "-", "duration_ms": 3.0}  # fmt: skip
+    append(d / "hops.jsonl", json.dumps({**base, "ts": T0 + 45.0}), json.dumps({**base, "ts": T0 + 49.5}))
+    v = verify(d)
+    assert v.invariant(HUB_AND_SPOKE).message.startswith(f"hub-and-spoke: {LAX} -> {LAS}: 1 hops to product-api")
+    assert "product-api-las-late" in v.invariant(HUB_AND_SPOKE).message
+    assert v.run.hops_unattributed == 1
+
+
+# -- 2. inbound access-log lines (issue 8 item 8) ---------------------------------------------------------
+def test_inbound_access_log_lines_are_counted_apart_not_unattributed_hops(tmp_path: Path) -> None:
+    d = run(tmp_path, faults=[KILL], accesslogs="kind")
+    v = verify(d)
+    assert v.passed, v.failure_messages
+    hops = [json.loads(x) for x in (d / "hops.jsonl").read_text().splitlines()]
+    served = sum(1 for h in hops if h["upstream_host"])
+    assert v.run.hops == len(hops) and v.run.inbound_lines == served > 0
+    assert v.run.accesslog_lines == v.run.hops + v.run.inbound_lines
+    assert v.run.hops_unattributed == 0
+    assert "local_app" in v.run.definitions["inbound_line"]
+
+
+# -- 3. a Region-only upstream that was not routed (issue 7 item 4) --------------------------------------
+def test_unrouted_region_only_upstream_fails_shared_services(tmp_path: Path) -> None:
+    v = verify(run(tmp_path, misconfig="postgres-unrouted"))
+    assert SHARED_SERVICES in failed(v)
+    msg = v.invariant(SHARED_SERVICES).message
+    assert msg.startswith(f"shared-services: {FIRST_LZ} -> postgres: ")
+    assert "hops to Region-only postgres were not routed (no upstream host, flags UH)" in msg
+    assert f"product-api-{T.short(FIRST_LZ)}" in msg and "-> postgres at (no upstream host)" in msg
+    pair = next(p for p in v.invariant(SHARED_SERVICES).pairs if p.caller_zone == FIRST_LZ)
+    assert pair.counts["not_routed"] == pair.counts["hops"] > 0 and pair.first_offenders
+
+
+def test_unrouted_region_only_hops_are_excused_only_by_a_fault_that_explains_them(tmp_path: Path) -> None:
+    cut = FaultSpec("cut", "partition", LAX, (), 30, 40, entry_down=True)
+    d = run(tmp_path, faults=[cut], accesslogs="none")
+    caller = pod_of(d, LAX, "product-api")
+    base = {"caller_pod": caller["pod"], "caller_service": "product-api", "caller_zone": LAX, "upstream": "postgres",
+            "upstream_cluster": "postgres.x", "upstream_host": "", "serving_pod": None, "serving_zone": None,
+            "status": 0, "flags": "UH", "duration_ms": 0.0}  # fmt: skip
+    # during the partition and just after the heal (reconnecting), and at bring-up before the first request
+    append(d / "hops.jsonl", *(json.dumps({**base, "ts": T0 + dt}) for dt in (35, 41, -2)))
+    v = verify(d)
+    assert SHARED_SERVICES not in failed(v), v.failure_messages
+    append(d / "hops.jsonl", json.dumps({**base, "ts": T0 + 36, "flags": "NR"}))  # no route is configuration
+    v = verify(d)
+    assert SHARED_SERVICES in failed(v)
+    assert "flags NR" in v.invariant(SHARED_SERVICES).message
+
+
+# -- 4. call graph (issue 7 item 5) -------------------------------------------------------------------------
+def test_call_outside_the_declared_graph_fails_call_graph(tmp_path: Path) -> None:
+    v = verify(run(tmp_path, misconfig="call-outside-graph"))
+    assert failed(v) == {CALL_GRAPH}, v.failure_messages
+    msg = v.invariant(CALL_GRAPH).message
+    assert msg.startswith("call-graph: frontend -> product-api: ") and "an edge the topology does not declare" in msg
+    assert f"(from {FIRST_LZ})" in msg and f"frontend-{T.short(FIRST_LZ)}" in msg
+
+
+@pytest.mark.parametrize(
+    ("edit", "expect"),
+    [
+        (lambda c: [x | {"ok": False, "message": "allowed by intention frontend-to-product-api"}
+                    if x["check"] == "intentions" and x["subject"] == "frontend -> product-api" else x for x in c],
+         "call-graph: intentions frontend -> product-api: allowed by intention frontend-to-product-api"),
+        (lambda c: [x for x in c if x["check"] != "intentions"],
+         "call-graph: preflight.json has no intentions checks: undeclared calls unverified"),
+        (lambda c: [x | {"ok": False, "message": "answered 200"} if x["check"] == "refused-probe" else x for x in c],
+         "call-graph: refused-probe frontend -> product-api: answered 200"),
+    ],
+)  # fmt: skip
+def test_intentions_evidence_from_preflight(tmp_path: Path, edit: Any, expect: str) -> None:
+    d = run(tmp_path)
+    edit_json(d / "preflight.json", lambda p: p | {"checks": edit(p["checks"])})
+    v = verify(d)
+    assert failed(v) == {CALL_GRAPH}, v.failure_messages
+    assert expect in v.invariant(CALL_GRAPH).message
+
+
+# -- 5. config, from Consul's own view (preflight.json) -----------------------------------------------------
+def test_failover_chain_to_another_local_zone_fails_config_showing_the_chain(tmp_path: Path) -> None:
+    d = run(tmp_path)
+    chain = ["product-api-lax-1a.default.dc1", "product-api-las-1a.default.dc1", "product-api.default.dc1"]
+
+    def bad(c: dict[str, Any]) -> dict[str, Any]:
+        if c["check"] == "discovery-chain" and c["subject"] == "product-api-lax-1a":
+            return c | {"ok": False, "message": "fails over to another edge zone", "detail": {"targets": chain}}
+        return c
+
+    edit_json(d / "preflight.json", lambda p: p | {"ok": False, "checks": [bad(c) for c in p["checks"]]})
+    v = verify(d)
+    assert failed(v) == {CONFIG}
+    assert v.invariant(CONFIG).message == (
+        "config: discovery-chain product-api-lax-1a: fails over to another edge zone "
+        "(chain: product-api-lax-1a.default.dc1 -> product-api-las-1a.default.dc1 -> product-api.default.dc1)"
+    )
+
+
+def test_config_fails_on_unsynced_crds_missing_checks_and_missing_preflight(tmp_path: Path) -> None:
+    d = run(tmp_path)
+    edit_json(
+        d / "preflight.json",
+        lambda p: p | {"checks": [c | {"ok": False, "message": "Synced=False: unknown field"}
+                                  if c["subject"] == "ServiceDefaults/postgres" else c
+                                  for c in p["checks"] if c["check"] != "instances-passing"]},
+    )  # fmt: skip
+    msgs = verify(d).invariant(CONFIG).message
+    assert "config: crd-synced ServiceDefaults/postgres: Synced=False: unknown field" in msgs
+    assert "config: preflight.json has no instances-passing checks (unverified)" in msgs
+    (d / "preflight.json").write_text('{"ts": 1, "checks": [')
+    v = verify(d)
+    assert {CONFIG, CALL_GRAPH} <= failed(v)
+    assert "preflight.json is unreadable (preflight.json:1: not JSON" in v.invariant(CONFIG).message
+    (d / "preflight.json").unlink()
+    v = verify(d)
+    assert failed(v) == {CONFIG, CALL_GRAPH}
+    assert v.invariant(CONFIG).message.startswith("config: no preflight.json")
+
+
+# -- 6. the experiment ran (issue 7 item 3), from real chaostoolkit journals ---------------------------------
+PROVIDERS = """
+import os
+def ready():
+    return os.environ.get("EH_TEST_STEADY", "yes") == "yes"
+def act():
+    return {"fault": "kill"}
+def boom():
+    raise RuntimeError("no zone us-west-2-xyz-1a in the topology")
+"""
+
+
+def _experiment(probe: str, action: str) -> dict[str, Any]:
+    def activity(kind: str, name: str, func: str) -> dict[str, Any]:
+        return {"type": kind, "name": name, "provider": {"type": "python", "module": "ehprov", "func": func}}
+
+    return {
+        "version": "1.0.0",
+        "title": "kill product-api in a Local Zone",
+        "description": "throwaway experiment of the verifier's tests",
+        "steady-state-hypothesis": {
+            "title": "ready",
+            "probes": [activity("probe", "ready", probe) | {"tolerance": True}],
+        },
+        "method": [activity("action", "kill product-api in a Local Zone", action)],
+        "rollbacks": [activity("action", "put it back", "act")],
+    }
+
+
+@pytest.fixture(scope="module")
+def journals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Journals written by the pinned chaostoolkit itself: the method ran / was skipped / an action raised."""
+    work = tmp_path_factory.mktemp("chaos")
+    (work / "ehprov.py").write_text(textwrap.dedent(PROVIDERS))
+    chaos = Path(sys.executable).with_name("chaos")
+    out = {}
+    for name, probe, action, steady in (
+        ("ran", "ready", "act", "yes"),
+        ("skipped", "ready", "act", "no"),  # the steady state fails before the method
+        ("raised", "ready", "boom", "yes"),
+    ):
+        (work / f"{name}.json").write_text(json.dumps(_experiment(probe, action)))
+        env = {**os.environ, "PYTHONPATH": str(work), "EH_TEST_STEADY": steady}
+        subprocess.run(
+            [str(chaos), "--log-file", str(work / f"{name}.log"), "run", "--rollback-strategy", "always",
+             "--journal-path", str(work / f"{name}.journal.json"), str(work / f"{name}.json")],
+            env=env, cwd=work, capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        out[name] = json.loads((work / f"{name}.journal.json").read_text())
+    return out
+
+
+def _with_journal(tmp_path: Path, journal: dict[str, Any] | None) -> Path:
+    d = run(tmp_path, faults=[KILL])
+    plan = json.loads((d / "plan.json").read_text())
+    exp_id = plan["experiments"][0]["id"]
+    plan["experiments"][0]["actions"] = ["kill product-api in a Local Zone"]
+    (d / "plan.json").write_text(json.dumps(plan))
+    path = d / "chaos" / exp_id / "journal.json"
+    if journal is None:
+        path.unlink()
+    else:
+        path.write_text(json.dumps(journal))
+    return d
+
+
+def test_experiment_that_ran_passes_experiment_ran(tmp_path: Path, journals: dict[str, dict[str, Any]]) -> None:
+    assert journals["ran"]["status"] == "completed" and journals["ran"]["run"]
+    v = verify(_with_journal(tmp_path, journals["ran"]))
+    assert v.passed, v.failure_messages
+
+
+def test_skipped_method_fails_experiment_ran(tmp_path: Path, journals: dict[str, dict[str, Any]]) -> None:
+    j = journals["skipped"]
+    # what chaostoolkit says: completed, not deviated, and no method at all
+    assert (j["status"], j["deviated"], j["run"]) == ("completed", False, [])
+    v = verify(_with_journal(tmp_path, j))
+    assert EXPERIMENT_RAN in failed(v)
+    msg = v.invariant(EXPERIMENT_RAN).message
+    assert msg.startswith(f"experiment-ran: experiment 01-{KILL.fault} (experiments/{KILL.fault}.json): ")
+    assert "the steady state before the method did not hold (probe 'ready' (output false)), so chaostoolkit " \
+           "skipped the method" in msg  # fmt: skip
+    assert "action 'kill product-api in a Local Zone' never ran" in msg
+
+
+def test_failed_action_fails_experiment_ran(tmp_path: Path, journals: dict[str, dict[str, Any]]) -> None:
+    j = journals["raised"]
+    assert j["status"] == "completed" and j["run"][0]["status"] == "failed"  # completed, all the same
+    v = verify(_with_journal(tmp_path, j))
+    assert EXPERIMENT_RAN in failed(v)
+    assert (
+        "action 'kill product-api in a Local Zone' failed: chaoslib.exceptions.ActivityFailed: "
+        "RuntimeError: no zone us-west-2-xyz-1a in the topology" in v.invariant(EXPERIMENT_RAN).message
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        ({"status": "aborted"}, "journal status 'aborted'"),
+        ({"status": "interrupted"}, "journal status 'interrupted'"),
+        ({"status": "failed"}, "journal status 'failed'"),
+        ({"run": []}, "action 'kill product-api in a Local Zone' never ran"),
+        ({"deviated": True}, "the steady state after the method did not hold (deviated)"),
+        (None, "no journal (chaos/01-kill-product-api-lax/journal.json): it never ran"),
+    ],
+)
+def test_journal_defects_fail_experiment_ran(
+    tmp_path: Path, journals: dict[str, dict[str, Any]], change: dict[str, Any] | None, expect: str
+) -> None:
+    v = verify(_with_journal(tmp_path, None if change is None else journals["ran"] | change))
+    assert EXPERIMENT_RAN in failed(v)
+    assert expect in v.invariant(EXPERIMENT_RAN).message
+
+
+def test_experiment_ran_without_a_plan(tmp_path: Path) -> None:
+    v = verify(run(tmp_path, "quiet"))  # no faults: nothing planned, no chaos records
+    assert v.passed and v.invariant(EXPERIMENT_RAN).message == "experiment-ran: no experiments planned"
+    d = run(tmp_path, faults=[KILL], plan=False)
+    v = verify(d)
+    assert failed(v) == {EXPERIMENT_RAN}
+    assert v.invariant(EXPERIMENT_RAN).message == (
+        "experiment-ran: 2 chaos records but no plan.json: which experiments were meant to run is unverified"
+    )
+
+
+# -- 7. coverage: users vanish, and entries that were down (issue 7 item 2) ---------------------------------
+def test_users_vanishing_after_a_node_kill_fail_coverage(tmp_path: Path) -> None:
+    """Today: "failover not applicable", 0 lost, PASS. The zone's users hung from the fault to the end."""
+    node = FaultSpec("kill-node-lax", "service-down", LAX, ("frontend", "public-api", "product-api"), 30, 40, 0.5,
+                     1.0, entry_down=True)  # fmt: skip
+    v = verify(run(tmp_path, faults=[node], silent=[(LAX, 30.0, None)]))
+    assert COVERAGE in failed(v) and not v.passed
+    f = v.fault("kill-node-lax")
+    assert not f.passed and f.lost_requests == 0
+    cov = v.invariant(COVERAGE).message
+    assert cov.startswith(
+        f"coverage: fault kill-node-lax: no user requests entering {LAX} after the fault (2025-11-25T19:47:20.000Z, "
+    )
+    assert cov.endswith(": recovery unverified")
+    during = next(c for c in v.invariant(COVERAGE).checks if c.subject == f"kill-node-lax {LAX} during")
+    assert during.status == "n/a"  # the entry point is down by design
+    assert any("no traffic after restore" in m for m in f.messages)  # recovery is unverified too
+
+
+def test_a_fault_without_users_during_it_fails_coverage(tmp_path: Path) -> None:
+    v = verify(run(tmp_path, faults=[KILL], silent=[(LAX, 30.0, 50.0)]))
+    assert COVERAGE in failed(v)
+    assert (
+        f"coverage: fault {KILL.fault}: no user requests entering {LAX} during the fault ["
+        in v.invariant(COVERAGE).message
+    )
+
+
+def test_requests_only_at_a_down_entry_point_are_not_coverage(tmp_path: Path) -> None:
+    # the fault does not declare its entry down, but entrypoints.jsonl says it was
+    f = FaultSpec("zone-las", "zone-down", LAS, (), 30, 45, 0, 1.0, entry_down=False)
+    v = verify(run(tmp_path, faults=[f]))
+    assert COVERAGE in failed(v) and AVAILABILITY not in failed(v)
+    assert "only at a down entry point)" in v.invariant(COVERAGE).message
+    w = next(w for w in v.invariant(AVAILABILITY).windows if w.window == "fault zone-las")
+    assert w.excluded_requests > 0 and w.failed == 0  # reported apart from the budget
+
+
+# -- 8. readiness-based windows (issue 7 item 7) -------------------------------------------------------------
+def test_unready_race_is_decided_by_readiness_not_by_which_record_came_first(tmp_path: Path) -> None:
+    """An older timeline wrote the restore after waiting for Ready: in-zone traffic came back before it."""
+    f = FaultSpec("unready-lax", "service-down", LAX, ("product-api",), 30, 40, 0.2, 0.0, recorded_restore=40.3)
+    v = verify(run(tmp_path, faults=[f], replace_pods=False))
+    assert v.passed, v.failure_messages
+    fr = v.fault("unready-lax")
+    assert fr.failover_end == T0 + 40  # the instant product-api was ready again in the zone
+    assert fr.failover_s is not None and 0.2 <= fr.failover_s <= 0.2 + 0.25 + 0.01
+    # the same run with the restore written first (the contract today) gives the same failover
+    g = FaultSpec("unready-lax", "service-down", LAX, ("product-api",), 30, 40, 0.2, 0.0)
+    w = verify(run(tmp_path, "b", faults=[g], replace_pods=False))
+    assert w.passed and w.fault("unready-lax").failover_s == fr.failover_s
+
+
+def test_unplanned_outage_is_not_a_locality_violation_and_is_noted(tmp_path: Path) -> None:
+    crash = FaultSpec("crash", "service-down", LAX, ("product-api",), 60, 65, 0.1, 1.0, recorded=False)
+    v = verify(run(tmp_path, faults=[crash]))
+    assert LOCALITY not in failed(v), v.failure_messages
+    assert any(
+        n.startswith(f"product-api had no ready pod in {LAX} from 2025-11-25T19:47:40.001Z to 2025-11-25T19:47:45.000Z")
+        for n in v.run.notes
+    ), v.run.notes
+    # without any readiness evidence (pods neither removed nor unready) the Region-served hops break locality
+    w = verify(run(tmp_path, "b", faults=[crash], readiness=False, replace_pods=False))
+    assert LOCALITY in failed(w)
+    assert any("no ready/unready events" in n for n in w.run.notes)
+
+
+# -- 9. attempt evidence (issue 7 item 1) --------------------------------------------------------------------
+def test_cross_zone_attempt_hidden_by_a_retry_fails_hub_and_spoke(tmp_path: Path) -> None:
+    """Resolver targets [product-api-las-1a, product-api]: the access log shows only Region hosts."""
+    d = run(tmp_path, faults=[KILL], misconfig="failover-to-lz-hidden")
+    hops = [json.loads(x) for x in (d / "hops.jsonl").read_text().splitlines()]
+    assert not any(h["caller_zone"] == LAX and h["serving_zone"] == LAS for h in hops)
+    v = verify(d)
+    assert HUB_AND_SPOKE in failed(v) and FALLBACK not in failed(v)
+    hub = v.invariant(HUB_AND_SPOKE)
+    assert all(p.counts["violations"] == 0 for p in hub.pairs)  # no hop crossed ...
+    caller = pod_of(d, LAX, "public-api")["pod"]
+    las = pod_of(d, LAS, "product-api")
+    assert hub.message.startswith(
+        f"hub-and-spoke: {LAX} -> {LAS}: attempted: {caller} ({LAX}) tried {las['ip']}:9090 ({las['pod']} in {LAS}) "
+        "in cluster failover-target~1~product-api-las-1a.default.dc1.internal."
+    )  # ... but one was attempted
+    check = next(c for c in hub.checks if c.status == "fail")
+    assert check.detail["cx_connect_fail"] > 0 and check.detail["rq_total"] == 0
+    assert check.detail["first_snapshot"] == f"restore {KILL.fault}"
+
+
+def test_missing_attempt_evidence_fails_hub_and_spoke(tmp_path: Path) -> None:
+    v = verify(run(tmp_path, faults=[KILL], stats=False))
+    assert failed(v) == {HUB_AND_SPOKE}
+    assert "no upstream counters (upstream-stats.jsonl missing or empty)" in v.invariant(HUB_AND_SPOKE).message
+    d = run(tmp_path, "b", faults=[KILL])
+    lines = (d / "upstream-stats.jsonl").read_text().splitlines()
+    (d / "upstream-stats.jsonl").write_text("".join(x + "\n" for x in lines if json.loads(x)["label"] != "end"))
+    v = verify(d)
+    assert failed(v) == {HUB_AND_SPOKE}
+    assert "no 'end' snapshot of the upstream counters" in v.invariant(HUB_AND_SPOKE).message
+
+
+def test_region_caller_attempt_into_an_edge_zone_fails(tmp_path: Path) -> None:
+    d = run(tmp_path)
+    az = pod_of(d, AZ, "public-api")["pod"]
+    lax = pod_of(d, LAX, "product-api")
+    line = {"ts": T0 + 90.5, "label": "end", "pod": az, "cluster": "product-api.default.dc1.internal.x.consul",
+            "host": f"{lax['ip']}:9090", "cx_total": 1, "cx_connect_fail": 0, "rq_total": 2, "rq_error": 0,
+            "rq_timeout": 0, "health_flags": "healthy"}  # fmt: skip
+    append(d / "upstream-stats.jsonl", json.dumps(line))
+    v = verify(d)
+    assert failed(v) == {HUB_AND_SPOKE}
+    assert (
+        f"hub-and-spoke: {AZ} -> {LAX}: attempted: {az} ({AZ}) tried {lax['ip']}:9090"
+        in v.invariant(HUB_AND_SPOKE).message
+    )
+
+
+# -- 10. resolution of failover and recovery times (issue 7 item 11) -----------------------------------------
+def test_failover_and_recovery_are_printed_with_their_resolution(tmp_path: Path) -> None:
+    v = verify(run(tmp_path, faults=[KILL]))
+    f = v.fault(KILL.fault)
+    assert f.failover_s is not None and f.failover_resolution_s is not None
+    assert f.recovery_s is not None and f.recovery_resolution_s is not None
+    # 4 requests/s per zone: the bounding records are one request apart
+    assert 0 < f.failover_resolution_s <= 0.25 + 1e-3 and 0 < f.recovery_resolution_s <= f.recovery_s
+    pair = next(p for p in v.invariant(FALLBACK).pairs if p.fault == KILL.fault)
+    assert pair.counts["failover_resolution_s"] == f.failover_resolution_s
+    buf = StringIO()
+    print_summary(v, Console(file=buf, width=220, color_system=None))
+    out = buf.getvalue()
+    assert f"{f.failover_s:.3f} s ±{f.failover_resolution_s:.3f}" in out
+    assert f"{f.recovery_s:.3f} s ±{f.recovery_resolution_s:.3f}" in out
+
+
+# -- 11. nothing recorded is lost: corrupt lines, partial runs (issue 10 deliver 3) ------------------------
+def test_corrupt_lines_anywhere_are_skipped_counted_and_named(tmp_path: Path) -> None:
+    d = run(tmp_path, faults=[KILL])
+    clean = verify(d)
+    caller = pod_of(d, LAX, "public-api")["pod"]
+
+    def corrupt(rel: str, at: int, line: bytes) -> None:
+        path = d / rel
+        lines = path.read_bytes().splitlines(keepends=True)
+        lines.insert(at, line)
+        path.write_bytes(b"".join(lines))
+
+    corrupt("requests.jsonl", 100, b'{"ts": 17641000, "zone": "us-west-2-lax-1a", "end\n')
+    corrupt(f"accesslogs/{caller}.jsonl", 3, b"\x00\x00\x00\x00\n")
+    corrupt("inventory.jsonl", 2, b'{"event": "added", "pod": "no-time"}\n')
+    corrupt("chaos.jsonl", 0, b"[1, 2]\n")
+    corrupt("entrypoints.jsonl", 1, b'{"ts": "soon", "zone": "x"}\n')
+    corrupt("upstream-stats.jsonl", 5, b"\xff\xfe garbage\n")
+    v = verify(d)
+    assert v.passed, v.failure_messages
+    assert v.run.hops == clean.run.hops and v.run.requests == clean.run.requests
+    assert v.run.skipped_records_total == 6
+    assert v.run.skipped_records == [
+        {"file": f"accesslogs/{caller}.jsonl", "line": 4, "reason": "not JSON (corrupt or truncated)"},
+        {"file": "chaos.jsonl", "line": 1, "reason": "not a JSON object (list)"},
+        {"file": "entrypoints.jsonl", "line": 2, "reason": "no valid ts, zone or up"},
+        {"file": "inventory.jsonl", "line": 3, "reason": "no valid ts or pod"},
+        {"file": "requests.jsonl", "line": 101, "reason": "not JSON (corrupt or truncated)"},
+        {"file": "upstream-stats.jsonl", "line": 6, "reason": "not UTF-8 (corrupt)"},
+    ]
+    assert "requests.jsonl: 1 corrupt or truncated line(s) skipped (line 101)" in v.run.notes
+    buf = StringIO()
+    print_summary(v, Console(file=buf, width=220, color_system=None))
+    out = buf.getvalue()
+    assert "skipped 6 corrupt or truncated record line(s):" in out
+    assert f"accesslogs/{caller}.jsonl:4: not JSON (corrupt or truncated)" in out
+
+
+@pytest.mark.parametrize(
+    ("state", "partial"),
+    [
+        ({"started": 1.0, "ended": 2.0, "stage": "done", "status": "complete"}, False),
+        ({"started": 1.0, "ended": None, "stage": "traffic", "status": "running"}, True),
+        ({"started": 1.0, "ended": 2.0, "stage": "chaos", "status": "interrupted"}, True),
+        ({"started": 1.0, "ended": 2.0, "stage": "up", "status": "failed"}, True),
+        ({"started": 1.0, "stage": "verify", "status": "complete"}, True),  # no `ended`
+        (None, False),
+    ],
+)
+def test_partial_runs_are_marked(tmp_path: Path, state: dict[str, Any] | None, partial: bool) -> None:
+    d = run(tmp_path, run_status=None)
+    if state is not None:
+        (d / "run.json").write_text(json.dumps(state))
+    v = verify(d)
+    assert v.run.partial is partial and v.to_dict()["partial"] is partial
+    if partial:
+        assert v.run.stopped_at == state["stage"]  # type: ignore[index]
+        assert v.run.notes[0].startswith(f"partial run: run.json says status {state['status']}")  # type: ignore[index]
+    if state is None:
+        assert "no run.json: whether the run completed is not recorded" in v.run.notes
+
+
+def test_a_run_json_cut_short_is_partial_and_named(tmp_path: Path) -> None:
+    d = run(tmp_path, run_status=None)
+    (d / "run.json").write_text('{"started": 1764099980.0, "ended"')
+    v = verify(d)
+    assert v.run.partial and v.run.run_status is None
+    assert v.run.skipped_records == [{"file": "run.json", "line": 1, "reason": "not JSON: Expecting ':' delimiter"}]
+
+
+def test_a_run_killed_half_way_still_gets_a_partial_verdict(tmp_path: Path) -> None:
+    """Every record file cut mid-line at half its size, as a kill -9 of the writers would leave them."""
+    d = run(tmp_path, faults=[KILL], run_status="running")
+    files = [p for p in d.rglob("*.jsonl") if p.name != "hops.jsonl"]
+    for p in files:
+        data = p.read_bytes()
+        cut = len(data) // 2
+        if data[cut - 1 : cut] == b"\n":
+            cut += 3  # mid-line, always
+        p.write_bytes(data[:cut])
+    v = verify(d)
+    assert v.run.partial and v.run.stopped_at == "chaos"
+    assert v.run.skipped_records_total == len(files)
+    assert {s["reason"] for s in v.run.skipped_records} == {"truncated last line"}
+    assert v.run.hops > 0 and v.run.requests > 0
+    assert "PARTIAL RUN" in _summary(v)
+
+
+def _summary(v: Verdict) -> str:
+    buf = StringIO()
+    print_summary(v, Console(file=buf, width=220, color_system=None))
+    return buf.getvalue()
+
+
+# -- the verifier reads a run directory only -------------------------------------------------------------------
+def test_verify_and_report_import_no_backend() -> None:
+    code = (
+        "import sys, harness.verify, harness.report, harness.observe.hops; "
+        "print(sorted(m for m in sys.modules if m.startswith('harness.backends')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_events_at_one_instant_keep_the_writers_order(tmp_path: Path) -> None:
+    """A pod recorded unready then ready at the same instant is ready; a hand-over at one instant is no outage."""
+    d = run(tmp_path)
+    pod = pod_of(d, LAX, "product-api")
+    append(d / "inventory.jsonl", *(json.dumps(pod | {"event": e, "ts": T0 + 60}) for e in ("unready", "ready")))
+    v = verify(d)
+    assert v.passed and not any("had no ready pod" in n for n in v.run.notes), v.run.notes
+    append(d / "inventory.jsonl", json.dumps(pod | {"event": "unready", "ts": T0 + 70}))
+    v = verify(d)
+    assert any(
+        n.startswith(f"product-api had no ready pod in {LAX} from 2025-11-25T19:47:50.000Z to -") for n in v.run.notes
+    )

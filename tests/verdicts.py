@@ -1,0 +1,30 @@
+"""`verify` for tests: every verdict a test produces is validated against docs/verdict-schema.json.
+
+The schema is what CI, the report and post-mortem tooling consume; a verdict
+that drifts from it is a defect even when the test's own assertions hold. The
+JSON round trip (`Verdict.from_dict`) is checked on the way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+
+from harness.verify import SCHEMA_PATH, Verdict
+from harness.verify import verify as _verify
+
+SCHEMA = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+
+def check_schema(v: Verdict) -> Verdict:
+    data = json.loads(v.to_json())
+    VALIDATOR.validate(data)
+    assert Verdict.from_dict(data).to_dict() == data
+    return v
+
+
+def verify(run_dir: Path | str) -> Verdict:
+    return check_schema(_verify(run_dir))
