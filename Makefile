@@ -84,6 +84,11 @@ lint: deps
 bench: deps
 	$(BIN)/python bench/run.py
 
+# The harness's own memory and open files under traffic and faults for MINUTES (default 30), local backend
+MINUTES ?= 30
+soak: deps
+	$(BIN)/python bench/soak.py --minutes $(MINUTES)
+
 clean:
 	-@test -x $(BIN)/harness && $(BIN)/harness down --backend local --all >/dev/null 2>&1 || true
 	rm -rf out runs build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
