@@ -423,9 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.interrupt import Interrupted, handle_signals
+
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args))
+        with handle_signals(lambda m: err.print(m, markup=False, highlight=False)):
+            return int(args.fn(args))
+    except Interrupted as exc:
+        err.print(f"interrupted ({exc.name}): everything started was cleaned up; records so far are kept",
+                  markup=False, highlight=False)  # fmt: skip
+        return exc.exit_code
     except DryRun as exc:
         out.print(str(exc), markup=False, highlight=False)
         return EXIT_PASS

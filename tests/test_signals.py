@@ -1,0 +1,99 @@
+"""`harness.interrupt`: SIGINT, SIGTERM and SIGHUP stop a command at once and run its cleanup to the end.
+
+A child Python process stands in for a harness command: it waits, and its
+`finally` (the cleanup) takes a second. The signal arrives while it waits,
+to the process alone or to its whole process group (as a terminal's Ctrl-C);
+a second one arrives during the cleanup and must not cut it short; a third
+one leaves at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNIPPET = """
+import sys, time
+from harness.interrupt import Interrupted, handle_signals
+try:
+    with handle_signals(lambda m: print("say:", m, flush=True)):
+        try:
+            print("ready", flush=True)
+            time.sleep(60)
+        finally:
+            print("cleanup start", flush=True)
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:  # a cleanup made of many steps (sleep is interruptible too)
+                time.sleep(0.05)
+            print("cleanup done", flush=True)
+except Interrupted as exc:
+    print("exit", exc.exit_code, flush=True)
+    sys.exit(exc.exit_code)
+"""
+
+
+def _start() -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SNIPPET], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.mark.parametrize(
+    ("sig", "group", "code"),
+    [
+        (signal.SIGINT, True, 130),  # Ctrl-C in a terminal: the whole process group
+        (signal.SIGINT, False, 130),
+        (signal.SIGTERM, False, 143),
+        (signal.SIGHUP, False, 129),
+    ],
+)
+def test_a_signal_stops_at_once_and_the_cleanup_runs(sig: int, group: bool, code: int) -> None:
+    proc = _start()
+    t0 = time.monotonic()
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == code, out
+    assert out.splitlines() == ["cleanup start", "cleanup done", f"exit {code}"]
+    assert time.monotonic() - t0 < 5  # the 60 s wait was cut short
+
+
+def test_a_second_signal_during_cleanup_is_deferred_a_third_leaves() -> None:
+    proc = _start()
+    assert proc.stdout is not None
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "cleanup start"
+    proc.send_signal(signal.SIGINT)
+    line = proc.stdout.readline()
+    assert line.startswith("say: SIGINT again: still cleaning up"), line
+    assert proc.stdout.readline().strip() == "cleanup done"
+    assert proc.wait(timeout=10) == 130
+
+    proc = _start()
+    assert proc.stdout is not None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline().strip() == "cleanup start"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline().startswith("say: SIGTERM again")
+    proc.send_signal(signal.SIGTERM)  # the third: leave now
+    out, _ = proc.communicate(timeout=10)
+    assert "cleanup done" not in out and proc.returncode == 143, out
+
+
+def test_handlers_are_restored_for_an_in_process_caller() -> None:
+    from harness.interrupt import handle_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    with handle_signals():
+        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+    assert {s: signal.getsignal(s) for s in before} == before
