@@ -20,6 +20,7 @@ from rich.console import Console
 
 from harness.backends import BACKENDS, BackendOptions
 from harness.errors import BackendError, DryRun, HarnessError, InputError
+from harness.preflight import PreflightFailed
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_BACKEND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -137,6 +138,15 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edition", choices=["ce", "enterprise"], help="override the topology's Consul edition")
 
 
+def _preflight_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preflight",
+        choices=["gate", "record"],
+        default="gate",
+        help="before traffic: gate = stop on a failed preflight (exit 1, chain printed); record = write it, go on",
+    )
+
+
 def _progress(label: str) -> Callable[[str], None]:
     def say(msg: str) -> None:
         out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {label}{msg}", markup=True, highlight=False)
@@ -233,9 +243,36 @@ def cmd_traffic(a: argparse.Namespace) -> int:
 
     b = connect(_bopts(a))
     run_dir = a.run_dir or new_run_dir(label="traffic")
-    res = record_traffic(b, run_dir, a.users, a.duration, a.shape, a.processes)
+    res = record_traffic(b, run_dir, a.users, a.duration, a.shape, a.processes, preflight=a.preflight)
     out.print(f"{res.requests} requests, {res.failures} failed, {res.rps:.0f}/s  ->  {run_dir}")
     return EXIT_PASS
+
+
+def cmd_preflight(a: argparse.Namespace) -> int:
+    """Consul's own view of the running mesh against the topology; exit 1 naming each failed check."""
+    from harness.backends import connect
+    from harness.preflight import describe, run_preflight, write_preflight
+    from harness.run import new_run_dir
+
+    b = connect(_bopts(a))
+    res = run_preflight(b)
+    path = write_preflight(a.run_dir or new_run_dir(label="preflight"), res)
+    by_check: dict[str, list[int]] = {}
+    for c in res.checks:
+        by_check.setdefault(c.check, [0, 0])[0 if c.ok else 1] += 1
+    for name, (ok, bad) in by_check.items():
+        colour = "green" if not bad else "red"
+        out.print(f"[{colour}]{name:18}[/{colour}] {ok} passed, {bad} failed", highlight=False)
+    for c in res.failures:
+        out.print(describe(c), markup=False, highlight=False)
+    for note in res.notes:
+        out.print(f"note: {note}", markup=False, highlight=False)
+    out.print(f"preflight: {path}")
+    if res.ok:
+        out.print("[bold green]PASS[/bold green]")
+        return EXIT_PASS
+    out.print("[bold red]FAIL[/bold red]")
+    return EXIT_FAIL
 
 
 def cmd_chaos(a: argparse.Namespace) -> int:
@@ -347,6 +384,7 @@ def cmd_e2e(a: argparse.Namespace) -> int:
     opts = E2EOptions(
         topology=a.topology, manifests=a.manifests, edition=a.edition, experiments=list(a.experiment),
         users=a.users, keep=a.keep, processes=a.processes, warmup_s=a.warmup, cooldown_s=a.cooldown,
+        preflight=a.preflight,
     )  # fmt: skip
     res = run_e2e(opts, _bopts(a), say=_progress(""))
     print_summary(res.verdict, out)
@@ -389,7 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", choices=["steady", "ramp"], default="steady")
     p.add_argument("--processes", type=_COUNT, default=1, help="locust worker processes (locust's distributed mode)")
     p.add_argument("--run-dir", type=Path)
+    _preflight_arg(p)
     p.set_defaults(fn=cmd_traffic)
+
+    p = sub.add_parser("preflight", help="check Consul's own view of the running mesh (chains, health, intentions)")
+    _backend_args(p)
+    p.add_argument("--run-dir", type=Path, help="write preflight.json here (default: a new run directory)")
+    p.set_defaults(fn=cmd_preflight)
 
     p = sub.add_parser("chaos", help="run a chaostoolkit experiment (rollbacks always)")
     _backend_args(p)
@@ -418,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_SECONDS, default=8.0)
     p.add_argument("--cooldown", type=_SECONDS, default=8.0)
     p.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
+    _preflight_arg(p)
     p.set_defaults(fn=cmd_e2e)
     return ap
 
@@ -439,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         err.print(exc.line, markup=False, highlight=False)
         return EXIT_INPUT
+    except PreflightFailed as exc:  # a misconfigured mesh, found before any traffic: a failed verdict
+        err.print(str(exc), markup=False, highlight=False)
+        return EXIT_FAIL
     except BackendError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return EXIT_BACKEND

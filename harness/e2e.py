@@ -20,6 +20,7 @@ from typing import Any
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend
 from harness.errors import DryRun, InputError
+from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
 
 TRAFFIC_BOUND_S = 6 * 3600.0
@@ -39,6 +40,7 @@ class E2EOptions:
     keep: bool = False  # leave the cluster up afterwards
     runs_root: Path = Path("runs")
     label: str = ""
+    preflight: str = "gate"  # harness.preflight: "gate" stops before traffic on failure, "record" goes on
 
 
 @dataclass
@@ -100,7 +102,13 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
 
 
 def record_traffic(
-    backend: Backend, run_dir: Path, users: int, duration_s: float, shape: str = "steady", processes: int = 1
+    backend: Backend,
+    run_dir: Path,
+    users: int,
+    duration_s: float,
+    shape: str = "steady",
+    processes: int = 1,
+    preflight: str = "gate",
 ) -> Any:
     """`harness traffic` for game days: a complete run directory that `harness verify` can judge.
 
@@ -114,6 +122,8 @@ def record_traffic(
     mark_run(run_dir, "traffic")
     if not (run_dir / "manifests").exists():
         copy_manifests(backend.manifests().root, run_dir)
+    # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic ---
+    preflight_gate(backend, run_dir, preflight, print)
     with recording(backend, run_dir):
         result = run_traffic(backend.entrypoints(), run_dir, users=users, spawn_rate=users, duration_s=duration_s,
                              shape=shape, processes=processes)  # fmt: skip
@@ -167,6 +177,9 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
         backend.up(manifests, progress=lambda m: say(f"up: {m}"))
         for exp in opts.experiments:  # again, now that up has probed the cluster (kind: sch_netem)
             check_capabilities(exp, backend)
+        # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic; "gate" stops here ---
+        mark_run(run_dir, "preflight")
+        preflight_gate(backend, run_dir, opts.preflight, say)
         with recording(backend, run_dir):
             entry = backend.entrypoints()
             say(f"traffic: {opts.users} users over {len(entry)} zones")

@@ -5,7 +5,7 @@ enter the shop:
 - [1] open the shop: ``GET /``
 - [3] list coffees: ``POST /api`` ``{ coffees { id name price } }``
   (frontend → public-api → product-api → postgres: the full mesh path)
-- [2] one coffee's detail: ``POST /api`` ``{ coffee(coffeeID: "N") { ... } }``
+- [2] one coffee's detail: ``POST /api`` ``{ coffee(id: "N") { ... } }``
   with an id seen in a listing
 
 A GraphQL answer is a failure when it is not a 200, not JSON, carries
@@ -49,7 +49,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     from harness.traffic.recorder import RequestRecorder, parse_entrypoints
 
 COFFEES_QUERY = {"query": "{ coffees { id name price } }"}
-COFFEE_QUERY = '{ coffee(coffeeID: "%s") { id name price } }'
+COFFEE_QUERY = '{ coffee(id: "%s") { id name price } }'
 
 ENTRYPOINTS = parse_entrypoints(os.environ.get("EH_ENTRYPOINTS"))
 DEFAULT_ZONE = os.environ.get("EH_ZONE") or "default"

@@ -1580,6 +1580,24 @@ class ClusterSim:
 
     # -- Consul's HTTP API (the subset preflight uses) ------------------------------------
     async def _consul_http(self, req: Any) -> aiohttp.web.StreamResponse:
+        """Consul's read endpoints carry X-Consul-Index (py-consul's health/catalog calls require it)."""
+        resp = await self._consul_http_body(req)
+        if resp.status == 200:
+            resp.headers["X-Consul-Index"] = "1"
+            resp.headers["X-Consul-KnownLeader"] = "true"
+        return resp
+
+    def _intention_allowed(self, source: str, destination: str) -> bool:
+        """Consul's decision: an exact source beats `*`; no match is allow (ACLs off)."""
+        assert self.consul is not None
+        sources = (self.consul.entries.get(("ServiceIntentions", destination)) or {}).get("sources") or []
+        for name in (source, "*"):
+            for src in sources:
+                if src.get("name") == name:
+                    return bool(src.get("action") == "allow")
+        return True
+
+    async def _consul_http_body(self, req: Any) -> aiohttp.web.StreamResponse:
         c = self.consul
         if c is None:
             return _text(500, "No cluster leader")
@@ -1674,6 +1692,11 @@ class ClusterSim:
         m = re.fullmatch(r"/v1/discovery-chain/([^/]+)", path)
         if m:
             return aiohttp.web.json_response({"Chain": self._chain(m.group(1))})
+        if path == "/v1/connect/intentions/check":
+            src, dst = req.query.get("source", ""), req.query.get("destination", "")
+            if not src or not dst:
+                return _text(400, "required query parameter 'source' not set")
+            return aiohttp.web.json_response({"Allowed": self._intention_allowed(src, dst)})
         return _text(404, "404 page not found")
 
     def _chain(self, svc: str) -> Obj:

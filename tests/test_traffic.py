@@ -82,9 +82,9 @@ class _Handler(BaseHTTPRequestHandler):
         query = json.loads(self.rfile.read(length) or b"{}").get("query", "")
         if "coffees" in query:
             self._send(200, json.dumps({"data": {"coffees": COFFEES}}).encode(), "application/json", "coffees")
-        elif 'coffeeID: "2"' in query:
+        elif 'coffee(id: "2")' in query:
             self._send(500, b'{"error": "boom"}', "application/json", "coffee")
-        elif 'coffeeID: "3"' in query:
+        elif 'coffee(id: "3")' in query:
             body = {"errors": [{"message": "product-api unavailable"}], "data": {"coffee": None}}
             self._send(200, json.dumps(body).encode(), "application/json", "coffee")
         else:

@@ -211,6 +211,38 @@ CHAOS_PRIMITIVES = frozenset(
 """Fault-injecting primitives (each has its restore); `Backend.capabilities()` returns a subset."""
 
 
+@dataclass(frozen=True)
+class ConfigEntryStatus:
+    """The consul-k8s `Synced` condition of one config-entry CRD (ServiceResolver, ...).
+
+    `synced` is the condition's status: True, False, or None for "Unknown" or
+    no condition yet; `reason`/`message` as the controller wrote them
+    (shared/reference/consul-http-api-subset.md §6).
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    synced: bool | None
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class EdgeProbe:
+    """A real call from one service identity to another that the intentions must refuse.
+
+    `possible` False: the backend cannot make such a call (it would need the
+    source's mTLS identity); the preflight check then says so instead of
+    passing. `refused`: the destination's sidecar refused it (HTTP 403 from
+    the RBAC filter, or the connection closed for a TCP service).
+    """
+
+    possible: bool
+    refused: bool
+    detail: str
+
+
 @dataclass
 class Status:
     backend: str
@@ -298,6 +330,27 @@ class Backend(ABC):
     @abstractmethod
     def consul_api(self) -> AbstractContextManager[str]:
         """A context yielding the base URL of Consul's HTTP API (``http://127.0.0.1:PORT``) while it lasts."""
+
+    # -- Consul's view, for preflight (harness.preflight) ----------------------
+    def config_entry_status(self) -> list[ConfigEntryStatus]:
+        """The `Synced` condition of every config-entry CRD applied (kind/EKS: the CRDs' status).
+
+        Not abstract so that backends gain it one at a time; the default says
+        the backend cannot tell, and preflight's `crd-synced` check fails with
+        that message (unverified is a failure).
+        """
+        raise BackendError(f"{self.name}: this backend cannot report the config-entry CRDs' Synced condition")
+
+    def probe_edge(self, source: str, destination: str) -> EdgeProbe:
+        """Call `destination` (a Consul service) as `source` would, through its sidecar's inbound listener.
+
+        Names as the intentions API writes them: ``name``, or ``namespace/name``
+        in Enterprise.
+
+        Used by preflight's `refused-probe` check on an edge the topology does
+        not declare. Default: not possible here (see `EdgeProbe`).
+        """
+        return EdgeProbe(False, False, f"{self.name}: calling as another service's identity is not possible here")
 
     # -- chaos primitives: each returns quickly; each has its restore ---------
     @abstractmethod

@@ -33,7 +33,7 @@ from urllib.parse import quote
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from harness.backends.base import Inventory, LogSource, PodInfo
+from harness.backends.base import ConfigEntryStatus, Inventory, LogSource, PodInfo
 from harness.errors import BackendError
 
 FIELD_MANAGER = "edge-harness"
@@ -725,18 +725,6 @@ class ConsulInstall:
     injectors_ready: int  # connect-injector pods Ready: without one, no pod gets a sidecar
     ui_service: str
     ui_port: int
-
-
-@dataclass(frozen=True)
-class ConfigEntryStatus:
-    """One Consul config-entry CRD as consul-k8s reports it (`Synced` condition)."""
-
-    kind: str
-    namespace: str
-    name: str
-    synced: bool
-    reason: str
-    message: str
 
 
 def pod_condition(pod: Mapping[str, Any], kind: str) -> tuple[str, float | None]:

@@ -6,8 +6,31 @@ What each kind is for here:
   Consul upgrade cannot silently change the records), and http as the mesh
   default protocol (L7 routing needs it).
 - ServiceDefaults: the protocol per service (postgres is tcp) and, on callers,
-  aggressive passive health checking, so a dead in-zone host is ejected after
-  one failure and the aggregate cluster spills to the Region within seconds.
+  passive health checking (outlier detection) tuned from Consul's defaults
+  (= Envoy's: 5 consecutive 5xx, 10 s interval, 30 s base ejection, 10 % max
+  ejection; shared/notes/consul-dataplane-semantics.md §5), value by value:
+  - `maxEjectionPercent: 100`: with Envoy's 10 % a target with fewer than ten
+    hosts never has a host ejected (`ejections_overflow`), so a one-replica
+    zone whose app dies behind a live pod would never fail over
+    (docs/local-emulation.md, "max_ejection_percent").
+  - `maxFailures: 2` (Consul: 5; this harness used to render 1), equal to the
+    ServiceRouter's `numRetries`: a request whose first attempt and first
+    retry both fail on a host (a pod killed mid-flight: reset, then refused)
+    has that host ejected in time for its last retry to go to the failover
+    target, so the user sees no error; a single stray 5xx never ejects a
+    healthy host. Consul's 5 would spend every retry of the first requests on
+    a dead host before the catalog removes it. Ejecting on one 5xx was the
+    "cascading ejection" of issue 7: when a zone's product-api died, a burst
+    of 5xx answers from the zone's healthy public-api pods got both of them
+    ejected by the frontend and sent the zone's users to the Region. (The real
+    public-api answers upstream failures with HTTP 200 and GraphQL errors, so
+    the frontend does not see them as 5xx at all; the threshold is the
+    second guard.)
+  - `interval: 1s` (Consul: 10 s): the sweep that un-ejects hosts; at 10 s a
+    5 s ejection would last 10 s.
+  - `baseEjectionTime: 5s` (Consul: 30 s): a recovered host gets traffic back
+    within seconds, inside the recovery SLO, instead of after half a minute.
+  - `enforcingConsecutive5xx: 100`: Envoy's default, stated so it is visible.
 - ServiceResolver: on each edge copy, failover to the Region. In CE that is
   another service name (`targets: [{service: product-api}]`); Enterprise names
   the Region namespace, and redirects Region-only services from edge
@@ -33,10 +56,11 @@ from harness.render.naming import ConsulService
 from harness.topology.model import Edition, Placement, Topology
 
 API_VERSION = "consul.hashicorp.com/v1alpha1"
+NUM_RETRIES = 2
 CONNECT_TIMEOUT_MS = 2000
 PASSIVE_HEALTH_CHECK: dict[str, Any] = {
     "interval": "1s",
-    "maxFailures": 1,
+    "maxFailures": 2,  # = NUM_RETRIES, see the module docstring
     "enforcingConsecutive5xx": 100,
     "maxEjectionPercent": 100,
     "baseEjectionTime": "5s",
@@ -44,7 +68,6 @@ PASSIVE_HEALTH_CHECK: dict[str, Any] = {
 # isValidRetryCondition values; gateway-error covers a 502/503/504 from a pod
 # that is shutting down, reset/refused-stream a connection it dropped.
 RETRY_ON = ["reset", "connect-failure", "refused-stream", "gateway-error"]
-NUM_RETRIES = 2
 
 # Consul's JSON access-log fields (agent/xds/accesslogs) -> Envoy command operators.
 ACCESS_LOG_FIELDS: dict[str, str] = {

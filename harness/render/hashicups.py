@@ -7,6 +7,31 @@ taint, so nothing from the Region (or another edge zone, whose affinity
 forbids it anyway) lands on an edge node. Apps reach their upstreams at
 localhost ports the sidecar listens on, configured with the same environment
 variables and files HashiCorp's published manifests use.
+
+Probes follow what the real images can answer
+(shared/reference/hashicups-interfaces.md), because a probe the image cannot
+pass keeps a pod out of service on a real cluster however well the local
+backend runs:
+- public-api (v0.0.7) is probed with **tcpSocket** on its port. Its only
+  health route, ``GET /health``, answers 500 unless product-api's ``/health``
+  *and* the payments service's ``/actuator/health`` answer; nothing here
+  deploys payments (it is not on any path the harness measures), so that
+  probe could never pass. And even with payments, a readiness that follows
+  product-api would take a zone's public-api out of service whenever the
+  zone's product-api dies, sending that zone's frontend to the Region: the
+  opposite of what the mesh's own failover (public-api -> Region
+  product-api) is there to do. The image listens at once and never exits on
+  a dependency failure, so an open port is exactly "the process serves";
+  hashicups-setups' docker-compose uses the same TCP checks.
+- product-api (v0.0.22) opens its port only once postgres answers and exits
+  after ~60 s without it, so a liveness probe from t=0 restarts it during
+  every slow bring-up (CrashLoopBackOff). A **startupProbe** on
+  ``/health/livez`` (every 1 s, 65 failures: longer than the image's own
+  60 s wait) holds liveness and readiness back until it listens; liveness is
+  ``/health/livez`` (never restart it for a database outage: the image heals
+  its pool itself), readiness ``/health/readyz`` (database reachable).
+- postgres (product-api-db) gets a tcpSocket startupProbe too: the image's
+  first start runs initdb and the seed before the port opens.
 """
 
 from __future__ import annotations
@@ -83,12 +108,19 @@ def _meta(name: str, ns: str, labels: dict[str, str]) -> dict[str, Any]:
     return {"name": name, "namespace": ns, "labels": labels}
 
 
-def _http_probe(path: str, port: int | str, period: int = 1) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": 2}
+def _http_probe(path: str, port: int | str, period: int = 1, failures: int = 2) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": failures}
 
 
-def _tcp_probe(port: int | str, period: int = 1) -> dict[str, Any]:
-    return {"tcpSocket": {"port": port}, "periodSeconds": period, "failureThreshold": 2}
+def _tcp_probe(port: int | str, period: int = 1, failures: int = 2) -> dict[str, Any]:
+    return {"tcpSocket": {"port": port}, "periodSeconds": period, "failureThreshold": failures}
+
+
+# product-api v0.0.22 waits up to 60 s for postgres before it listens (then exits 1):
+# the startup budget must outlast that wait, or kubelet kills a pod that would have come up.
+PRODUCT_API_STARTUP_FAILURES = 65
+# postgres' first start (initdb + seed) before it listens on 5432.
+POSTGRES_STARTUP_FAILURES = 60
 
 
 def _env(values: dict[str, str]) -> list[dict[str, str]]:
@@ -142,18 +174,21 @@ def _containers(t: Topology, svc: Service, cs: ConsulService) -> tuple[list[dict
         if product_port is not None:
             env["PRODUCT_API_URI"] = f"http://localhost:{product_port}"
         main["env"] = _env(env)
-        main["readinessProbe"] = _http_probe("/health", port)
-        main["livenessProbe"] = _http_probe("/health", port, 5)
+        # tcpSocket, not GET /health: see the module docstring (v0.0.7's /health needs payments)
+        main["readinessProbe"] = _tcp_probe(port)
+        main["livenessProbe"] = _tcp_probe(port, 5)
         main["resources"] = _resources()
     elif svc.name == "product-api":
         main["env"] = _env({"CONFIG_FILE": "/config/conf.json"})
         main["volumeMounts"] = [{"name": "config", "mountPath": "/config", "readOnly": True}]
+        main["startupProbe"] = _http_probe("/health/livez", port, 1, PRODUCT_API_STARTUP_FAILURES)
         main["readinessProbe"] = _http_probe("/health/readyz", port)
         main["livenessProbe"] = _http_probe("/health/livez", port, 5)
         main["resources"] = _resources()
         volumes.append({"name": "config", "configMap": {"name": config_map_name(cs, "config")}})
     elif svc.name == "postgres":
         main["env"] = _env(POSTGRES_ENV)
+        main["startupProbe"] = _tcp_probe(port, 1, POSTGRES_STARTUP_FAILURES)
         main["readinessProbe"] = _tcp_probe(port)
         main["livenessProbe"] = _tcp_probe(port, 5)
         main["resources"] = _resources("50m", "128Mi")

@@ -25,7 +25,15 @@ from typing import Any
 
 import httpx
 
-from harness.backends.base import CHAOS_PRIMITIVES, Backend, Inventory, LogSource, Status
+from harness.backends.base import (
+    CHAOS_PRIMITIVES,
+    Backend,
+    ConfigEntryStatus,
+    EdgeProbe,
+    Inventory,
+    LogSource,
+    Status,
+)
 from harness.errors import BackendError
 from harness.render.manifests import Manifests
 
@@ -206,7 +214,38 @@ class LocalBackend(Backend):
         raise BackendError("envoy_admin: not implemented yet on this backend")  # replaced in this round
 
     def consul_api(self) -> AbstractContextManager[str]:
-        raise BackendError("consul_api: not implemented yet on this backend")  # replaced in this round
+        """The daemon's emulated Consul HTTP API (consul_api.py) on a loopback port; lives as long as the cluster."""
+        url = self._phase().get("consul_api")
+        if not self.is_up() or not url:
+            raise BackendError(f"local cluster {self.cluster!r} is not up (no Consul API)")
+        return contextlib.nullcontext(str(url))
+
+    def config_entry_status(self) -> list[ConfigEntryStatus]:
+        """Every config-entry CRD of the running cluster counts as Synced: the daemon compiled them all.
+
+        A manifest the local backend rejects is an InputError at `up`, before
+        anything starts, so a running cluster has no unsynced entry (the
+        analogue of consul-k8s' `Synced=False` is a cluster that never came up).
+        """
+        if not self.is_up():
+            raise BackendError(f"local cluster {self.cluster!r} is not up")
+        out = []
+        for obj in self.manifests().objects:
+            if str(obj.get("apiVersion", "")).startswith("consul.hashicorp.com/"):
+                meta = obj.get("metadata") or {}
+                out.append(ConfigEntryStatus(kind=str(obj.get("kind")), namespace=str(meta.get("namespace", "default")),
+                                             name=str(meta.get("name")), synced=True,
+                                             message="compiled by the local backend"))  # fmt: skip
+        return out
+
+    def probe_edge(self, source: str, destination: str) -> EdgeProbe:
+        """An mTLS request with `source`'s leaf certificate to a `destination` pod's inbound listener."""
+        with self._client() as c:
+            r = c.post("/refused-probe", json={"source": source, "destination": destination}, timeout=30)
+        body = r.json()
+        if r.status_code != 200:
+            raise BackendError(f"refused-probe: {body.get('error')}")
+        return EdgeProbe(bool(body["possible"]), bool(body["refused"]), str(body["detail"]))
 
     def kill_pod(self, zone: str, service: str) -> list[str]:
         return list(self._chaos("kill_pod", zone=zone, service=service))

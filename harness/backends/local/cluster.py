@@ -63,6 +63,9 @@ class ProbeState:
     successes: int = 0
     failures: int = 0
     inflight: Future[bool] | None = None
+    # liveness/readiness: the container's startup probe; kubelet runs neither until it succeeded
+    gate: ProbeState | None = None
+    started: bool = False  # startup probes: succeeded once (then never run again)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Pod:
     forced_unready: bool = False
     readiness: list[ProbeState] = field(default_factory=list)
     liveness: list[ProbeState] = field(default_factory=list)
+    startup: list[ProbeState] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -242,11 +246,15 @@ class LocalCluster:
             )
         now = time.time()
         for c in dep.containers:
+            # kubelet: every probe's initialDelaySeconds counts from the container's start
+            gate = ProbeState(c.startup, now + c.startup.initial_delay_s) if c.startup else None
+            if gate is not None:
+                pod.startup.append(gate)
             if c.readiness:
-                pod.readiness.append(ProbeState(c.readiness, now + c.readiness.initial_delay_s))
+                pod.readiness.append(ProbeState(c.readiness, now + c.readiness.initial_delay_s, gate=gate))
             if c.liveness:
-                pod.liveness.append(ProbeState(c.liveness, now + max(c.liveness.initial_delay_s, 5.0)))
-        if not pod.readiness:
+                pod.liveness.append(ProbeState(c.liveness, now + c.liveness.initial_delay_s, gate=gate))
+        if not pod.readiness and not pod.startup:
             pod.ready = True
         with self.lock:
             self.pods[name] = pod
@@ -344,16 +352,22 @@ class LocalCluster:
             if dead:
                 self._pod_died(pod, f"container {dead[0]} exited")
                 continue
-            self._probe(pod, pod.readiness, now, readiness=True)
-            if self._probe(pod, pod.liveness, now, readiness=False) is False:
+            if self._probe(pod, pod.startup, now, kind="startup") is False:
+                self._pod_died(pod, "startup probe failed")
+                continue
+            self._probe(pod, pod.readiness, now, kind="readiness")
+            if self._probe(pod, pod.liveness, now, kind="liveness") is False:
                 self._pod_died(pod, "liveness probe failed")
         self._reconcile(now)
         self._push()
 
-    def _probe(self, pod: Pod, states: list[ProbeState], now: float, readiness: bool) -> bool | None:
+    def _probe(self, pod: Pod, states: list[ProbeState], now: float, kind: str) -> bool | None:
+        """Run due probes of one kind; False when the container must be restarted (liveness/startup)."""
         assert self.probe_pool is not None
         verdict: bool | None = None
         for st in states:
+            if st.started or (st.gate is not None and not st.gate.started):
+                continue  # a startup probe that succeeded, or a probe held back by its startup probe
             if st.inflight is not None and st.inflight.done():
                 ok = st.inflight.result()
                 st.inflight = None
@@ -364,8 +378,17 @@ class LocalCluster:
             if st.inflight is None and now >= st.next_at:
                 st.inflight = self.probe_pool.submit(_check, pod.net.ip, st.probe)
                 st.next_at = now + st.probe.period_s
-        if readiness:
-            if states and all(s.successes >= s.probe.success_threshold for s in states):
+        if kind == "startup":
+            for st in states:
+                if not st.started and st.successes >= 1:
+                    st.started = True
+            if any(not s.started and s.failures >= s.probe.failure_threshold for s in states):
+                verdict = False
+            if not pod.readiness and all(s.started for s in states):
+                pod.ready = True  # a container without readinessProbe is Ready once started
+        elif kind == "readiness":
+            started = all(s.started for s in pod.startup)
+            if states and started and all(s.successes >= s.probe.success_threshold for s in states):
                 pod.ready = True
             elif any(s.failures >= s.probe.failure_threshold for s in states):
                 pod.ready = False

@@ -87,6 +87,15 @@ def _handler(cluster: Any, shutdown: threading.Event) -> type[BaseHTTPRequestHan
                 except (OSError, KeyError) as exc:
                     self._reply(500, {"error": f"{exc.__class__.__name__}: {exc}"})
                 return
+            if self.path == "/refused-probe":  # preflight's refused-probe check (consul_api.refused_probe)
+                from harness.backends.local import netns
+                from harness.backends.local.consul_api import refused_probe
+
+                try:
+                    self._reply(200, refused_probe(cluster, body["source"], body["destination"], netns.call_in))
+                except (OSError, KeyError, HarnessError) as exc:
+                    self._reply(500, {"error": f"{exc.__class__.__name__}: {exc}"})
+                return
             if self.path == "/shutdown":
                 self._reply(200, {"ok": True})
                 shutdown.set()
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cluster = None
     server = None
+    consul = None
     try:
         write_phase(state_dir, phase="starting", message="reading manifests")
         cluster = LocalCluster(load(args.manifests), state_dir, args.cluster)
@@ -147,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             sock.unlink()
         server = _Server(str(sock), _handler(cluster, shutdown))
         threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
-        write_phase(state_dir, phase="ready", message="cluster is up", socket=str(sock))
+        # Consul's HTTP API subset, from what the cluster compiled (consul_api.py), for preflight
+        from harness.backends.local.consul_api import ClusterView, ConsulApiServer
+
+        consul = ConsulApiServer(ClusterView(cluster)).start()
+        write_phase(state_dir, phase="ready", message="cluster is up", socket=str(sock), consul_api=consul.url)
         while not shutdown.wait(0.5):
             if cluster.error is not None:
                 logging.error("control loop failed: %r", cluster.error)
@@ -161,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         write_phase(state_dir, phase="failed", message=f"{exc.__class__.__name__}: {exc}")
         return 1
     finally:
+        if consul is not None:
+            consul.stop()
         if server is not None:
             server.shutdown()
             server.server_close()

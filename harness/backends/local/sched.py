@@ -66,6 +66,9 @@ class Container:
     mounts: dict[str, str]  # mountPath -> volume name
     readiness: Probe | None
     liveness: Probe | None
+    # kubelet: liveness and readiness do not run until the startup probe succeeded once;
+    # `failureThreshold` startup failures restart the container.
+    startup: Probe | None = None
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,9 @@ def _probe(f: _Fields, p: Any, path: str, ports: dict[str, int]) -> Probe | None
             "successThreshold",
         },
     )
+    if path.endswith(("livenessProbe", "startupProbe")) and int(p.get("successThreshold", 1)) != 1:
+        # the API server rejects it: "must be 1" for liveness and startup probes
+        raise f.fail(f"{path}.successThreshold", "must be 1")
     common = dict(
         period_s=float(p.get("periodSeconds", 10)),
         initial_delay_s=float(p.get("initialDelaySeconds", 0)),
@@ -352,6 +358,7 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
                 mounts=mounts,
                 readiness=_probe(f, c.get("readinessProbe"), f"{cp}.readinessProbe", named),
                 liveness=_probe(f, c.get("livenessProbe"), f"{cp}.livenessProbe", named),
+                startup=_probe(f, c.get("startupProbe"), f"{cp}.startupProbe", named),
             )
         )
     if not containers:

@@ -198,11 +198,22 @@ class Listener:
     handler: Handler
 
 
-def serve(app: str, listeners: Sequence[Listener], on_stop: Callable[[], None] | None = None) -> int:
+def serve(
+    app: str,
+    listeners: Sequence[Listener],
+    on_stop: Callable[[], None] | None = None,
+    gate: Callable[[threading.Event], bool] | None = None,
+    gated: Sequence[Listener] = (),
+) -> int:
     """Bind every listener, serve until SIGTERM/SIGINT, return the exit code.
 
-    All sockets are bound before serving so a port conflict fails start-up
-    with a clear message (exit 1) instead of leaving a half-started pod.
+    `listeners` open at once. When `gate` is given, it is called next (with
+    the stop event, so a SIGTERM ends its wait) and `gated` listeners open only
+    once it returns True; False ends the app with exit code 1. That is
+    product-api's start-up: its metrics port opens at once, its API port only
+    once postgres answers, and it gives up after a while.
+    Each group's sockets are bound before any of them serves, so a port
+    conflict fails with a clear message (exit 1) instead of a half-started pod.
     """
     servers: list[_Server] = []
     stopping = threading.Event()
@@ -212,31 +223,45 @@ def serve(app: str, listeners: Sequence[Listener], on_stop: Callable[[], None] |
             return
         stopping.set()
         log(app, "stopping", signal=signal.Signals(signum).name)
+
+    def bind(group: Sequence[Listener]) -> bool:
+        bound: list[_Server] = []
+        for lst in group:
+            cls = type(f"{app}Handler", (_RequestHandler,), {"app_name": app, "app_handler": staticmethod(lst.handler)})
+            try:
+                bound.append(_Server((lst.host, lst.port), cls))
+            except OSError as exc:
+                log(app, "cannot listen", address=f"{lst.host}:{lst.port}", error=exc.strerror or str(exc))
+                for s in bound:
+                    s.server_close()
+                return False
+        for s in bound:
+            threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        servers.extend(bound)
+        if group:
+            log(app, "listening", addresses=",".join(f"{lst.host}:{lst.port}" for lst in group))
+        return True
+
+    def close_all() -> None:
         for s in servers:
-            threading.Thread(target=s.shutdown, daemon=True).start()
+            s.shutdown()
+            s.server_close()
 
     # Handlers first: a SIGTERM that arrives right after the port opens must still be a clean stop.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for lst in listeners:
-        cls = type(f"{app}Handler", (_RequestHandler,), {"app_name": app, "app_handler": staticmethod(lst.handler)})
-        try:
-            servers.append(_Server((lst.host, lst.port), cls))
-        except OSError as exc:
-            log(app, "cannot listen", address=f"{lst.host}:{lst.port}", error=exc.strerror or str(exc))
-            for s in servers:
-                s.server_close()
+    if not bind(listeners):
+        return 1
+    if gate is not None and not stopping.is_set():
+        if not gate(stopping):
+            close_all()
+            return 0 if stopping.is_set() else 1
+        if not stopping.is_set() and not bind(gated):
+            close_all()
             return 1
-    if stopping.is_set():  # signalled while binding: the servers bound after it were not told to stop
-        for s in servers:
-            s.server_close()
-        return 0
-    for s in servers[1:]:
-        threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
-    log(app, "listening", addresses=",".join(f"{lst.host}:{lst.port}" for lst in listeners))
-    servers[0].serve_forever(poll_interval=0.2)
-    for s in servers:
-        s.server_close()
+    while not stopping.wait(0.5):
+        pass
+    close_all()
     if on_stop is not None:
         on_stop()
     return 0
@@ -252,7 +277,17 @@ class UpstreamResponse:
 
 
 class UpstreamError(Exception):
-    """No HTTP response came back from the upstream (refused, reset, timed out)."""
+    """No HTTP response came back from the upstream (refused, reset, timed out).
+
+    `method`, `url` and `cause` let a caller word the failure the way the real
+    (Go) client would (``Get "http://...": dial tcp ...: connection refused``).
+    """
+
+    def __init__(self, message: str, method: str = "", url: str = "", cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+        self.cause = cause
 
 
 class UpstreamClient:
@@ -320,7 +355,8 @@ class UpstreamClient:
                 )
                 if attempt == 0 and stale:
                     continue
-                raise UpstreamError(f"{method} http://{self.authority}{target}: {exc!r}") from exc
+                url = f"http://{self.authority}{target}"
+                raise UpstreamError(f"{method} {url}: {exc!r}", method, url, exc) from exc
             if resp.will_close:
                 self._drop()
             return UpstreamResponse(resp.status, resp.getheaders(), data)

@@ -32,7 +32,9 @@ can reach its data, e.g. under a 0700 pytest temp directory.
 Configuration, as the real image: ``POSTGRES_USER`` (default ``postgres``),
 ``POSTGRES_PASSWORD`` (required unless ``POSTGRES_HOST_AUTH_METHOD=trust``),
 ``POSTGRES_DB`` (default: the user name), ``PGPORT``. Local conventions:
-``EH_POD_DIR`` (required), ``EH_BIND_HOST``.
+``EH_POD_DIR`` (required), ``EH_BIND_HOST``, and for tests ``EH_START_DELAY_S``
+(seconds to wait before anything else: a slow first start, as the real
+image's initdb on a slow volume, to hold product-api's start-up against).
 Run: ``python -m harness.backends.local.apps.postgres``.
 
 Not reproduced: the real init script's ``pgcrypto`` extension (not shipped
@@ -51,6 +53,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,6 +420,10 @@ def main() -> int:
     except ValueError as exc:
         log(APP, f"invalid configuration: {exc}")
         return 1
+    delay = os.environ.get("EH_START_DELAY_S", "").strip()
+    if delay:
+        log(APP, "delaying start-up", seconds=delay)
+        time.sleep(float(delay))
     try:
         bins = bin_dir()
         user = _system_user()

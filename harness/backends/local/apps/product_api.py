@@ -8,20 +8,30 @@ Configuration, exactly as the real image reads it:
   as in the real app, the file is read only when ``DB_CONNECTION`` or
   ``BIND_ADDRESS`` is unset.
 
-Endpoints (JSON shapes as the real API): ``GET /coffees``, ``GET /coffees/{id}``
-(a list, like the real handler), ``GET /coffees/{id}/ingredients``,
-``GET /health`` and ``/health/readyz`` (``ok`` only when the database answers),
-``GET /health/livez`` (always ``ok``); ``GET /metrics`` on the metrics address.
+Start-up, as the real image (v0.0.22 ``retryDBUntilReady``): the metrics
+listener opens first; then the database is tried every second and the API
+port opens **only once postgres answers**; after 60 s without it the app logs
+``Timeout waiting for database connection`` and exits 1. On a cluster that
+means a probe of port 9090 fails until postgres is up, so the rendered
+manifests give product-api a startupProbe (harness/render/hashicups.py).
+
+Endpoints (shared/reference/hashicups-interfaces.md §1): ``GET /coffees``,
+``GET /coffees/{id}`` (an **array** of 0 or 1 coffee), ``GET
+/coffees/{id}/ingredients``; ``GET /health`` answers 200 with the body
+``not ok`` (sic, the image's text) when the database pings, else 500;
+``GET /health/readyz`` 200 ``ok`` / 500; ``GET /health/livez`` always 200
+``ok``; ``GET /metrics`` (any path) on the metrics address. Success bodies
+carry no explicit Content-Type (Go sniffs ``text/plain; charset=utf-8``),
+errors are Go's ``http.Error`` text. An unknown path is 404 ``404 page not
+found``, a known path with another method 405. The authenticated routes
+(orders, sign-up/in/out, POST /coffees) answer 501: not emulated
+(docs/local-emulation.md).
 
 Every data request reads postgres, because the point of the harness is to
 see the product-api → postgres hop in the mesh: the database is reached
 through the Envoy sidecar and may fail over between Region pods, so
 connections are pooled, a failed pooled connection is discarded together with
 its idle siblings, and the query is retried once on a fresh connection.
-
-Deliberate difference: the real app waits (up to 60 s) for the database
-before it listens; this one listens at once and reports the database through
-``/health/readyz``, so a pod's readiness, not its absence, shows the outage.
 Like the real app (Go's database/sql without deadlines), a hung database
 makes requests wait; the sidecar's timeouts bound what users see.
 
@@ -38,6 +48,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -47,7 +58,6 @@ from harness.backends.local.apps._http import (
     Listener,
     Reply,
     Request,
-    json_reply,
     log,
     parse_bind_address,
     serve,
@@ -66,6 +76,57 @@ _INGREDIENTS_SQL = (
 )
 _COFFEE_PATH = re.compile(r"^/coffees/([0-9]+)$")
 _INGREDIENTS_PATH = re.compile(r"^/coffees/([0-9]+)/ingredients$")
+_ORDER_PATH = re.compile(r"^/orders/[0-9]+$")
+
+
+DB_RETRY_INTERVAL_S = 1.0  # retryDBUntilReady: one attempt a second
+DB_WAIT_TIMEOUT_S = 60.0  # ... and exit 1 once a failure comes more than 60 s after the first try
+_SNIFFED = "text/plain; charset=utf-8"  # what Go's http server sniffs for a JSON body without Content-Type
+_GO_ERROR_HEADERS = [("X-Content-Type-Options", "nosniff")]
+# Authenticated or write routes of the real API that the stand-in does not emulate (method, path pattern).
+_NOT_EMULATED = (
+    re.compile(r"^/coffees$"),
+    re.compile(r"^/coffees/[0-9]+/ingredients$"),
+    re.compile(r"^/(signup|signin|signout)$"),
+    re.compile(r"^/orders(/[0-9]+)?$"),
+)
+
+
+def go_error(status: int, text: str) -> Reply:
+    """Go's ``http.Error``: text/plain, nosniff, the message plus a newline."""
+    return Reply(status, (text + "\n").encode(), _SNIFFED, list(_GO_ERROR_HEADERS))
+
+
+def sniffed_json(obj: Any) -> Reply:
+    """A JSON success body as the real handlers write it (no Content-Type set: Go sniffs text/plain)."""
+    return Reply(200, json.dumps(obj, separators=(",", ":")).encode(), _SNIFFED)
+
+
+def wait_for_database(
+    connect: Callable[[], None],
+    stop: threading.Event,
+    timeout_s: float = DB_WAIT_TIMEOUT_S,
+    interval_s: float = DB_RETRY_INTERVAL_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """The image's ``retryDBUntilReady``: True once `connect()` succeeds, False after `timeout_s`.
+
+    Tries at once, then every `interval_s`; gives up on the first failure that
+    comes more than `timeout_s` after the first try (so about 60 attempts).
+    Returns False at once when `stop` is set (SIGTERM while waiting).
+    """
+    first = clock()
+    while not stop.is_set():
+        try:
+            connect()
+            return True
+        except Exception as exc:
+            if clock() - first > timeout_s:
+                log(APP, "Timeout waiting for database connection", error=repr(str(exc).strip()[:200]))
+                return False
+            log(APP, "database not ready, retrying", error=repr(str(exc).strip()[:200]))
+        stop.wait(interval_s)
+    return False
 
 
 class Config:
@@ -225,6 +286,10 @@ class ProductApi:
         (rows,) = self.db.query((_INGREDIENTS_SQL, (coffee_id,)))
         return [{"id": i, "name": n, "quantity": q, "unit": u} for i, n, q, u in rows]
 
+    def ping(self) -> None:
+        """Open one connection and close it (``sqlx.Connect``: open + ping); raises on failure."""
+        self.db._new().close()
+
     def ready(self) -> str | None:
         """None when the database answers, else the error text."""
         try:
@@ -242,33 +307,41 @@ class ProductApi:
 
     def _route(self, req: Request) -> tuple[str, Reply]:
         path = req.path
-        if req.method not in ("GET", "HEAD"):
-            return "other", Reply(405, b"")
+        get = req.method in ("GET", "HEAD")
         if path == "/health/livez":
-            return "livez", text_reply(200, "ok")
+            return ("livez", text_reply(200, "ok")) if get else ("other", Reply(405, b""))
         if path in ("/health", "/health/readyz"):
+            if not get:
+                return "other", Reply(405, b"")
             err = self.ready()
+            word = "not ok" if path == "/health" else "ok"  # /health says "not ok" even when it is fine
             if err is not None:
-                return "readyz", text_reply(500, f"error {err}")
-            return "readyz", text_reply(200, "ok")
-        try:
-            if path == "/coffees":
-                return "coffees", json_reply(200, self.coffees(None))
-            m = _COFFEE_PATH.match(path)
-            if m:
-                return "coffee", json_reply(200, self.coffees(int(m.group(1))))
-            m = _INGREDIENTS_PATH.match(path)
-            if m:
-                return "ingredients", json_reply(200, self.ingredients(int(m.group(1))))
-        except psycopg.Error as exc:
-            log(APP, "unable to get products from database", path=path, error=repr(str(exc).strip()))
-            return "error", text_reply(500, "Unable to list products\n")
-        return "not_found", text_reply(404, "404 page not found\n")
+                return "readyz", go_error(500, f"error {err}{word}")
+            return "readyz", Reply(200, word.encode(), _SNIFFED)
+        coffee = _COFFEE_PATH.match(path)
+        ingredients = _INGREDIENTS_PATH.match(path)
+        if get:
+            try:
+                if path == "/coffees":
+                    return "coffees", sniffed_json(self.coffees(None))
+                if coffee:
+                    return "coffee", sniffed_json(self.coffees(int(coffee.group(1))))
+                if ingredients:
+                    return "ingredients", sniffed_json(self.ingredients(int(ingredients.group(1))))
+            except psycopg.Error as exc:
+                log(APP, "unable to get products from database", path=path, error=repr(str(exc).strip()))
+                what = "ingredients" if ingredients else "products"
+                return "error", go_error(500, f"Unable to list {what}")
+            if path == "/orders" or _ORDER_PATH.match(path):
+                return "other", go_error(501, f"{req.method} {path}: not emulated by the local stand-in")
+        elif any(p.match(path) for p in _NOT_EMULATED):
+            return "other", go_error(501, f"{req.method} {path}: not emulated by the local stand-in")
+        elif path == "/coffees" or coffee:
+            return "other", Reply(405, b"")
+        return "not_found", go_error(404, "404 page not found")
 
     def metrics(self, req: Request) -> Reply:
-        """Prometheus text: request counts per handler and status."""
-        if req.path != "/metrics":
-            return text_reply(404, "404 page not found\n")
+        """Prometheus text on any path (the image's exporter is the handler of the whole listener)."""
         with self._lock:
             items = sorted(self.counts.items())
         lines = ["# TYPE product_api_requests_total counter"]
@@ -277,22 +350,23 @@ class ProductApi:
 
 
 def main() -> int:
-    """Load the configuration, then serve until SIGTERM."""
+    """Load the configuration, open the metrics port, wait for postgres, then serve the API."""
     try:
         conf = Config.from_env()
         host, port = parse_bind_address(conf.bind_address, 9090)
-        listeners_spec = [(host, port)]
-        if conf.metrics_address:
-            listeners_spec.append(parse_bind_address(conf.metrics_address, 9103))
+        metrics = parse_bind_address(conf.metrics_address, 9103) if conf.metrics_address else None
     except ValueError as exc:
         log(APP, f"unable to load config: {exc}")
         return 1
     api = ProductApi(Database(conf.db_connection))
-    listeners = [Listener(host, port, api.handle)]
-    if len(listeners_spec) > 1:
-        mhost, mport = listeners_spec[1]
-        listeners.append(Listener(mhost, mport, api.metrics))
-    return serve(APP, listeners, on_stop=api.db.close)
+    early = [Listener(metrics[0], metrics[1], api.metrics)] if metrics else []
+    return serve(
+        APP,
+        early,
+        on_stop=api.db.close,
+        gate=lambda stop: wait_for_database(api.ping, stop),
+        gated=[Listener(host, port, api.handle)],
+    )
 
 
 if __name__ == "__main__":

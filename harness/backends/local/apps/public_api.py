@@ -1,35 +1,49 @@
-"""Stand-in for ``hashicorpdemoapp/public-api`` (GraphQL in front of product-api).
+"""Stand-in for ``hashicorpdemoapp/public-api:v0.0.7`` (GraphQL, gqlgen v0.12, in front of product-api).
 
-Configuration, as the real image: ``BIND_ADDRESS`` (default ``:8080``) and
-``PRODUCT_API_URI`` (default ``http://localhost:9090``, the Envoy upstream
-listener in a meshed pod). Local convention: ``EH_BIND_HOST``.
+Held to the real image (shared/reference/hashicups-interfaces.md §4); every
+remaining difference is listed in docs/local-emulation.md.
 
-Endpoints: ``POST /api`` (also ``GET /api?query=``) with the coffee part of
-the real schema::
+Configuration, as the real image: ``BIND_ADDRESS`` (default ``:8080``),
+``PRODUCT_API_URI`` (default ``http://localhost:9090``), ``PAYMENT_API_URI``
+(default ``http://localhost:18000``). Local convention: ``EH_BIND_HOST``.
 
-    type Query  { coffees: [Coffee!]!  coffee(id: String!): Coffee  version: String! }
-    type Coffee { id: ID! name image teaser collection origin color description
-                  price(currency: Currency = USD): Float  ingredients: [Ingredient] }
-    type Ingredient { id: ID! name: String quantity: Int unit: String }
+Start-up: no dependency checks; it listens at once and never exits because a
+dependency fails. That is why the renderer probes it with ``tcpSocket``
+(harness/render/hashicups.py): the image offers nothing else that a probe can
+use without payments.
 
-``coffee`` also accepts the older argument name ``coffeeID``. Fields resolve
-exactly as the real resolvers do: ``coffees`` is ``GET /coffees``, ``coffee``
-is ``GET /coffees/{id}``, ``ingredients`` is ``GET /coffees/{id}/ingredients``
-per coffee; each request is a fresh call to product-api, so every GraphQL
-request makes at least one mesh hop. ``GET /health`` answers ``ok`` without
-calling product-api: readiness must not drop every zone's public-api when the
-product-api behind it fails over.
+Routes:
+- ``GET /``: the GraphQL playground page.
+- ``/api``: GraphQL over ``POST`` (``application/json``), ``GET`` (queries
+  only; a mutation over GET is 406) and ``OPTIONS``. The schema is the real one
+  (`public_api_schema.SCHEMA_SDL`); queries are parsed and validated by
+  graphql-core (the reference implementation's rules, which gqlgen's
+  gqlparser follows), so an unknown field or argument (``coffee(coffeeID:)``)
+  is rejected with **HTTP 422** and ``extensions.code``
+  ``GRAPHQL_VALIDATION_FAILED`` (``GRAPHQL_PARSE_FAILED`` for syntax errors),
+  as gqlgen does.
+- ``GET /health``: exactly the v0.0.7 check: ``GET {PRODUCT_API_URI}/health``
+  must answer 200 (body ignored: product-api's ``not ok`` passes) **and**
+  ``GET {PAYMENT_API_URI}/actuator/health`` must answer 200 with
+  ``{"status": "UP"}``; otherwise 500 ``error. the following services are
+  down: product-api, payments`` (only the failing ones). Without a payments
+  service it never passes.
 
-Deliberate difference: the real server (gqlgen) answers resolver errors with
-HTTP 200 and a GraphQL ``errors`` list. Here an upstream failure (no response,
-or a non-200 from product-api) answers **HTTP 502** with the same GraphQL
-error body, so user-visible failures are counted by status code. Queries the
-stand-in cannot parse or that name unknown fields answer 422 (gqlgen's
-status for invalid queries).
+Resolvers, as the real ones: ``coffees`` → ``GET /coffees``; ``coffee(id)`` →
+``GET /coffees/{id}`` (an empty array is the error ``No coffee with that ID``);
+``coffeeIngredients(coffeeID)`` → ``GET /coffees/{id}/ingredients``;
+``Coffee.ingredients`` are the ids product-api lists with the coffee (no extra
+call); ``price(currency)`` ignores the currency; ``version`` is ``"1"``.
+Orders, sign-up/login and payments are in the schema but not resolved here:
+they answer a GraphQL error (docs/local-emulation.md).
 
-The GraphQL parser is a small hand-written one (queries, aliases, arguments,
-variables, ``__typename``; no fragments or directives): enough for the shop
-and the load tests, without a dependency that would slow start-up.
+Upstream failures are answered like gqlgen: **HTTP 200** with ``errors``
+(``status: 500, body: Unable to list products\\n`` or the transport error)
+and ``data`` null when the failing root field is non-null (``coffees``), else
+the field null (``coffee``). A user-visible failure is therefore a GraphQL
+error, not an HTTP status: the load tests and probes count ``errors`` as a
+failed request, and the frontend's outlier detection never sees a 5xx from a
+healthy public-api whose product-api died (no cascading ejection).
 
 Run: ``python -m harness.backends.local.apps.public_api``.
 """
@@ -40,9 +54,23 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+import threading
+from collections import OrderedDict
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
+
+from graphql import (
+    DocumentNode,
+    GraphQLError,
+    GraphQLResolveInfo,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    build_schema,
+    execute_sync,
+    parse,
+    validate,
+)
 
 from harness.backends.local.apps._http import (
     Listener,
@@ -50,343 +78,335 @@ from harness.backends.local.apps._http import (
     Request,
     UpstreamClient,
     UpstreamError,
-    json_reply,
     log,
     parse_bind_address,
     serve,
-    text_reply,
 )
+from harness.backends.local.apps.public_api_schema import SCHEMA_SDL
 
 APP = "public-api"
-# Headers copied to product-api so a user request can be followed across hops.
+PRODUCT_TIMEOUT_S = 10.0  # hashicups-client-go: http.Client{Timeout: 10s}
+# The payments client has no timeout in the image; a bound here only keeps threads from piling up forever.
+PAYMENTS_TIMEOUT_S = 120.0
+# Headers copied to product-api: the raw token (the image strips "Bearer ") and trace context.
 _PROPAGATED = ("x-request-id", "traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled")
+# The image's router middleware adds these to every routed response (not to mux 404s).
+_ROUTED_HEADERS = [("Strict-Transport-Security", "max-age=31536000; includeSubDomains")]
+PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
+VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+NOT_EMULATED = "not emulated by the local public-api stand-in (docs/local-emulation.md)"
+
+_PLAYGROUND = b"""<!DOCTYPE html>
+<html><head><meta charset=utf-8><title>GraphQL playground</title></head>
+<body><div id="root" data-endpoint="/api">GraphQL playground for /api</div></body></html>
+"""
 
 
-class QueryError(Exception):
-    """The query cannot be parsed or validated (HTTP 422)."""
+def _go_numbers(value: Any) -> Any:
+    """gqlgen writes Float with Go's ``%g``: ``200``, not Python's ``200.0`` (the shared
+    GraphQLFloat scalar is left alone: patching it would change every schema in the process)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) < 1e15 else value
+    if isinstance(value, dict):
+        return {k: _go_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_go_numbers(v) for v in value]
+    return value
 
 
-class UpstreamFailure(Exception):
-    """product-api gave no usable answer (HTTP 502)."""
+def make_schema() -> GraphQLSchema:
+    """The real v0.0.7 schema with the stand-in's resolvers attached."""
+    schema = build_schema(SCHEMA_SDL)
+    query = schema.query_type
+    assert query is not None
+    query.fields["version"].resolve = lambda _root, _info: "1"
+    query.fields["coffees"].resolve = _resolve_coffees
+    query.fields["coffee"].resolve = _resolve_coffee
+    query.fields["coffeeIngredients"].resolve = _resolve_coffee_ingredients
+    query.fields["orders"].resolve = _not_emulated
+    query.fields["order"].resolve = _not_emulated
+    mutation = schema.mutation_type
+    assert mutation is not None
+    for f in mutation.fields.values():
+        f.resolve = _not_emulated
+    coffee = schema.get_type("Coffee")
+    coffee.fields["ingredients"].resolve = _resolve_coffee_ingredient_ids  # type: ignore[union-attr]
+    return schema
 
 
-# --------------------------------------------------------------------------- parser
-
-_TOKEN = re.compile(
-    r"""
-    (?P<ignored>[\s,\ufeff]+|\#[^\n\r]*)
-  | (?P<spread>\.\.\.)
-  | (?P<punct>[!$():=@\[\]{}|&])
-  | (?P<name>[_A-Za-z][_0-9A-Za-z]*)
-  | (?P<number>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
-  | (?P<string>"(?:[^"\\\n\r]|\\.)*")
-    """,
-    re.VERBOSE,
-)
+# --------------------------------------------------------------------------- resolvers
 
 
-@dataclass
-class Field:
-    """One selected field: ``alias: name(args) { selections }``."""
+class Upstream:
+    """What resolvers get as ``info.context``: product-api and the request's propagated headers."""
 
-    name: str
-    alias: str
-    args: dict[str, Any] = field(default_factory=dict)
-    selections: list[Field] | None = None
+    def __init__(self, product_api: UpstreamClient, headers: list[tuple[str, str]]) -> None:
+        self.product_api = product_api
+        self.headers = headers
 
-
-@dataclass
-class Variable:
-    """A ``$name`` reference, resolved against the request's variables at execution."""
-
-    name: str
-
-
-class _Parser:
-    def __init__(self, text: str) -> None:
-        self.tokens: list[tuple[str, str]] = []
-        pos = 0
-        while pos < len(text):
-            m = _TOKEN.match(text, pos)
-            if m is None:
-                raise QueryError(f"Syntax Error: unexpected character {text[pos]!r} at offset {pos}")
-            pos = m.end()
-            kind = m.lastgroup or ""
-            if kind == "ignored":
-                continue
-            self.tokens.append((kind, m.group()))
-        self.i = 0
-
-    def peek(self) -> tuple[str, str]:
-        return self.tokens[self.i] if self.i < len(self.tokens) else ("eof", "")
-
-    def take(self, value: str | None = None, kind: str | None = None) -> str:
-        tk, tv = self.peek()
-        if (value is not None and tv != value) or (kind is not None and tk != kind) or tk == "eof":
-            want = value or kind or "token"
-            raise QueryError(f"Syntax Error: expected {want}, found {tv or '<EOF>'!r}")
-        self.i += 1
-        return tv
-
-    def accept(self, value: str) -> bool:
-        if self.peek()[1] == value and self.peek()[0] != "string":
-            self.i += 1
-            return True
-        return False
-
-    def document(self) -> dict[str | None, list[Field]]:
-        """Operations by name (None for an anonymous one)."""
-        ops: dict[str | None, list[Field]] = {}
-        while self.peek()[0] != "eof":
-            name: str | None = None
-            kind, value = self.peek()
-            if kind == "name":
-                if value != "query":
-                    raise QueryError(f"only query operations are supported, not {value!r}")
-                self.i += 1
-                if self.peek()[0] == "name":
-                    name = self.take(kind="name")
-                if self.accept("("):
-                    self.variable_definitions()
-                if self.peek()[1] == "@":
-                    raise QueryError("directives are not supported")
-            ops[name] = self.selection_set()
-        if not ops:
-            raise QueryError("Syntax Error: empty document")
-        return ops
-
-    def variable_definitions(self) -> None:
-        while not self.accept(")"):
-            self.take("$")
-            self.take(kind="name")
-            self.take(":")
-            self.type_ref()
-            if self.accept("="):
-                self.value()
-
-    def type_ref(self) -> None:
-        if self.accept("["):
-            self.type_ref()
-            self.take("]")
-        else:
-            self.take(kind="name")
-        self.accept("!")
-
-    def selection_set(self) -> list[Field]:
-        self.take("{")
-        fields: list[Field] = []
-        while not self.accept("}"):
-            if self.peek()[0] == "spread":
-                raise QueryError("fragments are not supported")
-            first = self.take(kind="name")
-            alias, name = first, first
-            if self.accept(":"):
-                name = self.take(kind="name")
-            f = Field(name=name, alias=alias)
-            if self.accept("("):
-                while not self.accept(")"):
-                    arg = self.take(kind="name")
-                    self.take(":")
-                    f.args[arg] = self.value()
-            if self.peek()[1] == "@":
-                raise QueryError("directives are not supported")
-            if self.peek()[1] == "{":
-                f.selections = self.selection_set()
-            fields.append(f)
-        if not fields:
-            raise QueryError("Syntax Error: empty selection set")
-        return fields
-
-    def value(self) -> Any:
-        kind, tok = self.peek()
-        if kind == "punct" and tok == "$":
-            self.i += 1
-            return Variable(self.take(kind="name"))
-        if kind == "string":
-            self.i += 1
-            return json.loads(tok)
-        if kind == "number":
-            self.i += 1
-            return float(tok) if any(c in tok for c in ".eE") else int(tok)
-        if kind == "name":
-            self.i += 1
-            return {"true": True, "false": False, "null": None}.get(tok, tok)  # other names: enum values
-        if self.accept("["):
-            items = []
-            while not self.accept("]"):
-                items.append(self.value())
-            return items
-        if self.accept("{"):
-            obj = {}
-            while not self.accept("}"):
-                key = self.take(kind="name")
-                self.take(":")
-                obj[key] = self.value()
-            return obj
-        raise QueryError(f"Syntax Error: unexpected {tok or '<EOF>'!r}")
+    def get_json(self, path: str) -> Any:
+        """GET `path` on product-api; an Exception worded like hashicups-client-go on any failure."""
+        try:
+            resp = self.product_api.request("GET", path, headers=[("Accept", "application/json"), *self.headers])
+        except UpstreamError as exc:
+            raise Exception(go_transport_error(exc)) from exc
+        body = resp.body.decode("utf-8", "replace")
+        if resp.status != 200:
+            raise Exception(f"status: {resp.status}, body: {body}")
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise Exception(f"invalid character in response from product-api: {exc}") from exc
 
 
-def parse_query(text: str, operation_name: str | None = None) -> list[Field]:
-    """Top-level fields of the operation to run; QueryError when the query is invalid."""
-    ops = _Parser(text).document()
-    if operation_name:
-        if operation_name not in ops:
-            raise QueryError(f"Unknown operation named {operation_name!r}.")
-        return ops[operation_name]
-    if len(ops) > 1:
-        raise QueryError("Must provide operation name if query contains multiple operations.")
-    return next(iter(ops.values()))
+def go_transport_error(exc: UpstreamError) -> str:
+    """A transport failure in the words of Go's net/http client (url.Error), e.g. ``Get "...": ...``."""
+    cause = exc.cause
+    method = (exc.method or "GET").capitalize()
+    authority = urlsplit(exc.url).netloc
+    if isinstance(cause, ConnectionRefusedError):
+        reason = f"dial tcp {authority}: connect: connection refused"
+    elif isinstance(cause, TimeoutError):
+        reason = "context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+    elif isinstance(cause, ConnectionResetError):
+        reason = f"read tcp {authority}: read: connection reset by peer"
+    else:
+        reason = "EOF"
+    return f'{method} "{exc.url}": {reason}'
 
 
-# ----------------------------------------------------------------------- executor
+def _ctx(info: GraphQLResolveInfo) -> Upstream:
+    ctx = info.context
+    assert isinstance(ctx, Upstream)
+    return ctx
 
-_COFFEE_SCALARS = {"name", "image", "teaser", "collection", "origin", "color", "description"}
-_INGREDIENT_FIELDS = {"id", "name", "quantity", "unit"}
+
+def _resolve_coffees(_root: Any, info: GraphQLResolveInfo) -> Any:
+    return _ctx(info).get_json("/coffees")
+
+
+def _resolve_coffee(_root: Any, info: GraphQLResolveInfo, id: str) -> Any:
+    found = _ctx(info).get_json(f"/coffees/{quote(id, safe='')}")
+    if not found:
+        raise Exception("No coffee with that ID")
+    return found[0]
+
+
+def _resolve_coffee_ingredients(_root: Any, info: GraphQLResolveInfo, coffeeID: str) -> Any:
+    return _ctx(info).get_json(f"/coffees/{quote(coffeeID, safe='')}/ingredients")
+
+
+def _resolve_coffee_ingredient_ids(coffee: Any, _info: GraphQLResolveInfo) -> Any:
+    items = coffee.get("ingredients") if isinstance(coffee, dict) else None
+    return [{"id": i.get("ingredient_id")} for i in items or [] if isinstance(i, dict)]
+
+
+def _not_emulated(_root: Any, info: GraphQLResolveInfo, **_args: Any) -> Any:
+    raise Exception(f"{info.field_name}: {NOT_EMULATED}")
+
+
+# --------------------------------------------------------------------------- request handling
+
+
+_REQUIRED_ARG = re.compile(r'^Argument "(?P<type>[^".]+)\.(?P<field>[^"(]+)\((?P<arg>[^":]+):\)"(?P<rest> of type .*)$')
+
+
+def _gqlparser_wording(message: str) -> str:
+    """graphql-core quotes names with ' where gqlgen's gqlparser uses "; a few rules are worded differently."""
+    text = message.replace("'", '"')
+    # graphql-js: Unknown argument "coffeeID" on field "Query.coffee".
+    # gqlparser:  Unknown argument "coffeeID" on field "coffee" of type "Query".
+    if text.startswith("Unknown argument ") and '" on field "' in text:
+        head, _, rest = text.partition(' on field "')
+        qualified = rest.split('"', 1)[0]
+        if "." in qualified:
+            type_name, field_name = qualified.split(".", 1)
+            tail = rest.split('"', 1)[1]
+            text = f'{head} on field "{field_name}" of type "{type_name}"{tail}'
+    # graphql-js: Argument "Query.coffee(id:)" of type "String!" is required, but it was not provided.
+    # gqlparser:  Field "coffee" argument "id" of type "String!" is required, but it was not provided.
+    m = _REQUIRED_ARG.match(text)
+    if m:
+        text = f'Field "{m["field"]}" argument "{m["arg"]}"{m["rest"]}'
+    return text
+
+
+def _error_obj(err: GraphQLError, code: str | None = None) -> dict[str, Any]:
+    """A gqlerror.Error as gqlgen encodes it: message, path, locations, extensions (omitempty)."""
+    out: dict[str, Any] = {"message": err.message if code is None else _gqlparser_wording(err.message)}
+    if err.path:
+        out["path"] = list(err.path)
+    if err.locations and code is not None:
+        out["locations"] = [{"line": loc.line, "column": loc.column} for loc in err.locations]
+    if code is not None:
+        out["extensions"] = {"code": code}
+    return out
+
+
+def _body(errors: list[dict[str, Any]] | None, data: Any) -> bytes:
+    """graphql.Response: ``errors`` (omitempty) before ``data`` (always present)."""
+    doc: dict[str, Any] = {}
+    if errors:
+        doc["errors"] = errors
+    doc["data"] = _go_numbers(data)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _reply(status: int, body: bytes) -> Reply:
+    return Reply(status, body, "application/json", list(_ROUTED_HEADERS))
+
+
+def _message_reply(status: int, message: str) -> Reply:
+    return _reply(status, _body([{"message": message}], None))
 
 
 class PublicApi:
-    """Resolves the coffee queries against product-api."""
+    """The routes of the public API: ``/``, ``/api``, ``/health``."""
 
-    def __init__(self, product_api: UpstreamClient) -> None:
+    def __init__(self, product_api: UpstreamClient, payments: UpstreamClient, cache_size: int = 256) -> None:
         self.product_api = product_api
+        self.payments = payments
+        self.schema = make_schema()
+        self._docs: OrderedDict[str, tuple[DocumentNode | None, Reply | None]] = OrderedDict()
+        self._docs_lock = threading.Lock()
+        self._cache_size = cache_size
 
-    def _get(self, path: str, headers: list[tuple[str, str]]) -> Any:
+    # -- /health ----------------------------------------------------------------
+    def health(self) -> Reply:
+        """v0.0.7: product-api /health answers 200, then payments /actuator/health is 200 and UP."""
+        down: list[str] = []
         try:
-            resp = self.product_api.request("GET", path, headers=[("Accept", "application/json"), *headers])
-        except UpstreamError as exc:
-            raise UpstreamFailure(str(exc)) from exc
-        if resp.status != 200:
-            text = resp.body[:200].decode("utf-8", "replace").strip()
-            raise UpstreamFailure(f"product-api GET {path}: HTTP {resp.status}: {text}")
+            if self.product_api.request("GET", "/health").status != 200:
+                down.append("product-api")
+        except UpstreamError:
+            down.append("product-api")
         try:
-            return json.loads(resp.body)
-        except ValueError as exc:
-            raise UpstreamFailure(f"product-api GET {path}: invalid JSON: {exc}") from exc
+            resp = self.payments.request("GET", "/actuator/health")
+            status = json.loads(resp.body).get("status") if resp.status == 200 else None
+            if status != "UP":
+                down.append("payments")
+        except (UpstreamError, ValueError, AttributeError):
+            down.append("payments")
+        if down:
+            return Reply(500, f"error. the following services are down: {', '.join(down)}".encode(),
+                         "application/json", list(_ROUTED_HEADERS))  # fmt: skip
+        return Reply(200, b"ok", "application/json", list(_ROUTED_HEADERS))
 
-    @staticmethod
-    def _arg(f: Field, names: tuple[str, ...], variables: dict[str, Any], default: Any = None) -> Any:
-        for n in names:
-            if n in f.args:
-                v = f.args[n]
-                return variables.get(v.name, default) if isinstance(v, Variable) else v
-        return default
-
-    def execute(self, fields: list[Field], variables: dict[str, Any], headers: list[tuple[str, str]]) -> dict[str, Any]:
-        """The ``data`` object for the query's top-level fields."""
-        data: dict[str, Any] = {}
-        for f in fields:
-            if f.name == "__typename":
-                data[f.alias] = "Query"
-            elif f.name == "version":
-                data[f.alias] = "1"
-            elif f.name == "coffees":
-                self._require_selection(f, "[Coffee!]!")
-                coffees = self._get("/coffees", headers)
-                data[f.alias] = [self._coffee(c, f.selections or [], variables, headers) for c in coffees]
-            elif f.name == "coffee":
-                self._require_selection(f, "Coffee")
-                cid = self._arg(f, ("id", "coffeeID"), variables)
-                if cid is None or not str(cid).isdigit():
-                    raise QueryError(f'coffee: argument "id" must be a numeric string, got {cid!r}')
-                found = self._get(f"/coffees/{int(str(cid))}", headers)
-                data[f.alias] = self._coffee(found[0], f.selections or [], variables, headers) if found else None
-            else:
-                raise QueryError(f'Cannot query field "{f.name}" on type "Query".')
-        return data
-
-    @staticmethod
-    def _require_selection(f: Field, type_name: str) -> None:
-        if not f.selections:
-            raise QueryError(f'Field "{f.name}" of type "{type_name}" must have a selection of subfields.')
-
-    def _coffee(
-        self, c: dict[str, Any], sel: list[Field], variables: dict[str, Any], headers: list[tuple[str, str]]
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in sel:
-            if f.name == "__typename":
-                out[f.alias] = "Coffee"
-            elif f.name == "id":
-                out[f.alias] = str(c["id"])
-            elif f.name in _COFFEE_SCALARS:
-                out[f.alias] = c.get(f.name)
-            elif f.name == "price":
-                currency = self._arg(f, ("currency",), variables, "USD")
-                if currency != "USD":
-                    raise QueryError(f"price: currency {currency!r} is not supported by this stand-in (USD only)")
-                out[f.alias] = float(c["price"])
-            elif f.name == "ingredients":
-                self._require_selection(f, "[Ingredient]")
-                items = self._get(f"/coffees/{int(c['id'])}/ingredients", headers)
-                out[f.alias] = [self._ingredient(i, f.selections or []) for i in items]
-            else:
-                raise QueryError(f'Cannot query field "{f.name}" on type "Coffee".')
-        return out
-
-    @staticmethod
-    def _ingredient(i: dict[str, Any], sel: list[Field]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in sel:
-            if f.name == "__typename":
-                out[f.alias] = "Ingredient"
-            elif f.name in _INGREDIENT_FIELDS:
-                out[f.alias] = str(i["id"]) if f.name == "id" else i.get(f.name)
-            else:
-                raise QueryError(f'Cannot query field "{f.name}" on type "Ingredient".')
-        return out
-
-    def handle(self, req: Request) -> Reply:
-        """Route: ``/health`` and the GraphQL endpoint."""
-        if req.path == "/health":
-            return text_reply(200, "ok")
-        if req.path != "/api":
-            return text_reply(404, "404 page not found\n")
+    # -- GraphQL ------------------------------------------------------------------
+    def _document(self, query: str) -> tuple[DocumentNode | None, Reply | None]:
+        """Parsed and validated document, or the 422 reply; cached (the shop sends a handful of queries)."""
+        with self._docs_lock:
+            hit = self._docs.get(query)
+            if hit is not None:
+                self._docs.move_to_end(query)
+                return hit
+        result: tuple[DocumentNode | None, Reply | None]
         try:
-            query, variables, op = self._graphql_params(req)
-            fields = parse_query(query, op)
-            headers = [(k, v) for k, v in req.headers if k.lower() in _PROPAGATED]
-            return json_reply(200, {"data": self.execute(fields, variables, headers)})
-        except QueryError as exc:
-            return json_reply(422, {"errors": [{"message": str(exc)}], "data": None})
-        except UpstreamFailure as exc:
-            log(APP, "product-api failed", error=str(exc))
-            return json_reply(502, {"errors": [{"message": str(exc), "path": []}], "data": None})
+            doc = parse(query)
+        except GraphQLError as exc:
+            result = (None, _reply(422, _body([_error_obj(exc, PARSE_FAILED)], None)))
+        else:
+            errors = validate(self.schema, doc)
+            if errors:
+                result = (None, _reply(422, _body([_error_obj(e, VALIDATION_FAILED) for e in errors], None)))
+            else:
+                result = (doc, None)
+        with self._docs_lock:
+            self._docs[query] = result
+            while len(self._docs) > self._cache_size:
+                self._docs.popitem(last=False)
+        return result
 
     @staticmethod
-    def _graphql_params(req: Request) -> tuple[str, dict[str, Any], str | None]:
+    def _operation(doc: DocumentNode, name: str | None) -> OperationDefinitionNode | None:
+        """gqlparser's Operations.ForName: by name, or the only operation when no name is given."""
+        ops = [d for d in doc.definitions if isinstance(d, OperationDefinitionNode)]
+        if not name:
+            return ops[0] if len(ops) == 1 else None
+        for op in ops:
+            if op.name is not None and op.name.value == name:
+                return op
+        return None
+
+    def graphql(self, params: dict[str, Any], headers: list[tuple[str, str]], method: str) -> Reply:
+        query = params.get("query")
+        if not isinstance(query, str):
+            query = ""
+        doc, rejected = self._document(query)
+        if rejected is not None:
+            return rejected
+        assert doc is not None
+        op_name = params.get("operationName") if isinstance(params.get("operationName"), str) else None
+        op = self._operation(doc, op_name)
+        if op is None:  # no error code: gqlgen v0.12 answers it with 200
+            return _message_reply(200, f"operation {op_name or ''} not found")
+        if method == "GET" and op.operation is not OperationType.QUERY:
+            return _message_reply(406, "GET requests only allow query operations")
+        variables = params.get("variables") or {}
+        if not isinstance(variables, dict):
+            return _reply(422, _body([{"message": "variables must be an object",
+                                       "extensions": {"code": VALIDATION_FAILED}}], None))  # fmt: skip
+        result = execute_sync(self.schema, doc, context_value=Upstream(self.product_api, headers),
+                         variable_values=variables, operation_name=op_name)  # fmt: skip
+        if result.errors and result.data is None and all(not e.path for e in result.errors):
+            # variable coercion failed before execution: gqlgen's validator.VariableValues, a 422
+            return _reply(422, _body([_error_obj(e, VALIDATION_FAILED) for e in result.errors], None))
+        if result.errors:
+            log(APP, "resolver errors", errors=json.dumps([e.message for e in result.errors])[:300])
+        errors = [_error_obj(e) for e in result.errors] if result.errors else None
+        return _reply(200, _body(errors, result.data))
+
+    def api(self, req: Request) -> Reply:
+        """gqlgen's transports: OPTIONS, GET (queries), POST application/json; anything else 400."""
+        headers = [(k, v) for k, v in req.headers if k.lower() in _PROPAGATED]
+        auth = req.header("Authorization")
+        if auth:
+            headers.append(("Authorization", auth.removeprefix("Bearer ")))
+        if req.method == "OPTIONS":
+            return Reply(200, b"", "application/json", [*_ROUTED_HEADERS, ("Allow", "OPTIONS, GET, POST")])
         if req.method == "GET":
             qs = parse_qs(urlsplit(req.target).query)
             params: dict[str, Any] = {k: v[0] for k, v in qs.items()}
-            if isinstance(params.get("variables"), str):
+            if "variables" in params:
                 try:
                     params["variables"] = json.loads(params["variables"])
-                except ValueError as exc:
-                    raise QueryError(f"variables: not JSON: {exc}") from exc
-        elif req.method == "POST":
+                except ValueError:
+                    return _message_reply(400, "variables could not be decoded")
+            return self.graphql(params, headers, "GET")
+        if req.method == "POST":
+            ctype = req.header("Content-Type").split(";", 1)[0].strip().lower()
+            if ctype != "application/json":
+                return _message_reply(400, "transport not supported")
             try:
-                params = json.loads(req.body or b"{}")
+                params = json.loads(req.body or b"")
             except ValueError as exc:
-                raise QueryError(f"json body could not be decoded: {exc}") from exc
-        else:
-            raise QueryError(f"method {req.method} is not supported on /api")
-        if not isinstance(params, dict) or not isinstance(params.get("query"), str):
-            raise QueryError('no query given: expected {"query": "..."}')
-        variables = params.get("variables") or {}
-        if not isinstance(variables, dict):
-            raise QueryError("variables: must be an object")
-        op = params.get("operationName") or None
-        return params["query"], variables, op if isinstance(op, str) else None
+                return _message_reply(400, f"json body could not be decoded: {exc}")
+            if not isinstance(params, dict):
+                return _message_reply(400, "json body could not be decoded: not an object")
+            return self.graphql(params, headers, "POST")
+        return _message_reply(400, "transport not supported")
+
+    def handle(self, req: Request) -> Reply:
+        """The image's mux: ``/``, ``/api``, ``/health``; anything else is Go's plain 404."""
+        if req.path == "/health":
+            return self.health()
+        if req.path == "/api":
+            return self.api(req)
+        if req.path == "/" and req.method in ("GET", "HEAD"):
+            return Reply(200, _PLAYGROUND, "text/html", list(_ROUTED_HEADERS))
+        return Reply(404, b"404 page not found\n")
 
 
 def main() -> int:
-    """Read BIND_ADDRESS / PRODUCT_API_URI and serve until SIGTERM."""
+    """Read BIND_ADDRESS / PRODUCT_API_URI / PAYMENT_API_URI and serve until SIGTERM."""
     try:
         host, port = parse_bind_address(os.environ.get("BIND_ADDRESS", "") or ":8080", 8080)
-        client = UpstreamClient(os.environ.get("PRODUCT_API_URI", "") or "http://localhost:9090")
+        product = UpstreamClient(os.environ.get("PRODUCT_API_URI", "") or "http://localhost:9090", PRODUCT_TIMEOUT_S)
+        payments = UpstreamClient(os.environ.get("PAYMENT_API_URI", "") or "http://localhost:18000", PAYMENTS_TIMEOUT_S)
     except ValueError as exc:
         log(APP, f"invalid configuration: {exc}")
         return 1
-    return serve(APP, [Listener(host, port, PublicApi(client).handle)])
+    return serve(APP, [Listener(host, port, PublicApi(product, payments).handle)])
 
 
 if __name__ == "__main__":
