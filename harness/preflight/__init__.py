@@ -443,9 +443,7 @@ def probe_pairs(exp: Expected) -> tuple[list[tuple[str, str]], list[tuple[str, s
     declared: list[tuple[str, str]] = []
     edge_zones = t.edge_zones or t.region_zones
     zone = edge_zones[0]
-    by_zone = {
-        z.name: {cs.service.name: cs for cs in exp.services if z in cs.zones} for z in t.zones
-    }
+    by_zone = {z.name: {cs.service.name: cs for cs in exp.services if z in cs.zones} for z in t.zones}
     for dest in by_zone[zone.name].values():
         if dest.service.protocol != "http":
             continue
