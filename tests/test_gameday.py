@@ -415,3 +415,30 @@ def test_abort_stops_a_running_chaos_process_and_rolls_back_within_a_second(
     journal = json.loads((run / "chaos-journal.json").read_text())
     assert journal["status"] == "interrupted"
     assert [r["status"] for r in journal["rollbacks"]] == ["succeeded"]
+
+
+def test_kill_switch_during_an_injection_waits_for_it_then_rolls_it_back(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The switch's rollback runs in its own thread: it must not slip between a ledger entry and its act."""
+    run = tmp_path / "runs" / "gameday"
+    run.mkdir(parents=True)
+    monkeypatch.setenv("EH_RUN_DIR", str(run))
+    b = _up(api, tmp_path, execute=True)
+    stopped: list[bool] = []
+    b.on_abort = lambda: stopped.append(True)
+    b.set_pod_unready(LAS, "frontend")  # the first injection arms the watcher
+    cordon = b.cluster.cordon
+
+    def slow_cordon(node: str, unschedulable: bool = True) -> None:
+        cordon(node, unschedulable)
+        if unschedulable and node == PHX1:  # half-way through the zone outage, someone pulls the switch
+            (run / "ABORT").write_text("stop\n")
+            time.sleep(0.6)  # the watcher sees it meanwhile
+
+    monkeypatch.setattr(b.cluster, "cordon", slow_cordon)
+    b.zone_outage(PHX)
+    assert wait_until(lambda: bool(stopped), 5)
+    assert not any(n.unschedulable for n in eks.node_infos()), [n.name for n in eks.node_infos() if n.unschedulable]
+    assert b.ledger.entries() == []
+    b.close()

@@ -62,11 +62,13 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from harness.backends.base import CHAOS_PRIMITIVES, Status
 from harness.backends.fence import (
@@ -115,6 +117,21 @@ MIN_CONSUL = (1, 15)
 """ProxyDefaults `accessLogs` (the records the verdict is built from) exist since Consul 1.15."""
 ALB_WAIT_S = 600.0
 PROBE_IMAGE_FALLBACK = "nginx:1.27-alpine"  # busybox `wget` inside; the run pulls it anyway (frontend pods)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _serialized(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a fault-changing method under the backend's chaos lock (see `ExistingBackend.__init__`)."""
+
+    @wraps(method)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with args[0]._chaos_lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return run
 
 
 def zone_type_of(node: NodeInfo) -> str:
@@ -244,6 +261,9 @@ class ExistingBackend(KubeBackend):
         self.ledger = FaultLedger(self.workdir / "faults.json")
         self._injected = False  # the first injection of this process waits for a steady state
         self._switch: KillSwitchWatcher | None = None
+        # one fault change at a time per process: the kill switch's rollback (its own thread) must not
+        # interleave with a primitive between its ledger entry and its act, or a fault escapes the ledger
+        self._chaos_lock = threading.RLock()
         self.on_abort: Callable[[], None] = interrupt_chaos_process
         self.install_consul = install_consul
         self.own_mesh_defaults = own_mesh_defaults
@@ -425,6 +445,7 @@ class ExistingBackend(KubeBackend):
 
         self._switch = KillSwitchWatcher(paths, trigger).start()
 
+    @_serialized
     def rollback_active(self, only: Callable[[dict[str, Any]], bool] | None = None) -> list[str]:
         """Undo every fault of the ledger (or those `only` selects) now; one line per fault undone.
 
@@ -837,15 +858,18 @@ class ExistingBackend(KubeBackend):
             self._switch = None
         super().close()
 
+    @_serialized
     def kill_pod(self, zone: str, service: str) -> list[str]:
         self._fence("kill_pod", zone, service=service)
         return super().kill_pod(zone, service)  # no undo: the Deployment replaces the pods, so no ledger entry
 
+    @_serialized
     def set_pod_unready(self, zone: str, service: str) -> list[str]:
         self._fence("set_pod_unready", zone, service=service)
         self.ledger.add(primitive="set_pod_unready", zone=zone, service=service, context=self.context)
         return super().set_pod_unready(zone, service)
 
+    @_serialized
     def set_pod_ready(self, zone: str, service: str) -> list[str]:
         names = super().set_pod_ready(zone, service)
         self.ledger.take(lambda e: e.get("primitive") == "set_pod_unready" and (e.get("zone"), e.get("service"))
@@ -858,12 +882,14 @@ class ExistingBackend(KubeBackend):
         self.ledger.add(primitive=primitive, zone=zone, nodes=[n for n in nodes if n not in already],
                         context=self.context)  # fmt: skip
 
+    @_serialized
     def kill_node(self, node: str) -> None:
         zone = self.cluster.nodes().get(node, "")
         self._fence("kill_node", zone, node=node)
         self._take_nodes("kill_node", zone, [node])
         self.cluster.drain(node)
 
+    @_serialized
     def restore_node(self, node: str) -> None:
         """Uncordon `node` if the harness cordoned it (the ledger says so); leave anyone else's cordon alone."""
         mine: list[bool] = []
@@ -883,6 +909,7 @@ class ExistingBackend(KubeBackend):
         elif any(n.name == node and n.unschedulable for n in self.cluster.node_infos()):
             self.progress(f"{node}: cordoned, but not by the harness: left as it is")
 
+    @_serialized
     def zone_outage(self, zone: str) -> None:
         self._require_destructive(f"zone_outage {zone}")
         nodes = self._zone_nodes(zone)
@@ -893,6 +920,7 @@ class ExistingBackend(KubeBackend):
         for n in nodes:
             self.cluster.drain(n)
 
+    @_serialized
     def restore_zone(self, zone: str) -> None:
         for n in self._zone_nodes(zone):
             self.restore_node(n)
@@ -910,6 +938,7 @@ class ExistingBackend(KubeBackend):
             )
         return namespaces.pop()
 
+    @_serialized
     def partition_zone(self, zone: str) -> None:
         self._require_destructive(f"partition_zone {zone}")
         if not self.manifests().topology.zone(zone).is_edge:
@@ -935,6 +964,7 @@ class ExistingBackend(KubeBackend):
             }
         )
 
+    @_serialized
     def heal_zone(self, zone: str) -> None:
         self.cluster.delete("networking.k8s.io/v1", "NetworkPolicy", self._zone_namespace(zone), PARTITION_POLICY)
         self.ledger.take(lambda e: e.get("primitive") == "partition_zone" and e.get("zone") == zone)
