@@ -257,7 +257,11 @@ def report(samples: list[Sample], warmup_s: float, minutes: float, rate: float) 
     print(f"  {'harness total':20}" + "".join(f"{s.harness_mb:24.1f}" for _, s in cols))
     print(f"  {'  long-lived':20}" + "".join(f"{s.resident_mb:24.1f}" for _, s in cols))
     print(f"  {'cluster total':20}" + "".join(f"{s.cluster_mb:24.1f}" for _, s in cols))
-    print(f"{'open files (harness)':22}" + "".join(f"{s.harness_fds:24d}" for _, s in cols))
+    print(f"{'open files':22}" + "".join(f"{c:>24}" for c, _ in cols))
+    for r in roles:
+        if r not in CLUSTER_ROLES:
+            print(f"  {r:20}" + "".join(f"{s.fds.get(r, 0):24d}" for _, s in cols))
+    print(f"  {'harness total':20}" + "".join(f"{s.harness_fds:24d}" for _, s in cols))
     peak_fds = max(s.harness_fds for s in samples)
     print(f"{'':22}peak open files {peak_fds}")
     span = max(end.t - start.t, 1e-9)
