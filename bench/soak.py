@@ -24,8 +24,8 @@ and samples every `--sample-s` seconds:
 It prints start, after warm-up, peak and end side by side, and the goals:
 harness memory flat (the long-lived processes at the end within 10% of their
 level after warm-up; a chaos process lives for one experiment), at most
-300 MB in total at the peak (chaos included), open files flat; exit 1 when
-one is missed. Needs root (network namespaces).
+300 MB in total at the peak (chaos included), open files of the recording
+side (driver, locust) flat; exit 1 when one is missed. Needs root (network namespaces).
 Not part of `make bench` (it takes its duration); `make soak MINUTES=10`.
 """
 
@@ -274,7 +274,10 @@ def report(samples: list[Sample], warmup_s: float, minutes: float, rate: float) 
     )
     flat = end.resident_mb <= (1 + GOAL_FLAT) * after.resident_mb
     small = peak.harness_mb <= GOAL_TOTAL_MB
-    fds_flat = end.harness_fds <= (1 + GOAL_FLAT) * after.harness_fds + 10
+    # The recording side (driver: collector, inventory; locust): one descriptor per pod ever seen would end a
+    # long game day. The local daemon's and relay's sockets follow the mesh's connection pools: printed above.
+    rec, rec0 = (s.fds.get("driver", 0) + s.fds.get("locust", 0) for s in (end, after))
+    fds_flat = rec <= (1 + GOAL_FLAT) * rec0 + 10
     print("\ngoal                                          measured                       ratio    result")
     print(
         f"harness memory flat (long-lived, end/warm-up) {end.resident_mb:6.1f} vs {after.resident_mb:6.1f} MB"
@@ -285,9 +288,8 @@ def report(samples: list[Sample], warmup_s: float, minutes: float, rate: float) 
         f"                    {peak.harness_mb / GOAL_TOTAL_MB:6.2f}    {'PASS' if small else 'FAIL'} (<= 1.00)"
     )
     print(
-        f"open files flat (end/warm-up)                 {end.harness_fds:6d} vs {after.harness_fds:6d}"
-        f"             {end.harness_fds / max(after.harness_fds, 1):6.2f}    {'PASS' if fds_flat else 'FAIL'}"
-        " (<= 1.10, +10)"
+        f"open files of driver+locust flat              {rec:6d} vs {rec0:6d}"
+        f"             {rec / max(rec0, 1):6.2f}    {'PASS' if fds_flat else 'FAIL'} (<= 1.10, +10)"
     )
     print(
         f"request rate                                  {req_rate:6.0f}/s of {rate:g}/s asked"
