@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                     while time.monotonic() < end:
                         if time.monotonic() >= next_fault:
                             exp = REPO / "experiments" / FAULTS[faults % len(FAULTS)]
-                            res = run_experiment(exp, run_dir, bopts)
+                            res = run_experiment(exp, run_dir, bopts, topology=manifests.topology)
                             faults += 1
                             print(f"  fault {faults}: {exp.name} {res.status}", flush=True)
                             next_fault = time.monotonic() + a.fault_every

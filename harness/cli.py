@@ -242,8 +242,15 @@ def cmd_traffic(a: argparse.Namespace) -> int:
     from harness.run import new_run_dir
 
     b = connect(_bopts(a))
-    run_dir = a.run_dir or new_run_dir(label="traffic")
-    res = record_traffic(b, run_dir, a.users, a.duration, a.shape, a.processes, preflight=a.preflight)
+    try:
+        unknown = sorted(set(a.probe_zone) - set(b.entrypoints())) if a.probe_zone else []
+        if unknown:
+            raise InputError("--probe-zone", "", f"no entry point for {', '.join(unknown)}")
+        run_dir = a.run_dir or new_run_dir(label="traffic")
+        res = record_traffic(b, run_dir, a.users, a.duration, a.shape, a.processes, a.probe_period,
+                             a.probe_zone or None, preflight=a.preflight)  # fmt: skip
+    finally:
+        b.close()
     out.print(f"{res.requests} requests, {res.failures} failed, {res.rps:.0f}/s  ->  {run_dir}")
     return EXIT_PASS
 
@@ -276,32 +283,43 @@ def cmd_preflight(a: argparse.Namespace) -> int:
 
 
 def cmd_chaos(a: argparse.Namespace) -> int:
-    """Run one experiment (rollbacks always); on a cluster that can be planned (existing), plan it first.
+    """Run one experiment against a cluster that is up (rollbacks always); exit 0 only when it ran as planned.
 
-    The plan (nodes, pods, durations, blast radius, steady state) is printed
-    before anything runs; over the blast radius is exit 2, destructive without
-    --execute a dry run (exit 0), a steady state that does not hold exit 1,
-    a kill switch that is on exit 3: in each case nothing is injected and no
-    run directory is created. `--abort RUN_DIR` is the kill switch.
+    Before anything runs: the file must parse (exit 2), the cluster must answer
+    and be up (exit 3), and the experiment must fit the cluster's topology and
+    capabilities (exit 2, no run directory created). On a cluster that can be
+    planned (existing) the plan (nodes, pods, durations, blast radius, steady
+    state) is printed next: over the blast radius is exit 2, destructive
+    without --execute a dry run (exit 0), a steady state that does not hold
+    exit 1, a kill switch that is on exit 3: in each case nothing is injected
+    and no run directory is created. `--abort RUN_DIR` is the kill switch.
+    Afterwards the journal is judged, not just its status: a steady state that
+    failed before the method, a failed action or rollback, or a status other
+    than completed exits 1 with one line saying why.
     """
     if a.abort is not None:
         return _chaos_abort(a)
     if a.experiment is None:
         raise InputError("harness chaos", "EXPERIMENT", "an experiment file is required (or --abort RUN_DIR)")
+    from harness.backends import choose, connect
     from harness.backends.fence import engaged_switch, kill_switch_paths
-    from harness.chaos import check_experiment, run_experiment
+    from harness.chaos import load_experiment, plan_run, run_planned, write_plan
     from harness.gameday import dry_run_banner, plan_experiment
     from harness.run import new_run_dir
 
-    data = check_experiment(a.experiment)  # bad input: nothing is created
-    from harness.backends import connect
-    from harness.chaos import check_capabilities
-
+    load_experiment(a.experiment)  # malformed: exit 2 before any backend is touched
     bopts = _bopts(a)
-    backend = connect(bopts)
+    bopts.name, _ = choose(bopts.name)
+    b = connect(bopts)
     try:
-        check_capabilities(a.experiment, backend)  # a fault this cluster cannot do: refused, nothing injected
-        plan = plan_experiment(a.experiment, data, backend)
+        st = b.status()
+        # a cluster the fence plans (existing) answers "not up" with its steady-state problems below (exit 1)
+        if not st.up and not hasattr(b, "plan_fault"):
+            detail = f" ({st.detail})" if st.detail not in ("", "not up") else ""
+            raise BackendError(f"{b.name} cluster {a.cluster!r} is not up{detail}: run `harness up` first")
+        # only the primitives the experiment uses are asked (on EKS a partition needs a probe connection)
+        planned = plan_run([a.experiment], b.manifests().topology, None, a.run_dir, require=b.require_capability)
+        plan = plan_experiment(a.experiment, planned[0].data, b)  # the experiment as it will run: roles resolved
         if plan is not None:
             for line in plan.lines():
                 out.print(line, markup=False, highlight=False)
@@ -319,11 +337,15 @@ def cmd_chaos(a: argparse.Namespace) -> int:
         if switch is not None:
             raise BackendError(f"kill switch {switch} is on: nothing injected (remove the file to run chaos again)")
     finally:
-        backend.close()
+        b.close()
     run_dir = a.run_dir or new_run_dir(label="chaos")
-    res = run_experiment(a.experiment, run_dir, bopts)
-    out.print(f"chaos: {res.status}{' (hypothesis deviated)' if res.deviated else ''}; journal {res.journal}")
-    return EXIT_PASS if res.ok else EXIT_FAIL
+    write_plan(run_dir, planned)
+    res = run_planned(planned[0], run_dir, bopts)
+    if res.ok:
+        out.print(f"chaos: {res.id} ran as planned; journal {res.journal}")
+        return EXIT_PASS
+    err.print(f"chaos: {res.id}: {res.reason} (journal {res.journal})", markup=False, highlight=False)
+    return EXIT_FAIL
 
 
 def _chaos_abort(a: argparse.Namespace) -> int:
@@ -426,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=_DURATION, default=30.0)
     p.add_argument("--shape", choices=["steady", "ramp"], default="steady")
     p.add_argument("--processes", type=_COUNT, default=1, help="locust worker processes (locust's distributed mode)")
+    p.add_argument("--probe-period", type=_SECONDS, help="seconds between zone probes (default 0.03; 0: no probes)")
+    p.add_argument("--probe-zone", action="append", default=[], help="probe only these zones (repeatable)")
     p.add_argument("--run-dir", type=Path)
     _preflight_arg(p)
     p.set_defaults(fn=cmd_traffic)

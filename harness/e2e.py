@@ -4,24 +4,34 @@ The CLI's `e2e`, `make e2e` and the pytest plugin all call `run_e2e`, so the
 pipeline exists once. Whatever happens (a failed step, Ctrl-C), the cluster
 it brought up is taken down and every record written so far stays in the run
 directory.
+
+Order of one run (each step's records are in the run directory, CONTRACTS §4):
+check every experiment against the topology and the backend's capabilities
+(bad input: nothing created) → run directory, manifests → up → plan.json →
+[preflight: STANDINS] → upstream stats "start" → traffic → experiments, each
+into chaos/<NN>-<stem>/ → cooldown → traffic stops → upstream stats "end" →
+inventory, entrypoints, artifacts → down → hops → verdict, report.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend
 from harness.errors import DryRun, InputError
 from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
+
+if TYPE_CHECKING:
+    from harness.chaos import PlannedExperiment
+    from harness.topology import Topology
 
 TRAFFIC_BOUND_S = 6 * 3600.0
 
@@ -101,6 +111,31 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
             backend.save_artifacts(run_dir / "artifacts")  # kept for the post-mortem, taken before the cluster goes
 
 
+def before_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -> None:
+    """Everything that must be recorded before the first user request (e2e and `harness traffic`).
+
+    Preflight (Consul's own view: preflight.json, stream STANDINS) belongs
+    here, before the "start" snapshot: traffic must not start on a mesh whose
+    configuration was never checked.
+    """
+    snap = _upstream_snapshot(backend, run_dir, "start")
+    if snap is not None:
+        missing = f", {len(snap.failed)} did not answer: {', '.join(sorted(snap.failed))}" if snap.failed else ""
+        say(f"upstream stats: {snap.rows} host counters from {len(snap.pods)} sidecars{missing}")
+
+
+def after_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -> None:
+    """The last records taken while the cluster is still up: the "end" snapshot of upstream counters."""
+    _upstream_snapshot(backend, run_dir, "end")
+
+
+def _upstream_snapshot(backend: Backend, run_dir: Path, label: str) -> Any:
+    """A snapshot of every sidecar's per-host counters (attempt evidence); a backend that cannot is noted, not fatal."""
+    from harness.observe.upstream_stats import snapshot_quietly
+
+    return snapshot_quietly(backend, run_dir, label)
+
+
 def record_traffic(
     backend: Backend,
     run_dir: Path,
@@ -108,6 +143,8 @@ def record_traffic(
     duration_s: float,
     shape: str = "steady",
     processes: int = 1,
+    probe_period_s: float | None = None,
+    probe_zones: list[str] | None = None,
     preflight: str = "gate",
 ) -> Any:
     """`harness traffic` for game days: a complete run directory that `harness verify` can judge.
@@ -117,6 +154,7 @@ def record_traffic(
     """
     from harness.observe import build_hops
     from harness.traffic import run_traffic
+    from harness.traffic.runner import DEFAULT_PROBE_PERIOD_S
 
     run_dir.mkdir(parents=True, exist_ok=True)
     mark_run(run_dir, "traffic")
@@ -125,93 +163,128 @@ def record_traffic(
     # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic ---
     preflight_gate(backend, run_dir, preflight, print)
     with recording(backend, run_dir):
-        result = run_traffic(backend.entrypoints(), run_dir, users=users, spawn_rate=users, duration_s=duration_s,
-                             shape=shape, processes=processes)  # fmt: skip
+        before_traffic(backend, run_dir, lambda _m: None)
+        try:
+            result = run_traffic(backend.entrypoints(), run_dir, users=users, spawn_rate=users,
+                                 duration_s=duration_s, shape=shape, processes=processes,
+                                 probe_period_s=DEFAULT_PROBE_PERIOD_S if probe_period_s is None else probe_period_s,
+                                 probe_zones=probe_zones)  # fmt: skip
+        finally:
+            after_traffic(backend, run_dir, lambda _m: None)
     build_hops(run_dir)
     mark_run(run_dir, "done", "complete")  # a run that never gets here stays "running": its verdict is partial
     return result
 
 
+def check_inputs(opts: E2EOptions, backend: Backend, topology: Topology) -> list[PlannedExperiment]:
+    """Every experiment checked against the topology and what the backend can do, before anything starts.
+
+    InputError on the first problem. `run_e2e` asks the backend again after
+    `up`: some clusters only show what they can do once they exist (kind
+    learns there whether the kernel has sch_netem).
+    """
+    from harness.chaos import plan_run
+
+    return plan_run(list(opts.experiments), topology, None, require=backend.require_capability)
+
+
+def _topology_of(opts: E2EOptions) -> Topology:
+    from harness.render.manifests import load
+    from harness.topology import load_topology
+
+    if opts.manifests is not None:
+        if not opts.manifests.is_dir():
+            raise InputError(str(opts.manifests), "", "not a directory written by `harness render`")
+        return load(opts.manifests).topology
+    return load_topology(opts.topology)
+
+
 def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] = print) -> E2EResult:
-    from harness.chaos import check_capabilities, check_experiment, run_experiment
+    from harness.chaos import plan_run, run_planned, write_plan
     from harness.observe import build_hops
     from harness.render.manifests import load
     from harness.report import write_junit, write_report
     from harness.traffic import TrafficRunner
     from harness.verify import verify, write_verdict
 
-    for exp in opts.experiments:
-        check_experiment(exp)
     name, why = choose(bopts.name)
-    say(f"backend: {name} ({why})")
     bopts.name = name
-    if name == "existing":  # destructive chaos on someone else's cluster: the plan only, unless --execute
-        from harness.gameday import dry_run_e2e
-
-        lines = dry_run_e2e(opts.experiments, opts, bopts, load)
-        if lines is not None:
-            raise DryRun("\n".join(lines))
-    # Input errors and a backend that cannot be reached are found before the run directory exists:
-    # the manifests are rendered into a staging directory and moved in once everything checked out.
-    staging = Path(tempfile.mkdtemp(prefix="eh-manifests-"))
+    topology = _topology_of(opts)
+    backend = connect(bopts)
     try:
-        load(prepare_manifests(opts, staging))
-        backend = connect(bopts)
-        try:
-            for exp in opts.experiments:  # refused before anything changes where the backend can tell (EKS)
-                check_capabilities(exp, backend)
-        except BaseException:
-            backend.close()
-            raise
-        run_dir = new_run_dir(opts.runs_root, opts.label)
-        mark_run(run_dir, "render")
-        shutil.move(staging / "manifests", run_dir / "manifests")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # bad input, or a fault the cluster cannot do where the backend can tell now (EKS): no run dir, no cluster
+        planned = check_inputs(opts, backend, topology)
+        if name == "existing":  # destructive chaos on someone else's cluster: the plan only, unless --execute
+            from harness.gameday import dry_run_e2e
+
+            lines = dry_run_e2e(planned, opts, bopts, load)
+            if lines is not None:
+                raise DryRun("\n".join(lines))
+    except BaseException:
+        backend.close()
+        raise
+    say(f"backend: {name} ({why})")
+    run_dir = new_run_dir(opts.runs_root, opts.label)
     say(f"run directory: {run_dir}")
-    manifests = load(run_dir / "manifests")
+    try:
+        mark_run(run_dir, "render")
+        mdir = prepare_manifests(opts, run_dir)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing was started: leave nothing behind
+        backend.close()
+        raise
+    manifests = load(mdir)
     messages: list[str] = []
     chaos_ok = True
     try:
         mark_run(run_dir, "up")
         backend.up(manifests, progress=lambda m: say(f"up: {m}"))
-        for exp in opts.experiments:  # again, now that up has probed the cluster (kind: sch_netem)
-            check_capabilities(exp, backend)
+        # again, now that up has probed the cluster (kind: sch_netem); still before any traffic or fault
+        planned = plan_run(list(opts.experiments), topology, None, require=backend.require_capability)
+        write_plan(run_dir, planned)
         # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic; "gate" stops here ---
         mark_run(run_dir, "preflight")
         preflight_gate(backend, run_dir, opts.preflight, say)
         with recording(backend, run_dir):
             entry = backend.entrypoints()
-            say(f"traffic: {opts.users} users over {len(entry)} zones")
-            # duration is only a bound: the runner is stopped when the context exits
-            with TrafficRunner(
-                entry,
-                run_dir,
-                users=opts.users,
-                spawn_rate=opts.spawn_rate,
-                duration_s=TRAFFIC_BOUND_S,
-                processes=opts.processes,
-            ):
-                mark_run(run_dir, "traffic")
-                time.sleep(opts.warmup_s)
-                for exp in opts.experiments:
-                    mark_run(run_dir, "chaos")
-                    say(f"chaos: {exp}")
-                    res = run_experiment(exp, run_dir, bopts)
-                    if not res.ok:
-                        chaos_ok = False
-                        deviated = " (deviated)" if res.deviated else ""
-                        messages.append(f"chaos experiment {exp.name}: {res.status}{deviated}")
-                    say(f"chaos: {exp.name} {res.status}")
-                mark_run(run_dir, "cooldown")
-                time.sleep(opts.cooldown_s)
+            probe_zones = sorted({z for p in planned for z in p.zones if z in entry})
+            before_traffic(backend, run_dir, say)
+            say(f"traffic: {opts.users} users over {len(entry)} zones, probes into {', '.join(probe_zones) or 'none'}")
+            try:
+                # duration is only a bound: the runner is stopped when the context exits
+                with TrafficRunner(
+                    entry,
+                    run_dir,
+                    users=opts.users,
+                    spawn_rate=opts.spawn_rate,
+                    duration_s=TRAFFIC_BOUND_S,
+                    processes=opts.processes,
+                    probe_zones=probe_zones,
+                ):
+                    mark_run(run_dir, "traffic")
+                    time.sleep(opts.warmup_s)
+                    for p in planned:
+                        mark_run(run_dir, "chaos")
+                        say(f"chaos: {p.id} ({p.file})")
+                        res = run_planned(p, run_dir, bopts)
+                        if not res.ok:
+                            chaos_ok = False
+                            messages.append(f"chaos experiment {p.id}: {res.reason}")
+                        say(f"chaos: {p.id} {'ran as planned' if res.ok else 'FAILED: ' + str(res.reason)}")
+                    mark_run(run_dir, "cooldown")
+                    time.sleep(opts.cooldown_s)
+            finally:
+                after_traffic(backend, run_dir, say)
     except BaseException as exc:
         mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
     finally:
-        if not opts.keep:
-            say("down")
-            backend.down()
+        try:
+            if not opts.keep:
+                say("down")
+                backend.down()
+        finally:
+            backend.close()
     say("observe: hop records from the sidecars' access logs")
     build_hops(run_dir)
     mark_run(run_dir, "verify", "complete")  # every record is in; what follows only reads them

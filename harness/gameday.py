@@ -268,24 +268,25 @@ def _not_zombie(pid: int) -> bool:
         return False
 
 
-def dry_run_e2e(experiments: list[Path], opts: Any, bopts: Any, load: Callable[[Path], Any]) -> list[str] | None:
+def dry_run_e2e(planned: list[Any], opts: Any, bopts: Any, load: Callable[[Path], Any]) -> list[str] | None:
     """The plan of every experiment of an `e2e` against an existing cluster, if it must stop as a dry run.
 
     Returns the lines to print (the run stops there: nothing is brought up,
     no run directory is made), or None when the run may go on (nothing
     destructive, or --execute). The run's own pods do not exist yet, so the
     plan shows the nodes and the pods of other workloads a fault would hit.
+    `planned` are `harness.chaos.PlannedExperiment`s: their data has the roles
+    resolved against the topology, so the plan names real zones.
     """
     import tempfile
 
     from harness.backends.existing import ExistingBackend
-    from harness.chaos import check_experiment
+    from harness.chaos import required_primitives
     from harness.e2e import prepare_manifests
 
-    if bopts.execute or not experiments:
+    if bopts.execute or not planned:
         return None
-    datas = [(p, check_experiment(p)) for p in experiments]
-    from harness.chaos import required_primitives
+    datas = [(Path(p.file), p.data) for p in planned]
 
     if not any(prim in DESTRUCTIVE for _p, d in datas for _i, _f, prim in required_primitives(d)):
         return None

@@ -23,6 +23,32 @@ Records: with ``EH_REQUESTS_FILE=path`` each request is appended to that file
 as one ``requests.jsonl`` line (docs/CONTRACTS.md §4), also with
 ``--processes N``.
 
+Zone probes (``ZoneProbe``, one per zone of ``EH_PROBE_ZONES``, a JSON list,
+default every zone of ``EH_ENTRYPOINTS``): a coffees query into its zone every
+``EH_PROBE_PERIOD`` seconds
+(default 0.03) on a fixed clock, whether or not the previous one has
+answered (an open model: a slow request during a failover does not delay the
+next probe, so the records keep their spacing exactly when it matters). The
+gap between two records bounds how precisely a failover or recovery instant
+can be known; with shoppers alone a zone got ~6 requests/s (resolution ~170
+ms), the probe brings every zone pair to ~30-45 ms (the period plus the jitter of
+the records), within the 50 ms asked for. At most
+``EH_PROBE_INFLIGHT`` probes of a zone are in flight (default: as many as
+ticks fit in the two timeouts, so no tick is ever skipped: a partition once held
+32 probes for ~0.5 s and the clock stopped for 300 ms right at the heal, where
+the recovery instant is read); ``0`` disables probes. They take one of the ``-u`` users per probed zone (locust's
+``fixed_count``): the harness adds them to its shopper count. `harness e2e`
+probes the zones its experiments act on (8 zones at 33 requests/s each would
+saturate the local backend's 2 cores and stretch every gap).
+
+Timeouts, set deliberately (locust's defaults are 60 s each): a connection
+must be up within ``CONNECT_TIMEOUT_S`` (3 s: one lost SYN is retransmitted
+after 1 s), and an answer must come within ``NETWORK_TIMEOUT_S`` (10 s: above
+the mesh's own worst case, three 2 s connect attempts per hop with the
+rendered retries). A user whose connection goes to a pod that died would
+otherwise wait a minute and the run would record nothing from its zone; the
+entry points reset such connections at once, these bound what is left.
+
 Knobs (env): ``EH_SHAPE=steady|ramp`` picks a load shape from
 ``loadtests/shapes.py`` (unset: plain ``-u -r -t``); ``EH_WAIT`` is the think
 time in seconds, ``"MIN,MAX"`` or one number (default ``0.1,0.5``; ``0`` for
@@ -33,12 +59,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import gevent
+from gevent.pool import Pool
 from locust import FastHttpUser, between, constant, events, task
 from shapes import select_shape
 
@@ -53,6 +83,15 @@ COFFEE_QUERY = '{ coffee(id: "%s") { id name price } }'
 
 ENTRYPOINTS = parse_entrypoints(os.environ.get("EH_ENTRYPOINTS"))
 DEFAULT_ZONE = os.environ.get("EH_ZONE") or "default"
+PROBE_PERIOD_S = float(os.environ.get("EH_PROBE_PERIOD", "0.03"))
+PROBE_ZONES = [
+    z for z in json.loads(os.environ.get("EH_PROBE_ZONES") or json.dumps(list(ENTRYPOINTS))) if z in ENTRYPOINTS
+]
+CONNECT_TIMEOUT_S = 3.0
+NETWORK_TIMEOUT_S = 10.0
+# Enough probes in flight that a tick is never skipped: a request ends within the timeouts at the latest
+_ALL_TICKS = math.ceil((CONNECT_TIMEOUT_S + NETWORK_TIMEOUT_S) / PROBE_PERIOD_S) + 1 if PROBE_PERIOD_S > 0 else 0
+PROBE_INFLIGHT = int(os.environ.get("EH_PROBE_INFLIGHT") or _ALL_TICKS)
 
 # At most one shape class may be visible here: locust runs the first one it finds.
 Shape = select_shape(os.environ.get("EH_SHAPE"))
@@ -72,6 +111,7 @@ def _wait_time() -> Any:
 # Round-robin slot per user. Each worker process counts on its own, offset by
 # its worker index, so N workers still spread their users over all zones.
 _slots = itertools.count()
+_probe_slots = itertools.count()
 
 
 def graphql_failure(status: int, body: bytes | None) -> str | None:
@@ -101,10 +141,19 @@ def graphql_failure(status: int, body: bytes | None) -> str | None:
     return None
 
 
+def _failure(resp: Any) -> str | None:
+    """Why a response failed: the transport error when none came back (a timeout, a reset), else the GraphQL verdict."""
+    if not resp.status_code and getattr(resp, "error", None) is not None:
+        return f"no response: {resp.error}"
+    return graphql_failure(resp.status_code, resp.content)
+
+
 class HashiCupsUser(FastHttpUser):
     """One shopper bound to one entry zone for its whole life (like a real user near a zone)."""
 
     wait_time = _wait_time()
+    connection_timeout = CONNECT_TIMEOUT_S
+    network_timeout = NETWORK_TIMEOUT_S
 
     def __init__(self, environment: Any) -> None:
         if ENTRYPOINTS:
@@ -132,7 +181,7 @@ class HashiCupsUser(FastHttpUser):
         with self.client.post(
             "/api", json=COFFEES_QUERY, name="POST /api coffees", context={"endpoint": "coffees"}, catch_response=True
         ) as resp:
-            why = graphql_failure(resp.status_code, resp.content)
+            why = _failure(resp)
             if why is not None:
                 resp.failure(why)
                 return
@@ -154,9 +203,59 @@ class HashiCupsUser(FastHttpUser):
             context={"endpoint": "coffee"},
             catch_response=True,
         ) as resp:
-            why = graphql_failure(resp.status_code, resp.content)
+            why = _failure(resp)
             if why is not None:
                 resp.failure(why)
+
+
+class ZoneProbe(FastHttpUser):
+    """A coffees query into one zone every PROBE_PERIOD_S, on a fixed clock (see the module docstring).
+
+    One instance per probed zone (``fixed_count``); each takes the next zone
+    round-robin, offset by the worker index under ``--processes``.
+    """
+
+    fixed_count = len(PROBE_ZONES) if PROBE_PERIOD_S > 0 and PROBE_INFLIGHT > 0 else 0
+    wait_time = constant(0)
+    connection_timeout = CONNECT_TIMEOUT_S
+    network_timeout = NETWORK_TIMEOUT_S
+    concurrency = max(1, PROBE_INFLIGHT)
+
+    def __init__(self, environment: Any) -> None:
+        worker = int(getattr(environment.runner, "worker_index", 0) or 0)
+        self.zone = PROBE_ZONES[(next(_probe_slots) + worker) % len(PROBE_ZONES)]
+        self.host = ENTRYPOINTS[self.zone]
+        super().__init__(environment)
+        self._context = {"zone": self.zone}
+
+    def context(self) -> dict[str, Any]:
+        return self._context
+
+    def _one(self) -> None:
+        with self.client.post(
+            "/api", json=COFFEES_QUERY, name="POST /api probe", context={"endpoint": "probe"}, catch_response=True
+        ) as resp:
+            why = _failure(resp)
+            if why is not None:
+                resp.failure(why)
+
+    @task
+    def probe(self) -> None:
+        """Fire on the clock; never wait for an answer before the next tick (up to PROBE_INFLIGHT at once)."""
+        pool = Pool(PROBE_INFLIGHT)
+        next_at = time.monotonic()
+        try:
+            while True:
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    gevent.sleep(delay)
+                if pool.free_count() > 0:
+                    pool.spawn(self._one)
+                next_at += PROBE_PERIOD_S
+                if next_at < time.monotonic() - PROBE_PERIOD_S:
+                    next_at = time.monotonic()  # fell behind (CPU starved): restart the clock, never burst
+        finally:
+            pool.kill(block=False)
 
 
 @events.init.add_listener

@@ -1,4 +1,10 @@
-"""Chaos: experiments are valid chaostoolkit files; actions record the timeline around each fault."""
+"""Chaos: experiments by role, checked before anything starts; actions write the timeline in contract order.
+
+Everything here runs without a cluster: a fake backend stands in for the
+protocol (inventory with `ready` events, chaos primitives that record when
+they were called), and chaostoolkit itself runs for the run-directory tests
+with `process` activities that need no backend.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,29 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.backends.base import Inventory, PodInfo, Status
-from harness.chaos import actions, check_experiment
+from harness.backends import BackendOptions
+from harness.backends.base import CHAOS_PRIMITIVES, Inventory, PodInfo, Status
+from harness.chaos import actions, check_experiment, judge_journal, plan_run, probes, run_experiment
+from harness.chaos.roles import RoleError, parse_role, resolve_values, resolve_zone
 from harness.errors import BackendError, InputError
+from harness.topology import load_topology
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.json"))
+TOPOLOGIES = [REPO / "fixtures" / f for f in ("topology.yaml", "topology-wide.yaml", "topology-eu.yaml")]
 LAX = "us-west-2-lax-1a"
+DEFAULT = load_topology(REPO / "fixtures" / "topology.yaml")
+WIDE = load_topology(REPO / "fixtures" / "topology-wide.yaml")
 
 
+# -- experiments: valid chaostoolkit files, zones by role ---------------------------------------------
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_experiment_validates_with_chaostoolkit(path: Path) -> None:
     check_experiment(path)
@@ -36,14 +50,87 @@ def test_experiment_validates_with_chaostoolkit(path: Path) -> None:
              "degrade_link": "clear_link", "partition_zone": "heal_zone"}  # fmt: skip
     for f in funcs & pairs.keys():
         assert pairs[f] in rollbacks, f"{path.name}: {f} without rollback {pairs[f]}"
+    # plain `chaos run` closes the shared backend through the control
+    assert {"name": "edge-harness", "provider": {"type": "python", "module": "harness.chaos.control"}} in data[
+        "controls"
+    ]
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_shipped_experiments_name_no_zone_only_roles(path: Path) -> None:
+    text = path.read_text()
+    for topo in TOPOLOGIES:
+        for z in load_topology(topo).zones:
+            assert f'"{z.name}"' not in text, f"{path.name} names {z.name}: use a role"
+    for key, value in json.loads(text).get("configuration", {}).items():
+        assert parse_role(value) is not None, (key, value)
+
+
+@pytest.mark.parametrize("topo", TOPOLOGIES, ids=[t.stem for t in TOPOLOGIES])
+def test_every_shipped_experiment_resolves_on_every_topology(topo: Path) -> None:
+    topology = load_topology(topo)
+    names = {z.name for z in topology.zones}
+    planned = plan_run(EXPERIMENTS, topology, CHAOS_PRIMITIVES)
+    assert [p.id for p in planned] == [f"{i + 1:02d}-{p.stem}" for i, p in enumerate(EXPERIMENTS)]
+    for p in planned:
+        assert p.zones and set(p.zones) <= names
+        assert all(topology.zone(z).is_edge for z in p.zones)
+        cfg = p.data["configuration"]
+        assert all(v in names for v in cfg.values()), cfg  # as run: roles resolved
+        ext = next(e for e in p.data["extensions"] if e["name"] == "edge-harness")
+        assert ext["resolved"] == p.roles and set(ext["roles"]) == set(p.roles)
+    edge = next(p for p in planned if p.file.stem == "edge-outage")
+    assert len(set(edge.zones)) == 3  # three faults, three different zones
+
+
+def test_roles_resolve_jointly_in_configuration_order() -> None:
+    got = resolve_values(["a Local Zone", "another Local Zone", "an edge zone", "every AZ", "a Wavelength Zone"], WIDE)
+    assert got == {
+        "a Local Zone": "us-west-2-lax-1a",
+        "another Local Zone": "us-west-2-lax-1b",
+        "an edge zone": "us-west-2-las-1a",
+        "every AZ": ["us-west-2a", "us-west-2b"],
+        "a Wavelength Zone": "us-west-2-wl1-sfo-wlz-1",
+    }
+    # a zone named outright is taken: the role picks another one
+    assert resolve_values([LAX, "a Local Zone"], DEFAULT)["a Local Zone"] == "us-west-2-las-1a"
+    assert resolve_values(["AN  availability ZONE"], DEFAULT) == {"AN  availability ZONE": "us-west-2a"}
+    assert resolve_values(["every Local Zone"], DEFAULT)["every Local Zone"] == [LAX, "us-west-2-las-1a",
+                                                                                  "us-west-2-phx-2a"]  # fmt: skip
+
+
+def test_role_errors_name_the_shortage_and_the_typo() -> None:
+    with pytest.raises(RoleError, match="has 0 Wavelength Zones"):
+        resolve_values(["a Wavelength Zone"], DEFAULT)
+    with pytest.raises(RoleError, match="has 3 Local Zones and the experiment needs one more"):
+        resolve_values(["a Local Zone", "another Local Zone", "a third Local Zone", "a fourth Local Zone"], DEFAULT)
+    with pytest.raises(RoleError, match="unknown role 'a Locl Zone'"):
+        resolve_zone("a Locl Zone", DEFAULT)
+    with pytest.raises(RoleError, match="zone 'us-east-1-bos-1a' is not in the topology"):
+        resolve_zone("us-east-1-bos-1a", DEFAULT)
+    assert parse_role("a Local Zone, please") is None and parse_role(3) is None
+
+
+# -- validation before anything starts ---------------------------------------------------------------
+def _act(func: str, args: dict[str, Any], module: str = "harness.chaos.actions") -> dict[str, Any]:
+    return {"type": "action", "name": f"do {func}", "provider": {"type": "python", "module": module, "func": func,
+                                                                  "arguments": args}}  # fmt: skip
+
+
+def _exp(tmp_path: Path, method: list[dict[str, Any]], cfg: dict[str, Any] | None = None, **extra: Any) -> Path:
+    f = tmp_path / "e.json"
+    doc = {"title": "t", "description": "d", "configuration": cfg or {}, "method": method, **extra}
+    f.write_text(json.dumps(doc))
+    return f
 
 
 @pytest.mark.parametrize(
     ("text", "field"),
-    [("{", "line 1"), ("[]", ""), ('{"title": "x"}', "method"),
-     ('{"title":"x","method":[{"provider":{"type":"python","module":"os","func":"system"}}]}',
-      "method[0].provider.module")],
-    ids=["syntax", "not-object", "no-method", "foreign-module"],
+    [("{", "line 1"), ("[]", ""), ('{"title": "x", "description": "y"}', "method"),
+     ('{"title": "x", "method": []}', "description"), ('{"title": "x", "description": "y", "method": []}', "method"),
+     ('{"title":"x","description":"y","method":[{"type":"action","provider":{"type":"python","module":"os",'
+      '"func":"system"}}]}', "method[0].provider.module")],
+    ids=["syntax", "not-object", "no-method", "no-description", "empty-method", "foreign-module"],
 )  # fmt: skip
 def test_bad_experiment_is_input_error(tmp_path: Path, text: str, field: str) -> None:
     f = tmp_path / "e.json"
@@ -53,81 +140,242 @@ def test_bad_experiment_is_input_error(tmp_path: Path, text: str, field: str) ->
     assert str(exc.value).startswith(f"{f}: {field}")
 
 
+@pytest.mark.parametrize(
+    ("method", "cfg", "field", "message"),
+    [
+        ([_act("kil_pod", {"zone": LAX, "service": "product-api"})], {}, "method[0].provider.func",
+         "has no function 'kil_pod'"),
+        ([_act("kill_pod", {"zone": LAX, "servce": "product-api"})], {}, "method[0].provider.arguments.servce",
+         "kill_pod takes no argument 'servce'"),
+        ([_act("kill_pod", {"zone": LAX})], {}, "method[0].provider.arguments", "kill_pod needs argument 'service'"),
+        ([_act("kill_pod", {"zone": "${zone}", "service": "product-api"})], {"zone": "a Locl Zone"},
+         "configuration.zone", "unknown role 'a Locl Zone'"),
+        ([_act("kill_pod", {"zone": "us-west-2-lax-9z", "service": "product-api"})], {},
+         "method[0].provider.arguments.zone", "zone 'us-west-2-lax-9z' is not in the topology"),
+        ([_act("kill_pod", {"zone": "${zone}", "service": "product-api"})], {}, "method[0].provider.arguments.zone",
+         "${zone}: no configuration entry 'zone'"),
+        ([_act("kill_pod", {"zone": LAX, "service": "cart-api"})], {}, "method[0].provider.arguments.service",
+         "service 'cart-api' is not in the topology"),
+        ([_act("kill_pod", {"zone": LAX, "service": "postgres"})], {}, "method[0].provider.arguments.service",
+         "postgres runs only in the Region"),
+        ([_act("kill_pod", {"zone": "${z}", "service": "product-api"})], {"z": "every Local Zone"},
+         "configuration.z", "'every Local Zone' names 3 zones; kill_pod acts on one zone"),
+        ([_act("kill_pod", {"zone": "${z}", "service": "product-api"})], {"z": "a Wavelength Zone"},
+         "configuration", "the topology has 0 Wavelength Zones"),
+        ([_act("every_shop_answers", {"zones": [LAX, "us-east-1a"]}, "harness.chaos.probes")], {},
+         "method[0].provider.arguments.zones", "zone 'us-east-1a' is not in the topology"),
+        ([_act("every_shop_answers", {"zones": "${z}"}, "harness.chaos.probes")], {"z": "every Wavelength Zone"},
+         "configuration", "the topology has no Wavelength Zone"),
+        ([_act("kill_pod", {"zone": "a Local Zone", "service": "product-api"})], {},
+         "method[0].provider.arguments.zone", "roles go in the configuration block"),
+        ([_act("kill_pod", {"zone": LAX, "service": "product-api", "configuration": {}})], {},
+         "method[0].provider.arguments.configuration", "passed by chaostoolkit"),
+    ],
+    ids=["unknown-func", "wrong-arg", "missing-arg", "unknown-role", "unknown-zone", "undefined-var",
+         "unknown-service", "region-service-in-lz", "every-for-one", "too-few-zones", "zones-list", "every-none",
+         "role-outright", "injected-arg"],
+)  # fmt: skip
+def test_experiment_refused_before_anything_starts(
+    tmp_path: Path, method: list[dict[str, Any]], cfg: dict[str, Any], field: str, message: str
+) -> None:
+    f = _exp(tmp_path, method, cfg)
+    with pytest.raises(InputError) as exc:
+        check_experiment(f, DEFAULT, CHAOS_PRIMITIVES)
+    assert str(exc.value).startswith(f"{f}: {field}: "), str(exc.value)
+    assert message in str(exc.value)
+
+
+def test_fault_the_backend_cannot_do_is_refused(tmp_path: Path) -> None:
+    f = _exp(tmp_path, [_act("kill_pod", {"zone": LAX, "service": "product-api"})],
+             rollbacks=[_act("clear_link", {"zone": LAX})])  # fmt: skip
+    caps = CHAOS_PRIMITIVES - {"set_link"}
+    with pytest.raises(InputError, match=r"rollbacks\[0\].provider.func: clear_link needs set_link, which this"):
+        check_experiment(f, DEFAULT, caps)
+    check_experiment(f, DEFAULT, CHAOS_PRIMITIVES)
+    edge = REPO / "experiments" / "edge-outage.json"
+    with pytest.raises(InputError, match=r"method\[2\].provider.func: degrade_link needs set_link"):
+        plan_run([edge], DEFAULT, caps)
+
+
+# -- the journal is judged, not only its status --------------------------------------------------------
+def _journal(**kw: Any) -> dict[str, Any]:
+    ok_run = {"activity": {"name": "kill it"}, "status": "succeeded"}
+    base: dict[str, Any] = {"status": "completed", "deviated": False,
+                            "steady_states": {"before": {"steady_state_met": True, "probes": []}, "after": None},
+                            "run": [ok_run], "rollbacks": []}  # fmt: skip
+    return {**base, **kw}
+
+
+def test_judge_journal() -> None:
+    assert judge_journal(_journal(), ["kill it"]) is None
+    assert judge_journal(None, ["kill it"]) == "no journal: chaostoolkit did not run the experiment"
+    skipped = _journal(run=[], steady_states={"before": {"steady_state_met": False, "probes": [
+        {"activity": {"name": "shop"}, "status": "succeeded", "output": 503, "tolerance_met": False}]}})  # fmt: skip
+    assert judge_journal(skipped, ["kill it"]) == (
+        "steady state before the method did not hold (probe 'shop' answered 503, outside its tolerance): "
+        "the method was skipped"
+    )  # chaostoolkit 1.44 says "completed", deviated false, for exactly this journal
+    exc = ["Traceback", "BackendError: no node in zone x\n"]
+    failed = _journal(status="failed", run=[{"activity": {"name": "kill it"}, "status": "failed", "exception": exc}])
+    assert judge_journal(failed, ["kill it"]) == "action 'kill it' failed: BackendError: no node in zone x"
+    missing = judge_journal(_journal(), ["kill it", "and this"])
+    assert missing == "action 'and this' did not run (chaostoolkit status 'completed')"
+    rb = _journal(rollbacks=[{"activity": {"name": "heal"}, "status": "failed", "exception": ["E: x"]}])
+    assert judge_journal(rb, ["kill it"]) == "rollback 'heal' failed: E: x"
+    assert judge_journal(_journal(status="interrupted"), ["kill it"]) == "chaostoolkit status 'interrupted'"
+    dev = _journal(deviated=True, steady_states={"before": None, "after": {"steady_state_met": False, "probes": [
+        {"activity": {"name": "ready"}, "status": "failed", "exception": ["boom"]}]}})  # fmt: skip
+    assert judge_journal(dev, ["kill it"]) == "steady state after the method deviated (probe 'ready' failed: boom)"
+
+
+# -- run directory: plan.json, one directory per experiment (real chaostoolkit, no backend needed) ------
+def _proc_exp(tmp_path: Path, name: str, probe_cmd: str) -> Path:
+    doc = {
+        "title": name,
+        "description": "no backend needed",
+        "steady-state-hypothesis": {"title": "ok", "probes": [{"type": "probe", "name": "gate", "tolerance": 0,
+                                    "provider": {"type": "process", "path": probe_cmd}}]},
+        "method": [{"type": "action", "name": "act", "provider": {"type": "process", "path": "true"}}],
+    }  # fmt: skip
+    f = tmp_path / f"{name}.json"
+    f.write_text(json.dumps(doc))
+    return f
+
+
+@pytest.mark.slow
+def test_each_experiment_gets_its_directory_and_the_plan_comes_first(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    opts = BackendOptions(name="local", cluster="nothere")
+    first = run_experiment(_proc_exp(tmp_path, "alpha", "true"), run, opts)
+    assert first.ok and first.id == "01-alpha", first.reason
+    second = run_experiment(_proc_exp(tmp_path, "beta", "false"), run, opts)
+    # the gate failed: chaostoolkit skipped the method and still wrote "completed"
+    journal = json.loads((run / "chaos" / "02-beta" / "journal.json").read_text())
+    assert journal["status"] == "completed" and journal["deviated"] is False and journal["run"] == []
+    assert not second.ok and second.reason is not None
+    assert second.reason.startswith("steady state before the method did not hold")
+    for exp_id in ("01-alpha", "02-beta"):
+        d = run / "chaos" / exp_id
+        assert {p.name for p in d.iterdir()} >= {"experiment.json", "journal.json", "chaos.log"}
+    plan = json.loads((run / "plan.json").read_text())
+    assert [(e["id"], e["actions"]) for e in plan["experiments"]] == [("01-alpha", ["act"]), ("02-beta", ["act"])]
+    assert not (run / "chaos-journal.json").exists()
+
+
+# -- actions: timeline order, restore timing, snapshots, one backend per process --------------------------
 class FakeBackend:
-    """Enough of the protocol for the actions: a zone whose pods die and come back."""
+    """The protocol as the actions use it: pods that die and come back, primitives that note when they ran."""
 
     name = "fake"
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
         self.inv = Inventory()
         self.n = 0
-        self.calls: list[tuple[str, Any]] = []
-        self.replace_at: float | None = None
-        self.unready_until = 0.0
+        self.calls: list[tuple[str, Any, int]] = []  # (primitive, args, timeline lines written when called)
+        self.pending: list[tuple[float, str]] = []  # (due, service) replacements
+        self.unready = False
+        self.closed = 0
         self._add("product-api")
         self._add("frontend")
 
-    def _add(self, service: str) -> None:
+    class _M:
+        topology = DEFAULT
+
+    def manifests(self) -> Any:
+        return self._M()
+
+    def _add(self, service: str, ready_delay: float = 0.0) -> None:
         self.n += 1
-        self.inv.added(
-            PodInfo(
-                f"{service}-{self.n}",
-                f"10.0.0.{self.n}",
-                "lax-1a-n1",
-                LAX,
-                service,
-                f"{service}-lax-1a",
-                "ns",
-                time.time(),
-            )
-        )
+        pod = f"{service}-{self.n}"
+        self.inv.added(PodInfo(pod, f"10.0.0.{self.n}", "lax-1a-n1", LAX, service, f"{service}-lax-1a", "ns",
+                               time.time()))  # fmt: skip
+        self.inv.ready(pod, time.time() + ready_delay)
+
+    def _note(self, what: str, args: Any) -> None:
+        tl = self.run_dir / "chaos.jsonl"
+        self.calls.append((what, args, len(tl.read_text().splitlines()) if tl.exists() else 0))
+
+    def _tick(self) -> None:
+        now = time.time()
+        for due, svc in [x for x in self.pending if x[0] <= now]:
+            self.pending.remove((due, svc))
+            self._add(svc, ready_delay=0.05)  # the replacement becomes ready a little after it exists
 
     def require_capability(self, primitive: str) -> None:
         """Every fault is possible on this fake (the actions ask before they record an inject)."""
 
     def status(self) -> Status:
-        if self.replace_at is not None and time.time() >= self.replace_at:
-            self.replace_at = None
-            self._add("product-api")
-        phase = "Ready" if time.time() >= self.unready_until else "NotReady"
+        self._tick()
+        phase = "NotReady" if self.unready else "Ready"
         return Status("fake", True, "", {p.pod: phase for p in self.inv.pods(alive_only=True)})
 
     def inventory(self) -> Inventory:
+        self._tick()
         return self.inv
 
     def nodes(self) -> dict[str, str]:
         return {"lax-1a-n1": LAX}
 
+    def entrypoints(self) -> dict[str, str]:
+        return {LAX: "http://127.0.0.1:9"}
+
+    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+        assert path == "/clusters?format=json"
+        host = {"address": {"socket_address": {"address": "10.0.0.9", "port_value": 20000}},
+                "stats": [{"name": "cx_total", "value": "2"}, {"name": "rq_total"}],
+                "health_status": {"eds_health_status": "HEALTHY"}}  # fmt: skip
+        return json.dumps({"cluster_statuses": [{"name": "product-api-lax-1a.x", "host_statuses": [host]}]}).encode()
+
     def kill_pod(self, zone: str, service: str) -> list[str]:
-        self.calls.append(("kill_pod", (zone, service)))
+        self._note("kill_pod", (zone, service))
         victims = [p.pod for p in self.inv.pods(alive_only=True) if p.service == service]
         for v in victims:
             self.inv.removed(v)
-        self.replace_at = time.time() + 0.3
+        self.pending.append((time.time() + 0.3, service))
         return victims
 
+    def set_pod_unready(self, zone: str, service: str) -> list[str]:
+        self._note("set_pod_unready", (zone, service))
+        self.unready = True
+        return ["product-api-1"]
+
+    def set_pod_ready(self, zone: str, service: str) -> list[str]:
+        self._note("set_pod_ready", (zone, service))
+        self.unready = False
+        return ["product-api-1"]
+
     def kill_node(self, node: str) -> None:
-        self.calls.append(("kill_node", node))
+        self._note("kill_node", node)
         for p in self.inv.pods(alive_only=True):
             self.inv.removed(p.pod)
 
-    def partition_zone(self, zone: str) -> None:
-        self.calls.append(("partition_zone", zone))
-        self.unready_until = float("inf")
-
-    def heal_zone(self, zone: str) -> None:
-        self.calls.append(("heal_zone", zone))
-        self.unready_until = time.time() + 0.4  # readiness comes back a little after the heal
-
     def restore_node(self, node: str) -> None:
-        self.calls.append(("restore_node", node))
+        self._note("restore_node", node)
         self._add("product-api")
         self._add("frontend")
+
+    def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
+        self._note("set_link", zone)
+
+    def clear_link(self, zone: str) -> None:
+        self._note("clear_link", zone)
+
+    def partition_zone(self, zone: str) -> None:
+        self._note("partition_zone", zone)
+        self.unready = True
+
+    def heal_zone(self, zone: str) -> None:
+        self._note("heal_zone", zone)
+        threading.Timer(0.4, lambda: setattr(self, "unready", False)).start()  # readiness comes back a little later
+
+    def close(self) -> None:
+        self.closed += 1
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeBackend:
-    b = FakeBackend()
+    b = FakeBackend(tmp_path)
     monkeypatch.setattr(actions, "_backend", lambda configuration=None: b)
     monkeypatch.setenv("EH_RUN_DIR", str(tmp_path))
     return b
@@ -137,27 +385,70 @@ def _timeline(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (tmp_path / "chaos.jsonl").read_text().splitlines()]
 
 
-def test_kill_pod_records_inject_then_restore_after_replacement(fake: FakeBackend, tmp_path: Path) -> None:
-    out = actions.kill_pod(LAX, "product-api")
+def _labels(tmp_path: Path) -> list[str]:
+    rows = [json.loads(x) for x in (tmp_path / "upstream-stats.jsonl").read_text().splitlines()]
+    return list(dict.fromkeys(r["label"] for r in rows))
+
+
+def test_kill_pod_restores_at_the_replacements_ready_event(fake: FakeBackend, tmp_path: Path) -> None:
+    out = actions.kill_pod("a Local Zone", "product-api", configuration={"zone": "a Local Zone"})
     inject, restore = _timeline(tmp_path)
     assert (inject["phase"], restore["phase"]) == ("inject", "restore")
-    assert inject["fault"] == restore["fault"] == out["fault"]
+    assert inject["fault"] == restore["fault"] == out["fault"] and out["zone"] == LAX
     assert inject["kind"] == "service-down" and inject["services"] == ["product-api"] and not inject["entry_down"]
-    assert restore["ts"] - inject["ts"] >= 0.3  # the fault lasts until the Deployment replaced the pod
-    assert fake.calls == [("kill_pod", (LAX, "product-api"))]
+    replacement = next(p.pod for p in fake.inv.pods(alive_only=True) if p.service == "product-api")
+    assert restore["ts"] == fake.inv.ready_since(replacement)  # not when the action noticed
+    assert restore["ts"] - inject["ts"] >= 0.3
+    assert [c[:2] for c in fake.calls] == [("kill_pod", (LAX, "product-api"))]
+    assert fake.calls[0][2] == 1  # the inject was on disk before the primitive acted
+    f = inject["fault"]
+    assert _labels(tmp_path) == [f"before {f}", f"inject {f}", f"restore {f}"]
 
 
-def test_kill_node_names_services_lost_and_restores(fake: FakeBackend, tmp_path: Path) -> None:
-    out = actions.kill_node(LAX, duration_s=0.1)
+def test_kill_pod_without_ready_event_is_an_error_not_a_guess(
+    fake: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(actions, "NO_READY_EVENT_GRACE_S", 0.2)
+    monkeypatch.setattr(fake.inv, "ready", lambda pod, ts=None: None)  # a backend that never writes `ready`
+    with pytest.raises(BackendError, match="no `ready` event"):
+        actions.kill_pod(LAX, "product-api")
+
+
+@pytest.mark.parametrize(
+    ("call", "undo"),
+    [
+        (lambda: actions.make_unready(LAX, "product-api", duration_s=0.1), "set_pod_ready"),
+        (lambda: actions.kill_node(LAX, duration_s=0.1), "restore_node"),
+        (lambda: actions.degrade_link(LAX, 50, duration_s=0.1), "clear_link"),
+        (lambda: actions.partition_zone(LAX, duration_s=0.1), "heal_zone"),
+    ],
+    ids=["unready", "node", "link", "partition"],
+)
+def test_restore_is_written_before_the_undoing_primitive(
+    fake: FakeBackend, tmp_path: Path, call: Any, undo: str
+) -> None:
+    call()
     inject, restore = _timeline(tmp_path)
+    assert (inject["phase"], restore["phase"]) == ("inject", "restore")
+    acted, undone = fake.calls[0], fake.calls[-1]
+    assert acted[2] == 1  # inject on disk before the fault
+    assert undone[0] == undo and undone[2] == 2  # restore on disk before the undo was called
+    assert _labels(tmp_path)[-1] == f"restore {inject['fault']}"
+
+
+def test_kill_node_names_services_lost_and_snapshots_before_pods_die(fake: FakeBackend, tmp_path: Path) -> None:
+    out = actions.kill_node(LAX, duration_s=0.1)
+    inject, _ = _timeline(tmp_path)
     assert inject["services"] == ["frontend", "product-api"] and inject["entry_down"] is True
     assert out["node"] == "lax-1a-n1" and [c[0] for c in fake.calls] == ["kill_node", "restore_node"]
-    assert restore["phase"] == "restore"
+    assert _labels(tmp_path)[0] == f"before {inject['fault']}"
 
 
 def test_kill_node_unknown_zone_is_refused(fake: FakeBackend) -> None:
-    with pytest.raises(BackendError, match="no node"):
+    with pytest.raises(BackendError, match="not in the topology"):
         actions.kill_node("us-west-2-nowhere-1a", duration_s=0)
+    with pytest.raises(BackendError, match="unknown role"):
+        actions.kill_node("a Locl Zone", duration_s=0)
 
 
 def test_wait_ready_times_out_with_the_missing_services(fake: FakeBackend) -> None:
@@ -165,13 +456,41 @@ def test_wait_ready_times_out_with_the_missing_services(fake: FakeBackend) -> No
         actions.wait_ready(fake, LAX, ["public-api"], timeout_s=0.3)  # type: ignore[arg-type]
 
 
-def test_partition_records_restore_at_the_heal_and_returns_once_the_zone_is_whole(
-    fake: FakeBackend, tmp_path: Path
-) -> None:
+def test_partition_returns_once_the_zone_is_whole(fake: FakeBackend, tmp_path: Path) -> None:
     t0 = time.time()
     out = actions.partition_zone(LAX, duration_s=0.1)
     inject, restore = _timeline(tmp_path)
     assert (inject["kind"], inject["entry_down"]) == ("partition", True)
     assert restore["ts"] - inject["ts"] < 0.35  # recorded at the heal, not after the wait
-    assert time.time() - t0 >= 0.45 and out["whole_after_heal_s"] >= 0.3  # ...but returned once Ready again
+    assert time.time() - t0 >= 0.45 and out["whole_after_heal_s"] >= 0.3
     assert [c[0] for c in fake.calls] == ["partition_zone", "heal_zone"]
+
+
+def test_probes_take_roles(fake: FakeBackend) -> None:
+    assert probes.all_pods_ready(zones="every Local Zone") is True
+    assert probes.zone_has_ready("a Local Zone", "product-api") is True
+    assert probes._zones(["a Local Zone", "us-west-2a"], {"zone": "a Local Zone"}) == [LAX, "us-west-2a"]
+    with pytest.raises(BackendError, match="unknown role"):
+        probes._zones("an Availability Zne", None)
+
+
+def test_one_backend_per_process_closed_at_the_end(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    made: list[FakeBackend] = []
+
+    def connect(opts: BackendOptions) -> FakeBackend:
+        made.append(FakeBackend(tmp_path))
+        return made[-1]
+
+    monkeypatch.setattr(actions, "connect", connect)
+    monkeypatch.setattr(actions, "_backends", {})
+    monkeypatch.setenv("EH_BACKEND", "local")
+    a = actions._backend({"eh_cluster": "one"})
+    assert actions._backend({"eh_cluster": "one"}) is a and probes.actions._backend({"eh_cluster": "one"}) is a
+    b = actions._backend({"eh_cluster": "two"})
+    assert b is not a and len(made) == 2
+    from harness.chaos.control import after_experiment_control
+
+    after_experiment_control(context={}, state={})
+    assert [m.closed for m in made] == [1, 1]
+    assert actions._backend({"eh_cluster": "one"}) is not a  # a new one after close
+    actions.close_backends()

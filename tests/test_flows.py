@@ -150,9 +150,11 @@ def test_existing_flow_runs_the_nightly_set_end_to_end(api: FakeApiServer, tools
     res = run_e2e(opts, bopts, say=said.append)
     assert res.chaos_ok, (res.messages, said)
     rec = _check_records(res.run_dir, LAX)
-    # unready chaos: phx-2a's public-api left its Service and came back
-    phx = [e["event"] for e in rec["inventory"] if e["pod"].startswith("public-api-phx-2a-")]
-    assert "unready" in phx and phx[-1] == "ready"
+    # unready chaos: "another Local Zone"'s public-api left its Service and came back
+    other = json.loads((res.run_dir / "plan.json").read_text())["experiments"][0]["roles"]["other_zone"]
+    short = other.removeprefix("us-west-2-")
+    unready = [e["event"] for e in rec["inventory"] if e["pod"].startswith(f"public-api-{short}-")]
+    assert "unready" in unready and unready[-1] == "ready"
     # node kill on EKS = cordon + delete: lax-1a's pods were replaced (removed, then new ones added and ready)
     lax_removed = {e["pod"] for e in rec["inventory"] if e["event"] == "removed" and e["zone"] == LAX}
     assert any(p.startswith("frontend-lax-1a-") for p in lax_removed)

@@ -199,10 +199,10 @@ def test_chaos_cli_prints_the_plan_and_injects_nothing_without_execute(
     assert lines[0] == f"plan: {exp} ('A Local Zone node dies and comes back') on context {CTX}"
     assert lines[1].startswith("  destructive chaos: allowed (--allow-context); blast radius: at most 100%")
     assert lines[2] == "  steady state: holds"
-    assert lines[3] == f"  1. kill the lax-1a node: kill_node in {LAX} for 8 s, then a 4 s pause [destructive]"
+    assert lines[3] == f"  1. kill a node of a Local Zone: kill_node in {LAX} for 8 s, then a 4 s pause [destructive]"
     assert lines[4].startswith(f"     cordon {NODE[LAX]}; delete 3 pod(s) of the run: hashicups-lax-1a/")
     assert "pod(s) of other workloads: team-x/cache-" in lines[4]
-    assert lines[5] == "  rollbacks (always): restore lax-1a nodes (restore_node)"
+    assert lines[5] == "  rollbacks (always): restore the Local Zone's nodes (restore_node)"
     assert lines[6].startswith(f"DRY RUN: {exp} has destructive actions and --execute was not given: nothing was")
     assert _writes(api) == before and not [d for d in (tmp_path / "runs").iterdir() if d.name != ".backend"]
 
@@ -397,7 +397,8 @@ def test_abort_stops_a_running_chaos_process_and_rolls_back_within_a_second(
     try:
         assert wait_until(lambda: all(n.unschedulable for n in eks.node_infos() if n.zone == PHX), 60), (
             chaos.poll(),
-            (run / "chaos.log").read_text() if (run / "chaos.log").exists() else "",
+            (run / "chaos" / "01-long" / "chaos.log").read_text() if (run / "chaos" / "01-long" / "chaos.log").exists()
+            else "",
         )
         t0 = time.monotonic()
         ab = subprocess.run([*harness, "--abort", str(run)], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -412,7 +413,7 @@ def test_abort_stops_a_running_chaos_process_and_rolls_back_within_a_second(
             chaos.wait()
     assert took < 30, took  # far from the 120 s the fault was meant to last
     assert chaos.returncode == 1, out
-    journal = json.loads((run / "chaos-journal.json").read_text())
+    journal = json.loads((run / "chaos" / "01-long" / "journal.json").read_text())
     assert journal["status"] == "interrupted"
     assert [r["status"] for r in journal["rollbacks"]] == ["succeeded"]
 

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from harness.backends.local.sched import Node, Taint, cluster_spec, parse_deployment
+from harness.backends.local.sched import (
+    ClusterSpec,
+    Node,
+    Placed,
+    SpreadConstraint,
+    Taint,
+    cluster_spec,
+    parse_deployment,
+)
 from harness.errors import InputError
 from harness.render import render, write
 from harness.render.manifests import Manifests, load
@@ -52,9 +60,78 @@ def test_least_loaded_fitting_node_and_pending_when_none(wide: Manifests) -> Non
     assert len(den) == 2
     first = spec.place(dep)
     assert first is not None and first.name in den
-    second = spec.place(dep, load={first.name: 1})
+    other = Placed(first.name, "elsewhere", {"app": "unrelated"})
+    second = spec.place(dep, placed=[other])
     assert second is not None and second.name != first.name
     assert spec.place(dep, down=set(den)) is None
+
+
+def test_rendered_deployments_spread_over_the_zones_nodes(wide: Manifests) -> None:
+    """What kube-scheduler does with the rendered hostname constraint: a 2-node zone gets one replica per node."""
+    spec = _spec(wide)
+    for dep in spec.deployments:
+        assert dep.spread == (
+            SpreadConstraint(1, "kubernetes.io/hostname", "ScheduleAnyway",
+                             tuple(sorted(dep.labels.items() - {("edge-harness.io/serving", "true")}))),
+        ), dep.where  # fmt: skip
+    for zone in ("us-west-2-den-1a", "us-west-2a"):
+        for dep in [d for d in spec.deployments if d.labels["edge-harness.io/zone"] == zone]:
+            placed: list[Placed] = []
+            for _ in range(dep.replicas):
+                node = spec.place(dep, placed=placed)
+                assert node is not None
+                placed.append(Placed(node.name, dep.namespace, dep.labels))
+            assert len({p.node for p in placed}) == min(2, dep.replicas), (dep.where, placed)
+
+
+def _dep_with_spread(constraint: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "d", "namespace": "n"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "a"}},
+            "template": {
+                "metadata": {"labels": {"app": "a"}},
+                "spec": {"containers": [{"name": "c", "image": "i"}], "topologySpreadConstraints": [constraint]},
+            },
+        },
+    }
+
+
+HOST = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "a"}}}
+
+
+def test_spread_constraints_soft_and_hard() -> None:
+    nodes = [Node(f"z-n{i}", "z", {"kubernetes.io/hostname": f"z-n{i}"}) for i in (1, 2)]
+    spec = ClusterSpec(nodes=nodes, deployments=[], services=[], config_maps={}, namespaces=[])
+    soft = parse_deployment(_dep_with_spread({**HOST, "whenUnsatisfiable": "ScheduleAnyway"}), "f")
+    hard = parse_deployment(_dep_with_spread({**HOST, "whenUnsatisfiable": "DoNotSchedule"}), "f")
+    mine = [Placed("z-n1", "n", {"app": "a"})]
+    theirs = [Placed("z-n2", "n", {"app": "b"}), Placed("z-n2", "other-ns", {"app": "a"})] * 3
+    # only matching pods of the same namespace count: n2 is busier but holds none of ours
+    assert spec.place(soft, placed=mine + theirs).name == "z-n2"  # type: ignore[union-attr]
+    # n2 down: soft still schedules (skew allowed), hard would make skew 2 > 1 -> Pending
+    assert spec.place(soft, down={"z-n2"}, placed=mine).name == "z-n1"  # type: ignore[union-attr]
+    assert spec.place(hard, down={"z-n2"}, placed=[*mine, Placed("z-n1", "n", {"app": "a"})]) is None
+    assert spec.place(hard, placed=mine).name == "z-n2"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"minDomains": 2}, "topologySpreadConstraints[0].minDomains"),
+        ({"matchLabelKeys": ["pod-template-hash"]}, "topologySpreadConstraints[0].matchLabelKeys"),
+        ({"nodeTaintsPolicy": "Honor"}, "topologySpreadConstraints[0].nodeTaintsPolicy"),
+        ({"labelSelector": {"matchExpressions": []}}, "topologySpreadConstraints[0].labelSelector.matchExpressions"),
+        ({"labelSelector": {}}, "topologySpreadConstraints[0].labelSelector.matchLabels"),
+        ({"whenUnsatisfiable": "Sometimes"}, "topologySpreadConstraints[0].whenUnsatisfiable"),
+        ({"maxSkew": 0}, "topologySpreadConstraints[0].maxSkew"),
+    ],
+    ids=["minDomains", "matchLabelKeys", "nodeTaintsPolicy", "matchExpressions", "no-selector", "when", "skew"],
+)
+def test_spread_fields_the_scheduler_does_not_implement_are_refused(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(InputError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        parse_deployment(_dep_with_spread({**HOST, "whenUnsatisfiable": "ScheduleAnyway", **change}), "f")
 
 
 def test_toleration_matching() -> None:

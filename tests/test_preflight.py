@@ -112,6 +112,9 @@ class FakeBackend:
     def manifests(self) -> Manifests:
         return self._manifests
 
+    def close(self) -> None:
+        """Holds nothing in this process (the CLI closes every backend it connects)."""
+
     def consul_api(self) -> AbstractContextManager[str]:
         return nullcontext(self.url)
 

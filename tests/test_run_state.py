@@ -48,6 +48,12 @@ class _FailingBackend:
     def down(self) -> None:
         self.downs += 1
 
+    def require_capability(self, primitive: str) -> None:
+        """Every fault is possible (the run stops at `up` anyway)."""
+
+    def close(self) -> None:
+        """Holds nothing in this process."""
+
 
 @pytest.mark.parametrize(
     ("exc", "status"), [(BackendError("node lost"), "failed"), (KeyboardInterrupt(), "interrupted")]

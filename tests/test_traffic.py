@@ -12,6 +12,7 @@ subprocess timeouts; only 127.0.0.1 is used.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -42,6 +43,7 @@ class FakeShop(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.zone = zone
         self.counts: Counter[str] = Counter()
+        self.delay = 0.0  # seconds before each answer (a slow mesh)
         self.lock = threading.Lock()
 
     @property
@@ -78,6 +80,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, b"<html><body>HashiCups</body></html>", "text/html", "shop")
 
     def do_POST(self) -> None:
+        if self.server.delay:
+            time.sleep(self.server.delay)
         length = int(self.headers.get("Content-Length") or 0)
         query = json.loads(self.rfile.read(length) or b"{}").get("query", "")
         if "coffees" in query:
@@ -353,3 +357,55 @@ def test_run_traffic_reports_a_broken_locustfile(tmp_path: Path) -> None:
     bad.write_text("from locust import FastHttpUser\nraise RuntimeError('locustfile exploded')\n")
     with pytest.raises(TrafficError, match="locustfile exploded"):
         run_traffic({"a": "http://127.0.0.1:9"}, tmp_path / "run", users=1, spawn_rate=1, duration_s=2, locustfile=bad)
+
+
+@pytest.mark.slow
+def test_zone_probes_keep_their_clock_while_answers_are_slow(tmp_path: Path, shop: FakeShop, shop_b: FakeShop) -> None:
+    """Probes are an open model: with 200 ms answers and a 50 ms period they overlap instead of waiting."""
+    shop.delay = 0.2
+    res = run_traffic({"zone-a": shop.url, "zone-b": shop_b.url}, tmp_path, users=1, spawn_rate=10, duration_s=4,
+                      extra_env={"EH_WAIT": "5"}, probe_period_s=0.05, probe_zones=["zone-a"])  # fmt: skip
+    probes = sorted(
+        (float(r["ts"]), float(r["latency_ms"]) / 1000)  # type: ignore[arg-type]
+        for r in _records(tmp_path / "requests.jsonl")
+        if r["endpoint"] == "probe"
+    )
+    assert res.requests > 0
+    assert {r["zone"] for r in _records(tmp_path / "requests.jsonl") if r["endpoint"] == "probe"} == {"zone-a"}
+    # a closed loop would manage one per 200 ms (<= 20 in 4 s); the clock fires one per 50 ms
+    assert len(probes) > 40, len(probes)
+    overlapping = sum(1 for (t0, lat), (t1, _) in itertools.pairwise(probes) if t1 < t0 + lat)
+    assert overlapping > len(probes) / 2
+
+
+class BlackHole(ThreadingHTTPServer):
+    """Accepts connections and reads requests, never answers: a peer that is gone without a reset."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def handle(self) -> None:
+                while self.rfile.read(1):
+                    pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.mark.slow
+def test_users_give_up_on_a_silent_peer_after_the_network_timeout(tmp_path: Path) -> None:
+    """locust's default (60 s) would leave the run without a single record from this zone."""
+    srv = BlackHole()
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        run_traffic({"zone-a": url}, tmp_path, users=1, spawn_rate=1, duration_s=13, probe_period_s=0,
+                    extra_env={"EH_WAIT": "0"})  # fmt: skip
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    recs = _records(tmp_path / "requests.jsonl")
+    assert recs and all(not r["ok"] for r in recs)
+    first = recs[0]
+    assert 9_500 <= float(first["latency_ms"]) < 15_000, first  # type: ignore[arg-type]
+    assert "timed out" in str(first["error"]).lower() or "timeout" in str(first["error"]).lower(), first

@@ -1,10 +1,19 @@
 """Chaos: the harness's chaostoolkit extension and the runner for experiments.
 
 Experiments live in `experiments/` in chaostoolkit's own format and run with
-plain `chaos run`; `run_experiment` runs them the way the harness needs:
-chaostoolkit in its own process (stdout not inherited, or a pipeline on
-`chaos run` hangs), rollbacks always (chaostoolkit skips them on a deviated
-hypothesis by default), the journal and the timeline in the run directory.
+plain `chaos run`; the runner here runs them the way the harness needs:
+
+- every experiment is checked before anything starts (`experiment.plan_experiment`:
+  functions, argument names, roles, zones, services, the backend's capabilities);
+- the run's plan goes to ``plan.json`` before the first experiment starts, and
+  each experiment gets ``chaos/<NN>-<stem>/`` with ``experiment.json`` (as run:
+  roles resolved), ``journal.json`` and ``chaos.log``;
+- chaostoolkit runs in its own process (stdout not inherited, or a pipeline
+  on `chaos run` hangs), rollbacks always (chaostoolkit skips them on a
+  deviated hypothesis by default), the timeline in the run directory;
+- the journal is *judged*: chaostoolkit 1.44 says ``completed`` with
+  ``deviated: false`` when the steady state failed *before* the method and
+  the method never ran, so the status alone proves nothing (`judge_journal`).
 """
 
 from __future__ import annotations
@@ -15,47 +24,31 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.backends import BackendOptions
+from harness.chaos.experiment import PlannedExperiment, check_experiment, load_experiment, plan_experiment
 from harness.chaos.timeline import FaultKind, record
 from harness.errors import BackendError, InputError
+from harness.records import CHAOS_DIR, JOURNAL_FILE, PLAN_FILE
+from harness.topology import Topology
 
 
 @dataclass
 class ChaosResult:
-    status: str  # chaostoolkit journal status: completed | failed | aborted | interrupted
+    id: str
+    status: str  # chaostoolkit journal status: completed | failed | aborted | interrupted | missing
     deviated: bool
     journal: Path
     returncode: int
+    reason: str | None  # why the experiment did not do what it was meant to; None when it did
 
     @property
     def ok(self) -> bool:
-        return self.status == "completed" and not self.deviated
-
-
-def check_experiment(path: Path) -> dict[str, Any]:
-    """Parse an experiment file; InputError naming the file and field on bad input."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(str(path), "", "no such experiment file") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(str(path), f"line {exc.lineno}", f"JSON syntax error: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise InputError(str(path), "", "an experiment is a JSON object")
-    for key in ("title", "method"):
-        if key not in data:
-            raise InputError(str(path), key, "required")
-    for i, act in enumerate(data.get("method") or []):
-        prov = (act or {}).get("provider") or {}
-        if prov.get("type") == "python" and not str(prov.get("module", "")).startswith(
-            ("harness.chaos", "chaosk8s", "chaoslib")
-        ):
-            raise InputError(str(path), f"method[{i}].provider.module", f"unknown module {prov.get('module')!r}")
-    return data
+        return self.reason is None
 
 
 # harness.chaos.actions function -> the backend primitive it injects (base.CHAOS_PRIMITIVES)
@@ -85,7 +78,9 @@ def check_capabilities(path: Path, backend: Any) -> None:
 
     Run before the experiment starts, so a fault the cluster cannot do (the
     service link on EKS, a partition without an enforcing CNI, netem on a
-    kernel without sch_netem) is refused with nothing injected.
+    kernel without sch_netem) is refused with nothing injected. (`plan_run`
+    with `require=backend.require_capability` does the same within the full
+    check; this is the check alone.)
     """
     data = check_experiment(path)
     for i, func, primitive in required_primitives(data):
@@ -100,17 +95,112 @@ def chaos_bin() -> str:
     return str(cand) if cand.exists() else (shutil.which("chaos") or "chaos")
 
 
-def run_experiment(experiment: Path, run_dir: Path, opts: BackendOptions, timeout_s: float = 900) -> ChaosResult:
-    """Run one experiment with `chaos run`, rollbacks always; the journal goes to the run dir."""
-    check_experiment(experiment)
+def _last_line(exc: Any) -> str:
+    """The message of an exception as chaostoolkit's journal stores it (a list of traceback lines)."""
+    if isinstance(exc, list) and exc:
+        return str(exc[-1]).strip()
+    return str(exc or "").strip() or "no detail"
+
+
+def _probe_failure(state: dict[str, Any]) -> str:
+    for p in state.get("probes") or []:
+        if p.get("status") != "succeeded" or p.get("tolerance_met") is False:
+            name = (p.get("activity") or {}).get("name", "?")
+            if p.get("status") != "succeeded":
+                return f"probe {name!r} failed: {_last_line(p.get('exception'))}"
+            return f"probe {name!r} answered {p.get('output')!r}, outside its tolerance"
+    return "no probe detail"
+
+
+def judge_journal(journal: dict[str, Any] | None, planned_actions: list[str]) -> str | None:
+    """Why this run of an experiment does not count (one line), or None when it ran as planned.
+
+    Fails on: no journal; the steady state before the method not met (the
+    method was skipped although the status may say ``completed``); a status
+    other than ``completed``; any method activity or rollback that did not
+    succeed; a planned action missing from ``run``; a deviated steady state
+    after the method.
+    """
+    if journal is None:
+        return "no journal: chaostoolkit did not run the experiment"
+    before = (journal.get("steady_states") or {}).get("before")
+    if isinstance(before, dict) and not before.get("steady_state_met", True):
+        return f"steady state before the method did not hold ({_probe_failure(before)}): the method was skipped"
+    for run in journal.get("run") or []:
+        if run.get("status") != "succeeded":
+            name = (run.get("activity") or {}).get("name", "?")
+            return f"action {name!r} {run.get('status')}: {_last_line(run.get('exception'))}"
+    ran = [(r.get("activity") or {}).get("name") for r in journal.get("run") or []]
+    for name in planned_actions:
+        if name not in ran:
+            return f"action {name!r} did not run (chaostoolkit status {journal.get('status')!r})"
+    for rb in journal.get("rollbacks") or []:
+        if rb.get("status") != "succeeded":
+            name = (rb.get("activity") or {}).get("name", "?")
+            return f"rollback {name!r} {rb.get('status')}: {_last_line(rb.get('exception'))}"
+    if journal.get("status") != "completed":
+        return f"chaostoolkit status {journal.get('status')!r}"
+    after = (journal.get("steady_states") or {}).get("after")
+    if journal.get("deviated"):
+        detail = _probe_failure(after) if isinstance(after, dict) else "no probe detail"
+        return f"steady state after the method deviated ({detail})"
+    return None
+
+
+def _existing_plan(run_dir: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads((run_dir / PLAN_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    exps = data.get("experiments") if isinstance(data, dict) else None
+    return [e for e in exps or [] if isinstance(e, dict)]
+
+
+def plan_run(
+    paths: list[Path],
+    topology: Topology | None,
+    capabilities: frozenset[str] | None,
+    run_dir: Path | None = None,
+    require: Callable[[str], None] | None = None,
+) -> list[PlannedExperiment]:
+    """Check every experiment (InputError on the first problem, nothing written) and number them.
+
+    Numbers continue those already in `run_dir`'s plan, so a game day's
+    `harness chaos` runs into one directory never overwrite each other.
+    """
+    first = len(_existing_plan(run_dir)) + 1 if run_dir is not None else 1
+    planned = [plan_experiment(p, topology, capabilities, require=require) for p in paths]
+    for i, p in enumerate(planned):
+        p.id = f"{first + i:02d}-{Path(p.file).stem}"
+    return planned
+
+
+def write_plan(run_dir: Path, planned: list[PlannedExperiment]) -> Path:
+    """``plan.json``: the experiments the run is meant to run (added to an existing plan), atomically."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    journal = run_dir / "chaos-journal.json"
+    known = _existing_plan(run_dir)
+    ids = {e.get("id") for e in known}
+    doc = {"experiments": known + [p.plan_entry() for p in planned if p.id not in ids]}
+    path = run_dir / PLAN_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def run_planned(p: PlannedExperiment, run_dir: Path, opts: BackendOptions, timeout_s: float = 900) -> ChaosResult:
+    """Run one planned experiment into ``run_dir/chaos/<id>/`` with `chaos run`, rollbacks always, and judge it."""
+    exp_dir = run_dir / CHAOS_DIR / p.id
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    exp_file = exp_dir / "experiment.json"
+    exp_file.write_text(json.dumps(p.data, indent=2) + "\n", encoding="utf-8")
+    journal_path = exp_dir / JOURNAL_FILE
     env = {**os.environ, **opts.env(), "EH_RUN_DIR": str(run_dir.resolve())}
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if p
+        x for x in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if x
     )
-    argv = [chaos_bin(), "--log-file", str(run_dir / "chaos.log"), "run", "--rollback-strategy", "always",
-            "--journal-path", str(journal), "--no-verify-tls", str(experiment)]  # fmt: skip
+    argv = [chaos_bin(), "--log-file", str(exp_dir / "chaos.log"), "run", "--rollback-strategy", "always",
+            "--journal-path", str(journal_path), "--no-verify-tls", str(exp_file)]  # fmt: skip
     proc = subprocess.Popen(
         argv,
         env=env,
@@ -130,20 +220,51 @@ def run_experiment(experiment: Path, run_dir: Path, opts: BackendOptions, timeou
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         raise
+    journal: dict[str, Any] | None
     try:
-        j = json.loads(journal.read_text(encoding="utf-8"))
-        return ChaosResult(str(j.get("status")), bool(j.get("deviated")), journal, rc)
+        loaded = json.loads(journal_path.read_text(encoding="utf-8"))
+        journal = loaded if isinstance(loaded, dict) else None
     except (FileNotFoundError, json.JSONDecodeError):
-        return ChaosResult("failed", True, journal, rc)
+        journal = None
+    reason = judge_journal(journal, p.actions)
+    if journal is None:
+        reason = f"no journal: chaostoolkit exited {rc} (see {exp_dir / 'chaos.log'})"
+    status = str(journal.get("status")) if journal is not None else "missing"
+    deviated = bool(journal.get("deviated")) if journal is not None else False
+    return ChaosResult(p.id, status, deviated, journal_path, rc, reason)
+
+
+def run_experiment(
+    experiment: Path,
+    run_dir: Path,
+    opts: BackendOptions,
+    topology: Topology | None = None,
+    capabilities: frozenset[str] | None = None,
+    timeout_s: float = 900,
+    require: Callable[[str], None] | None = None,
+) -> ChaosResult:
+    """Check, plan (added to ``plan.json``) and run one experiment into `run_dir`."""
+    (p,) = plan_run([experiment], topology, capabilities, run_dir, require)
+    write_plan(run_dir, [p])
+    return run_planned(p, run_dir, opts, timeout_s)
 
 
 __all__ = [
     "ACTION_PRIMITIVES",
+    "CHAOS_DIR",
+    "PLAN_FILE",
     "ChaosResult",
     "FaultKind",
+    "PlannedExperiment",
     "check_capabilities",
     "check_experiment",
+    "judge_journal",
+    "load_experiment",
+    "plan_experiment",
+    "plan_run",
     "record",
     "required_primitives",
     "run_experiment",
+    "run_planned",
+    "write_plan",
 ]

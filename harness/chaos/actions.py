@@ -1,36 +1,120 @@
 """chaostoolkit actions of the harness (`provider: python, module: harness.chaos.actions`).
 
 Each action records the fault in the chaos timeline before it acts, holds it
-for `duration_s` where that makes sense, restores, waits until the zone is
-whole again, and records the restore. Each has a matching restore action for
-the experiment's `rollbacks` (run with `--rollback-strategy always`), which is
+for `duration_s` where that makes sense, records the restore *before* it
+undoes the fault, waits until the zone is whole again, and takes upstream
+counter snapshots at the boundaries (docs/CONTRACTS.md, chaos.jsonl and
+upstream-stats.jsonl). Each has a matching restore action for the
+experiment's `rollbacks` (run with `--rollback-strategy always`), which is
 idempotent, so a game day interrupted half-way still puts things back.
 
+Zones are given by name or by role ("a Local Zone", see `harness.chaos.roles`),
+resolved from the cluster's own topology together with the experiment's
+configuration, which chaostoolkit passes to every action.
+
 The backend comes from EH_BACKEND / EH_CLUSTER / EH_CONTEXT (set by
-`harness chaos`), or from the experiment's `configuration` block.
+`harness chaos`), or from the experiment's `configuration` block
+(`eh_backend`, `eh_cluster`, `eh_context`). One backend per set of options is
+shared by every action and probe of the process and closed when chaostoolkit's
+process ends (`close_backends`, called by the `harness.chaos.control` control
+and at exit), so no watcher thread outlives the experiment.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import threading
 import time
 import uuid
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from harness.backends import BackendOptions, connect
 from harness.backends.base import Backend
+from harness.chaos.roles import RoleError, parse_role, resolve_zone
 from harness.chaos.timeline import FaultKind, record
-from harness.errors import BackendError
+from harness.errors import BackendError, HarnessError
+
+log = logging.getLogger("chaostoolkit")  # chaostoolkit writes this logger to chaos.log
 
 READY_TIMEOUT_S = 90.0
+POLL_S = 0.1
+NO_READY_EVENT_GRACE_S = 5.0
+
+_backends: dict[tuple[Any, ...], Backend] = {}
+_backends_lock = threading.Lock()
+_atexit_registered = False
 
 
-def _backend(configuration: dict[str, Any] | None) -> Backend:
+def _options(configuration: Mapping[str, Any] | None) -> BackendOptions:
     cfg = configuration or {}
-    return connect(
-        BackendOptions.from_env(
-            name=cfg.get("eh_backend"), cluster=cfg.get("eh_cluster"), context=cfg.get("eh_context")
-        )
+    return BackendOptions.from_env(
+        name=cfg.get("eh_backend"), cluster=cfg.get("eh_cluster"), context=cfg.get("eh_context")
     )
+
+
+def _backend(configuration: Mapping[str, Any] | None = None) -> Backend:
+    """The process's one backend for these options (created on first use)."""
+    global _atexit_registered
+    opts = _options(configuration)
+    key = (opts.name, opts.cluster, opts.context, opts.kubeconfig, tuple(opts.allow_contexts))
+    with _backends_lock:
+        b = _backends.get(key)
+        if b is None:
+            b = connect(opts)
+            _backends[key] = b
+            if not _atexit_registered:
+                atexit.register(close_backends)
+                _atexit_registered = True
+        return b
+
+
+def close_backends() -> None:
+    """Close every backend this process opened (idempotent)."""
+    with _backends_lock:
+        backends = list(_backends.values())
+        _backends.clear()
+    for b in backends:
+        try:
+            b.close()
+        except Exception as exc:  # closing is best effort: report, never mask the experiment's outcome
+            print(f"closing backend {b.name}: {exc}", flush=True)
+
+
+def _run_dir() -> Path | None:
+    raw = os.environ.get("EH_RUN_DIR")
+    return Path(raw) if raw else None
+
+
+def _snapshot(b: Backend, label: str) -> None:
+    """Upstream counters of every sidecar into the run directory; pods that did not answer go to chaos.log."""
+    from harness.observe.upstream_stats import snapshot_quietly
+
+    snap = snapshot_quietly(b, _run_dir(), label)
+    if snap is not None and snap.failed:
+        pods = ", ".join(f"{pod} ({why})" for pod, why in sorted(snap.failed.items()))
+        log.warning("upstream stats %r: %d of %d pods did not answer: %s", label, len(snap.failed),
+                    len(snap.failed) + len(snap.pods), pods)  # fmt: skip
+
+
+def _zone(b: Backend, value: Any, configuration: Mapping[str, Any] | None) -> str:
+    """A zone name from a name or a role phrase, with the cluster's topology."""
+    try:
+        topology = b.manifests().topology
+    except HarnessError:
+        if parse_role(value) is not None or not isinstance(value, str):
+            raise
+        return value  # a plain zone name on a cluster whose topology the harness does not know
+    try:
+        zone = resolve_zone(value, topology, configuration)
+    except RoleError as exc:
+        raise BackendError(str(exc)) from None
+    if isinstance(zone, list):
+        raise BackendError(f"{value!r} names {len(zone)} zones; this action acts on one zone")
+    return zone
 
 
 def _fault_id(action: str, zone: str, service: str | None = None) -> str:
@@ -55,7 +139,49 @@ def wait_ready(backend: Backend, zone: str, services: list[str], timeout_s: floa
             return time.time() - t0
         if time.time() - t0 > timeout_s:
             raise BackendError(f"{zone}: {', '.join(sorted(missing))} not ready after {timeout_s:.0f} s")
-        time.sleep(0.2)
+        time.sleep(POLL_S)
+
+
+def wait_replacement_ready(
+    backend: Backend, zone: str, service: str, gone: set[str], timeout_s: float = READY_TIMEOUT_S
+) -> float:
+    """When the first replacement of the killed pods `gone` became ready, from the inventory's `ready` event.
+
+    That event is the instant the service was back as an endpoint (written
+    before the sidecars were told), so the restore is recorded at it rather
+    than at whenever this loop noticed. A backend that reports a Ready pod
+    but writes no `ready` event breaks the contract: that is an error, not a
+    guess.
+    """
+    t0 = time.time()
+    seen_ready_without_event: dict[str, float] = {}
+    while True:
+        inv = backend.inventory()
+        new = [p for p in inv.pods(alive_only=True) if p.zone == zone and p.service == service and p.pod not in gone]
+        since = [t for t in (inv.ready_since(p.pod) for p in new) if t is not None]
+        if since:
+            return min(since)
+        if new:
+            phases = backend.status().pods
+            now = time.time()
+            for p in new:
+                if phases.get(p.pod) == "Ready":
+                    first = seen_ready_without_event.setdefault(p.pod, now)
+                    if now - first > NO_READY_EVENT_GRACE_S:
+                        raise BackendError(
+                            f"{p.pod} is Ready but the inventory has no `ready` event for it "
+                            "(the backend must write one: docs/CONTRACTS.md inventory.jsonl)"
+                        )
+        if time.time() - t0 > timeout_s:
+            raise BackendError(f"{zone}: no replacement {service} pod ready after {timeout_s:.0f} s")
+        time.sleep(POLL_S)
+
+
+def _hold(started: float, duration_s: float) -> None:
+    """Keep the fault for `duration_s` from when the primitive acted (snapshots taken meanwhile count)."""
+    left = started + duration_s - time.time()
+    if left > 0:
+        time.sleep(left)
 
 
 def _zone_services(backend: Backend, zone: str) -> list[str]:
@@ -63,16 +189,25 @@ def _zone_services(backend: Backend, zone: str) -> list[str]:
 
 
 def kill_pod(zone: str, service: str, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Kill every pod of `service` in `zone`; the fault lasts until the Deployment has replaced them."""
+    """Kill every pod of `service` in `zone`; the fault lasts until the Deployment's replacement is ready."""
     b = _backend(configuration)
+    zone = _zone(b, zone, configuration)
     fault = _fault_id("kill-pod", zone, service)
     b.require_capability("kill_pod")  # refused before anything is recorded or injected
-    record(fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend")
-    pods = b.kill_pod(zone, service)
-    time.sleep(0.5)  # the dead pods must leave the inventory before we wait for replacements
-    waited = wait_ready(b, zone, [service])
-    record(fault, "restore", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service])
-    return {"fault": fault, "killed": pods, "replaced_after_s": round(waited + 0.5, 3)}
+    _snapshot(b, f"before {fault}")
+    inject = record(
+        fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend"
+    )
+    try:
+        pods = b.kill_pod(zone, service)
+    except BaseException:
+        record(fault, "restore", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service])  # nothing was killed
+        raise
+    _snapshot(b, f"inject {fault}")
+    ready_ts = wait_replacement_ready(b, zone, service, set(pods))
+    record(fault, "restore", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], ts=ready_ts)
+    _snapshot(b, f"restore {fault}")
+    return {"fault": fault, "zone": zone, "killed": pods, "replaced_after_s": round(ready_ts - inject["ts"], 3)}
 
 
 def make_unready(
@@ -80,22 +215,28 @@ def make_unready(
 ) -> dict[str, Any]:
     """Fail the readiness of `service` in `zone` for `duration_s` (pods keep running)."""
     b = _backend(configuration)
+    zone = _zone(b, zone, configuration)
     fault = _fault_id("unready", zone, service)
     b.require_capability("set_pod_unready")
     record(fault, "inject", "make_unready", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend")
-    pods = b.set_pod_unready(zone, service)
+    pods: list[str] = []
     try:
-        time.sleep(duration_s)
+        pods = b.set_pod_unready(zone, service)
+        acted = time.time()
+        _snapshot(b, f"inject {fault}")
+        _hold(acted, duration_s)
     finally:
-        b.set_pod_ready(zone, service)
-        wait_ready(b, zone, [service])
         record(fault, "restore", "make_unready", zone, FaultKind.SERVICE_DOWN, [service])
-    return {"fault": fault, "pods": pods}
+        b.set_pod_ready(zone, service)
+    wait_ready(b, zone, [service])
+    _snapshot(b, f"restore {fault}")
+    return {"fault": fault, "zone": zone, "pods": pods}
 
 
 def make_ready(zone: str, service: str, configuration: dict[str, Any] | None = None) -> list[str]:
     """Rollback of `make_unready` (idempotent)."""
-    return _backend(configuration).set_pod_ready(zone, service)
+    b = _backend(configuration)
+    return b.set_pod_ready(_zone(b, zone, configuration), service)
 
 
 def kill_node(
@@ -107,6 +248,7 @@ def kill_node(
     Node names differ per backend (kind-worker3, ip-10-0-...), so experiments name the zone.
     """
     b = _backend(configuration)
+    zone = _zone(b, zone, configuration)
     nodes = sorted(n for n, z in b.nodes().items() if z == zone)
     if not nodes or (node is not None and node not in nodes):
         raise BackendError(f"no node {node or ''} in zone {zone}")
@@ -117,20 +259,25 @@ def kill_node(
     lost = sorted(on_node - elsewhere)
     fault = _fault_id("kill-node", zone, node)
     b.require_capability("kill_node")
+    _snapshot(b, f"before {fault}")
     record(fault, "inject", "kill_node", zone, FaultKind.SERVICE_DOWN, lost, entry_down="frontend" in lost, node=node)
-    b.kill_node(node)
     try:
-        time.sleep(duration_s)
+        b.kill_node(node)
+        acted = time.time()
+        _snapshot(b, f"inject {fault}")
+        _hold(acted, duration_s)
     finally:
-        b.restore_node(node)
-        wait_ready(b, zone, sorted(on_node))
         record(fault, "restore", "kill_node", zone, FaultKind.SERVICE_DOWN, lost, node=node)
-    return {"fault": fault, "node": node, "services_lost": lost}
+        b.restore_node(node)
+    wait_ready(b, zone, sorted(on_node))
+    _snapshot(b, f"restore {fault}")
+    return {"fault": fault, "zone": zone, "node": node, "services_lost": lost}
 
 
 def restore_node(zone: str, node: str | None = None, configuration: dict[str, Any] | None = None) -> None:
     """Rollback of `kill_node` (idempotent): the named node, or every node of the zone."""
     b = _backend(configuration)
+    zone = _zone(b, zone, configuration)
     for n in [node] if node else sorted(n for n, z in b.nodes().items() if z == zone):
         b.restore_node(n)
 
@@ -138,22 +285,29 @@ def restore_node(zone: str, node: str | None = None, configuration: dict[str, An
 def zone_outage(zone: str, duration_s: float = 10.0, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every node of `zone` down for `duration_s`."""
     b = _backend(configuration)
+    zone = _zone(b, zone, configuration)
     services = _zone_services(b, zone)
     fault = _fault_id("zone-outage", zone)
     b.require_capability("zone_outage")
+    _snapshot(b, f"before {fault}")
     record(fault, "inject", "zone_outage", zone, FaultKind.ZONE_DOWN, services, entry_down=True)
-    b.zone_outage(zone)
     try:
-        time.sleep(duration_s)
+        b.zone_outage(zone)
+        acted = time.time()
+        _snapshot(b, f"inject {fault}")
+        _hold(acted, duration_s)
     finally:
-        b.restore_zone(zone)
-        wait_ready(b, zone, services)
         record(fault, "restore", "zone_outage", zone, FaultKind.ZONE_DOWN, services)
-    return {"fault": fault, "services": services}
+        b.restore_zone(zone)
+    wait_ready(b, zone, services)
+    _snapshot(b, f"restore {fault}")
+    return {"fault": fault, "zone": zone, "services": services}
 
 
 def restore_zone(zone: str, configuration: dict[str, Any] | None = None) -> None:
-    _backend(configuration).restore_zone(zone)
+    """Rollback of `zone_outage` (idempotent)."""
+    b = _backend(configuration)
+    b.restore_zone(_zone(b, zone, configuration))
 
 
 def degrade_link(
@@ -165,22 +319,28 @@ def degrade_link(
 ) -> dict[str, Any]:
     """Add latency / loss on the zone's service link for `duration_s`: traffic must stay in-zone."""
     b = _backend(configuration)
+    zone = _zone(b, zone, configuration)
     fault = _fault_id("link", zone)
     b.require_capability("set_link")  # e.g. EKS, or kind without sch_netem: refused, nothing recorded
     record(
         fault, "inject", "degrade_link", zone, FaultKind.LINK_DEGRADED, latency_ms=latency_ms, loss_percent=loss_percent
     )
-    b.set_link(zone, latency_ms, loss_percent)
     try:
-        time.sleep(duration_s)
+        b.set_link(zone, latency_ms, loss_percent)
+        acted = time.time()
+        _snapshot(b, f"inject {fault}")
+        _hold(acted, duration_s)
     finally:
-        b.clear_link(zone)
         record(fault, "restore", "degrade_link", zone, FaultKind.LINK_DEGRADED)
-    return {"fault": fault}
+        b.clear_link(zone)
+    _snapshot(b, f"restore {fault}")
+    return {"fault": fault, "zone": zone}
 
 
 def clear_link(zone: str, configuration: dict[str, Any] | None = None) -> None:
-    _backend(configuration).clear_link(zone)
+    """Rollback of `degrade_link` (idempotent)."""
+    b = _backend(configuration)
+    b.clear_link(_zone(b, zone, configuration))
 
 
 def partition_zone(zone: str, duration_s: float = 10.0, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -191,25 +351,48 @@ def partition_zone(zone: str, duration_s: float = 10.0, configuration: dict[str,
     `entry_down`, and the verdict reports those requests apart from the budget
     while it checks that the other zones are untouched and this one recovers.
 
-    The restore is recorded at the heal (recovery is measured from there); the
-    action then waits until the zone's pods are Ready again: their readiness
-    depends on postgres, and Envoy keeps an ejected postgres host out for a
-    growing time after repeated ejections, so "healed" and "whole" differ.
+    The restore is recorded just before the heal (recovery is measured from
+    there); the action then waits until the zone's pods are Ready again: their
+    readiness depends on postgres, and Envoy keeps an ejected postgres host out
+    for a growing time after repeated ejections, so "healed" and "whole" differ.
     """
     b = _backend(configuration)
+    zone = _zone(b, zone, configuration)
     services = _zone_services(b, zone)
     fault = _fault_id("partition", zone)
     b.require_capability("partition_zone")
     record(fault, "inject", "partition_zone", zone, FaultKind.PARTITION, entry_down=True)
-    b.partition_zone(zone)
     try:
-        time.sleep(duration_s)
+        b.partition_zone(zone)
+        acted = time.time()
+        _snapshot(b, f"inject {fault}")
+        _hold(acted, duration_s)
     finally:
-        b.heal_zone(zone)
         record(fault, "restore", "partition_zone", zone, FaultKind.PARTITION)
-    waited = wait_ready(b, zone, services)
-    return {"fault": fault, "whole_after_heal_s": round(waited, 3)}
+        b.heal_zone(zone)
+    healed = time.time()
+    _snapshot(b, f"restore {fault}")
+    wait_ready(b, zone, services)
+    return {"fault": fault, "zone": zone, "whole_after_heal_s": round(time.time() - healed, 3)}
 
 
 def heal_zone(zone: str, configuration: dict[str, Any] | None = None) -> None:
-    _backend(configuration).heal_zone(zone)
+    """Rollback of `partition_zone` (idempotent)."""
+    b = _backend(configuration)
+    b.heal_zone(_zone(b, zone, configuration))
+
+
+PRIMITIVE_OF: dict[str, str] = {
+    "kill_pod": "kill_pod",
+    "make_unready": "set_pod_unready",
+    "make_ready": "set_pod_unready",
+    "kill_node": "kill_node",
+    "restore_node": "kill_node",
+    "zone_outage": "zone_outage",
+    "restore_zone": "zone_outage",
+    "degrade_link": "set_link",
+    "clear_link": "set_link",
+    "partition_zone": "partition_zone",
+    "heal_zone": "partition_zone",
+}
+"""The backend primitive (`Backend.capabilities()` names) each action needs, restores included."""

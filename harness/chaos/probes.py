@@ -1,7 +1,8 @@
 """chaostoolkit probes of the harness (`provider: python, module: harness.chaos.probes`).
 
 Used in steady-state hypotheses: is every pod Ready, does each zone's shop
-answer. They only read; tolerances are set in the experiment.
+answer. They only read; tolerances are set in the experiment. Zones are names
+or roles, as for the actions; `zones` takes a list (e.g. "every Local Zone").
 """
 
 from __future__ import annotations
@@ -10,24 +11,50 @@ from typing import Any
 
 import httpx
 
-from harness.chaos.actions import _backend, ready_services
+from harness.chaos import actions
+from harness.chaos.roles import RoleError, resolve_zone
+from harness.errors import BackendError
 
 COFFEES = {"query": "{ coffees { id name } }"}
 
 
-def all_pods_ready(configuration: dict[str, Any] | None = None) -> bool:
-    """True when the backend reports every pod Ready."""
-    st = _backend(configuration).status()
-    return st.up and bool(st.pods) and all(phase == "Ready" for phase in st.pods.values())
+def _zones(zones: Any, configuration: dict[str, Any] | None) -> list[str] | None:
+    """None (every zone) or the zone names `zones` stands for (a role, a name, or a list of them)."""
+    if zones is None:
+        return None
+    topology = actions._backend(configuration).manifests().topology
+    out: list[str] = []
+    for item in zones if isinstance(zones, list) else [zones]:
+        try:
+            resolved = resolve_zone(item, topology, configuration)
+        except RoleError as exc:
+            raise BackendError(str(exc)) from None
+        out.extend(resolved if isinstance(resolved, list) else [resolved])
+    return out
+
+
+def all_pods_ready(zones: Any = None, configuration: dict[str, Any] | None = None) -> bool:
+    """True when the backend reports every pod (of `zones`, when given) Ready."""
+    b = actions._backend(configuration)
+    st = b.status()
+    wanted = _zones(zones, configuration)
+    if wanted is not None:
+        in_zones = {p.pod for p in b.inventory().pods(alive_only=True) if p.zone in wanted}
+        phases = {pod: ph for pod, ph in st.pods.items() if pod in in_zones}
+    else:
+        phases = st.pods
+    return st.up and bool(phases) and all(phase == "Ready" for phase in phases.values())
 
 
 def zone_has_ready(zone: str, service: str, configuration: dict[str, Any] | None = None) -> bool:
-    return service in ready_services(_backend(configuration), zone)
+    b = actions._backend(configuration)
+    return service in actions.ready_services(b, actions._zone(b, zone, configuration))
 
 
 def shop_answers(zone: str, configuration: dict[str, Any] | None = None) -> int:
     """HTTP status of a coffees query entering at `zone` (0 when no response)."""
-    url = _backend(configuration).entrypoints()[zone]
+    b = actions._backend(configuration)
+    url = b.entrypoints()[actions._zone(b, zone, configuration)]
     try:
         r = httpx.post(f"{url}/api", json=COFFEES, timeout=5)
     except httpx.HTTPError:
@@ -37,6 +64,8 @@ def shop_answers(zone: str, configuration: dict[str, Any] | None = None) -> int:
     return r.status_code
 
 
-def every_shop_answers(configuration: dict[str, Any] | None = None) -> bool:
-    b = _backend(configuration)
-    return all(shop_answers(z, configuration) == 200 for z in b.entrypoints())
+def every_shop_answers(zones: Any = None, configuration: dict[str, Any] | None = None) -> bool:
+    """True when the shop answers 200 in every zone (of `zones`, when given)."""
+    b = actions._backend(configuration)
+    wanted = _zones(zones, configuration)
+    return all(shop_answers(z, configuration) == 200 for z in (wanted if wanted is not None else b.entrypoints()))

@@ -2,7 +2,11 @@
 
 The verifier reads only this file to know when each fault started and ended and
 what it should expect (see docs/CONTRACTS.md "chaos.jsonl"), so every action that
-breaks something records it here *before* it acts, and its restore after.
+breaks something records it here *before* it acts, and its restore *before* the
+primitive that undoes it (a verdict must not depend on which of two threads,
+the action or the traffic, wrote first). A fault that heals by itself (a killed
+pod replaced by its Deployment) is restored at the `ts` of the replacement's
+`ready` inventory event, passed in as `ts`.
 Lines are appended and flushed one by one: a run interrupted by Ctrl-C keeps
 everything that happened up to then.
 """
@@ -38,11 +42,12 @@ def record(
     services: list[str] | None = None,
     entry_down: bool = False,
     path: Path | None = None,
+    ts: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Append one timeline line (to $EH_RUN_DIR/chaos.jsonl unless `path` is given)."""
+    """Append one timeline line (to $EH_RUN_DIR/chaos.jsonl unless `path` is given); `ts` defaults to now."""
     rec = {
-        "ts": time.time(),
+        "ts": time.time() if ts is None else ts,
         "fault": fault,
         "phase": phase,
         "action": action,

@@ -253,6 +253,16 @@ def deployment(t: Topology, w: Workload, cs: ConsulService, edition: Edition) ->
         pod_spec["tolerations"] = [
             {"key": taint["key"], "operator": "Equal", "value": taint["value"], "effect": taint["effect"]}
         ]
+    # One replica per node of the zone where it can (kube-scheduler's default spreading is only a
+    # soft maxSkew 3): a node kill in a 2-node zone must not take every replica of a service with it.
+    pod_spec["topologySpreadConstraints"] = [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": dict(selector)},
+        }
+    ]
     pod_spec["containers"] = containers
     if volumes:
         pod_spec["volumes"] = volumes

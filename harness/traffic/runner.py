@@ -45,6 +45,10 @@ REQUESTS_FILE = "requests.jsonl"
 LOG_FILE = "locust.log"
 STATS_FILE_PREFIX = "locust-stats"  # locust appends ".json"
 
+DEFAULT_PROBE_PERIOD_S = 0.03
+"""One probe request per zone every 30 ms (loadtests/hashicups.py `ZoneProbe`): failover and recovery
+instants are then known to within the gap between records, <= 50 ms per zone pair."""
+
 START_GRACE_S = 30.0
 """Wall time allowed beyond `duration_s` (startup, workers connecting, summary) before we stop locust."""
 
@@ -168,6 +172,8 @@ class TrafficRunner:
         processes: int = 1,
         locustfile: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        probe_period_s: float | None = DEFAULT_PROBE_PERIOD_S,
+        probe_zones: list[str] | None = None,
     ) -> None:
         if not entrypoints:
             raise TrafficError("traffic: no entrypoints (zone -> base URL) to send users to")
@@ -184,6 +190,13 @@ class TrafficRunner:
         self.processes = processes
         self.locustfile = Path(locustfile).resolve() if locustfile is not None else DEFAULT_LOCUSTFILE
         self.extra_env = dict(extra_env or {})
+        # zone probes exist in the default locustfile only; they come on top of `users` shoppers
+        self.probe_period_s = probe_period_s if self.locustfile == DEFAULT_LOCUSTFILE and probe_period_s else 0.0
+        self.probe_zones = list(self.entrypoints if probe_zones is None else probe_zones)
+        unknown = sorted(set(self.probe_zones) - set(self.entrypoints))
+        if unknown:
+            raise TrafficError(f"traffic: probe zones without an entry point: {', '.join(unknown)}")
+        self.probes = len(self.probe_zones) if self.probe_period_s > 0 else 0
         self.requests_file = self.out / REQUESTS_FILE
         self.log_file = self.out / LOG_FILE
         self.stats_file = self.out / f"{STATS_FILE_PREFIX}.json"
@@ -208,14 +221,16 @@ class TrafficRunner:
             "EH_REQUESTS_FILE": str(self.requests_file),
             "EH_ENTRYPOINTS": json.dumps(self.entrypoints),
             "EH_SHAPE": self.shape,
+            "EH_PROBE_PERIOD": f"{self.probe_period_s:g}",
+            "EH_PROBE_ZONES": json.dumps(self.probe_zones),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
         cmd = locust_command(
             self.locustfile,
             next(iter(self.entrypoints.values())),
-            self.users,
-            self.spawn_rate,
+            self.users + self.probes,
+            self.spawn_rate + self.probes,
             self.duration_s,
             self.processes,
             self.out / STATS_FILE_PREFIX,
@@ -353,6 +368,8 @@ def run_traffic(
     locustfile: Path | None = None,
     stop_event: StopEvent | None = None,
     extra_env: dict[str, str] | None = None,
+    probe_period_s: float | None = DEFAULT_PROBE_PERIOD_S,
+    probe_zones: list[str] | None = None,
 ) -> TrafficResult:
     """Drive users at `entrypoints` ({zone: base_url}) for `duration_s`; records go to `out`/requests.jsonl.
 
@@ -362,7 +379,19 @@ def run_traffic(
     harness). On KeyboardInterrupt locust is stopped cleanly and the interrupt
     re-raised.
     """
-    runner = TrafficRunner(entrypoints, out, users, spawn_rate, duration_s, shape, processes, locustfile, extra_env)
+    runner = TrafficRunner(
+        entrypoints,
+        out,
+        users,
+        spawn_rate,
+        duration_s,
+        shape,
+        processes,
+        locustfile,
+        extra_env,
+        probe_period_s,
+        probe_zones,
+    )
     runner.start()
     try:
         runner.wait(timeout=duration_s + START_GRACE_S, stop_event=stop_event)

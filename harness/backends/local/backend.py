@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -62,6 +63,8 @@ class LocalBackend(Backend):
             raise BackendError(f"cluster name {cluster!r}: at most 8 letters/digits (it prefixes interface names)")
         self.cluster = cluster
         self.state_dir = (state_root or DEFAULT_STATE_ROOT) / cluster
+        self._admin: httpx.Client | None = None  # kept: a snapshot asks every sidecar at once
+        self._admin_lock = threading.Lock()
 
     # -- daemon plumbing ---------------------------------------------------------
     def _phase(self) -> dict[str, Any]:
@@ -207,11 +210,34 @@ class LocalBackend(Backend):
 
         return [FileLogSource(p.stem, p) for p in sorted((self.state_dir / "accesslogs").glob("*.jsonl"))]
 
+    @property
+    def entrypoints_path(self) -> Path:
+        """`entrypoints.jsonl` as the cluster writes it (copied into the run directory like the inventory)."""
+        return self.state_dir / "entrypoints.jsonl"
+
     def capabilities(self) -> frozenset[str]:
+        """Every primitive: the cluster owns its processes, links (a userspace relay does latency and loss
+        where the kernel has no netem) and the nftables of the hub, so nothing depends on the host."""
         return CHAOS_PRIMITIVES
 
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
-        raise BackendError("envoy_admin: not implemented yet on this backend")  # replaced in this round
+        """The daemon does the GET from inside the pod's namespace (the admin port listens on its loopback)."""
+        with self._admin_lock:
+            if self._admin is None:
+                self._admin = self._client()
+            c = self._admin
+        try:
+            r = c.get("/envoy_admin", params={"pod": pod, "path": path, "timeout": str(timeout_s)},
+                      timeout=timeout_s + 5)  # fmt: skip
+        except httpx.HTTPError as exc:
+            raise BackendError(f"envoy_admin {pod}{path}: local cluster API: {exc}") from None
+        if r.status_code != 200:
+            try:
+                why = r.json().get("error")
+            except ValueError:
+                why = r.text[:200]
+            raise BackendError(f"envoy_admin {pod}{path}: {why}")
+        return r.content
 
     def consul_api(self) -> AbstractContextManager[str]:
         """The daemon's emulated Consul HTTP API (consul_api.py) on a loopback port; lives as long as the cluster."""
@@ -286,6 +312,13 @@ class LocalBackend(Backend):
             r = c.post("/artifacts", json={"dir": str(out.resolve())}, timeout=60)
         if r.status_code != 200:
             raise BackendError(f"artifacts: {r.json().get('error')}")
+
+    def close(self) -> None:
+        """Close the admin API client (the cluster stays up)."""
+        with self._admin_lock:
+            client, self._admin = self._admin, None
+        if client is not None:
+            client.close()
 
     def raw_status(self) -> dict[str, Any]:
         return dict(self._get("/status"))

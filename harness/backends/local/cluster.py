@@ -41,7 +41,16 @@ from harness.backends.local.apps import app_argv
 from harness.backends.local.certs import CertAuthority
 from harness.backends.local.mesh import Catalog, Endpoint, MeshConfig
 from harness.backends.local.net import Network, PodNet, ZoneSpec
-from harness.backends.local.sched import SERVICE_PORT, UPSTREAMS, ClusterSpec, DeploymentSpec, Node, Probe, cluster_spec
+from harness.backends.local.sched import (
+    SERVICE_PORT,
+    UPSTREAMS,
+    ClusterSpec,
+    DeploymentSpec,
+    Node,
+    Placed,
+    Probe,
+    cluster_spec,
+)
 from harness.backends.local.sidecar import Sidecar, parse_upstreams
 from harness.backends.local.state import State
 from harness.errors import BackendError, InputError
@@ -54,6 +63,8 @@ ADMIN_PORT = 19000
 ENTRY_APP = "frontend"
 TICK_S = 0.1
 READY_WAIT_S = 30.0
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_PER_SIDECAR = 8  # one instance per watched xDS directory subscription (LDS, CDS, each EDS), with room
 
 
 @dataclass
@@ -81,6 +92,7 @@ class Pod:
     ready: bool = False
     alive: bool = True
     forced_unready: bool = False
+    serving: bool = False  # what the inventory last said (ready/unready) and what sidecars and relays were told
     readiness: list[ProbeState] = field(default_factory=list)
     liveness: list[ProbeState] = field(default_factory=list)
     startup: list[ProbeState] = field(default_factory=list)
@@ -103,6 +115,9 @@ class LocalCluster:
         self.pods_dir = state_dir / "pods"
         self.log_dir = state_dir / "accesslogs"
         self.inventory = Inventory(state_dir / "inventory.jsonl")
+        self.entrypoints_file = state_dir / "entrypoints.jsonl"
+        self.entry_up: dict[str, bool] = {}
+        self.reserved: dict[str, Placed] = {}  # pods being created: counted by the scheduler already
         self.lock = threading.RLock()
         self.pods: dict[str, Pod] = {}
         self.down_nodes: set[str] = set()
@@ -123,6 +138,10 @@ class LocalCluster:
     def start(self, progress: Any = None) -> None:
         """Create the network and every pod; return once all are ready (or raise)."""
         say = progress or (lambda msg: log.info(msg))
+        meshed = sum(d.replicas for d in self.spec.deployments if d.meshed)
+        raised = ensure_inotify_instances(max(512, INOTIFY_PER_SIDECAR * meshed))
+        if raised:
+            say(f"fs.inotify.max_user_instances raised from {raised[0]} to {raised[1]} (one per Envoy xDS watch)")
         self.pods_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.state.add_dir(str(self.state_dir / "pods"))
@@ -151,7 +170,7 @@ class LocalCluster:
         while time.time() < deadline:
             self._raise_background()
             with self.lock:
-                waiting = [p.name for p in self.pods.values() if not p.healthy]
+                waiting = [p.name for p in self.pods.values() if not p.serving]
                 missing = sum(self.creating.values()) + sum(len(v) for v in self.pending.values())
             if not waiting and not missing:
                 say("all pods ready")
@@ -161,7 +180,7 @@ class LocalCluster:
         # mesh: say postgres placed where most callers cannot reach it) are reported,
         # not fatal, so the run goes on and the verdict says what is wrong.
         with self.lock:
-            waiting = [p.name for p in self.pods.values() if not p.healthy]
+            waiting = [p.name for p in self.pods.values() if not p.serving]
         say(f"up, but not Ready after {READY_WAIT_S:.0f} s: {', '.join(sorted(waiting)) or 'pods still being created'}")
 
     def _raise_background(self) -> None:
@@ -189,16 +208,25 @@ class LocalCluster:
         self.inventory.close()
 
     # -- pods ------------------------------------------------------------------
+    def _placed(self) -> list[Placed]:
+        """Pods the scheduler counts: live ones and those being created (call with the lock held)."""
+        live = [Placed(p.node.name, p.dep.namespace, p.dep.labels) for p in self.pods.values() if p.alive]
+        return live + list(self.reserved.values())
+
     def _create_pod(self, dep: DeploymentSpec) -> Pod | None:
         with self.lock:
-            load: dict[str, int] = {}
-            for p in self.pods.values():
-                if p.alive:
-                    load[p.node.name] = load.get(p.node.name, 0) + 1
-            node = self.spec.place(dep, self.down_nodes, load)
+            node = self.spec.place(dep, self.down_nodes, self._placed())
             if node is None:
                 return None
             name = f"{dep.name}-{next(self.counter):05d}"
+            self.reserved[name] = Placed(node.name, dep.namespace, dep.labels)
+        try:
+            return self._start_pod(dep, node, name)
+        finally:
+            with self.lock:
+                self.reserved.pop(name, None)
+
+    def _start_pod(self, dep: DeploymentSpec, node: Node, name: str) -> Pod:
         assert self.network is not None and self.certs is not None
         net = self.network.add_pod(name, node.zone)
         pdir = self.pods_dir / name
@@ -322,9 +350,14 @@ class LocalCluster:
                 return
             pod.alive = False
             pod.ready = False
+            pod.serving = False
         log.info("pod %s died: %s", pod.name, reason)
+        self.inventory.removed(pod.name)  # `removed` implies unready; written before anyone is told
+        if pod.dep.app == ENTRY_APP and pod.node.zone in self.entries:
+            # as a zone's load balancer resets connections to a deregistered target: users on
+            # kept-alive connections to this pod learn at once instead of waiting on a dead peer
+            self.entries[pod.node.zone].drop_backend(pod.net.ip)
         self._kill_processes(pod)
-        self.inventory.removed(pod.name)
         assert self.network is not None
         with contextlib.suppress(Exception):
             self.network.remove_pod(pod.name)
@@ -358,8 +391,29 @@ class LocalCluster:
             self._probe(pod, pod.readiness, now, kind="readiness")
             if self._probe(pod, pod.liveness, now, kind="liveness") is False:
                 self._pod_died(pod, "liveness probe failed")
+        self._update_serving()
         self._reconcile(now)
         self._push()
+
+    def _update_serving(self) -> None:
+        """Write `ready` / `unready` inventory events for pods whose verdict changed, then adopt it.
+
+        The catalog and the entry relays read `serving`, never the live
+        verdict, so every change reaches the inventory *before* the sidecars
+        and the relays are told (docs/CONTRACTS.md, inventory.jsonl).
+        """
+        with self.lock:
+            changed = [p for p in self.pods.values() if p.alive and p.healthy != p.serving]
+        for p in changed:
+            with self.lock:
+                now_healthy = p.alive and p.healthy
+                if now_healthy == p.serving or not p.alive:
+                    continue
+                if now_healthy:
+                    self.inventory.ready(p.name)
+                else:
+                    self.inventory.unready(p.name)
+                p.serving = now_healthy
 
     def _probe(self, pod: Pod, states: list[ProbeState], now: float, kind: str) -> bool | None:
         """Run due probes of one kind; False when the container must be restarted (liveness/startup)."""
@@ -413,7 +467,7 @@ class LocalCluster:
                 if not ready_now:
                     self.pending[dep.where] = due
                     continue
-                if self.spec.place(dep, self.down_nodes) is None:
+                if self.spec.place(dep, self.down_nodes, self._placed()) is None:
                     self.pending[dep.where] = due  # Pending: no node fits until one comes back
                     continue
                 self.pending[dep.where] = due[len(ready_now) :]
@@ -442,7 +496,7 @@ class LocalCluster:
                     continue
                 key = (p.dep.namespace, p.dep.consul_service) if self.mesh.namespaced else p.dep.consul_service
                 cat.setdefault(key, []).append(
-                    Endpoint(pod=p.name, ip=p.net.ip, port=INBOUND_PORT, healthy=p.healthy, zone=p.node.zone)
+                    Endpoint(pod=p.name, ip=p.net.ip, port=INBOUND_PORT, healthy=p.serving, zone=p.node.zone)
                 )
         for eps in cat.values():
             eps.sort(key=lambda e: e.pod)
@@ -463,14 +517,31 @@ class LocalCluster:
             if p.sidecar is not None:
                 p.sidecar.update(cat)
         for zone, relay in self.entries.items():
-            relay.set_backends(self.entry_backends(zone))
+            backends = self.entry_backends(zone)
+            relay.set_backends(backends)
+            self._entry_state(zone, relay.url, bool(backends))
+
+    def _entry_state(self, zone: str, url: str, up: bool) -> None:
+        """Append an `entrypoints.jsonl` line when a zone's entry point goes up or down."""
+        if self.entry_up.get(zone) == up:
+            return
+        self.entry_up[zone] = up
+        rec = {
+            "ts": time.time(),
+            "zone": zone,
+            "url": url,
+            "up": up,
+            "reason": "a ready frontend pod serves it" if up else "no ready frontend pod",
+        }
+        with self.entrypoints_file.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
 
     def entry_backends(self, zone: str) -> list[tuple[str, int]]:
         """The zone's shop as users reach it: Ready frontend pods, on their Service's target port."""
         out = []
         with self.lock:
             for p in self.pods.values():
-                if p.dep.app != ENTRY_APP or p.node.zone != zone or not p.healthy:
+                if p.dep.app != ENTRY_APP or p.node.zone != zone or not p.serving:
                     continue
                 for svc in self.spec.services:
                     if (
@@ -488,7 +559,7 @@ class LocalCluster:
     def status(self) -> dict[str, Any]:
         with self.lock:
             pods = {
-                p.name: ("Ready" if p.healthy else ("Unready" if p.forced_unready else "NotReady"))
+                p.name: ("Ready" if p.serving else ("Unready" if p.forced_unready else "NotReady"))
                 for p in self.pods.values()
             }
             pending = {k: len(v) for k, v in self.pending.items() if v}
@@ -534,6 +605,24 @@ class LocalCluster:
                 shutil.copyfile(self.state_dir / name, out / name)
         (out / "status.json").write_text(json.dumps(self.status(), indent=2))
         return written
+
+    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+        """GET `path` on a live meshed pod's Envoy admin API, from inside the pod's namespace.
+
+        The admin listener is bound to the pod's loopback (as consul-dataplane's
+        is), so only a thread that entered the namespace can reach it.
+        """
+        with self.lock:
+            p = self.pods.get(pod)
+            ns = p.net.ns if p is not None and p.alive and p.sidecar is not None else None
+        if ns is None:
+            raise BackendError(f"envoy_admin: no live meshed pod {pod!r}")
+        if not path.startswith("/"):
+            raise BackendError(f"envoy_admin: path must start with '/', got {path!r}")
+        try:
+            return netns.call_in(ns, _admin_get_bytes, ADMIN_PORT, path, timeout_s)
+        except OSError as exc:
+            raise BackendError(f"envoy_admin {pod}{path}: {exc}") from None
 
     # -- chaos primitives --------------------------------------------------------
     def _pods_of(self, zone: str, service: str) -> list[Pod]:
@@ -623,6 +712,46 @@ def validate(manifests: Manifests) -> tuple[ClusterSpec, MeshConfig]:
         if dep.meshed:
             parse_upstreams(dep.annotations.get(UPSTREAMS, ""), f"{root}: {dep.where}: annotations.{UPSTREAMS}")
     return spec, mesh
+
+
+def ensure_inotify_instances(want: int, path: Path = INOTIFY_INSTANCES) -> tuple[int, int] | None:
+    """Raise the per-user inotify instance limit to `want` if it is lower; (old, new) when raised.
+
+    Each sidecar watches its xDS directories with one inotify instance per
+    subscription, and the kernel's default of 128 instances per user is spent
+    by about 35 Envoys: the next one aborts at start ("inotify_fd_ >= 0"), so
+    the wide topology's 49 pods never all come up. kind's known-issues page
+    gives the same advice for the same reason (512). Never lowered, and not
+    restored at `down`: another cluster may be using it by then.
+    """
+    try:
+        current = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if current >= want:
+        return None
+    try:
+        path.write_text(f"{want}\n")
+    except OSError as exc:
+        raise BackendError(
+            f"{path}: {current} inotify instances per user is too few for {want // INOTIFY_PER_SIDECAR} sidecars "
+            f"and it cannot be raised ({exc}); run `sysctl fs.inotify.max_user_instances={want}`"
+        ) from None
+    log.info("raised %s from %d to %d", path, current, want)
+    return current, want
+
+
+def _admin_get_bytes(port: int, path: str, timeout_s: float) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise OSError(f"HTTP {resp.status}: {body[:200]!r}")
+        return body
+    finally:
+        conn.close()
 
 
 def _admin_get(port: int, path: str) -> str:

@@ -20,6 +20,7 @@ import socketserver
 import sys
 import threading
 import traceback
+import urllib.parse
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ def write_phase(state_dir: Path, **fields: Any) -> None:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 refuses (EAGAIN) the 6th of a burst: an upstream-stats
+    # snapshot asks every sidecar at once
+    request_queue_size = 128
 
 
 def _handler(cluster: Any, shutdown: threading.Event) -> type[BaseHTTPRequestHandler]:
@@ -71,12 +75,40 @@ def _handler(cluster: Any, shutdown: threading.Event) -> type[BaseHTTPRequestHan
             self.wfile.write(data)
 
         def do_GET(self) -> None:
+            url = urllib.parse.urlsplit(self.path)
             if self.path == "/status":
                 self._reply(200, cluster.status())
             elif self.path == "/entrypoints":
                 self._reply(200, cluster.entrypoints())
+            elif url.path == "/envoy_admin":
+                self._envoy_admin(urllib.parse.parse_qs(url.query))
             else:
                 self._reply(404, {"error": f"no such path {self.path}"})
+
+        def _envoy_admin(self, query: dict[str, list[str]]) -> None:
+            """`GET /envoy_admin?pod=P&path=/clusters%3Fformat%3Djson`: the sidecar's answer, as bytes.
+
+            Served at the lowest CPU priority: snapshots come in bursts at fault
+            boundaries and must not stall the traffic they are evidence about.
+            """
+            with contextlib.suppress(OSError):  # this handler thread only, and the namespace thread it starts
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            try:
+                pod, path = query["pod"][0], query["path"][0]
+                timeout_s = float(query.get("timeout", ["5"])[0])
+            except (KeyError, IndexError, ValueError):
+                self._reply(400, {"error": "envoy_admin needs pod= and path="})
+                return
+            try:
+                data = cluster.envoy_admin(pod, path, timeout_s)
+            except HarnessError as exc:
+                self._reply(409, {"error": str(exc)})
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

@@ -9,6 +9,12 @@ frontend pods (round-robin; the control loop keeps the list current with
 subject to zone partitions or service-link rules, just as users of an edge zone
 enter it directly rather than through the Region.
 
+When a frontend pod dies, `drop_backend` resets every client connection relayed
+to it, as a zone's load balancer resets connections to a deregistered target:
+without it, a user on a kept-alive connection would send its next request into
+a namespace that no longer exists and wait for its own timeout (a minute with
+locust's defaults), and the run would record no request from that zone at all.
+
 It runs an asyncio loop on its own thread, so it works inside any caller
 (the harness CLI, pytest) without owning their main thread.
 """
@@ -68,6 +74,8 @@ class EntryRelay:
         self._server: asyncio.base_events.Server | None = None
         self._sockets: NetnsExecutor | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._relayed: dict[asyncio.Task[None], tuple[str, asyncio.StreamWriter, asyncio.StreamWriter]] = {}
+        self.dropped = 0  # client connections reset because their pod went away
         self.connections = 0  # accepted so far
         self.failures = 0  # accepted but no backend reachable
 
@@ -85,6 +93,25 @@ class EntryRelay:
     def backends(self) -> list[tuple[str, int]]:
         with self._lock:
             return list(self._backends)
+
+    def drop_backend(self, ip: str) -> None:
+        """The pod at `ip` is gone: stop using it and reset every client connection relayed to it."""
+        with self._lock:
+            self._backends = [b for b in self._backends if b[0] != ip]
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def reset() -> None:
+            for task, (addr, c_writer, u_writer) in list(self._relayed.items()):
+                if addr == ip:
+                    self.dropped += 1
+                    c_writer.transport.abort()  # RST to the user: the request fails now, not after a timeout
+                    u_writer.transport.abort()
+                    task.cancel()
+
+        with contextlib.suppress(RuntimeError):  # loop stopped meanwhile
+            loop.call_soon_threadsafe(reset)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -152,7 +179,7 @@ class EntryRelay:
         self._conns.add(task)
         task.add_done_callback(self._conns.discard)
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _connect(self) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Try the backends round-robin, starting at the next one; None if none answers."""
         candidates = self.backends()
         if not candidates:
@@ -171,7 +198,8 @@ class EntryRelay:
                 sock.close()
                 continue
             _nodelay(sock)
-            return await asyncio.open_connection(sock=sock)
+            reader, writer = await asyncio.open_connection(sock=sock)
+            return addr[0], reader, writer
         return None
 
     async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
@@ -182,9 +210,13 @@ class EntryRelay:
             self.failures += 1
             c_writer.transport.abort()
             return
-        u_reader, u_writer = upstream
+        ip, u_reader, u_writer = upstream
+        task = asyncio.current_task()
+        assert task is not None
+        self._relayed[task] = (ip, c_writer, u_writer)
         try:
             await asyncio.gather(_pump(c_reader, u_writer), _pump(u_reader, c_writer))
         finally:
+            self._relayed.pop(task, None)
             for w in (c_writer, u_writer):
                 w.close()

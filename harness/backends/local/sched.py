@@ -22,6 +22,7 @@ from harness.errors import InputError
 ZONE_LABEL = "topology.kubernetes.io/zone"
 REGION_LABEL = "topology.kubernetes.io/region"
 ZONE_TYPE_LABEL = "edge-harness.io/zone-type"
+HOSTNAME_LABEL = "kubernetes.io/hostname"  # kubelet sets it on every node
 CONSUL_KINDS = {"ProxyDefaults", "ServiceDefaults", "ServiceResolver", "ServiceRouter", "ServiceIntentions"}
 INJECT = "consul.hashicorp.com/connect-inject"
 SERVICE_PORT = "consul.hashicorp.com/connect-service-port"
@@ -96,6 +97,34 @@ class Toleration:
 
 
 @dataclass(frozen=True)
+class SpreadConstraint:
+    """One `topologySpreadConstraints` entry, as kube-scheduler's PodTopologySpread reads it.
+
+    Pods counted: those of the pod's namespace matching `match_labels`. Domains:
+    the values of `topology_key` on the nodes that pass the pod's nodeSelector
+    and node affinity (nodeAffinityPolicy Honor), taints ignored
+    (nodeTaintsPolicy Ignore) -- the defaults of both policies.
+    """
+
+    max_skew: int
+    topology_key: str
+    when_unsatisfiable: str  # DoNotSchedule | ScheduleAnyway
+    match_labels: tuple[tuple[str, str], ...]
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A pod that exists (or is being created) on a node, as the scheduler counts it."""
+
+    node: str
+    namespace: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
 class DeploymentSpec:
     namespace: str
     name: str
@@ -110,6 +139,7 @@ class DeploymentSpec:
     tolerations: tuple[Toleration, ...]
     grace_s: float
     where: str  # "Deployment ns/name" for messages
+    spread: tuple[SpreadConstraint, ...] = ()
 
     @property
     def meshed(self) -> bool:
@@ -134,17 +164,18 @@ class DeploymentSpec:
 
     def fits(self, node: Node) -> bool:
         """Would kube-scheduler place this pod on `node` (ignoring resources)?"""
-        for k, v in self.node_selector.items():
-            if node.labels.get(k) != v:
-                return False
-        if self.terms and not any(_term_matches(t, node.labels) for t in self.terms):
-            return False
         for taint in node.taints:
             if taint.effect in ("NoSchedule", "NoExecute") and not any(
                 tol.tolerates(taint) for tol in self.tolerations
             ):
                 return False
-        return True
+        return self.matches_affinity(node)
+
+    def matches_affinity(self, node: Node) -> bool:
+        """nodeSelector and required node affinity only (what spreading counts domains over)."""
+        if any(node.labels.get(k) != v for k, v in self.node_selector.items()):
+            return False
+        return not self.terms or any(_term_matches(t, node.labels) for t in self.terms)
 
 
 @dataclass(frozen=True)
@@ -165,15 +196,52 @@ class ClusterSpec:
     consul_objects: list[dict[str, Any]] = field(default_factory=list)
 
     def place(
-        self, dep: DeploymentSpec, down: set[str] | None = None, load: dict[str, int] | None = None
+        self, dep: DeploymentSpec, down: set[str] | None = None, placed: list[Placed] | None = None
     ) -> Node | None:
-        """The node a new pod of `dep` goes to: fitting, up, least loaded; None if none fits."""
+        """The node a new pod of `dep` goes to, None if none fits (the pod stays Pending).
+
+        As kube-scheduler: filter (fits, node up, DoNotSchedule spread
+        constraints), then prefer the node whose domains hold the fewest
+        matching pods (ScheduleAnyway constraints, summed), then the least
+        loaded node, then the name (kube-scheduler breaks ties at random; here
+        it is deterministic). `placed` must include pods still being created,
+        or replicas created together all see empty nodes and pile onto one.
+        """
         down = down or set()
-        load = load or {}
+        placed = placed or []
         fitting = [n for n in self.nodes if n.name not in down and dep.fits(n)]
+        load: dict[str, int] = {}
+        for p in placed:
+            load[p.node] = load.get(p.node, 0) + 1
+        labels_of = {n.name: n.labels for n in self.nodes}
+        scores: dict[str, int] = {n.name: 0 for n in fitting}
+        for c in dep.spread:
+            # domains: nodes passing the pod's node affinity that carry the key (taints ignored)
+            domains = {
+                n.labels[c.topology_key] for n in self.nodes if c.topology_key in n.labels and dep.matches_affinity(n)
+            }
+            counts = dict.fromkeys(domains, 0)
+            for p in placed:
+                value = labels_of.get(p.node, {}).get(c.topology_key)
+                if value in counts and p.namespace == dep.namespace and c.matches(p.labels):
+                    counts[value] += 1
+            floor = min(counts.values(), default=0)
+            keep = []
+            for n in fitting:
+                value = n.labels.get(c.topology_key)
+                if value is None:
+                    if c.when_unsatisfiable == "DoNotSchedule":
+                        continue  # a node without the key is not a candidate for a hard constraint
+                    keep.append(n)
+                    continue
+                if c.when_unsatisfiable == "DoNotSchedule" and counts[value] + 1 - floor > c.max_skew:
+                    continue
+                scores[n.name] += counts[value]
+                keep.append(n)
+            fitting = keep
         if not fitting:
             return None
-        return min(fitting, key=lambda n: (load.get(n.name, 0), n.name))
+        return min(fitting, key=lambda n: (scores[n.name], load.get(n.name, 0), n.name))
 
 
 def _term_matches(term: Term, labels: dict[str, str]) -> bool:
@@ -236,7 +304,9 @@ def nodes_from_kind_config(cfg: dict[str, Any], source: str, short: Callable[[st
                     k, _, v = kv.partition("=")
                     taints.append(Taint(k, v, effect or "NoSchedule"))
         c = counters.setdefault(zone, itertools.count(1))
-        nodes.append(Node(f"{short(zone)}-n{next(c)}", zone, labels, tuple(taints)))
+        name = f"{short(zone)}-n{next(c)}"
+        labels.setdefault(HOSTNAME_LABEL, name)
+        nodes.append(Node(name, zone, labels, tuple(taints)))
     return nodes
 
 
@@ -249,6 +319,7 @@ _POD_SPEC_FIELDS = {
     "nodeSelector",
     "tolerations",
     "terminationGracePeriodSeconds",
+    "topologySpreadConstraints",
 }
 _CONTAINER_FIELDS = {
     "name",
@@ -307,6 +378,42 @@ def _probe(f: _Fields, p: Any, path: str, ports: dict[str, int]) -> Probe | None
         t = f.check_only(p["tcpSocket"], f"{path}.tcpSocket", {"port"})
         return Probe("tcp", port_of(t.get("port"), f"{path}.tcpSocket.port"), **common)  # type: ignore[arg-type]
     raise f.fail(path, "needs httpGet or tcpSocket (others are not supported by the local backend)")
+
+
+_SPREAD = "spec.template.spec.topologySpreadConstraints"
+
+
+def _spread(f: _Fields, raw: Any) -> tuple[SpreadConstraint, ...]:
+    """Parse topologySpreadConstraints: maxSkew, topologyKey, whenUnsatisfiable, labelSelector.matchLabels.
+
+    minDomains, matchLabelKeys, nodeAffinityPolicy, nodeTaintsPolicy and
+    matchExpressions change which pods or domains count; the local scheduler
+    does not implement them, so they are refused rather than ignored.
+    """
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise f.fail(_SPREAD, "expected a list")
+    out: list[SpreadConstraint] = []
+    for i, c in enumerate(raw):
+        path = f"{_SPREAD}[{i}]"
+        c = f.check_only(c, path, {"maxSkew", "topologyKey", "whenUnsatisfiable", "labelSelector"})
+        skew = c.get("maxSkew")
+        if not isinstance(skew, int) or isinstance(skew, bool) or skew < 1:
+            raise f.fail(f"{path}.maxSkew", f"must be an integer >= 1, got {skew!r}")
+        key = c.get("topologyKey")
+        if not isinstance(key, str) or not key:
+            raise f.fail(f"{path}.topologyKey", "required")
+        when = c.get("whenUnsatisfiable")
+        if when not in ("DoNotSchedule", "ScheduleAnyway"):
+            raise f.fail(f"{path}.whenUnsatisfiable", f"must be DoNotSchedule or ScheduleAnyway, got {when!r}")
+        sel = f.check_only(c.get("labelSelector"), f"{path}.labelSelector", {"matchLabels"})
+        match = {str(k): str(v) for k, v in (sel.get("matchLabels") or {}).items()}
+        if not match:
+            # an empty selector matches no pod: the constraint would spread nothing
+            raise f.fail(f"{path}.labelSelector.matchLabels", "required (the pods to spread)")
+        out.append(SpreadConstraint(skew, key, when, tuple(sorted(match.items()))))
+    return tuple(out)
 
 
 def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
@@ -402,6 +509,7 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
                 raise f.fail(f"{tp}.matchExpressions[{m}].operator", f"{e.get('operator')!r} is not supported")
             exprs.append((str(e["key"]), str(e["operator"]), tuple(str(x) for x in e.get("values") or [])))
         terms.append(Term(tuple(exprs)))
+    spread = _spread(f, pspec.get("topologySpreadConstraints"))
     tolerations = []
     for j, t in enumerate(pspec.get("tolerations") or []):
         t = f.check_only(t, f"spec.template.spec.tolerations[{j}]", {"key", "operator", "value", "effect"})
@@ -420,6 +528,7 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
         tolerations=tuple(tolerations),
         grace_s=float(pspec.get("terminationGracePeriodSeconds", 30)),
         where=where,
+        spread=spread,
     )
 
 

@@ -1,0 +1,166 @@
+"""Attempt evidence: per-host upstream counters of every sidecar (`upstream-stats.jsonl`).
+
+An access-log line names only the *last* attempt's host: a retry that went to
+another Local Zone first and then to the Region leaves a clean log. Envoy's own
+per-host counters (`GET /clusters?format=json` on the admin API) name every
+host a sidecar tried (`cx_total`, `cx_connect_fail`, `rq_total` ...). A
+snapshot of them from every live meshed pod is taken at the start of traffic,
+around each fault boundary and at the end; the verifier diffs consecutive
+snapshots of a pod to see which hosts it tried in between.
+
+Labels: ``start``, ``before <fault>`` (just before a primitive that kills pods:
+a killed pod's counters die with it, so what it tried since the last snapshot
+is caught first), ``inject <fault>`` (right after the primitive acted),
+``restore <fault>`` (right after the undoing primitive), ``end``.
+
+Counters are cumulative per Envoy process; a replacement pod starts at zero.
+
+Evidence must not disturb what it measures: a snapshot is taken right at a
+fault boundary, exactly where failover and recovery instants are read, so its
+threads run at the lowest CPU priority (nice 19; the local backend's daemon
+does the same for the threads that read the admin API) and yield to traffic.
+Envoy's proto3 JSON leaves out zero values and writes uint64 as strings, so a
+missing counter is 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.backends.base import Backend
+from harness.records import UPSTREAM_STATS_FILE
+
+COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
+INBOUND_CLUSTERS = frozenset({"local_app"})  # the sidecar's own app: not an upstream
+WORKERS = 8
+NICE = 19
+ADMIN_TIMEOUT_S = 5.0
+
+# Envoy's HostUtility::healthFlagsToString order and wording, from the JSON health_status fields
+_HEALTH_FLAGS = (
+    ("failed_active_health_check", "/failed_active_hc"),
+    ("failed_outlier_check", "/failed_outlier_check"),
+)
+_EDS_FLAGS = {"UNHEALTHY": "/failed_eds_health", "DEGRADED": "/degraded_eds_health", "DRAINING": "/eds_status_draining"}
+_LATER_FLAGS = (
+    ("failed_active_degraded_check", "/degraded_active_hc"),
+    ("pending_dynamic_removal", "/pending_dynamic_removal"),
+    ("pending_active_hc", "/pending_active_hc"),
+    ("excluded_via_immediate_hc_fail", "/excluded_via_immediate_hc_fail"),
+    ("active_hc_timeout", "/active_hc_timeout"),
+)
+
+
+def health_flags(status: dict[str, Any]) -> str:
+    """The text `/clusters` prints as health_flags (``healthy`` or ``/failed_eds_health`` ...)."""
+    out = "".join(text for key, text in _HEALTH_FLAGS if status.get(key))
+    out += _EDS_FLAGS.get(str(status.get("eds_health_status", "")), "")
+    out += "".join(text for key, text in _LATER_FLAGS if status.get(key))
+    return out or "healthy"
+
+
+def parse_clusters(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (upstream cluster, host) of a `/clusters?format=json` answer, inbound clusters left out."""
+    rows: list[dict[str, Any]] = []
+    for cluster in doc.get("cluster_statuses") or []:
+        name = str(cluster.get("name", ""))
+        if name in INBOUND_CLUSTERS:
+            continue
+        for host in cluster.get("host_statuses") or []:
+            sock = (host.get("address") or {}).get("socket_address") or {}
+            stats = {s.get("name"): s.get("value") for s in host.get("stats") or []}
+            row: dict[str, Any] = {"cluster": name, "host": f"{sock.get('address', '')}:{sock.get('port_value', 0)}"}
+            for c in COUNTERS:
+                row[c] = int(stats.get(c) or 0)
+            row["health_flags"] = health_flags(host.get("health_status") or {})
+            rows.append(row)
+    return rows
+
+
+@dataclass
+class Snapshot:
+    label: str
+    ts: float
+    rows: int = 0
+    pods: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # pod -> why (a pod dying meanwhile is normal)
+
+
+def lower_priority() -> None:
+    """Run the calling thread at nice 19 (Linux: niceness is per thread, inherited by threads it starts)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    """One O_APPEND write per pod: the harness and chaostoolkit's process append to the same file."""
+    if not lines:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, "".join(lines).encode())
+    finally:
+        os.close(fd)
+
+
+def snapshot(
+    backend: Backend, run_dir: Path, label: str, pods: Iterable[str] | None = None, workers: int = WORKERS
+) -> Snapshot:
+    """Append the counters of every live meshed pod (or of `pods`) to ``run_dir/upstream-stats.jsonl``.
+
+    All pods are asked concurrently and every row of one snapshot carries the
+    same `ts` (when the snapshot started), so a reader groups them by (ts,
+    label). A pod that cannot answer (it died meanwhile, or has no sidecar) is
+    reported in the result, not raised: evidence is collected, never fatal.
+    """
+    ts = time.time()
+    names = sorted(pods) if pods is not None else sorted(p.pod for p in backend.inventory().pods(alive_only=True))
+    snap = Snapshot(label, ts)
+    path = Path(run_dir) / UPSTREAM_STATS_FILE
+
+    def one(pod: str) -> tuple[str, list[dict[str, Any]] | str]:
+        try:
+            raw = backend.envoy_admin(pod, "/clusters?format=json", ADMIN_TIMEOUT_S)
+            return pod, parse_clusters(json.loads(raw))
+        except Exception as exc:  # evidence is collected, never fatal: the failure is reported per pod
+            return pod, f"{type(exc).__name__}: {exc}"
+
+    if not names:
+        return snap
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(workers, len(names))), thread_name_prefix="upstream-stats", initializer=lower_priority
+    ) as ex:
+        for pod, result in ex.map(one, names):
+            if isinstance(result, str):
+                snap.failed[pod] = result
+                continue
+            lines = [json.dumps({"ts": ts, "label": label, "pod": pod, **row}) + "\n" for row in result]
+            _append(path, lines)
+            snap.rows += len(lines)
+            snap.pods.append(pod)
+    return snap
+
+
+def snapshot_quietly(backend: Backend, run_dir: Path | None, label: str) -> Snapshot | None:
+    """`snapshot` for the chaos actions: no run directory (plain `chaos run`) means no snapshot, and a
+    backend that cannot answer at all is logged to stderr (chaostoolkit's log), never failing the fault."""
+    if run_dir is None:
+        return None
+    try:
+        snap = snapshot(backend, run_dir, label)
+    except Exception as exc:  # the inventory could not be read: note it, the fault goes on
+        print(f"upstream stats {label!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    if snap.failed and not snap.pods:
+        print(f"upstream stats {label!r}: no pod answered: {next(iter(snap.failed.values()))}", file=sys.stderr)
+    return snap

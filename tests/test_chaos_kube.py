@@ -1,0 +1,59 @@
+"""One backend per chaostoolkit process on the Kubernetes backends: its inventory watcher stops at the end.
+
+Each action used to build its own backend, and on kind/existing each started
+an inventory watch thread that nobody stopped (issue 9). Against the fake API
+server: actions and probes of one process share one backend and one watcher,
+and the control's `after_experiment_control` stops it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.backends import BackendOptions
+from harness.backends.existing import ExistingBackend
+from harness.chaos import actions, probes
+from harness.chaos.control import after_experiment_control
+from tests.kubefake import FakeApiServer, lax_pod, node, rendered
+from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+
+LAX = "us-west-2-lax-1a"
+
+
+def _watchers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "eh-inventory-watch" and t.is_alive()]
+
+
+def test_actions_share_one_backend_and_its_watcher_stops_at_the_end(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[ExistingBackend] = []
+
+    def connect(opts: BackendOptions) -> ExistingBackend:
+        kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
+        b = ExistingBackend("eks-nightly", kc, (), workdir=tmp_path / "wd", manifests=rendered(tmp_path))
+        made.append(b)
+        return b
+
+    monkeypatch.setattr(actions, "connect", connect)
+    monkeypatch.setattr(actions, "_backends", {})
+    monkeypatch.setenv("EH_BACKEND", "existing")
+    before = len(_watchers())
+    seed = connect(BackendOptions())
+    api.seed(
+        seed.cluster, node("lax-node", LAX, "local-zone", "10.0.3.10", ""), lax_pod("pa-1", "10.0.3.20", "lax-node")
+    )
+    made.clear()
+    for _ in range(3):  # three activities of one experiment
+        probes.zone_has_ready("a Local Zone", "product-api", configuration={"zone": "a Local Zone"})
+        actions.make_ready(LAX, "product-api")
+    assert len(made) == 1 and len(_watchers()) == before + 1
+    after_experiment_control(context={}, state={})
+    deadline = time.time() + 10
+    while len(_watchers()) > before and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(_watchers()) == before

@@ -1,0 +1,166 @@
+"""The local backend's runtime records on a real cluster: spreading, readiness events, admin API, entry points.
+
+A small topology with two-node zones (so spreading is visible) is brought up
+once for the module. (tests/test_e2e_users.py runs the whole loop.)
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from harness.backends.local import LocalBackend
+from harness.observe.upstream_stats import parse_clusters, snapshot
+from harness.render import render, write
+from harness.render.manifests import load
+from harness.topology import load_topology
+from tests.conftest import leftovers
+
+pytestmark = [pytest.mark.local, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = "ehrt"
+LAX, LAS = "us-west-2-lax-1a", "us-west-2-las-1a"
+TOPOLOGY = """
+apiVersion: edge-harness/v1
+name: spread
+region: us-west-2
+zones:
+  - {name: us-west-2a, type: availability-zone, nodes: 2}
+  - {name: us-west-2-lax-1a, type: local-zone, nodes: 2, serviceLink: {latencyMs: 5}}
+  - {name: us-west-2-las-1a, type: local-zone, nodes: 1, serviceLink: {latencyMs: 5}}
+services:
+  - {name: frontend, placement: edge, replicas: 2, upstreams: [public-api]}
+  - {name: public-api, placement: edge, replicas: 2, upstreams: [product-api]}
+  - {name: product-api, placement: edge, replicas: 2, upstreams: [postgres]}
+  - {name: postgres, placement: region, replicas: 1, protocol: tcp}
+"""
+COFFEES = json.dumps({"query": "{ coffees { id name } }"})
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+    d = tmp_path_factory.mktemp("spread")
+    (d / "topology.yaml").write_text(TOPOLOGY)
+    write(render(load_topology(d / "topology.yaml")), d / "m")
+    b = LocalBackend(cluster=CLUSTER)
+    b.down()
+    try:
+        b.up(load(d / "m"))
+        yield b
+    finally:
+        b.down()
+        assert leftovers(CLUSTER) == []
+
+
+def _events(b: LocalBackend) -> list[dict[str, object]]:
+    return [json.loads(x) for x in b.inventory_path.read_text().splitlines()]
+
+
+def _wait(cond: object, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    pytest.fail("condition not met in time")
+
+
+def test_replicas_spread_over_the_zones_nodes(cluster: LocalBackend) -> None:
+    """kube-scheduler with the rendered hostname constraint puts one replica on each node of a two-node zone."""
+    by: dict[tuple[str, str], list[str]] = {}
+    for p in cluster.inventory().pods(alive_only=True):
+        by.setdefault((p.zone, p.service), []).append(p.node)
+    for zone in ("us-west-2a", LAX):
+        nodes = sorted(n for n, z in cluster.nodes().items() if z == zone)
+        assert len(nodes) == 2
+        for svc in ("frontend", "public-api", "product-api"):
+            assert sorted(by[(zone, svc)]) == nodes, (zone, svc, by[(zone, svc)])
+
+
+def test_added_is_not_ready_and_every_pod_became_ready_after(cluster: LocalBackend) -> None:
+    added: dict[str, float] = {}
+    ready: dict[str, float] = {}
+    for e in _events(cluster):
+        if e["event"] == "added":
+            added[str(e["pod"])] = float(e["ts"])  # type: ignore[arg-type]
+        elif e["event"] == "ready":
+            ready.setdefault(str(e["pod"]), float(e["ts"]))  # type: ignore[arg-type]
+    assert set(ready) == set(added)
+    assert all(ready[p] >= added[p] for p in added)
+    assert sum(1 for p in added if ready[p] - added[p] > 0.2) > len(added) / 2  # probes take their time
+
+
+def test_unready_chaos_writes_events_before_the_sidecars_are_told(cluster: LocalBackend) -> None:
+    caller = next(p for p in cluster.inventory().pods(alive_only=True) if p.zone == LAS and p.service == "frontend")
+    eds_dir = cluster.state_dir / "pods" / caller.pod / "envoy" / "eds"
+
+    local_eds = next(eds_dir.glob("failover-target~0~public-api-las-1a.*")) / "cla.json"  # the in-zone target
+
+    def eds_mtime() -> float:
+        return local_eds.stat().st_mtime
+
+    pods = cluster.set_pod_unready(LAS, "public-api")
+    try:
+        _wait(lambda: all(not cluster.inventory().is_ready(p) for p in pods))
+        _wait(lambda: "UNHEALTHY" in local_eds.read_text())
+        unready_ts = [float(str(e["ts"])) for e in _events(cluster) if e["event"] == "unready" and e["pod"] in pods]
+        assert len(unready_ts) == len(pods)
+        assert eds_mtime() >= max(unready_ts)  # the sidecar's endpoints changed only after the event was on disk
+    finally:
+        cluster.set_pod_ready(LAS, "public-api")
+    _wait(lambda: all(cluster.inventory().is_ready(p) for p in pods))
+    st = cluster.status().pods
+    assert all(st[p] == "Ready" for p in pods)
+
+
+def test_envoy_admin_answers_from_inside_the_pod(cluster: LocalBackend) -> None:
+    pod = next(p.pod for p in cluster.inventory().pods(alive_only=True) if p.zone == LAX and p.service == "public-api")
+    rows = parse_clusters(json.loads(cluster.envoy_admin(pod, "/clusters?format=json")))
+    assert rows and all(r["cluster"] != "local_app" for r in rows)
+    assert any("product-api-lax-1a" in r["cluster"] for r in rows)
+    from harness.errors import BackendError
+
+    with pytest.raises(BackendError, match="no live meshed pod"):
+        cluster.envoy_admin("no-such-pod", "/clusters")
+
+
+def test_snapshot_of_every_sidecar_at_once(cluster: LocalBackend, tmp_path: Path) -> None:
+    """A burst of concurrent admin calls (more than the daemon socket's old backlog of 5) all get answers."""
+    snap = snapshot(cluster, tmp_path, "start", workers=32)
+    alive = {p.pod for p in cluster.inventory().pods(alive_only=True)}
+    assert snap.failed == {} and set(snap.pods) == alive
+    assert snap.rows == len((tmp_path / "upstream-stats.jsonl").read_text().splitlines()) > len(alive)
+
+
+def test_entry_resets_kept_alive_connections_when_the_node_dies(cluster: LocalBackend) -> None:
+    url = urlsplit(cluster.entrypoints()[LAS])
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.request("POST", "/api", body=COFFEES, headers={"Content-Type": "application/json"})
+    assert conn.getresponse().read() and conn.sock is not None  # kept alive
+    node = next(n for n, z in cluster.nodes().items() if z == LAS)
+    t0 = time.time()
+    cluster.kill_node(node)
+    try:
+        time.sleep(0.5)
+        with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+            conn.request("POST", "/api", body=COFFEES, headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+        assert time.time() - t0 < 5.0  # told at once, not after a client timeout
+    finally:
+        conn.close()
+        cluster.restore_node(node)
+
+    def las() -> list[tuple[object, object]]:
+        lines = [json.loads(x) for x in cluster.entrypoints_path.read_text().splitlines()]
+        return [(e["up"], e["reason"]) for e in lines if e["zone"] == LAS and float(str(e["ts"])) >= t0]
+
+    _wait(lambda: len(las()) >= 2, 60)
+    assert las()[:2] == [(False, "no ready frontend pod"), (True, "a ready frontend pod serves it")]
+    _wait(lambda: sum(1 for p in cluster.inventory().ready_pods() if p.zone == LAS) == 6, 60)

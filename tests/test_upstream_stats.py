@@ -1,0 +1,172 @@
+"""Attempt evidence: `/clusters?format=json` parsed into upstream-stats.jsonl rows; inventory readiness events.
+
+The JSON below is the shape Envoy 1.40 answered on a local-backend sidecar
+(public-api in a Local Zone, product-api's failover clusters): zero counters
+are left out and uint64 values are strings, `local_app` is the inbound cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.backends.base import Inventory, PodInfo
+from harness.errors import BackendError
+from harness.observe.upstream_stats import UPSTREAM_STATS_FILE, health_flags, parse_clusters, snapshot
+
+TD = "7f3c1a52-4d1e-4b7a-9c31-5e2f0a9d6b10"
+
+
+def _host(ip: str, stats: dict[str, str], health: dict[str, Any]) -> dict[str, Any]:
+    names = ["cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout", "rq_total"]
+    entries: list[dict[str, Any]] = [{"name": n, **({"value": stats[n]} if n in stats else {})} for n in names]
+    entries += [{"type": "GAUGE", "name": g} for g in ("cx_active", "rq_active", "rq_pending_active")]
+    return {"address": {"socket_address": {"address": ip, "port_value": 20000}}, "stats": entries,
+            "health_status": health, "weight": 1, "locality": {}}  # fmt: skip
+
+
+CLUSTERS = {
+    "cluster_statuses": [
+        {"name": f"failover-target~1~product-api-lax-1a.default.dc1.internal.{TD}.consul", "added_via_api": True,
+         "host_statuses": [_host("10.213.0.6", {"cx_total": "3", "rq_total": "5", "rq_success": "5"},
+                                 {"eds_health_status": "HEALTHY"})]},
+        {"name": f"failover-target~0~product-api-lax-1a.default.dc1.internal.{TD}.consul", "added_via_api": True,
+         "host_statuses": [
+             _host("10.213.3.6", {"cx_total": "4", "cx_connect_fail": "4"}, {"eds_health_status": "UNHEALTHY"}),
+             _host("10.213.3.7", {"rq_total": "9", "rq_error": "2", "rq_timeout": "1"},
+                   {"failed_outlier_check": True, "eds_health_status": "HEALTHY"}),
+         ]},
+        {"name": "local_app",
+         "host_statuses": [_host("127.0.0.1", {"rq_total": "10"}, {"eds_health_status": "HEALTHY"})]},
+        {"name": f"product-api-lax-1a.default.dc1.internal.{TD}.consul", "added_via_api": True},
+    ]
+}  # fmt: skip
+
+
+def test_parse_clusters_rows_per_host_without_inbound() -> None:
+    rows = parse_clusters(CLUSTERS)
+    assert [(r["cluster"].split("~")[1], r["host"]) for r in rows] == [
+        ("1", "10.213.0.6:20000"), ("0", "10.213.3.6:20000"), ("0", "10.213.3.7:20000")
+    ]  # fmt: skip
+    assert rows[0] == {"cluster": CLUSTERS["cluster_statuses"][0]["name"], "host": "10.213.0.6:20000", "cx_total": 3,
+                       "cx_connect_fail": 0, "rq_total": 5, "rq_error": 0, "rq_timeout": 0,
+                       "health_flags": "healthy"}  # fmt: skip
+    assert (rows[1]["cx_connect_fail"], rows[1]["health_flags"]) == (4, "/failed_eds_health")
+    assert (rows[2]["rq_error"], rows[2]["rq_timeout"], rows[2]["health_flags"]) == (2, 1, "/failed_outlier_check")
+
+
+def test_health_flags_follow_envoys_text() -> None:
+    assert health_flags({}) == "healthy"
+    assert health_flags({"eds_health_status": "HEALTHY"}) == "healthy"
+    both = {"failed_active_health_check": True, "failed_outlier_check": True, "eds_health_status": "UNHEALTHY"}
+    assert health_flags(both) == "/failed_active_hc/failed_outlier_check/failed_eds_health"
+    assert health_flags({"pending_dynamic_removal": True, "eds_health_status": "DRAINING"}) == (
+        "/eds_status_draining/pending_dynamic_removal"
+    )
+
+
+class _Admin:
+    """A backend whose sidecars answer after `delay`, one of them not at all."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.inv = Inventory()
+        for i in range(12):
+            self.inv.added(PodInfo(f"pod-{i}", f"10.0.0.{i}", "n", "z", "s", "s", "ns", 1.0))
+        self.inv.added(PodInfo("dead", "10.0.0.99", "n", "z", "s", "s", "ns", 1.0))
+        self.inv.removed("dead", 2.0)
+        self.threads: set[int] = set()
+
+    def inventory(self) -> Inventory:
+        return self.inv
+
+    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+        self.threads.add(threading.get_ident())
+        time.sleep(self.delay)
+        if pod == "pod-3":
+            raise BackendError("envoy_admin: no live meshed pod 'pod-3'")
+        return json.dumps(CLUSTERS).encode()
+
+
+def test_snapshot_asks_every_live_pod_at_once(tmp_path: Path) -> None:
+    b = _Admin(delay=0.2)
+    t0 = time.monotonic()
+    snap = snapshot(b, tmp_path, "inject kill-pod-x")  # type: ignore[arg-type]
+    assert time.monotonic() - t0 < 0.2 * 12 / 3  # concurrent, not one pod after the other
+    assert len(b.threads) > 1
+    assert sorted(snap.failed) == ["pod-3"] and "dead" not in snap.pods and len(snap.pods) == 11
+    rows = [json.loads(x) for x in (tmp_path / UPSTREAM_STATS_FILE).read_text().splitlines()]
+    assert len(rows) == snap.rows == 11 * 3
+    assert {r["ts"] for r in rows} == {snap.ts} and {r["label"] for r in rows} == {"inject kill-pod-x"}
+    assert set(rows[0]) == {"ts", "label", "pod", "cluster", "host", "cx_total", "cx_connect_fail", "rq_total",
+                            "rq_error", "rq_timeout", "health_flags"}  # fmt: skip
+    snapshot(b, tmp_path, "end", pods=["pod-0"])  # type: ignore[arg-type]
+    assert len((tmp_path / UPSTREAM_STATS_FILE).read_text().splitlines()) == 11 * 3 + 3  # appended
+
+
+def test_inventory_readiness_events_replay(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.jsonl"
+    inv = Inventory(path)
+    inv.added(PodInfo("p1", "10.0.0.1", "n1", "z", "s", "s", "ns", 10.0))
+    assert not inv.is_ready("p1") and inv.ready_pods() == []  # added: exists, not serving yet
+    inv.ready("p1", 11.0)
+    inv.ready("p1", 11.5)  # no change: not written again
+    inv.unready("p1", 12.0)
+    inv.ready("p1", 13.0)
+    inv.ready("ghost", 13.0)  # unknown pod: ignored
+    inv.removed("p1", 14.0)
+    inv.ready("p1", 15.0)  # a late probe result of a dead pod: ignored
+    inv.close()
+    events = [(json.loads(x)["event"], json.loads(x)["ts"]) for x in path.read_text().splitlines()]
+    assert events == [("added", 10.0), ("ready", 11.0), ("unready", 12.0), ("ready", 13.0), ("removed", 14.0)]
+    again = Inventory.load(path)
+    assert not again.is_ready("p1")
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("\n".join(path.read_text().splitlines()[:4]) + "\n")
+    replay = Inventory.load(partial)
+    assert replay.is_ready("p1") and replay.ready_since("p1") == 13.0
+    assert [p.pod for p in replay.ready_pods()] == ["p1"]
+
+
+def test_readiness_events_do_not_end_a_pods_hold_on_its_ip(tmp_path: Path) -> None:
+    """`ready`/`unready` say whether a pod serves, not which IP it holds: hops after them keep their pod."""
+    from harness.observe import build_hops
+
+    t = 1764100000.0
+    inv = Inventory(tmp_path / "inventory.jsonl")
+    inv.added(PodInfo("product-api-lax-a", "10.0.1.10", "lax-1a-n1", "us-west-2-lax-1a", "product-api",
+                      "product-api-lax-1a", "hashicups-lax-1a", t))  # fmt: skip
+    inv.ready("product-api-lax-a", t + 1)
+    inv.unready("product-api-lax-a", t + 30)
+    inv.ready("product-api-lax-a", t + 40)
+    inv.close()
+    (tmp_path / "accesslogs").mkdir()
+    lines = []
+    for dt in (10, 35, 60):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t + dt)) + ".000Z"
+        lines.append(json.dumps({"start_time": stamp, "response_code": 200, "response_flags": "-", "duration": 3,
+                                 "upstream_host": "10.0.1.10:20000", "upstream_cluster": "product-api-lax-1a.x",
+                                 "caller_pod": "caller", "direction": "outbound"}))  # fmt: skip
+    (tmp_path / "accesslogs" / "caller.jsonl").write_text("\n".join(lines) + "\n")
+    assert build_hops(tmp_path) == 3
+    hops = [json.loads(x) for x in (tmp_path / "hops.jsonl").read_text().splitlines()]
+    assert [h["serving_pod"] for h in hops] == ["product-api-lax-a"] * 3
+
+
+def test_snapshot_threads_yield_to_traffic(tmp_path: Path) -> None:
+    """Taken at fault boundaries, where failover instants are read: the admin calls run at nice 19."""
+    import os
+
+    seen: list[int] = []
+
+    class Nice(_Admin):
+        def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super().envoy_admin(pod, path, timeout_s)
+
+    snapshot(Nice(delay=0.0), tmp_path, "end")  # type: ignore[arg-type]
+    assert seen and set(seen) == {19}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 19  # the caller keeps its own
