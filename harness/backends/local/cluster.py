@@ -192,14 +192,21 @@ class LocalCluster:
         self.stop_event.set()
         if self._loop is not None:
             self._loop.join(timeout=5)
+        # pods being created (a start aborted half-way) stop at their next process (`_spawn`): wait for
+        # them, so none is spawned after the kill below
+        self.pool.shutdown(wait=True, cancel_futures=True)
         with self.lock:
             pods = list(self.pods.values())
+        for p in pods:  # every process group killed first, then waited for: not one pod after another
+            for proc in p.procs.values():
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
         for p in pods:
             self._kill_processes(p)
         for relay in self.entries.values():
             with contextlib.suppress(Exception):
                 relay.stop()
-        self.pool.shutdown(wait=False, cancel_futures=True)
         if self.probe_pool is not None:
             self.probe_pool.shutdown()
         if self.network is not None:
@@ -326,6 +333,8 @@ class LocalCluster:
         return out
 
     def _spawn(self, argv: list[str], env: dict[str, str], logfile: Path, what: str) -> subprocess.Popen[bytes]:
+        if self.stop_event.is_set():  # a stop (an aborted start) is waiting for this pod: start nothing more
+            raise BackendError(f"{what}: not started, the cluster is stopping")
         with logfile.open("ab") as fh:
             proc = subprocess.Popen(
                 argv, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
