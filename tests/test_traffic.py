@@ -329,8 +329,12 @@ def test_traffic_runner_context_manager_stops_background_locust(tmp_path: Path, 
     with TrafficRunner(
         {"zone-a": shop.url}, tmp_path, users=2, spawn_rate=10, duration_s=60, extra_env={"EH_WAIT": "0.01"}
     ) as tr:
+        # wait on what the client recorded, not on what the shop answered: an answer that went out
+        # just before the stop may never be read by the user (stopped mid-request), so the shop's
+        # count can be one ahead of the records at the moment the runner is stopped
+        recorded = tmp_path / "requests.jsonl"
         deadline = time.monotonic() + 20
-        while sum(shop.counts.values()) < 20 and time.monotonic() < deadline:
+        while (not recorded.exists() or recorded.read_bytes().count(b"\n") < 20) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert tr.running
         pid = tr.pid
