@@ -97,3 +97,27 @@ def test_handlers_are_restored_for_an_in_process_caller() -> None:
     with handle_signals():
         assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_the_local_daemon_aborts_a_start_once_then_only_asks_for_a_shutdown() -> None:
+    """A signal while the cluster starts raises where the start is; during the teardown it only sets the event."""
+    from harness.backends.local.daemon import StartAborted, _Signals
+
+    s = _Signals()
+    with pytest.raises(StartAborted, match="SIGTERM"):
+        s.handler(signal.SIGTERM, None)
+    assert s.shutdown.is_set() and not s.starting
+    s.handler(signal.SIGINT, None)  # the teardown that follows is never cut in half
+    ready = _Signals()
+    ready.starting = False  # the cluster is up: a signal asks it to shut down
+    ready.handler(signal.SIGHUP, None)
+    assert ready.shutdown.is_set()
+
+
+def test_cleanup_report_names_what_was_left_in_a_few_words() -> None:
+    from harness.backends.local.state import CleanupReport
+
+    assert CleanupReport().summary() == ""
+    assert CleanupReport(state_file=True).summary() == "a state file"
+    r = CleanupReport(killed=[1, 2], netns_deleted=["x-hub"], dirs_deleted=["/a", "/b"], nft_deleted=["inet x"])
+    assert r.summary(daemons=1) == "1 daemon, 2 processes, 1 network namespace, nft table inet x, 2 directories"

@@ -94,7 +94,12 @@ class LocalBackend(Backend):
         return body.get("result")
 
     def is_up(self) -> bool:
-        return self._phase().get("phase") == "ready" and (self.state_dir / "api.sock").exists()
+        """Ready, serving its API, and its daemon still alive (a SIGKILLed daemon leaves "ready" and the socket)."""
+        return (
+            self._phase().get("phase") == "ready"
+            and (self.state_dir / "api.sock").exists()
+            and self._daemon_pid() is not None
+        )
 
     # -- protocol ----------------------------------------------------------------
     def up(self, manifests: Manifests, progress: Callable[[str], None] | None = None) -> None:
