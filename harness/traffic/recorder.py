@@ -71,11 +71,18 @@ class RequestRecorder:
         return cls(path, default_zone=env.get(ZONE_ENV) or DEFAULT_ZONE)
 
     def attach(self, environment: Any) -> None:
-        """Listen to `environment.events.request`; close the file on ``quitting``."""
-        environment.events.request.add_listener(self.on_request)
-        environment.events.quitting.add_listener(self._on_quitting)
+        """Listen to `environment.events.request`; close the file on ``quit``.
 
-    def _on_quitting(self, **_kwargs: Any) -> None:
+        Not on ``quitting``: locust fires that *before* it stops the users
+        (`main.shutdown`: quitting, then `runner.quit()`), so the requests that
+        complete in between were answered by the shop and counted in locust's
+        stats but dropped here (19 records for 20 answers). ``quit`` fires after
+        every user stopped; a process that never fires it closes the file at exit.
+        """
+        environment.events.request.add_listener(self.on_request)
+        environment.events.quit.add_listener(self._on_quit)
+
+    def _on_quit(self, **_kwargs: Any) -> None:
         self.close()
 
     def on_request(
