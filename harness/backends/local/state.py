@@ -410,7 +410,11 @@ def sweep(cluster: str, path: str | Path, grace_s: float = 3.0) -> CleanupReport
     the namespaces (and the nft table inside the hub) deleted, the directories
     removed. Call it only when no daemon of the cluster runs.
     """
-    report = cleanup(path, grace_s)
+    try:
+        report = cleanup(path, grace_s)
+    except ValueError:  # not a state file (or not JSON): what it named is found by name below
+        report = CleanupReport(state_file=True)
+        Path(path).unlink(missing_ok=True)
     if report.errors:
         return report
     stray: list[ProcessRecord] = []
