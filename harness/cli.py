@@ -219,21 +219,50 @@ def cmd_down(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    """The cluster's state, its pods, and every zone's entry point with whether it answers now."""
     from rich.table import Table
+    from rich.text import Text
 
     from harness.backends import connect
+    from harness.status import probe_entrypoints
 
-    st = connect(_bopts(a)).status()
+    b = connect(_bopts(a))
+    try:
+        st = b.status()
+        entry, entry_err = ({}, "") if not st.up else _entrypoints_of(b)
+    finally:
+        b.close()
+    states = probe_entrypoints(entry)
     if a.json:
-        out.print_json(json.dumps(st.as_dict()))
+        doc = {**st.as_dict(), "entrypoints": [s.as_dict() for s in states]}
+        if entry_err:
+            doc["entrypoints_error"] = entry_err
+        out.print_json(json.dumps(doc))
         return EXIT_PASS if st.up else EXIT_BACKEND
-    out.print(f"{st.backend}: {'up' if st.up else 'down'} — {st.detail}")
+    out.print(f"{st.backend}: {'up' if st.up else 'down'} — {st.detail}", markup=False)
     if st.pods:
         t = Table("pod", "phase")
         for pod, phase in sorted(st.pods.items()):
             t.add_row(pod, phase)
         out.print(t)
+    if states:
+        et = Table("zone", "entry point", "answers", title="Entry points (GET /)")
+        for s in states:
+            colour = "green" if s.ok else "yellow" if s.answers else "red"
+            answers = Text("yes" if s.answers else "no", style=colour) + Text(f": {s.detail}")
+            et.add_row(Text(s.zone), Text(s.url), answers)
+        out.print(et)
+    elif entry_err:
+        out.print(f"entry points: unknown ({entry_err})", markup=False)
     return EXIT_PASS if st.up else EXIT_BACKEND
+
+
+def _entrypoints_of(b: Any) -> tuple[dict[str, str], str]:
+    """The backend's entry points, or why it could not say (status still prints the rest)."""
+    try:
+        return dict(b.entrypoints()), ""
+    except HarnessError as exc:
+        return {}, str(exc)
 
 
 def cmd_traffic(a: argparse.Namespace) -> int:
@@ -401,6 +430,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def cmd_e2e(a: argparse.Namespace) -> int:
     from harness.e2e import E2EOptions, run_e2e
+    from harness.progress import E2EProgress
     from harness.verify import print_summary
 
     opts = E2EOptions(
@@ -408,7 +438,13 @@ def cmd_e2e(a: argparse.Namespace) -> int:
         users=a.users, keep=a.keep, processes=a.processes, warmup_s=a.warmup, cooldown_s=a.cooldown,
         preflight=a.preflight,
     )  # fmt: skip
-    res = run_e2e(opts, _bopts(a), say=_progress(""))
+    # progress (harness/progress.py): a live panel on a terminal, plain lines in CI logs
+    progress = E2EProgress(out)
+    try:
+        watch = lambda run_dir, planned: progress.start(run_dir, planned, a.warmup, a.cooldown)  # noqa: E731
+        res = run_e2e(opts, _bopts(a), say=progress.say, on_start=watch)
+    finally:
+        progress.stop()
     print_summary(res.verdict, out)
     for m in res.messages:
         out.print(f"[yellow]{m}[/yellow]")
@@ -437,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="local: every local cluster on this machine (after crashes)")
     p.set_defaults(fn=cmd_down)
 
-    p = sub.add_parser("status", help="show the cluster's pods")
+    p = sub.add_parser("status", help="show the cluster's pods and entry points (and whether each answers)")
     _backend_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_status)

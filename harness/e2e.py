@@ -199,7 +199,13 @@ def _topology_of(opts: E2EOptions) -> Topology:
     return load_topology(opts.topology)
 
 
-def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] = print) -> E2EResult:
+def run_e2e(
+    opts: E2EOptions,
+    bopts: BackendOptions,
+    say: Callable[[str], None] = print,
+    on_start: Callable[[Path, list[PlannedExperiment]], None] | None = None,
+) -> E2EResult:
+    """The whole loop; `on_start(run_dir, planned)` is called once the run directory exists (progress display)."""
     from harness.chaos import plan_run, run_planned, write_plan
     from harness.observe import build_hops
     from harness.render.manifests import load
@@ -226,6 +232,8 @@ def run_e2e(opts: E2EOptions, bopts: BackendOptions, say: Callable[[str], None] 
     say(f"backend: {name} ({why})")
     run_dir = new_run_dir(opts.runs_root, opts.label)
     say(f"run directory: {run_dir}")
+    if on_start is not None:
+        on_start(run_dir, planned)  # harness.progress watches the run directory from here
     try:
         mark_run(run_dir, "render")
         mdir = prepare_manifests(opts, run_dir)

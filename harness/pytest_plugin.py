@@ -1,15 +1,21 @@
-"""pytest plugin (`-p harness.pytest_plugin`, auto-loaded via the pytest11 entry point).
+"""pytest plugin (`-p harness.pytest_plugin`, auto-loaded via the pytest11 entry point `edge_harness`).
 
-For teams writing their own edge-routing tests against any backend:
+For teams writing their own edge-routing tests against any backend
+(docs/pytest-plugin.md has every option, fixture and variable, and an example):
 
     pytest --eh-backend local --eh-topology fixtures/topology.yaml
     pytest --eh-backend existing --eh-context nightly-eks --eh-allow-context nightly-eks
 
-Options map onto `harness.backends.BackendOptions` (one place for flags);
-the session fixture `eh_cluster` brings the cluster up once and always takes
-it down; `eh_run` is a fresh run directory per test; tests marked
-`@pytest.mark.edge_chaos` are skipped unless destructive chaos is allowed for
-the chosen backend. JUnit XML comes from pytest's own `--junitxml`.
+Options (`--eh-backend`, `--eh-topology` or `--eh-manifests`, `--eh-cluster`,
+`--eh-context`, `--eh-allow-context`, `--eh-keep`) map onto
+`harness.backends.BackendOptions` (one place for flags); without
+`--eh-backend` the cluster fixtures skip. The session fixture `eh_cluster`
+brings the cluster up once and always takes it down (unless `--eh-keep`);
+`eh_options` are the options; `eh_run` is a fresh run directory per test;
+tests marked `@pytest.mark.edge_chaos` are skipped unless destructive chaos
+is allowed for the chosen backend. The plugin reads no environment variable
+itself (the existing backend reads `EH_ENTRYPOINTS`). JUnit XML comes from
+pytest's own `--junitxml`.
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ def test_gameday_flow(tmp_path: Path) -> None:
         assert st.returncode == 0, st.stderr
         pods = json.loads(st.stdout)["pods"]
         assert len(pods) == 16 and set(pods.values()) == {"Ready"}
+        answering = {e["zone"] for e in json.loads(st.stdout)["entrypoints"] if e["answers"] and e["status"] == 200}
+        assert answering == {"us-west-2a", "us-west-2b", "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a"}
 
         traffic = subprocess.Popen(
             [sys.executable, "-m", "harness", "traffic", *backend, "--users", "6", "--duration", "22",
@@ -53,6 +55,9 @@ def test_gameday_flow(tmp_path: Path) -> None:
         chaos = harness("chaos", *backend, str(REPO / "experiments" / "kill-product-api-lax.json"), "--run-dir",
                         str(run), cwd=tmp_path)  # fmt: skip
         assert chaos.returncode == 0, chaos.stdout + chaos.stderr
+        # chaostoolkit's journal and log are in the run directory, not where the operator stands
+        assert not (tmp_path / "chaostoolkit.log").exists() and not (tmp_path / "journal.json").exists()
+        assert (run / "chaos" / "01-kill-product-api-lax" / "chaos.log").stat().st_size > 0
         out, _ = traffic.communicate(timeout=120)
         assert traffic.returncode == 0, out
         assert "requests" in out

@@ -442,6 +442,19 @@ def test_unready_race_is_decided_by_readiness_not_by_which_record_came_first(tmp
     assert w.passed and w.fault("unready-lax").failover_s == fr.failover_s
 
 
+def test_a_hop_in_flight_at_the_kill_belongs_to_the_fault_window(tmp_path: Path) -> None:
+    """Envoy stamps a hop with its start: one retried to the Region across the kill is the fault's, not steady state."""
+    f = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0, inflight_ms=300)
+    d = run(tmp_path, faults=[f])
+    v = verify(d)
+    early = [
+        h for h in (json.loads(x) for x in (d / "hops.jsonl").read_text().splitlines())
+        if h["caller_zone"] == LAX and h["upstream"] == "product-api" and h["serving_zone"] == AZ and h["ts"] < T0 + 30
+    ]  # fmt: skip
+    assert early, "the scenario must plant a Region-served hop that started before the inject"
+    assert LOCALITY not in failed(v) and AVAILABILITY not in failed(v), v.failure_messages
+
+
 def test_unplanned_outage_is_not_a_locality_violation_and_is_noted(tmp_path: Path) -> None:
     crash = FaultSpec("crash", "service-down", LAX, ("product-api",), 60, 65, 0.1, 1.0, recorded=False)
     v = verify(run(tmp_path, faults=[crash]))

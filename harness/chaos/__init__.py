@@ -199,7 +199,10 @@ def run_planned(p: PlannedExperiment, run_dir: Path, opts: BackendOptions, timeo
     env["PYTHONPATH"] = os.pathsep.join(
         x for x in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if x
     )
-    argv = [chaos_bin(), "--log-file", str(exp_dir / "chaos.log"), "run", "--rollback-strategy", "always",
+    # --no-version-check: no call to chaostoolkit.org per experiment (CI runners and
+    # game-day hosts may have no internet; the lookup waits for its timeout there)
+    argv = [chaos_bin(), "--no-version-check", "--log-file", str(exp_dir / "chaos.log"),
+            "run", "--rollback-strategy", "always",
             "--journal-path", str(journal_path), "--no-verify-tls", str(exp_file)]  # fmt: skip
     proc = subprocess.Popen(
         argv,

@@ -26,6 +26,9 @@ reader of a copied verdict does not need this file):
   after it came up again (or `maxRecoveryS`). Hops without an upstream host
   count against availability, not locality; hops whose host cannot be
   attributed count as out of zone.
+- In a window: a hop or user request belongs to a fault or outage window when
+  its lifetime [ts, ts + duration] overlaps it (Envoy and locust stamp it with
+  its start; one in flight at the kill was served or failed because of it).
 - Hub-and-spoke: zero tolerance, in every window. A hop of an edge caller
   served in an edge zone other than its own, or of a Region caller served in an
   edge zone (or in a zone the topology does not know) fails it; so does any
@@ -113,6 +116,12 @@ from harness.verify.model import (
 )
 from harness.verify.records import Fault, RunData, pairs, zone_is_edge
 
+# A hop or request is *in* a window when its lifetime overlaps it, not only when it
+# started inside: a request in flight at the kill was served (or failed) because of
+# the fault although Envoy and locust stamp it with its start.
+HOP_END_SQL = "(ts + coalesce(duration_ms, 0) / 1000.0)"
+REQUEST_END_SQL = "(ts + coalesce(latency_ms, 0) / 1000.0)"
+
 MAX_OFFENDERS = 5
 MAX_MESSAGES = 3
 INF = 1e300
@@ -141,6 +150,8 @@ DEFINITIONS = {
     "inbound_line": "an access-log line of the serving side (direction inbound, upstream_cluster local_app, or an "
     "upstream host on loopback): not a hop, counted apart in run.inbound_lines",
     "serving_pod": "the pod that held the upstream host's IP at the hop's start (inventory history, 1 s slack)",
+    "in_window": "a hop or user request is in a fault or outage window when its lifetime [ts, ts + duration] "
+    "overlaps it: Envoy and locust stamp it with its start, so one in flight at the fault is the fault's",
     "local": "edge caller: its own zone; Region caller: any availability zone",
     "up": "a (zone, service) is up while >= 1 of its pods is ready (inventory ready/unready/removed; without "
     "readiness events a pod is ready from `added`); for Region callers the Region as a whole",
@@ -670,7 +681,8 @@ class Checker:
                    count(*) FILTER (WHERE e.zone IS NULL AND coalesce(h.upstream_host, '') <> ''
                                      AND h.serving_zone IS NULL)
             FROM hops h
-            LEFT JOIN loc_excl e ON e.zone = h.caller_zone AND e.upstream = h.upstream AND h.ts BETWEEN e.lo AND e.hi
+            LEFT JOIN loc_excl e ON e.zone = h.caller_zone AND e.upstream = h.upstream
+                 AND h.ts <= e.hi AND h.ts + coalesce(h.duration_ms, 0) / 1000.0 >= e.lo
             WHERE h.placement = 'edge'
             GROUP BY h.caller_zone, h.upstream
             """
@@ -956,15 +968,15 @@ class Checker:
         for f in self.run.faults:
             end = INF if f.restore is None else f.restore + slack
             if f.kind in ("zone-down", "partition"):
-                parts.append(spans_sql("caller_zone", [(f.zone, f.inject, end)]))
+                parts.append(spans_sql("caller_zone", [(f.zone, f.inject, end)], HOP_END_SQL))
             for s in f.services:
                 if self._placement(s) == "region":
-                    parts.append(f"(upstream = '{_q(s)}' AND {spans_sql(None, [('', f.inject, end)])})")
+                    parts.append(f"(upstream = '{_q(s)}' AND {spans_sql(None, [('', f.inject, end)], HOP_END_SQL)})")
         for (zone, service), intervals in self.run.down.items():
             if zone != self.t.region or self._placement(service) != "region":
                 continue
             spans = [("", lo, INF if hi is None else hi + slack) for lo, hi in intervals]
-            parts.append(f"(upstream = '{_q(service)}' AND {spans_sql(None, spans)})")
+            parts.append(f"(upstream = '{_q(service)}' AND {spans_sql(None, spans, HOP_END_SQL)})")
         return "(" + " OR ".join(parts) + ")" if parts else "false"
 
     def call_graph(self) -> InvariantResult:
@@ -1017,15 +1029,17 @@ class Checker:
             f"""
             CREATE OR REPLACE TEMP TABLE req_marked AS
             SELECT r.*, NOT {REQUEST_OK_SQL} AS failed,
-                   {spans_sql("zone", excluded)} AS excluded,
-                   {spans_sql(None, [("", f.inject, hi) for f, hi in impact])} AS in_fault
+                   {spans_sql("zone", excluded, REQUEST_END_SQL)} AS excluded,
+                   {spans_sql(None, [("", f.inject, hi) for f, hi in impact], REQUEST_END_SQL)} AS in_fault
             FROM requests r
             """
         )
         windows: list[WindowResult] = []
         budget = self.slo.error_budget
         for f, hi in impact:
-            windows.append(self._window(f"fault {f.fault}", f.inject, hi, "ts BETWEEN ? AND ?", [f.inject, hi]))
+            windows.append(
+                self._window(f"fault {f.fault}", f.inject, hi, f"ts <= ? AND {REQUEST_END_SQL} >= ?", [hi, f.inject])
+            )
         windows.append(self._window("steady state", None, None, "NOT in_fault", []))
         failures = [w.message for w in windows if w.status != PASS]
         worst = max((w.error_rate for w in windows if w.error_rate is not None), default=None)
@@ -1251,8 +1265,11 @@ def merge_intervals(intervals: list[tuple[str, str, float, float]]) -> list[tupl
     return out
 
 
-def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]]) -> str:
+def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]], end_sql: str | None = None) -> str:
     """A boolean SQL expression: the row's ts (and zone) falls in one of a few windows.
+
+    With `end_sql` (the row's end instant) the row's lifetime [ts, end] need
+    only overlap the window: see HOP_END_SQL.
 
     Written out as literals because a range join of a million rows against a
     handful of windows is far slower in DuckDB than a filter it can evaluate
@@ -1264,7 +1281,10 @@ def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]]) ->
     parts = []
     for zone, lo, hi in spans:
         z = f"{zone_column} = '{_q(zone)}' AND " if zone_column else ""
-        parts.append(f"({z}ts BETWEEN {float(lo)!r} AND {float(hi)!r})")
+        if end_sql is None:
+            parts.append(f"({z}ts BETWEEN {float(lo)!r} AND {float(hi)!r})")
+        else:
+            parts.append(f"({z}ts <= {float(hi)!r} AND {end_sql} >= {float(lo)!r})")
     return "(" + " OR ".join(parts) + ")"
 
 

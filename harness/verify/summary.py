@@ -11,8 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.verify.model import Verdict, iso, seconds
+from harness.verify.why import cell, fault_reasons
 
 MAX_SKIPPED_SHOWN = 20
+WIDE_TABLE = 120  # below this many columns the nine-column fault table folds every cell: one block per fault
 
 
 def _mark(passed: bool) -> Text:
@@ -45,23 +47,10 @@ def print_summary(verdict: Verdict, console: Console) -> None:
         inv.add_row(i.name, _mark(i.passed), i.message)
     console.print(inv)
     if verdict.faults:
-        ft = Table(title="Faults")
-        cols = ("fault", "kind", "zone", "inject", "failover", "lost req", "lost hops", "recovery", "result")
-        for col in cols:
-            ft.add_column(col, justify="right" if col in ("failover", "lost req", "lost hops", "recovery") else "left")
-        for f in verdict.faults:
-            ft.add_row(
-                f.fault,
-                f.kind,
-                f.zone,
-                iso(f.inject),
-                seconds(f.failover_s, f.failover_resolution_s),
-                str(f.lost_requests),
-                str(f.lost_hops),
-                seconds(f.recovery_s, f.recovery_resolution_s) if f.restore is not None else "never restored",
-                _mark(f.passed),
-            )
-        console.print(ft)
+        if console.width >= WIDE_TABLE:
+            _faults_table(verdict, console)
+        else:
+            _faults_blocks(verdict, console)
     for note in run.notes:
         console.print(Text("note: ", style="yellow") + Text(note))
     if run.skipped_records_total:
@@ -77,3 +66,38 @@ def print_summary(verdict: Verdict, console: Console) -> None:
     console.print(
         Text("Verdict: ", style="bold") + _mark(verdict.passed) + (Text(" (partial run)") if run.partial else Text(""))
     )
+
+
+def _faults_table(verdict: Verdict, console: Console) -> None:
+    ft = Table(title="Faults")
+    cols = ("fault", "kind", "zone", "inject", "failover", "lost req", "lost hops", "recovery", "result")
+    for col in cols:
+        ft.add_column(col, justify="right" if col in ("lost req", "lost hops") else "left")
+    reasons = fault_reasons(verdict)  # a "-" always says why (n/a by design, or unverified)
+    for f in verdict.faults:
+        why_failover, why_recovery = reasons[f.fault]
+        ft.add_row(
+            f.fault,
+            f.kind,
+            f.zone,
+            iso(f.inject),
+            cell(seconds(f.failover_s, f.failover_resolution_s), why_failover),
+            str(f.lost_requests),
+            str(f.lost_hops),
+            cell(seconds(f.recovery_s, f.recovery_resolution_s), why_recovery),
+            _mark(f.passed),
+        )
+    console.print(ft)
+
+
+def _faults_blocks(verdict: Verdict, console: Console) -> None:
+    """The fault table for a narrow terminal: one short block per fault, every value on a line of its own."""
+    reasons = fault_reasons(verdict)
+    console.print(Text("Faults", style="italic"))
+    for i, f in enumerate(verdict.faults, 1):
+        why_failover, why_recovery = reasons[f.fault]
+        console.print(Text(f"{i:>2} ") + Text(f.fault, style="bold") + Text("  ") + _mark(f.passed))
+        console.print(Text(f"   {f.kind} in {f.zone}, injected {iso(f.inject)}"))
+        console.print(Text(f"   failover {cell(seconds(f.failover_s, f.failover_resolution_s), why_failover)}"))
+        console.print(Text(f"   recovery {cell(seconds(f.recovery_s, f.recovery_resolution_s), why_recovery)}"))
+        console.print(Text(f"   lost {f.lost_requests} requests, {f.lost_hops} hops"))

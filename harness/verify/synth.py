@@ -76,6 +76,9 @@ class FaultSpec:
     entry_down: bool = False
     recorded_restore: float | None = None
     recorded: bool = True  # False: an outage nobody injected (no timeline line, no experiment)
+    # hops of the down services that start this long before the inject are in flight at
+    # the kill: Envoy retries them to the Region, and stamps them with their start
+    inflight_ms: float = 0.0
 
 
 @dataclass
@@ -545,6 +548,8 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
                 return pod, 503, "UF", 1000.0
             if f.kind == "link-degraded" and placement[up] is Placement.REGION and _active(f, rel):
                 extra += 200.0
+            if f.kind == "service-down" and up in f.services and f.inject - f.inflight_ms / 1000 <= rel < f.inject:
+                return m.region_pod(up, None), 200, "-", f.inflight_ms + link_ms.get(czone, 0.0)
             if f.kind == "service-down" and up in f.services and _active(f, rel, f.recovery_delay_s):
                 if f.restore is not None and rel >= f.restore:
                     return m.region_pod(up, None), 200, "-", link_ms.get(czone, 0.0)  # recovering

@@ -119,6 +119,9 @@ class LocalCluster:
         self.entry_up: dict[str, bool] = {}
         self.reserved: dict[str, Placed] = {}  # pods being created: counted by the scheduler already
         self.lock = threading.RLock()
+        # One control-loop step at a time: a readiness fault adopts its verdict
+        # itself (inventory first, then sidecars) instead of racing the loop.
+        self.tick_lock = threading.Lock()
         self.pods: dict[str, Pod] = {}
         self.down_nodes: set[str] = set()
         self.pending: dict[str, list[float]] = {d.where: [] for d in self.spec.deployments}  # due times of replacements
@@ -386,6 +389,10 @@ class LocalCluster:
             self.error = exc
 
     def _tick(self) -> None:
+        with self.tick_lock:
+            self._tick_locked()
+
+    def _tick_locked(self) -> None:
         now = time.time()
         with self.lock:
             pods = list(self.pods.values())
@@ -699,9 +706,14 @@ class LocalCluster:
         pods = self._pods_of(zone, service)
         if not pods:
             raise BackendError(f"no live {service} pod in {zone}")
-        with self.lock:
-            for p in pods:
-                p.forced_unready = unready
+        with self.tick_lock:
+            with self.lock:
+                for p in pods:
+                    p.forced_unready = unready
+            # In effect when the action returns (what `status` and the timeline say):
+            # the inventory records it first, then the sidecars and relays are told.
+            self._update_serving()
+            self._push()
         return [p.name for p in pods]
 
 
