@@ -178,6 +178,7 @@ class _Signals:
         self.shutdown = threading.Event()
         self.starting = True
         self.reason = ""
+        self.orphaned = False  # the `harness up` waiting for the start is gone: nobody will run `down`
 
     def handler(self, signum: int, _frame: Any) -> None:
         self.shutdown.set()
@@ -200,6 +201,7 @@ def _watch_owner(owner: int, owner_start: int, signals: _Signals) -> None:
     while signals.starting:
         if not process_alive(rec):
             logging.warning("harness up (pid %d) is gone before the cluster was ready: tearing down", owner)
+            signals.orphaned = True
             os.kill(os.getpid(), signal.SIGTERM)
             return
         time.sleep(0.2)
@@ -285,7 +287,27 @@ def main(argv: list[str] | None = None) -> int:
             cluster.stop()
             logging.info("torn down in %.2f s", time.monotonic() - t0)
             write_phase(state_dir, phase="stopped", message="torn down")
+        if signals.orphaned:
+            _remove_state(state_dir)
     return rc
+
+
+def _remove_state(state_dir: Path) -> None:
+    """What `harness down` would do after the daemon: the state file's leftovers, then the state directory.
+
+    Only for a start whose `harness up` died: nobody else will. Kept when
+    something could not be removed, so the next `up` or `down` retries it.
+    """
+    import shutil
+
+    from harness.backends.local.state import cleanup
+
+    report = cleanup(state_dir / "state.json")
+    if report.errors:
+        logging.error("left for the next up/down: %s", "; ".join(report.errors))
+        return
+    logging.shutdown()
+    shutil.rmtree(state_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
