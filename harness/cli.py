@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from rich.console import Console
 
 from harness.backends import BACKENDS, BackendOptions
+from harness.backends.base import ProgressFn
 from harness.errors import BackendError, DryRun, HarnessError, InputError
 from harness.preflight import PreflightFailed
 
@@ -147,7 +148,7 @@ def _preflight_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress(label: str) -> Callable[[str], None]:
+def _progress(label: str) -> ProgressFn:
     def say(msg: str) -> None:
         out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {label}{msg}", markup=True, highlight=False)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendOptions, choose, connect
-from harness.backends.base import Backend
+from harness.backends.base import Backend, Observation, ProgressFn, RecordFollower
+from harness.contract.rundir import ACCESSLOG_DIR, ARTIFACTS_DIR, INVENTORY_FILE, record_problem
 from harness.errors import DryRun, InputError
 from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
@@ -83,35 +84,56 @@ def prepare_manifests(opts: E2EOptions, run_dir: Path) -> Path:
 
 @contextlib.contextmanager
 def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
-    """Record what the mesh says while the body runs: access logs, then inventory and artifacts.
+    """Record what the mesh says while the body runs: access logs, the inventory and entry points, artifacts.
 
-    Whatever ends the body (success, a failed step, Ctrl-C), what was recorded
-    is on disk afterwards: the collector flushes as it goes and does a last
-    poll, and the inventory and the artifacts are saved before the caller may
-    take the cluster down.
+    The inventory and entry-point history go into the run directory as they
+    happen (`Backend.record_into`). Whatever ends the body (success, a failed
+    step, Ctrl-C), what was recorded is on disk afterwards: the collector
+    flushes as it goes and does a last poll, and the artifacts are saved
+    before the caller may take the cluster down. A recording step that fails
+    does not hide the body's outcome: it is written to `recording.jsonl`,
+    which the verdict reports.
     """
     from harness.observe import AccessLogCollector
 
-    collector = AccessLogCollector(backend.log_sources, run_dir / "accesslogs")
+    # a test double that is not an `Observation` records nothing as it goes: its inventory is written at the end
+    follower = backend.record_into(run_dir) if isinstance(backend, Observation) else RecordFollower({}, run_dir).start()
+    collector = AccessLogCollector(backend.log_sources, run_dir / ACCESSLOG_DIR)
     collector.start()
     try:
         yield
     finally:
-        with contextlib.suppress(Exception):
+
+        def flush() -> None:
             # Envoy buffers access logs: wait until every sidecar has written its lines (no fixed cooldown)
             problems = backend.flush_access_logs()
+            for line in problems:
+                record_problem(run_dir, "access-log flush", line)
             if problems:
-                (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-                (run_dir / "artifacts" / "access-log-flush.txt").write_text("\n".join(problems) + "\n")
-        with contextlib.suppress(Exception):
-            collector.stop()
-        with contextlib.suppress(Exception):
-            _save_inventory(backend, run_dir)
-        with contextlib.suppress(Exception):
-            backend.save_artifacts(run_dir / "artifacts")  # kept for the post-mortem, taken before the cluster goes
+                (run_dir / ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
+                (run_dir / ARTIFACTS_DIR / "access-log-flush.txt").write_text("\n".join(problems) + "\n")
+
+        def records() -> None:
+            follower.stop()
+            for err in follower.errors:
+                record_problem(run_dir, "record files", err)
+            if INVENTORY_FILE not in follower.names:  # a backend with an in-memory inventory only
+                write_inventory(backend.inventory(), run_dir / INVENTORY_FILE)
+
+        for what, step in (
+            ("access-log flush", flush),
+            ("access-log collector", collector.stop),
+            ("record files", records),
+            ("artifacts", lambda: backend.save_artifacts(run_dir / ARTIFACTS_DIR)),  # before the cluster goes
+        ):
+            try:
+                step()
+            except Exception as exc:  # noted for the verdict; the body's own outcome stays the one raised
+                with contextlib.suppress(OSError):
+                    record_problem(run_dir, what, f"{exc.__class__.__name__}: {exc}")
 
 
-def before_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -> None:
+def before_traffic(backend: Backend, run_dir: Path, say: ProgressFn) -> None:
     """Everything that must be recorded before the first user request (e2e and `harness traffic`).
 
     Preflight (Consul's own view: preflight.json, stream STANDINS) belongs
@@ -124,7 +146,7 @@ def before_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) 
         say(f"upstream stats: {snap.rows} host counters from {len(snap.pods)} sidecars{missing}")
 
 
-def after_traffic(backend: Backend, run_dir: Path, say: Callable[[str], None]) -> None:
+def after_traffic(backend: Backend, run_dir: Path, say: ProgressFn) -> None:
     """The last records taken while the cluster is still up: the "end" snapshot of upstream counters."""
     _upstream_snapshot(backend, run_dir, "end")
 
@@ -202,7 +224,7 @@ def _topology_of(opts: E2EOptions) -> Topology:
 def run_e2e(
     opts: E2EOptions,
     bopts: BackendOptions,
-    say: Callable[[str], None] = print,
+    say: ProgressFn = print,
     on_start: Callable[[Path, list[PlannedExperiment]], None] | None = None,
 ) -> E2EResult:
     """The whole loop; `on_start(run_dir, planned)` is called once the run directory exists (progress display)."""
@@ -211,7 +233,7 @@ def run_e2e(
     from harness.render.manifests import load
     from harness.report import write_junit, write_report
     from harness.traffic import TrafficRunner
-    from harness.verify import verify, write_verdict
+    from harness.verify import judged, write_verdict
 
     name, why = choose(bopts.name)
     bopts.name = name
@@ -296,20 +318,9 @@ def run_e2e(
     say("observe: hop records from the sidecars' access logs")
     build_hops(run_dir)
     mark_run(run_dir, "verify", "complete")  # every record is in; what follows only reads them
-    verdict = verify(run_dir)
-    write_verdict(run_dir, verdict)
-    write_report(run_dir, verdict)
-    write_junit(run_dir, verdict)
+    with judged(run_dir) as (run, verdict):  # loaded once: the report draws from the run the verdict judged
+        write_verdict(run_dir, verdict)
+        write_report(run_dir, verdict, run)
+        write_junit(run_dir, verdict)
     passed = bool(verdict.passed) and chaos_ok
     return E2EResult(run_dir, name, passed, verdict, chaos_ok, messages)
-
-
-def _save_inventory(backend: Backend, run_dir: Path) -> None:
-    src = getattr(backend, "inventory_path", None)
-    if isinstance(src, Path) and src.exists():
-        shutil.copyfile(src, run_dir / "inventory.jsonl")
-    else:
-        write_inventory(backend.inventory(), run_dir / "inventory.jsonl")
-    entry = getattr(backend, "entrypoints_path", None)  # kind/existing: written as it happened
-    if isinstance(entry, Path) and entry.exists():
-        shutil.copyfile(entry, run_dir / "entrypoints.jsonl")

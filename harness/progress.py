@@ -38,7 +38,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from harness.records import CHAOS_DIR, CHAOS_FILE, JOURNAL_FILE, RUN_FILE
+from harness.contract.rundir import CHAOS_DIR, CHAOS_FILE, JOURNAL_FILE, RUN_FILE
 
 POLL_S = 0.5
 HEARTBEAT_S = 30.0

@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from harness.backends.base import Inventory
-from harness.records import RUN_FILE
+from harness.contract.inventory import Inventory
+from harness.contract.rundir import RUN_FILE
 
 RUNS_ROOT = Path("runs")
 RUN_STATUSES = ("running", "complete", "interrupted", "failed")

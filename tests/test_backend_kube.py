@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from harness.backends.base import Inventory
 from harness.backends.kube import (
     LABEL_SERVING,
     KubeCluster,
@@ -24,6 +23,7 @@ from harness.backends.kube import (
     access_log_record,
     split_timestamp,
 )
+from harness.contract.inventory import Inventory
 from harness.errors import BackendError
 from tests.kubefake import NODES, T0, FakeApiServer, lax_pod, pod, rendered, wait_until
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest

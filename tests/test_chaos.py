@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from harness.backends import BackendOptions
-from harness.backends.base import CHAOS_PRIMITIVES, Inventory, PodInfo, Status
+from harness.backends.base import CHAOS_PRIMITIVES, Status
 from harness.chaos import actions, check_experiment, judge_journal, plan_run, probes, run_experiment
 from harness.chaos.roles import RoleError, parse_role, resolve_values, resolve_zone
+from harness.contract.inventory import Inventory, PodInfo
 from harness.errors import BackendError, InputError
 from harness.topology import load_topology
 

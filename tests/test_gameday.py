@@ -397,7 +397,8 @@ def test_abort_stops_a_running_chaos_process_and_rolls_back_within_a_second(
     try:
         assert wait_until(lambda: all(n.unschedulable for n in eks.node_infos() if n.zone == PHX), 60), (
             chaos.poll(),
-            (run / "chaos" / "01-long" / "chaos.log").read_text() if (run / "chaos" / "01-long" / "chaos.log").exists()
+            (run / "chaos" / "01-long" / "chaos.log").read_text()
+            if (run / "chaos" / "01-long" / "chaos.log").exists()
             else "",
         )
         t0 = time.monotonic()

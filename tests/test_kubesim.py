@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from harness.backends.base import Inventory
 from harness.backends.kube import InventoryWatcher, KubeCluster, parse_k8s_time, pod_condition
+from harness.contract.inventory import Inventory
 from tests import kubesim_tools
 from tests.kubefake import NODES, FakeApiServer, wait_until
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest

@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from harness.backends.local import mesh_envoy
 from harness.backends.local.certs import CertAuthority
 from harness.backends.local.mesh import TRUST_DOMAIN, Endpoint, MeshConfig, ServiceRef
+from harness.backends.local.mesh import envoy as mesh_envoy
 from harness.backends.local.sidecar import Sidecar, find_envoy, parse_upstreams
 from harness.errors import InputError
 from tests.conftest import free_ports

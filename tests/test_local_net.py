@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends.local import netns
 from harness.backends.local.entry import EntryRelay
-from harness.backends.local.net import Network, PodNet, ZoneSpec
+from harness.backends.local.network import Network, PodNet, ZoneSpec, netns
 from harness.backends.local.state import (
     ProcessRecord,
     State,

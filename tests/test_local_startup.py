@@ -28,8 +28,8 @@ import httpx
 import pytest
 import yaml
 
-from harness.backends.base import PodInfo
 from harness.backends.local import LocalBackend
+from harness.contract.inventory import PodInfo
 from harness.render import render, write
 from harness.render.manifests import load
 from harness.topology import load_topology

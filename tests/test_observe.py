@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends.base import Inventory, LogSource, PodInfo
+from harness.backends.base import LogSource
+from harness.contract.inventory import Inventory, PodInfo
 from harness.observe import AccessLogCollector, CollectorError, FileLogSource, build_hops
 
 T = 1764100000.0

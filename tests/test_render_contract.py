@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from harness.contract.scheduling import Taint, kind_nodes
 from harness.render import Rendered, checks, render
 from harness.render.consul import ACCESS_LOG_FIELDS
 from harness.topology.model import Edition, Topology, load_topology
@@ -260,7 +261,7 @@ def test_kind_config(topo: str) -> None:
     b = bundle(topo)
     t = b.topology
     assert _kind_errors(b.kind_config) == []
-    nodes = checks.kind_nodes(b.kind_config)
+    nodes = kind_nodes(b.kind_config)
     assert [n.name for n in nodes][:2] == [f"{t.name}-control-plane", f"{t.name}-worker"]
     workers = nodes[1:]
     assert len(workers) == sum(z.nodes for z in t.zones)
@@ -273,7 +274,7 @@ def test_kind_config(topo: str) -> None:
                 "topology.kubernetes.io/zone": zone.name,
                 "edge-harness.io/zone-type": zone.type.value,
             }
-            expected = [{"key": "edge-harness.io/edge-zone", "value": zone.name, "effect": "NoSchedule"}]
+            expected = [Taint("edge-harness.io/edge-zone", zone.name, "NoSchedule")]
             assert list(n.taints) == (expected if zone.is_edge else [])
 
 

@@ -15,8 +15,8 @@ from rich.console import Console
 
 from harness.topology import load_topology
 from harness.verify import print_summary
-from harness.verify.model import FAIL, PASS, FaultResult, InvariantResult, PairResult, RunInfo, Verdict, iso, seconds
 from harness.verify.synth import FaultSpec, Scenario, write_run
+from harness.verify.verdict import FAIL, PASS, FaultResult, InvariantResult, PairResult, RunInfo, Verdict, iso, seconds
 from harness.verify.why import failover_reason, fault_reasons, recovery_reason
 from tests.verdicts import verify
 

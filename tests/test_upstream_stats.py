@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import Inventory, PodInfo
+from harness.contract.inventory import Inventory, PodInfo
 from harness.errors import BackendError
 from harness.observe.upstream_stats import UPSTREAM_STATS_FILE, health_flags, parse_clusters, snapshot
 

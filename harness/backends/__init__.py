@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.backends.base import Backend, Inventory, LogSource, PodInfo, Status
+from harness.backends.base import Backend, LogSource, Status
+from harness.contract.inventory import Inventory, PodInfo
 from harness.errors import InputError
 
 BACKENDS = ("auto", "local", "kind", "existing")

@@ -1,214 +1,106 @@
-"""The one protocol every backend (kind, existing, local) implements.
+"""The one protocol every backend (kind, existing, local) implements, split by concern.
 
 Backends take the rendered manifests (a directory written by `harness render`,
 loaded with `harness.render.manifests.load`) and never import the verifier,
 the report or the CLI. Everything the later stages need from a backend goes
-through this protocol: where users enter, which pod held which IP when (the
-inventory), where the sidecars' access logs come from, and the chaos
-primitives the experiments drive.
+through this protocol:
+
+- `Lifecycle`: up, down, status, artifacts, close;
+- `Observation`: where users enter, which pod held which IP when (the
+  inventory, `harness.contract.inventory`), the sidecars' access logs, Envoy's
+  admin API, Consul's HTTP API, the nodes;
+- `Chaos`: the fault primitives, each declared once in `PRIMITIVES` (method,
+  restore, arguments) and dispatched by name (`dispatch`, `Chaos.perform`)
+  by the chaos actions and the local daemon; `capabilities()` says which this
+  cluster can do.
+
+`Backend` joins the three. `ProgressFn` is the one spelling of a progress callback.
 """
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.contract.inventory import Inventory
+from harness.contract.logsource import LogSource
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
     from harness.render.manifests import Manifests
 
 
+ProgressFn = Callable[[str], None]
+"""The one spelling of a progress callback: one line per step of a long operation (`up`, apply, waits)."""
+
+
+def no_progress(_msg: str) -> None:
+    """The default `ProgressFn`: long steps report progress only when someone listens."""
+
+
 @dataclass(frozen=True)
-class PodInfo:
-    """One pod as the inventory knows it; `ended` is None while it lives."""
+class ChaosPrimitive:
+    """One fault a backend can inject, declared once: its method, its restore, their arguments.
 
-    pod: str
-    ip: str
-    node: str
-    zone: str
-    service: str  # logical service (app label), e.g. product-api
-    consul_service: str  # Consul name, e.g. product-api-lax-1a
-    namespace: str
-    started: float
-    ended: float | None = None
-
-
-class Inventory:
-    """Pod → IP → node → zone, with history: pods that died keep their entry.
-
-    Thread-safe; every change is appended to `inventory.jsonl` when a path is
-    given, so a run directory holds the whole history even after a crash.
+    The chaos actions, the local backend's client and its daemon all dispatch
+    by this table (`Chaos.perform`), so adding a primitive is one entry here
+    plus its implementation in each backend.
     """
 
-    def __init__(self, path: Path | None = None) -> None:
-        self._lock = threading.Lock()
-        self._pods: dict[str, PodInfo] = {}
-        self._ready: dict[str, float] = {}  # pod -> when it last became ready (only pods ready now)
-        self._path = path
-        self._fh = path.open("a", encoding="utf-8") if path is not None else None
-
-    def _write(self, event: str, info: PodInfo, ts: float) -> None:
-        if self._fh is None:
-            return
-        rec = {"ts": ts, "event": event, **{k: v for k, v in asdict(info).items() if k not in ("started", "ended")}}
-        self._fh.write(json.dumps(rec) + "\n")
-        self._fh.flush()
-
-    def added(self, info: PodInfo) -> None:
-        with self._lock:
-            self._pods[info.pod] = info
-            self._write("added", info, info.started)
-
-    def removed(self, pod: str, ts: float | None = None) -> None:
-        with self._lock:
-            info = self._pods.get(pod)
-            if info is None or info.ended is not None:
-                return
-            ts = time.time() if ts is None else ts
-            ended = PodInfo(**{**asdict(info), "ended": ts})
-            self._pods[pod] = ended
-            self._ready.pop(pod, None)
-            self._write("removed", ended, ts)
-
-    def ip_changed(self, info: PodInfo, ts: float | None = None) -> None:
-        """The same pod now holds another IP (its sandbox was re-created on a restarted node): event `ip`.
-
-        The pod keeps its name and its readiness record; lookups of the old IP
-        after `ts` no longer find it here (the file keeps the history for observe).
-        """
-        with self._lock:
-            old = self._pods.get(info.pod)
-            if old is None or old.ended is not None or old.ip == info.ip:
-                return
-            ts = time.time() if ts is None else ts
-            self._pods[info.pod] = PodInfo(**{**asdict(info), "started": old.started, "ended": None})
-            self._write("ip", self._pods[info.pod], ts)
-
-    def ready(self, pod: str, ts: float | None = None) -> None:
-        """The pod became a serving endpoint (what consul-k8s registers as passing).
-
-        `added` does not imply it: a pod exists (and holds its IP) before its
-        readiness probe passes. Only a change is written; unknown or removed
-        pods are ignored (a late probe result of a pod that just died).
-        """
-        self._set_ready(pod, True, ts)
-
-    def unready(self, pod: str, ts: float | None = None) -> None:
-        """The pod stopped being a serving endpoint (probe failed, unready chaos); `removed` implies it."""
-        self._set_ready(pod, False, ts)
-
-    def _set_ready(self, pod: str, ready: bool, ts: float | None) -> None:
-        with self._lock:
-            info = self._pods.get(pod)
-            if info is None or info.ended is not None or (pod in self._ready) == ready:
-                return
-            ts = time.time() if ts is None else ts
-            if ready:
-                self._ready[pod] = ts
-            else:
-                self._ready.pop(pod, None)
-            self._write("ready" if ready else "unready", info, ts)
-
-    def is_ready(self, pod: str) -> bool:
-        with self._lock:
-            return pod in self._ready
-
-    def ready_since(self, pod: str) -> float | None:
-        """When the pod last became ready (None while it is not ready)."""
-        with self._lock:
-            return self._ready.get(pod)
-
-    @classmethod
-    def load(cls, path: Path) -> Inventory:
-        """Replay an `inventory.jsonl` written by another process (read-only)."""
-        inv = cls()
-        if not path.exists():
-            return inv
-        with path.open(encoding="utf-8") as fh:
-            for raw in fh:
-                if not raw.strip():
-                    continue
-                rec = json.loads(raw)
-                fields = {k: rec[k] for k in ("pod", "ip", "node", "zone", "service", "consul_service", "namespace")}
-                if rec["event"] == "added":
-                    inv._pods[rec["pod"]] = PodInfo(**fields, started=rec["ts"])
-                elif rec["event"] == "removed" and rec["pod"] in inv._pods:
-                    old = inv._pods[rec["pod"]]
-                    inv._pods[rec["pod"]] = PodInfo(**{**asdict(old), "ended": rec["ts"]})
-                    inv._ready.pop(rec["pod"], None)
-                elif rec["event"] == "ready" and rec["pod"] in inv._pods:
-                    inv._ready.setdefault(rec["pod"], rec["ts"])
-                elif rec["event"] == "unready":
-                    inv._ready.pop(rec["pod"], None)
-                elif rec["event"] == "ip" and rec["pod"] in inv._pods:
-                    inv._pods[rec["pod"]] = PodInfo(**{**asdict(inv._pods[rec["pod"]]), "ip": rec["ip"]})
-        return inv
-
-    def pods(self, alive_only: bool = False) -> list[PodInfo]:
-        with self._lock:
-            return [p for p in self._pods.values() if not alive_only or p.ended is None]
-
-    def get(self, pod: str) -> PodInfo | None:
-        with self._lock:
-            return self._pods.get(pod)
-
-    def by_ip(self, ip: str, ts: float | None = None) -> PodInfo | None:
-        """The pod that held `ip` at time `ts` (the live one when ts is None)."""
-        with self._lock:
-            best: PodInfo | None = None
-            for p in self._pods.values():
-                if p.ip != ip:
-                    continue
-                if ts is None:
-                    if p.ended is None:
-                        return p
-                    continue
-                alive_then = p.started - 1.0 <= ts and (p.ended is None or ts <= p.ended + 1.0)
-                if alive_then and (best is None or p.started > best.started):
-                    best = p
-            return best
-
-    def ready_pods(self) -> list[PodInfo]:
-        """Live pods that are serving endpoints now."""
-        with self._lock:
-            return [p for p in self._pods.values() if p.ended is None and p.pod in self._ready]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+    name: str  # the backend method that injects it (also the capability name)
+    params: tuple[str, ...]  # its arguments, in order
+    restore: str | None  # the method that undoes it (None: the cluster heals itself, e.g. a killed pod)
+    restore_params: tuple[str, ...] = ()
+    returns_pods: bool = False  # inject / restore return the pod names they acted on
 
 
-class LogSource(ABC):
-    """A stream of one sidecar's raw access-log lines."""
-
-    pod: str
-
-    @abstractmethod
-    def read(self) -> Iterator[str]:
-        """Lines written since the last call (non-blocking)."""
-
-
-CHAOS_PRIMITIVES = frozenset(
-    {
-        "kill_pod",
-        "kill_node",
-        "zone_outage",
-        "set_link",
-        "partition_zone",
-        "set_pod_unready",
-    }
-)
+PRIMITIVES: dict[str, ChaosPrimitive] = {
+    p.name: p
+    for p in (
+        ChaosPrimitive("kill_pod", ("zone", "service"), None, returns_pods=True),
+        ChaosPrimitive("kill_node", ("node",), "restore_node", ("node",)),
+        ChaosPrimitive("zone_outage", ("zone",), "restore_zone", ("zone",)),
+        ChaosPrimitive("set_link", ("zone", "latency_ms", "loss_percent"), "clear_link", ("zone",)),
+        ChaosPrimitive("partition_zone", ("zone",), "heal_zone", ("zone",)),
+        ChaosPrimitive("set_pod_unready", ("zone", "service"), "set_pod_ready", ("zone", "service"), returns_pods=True),
+    )
+}
+CHAOS_PRIMITIVES = frozenset(PRIMITIVES)
 """Fault-injecting primitives (each has its restore); `Backend.capabilities()` returns a subset."""
+
+# Every chaos method (injects and restores) -> (its primitive, its parameter names).
+CHAOS_METHODS: dict[str, tuple[ChaosPrimitive, tuple[str, ...]]] = {
+    **{p.name: (p, p.params) for p in PRIMITIVES.values()},
+    **{p.restore: (p, p.restore_params) for p in PRIMITIVES.values() if p.restore is not None},
+}
+
+
+def dispatch(target: Any, method: str, args: Mapping[str, Any]) -> Any:
+    """Call the chaos `method` of `target` (a backend, the local cluster) by name, checked against the table.
+
+    The one dispatch the chaos actions, `Chaos.perform` and the local daemon share.
+    """
+    if method not in CHAOS_METHODS:
+        raise BackendError(f"unknown chaos operation {method!r}")
+    return getattr(target, method)(**args)
+
+
+def chaos_arguments(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Positional and keyword arguments of a chaos `method` call as keywords (for forwarding it)."""
+    _spec, params = CHAOS_METHODS[method]
+    if len(args) > len(params):
+        raise TypeError(f"{method}() takes {len(params)} arguments, got {len(args)}")
+    out = dict(zip(params, args, strict=False))
+    for k, v in kwargs.items():
+        if k not in params or k in out:
+            raise TypeError(f"{method}() got an unexpected or repeated argument {k!r}")
+        out[k] = v
+    return out
 
 
 @dataclass(frozen=True)
@@ -254,13 +146,87 @@ class Status:
         return asdict(self)
 
 
-class Backend(ABC):
-    """What `harness up/down/status/chaos` drive, whichever cluster is behind it."""
+class RecordFollower:
+    """Keeps run-directory record files equal to the files a backend writes as things happen.
+
+    A backend's inventory and entry-point history are written where the
+    backend can write them (the local daemon's state directory, this
+    process's records directory for kind/EKS); from `Observation.record_into`
+    on, a thread appends every complete line they gain to the run directory's
+    file of the same name, so the run directory holds the history from the
+    start, also when the process dies mid-run. `stop()` copies the rest
+    (a torn last line included, as the source has it). A source that is
+    replaced (shorter than what was copied) is copied again from its start.
+    """
+
+    def __init__(self, sources: Mapping[str, Path], run_dir: Path, interval_s: float = 0.25) -> None:
+        self.sources = dict(sources)
+        self.run_dir = run_dir
+        self.interval_s = interval_s
+        self._offsets: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="eh-record-follower", daemon=True)
+        self.errors: list[str] = []
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.sources)
+
+    def start(self) -> RecordFollower:
+        self.poll()
+        self._thread.start()
+        return self
+
+    def poll(self, final: bool = False) -> None:
+        with self._lock:
+            for name, src in self.sources.items():
+                try:
+                    self._copy(name, src, final)
+                except OSError as exc:
+                    self.errors.append(f"{name}: {exc}")
+
+    def _copy(self, name: str, src: Path, final: bool) -> None:
+        dst = self.run_dir / name
+        if not src.exists():
+            return
+        offset = self._offsets.get(name)
+        size = src.stat().st_size
+        if offset is None or size < offset:  # first sight, or the source was replaced: start over
+            dst.write_bytes(b"")
+            offset = 0
+        if size == offset:
+            self._offsets[name] = offset
+            return
+        with src.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read(size - offset)
+        if not final:
+            data = data[: data.rfind(b"\n") + 1]  # complete lines only while the writer may be mid-line
+        if data:
+            with dst.open("ab") as out:
+                out.write(data)
+        self._offsets[name] = offset + len(data)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+
+    def stop(self) -> None:
+        """Stop following and copy what is left (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self.poll(final=True)
+
+
+class Lifecycle(ABC):
+    """Bring a cluster up and down, say how it is, and hand over artifacts."""
 
     name: str
 
     @abstractmethod
-    def up(self, manifests: Manifests, progress: Callable[[str], None] | None = None) -> None:
+    def up(self, manifests: Manifests, progress: ProgressFn | None = None) -> None:
         """Create the cluster (if the backend owns one) and apply the manifests; `progress` gets one line per step."""
 
     @abstractmethod
@@ -275,15 +241,28 @@ class Backend(ABC):
     def status(self) -> Status: ...
 
     @abstractmethod
+    def save_artifacts(self, out: Path) -> None:
+        """For the post-mortem: whatever the backend can hand over (pod logs, events, Envoy config dumps)."""
+
+    def close(self) -> None:  # noqa: B027 - a no-op is right for backends that hold nothing in-process
+        """Release what this client holds in this process (watch threads, log followers); the cluster stays.
+
+        Idempotent. The chaostoolkit extension shares one backend per process
+        and calls this when chaostoolkit's process ends, so no thread outlives it.
+        """
+
+
+class Observation(ABC):
+    """What the later stages read of a running cluster: entry points, inventory, logs, Envoy and Consul."""
+
+    name: str
+
+    @abstractmethod
     def inventory(self) -> Inventory: ...
 
     @abstractmethod
     def entrypoints(self) -> dict[str, str]:
         """Zone name → base URL of that zone's frontend, as users reach it."""
-
-    @abstractmethod
-    def save_artifacts(self, out: Path) -> None:
-        """For the post-mortem: whatever the backend can hand over (pod logs, events, Envoy config dumps)."""
 
     @abstractmethod
     def log_sources(self) -> list[LogSource]:
@@ -303,25 +282,15 @@ class Backend(ABC):
         """
         return []
 
-    # -- observation beyond access logs ----------------------------------------
-    @abstractmethod
-    def capabilities(self) -> frozenset[str]:
-        """The chaos primitives (names in `CHAOS_PRIMITIVES`) this backend can perform on this cluster.
+    def record_sources(self) -> dict[str, Path]:
+        """The record files this backend writes as things happen, by run-directory name (`inventory.jsonl`,
+        `entrypoints.jsonl`); none by default (an in-memory inventory is written out at the end instead)."""
+        return {}
 
-        An experiment that needs one outside the set is refused before anything
-        is injected, rather than failing half-way through a game day.
-        """
-
-    def require_capability(self, primitive: str) -> None:
-        """Refuse `primitive` (BackendError saying why) when this cluster cannot perform it.
-
-        Called before a fault is recorded or injected, so a refused fault
-        leaves no trace on the cluster or in the timeline. Backends whose
-        `capabilities()` is costly for some primitives override this to check
-        only the one asked for.
-        """
-        if primitive not in self.capabilities():
-            raise BackendError(f"the {self.name} backend cannot {primitive} on this cluster")
+    def record_into(self, run_dir: Path) -> RecordFollower:
+        """From now on keep `run_dir`'s inventory / entry-point records equal to this backend's (see
+        `RecordFollower`); stop the follower after the last event to be recorded."""
+        return RecordFollower(self.record_sources(), run_dir).start()
 
     @abstractmethod
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
@@ -352,7 +321,44 @@ class Backend(ABC):
         """
         return EdgeProbe(False, False, f"{self.name}: calling as another service's identity is not possible here")
 
-    # -- chaos primitives: each returns quickly; each has its restore ---------
+    @abstractmethod
+    def nodes(self) -> dict[str, str]:
+        """Node name → zone name."""
+
+
+class Chaos(ABC):
+    """The fault primitives of `PRIMITIVES`, what this cluster can do of them, and one generic dispatch."""
+
+    name: str
+
+    @abstractmethod
+    def capabilities(self) -> frozenset[str]:
+        """The chaos primitives (names in `CHAOS_PRIMITIVES`) this backend can perform on this cluster.
+
+        An experiment that needs one outside the set is refused before anything
+        is injected, rather than failing half-way through a game day.
+        """
+
+    def require_capability(self, primitive: str) -> None:
+        """Refuse `primitive` (BackendError saying why) when this cluster cannot perform it.
+
+        Called before a fault is recorded or injected, so a refused fault
+        leaves no trace on the cluster or in the timeline. Backends whose
+        `capabilities()` is costly for some primitives override this to check
+        only the one asked for.
+        """
+        if primitive not in self.capabilities():
+            raise BackendError(f"the {self.name} backend cannot {primitive} on this cluster")
+
+    def perform(self, method: str, **args: Any) -> list[str] | None:
+        """Call the chaos `method` (an inject or restore of `PRIMITIVES`) by name, with keyword arguments.
+
+        How the chaos actions and the local daemon dispatch; a backend whose
+        primitives run elsewhere (the local client) forwards the same call.
+        """
+        result = dispatch(self, method, args)
+        return list(result) if result is not None else None
+
     @abstractmethod
     def kill_pod(self, zone: str, service: str) -> list[str]:
         """Kill every pod of `service` in `zone`; the Deployment re-creates them. Returns pod names."""
@@ -393,13 +399,8 @@ class Backend(ABC):
     @abstractmethod
     def set_pod_ready(self, zone: str, service: str) -> list[str]: ...
 
-    @abstractmethod
-    def nodes(self) -> dict[str, str]:
-        """Node name → zone name."""
 
-    def close(self) -> None:  # noqa: B027 - a no-op is right for backends that hold nothing in-process
-        """Release what this client holds in this process (watch threads, log followers); the cluster stays.
+class Backend(Lifecycle, Observation, Chaos):
+    """What `harness up/down/status/chaos` drive, whichever cluster is behind it: the three concerns joined."""
 
-        Idempotent. The chaostoolkit extension shares one backend per process
-        and calls this when chaostoolkit's process ends, so no thread outlives it.
-        """
+    name: str

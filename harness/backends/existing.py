@@ -97,8 +97,9 @@ from harness.backends.kube import (
     ProgressFn,
     api_client_from_kubeconfig,
 )
-from harness.backends.kubebackend import HelmRun, KubeBackend
-from harness.backends.kubeforward import find_tool
+from harness.backends.kube.backend import HelmRun, KubeBackend
+from harness.backends.kube.forward import find_tool
+from harness.contract.names import CONSUL_NAMESPACE, HELM_RELEASE
 from harness.errors import BackendError, InputError
 
 if TYPE_CHECKING:
@@ -743,7 +744,7 @@ class ExistingBackend(KubeBackend):
         self._save_state(manifests=str(Path(manifests.root).resolve()))
         cluster = self.cluster
         if self.install_consul:
-            release = manifests.meta.get("release") or {"name": "consul", "namespace": "consul"}
+            release = manifests.meta.get("release") or {"name": HELM_RELEASE, "namespace": CONSUL_NAMESPACE}
             ns_existed = cluster.exists("v1", "Namespace", None, str(release["namespace"]))
             self._save_state(installed_consul={**release, "namespace_created": not ns_existed})
             self._helm_install(manifests)

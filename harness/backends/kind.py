@@ -48,8 +48,9 @@ import yaml
 
 from harness.backends.base import CHAOS_PRIMITIVES, Status
 from harness.backends.kube import KubeCluster, NodeInfo, ProgressFn, api_client_from_kubeconfig
-from harness.backends.kubebackend import HelmRun, KubeBackend
-from harness.backends.kubeforward import find_tool
+from harness.backends.kube.backend import HelmRun, KubeBackend
+from harness.backends.kube.forward import find_tool
+from harness.contract.names import LABEL_POD_ZONE
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
@@ -223,7 +224,7 @@ class KindBackend(KubeBackend):
         out: dict[str, int] = {}
         control_plane = f"{self.cluster_name}-control-plane"
         for svc in self.manifests().entry_objects(ENTRY_VARIANT):
-            zone = str(((svc.get("metadata") or {}).get("labels") or {}).get("edge-harness.io/zone", ""))
+            zone = str(((svc.get("metadata") or {}).get("labels") or {}).get(LABEL_POD_ZONE, ""))
             node_port = next((int(p["nodePort"]) for p in svc["spec"].get("ports") or [] if p.get("nodePort")), None)
             if not zone or node_port is None:
                 continue

@@ -32,8 +32,8 @@ from typing import Any
 from harness.backends import BackendOptions
 from harness.chaos.experiment import PlannedExperiment, check_experiment, load_experiment, plan_experiment
 from harness.chaos.timeline import FaultKind, record
+from harness.contract.rundir import CHAOS_DIR, EXPERIMENT_FILE, JOURNAL_FILE, PLAN_FILE
 from harness.errors import BackendError, InputError
-from harness.records import CHAOS_DIR, JOURNAL_FILE, PLAN_FILE
 from harness.topology import Topology
 
 
@@ -192,7 +192,7 @@ def run_planned(p: PlannedExperiment, run_dir: Path, opts: BackendOptions, timeo
     """Run one planned experiment into ``run_dir/chaos/<id>/`` with `chaos run`, rollbacks always, and judge it."""
     exp_dir = run_dir / CHAOS_DIR / p.id
     exp_dir.mkdir(parents=True, exist_ok=True)
-    exp_file = exp_dir / "experiment.json"
+    exp_file = exp_dir / EXPERIMENT_FILE
     exp_file.write_text(json.dumps(p.data, indent=2) + "\n", encoding="utf-8")
     journal_path = exp_dir / JOURNAL_FILE
     env = {**os.environ, **opts.env(), "EH_RUN_DIR": str(run_dir.resolve())}

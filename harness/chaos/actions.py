@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends import BackendOptions, connect
-from harness.backends.base import Backend
+from harness.backends.base import PRIMITIVES, Backend, dispatch
 from harness.chaos.roles import RoleError, parse_role, resolve_zone
 from harness.chaos.timeline import FaultKind, record
 from harness.errors import BackendError, HarnessError
@@ -188,6 +188,46 @@ def _zone_services(backend: Backend, zone: str) -> list[str]:
     return sorted({p.service for p in backend.inventory().pods(alive_only=True) if p.zone == zone})
 
 
+def _held_fault(
+    b: Backend,
+    primitive: str,
+    args: dict[str, Any],
+    fault: str,
+    action: str,
+    zone: str,
+    kind: FaultKind,
+    duration_s: float,
+    services: list[str] | None = None,
+    *,
+    before: bool = False,
+    entry_down: bool = False,
+    inject_extra: dict[str, Any] | None = None,
+    restore_extra: dict[str, Any] | None = None,
+) -> Any:
+    """Inject `primitive` (base.PRIMITIVES) with `args`, hold it `duration_s`, restore it: every held fault.
+
+    Refused before anything is recorded when the cluster cannot do it; the
+    inject is recorded before the primitive acts and the restore before it is
+    undone (also when the inject or the hold failed), with counter snapshots
+    at the inject (and before it, when `before`).
+    """
+    spec = PRIMITIVES[primitive]
+    assert spec.restore is not None, primitive
+    b.require_capability(primitive)
+    if before:
+        _snapshot(b, f"before {fault}")
+    record(fault, "inject", action, zone, kind, services, entry_down=entry_down, **(inject_extra or {}))
+    try:
+        result = dispatch(b, primitive, args)
+        acted = time.time()
+        _snapshot(b, f"inject {fault}")
+        _hold(acted, duration_s)
+    finally:
+        record(fault, "restore", action, zone, kind, services, **(restore_extra or {}))
+        dispatch(b, spec.restore, {k: args[k] for k in spec.restore_params})
+    return result
+
+
 def kill_pod(zone: str, service: str, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Kill every pod of `service` in `zone`; the fault lasts until the Deployment's replacement is ready."""
     b = _backend(configuration)
@@ -199,7 +239,7 @@ def kill_pod(zone: str, service: str, configuration: dict[str, Any] | None = Non
         fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend"
     )
     try:
-        pods = b.kill_pod(zone, service)
+        pods = dispatch(b, "kill_pod", {"zone": zone, "service": service})
     except BaseException:
         record(fault, "restore", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service])  # nothing was killed
         raise
@@ -217,17 +257,10 @@ def make_unready(
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
     fault = _fault_id("unready", zone, service)
-    b.require_capability("set_pod_unready")
-    record(fault, "inject", "make_unready", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend")
-    pods: list[str] = []
-    try:
-        pods = b.set_pod_unready(zone, service)
-        acted = time.time()
-        _snapshot(b, f"inject {fault}")
-        _hold(acted, duration_s)
-    finally:
-        record(fault, "restore", "make_unready", zone, FaultKind.SERVICE_DOWN, [service])
-        b.set_pod_ready(zone, service)
+    pods = _held_fault(
+        b, "set_pod_unready", {"zone": zone, "service": service}, fault, "make_unready", zone,
+        FaultKind.SERVICE_DOWN, duration_s, [service], entry_down=service == "frontend",
+    )  # fmt: skip
     wait_ready(b, zone, [service])
     _snapshot(b, f"restore {fault}")
     return {"fault": fault, "zone": zone, "pods": pods}
@@ -236,7 +269,7 @@ def make_unready(
 def make_ready(zone: str, service: str, configuration: dict[str, Any] | None = None) -> list[str]:
     """Rollback of `make_unready` (idempotent)."""
     b = _backend(configuration)
-    return b.set_pod_ready(_zone(b, zone, configuration), service)
+    return list(dispatch(b, "set_pod_ready", {"zone": _zone(b, zone, configuration), "service": service}) or [])
 
 
 def kill_node(
@@ -258,17 +291,10 @@ def kill_node(
     elsewhere = {p.service for p in alive if p.zone == zone and p.node != node}
     lost = sorted(on_node - elsewhere)
     fault = _fault_id("kill-node", zone, node)
-    b.require_capability("kill_node")
-    _snapshot(b, f"before {fault}")
-    record(fault, "inject", "kill_node", zone, FaultKind.SERVICE_DOWN, lost, entry_down="frontend" in lost, node=node)
-    try:
-        b.kill_node(node)
-        acted = time.time()
-        _snapshot(b, f"inject {fault}")
-        _hold(acted, duration_s)
-    finally:
-        record(fault, "restore", "kill_node", zone, FaultKind.SERVICE_DOWN, lost, node=node)
-        b.restore_node(node)
+    _held_fault(
+        b, "kill_node", {"node": node}, fault, "kill_node", zone, FaultKind.SERVICE_DOWN, duration_s, lost,
+        before=True, entry_down="frontend" in lost, inject_extra={"node": node}, restore_extra={"node": node},
+    )  # fmt: skip
     wait_ready(b, zone, sorted(on_node))
     _snapshot(b, f"restore {fault}")
     return {"fault": fault, "zone": zone, "node": node, "services_lost": lost}
@@ -279,7 +305,7 @@ def restore_node(zone: str, node: str | None = None, configuration: dict[str, An
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
     for n in [node] if node else sorted(n for n, z in b.nodes().items() if z == zone):
-        b.restore_node(n)
+        dispatch(b, "restore_node", {"node": n})
 
 
 def zone_outage(zone: str, duration_s: float = 10.0, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -288,17 +314,10 @@ def zone_outage(zone: str, duration_s: float = 10.0, configuration: dict[str, An
     zone = _zone(b, zone, configuration)
     services = _zone_services(b, zone)
     fault = _fault_id("zone-outage", zone)
-    b.require_capability("zone_outage")
-    _snapshot(b, f"before {fault}")
-    record(fault, "inject", "zone_outage", zone, FaultKind.ZONE_DOWN, services, entry_down=True)
-    try:
-        b.zone_outage(zone)
-        acted = time.time()
-        _snapshot(b, f"inject {fault}")
-        _hold(acted, duration_s)
-    finally:
-        record(fault, "restore", "zone_outage", zone, FaultKind.ZONE_DOWN, services)
-        b.restore_zone(zone)
+    _held_fault(
+        b, "zone_outage", {"zone": zone}, fault, "zone_outage", zone, FaultKind.ZONE_DOWN, duration_s, services,
+        before=True, entry_down=True,
+    )  # fmt: skip
     wait_ready(b, zone, services)
     _snapshot(b, f"restore {fault}")
     return {"fault": fault, "zone": zone, "services": services}
@@ -307,7 +326,7 @@ def zone_outage(zone: str, duration_s: float = 10.0, configuration: dict[str, An
 def restore_zone(zone: str, configuration: dict[str, Any] | None = None) -> None:
     """Rollback of `zone_outage` (idempotent)."""
     b = _backend(configuration)
-    b.restore_zone(_zone(b, zone, configuration))
+    dispatch(b, "restore_zone", {"zone": _zone(b, zone, configuration)})
 
 
 def degrade_link(
@@ -321,18 +340,12 @@ def degrade_link(
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
     fault = _fault_id("link", zone)
-    b.require_capability("set_link")  # e.g. EKS, or kind without sch_netem: refused, nothing recorded
-    record(
-        fault, "inject", "degrade_link", zone, FaultKind.LINK_DEGRADED, latency_ms=latency_ms, loss_percent=loss_percent
-    )
-    try:
-        b.set_link(zone, latency_ms, loss_percent)
-        acted = time.time()
-        _snapshot(b, f"inject {fault}")
-        _hold(acted, duration_s)
-    finally:
-        record(fault, "restore", "degrade_link", zone, FaultKind.LINK_DEGRADED)
-        b.clear_link(zone)
+    # refused (nothing recorded) where the cluster cannot shape links: EKS, kind without sch_netem
+    _held_fault(
+        b, "set_link", {"zone": zone, "latency_ms": latency_ms, "loss_percent": loss_percent}, fault,
+        "degrade_link", zone, FaultKind.LINK_DEGRADED, duration_s,
+        inject_extra={"latency_ms": latency_ms, "loss_percent": loss_percent},
+    )  # fmt: skip
     _snapshot(b, f"restore {fault}")
     return {"fault": fault, "zone": zone}
 
@@ -340,7 +353,7 @@ def degrade_link(
 def clear_link(zone: str, configuration: dict[str, Any] | None = None) -> None:
     """Rollback of `degrade_link` (idempotent)."""
     b = _backend(configuration)
-    b.clear_link(_zone(b, zone, configuration))
+    dispatch(b, "clear_link", {"zone": _zone(b, zone, configuration)})
 
 
 def partition_zone(zone: str, duration_s: float = 10.0, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -360,16 +373,10 @@ def partition_zone(zone: str, duration_s: float = 10.0, configuration: dict[str,
     zone = _zone(b, zone, configuration)
     services = _zone_services(b, zone)
     fault = _fault_id("partition", zone)
-    b.require_capability("partition_zone")
-    record(fault, "inject", "partition_zone", zone, FaultKind.PARTITION, entry_down=True)
-    try:
-        b.partition_zone(zone)
-        acted = time.time()
-        _snapshot(b, f"inject {fault}")
-        _hold(acted, duration_s)
-    finally:
-        record(fault, "restore", "partition_zone", zone, FaultKind.PARTITION)
-        b.heal_zone(zone)
+    _held_fault(
+        b, "partition_zone", {"zone": zone}, fault, "partition_zone", zone, FaultKind.PARTITION, duration_s,
+        entry_down=True,
+    )  # fmt: skip
     healed = time.time()
     _snapshot(b, f"restore {fault}")
     wait_ready(b, zone, services)
@@ -379,7 +386,7 @@ def partition_zone(zone: str, duration_s: float = 10.0, configuration: dict[str,
 def heal_zone(zone: str, configuration: dict[str, Any] | None = None) -> None:
     """Rollback of `partition_zone` (idempotent)."""
     b = _backend(configuration)
-    b.heal_zone(_zone(b, zone, configuration))
+    dispatch(b, "heal_zone", {"zone": _zone(b, zone, configuration)})
 
 
 PRIMITIVE_OF: dict[str, str] = {
@@ -396,3 +403,24 @@ PRIMITIVE_OF: dict[str, str] = {
     "heal_zone": "partition_zone",
 }
 """The backend primitive (`Backend.capabilities()` names) each action needs, restores included."""
+
+# The extension's public face: what an experiment's `provider.func` may name, and the helpers the CLI and the
+# probes share. Everything else (underscored) is internal.
+__all__ = [
+    "PRIMITIVE_OF",
+    "clear_link",
+    "close_backends",
+    "degrade_link",
+    "heal_zone",
+    "kill_node",
+    "kill_pod",
+    "make_ready",
+    "make_unready",
+    "partition_zone",
+    "ready_services",
+    "restore_node",
+    "restore_zone",
+    "wait_ready",
+    "wait_replacement_ready",
+    "zone_outage",
+]

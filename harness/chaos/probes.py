@@ -69,3 +69,6 @@ def every_shop_answers(zones: Any = None, configuration: dict[str, Any] | None =
     b = actions._backend(configuration)
     wanted = _zones(zones, configuration)
     return all(shop_answers(z, configuration) == 200 for z in (wanted if wanted is not None else b.entrypoints()))
+
+
+__all__ = ["all_pods_ready", "every_shop_answers", "shop_answers", "zone_has_ready"]

@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from harness.contract.rundir import CHAOS_FILE
+
 
 class FaultKind(StrEnum):
     SERVICE_DOWN = "service-down"  # the listed services have no live instance left in the zone
@@ -30,7 +32,7 @@ class FaultKind(StrEnum):
 
 def timeline_path() -> Path | None:
     run_dir = os.environ.get("EH_RUN_DIR")
-    return Path(run_dir) / "chaos.jsonl" if run_dir else None
+    return Path(run_dir) / CHAOS_FILE if run_dir else None
 
 
 def record(

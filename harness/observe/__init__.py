@@ -8,15 +8,14 @@
   (the verifier's), `resolve_ips` applies the same IP-at-time rule to other
   records.
 
-The collector names are imported lazily: it needs the backend protocol
-(`harness.backends.base.LogSource`), and the verifier, which imports
-`harness.observe.hops`, must not import anything of the backends.
+Observe imports nothing of the backends: the log-source type it polls is the
+contract layer's (`harness.contract.logsource`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from harness.contract.logsource import FileLogSource
+from harness.observe.collector import AccessLogCollector, CollectorError, pod_file_name
 from harness.observe.hops import (
     ACCESSLOG_DIR,
     HOPS_FILE,
@@ -29,20 +28,6 @@ from harness.observe.hops import (
     load_inventory,
     resolve_ips,
 )
-
-if TYPE_CHECKING:
-    from harness.observe.collector import AccessLogCollector, CollectorError, FileLogSource, pod_file_name
-
-_COLLECTOR = ("AccessLogCollector", "CollectorError", "FileLogSource", "pod_file_name")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _COLLECTOR:
-        from harness.observe import collector
-
-        return getattr(collector, name)
-    raise AttributeError(f"module 'harness.observe' has no attribute {name!r}")
-
 
 __all__ = [
     "ACCESSLOG_DIR",

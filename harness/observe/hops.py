@@ -49,9 +49,10 @@ Definitions:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,21 +61,22 @@ if TYPE_CHECKING:
 
     from harness.topology import Topology
 
-from harness.records import (
+from harness.contract.inventory import SLACK_S
+from harness.contract.rundir import (
     ACCESSLOG_COLUMNS,
     ACCESSLOG_DIR,
     ACCESSLOG_TS_SQL,
     ACCESSLOG_VALID_SQL,
+    HOPS_BUILD_FILE,
     HOPS_FILE,
     INVENTORY_COLUMNS,
     INVENTORY_FILE,
     SkippedLine,
+    hop_inputs,
     load_jsonl,
     sql_str,
+    topology_path,
 )
-
-SLACK_S = 1.0
-"""How far outside a pod's recorded lifetime a hop may still be attributed to it (clock skew, event lag)."""
 
 INBOUND_SQL = (
     "coalesce(direction = 'inbound' OR (direction IS NULL AND (coalesce(upstream_cluster, '') = 'local_app' "
@@ -111,6 +113,8 @@ def build_hops(run_dir: Path, slack_s: float = SLACK_S) -> int:
     out = run_dir / HOPS_FILE
     tmp = run_dir / (HOPS_FILE + ".tmp")
     spill = run_dir / ".hops-duckdb-tmp"
+    inputs = hop_inputs(run_dir)  # before reading: a file that changes meanwhile makes the build stale
+    (run_dir / HOPS_BUILD_FILE).unlink(missing_ok=True)
     con = duckdb.connect()
     try:
         con.execute(f"SET temp_directory = {sql_str(spill)}")
@@ -120,7 +124,45 @@ def build_hops(run_dir: Path, slack_s: float = SLACK_S) -> int:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
     os.replace(tmp, out)
+    st = out.stat()
+    meta = {
+        "inputs": inputs,
+        "hops_file": [st.st_size, st.st_mtime_ns],
+        "slack_s": slack_s,
+        "hops": built.hops,
+        "accesslog_files": built.accesslog_files,
+        "accesslog_lines": built.accesslog_lines,
+        "inbound_lines": built.inbound_lines,
+        "skipped": [asdict(s) for s in built.skipped],
+    }
+    (run_dir / HOPS_BUILD_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return built.hops
+
+
+def current_build(run_dir: Path, slack_s: float = SLACK_S) -> HopsBuild | None:
+    """What observe's last `build_hops` found, when hops.jsonl is still what it built from the present inputs.
+
+    None when there is no record of the build, or the access logs, the
+    inventory, the topology, hops.jsonl itself or the slack differ: then the
+    hops must be built again (verify does, from the access logs).
+    """
+    try:
+        meta = json.loads((run_dir / HOPS_BUILD_FILE).read_text(encoding="utf-8"))
+        st = (run_dir / HOPS_FILE).stat()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("slack_s") != slack_s:
+        return None
+    if meta.get("hops_file") != [st.st_size, st.st_mtime_ns] or meta.get("inputs") != hop_inputs(run_dir):
+        return None
+    try:
+        return HopsBuild(
+            hops=int(meta["hops"]), accesslog_files=int(meta["accesslog_files"]),
+            accesslog_lines=int(meta["accesslog_lines"]), inbound_lines=int(meta["inbound_lines"]),
+            skipped=[SkippedLine(**s) for s in meta["skipped"]],
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _topology_or_none(run_dir: Path) -> Topology | None:
@@ -128,13 +170,13 @@ def _topology_or_none(run_dir: Path) -> Topology | None:
     from harness.errors import InputError
     from harness.topology import load_topology
 
-    for candidate in (run_dir / "manifests" / "topology.yaml", run_dir / "topology.yaml"):
-        if candidate.is_file():
-            try:
-                return load_topology(candidate)
-            except InputError:
-                return None
-    return None
+    candidate = topology_path(run_dir)
+    if not candidate.is_file():
+        return None
+    try:
+        return load_topology(candidate)
+    except InputError:
+        return None
 
 
 def create_hops(
@@ -213,7 +255,7 @@ def load_inventory(
 
 def topology_names(t: Topology) -> list[tuple[str, str, str | None]]:
     """(Consul name, logical service, its zone if it names exactly one) by the renderer's naming rule."""
-    from harness.render.naming import consul_name
+    from harness.contract.names import consul_name
 
     zones_of: dict[str, set[str]] = {}
     service_of: dict[str, str] = {}

@@ -35,10 +35,18 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from harness.backends.base import Backend
-from harness.records import UPSTREAM_STATS_FILE
+from harness.contract.inventory import Inventory
+from harness.contract.rundir import UPSTREAM_STATS_FILE
+
+
+class AdminReader(Protocol):
+    """What a snapshot reads of a backend (any `harness.backends.base.Backend` is one): observe imports no backend."""
+
+    def inventory(self) -> Inventory: ...
+    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes: ...
+
 
 COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
 INBOUND_CLUSTERS = frozenset({"local_app"})  # the sidecar's own app: not an upstream
@@ -114,7 +122,7 @@ def _append(path: Path, lines: list[str]) -> None:
 
 
 def snapshot(
-    backend: Backend, run_dir: Path, label: str, pods: Iterable[str] | None = None, workers: int = WORKERS
+    backend: AdminReader, run_dir: Path, label: str, pods: Iterable[str] | None = None, workers: int = WORKERS
 ) -> Snapshot:
     """Append the counters of every live meshed pod (or of `pods`) to ``run_dir/upstream-stats.jsonl``.
 
@@ -151,7 +159,7 @@ def snapshot(
     return snap
 
 
-def snapshot_quietly(backend: Backend, run_dir: Path | None, label: str) -> Snapshot | None:
+def snapshot_quietly(backend: AdminReader, run_dir: Path | None, label: str) -> Snapshot | None:
     """`snapshot` for the chaos actions: no run directory (plain `chaos run`) means no snapshot, and a
     backend that cannot answer at all is logged to stderr (chaostoolkit's log), never failing the fault."""
     if run_dir is None:

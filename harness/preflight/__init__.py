@@ -48,13 +48,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness.backends.base import Backend
+from harness.backends.base import Backend, ProgressFn
+from harness.contract.rundir import PREFLIGHT_FILE
 from harness.errors import BackendError, HarnessError
 from harness.render import naming
 from harness.render.naming import ConsulService
 from harness.topology.model import Edition, Placement, Topology, Zone
 
-PREFLIGHT_FILE = "preflight.json"
 MODES = ("gate", "record")
 CONFIG_KINDS = {
     "ProxyDefaults": "proxy-defaults",
@@ -563,7 +563,7 @@ def gate(
     backend: Backend,
     run_dir: Path,
     mode: str = "gate",
-    say: Callable[[str], None] = print,
+    say: ProgressFn = print,
     settle_s: float = SETTLE_S,
 ) -> PreflightResult:
     """Run preflight before traffic, write ``preflight.json``; mode ``gate`` raises PreflightFailed on failure."""

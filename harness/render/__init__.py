@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.contract import names
 from harness.errors import InputError
-from harness.render import consul, entry, hashicups, helm, kind, naming, yamlio
+from harness.render import consul, entry, hashicups, helm, kind, yamlio
 from harness.topology.model import Edition, Topology, dump_topology
 
 TOPOLOGY_FILE = "topology.yaml"
@@ -131,14 +132,14 @@ def render(topology: Topology, edition: Edition | None = None) -> Rendered:
         "edition": ed.value,
         "topology": t.name,
         "chart": {"repo": helm.CHART_REPO, "name": helm.CHART_NAME, "version": helm.CHART_VERSION},
-        "release": {"name": naming.HELM_RELEASE, "namespace": naming.CONSUL_NAMESPACE},
+        "release": {"name": names.HELM_RELEASE, "namespace": names.CONSUL_NAMESPACE},
         "consulImage": images["consul"],
         "consulK8sImage": images["consulK8s"],
         "dataplaneImage": images["dataplane"],
         "images": {s.name: s.container_image for s in t.services} | {"nginx": hashicups.NGINX_IMAGE},
     }
     if ed is Edition.ENTERPRISE:
-        meta["licenseSecret"] = {"namespace": naming.CONSUL_NAMESPACE, **helm.LICENSE_SECRET}
+        meta["licenseSecret"] = {"namespace": names.CONSUL_NAMESPACE, **helm.LICENSE_SECRET}
     return Rendered(
         topology=t,
         kind_config=kind.render_kind_config(t),

@@ -6,9 +6,9 @@ rules, so they catch a renderer bug and a hand-edited directory alike. Each
 check returns a list of problems (empty = fine), one readable line each.
 They work on a freshly rendered `Rendered` and on a loaded `Manifests`.
 
-`schedulable` is the Kubernetes scheduler's hard-constraint predicate
-(nodeSelector, required node affinity, taints vs tolerations); the local
-backend places pods with the same rules, so it can reuse this one.
+The scheduling predicate (nodeSelector, required node affinity, taints vs
+tolerations) is `harness.contract.scheduling`, the one the local backend's
+scheduler uses too.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import yaml
-
+from harness.contract import names, upstreams
+from harness.contract.scheduling import Placement, SchedNode, kind_nodes
 from harness.render import naming
 from harness.topology.model import Edition, Topology
 
 CE_NAMESPACE = "default"  # CE has one Consul namespace
-CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
 CONFIG_ENTRY_KINDS = ("ProxyDefaults", "ServiceDefaults", "ServiceResolver", "ServiceRouter", "ServiceIntentions")
 
 
@@ -41,86 +40,8 @@ class Bundle(Protocol):
 
 
 # -- scheduling --------------------------------------------------------------
-@dataclass(frozen=True)
-class Node:
-    name: str
-    labels: Mapping[str, str]
-    taints: Sequence[Mapping[str, str]] = ()
-
-
-def _match_expression(expr: Mapping[str, Any], values: Mapping[str, str]) -> bool:
-    key, op, wanted = expr.get("key", ""), expr.get("operator", ""), list(expr.get("values") or [])
-    present = key in values
-    if op == "In":
-        return present and values[key] in wanted
-    if op == "NotIn":
-        return not present or values[key] not in wanted
-    if op == "Exists":
-        return present
-    if op == "DoesNotExist":
-        return not present
-    if op in ("Gt", "Lt") and present and len(wanted) == 1:
-        try:
-            have, bound = int(values[key]), int(wanted[0])
-        except ValueError:
-            return False
-        return have > bound if op == "Gt" else have < bound
-    return False
-
-
-def _tolerates(toleration: Mapping[str, Any], taint: Mapping[str, str]) -> bool:
-    if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
-        return False
-    op = toleration.get("operator", "Equal")
-    if not toleration.get("key"):
-        return op == "Exists"  # empty key + Exists tolerates everything
-    if toleration["key"] != taint.get("key"):
-        return False
-    return op == "Exists" or toleration.get("value", "") == taint.get("value", "")
-
-
-def schedulable(pod_spec: Mapping[str, Any], node: Node) -> bool:
-    """Whether the scheduler's hard constraints allow `pod_spec` on `node`."""
-    if any(node.labels.get(k) != v for k, v in (pod_spec.get("nodeSelector") or {}).items()):
-        return False
-    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    )
-    if required is not None:
-        fields = {"metadata.name": node.name}
-        terms = required.get("nodeSelectorTerms") or []
-        if not any(
-            all(_match_expression(e, node.labels) for e in term.get("matchExpressions") or [])
-            and all(_match_expression(e, fields) for e in term.get("matchFields") or [])
-            for term in terms
-        ):
-            return False
-    tolerations = pod_spec.get("tolerations") or []
-    for taint in node.taints:
-        if taint.get("effect") in ("NoSchedule", "NoExecute") and not any(_tolerates(t, taint) for t in tolerations):
-            return False
-    return True
-
-
-def kind_nodes(kind_config: Mapping[str, Any]) -> list[Node]:
-    """Nodes of a kind config with their labels and taints (kind's own names)."""
-    cluster = kind_config.get("name", "kind")
-    out: list[Node] = []
-    workers = 0
-    for node in kind_config.get("nodes") or []:
-        taints: list[Mapping[str, str]] = []
-        for patch in node.get("kubeadmConfigPatches") or []:
-            doc = yaml.safe_load(patch) or {}
-            if doc.get("kind") in ("JoinConfiguration", "InitConfiguration"):
-                taints += (doc.get("nodeRegistration") or {}).get("taints") or []
-        if node.get("role") == "control-plane":
-            name = f"{cluster}-control-plane"
-            taints.append(CONTROL_PLANE_TAINT)
-        else:
-            workers += 1
-            name = f"{cluster}-worker" + ("" if workers == 1 else str(workers))
-        out.append(Node(name, dict(node.get("labels") or {}), tuple(taints)))
-    return out
+# The predicate and the kind node list are the contract layer's (harness.contract.scheduling),
+# shared with the local backend's scheduler.
 
 
 # -- the mesh, as the manifests describe it ------------------------------------
@@ -147,19 +68,17 @@ def consul_ns(edition: Edition, k8s_ns: str | None) -> str:
 
 
 def _parse_upstreams(value: str, own_ns: str, edition: Edition) -> tuple[list[Key], list[str]]:
-    keys, problems = [], []
-    for item in filter(None, (p.strip() for p in value.split(","))):
-        ref, _, port = item.rpartition(":")
-        if not ref or not port.isdigit():
-            problems.append(f"upstream {item!r} is not <name>[.<namespace>]:<port>")
-            continue
-        parts = ref.split(".")
-        if len(parts) == 1:
-            keys.append((own_ns, parts[0]))
-        elif len(parts) == 2 and edition is Edition.ENTERPRISE:
-            keys.append((parts[1], parts[0]))
+    """The annotation's upstreams as (Consul namespace, name) keys; namespaced ones only in Enterprise."""
+    ups, problems = upstreams.parse(value)
+    keys: list[Key] = []
+    for u in ups:
+        if u.namespace is None:
+            keys.append((own_ns, u.name))
+        elif edition is Edition.ENTERPRISE:
+            keys.append((u.namespace, u.name))
         else:
-            problems.append(f"upstream {item!r}: namespaced upstreams are Enterprise-only")
+            ref = f"{u.name}.{u.namespace}:{u.local_port}"
+            problems.append(f"upstream {ref!r}: namespaced upstreams are Enterprise-only")
     return keys, problems
 
 
@@ -172,17 +91,17 @@ def mesh_workloads(b: Bundle) -> list[MeshWorkload]:
         tmpl = (d.get("spec") or {}).get("template") or {}
         meta = tmpl.get("metadata") or {}
         ann = meta.get("annotations") or {}
-        if ann.get(naming.ANN_INJECT) != "true":
+        if ann.get(names.ANN_INJECT) != "true":
             continue
         ns = consul_ns(edition, d["metadata"].get("namespace"))
-        ups, problems = _parse_upstreams(ann.get(naming.ANN_UPSTREAMS, ""), ns, edition)
+        ups, problems = _parse_upstreams(ann.get(names.ANN_UPSTREAMS, ""), ns, edition)
         out.append(
             MeshWorkload(
                 name=d["metadata"]["name"],
                 namespace=d["metadata"].get("namespace", "default"),
-                consul=(ns, ann.get(naming.ANN_SERVICE, d["metadata"]["name"])),
-                app=(meta.get("labels") or {}).get(naming.LABEL_APP, ""),
-                zone=(meta.get("labels") or {}).get(naming.LABEL_POD_ZONE, ""),
+                consul=(ns, ann.get(names.ANN_SERVICE, d["metadata"]["name"])),
+                app=(meta.get("labels") or {}).get(names.LABEL_APP, ""),
+                zone=(meta.get("labels") or {}).get(names.LABEL_POD_ZONE, ""),
                 upstreams=ups,
                 pod_spec=tmpl.get("spec") or {},
                 problems=problems,
@@ -246,20 +165,21 @@ def _service_zones(wls: Iterable[MeshWorkload]) -> dict[Key, set[str]]:
 
 
 # -- checks ---------------------------------------------------------------------
-def check_scheduling(b: Bundle, nodes: list[Node] | None = None) -> list[str]:
+def check_scheduling(b: Bundle, nodes: Sequence[SchedNode] | None = None) -> list[str]:
     """Every Deployment fits a node, and only nodes of its own zone."""
     nodes = kind_nodes(b.kind_config) if nodes is None else nodes
     problems = []
     for d in (o for o in b.objects if o.get("kind") == "Deployment"):
         tmpl = d["spec"]["template"]
-        zone = (tmpl["metadata"].get("labels") or {}).get(naming.LABEL_POD_ZONE)
-        fits = [n for n in nodes if schedulable(tmpl["spec"], n)]
+        zone = (tmpl["metadata"].get("labels") or {}).get(names.LABEL_POD_ZONE)
+        placement = Placement.from_pod_spec(tmpl["spec"])
+        fits = [n for n in nodes if placement.fits(n)]
         where = f"Deployment {d['metadata'].get('namespace')}/{d['metadata']['name']}"
         if not fits:
             problems.append(f"{where}: fits no node")
         for n in fits:
-            if n.labels.get(naming.LABEL_ZONE) != zone:
-                problems.append(f"{where} (zone {zone}) can be placed on {n.name} in {n.labels.get(naming.LABEL_ZONE)}")
+            if n.labels.get(names.LABEL_ZONE) != zone:
+                problems.append(f"{where} (zone {zone}) can be placed on {n.name} in {n.labels.get(names.LABEL_ZONE)}")
     return problems
 
 
@@ -440,8 +360,8 @@ def check_enterprise_namespaces(b: Bundle) -> list[str]:
         for svc in t.services:
             if svc.placement.value == "region":
                 chain = resolve(b, (ns, svc.name))
-                if chain.targets[:1] != [(naming.REGION_NAMESPACE, svc.name)]:
-                    problems.append(f"{ns}: {svc.name} is not redirected to namespace {naming.REGION_NAMESPACE}")
+                if chain.targets[:1] != [(names.REGION_NAMESPACE, svc.name)]:
+                    problems.append(f"{ns}: {svc.name} is not redirected to namespace {names.REGION_NAMESPACE}")
     return problems
 
 

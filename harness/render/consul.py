@@ -51,6 +51,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from harness.contract import names
+from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.render import naming
 from harness.render.naming import ConsulService
 from harness.topology.model import Edition, Placement, Topology
@@ -69,37 +71,9 @@ PASSIVE_HEALTH_CHECK: dict[str, Any] = {
 # that is shutting down, reset/refused-stream a connection it dropped.
 RETRY_ON = ["reset", "connect-failure", "refused-stream", "gateway-error"]
 
-# Consul's JSON access-log fields (agent/xds/accesslogs) -> Envoy command operators.
-ACCESS_LOG_FIELDS: dict[str, str] = {
-    "start_time": "%START_TIME%",
-    "route_name": "%ROUTE_NAME%",
-    "method": "%REQ(:METHOD)%",
-    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-    "protocol": "%PROTOCOL%",
-    "response_code": "%RESPONSE_CODE%",
-    "response_flags": "%RESPONSE_FLAGS%",
-    "response_code_details": "%RESPONSE_CODE_DETAILS%",
-    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
-    "bytes_received": "%BYTES_RECEIVED%",
-    "bytes_sent": "%BYTES_SENT%",
-    "duration": "%DURATION%",
-    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
-    "user_agent": "%REQ(USER-AGENT)%",
-    "request_id": "%REQ(X-REQUEST-ID)%",
-    "authority": "%REQ(:AUTHORITY)%",
-    "upstream_host": "%UPSTREAM_HOST%",
-    "upstream_cluster": "%UPSTREAM_CLUSTER%",
-    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
-    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
-    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
-    "requested_server_name": "%REQUESTED_SERVER_NAME%",
-    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
-}
-
 
 def _crd(kind: str, name: str, ns: str, spec: dict[str, Any]) -> dict[str, Any]:
-    labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+    labels = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
     return {
         "apiVersion": API_VERSION,
         "kind": kind,
@@ -113,7 +87,7 @@ def proxy_defaults() -> dict[str, Any]:
         "config": {"protocol": "http"},
         "accessLogs": {"enabled": True, "jsonFormat": json.dumps(ACCESS_LOG_FIELDS, indent=2) + "\n"},
     }
-    return _crd("ProxyDefaults", "global", naming.CONSUL_NAMESPACE, spec)
+    return _crd("ProxyDefaults", "global", names.CONSUL_NAMESPACE, spec)
 
 
 def _redirected_region_services(t: Topology, edition: Edition) -> list[tuple[str, str]]:
@@ -162,7 +136,7 @@ def service_resolvers(t: Topology, services: list[ConsulService], edition: Editi
         spec = {"connectTimeout": timeout, "failover": {"*": {"targets": [target]}}}
         out.append(_crd("ServiceResolver", cs.name, cs.namespace, spec))
     for name, ns in _redirected_region_services(t, edition):
-        spec = {"redirect": {"service": name, "namespace": naming.REGION_NAMESPACE}}
+        spec = {"redirect": {"service": name, "namespace": names.REGION_NAMESPACE}}
         out.append(_crd("ServiceResolver", name, ns, spec))
     return out
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.contract import names
 from harness.render import naming
 from harness.render.hashicups import NGINX_PORT
 from harness.topology.model import Edition, Topology, Zone
@@ -74,9 +75,9 @@ def entry_zones(t: Topology) -> list[Zone]:
 def _service(t: Topology, zone: Zone, node_ports: bool) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "selector": {
-            naming.LABEL_APP: ENTRY_SERVICE,
-            naming.LABEL_POD_ZONE: zone.name,
-            naming.LABEL_SERVING: "true",
+            names.LABEL_APP: ENTRY_SERVICE,
+            names.LABEL_POD_ZONE: zone.name,
+            names.LABEL_SERVING: "true",
         },
         "ports": [{"name": "http", "port": NGINX_PORT, "targetPort": "http", "protocol": "TCP"}],
     }
@@ -93,8 +94,8 @@ def _service(t: Topology, zone: Zone, node_ports: bool) -> dict[str, Any]:
             "name": service_name(t, zone),
             "namespace": naming.namespace(t, zone),
             "labels": {
-                naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
-                naming.LABEL_POD_ZONE: zone.name,
+                names.LABEL_MANAGED_BY: names.MANAGED_BY,
+                names.LABEL_POD_ZONE: zone.name,
                 LABEL_ENTRY: "true",
             },
         },
@@ -112,8 +113,8 @@ def alb_ingress(t: Topology, zone: Zone) -> dict[str, Any]:
             "name": name,
             "namespace": naming.namespace(t, zone),
             "labels": {
-                naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
-                naming.LABEL_POD_ZONE: zone.name,
+                names.LABEL_MANAGED_BY: names.MANAGED_BY,
+                names.LABEL_POD_ZONE: zone.name,
                 LABEL_ENTRY: "true",
             },
             "annotations": {

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from harness.contract import names
 from harness.render import naming
 from harness.render.kind import edge_taint
 from harness.render.naming import ConsulService, Workload
@@ -98,9 +99,9 @@ def product_api_conf(t: Topology, svc: Service) -> str:
 def _labels(w: Workload | ConsulService) -> dict[str, str]:
     name = w.consul_name if isinstance(w, Workload) else w.name
     return {
-        naming.LABEL_APP: w.service.name,
-        naming.LABEL_CONSUL_SERVICE: name,
-        naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+        names.LABEL_APP: w.service.name,
+        names.LABEL_CONSUL_SERVICE: name,
+        names.LABEL_MANAGED_BY: names.MANAGED_BY,
     }
 
 
@@ -219,21 +220,21 @@ def config_maps(t: Topology, cs: ConsulService) -> list[dict[str, Any]]:
 
 def _pod_annotations(t: Topology, w: Workload, edition: Edition) -> dict[str, str]:
     ann = {
-        naming.ANN_INJECT: "true",
-        naming.ANN_SERVICE: w.consul_name,
-        naming.ANN_SERVICE_PORT: service_port(w.service)[1],
+        names.ANN_INJECT: "true",
+        names.ANN_SERVICE: w.consul_name,
+        names.ANN_SERVICE_PORT: service_port(w.service)[1],
     }
     upstreams = naming.upstream_annotation(t, w.service, w.zone, edition)
     if upstreams:
-        ann[naming.ANN_UPSTREAMS] = upstreams
+        ann[names.ANN_UPSTREAMS] = upstreams
     return ann
 
 
 def deployment(t: Topology, w: Workload, cs: ConsulService, edition: Edition) -> dict[str, Any]:
     selector = {
-        naming.LABEL_APP: w.service.name,
-        naming.LABEL_CONSUL_SERVICE: w.consul_name,
-        naming.LABEL_POD_ZONE: w.zone.name,
+        names.LABEL_APP: w.service.name,
+        names.LABEL_CONSUL_SERVICE: w.consul_name,
+        names.LABEL_POD_ZONE: w.zone.name,
     }
     containers, volumes = _containers(t, w.service, cs)
     pod_spec: dict[str, Any] = {
@@ -242,7 +243,7 @@ def deployment(t: Topology, w: Workload, cs: ConsulService, edition: Edition) ->
             "nodeAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": {
                     "nodeSelectorTerms": [
-                        {"matchExpressions": [{"key": naming.LABEL_ZONE, "operator": "In", "values": [w.zone.name]}]}
+                        {"matchExpressions": [{"key": names.LABEL_ZONE, "operator": "In", "values": [w.zone.name]}]}
                     ]
                 }
             }
@@ -269,13 +270,13 @@ def deployment(t: Topology, w: Workload, cs: ConsulService, edition: Edition) ->
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(w.deployment, w.namespace, {**_labels(w), naming.LABEL_POD_ZONE: w.zone.name}),
+        "metadata": _meta(w.deployment, w.namespace, {**_labels(w), names.LABEL_POD_ZONE: w.zone.name}),
         "spec": {
             "replicas": w.replicas,
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {
-                    "labels": {**selector, naming.LABEL_SERVING: "true"},
+                    "labels": {**selector, names.LABEL_SERVING: "true"},
                     "annotations": _pod_annotations(t, w, edition),
                 },
                 "spec": pod_spec,
@@ -297,9 +298,9 @@ def service_objects(t: Topology, cs: ConsulService) -> list[dict[str, Any]]:
             "metadata": meta,
             "spec": {
                 "selector": {
-                    naming.LABEL_APP: cs.service.name,
-                    naming.LABEL_CONSUL_SERVICE: cs.name,
-                    naming.LABEL_SERVING: "true",
+                    names.LABEL_APP: cs.service.name,
+                    names.LABEL_CONSUL_SERVICE: cs.name,
+                    names.LABEL_SERVING: "true",
                 },
                 "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}],
             },
@@ -309,13 +310,13 @@ def service_objects(t: Topology, cs: ConsulService) -> list[dict[str, Any]]:
 
 def namespaces(t: Topology) -> list[dict[str, Any]]:
     """The Consul release namespace and one namespace per zone (the Region's AZs share one)."""
-    names = [naming.CONSUL_NAMESPACE]
+    wanted = [names.CONSUL_NAMESPACE]
     for zone in t.zones:
         ns = naming.namespace(t, zone)
-        if ns not in names:
-            names.append(ns)
-    labels = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
-    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": labels}} for n in names]
+        if ns not in wanted:
+            wanted.append(ns)
+    labels = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": labels}} for n in wanted]
 
 
 def render_k8s(t: Topology, edition: Edition) -> dict[str, list[dict[str, Any]]]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from harness.render import naming
+from harness.contract import names
 from harness.topology.model import Edition, Topology, ZoneType
 
 CHART_REPO = "https://helm.releases.hashicorp.com"
@@ -90,7 +90,7 @@ def region_azs(t: Topology) -> list[str]:
 
 
 def _region_affinity(t: Topology) -> dict[str, Any]:
-    term = {"matchExpressions": [{"key": naming.LABEL_ZONE, "operator": "In", "values": region_azs(t)}]}
+    term = {"matchExpressions": [{"key": names.LABEL_ZONE, "operator": "In", "values": region_azs(t)}]}
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
 
 
@@ -127,5 +127,5 @@ def render_helm_values(t: Topology, edition: Edition) -> dict[str, Any]:
         "global": global_,
         "server": {"replicas": 1, "affinity": _yaml_string({**_region_affinity(t), **SERVER_ANTI_AFFINITY})},
         "connectInject": connect_inject,
-        "webhookCertManager": {"nodeSelector": f"{naming.LABEL_ZONE}: {region_azs(t)[0]}\n"},
+        "webhookCertManager": {"nodeSelector": f"{names.LABEL_ZONE}: {region_azs(t)[0]}\n"},
     }

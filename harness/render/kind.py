@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.render import entry, naming
+from harness.contract import names
+from harness.render import entry
 from harness.render.yamlio import dump
 from harness.topology.model import Topology, Zone
 
@@ -26,15 +27,15 @@ def cluster_name(t: Topology) -> str:
 
 def node_labels(t: Topology, zone: Zone) -> dict[str, str]:
     return {
-        naming.LABEL_REGION: t.region,
-        naming.LABEL_ZONE: zone.name,
-        naming.LABEL_ZONE_TYPE: zone.type.value,
+        names.LABEL_REGION: t.region,
+        names.LABEL_ZONE: zone.name,
+        names.LABEL_ZONE_TYPE: zone.type.value,
     }
 
 
 def edge_taint(zone: Zone) -> dict[str, str]:
     """The taint every edge node carries (as a Kubernetes Taint object)."""
-    return {"key": naming.TAINT_EDGE, "value": zone.name, "effect": "NoSchedule"}
+    return {"key": names.TAINT_EDGE, "value": zone.name, "effect": "NoSchedule"}
 
 
 def _worker(t: Topology, zone: Zone) -> dict[str, Any]:

@@ -11,52 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.contract.names import consul_name, namespace
 from harness.topology.model import Edition, Placement, Service, Topology, Zone
-
-# Node labels (kind config, real clusters) and the taint on edge nodes.
-LABEL_REGION = "topology.kubernetes.io/region"
-LABEL_ZONE = "topology.kubernetes.io/zone"
-LABEL_ZONE_TYPE = "edge-harness.io/zone-type"
-TAINT_EDGE = "edge-harness.io/edge-zone"
-
-# Pod labels.
-LABEL_APP = "app"
-LABEL_POD_ZONE = "edge-harness.io/zone"
-LABEL_CONSUL_SERVICE = "edge-harness.io/consul-service"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-# In the pod template and the Service selector, never in the Deployment selector:
-# flipping it to "false" takes a running pod out of its Service (so consul-k8s
-# deregisters it) without the ReplicaSet replacing it: the "unready" chaos on
-# real clusters, whose images offer no way to fail readiness from outside.
-LABEL_SERVING = "edge-harness.io/serving"
-MANAGED_BY = "edge-harness"
-
-# consul-k8s pod annotations.
-ANN_INJECT = "consul.hashicorp.com/connect-inject"
-ANN_SERVICE = "consul.hashicorp.com/connect-service"
-ANN_SERVICE_PORT = "consul.hashicorp.com/connect-service-port"
-ANN_UPSTREAMS = "consul.hashicorp.com/connect-service-upstreams"
-
-REGION_NAMESPACE = "hashicups"
-CONSUL_NAMESPACE = "consul"  # where the Helm release and ProxyDefaults live
-HELM_RELEASE = "consul"
-
-
-def namespace(t: Topology, zone: Zone) -> str:
-    """Kubernetes namespace of a zone's HashiCups objects (same rule in both editions)."""
-    return f"{REGION_NAMESPACE}-{t.short(zone)}" if zone.is_edge else REGION_NAMESPACE
-
-
-def consul_name(t: Topology, service: Service, zone: Zone, edition: Edition) -> str:
-    """Consul service name of `service`'s instances in `zone`.
-
-    CE merges same-named services across Kubernetes namespaces, so an edge
-    zone's copy needs its own name; Enterprise keeps the plain name and relies
-    on the per-zone Consul namespace instead.
-    """
-    if edition is Edition.CE and zone.is_edge and service.placement is Placement.EDGE:
-        return f"{service.name}-{t.short(zone)}"
-    return service.name
 
 
 def deployment_name(t: Topology, service: Service, zone: Zone, edition: Edition) -> str:

@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
+from harness.contract.rundir import REPORT_FILE
 from harness.report.svg import (
     FaultMark,
     Series,
@@ -54,10 +55,10 @@ from harness.report.svg import (
     timeline,
 )
 from harness.topology import Placement, Topology
-from harness.verify import Verdict, verify
+from harness.verify import Verdict, judged
 from harness.verify.invariants import HUB_VIOLATION_SQL, IN_ZONE_SQL, REQUEST_OK_SQL
-from harness.verify.model import iso, seconds
-from harness.verify.records import RunData, load_run, pairs
+from harness.verify.rundata import RunData, load_run, pairs
+from harness.verify.verdict import iso, seconds
 
 MAX_BUCKETS = 150
 MAX_FLOW_WINDOWS = 80
@@ -783,9 +784,10 @@ def _context(run: RunData, verdict: Verdict) -> _Ctx:
     return _Ctx(run, verdict, t0, t1, b, n, axis, marks, _problems(verdict), zones + extra)
 
 
-def render_html(run_dir: Path, verdict: Verdict) -> str:
-    """The page as a string (what `write_report` writes)."""
-    run = load_run(run_dir)
+def render_html(run_dir: Path, verdict: Verdict, run: RunData | None = None) -> str:
+    """The page as a string (what `write_report` writes); `run`: the run as the verifier loaded it (not reloaded)."""
+    own = run is None
+    run = load_run(run_dir) if run is None else run
     try:
         ctx = _context(run, verdict)
         hops = _hop_buckets(ctx)
@@ -800,7 +802,8 @@ def render_html(run_dir: Path, verdict: Verdict) -> str:
             _notes(verdict),
         ]
     finally:
-        run.con.close()
+        if own:
+            run.con.close()
     faults_json = json.dumps([[m.name, m.start, m.end] for m in ctx.marks]).replace("<", "\\u003c")
     title = f"edge-harness report: {'PASS' if verdict.passed else 'FAIL'} - {run_dir.name}"
     return (
@@ -813,10 +816,17 @@ def render_html(run_dir: Path, verdict: Verdict) -> str:
     )
 
 
-def write_report(run_dir: Path | str, verdict: Verdict | None = None) -> Path:
-    """Write `run_dir/report.html`; verifies the run first unless `verdict` is given."""
+def write_report(run_dir: Path | str, verdict: Verdict | None = None, run: RunData | None = None) -> Path:
+    """Write `run_dir/report.html`.
+
+    Without `verdict` the run is loaded once and verified (`harness.verify.judged`), and the page is drawn
+    from that same load; with `verdict` and the `run` it was judged on, nothing is loaded again.
+    """
     path = Path(run_dir)
-    v = verdict if verdict is not None else verify(path)
-    out = path / "report.html"
-    out.write_text(render_html(path, v), encoding="utf-8")
+    out = path / REPORT_FILE
+    if verdict is None:
+        with judged(path) as (loaded, v):
+            out.write_text(render_html(path, v, loaded), encoding="utf-8")
+        return out
+    out.write_text(render_html(path, verdict, run), encoding="utf-8")
     return out

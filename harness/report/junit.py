@@ -10,8 +10,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from harness.contract.rundir import JUNIT_FILE
 from harness.verify import Verdict, verify
-from harness.verify.model import seconds
+from harness.verify.verdict import seconds
 
 
 def junit_xml(verdict: Verdict, suite: str = "edge-harness.verify") -> str:
@@ -54,6 +55,6 @@ def write_junit(run_dir: Path | str, verdict: Verdict | None = None) -> Path:
     """Write `run_dir/junit.xml`; verifies the run first unless `verdict` is given."""
     path = Path(run_dir)
     v = verdict if verdict is not None else verify(path)
-    out = path / "junit.xml"
+    out = path / JUNIT_FILE
     out.write_text(junit_xml(v), encoding="utf-8")
     return out

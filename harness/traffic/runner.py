@@ -36,13 +36,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from harness.contract.rundir import REQUESTS_FILE
 from harness.errors import HarnessError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LOCUSTFILE = REPO_ROOT / "loadtests" / "hashicups.py"
 SHAPES = ("steady", "ramp")
 
-REQUESTS_FILE = "requests.jsonl"
 LOG_FILE = "locust.log"
 STATS_FILE_PREFIX = "locust-stats"  # locust appends ".json"
 

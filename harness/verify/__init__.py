@@ -14,12 +14,17 @@ machine. Public API:
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+from harness.contract.rundir import VERDICT_FILE
 from harness.errors import InputError
 from harness.verify.invariants import DEFINITIONS, Checker
-from harness.verify.model import (
+from harness.verify.rundata import RunData, load_run
+from harness.verify.summary import print_summary
+from harness.verify.verdict import (
     AVAILABILITY,
     CALL_GRAPH,
     CONFIG,
@@ -40,8 +45,23 @@ from harness.verify.model import (
     Verdict,
     WindowResult,
 )
-from harness.verify.records import load_run
-from harness.verify.summary import print_summary
+
+
+@contextlib.contextmanager
+def judged(run_dir: Path | str, threads: int | None = None) -> Iterator[tuple[RunData, Verdict]]:
+    """Load the run once, verify it, and lend the loaded run with its verdict to the caller (the report).
+
+    The database is closed when the block ends; nothing else reloads or
+    re-derives the records meanwhile (`verify` is this without the lending).
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise InputError(str(path), "", "run directory does not exist")
+    run = load_run(path, threads=threads)
+    try:
+        yield run, Checker(run).verdict()
+    finally:
+        run.con.close()
 
 
 def verify(run_dir: Path | str, threads: int | None = None) -> Verdict:
@@ -49,19 +69,13 @@ def verify(run_dir: Path | str, threads: int | None = None) -> Verdict:
 
     `threads` caps DuckDB's worker threads (default: all cores).
     """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise InputError(str(path), "", "run directory does not exist")
-    run = load_run(path, threads=threads)
-    try:
-        return Checker(run).verdict()
-    finally:
-        run.con.close()
+    with judged(run_dir, threads) as (_run, verdict):
+        return verdict
 
 
 def write_verdict(run_dir: Path | str, verdict: Verdict) -> Path:
     """Write `verdict.json` into the run directory (atomically: a reader never sees half)."""
-    out = Path(run_dir) / "verdict.json"
+    out = Path(run_dir) / VERDICT_FILE
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(verdict.to_json() + "\n", encoding="utf-8")
     tmp.replace(out)
@@ -97,6 +111,7 @@ __all__ = [
     "RunInfo",
     "Verdict",
     "WindowResult",
+    "judged",
     "load_verdict",
     "print_summary",
     "verify",

@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from harness.records import CHAOS_DIR, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE
-from harness.verify.model import FAIL, PASS, UNVERIFIED, CheckResult
-from harness.verify.records import RunData
+from harness.contract.rundir import CHAOS_DIR, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE
+from harness.verify.rundata import RunData
+from harness.verify.verdict import FAIL, PASS, UNVERIFIED, CheckResult
 
 CONFIG_CHECKS = ("crd-synced", "discovery-chain", "instances-passing")
 INTENTION_CHECKS = ("intentions", "refused-probe")

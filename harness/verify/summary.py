@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.verify.model import Verdict, iso, seconds
+from harness.verify.verdict import Verdict, iso, seconds
 from harness.verify.why import cell, fault_reasons
 
 MAX_SKIPPED_SHOWN = 20

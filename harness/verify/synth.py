@@ -36,7 +36,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from harness.render.naming import consul_name
+from harness.contract.names import consul_name
+from harness.contract.rundir import (
+    ACCESSLOG_DIR,
+    CHAOS_FILE,
+    ENTRYPOINTS_FILE,
+    HOPS_FILE,
+    INVENTORY_FILE,
+    JOURNAL_FILE,
+    MANIFESTS_DIR,
+    PLAN_FILE,
+    PREFLIGHT_FILE,
+    REQUESTS_FILE,
+    RUN_FILE,
+    TOPOLOGY_FILE,
+    UPSTREAM_STATS_FILE,
+)
 from harness.topology import Placement, Topology, dump_topology
 
 MISCONFIGS = (
@@ -326,30 +341,30 @@ def write_run(run_dir: Path, sc: Scenario) -> Path:
     """Write the scenario's records into `run_dir` (created) and return it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "manifests").mkdir(exist_ok=True)
-    (run_dir / "manifests" / "topology.yaml").write_text(dump_topology(sc.topology), encoding="utf-8")
+    (run_dir / MANIFESTS_DIR / TOPOLOGY_FILE).write_text(dump_topology(sc.topology), encoding="utf-8")
     m = _Model(sc)
-    logs = _AccessLogs(run_dir / "accesslogs", sc.accesslogs)
+    logs = _AccessLogs(run_dir / ACCESSLOG_DIR, sc.accesslogs)
     with (
-        (run_dir / "hops.jsonl").open("w", encoding="utf-8") as hops,
-        (run_dir / "requests.jsonl").open("w", encoding="utf-8") as reqs,
+        (run_dir / HOPS_FILE).open("w", encoding="utf-8") as hops,
+        (run_dir / REQUESTS_FILE).open("w", encoding="utf-8") as reqs,
     ):
         _simulate(m, sc, hops, reqs, logs)
     logs.flush()
-    _write_lines(run_dir / "inventory.jsonl", [json.dumps(e) + "\n" for e in _sorted_events(m.inventory)])
-    _write_lines(run_dir / "chaos.jsonl", [json.dumps(r) + "\n" for r in chaos_records(sc)])
+    _write_lines(run_dir / INVENTORY_FILE, [json.dumps(e) + "\n" for e in _sorted_events(m.inventory)])
+    _write_lines(run_dir / CHAOS_FILE, [json.dumps(r) + "\n" for r in chaos_records(sc)])
     if sc.stats:
-        _write_lines(run_dir / "upstream-stats.jsonl", m.stats_lines)
+        _write_lines(run_dir / UPSTREAM_STATS_FILE, m.stats_lines)
     if sc.entrypoints:
-        _write_lines(run_dir / "entrypoints.jsonl", [json.dumps(r) + "\n" for r in entrypoint_records(sc, m)])
+        _write_lines(run_dir / ENTRYPOINTS_FILE, [json.dumps(r) + "\n" for r in entrypoint_records(sc, m)])
     if sc.preflight:
-        (run_dir / "preflight.json").write_text(json.dumps(preflight(sc, m), indent=1), encoding="utf-8")
+        (run_dir / PREFLIGHT_FILE).write_text(json.dumps(preflight(sc, m), indent=1), encoding="utf-8")
     if sc.plan and any(f.recorded for f in sc.faults):
         _write_plan(run_dir, sc)
     if sc.run_status is not None:
         ended = sc.start + sc.duration_s + 1.0 if sc.run_status != "running" else None
         stage = "done" if sc.run_status == "complete" else "chaos"  # where an unfinished run stopped
         state = {"started": sc.start - 20.0, "ended": ended, "stage": stage, "status": sc.run_status}
-        (run_dir / "run.json").write_text(json.dumps(state) + "\n", encoding="utf-8")
+        (run_dir / RUN_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
     return run_dir
 
 
@@ -446,8 +461,8 @@ def _write_plan(run_dir: Path, sc: Scenario) -> None:
         exps.append({"id": exp_id, "file": f"experiments/{f.fault}.json", "actions": [action_name(f)]})
         d = run_dir / "chaos" / exp_id
         d.mkdir(parents=True, exist_ok=True)
-        (d / "journal.json").write_text(json.dumps(journal(sc, f), indent=1), encoding="utf-8")
-    (run_dir / "plan.json").write_text(json.dumps({"experiments": exps}, indent=1), encoding="utf-8")
+        (d / JOURNAL_FILE).write_text(json.dumps(journal(sc, f), indent=1), encoding="utf-8")
+    (run_dir / PLAN_FILE).write_text(json.dumps({"experiments": exps}, indent=1), encoding="utf-8")
 
 
 def _iso(ts: float) -> str:

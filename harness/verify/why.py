@@ -18,7 +18,7 @@ things for the verdict:
 
 from __future__ import annotations
 
-from harness.verify.model import FAIL, UNVERIFIED, FaultResult, PairResult, Verdict
+from harness.verify.verdict import FAIL, UNVERIFIED, FaultResult, PairResult, Verdict
 
 # Faults whose kind has no failover to the Region to measure, and why (FaultKind values).
 NO_FAILOVER_BY_KIND = {

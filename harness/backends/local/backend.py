@@ -27,14 +27,18 @@ from typing import Any
 import httpx
 
 from harness.backends.base import (
+    CHAOS_METHODS,
     CHAOS_PRIMITIVES,
     Backend,
     ConfigEntryStatus,
     EdgeProbe,
-    Inventory,
     LogSource,
+    ProgressFn,
     Status,
+    chaos_arguments,
 )
+from harness.contract.inventory import Inventory
+from harness.contract.rundir import ACCESSLOG_DIR, ENTRYPOINTS_FILE, INVENTORY_FILE
 from harness.errors import BackendError
 from harness.render.manifests import Manifests
 
@@ -54,6 +58,19 @@ def requirements() -> tuple[bool, str]:
                 f"the local backend needs `{tool}` (apt-get install {'iproute2' if tool == 'ip' else 'nftables'})",
             )
     return True, "root, ip and nft available"
+
+
+def _forwarded(method: str) -> Callable[..., Any]:
+    """A chaos method of `LocalBackend` that sends itself to the daemon (arguments named as in base.PRIMITIVES)."""
+    spec, _params = CHAOS_METHODS[method]
+
+    def forward(self: LocalBackend, *args: Any, **kwargs: Any) -> Any:
+        result = self._chaos(method, **chaos_arguments(method, args, kwargs))
+        return list(result) if spec.returns_pods and result is not None else None
+
+    forward.__name__ = method
+    forward.__doc__ = f"`{method}` of the running cluster, performed by its daemon."
+    return forward
 
 
 class LocalBackend(Backend):
@@ -102,7 +119,7 @@ class LocalBackend(Backend):
         )
 
     # -- protocol ----------------------------------------------------------------
-    def up(self, manifests: Manifests, progress: Callable[[str], None] | None = None) -> None:
+    def up(self, manifests: Manifests, progress: ProgressFn | None = None) -> None:
         """Start the cluster daemon and wait until it is ready.
 
         What an earlier run left (a crashed `harness up`, a killed daemon) is
@@ -147,7 +164,7 @@ class LocalBackend(Backend):
             self._abort_up(proc)
             raise
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], say: Callable[[str], None]) -> None:
+    def _wait_ready(self, proc: subprocess.Popen[bytes], say: ProgressFn) -> None:
         deadline = time.time() + UP_TIMEOUT_S
         last = ""
         while True:
@@ -272,11 +289,11 @@ class LocalBackend(Backend):
         return Status("local", True, f"{len(st['pods'])} pods, error: {st['error']}", st["pods"])
 
     def inventory(self) -> Inventory:
-        return Inventory.load(self.state_dir / "inventory.jsonl")
+        return Inventory.load(self.state_dir / INVENTORY_FILE)
 
     @property
     def inventory_path(self) -> Path:
-        return self.state_dir / "inventory.jsonl"
+        return self.state_dir / INVENTORY_FILE
 
     def entrypoints(self) -> dict[str, str]:
         return dict(self._get("/entrypoints"))
@@ -284,15 +301,19 @@ class LocalBackend(Backend):
     def nodes(self) -> dict[str, str]:
         return dict(self._get("/status")["nodes"])
 
-    def log_sources(self) -> list[LogSource]:
-        from harness.observe import FileLogSource
+    def record_sources(self) -> dict[str, Path]:
+        """The daemon's pod and entry-point history (it writes them as they happen)."""
+        return {INVENTORY_FILE: self.state_dir / INVENTORY_FILE, ENTRYPOINTS_FILE: self.state_dir / ENTRYPOINTS_FILE}
 
-        return [FileLogSource(p.stem, p) for p in sorted((self.state_dir / "accesslogs").glob("*.jsonl"))]
+    def log_sources(self) -> list[LogSource]:
+        from harness.contract.logsource import FileLogSource
+
+        return [FileLogSource(p.stem, p) for p in sorted((self.state_dir / ACCESSLOG_DIR).glob("*.jsonl"))]
 
     @property
     def entrypoints_path(self) -> Path:
         """`entrypoints.jsonl` as the cluster writes it (copied into the run directory like the inventory)."""
-        return self.state_dir / "entrypoints.jsonl"
+        return self.state_dir / ENTRYPOINTS_FILE
 
     def capabilities(self) -> frozenset[str]:
         """Every primitive: the cluster owns its processes, links (a userspace relay does latency and loss
@@ -352,38 +373,24 @@ class LocalBackend(Backend):
             raise BackendError(f"refused-probe: {body.get('error')}")
         return EdgeProbe(bool(body["possible"]), bool(body["refused"]), str(body["detail"]))
 
-    def kill_pod(self, zone: str, service: str) -> list[str]:
-        return list(self._chaos("kill_pod", zone=zone, service=service))
+    # The chaos primitives run in the daemon: each method forwards itself by name (base.PRIMITIVES).
+    def perform(self, method: str, **args: Any) -> list[str] | None:
+        if method not in CHAOS_METHODS:
+            raise BackendError(f"unknown chaos operation {method!r}")
+        result = self._chaos(method, **args)
+        return list(result) if result is not None else None
 
-    def kill_node(self, node: str) -> None:
-        self._chaos("kill_node", node=node)
-
-    def restore_node(self, node: str) -> None:
-        self._chaos("restore_node", node=node)
-
-    def zone_outage(self, zone: str) -> None:
-        self._chaos("zone_outage", zone=zone)
-
-    def restore_zone(self, zone: str) -> None:
-        self._chaos("restore_zone", zone=zone)
-
-    def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
-        self._chaos("set_link", zone=zone, latency_ms=latency_ms, loss_percent=loss_percent)
-
-    def clear_link(self, zone: str) -> None:
-        self._chaos("clear_link", zone=zone)
-
-    def partition_zone(self, zone: str) -> None:
-        self._chaos("partition_zone", zone=zone)
-
-    def heal_zone(self, zone: str) -> None:
-        self._chaos("heal_zone", zone=zone)
-
-    def set_pod_unready(self, zone: str, service: str) -> list[str]:
-        return list(self._chaos("set_pod_unready", zone=zone, service=service))
-
-    def set_pod_ready(self, zone: str, service: str) -> list[str]:
-        return list(self._chaos("set_pod_ready", zone=zone, service=service))
+    kill_pod = _forwarded("kill_pod")
+    kill_node = _forwarded("kill_node")
+    restore_node = _forwarded("restore_node")
+    zone_outage = _forwarded("zone_outage")
+    restore_zone = _forwarded("restore_zone")
+    set_link = _forwarded("set_link")
+    clear_link = _forwarded("clear_link")
+    partition_zone = _forwarded("partition_zone")
+    heal_zone = _forwarded("heal_zone")
+    set_pod_unready = _forwarded("set_pod_unready")
+    set_pod_ready = _forwarded("set_pod_ready")
 
     def save_artifacts(self, out: Path) -> None:
         """Pod logs, Envoy config dumps, the daemon log and status, into `out` (for the post-mortem)."""

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from harness.backends.local.mesh import DEFAULT_DATACENTER, TRUST_DOMAIN
-from harness.backends.local.mesh_envoy import TlsFiles
+from harness.backends.local.mesh.envoy import TlsFiles
 
 CA_VALIDITY = dt.timedelta(days=30)
 LEAF_VALIDITY = dt.timedelta(days=3)  # Consul's default leaf TTL is 72h

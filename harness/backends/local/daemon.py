@@ -26,21 +26,10 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from harness.backends.base import CHAOS_METHODS, dispatch
 from harness.errors import HarnessError
 
-CHAOS_OPS = {
-    "kill_pod",
-    "kill_node",
-    "restore_node",
-    "zone_outage",
-    "restore_zone",
-    "set_link",
-    "clear_link",
-    "partition_zone",
-    "heal_zone",
-    "set_pod_unready",
-    "set_pod_ready",
-}
+CHAOS_OPS = frozenset(CHAOS_METHODS)  # declared once, in base.PRIMITIVES
 
 
 def write_phase(state_dir: Path, **fields: Any) -> None:
@@ -121,8 +110,8 @@ def _handler(cluster: Any, shutdown: threading.Event) -> type[BaseHTTPRequestHan
                     self._reply(500, {"error": f"{exc.__class__.__name__}: {exc}"})
                 return
             if self.path == "/refused-probe":  # preflight's refused-probe check (consul_api.refused_probe)
-                from harness.backends.local import netns
                 from harness.backends.local.consul_api import refused_probe
+                from harness.backends.local.network import netns
 
                 try:
                     self._reply(200, refused_probe(cluster, body["source"], body["destination"], netns.call_in))
@@ -142,10 +131,7 @@ def _handler(cluster: Any, shutdown: threading.Event) -> type[BaseHTTPRequestHan
                 return
             args = body.get("args") or {}
             try:
-                if op == "set_pod_ready":
-                    result = cluster.set_pod_unready(args["zone"], args["service"], unready=False)
-                else:
-                    result = getattr(cluster, op)(**args)
+                result = dispatch(cluster, op, args)
                 self._reply(200, {"ok": True, "result": result})
             except HarnessError as exc:
                 self._reply(409, {"error": str(exc)})

@@ -29,7 +29,7 @@ import socket
 import threading
 from concurrent.futures import Future
 
-from harness.backends.local.netns import NetnsExecutor
+from harness.backends.local.network.netns import NetnsExecutor
 from harness.errors import BackendError
 
 log = logging.getLogger(__name__)

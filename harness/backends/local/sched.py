@@ -15,26 +15,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from harness.contract import names
+from harness.contract.scheduling import OPERATORS, Placement, Taint, registration_taints
 from harness.errors import InputError
 
-ZONE_LABEL = "topology.kubernetes.io/zone"
-REGION_LABEL = "topology.kubernetes.io/region"
-ZONE_TYPE_LABEL = "edge-harness.io/zone-type"
-HOSTNAME_LABEL = "kubernetes.io/hostname"  # kubelet sets it on every node
-CONSUL_KINDS = {"ProxyDefaults", "ServiceDefaults", "ServiceResolver", "ServiceRouter", "ServiceIntentions"}
-INJECT = "consul.hashicorp.com/connect-inject"
-SERVICE_PORT = "consul.hashicorp.com/connect-service-port"
-CONNECT_SERVICE = "consul.hashicorp.com/connect-service"
-UPSTREAMS = "consul.hashicorp.com/connect-service-upstreams"
-
-
-@dataclass(frozen=True)
-class Taint:
-    key: str
-    value: str
-    effect: str
+ZONE_LABEL = names.LABEL_ZONE
+REGION_LABEL = names.LABEL_REGION
+ZONE_TYPE_LABEL = names.LABEL_ZONE_TYPE
+HOSTNAME_LABEL = names.LABEL_HOSTNAME  # kubelet sets it on every node
+CONSUL_KINDS = set(names.CONFIG_ENTRY_KINDS)
+INJECT = names.ANN_INJECT
+SERVICE_PORT = names.ANN_SERVICE_PORT
+CONNECT_SERVICE = names.ANN_SERVICE
+UPSTREAMS = names.ANN_UPSTREAMS
 
 
 @dataclass(frozen=True)
@@ -70,30 +63,6 @@ class Container:
     # kubelet: liveness and readiness do not run until the startup probe succeeded once;
     # `failureThreshold` startup failures restart the container.
     startup: Probe | None = None
-
-
-@dataclass(frozen=True)
-class Term:
-    """One nodeSelectorTerm: all expressions must match."""
-
-    exprs: tuple[tuple[str, str, tuple[str, ...]], ...]  # (key, operator, values)
-
-
-@dataclass(frozen=True)
-class Toleration:
-    key: str | None
-    operator: str
-    value: str | None
-    effect: str | None
-
-    def tolerates(self, t: Taint) -> bool:
-        if self.effect and self.effect != t.effect:
-            return False
-        if self.key is None:
-            return self.operator == "Exists"
-        if self.key != t.key:
-            return False
-        return self.operator == "Exists" or self.value == t.value
 
 
 @dataclass(frozen=True)
@@ -134,9 +103,7 @@ class DeploymentSpec:
     service_account: str | None
     containers: tuple[Container, ...]
     volumes: dict[str, str]  # volume name -> ConfigMap name
-    node_selector: dict[str, str]
-    terms: tuple[Term, ...]
-    tolerations: tuple[Toleration, ...]
+    placement: Placement  # nodeSelector, required node affinity, tolerations (the contract's predicate)
     grace_s: float
     where: str  # "Deployment ns/name" for messages
     spread: tuple[SpreadConstraint, ...] = ()
@@ -164,18 +131,11 @@ class DeploymentSpec:
 
     def fits(self, node: Node) -> bool:
         """Would kube-scheduler place this pod on `node` (ignoring resources)?"""
-        for taint in node.taints:
-            if taint.effect in ("NoSchedule", "NoExecute") and not any(
-                tol.tolerates(taint) for tol in self.tolerations
-            ):
-                return False
-        return self.matches_affinity(node)
+        return self.placement.fits(node)
 
     def matches_affinity(self, node: Node) -> bool:
         """nodeSelector and required node affinity only (what spreading counts domains over)."""
-        if any(node.labels.get(k) != v for k, v in self.node_selector.items()):
-            return False
-        return not self.terms or any(_term_matches(t, node.labels) for t in self.terms)
+        return self.placement.matches_affinity(node)
 
 
 @dataclass(frozen=True)
@@ -244,20 +204,6 @@ class ClusterSpec:
         return min(fitting, key=lambda n: (scores[n.name], load.get(n.name, 0), n.name))
 
 
-def _term_matches(term: Term, labels: dict[str, str]) -> bool:
-    for key, op, values in term.exprs:
-        present = key in labels
-        if op == "In" and not (present and labels[key] in values):
-            return False
-        if op == "NotIn" and present and labels[key] in values:
-            return False
-        if op == "Exists" and not present:
-            return False
-        if op == "DoesNotExist" and present:
-            return False
-    return True
-
-
 class _Fields:
     """Walks an object, popping known fields; what is left at the end is unsupported."""
 
@@ -292,17 +238,7 @@ def nodes_from_kind_config(cfg: dict[str, Any], source: str, short: Callable[[st
         zone = labels.get(ZONE_LABEL)
         if not zone:
             raise f.fail(f"nodes[{i}].labels", f"worker without {ZONE_LABEL}")
-        taints: list[Taint] = []
-        for patch in n.get("kubeadmConfigPatches") or []:
-            doc = yaml.safe_load(patch) if isinstance(patch, str) else patch
-            reg = (doc or {}).get("nodeRegistration") or {}
-            for t in reg.get("taints") or []:
-                taints.append(Taint(str(t["key"]), str(t.get("value", "")), str(t.get("effect", "NoSchedule"))))
-            for item in str(((reg.get("kubeletExtraArgs") or {}).get("register-with-taints")) or "").split(","):
-                if item:
-                    kv, _, effect = item.partition(":")
-                    k, _, v = kv.partition("=")
-                    taints.append(Taint(k, v, effect or "NoSchedule"))
+        taints = registration_taints(n)
         c = counters.setdefault(zone, itertools.count(1))
         name = f"{short(zone)}-n{next(c)}"
         labels.setdefault(HOSTNAME_LABEL, name)
@@ -493,27 +429,21 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
         "spec.template.spec.affinity.nodeAffinity",
         {"requiredDuringSchedulingIgnoredDuringExecution"},
     )
-    terms: list[Term] = []
-    req = f.check_only(
-        na.get("requiredDuringSchedulingIgnoredDuringExecution"),
-        "spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution",
-        {"nodeSelectorTerms"},
-    )
+    required_raw = na.get("requiredDuringSchedulingIgnoredDuringExecution")
+    req = f.check_only(required_raw, _REQUIRED, {"nodeSelectorTerms"})
     for k, term in enumerate(req.get("nodeSelectorTerms") or []):
         tp = f"{_REQUIRED}.nodeSelectorTerms[{k}]"
-        term = f.check_only(term, tp, {"matchExpressions"})
-        exprs = []
-        for m, e in enumerate(term.get("matchExpressions") or []):
-            e = f.check_only(e, f"{tp}.matchExpressions[{m}]", {"key", "operator", "values"})
-            if e.get("operator") not in ("In", "NotIn", "Exists", "DoesNotExist"):
-                raise f.fail(f"{tp}.matchExpressions[{m}].operator", f"{e.get('operator')!r} is not supported")
-            exprs.append((str(e["key"]), str(e["operator"]), tuple(str(x) for x in e.get("values") or [])))
-        terms.append(Term(tuple(exprs)))
+        term = f.check_only(term, tp, {"matchExpressions", "matchFields"})
+        for group, ops in (("matchExpressions", OPERATORS), ("matchFields", ("In", "NotIn"))):
+            for m, e in enumerate(term.get(group) or []):
+                e = f.check_only(e, f"{tp}.{group}[{m}]", {"key", "operator", "values"})
+                if e.get("operator") not in ops:
+                    raise f.fail(f"{tp}.{group}[{m}].operator", f"{e.get('operator')!r} is not supported")
+                if group == "matchFields" and e.get("key") != "metadata.name":
+                    raise f.fail(f"{tp}.{group}[{m}].key", f"{e.get('key')!r}: only metadata.name is a node field")
     spread = _spread(f, pspec.get("topologySpreadConstraints"))
-    tolerations = []
     for j, t in enumerate(pspec.get("tolerations") or []):
-        t = f.check_only(t, f"spec.template.spec.tolerations[{j}]", {"key", "operator", "value", "effect"})
-        tolerations.append(Toleration(t.get("key"), str(t.get("operator", "Equal")), t.get("value"), t.get("effect")))
+        f.check_only(t, f"spec.template.spec.tolerations[{j}]", {"key", "operator", "value", "effect"})
     return DeploymentSpec(
         namespace=ns,
         name=str(meta.get("name")),
@@ -523,9 +453,7 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
         service_account=pspec.get("serviceAccountName"),
         containers=tuple(containers),
         volumes=volumes,
-        node_selector={str(k): str(v) for k, v in (pspec.get("nodeSelector") or {}).items()},
-        terms=tuple(terms),
-        tolerations=tuple(tolerations),
+        placement=Placement.from_pod_spec(pspec),
         grace_s=float(pspec.get("terminationGracePeriodSeconds", 30)),
         where=where,
         spread=spread,

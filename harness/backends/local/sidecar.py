@@ -9,7 +9,7 @@ that is not a change is never written (no needless cluster re-warming, and the
 outlier-detection state of hosts survives endpoint updates, as with real EDS).
 
 The listeners and clusters come from `mesh` (Consul's semantics) through
-`mesh_envoy` (their Envoy encoding); identities come from `certs`.
+`mesh.envoy` (their Envoy encoding); identities come from `certs`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.backends.local import mesh_envoy as ex
 from harness.backends.local.certs import CertAuthority
 from harness.backends.local.mesh import (
     Catalog,
@@ -37,56 +34,19 @@ from harness.backends.local.mesh import (
     ServiceRef,
     catalog_endpoints,
 )
+from harness.backends.local.mesh import envoy as ex
+from harness.contract import upstreams
+from harness.contract.upstreams import Upstream
 from harness.errors import InputError
 
 DEFAULT_INBOUND_PORT = 20000  # consul-k8s' public listener port
 DEFAULT_ADMIN_PORT = 19000
 ACCESS_LOG_FLUSH_MS = 200  # Envoy's default is 10 s; observe wants hops promptly
 
-_UPSTREAM = re.compile(
-    r"^(?P<svc>[a-z0-9]([a-z0-9-]*[a-z0-9])?)(\.(?P<ns>[a-z0-9]([a-z0-9-]*[a-z0-9])?))?:(?P<port>\d+)$"
-)
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """One entry of the connect-service-upstreams annotation.
-
-    `namespace` None means the caller's own Consul namespace; `datacenter` None
-    the local one (the accepted annotation formats never name another).
-    """
-
-    name: str
-    namespace: str | None
-    local_port: int
-    datacenter: str | None = None
-
 
 def parse_upstreams(annotation: str, source: str) -> list[Upstream]:
-    """Parse ``consul.hashicorp.com/connect-service-upstreams``: ``svc:port`` or ``svc.ns:port``, comma-separated.
-
-    Every other consul-k8s form (partitions, peers, datacenters, labelled
-    syntax) is rejected, because the emulation would have to guess what it means.
-    """
-    out: list[Upstream] = []
-    ports: set[int] = set()
-    for raw in annotation.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        m = _UPSTREAM.match(item)
-        if m is None:
-            raise InputError(
-                source, "", f"upstream {item!r}: expected <service>:<port> or <service>.<namespace>:<port>"
-            )
-        port = int(m.group("port"))
-        if not 0 < port < 65536:
-            raise InputError(source, "", f"upstream {item!r}: port out of range")
-        if port in ports:
-            raise InputError(source, "", f"upstream {item!r}: local port {port} used twice")
-        ports.add(port)
-        out.append(Upstream(m.group("svc"), m.group("ns"), port))
-    return out
+    """Parse ``consul.hashicorp.com/connect-service-upstreams`` (the contract's parser, strict)."""
+    return upstreams.parse_strict(annotation, source)
 
 
 def find_envoy() -> str:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.backends.local import netns as nsutil
+from harness.backends.local.network import netns as nsutil
 
 KIND = "edge-harness-local-state"
 VERSION = 1

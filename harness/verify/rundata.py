@@ -3,7 +3,7 @@
 Why DuckDB: a long run holds millions of hops; the invariants are set queries
 (group by pair, range-join against fault windows), which a columnar engine does
 in well under a second where a Python loop over dicts takes tens of seconds.
-Every file is read with *explicit* column types (`harness.records`) so that a
+Every file is read with *explicit* column types (`harness.contract.rundir`) so that a
 record missing a field yields NULL instead of a type guess that changes from
 run to run, and every line that cannot be used is skipped and *named*
 (`RunData.skipped`: file, line number, reason), never dropped silently.
@@ -43,8 +43,8 @@ from typing import Any
 
 import duckdb
 
-from harness.observe.hops import HopsBuild, create_hops, host_ip_sql, load_inventory, resolve_ips
-from harness.records import (
+from harness.contract.rundir import (
+    ACCESSLOG_DIR,
     CHAOS_COLUMNS,
     CHAOS_DIR,
     CHAOS_FILE,
@@ -56,6 +56,8 @@ from harness.records import (
     JOURNAL_FILE,
     PLAN_FILE,
     PREFLIGHT_FILE,
+    RECORDING_COLUMNS,
+    RECORDING_FILE,
     REQUEST_COLUMNS,
     REQUESTS_FILE,
     RUN_FILE,
@@ -65,7 +67,9 @@ from harness.records import (
     load_jsonl,
     read_json_doc,
     sql_str,
+    topology_path,
 )
+from harness.observe.hops import HopsBuild, create_hops, current_build, host_ip_sql, load_inventory, resolve_ips
 from harness.topology import Placement, Topology, load_topology
 
 # A hop failed when no upstream host answered, the upstream answered 5xx, or a
@@ -130,7 +134,7 @@ class RunData:
     start: float | None
     end: float | None
     skipped: list[SkippedLine] = field(default_factory=list)
-    hops_source: str = "none"  # accesslogs | hops.jsonl | none
+    hops_source: str = "none"  # accesslogs | hops.jsonl (observe, current) | hops.jsonl | none
     hops_build: HopsBuild | None = None
     meta: RunMeta = field(default_factory=RunMeta)
     preflight: dict[str, Any] | None = None
@@ -163,10 +167,7 @@ class RunData:
 
 
 def find_topology(run_dir: Path) -> Path:
-    for candidate in (run_dir / "manifests" / "topology.yaml", run_dir / "topology.yaml"):
-        if candidate.is_file():
-            return candidate
-    return run_dir / "manifests" / "topology.yaml"  # load_topology reports "no such file" on it
+    return topology_path(run_dir)
 
 
 def load_run(run_dir: Path, threads: int | None = None) -> RunData:
@@ -208,8 +209,17 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
         notes.append(f"records name zones the topology does not have: {', '.join(unknown)}")
     _readiness(run)
     _documents(run, skipped)
+    skipped += _recording_problems(con, run_dir, notes)
     run.skipped = sorted(skipped, key=lambda s: (s.file, s.line))
     return run
+
+
+def _recording_problems(con: duckdb.DuckDBPyConnection, run_dir: Path, notes: list[str]) -> list[SkippedLine]:
+    """What went wrong while the run was recorded (recording.jsonl): each a note of the verdict, never dropped."""
+    skipped = load_jsonl(con, "recording", [run_dir / RECORDING_FILE], RECORDING_COLUMNS, root=run_dir)
+    for what, message in con.execute("SELECT what, message FROM recording ORDER BY ts").fetchall():
+        notes.append(f"recording: {what or '?'}: {message or ''}".rstrip(": "))
+    return skipped
 
 
 def _topology_tables(con: duckdb.DuckDBPyConnection, t: Topology) -> None:
@@ -240,8 +250,18 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
     scan; a join would materialise the million rows once more) and success.
     """
     con, t, run_dir = run.con, run.topology, run.run_dir
-    logs = sorted((run_dir / "accesslogs").glob("*.jsonl"))
-    if logs:
+    logs = sorted((run_dir / ACCESSLOG_DIR).glob("*.jsonl"))
+    current = current_build(run_dir) if logs else None
+    if current is not None:
+        # observe resolved these hops from exactly the access logs and inventory present now: taken as built,
+        # with observe's rule and its counts (a hops.jsonl edited, or older than its inputs, is not current)
+        skipped += [s for s in current.skipped if s.file != INVENTORY_FILE]  # the inventory's were counted above
+        skipped += load_jsonl(con, "hops_base", [run_dir / HOPS_FILE], HOP_COLUMNS, root=run_dir)
+        run.hops_build = current
+        run.hops_source = f"{HOPS_FILE} (observe, current)"
+        resolved = "serving_zone IS NOT NULL"
+        source = "hops_base"
+    elif logs:
         built = create_hops(con, run_dir, t, inventory_loaded=True, table="hops_base")
         skipped += built.skipped
         run.hops_build = built

@@ -170,7 +170,7 @@ class RunInfo:
     partial: bool = False
     run_status: str | None = None  # run.json status (None: no run.json)
     stopped_at: str | None = None  # run.json stage when the run is partial
-    hops_source: str = "none"  # accesslogs | hops.jsonl | none
+    hops_source: str = "none"  # accesslogs | hops.jsonl (observe, current) | hops.jsonl | none
     accesslog_lines: int = 0
     inbound_lines: int = 0
     upstream_stats_records: int = 0

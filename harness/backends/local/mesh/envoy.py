@@ -26,7 +26,7 @@ from harness.backends.local.mesh import (
     ServiceRef,
     UpstreamConfig,
 )
-from harness.render.consul import ACCESS_LOG_FIELDS
+from harness.contract.rundir import ACCESS_LOG_FIELDS
 
 T_CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 T_LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"

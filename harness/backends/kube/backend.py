@@ -1,6 +1,6 @@
 """What the kind and existing backends share: a cluster driven through the Kubernetes API.
 
-Both backends apply the same rendered objects through `kube.KubeCluster`,
+Both backends apply the same rendered objects through `KubeCluster`,
 keep their state (manifests path, what they started or created) in one JSON
 file in a workdir so a later process can pick up where `up` left off, follow
 the same inventory watch and sidecar logs, reach pods through `kubectl
@@ -34,17 +34,21 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
-from harness.backends.base import CHAOS_PRIMITIVES, Backend, Inventory, LogSource
-from harness.backends.kube import (
-    LABEL_APP,
-    ConfigEntryStatus,
-    InventoryWatcher,
+from harness.backends.base import CHAOS_PRIMITIVES, Backend, ConfigEntryStatus, LogSource, no_progress
+from harness.backends.kube.api import (
     KubeApiError,
-    KubeCluster,
-    KubeLogSources,
     ProgressFn,
 )
-from harness.backends.kubeforward import AdminForwards, ForwardRelay
+from harness.backends.kube.cluster import KubeCluster
+from harness.backends.kube.forward import AdminForwards, ForwardRelay
+from harness.backends.kube.inventory import InventoryWatcher
+from harness.backends.kube.logs import KubeLogSources
+from harness.contract.inventory import Inventory
+from harness.contract.names import (
+    DATAPLANE_CONTAINER,
+    LABEL_APP,
+)
+from harness.contract.rundir import ENTRYPOINTS_FILE, INVENTORY_FILE
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
@@ -146,7 +150,7 @@ class KubeBackend(Backend):
     ) -> None:
         self.workdir = workdir
         self._manifests = manifests
-        self.progress: ProgressFn = progress or (lambda _m: None)
+        self.progress: ProgressFn = progress or no_progress
         self.ready_timeout_s = ready_timeout_s
         self.ready_poll_s = 2.0  # how often `up` asks whether the Deployments are ready
         self._run_fn = run
@@ -227,12 +231,17 @@ class KubeBackend(Backend):
     @property
     def inventory_path(self) -> Path:
         """This process's pod history (inventory.jsonl), written while it records (see module doc)."""
-        return self.records_dir / "inventory.jsonl"
+        return self.records_dir / INVENTORY_FILE
 
     @property
     def entrypoints_path(self) -> Path:
         """This process's entry-point history (entrypoints.jsonl), written while it records."""
-        return self.records_dir / "entrypoints.jsonl"
+        return self.records_dir / ENTRYPOINTS_FILE
+
+    def record_sources(self) -> dict[str, Path]:
+        """This process's pod and entry-point history (recording starts now if it had not)."""
+        self.start_recording()
+        return {INVENTORY_FILE: self.inventory_path, ENTRYPOINTS_FILE: self.entrypoints_path}
 
     def _prune_records(self) -> None:
         root = self.workdir / "records"
@@ -406,7 +415,7 @@ class KubeBackend(Backend):
             meta = p.get("metadata") or {}
             containers = {c.get("name") for c in (p.get("spec") or {}).get("containers") or []}
             running = (p.get("status") or {}).get("phase") == "Running" and not meta.get("deletionTimestamp")
-            if running and "consul-dataplane" in containers and LABEL_APP in (meta.get("labels") or {}):
+            if running and DATAPLANE_CONTAINER in containers and LABEL_APP in (meta.get("labels") or {}):
                 out.append((str(meta.get("namespace")), str(meta["name"])))
         return sorted(out)
 

@@ -1,287 +1,45 @@
-"""Consul config entries → an in-memory mesh model and compiled discovery chains.
+"""Parsing the Consul CRDs (ProxyDefaults, ServiceDefaults, ServiceResolver, ServiceRouter, ServiceIntentions).
 
-The local backend runs real Envoy sidecars without a Consul server, so this
-module plays Consul's part: it reads the same ProxyDefaults, ServiceDefaults,
-ServiceResolver, ServiceRouter and ServiceIntentions CRDs the kind and EKS
-backends apply, and compiles, per (caller, upstream), the discovery chain
-Consul CE would compile (redirects, failover targets, timeouts, retries,
-outlier detection, intentions), following
-shared/notes/consul-dataplane-semantics.md. `mesh_envoy` turns a compiled chain
-into Envoy resources; `sidecar` writes them for one pod.
-
-Everything the emulation does not implement is rejected with an `InputError`
-naming the field, so that a passing local run never hides a config the real
-mesh would have treated differently. docs/local-emulation.md lists every
-remaining difference.
+Into a `MeshConfig`, with Consul CE/Enterprise semantics. Everything the
+emulation does not implement is rejected with an `InputError` naming the
+field, so that a passing local run never hides a config the real mesh would
+have treated differently. docs/local-emulation.md lists every remaining
+difference.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from harness.backends.local.mesh_spec import ENTERPRISE_ONLY, UNSUPPORTED, Spec
-from harness.errors import InputError
-
-CONSUL_GROUP = "consul.hashicorp.com"
-DEFAULT_NAMESPACE = "default"
-DEFAULT_DATACENTER = "dc1"
-# Consul's trust domain is "<cluster id>.consul"; the emulation has no cluster, so a fixed fake id.
-TRUST_DOMAIN = "7f3c1a52-4d1e-4b7a-9c31-5e2f0a9d6b10.consul"
-DEFAULT_CONNECT_TIMEOUT_S = 5.0
-PROTOCOLS = ("tcp", "http", "http2", "grpc")
-HTTP_PROTOCOLS = ("http", "http2", "grpc")
-LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
-RETRY_ON = (
-    "5xx",
-    "gateway-error",
-    "reset",
-    "connect-failure",
-    "envoy-ratelimited",
-    "retriable-4xx",
-    "refused-stream",
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
+from harness.backends.local.mesh.compile import ChainCompiler
+from harness.backends.local.mesh.spec import UNSUPPORTED, Spec
+from harness.backends.local.mesh.types import (
+    CONSUL_GROUP,
+    DEFAULT_DATACENTER,
+    DEFAULT_NAMESPACE,
+    LB_POLICIES,
+    PROTOCOLS,
+    RETRY_ON,
+    TRUST_DOMAIN,
+    AccessLogs,
+    Intention,
+    Limits,
+    LoadBalancer,
+    PassiveHealthCheck,
+    Resolver,
+    Route,
+    RouteDestination,
+    ServiceRef,
+    UpstreamConfig,
 )
-
-
-@dataclass(frozen=True, order=True)
-class ServiceRef:
-    """A Consul service: name plus Consul namespace (always ``default`` in CE)."""
-
-    name: str
-    namespace: str = DEFAULT_NAMESPACE
-
-    def __str__(self) -> str:
-        return self.name if self.namespace == DEFAULT_NAMESPACE else f"{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True)
-class PassiveHealthCheck:
-    """ServiceDefaults upstreamConfig.passiveHealthCheck; None = Envoy's default."""
-
-    interval_s: float | None = None
-    max_failures: int | None = None
-    enforcing_consecutive_5xx: int | None = None
-    max_ejection_percent: int | None = None
-    base_ejection_time_s: float | None = None
-
-
-@dataclass(frozen=True)
-class Limits:
-    """ServiceDefaults upstreamConfig.limits; None = Envoy's default circuit breaker."""
-
-    max_connections: int | None = None
-    max_pending_requests: int | None = None
-    max_concurrent_requests: int | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self == Limits()
-
-
-@dataclass(frozen=True)
-class UpstreamConfig:
-    """What a caller's ServiceDefaults says about calling one upstream.
-
-    `passive_health_check` / `limits` are None when not given at all: Consul
-    merges upstreamConfig defaults and the matching override key by key, an
-    override's object replacing the default's object as a whole.
-    """
-
-    connect_timeout_ms: int | None = None
-    passive_health_check: PassiveHealthCheck | None = None
-    limits: Limits | None = None
-
-    def merged(self, override: UpstreamConfig) -> UpstreamConfig:
-        return UpstreamConfig(
-            connect_timeout_ms=override.connect_timeout_ms or self.connect_timeout_ms,
-            passive_health_check=override.passive_health_check or self.passive_health_check,
-            limits=override.limits or self.limits,
-        )
-
-
-@dataclass(frozen=True)
-class LoadBalancer:
-    """ServiceResolver loadBalancer (the supported subset)."""
-
-    policy: str
-    choice_count: int | None = None
-    ring_min: int | None = None
-    ring_max: int | None = None
-
-
-@dataclass(frozen=True)
-class Resolver:
-    ref: ServiceRef
-    connect_timeout_s: float | None = None
-    request_timeout_s: float | None = None
-    redirect: ServiceRef | None = None
-    # failover key ("*" only: subsets are not supported) -> ordered targets
-    failover: Mapping[str, tuple[ServiceRef, ...]] = field(default_factory=dict)
-    load_balancer: LoadBalancer | None = None
-
-
-@dataclass(frozen=True)
-class RouteDestination:
-    service: ServiceRef
-    num_retries: int = 0
-    retry_on_connect_failure: bool = False
-    retry_on: tuple[str, ...] = ()
-    retry_on_status_codes: tuple[int, ...] = ()
-    request_timeout_s: float | None = None
-
-    @property
-    def has_retry_features(self) -> bool:
-        """Consul's HasRetryFeatures: only then is a retry policy emitted."""
-        return bool(
-            self.num_retries > 0 or self.retry_on_connect_failure or self.retry_on or self.retry_on_status_codes
-        )
-
-
-@dataclass(frozen=True)
-class Route:
-    path_prefix: str | None
-    path_exact: str | None
-    destination: RouteDestination
-
-
-@dataclass(frozen=True)
-class Intention:
-    source: ServiceRef  # name (or namespace) may be "*"
-    allow: bool
-
-
-@dataclass(frozen=True)
-class AccessLogs:
-    """ProxyDefaults accessLogs. The sink is always the sidecar's file (see the doc)."""
-
-    enabled: bool = False
-    disable_listener_logs: bool = False
-    json_format: Mapping[str, str] | None = None
-    text_format: str | None = None
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One registered instance of a service: the pod's sidecar address and its health.
-
-    `port` is the sidecar's inbound (public listener) port, as Consul registers
-    it; `healthy` is the pod's readiness (critical check → UNHEALTHY in EDS).
-    `zone` is informational: Consul CE sends no locality to Envoy.
-    """
-
-    pod: str
-    ip: str
-    port: int
-    healthy: bool
-    zone: str
-
-
-# Service → instances. Key: the Consul service name (CE), or (Kubernetes namespace,
-# Consul name) when the mesh is namespaced (Enterprise, mirroring k8s namespaces).
-CatalogKey = str | tuple[str, str]
-Catalog = dict[CatalogKey, list[Endpoint]]
-
-
-def catalog_endpoints(catalog: Mapping[CatalogKey, list[Endpoint]], ref: ServiceRef) -> list[Endpoint]:
-    """The instances of `ref`, accepting both key styles (a bare name means ``default``)."""
-    found = catalog.get((ref.namespace, ref.name))
-    if found is None and ref.namespace == DEFAULT_NAMESPACE:
-        found = catalog.get(ref.name)
-    return list(found or [])
-
-
-# --- compiled chain -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """One resolved target service, as Envoy sees it: SNI and expected SPIFFE ID."""
-
-    service: ServiceRef
-    sni: str
-    spiffe_id: str
-
-
-@dataclass(frozen=True)
-class ResolverNode:
-    """A resolver node of the chain: one (possibly aggregate) Envoy cluster.
-
-    `targets[0]` is the primary; more than one target makes `cluster_name` an
-    `envoy.clusters.aggregate` whose children are `child_names`.
-    """
-
-    cluster_name: str
-    targets: tuple[Target, ...]
-    connect_timeout_s: float
-    request_timeout_s: float | None
-    load_balancer: LoadBalancer | None
-
-    @property
-    def aggregate(self) -> bool:
-        return len(self.targets) > 1
-
-    @property
-    def child_names(self) -> tuple[str, ...]:
-        if not self.aggregate:
-            return (self.cluster_name,)
-        return tuple(f"failover-target~{i}~{self.cluster_name}" for i in range(len(self.targets)))
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    num_retries: int | None  # None = Envoy's default (1)
-    retry_on: tuple[str, ...]
-    retriable_status_codes: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class CompiledRoute:
-    path_prefix: str | None
-    path_exact: str | None
-    node: ResolverNode
-    timeout_s: float | None  # None = Envoy's default 15 s
-    retry: RetryPolicy | None
-
-
-@dataclass(frozen=True)
-class Chain:
-    """The compiled discovery chain of one upstream for one caller."""
-
-    upstream: ServiceRef
-    protocol: str
-    routes: tuple[CompiledRoute, ...]  # TCP: exactly one, prefix "/"
-    upstream_config: UpstreamConfig
-
-    @property
-    def nodes(self) -> list[ResolverNode]:
-        """Distinct resolver nodes in route order (each is one cluster set)."""
-        seen: dict[str, ResolverNode] = {}
-        for r in self.routes:
-            seen.setdefault(r.node.cluster_name, r.node)
-        return list(seen.values())
-
-
-@dataclass(frozen=True)
-class IntentionRules:
-    """Inbound RBAC for one destination: `allow_listed` True = RBAC ALLOW (default deny)."""
-
-    allow_listed: bool
-    principals: tuple[ServiceRef, ...]
-
-
-# --- the mesh -------------------------------------------------------------
+from harness.errors import InputError
 
 
 @dataclass
-class MeshConfig:
+class MeshConfig(ChainCompiler):
     """All Consul config entries of a run, understood with Consul CE/Enterprise semantics."""
 
     source: str
@@ -656,185 +414,8 @@ class MeshConfig:
         self.intentions[dest] = tuple(sources)
         return dest
 
-    # ---- queries ----
-
-    def protocol(self, ref: ServiceRef) -> str:
-        """Service protocol: its ServiceDefaults, else ProxyDefaults config.protocol, else tcp."""
-        return self.service_protocols.get(ref) or self.global_protocol or "tcp"
-
-    def sni(self, ref: ServiceRef) -> str:
-        return f"{ref.name}.{ref.namespace}.{self.datacenter}.internal.{self.trust_domain}"
-
-    def spiffe_id(self, ref: ServiceRef) -> str:
-        return f"spiffe://{self.trust_domain}/ns/{ref.namespace}/dc/{self.datacenter}/svc/{ref.name}"
-
-    def target(self, ref: ServiceRef) -> Target:
-        return Target(ref, self.sni(ref), self.spiffe_id(ref))
-
-    def upstream_config(self, caller: ServiceRef, upstream: ServiceRef) -> UpstreamConfig:
-        """The caller's ServiceDefaults upstreamConfig for `upstream` (defaults, then the override)."""
-        base = self.upstream_defaults.get(caller, UpstreamConfig())
-        override = self.upstream_overrides.get((caller, upstream))
-        return base.merged(override) if override is not None else base
-
-    def _where(self, ref: ServiceRef) -> str:
-        return self.entry_names.get(ref, f"service {ref}")
-
-    def _redirected(self, ref: ServiceRef) -> ServiceRef:
-        """Follow resolver redirects from `ref`; a cycle is an error, as in Consul's compiler."""
-        path = [ref]
-        while True:
-            res = self.resolvers.get(path[-1])
-            if res is None or res.redirect is None:
-                return path[-1]
-            if res.redirect in path:
-                cycle = " -> ".join(str(p) for p in [*path, res.redirect])
-                where = f"ServiceResolver/{res.ref.name}: spec.redirect"
-                raise InputError(self.source, where, f"redirect cycle {cycle}")
-            path.append(res.redirect)
-
-    def _resolver_node(self, start: ServiceRef, override_ct_s: float | None) -> tuple[ResolverNode, bool]:
-        """The resolver node for `start`, and whether the upstream override changed it."""
-        primary = self._redirected(start)
-        res = self.resolvers.get(primary, Resolver(primary))
-        ct = res.connect_timeout_s if res.connect_timeout_s and res.connect_timeout_s >= 1e-9 else None
-        connect_timeout = ct if ct is not None else DEFAULT_CONNECT_TIMEOUT_S
-        targets = [primary]
-        for t in res.failover.get("*", ()):
-            # each failover target applies its own redirect, but never its own failover
-            resolved = self._redirected(t)
-            if resolved != primary:
-                targets.append(resolved)
-        customized = override_ct_s is not None and abs(override_ct_s - connect_timeout) > 1e-9
-        if override_ct_s is not None:
-            connect_timeout = override_ct_s
-        node = ResolverNode(
-            cluster_name=self.sni(primary),
-            targets=tuple(self.target(t) for t in targets),
-            connect_timeout_s=connect_timeout,
-            request_timeout_s=res.request_timeout_s,
-            load_balancer=res.load_balancer,
-        )
-        return node, customized
-
-    def compile_chain(self, caller: ServiceRef, upstream: ServiceRef) -> Chain:
-        """Compile the discovery chain `caller` gets for `upstream`, Consul-style.
-
-        Raises `InputError` for redirect cycles and for chains that mix protocols
-        (Consul refuses to compile those too).
-        """
-        protocol = self.protocol(upstream)
-        cfg = self.upstream_config(caller, upstream)
-        override_ct = cfg.connect_timeout_ms / 1000.0 if cfg.connect_timeout_ms else None
-        routes: list[CompiledRoute] = []
-        customized = False
-
-        def node_for(ref: ServiceRef) -> ResolverNode:
-            nonlocal customized
-            node, changed = self._resolver_node(ref, override_ct)
-            customized = customized or changed
-            return node
-
-        router = self.routers.get(upstream)
-        if router is not None and protocol not in HTTP_PROTOCOLS:
-            raise InputError(
-                self.source,
-                f"ServiceRouter/{upstream.name}",
-                f"service {upstream} has protocol {protocol}: a router needs http, http2 or grpc",
-            )
-        if router is not None:
-            for r in router:
-                node = node_for(r.destination.service)
-                routes.append(
-                    CompiledRoute(
-                        r.path_prefix if (r.path_prefix or r.path_exact) else "/",
-                        r.path_exact,
-                        node,
-                        r.destination.request_timeout_s,
-                        _retry_policy(r.destination),
-                    )
-                )
-            # implicit final route to the router's own service: no timeout, no retries
-            routes.append(CompiledRoute("/", None, node_for(upstream), None, None))
-        else:
-            node = node_for(upstream)
-            routes.append(CompiledRoute("/", None, node, node.request_timeout_s, None))
-        for route in routes:
-            for t in route.node.targets:
-                p = self.protocol(t.service)
-                if p != protocol:
-                    raise InputError(
-                        self.source,
-                        self._where(t.service),
-                        f"chain for {upstream} mixes protocols {protocol} and {p} ({t.service})",
-                    )
-        if protocol not in HTTP_PROTOCOLS:
-            routes = [replace(routes[0], timeout_s=None)]
-        if customized and cfg.connect_timeout_ms:
-            # Consul prefixes every cluster of a chain its upstream overrides changed with
-            # "<8 hex>~" (CustomizeClusterName); the hex is Consul's struct hash, ours differs.
-            tag = hashlib.sha256(f"connect_timeout_ms={cfg.connect_timeout_ms}".encode()).hexdigest()[:8]
-            routes = [replace(r, node=replace(r.node, cluster_name=f"{tag}~{r.node.cluster_name}")) for r in routes]
-        return Chain(upstream=upstream, protocol=protocol, routes=tuple(routes), upstream_config=cfg)
-
-    def intention_rules(self, destination: ServiceRef) -> IntentionRules:
-        """RBAC for `destination`'s inbound listener.
-
-        Exact sources beat the wildcard. The effective default is the ``*``
-        source's action when there is one, else the global default; a
-        default-deny destination lists its allowed sources (RBAC ALLOW), a
-        default-allow one lists its denied sources (RBAC DENY).
-        """
-        entries = self.intentions.get(destination, ())
-        default_allow = self.default_intention_allow
-        for it in entries:
-            if it.source.name == "*" and it.source.namespace in ("*", destination.namespace):
-                default_allow = it.allow
-        listed = [it.source for it in entries if it.allow != default_allow and it.source.name != "*"]
-        return IntentionRules(allow_listed=not default_allow, principals=tuple(listed))
-
 
 def _protocol(spec: Spec, key: str, value: str) -> str:
     if value not in PROTOCOLS:
         raise spec.error(key, f"protocol {value!r} {UNSUPPORTED} (tcp, http, http2, grpc)")
     return value
-
-
-def _retry_policy(dest: RouteDestination) -> RetryPolicy | None:
-    """Consul's getRetryPolicyForDestination: only when the destination has retry features."""
-    if not dest.has_retry_features:
-        return None
-    retry_on = list(dest.retry_on)
-    if dest.retry_on_connect_failure and "connect-failure" not in retry_on:
-        retry_on.append("connect-failure")
-    if dest.retry_on_status_codes:
-        retry_on.append("retriable-status-codes")
-    return RetryPolicy(
-        num_retries=dest.num_retries if dest.num_retries > 0 else None,
-        retry_on=tuple(retry_on),
-        retriable_status_codes=dest.retry_on_status_codes,
-    )
-
-
-__all__ = [
-    "ENTERPRISE_ONLY",
-    "TRUST_DOMAIN",
-    "UNSUPPORTED",
-    "AccessLogs",
-    "Catalog",
-    "CatalogKey",
-    "Chain",
-    "CompiledRoute",
-    "Endpoint",
-    "IntentionRules",
-    "Limits",
-    "LoadBalancer",
-    "MeshConfig",
-    "PassiveHealthCheck",
-    "ResolverNode",
-    "RetryPolicy",
-    "ServiceRef",
-    "Target",
-    "UpstreamConfig",
-    "catalog_endpoints",
-]

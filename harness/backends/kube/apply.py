@@ -1,0 +1,286 @@
+"""Applying the rendered objects and reading back what became of them (readiness, sync status, artifacts).
+
+Create-then-apply, the apply order, idempotent delete, waiting for
+Deployments, the consul-k8s `Synced` condition of config-entry CRDs, finding
+an installed Consul, and the post-mortem artifacts: everything that treats
+the rendered directory as a set of API objects.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from harness.backends.base import ConfigEntryStatus, ProgressFn
+from harness.backends.base import no_progress as _no_progress
+from harness.backends.kube.api import AppliedObject, KubeApi, KubeApiError, _labels, _meta
+from harness.backends.kube.inventory import pod_condition
+from harness.contract.names import (
+    CONSUL_API_GROUP,
+)
+from harness.errors import BackendError
+
+
+class ApplyMixin(KubeApi):
+    """Apply / delete / wait / sync status / artifacts over the raw API."""
+
+    # -- apply / delete ------------------------------------------------------
+    @staticmethod
+    def apply_order(objects: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """Namespaces first, then CRDs, then everything else in the given (rendered) order.
+
+        A namespaced object cannot be created before its namespace exists, and a
+        custom resource not before its definition; the rest keeps the renderer's
+        order, which is already meaningful (ConfigMaps before the Deployments
+        mounting them, Consul config entries last).
+        """
+        objs = list(objects)
+        rank = {"Namespace": 0, "CustomResourceDefinition": 1}
+        return sorted(objs, key=lambda o: rank.get(str(o.get("kind")), 2))  # sorted() is stable
+
+    def apply_one(self, obj: Mapping[str, Any]) -> AppliedObject:
+        """Create the object, or server-side apply it when it exists (idempotent re-`up`).
+
+        Create-then-apply rather than apply-only: it tells us whether the object
+        existed before, which is what lets `down` remove only what we created.
+        Server-side apply with force makes the harness the owner of every field
+        it sets, so a re-applied (possibly edited) manifest wins over drift.
+        """
+        api_version, kind = str(obj["apiVersion"]), str(obj["kind"])
+        meta = _meta(obj)
+        name = str(meta["name"])
+        ref = self.resource(api_version, kind)
+        namespace = (meta.get("namespace") or "default") if ref.namespaced else None
+        body = dict(obj)
+        if ref.namespaced:
+            body["metadata"] = {**meta, "namespace": namespace}
+        try:
+            self.request("POST", ref.collection(namespace), body=body, query=[("fieldManager", self.field_manager)])
+            created = True
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise BackendError(
+                    f"cannot create {kind} {namespace + '/' if namespace else ''}{name}: {exc}"
+                ) from None
+            self.request(
+                "PATCH",
+                ref.item(namespace, name),
+                body=body,
+                query=[("fieldManager", self.field_manager), ("force", "true")],
+                content_type="application/apply-patch+yaml",
+            )
+            created = False
+        if kind == "CustomResourceDefinition":
+            self.forget_discovery()
+        return AppliedObject(api_version, kind, namespace, name, created)
+
+    def apply(self, objects: Iterable[Mapping[str, Any]], progress: ProgressFn = _no_progress) -> list[AppliedObject]:
+        ordered = self.apply_order(objects)
+        out: list[AppliedObject] = []
+        for i, obj in enumerate(ordered, 1):
+            applied = self.apply_one(obj)
+            out.append(applied)
+            where = f"{applied.namespace}/" if applied.namespace else ""
+            progress(f"applied {i}/{len(ordered)} {applied.kind} {where}{applied.name}")
+        return out
+
+    def _on_item(self, method: str, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        """`method` on one object's URL; False on 404, so a missing object is an answer, not an error."""
+        ref = self.resource(api_version, kind)
+        try:
+            self.request(method, ref.item(namespace if ref.namespaced else None, name))
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        """Delete one object; False when it was already gone (so `down` is idempotent)."""
+        return self._on_item("DELETE", api_version, kind, namespace, name)
+
+    def exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        return self._on_item("GET", api_version, kind, namespace, name)
+
+    # -- readiness -----------------------------------------------------------
+    def deployments_ready(self, deployments: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+        """(namespace, name) -> (ready replicas, desired replicas; -1 when missing), from one list call."""
+        items = (self.request("GET", "/apis/apps/v1/deployments") or {}).get("items", [])
+        found = {(str(_meta(d).get("namespace")), str(_meta(d).get("name"))): d for d in items}
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for key in deployments:
+            d = found.get(key)
+            if d is None:
+                out[key] = (0, -1)
+                continue
+            desired = int((d.get("spec") or {}).get("replicas", 1))
+            status = d.get("status") or {}
+            ready = int(status.get("readyReplicas") or 0)
+            generation = _meta(d).get("generation")
+            observed = status.get("observedGeneration")
+            if generation is not None and observed is not None and int(observed) < int(generation):
+                ready = 0  # the controller has not seen the latest spec yet: its counts are stale
+            out[key] = (ready, desired)
+        return out
+
+    def wait_deployments_ready(
+        self,
+        deployments: Sequence[tuple[str, str]],
+        timeout: float,
+        progress: ProgressFn = _no_progress,
+        poll: float = 2.0,
+    ) -> None:
+        """Block until every Deployment has all replicas ready; BackendError naming the laggards on timeout."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            state = self.deployments_ready(deployments)
+            pending = {k: v for k, v in state.items() if v[1] < 0 or v[0] < v[1]}
+            msg = f"deployments ready {len(state) - len(pending)}/{len(state)}"
+            if msg != last:
+                progress(msg)
+                last = msg
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                detail = ", ".join(
+                    f"{ns}/{name} " + ("missing" if desired < 0 else f"{ready}/{desired} ready")
+                    for (ns, name), (ready, desired) in sorted(pending.items())
+                )
+                raise BackendError(f"not ready after {timeout:.0f}s: {detail}")
+            time.sleep(poll)
+
+    def save_artifacts(self, out: Path, namespaces: Iterable[str]) -> list[str]:
+        """For the post-mortem: events and every container's log of every pod in `namespaces`.
+
+        Envoy's config dumps come from the backend (`KubeBackend.save_artifacts`,
+        through a port-forward to each sidecar's admin). Each failure is written
+        down instead of aborting, since artifacts are collected precisely when
+        things are broken.
+        """
+        saved: list[str] = []
+        for ns in sorted(set(namespaces)):
+            nsdir = out / ns
+            nsdir.mkdir(parents=True, exist_ok=True)
+            try:
+                events = self.request("GET", f"/api/v1/namespaces/{quote(ns)}/events")
+                (nsdir / "events.json").write_text(json.dumps(events, indent=2, default=str))
+            except (KubeApiError, BackendError) as exc:
+                (nsdir / "events.json").write_text(json.dumps({"error": str(exc)}))
+            for pod in self.pods(ns):
+                name = str(_meta(pod)["name"])
+                for c in (pod.get("spec") or {}).get("containers") or []:
+                    cname = str(c.get("name"))
+                    try:
+                        text = self.request(
+                            "GET",
+                            f"/api/v1/namespaces/{quote(ns)}/pods/{quote(name)}/log",
+                            query=[("container", cname)],
+                        )
+                    except (KubeApiError, BackendError) as exc:
+                        text = f"log unavailable: {exc}"
+                    body = text if isinstance(text, str) else json.dumps(text)
+                    (nsdir / f"{name}.{cname}.log").write_text(body)
+                saved.append(f"{ns}/{name}")
+        return saved
+
+    def config_entry_status(self, objects: Iterable[Mapping[str, Any]]) -> list[ConfigEntryStatus]:
+        """The consul-k8s sync status of each Consul config-entry CRD among `objects`, read from the API.
+
+        consul-k8s writes `status.conditions[type=Synced]` ("True" once the
+        entry is in Consul; "False" with reason/message when Consul refused it;
+        "Unknown" while it is being written): consul-http-api-subset.md §6.
+        A missing object or condition is reported as not synced, never skipped.
+        """
+        out: list[ConfigEntryStatus] = []
+        for obj in objects:
+            api_version = str(obj.get("apiVersion", ""))
+            if not api_version.startswith(CONSUL_API_GROUP + "/"):
+                continue
+            kind, meta = str(obj["kind"]), _meta(obj)
+            ns, name = str(meta.get("namespace") or "default"), str(meta["name"])
+            try:
+                ref = self.resource(api_version, kind)
+                live = self.request("GET", ref.item(ns, name))
+            except KubeApiError as exc:
+                if exc.status != 404:
+                    raise
+                out.append(ConfigEntryStatus(kind, ns, name, False, "NotFound", "the object does not exist"))
+                continue
+            cond = next(
+                (c for c in ((live or {}).get("status") or {}).get("conditions") or [] if c.get("type") == "Synced"),
+                None,
+            )
+            if cond is None:
+                out.append(
+                    ConfigEntryStatus(kind, ns, name, False, "NoSyncedCondition", "consul-k8s has not synced it")
+                )
+                continue
+            out.append(
+                ConfigEntryStatus(
+                    kind, ns, name, cond.get("status") == "True", str(cond.get("reason") or ""),
+                    str(cond.get("message") or ""),
+                )
+            )  # fmt: skip
+        return out
+
+    def find_consul(self) -> ConsulInstall | None:
+        """The Consul the chart installed, found by the chart's labels (any namespace); None when absent.
+
+        The chart labels its objects `app=consul`, `release=<release>` and
+        `component=server|connect-injector|ui` (charts/consul/templates/
+        server-statefulset.yaml, connect-inject-deployment.yaml, ui-service.yaml);
+        the server's image tag is the Consul version.
+        """
+        servers = [p for p in self.pods(selector={"component": "server"}) if _labels(p).get("app") == "consul"]
+        if not servers:
+            return None
+        server = servers[0]
+        ns = str(_meta(server).get("namespace"))
+        release = _labels(server).get("release", "consul")
+        image = next(
+            (str(c.get("image")) for c in (server.get("spec") or {}).get("containers") or [] if c.get("image")), ""
+        )
+        version = image.rsplit(":", 1)[-1] if ":" in image else ""
+        injectors = [
+            p for p in self.pods(ns, selector={"component": "connect-injector"}) if _labels(p).get("app") == "consul"
+        ]
+        ui = [
+            svc
+            for svc in (self.request("GET", f"/api/v1/namespaces/{quote(ns)}/services") or {}).get("items") or []
+            if _labels(svc).get("app") == "consul" and _labels(svc).get("component") == "ui"
+        ]
+        ui_port = 80
+        if ui:
+            ports = (ui[0].get("spec") or {}).get("ports") or []
+            http = [int(x["port"]) for x in ports if x.get("name") == "http" or int(x.get("targetPort") or 0) == 8500]
+            ui_port = http[0] if http else 80
+        return ConsulInstall(
+            namespace=ns,
+            release=release,
+            image=image,
+            version=version,
+            servers_ready=sum(1 for p in servers if pod_condition(p, "Ready")[0] == "True"),
+            injectors_ready=sum(1 for p in injectors if pod_condition(p, "Ready")[0] == "True"),
+            ui_service=str(_meta(ui[0])["name"]) if ui else "",
+            ui_port=ui_port,
+        )
+
+
+@dataclass(frozen=True)
+class ConsulInstall:
+    """A Consul found in the cluster (existing backend: used as it is, after checks)."""
+
+    namespace: str
+    release: str
+    image: str
+    version: str  # the server image's tag, e.g. 1.22.7 or 1.22.7-ent
+    servers_ready: int
+    injectors_ready: int  # connect-injector pods Ready: without one, no pod gets a sidecar
+    ui_service: str
+    ui_port: int

@@ -1,0 +1,118 @@
+"""Pod- and node-level chaos through the API: cordon, drain, kill, take out of the Service.
+
+The node/zone/link primitives that need more than the API (docker +
+iptables on kind, NetworkPolicy on a shared cluster) stay in the backends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from harness.backends.kube.api import (
+    KubeApi,
+    KubeApiError,
+    _labels,
+    _meta,
+)
+from harness.contract.names import (
+    LABEL_APP,
+    LABEL_POD_ZONE,
+    LABEL_SERVING,
+)
+from harness.errors import BackendError
+
+
+class PodChaosMixin(KubeApi):
+    """The chaos primitives the kind and existing backends share."""
+
+    def cordon(self, node: str, unschedulable: bool = True) -> None:
+        self.request(
+            "PATCH",
+            f"/api/v1/nodes/{quote(node)}",
+            body={"spec": {"unschedulable": unschedulable}},
+            content_type="application/merge-patch+json",
+        )
+
+    def uncordon(self, node: str) -> None:
+        self.cordon(node, unschedulable=False)
+
+    def drain(self, node: str, grace_period_seconds: int = 0) -> list[str]:
+        """Cordon `node` and delete its pods (DaemonSet and mirror pods stay, as `kubectl drain` does).
+
+        Deletion, not eviction: this is chaos, a PodDisruptionBudget must not
+        be able to veto it. Returns `namespace/pod` names.
+        """
+        self.cordon(node)
+        killed = []
+        for p in self.pods():
+            if ((p.get("spec") or {}).get("nodeName")) != node:
+                continue
+            meta = _meta(p)
+            owners = meta.get("ownerReferences") or []
+            if any(o.get("kind") == "DaemonSet" for o in owners):
+                continue
+            if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+                continue
+            self.delete_pod(str(meta.get("namespace")), str(meta["name"]), grace_period_seconds)
+            killed.append(f"{meta.get('namespace')}/{meta['name']}")
+        return killed
+
+    def pods_of(self, zone: str, service: str) -> list[dict[str, Any]]:
+        """HashiCups pods of logical `service` in `zone` (by the renderer's pod labels)."""
+        return self.pods(selector={LABEL_POD_ZONE: zone, LABEL_APP: service})
+
+    def delete_pod(self, namespace: str, name: str, grace_period_seconds: int | None = 0) -> bool:
+        query = [("gracePeriodSeconds", str(grace_period_seconds))] if grace_period_seconds is not None else []
+        try:
+            self.request("DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}", query=query)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def kill_pods(self, zone: str, service: str) -> list[str]:
+        """Delete every pod of `service` in `zone` with no grace period (a crash, not a shutdown)."""
+        names = []
+        for p in self.pods_of(zone, service):
+            meta = _meta(p)
+            if self.delete_pod(str(meta.get("namespace")), str(meta["name"]), 0):
+                names.append(str(meta["name"]))
+        if not names:
+            raise BackendError(f"no pods of {service} in zone {zone} to kill")
+        return names
+
+    def set_serving(self, zone: str, service: str, serving: bool) -> list[str]:
+        """Take pods out of (or back into) their Service without stopping them.
+
+        How "unready" is done on a real cluster: HashiCups images give no hook
+        to fail a readiness probe from outside (no exec-able health file), and a
+        status patch of the Ready condition is overwritten by the kubelet. So
+        the pod's `edge-harness.io/serving` label — part of the Service selector
+        but not of the Deployment selector — is set to "false": the Endpoints
+        controller drops the pod, consul-k8s deregisters its instance (exactly
+        what a failing readiness probe leads to), while the ReplicaSet keeps
+        owning the running pod, so no replacement hides the fault. Setting it
+        back to "true" restores it.
+        """
+        pods = self.pods_of(zone, service)
+        if not pods:
+            raise BackendError(f"no pods of {service} in zone {zone}")
+        missing = [str(_meta(p)["name"]) for p in pods if LABEL_SERVING not in _labels(p)]
+        if missing:
+            raise BackendError(
+                f"pods {', '.join(missing)} lack the {LABEL_SERVING} label (it must be in the pod template and the "
+                "Service selector, not the Deployment selector): re-render the manifests with a renderer that adds it"
+            )
+        names = []
+        for p in pods:
+            meta = _meta(p)
+            self.request(
+                "PATCH",
+                f"/api/v1/namespaces/{quote(str(meta.get('namespace')))}/pods/{quote(str(meta['name']))}",
+                body={"metadata": {"labels": {LABEL_SERVING: "true" if serving else "false"}}},
+                content_type="application/merge-patch+json",
+            )
+            names.append(str(meta["name"]))
+        return names

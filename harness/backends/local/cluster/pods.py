@@ -1,0 +1,199 @@
+"""Pods as processes: placing, starting (app containers and the Envoy sidecar), and their death."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness.backends.local.apps import app_argv
+from harness.backends.local.cluster.base import (
+    ADMIN_PORT,
+    ENTRY_APP,
+    INBOUND_PORT,
+    ClusterBase,
+    Pod,
+    ProbeState,
+    log,
+)
+from harness.backends.local.network import netns
+from harness.backends.local.sched import (
+    SERVICE_PORT,
+    UPSTREAMS,
+    DeploymentSpec,
+    Node,
+    Placed,
+)
+from harness.backends.local.sidecar import Sidecar, parse_upstreams
+from harness.contract.inventory import PodInfo
+from harness.errors import BackendError, InputError
+
+
+class PodLifecycle(ClusterBase):
+    """Create, start and kill pods: what kubelet and the Deployment controller do for one pod."""
+
+    def _placed(self) -> list[Placed]:
+        """Pods the scheduler counts: live ones and those being created (call with the lock held)."""
+        live = [Placed(p.node.name, p.dep.namespace, p.dep.labels) for p in self.pods.values() if p.alive]
+        return live + list(self.reserved.values())
+
+    def _create_pod(self, dep: DeploymentSpec) -> Pod | None:
+        with self.lock:
+            node = self.spec.place(dep, self.down_nodes, self._placed())
+            if node is None:
+                return None
+            name = f"{dep.name}-{next(self.counter):05d}"
+            self.reserved[name] = Placed(node.name, dep.namespace, dep.labels)
+        try:
+            return self._start_pod(dep, node, name)
+        finally:
+            with self.lock:
+                self.reserved.pop(name, None)
+
+    def _start_pod(self, dep: DeploymentSpec, node: Node, name: str) -> Pod:
+        assert self.network is not None and self.certs is not None
+        net = self.network.add_pod(name, node.zone)
+        pdir = self.pods_dir / name
+        pdir.mkdir(parents=True, exist_ok=True)
+        pod = Pod(name=name, dep=dep, node=node, net=net, dir=pdir, started=time.time())
+        mounts = self._materialise_volumes(dep, pdir)
+        for c in dep.containers:
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(pdir),
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
+                **c.env,
+                "EH_MOUNTS": json.dumps({mp: str(mounts[vol]) for mp, vol in c.mounts.items()}),
+                "EH_POD_DIR": str(pdir / c.name),
+                "EH_POD": name,
+            }
+            (pdir / c.name).mkdir(exist_ok=True)
+            argv = netns.exec_argv(net.ns, app_argv(c.image, sys.executable))
+            pod.procs[c.name] = self._spawn(argv, env, pdir / f"{c.name}.log", f"{name}/{c.name}")
+        if dep.meshed:
+            app_port = self._app_port(dep)
+            upstreams = parse_upstreams(dep.annotations.get(UPSTREAMS, ""), dep.where)
+            sc = Sidecar(
+                self.mesh,
+                pod=name,
+                namespace=dep.namespace,
+                consul_service=dep.consul_service,
+                app_port=app_port,
+                upstreams=upstreams,
+                workdir=pdir / "envoy",
+                certs=self.certs,
+                inbound_port=INBOUND_PORT,
+                admin_port=ADMIN_PORT,
+                access_log=self.log_dir / f"{name}.jsonl",
+            )
+            sc.write_bootstrap()
+            sc.update(self._catalog())
+            pod.sidecar = sc
+            pod.procs["consul-dataplane"] = self._spawn(
+                netns.exec_argv(net.ns, sc.argv()),
+                {"PATH": os.environ.get("PATH", "")},
+                pdir / "envoy.log",
+                f"{name}/envoy",
+            )
+        now = time.time()
+        for c in dep.containers:
+            # kubelet: every probe's initialDelaySeconds counts from the container's start
+            gate = ProbeState(c.startup, now + c.startup.initial_delay_s) if c.startup else None
+            if gate is not None:
+                pod.startup.append(gate)
+            if c.readiness:
+                pod.readiness.append(ProbeState(c.readiness, now + c.readiness.initial_delay_s, gate=gate))
+            if c.liveness:
+                pod.liveness.append(ProbeState(c.liveness, now + c.liveness.initial_delay_s, gate=gate))
+        if not pod.readiness and not pod.startup:
+            pod.ready = True
+        with self.lock:
+            self.pods[name] = pod
+        self.inventory.added(
+            PodInfo(
+                pod=name,
+                ip=net.ip,
+                node=node.name,
+                zone=node.zone,
+                service=dep.app,
+                consul_service=dep.consul_service,
+                namespace=dep.namespace,
+                started=pod.started,
+            )
+        )
+        return pod
+
+    def _app_port(self, dep: DeploymentSpec) -> int:
+        """The port the sidecar forwards inbound traffic to, as consul-k8s picks it."""
+        ref = dep.annotations.get(SERVICE_PORT)
+        if ref is not None:
+            port = dep.port(ref)
+            if port is None:
+                raise InputError(
+                    str(self.m.root), f"{dep.where}: annotations.{SERVICE_PORT}", f"no container port {ref!r}"
+                )
+            return port
+        for c in dep.containers:
+            if c.ports:
+                return c.ports[0]
+        raise InputError(str(self.m.root), dep.where, "meshed Deployment has no container port for its sidecar")
+
+    def _materialise_volumes(self, dep: DeploymentSpec, pdir: Path) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for vol, cm in dep.volumes.items():
+            d = pdir / "volumes" / vol
+            d.mkdir(parents=True, exist_ok=True)
+            for key, value in self.spec.config_maps[(dep.namespace, cm)].items():
+                (d / key).write_text(value, encoding="utf-8")
+            out[vol] = d
+        return out
+
+    def _spawn(self, argv: list[str], env: dict[str, str], logfile: Path, what: str) -> subprocess.Popen[bytes]:
+        if self.stop_event.is_set():  # a stop (an aborted start) is waiting for this pod: start nothing more
+            raise BackendError(f"{what}: not started, the cluster is stopping")
+        with logfile.open("ab") as fh:
+            proc = subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.state.add_pid(proc.pid, what)
+        return proc
+
+    def _kill_processes(self, pod: Pod) -> None:
+        for proc in pod.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        for proc in pod.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            self.state.remove_pid(proc.pid)
+
+    def _pod_died(self, pod: Pod, reason: str) -> None:
+        """A pod is gone: processes killed, links removed, replacement scheduled."""
+        with self.lock:
+            if not pod.alive:
+                return
+            pod.alive = False
+            pod.ready = False
+            pod.serving = False
+        log.info("pod %s died: %s", pod.name, reason)
+        self.inventory.removed(pod.name)  # `removed` implies unready; written before anyone is told
+        if pod.dep.app == ENTRY_APP and pod.node.zone in self.entries:
+            # as a zone's load balancer resets connections to a deregistered target: users on
+            # kept-alive connections to this pod learn at once instead of waiting on a dead peer
+            self.entries[pod.node.zone].drop_backend(pod.net.ip)
+        self._kill_processes(pod)
+        assert self.network is not None
+        with contextlib.suppress(Exception):
+            self.network.remove_pod(pod.name)
+        shutil.rmtree(pod.dir / "volumes", ignore_errors=True)
+        with self.lock:
+            del self.pods[pod.name]
+            self.pending[pod.dep.where].append(time.time() + self.topology.local.pod_restart_delay_s)

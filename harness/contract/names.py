@@ -1,0 +1,67 @@
+"""Labels, annotations and fixed names every stage reads off the rendered objects (docs/CONTRACTS.md §2).
+
+The renderer writes them (`render.naming` computes the per-topology names
+from these), the kind/EKS backends select pods and nodes by them, the local
+backend's scheduler and sidecars read them, and the chaos and observe code
+joins on them. One module, so a renamed label cannot leave a reader behind.
+"""
+
+from __future__ import annotations
+
+from harness.topology.model import Edition, Placement, Service, Topology, Zone
+
+# Node labels (kind config, real clusters) and the taint on edge nodes.
+LABEL_REGION = "topology.kubernetes.io/region"
+LABEL_ZONE = "topology.kubernetes.io/zone"
+LABEL_ZONE_TYPE = "edge-harness.io/zone-type"
+LABEL_HOSTNAME = "kubernetes.io/hostname"  # kubelet sets it on every node
+TAINT_EDGE = "edge-harness.io/edge-zone"
+
+# Pod labels.
+LABEL_APP = "app"
+LABEL_POD_ZONE = "edge-harness.io/zone"
+LABEL_CONSUL_SERVICE = "edge-harness.io/consul-service"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# In the pod template and the Service selector, never in the Deployment selector:
+# flipping it to "false" takes a running pod out of its Service (so consul-k8s
+# deregisters it) without the ReplicaSet replacing it: the "unready" chaos on
+# real clusters, whose images offer no way to fail readiness from outside.
+LABEL_SERVING = "edge-harness.io/serving"
+MANAGED_BY = "edge-harness"
+
+# consul-k8s pod annotations.
+ANN_INJECT = "consul.hashicorp.com/connect-inject"
+ANN_SERVICE = "consul.hashicorp.com/connect-service"
+ANN_SERVICE_PORT = "consul.hashicorp.com/connect-service-port"
+ANN_UPSTREAMS = "consul.hashicorp.com/connect-service-upstreams"
+
+# Consul config entries (CRDs of consul-k8s).
+CONSUL_API_GROUP = "consul.hashicorp.com"
+CONFIG_ENTRY_KINDS = ("ProxyDefaults", "ServiceDefaults", "ServiceResolver", "ServiceRouter", "ServiceIntentions")
+
+# Namespaces and the Helm release.
+REGION_NAMESPACE = "hashicups"
+CONSUL_NAMESPACE = "consul"  # where the Helm release and ProxyDefaults live
+HELM_RELEASE = "consul"
+CE_CONSUL_NAMESPACE = "default"  # Consul CE has one namespace
+
+# The sidecar container consul-k8s injects (its logs carry the access log on kind/EKS).
+DATAPLANE_CONTAINER = "consul-dataplane"
+
+
+# -- the per-topology names every stage derives the same way -----------------------------------
+def namespace(t: Topology, zone: Zone) -> str:
+    """Kubernetes namespace of a zone's HashiCups objects (same rule in both editions)."""
+    return f"{REGION_NAMESPACE}-{t.short(zone)}" if zone.is_edge else REGION_NAMESPACE
+
+
+def consul_name(t: Topology, service: Service, zone: Zone, edition: Edition) -> str:
+    """Consul service name of `service`'s instances in `zone`.
+
+    CE merges same-named services across Kubernetes namespaces, so an edge
+    zone's copy needs its own name; Enterprise keeps the plain name and relies
+    on the per-zone Consul namespace instead.
+    """
+    if edition is Edition.CE and zone.is_edge and service.placement is Placement.EDGE:
+        return f"{service.name}-{t.short(zone)}"
+    return service.name

@@ -1,0 +1,403 @@
+"""The run directory: its file names, the records' column types, and how they are read.
+
+docs/CONTRACTS.md section 4 describes the records in prose; this module is the
+same contract for code. Observe writes hops from access logs and the
+inventory; verify and report read every file. All of them read JSON lines
+with DuckDB through `load_jsonl`, so a file with millions of lines is never
+looped over in Python -- unless it is corrupt.
+
+Nothing recorded is dropped silently. A run killed mid-write leaves a torn
+last line; a disk full or a crash can leave garbage anywhere. `load_jsonl`
+skips such lines and returns them as `SkippedLine`s (file, line number,
+reason), which the verifier puts into the verdict and the terminal. The
+common case costs nothing extra: one strict DuckDB read, which raises on any
+malformed line. Only the files that fail it are scanned line by line in
+Python, which copies their good lines to a temporary file tagged with their
+line numbers and names every bad one; DuckDB then reads the copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
+
+# Every file and directory name of a run directory (docs/CONTRACTS.md §4): the
+# stage that writes one and the stages that read it import the name from here.
+RUN_FILE = "run.json"
+REQUESTS_FILE = "requests.jsonl"
+ACCESSLOG_DIR = "accesslogs"
+INVENTORY_FILE = "inventory.jsonl"
+ENTRYPOINTS_FILE = "entrypoints.jsonl"
+UPSTREAM_STATS_FILE = "upstream-stats.jsonl"
+PREFLIGHT_FILE = "preflight.json"
+HOPS_FILE = "hops.jsonl"
+CHAOS_FILE = "chaos.jsonl"
+PLAN_FILE = "plan.json"
+CHAOS_DIR = "chaos"  # chaos/<NN>-<stem>/ per experiment
+JOURNAL_FILE = "journal.json"  # in each chaos/<NN>-<stem>/
+EXPERIMENT_FILE = "experiment.json"  # in each chaos/<NN>-<stem>/
+VERDICT_FILE = "verdict.json"
+REPORT_FILE = "report.html"
+JUNIT_FILE = "junit.xml"
+ARTIFACTS_DIR = "artifacts"
+MANIFESTS_DIR = "manifests"  # the rendered directory the run used
+TOPOLOGY_FILE = "topology.yaml"  # in the rendered directory
+HOPS_BUILD_FILE = "hops-build.json"  # what observe built hops.jsonl from (verify consumes hops.jsonl when current)
+RECORDING_FILE = "recording.jsonl"  # what went wrong while recording (collector, flush, inventory, artifacts)
+
+
+def record_problem(run_dir: Path, what: str, message: str) -> None:
+    """Append one line to `recording.jsonl`: a recording step failed; the verifier reports it in the verdict's notes."""
+    rec = {"ts": time.time(), "what": what, "message": message}
+    with (run_dir / RECORDING_FILE).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+def hop_inputs(run_dir: Path) -> list[list[Any]]:
+    """What hops are built from, as (file, size, mtime_ns): access logs, inventory, topology.
+
+    observe writes it next to hops.jsonl (`HOPS_BUILD_FILE`); verify takes
+    hops.jsonl as built only while these (and hops.jsonl itself) are unchanged.
+    """
+    files = [*sorted((run_dir / ACCESSLOG_DIR).glob("*.jsonl")), run_dir / INVENTORY_FILE, topology_path(run_dir)]
+    out: list[list[Any]] = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out.append([str(f.relative_to(run_dir)), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def topology_path(run_dir: Path) -> Path:
+    """The run's topology: `manifests/topology.yaml`, else a `topology.yaml` at the top (hand-made runs).
+
+    When neither exists the first is returned, so the loader names it in its error.
+    """
+    for candidate in (run_dir / MANIFESTS_DIR / TOPOLOGY_FILE, run_dir / TOPOLOGY_FILE):
+        if candidate.is_file():
+            return candidate
+    return run_dir / MANIFESTS_DIR / TOPOLOGY_FILE
+
+
+# The access-log line every sidecar writes: Consul's JSON format (ProxyDefaults accessLogs.jsonFormat, written
+# by render.consul; the local sidecars use it as is), field -> Envoy command operator. ACCESSLOG_COLUMNS reads it.
+ACCESS_LOG_FIELDS: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "route_name": "%ROUTE_NAME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%",
+    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+}
+
+
+REQUEST_COLUMNS = {
+    "ts": "DOUBLE",
+    "zone": "VARCHAR",
+    "endpoint": "VARCHAR",
+    "name": "VARCHAR",
+    "status": "INTEGER",
+    "latency_ms": "DOUBLE",
+    "ok": "BOOLEAN",
+    "error": "VARCHAR",
+}
+INVENTORY_COLUMNS = {
+    "ts": "DOUBLE",
+    "event": "VARCHAR",
+    "pod": "VARCHAR",
+    "ip": "VARCHAR",
+    "node": "VARCHAR",
+    "zone": "VARCHAR",
+    "service": "VARCHAR",
+    "consul_service": "VARCHAR",
+    "namespace": "VARCHAR",
+}
+HOP_COLUMNS = {
+    "ts": "DOUBLE",
+    "caller_pod": "VARCHAR",
+    "caller_service": "VARCHAR",
+    "caller_zone": "VARCHAR",
+    "upstream": "VARCHAR",
+    "upstream_cluster": "VARCHAR",
+    "upstream_host": "VARCHAR",
+    "serving_pod": "VARCHAR",
+    "serving_zone": "VARCHAR",
+    "status": "INTEGER",
+    "flags": "VARCHAR",
+    "duration_ms": "DOUBLE",
+}
+CHAOS_COLUMNS = {
+    "ts": "DOUBLE",
+    "fault": "VARCHAR",
+    "phase": "VARCHAR",
+    "action": "VARCHAR",
+    "kind": "VARCHAR",
+    "zone": "VARCHAR",
+    "service": "VARCHAR",
+    "services": "VARCHAR[]",
+    "entry_down": "BOOLEAN",
+}
+ENTRYPOINT_COLUMNS = {
+    "ts": "DOUBLE",
+    "zone": "VARCHAR",
+    "url": "VARCHAR",
+    "up": "BOOLEAN",
+    "reason": "VARCHAR",
+}
+UPSTREAM_STATS_COLUMNS = {
+    "ts": "DOUBLE",
+    "label": "VARCHAR",
+    "pod": "VARCHAR",
+    "cluster": "VARCHAR",
+    "host": "VARCHAR",
+    "cx_total": "BIGINT",
+    "cx_connect_fail": "BIGINT",
+    "rq_total": "BIGINT",
+    "rq_error": "BIGINT",
+    "rq_timeout": "BIGINT",
+    "health_flags": "VARCHAR",
+}
+RECORDING_COLUMNS = {"ts": "DOUBLE", "what": "VARCHAR", "message": "VARCHAR"}
+# The access-log fields observe needs (read as text: Envoy writes numbers for
+# some fields and null for empty ones, and other backends may quote them).
+ACCESSLOG_COLUMNS = {
+    "start_time": "VARCHAR",
+    "response_code": "VARCHAR",
+    "response_flags": "VARCHAR",
+    "duration": "VARCHAR",
+    "upstream_host": "VARCHAR",
+    "upstream_cluster": "VARCHAR",
+    "caller_pod": "VARCHAR",
+    "caller_service": "VARCHAR",
+    "direction": "VARCHAR",
+}
+# A record without a usable time cannot be placed on the run's timeline: it is skipped and named.
+TS_VALID_SQL = "ts IS NOT NULL"
+ACCESSLOG_TS_SQL = "coalesce(try_cast(start_time AS DOUBLE), epoch_us(try_cast(start_time AS TIMESTAMPTZ)) / 1e6)"
+ACCESSLOG_VALID_SQL = f"{ACCESSLOG_TS_SQL} IS NOT NULL"
+
+
+@dataclass(frozen=True)
+class SkippedLine:
+    """A line of a record file that could not be used: where it is and why."""
+
+    file: str  # relative to the run directory when it is inside it
+    line: int  # 1-based
+    reason: str
+
+    def text(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+def sql_str(value: str | os.PathLike[str]) -> str:
+    """A SQL string literal (file paths are interpolated: DuckDB table functions take no parameters there)."""
+    return "'" + os.fspath(value).replace("'", "''") + "'"
+
+
+def columns_sql(columns: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{sql_str(k)}: {sql_str(v)}" for k, v in columns.items()) + "}"
+
+
+def read_json_sql(
+    paths: Path | list[Path], columns: dict[str, str], *, filename: bool = False, ignore_errors: bool = False
+) -> str:
+    """`read_json(...)` over JSON-lines file(s) with fixed column types.
+
+    Strict by default: a malformed line raises, so that `load_jsonl` can name
+    it instead of DuckDB dropping or nulling it silently.
+    """
+    files = sql_str(paths) if isinstance(paths, Path) else "[" + ", ".join(sql_str(p) for p in paths) + "]"
+    extra = ", filename=true" if filename else ""
+    extra += ", ignore_errors=true" if ignore_errors else ""
+    return (
+        f"read_json({files}, format='newline_delimited', columns={columns_sql(columns)}, "
+        f"maximum_object_size=16777216{extra})"
+    )
+
+
+def _rel(path: Path, root: Path | None) -> str:
+    if root is not None:
+        with contextlib.suppress(ValueError):
+            return str(path.resolve().relative_to(root.resolve()))
+    return str(path)
+
+
+def _empty(con: DuckDBPyConnection, table: str, columns: dict[str, str], filename: bool) -> None:
+    cols = ", ".join(f'"{k}" {v}' for k, v in columns.items())
+    con.execute(f"CREATE TABLE {table} ({cols}{', filename VARCHAR' if filename else ''})")
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
+def _strict_ok(con: DuckDBPyConnection, path: Path, columns: dict[str, str], valid_sql: str) -> bool:
+    """The file reads strictly and every record in it is valid."""
+    import duckdb
+
+    try:
+        # every column is counted so that every field is parsed (projection pushdown would skip some)
+        counts = ", ".join(f'count("{k}")' for k in columns)
+        row = con.execute(
+            f"SELECT count(*) FILTER (WHERE NOT ({valid_sql})), {counts} FROM {read_json_sql(path, columns)}"
+        )
+        bad = row.fetchone()
+    except duckdb.Error:
+        return False
+    return bad is not None and int(bad[0]) == 0
+
+
+def _clean_copy(src: Path, dst: Path) -> list[tuple[int, str]]:
+    """Copy the JSON-object lines of `src` to `dst`, each tagged with `"__line": N`; return the bad lines.
+
+    Python, line by line: only files that failed the strict read come here.
+    """
+    bad: list[tuple[int, str]] = []
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        for n, raw in enumerate(fin, start=1):
+            line = raw.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                bad.append((n, "not UTF-8 (corrupt)"))
+                continue
+            except ValueError:
+                torn = not raw.endswith(b"\n")
+                bad.append((n, "truncated last line" if torn else "not JSON (corrupt or truncated)"))
+                continue
+            if not isinstance(obj, dict):
+                bad.append((n, f"not a JSON object ({type(obj).__name__})"))
+                continue
+            body = line.strip()[1:].lstrip()
+            sep = b"" if body.startswith(b"}") else b", "
+            fout.write(b'{"__line": %d%s%s\n' % (n, sep, body))
+    return bad
+
+
+def load_jsonl(
+    con: DuckDBPyConnection,
+    table: str,
+    files: list[Path],
+    columns: dict[str, str],
+    *,
+    valid_sql: str = TS_VALID_SQL,
+    filename: bool = False,
+    root: Path | None = None,
+    what: str = "ts",
+) -> list[SkippedLine]:
+    """Create `table` (the typed `columns`, plus `filename` if asked) from JSON-lines `files`.
+
+    Rows that are not JSON objects, or fail `valid_sql` (by default: no
+    `ts`), are skipped and returned with file and line number; a field of the
+    wrong type reads as NULL, like a missing one. Absent or empty files give
+    an empty table of the same schema.
+    """
+    import duckdb
+
+    present = [f for f in files if f.is_file() and f.stat().st_size > 0]
+    if not present:
+        _empty(con, table, columns, filename)
+        return []
+    names = ", ".join(f'"{k}"' for k in columns) + (", filename" if filename else "")
+    # A file whose last line has no newline was cut while being written. DuckDB's multi-file scan
+    # (CREATE TABLE AS SELECT, 2.0) drops such a torn last object silently instead of raising, so
+    # those files take the slow path, where the line is named.
+    torn = [f for f in present if not _ends_with_newline(f)]
+    try:
+        if torn:
+            raise duckdb.Error("torn last line")
+        con.execute(f"CREATE TABLE {table} AS SELECT {names} FROM {read_json_sql(present, columns, filename=True)}")
+        row = con.execute(f"SELECT count(*) FILTER (WHERE NOT ({valid_sql})) FROM {table}").fetchone()
+        if row is not None and int(row[0]) == 0:
+            return []
+        con.execute(f"DROP TABLE {table}")
+    except duckdb.Error:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    # Slow path, only for the files that are not clean.
+    good = [f for f in present if f not in torn and _strict_ok(con, f, columns, valid_sql)]
+    dirty = [f for f in present if f not in good]
+    skipped: list[SkippedLine] = []
+    tmp = Path(tempfile.mkdtemp(prefix="eh-records-"))
+    try:
+        copies: dict[str, Path] = {}
+        for i, f in enumerate(dirty):
+            dst = tmp / str(i) / f.name  # same base name: callers may read a pod name from it
+            skipped += [SkippedLine(_rel(f, root), n, why) for n, why in _clean_copy(f, dst)]
+            copies[str(dst)] = f
+        parts = []
+        if good:
+            parts.append(f"SELECT {names} FROM {read_json_sql(good, columns, filename=True)}")
+        cols = {"__line": "BIGINT", **columns}
+        con.execute(
+            f"CREATE TEMP TABLE __dirty AS SELECT *, ({valid_sql}) AS __ok "
+            f"FROM {read_json_sql(list(map(Path, copies)), cols, filename=True, ignore_errors=True)}"
+        )
+        for fname, n in con.execute("SELECT filename, __line FROM __dirty WHERE NOT coalesce(__ok, false)").fetchall():
+            skipped.append(SkippedLine(_rel(copies[fname], root), int(n), f"no valid {what}"))
+        # filename of a cleaned copy -> the original file
+        con.execute("CREATE TEMP TABLE __names (copy VARCHAR, orig VARCHAR)")
+        con.executemany("INSERT INTO __names VALUES (?, ?)", [[c, str(o)] for c, o in copies.items()])
+        sel = ", ".join(f'd."{k}"' for k in columns) + (", n.orig AS filename" if filename else "")
+        parts.append(
+            f"SELECT {sel} FROM __dirty d JOIN __names n ON n.copy = d.filename "
+            "WHERE d.__ok ORDER BY d.filename, __line"
+        )
+        con.execute(f"CREATE TABLE {table} AS " + " UNION ALL ".join(f"({p})" for p in parts))
+        con.execute("DROP TABLE __dirty")
+        con.execute("DROP TABLE __names")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(skipped, key=lambda s: (s.file, s.line))
+
+
+def read_json_doc(path: Path, root: Path | None = None) -> tuple[Any, SkippedLine | None]:
+    """A whole-file JSON document (run.json, preflight.json, plan.json, a journal).
+
+    Returns (data, None), (None, None) when the file is absent, or (None, SkippedLine) when it
+    cannot be read as JSON (a run killed while writing it).
+    """
+    if not path.is_file():
+        return None, None
+    try:
+        return json.loads(path.read_bytes()), None
+    except UnicodeDecodeError:
+        return None, SkippedLine(_rel(path, root), 1, "not UTF-8 (corrupt)")
+    except json.JSONDecodeError as exc:
+        return None, SkippedLine(_rel(path, root), exc.lineno, f"not JSON: {exc.msg}")
+    except OSError as exc:
+        return None, SkippedLine(_rel(path, root), 1, f"unreadable: {exc.strerror}")

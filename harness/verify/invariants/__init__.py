@@ -1,0 +1,113 @@
+"""The routing invariants and the per-fault measurements, as DuckDB queries.
+
+Definitions (they are also written into every verdict, `run.definitions`, so a
+reader of a copied verdict does not need this file):
+
+- A hop *failed* when it has no upstream host, a 5xx status, or (TCP, status 0)
+  an Envoy response flag. A hop is *served in* the zone of the pod behind its
+  `upstream_host` -- also when it failed: a failed connection to another Local
+  Zone is still an attempt to cross the hub.
+- A user request *failed* when the load generator marked it `ok: false`: no
+  HTTP response, a status outside 200-399, or a GraphQL answer with `errors`
+  (the real public-api answers upstream failures with HTTP 200 + `errors`).
+- *Local* for an edge caller is its own zone; for a Region caller it is the
+  whole Region (any availability zone): Consul CE has no locality-aware routing
+  between AZs, and AZ-to-AZ traffic is not what this harness guards.
+- *Up*: a (zone, service) is up while at least one of its pods is ready
+  (inventory `ready`/`unready`/`removed`); for Region callers the Region as a
+  whole. Down intervals come from the inventory, not from the chaos timeline.
+- Locality: per (caller zone, edge-placed upstream), over hops *outside* the
+  pair's excluded windows, in-zone hops / hops with an upstream host >= SLO
+  `inZoneShare`. Excluded: each fault window of the pair (inject to restore +
+  the measured recovery, or + `maxRecoveryS` when unmeasured; service-down
+  excludes the listed services' pairs, zone-down and partition all pairs of
+  the zone, link-degraded nothing: under latency, traffic must stay in-zone)
+  and each interval the pair's upstream was down, until the measured recovery
+  after it came up again (or `maxRecoveryS`). Hops without an upstream host
+  count against availability, not locality; hops whose host cannot be
+  attributed count as out of zone.
+- In a window: a hop or user request belongs to a fault or outage window when
+  its lifetime [ts, ts + duration] overlaps it (Envoy and locust stamp it with
+  its start; one in flight at the kill was served or failed because of it).
+- Hub-and-spoke: zero tolerance, in every window. A hop of an edge caller
+  served in an edge zone other than its own, or of a Region caller served in an
+  edge zone (or in a zone the topology does not know) fails it; so does any
+  *attempt*: a host in such a zone with connections, connection failures or
+  requests in a sidecar's upstream counters (upstream-stats.jsonl; the access
+  log names only the last attempt's host). No counter snapshots (or no
+  `start`/`end` snapshot) leave attempts unverified, which fails.
+- Fallback, per service-down fault of (Z, S) and pair (Z, S) for callers of S
+  in Z that are not themselves down: the failover window runs from the inject
+  to the restore or to the instant S is up again in Z (inventory readiness),
+  whichever is first (exclusive); failover instant F = the first successful
+  Region-served hop after the last successful hop served outside the Region;
+  `failover_s` = F - inject. Recovery, for every pair the fault touched whose
+  upstream is edge-placed: R = the first successful hop served where it
+  belongs (in-zone, or the Region for Region callers) after the last
+  successful hop served elsewhere, within [restore, next fault in the zone or
+  end of run]; `recovery_s` = R - restore. No hop at all for the pair during
+  the fault (or after the restore) is a failure (unverified); a fault without
+  a restore record never recovers.
+- Resolution of F (or R): F minus the last record of the pair before F that
+  was not good (failed, or served in the wrong place), or minus the window's
+  start when there was none: the true instant lies in [F - resolution, F].
+- Shared services: hops to Region-placed upstreams must be served in an
+  availability zone (zero tolerance; unattributed hosts count as violations)
+  and must be routed: a hop that found no upstream host (NR, UH ...) fails,
+  except before the first user request (bring-up: the mesh converges before
+  traffic starts), during a fault that took the caller's zone down or cut it
+  off or the service itself, or while the service had no ready pod, each until
+  `maxRecoveryS` after it (NR, no route, is never excused).
+- Call graph: every hop's (caller service -> upstream service) is an edge the
+  topology declares (logical names); a hop whose caller or upstream cannot be
+  identified is unverified and fails. Consul's intentions must deny every
+  undeclared call (preflight.json `intentions` checks, plus `refused-probe`
+  where the backend can make one).
+- Availability: per fault, failed user requests / user requests during
+  [inject, restore + recovery] <= `errorBudget`, and the same over the steady
+  state. Requests entering a zone whose entry point was down (a fault with
+  `entry_down`, or entrypoints.jsonl) are excluded and reported. A window
+  without requests fails ("no traffic").
+- Coverage, per fault and affected zone: user requests entering the zone at
+  an entry point that was up, DURING [inject, restore] (not asked of a fault
+  that takes the zone's entry down by design) and AFTER (restore, next fault
+  in the zone / end of run, at most `maxRecoveryS`]. A window without them is
+  unverified and fails.
+- Lost requests / hops of a fault: failed requests entering the fault's zone,
+  and failed hops of its affected pairs, from inject to F (service-down with
+  mesh callers) or to the end of the fault's window (other faults, or when F
+  never came).
+- Pairs without any traffic: a pair whose caller zone is an edge zone fails
+  ("no traffic": the run did not exercise the edge); a Region caller pair
+  without traffic is reported as "no-traffic" and does not fail.
+
+Modules: `sql` (definitions, SQL fragments, interval helpers), `base` (the
+loaded run and shared queries), `faults` (one scope per fault kind and the
+measurements they share), `routing` (locality, hub-and-spoke, shared
+services, call graph), `users` (availability, coverage), `checker`
+(`Checker.verdict()`).
+"""
+
+from harness.verify.invariants.checker import Checker
+from harness.verify.invariants.faults import SCOPES, FaultMeasurements, FaultScope
+from harness.verify.invariants.sql import (
+    DEFINITIONS,
+    HUB_VIOLATION_SQL,
+    IN_ZONE_SQL,
+    REQUEST_OK_SQL,
+    merge_intervals,
+    spans_sql,
+)
+
+__all__ = [
+    "DEFINITIONS",
+    "HUB_VIOLATION_SQL",
+    "IN_ZONE_SQL",
+    "REQUEST_OK_SQL",
+    "SCOPES",
+    "Checker",
+    "FaultMeasurements",
+    "FaultScope",
+    "merge_intervals",
+    "spans_sql",
+]

@@ -1,0 +1,121 @@
+"""`CheckBase`: one loaded run and the queries every check uses (hops of a pair, windows, placement)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.verify.invariants.sql import HOP_FIELDS, INF, MAX_MESSAGES, MAX_OFFENDERS, Window
+from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
+
+
+class CheckBase:
+    """One loaded run and the helpers every check shares; `checker.Checker` joins the checks."""
+
+    def __init__(self, run: RunData) -> None:
+        self.run = run
+        self.con = run.con
+        self.t = run.topology
+        self.slo = run.topology.slo
+        self.pairs = pairs(run.topology)
+        self.run_end = run.end if run.end is not None else 0.0
+        self.total_hops = int(self._one("SELECT count(*) FROM hops") or 0)
+        self.entry_down = self._entry_down_spans()
+
+    # -- helpers -------------------------------------------------------------
+    def _one(self, sql: str, params: list[Any] | None = None) -> Any:
+        row = self.con.execute(sql, params or []).fetchone()
+        return None if row is None else row[0]
+
+    def _hops(
+        self, where: str, params: list[Any], limit: int = MAX_OFFENDERS, table: str = "hops"
+    ) -> list[dict[str, Any]]:
+        cols = ", ".join(HOP_FIELDS)
+        rows = self.con.execute(
+            f"SELECT {cols} FROM {table} WHERE {where} ORDER BY ts LIMIT {int(limit)}", params
+        ).fetchall()
+        return [dict(zip(HOP_FIELDS, r, strict=True)) for r in rows]
+
+    def _no_traffic_fails(self, caller_zone: str) -> bool:
+        return zone_is_edge(self.t, caller_zone)
+
+    @staticmethod
+    def _summary(name: str, failures: list[str], ok_text: str) -> str:
+        if not failures:
+            return f"{name}: {ok_text}"
+        more = f" (and {len(failures) - MAX_MESSAGES} more)" if len(failures) > MAX_MESSAGES else ""
+        return "; ".join(failures[:MAX_MESSAGES]) + more
+
+    def _protocol(self, u: str) -> str:
+        try:
+            return self.t.service(u).protocol
+        except KeyError:
+            return "http"
+
+    def _placement(self, u: str) -> str:
+        try:
+            return self.t.service(u).placement.value
+        except KeyError:
+            return "unknown"
+
+    def _entry_down_spans(self) -> list[tuple[str, float, float]]:
+        """(zone, from, to) while entrypoints.jsonl says the zone's entry point was down."""
+        rows = self.con.execute("SELECT zone, ts, up FROM entrypoints WHERE zone IS NOT NULL ORDER BY zone, ts")
+        spans: list[tuple[str, float, float]] = []
+        opened: dict[str, float] = {}
+        for zone, ts, up in rows.fetchall():
+            if up is False and zone not in opened:
+                opened[zone] = float(ts)
+            elif up is True and zone in opened:
+                spans.append((zone, opened.pop(zone), float(ts)))
+        spans += [(z, lo, INF) for z, lo in opened.items()]
+        return spans
+
+    # -- per-fault measurement ----------------------------------------------
+    def _measure(
+        self,
+        zone: str,
+        upstream: str,
+        callers: list[str],
+        lo: float,
+        hi: float,
+        good_sql: str,
+        hi_open: bool = False,
+    ) -> Window:
+        """First instant after which successful hops are all `good_sql`, in [lo, hi] ([lo, hi) if `hi_open`)."""
+        params = [zone, upstream, callers, lo, hi]
+        upper = "<" if hi_open else "<="
+        base = f"caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ts >= ? AND ts {upper} ?"
+        row = self.con.execute(
+            f"""
+            WITH w AS (SELECT ts, ok, coalesce(({good_sql}), false) AS good FROM fhops WHERE {base}),
+                 b AS (SELECT max(ts) FILTER (WHERE ok AND NOT good) AS last_bad FROM w),
+                 f AS (SELECT min(ts) FILTER (WHERE ok AND good AND ts > coalesce((SELECT last_bad FROM b), -{INF}))
+                       AS instant FROM w)
+            SELECT count(*), count(*) FILTER (WHERE NOT ok), count(*) FILTER (WHERE ok AND good),
+                   (SELECT last_bad FROM b), (SELECT instant FROM f),
+                   count(*) FILTER (WHERE NOT ok AND ts <= coalesce((SELECT instant FROM f), {INF})),
+                   max(ts) FILTER (WHERE ts < (SELECT instant FROM f) AND NOT (ok AND good))
+            FROM w
+            """,
+            params,
+        ).fetchone()
+        assert row is not None
+        w = Window(lo, int(row[0]), int(row[1]), int(row[2]), row[3], row[4], int(row[5]), row[6])
+        until = w.instant if w.instant is not None else hi
+        w.offenders = self._hops(
+            f"{base} AND ts <= ? AND NOT (ok AND coalesce(({good_sql}), false))", [*params, until], table="fhops"
+        )
+        return w
+
+    def _expected_sql(self, zone: str, upstream: str) -> str:
+        try:
+            edge_up = self.t.service(upstream).placement.value == "edge"
+        except KeyError:
+            edge_up = True
+        if zone_is_edge(self.t, zone) and edge_up:
+            return "serving_zone = caller_zone"
+        return "serving_kind = 'region'"
+
+    def _next_fault_in_zone(self, f: Fault, after: float) -> float:
+        nxt = [g.inject for g in self.run.faults if g.zone == f.zone and g.fault != f.fault and g.inject > after]
+        return min(nxt, default=max(self.run_end, after))

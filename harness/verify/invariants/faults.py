@@ -1,0 +1,415 @@
+"""Per-fault measurement: one scope per fault kind, then the failover, recovery, impact and losses they share.
+
+A fault kind decides only *what* is asked of the pairs of its zone
+(`SCOPES`): which must fail over to the Region, which must recover, whose
+locality is not judged meanwhile. The measurements themselves are the same
+for every kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.verify.invariants.base import CheckBase
+from harness.verify.invariants.sql import INF, REQUEST_OK_SQL, Window, hop_text, merge_intervals, spans_sql
+from harness.verify.rundata import Fault, zone_is_edge
+from harness.verify.verdict import (
+    FAIL,
+    PASS,
+    FaultResult,
+    PairResult,
+    iso,
+    seconds,
+)
+
+Exclusion = tuple[str, str, float, float]  # (caller zone, upstream, from, to): locality not judged then
+Pairs = list[tuple[str, list[str]]]  # (upstream, its callers) of one zone
+
+
+@dataclass
+class FaultScope:
+    """What one fault kind asks of the pairs of its zone (see `SCOPES`)."""
+
+    failover: Pairs = field(default_factory=list)  # must fail over to the Region during the fault
+    recovery: Pairs = field(default_factory=list)  # must come back where they belong after the restore
+    excluded: list[str] = field(default_factory=list)  # upstreams whose locality is not judged meanwhile
+    messages: list[str] = field(default_factory=list)  # said about the fault, not failures by themselves
+
+
+@dataclass
+class Failover:
+    """The failover half of one fault: per-pair results, the slowest failover, hops lost on the way."""
+
+    ok: bool = True
+    messages: list[str] = field(default_factory=list)
+    failover_s: float | None = None
+    resolution_s: float | None = None
+    window_ends: list[float] = field(default_factory=list)
+    lost_hops: int = 0
+
+
+@dataclass
+class Recovery:
+    """The recovery half of one fault: per-upstream recovery times and the slowest one."""
+
+    ok: bool = True
+    messages: list[str] = field(default_factory=list)
+    values: dict[str, float | None] = field(default_factory=dict)  # upstream -> recovery_s (None: unmeasured)
+    recovery_s: float | None = None
+    resolution_s: float | None = None
+
+
+@dataclass
+class FaultMeasurements:
+    """Everything the fault measurement hands to the rest of the verdict."""
+
+    results: list[FaultResult] = field(default_factory=list)
+    fallback_pairs: list[PairResult] = field(default_factory=list)
+    exclusions: list[Exclusion] = field(default_factory=list)  # for locality
+    impact: list[tuple[Fault, float]] = field(default_factory=list)  # (fault, end of its impact window)
+
+
+class FaultMeasurer(CheckBase):
+    """Per-fault failover, recovery, impact window and losses (the `fallback` invariant's numbers)."""
+
+    def _down_spans(self) -> list[Exclusion]:
+        """(caller zone, upstream, down from, until + maxRecoveryS) of every pair whose upstream went down."""
+        out: list[Exclusion] = []
+        for z, u, _ in self.pairs:
+            for lo, hi in self.run.down.get(self.run.up_key(z, u), []):
+                end = INF if hi is None else hi + self.slo.max_recovery_s
+                out.append((z, u, lo, min(end, max(self.run_end, lo))))
+        return out
+
+    def _fault_hops(self) -> None:
+        """Copy the hops of faulted zones and of pairs whose upstream went down into `fhops`.
+
+        Every per-fault and per-outage measurement reads only these (one scan
+        of `hops` instead of several per fault and pair). Windows of one zone
+        are merged first so that no hop is copied twice.
+        """
+        spans = [
+            (f.zone, "", f.inject, self._next_fault_in_zone(f, f.restore if f.restore is not None else f.inject))
+            for f in self.run.faults
+        ]
+        spans += [(z, "", lo, hi) for z, _, lo, hi in self._down_spans()]
+        merged = merge_intervals(spans)
+        cond = spans_sql("caller_zone", [(z, lo, hi) for z, _, lo, hi in merged])
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE fhops AS SELECT * FROM hops WHERE {cond}")
+
+    def _failover_end(self, f: Fault, upstream: str, fault_end: float) -> tuple[float, str]:
+        """Where the failover window ends: the restore, or earlier when the upstream is up again in the zone.
+
+        From the inventory's readiness, not from the timeline: a pod is
+        recorded ready before the sidecars are told of it, so no in-zone hop
+        can precede this instant, whichever of two writers came first.
+        """
+        for lo, hi in self.run.down.get(self.run.up_key(f.zone, upstream), []):
+            if hi is not None and hi > f.inject and lo <= fault_end:
+                return (hi, "ready again") if hi < fault_end else (fault_end, "restore")
+        return fault_end, "restore"
+
+    def _edge_pairs(self, zone_pairs: Pairs) -> Pairs:
+        """Pairs whose upstream is edge-placed: only they have an in-zone service to recover to.
+
+        A Region-only upstream (postgres) is served from the Region before, during
+        and after any fault (the shared-services invariant checks that); its TCP
+        hops are logged only when a pooled connection closes, so "no traffic after
+        restore" would say nothing about recovery.
+        """
+        return [(u, c) for u, c in zone_pairs if self._placement(u) != "region"]
+
+    # -- one scope per fault kind ----------------------------------------------
+    def scope_service_down(self, f: Fault, zone_pairs: Pairs) -> FaultScope:
+        """The listed services are down in the zone: their callers that stay up fail over to the Region,
+        and every pair whose upstream went down must come back in-zone, also when its callers went down too."""
+        down = set(f.services)
+        scope = FaultScope(
+            recovery=self._edge_pairs([(u, c) for u, c in zone_pairs if u in down]),
+            excluded=[u for u, _ in zone_pairs if u in down],
+        )
+        for u, callers in zone_pairs:
+            alive = [c for c in callers if c not in down]
+            if u in down and alive:
+                scope.failover.append((u, alive))
+        if not scope.failover:
+            scope.messages.append(
+                f"no mesh caller of {', '.join(sorted(down)) or 'any service'} stays up in {f.zone}: "
+                "no failover to measure"
+            )
+        return scope
+
+    def scope_zone_impaired(self, f: Fault, zone_pairs: Pairs) -> FaultScope:
+        """Zone down or partitioned: the zone is impaired as a whole.
+
+        Its Region-only dependencies are out of reach, its pods answer 5xx, and
+        outlier detection may eject them for a while after the heal. Locality is
+        not judged then; recovery is.
+        """
+        return FaultScope(recovery=self._edge_pairs(zone_pairs), excluded=[u for u, _ in zone_pairs])
+
+    def scope_link_degraded(self, f: Fault, zone_pairs: Pairs) -> FaultScope:
+        """Latency / loss on the service link: traffic must stay in-zone throughout (nothing excluded)."""
+        return FaultScope(recovery=self._edge_pairs(zone_pairs))
+
+    # -- the measurements every kind shares ----------------------------------------
+    def _failover(self, f: Fault, scope: FaultScope, fault_end: float, pair_results: dict[str, PairResult]) -> Failover:
+        """Per failover pair: the first instant after which successful hops are all Region-served."""
+        out = Failover()
+        measured: list[tuple[float, float | None]] = []
+        for u, callers in scope.failover:
+            end, why = self._failover_end(f, u, fault_end)
+            out.window_ends.append(end)
+            w = self._measure(f.zone, u, callers, f.inject, end, "serving_kind = 'region'", hi_open=True)
+            pr = PairResult(
+                caller_zone=f.zone,
+                upstream=u,
+                status=PASS,
+                fault=f.fault,
+                counts={
+                    "hops_during": w.hops,
+                    "failed_during": w.failed,
+                    "region_served_ok": w.good,
+                    "failover_s": None if w.instant is None else w.instant - f.inject,
+                    "failover_resolution_s": w.resolution,
+                    "failover_window_end": end,
+                    "lost_hops": w.lost,
+                },
+                first_offenders=w.offenders,
+            )
+            pair_results[u] = pr
+            out.lost_hops += w.lost
+            first = f", first at {hop_text(w.offenders[0])}" if w.offenders else ""
+            if w.hops == 0:
+                pr.status = FAIL
+                pr.message = f"fallback: {f.zone} -> {u}: no traffic during fault {f.fault}: failover unverified"
+            elif w.instant is None:
+                pr.status = FAIL
+                misplaced = f"last served outside the Region at {iso(w.last_misplaced)}, " if w.last_misplaced else ""
+                pr.message = (
+                    f"fallback: {f.zone} -> {u}: no failover to the Region during fault {f.fault} "
+                    f"(window {iso(f.inject)} .. {iso(end)}, ended by the {why}; {w.hops} hops, {w.failed} "
+                    f"failed, {misplaced}{w.good} Region-served){first}"
+                )
+            else:
+                d = w.instant - f.inject
+                measured.append((d, w.resolution))
+                if d > self.slo.max_failover_s:
+                    pr.status = FAIL
+                    pr.message = (
+                        f"fallback: {f.zone} -> {u}: failover took {seconds(d, w.resolution)} > maxFailoverS "
+                        f"{self.slo.max_failover_s:g}s in fault {f.fault}{first}"
+                    )
+            if pr.status == FAIL:
+                out.ok = False
+                out.messages.append(pr.message)
+        if scope.failover and len(measured) == len(scope.failover):
+            out.failover_s, out.resolution_s = max(measured, key=lambda x: x[0])
+        return out
+
+    def _recovery(self, f: Fault, scope: FaultScope, pair_results: dict[str, PairResult]) -> Recovery:
+        """Per recovery pair: the first instant after the restore from which hops are served where they belong."""
+        out = Recovery()
+        if f.restore is None:
+            out.ok = False
+            out.messages.append(
+                f"fallback: {f.zone}: fault {f.fault} never recovers: no restore record "
+                f"(injected at {iso(f.inject)}, run ends {iso(self.run_end)})"
+            )
+            out.values = {u: None for u, _ in scope.recovery}
+            return out
+        hi = self._next_fault_in_zone(f, f.restore)
+        measured: list[tuple[float, float | None]] = []
+        for u, callers in scope.recovery:
+            w = self._measure(f.zone, u, callers, f.restore, hi, self._expected_sql(f.zone, u))
+            pr = pair_results.get(u) or PairResult(
+                caller_zone=f.zone, upstream=u, status=PASS, fault=f.fault, counts={}, first_offenders=[]
+            )
+            pair_results[u] = pr
+            rec = None if w.instant is None else w.instant - f.restore
+            out.values[u] = rec
+            if rec is not None:
+                measured.append((rec, w.resolution))
+            pr.counts.update(
+                {
+                    "hops_after_restore": w.hops,
+                    "failed_after_restore": w.failed,
+                    "recovery_s": rec,
+                    "recovery_resolution_s": w.resolution,
+                }
+            )
+            msg = self._recovery_failure(f, u, w, rec)
+            if msg:
+                pr.status = FAIL
+                pr.message = f"{pr.message}; {msg}" if pr.message else msg
+                if not pr.first_offenders:
+                    pr.first_offenders = w.offenders
+                out.ok = False
+                out.messages.append(msg)
+        if out.values and len(measured) == len(out.values):
+            out.recovery_s, out.resolution_s = max(measured, key=lambda x: x[0])
+        return out
+
+    def _recovery_failure(self, f: Fault, u: str, w: Window, rec: float | None) -> str:
+        """Why the recovery of pair (f.zone, u) fails, or "" when it does not."""
+        assert f.restore is not None
+        first = f", first at {hop_text(w.offenders[0])}" if w.offenders else ""
+        if w.hops == 0:
+            if self._no_traffic_fails(f.zone):
+                return (
+                    f"fallback: {f.zone} -> {u}: fault {f.fault} never recovers: no traffic after "
+                    f"restore at {iso(f.restore)} (recovery unverified)"
+                )
+            return ""
+        if rec is None:
+            return (
+                f"fallback: {f.zone} -> {u}: fault {f.fault} never recovers: no steady successful "
+                f"{'in-zone' if 'caller_zone' in self._expected_sql(f.zone, u) else 'Region'} service "
+                f"after restore at {iso(f.restore)} ({w.hops} hops, {w.failed} failed){first}"
+            )
+        if rec > self.slo.max_recovery_s:
+            return (
+                f"fallback: {f.zone} -> {u}: recovery took {seconds(rec, w.resolution)} > maxRecoveryS "
+                f"{self.slo.max_recovery_s:g}s after fault {f.fault}{first}"
+            )
+        return ""
+
+    def _impact_end(self, f: Fault, rc: Recovery) -> float:
+        """The end of the fault's impact window: restore + recovery (or the SLO bound when unmeasured)."""
+        if f.restore is None:
+            return max(self.run_end, f.inject)
+        if rc.recovery_s is not None:
+            return f.restore + rc.recovery_s
+        if rc.values:
+            return f.restore + self.slo.max_recovery_s
+        return f.restore
+
+    def _losses(
+        self, f: Fault, scope: FaultScope, fo: Failover, fault_end: float, impact_end: float
+    ) -> tuple[int, int]:
+        """(lost requests, lost hops) from the inject to the failover instant, or to the end of the window."""
+        lost_hops = fo.lost_hops
+        if scope.failover:
+            lost_until = f.inject + fo.failover_s if fo.failover_s is not None else fault_end
+        else:
+            lost_until = impact_end
+            for u, callers in scope.recovery:
+                lost_hops += int(
+                    self._one(
+                        "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? AND "
+                        "list_contains(?, caller_service) AND ts >= ? AND ts <= ? AND NOT ok",
+                        [f.zone, u, callers, f.inject, lost_until],
+                    )
+                    or 0
+                )
+        lost_requests = int(
+            self._one(
+                f"SELECT count(*) FROM requests WHERE zone = ? AND ts >= ? AND ts <= ? AND NOT {REQUEST_OK_SQL}",
+                [f.zone, f.inject, lost_until],
+            )
+            or 0
+        )
+        return lost_requests, lost_hops
+
+    def measure_fault(self, f: Fault, out: FaultMeasurements) -> None:
+        """One fault: its kind's scope, then failover, recovery, impact window, exclusions and losses."""
+        zone_pairs = [(u, list(c)) for (z, u, c) in self.pairs if z == f.zone]
+        scope = SCOPES.get(f.kind, FaultMeasurer.scope_link_degraded)(self, f, zone_pairs)
+        fault_end = f.restore if f.restore is not None else max(self.run_end, f.inject)
+        pair_results: dict[str, PairResult] = {}
+        fo = self._failover(f, scope, fault_end, pair_results)
+        rc = self._recovery(f, scope, pair_results)
+        impact_end = self._impact_end(f, rc)
+        out.impact.append((f, impact_end))
+        for u in scope.excluded:
+            rec = rc.values.get(u)
+            end = INF if f.restore is None else f.restore + (rec if rec is not None else self.slo.max_recovery_s)
+            out.exclusions.append((f.zone, u, f.inject, end))
+        lost_requests, lost_hops = self._losses(f, scope, fo, fault_end, impact_end)
+        out.fallback_pairs.extend(pair_results.values())
+        out.results.append(
+            FaultResult(
+                fault=f.fault,
+                kind=f.kind,
+                zone=f.zone,
+                services=list(f.services),
+                entry_down=f.entry_down,
+                inject=f.inject,
+                restore=f.restore,
+                failover_s=fo.failover_s,
+                lost_requests=lost_requests,
+                lost_hops=lost_hops,
+                recovery_s=rc.recovery_s,
+                passed=fo.ok and rc.ok,
+                messages=scope.messages + fo.messages + rc.messages,
+                failover_resolution_s=fo.resolution_s,
+                recovery_resolution_s=rc.resolution_s,
+                failover_end=max(fo.window_ends) if fo.window_ends else None,
+            )
+        )
+
+    def faults(self) -> FaultMeasurements:
+        """Measure each fault; then the locality exclusions of every interval an upstream was down."""
+        self._fault_hops()
+        out = FaultMeasurements()
+        for f in self.run.faults:
+            self.measure_fault(f, out)
+        out.exclusions += self._readiness_exclusions()
+        return out
+
+    def _readiness_exclusions(self) -> list[tuple[str, str, float, float]]:
+        """Locality is judged only while the pair's upstream is up: each down interval until its recovery.
+
+        Recovery after the upstream is ready again is measured like a fault's
+        (first in-zone hop after the last misplaced one), within maxRecoveryS;
+        unmeasured, the window runs maxRecoveryS past the instant it was up.
+        """
+        out: list[tuple[str, str, float, float]] = []
+        for z, u, callers in self.pairs:
+            if self._placement(u) != "edge":
+                continue
+            intervals = self.run.down.get(self.run.up_key(z, u), [])
+            for i, (lo, hi) in enumerate(intervals):
+                if hi is None:
+                    out.append((z, u, lo, INF))
+                    continue
+                nxt = intervals[i + 1][0] if i + 1 < len(intervals) else INF
+                bound = min(hi + self.slo.max_recovery_s, nxt, max(self.run_end, hi))
+                w = self._measure(z, u, list(callers), hi, bound, self._expected_sql(z, u))
+                out.append((z, u, lo, w.instant if w.instant is not None else hi + self.slo.max_recovery_s))
+        return out
+
+    def _outage_notes(self) -> list[str]:
+        """Intervals a service of the topology had no ready pod in a zone, outside every recorded fault."""
+        notes = []
+        names = {s.name for s in self.t.services}
+        for (zone, service), intervals in sorted(self.run.down.items()):
+            if service not in names:
+                continue
+            region = zone == self.t.region
+            for lo, hi in intervals:
+                end = INF if hi is None else hi
+                covered = any(
+                    (f.zone == zone or (region and not zone_is_edge(self.t, f.zone)))
+                    and f.inject <= end
+                    and lo <= (INF if f.restore is None else f.restore)
+                    for f in self.run.faults
+                )
+                if not covered:
+                    where = "the Region" if region else zone
+                    notes.append(
+                        f"{service} had no ready pod in {where} from {iso(lo)} to {iso(hi)} outside any recorded "
+                        "fault (locality not judged then)"
+                    )
+        return notes
+
+
+ScopeFn = Callable[[FaultMeasurer, Fault, Pairs], FaultScope]
+# Fault kind -> what it asks of its zone's pairs; any other kind is measured like link-degraded.
+SCOPES: dict[str, ScopeFn] = {
+    "service-down": FaultMeasurer.scope_service_down,
+    "zone-down": FaultMeasurer.scope_zone_impaired,
+    "partition": FaultMeasurer.scope_zone_impaired,
+    "link-degraded": FaultMeasurer.scope_link_degraded,
+}

@@ -1,0 +1,395 @@
+"""The routing invariants over hops: locality, hub-and-spoke (with attempts), shared services, call graph."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.verify import evidence
+from harness.verify.invariants.base import CheckBase
+from harness.verify.invariants.sql import (
+    HOP_END_SQL,
+    HUB_VIOLATION_SQL,
+    IN_ZONE_SQL,
+    INF,
+    MAX_OFFENDERS,
+    _q,
+    hop_text,
+    merge_intervals,
+    spans_sql,
+)
+from harness.verify.verdict import (
+    CALL_GRAPH,
+    FAIL,
+    HUB_AND_SPOKE,
+    LOCALITY,
+    NO_TRAFFIC,
+    PASS,
+    SHARED_SERVICES,
+    UNVERIFIED,
+    CheckResult,
+    InvariantResult,
+    PairResult,
+    iso,
+)
+
+
+class RoutingChecks(CheckBase):
+    """Where hops were served, and whether they were calls the topology declares."""
+
+    def locality(self, exclusions: list[tuple[str, str, float, float]]) -> InvariantResult:
+        self.con.execute("CREATE OR REPLACE TEMP TABLE loc_excl (zone VARCHAR, upstream VARCHAR, lo DOUBLE, hi DOUBLE)")
+        merged = merge_intervals(exclusions)
+        if merged:
+            # merged, so a hop matches at most one window and the LEFT JOIN below never duplicates it
+            self.con.executemany("INSERT INTO loc_excl VALUES (?, ?, ?, ?)", [list(e) for e in merged])
+        rows = self.con.execute(
+            f"""
+            SELECT h.caller_zone, h.upstream, count(*),
+                   count(*) FILTER (WHERE e.zone IS NOT NULL),
+                   count(*) FILTER (WHERE e.zone IS NULL AND coalesce(h.upstream_host, '') = ''),
+                   count(*) FILTER (WHERE e.zone IS NULL AND coalesce(h.upstream_host, '') <> ''),
+                   count(*) FILTER (WHERE e.zone IS NULL AND coalesce({IN_ZONE_SQL}, false)),
+                   count(*) FILTER (WHERE e.zone IS NULL AND coalesce(h.upstream_host, '') <> ''
+                                     AND h.serving_zone IS NULL)
+            FROM hops h
+            LEFT JOIN loc_excl e ON e.zone = h.caller_zone AND e.upstream = h.upstream
+                 AND h.ts <= e.hi AND h.ts + coalesce(h.duration_ms, 0) / 1000.0 >= e.lo
+            WHERE h.placement = 'edge'
+            GROUP BY h.caller_zone, h.upstream
+            """
+        ).fetchall()
+        return self._locality_result(rows)
+
+    def _locality_result(self, rows: list[tuple[Any, ...]]) -> InvariantResult:
+        data = {(r[0], r[1]): r[2:] for r in rows}
+        keys = [(z, u) for (z, u, _) in self.pairs if self._placement(u) == "edge"]
+        keys += sorted(k for k in data if k not in keys)
+        results: list[PairResult] = []
+        failures: list[str] = []
+        shares: list[float] = []
+        for z, u in keys:
+            total, excluded, no_host, served, in_zone, unattributed = data.get((z, u), (0, 0, 0, 0, 0, 0))
+            share = in_zone / served if served else None
+            pr = PairResult(
+                caller_zone=z,
+                upstream=u,
+                status=PASS,
+                counts={
+                    "hops": total,
+                    "excluded_fault_windows": excluded,
+                    "failed_no_host": no_host,
+                    "considered": served,
+                    "in_zone": in_zone,
+                    "out_of_zone": served - in_zone,
+                    "unattributed": unattributed,
+                    "in_zone_share": share,
+                },
+            )
+            if total == 0:
+                pr.status = NO_TRAFFIC
+                if self._no_traffic_fails(z):
+                    pr.status = FAIL
+                    pr.message = f"locality: {z} -> {u}: no traffic (locality unverified)"
+            elif served == 0 and no_host == 0 and self._no_traffic_fails(z):
+                pr.status = FAIL
+                pr.message = (
+                    f"locality: {z} -> {u}: all {total} hops fell in fault windows or while {u} was down in the "
+                    "zone: no hop while it was healthy (locality unverified)"
+                )
+            elif served - in_zone > 0:
+                pr.first_offenders = self._offending_locality(z, u)
+            if share is not None:
+                shares.append(share)
+                if share < self.slo.in_zone_share:
+                    pr.status = FAIL
+                    first = f", first at {hop_text(pr.first_offenders[0])}" if pr.first_offenders else ""
+                    pr.message = (
+                        f"locality: {z} -> {u}: {share * 100:.2f}% in-zone ({in_zone}/{served}) < "
+                        f"{self.slo.in_zone_share * 100:g}% while the zone's {u} was healthy, "
+                        f"{served - in_zone} hops served elsewhere{first}"
+                    )
+            if pr.status == FAIL:
+                failures.append(pr.message)
+            results.append(pr)
+        if self.total_hops == 0:
+            failures.insert(0, "locality: no hops recorded (no access logs, hops.jsonl missing or empty): unverified")
+        low = f" (lowest {min(shares) * 100:.2f}%)" if shares else ""
+        msg = self._summary(
+            LOCALITY, failures, f"{len(results)} pairs >= {self.slo.in_zone_share * 100:g}% in-zone{low}"
+        )
+        return InvariantResult(LOCALITY, not failures, msg, pairs=results)
+
+    def _offending_locality(self, z: str, u: str) -> list[dict[str, Any]]:
+        return self._hops(
+            f"caller_zone = ? AND upstream = ? AND coalesce(upstream_host, '') <> '' "
+            f"AND NOT coalesce({IN_ZONE_SQL}, false) "
+            "AND NOT EXISTS (SELECT 1 FROM loc_excl e WHERE e.zone = hops.caller_zone AND e.upstream = hops.upstream "
+            f"AND hops.ts <= e.hi AND {HOP_END_SQL} >= e.lo)",
+            [z, u],
+        )
+
+    def hub_and_spoke(self) -> InvariantResult:
+        rows = self.con.execute(
+            f"""
+            SELECT caller_zone, upstream, serving_zone, count(*) AS n
+            FROM hops WHERE {HUB_VIOLATION_SQL} GROUP BY ALL ORDER BY min(ts)
+            """
+        ).fetchall()
+        totals = {
+            (r[0], r[1]): r[2]
+            for r in self.con.execute("SELECT caller_zone, upstream, count(*) FROM hops GROUP BY ALL").fetchall()
+        }
+        by_pair: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        for cz, u, sz, n in rows:
+            by_pair.setdefault((cz, u), []).append((sz, int(n)))
+        failures: list[str] = []
+        results: list[PairResult] = []
+        keys = [(z, u) for (z, u, _) in self.pairs]
+        keys += sorted(k for k in totals if k not in keys)
+        for z, u in keys:
+            viol = by_pair.get((z, u), [])
+            n_viol = sum(n for _, n in viol)
+            pr = PairResult(
+                caller_zone=z,
+                upstream=u,
+                status=PASS if totals.get((z, u), 0) else NO_TRAFFIC,
+                counts={"hops": totals.get((z, u), 0), "violations": n_viol},
+            )
+            if viol:
+                pr.status = FAIL
+                pr.first_offenders = self._hops(f"caller_zone = ? AND upstream = ? AND {HUB_VIOLATION_SQL}", [z, u])
+                parts = []
+                for sz, n in viol:
+                    first = self._hops(
+                        f"caller_zone = ? AND upstream = ? AND serving_zone = ? AND {HUB_VIOLATION_SQL}", [z, u, sz], 1
+                    )
+                    parts.append(f"hub-and-spoke: {z} -> {sz}: {n} hops to {u}, first at {hop_text(first[0])}")
+                pr.message = "; ".join(parts)
+                failures.extend(parts)
+            results.append(pr)
+        if self.total_hops == 0:
+            failures.insert(
+                0, "hub-and-spoke: no hops recorded (no access logs, hops.jsonl missing or empty): unverified"
+            )
+        attempt_failures, checks, attempt_text = self._attempts()
+        failures += attempt_failures
+        msg = self._summary(
+            HUB_AND_SPOKE,
+            failures,
+            f"no hop crossed between edge zones or from the Region to an edge zone ({self.total_hops} hops); "
+            f"{attempt_text}",
+        )
+        return InvariantResult(HUB_AND_SPOKE, not failures, msg, pairs=results, checks=checks)
+
+    def _attempts(self) -> tuple[list[str], list[CheckResult], str]:
+        """Attempt evidence: hosts in a forbidden zone that a sidecar's counters say it tried."""
+        labels = {r[0] for r in self.con.execute("SELECT DISTINCT label FROM upstream_stats").fetchall()}
+        missing = [x for x in ("start", "end") if x not in labels]
+        if not labels:
+            return (
+                ["hub-and-spoke: no upstream counters (upstream-stats.jsonl missing or empty): attempts a retry "
+                 "may have hidden are unverified"],
+                [CheckResult("upstream-stats", UNVERIFIED, "no counter snapshots")],
+                "",
+            )  # fmt: skip
+        failures: list[str] = []
+        checks: list[CheckResult] = []
+        if missing:
+            failures.append(
+                f"hub-and-spoke: no {' or '.join(repr(m) for m in missing)} snapshot of the upstream counters: "
+                "attempts are unverified"
+            )
+            checks.append(CheckResult("upstream-stats", UNVERIFIED, f"no {', '.join(missing)} snapshot"))
+        rows = self.con.execute(
+            """
+            SELECT s.pod, s.caller_zone, s.cluster, s.host, s.host_pod, s.host_zone,
+                   max(coalesce(s.cx_total, 0)), max(coalesce(s.cx_connect_fail, 0)), max(coalesce(s.rq_total, 0)),
+                   max(coalesce(s.rq_error, 0)), arg_min(s.label, s.ts), min(s.ts)
+            FROM upstream_stats s
+            JOIN zones hz ON hz.name = s.host_zone
+            LEFT JOIN zones cz ON cz.name = s.caller_zone
+            WHERE s.caller_zone IS NOT NULL AND hz.kind = 'edge'
+              AND (coalesce(cz.kind, 'edge') = 'region' OR s.host_zone <> s.caller_zone)
+              AND coalesce(s.cx_total, 0) + coalesce(s.cx_connect_fail, 0) + coalesce(s.rq_total, 0) > 0
+            GROUP BY ALL ORDER BY min(s.ts), s.pod, s.host
+            """
+        ).fetchall()
+        for pod, cz, cluster, host, hpod, hz, cx, cf, rq, rqe, label, ts in rows:
+            text = (
+                f"hub-and-spoke: {cz} -> {hz}: attempted: {pod} ({cz}) tried {host} ({hpod or '?'} in {hz}) "
+                f"in cluster {cluster}: cx_total {cx}, cx_connect_fail {cf}, rq_total {rq}, rq_error {rqe} "
+                f"(first in the '{label}' snapshot at {iso(ts)})"
+            )
+            failures.append(text)
+            detail = {"pod": pod, "caller_zone": cz, "cluster": cluster, "host": host, "host_pod": hpod,
+                      "host_zone": hz, "cx_total": cx, "cx_connect_fail": cf, "rq_total": rq, "rq_error": rqe,
+                      "first_snapshot": label, "ts": ts}  # fmt: skip
+            checks.append(CheckResult(f"{pod} -> {host}", FAIL, text, detail))
+        row = self.con.execute(
+            "SELECT count(DISTINCT ts), count(DISTINCT pod), count(*) FILTER (WHERE caller_zone IS NULL), "
+            "count(*) FILTER (WHERE host_zone IS NULL AND coalesce(cx_total, 0) + coalesce(rq_total, 0) > 0) "
+            "FROM upstream_stats"
+        ).fetchone()
+        assert row is not None
+        snaps, pods, unknown_pod, unknown_host = (int(x) for x in row)
+        if unknown_pod:
+            self.run.notes.append(f"{unknown_pod} upstream-counter lines are of sidecars the inventory does not know")
+        if unknown_host:
+            self.run.notes.append(
+                f"{unknown_host} upstream-counter lines name hosts the inventory cannot attribute at that time"
+            )
+        return failures, checks, f"no attempt to a forbidden zone in {snaps} counter snapshots of {pods} sidecars"
+
+    def shared_services(self) -> InvariantResult:
+        viol = "(serving_kind IS NOT NULL AND serving_kind <> 'region')"
+        excused = self._unrouted_excused_sql()
+        not_routed = f"(coalesce(upstream_host, '') = '' AND (coalesce(flags, '') LIKE '%NR%' OR NOT {excused}))"
+        rows = self.con.execute(
+            f"""
+            SELECT caller_zone, upstream, count(*),
+                   count(*) FILTER (WHERE serving_kind = 'region'),
+                   count(*) FILTER (WHERE {viol}),
+                   count(*) FILTER (WHERE NOT ok),
+                   count(*) FILTER (WHERE {not_routed})
+            FROM hops WHERE placement = 'region' GROUP BY ALL
+            """
+        ).fetchall()
+        data = {(r[0], r[1]): r[2:] for r in rows}
+        keys = [(z, u) for (z, u, _) in self.pairs if self._placement(u) == "region"]
+        keys += sorted(k for k in data if k not in keys)
+        failures: list[str] = []
+        results: list[PairResult] = []
+        for z, u in keys:
+            total, region, elsewhere, failed, unrouted = data.get((z, u), (0, 0, 0, 0, 0))
+            pr = PairResult(
+                caller_zone=z,
+                upstream=u,
+                status=PASS,
+                counts={
+                    "hops": total,
+                    "served_region": region,
+                    "served_elsewhere": elsewhere,
+                    "failed": failed,
+                    "not_routed": unrouted,
+                },
+            )
+            parts = []
+            if total == 0:
+                pr.status = NO_TRAFFIC
+                # Envoy logs a TCP hop when its connection closes: a pooled connection kept open for
+                # the whole run leaves no record, so silence is reported for TCP, not failed (the
+                # placement check below still sees where the service ran).
+                if self._no_traffic_fails(z) and self._protocol(u) != "tcp":
+                    parts.append(f"shared-services: {z} -> {u}: no traffic (unverified)")
+            if elsewhere:
+                pr.first_offenders = self._hops(f"caller_zone = ? AND upstream = ? AND {viol}", [z, u])
+                zones = sorted({h["serving_zone"] or "unknown zone" for h in pr.first_offenders})
+                parts.append(
+                    f"shared-services: {z} -> {u}: {elsewhere} hops to Region-only {u} served outside the Region "
+                    f"({', '.join(zones)}), first at {hop_text(pr.first_offenders[0])}"
+                )
+            if unrouted:
+                offenders = self._hops(f"caller_zone = ? AND upstream = ? AND {not_routed}", [z, u])
+                pr.first_offenders = (pr.first_offenders + offenders)[:MAX_OFFENDERS]
+                flags = sorted({str(h["flags"]) for h in offenders})
+                parts.append(
+                    f"shared-services: {z} -> {u}: {unrouted} hops to Region-only {u} were not routed (no upstream "
+                    f"host, flags {', '.join(flags)}) while no fault excused it, first at {hop_text(offenders[0])}"
+                )
+            if parts:
+                pr.status = FAIL
+                pr.message = "; ".join(parts)
+                failures.extend(parts)
+            results.append(pr)
+        # Where Region-only services ran, from the inventory: a pod of one in an edge zone can serve
+        # hops that pooled TCP connections never log, so its placement alone is a violation.
+        misplaced = self.con.execute(
+            """
+            SELECT i.pod, i.service, i.zone, min(i.ts) FROM inventory i
+            JOIN services s ON s.name = i.service JOIN zones z ON z.name = i.zone
+            WHERE i.event = 'added' AND s.placement = 'region' AND z.kind <> 'region'
+            GROUP BY ALL ORDER BY 4
+            """
+        ).fetchall()
+        if misplaced:
+            pod, svc, zone, ts = misplaced[0]
+            failures.append(
+                f"shared-services: {len(misplaced)} pod(s) of Region-only services ran outside the Region, "
+                f"first {pod} ({svc}) in {zone} at {iso(ts)}"
+            )
+        if self.total_hops == 0:
+            failures.insert(
+                0, "shared-services: no hops recorded (no access logs, hops.jsonl missing or empty): unverified"
+            )
+        msg = self._summary(
+            SHARED_SERVICES, failures, "every hop to a Region-only service was routed to and served in the Region"
+        )
+        return InvariantResult(SHARED_SERVICES, not failures, msg, pairs=results)
+
+    def _unrouted_excused_sql(self) -> str:
+        """SQL: a hop without upstream host falls where a fault or an outage explains it (see DEFINITIONS).
+
+        Before the first user request the mesh is still converging (apps open
+        their database connections while the sidecars get their endpoints; the
+        harness starts traffic once every pod is ready), so bring-up is not judged.
+        """
+        first_request = self._one("SELECT min(ts) FROM requests")
+        parts: list[str] = [f"(ts < {float(first_request)!r})"] if first_request is not None else []
+        slack = self.slo.max_recovery_s
+        for f in self.run.faults:
+            end = INF if f.restore is None else f.restore + slack
+            if f.kind in ("zone-down", "partition"):
+                parts.append(spans_sql("caller_zone", [(f.zone, f.inject, end)], HOP_END_SQL))
+            for s in f.services:
+                if self._placement(s) == "region":
+                    parts.append(f"(upstream = '{_q(s)}' AND {spans_sql(None, [('', f.inject, end)], HOP_END_SQL)})")
+        for (zone, service), intervals in self.run.down.items():
+            if zone != self.t.region or self._placement(service) != "region":
+                continue
+            spans = [("", lo, INF if hi is None else hi + slack) for lo, hi in intervals]
+            parts.append(f"(upstream = '{_q(service)}' AND {spans_sql(None, spans, HOP_END_SQL)})")
+        return "(" + " OR ".join(parts) + ")" if parts else "false"
+
+    def call_graph(self) -> InvariantResult:
+        rows = self.con.execute(
+            """
+            SELECT h.caller_service, h.upstream, count(*) AS n, min(h.ts),
+                   bool_or(c.caller IS NOT NULL) AS declared
+            FROM hops h LEFT JOIN calls c ON c.caller = h.caller_service AND c.upstream = h.upstream
+            GROUP BY 1, 2 ORDER BY min(h.ts)
+            """
+        ).fetchall()
+        failures: list[str] = []
+        checks: list[CheckResult] = []
+        edges = 0
+        for caller, upstream, n, _ts, declared in rows:
+            if caller is None or upstream is None:
+                first = self._hops(
+                    "caller_service IS NOT DISTINCT FROM ? AND upstream IS NOT DISTINCT FROM ?", [caller, upstream], 1
+                )
+                text = (
+                    f"call-graph: {n} hops whose {'caller' if caller is None else 'upstream'} could not be identified "
+                    f"({caller or '?'} -> {upstream or '?'}): unverified, first at {hop_text(first[0])}"
+                )
+                failures.append(text)
+                checks.append(CheckResult(f"{caller or '?'} -> {upstream or '?'}", UNVERIFIED, text, {"hops": n}))
+            elif not declared:
+                first = self._hops("caller_service = ? AND upstream = ?", [caller, upstream])
+                zones = sorted({str(h["caller_zone"]) for h in first})
+                text = (
+                    f"call-graph: {caller} -> {upstream}: {n} hops on an edge the topology does not declare "
+                    f"(from {', '.join(zones)}), first at {hop_text(first[0])}"
+                )
+                failures.append(text)
+                checks.append(CheckResult(f"{caller} -> {upstream}", FAIL, text, {"hops": n, "first": first}))
+            else:
+                edges += 1
+        int_failures, int_checks, int_text = evidence.intentions(self.run)
+        failures += int_failures
+        checks += int_checks
+        if self.total_hops == 0:
+            failures.insert(0, "call-graph: no hops recorded: the calls made are unverified")
+        msg = self._summary(
+            CALL_GRAPH, failures, f"every hop is on one of the {edges} declared edges it used; {int_text}"
+        )
+        return InvariantResult(CALL_GRAPH, not failures, msg, checks=checks)

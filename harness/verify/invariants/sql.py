@@ -1,0 +1,170 @@
+"""The verifier's shared vocabulary: definitions, SQL fragments, record texts, window arithmetic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.verify.verdict import iso
+
+MAX_OFFENDERS = 5
+MAX_MESSAGES = 3
+INF = 1e300
+
+HOP_FIELDS = (
+    "ts",
+    "caller_pod",
+    "caller_service",
+    "caller_zone",
+    "upstream",
+    "upstream_host",
+    "serving_pod",
+    "serving_zone",
+    "status",
+    "flags",
+    "duration_ms",
+)
+REQUEST_FIELDS = ("ts", "zone", "name", "status", "latency_ms", "error")
+
+DEFINITIONS = {
+    "hop_failed": "no upstream host, status >= 500, or status 0 with an Envoy response flag",
+    "request_failed": "the load generator marked it ok=false: no HTTP response, a status outside 200-399, or an "
+    "HTTP 200 whose GraphQL body carries `errors` (how the real public-api answers an upstream failure)",
+    "hop": "one outbound access-log line of a sidecar, rebuilt from accesslogs/ + inventory on every verify "
+    "(hops.jsonl is read only when the access logs are absent)",
+    "inbound_line": "an access-log line of the serving side (direction inbound, upstream_cluster local_app, or an "
+    "upstream host on loopback): not a hop, counted apart in run.inbound_lines",
+    "serving_pod": "the pod that held the upstream host's IP at the hop's start (inventory history, 1 s slack)",
+    "in_window": "a hop or user request is in a fault or outage window when its lifetime [ts, ts + duration] "
+    "overlaps it: Envoy and locust stamp it with its start, so one in flight at the fault is the fault's",
+    "local": "edge caller: its own zone; Region caller: any availability zone",
+    "up": "a (zone, service) is up while >= 1 of its pods is ready (inventory ready/unready/removed; without "
+    "readiness events a pod is ready from `added`); for Region callers the Region as a whole",
+    "locality": "in-zone hops / hops with an upstream host, outside the pair's fault windows and the intervals "
+    "its upstream was down (each until the measured recovery, else + maxRecoveryS), >= inZoneShare",
+    "hub_and_spoke": "no hop of an edge caller served in another edge zone, none of a Region caller served in an "
+    "edge zone, and no such host with cx_total + cx_connect_fail + rq_total > 0 in any sidecar's upstream "
+    "counters (attempts a retry hid); no start/end counter snapshot = unverified = fail",
+    "failover_s": "first successful Region-served hop after the last successful non-Region hop, minus inject; "
+    "the window ends (exclusive) at the restore or when the upstream is up again in the zone, whichever is first",
+    "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop, minus restore",
+    "resolution_s": "gap between the records bounding the failover/recovery instant: the instant minus the last "
+    "failed or misplaced hop before it (or minus the window start); the true value lies in [value - resolution, "
+    "value]",
+    "lost": "failed requests entering the zone and failed hops of the affected pairs, from inject to failover "
+    "(or to the end of the fault window)",
+    "availability": "failed / all user requests per fault window [inject, restore + recovery] and in steady state, "
+    "excluding requests entering zones whose entry point is down (entry_down faults, entrypoints.jsonl)",
+    "coverage": "each fault has user requests entering its zone at an up entry point during [inject, restore] "
+    "(unless the fault takes the entry down by design) and after (restore, next fault in the zone / end of run, "
+    "at most maxRecoveryS]; a window without them is unverified = fail",
+    "no_traffic": "a fault or edge pair without records is a failure (unverified), a Region pair is only reported",
+    "shared_services": "hops to Region-only services are served in the Region and routed (a hop without upstream "
+    "host fails, except before the first user request (bring-up), during a fault that took the caller's zone or the "
+    "service down or while the service had no ready pod, each until maxRecoveryS after it; NR is never excused) "
+    "and no pod of one ran in an edge zone (inventory); a TCP pair with no hops is reported, not failed (Envoy logs "
+    "TCP hops when connections close)",
+    "call_graph": "every hop's caller service -> upstream service is declared by the topology (logical names; an "
+    "unidentified caller or upstream is unverified = fail); preflight.json's intentions checks show Consul denies "
+    "every undeclared call (and a refused-probe check where the backend could make one)",
+    "config": "every preflight.json check (crd-synced, discovery-chain, instances-passing) passed; no preflight.json "
+    "or no check of a kind = unverified = fail",
+    "experiment_ran": "every experiment in plan.json has a chaostoolkit journal with status completed, the steady "
+    "state met before the method, every planned action in run[] with status succeeded, and no deviation; no plan "
+    "and no chaos records = nothing planned (pass); chaos records without a plan = unverified = fail",
+    "partial": "run.json says the run did not complete (status other than complete, or no `ended`): the verdict is "
+    "judged on what was recorded",
+    "skipped_records": "lines of record files that are not JSON objects or lack their time field are skipped and "
+    "listed (file, line, reason)",
+}
+
+# SQL: the hop is served in the caller's local zone (see module docstring).
+IN_ZONE_SQL = "(CASE WHEN caller_kind = 'region' THEN serving_kind = 'region' ELSE serving_zone = caller_zone END)"
+HUB_VIOLATION_SQL = (
+    "(serving_zone IS NOT NULL AND ("
+    "(caller_kind <> 'region' AND serving_zone <> caller_zone AND serving_kind <> 'region')"
+    " OR (caller_kind = 'region' AND serving_kind <> 'region')))"
+)
+REQUEST_OK_SQL = "coalesce(ok, status BETWEEN 200 AND 399, false)"
+
+
+def hop_text(h: dict[str, Any]) -> str:
+    """One offending hop, as a person reads it next to the pod logs."""
+    host = h.get("upstream_host") or "(no upstream host)"
+    where = h.get("serving_zone") or "unknown zone"
+    pod = h.get("serving_pod") or "?"
+    return (
+        f"{iso(h.get('ts'))}: {h.get('caller_pod') or h.get('caller_service') or '?'} ({h.get('caller_zone')}) -> "
+        f"{h.get('upstream')} at {host} ({pod} in {where}), status {h.get('status')} {h.get('flags') or '-'}"
+    )
+
+
+def request_text(r: dict[str, Any]) -> str:
+    text = f"{iso(r.get('ts'))}: {r.get('name')} entering {r.get('zone')}, status {r.get('status')}"
+    return f"{text} {r['error']}" if r.get("error") else text
+
+
+@dataclass
+class Window:
+    """A measurement over one pair in one time range: first good instant, its resolution and losses."""
+
+    lo: float
+    hops: int = 0
+    failed: int = 0
+    good: int = 0
+    last_misplaced: float | None = None
+    instant: float | None = None
+    lost: int = 0
+    prev_bad: float | None = None
+    offenders: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def resolution(self) -> float | None:
+        if self.instant is None:
+            return None
+        return self.instant - max(self.prev_bad if self.prev_bad is not None else self.lo, self.lo)
+
+
+def _q(s: str) -> str:
+    return s.replace("'", "''")
+
+
+def merge_intervals(intervals: list[tuple[str, str, float, float]]) -> list[tuple[str, str, float, float]]:
+    """Union overlapping windows of the same (zone, upstream): few rows, plain Python is fine."""
+    out: list[tuple[str, str, float, float]] = []
+    for z, u, lo, hi in sorted(intervals):
+        if out and out[-1][0] == z and out[-1][1] == u and lo <= out[-1][3]:
+            out[-1] = (z, u, out[-1][2], max(hi, out[-1][3]))
+        else:
+            out.append((z, u, lo, hi))
+    return out
+
+
+# A hop or request is *in* a window when its lifetime overlaps it, not only when it
+# started inside: a request in flight at the kill was served (or failed) because of
+# the fault although Envoy and locust stamp it with its start.
+HOP_END_SQL = "(ts + coalesce(duration_ms, 0) / 1000.0)"
+REQUEST_END_SQL = "(ts + coalesce(latency_ms, 0) / 1000.0)"
+
+
+def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]], end_sql: str | None = None) -> str:
+    """A boolean SQL expression: the row's ts (and zone) falls in one of a few windows.
+
+    With `end_sql` (the row's end instant) the row's lifetime [ts, end] need
+    only overlap the window: see HOP_END_SQL.
+
+    Written out as literals because a range join of a million rows against a
+    handful of windows is far slower in DuckDB than a filter it can evaluate
+    during the scan. Values come from the verifier itself (floats and the
+    topology's zone names), quoted all the same.
+    """
+    if not spans:
+        return "false"
+    parts = []
+    for zone, lo, hi in spans:
+        z = f"{zone_column} = '{_q(zone)}' AND " if zone_column else ""
+        if end_sql is None:
+            parts.append(f"({z}ts BETWEEN {float(lo)!r} AND {float(hi)!r})")
+        else:
+            parts.append(f"({z}ts <= {float(hi)!r} AND {end_sql} >= {float(lo)!r})")
+    return "(" + " OR ".join(parts) + ")"

@@ -1,0 +1,150 @@
+"""The user-request invariants: availability per fault and in the steady state, coverage of each fault."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.verify.invariants.base import CheckBase
+from harness.verify.invariants.sql import (
+    MAX_OFFENDERS,
+    REQUEST_END_SQL,
+    REQUEST_FIELDS,
+    REQUEST_OK_SQL,
+    request_text,
+    spans_sql,
+)
+from harness.verify.rundata import Fault
+from harness.verify.verdict import (
+    AVAILABILITY,
+    COVERAGE,
+    FAIL,
+    NOT_APPLICABLE,
+    PASS,
+    UNVERIFIED,
+    CheckResult,
+    InvariantResult,
+    WindowResult,
+    iso,
+)
+
+
+class UserChecks(CheckBase):
+    """What the users saw: failed requests within the error budget, traffic in every fault window."""
+
+    def availability(self, impact: list[tuple[Fault, float]]) -> InvariantResult:
+        excluded = [(f.zone, f.inject, hi) for f, hi in impact if f.entry_down] + self.entry_down
+        self.con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE req_marked AS
+            SELECT r.*, NOT {REQUEST_OK_SQL} AS failed,
+                   {spans_sql("zone", excluded, REQUEST_END_SQL)} AS excluded,
+                   {spans_sql(None, [("", f.inject, hi) for f, hi in impact], REQUEST_END_SQL)} AS in_fault
+            FROM requests r
+            """
+        )
+        windows: list[WindowResult] = []
+        budget = self.slo.error_budget
+        for f, hi in impact:
+            windows.append(
+                self._window(f"fault {f.fault}", f.inject, hi, f"ts <= ? AND {REQUEST_END_SQL} >= ?", [hi, f.inject])
+            )
+        windows.append(self._window("steady state", None, None, "NOT in_fault", []))
+        failures = [w.message for w in windows if w.status != PASS]
+        worst = max((w.error_rate for w in windows if w.error_rate is not None), default=None)
+        ok_text = f"{len(windows)} windows within the {budget * 100:g}% error budget" + (
+            f" (worst {worst * 100:.2f}%)" if worst is not None else ""
+        )
+        return InvariantResult(
+            AVAILABILITY, not failures, self._summary(AVAILABILITY, failures, ok_text), windows=windows
+        )
+
+    def _window(self, name: str, lo: float | None, hi: float | None, where: str, params: list[Any]) -> WindowResult:
+        row = self.con.execute(
+            f"""
+            SELECT count(*) FILTER (WHERE NOT excluded), count(*) FILTER (WHERE NOT excluded AND failed),
+                   count(*) FILTER (WHERE excluded), count(*) FILTER (WHERE excluded AND failed)
+            FROM req_marked WHERE {where}
+            """,
+            params,
+        ).fetchone()
+        assert row is not None
+        n, failed, ex, ex_failed = (int(x) for x in row)
+        rate = failed / n if n else None
+        w = WindowResult(name, lo, hi, n, failed, rate, ex, ex_failed, PASS)
+        excl = f", {ex} requests excluded (entry point down; {ex_failed} failed)" if ex else ""
+        if n == 0:
+            w.status = FAIL
+            w.message = f"availability: {name}: no traffic (no user requests{excl})"
+        elif rate is not None and rate > self.slo.error_budget:
+            w.status = FAIL
+            w.first_offenders = self._failed_requests(where, params)
+            zones = self.con.execute(
+                f"SELECT zone, count(*) FROM req_marked WHERE {where} AND failed AND NOT excluded "
+                "GROUP BY zone ORDER BY 2 DESC",
+                params,
+            ).fetchall()
+            by_zone = ", ".join(f"{z}: {c}" for z, c in zones)
+            first = f", first at {request_text(w.first_offenders[0])}" if w.first_offenders else ""
+            w.message = (
+                f"availability: {name}: {failed}/{n} user requests failed ({rate * 100:.2f}% > "
+                f"{self.slo.error_budget * 100:g}% budget; {by_zone}){excl}{first}"
+            )
+        return w
+
+    def _failed_requests(self, where: str, params: list[Any]) -> list[dict[str, Any]]:
+        cols = ", ".join(REQUEST_FIELDS)
+        rows = self.con.execute(
+            f"SELECT {cols} FROM req_marked WHERE {where} AND failed AND NOT excluded "
+            f"ORDER BY ts LIMIT {MAX_OFFENDERS}",
+            params,
+        ).fetchall()
+        return [dict(zip(REQUEST_FIELDS, r, strict=True)) for r in rows]
+
+    def coverage(self) -> InvariantResult:
+        """Each fault has user requests entering its zone during and after it (see DEFINITIONS)."""
+        entry_down = spans_sql("zone", self.entry_down)
+        checks: list[CheckResult] = []
+        failures: list[str] = []
+        for f in self.run.faults:
+            during_end = f.restore if f.restore is not None else max(self.run_end, f.inject)
+            windows: list[tuple[str, float, float, bool]] = [("during", f.inject, during_end, True)]
+            if f.restore is not None:
+                after_end = min(
+                    self._next_fault_in_zone(f, f.restore), self.run_end, f.restore + self.slo.max_recovery_s
+                )
+                windows.append(("after", f.restore, after_end, False))
+            for name, lo, hi, closed in windows:
+                subject = f"{f.fault} {f.zone} {name}"
+                span = f"{'[' if closed else '('}{iso(lo)}, {iso(hi)}]"
+                lower = ">=" if closed else ">"
+                row = self.con.execute(
+                    f"""
+                    SELECT count(*) FILTER (WHERE NOT {entry_down}), count(*) FILTER (WHERE {entry_down}),
+                           min(ts) FILTER (WHERE NOT {entry_down})
+                    FROM requests WHERE zone = ? AND ts {lower} ? AND ts <= ?
+                    """,
+                    [f.zone, lo, hi],
+                ).fetchone()
+                assert row is not None
+                n, at_down, first = int(row[0]), int(row[1]), row[2]
+                detail = {"fault": f.fault, "zone": f.zone, "window": name, "start": lo, "end": hi,
+                          "requests": n, "requests_at_down_entry": at_down, "first": first}  # fmt: skip
+                if name == "during" and f.entry_down:
+                    why = f"{f.zone}'s entry point is down by design during {f.fault}"
+                    checks.append(CheckResult(subject, NOT_APPLICABLE, why, detail))
+                    continue
+                if n > 0:
+                    checks.append(CheckResult(subject, PASS, f"{n} user requests entering {f.zone} {span}", detail))
+                    continue
+                why = f" ({at_down} only at a down entry point)" if at_down else ""
+                if hi <= lo:
+                    why = " (the run ended at the restore)" if name == "after" else " (empty window)"
+                text = (
+                    f"coverage: fault {f.fault}: no user requests entering {f.zone} {name} the fault {span}{why}: "
+                    f"{'failover' if name == 'during' else 'recovery'} unverified"
+                )
+                failures.append(text)
+                checks.append(CheckResult(subject, UNVERIFIED, text, detail))
+        n_ok = sum(1 for c in checks if c.status == PASS)
+        ok_text = f"{n_ok} fault windows had user traffic in their zone" if self.run.faults else "no faults to cover"
+        return InvariantResult(COVERAGE, not failures, self._summary(COVERAGE, failures, ok_text), checks=checks)

@@ -1,0 +1,143 @@
+"""One record path: records reach the run directory as they happen, hops are resolved once, the run is loaded once,
+and what went wrong while recording reaches the verdict."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import e2e
+from harness.backends.base import RecordFollower
+from harness.backends.kind import KindBackend
+from harness.backends.kube.backend import KubeBackend
+from harness.backends.local.backend import LocalBackend
+from harness.contract.rundir import ENTRYPOINTS_FILE, HOPS_FILE, INVENTORY_FILE, RECORDING_FILE
+from harness.observe import build_hops
+from harness.report import write_report
+from harness.verify import judged, verify
+from harness.verify import rundata as rundata_mod
+from tests.test_verify_soundness import KILL, _comparable, run
+
+
+def test_follower_keeps_the_run_dir_equal_to_the_source(tmp_path: Path) -> None:
+    src, run_dir = tmp_path / "src.jsonl", tmp_path / "run"
+    run_dir.mkdir()
+    f = RecordFollower({INVENTORY_FILE: src, ENTRYPOINTS_FILE: tmp_path / "absent.jsonl"}, run_dir, interval_s=60)
+    f.start()
+    assert not (run_dir / INVENTORY_FILE).exists()  # nothing yet: nothing written
+    src.write_text('{"a": 1}\n{"b"')  # a line being written
+    f.poll()
+    assert (run_dir / INVENTORY_FILE).read_text() == '{"a": 1}\n'  # complete lines only
+    with src.open("a") as fh:
+        fh.write(": 2}\n")
+    f.poll()
+    assert (run_dir / INVENTORY_FILE).read_text() == src.read_text()
+    src.write_text('{"c": 3}\n')  # replaced by a shorter file (a new recording): copied again from the start
+    f.poll()
+    assert (run_dir / INVENTORY_FILE).read_text() == '{"c": 3}\n'
+    with src.open("a") as fh:
+        fh.write('{"torn')
+    f.stop()
+    assert (run_dir / INVENTORY_FILE).read_text() == src.read_text()  # at the end, as the source has it
+    assert not (run_dir / ENTRYPOINTS_FILE).exists() and f.errors == []
+
+
+def test_backends_name_their_record_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    local = LocalBackend("t", state_root=tmp_path)
+    assert local.record_sources() == {
+        INVENTORY_FILE: local.state_dir / INVENTORY_FILE, ENTRYPOINTS_FILE: local.state_dir / ENTRYPOINTS_FILE,
+    }  # fmt: skip
+    started: list[bool] = []
+    monkeypatch.setattr(KubeBackend, "start_recording", lambda self: started.append(True))
+    kind = KindBackend("t", tmp_path / "kind")
+    assert kind.record_sources() == {INVENTORY_FILE: kind.inventory_path, ENTRYPOINTS_FILE: kind.entrypoints_path}
+    assert started == [True]
+
+
+class _Backend:
+    """Enough of a backend for `recording()`: sources that fail, a flush that reports, an inventory in memory."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        from harness.contract.inventory import Inventory, PodInfo
+
+        self.inv = Inventory()
+        self.inv.added(PodInfo("p", "10.0.0.1", "n", "z", "api", "api", "ns", 1.0))
+
+    def log_sources(self) -> list[Any]:
+        raise RuntimeError("API server gone")
+
+    def flush_access_logs(self) -> list[str]:
+        return ["api-1: write_total_buffered still 12"]
+
+    def inventory(self) -> Any:
+        return self.inv
+
+    def save_artifacts(self, out: Path) -> None:
+        raise OSError("disk full")
+
+
+def test_recording_problems_reach_the_verdict(tmp_path: Path) -> None:
+    d = run(tmp_path, faults=[KILL])
+    (d / RECORDING_FILE).unlink(missing_ok=True)
+    with e2e.recording(_Backend(), tmp_path / "rec"):  # type: ignore[arg-type]
+        time.sleep(0.3)
+    lines = [json.loads(x) for x in (tmp_path / "rec" / RECORDING_FILE).read_text().splitlines()]
+    assert [x["what"] for x in lines] == ["access-log flush", "access-log collector", "artifacts"]
+    assert "API server gone" in lines[1]["message"] and "disk full" in lines[2]["message"]
+    assert (tmp_path / "rec" / INVENTORY_FILE).read_text().count('"added"') == 1  # written at the end
+    (d / RECORDING_FILE).write_text((tmp_path / "rec" / RECORDING_FILE).read_text())
+    notes = verify(d).run.notes
+    assert (
+        "recording: access-log collector: CollectorError: access-log collector failed: RuntimeError('API server gone')"
+        in notes
+    )
+    assert "recording: access-log flush: api-1: write_total_buffered still 12" in notes
+
+
+@pytest.fixture
+def count_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+    loads: list[Path] = []
+    real = rundata_mod.load_run
+
+    def counting(path: Path, threads: int | None = None) -> Any:
+        loads.append(path)
+        return real(path, threads)
+
+    monkeypatch.setattr("harness.verify.load_run", counting)
+    monkeypatch.setattr("harness.report.html.load_run", counting)
+    yield loads
+
+
+def test_report_and_verdict_share_one_load(tmp_path: Path, count_loads: list[Path]) -> None:
+    d = run(tmp_path, faults=[KILL])
+    with judged(d) as (loaded, verdict):
+        shared = write_report(d, verdict, loaded).read_text()
+    assert len(count_loads) == 1
+    assert write_report(d).read_text() == shared  # the same page as a report that loads and verifies by itself
+    assert len(count_loads) == 2
+
+
+def test_observes_hops_are_consumed_while_current(tmp_path: Path) -> None:
+    """After observe built hops.jsonl, verify takes it as built; any change to it or its inputs rebuilds."""
+    d = run(tmp_path, faults=[KILL])
+    rebuilt = verify(d)
+    assert rebuilt.run.hops_source == "accesslogs"
+    build_hops(d)
+    consumed = verify(d)
+    assert consumed.run.hops_source == f"{HOPS_FILE} (observe, current)"
+    assert _comparable(consumed) == _comparable(rebuilt)
+    assert (consumed.run.accesslog_lines, consumed.run.hops) == (rebuilt.run.accesslog_lines, rebuilt.run.hops)
+    with (d / HOPS_FILE).open("a") as fh:  # an edited hops.jsonl: not current, the access logs decide
+        fh.write("{}\n")
+    assert verify(d).run.hops_source == "accesslogs"
+    build_hops(d)
+    log = sorted((d / "accesslogs").glob("*.jsonl"))[0]
+    log.write_text(log.read_text())  # an access log rewritten after the build: not current
+    assert verify(d).run.hops_source == "accesslogs"
