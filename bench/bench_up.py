@@ -64,8 +64,9 @@ def relay_overhead(b: LocalBackend) -> None:
         relayed = _rate(ns, region.ip, 8080)
     finally:
         b.clear_link(LAX)
+    ratio = relayed / direct
     print(f"service-link relay (latency 0): {relayed:7.0f} req/s vs direct same-zone {direct:7.0f} req/s, "
-          f"ratio {relayed / direct:4.2f}x")  # fmt: skip
+          f"ratio {ratio:4.2f}x (goal >= 0.8x: {'OK' if ratio >= 0.8 else 'MISSED'})")  # fmt: skip
 
 
 def main(runs: int = int(os.environ.get("BENCH_RUNS", "2"))) -> int:

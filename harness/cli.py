@@ -520,8 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", type=Path, action="append", default=[], help="chaostoolkit experiment (repeatable)")
     p.add_argument("--users", type=_COUNT, default=12)
     p.add_argument("--processes", type=_COUNT, default=1)
-    p.add_argument("--warmup", type=_SECONDS, default=8.0)
-    p.add_argument("--cooldown", type=_SECONDS, default=8.0)
+    p.add_argument("--warmup", type=_SECONDS, default=8.0,
+                   help="at most this many seconds of traffic before the first fault: it starts as soon as every "
+                        "zone served 20 requests")  # fmt: skip
+    p.add_argument("--cooldown", type=_SECONDS, default=8.0,
+                   help="at most this many seconds of traffic after the last experiment: it stops as soon as every "
+                        "zone served 20 requests after it")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     _preflight_arg(p)
     p.set_defaults(fn=cmd_e2e)

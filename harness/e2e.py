@@ -16,6 +16,7 @@ inventory, entrypoints, artifacts → down → hops → verdict, report.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend, Observation, ProgressFn, RecordFollower
-from harness.contract.rundir import ACCESSLOG_DIR, ARTIFACTS_DIR, INVENTORY_FILE, record_problem
+from harness.contract.rundir import ACCESSLOG_DIR, ARTIFACTS_DIR, INVENTORY_FILE, REQUESTS_FILE, record_problem
 from harness.errors import DryRun, InputError
 from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
@@ -35,6 +36,57 @@ if TYPE_CHECKING:
     from harness.topology import Topology
 
 TRAFFIC_BOUND_S = 6 * 3600.0
+WARM_REQUESTS = 20  # successful user requests per zone before the first fault
+COOL_REQUESTS = 20  # ... and per zone after the last experiment (its recovery on record), before traffic stops
+
+
+class RequestWatch:
+    """Follows requests.jsonl as locust writes it: how many successful requests each zone had since a time.
+
+    Warm-up and cool-down wait for what they are for (users served in every
+    zone; the last recovery on record) instead of sleeping a fixed time: on
+    a healthy run that is a second or two, and the bound still holds when a
+    zone never serves (the verdict then says what is missing).
+    """
+
+    def __init__(self, path: Path, zones: list[str]) -> None:
+        self.path = path
+        self.zones = zones
+        self._offset = 0
+        self._pending = b""
+        self._ok: dict[str, list[float]] = {z: [] for z in zones}
+
+    def _read(self) -> None:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(data)
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        for raw in lines:
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue  # the verifier names corrupt lines; here they only do not count
+            if isinstance(rec, dict) and rec.get("ok") is True and rec.get("zone") in self._ok:
+                self._ok[rec["zone"]].append(float(rec.get("ts") or 0.0))
+
+    def served(self, since: float) -> dict[str, int]:
+        self._read()
+        return {z: sum(1 for t in ts if t >= since) for z, ts in self._ok.items()}
+
+    def wait(self, since: float, n: int, timeout_s: float) -> bool:
+        """Until every zone had `n` successful requests from `since` on, or `timeout_s` passed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if all(c >= n for c in self.served(since).values()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
 
 
 @dataclass
@@ -83,7 +135,7 @@ def prepare_manifests(opts: E2EOptions, run_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
+def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None = None) -> Iterator[None]:
     """Record what the mesh says while the body runs: access logs, the inventory and entry points, artifacts.
 
     The inventory and entry-point history go into the run directory as they
@@ -98,7 +150,8 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
 
     # a test double that is not an `Observation` records nothing as it goes: its inventory is written at the end
     follower = backend.record_into(run_dir) if isinstance(backend, Observation) else RecordFollower({}, run_dir).start()
-    collector = AccessLogCollector(backend.log_sources, run_dir / ACCESSLOG_DIR)
+    # compact_run_dir: access logs and requests kept columnar as they come (harness.columnar)
+    collector = AccessLogCollector(backend.log_sources, run_dir / ACCESSLOG_DIR, compact_run_dir=run_dir)
     collector.start()
     try:
         yield
@@ -128,6 +181,8 @@ def recording(backend: Backend, run_dir: Path) -> Iterator[None]:
         ):
             try:
                 step()
+                if say is not None:
+                    say(f"records: {what} done")
             except Exception as exc:  # noted for the verdict; the body's own outcome stays the one raised
                 with contextlib.suppress(OSError):
                     record_problem(run_dir, what, f"{exc.__class__.__name__}: {exc}")
@@ -193,7 +248,7 @@ def record_traffic(
                                  probe_zones=probe_zones)  # fmt: skip
         finally:
             after_traffic(backend, run_dir, lambda _m: None)
-    build_hops(run_dir)
+    build_hops(run_dir, jsonl=False)  # Parquet: a long run's hops are no JSON to wait for
     mark_run(run_dir, "done", "complete")  # a run that never gets here stays "running": its verdict is partial
     return result
 
@@ -275,7 +330,7 @@ def run_e2e(
         # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic; "gate" stops here ---
         mark_run(run_dir, "preflight")
         preflight_gate(backend, run_dir, opts.preflight, say)
-        with recording(backend, run_dir):
+        with recording(backend, run_dir, say):
             entry = backend.entrypoints()
             probe_zones = sorted({z for p in planned for z in p.zones if z in entry})
             before_traffic(backend, run_dir, say)
@@ -292,7 +347,9 @@ def run_e2e(
                     probe_zones=probe_zones,
                 ):
                     mark_run(run_dir, "traffic")
-                    time.sleep(opts.warmup_s)
+                    # every zone's users served before the first fault, not a fixed pause (warmup_s bounds it)
+                    served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
+                    served.wait(0.0, WARM_REQUESTS, opts.warmup_s)
                     for p in planned:
                         mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")
@@ -302,8 +359,11 @@ def run_e2e(
                             messages.append(f"chaos experiment {p.id}: {res.reason}")
                         say(f"chaos: {p.id} {'ran as planned' if res.ok else 'FAILED: ' + str(res.reason)}")
                     mark_run(run_dir, "cooldown")
-                    time.sleep(opts.cooldown_s)
+                    # the last fault's recovery on record: every zone served again after it (cooldown_s bounds it)
+                    served.wait(time.time(), COOL_REQUESTS, opts.cooldown_s)
+                    say("traffic: stopping")
             finally:
+                say("traffic: stopped")
                 after_traffic(backend, run_dir, say)
     except BaseException as exc:
         mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
@@ -316,7 +376,7 @@ def run_e2e(
         finally:
             backend.close()
     say("observe: hop records from the sidecars' access logs")
-    build_hops(run_dir)
+    build_hops(run_dir, jsonl=False)  # Parquet: a long run's hops are no JSON to wait for
     mark_run(run_dir, "verify", "complete")  # every record is in; what follows only reads them
     with judged(run_dir) as (run, verdict):  # loaded once: the report draws from the run the verdict judged
         write_verdict(run_dir, verdict)

@@ -36,8 +36,8 @@ from tests.kubefake import FakeApiServer, rendered, wait_until
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LAX, LAS, PHX = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a"
-ZONES = ("us-west-2a", "us-west-2b", LAX, LAS, PHX)
+LAX, LAS, PHX, SFO = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a", "us-west-2-wl1-sfo-wlz-1"
+ZONES = ("us-west-2a", "us-west-2b", LAX, LAS, PHX, SFO)
 
 
 def eks_node(ip: str, zone: str, group: str) -> dict[str, Any]:
@@ -72,6 +72,7 @@ EKS_NODES = [
     eks_node("10.0.5.10", PHX, "lz-phx"),
     eks_node("10.0.5.11", PHX, "lz-phx"),
     eks_node("10.0.6.10", "us-west-2c", "region-c"),  # not in the topology
+    eks_node("10.0.7.10", SFO, "wz-sfo"),  # a Wavelength Zone (carrier network)
 ]
 NODE = {n["metadata"]["labels"]["topology.kubernetes.io/zone"]: n["metadata"]["name"] for n in EKS_NODES}
 ENTRY = {z: f"https://{z}.shop.example.test" for z in ZONES}
@@ -127,6 +128,7 @@ def test_zone_check_reports_missing_mistyped_and_extra(tmp_path: Path) -> None:
         NodeInfo("c", LAX, "us-west-2", "wavelength-zone", "", (), False),
         NodeInfo("d", LAS, "us-west-2", "", "", (), False),
         NodeInfo("e", "us-west-2c", "us-west-2", "", "", (), False),
+        NodeInfo("f", SFO, "us-west-2", "", "", (), False),
     ]
     r = check_zones(nodes, t)
     assert r.problems == [
@@ -146,7 +148,7 @@ def test_up_refuses_a_cluster_that_does_not_match(api: FakeApiServer, tmp_path: 
     with pytest.raises(
         BackendError,
         match=rf"^context eks-nightly does not match the topology: zone {LAS} \(local-zone\) has no nodes; "
-        rf"zone {PHX} \(local-zone\) has no nodes$",
+        rf"zone {PHX} \(local-zone\) has no nodes; zone {SFO} \(wavelength-zone\) has no nodes$",
     ):
         b.up(rendered(tmp_path))
     assert _mutations(api) == before  # nothing applied

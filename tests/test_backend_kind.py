@@ -107,10 +107,10 @@ def test_up_issues_exactly_the_documented_commands(
             "--wait", "--timeout", "15m",
         ],
     ]  # fmt: skip
-    edge_nodes = ["edge-worker3", "edge-worker4", "edge-worker5"]  # kind names workers in config order
+    edge_nodes = ["edge-worker3", "edge-worker4", "edge-worker5", "edge-worker6"]  # kind: workers in config order
     assert calls[4] == ["docker", "exec", "edge-worker3", "sh", "-c", NETEM_PROBE]
-    assert [c[:5] for c in calls[5:8]] == [["docker", "exec", n, "sh", "-c"] for n in edge_nodes]
-    assert calls[8:] == [["docker", "port", "edge-control-plane", f"{p}/tcp"] for p in range(30100, 30105)]
+    assert [c[:5] for c in calls[5:9]] == [["docker", "exec", n, "sh", "-c"] for n in edge_nodes]
+    assert calls[9:] == [["docker", "port", "edge-control-plane", f"{p}/tcp"] for p in range(30100, 30106)]
     written = yaml.safe_load((wd / "kind-config.yaml").read_text())
     assert written == {**m.kind_config, "name": "edge"}
     assert yaml.safe_load((wd / "consul-values.yaml").read_text()) == m.helm_values
@@ -133,7 +133,7 @@ def test_up_issues_exactly_the_documented_commands(
     kinds = [d.get("kind") for d in posts]
     assert kinds.count("Deployment") == len(m.of_kind("Deployment"))
     entries = sorted(n for d in posts if (n := d.get("metadata", {}).get("name", "")).startswith("entry-"))
-    assert entries == ["entry-2a", "entry-2b", "entry-las-1a", "entry-lax-1a", "entry-phx-2a"]
+    assert entries == ["entry-2a", "entry-2b", "entry-las-1a", "entry-lax-1a", "entry-phx-2a", "entry-wl1-sfo-wlz-1"]
 
 
 def test_up_reuses_an_existing_cluster(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_without_sch_netem_up_works_and_service_link_faults_are_refused(
     backend.up(rendered(tmp_path))
     assert any("service-link latency NOT emulated" in p and "Specified qdisc kind is unknown" in p for p in progress)
     scripts = [c[5] for c in tools.calls() if c[:2] == ["docker", "exec"] and c[5] != NETEM_PROBE]
-    assert len(scripts) == 3 and not any("netem" in s for s in scripts)
+    assert len(scripts) == 4 and not any("netem" in s for s in scripts)
     assert all("iptables -A EH-CHAOS" in s for s in scripts)  # hub-and-spoke still imposed
     assert "set_link" not in backend.capabilities() and "kill_node" in backend.capabilities()
     with pytest.raises(BackendError, match=r"cannot set_link: service-link latency needs tc netem .*sch_netem"):
@@ -261,7 +261,7 @@ def test_inventory_is_watched_from_up_with_ready_ip_and_removed_events(
     assert path.exists(), "up starts the recording: the history begins before the first request"
     first = _lines(path)
     pods = {r["pod"] for r in first if r["event"] == "added"}
-    assert len(pods) == 16 and {r["pod"] for r in first if r["event"] == "ready"} == pods
+    assert len(pods) == 20 and {r["pod"] for r in first if r["event"] == "ready"} == pods
     for r in first:  # every ready comes after its added
         if r["event"] == "ready":
             added = next(a for a in first if a["pod"] == r["pod"] and a["event"] == "added")
@@ -315,7 +315,14 @@ def test_entry_points_are_published_node_ports_that_survive_pod_and_node_loss(
     tools.reset()
     urls = backend.entrypoints()
     assert tools.calls() == []  # no port-forward process: the ports were published when the cluster was created
-    assert set(urls) == {"us-west-2a", "us-west-2b", LAX, "us-west-2-las-1a", "us-west-2-phx-2a"}
+    assert set(urls) == {
+        "us-west-2a",
+        "us-west-2b",
+        LAX,
+        "us-west-2-las-1a",
+        "us-west-2-phx-2a",
+        "us-west-2-wl1-sfo-wlz-1",
+    }
     lax = urls[LAX]
     assert all(_get(u) == 200 for u in urls.values())
     # the frontend pod dies: the URL is down until the replacement is ready, then up again at the same URL
@@ -402,7 +409,7 @@ def test_envoy_admin_and_artifacts_through_port_forward(
     out = tmp_path / "artifacts"
     backend.save_artifacts(out)
     dumps = sorted(out.glob("*/*.envoy-config_dump.json"))
-    assert len(dumps) == 16 and len(list(out.glob("*/*.envoy-clusters.json"))) == 16
+    assert len(dumps) == 20 and len(list(out.glob("*/*.envoy-clusters.json"))) == 20
     assert all("configs" in json.loads(d.read_text()) for d in dumps)
     # a pod that is gone: a clear error, not a hang
     backend.kill_pod(LAX, "public-api")
@@ -520,7 +527,7 @@ def test_status_down_and_kubeconfig_export(api: FakeApiServer, tools: Tools, tmp
     backend.ready_poll_s = 0.1
     backend.up(rendered(tmp_path))
     st = backend.status()
-    assert st.up and st.detail == "kind cluster edge: 16/16 pods ready"
+    assert st.up and st.detail == "kind cluster edge: 20/20 pods ready"
     tools.reset()
     backend.down()
     assert tools.calls() == [["kind", "delete", "cluster", "--name", "edge", "--kubeconfig", str(backend.kubeconfig)]]

@@ -75,9 +75,10 @@ def test_every_shipped_experiment_resolves_on_every_topology(topo: Path) -> None
     assert [p.id for p in planned] == [f"{i + 1:02d}-{p.stem}" for i, p in enumerate(EXPERIMENTS)]
     for p in planned:
         assert p.zones and set(p.zones) <= names
-        assert all(topology.zone(z).is_edge for z in p.zones)
+        # edge experiments act on edge zones; the Region's (database, AZ node) on AZs
+        assert all(topology.zone(z).is_edge != ("region" in p.data.get("tags", [])) for z in p.zones), p.id
         cfg = p.data["configuration"]
-        assert all(v in names for v in cfg.values()), cfg  # as run: roles resolved
+        assert all(set(v) <= names if isinstance(v, list) else v in names for v in cfg.values()), cfg  # resolved
         ext = next(e for e in p.data["extensions"] if e["name"] == "edge-harness")
         assert ext["resolved"] == p.roles and set(ext["roles"]) == set(p.roles)
     edge = next(p for p in planned if p.file.stem == "edge-outage")
@@ -101,8 +102,8 @@ def test_roles_resolve_jointly_in_configuration_order() -> None:
 
 
 def test_role_errors_name_the_shortage_and_the_typo() -> None:
-    with pytest.raises(RoleError, match="has 0 Wavelength Zones"):
-        resolve_values(["a Wavelength Zone"], DEFAULT)
+    with pytest.raises(RoleError, match="has 1 Wavelength Zone and the experiment needs one more"):
+        resolve_values(["a Wavelength Zone", "another Wavelength Zone"], DEFAULT)
     with pytest.raises(RoleError, match="has 3 Local Zones and the experiment needs one more"):
         resolve_values(["a Local Zone", "another Local Zone", "a third Local Zone", "a fourth Local Zone"], DEFAULT)
     with pytest.raises(RoleError, match="unknown role 'a Locl Zone'"):
@@ -161,19 +162,20 @@ def test_bad_experiment_is_input_error(tmp_path: Path, text: str, field: str) ->
          "postgres runs only in the Region"),
         ([_act("kill_pod", {"zone": "${z}", "service": "product-api"})], {"z": "every Local Zone"},
          "configuration.z", "'every Local Zone' names 3 zones; kill_pod acts on one zone"),
-        ([_act("kill_pod", {"zone": "${z}", "service": "product-api"})], {"z": "a Wavelength Zone"},
-         "configuration", "the topology has 0 Wavelength Zones"),
+        ([_act("kill_pod", {"zone": "${z}", "service": "product-api"})],
+         {"z": "a Wavelength Zone", "y": "another Wavelength Zone"},
+         "configuration", "the topology has 1 Wavelength Zone and the experiment needs one more"),
         ([_act("every_shop_answers", {"zones": [LAX, "us-east-1a"]}, "harness.chaos.probes")], {},
          "method[0].provider.arguments.zones", "zone 'us-east-1a' is not in the topology"),
-        ([_act("every_shop_answers", {"zones": "${z}"}, "harness.chaos.probes")], {"z": "every Wavelength Zone"},
-         "configuration", "the topology has no Wavelength Zone"),
+        ([_act("kill_node", {"zone": "${z}"})], {"z": "an AZ without product-api"},
+         "configuration", "every AZ of the topology has product-api"),
         ([_act("kill_pod", {"zone": "a Local Zone", "service": "product-api"})], {},
          "method[0].provider.arguments.zone", "roles go in the configuration block"),
         ([_act("kill_pod", {"zone": LAX, "service": "product-api", "configuration": {}})], {},
          "method[0].provider.arguments.configuration", "passed by chaostoolkit"),
     ],
     ids=["unknown-func", "wrong-arg", "missing-arg", "unknown-role", "unknown-zone", "undefined-var",
-         "unknown-service", "region-service-in-lz", "every-for-one", "too-few-zones", "zones-list", "every-none",
+         "unknown-service", "region-service-in-lz", "every-for-one", "too-few-zones", "zones-list", "no-free-az",
          "role-outright", "injected-arg"],
 )  # fmt: skip
 def test_experiment_refused_before_anything_starts(

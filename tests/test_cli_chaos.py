@@ -102,7 +102,7 @@ def test_chaos_naming_a_zone_that_does_not_exist_exits_2_and_creates_nothing(
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err == (
         f"{exp}: method[0].provider.arguments.zone: zone 'us-west-2-sea-1a' is not in the topology "
-        "(us-west-2-las-1a, us-west-2-lax-1a, us-west-2-phx-2a, us-west-2a, us-west-2b)"
+        "(us-west-2-las-1a, us-west-2-lax-1a, us-west-2-phx-2a, us-west-2-wl1-sfo-wlz-1, us-west-2a, us-west-2b)"
     )
     assert not (tmp_path / "runs").exists() and "close" in up.calls
 
@@ -147,6 +147,8 @@ def test_e2e_refuses_a_bad_experiment_before_the_run_directory_and_the_cluster(t
     narrow.write_text(
         TOPOLOGY.read_text().replace("  - name: us-west-2-phx-2a      # Phoenix\n    type: local-zone\n"
                                      "    nodes: 1\n    serviceLink: {latencyMs: 18}\n", "")
+        .replace("  - name: us-west-2-wl1-sfo-wlz-1  # San Francisco (Verizon): a Wavelength Zone, behind the "
+                 "carrier's network\n    type: wavelength-zone\n    nodes: 1\n    serviceLink: {latencyMs: 20}\n", "")
     )  # fmt: skip
     assert len(load_topology(narrow).edge_zones) == 2
     opts = E2EOptions(topology=narrow, experiments=[exp], runs_root=tmp_path / "runs")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 import yaml
 
@@ -109,7 +110,8 @@ def test_rendered_mesh_passes(rendered: Path, tmp_path: Path) -> None:
     res = _run(rendered, tmp_path, None, "ehd0")
     assert res.passed, (_failed(res.run_dir), res.messages)
     assert (res.run_dir / "report.html").stat().st_size > 0
-    hops = [json.loads(x) for x in (res.run_dir / "hops.jsonl").read_text().splitlines()]
+    rel = duckdb.sql(f"SELECT * FROM read_parquet('{res.run_dir / 'hops.parquet'}')")  # e2e's hop record
+    hops = [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
     assert len(hops) > 100
     # every user request through /api is exactly one frontend -> public-api hop (plus retries):
     # many more would mean access-log lines were collected twice

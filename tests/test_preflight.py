@@ -252,7 +252,8 @@ def test_preflight_passes_the_rendered_mesh(setup: Any, tmp_path: Path) -> None:
     assert "frontend-lax-1a -> product-api-lax-1a" in {c.subject for c in undeclared}
     assert "public-api-lax-1a -> product-api-lax-1a" not in {c.subject for c in undeclared}  # declared
     chains = [c for c in res.checks if c.check == "discovery-chain"]
-    assert len(chains) == 5 * 3  # every zone calls public-api, product-api and postgres
+    # every zone calls public-api, product-api and postgres; the replica's AZ calls postgres too (its WAL stream)
+    assert len(chains) == 6 * 3
     refused = [c for c in res.checks if c.check == "refused-probe" and c.detail["refused"]]
     assert {c.subject for c in refused} >= {"frontend-lax-1a -> product-api-lax-1a"}
     path = write_preflight(tmp_path, res)

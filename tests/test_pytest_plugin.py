@@ -59,7 +59,7 @@ def test_eh_cluster_brings_a_local_cluster_up_and_down(pytester: pytest.Pytester
 
         def test_every_zone_has_a_shop(eh_cluster):
             entry = eh_cluster.entrypoints()
-            assert len(entry) == 5
+            assert len(entry) == 6  # 2 AZs, 3 Local Zones, 1 Wavelength Zone
             for url in entry.values():
                 assert httpx.get(url + "/", timeout=5).status_code == 200
         """

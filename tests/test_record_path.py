@@ -131,7 +131,7 @@ def test_observes_hops_are_consumed_while_current(tmp_path: Path) -> None:
     assert rebuilt.run.hops_source == "accesslogs"
     build_hops(d)
     consumed = verify(d)
-    assert consumed.run.hops_source == f"{HOPS_FILE} (observe, current)"
+    assert consumed.run.hops_source == "hops.parquet (observe, current)"  # observe's columnar record
     assert _comparable(consumed) == _comparable(rebuilt)
     assert (consumed.run.accesslog_lines, consumed.run.hops) == (rebuilt.run.accesslog_lines, rebuilt.run.hops)
     with (d / HOPS_FILE).open("a") as fh:  # an edited hops.jsonl: not current, the access logs decide

@@ -24,8 +24,14 @@ def test_default_topology_values() -> None:
     t = load_topology()
     assert t.region == "us-west-2" and t.edition.value == "ce"
     assert [z.name for z in t.region_zones] == ["us-west-2a", "us-west-2b"]
-    assert [z.name for z in t.edge_zones] == ["us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a"]
-    assert {s.name for s in t.services if s.placement.value == "region"} == {"postgres"}
+    assert [z.name for z in t.edge_zones] == [
+        "us-west-2-lax-1a",
+        "us-west-2-las-1a",
+        "us-west-2-phx-2a",
+        "us-west-2-wl1-sfo-wlz-1",
+    ]
+    assert {s.name for s in t.services if s.placement.value == "region"} == {"postgres", "postgres-replica"}
+    assert t.service("postgres-replica").replica_of == "postgres"
     assert t.short("us-west-2-lax-1a") == "lax-1a" and t.short("us-west-2a") == "2a"
 
 
@@ -44,11 +50,14 @@ def _mut(fn) -> dict:  # type: ignore[no-untyped-def]
 CASES = [
     ("wrong type", lambda d: d["zones"][0].__setitem__("nodes", "two"), "zones[0].nodes"),
     ("unknown zone type", lambda d: d["zones"][2].__setitem__("type", "edge-zone"), "zones[2].type"),
-    ("duplicate zone", lambda d: d["zones"].append(dict(d["zones"][2])), "zones[5].name"),
-    ("duplicate service", lambda d: d["services"].append(dict(d["services"][0])), "services[4].name"),
+    ("duplicate zone", lambda d: d["zones"].append(dict(d["zones"][2])), "zones[6].name"),
+    ("duplicate service", lambda d: d["services"].append(dict(d["services"][0])), "services[5].name"),
     (
         "no region service",
-        lambda d: d["services"].__setitem__(3, {**d["services"][3], "placement": "edge"}),
+        lambda d: d.__setitem__(
+            "services",
+            [{**s, "placement": "edge"} for s in d["services"] if s["name"] != "postgres-replica"],
+        ),
         "services",
     ),
     ("unknown upstream", lambda d: d["services"][0].__setitem__("upstreams", ["nope"]), "services[0].upstreams[0]"),

@@ -34,6 +34,7 @@ from typing import Any
 
 from harness.backends import BackendOptions, connect
 from harness.backends.base import PRIMITIVES, Backend, dispatch
+from harness.chaos import expected
 from harness.chaos.roles import RoleError, parse_role, resolve_zone
 from harness.chaos.timeline import FaultKind, record
 from harness.errors import BackendError, HarnessError
@@ -115,6 +116,14 @@ def _zone(b: Backend, value: Any, configuration: Mapping[str, Any] | None) -> st
     if isinstance(zone, list):
         raise BackendError(f"{value!r} names {len(zone)} zones; this action acts on one zone")
     return zone
+
+
+def _expected(declared: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Timeline fields of an `expected_errors` declaration (harness.chaos.expected); BackendError when malformed."""
+    try:
+        return expected.timeline_fields(declared)
+    except ValueError as exc:
+        raise BackendError(f"expected_errors: {exc}") from None
 
 
 def _fault_id(action: str, zone: str, service: str | None = None) -> str:
@@ -228,16 +237,26 @@ def _held_fault(
     return result
 
 
-def kill_pod(zone: str, service: str, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Kill every pod of `service` in `zone`; the fault lasts until the Deployment's replacement is ready."""
+def kill_pod(
+    zone: str,
+    service: str,
+    configuration: dict[str, Any] | None = None,
+    expected_errors: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Kill every pod of `service` in `zone`; the fault lasts until the Deployment's replacement is ready.
+
+    `expected_errors` declares a single point of failure and its error budget (harness.chaos.expected).
+    """
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
+    declared = _expected(expected_errors)
     fault = _fault_id("kill-pod", zone, service)
     b.require_capability("kill_pod")  # refused before anything is recorded or injected
     _snapshot(b, f"before {fault}")
     inject = record(
-        fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend"
-    )
+        fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend",
+        **declared,
+    )  # fmt: skip
     try:
         pods = dispatch(b, "kill_pod", {"zone": zone, "service": service})
     except BaseException:
@@ -273,18 +292,32 @@ def make_ready(zone: str, service: str, configuration: dict[str, Any] | None = N
 
 
 def kill_node(
-    zone: str, node: str | None = None, duration_s: float = 10.0, configuration: dict[str, Any] | None = None
+    zone: str,
+    node: str | None = None,
+    duration_s: float = 10.0,
+    configuration: dict[str, Any] | None = None,
+    service: str | None = None,
+    expected_errors: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Stop a node of `zone` (the first one unless `node` is named) for `duration_s`.
+    """Stop a node of `zone` for `duration_s`: the one running `service`'s pod when given (e.g. the
+    database primary's node), else `node`, else the zone's first.
 
     Its pods die; services left with no instance in the zone fall back to the Region.
-    Node names differ per backend (kind-worker3, ip-10-0-...), so experiments name the zone.
+    Node names differ per backend (kind-worker3, ip-10-0-...), so experiments name the zone
+    (and the service whose node it is). `expected_errors`: see harness.chaos.expected.
     """
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
+    declared = _expected(expected_errors)
     nodes = sorted(n for n, z in b.nodes().items() if z == zone)
     if not nodes or (node is not None and node not in nodes):
         raise BackendError(f"no node {node or ''} in zone {zone}")
+    if service is not None and node is None:
+        alive_pods = b.inventory().pods(alive_only=True)
+        holding = sorted({p.node for p in alive_pods if p.zone == zone and p.service == service} & set(nodes))
+        if not holding:
+            raise BackendError(f"no node of {zone} runs a {service} pod")
+        node = holding[0]
     node = node or nodes[0]
     alive = b.inventory().pods(alive_only=True)
     on_node = {p.service for p in alive if p.node == node}
@@ -293,7 +326,8 @@ def kill_node(
     fault = _fault_id("kill-node", zone, node)
     _held_fault(
         b, "kill_node", {"node": node}, fault, "kill_node", zone, FaultKind.SERVICE_DOWN, duration_s, lost,
-        before=True, entry_down="frontend" in lost, inject_extra={"node": node}, restore_extra={"node": node},
+        before=True, entry_down="frontend" in lost, inject_extra={"node": node, **declared},
+        restore_extra={"node": node},
     )  # fmt: skip
     wait_ready(b, zone, sorted(on_node))
     _snapshot(b, f"restore {fault}")
@@ -308,15 +342,21 @@ def restore_node(zone: str, node: str | None = None, configuration: dict[str, An
         dispatch(b, "restore_node", {"node": n})
 
 
-def zone_outage(zone: str, duration_s: float = 10.0, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every node of `zone` down for `duration_s`."""
+def zone_outage(
+    zone: str,
+    duration_s: float = 10.0,
+    configuration: dict[str, Any] | None = None,
+    expected_errors: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every node of `zone` down for `duration_s`. `expected_errors`: see harness.chaos.expected."""
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
+    declared = _expected(expected_errors)
     services = _zone_services(b, zone)
     fault = _fault_id("zone-outage", zone)
     _held_fault(
         b, "zone_outage", {"zone": zone}, fault, "zone_outage", zone, FaultKind.ZONE_DOWN, duration_s, services,
-        before=True, entry_down=True,
+        before=True, entry_down=True, inject_extra=declared,
     )  # fmt: skip
     wait_ready(b, zone, services)
     _snapshot(b, f"restore {fault}")
@@ -389,8 +429,82 @@ def heal_zone(zone: str, configuration: dict[str, Any] | None = None) -> None:
     dispatch(b, "heal_zone", {"zone": _zone(b, zone, configuration)})
 
 
+def kill_pod_burst(
+    zones: str | list[str],
+    service: str,
+    count: int = 20,
+    interval_s: float = 1.0,
+    settle_s: float = 2.0,
+    configuration: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A burst of `count` pod kills of `service`, round robin over `zones`, one every `interval_s`.
+
+    Each kill is its own fault (its own failover and recovery in the verdict).
+    Kills in different zones overlap; a zone is killed again only after its
+    previous replacement was ready and `settle_s` more passed (the recovery
+    and the coverage after it are measured up to the next fault in the zone,
+    so back-to-back faults in one zone would leave nothing to measure). Each
+    restore is recorded at the replacement's `ready` inventory event, as in
+    `kill_pod`, so its time does not depend on when this loop looked.
+    """
+    b = _backend(configuration)
+    if count < 1 or interval_s < 0 or settle_s < 0:
+        raise BackendError("kill_pod_burst: count >= 1, interval_s >= 0 and settle_s >= 0")
+    items = zones if isinstance(zones, list) else [zones]
+    names: list[str] = []
+    for item in items:
+        try:
+            z = resolve_zone(item, b.manifests().topology, configuration)
+        except RoleError as exc:
+            raise BackendError(str(exc)) from None
+        names += [x for x in (z if isinstance(z, list) else [z]) if x not in names]
+    if not names:
+        raise BackendError("kill_pod_burst: no zone")
+    b.require_capability("kill_pod")
+    pending: dict[str, tuple[str, dict[str, Any], set[str]]] = {}
+    free_at: dict[str, float] = {}
+    done: list[dict[str, Any]] = []
+
+    def finish(zone: str) -> None:
+        fault, inject, gone = pending.pop(zone)
+        ready_ts = wait_replacement_ready(b, zone, service, gone)
+        record(fault, "restore", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], ts=ready_ts)
+        _snapshot(b, f"restore {fault}")
+        free_at[zone] = max(ready_ts, time.time()) + settle_s
+        done.append({"fault": fault, "zone": zone, "killed": sorted(gone),
+                     "replaced_after_s": round(ready_ts - inject["ts"], 3)})  # fmt: skip
+
+    try:
+        for i in range(count):
+            zone = names[i % len(names)]
+            if zone in pending:
+                finish(zone)
+            wait = free_at.get(zone, 0.0) - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            fault = _fault_id("kill-pod", zone, service)
+            _snapshot(b, f"before {fault}")
+            inject = record(
+                fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend"
+            )
+            try:
+                gone = set(dispatch(b, "kill_pod", {"zone": zone, "service": service}))
+            except BaseException:
+                record(fault, "restore", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service])
+                raise
+            pending[zone] = (fault, inject, gone)
+            _snapshot(b, f"inject {fault}")
+            if i < count - 1:
+                time.sleep(interval_s)
+    finally:
+        for zone in list(pending):
+            finish(zone)
+    return {"kills": len(done), "zones": names, "faults": done}
+
+
 PRIMITIVE_OF: dict[str, str] = {
     "kill_pod": "kill_pod",
+    "kill_pod_burst": "kill_pod",
     "make_unready": "set_pod_unready",
     "make_ready": "set_pod_unready",
     "kill_node": "kill_node",
@@ -414,6 +528,7 @@ __all__ = [
     "heal_zone",
     "kill_node",
     "kill_pod",
+    "kill_pod_burst",
     "make_ready",
     "make_unready",
     "partition_zone",

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.chaos import expected
 from harness.chaos.roles import ROLE_EXAMPLES, RoleError, looks_like_role, parse_role, resolve_values
 from harness.errors import BackendError, InputError
 from harness.topology import Placement, Topology
@@ -207,6 +208,12 @@ def plan_experiment(
         _check_arguments(src, where, func, args)
         if not str(prov.get("module")).startswith("harness.chaos"):
             continue
+        if expected.ARGUMENT in args:  # a declared single point of failure (harness/chaos/expected.py)
+            value, vpath = _value(src, f"{where}.provider.arguments.{expected.ARGUMENT}", args[expected.ARGUMENT], cfg)
+            try:
+                expected.check(value, topology)
+            except ValueError as exc:
+                raise InputError(src, vpath, str(exc)) from None
         primitive = PRIMITIVE_OF.get(func.__name__)
         if capabilities is not None and primitive is not None and primitive not in capabilities:
             raise InputError(

@@ -19,7 +19,13 @@ experiment, in the order the configuration lists them:
 - a zone name of the topology stands for itself (and is taken).
 
 Kinds: ``Local Zone``, ``Wavelength Zone``, ``AZ`` / ``Availability Zone``,
-``edge zone`` (Local or Wavelength). Case does not matter; the same phrase
+``edge zone`` (Local or Wavelength).
+
+An AZ can also be named by where a Region service runs (the renderer's
+placement rule, `harness.render.naming.region_service_zones`): ``the AZ of
+postgres`` / ``an AZ with postgres`` is the first AZ holding a postgres pod,
+``an AZ without postgres`` the first AZ holding none (not taken yet): the
+database primary's AZ and the one the Region carries on from. Case does not matter; the same phrase
 under two keys is the same zone.
 
 Resolution depends only on the topology and the experiment, so the harness
@@ -53,7 +59,7 @@ _ROLE = re.compile(
     re.IGNORECASE,
 )
 ROLE_EXAMPLES = ("a Local Zone", "another Local Zone", "a third Local Zone", "every Local Zone", "an AZ",
-                 "a Wavelength Zone", "an edge zone")  # fmt: skip
+                 "a Wavelength Zone", "an edge zone", "the AZ of postgres", "an AZ without postgres")  # fmt: skip
 
 
 class RoleError(ValueError):
@@ -74,6 +80,8 @@ def parse_role(value: object) -> Role | None:
         return None
     m = _ROLE.match(value)
     if m is None:
+        if _PLACED.match(value):
+            return Role(value, False, KINDS["az"], "az")
         return None
     kind = " ".join(m.group("kind").lower().split())
     return Role(value, m.group("det").lower() == "every", KINDS[kind], kind)
@@ -81,13 +89,46 @@ def parse_role(value: object) -> Role | None:
 
 def looks_like_role(value: object) -> bool:
     """A phrase that tries to be a role (starts like one) but may be misspelt: worth a clear error."""
-    return isinstance(value, str) and bool(re.match(r"^\s*(an?|another|every)\s", value, re.IGNORECASE))
+    return isinstance(value, str) and bool(re.match(r"^\s*(an?|another|every|the)\s", value, re.IGNORECASE))
 
 
 def _kind_label(kind_name: str) -> str:
     return {"az": "AZ", "availability zone": "Availability Zone", "edge zone": "edge zone"}.get(
         kind_name, kind_name.title()
     )
+
+
+# "the AZ of postgres", "an AZ with postgres", "an AZ without postgres": an AZ by where a
+# Region service's pods are, so an experiment about the database's primary follows it.
+_PLACED = re.compile(
+    r"^\s*(?P<det>the|an?|another)\s+(?P<kind>az|availability\s+zone)\s+(?P<rel>of|with|without)\s+"
+    r"(?P<service>[a-z][a-z0-9-]*)\s*$",
+    re.IGNORECASE,
+)
+
+
+def _placed_role(value: str, topology: Topology, taken: set[str]) -> str | None:
+    """The zone a service-relative AZ role names; None when `value` is not one. RoleError when unfillable."""
+    m = _PLACED.match(value)
+    if m is None:
+        return None
+    from harness.render.naming import region_service_zones  # the renderer's placement rule, not a copy
+
+    name = m.group("service").lower()
+    try:
+        svc = topology.service(name)
+    except KeyError:
+        raise RoleError(f"{value!r}: the topology has no service {name!r}") from None
+    holding = [z.name for z in region_service_zones(svc, topology)]
+    azs = [z.name for z in topology.region_zones]
+    if m.group("rel").lower() == "without":
+        free = [z for z in azs if z not in holding and z not in taken]
+        if not free:
+            raise RoleError(f"{value!r}: every AZ of the topology has {name} (or is taken by an earlier role)")
+        return free[0]
+    if not holding:
+        raise RoleError(f"{value!r}: {name} has no pod in any AZ")
+    return next((z for z in holding if z not in taken), holding[0])
 
 
 def resolve_values(values: list[Any], topology: Topology) -> dict[str, str | list[str]]:
@@ -102,6 +143,11 @@ def resolve_values(values: list[Any], topology: Topology) -> dict[str, str | lis
     taken: set[str] = {v for v in values if isinstance(v, str) and v in names}
     out: dict[str, str | list[str]] = {v: v for v in values if isinstance(v, str) and v in names}
     for v in values:
+        placed = _placed_role(v, topology, taken) if isinstance(v, str) and v not in out else None
+        if placed is not None:
+            out[v] = placed
+            taken.add(placed)
+            continue
         role = parse_role(v)
         if role is None or role.phrase in out:
             continue

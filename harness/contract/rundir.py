@@ -40,7 +40,8 @@ INVENTORY_FILE = "inventory.jsonl"
 ENTRYPOINTS_FILE = "entrypoints.jsonl"
 UPSTREAM_STATS_FILE = "upstream-stats.jsonl"
 PREFLIGHT_FILE = "preflight.json"
-HOPS_FILE = "hops.jsonl"
+HOPS_FILE = "hops.jsonl"  # an export (tests, people); the record is HOPS_PARQUET_FILE
+HOPS_PARQUET_FILE = "hops.parquet"
 CHAOS_FILE = "chaos.jsonl"
 PLAN_FILE = "plan.json"
 CHAOS_DIR = "chaos"  # chaos/<NN>-<stem>/ per experiment
@@ -69,7 +70,10 @@ def hop_inputs(run_dir: Path) -> list[list[Any]]:
     observe writes it next to hops.jsonl (`HOPS_BUILD_FILE`); verify takes
     hops.jsonl as built only while these (and hops.jsonl itself) are unchanged.
     """
-    files = [*sorted((run_dir / ACCESSLOG_DIR).glob("*.jsonl")), run_dir / INVENTORY_FILE, topology_path(run_dir)]
+    # the access logs' Parquet segments count through their state (harness.columnar): a new segment changes it
+    segments = run_dir / "columnar" / "accesslogs" / "state.json"
+    files = [*sorted((run_dir / ACCESSLOG_DIR).glob("*.jsonl")), segments, run_dir / INVENTORY_FILE,
+             topology_path(run_dir)]  # fmt: skip
     out: list[list[Any]] = []
     for f in files:
         try:
@@ -166,6 +170,10 @@ CHAOS_COLUMNS = {
     "service": "VARCHAR",
     "services": "VARCHAR[]",
     "entry_down": "BOOLEAN",
+    # an experiment's declared single point of failure (harness/chaos/expected.py), inject lines only
+    "expected_error_budget": "DOUBLE",
+    "single_point_of_failure": "VARCHAR[]",
+    "expected_why": "VARCHAR",
 }
 ENTRYPOINT_COLUMNS = {
     "ts": "DOUBLE",

@@ -61,14 +61,13 @@ if TYPE_CHECKING:
 
     from harness.topology import Topology
 
+from harness.columnar import ACCESSLOGS, load_state, read_records
 from harness.contract.inventory import SLACK_S
 from harness.contract.rundir import (
-    ACCESSLOG_COLUMNS,
     ACCESSLOG_DIR,
-    ACCESSLOG_TS_SQL,
-    ACCESSLOG_VALID_SQL,
     HOPS_BUILD_FILE,
     HOPS_FILE,
+    HOPS_PARQUET_FILE,
     INVENTORY_COLUMNS,
     INVENTORY_FILE,
     SkippedLine,
@@ -77,6 +76,8 @@ from harness.contract.rundir import (
     sql_str,
     topology_path,
 )
+
+PIECE_BUCKET_S = 60.0  # see _pieces
 
 INBOUND_SQL = (
     "coalesce(direction = 'inbound' OR (direction IS NULL AND (coalesce(upstream_cluster, '') = 'local_app' "
@@ -93,25 +94,34 @@ class HopsBuild:
     accesslog_lines: int = 0
     inbound_lines: int = 0
     skipped: list[SkippedLine] = field(default_factory=list)
+    file: str = ""  # current_build: the hops file observe wrote that is still current
 
 
 def accesslog_files(run_dir: Path) -> list[Path]:
     return sorted((Path(run_dir) / ACCESSLOG_DIR).glob("*.jsonl"))
 
 
-def build_hops(run_dir: Path, slack_s: float = SLACK_S) -> int:
-    """Write ``run_dir/hops.jsonl`` from ``run_dir/accesslogs/*.jsonl`` + ``inventory.jsonl``; return the hop count.
+def has_accesslogs(run_dir: Path) -> bool:
+    """The run has access logs: JSON lines, or only their Parquet segments (the JSON exported elsewhere)."""
+    return bool(accesslog_files(run_dir)) or bool(load_state(Path(run_dir), ACCESSLOGS)["segments"])
 
+
+def build_hops(run_dir: Path, slack_s: float = SLACK_S, *, jsonl: bool = True) -> int:
+    """Write ``run_dir/hops.parquet`` (and, if `jsonl`, the ``hops.jsonl`` export); return the hop count.
+
+    From ``accesslogs/`` (its Parquet segments and JSON tail) + ``inventory.jsonl``.
     Idempotent: rebuilds the whole file from the raw logs each time. Missing
-    inputs give an empty `hops.jsonl` (no access logs) or hops without
-    serving pods (no inventory) rather than an error, so a crashed run can
-    still be judged on what it has.
+    inputs give no hops (no access logs) or hops without serving pods (no
+    inventory) rather than an error, so a crashed run can still be judged on
+    what it has. A long run (`harness e2e`) writes Parquet only: fifty
+    million hops as JSON would take minutes and gigabytes nobody reads.
     """
     import duckdb
 
     run_dir = Path(run_dir)
-    out = run_dir / HOPS_FILE
-    tmp = run_dir / (HOPS_FILE + ".tmp")
+    outs = [(run_dir / HOPS_PARQUET_FILE, "FORMAT PARQUET, COMPRESSION ZSTD")]
+    if jsonl:
+        outs.append((run_dir / HOPS_FILE, "FORMAT JSON"))
     spill = run_dir / ".hops-duckdb-tmp"
     inputs = hop_inputs(run_dir)  # before reading: a file that changes meanwhile makes the build stale
     (run_dir / HOPS_BUILD_FILE).unlink(missing_ok=True)
@@ -119,15 +129,16 @@ def build_hops(run_dir: Path, slack_s: float = SLACK_S) -> int:
     try:
         con.execute(f"SET temp_directory = {sql_str(spill)}")
         built = create_hops(con, run_dir, _topology_or_none(run_dir), slack_s)
-        con.execute(f"COPY (SELECT * FROM hops ORDER BY ts, caller_pod) TO {sql_str(tmp)} (FORMAT JSON)")
+        for out, fmt in outs:
+            tmp = out.with_name(out.name + ".tmp")
+            con.execute(f"COPY (SELECT * FROM hops ORDER BY ts, caller_pod) TO {sql_str(tmp)} ({fmt})")
+            os.replace(tmp, out)
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
-    os.replace(tmp, out)
-    st = out.stat()
     meta = {
         "inputs": inputs,
-        "hops_file": [st.st_size, st.st_mtime_ns],
+        "outputs": {out.name: _fingerprint(out) for out, _ in outs},
         "slack_s": slack_s,
         "hops": built.hops,
         "accesslog_files": built.accesslog_files,
@@ -139,27 +150,40 @@ def build_hops(run_dir: Path, slack_s: float = SLACK_S) -> int:
     return built.hops
 
 
-def current_build(run_dir: Path, slack_s: float = SLACK_S) -> HopsBuild | None:
-    """What observe's last `build_hops` found, when hops.jsonl is still what it built from the present inputs.
+def _fingerprint(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
 
-    None when there is no record of the build, or the access logs, the
-    inventory, the topology, hops.jsonl itself or the slack differ: then the
-    hops must be built again (verify does, from the access logs).
+
+def current_build(run_dir: Path, slack_s: float = SLACK_S) -> HopsBuild | None:
+    """What observe's last `build_hops` found, when its hops file is still what it built from the present inputs.
+
+    None when there is no record of the build, or the access logs (and their
+    Parquet segments), the inventory, the topology, the hops file itself or
+    the slack differ: then the hops must be built again (verify does, from
+    the access logs). `HopsBuild.file` names the file to read: hops.parquet
+    (always written), hops.jsonl only for a build recorded before it was.
     """
     try:
         meta = json.loads((run_dir / HOPS_BUILD_FILE).read_text(encoding="utf-8"))
-        st = (run_dir / HOPS_FILE).stat()
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("slack_s") != slack_s:
+    if not isinstance(meta, dict) or meta.get("slack_s") != slack_s or meta.get("inputs") != hop_inputs(run_dir):
         return None
-    if meta.get("hops_file") != [st.st_size, st.st_mtime_ns] or meta.get("inputs") != hop_inputs(run_dir):
+    outputs = meta.get("outputs")
+    if not isinstance(outputs, dict):
         return None
+    try:
+        if not outputs or any(fp != _fingerprint(run_dir / name) for name, fp in outputs.items()):
+            return None  # any file it wrote edited since (or gone): the access logs decide
+    except OSError:
+        return None
+    chosen = HOPS_PARQUET_FILE if HOPS_PARQUET_FILE in outputs else HOPS_FILE
     try:
         return HopsBuild(
             hops=int(meta["hops"]), accesslog_files=int(meta["accesslog_files"]),
             accesslog_lines=int(meta["accesslog_lines"]), inbound_lines=int(meta["inbound_lines"]),
-            skipped=[SkippedLine(**s) for s in meta["skipped"]],
+            skipped=[SkippedLine(**s) for s in meta["skipped"]], file=chosen,
         )  # fmt: skip
     except (KeyError, TypeError, ValueError):
         return None
@@ -187,28 +211,72 @@ def create_hops(
     *,
     inventory_loaded: bool = False,
     table: str = "hops",
+    view: bool = False,
 ) -> HopsBuild:
     """Create `table` (the hops.jsonl columns) in `con` from the run's access logs and inventory.
 
     Also leaves `inv`, `intervals` and `consul_names` (see `load_inventory`)
-    unless `inventory_loaded` says the caller made them already.
+    unless `inventory_loaded` says the caller made them already. With `view`,
+    `table` is a temporary view (the caller materialises what it needs in
+    one pass, then calls `drop_hops_view`) and `HopsBuild.hops` is left 0.
     """
     run_dir = Path(run_dir)
     con.execute("SET TimeZone = 'UTC'")  # Envoy's START_TIME without an offset is UTC
     built = HopsBuild()
     if not inventory_loaded:
         built.skipped += load_inventory(con, run_dir / INVENTORY_FILE, topology, root=run_dir)
-    logs = accesslog_files(run_dir)
-    built.accesslog_files = len(logs)
-    built.skipped += _load_accesslogs(con, logs, run_dir)
+    built.skipped += _load_accesslogs(con, run_dir)
+    built.accesslog_files = max(len(accesslog_files(run_dir)), len(con.execute("SELECT * FROM file_pods").fetchall()))
     row = con.execute("SELECT count(*), count(*) FILTER (WHERE inbound) FROM raw_lines").fetchone()
     built.accesslog_lines, built.inbound_lines = (int(row[0]), int(row[1])) if row else (0, 0)
-    con.execute(_HOPS_SQL.replace("$TABLE", table).replace("$SLACK", repr(float(slack_s))))
+    _pieces(con, "serving_pieces", "ip", slack_s)
+    _pieces(con, "caller_pieces", "pod", slack_s)
+    if view:
+        con.execute(_HOPS_SQL.replace("CREATE TABLE $TABLE", f"CREATE TEMP VIEW {table}"))
+        return built
+    con.execute(_HOPS_SQL.replace("$TABLE", table))
     row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
     built.hops = int(row[0]) if row else 0
-    con.execute("DROP TABLE raw_lines")
-    con.execute("DROP TABLE raw")
+    drop_hops_view(con, None)
     return built
+
+
+NAME_COLUMNS = ("caller_pod", "caller_service", "caller_zone", "upstream", "upstream_cluster", "upstream_host",
+                "serving_pod", "serving_zone", "flags")  # fmt: skip
+"""The hop columns whose values are names: a few hundred distinct values in fifty million rows."""
+
+
+def hop_names_sql() -> str:
+    """SQL: every value a `create_hops(view=True)` view can put into a `NAME_COLUMNS` column (a superset).
+
+    From the small tables it joins (inventory intervals, Consul names, cluster
+    and file names) plus one scan of the access logs' own name columns. A
+    reader can then store those columns as one ENUM (a byte or two per value
+    instead of a string each: a 10-hour run's hops fit in memory); a value
+    this misses makes the cast fail loudly, never a silent NULL.
+    """
+    return """
+        SELECT DISTINCT v FROM (
+            SELECT unnest([pod, zone, service, consul_service]) AS v FROM intervals
+            UNION ALL SELECT unnest([consul_service, service, zone]) FROM consul_names
+            UNION ALL SELECT unnest([upstream_cluster, cluster_service]) FROM cluster_names
+            UNION ALL SELECT pod FROM file_pods
+            UNION ALL SELECT unnest([caller_pod, caller_service, upstream_host, response_flags, upstream_cluster])
+                FROM (SELECT DISTINCT caller_pod, caller_service, upstream_host, response_flags, upstream_cluster
+                      FROM raw_text)
+            UNION ALL SELECT unnest(['', '-'])
+        ) WHERE v IS NOT NULL
+    """
+
+
+def drop_hops_view(con: DuckDBPyConnection, view: str | None) -> None:
+    """Drop a `create_hops(view=True)` view and what it reads (or only the latter, for `view=None`)."""
+    if view is not None:
+        con.execute(f"DROP VIEW {view}")
+    _drop_accesslogs(con)
+    for pieces in ("serving_pieces", "caller_pieces"):
+        con.execute(f"DROP TABLE {pieces}")
+        con.execute(f"DROP TABLE {pieces}_last")
 
 
 def load_inventory(
@@ -269,38 +337,39 @@ def topology_names(t: Topology) -> list[tuple[str, str, str | None]]:
     return [(n, service_of[n], next(iter(zs)) if len(zs) == 1 else None) for n, zs in sorted(zones_of.items())]
 
 
-def _load_accesslogs(con: DuckDBPyConnection, logs: list[Path], root: Path) -> list[SkippedLine]:
-    """Tables `raw_lines` (every usable line, typed, `inbound` flagged) and `raw` (the outbound ones)."""
-    skipped = load_jsonl(
-        con, "raw_text", logs, ACCESSLOG_COLUMNS, valid_sql=ACCESSLOG_VALID_SQL, filename=True, root=root,
-        what="start_time",
-    )  # fmt: skip
-    con.execute(f"CREATE TABLE raw_lines AS SELECT *, {INBOUND_SQL} AS inbound FROM raw_text")
-    con.execute("DROP TABLE raw_text")
+def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine]:
+    """Tables `raw_lines` (every usable line, typed, `inbound` flagged) and `raw` (the outbound ones).
+
+    The lines come from the Parquet segments the collector compacted during
+    the run plus the JSON lines not compacted yet (`harness.columnar`).
+    """
+    skipped = read_records(con, "raw_text", run_dir, ACCESSLOGS, view=True)
+    # Views, not tables: the lines are scanned (from Parquet) straight into the hops table; a long
+    # run's fifty million lines are never materialised twice.
+    con.execute(f"CREATE TEMP VIEW raw_lines AS SELECT *, {INBOUND_SQL} AS inbound FROM raw_text")
     # Per distinct value, not per line: a million lines name a few dozen clusters and files.
     con.execute(
         r"""
         CREATE TEMP TABLE cluster_names AS
         SELECT upstream_cluster, split_part(regexp_replace(regexp_replace(upstream_cluster,
                '^[0-9a-fA-F]{8}~', ''), '^failover-target~[0-9]+~', ''), '.', 1) AS cluster_service
-        FROM (SELECT DISTINCT upstream_cluster FROM raw_lines WHERE upstream_cluster IS NOT NULL)
+        FROM (SELECT DISTINCT upstream_cluster FROM raw_text WHERE upstream_cluster IS NOT NULL)
         """
     )
     con.execute(
         r"""
         CREATE TEMP TABLE file_pods AS
         SELECT filename, regexp_replace(regexp_extract(filename, '[^/]*$'), '\.jsonl$', '') AS pod
-        FROM (SELECT DISTINCT filename FROM raw_lines)
+        FROM (SELECT DISTINCT filename FROM raw_text)
         """
     )
     con.execute(
         rf"""
-        CREATE TABLE raw AS
+        CREATE TEMP VIEW raw AS
         SELECT *, {host_ip_sql("host")} AS ip
         FROM (
             SELECT
-                l.rowid AS id,
-                {ACCESSLOG_TS_SQL} AS ts,
+                l.ts,
                 coalesce(nullif(l.caller_pod, ''), f.pod) AS caller_pod,
                 nullif(l.caller_service, '') AS caller_service_raw,
                 CASE WHEN l.upstream_host IS NULL OR l.upstream_host IN ('', '-') THEN ''
@@ -317,9 +386,119 @@ def _load_accesslogs(con: DuckDBPyConnection, logs: list[Path], root: Path) -> l
         )
         """
     )
-    con.execute("DROP TABLE cluster_names")
-    con.execute("DROP TABLE file_pods")
     return skipped
+
+
+def _drop_accesslogs(con: DuckDBPyConnection) -> None:
+    for view in ("raw", "raw_lines"):
+        con.execute(f"DROP VIEW IF EXISTS {view}")
+    for table in ("cluster_names", "file_pods"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    kinds = dict(con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables WHERE table_name IN ('raw_text', 'raw_text_tail')"
+    ).fetchall())  # fmt: skip
+    for name in ("raw_text", "raw_text_tail"):  # the view first: it reads the tail table
+        if name in kinds:
+            con.execute(f"DROP {'VIEW' if kinds[name] == 'VIEW' else 'TABLE'} {name}")
+
+
+def _pieces(con: DuckDBPyConnection, name: str, interval_key: str, slack_s: float) -> None:
+    """Table `<name>` (key, b, point_*, span_*): the IP-at-time rule as pieces of the time axis, per key.
+
+    The rule (`_nearest_interval_sql`) compares a row's time only with its
+    key's interval starts and ends, those +- the slack, and the midpoints
+    between one interval's end and the next one's start. Between two such
+    breakpoints its answer cannot change. So the rule is evaluated once at
+    every breakpoint (`point_*`) and once inside every gap between two
+    (`span_*`, valid up to the next breakpoint `nb`), on a table of a few
+    hundred rows, and every hop then finds its piece [b, nb) by key and time
+    (a hash join plus a range check): `point_*` when t = b, else `span_*`.
+    Before a key's first breakpoint nothing matches (that is more than the
+    slack before its first interval). Same answers as evaluating
+    the rule per row, at a fraction of the cost: four ASOF joins and a full
+    join of fifty million rows become one hash join against a tiny table.
+    """
+    slack = repr(float(slack_s))
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {name}_bp AS
+        WITH iv AS (
+            SELECT {interval_key} AS key, start_ts, end_ts,
+                   lead(start_ts) OVER (PARTITION BY {interval_key} ORDER BY start_ts) AS next_start
+            FROM intervals WHERE {interval_key} IS NOT NULL
+        ),
+        b AS (
+            SELECT key, start_ts AS b FROM iv
+            UNION ALL SELECT key, start_ts - {slack} FROM iv
+            UNION ALL SELECT key, end_ts FROM iv WHERE end_ts IS NOT NULL
+            UNION ALL SELECT key, end_ts + {slack} FROM iv WHERE end_ts IS NOT NULL
+            UNION ALL SELECT key, (end_ts + next_start) / 2 FROM iv WHERE end_ts IS NOT NULL AND next_start IS NOT NULL
+        ),
+        d AS (SELECT DISTINCT key, b FROM b WHERE b IS NOT NULL)
+        SELECT key, b, coalesce((b + lead(b) OVER (PARTITION BY key ORDER BY b)) / 2, b + 1.0) AS mid FROM d
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {name}_samples AS
+        SELECT row_number() OVER () AS id, key, ts, what, b FROM (
+            SELECT key, b AS ts, 'point' AS what, b FROM {name}_bp
+            UNION ALL SELECT key, mid, 'span', b FROM {name}_bp
+        )
+        """
+    )
+    sql = (
+        f"CREATE OR REPLACE TEMP TABLE {name}_eval AS WITH"
+        + _nearest_interval_sql("ev", f"{name}_samples", "key", interval_key).rstrip(",")
+        + f" SELECT s.key, s.b, s.what, e.pod, e.zone, e.service FROM {name}_samples s LEFT JOIN ev e ON e.id = s.id"
+    )
+    con.execute(sql.replace("$SLACK", slack))
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {name} AS
+        SELECT key, b,
+            max(pod) FILTER (WHERE what = 'point') AS point_pod,
+            max(zone) FILTER (WHERE what = 'point') AS point_zone,
+            max(service) FILTER (WHERE what = 'point') AS point_service,
+            max(pod) FILTER (WHERE what = 'span') AS span_pod,
+            max(zone) FILTER (WHERE what = 'span') AS span_zone,
+            max(service) FILTER (WHERE what = 'span') AS span_service
+        FROM {name}_eval GROUP BY key, b
+        """
+    )
+    # Each piece runs to the next breakpoint. A hash join on (key, minute) plus a range check finds a
+    # row's piece far faster than an ASOF join sorting every row, and stays linear however often an
+    # IP was reused: a piece is listed under every minute it covers, so a row meets only the few
+    # pieces of its own minute. A key's last piece has no end: it is joined on the key alone.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name}_all AS SELECT *, lead(b) OVER (PARTITION BY key ORDER BY b) "
+                f"AS nb FROM {name}")  # fmt: skip
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT *, unnest(range("
+        f"CAST(floor(b / {PIECE_BUCKET_S}) AS BIGINT), CAST(floor(nb / {PIECE_BUCKET_S}) AS BIGINT) + 1)) AS bk "
+        f"FROM {name}_all WHERE nb IS NOT NULL"
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name}_last AS SELECT * EXCLUDE (nb) FROM {name}_all WHERE nb IS NULL")
+    con.execute(f"DROP TABLE {name}_all")
+    for t in ("bp", "samples", "eval"):
+        con.execute(f"DROP TABLE {name}_{t}")
+
+
+def _piece_sql(alias: str, field: str, ts: str) -> str:
+    """SQL: `field` (pod, zone, service) of the piece a row at time `ts` fell in (joined by `_piece_join_sql`)."""
+    return (
+        f"(CASE WHEN {alias}l.key IS NOT NULL "
+        f"THEN (CASE WHEN {ts} = {alias}l.b THEN {alias}l.point_{field} ELSE {alias}l.span_{field} END) "
+        f"ELSE (CASE WHEN {ts} = {alias}.b THEN {alias}.point_{field} ELSE {alias}.span_{field} END) END)"
+    )
+
+
+def _piece_join_sql(alias: str, pieces: str, key: str, ts: str) -> str:
+    """SQL: the two LEFT JOINs that find a row's piece of `pieces` (see `_pieces`) as `alias` / `<alias>l`."""
+    return (
+        f"LEFT JOIN {pieces} {alias} ON {key} = {alias}.key "
+        f"AND CAST(floor({ts} / {PIECE_BUCKET_S}) AS BIGINT) = {alias}.bk AND {ts} >= {alias}.b AND {ts} < {alias}.nb "
+        f"LEFT JOIN {pieces}_last {alias}l ON {key} = {alias}l.key AND {ts} >= {alias}l.b"
+    )
 
 
 def _nearest_interval_sql(name: str, source: str, source_key: str, interval_key: str) -> str:
@@ -365,16 +544,23 @@ def _nearest_interval_sql(name: str, source: str, source_key: str, interval_key:
 def resolve_ips(con: DuckDBPyConnection, source: str, target: str, slack_s: float = SLACK_S) -> None:
     """Create `target` (id, pod, zone, service): the pod that held each `source` row's `ip` at its `ts`.
 
-    The same rule `create_hops` uses (one rule for hops, hops.jsonl copied
+    The same rule `create_hops` uses (one rule for hops, hops copied
     without access logs, and the upstream counters' hosts). `source` needs
     columns `id`, `ts`, `ip`; rows nobody explains are left out of `target`.
     """
-    sql = (
-        f"CREATE TABLE {target} AS WITH"
-        + _nearest_interval_sql("serving", source, "ip", "ip").rstrip(",")
-        + " SELECT id, pod, zone, service FROM serving"
+    _pieces(con, f"{target}_pieces", "ip", slack_s)
+    p = f"{target}_pieces"
+    con.execute(
+        f"""
+        CREATE TABLE {target} AS SELECT * FROM (
+            SELECT r.id, {_piece_sql("p", "pod", "r.ts")} AS pod, {_piece_sql("p", "zone", "r.ts")} AS zone,
+                   {_piece_sql("p", "service", "r.ts")} AS service
+            FROM {source} r {_piece_join_sql("p", p, "r.ip", "r.ts")}
+        ) WHERE pod IS NOT NULL
+        """
     )
-    con.execute(sql.replace("$SLACK", repr(float(slack_s))))
+    con.execute(f"DROP TABLE {p}")
+    con.execute(f"DROP TABLE {p}_last")
 
 
 def host_ip_sql(column: str) -> str:
@@ -387,14 +573,9 @@ def host_ip_sql(column: str) -> str:
     )
 
 
-_HOPS_SQL = (
-    """
+_HOPS_SQL = f"""
 CREATE TABLE $TABLE AS
-WITH"""
-    + _nearest_interval_sql("serving", "raw", "ip", "ip")
-    + _nearest_interval_sql("caller", "raw", "caller_pod", "pod")
-    + """
-caller_any AS (
+WITH caller_any AS (
     -- A caller pod seen outside every recorded interval still has one zone and service.
     SELECT pod, arg_max(zone, start_ts) AS zone, arg_max(service, start_ts) AS service
     FROM intervals GROUP BY pod
@@ -402,21 +583,20 @@ caller_any AS (
 SELECT
     r.ts,
     r.caller_pod,
-    coalesce(c.service, ca.service, cn.service, r.caller_service_raw) AS caller_service,
-    coalesce(c.zone, ca.zone, cn.zone) AS caller_zone,
-    coalesce(s.service, un.service, nullif(r.cluster_service, '')) AS upstream,
+    coalesce({_piece_sql("c", "service", "r.ts")}, ca.service, cn.service, r.caller_service_raw) AS caller_service,
+    coalesce({_piece_sql("c", "zone", "r.ts")}, ca.zone, cn.zone) AS caller_zone,
+    coalesce({_piece_sql("s", "service", "r.ts")}, un.service, nullif(r.cluster_service, '')) AS upstream,
     r.upstream_cluster,
     r.host AS upstream_host,
-    s.pod AS serving_pod,
-    s.zone AS serving_zone,
+    {_piece_sql("s", "pod", "r.ts")} AS serving_pod,
+    {_piece_sql("s", "zone", "r.ts")} AS serving_zone,
     r.status,
     r.flags,
     r.duration_ms
 FROM raw r
-LEFT JOIN serving s ON s.id = r.id
-LEFT JOIN caller c ON c.id = r.id
+{_piece_join_sql("s", "serving_pieces", "r.ip", "r.ts")}
+{_piece_join_sql("c", "caller_pieces", "r.caller_pod", "r.ts")}
 LEFT JOIN caller_any ca ON ca.pod = r.caller_pod
 LEFT JOIN consul_names cn ON cn.consul_service = r.caller_service_raw
 LEFT JOIN consul_names un ON un.consul_service = r.cluster_service
 """
-)

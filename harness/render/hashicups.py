@@ -40,7 +40,7 @@ import json
 from typing import Any
 
 from harness.contract import names
-from harness.render import naming
+from harness.render import database, naming
 from harness.render.kind import edge_taint
 from harness.render.naming import ConsulService, Workload
 from harness.topology.model import KNOWN_PORTS, Edition, Service, Topology
@@ -187,9 +187,13 @@ def _containers(t: Topology, svc: Service, cs: ConsulService) -> tuple[list[dict
         main["livenessProbe"] = _http_probe("/health/livez", port, 5)
         main["resources"] = _resources()
         volumes.append({"name": "config", "configMap": {"name": config_map_name(cs, "config")}})
-    elif svc.name == "postgres":
+    elif svc.name == "postgres" or svc.replica_of is not None:
         main["env"] = _env(POSTGRES_ENV)
-        main["startupProbe"] = _tcp_probe(port, 1, POSTGRES_STARTUP_FAILURES)
+        startup = POSTGRES_STARTUP_FAILURES
+        if svc.replica_of is not None:  # a streaming standby of the primary (harness/render/database.py)
+            database.standby_container(t, svc, main, POSTGRES_ENV)
+            startup = database.STANDBY_STARTUP_FAILURES
+        main["startupProbe"] = _tcp_probe(port, 1, startup)
         main["readinessProbe"] = _tcp_probe(port)
         main["livenessProbe"] = _tcp_probe(port, 5)
         main["resources"] = _resources("50m", "128Mi")

@@ -53,12 +53,27 @@ def upstream_annotation(t: Topology, service: Service, zone: Zone, edition: Edit
 
 def region_replicas(service: Service, t: Topology) -> list[int]:
     """Replicas per AZ (topology order): edge-placed get `replicas` in each AZ;
-    Region-only spread `replicas` in total over the AZs, earlier AZs first."""
+    Region-only spread `replicas` in total over the AZs, earlier AZs first;
+    a read replica (`replicaOf`) spreads over the AZs its primary has no pod in."""
     azs = t.region_zones
     if service.placement is Placement.EDGE:
         return [service.replicas] * len(azs)
+    if service.replica_of is not None:
+        # A read replica goes where its primary is not: the AZs after the primary's, in order.
+        taken = [n > 0 for n in region_replicas(t.service(service.replica_of), t)]
+        free = [i for i, used in enumerate(taken) if not used]
+        base, extra = divmod(service.replicas, len(free))
+        out = [0] * len(azs)
+        for k, i in enumerate(free):
+            out[i] = base + (1 if k < extra else 0)
+        return out
     base, extra = divmod(service.replicas, len(azs))
     return [base + (1 if i < extra else 0) for i in range(len(azs))]
+
+
+def region_service_zones(service: Service, t: Topology) -> list[Zone]:
+    """The AZs a Region-only service has pods in (topology order): where a node loss takes it."""
+    return [z for z, n in zip(t.region_zones, region_replicas(service, t), strict=True) if n > 0]
 
 
 @dataclass(frozen=True)

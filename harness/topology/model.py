@@ -30,8 +30,18 @@ KNOWN_IMAGES: dict[str, str] = {
     "public-api": "hashicorpdemoapp/public-api:v0.0.7",
     "product-api": "hashicorpdemoapp/product-api:v0.0.22",
     "postgres": "hashicorpdemoapp/product-api-db:v0.0.22",
+    # The read replica runs the same image (same PostgreSQL binaries as the primary: a
+    # physical replica must), started as a standby (harness/render/database.py).
+    "postgres-replica": "hashicorpdemoapp/product-api-db:v0.0.22",
 }
-KNOWN_PORTS: dict[str, int] = {"frontend": 3000, "public-api": 8080, "product-api": 9090, "postgres": 5432}
+KNOWN_PORTS: dict[str, int] = {
+    "frontend": 3000,
+    "public-api": 8080,
+    "product-api": 9090,
+    "postgres": 5432,
+    # Not 5432: the replica's own sidecar listens on localhost:5432 for its upstream, the primary.
+    "postgres-replica": 5433,
+}
 
 
 class _Model(BaseModel):
@@ -99,6 +109,9 @@ class Service(_Model):
     protocol: str = Field(default="http", pattern=r"^(http|tcp)$")
     upstreams: tuple[str, ...] = ()
     image: str | None = None
+    # A streaming read replica of another Region-only service (postgres): cloned from it with
+    # pg_basebackup and fed by its WAL stream through the mesh, placed in AZs the primary is not in.
+    replica_of: str | None = None
 
     @property
     def container_port(self) -> int:
@@ -244,6 +257,7 @@ def _check_cross_fields(t: Topology) -> None:
                         f"Region-only service {s.name!r} cannot call edge-placed {up!r} "
                         "(Region -> edge is never allowed)",
                     )
+    _check_replicas(t)
     ports: dict[int, str] = {}
     for i, s in enumerate(t.services):
         if s.container_port in ports:
@@ -267,6 +281,39 @@ def _check_cross_fields(t: Topology) -> None:
     for n in graph:
         if n not in state:
             visit(n, [])
+
+
+def _check_replicas(t: Topology) -> None:
+    """A read replica streams from a Region-only TCP primary, through the mesh, from another AZ."""
+    for i, s in enumerate(t.services):
+        if s.replica_of is None:
+            continue
+        where = f"services[{i}].replicaOf"
+        try:
+            primary = t.service(s.replica_of)
+        except KeyError:
+            raise _CrossFieldError(where, f"unknown service {s.replica_of!r}") from None
+        if primary.name == s.name:
+            raise _CrossFieldError(where, "a service cannot be a replica of itself")
+        if primary.replica_of is not None:
+            raise _CrossFieldError(
+                where, f"{primary.name!r} is itself a replica (cascading replicas are not supported)"
+            )
+        if s.placement is not Placement.REGION or primary.placement is not Placement.REGION:
+            raise _CrossFieldError(where, "a replica and its primary must both be Region-only (placement: region)")
+        if s.protocol != "tcp" or primary.protocol != "tcp":
+            raise _CrossFieldError(where, "a database replica and its primary speak tcp (protocol: tcp)")
+        if primary.name not in s.upstreams:
+            raise _CrossFieldError(
+                f"services[{i}].upstreams",
+                f"must include {primary.name!r}: the replica's WAL stream is a call to its primary through the mesh",
+            )
+        if primary.replicas >= len(t.region_zones):
+            raise _CrossFieldError(
+                where,
+                f"{primary.name!r} has {primary.replicas} replica(s) over {len(t.region_zones)} AZ(s): "
+                "no AZ is left for its read replica (it must run in another AZ than the primary)",
+            )
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

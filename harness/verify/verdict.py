@@ -148,6 +148,9 @@ class FaultResult:
     failover_resolution_s: float | None = None
     recovery_resolution_s: float | None = None
     failover_end: float | None = None  # where the failover window ended (restore, or the upstream ready again)
+    # a single point of failure the experiment declared, and its errors against the declared budget
+    # (harness/verify/expected.py); None when the fault declared nothing
+    expected: dict[str, Any] | None = None
 
 
 @dataclass
@@ -170,7 +173,7 @@ class RunInfo:
     partial: bool = False
     run_status: str | None = None  # run.json status (None: no run.json)
     stopped_at: str | None = None  # run.json stage when the run is partial
-    hops_source: str = "none"  # accesslogs | hops.jsonl (observe, current) | hops.jsonl | none
+    hops_source: str = "none"  # accesslogs | hops.{parquet,jsonl} (observe, current) | hops.parquet | hops.jsonl | none
     accesslog_lines: int = 0
     inbound_lines: int = 0
     upstream_stats_records: int = 0

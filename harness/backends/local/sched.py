@@ -63,6 +63,9 @@ class Container:
     # kubelet: liveness and readiness do not run until the startup probe succeeded once;
     # `failureThreshold` startup failures restart the container.
     startup: Probe | None = None
+    # command + args, as the container runtime joins them; only for stand-ins that implement
+    # the command (harness.backends.local.apps.COMMAND_APPS), handed over in EH_COMMAND.
+    command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,8 @@ _CONTAINER_FIELDS = {
     "resources",
     "volumeMounts",
     "imagePullPolicy",
+    "command",
+    "args",
 }
 
 
@@ -352,6 +357,32 @@ def _spread(f: _Fields, raw: Any) -> tuple[SpreadConstraint, ...]:
     return tuple(out)
 
 
+def _command(f: _Fields, c: dict[str, Any], cp: str) -> tuple[str, ...]:
+    """A container's command + args, refused where the image's stand-in would not run it.
+
+    A stand-in is a program of its own, not the image: it can honour a
+    command only when it implements that command's contract (e.g. postgres'
+    streaming standby, harness/render/database.py). Anything else would run
+    the image's default behaviour under a manifest that asked for another.
+    """
+    from harness.backends.local.apps import accepts_command
+
+    parts: list[str] = []
+    for key in ("command", "args"):
+        v = c.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise f.fail(f"{cp}.{key}", "expected a list of strings")
+        parts += v
+    if parts and not accepts_command(str(c["image"])):
+        raise f.fail(
+            f"{cp}.command" if "command" in c else f"{cp}.args",
+            f"not supported by the local backend for image {c['image']!r} (its stand-in runs no other command)",
+        )
+    return tuple(parts)
+
+
 def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
     meta = obj.get("metadata") or {}
     ns = meta.get("namespace", "default")
@@ -391,6 +422,7 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
         for j, m in enumerate(c.get("volumeMounts") or []):
             m = f.check_only(m, f"{cp}.volumeMounts[{j}]", {"name", "mountPath", "readOnly"})
             mounts[str(m["mountPath"])] = str(m["name"])
+        command = _command(f, c, cp)
         containers.append(
             Container(
                 name=str(c.get("name")),
@@ -402,6 +434,7 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
                 readiness=_probe(f, c.get("readinessProbe"), f"{cp}.readinessProbe", named),
                 liveness=_probe(f, c.get("livenessProbe"), f"{cp}.livenessProbe", named),
                 startup=_probe(f, c.get("startupProbe"), f"{cp}.startupProbe", named),
+                command=command,
             )
         )
     if not containers:

@@ -20,6 +20,7 @@ class CheckBase:
         self.run_end = run.end if run.end is not None else 0.0
         self.total_hops = int(self._one("SELECT count(*) FROM hops") or 0)
         self.entry_down = self._entry_down_spans()
+        self.declared: dict[str, dict[str, Any]] = {}  # fault -> its declared single point of failure, judged
 
     # -- helpers -------------------------------------------------------------
     def _one(self, sql: str, params: list[Any] | None = None) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.verify import evidence
+from harness.verify import evidence, expected
 from harness.verify.invariants.faults import FaultMeasurer
 from harness.verify.invariants.routing import RoutingChecks
 from harness.verify.invariants.sql import DEFINITIONS
@@ -74,6 +74,10 @@ class Checker(FaultMeasurer, RoutingChecks, UserChecks):
         ).fetchone()
         assert counts is not None
         notes = list(self.run.notes) + self._outage_notes()
+        for fr, f in zip(fx.results, self.run.faults, strict=True):
+            if f.fault in self.declared:  # the single point of failure and its errors, stated pass or fail
+                fr.expected = self.declared[f.fault]
+                notes.insert(0, expected.note(f, fr.expected))
         if counts[3]:
             notes.append(f"{counts[3]} hops have an upstream host that no inventory record explains (unattributed)")
         if not self.run.entrypoints_present:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import INF, REQUEST_OK_SQL, Window, hop_text, merge_intervals, spans_sql
 from harness.verify.rundata import Fault, zone_is_edge
@@ -131,9 +132,11 @@ class FaultMeasurer(CheckBase):
         )
         for u, callers in zone_pairs:
             alive = [c for c in callers if c not in down]
-            if u in down and alive:
+            if u in down and alive and expected.no_failover(f, u):
+                scope.messages.append(f"{u}: declared single point of failure, no failover to measure")
+            elif u in down and alive:
                 scope.failover.append((u, alive))
-        if not scope.failover:
+        if not scope.failover and not scope.messages:
             scope.messages.append(
                 f"no mesh caller of {', '.join(sorted(down)) or 'any service'} stays up in {f.zone}: "
                 "no failover to measure"
@@ -356,6 +359,33 @@ class FaultMeasurer(CheckBase):
         for f in self.run.faults:
             self.measure_fault(f, out)
         out.exclusions += self._readiness_exclusions()
+        out.exclusions += self._declared_exclusions()
+        return out
+
+    def _declared_exclusions(self) -> list[tuple[str, str, float, float]]:
+        """Locality is not judged for what depends on a declared single point of failure while it is down.
+
+        Its dependants answer errors in every zone (product-api without its
+        database), so Envoy's outlier detection ejects healthy-looking local
+        instances and sends hops to the Region before readiness notices: where
+        they went says nothing about routing. Excluded from the inject to the
+        measured recovery after the cascade ended (or `maxRecoveryS` past it).
+        """
+        out: list[tuple[str, str, float, float]] = []
+        for f in self.run.faults:
+            if not expected.declared(f):
+                continue
+            end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
+            deps = expected.dependants(self.t, f.spof)
+            for z, u, callers in self.pairs:
+                if u not in deps or self._placement(u) != "edge":
+                    continue
+                if end >= INF:
+                    out.append((z, u, f.inject, INF))
+                    continue
+                bound = min(end + self.slo.max_recovery_s, max(self.run_end, end))
+                w = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u))
+                out.append((z, u, f.inject, w.instant if w.instant is not None else end + self.slo.max_recovery_s))
         return out
 
     def _readiness_exclusions(self) -> list[tuple[str, str, float, float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
     MAX_OFFENDERS,
@@ -32,6 +33,7 @@ class UserChecks(CheckBase):
     """What the users saw: failed requests within the error budget, traffic in every fault window."""
 
     def availability(self, impact: list[tuple[Fault, float]]) -> InvariantResult:
+        impact = [(f, expected.impact_end(self.run, f, hi)) for f, hi in impact]  # declared: over the cascade
         excluded = [(f.zone, f.inject, hi) for f, hi in impact if f.entry_down] + self.entry_down
         self.con.execute(
             f"""
@@ -45,20 +47,47 @@ class UserChecks(CheckBase):
         windows: list[WindowResult] = []
         budget = self.slo.error_budget
         for f, hi in impact:
-            windows.append(
-                self._window(f"fault {f.fault}", f.inject, hi, f"ts <= ? AND {REQUEST_END_SQL} >= ?", [hi, f.inject])
-            )
+            w = self._window(
+                f"fault {f.fault}", f.inject, hi, f"ts <= ? AND {REQUEST_END_SQL} >= ?", [hi, f.inject],
+                expected.budget(f, budget), f.spof,
+            )  # fmt: skip
+            windows.append(w)
+            if expected.declared(f):
+                self.declared[f.fault] = expected.statement(f, w.requests, w.failed)
         windows.append(self._window("steady state", None, None, "NOT in_fault", []))
         failures = [w.message for w in windows if w.status != PASS]
         worst = max((w.error_rate for w in windows if w.error_rate is not None), default=None)
         ok_text = f"{len(windows)} windows within the {budget * 100:g}% error budget" + (
             f" (worst {worst * 100:.2f}%)" if worst is not None else ""
         )
+        if self.declared:  # say which windows had a budget of their own, and why
+            ok_text = (
+                f"{len(windows)} windows within their error budgets: "
+                + "; ".join(
+                    f"fault {fid} {d['errorRate'] * 100 if d['errorRate'] is not None else 0:.2f}% within the "
+                    f"{d['errorBudget'] * 100:g}% declared for single point of failure "
+                    f"{', '.join(d['singlePointOfFailure'])}"
+                    for fid, d in self.declared.items()
+                )
+                + f"; the others within the SLO's {budget * 100:g}%"
+            )
         return InvariantResult(
             AVAILABILITY, not failures, self._summary(AVAILABILITY, failures, ok_text), windows=windows
         )
 
-    def _window(self, name: str, lo: float | None, hi: float | None, where: str, params: list[Any]) -> WindowResult:
+    def _window(
+        self,
+        name: str,
+        lo: float | None,
+        hi: float | None,
+        where: str,
+        params: list[Any],
+        budget: float | None = None,
+        spof: tuple[str, ...] = (),
+    ) -> WindowResult:
+        """Availability of one window against `budget` (the SLO's unless the fault declared its own)."""
+        budget = self.slo.error_budget if budget is None else budget
+        declared = f" declared for single point of failure {', '.join(spof)}" if spof else ""
         row = self.con.execute(
             f"""
             SELECT count(*) FILTER (WHERE NOT excluded), count(*) FILTER (WHERE NOT excluded AND failed),
@@ -75,7 +104,7 @@ class UserChecks(CheckBase):
         if n == 0:
             w.status = FAIL
             w.message = f"availability: {name}: no traffic (no user requests{excl})"
-        elif rate is not None and rate > self.slo.error_budget:
+        elif rate is not None and rate > budget:
             w.status = FAIL
             w.first_offenders = self._failed_requests(where, params)
             zones = self.con.execute(
@@ -87,7 +116,12 @@ class UserChecks(CheckBase):
             first = f", first at {request_text(w.first_offenders[0])}" if w.first_offenders else ""
             w.message = (
                 f"availability: {name}: {failed}/{n} user requests failed ({rate * 100:.2f}% > "
-                f"{self.slo.error_budget * 100:g}% budget; {by_zone}){excl}{first}"
+                f"{budget * 100:g}% budget{declared}; {by_zone}){excl}{first}"
+            )
+        elif spof:
+            w.message = (
+                f"availability: {name}: {failed}/{n} user requests failed ({(rate or 0) * 100:.2f}%), within the "
+                f"{budget * 100:g}% budget{declared}{excl}"
             )
         return w
 

@@ -16,6 +16,8 @@ Local-backend conventions shared by all apps (none exists in the real images):
   the pod's directory, so an app can resolve a container path such as
   ``/config/conf.json`` (see `resolve_path`).
 - ``EH_POD_DIR``: the pod's own directory (postgres keeps its data there).
+- ``EH_COMMAND``: JSON list, the container's ``command`` + ``args`` when the
+  manifest sets one (only for `COMMAND_APPS`).
 - ``EH_BIND_HOST``: host part to bind when the image's own configuration only
   names a port (default ``0.0.0.0``; tests use ``127.0.0.1``).
 """
@@ -34,6 +36,10 @@ IMAGE_APPS: dict[str, str] = {
     "hashicorpdemoapp/product-api-db": "postgres",
     "nginx": "nginx",
 }
+
+# Stand-ins that implement a container `command` of the rendered manifests (they receive it in
+# EH_COMMAND and refuse any other): postgres' streaming standby (harness/render/database.py).
+COMMAND_APPS: frozenset[str] = frozenset({"postgres"})
 
 _DOCKER_HUB_PREFIXES = ("docker.io/", "index.docker.io/", "registry-1.docker.io/")
 
@@ -85,6 +91,11 @@ def app_module(image: str) -> str:
         known = ", ".join(sorted(IMAGE_APPS))
         raise UnknownImageError(f"no local app for image {image!r} (repository {repo!r}; known: {known})")
     return f"{__name__}.{name}"
+
+
+def accepts_command(image: str) -> bool:
+    """Whether the stand-in for `image` implements a container command (see COMMAND_APPS)."""
+    return IMAGE_APPS.get(image_repository(image)) in COMMAND_APPS
 
 
 def app_argv(image: str, python: str) -> list[str]:

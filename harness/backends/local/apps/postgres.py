@@ -35,7 +35,9 @@ Configuration, as the real image: ``POSTGRES_USER`` (default ``postgres``),
 ``EH_POD_DIR`` (required), ``EH_BIND_HOST``, and for tests ``EH_START_DELAY_S``
 (seconds to wait before anything else: a slow first start, as the real
 image's initdb on a slow volume, to hold product-api's start-up against).
-Run: ``python -m harness.backends.local.apps.postgres``.
+With ``EH_COMMAND`` set to the rendered replica's command it is that
+replica instead: a streaming standby cloned from its primary (see
+`postgres_standby`). Run: ``python -m harness.backends.local.apps.postgres``.
 
 Not reproduced: the real init script's ``pgcrypto`` extension (not shipped
 in the embedded build); it only serves the user sign-up the harness never
@@ -58,6 +60,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.backends.local.apps import postgres_standby
 from harness.backends.local.apps._http import log
 
 APP = "postgres"
@@ -417,6 +420,7 @@ def main() -> int:
     """Set up the cluster if needed, then run the postmaster in the foreground."""
     try:
         s = Settings.from_env()
+        standby = postgres_standby.from_env()
     except ValueError as exc:
         log(APP, f"invalid configuration: {exc}")
         return 1
@@ -432,7 +436,10 @@ def main() -> int:
         if user is not None:
             _ensure_search_bit(s.pod_dir)
             _ensure_search_bit(bins)
-        if not (pgdata / "PG_VERSION").exists():
+        if not (pgdata / "PG_VERSION").exists() and standby is not None:
+            log(APP, "cloning the primary (streaming standby)", pgdata=str(pgdata))
+            postgres_standby.clone(standby, pgdata, bins, user)
+        elif not (pgdata / "PG_VERSION").exists():
             log(APP, "initialising database", pgdata=str(pgdata), database=s.database)
             init_cluster(s, pgdata, bins, user)
         else:

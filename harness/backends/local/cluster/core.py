@@ -54,6 +54,7 @@ from harness.backends.local.sched import (
     cluster_spec,
 )
 from harness.backends.local.sidecar import parse_upstreams
+from harness.backends.local.startorder import start_order
 from harness.backends.local.state import State
 from harness.contract.inventory import Inventory
 from harness.contract.rundir import ACCESSLOG_DIR, ENTRYPOINTS_FILE, INVENTORY_FILE
@@ -121,7 +122,7 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
             self.entries[z.name] = relay
         say(f"pods: {sum(d.replicas for d in self.spec.deployments)} across {len(self.spec.nodes)} nodes")
         futures = []
-        for dep in self.spec.deployments:
+        for dep in start_order(self.spec.deployments):  # upstreams first: their start-up chains the callers'
             for _ in range(dep.replicas):
                 futures.append(self.pool.submit(self._create_pod, dep))
         for fut in futures:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import harness
 from harness.backends.local.apps import app_argv
 from harness.backends.local.cluster.base import (
     ADMIN_PORT,
@@ -68,11 +69,13 @@ class PodLifecycle(ClusterBase):
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                 "HOME": str(pdir),
                 "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
+                # the directory holding the `harness` package (a checkout or site-packages)
+                "PYTHONPATH": str(Path(harness.__file__).resolve().parents[1]),
                 **c.env,
                 "EH_MOUNTS": json.dumps({mp: str(mounts[vol]) for mp, vol in c.mounts.items()}),
                 "EH_POD_DIR": str(pdir / c.name),
                 "EH_POD": name,
+                **({"EH_COMMAND": json.dumps(list(c.command))} if c.command else {}),
             }
             (pdir / c.name).mkdir(exist_ok=True)
             argv = netns.exec_argv(net.ns, app_argv(c.image, sys.executable))

@@ -1,0 +1,108 @@
+"""Faults with declared expected errors: a single point of failure judged against its own budget.
+
+An experiment may declare that a fault hits a single point of failure of the
+design (the Region database's primary: nothing promotes the replica) and how
+many user requests it may fail (harness/chaos/expected.py; chaos.jsonl
+`expected_error_budget`, `single_point_of_failure`, `expected_why`). The
+verifier then:
+
+- judges that fault's availability window against the declared budget
+  instead of the SLO's `errorBudget`, and fails it beyond the budget like any
+  other window: declared is not the same as unlimited;
+- extends the window over the cascade: every (zone, service) that went down
+  while the fault was on (product-api's readiness follows its database, in
+  every zone) until it was up again, so errors the single point of failure
+  explains are not charged to the steady state, and errors it does not
+  explain (after everything was up again) still are;
+- measures no failover for the declared service (it has nowhere to fail over
+  to: that is what "single point of failure" means) and says so;
+- does not judge locality for the services that depend on it (product-api,
+  public-api, frontend: they answer errors everywhere and Envoy's outlier
+  detection sends their callers anywhere) from the inject until they are back
+  in-zone after the cascade (measured, or `maxRecoveryS`);
+- states the single point of failure and its errors against the budget in
+  the fault's result (`expected`) and in the run's notes, pass or fail:
+  never hidden.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.topology import Topology
+from harness.verify.rundata import Fault, RunData
+
+
+def declared(f: Fault) -> bool:
+    return f.expected_budget is not None
+
+
+def impact_end(run: RunData, f: Fault, hi: float) -> float:
+    """The end of a declared fault's impact window: `hi`, or later while its cascade lasts.
+
+    The cascade is every down interval (inventory readiness, any zone and
+    service) that began between the inject and the restore; one that never
+    ended keeps the window open to the end of the run.
+    """
+    if not declared(f):
+        return hi
+    restore = f.restore if f.restore is not None else float("inf")
+    end = hi
+    for intervals in run.down.values():
+        for lo, up in intervals:
+            if f.inject <= lo <= restore:
+                end = max(end, up if up is not None else max(run.end or hi, hi))
+    return end
+
+
+def dependants(t: Topology, spof: tuple[str, ...]) -> set[str]:
+    """The declared services and every service whose calls reach them (transitively, by the call graph)."""
+    out = set(spof)
+    changed = True
+    while changed:
+        changed = False
+        for s in t.services:
+            if s.name not in out and out & set(s.upstreams):
+                out.add(s.name)
+                changed = True
+    return out
+
+
+def budget(f: Fault, slo_budget: float) -> float:
+    return f.expected_budget if f.expected_budget is not None else slo_budget
+
+
+def no_failover(f: Fault, upstream: str) -> bool:
+    """A declared single point of failure has no failover to measure."""
+    return upstream in f.spof
+
+
+def statement(f: Fault, requests: int, failed: int) -> dict[str, Any]:
+    """The verdict's `expected` block of a fault: what was declared and how the errors compare."""
+    assert f.expected_budget is not None
+    rate = failed / requests if requests else None
+    return {
+        "singlePointOfFailure": list(f.spof),
+        "errorBudget": f.expected_budget,
+        "why": f.expected_why,
+        "requests": requests,
+        "failed": failed,
+        "errorRate": rate,
+        "withinBudget": rate is not None and rate <= f.expected_budget,
+    }
+
+
+def note(f: Fault, block: dict[str, Any]) -> str:
+    """One line for the run's notes (and the terminal): the single point of failure and its cost."""
+    rate = block["errorRate"]
+    share = (
+        "no user requests"
+        if rate is None
+        else f"{block['failed']}/{block['requests']} user requests failed ({rate * 100:.1f}%)"
+    )
+    verdict = "within" if block["withinBudget"] else "BEYOND"
+    why = f": {f.expected_why}" if f.expected_why else ""
+    return (
+        f"fault {f.fault}: single point of failure {', '.join(f.spof)} (declared){why}; {share}, "
+        f"{verdict} the declared {block['errorBudget'] * 100:g}% budget"
+    )

@@ -1,0 +1,230 @@
+"""The Region database as designed: a postgres primary and a streaming read replica in another AZ.
+
+Rendered for kind/EKS (schema-valid objects, the real image made a standby
+with pg_basebackup), validated in the topology, refused by the local backend
+for images whose stand-in cannot run a command, and on the local stand-in a
+real streaming replica: a row written on the primary is read on the replica.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.backends.local.apps import accepts_command, postgres_standby
+from harness.backends.local.apps import postgres as pg_app
+from harness.backends.local.sched import parse_deployment
+from harness.contract import names
+from harness.errors import InputError
+from harness.render import database, naming, render
+from harness.render.checks import check_all
+from harness.topology.model import Edition, Topology, load_topology, parse_topology
+from tests.conftest import free_ports
+from tests.test_render_contract import FIXTURES, Bundle, _k8s_errors
+
+HOST = "127.0.0.1"
+
+
+ALL_FIXTURES = {**FIXTURES, "eu": FIXTURES["default"].with_name("topology-eu.yaml")}
+
+
+def _bundle(topo: str, edition: str = "ce") -> Bundle:
+    r = render(load_topology(ALL_FIXTURES[topo]), Edition(edition))
+    return Bundle(r.topology, copy.deepcopy(r.kind_config), copy.deepcopy(r.helm_values), copy.deepcopy(r.objects))
+
+
+def _deployments(b: Bundle, app: str) -> list[dict[str, Any]]:
+    return [o for o in b.objects if o["kind"] == "Deployment" and o["metadata"]["labels"]["app"] == app]
+
+
+def _zone_of(dep: dict[str, Any]) -> str:
+    terms = dep["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    return str(terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0])
+
+
+# -- rendered for kind/EKS ------------------------------------------------------------------------
+@pytest.mark.parametrize("topo", sorted(ALL_FIXTURES))
+@pytest.mark.parametrize("edition", ["ce", "enterprise"])
+def test_replica_rendered_valid_in_another_az_streaming_through_the_mesh(topo: str, edition: str) -> None:
+    b = _bundle(topo, edition)
+    primary, replica = _deployments(b, "postgres"), _deployments(b, "postgres-replica")
+    assert len(primary) == 1 and len(replica) == 1
+    assert _k8s_errors(primary + replica) == [] and check_all(b) == []
+    azs = [z.name for z in b.topology.region_zones]
+    assert _zone_of(primary[0]) == azs[0] and _zone_of(replica[0]) in azs[1:]  # another AZ of the Region
+    pod = replica[0]["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    assert c["image"] == _deployments(b, "postgres")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert c["command"][:2] == ["/bin/bash", "-c"] and c["command"][2].startswith(database.STANDBY_MARKER)
+    assert "pg_basebackup" in c["command"][2] and "--write-recovery-conf" in c["command"][2]
+    assert c["command"][2].rstrip().endswith("exec docker-entrypoint.sh postgres")  # the image's own start
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["PGPORT"] == "5433" and env["PRIMARY_HOST"] == "127.0.0.1" and env["PRIMARY_PORT"] == "5432"
+    assert env["PGPASSWORD"] == env["POSTGRES_PASSWORD"]
+    assert c["startupProbe"]["tcpSocket"]["port"] == c["readinessProbe"]["tcpSocket"]["port"] == 5433
+    # the WAL stream is a declared call through the replica's sidecar, allowed by the primary's intentions
+    ups = pod["metadata"]["annotations"][names.ANN_UPSTREAMS]
+    assert ups.split(":")[0].split(".")[0] == "postgres" and ups.endswith(":5432")
+    intentions = next(
+        o for o in b.objects if o["kind"] == "ServiceIntentions" and o["spec"]["destination"]["name"] == "postgres"
+    )
+    assert "postgres-replica" in {s["name"] for s in intentions["spec"]["sources"] if s["action"] == "allow"}
+
+
+def test_schema_check_sees_a_broken_replica() -> None:
+    b = _bundle("default")
+    c = _deployments(b, "postgres-replica")[0]["spec"]["template"]["spec"]["containers"][0]
+    c["command"] = "pg_basebackup"  # a string, not a list
+    assert len(_k8s_errors(_deployments(b, "postgres-replica"))) == 1
+
+
+# -- topology ---------------------------------------------------------------------------------------
+def _topology_with(replica: dict[str, Any], primary_replicas: int = 1) -> Topology:
+    data = yaml.safe_load(FIXTURES["default"].read_text())
+    data["services"] = [s for s in data["services"] if s["name"] != "postgres-replica"]
+    data["services"][3]["replicas"] = primary_replicas
+    data["services"].append(replica)
+    return parse_topology(data, "t.yaml")
+
+
+REPLICA = {"name": "postgres-replica", "placement": "region", "protocol": "tcp", "replicaOf": "postgres",
+           "upstreams": ["postgres"]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "primary_replicas", "message"),
+    [
+        ({"replicaOf": "mysql"}, 1, "t.yaml: services[4].replicaOf: unknown service 'mysql'"),
+        ({"upstreams": []}, 1, "t.yaml: services[4].upstreams: must include 'postgres'"),
+        ({"protocol": "http"}, 1, "t.yaml: services[4].replicaOf: a database replica and its primary speak tcp"),
+        ({"placement": "edge", "upstreams": ["postgres"]}, 1, "must both be Region-only"),
+        ({}, 2, "t.yaml: services[4].replicaOf: 'postgres' has 2 replica(s) over 2 AZ(s): no AZ is left"),
+    ],
+)
+def test_replica_topology_errors_are_one_line(change: dict[str, Any], primary_replicas: int, message: str) -> None:
+    with pytest.raises(InputError) as exc:
+        _topology_with({**REPLICA, **change}, primary_replicas)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_replica_spreads_over_the_azs_without_the_primary() -> None:
+    data = yaml.safe_load(FIXTURES["default"].read_text())
+    data["zones"].insert(2, {"name": "us-west-2c", "type": "availability-zone"})
+    for s in data["services"]:
+        if s["name"] == "postgres-replica":
+            s["replicas"] = 3
+    t = parse_topology(data, "t.yaml")
+    assert naming.region_replicas(t.service("postgres"), t) == [1, 0, 0]
+    assert naming.region_replicas(t.service("postgres-replica"), t) == [0, 2, 1]
+    assert [z.name for z in naming.region_service_zones(t.service("postgres"), t)] == ["us-west-2a"]
+
+
+# -- the local backend's view of the command ------------------------------------------------------
+def _replica_deployment(image: str) -> dict[str, Any]:
+    dep = _deployments(_bundle("default"), "postgres-replica")[0]
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = image
+    return dep
+
+
+def test_local_backend_takes_the_standby_command_only_where_the_stand_in_implements_it() -> None:
+    dep = parse_deployment(_replica_deployment("hashicorpdemoapp/product-api-db:v0.0.22"), "m")
+    assert dep.containers[0].command[2].startswith(postgres_standby.STANDBY_MARKER)
+    assert accepts_command("docker.io/hashicorpdemoapp/product-api-db:v1") and not accepts_command("nginx:1")
+    with pytest.raises(InputError) as exc:
+        parse_deployment(_replica_deployment("hashicorpdemoapp/product-api:v0.0.22"), "m")
+    assert "containers[0].command: not supported by the local backend for image" in str(exc.value)
+
+
+def test_stand_in_marker_is_the_rendered_one_and_other_commands_are_refused() -> None:
+    assert postgres_standby.STANDBY_MARKER == database.STANDBY_MARKER
+    env = {"EH_COMMAND": json.dumps(list(database.STANDBY_COMMAND)), "PRIMARY_HOST": HOST, "PRIMARY_PORT": "5432"}
+    assert postgres_standby.from_env(env) == postgres_standby.Standby(HOST, 5432, "postgres")
+    assert postgres_standby.from_env({}) is None
+    for bad, msg in [
+        ({**env, "EH_COMMAND": json.dumps(["postgres", "-c", "wal_level=logical"])}, "EH_COMMAND"),
+        ({**env, "PRIMARY_PORT": "x"}, "PRIMARY_PORT"),
+        ({**env, "PRIMARY_HOST": ""}, "PRIMARY_HOST"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            postgres_standby.from_env(bad)
+
+
+# -- real streaming replication with the local backend's PostgreSQL binaries ----------------------
+def _psql(port: int, sql: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(pg_app.bin_dir() / "psql"), "-h", HOST, "-p", str(port), "-U", "postgres", "-d", "products",
+            "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]  # fmt: skip
+    env = {**os.environ, "PGPASSWORD": "password", "PGCONNECT_TIMEOUT": "2"}
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=20, check=False)
+
+
+def _wait(pred: Any, timeout: float, what: str, logs: list[Path]) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"{what} after {timeout:g}s:\n" + "\n".join(p.read_text(errors="replace")[-2000:] for p in logs))
+
+
+@pytest.fixture
+def pg_dir() -> Iterator[Path]:
+    # Not under pytest's basetemp: postgres runs as an unprivileged user when we are root (see test_local_apps).
+    d = Path(tempfile.mkdtemp(prefix="eh-db-"))
+    d.chmod(0o711)
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def test_standby_streams_writes_from_the_primary(pg_dir: Path) -> None:
+    """The replica is started first (it waits for the primary), then clones it and streams."""
+    p_port, r_port = free_ports(2, HOST)
+    base = {**os.environ, "POSTGRES_DB": "products", "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "password",
+            "EH_BIND_HOST": HOST}  # fmt: skip
+    replica_env = {**base, "PGPORT": str(r_port), "EH_POD_DIR": str(pg_dir / "replica"), "PGPASSWORD": "password",
+                   "EH_COMMAND": json.dumps(list(database.STANDBY_COMMAND)), "PRIMARY_HOST": HOST,
+                   "PRIMARY_PORT": str(p_port)}  # fmt: skip
+    primary_env = {**base, "PGPORT": str(p_port), "EH_POD_DIR": str(pg_dir / "primary")}
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [pg_dir / "replica.log", pg_dir / "primary.log"]
+    try:
+        for env, log in ((replica_env, logs[0]), (primary_env, logs[1])):
+            with log.open("wb") as fh:
+                procs.append(subprocess.Popen([sys.executable, "-m", "harness.backends.local.apps.postgres"],
+                                              env=env, stdout=fh, stderr=subprocess.STDOUT))  # fmt: skip
+            time.sleep(1.5 if env is replica_env else 0)  # the replica retries while no primary answers
+        _wait(lambda: _psql(p_port, "SELECT 1").returncode == 0, 60, "primary not answering", logs)
+        _wait(lambda: _psql(r_port, "SELECT 1").returncode == 0, 60, "replica not answering", logs)
+        assert _psql(r_port, "SELECT pg_is_in_recovery()").stdout.strip() == "t"
+        assert _psql(r_port, "SELECT count(*) FROM coffees").stdout.strip() == "9"  # the clone has the seed
+        # a write on the primary shows on the replica, through the WAL stream
+        assert _psql(p_port, "CREATE TABLE eh_repl (v text); INSERT INTO eh_repl VALUES ('streamed')").returncode == 0
+        _wait(lambda: _psql(r_port, "SELECT v FROM eh_repl").stdout.strip() == "streamed", 20,
+              "write not replicated", logs)  # fmt: skip
+        assert _psql(p_port, "SELECT state FROM pg_stat_replication").stdout.strip() == "streaming"
+        refused = _psql(r_port, "INSERT INTO eh_repl VALUES ('x')")  # a hot standby is read-only
+        assert refused.returncode != 0 and "read-only transaction" in refused.stderr
+        assert "retrying" in logs[0].read_text()  # it did wait for the primary, not race it
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

@@ -1,0 +1,166 @@
+"""A declared single point of failure: stated, judged against its own budget, failed beyond it.
+
+Synthetic runs (harness.verify.synth) with the Region database's primary down
+in its AZ: every zone's coffee queries fail while it is down (the model's
+requests are rewritten so, as product-api answers without its database), and
+the chaos timeline's inject line carries the experiment's declaration
+(harness/chaos/expected.py) or not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.chaos import expected as declared_errors
+from harness.topology import load_topology
+from harness.verify import AVAILABILITY, FALLBACK, LOCALITY
+from harness.verify.expected import dependants
+from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.verdicts import verify
+
+T = load_topology()
+AZ, LAX = "us-west-2a", "us-west-2-lax-1a"
+START = Scenario(T).start
+INJECT, RESTORE = 30.0, 40.0
+DB = FaultSpec("kill-pod-postgres-2a", "service-down", AZ, ("postgres",), INJECT, RESTORE, RESTORE - INJECT, 0.5)
+DECLARATION = {
+    "singlePointOfFailure": "postgres",
+    "errorBudget": 0.9,
+    "why": "one primary, nothing promotes the replica",
+}
+
+
+def _rewrite(path: Path, fn: Any) -> None:
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    out = [y for y in (fn(x) for x in lines) if y is not None]
+    path.write_text("".join(json.dumps(x) + "\n" for x in out))
+
+
+def spof_run(tmp_path: Path, declaration: dict[str, Any] | None, errors_until: float = RESTORE,
+             cascade_until: float | None = None, ejected: bool = False) -> Path:  # fmt: skip
+    """The primary down from INJECT to RESTORE; every zone's requests fail until `errors_until`."""
+    # replace_pods=False: the model's primary turns unready rather than being replaced (it models one AZ's
+    # pods only; a Region-only pod removed under its callers is not what this test is about)
+    sc = Scenario(T, duration_s=80, rate_per_zone=4, faults=[DB], replace_pods=False,
+                  accesslogs="none" if ejected else "local")  # fmt: skip
+    d = write_run(tmp_path / "run", sc)
+    seen = [0]
+
+    def fail(r: dict[str, Any]) -> dict[str, Any]:
+        if START + INJECT <= r["ts"] <= START + errors_until:
+            seen[0] += 1
+            if seen[0] % 5 == 0:  # 4 in 5 fail: the shop page needs no database, the coffee queries do
+                return r
+            r.update(ok=False, status=200, error="graphql: dial tcp 127.0.0.1:5432: connect: connection refused")
+        return r
+
+    _rewrite(d / "requests.jsonl", fail)
+    if declaration is not None:
+        fields = declared_errors.timeline_fields(declaration)
+        _rewrite(d / "chaos.jsonl", lambda c: {**c, **fields} if c["phase"] == "inject" else c)
+    if ejected:  # LAX's product-api answers 500 without its database: Envoy ejects it, hops go to the Region
+        inv = [json.loads(x) for x in (d / "inventory.jsonl").read_text().splitlines()]
+        region = next(e for e in inv if e["event"] == "added" and e["service"] == "product-api" and e["zone"] == AZ)
+
+        def eject(h: dict[str, Any]) -> dict[str, Any]:
+            if (
+                h["caller_zone"] == LAX
+                and h["upstream"] == "product-api"
+                and START + INJECT + 2 <= h["ts"] <= START + RESTORE
+            ):
+                port = h["upstream_host"].rsplit(":", 1)[1]
+                h.update(upstream_host=f"{region['ip']}:{port}", serving_pod=region["pod"], serving_zone=AZ, status=500)
+            return h
+
+        _rewrite(d / "hops.jsonl", eject)
+    if cascade_until is not None:  # product-api's readiness follows its database: unready in LAX meanwhile
+        inv = [json.loads(x) for x in (d / "inventory.jsonl").read_text().splitlines()]
+        pod = next(e for e in inv if e["event"] == "ready" and e["service"] == "product-api" and e["zone"] == LAX)
+        extra = [
+            {**pod, "event": "unready", "ts": START + INJECT + 1},
+            {**pod, "event": "ready", "ts": START + cascade_until},
+        ]
+        rows = sorted(inv + extra, key=lambda e: e["ts"])
+        (d / "inventory.jsonl").write_text("".join(json.dumps(e) + "\n" for e in rows))
+    return d
+
+
+def test_declared_spof_within_budget_is_stated_and_passes(tmp_path: Path) -> None:
+    v = verify(spof_run(tmp_path, DECLARATION))
+    assert v.invariant(AVAILABILITY).passed, v.failure_messages
+    f = v.fault(DB.fault)
+    assert f.passed, f.messages
+    e = f.expected
+    assert e is not None and e["singlePointOfFailure"] == ["postgres"] and e["errorBudget"] == 0.9
+    assert e["withinBudget"] and 0.75 <= e["errorRate"] <= 0.85
+    # never hidden: every zone's failures are counted (5 zones x 4 requests/s x 10 s, 4 in 5 failed)
+    assert e["failed"] >= 5 * 4 * (RESTORE - INJECT) * 0.8 - 2 and e["requests"] >= 5 * 4 * (RESTORE - INJECT) - 2
+    note = next(n for n in v.run.notes if n.startswith(f"fault {DB.fault}: single point of failure postgres"))
+    assert "within the declared 90% budget" in note and "nothing promotes the replica" in note
+    window = next(w for w in v.invariant(AVAILABILITY).windows if w.window == f"fault {DB.fault}")
+    assert "declared for single point of failure postgres" in window.message
+    assert any("declared single point of failure, no failover to measure" in m for m in f.messages)
+    assert FALLBACK not in {i.name for i in v.invariants if not i.passed}
+
+
+def test_errors_beyond_the_declared_budget_fail(tmp_path: Path) -> None:
+    v = verify(spof_run(tmp_path, {**DECLARATION, "errorBudget": 0.3}))
+    assert not v.invariant(AVAILABILITY).passed
+    msg = v.invariant(AVAILABILITY).message
+    assert f"fault {DB.fault}" in msg and "> 30% budget declared for single point of failure postgres" in msg
+    f = v.fault(DB.fault)
+    assert not f.passed and f.expected is not None and not f.expected["withinBudget"]
+    assert any("BEYOND the declared 30% budget" in n for n in v.run.notes)
+
+
+def test_undeclared_spof_fails_against_the_slo(tmp_path: Path) -> None:
+    v = verify(spof_run(tmp_path, None))
+    assert not v.invariant(AVAILABILITY).passed
+    assert "budget; " in v.invariant(AVAILABILITY).message and "declared" not in v.invariant(AVAILABILITY).message
+    assert v.fault(DB.fault).expected is None
+
+
+def test_the_cascade_is_the_declared_faults_and_errors_after_it_are_not(tmp_path: Path) -> None:
+    # errors go on 6 s past the restore while LAX's product-api is unready: the SPOF's cascade
+    v = verify(spof_run(tmp_path, DECLARATION, errors_until=RESTORE + 6, cascade_until=RESTORE + 6.5))
+    assert v.invariant(AVAILABILITY).passed, v.failure_messages
+    window = next(w for w in v.invariant(AVAILABILITY).windows if w.window == f"fault {DB.fault}")
+    assert window.end is not None and window.end >= START + RESTORE + 6.5
+    # the same errors without the cascade in the inventory land in the steady state and fail it
+    v2 = verify(spof_run(tmp_path / "b", DECLARATION, errors_until=RESTORE + 6))
+    assert "availability: steady state" in v2.invariant(AVAILABILITY).message
+
+
+def test_locality_is_not_judged_for_what_depends_on_the_declared_spof(tmp_path: Path) -> None:
+    v = verify(spof_run(tmp_path, DECLARATION, ejected=True))
+    assert LOCALITY not in {i.name for i in v.invariants if not i.passed}, v.failure_messages
+    # the same hops without the declaration: LAX's healthy product-api was bypassed, locality fails
+    v2 = verify(spof_run(tmp_path / "b", None, ejected=True))
+    assert f"locality: {LAX} -> product-api" in v2.invariant(LOCALITY).message
+    assert sorted(dependants(T, ("postgres",))) == [
+        "frontend",
+        "postgres",
+        "postgres-replica",
+        "product-api",
+        "public-api",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"errorBudget": 0.5}, "singlePointOfFailure"),
+        ({"singlePointOfFailure": "postgres", "errorBudget": 1.5}, "errorBudget"),
+        ({"singlePointOfFailure": "postgres", "errorBudget": True}, "errorBudget"),
+        ({"singlePointOfFailure": "mysql", "errorBudget": 0.5}, "service 'mysql' is not in the topology"),
+        ({"singlePointOfFailure": "postgres", "errorBudget": 0.5, "budget": 1}, "unknown key 'budget'"),
+        ("postgres", "a JSON object"),
+    ],
+)
+def test_bad_declarations_are_refused(value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        declared_errors.check(value, T)
