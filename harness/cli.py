@@ -437,7 +437,8 @@ def cmd_e2e(a: argparse.Namespace) -> int:
     opts = E2EOptions(
         topology=a.topology, manifests=a.manifests, edition=a.edition, experiments=list(a.experiment),
         users=a.users, keep=a.keep, processes=a.processes, warmup_s=a.warmup, cooldown_s=a.cooldown,
-        preflight=a.preflight,
+        preflight=a.preflight, workers_in_zone=a.workers_in_zone, locust_master_host=a.locust_master_host,
+        locust_master_port=a.locust_master_port,
     )  # fmt: skip
     # progress (harness/progress.py): a live panel on a terminal, plain lines in CI logs
     progress = E2EProgress(out)
@@ -527,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many seconds of traffic after the last experiment: it stops as soon as every "
                         "zone served 20 requests after it")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
+    p.add_argument(
+        "--workers-in-zone", action="store_true",
+        help="kind/existing: locust workers as pods in each entry zone (locust's distributed mode, master here)",
+    )  # fmt: skip
+    p.add_argument("--locust-master-host", help="this machine as the worker pods reach it (kind: found by itself)")
+    p.add_argument("--locust-master-port", type=int, default=5557)
     _preflight_arg(p)
     p.set_defaults(fn=cmd_e2e)
     return ap

@@ -104,6 +104,10 @@ class E2EOptions:
     runs_root: Path = Path("runs")
     label: str = ""
     preflight: str = "gate"  # harness.preflight: "gate" stops before traffic on failure, "record" goes on
+    # kind/existing: locust workers as pods in each entry zone, the master here (harness.traffic.inzone)
+    workers_in_zone: bool = False
+    locust_master_host: str | None = None  # how pods reach this machine (kind: the Docker network's gateway)
+    locust_master_port: int = 5557
 
 
 @dataclass
@@ -262,7 +266,57 @@ def check_inputs(opts: E2EOptions, backend: Backend, topology: Topology) -> list
     """
     from harness.chaos import plan_run
 
+    check_workers_in_zone(opts, backend)
     return plan_run(list(opts.experiments), topology, None, require=backend.require_capability)
+
+
+def check_workers_in_zone(opts: E2EOptions, backend: Backend) -> None:
+    """`--workers-in-zone` needs pods of our own in the cluster and an address of this machine they can reach."""
+    if not opts.workers_in_zone:
+        return
+    from harness.backends.kube.backend import KubeBackend
+
+    if not isinstance(backend, KubeBackend):
+        raise InputError(
+            "--workers-in-zone", "", "kind and existing only (the local backend puts users behind each zone's "
+            "access link: zones[].userLatencyMs)"
+        )  # fmt: skip
+    if not opts.locust_master_host and type(backend).__name__ != "KindBackend":
+        raise InputError(
+            "--locust-master-host", "", "required with --workers-in-zone on an existing cluster: an address of "
+            "this machine that the cluster's pods can connect to (e.g. a runner inside the VPC)"
+        )  # fmt: skip
+
+
+def in_zone_workers(opts: E2EOptions, backend: Backend, topology: Topology) -> Any:
+    """The `InZoneWorkers` of this run, or None without `--workers-in-zone` (call after `up`)."""
+    if not opts.workers_in_zone:
+        return None
+    from harness.traffic.inzone import InZoneWorkers
+
+    host = opts.locust_master_host or kind_host_address()
+    return InZoneWorkers(backend.cluster, topology, host, opts.locust_master_port)  # type: ignore[attr-defined]
+
+
+def kind_host_address() -> str:
+    """This machine as kind's nodes reach it: the IPv4 gateway of kind's Docker network."""
+    import subprocess
+
+    from harness.errors import BackendError
+
+    fmt = "{{range .IPAM.Config}}{{.Gateway}} {{end}}"
+    try:
+        r = subprocess.run(["docker", "network", "inspect", "kind", "--format", fmt],
+                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"docker network inspect kind: {exc}") from None
+    v4 = [a for a in r.stdout.split() if a.count(".") == 3]
+    if r.returncode != 0 or not v4:
+        raise BackendError(
+            f"cannot find the host address of kind's network (docker network inspect kind: "
+            f"{(r.stderr or r.stdout).strip() or 'no IPv4 gateway'}); give --locust-master-host"
+        )
+    return v4[0]
 
 
 def _topology_of(opts: E2EOptions) -> Topology:
@@ -331,8 +385,13 @@ def run_e2e(
         mark_run(run_dir, "preflight")
         preflight_gate(backend, run_dir, opts.preflight, say)
         with recording(backend, run_dir, say):
-            entry = backend.entrypoints()
+            workers = in_zone_workers(opts, backend, topology)
+            entry = workers.entrypoints if workers is not None else backend.entrypoints()
             probe_zones = sorted({z for p in planned for z in p.zones if z in entry})
+            if workers is not None:
+                probe_zones = sorted(entry)  # one probe per worker: every zone (TrafficRunner explains)
+                say(f"traffic: locust workers in {len(entry)} zones, master on port {opts.locust_master_port}")
+                workers.start()
             before_traffic(backend, run_dir, say)
             say(f"traffic: {opts.users} users over {len(entry)} zones, probes into {', '.join(probe_zones) or 'none'}")
             try:
@@ -345,6 +404,7 @@ def run_e2e(
                     duration_s=TRAFFIC_BOUND_S,
                     processes=opts.processes,
                     probe_zones=probe_zones,
+                    master=workers.master() if workers is not None else None,
                 ):
                     mark_run(run_dir, "traffic")
                     # every zone's users served before the first fault, not a fixed pause (warmup_s bounds it)
@@ -365,6 +425,8 @@ def run_e2e(
             finally:
                 say("traffic: stopped")
                 after_traffic(backend, run_dir, say)
+                if workers is not None:
+                    workers.stop()
     except BaseException as exc:
         mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise

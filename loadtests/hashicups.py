@@ -73,10 +73,10 @@ from locust import FastHttpUser, between, constant, events, task
 from shapes import select_shape
 
 try:
-    from harness.traffic.recorder import RequestRecorder, parse_entrypoints
+    from harness.traffic.recorder import attach_from_env, parse_entrypoints
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from harness.traffic.recorder import RequestRecorder, parse_entrypoints
+    from harness.traffic.recorder import attach_from_env, parse_entrypoints
 
 COFFEES_QUERY = {"query": "{ coffees { id name price } }"}
 COFFEE_QUERY = '{ coffee(id: "%s") { id name price } }'
@@ -260,11 +260,11 @@ class ZoneProbe(FastHttpUser):
 
 @events.init.add_listener
 def _attach_recorder(environment: Any, **_kwargs: Any) -> None:
-    """Start recording in every locust process (master and each forked worker).
+    """Start recording in every locust process (master and each worker).
 
     Runs after ``--processes`` forked, so each process opens its own
-    O_APPEND descriptor; the master never fires request events and writes nothing.
+    O_APPEND descriptor; the master fires no request events itself and only
+    appends what workers in entry-zone pods forward (``EH_FORWARD_RECORDS``,
+    harness.traffic.inzone).
     """
-    recorder = RequestRecorder.from_env()
-    if recorder is not None:
-        recorder.attach(environment)
+    attach_from_env(environment)

@@ -2107,6 +2107,14 @@ class ClusterSim:
                     "stderr": f"Error: No public port '{rest[1] if len(rest) > 1 else ''}' published for {node}",
                 }
             return {"rc": 0, "stdout": f"127.0.0.1:{nrun.port_maps[port]}\n"}
+        if cmd == "network" and rest[:2] == ["inspect", "kind"]:
+            # kind's own Docker network ("kind", IPv4 and IPv6 since kind 0.8); its gateway is the host as
+            # the nodes (and, masqueraded, their pods) reach it. Only the format the harness asks for.
+            if not self.nodes:
+                return {"rc": 1, "stderr": "Error response from daemon: network kind not found"}
+            if "--format" not in rest or ".Gateway" not in rest[rest.index("--format") + 1]:
+                return {"rc": 1, "stderr": f"fake docker: unsupported network inspect {rest}"}
+            return {"rc": 0, "stdout": "172.18.0.1 fc00:f853:ccd:e793::1 \n"}
         return {"rc": 1, "stderr": f"fake docker: unsupported {cmd}"}
 
     # -- helm (the consul chart) ----------------------------------------------------------

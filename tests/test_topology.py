@@ -76,6 +76,9 @@ CASES = [
     ("cycle", lambda d: d["services"][2].__setitem__("upstreams", ["postgres", "frontend"]), "services"),
     ("missing zones", lambda d: d.pop("zones"), "zones"),
     ("bad edition", lambda d: d.__setitem__("edition", "pro"), "edition"),
+    ("negative user latency", lambda d: d["zones"][2].__setitem__("userLatencyMs", -1), "zones[2].userLatencyMs"),
+    ("user latency text", lambda d: d["zones"][0].__setitem__("userLatencyMs", "3ms"), "zones[0].userLatencyMs"),
+    ("user latency too large", lambda d: d["zones"][3].__setitem__("userLatencyMs", 5001), "zones[3].userLatencyMs"),
 ]
 
 
@@ -116,6 +119,32 @@ def test_cli_bad_topology_one_line_exit_2_nothing_written(tmp_path: Path) -> Non
     assert len(lines) == 1 and lines[0].startswith(f"{f}: zones[2].type: "), r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
     assert not out.exists()
+
+
+def test_user_latency_defaults_and_shipped_values() -> None:
+    """Absent = 0 (users at the entry point); the shipped topologies put users a few ms from their zone."""
+    d = _base()
+    for z in d["zones"]:
+        z.pop("userLatencyMs", None)
+    assert all(z.user_latency_ms == 0 for z in parse_topology(d).zones)
+    for f in ("topology.yaml", "topology-wide.yaml", "topology-eu.yaml"):
+        t = load_topology(REPO / "fixtures" / f)
+        for z in t.edge_zones:
+            # a Local Zone's users are closer to it than the Region is: that is what the zone is for
+            assert 0 < z.user_latency_ms < z.link.latency_ms, (f, z.name)
+
+
+def test_cli_bad_user_latency_one_line_exit_2(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(_mut(lambda d: d["zones"][4].__setitem__("userLatencyMs", -3))))
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "harness", "render", "--topology", str(f), "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not out.exists()
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{f}: zones[4].userLatencyMs: "), r.stderr
 
 
 def test_cli_missing_file_and_usage_exit_2(tmp_path: Path) -> None:

@@ -260,10 +260,13 @@ class IpHistory:
         nxt = hs[i] if i < len(hs) else None
         if prev is not None and (prev.end is None or ts <= prev.end):
             return prev
-        gap_before = None if prev is None or prev.end is None else ts - prev.end  # prev ended before ts here
-        if nxt is not None and nxt.start - ts <= slack_s and (gap_before is None or nxt.start - ts <= gap_before):
+        # Written as comparisons of ts with breakpoints (start - slack, end + slack, the
+        # midpoint of a gap), the way observe's SQL evaluates the rule piece by piece:
+        # `nxt.start - ts <= slack` and `ts >= nxt.start - slack` differ in the last bit.
+        prev_end = prev.end if prev is not None else None  # before ts here (None: no prev)
+        if nxt is not None and ts >= nxt.start - slack_s and (prev_end is None or ts >= (prev_end + nxt.start) / 2):
             return nxt
-        if prev is not None and gap_before is not None and gap_before <= slack_s:
+        if prev is not None and prev_end is not None and ts <= prev_end + slack_s:
             return prev
         return None
 

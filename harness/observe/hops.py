@@ -524,9 +524,9 @@ def _nearest_interval_sql(name: str, source: str, source_key: str, interval_key:
     SELECT coalesce(p.id, n.id) AS id,
         CASE
             WHEN p.id IS NOT NULL AND (p.end_ts IS NULL OR p.ts <= p.end_ts) THEN 'prev'
-            WHEN n.id IS NOT NULL AND n.start_ts - n.ts <= $SLACK
-                 AND (p.id IS NULL OR n.start_ts - n.ts <= p.ts - p.end_ts) THEN 'next'
-            WHEN p.id IS NOT NULL AND p.ts - p.end_ts <= $SLACK THEN 'prev'
+            WHEN n.id IS NOT NULL AND n.ts >= n.start_ts - $SLACK
+                 AND (p.id IS NULL OR n.ts >= (p.end_ts + n.start_ts) / 2) THEN 'next'
+            WHEN p.id IS NOT NULL AND p.ts <= p.end_ts + $SLACK THEN 'prev'
         END AS pick,
         p.pod AS p_pod, p.zone AS p_zone, p.service AS p_service,
         n.pod AS n_pod, n.zone AS n_zone, n.service AS n_service

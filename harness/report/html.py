@@ -44,6 +44,7 @@ from html import escape
 from pathlib import Path
 
 from harness.contract.rundir import REPORT_FILE
+from harness.report.penalty import penalty_for
 from harness.report.svg import (
     FaultMark,
     Series,
@@ -102,6 +103,7 @@ td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top;o
 line-height:1.4}
 th{background:#f4f4f4}
 td.num{text-align:right}
+table.penalty caption{text-align:left;font-size:12.5px;color:#555;caption-side:top}
 .msg{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12px;white-space:pre-wrap;
 overflow-wrap:anywhere}
 .partial{background:#fff3e0;border:1px solid #ef6c00;padding:.4em .6em}
@@ -696,7 +698,7 @@ def _zone_sections(
         except KeyError:
             ztype = "not in the topology"
         head = f"{escape(z)} <small>({escape(ztype)})</small> {chips}"
-        body = f'<div class="charts">{"".join(charts)}</div>'
+        body = penalty_for(ctx.v, z) + f'<div class="charts">{"".join(charts)}</div>'
         if faults or zprob:
             out.append(f'<section id="zone-{escape(z)}"><h3>{head}</h3>{body}</section>')
         else:

@@ -82,6 +82,11 @@ class Zone(_Model):
     # Controller). Only ALBs exist in Local Zones (no NLB), and only in some: empty = no ALB,
     # the operator names the zone's URL instead (harness/render/entry.py).
     alb_subnets: tuple[str, ...] = Field(default=(), max_length=16)
+    # Round-trip time between this zone's users (its city) and the zone's entry point. Local
+    # Zones exist to make it small; a request the zone serves from the Region pays it plus the
+    # service link's round trip per crossing. The local backend puts it on the wire of each
+    # zone's user access link (harness/backends/local/access.py); kind/EKS measure the real one.
+    user_latency_ms: float = Field(default=0.0, ge=0, le=5000)
 
     @field_validator("alb_subnets")
     @classmethod

@@ -36,6 +36,15 @@ ZONE_ENV = "EH_ZONE"
 
 DEFAULT_ZONE = "default"
 
+FORWARD_ENV = "EH_FORWARD_RECORDS"
+"""``1`` in a locust worker that runs away from the run directory (a pod): send records to the master."""
+
+RECORDS_MESSAGE = "eh_records"
+"""The locust custom message type carrying a batch of `requests.jsonl` lines from a worker to the master."""
+
+FORWARD_BATCH = 200
+FORWARD_EVERY_S = 0.25
+
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
 _MID_CACHE_MAX = 10_000  # bounded: a locustfile naming requests by URL would otherwise grow it forever
 
@@ -107,6 +116,19 @@ class RequestRecorder:
         fd = self._fd
         if fd is None:
             return
+        os.write(fd, self.line(name, response_time, response, context, exception, start_time).encode())
+        self.written += 1
+
+    def line(
+        self,
+        name: str,
+        response_time: float | None,
+        response: Any,
+        context: dict[str, Any] | None,
+        exception: BaseException | None,
+        start_time: float | None,
+    ) -> str:
+        """One `requests.jsonl` line (with its newline) for one request event."""
         ctx = context or {}
         zone = ctx.get("zone") or self.default_zone
         endpoint = ctx.get("endpoint") or name
@@ -125,15 +147,123 @@ class RequestRecorder:
             tail = '"ok": true, "error": null}\n'
         else:
             tail = f'"ok": false, "error": {_dumps(_error_text(exception))}}}\n'
-        line = f'{{"ts": {float(start_time)!r}, {mid}, "status": {status}, "latency_ms": {round(latency, 3)!r}, {tail}'
-        os.write(fd, line.encode())
-        self.written += 1
+        return f'{{"ts": {float(start_time)!r}, {mid}, "status": {status}, "latency_ms": {round(latency, 3)!r}, {tail}'
 
     def close(self) -> None:
         """Close the file; later events are dropped (locust is shutting down)."""
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+class ForwardingRecorder(RequestRecorder):
+    """A locust worker's recorder that sends its lines to the master instead of writing a file.
+
+    For workers running where the run directory is not (pods placed in an
+    entry zone, `harness.traffic.inzone`): every batch goes to the master as a
+    locust custom message (`RECORDS_MESSAGE`, locust's own worker -> master
+    channel), and the master's `MasterSink` appends it to ``requests.jsonl``.
+    Batches leave every `FORWARD_EVERY_S` or `FORWARD_BATCH` lines, and once
+    more when the test stops, so a record is late by at most a fraction of a
+    second and never lost to a clean stop.
+    """
+
+    def __init__(self, send: Any, default_zone: str = DEFAULT_ZONE) -> None:
+        self.path = "<master>"
+        self.default_zone = default_zone
+        self._fd = None
+        self._mid = {}
+        self.written = 0
+        self._send = send
+        self._buf: list[str] = []
+        self._last = time.monotonic()
+        self._open = True
+
+    def on_request(
+        self,
+        request_type: str,
+        name: str,
+        response_time: float | None,
+        response_length: int,
+        response: Any = None,
+        context: dict[str, Any] | None = None,
+        exception: BaseException | None = None,
+        start_time: float | None = None,
+        url: str | None = None,
+        **_kwargs: Any,
+    ) -> None:
+        if not self._open:
+            return
+        self._buf.append(self.line(name, response_time, response, context, exception, start_time))
+        self.written += 1
+        if len(self._buf) >= FORWARD_BATCH or time.monotonic() - self._last >= FORWARD_EVERY_S:
+            self.flush()
+
+    def flush(self, **_kwargs: Any) -> None:
+        """Send what is buffered (also the locust `test_stop` listener)."""
+        self._last = time.monotonic()
+        if self._buf:
+            batch, self._buf = self._buf, []
+            self._send(RECORDS_MESSAGE, batch)
+
+    def attach(self, environment: Any) -> None:
+        environment.events.request.add_listener(self.on_request)
+        environment.events.test_stop.add_listener(self.flush)
+        environment.events.quitting.add_listener(self._on_quitting)
+
+    def close(self) -> None:
+        if self._open:
+            self.flush()
+        self._open = False
+
+
+class MasterSink:
+    """The master's side: append each batch a worker forwarded to the run's ``requests.jsonl``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.received = 0
+
+    def on_message(self, environment: Any = None, msg: Any = None, **_kwargs: Any) -> None:
+        lines = getattr(msg, "data", None) or []
+        if self._fd is None or not lines:
+            return
+        os.write(self._fd, "".join(str(x) for x in lines).encode())  # one write: lines never interleave
+        self.received += len(lines)
+
+    def close(self, **_kwargs: Any) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def attach_from_env(environment: Any, environ: Mapping[str, str] | None = None) -> None:
+    """Wire recording into one locust process (the locustfile's ``init`` listener calls this).
+
+    - ``EH_FORWARD_RECORDS=1`` (a worker pod in an entry zone): forward every
+      record to the master;
+    - a master (``--master``, or ``--processes``' parent) with ``EH_REQUESTS_FILE``:
+      receive forwarded records into that file (a master fires no request events);
+    - any other process with ``EH_REQUESTS_FILE``: append to it (local users,
+      ``--processes`` workers).
+    """
+    env = os.environ if environ is None else environ
+    runner = getattr(environment, "runner", None)
+    if env.get(FORWARD_ENV) == "1":
+        if runner is None or not hasattr(runner, "send_message"):
+            raise RuntimeError(f"{FORWARD_ENV}=1 needs a locust worker (--worker)")
+        ForwardingRecorder(runner.send_message, env.get(ZONE_ENV) or DEFAULT_ZONE).attach(environment)
+        return
+    path = env.get(REQUESTS_FILE_ENV)
+    if not path:
+        return
+    if runner is not None and type(runner).__name__ == "MasterRunner":
+        sink = MasterSink(path)
+        runner.register_message(RECORDS_MESSAGE, sink.on_message)
+        environment.events.quitting.add_listener(sink.close)
+        return
+    RequestRecorder(path, default_zone=env.get(ZONE_ENV) or DEFAULT_ZONE).attach(environment)
 
 
 def _error_text(exc: BaseException) -> str:

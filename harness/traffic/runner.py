@@ -50,6 +50,9 @@ DEFAULT_PROBE_PERIOD_S = 0.03
 """One probe request per zone every 30 ms (loadtests/hashicups.py `ZoneProbe`): failover and recovery
 instants are then known to within the gap between records, <= 50 ms per zone pair."""
 
+EXPECT_WORKERS_MAX_WAIT_S = 120.0
+"""Distributed mode with workers elsewhere: how long the master waits for all of them to connect."""
+
 START_GRACE_S = 30.0
 """Wall time allowed beyond `duration_s` (startup, workers connecting, summary) before we stop locust."""
 
@@ -120,6 +123,7 @@ def locust_command(
     duration_s: float,
     processes: int,
     stats_prefix: Path,
+    master: tuple[str, int, int] | None = None,
 ) -> list[str]:
     """The locust command line (pure; exposed for tests and for `--dry-run` style printing)."""
     cmd = [
@@ -143,7 +147,14 @@ def locust_command(
         "--json-file",
         str(stats_prefix),
     ]
-    if processes > 1:
+    if master is not None:
+        # locust's distributed mode with workers elsewhere (harness.traffic.inzone): wait for all of them
+        host, port, workers = master
+        cmd += ["--master", "--master-bind-host", host, "--master-bind-port", str(port),
+                "--expect-workers", str(workers),
+                # workers that cannot reach the master end the run with locust's own message, never a silent wait
+                "--expect-workers-max-wait", f"{EXPECT_WORKERS_MAX_WAIT_S:g}"]  # fmt: skip
+    elif processes > 1:
         cmd += ["--processes", str(processes)]
     return cmd
 
@@ -188,6 +199,7 @@ class TrafficRunner:
         extra_env: dict[str, str] | None = None,
         probe_period_s: float | None = DEFAULT_PROBE_PERIOD_S,
         probe_zones: list[str] | None = None,
+        master: tuple[str, int, int] | None = None,
     ) -> None:
         if not entrypoints:
             raise TrafficError("traffic: no entrypoints (zone -> base URL) to send users to")
@@ -210,6 +222,11 @@ class TrafficRunner:
         unknown = sorted(set(self.probe_zones) - set(self.entrypoints))
         if unknown:
             raise TrafficError(f"traffic: probe zones without an entry point: {', '.join(unknown)}")
+        self.master = master
+        if master is not None and self.probe_period_s > 0 and sorted(self.probe_zones) != sorted(self.entrypoints):
+            # one probe per worker, and each worker serves one zone: locust hands fixed-count users out
+            # over the workers in turn, so a subset would put a probe on a worker of another zone
+            raise TrafficError("traffic: with workers in the zones every zone is probed (give no probe zones)")
         self.probes = len(self.probe_zones) if self.probe_period_s > 0 else 0
         self.requests_file = self.out / REQUESTS_FILE
         self.log_file = self.out / LOG_FILE
@@ -248,6 +265,7 @@ class TrafficRunner:
             self.duration_s,
             self.processes,
             self.out / STATS_FILE_PREFIX,
+            self.master,
         )
         self._started_wall = time.time()
         self._started_mono = time.monotonic()

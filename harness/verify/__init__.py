@@ -22,6 +22,7 @@ from pathlib import Path
 from harness.contract.rundir import VERDICT_FILE
 from harness.errors import InputError
 from harness.verify.invariants import DEFINITIONS, Checker
+from harness.verify.penalty import fallback_penalty
 from harness.verify.rundata import RunData, load_run
 from harness.verify.summary import print_summary
 from harness.verify.verdict import (
@@ -59,7 +60,9 @@ def judged(run_dir: Path | str, threads: int | None = None) -> Iterator[tuple[Ru
         raise InputError(str(path), "", "run directory does not exist")
     run = load_run(path, threads=threads)
     try:
-        yield run, Checker(run).verdict()
+        verdict = Checker(run).verdict()
+        verdict.fallback_penalty = fallback_penalty(run)  # information for the terminal and the report
+        yield run, verdict
     finally:
         run.con.close()
 

@@ -346,7 +346,8 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
     else:
         con.execute(
             "CREATE TEMP TABLE hop_names AS SELECT DISTINCT v FROM (SELECT unnest(["
-            + ", ".join(NAME_COLUMNS) + f"]) AS v FROM {source}) WHERE v IS NOT NULL"
+            + ", ".join(NAME_COLUMNS)
+            + f"]) AS v FROM {source}) WHERE v IS NOT NULL"
         )
     named = bool(con.execute("SELECT count(*) FROM hop_names").fetchone()[0])  # type: ignore[index]
     if named:

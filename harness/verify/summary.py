@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from harness.verify.penalty import penalty_text
 from harness.verify.verdict import Verdict, iso, seconds
 from harness.verify.why import cell, fault_reasons
 
@@ -51,6 +52,10 @@ def print_summary(verdict: Verdict, console: Console) -> None:
             _faults_table(verdict, console)
         else:
             _faults_blocks(verdict, console)
+    if verdict.fallback_penalty:
+        console.print(Text("Fallback latency penalty", style="bold") + Text(" (information, not an invariant):"))
+        for p in verdict.fallback_penalty:
+            console.print(Text("  " + penalty_text(p)))
     for note in run.notes:
         console.print(Text("note: ", style="yellow") + Text(note))
     if run.skipped_records_total:

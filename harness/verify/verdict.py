@@ -183,11 +183,36 @@ class RunInfo:
 
 
 @dataclass
+class LatencyStats:
+    """Successful user requests of one window set: count and latency percentiles (ms)."""
+
+    requests: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+@dataclass
+class ZonePenalty:
+    """One edge zone: in-zone vs served-from-the-Region latency, and the difference."""
+
+    zone: str
+    in_zone: LatencyStats
+    fallback: LatencyStats
+    penalty_p50_ms: float | None
+    penalty_p95_ms: float | None
+    fallback_windows: int
+    fallback_s: float
+    region_hops: int
+
+
+@dataclass
 class Verdict:
     run: RunInfo
     invariants: list[InvariantResult]
     faults: list[FaultResult]
     schema_version: str = SCHEMA_VERSION
+    # information, never judged: what users paid while their zone was served from the Region
+    fallback_penalty: list[ZonePenalty] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -223,6 +248,7 @@ class Verdict:
             "run": asdict(self.run),
             "invariants": [asdict(i) for i in self.invariants],
             "faults": [asdict(f) for f in self.faults],
+            "fallback_penalty": [asdict(p) for p in self.fallback_penalty],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -250,4 +276,14 @@ class Verdict:
             run=RunInfo(**data["run"]),
             invariants=invariants,
             faults=[FaultResult(**f) for f in data["faults"]],
+            fallback_penalty=[
+                ZonePenalty(
+                    **{
+                        **p,
+                        "in_zone": LatencyStats(**p["in_zone"]),
+                        "fallback": LatencyStats(**p["fallback"]),
+                    }
+                )
+                for p in data.get("fallback_penalty", [])  # absent in verdicts written before it existed
+            ],
         )

@@ -276,7 +276,7 @@ class _Conn:
             return
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: self.upstream, dst[0], dst[1]), CONNECT_TIMEOUT_S
+                self.loop.create_connection(lambda: self.upstream, dst[0], dst[1]), self.relay.connect_timeout_s
             )
         except (TimeoutError, OSError) as exc:
             log.debug("%s: connect %s:%d failed: %s", self.zone, dst[0], dst[1], exc)
@@ -333,8 +333,9 @@ class _Conn:
 class Relay:
     """All edge zones' listeners in one asyncio process."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         self.config = config
+        self.connect_timeout_s = connect_timeout_s
         self.zones: dict[str, ZoneLink] = {}
         self.servers: dict[str, asyncio.Server] = {}
         self.mtime = 0.0
@@ -411,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="linkrelay", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--verbose", action="store_true")
+    # users' access links (access.py) fail fast like the entry relay; the service link waits like a mesh connect
+    parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -420,9 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop  # libuv's loop: about half the per-chunk cost of asyncio's own
 
-        uvloop.run(Relay(args.config).main())
+        uvloop.run(Relay(args.config, args.connect_timeout).main())
     except ImportError:
-        asyncio.run(Relay(args.config).main())
+        asyncio.run(Relay(args.config, args.connect_timeout).main())
     return 0
 
 

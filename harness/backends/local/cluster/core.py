@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.base import ProgressFn
+from harness.backends.local.access import UserAccess
 from harness.backends.local.apps import app_argv
 from harness.backends.local.certs import CertAuthority
 from harness.backends.local.cluster.base import (
@@ -92,6 +93,7 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
         self.error: BaseException | None = None
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pod")
         self.network: Network | None = None
+        self.access: UserAccess | None = None
         self.probe_pool: netns.NetnsExecutor | None = None
         self.entries: dict[str, Any] = {}
         self.certs: CertAuthority | None = None
@@ -116,8 +118,12 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
         self.certs = CertAuthority(self.state_dir / "ca", trust_domain=self.mesh.trust_domain)
         from harness.backends.local.entry import EntryRelay
 
+        # users of each zone enter from its own namespace, behind its access link (userLatencyMs)
+        zone_users = [(z.name, z.user_latency_ms) for z in self.topology.zones]
+        self.access = UserAccess(self.network, self.topology.local.address_range, zone_users, self.state)
+        self.access.create()
         for z in self.topology.zones:
-            relay = EntryRelay(self.network.hub_ns)
+            relay = EntryRelay(self.access.ns(z.name))
             relay.start()
             self.entries[z.name] = relay
         say(f"pods: {sum(d.replicas for d in self.spec.deployments)} across {len(self.spec.nodes)} nodes")
@@ -172,6 +178,9 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
                 relay.stop()
         if self.probe_pool is not None:
             self.probe_pool.shutdown()
+        if self.access is not None:
+            with contextlib.suppress(Exception):
+                self.access.destroy()
         if self.network is not None:
             with contextlib.suppress(Exception):
                 self.network.destroy()
@@ -193,6 +202,7 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
             "nodes": {n.name: n.zone for n in self.spec.nodes},
             "entrypoints": self.entrypoints(),
             "netns": netns_of,
+            "user_netns": {z: k.ns for z, k in self.access.links.items()} if self.access else {},
             "error": repr(self.error) if self.error else None,
         }
 

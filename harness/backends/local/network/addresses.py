@@ -98,6 +98,7 @@ class NetBase:
     _relay: subprocess.Popen[bytes] | None
     _relay_gen: int
     created: bool
+    users_net: ipaddress.IPv4Network  # users' access links (harness/backends/local/access.py): never partitioned
 
     def _zone(self, zone: str) -> ZoneNet:
         try:

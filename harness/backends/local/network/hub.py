@@ -60,6 +60,7 @@ class Network(NftRules, RelayControl, NetemControl):
             )
         self.cluster = cluster
         self.state = state
+        self.users_net = subnets[0]  # users' access links (access.py): never partitioned
         self.hub = f"{cluster}-hub"
         self.table = cluster
         self.requested_mode: LinkMode = link_mode

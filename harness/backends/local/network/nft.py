@@ -78,8 +78,9 @@ class NftRules(NetBase):
             z = self._zones[name]
             others = [o for o in self._zones.values() if o is not z]
             drop = 'counter drop comment "partition"'
-            cmds.append(f'add rule inet {t} partition_in iifname "{z.bridge}" ip daddr != {z.subnet} {drop}')
-            cmds.append(f'add rule inet {t} partition_out oifname "{z.bridge}" ip saddr != {z.subnet} {drop}')
+            own = f"{{ {z.subnet}, {self.users_net} }}"  # the zone itself and its users
+            cmds.append(f'add rule inet {t} partition_in iifname "{z.bridge}" ip daddr != {own} {drop}')
+            cmds.append(f'add rule inet {t} partition_out oifname "{z.bridge}" ip saddr != {own} {drop}')
             if others:
                 brs = _set(f'"{o.bridge}"' for o in others)
                 cmds.append(f"add rule inet {t} partition_in iifname {brs} ip daddr {z.subnet} {drop}")
