@@ -94,6 +94,10 @@ class RequestRecorder:
     def _on_quit(self, **_kwargs: Any) -> None:
         self.close()
 
+    def _on_quitting(self, **_kwargs: Any) -> None:
+        """`ForwardingRecorder` (a distributed worker) still closes on ``quitting``: see its `attach`."""
+        self.close()
+
     def on_request(
         self,
         request_type: str,
