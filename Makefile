@@ -21,7 +21,7 @@ BFLAGS    = --backend $(BACKEND) $(if $(CONTEXT),--context $(CONTEXT)) $(if $(AL
 
 APT_PKGS  := nftables iproute2 chromium procps
 
-.PHONY: all e2e nightly test test-fast test-properties test-install lint lint-imports bench clean chaos render up down status venv deps
+.PHONY: all e2e nightly test test-fast test-properties test-install fuzz soak lint lint-imports bench clean chaos render up down status venv deps
 
 all: test
 
@@ -48,14 +48,15 @@ render: deps
 e2e: deps
 	$(BIN)/harness e2e $(BFLAGS) --topology $(TOPOLOGY) $(if $(EDITION),--edition $(EDITION)) --experiment $(EXPERIMENT)
 
-# Nightly against EKS with Local Zones: make nightly CONTEXT=<kube context> (destructive chaos allowed there).
+# Nightly against EKS with Local Zones: make nightly CONTEXT=<kube context> (destructive chaos allowed and executed
+# there: --execute; without it a run against an existing cluster stops at its plan).
 # Only faults EKS can take: edge pod kill + unready (eks-edge.json), node kill by cordon + delete.
 # Entry URLs per zone: EH_ENTRYPOINTS='{"<zone>": "https://..."}' or NIGHTLY_FLAGS="--entrypoint ZONE=URL ...";
 # NIGHTLY_FLAGS may also add --install-consul or --own-mesh-defaults (README "Run against EKS").
 NIGHTLY_FLAGS ?=
 nightly: deps
 	@test -n "$(CONTEXT)" || { echo "make nightly: CONTEXT=<kubeconfig context> is required" >&2; exit 2; }
-	$(BIN)/harness e2e --backend existing --context $(CONTEXT) --allow-context $(CONTEXT) --topology $(TOPOLOGY) \
+	$(BIN)/harness e2e --backend existing --context $(CONTEXT) --allow-context $(CONTEXT) --execute --topology $(TOPOLOGY) \
 	  $(NIGHTLY_FLAGS) --experiment experiments/eks-edge.json --experiment experiments/node-kill.json
 
 chaos: deps
@@ -88,6 +89,10 @@ test-properties: deps
 test-install: deps
 	$(BIN)/python -m pytest -q tests/test_install.py $(PYTEST_ARGS)
 
+# The input fuzz tests with the long hypothesis profile (make test runs them with a bounded one)
+fuzz: deps
+	$(BIN)/python -m pytest --hypothesis-profile=fuzz tests/test_fuzz_inputs.py $(PYTEST_ARGS)
+
 # The pipeline's layering (pyproject.toml [tool.importlinter], docs/ARCHITECTURE.md)
 lint-imports: deps
 	$(BIN)/lint-imports --no-cache
@@ -98,6 +103,11 @@ lint: deps lint-imports
 
 bench: deps
 	$(BIN)/python bench/run.py
+
+# The harness's own memory and open files under traffic and faults for MINUTES (default 30), local backend
+MINUTES ?= 30
+soak: deps
+	$(BIN)/python bench/soak.py --minutes $(MINUTES)
 
 clean:
 	-@test -x $(BIN)/harness && $(BIN)/harness down --backend local --all >/dev/null 2>&1 || true

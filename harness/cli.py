@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,7 +20,7 @@ from rich.console import Console
 
 from harness.backends import BACKENDS, BackendOptions
 from harness.backends.base import ProgressFn
-from harness.errors import BackendError, HarnessError, InputError
+from harness.errors import BackendError, DryRun, HarnessError, InputError
 from harness.preflight import PreflightFailed
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_BACKEND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -35,10 +37,40 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_INPUT)
 
 
+def _number(kind: type[int] | type[float], minimum: float, *, inclusive: bool = True) -> Callable[[str], Any]:
+    """An argparse type for a finite number >= (or >) `minimum`: checked before anything starts (exit 2)."""
+
+    def parse(value: str) -> int | float:
+        what = "an integer" if kind is int else "a number"
+        try:
+            n = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+        if n != n or n in (float("inf"), float("-inf")) or (n < minimum if inclusive else n <= minimum):
+            raise argparse.ArgumentTypeError(f"expected {what} {'>=' if inclusive else '>'} {minimum:g}, got {value!r}")
+        return n
+
+    return parse
+
+
+_COUNT = _number(int, 1)
+_SECONDS = _number(float, 0.0)
+_DURATION = _number(float, 0.0, inclusive=False)
+
+
+def _cluster_name(value: str) -> str:
+    """A lowercase letter then up to 7 letters/digits: names of interfaces, namespaces and kind nodes derive from it."""
+    import re
+
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", value):
+        raise argparse.ArgumentTypeError(f"expected a lowercase letter then up to 7 letters/digits, got {value!r}")
+    return value
+
+
 def _backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend")
     g.add_argument("--backend", default="auto", choices=BACKENDS, help="auto = kind when Docker answers, else local")
-    g.add_argument("--cluster", default="eh", help="local/kind cluster name (<= 8 letters/digits)")
+    g.add_argument("--cluster", default="eh", type=_cluster_name, help="local/kind cluster name (<= 8 letters/digits)")
     g.add_argument("--context", help="existing: kubeconfig context")
     g.add_argument("--kubeconfig", help="existing: kubeconfig file")
     g.add_argument(
@@ -53,6 +85,29 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
         "--own-mesh-defaults", action="store_true",
         help="existing: may take over mesh-wide config entries it did not create (restored on down)",
     )  # fmt: skip
+    g.add_argument(
+        "--execute", action="store_true",
+        help="existing: really inject destructive faults (default: a dry run that prints the plan; also EH_EXECUTE=1)",
+    )  # fmt: skip
+    g.add_argument(
+        "--max-share", type=_share, metavar="SHARE",
+        help="existing: blast radius, at most this share of a zone's nodes or pods down at once (0-1; also "
+        "EH_MAX_SHARE)",
+    )  # fmt: skip
+    g.add_argument(
+        "--allow-file", type=Path, metavar="FILE",
+        help="existing: allow-list file, one context per line (also EH_ALLOW_FILE; default "
+        "~/.config/edge-harness/allowed-contexts)",
+    )  # fmt: skip
+
+
+def _share(value: str) -> float:
+    from harness.backends.fence import parse_share
+
+    try:
+        return parse_share(value, "--max-share")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _bopts(a: argparse.Namespace) -> BackendOptions:
@@ -71,6 +126,9 @@ def _bopts(a: argparse.Namespace) -> BackendOptions:
         entrypoints=entry,
         install_consul=a.install_consul,
         own_mesh_defaults=a.own_mesh_defaults,
+        execute=a.execute or os.environ.get("EH_EXECUTE", "") in ("1", "true", "yes"),
+        max_share=a.max_share,
+        allow_file=str(a.allow_file) if a.allow_file else None,
     )
 
 
@@ -119,11 +177,22 @@ def cmd_render(a: argparse.Namespace) -> int:
 
 
 def _load_manifests(a: argparse.Namespace, workdir: Path) -> Any:
+    """Render (or copy) the manifests into `workdir`; bad input leaves no new directory behind."""
+    import shutil
+
     from harness.e2e import E2EOptions, prepare_manifests
     from harness.render.manifests import load
 
+    created = [p for p in (workdir, *workdir.parents) if not p.exists()]
     workdir.mkdir(parents=True, exist_ok=True)
-    return load(prepare_manifests(E2EOptions(topology=a.topology, manifests=a.manifests, edition=a.edition), workdir))
+    try:
+        return load(
+            prepare_manifests(E2EOptions(topology=a.topology, manifests=a.manifests, edition=a.edition), workdir)
+        )
+    except BaseException:
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
 
 
 def cmd_up(a: argparse.Namespace) -> int:
@@ -248,17 +317,28 @@ def cmd_preflight(a: argparse.Namespace) -> int:
 
 
 def cmd_chaos(a: argparse.Namespace) -> int:
-    """Run one experiment against a cluster that is up; exit 0 only when it ran as planned.
+    """Run one experiment against a cluster that is up (rollbacks always); exit 0 only when it ran as planned.
 
     Before anything runs: the file must parse (exit 2), the cluster must answer
     and be up (exit 3), and the experiment must fit the cluster's topology and
-    capabilities (exit 2, no run directory created). Afterwards the journal is
-    judged, not just its status: a steady state that failed before the method,
-    a failed action or rollback, or a status other than completed exits 1 with
-    one line saying why.
+    capabilities (exit 2, no run directory created). On a cluster that can be
+    planned (existing) the plan (nodes, pods, durations, blast radius, steady
+    state) is printed next: over the blast radius is exit 2, destructive
+    without --execute a dry run (exit 0), a steady state that does not hold
+    exit 1, a kill switch that is on exit 3: in each case nothing is injected
+    and no run directory is created. `--abort RUN_DIR` is the kill switch.
+    Afterwards the journal is judged, not just its status: a steady state that
+    failed before the method, a failed action or rollback, or a status other
+    than completed exits 1 with one line saying why.
     """
+    if a.abort is not None:
+        return _chaos_abort(a)
+    if a.experiment is None:
+        raise InputError("harness chaos", "EXPERIMENT", "an experiment file is required (or --abort RUN_DIR)")
     from harness.backends import choose, connect
+    from harness.backends.fence import engaged_switch, kill_switch_paths
     from harness.chaos import load_experiment, plan_run, run_planned, write_plan
+    from harness.gameday import dry_run_banner, plan_experiment
     from harness.run import new_run_dir
 
     load_experiment(a.experiment)  # malformed: exit 2 before any backend is touched
@@ -267,11 +347,29 @@ def cmd_chaos(a: argparse.Namespace) -> int:
     b = connect(bopts)
     try:
         st = b.status()
-        if not st.up:
+        # a cluster the fence plans (existing) answers "not up" with its steady-state problems below (exit 1)
+        if not st.up and not hasattr(b, "plan_fault"):
             detail = f" ({st.detail})" if st.detail not in ("", "not up") else ""
             raise BackendError(f"{b.name} cluster {a.cluster!r} is not up{detail}: run `harness up` first")
         # only the primitives the experiment uses are asked (on EKS a partition needs a probe connection)
         planned = plan_run([a.experiment], b.manifests().topology, None, a.run_dir, require=b.require_capability)
+        plan = plan_experiment(a.experiment, planned[0].data, b)  # the experiment as it will run: roles resolved
+        if plan is not None:
+            for line in plan.lines():
+                out.print(line, markup=False, highlight=False)
+            plan.refuse_over_blast_radius()
+            if plan.destructive and not bopts.execute:
+                out.print(dry_run_banner(plan), markup=False, highlight=False)
+                return EXIT_PASS
+            if plan.steady:
+                err.print(
+                    f"chaos: {a.experiment}: steady state does not hold, nothing injected: {'; '.join(plan.steady)}",
+                    markup=False, highlight=False,
+                )  # fmt: skip
+                return EXIT_FAIL
+        switch = engaged_switch(kill_switch_paths(a.run_dir.resolve() if a.run_dir else ""))
+        if switch is not None:
+            raise BackendError(f"kill switch {switch} is on: nothing injected (remove the file to run chaos again)")
     finally:
         b.close()
     run_dir = a.run_dir or new_run_dir(label="chaos")
@@ -282,6 +380,29 @@ def cmd_chaos(a: argparse.Namespace) -> int:
         return EXIT_PASS
     err.print(f"chaos: {res.id}: {res.reason} (journal {res.journal})", markup=False, highlight=False)
     return EXIT_FAIL
+
+
+def _chaos_abort(a: argparse.Namespace) -> int:
+    """The kill switch: ABORT file, immediate rollback of every fault in effect, chaos processes stopped."""
+    from harness.backends import connect
+    from harness.gameday import abort
+
+    if not a.abort.is_dir():
+        raise InputError(str(a.abort), "", "not a run directory")
+    backend = None
+    try:
+        backend = connect(_bopts(a))
+    except HarnessError as exc:  # still turn the switch on and stop the processes: do what can be done
+        err.print(f"abort: cannot reach the cluster to roll back from here: {exc}", markup=False, highlight=False)
+    try:
+        res = abort(a.abort, backend, say=lambda m: out.print(f"abort: {m}", markup=False, highlight=False))
+    finally:
+        if backend is not None:
+            backend.close()
+    if res.still_running:
+        err.print(f"abort: chaos processes still running: {res.still_running}", markup=False, highlight=False)
+        return EXIT_BACKEND
+    return EXIT_PASS
 
 
 def _verdict(run_dir: Path) -> Any:
@@ -365,11 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("traffic", help="drive locust traffic at every zone's entry point")
     _backend_args(p)
-    p.add_argument("--users", type=int, default=10)
-    p.add_argument("--duration", type=float, default=30.0)
+    p.add_argument("--users", type=_COUNT, default=10)
+    p.add_argument("--duration", type=_DURATION, default=30.0)
     p.add_argument("--shape", choices=["steady", "ramp"], default="steady")
-    p.add_argument("--processes", type=int, default=1, help="locust worker processes (locust's distributed mode)")
-    p.add_argument("--probe-period", type=float, help="seconds between zone probes (default 0.03; 0: no probes)")
+    p.add_argument("--processes", type=_COUNT, default=1, help="locust worker processes (locust's distributed mode)")
+    p.add_argument("--probe-period", type=_SECONDS, help="seconds between zone probes (default 0.03; 0: no probes)")
     p.add_argument("--probe-zone", action="append", default=[], help="probe only these zones (repeatable)")
     p.add_argument("--run-dir", type=Path)
     _preflight_arg(p)
@@ -382,8 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chaos", help="run a chaostoolkit experiment (rollbacks always)")
     _backend_args(p)
-    p.add_argument("experiment", type=_experiment, help=EXPERIMENT_HELP)
+    p.add_argument("experiment", type=_experiment, nargs="?", help=EXPERIMENT_HELP)
     p.add_argument("--run-dir", type=Path)
+    p.add_argument(
+        "--abort", type=Path, metavar="RUN_DIR",
+        help="kill switch: roll back every fault in effect now and stop the run's chaos processes",
+    )  # fmt: skip
     p.set_defaults(fn=cmd_chaos)
 
     p = sub.add_parser("verify", help="judge a run directory; exit 1 when an invariant fails")
@@ -400,12 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--experiment", type=_experiment, action="append", default=[], help=f"{EXPERIMENT_HELP} (repeatable)"
     )
-    p.add_argument("--users", type=int, default=12)
-    p.add_argument("--processes", type=int, default=1)
-    p.add_argument("--warmup", type=float, default=8.0,
+    p.add_argument("--users", type=_COUNT, default=12)
+    p.add_argument("--processes", type=_COUNT, default=1)
+    p.add_argument("--warmup", type=_SECONDS, default=8.0,
                    help="at most this many seconds of traffic before the first fault: it starts as soon as every "
                         "zone served 20 requests")  # fmt: skip
-    p.add_argument("--cooldown", type=float, default=8.0,
+    p.add_argument("--cooldown", type=_SECONDS, default=8.0,
                    help="at most this many seconds of traffic after the last experiment: it stops as soon as every "
                         "zone served 20 requests after it")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
@@ -421,9 +546,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.interrupt import Interrupted, handle_signals
+
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args))
+        with handle_signals(lambda m: err.print(m, markup=False, highlight=False)):
+            return int(args.fn(args))
+    except Interrupted as exc:
+        err.print(f"interrupted ({exc.name}): everything started was cleaned up; records so far are kept",
+                  markup=False, highlight=False)  # fmt: skip
+        return exc.exit_code
+    except DryRun as exc:
+        out.print(str(exc), markup=False, highlight=False)
+        return EXIT_PASS
     except InputError as exc:
         err.print(exc.line, markup=False, highlight=False)
         return EXIT_INPUT

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend, Observation, ProgressFn, RecordFollower
 from harness.contract.rundir import ACCESSLOG_DIR, ARTIFACTS_DIR, INVENTORY_FILE, REQUESTS_FILE, record_problem
-from harness.errors import InputError
+from harness.errors import DryRun, InputError
 from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
 
@@ -349,6 +349,12 @@ def run_e2e(
     try:
         # bad input, or a fault the cluster cannot do where the backend can tell now (EKS): no run dir, no cluster
         planned = check_inputs(opts, backend, topology)
+        if name == "existing":  # destructive chaos on someone else's cluster: the plan only, unless --execute
+            from harness.gameday import dry_run_e2e
+
+            lines = dry_run_e2e(planned, opts, bopts, load)
+            if lines is not None:
+                raise DryRun("\n".join(lines))
     except BaseException:
         backend.close()
         raise

@@ -29,3 +29,10 @@ class InputError(HarnessError):
 
 class BackendError(HarnessError):
     """A backend could not do what was asked (exit code 3)."""
+
+
+class DryRun(HarnessError):
+    """A run that stopped at its plan on purpose (destructive chaos without --execute): exit code 0.
+
+    `str()` is the plan, one line per line; nothing was started or created.
+    """

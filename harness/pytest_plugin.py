@@ -21,6 +21,7 @@ reads no environment variable itself (the existing backend reads
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--eh-keep", action="store_true", help="leave the cluster up after the session")
 
 
+_SIGNALS_KEY = pytest.StashKey[contextlib.ExitStack]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "edge_chaos: a destructive chaos test (needs an allowed backend)")
+    if config.getoption("--eh-backend", None) is not None:
+        # SIGTERM (a CI job cancelled) and SIGHUP would kill pytest without running any finalizer,
+        # leaving the session's cluster up: make them (and Ctrl-C) an interruption pytest tears down
+        # from, with a second signal deferred while the cluster is taken down (harness.interrupt).
+        from harness.interrupt import handle_signals
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(handle_signals(lambda m: print(f"\nedge-harness: {m}", flush=True)))
+        config.stash[_SIGNALS_KEY] = stack
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stack = config.stash.get(_SIGNALS_KEY, None)
+    if stack is not None:
+        stack.close()
 
 
 @pytest.fixture(scope="session")

@@ -14,19 +14,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
-
-# Hypothesis profiles: `bounded` (the default here, `make test`) keeps property tests to a few seconds each;
-# `thorough` (`make test-properties`, `--hypothesis-profile=thorough`) runs Hypothesis's own example counts.
-settings.register_profile("bounded", max_examples=20)
-settings.register_profile("thorough")
-settings.load_profile("bounded")
+from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[1]
 # Package data (pyproject [tool.setuptools.package-data]); fixtures/, experiments/, loadtests/ at the top link here
 FIXTURES = REPO / "harness" / "fixtures"
 EXPERIMENTS = REPO / "harness" / "experiments"
 LOADTESTS = REPO / "harness" / "loadtests"
+
+# Hypothesis profiles. `ci`, the default (`make test`): a bounded, derandomized set of examples, so the
+# suite takes the same time and gives the same answer on every run (same config, same verdict).
+# `thorough` (`make test-properties`): Hypothesis's own example counts, random. `fuzz` (`make fuzz`):
+# the long input fuzz. The random profiles are where new counter-examples are found.
+_FUZZ_CHECKS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=_FUZZ_CHECKS
+)
+settings.register_profile("thorough", deadline=None, suppress_health_check=_FUZZ_CHECKS)
+settings.register_profile("fuzz", max_examples=1500, deadline=None, suppress_health_check=_FUZZ_CHECKS)
+settings.load_profile("ci")
 SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "consul-k8s-v1.9.11"
 
 

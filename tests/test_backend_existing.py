@@ -409,13 +409,15 @@ def test_partition_needs_a_cni_that_enforces_network_policy(
 
     api.sim.netpol_enforced = True
     b2 = ExistingBackend(
-        "eks-nightly", b.kubeconfig, ("eks-nightly",), workdir=tmp_path / "wd2", manifests=rendered(tmp_path)
-    )
+        "eks-nightly", b.kubeconfig, ("eks-nightly",), workdir=tmp_path / "wd2", execute=True,
+        entrypoints=[f"{z}={u}" for z, u in ENTRY.items()],
+    )  # fmt: skip
+    b2.ready_poll_s = 0.1
     assert b2.network_policy_enforced() == (
         True,
         "NetworkPolicy enforced: a probe connection was refused by a deny-all policy",
     )
-    api.sim.call(lambda: api.sim.ensure_namespace("hashicups-lax-1a"))  # as after `up`
+    b2.up(rendered(tmp_path))  # a partition needs the run's steady state first
     b2.partition_zone(LAX)
     meth, path, body = api.writes()[-1]
     assert (meth, path) == ("POST", "/apis/networking.k8s.io/v1/namespaces/hashicups-lax-1a/networkpolicies")
@@ -428,6 +430,7 @@ def test_partition_needs_a_cni_that_enforces_network_policy(
     )
     with pytest.raises(BackendError, match="us-west-2a is not an edge zone"):
         b2.partition_zone("us-west-2a")
+    b2.close()
 
 
 def test_destructive_chaos_refused_unless_allow_listed(
@@ -449,7 +452,7 @@ def test_destructive_chaos_refused_unless_allow_listed(
 
 
 def test_node_kill_is_cordon_and_pod_deletion(api: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> None:
-    b = _backend(api, tmp_path, ("eks-nightly",))
+    b = _backend(api, tmp_path, ("eks-nightly",), execute=True)
     b.up(rendered(tmp_path))
     phx1, phx2 = EKS_NODES[4]["metadata"]["name"], EKS_NODES[5]["metadata"]["name"]
     on = {n: [p["metadata"]["name"] for p in eks.pods() if p["spec"].get("nodeName") == n] for n in (phx1, phx2)}

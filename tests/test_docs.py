@@ -149,6 +149,10 @@ class _Config:
     def addinivalue_line(self, name: str, line: str) -> None:
         self.lines.append((name, line))
 
+    def getoption(self, name: str, default: Any = None) -> Any:
+        """pytest.Config.getoption: no option given on this command line."""
+        return default
+
 
 def plugin_surface() -> tuple[list[str], list[str], list[str]]:
     """(options, fixtures, markers) the plugin registers, read from the plugin itself."""

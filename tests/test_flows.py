@@ -136,6 +136,7 @@ def test_existing_flow_runs_the_nightly_set_end_to_end(api: FakeApiServer, tools
         kubeconfig=str(kc),
         allow_contexts=["eks-nightly"],
         entrypoints=urls,
+        execute=True,
     )
     opts = E2EOptions(
         topology=REPO / "fixtures" / "topology.yaml",

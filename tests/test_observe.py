@@ -391,3 +391,34 @@ def test_consul_names_the_inventory_never_saw_map_through_the_topology(tmp_path:
     assert build_hops(tmp_path) == 1
     (hop,) = _hops(tmp_path)
     assert (hop["upstream"], hop["caller_service"], hop["caller_zone"]) == ("product-api", "public-api", LAX)
+
+
+def test_collector_gives_back_descriptors_of_idle_sources_and_loses_no_line(tmp_path: Path) -> None:
+    """Soak finding: one descriptor pair per pod ever seen (pod churn) grew without bound; now per live pod."""
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    logs = tmp_path / "pods"
+    logs.mkdir()
+    out = tmp_path / "accesslogs"
+    pods = [f"p{i}" for i in range(40)]
+    for p in pods:
+        (logs / f"{p}.log").write_text('{"n": 0}\n{"n": 1, "cut": "in ha')  # the last line still being written
+    sources = [FileLogSource(p, logs / f"{p}.log", idle_close_s=0.2) for p in pods]
+    before = fds()
+    col = AccessLogCollector(lambda: sources, out, idle_close_s=0.2)
+    col.poll_once()
+    assert fds() >= before + 80  # a source and a copy per pod
+    time.sleep(0.3)
+    col.poll_once()  # every source idle for longer than idle_close_s
+    assert fds() <= before + 1 and not any(s.is_open for s in sources)
+    with (logs / "p7.log").open("a") as fh:  # a quiet pod speaks again: the torn line is completed
+        fh.write('lf"}\n{"n": 2}\n')
+    (logs / "p9.log").write_text('{"n": "truncated, then new"}\n')
+    col.poll_once()
+    col.stop()
+    assert (out / "p7.jsonl").read_text().splitlines() == ['{"n": 0}', '{"n": 1, "cut": "in half"}', '{"n": 2}']
+    assert (out / "p9.jsonl").read_text().splitlines() == ['{"n": 0}', '{"n": "truncated, then new"}']
+    assert (out / "p3.jsonl").read_text().splitlines() == ['{"n": 0}']
+    assert fds() <= before + 1

@@ -8,8 +8,8 @@ the verdict; the measured failover equals the constructed one within the
 traffic's inter-arrival time.
 
 Example counts come from the loaded Hypothesis profile (tests/conftest.py):
-`bounded` in `make test`, Hypothesis's own defaults in `make test-properties`
-(`--hypothesis-profile=thorough`). Examples are random, not fixed: a failure
+`ci` (bounded, derandomized) in `make test`, Hypothesis's own defaults in `make test-properties`
+(`--hypothesis-profile=thorough`). Examples of the random profiles are random: a failure
 prints the example and Hypothesis's database replays it next time.
 """
 

@@ -80,8 +80,10 @@ def test_gameday_is_manual_with_an_experiment_choice_and_dry_run_by_default() ->
     options = inputs["experiment"]["options"]
     assert all((REPO / o).is_file() for o in options)
     steps = w["jobs"]["gameday"]["steps"]
-    real = next(s for s in steps if "harness chaos" in str(s.get("run", "")))
+    real = next(s for s in steps if "harness chaos" in str(s.get("run", "")) and "--execute" in str(s["run"]))
     assert real["if"] == "${{ !inputs.dry_run }}"
+    dry = next(s for s in steps if s.get("if") == "inputs.dry_run")
+    assert "harness chaos" in dry["run"] and "--execute" not in dry["run"]  # the plan, nothing injected
 
 
 def test_make_nightly_runs_only_faults_eks_can_do() -> None:

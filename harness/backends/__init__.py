@@ -31,6 +31,9 @@ class BackendOptions:
     entrypoints: dict[str, str] = field(default_factory=dict)  # existing: zone -> URL (--entrypoint)
     install_consul: bool = False  # existing: install the pinned chart instead of using the Consul found
     own_mesh_defaults: bool = False  # existing: may take over mesh-wide config entries (restored on down)
+    execute: bool = False  # existing: destructive chaos really acts (else a dry run: the plan, nothing injected)
+    max_share: float | None = None  # existing: blast radius, share of a zone's nodes/pods down at once
+    allow_file: str | None = None  # existing: allow-list file (else EH_ALLOW_FILE, else the default path)
 
     @classmethod
     def from_env(cls, **overrides: object) -> BackendOptions:
@@ -42,6 +45,8 @@ class BackendOptions:
             context=os.environ.get("EH_CONTEXT") or None,
             kubeconfig=os.environ.get("EH_KUBECONFIG") or None,
             allow_contexts=[c for c in allow.split(",") if c],
+            execute=os.environ.get("EH_EXECUTE", "") in ("1", "true", "yes"),
+            allow_file=os.environ.get("EH_ALLOW_FILE") or None,
         )
         for k, v in overrides.items():
             if v is not None:
@@ -57,6 +62,12 @@ class BackendOptions:
             out["EH_ENTRYPOINTS"] = json.dumps(merged)
         if self.context:
             out["EH_CONTEXT"] = self.context
+        if self.execute:  # the chaos process injects what this one planned
+            out["EH_EXECUTE"] = "1"
+        if self.max_share is not None:
+            out["EH_MAX_SHARE"] = repr(self.max_share)
+        if self.allow_file:
+            out["EH_ALLOW_FILE"] = str(Path(self.allow_file).resolve())
         if self.kubeconfig:
             out["EH_KUBECONFIG"] = self.kubeconfig
         return out

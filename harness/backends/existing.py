@@ -6,11 +6,17 @@ The cluster belongs to someone else, so this backend:
   topology does not mention are reported, not fatal), every zone's entry URL,
   the Consul it will use (version, connect-inject), the mesh-wide config
   entries it would touch; a failed check changes nothing;
-- keeps every destructive decision in one place (`DESTRUCTIVE`,
-  `_require_destructive`): node kill, zone outage and partition are refused
-  unless the context is on an explicit allow-list (`--allow-context`, env
-  `EH_ALLOW_CONTEXTS`), and `capabilities()` leaves them out there, so an
-  experiment needing them is refused before anything is injected;
+- keeps every destructive decision in one place (`DESTRUCTIVE`, `_fence`):
+  node kill, zone outage and partition are refused unless the context is on
+  an explicit allow-list (`--allow-context`, `EH_ALLOW_CONTEXTS`, or the
+  allow-list file, see `fence`), and `capabilities()` leaves them out there,
+  so an experiment needing them is refused before anything is injected; they
+  are a dry run (the plan is described, nothing changes) unless the run says
+  `--execute`; every injection, destructive or not, is held to the blast
+  radius, refused while the kill switch is on, and the first one of a process
+  only happens when the steady state holds; what was injected is written to a
+  ledger first, so undo touches only what the harness changed and `harness
+  chaos --abort` rolls it back at once from any process;
 - never changes a mesh-wide config entry (ProxyDefaults `global`, Mesh) it did
   not create unless told to (`--own-mesh-defaults`), and then restores the
   original on `down`; one it creates carries no mesh-wide `protocol` (every
@@ -54,14 +60,33 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from harness.backends.base import CHAOS_PRIMITIVES, Status
+from harness.backends.fence import (
+    ALLOW_ENV,
+    EXECUTE_ENV,
+    MAX_SHARE_ENV,
+    AllowList,
+    BlastRadius,
+    ClusterView,
+    FaultLedger,
+    FaultTargets,
+    KillSwitchWatcher,
+    engaged_switch,
+    kill_switch_paths,
+    parse_share,
+    targets_for,
+    violations,
+)
 from harness.backends.kube import (
     LABEL_MANAGED_BY,
     LABEL_POD_ZONE,
@@ -82,7 +107,6 @@ if TYPE_CHECKING:
     from harness.render.manifests import Manifests
     from harness.topology.model import Topology
 
-ALLOW_ENV = "EH_ALLOW_CONTEXTS"
 ENTRY_ENV = "EH_ENTRYPOINTS"
 ENTRY_VARIANT = "cluster.yaml"  # entry/cluster.yaml: per-zone ClusterIP Services (+ ALB Ingresses)
 PARTITION_POLICY = "edge-harness-partition"
@@ -94,6 +118,21 @@ MIN_CONSUL = (1, 15)
 """ProxyDefaults `accessLogs` (the records the verdict is built from) exist since Consul 1.15."""
 ALB_WAIT_S = 600.0
 PROBE_IMAGE_FALLBACK = "nginx:1.27-alpine"  # busybox `wget` inside; the run pulls it anyway (frontend pods)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _serialized(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a fault-changing method under the backend's chaos lock (see `ExistingBackend.__init__`)."""
+
+    @wraps(method)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with args[0]._chaos_lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return run
 
 
 def zone_type_of(node: NodeInfo) -> str:
@@ -196,6 +235,9 @@ class ExistingBackend(KubeBackend):
         ready_timeout_s: float = 900.0,
         cluster: KubeCluster | None = None,
         run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+        execute: bool | None = None,
+        max_share: float | None = None,
+        allow_file: Path | str | None = None,
     ) -> None:
         if not context:
             raise BackendError("existing backend needs a kubeconfig context (--context)")
@@ -209,8 +251,21 @@ class ExistingBackend(KubeBackend):
         )
         self.context = context
         self.kubeconfig = Path(kubeconfig) if kubeconfig is not None else None
-        env_allow = [c.strip() for c in os.environ.get(ALLOW_ENV, "").split(",") if c.strip()]
-        self.allowed = sorted(set(allow_destructive_contexts) | set(env_allow))
+        self.allow = AllowList.gather(allow_destructive_contexts, os.environ.get(ALLOW_ENV), allow_file)
+        self.allowed = self.allow.contexts
+        self.execute = execute if execute is not None else os.environ.get(EXECUTE_ENV, "") in ("1", "true", "yes")
+        env_share = os.environ.get(MAX_SHARE_ENV)
+        shares = [x for x in (max_share, self.allow.max_share(context)) if x is not None]
+        if env_share:
+            shares.append(parse_share(env_share, MAX_SHARE_ENV))
+        self.blast = BlastRadius(max_share=min(shares) if shares else 1.0)
+        self.ledger = FaultLedger(self.workdir / "faults.json")
+        self._injected = False  # the first injection of this process waits for a steady state
+        self._switch: KillSwitchWatcher | None = None
+        # one fault change at a time per process: the kill switch's rollback (its own thread) must not
+        # interleave with a primitive between its ledger entry and its act, or a fault escapes the ledger
+        self._chaos_lock = threading.RLock()
+        self.on_abort: Callable[[], None] = interrupt_chaos_process
         self.install_consul = install_consul
         self.own_mesh_defaults = own_mesh_defaults
         self.entry_flags = list(entrypoints)
@@ -228,6 +283,9 @@ class ExistingBackend(KubeBackend):
             install_consul=opts.install_consul,
             own_mesh_defaults=opts.own_mesh_defaults,
             entrypoints=[f"{z}={u}" for z, u in opts.entrypoints.items()],
+            execute=opts.execute or None,
+            max_share=opts.max_share,
+            allow_file=opts.allow_file,
         )
 
     # -- the cluster ---------------------------------------------------------
@@ -258,8 +316,161 @@ class ExistingBackend(KubeBackend):
         if not self.destructive_allowed:
             raise BackendError(
                 f"refusing {action} on context {self.context!r}: destructive chaos needs the context on the "
-                f"allow-list (--allow-context {self.context} or {ALLOW_ENV}={self.context})"
+                f"allow-list (--allow-context {self.context}, {ALLOW_ENV}={self.context}, or a line in the "
+                "allow-list file)"
             )
+
+    def _region_only(self) -> dict[str, list[str]]:
+        """Region-only services of the topology -> the Region's zones (the blast radius keeps one replica)."""
+        t = self.manifests().topology
+        return {s.name: [z.name for z in t.region_zones] for s in t.services if s.placement.value == "region"}
+
+    def plan_fault(
+        self,
+        primitive: str,
+        zone: str,
+        *,
+        service: str | None = None,
+        node: str | None = None,
+        view: ClusterView | None = None,
+    ) -> tuple[FaultTargets, list[str]]:
+        """What `primitive` would take down now, and every way that breaks the blast radius (empty: within it).
+
+        Resolved exactly as the primitive acts: a node kill without a node
+        takes the zone's first node by name (as `harness.chaos.actions`
+        chooses), a partition the zone's namespace of the run.
+        """
+        view = view or ClusterView.read(self.cluster)
+        if primitive == "kill_node" and node is None:
+            names = sorted(n.name for n in view.zone_nodes(zone))
+            node = names[0] if names else None
+        if primitive == "kill_node" and node is not None and not zone:
+            zone = view.node_zone(node)
+        ns = self._zone_namespace(zone) if primitive == "partition_zone" else None
+        t = targets_for(view, primitive, zone, service=service, node=node, namespace=ns)
+        return t, violations(view, t, self.blast, self._region_only())
+
+    def steady_state_problems(self) -> list[str]:
+        """Why the run's part of the cluster is not in its steady state (empty: it is).
+
+        Every rendered Deployment has all replicas ready, every pod of the run
+        is Ready and serving, no node of the topology's zones is cordoned, no
+        partition policy is left in a run namespace, and the ledger holds no
+        fault that was never undone. Chaos on top of a broken state proves
+        nothing and can turn a small fault into an outage.
+        """
+        m = self.manifests()
+        problems: list[str] = []
+        deployments = [
+            (str(o["metadata"].get("namespace", "default")), str(o["metadata"]["name"]))
+            for o in m.objects
+            if o["kind"] == "Deployment"
+        ]
+        lagging = [
+            f"{ns}/{name} " + ("missing" if want < 0 else f"{ready}/{want} ready")
+            for (ns, name), (ready, want) in sorted(self.cluster.deployments_ready(deployments).items())
+            if want < 0 or ready < want
+        ]
+        if lagging:
+            problems.append(f"Deployments not ready: {_first(lagging)}")
+        namespaces = sorted({ns for ns, _ in deployments})
+        unready = sorted(f"{p} ({st})" for p, st in self.cluster.pod_phases(namespaces).items() if st != "Ready")
+        if unready:
+            problems.append(f"pods not Ready: {_first(unready)}")
+        zones = {z.name for z in m.topology.zones}
+        cordoned = sorted(n.name for n in self.cluster.node_infos() if n.unschedulable and n.zone in zones)
+        if cordoned:
+            problems.append(f"nodes cordoned: {_first(cordoned)}")
+        for ns in namespaces:
+            if self.cluster.exists("networking.k8s.io/v1", "NetworkPolicy", ns, PARTITION_POLICY):
+                problems.append(f"namespace {ns} is still partitioned (NetworkPolicy {PARTITION_POLICY})")
+        active = self.ledger.entries()
+        if active:
+            problems.append(
+                "faults never undone: "
+                + _first([_fault_text(e) for e in active])
+                + " (harness chaos --abort RUN_DIR rolls them back)"
+            )
+        return problems
+
+    def _fence(self, primitive: str, zone: str, *, service: str | None = None, node: str | None = None) -> FaultTargets:
+        """Every check an injection must pass, in one place; BackendError naming the first that fails.
+
+        Order: the kill switch, the allow-list (destructive only), the blast
+        radius, the steady state (before the first injection of this process),
+        the dry run (destructive only, after the plan is known so the message
+        says exactly what would have happened).
+        """
+        switch = engaged_switch(kill_switch_paths())
+        if switch is not None:
+            raise BackendError(
+                f"kill switch {switch} is on: {primitive} in {zone} refused, nothing injected "
+                "(remove the file to run chaos again)"
+            )
+        if primitive in DESTRUCTIVE:
+            self._require_destructive(f"{primitive} {node or zone}")
+        targets, problems = self.plan_fault(primitive, zone, service=service, node=node)
+        if problems:
+            raise BackendError(
+                f"blast radius ({self.blast.describe()}): {primitive} in {zone} refused, nothing injected: "
+                + "; ".join(problems)
+            )
+        if not self._injected:
+            steady = self.steady_state_problems()
+            if steady:
+                raise BackendError(
+                    f"steady state does not hold before the first injection, {primitive} in {zone} refused, nothing "
+                    "injected: " + "; ".join(steady)
+                )
+        if primitive in DESTRUCTIVE and not self.execute:
+            raise BackendError(
+                f"dry run: {primitive} in {zone} would {targets.describe()}; nothing injected "
+                f"(rerun with --execute or {EXECUTE_ENV}=1 to inject it)"
+            )
+        self._injected = True
+        self._arm_kill_switch()
+        return targets
+
+    def _arm_kill_switch(self) -> None:
+        """Watch the kill-switch files from the first injection on: roll back at once, then stop the experiment."""
+        paths = kill_switch_paths()
+        if self._switch is not None or not paths:
+            return
+
+        def trigger(path: Path) -> None:
+            self.progress(f"kill switch {path}: rolling back every fault in effect")
+            try:
+                self.rollback_active()
+            finally:
+                self.on_abort()
+
+        self._switch = KillSwitchWatcher(paths, trigger).start()
+
+    @_serialized
+    def rollback_active(self, only: Callable[[dict[str, Any]], bool] | None = None) -> list[str]:
+        """Undo every fault of the ledger (or those `only` selects) now; one line per fault undone.
+
+        Used by the kill switch, `harness chaos --abort` and `down`: a node
+        the harness cordoned is uncordoned, a partition healed, an unready
+        service put back; anything someone else changed is left alone.
+        """
+        done = []
+        for e in self.ledger.entries():
+            if only is not None and not only(e):
+                continue
+            prim = e.get("primitive")
+            zone = str(e.get("zone", ""))
+            if prim in ("kill_node", "zone_outage"):
+                for n in e.get("nodes") or []:
+                    self.restore_node(str(n))
+            elif prim == "partition_zone":
+                self.heal_zone(zone)
+            elif prim == "set_pod_unready":
+                self.set_pod_ready(zone, str(e.get("service", "")))
+            fid = e.get("id")
+            self.ledger.take(lambda x: x.get("id") == fid)  # noqa: B023 - used at once
+            done.append(_fault_text(e))
+        return done
 
     def capabilities(self) -> frozenset[str]:
         """What this cluster lets the run do: no service link; destructive faults only where allowed and possible."""
@@ -593,8 +804,11 @@ class ExistingBackend(KubeBackend):
         return ["--kube-context", self.context] + (["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else [])
 
     def down(self) -> None:
-        """Undo `up`: restore taken-over mesh entries, delete what it created (namespaces last), uninstall Consul."""
+        """Undo `up`: roll back faults in effect, restore taken-over mesh entries, delete what it created
+        (namespaces last), uninstall Consul."""
         self.close()
+        for line in self.rollback_active():
+            self.progress(f"rolled back {line}")
         state = self._state()
         for key, original in (state.get("mesh_backups") or {}).items():
             kind, ns, name = key.split("/", 2)
@@ -639,24 +853,78 @@ class ExistingBackend(KubeBackend):
         return Status(self.name, up, detail, pods)
 
     # -- chaos ---------------------------------------------------------------
+    def close(self) -> None:
+        if self._switch is not None:
+            self._switch.stop()
+            self._switch = None
+        super().close()
+
+    @_serialized
+    def kill_pod(self, zone: str, service: str) -> list[str]:
+        self._fence("kill_pod", zone, service=service)
+        return super().kill_pod(zone, service)  # no undo: the Deployment replaces the pods, so no ledger entry
+
+    @_serialized
+    def set_pod_unready(self, zone: str, service: str) -> list[str]:
+        self._fence("set_pod_unready", zone, service=service)
+        self.ledger.add(primitive="set_pod_unready", zone=zone, service=service, context=self.context)
+        return super().set_pod_unready(zone, service)
+
+    @_serialized
+    def set_pod_ready(self, zone: str, service: str) -> list[str]:
+        names = super().set_pod_ready(zone, service)
+        self.ledger.take(lambda e: e.get("primitive") == "set_pod_unready" and (e.get("zone"), e.get("service"))
+                         == (zone, service))  # fmt: skip
+        return names
+
+    def _take_nodes(self, primitive: str, zone: str, nodes: Sequence[str]) -> None:
+        """Ledger first: the nodes this fault will cordon (not those already cordoned: they stay as found)."""
+        already = {n.name for n in self.cluster.node_infos() if n.unschedulable}
+        self.ledger.add(primitive=primitive, zone=zone, nodes=[n for n in nodes if n not in already],
+                        context=self.context)  # fmt: skip
+
+    @_serialized
     def kill_node(self, node: str) -> None:
-        self._require_destructive(f"kill_node {node}")
+        zone = self.cluster.nodes().get(node, "")
+        self._fence("kill_node", zone, node=node)
+        self._take_nodes("kill_node", zone, [node])
         self.cluster.drain(node)
 
+    @_serialized
     def restore_node(self, node: str) -> None:
-        self.cluster.uncordon(node)
+        """Uncordon `node` if the harness cordoned it (the ledger says so); leave anyone else's cordon alone."""
+        mine: list[bool] = []
 
+        def drop(entries: list[dict[str, Any]]) -> None:
+            for e in entries:
+                if node in (e.get("nodes") or []):
+                    mine.append(True)
+                    e["nodes"] = [n for n in e["nodes"] if n != node]
+            entries[:] = [
+                e for e in entries if e.get("primitive") not in ("kill_node", "zone_outage") or e.get("nodes")
+            ]
+
+        self.ledger.update(drop)
+        if mine:
+            self.cluster.uncordon(node)
+        elif any(n.name == node and n.unschedulable for n in self.cluster.node_infos()):
+            self.progress(f"{node}: cordoned, but not by the harness: left as it is")
+
+    @_serialized
     def zone_outage(self, zone: str) -> None:
         self._require_destructive(f"zone_outage {zone}")
         nodes = self._zone_nodes(zone)
+        self._fence("zone_outage", zone)
+        self._take_nodes("zone_outage", zone, nodes)
         for n in nodes:
             self.cluster.cordon(n)  # all first: killed pods must not land on a sibling node
         for n in nodes:
             self.cluster.drain(n)
 
+    @_serialized
     def restore_zone(self, zone: str) -> None:
         for n in self._zone_nodes(zone):
-            self.cluster.uncordon(n)
+            self.restore_node(n)
 
     def _zone_namespace(self, zone: str) -> str:
         namespaces = {
@@ -671,12 +939,15 @@ class ExistingBackend(KubeBackend):
             )
         return namespaces.pop()
 
+    @_serialized
     def partition_zone(self, zone: str) -> None:
         self._require_destructive(f"partition_zone {zone}")
         if not self.manifests().topology.zone(zone).is_edge:
             raise BackendError(f"partition_zone: {zone} is not an edge zone (only edge zones have a service link)")
         self.require_capability("partition_zone")
         ns = self._zone_namespace(zone)
+        self._fence("partition_zone", zone)
+        self.ledger.add(primitive="partition_zone", zone=zone, namespace=ns, context=self.context)
         self.cluster.apply_one(
             {
                 "apiVersion": "networking.k8s.io/v1",
@@ -694,11 +965,42 @@ class ExistingBackend(KubeBackend):
             }
         )
 
+    @_serialized
     def heal_zone(self, zone: str) -> None:
         self.cluster.delete("networking.k8s.io/v1", "NetworkPolicy", self._zone_namespace(zone), PARTITION_POLICY)
+        self.ledger.take(lambda e: e.get("primitive") == "partition_zone" and e.get("zone") == zone)
 
     def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
         self.require_capability("set_link")
 
     def clear_link(self, zone: str) -> None:
         """Nothing to undo: this backend never changes a service link (safe as a rollback)."""
+
+
+def _first(items: Sequence[str], n: int = 5) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def _fault_text(e: Mapping[str, Any]) -> str:
+    what = e.get("nodes") or e.get("service") or e.get("namespace") or ""
+    if isinstance(what, list):
+        what = ", ".join(map(str, what))
+    return f"{e.get('primitive')} {e.get('zone')}" + (f" ({what})" if what else "") + f" [pid {e.get('pid')}]"
+
+
+def interrupt_chaos_process() -> None:
+    """After the kill switch rolled everything back: stop the experiment in this process.
+
+    Under `chaos run`, chaostoolkit handles SIGUSR1 as "exit gracefully": the
+    current action is interrupted and the rollbacks run (idempotent, and the
+    ledger is empty by then). Without such a handler (a library caller), the
+    main thread gets a KeyboardInterrupt instead, like a Ctrl-C.
+    """
+    handler = signal.getsignal(signal.SIGUSR1)
+    if callable(handler):
+        os.kill(os.getpid(), signal.SIGUSR1)
+    else:
+        import _thread
+
+        _thread.interrupt_main()

@@ -265,6 +265,12 @@ def _empty(con: DuckDBPyConnection, table: str, columns: dict[str, str], filenam
     con.execute(f"CREATE TABLE {table} ({cols}{', filename VARCHAR' if filename else ''})")
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
 def _strict_ok(con: DuckDBPyConnection, path: Path, columns: dict[str, str], valid_sql: str) -> bool:
     """The file reads strictly and every record in it is valid."""
     import duckdb
@@ -336,7 +342,13 @@ def load_jsonl(
         _empty(con, table, columns, filename)
         return []
     names = ", ".join(f'"{k}"' for k in columns) + (", filename" if filename else "")
+    # A file whose last line has no newline was cut while being written. DuckDB's multi-file scan
+    # (CREATE TABLE AS SELECT, 2.0) drops such a torn last object silently instead of raising, so
+    # those files take the slow path, where the line is named.
+    torn = [f for f in present if not _ends_with_newline(f)]
     try:
+        if torn:
+            raise duckdb.Error("torn last line")
         con.execute(f"CREATE TABLE {table} AS SELECT {names} FROM {read_json_sql(present, columns, filename=True)}")
         row = con.execute(f"SELECT count(*) FILTER (WHERE NOT ({valid_sql})) FROM {table}").fetchone()
         if row is not None and int(row[0]) == 0:
@@ -345,7 +357,7 @@ def load_jsonl(
     except duckdb.Error:
         con.execute(f"DROP TABLE IF EXISTS {table}")
     # Slow path, only for the files that are not clean.
-    good = [f for f in present if _strict_ok(con, f, columns, valid_sql)]
+    good = [f for f in present if f not in torn and _strict_ok(con, f, columns, valid_sql)]
     dirty = [f for f in present if f not in good]
     skipped: list[SkippedLine] = []
     tmp = Path(tempfile.mkdtemp(prefix="eh-records-"))

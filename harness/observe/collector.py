@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import IO
 
 from harness.columnar import COMPACT_EVERY_S, compact_all
-from harness.contract.logsource import LogSource
+from harness.contract.logsource import IDLE_CLOSE_S, FileLogSource, LogSource
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class AccessLogCollector:
         sources: Callable[[], list[LogSource]],
         out_dir: Path,
         interval_s: float = 0.2,
+        idle_close_s: float = IDLE_CLOSE_S,
         *,
         compact_run_dir: Path | None = None,
         compact_every_s: float = COMPACT_EVERY_S,
@@ -71,6 +72,8 @@ class AccessLogCollector:
         self._sources = sources
         self.out_dir = Path(out_dir)
         self.interval_s = interval_s
+        self.idle_close_s = idle_close_s
+        self._last_line: dict[str, float] = {}
         # Keep the run's records columnar as they come (harness.columnar): a long run's verdict then
         # reads Parquet segments instead of parsing gigabytes of JSON when the run ends.
         self.compact_run_dir = Path(compact_run_dir) if compact_run_dir is not None else None
@@ -105,8 +108,13 @@ class AccessLogCollector:
                     fh = self._files[src.pod] = (self.out_dir / pod_file_name(src.pod)).open("a", encoding="utf-8")
                 fh.write(line.rstrip("\r\n") + "\n")
                 n += 1
+            now = time.monotonic()
             if fh is not None and n:
                 fh.flush()  # on disk now: a crash of the harness must not lose what the pod said
+                self._last_line[src.pod] = now
+            elif fh is not None and now - self._last_line.get(src.pod, now) >= self.idle_close_s:
+                fh.close()  # idle (its pod is likely gone): reopened in append mode if it speaks again
+                del self._files[src.pod]
             total += n
         self.lines_written += total
         return total
@@ -157,6 +165,9 @@ class AccessLogCollector:
         for fh in self._files.values():
             fh.close()
         self._files.clear()
+        for src in self._known.values():
+            if isinstance(src, FileLogSource):  # made per call by the backend: the collector is its only holder
+                src.close()
         self.check()
         self.compact()  # everything collected is columnar now: the verdict reads no JSON
 

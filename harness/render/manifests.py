@@ -93,6 +93,25 @@ def _load_mapping(path: Path, label: str) -> dict[str, Any]:
     return data
 
 
+KNOWN_KINDS: dict[str, frozenset[str]] = {
+    "v1": frozenset({"Namespace", "Service", "ServiceAccount", "ConfigMap", "Secret", "Pod", "Endpoints",
+                     "PersistentVolumeClaim", "LimitRange", "ResourceQuota"}),
+    "apps/v1": frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}),
+    "batch/v1": frozenset({"Job", "CronJob"}),
+    "networking.k8s.io/v1": frozenset({"Ingress", "IngressClass", "NetworkPolicy"}),
+    "policy/v1": frozenset({"PodDisruptionBudget"}),
+    "autoscaling/v2": frozenset({"HorizontalPodAutoscaler"}),
+    "rbac.authorization.k8s.io/v1": frozenset({"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}),
+    "consul.hashicorp.com/v1alpha1": frozenset({
+        "ProxyDefaults", "ServiceDefaults", "ServiceResolver", "ServiceRouter", "ServiceSplitter",
+        "ServiceIntentions", "Mesh", "ExportedServices", "IngressGateway", "TerminatingGateway", "SamenessGroup",
+        "JWTProvider", "ControlPlaneRequestLimit", "RouteAuthFilter", "GatewayPolicy",
+    }),
+}  # fmt: skip
+"""Kinds a rendered directory may hold. Anything else (a typo, a CRD the cluster may not serve) is refused at
+load, before a backend applies half the directory and fails at the API server on the rest."""
+
+
 def _check_object(doc: Any, label: str, index: int) -> dict[str, Any]:
     where = f"documents[{index}]"
     if not isinstance(doc, dict):
@@ -100,6 +119,12 @@ def _check_object(doc: Any, label: str, index: int) -> dict[str, Any]:
     for key in ("apiVersion", "kind"):
         if not isinstance(doc.get(key), str) or not doc[key]:
             raise InputError(label, f"{where}.{key}", "required (a non-empty string)")
+    if doc["kind"] not in KNOWN_KINDS.get(doc["apiVersion"], frozenset()):
+        versions = sorted(v for v, kinds in KNOWN_KINDS.items() if doc["kind"] in kinds)
+        hint = f" (it is {' or '.join(versions)})" if versions else ""
+        raise InputError(
+            label, f"{where}.kind", f"{doc['kind']} in {doc['apiVersion']} is not a kind the harness knows{hint}"
+        )
     meta = doc.get("metadata")
     if not isinstance(meta, dict):
         raise InputError(label, f"{where}.metadata", "required (a mapping with name)")

@@ -80,11 +80,22 @@ class RequestRecorder:
         return cls(path, default_zone=env.get(ZONE_ENV) or DEFAULT_ZONE)
 
     def attach(self, environment: Any) -> None:
-        """Listen to `environment.events.request`; close the file on ``quitting``."""
+        """Listen to `environment.events.request`; close the file on ``quit``.
+
+        Not on ``quitting``: locust fires that *before* it stops the users
+        (`main.shutdown`: quitting, then `runner.quit()`), so the requests that
+        complete in between were answered by the shop and counted in locust's
+        stats but dropped here (19 records for 20 answers). ``quit`` fires after
+        every user stopped; a process that never fires it closes the file at exit.
+        """
         environment.events.request.add_listener(self.on_request)
-        environment.events.quitting.add_listener(self._on_quitting)
+        environment.events.quit.add_listener(self._on_quit)
+
+    def _on_quit(self, **_kwargs: Any) -> None:
+        self.close()
 
     def _on_quitting(self, **_kwargs: Any) -> None:
+        """`ForwardingRecorder` (a distributed worker) still closes on ``quitting``: see its `attach`."""
         self.close()
 
     def on_request(

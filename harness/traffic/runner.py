@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,6 +160,19 @@ def locust_command(
     return cmd
 
 
+def _dies_with_parent(cmd: list[str]) -> list[str]:
+    """`cmd` run so that it gets SIGTERM when the harness dies without stopping it (kill -9, OOM).
+
+    Locust runs in its own session (a terminal's Ctrl-C reaches only the
+    harness, which stops it in order), so nothing else would ever stop it: an
+    e2e's traffic is bounded at hours. `setpriv --pdeathsig` (util-linux) sets
+    the parent-death signal and execs locust; without setpriv the command is
+    run as it is.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else cmd
+
+
 class TrafficRunner:
     """Locust in the background while something else (chaos) runs.
 
@@ -260,7 +274,7 @@ class TrafficRunner:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(cmd)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                cmd,
+                _dies_with_parent(cmd),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

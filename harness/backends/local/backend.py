@@ -44,6 +44,7 @@ from harness.render.manifests import Manifests
 
 DEFAULT_STATE_ROOT = Path(os.environ.get("EH_STATE_ROOT", "/run/edge-harness"))
 UP_TIMEOUT_S = 120.0
+ABORT_WAIT_S = 30.0  # a daemon aborting its start tears down what exists; then the state file
 
 
 def requirements() -> tuple[bool, str]:
@@ -110,10 +111,25 @@ class LocalBackend(Backend):
         return body.get("result")
 
     def is_up(self) -> bool:
-        return self._phase().get("phase") == "ready" and (self.state_dir / "api.sock").exists()
+        """Ready, serving its API, and its daemon still alive (a SIGKILLed daemon leaves "ready" and the socket)."""
+        return (
+            self._phase().get("phase") == "ready"
+            and (self.state_dir / "api.sock").exists()
+            and self._daemon_pid() is not None
+        )
 
     # -- protocol ----------------------------------------------------------------
     def up(self, manifests: Manifests, progress: ProgressFn | None = None) -> None:
+        """Start the cluster daemon and wait until it is ready.
+
+        What an earlier run left (a crashed `harness up`, a killed daemon) is
+        removed first and named in one line. Interrupted (Ctrl-C, SIGTERM,
+        SIGHUP: `harness.interrupt` raises in the main thread) or failed, it
+        stops the daemon at once (SIGTERM aborts its start wherever it is) and
+        removes everything the state file records before re-raising: nothing
+        of the cluster is left, and a second signal is deferred by the caller's
+        `handle_signals` while that runs.
+        """
         from harness.backends.local.cluster import validate
 
         ok, why = requirements()
@@ -122,65 +138,128 @@ class LocalBackend(Backend):
         validate(manifests)  # InputError before anything starts
         if self.is_up():
             raise BackendError(f"local cluster {self.cluster!r} is already up (harness down first)")
-        self.down()  # leftovers of a crashed run
+        say = progress or (lambda _m: None)
+        left = self.clear_leftovers()
+        if left:
+            say(left)
         # a fresh cluster starts with fresh records: pod names repeat across clusters, and an access
         # log appended to a previous cluster's file would mix two runs (the run directory keeps copies)
         shutil.rmtree(self.state_dir, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "manifests.path").write_text(str(Path(manifests.root).resolve()))
-        say = progress or (lambda _m: None)
-        log = (self.state_dir / "daemon.out").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.backends.local.daemon", "--manifests", str(manifests.root),
-             "--state-dir", str(self.state_dir), "--cluster", self.cluster],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        (self.state_dir / "daemon.pid").write_text(str(proc.pid))
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            (self.state_dir / "manifests.path").write_text(str(Path(manifests.root).resolve()))
+            from harness.backends.local.state import proc_starttime
+
+            owner = f"{os.getpid()}:{proc_starttime(os.getpid())}"
+            with (self.state_dir / "daemon.out").open("ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "harness.backends.local.daemon", "--manifests", str(manifests.root),
+                     "--state-dir", str(self.state_dir), "--cluster", self.cluster, "--owner", owner],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+            (self.state_dir / "daemon.pid").write_text(str(proc.pid))
+            self._wait_ready(proc, say)
+        except BaseException:
+            self._abort_up(proc)
+            raise
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], say: ProgressFn) -> None:
         deadline = time.time() + UP_TIMEOUT_S
         last = ""
-        try:
-            while True:
-                ph = self._phase()
-                if ph.get("message") and ph.get("message") != last:
-                    last = ph["message"]
-                    say(last)
-                if ph.get("phase") == "ready":
-                    return
-                if ph.get("phase") in ("failed", "stopped") or proc.poll() is not None:
-                    proc.wait(timeout=30)
-                    raise BackendError(
-                        f"local cluster failed to start: {ph.get('message', 'daemon exited')} "
-                        f"(log: {self.state_dir}/daemon.log)"
-                    )
-                if time.time() > deadline:
-                    raise BackendError(
-                        f"local cluster not up after {UP_TIMEOUT_S:.0f} s (log: {self.state_dir}/daemon.log)"
-                    )
-                time.sleep(0.1)
-        except BaseException:
-            self.down()
-            raise
+        while True:
+            ph = self._phase()
+            if ph.get("message") and ph.get("message") != last:
+                last = ph["message"]
+                say(last)
+            if ph.get("phase") == "ready":
+                return
+            if ph.get("phase") in ("failed", "stopped") or proc.poll() is not None:
+                proc.wait(timeout=30)
+                raise BackendError(
+                    f"local cluster failed to start: {ph.get('message', 'daemon exited')} "
+                    f"(log: {self.state_dir}/daemon.log)"
+                )
+            if time.time() > deadline:
+                raise BackendError(
+                    f"local cluster not up after {UP_TIMEOUT_S:.0f} s (log: {self.state_dir}/daemon.log)"
+                )
+            time.sleep(0.05)
+
+    def _abort_up(self, proc: subprocess.Popen[bytes] | None) -> None:
+        """Undo a bring-up that did not finish: the daemon tears down what it made, the state file the rest.
+
+        The daemon aborts its start on SIGTERM (it is not serving its API yet,
+        so `/shutdown` cannot reach it); what it could not remove in time, or
+        what a daemon killed half-way left, `down` removes from the state file.
+        """
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=ABORT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        self.down()
+
+    def clear_leftovers(self) -> str:
+        """Remove what a crashed run of this cluster left; one line saying what, or "" when nothing was left.
+
+        A daemon still running (ready, or starting for a `harness up` that is
+        gone) is stopped like `down` does; then everything the state file
+        records, and namespaces or temporary directories named after this
+        cluster that no state file records any more.
+        """
+        from harness.backends.local.state import sweep
+
+        pid = self._daemon_pid()
+        stopped = 0
+        if pid is not None:
+            self._stop_daemon(pid)
+            stopped = 1
+        report = sweep(self.cluster, self.state_dir / "state.json")
+        if report.errors:
+            raise BackendError(
+                f"local cluster {self.cluster!r}: what an earlier run left could not all be removed: "
+                f"{'; '.join(report.errors)}"
+            )
+        what = report.summary(daemons=stopped)
+        if not what:
+            return ""
+        return f"removed what an earlier run of cluster {self.cluster!r} left: {what}"
 
     def down(self) -> None:
         from harness.backends.local.state import cleanup
 
         pid = self._daemon_pid()
         if pid is not None:
-            with contextlib.suppress(BackendError, httpx.HTTPError), self._client() as c:
-                c.post("/shutdown", timeout=5)
-            if not _wait_gone(pid, 30):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-                if not _wait_gone(pid, 15):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+            self._stop_daemon(pid)
         report = cleanup(self.state_dir / "state.json")
         if report.errors:
             # keep the state file: a second `down` retries exactly what is left
             raise BackendError(f"local cluster {self.cluster!r}: cleanup incomplete: {'; '.join(report.errors)}")
         # Records a run needs were copied into its run directory (e2e, `harness traffic`) before this.
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _stop_daemon(self, pid: int) -> None:
+        """Ask the daemon to tear down (its API when it serves one, else SIGTERM), then make sure it is gone."""
+        asked = False
+        if (self.state_dir / "api.sock").exists():
+            with contextlib.suppress(BackendError, httpx.HTTPError), self._client() as c:
+                c.post("/shutdown", timeout=5)
+                asked = True
+        if not asked:  # still starting (or its API is gone): SIGTERM aborts the start wherever it is
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid, 30):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            if not _wait_gone(pid, 15):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid, 5)
 
     def _daemon_pid(self) -> int | None:
         """The daemon's PID if it is still the process we started (checked by its cmdline)."""
@@ -342,5 +421,5 @@ def _wait_gone(pid: int, timeout: float) -> bool:
         with contextlib.suppress(ChildProcessError):
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return True
-        time.sleep(0.1)
+        time.sleep(0.02)
     return False

@@ -19,6 +19,7 @@ import signal
 import socketserver
 import sys
 import threading
+import time
 import traceback
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
@@ -140,11 +141,64 @@ def _handler(cluster: Any, shutdown: threading.Event) -> type[BaseHTTPRequestHan
     return Handler
 
 
+class StartAborted(BaseException):
+    """A signal (or the death of the `harness up` that asked for the cluster) while the cluster was starting.
+
+    Raised in the main thread wherever the start is (creating the network,
+    waiting for a pod's processes, waiting for readiness), so the daemon stops
+    at once and tears down what exists so far instead of finishing a bring-up
+    nobody wants any more. A BaseException: no `except Exception` on the way
+    swallows it.
+    """
+
+
+class _Signals:
+    """The daemon's signal policy: abort a start in progress, ask a running cluster to shut down.
+
+    Once the cluster is ready (or the teardown has begun) a signal only sets
+    `shutdown`: the teardown itself is never cut in half (a half-removed
+    cluster is what `harness down` would then have to finish).
+    """
+
+    def __init__(self) -> None:
+        self.shutdown = threading.Event()
+        self.starting = True
+        self.reason = ""
+        self.orphaned = False  # the `harness up` waiting for the start is gone: nobody will run `down`
+
+    def handler(self, signum: int, _frame: Any) -> None:
+        self.shutdown.set()
+        if self.starting:
+            self.starting = False  # raise once: the teardown that follows must run to its end
+            self.reason = signal.Signals(signum).name
+            raise StartAborted(self.reason)
+
+
+def _watch_owner(owner: int, owner_start: int, signals: _Signals) -> None:
+    """Abort the start when the `harness up` that asked for it is gone (killed: SIGKILL leaves no cleanup).
+
+    A cluster nobody was told is up would otherwise stay up unseen; once the
+    daemon is ready it belongs to the user (`harness down`), not to the
+    process that started it.
+    """
+    from harness.backends.local.state import ProcessRecord, process_alive
+
+    rec = ProcessRecord(pid=owner, starttime=owner_start, cmdline="")
+    while signals.starting:
+        if not process_alive(rec):
+            logging.warning("harness up (pid %d) is gone before the cluster was ready: tearing down", owner)
+            signals.orphaned = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        time.sleep(0.2)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="harness-local-daemon")
     ap.add_argument("--manifests", required=True, type=Path)
     ap.add_argument("--state-dir", required=True, type=Path)
     ap.add_argument("--cluster", default="eh")
+    ap.add_argument("--owner", default="", help="PID:STARTTIME of the `harness up` waiting for this cluster")
     args = ap.parse_args(argv)
     state_dir: Path = args.state_dir
     logging.basicConfig(
@@ -152,9 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=[logging.FileHandler(state_dir / "daemon.log")],
     )
-    shutdown = threading.Event()
+    signals = _Signals()
+    shutdown = signals.shutdown
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: shutdown.set())
+        signal.signal(sig, signals.handler)
+    if args.owner:
+        pid, _, start = args.owner.partition(":")
+        threading.Thread(target=_watch_owner, args=(int(pid), int(start), signals), name="owner", daemon=True).start()
 
     from harness.backends.local.cluster import LocalCluster
     from harness.render.manifests import load
@@ -162,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = None
     server = None
     consul = None
+    rc = 0
     try:
         write_phase(state_dir, phase="starting", message="reading manifests")
         cluster = LocalCluster(load(args.manifests), state_dir, args.cluster)
@@ -179,16 +238,26 @@ def main(argv: list[str] | None = None) -> int:
         from harness.backends.local.consul_api import ClusterView, ConsulApiServer
 
         consul = ConsulApiServer(ClusterView(cluster)).start()
+        signals.starting = False  # from here on a signal asks for a shutdown; it no longer interrupts
+        if shutdown.is_set():  # a signal came in between: the start was already over
+            raise StartAborted(signals.reason or "signal")
         write_phase(state_dir, phase="ready", message="cluster is up", socket=str(sock), consul_api=consul.url)
         while not shutdown.wait(0.5):
             if cluster.error is not None:
                 logging.error("control loop failed: %r", cluster.error)
                 write_phase(state_dir, phase="failed", message=f"control loop failed: {cluster.error!r}")
                 break
+    except StartAborted as exc:
+        signals.starting = False
+        logging.warning("start aborted (%s): tearing down what was created", exc)
+        write_phase(state_dir, phase="aborting", message=f"start aborted ({exc}): tearing down")
+        rc = 128 + 15
     except HarnessError as exc:
+        signals.starting = False
         write_phase(state_dir, phase="failed", message=str(exc))
         return 2
     except BaseException as exc:
+        signals.starting = False
         logging.error("daemon failed: %s", traceback.format_exc())
         write_phase(state_dir, phase="failed", message=f"{exc.__class__.__name__}: {exc}")
         return 1
@@ -200,9 +269,31 @@ def main(argv: list[str] | None = None) -> int:
             server.server_close()
         if cluster is not None:
             write_phase(state_dir, phase="stopping", message="tearing down")
+            t0 = time.monotonic()
             cluster.stop()
+            logging.info("torn down in %.2f s", time.monotonic() - t0)
             write_phase(state_dir, phase="stopped", message="torn down")
-    return 0
+        if signals.orphaned:
+            _remove_state(state_dir)
+    return rc
+
+
+def _remove_state(state_dir: Path) -> None:
+    """What `harness down` would do after the daemon: the state file's leftovers, then the state directory.
+
+    Only for a start whose `harness up` died: nobody else will. Kept when
+    something could not be removed, so the next `up` or `down` retries it.
+    """
+    import shutil
+
+    from harness.backends.local.state import cleanup
+
+    report = cleanup(state_dir / "state.json")
+    if report.errors:
+        logging.error("left for the next up/down: %s", "; ".join(report.errors))
+        return
+    logging.shutdown()
+    shutil.rmtree(state_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

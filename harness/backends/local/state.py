@@ -302,6 +302,33 @@ class CleanupReport:
     netns_deleted: list[str] = field(default_factory=list)
     dirs_deleted: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    nft_deleted: list[str] = field(default_factory=list)
+    state_file: bool = False  # a state file was found (and removed when nothing failed)
+
+    def merge(self, other: CleanupReport) -> None:
+        self.killed += other.killed
+        self.netns_deleted += other.netns_deleted
+        self.dirs_deleted += other.dirs_deleted
+        self.errors += other.errors
+        self.nft_deleted += other.nft_deleted
+        self.state_file = self.state_file or other.state_file
+
+    def summary(self, daemons: int = 0) -> str:
+        """What was removed, in a few words ("" when nothing was): for the one line `up` prints."""
+        parts = []
+        if daemons:
+            parts.append(f"{daemons} daemon")
+        if self.killed:
+            parts.append(f"{len(self.killed)} process{'es' if len(self.killed) != 1 else ''}")
+        if self.netns_deleted:
+            parts.append(f"{len(self.netns_deleted)} network namespace{'s' if len(self.netns_deleted) != 1 else ''}")
+        if self.nft_deleted:
+            parts.append(f"nft table{'s' if len(self.nft_deleted) != 1 else ''} {', '.join(self.nft_deleted)}")
+        if self.dirs_deleted:
+            parts.append(f"{len(self.dirs_deleted)} director{'ies' if len(self.dirs_deleted) != 1 else 'y'}")
+        if self.state_file and not parts:
+            parts.append("a state file")
+        return ", ".join(parts)
 
 
 def cleanup(path: str | Path, grace_s: float = 3.0) -> CleanupReport:
@@ -320,6 +347,7 @@ def cleanup(path: str | Path, grace_s: float = 3.0) -> CleanupReport:
     report = CleanupReport()
     if not p.exists():
         return report
+    report.state_file = True
     data = _load(p)
     recorded = [r for r in data.processes if process_alive(r)]
     terminate(recorded, grace_s)
@@ -338,6 +366,7 @@ def cleanup(path: str | Path, grace_s: float = 3.0) -> CleanupReport:
     for t in data.nft:
         if nsutil.ns_exists(t["netns"]):
             nsutil.run(nsutil.exec_argv(t["netns"], ["nft", "delete", "table", t["family"], t["table"]]), check=False)
+            report.nft_deleted.append(f"{t['family']} {t['table']}")
     # pods (created later) first, the hub (first recorded) last
     for ns in reversed(data.netns):
         if not nsutil.ns_exists(ns):
@@ -359,4 +388,75 @@ def cleanup(path: str | Path, grace_s: float = 3.0) -> CleanupReport:
         report.errors.append(f"processes still running: {still}")
     if not report.errors:
         p.unlink(missing_ok=True)
+    return report
+
+
+def cluster_netns(cluster: str) -> list[str]:
+    """Network namespaces named like this cluster's (`<cluster>-hub`, `<cluster>-p<N>`): pods first, hub last."""
+    import re
+
+    names = nsutil.list_netns()
+    pods = sorted(
+        (n for n in names if re.fullmatch(rf"{re.escape(cluster)}-p\d+", n)), key=lambda n: int(n.rsplit("p", 1)[1])
+    )
+    return pods + [n for n in names if n == f"{cluster}-hub"]
+
+
+def cluster_tempdirs(cluster: str) -> list[Path]:
+    """Temporary directories the cluster's network made (`net.Network`: eh-<cluster>-net-*)."""
+    import tempfile
+
+    return sorted(Path(tempfile.gettempdir()).glob(f"eh-{cluster}-net-*"))
+
+
+def sweep(cluster: str, path: str | Path, grace_s: float = 3.0) -> CleanupReport:
+    """`cleanup(path)`, then whatever is named like `cluster`'s but no state file records any more.
+
+    A state file can be lost (its directory removed by hand, a crash before
+    the first write reached the disk); the names are the cluster's own
+    (`<cluster>-hub`, `<cluster>-p<N>`, `eh-<cluster>-net-*`), so what carries
+    them is this cluster's: the processes inside those namespaces are stopped,
+    the namespaces (and the nft table inside the hub) deleted, the directories
+    removed. Call it only when no daemon of the cluster runs.
+    """
+    try:
+        report = cleanup(path, grace_s)
+    except ValueError:  # not a state file (or not JSON): what it named is found by name below
+        report = CleanupReport(state_file=True)
+        Path(path).unlink(missing_ok=True)
+    if report.errors:
+        return report
+    stray: list[ProcessRecord] = []
+    names = cluster_netns(cluster)
+    for ns in names:
+        for pid in nsutil.ns_pids(ns):
+            if pid != os.getpid():
+                rec = record_process(pid, f"in {ns}")
+                if rec.starttime >= 0:
+                    stray.append(rec)
+    terminate(stray, grace_s)
+    report.killed.extend(r.pid for r in stray)
+    for ns in names:
+        if not nsutil.ns_exists(ns):
+            continue
+        listed = ns == f"{cluster}-hub" and nsutil.run(
+            nsutil.exec_argv(ns, ["nft", "list", "table", "inet", cluster]), check=False
+        )
+        if listed:
+            nsutil.run(nsutil.exec_argv(ns, ["nft", "delete", "table", "inet", cluster]), check=False)
+            report.nft_deleted.append(f"inet {cluster}")
+        try:
+            nsutil.run(["ip", "netns", "del", ns])
+            report.netns_deleted.append(ns)
+        except Exception as exc:  # keep going: remove as much as possible
+            report.errors.append(str(exc))
+    for d in cluster_tempdirs(cluster):
+        shutil.rmtree(d, ignore_errors=True)
+        if d.exists():
+            report.errors.append(f"{d}: could not be removed")
+        else:
+            report.dirs_deleted.append(str(d))
+    still = [r.pid for r in stray if process_alive(r)]
+    if still:
+        report.errors.append(f"processes still running: {still}")
     return report

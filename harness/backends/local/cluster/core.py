@@ -21,7 +21,9 @@ import contextlib
 import http.client
 import itertools
 import json
+import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -159,14 +161,21 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
         self.stop_event.set()
         if self._loop is not None:
             self._loop.join(timeout=5)
+        # pods being created (a start aborted half-way) stop at their next process (`_spawn`): wait for
+        # them, so none is spawned after the kill below
+        self.pool.shutdown(wait=True, cancel_futures=True)
         with self.lock:
             pods = list(self.pods.values())
+        for p in pods:  # every process group killed first, then waited for: not one pod after another
+            for proc in p.procs.values():
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
         for p in pods:
             self._kill_processes(p)
         for relay in self.entries.values():
             with contextlib.suppress(Exception):
                 relay.stop()
-        self.pool.shutdown(wait=False, cancel_futures=True)
         if self.probe_pool is not None:
             self.probe_pool.shutdown()
         if self.access is not None:

@@ -33,7 +33,7 @@ from harness.backends.local.sched import (
 )
 from harness.backends.local.sidecar import Sidecar, parse_upstreams
 from harness.contract.inventory import PodInfo
-from harness.errors import InputError
+from harness.errors import BackendError, InputError
 
 
 class PodLifecycle(ClusterBase):
@@ -159,6 +159,8 @@ class PodLifecycle(ClusterBase):
         return out
 
     def _spawn(self, argv: list[str], env: dict[str, str], logfile: Path, what: str) -> subprocess.Popen[bytes]:
+        if self.stop_event.is_set():  # a stop (an aborted start) is waiting for this pod: start nothing more
+            raise BackendError(f"{what}: not started, the cluster is stopping")
         with logfile.open("ab") as fh:
             proc = subprocess.Popen(
                 argv, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True

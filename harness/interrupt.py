@@ -1,0 +1,80 @@
+"""Stopping on a signal the way a user expects: at once, cleaning up, and never half-way through the cleanup.
+
+`harness` commands (and the pytest plugin's session) run inside
+`handle_signals()`. SIGINT (Ctrl-C: to the whole process group from a
+terminal, or to the harness process alone), SIGTERM (CI cancelling a job,
+`timeout`, systemd) and SIGHUP (the terminal went away) all raise
+`Interrupted`, a `KeyboardInterrupt`, in the main thread: every `finally`
+and `except BaseException` on the way out runs (traffic stopped, chaos
+rolled back, the cluster taken down, `run.json` marked), and the command
+exits 128 + the signal number (130 for Ctrl-C).
+
+While that cleanup runs, a second signal does not interrupt it (a cleanup
+cut in half is exactly what leaves a cluster that is neither up nor down): it
+is reported and deferred. A third one gives up the cleanup (the user insists;
+`harness down` finishes what is left, from the state the backend wrote).
+Child processes run in their own sessions, so a terminal's Ctrl-C reaches
+only the harness, which stops them in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal asked the harness to stop; `exit_code` is what the command exits with."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def handle_signals(say: Callable[[str], None] = lambda _m: None) -> Iterator[list[int]]:
+    """Within the block, SIGINT/SIGTERM/SIGHUP raise `Interrupted` once; later ones are deferred, then final.
+
+    Yields the list of signals received (in order). Outside the main thread
+    (where Python cannot install handlers) it does nothing. The previous
+    handlers are restored on exit, so an in-process caller (a test) keeps its own.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        name = signal.Signals(signum).name
+        if len(received) == 1:
+            raise Interrupted(signum)
+        if len(received) == 2:
+            say(
+                f"{name} again: still cleaning up (stopping now would leave things half-removed); "
+                "send it once more to leave at once, then `harness down` removes what is left"
+            )
+            return
+        raise Interrupted(signum)
+
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,123 @@
+"""`harness.interrupt`: SIGINT, SIGTERM and SIGHUP stop a command at once and run its cleanup to the end.
+
+A child Python process stands in for a harness command: it waits, and its
+`finally` (the cleanup) takes a second. The signal arrives while it waits,
+to the process alone or to its whole process group (as a terminal's Ctrl-C);
+a second one arrives during the cleanup and must not cut it short; a third
+one leaves at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNIPPET = """
+import sys, time
+from harness.interrupt import Interrupted, handle_signals
+try:
+    with handle_signals(lambda m: print("say:", m, flush=True)):
+        try:
+            print("ready", flush=True)
+            time.sleep(60)
+        finally:
+            print("cleanup start", flush=True)
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:  # a cleanup made of many steps (sleep is interruptible too)
+                time.sleep(0.05)
+            print("cleanup done", flush=True)
+except Interrupted as exc:
+    print("exit", exc.exit_code, flush=True)
+    sys.exit(exc.exit_code)
+"""
+
+
+def _start() -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SNIPPET], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.mark.parametrize(
+    ("sig", "group", "code"),
+    [
+        (signal.SIGINT, True, 130),  # Ctrl-C in a terminal: the whole process group
+        (signal.SIGINT, False, 130),
+        (signal.SIGTERM, False, 143),
+        (signal.SIGHUP, False, 129),
+    ],
+)
+def test_a_signal_stops_at_once_and_the_cleanup_runs(sig: int, group: bool, code: int) -> None:
+    proc = _start()
+    t0 = time.monotonic()
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == code, out
+    assert out.splitlines() == ["cleanup start", "cleanup done", f"exit {code}"]
+    assert time.monotonic() - t0 < 5  # the 60 s wait was cut short
+
+
+def test_a_second_signal_during_cleanup_is_deferred_a_third_leaves() -> None:
+    proc = _start()
+    assert proc.stdout is not None
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "cleanup start"
+    proc.send_signal(signal.SIGINT)
+    line = proc.stdout.readline()
+    assert line.startswith("say: SIGINT again: still cleaning up"), line
+    assert proc.stdout.readline().strip() == "cleanup done"
+    assert proc.wait(timeout=10) == 130
+
+    proc = _start()
+    assert proc.stdout is not None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline().strip() == "cleanup start"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline().startswith("say: SIGTERM again")
+    proc.send_signal(signal.SIGTERM)  # the third: leave now
+    out, _ = proc.communicate(timeout=10)
+    assert "cleanup done" not in out and proc.returncode == 143, out
+
+
+def test_handlers_are_restored_for_an_in_process_caller() -> None:
+    from harness.interrupt import handle_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    with handle_signals():
+        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_the_local_daemon_aborts_a_start_once_then_only_asks_for_a_shutdown() -> None:
+    """A signal while the cluster starts raises where the start is; during the teardown it only sets the event."""
+    from harness.backends.local.daemon import StartAborted, _Signals
+
+    s = _Signals()
+    with pytest.raises(StartAborted, match="SIGTERM"):
+        s.handler(signal.SIGTERM, None)
+    assert s.shutdown.is_set() and not s.starting
+    s.handler(signal.SIGINT, None)  # the teardown that follows is never cut in half
+    ready = _Signals()
+    ready.starting = False  # the cluster is up: a signal asks it to shut down
+    ready.handler(signal.SIGHUP, None)
+    assert ready.shutdown.is_set()
+
+
+def test_cleanup_report_names_what_was_left_in_a_few_words() -> None:
+    from harness.backends.local.state import CleanupReport
+
+    assert CleanupReport().summary() == ""
+    assert CleanupReport(state_file=True).summary() == "a state file"
+    r = CleanupReport(killed=[1, 2], netns_deleted=["x-hub"], dirs_deleted=["/a", "/b"], nft_deleted=["inet x"])
+    assert r.summary(daemons=1) == "1 daemon, 2 processes, 1 network namespace, nft table inet x, 2 directories"
