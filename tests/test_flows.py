@@ -26,9 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from harness.backends import BackendOptions
+from harness.contract.rundir import HOPS_PARQUET_FILE
 from harness.e2e import E2EOptions, run_e2e
 from tests import kubesim_tools
 from tests.conftest import REPO, wait_until
@@ -56,6 +58,15 @@ def tools(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     yield tmp_path / "argv.jsonl"
 
 
+def _hops(run_dir: Path) -> list[dict[str, Any]]:
+    """e2e's hop record (hops.parquet; hops.jsonl is only an export)."""
+    path = run_dir / HOPS_PARQUET_FILE
+    if not path.exists():
+        return []
+    rel = duckdb.sql(f"SELECT * FROM read_parquet('{path}')")
+    return [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
+
+
 def _check_records(run_dir: Path, killed_zone: str) -> dict[str, Any]:
     """What every Kubernetes-backend run directory must hold after pod and node chaos."""
     inv = _jsonl(run_dir / "inventory.jsonl")
@@ -72,7 +83,7 @@ def _check_records(run_dir: Path, killed_zone: str) -> dict[str, Any]:
         if e["event"] == "ready":
             assert e["ts"] >= added[e["pod"]]["ts"]
     # every hop is attributed: its upstream host is a pod the inventory held at that time
-    hops = _jsonl(run_dir / "hops.jsonl")
+    hops = _hops(run_dir)
     assert len(hops) > 100
     with_host = [h for h in hops if h["upstream_host"]]
     assert with_host and all(h["serving_pod"] for h in with_host), [h for h in with_host if not h["serving_pod"]][:3]
