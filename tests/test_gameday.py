@@ -27,7 +27,8 @@ from harness.backends.existing import ExistingBackend
 from harness.backends.fence import AllowList, load_allow_file
 from harness.backends.kube import KubeCluster
 from harness.errors import BackendError, InputError
-from tests.kubefake import FakeApiServer, rendered, wait_until
+from tests.conftest import wait_until
+from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import EKS_NODES, ENTRY, LAS, LAX, PHX, _cluster
 

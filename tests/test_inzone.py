@@ -41,7 +41,8 @@ from harness.traffic.inzone import (
     worker_objects,
 )
 from harness.traffic.runner import TrafficError, TrafficRunner, locust_command
-from tests.kubefake import FakeApiServer, wait_until
+from tests.conftest import wait_until
+from tests.kubefake import FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import EKS_NODES, NODE
 from tests.test_backend_kind import tools as tools  # the fake kind/docker/kubectl, re-exported for pytest
