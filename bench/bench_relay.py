@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_traffic import envoy_binary, envoy_config
+from keepalive import LOAD_SCRIPT
 
 from harness.backends.local import linkrelay
 
@@ -35,25 +36,6 @@ GOAL_RATIO = 0.8
 NS_C, NS_S = "ehrelay-c", "ehrelay-s"
 IP_C, IP_S = "10.251.0.1", "10.251.0.2"
 DIRECT, RELAYED, RELAY_PORT = 9002, 9001, 15000
-
-_LOAD = """
-import socket, sys, time
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-req = b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
-n, end = 0, time.monotonic() + float(sys.argv[3])
-while time.monotonic() < end:
-    s.sendall(req)
-    data = b""
-    while b"\\r\\n\\r\\n" not in data:
-        data += s.recv(65536)
-    head, _, body = data.partition(b"\\r\\n\\r\\n")
-    length = int([h.split(b":")[1] for h in head.split(b"\\r\\n") if h.lower().startswith(b"content-length")][0])
-    while len(body) < length:
-        body += s.recv(65536)
-    n += 1
-print(n / float(sys.argv[3]))
-"""
 
 
 def sh(*argv: str) -> None:
@@ -90,7 +72,7 @@ def cpu_s(pid: int) -> float:
 
 
 def rate(port: int, seconds: float) -> float:
-    out = subprocess.run(ns(NS_C, sys.executable, "-c", _LOAD, IP_S, str(port), str(seconds)),
+    out = subprocess.run(ns(NS_C, sys.executable, "-c", LOAD_SCRIPT, IP_S, str(port), str(seconds), "/"),
                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"load client failed: {out.stderr[-1500:]}")

@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from keepalive import LOAD_SCRIPT
 
 from harness.backends.local import LocalBackend, requirements
 from harness.render import render, write
@@ -24,30 +27,11 @@ from harness.topology import load_topology
 GOAL_UP_S = 15.0
 LAX = "us-west-2-lax-1a"
 
-# keep-alive GET /health for a fixed time from inside a pod's namespace; prints requests/s
-_LOAD = """
-import socket, sys, time
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-req = b"GET /health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
-n, end = 0, time.monotonic() + float(sys.argv[3])
-while time.monotonic() < end:
-    s.sendall(req)
-    data = b""
-    while b"\\r\\n\\r\\n" not in data:
-        data += s.recv(65536)
-    head, _, body = data.partition(b"\\r\\n\\r\\n")
-    length = int([h.split(b":")[1] for h in head.split(b"\\r\\n") if h.lower().startswith(b"content-length")][0])
-    while len(body) < length:
-        body += s.recv(65536)
-    n += 1
-print(n / float(sys.argv[3]))
-"""
-
 
 def _rate(ns: str, ip: str, port: int, seconds: float = 3.0) -> float:
-    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _LOAD, ip, str(port), str(seconds)],
-                         capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    # keep-alive GET /health for a fixed time from inside a pod's namespace; prints requests/s
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", LOAD_SCRIPT, ip, str(port), str(seconds), "/health"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
     return float(out.stdout)
 
 

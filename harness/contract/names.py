@@ -38,6 +38,16 @@ ANN_UPSTREAMS = "consul.hashicorp.com/connect-service-upstreams"
 # Consul config entries (CRDs of consul-k8s).
 CONSUL_API_GROUP = "consul.hashicorp.com"
 CONFIG_ENTRY_KINDS = ("ProxyDefaults", "ServiceDefaults", "ServiceResolver", "ServiceRouter", "ServiceIntentions")
+# CRD kind -> the config entry's Kind in Consul's HTTP API (/v1/config/<kind>/<name>); the renderer makes no
+# ServiceSplitter, but the API subset (local emulation, preflight) knows it.
+CONSUL_KINDS = {
+    "ProxyDefaults": "proxy-defaults",
+    "ServiceDefaults": "service-defaults",
+    "ServiceResolver": "service-resolver",
+    "ServiceRouter": "service-router",
+    "ServiceSplitter": "service-splitter",
+    "ServiceIntentions": "service-intentions",
+}
 
 # Namespaces and the Helm release.
 REGION_NAMESPACE = "hashicups"

@@ -49,6 +49,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from harness.backends.base import Backend, ProgressFn
+from harness.contract import names
 from harness.contract.rundir import PREFLIGHT_FILE
 from harness.errors import BackendError, HarnessError
 from harness.render import naming
@@ -56,14 +57,7 @@ from harness.render.naming import ConsulService
 from harness.topology.model import Edition, Placement, Topology, Zone
 
 MODES = ("gate", "record")
-CONFIG_KINDS = {
-    "ProxyDefaults": "proxy-defaults",
-    "ServiceDefaults": "service-defaults",
-    "ServiceResolver": "service-resolver",
-    "ServiceRouter": "service-router",
-    "ServiceSplitter": "service-splitter",
-    "ServiceIntentions": "service-intentions",
-}
+CONFIG_KINDS = names.CONSUL_KINDS
 
 
 @dataclass

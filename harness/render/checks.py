@@ -23,7 +23,6 @@ from harness.render import naming
 from harness.topology.model import Edition, Topology
 
 CE_NAMESPACE = "default"  # CE has one Consul namespace
-CONFIG_ENTRY_KINDS = ("ProxyDefaults", "ServiceDefaults", "ServiceResolver", "ServiceRouter", "ServiceIntentions")
 
 
 class Bundle(Protocol):
@@ -323,7 +322,7 @@ def check_unique_names(b: Bundle) -> list[str]:
     seen: dict[tuple[str, str, str], str] = {}
     problems = []
     for o in b.objects:
-        if o.get("kind") not in CONFIG_ENTRY_KINDS:
+        if o.get("kind") not in names.CONFIG_ENTRY_KINDS:
             continue
         ns = o["metadata"].get("namespace", "default")
         key = (o["kind"], consul_ns(edition, ns), o["metadata"]["name"])

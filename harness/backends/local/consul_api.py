@@ -49,20 +49,14 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from harness.backends.local.mesh import DEFAULT_NAMESPACE, HTTP_PROTOCOLS, MeshConfig, ServiceRef
+from harness.contract import names
 from harness.errors import InputError
 
 PARTITION = "default"
 LEADER = "127.0.0.1:8300"
 SIDECAR_PORT = 20000
 SIDECAR_SUFFIX = "-sidecar-proxy"
-KINDS = {
-    "ProxyDefaults": "proxy-defaults",
-    "ServiceDefaults": "service-defaults",
-    "ServiceResolver": "service-resolver",
-    "ServiceRouter": "service-router",
-    "ServiceSplitter": "service-splitter",
-    "ServiceIntentions": "service-intentions",
-}
+KINDS = names.CONSUL_KINDS
 # CRD keys whose Consul JSON name is not the key with its first letter upper-cased.
 _KEY_NAMES = {"http": "HTTP", "jsonFormat": "JSONFormat", "textFormat": "TextFormat"}
 # CRD keys holding Go durations (Consul writes them back normalised, e.g. "2000ms" -> "2s").
