@@ -71,8 +71,10 @@ down: deps
 status: deps
 	$(BIN)/harness status $(BFLAGS)
 
+# Two lanes side by side (tests/lanes.py): the local-backend tests (mostly waiting on real processes, one
+# cluster at a time under the machine's lock) and everything else (CPU-bound, no cluster).
 test: deps lint-imports
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m tests.lanes $(PYTEST_ARGS)
 
 # The fast lane (README "Tests"): what runs without root and without a local cluster, slow tests left out.
 # EH_NO_LOCAL=1 makes the local-backend tests skip even as root, so the lane takes no lock either;

@@ -268,8 +268,12 @@ def test_blast_radius_never_takes_the_last_region_replica(api: FakeApiServer, ek
             call()
     assert _writes(api) == before
     other_az = next(z for z in ("us-west-2a", "us-west-2b") if z != zone)
-    b.kill_node(NODE[other_az])  # the other AZ holds no postgres: allowed
-    b.restore_node(NODE[other_az])
+    # the other AZ holds the streaming replica (Region-only too, one replica): the same guard
+    with pytest.raises(BackendError, match=r"postgres-replica is Region-only and this would take its last serving"):
+        b.kill_node(NODE[other_az])
+    assert _writes(api) == before
+    b.kill_node(NODE[LAX])  # an edge node holds no Region-only service: allowed under the default limits
+    b.restore_node(NODE[LAX])
     b.close()
 
 

@@ -1,0 +1,93 @@
+"""`make test` as two lanes at once: the local-backend tests and everything else.
+
+Why: the local-backend tests spend most of their wall time waiting on real
+processes (bring-up, probes, fault windows) with the CPU mostly idle, and the
+other tests are CPU-bound and need no cluster. Run one after the other they
+exceed CI's 20-minute budget; side by side the suite takes about as long as
+its local lane. Only one lane brings up clusters, so the machine still runs
+one cluster at a time (the local lane holds the machine's lock,
+tests/conftest.py).
+
+Usage: python -m tests.lanes [pytest args ...]. A `--junitxml=PATH` argument
+becomes one file per lane, merged into PATH at the end. Each lane's output is
+printed whole when it ends (no interleaving); the exit code is the first
+non-zero one of the lanes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+LANES = (("local", "local"), ("other", "not local"))
+
+
+def _split_junit(args: list[str]) -> tuple[list[str], Path | None]:
+    out, junit = [], None
+    it = iter(args)
+    for a in it:
+        if a.startswith("--junitxml="):
+            junit = Path(a.split("=", 1)[1])
+        elif a == "--junitxml":
+            junit = Path(next(it))
+        else:
+            out.append(a)
+    return out, junit
+
+
+def _merge_junit(parts: list[Path], dest: Path) -> None:
+    root = ET.Element("testsuites")
+    for p in parts:
+        if not p.exists():
+            continue
+        tree = ET.parse(p).getroot()
+        suites = [tree] if tree.tag == "testsuite" else list(tree)
+        root.extend(suites)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(root).write(dest, encoding="utf-8", xml_declaration=True)
+
+
+def main(argv: list[str]) -> int:
+    args, junit = _split_junit(argv)
+    procs: list[tuple[str, subprocess.Popen[bytes], Path, Path | None]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="eh-lanes-"))
+    try:
+        for name, expr in LANES:
+            log = tmp / f"{name}.log"
+            lane_junit = junit.with_name(f"{junit.stem}-{name}{junit.suffix}") if junit else None
+            cmd = [sys.executable, "-m", "pytest", "-m", expr, *args]
+            if lane_junit is not None:
+                cmd.append(f"--junitxml={lane_junit}")
+            with log.open("wb") as fh:
+                procs.append((name, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), log, lane_junit))
+        rcs: list[int] = []
+        for name, proc, log, _ in procs:
+            rc = proc.wait()
+            # pytest exit 5: no tests collected in this lane (e.g. a -k that selects only the other one)
+            rcs.append(0 if rc == 5 else rc)
+            print(f"===== lane {name!r} (pytest -m {dict(LANES)[name]!r}): exit {rc} =====", flush=True)
+            sys.stdout.write(log.read_text(errors="replace"))
+            sys.stdout.flush()
+        if junit is not None:
+            _merge_junit([j for *_, j in procs if j is not None], junit)
+        return next((rc for rc in rcs if rc != 0), 0)
+    except KeyboardInterrupt:
+        for _, proc, _, _ in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # pytest runs its finalizers (clusters down)
+        for _, proc, _, _ in procs:
+            proc.wait()
+        return 130
+    finally:
+        for p in tmp.iterdir():
+            p.unlink()
+        os.rmdir(tmp)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
