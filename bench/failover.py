@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.stability import local_lock  # noqa: E402  (after the path insert: bench/ is not a package on the path)
+from harness.testing.machine import machine_lock  # noqa: E402
 
 BURST = REPO / "experiments" / "edge-pod-burst.json"
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
         root = new_run_dir(REPO / "runs", "failover")
         print(f"e2e {a.experiment} on {a.topology} (local backend, cluster {a.cluster})", flush=True)
-        with local_lock():
+        with machine_lock():
             opts = E2EOptions(topology=a.topology, experiments=[a.experiment], runs_root=root, users=a.users)
             run_dir = run_e2e(opts, BackendOptions(name="local", cluster=a.cluster), say=lambda _m: None).run_dir
     try:

@@ -33,38 +33,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-LOCK = Path(os.environ.get("EH_TEST_LOCK", "/run/edge-harness-tests.lock"))
+from harness.testing.machine import machine_lock  # noqa: E402
+
 GOAL_FLAT = 0.10  # end within 10% of the level after warm-up
 GOAL_TOTAL_MB = 300.0
 FAULTS = ["kill-product-api-lax.json", "node-kill.json", "zone-outage.json"]
 CLUSTER_ROLES = ("envoy", "app", "postgres")
 TRANSIENT = "chaos"
-
-
-@contextlib.contextmanager
-def local_lock() -> Iterator[None]:
-    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for {LOCK}: another session runs local-backend tests", flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 # -- processes -------------------------------------------------------------------------------------------------
@@ -333,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     manifests = load(run_dir / "manifests")
     bopts = BackendOptions(name="local", cluster=a.cluster)
     print(f"soak: run directory {run_dir}", flush=True)
-    with local_lock():
+    with machine_lock():
         backend = LocalBackend(cluster=a.cluster)
         t_up = time.monotonic()
         backend.up(manifests)

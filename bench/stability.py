@@ -19,13 +19,9 @@ Not part of `make bench` by default: ten e2e runs take about ten minutes.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
-import os
 import statistics
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +29,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-LOCK = Path(os.environ.get("EH_TEST_LOCK", "/run/edge-harness-tests.lock"))
+from harness.testing.machine import machine_lock  # noqa: E402
+
 RESOLUTION_GOAL_S = 0.050
 
 
@@ -112,20 +109,6 @@ def figures_of(
     return out
 
 
-@contextlib.contextmanager
-def local_lock() -> Iterator[None]:
-    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for {LOCK}: another session uses the local backend", flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def one_run(experiment: Path, topology: Path, cluster: str, runs_root: Path, users: int) -> RunResult:
     from harness.backends import BackendOptions
     from harness.e2e import E2EOptions, run_e2e
@@ -177,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     root = a.runs_root or new_run_dir(REPO / "runs", "stability")  # kept: a failed run is a post-mortem
     results: list[RunResult] = []
     print(f"{a.runs} x e2e {a.experiment} on {a.topology} (local backend, cluster {a.cluster})", flush=True)
-    with local_lock():
+    with machine_lock():
         for i in range(a.runs):
             try:
                 r = one_run(a.experiment, a.topology, a.cluster, root, a.users)

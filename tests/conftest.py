@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from harness.testing.machine import MACHINE_LOCK, acquire_machine_lock
 
 REPO = Path(__file__).resolve().parents[1]
 # Package data (pyproject [tool.setuptools.package-data]); fixtures/, experiments/, loadtests/ at the top link here
@@ -47,7 +47,7 @@ def local_backend_ready() -> tuple[bool, str]:
     return True, ""
 
 
-LOCAL_LOCK = Path(os.environ.get("EH_TEST_LOCK", "/run/edge-harness-tests.lock"))
+LOCAL_LOCK = MACHINE_LOCK
 _lock_fd: int | None = None
 
 
@@ -73,12 +73,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     ok, _ = local_backend_ready()
     if not ok or not any("local" in item.keywords for item in session.items):
         return
-    fd = os.open(LOCAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"\nwaiting for {LOCAL_LOCK}: another session runs local-backend tests", file=sys.stderr, flush=True)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    fd = acquire_machine_lock("another session runs local-backend tests", LOCAL_LOCK)
     _lock_fd = fd
 
 

@@ -22,6 +22,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,19 @@ def record_process(pid: int, label: str = "") -> ProcessRecord:
 def process_alive(rec: ProcessRecord) -> bool:
     """True if `rec.pid` is still *the same* process and has not exited."""
     return proc_starttime(rec.pid) == rec.starttime and not proc_is_zombie(rec.pid)
+
+
+def _kill_strays(namespaces: Iterable[str], grace_s: float) -> list[ProcessRecord]:
+    """End every process still inside `namespaces` (one nobody recorded: a crash between spawn and save)."""
+    stray: list[ProcessRecord] = []
+    for ns in namespaces:
+        for pid in nsutil.ns_pids(ns):
+            if pid != os.getpid():
+                rec = record_process(pid, f"in {ns}")
+                if rec.starttime >= 0:
+                    stray.append(rec)
+    terminate(stray, grace_s)
+    return stray
 
 
 def terminate(records: list[ProcessRecord], grace_s: float = 3.0) -> None:
@@ -353,14 +367,7 @@ def cleanup(path: str | Path, grace_s: float = 3.0) -> CleanupReport:
     terminate(recorded, grace_s)
     report.killed.extend(r.pid for r in recorded)
 
-    stray: list[ProcessRecord] = []
-    for ns in data.netns:
-        for pid in nsutil.ns_pids(ns):
-            if pid != os.getpid():
-                rec = record_process(pid, f"in {ns}")
-                if rec.starttime >= 0:
-                    stray.append(rec)
-    terminate(stray, grace_s)
+    stray = _kill_strays(data.netns, grace_s)
     report.killed.extend(r.pid for r in stray)
 
     for t in data.nft:
@@ -426,15 +433,8 @@ def sweep(cluster: str, path: str | Path, grace_s: float = 3.0) -> CleanupReport
         Path(path).unlink(missing_ok=True)
     if report.errors:
         return report
-    stray: list[ProcessRecord] = []
     names = cluster_netns(cluster)
-    for ns in names:
-        for pid in nsutil.ns_pids(ns):
-            if pid != os.getpid():
-                rec = record_process(pid, f"in {ns}")
-                if rec.starttime >= 0:
-                    stray.append(rec)
-    terminate(stray, grace_s)
+    stray = _kill_strays(names, grace_s)
     report.killed.extend(r.pid for r in stray)
     for ns in names:
         if not nsutil.ns_exists(ns):
