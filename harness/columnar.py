@@ -12,7 +12,7 @@ report read.
 
 Layout (docs/CONTRACTS.md section 4, `columnar/`)::
 
-    <run>/columnar/<kind>/<seq>.parquet   typed columns (harness.records) + `filename`
+    <run>/columnar/<kind>/<seq>.parquet   typed columns (harness.contract.rundir) + `filename`
                                           (the source file, relative to the run directory)
     <run>/columnar/<kind>/state.json      {"segments": [...], "files": {rel: {"offset", "lines"}},
                                            "skipped": [[file, line, reason], ...], "rows": n}
@@ -23,12 +23,12 @@ most an unlisted file that the next one overwrites. `offset` is the byte
 offset up to which a file is compacted (always just after a newline), `lines`
 how many lines precede it, so a line skipped later is still named by its
 line number in the original file. Corrupt and truncated lines are found and
-named by `harness.records.load_jsonl` exactly as before; the ones in the
+named by `harness.contract.rundir.load_jsonl` exactly as before; the ones in the
 compacted part are kept in `skipped`. Compaction reads only complete lines:
 a line still being written is left for the next pass (or, at the end, for the
 reader, which names it "truncated last line").
 
-Nothing here imports the rest of the harness except `harness.records`, so
+Nothing here imports the rest of the harness except `harness.contract.rundir`, so
 observe (which compacts) and verify/report (which read) share it without
 breaking the layering.
 """
