@@ -154,14 +154,6 @@ def _complete_end(path: Path, start: int, size: int) -> int:
     return start
 
 
-def _count_lines(path: Path) -> int:
-    n = 0
-    with path.open("rb") as fh:
-        while block := fh.read(COPY_BLOCK):
-            n += block.count(b"\n")
-    return n
-
-
 def _load_chunks(
     con: DuckDBPyConnection,
     table: str,

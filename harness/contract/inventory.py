@@ -274,21 +274,3 @@ class IpHistory:
 def resolve_ip(events: Iterable[Mapping[str, Any]], ip: str, ts: float, slack_s: float = SLACK_S) -> Interval | None:
     """One lookup without keeping the index (tests, small inventories)."""
     return IpHistory.from_events(events).resolve(ip, ts, slack_s)
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """The events of an `inventory.jsonl` (blank and unreadable lines skipped: observe names them)."""
-    out: list[dict[str, Any]] = []
-    if not path.exists():
-        return out
-    with path.open(encoding="utf-8") as fh:
-        for raw in fh:
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-    return out

@@ -227,15 +227,6 @@ def _list_entries(client: Any, kind: str, namespace: str) -> list[dict[str, Any]
     return list(client.http.get(CB.json(), f"/v1/config/{kind}", params=[("ns", namespace)]) or [])
 
 
-def _zone_label(exp: Expected, service: str, namespace: str) -> str:
-    zones = exp.zones_of(service, namespace)
-    if zones is None:
-        return "not a service of the topology"
-    if all(not z.is_edge for z in zones):
-        return "Region"
-    return ",".join(z.name for z in zones)
-
-
 def chain_targets(chain: dict[str, Any], exp: Expected) -> list[dict[str, str]]:
     """The chain's targets in order: each reachable resolver's target, then its failover targets."""
     targets = chain.get("Targets") or {}

@@ -89,11 +89,6 @@ def _parse_duration(text: str) -> float | None:
     return sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(text))
 
 
-def _consul_key(key: str) -> str:
-    """A CRD field name as Consul's JSON spells it (``connectTimeout`` -> ``ConnectTimeout``; ``*`` stays)."""
-    return _KEY_NAMES.get(key, key[:1].upper() + key[1:])
-
-
 def _consul_value(key: str, value: Any) -> Any:
     if key in _RAW_MAPS:
         return value

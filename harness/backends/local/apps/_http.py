@@ -19,7 +19,6 @@ routes. Why the care below:
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import signal
 import socket
@@ -78,11 +77,6 @@ class Reply:
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-def json_reply(status: int, obj: Any) -> Reply:
-    """JSON body, compact like Go's encoding/json output."""
-    return Reply(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json")
 
 
 def text_reply(status: int, text: str) -> Reply:
