@@ -7,7 +7,9 @@ nftables) would skip them for no reason.
 from __future__ import annotations
 
 import subprocess
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,37 @@ def test_link_delay_is_latency_plus_jitter_never_negative() -> None:
     assert min(draws) == 0.0 and max(draws) <= 2.0 + 15.0
     assert sum(d == 0.0 for d in draws) > 100  # 13 of 30 ms of the spread lies below zero: ~43% clamp
     assert all(ZoneLink(port=1, latency_ms=40.0).one_way_delay_s() == 0.02 for _ in range(10))  # no jitter: exact
+
+
+def test_relay_never_writes_a_chunk_before_its_link_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link's latency is a floor: a timer that fires early (uvloop's loop time is cached per
+    iteration and its timers round to the millisecond: an 80 ms link measured 79.9 ms) writes
+    nothing that is not yet due and waits again for the rest."""
+    from harness.backends.local import linkrelay
+
+    clock = [100.0]
+    monkeypatch.setattr(linkrelay.time, "monotonic", lambda: clock[0])
+    timers: list[tuple[float, Any]] = []
+
+    class Loop:
+        def call_later(self, delay: float, cb: Any) -> Any:
+            timers.append((delay, cb))
+            return types.SimpleNamespace(cancel=lambda: None)
+
+    written: list[bytes] = []
+    relay = types.SimpleNamespace(delay_s=lambda zone: 0.040)
+    conn = types.SimpleNamespace(loop=Loop(), relay=relay, zone="z", connected=True, failed=False)
+    side = linkrelay._Side(conn, "upstream")  # type: ignore[arg-type]
+    side.transport = types.SimpleNamespace(is_closing=lambda: False, write=written.append)  # type: ignore[assignment]
+
+    side.send(b"a")
+    assert written == [] and len(timers) == 1 and timers[0][0] >= 0.040
+    clock[0] += 0.0399  # the timer fires 0.1 ms early
+    timers.pop()[1]()
+    assert written == [] and len(timers) == 1 and 0 < timers[0][0] <= 0.001  # re-armed for the rest
+    clock[0] += 0.0001
+    timers.pop()[1]()
+    assert written == [b"a"] and timers == []
 
 
 def test_cleanup_never_signals_a_recycled_pid(tmp_path: Path) -> None:

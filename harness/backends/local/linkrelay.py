@@ -35,12 +35,14 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import random
 import signal
 import socket
 import struct
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,9 +191,15 @@ class _Side(asyncio.Protocol):
 
     # -- relaying ------------------------------------------------------------
     def send(self, data: bytes | None) -> None:
-        """Write `data` (None: end of stream) to this side once the link's delay has passed."""
-        loop = self.conn.loop
-        now = loop.time()
+        """Write `data` (None: end of stream) to this side once the link's delay has passed.
+
+        Due times are on `time.monotonic()`, not `loop.time()`: uvloop's loop time is
+        libuv's, cached at the start of a loop iteration and in whole milliseconds, and
+        its timers round to the millisecond, so a chunk timed by it could leave up to a
+        few milliseconds early under load (an 80 ms link measured 79.9 ms). A link's
+        latency is a floor, as with netem: `_flush` never writes a chunk before it is due.
+        """
+        now = time.monotonic()
         due = max(now + self.conn.relay.delay_s(self.conn.zone), self.last_due)
         self.last_due = due
         if due <= now and not self.queue:
@@ -202,11 +210,16 @@ class _Side(asyncio.Protocol):
             self.queued_bytes += len(data)
             self._backpressure()
         if self.timer is None:
-            self.timer = loop.call_at(self.queue[0][0], self._flush)
+            self._arm(now)
+
+    def _arm(self, now: float) -> None:
+        """Wake when the head of the queue falls due (rounded up to the loop's millisecond)."""
+        wait = max(0.0, self.queue[0][0] - now)
+        self.timer = self.conn.loop.call_later(math.ceil(wait * 1000.0) / 1000.0, self._flush)
 
     def _flush(self) -> None:
         self.timer = None
-        now = self.conn.loop.time()
+        now = time.monotonic()
         while self.queue and self.queue[0][0] <= now:
             _, data = self.queue.popleft()
             if data:
@@ -214,7 +227,7 @@ class _Side(asyncio.Protocol):
             self._write(data)
         self._backpressure()
         if self.queue:
-            self.timer = self.conn.loop.call_at(self.queue[0][0], self._flush)
+            self._arm(now)  # not yet due (or woken early): wait for the rest
 
     def _write(self, data: bytes | None) -> None:
         t = self.transport
