@@ -80,7 +80,7 @@ test: deps lint-imports
 # EH_NO_LOCAL=1 makes the local-backend tests skip even as root, so the lane takes no lock either;
 # two xdist workers (this machine has two cores), each module on one worker (module fixtures stay shared).
 test-fast: deps lint-imports
-	EH_NO_LOCAL=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not local and not slow" $(PYTEST_ARGS)
+	EH_NO_LOCAL=1 $(BIN)/python -m pytest -q -n 4 --dist worksteal -m "not local and not slow" $(PYTEST_ARGS)
 
 # The property tests with Hypothesis's own example counts (make test bounds them: tests/conftest.py profiles)
 test-properties: deps

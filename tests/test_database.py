@@ -189,6 +189,7 @@ def pg_dir() -> Iterator[Path]:
     subprocess.run(["rm", "-rf", str(d)], check=False)
 
 
+@pytest.mark.slow  # two real postgres servers
 def test_standby_streams_writes_from_the_primary(pg_dir: Path) -> None:
     """The replica is started first (it waits for the primary), then clones it and streams."""
     p_port, r_port = free_ports(2, HOST)

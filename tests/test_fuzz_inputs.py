@@ -229,6 +229,7 @@ def _damage(root: Path, what: str, rel: str, detail: Any) -> None:
         path.write_text(yaml.safe_dump_all(docs))
 
 
+@pytest.mark.slow  # ~7 s of examples: in `make test`, not in the fast lane
 @given(data=st.data())
 def test_fuzz_manifest_directories(sandbox: Path, rendered_dir: Path, data: st.DataObject) -> None:
     """Broken YAML, unknown kinds, missing files: `up` refuses naming the file (exit 2) and starts nothing."""
@@ -268,6 +269,7 @@ def record_files(run: Path) -> list[str]:
     )
 
 
+@pytest.mark.slow  # ~7 s of examples: in `make test`, not in the fast lane
 @given(data=st.data(), cut=st.integers(min_value=1, max_value=400))
 def test_fuzz_run_directories(sandbox: Path, good_run: Path, data: st.DataObject, cut: int) -> None:
     """Missing or empty: one line, exit 2, nothing written. A truncated last line of any record file: the

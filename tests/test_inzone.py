@@ -173,6 +173,7 @@ def _mount(objs: list[dict[str, Any]], root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # a real locust master and workers for ~10 s
 def test_distributed_mode_forwards_every_workers_records_to_the_master(tmp_path: Path) -> None:
     zones = [LAX, "us-west-2a"]
     servers = {z: ThreadingHTTPServer(("127.0.0.1", 0), _Shop) for z in zones}
@@ -255,6 +256,7 @@ def test_existing_needs_a_master_host(api: FakeApiServer, tmp_path: Path) -> Non
     assert not [w for w in api.writes()]  # nothing changed on the cluster
 
 
+@pytest.mark.slow  # a real locust master waiting for its worker
 def test_kind_workers_reach_the_host_through_kinds_network(api: FakeApiServer, tools: Any, tmp_path: Path) -> None:
     from harness.e2e import E2EOptions, check_workers_in_zone, in_zone_workers
     from tests.kubefake import rendered

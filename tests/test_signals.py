@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SNIPPET = """
-import sys, time
+import os, sys, time
 from harness.interrupt import Interrupted, handle_signals
 try:
     with handle_signals(lambda m: print("say:", m, flush=True)):
@@ -29,7 +29,7 @@ try:
             time.sleep(60)
         finally:
             print("cleanup start", flush=True)
-            end = time.monotonic() + 1.5
+            end = time.monotonic() + float(os.environ.get("CLEANUP_S", "1.5"))
             while time.monotonic() < end:  # a cleanup made of many steps (sleep is interruptible too)
                 time.sleep(0.05)
             print("cleanup done", flush=True)
@@ -39,10 +39,11 @@ except Interrupted as exc:
 """
 
 
-def _start() -> subprocess.Popen[str]:
+def _start(cleanup_s: float = 1.5) -> subprocess.Popen[str]:
+    """The stand-in command; its cleanup takes `cleanup_s` (long enough for a second signal to land in it)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", SNIPPET], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "CLEANUP_S": str(cleanup_s)}, start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
@@ -59,7 +60,7 @@ def _start() -> subprocess.Popen[str]:
     ],
 )
 def test_a_signal_stops_at_once_and_the_cleanup_runs(sig: int, group: bool, code: int) -> None:
-    proc = _start()
+    proc = _start(cleanup_s=0.3)  # no second signal here: a short cleanup still has to run to its end
     t0 = time.monotonic()
     os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     out, _ = proc.communicate(timeout=20)

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import yaml
+from harness.topology.yamlload import safe_load
 
 BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 CONTROL_PLANE_TAINT_KEY = "node-role.kubernetes.io/control-plane"
@@ -196,7 +196,7 @@ def registration_taints(node: Mapping[str, Any]) -> list[Taint]:
     """The taints a kind node registers with: kubeadm `nodeRegistration.taints` and kubelet `register-with-taints`."""
     taints: list[Taint] = []
     for patch in node.get("kubeadmConfigPatches") or []:
-        doc = yaml.safe_load(patch) if isinstance(patch, str) else patch
+        doc = safe_load(patch) if isinstance(patch, str) else patch
         if not isinstance(doc, Mapping):
             continue
         reg = doc.get("nodeRegistration") or {}

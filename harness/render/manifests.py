@@ -20,6 +20,7 @@ import yaml
 from harness.errors import InputError
 from harness.render.layout import CONSUL_DIR, ENTRY_DIR, K8S_DIR, KIND_FILE, MANIFEST_FILE, TOPOLOGY_FILE, VALUES_FILE
 from harness.topology.model import Edition, Topology, load_topology
+from harness.topology.yamlload import safe_load, safe_load_all
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _yaml_error(label: str, exc: yaml.YAMLError, doc_index: int | None = None) -
 
 def _load_mapping(path: Path, label: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(_read(path, label))
+        data = safe_load(_read(path, label))
     except yaml.YAMLError as exc:
         raise _yaml_error(label, exc) from None
     if not isinstance(data, dict):
@@ -139,7 +140,7 @@ def _load_objects(path: Path, label: str) -> list[tuple[dict[str, Any], str]]:
     out: list[tuple[dict[str, Any], str]] = []
     index = 0
     try:
-        for doc in yaml.safe_load_all(text):
+        for doc in safe_load_all(text):
             if doc is not None:
                 out.append((_check_object(doc, label, index), f"{label}#{index}"))
             index += 1

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from harness.errors import InputError
+from harness.topology.yamlload import safe_load
 
 # Package data (pyproject [tool.setuptools.package-data]): found the same in a checkout and in an install.
 DEFAULT_TOPOLOGY = Path(str(files("harness").joinpath("fixtures", "topology.yaml")))
@@ -367,7 +368,7 @@ def load_topology(path: str | Path | None = None) -> Topology:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise InputError(source, "", f"cannot read: {exc.__class__.__name__}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
