@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,23 +88,62 @@ def test_added_is_not_ready_and_every_pod_became_ready_after(cluster: LocalBacke
     assert sum(1 for p in added if ready[p] - added[p] > 0.2) > len(added) / 2  # probes take their time
 
 
+CLOCK_REALTIME_COARSE = 5  # Linux; `time` does not export it
+FILE_STAMP_RES_S = time.clock_getres(CLOCK_REALTIME_COARSE)
+"""A file's mtime comes from the kernel's coarse clock (one tick: 1-10 ms), which lags `time.time()` by
+up to one tick: a file written 0.1 ms after an event stamped by `time.time()` can carry an mtime ~2 ms
+*before* that stamp (CI saw exactly that)."""
+
+
 def test_unready_chaos_writes_events_before_the_sidecars_are_told(cluster: LocalBackend) -> None:
+    """Order, seen two ways that never disagree with a correct cluster: (1) whenever a reader finds the
+    sidecar's endpoints UNHEALTHY, the unready events are already in the inventory (polled while the
+    action runs); (2) the endpoints file's mtime is no earlier than the last event's stamp, to within the
+    one tick by which a file stamp may lag the clock the events are stamped with."""
     caller = next(p for p in cluster.inventory().pods(alive_only=True) if p.zone == LAS and p.service == "frontend")
     eds_dir = cluster.state_dir / "pods" / caller.pod / "envoy" / "eds"
 
     local_eds = next(eds_dir.glob("failover-target~0~public-api-las-1a.*")) / "cla.json"  # the in-zone target
+    targets = {p.pod for p in cluster.inventory().pods(alive_only=True) if p.zone == LAS and p.service == "public-api"}
 
-    def eds_mtime() -> float:
-        return local_eds.stat().st_mtime
+    def unready_events() -> list[dict[str, object]]:
+        return [e for e in _events(cluster) if e["event"] == "unready" and e["pod"] in targets]
 
-    pods = cluster.set_pod_unready(LAS, "public-api")
+    assert wait_until(lambda: "UNHEALTHY" not in local_eds.read_text(), 30)  # all in-zone endpoints serve
+    before = len(unready_events())
+    seen_unhealthy_without_events: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                unhealthy = "UNHEALTHY" in local_eds.read_text()
+            except OSError:
+                continue  # between a writer's unlink and rename
+            if unhealthy:
+                n = len(unready_events())
+                if n - before < len(targets):
+                    seen_unhealthy_without_events.append(n - before)
+                return
+            time.sleep(0.001)  # leave the cores to the cluster
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    pods: list[str] = []
     try:
+        pods = cluster.set_pod_unready(LAS, "public-api")
+        assert set(pods) == targets
         assert wait_until(lambda: all(not cluster.inventory().is_ready(p) for p in pods), 30)
         assert wait_until(lambda: "UNHEALTHY" in local_eds.read_text(), 30)
-        unready_ts = [float(str(e["ts"])) for e in _events(cluster) if e["event"] == "unready" and e["pod"] in pods]
+        stop.set()
+        watcher.join()
+        assert not seen_unhealthy_without_events, "the sidecar was told before the inventory had the events"
+        unready_ts = [float(str(e["ts"])) for e in unready_events()[before:]]
         assert len(unready_ts) == len(pods)
-        assert eds_mtime() >= max(unready_ts)  # the sidecar's endpoints changed only after the event was on disk
+        assert local_eds.stat().st_mtime >= max(unready_ts) - FILE_STAMP_RES_S
     finally:
+        stop.set()
+        watcher.join()
         cluster.set_pod_ready(LAS, "public-api")
     assert wait_until(lambda: all(cluster.inventory().is_ready(p) for p in pods), 30)
     st = cluster.status().pods
