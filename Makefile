@@ -78,7 +78,8 @@ test: deps lint-imports
 
 # The fast lane (README "Tests"): what runs without root and without a local cluster, slow tests left out.
 # EH_NO_LOCAL=1 makes the local-backend tests skip even as root, so the lane takes no lock either;
-# two xdist workers (this machine has two cores), each module on one worker (module fixtures stay shared).
+# four xdist workers stealing work: half the lane waits on subprocesses and sockets, so two per core keep
+# both cores busy (a module fixture is then set up once per worker that runs the module's tests).
 test-fast: deps lint-imports
 	EH_NO_LOCAL=1 $(BIN)/python -m pytest -q -n 4 --dist worksteal -m "not local and not slow" $(PYTEST_ARGS)
 

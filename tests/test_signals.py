@@ -29,7 +29,7 @@ try:
             time.sleep(60)
         finally:
             print("cleanup start", flush=True)
-            end = time.monotonic() + float(os.environ.get("CLEANUP_S", "1.5"))
+            end = time.monotonic() + float(os.environ["CLEANUP_S"])
             while time.monotonic() < end:  # a cleanup made of many steps (sleep is interruptible too)
                 time.sleep(0.05)
             print("cleanup done", flush=True)

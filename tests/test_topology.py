@@ -154,3 +154,26 @@ def test_cli_missing_file_and_usage_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr.strip() == f"{tmp_path / 'no.yaml'}: no such file"
     r = subprocess.run([sys.executable, "-m", "harness", "frobnicate"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_libyaml_loader_reads_what_pyyamls_own_reads(tmp_path: Path) -> None:
+    """`harness.topology.yamlload` swaps in libyaml for speed; the objects and the error positions
+    must be exactly those of PyYAML's pure-Python safe loader (shipped topologies, a rendered directory,
+    a broken file)."""
+    from harness.render import render, write
+    from harness.topology.yamlload import SafeLoader, safe_load, safe_load_all
+
+    assert yaml.__with_libyaml__ and SafeLoader is yaml.CSafeLoader  # the fast path is the one tested here
+    write(render(load_topology()), tmp_path / "r")
+    files = sorted(REPO.joinpath("harness", "fixtures").glob("*.yaml")) + sorted((tmp_path / "r").rglob("*.yaml"))
+    assert len(files) > 5
+    for f in files:
+        text = f.read_text()
+        assert list(safe_load_all(text)) == list(yaml.load_all(text, Loader=yaml.SafeLoader)), f
+    broken = "zones:\n  - name: a\n    kind: [region\n"
+    with pytest.raises(yaml.YAMLError) as fast:
+        safe_load(broken)
+    with pytest.raises(yaml.YAMLError) as slow:
+        yaml.load(broken, Loader=yaml.SafeLoader)
+    where = [(e.value.problem_mark.line, e.value.problem_mark.column) for e in (fast, slow)]  # type: ignore[attr-defined]
+    assert where[0] == where[1]
