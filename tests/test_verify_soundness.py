@@ -535,6 +535,27 @@ def test_failover_and_recovery_are_printed_with_their_resolution(tmp_path: Path)
     assert f"{f.recovery_s:.3f} s ±{f.recovery_resolution_s:.3f}" in out
 
 
+def test_a_cut_off_pair_recovery_is_bounded_by_the_zones_failed_user_requests(tmp_path: Path) -> None:
+    """A zone outage leaves its pairs without any hop until the zone serves again (a node kill in a one-node
+    zone did so in a stability run): the zone's failed user requests, not the restore, bound the recovery."""
+    out = FaultSpec("outage-lax", "zone-down", LAX, (), 30, 50, 1.0, 2.0, entry_down=True)
+    d = run(tmp_path, faults=[out])
+    v = verify(d)
+    assert v.passed, v.failure_messages
+    pairs = [p for p in v.invariant(FALLBACK).pairs if p.fault == out.fault]
+    assert {p.upstream for p in pairs} == {"public-api", "product-api"}
+    requests = [json.loads(x) for x in (d / "requests.jsonl").read_text().splitlines()]
+    for p in pairs:
+        first_good = v.fault(out.fault).restore + p.counts["recovery_s"]  # type: ignore[operator]
+        last_failed = max(r["ts"] for r in requests if r["zone"] == LAX and not r["ok"] and r["ts"] < first_good)
+        # the zone kept failing 2 s after the restore: the recovery is known to one request's gap (4/s), not 2 s
+        assert p.counts["recovery_resolution_s"] == pytest.approx(first_good - last_failed)
+        assert 0 < p.counts["recovery_resolution_s"] <= 0.25 + 1e-3
+    # a pair whose callers stayed up keeps its own records as bounds: failed requests elsewhere do not count
+    kill = verify(run(tmp_path, "kill", faults=[KILL])).fault(KILL.fault)
+    assert kill.recovery_resolution_s is not None and kill.recovery_resolution_s <= kill.recovery_s  # type: ignore[operator]
+
+
 # -- 11. nothing recorded is lost: corrupt lines, partial runs (issue 10 deliver 3) ------------------------
 def test_corrupt_lines_anywhere_are_skipped_counted_and_named(tmp_path: Path) -> None:
     d = run(tmp_path, faults=[KILL])

@@ -51,6 +51,10 @@ reader of a copied verdict does not need this file):
 - Resolution of F (or R): F minus the last record of the pair before F that
   was not good (failed, or served in the wrong place), or minus the window's
   start when there was none: the true instant lies in [F - resolution, F].
+  A recovery pair whose callers the fault cut off (the zone's entry point, a
+  caller or a service on a call path from the entry to it was down) has no
+  hops while cut off; the start of the last user request entering the zone
+  before R that failed bounds R too.
 - Shared services: hops to Region-placed upstreams must be served in an
   availability zone (zero tolerance; unattributed hosts count as violations)
   and must be routed: a hop that found no upstream host (NR, UH ...) fails,

@@ -108,6 +108,42 @@ class CheckBase:
         )
         return w
 
+    def _cut_off(self, f: Fault, callers: list[str]) -> bool:
+        """True when the fault left the pair's callers without traffic: the zone's entry point, a caller or a
+        service on a call path from the entry to a caller was down in the zone.
+
+        Such a pair has no hops at all while it is cut off, so its own records
+        cannot bound its recovery; the user requests entering the zone can.
+        """
+        if f.entry_down:
+            return True
+        down = set(f.services)
+        callers_of: dict[str, set[str]] = {}
+        for s in self.t.services:
+            for u in s.upstreams:
+                callers_of.setdefault(u, set()).add(s.name)
+        seen: set[str] = set()
+        todo = list(callers)
+        while todo:
+            s = todo.pop()
+            if s in seen:
+                continue
+            seen.add(s)
+            if s in down:
+                return True
+            todo.extend(callers_of.get(s, ()))
+        return False
+
+    def _last_failed_request(self, zone: str, lo: float, before: float) -> float | None:
+        """Start of the last user request entering `zone` in [lo, before) that failed.
+
+        It is a user attempt the zone did not serve: for a pair whose callers
+        were cut off, the latest "not yet" before the first good hop.
+        """
+        value = self._one("SELECT max(ts) FROM requests WHERE zone = ? AND NOT ok AND ts >= ? AND ts < ?",
+                          [zone, lo, before])  # fmt: skip
+        return None if value is None else float(value)
+
     def _expected_sql(self, zone: str, upstream: str) -> str:
         try:
             edge_up = self.t.service(upstream).placement.value == "edge"
