@@ -446,3 +446,18 @@ def test_recorder_keeps_requests_that_end_while_locust_stops_its_users(tmp_path:
     env.events.request.fire(request_type="GET", name="GET /", response_time=1.0, response_length=1,
                             response=None, context={}, exception=None, start_time=2.0)  # fmt: skip
     assert [r["ts"] for r in _records(tmp_path / "r.jsonl")] == [1.0]
+
+
+@pytest.mark.slow
+def test_zone_probes_end_when_locust_stops_its_users(tmp_path: Path, shop: FakeShop) -> None:
+    """The probe task ends when locust stops the users, after its probes in flight are answered.
+
+    A task that never returned held every stop for the whole `--stop-timeout`
+    (2 s in each `harness e2e`), kept probing meanwhile, and was then killed.
+    """
+    eps = {"zone-a": shop.url}
+    req, totals = _locust(tmp_path, shop.url, {"EH_ENTRYPOINTS": json.dumps(eps), "EH_PROBE_PERIOD": "0.05"})
+    recs = _records(req)
+    assert sum(r["endpoint"] == "probe" for r in recs) >= 20
+    assert "Not all users finished their tasks" not in (tmp_path / "locust.log").read_text()
+    assert len(recs) == totals["requests"] == sum(shop.counts.values())

@@ -70,6 +70,7 @@ from typing import Any
 import gevent
 from gevent.pool import Pool
 from locust import FastHttpUser, between, constant, events, task
+from locust.user.task import LOCUST_STATE_STOPPING
 from shapes import select_shape
 
 try:
@@ -241,11 +242,17 @@ class ZoneProbe(FastHttpUser):
 
     @task
     def probe(self) -> None:
-        """Fire on the clock; never wait for an answer before the next tick (up to PROBE_INFLIGHT at once)."""
+        """Fire on the clock; never wait for an answer before the next tick (up to PROBE_INFLIGHT at once).
+
+        Ends when locust stops the user (its state turns "stopping"), after
+        the probes in flight have their answers: a task that never returned
+        held every stop for the whole `--stop-timeout`, and killing it there
+        dropped those answers from the records.
+        """
         pool = Pool(PROBE_INFLIGHT)
         next_at = time.monotonic()
         try:
-            while True:
+            while self._state != LOCUST_STATE_STOPPING:
                 delay = next_at - time.monotonic()
                 if delay > 0:
                     gevent.sleep(delay)
@@ -254,6 +261,7 @@ class ZoneProbe(FastHttpUser):
                 next_at += PROBE_PERIOD_S
                 if next_at < time.monotonic() - PROBE_PERIOD_S:
                     next_at = time.monotonic()  # fell behind (CPU starved): restart the clock, never burst
+            pool.join()  # locust's --stop-timeout bounds this wait
         finally:
             pool.kill(block=False)
 

@@ -125,13 +125,13 @@ class CheckBase:
         seen: set[str] = set()
         todo = list(callers)
         while todo:
-            s = todo.pop()
-            if s in seen:
+            name = todo.pop()
+            if name in seen:
                 continue
-            seen.add(s)
-            if s in down:
+            seen.add(name)
+            if name in down:
                 return True
-            todo.extend(callers_of.get(s, ()))
+            todo.extend(callers_of.get(name, set()))
         return False
 
     def _last_failed_request(self, zone: str, lo: float, before: float) -> float | None:
