@@ -455,6 +455,24 @@ def test_a_hop_in_flight_at_the_kill_belongs_to_the_fault_window(tmp_path: Path)
     assert LOCALITY not in failed(v) and AVAILABILITY not in failed(v), v.failure_messages
 
 
+def test_a_hop_in_flight_at_the_next_kill_is_not_the_previous_faults_recovery(tmp_path: Path) -> None:
+    """Kills in a row in one zone (the edge pod burst): the hop retried to the Region across the second kill
+    starts before its inject, inside the first fault's recovery window; it is the second fault's, so the first
+    recovered (on eu-central-1 a burst failed 'never recovers' on that one hop, 9 ms before the next inject)."""
+    first = FaultSpec("kill-1", "service-down", LAX, ("product-api",), 30, 40, 0.2, 1.0)
+    second = FaultSpec("kill-2", "service-down", LAX, ("product-api",), 55, 65, 0.2, 1.0, inflight_ms=300)
+    d = run(tmp_path, faults=[first, second])
+    early = [
+        h for h in (json.loads(x) for x in (d / "hops.jsonl").read_text().splitlines())
+        if h["caller_zone"] == LAX and h["upstream"] == "product-api" and h["serving_zone"] == AZ
+        and T0 + 41 < h["ts"] < T0 + 55
+    ]  # fmt: skip
+    assert early, "the scenario must plant a Region-served hop that started before the second inject"
+    v = verify(d)
+    assert v.passed, v.failure_messages
+    assert v.fault("kill-1").recovery_s is not None and v.fault("kill-1").recovery_s < 2  # type: ignore[operator]
+
+
 def test_unplanned_outage_is_not_a_locality_violation_and_is_noted(tmp_path: Path) -> None:
     crash = FaultSpec("crash", "service-down", LAX, ("product-api",), 60, 65, 0.1, 1.0, recorded=False)
     v = verify(run(tmp_path, faults=[crash]))

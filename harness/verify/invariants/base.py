@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.verify.invariants.sql import HOP_FIELDS, INF, MAX_MESSAGES, MAX_OFFENDERS, Window
+from harness.verify.invariants.sql import HOP_END_SQL, HOP_FIELDS, INF, MAX_MESSAGES, MAX_OFFENDERS, Window
 from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
 
 
@@ -81,11 +81,19 @@ class CheckBase:
         hi: float,
         good_sql: str,
         hi_open: bool = False,
+        next_fault: float | None = None,
     ) -> Window:
-        """First instant after which successful hops are all `good_sql`, in [lo, hi] ([lo, hi) if `hi_open`)."""
+        """First instant after which successful hops are all `good_sql`, in [lo, hi] ([lo, hi) if `hi_open`).
+
+        `next_fault`: the inject of the zone's next fault; a hop still in
+        flight then (its lifetime reaches it) is that fault's, not this window's.
+        """
         params = [zone, upstream, callers, lo, hi]
         upper = "<" if hi_open else "<="
         base = f"caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ts >= ? AND ts {upper} ?"
+        if next_fault is not None:
+            base += f" AND {HOP_END_SQL} < ?"
+            params.append(next_fault)
         row = self.con.execute(
             f"""
             WITH w AS (SELECT ts, ok, coalesce(({good_sql}), false) AS good FROM fhops WHERE {base}),
@@ -153,6 +161,11 @@ class CheckBase:
             return "serving_zone = caller_zone"
         return "serving_kind = 'region'"
 
-    def _next_fault_in_zone(self, f: Fault, after: float) -> float:
+    def _next_inject_in_zone(self, f: Fault, after: float) -> float | None:
+        """The inject of the zone's next fault after `after`, None when there is none."""
         nxt = [g.inject for g in self.run.faults if g.zone == f.zone and g.fault != f.fault and g.inject > after]
-        return min(nxt, default=max(self.run_end, after))
+        return min(nxt, default=None)
+
+    def _next_fault_in_zone(self, f: Fault, after: float) -> float:
+        nxt = self._next_inject_in_zone(f, after)
+        return nxt if nxt is not None else max(self.run_end, after)

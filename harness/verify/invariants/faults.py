@@ -223,9 +223,10 @@ class FaultMeasurer(CheckBase):
             out.values = {u: None for u, _ in scope.recovery}
             return out
         hi = self._next_fault_in_zone(f, f.restore)
+        nxt = self._next_inject_in_zone(f, f.restore)
         measured: list[tuple[float, float | None]] = []
         for u, callers in scope.recovery:
-            w = self._measure(f.zone, u, callers, f.restore, hi, self._expected_sql(f.zone, u))
+            w = self._measure(f.zone, u, callers, f.restore, hi, self._expected_sql(f.zone, u), next_fault=nxt)
             if w.instant is not None and self._cut_off(f, callers):
                 # no hop of the pair while its callers were cut off: the zone's failed user requests bound it
                 req = self._last_failed_request(f.zone, f.restore, w.instant)
@@ -411,7 +412,8 @@ class FaultMeasurer(CheckBase):
                     continue
                 nxt = intervals[i + 1][0] if i + 1 < len(intervals) else INF
                 bound = min(hi + self.slo.max_recovery_s, nxt, max(self.run_end, hi))
-                w = self._measure(z, u, list(callers), hi, bound, self._expected_sql(z, u))
+                w = self._measure(z, u, list(callers), hi, bound, self._expected_sql(z, u),
+                                  next_fault=nxt if nxt < INF else None)  # fmt: skip
                 out.append((z, u, lo, w.instant if w.instant is not None else hi + self.slo.max_recovery_s))
         return out
 
