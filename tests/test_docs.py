@@ -189,7 +189,7 @@ def test_the_plugin_example_collects_and_skips_without_a_cluster(pytester: pytes
     (example,) = _code_blocks(REPO / "docs" / "pytest-plugin.md")
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(test_example=example)
-    res = pytester.runpytest("-rs")
+    res = pytester.runpytest_subprocess("-rs")  # in-process, its plugins (locust patches gevent) stayed loaded here
     res.assert_outcomes(skipped=3)  # every fixture and import resolves; no cluster, so nothing runs
 
 

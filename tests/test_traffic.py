@@ -461,3 +461,40 @@ def test_zone_probes_end_when_locust_stops_its_users(tmp_path: Path, shop: FakeS
     assert sum(r["endpoint"] == "probe" for r in recs) >= 20
     assert "Not all users finished their tasks" not in (tmp_path / "locust.log").read_text()
     assert len(recs) == totals["requests"] == sum(shop.counts.values())
+
+
+@pytest.mark.slow
+def test_a_zone_can_have_its_own_probe_period(tmp_path: Path, shop: FakeShop, shop_b: FakeShop) -> None:
+    """EH_PROBE_PERIODS sets one zone's clock apart from EH_PROBE_PERIOD (an AZ is probed faster by e2e)."""
+    eps = {"zone-a": shop.url, "zone-b": shop_b.url}
+    env = {"EH_ENTRYPOINTS": json.dumps(eps), "EH_WAIT": "60", "EH_PROBE_PERIOD": "0.2",
+           "EH_PROBE_PERIODS": json.dumps({"zone-b": 0.025})}  # fmt: skip
+    req, _ = _locust(tmp_path, shop.url, env)
+    probes = Counter(str(r["zone"]) for r in _records(req) if r["endpoint"] == "probe")
+    # 3 s: ~15 ticks at 200 ms against ~120 at 25 ms (a shared clock would give equal counts)
+    assert probes["zone-b"] > 4 * probes["zone-a"] > 0, probes
+
+
+def test_probe_periods_name_probed_zones_with_positive_periods(tmp_path: Path) -> None:
+    from harness.traffic import TrafficError
+
+    eps = {"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2"}
+    with pytest.raises(TrafficError, match="probe periods need a probed zone and a positive period: b"):
+        TrafficRunner(eps, tmp_path, 1, 1, 1, probe_zones=["a"], probe_periods={"b": 0.01})
+    with pytest.raises(TrafficError, match="positive period: a"):
+        TrafficRunner(eps, tmp_path, 1, 1, 1, probe_zones=["a"], probe_periods={"a": 0.0})
+    tr = TrafficRunner(eps, tmp_path, 1, 1, 1, probe_zones=["a", "b"], probe_periods={"a": 0.01})
+    assert tr.probe_periods == {"a": 0.01}
+
+
+def test_e2e_probes_an_availability_zone_once_per_az_faster() -> None:
+    """An AZ's entry spreads its calls over every AZ: only 1/n of its probes make the zone's own hops."""
+    from harness.e2e import probe_periods
+    from harness.topology import load_topology
+
+    t = load_topology()
+    azs = [z.name for z in t.region_zones]
+    lz = t.edge_zones[0].name
+    assert len(azs) == 2
+    assert probe_periods(t, [azs[0], lz], 0.03) == {azs[0]: pytest.approx(0.015)}
+    assert probe_periods(t, [lz], 0.03) == {}

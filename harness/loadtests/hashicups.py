@@ -25,8 +25,8 @@ as one ``requests.jsonl`` line (docs/CONTRACTS.md §4), also with
 
 Zone probes (``ZoneProbe``, one per zone of ``EH_PROBE_ZONES``, a JSON list,
 default every zone of ``EH_ENTRYPOINTS``): a coffees query into its zone every
-``EH_PROBE_PERIOD`` seconds
-(default 0.03) on a fixed clock, whether or not the previous one has
+``EH_PROBE_PERIOD`` seconds (default 0.03; ``EH_PROBE_PERIODS``, JSON
+``{zone: seconds}``, sets a zone's own) on a fixed clock, whether or not the previous one has
 answered (an open model: a slow request during a failover does not delay the
 next probe, so the records keep their spacing exactly when it matters). The
 gap between two records bounds how precisely a failover or recovery instant
@@ -88,11 +88,23 @@ PROBE_PERIOD_S = float(os.environ.get("EH_PROBE_PERIOD", "0.03"))
 PROBE_ZONES = [
     z for z in json.loads(os.environ.get("EH_PROBE_ZONES") or json.dumps(list(ENTRYPOINTS))) if z in ENTRYPOINTS
 ]
+# per-zone periods over EH_PROBE_PERIOD (JSON {zone: seconds}): `harness e2e` probes an availability zone
+# faster, because its entry spreads the calls over every AZ and only its own share makes its zone's hops
+PROBE_PERIODS = {str(z): float(v) for z, v in json.loads(os.environ.get("EH_PROBE_PERIODS") or "{}").items()}
 CONNECT_TIMEOUT_S = 3.0
 NETWORK_TIMEOUT_S = 10.0
-# Enough probes in flight that a tick is never skipped: a request ends within the timeouts at the latest
-_ALL_TICKS = math.ceil((CONNECT_TIMEOUT_S + NETWORK_TIMEOUT_S) / PROBE_PERIOD_S) + 1 if PROBE_PERIOD_S > 0 else 0
-PROBE_INFLIGHT = int(os.environ.get("EH_PROBE_INFLIGHT") or _ALL_TICKS)
+
+
+def _inflight(period_s: float) -> int:
+    """At most this many probes of a zone in flight: EH_PROBE_INFLIGHT, else enough that a tick is never skipped
+    (a request ends within the timeouts at the latest)."""
+    if os.environ.get("EH_PROBE_INFLIGHT"):
+        return int(os.environ["EH_PROBE_INFLIGHT"])
+    return math.ceil((CONNECT_TIMEOUT_S + NETWORK_TIMEOUT_S) / period_s) + 1 if period_s > 0 else 0
+
+
+PROBE_INFLIGHT = _inflight(PROBE_PERIOD_S)
+_MOST_INFLIGHT = max([PROBE_INFLIGHT, *(_inflight(v) for v in PROBE_PERIODS.values())])
 
 # At most one shape class may be visible here: locust runs the first one it finds.
 Shape = select_shape(os.environ.get("EH_SHAPE"))
@@ -220,11 +232,13 @@ class ZoneProbe(FastHttpUser):
     wait_time = constant(0)
     connection_timeout = CONNECT_TIMEOUT_S
     network_timeout = NETWORK_TIMEOUT_S
-    concurrency = max(1, PROBE_INFLIGHT)
+    concurrency = max(1, _MOST_INFLIGHT)
 
     def __init__(self, environment: Any) -> None:
         worker = int(getattr(environment.runner, "worker_index", 0) or 0)
         self.zone = PROBE_ZONES[(next(_probe_slots) + worker) % len(PROBE_ZONES)]
+        self.period_s = PROBE_PERIODS.get(self.zone, PROBE_PERIOD_S)
+        self.inflight = _inflight(self.period_s)
         self.host = ENTRYPOINTS[self.zone]
         super().__init__(environment)
         self._context = {"zone": self.zone}
@@ -242,14 +256,14 @@ class ZoneProbe(FastHttpUser):
 
     @task
     def probe(self) -> None:
-        """Fire on the clock; never wait for an answer before the next tick (up to PROBE_INFLIGHT at once).
+        """Fire on the clock; never wait for an answer before the next tick (up to its `inflight` at once).
 
         Ends when locust stops the user (its state turns "stopping"), after
         the probes in flight have their answers: a task that never returned
         held every stop for the whole `--stop-timeout`, and killing it there
         dropped those answers from the records.
         """
-        pool = Pool(PROBE_INFLIGHT)
+        pool = Pool(max(1, self.inflight))
         next_at = time.monotonic()
         try:
             while self._state != LOCUST_STATE_STOPPING:
@@ -258,8 +272,8 @@ class ZoneProbe(FastHttpUser):
                     gevent.sleep(delay)
                 if pool.free_count() > 0:
                     pool.spawn(self._one)
-                next_at += PROBE_PERIOD_S
-                if next_at < time.monotonic() - PROBE_PERIOD_S:
+                next_at += self.period_s
+                if next_at < time.monotonic() - self.period_s:
                     next_at = time.monotonic()  # fell behind (CPU starved): restart the clock, never burst
             pool.join()  # locust's --stop-timeout bounds this wait
         finally:

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -201,6 +202,7 @@ class TrafficRunner:
         probe_period_s: float | None = DEFAULT_PROBE_PERIOD_S,
         probe_zones: list[str] | None = None,
         master: tuple[str, int, int] | None = None,
+        probe_periods: Mapping[str, float] | None = None,
     ) -> None:
         if not entrypoints:
             raise TrafficError("traffic: no entrypoints (zone -> base URL) to send users to")
@@ -223,6 +225,10 @@ class TrafficRunner:
         unknown = sorted(set(self.probe_zones) - set(self.entrypoints))
         if unknown:
             raise TrafficError(f"traffic: probe zones without an entry point: {', '.join(unknown)}")
+        self.probe_periods = {z: float(v) for z, v in (probe_periods or {}).items()}
+        odd = sorted(z for z, v in self.probe_periods.items() if z not in self.probe_zones or not v > 0)
+        if odd:
+            raise TrafficError(f"traffic: probe periods need a probed zone and a positive period: {', '.join(odd)}")
         self.master = master
         if master is not None and self.probe_period_s > 0 and sorted(self.probe_zones) != sorted(self.entrypoints):
             # one probe per worker, and each worker serves one zone: locust hands fixed-count users out
@@ -255,6 +261,7 @@ class TrafficRunner:
             "EH_SHAPE": self.shape,
             "EH_PROBE_PERIOD": f"{self.probe_period_s:g}",
             "EH_PROBE_ZONES": json.dumps(self.probe_zones),
+            "EH_PROBE_PERIODS": json.dumps(self.probe_periods),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
