@@ -553,7 +553,7 @@ def test_failover_and_recovery_are_printed_with_their_resolution(tmp_path: Path)
     assert f"{f.recovery_s:.3f} s ±{f.recovery_resolution_s:.3f}" in out
 
 
-def test_a_cut_off_pair_recovery_is_bounded_by_the_zones_failed_user_requests(tmp_path: Path) -> None:
+def test_a_cut_off_pair_recovery_is_bounded_by_what_the_zones_requests_met(tmp_path: Path) -> None:
     """A zone outage leaves its pairs without any hop until the zone serves again (a node kill in a one-node
     zone did so in a stability run): the zone's failed user requests, not the restore, bound the recovery."""
     out = FaultSpec("outage-lax", "zone-down", LAX, (), 30, 50, 1.0, 2.0, entry_down=True)
@@ -569,6 +569,15 @@ def test_a_cut_off_pair_recovery_is_bounded_by_the_zones_failed_user_requests(tm
         # the zone kept failing 2 s after the restore: the recovery is known to one request's gap (4/s), not 2 s
         assert p.counts["recovery_resolution_s"] == pytest.approx(first_good - last_failed)
         assert 0 < p.counts["recovery_resolution_s"] <= 0.25 + 1e-3
+    # a node kill: the zone's entry is back at once but its public-api goes on calling the Region for 2 s, so
+    # (lax, product-api) has no hop until then; the Region-served hops to public-api bound its recovery
+    node = FaultSpec("node-lax", "service-down", LAX, ("frontend", "public-api", "product-api"), 30, 50, 1.0, 2.0,
+                     entry_down=True)  # fmt: skip
+    v = verify(run(tmp_path, "node", faults=[node]))
+    assert v.passed, v.failure_messages
+    by_upstream = {p.upstream: p.counts for p in v.invariant(FALLBACK).pairs if p.fault == node.fault}
+    assert by_upstream["product-api"]["recovery_s"] > 2  # type: ignore[operator]
+    assert all(0 < c["recovery_resolution_s"] <= 0.25 + 1e-3 for c in by_upstream.values()), by_upstream  # type: ignore[operator]
     # a pair whose callers stayed up keeps its own records as bounds: failed requests elsewhere do not count
     kill = verify(run(tmp_path, "kill", faults=[KILL])).fault(KILL.fault)
     assert kill.recovery_resolution_s is not None and kill.recovery_resolution_s <= kill.recovery_s  # type: ignore[operator]

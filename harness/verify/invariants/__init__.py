@@ -53,8 +53,9 @@ reader of a copied verdict does not need this file):
   start when there was none: the true instant lies in [F - resolution, F].
   A recovery pair whose callers the fault cut off (the zone's entry point, a
   caller or a service on a call path from the entry to it was down) has no
-  hops while cut off; the start of the last user request entering the zone
-  before R that failed bounds R too.
+  hops while cut off; the last user request entering the zone before R that
+  failed, and the last hop from the zone to a service on the way to its
+  callers that failed or was served elsewhere, bound R too (at their start).
 - Shared services: hops to Region-placed upstreams must be served in an
   availability zone (zero tolerance; unattributed hosts count as violations)
   and must be routed: a hop that found no upstream host (NR, UH ...) fails,

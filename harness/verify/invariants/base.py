@@ -116,16 +116,8 @@ class CheckBase:
         )
         return w
 
-    def _cut_off(self, f: Fault, callers: list[str]) -> bool:
-        """True when the fault left the pair's callers without traffic: the zone's entry point, a caller or a
-        service on a call path from the entry to a caller was down in the zone.
-
-        Such a pair has no hops at all while it is cut off, so its own records
-        cannot bound its recovery; the user requests entering the zone can.
-        """
-        if f.entry_down:
-            return True
-        down = set(f.services)
+    def _path_to(self, callers: list[str]) -> set[str]:
+        """The callers and every service on a call path from the entry to them (the topology's call graph)."""
         callers_of: dict[str, set[str]] = {}
         for s in self.t.services:
             for u in s.upstreams:
@@ -134,23 +126,41 @@ class CheckBase:
         todo = list(callers)
         while todo:
             name = todo.pop()
-            if name in seen:
-                continue
-            seen.add(name)
-            if name in down:
-                return True
-            todo.extend(callers_of.get(name, set()))
-        return False
+            if name not in seen:
+                seen.add(name)
+                todo.extend(callers_of.get(name, set()))
+        return seen
 
-    def _last_failed_request(self, zone: str, lo: float, before: float) -> float | None:
-        """Start of the last user request entering `zone` in [lo, before) that failed.
+    def _cut_off(self, f: Fault, callers: list[str]) -> bool:
+        """True when the fault left the pair's callers without traffic: the zone's entry point, a caller or a
+        service on a call path from the entry to a caller was down in the zone.
 
-        It is a user attempt the zone did not serve: for a pair whose callers
-        were cut off, the latest "not yet" before the first good hop.
+        Such a pair has no hops at all while it is cut off, so its own records
+        cannot bound its recovery; the zone's user requests and the hops
+        leading to its callers can (`_last_not_yet`).
         """
-        value = self._one("SELECT max(ts) FROM requests WHERE zone = ? AND NOT ok AND ts >= ? AND ts < ?",
-                          [zone, lo, before])  # fmt: skip
-        return None if value is None else float(value)
+        return f.entry_down or bool(self._path_to(callers) & set(f.services))
+
+    def _last_not_yet(self, zone: str, callers: list[str], lo: float, before: float) -> float | None:
+        """The last record in [lo, before) showing the zone not yet serving through a cut-off pair.
+
+        A user request entering the zone that failed, or a hop to one of the
+        pair's callers (or a service on the way to them) from the zone that
+        failed or was served elsewhere: either way no call reached the
+        zone's own caller then. Taken at its start.
+        """
+        marks = [self._one("SELECT max(ts) FROM requests WHERE zone = ? AND NOT ok AND ts >= ? AND ts < ?",
+                           [zone, lo, before])]  # fmt: skip
+        for s in sorted(self._path_to(callers)):
+            marks.append(
+                self._one(
+                    f"SELECT max(ts) FROM fhops WHERE caller_zone = ? AND upstream = ? AND ts >= ? AND ts < ? "
+                    f"AND NOT (ok AND coalesce(({self._expected_sql(zone, s)}), false))",
+                    [zone, s, lo, before],
+                )
+            )
+        found = [float(m) for m in marks if m is not None]
+        return max(found) if found else None
 
     def _expected_sql(self, zone: str, upstream: str) -> str:
         try:

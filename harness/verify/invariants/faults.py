@@ -228,10 +228,10 @@ class FaultMeasurer(CheckBase):
         for u, callers in scope.recovery:
             w = self._measure(f.zone, u, callers, f.restore, hi, self._expected_sql(f.zone, u), next_fault=nxt)
             if w.instant is not None and self._cut_off(f, callers):
-                # no hop of the pair while its callers were cut off: the zone's failed user requests bound it
-                req = self._last_failed_request(f.zone, f.restore, w.instant)
-                if req is not None and (w.prev_bad is None or req > w.prev_bad):
-                    w.prev_bad = req
+                # no hop of the pair while its callers were cut off: what the zone's requests met bounds it
+                mark = self._last_not_yet(f.zone, callers, f.restore, w.instant)
+                if mark is not None and (w.prev_bad is None or mark > w.prev_bad):
+                    w.prev_bad = mark
             pr = pair_results.get(u) or PairResult(
                 caller_zone=f.zone, upstream=u, status=PASS, fault=f.fault, counts={}, first_offenders=[]
             )

@@ -56,8 +56,9 @@ DEFINITIONS = {
     "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop, minus restore",
     "resolution_s": "gap between the records bounding the failover/recovery instant: the instant minus the last "
     "failed or misplaced hop before it (or minus the window start); for a recovery whose callers the fault cut off "
-    "(entry point, a caller or a service on its call path down in the zone) also the start of the last user request "
-    "entering the zone before it that failed; the true value lies in [value - resolution, value]",
+    "(entry point, a caller or a service on its call path down in the zone) also the last user request entering "
+    "the zone that failed and the last hop from the zone to a service on the way to the pair's callers that failed "
+    "or was served elsewhere, at their start; the true value lies in [value - resolution, value]",
     "lost": "failed requests entering the zone and failed hops of the affected pairs, from inject to failover "
     "(or to the end of the fault window)",
     "availability": "failed / all user requests per fault window [inject, restore + recovery] and in steady state, "
