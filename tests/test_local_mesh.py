@@ -655,3 +655,26 @@ def test_update_writes_only_changes(env: Env) -> None:
     cat["postgres"] = [*cat["postgres"], Endpoint("pg-2", "127.0.0.9", 1, False, "z")]
     assert sc.update(cat) == [sni("postgres")]
     sc.update(env.catalog)
+
+
+@pytest.mark.parametrize("edition", ["ce", "enterprise"])
+def test_the_rendered_mesh_never_ejects_the_only_database_pod(edition: str) -> None:
+    """With maxEjectionPercent 100 the only host of a Region-only service could be ejected, which redirects
+    nothing and black-holes the caller for the whole ejection. Edge upstreams keep their outlier detection."""
+    from harness.render import render
+    from harness.render.naming import namespace
+    from harness.topology import load_topology
+
+    t = load_topology()
+    r = render(t, edition)
+    m = MeshConfig.from_objects(r.objects, "rendered", edition=edition)
+    lz = t.edge_zones[0]
+    ns = namespace(t, lz) if edition == "enterprise" else "default"
+    caller = f"product-api-{t.short(lz)}" if edition == "ce" else "product-api"
+    db_chain = m.compile_chain(ServiceRef(caller, ns), ServiceRef("postgres", ns))
+    db = mesh_envoy.outlier_detection(db_chain.upstream_config)
+    assert db["enforcing_consecutive_5xx"] == 0, db
+    edge_caller = f"public-api-{t.short(lz)}" if edition == "ce" else "public-api"
+    edge_up = ServiceRef(f"product-api-{t.short(lz)}" if edition == "ce" else "product-api", ns)
+    edge = mesh_envoy.outlier_detection(m.compile_chain(ServiceRef(edge_caller, ns), edge_up).upstream_config)
+    assert edge["enforcing_consecutive_5xx"] == 100 and edge["consecutive_5xx"] == 2, edge

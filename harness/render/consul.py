@@ -31,6 +31,14 @@ What each kind is for here:
   - `baseEjectionTime: 5s` (Consul: 30 s): a recovered host gets traffic back
     within seconds, inside the recovery SLO, instead of after half a minute.
   - `enforcingConsecutive5xx: 100`: Envoy's default, stated so it is visible.
+  - ...except toward a Region-only service with a single pod (postgres), in
+    an override with `enforcingConsecutive5xx: 0`: with the 100 % above the
+    only host can be ejected too, and ejecting it redirects nothing (a
+    Region-only service has no failover target), it black-holes the caller
+    (`UH`, no healthy upstream) for the whole ejection. Seen on a loaded node: two postgres handshakes
+    over the connect timeout got a new product-api pod's only database
+    ejected, its readiness (a database ping) failed, and the pod flapped
+    in and out of service for the rest of the run.
 - ServiceResolver: on each edge copy, failover to the Region. In CE that is
   another service name (`targets: [{service: product-api}]`); Enterprise names
   the Region namespace, and redirects Region-only services from edge
@@ -55,7 +63,7 @@ from harness.contract import names
 from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.render import naming
 from harness.render.naming import ConsulService
-from harness.topology.model import Edition, Placement, Topology
+from harness.topology.model import Edition, Placement, Service, Topology
 
 API_VERSION = "consul.hashicorp.com/v1alpha1"
 NUM_RETRIES = 2
@@ -102,6 +110,11 @@ def _redirected_region_services(t: Topology, edition: Edition) -> list[tuple[str
     ]
 
 
+def _single_region_pod(service: Service) -> bool:
+    """A Region-only service with one pod: ejecting it cannot redirect anything (see the module docstring)."""
+    return service.placement is Placement.REGION and service.replicas == 1
+
+
 def service_defaults(t: Topology, services: list[ConsulService], edition: Edition) -> list[dict[str, Any]]:
     out = []
     for cs in services:
@@ -110,6 +123,13 @@ def service_defaults(t: Topology, services: list[ConsulService], edition: Editio
             spec["upstreamConfig"] = {
                 "defaults": {"connectTimeoutMs": CONNECT_TIMEOUT_MS, "passiveHealthCheck": dict(PASSIVE_HEALTH_CHECK)}
             }
+            single = [u for u in map(t.service, cs.service.upstreams) if _single_region_pod(u)]
+            if single:
+                spec["upstreamConfig"]["overrides"] = [
+                    {"name": naming.upstream_target(t, u, cs.zones[0], edition)[0],
+                     "passiveHealthCheck": {**PASSIVE_HEALTH_CHECK, "enforcingConsecutive5xx": 0}}
+                    for u in single
+                ]  # fmt: skip
         out.append(_crd("ServiceDefaults", cs.name, cs.namespace, spec))
     # The redirected name needs a protocol too: the discovery chain starts there.
     for name, ns in _redirected_region_services(t, edition):
