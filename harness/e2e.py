@@ -405,7 +405,8 @@ def run_e2e(
                 workers.start()
             before_traffic(backend, run_dir, say)
             say(f"traffic: {opts.users} users over {len(entry)} zones, probes into {', '.join(probe_zones) or 'none'}")
-            periods = probe_periods(topology, probe_zones, DEFAULT_PROBE_PERIOD_S)
+            # in-zone workers get one probe each at the base period (TrafficRunner explains)
+            periods = probe_periods(topology, probe_zones, DEFAULT_PROBE_PERIOD_S) if workers is None else None
             try:
                 # duration is only a bound: the runner is stopped when the context exits
                 with TrafficRunner(
@@ -417,7 +418,7 @@ def run_e2e(
                     processes=opts.processes,
                     probe_zones=probe_zones,
                     master=workers.master() if workers is not None else None,
-                    probe_periods=None if workers is not None else periods,
+                    probe_periods=periods,
                 ):
                     mark_run(run_dir, "traffic")
                     # every zone's users served before the first fault, not a fixed pause (warmup_s bounds it)

@@ -465,12 +465,13 @@ def test_zone_probes_end_when_locust_stops_its_users(tmp_path: Path, shop: FakeS
 
 @pytest.mark.slow
 def test_a_zone_can_have_its_own_probe_period(tmp_path: Path, shop: FakeShop, shop_b: FakeShop) -> None:
-    """EH_PROBE_PERIODS sets one zone's clock apart from EH_PROBE_PERIOD (an AZ is probed faster by e2e)."""
+    """TrafficRunner's probe_periods reach the locustfile (EH_PROBE_PERIODS): one zone's clock apart from the rest
+    (an AZ is probed faster by e2e)."""
     eps = {"zone-a": shop.url, "zone-b": shop_b.url}
-    env = {"EH_ENTRYPOINTS": json.dumps(eps), "EH_WAIT": "60", "EH_PROBE_PERIOD": "0.2",
-           "EH_PROBE_PERIODS": json.dumps({"zone-b": 0.025})}  # fmt: skip
-    req, _ = _locust(tmp_path, shop.url, env)
-    probes = Counter(str(r["zone"]) for r in _records(req) if r["endpoint"] == "probe")
+    res = run_traffic(eps, tmp_path, users=2, spawn_rate=10, duration_s=3, extra_env={"EH_WAIT": "60"},
+                      probe_period_s=0.2, probe_periods={"zone-b": 0.025})  # fmt: skip
+    assert res.requests > 0
+    probes = Counter(str(r["zone"]) for r in _records(tmp_path / "requests.jsonl") if r["endpoint"] == "probe")
     # 3 s: ~15 ticks at 200 ms against ~120 at 25 ms (a shared clock would give equal counts)
     assert probes["zone-b"] > 4 * probes["zone-a"] > 0, probes
 

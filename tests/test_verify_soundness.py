@@ -578,9 +578,21 @@ def test_a_cut_off_pair_recovery_is_bounded_by_what_the_zones_requests_met(tmp_p
     by_upstream = {p.upstream: p.counts for p in v.invariant(FALLBACK).pairs if p.fault == node.fault}
     assert by_upstream["product-api"]["recovery_s"] > 2  # type: ignore[operator]
     assert all(0 < c["recovery_resolution_s"] <= 0.25 + 1e-3 for c in by_upstream.values()), by_upstream  # type: ignore[operator]
-    # a pair whose callers stayed up keeps its own records as bounds: failed requests elsewhere do not count
-    kill = verify(run(tmp_path, "kill", faults=[KILL])).fault(KILL.fault)
-    assert kill.recovery_resolution_s is not None and kill.recovery_resolution_s <= kill.recovery_s  # type: ignore[operator]
+    # a pair whose callers stayed up is bounded by its own records only: its last not-good hop before the instant
+    d = run(tmp_path, "kill", faults=[KILL])
+    kill = verify(d).fault(KILL.fault)
+    assert kill.restore is not None and kill.recovery_s is not None and kill.recovery_resolution_s is not None
+    first_good = kill.restore + kill.recovery_s
+    hops = [json.loads(x) for x in (d / "hops.jsonl").read_text().splitlines()]
+    bad = [
+        h["ts"]
+        for h in hops
+        if h["caller_zone"] == LAX
+        and h["upstream"] == "product-api"
+        and kill.restore <= h["ts"] < first_good
+        and not (200 <= h["status"] < 400 and h["serving_zone"] == LAX)
+    ]
+    assert kill.recovery_resolution_s == pytest.approx(first_good - max([kill.restore, *bad]))  # fmt: skip
 
 
 # -- 11. nothing recorded is lost: corrupt lines, partial runs (issue 10 deliver 3) ------------------------

@@ -410,6 +410,7 @@ def run_traffic(
     extra_env: dict[str, str] | None = None,
     probe_period_s: float | None = DEFAULT_PROBE_PERIOD_S,
     probe_zones: list[str] | None = None,
+    probe_periods: Mapping[str, float] | None = None,
 ) -> TrafficResult:
     """Drive users at `entrypoints` ({zone: base_url}) for `duration_s`; records go to `out`/requests.jsonl.
 
@@ -431,6 +432,7 @@ def run_traffic(
         extra_env,
         probe_period_s,
         probe_zones,
+        probe_periods=probe_periods,
     )
     runner.start()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.verify.expected import dependants
 from harness.verify.invariants.sql import HOP_END_SQL, HOP_FIELDS, INF, MAX_MESSAGES, MAX_OFFENDERS, Window
 from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
 
@@ -116,21 +117,6 @@ class CheckBase:
         )
         return w
 
-    def _path_to(self, callers: list[str]) -> set[str]:
-        """The callers and every service on a call path from the entry to them (the topology's call graph)."""
-        callers_of: dict[str, set[str]] = {}
-        for s in self.t.services:
-            for u in s.upstreams:
-                callers_of.setdefault(u, set()).add(s.name)
-        seen: set[str] = set()
-        todo = list(callers)
-        while todo:
-            name = todo.pop()
-            if name not in seen:
-                seen.add(name)
-                todo.extend(callers_of.get(name, set()))
-        return seen
-
     def _cut_off(self, f: Fault, callers: list[str]) -> bool:
         """True when the fault left the pair's callers without traffic: the zone's entry point, a caller or a
         service on a call path from the entry to a caller was down in the zone.
@@ -139,7 +125,7 @@ class CheckBase:
         cannot bound its recovery; the zone's user requests and the hops
         leading to its callers can (`_last_not_yet`).
         """
-        return f.entry_down or bool(self._path_to(callers) & set(f.services))
+        return f.entry_down or bool(dependants(self.t, tuple(callers)) & set(f.services))
 
     def _last_not_yet(self, zone: str, callers: list[str], lo: float, before: float) -> float | None:
         """The last record in [lo, before) showing the zone not yet serving through a cut-off pair.
@@ -151,7 +137,7 @@ class CheckBase:
         """
         marks = [self._one("SELECT max(ts) FROM requests WHERE zone = ? AND NOT ok AND ts >= ? AND ts < ?",
                            [zone, lo, before])]  # fmt: skip
-        for s in sorted(self._path_to(callers)):
+        for s in sorted(dependants(self.t, tuple(callers))):
             marks.append(
                 self._one(
                     f"SELECT max(ts) FROM fhops WHERE caller_zone = ? AND upstream = ? AND ts >= ? AND ts < ? "

@@ -222,8 +222,8 @@ class FaultMeasurer(CheckBase):
             )
             out.values = {u: None for u, _ in scope.recovery}
             return out
-        hi = self._next_fault_in_zone(f, f.restore)
         nxt = self._next_inject_in_zone(f, f.restore)
+        hi = nxt if nxt is not None else max(self.run_end, f.restore)
         measured: list[tuple[float, float | None]] = []
         for u, callers in scope.recovery:
             w = self._measure(f.zone, u, callers, f.restore, hi, self._expected_sql(f.zone, u), next_fault=nxt)
