@@ -497,6 +497,41 @@ def test_destroy_leaves_nothing(tmp_path: Path) -> None:
         cleanup(state.path)
 
 
+ON_ITS_WAY_IN = """
+import ctypes, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)  # `ip netns exec` opens the namespace ...
+print("open", flush=True)
+time.sleep(2)  # ... and is descheduled before setns(2): in no namespace `ip netns pids` lists
+ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000)
+time.sleep(120)
+"""
+
+
+def test_destroy_ends_a_process_on_its_way_into_a_pod_namespace(tmp_path: Path) -> None:
+    """A process between open(2) and setns(2) of a pod namespace holds it; destroy must end it too, or it
+    enters the deleted namespace and keeps it alive, unnamed, with everything it starts (a clean-clone run
+    saw `ip netns exec` do exactly that when destroy came right after the start)."""
+    state = State(tmp_path / "state.json")
+    net = Network(_cluster_name(), "10.216.0.0/16", ZONES[:1], state, link_mode="relay")
+    script = tmp_path / "enter.py"
+    script.write_text(ON_ITS_WAY_IN)
+    proc: subprocess.Popen[str] | None = None
+    try:
+        net.create()
+        pn = net.add_pod("a", ZONES[0].name)
+        proc = subprocess.Popen([sys.executable, str(script), f"/run/netns/{pn.ns}"], stdout=subprocess.PIPE,
+                                text=True, start_new_session=True)  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        net.destroy()
+        assert proc.wait(timeout=10) != 0  # killed, not left to enter the deleted namespace
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        net.destroy()
+        cleanup(state.path)
+
+
 def test_cleanup_after_crash(tmp_path: Path) -> None:
     """Build, then drop the Network without destroy (as if the harness died); cleanup(path) removes all."""
     state_path = tmp_path / "run" / "state.json"

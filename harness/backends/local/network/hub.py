@@ -188,8 +188,7 @@ class Network(NftRules, RelayControl, NetemControl):
             self._stop_relay()
             if nsutil.ns_exists(self.hub):
                 nsutil.run(nsutil.exec_argv(self.hub, ["nft", "delete", "table", "inet", self.table]), check=False)
-                _kill_ns_processes(self.hub)
-                nsutil.run(["ip", "netns", "del", self.hub], check=False)
+                _remove_ns(self.hub)
             self.state.discard_nft_table(self.hub, "inet", self.table)
             if not nsutil.ns_exists(self.hub):
                 self.state.discard_netns(self.hub)
@@ -251,11 +250,9 @@ class Network(NftRules, RelayControl, NetemControl):
             pn = self._pods.get(pod)
             if pn is None:
                 return
-            _kill_ns_processes(pn.ns)
             if nsutil.ns_exists(self.hub):
                 nsutil.run(["ip", "-n", self.hub, "link", "del", pn.host_if], check=False)
-            if nsutil.ns_exists(pn.ns):
-                nsutil.run(["ip", "netns", "del", pn.ns], check=False)
+            _remove_ns(pn.ns)
             if not nsutil.ns_exists(pn.ns):
                 self.state.discard_netns(pn.ns)
             del self._pods[pod]
@@ -309,8 +306,18 @@ class Network(NftRules, RelayControl, NetemControl):
         self.set_link(zone, base.latency_ms, base.jitter_ms, base.loss_percent)
 
 
-def _kill_ns_processes(ns: str) -> None:
-    """Kill whatever still runs in one of our namespaces (it would pin the namespace)."""
-    recs = [r for r in (record_process(p) for p in nsutil.ns_pids(ns) if p != os.getpid()) if r.starttime >= 0]
-    if recs:
+def _remove_ns(ns: str) -> None:
+    """Delete one of our namespaces and kill whatever still holds it (it would keep it alive, unnamed).
+
+    The name goes first, so nothing new can enter; then everything inside
+    or on its way in (`netns.ns_holders`) is ended, again until none is
+    left: a process forking while it is killed can leave a child behind.
+    """
+    ident = nsutil.delete_ns(ns)
+    if ident is None:
+        return
+    for _ in range(5):
+        recs = [r for r in map(record_process, nsutil.ns_holders(ident)) if r.starttime >= 0]
+        if not recs:
+            return
         terminate(recs, grace_s=1.0)

@@ -94,6 +94,47 @@ def ns_pids(ns: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit()]
 
 
+def delete_ns(ns: str) -> tuple[int, int] | None:
+    """Delete namespace `ns`; return its identity (device, inode), None when it did not exist, for `ns_holders`.
+
+    Once the name is gone no new process can enter it, so `ns_holders` after
+    this call finds everything that still keeps it alive.
+    """
+    try:
+        st = os.stat(NETNS_DIR / ns)  # the bind mount's target: the namespace itself (nsfs)
+    except FileNotFoundError:
+        return None
+    run(["ip", "netns", "del", ns], check=False)
+    return st.st_dev, st.st_ino
+
+
+def ns_holders(ident: tuple[int, int]) -> list[int]:
+    """Processes (not this one) inside the namespace `ident`, or holding it open on their way in.
+
+    `ip netns exec` opens the namespace and then calls setns(2): in between
+    it is in no namespace `ip netns pids` reports, and once in it keeps a
+    deleted namespace alive with everything it starts. Its descriptor is in
+    /proc/<pid>/fd (named by the path it was opened by, so compared by
+    identity), so both are found.
+    """
+    me = os.getpid()
+    out = []
+
+    def same(path: str) -> bool:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino) == ident
+
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if same(f"/proc/{entry.name}/ns/net") or any(same(fd.path) for fd in os.scandir(f"/proc/{entry.name}/fd")):
+                out.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread
+    return out
+
+
 def _enter(ns: str) -> None:
     """Move the *calling thread* into network namespace `ns`."""
     path = NETNS_DIR / ns
