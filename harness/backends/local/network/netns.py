@@ -109,13 +109,14 @@ def delete_ns(ns: str) -> tuple[int, int] | None:
 
 
 def ns_holders(ident: tuple[int, int]) -> list[int]:
-    """Processes (not this one) inside the namespace `ident`, or holding it open on their way in.
+    """Processes inside the namespace `ident`, and our own children holding it open on their way in.
 
     `ip netns exec` opens the namespace and then calls setns(2): in between
     it is in no namespace `ip netns pids` reports, and once in it keeps a
     deleted namespace alive with everything it starts. Its descriptor is in
     /proc/<pid>/fd (named by the path it was opened by, so compared by
-    identity), so both are found.
+    identity). Only children of this process count as on their way in: a
+    descriptor held anywhere else is not a process we started.
     """
     me = os.getpid()
     out = []
@@ -124,13 +125,18 @@ def ns_holders(ident: tuple[int, int]) -> list[int]:
         st = os.stat(path)
         return (st.st_dev, st.st_ino) == ident
 
+    def ours(pid: str) -> bool:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2 :].split()[1]) == me  # field 4: the parent
+
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
-            if same(f"/proc/{entry.name}/ns/net") or any(same(fd.path) for fd in os.scandir(f"/proc/{entry.name}/fd")):
+            inside = same(f"/proc/{entry.name}/ns/net")
+            if inside or (ours(entry.name) and any(same(fd.path) for fd in os.scandir(f"/proc/{entry.name}/fd"))):
                 out.append(int(entry.name))
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue  # gone meanwhile, or a kernel thread
     return out
 
