@@ -191,3 +191,49 @@ def test_startup_probe_and_no_cascading_ejection(tmp_path: Path, up: Any) -> Non
     assert "us-west-2a" in {zone for _, zone, _ in back}
     after = [ok for t, status, ok in results if t >= t_kill]
     assert len(after) > 50 and all(status == 200 for t, status, _ in results if t >= t_kill)
+
+
+def _processes_of(pod: str) -> list[int]:
+    """Live processes started for `pod` (the local backend gives each container EH_POD=<pod>)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and f"\0EH_POD={pod}\0".encode() in b"\0" + (p / "environ").read_bytes():
+                found.append(int(p.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_pod_whose_start_fails_half_way_leaves_nothing_running(tmp_path: Path, monkeypatch: Any) -> None:
+    """A pod start that fails once its app runs (here: the sidecar's bootstrap) ends that app and removes
+    the pod's namespace itself. Left behind, they belonged to no pod: they ran on until the cluster's
+    teardown, which then had to wait out their SIGTERM (an interrupted `up` stopped 2.3 s after Ctrl-C)."""
+    from harness.backends.local.cluster import LocalCluster
+    from harness.backends.local.sidecar import Sidecar
+    from harness.backends.local.state import cleanup
+
+    manifests = tmp_path / "manifests"
+    write(render(load_topology(small_topology(tmp_path / "topology.yaml", 1))), manifests)
+    cluster = LocalCluster(load(manifests), tmp_path / "state", "ehhlf")
+    failed: list[tuple[str, str]] = []
+    bootstrap = Sidecar.write_bootstrap
+
+    def broken(sc: Sidecar) -> None:
+        if sc.pod.startswith("public-api") and not failed:
+            assert cluster.network is not None
+            failed.append((sc.pod, cluster.network.pod(sc.pod).ns))
+            raise RuntimeError("bootstrap: no space left on device")
+        bootstrap(sc)
+
+    monkeypatch.setattr(Sidecar, "write_bootstrap", broken)
+    try:
+        with pytest.raises(RuntimeError, match="no space left"):
+            cluster.start()
+        [(pod, ns)] = failed
+        assert _processes_of(pod) == []
+        assert not Path(f"/run/netns/{ns}").exists()
+    finally:
+        cluster.stop()
+        cleanup(tmp_path / "state" / "state.json")
+    assert leftovers("ehhlf") == []

@@ -63,6 +63,35 @@ class PodLifecycle(ClusterBase):
         pdir = self.pods_dir / name
         pdir.mkdir(parents=True, exist_ok=True)
         pod = Pod(name=name, dep=dep, node=node, net=net, dir=pdir, started=time.time())
+        try:
+            self._start_processes(pod)
+        except BaseException:
+            # a start that failed half-way (or that a stop refused at `_spawn`) leaves nothing behind: its
+            # processes are not any pod's yet, so nothing else would end them before the cluster's teardown
+            self._kill_processes(pod)
+            with contextlib.suppress(Exception):
+                self.network.remove_pod(name)
+            raise
+        with self.lock:
+            self.pods[name] = pod
+        self.inventory.added(
+            PodInfo(
+                pod=name,
+                ip=net.ip,
+                node=node.name,
+                zone=node.zone,
+                service=dep.app,
+                consul_service=dep.consul_service,
+                namespace=dep.namespace,
+                started=pod.started,
+            )
+        )
+        return pod
+
+    def _start_processes(self, pod: Pod) -> None:
+        """The pod's containers and its sidecar, and the probes kubelet would run on them."""
+        assert self.certs is not None
+        dep, net, pdir, name = pod.dep, pod.net, pod.dir, pod.name
         mounts = self._materialise_volumes(dep, pdir)
         for c in dep.containers:
             env = {
@@ -117,21 +146,6 @@ class PodLifecycle(ClusterBase):
                 pod.liveness.append(ProbeState(c.liveness, now + c.liveness.initial_delay_s, gate=gate))
         if not pod.readiness and not pod.startup:
             pod.ready = True
-        with self.lock:
-            self.pods[name] = pod
-        self.inventory.added(
-            PodInfo(
-                pod=name,
-                ip=net.ip,
-                node=node.name,
-                zone=node.zone,
-                service=dep.app,
-                consul_service=dep.consul_service,
-                namespace=dep.namespace,
-                started=pod.started,
-            )
-        )
-        return pod
 
     def _app_port(self, dep: DeploymentSpec) -> int:
         """The port the sidecar forwards inbound traffic to, as consul-k8s picks it."""

@@ -22,7 +22,7 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -94,47 +94,59 @@ def ns_pids(ns: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit()]
 
 
-def delete_ns(ns: str) -> tuple[int, int] | None:
-    """Delete namespace `ns`; return its identity (device, inode), None when it did not exist, for `ns_holders`.
+NsIdent = tuple[int, int]  # a namespace's identity: (device, inode) of its nsfs file
 
-    Once the name is gone no new process can enter it, so `ns_holders` after
-    this call finds everything that still keeps it alive.
+
+def delete_ns(*names: str) -> list[NsIdent]:
+    """Delete the namespaces `names` (one `ip` process for all); return the identities of those that existed.
+
+    Once a name is gone no new process can enter it, so `ns_holders` after
+    this call finds everything that still keeps one alive.
     """
-    try:
-        st = os.stat(NETNS_DIR / ns)  # the bind mount's target: the namespace itself (nsfs)
-    except FileNotFoundError:
-        return None
-    run(["ip", "netns", "del", ns], check=False)
-    return st.st_dev, st.st_ino
+    idents, found = [], []
+    for ns in names:
+        try:
+            st = os.stat(NETNS_DIR / ns)  # the bind mount's target: the namespace itself (nsfs)
+        except FileNotFoundError:
+            continue
+        idents.append((st.st_dev, st.st_ino))
+        found.append(ns)
+    if found:  # -force: go on past a name removed meanwhile
+        run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {ns}\n" for ns in found), check=False)
+    return idents
 
 
-def ns_holders(ident: tuple[int, int]) -> list[int]:
-    """Processes inside the namespace `ident`, and our own children holding it open on their way in.
+def ns_holders(idents: Collection[NsIdent]) -> list[int]:
+    """Processes inside one of the namespaces `idents`, and our own children holding one open on their way in.
 
     `ip netns exec` opens the namespace and then calls setns(2): in between
     it is in no namespace `ip netns pids` reports, and once in it keeps a
     deleted namespace alive with everything it starts. Its descriptor is in
     /proc/<pid>/fd (named by the path it was opened by, so compared by
     identity). Only children of this process count as on their way in: a
-    descriptor held anywhere else is not a process we started.
+    descriptor held anywhere else is not a process we started. One pass over
+    /proc serves every namespace: a cluster's teardown removes all of them.
     """
     me = os.getpid()
-    out = []
+    wanted = set(idents)
+    out: list[int] = []
 
-    def same(path: str) -> bool:
+    def held(path: str) -> bool:
         st = os.stat(path)
-        return (st.st_dev, st.st_ino) == ident
+        return (st.st_dev, st.st_ino) in wanted
 
     def ours(pid: str) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return int(stat[stat.rindex(")") + 2 :].split()[1]) == me  # field 4: the parent
 
+    if not wanted:
+        return out
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
-            inside = same(f"/proc/{entry.name}/ns/net")
-            if inside or (ours(entry.name) and any(same(fd.path) for fd in os.scandir(f"/proc/{entry.name}/fd"))):
+            inside = held(f"/proc/{entry.name}/ns/net")
+            if inside or (ours(entry.name) and any(held(fd.path) for fd in os.scandir(f"/proc/{entry.name}/fd"))):
                 out.append(int(entry.name))
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile, or a kernel thread
