@@ -21,11 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# reset SIGINT to its default, then become the command (same pid: callers signal and wait for it)
+_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -78,3 +84,20 @@ def handle_signals(say: Callable[[str], None] = lambda _m: None) -> Iterator[lis
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def with_default_sigint(argv: Sequence[str]) -> list[str]:
+    """`argv` started with SIGINT at its default disposition, whatever this process inherited.
+
+    The harness stops locust and chaostoolkit with SIGINT, their graceful
+    stop (locust writes its stats, chaostoolkit plays its rollbacks). An
+    ignored SIGINT survives exec: a shell ignores it in every job it puts in
+    the background without job control (`harness e2e &` in a script, a cron
+    or CI step, `bench/` runs), so the child would sit out the stop until
+    the escalation (locust: 15 s more in every e2e; chaostoolkit: SIGKILL
+    after 60 s, its rollbacks never played). A handler does not survive
+    exec, so only callers outside `handle_signals` handed the ignore on; this
+    does not depend on the caller at all. A bare interpreter resets the
+    signal and execs the command, keeping the pid.
+    """
+    return [sys.executable, "-I", "-S", "-c", _DEFAULT_SIGINT, *argv]

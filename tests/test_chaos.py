@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ from harness.chaos.roles import RoleError, parse_role, resolve_values, resolve_z
 from harness.contract.inventory import Inventory, PodInfo
 from harness.errors import BackendError, InputError
 from harness.topology import load_topology
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_until
 
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.json"))
 TOPOLOGIES = [REPO / "fixtures" / f for f in ("topology.yaml", "topology-wide.yaml", "topology-eu.yaml")]
@@ -263,6 +264,48 @@ def test_each_experiment_gets_its_directory_and_the_plan_comes_first(tmp_path: P
     plan = json.loads((run / "plan.json").read_text())
     assert [(e["id"], e["actions"]) for e in plan["experiments"]] == [("01-alpha", ["act"]), ("02-beta", ["act"])]
     assert not (run / "chaos-journal.json").exists()
+
+
+@pytest.mark.slow
+def test_an_interrupted_experiment_plays_its_rollbacks_even_when_the_caller_ignores_sigint(tmp_path: Path) -> None:
+    """A caller that ignores SIGINT (a background job of a script, a cron or CI step) must not hand that on.
+
+    An ignored signal survives exec: chaostoolkit sat out the harness's SIGINT,
+    was SIGKILLed 60 s later and never played its rollbacks (the fault stayed).
+    Interrupted in its method, it must stop as on Ctrl-C: journal
+    "interrupted", rollbacks played.
+    """
+    started, rolled = tmp_path / "started", tmp_path / "rolled"
+    doc = {
+        "title": "interrupted", "description": "no backend needed",
+        "method": [{"type": "action", "name": "act", "provider": {
+            "type": "process", "path": "sh", "arguments": ["-c", f"touch {started}; sleep 120"]}}],
+        "rollbacks": [{"type": "action", "name": "undo", "provider": {
+            "type": "process", "path": "touch", "arguments": [str(rolled)]}}],
+    }  # fmt: skip
+    exp = tmp_path / "interrupted.json"
+    exp.write_text(json.dumps(doc))
+
+    def ctrl_c(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def interrupt_once_acting() -> None:
+        if wait_until(started.exists, timeout=60):
+            os.kill(os.getpid(), signal.SIGUSR1)  # the test's Ctrl-C, delivered to the main thread
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGUSR1, ctrl_c)
+    watcher = threading.Thread(target=interrupt_once_acting, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(exp, tmp_path / "run", BackendOptions(name="local", cluster="nothere"))
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGUSR1, previous[1])
+    watcher.join()
+    journal = json.loads((tmp_path / "run" / "chaos" / "01-interrupted" / "journal.json").read_text())
+    assert journal["status"] == "interrupted"
+    assert rolled.exists()
 
 
 # -- actions: timeline order, restore timing, snapshots, one backend per process --------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -499,3 +500,26 @@ def test_e2e_probes_an_availability_zone_once_per_az_faster() -> None:
     assert len(azs) == 2
     assert probe_periods(t, [azs[0], lz], 0.03) == {azs[0]: pytest.approx(0.015)}
     assert probe_periods(t, [lz], 0.03) == {}
+
+
+@pytest.mark.slow
+def test_locust_stops_on_our_sigint_even_when_the_caller_ignores_sigint(tmp_path: Path, shop: FakeShop) -> None:
+    """A caller that ignores SIGINT (a background job of a script, a cron or CI step) must not hand that on.
+
+    An ignored signal survives exec: locust sat out the harness's SIGINT until
+    the SIGTERM 15 s later, in every bench e2e. Locust must stop on the first
+    signal, the way it stops on Ctrl-C (its own words in the log), and write
+    its stats.
+    """
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        tr = TrafficRunner({"zone-a": shop.url}, tmp_path, users=2, spawn_rate=10, duration_s=600).start()
+        try:  # users at work: locust is past its start-up and in its run loop
+            assert wait_until(lambda: sum(shop.counts.values()) >= 5, timeout=60)
+        finally:
+            result = tr.stop()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "Exiting due to CTRL+C interruption" in (tmp_path / "locust.log").read_text()
+    assert result.returncode is not None and result.returncode >= 0
+    assert result.stats_file.exists()

@@ -14,7 +14,10 @@ locust's.
 The process is started in a new session: a Ctrl-C at the terminal reaches
 only the harness, which then stops locust in order (SIGINT so locust writes
 its summary, then SIGTERM, then SIGKILL for the process group it leads, which
-holds only locust and its forked workers). Its output goes to
+holds only locust and its forked workers). Locust starts with SIGINT at its
+default whatever the caller inherited (`interrupt.with_default_sigint`: a
+background job's ignored SIGINT would otherwise make it sit out that stop).
+Its output goes to
 ``<run dir>/locust.log``, never to the caller's stdout (a pipeline on the
 harness's output must not hang on a child holding it open).
 """
@@ -40,6 +43,7 @@ from typing import Protocol
 
 from harness.contract.rundir import REQUESTS_FILE
 from harness.errors import HarnessError
+from harness.interrupt import with_default_sigint
 
 # Package data: locust gets a file path, which an installed package has as much as a checkout
 DEFAULT_LOCUSTFILE = Path(str(files("harness").joinpath("loadtests", "hashicups.py")))
@@ -281,7 +285,7 @@ class TrafficRunner:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(cmd)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                _dies_with_parent(cmd),
+                _dies_with_parent(with_default_sigint(cmd)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
