@@ -41,12 +41,13 @@ def _rewrite(path: Path, fn: Any) -> None:
 
 
 def spof_run(tmp_path: Path, declaration: dict[str, Any] | None, errors_until: float = RESTORE,
-             cascade_until: float | None = None, ejected: bool = False) -> Path:  # fmt: skip
+             cascade_until: float | None = None, ejected: bool = False,
+             aftermath_until: float | None = None) -> Path:  # fmt: skip
     """The primary down from INJECT to RESTORE; every zone's requests fail until `errors_until`."""
     # replace_pods=False: the model's primary turns unready rather than being replaced (it models one AZ's
     # pods only; a Region-only pod removed under its callers is not what this test is about)
     sc = Scenario(T, duration_s=80, rate_per_zone=4, faults=[DB], replace_pods=False,
-                  accesslogs="none" if ejected else "local")  # fmt: skip
+                  accesslogs="none" if ejected or aftermath_until else "local")  # fmt: skip
     d = write_run(tmp_path / "run", sc)
     seen = [0]
 
@@ -77,6 +78,15 @@ def spof_run(tmp_path: Path, declaration: dict[str, Any] | None, errors_until: f
             return h
 
         _rewrite(d / "hops.jsonl", eject)
+    if aftermath_until is not None:  # product-api Ready again, but its callers' ejections of it still run
+        lo = START + (cascade_until if cascade_until is not None else RESTORE)
+
+        def ejected_still(h: dict[str, Any]) -> dict[str, Any]:
+            if h["upstream"] == "product-api" and lo <= h["ts"] <= START + aftermath_until:
+                h.update(upstream_host=None, serving_pod=None, serving_zone=None, status=503, flags="UH")
+            return h
+
+        _rewrite(d / "hops.jsonl", ejected_still)
     if cascade_until is not None:  # product-api's readiness follows its database: unready in LAX meanwhile
         inv = [json.loads(x) for x in (d / "inventory.jsonl").read_text().splitlines()]
         pod = next(e for e in inv if e["event"] == "ready" and e["service"] == "product-api" and e["zone"] == LAX)
@@ -132,6 +142,24 @@ def test_the_cascade_is_the_declared_faults_and_errors_after_it_are_not(tmp_path
     assert window.end is not None and window.end >= START + RESTORE + 6.5
     # the same errors without the cascade in the inventory land in the steady state and fail it
     v2 = verify(spof_run(tmp_path / "b", DECLARATION, errors_until=RESTORE + 6))
+    assert "availability: steady state" in v2.invariant(AVAILABILITY).message
+
+
+def test_the_meshs_recovery_after_the_cascade_is_the_declared_faults(tmp_path: Path) -> None:
+    """Product-api is Ready again, but its callers' outlier ejections of it (made while it answered errors) run
+    out their time: 1.5 s more of "no healthy upstream" from every zone. That is the fault's impact; counted
+    in the steady state, how many requests it failed decided the verdict run by run (4 of 10 stability runs
+    of postgres-primary-kill failed)."""
+    cascade, aftermath = RESTORE + 0.7, RESTORE + 2.2
+    v = verify(spof_run(tmp_path, DECLARATION, errors_until=aftermath, cascade_until=cascade,
+                        aftermath_until=aftermath))  # fmt: skip
+    assert v.invariant(AVAILABILITY).passed, v.failure_messages
+    window = next(w for w in v.invariant(AVAILABILITY).windows if w.window == f"fault {DB.fault}")
+    assert window.end is not None and START + aftermath < window.end <= START + aftermath + 0.5
+    steady = next(w for w in v.invariant(AVAILABILITY).windows if w.window == "steady state")
+    assert steady.failed == 0
+    # the same user errors while the hops show the mesh serving product-api again: not the fault's
+    v2 = verify(spof_run(tmp_path / "b", DECLARATION, errors_until=aftermath, cascade_until=cascade))
     assert "availability: steady state" in v2.invariant(AVAILABILITY).message
 
 

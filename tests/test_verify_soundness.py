@@ -595,6 +595,40 @@ def test_a_cut_off_pair_recovery_is_bounded_by_what_the_zones_requests_met(tmp_p
     assert kill.recovery_resolution_s == pytest.approx(first_good - max([kill.restore, *bad]))  # fmt: skip
 
 
+def test_an_az_pairs_recovery_is_not_bounded_by_the_azs_failed_entry(tmp_path: Path) -> None:
+    """Region callers anywhere reach an AZ's pods (Envoy spreads Region calls over every AZ): a failed request
+    into the AZ's own entry says nothing about its public-api, Ready and reachable from the other AZ's frontend
+    before. An az-node-loss stability run claimed ±80 ms for a recovery whose caller had been Ready 305 ms
+    before its first hop; the AZ's callers' readiness bounds it."""
+    from datetime import datetime
+
+    node = FaultSpec("node-2a", "service-down", AZ, ("frontend", "public-api", "product-api"), 30, 50, 1.0, 2.0,
+                     entry_down=True)  # fmt: skip
+    d = run(tmp_path, faults=[node])
+    restore = T0 + 50
+    ready = [e for e in inventory(d) if e["zone"] == AZ and e["service"] == "public-api" and e["event"] == "ready"]
+    assert ready[-1]["ts"] == restore  # the replacement public-api is Ready at the restore
+    # ... but the Region's load balancer sends it nothing for 0.3 s (the other AZ's public-api gets the calls)
+    log = d / "accesslogs" / f"{ready[-1]['pod']}.jsonl"
+
+    def start(line: str) -> float:
+        return datetime.fromisoformat(json.loads(line)["start_time"].replace("Z", "+00:00")).timestamp()
+
+    kept = [x for x in log.read_text().splitlines() if start(x) >= restore + 0.3]
+    log.write_text("".join(x + "\n" for x in kept))
+    first_hop = start(kept[0])
+    # while the AZ's own entry still failed just before that first hop (its frontend came back last)
+    failed_entry = {"ts": first_hop - 0.01, "zone": AZ, "endpoint": "probe", "name": "GET / probe", "status": 0,
+                    "latency_ms": 1.0, "ok": False, "error": "no response: connection closed."}  # fmt: skip
+    append(d / "requests.jsonl", json.dumps(failed_entry))
+    v = verify(d)
+    assert v.passed, v.failure_messages
+    pair = next(p for p in v.invariant(FALLBACK).pairs if p.fault == node.fault and p.upstream == "product-api")
+    assert pair.counts["recovery_s"] == pytest.approx(first_hop - restore, abs=1e-3)
+    # known from the caller's readiness at the restore, not to the failed entry's 10 ms
+    assert pair.counts["recovery_resolution_s"] == pytest.approx(first_hop - restore, abs=1e-3)
+
+
 # -- 11. nothing recorded is lost: corrupt lines, partial runs (issue 10 deliver 3) ------------------------
 def test_corrupt_lines_anywhere_are_skipped_counted_and_named(tmp_path: Path) -> None:
     d = run(tmp_path, faults=[KILL])

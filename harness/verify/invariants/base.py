@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.verify import expected
 from harness.verify.expected import dependants
 from harness.verify.invariants.sql import HOP_END_SQL, HOP_FIELDS, INF, MAX_MESSAGES, MAX_OFFENDERS, Window
 from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
@@ -130,23 +131,71 @@ class CheckBase:
     def _last_not_yet(self, zone: str, callers: list[str], lo: float, before: float) -> float | None:
         """The last record in [lo, before) showing the zone not yet serving through a cut-off pair.
 
-        A user request entering the zone that failed, or a hop to one of the
-        pair's callers (or a service on the way to them) from the zone that
-        failed or was served elsewhere: either way no call reached the
-        zone's own caller then. Taken at its start.
+        Anywhere: the pair's callers had no Ready pod in the zone (no call
+        reaches a pod before it is Ready; a call it makes on its own is on
+        record as a hop of the pair). In an edge zone also: a user request
+        entering the zone that failed, or a hop to one of the pair's callers
+        (or a service on the way to them) from the zone that failed or was
+        served elsewhere, taken at its start: the zone's callers are reached
+        only from inside the zone. Not in an AZ: Region callers anywhere
+        reach its pods (Envoy spreads Region calls over every AZ), so its
+        failed entry says nothing about its callers (that bound claimed
+        ±80 ms for a recovery the AZ's caller had been Ready for 305 ms of).
         """
-        marks = [self._one("SELECT max(ts) FROM requests WHERE zone = ? AND NOT ok AND ts >= ? AND ts < ?",
-                           [zone, lo, before])]  # fmt: skip
-        for s in sorted(dependants(self.t, tuple(callers))):
-            marks.append(
-                self._one(
-                    f"SELECT max(ts) FROM fhops WHERE caller_zone = ? AND upstream = ? AND ts >= ? AND ts < ? "
-                    f"AND NOT (ok AND coalesce(({self._expected_sql(zone, s)}), false))",
-                    [zone, s, lo, before],
+        marks = [self._callers_ready(zone, callers, lo, before)]
+        if zone_is_edge(self.t, zone):
+            marks.append(self._one("SELECT max(ts) FROM requests WHERE zone = ? AND NOT ok AND ts >= ? AND ts < ?",
+                                   [zone, lo, before]))  # fmt: skip
+            for s in sorted(dependants(self.t, tuple(callers))):
+                marks.append(
+                    self._one(
+                        f"SELECT max(ts) FROM fhops WHERE caller_zone = ? AND upstream = ? AND ts >= ? AND ts < ? "
+                        f"AND NOT (ok AND coalesce(({self._expected_sql(zone, s)}), false))",
+                        [zone, s, lo, before],
+                    )
                 )
-            )
         found = [float(m) for m in marks if m is not None]
         return max(found) if found else None
+
+    def _callers_ready(self, zone: str, callers: list[str], lo: float, before: float) -> float | None:
+        """When the first of `callers` got a Ready pod in `zone`, if none had one at `lo` and one did before `before`.
+
+        None when a caller was Ready at `lo` (readiness shows nothing then)
+        or none became Ready before `before`.
+        """
+        first = INF
+        for c in callers:
+            down_at_lo = [hi for d_lo, hi in self.run.down.get((zone, c), []) if d_lo <= lo and (hi is None or hi > lo)]
+            if not down_at_lo:
+                return None
+            if down_at_lo[0] is not None:
+                first = min(first, down_at_lo[0])
+        return first if first < before else None
+
+    def _declared_recovery(self, f: Fault) -> tuple[float, list[tuple[str, str, float | None]]]:
+        """A declared fault's cascade end, and per pair depending on its single point of failure the instant
+        the pair served again after it (None: not within `maxRecoveryS`, or the cascade never ended).
+
+        The cascade (readiness) ends first; the mesh serves a moment later:
+        the callers' outlier detection ejected the dependants while they
+        answered errors (product-api without its database), and those
+        ejections run out their time after the pods are Ready again (a
+        stability run: 1.2 s of "no healthy upstream" from every zone after
+        the last product-api was Ready). Measured like any recovery: the
+        first good hop after which the pair's hops stay good.
+        """
+        end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
+        deps = expected.dependants(self.t, f.spof)
+        out: list[tuple[str, str, float | None]] = []
+        for z, u, callers in self.pairs:
+            if u not in deps:
+                continue
+            instant = None
+            if end < INF:
+                bound = min(end + self.slo.max_recovery_s, max(self.run_end, end))
+                instant = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u)).instant
+            out.append((z, u, instant))
+        return end, out
 
     def _expected_sql(self, zone: str, upstream: str) -> str:
         try:

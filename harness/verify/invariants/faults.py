@@ -375,23 +375,21 @@ class FaultMeasurer(CheckBase):
         database), so Envoy's outlier detection ejects healthy-looking local
         instances and sends hops to the Region before readiness notices: where
         they went says nothing about routing. Excluded from the inject to the
-        measured recovery after the cascade ended (or `maxRecoveryS` past it).
+        pair's recovery after the cascade (`_declared_recovery`; `maxRecoveryS`
+        past the cascade when unmeasured).
         """
         out: list[tuple[str, str, float, float]] = []
         for f in self.run.faults:
             if not expected.declared(f):
                 continue
-            end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
-            deps = expected.dependants(self.t, f.spof)
-            for z, u, callers in self.pairs:
-                if u not in deps or self._placement(u) != "edge":
+            end, recoveries = self._declared_recovery(f)
+            for z, u, instant in recoveries:
+                if self._placement(u) != "edge":
                     continue
                 if end >= INF:
                     out.append((z, u, f.inject, INF))
-                    continue
-                bound = min(end + self.slo.max_recovery_s, max(self.run_end, end))
-                w = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u))
-                out.append((z, u, f.inject, w.instant if w.instant is not None else end + self.slo.max_recovery_s))
+                else:
+                    out.append((z, u, f.inject, instant if instant is not None else end + self.slo.max_recovery_s))
         return out
 
     def _readiness_exclusions(self) -> list[tuple[str, str, float, float]]:

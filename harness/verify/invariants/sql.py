@@ -56,13 +56,17 @@ DEFINITIONS = {
     "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop, minus restore",
     "resolution_s": "gap between the records bounding the failover/recovery instant: the instant minus the last "
     "failed or misplaced hop before it (or minus the window start); for a recovery whose callers the fault cut off "
-    "(entry point, a caller or a service on its call path down in the zone) also the last user request entering "
-    "the zone that failed and the last hop from the zone to a service on the way to the pair's callers that failed "
-    "or was served elsewhere, at their start; the true value lies in [value - resolution, value]",
+    "(entry point, a caller or a service on its call path down in the zone) also the moment the first of the "
+    "pair's callers in the zone was ready, and in an edge zone (callers reached only from inside it, unlike an AZ's) "
+    "the last user request entering the zone that failed and the last hop from the zone to a service on the way to "
+    "the pair's callers that failed or was served elsewhere, at their start; the true value lies in "
+    "[value - resolution, value]",
     "lost": "failed requests entering the zone and failed hops of the affected pairs, from inject to failover "
     "(or to the end of the fault window)",
     "availability": "failed / all user requests per fault window [inject, restore + recovery] and in steady state, "
-    "excluding requests entering zones whose entry point is down (entry_down faults, entrypoints.jsonl)",
+    "excluding requests entering zones whose entry point is down (entry_down faults, entrypoints.jsonl); a declared "
+    "single point of failure's window lasts over its cascade (down intervals that began during it) and until each "
+    "pair of its dependants served again after that (measured recovery within maxRecoveryS: ejections run out)",
     "coverage": "each fault has user requests entering its zone at an up entry point during [inject, restore] "
     "(unless the fault takes the entry down by design) and after (restore, next fault in the zone / end of run, "
     "at most maxRecoveryS]; a window without them is unverified = fail",
