@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from harness.verify import expected
-from harness.verify.expected import dependants
 from harness.verify.invariants.sql import HOP_END_SQL, HOP_FIELDS, INF, MAX_MESSAGES, MAX_OFFENDERS, Window
 from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
 
@@ -23,6 +22,8 @@ class CheckBase:
         self.total_hops = int(self._one("SELECT count(*) FROM hops") or 0)
         self.entry_down = self._entry_down_spans()
         self.declared: dict[str, dict[str, Any]] = {}  # fault -> its declared single point of failure, judged
+        # fault -> `_declared_recovery` (locality's exclusions and availability's windows both ask)
+        self._recovered: dict[str, tuple[float, list[tuple[str, str, float | None]]]] = {}
 
     # -- helpers -------------------------------------------------------------
     def _one(self, sql: str, params: list[Any] | None = None) -> Any:
@@ -126,7 +127,7 @@ class CheckBase:
         cannot bound its recovery; the zone's user requests and the hops
         leading to its callers can (`_last_not_yet`).
         """
-        return f.entry_down or bool(dependants(self.t, tuple(callers)) & set(f.services))
+        return f.entry_down or bool(expected.dependants(self.t, tuple(callers)) & set(f.services))
 
     def _last_not_yet(self, zone: str, callers: list[str], lo: float, before: float) -> float | None:
         """The last record in [lo, before) showing the zone not yet serving through a cut-off pair.
@@ -146,7 +147,7 @@ class CheckBase:
         if zone_is_edge(self.t, zone):
             marks.append(self._one("SELECT max(ts) FROM requests WHERE zone = ? AND NOT ok AND ts >= ? AND ts < ?",
                                    [zone, lo, before]))  # fmt: skip
-            for s in sorted(dependants(self.t, tuple(callers))):
+            for s in sorted(expected.dependants(self.t, tuple(callers))):
                 marks.append(
                     self._one(
                         f"SELECT max(ts) FROM fhops WHERE caller_zone = ? AND upstream = ? AND ts >= ? AND ts < ? "
@@ -184,6 +185,8 @@ class CheckBase:
         the last product-api was Ready). Measured like any recovery: the
         first good hop after which the pair's hops stay good.
         """
+        if f.fault in self._recovered:
+            return self._recovered[f.fault]
         end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
         deps = expected.dependants(self.t, f.spof)
         out: list[tuple[str, str, float | None]] = []
@@ -195,6 +198,7 @@ class CheckBase:
                 bound = min(end + self.slo.max_recovery_s, max(self.run_end, end))
                 instant = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u)).instant
             out.append((z, u, instant))
+        self._recovered[f.fault] = (end, out)
         return end, out
 
     def _expected_sql(self, zone: str, upstream: str) -> str:
