@@ -501,7 +501,7 @@ ON_ITS_WAY_IN = """
 import ctypes, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDONLY)  # `ip netns exec` opens the namespace ...
 print("open", flush=True)
-time.sleep(2)  # ... and is descheduled before setns(2): in no namespace `ip netns pids` lists
+sys.stdin.readline()  # ... and is held before setns(2) (never released): in no namespace `ip netns pids` lists
 ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000)
 time.sleep(120)
 """
@@ -519,8 +519,8 @@ def test_destroy_ends_a_process_on_its_way_into_a_pod_namespace(tmp_path: Path) 
     try:
         net.create()
         pn = net.add_pod("a", ZONES[0].name)
-        proc = subprocess.Popen([sys.executable, str(script), f"/run/netns/{pn.ns}"], stdout=subprocess.PIPE,
-                                text=True, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen([sys.executable, str(script), f"/run/netns/{pn.ns}"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
         assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
         net.destroy()
         assert proc.wait(timeout=10) != 0  # killed, not left to enter the deleted namespace
