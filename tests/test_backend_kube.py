@@ -461,3 +461,35 @@ def test_save_artifacts_writes_logs_per_container_and_survives_missing_logs(api:
     assert (out / ns / "pa.public-api.log").read_text() == "app started\n"
     assert (out / ns / "pa.consul-dataplane.log").read_text().startswith("log unavailable")
     assert (out / ns / "events.json").exists()
+
+
+def test_entry_monitor_records_a_frontend_replaced_between_two_probes(tmp_path: Path) -> None:
+    """The zone's last frontend dies and its replacement is Ready long before the next probe: the record
+    still has the zone down from the death to the replacement (a 1 s poll saw neither change and kept it up)."""
+    from harness.backends.kube.backend import ENTRY_SERVICE, EntryMonitor
+    from harness.contract.inventory import PodInfo
+
+    def frontend(name: str, zone: str, ts: float) -> PodInfo:
+        return PodInfo(name, "10.0.0.1", "n1", zone, ENTRY_SERVICE, ENTRY_SERVICE, "default", ts)
+
+    inv = Inventory()
+    for name, zone in (("fe-lax", "lax"), ("fe-phx-1", "phx"), ("fe-phx-2", "phx")):
+        inv.added(frontend(name, zone, 1.0))
+        inv.ready(name, 1.0)
+    path = tmp_path / "entrypoints.jsonl"
+    mon = EntryMonitor({"lax": "http://lax", "phx": "http://phx"}, inv, path)
+    mon.check = lambda zone, url: (True, "") if mon._serving(zone) else (False, "no ready frontend pod")  # type: ignore[method-assign]
+    mon._run = lambda: None  # type: ignore[method-assign]  # no probe ever runs between the changes below
+    mon.start()
+    try:
+        inv.removed("fe-lax", ts=5.0)  # lax's only frontend
+        inv.added(frontend("fe-lax-2", "lax", 5.1))
+        inv.ready("fe-lax-2", ts=5.4)
+        inv.removed("fe-phx-1", ts=6.0)  # phx keeps one: still up
+        mon._check_all()  # the next probe
+    finally:
+        mon.stop()
+    lines = map(json.loads, path.read_text().splitlines())
+    recs = [(r["zone"], r["up"], r["ts"] if not r["up"] else None) for r in lines]
+    assert recs[:2] == [("lax", True, None), ("phx", True, None)]
+    assert recs[2:] == [("lax", False, 5.0), ("lax", True, None)]

@@ -6,7 +6,11 @@ nftables) would skip them for no reason.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,15 @@ import pytest
 
 from harness.backends.local.linkrelay import ZoneLink
 from harness.backends.local.network import Network
-from harness.backends.local.state import ProcessRecord, State, cleanup, find_states, proc_starttime
+from harness.backends.local.state import (
+    ProcessRecord,
+    State,
+    cleanup,
+    find_states,
+    proc_starttime,
+    process_alive,
+    record_process,
+)
 from harness.errors import BackendError
 from tests.test_local_net import RANGE, ZONES
 
@@ -86,6 +98,38 @@ def test_cleanup_never_signals_a_recycled_pid(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+BUSY_THREADS = (
+    "import threading, time\n"
+    "spin = lambda: [sum(range(10**5)) for _ in iter(int, 1)]\n"
+    "for _ in range(4): threading.Thread(target=spin, daemon=True).start()\n"
+    "print('up', flush=True); time.sleep(60)"
+)
+
+
+def test_a_killed_multithreaded_process_is_alive_until_its_parent_can_reap_it() -> None:
+    """`process_alive` False means exited: `Popen.poll()` then has its status.
+
+    A SIGKILLed process with busy threads shows its leader as a zombie while
+    the other threads are still exiting, and waitpid does not report it yet;
+    the relay restart (`ensure_relay`) polls the Popen, so a caller waiting on
+    `process_alive` and then asking for a restart found the relay "running".
+    """
+    for _ in range(15):
+        p = subprocess.Popen([sys.executable, "-c", BUSY_THREADS], stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout is not None and p.stdout.readline().strip() == "up"
+            rec = record_process(p.pid, "busy")
+            assert process_alive(rec)
+            os.kill(p.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while process_alive(rec):
+                assert time.monotonic() < deadline
+            assert p.poll() is not None  # exited means reapable, at the first look
+        finally:
+            p.kill()
+            p.wait()
 
 
 def test_state_file_round_trips(tmp_path: Path) -> None:

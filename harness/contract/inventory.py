@@ -25,7 +25,7 @@ import bisect
 import json
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,19 +66,43 @@ class Inventory:
         self._path = path
         self._fh = path.open("a", encoding="utf-8") if path is not None else None
         self._events: list[dict[str, Any]] = []  # the history, as written: what `by_ip` resolves over
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._unsent: list[dict[str, Any]] = []  # written under the lock, handed to listeners after it
+
+    def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call `listener(record)` once for every change, with the record as written.
+
+        For whoever must not miss a change between two looks (the entry
+        monitor: a frontend replaced within its probe period). Called outside
+        the inventory's lock, so a listener may query the inventory.
+        """
+        with self._lock:
+            self._listeners.append(listener)
 
     def _write(self, event: str, info: PodInfo, ts: float) -> None:
         rec = {"ts": ts, "event": event, **{k: v for k, v in asdict(info).items() if k not in ("started", "ended")}}
         self._events.append(rec)
+        if self._listeners:
+            self._unsent.append(rec)
         if self._fh is None:
             return
         self._fh.write(json.dumps(rec) + "\n")
         self._fh.flush()
 
+    def _notify(self) -> None:
+        """Hand the records written since the last call to the listeners (after the lock is released)."""
+        with self._lock:
+            recs, self._unsent = self._unsent, []
+            listeners = list(self._listeners)
+        for rec in recs:
+            for fn in listeners:
+                fn(rec)
+
     def added(self, info: PodInfo) -> None:
         with self._lock:
             self._pods[info.pod] = info
             self._write("added", info, info.started)
+        self._notify()
 
     def removed(self, pod: str, ts: float | None = None) -> None:
         with self._lock:
@@ -90,6 +114,7 @@ class Inventory:
             self._pods[pod] = ended
             self._ready.pop(pod, None)
             self._write("removed", ended, ts)
+        self._notify()
 
     def ip_changed(self, info: PodInfo, ts: float | None = None) -> None:
         """The same pod now holds another IP (its sandbox was re-created on a restarted node): event `ip`.
@@ -104,6 +129,7 @@ class Inventory:
             ts = time.time() if ts is None else ts
             self._pods[info.pod] = PodInfo(**{**asdict(info), "started": old.started, "ended": None})
             self._write("ip", self._pods[info.pod], ts)
+        self._notify()
 
     def ready(self, pod: str, ts: float | None = None) -> None:
         """The pod became a serving endpoint (what consul-k8s registers as passing).
@@ -129,6 +155,7 @@ class Inventory:
             else:
                 self._ready.pop(pod, None)
             self._write("ready" if ready else "unready", info, ts)
+        self._notify()
 
     def is_ready(self, pod: str) -> bool:
         with self._lock:

@@ -66,7 +66,11 @@ class EntryMonitor:
     An entry point is up while the zone has a serving frontend pod (from the
     inventory: what its Service routes to) AND a request to its URL gets an
     HTTP answer below 500 (the way in itself works: port mapping, load
-    balancer, kube-proxy). Checked every second; one line per change.
+    balancer, kube-proxy). The URL is probed every second; the inventory
+    part is followed change by change (`Inventory.subscribe`): a zone whose
+    last frontend dies is down at that event's time, even when its replacement
+    is Ready again before the next probe (a one-second poll missed such an
+    outage altogether on a loaded machine, and the record said the zone was up).
     """
 
     def __init__(self, urls: dict[str, str], inventory: Inventory, path: Path) -> None:
@@ -74,12 +78,15 @@ class EntryMonitor:
         self.inventory = inventory
         self.path = path
         self.state: dict[str, tuple[bool, str]] = {}
+        self._lock = threading.Lock()  # state and file: the probe thread and inventory events both write
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._fh = path.open("a", encoding="utf-8")
         self._thread = threading.Thread(target=self._run, name="eh-entry-monitor", daemon=True)
 
     def start(self) -> None:
         self._check_all()
+        self.inventory.subscribe(self._on_inventory)
         self._thread.start()
 
     def _serving(self, zone: str) -> bool:
@@ -99,25 +106,48 @@ class EntryMonitor:
             return False, f"probe: HTTP {r.status_code}"
         return True, ""
 
+    def _record(self, zone: str, up: bool, reason: str, ts: float) -> None:
+        """One line when the zone's state changes. Up only while a frontend still serves (a probe
+        answered before its pod died must not bring the zone back up after the down record)."""
+        with self._lock:
+            if self._fh.closed or self.state.get(zone, (None, ""))[0] == up or (up and not self._serving(zone)):
+                return
+            self.state[zone] = (up, reason)
+            rec = {"ts": ts, "zone": zone, "url": self.urls[zone], "up": up, "reason": reason or None}
+            self._fh.write(json.dumps(rec) + "\n")
+            self._fh.flush()
+
     def _check_all(self) -> None:
         for zone, url in sorted(self.urls.items()):
             up, reason = self.check(zone, url)
-            if self.state.get(zone, (None, ""))[0] != up:
-                self.state[zone] = (up, reason)
-                rec = {"ts": time.time(), "zone": zone, "url": url, "up": up, "reason": reason or None}
-                self._fh.write(json.dumps(rec) + "\n")
-                self._fh.flush()
+            self._record(zone, up, reason, time.time())
+
+    def _on_inventory(self, rec: dict[str, Any]) -> None:
+        """A frontend pod changed: down at once when it was the zone's last serving one; probe soon when one serves."""
+        zone = rec.get("zone")
+        if rec.get("service") != ENTRY_SERVICE or zone not in self.urls:
+            return
+        if rec.get("event") in ("removed", "unready") and not self._serving(zone):
+            self._record(zone, False, "no ready frontend pod", float(rec["ts"]))
+        elif rec.get("event") == "ready":
+            self._wake.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(ENTRY_PROBE_PERIOD_S):
+        while not self._stop.is_set():
+            self._wake.wait(ENTRY_PROBE_PERIOD_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             with contextlib.suppress(Exception):  # a probe error must not end the record
                 self._check_all()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        self._fh.close()
+        with self._lock:
+            self._fh.close()
 
 
 def _pid_alive(pid: int) -> bool:
