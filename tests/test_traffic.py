@@ -12,6 +12,7 @@ subprocess timeouts; only 127.0.0.1 is used.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -30,6 +31,7 @@ from typing import Any
 import pytest
 
 from harness.traffic import RequestRecorder, TrafficRunner, parse_entrypoints, run_traffic, summarise_requests
+from harness.traffic.runner import free_port
 from tests.conftest import REPO, wait_until
 
 LOCUSTFILE = REPO / "loadtests" / "hashicups.py"
@@ -211,7 +213,9 @@ def test_multi_zone_spreads_users_and_names_entry_zone(tmp_path: Path, shop: Fak
 
 @pytest.mark.slow
 def test_distributed_workers_append_to_one_valid_file(tmp_path: Path, shop: FakeShop) -> None:
-    req, totals = _locust(tmp_path, shop.url, {}, "--processes", "2", seconds=4)
+    port = str(free_port())  # not locust's default 5557: other tests run locust with workers at the same time
+    req, totals = _locust(tmp_path, shop.url, {}, "--processes", "2", "--master-bind-port", port, "--master-port", port,
+                          seconds=4)  # fmt: skip
     raw = req.read_text()
     assert raw.endswith("\n")
     recs = [json.loads(line) for line in raw.splitlines()]  # every line whole: no interleaving
@@ -302,20 +306,27 @@ def test_run_traffic_stops_on_time(tmp_path: Path, shop: FakeShop) -> None:
 
 @pytest.mark.slow
 def test_run_traffic_stops_on_stop_event_with_processes(tmp_path: Path, shop: FakeShop) -> None:
+    """Also: locust's workers meet their master on a port free now, not on its default 5557 (held here,
+    as another run with workers would hold it: the master could not bind it)."""
     stop = threading.Event()
     threading.Timer(4.0, stop.set).start()
     t0 = time.monotonic()
-    res = run_traffic(
-        {"zone-a": shop.url},
-        tmp_path,
-        users=4,
-        spawn_rate=20,
-        duration_s=120,
-        processes=2,
-        shape="ramp",
-        stop_event=stop,
-        extra_env={"EH_WAIT": "0.01"},
-    )
+    with contextlib.ExitStack() as held:
+        with contextlib.suppress(OSError):  # taken already: held by someone else, just as well
+            sock = held.enter_context(socket.socket())
+            sock.bind(("0.0.0.0", 5557))
+            sock.listen()
+        res = run_traffic(
+            {"zone-a": shop.url},
+            tmp_path,
+            users=4,
+            spawn_rate=20,
+            duration_s=120,
+            processes=2,
+            shape="ramp",
+            stop_event=stop,
+            extra_env={"EH_WAIT": "0.01"},
+        )
     elapsed = time.monotonic() - t0
     assert elapsed < 4 + 20
     assert res.stopped_early

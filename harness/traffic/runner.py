@@ -130,8 +130,15 @@ def locust_command(
     processes: int,
     stats_prefix: Path,
     master: tuple[str, int, int] | None = None,
+    processes_port: int | None = None,
 ) -> list[str]:
-    """The locust command line (pure; exposed for tests and for `--dry-run` style printing)."""
+    """The locust command line (pure; exposed for tests and for `--dry-run` style printing).
+
+    `processes_port`: where `--processes` workers meet their master. Locust's
+    default, 5557 for every run, let two runs on one machine (a game day's
+    traffic next to an e2e, parallel tests) take each other's workers or fail
+    to bind; the runner passes a port free at the time.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -162,7 +169,18 @@ def locust_command(
                 "--expect-workers-max-wait", f"{EXPECT_WORKERS_MAX_WAIT_S:g}"]  # fmt: skip
     elif processes > 1:
         cmd += ["--processes", str(processes)]
+        if processes_port is not None:
+            cmd += ["--master-bind-port", str(processes_port), "--master-port", str(processes_port)]
     return cmd
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (the kernel's pick for an ephemeral bind)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _dies_with_parent(cmd: list[str]) -> list[str]:
@@ -278,6 +296,7 @@ class TrafficRunner:
             self.processes,
             self.out / STATS_FILE_PREFIX,
             self.master,
+            free_port() if self.master is None and self.processes > 1 else None,
         )
         self._started_wall = time.time()
         self._started_mono = time.monotonic()
