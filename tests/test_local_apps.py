@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -293,6 +294,23 @@ def test_coffees_flow_end_to_end_through_nginx(stack: Stack) -> None:
             assert {"Packer Spiced Latte", "Vaulatte", "Connectaccino", "Terraspresso"} <= names
             assert all(isinstance(c["price"], int) and c["price"] > 0 for c in coffees)  # gqlgen prints 200, not 200.0
             assert set(coffees[0]) == {"id", "name", "price", "teaser"}
+
+
+def test_the_pool_keeps_two_idle_connections_like_go(stack: Stack) -> None:
+    """Six queries at once open six connections; afterwards two stay open (Go's database/sql default, which
+    the image keeps), not six: sixteen pods keeping all theirs exhausted postgres' 100 connections."""
+    import psycopg
+
+    from harness.backends.local.apps.product_api import Database
+
+    dsn = f"host=localhost port={stack.pg_port} user=postgres password=password dbname=products sslmode=disable"
+    db = Database(dsn + " application_name=pooltest")
+    with ThreadPoolExecutor(6) as ex:
+        assert list(ex.map(lambda _i: db.query(("SELECT pg_sleep(0.3)", ())), range(6))) == [[[("",)]]] * 6
+    with psycopg.connect(dsn, autocommit=True) as c:
+        row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pooltest'").fetchone()
+    db.close()
+    assert row == (2,)
 
 
 def test_coffee_by_id_in_graphql_and_rest(stack: Stack) -> None:
