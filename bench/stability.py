@@ -121,6 +121,20 @@ def one_run(experiment: Path, topology: Path, cluster: str, runs_root: Path, use
     return RunResult(res.passed, res.run_dir, str(first), figures_of(verdict, _hop_times(res.run_dir)))
 
 
+def host_load(run_dir: Path) -> str:
+    """This machine's CPU over the run (host.jsonl): a saturated box measures itself, not the mesh."""
+    from harness.observe.host import SATURATED
+
+    try:
+        busy = [json.loads(x)["busy"] for x in (run_dir / "host.jsonl").read_text().splitlines() if x.strip()]
+    except (OSError, ValueError, KeyError):
+        return "host load not recorded"
+    if not busy:
+        return "host load not recorded"
+    saturated = sum(b >= SATURATED for b in busy) / len(busy)
+    return f"host CPU median {statistics.median(busy) * 100:.0f}%, saturated {saturated * 100:.0f}% of the run"
+
+
 def spread(values: list[float]) -> str:
     if not values:
         return "-"
@@ -170,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results.append(r)
             status = "PASS" if r.passed else f"FAIL {r.first_failure}"
-            print(f"run {i + 1}: {status}  ({r.run_dir})", flush=True)
+            print(f"run {i + 1}: {status}  ({r.run_dir}; {host_load(r.run_dir)})", flush=True)
     return 0 if report(results, a.runs) else 1
 
 

@@ -163,12 +163,14 @@ def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None
     which the verdict reports.
     """
     from harness.observe import AccessLogCollector
+    from harness.observe.host import HostSampler
 
     # a test double that is not an `Observation` records nothing as it goes: its inventory is written at the end
     follower = backend.record_into(run_dir) if isinstance(backend, Observation) else RecordFollower({}, run_dir).start()
     # compact_run_dir: access logs and requests kept columnar as they come (harness.columnar)
     collector = AccessLogCollector(backend.log_sources, run_dir / ACCESSLOG_DIR, compact_run_dir=run_dir)
     collector.start()
+    host = HostSampler(run_dir).start()  # the machine's own load, stated next to what the mesh did
     try:
         yield
     finally:
@@ -190,6 +192,7 @@ def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None
                 write_inventory(backend.inventory(), run_dir / INVENTORY_FILE)
 
         for what, step in (
+            ("host load", host.stop),
             ("access-log flush", flush),
             ("access-log collector", collector.stop),
             ("record files", records),

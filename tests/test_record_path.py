@@ -141,3 +141,29 @@ def test_observes_hops_are_consumed_while_current(tmp_path: Path) -> None:
     log = sorted((d / "accesslogs").glob("*.jsonl"))[0]
     log.write_text(log.read_text())  # an access log rewritten after the build: not current
     assert verify(d).run.hops_source == "accesslogs"
+
+
+def test_host_sampler_writes_the_busy_share_of_each_interval(tmp_path: Path) -> None:
+    """busy = (non-idle, non-iowait jiffies) / all jiffies of the interval, from a /proc/stat stand-in."""
+    from harness.observe.host import HostSampler, cpu_times
+
+    stat = tmp_path / "stat"
+
+    def write(user: int, idle: int, iowait: int) -> None:
+        stat.write_text(f"cpu  {user} 0 0 {idle} {iowait} 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+
+    write(100, 100, 0)
+    assert cpu_times(stat) == (100, 200)
+    sampler = HostSampler(tmp_path, period_s=0.05, stat=stat).start()
+    try:
+        time.sleep(0.12)
+        write(190, 105, 5)  # +90 busy of +100: 0.9
+        lines: list[dict[str, float]] = []
+        deadline = time.monotonic() + 5
+        while not any(x["busy"] == 0.9 for x in lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            lines = [json.loads(x) for x in (tmp_path / "host.jsonl").read_text().splitlines()]
+    finally:
+        sampler.stop()
+    assert [x["busy"] for x in lines] == [0.9]  # intervals without a change are not written
+    assert HostSampler(tmp_path / "none", stat=tmp_path / "missing").start()._thread.ident is None

@@ -745,3 +745,23 @@ def test_events_at_one_instant_keep_the_writers_order(tmp_path: Path) -> None:
     assert any(
         n.startswith(f"product-api had no ready pod in {LAX} from 2025-11-25T19:47:50.000Z to -") for n in v.run.notes
     )
+
+
+def test_a_saturated_host_is_stated_next_to_the_verdict(tmp_path: Path) -> None:
+    """host.jsonl: a run whose machine was saturated during the fault says so, with the fault's share;
+    one that was not, or that has no host record, says nothing about it. The invariants are unchanged."""
+
+    def with_host(name: str, busy: Any) -> Verdict:
+        d = run(tmp_path, name, faults=[KILL])
+        lines = [json.dumps({"ts": T0 + t / 2, "busy": busy(t / 2), "cpus": 2}) for t in range(0, 180)]
+        (d / "host.jsonl").write_text("\n".join(lines) + "\n")
+        return verify(d)
+
+    hot = with_host("hot", lambda t: 1.0 if 30 <= t <= 50 else 0.4)  # saturated exactly over the fault
+    quiet = with_host("quiet", lambda t: 0.6)
+    bare = verify(run(tmp_path, "bare", faults=[KILL]))
+    notes = [n for n in hot.run.notes if n.startswith("host: ")]
+    assert len(notes) == 1
+    assert f"during fault windows: {KILL.fault} 100%" in notes[0] and "for 2" in notes[0]  # ~21 of 90 s
+    assert not [n for n in quiet.run.notes + bare.run.notes if n.startswith("host: ")]
+    assert hot.passed and quiet.passed and bare.passed

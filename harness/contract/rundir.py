@@ -55,6 +55,7 @@ MANIFESTS_DIR = "manifests"  # the rendered directory the run used
 TOPOLOGY_FILE = "topology.yaml"  # in the rendered directory
 HOPS_BUILD_FILE = "hops-build.json"  # what observe built hops.jsonl from (verify consumes hops.jsonl when current)
 RECORDING_FILE = "recording.jsonl"  # what went wrong while recording (collector, flush, inventory, artifacts)
+HOST_FILE = "host.jsonl"  # the harness host's CPU while recording (harness.observe.host)
 
 
 def record_problem(run_dir: Path, what: str, message: str) -> None:
@@ -196,6 +197,7 @@ UPSTREAM_STATS_COLUMNS = {
     "health_flags": "VARCHAR",
 }
 RECORDING_COLUMNS = {"ts": "DOUBLE", "what": "VARCHAR", "message": "VARCHAR"}
+HOST_COLUMNS = {"ts": "DOUBLE", "busy": "DOUBLE", "cpus": "INTEGER"}
 # The access-log fields observe needs (read as text: Envoy writes numbers for
 # some fields and null for empty ones, and other backends may quote them).
 ACCESSLOG_COLUMNS = {

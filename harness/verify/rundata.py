@@ -56,6 +56,8 @@ from harness.contract.rundir import (
     HOP_COLUMNS,
     HOPS_FILE,
     HOPS_PARQUET_FILE,
+    HOST_COLUMNS,
+    HOST_FILE,
     INVENTORY_FILE,
     JOURNAL_FILE,
     PLAN_FILE,
@@ -239,6 +241,7 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     _readiness(run)
     _documents(run, skipped)
     skipped += _recording_problems(con, run_dir, notes)
+    skipped += _host_load(run)
     run.skipped = sorted(skipped, key=lambda s: (s.file, s.line))
     return run
 
@@ -248,6 +251,66 @@ def _recording_problems(con: duckdb.DuckDBPyConnection, run_dir: Path, notes: li
     skipped = load_jsonl(con, "recording", [run_dir / RECORDING_FILE], RECORDING_COLUMNS, root=run_dir)
     for what, message in con.execute("SELECT what, message FROM recording ORDER BY ts").fetchall():
         notes.append(f"recording: {what or '?'}: {message or ''}".rstrip(": "))
+    return skipped
+
+
+HOST_NOTE_SHARE = 0.10  # of the run, or of any fault window, spent saturated: worth a note
+
+
+def host_saturation(run: RunData) -> tuple[int, float | None, list[tuple[str, float]]]:
+    """The harness host's saturated share of the run and of each fault window, from `host.jsonl`.
+
+    Returns (samples in the run, share of them saturated or None without
+    samples, [(fault, share) for each fault window with samples]). A sample
+    is saturated when the host's CPUs were at least `SATURATED` busy over it.
+    """
+    from harness.observe.host import SATURATED
+
+    con, lo, hi = run.con, run.start, run.end
+    if lo is None or hi is None:
+        return 0, None, []
+    row = con.execute(
+        "SELECT count(*), avg(CASE WHEN busy >= ? THEN 1.0 ELSE 0.0 END) FROM host WHERE ts BETWEEN ? AND ?",
+        [SATURATED, lo, hi],
+    ).fetchone()
+    n, share = (int(row[0]), row[1]) if row else (0, None)
+    per_fault = []
+    for f in run.faults:
+        end = f.restore if f.restore is not None else hi
+        got = con.execute(
+            "SELECT avg(CASE WHEN busy >= ? THEN 1.0 ELSE 0.0 END) FROM host WHERE ts BETWEEN ? AND ?",
+            [SATURATED, f.inject, end],
+        ).fetchone()
+        if got is not None and got[0] is not None:
+            per_fault.append((f.fault, float(got[0])))
+    return n, (float(share) if share is not None else None), per_fault
+
+
+def _host_load(run: RunData) -> list[SkippedLine]:
+    """A note when the harness host was saturated for a noticeable share of the run or of a fault window.
+
+    Information, not an invariant: a saturated host makes requests queue, so
+    failures and times there may be the machine's rather than the mesh's; the
+    reader learns where to look (fewer users or probes, a larger machine)
+    instead of taking every failure for the mesh's.
+    """
+    from harness.observe.host import SATURATED
+
+    skipped = load_jsonl(run.con, "host", [run.run_dir / HOST_FILE], HOST_COLUMNS, root=run.run_dir)
+    n, share, per_fault = host_saturation(run)
+    worst = sorted((x for x in per_fault if x[1] >= HOST_NOTE_SHARE), key=lambda x: -x[1])
+    if share is None or (share < HOST_NOTE_SHARE and not worst):
+        return skipped
+    faults = ""
+    if worst:
+        shown = ", ".join(f"{fid} {s * 100:.0f}%" for fid, s in worst[:3])
+        more = f" and {len(worst) - 3} more" if len(worst) > 3 else ""
+        faults = f"; during fault windows: {shown}{more}"
+    run.notes.append(
+        f"host: this machine's CPUs were saturated (>= {SATURATED * 100:.0f}% busy) for {share * 100:.0f}% of the "
+        f"run ({n} samples){faults}: failures and times there may be the machine's, not the mesh's "
+        "(fewer users or probes, or a larger machine, tell them apart)"
+    )
     return skipped
 
 
