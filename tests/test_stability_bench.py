@@ -51,3 +51,11 @@ def test_report_requires_every_pass_and_the_resolution_goal(capsys: object) -> N
     assert st.report([*ok[:1], st.RunResult(False, Path("."), "locality", {})], 2) is False
     coarse = {("k", "failover"): [st.Figure(0.2, 0.17)]}
     assert st.report([st.RunResult(True, Path("."), "", coarse)], 1) is False
+
+
+def test_each_run_states_how_loaded_this_machine_was(tmp_path: Path) -> None:
+    st = _bench()
+    (tmp_path / "host.jsonl").write_text("".join(json.dumps({"ts": i, "busy": b, "cpus": 2}) + "\n"
+                                                 for i, b in enumerate([0.5, 0.97, 1.0, 0.6])))  # fmt: skip
+    assert st.host_load(tmp_path) == "host CPU median 78%, saturated 50% of the run"
+    assert st.host_load(tmp_path / "none") == "host load not recorded"
