@@ -541,3 +541,31 @@ def test_one_backend_per_process_closed_at_the_end(monkeypatch: pytest.MonkeyPat
     assert [m.closed for m in made] == [1, 1]
     assert actions._backend({"eh_cluster": "one"}) is not a  # a new one after close
     actions.close_backends()
+
+
+def test_a_replacement_is_restored_at_its_first_ready_even_if_it_flapped_since() -> None:
+    """The restore is the replacement's first `ready` event, whenever the action looks: a burst looked at a zone
+    when its turn came round, found the replacement unready again (its readiness flapped) and recorded the
+    restore at its next `ready`, seconds late, by when it happened to look."""
+    inv = Inventory()
+
+    def pod(name: str, ts: float) -> PodInfo:
+        return PodInfo(name, "10.0.0.9", "n1", "lax", "product-api", "product-api-lax", "default", ts)
+
+    inv.added(pod("old", 1.0))
+    inv.ready("old", 1.5)
+    inv.removed("old", 10.0)
+    inv.added(pod("new", 10.5))
+    inv.ready("new", 11.0)
+    inv.unready("new", 12.0)  # unready when the action looks
+
+    class Backend:
+        def inventory(self) -> Inventory:
+            return inv
+
+        def status(self) -> Status:
+            return Status("stub", True, pods={"new": "NotReady"})
+
+    assert actions.wait_replacement_ready(Backend(), "lax", "product-api", {"old"}, timeout_s=0.3) == 11.0  # type: ignore[arg-type]
+    inv.ready("new", 13.0)
+    assert actions.wait_replacement_ready(Backend(), "lax", "product-api", {"old"}, timeout_s=0.3) == 11.0  # type: ignore[arg-type]

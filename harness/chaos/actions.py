@@ -158,16 +158,20 @@ def wait_replacement_ready(
 
     That event is the instant the service was back as an endpoint (written
     before the sidecars were told), so the restore is recorded at it rather
-    than at whenever this loop noticed. A backend that reports a Ready pod
-    but writes no `ready` event breaks the contract: that is an error, not a
-    guess.
+    than at whenever this loop noticed: the pod's *first* `ready`, even if it
+    is unready again by the time this loop looks (a burst looks at a zone
+    only when its turn comes round; a replacement whose readiness flapped
+    in between was restored at its second or third `ready`, 13.6 s late in
+    one run, depending on when the loop happened to look). A backend that
+    reports a Ready pod but writes no `ready` event breaks the contract: that
+    is an error, not a guess.
     """
     t0 = time.time()
     seen_ready_without_event: dict[str, float] = {}
     while True:
         inv = backend.inventory()
         new = [p for p in inv.pods(alive_only=True) if p.zone == zone and p.service == service and p.pod not in gone]
-        since = [t for t in (inv.ready_since(p.pod) for p in new) if t is not None]
+        since = [t for t in (inv.first_ready(p.pod) for p in new) if t is not None]
         if since:
             return min(since)
         if new:

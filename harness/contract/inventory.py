@@ -161,6 +161,16 @@ class Inventory:
         with self._lock:
             return pod in self._ready
 
+    def first_ready(self, pod: str) -> float | None:
+        """When the pod first became ready, from its history (None if it never was), whatever it is now.
+
+        The instant a replacement brought its service back: a pod that went
+        unready again (its readiness flapped on a loaded node) was back all
+        the same, and asking later must not move that instant.
+        """
+        with self._lock:
+            return next((e["ts"] for e in self._events if e["pod"] == pod and e["event"] == "ready"), None)
+
     def ready_since(self, pod: str) -> float | None:
         """When the pod last became ready (None while it is not ready)."""
         with self._lock:
