@@ -550,6 +550,7 @@ def _envoys_survive(request: pytest.FixtureRequest) -> Iterator[None]:
         assert not exited, f"Envoy exited during {request.node.name}: {exited} (see {env.tmp}/*.envoy.log)"
 
 
+@pytest.mark.timing  # real Envoys on real timers (tests/lanes.py)
 def test_healthy_local_upstream_serves_every_hop(env: Env) -> None:
     results = [get(env.ports["u1"]) for _ in range(20)]
     assert results == [(200, "A")] * 20
@@ -563,6 +564,7 @@ def test_healthy_local_upstream_serves_every_hop(env: Env) -> None:
     assert hosts == {f"{local.bind_ip}:{local.inbound_port}"}
 
 
+@pytest.mark.timing  # real Envoys on real timers (tests/lanes.py)
 def test_access_log_lines_carry_consul_fields_and_caller(env: Env) -> None:
     assert get(env.ports["u1"], "/coffees")[0] == 200
     time.sleep(0.5)
@@ -578,6 +580,7 @@ def test_access_log_lines_carry_consul_fields_and_caller(env: Env) -> None:
     assert inbound[-1]["requested_server_name"] == sni("product-api-lax-1a")
 
 
+@pytest.mark.timing  # real Envoys on real timers (tests/lanes.py)
 def test_redirect_sends_hops_to_the_redirect_target(env: Env) -> None:
     assert get(env.ports["u2"], "/redirected") == (200, "B")
     time.sleep(0.5)
@@ -585,12 +588,14 @@ def test_redirect_sends_hops_to_the_redirect_target(env: Env) -> None:
     assert lines[-1]["upstream_cluster"] == sni("product-api")
 
 
+@pytest.mark.timing  # real Envoys on real timers (tests/lanes.py)
 def test_http_intention_deny_gives_403(env: Env) -> None:
     status, body = get(env.ports["u5"])
     assert status == 403 and "RBAC" in body
     assert get(env.ports["u4"]) == (200, "A")  # the same caller is allowed where intentions say so
 
 
+@pytest.mark.timing  # real Envoys on real timers (tests/lanes.py)
 def test_tcp_intentions_allow_and_deny(env: Env) -> None:
     with socket.create_connection(("127.0.0.1", env.ports["u3"]), timeout=3) as s:
         s.sendall(b"ping")
@@ -604,6 +609,7 @@ def test_tcp_intentions_allow_and_deny(env: Env) -> None:
         assert data == b""  # the Region sidecar's network RBAC closes the connection
 
 
+@pytest.mark.timing  # real Envoys on real timers (tests/lanes.py)
 def test_killed_app_is_ejected_by_outlier_detection_then_restored(env: Env) -> None:
     # Runs before the catalog-health test on purpose: after an EDS health flip of the same
     # host, Envoy 1.40 ejected it only ~1 s later (see docs/local-emulation.md).
@@ -622,6 +628,7 @@ def test_killed_app_is_ejected_by_outlier_detection_then_restored(env: Env) -> N
         time.sleep(0.05)
 
 
+@pytest.mark.timing  # real Envoys on real timers (tests/lanes.py)
 def test_catalog_health_fails_over_within_one_second_and_back(env: Env) -> None:
     env.set_health("product-api-lax-1a", False)
     t0 = time.monotonic()
@@ -648,6 +655,7 @@ def test_catalog_health_fails_over_within_one_second_and_back(env: Env) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.timing  # real Envoys on real timers (tests/lanes.py)
 def test_update_writes_only_changes(env: Env) -> None:
     sc = env.sidecars["caller"]
     assert sc.update(env.catalog) == []
