@@ -194,3 +194,21 @@ def test_verify_sql_resolves_like_the_rule(tmp_path: Path) -> None:
         finally:
             run.con.close()
         assert [(round(t, 3), p) for t, p in got] == [(round(t, 3), p) for t, p in want], accesslogs
+
+
+def test_listeners_get_every_change_once_until_they_unsubscribe() -> None:
+    """Inventory.subscribe: each change once, outside the lock (a listener may query); none after unsubscribe."""
+    inv = Inventory()
+    seen: list[tuple[str, str, bool]] = []
+
+    def listener(rec: dict[str, Any]) -> None:
+        seen.append((rec["event"], rec["pod"], inv.is_ready(rec["pod"])))  # the lock is free here
+
+    inv.subscribe(listener)
+    inv.added(PodInfo("a", "10.0.0.1", "n1", "lax", "frontend", "frontend-lax", "default", 1.0))
+    inv.ready("a", 2.0)
+    inv.ready("a", 2.5)  # no change: no event
+    inv.removed("a", 3.0)
+    inv.unsubscribe(listener)
+    inv.added(PodInfo("b", "10.0.0.2", "n1", "lax", "frontend", "frontend-lax", "default", 4.0))
+    assert seen == [("added", "a", False), ("ready", "a", True), ("removed", "a", False)]

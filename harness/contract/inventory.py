@@ -79,6 +79,12 @@ class Inventory:
         with self._lock:
             self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Stop calling `listener` (a no-op if it was not subscribed)."""
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
     def _write(self, event: str, info: PodInfo, ts: float) -> None:
         rec = {"ts": ts, "event": event, **{k: v for k, v in asdict(info).items() if k not in ("started", "ended")}}
         self._events.append(rec)

@@ -266,24 +266,22 @@ def host_saturation(run: RunData) -> tuple[int, float | None, list[tuple[str, fl
     """
     from harness.observe.host import SATURATED
 
-    con, lo, hi = run.con, run.start, run.end
-    if lo is None or hi is None:
+    def share(lo: float, hi: float) -> tuple[int, float | None]:
+        row = run.con.execute(
+            "SELECT count(*), avg(CASE WHEN busy >= ? THEN 1.0 ELSE 0.0 END) FROM host WHERE ts BETWEEN ? AND ?",
+            [SATURATED, lo, hi],
+        ).fetchone()
+        return (int(row[0]), None if row[1] is None else float(row[1])) if row else (0, None)
+
+    if run.start is None or run.end is None:
         return 0, None, []
-    row = con.execute(
-        "SELECT count(*), avg(CASE WHEN busy >= ? THEN 1.0 ELSE 0.0 END) FROM host WHERE ts BETWEEN ? AND ?",
-        [SATURATED, lo, hi],
-    ).fetchone()
-    n, share = (int(row[0]), row[1]) if row else (0, None)
+    n, of_run = share(run.start, run.end)
     per_fault = []
     for f in run.faults:
-        end = f.restore if f.restore is not None else hi
-        got = con.execute(
-            "SELECT avg(CASE WHEN busy >= ? THEN 1.0 ELSE 0.0 END) FROM host WHERE ts BETWEEN ? AND ?",
-            [SATURATED, f.inject, end],
-        ).fetchone()
-        if got is not None and got[0] is not None:
-            per_fault.append((f.fault, float(got[0])))
-    return n, (float(share) if share is not None else None), per_fault
+        _, of_fault = share(f.inject, f.restore if f.restore is not None else run.end)
+        if of_fault is not None:
+            per_fault.append((f.fault, of_fault))
+    return n, of_run, per_fault
 
 
 def _host_load(run: RunData) -> list[SkippedLine]:

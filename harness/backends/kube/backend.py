@@ -142,6 +142,7 @@ class EntryMonitor:
                 self._check_all()
 
     def stop(self) -> None:
+        self.inventory.unsubscribe(self._on_inventory)
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
