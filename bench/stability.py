@@ -132,7 +132,12 @@ def host_load(run_dir: Path) -> str:
     if not busy:
         return "host load not recorded"
     saturated = sum(b >= SATURATED for b in busy) / len(busy)
-    return f"host CPU median {statistics.median(busy) * 100:.0f}%, saturated {saturated * 100:.0f}% of the run"
+    line = f"host CPU median {statistics.median(busy) * 100:.0f}%, saturated {saturated * 100:.0f}% of the run"
+    try:  # the probe budget's factor (harness.traffic.budget): slower probes, coarser resolution
+        scale = float(json.loads((run_dir / "probe-budget.json").read_text())["scale"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return line
+    return f"{line}, probes x{scale:g}"
 
 
 def spread(values: list[float]) -> str:

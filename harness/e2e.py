@@ -16,7 +16,6 @@ inventory, entrypoints, artifacts → down → hops → verdict, report.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -34,59 +33,12 @@ from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
 if TYPE_CHECKING:
     from harness.chaos import PlannedExperiment
     from harness.topology import Topology
+    from harness.traffic import RequestWatch, TrafficRunner
 
 TRAFFIC_BOUND_S = 6 * 3600.0
 WARM_REQUESTS = 20  # successful user requests per zone before the first fault
+WARMUP_BOUND_S = 8.0  # `harness traffic`: the longest its warm-up waits before the probe budget measures
 COOL_REQUESTS = 20  # ... and per zone after the last experiment (its recovery on record), before traffic stops
-
-
-class RequestWatch:
-    """Follows requests.jsonl as locust writes it: how many successful requests each zone had since a time.
-
-    Warm-up and cool-down wait for what they are for (users served in every
-    zone; the last recovery on record) instead of sleeping a fixed time: on
-    a healthy run that is a second or two, and the bound still holds when a
-    zone never serves (the verdict then says what is missing).
-    """
-
-    def __init__(self, path: Path, zones: list[str]) -> None:
-        self.path = path
-        self.zones = zones
-        self._offset = 0
-        self._pending = b""
-        self._ok: dict[str, list[float]] = {z: [] for z in zones}
-
-    def _read(self) -> None:
-        try:
-            with self.path.open("rb") as fh:
-                fh.seek(self._offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return
-        self._offset += len(data)
-        lines = (self._pending + data).split(b"\n")
-        self._pending = lines.pop()
-        for raw in lines:
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue  # the verifier names corrupt lines; here they only do not count
-            if isinstance(rec, dict) and rec.get("ok") is True and rec.get("zone") in self._ok:
-                self._ok[rec["zone"]].append(float(rec.get("ts") or 0.0))
-
-    def served(self, since: float) -> dict[str, int]:
-        self._read()
-        return {z: sum(1 for t in ts if t >= since) for z, ts in self._ok.items()}
-
-    def wait(self, since: float, n: int, timeout_s: float) -> bool:
-        """Until every zone had `n` successful requests from `since` on, or `timeout_s` passed."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if all(c >= n for c in self.served(since).values()):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
 
 
 def probe_periods(t: Topology, zones: list[str], base_s: float) -> dict[str, float]:
@@ -109,7 +61,7 @@ class E2EOptions:
     experiments: list[Path] = field(default_factory=list)
     users: int = 12
     spawn_rate: float = 12.0
-    warmup_s: float = 8.0
+    warmup_s: float = WARMUP_BOUND_S
     cooldown_s: float = 8.0
     processes: int = 1
     keep: bool = False  # leave the cluster up afterwards
@@ -232,6 +184,20 @@ def _upstream_snapshot(backend: Backend, run_dir: Path, label: str) -> Any:
     return snapshot_quietly(backend, run_dir, label)
 
 
+def fit_probes(traffic: TrafficRunner, served: RequestWatch, warmup_s: float, say: Callable[[str], None]) -> None:
+    """Warm-up, then the probe budget (harness.traffic.budget): probes no faster than this machine carries.
+
+    Every zone's users served first (not a fixed pause; `warmup_s` bounds
+    it), so the budget measures the running shop, not its start. Only for
+    probes running on this machine: locust workers in the zones' pods do
+    not read the budget's file.
+    """
+    from harness.traffic import ProbeBudget
+
+    served.wait(0.0, WARM_REQUESTS, warmup_s)
+    say(ProbeBudget(traffic.budget_file, traffic.periods, served.rates).settle().summary())
+
+
 def record_traffic(
     backend: Backend,
     run_dir: Path,
@@ -249,8 +215,8 @@ def record_traffic(
     same directory adds the timeline.
     """
     from harness.observe import build_hops
-    from harness.traffic import run_traffic
-    from harness.traffic.runner import DEFAULT_PROBE_PERIOD_S
+    from harness.traffic import RequestWatch, TrafficRunner
+    from harness.traffic.runner import DEFAULT_PROBE_PERIOD_S, START_GRACE_S
 
     run_dir.mkdir(parents=True, exist_ok=True)
     mark_run(run_dir, "traffic")
@@ -260,11 +226,16 @@ def record_traffic(
     preflight_gate(backend, run_dir, preflight, print)
     with recording(backend, run_dir):
         before_traffic(backend, run_dir, lambda _m: None)
+        entry = backend.entrypoints()
         try:
-            result = run_traffic(backend.entrypoints(), run_dir, users=users, spawn_rate=users,
-                                 duration_s=duration_s, shape=shape, processes=processes,
-                                 probe_period_s=DEFAULT_PROBE_PERIOD_S if probe_period_s is None else probe_period_s,
-                                 probe_zones=probe_zones)  # fmt: skip
+            with TrafficRunner(entry, run_dir, users=users, spawn_rate=users, duration_s=duration_s, shape=shape,
+                               processes=processes,
+                               probe_period_s=DEFAULT_PROBE_PERIOD_S if probe_period_s is None else probe_period_s,
+                               probe_zones=probe_zones) as traffic:  # fmt: skip
+                # the game day's chaos waits for this line: probes sized to the machine before any fault
+                fit_probes(traffic, RequestWatch(run_dir / REQUESTS_FILE, list(entry)), WARMUP_BOUND_S, print)
+                traffic.wait(timeout=duration_s + START_GRACE_S)
+            result = traffic.result
         finally:
             after_traffic(backend, run_dir, lambda _m: None)
     build_hops(run_dir, jsonl=False)  # Parquet: a long run's hops are no JSON to wait for
@@ -354,7 +325,7 @@ def run_e2e(
     from harness.observe import build_hops
     from harness.render.manifests import load
     from harness.report import write_junit, write_report
-    from harness.traffic import TrafficRunner
+    from harness.traffic import RequestWatch, TrafficRunner
     from harness.traffic.runner import DEFAULT_PROBE_PERIOD_S
     from harness.verify import judged, write_verdict
 
@@ -422,11 +393,14 @@ def run_e2e(
                     probe_zones=probe_zones,
                     master=workers.master() if workers is not None else None,
                     probe_periods=periods,
-                ):
+                ) as traffic:
                     mark_run(run_dir, "traffic")
                     # every zone's users served before the first fault, not a fixed pause (warmup_s bounds it)
                     served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
-                    served.wait(0.0, WARM_REQUESTS, opts.warmup_s)
+                    if workers is None:  # probes running here: no faster than this machine carries
+                        fit_probes(traffic, served, opts.warmup_s, say)
+                    else:
+                        served.wait(0.0, WARM_REQUESTS, opts.warmup_s)
                     for p in planned:
                         mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")

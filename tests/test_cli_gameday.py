@@ -37,6 +37,14 @@ def _rendered_pods() -> int:
     return sum(int(o["spec"].get("replicas", 1)) for o in objs if o.get("kind") == "Deployment")
 
 
+def _budget_settled(run: Path) -> bool:
+    """The probe budget's decision is on file (harness.traffic.budget writes "measuring" while it measures)."""
+    try:
+        return json.loads((run / "probe-budget.json").read_text())["reason"] != "measuring"
+    except (FileNotFoundError, ValueError, KeyError):
+        return False
+
+
 def _requests_into(run: Path, zone: str) -> int:
     """User requests recorded so far entering `zone` (requests.jsonl is written request by request)."""
     try:
@@ -67,17 +75,20 @@ def test_gameday_flow(tmp_path: Path) -> None:
         # A fixed --duration raced the chaos: under load its steady-state probes took 26 s to reach the kill and
         # the traffic had ended before the restore (unverified recovery, a FAIL of a correct mesh).
         traffic = subprocess.Popen(
-            # probes only into the faulted zone, as e2e probes only the zones its experiments act on: probes into
-            # all six zones (200 requests/s) saturated this 2-core machine by themselves (host note: 99% of the
-            # run), user latency p50 500 ms, and 14 of 1384 requests failed against the 1% budget
+            # probes into every zone, as an operator's `harness traffic` does by default: at their set rate (six
+            # zones, 200 requests/s) they saturated this 2-core machine by themselves (host note: 99% of the run;
+            # user latency p50 500 ms; 14 of 1384 requests failed against the 1% budget); the probe budget now
+            # slows them to what the machine carries before the chaos starts
             [sys.executable, "-m", "harness", "traffic", *backend, "--users", "6", "--duration", "600",
-             "--probe-zone", LAX, "--run-dir", str(run)],
+             "--run-dir", str(run)],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
         try:
-            # the chaos starts once users are recorded in the zone it faults (before: requests during the fault)
-            assert wait_until(lambda: _requests_into(run, LAX) >= 10, 120), "no traffic recorded"
+            # the chaos starts once the probe budget is settled: users were served in every zone (its warm-up)
+            # and the probes run at the rate they keep for the whole run
+            assert wait_until(lambda: _budget_settled(run), 120), "no probe budget recorded"
+            assert _requests_into(run, LAX) >= 10
             chaos = harness("chaos", *backend, str(REPO / "experiments" / "kill-product-api-lax.json"),
                             "--run-dir", str(run), cwd=tmp_path)  # fmt: skip
             assert chaos.returncode == 0, chaos.stdout + chaos.stderr

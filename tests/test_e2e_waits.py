@@ -1,4 +1,4 @@
-"""e2e's warm-up and cool-down wait for served requests (harness.e2e.RequestWatch), not for a fixed time."""
+"""e2e's warm-up and cool-down wait for served requests (harness.traffic.RequestWatch), not for a fixed time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness.e2e import RequestWatch
+from harness.traffic import RequestWatch
 
 
 def _req(ts: float, zone: str, ok: bool = True) -> str:

@@ -59,3 +59,5 @@ def test_each_run_states_how_loaded_this_machine_was(tmp_path: Path) -> None:
                                                  for i, b in enumerate([0.5, 0.97, 1.0, 0.6])))  # fmt: skip
     assert st.host_load(tmp_path) == "host CPU median 78%, saturated 50% of the run"
     assert st.host_load(tmp_path / "none") == "host load not recorded"
+    (tmp_path / "probe-budget.json").write_text(json.dumps({"scale": 1.88}))
+    assert st.host_load(tmp_path) == "host CPU median 78%, saturated 50% of the run, probes x1.88"

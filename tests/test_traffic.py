@@ -534,3 +534,31 @@ def test_locust_stops_on_our_sigint_even_when_the_caller_ignores_sigint(tmp_path
     assert "Exiting due to CTRL+C interruption" in (tmp_path / "locust.log").read_text()
     assert result.returncode is not None and result.returncode >= 0
     assert result.stats_file.exists()
+
+
+@pytest.mark.slow
+def test_zone_probes_follow_the_probe_budget_file(tmp_path: Path, shop: FakeShop) -> None:
+    """The factor in probe-budget.json (harness.traffic.budget) reaches running probes: their clock slows by it."""
+    from harness.traffic.budget import BudgetDecision
+
+    eps = {"zone-a": shop.url}
+    with TrafficRunner(eps, tmp_path, users=1, spawn_rate=10, duration_s=30, extra_env={"EH_WAIT": "60"},
+                       probe_period_s=0.02) as tr:  # fmt: skip
+        req = tmp_path / "requests.jsonl"
+
+        def probes() -> list[float]:
+            return [float(r["ts"]) for r in _records(req) if r["endpoint"] == "probe"] if req.exists() else []
+
+        assert wait_until(lambda: len(probes()) >= 40, timeout=30)
+        decision = BudgetDecision(10.0, 0.6, 2, {"zone-a": 0.2}, "test")
+        tr.budget_file.write_text(json.dumps(decision.as_dict()))
+        switched = time.time() + 0.5  # the probe re-reads the file within 0.2 s, then ticks at its new period
+        time.sleep(2.5)
+        tr.stop()
+    ts = probes()
+    before = [t for t in ts if t < switched - 0.5]
+    after = [t for t in ts if switched <= t < switched + 2.0]
+    rate_before = len(before) / (before[-1] - before[0])
+    # 50/s before; 5/s after (a shared default or an ignored file would keep 50/s)
+    assert len(after) / 2.0 < rate_before / 4, (rate_before, len(after))
+    assert len(after) >= 5

@@ -765,3 +765,27 @@ def test_a_saturated_host_is_stated_next_to_the_verdict(tmp_path: Path) -> None:
     assert f"during fault windows: {KILL.fault} 100%" in notes[0] and "for 2" in notes[0]  # ~21 of 90 s
     assert not [n for n in quiet.run.notes + bare.run.notes if n.startswith("host: ")]
     assert hot.passed and quiet.passed and bare.passed
+
+
+def test_probes_slowed_by_the_budget_are_stated_with_their_periods(tmp_path: Path) -> None:
+    """probe-budget.json: a run whose probes were slowed says by how much and why; one at the set rates, one
+    without the file or with a file that is not JSON says nothing. The invariants are unchanged."""
+
+    def with_budget(name: str, text: str | None) -> Verdict:
+        d = run(tmp_path, name, faults=[KILL])
+        if text is not None:
+            (d / "probe-budget.json").write_text(text)
+        return verify(d)
+
+    def budget(scale: float) -> str:
+        return json.dumps({"scale": scale, "target_busy": 0.6, "periods": {LAX: 0.03 * scale},
+                           "reason": "at the set rates this machine was 99% busy, now 58%"})  # fmt: skip
+
+    slowed = with_budget("slowed", budget(2.5))
+    notes = [n for n in slowed.run.notes if n.startswith("probes: ")]
+    assert notes == [f"probes: slowed x2.5 by the probe budget to keep this machine under 60% busy (at the set "
+                     f"rates this machine was 99% busy, now 58%): {LAX} every 75 ms"]  # fmt: skip
+    for name, text in (("set", budget(1.0)), ("none", None), ("torn", '{"scale": ')):
+        v = with_budget(name, text)
+        assert not [n for n in v.run.notes if n.startswith("probes: ")] and v.passed, name
+    assert slowed.passed

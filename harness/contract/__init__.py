@@ -8,7 +8,8 @@ reading it import the same rule instead of re-deriving it:
 - `upstreams`: the `connect-service-upstreams` annotation, parsed;
 - `logsource`: how access-log lines pass from a backend to observe;
 - `rundir`: run-directory paths and record file names (docs/CONTRACTS.md §4);
-- `inventory`: pod <-> IP <-> node <-> zone over time, with the one IP-at-time resolver.
+- `inventory`: pod <-> IP <-> node <-> zone over time, with the one IP-at-time resolver;
+- `hostcpu`: the host's CPU busy share (`host.jsonl`, and the probe budget that holds it down).
 
 It sits below every stage: it imports `harness.topology` and `harness.errors`
 only, so render, backends, observe, verify and report can all depend on it.

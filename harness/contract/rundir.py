@@ -56,6 +56,7 @@ TOPOLOGY_FILE = "topology.yaml"  # in the rendered directory
 HOPS_BUILD_FILE = "hops-build.json"  # what observe built hops.jsonl from (verify consumes hops.jsonl when current)
 RECORDING_FILE = "recording.jsonl"  # what went wrong while recording (collector, flush, inventory, artifacts)
 HOST_FILE = "host.jsonl"  # the harness host's CPU while recording (harness.observe.host)
+PROBE_BUDGET_FILE = "probe-budget.json"  # the zone probes' rate fitted to this machine (harness.traffic.budget)
 
 
 def record_problem(run_dir: Path, what: str, message: str) -> None:

@@ -26,9 +26,12 @@ as one ``requests.jsonl`` line (docs/CONTRACTS.md §4), also with
 Zone probes (``ZoneProbe``, one per zone of ``EH_PROBE_ZONES``, a JSON list,
 default every zone of ``EH_ENTRYPOINTS``): a coffees query into its zone every
 ``EH_PROBE_PERIOD`` seconds (default 0.03; ``EH_PROBE_PERIODS``, JSON
-``{zone: seconds}``, sets a zone's own) on a fixed clock, whether or not the previous one has
-answered (an open model: a slow request during a failover does not delay the
-next probe, so the records keep their spacing exactly when it matters). The
+``{zone: seconds}``, sets a zone's own) on a fixed clock, whether or not the
+previous one has answered (an open model: a slow request during a failover
+does not delay the next probe, so the records keep their spacing exactly
+when it matters). ``EH_PROBE_BUDGET`` names the probe budget's file: its
+``scale`` multiplies every period once the harness has measured what this
+machine carries (harness/traffic/budget.py). The
 gap between two records bounds how precisely a failover or recovery instant
 can be known; with shoppers alone a zone got ~6 requests/s (resolution ~170
 ms), the probe brings every zone pair to ~30-45 ms (the period plus the jitter of
@@ -74,9 +77,11 @@ from locust.user.task import LOCUST_STATE_STOPPING
 from shapes import select_shape
 
 try:
+    from harness.traffic.budget import ScaleFile
     from harness.traffic.recorder import attach_from_env, parse_entrypoints
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from harness.traffic.budget import ScaleFile
     from harness.traffic.recorder import attach_from_env, parse_entrypoints
 
 COFFEES_QUERY = {"query": "{ coffees { id name price } }"}
@@ -91,6 +96,8 @@ PROBE_ZONES = [
 # per-zone periods over EH_PROBE_PERIOD (JSON {zone: seconds}): `harness e2e` probes an availability zone
 # faster, because its entry spreads the calls over every AZ and only its own share makes its zone's hops
 PROBE_PERIODS = {str(z): float(v) for z, v in json.loads(os.environ.get("EH_PROBE_PERIODS") or "{}").items()}
+# the probe budget's factor on every period (harness.traffic.budget): slower probes where the machine is small
+PROBE_BUDGET = ScaleFile(os.environ.get("EH_PROBE_BUDGET"))
 CONNECT_TIMEOUT_S = 3.0
 NETWORK_TIMEOUT_S = 10.0
 
@@ -272,7 +279,7 @@ class ZoneProbe(FastHttpUser):
                     gevent.sleep(delay)
                 if pool.free_count() > 0:
                     pool.spawn(self._one)
-                next_at += self.period_s
+                next_at += self.period_s * PROBE_BUDGET.scale()
                 if next_at < time.monotonic() - self.period_s:
                     next_at = time.monotonic()  # fell behind (CPU starved): restart the clock, never burst
             pool.join()  # locust's --stop-timeout bounds this wait

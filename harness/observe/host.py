@@ -23,22 +23,12 @@ import threading
 import time
 from pathlib import Path
 
+from harness.contract.hostcpu import PROC_STAT, busy_share, cpu_times
 from harness.contract.rundir import HOST_FILE
 
-PROC_STAT = Path("/proc/stat")
 SATURATED = 0.95  # busy share from which an interval counts as saturated
 
-
-def cpu_times(path: Path = PROC_STAT) -> tuple[int, int] | None:
-    """(busy, total) jiffies of all CPUs since boot, or None without /proc/stat."""
-    try:
-        with path.open() as fh:
-            fields = [int(x) for x in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])  # user..steal; guest time is already in user
-    return total - idle, total
+__all__ = ["SATURATED", "HostSampler", "cpu_times"]
 
 
 class HostSampler:
@@ -62,10 +52,10 @@ class HostSampler:
         with self.path.open("a", encoding="utf-8") as fh:
             while not self._stop.wait(self.period_s):
                 now = cpu_times(self.stat)
-                if now is None or prev is None or now[1] <= prev[1]:
+                busy = busy_share(prev, now)
+                if busy is None:
                     prev = now
                     continue
-                busy = (now[0] - prev[0]) / (now[1] - prev[1])
                 fh.write(json.dumps({"ts": round(time.time(), 3), "busy": round(busy, 3), "cpus": cpus}) + "\n")
                 fh.flush()
                 prev = now

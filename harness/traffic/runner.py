@@ -41,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from harness.contract.rundir import REQUESTS_FILE
+from harness.contract.rundir import PROBE_BUDGET_FILE, REQUESTS_FILE
 from harness.errors import HarnessError
 from harness.interrupt import with_default_sigint
 
@@ -258,6 +258,7 @@ class TrafficRunner:
             raise TrafficError("traffic: with workers in the zones every zone is probed (give no probe zones)")
         self.probes = len(self.probe_zones) if self.probe_period_s > 0 else 0
         self.requests_file = self.out / REQUESTS_FILE
+        self.budget_file = self.out / PROBE_BUDGET_FILE  # the probes follow its factor (harness.traffic.budget)
         self.log_file = self.out / LOG_FILE
         self.stats_file = self.out / f"{STATS_FILE_PREFIX}.json"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -267,6 +268,13 @@ class TrafficRunner:
         self._stopped_early = False
         self._lock = threading.Lock()
         self.result: TrafficResult | None = None
+
+    @property
+    def periods(self) -> dict[str, float]:
+        """Each probed zone's probe period as the locustfile sets it (before any probe budget)."""
+        if self.probe_period_s <= 0:
+            return {}
+        return {z: self.probe_periods.get(z, self.probe_period_s) for z in self.probe_zones}
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> TrafficRunner:
@@ -284,6 +292,7 @@ class TrafficRunner:
             "EH_PROBE_PERIOD": f"{self.probe_period_s:g}",
             "EH_PROBE_ZONES": json.dumps(self.probe_zones),
             "EH_PROBE_PERIODS": json.dumps(self.probe_periods),
+            "EH_PROBE_BUDGET": str(self.budget_file),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }

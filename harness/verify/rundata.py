@@ -37,6 +37,7 @@ the Region as a whole (`topology.region`): any AZ's ready pod serves them.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import weakref
@@ -62,6 +63,7 @@ from harness.contract.rundir import (
     JOURNAL_FILE,
     PLAN_FILE,
     PREFLIGHT_FILE,
+    PROBE_BUDGET_FILE,
     RECORDING_COLUMNS,
     RECORDING_FILE,
     RUN_FILE,
@@ -242,6 +244,7 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     _documents(run, skipped)
     skipped += _recording_problems(con, run_dir, notes)
     skipped += _host_load(run)
+    _probe_budget(run)
     run.skipped = sorted(skipped, key=lambda s: (s.file, s.line))
     return run
 
@@ -310,6 +313,28 @@ def _host_load(run: RunData) -> list[SkippedLine]:
         "(fewer users or probes, or a larger machine, tell them apart)"
     )
     return skipped
+
+
+def _probe_budget(run: RunData) -> None:
+    """A note when the probe budget slowed the zone probes (probe-budget.json): why the resolution is coarser.
+
+    Information only: the verdict prints each figure's resolution, measured
+    from the records; this note says that the harness chose it to keep its
+    own load off the machine, and from what it measured.
+    """
+    try:
+        data = json.loads((run.run_dir / PROBE_BUDGET_FILE).read_text(encoding="utf-8"))
+        scale = float(data["scale"])
+        periods = {str(z): float(p) for z, p in dict(data.get("periods") or {}).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # absent (no probes here, an older run) or not ours to judge: nothing to say
+    if scale <= 1.0 or not periods:
+        return
+    rates = ", ".join(f"{z} every {p * 1000:.0f} ms" for z, p in sorted(periods.items()))
+    run.notes.append(
+        f"probes: slowed x{scale:g} by the probe budget to keep this machine under "
+        f"{float(data.get('target_busy') or 0) * 100:.0f}% busy ({data.get('reason', '')}): {rates}"
+    )
 
 
 def _topology_tables(con: duckdb.DuckDBPyConnection, t: Topology) -> None:

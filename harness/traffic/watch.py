@@ -1,0 +1,89 @@
+"""Following `requests.jsonl` while locust writes it: who was served since when, and at what rate.
+
+e2e's warm-up and cool-down wait for what they are for (users served in
+every zone before the first fault; the last recovery on record) instead of
+sleeping a fixed time, and the probe budget (`harness.traffic.budget`)
+measures how many requests per second the machine carried in a window.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+PROBE_ENDPOINT = "probe"  # the `endpoint` of a zone probe's records (loadtests/hashicups.py `ZoneProbe`)
+_KEEP_COMPLETIONS_S = 30.0  # completions older than this before the latest window asked for are dropped
+
+
+class RequestWatch:
+    """Follows requests.jsonl as locust writes it (each record is one append, written when its answer came).
+
+    On a healthy run the warm-up is a second or two, and its bound still
+    holds when a zone never serves (the verdict then says what is missing).
+    """
+
+    def __init__(self, path: Path, zones: list[str]) -> None:
+        self.path = path
+        self.zones = zones
+        self._offset = 0
+        self._pending = b""
+        self._ok: dict[str, list[float]] = {z: [] for z in zones}
+        self._done: list[tuple[float, bool]] = []  # (answered at, is a probe) of every record
+
+    def _read(self) -> None:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(data)
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        for raw in lines:
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue  # the verifier names corrupt lines; here they only do not count
+            if not isinstance(rec, dict):
+                continue
+            try:
+                start = float(rec.get("ts") or 0.0)
+                answered = start + float(rec.get("latency_ms") or 0.0) / 1000.0
+            except (TypeError, ValueError):
+                continue
+            self._done.append((answered, rec.get("endpoint") == PROBE_ENDPOINT))
+            if rec.get("ok") is True and rec.get("zone") in self._ok:
+                self._ok[rec["zone"]].append(start)
+
+    def served(self, since: float) -> dict[str, int]:
+        """Successful requests per zone that started at `since` or later."""
+        self._read()
+        return {z: sum(1 for t in ts if t >= since) for z, ts in self._ok.items()}
+
+    def wait(self, since: float, n: int, timeout_s: float) -> bool:
+        """Until every zone had `n` successful requests from `since` on, or `timeout_s` passed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if all(c >= n for c in self.served(since).values()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+    def rates(self, start: float, end: float) -> tuple[float, float]:
+        """(all requests, probes) answered per second in [start, end), whatever their outcome.
+
+        Counted by when the answer came, not when the request started: every
+        answered request is on file by then, so a window that just ended is
+        complete (a request still in flight has used little of the machine yet
+        and is counted in the window where it ends).
+        """
+        self._read()
+        self._done = [d for d in self._done if d[0] >= start - _KEEP_COMPLETIONS_S]
+        span = end - start
+        if span <= 0:
+            return 0.0, 0.0
+        inside = [probe for t, probe in self._done if start <= t < end]
+        return len(inside) / span, sum(inside) / span

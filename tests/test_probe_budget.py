@@ -1,0 +1,153 @@
+"""The probe budget (harness.traffic.budget): zone probes fitted to what the machine carries, measured not guessed.
+
+A model machine stands in for this one: its CPUs are busy with a fixed load
+(idle sidecars, health checks) plus a cost per answered request, and it
+answers no more than its CPUs allow. The probes' factor reaches the model
+through the same file and reader (`ScaleFile`) that locust's probes use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.traffic import RequestWatch
+from harness.traffic.budget import ProbeBudget, ScaleFile
+
+HZ = 100  # jiffies per second per CPU
+
+
+@dataclass
+class Machine:
+    """cpus, fixed load in CPUs, CPU seconds per request, shoppers' requests/s, probes/s offered at factor 1."""
+
+    path: Path
+    cpus: int = 2
+    fixed: float = 0.5
+    cost: float = 0.0094
+    users: float = 26.0
+    offered: float = 133.3
+    now: float = 1000.0
+    busy_j: float = 0.0
+    total_j: float = 0.0
+    readable: bool = True
+
+    def __post_init__(self) -> None:
+        self.scale = ScaleFile(self.path, check_s=0.0)
+        self.answered: list[tuple[float, float, float]] = []  # (start, end, probes/s)
+
+    def load(self) -> tuple[float, float, float]:
+        """(busy share, requests/s, probes/s) at the probes' current factor."""
+        probes = self.offered / self.scale.scale()
+        most = (self.cpus - self.fixed) / self.cost  # what the CPUs can answer
+        total = min(self.users + probes, most)
+        probes = max(0.0, total - self.users)
+        return (self.fixed + total * self.cost) / self.cpus, total, probes
+
+    def sleep(self, s: float) -> None:
+        busy, _total, probes = self.load()
+        self.answered.append((self.now, self.now + s, probes))
+        self.busy_j += busy * s * HZ * self.cpus
+        self.total_j += s * HZ * self.cpus
+        self.now += s
+
+    def clock(self) -> float:
+        return self.now
+
+    def cpu(self) -> tuple[int, int] | None:
+        return (int(self.busy_j), int(self.total_j)) if self.readable else None
+
+    def rates(self, start: float, end: float) -> tuple[float, float]:
+        probes = next(p for a, b, p in self.answered if a <= start < b)
+        return self.users + probes, probes
+
+
+def _budget(m: Machine, **kw: float) -> ProbeBudget:
+    periods = {f"zone-{i}": 4 / m.offered for i in range(4)}  # four zones, 33/s each at factor 1
+    return ProbeBudget(m.path, periods, m.rates, cpu=m.cpu, clock=m.clock, sleep=m.sleep, cpus=m.cpus, **kw)
+
+
+def test_a_machine_with_room_keeps_the_set_rates(tmp_path: Path) -> None:
+    m = Machine(tmp_path / "probe-budget.json", cpus=8)
+    d = _budget(m).settle()
+    assert d.scale == 1.0 and len(d.windows) == 1
+    assert d.windows[0].busy == pytest.approx(m.load()[0], abs=0.01)
+    assert d.periods == {f"zone-{i}": pytest.approx(0.03, abs=1e-3) for i in range(4)}
+    assert json.loads(m.path.read_text())["scale"] == 1.0  # the record, and what the probes read
+    assert "within 60%" in d.summary()
+
+
+@pytest.mark.parametrize("fixed,cost", [(0.0, 0.0121), (0.1, 0.0115), (0.2, 0.0140)])
+def test_a_saturated_machine_gets_probes_slowed_to_the_target(tmp_path: Path, fixed: float, cost: float) -> None:
+    """Measured here: 2 cores saturated by 4 zones of probes (busy 99%), busy per request/s constant (fixed ~0)."""
+    m = Machine(tmp_path / "probe-budget.json", fixed=fixed, cost=cost)
+    assert m.load()[0] > 0.95  # saturated at the set rates
+    d = _budget(m).settle()
+    busy = m.load()[0]
+    assert 0.5 <= busy <= 0.61, (busy, d)
+    assert d.scale > 1 and 2 <= len(d.windows) <= 3
+    assert d.windows[-1].busy == pytest.approx(busy, abs=0.01)
+    assert json.loads(m.path.read_text())["scale"] == d.scale
+    assert d.periods["zone-0"] == pytest.approx(0.03 * d.scale, rel=0.01)
+    assert "slowed" in d.summary() and "resolved more coarsely" in d.reason
+
+
+def test_load_that_does_not_go_with_requests_is_stepped_down_and_said(tmp_path: Path) -> None:
+    """A quarter of the CPUs busy with no request at all: each proportional step lands above the target; after
+    the last window the budget takes one more step unmeasured, and the record says so."""
+    m = Machine(tmp_path / "probe-budget.json", fixed=0.5, cost=0.0094)
+    d = _budget(m).settle()
+    assert len(d.windows) == 3 and all(w.busy > 0.6 for w in d.windows)
+    assert [w.busy for w in d.windows] == sorted((w.busy for w in d.windows), reverse=True)
+    assert m.load()[0] < d.windows[-1].busy < 0.75
+    assert "slowed again" in d.reason
+
+
+def test_the_budget_never_slows_a_probe_below_its_floor(tmp_path: Path) -> None:
+    """Shoppers alone over the target: probes at the slowest allowed (2/s), and the record says so."""
+    m = Machine(tmp_path / "probe-budget.json", users=150.0)
+    d = _budget(m).settle()
+    assert d.scale == pytest.approx(0.5 / 0.03, rel=0.01)
+    assert max(d.periods.values()) == pytest.approx(0.5, rel=0.01)
+    assert "slowest allowed" in d.reason
+
+
+def test_without_a_cpu_reading_nothing_changes_and_the_record_says_why(tmp_path: Path) -> None:
+    m = Machine(tmp_path / "probe-budget.json", readable=False)
+    d = _budget(m).settle()
+    assert d.scale == 1.0 and d.windows == []
+    assert "not measured" in d.reason
+    assert _budget(Machine(tmp_path / "b.json"), max_period_s=0.5).max_scale == pytest.approx(0.5 / 0.03, rel=0.01)
+
+
+def test_scale_file_follows_changes_and_keeps_the_last_good_factor(tmp_path: Path) -> None:
+    path = tmp_path / "probe-budget.json"
+    f = ScaleFile(path, check_s=0.2)
+    assert f.scale(now=0.0) == 1.0  # no file yet
+    path.write_text(json.dumps({"scale": 3.0}))
+    assert f.scale(now=0.1) == 1.0  # not looked at again before check_s
+    assert f.scale(now=0.3) == 3.0
+    for bad in ('{"scale": ', '{"scale": 0.5}', '{"other": 1}', "[]"):
+        path.write_text(bad)
+        os.utime(path, ns=(os.stat(path).st_mtime_ns + 10**9,) * 2)  # a change the reader can see
+        assert f.scale(now=f._next_check) == 3.0, bad
+    assert ScaleFile(None).scale() == 1.0
+
+
+def test_request_watch_rates_count_answers_in_the_window(tmp_path: Path) -> None:
+    """By when the answer came (start + latency): what a window's CPU was spent on."""
+    path = tmp_path / "requests.jsonl"
+    recs = [
+        {"ts": 10.0, "zone": "a", "endpoint": "probe", "latency_ms": 100.0, "ok": True},  # answered 10.1
+        {"ts": 9.5, "zone": "a", "endpoint": "coffees", "latency_ms": 800.0, "ok": False},  # answered 10.3
+        {"ts": 11.5, "zone": "a", "endpoint": "probe", "latency_ms": 600.0, "ok": True},  # answered 12.1: after
+        {"ts": 9.0, "zone": "a", "endpoint": "probe", "latency_ms": 10.0, "ok": True},  # answered 9.01: before
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    w = RequestWatch(path, ["a"])
+    assert w.rates(10.0, 12.0) == (1.0, 0.5)
+    assert w.rates(12.0, 12.0) == (0.0, 0.0)
