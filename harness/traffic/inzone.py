@@ -21,9 +21,10 @@ gateway; EKS: an address of the runner inside the VPC, e.g. a self-hosted
 runner), port `MASTER_PORT` unless told. Locust's master and workers must run
 the same locust version: the image is pinned to the venv's (`LOCUST_IMAGE`).
 
-The locustfile, its shapes module and the recorder travel in one ConfigMap
-(`locust-files`), mounted where the locustfile's own import finds
-`harness.traffic.recorder`. Every object carries `app.kubernetes.io/managed-by:
+The locustfile, its shapes module and the harness modules it imports
+(`LOCUST_SIDE`: the recorder, the probe budget's reader and what it reads)
+travel in one ConfigMap (`locust-files`), mounted where the locustfile's own
+imports find them. Every object carries `app.kubernetes.io/managed-by:
 edge-harness` and lives in its own namespace (`NAMESPACE`), so `stop()`
 deletes exactly what `start()` created.
 """
@@ -79,14 +80,32 @@ def worker_name(t: Topology, zone: Zone) -> str:
     return f"locust-worker-{t.short(zone)}"
 
 
+LOCUST_SIDE = ("harness/traffic/recorder.py", "harness/traffic/budget.py", "harness/contract/hostcpu.py")
+"""The harness modules the locustfile imports, with nothing but the standard library below them: they travel
+with it (a worker pod has no harness installed); each package on their paths gets an empty __init__.py."""
+
+
 def _files(locustfile_dir: Path) -> dict[str, str]:
-    recorder = REPO_ROOT / "harness" / "traffic" / "recorder.py"
-    return {
+    data = {
         "hashicups.py": (locustfile_dir / "hashicups.py").read_text(encoding="utf-8"),
         "shapes.py": (locustfile_dir / "shapes.py").read_text(encoding="utf-8"),
-        "recorder.py": recorder.read_text(encoding="utf-8"),
         "init.py": "",
     }
+    for path in LOCUST_SIDE:
+        data[Path(path).name] = (REPO_ROOT / path).read_text(encoding="utf-8")
+    return data
+
+
+def _mounts() -> list[dict[str, str]]:
+    """ConfigMap key -> path under the mount: the locustfile beside its shapes, the modules at their import paths."""
+    items = [{"key": "hashicups.py", "path": "hashicups.py"}, {"key": "shapes.py", "path": "shapes.py"}]
+    packages: list[str] = []
+    for path in LOCUST_SIDE:
+        items.append({"key": Path(path).name, "path": path})
+        for parent in reversed(Path(path).parents[:-1]):
+            if str(parent) not in packages:
+                packages.append(str(parent))
+    return items + [{"key": "init.py", "path": f"{p}/__init__.py"} for p in packages]
 
 
 def _meta(name: str, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -120,13 +139,7 @@ def worker_objects(
             "data": _files(locustfile_dir or REPO_ROOT / "loadtests"),
         },
     ]
-    items = [
-        {"key": "hashicups.py", "path": "hashicups.py"},
-        {"key": "shapes.py", "path": "shapes.py"},
-        {"key": "recorder.py", "path": "harness/traffic/recorder.py"},
-        {"key": "init.py", "path": "harness/__init__.py"},
-        {"key": "init.py", "path": "harness/traffic/__init__.py"},
-    ]
+    items = _mounts()
     worker_args = ["-f", f"{MOUNT}/hashicups.py", "--worker", "--master-host", master_host]
     worker_args += ["--master-port", str(master_port)]
     for zone in zones:
