@@ -778,13 +778,14 @@ def test_probes_slowed_by_the_budget_are_stated_with_their_periods(tmp_path: Pat
         return verify(d)
 
     def budget(scale: float) -> str:
-        return json.dumps({"scale": scale, "target_busy": 0.6, "periods": {LAX: 0.03 * scale},
-                           "reason": "at the set rates this machine was 99% busy, now 58%"})  # fmt: skip
+        return json.dumps({"scale": scale, "target_busy": 0.6, "periods": {LAX: 0.03 * scale}, "reason": "...",
+                           "windows": [{"busy": 0.99}, {"busy": 0.7}, {"busy": 0.58}]})  # fmt: skip
 
     slowed = with_budget("slowed", budget(2.5))
     notes = [n for n in slowed.run.notes if n.startswith("probes: ")]
-    assert notes == [f"probes: slowed x2.5 by the probe budget to keep this machine under 60% busy (at the set "
-                     f"rates this machine was 99% busy, now 58%): {LAX} every 75 ms"]  # fmt: skip
+    assert notes == [f"probes: slowed x2.5 by the probe budget (this machine was 99% busy at the set rates, 58% "
+                     f"after; target 60%), so failover and recovery times are resolved more coarsely: {LAX} every "
+                     "75 ms"]  # fmt: skip
     for name, text in (("set", budget(1.0)), ("none", None), ("torn", '{"scale": ')):
         v = with_budget(name, text)
         assert not [n for n in v.run.notes if n.startswith("probes: ")] and v.passed, name

@@ -325,15 +325,20 @@ def _probe_budget(run: RunData) -> None:
     try:
         data = json.loads((run.run_dir / PROBE_BUDGET_FILE).read_text(encoding="utf-8"))
         scale = float(data["scale"])
+        target = float(data["target_busy"])
         periods = {str(z): float(p) for z, p in dict(data.get("periods") or {}).items()}
+        busy = [float(w["busy"]) for w in data.get("windows") or []]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # absent (no probes here, an older run) or not ours to judge: nothing to say
     if scale <= 1.0 or not periods:
         return
+    measured = ""
+    if busy:
+        measured = f"this machine was {busy[0] * 100:.0f}% busy at the set rates, {busy[-1] * 100:.0f}% after; "
     rates = ", ".join(f"{z} every {p * 1000:.0f} ms" for z, p in sorted(periods.items()))
     run.notes.append(
-        f"probes: slowed x{scale:g} by the probe budget to keep this machine under "
-        f"{float(data.get('target_busy') or 0) * 100:.0f}% busy ({data.get('reason', '')}): {rates}"
+        f"probes: slowed x{scale:g} by the probe budget ({measured}target {target * 100:.0f}%), so failover and "
+        f"recovery times are resolved more coarsely: {rates}"
     )
 
 
