@@ -123,10 +123,11 @@ def one_run(experiment: Path, topology: Path, cluster: str, runs_root: Path, use
 
 def host_load(run_dir: Path) -> str:
     """This machine's CPU over the run (host.jsonl): a saturated box measures itself, not the mesh."""
+    from harness.contract.rundir import HOST_FILE, PROBE_BUDGET_FILE
     from harness.observe.host import SATURATED
 
     try:
-        busy = [json.loads(x)["busy"] for x in (run_dir / "host.jsonl").read_text().splitlines() if x.strip()]
+        busy = [json.loads(x)["busy"] for x in (run_dir / HOST_FILE).read_text().splitlines() if x.strip()]
     except (OSError, ValueError, KeyError):
         return "host load not recorded"
     if not busy:
@@ -134,7 +135,7 @@ def host_load(run_dir: Path) -> str:
     saturated = sum(b >= SATURATED for b in busy) / len(busy)
     line = f"host CPU median {statistics.median(busy) * 100:.0f}%, saturated {saturated * 100:.0f}% of the run"
     try:  # the probe budget's factor (harness.traffic.budget): slower probes, coarser resolution
-        scale = float(json.loads((run_dir / "probe-budget.json").read_text())["scale"])
+        scale = float(json.loads((run_dir / PROBE_BUDGET_FILE).read_text())["scale"])
     except (OSError, ValueError, KeyError, TypeError):
         return line
     return f"{line}, probes x{scale:g}"

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 TRAFFIC_BOUND_S = 6 * 3600.0
 WARM_REQUESTS = 20  # successful user requests per zone before the first fault
-WARMUP_BOUND_S = 8.0  # `harness traffic`: the longest its warm-up waits before the probe budget measures
+WARMUP_BOUND_S = 8.0  # the longest a warm-up waits for every zone's users before the probe budget measures
 COOL_REQUESTS = 20  # ... and per zone after the last experiment (its recovery on record), before traffic stops
 
 
@@ -184,17 +184,15 @@ def _upstream_snapshot(backend: Backend, run_dir: Path, label: str) -> Any:
     return snapshot_quietly(backend, run_dir, label)
 
 
-def fit_probes(traffic: TrafficRunner, served: RequestWatch, warmup_s: float, say: Callable[[str], None]) -> None:
-    """Warm-up, then the probe budget (harness.traffic.budget): probes no faster than this machine carries.
+def fit_probes(traffic: TrafficRunner, served: RequestWatch, say: Callable[[str], None]) -> None:
+    """The probe budget (harness.traffic.budget): probes no faster than this machine carries.
 
-    Every zone's users served first (not a fixed pause; `warmup_s` bounds
-    it), so the budget measures the running shop, not its start. Only for
-    probes running on this machine: locust workers in the zones' pods do
-    not read the budget's file.
+    Called after the warm-up (every zone's users served), so the budget
+    measures the running shop, not its start. Only for probes running on
+    this machine: locust workers in the zones' pods do not read its file.
     """
     from harness.traffic import ProbeBudget
 
-    served.wait(0.0, WARM_REQUESTS, warmup_s)
     say(ProbeBudget(traffic.budget_file, traffic.periods, served.rates).settle().summary())
 
 
@@ -232,8 +230,10 @@ def record_traffic(
                                processes=processes,
                                probe_period_s=DEFAULT_PROBE_PERIOD_S if probe_period_s is None else probe_period_s,
                                probe_zones=probe_zones) as traffic:  # fmt: skip
+                served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
+                served.wait(0.0, WARM_REQUESTS, WARMUP_BOUND_S)
                 # the game day's chaos waits for this line: probes sized to the machine before any fault
-                fit_probes(traffic, RequestWatch(run_dir / REQUESTS_FILE, list(entry)), WARMUP_BOUND_S, print)
+                fit_probes(traffic, served, print)
                 traffic.wait(timeout=duration_s + START_GRACE_S)
             result = traffic.result
         finally:
@@ -397,10 +397,9 @@ def run_e2e(
                     mark_run(run_dir, "traffic")
                     # every zone's users served before the first fault, not a fixed pause (warmup_s bounds it)
                     served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
+                    served.wait(0.0, WARM_REQUESTS, opts.warmup_s)
                     if workers is None:  # probes running here: no faster than this machine carries
-                        fit_probes(traffic, served, opts.warmup_s, say)
-                    else:
-                        served.wait(0.0, WARM_REQUESTS, opts.warmup_s)
+                        fit_probes(traffic, served, say)
                     for p in planned:
                         mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")

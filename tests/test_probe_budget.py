@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,9 +67,9 @@ class Machine:
         return self.users + probes, probes
 
 
-def _budget(m: Machine, **kw: float) -> ProbeBudget:
+def _budget(m: Machine, cpu: Any = None, **kw: float) -> ProbeBudget:
     periods = {f"zone-{i}": 4 / m.offered for i in range(4)}  # four zones, 33/s each at factor 1
-    return ProbeBudget(m.path, periods, m.rates, cpu=m.cpu, clock=m.clock, sleep=m.sleep, cpus=m.cpus, **kw)
+    return ProbeBudget(m.path, periods, m.rates, cpu=cpu or m.cpu, clock=m.clock, sleep=m.sleep, cpus=m.cpus, **kw)
 
 
 def test_a_machine_with_room_keeps_the_set_rates(tmp_path: Path) -> None:
@@ -151,3 +152,29 @@ def test_request_watch_rates_count_answers_in_the_window(tmp_path: Path) -> None
     w = RequestWatch(path, ["a"])
     assert w.rates(10.0, 12.0) == (1.0, 0.5)
     assert w.rates(12.0, 12.0) == (0.0, 0.0)
+
+
+def test_no_probed_zone_or_a_reading_lost_midway_ends_the_budget_with_the_reason(tmp_path: Path) -> None:
+    """Nothing to size: no window, factor 1. A CPU reading that vanishes after the first window: the factor
+    already chosen stands and the record says the last window is missing."""
+    m = Machine(tmp_path / "none.json")
+    d = ProbeBudget(m.path, {}, m.rates, cpu=m.cpu, clock=m.clock, sleep=m.sleep, cpus=2).settle()
+    assert (d.scale, d.windows, d.summary()) == (1.0, [], "probe budget: no zone is probed")
+    assert json.loads(m.path.read_text())["reason"] == "no zone is probed"
+
+    m = Machine(tmp_path / "lost.json")
+    reads = iter([m.cpu, m.cpu, lambda: None, lambda: None])
+    d = _budget(m, cpu=lambda: next(reads)()).settle()
+    assert d.scale > 1 and len(d.windows) == 1 and d.reason == "the CPU reading vanished while measuring"
+    assert json.loads(m.path.read_text())["scale"] == d.scale  # the probes keep the factor they were given
+
+
+def test_request_watch_keeps_only_recent_answers_for_rates(tmp_path: Path) -> None:
+    """A long run's watch holds the last 30 s of answers for rates, not every record since the warm-up."""
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps({"ts": float(t), "zone": "a", "endpoint": "probe", "latency_ms": 0.0,
+                                        "ok": True}) + "\n" for t in range(0, 100)))  # fmt: skip
+    w = RequestWatch(path, ["a"])
+    assert w.rates(90.0, 100.0) == (1.0, 1.0)
+    assert len(w._done) == 31  # answers at 69..99 s
+    assert w.served(0.0) == {"a": 100}  # the warm-up's and cool-down's counts are unchanged

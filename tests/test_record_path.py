@@ -145,7 +145,8 @@ def test_observes_hops_are_consumed_while_current(tmp_path: Path) -> None:
 
 def test_host_sampler_writes_the_busy_share_of_each_interval(tmp_path: Path) -> None:
     """busy = (non-idle, non-iowait jiffies) / all jiffies of the interval, from a /proc/stat stand-in."""
-    from harness.observe.host import HostSampler, cpu_times
+    from harness.contract.hostcpu import cpu_times
+    from harness.observe.host import HostSampler
 
     stat = tmp_path / "stat"
 

@@ -28,8 +28,6 @@ from harness.contract.rundir import HOST_FILE
 
 SATURATED = 0.95  # busy share from which an interval counts as saturated
 
-__all__ = ["SATURATED", "HostSampler", "cpu_times"]
-
 
 class HostSampler:
     """Background thread appending the host's CPU busy share to `<run dir>/host.jsonl` (start/stop)."""

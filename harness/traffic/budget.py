@@ -88,6 +88,8 @@ class BudgetDecision:
 
     def summary(self) -> str:
         """One line for the terminal: what the probes run at and why."""
+        if not self.periods:
+            return f"probe budget: {self.reason}"
         per_s = ", ".join(f"{z} {1 / p:.0f}/s" for z, p in sorted(self.periods.items()))
         if self.scale == 1.0:
             return f"probe budget: probes at their set rates ({per_s}): {self.reason}"

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from pathlib import Path
 
 PROBE_ENDPOINT = "probe"  # the `endpoint` of a zone probe's records (loadtests/hashicups.py `ZoneProbe`)
-_KEEP_COMPLETIONS_S = 30.0  # completions older than this before the latest window asked for are dropped
+_KEEP_COMPLETIONS_S = 30.0  # answers this much older than the newest are dropped: rates ask of recent windows
 
 
 class RequestWatch:
@@ -29,7 +30,8 @@ class RequestWatch:
         self._offset = 0
         self._pending = b""
         self._ok: dict[str, list[float]] = {z: [] for z in zones}
-        self._done: list[tuple[float, bool]] = []  # (answered at, is a probe) of every record
+        self._done: deque[tuple[float, bool]] = deque()  # (answered at, is a probe) of the recent records
+        self._newest = 0.0
 
     def _read(self) -> None:
         try:
@@ -54,8 +56,12 @@ class RequestWatch:
             except (TypeError, ValueError):
                 continue
             self._done.append((answered, rec.get("endpoint") == PROBE_ENDPOINT))
+            self._newest = max(self._newest, answered)
             if rec.get("ok") is True and rec.get("zone") in self._ok:
                 self._ok[rec["zone"]].append(start)
+        # records come in answer order (each is written when its answer came): the oldest are at the left
+        while self._done and self._done[0][0] < self._newest - _KEEP_COMPLETIONS_S:
+            self._done.popleft()
 
     def served(self, since: float) -> dict[str, int]:
         """Successful requests per zone that started at `since` or later."""
@@ -81,7 +87,6 @@ class RequestWatch:
         and is counted in the window where it ends).
         """
         self._read()
-        self._done = [d for d in self._done if d[0] >= start - _KEEP_COMPLETIONS_S]
         span = end - start
         if span <= 0:
             return 0.0, 0.0
