@@ -1,7 +1,5 @@
 """`python -m harness` = the `harness` command."""
 
-import sys
+from harness.cli import command
 
-from harness.cli import main
-
-sys.exit(main())
+command()

@@ -21,6 +21,7 @@ from rich.console import Console
 from harness.backends import BACKENDS, BackendOptions
 from harness.backends.base import ProgressFn
 from harness.errors import BackendError, DryRun, HarnessError, InputError
+from harness.interrupt import After, Interrupted, handle_signals
 from harness.preflight import PreflightFailed
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_BACKEND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -545,12 +546,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    from harness.interrupt import Interrupted, handle_signals
+def command() -> NoReturn:
+    """The `harness` process (console script, `python -m harness`): `main`, then exit with its code.
 
+    The process ignores signals once `main`'s block is left: its outcome is
+    decided and its cleanup done, so a quick second Ctrl-C must not turn
+    the exit (130) into death by the signal while the last line is printed
+    or the interpreter shuts down.
+    """
+    sys.exit(main(after=After.IGNORE))
+
+
+def main(argv: list[str] | None = None, after: After = After.RESTORE) -> int:
+    """Run one command in-process; `after` is what signals do once it is over (default: the caller's handlers)."""
     args = build_parser().parse_args(argv)
     try:
-        with handle_signals(lambda m: err.print(m, markup=False, highlight=False)):
+        with handle_signals(lambda m: err.print(m, markup=False, highlight=False), after):
             return int(args.fn(args))
     except Interrupted as exc:
         err.print(f"interrupted ({exc.name}): everything started was cleaned up; records so far are kept",
@@ -577,4 +588,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

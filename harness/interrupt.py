@@ -15,11 +15,21 @@ is reported and deferred. A third one gives up the cleanup (the user insists;
 `harness down` finishes what is left, from the state the backend wrote).
 Child processes run in their own sessions, so a terminal's Ctrl-C reaches
 only the harness, which stops them in order.
+
+What happens after the block is a strategy (`After`): an in-process caller
+(a test, pytest's session) gets its own handlers back; the `harness`
+command ignores every later signal, because by then its outcome is decided
+and its cleanup has run. Restoring there would let a Ctrl-C pressed twice
+in quick succession (the second after a short cleanup) raise a bare
+`KeyboardInterrupt` while the command prints its last line or while the
+interpreter shuts down (which resets Python-handled signals to their
+default): the command would die by the signal (-2) instead of exiting 130.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import signal
 import sys
 import threading
@@ -50,13 +60,20 @@ class Interrupted(KeyboardInterrupt):
         return signal.Signals(self.signum).name
 
 
+class After(enum.Enum):
+    """What `handle_signals` leaves behind when its block ends."""
+
+    RESTORE = "restore"  # the previous handlers: an in-process caller (a test, pytest) keeps its own
+    IGNORE = "ignore"  # nothing more can change the outcome: a process about to exit (the `harness` command)
+
+
 @contextlib.contextmanager
-def handle_signals(say: Callable[[str], None] = lambda _m: None) -> Iterator[list[int]]:
+def handle_signals(say: Callable[[str], None] = lambda _m: None, after: After = After.RESTORE) -> Iterator[list[int]]:
     """Within the block, SIGINT/SIGTERM/SIGHUP raise `Interrupted` once; later ones are deferred, then final.
 
     Yields the list of signals received (in order). Outside the main thread
-    (where Python cannot install handlers) it does nothing. The previous
-    handlers are restored on exit, so an in-process caller (a test) keeps its own.
+    (where Python cannot install handlers) it does nothing. On exit the
+    handlers are restored or the signals ignored, as `after` says.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
@@ -83,7 +100,7 @@ def handle_signals(say: Callable[[str], None] = lambda _m: None) -> Iterator[lis
         yield received
     finally:
         for s, h in previous.items():
-            signal.signal(s, h)
+            signal.signal(s, h if after is After.RESTORE else signal.SIG_IGN)
 
 
 def with_default_sigint(argv: Sequence[str]) -> list[str]:

@@ -122,3 +122,46 @@ def test_cleanup_report_names_what_was_left_in_a_few_words() -> None:
     assert CleanupReport(state_file=True).summary() == "a state file"
     r = CleanupReport(killed=[1, 2], netns_deleted=["x-hub"], dirs_deleted=["/a", "/b"], nft_deleted=["inet x"])
     assert r.summary(daemons=1) == "1 daemon, 2 processes, 1 network namespace, nft table inet x, 2 directories"
+
+
+# The `harness` process with a command that waits; its last line ("interrupted ...") is printed by a
+# console that first delivers a second signal to the process: a quick second Ctrl-C landing after a
+# short cleanup, which is what happened in CI (the process died by SIGINT, -2, instead of exiting 130).
+LATE_SNIPPET = """
+import os, signal, sys, time
+import harness.cli as cli
+
+def wait(_args):
+    print("ready", flush=True)
+    time.sleep(60)
+    return 0
+
+class LateConsole:
+    def print(self, *a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs between bytecodes: give it some
+        print(*a, flush=True)
+
+cli.cmd_status = wait
+cli.err = LateConsole()
+sys.argv = ["harness", "status", "--backend", "local"]
+if os.environ["ENTRY"] == "command":
+    cli.command()
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.parametrize(("entry", "code"), [("command", 130), ("main", -signal.SIGINT)])
+def test_a_signal_after_the_cleanup_leaves_the_exit_code_of_the_first(entry: str, code: int) -> None:
+    """The `harness` process keeps 130; an in-process `main` gives its caller's handlers back (here: the default)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LATE_SNIPPET], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "ENTRY": entry}, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == code, out
+    if entry == "command":
+        assert out.startswith("interrupted (SIGINT): everything started was cleaned up"), out
