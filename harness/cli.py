@@ -546,21 +546,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def command() -> NoReturn:
-    """The `harness` process (console script, `python -m harness`): `main`, then exit with its code.
-
-    The process ignores signals once `main`'s block is left: its outcome is
-    decided and its cleanup done, so a quick second Ctrl-C must not turn
-    the exit (130) into death by the signal while the last line is printed
-    or the interpreter shuts down.
-    """
-    sys.exit(main(after=After.IGNORE))
-
-
 def main(argv: list[str] | None = None, after: After = After.RESTORE) -> int:
-    """Run one command in-process; `after` is what signals do once it is over (default: the caller's handlers)."""
-    args = build_parser().parse_args(argv)
+    """Run one command in-process; `after` is what signals do once it is over (default: the caller's handlers).
+
+    The `harness` process is `harness.__main__.command`, which passes
+    `After.IGNORE`: once this returns, its outcome is decided.
+    """
     try:
+        args = build_parser().parse_args(argv)  # within the try: a signal while parsing is an interruption too
         with handle_signals(lambda m: err.print(m, markup=False, highlight=False), after):
             return int(args.fn(args))
     except Interrupted as exc:
@@ -585,7 +578,3 @@ def main(argv: list[str] | None = None, after: After = After.RESTORE) -> int:
     except KeyboardInterrupt:
         err.print("interrupted: everything started was cleaned up; records so far are kept", markup=False)
         return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    command()

@@ -33,8 +33,9 @@ import enum
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -66,6 +67,22 @@ class After(enum.Enum):
     RESTORE = "restore"  # the previous handlers: an in-process caller (a test, pytest) keeps its own
     IGNORE = "ignore"  # nothing more can change the outcome: a process about to exit (the `harness` command)
 
+    def apply(self, previous: Mapping[signal.Signals, Any] | None = None) -> None:
+        """Leave the signals as this strategy says (`previous`: the handlers to restore)."""
+        for s in SIGNALS:
+            handler = (previous or {}).get(s) if self is After.RESTORE else signal.SIG_IGN
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+
+
+def _raise(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+def stop_at_once() -> None:
+    """Make every signal of `SIGNALS` raise `Interrupted`: a process's start, before `handle_signals`."""
+    for s in SIGNALS:
+        signal.signal(s, _raise)
+
 
 @contextlib.contextmanager
 def handle_signals(say: Callable[[str], None] = lambda _m: None, after: After = After.RESTORE) -> Iterator[list[int]]:
@@ -94,13 +111,12 @@ def handle_signals(say: Callable[[str], None] = lambda _m: None, after: After = 
         raise Interrupted(signum)
 
     previous = {s: signal.getsignal(s) for s in SIGNALS}
-    for s in SIGNALS:
-        signal.signal(s, handler)
-    try:
+    try:  # installing is within the try: a signal between two installs still leaves them as `after` says
+        for s in SIGNALS:
+            signal.signal(s, handler)
         yield received
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h if after is After.RESTORE else signal.SIG_IGN)
+        after.apply(previous)
 
 
 def with_default_sigint(argv: Sequence[str]) -> list[str]:

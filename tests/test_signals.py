@@ -124,44 +124,70 @@ def test_cleanup_report_names_what_was_left_in_a_few_words() -> None:
     assert r.summary(daemons=1) == "1 daemon, 2 processes, 1 network namespace, nft table inet x, 2 directories"
 
 
-# The `harness` process with a command that waits; its last line ("interrupted ...") is printed by a
-# console that first delivers a second signal to the process: a quick second Ctrl-C landing after a
-# short cleanup, which is what happened in CI (the process died by SIGINT, -2, instead of exiting 130).
-LATE_SNIPPET = """
-import os, signal, sys, time
-import harness.cli as cli
+# The `harness` process (harness.__main__.command) or an in-process `main`, with signals landing at set
+# points instead of at set times: AT=import sends SIGINT while the CLI is being imported (the first
+# ~0.4 s of every run); AT=last-line sends a second SIGINT while the "interrupted" line is printed
+# after the cleanup (a quick second Ctrl-C; in CI the process then died by SIGINT, -2, not 130).
+AT_SNIPPET = """
+import importlib.abc, os, signal, sys, time
 
-def wait(_args):
-    print("ready", flush=True)
-    time.sleep(60)
-    return 0
+def sigint():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # Python runs the handler between bytecodes: give it some
 
-class LateConsole:
-    def print(self, *a, **k):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)  # the handler runs between bytecodes: give it some
-        print(*a, flush=True)
+class DuringImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "harness.preflight":  # imported by harness.cli
+            sigint()
+        return None
 
-cli.cmd_status = wait
-cli.err = LateConsole()
+if os.environ["AT"] == "import":
+    sys.meta_path.insert(0, DuringImport())
+else:
+    import harness.cli as cli
+
+    def wait(_args):
+        print("ready", flush=True)
+        time.sleep(60)
+        return 0
+
+    class LateConsole:
+        def print(self, *a, **k):
+            sigint()
+            print(*a, flush=True)
+
+    cli.cmd_status = wait
+    cli.err = LateConsole()
 sys.argv = ["harness", "status", "--backend", "local"]
 if os.environ["ENTRY"] == "command":
-    cli.command()
-sys.exit(cli.main())
+    from harness.__main__ import command
+
+    command()
+from harness.cli import main
+
+sys.exit(main())
 """
 
 
-@pytest.mark.parametrize(("entry", "code"), [("command", 130), ("main", -signal.SIGINT)])
-def test_a_signal_after_the_cleanup_leaves_the_exit_code_of_the_first(entry: str, code: int) -> None:
-    """The `harness` process keeps 130; an in-process `main` gives its caller's handlers back (here: the default)."""
+@pytest.mark.parametrize(
+    ("entry", "at", "code", "line"),
+    [
+        ("command", "last-line", 130, "interrupted (SIGINT): everything started was cleaned up"),
+        ("main", "last-line", -signal.SIGINT, ""),  # in-process: the caller's handlers (here Python's) are back
+        ("command", "import", 130, "interrupted (SIGINT) while starting: nothing was started"),
+    ],
+)
+def test_a_signal_at_any_point_of_the_process_exits_128_plus_it_without_a_traceback(
+    entry: str, at: str, code: int, line: str
+) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-c", LATE_SNIPPET], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "ENTRY": entry}, start_new_session=True,
+        [sys.executable, "-c", AT_SNIPPET], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "ENTRY": entry, "AT": at}, start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGINT)
+    if at == "last-line":
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == code, out
-    if entry == "command":
-        assert out.startswith("interrupted (SIGINT): everything started was cleaned up"), out
+    assert out.startswith(line) and (entry == "main" or "Traceback" not in out), out
