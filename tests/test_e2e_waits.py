@@ -30,7 +30,7 @@ def test_waits_until_every_zone_served_since_the_given_time(tmp_path: Path) -> N
     t0 = time.monotonic()
     t.start()
     assert w.wait(0.0, 1, 5.0) is True  # b's first success arrives ~0.3 s later, completed across two reads
-    assert 0.2 < time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 >= 0.3  # not before it (True, not its bound's False: it came in time)
     t.join()
     assert w.served(0.0) == {"a": 1, "b": 1}
     assert w.served(1.5) == {"a": 0, "b": 1}

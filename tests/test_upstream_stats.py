@@ -71,10 +71,15 @@ def test_health_flags_follow_envoys_text() -> None:
 
 
 class _Admin:
-    """A backend whose sidecars answer after `delay`, one of them not at all."""
+    """A backend whose sidecars answer only `together` at a time (a rendezvous), one of them not at all.
 
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
+    Asked one pod after the other, the first call would wait for the next in vain: the rendezvous
+    breaks (after `timeout_s`) and every pod counts as failed. So concurrency is proven by who met
+    whom, not by how long the snapshot took.
+    """
+
+    def __init__(self, together: int = 1, timeout_s: float = 10.0) -> None:
+        self.meet = threading.Barrier(together, timeout=timeout_s)
         self.inv = Inventory()
         for i in range(12):
             self.inv.added(PodInfo(f"pod-{i}", f"10.0.0.{i}", "n", "z", "s", "s", "ns", 1.0))
@@ -87,24 +92,23 @@ class _Admin:
 
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
         self.threads.add(threading.get_ident())
-        time.sleep(self.delay)
+        self.meet.wait()
         if pod == "pod-3":
             raise BackendError("envoy_admin: no live meshed pod 'pod-3'")
         return json.dumps(CLUSTERS).encode()
 
 
 def test_snapshot_asks_every_live_pod_at_once(tmp_path: Path) -> None:
-    b = _Admin(delay=0.2)
-    t0 = time.monotonic()
+    b = _Admin(together=4)  # 12 live pods meet in three groups of four: four asked at once, every time
     snap = snapshot(b, tmp_path, "inject kill-pod-x")  # type: ignore[arg-type]
-    assert time.monotonic() - t0 < 0.2 * 12 / 3  # concurrent, not one pod after the other
-    assert len(b.threads) > 1
+    assert len(b.threads) >= 4
     assert sorted(snap.failed) == ["pod-3"] and "dead" not in snap.pods and len(snap.pods) == 11
     rows = [json.loads(x) for x in (tmp_path / UPSTREAM_STATS_FILE).read_text().splitlines()]
     assert len(rows) == snap.rows == 11 * 3
     assert {r["ts"] for r in rows} == {snap.ts} and {r["label"] for r in rows} == {"inject kill-pod-x"}
     assert set(rows[0]) == {"ts", "label", "pod", "cluster", "host", "cx_total", "cx_connect_fail", "rq_total",
                             "rq_error", "rq_timeout", "health_flags"}  # fmt: skip
+    b.meet = threading.Barrier(1)  # one pod asked: nobody to meet
     snapshot(b, tmp_path, "end", pods=["pod-0"])  # type: ignore[arg-type]
     assert len((tmp_path / UPSTREAM_STATS_FILE).read_text().splitlines()) == 11 * 3 + 3  # appended
 
@@ -182,7 +186,7 @@ def test_snapshot_threads_yield_to_traffic(tmp_path: Path, monkeypatch: pytest.M
 
     caller = threading.get_native_id()
     before = os.getpriority(os.PRIO_PROCESS, caller)
-    snapshot(Nice(delay=0.0), tmp_path, "end")  # type: ignore[arg-type]
+    snapshot(Nice(), tmp_path, "end")  # type: ignore[arg-type]
     assert seen and set(seen) == {19}
     assert lowered and all(prio == 19 and who != caller for who, prio in lowered), lowered
     assert os.getpriority(os.PRIO_PROCESS, caller) == before  # the caller keeps its own
