@@ -15,13 +15,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.backends import BackendOptions
-from harness.backends.base import CHAOS_PRIMITIVES, Status
+from harness.backends.base import CHAOS_PRIMITIVES, AdminAnswers, Status, each_admin
 from harness.chaos import actions, check_experiment, judge_journal, plan_run, probes, run_experiment
 from harness.chaos.roles import RoleError, parse_role, resolve_values, resolve_zone
 from harness.contract.inventory import Inventory, PodInfo
@@ -366,6 +367,9 @@ class FakeBackend:
 
     def entrypoints(self) -> dict[str, str]:
         return {LAX: "http://127.0.0.1:9"}
+
+    def envoy_admin_many(self, pods: Sequence[str], path: str, timeout_s: float = 5.0) -> AdminAnswers:
+        return each_admin(self.envoy_admin, pods, path, timeout_s)  # as Backend's default does
 
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
         assert path == "/clusters?format=json"

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from harness.backends.base import each_admin
 from harness.backends.local import LocalBackend
 from harness.chaos.upstream_stats import parse_clusters, snapshot
 from harness.render import render, write
@@ -161,12 +162,25 @@ def test_envoy_admin_answers_from_inside_the_pod(cluster: LocalBackend) -> None:
         cluster.envoy_admin("no-such-pod", "/clusters")
 
 
-def test_snapshot_of_every_sidecar_at_once(cluster: LocalBackend, tmp_path: Path) -> None:
-    """A burst of concurrent admin calls (more than the daemon socket's old backlog of 5) all get answers."""
-    snap = snapshot(cluster, tmp_path, "start", workers=32)
-    alive = {p.pod for p in cluster.inventory().pods(alive_only=True)}
-    assert snap.failed == {} and set(snap.pods) == alive
+def test_snapshot_of_every_sidecar_in_one_request(cluster: LocalBackend, tmp_path: Path) -> None:
+    """The daemon asks every sidecar itself (`envoy_admin_many`); an unknown pod's answer says why.
+
+    And a burst of concurrent single calls (more than the daemon socket's old backlog of 5: kind/EKS
+    snapshots and any other reader ask one pod per call) all get answers too.
+    """
+    alive = sorted(p.pod for p in cluster.inventory().pods(alive_only=True))
+    answers = cluster.envoy_admin_many([*alive, "no-such-pod"], "/clusters?format=json")
+    assert "no live meshed pod 'no-such-pod'" in str(answers.pop("no-such-pod"))
+    assert all(isinstance(a, bytes) for a in answers.values()) and sorted(answers) == alive
+    one = next(p for p in alive if "public-api" in p)
+    assert parse_clusters(json.loads(answers[one])) and json.loads(answers[one]).keys() == json.loads(
+        cluster.envoy_admin(one, "/clusters?format=json")
+    ).keys()  # the same document as one call gives
+    snap = snapshot(cluster, tmp_path, "start")
+    assert snap.failed == {} and snap.pods == alive
     assert snap.rows == len((tmp_path / "upstream-stats.jsonl").read_text().splitlines()) > len(alive)
+    burst = each_admin(cluster.envoy_admin, alive, "/ready", 5.0, workers=32)
+    assert all(isinstance(a, bytes) for a in burst.values()), burst
 
 
 def test_entry_resets_kept_alive_connections_when_the_node_dies(cluster: LocalBackend) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.backends.base import AdminAnswers, each_admin
 from harness.chaos.upstream_stats import UPSTREAM_STATS_FILE, health_flags, parse_clusters, snapshot
 from harness.contract.inventory import Inventory, PodInfo
 from harness.errors import BackendError
@@ -89,6 +91,9 @@ class _Admin:
 
     def inventory(self) -> Inventory:
         return self.inv
+
+    def envoy_admin_many(self, pods: Sequence[str], path: str, timeout_s: float = 5.0) -> AdminAnswers:
+        return each_admin(self.envoy_admin, pods, path, timeout_s)  # as Backend's default does
 
     def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
         self.threads.add(threading.get_ident())
@@ -190,3 +195,25 @@ def test_snapshot_threads_yield_to_traffic(tmp_path: Path, monkeypatch: pytest.M
     assert seen and set(seen) == {19}
     assert lowered and all(prio == 19 and who != caller for who, prio in lowered), lowered
     assert os.getpriority(os.PRIO_PROCESS, caller) == before  # the caller keeps its own
+
+
+def test_admin_answers_cross_json_byte_for_byte() -> None:
+    """The local daemon's reply: every byte of a body survives, an error stays text, a pod it left out is said."""
+    from harness.backends.base import answers_from_json, answers_to_json
+
+    body = bytes(range(256)) + '{"é": 1}'.encode()
+    wire = json.loads(json.dumps(answers_to_json({"a": body, "b": "BackendError: no live meshed pod 'b'"})))
+    got = answers_from_json(wire, ["a", "b", "c"])
+    assert got == {"a": body, "b": "BackendError: no live meshed pod 'b'", "c": "no answer"}
+    assert answers_from_json(None, ["a"]) == {"a": "no answer"}
+
+
+def test_a_torn_answer_is_that_pods_missing_evidence(tmp_path: Path) -> None:
+    class Torn(_Admin):
+        def envoy_admin_many(self, pods: Sequence[str], path: str, timeout_s: float = 5.0) -> AdminAnswers:
+            answers = {p: json.dumps(CLUSTERS).encode() for p in pods if p != "pod-2"}  # pod-2: left out
+            return {**answers, "pod-1": b'{"cluster_statuses": ['}
+
+    snap = snapshot(Torn(), tmp_path, "start")  # type: ignore[arg-type]
+    assert sorted(snap.failed) == ["pod-1", "pod-2"] and snap.failed["pod-1"].startswith("JSONDecodeError")
+    assert snap.failed["pod-2"] == "no answer" and len(snap.pods) == 10

@@ -16,42 +16,39 @@ is caught first), ``inject <fault>`` (right after the primitive acted),
 Counters are cumulative per Envoy process; a replacement pod starts at zero.
 
 Evidence must not disturb what it measures: a snapshot is taken right at a
-fault boundary, exactly where failover and recovery instants are read, so its
-threads run at the lowest CPU priority (nice 19; the local backend's daemon
-does the same for the threads that read the admin API) and yield to traffic.
+fault boundary, exactly where failover and recovery instants are read, so it
+asks every sidecar in one `Backend.envoy_admin_many` (the local backend: one
+request to its daemon, not one per pod), whose threads run at the lowest CPU
+priority (nice 19) and yield to traffic.
 Envoy's proto3 JSON leaves out zero values and writes uint64 as strings, so a
 missing counter is 0.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-import threading
 import time
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.backends.base import AdminAnswers
 from harness.contract.inventory import Inventory
 from harness.contract.rundir import UPSTREAM_STATS_FILE
 
 
 class AdminReader(Protocol):
-    """What a snapshot reads of a backend (any `harness.backends.base.Backend` is one): observe imports no backend."""
+    """What a snapshot reads of a backend (any `harness.backends.base.Backend` is one)."""
 
     def inventory(self) -> Inventory: ...
-    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes: ...
+    def envoy_admin_many(self, pods: Sequence[str], path: str, timeout_s: float = 5.0) -> AdminAnswers: ...
 
 
 COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
 INBOUND_CLUSTERS = frozenset({"local_app"})  # the sidecar's own app: not an upstream
-WORKERS = 8
-NICE = 19
 ADMIN_TIMEOUT_S = 5.0
 
 # Envoy's HostUtility::healthFlagsToString order and wording, from the JSON health_status fields
@@ -104,12 +101,6 @@ class Snapshot:
     failed: dict[str, str] = field(default_factory=dict)  # pod -> why (a pod dying meanwhile is normal)
 
 
-def lower_priority() -> None:
-    """Run the calling thread at nice 19 (Linux: niceness is per thread, inherited by threads it starts)."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
-
-
 def _append(path: Path, lines: list[str]) -> None:
     """One O_APPEND write per pod: the harness and chaostoolkit's process append to the same file."""
     if not lines:
@@ -121,12 +112,11 @@ def _append(path: Path, lines: list[str]) -> None:
         os.close(fd)
 
 
-def snapshot(
-    backend: AdminReader, run_dir: Path, label: str, pods: Iterable[str] | None = None, workers: int = WORKERS
-) -> Snapshot:
+def snapshot(backend: AdminReader, run_dir: Path, label: str, pods: Iterable[str] | None = None) -> Snapshot:
     """Append the counters of every live meshed pod (or of `pods`) to ``run_dir/upstream-stats.jsonl``.
 
-    All pods are asked concurrently and every row of one snapshot carries the
+    All pods are asked at once (`envoy_admin_many`: concurrently, at low
+    priority; the local backend in one request to its daemon) and every row of one snapshot carries the
     same `ts` (when the snapshot started), so a reader groups them by (ts,
     label). A pod that cannot answer (it died meanwhile, or has no sidecar) is
     reported in the result, not raised: evidence is collected, never fatal.
@@ -135,27 +125,22 @@ def snapshot(
     names = sorted(pods) if pods is not None else sorted(p.pod for p in backend.inventory().pods(alive_only=True))
     snap = Snapshot(label, ts)
     path = Path(run_dir) / UPSTREAM_STATS_FILE
-
-    def one(pod: str) -> tuple[str, list[dict[str, Any]] | str]:
-        try:
-            raw = backend.envoy_admin(pod, "/clusters?format=json", ADMIN_TIMEOUT_S)
-            return pod, parse_clusters(json.loads(raw))
-        except Exception as exc:  # evidence is collected, never fatal: the failure is reported per pod
-            return pod, f"{type(exc).__name__}: {exc}"
-
     if not names:
         return snap
-    with ThreadPoolExecutor(
-        max_workers=max(1, min(workers, len(names))), thread_name_prefix="upstream-stats", initializer=lower_priority
-    ) as ex:
-        for pod, result in ex.map(one, names):
-            if isinstance(result, str):
-                snap.failed[pod] = result
-                continue
-            lines = [json.dumps({"ts": ts, "label": label, "pod": pod, **row}) + "\n" for row in result]
-            _append(path, lines)
-            snap.rows += len(lines)
-            snap.pods.append(pod)
+    answers = backend.envoy_admin_many(names, "/clusters?format=json", ADMIN_TIMEOUT_S)
+    for pod in names:
+        raw = answers.get(pod, "no answer")
+        try:
+            rows = parse_clusters(json.loads(raw)) if isinstance(raw, bytes) else str(raw)
+        except ValueError as exc:  # a torn or odd answer: that pod's evidence is missing, said per pod
+            rows = f"{type(exc).__name__}: {exc}"
+        if isinstance(rows, str):
+            snap.failed[pod] = rows
+            continue
+        lines = [json.dumps({"ts": ts, "label": label, "pod": pod, **row}) + "\n" for row in rows]
+        _append(path, lines)
+        snap.rows += len(lines)
+        snap.pods.append(pod)
     return snap
 
 

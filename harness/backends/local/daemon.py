@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import CHAOS_METHODS, dispatch
+from harness.backends.base import CHAOS_METHODS, answers_to_json, dispatch, each_admin
 from harness.errors import HarnessError
 
 CHAOS_OPS = frozenset(CHAOS_METHODS)  # declared once, in base.PRIMITIVES
@@ -117,6 +117,15 @@ def _handler(cluster: Any, shutdown: threading.Event) -> type[BaseHTTPRequestHan
                     self._reply(200, refused_probe(cluster, body["source"], body["destination"], netns.call_in))
                 except (OSError, KeyError, HarnessError) as exc:
                     self._reply(500, {"error": f"{exc.__class__.__name__}: {exc}"})
+                return
+            if self.path == "/envoy_admin_many":  # an upstream-counter snapshot: every sidecar, one request
+                try:
+                    pods, path, timeout_s = list(body["pods"]), str(body["path"]), float(body.get("timeout", 5))
+                except (KeyError, TypeError, ValueError):
+                    self._reply(400, {"error": "envoy_admin_many needs pods and path"})
+                    return
+                answers = each_admin(cluster.envoy_admin, pods, path, timeout_s)  # at nice 19, as _envoy_admin
+                self._reply(200, {"answers": answers_to_json(answers)})
                 return
             if self.path == "/shutdown":
                 self._reply(200, {"ok": True})
