@@ -22,9 +22,10 @@ def command() -> NoReturn:
 
         code = main(after=After.IGNORE)
     except Interrupted as exc:  # before main's handling: nothing was started yet
-        After.IGNORE.apply()
         print(f"interrupted ({exc.name}) while starting: nothing was started", file=sys.stderr)
         code = exc.exit_code
+    finally:  # whatever ended it (a result, argparse's exit, a signal): nothing more changes the outcome
+        After.IGNORE.apply()
     sys.exit(code)
 
 

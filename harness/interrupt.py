@@ -74,14 +74,16 @@ class After(enum.Enum):
             signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
 
 
-def _raise(signum: int, _frame: FrameType | None) -> None:
+def _raise_once(signum: int, _frame: FrameType | None) -> None:
+    After.IGNORE.apply()  # nothing was started: the one signal decides, later ones cannot cut its exit short
     raise Interrupted(signum)
 
 
 def stop_at_once() -> None:
-    """Make every signal of `SIGNALS` raise `Interrupted`: a process's start, before `handle_signals`."""
+    """Make the first signal of `SIGNALS` raise `Interrupted` and ignore the rest: a process's start, before
+    `handle_signals` (which replaces this) or instead of it (a command line that never gets that far)."""
     for s in SIGNALS:
-        signal.signal(s, _raise)
+        signal.signal(s, _raise_once)
 
 
 @contextlib.contextmanager

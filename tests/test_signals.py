@@ -126,8 +126,9 @@ def test_cleanup_report_names_what_was_left_in_a_few_words() -> None:
 
 # The `harness` process (harness.__main__.command) or an in-process `main`, with signals landing at set
 # points instead of at set times: AT=import sends SIGINT while the CLI is being imported (the first
-# ~0.4 s of every run); AT=last-line sends a second SIGINT while the "interrupted" line is printed
-# after the cleanup (a quick second Ctrl-C; in CI the process then died by SIGINT, -2, not 130).
+# ~0.4 s of every run; import-twice: and a second one while it says so); AT=last-line sends a second
+# SIGINT while the "interrupted" line is printed after the cleanup (a quick second Ctrl-C; in CI the
+# process then died by SIGINT, -2, not 130).
 AT_SNIPPET = """
 import importlib.abc, os, signal, sys, time
 
@@ -141,9 +142,23 @@ class DuringImport(importlib.abc.MetaPathFinder):
             sigint()
         return None
 
-if os.environ["AT"] == "import":
+if os.environ["AT"].startswith("import"):
     sys.meta_path.insert(0, DuringImport())
-else:
+if os.environ["AT"] == "import-twice":  # and a second one while "interrupted ... while starting" is written
+
+    class LateStderr:
+        def __init__(self, real):
+            self.real = real
+
+        def write(self, text):
+            sigint()
+            return self.real.write(text)
+
+        def flush(self):
+            self.real.flush()
+
+    sys.stderr = LateStderr(sys.stderr)
+if os.environ["AT"] == "last-line":
     import harness.cli as cli
 
     def wait(_args):
@@ -175,6 +190,7 @@ sys.exit(main())
         ("command", "last-line", 130, "interrupted (SIGINT): everything started was cleaned up"),
         ("main", "last-line", -signal.SIGINT, ""),  # in-process: the caller's handlers (here Python's) are back
         ("command", "import", 130, "interrupted (SIGINT) while starting: nothing was started"),
+        ("command", "import-twice", 130, "interrupted (SIGINT) while starting: nothing was started"),
     ],
 )
 def test_a_signal_at_any_point_of_the_process_exits_128_plus_it_without_a_traceback(

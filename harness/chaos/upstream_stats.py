@@ -116,9 +116,9 @@ def snapshot(backend: AdminReader, run_dir: Path, label: str, pods: Iterable[str
     """Append the counters of every live meshed pod (or of `pods`) to ``run_dir/upstream-stats.jsonl``.
 
     All pods are asked at once (`envoy_admin_many`: concurrently, at low
-    priority; the local backend in one request to its daemon) and every row of one snapshot carries the
-    same `ts` (when the snapshot started), so a reader groups them by (ts,
-    label). A pod that cannot answer (it died meanwhile, or has no sidecar) is
+    priority; the local backend in one request to its daemon) and every row
+    of one snapshot carries the same `ts` (when the snapshot started), so a
+    reader groups them by (ts, label). A pod that cannot answer (it died meanwhile, or has no sidecar) is
     reported in the result, not raised: evidence is collected, never fatal.
     """
     ts = time.time()
