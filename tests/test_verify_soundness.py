@@ -790,3 +790,41 @@ def test_probes_slowed_by_the_budget_are_stated_with_their_periods(tmp_path: Pat
         v = with_budget(name, text)
         assert not [n for n in v.run.notes if n.startswith("probes: ")] and v.passed, name
     assert slowed.passed
+
+
+def _with_replicas(service: str, n: int) -> Any:
+    """The default topology with `n` replicas of `service` per zone."""
+    services = tuple(s.model_copy(update={"replicas": n}) if s.name == service else s for s in T.services)
+    return T.model_copy(update={"services": services})
+
+
+def test_spill_is_envoys_priority_load_below_1_over_1_4_ready() -> None:
+    """Consul leaves each failover target at Envoy's overprovisioning of 1.4: all traffic stays while at
+    least 1/1.4 (~72 %) of the registered pods are ready; below it the rest goes on; none ready is down."""
+    from harness.verify.rundata import spills
+
+    assert [spills(r, 2) for r in (0, 1, 2)] == [False, True, False]  # one of two unready: 30 % to the Region
+    assert [spills(r, 3) for r in (1, 2, 3)] == [True, True, False]  # 2 of 3: 93 %, 7 % spill
+    assert [spills(r, 4) for r in (2, 3, 4)] == [True, False, False]  # 3 of 4: 105 %, none
+    assert not spills(1, 1)
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["unready-recorded", "unready-unseen"])
+def test_a_replica_unready_spills_to_the_region_by_design_not_by_misrouting(tmp_path: Path, recorded: bool) -> None:
+    """One of two product-api replicas in a Local Zone unready for 10 s (a readiness flap under load): Envoy
+    sends ~30 % of the zone's product-api hops to the Region, as Consul configures it. With the inventory
+    saying so, locality is not judged in that window (and a note says it); without it, the same hops are
+    misrouted as far as anyone can tell, and locality fails."""
+    t = _with_replicas("product-api", 2)
+    sc = Scenario(t, duration_s=60, rate_per_zone=10, degraded=[(LAX, "product-api", 20.0, 30.0)],
+                  degraded_recorded=recorded)  # fmt: skip
+    v = verify(write_run(tmp_path / "run", sc))
+    (pair,) = [p for p in v.invariant("locality").pairs if (p.caller_zone, p.upstream) == (LAX, "product-api")]
+    if recorded:
+        assert v.passed, [i.message for i in v.invariants if not i.passed]
+        assert pair.counts["excluded_fault_windows"] >= 100 and pair.counts["out_of_zone"] == 0, pair.counts
+        assert any(n.startswith(f"product-api had too few ready pods to keep its traffic") and LAX in n
+                   for n in v.run.notes), v.run.notes  # fmt: skip
+    else:  # the model spilled ~30 % of the window's 100 hops
+        assert failed(v) == {"locality"}, [i.message for i in v.invariants if not i.passed]
+        assert pair.counts["out_of_zone"] >= 10, pair.counts

@@ -30,6 +30,10 @@ Tables after `load_run`:
 
 Readiness (`RunData.down`): a (zone, service) is *up* while at least one of
 its pods is ready (`ready`/`unready` inventory events; `removed` is unready).
+`RunData.spill`: it is up but *spills*: so few of its registered pods are
+ready that Envoy sends part of the traffic to the next failover target
+(`spills`; e.g. one of two replicas unready, or a replacement not yet ready
+beside its peer).
 An inventory without any readiness event (older runs) counts a pod as ready
 from its `added` event, and says so in a note. For Region callers the key is
 the Region as a whole (`topology.region`): any AZ's ready pod serves them.
@@ -167,6 +171,8 @@ class RunData:
     entrypoints_present: bool = False
     # (zone or region, service) -> down intervals [lo, hi) (hi None: still down at the end)
     down: dict[tuple[str, str], list[tuple[float, float | None]]] = field(default_factory=dict)
+    # ... -> spill intervals: some pods ready, too few for Envoy to keep all traffic there (`spills`)
+    spill: dict[tuple[str, str], list[tuple[float, float | None]]] = field(default_factory=dict)
     first_up: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def scalar(self, sql: str, params: list[object] | None = None) -> object:
@@ -540,8 +546,23 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
     return sorted(done, key=lambda x: (x.inject, x.fault))
 
 
+OVERPROVISIONING = 1.4
+"""Envoy's default overprovisioning factor, which Consul leaves on each failover target's endpoints (one
+priority group, no policy; ../notes: consul-dataplane-semantics §1): a priority's health is
+min(1, healthy share x 1.4); below 1 the rest of the traffic goes to the next target."""
+
+
+def spills(ready: int, registered: int) -> bool:
+    """Envoy spills part of a target's traffic to the next: some hosts healthy, fewer than 1/1.4 of them.
+
+    Registered = every pod of the service the catalog lists (alive: a pod not yet ready, or unready, is
+    an UNHEALTHY endpoint; a removed pod is gone from it). No healthy host at all is `down`, not a spill.
+    """
+    return ready > 0 and ready * OVERPROVISIONING < registered
+
+
 def _readiness(run: RunData) -> None:
-    """Down intervals per (zone, service) and per (Region, service), from the inventory (few rows)."""
+    """Down and spill intervals per (zone, service) and per (Region, service), from the inventory (few rows)."""
     # Events at the same instant keep the writer's order (one pod's unready then ready stays so); a
     # hand-over between two pods at one instant is a zero-length outage, which is dropped below.
     rows = run.con.execute(
@@ -555,7 +576,9 @@ def _readiness(run: RunData) -> None:
             "a pod counts as ready from its `added` event until it is removed"
         )
     ready_pods: dict[tuple[str, str], set[str]] = {}
+    alive_pods: dict[tuple[str, str], set[str]] = {}
     open_down: dict[tuple[str, str], float] = {}
+    open_spill: dict[tuple[str, str], float] = {}
     for ts, event, pod, zone, service in rows:
         keys = [(zone, service)]
         if not _is_edge(run.topology, zone):
@@ -566,22 +589,39 @@ def _readiness(run: RunData) -> None:
             becomes = False
         else:
             becomes = None
-        if becomes is None:
-            continue
         for key in keys:
+            alive = alive_pods.setdefault(key, set())
+            if event == "removed":
+                alive.discard(pod)
+            elif event in ("added", "ready", "unready"):
+                alive.add(pod)
             pods = ready_pods.setdefault(key, set())
             before = bool(pods)
-            (pods.add if becomes else pods.discard)(pod)
+            if becomes is not None:
+                (pods.add if becomes else pods.discard)(pod)
             after = bool(pods)
             if after and not before:
                 run.first_up.setdefault(key, float(ts))
-                lo = open_down.pop(key, None)
-                if lo is not None and ts > lo:
-                    run.down.setdefault(key, []).append((lo, float(ts)))
+                _close(run.down, open_down, key, float(ts))
             elif before and not after:
                 open_down[key] = float(ts)
-    for key, lo in open_down.items():
-        run.down.setdefault(key, []).append((lo, None))
+            if spills(len(pods), len(alive)):
+                open_spill.setdefault(key, float(ts))
+            else:
+                _close(run.spill, open_spill, key, float(ts))
+    for opened, into in ((open_down, run.down), (open_spill, run.spill)):
+        for key, lo in opened.items():
+            into.setdefault(key, []).append((lo, None))
+
+
+def _close(
+    into: dict[tuple[str, str], list[tuple[float, float | None]]], opened: dict[tuple[str, str], float],
+    key: tuple[str, str], ts: float,
+) -> None:  # fmt: skip
+    """End `key`'s open interval at `ts`; one of zero length (a hand-over at one instant) is dropped."""
+    lo = opened.pop(key, None)
+    if lo is not None and ts > lo:
+        into.setdefault(key, []).append((lo, ts))
 
 
 def _is_edge(t: Topology, zone: str) -> bool:

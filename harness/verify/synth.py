@@ -115,6 +115,10 @@ class Scenario:
     preflight: bool = True  # preflight.json (every check passing)
     plan: bool = True  # plan.json + one experiment (journal) per fault
     run_status: str | None = "complete"  # run.json status; None: no run.json
+    # (zone, service, from, to): one of the zone's replicas is unready (a readiness flap under load); with
+    # fewer than 1/1.4 of them ready Envoy spills that share of the zone's hops to the Region (`spills`)
+    degraded: list[tuple[str, str, float, float]] = field(default_factory=list)
+    degraded_recorded: bool = True  # False: the spill happens but the inventory never says the pod was unready
 
 
 @dataclass
@@ -181,6 +185,10 @@ class _Model:
                         self.changes.append((sc.start + f.inject + 0.001, 0, "unready", s.name, f.zone))
                         if f.restore is not None:
                             self.changes.append((sc.start + f.restore, 1, "ready", s.name, f.zone))
+        self.unready: set[str] = set()  # pods a `degraded` window holds unready
+        for zone, service, lo, hi in sc.degraded:
+            self.changes.append((sc.start + lo, 0, "unready-one", service, zone))
+            self.changes.append((sc.start + hi, 1, "ready-one", service, zone))
         self.changes.sort()
 
     def _ip(self, zone: str) -> str:
@@ -222,6 +230,12 @@ class _Model:
 
     def apply(self, ts: float, what: str, service: str, zone: str) -> None:
         """A fault's effect on the pods (killed / back / unready / ready), as the inventory records it."""
+        if what in ("unready-one", "ready-one"):  # a `degraded` window: the zone's first replica
+            first = self.pods[(service, zone)][0]
+            (self.unready.add if what == "unready-one" else self.unready.discard)(first.name)
+            if self.sc.degraded_recorded and self.sc.readiness:
+                self._event(ts, what.removesuffix("-one"), first)
+            return
         if what == "down":
             if self.sc.replace_pods:
                 for p in self.pods.get((service, zone), []):
@@ -250,8 +264,14 @@ class _Model:
             self._add("batch-job", self.azs[0], ts + 0.001, ip=p.ip, ready=False)
             self.pods.pop(("batch-job", self.azs[0]), None)
 
+    def spill_share(self, service: str, zone: str) -> float:
+        """The share of a zone's hops Envoy sends on to the Region: 1 - min(1, ready share x 1.4)."""
+        pods = self.pods.get((service, zone), [])
+        ready = sum(1 for p in pods if p.name not in self.unready)
+        return 0.0 if not pods or ready == len(pods) else max(0.0, 1.0 - min(1.0, ready / len(pods) * 1.4))
+
     def pick(self, service: str, zone: str) -> _Pod | None:
-        pods = self.pods.get((service, zone))
+        pods = [p for p in self.pods.get((service, zone), []) if p.name not in self.unready]
         if not pods:
             return None
         return pods[self.rng.randrange(len(pods))] if len(pods) > 1 else pods[0]
@@ -588,6 +608,9 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
                 return None, 0, "UH", 0.0
             return m.region_pod(up, czone), 200, "-", extra + link_ms.get(czone, 0.0)
         if sc.misconfig == "no-locality" and edge[czone]:
+            return m.region_pod(up, None), 200, "-", extra + link_ms.get(czone, 0.0)
+        share = m.spill_share(up, czone) if edge[czone] else 0.0
+        if share > 0 and rng.random() < share:  # drawn only in a spill: other scenarios keep their sequence
             return m.region_pod(up, None), 200, "-", extra + link_ms.get(czone, 0.0)
         return m.pick(up, czone), 200, "-", extra
 

@@ -393,17 +393,23 @@ class FaultMeasurer(CheckBase):
         return out
 
     def _readiness_exclusions(self) -> list[tuple[str, str, float, float]]:
-        """Locality is judged only while the pair's upstream is up: each down interval until its recovery.
+        """Locality is judged only while the pair's upstream is up and whole: each down or spill interval
+        until its recovery.
 
-        Recovery after the upstream is ready again is measured like a fault's
-        (first in-zone hop after the last misplaced one), within maxRecoveryS;
-        unmeasured, the window runs maxRecoveryS past the instant it was up.
+        Spill (`rundata.spills`): with fewer than 1/1.4 of its pods ready,
+        Envoy sends part of the zone's traffic to the Region by design (one of
+        two replicas unready: 30 %), so where those hops went says nothing
+        against the mesh. Recovery after the upstream is whole again is
+        measured like a fault's (first in-zone hop after the last misplaced
+        one), within maxRecoveryS; unmeasured, the window runs maxRecoveryS
+        past the instant it was whole.
         """
         out: list[tuple[str, str, float, float]] = []
         for z, u, callers in self.pairs:
             if self._placement(u) != "edge":
                 continue
-            intervals = self.run.down.get(self.run.up_key(z, u), [])
+            key = self.run.up_key(z, u)
+            intervals = union(self.run.down.get(key, []), self.run.spill.get(key, []))
             for i, (lo, hi) in enumerate(intervals):
                 if hi is None:
                     out.append((z, u, lo, INF))
@@ -416,28 +422,45 @@ class FaultMeasurer(CheckBase):
         return out
 
     def _outage_notes(self) -> list[str]:
-        """Intervals a service of the topology had no ready pod in a zone, outside every recorded fault."""
+        """Intervals a service of the topology had no ready pod in a zone, or too few for Envoy to keep its
+        traffic there (spill), outside every recorded fault."""
         notes = []
         names = {s.name for s in self.t.services}
-        for (zone, service), intervals in sorted(self.run.down.items()):
-            if service not in names:
-                continue
-            region = zone == self.t.region
-            for lo, hi in intervals:
-                end = INF if hi is None else hi
-                covered = any(
-                    (f.zone == zone or (region and not zone_is_edge(self.t, f.zone)))
-                    and f.inject <= end
-                    and lo <= (INF if f.restore is None else f.restore)
-                    for f in self.run.faults
-                )
-                if not covered:
-                    where = "the Region" if region else zone
-                    notes.append(
-                        f"{service} had no ready pod in {where} from {iso(lo)} to {iso(hi)} outside any recorded "
-                        "fault (locality not judged then)"
+        for down, what in (
+            (self.run.down, "had no ready pod"),
+            (self.run.spill, "had too few ready pods to keep its traffic (Envoy spills below 1/1.4 ready)"),
+        ):
+            for (zone, service), intervals in sorted(down.items()):
+                if service not in names:
+                    continue
+                region = zone == self.t.region
+                for lo, hi in intervals:
+                    end = INF if hi is None else hi
+                    covered = any(
+                        (f.zone == zone or (region and not zone_is_edge(self.t, f.zone)))
+                        and f.inject <= end
+                        and lo <= (INF if f.restore is None else f.restore)
+                        for f in self.run.faults
                     )
+                    if not covered:
+                        where = "the Region" if region else zone
+                        notes.append(
+                            f"{service} {what} in {where} from {iso(lo)} to {iso(hi)} outside any recorded fault "
+                            "(locality not judged then)"
+                        )
         return notes
+
+
+def union(*lists: list[tuple[float, float | None]]) -> list[tuple[float, float | None]]:
+    """Intervals [lo, hi) (hi None: open to the end) merged where they overlap or touch, in order."""
+    out: list[tuple[float, float | None]] = []
+    for lo, hi in sorted((x for xs in lists for x in xs), key=lambda x: x[0]):
+        if out and (out[-1][1] is None or lo <= out[-1][1]):
+            prev_lo, prev_hi = out[-1]
+            out[-1] = (prev_lo, None if prev_hi is None or hi is None else max(prev_hi, hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 ScopeFn = Callable[[FaultMeasurer, Fault, Pairs], FaultScope]
