@@ -822,9 +822,27 @@ def test_a_replica_unready_spills_to_the_region_by_design_not_by_misrouting(tmp_
     (pair,) = [p for p in v.invariant("locality").pairs if (p.caller_zone, p.upstream) == (LAX, "product-api")]
     if recorded:
         assert v.passed, [i.message for i in v.invariants if not i.passed]
-        assert pair.counts["excluded_fault_windows"] >= 100 and pair.counts["out_of_zone"] == 0, pair.counts
-        assert any(n.startswith(f"product-api had too few ready pods to keep its traffic") and LAX in n
+        assert pair.counts["out_of_zone"] == 0, pair.counts
+        # only the window and its measured recovery are left out: the 50 s around it are judged
+        assert 100 <= pair.counts["excluded_fault_windows"] <= 110 and pair.counts["considered"] >= 490, pair.counts
+        assert any(n.startswith("product-api had too few ready pods to keep its traffic") and LAX in n
                    for n in v.run.notes), v.run.notes  # fmt: skip
     else:  # the model spilled ~30 % of the window's 100 hops
         assert failed(v) == {"locality"}, [i.message for i in v.invariants if not i.passed]
         assert pair.counts["out_of_zone"] >= 10, pair.counts
+
+
+def test_recovery_after_an_outage_ends_at_the_zones_next_fault_not_at_its_pods_going(tmp_path: Path) -> None:
+    """Two kills in one zone, each recorded 0.5 s before its pods go (as under load): the hops the second
+    fails before its pods are gone are its own. Counted against the first outage's recovery, they left it
+    unmeasured, its locality exclusion ran maxRecoveryS on over the second fault, and nothing in between
+    (nor after) was judged: a burst's locality was judged before its first kill only."""
+    faults = [
+        FaultSpec(f"kill-{i}", "service-down", LAX, ("product-api",), at, at + 5, 0.2, 1.0, kill_delay_s=0.5)
+        for i, at in enumerate((20.0, 40.0))
+    ]
+    v = verify(write_run(tmp_path / "run", Scenario(T, duration_s=90, rate_per_zone=10, faults=faults)))
+    assert v.passed, [i.message for i in v.invariants if not i.passed]
+    (pair,) = [p for p in v.invariant("locality").pairs if (p.caller_zone, p.upstream) == (LAX, "product-api")]
+    # two ~6.5 s windows of 10 hops/s are left out; the other ~77 s are judged
+    assert pair.counts["excluded_fault_windows"] <= 150 and pair.counts["considered"] >= 700, pair.counts

@@ -94,6 +94,9 @@ class FaultSpec:
     # hops of the down services that start this long before the inject are in flight at
     # the kill: Envoy retries them to the Region, and stamps them with their start
     inflight_ms: float = 0.0
+    # how long after the recorded inject the pods are gone (the local backend records, then kills: 0.3-0.6 s
+    # under load); the zone's hops fail from the inject on
+    kill_delay_s: float = 0.001
 
 
 @dataclass
@@ -176,7 +179,7 @@ class _Model:
         for f in sc.faults:
             if f.kind == "service-down":
                 for name in f.services:
-                    self.changes.append((sc.start + f.inject + 0.001, 0, "down", name, f.zone))
+                    self.changes.append((sc.start + f.inject + f.kill_delay_s, 0, "down", name, f.zone))
                     if f.restore is not None:
                         self.changes.append((sc.start + f.restore, 1, "up", name, f.zone))
             elif f.kind == "zone-down":

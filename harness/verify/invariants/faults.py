@@ -74,11 +74,16 @@ class FaultMeasurements:
 class FaultMeasurer(CheckBase):
     """Per-fault failover, recovery, impact window and losses (the `fallback` invariant's numbers)."""
 
+    def _not_whole(self, zone: str, upstream: str) -> list[tuple[float, float | None]]:
+        """When the pair's upstream was down or spilling (`rundata.spills`), merged: locality is not judged then."""
+        key = self.run.up_key(zone, upstream)
+        return union(self.run.down.get(key, []), self.run.spill.get(key, []))
+
     def _down_spans(self) -> list[Exclusion]:
-        """(caller zone, upstream, down from, until + maxRecoveryS) of every pair whose upstream went down."""
+        """(caller zone, upstream, from, until + maxRecoveryS) of every pair whose upstream went down or spilled."""
         out: list[Exclusion] = []
         for z, u, _ in self.pairs:
-            for lo, hi in self.run.down.get(self.run.up_key(z, u), []):
+            for lo, hi in self._not_whole(z, u):
                 end = INF if hi is None else hi + self.slo.max_recovery_s
                 out.append((z, u, lo, min(end, max(self.run_end, lo))))
         return out
@@ -408,13 +413,16 @@ class FaultMeasurer(CheckBase):
         for z, u, callers in self.pairs:
             if self._placement(u) != "edge":
                 continue
-            key = self.run.up_key(z, u)
-            intervals = union(self.run.down.get(key, []), self.run.spill.get(key, []))
+            intervals = self._not_whole(z, u)
             for i, (lo, hi) in enumerate(intervals):
                 if hi is None:
                     out.append((z, u, lo, INF))
                     continue
                 nxt = intervals[i + 1][0] if i + 1 < len(intervals) else INF
+                # the zone's next fault ends the window at its inject, not when its pods are gone: hops it
+                # fails in between are its own, and would leave this recovery unmeasured (then the window
+                # ran maxRecoveryS on, over every fault of a burst, and locality judged nothing after it)
+                nxt = min([nxt, *(f.inject for f in self.run.faults if f.zone == z and hi < f.inject < nxt)])
                 bound = min(hi + self.slo.max_recovery_s, nxt, max(self.run_end, hi))
                 w = self._measure(z, u, list(callers), hi, bound, self._expected_sql(z, u),
                                   next_fault=nxt if nxt < INF else None)  # fmt: skip
