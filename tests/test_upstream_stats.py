@@ -217,3 +217,46 @@ def test_a_torn_answer_is_that_pods_missing_evidence(tmp_path: Path) -> None:
     snap = snapshot(Torn(), tmp_path, "start")  # type: ignore[arg-type]
     assert sorted(snap.failed) == ["pod-1", "pod-2"] and snap.failed["pod-1"].startswith("JSONDecodeError")
     assert snap.failed["pod-2"] == "no answer" and len(snap.pods) == 10
+
+
+@pytest.mark.parametrize(
+    ("reply", "expect"),
+    [
+        (
+            lambda r: __import__("httpx").Response(200, json={"answers": {"a": {"body": "{}"}}}),
+            {"a": b"{}", "b": "no answer"},
+        ),
+        (
+            lambda r: __import__("httpx").Response(500, text="boom"),
+            dict.fromkeys("ab", "local cluster API: HTTP 500: boom"),
+        ),
+        (lambda r: __import__("httpx").Response(200, text="not json"), None),
+    ],
+    ids=["answers", "http-error", "torn-reply"],
+)
+def test_local_backend_reads_many_admins_in_one_request_and_says_why_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reply: Any, expect: dict[str, Any] | None
+) -> None:
+    """The local backend's client side of /envoy_admin_many, against a stand-in daemon (httpx MockTransport)."""
+    import httpx
+
+    from harness.backends.local import LocalBackend
+
+    b = LocalBackend("t", state_root=tmp_path)
+    seen: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return reply(request)  # type: ignore[no-any-return]
+
+    client = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://local")
+    monkeypatch.setattr(b, "_admin_client", lambda: client)
+    got = b.envoy_admin_many(["a", "b"], "/clusters?format=json", 2.0)
+    assert seen == [{"pods": ["a", "b"], "path": "/clusters?format=json", "timeout": 2.0}]
+    if expect is None:
+        assert set(got) == {"a", "b"} and all(
+            str(v).startswith("local cluster API: JSONDecodeError") for v in got.values()
+        )
+    else:
+        assert got == expect
+    assert b.envoy_admin_many([], "/x") == {} and len(seen) == 1  # nothing asked: no request

@@ -53,6 +53,7 @@ from harness.contract.rundir import (
     UPSTREAM_STATS_FILE,
 )
 from harness.topology import Placement, Topology, dump_topology
+from harness.verify.rundata import OVERPROVISIONING
 
 MISCONFIGS = (
     "failover-to-lz",  # the resolver fails over to another Local Zone (the hop is logged there)
@@ -268,10 +269,12 @@ class _Model:
             self.pods.pop(("batch-job", self.azs[0]), None)
 
     def spill_share(self, service: str, zone: str) -> float:
-        """The share of a zone's hops Envoy sends on to the Region: 1 - min(1, ready share x 1.4)."""
+        """The share of a zone's hops Envoy sends on to the Region: 1 - min(1, ready share x OVERPROVISIONING)."""
         pods = self.pods.get((service, zone), [])
         ready = sum(1 for p in pods if p.name not in self.unready)
-        return 0.0 if not pods or ready == len(pods) else max(0.0, 1.0 - min(1.0, ready / len(pods) * 1.4))
+        if not pods or ready == len(pods):
+            return 0.0
+        return max(0.0, 1.0 - min(1.0, ready / len(pods) * OVERPROVISIONING))
 
     def pick(self, service: str, zone: str) -> _Pod | None:
         pods = [p for p in self.pods.get((service, zone), []) if p.name not in self.unready]

@@ -323,12 +323,16 @@ class LocalBackend(Backend):
         where the kernel has no netem) and the nftables of the hub, so nothing depends on the host."""
         return CHAOS_PRIMITIVES
 
-    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
-        """The daemon does the GET from inside the pod's namespace (the admin port listens on its loopback)."""
+    def _admin_client(self) -> httpx.Client:
+        """The one kept-alive client for admin reads (snapshots come in bursts; closed by `close`)."""
         with self._admin_lock:
             if self._admin is None:
                 self._admin = self._client()
-            c = self._admin
+            return self._admin
+
+    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+        """The daemon does the GET from inside the pod's namespace (the admin port listens on its loopback)."""
+        c = self._admin_client()
         try:
             r = c.get("/envoy_admin", params={"pod": pod, "path": path, "timeout": str(timeout_s)},
                       timeout=timeout_s + 5)  # fmt: skip
@@ -349,10 +353,7 @@ class LocalBackend(Backend):
         """
         if not pods:
             return {}
-        with self._admin_lock:
-            if self._admin is None:
-                self._admin = self._client()
-            c = self._admin
+        c = self._admin_client()
         try:
             r = c.post("/envoy_admin_many", json={"pods": list(pods), "path": path, "timeout": timeout_s},
                        timeout=timeout_s * (len(pods) // ADMIN_WORKERS + 1) + 5)  # fmt: skip

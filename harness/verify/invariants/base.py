@@ -210,10 +210,14 @@ class CheckBase:
             return "serving_zone = caller_zone"
         return "serving_kind = 'region'"
 
+    def _next_inject(self, zone: str, after: float, other_than: str | None = None) -> float | None:
+        """The inject of `zone`'s next fault after `after` (not fault `other_than`), None when there is none."""
+        nxt = [g.inject for g in self.run.faults if g.zone == zone and g.fault != other_than and g.inject > after]
+        return min(nxt, default=None)
+
     def _next_inject_in_zone(self, f: Fault, after: float) -> float | None:
         """The inject of the zone's next fault after `after`, None when there is none."""
-        nxt = [g.inject for g in self.run.faults if g.zone == f.zone and g.fault != f.fault and g.inject > after]
-        return min(nxt, default=None)
+        return self._next_inject(f.zone, after, f.fault)
 
     def _next_fault_in_zone(self, f: Fault, after: float) -> float:
         nxt = self._next_inject_in_zone(f, after)

@@ -422,7 +422,7 @@ class FaultMeasurer(CheckBase):
                 # the zone's next fault ends the window at its inject, not when its pods are gone: hops it
                 # fails in between are its own, and would leave this recovery unmeasured (then the window
                 # ran maxRecoveryS on, over every fault of a burst, and locality judged nothing after it)
-                nxt = min([nxt, *(f.inject for f in self.run.faults if f.zone == z and hi < f.inject < nxt)])
+                nxt = min(nxt, self._next_inject(z, hi) or INF)
                 bound = min(hi + self.slo.max_recovery_s, nxt, max(self.run_end, hi))
                 w = self._measure(z, u, list(callers), hi, bound, self._expected_sql(z, u),
                                   next_fault=nxt if nxt < INF else None)  # fmt: skip
@@ -460,15 +460,9 @@ class FaultMeasurer(CheckBase):
 
 
 def union(*lists: list[tuple[float, float | None]]) -> list[tuple[float, float | None]]:
-    """Intervals [lo, hi) (hi None: open to the end) merged where they overlap or touch, in order."""
-    out: list[tuple[float, float | None]] = []
-    for lo, hi in sorted((x for xs in lists for x in xs), key=lambda x: x[0]):
-        if out and (out[-1][1] is None or lo <= out[-1][1]):
-            prev_lo, prev_hi = out[-1]
-            out[-1] = (prev_lo, None if prev_hi is None or hi is None else max(prev_hi, hi))
-        else:
-            out.append((lo, hi))
-    return out
+    """Intervals [lo, hi) (hi None: open to the end) merged where they overlap or touch (`merge_intervals`)."""
+    merged = merge_intervals([("", "", lo, INF if hi is None else hi) for xs in lists for lo, hi in xs])
+    return [(lo, None if hi >= INF else hi) for _z, _u, lo, hi in merged]
 
 
 ScopeFn = Callable[[FaultMeasurer, Fault, Pairs], FaultScope]
