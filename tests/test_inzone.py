@@ -174,6 +174,8 @@ def _mount(objs: list[dict[str, Any]], root: Path) -> Path:
 
 
 @pytest.mark.slow  # a real locust master and workers for ~10 s
+# every request answered within locust's timeouts: at nice 19 beside a cluster (the other lane) one was not
+@pytest.mark.timing
 def test_distributed_mode_forwards_every_workers_records_to_the_master(tmp_path: Path) -> None:
     zones = [LAX, "us-west-2a"]
     servers = {z: ThreadingHTTPServer(("127.0.0.1", 0), _Shop) for z in zones}
@@ -222,7 +224,7 @@ def test_distributed_mode_forwards_every_workers_records_to_the_master(tmp_path:
     for z in zones:
         assert len(by_zone[z]) > 20, (z, len(by_zone[z]), (tmp_path / f"worker-{z}.log").read_text()[-2000:])
         assert any(r["endpoint"] == "probe" for r in by_zone[z])  # one zone probe per worker, in its zone
-        assert all(r["ok"] for r in by_zone[z])
+        assert all(r["ok"] for r in by_zone[z]), [r for r in by_zone[z] if not r["ok"]][:5]
     assert result.requests == len(recs) and set(result.per_zone) == set(zones)
 
 

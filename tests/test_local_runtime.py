@@ -173,9 +173,10 @@ def test_snapshot_of_every_sidecar_in_one_request(cluster: LocalBackend, tmp_pat
     assert "no live meshed pod 'no-such-pod'" in str(answers.pop("no-such-pod"))
     assert all(isinstance(a, bytes) for a in answers.values()) and sorted(answers) == alive
     one = next(p for p in alive if "public-api" in p)
-    assert parse_clusters(json.loads(answers[one])) and json.loads(answers[one]).keys() == json.loads(
-        cluster.envoy_admin(one, "/clusters?format=json")
-    ).keys()  # the same document as one call gives
+    assert (
+        parse_clusters(json.loads(answers[one]))
+        and json.loads(answers[one]).keys() == json.loads(cluster.envoy_admin(one, "/clusters?format=json")).keys()
+    )  # the same document as one call gives
     snap = snapshot(cluster, tmp_path, "start")
     assert snap.failed == {} and snap.pods == alive
     assert snap.rows == len((tmp_path / "upstream-stats.jsonl").read_text().splitlines()) > len(alive)

@@ -378,6 +378,7 @@ def test_run_traffic_reports_a_broken_locustfile(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timing  # real locust on its own clock and timeouts: needs the CPU in time (tests/lanes.py)
 def test_zone_probes_keep_their_clock_while_answers_are_slow(tmp_path: Path, shop: FakeShop, shop_b: FakeShop) -> None:
     """Probes are an open model: with 200 ms answers and a 50 ms period they overlap instead of waiting."""
     shop.delay = 0.2
@@ -411,6 +412,7 @@ class BlackHole(ThreadingHTTPServer):
 
 
 @pytest.mark.slow
+@pytest.mark.timing  # real locust on its own clock and timeouts: needs the CPU in time (tests/lanes.py)
 def test_users_give_up_on_a_silent_peer_after_the_network_timeout(tmp_path: Path) -> None:
     """locust's default (60 s) would leave the run without a single record from this zone."""
     srv = BlackHole()
@@ -461,6 +463,7 @@ def test_recorder_keeps_requests_that_end_while_locust_stops_its_users(tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.timing  # real locust on its own clock and timeouts: needs the CPU in time (tests/lanes.py)
 def test_zone_probes_end_when_locust_stops_its_users(tmp_path: Path, shop: FakeShop) -> None:
     """The probe task ends when locust stops the users, after its probes in flight are answered.
 
@@ -476,6 +479,7 @@ def test_zone_probes_end_when_locust_stops_its_users(tmp_path: Path, shop: FakeS
 
 
 @pytest.mark.slow
+@pytest.mark.timing  # real locust on its own clock and timeouts: needs the CPU in time (tests/lanes.py)
 def test_a_zone_can_have_its_own_probe_period(tmp_path: Path, shop: FakeShop, shop_b: FakeShop) -> None:
     """TrafficRunner's probe_periods reach the locustfile (EH_PROBE_PERIODS): one zone's clock apart from the rest
     (an AZ is probed faster by e2e)."""
@@ -537,6 +541,7 @@ def test_locust_stops_on_our_sigint_even_when_the_caller_ignores_sigint(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.timing  # real locust on its own clock and timeouts: needs the CPU in time (tests/lanes.py)
 def test_zone_probes_follow_the_probe_budget_file(tmp_path: Path, shop: FakeShop) -> None:
     """The factor in probe-budget.json (harness.traffic.budget) reaches running probes: their clock slows by it."""
     from harness.traffic.budget import BudgetDecision
