@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     fd = acquire_machine_lock("another session runs local-backend tests", LOCAL_LOCK)
     _lock_fd = fd
+    if any(item.path.name == "test_install.py" for item in session.items):
+        from tests.test_install import INSTALL_BUILD, start_install
+
+        session.config.stash[INSTALL_BUILD] = start_install(Path(tempfile.mkdtemp(prefix="eh-install-")))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop and remove the background install build this session started (also after Ctrl-C)."""
+    from tests.test_install import INSTALL_BUILD, stop_install
+
+    build = session.config.stash.get(INSTALL_BUILD, None)
+    if build is not None:
+        stop_install(build)
 
 
 def leftovers(prefix: str) -> list[str]:

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -133,17 +134,39 @@ def test_a_worker_outside_its_zone_is_refused(api: FakeApiServer, tmp_path: Path
 # -- locust's distributed mode for real: master here, workers as the pods run them ------------
 
 
+class _ShopServer(ThreadingHTTPServer):
+    """A zone's entry point that counts the answers it wrote, each `delay` seconds after its request."""
+
+    daemon_threads = True
+    request_queue_size = 512  # nginx's listen backlog, not socketserver's 5
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(("127.0.0.1", 0), _Shop)
+        self.delay = delay
+        self.answered = 0
+        self.lock = threading.Lock()
+
+
 class _Shop(BaseHTTPRequestHandler):
-    """A zone's entry point: HashiCups' answers to the locustfile's requests."""
+    """HashiCups' answers to the locustfile's requests."""
 
     protocol_version = "HTTP/1.1"
+    server: _ShopServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _send(self, body: bytes, ctype: str) -> None:
+        time.sleep(self.server.delay)
         self.send_response(200)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        self.wfile.flush()
+        with self.server.lock:
+            self.server.answered += 1  # only answers that went out count
 
     def do_GET(self) -> None:
         self._send(b"<html>HashiCups</html>", "text/html")
@@ -176,9 +199,17 @@ def _mount(objs: list[dict[str, Any]], root: Path) -> Path:
 @pytest.mark.slow  # a real locust master and workers for ~10 s
 # every request answered within locust's timeouts: at nice 19 beside a cluster (the other lane) one was not
 @pytest.mark.timing
-def test_distributed_mode_forwards_every_workers_records_to_the_master(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ending", ["run-time", "stopped"])
+def test_distributed_mode_forwards_every_workers_records_to_the_master(tmp_path: Path, ending: str) -> None:
+    """Every answer the zones' shops wrote is one record in the master's requests.jsonl, however the run ends.
+
+    The answers take 0.8 s: the requests in flight when the run ends are
+    answered after locust's master has quit (it waits 0.5 s for its workers'
+    last reports). `run-time`: locust's own -t ends the run; `stopped`: the
+    harness stops it early (SIGINT), as `harness e2e` does after its cooldown.
+    """
     zones = [LAX, "us-west-2a"]
-    servers = {z: ThreadingHTTPServer(("127.0.0.1", 0), _Shop) for z in zones}
+    servers = {z: _ShopServer(delay=0.8) for z in zones}
     for s in servers.values():
         threading.Thread(target=s.serve_forever, daemon=True).start()
     local_url = {z: f"http://127.0.0.1:{s.server_address[1]}" for z, s in servers.items()}
@@ -210,19 +241,25 @@ def test_distributed_mode_forwards_every_workers_records_to_the_master(tmp_path:
                     start_new_session=True,
                 )
             )
-        runner.wait(timeout=60)
+        if ending == "stopped":
+            assert wait_until(lambda: all(s.answered > 10 for s in servers.values()), timeout=30)
+        else:
+            runner.wait(timeout=60)
         result = runner.stop()
+        for p in procs:  # the master told them to quit
+            p.wait(timeout=30)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
-            p.wait(timeout=10)
+                p.wait(timeout=10)
         for s in servers.values():
             s.shutdown()
     recs = [json.loads(line) for line in (run / "requests.jsonl").read_text().splitlines()]
     by_zone = {z: [r for r in recs if r["zone"] == z] for z in zones}
     for z in zones:
-        assert len(by_zone[z]) > 20, (z, len(by_zone[z]), (tmp_path / f"worker-{z}.log").read_text()[-2000:])
+        log = (tmp_path / f"worker-{z}.log").read_text()[-2000:]
+        assert len(by_zone[z]) == servers[z].answered > 10, (z, len(by_zone[z]), servers[z].answered, log)
         assert any(r["endpoint"] == "probe" for r in by_zone[z])  # one zone probe per worker, in its zone
         assert all(r["ok"] for r in by_zone[z]), [r for r in by_zone[z] if not r["ok"]][:5]
     assert result.requests == len(recs) and set(result.per_zone) == set(zones)

@@ -20,6 +20,7 @@ is buffered in user space that a crash could lose.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -42,9 +43,18 @@ FORWARD_ENV = "EH_FORWARD_RECORDS"
 RECORDS_MESSAGE = "eh_records"
 """The locust custom message type carrying a batch of `requests.jsonl` lines from a worker to the master."""
 
+STOP_MESSAGE = "eh_records_stop"
+"""Master -> forwarding worker when the run ends: stop your users, send every record left, then `DONE_MESSAGE`."""
+
+DONE_MESSAGE = "eh_records_done"
+"""Forwarding worker -> master, after its last batch: the number of records it sent in all."""
+
 FORWARD_BATCH = 200
 FORWARD_EVERY_S = 0.25
+DONE_GRACE_S = 5.0
+"""How long past locust's --stop-timeout the master waits for its workers' last records (a worker gone waits it all)."""
 
+_log = logging.getLogger(__name__)
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
 _MID_CACHE_MAX = 10_000  # bounded: a locustfile naming requests by URL would otherwise grow it forever
 
@@ -167,9 +177,12 @@ class ForwardingRecorder(RequestRecorder):
     entry zone, `harness.traffic.inzone`): every batch goes to the master as a
     locust custom message (`RECORDS_MESSAGE`, locust's own worker -> master
     channel), and the master's `MasterSink` appends it to ``requests.jsonl``.
-    Batches leave every `FORWARD_EVERY_S` or `FORWARD_BATCH` lines, and once
-    more when the test stops, so a record is late by at most a fraction of a
-    second and never lost to a clean stop.
+    Batches leave every `FORWARD_EVERY_S` or `FORWARD_BATCH` lines, so a record
+    is late by at most a fraction of a second. When the run ends the master
+    asks (`STOP_MESSAGE`): the worker stops its users as locust's own stop
+    does (the requests in flight get their answers within --stop-timeout),
+    sends the rest and then `DONE_MESSAGE` with its count, on the one channel,
+    so the count arrives after every record it counts.
     """
 
     def __init__(self, send: Any, default_zone: str = DEFAULT_ZONE) -> None:
@@ -210,10 +223,19 @@ class ForwardingRecorder(RequestRecorder):
             batch, self._buf = self._buf, []
             self._send(RECORDS_MESSAGE, batch)
 
+    def on_stop_message(self, environment: Any = None, **_kwargs: Any) -> None:
+        """The master's `STOP_MESSAGE`: stop the users (their last records come in), send them, then the count."""
+        runner = getattr(environment, "runner", None)
+        if runner is not None:
+            runner.stop()  # what locust's own "stop" message does; fires test_stop, which flushes
+        self.flush()
+        self._send(DONE_MESSAGE, self.written)
+
     def attach(self, environment: Any) -> None:
         environment.events.request.add_listener(self.on_request)
         environment.events.test_stop.add_listener(self.flush)
         environment.events.quitting.add_listener(self._on_quitting)
+        environment.runner.register_message(STOP_MESSAGE, self.on_stop_message)
 
     def close(self) -> None:
         if self._open:
@@ -222,12 +244,28 @@ class ForwardingRecorder(RequestRecorder):
 
 
 class MasterSink:
-    """The master's side: append each batch a worker forwarded to the run's ``requests.jsonl``."""
+    """The master's side: append each batch a worker forwarded to the run's ``requests.jsonl``.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    Locust's master, once the run ends, tells its workers to quit and waits
+    0.5 s for them: the records of requests still in flight then (answered
+    within --stop-timeout, 2 s) came after it and were lost, as was everything
+    after ``quitting`` when a SIGINT ended the run (the file closed there,
+    before the workers were told anything). So on ``test_stop``, before locust
+    sends its quit, the sink asks every worker for the rest (`STOP_MESSAGE`)
+    and waits for each one's `DONE_MESSAGE`, at most --stop-timeout plus
+    `DONE_GRACE_S`; it closes the file on ``quit``, after the runner quit.
+    A worker that never answers, or whose count is more than arrived, is
+    logged by name (``missing``: the records it may have lost).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], grace_s: float = DONE_GRACE_S) -> None:
         self.path = os.fspath(path)
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.received = 0
+        self.grace_s = grace_s
+        self.by_worker: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+        self.missing: dict[str, str] = {}
 
     def on_message(self, environment: Any = None, msg: Any = None, **_kwargs: Any) -> None:
         lines = getattr(msg, "data", None) or []
@@ -235,6 +273,32 @@ class MasterSink:
             return
         os.write(self._fd, "".join(str(x) for x in lines).encode())  # one write: lines never interleave
         self.received += len(lines)
+        node = str(getattr(msg, "node_id", ""))
+        self.by_worker[node] = self.by_worker.get(node, 0) + len(lines)
+
+    def on_done(self, environment: Any = None, msg: Any = None, **_kwargs: Any) -> None:
+        self.done[str(getattr(msg, "node_id", ""))] = int(getattr(msg, "data", 0) or 0)
+
+    def collect(self, environment: Any = None, **_kwargs: Any) -> None:
+        """Ask each connected worker for its last records and wait for them (the master's ``test_stop``)."""
+        runner = getattr(environment, "runner", None)
+        if runner is None or self._fd is None:
+            return
+        workers = [str(c.id) for c in runner.clients.all if getattr(c, "state", "") != "missing"]
+        for w in workers:
+            runner.send_message(STOP_MESSAGE, None, client_id=w)
+        wait_s = float(getattr(environment, "stop_timeout", 0) or 0) + self.grace_s
+        deadline = time.monotonic() + wait_s
+        while any(w not in self.done for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)  # gevent's in a locust process: the master's receiver runs meanwhile
+        for w in workers:
+            got = self.by_worker.get(w, 0)
+            if w not in self.done:
+                self.missing[w] = f"no answer within {wait_s:g} s"
+            elif self.done[w] > got:
+                self.missing[w] = f"sent {self.done[w]} records, {got} arrived"
+        for w, why in self.missing.items():
+            _log.warning("worker %s: its last records are missing from %s (%s)", w, self.path, why)
 
     def close(self, **_kwargs: Any) -> None:
         fd, self._fd = self._fd, None
@@ -265,7 +329,11 @@ def attach_from_env(environment: Any, environ: Mapping[str, str] | None = None) 
     if runner is not None and type(runner).__name__ == "MasterRunner":
         sink = MasterSink(path)
         runner.register_message(RECORDS_MESSAGE, sink.on_message)
-        environment.events.quitting.add_listener(sink.close)
+        if not getattr(getattr(environment, "parsed_options", None), "processes", None):
+            # --master: workers elsewhere forward their records (--processes' children write the file themselves)
+            runner.register_message(DONE_MESSAGE, sink.on_done)
+            environment.events.test_stop.add_listener(sink.collect)
+        environment.events.quit.add_listener(sink.close)
         return
     RequestRecorder(path, default_zone=env.get(ZONE_ENV) or DEFAULT_ZONE).attach(environment)
 
