@@ -196,7 +196,7 @@ def _mount(objs: list[dict[str, Any]], root: Path) -> Path:
     return root
 
 
-@pytest.mark.slow  # a real locust master and workers for ~10 s
+@pytest.mark.slow  # a real locust master and workers for ~5 s
 # every request answered within locust's timeouts: at nice 19 beside a cluster (the other lane) one was not
 @pytest.mark.timing
 @pytest.mark.parametrize("ending", ["run-time", "stopped"])
@@ -221,7 +221,7 @@ def test_distributed_mode_forwards_every_workers_records_to_the_master(tmp_path:
     # the master knows the zones by their in-cluster URLs (what the records name); it sends no request itself
     entry = {z: cluster_entrypoints(T)[z] for z in zones}
     procs: list[subprocess.Popen[bytes]] = []
-    runner = TrafficRunner(entry, run, users=4, spawn_rate=4, duration_s=6, master=("127.0.0.1", port, len(zones)))
+    runner = TrafficRunner(entry, run, users=4, spawn_rate=4, duration_s=3, master=("127.0.0.1", port, len(zones)))
     try:
         runner.start()
         for z in zones:

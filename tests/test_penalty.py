@@ -124,6 +124,27 @@ def test_penalty_baseline_excludes_other_faults_and_failed_requests(tmp_path: Pa
     assert p.fallback.requests == 0 and p.penalty_p95_ms is None
 
 
+def test_penalty_baseline_leaves_out_a_zone_that_spills_to_the_region(tmp_path: Path) -> None:
+    """One of LAX's two product-api pods unready 30..60 s: Envoy sends ~30 % of the zone's calls to the Region
+    (`RunData.spill`). That is neither the in-zone baseline nor a fallback window; counted as in-zone (as it
+    was), its Region-served requests inflated the baseline the penalty is measured against."""
+    from tests.test_verify_soundness import _with_replicas
+
+    sc = Scenario(_with_replicas("product-api", 2), duration_s=90, rate_per_zone=4,
+                  degraded=[(LAX, "product-api", 30.0, 60.0)])  # fmt: skip
+    run = write_run(tmp_path / "run", sc)
+
+    def lat(rel: float, k: int) -> tuple[float, str]:
+        if 30.0 <= rel < 60.0:
+            return 500.0, "none"  # partly served from the Region
+        return 5.0 + k % 7, "in"
+
+    want_in, _ = _relatency(run, LAX, lat)
+    p = {p.zone: p for p in verify(run).fallback_penalty}[LAX]
+    assert p.in_zone.requests == len(want_in) and p.in_zone.p95_ms == _q(want_in, 0.95) < 500
+    assert p.fallback.requests == 0 and p.fallback_windows == 0
+
+
 def test_old_verdict_without_penalty_still_loads(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", Scenario(T, duration_s=20, rate_per_zone=2))
     doc = verify(run).to_dict()

@@ -30,7 +30,6 @@ from typing import Any
 
 import pytest
 
-from harness.interrupt import with_default_sigint
 from harness.traffic import RequestRecorder, TrafficRunner, parse_entrypoints, run_traffic, summarise_requests
 from harness.traffic.runner import free_port
 from tests.conftest import REPO, wait_until
@@ -141,9 +140,13 @@ def _locust(
     Not for a fixed time: make test runs these at nice 19 beside a local
     cluster (tests/lanes.py), where three seconds of locust made anything from
     hundreds of requests to none. The test waits for the records it needs and
-    stops locust as the harness does (SIGINT to locust itself: its master then
-    quits its workers and gets their last stats; a terminal's SIGINT to the
-    whole group left locust's totals at 0 with --processes).
+    stops locust with SIGTERM, which locust handles in a greenlet of its own
+    (shutdown: users stopped within --stop-timeout, stats written, workers of
+    --processes told to quit and their last stats taken). A SIGINT is raised
+    as KeyboardInterrupt in whichever greenlet runs at that instant: a user
+    between its answer and its record then loses the request (the shop
+    counted 263 answers, locust and the records 262), and a terminal's SIGINT
+    to the whole group left locust's totals at 0 with --processes.
     Returns (requests file, locust's totals from its stats file).
     """
     req = tmp_path / "requests.jsonl"
@@ -156,13 +159,13 @@ def _locust(
     cmd += ["-u", "4", "-r", "20", "-t", "600s", "--stop-timeout", "5", "--only-summary",
             "--json-file", str(tmp_path / "stats"), *args]  # fmt: skip
     with (tmp_path / "locust.log").open("wb") as log:
-        proc = subprocess.Popen(with_default_sigint(cmd), env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True)  # fmt: skip
         try:
             reached = wait_until(lambda: until(_lines(req)), timeout=300, interval=0.1)
         finally:
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
     assert reached, (len(_lines(req)), (tmp_path / "locust.log").read_text()[-3000:])
     assert proc.returncode in (0, 1), (tmp_path / "locust.log").read_text()[-3000:]
@@ -431,22 +434,27 @@ class BlackHole(ThreadingHTTPServer):
 
 
 @pytest.mark.slow
-@pytest.mark.timing  # real locust on its own clock and timeouts: needs the CPU in time (tests/lanes.py)
 def test_users_give_up_on_a_silent_peer_after_the_network_timeout(tmp_path: Path) -> None:
-    """locust's default (60 s) would leave the run without a single record from this zone."""
+    """locust's default (60 s) would leave the run without a single record from this zone.
+
+    Runs until the first record, whenever it comes (a starved locust gives up
+    late, never early): at least the 10 s timeout, well under locust's 60 s.
+    """
     srv = BlackHole()
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    req = tmp_path / "requests.jsonl"
     try:
         url = f"http://127.0.0.1:{srv.server_address[1]}"
-        run_traffic({"zone-a": url}, tmp_path, users=1, spawn_rate=1, duration_s=13, probe_period_s=0,
-                    extra_env={"EH_WAIT": "0"})  # fmt: skip
+        with TrafficRunner({"zone-a": url}, tmp_path, users=1, spawn_rate=1, duration_s=600, probe_period_s=0,
+                           extra_env={"EH_WAIT": "0"}):  # fmt: skip
+            assert wait_until(lambda: bool(_lines(req)), timeout=300, interval=0.2)
     finally:
         srv.shutdown()
         srv.server_close()
-    recs = _records(tmp_path / "requests.jsonl")
+    recs = _records(req)
     assert recs and all(not r["ok"] for r in recs)
     first = recs[0]
-    assert 9_500 <= float(first["latency_ms"]) < 15_000, first  # type: ignore[arg-type]
+    assert 9_500 <= float(first["latency_ms"]) < 60_000, first  # type: ignore[arg-type]
     assert "timed out" in str(first["error"]).lower() or "timeout" in str(first["error"]).lower(), first
 
 

@@ -14,7 +14,10 @@ Windows, per edge zone Z:
   pod that came back early ends the window where it came back.
 - **in-zone**: while every edge-placed service of Z is up and no fault acts on
   Z or on the Region (a degraded service link or a lost AZ would inflate the
-  baseline), from the first instant every one of them was up.
+  baseline), from the first instant every one of them was up; never while
+  one of them *spills* (`RunData.spill`: too few of its pods ready, Envoy
+  sends a share of the zone's calls to the Region by design), which is
+  neither side.
 Requests count by their start time, successful ones only (a failed request's
 latency is a timeout or a reset, not service; availability judges those), and
 never while Z's entry point was down (entrypoints.jsonl). `region_hops` counts
@@ -120,10 +123,12 @@ def fallback_penalty(run: RunData) -> list[ZonePenalty]:
         if z.name not in zones_with_requests:
             continue
         down: list[Span] = []
+        spill: list[Span] = []
         first_up = start
         for s in edge_services:
             key = run.up_key(z.name, s)
             down += [(lo, end if hi is None else hi) for lo, hi in run.down.get(key, [])]
+            spill += [(lo, end if hi is None else hi) for lo, hi in run.spill.get(key, [])]
             first_up = max(first_up, run.first_up.get(key, end))
         entry_down = _entry_down(run, z.name, end)
         fallback = _subtract(down, entry_down)
@@ -132,7 +137,7 @@ def fallback_penalty(run: RunData) -> list[ZonePenalty]:
             for f in run.faults
             if f.zone == z.name or f.zone in region
         ]
-        in_zone = _subtract([(first_up, end)], [*down, *entry_down, *faults])
+        in_zone = _subtract([(first_up, end)], [*down, *spill, *entry_down, *faults])
         fb_stats = _stats(run, z.name, fallback)
         in_stats = _stats(run, z.name, in_zone)
         region_hops = int(
