@@ -12,6 +12,10 @@ loop are (with both lanes at the same priority, a failover the local lane
 measures came in at 2.2 s instead of well under 1 s in one clean-clone run
 of three).
 
+The other lane runs on two xdist workers (one pytest process uses one core
+at most; the local lane leaves one idle while it waits on processes), so
+its tests must not depend on each other's order or share fixed ports.
+
 Usage: python -m tests.lanes [pytest args ...]. A `--junitxml=PATH` argument
 becomes one file per lane, merged into PATH at the end. Each lane's output is
 printed whole when it ends (no interleaving); the exit code is the first
@@ -31,7 +35,12 @@ from pathlib import Path
 # (name, marker expression, niceness): the local lane keeps the CPU whenever its processes want it
 # `timing` tests need no root but assert real processes' timing: at nice 19 beside a cluster they failed
 # (an Envoy's outlier ejection and EDS flip "within 1 s" took longer in one clean-clone run of six)
-LANES = (("local", "local or timing", 0), ("other", "not local and not timing", 19))
+# The other lane runs on two xdist workers: one pytest process can use one core, and while the local lane
+# waits on its cluster's processes the second core sat idle (the lane alone on two workers: 8 min)
+LANES: tuple[tuple[str, str, int, tuple[str, ...]], ...] = (
+    ("local", "local or timing", 0, ()),
+    ("other", "not local and not timing", 19, ("-n", "2", "--dist", "worksteal")),
+)
 
 
 def _split_junit(args: list[str]) -> tuple[list[str], Path | None]:
@@ -64,10 +73,10 @@ def main(argv: list[str]) -> int:
     procs: list[tuple[str, subprocess.Popen[bytes], Path, Path | None]] = []
     tmp = Path(tempfile.mkdtemp(prefix="eh-lanes-"))
     try:
-        for name, expr, niceness in LANES:
+        for name, expr, niceness, lane_args in LANES:
             log = tmp / f"{name}.log"
             lane_junit = junit.with_name(f"{junit.stem}-{name}{junit.suffix}") if junit else None
-            cmd = ["nice", "-n", str(niceness), sys.executable, "-m", "pytest", "-m", expr, *args]
+            cmd = ["nice", "-n", str(niceness), sys.executable, "-m", "pytest", "-m", expr, *lane_args, *args]
             if lane_junit is not None:
                 cmd.append(f"--junitxml={lane_junit}")
             with log.open("wb") as fh:
@@ -77,7 +86,7 @@ def main(argv: list[str]) -> int:
             rc = proc.wait()
             # pytest exit 5: no tests collected in this lane (e.g. a -k that selects only the other one)
             rcs.append(0 if rc == 5 else rc)
-            expr = next(e for n, e, _ in LANES if n == name)
+            expr = next(e for n, e, _, _ in LANES if n == name)
             print(f"===== lane {name!r} (pytest -m {expr!r}): exit {rc} =====", flush=True)
             sys.stdout.write(log.read_text(errors="replace"))
             sys.stdout.flush()

@@ -388,6 +388,8 @@ def test_health_and_metrics(stack: Stack) -> None:
         assert httpx.get(health).status_code == 500
     finally:
         stack.payments.status, stack.payments.code = "UP", 200
+    # a coffees request of its own: the counter must not depend on which tests ran before (xdist, -k)
+    assert httpx.get(stack.url(stack.product_port, "/coffees")).status_code == 200
     metrics = httpx.get(stack.url(stack.metrics_port, "/anything")).text  # the exporter serves every path
     assert 'product_api_requests_total{handler="coffees",code="200"}' in metrics
 
