@@ -39,9 +39,10 @@ from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-# reset SIGINT to its default, then become the command (same pid: callers signal and wait for it)
-_DEFAULT_SIGINT = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
+# reset the stop signals to their defaults, then become the command (same pid: callers signal and wait for it)
+_DEFAULT_STOP_SIGNALS = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
 )
 
 
@@ -121,18 +122,18 @@ def handle_signals(say: Callable[[str], None] = lambda _m: None, after: After = 
         after.apply(previous)
 
 
-def with_default_sigint(argv: Sequence[str]) -> list[str]:
-    """`argv` started with SIGINT at its default disposition, whatever this process inherited.
+def with_default_stop_signals(argv: Sequence[str]) -> list[str]:
+    """`argv` started with SIGINT and SIGTERM at their default dispositions, whatever this process inherited.
 
-    The harness stops locust and chaostoolkit with SIGINT, their graceful
-    stop (locust writes its stats, chaostoolkit plays its rollbacks). An
-    ignored SIGINT survives exec: a shell ignores it in every job it puts in
-    the background without job control (`harness e2e &` in a script, a cron
-    or CI step, `bench/` runs), so the child would sit out the stop until
-    the escalation (locust: 15 s more in every e2e; chaostoolkit: SIGKILL
-    after 60 s, its rollbacks never played). A handler does not survive
-    exec, so only callers outside `handle_signals` handed the ignore on; this
-    does not depend on the caller at all. A bare interpreter resets the
-    signal and execs the command, keeping the pid.
+    The harness stops chaostoolkit with SIGINT (it plays its rollbacks) and
+    locust with SIGTERM (it stops its users and writes its stats). An
+    ignored signal survives exec: a shell ignores SIGINT in every job it puts
+    in the background without job control (`harness e2e &` in a script, a
+    cron or CI step, `bench/` runs), so the child would sit out the stop
+    until the escalation (locust: 15 s more in every e2e; chaostoolkit:
+    SIGKILL after 60 s, its rollbacks never played). A handler does not
+    survive exec, so only callers outside `handle_signals` handed the ignore
+    on; this does not depend on the caller at all. A bare interpreter resets
+    the signals and execs the command, keeping the pid.
     """
-    return [sys.executable, "-I", "-S", "-c", _DEFAULT_SIGINT, *argv]
+    return [sys.executable, "-I", "-S", "-c", _DEFAULT_STOP_SIGNALS, *argv]

@@ -206,7 +206,7 @@ def test_distributed_mode_forwards_every_workers_records_to_the_master(tmp_path:
     The answers take 0.8 s: the requests in flight when the run ends are
     answered after locust's master has quit (it waits 0.5 s for its workers'
     last reports). `run-time`: locust's own -t ends the run; `stopped`: the
-    harness stops it early (SIGINT), as `harness e2e` does after its cooldown.
+    harness stops it early (SIGTERM), as `harness e2e` does after its cooldown.
     """
     zones = [LAX, "us-west-2a"]
     servers = {z: _ShopServer(delay=0.8) for z in zones}

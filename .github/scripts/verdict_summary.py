@@ -23,7 +23,8 @@ def newest_verdict(root: Path) -> Path | None:
 def summary(root: Path) -> str:
     path = newest_verdict(root)
     if path is None:
-        return f"## edge-harness verdict\n\n**NO VERDICT**: no `verdict.json` under `{root}` (the run did not finish).\n"
+        why = f"no `verdict.json` under `{root}` (the run did not finish)"
+        return f"## edge-harness verdict\n\n**NO VERDICT**: {why}.\n"
     v = json.loads(path.read_text(encoding="utf-8"))
     passed = bool(v.get("passed"))
     lines = [

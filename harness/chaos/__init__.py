@@ -34,7 +34,7 @@ from harness.chaos.experiment import PlannedExperiment, check_experiment, load_e
 from harness.chaos.timeline import FaultKind, record
 from harness.contract.rundir import CHAOS_DIR, EXPERIMENT_FILE, JOURNAL_FILE, PLAN_FILE
 from harness.errors import BackendError, InputError
-from harness.interrupt import with_default_sigint
+from harness.interrupt import with_default_stop_signals
 from harness.topology import Topology
 
 
@@ -206,7 +206,7 @@ def run_planned(p: PlannedExperiment, run_dir: Path, opts: BackendOptions, timeo
             "run", "--rollback-strategy", "always",
             "--journal-path", str(journal_path), "--no-verify-tls", str(exp_file)]  # fmt: skip
     proc = subprocess.Popen(
-        with_default_sigint(argv),  # its rollbacks run on our SIGINT even if the caller ignores SIGINT
+        with_default_stop_signals(argv),  # its rollbacks run on our SIGINT even if the caller ignores SIGINT
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

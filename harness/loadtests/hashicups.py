@@ -74,7 +74,7 @@ import gevent
 from gevent.pool import Pool
 from locust import FastHttpUser, between, constant, events, task
 from locust.user.task import LOCUST_STATE_STOPPING
-from shapes import select_shape
+from shapes import select_shape, stop_shape_on_sigterm
 
 try:
     from harness.traffic.budget import ScaleFile
@@ -235,7 +235,11 @@ class ZoneProbe(FastHttpUser):
     round-robin, offset by the worker index under ``--processes``.
     """
 
-    fixed_count = len(PROBE_ZONES) if PROBE_PERIOD_S > 0 and PROBE_INFLIGHT > 0 else 0
+    # No probes: not a user at all. Locust reads a fixed_count of 0 as "weighted", and handed out a
+    # share of the shoppers as probes with a period of 0 that spun without yielding (`--probe-period 0`
+    # with 4 users: 1 answer in 6 s).
+    abstract = not (PROBE_ZONES and PROBE_PERIOD_S > 0 and PROBE_INFLIGHT > 0)
+    fixed_count = len(PROBE_ZONES)
     wait_time = constant(0)
     connection_timeout = CONNECT_TIMEOUT_S
     network_timeout = NETWORK_TIMEOUT_S
@@ -297,3 +301,4 @@ def _attach_recorder(environment: Any, **_kwargs: Any) -> None:
     harness.traffic.inzone).
     """
     attach_from_env(environment)
+    stop_shape_on_sigterm(environment)

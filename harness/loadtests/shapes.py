@@ -19,11 +19,18 @@ whole run time, or 60 s without ``-t``); the peak is then held until the end.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import signal
 from typing import Any
 
+import gevent
 from locust import LoadTestShape
+from locust.runners import WorkerRunner
+
+_STOPPED: list[bool] = []
+"""Set once by a SIGTERM (`stop_shape_on_sigterm`): every shape's next tick ends the test."""
 
 
 def _opts(shape: LoadTestShape) -> tuple[int, float, float | None]:
@@ -34,6 +41,40 @@ def _opts(shape: LoadTestShape) -> tuple[int, float, float | None]:
     rate = float(getattr(parsed, "spawn_rate", None) or users)
     run_time = getattr(parsed, "run_time", None)
     return users, rate, float(run_time) if run_time else None
+
+
+def _over(shape: LoadTestShape, run_time: float | None) -> bool:
+    """The test is over: its run time has passed, or a SIGTERM asked for the end."""
+    return bool(_STOPPED) or (run_time is not None and shape.get_run_time() >= run_time)
+
+
+def stop_shape_on_sigterm(environment: Any) -> None:
+    """SIGTERM ends a headless shape run the way ``-t`` ends it.
+
+    Locust installs its SIGTERM handler only once `start_automatic_run`
+    returns, and with a shape class that call waits on the shape greenlet for
+    the whole run: until then a SIGTERM killed locust outright (the signal's
+    default, exit -15), so the requests users had in hand went unrecorded and
+    no stats were written. SIGTERM is the harness's stop
+    (harness/traffic/runner.py: a SIGINT lands as KeyboardInterrupt in
+    whichever greenlet runs, and lost a user's record). Here it makes the
+    shape's next tick (within a second: locust ticks once a second) its last:
+    the run then ends on locust's own path ("Shape test stopping"), which
+    stops the users within ``--stop-timeout`` (each records what it has in
+    hand) and shuts down with its stats. Not by killing the shape greenlet:
+    it may be in that very stop already, and a stop cut in half and begun
+    again asked a stopping user to stop ("unexpected state", exit code 1).
+    Only where the shape runs: the master or a local runner.
+    """
+    runner = environment.runner
+    if environment.shape_class is None or runner is None or isinstance(runner, WorkerRunner):
+        return
+
+    def on_sigterm() -> None:
+        logging.getLogger(__name__).info("Got SIGTERM signal: ending the shape test at its next tick")
+        _STOPPED.append(True)
+
+    gevent.signal_handler(signal.SIGTERM, on_sigterm)
 
 
 class SteadyShape(LoadTestShape):
@@ -48,7 +89,7 @@ class SteadyShape(LoadTestShape):
 
     def tick(self) -> tuple[int, float] | None:
         users, rate, run_time = _opts(self)
-        if run_time is not None and self.get_run_time() >= run_time:
+        if _over(self, run_time):
             return None
         return users, rate
 
@@ -64,9 +105,9 @@ class RampShape(LoadTestShape):
 
     def tick(self) -> tuple[int, float] | None:
         peak, rate, run_time = _opts(self)
-        t = self.get_run_time()
-        if run_time is not None and t >= run_time:
+        if _over(self, run_time):
             return None
+        t = self.get_run_time()
         start = min(peak, max(0, int(os.environ.get("EH_RAMP_START", "1"))))
         ramp_s = float(os.environ.get("EH_RAMP_S", "0") or 0) or (run_time or 60.0)
         frac = min(1.0, t / ramp_s) if ramp_s > 0 else 1.0

@@ -12,11 +12,17 @@ master and N workers), never a home-grown fan-out, so counts and shapes stay
 locust's.
 
 The process is started in a new session: a Ctrl-C at the terminal reaches
-only the harness, which then stops locust in order (SIGINT so locust writes
-its summary, then SIGTERM, then SIGKILL for the process group it leads, which
-holds only locust and its forked workers). Locust starts with SIGINT at its
-default whatever the caller inherited (`interrupt.with_default_sigint`: a
-background job's ignored SIGINT would otherwise make it sit out that stop).
+only the harness, which then stops locust in order: SIGTERM, then SIGKILL for
+the process group it leads, which holds only locust and its forked workers.
+Locust handles SIGTERM in a greenlet of its own (`main.sig_term_handler`): it
+stops the users within ``--stop-timeout``, so each records the request it has
+in hand, and writes its stats. A SIGINT is raised as KeyboardInterrupt in
+whichever greenlet runs when it lands: a user between its answer and its
+record lost that record. With a load shape (every run here) locust's own
+handler comes only after the shape's end: the locustfile's
+(`shapes.stop_shape_on_sigterm`) ends the shape at its next tick, as ``-t``
+would. Locust starts with SIGINT and SIGTERM at their defaults whatever the
+caller inherited (`interrupt.with_default_stop_signals`).
 Its output goes to
 ``<run dir>/locust.log``, never to the caller's stdout (a pipeline on the
 harness's output must not hang on a child holding it open).
@@ -43,7 +49,7 @@ from typing import Protocol
 
 from harness.contract.rundir import PROBE_BUDGET_FILE, REQUESTS_FILE
 from harness.errors import HarnessError
-from harness.interrupt import with_default_sigint
+from harness.interrupt import with_default_stop_signals
 
 # Package data: locust gets a file path, which an installed package has as much as a checkout
 DEFAULT_LOCUSTFILE = Path(str(files("harness").joinpath("loadtests", "hashicups.py")))
@@ -313,7 +319,7 @@ class TrafficRunner:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(cmd)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                _dies_with_parent(with_default_sigint(cmd)),
+                _dies_with_parent(with_default_stop_signals(cmd)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -345,7 +351,7 @@ class TrafficRunner:
         return True
 
     def stop(self, timeout: float = 15.0) -> TrafficResult:
-        """Stop locust if still running (SIGINT, then SIGTERM, then SIGKILL) and count the records."""
+        """Stop locust if still running (SIGTERM, then SIGKILL) and count the records."""
         with self._lock:
             if self.result is not None:
                 return self.result
@@ -359,17 +365,16 @@ class TrafficRunner:
             return self.result
 
     def _terminate(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
-        """SIGINT lets locust stop users and write its stats; escalate only if it hangs."""
-        for sig, wait_s in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0)):
-            try:
-                proc.send_signal(sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(wait_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        """SIGTERM lets locust stop its users and write its stats (module docstring); SIGKILL only if it hangs."""
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
