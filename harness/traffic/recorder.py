@@ -225,9 +225,7 @@ class ForwardingRecorder(RequestRecorder):
 
     def on_stop_message(self, environment: Any = None, **_kwargs: Any) -> None:
         """The master's `STOP_MESSAGE`: stop the users (their last records come in), send them, then the count."""
-        runner = getattr(environment, "runner", None)
-        if runner is not None:
-            runner.stop()  # what locust's own "stop" message does; fires test_stop, which flushes
+        environment.runner.stop()  # what locust's own "stop" message does; fires test_stop, which flushes
         self.flush()
         self._send(DONE_MESSAGE, self.written)
 
@@ -281,9 +279,7 @@ class MasterSink:
 
     def collect(self, environment: Any = None, **_kwargs: Any) -> None:
         """Ask each connected worker for its last records and wait for them (the master's ``test_stop``)."""
-        runner = getattr(environment, "runner", None)
-        if runner is None or self._fd is None:
-            return
+        runner = environment.runner
         workers = [str(c.id) for c in runner.clients.all if getattr(c, "state", "") != "missing"]
         for w in workers:
             runner.send_message(STOP_MESSAGE, None, client_id=w)

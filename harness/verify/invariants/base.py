@@ -215,10 +215,6 @@ class CheckBase:
         nxt = [g.inject for g in self.run.faults if g.zone == zone and g.fault != other_than and g.inject > after]
         return min(nxt, default=None)
 
-    def _next_inject_in_zone(self, f: Fault, after: float) -> float | None:
-        """The inject of the zone's next fault after `after`, None when there is none."""
-        return self._next_inject(f.zone, after, f.fault)
-
     def _next_fault_in_zone(self, f: Fault, after: float) -> float:
-        nxt = self._next_inject_in_zone(f, after)
+        nxt = self._next_inject(f.zone, after, f.fault)
         return nxt if nxt is not None else max(self.run_end, after)

@@ -227,7 +227,7 @@ class FaultMeasurer(CheckBase):
             )
             out.values = {u: None for u, _ in scope.recovery}
             return out
-        nxt = self._next_inject_in_zone(f, f.restore)
+        nxt = self._next_inject(f.zone, f.restore, f.fault)
         hi = nxt if nxt is not None else max(self.run_end, f.restore)
         measured: list[tuple[float, float | None]] = []
         for u, callers in scope.recovery:
