@@ -455,7 +455,7 @@ def test_nginx_upstream_down_is_502(tmp_path: Path) -> None:
             f"server {{ listen {port}; location / {{ proxy_pass http://127.0.0.1:{dead}; }} }}\n"
         )
         nginx = procs.start("nginx", "nginx", {"EH_MOUNTS": json.dumps({"/etc/nginx/conf.d": str(tmp_path)})})
-        wait_app(nginx, lambda: tcp_open(port), timeout=5)
+        wait_app(nginx, lambda: tcp_open(port), timeout=60)
         assert httpx.get(f"http://{HOST}:{port}/x").status_code == 502
     finally:
         procs.stop_all()
@@ -544,8 +544,8 @@ def test_frontend_starts_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     try:
         (port,) = free_ports(1, HOST)
         fe = procs.start("frontend", "frontend", {"PORT": str(port)})
-        waited = wait_app(fe, lambda: tcp_open(port), timeout=5)
-        assert waited < 3.0, f"frontend took {waited:.2f}s to listen"  # sanity bound; imports are checked below
+        # how fast an app listens is held by what it imports (test_apps_import_only_light_modules), not by a clock
+        wait_app(fe, lambda: tcp_open(port), timeout=60)
         assert Procs.stop(fe) == 0
         assert "stopping signal=SIGTERM" in fe.stderr()
     finally:
