@@ -182,6 +182,10 @@ class Conflict(ApiError):
     code, reason = 409, "AlreadyExists"
 
 
+class Stale(ApiError):
+    code, reason = 409, "Conflict"
+
+
 class Forbidden(ApiError):
     code, reason = 403, "Forbidden"
 
@@ -510,11 +514,26 @@ class ClusterSim:
         return new
 
     def replace(self, api_version: str, plural: str, ns: str | None, name: str, body: Obj) -> Obj:
-        """PUT: the object becomes `body` (identity, creation time and status kept, as the API server does)."""
+        """PUT: the object becomes `body` (identity, creation time and status kept, as the API server does).
+
+        Optimistic concurrency as the API server has it: a stale
+        ``metadata.resourceVersion`` is a 409; none at all is a 422 for a
+        custom resource (its strategy allows no unconditional update,
+        apiextensions-apiserver ``customResourceStrategy``), while most
+        built-in kinds take it.
+        """
         key = (api_version, plural, ns, name)
         cur = self.objects.get(key)
         if cur is None:
             raise NotFound(f'{plural} "{name}" not found')
+        rv = (body.get("metadata") or {}).get("resourceVersion")
+        group = api_version.split("/")[0] if "/" in api_version else ""
+        if rv is None and "." in group and not group.endswith(".k8s.io"):
+            raise Invalid(f'{plural}.{group} "{name}" is invalid: metadata.resourceVersion: Invalid value: 0x0: '
+                          "must be specified for an update")  # fmt: skip
+        if rv is not None and str(rv) != str((cur.get("metadata") or {}).get("resourceVersion")):
+            raise Stale(f'Operation cannot be fulfilled on {plural}.{group} "{name}": the object has been modified; '
+                        "please apply your changes to the latest version and try again")  # fmt: skip
         new = copy.deepcopy(body)
         old_meta = cur.get("metadata") or {}
         meta = new.setdefault("metadata", {})

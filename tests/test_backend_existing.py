@@ -327,7 +327,37 @@ def test_someone_elses_proxy_defaults_is_never_changed_unless_told(
     assert pd["metadata"]["namespace"] == "platform" and pd["spec"]["accessLogs"]["enabled"] is True
     owner.down()
     (pd,) = _proxy_defaults(eks)
-    assert pd["spec"] == theirs["spec"]  # restored as it was
+    assert pd["spec"] == theirs["spec"]  # restored as it was (a PUT over the live resourceVersion)
+
+
+def test_a_second_down_finds_nothing_to_do(api: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> None:
+    """The nightly's clean-up step runs `down` after every run (.github/workflows/nightly-eks.yml): after a
+    run that took itself down, it must change nothing."""
+    b = _backend(api, tmp_path)
+    b.up(rendered(tmp_path))
+    b.down()
+    before = _mutations(api)
+    _backend(api, tmp_path).down()  # a new process, as the workflow's next step is
+    assert _mutations(api) == before
+
+
+def test_a_taken_over_proxy_defaults_deleted_meanwhile_is_recreated_as_it_was(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path
+) -> None:
+    theirs = {
+        "apiVersion": "consul.hashicorp.com/v1alpha1",
+        "kind": "ProxyDefaults",
+        "metadata": {"name": "global", "namespace": "platform"},
+        "spec": {"config": {"protocol": "tcp"}, "meshGateway": {"mode": "local"}},
+    }
+    api.seed(eks, theirs)
+    owner = _backend(api, tmp_path, own_mesh_defaults=True)
+    owner.up(rendered(tmp_path))
+    eks.request("DELETE", "/apis/consul.hashicorp.com/v1alpha1/namespaces/platform/proxydefaults/global")
+    assert wait_until(lambda: _proxy_defaults(eks) == [], 30)  # Consul's controller let it go
+    owner.down()
+    (pd,) = _proxy_defaults(eks)
+    assert pd["metadata"]["namespace"] == "platform" and pd["spec"] == theirs["spec"]
 
 
 def test_a_usable_proxy_defaults_is_kept_as_it_is(api: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> None:

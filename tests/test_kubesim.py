@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from harness.backends.kube import InventoryWatcher, KubeCluster, parse_k8s_time, pod_condition
+from harness.backends.kube import InventoryWatcher, KubeApiError, KubeCluster, parse_k8s_time, pod_condition
 from harness.contract.inventory import Inventory
 from tests import kubesim_tools
 from tests.conftest import wait_until
@@ -190,6 +190,29 @@ def test_consul_crds_get_a_synced_condition_and_a_finalizer(api: FakeApiServer, 
     c.delete("consul.hashicorp.com/v1alpha1", "ServiceDefaults", "consul", "web")
     assert wait_until(lambda: not c.exists("consul.hashicorp.com/v1alpha1", "ServiceDefaults", "consul", "web"), 5)
     assert ("ServiceDefaults", "web") not in api.sim.consul.entries  # type: ignore[union-attr]
+
+
+def test_a_replace_needs_the_live_resource_version_for_a_custom_resource(api: FakeApiServer, tmp_path: Path) -> None:
+    """PUT: optimistic concurrency as the API server has it (apiextensions-apiserver's customResourceStrategy)."""
+    c = api.cluster(tmp_path)
+    api.install_consul()
+    sd = {"apiVersion": "consul.hashicorp.com/v1alpha1", "kind": "ServiceDefaults",
+          "metadata": {"name": "web", "namespace": "consul"}, "spec": {"protocol": "http"}}  # fmt: skip
+    api.seed(c, sd)
+    url = "/apis/consul.hashicorp.com/v1alpha1/namespaces/consul/servicedefaults/web"
+    with pytest.raises(KubeApiError, match="must be specified for an update") as none:
+        c.request("PUT", url, body={**sd, "spec": {"protocol": "tcp"}})
+    live = c.request("GET", url)["metadata"]["resourceVersion"]
+    stale = {**sd, "metadata": {**sd["metadata"], "resourceVersion": str(int(live) - 1)}}
+    with pytest.raises(KubeApiError, match="the object has been modified") as old:
+        c.request("PUT", url, body={**stale, "spec": {"protocol": "tcp"}})
+    assert (none.value.status, old.value.status) == (422, 409)
+    fresh = {**sd, "metadata": {**sd["metadata"], "resourceVersion": live}, "spec": {"protocol": "tcp"}}
+    assert c.request("PUT", url, body=fresh)["spec"] == {"protocol": "tcp"}
+    # a built-in kind takes an unconditional update
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "n"}, "data": {"k": "1"}}
+    api.seed(c, cm)
+    assert c.request("PUT", "/api/v1/namespaces/n/configmaps/a", body={**cm, "data": {"k": "2"}})["data"] == {"k": "2"}
 
 
 def test_crds_are_served_only_once_the_chart_is_installed(api: FakeApiServer, tmp_path: Path) -> None:

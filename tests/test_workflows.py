@@ -71,6 +71,15 @@ def test_nightly_eks_schedule_oidc_concurrency_summary() -> None:
     assert "aws eks update-kubeconfig" in runs and "make nightly" in runs
     assert "GITHUB_STEP_SUMMARY" in runs
     assert any(str(s.get("uses", "")).startswith("actions/upload-artifact@") for s in steps)
+    # credentials outlive the job (the action's default session is 1 h, the job may take 90 min)
+    assert int(creds["with"]["role-duration-seconds"]) >= 60 * int(w["jobs"]["nightly"]["timeout-minutes"])
+    # a cancelled or timed-out run is killed before its own down: a step that always runs takes it down,
+    # and the run step leaves it time within the job's limit
+    run = next(s for s in steps if "make nightly" in str(s.get("run", "")))
+    clean = steps[steps.index(run) + 1]
+    assert clean["if"] == "always()" and clean["run"].startswith("make down BACKEND=existing")
+    assert 'CONTEXT="$CONTEXT"' in clean["run"] and 'ALLOW_CONTEXT="$CONTEXT"' in clean["run"]
+    assert int(run["timeout-minutes"]) <= int(w["jobs"]["nightly"]["timeout-minutes"]) - 15
 
 
 def test_gameday_is_manual_with_an_experiment_choice_and_dry_run_by_default() -> None:

@@ -803,6 +803,26 @@ class ExistingBackend(KubeBackend):
     def _helm_target(self) -> list[str]:
         return ["--kube-context", self.context] + (["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else [])
 
+    def _restore(self, original: dict[str, Any], kind: str, namespace: str | None, name: str) -> None:
+        """Put a taken-over mesh entry back as it was saved (re-created when it is gone).
+
+        A replace of a custom resource must carry the live object's
+        ``resourceVersion``: the API server refuses one without it (422, no
+        unconditional update for custom resources) and one that is stale
+        (409). So the live version is read first and the saved object goes
+        over exactly that one.
+        """
+        ref = self.cluster.resource(str(original["apiVersion"]), kind)
+        try:
+            live = self.cluster.request("GET", ref.item(namespace, name))
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+            self.cluster.apply_one(original)
+            return
+        meta = {**original["metadata"], "resourceVersion": live["metadata"]["resourceVersion"]}
+        self.cluster.request("PUT", ref.item(namespace, name), body={**original, "metadata": meta})
+
     def down(self) -> None:
         """Undo `up`: roll back faults in effect, restore taken-over mesh entries, delete what it created
         (namespaces last), uninstall Consul."""
@@ -812,13 +832,7 @@ class ExistingBackend(KubeBackend):
         state = self._state()
         for key, original in (state.get("mesh_backups") or {}).items():
             kind, ns, name = key.split("/", 2)
-            ref = self.cluster.resource(str(original["apiVersion"]), kind)
-            try:
-                self.cluster.request("PUT", ref.item(ns if ns != "None" else None, name), body=original)
-            except KubeApiError as exc:
-                if exc.status != 404:
-                    raise
-                self.cluster.apply_one(original)
+            self._restore(original, kind, ns if ns != "None" else None, name)
             self.progress(f"restored {kind} {ns}/{name} as it was before the run")
         applied = [AppliedObject.from_dict(d) for d in state.get("applied", [])]
         created_ns = {a.name for a in applied if a.created and a.kind == "Namespace"}

@@ -365,7 +365,14 @@ class KindBackend(KubeBackend):
                 + (f" loss {loss:g}%" if loss > 0 else "")
             )
             lines.append(f"tc qdisc add dev eth0 parent 1:4 handle 40: {netem}")
-            for cidr in peers(region):
+            # Not the control-plane's own address: users enter every zone through the NodePort kind
+            # publishes there, and kube-proxy source-NATs that traffic (externalTrafficPolicy Cluster) to
+            # it, so the edge pods' answers to users go to that address. Delayed, every user request into
+            # an edge zone paid the service link although the zone served it (and the in-zone baseline of
+            # the fallback penalty with it). kind's entry path, not the topology's: a city's users enter
+            # their zone directly. The control-plane's pods are Region pods and stay delayed.
+            entry = {f"{n.internal_ip}/32" for n in region if n.name == f"{self.cluster_name}-control-plane"}
+            for cidr in (c for c in peers(region) if c not in entry):
                 lines.append(f"tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst {cidr} flowid 1:4")
         return "\n".join(lines) + "\n"
 
