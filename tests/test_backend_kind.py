@@ -177,11 +177,19 @@ def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools) -> None
     script = tools.calls()[-1][5]
     for cidr in ("172.18.0.3/32", "10.244.1.0/24", "172.18.0.2/32"):
         assert f"iptables -A EH-CHAOS -d {cidr} -j DROP" in script  # partitioned from the Region
+    # ...but users still enter the cut-off zone: their NodePort traffic, source-NATed to the control-plane,
+    # reaches the entry Services' target (nginx, 80) and its answers go back, ahead of the drops
+    entry = ["iptables -A EH-CHAOS -s 172.18.0.2/32 -p tcp --dport 80 -j ACCEPT",
+             "iptables -A EH-CHAOS -d 172.18.0.2/32 -p tcp --sport 80 -j ACCEPT"]  # fmt: skip
+    rules = script.splitlines()
+    assert all(r in rules for r in entry)
+    assert max(map(rules.index, entry)) < rules.index("iptables -A EH-CHAOS -d 172.18.0.2/32 -j DROP")
     assert "netem delay 150ms loss 5%" in script
     backend.heal_zone(LAX)
     backend.clear_link(LAX)
     script = tools.calls()[-1][5]
     assert "172.18.0.3/32 -j DROP" not in script and "netem delay 12ms\n" in script
+    assert "ACCEPT" not in script  # healed: nothing is dropped, nothing needs letting through
     assert all(c[2] == "edge-worker3" for c in tools.calls())
 
     with pytest.raises(BackendError, match="us-west-2a is not an edge zone"):

@@ -93,6 +93,8 @@ def test_gameday_is_manual_with_an_experiment_choice_and_dry_run_by_default() ->
     assert real["if"] == "${{ !inputs.dry_run }}"
     dry = next(s for s in steps if s.get("if") == "inputs.dry_run")
     assert "harness chaos" in dry["run"] and "--execute" not in dry["run"]  # the plan, nothing injected
+    # the plan goes through `| tee`: only `shell: bash` (-eo pipefail) fails the step when the plan is refused
+    assert "| tee" in dry["run"] and dry["shell"] == "bash"
 
 
 def test_make_nightly_runs_only_faults_eks_can_do() -> None:

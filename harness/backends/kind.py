@@ -19,6 +19,10 @@ every kind node image ships (iptables, tc):
   `set_link`, and a service-link fault is refused before anything is injected;
 - partition: the edge node also drops Region peers (control plane included:
   a cut service link cuts the EKS control plane too).
+- neither touches the users' way in: the control-plane's published NodePort,
+  source-NATed to its own address, to the entry Services' target port
+  (`network_script`): kind's entry path, where a city's users would enter
+  their zone directly.
 
 A node kill is real: `docker stop` of the node container; `docker start`
 brings it back and the node's network rules are re-imposed (a restarted
@@ -344,6 +348,14 @@ class KindBackend(KubeBackend):
         other_edge = [n for n in nodes if n.zone != node.zone and n.zone_type and n.zone_type != "availability-zone"]
         region = [n for n in nodes if n.zone != node.zone and n not in other_edge]
         blocked = peers(other_edge) + (peers(region) if partitioned else [])
+        # Users enter every zone through the NodePort kind publishes on the control-plane, and kube-proxy
+        # source-NATs that traffic (externalTrafficPolicy Cluster) to the control-plane's own address: the
+        # edge pods' answers to users go there. kind's entry path, not the topology's (a city's users enter
+        # their zone directly), so it takes neither the service link's delay (every user request into an
+        # edge zone paid it, the in-zone baseline of the fallback penalty with it) nor a partition (users
+        # could not enter a cut-off zone at all). The control-plane's other ports (the API server: a cut
+        # service link cuts the EKS control plane too) and its pods, Region pods, are the Region's.
+        entry = [f"{n.internal_ip}/32" for n in region if n.name == f"{self.cluster_name}-control-plane"]
         lines = [
             "set -e",
             f"iptables -N {CHAIN} 2>/dev/null || true",
@@ -352,6 +364,11 @@ class KindBackend(KubeBackend):
             f"  iptables -C $c -j {CHAIN} 2>/dev/null || iptables -I $c 1 -j {CHAIN}",
             "done",
         ]
+        if partitioned:
+            for ip in entry:
+                for port in self._entry_ports():
+                    lines.append(f"iptables -A {CHAIN} -s {ip} -p tcp --dport {port} -j ACCEPT")
+                    lines.append(f"iptables -A {CHAIN} -d {ip} -p tcp --sport {port} -j ACCEPT")
         for cidr in blocked:
             lines.append(f"iptables -A {CHAIN} -d {cidr} -j DROP")
             lines.append(f"iptables -A {CHAIN} -s {cidr} -j DROP")
@@ -365,16 +382,29 @@ class KindBackend(KubeBackend):
                 + (f" loss {loss:g}%" if loss > 0 else "")
             )
             lines.append(f"tc qdisc add dev eth0 parent 1:4 handle 40: {netem}")
-            # Not the control-plane's own address: users enter every zone through the NodePort kind
-            # publishes there, and kube-proxy source-NATs that traffic (externalTrafficPolicy Cluster) to
-            # it, so the edge pods' answers to users go to that address. Delayed, every user request into
-            # an edge zone paid the service link although the zone served it (and the in-zone baseline of
-            # the fallback penalty with it). kind's entry path, not the topology's: a city's users enter
-            # their zone directly. The control-plane's pods are Region pods and stay delayed.
-            entry = {f"{n.internal_ip}/32" for n in region if n.name == f"{self.cluster_name}-control-plane"}
             for cidr in (c for c in peers(region) if c not in entry):
                 lines.append(f"tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst {cidr} flowid 1:4")
         return "\n".join(lines) + "\n"
+
+    def _entry_ports(self) -> list[int]:
+        """The container ports the zones' entry Services send users to (a named target resolved in the
+        Deployments they select): what a partition leaves open between the control-plane and an edge node."""
+        m = self.manifests()
+        ports: set[int] = set()
+        for svc in m.entry_objects(ENTRY_VARIANT):
+            selector = (svc.get("spec") or {}).get("selector") or {}
+            for p in (svc.get("spec") or {}).get("ports") or []:
+                target = p.get("targetPort", p.get("port"))
+                if isinstance(target, int):
+                    ports.add(target)
+                    continue
+                for d in m.of_kind("Deployment"):
+                    tpl = d["spec"]["template"]
+                    labels = (tpl.get("metadata") or {}).get("labels") or {}
+                    if selector and all(labels.get(k) == v for k, v in selector.items()):
+                        ports |= {int(cp["containerPort"]) for c in tpl["spec"]["containers"]
+                                  for cp in c.get("ports") or [] if cp.get("name") == target}  # fmt: skip
+        return sorted(ports)
 
     def _apply_network(self, node: NodeInfo) -> None:
         self._run("docker", "exec", node.name, "sh", "-c", self.network_script(node))
