@@ -341,6 +341,41 @@ def test_a_second_down_finds_nothing_to_do(api: FakeApiServer, eks: KubeCluster,
     assert _mutations(api) == before
 
 
+@pytest.mark.parametrize("writes", [1, 99], ids=["once", "always"])
+def test_a_restore_reads_again_when_the_entry_changed_under_it(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writes: int
+) -> None:
+    """Someone writes between down's read and its replace (Consul's controller updating the status): 409, read again."""
+    theirs = {
+        "apiVersion": "consul.hashicorp.com/v1alpha1",
+        "kind": "ProxyDefaults",
+        "metadata": {"name": "global", "namespace": "platform"},
+        "spec": {"config": {"protocol": "tcp"}, "meshGateway": {"mode": "local"}},
+    }
+    api.seed(eks, theirs)
+    owner = _backend(api, tmp_path, own_mesh_defaults=True)
+    owner.up(rendered(tmp_path))
+    url = "/apis/consul.hashicorp.com/v1alpha1/namespaces/platform/proxydefaults/global"
+    real = owner.cluster.request
+    left = [writes]
+
+    def racing(method: str, path: str, **kw: Any) -> Any:
+        if method == "PUT" and path == url and left[0] > 0:
+            left[0] -= 1
+            eks.request("PATCH", url, body={"metadata": {"labels": {"touched": str(left[0])}}},
+                        content_type="application/merge-patch+json")  # fmt: skip
+        return real(method, path, **kw)
+
+    monkeypatch.setattr(owner.cluster, "request", racing)
+    if writes > 5:
+        with pytest.raises(BackendError, match=r"^ProxyDefaults platform/global: changed under every one of 5"):
+            owner.down()
+        return
+    owner.down()
+    (pd,) = _proxy_defaults(eks)
+    assert pd["spec"] == theirs["spec"] and left == [0]
+
+
 def test_a_taken_over_proxy_defaults_deleted_meanwhile_is_recreated_as_it_was(
     api: FakeApiServer, eks: KubeCluster, tmp_path: Path
 ) -> None:

@@ -200,6 +200,8 @@ def test_a_replace_needs_the_live_resource_version_for_a_custom_resource(api: Fa
           "metadata": {"name": "web", "namespace": "consul"}, "spec": {"protocol": "http"}}  # fmt: skip
     api.seed(c, sd)
     url = "/apis/consul.hashicorp.com/v1alpha1/namespaces/consul/servicedefaults/web"
+    # the controller writes the status once it has synced (a write: a new resourceVersion); wait for that
+    assert wait_until(lambda: (c.request("GET", url).get("status") or {}).get("lastSyncedTime") is not None, 5)
     with pytest.raises(KubeApiError, match="must be specified for an update") as none:
         c.request("PUT", url, body={**sd, "spec": {"protocol": "tcp"}})
     live = c.request("GET", url)["metadata"]["resourceVersion"]

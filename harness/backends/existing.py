@@ -215,6 +215,10 @@ def _access_logs_usable(spec: Mapping[str, Any]) -> bool:
     )
 
 
+RESTORE_ATTEMPTS = 5
+"""A taken-over mesh entry is put back over its live version: read again this often when it changed meanwhile."""
+
+
 class ExistingBackend(KubeBackend):
     """A cluster reached through kubeconfig context `context`."""
 
@@ -810,18 +814,26 @@ class ExistingBackend(KubeBackend):
         ``resourceVersion``: the API server refuses one without it (422, no
         unconditional update for custom resources) and one that is stale
         (409). So the live version is read first and the saved object goes
-        over exactly that one.
+        over exactly that one; when something wrote in between (Consul's
+        controller updates the status of what it syncs) it is read again.
         """
         ref = self.cluster.resource(str(original["apiVersion"]), kind)
-        try:
-            live = self.cluster.request("GET", ref.item(namespace, name))
-        except KubeApiError as exc:
-            if exc.status != 404:
-                raise
-            self.cluster.apply_one(original)
-            return
-        meta = {**original["metadata"], "resourceVersion": live["metadata"]["resourceVersion"]}
-        self.cluster.request("PUT", ref.item(namespace, name), body={**original, "metadata": meta})
+        for _attempt in range(RESTORE_ATTEMPTS):
+            try:
+                live = self.cluster.request("GET", ref.item(namespace, name))
+            except KubeApiError as exc:
+                if exc.status != 404:
+                    raise
+                self.cluster.apply_one(original)
+                return
+            meta = {**original["metadata"], "resourceVersion": live["metadata"]["resourceVersion"]}
+            try:
+                self.cluster.request("PUT", ref.item(namespace, name), body={**original, "metadata": meta})
+                return
+            except KubeApiError as exc:
+                if exc.status != 409:
+                    raise
+        raise BackendError(f"{kind} {namespace}/{name}: changed under every one of {RESTORE_ATTEMPTS} restores")
 
     def down(self) -> None:
         """Undo `up`: roll back faults in effect, restore taken-over mesh entries, delete what it created
