@@ -837,14 +837,27 @@ class ExistingBackend(KubeBackend):
 
     def down(self) -> None:
         """Undo `up`: roll back faults in effect, restore taken-over mesh entries, delete what it created
-        (namespaces last), uninstall Consul."""
+        (namespaces last), uninstall Consul.
+
+        A mesh entry that cannot be restored does not stop the rest (the run's
+        objects would stay, and Consul if `up` installed it): it stays in the
+        state file, for the next `down` to try again, and `down` ends by
+        naming it.
+        """
         self.close()
         for line in self.rollback_active():
             self.progress(f"rolled back {line}")
         state = self._state()
+        unrestored: dict[str, Any] = {}
+        failures: list[str] = []
         for key, original in (state.get("mesh_backups") or {}).items():
             kind, ns, name = key.split("/", 2)
-            self._restore(original, kind, ns if ns != "None" else None, name)
+            try:
+                self._restore(original, kind, ns if ns != "None" else None, name)
+            except (BackendError, KubeApiError) as exc:
+                unrestored[key] = original
+                failures.append(f"{kind} {ns}/{name} not restored: {exc}")
+                continue
             self.progress(f"restored {kind} {ns}/{name} as it was before the run")
         applied = [AppliedObject.from_dict(d) for d in state.get("applied", [])]
         created_ns = {a.name for a in applied if a.created and a.kind == "Namespace"}
@@ -861,6 +874,10 @@ class ExistingBackend(KubeBackend):
             helm(["uninstall", str(installed["name"]), "-n", str(installed["namespace"]), *self._helm_target()])
             if installed.get("namespace_created"):
                 self.cluster.delete("v1", "Namespace", None, str(installed["namespace"]))
+        if failures:
+            self._state_file.write_text(json.dumps({"manifests": state.get("manifests"), "mesh_backups": unrestored},
+                                                   indent=2) + "\n", encoding="utf-8")  # fmt: skip
+            raise BackendError("; ".join(failures) + f" (kept in {self._state_file} for the next down)")
         self._state_file.unlink(missing_ok=True)
 
     def status(self) -> Status:
