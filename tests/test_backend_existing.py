@@ -287,6 +287,23 @@ def test_an_existing_consul_is_checked_before_anything_changes(
 # -- finding 4: mesh-wide config entries ---------------------------------------------------
 
 
+THEIR_PROXY_DEFAULTS: dict[str, Any] = {
+    "apiVersion": "consul.hashicorp.com/v1alpha1",
+    "kind": "ProxyDefaults",
+    "metadata": {"name": "global", "namespace": "platform"},
+    "spec": {"config": {"protocol": "tcp"}, "meshGateway": {"mode": "local"}},
+}
+"""Another team's mesh-wide defaults, already in the cluster before the run."""
+
+
+def _taken_over(api: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> ExistingBackend:
+    """A backend that took over THEIR_PROXY_DEFAULTS (--own-mesh-defaults) and is up."""
+    api.seed(eks, THEIR_PROXY_DEFAULTS)
+    owner = _backend(api, tmp_path, own_mesh_defaults=True)
+    owner.up(rendered(tmp_path))
+    return owner
+
+
 def _proxy_defaults(c: KubeCluster) -> list[dict[str, Any]]:
     return list((c.request("GET", "/apis/consul.hashicorp.com/v1alpha1/proxydefaults") or {}).get("items") or [])
 
@@ -307,12 +324,7 @@ def test_absent_proxy_defaults_is_created_without_a_mesh_protocol_and_removed_on
 def test_someone_elses_proxy_defaults_is_never_changed_unless_told(
     api: FakeApiServer, eks: KubeCluster, tmp_path: Path
 ) -> None:
-    theirs = {
-        "apiVersion": "consul.hashicorp.com/v1alpha1",
-        "kind": "ProxyDefaults",
-        "metadata": {"name": "global", "namespace": "platform"},
-        "spec": {"config": {"protocol": "tcp"}, "meshGateway": {"mode": "local"}},
-    }
+    theirs = THEIR_PROXY_DEFAULTS
     api.seed(eks, theirs)
     before = _mutations(api)
     b = _backend(api, tmp_path)
@@ -346,15 +358,8 @@ def test_a_restore_reads_again_when_the_entry_changed_under_it(
     api: FakeApiServer, eks: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writes: int
 ) -> None:
     """Someone writes between down's read and its replace (Consul's controller updating the status): 409, read again."""
-    theirs = {
-        "apiVersion": "consul.hashicorp.com/v1alpha1",
-        "kind": "ProxyDefaults",
-        "metadata": {"name": "global", "namespace": "platform"},
-        "spec": {"config": {"protocol": "tcp"}, "meshGateway": {"mode": "local"}},
-    }
-    api.seed(eks, theirs)
-    owner = _backend(api, tmp_path, own_mesh_defaults=True)
-    owner.up(rendered(tmp_path))
+    theirs = THEIR_PROXY_DEFAULTS
+    owner = _taken_over(api, eks, tmp_path)
     url = "/apis/consul.hashicorp.com/v1alpha1/namespaces/platform/proxydefaults/global"
     real = owner.cluster.request
     left = [writes]
@@ -392,15 +397,8 @@ def test_a_restore_reads_again_when_the_entry_changed_under_it(
 def test_a_taken_over_proxy_defaults_deleted_meanwhile_is_recreated_as_it_was(
     api: FakeApiServer, eks: KubeCluster, tmp_path: Path
 ) -> None:
-    theirs = {
-        "apiVersion": "consul.hashicorp.com/v1alpha1",
-        "kind": "ProxyDefaults",
-        "metadata": {"name": "global", "namespace": "platform"},
-        "spec": {"config": {"protocol": "tcp"}, "meshGateway": {"mode": "local"}},
-    }
-    api.seed(eks, theirs)
-    owner = _backend(api, tmp_path, own_mesh_defaults=True)
-    owner.up(rendered(tmp_path))
+    theirs = THEIR_PROXY_DEFAULTS
+    owner = _taken_over(api, eks, tmp_path)
     eks.request("DELETE", "/apis/consul.hashicorp.com/v1alpha1/namespaces/platform/proxydefaults/global")
     assert wait_until(lambda: _proxy_defaults(eks) == [], 30)  # Consul's controller let it go
     owner.down()
