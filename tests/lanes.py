@@ -70,7 +70,7 @@ def _merge_junit(parts: list[Path], dest: Path) -> None:
 
 def main(argv: list[str]) -> int:
     args, junit = _split_junit(argv)
-    procs: list[tuple[str, subprocess.Popen[bytes], Path, Path | None]] = []
+    procs: list[tuple[str, str, subprocess.Popen[bytes], Path, Path | None]] = []
     tmp = Path(tempfile.mkdtemp(prefix="eh-lanes-"))
     try:
         for name, expr, niceness, lane_args in LANES:
@@ -80,13 +80,12 @@ def main(argv: list[str]) -> int:
             if lane_junit is not None:
                 cmd.append(f"--junitxml={lane_junit}")
             with log.open("wb") as fh:
-                procs.append((name, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), log, lane_junit))
+                procs.append((name, expr, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), log, lane_junit))
         rcs: list[int] = []
-        for name, proc, log, _ in procs:
+        for name, expr, proc, log, _ in procs:
             rc = proc.wait()
             # pytest exit 5: no tests collected in this lane (e.g. a -k that selects only the other one)
             rcs.append(0 if rc == 5 else rc)
-            expr = next(e for n, e, _, _ in LANES if n == name)
             print(f"===== lane {name!r} (pytest -m {expr!r}): exit {rc} =====", flush=True)
             sys.stdout.write(log.read_text(errors="replace"))
             sys.stdout.flush()
@@ -94,10 +93,10 @@ def main(argv: list[str]) -> int:
             _merge_junit([j for *_, j in procs if j is not None], junit)
         return next((rc for rc in rcs if rc != 0), 0)
     except KeyboardInterrupt:
-        for _, proc, _, _ in procs:
+        for _, _, proc, _, _ in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)  # pytest runs its finalizers (clusters down)
-        for _, proc, _, _ in procs:
+        for _, _, proc, _, _ in procs:
             proc.wait()
         return 130
     finally:
