@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 # backend flags, shared by every target that talks to a cluster
 BFLAGS    = --backend $(BACKEND) $(if $(CONTEXT),--context $(CONTEXT)) $(if $(ALLOW_CONTEXT),--allow-context $(ALLOW_CONTEXT))
 
-APT_PKGS  := nftables iproute2 chromium procps
+APT_PKGS  := nftables iproute2 chromium procps openssl
 
 .PHONY: all e2e nightly test test-fast test-properties test-install fuzz soak lint lint-imports bench clean chaos render up down status venv deps
 

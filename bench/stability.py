@@ -141,6 +141,16 @@ def host_load(run_dir: Path) -> str:
     return f"{line}, probes x{scale:g}"
 
 
+def retry_overflow(run_dir: Path) -> str:
+    """Requests kills cut off over Envoy's concurrent-retry limit (verdict windows): reported, not in the budget."""
+    try:
+        verdict = json.loads((run_dir / "verdict.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    n = sum(int(w.get("retry_overflow", 0)) for i in verdict.get("invariants") or [] for w in i.get("windows") or [])
+    return f"; {n} cut off at kills over Envoy's 3 concurrent retries" if n else ""
+
+
 def spread(values: list[float]) -> str:
     if not values:
         return "-"
@@ -190,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results.append(r)
             status = "PASS" if r.passed else f"FAIL {r.first_failure}"
-            print(f"run {i + 1}: {status}  ({r.run_dir}; {host_load(r.run_dir)})", flush=True)
+            where = f"{r.run_dir}; {host_load(r.run_dir)}{retry_overflow(r.run_dir)}"
+            print(f"run {i + 1}: {status}  ({where})", flush=True)
     return 0 if report(results, a.runs) else 1
 
 

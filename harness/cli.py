@@ -140,6 +140,14 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edition", choices=["ce", "enterprise"], help="override the topology's Consul edition")
 
 
+def _dry_run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="existing: print the plan and stop, even when nothing in it is destructive (a game day's first look: "
+        "nothing is injected, nothing created); not with --execute",
+    )  # fmt: skip
+
+
 def _preflight_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preflight",
@@ -325,7 +333,8 @@ def cmd_chaos(a: argparse.Namespace) -> int:
     capabilities (exit 2, no run directory created). On a cluster that can be
     planned (existing) the plan (nodes, pods, durations, blast radius, steady
     state) is printed next: over the blast radius is exit 2, destructive
-    without --execute a dry run (exit 0), a steady state that does not hold
+    without --execute or anything with --dry-run a dry run (exit 0), a
+    steady state that does not hold
     exit 1, a kill switch that is on exit 3: in each case nothing is injected
     and no run directory is created. `--abort RUN_DIR` is the kill switch.
     Afterwards the journal is judged, not just its status: a steady state that
@@ -339,12 +348,13 @@ def cmd_chaos(a: argparse.Namespace) -> int:
     from harness.backends import choose, connect
     from harness.backends.fence import engaged_switch, kill_switch_paths
     from harness.chaos import load_experiment, plan_run, run_planned, write_plan
-    from harness.gameday import dry_run_banner, plan_experiment
+    from harness.gameday import check_dry_run, dry_run_banner, plan_experiment
     from harness.run import new_run_dir
 
     load_experiment(a.experiment)  # malformed: exit 2 before any backend is touched
     bopts = _bopts(a)
     bopts.name, _ = choose(bopts.name)
+    dry_run = check_dry_run(a.dry_run, bopts.execute, bopts.name)
     b = connect(bopts)
     try:
         st = b.status()
@@ -359,8 +369,8 @@ def cmd_chaos(a: argparse.Namespace) -> int:
             for line in plan.lines():
                 out.print(line, markup=False, highlight=False)
             plan.refuse_over_blast_radius()
-            if plan.destructive and not bopts.execute:
-                out.print(dry_run_banner(plan), markup=False, highlight=False)
+            if dry_run or (plan.destructive and not bopts.execute):
+                out.print(dry_run_banner(plan, asked=dry_run), markup=False, highlight=False)
                 return EXIT_PASS
             if plan.steady:
                 err.print(
@@ -443,7 +453,7 @@ def cmd_e2e(a: argparse.Namespace) -> int:
         topology=a.topology, manifests=a.manifests, edition=a.edition, experiments=list(a.experiment),
         users=a.users, keep=a.keep, processes=a.processes, warmup_s=a.warmup, cooldown_s=a.cooldown,
         preflight=a.preflight, workers_in_zone=a.workers_in_zone, locust_master_host=a.locust_master_host,
-        locust_master_port=a.locust_master_port,
+        locust_master_port=a.locust_master_port, dry_run=a.dry_run,
     )  # fmt: skip
     # progress (harness/progress.py): a live panel on a terminal, plain lines in CI logs
     progress = E2EProgress(out)
@@ -506,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_args(p)
     p.add_argument("experiment", type=_experiment, nargs="?", help=EXPERIMENT_HELP)
     p.add_argument("--run-dir", type=Path)
+    _dry_run_arg(p)
     p.add_argument(
         "--abort", type=Path, metavar="RUN_DIR",
         help="kill switch: roll back every fault in effect now and stop the run's chaos processes",
@@ -541,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--locust-master-host", help="this machine as the worker pods reach it (kind: found by itself)")
     p.add_argument("--locust-master-port", type=int, default=5557)
+    _dry_run_arg(p)
     _preflight_arg(p)
     p.set_defaults(fn=cmd_e2e)
     return ap

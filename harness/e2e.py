@@ -72,6 +72,7 @@ class E2EOptions:
     workers_in_zone: bool = False
     locust_master_host: str | None = None  # how pods reach this machine (kind: the Docker network's gateway)
     locust_master_port: int = 5557
+    dry_run: bool = False  # existing: print the plan and stop, destructive or not (`--dry-run`)
 
 
 @dataclass
@@ -322,6 +323,7 @@ def run_e2e(
 ) -> E2EResult:
     """The whole loop; `on_start(run_dir, planned)` is called once the run directory exists (progress display)."""
     from harness.chaos import plan_run, run_planned, write_plan
+    from harness.gameday import check_dry_run, dry_run_e2e
     from harness.observe import build_hops
     from harness.render.manifests import load
     from harness.report import write_junit, write_report
@@ -331,14 +333,13 @@ def run_e2e(
 
     name, why = choose(bopts.name)
     bopts.name = name
+    check_dry_run(opts.dry_run, bopts.execute, name)
     topology = _topology_of(opts)
     backend = connect(bopts)
     try:
         # bad input, or a fault the cluster cannot do where the backend can tell now (EKS): no run dir, no cluster
         planned = check_inputs(opts, backend, topology)
         if name == "existing":  # destructive chaos on someone else's cluster: the plan only, unless --execute
-            from harness.gameday import dry_run_e2e
-
             lines = dry_run_e2e(planned, opts, bopts, load)
             if lines is not None:
                 raise DryRun("\n".join(lines))

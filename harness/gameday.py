@@ -199,10 +199,22 @@ def plan_experiment(path: Path, data: Mapping[str, Any], backend: Any) -> Gameda
     )
 
 
-def dry_run_banner(plan: GamedayPlan) -> str:
+def check_dry_run(dry_run: bool, execute: bool, backend: str) -> bool:
+    """`--dry-run`, checked before anything is touched: it contradicts `--execute`, and plans someone else's cluster."""
+    if not dry_run:
+        return False
+    if execute:
+        raise InputError("--dry-run", "", "not with --execute (or EH_EXECUTE=1): a dry run injects nothing")
+    if backend != "existing":
+        raise InputError("--dry-run", "", "--backend existing only (a plan is of a cluster that is not ours)")
+    return True
+
+
+def dry_run_banner(plan: GamedayPlan, asked: bool = False) -> str:
+    """The plan's last line: why the run stops here (`asked`: `--dry-run`, else destructive without --execute)."""
+    why = "--dry-run was given" if asked else "has destructive actions and --execute was not given"
     return (
-        f"DRY RUN: {plan.experiment} has destructive actions and --execute was not given: nothing was injected, "
-        "nothing was created (rerun with --execute to run it)"
+        f"DRY RUN: {plan.experiment} {why}: nothing was injected, nothing was created (rerun with --execute to run it)"
     )
 
 
@@ -273,7 +285,10 @@ def dry_run_e2e(planned: list[Any], opts: Any, bopts: Any, load: Callable[[Path]
 
     Returns the lines to print (the run stops there: nothing is brought up,
     no run directory is made), or None when the run may go on (nothing
-    destructive, or --execute). The run's own pods do not exist yet, so the
+    destructive, or --execute). `opts.dry_run` (`--dry-run`) always stops
+    here, destructive or not: a game day's first look at what would be hit
+    must not run a pod kill because a pod kill is not destructive to the
+    cluster's owner. The run's own pods do not exist yet, so the
     plan shows the nodes and the pods of other workloads a fault would hit.
     `planned` are `harness.chaos.PlannedExperiment`s: their data has the roles
     resolved against the topology, so the plan names real zones.
@@ -284,11 +299,13 @@ def dry_run_e2e(planned: list[Any], opts: Any, bopts: Any, load: Callable[[Path]
     from harness.chaos import required_primitives
     from harness.e2e import prepare_manifests
 
-    if bopts.execute or not planned:
+    asked = bool(opts.dry_run)
+    if not asked and (bopts.execute or not planned):
         return None
     datas = [(Path(p.file), p.data) for p in planned]
-
-    if not any(prim in DESTRUCTIVE for _p, d in datas for _i, _f, prim in required_primitives(d)):
+    if not datas:
+        return ["DRY RUN: no experiment planned: nothing was injected, nothing was created"]
+    if not asked and not any(prim in DESTRUCTIVE for _p, d in datas for _i, _f, prim in required_primitives(d)):
         return None
     with tempfile.TemporaryDirectory(prefix="eh-dry-run-") as tmp:
         m = load(prepare_manifests(opts, Path(tmp)))
@@ -299,7 +316,7 @@ def dry_run_e2e(planned: list[Any], opts: Any, bopts: Any, load: Callable[[Path]
                 plan = plan_experiment(p, d, b)
                 if plan is not None:
                     plan.steady = None  # before `up` the run has no steady state yet
-                    lines += [*plan.lines(), dry_run_banner(plan)]
+                    lines += [*plan.lines(), dry_run_banner(plan, asked)]
             return lines
         finally:
             b.close()

@@ -71,15 +71,20 @@ import json
 import random
 import re
 import shlex
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
 import yaml
+
+from harness.backends.local.certs import CertAuthority, spiffe_id
 
 # -- small helpers ---------------------------------------------------------------
 
@@ -356,6 +361,9 @@ class ClusterSim:
         self.helm_calls: list[dict[str, Any]] = []
         self.lb_listeners: dict[tuple[str, str], int] = {}
         self.upstream_stats: dict[str, dict[str, dict[str, dict[str, int]]]] = {}  # pod -> cluster -> host -> ctr
+        self._ca: CertAuthority | None = None  # Consul's built-in CA (leaf certificates), made on first use
+        self._ca_dir: str | None = None
+        self.edge_probes: list[dict[str, Any]] = []  # the mTLS calls probe pods made: source, destination, answer
         self._rr = itertools.count()
         self.paused: set[str] = set()  # controllers stopped by a test ("workloads": kube-controller-manager down)
         self._task: asyncio.Task[None] | None = None
@@ -381,6 +389,8 @@ class ClusterSim:
         for runner in self.host_listeners:
             runner.close()
         self.host_listeners.clear()
+        if self._ca_dir is not None:
+            shutil.rmtree(self._ca_dir, ignore_errors=True)
 
     def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Run `fn` (sync, or returning an awaitable) on the loop from a test thread; its result."""
@@ -840,7 +850,8 @@ class ClusterSim:
             return aiohttp.web.json_response(status_obj(400, "BadRequest", msg), status=400)
         run = self.pods.get(str(pod["metadata"]["uid"]))
         cont = run.current if run is not None else None
-        if cont is None or not cont.alive:
+        finished = run is not None and run.exited  # a completed container's log stays readable, as on a kubelet
+        if cont is None or (not cont.alive and not finished):
             msg = f'container "{cname}" in pod "{name}" is waiting to start: ContainerCreating'
             return aiohttp.web.json_response(status_obj(400, "BadRequest", msg), status=400)
         since = parse_time(params.get("sinceTime"))
@@ -1217,7 +1228,7 @@ class ClusterSim:
     def _finish_job(self, pod: Obj, run: PodRun, now: float) -> None:
         """A run-to-completion pod (the NetworkPolicy probe client): exit 0 or 1."""
         run.exited = True
-        code = self._job_exit_code(pod)
+        code = self._edge_probe(pod, run) if _edge_probe_env(pod) else self._job_exit_code(pod)
         phase = "Succeeded" if code == 0 else "Failed"
         c0 = ((pod.get("spec") or {}).get("containers") or [{}])[0]
         self.patch(
@@ -1243,6 +1254,53 @@ class ClusterSim:
         )
         if run.current is not None:
             self.loop_task(self._stop_container(run.current))
+
+    def ca(self) -> CertAuthority:
+        """Consul's CA: one root per cluster (the trust domain's), leaves per service as `/v1/agent/connect/ca/leaf`."""
+        if self._ca is None:
+            self._ca_dir = tempfile.mkdtemp(prefix="kubesim-ca-")
+            td = self.consul.trust_domain if self.consul else "td.consul"
+            self._ca = CertAuthority(Path(self._ca_dir), trust_domain=td)
+        return self._ca
+
+    def _edge_probe(self, pod: Obj, run: PodRun) -> int:
+        """A probe pod's `openssl s_client` call to a sidecar's inbound listener (harness.backends.kube.edgeprobe).
+
+        What a real one meets: nothing listening unless the address is a live
+        injected pod's port 20000; the sidecar then presents its service's
+        leaf and requires a client certificate of the same CA; its RBAC
+        (intentions, by the caller certificate's SPIFFE ID) answers 403 for
+        HTTP or closes a TCP connection. Printed in s_client's shape: server
+        certificate, verification result, then the answer.
+        """
+        env = _edge_probe_env(pod)
+        ip, _, port = env.get("PROBE_ADDR", "").rpartition(":")
+        target = next((p for p in self.items("v1", "pods") if (p.get("status") or {}).get("podIP") == ip), None)
+        out: list[str] = ["CONNECTED(00000003)"]
+        injected = target is not None and any(
+            c.get("name") == "consul-dataplane" for c in (target.get("spec") or {}).get("containers") or []
+        )
+        if target is None or not self._alive(target) or port != "20000" or not injected or self.consul is None:
+            out = ["connect:errno=111", "eh-probe-exit: 1"]
+        else:
+            source = _spiffe_service(env.get("PROBE_CERT", ""), self.ca().ca_pem)
+            dest = str((target["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service"))
+            leaf = self.ca().leaf(dest, datacenter=self.consul.datacenter)
+            if source is None:  # a client certificate of another CA: the handshake fails
+                out += ["error:0A000418:SSL routines::tlsv1 alert unknown ca", "eh-probe-exit: 1"]
+            else:
+                out += ["---", "Server certificate", *Path(leaf.cert).read_text().strip().splitlines()]
+                out += [f"subject=CN = {dest}", "---", "    Verify return code: 0 (ok)", "---"]
+                allowed = self._intention_allowed(source, dest)
+                if self._protocol(dest) != "tcp":
+                    out += ["HTTP/1.1 200 OK" if allowed else "HTTP/1.1 403 Forbidden", "connection: close", ""]
+                    out += ["ok" if allowed else "RBAC: access denied"]
+                out += ["closed", "eh-probe-exit: 0"]
+                self.edge_probes.append({"source": source, "destination": dest, "allowed": allowed})
+        if run.current is not None:
+            now = time.time_ns()
+            run.current.logs.setdefault("probe", []).extend((now, line) for line in out)
+        return 0
 
     def _job_exit_code(self, pod: Obj) -> int:
         """`wget ... http://IP:PORT/`: 0 when the connection would be allowed."""
@@ -1708,6 +1766,22 @@ class ClusterSim:
                     if k == crd_kind
                 ]
             )
+        m = re.fullmatch(r"/v1/agent/connect/ca/leaf/([^/]+)", path)
+        if m:
+            leaf = self.ca().leaf(m.group(1), namespace=req.query.get("ns", "default"), datacenter=c.datacenter)
+            return aiohttp.web.json_response(
+                {
+                    "SerialNumber": hashlib.sha1(Path(leaf.cert).read_bytes()).hexdigest()[:16],
+                    "CertPEM": Path(leaf.cert).read_text(),
+                    "PrivateKeyPEM": Path(leaf.key).read_text(),
+                    "Service": m.group(1),
+                    "ServiceURI": spiffe_id(c.trust_domain, req.query.get("ns", "default"), c.datacenter, m.group(1)),
+                }
+            )
+        if path == "/v1/agent/connect/ca/roots":
+            root = {"ID": "root-1", "Name": "Consul CA Primary Cert", "RootCert": self.ca().ca_pem.decode(),
+                    "IntermediateCerts": None, "Active": True}  # fmt: skip
+            return aiohttp.web.json_response({"ActiveRootID": "root-1", "TrustDomain": c.trust_domain, "Roots": [root]})
         m = re.fullmatch(r"/v1/discovery-chain/([^/]+)", path)
         if m:
             return aiohttp.web.json_response({"Chain": self._chain(m.group(1))})
@@ -2477,6 +2551,31 @@ def _tolerates(tol: Obj, taint: Obj) -> bool:
     if tol.get("operator") == "Exists":
         return not tol.get("key") or tol.get("key") == taint.get("key")
     return tol.get("key") == taint.get("key") and str(tol.get("value", "")) == str(taint.get("value", ""))
+
+
+def _edge_probe_env(pod: Obj) -> dict[str, str]:
+    """The environment of an edge probe pod's container (PROBE_ADDR, PROBE_CERT, ...); empty for any other pod."""
+    c0 = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+    env = {str(e.get("name")): str(e.get("value", "")) for e in c0.get("env") or []}
+    return env if "PROBE_ADDR" in env and "PROBE_SNI" in env else {}
+
+
+def _spiffe_service(cert_pem: str, ca_pem: bytes) -> str | None:
+    """The service of a client certificate's SPIFFE ID, when the CA signed it (else the handshake fails)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        key = ca.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))  # type: ignore[arg-type]
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uri = san.get_values_for_type(x509.UniformResourceIdentifier)[0]
+    except Exception:
+        return None
+    return str(uri).rsplit("/svc/", 1)[-1]
 
 
 def _is_job(pod: Obj) -> bool:

@@ -34,9 +34,9 @@ from harness.contract.rundir import HOPS_PARQUET_FILE
 from harness.e2e import E2EOptions, run_e2e
 from tests import kubesim_tools
 from tests.conftest import REPO, wait_until
-from tests.kubefake import FakeApiServer
+from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.test_backend_existing import EKS_NODES, _cluster
+from tests.test_backend_existing import EKS_NODES, _backend, _cluster
 
 LAX = "us-west-2-lax-1a"
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
@@ -178,3 +178,47 @@ def test_existing_flow_runs_the_nightly_set_end_to_end(api: FakeApiServer, tools
     assert c.find_consul() is not None  # the operator's Consul stays
     assert len(c.node_infos()) == len(EKS_NODES)
     assert (res.run_dir / "verdict.json").exists()
+
+
+# -- preflight's refused-probe: real calls from a probe pod --------------------------------------
+
+
+def test_preflight_calls_the_undeclared_edges_and_catches_an_intention_that_lets_one_through(
+    api: FakeApiServer, tools: Path, tmp_path: Path
+) -> None:
+    """Consul's decision alone is not the proof: a probe pod calls each edge with the source's certificate.
+
+    Without the call (the Backend default) kind and EKS runs only noted that
+    the refusal was unverified.
+    """
+    from harness.backends.kube.edgeprobe import LABEL_PROBE
+    from harness.preflight import Expected, check_refused
+
+    eks = _cluster(api, tmp_path)
+    b = _backend(api, tmp_path)
+    b.up(rendered(tmp_path))
+    try:
+        m = b.manifests()
+        notes: list[str] = []
+        checks = check_refused(b, Expected.of(m.topology, m.edition), notes)  # what preflight asks, minus Consul's view
+        probes = {c.subject: c for c in checks}
+        assert notes == [] and len(probes) == 7 and {c.check for c in checks} == {"refused-probe"}, (notes, probes)
+        assert all(c.ok for c in probes.values()), [c for c in probes.values() if not c.ok]
+        refused = {s for s, c in probes.items() if c.detail["refused"]}
+        assert "frontend-lax-1a -> product-api-lax-1a" in refused and "frontend-las-1a -> public-api-lax-1a" in refused
+        assert "frontend-lax-1a -> public-api-lax-1a" not in refused  # declared: the control call went through
+        # the calls reached the destinations' sidecars with the sources' identities, and no probe pod stayed
+        assert {f"{p['source']} -> {p['destination']}" for p in api.sim.edge_probes} == set(probes)
+        left = lambda: [p for p in eks.pods() if (p["metadata"].get("labels") or {}).get(LABEL_PROBE)]  # noqa: E731
+        assert wait_until(lambda: not left(), 10), left()  # deleted (a pod goes asynchronously, as on a cluster)
+
+        # an intention that lets an undeclared caller through: the real call is answered
+        def allow() -> None:
+            spec = api.sim.consul.entries[("ServiceIntentions", "product-api-lax-1a")]  # type: ignore[union-attr]
+            spec["sources"] = [{"name": "frontend-lax-1a", "action": "allow"}, *spec["sources"]]
+
+        api.sim.call(allow)
+        probe = b.probe_edge("frontend-lax-1a", "product-api-lax-1a")
+        assert probe.possible and not probe.refused and "HTTP 200" in probe.detail, probe
+    finally:
+        b.down()

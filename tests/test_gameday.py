@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -222,6 +223,73 @@ def test_e2e_against_an_existing_cluster_is_a_dry_run_unless_executed(
     assert f"cordon {NODE[LAX]}" in out and "DRY RUN" in out
     assert _writes(api) == before  # nothing brought up
     assert not (tmp_path / "runs").exists() or not [d for d in (tmp_path / "runs").iterdir() if d.name != ".backend"]
+
+
+POD_KILL = REPO / "experiments" / "kill-product-api-lax.json"  # no destructive primitive: runs without --execute
+
+
+def test_e2e_dry_run_plans_even_a_pod_kill_and_brings_up_nothing(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, capsys: Any
+) -> None:
+    """A game day's first look (gameday.yml's default): without `--dry-run` this e2e would run, pod kill and all."""
+    from harness.cli import main
+    from harness.e2e import E2EOptions
+    from harness.gameday import dry_run_e2e
+
+    api.write_kubeconfig(tmp_path / "kubeconfig", CTX)
+    before = _writes(api)
+    args = ["e2e", *_cli("--allow-context", CTX), *[f"--entrypoint={z}={u}" for z, u in ENTRY.items()]]
+    assert main([*args, "--dry-run", "--experiment", str(POD_KILL)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(f"kill_pod in {LAX}" in line for line in lines)
+    assert lines[-1] == f"DRY RUN: {POD_KILL} --dry-run was given: nothing was injected, nothing was created " \
+        "(rerun with --execute to run it)"  # fmt: skip
+    assert _writes(api) == before  # nothing brought up, nothing injected
+    assert not (tmp_path / "runs").exists() or not [d for d in (tmp_path / "runs").iterdir() if d.name != ".backend"]
+    # the same run without --dry-run is not stopped: a pod kill is not destructive to the cluster's owner
+    planned = [SimpleNamespace(file=str(POD_KILL), data=json.loads(POD_KILL.read_text()))]
+    assert dry_run_e2e(planned, E2EOptions(), SimpleNamespace(execute=False), lambda p: p) is None
+
+
+def test_chaos_dry_run_plans_a_pod_kill_and_injects_nothing(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, capsys: Any
+) -> None:
+    from harness.cli import main
+
+    _up(api, tmp_path).close()
+    capsys.readouterr()
+    before = _writes(api)
+    assert main(["chaos", *_cli("--allow-context", CTX), "--dry-run", str(POD_KILL)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"plan: {POD_KILL} ")
+    assert lines[-1].startswith(f"DRY RUN: {POD_KILL} --dry-run was given: nothing was injected")
+    assert _writes(api) == before and not [d for d in (tmp_path / "runs").iterdir() if d.name != ".backend"]
+
+
+CONTRADICTS = "--dry-run: not with --execute (or EH_EXECUTE=1): a dry run injects nothing"
+NOT_OURS = "--dry-run: --backend existing only (a plan is of a cluster that is not ours)"
+
+
+@pytest.mark.parametrize(
+    ("cmd", "extra", "line"),
+    [
+        ("e2e", ["--execute"], CONTRADICTS),
+        ("chaos", ["--execute"], CONTRADICTS),
+        ("e2e", ["--backend", "local"], NOT_OURS),
+        ("chaos", ["--backend", "kind"], NOT_OURS),
+    ],
+)
+def test_a_dry_run_that_cannot_be_is_one_line_exit_2_nothing_touched(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, capsys: Any, cmd: str, extra: list[str], line: str
+) -> None:
+    from harness.cli import main
+
+    api.write_kubeconfig(tmp_path / "kubeconfig", CTX)
+    before = _writes(api)
+    exp = ["--experiment", str(POD_KILL)] if cmd == "e2e" else [str(POD_KILL)]
+    assert main([cmd, *_cli("--allow-context", CTX), *extra, "--dry-run", *exp]) == 2
+    assert capsys.readouterr().err.strip() == line
+    assert _writes(api) == before and not (tmp_path / "runs").exists()
 
 
 # -- blast radius ------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_nightly_eks_schedule_oidc_concurrency_summary() -> None:
     w = _load("nightly-eks.yml")
     assert w["on"]["schedule"] and "workflow_dispatch" in w["on"]
     assert w["permissions"]["id-token"] == "write"
-    assert w["concurrency"] == {"group": "nightly-eks", "cancel-in-progress": False}
+    assert w["concurrency"] == {"group": "eks-${{ vars.EH_EKS_CLUSTER }}", "cancel-in-progress": False}
     steps = w["jobs"]["nightly"]["steps"]
     creds = next(s for s in steps if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials@"))
     assert "role-to-assume" in creds["with"]
@@ -89,12 +89,30 @@ def test_gameday_is_manual_with_an_experiment_choice_and_dry_run_by_default() ->
     options = inputs["experiment"]["options"]
     assert all((REPO / o).is_file() for o in options)
     steps = w["jobs"]["gameday"]["steps"]
-    real = next(s for s in steps if "harness chaos" in str(s.get("run", "")) and "--execute" in str(s["run"]))
+    # a fresh runner has recorded nothing: the game day is a whole run of its own (up ... down), not
+    # `chaos`/`traffic` against a mesh some earlier `up` recorded on another machine
+    real = next(s for s in steps if "harness e2e" in str(s.get("run", "")) and "--execute" in str(s["run"]))
     assert real["if"] == "${{ !inputs.dry_run }}"
+    assert '--experiment "$EXPERIMENT"' in real["run"] and '--topology "$TOPOLOGY"' in real["run"]
+    assert not any(c in str(s.get("run", "")) for s in steps for c in ("harness chaos", "harness traffic"))
     dry = next(s for s in steps if s.get("if") == "inputs.dry_run")
-    assert "harness chaos" in dry["run"] and "--execute" not in dry["run"]  # the plan, nothing injected
+    # the plan only, whatever the experiment (a pod kill is not destructive, so only --dry-run stops it)
+    assert "harness e2e" in dry["run"] and "--dry-run" in dry["run"] and "--execute" not in dry["run"]
     # the plan goes through `| tee`: only `shell: bash` (-eo pipefail) fails the step when the plan is refused
     assert "| tee" in dry["run"] and dry["shell"] == "bash"
+    # a cancel (the kill switch) or a timeout: a step that always runs takes the run down, within the job's time
+    clean = steps[steps.index(real) + 1]
+    assert clean["if"] == "${{ always() && !inputs.dry_run }}" and clean["run"].startswith("make down BACKEND=existing")
+    assert int(real["timeout-minutes"]) <= int(w["jobs"]["gameday"]["timeout-minutes"]) - 15
+    creds = next(s for s in steps if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials@"))
+    assert int(creds["with"]["role-duration-seconds"]) >= 60 * int(w["jobs"]["gameday"]["timeout-minutes"])
+
+
+def test_gameday_and_nightly_never_share_the_cluster_at_once() -> None:
+    nightly, gameday = _load("nightly-eks.yml"), _load("gameday.yml")
+    assert nightly["concurrency"] == gameday["concurrency"]
+    assert "vars.EH_EKS_CLUSTER" in gameday["concurrency"]["group"]
+    assert gameday["concurrency"]["cancel-in-progress"] is False
 
 
 def test_make_nightly_runs_only_faults_eks_can_do() -> None:

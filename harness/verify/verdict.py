@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 # Package data (docs/verdict-schema.json links here): the schema ships with the verifier that writes verdicts
 SCHEMA_PATH = Path(str(files("harness.verify").joinpath("verdict-schema.json")))
 
@@ -102,6 +102,9 @@ class WindowResult:
     status: str
     message: str = ""
     first_offenders: list[dict[str, Any]] = field(default_factory=list)
+    # failed user requests whose hop a kill cut off and whose retry Envoy's concurrent-retry limit refused
+    # (flags UO and UC): reported, not in `failed` (DEFINITIONS["availability"])
+    retry_overflow: int = 0
 
 
 @dataclass

@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
-from harness.backends.base import CHAOS_PRIMITIVES, Backend, ConfigEntryStatus, LogSource, no_progress
+from harness.backends.base import CHAOS_PRIMITIVES, Backend, ConfigEntryStatus, EdgeProbe, LogSource, no_progress
 from harness.backends.kube.api import (
     KubeApiError,
     ProgressFn,
 )
 from harness.backends.kube.cluster import KubeCluster
+from harness.backends.kube.edgeprobe import run_probe
 from harness.backends.kube.forward import AdminForwards, ForwardRelay
 from harness.backends.kube.inventory import InventoryWatcher
 from harness.backends.kube.logs import KubeLogSources
@@ -192,6 +193,7 @@ class KubeBackend(Backend):
         self._recording = False
         self._entry_monitor: EntryMonitor | None = None
         self._admin: AdminForwards | None = None
+        self._probe_consul: ForwardRelay | None = None  # Consul for preflight's edge probes (probe_edge)
         self._lock = threading.RLock()
 
     # -- what subclasses say -------------------------------------------------
@@ -358,6 +360,9 @@ class KubeBackend(Backend):
             if self._admin is not None:
                 self._admin.close()
                 self._admin = None
+            if self._probe_consul is not None:
+                self._probe_consul.close()
+                self._probe_consul = None
 
     # -- observation ---------------------------------------------------------
     def inventory(self) -> Inventory:
@@ -501,6 +506,22 @@ class KubeBackend(Backend):
     def config_entry_status(self) -> list[ConfigEntryStatus]:
         """consul-k8s' `Synced` status of every Consul config-entry CRD the manifests hold."""
         return self.cluster.config_entry_status(self.manifests().consul_objects)
+
+    def probe_edge(self, source: str, destination: str) -> EdgeProbe:
+        """A call with `source`'s leaf certificate to a `destination` pod's sidecar, from a one-shot pod (edgeprobe)."""
+        topology = self.manifests().topology
+        known = {s.name: s for s in topology.services}
+
+        def http_of(pod: dict[str, Any]) -> bool:
+            svc = known.get(str(((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_APP, "")))
+            return svc is None or svc.protocol != "tcp"
+
+        with self._lock:  # one forward to Consul for every probe of this process (preflight makes several)
+            if self._probe_consul is None:
+                ns, svc, port = self._consul_ui()
+                self._probe_consul = ForwardRelay(self._kubectl(), ns, f"svc/{svc}", port)
+            url = self._probe_consul.url
+        return run_probe(self.cluster, url, source, destination, http_of)
 
     # -- pod chaos (the same API calls on any cluster) -----------------------
     def capabilities(self) -> frozenset[str]:

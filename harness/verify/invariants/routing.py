@@ -12,10 +12,10 @@ from harness.verify.invariants.sql import (
     IN_ZONE_SQL,
     INF,
     MAX_OFFENDERS,
-    _q,
     hop_text,
     merge_intervals,
     spans_sql,
+    sql_str,
 )
 from harness.verify.verdict import (
     CALL_GRAPH,
@@ -342,12 +342,13 @@ class RoutingChecks(CheckBase):
                 parts.append(spans_sql("caller_zone", [(f.zone, f.inject, end)], HOP_END_SQL))
             for s in f.services:
                 if self._placement(s) == "region":
-                    parts.append(f"(upstream = '{_q(s)}' AND {spans_sql(None, [('', f.inject, end)], HOP_END_SQL)})")
+                    window = spans_sql(None, [("", f.inject, end)], HOP_END_SQL)
+                    parts.append(f"(upstream = '{sql_str(s)}' AND {window})")
         for (zone, service), intervals in self.run.down.items():
             if zone != self.t.region or self._placement(service) != "region":
                 continue
             spans = [("", lo, INF if hi is None else hi + slack) for lo, hi in intervals]
-            parts.append(f"(upstream = '{_q(service)}' AND {spans_sql(None, spans, HOP_END_SQL)})")
+            parts.append(f"(upstream = '{sql_str(service)}' AND {spans_sql(None, spans, HOP_END_SQL)})")
         return "(" + " OR ".join(parts) + ")" if parts else "false"
 
     def call_graph(self) -> InvariantResult:

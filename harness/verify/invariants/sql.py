@@ -64,7 +64,10 @@ DEFINITIONS = {
     "lost": "failed requests entering the zone and failed hops of the affected pairs, from inject to failover "
     "(or to the end of the fault window)",
     "availability": "failed / all user requests per fault window [inject, restore + recovery] and in steady state, "
-    "excluding requests entering zones whose entry point is down (entry_down faults, entrypoints.jsonl); a declared "
+    "excluding requests entering zones whose entry point is down (entry_down faults, entrypoints.jsonl); a failed "
+    "request of a service-down or zone-down fault's zone during its window with a hop of that zone to a service the "
+    "fault took down flagged UO and UC (a kill terminated it in flight and Envoy's concurrent-retry limit, 3 and "
+    "not configurable in Consul CE, refused its retry) is reported as retry_overflow, not counted; a declared "
     "single point of failure's window lasts over its cascade (down intervals that began during it) and until each "
     "pair of its dependants served again after that (measured recovery within maxRecoveryS: ejections run out)",
     "coverage": "each fault has user requests entering its zone at an up entry point during [inject, restore] "
@@ -137,7 +140,8 @@ class Window:
         return self.instant - max(self.prev_bad if self.prev_bad is not None else self.lo, self.lo)
 
 
-def _q(s: str) -> str:
+def sql_str(s: str) -> str:
+    """`s` inside single quotes in DuckDB SQL (names from the topology and the records)."""
     return s.replace("'", "''")
 
 
@@ -167,7 +171,7 @@ def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]], en
         return "false"
     parts = []
     for zone, lo, hi in spans:
-        z = f"{zone_column} = '{_q(zone)}' AND " if zone_column else ""
+        z = f"{zone_column} = '{sql_str(zone)}' AND " if zone_column else ""
         if end_sql is None:
             parts.append(f"({z}ts BETWEEN {float(lo)!r} AND {float(hi)!r})")
         else:
