@@ -209,20 +209,25 @@ def test_chaos_cli_prints_the_plan_and_injects_nothing_without_execute(
     assert _writes(api) == before and not [d for d in (tmp_path / "runs").iterdir() if d.name != ".backend"]
 
 
-def test_e2e_against_an_existing_cluster_is_a_dry_run_unless_executed(
-    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, capsys: Any
-) -> None:
+def _e2e_dry_run(api: FakeApiServer, tmp_path: Path, capsys: Any, *args: str) -> list[str]:
+    """`harness e2e` against the EKS-like cluster that must stop at its plan: exit 0, nothing written or created."""
     from harness.cli import main
 
     api.write_kubeconfig(tmp_path / "kubeconfig", CTX)
     before = _writes(api)
-    args = ["e2e", *_cli("--allow-context", CTX), *[f"--entrypoint={z}={u}" for z, u in ENTRY.items()]]
-    assert main([*args, "--experiment", str(REPO / "experiments" / "node-kill.json")]) == 0
-    out = capsys.readouterr().out
+    entry = [f"--entrypoint={z}={u}" for z, u in ENTRY.items()]
+    assert main(["e2e", *_cli("--allow-context", CTX), *entry, *args]) == 0
+    assert _writes(api) == before  # nothing brought up, nothing injected
+    assert not (tmp_path / "runs").exists() or not [d for d in (tmp_path / "runs").iterdir() if d.name != ".backend"]
+    return list(capsys.readouterr().out.splitlines())
+
+
+def test_e2e_against_an_existing_cluster_is_a_dry_run_unless_executed(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, capsys: Any
+) -> None:
+    out = "\n".join(_e2e_dry_run(api, tmp_path, capsys, "--experiment", str(REPO / "experiments" / "node-kill.json")))
     assert "steady state: checked before the first injection (the run is not up yet)" in out
     assert f"cordon {NODE[LAX]}" in out and "DRY RUN" in out
-    assert _writes(api) == before  # nothing brought up
-    assert not (tmp_path / "runs").exists() or not [d for d in (tmp_path / "runs").iterdir() if d.name != ".backend"]
 
 
 POD_KILL = REPO / "experiments" / "kill-product-api-lax.json"  # no destructive primitive: runs without --execute
@@ -232,20 +237,13 @@ def test_e2e_dry_run_plans_even_a_pod_kill_and_brings_up_nothing(
     api: FakeApiServer, eks: KubeCluster, tmp_path: Path, capsys: Any
 ) -> None:
     """A game day's first look (gameday.yml's default): without `--dry-run` this e2e would run, pod kill and all."""
-    from harness.cli import main
     from harness.e2e import E2EOptions
     from harness.gameday import dry_run_e2e
 
-    api.write_kubeconfig(tmp_path / "kubeconfig", CTX)
-    before = _writes(api)
-    args = ["e2e", *_cli("--allow-context", CTX), *[f"--entrypoint={z}={u}" for z, u in ENTRY.items()]]
-    assert main([*args, "--dry-run", "--experiment", str(POD_KILL)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = _e2e_dry_run(api, tmp_path, capsys, "--dry-run", "--experiment", str(POD_KILL))
     assert any(f"kill_pod in {LAX}" in line for line in lines)
     assert lines[-1] == f"DRY RUN: {POD_KILL} --dry-run was given: nothing was injected, nothing was created " \
         "(rerun with --execute to run it)"  # fmt: skip
-    assert _writes(api) == before  # nothing brought up, nothing injected
-    assert not (tmp_path / "runs").exists() or not [d for d in (tmp_path / "runs").iterdir() if d.name != ".backend"]
     # the same run without --dry-run is not stopped: a pod kill is not destructive to the cluster's owner
     planned = [SimpleNamespace(file=str(POD_KILL), data=json.loads(POD_KILL.read_text()))]
     assert dry_run_e2e(planned, E2EOptions(), SimpleNamespace(execute=False), lambda p: p) is None
