@@ -21,11 +21,13 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness.backends.kube.edgeprobe import SCRIPT, Identity, judge
+from harness.backends.kube.edgeprobe import INIT_CONTAINER, SCRIPT, Identity, destination_pod, judge, probe_pod
 from harness.backends.local.certs import CertAuthority
+from harness.contract.names import ANN_SERVICE, LABEL_CONSUL_SERVICE
 from harness.errors import BackendError
 
 TD = "11111111-2222-3333-4444-555555555555.consul"
@@ -126,3 +128,50 @@ def test_no_handshake_proves_nothing(ca: CertAuthority, tmp_path: Path) -> None:
         out = _call(ca, "frontend-lax-1a", port)
     with pytest.raises(BackendError, match="no verified mTLS handshake"):
         judge(out, DEST.spiffe, True)
+
+
+def test_silence_after_the_handshake_proves_nothing_for_an_http_service(ca: CertAuthority) -> None:
+    """RBAC answers an HTTP caller (403); no answer is a reset or a timeout, not a refusal nor an allowed call."""
+    with sidecar(ca, DEST.service, None) as port:
+        out = _call(ca, "frontend-lax-1a", port)
+    with pytest.raises(BackendError, match="gave no HTTP answer after the handshake"):
+        judge(out, DEST.spiffe, True)
+
+
+IMAGE = "registry.example/consul-k8s-control-plane:1.9.11"
+
+
+def _pod(ip: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"p-{ip}", "namespace": "hashicups-lax-1a", "labels": labels,
+                     "annotations": {ANN_SERVICE: DEST.service}},
+        "spec": {"nodeName": "n1", "imagePullSecrets": [{"name": "regcred"}],
+                 "initContainers": [{"name": INIT_CONTAINER, "image": IMAGE}]},
+        "status": {"podIP": ip, "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }  # fmt: skip
+
+
+def test_the_probe_pod_runs_where_the_destination_runs_as_it_was_pulled() -> None:
+    pems = {"cert": "C", "key": "K", "ca": "A"}
+    for ip, addr in (("10.0.3.7", "10.0.3.7:20000"), ("2600:1f14::7", "[2600:1f14::7]:20000")):  # openssl's v6 form
+        spec = probe_pod(_pod(ip, {}), pems, DEST, "eh-edge-probe-1")["spec"]
+        env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+        assert env["PROBE_ADDR"] == addr and env["PROBE_SNI"] == DEST.sni
+        assert spec["nodeName"] == "n1" and spec["imagePullSecrets"] == [{"name": "regcred"}]
+        assert spec["containers"][0]["image"] == IMAGE
+
+
+def test_the_destination_is_a_pod_of_the_run_not_another_teams_namesake() -> None:
+    class Cluster:
+        def __init__(self) -> None:
+            self.asked: list[Any] = []
+
+        def pods(self, ns: str | None, selector: dict[str, str]) -> list[dict[str, Any]]:
+            self.asked.append((ns, selector))
+            mine = _pod("10.0.3.8", {LABEL_CONSUL_SERVICE: DEST.service})
+            return [p for p in (_pod("10.0.3.7", {}), mine) if selector.items() <= p["metadata"]["labels"].items()]
+
+    c = Cluster()
+    pod = destination_pod(c, DEST.service)
+    assert pod is not None and pod["status"]["podIP"] == "10.0.3.8"
+    assert c.asked == [(None, {LABEL_CONSUL_SERVICE: DEST.service})]

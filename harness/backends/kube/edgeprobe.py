@@ -43,7 +43,7 @@ from cryptography import x509
 
 from harness.backends.base import EdgeProbe
 from harness.backends.kube.inventory import pod_serving
-from harness.contract.names import ANN_SERVICE, LABEL_MANAGED_BY, MANAGED_BY
+from harness.contract.names import ANN_SERVICE, LABEL_CONSUL_SERVICE, LABEL_MANAGED_BY, MANAGED_BY
 from harness.errors import BackendError
 
 INBOUND_PORT = 20000  # consul-k8s constants.ProxyDefaultInboundPort: the sidecar's public (mTLS) listener
@@ -130,6 +130,9 @@ def judge(output: str, expect_spiffe: str, http: bool) -> tuple[bool, int | None
         raise BackendError(f"the sidecar that answered is {uris or 'no SPIFFE identity'}, not {expect_spiffe}")
     m = _STATUS.search(output)
     status = int(m.group(1)) if m else None
+    if http and status is None:  # RBAC answers an HTTP service's caller (403); silence is a reset or a timeout
+        tail = " | ".join(line for line in output.strip().splitlines()[-3:])
+        raise BackendError(f"the destination's sidecar gave no HTTP answer after the handshake: {tail[:300]}")
     refused = status == 403 if http else status is None
     return refused, status, f"HTTP {status}" if status is not None else "connection closed without an answer"
 
@@ -176,9 +179,9 @@ def identities(consul_url: str, source: str, destination: str) -> tuple[dict[str
 def destination_pod(cluster: Any, destination: str) -> dict[str, Any] | None:
     """A serving pod of the destination (first by name), its k8s namespace mirroring the Consul one (Enterprise)."""
     name, ns = split_name(destination)
-    pods = [
+    pods = [  # the run's own pods only (its label): on a shared cluster another team may run a namesake
         p
-        for p in cluster.pods(ns)
+        for p in cluster.pods(ns, {LABEL_CONSUL_SERVICE: name})
         if ((p.get("metadata") or {}).get("annotations") or {}).get(ANN_SERVICE) == name
         and (p.get("status") or {}).get("podIP")
         and pod_serving(p)  # what consul-k8s registers as passing: a sidecar that is up
@@ -194,9 +197,11 @@ def probe_pod(target: dict[str, Any], pems: dict[str, str], ident: Identity, nam
         raise BackendError(
             f"pod {target['metadata']['name']} has no {INIT_CONTAINER} container: is it injected by consul-k8s?"
         )
+    ip = str(target["status"]["podIP"])
     env = {
         "PROBE_CERT": pems["cert"], "PROBE_KEY": pems["key"], "PROBE_CA": pems["ca"],
-        "PROBE_ADDR": f"{target['status']['podIP']}:{INBOUND_PORT}", "PROBE_SNI": ident.sni,
+        "PROBE_ADDR": f"[{ip}]:{INBOUND_PORT}" if ":" in ip else f"{ip}:{INBOUND_PORT}",  # openssl's IPv6 form
+        "PROBE_SNI": ident.sni,
     }  # fmt: skip
     return {
         "apiVersion": "v1",
@@ -212,6 +217,7 @@ def probe_pod(target: dict[str, Any], pems: dict[str, str], ident: Identity, nam
             "restartPolicy": "Never",
             "activeDeadlineSeconds": int(PROBE_TIMEOUT_S),
             "tolerations": [{"operator": "Exists"}],
+            "imagePullSecrets": spec.get("imagePullSecrets") or [],  # the init image's registry, as the target
             "containers": [
                 {
                     "name": PROBE_CONTAINER,
