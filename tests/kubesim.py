@@ -364,6 +364,7 @@ class ClusterSim:
         self._ca: CertAuthority | None = None  # Consul's built-in CA (leaf certificates), made on first use
         self._ca_dir: str | None = None
         self.edge_probes: list[dict[str, Any]] = []  # the mTLS calls probe pods made: source, destination, answer
+        self.consul_acls = False  # Consul with ACLs on and the harness holding no token: leaves are refused
         self._rr = itertools.count()
         self.paused: set[str] = set()  # controllers stopped by a test ("workloads": kube-controller-manager down)
         self._task: asyncio.Task[None] | None = None
@@ -1767,6 +1768,9 @@ class ClusterSim:
                 ]
             )
         m = re.fullmatch(r"/v1/agent/connect/ca/leaf/([^/]+)", path)
+        if m and self.consul_acls:  # what Consul answers an anonymous token (agent/structs/errors.go)
+            denied = f"Permission denied: anonymous token lacks permission 'service:write' on \"{m.group(1)}\""
+            return _text(403, denied)
         if m:
             leaf = self.ca().leaf(m.group(1), namespace=req.query.get("ns", "default"), datacenter=c.datacenter)
             return aiohttp.web.json_response(

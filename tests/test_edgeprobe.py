@@ -175,3 +175,10 @@ def test_the_destination_is_a_pod_of_the_run_not_another_teams_namesake() -> Non
     pod = destination_pod(c, DEST.service)
     assert pod is not None and pod["status"]["podIP"] == "10.0.3.8"
     assert c.asked == [(None, {LABEL_CONSUL_SERVICE: DEST.service})]
+
+
+def test_a_target_consul_k8s_did_not_inject_is_said_not_called() -> None:
+    pod = _pod("10.0.3.7", {})
+    pod["spec"]["initContainers"] = []
+    with pytest.raises(BackendError, match=f"has no {INIT_CONTAINER} container: is it injected by consul-k8s"):
+        probe_pod(pod, {"cert": "C", "key": "K", "ca": "A"}, DEST, "eh-edge-probe-1")

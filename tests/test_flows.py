@@ -220,5 +220,11 @@ def test_preflight_calls_the_undeclared_edges_and_catches_an_intention_that_lets
         api.sim.call(allow)
         probe = b.probe_edge("frontend-lax-1a", "product-api-lax-1a")
         assert probe.possible and not probe.refused and "HTTP 200" in probe.detail, probe
+        # an operator's Consul with ACLs refuses the leaf: no call, preflight notes it (as where none is possible)
+        api.sim.consul_acls = True
+        notes = []
+        assert check_refused(b, Expected.of(m.topology, m.edition), notes) == []
+        assert notes[0].startswith("refused-probe: not possible on this backend: Consul refused "), notes
+        assert "ACLs need a token" in notes[0]
     finally:
         b.down()

@@ -244,6 +244,9 @@ def test_e2e_dry_run_plans_even_a_pod_kill_and_brings_up_nothing(
     assert any(f"kill_pod in {LAX}" in line for line in lines)
     assert lines[-1] == f"DRY RUN: {POD_KILL} --dry-run was given: nothing was injected, nothing was created " \
         "(rerun with --execute to run it)"  # fmt: skip
+    # with no experiment at all (traffic only) --dry-run still brings nothing up
+    lines = _e2e_dry_run(api, tmp_path, capsys, "--dry-run")
+    assert lines[-1] == "DRY RUN: no experiment planned: nothing was injected, nothing was created"
     # the same run without --dry-run is not stopped: a pod kill is not destructive to the cluster's owner
     planned = [SimpleNamespace(file=str(POD_KILL), data=json.loads(POD_KILL.read_text()))]
     assert dry_run_e2e(planned, E2EOptions(), SimpleNamespace(execute=False), lambda p: p) is None

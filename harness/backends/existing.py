@@ -97,6 +97,7 @@ from harness.backends.kube import (
     ProgressFn,
     api_client_from_kubeconfig,
 )
+from harness.backends.kube.api import pod_finished
 from harness.backends.kube.backend import HelmRun, KubeBackend
 from harness.backends.kube.forward import find_tool
 from harness.contract.names import CONSUL_NAMESPACE, HELM_RELEASE
@@ -538,8 +539,9 @@ class ExistingBackend(KubeBackend):
                     "spec": {"containers": [{"name": "server", "image": image, "ports": [{"containerPort": 80}]}]},
                 }
             )  # fmt: skip
-            server = self._wait_pod(ns, "server", lambda p: bool((p.get("status") or {}).get("podIP"))
-                                    and (p.get("status") or {}).get("phase") == "Running", timeout_s)  # fmt: skip
+            server = c.wait_pod(ns, "server", lambda p: bool((p.get("status") or {}).get("podIP"))
+                                and (p.get("status") or {}).get("phase") == "Running", timeout_s,
+                                "NetworkPolicy probe")  # fmt: skip
             ip = str(server["status"]["podIP"])
             if not self._probe_client(ns, "client-open", image, ip, timeout_s):
                 return (
@@ -565,19 +567,6 @@ class ExistingBackend(KubeBackend):
         finally:
             c.delete("v1", "Namespace", None, ns)
 
-    def _wait_pod(self, ns: str, name: str, cond: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                pod = self.cluster.request("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
-            except KubeApiError:
-                pod = None
-            if pod and cond(pod):
-                return dict(pod)
-            if time.monotonic() > deadline:
-                raise BackendError(f"NetworkPolicy probe: pod {ns}/{name} not ready after {timeout_s:.0f} s")
-            time.sleep(0.2)
-
     def _probe_client(self, ns: str, name: str, image: str, ip: str, timeout_s: float) -> bool:
         """Run `wget` from a one-shot pod to the probe server; True when the connection succeeded."""
         self.cluster.apply_one(
@@ -589,9 +578,7 @@ class ExistingBackend(KubeBackend):
                     "command": ["wget", "-q", "-T", "3", "-O", "/dev/null", f"http://{ip}:80/"]}]},
             }
         )  # fmt: skip
-        pod = self._wait_pod(
-            ns, name, lambda p: (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"), timeout_s
-        )
+        pod = self.cluster.wait_pod(ns, name, pod_finished, timeout_s, "NetworkPolicy probe")
         return bool(pod["status"]["phase"] == "Succeeded")
 
     # -- zones ---------------------------------------------------------------

@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +34,11 @@ from harness.contract.names import LABEL_REGION, LABEL_ZONE, LABEL_ZONE_TYPE
 from harness.errors import BackendError
 
 FIELD_MANAGER = "edge-harness"
+
+
+def pod_finished(pod: Mapping[str, Any]) -> bool:
+    """A run-to-completion pod is done (Succeeded or Failed)."""
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 class KubeApiError(BackendError):
@@ -270,6 +276,26 @@ class KubeApi:
         items = (self.request("GET", path, query=query) or {}).get("items", [])
         want = dict(selector or {})
         return [p for p in items if all(_labels(p).get(k) == v for k, v in want.items())]
+
+    def wait_pod(
+        self, namespace: str, name: str, cond: Callable[[dict[str, Any]], bool], timeout_s: float, what: str
+    ) -> dict[str, Any]:
+        """Poll one pod until `cond` holds (a missing pod is not yet there); BackendError naming `what` after the bound.
+
+        For the harness's own one-shot pods (the NetworkPolicy probe, the edge probe).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                pod = self.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}")
+            except KubeApiError:
+                pod = None
+            if pod and cond(pod):
+                return dict(pod)
+            if time.monotonic() > deadline:
+                phase = ((pod or {}).get("status") or {}).get("phase", "absent")
+                raise BackendError(f"{what}: pod {namespace}/{name} not there after {timeout_s:.0f} s ({phase})")
+            time.sleep(0.2)
 
     def stream_lines(
         self, path: str, query: Sequence[tuple[str, str]], read_timeout: float | None = None

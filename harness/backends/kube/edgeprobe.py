@@ -42,6 +42,7 @@ import httpx
 from cryptography import x509
 
 from harness.backends.base import EdgeProbe
+from harness.backends.kube.api import pod_finished
 from harness.backends.kube.inventory import pod_serving
 from harness.contract.names import ANN_SERVICE, LABEL_CONSUL_SERVICE, LABEL_MANAGED_BY, MANAGED_BY
 from harness.errors import BackendError
@@ -107,6 +108,11 @@ def split_name(name: str) -> tuple[str, str | None]:
     return (svc, ns) if sep else (name, None)
 
 
+def _tail(output: str) -> str:
+    """The last lines of the probe's output (s_client's error, or where it stopped), for a message."""
+    return " | ".join(output.strip().splitlines()[-3:])[:300]
+
+
 def judge(output: str, expect_spiffe: str, http: bool) -> tuple[bool, int | None, str]:
     """(refused, HTTP status or None, detail) from the probe pod's output.
 
@@ -117,8 +123,7 @@ def judge(output: str, expect_spiffe: str, http: bool) -> tuple[bool, int | None
     verify = _VERIFY.search(output)
     pem = _PEM.search(output)
     if pem is None or verify is None or verify.group(1) != "0":
-        tail = " | ".join(line for line in output.strip().splitlines()[-3:])
-        raise BackendError(f"no verified mTLS handshake with the destination's sidecar: {tail[:300]}")
+        raise BackendError(f"no verified mTLS handshake with the destination's sidecar: {_tail(output)}")
     cert = x509.load_pem_x509_certificate(pem.group(0).encode())
     try:
         uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
@@ -131,8 +136,7 @@ def judge(output: str, expect_spiffe: str, http: bool) -> tuple[bool, int | None
     m = _STATUS.search(output)
     status = int(m.group(1)) if m else None
     if http and status is None:  # RBAC answers an HTTP service's caller (403); silence is a reset or a timeout
-        tail = " | ".join(line for line in output.strip().splitlines()[-3:])
-        raise BackendError(f"the destination's sidecar gave no HTTP answer after the handshake: {tail[:300]}")
+        raise BackendError(f"the destination's sidecar gave no HTTP answer after the handshake: {_tail(output)}")
     refused = status == 403 if http else status is None
     return refused, status, f"HTTP {status}" if status is not None else "connection closed without an answer"
 
@@ -249,19 +253,11 @@ def run_probe(
         return EdgeProbe(False, False, f"no Ready pod of {destination} to call")
     name = f"eh-edge-probe-{int(time.time() * 1000) % 10**9}"
     ns = str(target["metadata"]["namespace"])
-    path = f"/api/v1/namespaces/{quote(ns)}/pods/{quote(name)}"
     cluster.apply_one(probe_pod(target, pems, ident, name))
     try:
-        deadline = time.monotonic() + PROBE_TIMEOUT_S
-        while True:
-            pod = cluster.request("GET", path)
-            phase = (pod.get("status") or {}).get("phase")
-            if phase in ("Succeeded", "Failed"):
-                break
-            if time.monotonic() > deadline:
-                raise BackendError(f"edge probe pod {ns}/{name} did not finish in {PROBE_TIMEOUT_S:.0f} s ({phase})")
-            time.sleep(0.2)
-        output = cluster.request("GET", f"{path}/log", query=[("container", PROBE_CONTAINER)])
+        cluster.wait_pod(ns, name, pod_finished, PROBE_TIMEOUT_S, "edge probe")
+        path = f"/api/v1/namespaces/{quote(ns)}/pods/{quote(name)}/log"
+        output = cluster.request("GET", path, query=[("container", PROBE_CONTAINER)])
     finally:
         cluster.delete("v1", "Pod", ns, name)
     refused, _status, what = judge(str(output or ""), ident.spiffe, http_of(target))

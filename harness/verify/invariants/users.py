@@ -110,7 +110,7 @@ class UserChecks(CheckBase):
             if f.kind not in ("service-down", "zone-down"):
                 continue
             services = " OR ".join(f"upstream = '{sql_str(s)}'" for s in f.services) or "true"
-            spans.append(f"(caller_zone = '{sql_str(f.zone)}' AND ({services}) AND ts BETWEEN {f.inject!r} AND {hi!r})")
+            spans.append(f"({spans_sql('caller_zone', [(f.zone, f.inject, hi)])} AND ({services}))")
         where = " OR ".join(spans) or "false"
         self.con.execute(
             f"""
