@@ -141,14 +141,25 @@ def host_load(run_dir: Path) -> str:
     return f"{line}, probes x{scale:g}"
 
 
-def retry_overflow(run_dir: Path) -> str:
-    """Requests kills cut off over Envoy's concurrent-retry limit (verdict windows): reported, not in the budget."""
+# the availability windows' counts reported apart from the budget, and how each is said per run
+APART = (
+    ("retry_overflow", "cut off at kills over Envoy's 3 concurrent retries"),
+    ("failover_under_way", "lost while a failover was under way"),
+)
+
+
+def reported_apart(run_dir: Path) -> str:
+    """Failed requests the verdict reports apart from the budget (verdict windows), each kind with its count."""
     try:
         verdict = json.loads((run_dir / "verdict.json").read_text())
     except (OSError, ValueError):
         return ""
-    n = sum(int(w.get("retry_overflow", 0)) for i in verdict.get("invariants") or [] for w in i.get("windows") or [])
-    return f"; {n} cut off at kills over Envoy's 3 concurrent retries" if n else ""
+    windows = [w for i in verdict.get("invariants") or [] for w in i.get("windows") or []]
+    out = ""
+    for key, what in APART:
+        n = sum(int(w.get(key, 0)) for w in windows)
+        out += f"; {n} {what}" if n else ""
+    return out
 
 
 def spread(values: list[float]) -> str:
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results.append(r)
             status = "PASS" if r.passed else f"FAIL {r.first_failure}"
-            where = f"{r.run_dir}; {host_load(r.run_dir)}{retry_overflow(r.run_dir)}"
+            where = f"{r.run_dir}; {host_load(r.run_dir)}{reported_apart(r.run_dir)}"
             print(f"run {i + 1}: {status}  ({where})", flush=True)
     return 0 if report(results, a.runs) else 1
 

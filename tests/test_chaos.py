@@ -8,9 +8,11 @@ with `process` activities that need no backend.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -575,3 +577,31 @@ def test_a_replacement_is_restored_at_its_first_ready_even_if_it_flapped_since()
     assert actions.wait_replacement_ready(Backend(), "lax", "product-api", {"old"}, timeout_s=0.3) == 11.0  # type: ignore[arg-type]
     inv.ready("new", 13.0)
     assert actions.wait_replacement_ready(Backend(), "lax", "product-api", {"old"}, timeout_s=0.3) == 11.0  # type: ignore[arg-type]
+
+
+# -- the shop probe: a user's timeouts, and why it got no answer ----------------------------------------------
+def test_the_shop_probe_gives_up_when_a_user_would() -> None:
+    """The probe's "no answer" is a user's: same connect and answer bounds as loadtests/hashicups.py.
+
+    At 5 s the probe called an answer "none" that a user (10 s) counted as
+    served, and that the mesh's worst case (three 2 s connects) can take.
+    """
+    tree = ast.parse((REPO / "loadtests" / "hashicups.py").read_text())
+    users = {
+        t.id: ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Name) and t.id in ("CONNECT_TIMEOUT_S", "NETWORK_TIMEOUT_S")
+    }
+    assert users == {"CONNECT_TIMEOUT_S": probes.CONNECT_TIMEOUT_S, "NETWORK_TIMEOUT_S": probes.ANSWER_TIMEOUT_S}
+    assert (probes.SHOP_TIMEOUT.connect, probes.SHOP_TIMEOUT.read) == (3.0, 10.0)
+
+
+def test_the_shop_probe_says_why_it_got_no_answer(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with caplog.at_level("WARNING", logger="chaostoolkit"):
+        assert probes._shop_status(f"http://127.0.0.1:{port}") == 0
+    assert any("no answer from" in r.message and "ConnectError" in r.message for r in caplog.records), caplog.text

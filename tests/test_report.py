@@ -50,7 +50,7 @@ def test_verdict_validates_against_schema(verdict: Verdict, tmp_path: Path) -> N
     jsonschema.Draft202012Validator.check_schema(schema)
     data = json.loads(verdict.to_json())
     jsonschema.validate(data, schema)
-    assert data["schemaVersion"] == "3" and data["passed"] is False and data["partial"] is False
+    assert data["schemaVersion"] == "4" and data["passed"] is False and data["partial"] is False
     # a verdict with a wrong version is rejected by the schema and by the loader
     bad = dict(data, schemaVersion="1")
     with pytest.raises(jsonschema.ValidationError):
@@ -195,4 +195,4 @@ def test_report_shows_new_invariants_partial_runs_skipped_lines_and_resolution(t
     assert f"{f.failover_s:.3f} s ±{f.failover_resolution_s:.3f}" in out
     root = ET.parse(write_junit(d, v)).getroot()
     props = {p.get("name"): p.get("value") for p in root.iter("property")}
-    assert props["schemaVersion"] == "3" and props["partial"] == "true"
+    assert props["schemaVersion"] == "4" and props["partial"] == "true"

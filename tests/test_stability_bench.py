@@ -63,14 +63,18 @@ def test_each_run_states_how_loaded_this_machine_was(tmp_path: Path) -> None:
     assert st.host_load(tmp_path) == "host CPU median 78%, saturated 50% of the run, probes x1.88"
 
 
-def test_each_run_states_the_requests_kills_cut_off_over_envoys_retry_limit(tmp_path: Path) -> None:
-    """Reported apart from the budget (the availability windows' retry_overflow), so said per run."""
+def test_each_run_states_the_requests_reported_apart_from_the_budget(tmp_path: Path) -> None:
+    """Reported apart from the budget (the availability windows' retry_overflow and failover_under_way), so said
+    per run."""
     st = _bench()
-    assert st.retry_overflow(tmp_path) == ""  # no verdict
-    windows = [{"window": "fault a", "retry_overflow": 5}, {"window": "steady state", "retry_overflow": 0}]
+    assert st.reported_apart(tmp_path) == ""  # no verdict
+    windows = [{"window": "fault a", "retry_overflow": 5, "failover_under_way": 2},
+               {"window": "steady state", "retry_overflow": 0, "failover_under_way": 0}]  # fmt: skip
     verdict = {"invariants": [{"name": "availability", "windows": windows}, {"name": "locality", "windows": []}]}
     (tmp_path / "verdict.json").write_text(json.dumps(verdict))
-    assert st.retry_overflow(tmp_path) == "; 5 cut off at kills over Envoy's 3 concurrent retries"
-    windows[0]["retry_overflow"] = 0
+    assert st.reported_apart(tmp_path) == (
+        "; 5 cut off at kills over Envoy's 3 concurrent retries; 2 lost while a failover was under way"
+    )
+    windows[0].update(retry_overflow=0, failover_under_way=0)
     (tmp_path / "verdict.json").write_text(json.dumps(verdict))
-    assert st.retry_overflow(tmp_path) == ""
+    assert st.reported_apart(tmp_path) == ""

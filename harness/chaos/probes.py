@@ -7,6 +7,7 @@ or roles, as for the actions; `zones` takes a list (e.g. "every Local Zone").
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
@@ -16,6 +17,13 @@ from harness.chaos.roles import RoleError, resolve_zone
 from harness.errors import BackendError
 
 COFFEES = {"query": "{ coffees { id name } }"}
+# A user's timeouts (loadtests/hashicups.py CONNECT_TIMEOUT_S, NETWORK_TIMEOUT_S): the shop "answers" for a
+# probe exactly when it would for a user. The answer bound is above the mesh's own worst case (three 2 s connect
+# attempts per hop with the rendered retries); a shorter one (it was 5 s) called a correct, slow answer "none".
+CONNECT_TIMEOUT_S = 3.0
+ANSWER_TIMEOUT_S = 10.0
+SHOP_TIMEOUT = httpx.Timeout(ANSWER_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+logger = logging.getLogger("chaostoolkit")  # chaostoolkit's own log: chaostoolkit.log in the run directory
 
 
 def _zones(zones: Any, configuration: dict[str, Any] | None) -> list[str] | None:
@@ -59,8 +67,9 @@ def shop_answers(zone: str, configuration: dict[str, Any] | None = None) -> int:
 
 def _shop_status(url: str) -> int:
     try:
-        r = httpx.post(f"{url}/api", json=COFFEES, timeout=5)
-    except httpx.HTTPError:
+        r = httpx.post(f"{url}/api", json=COFFEES, timeout=SHOP_TIMEOUT)
+    except httpx.HTTPError as exc:  # 0 says only "no answer": the log says which (refused, reset, timed out)
+        logger.warning("shop probe: no answer from %s/api: %s: %s", url, type(exc).__name__, exc)
         return 0
     if r.status_code == 200 and r.json().get("errors"):
         return 502

@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 # Package data (docs/verdict-schema.json links here): the schema ships with the verifier that writes verdicts
 SCHEMA_PATH = Path(str(files("harness.verify").joinpath("verdict-schema.json")))
 
@@ -105,6 +105,10 @@ class WindowResult:
     # failed user requests whose hop a kill cut off and whose retry Envoy's concurrent-retry limit refused
     # (flags UO and UC): reported, not in `failed` (DEFINITIONS["availability"])
     retry_overflow: int = 0
+    # failed user requests with a failed hop of a failover pair before its failover instant (within maxFailoverS
+    # of the inject) that spent its retries on the zone's own instance (URX) or found no host (UH): the failover's
+    # losses, reported, not in `failed` (DEFINITIONS["availability"])
+    failover_under_way: int = 0
 
 
 @dataclass

@@ -35,7 +35,7 @@ class Checker(FaultMeasurer, RoutingChecks, UserChecks):
         locality = self.locality(fx.exclusions)
         hub = self.hub_and_spoke()
         shared = self.shared_services()
-        availability = self.availability(fx.impact)
+        availability = self.availability(fx.impact, fx.under_way)
         call_graph = self.call_graph()
         chaos_records = int(self._one("SELECT count(*) FROM chaos") or 0)
         ran = self._document_invariant(EXPERIMENT_RAN, evidence.experiment_ran(self.run, chaos_records))

@@ -25,6 +25,8 @@ from harness.verify.verdict import (
 )
 
 Exclusion = tuple[str, str, float, float]  # (caller zone, upstream, from, to): locality not judged then
+# (caller zone, upstream, its callers, inject, until): a pair's failover under way, judged by maxFailoverS
+FailoverSpan = tuple[str, str, tuple[str, ...], float, float]
 Pairs = list[tuple[str, list[str]]]  # (upstream, its callers) of one zone
 
 
@@ -48,6 +50,7 @@ class Failover:
     resolution_s: float | None = None
     window_ends: list[float] = field(default_factory=list)
     lost_hops: int = 0
+    spans: list[FailoverSpan] = field(default_factory=list)  # each measured pair's [inject, instant)
 
 
 @dataclass
@@ -69,6 +72,7 @@ class FaultMeasurements:
     fallback_pairs: list[PairResult] = field(default_factory=list)
     exclusions: list[Exclusion] = field(default_factory=list)  # for locality
     impact: list[tuple[Fault, float]] = field(default_factory=list)  # (fault, end of its impact window)
+    under_way: list[FailoverSpan] = field(default_factory=list)  # for availability: losses judged by time
 
 
 class FaultMeasurer(CheckBase):
@@ -203,6 +207,9 @@ class FaultMeasurer(CheckBase):
             else:
                 d = w.instant - f.inject
                 measured.append((d, w.resolution))
+                # until the failover, or maxFailoverS past the inject when slower: the rest counts as any loss
+                until = f.inject + min(d, self.slo.max_failover_s)
+                out.spans.append((f.zone, u, tuple(callers), f.inject, until))
                 if d > self.slo.max_failover_s:
                     pr.status = FAIL
                     pr.message = (
@@ -336,6 +343,7 @@ class FaultMeasurer(CheckBase):
         rc = self._recovery(f, scope, pair_results)
         impact_end = self._impact_end(f, rc)
         out.impact.append((f, impact_end))
+        out.under_way.extend(fo.spans)
         for u in scope.excluded:
             rec = rc.values.get(u)
             end = INF if f.restore is None else f.restore + (rec if rec is not None else self.slo.max_recovery_s)

@@ -67,7 +67,11 @@ DEFINITIONS = {
     "excluding requests entering zones whose entry point is down (entry_down faults, entrypoints.jsonl); a failed "
     "request of a service-down or zone-down fault's zone during its window with a hop of that zone to a service the "
     "fault took down flagged UO and UC (a kill terminated it in flight and Envoy's concurrent-retry limit, 3 and "
-    "not configurable in Consul CE, refused its retry) is reported as retry_overflow, not counted; a declared "
+    "not configurable in Consul CE, refused its retry) is reported as retry_overflow, not counted; a failed request "
+    "with a failed hop of a failover pair whose retries were all spent on the zone's own instance (URX) or that "
+    "found no host (UH), before the pair's failover "
+    "instant (at most maxFailoverS after the inject) is reported as failover_under_way, not counted (the failover's "
+    "loss, judged by its time in fallback); a declared "
     "single point of failure's window lasts over its cascade (down intervals that began during it) and until each "
     "pair of its dependants served again after that (measured recovery within maxRecoveryS: ejections run out)",
     "coverage": "each fault has user requests entering its zone at an up entry point during [inject, restore] "

@@ -6,6 +6,7 @@ from typing import Any
 
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
+from harness.verify.invariants.faults import FailoverSpan
 from harness.verify.invariants.sql import (
     MAX_OFFENDERS,
     REQUEST_END_SQL,
@@ -33,22 +34,33 @@ from harness.verify.verdict import (
 class UserChecks(CheckBase):
     """What the users saw: failed requests within the error budget, traffic in every fault window."""
 
-    def availability(self, impact: list[tuple[Fault, float]]) -> InvariantResult:
+    def availability(self, impact: list[tuple[Fault, float]], under_way: list[FailoverSpan]) -> InvariantResult:
+        """Failed user requests per fault window and in the steady state, against the error budget.
+
+        Two kinds of failed request are reported apart, not counted (each
+        bounded by what it is judged by instead): those a kill cut off in
+        flight over Envoy's retry limit (`_overflow_hops`), and those lost
+        while a failover was under way (`_under_way_hops`: the fallback
+        invariant judges that time against maxFailoverS).
+        """
         impact = [(f, self._impact_end_for_users(f, hi)) for f, hi in impact]
         excluded = [(f.zone, f.inject, hi) for f, hi in impact if f.entry_down] + self.entry_down
         self._overflow_hops(impact)
+        self._under_way_hops(under_way)
+        during = "o.zone = q.zone AND o.ts >= q.ts AND o.ts <= q.ts + coalesce(q.latency_ms, 0) / 1000.0"
         self.con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE req_marked AS
-            SELECT r.* EXCLUDE (overflow), NOT {REQUEST_OK_SQL} AND NOT r.overflow AS failed,
+            SELECT r.* EXCLUDE (overflow, under_way),
+                   NOT {REQUEST_OK_SQL} AND NOT r.overflow AND NOT r.under_way AS failed,
                    NOT {REQUEST_OK_SQL} AND r.overflow AS overflow,
+                   NOT {REQUEST_OK_SQL} AND r.under_way AND NOT r.overflow AS under_way,
                    {spans_sql("zone", excluded, REQUEST_END_SQL)} AS excluded,
                    {spans_sql(None, [("", f.inject, hi) for f, hi in impact], REQUEST_END_SQL)} AS in_fault
             FROM (
-                SELECT q.*, EXISTS (  -- an overflowed hop of the request's zone within its lifetime
-                    SELECT 1 FROM overflow_hops o
-                    WHERE o.zone = q.zone AND o.ts >= q.ts AND o.ts <= q.ts + coalesce(q.latency_ms, 0) / 1000.0
-                ) AS overflow
+                SELECT q.*,  -- a marked hop of the request's zone within its lifetime
+                    EXISTS (SELECT 1 FROM overflow_hops o WHERE {during}) AS overflow,
+                    EXISTS (SELECT 1 FROM under_way_hops o WHERE {during}) AS under_way
                 FROM requests q
             ) r
             """
@@ -86,6 +98,12 @@ class UserChecks(CheckBase):
                 f"; {overflow} more failed in flight at kills over Envoy's 3 concurrent retries (reported apart, "
                 "not counted)"
             )
+        lost = sum(w.failover_under_way for w in windows)
+        if lost:
+            ok_text += (
+                f"; {lost} more failed while a failover was under way (reported apart, not counted: the fallback "
+                f"invariant judges its time against maxFailoverS {self.slo.max_failover_s:g}s)"
+            )
         return InvariantResult(
             AVAILABILITY, not failures, self._summary(AVAILABILITY, failures, ok_text), windows=windows
         )
@@ -117,6 +135,48 @@ class UserChecks(CheckBase):
             CREATE OR REPLACE TEMP TABLE overflow_hops AS
             SELECT caller_zone AS zone, ts FROM hops
             WHERE contains(coalesce(flags, ''), 'UO') AND contains(coalesce(flags, ''), 'UC') AND ({where})
+            """
+        )
+
+    def _under_way_hops(self, under_way: list[FailoverSpan]) -> None:
+        """Failed hops of a pair whose failover was under way: [inject, failover instant), to the zone's own
+        instances (or to no host).
+
+        Until the mesh has detected the loss (outlier detection, or Consul
+        marking the instance critical), the zone's calls go to the dead
+        instance; with Consul CE's retry policy (no retry host predicate) all
+        of a request's attempts can go there in the milliseconds before the
+        ejection reaches Envoy's workers (`503 URX,UF`, 86 ms after a kill in
+        one clean-clone run). How many requests that catches is the request
+        rate times a detection delay of milliseconds: 0, 1 or 2 in identical
+        runs, against a budget that allowed 0 of the window's 98 requests.
+        The failover's time is what the SLO bounds (maxFailoverS, judged by
+        the fallback invariant, which fails a slower one), so the losses
+        before it are that failover's, reported in `lost_requests` and apart
+        here. Only until maxFailoverS past the inject (`FaultMeasurer._failover`),
+        and only a hop whose retries were all spent on the zone's own
+        instance (URX) or that found no host (UH): a reset nobody retried (no
+        retry policy: `UC` alone), a hop served in another zone (a misroute)
+        or any other failure counts as before.
+        """
+        spans = []
+        for z, u, callers, lo, hi in under_way:
+            if not callers:
+                continue
+            names = ", ".join("'" + sql_str(c) + "'" for c in callers)
+            spans.append(
+                f"(caller_zone = '{sql_str(z)}' AND upstream = '{sql_str(u)}' AND caller_service IN ({names}) "
+                f"AND ts >= {float(lo)!r} AND ts < {float(hi)!r})"
+            )
+        where = " OR ".join(spans) or "false"
+        self.con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE under_way_hops AS
+            SELECT caller_zone AS zone, ts FROM hops
+            WHERE NOT ok AND ({where}) AND (
+                (serving_zone = caller_zone AND contains(coalesce(flags, ''), 'URX'))  -- every retry spent there
+                OR (coalesce(upstream_host, '') = '' AND contains(coalesce(flags, ''), 'UH'))  -- no host yet
+            )
             """
         )
 
@@ -157,21 +217,26 @@ class UserChecks(CheckBase):
             f"""
             SELECT count(*) FILTER (WHERE NOT excluded), count(*) FILTER (WHERE NOT excluded AND failed),
                    count(*) FILTER (WHERE excluded), count(*) FILTER (WHERE excluded AND failed),
-                   count(*) FILTER (WHERE NOT excluded AND overflow)
+                   count(*) FILTER (WHERE NOT excluded AND overflow),
+                   count(*) FILTER (WHERE NOT excluded AND under_way)
             FROM req_marked WHERE {where}
             """,
             params,
         ).fetchone()
         assert row is not None
-        n, failed, ex, ex_failed, overflow = (int(x) for x in row)
+        n, failed, ex, ex_failed, overflow, under_way = (int(x) for x in row)
         rate = failed / n if n else None
-        w = WindowResult(name, lo, hi, n, failed, rate, ex, ex_failed, PASS, retry_overflow=overflow)
+        w = WindowResult(
+            name, lo, hi, n, failed, rate, ex, ex_failed, PASS, retry_overflow=overflow, failover_under_way=under_way
+        )
         excl = f", {ex} requests excluded (entry point down; {ex_failed} failed)" if ex else ""
         if overflow:
             excl += (
                 f", {overflow} more failed in flight at the kill over Envoy's 3 concurrent retries "
                 "(not counted: Consul CE cannot raise that limit)"
             )
+        if under_way:
+            excl += f", {under_way} more failed while the failover was under way (not counted: judged by its time)"
         if n == 0:
             w.status = FAIL
             w.message = f"availability: {name}: no traffic (no user requests{excl})"
