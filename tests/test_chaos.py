@@ -25,9 +25,11 @@ import pytest
 
 from harness.backends import BackendOptions
 from harness.backends.base import CHAOS_PRIMITIVES, AdminAnswers, Status, each_admin
+from harness.backends.kube.backend import ENTRY_PROBE_TIMEOUT
 from harness.chaos import actions, check_experiment, judge_journal, plan_run, probes, run_experiment
 from harness.chaos.roles import RoleError, parse_role, resolve_values, resolve_zone
 from harness.contract.inventory import Inventory, PodInfo
+from harness.contract.users import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S
 from harness.errors import BackendError, InputError
 from harness.topology import load_topology
 from tests.conftest import REPO, wait_until
@@ -581,7 +583,7 @@ def test_a_replacement_is_restored_at_its_first_ready_even_if_it_flapped_since()
 
 # -- the shop probe: a user's timeouts, and why it got no answer ----------------------------------------------
 def test_the_shop_probe_gives_up_when_a_user_would() -> None:
-    """The probe's "no answer" is a user's: same connect and answer bounds as loadtests/hashicups.py.
+    """The probe's and the entry monitor's "no answer" is a user's: the bounds of loadtests/hashicups.py.
 
     At 5 s the probe called an answer "none" that a user (10 s) counted as
     served, and that the mesh's worst case (three 2 s connects) can take.
@@ -594,8 +596,9 @@ def test_the_shop_probe_gives_up_when_a_user_would() -> None:
         for t in n.targets
         if isinstance(t, ast.Name) and t.id in ("CONNECT_TIMEOUT_S", "NETWORK_TIMEOUT_S")
     }
-    assert users == {"CONNECT_TIMEOUT_S": probes.CONNECT_TIMEOUT_S, "NETWORK_TIMEOUT_S": probes.ANSWER_TIMEOUT_S}
-    assert (probes.SHOP_TIMEOUT.connect, probes.SHOP_TIMEOUT.read) == (3.0, 10.0)
+    assert users == {"CONNECT_TIMEOUT_S": CONNECT_TIMEOUT_S, "NETWORK_TIMEOUT_S": ANSWER_TIMEOUT_S}
+    for timeout in (probes.SHOP_TIMEOUT, ENTRY_PROBE_TIMEOUT):  # the shop probe, the kind/EKS entry monitor
+        assert (timeout.connect, timeout.read) == (3.0, 10.0)
 
 
 def test_the_shop_probe_says_why_it_got_no_answer(caplog: pytest.LogCaptureFixture) -> None:

@@ -53,5 +53,5 @@ def test_actions_share_one_backend_and_its_watcher_stops_at_the_end(
         actions.make_ready(LAX, "product-api")
     assert len(made) == 1 and len(_watchers()) == before + 1
     after_experiment_control(context={}, state={})
-    wait_until(lambda: len(_watchers()) <= before, 10)
+    wait_until(lambda: len(_watchers()) <= before, 60)
     assert len(_watchers()) == before

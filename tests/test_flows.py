@@ -210,7 +210,7 @@ def test_preflight_calls_the_undeclared_edges_and_catches_an_intention_that_lets
         # the calls reached the destinations' sidecars with the sources' identities, and no probe pod stayed
         assert {f"{p['source']} -> {p['destination']}" for p in api.sim.edge_probes} == set(probes)
         left = lambda: [p for p in eks.pods() if (p["metadata"].get("labels") or {}).get(LABEL_PROBE)]  # noqa: E731
-        assert wait_until(lambda: not left(), 10), left()  # deleted (a pod goes asynchronously, as on a cluster)
+        assert wait_until(lambda: not left(), 60), left()  # deleted (a pod goes asynchronously, as on a cluster)
 
         # an intention that lets an undeclared caller through: the real call is answered
         def allow() -> None:

@@ -170,7 +170,7 @@ def test_destructive_faults_refused_off_the_allow_list(api: FakeApiServer, eks: 
 def test_destructive_faults_are_a_dry_run_unless_executed(api: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> None:
     api.seed(eks, _other_team(LAX))
     b = _up(api, tmp_path)
-    assert wait_until(lambda: bool(eks.pods("team-x")) and eks.pods("team-x")[0]["spec"].get("nodeName"), 10)
+    assert wait_until(lambda: bool(eks.pods("team-x")) and eks.pods("team-x")[0]["spec"].get("nodeName"), 60)
     (cache,) = eks.pods("team-x")
     before = _writes(api)
     with pytest.raises(BackendError) as exc:
@@ -310,9 +310,9 @@ def test_blast_radius_share_of_a_zone_at_once(api: FakeApiServer, eks: KubeClust
     # the replacements go to `second` while `first` is cordoned: all 3 pods of the zone sit there then
     phases = lambda: eks.pod_phases(["hashicups-phx-2a"])  # noqa: E731
     on_second = lambda: [p for p in eks.pods("hashicups-phx-2a") if p["spec"].get("nodeName") == second]  # noqa: E731
-    assert wait_until(lambda: len(on_second()) == 3 and set(phases().values()) == {"Ready"}, 15)
+    assert wait_until(lambda: len(on_second()) == 3 and set(phases().values()) == {"Ready"}, 60)
     b.restore_node(first)
-    assert wait_until(lambda: b.steady_state_problems() == [], 15)
+    assert wait_until(lambda: b.steady_state_problems() == [], 60)
     with pytest.raises(BackendError, match=rf"zone {PHX}: 3 of 3 pods down at once \(100%\), the limit is 50%"):
         b.kill_node(second)
     b.kill_pod(PHX, "product-api")  # a third of the zone's pods
@@ -376,7 +376,7 @@ def test_no_injection_while_the_steady_state_fails(
     b = _up(api, tmp_path, execute=True)
     (pa,) = eks.pods("hashicups-las-1a", {"app": "product-api"})
     api.sim.call(lambda: api.sim.block_readiness("hashicups-las-1a", pa["metadata"]["name"]))
-    assert wait_until(lambda: len(b.steady_state_problems()) == 2, 10)  # the pod, then its Deployment's status
+    assert wait_until(lambda: len(b.steady_state_problems()) == 2, 60)  # the pod, then its Deployment's status
     assert b.steady_state_problems() == [
         "Deployments not ready: hashicups-las-1a/product-api-las-1a 0/1 ready",
         f"pods not Ready: {pa['metadata']['name']} (NotReady)",
@@ -417,7 +417,7 @@ def test_kill_switch_file_rolls_back_at_once(
     assert all(n.unschedulable for n in eks.node_infos() if n.zone == PHX)
     before = len(polls)
     (run / "ABORT").write_text("stop\n")
-    assert wait_until(lambda: bool(stopped), 5)
+    assert wait_until(lambda: bool(stopped), 60)
     # at once: the poll after the file appeared (or the one under way) rolled back and stopped, counted not timed
     assert stopped[0] - before <= 2 and polls[-1] == run / "ABORT", (before, polls)
     assert not any(n.unschedulable for n in eks.node_infos())
@@ -520,7 +520,7 @@ def test_kill_switch_during_an_injection_waits_for_it_then_rolls_it_back(
 
     monkeypatch.setattr(b.cluster, "cordon", slow_cordon)
     b.zone_outage(PHX)
-    assert wait_until(lambda: bool(stopped), 5)
+    assert wait_until(lambda: bool(stopped), 60)
     assert not any(n.unschedulable for n in eks.node_infos()), [n.name for n in eks.node_infos() if n.unschedulable]
     assert b.ledger.entries() == []
     b.close()

@@ -276,9 +276,12 @@ def test_link_jitter_spreads_round_trips(cluster: Cluster) -> None:
         with connect(p["l1"].ns, p["r1"].ip) as s:
             samples = [echo_once(s) * 1000 for _ in range(20)]
         assert max(samples) - min(samples) > 5, samples
-        # jitter spreads round trips both ways around the latency, within latency + jitter (two halves of
-        # 10 +- 15 ms, each clamped at 0: test_local_net_units.py) plus the slack the other tests allow
-        assert min(samples) < 20.0 < max(samples) <= 20.0 + 30.0 + 20.0, samples
+        # jitter spreads round trips both ways around the latency (two halves of 10 +- 15 ms, each clamped at
+        # 0). Faster than the latency is the relay's jitter alone: no load makes a packet early (one below 20 ms
+        # in 20 has odds ~1 - 0.5^20). How far above it a round trip lands is also the machine's scheduling:
+        # 72.8 ms under a busy clean-clone run, so the bound (latency + jitter) is proven on the relay's own
+        # delays in test_local_net_units.py, not on a clock here
+        assert min(samples) < 20.0 < max(samples), samples
     finally:
         net.clear_link(LAX)
 

@@ -4,6 +4,7 @@ and what went wrong while recording reaches the verdict."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,9 +151,13 @@ def test_host_sampler_writes_the_busy_share_of_each_interval(tmp_path: Path) -> 
 
     stat = tmp_path / "stat"
 
-    def write(user: int, idle: int, iowait: int) -> None:
-        stat.write_text(f"cpu  {user} 0 0 {idle} {iowait} 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+    def write(user: int, idle: int, iowait: int) -> None:  # at once, as the kernel's file reads
+        tmp = tmp_path / "stat.tmp"
+        tmp.write_text(f"cpu  {user} 0 0 {idle} {iowait} 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+        os.replace(tmp, stat)
 
+    stat.write_text("")  # read mid-rewrite: no reading, and the sampler goes on
+    assert cpu_times(stat) is None
     write(100, 100, 0)
     assert cpu_times(stat) == (100, 200)
     sampler = HostSampler(tmp_path, period_s=0.05, stat=stat).start()
@@ -160,7 +165,7 @@ def test_host_sampler_writes_the_busy_share_of_each_interval(tmp_path: Path) -> 
         time.sleep(0.12)
         write(190, 105, 5)  # +90 busy of +100: 0.9
         lines: list[dict[str, float]] = []
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while not any(x["busy"] == 0.9 for x in lines) and time.monotonic() < deadline:
             time.sleep(0.05)
             lines = [json.loads(x) for x in (tmp_path / "host.jsonl").read_text().splitlines()]

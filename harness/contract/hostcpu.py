@@ -20,6 +20,8 @@ def cpu_times(path: Path = PROC_STAT) -> tuple[int, int] | None:
             fields = [int(x) for x in fh.readline().split()[1:]]
     except (OSError, ValueError):
         return None
+    if len(fields) < 4:  # not a cpu line (a stand-in read while it was rewritten): no reading, not a crash
+        return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     total = sum(fields[:8])  # user..steal; guest time is already in user
     return total - idle, total

@@ -98,6 +98,8 @@ PROBE_ZONES = [
 PROBE_PERIODS = {str(z): float(v) for z, v in json.loads(os.environ.get("EH_PROBE_PERIODS") or "{}").items()}
 # the probe budget's factor on every period (harness.traffic.budget): slower probes where the machine is small
 PROBE_BUDGET = ScaleFile(os.environ.get("EH_PROBE_BUDGET"))
+# a user's bounds; harness.contract.users holds the same two for the harness's own "did it answer?" (this file
+# runs where the harness package may not be installed; tests/test_chaos.py keeps them equal)
 CONNECT_TIMEOUT_S = 3.0
 NETWORK_TIMEOUT_S = 10.0
 

@@ -50,6 +50,7 @@ from harness.contract.names import (
     LABEL_APP,
 )
 from harness.contract.rundir import ENTRYPOINTS_FILE, INVENTORY_FILE
+from harness.contract.users import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
@@ -58,7 +59,9 @@ if TYPE_CHECKING:
 HelmRun = Callable[[Sequence[str]], None]
 ENTRY_SERVICE = "frontend"
 ENTRY_PROBE_PERIOD_S = 1.0
-ENTRY_PROBE_TIMEOUT_S = 2.0
+# "no answer" as a user means it: a shorter bound (it was 2 s) recorded a slow entry point as down, and the
+# zone's failed requests then were left out of the availability budget
+ENTRY_PROBE_TIMEOUT = httpx.Timeout(ANSWER_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 
 
 class EntryMonitor:
@@ -100,7 +103,7 @@ class EntryMonitor:
         if not self._serving(zone):
             return False, "no ready frontend pod"
         try:
-            r = httpx.get(url.rstrip("/") + "/", timeout=ENTRY_PROBE_TIMEOUT_S)
+            r = httpx.get(url.rstrip("/") + "/", timeout=ENTRY_PROBE_TIMEOUT)
         except httpx.HTTPError as exc:
             return False, f"probe: {exc.__class__.__name__}: {exc}".strip().rstrip(":")
         if r.status_code >= 500:

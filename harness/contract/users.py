@@ -1,0 +1,19 @@
+"""How long a user waits for the shop: one definition for every "did it answer?" the harness asks.
+
+The locust users (`loadtests/hashicups.py` `CONNECT_TIMEOUT_S`,
+`NETWORK_TIMEOUT_S`) count a request as failed past these bounds; the
+steady-state shop probe (`harness.chaos.probes`) and the kind/EKS entry-point
+monitor (`harness.backends.kube.backend.EntryMonitor`) use the same ones, so
+that "no answer" means the same everywhere. A shorter bound in one of them
+called a slow but correct answer "none": the probe's steady state deviated,
+or the entry point was recorded down and its zone's failed requests were
+left out of the availability budget. The answer bound is above the mesh's
+own worst case (three 2 s connect attempts per hop with the rendered
+retries). The locust file runs where this package may not be installed (in
+the zones' pods), so it holds the two numbers itself; a test keeps them equal.
+"""
+
+from __future__ import annotations
+
+CONNECT_TIMEOUT_S = 3.0  # one lost SYN is retransmitted after 1 s
+ANSWER_TIMEOUT_S = 10.0
