@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_until
+
 REPO = Path(__file__).resolve().parents[1]
 SNIPPET = """
 import os, sys, time
@@ -219,3 +221,38 @@ def test_a_signal_at_any_point_of_the_process_exits_128_plus_it_without_a_traceb
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == code, out
     assert out.startswith(line) and (entry == "main" or "Traceback" not in out), out
+
+
+def test_an_aborted_start_whose_daemon_ignores_sigterm_says_where_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`harness up` interrupted: a local daemon still there after ABORT_WAIT_S is killed, and says where it hung.
+
+    One clean-clone run stopped `up` 30.8 s after Ctrl-C instead of at once
+    (the daemon outlived its SIGTERM) with nothing to tell why; the state
+    directory holding its log is removed right after.
+    """
+    from harness.backends.local import backend as local
+
+    monkeypatch.setattr(local, "ABORT_WAIT_S", 0.5)
+    b = local.LocalBackend("t", state_root=tmp_path)
+    b.state_dir.mkdir(parents=True)
+    stuck = (
+        "import faulthandler, signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+        "print('starting', flush=True)\n"
+        "def hang_in_start():\n"
+        "    time.sleep(60)\n"
+        "hang_in_start()\n"
+    )
+    with (b.state_dir / "daemon.out").open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-c", stuck], stdout=out, stderr=subprocess.STDOUT)
+    assert wait_until(lambda: b"starting" in (b.state_dir / "daemon.out").read_bytes(), 30)
+    said: list[str] = []
+    b._abort_up(proc, said.append)
+    assert proc.returncode == -signal.SIGKILL
+    (msg,) = said
+    assert msg.startswith(f"local cluster daemon (pid {proc.pid}) did not stop within 0.5 s of SIGTERM"), msg
+    assert "hang_in_start" in msg, msg  # the stack it hung in
+    assert not b.state_dir.exists()  # and `down` ran after it

@@ -164,7 +164,7 @@ class LocalBackend(Backend):
             (self.state_dir / "daemon.pid").write_text(str(proc.pid))
             self._wait_ready(proc, say)
         except BaseException:
-            self._abort_up(proc)
+            self._abort_up(proc, say)
             raise
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], say: ProgressFn) -> None:
@@ -189,12 +189,16 @@ class LocalBackend(Backend):
                 )
             time.sleep(0.05)
 
-    def _abort_up(self, proc: subprocess.Popen[bytes] | None) -> None:
+    def _abort_up(self, proc: subprocess.Popen[bytes] | None, say: ProgressFn) -> None:
         """Undo a bring-up that did not finish: the daemon tears down what it made, the state file the rest.
 
         The daemon aborts its start on SIGTERM (it is not serving its API yet,
         so `/shutdown` cannot reach it); what it could not remove in time, or
         what a daemon killed half-way left, `down` removes from the state file.
+        A daemon still there after ABORT_WAIT_S is killed, but first says where
+        it was (its phase and its threads' stacks, which `down` is about to
+        remove with the state directory): a start that ignores SIGTERM is a
+        defect to find, and this is the only record of it.
         """
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -202,10 +206,26 @@ class LocalBackend(Backend):
             try:
                 proc.wait(timeout=ABORT_WAIT_S)
             except subprocess.TimeoutExpired:
+                say(self._stuck_report(proc))
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.wait()
         self.down()
+
+    def _stuck_report(self, proc: subprocess.Popen[bytes]) -> str:
+        """One message: the daemon did not stop on SIGTERM, its phase, and the end of its log and stacks."""
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGUSR1)  # faulthandler in the daemon: every thread's stack to daemon.out
+        time.sleep(0.5)
+        tails = []
+        for name in ("daemon.log", "daemon.out"):
+            with contextlib.suppress(OSError):
+                lines = (self.state_dir / name).read_text(errors="replace").splitlines()
+                tails.append(f"--- {name} (last lines) ---\n" + "\n".join(lines[-40:]))
+        return (
+            f"local cluster daemon (pid {proc.pid}) did not stop within {ABORT_WAIT_S:g} s of SIGTERM "
+            f"(phase: {self._phase() or 'none'}); killing it\n" + "\n".join(tails)
+        )
 
     def clear_leftovers(self) -> str:
         """Remove what a crashed run of this cluster left; one line saying what, or "" when nothing was left.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -219,18 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     shutdown = signals.shutdown
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signals.handler)
+    # a daemon that does not stop is asked for its threads' stacks (to daemon.out) before it is killed
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if args.owner:
         pid, _, start = args.owner.partition(":")
         threading.Thread(target=_watch_owner, args=(int(pid), int(start), signals), name="owner", daemon=True).start()
-
-    from harness.backends.local.cluster import LocalCluster
-    from harness.render.manifests import load
 
     cluster = None
     server = None
     consul = None
     rc = 0
     try:
+        # imported within the try: a signal during these imports (~0.2 s) is an aborted start (exit 143), not
+        # a StartAborted traceback (exit 1)
+        from harness.backends.local.cluster import LocalCluster
+        from harness.render.manifests import load
+
         write_phase(state_dir, phase="starting", message="reading manifests")
         cluster = LocalCluster(load(args.manifests), state_dir, args.cluster)
 
