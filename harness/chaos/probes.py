@@ -14,13 +14,13 @@ import httpx
 
 from harness.chaos import actions
 from harness.chaos.roles import RoleError, resolve_zone
-from harness.contract.users import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S
+from harness.contract.users import USER_TIMEOUT
 from harness.errors import BackendError
 
 COFFEES = {"query": "{ coffees { id name } }"}
 # the shop "answers" for a probe exactly when it would for a user (it gave up after 5 s: a correct, slow answer
 # was "none")
-SHOP_TIMEOUT = httpx.Timeout(ANSWER_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+SHOP_TIMEOUT = USER_TIMEOUT
 logger = logging.getLogger("chaostoolkit")  # chaostoolkit's own log: chaostoolkit.log in the run directory
 
 

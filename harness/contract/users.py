@@ -15,5 +15,8 @@ the zones' pods), so it holds the two numbers itself; a test keeps them equal.
 
 from __future__ import annotations
 
+import httpx
+
 CONNECT_TIMEOUT_S = 3.0  # one lost SYN is retransmitted after 1 s
 ANSWER_TIMEOUT_S = 10.0
+USER_TIMEOUT = httpx.Timeout(ANSWER_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)  # for the harness's own HTTP asks

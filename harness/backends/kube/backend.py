@@ -50,7 +50,7 @@ from harness.contract.names import (
     LABEL_APP,
 )
 from harness.contract.rundir import ENTRYPOINTS_FILE, INVENTORY_FILE
-from harness.contract.users import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S
+from harness.contract.users import USER_TIMEOUT
 from harness.errors import BackendError
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ ENTRY_SERVICE = "frontend"
 ENTRY_PROBE_PERIOD_S = 1.0
 # "no answer" as a user means it: a shorter bound (it was 2 s) recorded a slow entry point as down, and the
 # zone's failed requests then were left out of the availability budget
-ENTRY_PROBE_TIMEOUT = httpx.Timeout(ANSWER_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+ENTRY_PROBE_TIMEOUT = USER_TIMEOUT
 
 
 class EntryMonitor:

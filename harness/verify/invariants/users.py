@@ -160,9 +160,7 @@ class UserChecks(CheckBase):
         or any other failure counts as before.
         """
         spans = []
-        for z, u, callers, lo, hi in under_way:
-            if not callers:
-                continue
+        for z, u, callers, lo, hi in under_way:  # a failover pair always has callers that stayed up
             names = ", ".join("'" + sql_str(c) + "'" for c in callers)
             spans.append(
                 f"(caller_zone = '{sql_str(z)}' AND upstream = '{sql_str(u)}' AND caller_service IN ({names}) "
