@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -529,6 +530,46 @@ def test_probes_take_roles(fake: FakeBackend) -> None:
     assert probes._zones(["a Local Zone", "us-west-2a"], {"zone": "a Local Zone"}) == [LAX, "us-west-2a"]
     with pytest.raises(BackendError, match="unknown role"):
         probes._zones("an Availability Zne", None)
+
+
+def test_all_pods_ready_waits_for_readiness_within_the_slos_recovery(
+    fake: FakeBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a fault, steady means Ready again within maxRecoveryS, not Ready at the instant the probe looked:
+    sampled once 4 s after a node came back it said False on a saturated machine (one run in ten of a correct
+    mesh failed). Counted in looks on a fake clock, not in seconds: same answer however the CPU is shared."""
+    looks: list[int] = []
+    clock = iter(range(0, 10_000, 10))  # each reading of the clock 10 s after the last
+    monkeypatch.setattr(probes, "_now", lambda: float(next(clock)))
+    monkeypatch.setattr(probes, "POLL_S", 0.0)
+
+    def pods(ready_at_look: int) -> Callable[[], Status]:
+        def status() -> Status:
+            looks.append(1)
+            phase = "Ready" if len(looks) >= ready_at_look else "NotReady"
+            return Status("fake", True, "", {"frontend-2": phase, "product-api-1": "Ready"})
+
+        return status
+
+    monkeypatch.setattr(fake, "status", pods(ready_at_look=3))
+    assert probes.all_pods_ready() is True and len(looks) == 3  # Ready at the third look, 20-30 s on
+    looks.clear()
+    monkeypatch.setattr(fake, "status", pods(ready_at_look=1))
+    assert probes.all_pods_ready(within_s=0) is True and len(looks) == 1  # already Ready: the first look answers
+
+    looks.clear()
+    monkeypatch.setattr(fake, "status", pods(ready_at_look=10**6))  # never Ready
+    with caplog.at_level(logging.INFO, logger="chaostoolkit"):
+        assert probes.all_pods_ready() is False
+    # the default bound is the topology's maxRecoveryS (60 s): a look at most every 10 s of it, then False
+    assert DEFAULT.slo.max_recovery_s == 60 and 3 <= len(looks) <= 7, len(looks)
+    assert "not Ready: frontend-2 after 60 s" in caplog.text
+    looks.clear()
+    assert probes.all_pods_ready(within_s=0) is False and len(looks) == 1
+
+    looks.clear()
+    monkeypatch.setattr(fake, "status", lambda: looks.append(1) or Status("fake", False, "", {}))
+    assert probes.all_pods_ready() is False and len(looks) == 1  # not up: nothing to wait for
 
 
 def test_one_backend_per_process_closed_at_the_end(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

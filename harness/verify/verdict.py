@@ -106,8 +106,8 @@ class WindowResult:
     # (flags UO and UC): reported, not in `failed` (DEFINITIONS["availability"])
     retry_overflow: int = 0
     # failed user requests with a failed hop of a failover pair before its failover instant (within maxFailoverS
-    # of the inject) that spent its retries on the zone's own instance (URX) or found no host (UH): the failover's
-    # losses, reported, not in `failed` (DEFINITIONS["availability"])
+    # of the inject) that spent its retries on the zone's own instance (URX, or UO with UF) or found no host (UH):
+    # the failover's losses, reported, not in `failed` (DEFINITIONS["availability"])
     failover_under_way: int = 0
 
 

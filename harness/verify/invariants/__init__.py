@@ -40,7 +40,8 @@ reader of a copied verdict does not need this file):
   in Z that are not themselves down: the failover window runs from the inject
   to the restore or to the instant S is up again in Z (inventory readiness),
   whichever is first (exclusive); failover instant F = the first successful
-  Region-served hop after the last successful hop served outside the Region;
+  Region-served hop after the last successful hop served outside the Region
+  and the last failed hop sent to the zone's own (dead) instance;
   `failover_s` = F - inject. Recovery, for every pair the fault touched whose
   upstream is edge-placed: R = the first successful hop served where it
   belongs (in-zone, or the Region for Region callers) after the last

@@ -85,11 +85,16 @@ class CheckBase:
         good_sql: str,
         hi_open: bool = False,
         next_fault: float | None = None,
+        stale_sql: str | None = None,
     ) -> Window:
         """First instant after which successful hops are all `good_sql`, in [lo, hi] ([lo, hi) if `hi_open`).
 
         `next_fault`: the inject of the zone's next fault; a hop still in
         flight then (its lifetime reaches it) is that fault's, not this window's.
+        `stale_sql`: failed hops that show the mesh still sending where it
+        should no longer (a failover's attempts at the zone's dead instance):
+        the instant comes only after the last of them, as after a misplaced
+        success.
         """
         params = [zone, upstream, callers, lo, hi]
         upper = "<" if hi_open else "<="
@@ -99,8 +104,9 @@ class CheckBase:
             params.append(next_fault)
         row = self.con.execute(
             f"""
-            WITH w AS (SELECT ts, ok, coalesce(({good_sql}), false) AS good FROM fhops WHERE {base}),
-                 b AS (SELECT max(ts) FILTER (WHERE ok AND NOT good) AS last_bad FROM w),
+            WITH w AS (SELECT ts, ok, coalesce(({good_sql}), false) AS good,
+                              coalesce(({stale_sql or "false"}), false) AS stale FROM fhops WHERE {base}),
+                 b AS (SELECT max(ts) FILTER (WHERE (ok AND NOT good) OR (NOT ok AND stale)) AS last_bad FROM w),
                  f AS (SELECT min(ts) FILTER (WHERE ok AND good AND ts > coalesce((SELECT last_bad FROM b), -{INF}))
                        AS instant FROM w)
             SELECT count(*), count(*) FILTER (WHERE NOT ok), count(*) FILTER (WHERE ok AND good),

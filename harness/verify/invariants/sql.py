@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.observe.hops import host_ip_sql
 from harness.verify.verdict import iso
 
 # A hop or request is *in* a window when its lifetime overlaps it, not only when it
@@ -51,7 +52,8 @@ DEFINITIONS = {
     "hub_and_spoke": "no hop of an edge caller served in another edge zone, none of a Region caller served in an "
     "edge zone, and no such host with cx_total + cx_connect_fail + rq_total > 0 in any sidecar's upstream "
     "counters (attempts a retry hid); no start/end counter snapshot = unverified = fail",
-    "failover_s": "first successful Region-served hop after the last successful non-Region hop, minus inject; "
+    "failover_s": "first successful Region-served hop after the last successful non-Region hop and the last failed "
+    "hop sent to the zone's own instance, minus inject; "
     "the window ends (exclusive) at the restore or when the upstream is up again in the zone, whichever is first",
     "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop, minus restore",
     "resolution_s": "gap between the records bounding the failover/recovery instant: the instant minus the last "
@@ -68,8 +70,9 @@ DEFINITIONS = {
     "request of a service-down or zone-down fault's zone during its window with a hop of that zone to a service the "
     "fault took down flagged UO and UC (a kill terminated it in flight and Envoy's concurrent-retry limit, 3 and "
     "not configurable in Consul CE, refused its retry) is reported as retry_overflow, not counted; a failed request "
-    "with a failed hop of a failover pair whose retries were all spent on the zone's own instance (URX) or that "
-    "found no host (UH), before the pair's failover "
+    "with a failed hop of a failover pair whose retries were all spent on the zone's own instance (URX), whose "
+    "connect failure there had its retry refused by that limit (UO with UF) or that found no host (UH), before the "
+    "pair's failover "
     "instant (at most maxFailoverS after the inject) is reported as failover_under_way, not counted (the failover's "
     "loss, judged by its time in fallback); a declared "
     "single point of failure's window lasts over its cascade (down intervals that began during it) and until each "
@@ -96,6 +99,16 @@ DEFINITIONS = {
     "skipped_records": "lines of record files that are not JSON objects or lack their time field are skipped and "
     "listed (file, line, reason)",
 }
+
+# SQL: a hop of a failover pair whose (last) attempt went to the caller's own zone, i.e. to the instance the
+# fault took down: the pair has not failed over yet (see FaultMeasurer._failover). Past the inventory's slack
+# after the pod's removal its IP is nobody's (serving_zone NULL): then the IP a gone pod of the zone's upstream
+# held says it.
+STALE_SQL = (
+    "(serving_zone = caller_zone OR (serving_zone IS NULL AND EXISTS (SELECT 1 FROM intervals i "
+    f"WHERE i.ip = {host_ip_sql('upstream_host')} AND i.zone = caller_zone AND i.service = upstream "
+    "AND i.end_ts IS NOT NULL AND i.end_ts <= ts)))"
+)
 
 # SQL: the hop is served in the caller's local zone (see module docstring).
 IN_ZONE_SQL = "(CASE WHEN caller_kind = 'region' THEN serving_kind = 'region' ELSE serving_zone = caller_zone END)"

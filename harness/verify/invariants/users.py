@@ -12,6 +12,7 @@ from harness.verify.invariants.sql import (
     REQUEST_END_SQL,
     REQUEST_FIELDS,
     REQUEST_OK_SQL,
+    STALE_SQL,
     request_text,
     spans_sql,
     sql_str,
@@ -140,7 +141,7 @@ class UserChecks(CheckBase):
 
     def _under_way_hops(self, under_way: list[FailoverSpan]) -> None:
         """Failed hops of a pair whose failover was under way: [inject, failover instant), to the zone's own
-        instances (or to no host).
+        instance (or to no host).
 
         Until the mesh has detected the loss (outlier detection, or Consul
         marking the instance critical), the zone's calls go to the dead
@@ -153,11 +154,15 @@ class UserChecks(CheckBase):
         The failover's time is what the SLO bounds (maxFailoverS, judged by
         the fallback invariant, which fails a slower one), so the losses
         before it are that failover's, reported in `lost_requests` and apart
-        here. Only until maxFailoverS past the inject (`FaultMeasurer._failover`),
-        and only a hop whose retries were all spent on the zone's own
-        instance (URX) or that found no host (UH): a reset nobody retried (no
-        retry policy: `UC` alone), a hop served in another zone (a misroute)
-        or any other failure counts as before.
+        here. The instant comes only after the last hop still sent to the
+        zone's own instance (`FaultMeasurer._failover`: workers learn of an
+        ejection one by one), and the span ends maxFailoverS past the inject
+        at the latest. Only a hop whose retries were all spent on the zone's
+        own instance (URX), whose connect failure there had its retry refused
+        by Envoy's concurrent-retry limit (UO with UF), or that found no host
+        (UH) qualifies: a connect failure or reset nobody retried (no retry
+        policy: `UF` or `UC` alone), a hop served in another zone (a
+        misroute) or any other failure counts as before.
         """
         spans = []
         for z, u, callers, lo, hi in under_way:  # a failover pair always has callers that stayed up
@@ -172,7 +177,9 @@ class UserChecks(CheckBase):
             CREATE OR REPLACE TEMP TABLE under_way_hops AS
             SELECT caller_zone AS zone, ts FROM hops
             WHERE NOT ok AND ({where}) AND (
-                (serving_zone = caller_zone AND contains(coalesce(flags, ''), 'URX'))  -- every retry spent there
+                ({STALE_SQL} AND (  -- the zone's own instance, with every retry spent there or refused by the limit
+                    contains(coalesce(flags, ''), 'URX')
+                    OR (contains(coalesce(flags, ''), 'UO') AND contains(coalesce(flags, ''), 'UF'))))
                 OR (coalesce(upstream_host, '') = '' AND contains(coalesce(flags, ''), 'UH'))  -- no host yet
             )
             """
