@@ -7,6 +7,7 @@ kind and existing backend tests.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -479,7 +480,7 @@ def test_entry_monitor_records_a_frontend_replaced_between_two_probes(tmp_path: 
     path = tmp_path / "entrypoints.jsonl"
     mon = EntryMonitor({"lax": "http://lax", "phx": "http://phx"}, inv, path)
     mon.check = lambda zone, url: (True, "") if mon._serving(zone) else (False, "no ready frontend pod")  # type: ignore[method-assign]
-    mon._run = lambda: None  # type: ignore[method-assign]  # no probe ever runs between the changes below
+    mon._run = lambda zone: None  # type: ignore[method-assign]  # no probe ever runs between the changes below
     mon.start()
     try:
         inv.removed("fe-lax", ts=5.0)  # lax's only frontend
@@ -493,3 +494,38 @@ def test_entry_monitor_records_a_frontend_replaced_between_two_probes(tmp_path: 
     recs = [(r["zone"], r["up"], r["ts"] if not r["up"] else None) for r in lines]
     assert recs[:2] == [("lax", True, None), ("phx", True, None)]
     assert recs[2:] == [("lax", False, 5.0), ("lax", True, None)]
+
+
+def test_entry_monitor_a_hung_zone_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    """A probe waits up to a user's 10 s for an answer; while one zone's probe hangs, another zone's entry point
+    going down is still recorded (one loop over the zones held every other zone's record back behind it)."""
+    from harness.backends.kube.backend import ENTRY_SERVICE, EntryMonitor
+    from harness.contract.inventory import PodInfo
+
+    inv = Inventory()
+    for zone in ("lax", "phx"):
+        inv.added(PodInfo(f"fe-{zone}", "10.0.0.1", "n1", zone, ENTRY_SERVICE, ENTRY_SERVICE, "default", 1.0))
+        inv.ready(f"fe-{zone}", 1.0)
+    path = tmp_path / "entrypoints.jsonl"
+    mon = EntryMonitor({"lax": "http://lax", "phx": "http://phx"}, inv, path)
+    started, release, phx_up = threading.Event(), threading.Event(), threading.Event()
+    phx_up.set()
+
+    def check(zone: str, url: str) -> tuple[bool, str]:
+        if threading.current_thread() is mon._threads[0]:  # lax's own thread (start's first check is not)
+            started.set()
+            release.wait(60)  # lax's load balancer hangs
+        return (True, "") if zone == "lax" or phx_up.is_set() else (False, "probe: HTTP 503")
+
+    mon.check = check  # type: ignore[method-assign]
+    mon.start()
+    try:
+        assert started.wait(60)  # lax's probe is hanging
+        phx_up.clear()  # phx's entry point answers 503 from now on
+        assert wait_until(lambda: any(not json.loads(x)["up"] for x in path.read_text().splitlines()), 60)
+        assert not release.is_set()  # ... recorded while lax's probe still hangs
+        (down,) = [json.loads(x) for x in path.read_text().splitlines() if not json.loads(x)["up"]]
+        assert (down["zone"], down["reason"]) == ("phx", "probe: HTTP 503")
+    finally:
+        release.set()
+        mon.stop()
