@@ -887,7 +887,7 @@ def test_requests_a_kill_cut_off_over_envoys_retry_limit_are_reported_not_counte
     assert v.passed, v.failure_messages
     (w,) = [w for w in v.invariant(AVAILABILITY).windows if w.window == window]
     assert (w.retry_overflow, w.failed, w.requests) == (8, before.failed, before.requests + 8)
-    assert "8 more failed in flight at kills over Envoy's 3 concurrent retries" in v.invariant(AVAILABILITY).message
+    assert "8 more failed in flight at a kill over Envoy's 3 concurrent retries" in v.invariant(AVAILABILITY).message
 
 
 def test_requests_lost_while_the_failover_was_under_way_are_reported_not_counted(tmp_path: Path) -> None:

@@ -93,21 +93,26 @@ class UserChecks(CheckBase):
                 )
                 + f"; the others within the SLO's {budget * 100:g}%"
             )
-        overflow = sum(w.retry_overflow for w in windows)
-        if overflow:  # said also when every window passes: users did see these fail
-            ok_text += (
-                f"; {overflow} more failed in flight at kills over Envoy's 3 concurrent retries (reported apart, "
-                "not counted)"
-            )
-        lost = sum(w.failover_under_way for w in windows)
-        if lost:
-            ok_text += (
-                f"; {lost} more failed while a failover was under way (reported apart, not counted: the fallback "
-                f"invariant judges its time against maxFailoverS {self.slo.max_failover_s:g}s)"
-            )
+        # said also when every window passes: users did see these fail
+        ok_text += self._apart(sum(w.retry_overflow for w in windows), sum(w.failover_under_way for w in windows))
         return InvariantResult(
             AVAILABILITY, not failures, self._summary(AVAILABILITY, failures, ok_text), windows=windows
         )
+
+    def _apart(self, overflow: int, under_way: int) -> str:
+        """What a window (or the whole run) reported apart, in the same words everywhere."""
+        out = ""
+        if overflow:
+            out += (
+                f"; {overflow} more failed in flight at a kill over Envoy's 3 concurrent retries (reported apart, "
+                "not counted: Consul CE cannot raise that limit)"
+            )
+        if under_way:
+            out += (
+                f"; {under_way} more failed while a failover was under way (reported apart, not counted: the "
+                f"fallback invariant judges its time against maxFailoverS {self.slo.max_failover_s:g}s)"
+            )
+        return out
 
     def _overflow_hops(self, impact: list[tuple[Fault, float]]) -> None:
         """Hops a kill cut off whose retry Envoy's concurrent-retry limit refused (flags UO and UC).
@@ -235,13 +240,7 @@ class UserChecks(CheckBase):
             name, lo, hi, n, failed, rate, ex, ex_failed, PASS, retry_overflow=overflow, failover_under_way=under_way
         )
         excl = f", {ex} requests excluded (entry point down; {ex_failed} failed)" if ex else ""
-        if overflow:
-            excl += (
-                f", {overflow} more failed in flight at the kill over Envoy's 3 concurrent retries "
-                "(not counted: Consul CE cannot raise that limit)"
-            )
-        if under_way:
-            excl += f", {under_way} more failed while the failover was under way (not counted: judged by its time)"
+        excl += self._apart(overflow, under_way)
         if n == 0:
             w.status = FAIL
             w.message = f"availability: {name}: no traffic (no user requests{excl})"
