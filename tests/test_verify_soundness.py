@@ -853,7 +853,13 @@ OVERFLOW = "upstream connect error or disconnect/reset before headers. reset rea
 
 
 def _cut_off_at_the_kill(
-    d: Path, zone: str, flags: str, n: int = 8, after_s: float = 0.05, served_in: str | None = None
+    d: Path,
+    zone: str,
+    flags: str,
+    n: int = 8,
+    after_s: float = 0.05,
+    served_in: str | None = None,
+    latency_ms: float = 250.0,
 ) -> None:
     """`n` user requests entering `zone` from `after_s` after the kill (KILL's failover: 0.2 s), each failed by a
     hop of its public-api with `flags` to the killed product-api (or to the one of `served_in`)."""
@@ -864,7 +870,7 @@ def _cut_off_at_the_kill(
         ts = T0 + KILL.inject + after_s + i * 0.02
         body = f"GraphQL error: status: 503, body: {OVERFLOW}"
         append(d / "requests.jsonl", json.dumps({"ts": ts, "zone": zone, "endpoint": "coffees",
-                                                  "name": "POST /api probe", "status": 200, "latency_ms": 250.0,
+                                                  "name": "POST /api probe", "status": 200, "latency_ms": latency_ms,
                                                   "ok": False, "error": body}))  # fmt: skip
         line = json.loads(envoy_line(ts + 0.01, f"{killed['ip']}:9090", cluster, caller, 503, flags))
         append(d / "accesslogs" / f"{caller['pod']}.jsonl", json.dumps({**line, "duration": 200}))
@@ -931,6 +937,22 @@ def test_hops_still_sent_to_the_dead_instance_are_the_failover_under_way(
     last_sent = after_s + 7 * 0.02 + 0.01  # the eighth hop's start
     fo = v.fault(KILL.fault).failover_s
     assert fo is not None and last_sent < fo <= last_sent + 1.0, fo  # the zone's next Region-served hop
+
+
+def test_a_hop_in_flight_at_the_kill_whose_retries_met_the_dead_instance_is_the_failover_under_way(
+    tmp_path: Path,
+) -> None:
+    """Its first attempt began 40 ms before the kill, its retries failed at the dead pod: the kill's loss, like
+    those started after it (a burst had such a request 91 ms before an inject; it was excused only because
+    another hop of the zone happened to fall in its lifetime)."""
+    d = run(tmp_path, faults=[KILL])
+    window = f"fault {KILL.fault}"
+    (before,) = [w for w in verify(d).invariant(AVAILABILITY).windows if w.window == window]
+    # one request [-50 ms, +50 ms]: its hop [-40 ms, +160 ms] is the only failed hop in its lifetime
+    _cut_off_at_the_kill(d, LAX, "URX,UF", n=1, after_s=-0.05, latency_ms=100.0)
+    v = verify(d)
+    (w,) = [w for w in v.invariant(AVAILABILITY).windows if w.window == window]
+    assert (w.failover_under_way, w.failed) == (before.failover_under_way + 1, before.failed), v.failure_messages
 
 
 def test_a_slow_failover_loses_more_than_its_time_excuses(tmp_path: Path) -> None:

@@ -73,7 +73,8 @@ DEFINITIONS = {
     "with a failed hop of a failover pair whose retries were all spent on the zone's own instance (URX), whose "
     "connect failure there had its retry refused by that limit (UO with UF) or that found no host (UH), before the "
     "pair's failover "
-    "instant (at most maxFailoverS after the inject) is reported as failover_under_way, not counted (the failover's "
+    "instant (in flight at the inject or started after it; at most maxFailoverS after the inject) is reported as "
+    "failover_under_way, not counted (the failover's "
     "loss, judged by its time in fallback); a declared "
     "single point of failure's window lasts over its cascade (down intervals that began during it) and until each "
     "pair of its dependants served again after that (measured recovery within maxRecoveryS: ejections run out)",

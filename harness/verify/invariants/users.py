@@ -8,6 +8,7 @@ from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.faults import FailoverSpan
 from harness.verify.invariants.sql import (
+    HOP_END_SQL,
     MAX_OFFENDERS,
     REQUEST_END_SQL,
     REQUEST_FIELDS,
@@ -159,7 +160,9 @@ class UserChecks(CheckBase):
         The failover's time is what the SLO bounds (maxFailoverS, judged by
         the fallback invariant, which fails a slower one), so the losses
         before it are that failover's, reported in `lost_requests` and apart
-        here. The instant comes only after the last hop still sent to the
+        here. A hop in flight at the inject whose retries then met the dead
+        instance is one of them (its first attempt began before the kill).
+        The instant comes only after the last hop still sent to the
         zone's own instance (`FaultMeasurer._failover`: workers learn of an
         ejection one by one), and the span ends maxFailoverS past the inject
         at the latest. Only a hop whose retries were all spent on the zone's
@@ -174,7 +177,7 @@ class UserChecks(CheckBase):
             names = ", ".join("'" + sql_str(c) + "'" for c in callers)
             spans.append(
                 f"(caller_zone = '{sql_str(z)}' AND upstream = '{sql_str(u)}' AND caller_service IN ({names}) "
-                f"AND ts >= {float(lo)!r} AND ts < {float(hi)!r})"
+                f"AND ts < {float(hi)!r} AND {HOP_END_SQL} >= {float(lo)!r})"  # in flight at the inject, too
             )
         where = " OR ".join(spans) or "false"
         self.con.execute(
