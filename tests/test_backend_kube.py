@@ -480,20 +480,24 @@ def test_entry_monitor_records_a_frontend_replaced_between_two_probes(tmp_path: 
     path = tmp_path / "entrypoints.jsonl"
     mon = EntryMonitor({"lax": "http://lax", "phx": "http://phx"}, inv, path)
     mon.check = lambda zone, url: (True, "") if mon._serving(zone) else (False, "no ready frontend pod")  # type: ignore[method-assign]
-    mon._run = lambda zone: None  # type: ignore[method-assign]  # no probe ever runs between the changes below
+
+    def recs() -> list[tuple[str, bool, float | None]]:
+        lines = map(json.loads, path.read_text().splitlines())
+        return [(r["zone"], r["up"], r["ts"] if not r["up"] else None) for r in lines]
+
     mon.start()
     try:
+        assert wait_until(lambda: len(recs()) == 2, 60)  # each zone's first probe
         inv.removed("fe-lax", ts=5.0)  # lax's only frontend
         inv.added(frontend("fe-lax-2", "lax", 5.1))
         inv.ready("fe-lax-2", ts=5.4)
         inv.removed("fe-phx-1", ts=6.0)  # phx keeps one: still up
-        mon._check_all()  # the next probe
+        assert wait_until(lambda: len(recs()) == 4, 60)  # lax's next probe (woken by the ready)
     finally:
         mon.stop()
-    lines = map(json.loads, path.read_text().splitlines())
-    recs = [(r["zone"], r["up"], r["ts"] if not r["up"] else None) for r in lines]
-    assert recs[:2] == [("lax", True, None), ("phx", True, None)]
-    assert recs[2:] == [("lax", False, 5.0), ("lax", True, None)]
+    assert sorted(recs()[:2]) == [("lax", True, None), ("phx", True, None)]
+    # down at the event's own time (a probe would stamp its own, seconds after 5.0), then up again; phx stays up
+    assert recs()[2:] == [("lax", False, 5.0), ("lax", True, None)]
 
 
 def test_entry_monitor_a_hung_zone_does_not_hold_back_the_others(tmp_path: Path) -> None:
@@ -510,16 +514,21 @@ def test_entry_monitor_a_hung_zone_does_not_hold_back_the_others(tmp_path: Path)
     mon = EntryMonitor({"lax": "http://lax", "phx": "http://phx"}, inv, path)
     started, release, phx_up = threading.Event(), threading.Event(), threading.Event()
     phx_up.set()
+    on_callers_thread: list[str] = []
+    caller = threading.get_ident()
 
     def check(zone: str, url: str) -> tuple[bool, str]:
-        if threading.current_thread() is mon._threads[0]:  # lax's own thread (start's first check is not)
+        if threading.get_ident() == caller:
+            on_callers_thread.append(zone)  # start() probing on its caller's thread would hang it with lax
+        if zone == "lax":
             started.set()
-            release.wait(60)  # lax's load balancer hangs
+            release.wait(60)  # lax's load balancer hangs, from the first probe on
         return (True, "") if zone == "lax" or phx_up.is_set() else (False, "probe: HTTP 503")
 
     mon.check = check  # type: ignore[method-assign]
-    mon.start()
+    mon.start()  # the backend calls it holding its lock: it must not wait for lax
     try:
+        assert on_callers_thread == []
         assert started.wait(60)  # lax's probe is hanging
         phx_up.clear()  # phx's entry point answers 503 from now on
         assert wait_until(lambda: any(not json.loads(x)["up"] for x in path.read_text().splitlines()), 60)

@@ -540,7 +540,7 @@ def test_all_pods_ready_waits_for_readiness_within_the_slos_recovery(
     mesh failed). Counted in looks on a fake clock, not in seconds: same answer however the CPU is shared."""
     looks: list[int] = []
     clock = iter(range(0, 10_000, 10))  # each reading of the clock 10 s after the last
-    monkeypatch.setattr(probes, "_now", lambda: float(next(clock)))
+    monkeypatch.setattr(actions, "_now", lambda: float(next(clock)))
     monkeypatch.setattr(probes, "POLL_S", 0.0)
 
     def pods(ready_at_look: int) -> Callable[[], Status]:
@@ -552,7 +552,10 @@ def test_all_pods_ready_waits_for_readiness_within_the_slos_recovery(
         return status
 
     monkeypatch.setattr(fake, "status", pods(ready_at_look=3))
-    assert probes.all_pods_ready() is True and len(looks) == 3  # Ready at the third look, 20-30 s on
+    with caplog.at_level(logging.INFO, logger="chaostoolkit"):
+        assert probes.all_pods_ready() is True and len(looks) == 3  # Ready at the third look, 30 s on
+    assert "every pod Ready after 30.0 s" in caplog.text
+    caplog.clear()
     looks.clear()
     monkeypatch.setattr(fake, "status", pods(ready_at_look=1))
     assert probes.all_pods_ready(within_s=0) is True and len(looks) == 1  # already Ready: the first look answers
@@ -570,6 +573,7 @@ def test_all_pods_ready_waits_for_readiness_within_the_slos_recovery(
     looks.clear()
     monkeypatch.setattr(fake, "status", lambda: looks.append(1) or Status("fake", False, "", {}))
     assert probes.all_pods_ready() is False and len(looks) == 1  # not up: nothing to wait for
+    assert probes.all_pods_ready(zones="every Local Zone") is False and len(looks) == 2  # zones or not
 
 
 def test_one_backend_per_process_closed_at_the_end(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

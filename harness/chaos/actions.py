@@ -28,9 +28,9 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.backends import BackendOptions, connect
 from harness.backends.base import PRIMITIVES, Backend, dispatch
@@ -44,6 +44,8 @@ log = logging.getLogger("chaostoolkit")  # chaostoolkit writes this logger to ch
 READY_TIMEOUT_S = 90.0
 POLL_S = 0.1
 NO_READY_EVENT_GRACE_S = 5.0
+_now = time.monotonic  # the clock every wait here measures by (a test reads it as a fake one)
+T = TypeVar("T")
 
 _backends: dict[tuple[Any, ...], Backend] = {}
 _backends_lock = threading.Lock()
@@ -139,16 +141,38 @@ def ready_services(backend: Backend, zone: str) -> set[str]:
     }
 
 
+def poll_until(look: Callable[[], T | None], within_s: float, every_s: float = POLL_S) -> tuple[T | None, float]:
+    """Ask `look` every `every_s` until it answers (anything but None) or `within_s` has passed.
+
+    Returns the answer (None when the time ran out) and the seconds waited.
+    It looks at least once, and once more at or after the bound, so a
+    condition met just as time runs out is still seen. The one loop of every
+    wait in the harness's chaos (readiness of services, of a replacement, of
+    every pod): each had its own copy, with its own clock. Measured on
+    `_now`, so a test counts looks on a fake clock rather than in seconds.
+    """
+    t0 = _now()
+    while True:
+        answer = look()
+        waited = _now() - t0
+        if answer is not None or waited >= within_s:
+            return answer, waited
+        time.sleep(every_s)
+
+
 def wait_ready(backend: Backend, zone: str, services: list[str], timeout_s: float = READY_TIMEOUT_S) -> float:
     """Block until every service in `services` has a Ready pod in `zone`; returns seconds waited."""
-    t0 = time.time()
-    while True:
-        missing = set(services) - ready_services(backend, zone)
-        if not missing:
-            return time.time() - t0
-        if time.time() - t0 > timeout_s:
-            raise BackendError(f"{zone}: {', '.join(sorted(missing))} not ready after {timeout_s:.0f} s")
-        time.sleep(POLL_S)
+    missing: set[str] = set()
+
+    def look() -> bool | None:
+        missing.clear()
+        missing.update(set(services) - ready_services(backend, zone))
+        return True if not missing else None
+
+    done, waited = poll_until(look, timeout_s)
+    if done is None:
+        raise BackendError(f"{zone}: {', '.join(sorted(missing))} not ready after {timeout_s:.0f} s")
+    return waited
 
 
 def wait_replacement_ready(
@@ -166,9 +190,9 @@ def wait_replacement_ready(
     reports a Ready pod but writes no `ready` event breaks the contract: that
     is an error, not a guess.
     """
-    t0 = time.time()
     seen_ready_without_event: dict[str, float] = {}
-    while True:
+
+    def look() -> float | None:
         inv = backend.inventory()
         new = [p for p in inv.pods(alive_only=True) if p.zone == zone and p.service == service and p.pod not in gone]
         since = [t for t in (inv.first_ready(p.pod) for p in new) if t is not None]
@@ -176,7 +200,7 @@ def wait_replacement_ready(
             return min(since)
         if new:
             phases = backend.status().pods
-            now = time.time()
+            now = _now()
             for p in new:
                 if phases.get(p.pod) == "Ready":
                     first = seen_ready_without_event.setdefault(p.pod, now)
@@ -185,9 +209,12 @@ def wait_replacement_ready(
                             f"{p.pod} is Ready but the inventory has no `ready` event for it "
                             "(the backend must write one: docs/CONTRACTS.md inventory.jsonl)"
                         )
-        if time.time() - t0 > timeout_s:
-            raise BackendError(f"{zone}: no replacement {service} pod ready after {timeout_s:.0f} s")
-        time.sleep(POLL_S)
+        return None
+
+    ready_ts, _ = poll_until(look, timeout_s)
+    if ready_ts is None:
+        raise BackendError(f"{zone}: no replacement {service} pod ready after {timeout_s:.0f} s")
+    return ready_ts
 
 
 def _hold(started: float, duration_s: float) -> None:
@@ -536,6 +563,7 @@ __all__ = [
     "make_ready",
     "make_unready",
     "partition_zone",
+    "poll_until",
     "ready_services",
     "restore_node",
     "restore_zone",

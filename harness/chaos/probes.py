@@ -8,7 +8,6 @@ or roles, as for the actions; `zones` takes a list (e.g. "every Local Zone").
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import httpx
@@ -20,7 +19,6 @@ from harness.errors import BackendError
 
 COFFEES = {"query": "{ coffees { id name } }"}
 POLL_S = 0.5  # how often all_pods_ready asks while it waits (a status call lists every pod)
-_now = time.monotonic  # all_pods_ready's clock (a test reads it as a fake one)
 # the shop "answers" for a probe exactly when it would for a user (it gave up after 5 s: a correct, slow answer
 # was "none")
 SHOP_TIMEOUT = USER_TIMEOUT
@@ -59,28 +57,30 @@ def all_pods_ready(
     wanted = _zones(zones, configuration)
     if within_s is None:
         within_s = b.manifests().topology.slo.max_recovery_s
-    t0 = _now()
-    deadline = t0 + float(within_s)
-    while True:
+    last: dict[str, str] = {}  # the phases of the pods asked about, at the latest look
+
+    def look() -> bool | None:
         st = b.status()
-        if wanted is not None:
-            in_zones = {p.pod for p in b.inventory().pods(alive_only=True) if p.zone in wanted}
-            phases = {pod: ph for pod, ph in st.pods.items() if pod in in_zones}
-        else:
-            phases = st.pods
         if not st.up:  # nothing to wait for
             logger.warning("all-pods-ready: the cluster is not up")
             return False
-        waiting = sorted(pod for pod, phase in phases.items() if phase != "Ready")
-        if phases and not waiting:
-            if _now() - t0 > POLL_S:
-                logger.info("all-pods-ready: every pod Ready after %.1f s", _now() - t0)
-            return True
-        if _now() >= deadline:
-            why = "not Ready: " + ", ".join(waiting) if phases else "no pods"
-            logger.warning("all-pods-ready: %s after %.0f s", why, float(within_s))
-            return False
-        time.sleep(POLL_S)
+        phases = st.pods
+        if wanted is not None:
+            in_zones = {p.pod for p in b.inventory().pods(alive_only=True) if p.zone in wanted}
+            phases = {pod: ph for pod, ph in phases.items() if pod in in_zones}
+        last.clear()
+        last.update(phases)
+        return True if phases and all(ph == "Ready" for ph in phases.values()) else None
+
+    answer, waited = actions.poll_until(look, float(within_s), POLL_S)
+    if answer is None:
+        waiting = sorted(pod for pod, ph in last.items() if ph != "Ready")
+        why = "not Ready: " + ", ".join(waiting) if last else "no pods"
+        logger.warning("all-pods-ready: %s after %.0f s", why, float(within_s))
+        return False
+    if answer and waited > POLL_S:
+        logger.info("all-pods-ready: every pod Ready after %.1f s", waited)
+    return answer
 
 
 def zone_has_ready(zone: str, service: str, configuration: dict[str, Any] | None = None) -> bool:

@@ -75,9 +75,12 @@ class EntryMonitor:
     last frontend dies is down at that event's time, even when its replacement
     is Ready again before the next probe (a one-second poll missed such an
     outage altogether on a loaded machine, and the record said the zone was up).
-    Each zone is probed by its own thread: a probe waits up to a user's 10 s
-    for an answer, and one zone that hangs must not hold back the others'
-    records (one loop over the zones did, by up to 13 s a round each).
+    Each zone is probed by its own thread, the first probe included: a probe
+    waits up to a user's 10 s for an answer, and one zone that hangs must not
+    hold back the others' records (one loop over the zones did, by up to 13 s
+    a round each) nor `start`, which the backend calls holding its lock (a
+    first round on the caller's thread held it as long). Until a zone's first
+    record it counts as up, so no failure is excused before one is written.
     """
 
     def __init__(self, urls: dict[str, str], inventory: Inventory, path: Path) -> None:
@@ -95,8 +98,10 @@ class EntryMonitor:
         ]
 
     def start(self) -> None:
-        self._check_all()
+        """Follow the inventory and start every zone's probe thread, each probing at once; returns at once."""
         self.inventory.subscribe(self._on_inventory)
+        for wake in self._wake.values():
+            wake.set()
         for t in self._threads:
             t.start()
 
@@ -127,10 +132,6 @@ class EntryMonitor:
             rec = {"ts": ts, "zone": zone, "url": self.urls[zone], "up": up, "reason": reason or None}
             self._fh.write(json.dumps(rec) + "\n")
             self._fh.flush()
-
-    def _check_all(self) -> None:
-        for zone in sorted(self.urls):
-            self._check(zone)
 
     def _check(self, zone: str) -> None:
         up, reason = self.check(zone, self.urls[zone])
