@@ -269,7 +269,7 @@ import os
 def ready():
     return os.environ.get("EH_TEST_STEADY", "yes") == "yes"
 def act():
-    return {"fault": "kill"}
+    return {"fault": "kill-product-api-lax"}  # KILL's id: the fault the timeline records
 def boom():
     raise RuntimeError("no zone us-west-2-xyz-1a in the topology")
 """

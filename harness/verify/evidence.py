@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from harness.contract.rundir import CHAOS_DIR, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE
+from harness.contract.rundir import CHAOS_DIR, CHAOS_FILE, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE
 from harness.verify.rundata import RunData
 from harness.verify.verdict import FAIL, PASS, UNVERIFIED, CheckResult
 
@@ -127,8 +127,22 @@ def _failed_probes(state: dict[str, Any]) -> str:
     return ", ".join(names)
 
 
-def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: str) -> CheckResult:
-    """One planned experiment against its journal."""
+def _reported_faults(output: Any) -> list[str]:
+    """The fault ids an action's output says it recorded (`fault`, or each of a burst's `faults`)."""
+    if not isinstance(output, dict):
+        return []
+    items = [output, *(f for f in output.get("faults") or [] if isinstance(f, dict))]
+    return [str(i["fault"]) for i in items if i.get("fault")]
+
+
+def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: str, recorded: set[str]) -> CheckResult:
+    """One planned experiment against its journal, and the faults its actions report against the timeline.
+
+    `recorded`: the fault ids chaos.jsonl holds. An action that says it made
+    fault F while the timeline has no F acted where nobody measured (run
+    without the run directory, records lost): with no fault to judge,
+    fallback and coverage had nothing to fail on and the run passed.
+    """
     exp_id = str(exp.get("id") or "?")
     label = f"experiment {exp_id}" + (f" ({exp['file']})" if exp.get("file") else "")
     planned = [str(a) for a in exp.get("actions") or []]
@@ -163,6 +177,13 @@ def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: 
         if bad:
             why = _last_line(bad[0].get("exception")) or str(bad[0].get("status"))
             problems.append(f"action '{action}' failed: {why}")
+            continue
+        unrecorded = [f for r in entries for f in _reported_faults(r.get("output")) if f not in recorded]
+        if unrecorded:
+            problems.append(
+                f"action '{action}' made fault {', '.join(unrecorded)} but {CHAOS_FILE} has no record of it: "
+                "its effect is unverified"
+            )
         else:
             ran.append(action)
     if journal.get("deviated") is True:
@@ -201,7 +222,8 @@ def experiment_ran(run: RunData, chaos_records: int) -> tuple[list[str], list[Ch
         exp_id = str(e.get("id") or "?")
         rel = f"{CHAOS_DIR}/{exp_id}/{JOURNAL_FILE}"
         bad = run.unreadable.get(rel)
-        results.append(experiment(e, run.journals.get(exp_id), f"journal unreadable ({bad.text()})" if bad else ""))
+        why = f"journal unreadable ({bad.text()})" if bad else ""
+        results.append(experiment(e, run.journals.get(exp_id), why, {f.fault for f in run.faults}))
     failures = [r.message for r in results if r.status == FAIL]
     planned_ids = {str(e.get("id")) for e in exps}
     extra = sorted(j for j in run.journals if j not in planned_ids)

@@ -511,6 +511,8 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
             if fault in open_:
                 notes.append(f"fault {fault}: second inject at {ts} before a restore; ignored")
                 continue
+            if any(d.fault == fault for d in done):
+                notes.append(f"fault id {fault} names two faults (a new inject at {ts}): each is judged on its own")
             k = kind or ACTION_KINDS.get(action or "", "")
             if k not in FAULT_KINDS:
                 notes.append(f"fault {fault}: unknown kind {kind!r} (action {action!r}); treated as service-down")

@@ -72,7 +72,8 @@ reader of a copied verdict does not need this file):
 - Availability: per fault, failed user requests / user requests during
   [inject, restore + recovery] <= `errorBudget`, and the same over the steady
   state. Requests entering a zone whose entry point was down (a fault with
-  `entry_down`, or entrypoints.jsonl) are excluded and reported. A window
+  `entry_down`, or entrypoints.jsonl within a fault window of that zone) are
+  excluded and reported; outside every fault they count. A window
   without requests fails ("no traffic").
 - Coverage, per fault and affected zone: user requests entering the zone at
   an entry point that was up, DURING [inject, restore] (not asked of a fault

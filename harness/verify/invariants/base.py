@@ -22,8 +22,8 @@ class CheckBase:
         self.total_hops = int(self._one("SELECT count(*) FROM hops") or 0)
         self.entry_down = self._entry_down_spans()
         self.declared: dict[str, dict[str, Any]] = {}  # fault -> its declared single point of failure, judged
-        # fault -> `_declared_recovery` (locality's exclusions and availability's windows both ask)
-        self._recovered: dict[str, tuple[float, list[tuple[str, str, float | None]]]] = {}
+        # (fault, inject) -> `_declared_recovery` (locality's exclusions and availability's windows both ask)
+        self._recovered: dict[tuple[str, float], tuple[float, list[tuple[str, str, float | None]]]] = {}
 
     # -- helpers -------------------------------------------------------------
     def _one(self, sql: str, params: list[Any] | None = None) -> Any:
@@ -191,8 +191,8 @@ class CheckBase:
         the last product-api was Ready). Measured like any recovery: the
         first good hop after which the pair's hops stay good.
         """
-        if f.fault in self._recovered:
-            return self._recovered[f.fault]
+        if (f.fault, f.inject) in self._recovered:
+            return self._recovered[(f.fault, f.inject)]
         end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
         deps = expected.dependants(self.t, f.spof)
         out: list[tuple[str, str, float | None]] = []
@@ -204,7 +204,7 @@ class CheckBase:
                 bound = min(end + self.slo.max_recovery_s, max(self.run_end, end))
                 instant = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u)).instant
             out.append((z, u, instant))
-        self._recovered[f.fault] = (end, out)
+        self._recovered[(f.fault, f.inject)] = (end, out)
         return end, out
 
     def _expected_sql(self, zone: str, upstream: str) -> str:
@@ -216,11 +216,15 @@ class CheckBase:
             return "serving_zone = caller_zone"
         return "serving_kind = 'region'"
 
-    def _next_inject(self, zone: str, after: float, other_than: str | None = None) -> float | None:
-        """The inject of `zone`'s next fault after `after` (not fault `other_than`), None when there is none."""
-        nxt = [g.inject for g in self.run.faults if g.zone == zone and g.fault != other_than and g.inject > after]
+    def _next_inject(self, zone: str, after: float, other_than: Fault | None = None) -> float | None:
+        """The inject of `zone`'s next fault after `after` (not fault `other_than`), None when there is none.
+
+        `other_than` is the fault itself, not its id: ids end in random hex, and two kills of one service in
+        one zone that drew the same id skipped each other (the first's recovery ran over the second).
+        """
+        nxt = [g.inject for g in self.run.faults if g.zone == zone and g is not other_than and g.inject > after]
         return min(nxt, default=None)
 
     def _next_fault_in_zone(self, f: Fault, after: float) -> float:
-        nxt = self._next_inject(f.zone, after, f.fault)
+        nxt = self._next_inject(f.zone, after, f)
         return nxt if nxt is not None else max(self.run_end, after)

@@ -258,11 +258,11 @@ class FaultMeasurer(CheckBase):
             )
             out.values = {u: None for u, _ in scope.recovery}
             return out
-        nxt = self._next_inject(f.zone, f.restore, f.fault)
+        nxt = self._next_inject(f.zone, f.restore, f)
         hi = nxt if nxt is not None else max(self.run_end, f.restore)
         measured: list[tuple[float, float | None]] = []
         for u, callers in scope.recovery:
-            w = self._measure(f.zone, u, callers, f.restore, hi, self._expected_sql(f.zone, u), next_fault=nxt)
+            w = self._recovery_window(f, u, callers, hi, nxt)
             if w.instant is not None and self._cut_off(f, callers):
                 # no hop of the pair while its callers were cut off: what the zone's requests met bounds it
                 mark = self._last_not_yet(f.zone, callers, f.restore, w.instant)
@@ -295,6 +295,27 @@ class FaultMeasurer(CheckBase):
         if out.values and len(measured) == len(out.values):
             out.recovery_s, out.resolution_s = max(measured, key=lambda x: x[0])
         return out
+
+    def _recovery_window(self, f: Fault, u: str, callers: list[str], hi: float, nxt: float | None) -> Window:
+        """The pair's recovery after `f`'s restore: in-zone again before the pair's next outage, if it was.
+
+        The window first ends where the pair's upstream next went down or
+        spilled after the restore (an unplanned restart, a replica unready):
+        the misplaced hops of that later outage are its own (locality's
+        readiness exclusions judge them), not this fault's. Measured to `hi`
+        they made the fault "recover" after them, 70 s late, or within the
+        SLO with a wrong figure, by when the later outage happened. Only when
+        the pair was not back before that outage is the window widened past
+        it, one outage at a time.
+        """
+        assert f.restore is not None
+        good = self._expected_sql(f.zone, u)
+        later = [lo for lo, _ in self._not_whole(f.zone, u) if f.restore < lo < hi]
+        for cut in later:
+            w = self._measure(f.zone, u, callers, f.restore, cut, good, hi_open=True, next_fault=nxt)
+            if w.instant is not None:
+                return w
+        return self._measure(f.zone, u, callers, f.restore, hi, good, next_fault=nxt)
 
     def _recovery_failure(self, f: Fault, u: str, w: Window, rec: float | None) -> str:
         """Why the recovery of pair (f.zone, u) fails, or "" when it does not."""

@@ -13,6 +13,7 @@ from harness.verify.verdict import iso
 # the fault although Envoy and locust stamp it with its start.
 HOP_END_SQL = "(ts + coalesce(duration_ms, 0) / 1000.0)"
 REQUEST_END_SQL = "(ts + coalesce(latency_ms, 0) / 1000.0)"
+HOP_TS_SLACK_S = 0.001  # a hop's ts is Envoy's START_TIME: whole milliseconds, truncated
 
 MAX_OFFENDERS = 5
 MAX_MESSAGES = 3
@@ -55,7 +56,9 @@ DEFINITIONS = {
     "failover_s": "first successful Region-served hop after the last successful non-Region hop and the last failed "
     "hop sent to the zone's own instance, minus inject; "
     "the window ends (exclusive) at the restore or when the upstream is up again in the zone, whichever is first",
-    "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop, minus restore",
+    "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop, minus "
+    "restore; measured up to the pair's next outage or spill after the restore (its misplaced hops are its own), "
+    "past it only when the pair was not back before it",
     "resolution_s": "gap between the records bounding the failover/recovery instant: the instant minus the last "
     "failed or misplaced hop before it (or minus the window start); for a recovery whose callers the fault cut off "
     "(entry point, a caller or a service on its call path down in the zone) also the moment the first of the "
@@ -66,7 +69,9 @@ DEFINITIONS = {
     "lost": "failed requests entering the zone and failed hops of the affected pairs, from inject to failover "
     "(or to the end of the fault window)",
     "availability": "failed / all user requests per fault window [inject, restore + recovery] and in steady state, "
-    "excluding requests entering zones whose entry point is down (entry_down faults, entrypoints.jsonl); a failed "
+    "excluding requests entering zones whose entry point is down (entry_down faults; entrypoints.jsonl inside a "
+    "fault window of that zone only: outside one they count); a failed request is tied to a hop starting at most "
+    "1 ms before it (Envoy's start times are whole milliseconds); a failed "
     "request of a service-down or zone-down fault's zone during its window with a hop of that zone to a service the "
     "fault took down flagged UO and UC (a kill terminated it in flight and Envoy's concurrent-retry limit, 3 and "
     "not configurable in Consul CE, refused its retry) is reported as retry_overflow, not counted; a failed request "
@@ -93,8 +98,9 @@ DEFINITIONS = {
     "config": "every preflight.json check (crd-synced, discovery-chain, instances-passing) passed; no preflight.json "
     "or no check of a kind = unverified = fail",
     "experiment_ran": "every experiment in plan.json has a chaostoolkit journal with status completed, the steady "
-    "state met before the method, every planned action in run[] with status succeeded, and no deviation; no plan "
-    "and no chaos records = nothing planned (pass); chaos records without a plan = unverified = fail",
+    "state met before the method, every planned action in run[] with status succeeded, every fault its output "
+    "names recorded in chaos.jsonl, and no deviation; no plan and no chaos records = nothing planned (pass); chaos "
+    "records without a plan = unverified = fail",
     "partial": "run.json says the run did not complete (status other than complete, or no `ended`): the verdict is "
     "judged on what was recorded",
     "skipped_records": "lines of record files that are not JSON objects or lack their time field are skipped and "

@@ -9,6 +9,7 @@ from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.faults import FailoverSpan
 from harness.verify.invariants.sql import (
     HOP_END_SQL,
+    HOP_TS_SLACK_S,
     MAX_OFFENDERS,
     REQUEST_END_SQL,
     REQUEST_FIELDS,
@@ -46,10 +47,23 @@ class UserChecks(CheckBase):
         invariant judges that time against maxFailoverS).
         """
         impact = [(f, self._impact_end_for_users(f, hi)) for f, hi in impact]
-        excluded = [(f.zone, f.inject, hi) for f, hi in impact if f.entry_down] + self.entry_down
+        # a down entry point excuses its zone's failed requests only inside a fault window of that zone: outside
+        # one nobody explains the outage, and users saw it (a crashing frontend passed as "reported apart")
+        excluded = [(f.zone, f.inject, hi) for f, hi in impact if f.entry_down] + [
+            (zone, max(lo, f.inject), min(hi, f_hi))
+            for zone, lo, hi in self.entry_down
+            for f, f_hi in impact
+            if f.zone == zone and lo < f_hi and f.inject < hi
+        ]
         self._overflow_hops(impact)
         self._under_way_hops(under_way)
-        during = "o.zone = q.zone AND o.ts >= q.ts AND o.ts <= q.ts + coalesce(q.latency_ms, 0) / 1000.0"
+        # Envoy's START_TIME is whole milliseconds (truncated), a request's ts is not: the request's first hop
+        # starts in the same millisecond and is stamped up to 1 ms before it. Without that slack whether a loss
+        # was excused depended on which hop of the request failed (the first never matched, the second did).
+        during = (
+            f"o.zone = q.zone AND o.ts >= q.ts - {HOP_TS_SLACK_S!r} "
+            "AND o.ts <= q.ts + coalesce(q.latency_ms, 0) / 1000.0"
+        )
         self.con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE req_marked AS
