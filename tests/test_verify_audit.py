@@ -8,15 +8,21 @@ or missing evidence that passed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.verify import AVAILABILITY, Verdict
+from harness.verify import AVAILABILITY, HUB_AND_SPOKE, Verdict
 from harness.verify.synth import FaultSpec, Scenario, write_run
-from tests.test_verify_soundness import KILL, LAX, T, failed, run
+from tests.test_verify_soundness import KILL, LAX, T0, T, append, envoy_line, failed, pod_of, run
 from tests.verdicts import verify
+
+# product-api of us-west-2-las-1a, as the caller's failover sub-cluster names it (CE naming)
+LAS_CLUSTER = "failover-target~1~product-api-las-1a.default.dc1.internal.x.consul"
+# an address in LAS's pod range (the synth gives zone i the /24 10.213.i.0) that no inventory record explains
+LAS_UNKNOWN_IP = "10.213.3.250"
 
 
 def why(v: Verdict) -> list[str]:
@@ -120,3 +126,40 @@ def test_experiments_that_ran_without_a_timeline_are_unverified(tmp_path: Path, 
     (d / "chaos.jsonl").write_text("")
     v = verify(d)
     assert not v.passed, "no fault of the planned experiment was judged, yet the verdict passes"
+
+
+def test_failed_hops_to_an_unattributable_host_of_another_lz_fail_hub_and_spoke(tmp_path: Path) -> None:
+    """During a product-api kill in LAX, LAX's public-api tries three times a host in LAS's address range, in
+    the failover sub-cluster of LAS's product-api (a failover to another Local Zone), and the connects fail (the
+    hub drops LZ<->LZ). The inventory has no record of that address (a pod it never saw, or its events were lost).
+
+    HUB_VIOLATION_SQL needs `serving_zone IS NOT NULL`, locality excludes the fault window, the failover
+    measurement ignores failed hops that are not `STALE_SQL`: the verdict PASSES with a note
+    "3 hops have an upstream host that no inventory record explains". The cluster name alone says the target is
+    another edge zone: the route is the evidence, whatever host held it. Before the fix: PASS.
+    """
+    d = run(tmp_path, faults=[KILL])
+    caller = pod_of(d, LAX, "public-api")
+    append(
+        d / "accesslogs" / f"{caller['pod']}.jsonl",
+        *(envoy_line(T0 + 35 + i * 0.01, f"{LAS_UNKNOWN_IP}:9090", LAS_CLUSTER, caller, 503, "UF") for i in range(3)),
+    )
+    v = verify(d)
+    assert v.run.hops_unattributed == 3
+    assert HUB_AND_SPOKE in failed(v), why(v)
+
+
+def test_an_attempt_to_an_unattributable_host_in_the_upstream_counters_is_unverified(tmp_path: Path) -> None:
+    """The per-host counters (the only evidence of an attempt a retry hid) list a host of LAS's address range with
+    a connect failure, in LAS's product-api failover sub-cluster, that the inventory cannot attribute at the
+    snapshot's time. `RoutingChecks._attempts` joins `zones hz ON hz.name = s.host_zone`, so the line is dropped and
+    only a note said "1 upstream-counter lines name hosts the inventory cannot attribute". Before the fix:
+    PASS; the cluster it is in names the zone now."""
+    d = run(tmp_path, faults=[KILL])
+    caller = pod_of(d, LAX, "public-api")
+    line = {"ts": T0 + 90.5, "label": "end", "pod": caller["pod"], "cluster": LAS_CLUSTER,
+            "host": f"{LAS_UNKNOWN_IP}:9090", "cx_total": 1, "cx_connect_fail": 1, "rq_total": 0, "rq_error": 0,
+            "rq_timeout": 0, "health_flags": "healthy"}  # fmt: skip
+    append(d / "upstream-stats.jsonl", json.dumps(line))
+    v = verify(d)
+    assert HUB_AND_SPOKE in failed(v), why(v)

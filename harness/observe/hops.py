@@ -349,10 +349,9 @@ def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine
     con.execute(f"CREATE TEMP VIEW raw_lines AS SELECT *, {INBOUND_SQL} AS inbound FROM raw_text")
     # Per distinct value, not per line: a million lines name a few dozen clusters and files.
     con.execute(
-        r"""
+        f"""
         CREATE TEMP TABLE cluster_names AS
-        SELECT upstream_cluster, split_part(regexp_replace(regexp_replace(upstream_cluster,
-               '^[0-9a-fA-F]{8}~', ''), '^failover-target~[0-9]+~', ''), '.', 1) AS cluster_service
+        SELECT upstream_cluster, {cluster_service_sql("upstream_cluster")} AS cluster_service
         FROM (SELECT DISTINCT upstream_cluster FROM raw_text WHERE upstream_cluster IS NOT NULL)
         """
     )
@@ -561,6 +560,16 @@ def resolve_ips(con: DuckDBPyConnection, source: str, target: str, slack_s: floa
     )
     con.execute(f"DROP TABLE {p}")
     con.execute(f"DROP TABLE {p}_last")
+
+
+def cluster_service_sql(column: str) -> str:
+    """SQL: the Consul service an Envoy cluster name stands for (`product-api-las-1a` of
+    `failover-target~1~product-api-las-1a.default.dc1.internal.<trust domain>.consul`, or of a
+    `<8 hex>~`-prefixed name), whatever host it holds."""
+    return (
+        f"split_part(regexp_replace(regexp_replace(CAST({column} AS VARCHAR), '^[0-9a-fA-F]{{8}}~', ''), "
+        "'^failover-target~[0-9]+~', ''), '.', 1)"
+    )
 
 
 def host_ip_sql(column: str) -> str:

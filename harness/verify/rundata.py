@@ -90,6 +90,7 @@ from harness.observe.hops import (
     host_ip_sql,
     load_inventory,
     resolve_ips,
+    topology_names,
 )
 from harness.topology import Placement, Topology, load_topology
 
@@ -360,6 +361,12 @@ def _topology_tables(con: duckdb.DuckDBPyConnection, t: Topology) -> None:
     rows = [[s.name, u] for s in t.services for u in s.upstreams]
     if rows:
         con.executemany("INSERT INTO calls VALUES (?, ?)", rows)
+    # Consul names that stand for one zone's instances (`product-api-las-1a`): an Envoy cluster named so is a
+    # route to that zone, whichever host it held (hub-and-spoke reads it where a host cannot be attributed)
+    con.execute("CREATE TABLE cluster_zones (consul_service VARCHAR, zone VARCHAR)")
+    named = [[n, z] for n, _service, z in topology_names(t) if n and z is not None]
+    if named:
+        con.executemany("INSERT INTO cluster_zones VALUES (?, ?)", named)
 
 
 def _case(column: str, mapping: dict[str, str], default: str) -> str:

@@ -34,8 +34,10 @@ reader of a copied verdict does not need this file):
   edge zone (or in a zone the topology does not know) fails it; so does any
   *attempt*: a host in such a zone with connections, connection failures or
   requests in a sidecar's upstream counters (upstream-stats.jsonl; the access
-  log names only the last attempt's host). No counter snapshots (or no
-  `start`/`end` snapshot) leave attempts unverified, which fails.
+  log names only the last attempt's host). A host no inventory record
+  explains counts in the zone its Envoy cluster is named for (the route).
+  No counter snapshots (or no `start`/`end` snapshot) leave attempts
+  unverified, which fails.
 - Fallback, per service-down fault of (Z, S) and pair (Z, S) for callers of S
   in Z that are not themselves down: the failover window runs from the inject
   to the restore or to the instant S is up again in Z (inventory readiness),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.observe.hops import cluster_service_sql
 from harness.verify import evidence
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
@@ -171,6 +172,7 @@ class RoutingChecks(CheckBase):
             failures.insert(
                 0, "hub-and-spoke: no hops recorded (no access logs, hops.jsonl missing or empty): unverified"
             )
+        failures += self._routed_to_forbidden_zone()
         attempt_failures, checks, attempt_text = self._attempts()
         failures += attempt_failures
         msg = self._summary(
@@ -180,6 +182,46 @@ class RoutingChecks(CheckBase):
             f"{attempt_text}",
         )
         return InvariantResult(HUB_AND_SPOKE, not failures, msg, pairs=results, checks=checks)
+
+    def _forbidden_cluster_sql(self, cluster: str, caller_zone: str) -> str:
+        """SQL: the zone of another edge zone's instances that Envoy cluster `cluster` is named for, as seen
+        from a caller in `caller_zone` (any edge zone for a Region caller); NULL when it names none."""
+        return (
+            f"(SELECT cz.zone FROM cluster_zones cz JOIN zones z ON z.name = cz.zone "
+            f"LEFT JOIN zones c ON c.name = {caller_zone} "
+            f"WHERE cz.consul_service = {cluster_service_sql(cluster)} AND z.kind = 'edge' "
+            f"AND (coalesce(c.kind, 'edge') = 'region' OR cz.zone <> {caller_zone}))"
+        )
+
+    def _routed_to_forbidden_zone(self) -> list[str]:
+        """Hops whose host no inventory record explains, in a cluster named for another edge zone's instances.
+
+        The cluster is the route Envoy took: `failover-target~1~product-api-las-1a...` from LAX is a failover
+        to another Local Zone whatever host answered, or failed to. Such hops were only a note ("hosts no
+        inventory record explains") and the verdict passed: unattributed, they proved nothing either way,
+        but their route does.
+        """
+        rows = self.con.execute(
+            f"""
+            SELECT caller_zone, upstream, target, count(*), min(ts) FROM (
+                SELECT *, {self._forbidden_cluster_sql("upstream_cluster", "caller_zone")} AS target
+                FROM hops WHERE serving_zone IS NULL AND caller_zone IS NOT NULL AND upstream_cluster IS NOT NULL
+            ) WHERE target IS NOT NULL GROUP BY ALL ORDER BY min(ts)
+            """
+        ).fetchall()
+        out = []
+        for cz, u, target, n, _ts in rows:
+            first = self._hops(
+                f"caller_zone = ? AND upstream = ? AND serving_zone IS NULL "
+                f"AND {self._forbidden_cluster_sql('upstream_cluster', 'caller_zone')} = ?",
+                [cz, u, target],
+                1,
+            )
+            out.append(
+                f"hub-and-spoke: {cz} -> {target}: {n} hops to {u} routed to {target}'s instances (by the cluster "
+                f"they went to; the host is no pod on record), first at {hop_text(first[0])}"
+            )
+        return out
 
     def _attempts(self) -> tuple[list[str], list[CheckResult], str]:
         """Attempt evidence: hosts in a forbidden zone that a sidecar's counters say it tried."""
@@ -200,12 +242,17 @@ class RoutingChecks(CheckBase):
                 "attempts are unverified"
             )
             checks.append(CheckResult("upstream-stats", UNVERIFIED, f"no {', '.join(missing)} snapshot"))
+        # a host the inventory cannot attribute counts in the zone its cluster is named for (the route taken)
         rows = self.con.execute(
-            """
+            f"""
             SELECT s.pod, s.caller_zone, s.cluster, s.host, s.host_pod, s.host_zone,
                    max(coalesce(s.cx_total, 0)), max(coalesce(s.cx_connect_fail, 0)), max(coalesce(s.rq_total, 0)),
                    max(coalesce(s.rq_error, 0)), arg_min(s.label, s.ts), min(s.ts)
-            FROM upstream_stats s
+            FROM (
+                SELECT * EXCLUDE (host_zone), coalesce(host_zone,
+                       {self._forbidden_cluster_sql("cluster", "caller_zone")}) AS host_zone
+                FROM upstream_stats
+            ) s
             JOIN zones hz ON hz.name = s.host_zone
             LEFT JOIN zones cz ON cz.name = s.caller_zone
             WHERE s.caller_zone IS NOT NULL AND hz.kind = 'edge'

@@ -52,7 +52,9 @@ DEFINITIONS = {
     "its upstream was down (each until the measured recovery, else + maxRecoveryS), >= inZoneShare",
     "hub_and_spoke": "no hop of an edge caller served in another edge zone, none of a Region caller served in an "
     "edge zone, and no such host with cx_total + cx_connect_fail + rq_total > 0 in any sidecar's upstream "
-    "counters (attempts a retry hid); no start/end counter snapshot = unverified = fail",
+    "counters (attempts a retry hid); a host no inventory record explains counts in the zone its Envoy cluster is "
+    "named for (failover-target~N~<service>-<zone>: the route taken); no start/end counter snapshot = unverified = "
+    "fail",
     "failover_s": "first successful Region-served hop after the last successful non-Region hop and the last failed "
     "hop sent to the zone's own instance, minus inject; "
     "the window ends (exclusive) at the restore or when the upstream is up again in the zone, whichever is first",
