@@ -163,3 +163,19 @@ def test_an_attempt_to_an_unattributable_host_in_the_upstream_counters_is_unveri
     append(d / "upstream-stats.jsonl", json.dumps(line))
     v = verify(d)
     assert HUB_AND_SPOKE in failed(v), why(v)
+
+
+def test_a_sidecar_without_counters_after_its_hops_leaves_its_attempts_unverified(tmp_path: Path) -> None:
+    """Resolver targets [product-api-las-1a, product-api] (the retry hides the LZ attempt). The counters of the
+    one sidecar that made those attempts were read at `start` only (its admin API did not answer later). Before
+    the fix `_attempts` only asked that *some* sidecar had a `start` and an `end` snapshot, so the attempts were
+    silently unverified and the verdict PASSED (with the counters present it fails). Now every pod that made
+    hops and was up at the end must be in the `end` snapshot."""
+    d = run(tmp_path, faults=[KILL], misconfig="failover-to-lz-hidden")
+    caller = pod_of(d, LAX, "public-api")["pod"]
+    path = d / "upstream-stats.jsonl"
+    lines = path.read_text().splitlines()
+    kept = [x for x in lines if not (json.loads(x)["pod"] == caller and json.loads(x)["label"] != "start")]
+    path.write_text("".join(x + "\n" for x in kept))
+    v = verify(d)
+    assert HUB_AND_SPOKE in failed(v), why(v)

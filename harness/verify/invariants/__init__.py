@@ -36,7 +36,8 @@ reader of a copied verdict does not need this file):
   requests in a sidecar's upstream counters (upstream-stats.jsonl; the access
   log names only the last attempt's host). A host no inventory record
   explains counts in the zone its Envoy cluster is named for (the route).
-  No counter snapshots (or no `start`/`end` snapshot) leave attempts
+  No counter snapshots (no `start`/`end` snapshot, or a sidecar that made
+  hops and was up at the end missing from `end`) leave attempts
   unverified, which fails.
 - Fallback, per service-down fault of (Z, S) and pair (Z, S) for callers of S
   in Z that are not themselves down: the failover window runs from the inject

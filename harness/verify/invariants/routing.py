@@ -223,6 +223,24 @@ class RoutingChecks(CheckBase):
             )
         return out
 
+    def _unread_at_end(self) -> list[str]:
+        """Pods that made hops, were never removed (inventory), and are missing from the 'end' snapshot.
+
+        A pod that died is not asked: its last snapshot is the one taken just before the fault that killed
+        it, and what it tried in the milliseconds after cannot be read from a dead sidecar.
+        """
+        rows = self.con.execute(
+            """
+            SELECT DISTINCT CAST(h.caller_pod AS VARCHAR) AS pod FROM hops h
+            WHERE h.caller_pod IS NOT NULL
+              AND CAST(h.caller_pod AS VARCHAR) IN (
+                  SELECT pod FROM intervals GROUP BY pod HAVING count(*) FILTER (WHERE end_ts IS NULL) > 0)
+              AND CAST(h.caller_pod AS VARCHAR) NOT IN (SELECT pod FROM upstream_stats WHERE label = 'end')
+            ORDER BY pod
+            """
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def _attempts(self) -> tuple[list[str], list[CheckResult], str]:
         """Attempt evidence: hosts in a forbidden zone that a sidecar's counters say it tried."""
         labels = {r[0] for r in self.con.execute("SELECT DISTINCT label FROM upstream_stats").fetchall()}
@@ -242,6 +260,15 @@ class RoutingChecks(CheckBase):
                 "attempts are unverified"
             )
             checks.append(CheckResult("upstream-stats", UNVERIFIED, f"no {', '.join(missing)} snapshot"))
+        elif unread := self._unread_at_end():
+            # per sidecar, not per run: one whose admin did not answer at the end hid its attempts since its last
+            # snapshot, and the run passed because others were read
+            failures.append(
+                f"hub-and-spoke: {len(unread)} sidecars that made hops and were still up at the end have no 'end' "
+                f"counter snapshot ({', '.join(unread[:MAX_OFFENDERS])}{' ...' if len(unread) > MAX_OFFENDERS else ''}"
+                "): their attempts since their last snapshot are unverified"
+            )
+            checks.append(CheckResult("upstream-stats", UNVERIFIED, f"no 'end' snapshot of {', '.join(unread)}"))
         # a host the inventory cannot attribute counts in the zone its cluster is named for (the route taken)
         rows = self.con.execute(
             f"""

@@ -53,8 +53,8 @@ DEFINITIONS = {
     "hub_and_spoke": "no hop of an edge caller served in another edge zone, none of a Region caller served in an "
     "edge zone, and no such host with cx_total + cx_connect_fail + rq_total > 0 in any sidecar's upstream "
     "counters (attempts a retry hid); a host no inventory record explains counts in the zone its Envoy cluster is "
-    "named for (failover-target~N~<service>-<zone>: the route taken); no start/end counter snapshot = unverified = "
-    "fail",
+    "named for (failover-target~N~<service>-<zone>: the route taken); no start/end counter snapshot, or a sidecar "
+    "that made hops and was up at the end missing from the end snapshot = unverified = fail",
     "failover_s": "first successful Region-served hop after the last successful non-Region hop and the last failed "
     "hop sent to the zone's own instance, minus inject; "
     "the window ends (exclusive) at the restore or when the upstream is up again in the zone, whichever is first",
