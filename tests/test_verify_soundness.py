@@ -896,6 +896,22 @@ def test_requests_a_kill_cut_off_over_envoys_retry_limit_are_reported_not_counte
     assert "8 more failed in flight at a kill over Envoy's 3 concurrent retries" in v.invariant(AVAILABILITY).message
 
 
+def test_a_hop_the_kill_cut_off_began_before_the_inject(tmp_path: Path) -> None:
+    """A hop the kill cut off was in flight when it came, so it began before the inject: an eu-topology burst run
+    counted one that began 104 ms before it (`UO,UC`, 127 ms long), because only hops starting inside the fault
+    window qualified. The hop's lifetime has to overlap the window, as everywhere else. (A failover at once: no
+    failed hop of the zone is under way to excuse the requests by their lifetime instead.)"""
+    instant = FaultSpec(KILL.fault, "service-down", LAX, ("product-api",), KILL.inject, KILL.restore, 0.0, 1.0)
+    d = run(tmp_path, faults=[instant])
+    window = f"fault {KILL.fault}"
+    (before,) = [w for w in verify(d).invariant(AVAILABILITY).windows if w.window == window]
+    _cut_off_at_the_kill(d, LAX, "UO,UC", after_s=-0.16)  # every request and hop begins before the kill
+    v = verify(d)
+    assert v.passed, v.failure_messages
+    (w,) = [w for w in v.invariant(AVAILABILITY).windows if w.window == window]
+    assert (w.retry_overflow, w.failed) == (8, before.failed)
+
+
 def test_requests_lost_while_the_failover_was_under_way_are_reported_not_counted(tmp_path: Path) -> None:
     """Before the mesh has ejected the killed pod, Consul CE's retries all go to it (no retry host predicate).
 

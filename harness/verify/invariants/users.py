@@ -140,16 +140,18 @@ class UserChecks(CheckBase):
         many requests that hits is how many were in flight to the pod at that
         instant (0 to 5 in ten identical runs here), not how the mesh routes:
         counted against the budget it failed one run in ten of a correct mesh.
-        Only hops of the fault's own zone to the services it took down, inside
-        its window, qualify; a failure without UO (no retry policy, a
-        misroute) is counted as before.
+        Only hops of the fault's own zone to the services it took down, in
+        flight at some time in its window, qualify: a hop the kill cut off
+        began before the inject by definition (one 104 ms before it was
+        counted, by when it had started); a failure without UO (no retry
+        policy, a misroute) is counted as before.
         """
         spans = []
         for f, hi in impact:
             if f.kind not in ("service-down", "zone-down"):
                 continue
             services = " OR ".join(f"upstream = '{sql_str(s)}'" for s in f.services) or "true"
-            spans.append(f"({spans_sql('caller_zone', [(f.zone, f.inject, hi)])} AND ({services}))")
+            spans.append(f"({spans_sql('caller_zone', [(f.zone, f.inject, hi)], HOP_END_SQL)} AND ({services}))")
         where = " OR ".join(spans) or "false"
         self.con.execute(
             f"""
