@@ -186,6 +186,15 @@ def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: 
             )
         else:
             ran.append(action)
+    # what the chaos runner (harness.chaos.judge_journal) also fails on: a method activity that is no planned
+    # action, and a rollback, that did not succeed (a fault not undone); one journal, one judgement
+    for kind, entries in (("activity", runs), ("rollback", journal.get("rollbacks") or [])):
+        for r in entries:
+            name = str((r.get("activity") or {}).get("name")) if isinstance(r, dict) else "?"
+            if not isinstance(r, dict) or (kind == "activity" and name in planned) or r.get("status") == "succeeded":
+                continue
+            why = _last_line(r.get("exception")) or str(r.get("status"))
+            problems.append(f"{kind} '{name}' {r.get('status')}: {why}")
     if journal.get("deviated") is True:
         after = (journal.get("steady_states") or {}).get("after") or {}
         probes = _failed_probes(after) if isinstance(after, dict) else ""

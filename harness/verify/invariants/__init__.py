@@ -75,10 +75,13 @@ reader of a copied verdict does not need this file):
 - Availability: per fault, failed user requests / user requests during
   [inject, restore + recovery] <= `errorBudget`, and the same over the steady
   state. Requests entering a zone whose entry point was down (a fault with
-  `entry_down`, or entrypoints.jsonl within a fault window of that zone) are
-  excluded and reported; outside every fault they count. A window
+  `entry_down`, or entrypoints.jsonl within the window of a fault of that
+  zone that can take the entry down) are excluded and reported; otherwise
+  they count. A window
   without requests fails ("no traffic").
-- Coverage, per fault and affected zone: user requests entering the zone at
+- Coverage, per fault and affected zone (its own; for a fault on a Region-only
+  service also every zone with users whose calls reach it): user requests
+  entering the zone at
   an entry point that was up, DURING [inject, restore] (not asked of a fault
   that takes the zone's entry down by design) and AFTER (restore, next fault
   in the zone / end of run, at most `maxRecoveryS`]. A window without them is

@@ -280,9 +280,10 @@ class RoutingChecks(CheckBase):
                        {self._forbidden_cluster_sql("cluster", "caller_zone")}) AS host_zone
                 FROM upstream_stats
             ) s
-            JOIN zones hz ON hz.name = s.host_zone
+            LEFT JOIN zones hz ON hz.name = s.host_zone
             LEFT JOIN zones cz ON cz.name = s.caller_zone
-            WHERE s.caller_zone IS NOT NULL AND hz.kind = 'edge'
+            -- a host in a zone the topology does not list is forbidden as a hop served there is
+            WHERE s.caller_zone IS NOT NULL AND s.host_zone IS NOT NULL AND coalesce(hz.kind, 'unknown') <> 'region'
               AND (coalesce(cz.kind, 'edge') = 'region' OR s.host_zone <> s.caller_zone)
               AND coalesce(s.cx_total, 0) + coalesce(s.cx_connect_fail, 0) + coalesce(s.rq_total, 0) > 0
             GROUP BY ALL ORDER BY min(s.ts), s.pod, s.host
@@ -380,8 +381,9 @@ class RoutingChecks(CheckBase):
         misplaced = self.con.execute(
             """
             SELECT i.pod, i.service, i.zone, min(i.ts) FROM inventory i
-            JOIN services s ON s.name = i.service JOIN zones z ON z.name = i.zone
-            WHERE i.event = 'added' AND s.placement = 'region' AND z.kind <> 'region'
+            JOIN services s ON s.name = i.service LEFT JOIN zones z ON z.name = i.zone
+            WHERE i.event = 'added' AND s.placement = 'region' AND i.zone IS NOT NULL
+              AND coalesce(z.kind, 'unknown') <> 'region'  -- a zone the topology does not list is no AZ either
             GROUP BY ALL ORDER BY 4
             """
         ).fetchall()

@@ -71,9 +71,9 @@ DEFINITIONS = {
     "lost": "failed requests entering the zone and failed hops of the affected pairs, from inject to failover "
     "(or to the end of the fault window)",
     "availability": "failed / all user requests per fault window [inject, restore + recovery] and in steady state, "
-    "excluding requests entering zones whose entry point is down (entry_down faults; entrypoints.jsonl inside a "
-    "fault window of that zone only: outside one they count); a failed request is tied to a hop starting at most "
-    "1 ms before it (Envoy's start times are whole milliseconds); a failed "
+    "excluding requests entering zones whose entry point is down (entry_down faults; entrypoints.jsonl only "
+    "inside the window of a fault of that zone that can take the entry down: otherwise they count); a failed "
+    "request is tied to a hop starting at most 1 ms before it (Envoy's start times are whole milliseconds); a failed "
     "request of a service-down or zone-down fault's zone during its window with a hop of that zone to a service the "
     "fault took down flagged UO and UC (a kill terminated it in flight and Envoy's concurrent-retry limit, 3 and "
     "not configurable in Consul CE, refused its retry) is reported as retry_overflow, not counted; a failed request "
@@ -85,15 +85,16 @@ DEFINITIONS = {
     "loss, judged by its time in fallback); a declared "
     "single point of failure's window lasts over its cascade (down intervals that began during it) and until each "
     "pair of its dependants served again after that (measured recovery within maxRecoveryS: ejections run out)",
-    "coverage": "each fault has user requests entering its zone at an up entry point during [inject, restore] "
+    "coverage": "each fault has user requests entering its zone (and, for a fault on a Region-only service, every "
+    "zone with users whose calls reach it) at an up entry point during [inject, restore] "
     "(unless the fault takes the entry down by design) and after (restore, next fault in the zone / end of run, "
     "at most maxRecoveryS]; a window without them is unverified = fail",
     "no_traffic": "a fault or edge pair without records is a failure (unverified), a Region pair is only reported",
     "shared_services": "hops to Region-only services are served in the Region and routed (a hop without upstream "
     "host fails, except before the first user request (bring-up), during a fault that took the caller's zone or the "
     "service down or while the service had no ready pod, each until maxRecoveryS after it; NR is never excused) "
-    "and no pod of one ran in an edge zone (inventory); a TCP pair with no hops is reported, not failed (Envoy logs "
-    "TCP hops when connections close)",
+    "and no pod of one ran outside the Region's zones (in an edge zone or one the topology does not list: "
+    "inventory); a TCP pair with no hops is reported, not failed (Envoy logs TCP hops when connections close)",
     "call_graph": "every hop's caller service -> upstream service is declared by the topology (logical names; an "
     "unidentified caller or upstream is unverified = fail); preflight.json's intentions checks show Consul denies "
     "every undeclared call (and a refused-probe check where the backend could make one)",
@@ -101,8 +102,8 @@ DEFINITIONS = {
     "or no check of a kind = unverified = fail",
     "experiment_ran": "every experiment in plan.json has a chaostoolkit journal with status completed, the steady "
     "state met before the method, every planned action in run[] with status succeeded, every fault its output "
-    "names recorded in chaos.jsonl, and no deviation; no plan and no chaos records = nothing planned (pass); chaos "
-    "records without a plan = unverified = fail",
+    "names recorded in chaos.jsonl, every other method activity and every rollback succeeded, and no deviation; "
+    "no plan and no chaos records = nothing planned (pass); chaos records without a plan = unverified = fail",
     "partial": "run.json says the run did not complete (status other than complete, or no `ended`): the verdict is "
     "judged on what was recorded",
     "skipped_records": "lines of record files that are not JSON objects or lack their time field are skipped and "

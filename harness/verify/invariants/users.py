@@ -47,13 +47,14 @@ class UserChecks(CheckBase):
         invariant judges that time against maxFailoverS).
         """
         impact = [(f, self._impact_end_for_users(f, hi)) for f, hi in impact]
-        # a down entry point excuses its zone's failed requests only inside a fault window of that zone: outside
-        # one nobody explains the outage, and users saw it (a crashing frontend passed as "reported apart")
+        # a down entry point excuses its zone's failed requests only inside the window of a fault of that zone
+        # that can take the entry down: otherwise nobody explains the outage, and users saw it (a crashing
+        # frontend passed as "reported apart", outside any fault or during a product-api kill)
         excluded = [(f.zone, f.inject, hi) for f, hi in impact if f.entry_down] + [
             (zone, max(lo, f.inject), min(hi, f_hi))
             for zone, lo, hi in self.entry_down
             for f, f_hi in impact
-            if f.zone == zone and lo < f_hi and f.inject < hi
+            if f.zone == zone and lo < f_hi and f.inject < hi and self._can_take_entry_down(f)
         ]
         self._overflow_hops(impact)
         self._under_way_hops(under_way)
@@ -113,6 +114,13 @@ class UserChecks(CheckBase):
         return InvariantResult(
             AVAILABILITY, not failures, self._summary(AVAILABILITY, failures, ok_text), windows=windows
         )
+
+    def _can_take_entry_down(self, f: Fault) -> bool:
+        """The fault is the zone's entry going down by design, takes the zone down, or takes down a service users
+        enter through (one no service calls, placed in the zones: frontend)."""
+        called = {u for s in self.t.services for u in s.upstreams}
+        entry = {s.name for s in self.t.services if s.name not in called and s.placement.value != "region"}
+        return f.entry_down or f.kind == "zone-down" or bool(entry & set(f.services))
 
     def _apart(self, overflow: int, under_way: int) -> str:
         """What a window (or the whole run) reported apart, in the same words everywhere."""
@@ -293,51 +301,66 @@ class UserChecks(CheckBase):
         ).fetchall()
         return [dict(zip(REQUEST_FIELDS, r, strict=True)) for r in rows]
 
+    def _affected_zones(self, f: Fault, user_zones: set[str]) -> list[str]:
+        """The fault's zone, and, for a fault on a Region-only service (postgres), every zone whose users' calls
+        reach it: they are all affected, and each must show its users during and after it."""
+        region_only = {sv for sv in f.services if self._placement(sv) == "region"}
+        if not region_only:
+            return [f.zone]
+        reach = expected.dependants(self.t, tuple(sorted(region_only)))
+        others = {z for z, u, _ in self.pairs if u in reach and z in user_zones and z != f.zone}
+        return [f.zone, *sorted(others)]
+
     def coverage(self) -> InvariantResult:
-        """Each fault has user requests entering its zone during and after it (see DEFINITIONS)."""
+        """Each fault has user requests entering each zone it affects during and after it (see DEFINITIONS)."""
         entry_down = spans_sql("zone", self.entry_down)
         checks: list[CheckResult] = []
         failures: list[str] = []
+        user_zones = {
+            str(r[0]) for r in self.con.execute("SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL").fetchall()
+        }
         for f in self.run.faults:
-            during_end = f.restore if f.restore is not None else max(self.run_end, f.inject)
-            windows: list[tuple[str, float, float, bool]] = [("during", f.inject, during_end, True)]
-            if f.restore is not None:
-                after_end = min(
-                    self._next_fault_in_zone(f, f.restore), self.run_end, f.restore + self.slo.max_recovery_s
-                )
-                windows.append(("after", f.restore, after_end, False))
-            for name, lo, hi, closed in windows:
-                subject = f"{f.fault} {f.zone} {name}"
-                span = f"{'[' if closed else '('}{iso(lo)}, {iso(hi)}]"
-                lower = ">=" if closed else ">"
-                row = self.con.execute(
-                    f"""
+            for zone in self._affected_zones(f, user_zones):
+                during_end = f.restore if f.restore is not None else max(self.run_end, f.inject)
+                windows: list[tuple[str, float, float, bool]] = [("during", f.inject, during_end, True)]
+                if f.restore is not None:
+                    nxt = self._next_inject(zone, f.restore, f)
+                    after_end = min(
+                        nxt if nxt is not None else self.run_end, self.run_end, f.restore + self.slo.max_recovery_s
+                    )
+                    windows.append(("after", f.restore, after_end, False))
+                for name, lo, hi, closed in windows:
+                    subject = f"{f.fault} {zone} {name}"
+                    span = f"{'[' if closed else '('}{iso(lo)}, {iso(hi)}]"
+                    lower = ">=" if closed else ">"
+                    row = self.con.execute(
+                        f"""
                     SELECT count(*) FILTER (WHERE NOT {entry_down}), count(*) FILTER (WHERE {entry_down}),
                            min(ts) FILTER (WHERE NOT {entry_down})
                     FROM requests WHERE zone = ? AND ts {lower} ? AND ts <= ?
                     """,
-                    [f.zone, lo, hi],
-                ).fetchone()
-                assert row is not None
-                n, at_down, first = int(row[0]), int(row[1]), row[2]
-                detail = {"fault": f.fault, "zone": f.zone, "window": name, "start": lo, "end": hi,
+                        [zone, lo, hi],
+                    ).fetchone()
+                    assert row is not None
+                    n, at_down, first = int(row[0]), int(row[1]), row[2]
+                    detail = {"fault": f.fault, "zone": zone, "window": name, "start": lo, "end": hi,
                           "requests": n, "requests_at_down_entry": at_down, "first": first}  # fmt: skip
-                if name == "during" and f.entry_down:
-                    why = f"{f.zone}'s entry point is down by design during {f.fault}"
-                    checks.append(CheckResult(subject, NOT_APPLICABLE, why, detail))
-                    continue
-                if n > 0:
-                    checks.append(CheckResult(subject, PASS, f"{n} user requests entering {f.zone} {span}", detail))
-                    continue
-                why = f" ({at_down} only at a down entry point)" if at_down else ""
-                if hi <= lo:
-                    why = " (the run ended at the restore)" if name == "after" else " (empty window)"
-                text = (
-                    f"coverage: fault {f.fault}: no user requests entering {f.zone} {name} the fault {span}{why}: "
-                    f"{'failover' if name == 'during' else 'recovery'} unverified"
-                )
-                failures.append(text)
-                checks.append(CheckResult(subject, UNVERIFIED, text, detail))
+                    if name == "during" and f.entry_down and zone == f.zone:
+                        why = f"{zone}'s entry point is down by design during {f.fault}"
+                        checks.append(CheckResult(subject, NOT_APPLICABLE, why, detail))
+                        continue
+                    if n > 0:
+                        checks.append(CheckResult(subject, PASS, f"{n} user requests entering {zone} {span}", detail))
+                        continue
+                    why = f" ({at_down} only at a down entry point)" if at_down else ""
+                    if hi <= lo:
+                        why = " (the run ended at the restore)" if name == "after" else " (empty window)"
+                    text = (
+                        f"coverage: fault {f.fault}: no user requests entering {zone} {name} the fault {span}{why}: "
+                        f"{'failover' if name == 'during' else 'recovery'} unverified"
+                    )
+                    failures.append(text)
+                    checks.append(CheckResult(subject, UNVERIFIED, text, detail))
         n_ok = sum(1 for c in checks if c.status == PASS)
         ok_text = f"{n_ok} fault windows had user traffic in their zone" if self.run.faults else "no faults to cover"
         return InvariantResult(COVERAGE, not failures, self._summary(COVERAGE, failures, ok_text), checks=checks)
