@@ -149,3 +149,30 @@ def test_a_failed_rollback_fails_experiment_ran_as_it_fails_the_chaos_runner(tmp
     assert judge_journal(journal, planned) is not None  # the chaos runner: this experiment did not run as planned
     v = verify(d)
     assert EXPERIMENT_RAN in failed(v), why(v)
+
+
+# -- 6. shared-services: a TCP pair whose sidecar never connected --------------------------------------------
+def test_a_tcp_pair_whose_sidecar_never_connected_is_unverified(tmp_path: Path) -> None:
+    """LAX's product-api serves every coffee request, yet its sidecar has no postgres hop and its upstream
+    counters show cx_total 0 at start and end: the database traffic never went through the mesh (a bypass:
+    DB address not the mesh upstream, no transparent proxy), so no intention or route applied to it.
+    shared-services reports a TCP pair without hops as `no-traffic` and passes, because a pooled connection is
+    logged only when it closes; but cx_total is cumulative since the sidecar started, so a pooled connection
+    shows there even while open. Zero in every snapshot is missing evidence, which the README says fails.
+    Before the fix: PASS."""
+    d = run(tmp_path)
+    pa = pod_of(d, LAX, "product-api")
+    log = d / "accesslogs" / f"{pa['pod']}.jsonl"
+    _rewrite(log, lambda rows: [r for r in rows if "postgres" not in (r.get("upstream_cluster") or "")])
+
+    def zero(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for r in rows:
+            if r["pod"] == pa["pod"]:
+                r.update(cx_total=0, cx_connect_fail=0, rq_total=0, rq_error=0)
+        return rows
+
+    _rewrite(d / "upstream-stats.jsonl", zero)
+    v = verify(d)
+    assert v.invariant(AVAILABILITY).passed  # users were served throughout
+    assert SHARED_SERVICES in failed(v), why(v)
+    assert f"{LAX} -> postgres" in v.invariant(SHARED_SERVICES).message

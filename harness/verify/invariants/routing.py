@@ -223,6 +223,14 @@ class RoutingChecks(CheckBase):
             )
         return out
 
+    def _connected(self, zone: str, upstream: str) -> bool:
+        """Some sidecar in `zone` has a connection to a host of `upstream` in its upstream counters."""
+        row = self.con.execute(
+            "SELECT count(*) FROM upstream_stats WHERE caller_zone = ? AND host_service = ? AND cx_total > 0",
+            [zone, upstream],
+        ).fetchone()
+        return bool(row and row[0])
+
     def _unread_at_end(self) -> list[str]:
         """Pods that made hops, were never removed (inventory), and are missing from the 'end' snapshot.
 
@@ -356,6 +364,13 @@ class RoutingChecks(CheckBase):
                 # placement check below still sees where the service ran).
                 if self._no_traffic_fails(z) and self._protocol(u) != "tcp":
                     parts.append(f"shared-services: {z} -> {u}: no traffic (unverified)")
+                elif self._no_traffic_fails(z) and not self._connected(z, u):
+                    # cx_total counts every connection since the sidecar started, an open pooled one too:
+                    # zero in every snapshot means the calls, if any, did not go through the mesh
+                    parts.append(
+                        f"shared-services: {z} -> {u}: no hops and no connection to {u} in the upstream counters "
+                        f"of {z}'s sidecars (unverified: calls to it bypass the mesh, or none were made)"
+                    )
             if elsewhere:
                 pr.first_offenders = self._hops(f"caller_zone = ? AND upstream = ? AND {viol}", [z, u])
                 zones = sorted({h["serving_zone"] or "unknown zone" for h in pr.first_offenders})

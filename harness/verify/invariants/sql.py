@@ -94,7 +94,8 @@ DEFINITIONS = {
     "host fails, except before the first user request (bring-up), during a fault that took the caller's zone or the "
     "service down or while the service had no ready pod, each until maxRecoveryS after it; NR is never excused) "
     "and no pod of one ran outside the Region's zones (in an edge zone or one the topology does not list: "
-    "inventory); a TCP pair with no hops is reported, not failed (Envoy logs TCP hops when connections close)",
+    "inventory); a TCP pair with no hops is reported, not failed (Envoy logs TCP hops when connections close), "
+    "unless no sidecar of the zone has a connection to it in its upstream counters (unverified = fail)",
     "call_graph": "every hop's caller service -> upstream service is declared by the topology (logical names; an "
     "unidentified caller or upstream is unverified = fail); preflight.json's intentions checks show Consul denies "
     "every undeclared call (and a refused-probe check where the backend could make one)",
