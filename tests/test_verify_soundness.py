@@ -417,6 +417,24 @@ def test_a_fault_without_users_during_it_fails_coverage(tmp_path: Path) -> None:
     )
 
 
+def test_users_whose_requests_hung_through_the_fault_cover_it(tmp_path: Path) -> None:
+    """A zone's two shoppers each had a request in flight at the kill that hung past the restore (an
+    az-primary-loss run: requests to postgres started 6-80 ms after the AZ's node died and hung for locust's
+    10 s, longer than the 6 s fault). Requests that *began* in the fault were all coverage counted: tens of
+    milliseconds earlier and the zone had none, "failover unverified", FAIL. A request in flight during the
+    fault met it; the same run passes whichever side of the inject the hung requests began."""
+    d = run(tmp_path, faults=[KILL], silent=[(LAX, 29.0, 50.0)])
+    assert COVERAGE in failed(verify(d))  # nobody in the zone during the fault
+    for ts in (29.97, 29.99):  # began before the inject, hung for 10 s
+        append(d / "requests.jsonl", json.dumps({"ts": T0 + ts, "zone": LAX, "endpoint": "coffees",
+                                                  "name": "POST /api coffees", "status": 0, "latency_ms": 10000.0,
+                                                  "ok": False, "error": "timed out"}))  # fmt: skip
+    v = verify(d)
+    assert COVERAGE not in failed(v), v.invariant(COVERAGE).message
+    during = next(c for c in v.invariant(COVERAGE).checks if c.subject == f"{KILL.fault} {LAX} during")
+    assert during.status == "pass" and during.detail["requests"] == 2
+
+
 def test_requests_only_at_a_down_entry_point_are_not_coverage(tmp_path: Path) -> None:
     # the fault does not declare its entry down, but entrypoints.jsonl says it was
     f = FaultSpec("zone-las", "zone-down", LAS, (), 30, 45, 0, 1.0, entry_down=False)
@@ -894,6 +912,18 @@ def test_requests_a_kill_cut_off_over_envoys_retry_limit_are_reported_not_counte
     (w,) = [w for w in v.invariant(AVAILABILITY).windows if w.window == window]
     assert (w.retry_overflow, w.failed, w.requests) == (8, before.failed, before.requests + 8)
     assert "8 more failed in flight at a kill over Envoy's 3 concurrent retries" in v.invariant(AVAILABILITY).message
+
+
+def test_what_is_reported_apart_is_counted_once_per_request(tmp_path: Path) -> None:
+    """Fault windows overlap (a burst kills in three zones a second apart): the run's "N more failed in flight"
+    summed the windows and counted one request once in each window it fell in ("2 more" for one request)."""
+    las = FaultSpec("kill-product-api-las", "service-down", LAS, ("product-api",), 29.5, 50, 0.2, 1.0)
+    d = run(tmp_path, faults=[KILL, las])
+    _cut_off_at_the_kill(d, LAX, "UO,UC", n=1)
+    v = verify(d)
+    windows = [w for w in v.invariant(AVAILABILITY).windows if w.retry_overflow]
+    assert len(windows) == 2  # the one request falls in both fault windows
+    assert "; 1 more failed in flight at a kill" in v.invariant(AVAILABILITY).message
 
 
 def test_a_hop_the_kill_cut_off_began_before_the_inject(tmp_path: Path) -> None:

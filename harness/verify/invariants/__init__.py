@@ -81,9 +81,9 @@ reader of a copied verdict does not need this file):
   without requests fails ("no traffic").
 - Coverage, per fault and affected zone (its own; for a fault on a Region-only
   service also every zone with users whose calls reach it): user requests
-  entering the zone at
-  an entry point that was up, DURING [inject, restore] (not asked of a fault
-  that takes the zone's entry down by design) and AFTER (restore, next fault
+  entering the zone at an entry point that was up, in flight DURING
+  [inject, restore] (not asked of a fault that takes the zone's entry down
+  by design) and begun AFTER (restore, next fault
   in the zone / end of run, at most `maxRecoveryS`]. A window without them is
   unverified and fails.
 - Lost requests / hops of a fault: failed requests entering the fault's zone,

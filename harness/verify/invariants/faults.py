@@ -487,6 +487,11 @@ class FaultMeasurer(CheckBase):
         traffic there (spill), outside every recorded fault."""
         notes = []
         names = {s.name for s in self.t.services}
+        # a fault on a Region-only service (postgres) takes its dependants down in every zone: its cascade
+        cascades = [
+            expected.dependants(self.t, tuple(sv for sv in f.services if self._placement(sv) == "region"))
+            for f in self.run.faults
+        ]
         for down, what in (
             (self.run.down, "had no ready pod"),
             (self.run.spill, "had too few ready pods to keep its traffic (Envoy spills below 1/1.4 ready)"),
@@ -498,10 +503,10 @@ class FaultMeasurer(CheckBase):
                 for lo, hi in intervals:
                     end = INF if hi is None else hi
                     covered = any(
-                        (f.zone == zone or (region and not zone_is_edge(self.t, f.zone)))
+                        (f.zone == zone or (region and not zone_is_edge(self.t, f.zone)) or service in cascades[i])
                         and f.inject <= end
                         and lo <= (INF if f.restore is None else f.restore)
-                        for f in self.run.faults
+                        for i, f in enumerate(self.run.faults)
                     )
                     if not covered:
                         where = "the Region" if region else zone

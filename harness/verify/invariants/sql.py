@@ -86,7 +86,7 @@ DEFINITIONS = {
     "single point of failure's window lasts over its cascade (down intervals that began during it) and until each "
     "pair of its dependants served again after that (measured recovery within maxRecoveryS: ejections run out)",
     "coverage": "each fault has user requests entering its zone (and, for a fault on a Region-only service, every "
-    "zone with users whose calls reach it) at an up entry point during [inject, restore] "
+    "zone with users whose calls reach it) at an up entry point in flight during [inject, restore] "
     "(unless the fault takes the entry down by design) and after (restore, next fault in the zone / end of run, "
     "at most maxRecoveryS]; a window without them is unverified = fail",
     "no_traffic": "a fault or edge pair without records is a failure (unverified), a Region pair is only reported",
