@@ -963,6 +963,32 @@ def test_requests_lost_while_the_failover_was_under_way_are_reported_not_counted
     assert v.fault(KILL.fault).lost_requests >= 8  # still the fault's losses
 
 
+@pytest.mark.parametrize(("after_s", "counted"), [(0.19, False), (6.0, True)])
+def test_region_calls_still_sent_to_a_dead_azs_pods_are_the_mesh_learning_of_it(
+    tmp_path: Path, after_s: float, counted: bool
+) -> None:
+    """Region callers spread calls over every AZ's pods; when an AZ's node dies, calls Envoy still sends there
+    before the endpoints are withdrawn hang until the user gives up (an az-node-loss run: a hop 190 ms after the
+    kill, `DC` after 10 s). Counted, one such request left a window one request below the budget: two would have
+    failed a correct mesh, by how many requests fell in those milliseconds. They are reported apart while the
+    mesh learns of the loss, at most maxFailoverS after the inject; later ones count."""
+    az_b = "us-west-2b"
+    d = run(tmp_path, faults=[FaultSpec("kill-az", "service-down", az_b, ("product-api",), 30, 40, 0.0, 1.0)])
+    caller, dead = pod_of(d, AZ, "public-api"), pod_of(d, az_b, "product-api")
+    for i in range(4):  # 4 of the window's ~250 requests: over the 1% budget when counted
+        ts = T0 + 30 + after_s + i * 0.02
+        append(d / "requests.jsonl", json.dumps({"ts": ts, "zone": AZ, "endpoint": "coffees",
+                                                  "name": "POST /api coffees", "status": 0, "latency_ms": 10000.0,
+                                                  "ok": False, "error": "timed out"}))  # fmt: skip
+        line = json.loads(envoy_line(ts + 0.005, f"{dead['ip']}:9090", "product-api.default.dc1.internal.x.consul",
+                                     caller, 0, "DC"))  # fmt: skip
+        append(d / "accesslogs" / f"{caller['pod']}.jsonl", json.dumps({**line, "duration": 9995}))
+    v = verify(d)
+    (w,) = [w for w in v.invariant(AVAILABILITY).windows if w.window == "fault kill-az"]
+    assert (w.failed, w.failover_under_way) == ((4, 0) if counted else (0, 4))
+    assert (AVAILABILITY in failed(v)) is counted
+
+
 @pytest.mark.parametrize(("flags", "after_s"), [("URX,UF", 2.0), ("UO,UF", 0.05), ("UO,UF", 3.0)])
 def test_hops_still_sent_to_the_dead_instance_are_the_failover_under_way(
     tmp_path: Path, flags: str, after_s: float

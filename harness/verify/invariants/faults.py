@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from harness.observe.hops import host_ip_sql
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
+    HOP_END_SQL,
     INF,
     REQUEST_OK_SQL,
     STALE_SQL,
@@ -21,6 +23,7 @@ from harness.verify.invariants.sql import (
     hop_text,
     merge_intervals,
     spans_sql,
+    sql_str,
 )
 from harness.verify.rundata import Fault, zone_is_edge
 from harness.verify.verdict import (
@@ -34,7 +37,10 @@ from harness.verify.verdict import (
 
 Exclusion = tuple[str, str, float, float]  # (caller zone, upstream, from, to): locality not judged then
 # (caller zone, upstream, its callers, inject, until): a pair's failover under way, judged by maxFailoverS
-FailoverSpan = tuple[str, str, tuple[str, ...], float, float]
+# (caller zone, upstream, callers, from, until, the IPs of the pods the fault killed): with no IPs the span is a
+# failover pair's (its failed hops to the zone's own instance qualify, STALE_SQL); with IPs a Region pair's, whose
+# failed hops to one of those pods qualify (availability's `_under_way_hops`)
+FailoverSpan = tuple[str, str, tuple[str, ...], float, float, tuple[str, ...]]
 Pairs = list[tuple[str, list[str]]]  # (upstream, its callers) of one zone
 
 
@@ -233,7 +239,7 @@ class FaultMeasurer(CheckBase):
                 measured.append((d, w.resolution))
                 # until the failover, or maxFailoverS past the inject when slower: the rest counts as any loss
                 until = f.inject + min(d, self.slo.max_failover_s)
-                out.spans.append((f.zone, u, tuple(callers), f.inject, until))
+                out.spans.append((f.zone, u, tuple(callers), f.inject, until, ()))
                 if d > self.slo.max_failover_s:
                     pr.status = FAIL
                     pr.message = (
@@ -294,6 +300,46 @@ class FaultMeasurer(CheckBase):
                 out.messages.append(msg)
         if out.values and len(measured) == len(out.values):
             out.recovery_s, out.resolution_s = max(measured, key=lambda x: x[0])
+        return out
+
+    def _detection(self, f: Fault) -> list[FailoverSpan]:
+        """Region pairs whose calls still went to the pods the fault killed: the mesh had not yet learned of it.
+
+        Region callers spread their calls over every AZ's pods (no failover
+        pair: the other AZs simply carry on). When an AZ's node dies, the
+        calls Envoy sends its pods before the endpoints are withdrawn hang
+        (a dead node answers nothing) until a user gives up: in an
+        az-node-loss run a hop 190 ms after the kill, 10 s long. How many
+        requests that catches is the request rate times a detection delay
+        of milliseconds; counted, 1 of a window's 190 sat one request below
+        the budget, and two would have failed a correct mesh. As for a
+        failover pair: the span runs from the inject to the last failed hop
+        sent to one of those pods, at most maxFailoverS past the inject (a
+        mesh slower than that has the rest counted).
+        """
+        end = f.restore if f.restore is not None else max(self.run_end, f.inject)
+        bound = f.inject + self.slo.max_failover_s
+        out: list[FailoverSpan] = []
+        for z, u, callers in self.pairs:
+            if zone_is_edge(self.t, z) or u not in f.services:
+                continue
+            rows = self.con.execute(
+                "SELECT DISTINCT ip FROM intervals WHERE zone = ? AND service = ? AND ip IS NOT NULL "
+                "AND start_ts < ? AND end_ts BETWEEN ? AND ?",
+                [f.zone, u, f.inject, f.inject, end],
+            ).fetchall()
+            ips = tuple(sorted(str(r[0]) for r in rows))
+            if not ips:
+                continue
+            dead = ", ".join("'" + sql_str(i) + "'" for i in ips)
+            last = self._one(
+                f"SELECT max(ts) FROM hops WHERE caller_zone = ? AND upstream = ? AND NOT ok "
+                f"AND {host_ip_sql('upstream_host')} IN ({dead}) "
+                f"AND ts < ? AND {HOP_END_SQL} >= ?",
+                [z, u, bound, f.inject],
+            )
+            if last is not None:
+                out.append((z, u, tuple(callers), f.inject, min(float(last) + 1e-6, bound), ips))
         return out
 
     def _recovery_window(self, f: Fault, u: str, callers: list[str], hi: float, nxt: float | None) -> Window:
@@ -389,6 +435,7 @@ class FaultMeasurer(CheckBase):
         impact_end = self._impact_end(f, rc)
         out.impact.append((f, impact_end))
         out.under_way.extend(fo.spans)
+        out.under_way.extend(self._detection(f))
         for u in scope.excluded:
             rec = rc.values.get(u)
             end = INF if f.restore is None else f.restore + (rec if rec is not None else self.slo.max_recovery_s)

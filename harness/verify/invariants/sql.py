@@ -82,7 +82,9 @@ DEFINITIONS = {
     "pair's failover "
     "instant (in flight at the inject or started after it; at most maxFailoverS after the inject) is reported as "
     "failover_under_way, not counted (the failover's "
-    "loss, judged by its time in fallback); a declared "
+    "loss, judged by its time in fallback), and so is one with a failed hop of a Region pair sent to a pod the "
+    "fault killed (an AZ's node: Envoy still sent there until the endpoints were withdrawn), in flight at the "
+    "inject or started after it, at most maxFailoverS after the inject; a declared "
     "single point of failure's window lasts over its cascade (down intervals that began during it) and until each "
     "pair of its dependants served again after that (measured recovery within maxRecoveryS: ejections run out)",
     "coverage": "each fault has user requests entering its zone (and, for a fault on a Region-only service, every "

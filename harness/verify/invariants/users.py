@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.observe.hops import host_ip_sql
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.faults import FailoverSpan
@@ -201,24 +202,29 @@ class UserChecks(CheckBase):
         policy: `UF` or `UC` alone), a hop served in another zone (a
         misroute) or any other failure counts as before.
         """
-        spans = []
-        for z, u, callers, lo, hi in under_way:  # a failover pair always has callers that stayed up
+        spans, region = [], []
+        for z, u, callers, lo, hi, ips in under_way:  # a failover pair always has callers that stayed up
             names = ", ".join("'" + sql_str(c) + "'" for c in callers)
-            spans.append(
+            span = (
                 f"(caller_zone = '{sql_str(z)}' AND upstream = '{sql_str(u)}' AND caller_service IN ({names}) "
                 f"AND ts < {float(hi)!r} AND {HOP_END_SQL} >= {float(lo)!r})"  # in flight at the inject, too
             )
+            if ips:  # a Region pair (`_detection`): any failure of a hop sent to a pod the fault killed
+                dead = ", ".join("'" + sql_str(i) + "'" for i in ips)
+                region.append(f"({span} AND {host_ip_sql('upstream_host')} IN ({dead}))")
+            else:
+                spans.append(span)
         where = " OR ".join(spans) or "false"
         self.con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE under_way_hops AS
             SELECT caller_zone AS zone, ts FROM hops
-            WHERE NOT ok AND ({where}) AND (
+            WHERE NOT ok AND ((({where}) AND (
                 ({STALE_SQL} AND (  -- the zone's own instance, with every retry spent there or refused by the limit
                     contains(coalesce(flags, ''), 'URX')
                     OR (contains(coalesce(flags, ''), 'UO') AND contains(coalesce(flags, ''), 'UF'))))
                 OR (coalesce(upstream_host, '') = '' AND contains(coalesce(flags, ''), 'UH'))  -- no host yet
-            )
+            )) OR {" OR ".join(region) or "false"})
             """
         )
 
