@@ -55,6 +55,12 @@ class CheckBase:
         except KeyError:
             return "http"
 
+    def _cascade(self, f: Fault) -> set[str]:
+        """The services a fault on a Region-only service (postgres) reaches in every zone: those and every
+        service whose calls reach them (`expected.dependants`); empty for a fault on no Region-only service."""
+        region_only = tuple(sorted(sv for sv in f.services if self._placement(sv) == "region"))
+        return expected.dependants(self.t, region_only) if region_only else set()
+
     def _placement(self, u: str) -> str:
         try:
             return self.t.service(u).placement.value

@@ -534,11 +534,7 @@ class FaultMeasurer(CheckBase):
         traffic there (spill), outside every recorded fault."""
         notes = []
         names = {s.name for s in self.t.services}
-        # a fault on a Region-only service (postgres) takes its dependants down in every zone: its cascade
-        cascades = [
-            expected.dependants(self.t, tuple(sv for sv in f.services if self._placement(sv) == "region"))
-            for f in self.run.faults
-        ]
+        cascades = [self._cascade(f) for f in self.run.faults]  # a postgres kill takes dependants down everywhere
         for down, what in (
             (self.run.down, "had no ready pod"),
             (self.run.spill, "had too few ready pods to keep its traffic (Envoy spills below 1/1.4 ready)"),

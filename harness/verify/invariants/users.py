@@ -315,10 +315,7 @@ class UserChecks(CheckBase):
     def _affected_zones(self, f: Fault, user_zones: set[str]) -> list[str]:
         """The fault's zone, and, for a fault on a Region-only service (postgres), every zone whose users' calls
         reach it: they are all affected, and each must show its users during and after it."""
-        region_only = {sv for sv in f.services if self._placement(sv) == "region"}
-        if not region_only:
-            return [f.zone]
-        reach = expected.dependants(self.t, tuple(sorted(region_only)))
+        reach = self._cascade(f)
         others = {z for z, u, _ in self.pairs if u in reach and z in user_zones and z != f.zone}
         return [f.zone, *sorted(others)]
 
@@ -336,9 +333,7 @@ class UserChecks(CheckBase):
                 windows: list[tuple[str, float, float, bool]] = [("during", f.inject, during_end, True)]
                 if f.restore is not None:
                     nxt = self._next_inject(zone, f.restore, f)
-                    after_end = min(
-                        nxt if nxt is not None else self.run_end, self.run_end, f.restore + self.slo.max_recovery_s
-                    )
+                    after_end = min(self.run_end, f.restore + self.slo.max_recovery_s, *([] if nxt is None else [nxt]))
                     windows.append(("after", f.restore, after_end, False))
                 for name, lo, hi, closed in windows:
                     subject = f"{f.fault} {zone} {name}"
