@@ -222,20 +222,27 @@ def test_judge_journal() -> None:
     skipped = _journal(run=[], steady_states={"before": {"steady_state_met": False, "probes": [
         {"activity": {"name": "shop"}, "status": "succeeded", "output": 503, "tolerance_met": False}]}})  # fmt: skip
     assert judge_journal(skipped, ["kill it"]) == (
-        "steady state before the method did not hold (probe 'shop' answered 503, outside its tolerance): "
-        "the method was skipped"
+        "the steady state before the method did not hold (probe 'shop' answered 503, outside its tolerance), "
+        "so chaostoolkit skipped the method; action 'kill it' never ran"
     )  # chaostoolkit 1.44 says "completed", deviated false, for exactly this journal
     exc = ["Traceback", "BackendError: no node in zone x\n"]
     failed = _journal(status="failed", run=[{"activity": {"name": "kill it"}, "status": "failed", "exception": exc}])
-    assert judge_journal(failed, ["kill it"]) == "action 'kill it' failed: BackendError: no node in zone x"
+    assert judge_journal(failed, ["kill it"]) == (
+        "journal status 'failed'; action 'kill it' failed: BackendError: no node in zone x"
+    )
     missing = judge_journal(_journal(), ["kill it", "and this"])
-    assert missing == "action 'and this' did not run (chaostoolkit status 'completed')"
+    assert missing == "action 'and this' never ran"
     rb = _journal(rollbacks=[{"activity": {"name": "heal"}, "status": "failed", "exception": ["E: x"]}])
     assert judge_journal(rb, ["kill it"]) == "rollback 'heal' failed: E: x"
-    assert judge_journal(_journal(status="interrupted"), ["kill it"]) == "chaostoolkit status 'interrupted'"
+    stray = _journal(run=[{"activity": {"name": "kill it"}, "status": "succeeded"},
+                          {"activity": {"name": "probe it"}, "status": "failed", "exception": ["E: y"]}])  # fmt: skip
+    assert judge_journal(stray, ["kill it"]) == "activity 'probe it' failed: E: y"
+    assert judge_journal(_journal(status="interrupted"), ["kill it"]) == "journal status 'interrupted'"
     dev = _journal(deviated=True, steady_states={"before": None, "after": {"steady_state_met": False, "probes": [
         {"activity": {"name": "ready"}, "status": "failed", "exception": ["boom"]}]}})  # fmt: skip
-    assert judge_journal(dev, ["kill it"]) == "steady state after the method deviated (probe 'ready' failed: boom)"
+    assert judge_journal(dev, ["kill it"]) == (
+        "the steady state after the method did not hold (deviated): probe 'ready' failed: boom"
+    )
 
 
 # -- run directory: plan.json, one directory per experiment (real chaostoolkit, no backend needed) ------
@@ -263,7 +270,7 @@ def test_each_experiment_gets_its_directory_and_the_plan_comes_first(tmp_path: P
     journal = json.loads((run / "chaos" / "02-beta" / "journal.json").read_text())
     assert journal["status"] == "completed" and journal["deviated"] is False and journal["run"] == []
     assert not second.ok and second.reason is not None
-    assert second.reason.startswith("steady state before the method did not hold")
+    assert second.reason.startswith("the steady state before the method did not hold")
     for exp_id in ("01-alpha", "02-beta"):
         d = run / "chaos" / exp_id
         assert {p.name for p in d.iterdir()} >= {"experiment.json", "journal.json", "chaos.log"}

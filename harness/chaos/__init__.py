@@ -32,6 +32,7 @@ from typing import Any
 from harness.backends import BackendOptions
 from harness.chaos.experiment import PlannedExperiment, check_experiment, load_experiment, plan_experiment
 from harness.chaos.timeline import FaultKind, record
+from harness.contract.journal import journal_problems
 from harness.contract.rundir import CHAOS_DIR, EXPERIMENT_FILE, JOURNAL_FILE, PLAN_FILE
 from harness.errors import BackendError, InputError
 from harness.interrupt import with_default_stop_signals
@@ -96,56 +97,17 @@ def chaos_bin() -> str:
     return str(cand) if cand.exists() else (shutil.which("chaos") or "chaos")
 
 
-def _last_line(exc: Any) -> str:
-    """The message of an exception as chaostoolkit's journal stores it (a list of traceback lines)."""
-    if isinstance(exc, list) and exc:
-        return str(exc[-1]).strip()
-    return str(exc or "").strip() or "no detail"
-
-
-def _probe_failure(state: dict[str, Any]) -> str:
-    for p in state.get("probes") or []:
-        if p.get("status") != "succeeded" or p.get("tolerance_met") is False:
-            name = (p.get("activity") or {}).get("name", "?")
-            if p.get("status") != "succeeded":
-                return f"probe {name!r} failed: {_last_line(p.get('exception'))}"
-            return f"probe {name!r} answered {p.get('output')!r}, outside its tolerance"
-    return "no probe detail"
-
-
 def judge_journal(journal: dict[str, Any] | None, planned_actions: list[str]) -> str | None:
     """Why this run of an experiment does not count (one line), or None when it ran as planned.
 
-    Fails on: no journal; the steady state before the method not met (the
-    method was skipped although the status may say ``completed``); a status
-    other than ``completed``; any method activity or rollback that did not
-    succeed; a planned action missing from ``run``; a deviated steady state
-    after the method.
+    The rules are `harness.contract.journal`'s, the same the verifier's
+    `experiment-ran` applies: a skipped method, a status other than
+    ``completed``, a planned action missing or failed, any other activity or
+    rollback that did not succeed, a deviated steady state after the method.
     """
     if journal is None:
         return "no journal: chaostoolkit did not run the experiment"
-    before = (journal.get("steady_states") or {}).get("before")
-    if isinstance(before, dict) and not before.get("steady_state_met", True):
-        return f"steady state before the method did not hold ({_probe_failure(before)}): the method was skipped"
-    for run in journal.get("run") or []:
-        if run.get("status") != "succeeded":
-            name = (run.get("activity") or {}).get("name", "?")
-            return f"action {name!r} {run.get('status')}: {_last_line(run.get('exception'))}"
-    ran = [(r.get("activity") or {}).get("name") for r in journal.get("run") or []]
-    for name in planned_actions:
-        if name not in ran:
-            return f"action {name!r} did not run (chaostoolkit status {journal.get('status')!r})"
-    for rb in journal.get("rollbacks") or []:
-        if rb.get("status") != "succeeded":
-            name = (rb.get("activity") or {}).get("name", "?")
-            return f"rollback {name!r} {rb.get('status')}: {_last_line(rb.get('exception'))}"
-    if journal.get("status") != "completed":
-        return f"chaostoolkit status {journal.get('status')!r}"
-    after = (journal.get("steady_states") or {}).get("after")
-    if journal.get("deviated"):
-        detail = _probe_failure(after) if isinstance(after, dict) else "no probe detail"
-        return f"steady state after the method deviated ({detail})"
-    return None
+    return "; ".join(journal_problems(journal, planned_actions)) or None
 
 
 def _existing_plan(run_dir: Path) -> list[dict[str, Any]]:

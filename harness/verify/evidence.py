@@ -3,12 +3,10 @@
 - `config`: Consul's own view before traffic (preflight.json): every
   config-entry CRD synced, every discovery chain in-zone first and then the
   Region only, every expected instance passing.
-- `experiment-ran`: plan.json against each experiment's chaostoolkit journal.
-  chaostoolkit 1.19 / chaostoolkit-lib 1.44 say `status: completed,
-  deviated: false` with an empty `run` when the steady state failed *before*
-  the method (the method was skipped), and `completed` when an action raised
-  (the action's own entry says `failed`); so the journal's status alone proves
-  nothing and every planned action is looked up in `run[]`.
+- `experiment-ran`: plan.json against each experiment's chaostoolkit journal,
+  by the rules the chaos runner applies too (`harness.contract.journal`: the
+  journal's status alone proves nothing), and every fault an action reports
+  against the timeline.
 - The intentions half of `call-graph` (Consul's evaluation of the intentions
   for every undeclared source -> destination, and a refused probe call).
 
@@ -22,6 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from harness.contract.journal import journal_problems, runs_of
 from harness.contract.rundir import CHAOS_DIR, CHAOS_FILE, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE
 from harness.verify.rundata import RunData
 from harness.verify.verdict import FAIL, PASS, UNVERIFIED, CheckResult
@@ -109,24 +108,6 @@ def intentions(run: RunData) -> tuple[list[str], list[CheckResult], str]:
     return failures, results, f"intentions deny {n_int} undeclared calls{probe}"
 
 
-def _last_line(exc: Any) -> str:
-    if isinstance(exc, list) and exc:
-        return str(exc[-1]).strip()
-    return str(exc).strip() if exc else ""
-
-
-def _failed_probes(state: dict[str, Any]) -> str:
-    names = []
-    for p in state.get("probes") or []:
-        if not isinstance(p, dict):
-            continue
-        if p.get("status") != "succeeded" or p.get("tolerance_met") is False:
-            name = (p.get("activity") or {}).get("name", "?")
-            why = _last_line(p.get("exception")) or f"output {json.dumps(p.get('output'))[:80]}"
-            names.append(f"'{name}' ({why})")
-    return ", ".join(names)
-
-
 def _reported_faults(output: Any) -> list[str]:
     """The fault ids an action's output says it recorded (`fault`, or each of a burst's `faults`)."""
     if not isinstance(output, dict):
@@ -150,34 +131,13 @@ def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: 
     if journal is None:
         why = unreadable or f"no journal ({CHAOS_DIR}/{exp_id}/{JOURNAL_FILE}): it never ran or stopped before the end"
         return CheckResult(exp_id, FAIL, f"experiment-ran: {label}: {why}", detail)
-    status = journal.get("status")
-    detail.update(status=status, deviated=journal.get("deviated"))
-    problems: list[str] = []
-    before = (journal.get("steady_states") or {}).get("before")
-    if isinstance(before, dict) and before.get("steady_state_met") is False:
-        probes = _failed_probes(before)
-        problems.append(
-            "the steady state before the method did not hold"
-            + (f" (probe {probes})" if probes else "")
-            + ", so chaostoolkit skipped the method"
-        )
-    if status != "completed":
-        problems.append(f"journal status {status!r}")
-    runs = [r for r in journal.get("run") or [] if isinstance(r, dict)]
-    by_name: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        by_name.setdefault(str((r.get("activity") or {}).get("name")), []).append(r)
+    detail.update(status=journal.get("status"), deviated=journal.get("deviated"))
+    problems = journal_problems(journal, planned)
     ran: list[str] = []
     for action in planned:
-        entries = by_name.get(action, [])
-        if not entries:
-            problems.append(f"action '{action}' never ran")
-            continue
-        bad = [r for r in entries if r.get("status") != "succeeded"]
-        if bad:
-            why = _last_line(bad[0].get("exception")) or str(bad[0].get("status"))
-            problems.append(f"action '{action}' failed: {why}")
-            continue
+        entries = runs_of(journal, action)
+        if not entries or any(r.get("status") != "succeeded" for r in entries):
+            continue  # journal_problems names it
         unrecorded = [f for r in entries for f in _reported_faults(r.get("output")) if f not in recorded]
         if unrecorded:
             problems.append(
@@ -186,19 +146,6 @@ def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: 
             )
         else:
             ran.append(action)
-    # what the chaos runner (harness.chaos.judge_journal) also fails on: a method activity that is no planned
-    # action, and a rollback, that did not succeed (a fault not undone); one journal, one judgement
-    for kind, entries in (("activity", runs), ("rollback", journal.get("rollbacks") or [])):
-        for r in entries:
-            name = str((r.get("activity") or {}).get("name")) if isinstance(r, dict) else "?"
-            if not isinstance(r, dict) or (kind == "activity" and name in planned) or r.get("status") == "succeeded":
-                continue
-            why = _last_line(r.get("exception")) or str(r.get("status"))
-            problems.append(f"{kind} '{name}' {r.get('status')}: {why}")
-    if journal.get("deviated") is True:
-        after = (journal.get("steady_states") or {}).get("after") or {}
-        probes = _failed_probes(after) if isinstance(after, dict) else ""
-        problems.append("the steady state after the method did not hold (deviated)" + (f": {probes}" if probes else ""))
     detail["actions_succeeded"] = ran
     if problems:
         return CheckResult(exp_id, FAIL, f"experiment-ran: {label}: " + "; ".join(problems), detail)

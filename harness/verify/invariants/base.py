@@ -21,6 +21,12 @@ class CheckBase:
         self.run_end = run.end if run.end is not None else 0.0
         self.total_hops = int(self._one("SELECT count(*) FROM hops") or 0)
         self.entry_down = self._entry_down_spans()
+        # the services users enter through: no service calls them and they run in the zones (frontend); what a
+        # fault must take down to excuse a down entry point (`UserChecks._can_take_entry_down`)
+        called = {u for s in self.t.services for u in s.upstreams}
+        self.entry_services = frozenset(
+            s.name for s in self.t.services if s.name not in called and s.placement.value != "region"
+        )
         self.declared: dict[str, dict[str, Any]] = {}  # fault -> its declared single point of failure, judged
         # (fault, inject) -> `_declared_recovery` (locality's exclusions and availability's windows both ask)
         self._recovered: dict[tuple[str, float], tuple[float, list[tuple[str, str, float | None]]]] = {}

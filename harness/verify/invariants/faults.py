@@ -36,11 +36,26 @@ from harness.verify.verdict import (
 )
 
 Exclusion = tuple[str, str, float, float]  # (caller zone, upstream, from, to): locality not judged then
-# (caller zone, upstream, its callers, inject, until): a pair's failover under way, judged by maxFailoverS
-# (caller zone, upstream, callers, from, until, the IPs of the pods the fault killed): with no IPs the span is a
-# failover pair's (its failed hops to the zone's own instance qualify, STALE_SQL); with IPs a Region pair's, whose
-# failed hops to one of those pods qualify (availability's `_under_way_hops`)
-FailoverSpan = tuple[str, str, tuple[str, ...], float, float, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class FailoverSpan:
+    """A pair's failover under way, judged by maxFailoverS: its failed hops in [start, until) are reported apart.
+
+    With no `killed_ips` the span is a failover pair's (its failed hops to the
+    zone's own instance qualify, STALE_SQL); with IPs a Region pair's
+    (`FaultMeasurer._detection`), whose failed hops to one of the pods the
+    fault killed qualify (availability's `_under_way_hops`).
+    """
+
+    zone: str  # the callers' zone
+    upstream: str
+    callers: tuple[str, ...]  # the services calling `upstream` there
+    start: float  # the inject
+    until: float  # the failover instant, at most maxFailoverS past the inject
+    killed_ips: tuple[str, ...] = ()
+
+
 Pairs = list[tuple[str, list[str]]]  # (upstream, its callers) of one zone
 
 
@@ -239,7 +254,7 @@ class FaultMeasurer(CheckBase):
                 measured.append((d, w.resolution))
                 # until the failover, or maxFailoverS past the inject when slower: the rest counts as any loss
                 until = f.inject + min(d, self.slo.max_failover_s)
-                out.spans.append((f.zone, u, tuple(callers), f.inject, until, ()))
+                out.spans.append(FailoverSpan(f.zone, u, tuple(callers), f.inject, until))
                 if d > self.slo.max_failover_s:
                     pr.status = FAIL
                     pr.message = (
@@ -339,7 +354,7 @@ class FaultMeasurer(CheckBase):
                 [z, u, bound, f.inject],
             )
             if last is not None:
-                out.append((z, u, tuple(callers), f.inject, min(float(last) + 1e-6, bound), ips))
+                out.append(FailoverSpan(z, u, tuple(callers), f.inject, min(float(last) + 1e-6, bound), ips))
         return out
 
     def _recovery_window(self, f: Fault, u: str, callers: list[str], hi: float, nxt: float | None) -> Window:

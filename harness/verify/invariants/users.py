@@ -124,9 +124,7 @@ class UserChecks(CheckBase):
     def _can_take_entry_down(self, f: Fault) -> bool:
         """The fault is the zone's entry going down by design, takes the zone down, or takes down a service users
         enter through (one no service calls, placed in the zones: frontend)."""
-        called = {u for s in self.t.services for u in s.upstreams}
-        entry = {s.name for s in self.t.services if s.name not in called and s.placement.value != "region"}
-        return f.entry_down or f.kind == "zone-down" or bool(entry & set(f.services))
+        return f.entry_down or f.kind == "zone-down" or bool(self.entry_services & set(f.services))
 
     def _apart(self, overflow: int, under_way: int) -> str:
         """What a window (or the whole run) reported apart, in the same words everywhere."""
@@ -203,14 +201,15 @@ class UserChecks(CheckBase):
         misroute) or any other failure counts as before.
         """
         spans, region = [], []
-        for z, u, callers, lo, hi, ips in under_way:  # a failover pair always has callers that stayed up
-            names = ", ".join("'" + sql_str(c) + "'" for c in callers)
+        for s in under_way:  # a failover pair always has callers that stayed up
+            names = ", ".join("'" + sql_str(c) + "'" for c in s.callers)
             span = (
-                f"(caller_zone = '{sql_str(z)}' AND upstream = '{sql_str(u)}' AND caller_service IN ({names}) "
-                f"AND ts < {float(hi)!r} AND {HOP_END_SQL} >= {float(lo)!r})"  # in flight at the inject, too
+                f"(caller_zone = '{sql_str(s.zone)}' AND upstream = '{sql_str(s.upstream)}' "
+                f"AND caller_service IN ({names}) "
+                f"AND ts < {float(s.until)!r} AND {HOP_END_SQL} >= {float(s.start)!r})"  # in flight at the inject
             )
-            if ips:  # a Region pair (`_detection`): any failure of a hop sent to a pod the fault killed
-                dead = ", ".join("'" + sql_str(i) + "'" for i in ips)
+            if s.killed_ips:  # a Region pair (`_detection`): any failure of a hop sent to a pod the fault killed
+                dead = ", ".join("'" + sql_str(i) + "'" for i in s.killed_ips)
                 region.append(f"({span} AND {host_ip_sql('upstream_host')} IN ({dead}))")
             else:
                 spans.append(span)
