@@ -55,6 +55,7 @@ from harness.contract.rundir import (
     load_jsonl,
     sql_str,
 )
+from harness.errors import InputError
 
 if TYPE_CHECKING:
     from duckdb import DuckDBPyConnection
@@ -273,6 +274,23 @@ def compact_all(run_dir: Path) -> int:
     return sum(compact(run_dir, k) for k in KINDS)
 
 
+def check_parquet(con: DuckDBPyConnection, files: list[Path], run_dir: Path) -> None:
+    """InputError naming the first file whose Parquet footer cannot be read (a copy cut short, a file overwritten).
+
+    DuckDB would raise its own error at the first query (later still for a
+    view), out of `harness verify` as a traceback: bad input is one line
+    naming the file, exit 2. The footer is what a truncated file loses first.
+    """
+    import duckdb
+
+    for f in files:
+        try:
+            con.execute("SELECT count(*) FROM parquet_metadata(?)", [str(f)]).fetchone()
+        except duckdb.Error as exc:
+            why = str(exc).splitlines()[0].replace(f" '{f}'", "")  # the file is named once, relative to the run
+            raise InputError(_rel(run_dir, f), "", f"not a readable Parquet file ({why})") from None
+
+
 def read_records(
     con: DuckDBPyConnection, table: str, run_dir: Path, kind: Kind, *, view: bool = False
 ) -> list[SkippedLine]:
@@ -290,6 +308,7 @@ def read_records(
     seg_dir = run_dir / COLUMNAR_DIR / kind.name
     segments = [seg_dir / s for s in state["segments"] if (seg_dir / s).is_file()]
     skipped = [SkippedLine(str(f), int(n), str(r)) for f, n, r in state["skipped"]]
+    check_parquet(con, segments, run_dir)
     if len(segments) < len(state["segments"]):
         # a segment listed but gone: its records cannot be recovered from here; say so, re-read nothing twice
         skipped.append(SkippedLine(_rel(run_dir, _state_path(run_dir, kind)), 1, "a listed Parquet segment is missing"))

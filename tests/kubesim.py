@@ -938,6 +938,9 @@ class ClusterSim:
                         self.delete("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
             if nrun.up and nrun.boot_at is not None and now >= nrun.boot_at:
                 nrun.boot_at = None
+                for pod in self._pods_on(name):  # the kubelet's first sync: its containers are not running
+                    if self._pod_ready(pod) and not pod["metadata"].get("deletionTimestamp"):
+                        self._set_pod_ready(pod, False)
                 if nrun.notready_marked:
                     self._node_condition(node, "True", "KubeletReady", "kubelet is posting ready status")
                     taints = [t for t in (node.get("spec") or {}).get("taints") or [] if "unreachable" not in t["key"]]
@@ -2070,8 +2073,10 @@ class ClusterSim:
         for pod in self._pods_on(name):
             run = self._run_of(pod)
             run.bound_at = nrun.boot_at
-            if self._pod_ready(pod):
-                self._set_pod_ready(pod, False)  # the kubelet re-runs its probes on the new containers
+        # Nothing in the API changes at `docker start`: the pods' Ready condition is the kubelet's to write
+        # (and the node controller's, only after node-monitor-grace-period), and the kubelet first has to boot
+        # (systemd, containerd, kubelet: seconds on kind). Until then the API still shows the dead pods Ready
+        # at their old IPs; the kubelet marks them NotReady at its first sync (`_nodes_tick`, at boot_at).
 
     def add_node(
         self,

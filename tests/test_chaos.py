@@ -180,10 +180,12 @@ def test_bad_experiment_is_input_error(tmp_path: Path, text: str, field: str) ->
          "method[0].provider.arguments.zone", "roles go in the configuration block"),
         ([_act("kill_pod", {"zone": LAX, "service": "product-api", "configuration": {}})], {},
          "method[0].provider.arguments.configuration", "passed by chaostoolkit"),
+        ([_act("kill_pod", {"zone": LAX, "service": "product-api"}) | {"dry": "actions"}], {},
+         "method[0].dry", "skipped by chaostoolkit, which still says it succeeded"),
     ],
     ids=["unknown-func", "wrong-arg", "missing-arg", "unknown-role", "unknown-zone", "undefined-var",
          "unknown-service", "region-service-in-lz", "every-for-one", "too-few-zones", "zones-list", "no-free-az",
-         "role-outright", "injected-arg"],
+         "role-outright", "injected-arg", "dry"],
 )  # fmt: skip
 def test_experiment_refused_before_anything_starts(
     tmp_path: Path, method: list[dict[str, Any]], cfg: dict[str, Any], field: str, message: str

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,12 +135,27 @@ def _fault_id(action: str, zone: str, service: str | None = None) -> str:
     return "-".join(x for x in (action, service, short, uuid.uuid4().hex[:8]) if x)
 
 
-def ready_services(backend: Backend, zone: str) -> set[str]:
-    """Logical services with at least one Ready pod in `zone`."""
+def ready_services(backend: Backend, zone: str, stale: Mapping[str, int] | None = None) -> set[str]:
+    """Logical services with at least one Ready pod in `zone`.
+
+    `stale`: pod -> how often it had become ready (`Inventory.times_ready`)
+    when its node went down; it counts only once it became ready again. On a real
+    cluster only the kubelet (and, 40-50 s on, the node controller) writes a
+    pod's Ready condition, so right after `docker start` (or an instance's
+    start) the API still shows the dead pods Ready at their old IPs while
+    the node boots: read as Ready, a node kill "recovered" while its pods were
+    not running.
+    """
+    inv = backend.inventory()
     phases = backend.status().pods
-    return {
-        p.service for p in backend.inventory().pods(alive_only=True) if p.zone == zone and phases.get(p.pod) == "Ready"
-    }
+    out = set()
+    for p in inv.pods(alive_only=True):
+        if p.zone != zone or phases.get(p.pod) != "Ready":
+            continue
+        if stale and p.pod in stale and inv.times_ready(p.pod) <= stale[p.pod]:
+            continue  # Ready since before its node went down: what the API last heard, not a running pod
+        out.add(p.service)
+    return out
 
 
 def poll_until(look: Callable[[], T | None], within_s: float, every_s: float = POLL_S) -> tuple[T | None, float]:
@@ -162,13 +177,28 @@ def poll_until(look: Callable[[], T | None], within_s: float, every_s: float = P
         time.sleep(every_s)
 
 
-def wait_ready(backend: Backend, zone: str, services: list[str], timeout_s: float = READY_TIMEOUT_S) -> float:
-    """Block until every service in `services` has a Ready pod in `zone`; returns seconds waited."""
+def _stale(backend: Backend, pods: Iterable[str]) -> dict[str, int]:
+    """The pods of nodes about to go down: `ready_services` counts them only once they became ready again."""
+    inv = backend.inventory()
+    return {p: inv.times_ready(p) for p in pods}
+
+
+def wait_ready(
+    backend: Backend,
+    zone: str,
+    services: list[str],
+    timeout_s: float = READY_TIMEOUT_S,
+    stale: Mapping[str, int] | None = None,
+) -> float:
+    """Block until every service in `services` has a Ready pod in `zone`; returns seconds waited.
+
+    `stale`: pods of nodes that were down (`ready_services`).
+    """
     missing: set[str] = set()
 
     def look() -> bool | None:
         missing.clear()
-        missing.update(set(services) - ready_services(backend, zone))
+        missing.update(set(services) - ready_services(backend, zone, stale))
         return True if not missing else None
 
     done, waited = poll_until(look, timeout_s)
@@ -357,12 +387,13 @@ def kill_node(
     elsewhere = {p.service for p in alive if p.zone == zone and p.node != node}
     lost = sorted(on_node - elsewhere)
     fault = _fault_id("kill-node", zone, node)
+    stale = _stale(b, (p.pod for p in alive if p.node == node))
     _held_fault(
         b, "kill_node", {"node": node}, fault, "kill_node", zone, FaultKind.SERVICE_DOWN, duration_s, lost,
         before=True, entry_down="frontend" in lost, inject_extra={"node": node, **declared},
         restore_extra={"node": node},
     )  # fmt: skip
-    wait_ready(b, zone, sorted(on_node))
+    wait_ready(b, zone, sorted(on_node), stale=stale)
     _snapshot(b, f"restore {fault}")
     return {"fault": fault, "zone": zone, "node": node, "services_lost": lost}
 
@@ -387,11 +418,12 @@ def zone_outage(
     declared = _expected(expected_errors)
     services = _zone_services(b, zone)
     fault = _fault_id("zone-outage", zone)
+    stale = _stale(b, (p.pod for p in b.inventory().pods(alive_only=True) if p.zone == zone))
     _held_fault(
         b, "zone_outage", {"zone": zone}, fault, "zone_outage", zone, FaultKind.ZONE_DOWN, duration_s, services,
         before=True, entry_down=True, inject_extra=declared,
     )  # fmt: skip
-    wait_ready(b, zone, services)
+    wait_ready(b, zone, services, stale=stale)
     _snapshot(b, f"restore {fault}")
     return {"fault": fault, "zone": zone, "services": services}
 

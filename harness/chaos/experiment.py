@@ -221,6 +221,11 @@ def plan_experiment(
             raise InputError(src, where, "an activity is a JSON object")
         if act.get("type") not in ("action", "probe"):
             raise InputError(src, f"{where}.type", f"'action' or 'probe', got {act.get('type')!r}")
+        if act.get("dry"):
+            raise InputError(
+                src, f"{where}.dry", "a dry activity is skipped by chaostoolkit, which still says it succeeded: "
+                "the verdict would judge a fault that never happened",
+            )  # fmt: skip
         if where.startswith("method[") and act.get("type") == "action":
             actions.append(str(act.get("name", "")))
         prov = act.get("provider")

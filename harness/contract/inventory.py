@@ -177,6 +177,18 @@ class Inventory:
         with self._lock:
             return next((e["ts"] for e in self._events if e["pod"] == pod and e["event"] == "ready"), None)
 
+    def times_ready(self, pod: str) -> int:
+        """How often the pod became ready: a count that moves only when it did again, whatever the clocks say.
+
+        A pod of a node that went down is Ready in the API until its kubelet,
+        booting again, says otherwise: it is running again once this count
+        grows past what it was at the kill (`harness.chaos.actions.ready_services`).
+        The times cannot tell it: they come from the API server's clock, with
+        second precision, and are kept monotone per pod.
+        """
+        with self._lock:
+            return sum(1 for e in self._events if e["pod"] == pod and e["event"] == "ready")
+
     def ready_since(self, pod: str) -> float | None:
         """When the pod last became ready (None while it is not ready)."""
         with self._lock:

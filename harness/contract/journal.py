@@ -19,6 +19,40 @@ from __future__ import annotations
 import json
 from typing import Any
 
+HARNESS_MODULE = "harness.chaos"
+# The harness actions that make a fault: each records it in chaos.jsonl and names it in its output (`fault`, or a
+# burst's `faults`). The others (make_ready, restore_node, restore_zone, clear_link, heal_zone) undo one.
+FAULT_ACTIONS = frozenset(
+    {"kill_pod", "kill_pod_burst", "make_unready", "kill_node", "zone_outage", "degrade_link", "partition_zone"}
+)
+
+
+def unjudged(entry: dict[str, Any]) -> str:
+    """Why a succeeded method action made a fault the verdict cannot judge ("" when it can).
+
+    - `dry`: chaostoolkit skipped its provider and still wrote `succeeded`;
+    - another module (chaosk8s, a process): whatever it did is in no record the verifier reads;
+    - a harness fault action whose output names no fault: nothing says what, where or when it broke.
+    """
+    act = entry.get("activity") or {}
+    if act.get("dry"):
+        return f"was dry ({act.get('dry')!r}): chaostoolkit skipped it"
+    prov = act.get("provider") or {}
+    module = str(prov.get("module") or prov.get("type") or "?")
+    if not module.startswith(HARNESS_MODULE):
+        return f"comes from {module}, not {HARNESS_MODULE}: what it did is in no record the verdict reads"
+    if prov.get("func") in FAULT_ACTIONS and not fault_ids(entry.get("output")):
+        return "reported no fault (its output names none)"
+    return ""
+
+
+def fault_ids(output: Any) -> list[str]:
+    """The fault ids an action's output says it recorded (`fault`, or each of a burst's `faults`)."""
+    if not isinstance(output, dict):
+        return []
+    items = [output, *(f for f in output.get("faults") or [] if isinstance(f, dict))]
+    return [str(i["fault"]) for i in items if i.get("fault")]
+
 
 def last_line(exc: Any) -> str:
     """The message of an exception as chaostoolkit's journal stores it (a list of traceback lines)."""

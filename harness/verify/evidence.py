@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from harness.contract.journal import journal_problems, runs_of
+from harness.contract.journal import fault_ids, journal_problems, runs_of, unjudged
 from harness.contract.rundir import CHAOS_DIR, CHAOS_FILE, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE
 from harness.verify.rundata import RunData
 from harness.verify.verdict import FAIL, PASS, UNVERIFIED, CheckResult
@@ -108,14 +108,6 @@ def intentions(run: RunData) -> tuple[list[str], list[CheckResult], str]:
     return failures, results, f"intentions deny {n_int} undeclared calls{probe}"
 
 
-def _reported_faults(output: Any) -> list[str]:
-    """The fault ids an action's output says it recorded (`fault`, or each of a burst's `faults`)."""
-    if not isinstance(output, dict):
-        return []
-    items = [output, *(f for f in output.get("faults") or [] if isinstance(f, dict))]
-    return [str(i["fault"]) for i in items if i.get("fault")]
-
-
 def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: str, recorded: set[str]) -> CheckResult:
     """One planned experiment against its journal, and the faults its actions report against the timeline.
 
@@ -138,8 +130,10 @@ def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: 
         entries = runs_of(journal, action)
         if not entries or any(r.get("status") != "succeeded" for r in entries):
             continue  # journal_problems names it
-        unrecorded = [f for r in entries for f in _reported_faults(r.get("output")) if f not in recorded]
-        if unrecorded:
+        unrecorded = [f for r in entries for f in fault_ids(r.get("output")) if f not in recorded]
+        if why := next((w for r in entries if (w := unjudged(r))), ""):
+            problems.append(f"action '{action}' {why}: the fault it was to make is unverified")
+        elif unrecorded:
             problems.append(
                 f"action '{action}' made fault {', '.join(unrecorded)} but {CHAOS_FILE} has no record of it: "
                 "its effect is unverified"

@@ -51,7 +51,7 @@ from typing import Any
 
 import duckdb
 
-from harness.columnar import REQUESTS, read_records
+from harness.columnar import REQUESTS, check_parquet, read_records
 from harness.contract.rundir import (
     CHAOS_COLUMNS,
     CHAOS_DIR,
@@ -390,6 +390,7 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
         # with observe's rule and its counts (a hops file edited, or older than its inputs, is not current)
         skipped += [s for s in current.skipped if s.file != INVENTORY_FILE]  # the inventory's were counted above
         if current.file == HOPS_PARQUET_FILE:
+            check_parquet(con, [run_dir / current.file], run_dir)
             cols = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in HOP_COLUMNS.items())
             con.execute(f"CREATE TABLE hops_base AS SELECT {cols} FROM read_parquet({sql_str(run_dir / current.file)})")
         else:
@@ -410,6 +411,7 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
         parquet = run_dir / HOPS_PARQUET_FILE
         if parquet.is_file():
             # observe's columnar record (a run copied without its access logs)
+            check_parquet(con, [parquet], run_dir)
             cols = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in HOP_COLUMNS.items())
             con.execute(f"CREATE TABLE hops_file AS SELECT {cols} FROM read_parquet({sql_str(parquet)})")
             run.hops_source = HOPS_PARQUET_FILE

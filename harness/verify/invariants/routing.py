@@ -8,11 +8,13 @@ from harness.observe.hops import cluster_service_sql
 from harness.verify import evidence
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
+    CALLER_ZONE_SQL,
     HOP_END_SQL,
     HUB_VIOLATION_SQL,
     IN_ZONE_SQL,
     INF,
     MAX_OFFENDERS,
+    UNPLACED,
     hop_text,
     merge_intervals,
     spans_sql,
@@ -62,7 +64,7 @@ class RoutingChecks(CheckBase):
         return self._locality_result(rows)
 
     def _locality_result(self, rows: list[tuple[Any, ...]]) -> InvariantResult:
-        data = {(r[0], r[1]): r[2:] for r in rows}
+        data = {(r[0], r[1]): r[2:] for r in rows if r[0] is not None}  # unplaced callers: `_unplaced_callers`
         keys = [(z, u) for (z, u, _) in self.pairs if self._placement(u) == "edge"]
         keys += sorted(k for k in data if k not in keys)
         results: list[PairResult] = []
@@ -114,11 +116,30 @@ class RoutingChecks(CheckBase):
             results.append(pr)
         if self.total_hops == 0:
             failures.insert(0, "locality: no hops recorded (no access logs, hops.jsonl missing or empty): unverified")
+        if unplaced := self._unplaced_callers():
+            failures.insert(0, unplaced)
         low = f" (lowest {min(shares) * 100:.2f}%)" if shares else ""
         msg = self._summary(
             LOCALITY, failures, f"{len(results)} pairs >= {self.slo.in_zone_share * 100:g}% in-zone{low}"
         )
         return InvariantResult(LOCALITY, not failures, msg, pairs=results)
+
+    def _unplaced_callers(self) -> str:
+        """A failure when hops came from callers no inventory record places (the inventory was lost or cut
+        short): in which zone they ran, so whether they stayed in it or crossed to another Local Zone, is
+        unverified. Every pair-based check needs the caller's zone; this says it once."""
+        row = self.con.execute(
+            "SELECT count(*), list(DISTINCT coalesce(caller_pod, '?') ORDER BY coalesce(caller_pod, '?'))[:5] "
+            "FROM hops WHERE caller_zone IS NULL"
+        ).fetchone()
+        if not row or not row[0]:
+            return ""
+        n_inv = int(self._one("SELECT count(*) FROM inventory") or 0)
+        why = "the inventory is empty or missing" if n_inv == 0 else "no inventory record names their pods"
+        return (
+            f"locality: {row[0]} hops from callers in no known zone ({', '.join(row[1])}; {why}): where they ran, "
+            "and so locality and hub-and-spoke for them, is unverified"
+        )
 
     def _offending_locality(self, z: str, u: str) -> list[dict[str, Any]]:
         return self._hops(
@@ -138,7 +159,7 @@ class RoutingChecks(CheckBase):
         ).fetchall()
         totals = {
             (r[0], r[1]): r[2]
-            for r in self.con.execute("SELECT caller_zone, upstream, count(*) FROM hops GROUP BY ALL").fetchall()
+            for r in self.con.execute(f"SELECT {CALLER_ZONE_SQL}, upstream, count(*) FROM hops GROUP BY ALL").fetchall()
         }
         by_pair: dict[tuple[str, str], list[tuple[str, int]]] = {}
         for cz, u, sz, n in rows:
@@ -156,6 +177,8 @@ class RoutingChecks(CheckBase):
                 status=PASS if totals.get((z, u), 0) else NO_TRAFFIC,
                 counts={"hops": totals.get((z, u), 0), "violations": n_viol},
             )
+            if z == UNPLACED:  # where these callers ran is unknown: locality fails the run for them
+                pr.status = UNVERIFIED
             if viol:
                 pr.status = FAIL
                 pr.first_offenders = self._hops(f"caller_zone = ? AND upstream = ? AND {HUB_VIOLATION_SQL}", [z, u])
@@ -329,7 +352,7 @@ class RoutingChecks(CheckBase):
         not_routed = f"(coalesce(upstream_host, '') = '' AND (coalesce(flags, '') LIKE '%NR%' OR NOT {excused}))"
         rows = self.con.execute(
             f"""
-            SELECT caller_zone, upstream, count(*),
+            SELECT {CALLER_ZONE_SQL}, upstream, count(*),
                    count(*) FILTER (WHERE serving_kind = 'region'),
                    count(*) FILTER (WHERE {viol}),
                    count(*) FILTER (WHERE NOT ok),
@@ -372,14 +395,14 @@ class RoutingChecks(CheckBase):
                         f"of {z}'s sidecars (unverified: calls to it bypass the mesh, or none were made)"
                     )
             if elsewhere:
-                pr.first_offenders = self._hops(f"caller_zone = ? AND upstream = ? AND {viol}", [z, u])
+                pr.first_offenders = self._hops(f"{CALLER_ZONE_SQL} = ? AND upstream = ? AND {viol}", [z, u])
                 zones = sorted({h["serving_zone"] or "unknown zone" for h in pr.first_offenders})
                 parts.append(
                     f"shared-services: {z} -> {u}: {elsewhere} hops to Region-only {u} served outside the Region "
                     f"({', '.join(zones)}), first at {hop_text(pr.first_offenders[0])}"
                 )
             if unrouted:
-                offenders = self._hops(f"caller_zone = ? AND upstream = ? AND {not_routed}", [z, u])
+                offenders = self._hops(f"{CALLER_ZONE_SQL} = ? AND upstream = ? AND {not_routed}", [z, u])
                 pr.first_offenders = (pr.first_offenders + offenders)[:MAX_OFFENDERS]
                 flags = sorted({str(h["flags"]) for h in offenders})
                 parts.append(

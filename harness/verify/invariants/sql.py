@@ -16,6 +16,10 @@ REQUEST_END_SQL = "(ts + coalesce(latency_ms, 0) / 1000.0)"
 HOP_TS_SLACK_S = 0.001  # a hop's ts is Envoy's START_TIME: whole milliseconds, truncated
 
 MAX_OFFENDERS = 5
+# a hop whose caller no inventory record places (inventory lost or cut short): its pair is named so, and locality
+# fails the run for it (`RoutingChecks._unplaced_callers`)
+UNPLACED = "(no zone)"
+CALLER_ZONE_SQL = f"coalesce(caller_zone, '{UNPLACED}')"
 MAX_MESSAGES = 3
 INF = 1e300
 
