@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend, Observation, ProgressFn, RecordFollower
-from harness.contract.rundir import ACCESSLOG_DIR, ARTIFACTS_DIR, INVENTORY_FILE, REQUESTS_FILE, record_problem
+from harness.contract.rundir import (
+    ACCESS_LOG_COLLECTOR,
+    ACCESS_LOG_FLUSH,
+    ACCESSLOG_DIR,
+    ARTIFACTS_DIR,
+    INVENTORY_FILE,
+    RECORD_FILES,
+    REQUESTS_FILE,
+    record_problem,
+)
 from harness.errors import DryRun, InputError
 from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
@@ -132,7 +141,7 @@ def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None
             # Envoy buffers access logs: wait until every sidecar has written its lines (no fixed cooldown)
             problems = backend.flush_access_logs()
             for line in problems:
-                record_problem(run_dir, "access-log flush", line)
+                record_problem(run_dir, ACCESS_LOG_FLUSH, line)
             if problems:
                 (run_dir / ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
                 (run_dir / ARTIFACTS_DIR / "access-log-flush.txt").write_text("\n".join(problems) + "\n")
@@ -140,15 +149,15 @@ def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None
         def records() -> None:
             follower.stop()
             for err in follower.errors:
-                record_problem(run_dir, "record files", err)
+                record_problem(run_dir, RECORD_FILES, err)
             if INVENTORY_FILE not in follower.names:  # a backend with an in-memory inventory only
                 write_inventory(backend.inventory(), run_dir / INVENTORY_FILE)
 
         for what, step in (
             ("host load", host.stop),
-            ("access-log flush", flush),
-            ("access-log collector", collector.stop),
-            ("record files", records),
+            (ACCESS_LOG_FLUSH, flush),
+            (ACCESS_LOG_COLLECTOR, collector.stop),
+            (RECORD_FILES, records),
             ("artifacts", lambda: backend.save_artifacts(run_dir / ARTIFACTS_DIR)),  # before the cluster goes
         ):
             try:

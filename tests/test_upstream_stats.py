@@ -219,6 +219,20 @@ def test_a_torn_answer_is_that_pods_missing_evidence(tmp_path: Path) -> None:
     assert snap.failed["pod-2"] == "no answer" and len(snap.pods) == 10
 
 
+def test_a_sidecar_without_hosts_is_still_read(tmp_path: Path) -> None:
+    """A sidecar whose clusters have no host (its upstream has no endpoint left) answers with nothing to list:
+    one row without a host records that it was read, so the verifier does not take it for a pod it missed."""
+
+    class Empty(_Admin):
+        def envoy_admin_many(self, pods: Sequence[str], path: str, timeout_s: float = 5.0) -> AdminAnswers:
+            return {p: b'{"cluster_statuses": []}' if p == "pod-0" else json.dumps(CLUSTERS).encode() for p in pods}
+
+    snap = snapshot(Empty(), tmp_path, "inject kill-pod-x")  # type: ignore[arg-type]
+    rows = [json.loads(x) for x in (tmp_path / UPSTREAM_STATS_FILE).read_text().splitlines()]
+    mine = [r for r in rows if r["pod"] == "pod-0"]
+    assert "pod-0" in snap.pods and [(r["cluster"], r["host"]) for r in mine] == [("", "")]
+
+
 @pytest.mark.parametrize(
     ("reply", "expect"),
     [

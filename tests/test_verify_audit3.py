@@ -19,7 +19,7 @@ import pytest
 from harness.cli import EXIT_INPUT, main
 from harness.columnar import compact_all
 from harness.errors import InputError
-from harness.verify import EXPERIMENT_RAN, HUB_AND_SPOKE, LOCALITY
+from harness.verify import COVERAGE, EXPERIMENT_RAN, HUB_AND_SPOKE, LOCALITY
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import KILL, LAX, T0, failed, inventory, pod_of, run
@@ -80,12 +80,6 @@ def test_a_planned_action_that_recorded_no_fault_is_unverified(tmp_path: Path, h
 
 
 # -- 2. hub-and-spoke: a sidecar that died without counters after its hops -----------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="RoutingChecks._unread_at_end asks only sidecars alive at the end for an 'end' snapshot; a sidecar "
-    "killed later whose counters were never read after its hops (missing from the 'before <fault>' snapshot) "
-    "leaves its retry-hidden attempts unverified, and the verdict passes",
-)
 def test_a_sidecar_killed_without_counters_after_its_hops_leaves_its_attempts_unverified(tmp_path: Path) -> None:
     """kill product-api in LAX (30-50 s: LAX's public-api fails over to the Region), then kill public-api in LAX
     (60-70 s). The first public-api pod made every LAX -> product-api hop of the failover; its Envoy admin did
@@ -199,13 +193,8 @@ def test_a_truncated_parquet_file_is_bad_input_naming_the_file(
 
 
 # -- 5. partially collected access logs: a live sidecar whose lines are missing is not noticed -------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="nothing compares a sidecar's access-log lines with its own upstream counters (rq_total), and a "
-    "recording.jsonl problem (access-log flush of a live pod) is only a note: the pod's hops are never judged "
-    "and the verdict passes",
-)
-def test_a_live_sidecar_whose_access_log_is_missing_leaves_its_hops_unverified(tmp_path: Path) -> None:
+@pytest.mark.parametrize("evidence", ["counters-only", "recording-only", "both"])
+def test_a_live_sidecar_whose_access_log_is_missing_leaves_its_hops_unverified(tmp_path: Path, evidence: str) -> None:
     """LAX runs two public-api replicas. The second one's sidecar sends all its product-api calls to the Region
     (stale endpoints in that one Envoy: its counters at `end` show 170 requests to the Region's product-api
     host, none to LAX's), while LAX's product-api is healthy all run. Its access log was never collected:
@@ -229,11 +218,19 @@ def test_a_live_sidecar_whose_access_log_is_missing_leaves_its_hops_unverified(t
             r.update(host=f"{region['ip']}:9090", cluster=REGION_PRODUCT_API_CLUSTER)
     _write(stats, rows)
     assert any(r["pod"] == stale and r["label"] == "end" and r["rq_total"] > 100 for r in rows)
-    (d / "accesslogs" / f"{stale}.jsonl").unlink()
-    (d / "recording.jsonl").write_text(json.dumps({"ts": T0 + 91, "what": "access-log flush",
-        "message": f"{stale}: cannot read Envoy's access-log buffer: timed out"}) + "\n")  # fmt: skip
+    if evidence != "recording-only":  # the log never collected: only the counters say the calls happened
+        (d / "accesslogs" / f"{stale}.jsonl").unlink()
+    if evidence != "counters-only":  # the flush failed (its lines may be missing, whatever the file holds)
+        (d / "recording.jsonl").write_text(json.dumps({"ts": T0 + 91, "what": "access-log flush",
+            "message": f"{stale}: cannot read Envoy's access-log buffer: timed out"}) + "\n")  # fmt: skip
     v = verify(d)
     assert not v.passed, "170 hops of a live LAX sidecar were never judged, yet the verdict passes"
+    assert COVERAGE in failed(v), why(v)
+    msg = v.invariant(COVERAGE).message
+    if evidence != "recording-only":
+        assert f"{stale} (" in msg and "no access-log line" in msg, msg
+    if evidence != "counters-only":
+        assert "coverage: recording: access-log flush" in msg, msg
 
 
 def test_a_harness_fault_action_whose_output_names_no_fault_is_unverified(tmp_path: Path) -> None:

@@ -59,6 +59,14 @@ HOST_FILE = "host.jsonl"  # the harness host's CPU while recording (harness.obse
 PROBE_BUDGET_FILE = "probe-budget.json"  # the zone probes' rate fitted to this machine (harness.traffic.budget)
 
 
+# recording steps (`harness.e2e.recording`) whose failure leaves the mesh's own records incomplete: the verdict
+# fails what they may miss as unverified (coverage); the others (host load, artifacts) are notes
+ACCESS_LOG_FLUSH = "access-log flush"
+ACCESS_LOG_COLLECTOR = "access-log collector"
+RECORD_FILES = "record files"
+RECORD_STEPS = (ACCESS_LOG_FLUSH, ACCESS_LOG_COLLECTOR, RECORD_FILES)
+
+
 def record_problem(run_dir: Path, what: str, message: str) -> None:
     """Append one line to `recording.jsonl`: a recording step failed; the verifier reports it in the verdict's notes."""
     rec = {"ts": time.time(), "what": what, "message": message}

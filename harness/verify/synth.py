@@ -324,9 +324,14 @@ class _Model:
         c[3] += err
 
     def snapshot(self, ts: float, label: str) -> None:
-        """Every live sidecar's counters (a dead pod's Envoy admin does not answer)."""
+        """Every live sidecar's counters (a dead pod's Envoy admin does not answer).
+
+        A sidecar lists its clusters' hosts with zero counters until it uses them, so a pod born since the
+        last snapshot is in this one although it has not called anyone yet (`_members`).
+        """
         if not self.sc.stats:
             return
+        self._members()
         alive = {p.name for pods in self.pods.values() for p in pods}
         for (pod, cluster, host), (cx, cf, rq, rqe) in sorted(self.counters.items()):
             if pod not in alive:

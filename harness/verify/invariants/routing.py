@@ -255,11 +255,7 @@ class RoutingChecks(CheckBase):
         return bool(row and row[0])
 
     def _unread_at_end(self) -> list[str]:
-        """Pods that made hops, were never removed (inventory), and are missing from the 'end' snapshot.
-
-        A pod that died is not asked: its last snapshot is the one taken just before the fault that killed
-        it, and what it tried in the milliseconds after cannot be read from a dead sidecar.
-        """
+        """Pods that made hops, were never removed (inventory), and are missing from the 'end' snapshot."""
         rows = self.con.execute(
             """
             SELECT DISTINCT CAST(h.caller_pod AS VARCHAR) AS pod FROM hops h
@@ -271,6 +267,35 @@ class RoutingChecks(CheckBase):
             """
         ).fetchall()
         return [str(r[0]) for r in rows]
+
+    def _unread_before_death(self) -> list[tuple[str, str]]:
+        """Pods that died after hops their counters never showed: (pod, the snapshot that missed it).
+
+        A dead sidecar cannot be read, so what it tried after its last
+        snapshot is lost by nature: its last snapshot is the one taken just
+        before the fault that killed it. That holds only if it was read in
+        every snapshot taken while it was up: one that missed it (its admin
+        did not answer) and came after its last read, with hops since, leaves
+        those attempts unverified as an unread 'end' does for a pod still up.
+        A snapshot counts only when it began after the pod started and ended
+        before the pod was removed.
+        """
+        rows = self.con.execute(
+            """
+            WITH life AS (SELECT pod, min(start_ts) AS born, max(end_ts) AS died FROM intervals GROUP BY pod
+                          HAVING count(*) FILTER (WHERE end_ts IS NULL) = 0),
+                 rounds AS (SELECT label, min(ts) AS lo, max(ts) AS hi FROM upstream_stats GROUP BY label),
+                 reads AS (SELECT pod, max(ts) AS last_read FROM upstream_stats GROUP BY pod),
+                 callers AS (SELECT CAST(caller_pod AS VARCHAR) AS pod, max(ts) AS last_hop FROM hops
+                             WHERE caller_pod IS NOT NULL GROUP BY 1)
+            SELECT c.pod, arg_max(r.label, r.lo)
+            FROM callers c JOIN life l ON l.pod = c.pod LEFT JOIN reads rd ON rd.pod = c.pod
+            JOIN rounds r ON r.lo >= l.born AND r.hi < l.died AND r.lo > coalesce(rd.last_read, -1e300)
+            WHERE c.last_hop > coalesce(rd.last_read, -1e300)
+            GROUP BY c.pod ORDER BY c.pod
+            """
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     def _attempts(self) -> tuple[list[str], list[CheckResult], str]:
         """Attempt evidence: hosts in a forbidden zone that a sidecar's counters say it tried."""
@@ -300,6 +325,14 @@ class RoutingChecks(CheckBase):
                 "): their attempts since their last snapshot are unverified"
             )
             checks.append(CheckResult("upstream-stats", UNVERIFIED, f"no 'end' snapshot of {', '.join(unread)}"))
+        if not missing and (dead := self._unread_before_death()):
+            names = ", ".join(f"{p} (not in '{label}')" for p, label in dead[:MAX_OFFENDERS])
+            failures.append(
+                f"hub-and-spoke: {len(dead)} sidecars that made hops and died later were missed by a counter "
+                f"snapshot taken while they were up, after their last one ({names}"
+                f"{' ...' if len(dead) > MAX_OFFENDERS else ''}): their attempts since are unverified"
+            )
+            checks.append(CheckResult("upstream-stats", UNVERIFIED, f"unread before death: {names}"))
         # a host the inventory cannot attribute counts in the zone its cluster is named for (the route taken)
         rows = self.con.execute(
             f"""

@@ -53,12 +53,14 @@ DEFINITIONS = {
     "up": "a (zone, service) is up while >= 1 of its pods is ready (inventory ready/unready/removed; without "
     "readiness events a pod is ready from `added`); for Region callers the Region as a whole",
     "locality": "in-zone hops / hops with an upstream host, outside the pair's fault windows and the intervals "
-    "its upstream was down (each until the measured recovery, else + maxRecoveryS), >= inZoneShare",
+    "its upstream was down (each until the measured recovery, else + maxRecoveryS), >= inZoneShare; hops from "
+    "callers no inventory record places = unverified = fail",
     "hub_and_spoke": "no hop of an edge caller served in another edge zone, none of a Region caller served in an "
     "edge zone, and no such host with cx_total + cx_connect_fail + rq_total > 0 in any sidecar's upstream "
     "counters (attempts a retry hid); a host no inventory record explains counts in the zone its Envoy cluster is "
     "named for (failover-target~N~<service>-<zone>: the route taken); no start/end counter snapshot, or a sidecar "
-    "that made hops and was up at the end missing from the end snapshot = unverified = fail",
+    "that made hops and was up at the end missing from the end snapshot, or one that died after hops missed by a "
+    "snapshot taken while it was up after its last one = unverified = fail",
     "failover_s": "first successful Region-served hop after the last successful non-Region hop and the last failed "
     "hop sent to the zone's own instance, minus inject; "
     "the window ends (exclusive) at the restore or when the upstream is up again in the zone, whichever is first",
@@ -94,7 +96,8 @@ DEFINITIONS = {
     "coverage": "each fault has user requests entering its zone (and, for a fault on a Region-only service, every "
     "zone with users whose calls reach it) at an up entry point in flight during [inject, restore] "
     "(unless the fault takes the entry down by design) and after (restore, next fault in the zone / end of run, "
-    "at most maxRecoveryS]; a window without them is unverified = fail",
+    "at most maxRecoveryS]; a window without them is unverified = fail; so are a failed recording step of the "
+    "sidecars' records (recording.jsonl) and a sidecar whose counters grew with no access-log line",
     "no_traffic": "a fault or edge pair without records is a failure (unverified), a Region pair is only reported",
     "shared_services": "hops to Region-only services are served in the Region and routed (a hop without upstream "
     "host fails, except before the first user request (bring-up), during a fault that took the caller's zone or the "

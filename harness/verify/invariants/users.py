@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.contract.rundir import RECORD_STEPS
 from harness.observe.hops import host_ip_sql
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
@@ -318,6 +319,44 @@ class UserChecks(CheckBase):
         others = {z for z, u, _ in self.pairs if u in reach and z in user_zones and z != f.zone}
         return [f.zone, *sorted(others)]
 
+    def _records_incomplete(self) -> list[str]:
+        """What says the mesh's own records of the run are incomplete: each leaves what they miss unverified.
+
+        - a recording step that failed for the sidecars' records (`recording.jsonl`: an access-log flush or
+          collector, the record files): lines may be missing, and a verdict on the rest would pass the hops
+          nobody saw;
+        - a sidecar whose counters say it sent requests (rq_total grew) but whose access log has no line:
+          its calls exist and were never judged.
+        """
+        out = [
+            f"coverage: recording: {what}: {message}: the sidecars' records may be incomplete, so what they "
+            "miss is unverified"
+            for what, message in self.con.execute(
+                "SELECT what, message FROM recording WHERE what IN (" + ", ".join(f"'{w}'" for w in RECORD_STEPS)
+                + ") ORDER BY ts"
+            ).fetchall()
+        ]  # fmt: skip
+        rows = self.con.execute(
+            """
+            WITH per_pod AS (
+                SELECT pod, label, sum(coalesce(rq_total, 0)) AS rq FROM upstream_stats GROUP BY pod, label),
+                 grew AS (
+                SELECT pod, max(rq) - coalesce(max(rq) FILTER (WHERE label = 'start'), 0) AS rq FROM per_pod
+                GROUP BY pod)
+            SELECT g.pod, g.rq FROM grew g
+            WHERE g.rq > 0 AND g.pod NOT IN (SELECT DISTINCT CAST(caller_pod AS VARCHAR) FROM hops
+                                             WHERE caller_pod IS NOT NULL)
+            ORDER BY g.pod
+            """
+        ).fetchall()
+        if rows:
+            pods = ", ".join(f"{p} ({int(n)} requests)" for p, n in rows[:MAX_OFFENDERS])
+            out.append(
+                f"coverage: {len(rows)} sidecars sent requests by their own counters but have no access-log line "
+                f"({pods}{' ...' if len(rows) > MAX_OFFENDERS else ''}): their calls are unverified"
+            )
+        return out
+
     def coverage(self) -> InvariantResult:
         """Each fault has user requests entering each zone it affects during and after it (see DEFINITIONS)."""
         entry_down = spans_sql("zone", self.entry_down)
@@ -369,6 +408,9 @@ class UserChecks(CheckBase):
                     )
                     failures.append(text)
                     checks.append(CheckResult(subject, UNVERIFIED, text, detail))
+        for text in self._records_incomplete():
+            failures.append(text)
+            checks.append(CheckResult("records", UNVERIFIED, text))
         n_ok = sum(1 for c in checks if c.status == PASS)
         ok_text = f"{n_ok} fault windows had user traffic in their zone" if self.run.faults else "no faults to cover"
         return InvariantResult(COVERAGE, not failures, self._summary(COVERAGE, failures, ok_text), checks=checks)
