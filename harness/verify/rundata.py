@@ -174,6 +174,9 @@ class RunData:
     down: dict[tuple[str, str], list[tuple[float, float | None]]] = field(default_factory=dict)
     # ... -> spill intervals: some pods ready, too few for Envoy to keep all traffic there (`spills`)
     spill: dict[tuple[str, str], list[tuple[float, float | None]]] = field(default_factory=dict)
+    # ... -> the spill intervals cut where the counts change: (from, to, ready, registered); Envoy keeps
+    # min(1, 1.4 x ready / registered) of the traffic there (locality judges that share, `_spill_shares`)
+    spill_parts: dict[tuple[str, str], list[tuple[float, float | None, int, int]]] = field(default_factory=dict)
     first_up: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def scalar(self, sql: str, params: list[object] | None = None) -> object:
@@ -590,6 +593,7 @@ def _readiness(run: RunData) -> None:
     alive_pods: dict[tuple[str, str], set[str]] = {}
     open_down: dict[tuple[str, str], float] = {}
     open_spill: dict[tuple[str, str], float] = {}
+    open_part: dict[tuple[str, str], tuple[float, int, int]] = {}
     for ts, event, pod, zone, service in rows:
         keys = [(zone, service)]
         if not _is_edge(run.topology, zone):
@@ -616,13 +620,22 @@ def _readiness(run: RunData) -> None:
                 _close(run.down, open_down, key, float(ts))
             elif before and not after:
                 open_down[key] = float(ts)
+            part = open_part.get(key)
+            counts = (len(pods), len(alive))
+            if part is not None and part[1:] != counts:  # the spill ended or its counts changed
+                if float(ts) > part[0]:
+                    run.spill_parts.setdefault(key, []).append((part[0], float(ts), *part[1:]))
+                del open_part[key]
             if spills(len(pods), len(alive)):
                 open_spill.setdefault(key, float(ts))
+                open_part.setdefault(key, (float(ts), *counts))
             else:
                 _close(run.spill, open_spill, key, float(ts))
     for opened, into in ((open_down, run.down), (open_spill, run.spill)):
         for key, lo in opened.items():
             into.setdefault(key, []).append((lo, None))
+    for key, (lo, ready, registered) in open_part.items():
+        run.spill_parts.setdefault(key, []).append((lo, None, ready, registered))
 
 
 def _close(

@@ -14,12 +14,15 @@ from harness.verify.invariants.sql import (
     IN_ZONE_SQL,
     INF,
     MAX_OFFENDERS,
+    SPILL_ALPHA,
     UNPLACED,
+    binomial_cdf,
     hop_text,
     merge_intervals,
     spans_sql,
     sql_str,
 )
+from harness.verify.rundata import OVERPROVISIONING, zone_is_edge
 from harness.verify.verdict import (
     CALL_GRAPH,
     FAIL,
@@ -111,6 +114,9 @@ class RoutingChecks(CheckBase):
                         f"{self.slo.in_zone_share * 100:g}% while the zone's {u} was healthy, "
                         f"{served - in_zone} hops served elsewhere{first}"
                     )
+            if spill := self._spill_share(z, u):
+                pr.status = FAIL
+                pr.message = "; ".join(m for m in (pr.message, spill) if m)
             if pr.status == FAIL:
                 failures.append(pr.message)
             results.append(pr)
@@ -123,6 +129,50 @@ class RoutingChecks(CheckBase):
             LOCALITY, failures, f"{len(results)} pairs >= {self.slo.in_zone_share * 100:g}% in-zone{low}"
         )
         return InvariantResult(LOCALITY, not failures, msg, pairs=results)
+
+    def _spill_share(self, z: str, u: str) -> str:
+        """A failure when the zone kept far less of its traffic in-zone than Envoy does while `u` spilled.
+
+        While some of the zone's `u` pods are ready but fewer than 1/1.4 of
+        those registered (one of two replicas unready), Envoy's priority load
+        keeps min(1, 1.4 x ready / registered) of the traffic on the zone's
+        own target and spills the rest to the Region (Consul's aggregate
+        failover cluster, notes/consul-dataplane-semantics). Locality leaves
+        these intervals out of its share, so without this a mesh sending
+        every hop to the Region while the zone still had a ready pod passed.
+        Each part of a spill (fixed ready/registered counts, outside the
+        zone's fault windows and their recovery bound) is judged by the
+        chance of so few in-zone hops from a correct mesh: below SPILL_ALPHA
+        it fails. Envoy learning of a newly ready pod late only moves the
+        share by the hops of that lag, far above that chance.
+        """
+        parts = self.run.spill_parts.get(self.run.up_key(z, u), [])
+        if not parts or not zone_is_edge(self.t, z):
+            return ""
+        faults = [
+            ("", f.inject, (f.restore if f.restore is not None else self.run_end) + self.slo.max_recovery_s)
+            for f in self.run.faults
+            if f.zone == z or self._cascade(f)
+        ]
+        for lo, hi, ready, registered in parts:
+            keep = min(1.0, OVERPROVISIONING * ready / registered)
+            row = self.con.execute(
+                f"""
+                SELECT count(*), count(*) FILTER (WHERE coalesce({IN_ZONE_SQL}, false)) FROM hops
+                WHERE caller_zone = ? AND upstream = ? AND coalesce(upstream_host, '') <> '' AND ts >= ? AND ts < ?
+                  AND NOT {spans_sql(None, faults, HOP_END_SQL)}
+                """,
+                [z, u, lo, INF if hi is None else hi],
+            ).fetchone()
+            n, in_zone = (int(row[0]), int(row[1])) if row else (0, 0)
+            if n and binomial_cdf(in_zone, n, keep) < SPILL_ALPHA:
+                return (
+                    f"locality: {z} -> {u}: while {ready} of its {registered} pods there were ready "
+                    f"({iso(lo)} to {iso(hi) if hi is not None else 'the end'}) Envoy keeps {keep * 100:.0f}% "
+                    f"in the zone, but {in_zone} of {n} hops were (a correct mesh does this with a chance "
+                    f"below {SPILL_ALPHA:g})"
+                )
+        return ""
 
     def _unplaced_callers(self) -> str:
         """A failure when hops came from callers no inventory record places (the inventory was lost or cut

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ REQUEST_END_SQL = "(ts + coalesce(latency_ms, 0) / 1000.0)"
 HOP_TS_SLACK_S = 0.001  # a hop's ts is Envoy's START_TIME: whole milliseconds, truncated
 
 MAX_OFFENDERS = 5
+# below this chance of a correct mesh's in-zone hops, a spill's share fails locality (`RoutingChecks._spill_share`)
+SPILL_ALPHA = 1e-6
 # a hop whose caller no inventory record places (inventory lost or cut short): its pair is named so, and locality
 # fails the run for it (`RoutingChecks._unplaced_callers`)
 UNPLACED = "(no zone)"
@@ -54,7 +57,8 @@ DEFINITIONS = {
     "readiness events a pod is ready from `added`); for Region callers the Region as a whole",
     "locality": "in-zone hops / hops with an upstream host, outside the pair's fault windows and the intervals "
     "its upstream was down (each until the measured recovery, else + maxRecoveryS), >= inZoneShare; hops from "
-    "callers no inventory record places = unverified = fail",
+    "callers no inventory record places = unverified = fail; while it spilled (outside faults) the in-zone count "
+    "must not be below what keeping min(1, 1.4 x ready / registered) gives with chance >= 1e-6",
     "hub_and_spoke": "no hop of an edge caller served in another edge zone, none of a Region caller served in an "
     "edge zone, and no such host with cx_total + cx_connect_fail + rq_total > 0 in any sidecar's upstream "
     "counters (attempts a retry hid); a host no inventory record explains counts in the zone its Envoy cluster is "
@@ -214,3 +218,15 @@ def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]], en
         else:
             parts.append(f"({z}ts <= {float(hi)!r} AND {end_sql} >= {float(lo)!r})")
     return "(" + " OR ".join(parts) + ")"
+
+
+def binomial_cdf(x: int, n: int, p: float) -> float:
+    """P(X <= x) for X ~ Binomial(n, p), summed in log space (n of a few thousand hops stays exact enough)."""
+    if p >= 1.0:
+        return 1.0 if x >= n else 0.0
+    if p <= 0.0:
+        return 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+    head = math.lgamma(n + 1)
+    return min(1.0, sum(math.exp(head - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
+                        for i in range(max(0, min(x, n)) + 1)))  # fmt: skip
