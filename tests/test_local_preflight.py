@@ -57,7 +57,7 @@ def test_seeded_cross_lz_failover_stops_e2e_before_traffic(tmp_path: Path, capsy
         bad = [c for c in doc["checks"] if not c["ok"]]
         assert [(c["check"], c["subject"]) for c in bad] == [("discovery-chain", f"{LAX} -> product-api-lax-1a")]
         assert "product-api-las-1a" in bad[0]["message"]
-        assert "chain: resolver:product-api-lax-1a.default.default.dc1" in str(info.value)
+        assert "chain: resolver:product-api-lax-1a.default.default.us-west-2" in str(info.value)
         # the checks that passed are real: every instance passing, probes refused by the sidecars' RBAC
         by = {(c["check"], c["subject"]): c for c in doc["checks"]}
         probe = by[("refused-probe", "frontend-lax-1a -> product-api-lax-1a")]

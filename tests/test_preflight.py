@@ -216,11 +216,11 @@ def test_consul_api_answers_in_consuls_shapes(setup: Any) -> None:
     chain = httpx.get(f"{api}/v1/discovery-chain/product-api-lax-1a").json()["Chain"]
     assert chain["ServiceName"] == "product-api-lax-1a" and chain["Protocol"] == "http"
     assert chain["StartNode"] == "router:product-api-lax-1a.default.default"
-    res = chain["Nodes"]["resolver:product-api-lax-1a.default.default.dc1"]["Resolver"]
-    assert res == {"ConnectTimeout": "2s", "Target": "product-api-lax-1a.default.default.dc1",
-                   "Failover": {"Targets": ["product-api.default.default.dc1"]}}  # fmt: skip
-    target = chain["Targets"]["product-api.default.default.dc1"]
-    assert target["Service"] == "product-api" and target["SNI"].startswith("product-api.default.dc1.internal.")
+    res = chain["Nodes"]["resolver:product-api-lax-1a.default.default.us-west-2"]["Resolver"]
+    assert res == {"ConnectTimeout": "2s", "Target": "product-api-lax-1a.default.default.us-west-2",
+                   "Failover": {"Targets": ["product-api.default.default.us-west-2"]}}  # fmt: skip
+    target = chain["Targets"]["product-api.default.default.us-west-2"]
+    assert target["Service"] == "product-api" and target["SNI"].startswith("product-api.default.us-west-2.internal.")
     default = httpx.get(f"{api}/v1/discovery-chain/anything").json()["Chain"]  # compiled for any name, like Consul
     assert default["Default"] is True and default["Protocol"] == "http"
     assert default["Nodes"][default["StartNode"]]["Resolver"]["ConnectTimeout"] == "5s"
@@ -271,8 +271,8 @@ def test_failover_to_another_local_zone_fails_preflight_naming_the_chain(setup: 
     assert bad.subject == f"{LAX} -> product-api-lax-1a"
     assert "product-api-las-1a" in bad.message and "another edge zone" in bad.message
     assert bad.detail["chain"] == [
-        "resolver:product-api-lax-1a.default.default.dc1: product-api-lax-1a.default.default.dc1 -> failover "
-        "[product-api-las-1a.default.default.dc1, product-api.default.default.dc1]"
+        "resolver:product-api-lax-1a.default.default.us-west-2: product-api-lax-1a.default.default.us-west-2 -> "
+        "failover [product-api-las-1a.default.default.us-west-2, product-api.default.default.us-west-2]"
     ]
     assert [(t["service"], t["zone"]) for t in bad.detail["targets"]] == [
         ("product-api-lax-1a", LAX),

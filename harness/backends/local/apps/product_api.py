@@ -139,7 +139,7 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
-        """Read env vars, then the config file when the env does not name DB and bind address.
+        """Read env vars, then, when the env does not name both DB and bind address, the config file over them.
 
         Raises ValueError naming the file and field, so a broken ConfigMap is
         one clear line in the pod's log.
@@ -162,9 +162,10 @@ class Config:
             for key in ("db_connection", "bind_address", "metrics_address"):
                 if key in data and not isinstance(data[key], str):
                     raise ValueError(f"{config_file}: {key}: must be a string")
-            db = db or data.get("db_connection", "")
-            bind = bind or data.get("bind_address", "")
-            metrics = metrics or data.get("metrics_address", "")
+            # as main.go: the file is decoded over what the env gave, so a key the file has wins
+            db = data.get("db_connection", db)
+            bind = data.get("bind_address", bind)
+            metrics = data.get("metrics_address", metrics)
         if not db:
             raise ValueError("db_connection: not set (CONFIG_FILE or DB_CONNECTION)")
         if not bind:

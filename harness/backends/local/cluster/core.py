@@ -261,7 +261,12 @@ def validate(manifests: Manifests) -> tuple[ClusterSpec, MeshConfig]:
     """Every check that can reject the manifests, run before anything is started."""
     root = str(manifests.root)
     spec = cluster_spec(manifests.kind_config, manifests.objects, root, manifests.topology.short)
-    mesh = MeshConfig.from_objects(spec.consul_objects, f"{root}/consul", edition=manifests.topology.edition.value)
+    # the datacenter the rendered Helm values name (the Region): Consul puts it in every SNI, SPIFFE ID and
+    # cluster name, so the local mesh's names are the ones a kind or EKS mesh of the same manifests has
+    dc = str((manifests.helm_values.get("global") or {}).get("datacenter") or manifests.topology.region)
+    mesh = MeshConfig.from_objects(
+        spec.consul_objects, f"{root}/consul", edition=manifests.topology.edition.value, datacenter=dc
+    )
     for dep in spec.deployments:
         for i, c in enumerate(dep.containers):
             try:
