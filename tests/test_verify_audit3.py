@@ -102,6 +102,24 @@ def test_a_sidecar_killed_without_counters_after_its_hops_leaves_its_attempts_un
     assert HUB_AND_SPOKE in failed(v), why(v)
 
 
+def test_a_sidecar_killed_as_a_snapshot_missed_it_is_not_blamed(tmp_path: Path) -> None:
+    """The race the rule must not fail a correct mesh on: LAX's public-api is killed at 60 s and the snapshot
+    right after the kill (`inject kill-public-api-lax`) asks it, dead, because the inventory watch has not yet
+    delivered its removal (recorded a second late here, as a kind or EKS watch may). Nothing after that
+    snapshot proves the pod was up while it was read, so its last snapshot (the first kill's restore, 50 s)
+    stands, as for any dead pod. A rule on the removal's clock failed this correct mesh."""
+    kill_pa = FaultSpec("kill-public-api-lax", "service-down", LAX, ("public-api",), 60, 70, 0.2, 1.0)
+    d = run(tmp_path, faults=[KILL, kill_pa])
+    caller = pod_of(d, LAX, "public-api")["pod"]
+    path = d / "upstream-stats.jsonl"
+    _write(path, [r for r in _rows(path) if not (r["pod"] == caller and r["label"].startswith("inject kill-public"))])
+    inv = d / "inventory.jsonl"
+    _write(inv, [{**e, "ts": e["ts"] + 1.0} if e["pod"] == caller and e["event"] == "removed" else e
+                 for e in _rows(inv)])  # fmt: skip
+    v = verify(d)
+    assert HUB_AND_SPOKE not in failed(v), why(v)
+
+
 # -- 3. locality: a spill interval excuses any share of out-of-zone hops -------------------------------------------
 def test_locality_during_a_spill_is_bounded_by_envoys_spill_share(tmp_path: Path) -> None:
     """LAX runs two product-api replicas; one is unready for 40 s (a readiness flap, a replacement Pending on a

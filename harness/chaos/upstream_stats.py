@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from harness.backends.base import AdminAnswers
 from harness.contract.inventory import Inventory
-from harness.contract.rundir import UPSTREAM_STATS_FILE
+from harness.contract.rundir import SNAPSHOT_ADMIN_TIMEOUT_S, UPSTREAM_STATS_FILE
 
 
 class AdminReader(Protocol):
@@ -49,7 +49,7 @@ class AdminReader(Protocol):
 
 COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
 INBOUND_CLUSTERS = frozenset({"local_app"})  # the sidecar's own app: not an upstream
-ADMIN_TIMEOUT_S = 5.0
+ADMIN_TIMEOUT_S = SNAPSHOT_ADMIN_TIMEOUT_S
 
 # Envoy's HostUtility::healthFlagsToString order and wording, from the JSON health_status fields
 _HEALTH_FLAGS = (

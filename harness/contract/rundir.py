@@ -55,6 +55,9 @@ MANIFESTS_DIR = "manifests"  # the rendered directory the run used
 TOPOLOGY_FILE = "topology.yaml"  # in the rendered directory
 HOPS_BUILD_FILE = "hops-build.json"  # what observe built hops.jsonl from (verify consumes hops.jsonl when current)
 RECORDING_FILE = "recording.jsonl"  # what went wrong while recording (collector, flush, inventory, artifacts)
+# how long a counter snapshot waits for one sidecar's admin: a pod with an access-log line that began this long
+# after a snapshot started was up all through its read (the verifier's proof that a snapshot missed a live pod)
+SNAPSHOT_ADMIN_TIMEOUT_S = 5.0
 HOST_FILE = "host.jsonl"  # the harness host's CPU while recording (harness.observe.host)
 PROBE_BUDGET_FILE = "probe-budget.json"  # the zone probes' rate fitted to this machine (harness.traffic.budget)
 

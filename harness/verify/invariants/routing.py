@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.contract.rundir import SNAPSHOT_ADMIN_TIMEOUT_S
 from harness.observe.hops import cluster_service_sql
 from harness.verify import evidence
 from harness.verify.invariants.base import CheckBase
@@ -323,25 +324,26 @@ class RoutingChecks(CheckBase):
 
         A dead sidecar cannot be read, so what it tried after its last
         snapshot is lost by nature: its last snapshot is the one taken just
-        before the fault that killed it. That holds only if it was read in
-        every snapshot taken while it was up: one that missed it (its admin
-        did not answer) and came after its last read, with hops since, leaves
-        those attempts unverified as an unread 'end' does for a pod still up.
-        A snapshot counts only when it began after the pod started and ended
-        before the pod was removed.
+        before the fault that killed it. That holds only if no snapshot after
+        its last read missed it while it was up. Up is proven by the pod's own
+        access log, not by the clocks of its removal: a hop it began before
+        the snapshot started and one it began more than a snapshot's admin
+        timeout after show its Envoy ran all through the snapshot's attempt to
+        read it (a pod killed just before a snapshot, still listed while its
+        removal is on the way, or one whose Envoy was still starting, was
+        rightly not read).
         """
         rows = self.con.execute(
-            """
-            WITH life AS (SELECT pod, min(start_ts) AS born, max(end_ts) AS died FROM intervals GROUP BY pod
-                          HAVING count(*) FILTER (WHERE end_ts IS NULL) = 0),
-                 rounds AS (SELECT label, min(ts) AS lo, max(ts) AS hi FROM upstream_stats GROUP BY label),
+            f"""
+            WITH rounds AS (SELECT label, min(ts) AS lo FROM upstream_stats GROUP BY label),
                  reads AS (SELECT pod, max(ts) AS last_read FROM upstream_stats GROUP BY pod),
-                 callers AS (SELECT CAST(caller_pod AS VARCHAR) AS pod, max(ts) AS last_hop FROM hops
-                             WHERE caller_pod IS NOT NULL GROUP BY 1)
+                 dead AS (SELECT pod FROM intervals GROUP BY pod HAVING count(*) FILTER (WHERE end_ts IS NULL) = 0),
+                 callers AS (SELECT CAST(caller_pod AS VARCHAR) AS pod, min(ts) AS first_hop, max(ts) AS last_hop
+                             FROM hops WHERE caller_pod IS NOT NULL GROUP BY 1)
             SELECT c.pod, arg_max(r.label, r.lo)
-            FROM callers c JOIN life l ON l.pod = c.pod LEFT JOIN reads rd ON rd.pod = c.pod
-            JOIN rounds r ON r.lo >= l.born AND r.hi < l.died AND r.lo > coalesce(rd.last_read, -1e300)
-            WHERE c.last_hop > coalesce(rd.last_read, -1e300)
+            FROM callers c JOIN dead d ON d.pod = c.pod LEFT JOIN reads rd ON rd.pod = c.pod
+            JOIN rounds r ON r.lo > coalesce(rd.last_read, -{INF})
+                 AND c.first_hop <= r.lo AND c.last_hop > r.lo + {SNAPSHOT_ADMIN_TIMEOUT_S}
             GROUP BY c.pod ORDER BY c.pod
             """
         ).fetchall()

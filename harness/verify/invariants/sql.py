@@ -64,7 +64,8 @@ DEFINITIONS = {
     "counters (attempts a retry hid); a host no inventory record explains counts in the zone its Envoy cluster is "
     "named for (failover-target~N~<service>-<zone>: the route taken); no start/end counter snapshot, or a sidecar "
     "that made hops and was up at the end missing from the end snapshot, or one that died after hops missed by a "
-    "snapshot taken while it was up after its last one = unverified = fail",
+    "snapshot after its last one while its access log shows it up (hops before it and past its 5 s admin timeout) "
+    "= unverified = fail",
     "failover_s": "first successful Region-served hop after the last successful non-Region hop and the last failed "
     "hop sent to the zone's own instance, minus inject; "
     "the window ends (exclusive) at the restore or when the upstream is up again in the zone, whichever is first",
