@@ -102,7 +102,8 @@ DEFINITIONS = {
     "zone with users whose calls reach it) at an up entry point in flight during [inject, restore] "
     "(unless the fault takes the entry down by design) and after (restore, next fault in the zone / end of run, "
     "at most maxRecoveryS]; a window without them is unverified = fail; so are a failed recording step of the "
-    "sidecars' records (recording.jsonl) and a sidecar whose counters grew with no access-log line",
+    "sidecars' records (recording.jsonl; a flush problem of a pod that died is a note) and a sidecar whose "
+    "counters grew with no access-log line",
     "no_traffic": "a fault or edge pair without records is a failure (unverified), a Region pair is only reported",
     "shared_services": "hops to Region-only services are served in the Region and routed (a hop without upstream "
     "host fails, except before the first user request (bring-up), during a fault that took the caller's zone or the "
