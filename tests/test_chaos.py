@@ -662,3 +662,13 @@ def test_the_shop_probe_says_why_it_got_no_answer(caplog: pytest.LogCaptureFixtu
     with caplog.at_level("WARNING", logger="chaostoolkit"):
         assert probes._shop_status(f"http://127.0.0.1:{port}") == 0
     assert any("no answer from" in r.message and "ConnectError" in r.message for r in caplog.records), caplog.text
+
+
+def test_every_harness_action_is_classed_as_making_or_undoing_a_fault() -> None:
+    """`experiment-ran` asks a fault action's output for the fault it recorded (harness.contract.journal): an
+    action added to PRIMITIVE_OF must be put in FAULT_ACTIONS or named here as one that undoes a fault."""
+    from harness.chaos.actions import PRIMITIVE_OF
+    from harness.contract.journal import FAULT_ACTIONS
+
+    undo = {"make_ready", "restore_node", "restore_zone", "clear_link", "heal_zone"}
+    assert FAULT_ACTIONS | undo == set(PRIMITIVE_OF) and not FAULT_ACTIONS & undo
