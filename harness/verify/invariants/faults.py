@@ -140,14 +140,31 @@ class FaultMeasurer(CheckBase):
     def _failover_end(self, f: Fault, upstream: str, fault_end: float) -> tuple[float, str]:
         """Where the failover window ends: the restore, or earlier when the upstream is up again in the zone.
 
-        From the inventory's readiness, not from the timeline: a pod is
-        recorded ready before the sidecars are told of it, so no in-zone hop
-        can precede this instant, whichever of two writers came first.
+        From the inventory's readiness, not from the timeline (a pod is
+        recorded ready before the local backend's sidecars are told of it),
+        and from the hops themselves: the first success of a replacement.
         """
+        end, why = fault_end, "restore"
         for lo, hi in self.run.down.get(self.run.up_key(f.zone, upstream), []):
             if hi is not None and hi > f.inject and lo <= fault_end:
-                return (hi, "ready again") if hi < fault_end else (fault_end, "restore")
-        return fault_end, "restore"
+                end, why = (hi, "ready again") if hi < fault_end else (fault_end, "restore")
+                break
+        # A pod that did not exist at the inject (the Deployment's replacement) serving the zone's calls is the
+        # zone's instance back, whatever the records' clocks say: on kind/EKS the inventory is a watch and the
+        # endpoints reach Envoy on their own path, so its first hop can come milliseconds before the recorded
+        # ready (and the restore kill_pod records at it). Left in the window, that in-zone success read as
+        # "not failed over yet" and a clean failover became "no failover to the Region".
+        first_new = self._one(
+            """
+            SELECT min(h.ts) FROM hops h
+            WHERE h.caller_zone = ? AND h.upstream = ? AND h.ok AND h.serving_zone = ? AND h.ts >= ? AND h.ts < ?
+              AND h.serving_pod IN (SELECT pod FROM intervals GROUP BY pod HAVING min(start_ts) > ?)
+            """,
+            [f.zone, upstream, f.zone, f.inject, end, f.inject],
+        )
+        if first_new is not None:
+            return float(first_new), "a replacement served"
+        return end, why
 
     def _edge_pairs(self, zone_pairs: Pairs) -> Pairs:
         """Pairs whose upstream is edge-placed: only they have an in-zone service to recover to.
