@@ -10,6 +10,7 @@ tells whoever fixes it to drop the mark.
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from harness.cli import EXIT_INPUT, main
 from harness.columnar import compact_all
 from harness.errors import InputError
+from harness.observe.hops import build_hops, current_build
 from harness.verify import COVERAGE, EXPERIMENT_RAN, HUB_AND_SPOKE, LOCALITY
 from harness.verify.invariants.sql import binomial_cdf
 from harness.verify.synth import FaultSpec, Scenario, write_run
@@ -203,6 +205,23 @@ def test_a_truncated_parquet_file_is_bad_input_naming_the_file(
     assert main(["verify", str(d)]) == EXIT_INPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"{bad.relative_to(d)}: not a readable Parquet file") and len(err.splitlines()) == 1, err
+
+
+def test_a_current_hops_parquet_damaged_in_place_is_bad_input_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """observe's build record says hops.parquet is current (same size and mtime as it wrote), yet its bytes were
+    damaged in place: verify takes it as built, and must still say which file is bad rather than raise."""
+    d = run(tmp_path, faults=[KILL])
+    build_hops(d, jsonl=False)
+    hops = d / "hops.parquet"
+    st = hops.stat()
+    hops.write_bytes(b"\0" * st.st_size)  # the same size: only the bytes changed
+    os.utime(hops, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert current_build(d) is not None  # the build record still vouches for it
+    assert main(["verify", str(d)]) == EXIT_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hops.parquet: not a readable Parquet file") and len(err.splitlines()) == 1, err
 
 
 # -- 5. partially collected access logs: a live sidecar whose lines are missing is not noticed -------------------

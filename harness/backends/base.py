@@ -335,7 +335,9 @@ class Observation(ABC):
         Envoy buffers access logs and writes them every
         `--file-flush-interval-msec` (default 10 s), so "traffic stopped" is
         not "logs complete". Returns one line per sidecar that could not be
-        confirmed complete (for the verdict's notes). This default suits a
+        confirmed complete, as ``<pod>: why``: the verifier reads the pod off
+        the front (a dead pod's lost lines are a note, a live one's leave the
+        verdict's coverage unverified). This default suits a
         backend whose sources tail files that its sidecars flush on their own
         short interval; the Kubernetes backends override it (Envoy's
         `write_total_buffered` gauge, then a catch-up read of each container log).

@@ -49,7 +49,6 @@ class AdminReader(Protocol):
 
 COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
 INBOUND_CLUSTERS = frozenset({"local_app"})  # the sidecar's own app: not an upstream
-ADMIN_TIMEOUT_S = SNAPSHOT_ADMIN_TIMEOUT_S
 
 # Envoy's HostUtility::healthFlagsToString order and wording, from the JSON health_status fields
 _HEALTH_FLAGS = (
@@ -127,7 +126,7 @@ def snapshot(backend: AdminReader, run_dir: Path, label: str, pods: Iterable[str
     path = Path(run_dir) / UPSTREAM_STATS_FILE
     if not names:
         return snap
-    answers = backend.envoy_admin_many(names, "/clusters?format=json", ADMIN_TIMEOUT_S)
+    answers = backend.envoy_admin_many(names, "/clusters?format=json", SNAPSHOT_ADMIN_TIMEOUT_S)
     for pod in names:
         raw = answers.get(pod, "no answer")
         try:

@@ -10,10 +10,12 @@ from harness.verify import evidence
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
     CALLER_ZONE_SQL,
+    DEAD_PODS_SQL,
     HOP_END_SQL,
     HUB_VIOLATION_SQL,
     IN_ZONE_SQL,
     INF,
+    LIVE_PODS_SQL,
     MAX_OFFENDERS,
     SPILL_ALPHA,
     UNPLACED,
@@ -308,11 +310,10 @@ class RoutingChecks(CheckBase):
     def _unread_at_end(self) -> list[str]:
         """Pods that made hops, were never removed (inventory), and are missing from the 'end' snapshot."""
         rows = self.con.execute(
-            """
+            f"""
             SELECT DISTINCT CAST(h.caller_pod AS VARCHAR) AS pod FROM hops h
             WHERE h.caller_pod IS NOT NULL
-              AND CAST(h.caller_pod AS VARCHAR) IN (
-                  SELECT pod FROM intervals GROUP BY pod HAVING count(*) FILTER (WHERE end_ts IS NULL) > 0)
+              AND CAST(h.caller_pod AS VARCHAR) IN ({LIVE_PODS_SQL})
               AND CAST(h.caller_pod AS VARCHAR) NOT IN (SELECT pod FROM upstream_stats WHERE label = 'end')
             ORDER BY pod
             """
@@ -337,7 +338,7 @@ class RoutingChecks(CheckBase):
             f"""
             WITH rounds AS (SELECT label, min(ts) AS lo FROM upstream_stats GROUP BY label),
                  reads AS (SELECT pod, max(ts) AS last_read FROM upstream_stats GROUP BY pod),
-                 dead AS (SELECT pod FROM intervals GROUP BY pod HAVING count(*) FILTER (WHERE end_ts IS NULL) = 0),
+                 dead AS ({DEAD_PODS_SQL}),
                  callers AS (SELECT CAST(caller_pod AS VARCHAR) AS pod, min(ts) AS first_hop, max(ts) AS last_hop
                              FROM hops WHERE caller_pod IS NOT NULL GROUP BY 1)
             SELECT c.pod, arg_max(r.label, r.lo)

@@ -23,6 +23,9 @@ SPILL_ALPHA = 1e-6
 # fails the run for it (`RoutingChecks._unplaced_callers`)
 UNPLACED = "(no zone)"
 CALLER_ZONE_SQL = f"coalesce(caller_zone, '{UNPLACED}')"
+# pods the inventory removed (every interval ended) / still up at the end of the run
+DEAD_PODS_SQL = "SELECT pod FROM intervals GROUP BY pod HAVING count(*) FILTER (WHERE end_ts IS NULL) = 0"
+LIVE_PODS_SQL = "SELECT pod FROM intervals GROUP BY pod HAVING count(*) FILTER (WHERE end_ts IS NULL) > 0"
 MAX_MESSAGES = 3
 INF = 1e300
 

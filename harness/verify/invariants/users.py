@@ -10,6 +10,7 @@ from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.faults import FailoverSpan
 from harness.verify.invariants.sql import (
+    DEAD_PODS_SQL,
     HOP_END_SQL,
     HOP_TS_SLACK_S,
     MAX_OFFENDERS,
@@ -329,12 +330,7 @@ class UserChecks(CheckBase):
         - a sidecar whose counters say it sent requests (rq_total grew) but whose access log has no line:
           its calls exist and were never judged.
         """
-        dead = {
-            str(r[0])
-            for r in self.con.execute(
-                "SELECT pod FROM intervals GROUP BY pod HAVING count(*) FILTER (WHERE end_ts IS NULL) = 0"
-            ).fetchall()
-        }
+        dead = {str(r[0]) for r in self.con.execute(DEAD_PODS_SQL).fetchall()}
         out = []
         steps = ", ".join(f"'{w}'" for w in RECORD_STEPS)
         for what, message in self.con.execute(
