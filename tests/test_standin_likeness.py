@@ -6,6 +6,7 @@ its fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,58 @@ def test_local_mesh_uses_the_rendered_consul_datacenter(default_manifests: Any) 
     puts in every SNI, SPIFFE ID and cluster name; the local mesh used 'dc1'."""
     _spec, mesh = validate(default_manifests)
     assert mesh.datacenter == helm.datacenter(default_manifests.topology) == "us-west-2"
+
+
+class _Conn:
+    """A psycopg connection as `Database.query` uses it: a cursor that answers, and close()."""
+
+    closed = False
+
+    def cursor(self) -> _Conn:
+        return self
+
+    def __enter__(self) -> _Conn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def execute(self, sql: str, params: tuple[Any, ...]) -> None:
+        return None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return [("",)]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_queries_finishing_together_keep_only_max_idle_connections() -> None:
+    """Go's database/sql keeps at most two idle connections, decided under its mutex. The stand-in checked the
+    pool's size and then put the connection back in two steps: three queries finishing together each saw an
+    empty pool and all three stayed open (a clean-clone run of test_local_apps saw 3 where Go keeps 2). Here
+    the three meet between the check and the put whenever the check lets them (a barrier that gives up after
+    0.5 s when a lock keeps them apart), so the interleaving that broke it happens every time."""
+    import queue
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.backends.local.apps.product_api import Database
+
+    meet = threading.Barrier(3, timeout=0.5)
+
+    class Pool(queue.LifoQueue[Any]):
+        def qsize(self) -> int:
+            n = super().qsize()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                meet.wait()
+            return n
+
+    db = Database("host=nowhere")
+    db._idle = Pool()  # type: ignore[assignment]
+    conns = [_Conn() for _ in range(3)]
+    made = iter(conns)
+    db._new = lambda: next(made)  # type: ignore[method-assign]
+    with ThreadPoolExecutor(3) as ex:
+        assert list(ex.map(lambda _i: db.query(("SELECT 1", ())), range(3))) == [[[("",)]]] * 3
+    assert db._idle.qsize() == 2 and sum(c.closed for c in conns) == 1
