@@ -29,6 +29,28 @@ module does all of that, each behaviour taken from the source named here:
   1.32, kubernetes/kubernetes#121793), then the node is Unknown and its pods
   NotReady; eviction needs tolerationSeconds (300 s by default) on top. When
   the node comes back its pods restart with new sandboxes (new IPs).
+- Storage (only what a chart's StatefulSet meets): a claim naming no class
+  gets the default one (DefaultStorageClass admission; the newest of several;
+  retroactively once one appears, GA in 1.28); a claim with no class says
+  "no persistent volumes available for this claim and no storage class is
+  set" (hashicorp/consul-helm#801), one whose class is missing
+  `storageclass.storage.k8s.io "X" not found` (aws-ebs-csi-driver#954); a pod
+  with an unbound Immediate claim is unschedulable ("pod has unbound
+  immediate PersistentVolumeClaims", hashicorp/consul#6769); a
+  WaitForFirstConsumer claim is provisioned where the scheduler put the pod
+  (`volume.kubernetes.io/selected-node`), the pod bound after it; an
+  in-tree provisioner is served by its CSI driver (CSI migration:
+  kubernetes.io/aws-ebs -> ebs.csi.aws.com,
+  https://docs.aws.amazon.com/eks/latest/userguide/ebs-csi-migration-faq.html),
+  and while no driver runs the claim only repeats "Waiting for a volume to be
+  created either by the external provisioner 'ebs.csi.aws.com' ..."
+  (SigNoz/charts#621, awslabs/cdk-eks-blueprints#561); the volume gets
+  nodeAffinity to its zone (local-path: its node); StatefulSet claims are
+  `<template>-<pod>` and outlive `helm uninstall` (hashicorp/consul#4891).
+  A fresh cluster has kind's default class (`standard`, local-path);
+  `eks_storage` makes it a new EKS cluster's (gp2, default only below 1.30;
+  no EBS CSI driver unless the add-on is installed,
+  https://docs.aws.amazon.com/eks/latest/userguide/ebs-csi.html).
 - consul-k8s 1.9.11's config-entry controller (shared/reference/
   consul-http-api-subset.md §6): finalizer `finalizers.consul.hashicorp.com`,
   `Synced=Unknown`, then `Synced=True` with `lastSyncedTime`, or
@@ -64,6 +86,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -248,10 +271,31 @@ CORE_RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("v1", "events"): ("Event", True),
     ("apps/v1", "deployments"): ("Deployment", True),
     ("apps/v1", "statefulsets"): ("StatefulSet", True),
+    ("v1", "persistentvolumeclaims"): ("PersistentVolumeClaim", True),
+    ("v1", "persistentvolumes"): ("PersistentVolume", False),
+    ("storage.k8s.io/v1", "storageclasses"): ("StorageClass", False),
+    ("storage.k8s.io/v1", "csidrivers"): ("CSIDriver", False),
+    ("storage.k8s.io/v1", "csinodes"): ("CSINode", False),
     ("networking.k8s.io/v1", "networkpolicies"): ("NetworkPolicy", True),
     ("networking.k8s.io/v1", "ingresses"): ("Ingress", True),
     ("admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations"): ("MutatingWebhookConfiguration", False),
 }
+
+DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
+SELECTED_NODE = "volume.kubernetes.io/selected-node"
+STORAGE_PROVISIONER = "volume.kubernetes.io/storage-provisioner"
+CSI_MIGRATION = {"kubernetes.io/aws-ebs": "ebs.csi.aws.com", "kubernetes.io/gce-pd": "pd.csi.storage.gke.io"}
+"""In-tree provisioners served by their CSI driver (CSI migration, GA for AWS EBS in 1.25, in-tree removed in 1.27)."""
+LOCAL_PATH = "rancher.io/local-path"
+"""kind's provisioner (local-path-provisioner, not CSI): node-local volumes, running in every kind cluster."""
+KIND_STANDARD_CLASS: dict[str, Any] = {
+    "metadata": {"name": "standard", "annotations": {DEFAULT_CLASS: "true"}},
+    "provisioner": LOCAL_PATH,
+    "reclaimPolicy": "Delete",
+    "volumeBindingMode": "WaitForFirstConsumer",
+}
+"""The default StorageClass kind creates (and that a fresh sim cluster starts with: storage that works)."""
+EBS_CSI = "ebs.csi.aws.com"
 
 
 @dataclass
@@ -266,6 +310,7 @@ class SimTimings:
     eviction_s: float = 300.0  # tolerationSeconds of not-ready/unreachable; real 300 s
     node_boot_s: float = 0.2  # docker start -> kubelet posts Ready
     crd_sync_s: float = 0.05  # consul-k8s reconcile; real ~100 ms
+    pv_resync_s: float = 1.0  # the PV controller repeats a pending claim's event (count+1); real: 15 s resync
     # `helm --wait --timeout 15m` is capped at this in tests: far above the sim's bring-up (~1 s), so that a
     # test process starved of CPU (the nice-19 lane beside a busy local lane) is not told "deadline exceeded"
     helm_wait_cap_s: float = 120.0
@@ -370,8 +415,14 @@ class ClusterSim:
         self._rr = itertools.count()
         self.paused: set[str] = set()  # controllers stopped by a test ("workloads": kube-controller-manager down)
         self._task: asyncio.Task[None] | None = None
+        # /version; `eks_storage` makes it an EKS one
+        self.server_version: dict[str, str] = {"major": "1", "minor": "31", "gitVersion": "v1.31.0"}
+        self.provisioners_running: set[str] = {LOCAL_PATH}  # non-CSI provisioners; a CSI driver runs with its CSIDriver
+        self.csi_broken: dict[str, str] = {}  # CSI driver -> why its controller fails CreateVolume (e.g. no IAM role)
+        self._pv_events: dict[tuple[str, str, str], float] = {}  # (claim uid, reason, message) -> last emitted
         for (api_version, plural), info in CORE_RESOURCES.items():
             self.resources[(api_version, plural)] = info
+        self.create("storage.k8s.io/v1", "storageclasses", None, KIND_STANDARD_CLASS)
 
     # -- wiring ------------------------------------------------------------------
     def attach(self, kmock_emulator: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -479,6 +530,8 @@ class ClusterSim:
             obj.setdefault("status", {})["phase"] = "Active"
         if kind == "Service":
             self._admit_service(obj)
+        if kind == "PersistentVolumeClaim":
+            self._admit_claim(obj)
         self._bump(obj)
         self.objects[key] = obj
         if kind == "Node":
@@ -682,12 +735,37 @@ class ClusterSim:
         spec["initContainers"] = [{"name": "consul-connect-inject-init", "image": "hashicorp/consul-k8s-control-plane"}]
         ann["consul.hashicorp.com/connect-inject-status"] = "injected"
 
+    def _admit_claim(self, pvc: Obj) -> None:
+        """The DefaultStorageClass admission plugin: a claim naming no class gets the default one, if any."""
+        spec = pvc.setdefault("spec", {})
+        if spec.get("storageClassName") is None:
+            default = self.default_class()
+            if default is not None:
+                spec["storageClassName"] = default
+            else:
+                spec.pop("storageClassName", None)
+        pvc["status"] = {"phase": "Pending"}
+
+    def default_class(self) -> str | None:
+        """The default StorageClass: the newest of those annotated default (Kubernetes >= 1.26), else None."""
+        marked = [
+            c
+            for c in self.items("storage.k8s.io/v1", "storageclasses")
+            if ((c.get("metadata") or {}).get("annotations") or {}).get(DEFAULT_CLASS) == "true"
+        ]
+        if not marked:
+            return None
+        marked.sort(key=lambda c: (-(parse_time(c["metadata"].get("creationTimestamp")) or 0), c["metadata"]["name"]))
+        return str(marked[0]["metadata"]["name"])
+
     # -- REST ------------------------------------------------------------------
     async def maybe_serve(self, request: Any) -> aiohttp.web.StreamResponse | None:
         """Serve what the simulation owns; None hands the request to kmock (discovery, extra reactions)."""
         path = request.url.path
         if path.startswith("/_sim/"):
             return await self._control(request)
+        if path.rstrip("/") == "/version":
+            return aiohttp.web.json_response(self.server_version)
         res = request.resource
         if res is None or not res.plural:
             return None
@@ -902,6 +980,7 @@ class ClusterSim:
                 if "workloads" not in self.paused:
                     self._workloads_tick()
                 self._scheduler_tick(now)
+                self._volumes_tick(now)
                 await self._kubelet_tick(now)
                 self._consul_tick(now)
                 self._ingress_tick()
@@ -1027,6 +1106,8 @@ class ClusterSim:
                     },
                     "spec": copy.deepcopy(template.get("spec") or {}),
                 }
+                if plural == "statefulsets":
+                    self._claims_for(d, pname, pod)
                 self.create("v1", "pods", ns, pod)
         elif len(live) > want:
             for p in live[want:]:
@@ -1042,6 +1123,24 @@ class ClusterSim:
         if any((d.get("status") or {}).get(k) != v for k, v in status.items()):
             self.patch("apps/v1", plural, ns, name, {"status": status}, status_only=True)
 
+    def _claims_for(self, sts: Obj, pod_name: str, pod: Obj) -> None:
+        """The StatefulSet controller: a claim `<template>-<pod>` per volumeClaimTemplate (created once, kept when
+        the pod or the set goes), labelled with the set's selector, mounted by the pod as the template's volume."""
+        ns = sts["metadata"]["namespace"]
+        match = dict(((sts.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+        for tpl in (sts.get("spec") or {}).get("volumeClaimTemplates") or []:
+            tname = str((tpl.get("metadata") or {}).get("name"))
+            claim = f"{tname}-{pod_name}"
+            if self.get("v1", "persistentvolumeclaims", ns, claim) is None:
+                self.create(
+                    "v1",
+                    "persistentvolumeclaims",
+                    ns,
+                    {"metadata": {"name": claim, "labels": match}, "spec": copy.deepcopy(tpl.get("spec") or {})},
+                )
+            vols = [v for v in pod["spec"].get("volumes") or [] if v.get("name") != tname]
+            pod["spec"]["volumes"] = [*vols, {"name": tname, "persistentVolumeClaim": {"claimName": claim}}]
+
     @staticmethod
     def _pod_ready(pod: Obj) -> bool:
         return any(
@@ -1050,11 +1149,46 @@ class ClusterSim:
         )
 
     # scheduler
-    def _fits(self, pod: Obj, node: Obj) -> str | None:
+    def _volume_gate(self, pod: Obj) -> tuple[str | None, list[Obj]]:
+        """The scheduler's VolumeBinding plugin before any node: (why the pod cannot be scheduled at all, or ""
+        while a delayed claim's volume is being provisioned for the node it chose, or None; the node terms its
+        claims impose: the bound volumes' nodeAffinity, the delayed claims' class allowedTopologies)."""
+        ns = pod["metadata"].get("namespace")
+        terms: list[Obj] = []
+        waiting = False
+        for v in (pod.get("spec") or {}).get("volumes") or []:
+            name = (v.get("persistentVolumeClaim") or {}).get("claimName")
+            if not name:
+                continue
+            pvc = self.get("v1", "persistentvolumeclaims", ns, str(name))
+            if pvc is None:
+                return f'persistentvolumeclaim "{name}" not found', []
+            if (pvc.get("status") or {}).get("phase") == "Bound":
+                pv = self.get("v1", "persistentvolumes", None, str((pvc.get("spec") or {}).get("volumeName")))
+                req = (((pv or {}).get("spec") or {}).get("nodeAffinity") or {}).get("required")
+                if req:
+                    terms.append({"volume": req.get("nodeSelectorTerms") or []})
+                continue
+            cls_name = (pvc.get("spec") or {}).get("storageClassName")
+            cls = self.get("storage.k8s.io/v1", "storageclasses", None, str(cls_name)) if cls_name else None
+            if cls is None or cls.get("volumeBindingMode", "Immediate") != "WaitForFirstConsumer":
+                return "pod has unbound immediate PersistentVolumeClaims", []
+            if SELECTED_NODE in ((pvc.get("metadata") or {}).get("annotations") or {}):
+                waiting = True  # PreBind: the volume is being provisioned where the scheduler put the pod
+            if cls.get("allowedTopologies"):
+                terms.append({"class": cls["allowedTopologies"]})
+        return ("" if waiting else None), terms
+
+    def _fits(self, pod: Obj, node: Obj, volume_terms: list[Obj] | None = None) -> str | None:
         """None when `pod` may run on `node`, else why not (the scheduler's message part)."""
         spec = pod.get("spec") or {}
         nspec = node.get("spec") or {}
         labels = labels_of(node)
+        for t in volume_terms or []:
+            if "volume" in t and not any(_term_matches(x, labels) for x in t["volume"]):
+                return "node(s) had volume node affinity conflict"
+            if "class" in t and not any(_topology_matches(x, labels) for x in t["class"]):
+                return "node(s) didn't find available persistent volumes to bind"
         if nspec.get("unschedulable"):
             return "node(s) were unschedulable"
         if not self._node_ready(node):
@@ -1082,18 +1216,27 @@ class ClusterSim:
             spec = pod.get("spec") or {}
             if spec.get("nodeName") or pod["metadata"].get("deletionTimestamp"):
                 continue
+            blocked, volume_terms = self._volume_gate(pod)
+            if blocked == "":
+                continue
             reasons: collections.Counter[str] = collections.Counter()
             fits = []
-            for n in nodes:
-                why = self._fits(pod, n)
+            for n in nodes if blocked is None else []:
+                why = self._fits(pod, n, volume_terms)
                 if why is None:
                     fits.append(n)
                 else:
                     reasons[why] += 1
             if not fits:
-                msg = f"0/{len(nodes)} nodes are available: " + ", ".join(
-                    f"{c} {r}" for r, c in sorted(reasons.items())
-                )
+                if blocked:
+                    msg = (
+                        f"0/{len(nodes)} nodes are available: {blocked}. preemption: 0/{len(nodes)} nodes are "
+                        f"available: {len(nodes)} Preemption is not helpful for scheduling."
+                    )
+                else:
+                    msg = f"0/{len(nodes)} nodes are available: " + ", ".join(
+                        f"{c} {r}" for r, c in sorted(reasons.items())
+                    )
                 cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}
                 old = [c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "PodScheduled"]
                 if not old or old[0].get("message") != msg:
@@ -1107,6 +1250,8 @@ class ClusterSim:
                 continue
             load = collections.Counter((p.get("spec") or {}).get("nodeName") for p in self.items("v1", "pods"))
             node = min(fits, key=lambda n: (load[n["metadata"]["name"]], n["metadata"]["name"]))
+            if self._select_node_for_claims(pod, node["metadata"]["name"]):
+                continue  # bound once its delayed claims' volumes exist (PreBind)
             self.patch(
                 "v1",
                 "pods",
@@ -1121,6 +1266,187 @@ class ClusterSim:
             )
             run = self._run_of(pod)
             run.bound_at = now
+
+    def _select_node_for_claims(self, pod: Obj, node: str) -> bool:
+        """WaitForFirstConsumer: the scheduler writes the node it chose on each unbound claim of the pod (the
+        provisioner creates the volume there) and binds the pod only when they are bound; True if it had to."""
+        ns = pod["metadata"].get("namespace")
+        delayed = False
+        for v in (pod.get("spec") or {}).get("volumes") or []:
+            name = (v.get("persistentVolumeClaim") or {}).get("claimName")
+            pvc = self.get("v1", "persistentvolumeclaims", ns, str(name)) if name else None
+            if pvc is None or (pvc.get("status") or {}).get("phase") == "Bound":
+                continue
+            self.patch(
+                "v1", "persistentvolumeclaims", ns, str(name), {"metadata": {"annotations": {SELECTED_NODE: node}}}
+            )
+            delayed = True
+        return delayed
+
+    # the PV controller and the volume provisioners
+    def _event(self, obj: Obj, type_: str, reason: str, message: str, component: str, now: float) -> None:
+        """Record an event on `obj` as the event recorder does: one Event per (object, reason, message), its count
+        raised on each repeat; a repeat is recorded at most every `pv_resync_s` (the controller's resync)."""
+        meta = obj["metadata"]
+        key = (str(meta["uid"]), reason, message)
+        last = self._pv_events.get(key)
+        if last is not None and now - last < self.t.pv_resync_s:
+            return
+        self._pv_events[key] = now
+        ns = str(meta.get("namespace") or "default")
+        name = f"{meta['name']}.{hashlib.sha256('/'.join(key).encode()).hexdigest()[:16]}"
+        cur = self.get("v1", "events", ns, name)
+        if cur is not None:
+            self.patch(
+                "v1", "events", ns, name, {"count": int(cur.get("count", 1)) + 1, "lastTimestamp": k8s_time(now)}
+            )
+            return
+        self.create(
+            "v1",
+            "events",
+            ns,
+            {
+                "metadata": {"name": name},
+                "involvedObject": {
+                    "apiVersion": obj.get("apiVersion"),
+                    "kind": obj.get("kind"),
+                    "namespace": ns,
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
+                "type": type_,
+                "reason": reason,
+                "message": message,
+                "source": {"component": component},
+                "count": 1,
+                "firstTimestamp": k8s_time(now),
+                "lastTimestamp": k8s_time(now),
+            },
+        )
+
+    def _volumes_tick(self, now: float) -> None:
+        """kube-controller-manager's PV controller and the provisioners behind it, for every pending claim.
+
+        A claim without a class gets the default one once there is one (retroactive default, GA in 1.28); one
+        still without says so (FailedBinding); a class that does not exist fails (ProvisioningFailed); a
+        WaitForFirstConsumer class waits for the scheduler's node. Then the claim is the external provisioner's:
+        an in-tree name is served by its CSI driver (CSI migration), which must run (a CSI driver runs when its
+        CSIDriver object exists, as the add-on installs it) - until then the controller says it is waiting; a
+        broken one fails CreateVolume. The volume is made in the chosen node's zone (or, Immediate, a zone the
+        class allows, chosen by the claim's name) with nodeAffinity to it (local-path: to the node), and bound.
+        A volume whose claim is gone is deleted (reclaimPolicy Delete).
+        """
+        for pvc in list(self.items("v1", "persistentvolumeclaims")):
+            meta, spec = pvc["metadata"], pvc.get("spec") or {}
+            if (pvc.get("status") or {}).get("phase") != "Pending" or meta.get("deletionTimestamp"):
+                continue
+            ns, name = meta["namespace"], meta["name"]
+            if not spec.get("storageClassName"):
+                default = self.default_class()
+                if default is None:
+                    self._event(pvc, "Normal", "FailedBinding", "no persistent volumes available for this claim and "
+                                "no storage class is set", "persistentvolume-controller", now)  # fmt: skip
+                    continue
+                pvc = self.patch("v1", "persistentvolumeclaims", ns, name, {"spec": {"storageClassName": default}})
+                spec = pvc["spec"]
+            cls_name = str(spec["storageClassName"])
+            cls = self.get("storage.k8s.io/v1", "storageclasses", None, cls_name)
+            if cls is None:
+                self._event(pvc, "Warning", "ProvisioningFailed", f'storageclass.storage.k8s.io "{cls_name}" not found',
+                            "persistentvolume-controller", now)  # fmt: skip
+                continue
+            provisioner = str(cls.get("provisioner"))
+            driver = CSI_MIGRATION.get(provisioner, provisioner)
+            node_name = (meta.get("annotations") or {}).get(SELECTED_NODE)
+            if cls.get("volumeBindingMode") == "WaitForFirstConsumer" and not node_name:
+                self._event(pvc, "Normal", "WaitForFirstConsumer", "waiting for first consumer to be created before "
+                            "binding", "persistentvolume-controller", now)  # fmt: skip
+                continue
+            if (meta.get("annotations") or {}).get(STORAGE_PROVISIONER) != driver:
+                both = {STORAGE_PROVISIONER: driver, "volume.beta.kubernetes.io/storage-provisioner": driver}
+                pvc = self.patch("v1", "persistentvolumeclaims", ns, name, {"metadata": {"annotations": both}})
+            self._event(pvc, "Normal", "ExternalProvisioning", "Waiting for a volume to be created either by the "
+                        f"external provisioner '{driver}' or manually by the system administrator. If volume creation "
+                        "is delayed, please verify that the provisioner is running and correctly registered.",
+                        "persistentvolume-controller", now)  # fmt: skip
+            csi = self.get("storage.k8s.io/v1", "csidrivers", None, driver) is not None
+            if not csi and driver not in self.provisioners_running:
+                continue
+            controller = f"{driver}_{driver.split('.')[0]}-csi-controller-7d8f9c6b5-x2x7q" if csi else driver
+            self._event(pvc, "Normal", "Provisioning", f'External provisioner is provisioning volume for claim '
+                        f'"{ns}/{name}"', controller, now)  # fmt: skip
+            if driver in self.csi_broken:
+                self._event(pvc, "Warning", "ProvisioningFailed", f'failed to provision volume with StorageClass '
+                            f'"{cls_name}": {self.csi_broken[driver]}', controller, now)  # fmt: skip
+                continue
+            self._provision(pvc, cls, driver, node_name, now)
+        claims = {
+            (p["metadata"]["namespace"], p["metadata"]["name"]) for p in self.items("v1", "persistentvolumeclaims")
+        }
+        for pv in list(self.items("v1", "persistentvolumes")):
+            ref = (pv.get("spec") or {}).get("claimRef") or {}
+            if (ref.get("namespace"), ref.get("name")) not in claims and (pv.get("spec") or {}).get(
+                "persistentVolumeReclaimPolicy"
+            ) == "Delete":
+                self._remove(("v1", "persistentvolumes", None, pv["metadata"]["name"]))
+
+    def _provision(self, pvc: Obj, cls: Obj, driver: str, node_name: str | None, now: float) -> None:
+        meta, spec = pvc["metadata"], pvc.get("spec") or {}
+        ns, name = meta["namespace"], meta["name"]
+        node = self.get("v1", "nodes", None, node_name) if node_name else None
+        if node is not None:
+            zone = labels_of(node).get("topology.kubernetes.io/zone", "")
+        else:
+            key = "topology.kubernetes.io/zone"
+            terms = [  # allowedTopologies: any term, each of its expressions
+                [set(e.get("values") or []) for e in t.get("matchLabelExpressions") or [] if e.get("key") == key]
+                for t in cls.get("allowedTopologies") or []
+            ]
+            found = {labels_of(n).get(key) for n in self.items("v1", "nodes")}
+            zones = sorted(z for z in found if z and (not terms or any(all(z in v for v in t) for t in terms)))
+            if not zones:
+                self._event(pvc, "Warning", "ProvisioningFailed", "failed to provision volume: no topology the class "
+                            "allows has a node", "persistentvolume-controller", now)  # fmt: skip
+                return
+            zone = zones[int(hashlib.sha256(name.encode()).hexdigest(), 16) % len(zones)]
+        if driver == LOCAL_PATH and node_name:
+            term = {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node_name]}]}
+        else:
+            term = {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": [zone]}]}
+        pv_name = f"pvc-{meta['uid']}"
+        size = ((spec.get("resources") or {}).get("requests") or {}).get("storage", "1Gi")
+        self.create(
+            "v1",
+            "persistentvolumes",
+            None,
+            {
+                "metadata": {"name": pv_name, "annotations": {"pv.kubernetes.io/provisioned-by": driver}},
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": list(spec.get("accessModes") or ["ReadWriteOnce"]),
+                    "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": meta["uid"]},
+                    "persistentVolumeReclaimPolicy": cls.get("reclaimPolicy", "Delete"),
+                    "storageClassName": cls["metadata"]["name"],
+                    "nodeAffinity": {"required": {"nodeSelectorTerms": [term]}},
+                    **({"csi": {"driver": driver, "volumeHandle": f"vol-{meta['uid'][:17]}"}} if driver != LOCAL_PATH
+                       else {"hostPath": {"path": f"/var/local-path-provisioner/{pv_name}_{ns}_{name}"}}),
+                },
+                "status": {"phase": "Bound"},
+            },
+        )  # fmt: skip
+        self._event(pvc, "Normal", "ProvisioningSucceeded", f"Successfully provisioned volume {pv_name}",
+                    "persistentvolume-controller", now)  # fmt: skip
+        self.patch(
+            "v1",
+            "persistentvolumeclaims",
+            ns,
+            name,
+            {
+                "metadata": {"annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+                "spec": {"volumeName": pv_name},
+                "status": {"phase": "Bound", "capacity": {"storage": size}, "accessModes": spec.get("accessModes")},
+            },
+        )
 
     def _run_of(self, pod: Obj) -> PodRun:
         uid = str(pod["metadata"]["uid"])
@@ -2104,6 +2430,58 @@ class ClusterSim:
         self.nodes[name] = NodeRun(name)
         return self.create("v1", "nodes", None, node)
 
+    def eks_storage(self, minor: int, *, ebs_csi_addon: bool = False, addon_default_class: bool = False) -> None:
+        """Storage as a new EKS cluster of version 1.`minor` has it (in place of kind's `standard` class).
+
+        EKS creates StorageClass gp2 (in-tree kubernetes.io/aws-ebs, WaitForFirstConsumer), annotated default
+        only below 1.30 ("Starting with 1.30, Amazon EKS no longer includes the default annotation on the gp2
+        StorageClass resource applied to newly created clusters", EKS release notes for 1.30). The EBS CSI
+        driver, which serves kubernetes.io/aws-ebs since CSI migration (EKS 1.23), is not installed with the
+        cluster: `ebs_csi_addon` installs the aws-ebs-csi-driver add-on (its CSIDriver; its controller runs),
+        `addon_default_class` with `defaultStorageClass.enabled`, which adds the default class
+        ebs-csi-default-sc (gp3). /version answers as EKS's API server does.
+        """
+        self.server_version = {"major": "1", "minor": str(minor), "gitVersion": f"v1.{minor}.4-eks-a737599"}
+        with contextlib.suppress(NotFound):
+            self.delete("storage.k8s.io/v1", "storageclasses", None, "standard")
+        self.create(
+            "storage.k8s.io/v1",
+            "storageclasses",
+            None,
+            {
+                "metadata": {"name": "gp2", **({"annotations": {DEFAULT_CLASS: "true"}} if minor < 30 else {})},
+                "provisioner": "kubernetes.io/aws-ebs",
+                "parameters": {"type": "gp2", "fsType": "ext4"},
+                "reclaimPolicy": "Delete",
+                "volumeBindingMode": "WaitForFirstConsumer",
+            },
+        )
+        if ebs_csi_addon:
+            self.add_ebs_csi_driver(default_class=addon_default_class)
+
+    def add_ebs_csi_driver(self, *, default_class: bool = False) -> None:
+        """The aws-ebs-csi-driver add-on: CSIDriver ebs.csi.aws.com (+ class ebs-csi-default-sc, default)."""
+        self.create(
+            "storage.k8s.io/v1",
+            "csidrivers",
+            None,
+            {"metadata": {"name": EBS_CSI}, "spec": {"attachRequired": True, "podInfoOnMount": False}},
+        )
+        if default_class:
+            self.create(
+                "storage.k8s.io/v1",
+                "storageclasses",
+                None,
+                {
+                    "metadata": {"name": "ebs-csi-default-sc", "annotations": {DEFAULT_CLASS: "true"}},
+                    "provisioner": EBS_CSI,
+                    "parameters": {"type": "gp3"},
+                    "reclaimPolicy": "Delete",
+                    "volumeBindingMode": "WaitForFirstConsumer",
+                    "allowVolumeExpansion": True,
+                },
+            )
+
     def ensure_namespace(self, name: str) -> None:
         if self.get("v1", "namespaces", None, name) is None:
             self.create("v1", "namespaces", None, {"metadata": {"name": name}})
@@ -2119,6 +2497,8 @@ class ClusterSim:
         self.kind_cluster = name
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.ensure_namespace(ns)
+        if self.get("storage.k8s.io/v1", "storageclasses", None, "standard") is None:
+            self.create("storage.k8s.io/v1", "storageclasses", None, KIND_STANDARD_CLASS)
         counts: collections.Counter[str] = collections.Counter()
         for i, n in enumerate(config.get("nodes") or [{"role": "control-plane"}]):
             role = n.get("role", "control-plane")
@@ -2299,6 +2679,7 @@ class ClusterSim:
             replicas: int,
             ports: list[Obj],
             image_: str,
+            claims: list[Obj] | None = None,
         ) -> None:
             labels = {**chart_labels, "component": component}
             obj = {
@@ -2313,6 +2694,7 @@ class ClusterSim:
                             **placement(section),
                         },
                     },
+                    **({"volumeClaimTemplates": claims} if claims else {}),
                 },
             }
             if self.get("apps/v1", plural, namespace, name) is None:
@@ -2334,6 +2716,17 @@ class ClusterSim:
             int(srv.get("replicas", 1)),
             [{"name": "http", "containerPort": 8500}, {"name": "grpc", "containerPort": 8502}],
             image,
+            # templates/server-statefulset.yaml: the server's data volume, of server.storageClass (else the default)
+            [
+                {
+                    "metadata": {"name": f"data-{namespace[:58].rstrip('-')}"},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": str(srv.get("storage") or "10Gi")}},
+                        **({"storageClassName": str(srv["storageClass"])} if srv.get("storageClass") else {}),
+                    },
+                }
+            ],
         )
         if self.consul.inject:
             workload(
@@ -2416,7 +2809,8 @@ class ClusterSim:
             obj = self.objects.get((av, pl, n, name))
             if obj is None:
                 continue
-            if labels_of(obj).get("release") == release and pl != "pods":
+            # not pods (their owners go), nor a StatefulSet's claims: not in the release (hashicorp/consul#4891)
+            if labels_of(obj).get("release") == release and pl not in ("pods", "persistentvolumeclaims"):
                 self.delete(av, pl, n, name)
         for plural in CONSUL_KINDS.values():
             for obj in list(self.items(CONSUL_GROUP, plural)):
@@ -2554,6 +2948,13 @@ def _term_matches(term: Obj, labels: dict[str, str]) -> bool:
         if op == "DoesNotExist" and have is not None:
             return False
     return True
+
+
+def _topology_matches(term: Obj, labels: dict[str, str]) -> bool:
+    """A StorageClass allowedTopologies term (matchLabelExpressions: key + values) against node labels."""
+    return all(
+        labels.get(str(e.get("key"))) in list(e.get("values") or []) for e in term.get("matchLabelExpressions") or []
+    )
 
 
 def _tolerates(tol: Obj, taint: Obj) -> bool:

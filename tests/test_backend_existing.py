@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from harness.backends.base import Status
 from harness.backends.existing import (
@@ -31,10 +32,12 @@ from harness.backends.existing import (
 )
 from harness.backends.kube import KubeCluster, NodeInfo
 from harness.errors import BackendError, InputError
+from harness.render.manifests import Manifests, load
 from tests import kubesim_tools
 from tests.conftest import REPO, wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.kubesim import SimTimings
 
 pytestmark = pytest.mark.slow  # a fake API server per test: seconds each
 
@@ -89,9 +92,12 @@ def _backend(api: FakeApiServer, tmp_path: Path, allow: tuple[str, ...] = (), **
 
 
 def _cluster(api: FakeApiServer, tmp_path: Path, consul: dict[str, Any] | None = None) -> KubeCluster:
-    """EKS-like nodes, and (unless `consul` is {}) the Consul an operator installed with the rendered values."""
+    """EKS-like nodes with storage as a prepared EKS 1.31 nightly cluster has it (the aws-ebs-csi-driver add-on,
+    whose ebs-csi-default-sc is the default class), and (unless `consul` is {}) the Consul an operator installed
+    with the rendered values."""
     c = api.cluster(tmp_path, "admin")
     api.seed(c, *EKS_NODES)
+    api.sim.call(lambda: api.sim.eks_storage(31, ebs_csi_addon=True, addon_default_class=True))
     if consul != {}:
         api.install_consul(consul or rendered(tmp_path / "operator").helm_values)
         assert wait_until(lambda: bool(c.find_consul()) and c.find_consul().servers_ready == 1, 60)  # type: ignore[union-attr]
@@ -238,6 +244,12 @@ def test_the_rendered_consul_values_place_the_server_on_eks_nodes(
     server = c.pods("consul", {"component": "server"})[0]
     assert server["status"]["phase"] == "Running"
     assert c.nodes()[server["spec"]["nodeName"]] in ("us-west-2a", "us-west-2b")
+    # its volume (the default class, WaitForFirstConsumer) was made in the zone the server was scheduled in
+    pvc = c.request("GET", "/api/v1/namespaces/consul/persistentvolumeclaims/data-consul-consul-server-0")
+    assert (pvc["status"]["phase"], pvc["spec"]["storageClassName"]) == ("Bound", "ebs-csi-default-sc")
+    pv = c.request("GET", f"/api/v1/persistentvolumes/{pvc['spec']['volumeName']}")
+    zone = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+    assert zone == [c.nodes()[server["spec"]["nodeName"]]]
     wd = tmp_path / "wd" / "existing-eks-nightly"
     calls = [json.loads(x) for x in (tmp_path / "argv.jsonl").read_text().splitlines()]
     assert [x for x in calls if x[0] == "helm"] == [
@@ -261,6 +273,187 @@ def test_the_rendered_consul_values_place_the_server_on_eks_nodes(
     assert wait_until(lambda: bool(c.pods("consul", {"component": "server"})), 60)
     assert wait_until(lambda: "didn't match" in json.dumps(c.pods("consul", {"component": "server"})[0]["status"]), 60)
     assert c.pods("consul", {"component": "server"})[0]["status"]["phase"] == "Pending"
+
+
+# -- the Consul server's volume on a new EKS cluster ------------------------------------------
+
+
+def _helm_tools(tmp_path: Path, api: FakeApiServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fake helm/kubectl on PATH, logging argv to the returned file."""
+    kubesim_tools.install(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("FAKE_API", api.url)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "argv.jsonl"))
+    return tmp_path / "argv.jsonl"
+
+
+def _helm_ran(log: Path) -> list[list[str]]:
+    calls = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    return [x for x in calls if x[:3] == ["helm", "upgrade", "--install"]]
+
+
+def _new_eks(api: FakeApiServer, tmp_path: Path, minor: int = 30, **storage: Any) -> KubeCluster:
+    c = api.cluster(tmp_path, "admin")
+    api.seed(c, *EKS_NODES)
+    api.sim.call(lambda: api.sim.eks_storage(minor, **storage))
+    return c
+
+
+def _claim(c: KubeCluster, name: str = "data-consul-consul-server-0") -> dict[str, Any]:
+    return dict(c.request("GET", f"/api/v1/namespaces/consul/persistentvolumeclaims/{name}"))
+
+
+def _claim_events(c: KubeCluster, name: str = "data-consul-consul-server-0") -> list[tuple[str, str]]:
+    items = c.request("GET", "/api/v1/namespaces/consul/events")["items"]
+    return [(e["reason"], e["message"]) for e in items if e["involvedObject"]["name"] == name]
+
+
+def test_a_new_eks_1_30_cluster_leaves_the_charts_server_pending(api: FakeApiServer, tmp_path: Path) -> None:
+    """The fake as EKS 1.30+ is: gp2 not default, no EBS CSI driver; each of the two fixes is needed."""
+    c = _new_eks(api, tmp_path)
+    classes = c.request("GET", "/apis/storage.k8s.io/v1/storageclasses")["items"]
+    assert [(x["metadata"]["name"], x["provisioner"], (x["metadata"].get("annotations") or {})) for x in classes] == [
+        ("gp2", "kubernetes.io/aws-ebs", {})
+    ]
+    assert c.request("GET", "/apis/storage.k8s.io/v1/csidrivers")["items"] == []
+    assert c.request("GET", "/version")["gitVersion"].startswith("v1.30.")
+    api.install_consul(rendered(tmp_path).helm_values)
+    assert wait_until(lambda: "no storage class is set" in json.dumps(_claim_events(c)), 30)
+    server = c.pods("consul", {"component": "server"})[0]
+    assert "pod has unbound immediate PersistentVolumeClaims" in json.dumps(server["status"])
+    # gp2 marked default: the claim gets it (retroactively), but nothing serves kubernetes.io/aws-ebs
+    c.request("PATCH", "/apis/storage.k8s.io/v1/storageclasses/gp2",
+              body={"metadata": {"annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}},
+              content_type="application/merge-patch+json")  # fmt: skip
+    assert wait_until(lambda: "external provisioner 'ebs.csi.aws.com'" in json.dumps(_claim_events(c)), 30)
+    assert _claim(c)["status"]["phase"] == "Pending"
+    assert c.pods("consul", {"component": "server"})[0]["status"]["phase"] == "Pending"
+    # the add-on: the volume is made where the server was scheduled (a Region AZ), and the server starts
+    api.sim.call(lambda: api.sim.add_ebs_csi_driver())
+    assert wait_until(lambda: _claim(c)["status"]["phase"] == "Bound", 30)
+    assert wait_until(lambda: c.find_consul() is not None and c.find_consul().servers_ready == 1, 30)  # type: ignore[union-attr]
+    server = c.pods("consul", {"component": "server"})[0]
+    assert c.nodes()[server["spec"]["nodeName"]] in ("us-west-2a", "us-west-2b")
+
+
+NO_DEFAULT_NO_DRIVER = (
+    r"^context eks-nightly: the Consul server's volume \(PersistentVolumeClaim consul/data-consul-consul-server-0\) "
+    r"would not be provisioned where the server can use it, and without it the server never starts \(helm waits 15 "
+    r'minutes, then says only "context deadline exceeded"\): there is no default StorageClass and '
+    r"server.storageClass is empty in \S+/consul-values.yaml \(EKS 1.30 and later no "
+    r"longer mark gp2 as the default\); gp2 cannot provision either: ebs.csi.aws.com \(CSI driver of "
+    r"kubernetes.io/aws-ebs\) is not installed \(no CSIDriver ebs.csi.aws.com\)\. Fix: install the "
+    r"aws-ebs-csi-driver add-on \(aws eks create-addon --cluster-name <cluster> --addon-name aws-ebs-csi-driver, "
+    r"with an IAM role holding AmazonEBSCSIDriverPolicy; add-on >= v1.31.0 with defaultStorageClass.enabled=true "
+    r"also adds a default class\); or install the aws-ebs-csi-driver add-on, then mark a class default \(kubectl "
+    r"annotate storageclass gp2 storageclass.kubernetes.io/is-default-class=true\); or set server.storageClass in "
+    r"\S+/consul-values.yaml to a class whose provisioner runs$"
+)
+
+
+@pytest.mark.parametrize(
+    ("storage", "values", "message"),
+    [
+        ({}, {}, NO_DEFAULT_NO_DRIVER),
+        (  # gp2 marked default by hand, but no driver for it
+            {"gp2_default": True},
+            {},
+            r"StorageClass gp2 \(the default\) has provisioner kubernetes.io/aws-ebs \(in-tree, served by "
+            r"ebs.csi.aws.com since CSI migration\), and ebs.csi.aws.com is not installed \(no CSIDriver "
+            r"ebs.csi.aws.com\)\. Fix: install the aws-ebs-csi-driver add-on",
+        ),
+        (  # the values name a class the cluster does not have
+            {"ebs_csi_addon": True},
+            {"storageClass": "gp3"},
+            r"server.storageClass 'gp3' is no StorageClass of the cluster \(there are: gp2\)\. Fix: set "
+            r"server.storageClass in \S+/consul-values.yaml to one that exists, or create gp3$",
+        ),
+        (  # a default class that picks the volume's zone before the server is scheduled
+            {"ebs_csi_addon": True, "immediate_default": True},
+            {},
+            r"StorageClass gp3-now \(the default\) binds Immediate: the volume's zone is chosen before the server "
+            r"is scheduled and may be a Local Zone or an AZ the server may not run in \(its affinity keeps it in "
+            r"us-west-2a, us-west-2b; an EBS volume attaches only in its own zone\)\. Fix: use a class with "
+            r"volumeBindingMode WaitForFirstConsumer \(as EKS's gp2\), or confine gp3-now's allowedTopologies",
+        ),
+    ],
+    ids=["new-eks-1.30", "gp2-default-no-driver", "no-such-class", "immediate-binding"],
+)
+def test_install_consul_refuses_a_server_volume_that_cannot_be_provisioned_before_anything_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, storage: dict[str, Any], values: dict[str, Any], message: str
+) -> None:
+    """One line naming what is missing and the fix, at once, nothing changed (helm's `--wait` is cut to 3 s
+    here: without the check the install would run and fail later with "context deadline exceeded")."""
+    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
+    with FakeApiServer(SimTimings(helm_wait_cap_s=3.0)) as server:
+        log = _helm_tools(tmp_path, server, monkeypatch)
+        c = _new_eks(server, tmp_path, ebs_csi_addon=bool(storage.get("ebs_csi_addon")))
+        if storage.get("gp2_default"):
+            c.request("PATCH", "/apis/storage.k8s.io/v1/storageclasses/gp2",
+                      body={"metadata": {"annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}},
+                      content_type="application/merge-patch+json")  # fmt: skip
+        if storage.get("immediate_default"):
+            server.seed(c, {
+                "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {"name": "gp3-now", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+                "provisioner": "ebs.csi.aws.com", "parameters": {"type": "gp3"},
+            })  # fmt: skip
+        m = _with_server_values(rendered(tmp_path), values)
+        before = _mutations(server)
+        b = _backend(server, tmp_path, install_consul=True)
+        with pytest.raises(BackendError, match=message):
+            b.up(m)
+        assert _mutations(server) == before
+        assert _helm_ran(log) == []
+
+
+def _with_server_values(m: Manifests, server: dict[str, Any]) -> Manifests:
+    """The rendered directory with `server` keys set in its Helm values file (as an operator edits it)."""
+    if not server:
+        return m
+    path = Path(m.root) / "consul-values.yaml"
+    values = yaml.safe_load(path.read_text())
+    values["server"].update(server)
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return load(Path(m.root))
+
+
+def test_install_consul_takes_the_class_the_values_name(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No default class, but the values name gp2 and the driver runs: the install goes ahead, the server starts."""
+    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
+    log = _helm_tools(tmp_path, api, monkeypatch)
+    c = _new_eks(api, tmp_path, ebs_csi_addon=True)
+    b = _backend(api, tmp_path, install_consul=True)
+    b.up(_with_server_values(rendered(tmp_path), {"storageClass": "gp2"}))
+    assert len(_helm_ran(log)) == 1
+    assert _claim(c)["spec"]["storageClassName"] == "gp2" and _claim(c)["status"]["phase"] == "Bound"
+    b.close()
+
+
+def test_a_server_volume_pending_during_the_install_is_named_with_its_events_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks pass (a default class, its driver registered) but the driver cannot create volumes (its IAM
+    role is missing): helm's "context deadline exceeded" comes with the claim and why it is Pending."""
+    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
+    with FakeApiServer(SimTimings(helm_wait_cap_s=3.0)) as server:
+        _helm_tools(tmp_path, server, monkeypatch)
+        _new_eks(server, tmp_path, ebs_csi_addon=True, addon_default_class=True)
+        server.sim.csi_broken["ebs.csi.aws.com"] = (
+            "rpc error: code = Internal desc = Could not create volume: UnauthorizedOperation: You are not "
+            "authorized to perform this operation."
+        )
+        b = _backend(server, tmp_path, install_consul=True)
+        with pytest.raises(
+            BackendError,
+            match=r"^`helm upgrade --install` failed \(exit 1\): Error: INSTALLATION FAILED: context deadline "
+            r"exceeded; the Consul server cannot start: PersistentVolumeClaim consul/data-consul-consul-server-0 is "
+            r'still Pending \(ProvisioningFailed: failed to provision volume with StorageClass "ebs-csi-default-sc": '
+            r"rpc error: code = Internal desc = Could not create volume: UnauthorizedOperation: .*\)$",
+        ):
+            b.up(rendered(tmp_path))
 
 
 def test_an_existing_consul_is_checked_before_anything_changes(

@@ -30,6 +30,12 @@ Consul: used as found (the chart's labels, server image tag >= MIN_CONSUL,
 a Ready connect-injector), or installed from the pinned chart with
 `--install-consul`; the rendered values place the control plane by
 `topology.kubernetes.io/zone` in the Region's AZs, which EKS nodes carry.
+Installing it first checks that the server's PersistentVolumeClaim can be
+provisioned (`check_server_storage`: a default or named StorageClass whose
+provisioner runs and that puts the volume in the server's AZ; new EKS
+clusters, 1.30 and later, have neither a default class nor the EBS CSI
+driver), and an install that times out names the claims still Pending and
+why (`pending_claims`), where helm says only "context deadline exceeded".
 
 Entry points (`render/entry.py`): per-zone ClusterIP Services are applied;
 each zone's URL comes from `--entrypoint ZONE=URL` / `EH_ENTRYPOINTS`, or from
@@ -102,6 +108,7 @@ from harness.backends.kube.backend import HelmRun, KubeBackend
 from harness.backends.kube.forward import find_tool
 from harness.contract.names import CONSUL_NAMESPACE, HELM_RELEASE
 from harness.errors import BackendError, InputError
+from harness.render.layout import VALUES_FILE
 
 if TYPE_CHECKING:
     from harness.backends import BackendOptions
@@ -118,6 +125,26 @@ MESH_WIDE_KINDS = frozenset({"ProxyDefaults", "Mesh"})
 MIN_CONSUL = (1, 15)
 """ProxyDefaults `accessLogs` (the records the verdict is built from) exist since Consul 1.15."""
 ALB_WAIT_S = 600.0
+DEFAULT_CLASS_ANNOTATIONS = (
+    "storageclass.kubernetes.io/is-default-class",
+    "storageclass.beta.kubernetes.io/is-default-class",
+)
+CSI_MIGRATION = {
+    "kubernetes.io/aws-ebs": "ebs.csi.aws.com",
+    "kubernetes.io/gce-pd": "pd.csi.storage.gke.io",
+    "kubernetes.io/azure-disk": "disk.csi.azure.com",
+    "kubernetes.io/azure-file": "file.csi.azure.com",
+    "kubernetes.io/cinder": "cinder.csi.openstack.org",
+    "kubernetes.io/vsphere-volume": "csi.vsphere.vmware.com",
+    "kubernetes.io/portworx-volume": "pxd.portworx.com",
+}
+"""In-tree provisioners that CSI migration hands to a CSI driver (AWS EBS: on EKS since 1.23; the in-tree code
+is gone upstream since 1.27): a class naming the left side provisions nothing unless the right side runs."""
+EBS_CSI = "ebs.csi.aws.com"
+NO_PROVISIONER = "kubernetes.io/no-provisioner"
+ZONE_KEYS = frozenset({"topology.kubernetes.io/zone", "topology.ebs.csi.aws.com/zone",
+                       "failure-domain.beta.kubernetes.io/zone"})  # fmt: skip
+"""Node labels a StorageClass's allowedTopologies may confine volumes' zones by."""
 PROBE_IMAGE_FALLBACK = "nginx:1.27-alpine"  # busybox `wget` inside; the run pulls it anyway (frontend pods)
 
 
@@ -682,6 +709,234 @@ class ExistingBackend(KubeBackend):
             )
         self.progress(f"using Consul {found.version} in namespace {found.namespace} (release {found.release})")
 
+    def _release(self, manifests: Manifests) -> dict[str, str]:
+        release = manifests.meta.get("release") or {"name": HELM_RELEASE, "namespace": CONSUL_NAMESPACE}
+        return {"name": str(release["name"]), "namespace": str(release["namespace"])}
+
+    def _server_claim(self, manifests: Manifests) -> str:
+        """namespace/name of the first Consul server's claim, as the chart names it.
+
+        templates/server-statefulset.yaml: volumeClaimTemplates `data-<release namespace>`, StatefulSet
+        `<fullname>-server` (fullname = global.name when set); the StatefulSet controller names the claim
+        `<template>-<pod>`.
+        """
+        release = self._release(manifests)
+        ns = release["namespace"]
+        name = str((manifests.helm_values.get("global") or {}).get("name") or "")
+        if not name:
+            name = release["name"] if "consul" in release["name"] else f"{release['name']}-consul"
+        return f"{ns}/data-{ns[:58].rstrip('-')}-{name}-server-0"
+
+    def _list_or_none(self, path: str, query: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]] | None:
+        """The items at `path`, or None when this identity may not list them (403)."""
+        try:
+            return list((self.cluster.request("GET", path, query=query) or {}).get("items") or [])
+        except KubeApiError as exc:
+            if exc.status == 403:
+                return None
+            raise
+
+    def _eks_minor(self) -> int | None:
+        """The Kubernetes minor version when the API server is EKS's (gitVersion `v1.30.4-eks-...`), else None."""
+        try:
+            v = self.cluster.request("GET", "/version") or {}
+        except KubeApiError:
+            return None
+        m = re.match(r"v1\.(\d+)\.\d+-eks-", str(v.get("gitVersion", ""))) if isinstance(v, dict) else None
+        return int(m.group(1)) if m else None
+
+    def check_server_storage(self, manifests: Manifests) -> None:
+        """The chart's Consul server volume can be provisioned here, else BackendError saying what is missing.
+
+        Why: the server is a StatefulSet with a PersistentVolumeClaim of
+        `server.storageClass` (empty: the cluster's default StorageClass).
+        When no class serves it the claim stays Pending, the server never
+        starts, and `helm --wait` gives up after 15 minutes with "context
+        deadline exceeded", naming nothing. New EKS clusters hit this: since
+        1.30 gp2 is no longer annotated default, and gp2's in-tree
+        provisioner kubernetes.io/aws-ebs is served by the EBS CSI driver
+        (CSI migration), an add-on EKS does not install. Checked here, before
+        anything changes:
+
+        - a class: server.storageClass names one that exists, or one class is
+          the default (the newest, if several are, as Kubernetes picks);
+        - its provisioner runs: a CSIDriver object, or a node that registered
+          the driver (CSINode), for an in-tree name its CSI driver's
+          (kubernetes.io/aws-ebs -> ebs.csi.aws.com); kubernetes.io/no-provisioner
+          needs an Available PersistentVolume of the class. A provisioner that
+          is neither a CSI driver the cluster knows nor a migrated in-tree one
+          (an external, non-CSI provisioner) cannot be seen from the API: it is
+          reported, not refused;
+        - its zone: the rendered affinity keeps the server in the Region's AZs
+          and an EBS volume attaches only in its own zone, so the class must
+          bind WaitForFirstConsumer (the volume is made where the server was
+          scheduled, as EKS's gp2 does) or confine allowedTopologies to those
+          AZs; an Immediate class picks the zone first, possibly a Local Zone
+          (where gp3 is not offered everywhere) or an AZ the server may not
+          run in, leaving the server Pending on a volume node affinity conflict.
+
+        An identity that may not list StorageClasses gets a note and no check.
+        """
+        values = manifests.helm_values
+        server = values.get("server") or {}
+        if server.get("enabled") in (False, "false") or (
+            server.get("enabled") in (None, "-") and (values.get("global") or {}).get("enabled") in (False, "false")
+        ):
+            return
+        classes = self._list_or_none("/apis/storage.k8s.io/v1/storageclasses")
+        if classes is None:
+            self.progress("cannot list StorageClasses (HTTP 403): the Consul server's volume is not checked")
+            return
+        by_name = {str(c["metadata"]["name"]): c for c in classes}
+        drivers = {str(d["metadata"]["name"]) for d in self._list_or_none("/apis/storage.k8s.io/v1/csidrivers") or []}
+        for n in self._list_or_none("/apis/storage.k8s.io/v1/csinodes") or []:
+            drivers |= {str(d.get("name")) for d in (n.get("spec") or {}).get("drivers") or []}
+        values_file = Path(manifests.root) / VALUES_FILE
+        claim = self._server_claim(manifests)
+        azs = [z.name for z in manifests.topology.region_zones]
+        problems: list[str] = []
+        fixes: list[str] = []
+
+        def driver_of(cls: Mapping[str, Any]) -> str:
+            prov = str(cls.get("provisioner", ""))
+            return CSI_MIGRATION.get(prov, prov)
+
+        def missing_driver(cls: Mapping[str, Any]) -> bool:
+            d = driver_of(cls)
+            return d in CSI_MIGRATION.values() and d not in drivers
+
+        def install_driver(d: str) -> str:
+            if d == EBS_CSI:
+                return (
+                    "install the aws-ebs-csi-driver add-on (aws eks create-addon --cluster-name <cluster> "
+                    "--addon-name aws-ebs-csi-driver, with an IAM role holding AmazonEBSCSIDriverPolicy)"
+                )
+            return f"install the CSI driver {d}"
+
+        wanted = str(server.get("storageClass") or "")
+        if wanted and wanted not in by_name:
+            problems.append(
+                f"server.storageClass {wanted!r} is no StorageClass of the cluster "
+                f"(there are: {', '.join(sorted(by_name)) or 'none'})"
+            )
+            fixes.append(f"set server.storageClass in {values_file} to one that exists, or create {wanted}")
+        chosen = by_name.get(wanted) if wanted else None
+        if not wanted:
+            marked = [
+                c
+                for c in classes
+                if any(((c["metadata"].get("annotations") or {}).get(a) == "true") for a in DEFAULT_CLASS_ANNOTATIONS)
+            ]
+            # as the API server picks among several defaults: the newest, then the first by name
+            marked.sort(key=lambda c: str(c["metadata"]["name"]))
+            marked.sort(key=lambda c: str(c["metadata"].get("creationTimestamp", "")), reverse=True)
+            chosen = marked[0] if marked else None
+            if chosen is None:
+                minor = self._eks_minor()
+                why = " (EKS 1.30 and later no longer mark gp2 as the default)" if minor and minor >= 30 else ""
+                problems.append(
+                    f"there is no default StorageClass and server.storageClass is empty in {values_file}{why}"
+                )
+                lacking = sorted({driver_of(c) for c in classes if missing_driver(c)})
+                for d in lacking:
+                    served = sorted(n for n, c in by_name.items() if driver_of(c) == d)
+                    provs = sorted({str(by_name[n].get("provisioner")) for n in served})
+                    problems.append(
+                        f"{', '.join(served)} cannot provision either: {d} (CSI driver of {', '.join(provs)}) is "
+                        f"not installed (no CSIDriver {d})"
+                    )
+                    if d == EBS_CSI:
+                        fixes.append(install_driver(d)[:-1] + "; add-on >= v1.31.0 with defaultStorageClass.enabled="
+                                     "true also adds a default class)")  # fmt: skip
+                example = "gp2" if "gp2" in by_name else (sorted(by_name) or ["<class>"])[0]
+                mark = f"kubectl annotate storageclass {example} storageclass.kubernetes.io/is-default-class=true"
+                if lacking:
+                    first = " and ".join(install_driver(d).split(" (")[0] for d in lacking)
+                    fixes.append(f"{first}, then mark a class default ({mark})")
+                else:
+                    fixes.append(f"mark a class default ({mark})")
+                fixes.append(f"set server.storageClass in {values_file} to a class whose provisioner runs")
+        if chosen is not None:
+            name = str(chosen["metadata"]["name"])
+            what = f"StorageClass {name}" + ("" if wanted else " (the default)")
+            prov = str(chosen.get("provisioner", ""))
+            d = driver_of(chosen)
+            if prov == NO_PROVISIONER:
+                pvs = self._list_or_none("/api/v1/persistentvolumes") or []
+                if not any(
+                    (pv.get("spec") or {}).get("storageClassName") == name
+                    and (pv.get("status") or {}).get("phase") == "Available"
+                    for pv in pvs
+                ):
+                    problems.append(f"{what} provisions nothing ({NO_PROVISIONER}) and has no Available volume")
+                    fixes.append(f"create a PersistentVolume of class {name}, or use a class with a provisioner")
+            elif missing_driver(chosen):
+                via = f" (in-tree, served by {d} since CSI migration)" if prov != d else ""
+                problems.append(f"{what} has provisioner {prov}{via}, and {d} is not installed (no CSIDriver {d})")
+                fixes.append(install_driver(d))
+                fixes.append(f"set server.storageClass in {values_file} to a class whose provisioner runs")
+            elif d not in drivers:
+                self.progress(
+                    f"{what}: provisioner {prov} is no CSI driver the cluster registers, so whether it runs cannot "
+                    "be checked (a server volume that never binds is named if the install times out)"
+                )
+            if chosen.get("volumeBindingMode", "Immediate") != "WaitForFirstConsumer" and not _confined(chosen, azs):
+                problems.append(
+                    f"{what} binds Immediate: the volume's zone is chosen before the server is scheduled and may "
+                    f"be a Local Zone or an AZ the server may not run in (its affinity keeps it in {', '.join(azs)}; "
+                    "an EBS volume attaches only in its own zone)"
+                )
+                fixes.append(
+                    f"use a class with volumeBindingMode WaitForFirstConsumer (as EKS's gp2), or confine {name}'s "
+                    f"allowedTopologies to {', '.join(azs)}"
+                )
+        if problems:
+            raise BackendError(
+                f"{self._where}: the Consul server's volume (PersistentVolumeClaim {claim}) would not be provisioned "
+                "where the server can use it, and without it the server never starts (helm waits 15 minutes, then "
+                f'says only "context deadline exceeded"): {"; ".join(problems)}. Fix: ' + "; or ".join(fixes)
+            )
+
+    def _helm_install(self, manifests: Manifests) -> None:
+        """Install the chart; if it fails while a claim of the release stays Pending, say which and why.
+
+        Why: helm's own message for a server that never starts is "context
+        deadline exceeded"; a server volume that is never provisioned (a
+        driver without permissions, no capacity, a class deleted meanwhile)
+        is the usual cause, and the claim's events say what went wrong.
+        """
+        try:
+            super()._helm_install(manifests)
+        except BackendError as exc:
+            try:
+                pending = self.pending_claims(self._release(manifests)["namespace"])
+            except KubeApiError:
+                raise exc from None
+            if not pending:
+                raise
+            raise BackendError(f"{exc}; the Consul server cannot start: {'; '.join(pending)}") from None
+
+    def pending_claims(self, namespace: str) -> list[str]:
+        """One line per claim in `namespace` that is not Bound: its name and its latest event (a warning first)."""
+        out = []
+        for pvc in self._list_or_none(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims") or []:
+            if (pvc.get("status") or {}).get("phase") == "Bound":
+                continue
+            name = str(pvc["metadata"]["name"])
+            selector = f"involvedObject.kind=PersistentVolumeClaim,involvedObject.name={name}"
+            events = self._list_or_none(f"/api/v1/namespaces/{namespace}/events", [("fieldSelector", selector)]) or []
+            events = [e for e in events if (e.get("involvedObject") or {}).get("name") == name]
+            warnings = [e for e in events if e.get("type") == "Warning"] or events
+            if warnings:
+                last = max(warnings, key=lambda e: (str(e.get("lastTimestamp") or e.get("eventTime") or ""),
+                                                    int(e.get("count") or 1)))  # fmt: skip
+                why = f"{last.get('reason')}: {' '.join(str(last.get('message', '')).split())[:300]}"
+            else:
+                why = "no events"
+            phase = (pvc.get("status") or {}).get("phase") or "Pending"
+            out.append(f"PersistentVolumeClaim {namespace}/{name} is still {phase} ({why})")
+        return out
+
     def plan_mesh_defaults(self, manifests: Manifests) -> MeshDefaultsPlan:
         """Decide, before applying anything, what happens to each mesh-wide entry the manifests hold.
 
@@ -730,12 +985,13 @@ class ExistingBackend(KubeBackend):
         self._require_zones(manifests.topology)
         if self.install_consul:
             self._helm_runner(manifests, manifests.meta.get("chart") or {})  # helm present (checked, not run)
+            self.check_server_storage(manifests)
         else:
             self.check_consul(manifests)
         self._save_state(manifests=str(Path(manifests.root).resolve()))
         cluster = self.cluster
         if self.install_consul:
-            release = manifests.meta.get("release") or {"name": HELM_RELEASE, "namespace": CONSUL_NAMESPACE}
+            release = self._release(manifests)
             ns_existed = cluster.exists("v1", "Namespace", None, str(release["namespace"]))
             self._save_state(installed_consul={**release, "namespace_created": not ns_existed})
             self._helm_install(manifests)
@@ -1005,6 +1261,16 @@ class ExistingBackend(KubeBackend):
 
     def clear_link(self, zone: str) -> None:
         """Nothing to undo: this backend never changes a service link (safe as a rollback)."""
+
+
+def _confined(cls: Mapping[str, Any], zones: Sequence[str]) -> bool:
+    """A StorageClass whose allowedTopologies keep every volume in `zones` (each term limits the zone to them)."""
+    terms = cls.get("allowedTopologies") or []
+    return bool(terms) and all(
+        any(e.get("key") in ZONE_KEYS and set(e.get("values") or []) <= set(zones)
+            for e in t.get("matchLabelExpressions") or [])
+        for t in terms
+    )  # fmt: skip
 
 
 def _first(items: Sequence[str], n: int = 5) -> str:
