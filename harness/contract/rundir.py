@@ -187,6 +187,7 @@ CHAOS_COLUMNS = {
     "expected_error_budget": "DOUBLE",
     "single_point_of_failure": "VARCHAR[]",
     "expected_why": "VARCHAR",
+    "node": "VARCHAR",  # kill_node: the node stopped
 }
 ENTRYPOINT_COLUMNS = {
     "ts": "DOUBLE",

@@ -19,6 +19,8 @@ Tables after `load_run`:
 - `services(name, placement)`; `calls(caller, upstream)` (the call graph).
 - `requests(ts, zone, endpoint, name, status, latency_ms, ok, error)`.
 - `inventory` (= `inv`), `intervals`, `consul_names` (see observe).
+- `node_fault_pods(fault, inject, pod, ip, node, zone, service, implied)`: the pods a
+  node fault (kill_node, zone_outage) killed (`_node_fault_pods`).
 - `chaos(ts, fault, phase, action, kind, zone, service, services, entry_down)`.
 - `entrypoints(ts, zone, url, up, reason)`.
 - `upstream_stats(...)`: upstream-stats.jsonl plus `caller_zone`, `caller_service`
@@ -29,7 +31,8 @@ Tables after `load_run`:
   no upstream host), `placement` of the upstream and `ok`.
 
 Readiness (`RunData.down`): a (zone, service) is *up* while at least one of
-its pods is ready (`ready`/`unready` inventory events; `removed` is unready).
+its pods is ready (`ready`/`unready` inventory events; `removed` is unready; a pod
+on a node the harness stopped is unready from the inject, `_node_fault_pods`).
 `RunData.spill`: it is up but *spills*: so few of its registered pods are
 ready that Envoy sends part of the traffic to the next failover target
 (`spills`; e.g. one of two replicas unready, or a replacement not yet ready
@@ -133,6 +136,7 @@ class Fault:
     expected_budget: float | None = None
     spof: tuple[str, ...] = ()
     expected_why: str = ""
+    node: str | None = None  # kill_node: the node stopped (chaos.jsonl `node`)
 
 
 @dataclass
@@ -250,6 +254,7 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     ]
     if unknown:
         notes.append(f"records name zones the topology does not have: {', '.join(unknown)}")
+    _node_fault_pods(run)
     _readiness(run)
     _documents(run, skipped)
     skipped += _recording_problems(con, run_dir, notes)
@@ -511,11 +516,11 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
     """Pair inject and restore records per fault id (sorted by time, not file order)."""
     rows = con.execute(
         "SELECT ts, fault, phase, action, kind, zone, service, services, entry_down, expected_error_budget, "
-        "single_point_of_failure, expected_why FROM chaos ORDER BY ts, phase"
+        "single_point_of_failure, expected_why, node FROM chaos ORDER BY ts, phase"
     ).fetchall()
     open_: dict[str, dict[str, object]] = {}
     done: list[Fault] = []
-    for ts, fault, phase, action, kind, zone, service, services, entry_down, budget, spof, why in rows:
+    for ts, fault, phase, action, kind, zone, service, services, entry_down, budget, spof, why, node in rows:
         if not fault:
             notes.append(f"chaos record at {ts} has no fault id; ignored")
             continue
@@ -542,6 +547,7 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
                 "expected_budget": budget,
                 "spof": tuple(spof or ()),
                 "expected_why": why or "",
+                "node": node or None,
             }
         elif phase == "restore":
             if fault not in open_:
@@ -575,15 +581,73 @@ def spills(ready: int, registered: int) -> bool:
     return ready > 0 and ready * OVERPROVISIONING < registered
 
 
+NODE_FAULT_ACTIONS = ("kill_node", "zone_outage")
+"""Chaos actions that stop whole nodes: kill_node (its record's `node`) and zone_outage (every node of its zone)."""
+
+
+def _node_fault_pods(run: RunData) -> None:
+    """Table `node_fault_pods`: the pods each node fault killed, and whether the verifier must down them itself.
+
+    Why: a stopped node is dead at once, but the Kubernetes API does not say
+    so. On kind (`docker stop` of the node's container) and EKS the kubelet
+    stops reporting; the node controller marks the node's pods not Ready only
+    after its grace period (40-50 s, consul-k8s deregisters them after that),
+    longer than our faults. The inventory, a watch of the API, so shows them
+    Ready through the whole fault; after the restore the booting kubelet sets
+    them unready, they usually get a new IP (an `ip` event) and are `ready`
+    again. The local backend instead writes them `removed` at the inject.
+    The chaos record is the truth about what the harness did, so a pod that
+    was on a stopped node (inventory `node` at the inject; a zone_outage
+    stops every node of its zone) and alive at the inject counts as not ready
+    from the inject until its next `ready` event after it (`implied`: an
+    `unready` at the inject that `_readiness` adds), unless the inventory
+    itself has it unready or removed between the inject and the restore (the
+    local backend: then its own record stands and nothing changes). The IP
+    each held at the inject is one of the fault's dead IPs
+    (`FaultMeasurer._detection`). Hop attribution (`intervals`) is untouched.
+    """
+    run.con.execute(
+        "CREATE TABLE node_fault_pods (fault VARCHAR, inject DOUBLE, pod VARCHAR, ip VARCHAR, node VARCHAR, "
+        "zone VARCHAR, service VARCHAR, implied BOOLEAN)"
+    )
+    for f in run.faults:
+        if f.action not in NODE_FAULT_ACTIONS or (f.action == "kill_node" and not f.node):
+            continue
+        restore = f.restore if f.restore is not None else float("inf")
+        run.con.execute(
+            """
+            INSERT INTO node_fault_pods
+            SELECT ?, ?, i.pod, i.ip, n.node, i.zone, i.service,
+                   NOT EXISTS (SELECT 1 FROM inv d WHERE d.pod = i.pod AND d.event IN ('unready', 'removed')
+                               AND d.ts >= ? AND d.ts <= ?) AS implied
+            FROM intervals i
+            JOIN (SELECT pod, arg_max(node, ts) AS node FROM inv WHERE ts <= ? AND node IS NOT NULL GROUP BY pod) n
+              ON n.pod = i.pod
+            WHERE i.start_ts <= ? AND coalesce(i.end_ts, 'infinity'::DOUBLE) > ?
+              AND i.zone IS NOT NULL AND i.service IS NOT NULL
+              AND (CASE WHEN ? = 'kill_node' THEN n.node = ? ELSE i.zone = ? END)
+            """,
+            [f.fault, f.inject, f.inject, restore, f.inject, f.inject, f.inject, f.action, f.node or "", f.zone],
+        )
+
+
 def _readiness(run: RunData) -> None:
-    """Down and spill intervals per (zone, service) and per (Region, service), from the inventory (few rows)."""
+    """Down and spill intervals per (zone, service) and per (Region, service), from the inventory (few rows).
+
+    Plus the `unready` a node fault implies at its inject (`_node_fault_pods`).
+    """
     # Events at the same instant keep the writer's order (one pod's unready then ready stays so); a
     # hand-over between two pods at one instant is a zero-length outage, which is dropped below.
     rows = run.con.execute(
-        "SELECT ts, event, pod, zone, service FROM inv WHERE zone IS NOT NULL AND service IS NOT NULL "
-        "ORDER BY ts, rowid"
+        "SELECT ts, event, pod, zone, service, src FROM ("
+        "SELECT ts, event, pod, zone, service, 0 AS src, rowid AS seq FROM inv "
+        "WHERE zone IS NOT NULL AND service IS NOT NULL "
+        "UNION ALL SELECT DISTINCT inject, 'unready', pod, zone, service, 1, 0 FROM node_fault_pods WHERE implied"
+        ") ORDER BY ts, src, seq"
     ).fetchall()
-    run.readiness_events = any(r[1] in ("ready", "unready") for r in rows)
+    run.readiness_events = any(r[1] in ("ready", "unready") and r[5] == 0 for r in rows)
+    # an older inventory (no readiness events) has no `ready` to end an implied unready: judged as before
+    rows = [r[:5] for r in rows if r[5] == 0 or run.readiness_events]
     if rows and not run.readiness_events:
         run.notes.append(
             "the inventory has no ready/unready events (an older inventory): "

@@ -347,7 +347,10 @@ class FaultMeasurer(CheckBase):
         the budget, and two would have failed a correct mesh. As for a
         failover pair: the span runs from the inject to the last failed hop
         sent to one of those pods, at most maxFailoverS past the inject (a
-        mesh slower than that has the rest counted).
+        mesh slower than that has the rest counted). The killed pods: those
+        whose IP was let go between the inject and the restore, and those on
+        the nodes a node fault stopped (`rundata._node_fault_pods`: on
+        kind/EKS the API lets their IPs go only after the restore).
         """
         end = f.restore if f.restore is not None else max(self.run_end, f.inject)
         bound = f.inject + self.slo.max_failover_s
@@ -355,10 +358,14 @@ class FaultMeasurer(CheckBase):
         for z, u, callers in self.pairs:
             if zone_is_edge(self.t, z) or u not in f.services:
                 continue
+            # a node fault's pods died at the inject, whenever the API's view let their IPs go (kind/EKS: after
+            # the restore; rundata._node_fault_pods)
             rows = self.con.execute(
                 "SELECT DISTINCT ip FROM intervals WHERE zone = ? AND service = ? AND ip IS NOT NULL "
-                "AND start_ts < ? AND end_ts BETWEEN ? AND ?",
-                [f.zone, u, f.inject, f.inject, end],
+                "AND start_ts < ? AND end_ts BETWEEN ? AND ? "
+                "UNION SELECT ip FROM node_fault_pods WHERE fault = ? AND inject = ? AND zone = ? AND service = ? "
+                "AND ip IS NOT NULL",
+                [f.zone, u, f.inject, f.inject, end, f.fault, f.inject, f.zone, u],
             ).fetchall()
             ips = tuple(sorted(str(r[0]) for r in rows))
             if not ips:
