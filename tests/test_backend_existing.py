@@ -376,8 +376,15 @@ NO_DEFAULT_NO_DRIVER = (
             r"us-west-2a, us-west-2b; an EBS volume attaches only in its own zone\)\. Fix: use a class with "
             r"volumeBindingMode WaitForFirstConsumer \(as EKS's gp2\), or confine gp3-now's allowedTopologies",
         ),
+        (  # a default class of pre-made local volumes, none of them Available
+            {"no_provisioner_default": True},
+            {},
+            r"StorageClass local-disks \(the default\) provisions nothing \(kubernetes.io/no-provisioner\) and has no "
+            r"Available volume\. Fix: create a PersistentVolume of class local-disks, or use a class with a "
+            r"provisioner$",
+        ),
     ],
-    ids=["new-eks-1.30", "gp2-default-no-driver", "no-such-class", "immediate-binding"],
+    ids=["new-eks-1.30", "gp2-default-no-driver", "no-such-class", "immediate-binding", "no-provisioner"],
 )
 def test_install_consul_refuses_a_server_volume_that_cannot_be_provisioned_before_anything_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, storage: dict[str, Any], values: dict[str, Any], message: str
@@ -397,6 +404,13 @@ def test_install_consul_refuses_a_server_volume_that_cannot_be_provisioned_befor
                 "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
                 "metadata": {"name": "gp3-now", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
                 "provisioner": "ebs.csi.aws.com", "parameters": {"type": "gp3"},
+            })  # fmt: skip
+        if storage.get("no_provisioner_default"):
+            server.seed(c, {
+                "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {"name": "local-disks",
+                             "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+                "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer",
             })  # fmt: skip
         m = _with_server_values(rendered(tmp_path), values)
         before = _mutations(server)

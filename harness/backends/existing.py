@@ -106,7 +106,6 @@ from harness.backends.kube import (
 from harness.backends.kube.api import pod_finished
 from harness.backends.kube.backend import HelmRun, KubeBackend
 from harness.backends.kube.forward import find_tool
-from harness.contract.names import CONSUL_NAMESPACE, HELM_RELEASE
 from harness.errors import BackendError, InputError
 from harness.render.layout import VALUES_FILE
 
@@ -709,10 +708,6 @@ class ExistingBackend(KubeBackend):
             )
         self.progress(f"using Consul {found.version} in namespace {found.namespace} (release {found.release})")
 
-    def _release(self, manifests: Manifests) -> dict[str, str]:
-        release = manifests.meta.get("release") or {"name": HELM_RELEASE, "namespace": CONSUL_NAMESPACE}
-        return {"name": str(release["name"]), "namespace": str(release["namespace"])}
-
     def _server_claim(self, manifests: Manifests) -> str:
         """namespace/name of the first Consul server's claim, as the chart names it.
 
@@ -720,7 +715,7 @@ class ExistingBackend(KubeBackend):
         `<fullname>-server` (fullname = global.name when set); the StatefulSet controller names the claim
         `<template>-<pod>`.
         """
-        release = self._release(manifests)
+        release = self.helm_release(manifests)
         ns = release["namespace"]
         name = str((manifests.helm_values.get("global") or {}).get("name") or "")
         if not name:
@@ -909,7 +904,7 @@ class ExistingBackend(KubeBackend):
             super()._helm_install(manifests)
         except BackendError as exc:
             try:
-                pending = self.pending_claims(self._release(manifests)["namespace"])
+                pending = self.pending_claims(self.helm_release(manifests)["namespace"])
             except KubeApiError:
                 raise exc from None
             if not pending:
@@ -991,7 +986,7 @@ class ExistingBackend(KubeBackend):
         self._save_state(manifests=str(Path(manifests.root).resolve()))
         cluster = self.cluster
         if self.install_consul:
-            release = self._release(manifests)
+            release = self.helm_release(manifests)
             ns_existed = cluster.exists("v1", "Namespace", None, str(release["namespace"]))
             self._save_state(installed_consul={**release, "namespace_created": not ns_existed})
             self._helm_install(manifests)

@@ -46,7 +46,9 @@ from harness.backends.kube.inventory import InventoryWatcher
 from harness.backends.kube.logs import KubeLogSources
 from harness.contract.inventory import Inventory
 from harness.contract.names import (
+    CONSUL_NAMESPACE,
     DATAPLANE_CONTAINER,
+    HELM_RELEASE,
     LABEL_APP,
 )
 from harness.contract.rundir import ENTRYPOINTS_FILE, INVENTORY_FILE
@@ -340,10 +342,16 @@ class KubeBackend(Backend):
                     target.write_text(json.dumps({"error": str(exc)}) + "\n")
 
     # -- lifecycle helpers ---------------------------------------------------
+    @staticmethod
+    def helm_release(manifests: Manifests) -> dict[str, str]:
+        """The Consul Helm release (name, namespace) the manifests name, else the chart's defaults."""
+        release = manifests.meta.get("release") or {"name": HELM_RELEASE, "namespace": CONSUL_NAMESPACE}
+        return {"name": str(release["name"]), "namespace": str(release["namespace"])}
+
     def _helm_install(self, manifests: Manifests) -> None:
         """Install Consul from the pinned chart the manifests name, with their rendered values."""
         chart = manifests.meta.get("chart") or {}
-        release = manifests.meta.get("release") or {"name": "consul", "namespace": "consul"}
+        release = self.helm_release(manifests)
         helm = self._helm_runner(manifests, chart)
         self.workdir.mkdir(parents=True, exist_ok=True)
         values = self.workdir / "consul-values.yaml"
@@ -501,7 +509,7 @@ class KubeBackend(Backend):
 
     def _consul_ui(self) -> tuple[str, str, int]:
         """(namespace, Service, port) of the chart's UI Service, which fronts the Consul servers' HTTP API."""
-        release = self.manifests().meta.get("release") or {"name": "consul", "namespace": "consul"}
+        release = self.helm_release(self.manifests())
         found = self.cluster.find_consul()
         if found is not None and found.ui_service:
             return found.namespace, found.ui_service, found.ui_port
