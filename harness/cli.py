@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "zone served 20 requests")  # fmt: skip
     p.add_argument("--cooldown", type=_SECONDS, default=8.0,
                    help="at most this many seconds of traffic after the last experiment: it stops as soon as every "
-                        "zone served 20 requests after it")  # fmt: skip
+                        "zone served 20 requests after the last fault's restore")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     p.add_argument(
         "--workers-in-zone", action="store_true",

@@ -19,6 +19,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,8 +47,9 @@ if TYPE_CHECKING:
 
 TRAFFIC_BOUND_S = 6 * 3600.0
 WARM_REQUESTS = 20  # successful user requests per zone before the first fault
-WARMUP_BOUND_S = 8.0  # the longest a warm-up waits for every zone's users before the probe budget measures
-COOL_REQUESTS = 20  # ... and per zone after the last experiment (its recovery on record), before traffic stops
+BUDGET_AFTER_REQUESTS = 5  # ... of them served before the probe budget measures (the shop running, not starting)
+WARMUP_BOUND_S = 8.0  # the longest a warm-up (the probe budget included) waits for every zone's users
+COOL_REQUESTS = 20  # ... and per zone after the last restore (its recovery on record), before traffic stops
 
 
 def probe_periods(t: Topology, zones: list[str], base_s: float) -> dict[str, float]:
@@ -194,16 +196,63 @@ def _upstream_snapshot(backend: Backend, run_dir: Path, label: str) -> Any:
     return snapshot_quietly(backend, run_dir, label)
 
 
-def fit_probes(traffic: TrafficRunner, served: RequestWatch, say: Callable[[str], None]) -> None:
-    """The probe budget (harness.traffic.budget): probes no faster than this machine carries.
+def take_down(backend: Backend, keep: bool, say: ProgressFn) -> None:
+    """The cluster down (unless kept) and the backend's connections closed, whatever happens."""
+    try:
+        if not keep:
+            say("down")
+            backend.down()
+    finally:
+        backend.close()
 
-    Called after the warm-up (every zone's users served), so the budget
-    measures the running shop, not its start. Only for probes running on
-    this machine: locust workers in the zones' pods do not read its file.
+
+def cooldown_since(run_dir: Path, ended: float) -> float:
+    """Where the cool-down counts users' requests from: the last restore in chaos.jsonl, when every fault was restored.
+
+    The cool-down is there to put the last recovery on record (every zone
+    served again after it). The requests the last experiment's own pause and
+    steady-state check carried after that restore are that record already;
+    counting from the end of the experiments made every run wait for as many
+    again. With a fault still active (its experiment stopped before restoring
+    it) or no fault at all: from `ended`, the end of the experiments.
+    """
+    from harness.progress import read_run_dir
+
+    snap = read_run_dir(run_dir)
+    restores: list[float] = []
+    for rec in snap.events:
+        if rec.get("phase") == "restore":
+            with contextlib.suppress(TypeError, ValueError):
+                restores.append(float(rec.get("ts")))  # type: ignore[arg-type]
+    if snap.active or not restores:
+        return ended
+    return min(max(restores), ended)
+
+
+def warm_up(traffic: TrafficRunner, served: RequestWatch, bound_s: float, say: Callable[[str], None],
+            fit: bool = True) -> None:  # fmt: skip
+    """Every zone's users served WARM_REQUESTS before the first fault, the probe budget measured meanwhile.
+
+    The probe budget (harness.traffic.budget: probes no faster than this
+    machine carries) measures the running shop, not its start, so it starts
+    once every zone's users are past their first requests
+    (BUDGET_AFTER_REQUESTS each); the requests its window carries count
+    towards the warm-up's. Measured after the whole warm-up, its window
+    (1.5 s) was added to every run. Its line is said when the warm-up is
+    complete: a game day's chaos waits for it. `fit` False: locust workers in
+    the zones' pods, which do not read the budget's file. `bound_s` bounds the
+    whole warm-up, budget included.
     """
     from harness.traffic import ProbeBudget
 
-    say(ProbeBudget(traffic.budget_file, traffic.periods, served.rates).settle().summary())
+    deadline = time.monotonic() + bound_s
+    summary = None
+    if fit:
+        served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s)
+        summary = ProbeBudget(traffic.budget_file, traffic.periods, served.rates).settle().summary()
+    served.wait(0.0, WARM_REQUESTS, max(0.0, deadline - time.monotonic()))
+    if summary is not None:
+        say(summary)
 
 
 def record_traffic(
@@ -241,9 +290,8 @@ def record_traffic(
                                probe_period_s=DEFAULT_PROBE_PERIOD_S if probe_period_s is None else probe_period_s,
                                probe_zones=probe_zones) as traffic:  # fmt: skip
                 served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
-                served.wait(0.0, WARM_REQUESTS, WARMUP_BOUND_S)
-                # the game day's chaos waits for this line: probes sized to the machine before any fault
-                fit_probes(traffic, served, print)
+                # the game day's chaos waits for the budget's line: probes sized to the machine before any fault
+                warm_up(traffic, served, WARMUP_BOUND_S, print)
                 traffic.wait(timeout=duration_s + START_GRACE_S)
             result = traffic.result
         finally:
@@ -407,9 +455,7 @@ def run_e2e(
                     mark_run(run_dir, "traffic")
                     # every zone's users served before the first fault, not a fixed pause (warmup_s bounds it)
                     served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
-                    served.wait(0.0, WARM_REQUESTS, opts.warmup_s)
-                    if workers is None:  # probes running here: no faster than this machine carries
-                        fit_probes(traffic, served, say)
+                    warm_up(traffic, served, opts.warmup_s, say, fit=workers is None)  # probes running here: sized
                     for p in planned:
                         mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")
@@ -420,7 +466,7 @@ def run_e2e(
                         say(f"chaos: {p.id} {'ran as planned' if res.ok else 'FAILED: ' + str(res.reason)}")
                     mark_run(run_dir, "cooldown")
                     # the last fault's recovery on record: every zone served again after it (cooldown_s bounds it)
-                    served.wait(time.time(), COOL_REQUESTS, opts.cooldown_s)
+                    served.wait(cooldown_since(run_dir, time.time()), COOL_REQUESTS, opts.cooldown_s)
                     say("traffic: stopping")
             finally:
                 say("traffic: stopped")
@@ -429,20 +475,19 @@ def run_e2e(
                     workers.stop()
     except BaseException as exc:
         mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        take_down(backend, opts.keep, say)
         raise
-    finally:
-        try:
-            if not opts.keep:
-                say("down")
-                backend.down()
-        finally:
-            backend.close()
-    say("observe: hop records from the sidecars' access logs")
-    build_hops(run_dir, jsonl=False)  # Parquet: a long run's hops are no JSON to wait for
-    mark_run(run_dir, "verify", "complete")  # every record is in; what follows only reads them
-    with judged(run_dir) as (run, verdict):  # loaded once: the report draws from the run the verdict judged
-        write_verdict(run_dir, verdict)
-        write_report(run_dir, verdict, run)
-        write_junit(run_dir, verdict)
+    # Every record is in the run directory now: the cluster comes down while they are read (its second or so
+    # hidden behind observe and verify); its error is raised after them, and Ctrl-C still waits for it.
+    with ThreadPoolExecutor(1, thread_name_prefix="eh-down") as pool:
+        downed = pool.submit(take_down, backend, opts.keep, say)
+        say("observe: hop records from the sidecars' access logs")
+        build_hops(run_dir, jsonl=False)  # Parquet: a long run's hops are no JSON to wait for
+        mark_run(run_dir, "verify", "complete")  # every record is in; what follows only reads them
+        with judged(run_dir) as (run, verdict):  # loaded once: the report draws from the run the verdict judged
+            write_verdict(run_dir, verdict)
+            write_report(run_dir, verdict, run)
+            write_junit(run_dir, verdict)
+        downed.result()
     passed = bool(verdict.passed) and chaos_ok
     return E2EResult(run_dir, name, passed, verdict, chaos_ok, messages)

@@ -664,6 +664,52 @@ def test_the_shop_probe_says_why_it_got_no_answer(caplog: pytest.LogCaptureFixtu
     assert any("no answer from" in r.message and "ConnectError" in r.message for r in caplog.records), caplog.text
 
 
+def test_every_shop_is_asked_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steady-state probe asks every zone at once: asked in turn, six zones' user latencies added up to half a
+    second per look, before and after every experiment. Each shop here answers only once every zone's question is
+    in (a barrier), so asking in turn can only fail; one shop that says 503 still fails the probe."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    zones = ["lax", "las", "phx", "den"]
+    barrier = threading.Barrier(len(zones), timeout=5.0)
+    failing: set[int] = set()
+
+    class Shop(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            try:
+                barrier.wait()
+                code = 503 if self.server.server_address[1] in failing else 200
+            except threading.BrokenBarrierError:
+                code = 500
+            body = b'{"data": {"coffees": []}}'
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Shop) for _ in zones]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    class Backend:
+        def entrypoints(self) -> dict[str, str]:
+            return {z: f"http://127.0.0.1:{srv.server_address[1]}" for z, srv in zip(zones, servers, strict=True)}
+
+    monkeypatch.setattr(actions, "_backend", lambda configuration=None: Backend())
+    try:
+        assert probes.every_shop_answers() is True
+        failing.add(servers[2].server_address[1])
+        assert probes.every_shop_answers() is False
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+
+
 def test_every_harness_action_is_classed_as_making_or_undoing_a_fault() -> None:
     """`experiment-ran` asks a fault action's output for the fault it recorded (harness.contract.journal): an
     action added to PRIMITIVE_OF must be put in FAULT_ACTIONS or named here as one that undoes a fault."""

@@ -35,3 +35,28 @@ def test_waits_until_every_zone_served_since_the_given_time(tmp_path: Path) -> N
     assert w.served(0.0) == {"a": 1, "b": 1}
     assert w.served(1.5) == {"a": 0, "b": 1}
     assert w.wait(5.0, 1, 0.05) is False  # nothing since t=5: bounded
+
+
+def _fault(ts: object, fault: str, phase: str) -> str:
+    return json.dumps({"ts": ts, "fault": fault, "phase": phase, "action": "kill_pod", "zone": "a"}) + "\n"
+
+
+def test_the_cooldown_counts_from_the_last_restore_when_every_fault_was_restored(tmp_path: Path) -> None:
+    """The last recovery is on record once every zone was served after the last restore: requests the last
+    experiment carried after it count, so the cool-down does not wait for as many again. A fault left active, or
+    none made, counts from the end of the experiments."""
+    from harness.e2e import cooldown_since
+
+    chaos = tmp_path / "chaos.jsonl"
+    assert cooldown_since(tmp_path, 100.0) == 100.0  # no chaos.jsonl: no fault made
+    lines = [(10.0, "f1", "inject"), (20.0, "f1", "restore"), (30.0, "f2", "inject"), (45.0, "f2", "restore"),
+             (40.0, "f3", "inject"), (41.0, "f3", "restore")]  # fmt: skip
+    chaos.write_text("".join(_fault(*line) for line in lines))
+    assert cooldown_since(tmp_path, 100.0) == 45.0  # the latest restore, not the last line's
+    assert cooldown_since(tmp_path, 44.0) == 44.0  # never after the end of the experiments
+    with chaos.open("a") as fh:
+        fh.write(_fault("late", "f4", "inject") + _fault(None, "f4", "restore"))  # no usable time: skipped
+    assert cooldown_since(tmp_path, 100.0) == 45.0
+    with chaos.open("a") as fh:
+        fh.write(_fault(60.0, "f5", "inject"))  # left active by a failed experiment
+    assert cooldown_since(tmp_path, 100.0) == 100.0

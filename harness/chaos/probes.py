@@ -8,6 +8,7 @@ or roles, as for the actions; `zones` takes a list (e.g. "every Local Zone").
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -94,9 +95,12 @@ def shop_answers(zone: str, configuration: dict[str, Any] | None = None) -> int:
     return _shop_status(b.entrypoints()[actions._zone(b, zone, configuration)])
 
 
-def _shop_status(url: str) -> int:
+def _shop_status(url: str, client: httpx.Client | None = None) -> int:
     try:
-        r = httpx.post(f"{url}/api", json=COFFEES, timeout=SHOP_TIMEOUT)
+        if client is None:
+            r = httpx.post(f"{url}/api", json=COFFEES, timeout=SHOP_TIMEOUT)
+        else:
+            r = client.post(f"{url}/api", json=COFFEES)
     except httpx.HTTPError as exc:  # 0 says only "no answer": the log says which (refused, reset, timed out)
         logger.warning("shop probe: no answer from %s/api: %s: %s", url, type(exc).__name__, exc)
         return 0
@@ -115,7 +119,12 @@ def every_shop_answers(zones: Any = None, configuration: dict[str, Any] | None =
     b = actions._backend(configuration)
     entry = b.entrypoints()
     wanted = _zones(zones, configuration)
-    return all(_shop_status(entry[z]) == 200 for z in (wanted if wanted is not None else entry))
+    urls = [entry[z] for z in (wanted if wanted is not None else entry)]
+    # every zone asked at once, over one client: asked in turn, each zone's user latency and a new client's
+    # set-up (~20 ms) added up to 0.5 s per look on six zones, and the probe runs before and after every experiment
+    with httpx.Client(timeout=SHOP_TIMEOUT) as client, ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
+        statuses = list(pool.map(lambda url: _shop_status(url, client), urls))
+    return all(code == 200 for code in statuses)
 
 
 __all__ = ["all_pods_ready", "every_shop_answers", "shop_answers", "zone_has_ready"]

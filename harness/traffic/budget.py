@@ -16,7 +16,7 @@ failed on a slow one. The budget makes the verdict the mesh's again: the
 harness fits its own load to the machine and says what that cost in
 resolution, which the verdict prints per figure anyway.
 
-How (`ProbeBudget.settle`, once, between e2e's warm-up and the first fault):
+How (`ProbeBudget.settle`, once, during e2e's warm-up, before the first fault):
 measure the host's busy share (`harness.contract.hostcpu`, the same figure as
 `host.jsonl`) and the requests answered over a short window at the probes'
 set periods. Within `target` (60 %): done, nothing changes. Otherwise slow
