@@ -419,6 +419,8 @@ class ClusterSim:
         self.server_version: dict[str, str] = {"major": "1", "minor": "31", "gitVersion": "v1.31.0"}
         self.provisioners_running: set[str] = {LOCAL_PATH}  # non-CSI provisioners; a CSI driver runs with its CSIDriver
         self.csi_broken: dict[str, str] = {}  # CSI driver -> why its controller fails CreateVolume (e.g. no IAM role)
+        # (verb, resource) the caller's RBAC does not grant: answered 403 with the authorizer's message
+        self.forbidden: set[tuple[str, str]] = set()
         self._pv_events: dict[tuple[str, str, str], float] = {}  # (claim uid, reason, message) -> last emitted
         for (api_version, plural), info in CORE_RESOURCES.items():
             self.resources[(api_version, plural)] = info
@@ -785,6 +787,9 @@ class ClusterSim:
         name = request.name
         method = str(request.method.value).upper()
         params = dict(request.params)
+        denied = self._forbidden(method, key, ns, name, params)
+        if denied is not None:
+            return aiohttp.web.json_response(status_obj(403, "Forbidden", denied), status=403)
         try:
             if method == "GET" and params.get("watch") in ("true", "1"):
                 return await self._serve_watch(request, key, ns, params)
@@ -813,6 +818,28 @@ class ClusterSim:
         except ApiError as exc:
             return aiohttp.web.json_response(status_obj(exc.code, exc.reason, str(exc)), status=exc.code)
         return aiohttp.web.json_response(status_obj(405, "MethodNotAllowed", "method not allowed"), status=405)
+
+    def _forbidden(
+        self, method: str, key: tuple[str, str], ns: str | None, name: str | None, params: dict[str, str]
+    ) -> str | None:
+        """RBAC's answer when `forbidden` holds the request's (verb, resource): the authorizer's message, else None.
+
+        The message as kube-apiserver writes it (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
+        responsewriters/errors.go `ForbiddenStatus`).
+        """
+        if method == "GET":
+            verb = "watch" if params.get("watch") in ("true", "1") else ("get" if name else "list")
+        else:
+            verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(method, method.lower())
+        plural = key[1]
+        if (verb, plural) not in self.forbidden:
+            return None
+        group = key[0].split("/", 1)[0] if "/" in key[0] else ""
+        qualified = f"{plural}.{group}" if group else plural  # the GroupResource, as the message names it
+        what = f'{qualified} "{name}"' if name else qualified
+        where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+        who = 'User "edge-harness"'
+        return f'{what} is forbidden: {who} cannot {verb} resource "{plural}" in API group "{group}"{where}'
 
     def _filtered(self, key: tuple[str, str], ns: str | None, params: dict[str, str]) -> list[Obj]:
         sel = parse_selector(params.get("labelSelector", ""))

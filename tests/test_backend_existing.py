@@ -446,6 +446,105 @@ def test_install_consul_takes_the_class_the_values_name(
     b.close()
 
 
+def test_down_deletes_the_server_volume_its_install_made_in_a_namespace_it_did_not_create(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`helm uninstall` keeps a StatefulSet's claims (hashicorp/consul#4891). A Consul namespace `up` created goes
+    with them; one that was there before stays, and so did the server's EBS volume, whose old Raft data the next
+    night's install then started from. `down` deletes the claims of the release it installed, and only those."""
+    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
+    _helm_tools(tmp_path, api, monkeypatch)
+    c = _new_eks(api, tmp_path, ebs_csi_addon=True, addon_default_class=True)
+    c.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "consul"}})
+    other = {"app": "consul", "release": "other", "component": "server"}  # another release's server volume
+    theirs = {"metadata": {"name": "data-theirs", "labels": other},
+              "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}  # fmt: skip
+    c.request("POST", "/api/v1/namespaces/consul/persistentvolumeclaims", body=theirs)
+    b = _backend(api, tmp_path, install_consul=True)
+    b.up(rendered(tmp_path))
+    assert _claim(c)["status"]["phase"] == "Bound"
+    said: list[str] = []
+    b.progress = said.append
+    b.down()
+    claims = c.request("GET", "/api/v1/namespaces/consul/persistentvolumeclaims")["items"]
+    assert [x["metadata"]["name"] for x in claims] == ["data-theirs"]  # ours gone, another release's kept
+    assert c.exists("v1", "Namespace", None, "consul")  # not created by the run: kept
+    assert any("data-consul-consul-server-0" in line for line in said), said
+
+
+def _default_class(name: str, provisioner: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": name, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": provisioner, **spec}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "note"),
+    [
+        ("cannot-list-classes", "cannot list StorageClasses (HTTP 403): the Consul server's volume is not checked"),
+        ("external-provisioner", "provisioner example.com/nfs is no CSI driver the cluster registers"),
+        ("immediate-confined-to-the-region", None),
+    ],
+)
+def test_install_consul_goes_ahead_when_the_server_volume_check_cannot_object(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, note: str | None
+) -> None:
+    """The check's other outcomes: an identity that may not list StorageClasses, and a provisioner that is no CSI
+    driver (an external one: whether it runs cannot be seen from the API), get a note and the install goes ahead;
+    an Immediate class whose allowedTopologies keep volumes in the Region's AZs passes with nothing said (the
+    volume cannot land in a Local Zone). In each the server's claim is bound."""
+    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
+    _helm_tools(tmp_path, api, monkeypatch)
+    c = _new_eks(api, tmp_path, ebs_csi_addon=True, addon_default_class=case == "cannot-list-classes")
+    if case == "cannot-list-classes":
+        api.sim.forbidden.add(("list", "storageclasses"))
+    if case == "external-provisioner":
+        api.seed(c, _default_class("nfs", "example.com/nfs", volumeBindingMode="WaitForFirstConsumer"))
+        api.sim.provisioners_running.add("example.com/nfs")
+    if case == "immediate-confined-to-the-region":
+        azs = {
+            "matchLabelExpressions": [{"key": "topology.kubernetes.io/zone", "values": ["us-west-2a", "us-west-2b"]}]
+        }
+        api.seed(c, _default_class("gp3-region", "ebs.csi.aws.com", allowedTopologies=[azs]))
+    said: list[str] = []
+    b = _backend(api, tmp_path, install_consul=True, progress=said.append)
+    b.up(rendered(tmp_path))
+    volume_notes = [line for line in said if "StorageClass" in line or "provisioner" in line]
+    if note is None:
+        assert volume_notes == [], said
+    else:
+        assert len(volume_notes) == 1 and note in volume_notes[0], said
+    assert _claim(c)["status"]["phase"] == "Bound"
+    if case == "immediate-confined-to-the-region":
+        pv = c.request("GET", f"/api/v1/persistentvolumes/{_claim(c)['spec']['volumeName']}")
+        zone = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+        assert zone[0] in ("us-west-2a", "us-west-2b")
+    b.close()
+
+
+def test_down_says_so_when_it_may_not_list_the_server_volume(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An identity that may not list claims: Consul is uninstalled all the same, and the line names the command
+    that deletes what remains."""
+    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
+    log = _helm_tools(tmp_path, api, monkeypatch)
+    c = _new_eks(api, tmp_path, ebs_csi_addon=True, addon_default_class=True)
+    c.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "consul"}})
+    b = _backend(api, tmp_path, install_consul=True)
+    b.up(rendered(tmp_path))
+    api.sim.forbidden.add(("list", "persistentvolumeclaims"))
+    said: list[str] = []
+    b.progress = said.append
+    b.down()
+    assert any(x[:3] == ["helm", "uninstall", "consul"] for x in map(json.loads, log.read_text().splitlines()))
+    assert any(line.startswith("cannot list PersistentVolumeClaims in consul (403)") and
+               "kubectl delete pvc -n consul -l app=consul,release=consul,component=server" in line
+               for line in said), said  # fmt: skip
+    api.sim.forbidden.clear()
+    assert _claim(c)["metadata"]["name"] == "data-consul-consul-server-0"  # left, as the line says
+
+
 def test_a_server_volume_pending_during_the_install_is_named_with_its_events_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

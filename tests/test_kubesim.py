@@ -254,3 +254,23 @@ def test_a_port_forward_dies_with_its_pod(api: FakeApiServer, tmp_path: Path) ->
     c.delete_pod("n", c.pods("n")[0]["metadata"]["name"])  # the Deployment replaces it; the forward is bound to it
     assert proc.wait(timeout=10) == 1
     assert b"lost connection to pod" in proc.stdout.read()
+
+
+def test_a_verb_rbac_does_not_grant_is_403_with_the_authorizers_message(api: FakeApiServer, tmp_path: Path) -> None:
+    """What kube-apiserver answers a request RBAC denies (responsewriters.ForbiddenStatus): 403 Forbidden, the
+    resource, verb, group and namespace named; only that verb on that resource."""
+    c = api.cluster(tmp_path)
+    c.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "consul"}})
+    api.sim.forbidden.add(("list", "persistentvolumeclaims"))
+    with pytest.raises(KubeApiError) as err:
+        c.request("GET", "/api/v1/namespaces/consul/persistentvolumeclaims")
+    assert err.value.status == 403
+    assert str(err.value).endswith(
+        'persistentvolumeclaims is forbidden: User "edge-harness" cannot list resource "persistentvolumeclaims" '
+        'in API group "" in the namespace "consul"'
+    ), str(err.value)
+    api.sim.forbidden = {("list", "storageclasses")}
+    with pytest.raises(KubeApiError, match=r'storageclasses.storage.k8s.io is forbidden: .* in API group '
+                       r'"storage.k8s.io" at the cluster scope$'):  # fmt: skip
+        c.request("GET", "/apis/storage.k8s.io/v1/storageclasses")
+    assert c.request("GET", "/api/v1/namespaces/consul/persistentvolumeclaims")["items"] == []  # list granted again

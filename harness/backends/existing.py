@@ -911,6 +911,31 @@ class ExistingBackend(KubeBackend):
                 raise
             raise BackendError(f"{exc}; the Consul server cannot start: {'; '.join(pending)}") from None
 
+    def _delete_server_claims(self, release: str, namespace: str) -> None:
+        """Delete the Consul server's claims of `release` in a namespace `up` did not create (so it stays).
+
+        `helm uninstall` keeps a StatefulSet's claims (hashicorp/consul#4891):
+        the server's EBS volume stayed, and the next install started the
+        server from the old Raft data. The StatefulSet controller labels each
+        claim with the set's selector, which in the chart names the release
+        and the component: another release's claims are not touched.
+        """
+        selector = f"app=consul,release={release},component=server"
+        claims = self._list_or_none(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims",
+                                    [("labelSelector", selector)])  # fmt: skip
+        if claims is None:
+            self.progress(f"cannot list PersistentVolumeClaims in {namespace} (403): the Consul server's volume may "
+                          f"remain; delete it with `kubectl delete pvc -n {namespace} -l {selector}`")  # fmt: skip
+            return
+        for pvc in claims:
+            labels = (pvc.get("metadata") or {}).get("labels") or {}
+            if (labels.get("release"), labels.get("component")) != (release, "server"):
+                continue  # the selector is the API's to apply; checked again here
+            name = str(pvc["metadata"]["name"])
+            self.cluster.delete("v1", "PersistentVolumeClaim", namespace, name)
+            self.progress(f"deleted PersistentVolumeClaim {namespace}/{name} (the Consul server's volume; "
+                          "helm uninstall keeps it)")  # fmt: skip
+
     def pending_claims(self, namespace: str) -> list[str]:
         """One line per claim in `namespace` that is not Bound: its name and its latest event (a warning first)."""
         out = []
@@ -1112,6 +1137,8 @@ class ExistingBackend(KubeBackend):
             helm(["uninstall", str(installed["name"]), "-n", str(installed["namespace"]), *self._helm_target()])
             if installed.get("namespace_created"):
                 self.cluster.delete("v1", "Namespace", None, str(installed["namespace"]))
+            else:
+                self._delete_server_claims(str(installed["name"]), str(installed["namespace"]))
         if failures:
             self._state_file.write_text(json.dumps({"manifests": state.get("manifests"), "mesh_backups": unrestored},
                                                    indent=2) + "\n", encoding="utf-8")  # fmt: skip
