@@ -10,9 +10,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["bench_verify.py", "bench_long.py", "bench_report.py", "bench_traffic.py", "bench_up.py", "bench_relay.py",
-           "bench_up_scale.py", "bench_e2e.py"]  # fmt: skip
+           "bench_up_scale.py", "bench_e2e.py", "bench_interrupt.py"]  # fmt: skip
 # namespaces, nftables, local clusters: one at a time per machine (tests/conftest.py takes the same lock)
-LOCKED = {"bench_up.py", "bench_relay.py", "bench_up_scale.py", "bench_e2e.py"}
+LOCKED = {"bench_up.py", "bench_relay.py", "bench_up_scale.py", "bench_e2e.py", "bench_interrupt.py"}
 LOCK = "/run/edge-harness-tests.lock"
 
 
