@@ -1,5 +1,11 @@
 """Benchmark: the service-link relay against a direct path (goal: relayed >= 0.8x direct req/s).
 
+Where the kernel has sch_netem, the local backend delays links with it and
+runs no relay: then the same path through a 0 ms netem qdisc is measured too
+and is the figure held against the goal (the issue's "a way to delay without
+a userspace relay where the kernel allows"); without netem (this machine) the
+bench says so and the relay's figure stands.
+
 Two network namespaces joined by a veth pair, as an edge zone and the hub
 are: a keep-alive HTTP client in one, and in the other a server (Envoy with a
 direct response, so the server is never the bottleneck: the figure is the
@@ -79,6 +85,23 @@ def rate(port: int, seconds: float) -> float:
     return float(out.stdout)
 
 
+def netem_ratio(direct: float, seconds: float) -> tuple[float, float] | None:
+    """The direct port through a 0 ms netem qdisc on the server's veth, against `direct`; None without netem.
+
+    What the issue's alternative asks for ("a way to delay without a userspace
+    relay where the kernel allows"): the local backend's hub puts netem on an
+    edge zone's link when the kernel has it (network/hub.py `_netem_works`).
+    """
+    add = ns(NS_S, "tc", "qdisc", "add", "dev", "ehrelay1", "root", "netem", "delay", "0ms")
+    if subprocess.run(add, capture_output=True, check=False).returncode != 0:
+        return None
+    try:
+        netem = rate(DIRECT, seconds)
+    finally:
+        subprocess.run(ns(NS_S, "tc", "qdisc", "del", "dev", "ehrelay1", "root"), capture_output=True, check=False)
+    return netem, netem / direct
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -132,6 +155,19 @@ def main() -> int:
             slow = rate(RELAYED, args.seconds)
             print(f"  latency 10 ms: {slow:6.1f} req/s = {1000 / slow:5.2f} ms per round trip "
                   f"(direct {1000 / direct:5.2f} ms + 10 ms = {1000 / direct + 10:5.2f} ms expected)")  # fmt: skip
+            netem = netem_ratio(direct, args.seconds)
+            if netem is None:
+                print(
+                    "  netem: this kernel has no sch_netem (tc qdisc ... netem refused): the relay above is the "
+                    "only way to delay a link here; where netem exists the local backend uses it, no relay"
+                )
+            else:
+                met = netem[1] >= GOAL_RATIO
+                print(
+                    f"  netem (the local backend's link where the kernel has it, no relay): {netem[0]:8.0f} req/s, "
+                    f"ratio {netem[1]:4.2f}x (goal >= {GOAL_RATIO}x: {'OK' if met else 'MISSED'})"
+                )
+                return 0 if met else 1
             return 0 if ratio >= GOAL_RATIO else 1
         finally:
             for p in procs:

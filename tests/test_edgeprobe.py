@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from harness.backends.kube import edgeprobe
 from harness.backends.kube.edgeprobe import INIT_CONTAINER, SCRIPT, Identity, destination_pod, judge, probe_pod
 from harness.backends.local.certs import CertAuthority
 from harness.contract.names import ANN_SERVICE, LABEL_CONSUL_SERVICE
@@ -182,3 +184,14 @@ def test_a_target_consul_k8s_did_not_inject_is_said_not_called() -> None:
     pod["spec"]["initContainers"] = []
     with pytest.raises(BackendError, match=f"has no {INIT_CONTAINER} container: is it injected by consul-k8s"):
         probe_pod(pod, {"cert": "C", "key": "K", "ca": "A"}, DEST, "eh-edge-probe-1")
+
+
+def test_probes_started_in_one_millisecond_are_different_pods(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preflight calls its edges at once: probe pods named after the clock were one pod when two started in the
+    same millisecond (the second apply replaced the first's spec, and one probe read the other's answer)."""
+    import time
+
+    monkeypatch.setattr(time, "time", lambda: 1_796_000_000.123)
+    names = {edgeprobe.probe_pod_name() for _ in range(50)}
+    assert len(names) == 50
+    assert all(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n) and len(n) <= 63 for n in names)  # a DNS label

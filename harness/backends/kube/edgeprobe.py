@@ -32,7 +32,7 @@ closed after a verified handshake with no answer.
 from __future__ import annotations
 
 import re
-import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -236,6 +236,12 @@ def probe_pod(target: dict[str, Any], pems: dict[str, str], ident: Identity, nam
     }
 
 
+def probe_pod_name() -> str:
+    """A name no other probe pod has: preflight calls its edges at once, and two probes named after the same
+    millisecond were one pod (the second apply replaced the first's spec: one probe read the other's answer)."""
+    return f"eh-edge-probe-{uuid.uuid4().hex[:12]}"
+
+
 def run_probe(
     cluster: Any, consul_url: str, source: str, destination: str, http_of: Callable[[dict[str, Any]], bool]
 ) -> EdgeProbe:
@@ -251,7 +257,7 @@ def run_probe(
     target = destination_pod(cluster, destination)
     if target is None:
         return EdgeProbe(False, False, f"no Ready pod of {destination} to call")
-    name = f"eh-edge-probe-{int(time.time() * 1000) % 10**9}"
+    name = probe_pod_name()
     ns = str(target["metadata"]["namespace"])
     cluster.apply_one(probe_pod(target, pems, ident, name))
     try:
