@@ -22,7 +22,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,24 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.backends.local import requirements
 from harness.render import render, write
 from harness.topology import load_topology
+from tests.test_interrupt_points import _down, _harness  # the test's own ways to start and stop
 from tests.test_local_startup import small_topology
 
-REPO = Path(__file__).resolve().parents[1]
 GOAL_S = 2.0
 CLUSTER = "ehbint"
 SEED = 20261203
-
-
-def _harness(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-
-
-def _down(cwd: Path) -> None:
-    argv = [sys.executable, "-m", "harness", "down", "--backend", "local", "--cluster", CLUSTER]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run(argv, cwd=cwd, env=env, capture_output=True, timeout=120, check=False)
 
 
 def main() -> int:
@@ -67,7 +54,7 @@ def main() -> int:
         cwd = Path(tmp)
         out = cwd / "manifests"
         write(render(load_topology(small_topology(cwd / "topology.yaml", 1))), out)
-        _down(cwd)
+        _down(CLUSTER, cwd)
         tries = 0
         while len(stops) < args.points and tries < 4 * args.points:
             tries += 1
@@ -76,14 +63,14 @@ def main() -> int:
             proc = _harness("up", "--backend", "local", "--cluster", CLUSTER, "--manifests", str(out), cwd=cwd)
             time.sleep(delay)
             if proc.poll() is not None:  # up first: not an interrupt point
-                _down(cwd)
+                _down(CLUSTER, cwd)
                 continue
             t0 = time.monotonic()
             os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
             proc.communicate(timeout=120)
             stops.append(time.monotonic() - t0)
             print(f"  {signal.Signals(sig).name:7s} at {delay:4.2f} s: stopped in {stops[-1]:5.2f} s", flush=True)
-            _down(cwd)
+            _down(CLUSTER, cwd)
     if not stops:
         print("bench_interrupt: the cluster came up before every point: nothing measured")
         return 1

@@ -292,6 +292,13 @@ def _helm_ran(log: Path) -> list[list[str]]:
     return [x for x in calls if x[:3] == ["helm", "upgrade", "--install"]]
 
 
+def _default_class(name: str, provisioner: str, **spec: Any) -> dict[str, Any]:
+    """A StorageClass annotated as the cluster's default."""
+    return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": name, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": provisioner, **spec}  # fmt: skip
+
+
 def _new_eks(api: FakeApiServer, tmp_path: Path, minor: int = 30, **storage: Any) -> KubeCluster:
     c = api.cluster(tmp_path, "admin")
     api.seed(c, *EKS_NODES)
@@ -400,18 +407,10 @@ def test_install_consul_refuses_a_server_volume_that_cannot_be_provisioned_befor
                       body={"metadata": {"annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}},
                       content_type="application/merge-patch+json")  # fmt: skip
         if storage.get("immediate_default"):
-            server.seed(c, {
-                "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                "metadata": {"name": "gp3-now", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-                "provisioner": "ebs.csi.aws.com", "parameters": {"type": "gp3"},
-            })  # fmt: skip
+            server.seed(c, _default_class("gp3-now", "ebs.csi.aws.com", parameters={"type": "gp3"}))
         if storage.get("no_provisioner_default"):
-            server.seed(c, {
-                "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                "metadata": {"name": "local-disks",
-                             "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-                "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer",
-            })  # fmt: skip
+            server.seed(c, _default_class("local-disks", "kubernetes.io/no-provisioner",
+                                          volumeBindingMode="WaitForFirstConsumer"))  # fmt: skip
         m = _with_server_values(rendered(tmp_path), values)
         before = _mutations(server)
         b = _backend(server, tmp_path, install_consul=True)
@@ -470,12 +469,6 @@ def test_down_deletes_the_server_volume_its_install_made_in_a_namespace_it_did_n
     assert [x["metadata"]["name"] for x in claims] == ["data-theirs"]  # ours gone, another release's kept
     assert c.exists("v1", "Namespace", None, "consul")  # not created by the run: kept
     assert any("data-consul-consul-server-0" in line for line in said), said
-
-
-def _default_class(name: str, provisioner: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": name, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-            "provisioner": provisioner, **spec}  # fmt: skip
 
 
 @pytest.mark.parametrize(

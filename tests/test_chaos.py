@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from harness.backends import BackendOptions
@@ -659,8 +660,8 @@ def test_the_shop_probe_says_why_it_got_no_answer(caplog: pytest.LogCaptureFixtu
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with caplog.at_level("WARNING", logger="chaostoolkit"):
-        assert probes._shop_status(f"http://127.0.0.1:{port}") == 0
+    with caplog.at_level("WARNING", logger="chaostoolkit"), httpx.Client(timeout=probes.SHOP_TIMEOUT) as client:
+        assert probes._shop_status(f"http://127.0.0.1:{port}", client) == 0
     assert any("no answer from" in r.message and "ConnectError" in r.message for r in caplog.records), caplog.text
 
 

@@ -92,15 +92,13 @@ def zone_has_ready(zone: str, service: str, configuration: dict[str, Any] | None
 def shop_answers(zone: str, configuration: dict[str, Any] | None = None) -> int:
     """HTTP status of a coffees query entering at `zone` (0 when no response)."""
     b = actions._backend(configuration)
-    return _shop_status(b.entrypoints()[actions._zone(b, zone, configuration)])
+    with httpx.Client(timeout=SHOP_TIMEOUT) as client:
+        return _shop_status(b.entrypoints()[actions._zone(b, zone, configuration)], client)
 
 
-def _shop_status(url: str, client: httpx.Client | None = None) -> int:
+def _shop_status(url: str, client: httpx.Client) -> int:
     try:
-        if client is None:
-            r = httpx.post(f"{url}/api", json=COFFEES, timeout=SHOP_TIMEOUT)
-        else:
-            r = client.post(f"{url}/api", json=COFFEES)
+        r = client.post(f"{url}/api", json=COFFEES)
     except httpx.HTTPError as exc:  # 0 says only "no answer": the log says which (refused, reset, timed out)
         logger.warning("shop probe: no answer from %s/api: %s: %s", url, type(exc).__name__, exc)
         return 0

@@ -42,14 +42,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from harness.backends.base import Backend, EdgeProbe, ProgressFn
+from harness.backends.base import Backend, ProgressFn
 from harness.contract import names
 from harness.contract.rundir import PREFLIGHT_FILE
 from harness.errors import BackendError, HarnessError
@@ -379,6 +379,25 @@ def check_instances(client: Any, exp: Expected) -> list[Check]:
     return out
 
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_E = TypeVar("_E", bound=Exception)
+
+
+def _at_once(fn: Callable[[_T], _R], items: Sequence[_T], catch: type[_E], workers: int) -> list[_R | _E]:
+    """`fn` of every item, `workers` at a time, answers in item order; an exception of type `catch` is its item's
+    answer (one question that fails is a failed check, not a failed preflight)."""
+
+    def one(item: _T) -> _R | _E:
+        try:
+            return fn(item)
+        except catch as exc:
+            return exc
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(one, items))
+
+
 def check_intentions(client: Any, exp: Expected) -> list[Check]:
     """Consul's decision for every pair of the topology's services.
 
@@ -398,17 +417,13 @@ def check_intentions(client: Any, exp: Expected) -> list[Check]:
             pairs.append((exp.api_name(src.name, src.namespace), exp.api_name(dest.name, dest.namespace),
                           exp.cs_key(src) in declared))  # fmt: skip
 
-    def ask(pair: tuple[str, str, bool]) -> bool | Exception:
-        try:
-            answer = client.connect.intentions.check(pair[0], pair[1])
-            if answer is None:  # py-consul turns a 404 into None: no decision is not a denial
-                raise LookupError("/v1/connect/intentions/check answered 404")
-            return bool(answer)
-        except Exception as exc:
-            return exc
+    def ask(pair: tuple[str, str, bool]) -> bool:
+        answer = client.connect.intentions.check(pair[0], pair[1])
+        if answer is None:  # py-consul turns a 404 into None: no decision is not a denial
+            raise LookupError("/v1/connect/intentions/check answered 404")
+        return bool(answer)
 
-    with ThreadPoolExecutor(ASK_AT_ONCE) as pool:
-        answers = list(pool.map(ask, pairs))
+    answers = _at_once(ask, pairs, Exception, ASK_AT_ONCE)
     out = []
     for (src_name, dst_name, want), got in zip(pairs, answers, strict=True):
         subject = f"{src_name} -> {dst_name}"
@@ -470,15 +485,8 @@ def check_refused(backend: Backend, exp: Expected, notes: list[str]) -> list[Che
     undeclared, declared = probe_pairs(exp)
     calls = [(s, d, True) for s, d in undeclared] + [(s, d, False) for s, d in declared]
 
-    def call(edge: tuple[str, str, bool]) -> EdgeProbe | BackendError:
-        try:
-            return backend.probe_edge(edge[0], edge[1])
-        except BackendError as exc:
-            return exc
-
     # every edge called at once (a refused call waits for its answer: in turn, 0.45 s before every run's traffic)
-    with ThreadPoolExecutor(max(1, len(calls))) as pool:
-        results = list(pool.map(call, calls))
+    results = _at_once(lambda edge: backend.probe_edge(edge[0], edge[1]), calls, BackendError, len(calls))
     out = []
     for (src, dst, must_refuse), res in zip(calls, results, strict=True):
         subject = f"{src} -> {dst}"
