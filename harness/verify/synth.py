@@ -123,6 +123,9 @@ class Scenario:
     # fewer than 1/1.4 of them ready Envoy spills that share of the zone's hops to the Region (`spills`)
     degraded: list[tuple[str, str, float, float]] = field(default_factory=list)
     degraded_recorded: bool = True  # False: the spill happens but the inventory never says the pod was unready
+    # (zone, every): the zone's frontend answers every `every`-th of its users' requests with a 500 before calling
+    # anything (an app failing in one city, no fault): the zone's users see 1/every of their requests fail
+    flaky: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -675,6 +678,7 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
     def silent(z: str, rel: float) -> bool:
         return any(sz == z and lo <= rel and (hi is None or rel < hi) for sz, lo, hi in sc.silent)
 
+    flaky = dict(sc.flaky)
     for k in range(n_ticks):
         for zi, z in enumerate(zones):
             rel = k * step + zi * step / (len(zones) + 1)
@@ -690,6 +694,12 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
                 req_lines.append(
                     f'{{"ts": {_num(ts)}, "zone": "{z}", "endpoint": "coffees", "name": "POST /api coffees", '
                     f'"status": 0, "latency_ms": 1000.0, "ok": false, "error": "connection refused"}}\n'
+                )
+                continue
+            if z in flaky and k % flaky[z] == flaky[z] - 1:
+                req_lines.append(
+                    f'{{"ts": {_num(ts)}, "zone": "{z}", "endpoint": "coffees", "name": "POST /api coffees", '
+                    f'"status": 500, "latency_ms": 3.0, "ok": false, "error": "internal server error"}}\n'
                 )
                 continue
             ok, lat, _ = call(m.entry, z, _ms(ts), rel)

@@ -109,6 +109,9 @@ class WindowResult:
     # of the inject) that spent its retries on the zone's own instance (URX, or UO with UF) or found no host (UH):
     # the failover's losses, reported, not in `failed` (DEFINITIONS["availability"])
     failover_under_way: int = 0
+    # the window per zone users entered ({zone, requests, failed, error_rate, status}): a zone's users fail the
+    # window when their failures are beyond the budget's chance, though the rate over every zone is within it
+    by_zone: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

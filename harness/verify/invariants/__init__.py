@@ -74,7 +74,10 @@ reader of a copied verdict does not need this file):
   where the backend can make one).
 - Availability: per fault, failed user requests / user requests during
   [inject, restore + recovery] <= `errorBudget`, and the same over the steady
-  state. Requests entering a zone whose entry point was down (a fault with
+  state, and per zone users entered: a zone whose failed requests are beyond
+  what the budget's rate leaves to chance at its traffic (binomial, below
+  `ZONE_BUDGET_ALPHA`) fails the window though the rate over every zone is
+  within it. Requests entering a zone whose entry point was down (a fault with
   `entry_down`, or entrypoints.jsonl within the window of a fault of that
   zone that can take the entry down) are excluded and reported; otherwise
   they count. A window

@@ -19,6 +19,9 @@ HOP_TS_SLACK_S = 0.001  # a hop's ts is Envoy's START_TIME: whole milliseconds, 
 MAX_OFFENDERS = 5
 # below this chance of a correct mesh's in-zone hops, a spill's share fails locality (`RoutingChecks._spill_share`)
 SPILL_ALPHA = 1e-6
+# below this chance of a zone's failed user requests at the error budget's rate, the zone's users fail the window's
+# availability though the window's rate over every zone is within it (`UserChecks._zone_offenders`)
+ZONE_BUDGET_ALPHA = 1e-3
 # a hop whose caller no inventory record places (inventory lost or cut short): its pair is named so, and locality
 # fails the run for it (`RoutingChecks._unplaced_callers`)
 UNPLACED = "(no zone)"
@@ -100,7 +103,11 @@ DEFINITIONS = {
     "fault killed (an AZ's node: Envoy still sent there until the endpoints were withdrawn), in flight at the "
     "inject or started after it, at most maxFailoverS after the inject; a declared "
     "single point of failure's window lasts over its cascade (down intervals that began during it) and until each "
-    "pair of its dependants served again after that (measured recovery within maxRecoveryS: ejections run out)",
+    "pair of its dependants served again after that (measured recovery within maxRecoveryS: ejections run out); "
+    "each window also per zone users entered (by_zone): a zone whose failed requests are beyond what the budget's "
+    f"rate leaves to chance at its traffic (binomial upper tail below {ZONE_BUDGET_ALPHA:g}) fails the window though "
+    "the rate over "
+    "every zone is within the budget",
     "coverage": "each fault has user requests entering its zone (and, for a fault on a Region-only service, every "
     "zone with users whose calls reach it) at an up entry point in flight during [inject, restore] "
     "(unless the fault takes the entry down by design) and after (restore, next fault in the zone / end of run, "
@@ -235,3 +242,28 @@ def binomial_cdf(x: int, n: int, p: float) -> float:
     head = math.lgamma(n + 1)
     return min(1.0, sum(math.exp(head - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
                         for i in range(max(0, min(x, n)) + 1)))  # fmt: skip
+
+
+def binomial_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed upward from k in log space.
+
+    Summed from the tail, not 1 - binomial_cdf: the chances judged are far
+    below 1e-3, where the difference from 1 keeps no digits, and a long run's
+    steady state has millions of requests (the terms past the mean fall
+    geometrically, so few are summed).
+    """
+    if k <= 0:
+        return 1.0
+    if k > n or p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+    head = math.lgamma(n + 1)
+    total = 0.0
+    for i in range(k, n + 1):
+        term = math.exp(head - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
+        total += term
+        if i > n * p and term <= total * 1e-17:
+            break
+    return min(1.0, total)
