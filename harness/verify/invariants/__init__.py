@@ -51,7 +51,10 @@ reader of a copied verdict does not need this file):
   successful hop served elsewhere, within [restore, next fault in the zone or
   end of run]; `recovery_s` = R - restore. No hop at all for the pair during
   the fault (or after the restore) is a failure (unverified); a fault without
-  a restore record never recovers.
+  a restore record never recovers. A service without (enough) ready pods in a
+  zone outside every recorded fault is a note, and fails fallback when it
+  lasts longer than `maxRecoveryS` (an outage nobody injected that did not
+  recover).
 - Resolution of F (or R): F minus the last record of the pair before F that
   was not good (failed, or served in the wrong place), or minus the window's
   start when there was none: the true instant lies in [F - resolution, F].

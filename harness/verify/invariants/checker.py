@@ -43,6 +43,8 @@ class Checker(FaultMeasurer, RoutingChecks, UserChecks):
         config = self._document_invariant(CONFIG, evidence.config(self.run))
         fb_fail = [p.message for p in fx.fallback_pairs if p.status == FAIL]
         fb_fail += [m for f in fx.results for m in f.messages if "no restore record" in m]
+        outage_notes, outage_failures = self._unplanned_outages()
+        fb_fail += outage_failures
         n_measured = sum(1 for f in fx.results if f.failover_s is not None)
         fallback = InvariantResult(
             FALLBACK,
@@ -73,7 +75,7 @@ class Checker(FaultMeasurer, RoutingChecks, UserChecks):
             "(SELECT count(*) FROM upstream_stats)"
         ).fetchone()
         assert counts is not None
-        notes = list(self.run.notes) + self._outage_notes()
+        notes = list(self.run.notes) + outage_notes
         for fr, f in zip(fx.results, self.run.faults, strict=True):
             if f.fault in self.declared:  # the single point of failure and its errors, stated pass or fail
                 fr.expected = self.declared[f.fault]

@@ -568,12 +568,26 @@ class FaultMeasurer(CheckBase):
                 out.append((z, u, lo, w.instant if w.instant is not None else hi + self.slo.max_recovery_s))
         return out
 
-    def _outage_notes(self) -> list[str]:
-        """Intervals a service of the topology had no ready pod in a zone, or too few for Envoy to keep its
-        traffic there (spill), outside every recorded fault."""
-        notes = []
+    def _unplanned_outages(self) -> tuple[list[str], list[str]]:
+        """(notes, failures): intervals a service of the topology had no ready pod in a zone, or too few for
+        Envoy to keep its traffic there (spill), outside every recorded fault.
+
+        A note each: a readiness flap under load is a second or two, and the
+        mesh routes around it by design (locality is not judged then). One
+        that lasts longer than maxRecoveryS, or is still on when the run ends
+        that long after it began, also fails fallback: an outage nobody
+        injected that did not recover within the time the SLO gives any
+        recovery, during which the zone's traffic went to the Region (or
+        nowhere) and locality could not be judged. It passed as a note: a
+        zone's product-api that never came back after a crash was a PASS.
+        One still on at the end but younger than that is only a note: its
+        recovery was not yet due.
+        """
+        notes: list[str] = []
+        failures: list[str] = []
         names = {s.name for s in self.t.services}
         cascades = [self._cascade(f) for f in self.run.faults]  # a postgres kill takes dependants down everywhere
+        limit = self.slo.max_recovery_s
         for down, what in (
             (self.run.down, "had no ready pod"),
             (self.run.spill, "had too few ready pods to keep its traffic (Envoy spills below 1/1.4 ready)"),
@@ -590,13 +604,20 @@ class FaultMeasurer(CheckBase):
                         and lo <= (INF if f.restore is None else f.restore)
                         for i, f in enumerate(self.run.faults)
                     )
-                    if not covered:
-                        where = "the Region" if region else zone
-                        notes.append(
-                            f"{service} {what} in {where} from {iso(lo)} to {iso(hi)} outside any recorded fault "
-                            "(locality not judged then)"
+                    if covered:
+                        continue
+                    where = "the Region" if region else zone
+                    text = f"{service} {what} in {where} from {iso(lo)} to {iso(hi)} outside any recorded fault"
+                    lasted = (hi if hi is not None else self.run_end) - lo
+                    if lasted > limit:
+                        until = "" if hi is not None else ", still when the run ended"
+                        failures.append(
+                            f"fallback: {text}{until}: {lasted:.0f}s, longer than maxRecoveryS ({limit:g}s) - an "
+                            "outage nobody injected that did not recover, its zone's traffic served elsewhere (or "
+                            "not at all) and locality not judged meanwhile"
                         )
-        return notes
+                    notes.append(text + " (locality not judged then)")
+        return notes, failures
 
 
 def union(*lists: list[tuple[float, float | None]]) -> list[tuple[float, float | None]]:

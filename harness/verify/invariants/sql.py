@@ -114,6 +114,9 @@ DEFINITIONS = {
     "at most maxRecoveryS]; a window without them is unverified = fail; so are a failed recording step of the "
     "sidecars' records (recording.jsonl; a flush problem of a pod that died is a note) and a sidecar whose "
     "counters grew with no access-log line",
+    "unplanned_outage": "a service of the topology with no ready pod in a zone, or too few to keep its traffic "
+    "there (spill), outside every recorded fault: a note; lasting longer than maxRecoveryS (or still on at the end "
+    "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover)",
     "no_traffic": "a fault or edge pair without records is a failure (unverified), a Region pair is only reported",
     "shared_services": "hops to Region-only services are served in the Region and routed (a hop without upstream "
     "host fails, except before the first user request (bring-up), during a fault that took the caller's zone or the "

@@ -1,0 +1,76 @@
+"""An outage nobody injected that does not recover fails the run; a readiness flap stays a note.
+
+A service with no ready pod in a zone outside every recorded fault (a crash,
+an image that stops starting) was a note only ("... outside any recorded
+fault (locality not judged then)"): the mesh routes around it by design, the
+users are served from the Region, and every invariant held. So a zone whose
+product-api crashed and never came back passed, and so did one served from
+the Region for minutes. Such an outage now fails fallback once it lasts
+longer than maxRecoveryS (or is still on at the end of a run that long after
+it began): it did not recover in the time the SLO gives any recovery, and
+locality could not be judged meanwhile. The seconds-long flaps of a loaded
+machine stay notes (the longest in 350 stability runs of a correct mesh
+lasted 1.6 s). Runs come from the synthetic mesh (`FaultSpec(recorded=False)`:
+an outage with no timeline record and no experiment).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.verify import FALLBACK
+from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.test_verify_audit import _with_replicas, why
+from tests.test_verify_soundness import LAX, T, failed
+from tests.verdicts import verify
+
+DURATION_S = 150.0
+LIMIT_S = T.slo.max_recovery_s
+
+
+def _crash(start: float, back: float | None) -> FaultSpec:
+    return FaultSpec("crash", "service-down", LAX, ("product-api",), start, back, 0.2, 1.0, recorded=False)
+
+
+def _verify(tmp_path: Path, **kw: object) -> object:
+    sc = Scenario(kw.pop("topology", T), duration_s=DURATION_S, rate_per_zone=4, **kw)  # type: ignore[arg-type]
+    return verify(write_run(tmp_path / "run", sc))
+
+
+@pytest.mark.parametrize(("start", "back"), [(30.0, None), (30.0, 30.0 + LIMIT_S + 10)])
+def test_an_outage_nobody_injected_that_outlasts_the_recovery_slo_fails_fallback(
+    tmp_path: Path, start: float, back: float | None
+) -> None:
+    """Before: PASS, with the outage as a note (users were served from the Region all along)."""
+    v = _verify(tmp_path, faults=[_crash(start, back)])
+    assert not v.passed and FALLBACK in failed(v), why(v)  # type: ignore[attr-defined]
+    msg = v.invariant(FALLBACK).message  # type: ignore[attr-defined]
+    assert f"product-api had no ready pod in {LAX}" in msg and "outside any recorded fault" in msg
+    assert f"longer than maxRecoveryS ({LIMIT_S:g}s)" in msg
+    assert ("still when the run ended" in msg) is (back is None)
+    assert FALLBACK not in {i.name for i in v.invariants if i.passed}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("start", "back"), [(30.0, 50.0), (DURATION_S - 30.0, None)])
+def test_a_short_outage_or_one_whose_recovery_is_not_yet_due_at_the_end_is_a_note(
+    tmp_path: Path, start: float, back: float | None
+) -> None:
+    """20 s and back; or 30 s before the end and not back yet: within maxRecoveryS, its recovery not yet due."""
+    v = _verify(tmp_path, faults=[_crash(start, back)])
+    assert v.passed, why(v)  # type: ignore[attr-defined]
+    notes = [n for n in v.run.notes if "outside any recorded fault" in n]  # type: ignore[attr-defined]
+    assert any(n.startswith(f"product-api had no ready pod in {LAX}") for n in notes), notes
+
+
+def test_a_spill_nobody_injected_that_outlasts_the_recovery_slo_fails_fallback(tmp_path: Path) -> None:
+    """One of LAX's two product-api replicas unready for 80 s: Envoy sends part of the zone's traffic to the
+    Region by design, for longer than any recovery may take, and nothing injected it."""
+    t2 = _with_replicas("product-api", 2)
+    v = _verify(tmp_path, topology=t2, degraded=[(LAX, "product-api", 30.0, 30.0 + LIMIT_S + 20)])
+    assert FALLBACK in failed(v), why(v)  # type: ignore[arg-type]
+    assert "too few ready pods to keep its traffic" in v.invariant(FALLBACK).message  # type: ignore[attr-defined]
+    # the same spill for 10 s: a note
+    short = _verify(tmp_path / "short", topology=t2, degraded=[(LAX, "product-api", 30.0, 40.0)])
+    assert short.passed, why(short)  # type: ignore[arg-type]
