@@ -144,6 +144,8 @@ class LocalSettings(_Model):
 
     address_range: str = "10.213.0.0/16"
     pod_restart_delay_s: float = Field(default=2.0, ge=0, le=120)
+    # how long a killed node's pods stay Ready and registered (Kubernetes' node-monitor-grace-period)
+    node_grace_period_s: float = Field(default=40.0, ge=0, le=600)
 
     @field_validator("address_range")
     @classmethod

@@ -595,14 +595,16 @@ def _node_fault_pods(run: RunData) -> None:
     longer than our faults. The inventory, a watch of the API, so shows them
     Ready through the whole fault; after the restore the booting kubelet sets
     them unready, they usually get a new IP (an `ip` event) and are `ready`
-    again. The local backend instead writes them `removed` at the inject.
+    again. The local backend does the same (its node kill keeps the pods
+    registered and Ready for `local.nodeGracePeriodS`), except that after the
+    restore it writes them `removed` and starts new pods.
     The chaos record is the truth about what the harness did, so a pod that
     was on a stopped node (inventory `node` at the inject; a zone_outage
     stops every node of its zone) and alive at the inject counts as not ready
     from the inject until its next `ready` event after it (`implied`: an
     `unready` at the inject that `_readiness` adds), unless the inventory
-    itself has it unready or removed between the inject and the restore (the
-    local backend: then its own record stands and nothing changes). The IP
+    itself has it unready or removed between the inject and the restore (a
+    fault longer than the grace period: then its own record stands). The IP
     each held at the inject is one of the fault's dead IPs
     (`FaultMeasurer._detection`). Hop attribution (`intervals`) is untouched.
     """

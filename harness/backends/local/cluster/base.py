@@ -63,6 +63,9 @@ class Pod:
     alive: bool = True
     forced_unready: bool = False
     serving: bool = False  # what the inventory last said (ready/unready) and what sidecars and relays were told
+    # its node was killed at this time.time(): processes dead, address black-holed, but still registered and Ready
+    # (nobody has told the API yet) until the node grace period runs out or the node comes back (chaos.kill_node)
+    dark_since: float | None = None
     readiness: list[ProbeState] = field(default_factory=list)
     liveness: list[ProbeState] = field(default_factory=list)
     startup: list[ProbeState] = field(default_factory=list)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 
 from harness.backends.local.cluster.base import (
     ClusterBase,
     Pod,
+    log,
 )
 from harness.errors import BackendError
 
@@ -37,20 +39,41 @@ class ClusterChaos(ClusterBase):
         return nodes
 
     def kill_node(self, node: str) -> None:
+        """The node dies at once, but nothing tells the API (kind's `docker stop`, an instance lost).
+
+        Its pods' addresses go dark (their links down: packets to them are
+        dropped, connects time out, kept-alive connections hang) and their
+        processes are killed, but they stay registered, Ready and passing:
+        the kubelet that would report them is dead, and the node lifecycle
+        controller marks them not Ready only after its grace period
+        (`local.nodeGracePeriodS`, node-monitor-grace-period: 40 s, 50 s from
+        Kubernetes 1.32; consul-k8s follows the Endpoints). Until then Envoy
+        keeps sending to them and only its connect timeout, retries and
+        outlier detection route around them, as on a real cluster; removing
+        them at once made every node kill look like a drain.
+        """
         if node not in {n.name for n in self.spec.nodes}:
             raise BackendError(f"no node {node!r}")
+        now = time.time()
         with self.lock:
             self.down_nodes.add(node)
-            victims = [p for p in self.pods.values() if p.node.name == node and p.alive]
+            victims = [p for p in self.pods.values() if p.node.name == node and p.alive and p.dark_since is None]
+            for p in victims:
+                p.dark_since = now  # the control loop neither probes it nor notices its processes die
         assert self.network is not None
         for p in victims:
             with contextlib.suppress(Exception):
-                self.network.set_pod_link(p.name, False)
-            self._pod_died(p, f"node {node} killed")
+                self.network.set_pod_link(p.name, False)  # first: no reset or close leaves as its processes die
+            log.info("pod %s dark: node %s killed", p.name, node)
+            self._kill_processes(p)
 
     def restore_node(self, node: str) -> None:
+        """The node is back: its kubelet finds its pods' containers gone and they start over (here: new pods)."""
         with self.lock:
             self.down_nodes.discard(node)
+            dark = [p for p in self.pods.values() if p.node.name == node and p.alive and p.dark_since is not None]
+        for p in dark:
+            self._pod_died(p, f"node {node} restarted")
 
     def zone_outage(self, zone: str) -> None:
         for n in self._zone_nodes(zone):

@@ -43,7 +43,15 @@ class ControlLoop(ClusterBase):
         now = time.time()
         with self.lock:
             pods = list(self.pods.values())
+        grace = self.topology.local.node_grace_period_s
         for pod in pods:
+            if pod.dark_since is not None:
+                # its node is dead: no kubelet probes it or sees its containers exit; the node lifecycle
+                # controller marks it not Ready once the grace period has run out (its deletion, 5 min on,
+                # is not modelled: faults are shorter)
+                if pod.ready and now - pod.dark_since >= grace:
+                    pod.ready = False
+                continue
             dead = [n for n, p in pod.procs.items() if p.poll() is not None]
             if dead:
                 self._pod_died(pod, f"container {dead[0]} exited")
