@@ -74,3 +74,19 @@ def test_a_spill_nobody_injected_that_outlasts_the_recovery_slo_fails_fallback(t
     # the same spill for 10 s: a note
     short = _verify(tmp_path / "short", topology=t2, degraded=[(LAX, "product-api", 30.0, 40.0)])
     assert short.passed, why(short)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("back", [40.0 + LIMIT_S + 10, 52.0])
+def test_an_outage_that_begins_as_a_fault_is_undone_is_named_after_it(tmp_path: Path, back: float) -> None:
+    """A node's pods start over after its restore (kind: the kubelet boots; here: new pods): their outage begins
+    just after the fault's restore record, so it is no outage "nobody injected". Named after the fault; it
+    still fails when it outlasts maxRecoveryS (the restored zone never came back)."""
+    outage = FaultSpec("zone-las", "zone-down", LAX, (), 30.0, 40.0, 0.0, 1.0, entry_down=True)
+    crash = _crash(40.5, back)
+    v = _verify(tmp_path, faults=[outage, crash])
+    notes = [n for n in v.run.notes if n.startswith(f"product-api had no ready pod in {LAX}")]  # type: ignore[attr-defined]
+    assert notes and all("after the restore of zone-las" in n and "outside" not in n for n in notes), notes
+    long = back - 40.5 > LIMIT_S
+    assert (FALLBACK in failed(v)) is long, why(v)  # type: ignore[arg-type]
+    if long:
+        assert "not back after the restore" in v.invariant(FALLBACK).message  # type: ignore[attr-defined]

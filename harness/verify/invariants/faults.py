@@ -598,23 +598,26 @@ class FaultMeasurer(CheckBase):
                 region = zone == self.t.region
                 for lo, hi in intervals:
                     end = INF if hi is None else hi
-                    covered = any(
-                        (f.zone == zone or (region and not zone_is_edge(self.t, f.zone)) or service in cascades[i])
-                        and f.inject <= end
-                        and lo <= (INF if f.restore is None else f.restore)
+                    mine = [
+                        f
                         for i, f in enumerate(self.run.faults)
-                    )
-                    if covered:
+                        if f.zone == zone or (region and not zone_is_edge(self.t, f.zone)) or service in cascades[i]
+                    ]
+                    if any(f.inject <= end and lo <= (INF if f.restore is None else f.restore) for f in mine):
                         continue
+                    # begun as a fault of the zone was undone (a restarted node's pods start over): its own
+                    restored = [f for f in mine if f.restore is not None and f.restore <= lo <= f.restore + limit]
                     where = "the Region" if region else zone
-                    text = f"{service} {what} in {where} from {iso(lo)} to {iso(hi)} outside any recorded fault"
+                    text = f"{service} {what} in {where} from {iso(lo)} to {iso(hi)}"
+                    text += f" after the restore of {restored[-1].fault}" if restored else " outside any recorded fault"
                     lasted = (hi if hi is not None else self.run_end) - lo
                     if lasted > limit:
                         until = "" if hi is not None else ", still when the run ended"
+                        cause = "not back after the restore" if restored else "an outage nobody injected"
                         failures.append(
-                            f"fallback: {text}{until}: {lasted:.0f}s, longer than maxRecoveryS ({limit:g}s) - an "
-                            "outage nobody injected that did not recover, its zone's traffic served elsewhere (or "
-                            "not at all) and locality not judged meanwhile"
+                            f"fallback: {text}{until}: {lasted:.0f}s, longer than maxRecoveryS ({limit:g}s) - "
+                            f"{cause} that did not recover, its zone's traffic served elsewhere (or not at all) and "
+                            "locality not judged meanwhile"
                         )
                     notes.append(text + " (locality not judged then)")
         return notes, failures
