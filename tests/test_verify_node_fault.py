@@ -5,7 +5,8 @@ node controller marks a dead node's pods not Ready only after its grace period
 (40-50 s), longer than the fault; the inventory, a watch of the API, so shows
 them Ready through the whole fault, and after the restore the booting kubelet
 sets them unready, they get a new IP (`ip`) and are `ready` again. The local
-backend writes them `removed` at the inject. The verifier takes the pods'
+backend used to write them `removed` at the inject (the "local" shape below:
+older runs); it now records them as kind does. The verifier takes the pods'
 death from the chaos record (`rundata._node_fault_pods`): both shapes of the
 same mesh get the same verdict.
 """
@@ -234,3 +235,80 @@ def test_calls_to_a_killed_az_pod_are_the_detection_delay_also_while_the_api_sho
         spans[shape] = found[0].until - found[0].start
     assert spans["local"] == spans["kind"]
     assert 0.5 < spans["kind"] < 0.6
+
+
+def test_calls_to_a_killed_pod_of_a_service_the_zone_kept_are_the_detection_delay(tmp_path: Path) -> None:
+    """A two-node AZ loses one node: its services keep an instance on the other, so kill_node's record lists
+    no lost service, yet the calls Envoy still sends the dead node's pods fail all the same. `_detection` took
+    only the services the fault left with no instance: those losses were charged to availability's budget
+    (a wide-topology az-node-loss on the local backend's dead-node model: 36 of 541 requests, a correct mesh
+    failed). Every service the fault killed a pod of (`node_fault_pods`) is now detected."""
+    az, other = "us-west-2a", "us-west-2b"
+    d = node_kill(tmp_path, "kind", zone=az, node="2a-n2")
+    chaos = _rows(d / "chaos.jsonl")
+    for c in chaos:
+        c["services"] = []  # the zone kept an instance of every service elsewhere
+    _write(d / "chaos.jsonl", chaos)
+    t0 = chaos[0]["ts"] - INJECT
+    dead = next(e for e in _rows(d / "inventory.jsonl") if e["zone"] == az and e["service"] == "product-api")
+    lost = _hang_on_the_dead_pod(d, other, dead["ip"], t0 + INJECT, t0 + INJECT + 0.6)
+    assert lost > 3
+    r = load_run(d)
+    found = [s for s in FaultMeasurer(r)._detection(r.faults[0]) if s.zone == other]
+    assert [(s.upstream, s.killed_ips) for s in found] == [("product-api", (dead["ip"],))], found
+    v = verify(d)
+    (window,) = [w for i in v.invariants for w in i.windows if w.window.startswith("fault ")]
+    # reported apart, not charged (the synthetic mesh's own losses in the killed AZ are another matter)
+    (zone,) = [z for z in window.by_zone if z["zone"] == other]
+    assert window.failover_under_way >= lost and zone["failed"] == 0, (window, why(v))
+
+
+def _entry_replica_node_kill(tmp_path: Path) -> tuple[Path, float]:
+    """kind shape: the node running one of LAX's two frontends is stopped; the other carries the zone's entry.
+    The API (so the entry point's endpoints) lists the dead one Ready until after the restore."""
+    f = FaultSpec("kill-node-lax", "service-down", LAX, (), INJECT, RESTORE, 0.0, 0.0)
+    sc = Scenario(_with_replicas("frontend", 2), duration_s=90, rate_per_zone=10, faults=[f])
+    d = write_run(tmp_path / "run", sc)
+    chaos = _rows(d / "chaos.jsonl")
+    for c in chaos:
+        c.update(action="kill_node", node=NODE)
+    _write(d / "chaos.jsonl", chaos)
+    inv = _rows(d / "inventory.jsonl")
+    dead = next(e for e in inv if e["zone"] == LAX and e["service"] == "frontend" and e["event"] == "added")
+    for e in inv:
+        if e["pod"] == dead["pod"]:
+            e["node"] = NODE
+    inv.append({**dead, "ts": sc.start + RESTORE + 0.1, "event": "unready"})
+    _write(d / "inventory.jsonl", sorted(inv, key=lambda e: e["ts"]))
+    for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
+        (d / stale).unlink(missing_ok=True)
+    return d, sc.start
+
+
+@pytest.mark.parametrize("answer", ["none", "http-503"])
+def test_users_the_entry_still_sends_to_a_killed_frontend_are_reported_apart_only_when_nothing_answered(
+    tmp_path: Path, answer: str
+) -> None:
+    """One of LAX's two frontends dies with its node; the zone's entry point stays up (the other serves it) and
+    keeps sending some users to the dead one until the API lets it go (kube-proxy, an ALB, the local entry):
+    they get no answer at all. Before, they were charged to the budget (one in five of an AZ's requests on the
+    local backend's dead-node model, a correct mesh failed). A user who got an HTTP error got it from a live
+    frontend: the mesh's, still counted."""
+    d, t0 = _entry_replica_node_kill(tmp_path)
+    reqs = _rows(d / "requests.jsonl")
+    hit = [r for r in reqs if r["zone"] == LAX and t0 + INJECT <= r["ts"] < t0 + RESTORE][::3]
+    for r in hit:
+        if answer == "none":
+            r.update(status=0, ok=False, error="no response: connection closed.", latency_ms=1000.0)
+        else:
+            r.update(status=503, ok=False, error="HTTP 503")
+    _write(d / "requests.jsonl", reqs)
+    v = verify(d)
+    (window,) = [w for i in v.invariants for w in i.windows if w.window.startswith("fault ")]
+    (zone,) = [z for z in window.by_zone if z["zone"] == LAX]
+    assert len(hit) > 20
+    if answer == "none":
+        assert v.passed, why(v)
+        assert window.excluded_requests >= len(hit) and zone["failed"] == 0
+    else:
+        assert not v.passed and zone["failed"] == len(hit) and window.excluded_requests == 0, why(v)

@@ -354,9 +354,19 @@ class FaultMeasurer(CheckBase):
         """
         end = f.restore if f.restore is not None else max(self.run_end, f.inject)
         bound = f.inject + self.slo.max_failover_s
+        # every service the fault killed a pod of: a node fault in a zone with more nodes leaves its services
+        # an instance there (not in `services`, which lists the ones left with none), but the calls Envoy sends
+        # the dead pods until they are withdrawn fail all the same (a two-node AZ losing one node)
+        killed = set(f.services) | {
+            str(r[0])
+            for r in self.con.execute(
+                "SELECT DISTINCT service FROM node_fault_pods WHERE fault = ? AND inject = ? AND zone = ?",
+                [f.fault, f.inject, f.zone],
+            ).fetchall()
+        }
         out: list[FailoverSpan] = []
         for z, u, callers in self.pairs:
-            if zone_is_edge(self.t, z) or u not in f.services:
+            if zone_is_edge(self.t, z) or u not in killed:
                 continue
             # a node fault's pods died at the inject, whenever the API's view let their IPs go (kind/EKS: after
             # the restore; rundata._node_fault_pods)

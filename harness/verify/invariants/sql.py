@@ -89,7 +89,9 @@ DEFINITIONS = {
     "(or to the end of the fault window)",
     "availability": "failed / all user requests per fault window [inject, restore + recovery] and in steady state, "
     "excluding requests entering zones whose entry point is down (entry_down faults; entrypoints.jsonl only "
-    "inside the window of a fault of that zone that can take the entry down: otherwise they count); a failed "
+    "inside the window of a fault of that zone that can take the entry down: otherwise they count), and those that "
+    "got no answer at all (status 0) while a node fault had killed some of the zone's frontends that the entry "
+    "point still listed (until each is unready, removed or moved in the inventory); a failed "
     "request is tied to a hop starting at most 1 ms before it (Envoy's start times are whole milliseconds); a failed "
     "request of a service-down or zone-down fault's zone during its window with a hop of that zone to a service the "
     "fault took down flagged UO and UC (a kill terminated it in flight and Envoy's concurrent-retry limit, 3 and "
