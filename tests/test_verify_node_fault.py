@@ -104,6 +104,20 @@ def _move_ip(d: Path, old: str, new: str, after: float) -> None:
     _write(d / "upstream-stats.jsonl", stats)
 
 
+def _on_killed_node(d: Path, service: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The run's fault becomes a kill_node of NODE, and LAX's first `service` pod runs on it: (inventory, pod)."""
+    chaos = _rows(d / "chaos.jsonl")
+    for c in chaos:
+        c.update(action="kill_node", node=NODE)
+    _write(d / "chaos.jsonl", chaos)
+    inv = _rows(d / "inventory.jsonl")
+    dead = next(e for e in inv if e["zone"] == LAX and e["service"] == service and e["event"] == "added")
+    for e in inv:
+        if e["pod"] == dead["pod"]:
+            e["node"] = NODE
+    return inv, dead
+
+
 def replica_node_kill(tmp_path: Path, shape: str, name: str = "run") -> Path:
     """A kill_node of the node running one of LAX's two product-api replicas; the other carries on.
 
@@ -118,15 +132,7 @@ def replica_node_kill(tmp_path: Path, shape: str, name: str = "run") -> Path:
         degraded=[(LAX, "product-api", INJECT, RESTORE + 0.3)], degraded_recorded=shape == "local",
     )  # fmt: skip
     d = write_run(tmp_path / name, sc)
-    chaos = _rows(d / "chaos.jsonl")
-    for c in chaos:
-        c.update(action="kill_node", node=NODE)
-    _write(d / "chaos.jsonl", chaos)
-    inv = _rows(d / "inventory.jsonl")
-    dead = next(e for e in inv if e["zone"] == LAX and e["service"] == "product-api" and e["event"] == "added")
-    for e in inv:
-        if e["pod"] == dead["pod"]:
-            e["node"] = NODE
+    inv, dead = _on_killed_node(d, "product-api")
     if shape == "kind":
         restore, new_ip = sc.start + RESTORE, "10.213.9.250"
         inv += [
@@ -269,15 +275,7 @@ def _entry_replica_node_kill(tmp_path: Path) -> tuple[Path, float]:
     f = FaultSpec("kill-node-lax", "service-down", LAX, (), INJECT, RESTORE, 0.0, 0.0)
     sc = Scenario(_with_replicas("frontend", 2), duration_s=90, rate_per_zone=10, faults=[f])
     d = write_run(tmp_path / "run", sc)
-    chaos = _rows(d / "chaos.jsonl")
-    for c in chaos:
-        c.update(action="kill_node", node=NODE)
-    _write(d / "chaos.jsonl", chaos)
-    inv = _rows(d / "inventory.jsonl")
-    dead = next(e for e in inv if e["zone"] == LAX and e["service"] == "frontend" and e["event"] == "added")
-    for e in inv:
-        if e["pod"] == dead["pod"]:
-            e["node"] = NODE
+    inv, dead = _on_killed_node(d, "frontend")
     inv.append({**dead, "ts": sc.start + RESTORE + 0.1, "event": "unready"})
     _write(d / "inventory.jsonl", sorted(inv, key=lambda e: e["ts"]))
     for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
