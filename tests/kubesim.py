@@ -108,6 +108,7 @@ import aiohttp.web
 import yaml
 
 from harness.backends.local.certs import CertAuthority, spiffe_id
+from harness.backends.local.mesh.spec import parse_duration
 
 # -- small helpers ---------------------------------------------------------------
 
@@ -413,6 +414,9 @@ class ClusterSim:
         self.edge_probes: list[dict[str, Any]] = []  # the mTLS calls probe pods made: source, destination, answer
         self.consul_acls = False  # Consul with ACLs on and the harness holding no token: leaves are refused
         self._rr = itertools.count()
+        # each caller Envoy's passive health check: consecutive connect failures and ejections, per (caller, host)
+        self._fails: dict[tuple[str, str], int] = {}
+        self._ejected: dict[tuple[str, str], float] = {}
         self.paused: set[str] = set()  # controllers stopped by a test ("workloads": kube-controller-manager down)
         self._task: asyncio.Task[None] | None = None
         # /version; `eks_storage` makes it an EKS one
@@ -1834,13 +1838,32 @@ class ClusterSim:
         td = self.consul.trust_domain if self.consul else "td.consul"
         return f"{svc}.default.{dc}.internal.{td}"
 
-    def route(self, caller: Obj, upstream: str) -> tuple[Obj | None, str]:
-        """(serving pod or None, upstream_cluster) the caller's Envoy picks for `upstream` now.
+    def _envoy_policy(self, caller: Obj, upstream: str) -> tuple[int, int, float]:
+        """(numRetries, maxFailures, baseEjectionTime in s) the caller's Envoy applies to `upstream`: the
+        upstream's ServiceRouter and the caller's ServiceDefaults passive health check, as synced to Consul
+        (without them Consul sets no retries and Envoy's outlier defaults apply: 5 failures, 30 s)."""
+        c = self.consul
+        router = c.entries.get(("ServiceRouter", upstream)) if c else None
+        routes = (router or {}).get("routes") or []
+        retries = int(((routes[0].get("destination") or {}).get("numRetries") or 0) if routes else 0)
+        svc = (caller["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service", "")
+        defaults = c.entries.get(("ServiceDefaults", svc)) if c else None
+        phc = (((defaults or {}).get("upstreamConfig") or {}).get("defaults") or {}).get("passiveHealthCheck") or {}
+        base = parse_duration(str(phc.get("baseEjectionTime", "30s")), lambda: ValueError("baseEjectionTime"))
+        return retries, int(phc.get("maxFailures", 5)), base
 
-        Consul's view (passing instances) is what Envoy has; a passing host
-        that is actually dead fails its connection and is ejected, so the
-        pick skips it, and with no live host left the aggregate cluster
-        moves to the resolver's failover target (Consul CE: another service).
+    def route(self, caller: Obj, upstream: str) -> tuple[Obj | None, str, str]:
+        """(host, upstream_cluster, response flags) of the caller's Envoy for one request to `upstream` now.
+
+        Consul's view (passing instances) is what Envoy has. A passing host
+        that is actually dead (its node stopped: the API still lists it
+        Ready) fails its connection (counted as `cx_connect_fail`); Envoy
+        retries up to the ServiceRouter's `numRetries` with a new pick (no
+        host predicate) and ejects the host after the caller's `maxFailures`
+        consecutive failures, for `baseEjectionTime`. With no host left the
+        aggregate cluster moves to the resolver's failover target (Consul CE:
+        another service). All attempts spent on dead hosts: `URX,UF` (`UF`
+        without retries) on the last one; no host at all: `UH`.
         """
         c = self.consul
         resolver = c.entries.get(("ServiceResolver", upstream)) if c else None
@@ -1848,14 +1871,41 @@ class ClusterSim:
         if resolver:
             for fo in ((resolver.get("failover") or {}).get("*") or {}).get("targets") or []:
                 targets.append(str(fo.get("service")))
+        retries, max_failures, base = self._envoy_policy(caller, upstream)
+        me, now = str(caller["metadata"]["uid"]), time.time()
+        attempts = 1 + retries
+        last_dead: tuple[Obj, str] | None = None
         for i, svc in enumerate(targets):
-            live = [p for p in self._instances(svc) if self._alive(p)]
-            if live:
-                live.sort(key=lambda p: p["metadata"]["name"])
-                pick = live[next(self._rr) % len(live)]
-                name = self._cluster(svc)
-                return pick, (f"failover-target~{i}~{name}" if resolver else name)
-        return None, (f"failover-target~0~{self._cluster(upstream)}" if resolver else self._cluster(upstream))
+            name = self._cluster(svc)
+            cluster = f"failover-target~{i}~{name}" if resolver else name
+            while attempts > 0:
+                hosts = [p for p in self._instances(svc) if self._ejected.get((me, p["metadata"]["uid"]), 0.0) <= now]
+                if not hosts:
+                    break  # none healthy here: the aggregate cluster's next target
+                hosts.sort(key=lambda p: p["metadata"]["name"])
+                pick = hosts[next(self._rr) % len(hosts)]
+                attempts -= 1
+                key = (me, str(pick["metadata"]["uid"]))
+                if self._alive(pick):
+                    self._fails.pop(key, None)
+                    return pick, cluster, "-"
+                stats = self.upstream_stats.setdefault(caller["metadata"]["name"], {}).setdefault(cluster, {})
+                ctr = stats.setdefault(
+                    f"{pick['status']['podIP']}:20000",
+                    {"cx_total": 0, "cx_connect_fail": 0, "rq_total": 0, "rq_error": 0, "rq_timeout": 0},
+                )
+                ctr["cx_total"] += 1
+                ctr["cx_connect_fail"] += 1
+                self._fails[key] = self._fails.get(key, 0) + 1
+                if self._fails[key] >= max_failures:
+                    self._ejected[key] = now + base
+                    del self._fails[key]
+                last_dead = (pick, cluster)
+            if attempts == 0:
+                break
+        if last_dead is not None:
+            return last_dead[0], last_dead[1], "URX,UF" if retries else "UF"
+        return None, (f"failover-target~0~{self._cluster(upstream)}" if resolver else self._cluster(upstream)), "UH"
 
     def _upstreams(self, pod: Obj) -> dict[str, str]:
         """Logical upstream (by port) -> Consul name, from the connect-service-upstreams annotation."""
@@ -1871,12 +1921,13 @@ class ClusterSim:
         run = self.pods.get(str(caller["metadata"]["uid"]))
         if run is None or run.current is None or not run.current.alive:
             return None, 0
-        target, cluster = self.route(caller, upstream)
+        target, cluster, flags = self.route(caller, upstream)
         now = time.time()
         host = f"{target['status']['podIP']}:20000" if target is not None else None
-        code = 200 if target is not None else 503
+        served = flags == "-"
+        code = 200 if served else 503
         stats = self.upstream_stats.setdefault(caller["metadata"]["name"], {}).setdefault(cluster, {})
-        if host is not None:
+        if host is not None and served:
             ctr = stats.setdefault(
                 host, {"cx_total": 0, "cx_connect_fail": 0, "rq_total": 0, "rq_error": 0, "rq_timeout": 0}
             )
@@ -1889,13 +1940,15 @@ class ClusterSim:
             "path": path,
             "protocol": "HTTP/1.1",
             "response_code": code,
-            "response_flags": "-" if target is not None else "UH",
-            "response_code_details": "via_upstream" if target is not None else "no_healthy_upstream",
+            "response_flags": flags,
+            "response_code_details": "via_upstream"
+            if served
+            else ("upstream_reset_before_response_started{connection_failure}" if target else "no_healthy_upstream"),
             "connection_termination_details": None,
             "bytes_received": 64,
             "bytes_sent": 512,
             "duration": 2,
-            "upstream_service_time": "1" if target is not None else None,
+            "upstream_service_time": "1" if served else None,
             "x_forwarded_for": None,
             "user_agent": "python-httpx",
             "request_id": str(uuid.uuid4()),
@@ -1909,7 +1962,7 @@ class ClusterSim:
             "upstream_transport_failure_reason": None,
         }
         run.current.envoy_buffer.append(json.dumps(line))
-        return target, code
+        return (target if served else None), code
 
     async def _frontend(self, pod: Obj, req: Any) -> aiohttp.web.StreamResponse:
         """nginx: `/api` through the sidecar to public-api (which calls product-api), the rest to Next.js."""

@@ -1,0 +1,81 @@
+"""The fake cluster's Envoy meets a dead node's pods as a real one does.
+
+A stopped node's pods stay Ready in the API, so Consul keeps them passing and
+every caller's Envoy keeps picking them: the connection fails, Envoy retries
+(the ServiceRouter's numRetries, no host predicate: a retry may pick the same
+dead host) and ejects the host after the caller's maxFailures consecutive
+failures. The fake used to skip such a host silently, so the kind/EKS flows
+never logged the failed calls (`UF`, `URX,UF`) a real cluster's access logs
+carry. The policy is read from the Consul entries the harness renders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.render.consul import NUM_RETRIES, PASSIVE_HEALTH_CHECK
+from tests.kubesim import ClusterSim, Consul
+
+
+def _pod(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "uid": f"uid-{name}", "annotations": {}},
+        "status": {"podIP": f"10.0.0.{len(name)}"},
+    }
+
+
+def _sim(dead: set[str], hosts: dict[str, list[str]], retries: int = NUM_RETRIES) -> ClusterSim:
+    sim = ClusterSim()
+    route = {"routes": [{"match": {"http": {"pathPrefix": "/"}}, "destination": {"numRetries": retries}}]}
+    sim.consul = Consul(
+        entries={
+            ("ServiceRouter", "api"): route,
+            ("ServiceResolver", "api"): {"failover": {"*": {"targets": [{"service": "api-region"}]}}},
+            ("ServiceDefaults", "web"): {"upstreamConfig": {"defaults": {"passiveHealthCheck": PASSIVE_HEALTH_CHECK}}},
+        }
+    )
+    pods = {svc: [_pod(n) for n in names] for svc, names in hosts.items()}
+    sim._instances = lambda svc: pods.get(svc, [])  # type: ignore[method-assign]  # Consul's passing instances
+    sim._alive = lambda p: p["metadata"]["name"] not in dead  # type: ignore[method-assign]
+    return sim
+
+
+CALLER = {
+    "metadata": {"name": "web-1", "uid": "uid-web-1", "annotations": {"consul.hashicorp.com/connect-service": "web"}}
+}
+
+
+def test_a_dead_but_passing_host_fails_its_calls_until_ejected_then_traffic_fails_over() -> None:
+    sim = _sim({"api-lz"}, {"api": ["api-lz"], "api-region": ["api-r"]})
+    first = sim.route(CALLER, "api")
+    # the zone's only instance is dead: the first attempt and every retry it allows before the ejection fail there
+    max_failures = int(PASSIVE_HEALTH_CHECK["maxFailures"])
+    assert max_failures <= 1 + NUM_RETRIES  # ejected within one request's attempts: its last retry fails over
+    assert first[0] is not None and first[0]["metadata"]["name"] == "api-r" and first[2] == "-"
+    assert first[1].startswith("failover-target~1~")
+    counters = sim.upstream_stats["web-1"]["failover-target~0~api.default.dc1.internal." + sim.consul.trust_domain]  # type: ignore[union-attr]
+    assert counters["10.0.0.6:20000"]["cx_connect_fail"] == max_failures
+    # ejected for baseEjectionTime: the next request goes to the Region at once
+    assert sim.route(CALLER, "api")[0]["metadata"]["name"] == "api-r"  # type: ignore[index]
+    assert counters["10.0.0.6:20000"]["cx_connect_fail"] == max_failures
+
+
+def test_without_retries_the_first_call_to_a_dead_host_fails() -> None:
+    sim = _sim({"api-lz"}, {"api": ["api-lz"], "api-region": ["api-r"]}, retries=0)
+    host, _cluster, flags = sim.route(CALLER, "api")
+    assert host is not None and host["metadata"]["name"] == "api-lz" and flags == "UF"
+
+
+def test_every_attempt_on_dead_hosts_is_urx() -> None:
+    # three dead instances, each failing once: no host reaches maxFailures before the attempts run out
+    sim = _sim({"a", "b", "c"}, {"api": ["a", "b", "c"]})
+    host, _cluster, flags = sim.route(CALLER, "api")
+    assert host is not None and flags == "URX,UF"
+
+
+def test_live_hosts_are_served_as_before() -> None:
+    sim = _sim(set(), {"api": ["a", "b"]})
+    picks = [sim.route(CALLER, "api") for _ in range(4)]
+    assert all(flags == "-" for _h, _c, flags in picks)
+    assert {h["metadata"]["name"] for h, _c, _f in picks if h is not None} == {"a", "b"}
+    assert sim.route(CALLER, "nothing")[2] == "UH"
