@@ -380,6 +380,8 @@ class Consul:
 
 
 Obj = dict[str, Any]
+# the per-host counters a sidecar's `/clusters` reports (and the harness's upstream stats read)
+HOST_COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
 Key = tuple[str, str, str | None, str]  # (apiVersion, plural, namespace, name)
 
 
@@ -1838,6 +1840,11 @@ class ClusterSim:
         td = self.consul.trust_domain if self.consul else "td.consul"
         return f"{svc}.default.{dc}.internal.{td}"
 
+    def _host_counters(self, caller: Obj, cluster: str, host: str) -> dict[str, int]:
+        """The caller's Envoy's counters for one host of one cluster (what `/clusters` reports)."""
+        stats = self.upstream_stats.setdefault(caller["metadata"]["name"], {}).setdefault(cluster, {})
+        return stats.setdefault(host, dict.fromkeys(HOST_COUNTERS, 0))
+
     def _envoy_policy(self, caller: Obj, upstream: str) -> tuple[int, int, float]:
         """(numRetries, maxFailures, baseEjectionTime in s) the caller's Envoy applies to `upstream`: the
         upstream's ServiceRouter and the caller's ServiceDefaults passive health check, as synced to Consul
@@ -1889,11 +1896,7 @@ class ClusterSim:
                 if self._alive(pick):
                     self._fails.pop(key, None)
                     return pick, cluster, "-"
-                stats = self.upstream_stats.setdefault(caller["metadata"]["name"], {}).setdefault(cluster, {})
-                ctr = stats.setdefault(
-                    f"{pick['status']['podIP']}:20000",
-                    {"cx_total": 0, "cx_connect_fail": 0, "rq_total": 0, "rq_error": 0, "rq_timeout": 0},
-                )
+                ctr = self._host_counters(caller, cluster, f"{pick['status']['podIP']}:20000")
                 ctr["cx_total"] += 1
                 ctr["cx_connect_fail"] += 1
                 self._fails[key] = self._fails.get(key, 0) + 1
@@ -1926,11 +1929,8 @@ class ClusterSim:
         host = f"{target['status']['podIP']}:20000" if target is not None else None
         served = flags == "-"
         code = 200 if served else 503
-        stats = self.upstream_stats.setdefault(caller["metadata"]["name"], {}).setdefault(cluster, {})
         if host is not None and served:
-            ctr = stats.setdefault(
-                host, {"cx_total": 0, "cx_connect_fail": 0, "rq_total": 0, "rq_error": 0, "rq_timeout": 0}
-            )
+            ctr = self._host_counters(caller, cluster, host)
             ctr["cx_total"] += 1
             ctr["rq_total"] += 1
         line = {
@@ -2030,8 +2030,7 @@ class ClusterSim:
                             {
                                 "address": {"socket_address": {"address": p["status"]["podIP"], "port_value": 20000}},
                                 "stats": [
-                                    {"name": k, "value": str(ctr.get(k, 0)), "type": "COUNTER"}
-                                    for k in ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
+                                    {"name": k, "value": str(ctr.get(k, 0)), "type": "COUNTER"} for k in HOST_COUNTERS
                                 ],
                                 "health_status": {"eds_health_status": "HEALTHY"}
                                 | ({} if self._alive(p) else {"failed_outlier_check": True}),

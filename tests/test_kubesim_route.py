@@ -11,17 +11,15 @@ carry. The policy is read from the Consul entries the harness renders.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from harness.render.consul import NUM_RETRIES, PASSIVE_HEALTH_CHECK
-from tests.kubesim import ClusterSim, Consul
+from tests.kubesim import ClusterSim, Consul, Container, PodRun
 
 
-def _pod(name: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "uid": f"uid-{name}", "annotations": {}},
-        "status": {"podIP": f"10.0.0.{len(name)}"},
-    }
+def _pod(name: str, ip: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "annotations": {}}, "status": {"podIP": ip}}
 
 
 def _sim(dead: set[str], hosts: dict[str, list[str]], retries: int = NUM_RETRIES) -> ClusterSim:
@@ -34,9 +32,12 @@ def _sim(dead: set[str], hosts: dict[str, list[str]], retries: int = NUM_RETRIES
             ("ServiceDefaults", "web"): {"upstreamConfig": {"defaults": {"passiveHealthCheck": PASSIVE_HEALTH_CHECK}}},
         }
     )
-    pods = {svc: [_pod(n) for n in names] for svc, names in hosts.items()}
-    sim._instances = lambda svc: pods.get(svc, [])  # type: ignore[method-assign]  # Consul's passing instances
-    sim._alive = lambda p: p["metadata"]["name"] not in dead  # type: ignore[method-assign]
+    # service j's i-th instance at 10.0.j.(i+1)
+    pods = {
+        svc: [_pod(n, f"10.0.{j}.{i + 1}") for i, n in enumerate(names)] for j, (svc, names) in enumerate(hosts.items())
+    }
+    sim._instances = lambda consul_name: pods.get(consul_name, [])  # type: ignore[method-assign]  # passing ones
+    sim._alive = lambda pod: pod["metadata"]["name"] not in dead  # type: ignore[method-assign]
     return sim
 
 
@@ -54,10 +55,10 @@ def test_a_dead_but_passing_host_fails_its_calls_until_ejected_then_traffic_fail
     assert first[0] is not None and first[0]["metadata"]["name"] == "api-r" and first[2] == "-"
     assert first[1].startswith("failover-target~1~")
     counters = sim.upstream_stats["web-1"]["failover-target~0~api.default.dc1.internal." + sim.consul.trust_domain]  # type: ignore[union-attr]
-    assert counters["10.0.0.6:20000"]["cx_connect_fail"] == max_failures
+    assert counters["10.0.0.1:20000"]["cx_connect_fail"] == max_failures
     # ejected for baseEjectionTime: the next request goes to the Region at once
     assert sim.route(CALLER, "api")[0]["metadata"]["name"] == "api-r"  # type: ignore[index]
-    assert counters["10.0.0.6:20000"]["cx_connect_fail"] == max_failures
+    assert counters["10.0.0.1:20000"]["cx_connect_fail"] == max_failures
 
 
 def test_without_retries_the_first_call_to_a_dead_host_fails() -> None:
@@ -79,3 +80,16 @@ def test_live_hosts_are_served_as_before() -> None:
     assert all(flags == "-" for _h, _c, flags in picks)
     assert {h["metadata"]["name"] for h, _c, _f in picks if h is not None} == {"a", "b"}
     assert sim.route(CALLER, "nothing")[2] == "UH"
+
+
+def test_the_caller_logs_the_failed_call_as_envoy_does() -> None:
+    """The access-log line of a request whose every attempt met a dead host: 503, `URX,UF`, the dead host named,
+    a connection failure as the reason; the caller sees no upstream (the request failed)."""
+    sim = _sim({"a", "b", "c"}, {"api": ["a", "b", "c"]})
+    sim.pods["uid-web-1"] = PodRun("uid-web-1", "n", "web-1", current=Container(1, "10.0.1.1", 0.0))
+    target, code = sim._log_hop(CALLER, "api", "8080", "/api")
+    assert target is None and code == 503
+    line = json.loads(sim.pods["uid-web-1"].current.envoy_buffer[-1])  # type: ignore[union-attr]
+    assert (line["response_code"], line["response_flags"]) == (503, "URX,UF")
+    assert line["upstream_host"] == "10.0.0.3:20000"  # the last dead pick ("c")
+    assert line["response_code_details"] == "upstream_reset_before_response_started{connection_failure}"

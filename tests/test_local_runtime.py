@@ -28,7 +28,9 @@ pytestmark = [pytest.mark.local, pytest.mark.slow]
 
 CLUSTER = "ehrt"
 LAX, LAS = "us-west-2-lax-1a", "us-west-2-las-1a"
-TOPOLOGY = """
+GRACE_S = 3.0  # local.nodeGracePeriodS: a killed node's pods stay Ready this long
+TOPOLOGY = (
+    """
 apiVersion: edge-harness/v1
 name: spread
 region: us-west-2
@@ -41,9 +43,9 @@ services:
   - {name: public-api, placement: edge, replicas: 2, upstreams: [product-api]}
   - {name: product-api, placement: edge, replicas: 2, upstreams: [postgres]}
   - {name: postgres, placement: region, replicas: 1, protocol: tcp}
-local: {nodeGracePeriodS: 3}
 """
-GRACE_S = 3.0
+    + f"local: {{nodeGracePeriodS: {GRACE_S:g}}}\n"
+)
 COFFEES = json.dumps({"query": "{ coffees { id name } }"})
 
 

@@ -17,10 +17,12 @@ an outage with no timeline record and no experiment).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness.verify import FALLBACK
+from harness.topology import Topology
+from harness.verify import FALLBACK, Verdict
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import LAX, T, failed
@@ -34,8 +36,8 @@ def _crash(start: float, back: float | None) -> FaultSpec:
     return FaultSpec("crash", "service-down", LAX, ("product-api",), start, back, 0.2, 1.0, recorded=False)
 
 
-def _verify(tmp_path: Path, **kw: object) -> object:
-    sc = Scenario(kw.pop("topology", T), duration_s=DURATION_S, rate_per_zone=4, **kw)  # type: ignore[arg-type]
+def _verify(tmp_path: Path, topology: Topology = T, **kw: Any) -> Verdict:
+    sc = Scenario(topology, duration_s=DURATION_S, rate_per_zone=4, **kw)
     return verify(write_run(tmp_path / "run", sc))
 
 
@@ -45,12 +47,12 @@ def test_an_outage_nobody_injected_that_outlasts_the_recovery_slo_fails_fallback
 ) -> None:
     """Before: PASS, with the outage as a note (users were served from the Region all along)."""
     v = _verify(tmp_path, faults=[_crash(start, back)])
-    assert not v.passed and FALLBACK in failed(v), why(v)  # type: ignore[attr-defined]
-    msg = v.invariant(FALLBACK).message  # type: ignore[attr-defined]
+    assert not v.passed and FALLBACK in failed(v), why(v)
+    msg = v.invariant(FALLBACK).message
     assert f"product-api had no ready pod in {LAX}" in msg and "outside any recorded fault" in msg
     assert f"longer than maxRecoveryS ({LIMIT_S:g}s)" in msg
     assert ("still when the run ended" in msg) is (back is None)
-    assert FALLBACK not in {i.name for i in v.invariants if i.passed}  # type: ignore[attr-defined]
+    assert FALLBACK not in {i.name for i in v.invariants if i.passed}
 
 
 @pytest.mark.parametrize(("start", "back"), [(30.0, 50.0), (DURATION_S - 30.0, None)])
@@ -59,8 +61,8 @@ def test_a_short_outage_or_one_whose_recovery_is_not_yet_due_at_the_end_is_a_not
 ) -> None:
     """20 s and back; or 30 s before the end and not back yet: within maxRecoveryS, its recovery not yet due."""
     v = _verify(tmp_path, faults=[_crash(start, back)])
-    assert v.passed, why(v)  # type: ignore[attr-defined]
-    notes = [n for n in v.run.notes if "outside any recorded fault" in n]  # type: ignore[attr-defined]
+    assert v.passed, why(v)
+    notes = [n for n in v.run.notes if "outside any recorded fault" in n]
     assert any(n.startswith(f"product-api had no ready pod in {LAX}") for n in notes), notes
 
 
@@ -69,11 +71,11 @@ def test_a_spill_nobody_injected_that_outlasts_the_recovery_slo_fails_fallback(t
     Region by design, for longer than any recovery may take, and nothing injected it."""
     t2 = _with_replicas("product-api", 2)
     v = _verify(tmp_path, topology=t2, degraded=[(LAX, "product-api", 30.0, 30.0 + LIMIT_S + 20)])
-    assert FALLBACK in failed(v), why(v)  # type: ignore[arg-type]
-    assert "too few ready pods to keep its traffic" in v.invariant(FALLBACK).message  # type: ignore[attr-defined]
+    assert FALLBACK in failed(v), why(v)
+    assert "too few ready pods to keep its traffic" in v.invariant(FALLBACK).message
     # the same spill for 10 s: a note
     short = _verify(tmp_path / "short", topology=t2, degraded=[(LAX, "product-api", 30.0, 40.0)])
-    assert short.passed, why(short)  # type: ignore[arg-type]
+    assert short.passed, why(short)
 
 
 @pytest.mark.parametrize("back", [40.0 + LIMIT_S + 10, 52.0])
@@ -84,9 +86,9 @@ def test_an_outage_that_begins_as_a_fault_is_undone_is_named_after_it(tmp_path: 
     outage = FaultSpec("zone-las", "zone-down", LAX, (), 30.0, 40.0, 0.0, 1.0, entry_down=True)
     crash = _crash(40.5, back)
     v = _verify(tmp_path, faults=[outage, crash])
-    notes = [n for n in v.run.notes if n.startswith(f"product-api had no ready pod in {LAX}")]  # type: ignore[attr-defined]
+    notes = [n for n in v.run.notes if n.startswith(f"product-api had no ready pod in {LAX}")]
     assert notes and all("after the restore of zone-las" in n and "outside" not in n for n in notes), notes
     long = back - 40.5 > LIMIT_S
-    assert (FALLBACK in failed(v)) is long, why(v)  # type: ignore[arg-type]
+    assert (FALLBACK in failed(v)) is long, why(v)
     if long:
-        assert "not back after the restore" in v.invariant(FALLBACK).message  # type: ignore[attr-defined]
+        assert "not back after the restore" in v.invariant(FALLBACK).message

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from harness.topology import load_topology
-from harness.verify import AVAILABILITY
+from harness.verify import AVAILABILITY, Verdict
 from harness.verify.invariants.sql import ZONE_BUDGET_ALPHA, binomial_sf
 from harness.verify.synth import Scenario, write_run
-from harness.verify.verdict import FAIL, PASS
+from harness.verify.verdict import FAIL, PASS, WindowResult
 from tests.verdicts import verify
 
 T = load_topology()
@@ -33,8 +33,8 @@ DURATION_S, RATE = 120, 4
 PER_ZONE = DURATION_S * RATE  # users' requests per zone (the synthetic mesh sends at a fixed rate)
 
 
-def _steady(v: object) -> object:
-    inv = v.invariant(AVAILABILITY)  # type: ignore[attr-defined]
+def _steady(v: Verdict) -> WindowResult:
+    inv = v.invariant(AVAILABILITY)
     return next(w for w in inv.windows if w.window == "steady state")
 
 

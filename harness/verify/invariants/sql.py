@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ MAX_OFFENDERS = 5
 # below this chance of a correct mesh's in-zone hops, a spill's share fails locality (`RoutingChecks._spill_share`)
 SPILL_ALPHA = 1e-6
 # below this chance of a zone's failed user requests at the error budget's rate, the zone's users fail the window's
-# availability though the window's rate over every zone is within it (`UserChecks._zone_offenders`)
+# availability though the window's rate over every zone is within it (`UserChecks._by_zone`)
 ZONE_BUDGET_ALPHA = 1e-3
 # a hop whose caller no inventory record places (inventory lost or cut short): its pair is named so, and locality
 # fails the run for it (`RoutingChecks._unplaced_callers`)
@@ -108,8 +109,7 @@ DEFINITIONS = {
     "pair of its dependants served again after that (measured recovery within maxRecoveryS: ejections run out); "
     "each window also per zone users entered (by_zone): a zone whose failed requests are beyond what the budget's "
     f"rate leaves to chance at its traffic (binomial upper tail below {ZONE_BUDGET_ALPHA:g}) fails the window though "
-    "the rate over "
-    "every zone is within the budget",
+    "the rate over every zone is within the budget",
     "coverage": "each fault has user requests entering its zone (and, for a fault on a Region-only service, every "
     "zone with users whose calls reach it) at an up entry point in flight during [inject, restore] "
     "(unless the fault takes the entry down by design) and after (restore, next fault in the zone / end of run, "
@@ -237,16 +237,20 @@ def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]], en
     return "(" + " OR ".join(parts) + ")"
 
 
+def _binomial_log_pmf(n: int, p: float) -> Callable[[int], float]:
+    """log P(X = i) for X ~ Binomial(n, p), 0 < p < 1 (lgamma: n of millions stays finite)."""
+    lp, lq, head = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    return lambda i: head - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+
+
 def binomial_cdf(x: int, n: int, p: float) -> float:
     """P(X <= x) for X ~ Binomial(n, p), summed in log space (n of a few thousand hops stays exact enough)."""
     if p >= 1.0:
         return 1.0 if x >= n else 0.0
     if p <= 0.0:
         return 1.0
-    lp, lq = math.log(p), math.log1p(-p)
-    head = math.lgamma(n + 1)
-    return min(1.0, sum(math.exp(head - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
-                        for i in range(max(0, min(x, n)) + 1)))  # fmt: skip
+    log_pmf = _binomial_log_pmf(n, p)
+    return min(1.0, sum(math.exp(log_pmf(i)) for i in range(max(0, min(x, n)) + 1)))
 
 
 def binomial_sf(k: int, n: int, p: float) -> float:
@@ -263,11 +267,10 @@ def binomial_sf(k: int, n: int, p: float) -> float:
         return 0.0
     if p >= 1.0:
         return 1.0
-    lp, lq = math.log(p), math.log1p(-p)
-    head = math.lgamma(n + 1)
+    log_pmf = _binomial_log_pmf(n, p)
     total = 0.0
     for i in range(k, n + 1):
-        term = math.exp(head - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
+        term = math.exp(log_pmf(i))
         total += term
         if i > n * p and term <= total * 1e-17:
             break
