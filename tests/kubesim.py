@@ -102,7 +102,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp.web
 import yaml
@@ -380,7 +380,18 @@ class Consul:
 
 
 Obj = dict[str, Any]
+
+
 # the per-host counters a sidecar's `/clusters` reports (and the harness's upstream stats read)
+class Routed(NamedTuple):
+    """One request's way through the caller's Envoy (`ClusterSim.route`)."""
+
+    host: Obj | None  # the pod of the last attempt (None: no host at all)
+    cluster: str  # its upstream cluster (the aggregate cluster's target)
+    flags: str  # the access log's response flags: "-" served, "UF"/"URX,UF" every attempt on dead hosts, "UH"
+    dead_attempts: int  # attempts spent on dead hosts, each a connect timeout
+
+
 HOST_COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
 Key = tuple[str, str, str | None, str]  # (apiVersion, plural, namespace, name)
 
@@ -1859,8 +1870,8 @@ class ClusterSim:
         base = parse_duration(str(phc.get("baseEjectionTime", "30s")), lambda: ValueError("baseEjectionTime"))
         return retries, int(phc.get("maxFailures", 5)), base
 
-    def route(self, caller: Obj, upstream: str) -> tuple[Obj | None, str, str]:
-        """(host, upstream_cluster, response flags) of the caller's Envoy for one request to `upstream` now.
+    def route(self, caller: Obj, upstream: str) -> Routed:
+        """Where the caller's Envoy sends one request to `upstream` now, and what it met on the way (`Routed`).
 
         Consul's view (passing instances) is what Envoy has. A passing host
         that is actually dead (its node stopped: the API still lists it
@@ -1870,7 +1881,9 @@ class ClusterSim:
         consecutive failures, for `baseEjectionTime`. With no host left the
         aggregate cluster moves to the resolver's failover target (Consul CE:
         another service). All attempts spent on dead hosts: `URX,UF` (`UF`
-        without retries) on the last one; no host at all: `UH`.
+        without retries) on the last one; no host at all: `UH`. Each attempt
+        on a dead host costs the connect timeout (`dead_attempts`): packets
+        to a stopped node go nowhere, nothing refuses them.
         """
         c = self.consul
         resolver = c.entries.get(("ServiceResolver", upstream)) if c else None
@@ -1882,6 +1895,7 @@ class ClusterSim:
         me, now = str(caller["metadata"]["uid"]), time.time()
         attempts = 1 + retries
         last_dead: tuple[Obj, str] | None = None
+        dead = 0
         for i, svc in enumerate(targets):
             name = self._cluster(svc)
             cluster = f"failover-target~{i}~{name}" if resolver else name
@@ -1895,7 +1909,7 @@ class ClusterSim:
                 key = (me, str(pick["metadata"]["uid"]))
                 if self._alive(pick):
                     self._fails.pop(key, None)
-                    return pick, cluster, "-"
+                    return Routed(pick, cluster, "-", dead)
                 ctr = self._host_counters(caller, cluster, f"{pick['status']['podIP']}:20000")
                 ctr["cx_total"] += 1
                 ctr["cx_connect_fail"] += 1
@@ -1904,11 +1918,26 @@ class ClusterSim:
                     self._ejected[key] = now + base
                     del self._fails[key]
                 last_dead = (pick, cluster)
+                dead += 1
             if attempts == 0:
                 break
         if last_dead is not None:
-            return last_dead[0], last_dead[1], "URX,UF" if retries else "UF"
-        return None, (f"failover-target~0~{self._cluster(upstream)}" if resolver else self._cluster(upstream)), "UH"
+            return Routed(last_dead[0], last_dead[1], "URX,UF" if retries else "UF", dead)
+        first = f"failover-target~0~{self._cluster(upstream)}" if resolver else self._cluster(upstream)
+        return Routed(None, first, "UH", 0)
+
+    def _connect_timeout_s(self, caller: Obj, upstream: str) -> float:
+        """The connect timeout of the caller's Envoy towards `upstream`: the upstream's ServiceResolver
+        `connectTimeout`, else the caller's ServiceDefaults `upstreamConfig.defaults.connectTimeoutMs`, else
+        Consul's default (5 s)."""
+        c = self.consul
+        resolver = c.entries.get(("ServiceResolver", upstream)) if c else None
+        if resolver and resolver.get("connectTimeout"):
+            return parse_duration(str(resolver["connectTimeout"]), lambda: ValueError("connectTimeout"))
+        svc = (caller["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service", "")
+        defaults = c.entries.get(("ServiceDefaults", svc)) if c else None
+        ms = (((defaults or {}).get("upstreamConfig") or {}).get("defaults") or {}).get("connectTimeoutMs")
+        return int(ms) / 1000 if ms else 5.0
 
     def _upstreams(self, pod: Obj) -> dict[str, str]:
         """Logical upstream (by port) -> Consul name, from the connect-service-upstreams annotation."""
@@ -1919,13 +1948,20 @@ class ClusterSim:
             out[port] = name.split(".")[0]
         return out
 
-    def _log_hop(self, caller: Obj, upstream: str, port: str, path: str) -> tuple[Obj | None, int]:
-        """One outbound hop of `caller`'s sidecar: pick, count, buffer the access-log line."""
+    async def _log_hop(self, caller: Obj, upstream: str, port: str, path: str) -> tuple[Obj | None, int]:
+        """One outbound hop of `caller`'s sidecar: pick, count, buffer the access-log line when it ends.
+
+        An attempt on a dead host waits out the connect timeout first, as a
+        real Envoy does (the line's `duration`; its start is when the request came).
+        """
         run = self.pods.get(str(caller["metadata"]["uid"]))
         if run is None or run.current is None or not run.current.alive:
             return None, 0
-        target, cluster, flags = self.route(caller, upstream)
         now = time.time()
+        target, cluster, flags, dead = self.route(caller, upstream)
+        wait_s = dead * self._connect_timeout_s(caller, upstream)
+        if wait_s:
+            await asyncio.sleep(wait_s)
         host = f"{target['status']['podIP']}:20000" if target is not None else None
         served = flags == "-"
         code = 200 if served else 503
@@ -1943,11 +1979,11 @@ class ClusterSim:
             "response_flags": flags,
             "response_code_details": "via_upstream"
             if served
-            else ("upstream_reset_before_response_started{connection_failure}" if target else "no_healthy_upstream"),
+            else ("upstream_reset_before_response_started{connection_timeout}" if target else "no_healthy_upstream"),
             "connection_termination_details": None,
             "bytes_received": 64,
             "bytes_sent": 512,
-            "duration": 2,
+            "duration": round(wait_s * 1000) + 2,
             "upstream_service_time": "1" if served else None,
             "x_forwarded_for": None,
             "user_agent": "python-httpx",
@@ -1972,12 +2008,12 @@ class ClusterSim:
         ups = self._upstreams(pod)
         if "8080" not in ups:
             return _text(502, "no public-api upstream\n")
-        public, code = self._log_hop(pod, ups["8080"], "8080", "/api")
+        public, code = await self._log_hop(pod, ups["8080"], "8080", "/api")
         if public is None:
             return _text(code, "no healthy upstream")
         pups = self._upstreams(public)
         if "9090" in pups:
-            product, _code = self._log_hop(public, pups["9090"], "9090", "/coffees")
+            product, _code = await self._log_hop(public, pups["9090"], "9090", "/coffees")
             if product is None:
                 body = {
                     "errors": [{"message": 'Get "http://localhost:9090/coffees": 503 no healthy upstream'}],

@@ -11,10 +11,11 @@ carry. The policy is read from the Consul entries the harness renders.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from harness.render.consul import NUM_RETRIES, PASSIVE_HEALTH_CHECK
+from harness.render.consul import CONNECT_TIMEOUT_MS, NUM_RETRIES, PASSIVE_HEALTH_CHECK
 from tests.kubesim import ClusterSim, Consul, Container, PodRun
 
 
@@ -29,7 +30,11 @@ def _sim(dead: set[str], hosts: dict[str, list[str]], retries: int = NUM_RETRIES
         entries={
             ("ServiceRouter", "api"): route,
             ("ServiceResolver", "api"): {"failover": {"*": {"targets": [{"service": "api-region"}]}}},
-            ("ServiceDefaults", "web"): {"upstreamConfig": {"defaults": {"passiveHealthCheck": PASSIVE_HEALTH_CHECK}}},
+            ("ServiceDefaults", "web"): {
+                "upstreamConfig": {
+                    "defaults": {"passiveHealthCheck": PASSIVE_HEALTH_CHECK, "connectTimeoutMs": CONNECT_TIMEOUT_MS}
+                }
+            },
         }
     )
     # service j's i-th instance at 10.0.j.(i+1)
@@ -52,44 +57,57 @@ def test_a_dead_but_passing_host_fails_its_calls_until_ejected_then_traffic_fail
     # the zone's only instance is dead: the first attempt and every retry it allows before the ejection fail there
     max_failures = int(PASSIVE_HEALTH_CHECK["maxFailures"])
     assert max_failures <= 1 + NUM_RETRIES  # ejected within one request's attempts: its last retry fails over
-    assert first[0] is not None and first[0]["metadata"]["name"] == "api-r" and first[2] == "-"
-    assert first[1].startswith("failover-target~1~")
+    assert first.host is not None and first.host["metadata"]["name"] == "api-r" and first.flags == "-"
+    assert first.cluster.startswith("failover-target~1~") and first.dead_attempts == max_failures
     counters = sim.upstream_stats["web-1"]["failover-target~0~api.default.dc1.internal." + sim.consul.trust_domain]  # type: ignore[union-attr]
     assert counters["10.0.0.1:20000"]["cx_connect_fail"] == max_failures
     # ejected for baseEjectionTime: the next request goes to the Region at once
-    assert sim.route(CALLER, "api")[0]["metadata"]["name"] == "api-r"  # type: ignore[index]
+    again = sim.route(CALLER, "api")
+    assert again.host is not None and again.host["metadata"]["name"] == "api-r" and again.dead_attempts == 0
     assert counters["10.0.0.1:20000"]["cx_connect_fail"] == max_failures
 
 
 def test_without_retries_the_first_call_to_a_dead_host_fails() -> None:
     sim = _sim({"api-lz"}, {"api": ["api-lz"], "api-region": ["api-r"]}, retries=0)
-    host, _cluster, flags = sim.route(CALLER, "api")
-    assert host is not None and host["metadata"]["name"] == "api-lz" and flags == "UF"
+    host, _cluster, flags, dead = sim.route(CALLER, "api")
+    assert host is not None and host["metadata"]["name"] == "api-lz" and flags == "UF" and dead == 1
 
 
 def test_every_attempt_on_dead_hosts_is_urx() -> None:
     # three dead instances, each failing once: no host reaches maxFailures before the attempts run out
     sim = _sim({"a", "b", "c"}, {"api": ["a", "b", "c"]})
-    host, _cluster, flags = sim.route(CALLER, "api")
-    assert host is not None and flags == "URX,UF"
+    host, _cluster, flags, dead = sim.route(CALLER, "api")
+    assert host is not None and flags == "URX,UF" and dead == 1 + NUM_RETRIES
 
 
 def test_live_hosts_are_served_as_before() -> None:
     sim = _sim(set(), {"api": ["a", "b"]})
     picks = [sim.route(CALLER, "api") for _ in range(4)]
-    assert all(flags == "-" for _h, _c, flags in picks)
-    assert {h["metadata"]["name"] for h, _c, _f in picks if h is not None} == {"a", "b"}
-    assert sim.route(CALLER, "nothing")[2] == "UH"
+    assert all(r.flags == "-" and r.dead_attempts == 0 for r in picks)
+    assert {r.host["metadata"]["name"] for r in picks if r.host is not None} == {"a", "b"}
+    assert sim.route(CALLER, "nothing").flags == "UH"
 
 
 def test_the_caller_logs_the_failed_call_as_envoy_does() -> None:
     """The access-log line of a request whose every attempt met a dead host: 503, `URX,UF`, the dead host named,
-    a connection failure as the reason; the caller sees no upstream (the request failed)."""
+    a connect timeout as the reason, and it took every attempt's connect timeout (Envoy 1.40 on the local
+    backend's dead node logged `upstream_reset_before_response_started{connection_timeout}` after ~2 s per
+    attempt); the caller sees no upstream (the request failed)."""
     sim = _sim({"a", "b", "c"}, {"api": ["a", "b", "c"]})
+    sim.consul.entries[("ServiceResolver", "api")]["connectTimeout"] = "10ms"  # type: ignore[union-attr]
     sim.pods["uid-web-1"] = PodRun("uid-web-1", "n", "web-1", current=Container(1, "10.0.1.1", 0.0))
-    target, code = sim._log_hop(CALLER, "api", "8080", "/api")
+    target, code = asyncio.run(sim._log_hop(CALLER, "api", "8080", "/api"))
     assert target is None and code == 503
     line = json.loads(sim.pods["uid-web-1"].current.envoy_buffer[-1])  # type: ignore[union-attr]
     assert (line["response_code"], line["response_flags"]) == (503, "URX,UF")
     assert line["upstream_host"] == "10.0.0.3:20000"  # the last dead pick ("c")
-    assert line["response_code_details"] == "upstream_reset_before_response_started{connection_failure}"
+    assert line["response_code_details"] == "upstream_reset_before_response_started{connection_timeout}"
+    assert line["duration"] >= (1 + NUM_RETRIES) * 10
+
+
+def test_the_connect_timeout_is_the_resolvers_then_the_callers_upstream_config() -> None:
+    sim = _sim(set(), {"api": ["a"]})
+    assert sim._connect_timeout_s(CALLER, "api") == CONNECT_TIMEOUT_MS / 1000  # no resolver timeout: ServiceDefaults
+    sim.consul.entries[("ServiceResolver", "api")]["connectTimeout"] = "3s"  # type: ignore[union-attr]
+    assert sim._connect_timeout_s(CALLER, "api") == 3.0
+    assert sim._connect_timeout_s({"metadata": {"name": "x", "uid": "x"}}, "other") == 5.0  # Consul's default

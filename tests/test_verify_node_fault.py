@@ -40,12 +40,23 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def node_kill(tmp_path: Path, shape: str, name: str = "run", zone: str = LAX, node: str = NODE, **kw: Any) -> Path:
+def node_kill(
+    tmp_path: Path,
+    shape: str,
+    name: str = "run",
+    zone: str = LAX,
+    node: str = NODE,
+    grace: float | None = None,
+    **kw: Any,
+) -> Path:
     """A kill_node of the node running LAX's product-api, the inventory written as `shape` records it.
 
     local: the pod is `removed` at the inject and a replacement (new pod, new IP) is ready at the restore.
     kind: the pod stays Ready through the fault; after the restore it is unready, gets a new IP, is ready.
     The mesh is the same: hops to product-api fail for 0.5 s, then go to the Region until 1 s after the restore.
+    `grace`: a fault longer than the node grace period: the API marks the pod not Ready this long after the
+    inject (kind: then as above after the restore; local: the dead-node model writes it unready, and at the
+    restore `removed` with its replacement, as the "local" shape).
     """
     f = FaultSpec("kill-node", "service-down", zone, ("product-api",), INJECT, RESTORE, 0.5, 1.0)
     d = run(tmp_path, name, faults=[f], rate_per_zone=10, **kw)
@@ -73,7 +84,7 @@ def node_kill(tmp_path: Path, shape: str, name: str = "run", zone: str = LAX, no
             {**old, "ts": restore + 0.2, "event": "ip", "ip": new["ip"]},
             {**old, "ts": restore + 0.3, "event": "ready", "ip": new["ip"]},
         ]
-        inv = sorted(keep + late, key=lambda e: e["ts"])
+        inv = keep + late
         # the replacement's records are the old pod's (kind restarts the same pod)
         for path in [*(d / "accesslogs").glob("*.jsonl"), d / "upstream-stats.jsonl"]:
             path.write_text(path.read_text().replace(new["pod"], old["pod"]))
@@ -82,7 +93,14 @@ def node_kill(tmp_path: Path, shape: str, name: str = "run", zone: str = LAX, no
         if src.exists():
             moved.write_text((moved.read_text() if moved.exists() else "") + src.read_text())
             src.unlink()
-    _write(d / "inventory.jsonl", inv)
+    elif grace is not None:  # the dead-node model: removed at the restore, not at the inject
+        for e in inv:
+            if e["pod"] == old["pod"] and e["event"] == "removed":
+                e["ts"] = t0 + RESTORE
+    if grace is not None:
+        assert grace < RESTORE - INJECT
+        inv.append({**old, "ts": t0 + INJECT + grace, "event": "unready"})
+    _write(d / "inventory.jsonl", sorted(inv, key=lambda e: e["ts"]))
     for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
         (d / stale).unlink(missing_ok=True)
     return d
@@ -165,14 +183,13 @@ def test_a_replica_on_a_killed_node_spills_from_the_inject_also_when_the_api_sho
 
 
 def test_a_local_node_kill_is_judged_from_its_own_inventory(tmp_path: Path) -> None:
-    """The local backend records the dead pods itself between inject and restore: the implied unready is
-    not added (a no-op), the readiness is the inventory's, and the verdict is the one before the fix."""
+    """Older local runs record the dead pods themselves at the inject (`removed`, or `unready`): the unready
+    the fault implies at the inject is a no-op, and the verdict is the inventory's own."""
     for shape, build in (("removed", node_kill), ("unready", replica_node_kill)):
         d = build(tmp_path, "local", shape)
         r = load_run(d)
-        pods = r.con.execute("SELECT pod, implied FROM node_fault_pods").fetchall()
-        assert pods and not any(implied for _, implied in pods), pods
-        assert all(p.startswith("product-api-lax") for p, _ in pods), pods
+        pods = r.con.execute("SELECT pod FROM node_fault_pods").fetchall()
+        assert pods and all(p.startswith("product-api-lax") for (p,) in pods), pods
         v = verify(d)
         assert v.passed, why(v)
 
@@ -310,3 +327,30 @@ def test_users_the_entry_still_sends_to_a_killed_frontend_are_reported_apart_onl
         assert window.excluded_requests >= len(hit) and zone["failed"] == 0
     else:
         assert not v.passed and zone["failed"] == len(hit) and window.excluded_requests == 0, why(v)
+
+
+@pytest.mark.parametrize("shape", ["local", "kind"])
+def test_a_node_fault_longer_than_the_grace_period_is_judged_as_a_short_one(tmp_path: Path, shape: str) -> None:
+    """A fault that outlasts the node grace period (`local.nodeGracePeriodS` 3 s here; 40-50 s on a cluster):
+    the API marks the dead pod not Ready mid-fault. That record used to stand (`_node_fault_pods` implied an
+    unready at the inject only when the inventory had none in the fault), so the zone's product-api read up
+    for the first 3 s of the fault. It was dead from the inject: it is down from the inject, and the verdict
+    and its figures are those of the same mesh when the API said nothing until the restore."""
+    short, long = node_kill(tmp_path, shape, "short"), node_kill(tmp_path, shape, "long", grace=3.0)
+    figures = []
+    for d in (short, long):
+        v = verify(d)
+        assert v.passed, why(v)
+        figures.append([(f.failover_s, f.recovery_s, f.lost_requests, f.lost_hops) for f in v.faults])
+    assert figures[0] == figures[1]
+    r = load_run(long)
+    t0 = _rows(long / "chaos.jsonl")[0]["ts"] - INJECT
+    assert load_run(short).down[(LAX, "product-api")] == r.down[(LAX, "product-api")]
+    assert r.down[(LAX, "product-api")][0][0] == t0 + INJECT
+
+
+@pytest.mark.parametrize("misconfig", ["failover-to-lz", "missing-failover"])
+def test_a_broken_mesh_fails_a_node_fault_longer_than_the_grace_period(tmp_path: Path, misconfig: str) -> None:
+    """The API's own unready mid-fault excuses nothing: no failover, or one to another Local Zone, still fails."""
+    v = verify(node_kill(tmp_path, "kind", grace=3.0, misconfig=misconfig))
+    assert not v.passed, why(v)

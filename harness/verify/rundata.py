@@ -19,7 +19,7 @@ Tables after `load_run`:
 - `services(name, placement)`; `calls(caller, upstream)` (the call graph).
 - `requests(ts, zone, endpoint, name, status, latency_ms, ok, error)`.
 - `inventory` (= `inv`), `intervals`, `consul_names` (see observe).
-- `node_fault_pods(fault, inject, pod, ip, node, zone, service, implied)`: the pods a
+- `node_fault_pods(fault, inject, pod, ip, node, zone, service)`: the pods a
   node fault (kill_node, zone_outage) killed (`_node_fault_pods`).
 - `chaos(ts, fault, phase, action, kind, zone, service, services, entry_down)`.
 - `entrypoints(ts, zone, url, up, reason)`.
@@ -586,42 +586,41 @@ NODE_FAULT_ACTIONS = ("kill_node", "zone_outage")
 
 
 def _node_fault_pods(run: RunData) -> None:
-    """Table `node_fault_pods`: the pods each node fault killed, and whether the verifier must down them itself.
+    """Table `node_fault_pods`: the pods each node fault killed; each is not ready from the fault's inject.
 
     Why: a stopped node is dead at once, but the Kubernetes API does not say
     so. On kind (`docker stop` of the node's container) and EKS the kubelet
     stops reporting; the node controller marks the node's pods not Ready only
     after its grace period (40-50 s, consul-k8s deregisters them after that),
-    longer than our faults. The inventory, a watch of the API, so shows them
-    Ready through the whole fault; after the restore the booting kubelet sets
-    them unready, they usually get a new IP (an `ip` event) and are `ready`
-    again. The local backend does the same (its node kill keeps the pods
-    registered and Ready for `local.nodeGracePeriodS`), except that after the
-    restore it writes them `removed` and starts new pods.
+    usually longer than our faults. The inventory, a watch of the API, so shows
+    them Ready through the fault, or until the grace period ends mid-fault;
+    after the restore the booting kubelet sets them unready, they usually get a
+    new IP (an `ip` event) and are `ready` again. The local backend does the
+    same (its node kill keeps the pods registered and Ready for
+    `local.nodeGracePeriodS`), except that after the restore it writes them
+    `removed` and starts new pods.
     The chaos record is the truth about what the harness did, so a pod that
     was on a stopped node (inventory `node` at the inject; a zone_outage
     stops every node of its zone) and alive at the inject counts as not ready
-    from the inject until its next `ready` event after it (`implied`: an
-    `unready` at the inject that `_readiness` adds), unless the inventory
-    itself has it unready or removed between the inject and the restore (a
-    fault longer than the grace period: then its own record stands). The IP
-    each held at the inject is one of the fault's dead IPs
-    (`FaultMeasurer._detection`). Hop attribution (`intervals`) is untouched.
+    from the inject until its next `ready` event after it: `_readiness` adds
+    an `unready` at the inject. Where the inventory records the death itself
+    (older local runs: `removed` at the inject; the grace period ending
+    mid-fault: `unready` then) that is a no-op or comes later, and the pod's
+    readiness from the inject on is the same either way. The IP each held at
+    the inject is one of the fault's dead IPs (`FaultMeasurer._detection`).
+    Hop attribution (`intervals`) is untouched.
     """
     run.con.execute(
         "CREATE TABLE node_fault_pods (fault VARCHAR, inject DOUBLE, pod VARCHAR, ip VARCHAR, node VARCHAR, "
-        "zone VARCHAR, service VARCHAR, implied BOOLEAN)"
+        "zone VARCHAR, service VARCHAR)"
     )
     for f in run.faults:
         if f.action not in NODE_FAULT_ACTIONS or (f.action == "kill_node" and not f.node):
             continue
-        restore = f.restore if f.restore is not None else float("inf")
         run.con.execute(
             """
             INSERT INTO node_fault_pods
-            SELECT ?, ?, i.pod, i.ip, n.node, i.zone, i.service,
-                   NOT EXISTS (SELECT 1 FROM inv d WHERE d.pod = i.pod AND d.event IN ('unready', 'removed')
-                               AND d.ts >= ? AND d.ts <= ?) AS implied
+            SELECT ?, ?, i.pod, i.ip, n.node, i.zone, i.service
             FROM intervals i
             JOIN (SELECT pod, arg_max(node, ts) AS node FROM inv WHERE ts <= ? AND node IS NOT NULL GROUP BY pod) n
               ON n.pod = i.pod
@@ -629,7 +628,7 @@ def _node_fault_pods(run: RunData) -> None:
               AND i.zone IS NOT NULL AND i.service IS NOT NULL
               AND (CASE WHEN ? = 'kill_node' THEN n.node = ? ELSE i.zone = ? END)
             """,
-            [f.fault, f.inject, f.inject, restore, f.inject, f.inject, f.inject, f.action, f.node or "", f.zone],
+            [f.fault, f.inject, f.inject, f.inject, f.inject, f.action, f.node or "", f.zone],
         )
 
 
@@ -644,7 +643,7 @@ def _readiness(run: RunData) -> None:
         "SELECT ts, event, pod, zone, service, src FROM ("
         "SELECT ts, event, pod, zone, service, 0 AS src, rowid AS seq FROM inv "
         "WHERE zone IS NOT NULL AND service IS NOT NULL "
-        "UNION ALL SELECT DISTINCT inject, 'unready', pod, zone, service, 1, 0 FROM node_fault_pods WHERE implied"
+        "UNION ALL SELECT DISTINCT inject, 'unready', pod, zone, service, 1, 0 FROM node_fault_pods"
         ") ORDER BY ts, src, seq"
     ).fetchall()
     run.readiness_events = any(r[1] in ("ready", "unready") and r[5] == 0 for r in rows)
