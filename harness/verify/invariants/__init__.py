@@ -51,7 +51,17 @@ reader of a copied verdict does not need this file):
   successful hop served elsewhere, within [restore, next fault in the zone or
   end of run]; `recovery_s` = R - restore. No hop at all for the pair during
   the fault (or after the restore) is a failure (unverified); a fault without
-  a restore record never recovers. A service without (enough) ready pods in a
+  a restore record never recovers. Every service a node fault killed a pod
+  of must recover, also one its zone kept an instance of (spilling
+  meanwhile). A pair that spilled a share p of its hops while its upstream
+  was not whole has recovered only when its n good hops after R make
+  (1 - p)^n < 1e-3: a mesh that never stopped spilling has a "last
+  misplaced" hop just before the run ends. A declared single point of
+  failure's cascade (dependants down in every zone): a zone still without a
+  dependant more than maxFailoverS after the Region has it ready again must
+  fail over to the Region, one without it more than maxRecoveryS fails, and
+  every edge pair depending on it must be back in-zone within maxRecoveryS
+  after the cascade, with traffic to show it. A service without (enough) ready pods in a
   zone outside every recorded fault is a note, and fails fallback when it
   lasts longer than `maxRecoveryS` (an outage nobody injected that did not
   recover).
@@ -92,10 +102,11 @@ reader of a copied verdict does not need this file):
   by design) and begun AFTER (restore, next fault
   in the zone / end of run, at most `maxRecoveryS`]. A window without them is
   unverified and fails.
-- Lost requests / hops of a fault: failed requests entering the fault's zone,
-  and failed hops of its affected pairs, from inject to F (service-down with
-  mesh callers) or to the end of the fault's window (other faults, or when F
-  never came).
+- Lost requests / hops of a fault: failed requests entering the fault's zone
+  (and every zone whose calls reach a faulted Region-only service), and
+  failed hops of its affected pairs, in flight at the inject or begun after
+  it, until F (service-down with mesh callers) or the end of the fault's
+  window (other faults, or when F never came).
 - Pairs without any traffic: a pair whose caller zone is an edge zone fails
   ("no traffic": the run did not exercise the edge); a Region caller pair
   without traffic is reported as "no-traffic" and does not fail.

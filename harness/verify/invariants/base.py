@@ -67,6 +67,14 @@ class CheckBase:
         region_only = tuple(sorted(sv for sv in f.services if self._placement(sv) == "region"))
         return expected.dependants(self.t, region_only) if region_only else set()
 
+    def _affected_zones(self, f: Fault, user_zones: set[str]) -> list[str]:
+        """The fault's zone, and, for a fault on a Region-only service (postgres), every zone whose users' calls
+        reach it: they are all affected, and each must show its users during and after it (coverage) and
+        counts its failed users among the fault's lost requests."""
+        reach = self._cascade(f)
+        others = {z for z, u, _ in self.pairs if u in reach and z in user_zones and z != f.zone}
+        return [f.zone, *sorted(others)]
+
     def _placement(self, u: str) -> str:
         try:
             return self.t.service(u).placement.value

@@ -17,6 +17,7 @@ from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
     HOP_END_SQL,
     INF,
+    REQUEST_END_SQL,
     REQUEST_OK_SQL,
     STALE_SQL,
     Window,
@@ -34,6 +35,10 @@ from harness.verify.verdict import (
     iso,
     seconds,
 )
+
+RECOVERY_EVIDENCE_ALPHA = 1e-3
+"""A recovery is shown when a mesh still spilling at the fault's share would serve the hops after it all where
+they belong with a chance below this (`FaultMeasurer._recovery_unshown`)."""
 
 Exclusion = tuple[str, str, float, float]  # (caller zone, upstream, from, to): locality not judged then
 
@@ -176,13 +181,34 @@ class FaultMeasurer(CheckBase):
         """
         return [(u, c) for u, c in zone_pairs if self._placement(u) != "region"]
 
+    def _node_fault_services(self, f: Fault) -> set[str]:
+        """Every service a node fault killed a pod of in its zone (`rundata._node_fault_pods`).
+
+        A node fault in a zone with more nodes leaves its services an instance
+        there, so the chaos record (which lists the ones left with none) does
+        not name them; yet they lost pods: Envoy keeps sending the dead ones
+        calls until they are withdrawn, and spills to the Region while too few
+        are left. Empty for any other fault.
+        """
+        rows = self.con.execute(
+            "SELECT DISTINCT service FROM node_fault_pods WHERE fault = ? AND inject = ? AND zone = ?",
+            [f.fault, f.inject, f.zone],
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
     # -- one scope per fault kind ----------------------------------------------
     def scope_service_down(self, f: Fault, zone_pairs: Pairs) -> FaultScope:
         """The listed services are down in the zone: their callers that stay up fail over to the Region,
-        and every pair whose upstream went down must come back in-zone, also when its callers went down too."""
+        and every pair whose upstream went down must come back in-zone, also when its callers went down too.
+
+        A node fault's other services (pods lost, an instance left: `_node_fault_services`) must come
+        back in-zone as well: with one of two replicas left Envoy spills part of the zone's calls to the
+        Region by design, and after the restore that must stop. Asked only of the listed services, a zone
+        whose sidecars never took the returned replica back spilled to the end of the run and passed."""
         down = set(f.services)
+        lost = down | self._node_fault_services(f)
         scope = FaultScope(
-            recovery=self._edge_pairs([(u, c) for u, c in zone_pairs if u in down]),
+            recovery=self._edge_pairs([(u, c) for u, c in zone_pairs if u in lost]),
             excluded=[u for u, _ in zone_pairs if u in down],
         )
         for u, callers in zone_pairs:
@@ -322,7 +348,7 @@ class FaultMeasurer(CheckBase):
                     "recovery_resolution_s": w.resolution,
                 }
             )
-            msg = self._recovery_failure(f, u, w, rec)
+            msg = self._recovery_failure(f, u, w, rec) or self._recovery_unshown(f, u, callers, w, hi)
             if msg:
                 pr.status = FAIL
                 pr.message = f"{pr.message}; {msg}" if pr.message else msg
@@ -354,16 +380,8 @@ class FaultMeasurer(CheckBase):
         """
         end = f.restore if f.restore is not None else max(self.run_end, f.inject)
         bound = f.inject + self.slo.max_failover_s
-        # every service the fault killed a pod of: a node fault in a zone with more nodes leaves its services
-        # an instance there (not in `services`, which lists the ones left with none), but the calls Envoy sends
-        # the dead pods until they are withdrawn fail all the same (a two-node AZ losing one node)
-        killed = set(f.services) | {
-            str(r[0])
-            for r in self.con.execute(
-                "SELECT DISTINCT service FROM node_fault_pods WHERE fault = ? AND inject = ? AND zone = ?",
-                [f.fault, f.inject, f.zone],
-            ).fetchall()
-        }
+        # every service the fault killed a pod of, also those it left an instance of (a two-node AZ losing one)
+        killed = set(f.services) | self._node_fault_services(f)
         out: list[FailoverSpan] = []
         for z, u, callers in self.pairs:
             if zone_is_edge(self.t, z) or u not in killed:
@@ -436,6 +454,62 @@ class FaultMeasurer(CheckBase):
             )
         return ""
 
+    def _recovery_unshown(self, f: Fault, u: str, callers: list[str], w: Window, hi: float) -> str:
+        """Why a measured recovery is not shown by the hops after it (chance could give them), or "".
+
+        Recovery is the first good hop after the last misplaced one. A pair
+        the fault made spill only a share `p` of its hops (one of two
+        replicas lost: ~30 %) and that never stopped spilling has a "last
+        misplaced" hop shortly before the run ends, and a few good hops after
+        it by chance: that read as a recovery. The hops after the instant
+        show it only when a mesh still spilling at the fault's share would
+        rarely have served them all where they belong: (1 - p)^n below
+        RECOVERY_EVIDENCE_ALPHA. A pair that failed over whole (p = 1) shows
+        it with its first good hop; one that never spilled has nothing to show.
+        Asked only of a pair whose upstream the inventory shows not whole in
+        the fault (down, or too few ready: the spill by design); any other
+        misplaced hop is judged by locality, which excludes nothing then (a
+        link-degraded fault's 1 % retried to the Region is not a spill), and
+        its share `p` taken over those intervals only.
+        """
+        assert f.restore is not None
+        restore = f.restore
+        spans = [
+            (max(lo, f.inject), min(restore, INF if hi is None else hi))
+            for lo, hi in self._not_whole(f.zone, u)
+            if lo < restore and (hi is None or hi > f.inject)
+        ]
+        if w.instant is None or not spans:
+            return ""
+        good = self._expected_sql(f.zone, u)
+        when = " OR ".join(f"(ts >= {lo!r} AND ts < {hi!r})" for lo, hi in spans)
+        row = self.con.execute(
+            f"SELECT count(*) FILTER (WHERE ok), count(*) FILTER (WHERE ok AND NOT coalesce(({good}), false)) "
+            f"FROM fhops WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ({when})",
+            [f.zone, u, callers],
+        ).fetchone()
+        ok_during, misplaced = (int(row[0]), int(row[1])) if row else (0, 0)
+        if not ok_during or not misplaced or misplaced == ok_during:
+            return ""
+        share = misplaced / ok_during
+        after = int(
+            self._one(
+                "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? "
+                "AND list_contains(?, caller_service) AND ok AND ts >= ? AND ts <= ?",
+                [f.zone, u, callers, w.instant, hi],
+            )
+            or 0
+        )
+        chance = (1.0 - share) ** after
+        if chance < RECOVERY_EVIDENCE_ALPHA:
+            return ""
+        return (
+            f"fallback: {f.zone} -> {u}: recovery after fault {f.fault} not shown: {after} good hops after "
+            f"{iso(w.instant)} (until {iso(hi)}), and a mesh still sending {share:.0%} of them elsewhere, as during "
+            f"the fault, would serve that many where they belong with chance {chance:.2g} "
+            f"(>= {RECOVERY_EVIDENCE_ALPHA:g})"
+        )
+
     def _impact_end(self, f: Fault, rc: Recovery) -> float:
         """The end of the fault's impact window: restore + recovery (or the SLO bound when unmeasured)."""
         if f.restore is None:
@@ -449,25 +523,43 @@ class FaultMeasurer(CheckBase):
     def _losses(
         self, f: Fault, scope: FaultScope, fo: Failover, fault_end: float, impact_end: float
     ) -> tuple[int, int]:
-        """(lost requests, lost hops) from the inject to the failover instant, or to the end of the window."""
+        """(lost requests, lost hops) from the inject to the failover instant, or to the end of the window.
+
+        By lifetime, as availability's windows: a request or hop in flight at the inject that failed is
+        the fault's (counted from its start it was not, though availability charged it to the fault).
+        Requests of every zone the fault affects (`_affected_zones`: a Region-only service's fault fails
+        the users of every zone whose calls reach it, not only those entering its AZ).
+        """
         lost_hops = fo.lost_hops
         if scope.failover:
             lost_until = f.inject + fo.failover_s if fo.failover_s is not None else fault_end
+            for u, callers in scope.failover:  # in flight at the kill: begun before the window `_measure` counts
+                lost_hops += int(
+                    self._one(
+                        f"SELECT count(*) FROM hops WHERE caller_zone = ? AND upstream = ? AND "
+                        f"list_contains(?, caller_service) AND ts < ? AND {HOP_END_SQL} >= ? AND NOT ok",
+                        [f.zone, u, callers, f.inject, f.inject],
+                    )
+                    or 0
+                )
         else:
             lost_until = impact_end
             for u, callers in scope.recovery:
                 lost_hops += int(
                     self._one(
-                        "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? AND "
-                        "list_contains(?, caller_service) AND ts >= ? AND ts <= ? AND NOT ok",
+                        f"SELECT count(*) FROM hops WHERE caller_zone = ? AND upstream = ? AND "
+                        f"list_contains(?, caller_service) AND {HOP_END_SQL} >= ? AND ts <= ? AND NOT ok",
                         [f.zone, u, callers, f.inject, lost_until],
                     )
                     or 0
                 )
+        zones = self._affected_zones(f, {str(r[0]) for r in self.con.execute(
+            "SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL").fetchall()})  # fmt: skip
         lost_requests = int(
             self._one(
-                f"SELECT count(*) FROM requests WHERE zone = ? AND ts >= ? AND ts <= ? AND NOT {REQUEST_OK_SQL}",
-                [f.zone, f.inject, lost_until],
+                f"SELECT count(*) FROM requests WHERE list_contains(?, zone) AND {REQUEST_END_SQL} >= ? "
+                f"AND ts <= ? AND NOT {REQUEST_OK_SQL}",
+                [zones, f.inject, lost_until],
             )
             or 0
         )
@@ -489,6 +581,10 @@ class FaultMeasurer(CheckBase):
             rec = rc.values.get(u)
             end = INF if f.restore is None else f.restore + (rec if rec is not None else self.slo.max_recovery_s)
             out.exclusions.append((f.zone, u, f.inject, end))
+        if expected.declared(f):
+            cascade = self._declared_cascade_failures(f)
+            rc.ok = rc.ok and not cascade
+            rc.messages += cascade
         lost_requests, lost_hops = self._losses(f, scope, fo, fault_end, impact_end)
         out.fallback_pairs.extend(pair_results.values())
         out.results.append(
@@ -511,6 +607,79 @@ class FaultMeasurer(CheckBase):
                 failover_end=max(fo.window_ends) if fo.window_ends else None,
             )
         )
+
+    def _declared_cascade_failures(self, f: Fault) -> list[str]:
+        """What a declared single point of failure does not excuse in its cascade (fallback failures).
+
+        Its budget covers the errors of every zone while the database is down
+        and the dependants follow it (`expected.impact_end`); it does not cover
+        a zone that stays broken after the Region is serving again:
+        - a zone whose service is still down once the Region has it ready again
+          (longer than maxFailoverS after that) must fail over to the Region,
+          as for any service down in a zone; one that stays down longer than
+          maxRecoveryS after that is not back after the restore;
+        - every edge pair depending on it must come back in-zone after the
+          cascade (`_declared_recovery`); one that does not within maxRecoveryS,
+          or has no traffic to show it, fails as any recovery does.
+        Asked of nothing, a zone whose public-api kept calling the Region's
+        product-api to the end, or whose product-api stayed down with no
+        failover (100 % of its users failing, inside the declared 99 %), passed.
+        In the stored stability runs every zone's cascade ended within 1.4 s of
+        the Region's.
+        """
+        restore = f.restore if f.restore is not None else INF
+        out: list[str] = []
+
+        def began_in_fault(key: tuple[str, str]) -> list[tuple[float, float | None]]:
+            return [(lo, hi) for lo, hi in self.run.down.get(key, []) if f.inject <= lo <= restore]
+
+        spof_back = max((INF if hi is None else hi for sv in f.spof
+                         for _lo, hi in began_in_fault((self.t.region, sv))), default=restore)  # fmt: skip
+        for z, u, callers in self.pairs:
+            if not zone_is_edge(self.t, z) or self._placement(u) != "edge" or u not in self._cascade(f):
+                continue
+            region = [INF if hi is None else hi for _lo, hi in began_in_fault((self.t.region, u))]
+            back = max(region, default=spof_back)
+            for _lo, hi in began_in_fault((z, u)):
+                end = INF if hi is None else hi
+                if back >= INF or end - back <= self.slo.max_failover_s:
+                    continue  # the zone's own cascade ended with the Region's, or the Region never came back
+                until = min(end, max(self.run_end, back))
+                w = self._measure(z, u, list(callers), back, until, "serving_kind = 'region'", hi_open=True,
+                                  stale_sql=STALE_SQL)  # fmt: skip
+                if w.hops and w.instant is None:
+                    out.append(
+                        f"fallback: {z} -> {u}: no failover to the Region while {u} had no ready pod in {z} "
+                        f"after the Region's was ready again at {iso(back)} (fault {f.fault}, declared single "
+                        f"point of failure {', '.join(f.spof)}: {w.hops} hops, {w.failed} failed)"
+                    )
+                if (self.run_end if end >= INF else end) - back > self.slo.max_recovery_s:
+                    out.append(
+                        f"fallback: {u} had no ready pod in {z} until {iso(hi)}, longer than maxRecoveryS "
+                        f"({self.slo.max_recovery_s:g}s) after the Region's was ready again at {iso(back)}: "
+                        f"not back after the restore of {f.fault}"
+                    )
+        end, recoveries = self._declared_recovery(f)
+        if end >= INF:
+            return out
+        bound = min(end + self.slo.max_recovery_s, max(self.run_end, end))
+        for z, u, instant in recoveries:
+            if instant is not None or not zone_is_edge(self.t, z) or self._placement(u) != "edge":
+                continue
+            calling = next(list(c) for zz, uu, c in self.pairs if (zz, uu) == (z, u))
+            w = self._measure(z, u, calling, end, bound, self._expected_sql(z, u))
+            if w.hops:
+                out.append(
+                    f"fallback: {z} -> {u}: not back in-zone within maxRecoveryS after the cascade of fault "
+                    f"{f.fault} ended at {iso(end)} ({w.hops} hops, {w.failed} failed, last served elsewhere "
+                    f"at {iso(w.last_misplaced)})"
+                )
+            elif self._no_traffic_fails(z):
+                out.append(
+                    f"fallback: {z} -> {u}: no traffic after the cascade of fault {f.fault} ended at {iso(end)} "
+                    "(recovery unverified)"
+                )
+        return out
 
     def faults(self) -> FaultMeasurements:
         """Measure each fault; then the locality exclusions of every interval an upstream was down."""

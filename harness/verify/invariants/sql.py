@@ -78,7 +78,13 @@ DEFINITIONS = {
     "the window ends (exclusive) at the restore or when the upstream is up again in the zone, whichever is first",
     "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop, minus "
     "restore; measured up to the pair's next outage or spill after the restore (its misplaced hops are its own), "
-    "past it only when the pair was not back before it",
+    "past it only when the pair was not back before it; every service a node fault killed a pod of must recover, "
+    "also one the zone kept an instance of; a pair that spilled a share p of its hops while its upstream was not "
+    "whole in the fault has recovered only when the n good hops after the instant make (1 - p)^n < 1e-3 (a mesh "
+    "still spilling would rarely give them); a declared single point of failure's cascade: a zone still without "
+    "a dependant longer than maxFailoverS after the Region has it ready again must fail over to the Region, and "
+    "one without it longer than maxRecoveryS fails, and every edge pair depending on it must be back in-zone "
+    "within maxRecoveryS after the cascade, with traffic to show it",
     "resolution_s": "gap between the records bounding the failover/recovery instant: the instant minus the last "
     "failed or misplaced hop before it (or minus the window start); for a recovery whose callers the fault cut off "
     "(entry point, a caller or a service on its call path down in the zone) also the moment the first of the "
@@ -86,8 +92,9 @@ DEFINITIONS = {
     "the last user request entering the zone that failed and the last hop from the zone to a service on the way to "
     "the pair's callers that failed or was served elsewhere, at their start; the true value lies in "
     "[value - resolution, value]",
-    "lost": "failed requests entering the zone and failed hops of the affected pairs, from inject to failover "
-    "(or to the end of the fault window)",
+    "lost": "failed requests entering the zone (every zone whose calls reach a faulted Region-only service) and "
+    "failed hops of the affected pairs, in flight at or begun after the inject, until the failover "
+    "(or the end of the fault window)",
     "availability": "failed / all user requests per fault window [inject, restore + recovery] and in steady state, "
     "excluding requests entering zones whose entry point is down (entry_down faults; entrypoints.jsonl only "
     "inside the window of a fault of that zone that can take the entry down: otherwise they count), and those that "

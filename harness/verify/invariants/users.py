@@ -401,13 +401,6 @@ class UserChecks(CheckBase):
         ).fetchall()
         return [dict(zip(REQUEST_FIELDS, r, strict=True)) for r in rows]
 
-    def _affected_zones(self, f: Fault, user_zones: set[str]) -> list[str]:
-        """The fault's zone, and, for a fault on a Region-only service (postgres), every zone whose users' calls
-        reach it: they are all affected, and each must show its users during and after it."""
-        reach = self._cascade(f)
-        others = {z for z, u, _ in self.pairs if u in reach and z in user_zones and z != f.zone}
-        return [f.zone, *sorted(others)]
-
     def _records_incomplete(self) -> list[str]:
         """What says the mesh's own records of the run are incomplete: each leaves what they miss unverified.
 
