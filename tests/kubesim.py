@@ -62,6 +62,15 @@ module does all of that, each behaviour taken from the source named here:
   `-envoy-admin-bind-address=127.0.0.1 -envoy-admin-bind-port=19000` and
   `connectInject.envoyExtraArgs` after `--`
   (control-plane/connect-inject/webhook/consul_dataplane_sidecar.go).
+- The chart's TLS and ACLs (v1.9.11): `global.tls.enabled` gives the servers
+  an HTTPS listener on 8501 with a certificate tls-init signs (localhost,
+  127.0.0.1), the CA in Secret `<fullname>-ca-cert` (key `tls.crt`), and with
+  `global.tls.httpsOnly` (default true) no HTTP port: the UI Service then has
+  only `https` 443 -> 8501 (templates/ui-service.yaml; none at all with
+  `ui.enabled` false). `global.acls.manageSystemACLs` puts the bootstrap token
+  in `<fullname>-bootstrap-acl-token` (key `token`) and makes the API answer
+  403 without the rights a call needs ("ACL not found" for an unknown token;
+  the anonymous token reads nodes and services only, for DNS).
 - Envoy buffers access logs and writes them every `--file-flush-interval-msec`
   (default 10000); `access_log_file.write_total_buffered` is the buffered byte
   count; a killed container loses its buffer. Admin on 19000:
@@ -85,6 +94,7 @@ behaviour that takes time on a real cluster takes time here.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import copy
@@ -95,6 +105,7 @@ import random
 import re
 import shlex
 import shutil
+import ssl
 import tempfile
 import time
 import uuid
@@ -377,9 +388,46 @@ class Consul:
     release: str = "consul"
     namespace: str = "consul"
     values: dict[str, Any] = field(default_factory=dict)
+    fullname: str = "consul"  # the chart's `consul.fullname`: every object's prefix
+    tls: bool = False  # global.tls.enabled: the servers' HTTPS listener on 8501
+    https_only: bool = True  # global.tls.httpsOnly (chart default true): no HTTP listener on 8500 with TLS
+    tls_ca: CertAuthority | None = None  # the chart's TLS CA (tls-init), not the Connect CA
+    server_tls: Any = None  # TlsFiles of the servers' HTTPS certificate
+    # ACL secret -> rights ("*" management, else e.g. "service:read", "intentions:read", "agent:read")
+    tokens: dict[str, frozenset[str]] = field(default_factory=dict)
+    anonymous: frozenset[str] = frozenset()  # the anonymous token's rights (server-acl-init -allow-dns)
 
 
 Obj = dict[str, Any]
+
+
+def _consul_right(path: str, query: Any) -> tuple[str, str] | None:
+    """(right, resource) the Consul HTTP API requires for `path` (api-docs tables), None when it needs none.
+
+    /v1/status/leader and /v1/agent/connect/ca/roots need none; /v1/config/:kind service:read
+    (intentions:read for service-intentions, none for proxy-defaults); discovery chain and
+    /v1/catalog/services service:read; /v1/health/service node:read and service:read (service
+    checked, node granted with it here); intentions check intentions:read on the destination;
+    a leaf service:write; /v1/agent/self agent:read.
+    """
+    if path in ("/v1/status/leader", "/v1/agent/connect/ca/roots"):
+        return None
+    if path == "/v1/agent/self":
+        return ("agent:read", "consul-server-0")
+    if path == "/v1/connect/intentions/check":
+        return ("intentions:read", str(query.get("destination", "")))
+    m = re.fullmatch(r"/v1/config/([^/]+)(?:/([^/]+))?", path)
+    if m:
+        if m.group(1) == "proxy-defaults":
+            return None
+        return ("intentions:read" if m.group(1) == "service-intentions" else "service:read", m.group(2) or "")
+    m = re.fullmatch(r"/v1/agent/connect/ca/leaf/([^/]+)", path)
+    if m:
+        return ("service:write", m.group(1))
+    m = re.fullmatch(r"/v1/(?:discovery-chain|health/service)/([^/]+)", path)
+    if m:
+        return ("service:read", m.group(1))
+    return ("service:read", "")
 
 
 # the per-host counters a sidecar's `/clusters` reports (and the harness's upstream stats read)
@@ -425,7 +473,7 @@ class ClusterSim:
         self._ca: CertAuthority | None = None  # Consul's built-in CA (leaf certificates), made on first use
         self._ca_dir: str | None = None
         self.edge_probes: list[dict[str, Any]] = []  # the mTLS calls probe pods made: source, destination, answer
-        self.consul_acls = False  # Consul with ACLs on and the harness holding no token: leaves are refused
+        self.consul_acls = False  # Consul's ACLs on (global.acls.manageSystemACLs): calls need a token's rights
         self._rr = itertools.count()
         # each caller Envoy's passive health check: consecutive connect failures and ejections, per (caller, host)
         self._fails: dict[tuple[str, str], int] = {}
@@ -1795,7 +1843,7 @@ class ClusterSim:
         server = aiohttp.web.Server(handler)
         runner = aiohttp.web.ServerRunner(server, shutdown_timeout=0.1)
         await runner.setup()
-        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._listener_tls(pod, port))
         await site.start()
         lport = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
         if not cont.alive:
@@ -1804,6 +1852,15 @@ class ClusterSim:
         cont.listeners[port] = runner
         cont.listener_ports[port] = lport
         return lport
+
+    def _listener_tls(self, pod: Obj, port: int) -> ssl.SSLContext | None:
+        """The Consul server's HTTPS listener (8501, TLS on) presents the certificate tls-init signed; else plain."""
+        c = self.consul
+        if port != 8501 or labels_of(pod).get("component") != "server" or c is None or c.server_tls is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(c.server_tls.cert), str(c.server_tls.key))
+        return ctx
 
     def _container_ports(self, pod: Obj) -> dict[str, int]:
         out = {}
@@ -1820,7 +1877,7 @@ class ClusterSim:
         if port in self._container_ports(pod).values():
             if labels.get("app") == "frontend" and port in (80, 3000):
                 return lambda req: self._frontend(pod, req)
-            if labels.get("component") == "server" and port == 8500:
+            if labels.get("component") == "server" and port in (8500, 8501):
                 return lambda req: self._consul_http(req)
             return lambda req: _text(200, "ok\n")
         return None
@@ -2104,12 +2161,36 @@ class ClusterSim:
 
     # -- Consul's HTTP API (the subset preflight uses) ------------------------------------
     async def _consul_http(self, req: Any) -> aiohttp.web.StreamResponse:
-        """Consul's read endpoints carry X-Consul-Index (py-consul's health/catalog calls require it)."""
+        """Consul's read endpoints carry X-Consul-Index (py-consul's health/catalog calls require it).
+
+        With ACLs on, a call is answered only with the rights it needs (`_consul_right`), from the token
+        in `X-Consul-Token` (or `Authorization: Bearer`), else the anonymous token's: an unknown token is
+        403 "ACL not found", missing rights 403 "Permission denied: ..." (acl/errors.go).
+        """
+        denied = self._acl_denied(req)
+        if denied is not None:
+            return _text(403, denied)
         resp = await self._consul_http_body(req)
         if resp.status == 200:
             resp.headers["X-Consul-Index"] = "1"
             resp.headers["X-Consul-KnownLeader"] = "true"
         return resp
+
+    def _acl_denied(self, req: Any) -> str | None:
+        c = self.consul
+        if c is None or not self.consul_acls:
+            return None
+        need = _consul_right(req.path, req.query)
+        if need is None:
+            return None
+        token = req.headers.get("X-Consul-Token") or req.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token and token not in c.tokens:
+            return "ACL not found"
+        rights = c.tokens[token] if token else c.anonymous
+        if "*" in rights or need[0] in rights:
+            return None
+        who = f"token with AccessorID '{hashlib.sha1(token.encode()).hexdigest()[:8]}'" if token else "anonymous token"
+        return f"Permission denied: {who} lacks permission '{need[0]}' on \"{need[1]}\""
 
     def _intention_allowed(self, source: str, destination: str) -> bool:
         """Consul's decision: an exact source beats `*`; no match is allow (ACLs off)."""
@@ -2214,9 +2295,6 @@ class ClusterSim:
                 ]
             )
         m = re.fullmatch(r"/v1/agent/connect/ca/leaf/([^/]+)", path)
-        if m and self.consul_acls:  # what Consul answers an anonymous token (agent/structs/errors.go)
-            denied = f"Permission denied: anonymous token lacks permission 'service:write' on \"{m.group(1)}\""
-            return _text(403, denied)
         if m:
             leaf = self.ca().leaf(m.group(1), namespace=req.query.get("ns", "default"), datacenter=c.datacenter)
             return aiohttp.web.json_response(
@@ -2746,6 +2824,17 @@ class ClusterSim:
         ci = values.get("connectInject") or {}
         srv = values.get("server") or {}
         image = str(g.get("image") or "hashicorp/consul:1.22.7")
+        tls, acls = g.get("tls") or {}, g.get("acls") or {}
+        ui, ui_svc = values.get("ui") or {}, (values.get("ui") or {}).get("service") or {}
+
+        global_on = bool(g.get("enabled", True))
+
+        def enabled(v: Any, default: bool | None = None) -> bool:
+            """The chart's tri-state: `"-"` (or unset) means the default (global.enabled, or what is given)."""
+            return (global_on if default is None else default) if v in (None, "-") else bool(v)
+
+        # _helpers.tpl consul.fullname: global.name, else the release name when it contains the chart's, else both
+        fullname = str(g.get("name") or (release if "consul" in release else f"{release}-consul"))
         self.consul = Consul(
             datacenter=str(g.get("datacenter") or "dc1"),
             version=image.rsplit(":", 1)[-1].removesuffix("-ent"),
@@ -2755,7 +2844,12 @@ class ClusterSim:
             release=release,
             namespace=namespace,
             values=values,
+            fullname=fullname,
+            tls=enabled(tls.get("enabled"), False),
+            https_only=enabled(tls.get("httpsOnly"), True),
         )
+        c = self.consul
+        http_on = not c.tls or not c.https_only  # templates/server-statefulset.yaml, ui-service.yaml@v1.9.11
         self.ensure_namespace(namespace)
         for kind, plural in CONSUL_KINDS.items():
             self.register(CONSUL_GROUP, plural, kind, True)
@@ -2825,11 +2919,15 @@ class ClusterSim:
         workload(
             "StatefulSet",
             "statefulsets",
-            f"{release}-server",
+            f"{fullname}-server",
             "server",
             {"affinity": srv_default_affinity, **srv},
             int(srv.get("replicas", 1)),
-            [{"name": "http", "containerPort": 8500}, {"name": "grpc", "containerPort": 8502}],
+            [
+                *([{"name": "http", "containerPort": 8500}] if http_on else []),
+                *([{"name": "https", "containerPort": 8501}] if c.tls else []),
+                {"name": "grpc", "containerPort": 8502},
+            ],
             image,
             # templates/server-statefulset.yaml: the server's data volume, of server.storageClass (else the default)
             [
@@ -2847,7 +2945,7 @@ class ClusterSim:
             workload(
                 "Deployment",
                 "deployments",
-                f"{release}-connect-injector",
+                f"{fullname}-connect-injector",
                 "connect-injector",
                 ci,
                 int(ci.get("replicas", 1)),
@@ -2859,7 +2957,7 @@ class ClusterSim:
                     "admissionregistration.k8s.io/v1",
                     "mutatingwebhookconfigurations",
                     None,
-                    f"{release}-connect-injector",
+                    f"{fullname}-connect-injector",
                 )
                 is None
             ):
@@ -2869,7 +2967,7 @@ class ClusterSim:
                     None,
                     {
                         "metadata": {
-                            "name": f"{release}-connect-injector",
+                            "name": f"{fullname}-connect-injector",
                             "labels": {**chart_labels, "component": "connect-injector"},
                         },
                         "webhooks": [],
@@ -2878,44 +2976,126 @@ class ClusterSim:
         workload(
             "Deployment",
             "deployments",
-            f"{release}-webhook-cert-manager",
+            f"{fullname}-webhook-cert-manager",
             "webhook-cert-manager",
             values.get("webhookCertManager") or {},
             1,
             [],
             str(g.get("imageK8S") or "hashicorp/consul-k8s-control-plane:1.9.11"),
         )
-        for svc_name, spec in (
+        ui_port = ui_svc.get("port") or {}
+        services: list[tuple[str, Obj | None]] = [
             (
-                f"{release}-server",
+                f"{fullname}-server",
                 {
                     "clusterIP": "None",
                     "publishNotReadyAddresses": True,
-                    "ports": [{"name": "http", "port": 8500, "targetPort": 8500}],
+                    "ports": [
+                        *([{"name": "http", "port": 8500, "targetPort": 8500}] if http_on else []),
+                        *([{"name": "https", "port": 8501, "targetPort": 8501}] if c.tls else []),
+                    ],
                     "selector": {"app": "consul", "release": release, "component": "server"},
                 },
             ),
-            (
-                f"{release}-ui",
+            (  # templates/ui-service.yaml: server, ui and ui.service enabled
+                f"{fullname}-ui",
                 {
-                    "ports": [{"name": "http", "port": 80, "targetPort": 8500}],
+                    "ports": [
+                        *(
+                            [{"name": "http", "port": int(ui_port.get("http", 80)), "targetPort": 8500}]
+                            if http_on
+                            else []
+                        ),
+                        *(
+                            [{"name": "https", "port": int(ui_port.get("https", 443)), "targetPort": 8501}]
+                            if c.tls
+                            else []
+                        ),
+                    ],
                     "selector": {"app": "consul", "release": release, "component": "server"},
-                },
+                    **({"type": str(ui_svc["type"])} if ui_svc.get("type") else {}),
+                }
+                if enabled(srv.get("enabled")) and enabled(ui.get("enabled")) and enabled(ui_svc.get("enabled"), True)
+                else None,
             ),
-        ):
-            if self.get("v1", "services", namespace, svc_name) is None:
-                self.create(
-                    "v1",
-                    "services",
-                    namespace,
-                    {
-                        "metadata": {
-                            "name": svc_name,
-                            "labels": {**chart_labels, "component": svc_name.split("-")[-1]},
-                        },
-                        "spec": spec,
-                    },
-                )
+        ]
+        for svc_name, spec in services:
+            if spec is None:
+                if self.get("v1", "services", namespace, svc_name) is not None:
+                    self.delete("v1", "services", namespace, svc_name)
+                continue
+            if self.get("v1", "services", namespace, svc_name) is not None:
+                self.patch("v1", "services", namespace, svc_name, {"spec": spec})
+                continue
+            self.create(
+                "v1",
+                "services",
+                namespace,
+                {
+                    "metadata": {"name": svc_name, "labels": {**chart_labels, "component": svc_name.split("-")[-1]}},
+                    "spec": spec,
+                },
+            )
+        if c.tls:
+            self._chart_tls(chart_labels, g)
+        self.consul_acls = enabled(acls.get("manageSystemACLs"), False)
+        if self.consul_acls:
+            self._chart_acls(chart_labels, values)
+
+    def _secret(self, name: str, labels: Obj, data: dict[str, str], type_: str = "Opaque") -> None:
+        """Create or replace a Secret in the Consul namespace (`data` in plain text, stored base64 as the API does)."""
+        assert self.consul is not None
+        ns = self.consul.namespace
+        obj = {
+            "metadata": {"name": name, "labels": labels},
+            "type": type_,
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+        if self.get("v1", "secrets", ns, name) is not None:
+            self.delete("v1", "secrets", ns, name, grace=0)
+        self.create("v1", "secrets", ns, obj)
+
+    def _chart_tls(self, labels: Obj, g: Obj) -> None:
+        """tls-init (control-plane/subcommand/tls-init@v1.9.11): a CA in `<fullname>-ca-cert` (key tls.crt) and
+        `<fullname>-ca-key`, and the servers' certificate in `<fullname>-server-cert`, for `server.<dc>.<domain>`,
+        the server Service's names, localhost, 127.0.0.1 and ::1."""
+        c = self.consul
+        assert c is not None
+        if c.tls_ca is None:
+            c.tls_ca = CertAuthority(Path(tempfile.mkdtemp(prefix="kubesim-tls-")), trust_domain="consul")
+        domain, fn, ns = str(g.get("domain") or "consul"), c.fullname, c.namespace
+        name = f"server.{c.datacenter}.{domain}"
+        hosts = [f"{fn}-server", f"*.{fn}-server", f"*.{fn}-server.{ns}", f"{fn}-server.{ns}",
+                 f"*.{fn}-server.{ns}.svc", f"{fn}-server.{ns}.svc", f"*.server.{c.datacenter}.{domain}",
+                 name, "localhost", "127.0.0.1", "::1"]  # fmt: skip
+        c.server_tls = c.tls_ca.host_leaf(name, hosts)
+        ca = c.tls_ca.ca_pem.decode()
+        self._secret(f"{fn}-ca-cert", labels, {"tls.crt": ca})
+        self._secret(f"{fn}-ca-key", labels, {"tls.key": (c.tls_ca.directory / "ca-key.pem").read_text()})
+        self._secret(f"{fn}-server-cert", labels,
+                     {"tls.crt": c.server_tls.cert.read_text(), "tls.key": c.server_tls.key.read_text()},
+                     "kubernetes.io/tls")  # fmt: skip
+
+    def _chart_acls(self, labels: Obj, values: Obj) -> None:
+        """server-acl-init (v1.9.11): the bootstrap (management) token in `<fullname>-bootstrap-acl-token` key
+        `token`; the anonymous token reads nodes and services when DNS is on (-allow-dns: dns.enabled, by default
+        connectInject.transparentProxy.defaultEnabled, itself true by default) and nothing else."""
+        c = self.consul
+        assert c is not None
+        token = str(uuid.uuid4())
+        c.tokens = {token: frozenset({"*"})}
+        tproxy = ((values.get("connectInject") or {}).get("transparentProxy") or {}).get("defaultEnabled", True)
+        dns = (values.get("dns") or {}).get("enabled", "-")
+        allow_dns = bool(tproxy) if dns in (None, "-") else bool(dns)
+        c.anonymous = frozenset({"node:read", "service:read"}) if allow_dns else frozenset()
+        self._secret(f"{c.fullname}-bootstrap-acl-token", labels, {"token": token})
+
+    def acl_token(self, rights: Iterable[str]) -> str:
+        """A token of a policy granting `rights` (what an operator creates for the harness); its secret."""
+        assert self.consul is not None
+        token = str(uuid.uuid4())
+        self.consul.tokens[token] = frozenset(rights)
+        return token
 
     async def helm_uninstall(self, release: str, namespace: str) -> Obj:
         if self.consul is None or self.consul.release != release:

@@ -106,8 +106,10 @@ def _cluster(api: FakeApiServer, tmp_path: Path, consul: dict[str, Any] | None =
 
 @pytest.fixture
 def eks(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeCluster]:
-    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
-    monkeypatch.delenv("EH_ALLOW_CONTEXTS", raising=False)
+    """The operator's cluster, and the fake kubectl on PATH: `up` reaches Consul's API through a port-forward."""
+    for k in ("EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"):
+        monkeypatch.delenv(k, raising=False)
+    _helm_tools(tmp_path, api, monkeypatch)
     yield _cluster(api, tmp_path)
 
 

@@ -127,9 +127,24 @@ def test_kind_flow_up_traffic_pod_kill_node_kill_restore_down(api: FakeApiServer
     assert (res.run_dir / "verdict.json").exists()
 
 
-def test_existing_flow_runs_the_nightly_set_end_to_end(api: FakeApiServer, tools: Path, tmp_path: Path) -> None:
-    """EKS-like nodes (Local Zone names, no harness labels), the operator's Consul, per-zone load balancers."""
-    c = _cluster(api, tmp_path)
+@pytest.mark.parametrize("consul", ["plain", "tls-acl"])
+def test_existing_flow_runs_the_nightly_set_end_to_end(
+    api: FakeApiServer, tools: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, consul: str
+) -> None:
+    """EKS-like nodes (Local Zone names, no harness labels), the operator's Consul, per-zone load balancers.
+
+    `tls-acl`: the operator's Consul as HashiCorp's EKS tutorial installs it (TLS, HTTPS only, ACLs managed),
+    reached with the operator's CA from the chart's Secret and a token of README's policy in CONSUL_HTTP_TOKEN.
+    """
+    for k in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT", "CONSUL_HTTP_SSL_VERIFY"):
+        monkeypatch.delenv(k, raising=False)
+    if consul == "plain":
+        c = _cluster(api, tmp_path)
+    else:
+        from tests.test_consul_tls_acl import HARNESS_RIGHTS, tls_acl_values
+
+        c = _cluster(api, tmp_path, tls_acl_values(rendered(tmp_path / "operator").helm_values))
+        monkeypatch.setenv("CONSUL_HTTP_TOKEN", api.sim.call(lambda: api.sim.acl_token(HARNESS_RIGHTS)))
     kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
     before_ns = {n["metadata"]["name"] for n in (c.request("GET", "/api/v1/namespaces") or {})["items"]}
     # the operator's per-zone URLs: a load balancer in front of each zone's entry Service (created by `up`)
@@ -160,6 +175,8 @@ def test_existing_flow_runs_the_nightly_set_end_to_end(api: FakeApiServer, tools
     said: list[str] = []
     res = run_e2e(opts, bopts, say=said.append)
     assert res.chaos_ok, (res.messages, said)
+    preflight = json.loads((res.run_dir / "preflight.json").read_text())
+    assert preflight["ok"] and preflight["consul"].startswith("https://" if consul == "tls-acl" else "http://")
     rec = _check_records(res.run_dir, LAX)
     # unready chaos: "another Local Zone"'s public-api left its Service and came back
     other = json.loads((res.run_dir / "plan.json").read_text())["experiments"][0]["roles"]["other_zone"]

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from harness.backends.base import Backend, ConfigEntryStatus, EdgeProbe
+from harness.backends.base import Backend, ConfigEntryStatus, ConsulAccess, EdgeProbe
 from harness.backends.local.cluster import validate
 from harness.backends.local.consul_api import (
     ConsulApiServer,
@@ -117,6 +117,9 @@ class FakeBackend:
 
     def consul_api(self) -> AbstractContextManager[str]:
         return nullcontext(self.url)
+
+    def consul_access(self) -> ConsulAccess:
+        return ConsulAccess()  # the emulation speaks plain HTTP without ACLs
 
     def config_entry_status(self) -> list[ConfigEntryStatus]:
         out = []
@@ -423,8 +426,8 @@ def test_an_intentions_404_is_no_denial(setup: Any) -> None:
     """py-consul turns a 404 into None: a Consul that cannot answer must not look like one that denies."""
     from harness.preflight import _consul_client
 
-    def client_without_check(url: str) -> Any:
-        c = _consul_client(url)
+    def client_without_check(url: str, access: ConsulAccess) -> Any:
+        c = _consul_client(url, access)
         c.connect.intentions.check = lambda *_a, **_k: None
         return c
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -193,6 +194,84 @@ class EdgeProbe:
     possible: bool
     refused: bool
     detail: str
+
+
+CONSUL_TOKEN_ENV = "CONSUL_HTTP_TOKEN"
+CONSUL_TOKEN_FILE_ENV = "CONSUL_HTTP_TOKEN_FILE"
+CONSUL_CACERT_ENV = "CONSUL_CACERT"
+CONSUL_VERIFY_ENV = "CONSUL_HTTP_SSL_VERIFY"
+CONSUL_TOKEN_RIGHTS = "service:read, intentions:read, node:read and agent:read (service:write for the edge probe)"
+"""What the harness's Consul token must allow: the calls it makes and their ACLs (Consul's API docs).
+
+`/v1/config/:kind` needs service:read (intentions:read for service-intentions, nothing for
+proxy-defaults), `/v1/discovery-chain/:s` service:read, `/v1/health/service/:s` node:read and
+service:read, `/v1/connect/intentions/check` intentions:read; the edge probe's
+`/v1/agent/connect/ca/leaf/:s` service:write on the source and `/v1/agent/self` agent:read
+(without them the probe is only noted as not possible). `/v1/status/leader` and the CA roots need none.
+"""
+
+
+@dataclass(frozen=True)
+class ConsulAccess:
+    """How to talk to a Consul HTTP API besides its URL: which CA to trust and which ACL token to send.
+
+    An operator's Consul installed as HashiCorp's EKS tutorial does has TLS on
+    (HTTPS only: the chart's `global.tls.httpsOnly` defaults to true) and ACLs
+    managed by consul-k8s; every call then needs the cluster's CA and a token.
+    The token comes only from the operator (`CONSUL_HTTP_TOKEN`, or the file
+    named by `CONSUL_HTTP_TOKEN_FILE`, as Consul's CLI reads them): the
+    harness never takes the cluster's bootstrap (root) token by itself.
+    """
+
+    token: str | None = None
+    ca_file: str | None = None  # PEM the server certificate must chain to (None: the system's roots)
+    verify: bool = True  # False only when the operator says so (CONSUL_HTTP_SSL_VERIFY=false)
+    ca_source: str = ""  # where ca_file came from, for messages (e.g. "CONSUL_CACERT", "Secret consul/consul-ca-cert")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConsulAccess:
+        """The operator's settings, named as Consul's own CLI names them; BackendError on an unreadable file."""
+        env = os.environ if env is None else env
+        token = env.get(CONSUL_TOKEN_ENV) or None
+        token_file = env.get(CONSUL_TOKEN_FILE_ENV)
+        if token is None and token_file:
+            try:
+                token = Path(token_file).read_text(encoding="utf-8").strip() or None
+            except OSError as exc:
+                raise BackendError(f"{CONSUL_TOKEN_FILE_ENV}={token_file}: cannot read it: {exc.strerror}") from None
+        ca_file = env.get(CONSUL_CACERT_ENV) or None
+        if ca_file is not None and not Path(ca_file).is_file():
+            raise BackendError(f"{CONSUL_CACERT_ENV}={ca_file}: no such file (the CA of Consul's HTTPS API)")
+        verify = env.get(CONSUL_VERIFY_ENV, "true").strip().lower() not in ("false", "0", "no")
+        return cls(token=token, ca_file=ca_file, verify=verify, ca_source=CONSUL_CACERT_ENV if ca_file else "")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """`X-Consul-Token` when there is a token (Consul's header; `Authorization: Bearer` works too)."""
+        return {"X-Consul-Token": self.token} if self.token else {}
+
+    def tls_verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client verifies the server with: the CA file, the system's roots, or nothing."""
+        if not self.verify:
+            return False
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
+
+    @property
+    def requests_verify(self) -> str | bool:
+        """The same for py-consul (requests' `verify`: a CA bundle path, or a bool)."""
+        return (self.ca_file or True) if self.verify else False
+
+    def denied(self, where: str, detail: str) -> BackendError:
+        """The one line for an ACL refusal: what Consul said, and what to set."""
+        what = (
+            f"the token in {CONSUL_TOKEN_ENV} is not allowed"
+            if self.token
+            else f"ACLs are on and no token is set: set {CONSUL_TOKEN_ENV}"
+        )
+        return BackendError(
+            f"Consul at {where} refused the harness ({detail.strip()[:200]}): {what} "
+            f"(the token needs {CONSUL_TOKEN_RIGHTS}: the policy is in README, Run against EKS)"
+        )
 
 
 @dataclass
@@ -372,7 +451,17 @@ class Observation(ABC):
 
     @abstractmethod
     def consul_api(self) -> AbstractContextManager[str]:
-        """A context yielding the base URL of Consul's HTTP API (``http://127.0.0.1:PORT``) while it lasts."""
+        """A context yielding the base URL of Consul's HTTP API (``http://127.0.0.1:PORT``) while it lasts.
+
+        ``https://`` when the Consul serves HTTPS only; `consul_access` then says which CA to trust.
+        """
+
+    def consul_access(self) -> ConsulAccess:
+        """The CA and ACL token for `consul_api`'s URL. Default: the operator's environment (`ConsulAccess.from_env`).
+
+        kind/EKS add the CA of an HTTPS-only Consul from the chart's Secret when none is given.
+        """
+        return ConsulAccess.from_env()
 
     # -- Consul's view, for preflight (harness.preflight) ----------------------
     def config_entry_status(self) -> list[ConfigEntryStatus]:

@@ -684,7 +684,8 @@ class ExistingBackend(KubeBackend):
 
     # -- Consul and the mesh-wide config entries ----------------------------------------
     def check_consul(self, manifests: Manifests) -> None:
-        """The Consul in the cluster is recent enough and injects sidecars (BackendError naming what is wrong)."""
+        """The Consul in the cluster is recent enough, injects sidecars, and its HTTP API answers the harness
+        (TLS and ACLs as the operator set them up: `check_consul_api`); BackendError naming what is wrong."""
         found = self.cluster.find_consul()
         if found is None:
             raise BackendError(
@@ -706,7 +707,11 @@ class ExistingBackend(KubeBackend):
                 f"{self._where}: Consul in {found.namespace} has no Ready connect-injector: connect-inject must be "
                 "on (connectInject.enabled), or no pod gets a sidecar"
             )
-        self.progress(f"using Consul {found.version} in namespace {found.namespace} (release {found.release})")
+        self.check_consul_api()
+        self.progress(
+            f"using Consul {found.version} in namespace {found.namespace} (release {found.release}, "
+            f"API over {found.ui_scheme})"
+        )
 
     def _server_claim(self, manifests: Manifests) -> str:
         """namespace/name of the first Consul server's claim, as the chart names it.

@@ -40,7 +40,6 @@ on its own evidence too).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from harness.backends.base import Backend, ProgressFn
+from harness.backends.base import Backend, ConsulAccess, ProgressFn
 from harness.contract import names
 from harness.contract.rundir import PREFLIGHT_FILE
 from harness.errors import BackendError, HarnessError
@@ -164,7 +163,18 @@ class Expected:
 # --------------------------------------------------------------------------- checks
 
 
-def _consul_client(url: str) -> Any:
+def _acl_denied() -> type[Exception]:
+    """py-consul's 403 (consul/callback.py): an ACL refusal is the operator's setting, never a finding.
+
+    Imported when asked, as `_consul_client` imports py-consul: the CLI imports this module at start.
+    """
+    from consul import ACLPermissionDenied
+
+    return ACLPermissionDenied
+
+
+def _consul_client(url: str, access: ConsulAccess) -> Any:
+    """py-consul at `url`, trusting `access`'s CA (an HTTPS-only Consul) and sending its ACL token."""
     import consul  # py-consul (never python-consul2: both install the `consul` module)
 
     parts = urlsplit(url)
@@ -172,8 +182,8 @@ def _consul_client(url: str) -> Any:
         host=parts.hostname or "127.0.0.1",
         port=parts.port or (443 if parts.scheme == "https" else 80),
         scheme=parts.scheme or "http",
-        token=os.environ.get("CONSUL_HTTP_TOKEN") or None,
-        verify=os.environ.get("CONSUL_HTTP_SSL_VERIFY", "true").lower() != "false",
+        token=access.token,
+        verify=access.requests_verify,
     )
 
 
@@ -340,6 +350,8 @@ def check_chains(client: Any, exp: Expected) -> list[Check]:
                 subject = f"{zone.name} -> {name}"
                 try:
                     chain = _get_chain(client, name, ns, exp)
+                except _acl_denied():
+                    raise  # the token's rights, not the chain: run_preflight says what to set
                 except Exception as exc:
                     out.append(Check("discovery-chain", subject, False, f"cannot read the chain: {exc}"))
                     continue
@@ -369,6 +381,8 @@ def check_instances(client: Any, exp: Expected) -> list[Check]:
                 passing = client.http.get(CB.json(), f"/v1/health/service/{cs.name}", params=params)
             else:
                 _index, passing = client.health.service(cs.name, passing=True)
+        except _acl_denied():
+            raise
         except Exception as exc:
             out.append(Check("instances-passing", cs.name, False, f"cannot read health: {exc}"))
             continue
@@ -424,6 +438,9 @@ def check_intentions(client: Any, exp: Expected) -> list[Check]:
         return bool(answer)
 
     answers = _at_once(ask, pairs, Exception, ASK_AT_ONCE)
+    denied = next((a for a in answers if isinstance(a, _acl_denied())), None)
+    if denied is not None:
+        raise denied
     out = []
     for (src_name, dst_name, want), got in zip(pairs, answers, strict=True):
         subject = f"{src_name} -> {dst_name}"
@@ -535,7 +552,7 @@ def _settled(check: Callable[[], list[Check]], settle_s: float, sleep: Callable[
 
 def run_preflight(
     backend: Backend,
-    client_factory: Callable[[str], Any] = _consul_client,
+    client_factory: Callable[[str, ConsulAccess], Any] = _consul_client,
     settle_s: float = SETTLE_S,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PreflightResult:
@@ -548,18 +565,25 @@ def run_preflight(
     manifests = backend.manifests()
     exp = Expected.of(manifests.topology, manifests.edition)
     with backend.consul_api() as url:
-        client = client_factory(url)
+        access = backend.consul_access()
+        client = client_factory(url, access)
         checks: list[Check] = []
         try:
             leader = client.status.leader()
+        except _acl_denied() as exc:
+            raise access.denied(url, str(exc)) from None
         except Exception as exc:
-            raise BackendError(f"Consul API at {url} does not answer: {exc}") from exc
+            hint = f" (its CA: {access.ca_source or 'the system roots'})" if url.startswith("https:") else ""
+            raise BackendError(f"Consul API at {url} does not answer{hint}: {exc}") from exc
         if not leader:
             raise BackendError(f"Consul API at {url}: no cluster leader")
-        checks += _settled(lambda: check_crds(backend, manifests.objects, client, exp), settle_s, sleep)
-        checks += check_chains(client, exp)
-        checks += _settled(lambda: check_instances(client, exp), settle_s, sleep)
-        checks += check_intentions(client, exp)
+        try:  # an ACL refusal is the operator's setting, not a finding: one line naming what to set
+            checks += _settled(lambda: check_crds(backend, manifests.objects, client, exp), settle_s, sleep)
+            checks += check_chains(client, exp)
+            checks += _settled(lambda: check_instances(client, exp), settle_s, sleep)
+            checks += check_intentions(client, exp)
+        except _acl_denied() as exc:
+            raise access.denied(url, str(exc)) from None
     notes: list[str] = []
     checks += check_refused(backend, exp, notes)
     return PreflightResult(time.time(), url, checks, notes)

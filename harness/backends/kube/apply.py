@@ -235,7 +235,11 @@ class ApplyMixin(KubeApi):
         The chart labels its objects `app=consul`, `release=<release>` and
         `component=server|connect-injector|ui` (charts/consul/templates/
         server-statefulset.yaml, connect-inject-deployment.yaml, ui-service.yaml);
-        the server's image tag is the Consul version.
+        the server's image tag is the Consul version. The UI Service fronts
+        the servers' HTTP API: `http` (-> 8500) unless TLS is on with
+        `global.tls.httpsOnly` (the default once TLS is on), `https` (-> 8501)
+        when TLS is on (ui-service.yaml@v1.9.11); plain HTTP is used when it
+        is offered, else HTTPS (`ui_port` 0: the Service offers neither).
         """
         servers = [p for p in self.pods(selector={"component": "server"}) if _labels(p).get("app") == "consul"]
         if not servers:
@@ -255,11 +259,15 @@ class ApplyMixin(KubeApi):
             for svc in (self.request("GET", f"/api/v1/namespaces/{quote(ns)}/services") or {}).get("items") or []
             if _labels(svc).get("app") == "consul" and _labels(svc).get("component") == "ui"
         ]
-        ui_port = 80
+        ui_scheme, ui_port = "http", 0
         if ui:
             ports = (ui[0].get("spec") or {}).get("ports") or []
-            http = [int(x["port"]) for x in ports if x.get("name") == "http" or int(x.get("targetPort") or 0) == 8500]
-            ui_port = http[0] if http else 80
+            for scheme, target in (("http", 8500), ("https", 8501)):
+                match = [int(x["port"]) for x in ports if x.get("name") == scheme or _port_number(x) == target]
+                if match:
+                    ui_scheme, ui_port = scheme, match[0]
+                    break
+        pod_name = str(_meta(server).get("name") or "")
         return ConsulInstall(
             namespace=ns,
             release=release,
@@ -269,7 +277,16 @@ class ApplyMixin(KubeApi):
             injectors_ready=sum(1 for p in injectors if pod_condition(p, "Ready")[0] == "True"),
             ui_service=str(_meta(ui[0])["name"]) if ui else "",
             ui_port=ui_port,
+            ui_scheme=ui_scheme,
+            # the chart's `consul.fullname` (its objects' prefix): the server StatefulSet is `<fullname>-server`
+            fullname=pod_name.rsplit("-server-", 1)[0] if "-server-" in pod_name else release,
         )
+
+
+def _port_number(port: Mapping[str, Any]) -> int:
+    """A Service port's numeric targetPort (0 for a named one: the chart's UI ports are numbers)."""
+    target = port.get("targetPort")
+    return int(str(target)) if str(target).isdigit() else 0
 
 
 @dataclass(frozen=True)
@@ -282,5 +299,7 @@ class ConsulInstall:
     version: str  # the server image's tag, e.g. 1.22.7 or 1.22.7-ent
     servers_ready: int
     injectors_ready: int  # connect-injector pods Ready: without one, no pod gets a sidecar
-    ui_service: str
-    ui_port: int
+    ui_service: str  # the chart's UI Service, which fronts the servers' HTTP API ("" when not rendered)
+    ui_port: int  # its port for the API (0: neither http nor https offered)
+    ui_scheme: str = "http"  # "https" when the Service offers HTTPS only (TLS with httpsOnly)
+    fullname: str = "consul"  # the chart's name prefix: Secrets `<fullname>-ca-cert`, `<fullname>-bootstrap-acl-token`

@@ -20,7 +20,9 @@ processes never write one file.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -29,12 +31,22 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import quote
 
 import httpx
 import yaml
 
-from harness.backends.base import CHAOS_PRIMITIVES, Backend, ConfigEntryStatus, EdgeProbe, LogSource, no_progress
+from harness.backends.base import (
+    CHAOS_PRIMITIVES,
+    CONSUL_CACERT_ENV,
+    Backend,
+    ConfigEntryStatus,
+    ConsulAccess,
+    EdgeProbe,
+    LogSource,
+    no_progress,
+)
 from harness.backends.kube.api import (
     KubeApiError,
     ProgressFn,
@@ -59,6 +71,18 @@ if TYPE_CHECKING:
     from harness.render.manifests import Manifests
 
 HelmRun = Callable[[Sequence[str]], None]
+
+
+class ConsulUi(NamedTuple):
+    """The chart's UI Service as the way to Consul's HTTP API (`KubeBackend._consul_ui`)."""
+
+    namespace: str
+    service: str
+    port: int
+    scheme: str  # "http", or "https" when TLS is on with httpsOnly (no http port)
+    fullname: str  # the chart's name prefix (its CA Secret is `<fullname>-ca-cert`)
+
+
 ENTRY_SERVICE = "frontend"
 ENTRY_PROBE_PERIOD_S = 1.0
 # "no answer" as a user means it: a shorter bound (it was 2 s) recorded a slow entry point as down, and the
@@ -213,6 +237,8 @@ class KubeBackend(Backend):
         self._entry_monitor: EntryMonitor | None = None
         self._admin: AdminForwards | None = None
         self._probe_consul: ForwardRelay | None = None  # Consul for preflight's edge probes (probe_edge)
+        self._probe_url = ""
+        self._probe_access = ConsulAccess()
         self._lock = threading.RLock()
 
     # -- what subclasses say -------------------------------------------------
@@ -507,26 +533,133 @@ class KubeBackend(Backend):
         """GET on the pod's Envoy admin (127.0.0.1:19000 inside the pod) through `kubectl port-forward`."""
         return self._admin_get(self._pod_namespace(pod), pod, path, timeout_s)
 
-    def _consul_ui(self) -> tuple[str, str, int]:
-        """(namespace, Service, port) of the chart's UI Service, which fronts the Consul servers' HTTP API."""
-        release = self.helm_release(self.manifests())
+    def _consul_ui(self) -> ConsulUi:
+        """Where the chart's UI Service serves the Consul servers' HTTP API; BackendError naming what to set.
+
+        The port and scheme the Service has (`find_consul`): `http` 80 -> 8500,
+        or only `https` 443 -> 8501 once TLS is on (httpsOnly, the chart's
+        default). A forward to a port the Service lacks is refused by kubectl
+        ("does not have a service port"), and plain HTTP to the HTTPS
+        listener is refused by Consul, so neither is guessed.
+        """
         found = self.cluster.find_consul()
-        if found is not None and found.ui_service:
-            return found.namespace, found.ui_service, found.ui_port
-        return str(release["namespace"]), f"{release['name']}-ui", 80
+        if found is None:
+            raise BackendError(f"{self._where}: no Consul found (no pod labelled app=consul, component=server)")
+        if not found.ui_service:
+            raise BackendError(
+                f"{self._where}: Consul in {found.namespace} has no UI Service (labelled component=ui), through which "
+                "the harness reaches its HTTP API: set ui.enabled and ui.service.enabled to true in its chart values"
+            )
+        if not found.ui_port:
+            raise BackendError(
+                f"{self._where}: Service {found.namespace}/{found.ui_service} has no http (-> 8500) or https "
+                "(-> 8501) port for Consul's HTTP API"
+            )
+        return ConsulUi(found.namespace, found.ui_service, found.ui_port, found.ui_scheme, found.fullname)
+
+    def _relay(self, ui: ConsulUi) -> tuple[ForwardRelay, str]:
+        """A forward to the UI Service's API port, and the local URL that reaches it (https when the API is)."""
+        relay = ForwardRelay(self._kubectl(), ui.namespace, f"svc/{ui.service}", ui.port)
+        return relay, f"{ui.scheme}://127.0.0.1:{relay.port}"
 
     @contextlib.contextmanager
     def _consul_api(self) -> Iterator[str]:
-        ns, svc, port = self._consul_ui()
-        relay = ForwardRelay(self._kubectl(), ns, f"svc/{svc}", port)
+        relay, url = self._relay(self._consul_ui())
         try:
-            yield relay.url
+            yield url
         finally:
             relay.close()
 
     def consul_api(self) -> contextlib.AbstractContextManager[str]:
         """Consul's HTTP API at a local URL that survives a server pod being replaced (reference §8)."""
         return self._consul_api()
+
+    def consul_access(self) -> ConsulAccess:
+        """The operator's token and CA (`ConsulAccess.from_env`); for an HTTPS-only Consul without
+        `CONSUL_CACERT`, the CA the chart published (`_chart_ca`)."""
+        return self._access_for(self._consul_ui())
+
+    def _access_for(self, ui: ConsulUi) -> ConsulAccess:
+        access = ConsulAccess.from_env()
+        if ui.scheme != "https" or access.ca_file or not access.verify:
+            return access
+        path, source = self._chart_ca(ui)
+        return dataclasses.replace(access, ca_file=str(path), ca_source=source)
+
+    def _chart_ca(self, ui: ConsulUi) -> tuple[Path, str]:
+        """The CA of the chart's TLS, from Secret `<fullname>-ca-cert` key `tls.crt`, written to the workdir.
+
+        consul-k8s' tls-init job (charts/consul/templates/tls-init-job.yaml,
+        control-plane/subcommand/tls-init) generates the CA and stores it
+        there; the servers' certificate it signs names `localhost` and
+        127.0.0.1, so the port-forward's local address verifies. The CA is a
+        public certificate (every injected pod mounts it); a CA the chart
+        did not make (global.tls.caCert of the operator's own, Vault) is
+        given with CONSUL_CACERT.
+        """
+        secret = f"{ui.fullname}-ca-cert"
+        where = f"Secret {ui.namespace}/{secret}"
+        hint = f"set {CONSUL_CACERT_ENV} to the CA certificate's PEM file"
+        try:
+            obj = self.cluster.request("GET", f"/api/v1/namespaces/{quote(ui.namespace)}/secrets/{quote(secret)}")
+        except KubeApiError as exc:
+            raise BackendError(
+                f"{self._where}: Consul serves HTTPS only (Service {ui.namespace}/{ui.service}:{ui.port}) and its CA "
+                f"is not readable from {where} ({exc}): {hint}"
+            ) from None
+        raw = ((obj or {}).get("data") or {}).get("tls.crt")
+        try:
+            pem = base64.b64decode(str(raw or ""), validate=True)
+        except ValueError:
+            pem = b""
+        if b"BEGIN CERTIFICATE" not in pem:
+            raise BackendError(f"{self._where}: {where} holds no PEM certificate under tls.crt: {hint}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / "consul-ca.pem"
+        path.write_bytes(pem)
+        return path, where
+
+    def check_consul_api(self) -> None:
+        """Before anything changes: Consul's HTTP API answers the harness, over TLS if it must, with its token.
+
+        One call that needs no ACL (`/v1/status/leader`: reached, certificate
+        verified, a leader) and one that needs the strongest read right
+        preflight uses (`/v1/config/service-intentions`: intentions:read).
+        BackendError in one line naming what to set; a traceback or a
+        preflight of 272 failed checks said neither.
+        """
+        ui = self._consul_ui()
+        access = self._access_for(ui)
+        relay, url = self._relay(ui)
+        where = f"{url} (Service {ui.namespace}/{ui.service}:{ui.port})"
+        try:
+            with httpx.Client(base_url=url, timeout=15, verify=access.tls_verify(), headers=access.headers) as c:
+                for path in ("/v1/status/leader", "/v1/config/service-intentions"):
+                    try:
+                        r = c.get(path)
+                    except httpx.HTTPError as exc:
+                        raise BackendError(self._unreachable(where, exc, relay, access)) from None
+                    if r.status_code == 403:
+                        raise access.denied(where, r.text)
+                    if r.status_code != 200:
+                        raise BackendError(f"Consul at {where}: {path} answered HTTP {r.status_code} {r.text[:200]}")
+                    if path == "/v1/status/leader" and not r.json():
+                        raise BackendError(f"Consul at {where}: no cluster leader")
+        finally:
+            relay.close()
+
+    def _unreachable(self, where: str, exc: httpx.HTTPError, relay: ForwardRelay, access: ConsulAccess) -> str:
+        """Why the API did not answer, in one line: kubectl's refusal, an unverified certificate, or the error."""
+        if relay.errors:
+            return f"{self._where}: cannot reach Consul at {where}: {relay.errors[-1]}"
+        text = f"{exc.__class__.__name__}: {exc}"
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            ca = access.ca_source or "the system's roots"
+            return (
+                f"{self._where}: Consul's certificate at {where} does not verify with {ca} ({exc}): "
+                f"set {CONSUL_CACERT_ENV} to the CA that signed it"
+            )
+        return f"{self._where}: Consul at {where} does not answer: {text}"
 
     def config_entry_status(self) -> list[ConfigEntryStatus]:
         """consul-k8s' `Synced` status of every Consul config-entry CRD the manifests hold."""
@@ -543,10 +676,11 @@ class KubeBackend(Backend):
 
         with self._lock:  # one forward to Consul for every probe of this process (preflight makes several)
             if self._probe_consul is None:
-                ns, svc, port = self._consul_ui()
-                self._probe_consul = ForwardRelay(self._kubectl(), ns, f"svc/{svc}", port)
-            url = self._probe_consul.url
-        return run_probe(self.cluster, url, source, destination, http_of)
+                ui = self._consul_ui()
+                self._probe_access = self._access_for(ui)
+                self._probe_consul, self._probe_url = self._relay(ui)
+            url, access = self._probe_url, self._probe_access
+        return run_probe(self.cluster, url, source, destination, http_of, access)
 
     # -- pod chaos (the same API calls on any cluster) -----------------------
     def capabilities(self) -> frozenset[str]:

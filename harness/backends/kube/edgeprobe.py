@@ -41,7 +41,7 @@ from urllib.parse import quote
 import httpx
 from cryptography import x509
 
-from harness.backends.base import EdgeProbe
+from harness.backends.base import ConsulAccess, EdgeProbe
 from harness.backends.kube.api import pod_finished
 from harness.backends.kube.inventory import pod_serving
 from harness.contract.names import ANN_SERVICE, LABEL_CONSUL_SERVICE, LABEL_MANAGED_BY, MANAGED_BY
@@ -150,22 +150,30 @@ def _consul_json(client: httpx.Client, path: str, params: dict[str, str] | None 
     return r.json()
 
 
-def identities(consul_url: str, source: str, destination: str) -> tuple[dict[str, str], Identity] | EdgeProbe:
+def identities(
+    consul_url: str, source: str, destination: str, access: ConsulAccess | None = None
+) -> tuple[dict[str, str], Identity] | EdgeProbe:
     """(the source's leaf as PEMs {cert, key, ca}, the destination's identity), or an EdgeProbe saying why not.
 
-    Consul's ACLs (an existing cluster's) refuse a leaf without a token with
-    `service:write` on the source: the probe is then not possible, and
-    preflight says so in its notes, as on a backend that cannot call at all.
+    `access`: the CA of an HTTPS-only Consul and the operator's ACL token
+    (`Backend.consul_access`). Consul's ACLs refuse a leaf without a token
+    with `service:write` on the source, and `/v1/agent/self` without
+    `agent:read`: the probe is then not possible, and preflight says so in
+    its notes, as on a backend that cannot call at all.
     """
+    access = access or ConsulAccess()
     src, src_ns = split_name(source)
     dst, dst_ns = split_name(destination)
-    with httpx.Client(base_url=consul_url, timeout=30) as client:
+    with httpx.Client(base_url=consul_url, timeout=30, verify=access.tls_verify(), headers=access.headers) as client:
+        what = f"{source}'s leaf certificate"
         try:
             leaf = _consul_json(client, f"/v1/agent/connect/ca/leaf/{quote(src)}", {"ns": src_ns} if src_ns else None)
             roots = _consul_json(client, "/v1/agent/connect/ca/roots")
+            what = "its datacenter (/v1/agent/self)"
             me = _consul_json(client, "/v1/agent/self")
         except PermissionError as exc:
-            return EdgeProbe(False, False, f"Consul refused {source}'s leaf certificate (ACLs need a token): {exc}")
+            need = f"service:write on {source} and agent:read"
+            return EdgeProbe(False, False, f"Consul refused {what} (ACLs need a token with {need}): {exc}")
         except httpx.HTTPError as exc:
             raise BackendError(f"Consul's CA API at {consul_url}: {exc}") from exc
     ca = "".join(
@@ -243,14 +251,19 @@ def probe_pod_name() -> str:
 
 
 def run_probe(
-    cluster: Any, consul_url: str, source: str, destination: str, http_of: Callable[[dict[str, Any]], bool]
+    cluster: Any,
+    consul_url: str,
+    source: str,
+    destination: str,
+    http_of: Callable[[dict[str, Any]], bool],
+    access: ConsulAccess | None = None,
 ) -> EdgeProbe:
     """One call `source` -> `destination` from a probe pod; the pod is deleted afterwards, whatever happened.
 
     `http_of(pod)`: whether the destination pod's service speaks HTTP (its
-    intentions answer 403) or TCP (they close the connection).
+    intentions answer 403) or TCP (they close the connection). `access`: as `identities`.
     """
-    got = identities(consul_url, source, destination)
+    got = identities(consul_url, source, destination, access)
     if isinstance(got, EdgeProbe):
         return got
     pems, ident = got

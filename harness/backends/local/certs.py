@@ -12,8 +12,10 @@ EC P-256 keys like Consul's default, with the `cryptography` package.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -126,6 +128,45 @@ class CertAuthority:
             _write(files.cert, cert.public_bytes(serialization.Encoding.PEM))
             self._issued[ident] = files
             return files
+
+    def host_leaf(self, name: str, hosts: Sequence[str], validity: dt.timedelta = LEAF_VALIDITY) -> TlsFiles:
+        """A TLS server certificate for `hosts` (DNS names and IP addresses), not a service identity.
+
+        What a Consul agent's HTTPS listener presents: consul-k8s' tls-init
+        signs the servers' certificate for `server.<dc>.<domain>`, the server
+        Service's names, `localhost`, 127.0.0.1 and ::1
+        (control-plane/subcommand/tls-init). The fake Kubernetes cluster's
+        Consul serves its HTTPS API with one; written under `directory`/hosts.
+        """
+        sans: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self._cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(now + validity)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        d = self.directory / "hosts"
+        d.mkdir(exist_ok=True)
+        files = TlsFiles(ca=self.ca_path, cert=d / f"{name}.pem", key=d / f"{name}-key.pem")
+        with self._lock:
+            _write_private(files.key, self._pem_key(key))
+            _write(files.cert, cert.public_bytes(serialization.Encoding.PEM))
+        return files
 
 
 def _builder(
