@@ -229,3 +229,41 @@ def test_standby_streams_writes_from_the_primary(pg_dir: Path) -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+@pytest.mark.slow  # three real postgres starts
+def test_a_seeded_cluster_is_reused_for_the_same_settings_only(pg_dir: Path) -> None:
+    """The first start seeds a cluster and keeps it (EH_PG_TEMPLATE_DIR); the next with the same settings
+    copies it (no initdb) and serves the same seed to the same password; another password is another key."""
+    templates = pg_dir / "templates"
+
+    def start(name: str, password: str) -> str:
+        port = free_ports(1, HOST)[0]
+        env = {**os.environ, "POSTGRES_DB": "products", "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": password,
+               "EH_BIND_HOST": HOST, "PGPORT": str(port), "EH_POD_DIR": str(pg_dir / name),
+               pg_app.TEMPLATE_ENV: str(templates)}  # fmt: skip
+        log = pg_dir / f"{name}.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "harness.backends.local.apps.postgres"], env=env,
+                                    stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            ask = {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "2"}
+            argv = [str(pg_app.bin_dir() / "psql"), "-h", HOST, "-p", str(port), "-U", "postgres", "-d", "products",
+                    "-At", "-c", "SELECT count(*) FROM coffees"]  # fmt: skip
+
+            def count() -> str:
+                return subprocess.run(argv, capture_output=True, text=True, env=ask, timeout=20).stdout.strip()
+
+            _wait(lambda: count() == "9", 60, f"{name} not serving the seed", [log])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+        how = [line for line in log.read_text().splitlines() if "initialised database" in line]
+        assert len(how) == 1, log.read_text()
+        return how[0].rsplit("how=", 1)[1].strip()
+
+    assert start("first", "password") == "initdb"
+    assert len(list(templates.iterdir())) == 1  # kept, and no half-written copy left beside it
+    assert start("second", "password") == "template"
+    assert start("third", "other") == "initdb"
+    assert len(list(templates.iterdir())) == 2

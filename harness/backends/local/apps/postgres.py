@@ -47,7 +47,9 @@ drives.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.util
+import json
 import os
 import pwd
 import shutil
@@ -64,6 +66,8 @@ from harness.backends.local.apps import postgres_standby
 from harness.backends.local.apps._http import log
 
 APP = "postgres"
+TEMPLATE_ENV = "EH_PG_TEMPLATE_DIR"
+"""Where seeded clusters are kept for reuse (set by the local backend; unset: every start runs initdb)."""
 FALLBACK_SYSTEM_USER = "edge-harness-pg"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -351,10 +355,46 @@ def _run(argv: list[str], user: pwd.struct_passwd | None, stdin: str | None = No
         raise RuntimeError(f"{Path(argv[0]).name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
 
-def init_cluster(s: Settings, pgdata: Path, bins: Path, user: pwd.struct_passwd | None) -> None:
-    """initdb + create database + seed into a temporary directory, then rename it to `pgdata`."""
+def template_key(s: Settings, bins: Path) -> str:
+    """What a seeded cluster depends on: the server binaries, the superuser, its password, the database, the
+    authentication method and the seed. Two starts with the same key would produce the same cluster."""
+    st = (bins / "postgres").stat()
+    what = [str(bins.resolve()), st.st_size, st.st_mtime_ns, s.user, s.password, s.database, s.host_auth]
+    return hashlib.sha256(json.dumps([*what, *seed_statements()]).encode()).hexdigest()[:20]
+
+
+def _copy_cluster(src: Path, dst: Path, user: pwd.struct_passwd | None) -> None:
+    """`src`'s cluster into `dst` (which must not exist), owned by `user`, mode 0700 as initdb leaves it."""
+    shutil.copytree(src, dst, symlinks=True)
+    dst.chmod(0o700)
+    if user is not None:
+        for root, dirs, files in os.walk(dst):
+            for name in (*dirs, *files):
+                os.lchown(os.path.join(root, name), user.pw_uid, user.pw_gid)
+        os.chown(dst, user.pw_uid, user.pw_gid)
+
+
+def init_cluster(
+    s: Settings, pgdata: Path, bins: Path, user: pwd.struct_passwd | None, templates: Path | None = None
+) -> str:
+    """initdb + create database + seed into a temporary directory, then rename it to `pgdata`.
+
+    With `templates`, a cluster seeded before with the same `template_key` is
+    copied instead (0.1 s against 0.5 s for initdb and the seed alone, 3 s
+    while a whole topology starts on 2 cores, where it held every
+    product-api and the replica's clone back), and a fresh one is kept there
+    for the next start. The copy is the same cluster a fresh initdb gives,
+    except for its system identifier and the rows' `created_at`, which
+    nothing reads. Returns how it was made: "template" or "initdb".
+    """
     tmp = pgdata.with_name(pgdata.name + ".init")
     shutil.rmtree(tmp, ignore_errors=True)
+    template = templates / template_key(s, bins) if templates is not None else None
+    if template is not None and (template / "PG_VERSION").exists():
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        _copy_cluster(template, tmp, user)
+        tmp.rename(pgdata)
+        return "template"
     tmp.mkdir(mode=0o700, parents=True)
     pwfile = pgdata.with_name("pgpass.init")
     pwfile.write_text(s.password + "\n", encoding="utf-8")
@@ -389,7 +429,24 @@ def init_cluster(s: Settings, pgdata: Path, bins: Path, user: pwd.struct_passwd 
     if s.database != "postgres":
         _run([*single, "postgres"], user, stdin=f'CREATE DATABASE "{s.database.replace(chr(34), chr(34) * 2)}";\n\n')
     _run([*single, s.database], user, stdin="".join(f"{stmt};\n\n" for stmt in seed_statements()))
+    if template is not None:
+        _keep_template(tmp, template)
     tmp.rename(pgdata)
+    return "initdb"
+
+
+def _keep_template(cluster: Path, template: Path) -> None:
+    """Copy a freshly seeded cluster to `template`, atomically (a half-written template is never used)."""
+    part = template.with_name(f"{template.name}.{os.getpid()}.part")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(part, ignore_errors=True)
+        _copy_cluster(cluster, part, None)
+        part.rename(template)
+    except OSError as exc:  # another start kept it first, or the cache is not writable: start all the same
+        shutil.rmtree(part, ignore_errors=True)
+        if not (template / "PG_VERSION").exists():
+            log(APP, f"could not keep the seeded cluster for reuse: {exc}", template=str(template))
 
 
 def _clear_stale_pid(pgdata: Path) -> None:
@@ -440,8 +497,9 @@ def main() -> int:
             log(APP, "cloning the primary (streaming standby)", pgdata=str(pgdata))
             postgres_standby.clone(standby, pgdata, bins, user)
         elif not (pgdata / "PG_VERSION").exists():
-            log(APP, "initialising database", pgdata=str(pgdata), database=s.database)
-            init_cluster(s, pgdata, bins, user)
+            templates = os.environ.get(TEMPLATE_ENV, "").strip()
+            how = init_cluster(s, pgdata, bins, user, Path(templates) if templates else None)
+            log(APP, "initialised database", pgdata=str(pgdata), database=s.database, how=how)
         else:
             _clear_stale_pid(pgdata)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:

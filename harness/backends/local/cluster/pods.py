@@ -14,6 +14,7 @@ from pathlib import Path
 
 import harness
 from harness.backends.local.apps import app_argv
+from harness.backends.local.apps.postgres import TEMPLATE_ENV as PG_TEMPLATE_ENV
 from harness.backends.local.cluster.base import (
     ADMIN_PORT,
     ENTRY_APP,
@@ -34,6 +35,10 @@ from harness.backends.local.sched import (
 from harness.backends.local.sidecar import Sidecar, parse_upstreams
 from harness.contract.inventory import PodInfo
 from harness.errors import BackendError, InputError
+
+PG_TEMPLATES = ".postgres-templates"
+"""Beside the clusters' state directories (the state root, a tmpfs): seeded postgres clusters, reused by every
+cluster on the machine until it reboots (`apps.postgres.init_cluster`)."""
 
 
 class PodLifecycle(ClusterBase):
@@ -104,6 +109,8 @@ class PodLifecycle(ClusterBase):
                 "EH_MOUNTS": json.dumps({mp: str(mounts[vol]) for mp, vol in c.mounts.items()}),
                 "EH_POD_DIR": str(pdir / c.name),
                 "EH_POD": name,
+                # seeded postgres clusters kept beside the clusters' state for the next start (apps.postgres)
+                PG_TEMPLATE_ENV: str(self.state_dir.parent / PG_TEMPLATES),
                 **({"EH_COMMAND": json.dumps(list(c.command))} if c.command else {}),
             }
             (pdir / c.name).mkdir(exist_ok=True)
