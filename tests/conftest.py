@@ -58,8 +58,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason=f"local backend: {why}")
     for item in items:
-        if "local" in item.keywords:
+        if item.get_closest_marker("local") is not None:
             item.add_marker(skip)
+
+
+def needs_machine_lock(items: list[pytest.Item]) -> bool:
+    """True when a session will run a test marked `local` (see `pytest_collection_finish`)."""
+    return any(item.get_closest_marker("local") is not None for item in items)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -69,10 +74,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     suites at once (two checkouts, a bench beside a test run) make each
     other's timing tests fail. So a session that will run `local` tests takes
     an exclusive lock for its whole life and waits for another to finish.
+    By the `local` marker, not `item.keywords`: pytest adds a parametrize id as
+    a keyword, so a verifier test with the id `local` (a run "as the local
+    backend records it") made the other lane's xdist workers take the lock,
+    and the second worker of a session waited forever for the first.
     """
     global _lock_fd
     ok, _ = local_backend_ready()
-    if not ok or not any("local" in item.keywords for item in session.items):
+    if not ok or not needs_machine_lock(session.items):
         return
     fd = acquire_machine_lock("another session runs local-backend tests", LOCAL_LOCK)
     _lock_fd = fd
