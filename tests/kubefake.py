@@ -13,14 +13,16 @@ request log the tests assert on, and API discovery. kmock cannot route
 segment): `parse_path` is wrapped for exactly those two paths.
 
 A test module gets the `api` fixture by importing it as `api as api` (an
-explicit re-export, so pytest finds it and linters see it used).
+explicit re-export, so pytest finds it and linters see it used); likewise
+`nothing_refused`, which fails a test whose identity under `grant` (the
+shipped RBAC role) was refused a call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -122,13 +124,23 @@ class FakeApiServer:
                     "apiVersion": "v1",
                     "kind": "Config",
                     "clusters": [{"name": context, "cluster": {"server": self.url}}],
-                    "users": [{"name": context, "user": {"token": "t"}}],
+                    "users": [{"name": context, "user": {"token": self.token(context)}}],
                     "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
                     "current-context": context,
                 }
             )
         )
         return path
+
+    @staticmethod
+    def token(context: str) -> str:
+        """The bearer token of `context`'s user in the kubeconfigs written here: one identity per context."""
+        return f"token-{context}"
+
+    def grant(self, context: str, rules: Iterable[dict[str, Any]]) -> None:
+        """Authorize `context`'s identity by `rules` alone (RBAC's allow-list); every other context stays admin."""
+        granted = [dict(r) for r in rules]
+        self.sim.call(lambda: self.sim.rbac.__setitem__(self.token(context), granted))
 
     def cluster(self, tmp_path: Path, context: str = "fake") -> KubeCluster:
         kc = self.write_kubeconfig(tmp_path / f"kubeconfig-{context}", context)
@@ -219,6 +231,20 @@ NODES = [
 def api() -> Iterator[FakeApiServer]:
     with FakeApiServer() as server:
         yield server
+
+
+@pytest.fixture
+def nothing_refused(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the test: no call of an identity under `FakeApiServer.grant` was refused (the test's `api`, if any).
+
+    Checked on the fake's record, not on the outcome: some refusals are
+    swallowed (the inventory watch retries any error, a probe pod is waited
+    for through errors), and a test would pass where the run is degraded.
+    """
+    sim = request.getfixturevalue("api").sim if "api" in request.fixturenames else None
+    yield
+    if sim is not None:
+        assert sim.rbac_denials == [], "refused: the granted role lacks these calls"
 
 
 def rendered(tmp_path: Path) -> Manifests:

@@ -79,6 +79,12 @@ module does all of that, each behaviour taken from the source named here:
   to one pod instance and exits when it is gone ("lost connection to pod",
   kubectl >= 1.23, kubernetes/kubernetes#103526); `svc/` and `deployment/`
   targets resolve to one pod first.
+- RBAC (`tests.kuberbac`): a caller whose token `rbac` holds may do what
+  its rules grant and nothing else, authorized as kube-apiserver does (the
+  request's verb, group, resource/subresource, namespace, name; discovery and
+  /version for everyone), refused with its ForbiddenStatus message; the fake
+  kubectl's port-forward is authorized too (get the target, list and get the
+  pod, `pods/portforward`). Other tokens are the cluster's admin.
 - kind: node names `<cluster>-control-plane`, `<cluster>-worker`,
   `<cluster>-worker2`...; `labels` become node labels; JoinConfiguration
   `nodeRegistration.taints` / `register-with-taints`; `extraPortMappings`
@@ -120,6 +126,7 @@ import yaml
 
 from harness.backends.local.certs import CertAuthority, spiffe_id
 from harness.backends.local.mesh.spec import parse_duration
+from tests.kuberbac import RequestInfo, allowed, forbidden_message, request_info
 
 # -- small helpers ---------------------------------------------------------------
 
@@ -444,6 +451,18 @@ HOST_COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_time
 Key = tuple[str, str, str | None, str]  # (apiVersion, plural, namespace, name)
 
 
+RBAC_USER = "edge-harness"
+"""The user name a refusal names (on EKS: the access entry's username of the workflow's IAM role)."""
+
+
+def _bearer(headers: Any) -> str | None:
+    """The bearer token of a request's Authorization header (the kubeconfig user's token), if any."""
+    for k, v in dict(headers or {}).items():
+        if str(k).lower() == "authorization" and str(v).startswith("Bearer "):
+            return str(v)[len("Bearer ") :]
+    return None
+
+
 class ClusterSim:
     """The simulated cluster; every method runs on the server's event loop unless it says otherwise."""
 
@@ -484,8 +503,12 @@ class ClusterSim:
         self.server_version: dict[str, str] = {"major": "1", "minor": "31", "gitVersion": "v1.31.0"}
         self.provisioners_running: set[str] = {LOCAL_PATH}  # non-CSI provisioners; a CSI driver runs with its CSIDriver
         self.csi_broken: dict[str, str] = {}  # CSI driver -> why its controller fails CreateVolume (e.g. no IAM role)
-        # (verb, resource) the caller's RBAC does not grant: answered 403 with the authorizer's message
+        # (verb, resource) no caller's RBAC grants: answered 403 with the authorizer's message
         self.forbidden: set[tuple[str, str]] = set()
+        # bearer token -> the PolicyRules its identity's ClusterRoleBindings grant (an allow-list, as RBAC is):
+        # a token not here is the cluster's admin (the test's own setup: nodes, Consul, assertions)
+        self.rbac: dict[str, list[dict[str, Any]]] = {}
+        self.rbac_denials: list[str] = []  # every 403 `rbac` gave, in order (some callers swallow a 403)
         self._pv_events: dict[tuple[str, str, str], float] = {}  # (claim uid, reason, message) -> last emitted
         for (api_version, plural), info in CORE_RESOURCES.items():
             self.resources[(api_version, plural)] = info
@@ -831,6 +854,11 @@ class ClusterSim:
         path = request.url.path
         if path.startswith("/_sim/"):
             return await self._control(request)
+        method = str(request.method.value).upper()
+        params = dict(request.params)
+        denied = self.authorize(_bearer(request.headers), request_info(method, path, params))
+        if denied is not None:
+            return aiohttp.web.json_response(status_obj(403, "Forbidden", denied), status=403)
         if path.rstrip("/") == "/version":
             return aiohttp.web.json_response(self.server_version)
         res = request.resource
@@ -850,11 +878,6 @@ class ClusterSim:
         kind, namespaced = self.resources[key]
         ns = request.namespace if namespaced else None
         name = request.name
-        method = str(request.method.value).upper()
-        params = dict(request.params)
-        denied = self._forbidden(method, key, ns, name, params)
-        if denied is not None:
-            return aiohttp.web.json_response(status_obj(403, "Forbidden", denied), status=403)
         try:
             if method == "GET" and params.get("watch") in ("true", "1"):
                 return await self._serve_watch(request, key, ns, params)
@@ -884,27 +907,20 @@ class ClusterSim:
             return aiohttp.web.json_response(status_obj(exc.code, exc.reason, str(exc)), status=exc.code)
         return aiohttp.web.json_response(status_obj(405, "MethodNotAllowed", "method not allowed"), status=405)
 
-    def _forbidden(
-        self, method: str, key: tuple[str, str], ns: str | None, name: str | None, params: dict[str, str]
-    ) -> str | None:
-        """RBAC's answer when `forbidden` holds the request's (verb, resource): the authorizer's message, else None.
+    def authorize(self, token: str | None, info: RequestInfo) -> str | None:
+        """The authorizer's 403 message for a request it refuses, else None.
 
-        The message as kube-apiserver writes it (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
-        responsewriters/errors.go `ForbiddenStatus`).
+        Refused: a (verb, resource) in `forbidden`, whoever asks (what a test
+        takes away on purpose); and, for a token `rbac` holds, whatever its
+        rules do not grant (`tests.kuberbac`), kept in `rbac_denials`.
         """
-        if method == "GET":
-            verb = "watch" if params.get("watch") in ("true", "1") else ("get" if name else "list")
-        else:
-            verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(method, method.lower())
-        plural = key[1]
-        if (verb, plural) not in self.forbidden:
+        if info.resource_request and (info.verb, info.combined) in self.forbidden:
+            return forbidden_message(info, RBAC_USER)
+        if token is None or token not in self.rbac or allowed(self.rbac[token], info):
             return None
-        group = key[0].split("/", 1)[0] if "/" in key[0] else ""
-        qualified = f"{plural}.{group}" if group else plural  # the GroupResource, as the message names it
-        what = f'{qualified} "{name}"' if name else qualified
-        where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
-        who = 'User "edge-harness"'
-        return f'{what} is forbidden: {who} cannot {verb} resource "{plural}" in API group "{group}"{where}'
+        message = forbidden_message(info, RBAC_USER)
+        self.rbac_denials.append(message)
+        return message
 
     def _filtered(self, key: tuple[str, str], ns: str | None, params: dict[str, str]) -> list[Obj]:
         sel = parse_selector(params.get("labelSelector", ""))
@@ -3140,7 +3156,10 @@ class ClusterSim:
         if path == "helm/uninstall":
             return aiohttp.web.json_response(await self.helm_uninstall(body["release"], body["namespace"]))
         if path == "portforward":
-            return aiohttp.web.json_response(await self._resolve_forward(q["namespace"], q["target"], int(q["port"])))
+            token = _bearer(request.headers)
+            return aiohttp.web.json_response(
+                await self._resolve_forward(q["namespace"], q["target"], int(q["port"]), token)
+            )
         if path == "podalive":
             pod = self.pod_by_uid(q["uid"])
             run = self.pods.get(q["uid"])
@@ -3158,10 +3177,36 @@ class ClusterSim:
             return aiohttp.web.json_response({"port": lport})
         return aiohttp.web.json_response({"error": f"unknown sim path {path}"}, status=404)
 
-    async def _resolve_forward(self, namespace: str, target: str, port: int) -> Obj:
-        """What kubectl port-forward does before it forwards: one pod, and the pod port."""
+    async def _resolve_forward(self, namespace: str, target: str, port: int, token: str | None = None) -> Obj:
+        """What kubectl port-forward does before it forwards: one pod, and the pod port.
+
+        With the API calls kubectl makes, each authorized for `token` as the
+        API server would (kubectl/pkg/cmd/portforward, polymorphichelpers
+        `AttachablePodForObject`): get the target (service, deployment or
+        pod), list the pods its selector picks, get the chosen pod, then open
+        the stream on `pods/portforward`. kubectl >= 1.31 opens it as a
+        WebSocket upgrade, a GET: verb `get`; API servers >= 1.35 authorize
+        `create` as well (AuthorizePodWebsocketUpgradeCreatePermission,
+        kubernetes/kubernetes#134577), and SPDY, the fallback, is a POST:
+        `create`. So a role needs both verbs.
+        """
         kind, _, name = target.rpartition("/")
         kind = kind or "pod"
+
+        def refused(method: str, path: str, params: dict[str, str] | None = None) -> str | None:
+            return self.authorize(token, request_info(method, path, params))
+
+        ns_path = f"/api/v1/namespaces/{namespace}"
+        if kind in ("svc", "service", "services"):
+            first = refused("GET", f"{ns_path}/services/{name}")
+        elif kind in ("pod", "pods", "po"):
+            first = refused("GET", f"{ns_path}/pods/{name}")
+        else:
+            first = refused("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+        if first is None and kind not in ("pod", "pods", "po"):
+            first = refused("GET", f"{ns_path}/pods", {"labelSelector": "..."})
+        if first is not None:
+            return {"error": f"Error from server (Forbidden): {first}"}
         pod: Obj | None = None
         pod_port = port
         if kind in ("pod", "pods", "po"):
@@ -3208,6 +3253,12 @@ class ClusterSim:
         run = self.pods.get(str(pod["metadata"]["uid"]))
         if phase != "Running" or run is None or run.current is None or not run.current.alive:
             return {"error": f"error: unable to forward port because pod is not running. Current status={phase}"}
+        pod_path = f"{ns_path}/pods/{pod['metadata']['name']}"
+        stream = refused("GET", pod_path) or refused("GET", f"{pod_path}/portforward")
+        if stream is None and int(str(self.server_version.get("minor", "0")).rstrip("+") or 0) >= 35:
+            stream = refused("POST", f"{pod_path}/portforward")
+        if stream is not None:
+            return {"error": f"error: error upgrading connection: {stream}"}
         return {
             "pod": pod["metadata"]["name"],
             "uid": pod["metadata"]["uid"],

@@ -52,11 +52,13 @@ def install(bindir: Path, names: tuple[str, ...] = TOOLS) -> None:
             link.symlink_to(script)
 
 
-def _api(path: str, body: dict[str, Any] | None = None, query: str = "") -> dict[str, Any]:
+def _api(path: str, body: dict[str, Any] | None = None, query: str = "", token: str | None = None) -> dict[str, Any]:
     url = os.environ["FAKE_API"].rstrip("/") + "/_sim/" + path + (f"?{query}" if query else "")
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
     req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(req, timeout=60) as resp:
         return dict(json.loads(resp.read()))
 
@@ -183,6 +185,23 @@ def helm(args: list[str]) -> None:
     sys.exit(2)
 
 
+def _token(args: list[str]) -> str | None:
+    """The bearer token of the kubeconfig user the call's context names (what kubectl authenticates with)."""
+    import yaml
+
+    path = _opt(args, "--kubeconfig") or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    path = path or str(Path.home() / ".kube/config")
+    try:
+        cfg = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError:
+        return None
+    ctx_name = _opt(args, "--context") or cfg.get("current-context")
+    ctx = next((c.get("context") or {} for c in cfg.get("contexts") or [] if c.get("name") == ctx_name), {})
+    user = next((u.get("user") or {} for u in cfg.get("users") or [] if u.get("name") == ctx.get("user")), {})
+    token = user.get("token")
+    return str(token) if token else None
+
+
 def _stamp() -> str:
     return time.strftime("E%m%d %H:%M:%S.000000", time.gmtime())
 
@@ -207,7 +226,7 @@ def port_forward(args: list[str]) -> None:
     if os.environ.get("FAKE_PF_FAIL"):
         print("error: unable to forward port because pod is not running. Current status=Pending", file=sys.stderr)
         sys.exit(1)
-    res = _api("portforward", query=f"namespace={ns}&target={target}&port={remote}")
+    res = _api("portforward", query=f"namespace={ns}&target={target}&port={remote}", token=_token(args))
     if res.get("error"):
         print(res["error"], file=sys.stderr)
         sys.exit(1)

@@ -37,9 +37,12 @@ from tests import kubesim_tools
 from tests.conftest import REPO, wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.kubefake import nothing_refused as nothing_refused
+from tests.kuberbac import nightly_rules
 from tests.kubesim import SimTimings
 
-pytestmark = pytest.mark.slow  # a fake API server per test: seconds each
+# a fake API server per test: seconds each; every call of the nightly's context granted by the shipped role
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("nothing_refused")]
 
 LAX, LAS, PHX, SFO = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-phx-2a", "us-west-2-wl1-sfo-wlz-1"
 ZONES = ("us-west-2a", "us-west-2b", LAX, LAS, PHX, SFO)
@@ -83,10 +86,15 @@ NODE = {n["metadata"]["labels"]["topology.kubernetes.io/zone"]: n["metadata"]["n
 ENTRY = {z: f"https://{z}.shop.example.test" for z in ZONES}
 
 
+CONTEXT = "eks-nightly"
+
+
 def _backend(api: FakeApiServer, tmp_path: Path, allow: tuple[str, ...] = (), **kw: Any) -> ExistingBackend:
-    kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
+    """The nightly's backend; its context may do what the shipped RBAC files grant its mode, nothing more."""
+    api.grant(CONTEXT, nightly_rules(install_consul=bool(kw.get("install_consul"))))
+    kc = api.write_kubeconfig(tmp_path / "kubeconfig", CONTEXT)
     kw.setdefault("entrypoints", [f"{z}={u}" for z, u in ENTRY.items()])
-    b = ExistingBackend("eks-nightly", kc, allow, workdir=tmp_path / "wd", **kw)
+    b = ExistingBackend(CONTEXT, kc, allow, workdir=tmp_path / "wd", **kw)
     b.ready_poll_s = 0.1
     return b
 
@@ -94,7 +102,9 @@ def _backend(api: FakeApiServer, tmp_path: Path, allow: tuple[str, ...] = (), **
 def _cluster(api: FakeApiServer, tmp_path: Path, consul: dict[str, Any] | None = None) -> KubeCluster:
     """EKS-like nodes with storage as a prepared EKS 1.31 nightly cluster has it (the aws-ebs-csi-driver add-on,
     whose ebs-csi-default-sc is the default class), and (unless `consul` is {}) the Consul an operator installed
-    with the rendered values."""
+    with the rendered values. The nightly's context (`eks-nightly`) may do exactly what the shipped
+    deploy/eks-nightly-rbac.yaml grants; the returned client is the operator's (admin)."""
+    api.grant(CONTEXT, nightly_rules())
     c = api.cluster(tmp_path, "admin")
     api.seed(c, *EKS_NODES)
     api.sim.call(lambda: api.sim.eks_storage(31, ebs_csi_addon=True, addon_default_class=True))

@@ -31,6 +31,7 @@ from harness.errors import BackendError, InputError
 from tests.conftest import wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.kubefake import nothing_refused as nothing_refused
 from tests.test_backend_existing import EKS_NODES, ENTRY, LAS, LAX, PHX, _cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +39,7 @@ CTX = "eks-nightly"
 AZ_A = "us-west-2a"
 NODE = {n["metadata"]["labels"]["topology.kubernetes.io/zone"]: n["metadata"]["name"] for n in EKS_NODES}
 PHX1, PHX2 = EKS_NODES[4]["metadata"]["name"], EKS_NODES[5]["metadata"]["name"]
+pytestmark = pytest.mark.usefixtures("nothing_refused")  # `_cluster` puts the context under the shipped role
 ENV_KEYS = ("EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS", "EH_ALLOW_FILE", "EH_EXECUTE", "EH_MAX_SHARE", "EH_KILL_SWITCH",
             "EH_RUN_DIR", "EH_BACKEND", "EH_CONTEXT")  # fmt: skip
 
