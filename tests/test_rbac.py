@@ -36,7 +36,7 @@ from tests.kuberbac import (
     rule_allows,
     without,
 )
-from tests.test_backend_existing import CONTEXT, _backend, _cluster
+from tests.test_backend_existing import CONTEXT, _backend, _cluster, _helm_tools
 
 # -- the authorizer model (no server) ------------------------------------------------------------------
 
@@ -116,14 +116,17 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 
 
 def test_the_nightly_role_is_least_privilege_data_an_operator_applies_as_it_is() -> None:
-    """No wildcard, no Secrets, no RBAC objects, no evictions: the role names what the code calls."""
+    """No wildcard, no Secret but the TLS Consul's CA by name, no RBAC objects, no evictions: the role names
+    what the code calls."""
     docs = _docs(NIGHTLY_RBAC)
     assert sorted(d["kind"] for d in docs) == ["ClusterRole", "ClusterRoleBinding"]
     rules = nightly_rules()
     assert rules == bound_rules(docs, group=NIGHTLY_GROUP) and rules
     for r in rules:
         assert "*" not in [*r["apiGroups"], *r["resources"], *r["verbs"]], r
-        assert not {"secrets", "pods/exec", "pods/eviction", "clusterroles"} & set(r["resources"]), r
+        assert not {"pods/exec", "pods/eviction", "clusterroles"} & set(r["resources"]), r
+        if "secrets" in r["resources"]:  # only the CA certificate, by name (KubeBackend._consul_ca)
+            assert (r["resources"], r.get("resourceNames"), r["verbs"]) == (["secrets"], ["consul-ca-cert"], ["get"])
         assert "rbac.authorization.k8s.io" not in r["apiGroups"], r
     assert bound_rules(docs, group="someone-else") == []
 
@@ -136,6 +139,9 @@ def test_install_consul_adds_cluster_admin_and_says_why() -> None:
     assert "escalate" in text and "MutatingWebhookConfiguration" in text
     secrets = request_info("GET", "/api/v1/namespaces/consul/secrets")
     assert allowed(nightly_rules(install_consul=True), secrets) and not allowed(nightly_rules(), secrets)
+    token = request_info("GET", "/api/v1/namespaces/consul/secrets/consul-bootstrap-acl-token")
+    ca = request_info("GET", "/api/v1/namespaces/consul/secrets/consul-ca-cert")
+    assert allowed(nightly_rules(), ca) and not allowed(nightly_rules(), token)
 
 
 def test_the_readme_points_at_the_files_instead_of_listing_the_identity() -> None:
@@ -147,7 +153,16 @@ def test_the_readme_points_at_the_files_instead_of_listing_the_identity() -> Non
 # -- the role enforced on a run ----------------------------------------------------------------------
 
 
+@pytest.fixture
+def tools(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fake kubectl on PATH: `up` reaches Consul's API through a port-forward before it applies anything."""
+    for k in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"):
+        monkeypatch.delenv(k, raising=False)
+    return _helm_tools(tmp_path, api, monkeypatch)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("tools")
 def test_a_role_missing_one_rule_fails_up_naming_that_rule(api: FakeApiServer, tmp_path: Path) -> None:
     """The defect the README's prose list had: no ServiceAccount create. `up` stops at the first one, saying why."""
     _cluster(api, tmp_path)
@@ -163,6 +178,7 @@ def test_a_role_missing_one_rule_fails_up_naming_that_rule(api: FakeApiServer, t
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("tools")
 def test_a_403_the_harness_swallows_is_still_caught(api: FakeApiServer, tmp_path: Path) -> None:
     """Without `watch pods` `up` succeeds: the inventory watch retries its 403 quietly (as it does any API hiccup),
     and the pod history would be relists only. The fake's record of refusals is what the flows assert empty."""
