@@ -155,7 +155,10 @@ class RoutingChecks(CheckBase):
         faults = [
             ("", f.inject, (f.restore if f.restore is not None else self.run_end) + self.slo.max_recovery_s)
             for f in self.run.faults
-            if f.zone == z or self._cascade(f)
+            # a fault in the zone, or one on a Region-only service `u`'s calls reach (a postgres kill): its
+            # cascade is every service whose calls reach what it hit, and a pair outside it (a fault on
+            # postgres-replica, which nobody calls) is no excuse for a spill anywhere
+            if f.zone == z or u in self._cascade(f)
         ]
         for lo, hi, ready, registered in parts:
             keep = min(1.0, OVERPROVISIONING * ready / registered)
