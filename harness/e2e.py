@@ -269,7 +269,12 @@ def record_traffic(
     """`harness traffic` for game days: a complete run directory that `harness verify` can judge.
 
     Chaos run meanwhile from another terminal with `harness chaos --run-dir` the
-    same directory adds the timeline.
+    same directory adds the timeline. Ctrl-C (any stop signal) while users are
+    served is how an operator ends a game day's traffic (`duration_s` is only a
+    bound): the traffic stops, every record is collected and the run is marked
+    complete as at its natural end, then the interruption is raised (the command
+    exits 130). One during the collection leaves the run incomplete: its verdict
+    fails (experiment-ran), since what was not collected is unverified.
     """
     from harness.observe import build_hops
     from harness.traffic import RequestWatch, TrafficRunner
@@ -281,6 +286,7 @@ def record_traffic(
         copy_manifests(backend.manifests().root, run_dir)
     # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic ---
     preflight_gate(backend, run_dir, preflight, print)
+    stopped: KeyboardInterrupt | None = None
     with recording(backend, run_dir):
         before_traffic(backend, run_dir, lambda _m: None)
         entry = backend.entrypoints()
@@ -290,14 +296,19 @@ def record_traffic(
                                probe_period_s=DEFAULT_PROBE_PERIOD_S if probe_period_s is None else probe_period_s,
                                probe_zones=probe_zones) as traffic:  # fmt: skip
                 served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
-                # the game day's chaos waits for the budget's line: probes sized to the machine before any fault
-                warm_up(traffic, served, WARMUP_BOUND_S, print)
-                traffic.wait(timeout=duration_s + START_GRACE_S)
+                try:
+                    # the game day's chaos waits for the budget's line: probes sized to the machine before any fault
+                    warm_up(traffic, served, WARMUP_BOUND_S, print)
+                    traffic.wait(timeout=duration_s + START_GRACE_S)
+                except KeyboardInterrupt as exc:  # the operator ended the traffic: collect, then say so
+                    stopped = exc
             result = traffic.result
         finally:
             after_traffic(backend, run_dir, lambda _m: None)
     build_hops(run_dir, jsonl=False)  # Parquet: a long run's hops are no JSON to wait for
-    mark_run(run_dir, "done", "complete")  # a run that never gets here stays "running": its verdict is partial
+    mark_run(run_dir, "done", "complete")  # a run that never gets here stays "running": its verdict fails
+    if stopped is not None:
+        raise stopped
     return result
 
 

@@ -3,7 +3,7 @@
 - `config`: Consul's own view before traffic (preflight.json): every
   config-entry CRD synced, every discovery chain in-zone first and then the
   Region only, every expected instance passing.
-- `experiment-ran`: plan.json against each experiment's chaostoolkit journal,
+- `experiment-ran`: the run completed (run.json), and plan.json against each experiment's chaostoolkit journal,
   by the rules the chaos runner applies too (`harness.contract.journal`: the
   journal's status alone proves nothing), and every fault an action reports
   against the timeline.
@@ -21,7 +21,7 @@ import json
 from typing import Any
 
 from harness.contract.journal import fault_ids, journal_problems, runs_of, unjudged
-from harness.contract.rundir import CHAOS_DIR, CHAOS_FILE, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE
+from harness.contract.rundir import CHAOS_DIR, CHAOS_FILE, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE, RUN_FILE
 from harness.verify.rundata import RunData
 from harness.verify.verdict import FAIL, PASS, UNVERIFIED, CheckResult
 
@@ -146,8 +146,38 @@ def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: 
     return CheckResult(exp_id, PASS, f"{label}: {len(ran)} actions succeeded", detail)
 
 
+def run_completed(run: RunData) -> tuple[list[str], list[CheckResult]]:
+    """A run that did not complete (run.json status other than complete, no `ended`, or no run.json) fails.
+
+    Its records stop where the harness stopped: the faults it never injected, the recovery of the one under way,
+    the sidecars' 'end' counter snapshot, the hops it never collected. A verdict on what was recorded used to
+    pass such a run with a note ("partial run"): what it never recorded was unverified, and unverified is a
+    failure. The verdict is still written, and still says where the run stopped.
+    """
+    meta = run.meta
+    if not meta.present:
+        text = f"experiment-ran: no {RUN_FILE}: whether the run completed is not recorded (unverified)"
+    elif meta.partial:
+        ended = "" if meta.ended is not None else ", never ended"
+        text = (
+            f"experiment-ran: the run did not complete ({RUN_FILE}: status {meta.status or '?'} at stage "
+            f"{meta.stage or '?'}{ended}): what it did not record is unverified"
+        )
+    else:
+        return [], []
+    detail = {"status": meta.status, "stage": meta.stage, "ended": meta.ended, "present": meta.present}
+    return [text], [CheckResult(RUN_FILE, UNVERIFIED, text, detail)]
+
+
 def experiment_ran(run: RunData, chaos_records: int) -> tuple[list[str], list[CheckResult], str]:
-    """Failures, checks and pass text of `experiment-ran`."""
+    """Failures, checks and pass text of `experiment-ran`; a run that did not complete fails it
+    (`run_completed`)."""
+    done_failures, done_checks = run_completed(run)
+    failures, checks, text = _experiments(run, chaos_records)
+    return done_failures + failures, done_checks + checks, text
+
+
+def _experiments(run: RunData, chaos_records: int) -> tuple[list[str], list[CheckResult], str]:
     bad_plan = run.unreadable.get(PLAN_FILE)
     if bad_plan is not None:
         return (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.contract.rundir import SNAPSHOT_ADMIN_TIMEOUT_S
+from harness.contract.rundir import ACCESSLOG_DIR, HOPS_FILE, SNAPSHOT_ADMIN_TIMEOUT_S, UPSTREAM_STATS_FILE
 from harness.observe.hops import cluster_service_sql
 from harness.verify import evidence
 from harness.verify.invariants.base import CheckBase
@@ -125,6 +125,7 @@ class RoutingChecks(CheckBase):
             results.append(pr)
         if self.total_hops == 0:
             failures.insert(0, "locality: no hops recorded (no access logs, hops.jsonl missing or empty): unverified")
+        failures += self._unjudged_lines(LOCALITY, hops_only=True)
         if unplaced := self._unplaced_callers():
             failures.insert(0, unplaced)
         low = f" (lowest {min(shares) * 100:.2f}%)" if shares else ""
@@ -155,7 +156,10 @@ class RoutingChecks(CheckBase):
         faults = [
             ("", f.inject, (f.restore if f.restore is not None else self.run_end) + self.slo.max_recovery_s)
             for f in self.run.faults
-            if f.zone == z or self._cascade(f)
+            # a fault in the zone, or one on a Region-only service `u`'s calls reach (a postgres kill): its
+            # cascade is every service whose calls reach what it hit, and a pair outside it (a fault on
+            # postgres-replica, which nobody calls) is no excuse for a spill anywhere
+            if f.zone == z or u in self._cascade(f)
         ]
         for lo, hi, ready, registered in parts:
             keep = min(1.0, OVERPROVISIONING * ready / registered)
@@ -176,6 +180,49 @@ class RoutingChecks(CheckBase):
                     f"below {SPILL_ALPHA:g})"
                 )
         return ""
+
+    def _unjudged_lines(self, name: str, hops_only: bool) -> list[str]:
+        """A failure per record file with lines the loader had to skip: a hop (or a counter snapshot, for
+        hub-and-spoke's attempts) that could not be read was never judged. "Unverified is a failure": a cut
+        line naming another Local Zone's cluster used to pass as a note ("corrupt or truncated line skipped").
+
+        Excused: the last line of a dead pod's access log (the inventory removed it and it never came back).
+        The collector copies only complete lines (`FileLogSource` holds a torn tail back), so a local run
+        never has one; a log stream of a pod killed mid-write (kubectl logs) can end in a torn line, and what
+        the pod did not finish writing died with it, as its unflushed lines do. A torn line anywhere else (the
+        middle of a file, a live pod's, upstream-stats.jsonl the harness itself writes) is not a kill's
+        artefact: the run's records are damaged there.
+        """
+        dead = {str(r[0]) for r in self.con.execute(DEAD_PODS_SQL).fetchall()}
+        files = (HOPS_FILE,) if hops_only else (HOPS_FILE, UPSTREAM_STATS_FILE)
+        by_file: dict[str, list[int]] = {}
+        for sk in self.run.skipped:
+            if not (sk.file.startswith(ACCESSLOG_DIR + "/") or sk.file in files):
+                continue
+            if sk.file.startswith(ACCESSLOG_DIR + "/") and self._last_line_of_dead_pod(sk.file, sk.line, dead):
+                continue
+            by_file.setdefault(sk.file, []).append(sk.line)
+        out = []
+        for fname, lines in sorted(by_file.items()):
+            shown = ", ".join(str(n) for n in lines[:5]) + (" ..." if len(lines) > 5 else "")
+            what = "counter snapshots" if fname == UPSTREAM_STATS_FILE else "hops"
+            out.append(
+                f"{name}: {fname}: {len(lines)} line(s) could not be read (line {shown}): the {what} they held "
+                "are unverified"
+            )
+        return out
+
+    def _last_line_of_dead_pod(self, rel: str, line: int, dead: set[str]) -> bool:
+        pod = rel[len(ACCESSLOG_DIR) + 1 :].removesuffix(".jsonl")
+        if pod not in dead:
+            return False
+        path = self.run.run_dir / rel
+        try:
+            with path.open("rb") as fh:  # line numbers count every line, blank ones too (`load_jsonl`)
+                last = max((i for i, raw in enumerate(fh, start=1) if raw.strip()), default=0)
+        except OSError:
+            return False  # only in the Parquet segments: where it was in the file is not known
+        return line == last
 
     def _unplaced_callers(self) -> str:
         """A failure when hops came from callers no inventory record places (the inventory was lost or cut
@@ -249,6 +296,7 @@ class RoutingChecks(CheckBase):
                 0, "hub-and-spoke: no hops recorded (no access logs, hops.jsonl missing or empty): unverified"
             )
         failures += self._routed_to_forbidden_zone()
+        failures += self._unjudged_lines(HUB_AND_SPOKE, hops_only=False)
         attempt_failures, checks, attempt_text = self._attempts()
         failures += attempt_failures
         msg = self._summary(

@@ -138,12 +138,14 @@ DEFINITIONS = {
     "every undeclared call (and a refused-probe check where the backend could make one)",
     "config": "every preflight.json check (crd-synced, discovery-chain, instances-passing) passed; no preflight.json "
     "or no check of a kind = unverified = fail",
-    "experiment_ran": "every experiment in plan.json has a chaostoolkit journal with status completed, the steady "
+    "experiment_ran": "the run completed (run.json status complete with `ended`; see partial), and every "
+    "experiment in plan.json has a chaostoolkit journal with status completed, the steady "
     "state met before the method, every planned action in run[] with status succeeded, every fault its output "
     "names recorded in chaos.jsonl, every other method activity and every rollback succeeded, and no deviation; "
     "no plan and no chaos records = nothing planned (pass); chaos records without a plan = unverified = fail",
-    "partial": "run.json says the run did not complete (status other than complete, or no `ended`): the verdict is "
-    "judged on what was recorded",
+    "partial": "run.json says the run did not complete (status other than complete, or no `ended`): the verdict "
+    "judges what was recorded and fails experiment-ran (what the run did not record is unverified); so does a "
+    "run without run.json",
     "skipped_records": "lines of record files that are not JSON objects or lack their time field are skipped and "
     "listed (file, line, reason)",
 }

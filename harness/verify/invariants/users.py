@@ -13,6 +13,7 @@ from harness.verify.invariants.sql import (
     DEAD_PODS_SQL,
     HOP_END_SQL,
     HOP_TS_SLACK_S,
+    INF,
     MAX_OFFENDERS,
     REQUEST_END_SQL,
     REQUEST_FIELDS,
@@ -37,6 +38,12 @@ from harness.verify.verdict import (
     WindowResult,
     iso,
 )
+
+# `_served_but_silent`: successful hops a pod served after its own last access-log line (or with none) that make
+# its log incomplete, and how long after that line they must begin (a request's duration and the flush interval
+# are far shorter)
+SILENT_MIN_HOPS = 10
+SILENT_LAG_S = 10.0
 
 
 class UserChecks(CheckBase):
@@ -443,7 +450,55 @@ class UserChecks(CheckBase):
                 f"coverage: {len(rows)} sidecars sent requests by their own counters but have no access-log line "
                 f"({pods}{' ...' if len(rows) > MAX_OFFENDERS else ''}): their calls are unverified"
             )
+        if silent := self._served_but_silent():
+            pods = ", ".join(
+                f"{p} ({n} after {'its last line at ' + iso(last) if last is not None else 'no line at all'})"
+                for p, n, last in silent[:MAX_OFFENDERS]
+            )
+            out.append(
+                f"coverage: {len(silent)} sidecars served hops their callers logged, each of which makes calls to "
+                f"an HTTP upstream, without access-log lines of their own for them ({pods}"
+                f"{' ...' if len(silent) > MAX_OFFENDERS else ''}): their access logs are missing or cut short, "
+                "so where their calls went is unverified"
+            )
         return out
+
+    def _served_but_silent(self) -> list[tuple[str, int, float | None]]:
+        """Sidecars whose own access log is missing or stops while their callers' logs show them serving.
+
+        A sidecar is only seen through its own records: with no access log (and no counters) at all, or a log
+        that stopped mid-run (a rotation `kubectl logs -f` does not follow, a collector that lost the stream),
+        every call it made is unjudged, and the pair's other replicas still fill the pair. Its callers' logs
+        show it kept serving: a successful hop served by a pod of a service whose every request calls an HTTP
+        upstream (public-api -> product-api: each GraphQL query reads the products) means a call of its own,
+        logged by its sidecar. So: `SILENT_MIN_HOPS` or more successful hops served by the pod that began
+        more than `SILENT_LAG_S` after its own last access-log line (or with none at all) make its log
+        incomplete (unverified). The lag is far beyond a request's duration and the access-log flush
+        interval (0.2 s local, 1 s rendered), so the lines a killed sidecar had not flushed, or the last
+        second of the run, never count; a pod that served nothing (a zone whose entry was down, a
+        replacement ready at the very end) is asked nothing. Only services whose upstreams are all HTTP are
+        asked: a TCP upstream's hop is logged when its pooled connection closes, maybe never (product-api ->
+        postgres), and frontend's callers are users, whose requests name no pod.
+
+        Counters alone are no sounder witness: rq_total counts every attempt, retries included, while the
+        access log names only the last attempt's host, so rq_total above the lines naming a host is normal.
+        """
+        http = [s.name for s in self.t.services if s.upstreams and all(self._protocol(u) != "tcp" for u in s.upstreams)]
+        if not http:
+            return []
+        names = ", ".join(f"'{sql_str(n)}'" for n in http)
+        rows = self.con.execute(
+            f"""
+            WITH own AS (SELECT CAST(caller_pod AS VARCHAR) AS pod, max(ts) AS last_line FROM hops
+                         WHERE caller_pod IS NOT NULL GROUP BY 1),
+                 served AS (SELECT CAST(h.serving_pod AS VARCHAR) AS pod, h.ts FROM hops h
+                            WHERE h.serving_pod IS NOT NULL AND h.ok AND h.upstream IN ({names}))
+            SELECT s.pod, count(*), any_value(o.last_line) FROM served s LEFT JOIN own o ON o.pod = s.pod
+            WHERE s.ts > coalesce(o.last_line, -{INF}) + {SILENT_LAG_S}
+            GROUP BY s.pod HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY s.pod
+            """
+        ).fetchall()
+        return [(str(p), int(n), None if last is None else float(last)) for p, n, last in rows]
 
     def coverage(self) -> InvariantResult:
         """Each fault has user requests entering each zone it affects during and after it (see DEFINITIONS)."""
