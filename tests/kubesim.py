@@ -71,6 +71,18 @@ module does all of that, each behaviour taken from the source named here:
   in `<fullname>-bootstrap-acl-token` (key `token`) and makes the API answer
   403 without the rights a call needs ("ACL not found" for an unknown token;
   the anonymous token reads nodes and services only, for DNS).
+- consul-k8s 1.9.11's endpoints controller registers a pod in Consul's
+  catalog only from the Endpoints of a Service selecting it, one Endpoints
+  object per reconcile (control-plane/connect-inject/controllers/endpoints/
+  endpoints_controller.go, `For(&corev1.Endpoints{})`): service
+  `connect-service` (else the Endpoints' name), ID `<pod>-<service>`, meta
+  `k8s-service-name` = that Endpoints' name, so a pod two Services select is
+  one instance whose meta the later reconcile wrote. A pod annotated
+  `consul.hashicorp.com/kubernetes-service` is registered only from that
+  Service's Endpoints ("ignoring endpoint because it doesn't match explicit
+  service annotation"). A deleted Service deregisters every instance whose
+  meta names it (`deregisterService(..., nil)`), even a pod another Service
+  still selects; nothing re-registers it until that other Endpoints changes.
 - Envoy buffers access logs and writes them every `--file-flush-interval-msec`
   (default 10000); `access_log_file.write_total_buffered` is the buffered byte
   count; a killed container loses its buffer. Admin on 19000:
@@ -381,6 +393,18 @@ class PodRun:
 
 
 @dataclass
+class CatalogReg:
+    """One service instance the endpoints controller registered (its proxy is implied)."""
+
+    service: str  # the Consul service name
+    pod: str
+    namespace: str
+    uid: str
+    address: str
+    k8s_service: str  # meta `k8s-service-name`: the Endpoints whose reconcile wrote it last
+
+
+@dataclass
 class Consul:
     """The Consul the chart installed: its config entries and identity."""
 
@@ -493,6 +517,9 @@ class ClusterSim:
         self._ca_dir: str | None = None
         self.edge_probes: list[dict[str, Any]] = []  # the mTLS calls probe pods made: source, destination, answer
         self.consul_acls = False  # Consul's ACLs on (global.acls.manageSystemACLs): calls need a token's rights
+        # consul-k8s' endpoints controller: service ID -> instance, and each Endpoints as last reconciled
+        self.catalog: dict[str, CatalogReg] = {}
+        self._endpoints_seen: dict[tuple[str, str], tuple[tuple[str, str, str, bool], ...]] = {}
         self._rr = itertools.count()
         # each caller Envoy's passive health check: consecutive connect failures and ejections, per (caller, host)
         self._fails: dict[tuple[str, str], int] = {}
@@ -1090,6 +1117,7 @@ class ClusterSim:
                 self._scheduler_tick(now)
                 self._volumes_tick(now)
                 await self._kubelet_tick(now)
+                self._endpoints_tick()
                 self._consul_tick(now)
                 self._ingress_tick()
             except Exception as exc:  # a controller bug must be seen, not hang the test
@@ -1912,12 +1940,68 @@ class ClusterSim:
         return run is not None and run.current is not None and run.current.alive
 
     def _instances(self, consul_name: str) -> list[Obj]:
-        return [
-            p
-            for p in self.items("v1", "pods")
-            if ((p["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service") == consul_name)
-            and self._serving(p)
-        ]
+        """The passing instances of `consul_name`: pods the endpoints controller registered under it, serving."""
+        uids = {r.uid for r in self.catalog.values() if r.service == consul_name}
+        return [p for p in self.items("v1", "pods") if str(p["metadata"]["uid"]) in uids and self._serving(p)]
+
+    def _endpoint_addresses(self, ns: str, selector: Obj) -> tuple[tuple[str, str, str, bool], ...]:
+        """The Endpoints of a Service: (pod, uid, IP, ready) of each selected pod with an IP, not terminating."""
+        return tuple(
+            (str(p["metadata"]["name"]), str(p["metadata"]["uid"]), str(p["status"]["podIP"]), self._pod_ready(p))
+            for p in self.items("v1", "pods", ns)
+            if all(labels_of(p).get(k) == v for k, v in selector.items())
+            and (p.get("status") or {}).get("podIP")
+            and not p["metadata"].get("deletionTimestamp")
+        )
+
+    def _endpoints_tick(self) -> None:
+        """consul-k8s' endpoints controller: reconcile each Endpoints that changed (Services in creation order),
+        and deregister what a deleted Service's Endpoints had registered. No periodic resync: an instance
+        deregistered by one Service stays out until another Endpoints selecting the pod changes."""
+        if self.consul is None or not self.consul.inject:
+            return
+        live: dict[tuple[str, str], tuple[tuple[str, str, str, bool], ...]] = {}
+        for svc in self.items("v1", "services"):
+            selector = (svc.get("spec") or {}).get("selector") or {}
+            if selector:  # no selector: no Endpoints kept by kube-controller-manager
+                live[(str(svc["metadata"]["namespace"]), str(svc["metadata"]["name"]))] = self._endpoint_addresses(
+                    str(svc["metadata"]["namespace"]), selector
+                )
+        for key in [k for k in self._endpoints_seen if k not in live]:
+            del self._endpoints_seen[key]
+            self._deregister_endpoints(key, None)  # Endpoints NotFound: deregisterService(..., nil)
+        for key, addresses in live.items():
+            if self._endpoints_seen.get(key) != addresses:
+                self._endpoints_seen[key] = addresses
+                self._reconcile_endpoints(key, addresses)
+
+    def _reconcile_endpoints(self, key: tuple[str, str], addresses: Iterable[tuple[str, str, str, bool]]) -> None:
+        """endpoints_controller.go Reconcile for one Endpoints object (registerServicesAndHealthCheck,
+        serviceName/serviceID, then deregisterService of the addresses it did not keep)."""
+        ns, name = key
+        keep: set[str] = set()
+        for pname, uid, ip, _ready in addresses:
+            pod = self.get("v1", "pods", ns, pname)
+            if pod is None:
+                continue
+            ann = pod["metadata"].get("annotations") or {}
+            explicit = ann.get("consul.hashicorp.com/kubernetes-service")
+            if explicit is not None and explicit != name:
+                continue  # "ignoring endpoint because it doesn't match explicit service annotation"
+            if ann.get("consul.hashicorp.com/connect-inject-status") != "injected":
+                continue  # hasBeenInjected: not registered (and deregistered if it was)
+            service = ann.get("consul.hashicorp.com/connect-service") or name
+            self.catalog[f"{pname}-{service}"] = CatalogReg(service, pname, ns, uid, ip, name)
+            keep.add(ip)
+        self._deregister_endpoints(key, keep)
+
+    def _deregister_endpoints(self, key: tuple[str, str], keep: set[str] | None) -> None:
+        """deregisterService: instances whose meta names this Endpoints (k8s-service-name, k8s-namespace),
+        all of them (`keep` None: the Endpoints is gone) or those at an address it no longer registers."""
+        ns, name = key
+        for sid, reg in list(self.catalog.items()):
+            if (reg.namespace, reg.k8s_service) == (ns, name) and (keep is None or reg.address not in keep):
+                del self.catalog[sid]
 
     def _cluster(self, svc: str) -> str:
         dc = self.consul.datacenter if self.consul else "dc1"
@@ -2234,14 +2318,7 @@ class ClusterSim:
                 {"Config": {"Datacenter": c.datacenter, "Version": c.version, "NodeName": "consul-server-0"}}
             )
         if path == "/v1/catalog/services":
-            names = sorted(
-                {
-                    (p["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service", "")
-                    for p in self.items("v1", "pods")
-                    if self._serving(p)
-                }
-                - {""}
-            )
+            names = sorted({r.service for r in self.catalog.values()})
             out: dict[str, list[str]] = {"consul": []}
             for n in names:
                 out[n] = []
@@ -2251,8 +2328,10 @@ class ClusterSim:
         if m:
             svc = m.group(1)
             entries = []
+            regs = {r.uid: r for r in self.catalog.values() if r.service == svc}
             for p in self.items("v1", "pods"):
-                if (p["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service") != svc:
+                reg = regs.get(str(p["metadata"]["uid"]))
+                if reg is None:  # not registered by the endpoints controller
                     continue
                 if not (p.get("status") or {}).get("podIP") or p["metadata"].get("deletionTimestamp"):
                     continue
@@ -2275,6 +2354,7 @@ class ClusterSim:
                             "Port": 0,
                             "Meta": {
                                 "pod-name": pname,
+                                "k8s-service-name": reg.k8s_service,
                                 "k8s-namespace": ns,
                                 "synthetic-node": "true",
                                 "managed-by": "consul-k8s-endpoints-controller",

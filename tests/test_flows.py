@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,5 +247,43 @@ def test_preflight_calls_the_undeclared_edges_and_catches_an_intention_that_lets
         assert check_refused(b, Expected.of(m.topology, m.edition), notes) == []
         assert notes[0].startswith("refused-probe: not possible on this backend: Consul refused "), notes
         assert "ACLs need a token" in notes[0]
+    finally:
+        b.down()
+
+
+# -- consul-k8s registers a pod from one Service only ------------------------------------------------
+
+
+def test_the_frontend_stays_in_consul_when_its_zones_entry_service_goes(
+    api: FakeApiServer, tools: Path, tmp_path: Path
+) -> None:
+    """Two Services select a zone's frontend pods: its own (`frontend-lax-1a`) and the zone's entry Service.
+
+    consul-k8s v1.9.11's endpoints controller reconciles each Endpoints object
+    on its own: without `consul.hashicorp.com/kubernetes-service` both register
+    the pod (one instance, `k8s-service-name` written by the later reconcile,
+    the entry Service), and deleting the entry Service (`down` deletes it
+    first where the namespaces are the operator's; an operator retiring a
+    zone's entry point) deregisters the still-running frontend, with nothing to
+    put it back until the frontend's own Endpoints change. Preflight then sees
+    the zone's frontend without a passing instance.
+    """
+    from harness.preflight import Expected, _consul_client, check_instances
+
+    c = _cluster(api, tmp_path)
+    b = _backend(api, tmp_path)
+    b.up(rendered(tmp_path))
+    try:
+        m = b.manifests()
+        exp = Expected.of(m.topology, m.edition)
+        with b.consul_api() as url:
+            client = _consul_client(url, b.consul_access())
+            assert [x for x in check_instances(client, exp) if not x.ok] == []
+            _index, regs = client.health.service("frontend-lax-1a", passing=True)
+            assert {r["Service"]["Meta"]["k8s-service-name"] for r in regs} == {"frontend-lax-1a"}
+            c.delete("v1", "Service", "hashicups-lax-1a", "entry-lax-1a")
+            assert wait_until(lambda: not c.exists("v1", "Service", "hashicups-lax-1a", "entry-lax-1a"), 10)
+            time.sleep(1.0)  # several of the endpoints controller's reconciles
+            assert [x for x in check_instances(client, exp) if not x.ok] == []
     finally:
         b.down()

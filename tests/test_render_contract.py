@@ -628,3 +628,45 @@ def test_replica_placement() -> None:
     b = Bundle(t, r.kind_config, r.helm_values, r.objects)
     assert _replicas(b, "postgres") == {"us-west-2a": 2, "us-west-2b": 2, "us-west-2c": 1}
     assert checks.check_all(b) == []
+
+
+def _registration_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Injected pods more than one Service selects must name their own (consul-k8s `kubernetes-service`)."""
+    from harness.contract import names
+
+    services = [o for o in objects if o["kind"] == "Service" and (o.get("spec") or {}).get("selector")]
+    out = []
+    for d in (o for o in objects if o["kind"] == "Deployment"):
+        tmpl = d["spec"]["template"]
+        ann, labels = tmpl["metadata"].get("annotations") or {}, tmpl["metadata"].get("labels") or {}
+        if ann.get(names.ANN_INJECT) != "true":
+            continue
+        selecting = sorted(
+            s["metadata"]["name"]
+            for s in services
+            if s["metadata"].get("namespace") == d["metadata"].get("namespace")
+            and all(labels.get(k) == v for k, v in s["spec"]["selector"].items())
+        )
+        own = ann.get(names.ANN_K8S_SERVICE)
+        if len(selecting) > 1 and own not in selecting:
+            out.append(f"{d['metadata']['name']}: selected by {selecting}, kubernetes-service {own!r}")
+        if own is not None and own != ann.get(names.ANN_SERVICE):
+            out.append(f"{d['metadata']['name']}: kubernetes-service {own!r} is not its Consul service")
+    return out
+
+
+@pytest.mark.parametrize(("topo", "edition"), CASES)
+def test_pods_several_services_select_name_the_one_that_registers_them(topo: str, edition: str) -> None:
+    """A zone's frontend is selected by its own Service and the zone's entry Service (both entry variants):
+    consul-k8s' endpoints controller must register it from its own only (endpoints_controller.go, v1.9.11)."""
+    r = _rendered(topo, edition)
+    for variant, entry in r.entry.items():
+        objects = [*r.objects, *entry]
+        assert _registration_problems(objects) == [], variant
+        # the negative twin: without the annotation the frontends are registered from both
+        bare = copy.deepcopy(objects)
+        for o in bare:
+            if o["kind"] == "Deployment":
+                o["spec"]["template"]["metadata"]["annotations"].pop("consul.hashicorp.com/kubernetes-service")
+        problems = _registration_problems(bare)
+        assert problems and all("frontend" in p for p in problems), problems

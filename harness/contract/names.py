@@ -34,6 +34,11 @@ ANN_INJECT = "consul.hashicorp.com/connect-inject"
 ANN_SERVICE = "consul.hashicorp.com/connect-service"
 ANN_SERVICE_PORT = "consul.hashicorp.com/connect-service-port"
 ANN_UPSTREAMS = "consul.hashicorp.com/connect-service-upstreams"
+# The one Kubernetes Service whose Endpoints register the pod in Consul. Without it consul-k8s' endpoints
+# controller registers a pod from every Service selecting it (the frontend's own and its zone's entry
+# Service): one instance whose `k8s-service-name` the later reconcile wrote, deregistered when that Service
+# is deleted while the pod runs on (endpoints_controller.go, consul-k8s v1.9.11).
+ANN_K8S_SERVICE = "consul.hashicorp.com/kubernetes-service"
 
 # Consul config entries (CRDs of consul-k8s).
 CONSUL_API_GROUP = "consul.hashicorp.com"

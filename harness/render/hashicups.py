@@ -223,9 +223,13 @@ def config_maps(t: Topology, cs: ConsulService) -> list[dict[str, Any]]:
 
 
 def _pod_annotations(t: Topology, w: Workload, edition: Edition) -> dict[str, str]:
+    """consul-k8s' annotations. `kubernetes-service` names the pod's own Service (`service_objects`: named
+    after the Consul service): a frontend pod is also selected by its zone's entry Service (render/entry.py),
+    and consul-k8s must register it from its own Service only (see `names.ANN_K8S_SERVICE`)."""
     ann = {
         names.ANN_INJECT: "true",
         names.ANN_SERVICE: w.consul_name,
+        names.ANN_K8S_SERVICE: w.consul_name,
         names.ANN_SERVICE_PORT: service_port(w.service)[1],
     }
     upstreams = naming.upstream_annotation(t, w.service, w.zone, edition)
