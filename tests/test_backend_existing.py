@@ -653,6 +653,21 @@ def test_someone_elses_proxy_defaults_is_never_changed_unless_told(
     assert pd["spec"] == theirs["spec"]  # restored as it was (a PUT over the live resourceVersion)
 
 
+def test_the_operators_consul_namespace_is_left_as_it_was(api: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> None:
+    """The rendered set has the Consul release namespace (for --install-consul). Against the operator's Consul,
+    `up` used to server-side apply it over theirs: their namespace took the harness's managed-by label (and its
+    field ownership), and `down`, which deletes only what it created, never gave it back."""
+    path = "/api/v1/namespaces/consul"
+    before = api.sim.call(lambda: api.sim.get("v1", "namespaces", None, "consul"))
+    assert before is not None  # the operator's Consul lives there
+    b = _backend(api, tmp_path)
+    b.up(rendered(tmp_path))
+    b.down()
+    assert not [(m, p) for m, p in _mutations(api) if p.split("?")[0] == path]
+    after = api.sim.call(lambda: api.sim.get("v1", "namespaces", None, "consul"))
+    assert after is not None and after["metadata"].get("labels") == before["metadata"].get("labels")
+
+
 def test_a_second_down_finds_nothing_to_do(api: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> None:
     """The nightly's clean-up step runs `down` after every run (.github/workflows/nightly-eks.yml): after a
     run that took itself down, it must change nothing."""

@@ -50,6 +50,10 @@ class ApplyMixin(KubeApi):
         existed before, which is what lets `down` remove only what we created.
         Server-side apply with force makes the harness the owner of every field
         it sets, so a re-applied (possibly edited) manifest wins over drift.
+        A Namespace that exists is left as it is: it may be the operator's
+        (the release namespace of the Consul the existing backend uses), whose
+        labels are not the harness's to take over, and `down` deletes only the
+        namespaces it created (a re-`up` finds its own with the same labels).
         """
         api_version, kind = str(obj["apiVersion"]), str(obj["kind"])
         meta = _meta(obj)
@@ -67,6 +71,8 @@ class ApplyMixin(KubeApi):
                 raise BackendError(
                     f"cannot create {kind} {namespace + '/' if namespace else ''}{name}: {exc}"
                 ) from None
+            if kind == "Namespace":
+                return AppliedObject(api_version, kind, namespace, name, False)
             self.request(
                 "PATCH",
                 ref.item(namespace, name),
