@@ -2147,7 +2147,11 @@ class ClusterSim:
             "request_id": str(uuid.uuid4()),
             "authority": f"localhost:{port}",
             "upstream_host": host,
-            "upstream_cluster": cluster,
+            # %UPSTREAM_CLUSTER% is the route's cluster: with a resolver's failover that is the aggregate cluster,
+            # named as the primary target, whichever child served (Envoy 1.40 on the local backend logs
+            # `product-api-lax-1a.default.dc1.internal.<td>.consul` for Region-served hops too); the counters
+            # (`/clusters`) name the children (`failover-target~N~...`)
+            "upstream_cluster": self._cluster(upstream) if cluster.startswith("failover-target~") else cluster,
             "upstream_local_address": f"{run.current.ip}:{40000 + next(self._rr) % 20000}" if host else None,
             "downstream_local_address": f"127.0.0.1:{port}",
             "downstream_remote_address": "127.0.0.1:50000",

@@ -139,10 +139,27 @@ def _down(prefix: str, cwd: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def _partial(run_dir: Path) -> bool:
+def _judged_as_recorded(run_dir: Path) -> str:
+    """Why the verdict of an interrupted `harness traffic` run disagrees with what it recorded ("" when it agrees).
+
+    A stop while users are served is how a game day ends its traffic: every record is collected and the run
+    marked complete, and its verdict is a whole one. A stop before the traffic (preflight) or during the
+    collection leaves the run incomplete: its verdict is partial and fails (what was not collected is
+    unverified)."""
+    from harness.contract.rundir import HOPS_PARQUET_FILE, REQUESTS_FILE
     from harness.verify import verify
 
-    return bool(verify(run_dir).run.partial)
+    status = json.loads((run_dir / "run.json").read_text()).get("status")
+    v = verify(run_dir)
+    if status == "complete":
+        if v.run.partial:
+            return "a complete run judged partial"
+        if not (run_dir / REQUESTS_FILE).exists() or not (run_dir / HOPS_PARQUET_FILE).exists():
+            return "marked complete without its records"
+        return ""
+    if not v.run.partial:
+        return f"a run left {status!r} judged whole"
+    return "" if not v.passed else f"a run left {status!r} passed"
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +277,7 @@ def test_traffic_and_chaos_interrupted_at_random_points(shared: Path, tmp_path: 
         assert proc.returncode == 128 + sig, f"{what}: {out}"
         assert _run_processes(tmp_path) == [], f"{what}: {out}"  # locust stopped (the cluster stays up)
         if (run / "run.json").exists():
-            assert _partial(run), what
+            assert not (why := _judged_as_recorded(run)), f"{what}: {why}"
         n += 1
     for i, (sig, group, twice) in enumerate(KINDS + KINDS[:1]):
         run = tmp_path / f"chaos-{i}"
@@ -294,7 +311,7 @@ def test_e2e_interrupted_at_random_points(manifests: Path, tmp_path: Path) -> No
         _down(E2E, tmp_path)
         run_dirs = [d for d in (tmp_path / "runs").iterdir() if d.is_dir()] if (tmp_path / "runs").exists() else []
         for d in run_dirs:
-            assert _partial(d), f"{what}: {d}"
+            assert not (why := _judged_as_recorded(d)), f"{what}: {d}: {why}"
             d.rename(runs)
 
 
@@ -334,6 +351,7 @@ def test_a_run_killed_half_way_verifies_and_reports_partial_from_its_records(man
     assert "Traceback" not in verify.stdout + verify.stderr
     verdict = json.loads((run / "verdict.json").read_text())
     assert verdict["partial"] is True, verify.stdout
+    assert verdict["passed"] is False and verify.returncode != 0, verify.stdout  # what it never saw is unverified
     assert "PARTIAL RUN" in verify.stdout, verify.stdout
     report = subprocess.run([sys.executable, "-m", "harness", "report", str(run)], cwd=tmp_path, env=_env(),
                             capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -101,6 +101,7 @@ def test_the_caller_logs_the_failed_call_as_envoy_does() -> None:
     line = json.loads(sim.pods["uid-web-1"].current.envoy_buffer[-1])  # type: ignore[union-attr]
     assert (line["response_code"], line["response_flags"]) == (503, "URX,UF")
     assert line["upstream_host"] == "10.0.0.3:20000"  # the last dead pick ("c")
+    assert line["upstream_cluster"] == sim._cluster("api")  # the route's (aggregate) cluster, not a child's
     assert line["response_code_details"] == "upstream_reset_before_response_started{connection_timeout}"
     assert line["duration"] >= (1 + NUM_RETRIES) * 10
 
