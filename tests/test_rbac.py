@@ -9,13 +9,16 @@ context under exactly that role (`tests.test_backend_existing._backend` and
 makes that the role does not grant fails a test. Here: the authorizer model
 itself (attributes and rule matching as kube-apiserver has them), the shipped
 files, and that taking one needed rule out of the role does fail a run,
-naming the rule, also where the harness swallows the 403.
+naming the rule, up front; a refused pod watch becomes a gap of the run's records.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import MagicMock
 
 import pytest
 import yaml
@@ -282,19 +285,46 @@ def test_a_cluster_that_refuses_the_review_itself_gets_a_note_not_a_refusal(
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("tools")
-def test_a_403_the_harness_swallows_is_still_caught(api: FakeApiServer, tmp_path: Path) -> None:
-    """Without `watch pods` `up` succeeds: the inventory watch retries its 403 quietly (as it does any API hiccup),
-    and the pod history would be relists only. The fake's record of refusals is what the flows assert empty."""
+def test_a_refused_pod_watch_is_said_and_recorded_as_a_gap_of_the_run(api: FakeApiServer, tmp_path: Path) -> None:
+    """Without `watch pods` on a cluster that refuses the up-front review (so `up` cannot tell): the inventory
+    watch used to retry its 403 quietly, like any API hiccup, and the pod history became relists only. Now the
+    refusal is a warning at once and a gap of the run's records (`record_gaps` -> recording.jsonl, which the
+    verdict fails as unverified), and the watch is retried at the longest backoff, not in a tight loop."""
     _cluster(api, tmp_path)
-    b = _backend(api, tmp_path)
+    said: list[str] = []
+    b = _backend(api, tmp_path, progress=said.append)
     api.grant(CONTEXT, without(nightly_rules(), "", "pods", "watch"))
+    api.sim.review_refusal = 403
+    watch = 'pods is forbidden: User "edge-harness" cannot watch resource "pods" in API group "" at the cluster scope'
     try:
         b.up(rendered(tmp_path))
-        assert wait_until(lambda: bool(api.sim.rbac_denials), 30)
+        assert wait_until(lambda: bool(b.record_gaps()), 30)
+        time.sleep(1.5)
     finally:
         b.close()
-    watch = 'pods is forbidden: User "edge-harness" cannot watch resource "pods" in API group "" at the cluster scope'
+    (gap,) = b.record_gaps()
+    assert gap.startswith("inventory.jsonl: context eks-nightly refused the pod watch (HTTP 403: ") and watch in gap
+    assert [line for line in said if line.startswith("warning: ")] == [f"warning: {gap}"]
     assert watch in api.sim.rbac_denials
+    assert api.sim.rbac_denials.count(watch) <= 2  # no quick retries of a permission problem
+    assert any("SelfSubjectAccessReview refused" in line for line in said)
+
+
+def test_the_gaps_of_a_backends_records_reach_recording_jsonl(tmp_path: Path) -> None:
+    """The recording step writes `record_gaps` as record-file problems: the verdict fails what they miss."""
+    from harness.backends.base import Observation
+    from harness.contract.rundir import RECORD_FILES, RECORDING_FILE
+    from harness.e2e import recording
+
+    backend = MagicMock(spec=Observation)
+    backend.record_gaps.return_value = ["inventory.jsonl: refused the pod watch"]
+    backend.record_into.return_value = MagicMock(errors=[], names={"inventory.jsonl"})
+    backend.flush_access_logs.return_value = []
+    backend.log_sources.return_value = []
+    with recording(backend, tmp_path):
+        pass
+    recs = [json.loads(line) for line in (tmp_path / RECORDING_FILE).read_text().splitlines()]
+    assert [r["message"] for r in recs if r["what"] == RECORD_FILES] == ["inventory.jsonl: refused the pod watch"]
 
 
 @pytest.mark.slow
