@@ -152,6 +152,8 @@ def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None
             follower.stop()
             for err in follower.errors:
                 record_problem(run_dir, RECORD_FILES, err)
+            for gap in backend.record_gaps() if isinstance(backend, Observation) else []:
+                record_problem(run_dir, RECORD_FILES, gap)
             if INVENTORY_FILE not in follower.names:  # a backend with an in-memory inventory only
                 write_inventory(backend.inventory(), run_dir / INVENTORY_FILE)
 

@@ -37,7 +37,7 @@ from harness.backends.kube import LABEL_SERVING, KubeCluster, api_client_from_ku
 from harness.render import render, write
 from harness.render.manifests import Manifests, load
 from harness.topology.model import load_topology
-from tests.kubesim import ClusterSim, SimTimings
+from tests.kubesim import SELF_ACCESS_REVIEWS, ClusterSim, SimTimings
 
 _orig_parse_path = parsing.parse_path
 
@@ -154,7 +154,12 @@ class FakeApiServer:
         return list(self.kmock)
 
     def writes(self) -> list[tuple[str, str, Any]]:
-        return [(m, p, d) for m, p, _q, d in self.requests() if m in ("POST", "PATCH", "DELETE")]
+        """Requests that change the cluster (a SelfSubjectAccessReview is a POST that changes nothing)."""
+        return [
+            (m, p, d)
+            for m, p, _q, d in self.requests()
+            if m in ("POST", "PATCH", "DELETE") and p.rstrip("/") != SELF_ACCESS_REVIEWS
+        ]
 
     def install_consul(self, values: dict[str, Any] | None = None, namespace: str = "consul") -> None:
         """What `helm install` of the consul chart leaves behind (CRDs served, server, injector)."""

@@ -32,6 +32,13 @@ What is modelled, each from the Kubernetes source named:
   system:discovery, system:public-info-viewer and system:basic-user.
 - The refusal (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
   responsewriters/errors.go `ForbiddenStatus`, `forbiddenMessage`).
+- SelfSubjectAccessReview (pkg/registry/authorization/selfsubjectaccessreview
+  `Create`, pkg/registry/authorization/util `ResourceAttributesFrom`): the
+  spec's resourceAttributes (or nonResourceAttributes) are authorized like a
+  request of the caller; the answer is `status.allowed`, with a `reason`
+  when allowed (RBAC names the binding) and none when RBAC has no opinion
+  (`denied` is only set by an authorizer that denies outright, a webhook;
+  RBAC never does). An empty namespace means all namespaces.
 
 Only ClusterRoles bound by ClusterRoleBindings are modelled: that is what the
 shipped file holds (the harness works across namespaces it creates itself).
@@ -166,6 +173,25 @@ def rule_allows(rule: Mapping[str, Any], info: RequestInfo) -> bool:
 def allowed(rules: Iterable[Mapping[str, Any]], info: RequestInfo) -> bool:
     """RBAC is a union of grants: any rule (or what every authenticated user has) allows the request."""
     return any(rule_allows(r, info) for r in [*rules, *AUTHENTICATED_RULES])
+
+
+def review_info(spec: Mapping[str, Any]) -> RequestInfo:
+    """The attributes a SelfSubjectAccessReview's spec asks about (util.go `ResourceAttributesFrom`)."""
+    res = spec.get("resourceAttributes")
+    if isinstance(res, Mapping):
+        return RequestInfo(True, str(res.get("verb", "")), "", str(res.get("group", "")),
+                           str(res.get("namespace", "")), str(res.get("resource", "")),
+                           str(res.get("subresource", "")), str(res.get("name", "")))  # fmt: skip
+    non = spec.get("nonResourceAttributes") or {}
+    return RequestInfo(False, str(non.get("verb", "")), str(non.get("path", "")))
+
+
+def access_review_status(granted: bool) -> dict[str, Any]:
+    """`status` of a SelfSubjectAccessReview as kube-apiserver's RBAC authorizer answers it."""
+    if granted:
+        return {"allowed": True, "reason": f'RBAC: allowed by ClusterRoleBinding "{NIGHTLY_GROUP}" of ClusterRole '
+                                           f'"{NIGHTLY_GROUP}" to Group "{NIGHTLY_GROUP}"'}  # fmt: skip
+    return {"allowed": False}
 
 
 def forbidden_message(info: RequestInfo, user: str) -> str:

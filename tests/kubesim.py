@@ -96,7 +96,10 @@ module does all of that, each behaviour taken from the source named here:
   request's verb, group, resource/subresource, namespace, name; discovery and
   /version for everyone), refused with its ForbiddenStatus message; the fake
   kubectl's port-forward is authorized too (get the target, list and get the
-  pod, `pods/portforward`). Other tokens are the cluster's admin.
+  pod, `pods/portforward`). Other tokens are the cluster's admin. A
+  SelfSubjectAccessReview is answered from the same evaluation
+  (`access_reviews` keeps what was asked; `review_refusal` makes the API
+  refuse it, as a restricted cluster may).
 - kind: node names `<cluster>-control-plane`, `<cluster>-worker`,
   `<cluster>-worker2`...; `labels` become node labels; JoinConfiguration
   `nodeRegistration.taints` / `register-with-taints`; `extraPortMappings`
@@ -138,7 +141,7 @@ import yaml
 
 from harness.backends.local.certs import CertAuthority, spiffe_id
 from harness.backends.local.mesh.spec import parse_duration
-from tests.kuberbac import RequestInfo, allowed, forbidden_message, request_info
+from tests.kuberbac import RequestInfo, access_review_status, allowed, forbidden_message, request_info, review_info
 
 # -- small helpers ---------------------------------------------------------------
 
@@ -476,6 +479,7 @@ Key = tuple[str, str, str | None, str]  # (apiVersion, plural, namespace, name)
 
 
 RBAC_USER = "edge-harness"
+SELF_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 """The user name a refusal names (on EKS: the access entry's username of the workflow's IAM role)."""
 
 
@@ -536,6 +540,8 @@ class ClusterSim:
         # a token not here is the cluster's admin (the test's own setup: nodes, Consul, assertions)
         self.rbac: dict[str, list[dict[str, Any]]] = {}
         self.rbac_denials: list[str] = []  # every 403 `rbac` gave, in order (some callers swallow a 403)
+        self.access_reviews: list[RequestInfo] = []  # what SelfSubjectAccessReviews asked about, in order
+        self.review_refusal: int | None = None  # answer SelfSubjectAccessReviews with this code (a restricted API)
         self._pv_events: dict[tuple[str, str, str], float] = {}  # (claim uid, reason, message) -> last emitted
         for (api_version, plural), info in CORE_RESOURCES.items():
             self.resources[(api_version, plural)] = info
@@ -888,6 +894,8 @@ class ClusterSim:
             return aiohttp.web.json_response(status_obj(403, "Forbidden", denied), status=403)
         if path.rstrip("/") == "/version":
             return aiohttp.web.json_response(self.server_version)
+        if method == "POST" and path.rstrip("/") == SELF_ACCESS_REVIEWS:
+            return self._self_access_review(_bearer(request.headers), request.data)
         res = request.resource
         if res is None or not res.plural:
             return None
@@ -933,6 +941,31 @@ class ClusterSim:
         except ApiError as exc:
             return aiohttp.web.json_response(status_obj(exc.code, exc.reason, str(exc)), status=exc.code)
         return aiohttp.web.json_response(status_obj(405, "MethodNotAllowed", "method not allowed"), status=405)
+
+    def _self_access_review(self, token: str | None, body: Any) -> aiohttp.web.StreamResponse:
+        """A SelfSubjectAccessReview: the spec's attributes authorized as the caller's (`tests.kuberbac`).
+
+        Not a refusal of the caller's (nothing goes to `rbac_denials`). With
+        `review_refusal` set, the API answers that code instead (a cluster that
+        turned the review off, or a webhook authorizer refusing it).
+        """
+        if self.review_refusal is not None:
+            code = self.review_refusal
+            reason = {403: "Forbidden", 404: "NotFound"}.get(code, "InternalError")
+            return aiohttp.web.json_response(status_obj(code, reason, f"selfsubjectaccessreviews: {reason}"),
+                                             status=code)  # fmt: skip
+        spec = (body or {}).get("spec") if isinstance(body, dict) else None
+        if not isinstance(spec, dict) or not (spec.get("resourceAttributes") or spec.get("nonResourceAttributes")):
+            return aiohttp.web.json_response(status_obj(400, "BadRequest", "resourceAttributes or "
+                                                        "nonResourceAttributes is required"), status=400)  # fmt: skip
+        info = review_info(spec)
+        self.access_reviews.append(info)
+        granted = not (info.resource_request and (info.verb, info.combined) in self.forbidden) and (
+            token is None or token not in self.rbac or allowed(self.rbac[token], info)
+        )
+        out = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "metadata": {},
+               "spec": spec, "status": access_review_status(granted)}  # fmt: skip
+        return aiohttp.web.json_response(out, status=201)
 
     def authorize(self, token: str | None, info: RequestInfo) -> str | None:
         """The authorizer's 403 message for a request it refuses, else None.

@@ -181,3 +181,19 @@ def test_a_consul_without_its_ui_service_fails_early_naming_ui_enabled(api: Fake
     b = _backend(api, tmp_path)
     with pytest.raises(BackendError, match=r"no UI Service .*set ui\.enabled and ui\.service\.enabled to true"):
         b.up(rendered(tmp_path))
+
+
+def test_the_ca_secret_is_asked_about_only_when_it_is_going_to_be_read(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`up`'s permission check names `get secrets consul-ca-cert` for an HTTPS-only Consul without CONSUL_CACERT
+    (`_chart_ca` reads it), and not once the operator gives the CA."""
+    _operator_cluster(api, tmp_path, acls=False)
+    b = _backend(api, tmp_path)
+    asked = [str(p) for p in b.permissions_needed(rendered(tmp_path))]
+    assert "get secrets consul-ca-cert (consul)" in asked
+    assert not b.check_permissions(rendered(tmp_path))  # the shipped role grants it, by name
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n", encoding="utf-8")
+    monkeypatch.setenv("CONSUL_CACERT", str(ca))
+    assert not [p for p in b.permissions_needed(rendered(tmp_path)) if p.resource == "secrets"]

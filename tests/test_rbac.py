@@ -9,17 +9,21 @@ context under exactly that role (`tests.test_backend_existing._backend` and
 makes that the role does not grant fails a test. Here: the authorizer model
 itself (attributes and rule matching as kube-apiserver has them), the shipped
 files, and that taking one needed rule out of the role does fail a run,
-naming the rule, also where the harness swallows the 403.
+naming the rule, up front; a refused pod watch becomes a gap of the run's records.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import MagicMock
 
 import pytest
 import yaml
 
+from harness.backends.kube.permissions import SSAR_PATH, Mode, grants, review
 from harness.errors import BackendError
 from tests.conftest import REPO, wait_until
 from tests.kubefake import FakeApiServer, rendered
@@ -28,6 +32,7 @@ from tests.kuberbac import (
     INSTALL_CONSUL_RBAC,
     NIGHTLY_GROUP,
     NIGHTLY_RBAC,
+    RequestInfo,
     allowed,
     bound_rules,
     forbidden_message,
@@ -164,34 +169,162 @@ def tools(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.slow
 @pytest.mark.usefixtures("tools")
 def test_a_role_missing_one_rule_fails_up_naming_that_rule(api: FakeApiServer, tmp_path: Path) -> None:
-    """The defect the README's prose list had: no ServiceAccount create. `up` stops at the first one, saying why."""
+    """The defect the README's prose list had: no ServiceAccount create. `up` used to stop at the first one,
+    after the namespaces were applied; now it asks first and refuses in one line, nothing applied."""
     _cluster(api, tmp_path)
     b = _backend(api, tmp_path)
     api.grant(CONTEXT, without(nightly_rules(), "", "serviceaccounts", "create"))
+    before = api.writes()
     with pytest.raises(BackendError) as err:
         b.up(rendered(tmp_path))
     b.close()
-    refusal = 'cannot create resource "serviceaccounts" in API group "" in the namespace "hashicups'
-    assert "cannot create ServiceAccount hashicups" in str(err.value) and "HTTP 403" in str(err.value)
-    assert refusal in str(err.value)
-    assert len(api.sim.rbac_denials) == 1 and refusal in api.sim.rbac_denials[0]
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"context {CONTEXT} may not: create serviceaccounts (hashicups")
+    assert text.endswith("- see deploy/eks-nightly-rbac.yaml (nothing was changed)")
+    assert "hashicups-lax-1a" in text.split("create serviceaccounts (", 1)[1].split(")", 1)[0]
+    assert text.count("), ") == 0  # that one permission, in every namespace it is needed in
+    assert api.writes() == before  # nothing applied
+    assert api.sim.rbac_denials == []  # asked, never refused
+    assert not (tmp_path / "wd" / f"existing-{CONTEXT}" / "state.json").exists()  # not even the manifests' path
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("tools")
-def test_a_403_the_harness_swallows_is_still_caught(api: FakeApiServer, tmp_path: Path) -> None:
-    """Without `watch pods` `up` succeeds: the inventory watch retries its 403 quietly (as it does any API hiccup),
-    and the pod history would be relists only. The fake's record of refusals is what the flows assert empty."""
+def test_every_missing_permission_is_named_in_one_line(api: FakeApiServer, tmp_path: Path) -> None:
+    _cluster(api, tmp_path)
+    b = _backend(api, tmp_path)
+    rules = without(without(nightly_rules(), "", "serviceaccounts", "create"), "", "pods", "watch")
+    api.grant(CONTEXT, without(rules, "apps", "deployments", "list"))
+    before = api.writes()
+    with pytest.raises(BackendError) as err:
+        b.up(rendered(tmp_path))
+    b.close()
+    text = str(err.value)
+    assert "watch pods (cluster)" in text and "list deployments.apps (cluster)" in text
+    assert "create serviceaccounts (hashicups" in text and "\n" not in text
+    assert api.writes() == before
+
+
+def test_the_shipped_role_grants_exactly_what_the_code_asks_for() -> None:
+    """`NEEDS` (what `up` checks) and deploy/eks-nightly-rbac.yaml (what an operator applies) are one list."""
+    every_mode = Mode(destructive=True, own_mesh_defaults=True, consul_ca=True)
+    shipped = {
+        (g, res, v, tuple(r.get("resourceNames") or ()))
+        for r in nightly_rules()
+        for g in r["apiGroups"]
+        for res in r["resources"]
+        for v in r["verbs"]
+    }
+    assert grants(every_mode) == shipped
+    install_only = grants(Mode(install_consul=True)) - grants(Mode())
+    assert install_only
+    for group, res, verb, _names in install_only:
+        info = RequestInfo(True, verb, "", group, "consul", *res.partition("/")[::2], "")
+        assert allowed(nightly_rules(install_consul=True), info) and not allowed(nightly_rules(), info), info
+
+
+def _asked(api: FakeApiServer) -> list[str]:
+    return [f"{i.verb} {i.combined} {i.namespace} {i.name}".strip() for i in api.sim.access_reviews]
+
+
+@pytest.mark.usefixtures("tools")
+def test_the_permissions_of_a_run_are_asked_where_they_are_used(api: FakeApiServer, tmp_path: Path) -> None:
+    """Applied kinds in their namespaces, the pods' rights in the Deployments' ones, cluster-wide lists at the
+    cluster scope; node cordons only where destructive chaos is allowed; the fake answers from the role."""
+    _cluster(api, tmp_path)
+    m = rendered(tmp_path)
+    b = _backend(api, tmp_path)
+    asked = [str(p) for p in b.permissions_needed(m)]
+    assert "watch pods (cluster)" in asked and "list nodes (cluster)" in asked
+    assert "list deployments.apps (cluster)" in asked and "create namespaces (cluster)" in asked
+    assert "create serviceaccounts (hashicups-lax-1a)" in asked and "get pods/log (hashicups-lax-1a)" in asked
+    assert "create pods/portforward (consul)" in asked and "get services (consul)" in asked
+    assert not [a for a in asked if a.startswith("patch nodes") or "secrets" in a]  # no allow-list, plain HTTP
+    destructive = [str(p) for p in _backend(api, tmp_path, allow=(CONTEXT,)).permissions_needed(m)]
+    assert "patch nodes (cluster)" in destructive
+    assert "create networkpolicies.networking.k8s.io (hashicups-lax-1a)" in destructive
+    result = review(b.cluster, b.permissions_needed(m))
+    assert result.missing == [] and result.asked == len(asked) == len(api.sim.access_reviews)
+    assert "watch pods" in _asked(api) and api.sim.rbac_denials == []
+
+
+@pytest.mark.usefixtures("tools")
+def test_the_fake_answers_reviews_as_kube_apiserver_does(api: FakeApiServer, tmp_path: Path) -> None:
     _cluster(api, tmp_path)
     b = _backend(api, tmp_path)
     api.grant(CONTEXT, without(nightly_rules(), "", "pods", "watch"))
+    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"verb": "watch", "resource": "pods"}}}  # fmt: skip
+    out = b.cluster.request("POST", SSAR_PATH, body=body)
+    assert out["kind"] == "SelfSubjectAccessReview" and out["status"] == {"allowed": False}
+    body["spec"]["resourceAttributes"]["verb"] = "list"
+    status = b.cluster.request("POST", SSAR_PATH, body=body)["status"]
+    assert status["allowed"] is True and status["reason"].startswith("RBAC: allowed by ClusterRoleBinding")
+    named = {"verb": "get", "resource": "secrets", "namespace": "consul"}
+    for name, want in (("consul-ca-cert", True), ("consul-bootstrap-acl-token", False), ("", False)):
+        attrs = {**named, "name": name} if name else named
+        got = b.cluster.request("POST", SSAR_PATH, body={"spec": {"resourceAttributes": attrs}})["status"]
+        assert got["allowed"] is want, attrs
+    assert api.sim.rbac_denials == []
+
+
+@pytest.mark.usefixtures("tools")
+@pytest.mark.parametrize("code", [403, 404])
+def test_a_cluster_that_refuses_the_review_itself_gets_a_note_not_a_refusal(
+    api: FakeApiServer, tmp_path: Path, code: int
+) -> None:
+    _cluster(api, tmp_path)
+    said: list[str] = []
+    b = _backend(api, tmp_path, progress=said.append)
+    api.grant(CONTEXT, without(nightly_rules(), "", "serviceaccounts", "create"))
+    api.sim.review_refusal = code
+    b.check_permissions(rendered(tmp_path))  # no BackendError: each call's own 403 names what is missing
+    assert len(said) == 1 and "SelfSubjectAccessReview refused" in said[0] and f"HTTP {code}" in said[0]
+    assert "not checked up front" in said[0]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("tools")
+def test_a_refused_pod_watch_is_said_and_recorded_as_a_gap_of_the_run(api: FakeApiServer, tmp_path: Path) -> None:
+    """Without `watch pods` on a cluster that refuses the up-front review (so `up` cannot tell): the inventory
+    watch used to retry its 403 quietly, like any API hiccup, and the pod history became relists only. Now the
+    refusal is a warning at once and a gap of the run's records (`record_gaps` -> recording.jsonl, which the
+    verdict fails as unverified), and the watch is retried at the longest backoff, not in a tight loop."""
+    _cluster(api, tmp_path)
+    said: list[str] = []
+    b = _backend(api, tmp_path, progress=said.append)
+    api.grant(CONTEXT, without(nightly_rules(), "", "pods", "watch"))
+    api.sim.review_refusal = 403
+    watch = 'pods is forbidden: User "edge-harness" cannot watch resource "pods" in API group "" at the cluster scope'
     try:
         b.up(rendered(tmp_path))
-        assert wait_until(lambda: bool(api.sim.rbac_denials), 30)
+        assert wait_until(lambda: bool(b.record_gaps()), 30)
+        time.sleep(1.5)
     finally:
         b.close()
-    watch = 'pods is forbidden: User "edge-harness" cannot watch resource "pods" in API group "" at the cluster scope'
+    (gap,) = b.record_gaps()
+    assert gap.startswith("inventory.jsonl: context eks-nightly refused the pod watch (HTTP 403: ") and watch in gap
+    assert [line for line in said if line.startswith("warning: ")] == [f"warning: {gap}"]
     assert watch in api.sim.rbac_denials
+    assert api.sim.rbac_denials.count(watch) <= 2  # no quick retries of a permission problem
+    assert any("SelfSubjectAccessReview refused" in line for line in said)
+
+
+def test_the_gaps_of_a_backends_records_reach_recording_jsonl(tmp_path: Path) -> None:
+    """The recording step writes `record_gaps` as record-file problems: the verdict fails what they miss."""
+    from harness.backends.base import Observation
+    from harness.contract.rundir import RECORD_FILES, RECORDING_FILE
+    from harness.e2e import recording
+
+    backend = MagicMock(spec=Observation)
+    backend.record_gaps.return_value = ["inventory.jsonl: refused the pod watch"]
+    backend.record_into.return_value = MagicMock(errors=[], names={"inventory.jsonl"})
+    backend.flush_access_logs.return_value = []
+    backend.log_sources.return_value = []
+    with recording(backend, tmp_path):
+        pass
+    recs = [json.loads(line) for line in (tmp_path / RECORDING_FILE).read_text().splitlines()]
+    assert [r["message"] for r in recs if r["what"] == RECORD_FILES] == ["inventory.jsonl: refused the pod watch"]
 
 
 @pytest.mark.slow

@@ -428,6 +428,12 @@ class Observation(ABC):
         `entrypoints.jsonl`); none by default (an in-memory inventory is written out at the end instead)."""
         return {}
 
+    def record_gaps(self) -> list[str]:
+        """Why this backend's records of the run are incomplete (one line each), e.g. a pod watch the API server
+        refused; none by default. The recording step writes them to `recording.jsonl`, where the verdict fails
+        what they may miss as unverified."""
+        return []
+
     def record_into(self, run_dir: Path) -> RecordFollower:
         """From now on keep `run_dir`'s inventory / entry-point records equal to this backend's (see
         `RecordFollower`); stop the follower after the last event to be recorded."""

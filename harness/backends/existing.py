@@ -76,7 +76,7 @@ from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from harness.backends.base import CHAOS_PRIMITIVES, Status
+from harness.backends.base import CHAOS_PRIMITIVES, ConsulAccess, Status
 from harness.backends.fence import (
     ALLOW_ENV,
     EXECUTE_ENV,
@@ -106,6 +106,7 @@ from harness.backends.kube import (
 from harness.backends.kube.api import pod_finished
 from harness.backends.kube.backend import HelmRun, KubeBackend
 from harness.backends.kube.forward import find_tool
+from harness.backends.kube.permissions import CA_SECRET, Mode, Permission, applied_by_resource, needed, refusal, review
 from harness.errors import BackendError, InputError
 from harness.render.layout import VALUES_FILE
 
@@ -1000,6 +1001,56 @@ class ExistingBackend(KubeBackend):
         ref = self.cluster.resource(str(obj["apiVersion"]), str(obj["kind"]))
         return list((self.cluster.request("GET", f"{ref.prefix}/{ref.plural}") or {}).get("items") or [])
 
+    # -- this identity's own rights ------------------------------------------------
+    def permissions_needed(self, manifests: Manifests) -> list[Permission]:
+        """Every permission this run needs (`harness.backends.kube.permissions`), for these manifests and flags.
+
+        Consul's namespace and whether its CA Secret is read come from the
+        Consul found (read-only calls; when they are refused, the release
+        namespace of the manifests and no Secret: the review then names the
+        refused reads themselves).
+        """
+        objects = [*manifests.objects, *manifests.entry_objects(ENTRY_VARIANT)]
+
+        def resource_of(api_version: str, kind: str) -> tuple[str, str, bool] | None:
+            try:
+                ref = self.cluster.resource(api_version, kind)
+            except BackendError:  # not served yet (Consul's CRDs before --install-consul's helm)
+                return None
+            return api_version.rpartition("/")[0], ref.plural, ref.namespaced
+
+        consul_ns = self.helm_release(manifests)["namespace"]
+        ca_secret = ""
+        if not self.install_consul:
+            try:
+                ui = self._consul_ui()
+                consul_ns = ui.namespace
+                access = ConsulAccess.from_env()
+                if ui.scheme == "https" and not access.ca_file and access.verify:
+                    ca_secret = f"{ui.fullname}-ca-cert"
+            except BackendError:  # no Consul, or not readable: check_consul names it
+                pass
+        mode = Mode(
+            install_consul=self.install_consul,
+            destructive=self.destructive_allowed,
+            own_mesh_defaults=self.own_mesh_defaults,
+            consul_ca=bool(ca_secret),
+        )
+        run_ns = {
+            str(o["metadata"].get("namespace") or "default") for o in manifests.objects if o["kind"] == "Deployment"
+        }
+        return needed(mode, applied_by_resource(objects, resource_of), run_ns, consul_ns, ca_secret or CA_SECRET)
+
+    def check_permissions(self, manifests: Manifests) -> None:
+        """Before anything changes: the API server says this identity may do all the run needs, else BackendError
+        naming every missing permission in one line. A server that refuses the review itself gets a note."""
+        result = review(self.cluster, self.permissions_needed(manifests))
+        if result.skipped:
+            self.progress(f"{self._where}: {result.skipped}")
+            return
+        if result.missing:
+            raise BackendError(refusal(f"{self._where}", result.missing, self.install_consul))
+
     # -- lifecycle -----------------------------------------------------------
     def up(self, manifests: Manifests, progress: ProgressFn | None = None) -> None:
         if progress is not None:
@@ -1007,6 +1058,7 @@ class ExistingBackend(KubeBackend):
         self._manifests = manifests
         # every check first: a failed one changes nothing on the cluster
         self.check_entrypoints(manifests)
+        self.check_permissions(manifests)
         self._require_zones(manifests.topology)
         if self.install_consul:
             self._helm_runner(manifests, manifests.meta.get("chart") or {})  # helm present (checked, not run)

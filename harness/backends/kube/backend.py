@@ -240,6 +240,7 @@ class KubeBackend(Backend):
         self._probe_url = ""
         self._probe_access = ConsulAccess()
         self._lock = threading.RLock()
+        self._gaps: list[str] = []  # why this process's records are incomplete (record_gaps)
 
     # -- what subclasses say -------------------------------------------------
     @property
@@ -341,7 +342,24 @@ class KubeBackend(Backend):
             self.records_dir.mkdir(parents=True, exist_ok=True)
             self._recording = True
             self._inventory = Inventory(self.inventory_path)
-            self._watcher = self.cluster.watch_inventory(self._inventory)
+            self._watcher = self.cluster.watch_inventory(self._inventory, self._watch_refused)
+
+    def _watch_refused(self, message: str) -> None:
+        """The pod watch got HTTP 403 (`InventoryWatcher`): said now, and a gap of the run's records."""
+        gap = (
+            f"{INVENTORY_FILE}: {self._where} refused the pod watch (HTTP 403: {message}): the pod history is "
+            "relists only, pods that changed between two lists are missing (grant watch on pods, see "
+            "deploy/eks-nightly-rbac.yaml)"
+        )
+        with self._lock:
+            if gap in self._gaps:
+                return
+            self._gaps.append(gap)
+        self.progress(f"warning: {gap}")
+
+    def record_gaps(self) -> list[str]:
+        with self._lock:
+            return list(self._gaps)
 
     def _stop_inventory(self) -> None:
         if self._entry_monitor is not None:
@@ -421,7 +439,7 @@ class KubeBackend(Backend):
         with self._lock:
             if self._inventory is None:
                 self._inventory = Inventory()
-                self._watcher = self.cluster.watch_inventory(self._inventory)
+                self._watcher = self.cluster.watch_inventory(self._inventory, self._watch_refused)
             return self._inventory
 
     def entrypoints(self) -> dict[str, str]:

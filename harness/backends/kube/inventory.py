@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 
 from harness.backends.kube.api import (
     KubeApi,
+    KubeApiError,
     LineStream,
     _labels,
     _meta,
@@ -90,9 +91,12 @@ class InventoryMixin(KubeApi):
         items, _rv = self.list_pods()
         PodTracker(inventory, self.nodes()).sync(items, initial=True)
 
-    def watch_inventory(self, inventory: Inventory) -> InventoryWatcher:
-        """List now (so the inventory is current when this returns), then keep it current until `.stop()`."""
-        w = InventoryWatcher(self, inventory)
+    def watch_inventory(
+        self, inventory: Inventory, on_forbidden: Callable[[str], None] | None = None
+    ) -> InventoryWatcher:
+        """List now (so the inventory is current when this returns), then keep it current until `.stop()`
+        (`on_forbidden`: see `InventoryWatcher`)."""
+        w = InventoryWatcher(self, inventory, on_forbidden=on_forbidden)
         w.start()
         return w
 
@@ -207,6 +211,10 @@ def pod_info_of(pod: Mapping[str, Any], zones: Mapping[str, str]) -> PodInfo | N
     return InventoryMixin.pod_info(pod, zones)
 
 
+MAX_BACKOFF_S = 10.0
+"""The longest wait between two watch attempts (each after a failure relists first)."""
+
+
 class InventoryWatcher:
     """List + watch of pods feeding an Inventory through a `PodTracker`, until stopped.
 
@@ -220,9 +228,28 @@ class InventoryWatcher:
     then is the whole list read again (pods gone meanwhile are removed). The
     first list happens in `start()`, so the inventory is complete when the
     caller goes on to send traffic.
+
+    A 403 on the watch is a permission problem (the identity may list pods
+    but not watch them), not an API hiccup: it used to be retried quietly
+    like one, the history silently became a relist every few seconds, and
+    pods that came and went between two lists were never recorded. Now the
+    first refusal is kept (`forbidden`) and handed to `on_forbidden` once
+    (the backend says it and reports it as a gap of the run's records,
+    `KubeBackend.record_gaps`, which the verdict fails as unverified). The
+    watch is still retried at the longest backoff, relisting each time: the
+    inventory stays as current as lists make it (chaos targets, the entry
+    monitor read it), and a role fixed meanwhile is picked up; the gap stays
+    recorded, because it happened. `up`'s permission check
+    (`harness.backends.kube.permissions`) refuses such a role before a run.
     """
 
-    def __init__(self, cluster: InventoryMixin, inventory: Inventory, watch_timeout_s: int = 300) -> None:
+    def __init__(
+        self,
+        cluster: InventoryMixin,
+        inventory: Inventory,
+        watch_timeout_s: int = 300,
+        on_forbidden: Callable[[str], None] | None = None,
+    ) -> None:
         self.cluster = cluster
         self.inventory = inventory
         self.watch_timeout_s = watch_timeout_s
@@ -233,6 +260,8 @@ class InventoryWatcher:
         self._thread = threading.Thread(target=self._run, name="eh-inventory-watch", daemon=True)
         self.errors: list[str] = []
         self.relists = 0
+        self.forbidden = ""  # the first 403 the watch got ("": none)
+        self.on_forbidden = on_forbidden
 
     def _relist(self, initial: bool) -> None:
         self.tracker.zones = self.cluster.nodes()
@@ -279,8 +308,14 @@ class InventoryWatcher:
             except Exception as exc:  # a watch must outlive API hiccups; the error is kept for status
                 self.errors.append(str(exc))
                 self._rv = ""
+                if isinstance(exc, KubeApiError) and exc.status == 403:
+                    backoff = MAX_BACKOFF_S  # a permission problem: no quick retries, a relist per attempt
+                    if not self.forbidden:
+                        self.forbidden = exc.api_message or str(exc)
+                        if self.on_forbidden is not None:
+                            self.on_forbidden(self.forbidden)
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     def _handle(self, line: str) -> None:
         if not line.strip():
