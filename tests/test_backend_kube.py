@@ -58,16 +58,27 @@ def test_apply_sends_every_rendered_object_in_order_namespaces_first(api: FakeAp
 
 def test_reapply_patches_server_side_and_reports_not_created(api: FakeApiServer, tmp_path: Path) -> None:
     c = api.cluster(tmp_path)
-    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "hashicups"}}
-    assert c.apply_one(ns).created is True
-    again = c.apply_one({**ns, "metadata": {"name": "hashicups", "labels": {"x": "y"}}})
+    c.apply_one({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "hashicups"}})
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "conf", "namespace": "hashicups"}}
+    assert c.apply_one(cm).created is True
+    again = c.apply_one({**cm, "metadata": {**cm["metadata"], "labels": {"x": "y"}}})
     assert again.created is False
     meth, path, query, body = api.requests()[-1]
-    assert (meth, path) == ("PATCH", "/api/v1/namespaces/hashicups")
+    assert (meth, path) == ("PATCH", "/api/v1/namespaces/hashicups/configmaps/conf")
     assert query == {"fieldManager": "edge-harness", "force": "true"}
     assert body["metadata"]["labels"] == {"x": "y"}
     hdr = api.raw_requests()[-1].headers
     assert hdr["Content-Type"] == "application/apply-patch+yaml"
+
+
+def test_an_existing_namespace_is_left_as_it_is(api: FakeApiServer, tmp_path: Path) -> None:
+    """It may be the operator's (the release namespace of their Consul): its labels are not ours to take over."""
+    c = api.cluster(tmp_path)
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "hashicups"}}
+    assert c.apply_one(ns).created is True
+    again = c.apply_one({**ns, "metadata": {"name": "hashicups", "labels": {"x": "y"}}})
+    assert again.created is False
+    assert [m for m, *_ in api.requests()[-1:]] == ["POST"]  # the create that met 409, and no PATCH after it
 
 
 def test_unknown_kind_is_a_clear_error(api: FakeApiServer, tmp_path: Path) -> None:
