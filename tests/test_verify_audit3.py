@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,13 @@ from harness.verify.invariants.sql import binomial_cdf
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import KILL, LAX, T0, failed, inventory, pod_of, run
+from tests.verdicts import envoy_start as _envoy_ts
+from tests.verdicts import rows as _rows
 from tests.verdicts import verify
+from tests.verdicts import write_rows as _write
 
 AZ_A = "us-west-2a"
 REGION_PRODUCT_API_CLUSTER = "failover-target~1~product-api.default.dc1.internal.0f0f0f0f-synth.consul"
-
-
-def _envoy_ts(r: dict[str, Any]) -> float:
-    return datetime.strptime(r["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 # -- 1. experiment-ran: a planned action that "succeeded" without making any fault ------------------------------

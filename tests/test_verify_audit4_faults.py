@@ -15,10 +15,7 @@ to be Ready).
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,7 +26,10 @@ from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.conftest import REPO
 from tests.test_verify_audit import why
 from tests.test_verify_soundness import KILL, T0, run
+from tests.verdicts import envoy_start as _ets
+from tests.verdicts import rows as _rows
 from tests.verdicts import verify
+from tests.verdicts import write_rows as _write
 
 T = load_topology()
 WIDE = load_topology(REPO / "harness" / "fixtures" / "topology-wide.yaml")
@@ -38,18 +38,6 @@ LAX = "us-west-2-lax-1a"
 REGION_PRODUCT_API = "failover-target~1~product-api.default.dc1.internal.0f0f0f0f-synth.consul"
 # experiments/postgres-primary-kill.json's declaration
 PG_DECLARED = {"singlePointOfFailure": "postgres", "errorBudget": 0.99, "why": "one primary, no promotion"}
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _ets(r: dict[str, Any]) -> float:
-    return datetime.strptime(r["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def _rebuild(d: Path) -> Path:

@@ -10,7 +10,6 @@ same broken behaviour with complete evidence fails (the plant is detectable).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +19,15 @@ from harness.verify import HUB_AND_SPOKE, LOCALITY, Verdict
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import LAS, LAX, T0, inventory, run
+from tests.verdicts import envoy_start as _envoy_ts
+from tests.verdicts import rows as _rows
 from tests.verdicts import verify
+from tests.verdicts import write_rows as _write
 
 AZ_A, AZ_B = "us-west-2a", "us-west-2b"
 TD = "0f0f0f0f-synth.consul"
 REGION_PRODUCT_API_CLUSTER = f"failover-target~1~product-api.default.dc1.internal.{TD}"
 LAS_PRODUCT_API_CLUSTER = f"failover-target~1~product-api-las-1a.default.dc1.internal.{TD}"
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _envoy_ts(r: dict[str, Any]) -> float:
-    return datetime.strptime(r["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def _added(d: Path, zone: str, service: str) -> list[dict[str, Any]]:

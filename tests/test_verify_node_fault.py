@@ -13,7 +13,6 @@ same mesh get the same verdict.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,18 +25,12 @@ from harness.verify.rundata import load_run
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import LAX, failed, run
+from tests.verdicts import rows as _rows
 from tests.verdicts import verify
+from tests.verdicts import write_rows as _write
 
 NODE = "lax-1a-n2"  # LAX's product-api runs alone on this node (the synthetic zone's other pods on lax-1a-n1)
 INJECT, RESTORE = 30.0, 45.0
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def node_kill(
@@ -104,6 +97,16 @@ def node_kill(
     for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
         (d / stale).unlink(missing_ok=True)
     return d
+
+
+def _pass_with_the_same_figures(a: Path, b: Path) -> None:
+    """Both runs pass, with the same failover, recovery and losses per fault."""
+    figures = []
+    for d in (a, b):
+        v = verify(d)
+        assert v.passed, why(v)
+        figures.append([(f.failover_s, f.recovery_s, f.lost_requests, f.lost_hops) for f in v.faults])
+    assert figures[0] == figures[1]
 
 
 def _move_ip(d: Path, old: str, new: str, after: float) -> None:
@@ -198,12 +201,7 @@ def test_a_kind_node_kill_is_measured_like_the_local_one(tmp_path: Path) -> None
     """LAX's only product-api on the killed node: the same failover and recovery from either inventory; the
     zone's product-api is down from the inject until the restarted pod is ready (kind: restore + 0.3 s)."""
     local, kind = (node_kill(tmp_path, shape, shape) for shape in ("local", "kind"))
-    figures = []
-    for d in (local, kind):
-        v = verify(d)
-        assert v.passed, why(v)
-        figures.append([(f.failover_s, f.recovery_s, f.lost_requests, f.lost_hops) for f in v.faults])
-    assert figures[0] == figures[1]
+    _pass_with_the_same_figures(local, kind)
     t0 = _rows(kind / "chaos.jsonl")[0]["ts"] - INJECT
     assert load_run(kind).down[(LAX, "product-api")] == [(t0 + INJECT, t0 + RESTORE + 0.3)]
 
@@ -337,12 +335,7 @@ def test_a_node_fault_longer_than_the_grace_period_is_judged_as_a_short_one(tmp_
     for the first 3 s of the fault. It was dead from the inject: it is down from the inject, and the verdict
     and its figures are those of the same mesh when the API said nothing until the restore."""
     short, long = node_kill(tmp_path, shape, "short"), node_kill(tmp_path, shape, "long", grace=3.0)
-    figures = []
-    for d in (short, long):
-        v = verify(d)
-        assert v.passed, why(v)
-        figures.append([(f.failover_s, f.recovery_s, f.lost_requests, f.lost_hops) for f in v.faults])
-    assert figures[0] == figures[1]
+    _pass_with_the_same_figures(short, long)
     r = load_run(long)
     t0 = _rows(long / "chaos.jsonl")[0]["ts"] - INJECT
     assert load_run(short).down[(LAX, "product-api")] == r.down[(LAX, "product-api")]

@@ -7,23 +7,15 @@ delivering an event a little later. Each case is reproduced on a synthetic run a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from harness.verify import FALLBACK
 from harness.verify.synth import FaultSpec
 from tests.test_verify_audit import why
 from tests.test_verify_soundness import LAX, failed, run
+from tests.verdicts import rows as _rows
 from tests.verdicts import verify
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+from tests.verdicts import write_rows as _write
 
 
 # -- 1. fallback: a replacement's `ready` recorded a few ms after Envoy already used it ----------------------------

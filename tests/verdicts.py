@@ -8,7 +8,9 @@ JSON round trip (`Verdict.from_dict`) is checked on the way.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 
@@ -28,3 +30,19 @@ def check_schema(v: Verdict) -> Verdict:
 
 def verify(run_dir: Path | str) -> Verdict:
     return check_schema(_verify(run_dir))
+
+
+# -- editing a run directory's records (the tests that plant a behaviour into a synthetic run) --------------
+def rows(path: Path) -> list[dict[str, Any]]:
+    """A JSON-lines record file as dicts."""
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def write_rows(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write records back as JSON lines."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def envoy_start(r: dict[str, Any]) -> float:
+    """An Envoy access-log line's START_TIME (UTC, milliseconds) as epoch seconds."""
+    return datetime.strptime(r["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
