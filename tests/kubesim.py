@@ -2046,6 +2046,12 @@ class ClusterSim:
         stats = self.upstream_stats.setdefault(caller["metadata"]["name"], {}).setdefault(cluster, {})
         return stats.setdefault(host, dict.fromkeys(HOST_COUNTERS, 0))
 
+    def _upstream_defaults(self, caller: Obj) -> Obj:
+        """The caller's ServiceDefaults `upstreamConfig.defaults` as synced to Consul ({} without one)."""
+        svc = (caller["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service", "")
+        defaults = self.consul.entries.get(("ServiceDefaults", svc)) if self.consul else None
+        return ((defaults or {}).get("upstreamConfig") or {}).get("defaults") or {}
+
     def _envoy_policy(self, caller: Obj, upstream: str) -> tuple[int, int, float]:
         """(numRetries, maxFailures, baseEjectionTime in s) the caller's Envoy applies to `upstream`: the
         upstream's ServiceRouter and the caller's ServiceDefaults passive health check, as synced to Consul
@@ -2054,9 +2060,7 @@ class ClusterSim:
         router = c.entries.get(("ServiceRouter", upstream)) if c else None
         routes = (router or {}).get("routes") or []
         retries = int(((routes[0].get("destination") or {}).get("numRetries") or 0) if routes else 0)
-        svc = (caller["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service", "")
-        defaults = c.entries.get(("ServiceDefaults", svc)) if c else None
-        phc = (((defaults or {}).get("upstreamConfig") or {}).get("defaults") or {}).get("passiveHealthCheck") or {}
+        phc = self._upstream_defaults(caller).get("passiveHealthCheck") or {}
         base = parse_duration(str(phc.get("baseEjectionTime", "30s")), lambda: ValueError("baseEjectionTime"))
         return retries, int(phc.get("maxFailures", 5)), base
 
@@ -2124,9 +2128,7 @@ class ClusterSim:
         resolver = c.entries.get(("ServiceResolver", upstream)) if c else None
         if resolver and resolver.get("connectTimeout"):
             return parse_duration(str(resolver["connectTimeout"]), lambda: ValueError("connectTimeout"))
-        svc = (caller["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service", "")
-        defaults = c.entries.get(("ServiceDefaults", svc)) if c else None
-        ms = (((defaults or {}).get("upstreamConfig") or {}).get("defaults") or {}).get("connectTimeoutMs")
+        ms = self._upstream_defaults(caller).get("connectTimeoutMs")
         return int(ms) / 1000 if ms else 5.0
 
     def _upstreams(self, pod: Obj) -> dict[str, str]:

@@ -267,3 +267,20 @@ def test_a_seeded_cluster_is_reused_for_the_same_settings_only(pg_dir: Path) -> 
     assert start("second", "password") == "template"
     assert start("third", "other") == "initdb"
     assert len(list(templates.iterdir())) == 2
+
+
+def test_a_cache_that_cannot_be_written_still_starts_the_database(pg_dir: Path) -> None:
+    """`_keep_template`'s error branch: the seeded cluster cannot be kept (here the cache's parent is a file), the
+    start goes on with its own cluster, says so, and leaves no half-written copy."""
+    blocker = pg_dir / "not-a-dir"
+    blocker.write_text("x")
+    s = pg_app.Settings.from_env({"POSTGRES_PASSWORD": "password", "POSTGRES_DB": "products",
+                                  "EH_POD_DIR": str(pg_dir / "pod")})  # fmt: skip
+    pgdata = pg_dir / "pod" / "pgdata"
+    pgdata.parent.mkdir(parents=True)
+    if (user := pg_app._system_user()) is not None:
+        os.chown(pgdata.parent, user.pw_uid, user.pw_gid)
+        pg_app._ensure_search_bit(pgdata.parent)
+    assert pg_app.init_cluster(s, pgdata, pg_app.bin_dir(), user, blocker / "templates") == "initdb"
+    assert (pgdata / "PG_VERSION").exists() and blocker.read_text() == "x"
+    assert not list(pg_dir.glob("**/*.part"))

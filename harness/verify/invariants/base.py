@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from harness.verify import expected
 from harness.verify.invariants.sql import HOP_END_SQL, HOP_FIELDS, INF, MAX_MESSAGES, MAX_OFFENDERS, Window
 from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
+
+
+class DeclaredRecovery(NamedTuple):
+    """A pair depending on a declared single point of failure, after its cascade (`_declared_recovery`)."""
+
+    zone: str
+    upstream: str
+    instant: float | None  # back where it belongs (None: not within maxRecoveryS, or the cascade never ended)
+    window: Window | None  # the measurement over [cascade end, + maxRecoveryS] (None: the cascade never ended)
 
 
 class CheckBase:
@@ -29,7 +38,7 @@ class CheckBase:
         )
         self.declared: dict[str, dict[str, Any]] = {}  # fault -> its declared single point of failure, judged
         # (fault, inject) -> `_declared_recovery` (locality's exclusions and availability's windows both ask)
-        self._recovered: dict[tuple[str, float], tuple[float, list[tuple[str, str, float | None]]]] = {}
+        self._recovered: dict[tuple[str, float], tuple[float, list[DeclaredRecovery]]] = {}
 
     # -- helpers -------------------------------------------------------------
     def _one(self, sql: str, params: list[Any] | None = None) -> Any:
@@ -199,7 +208,7 @@ class CheckBase:
                 first = min(first, down_at_lo[0])
         return first if first < before else None
 
-    def _declared_recovery(self, f: Fault) -> tuple[float, list[tuple[str, str, float | None]]]:
+    def _declared_recovery(self, f: Fault) -> tuple[float, list[DeclaredRecovery]]:
         """A declared fault's cascade end, and per pair depending on its single point of failure the instant
         the pair served again after it (None: not within `maxRecoveryS`, or the cascade never ended).
 
@@ -215,15 +224,15 @@ class CheckBase:
             return self._recovered[(f.fault, f.inject)]
         end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
         deps = expected.dependants(self.t, f.spof)
-        out: list[tuple[str, str, float | None]] = []
+        out: list[DeclaredRecovery] = []
         for z, u, callers in self.pairs:
             if u not in deps:
                 continue
-            instant = None
+            w = None
             if end < INF:
                 bound = min(end + self.slo.max_recovery_s, max(self.run_end, end))
-                instant = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u)).instant
-            out.append((z, u, instant))
+                w = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u))
+            out.append(DeclaredRecovery(z, u, None if w is None else w.instant, w))
         self._recovered[(f.fault, f.inject)] = (end, out)
         return end, out
 

@@ -635,8 +635,9 @@ class FaultMeasurer(CheckBase):
 
         spof_back = max((INF if hi is None else hi for sv in f.spof
                          for _lo, hi in began_in_fault((self.t.region, sv))), default=restore)  # fmt: skip
+        cascade = self._cascade(f)
         for z, u, callers in self.pairs:
-            if not zone_is_edge(self.t, z) or self._placement(u) != "edge" or u not in self._cascade(f):
+            if not zone_is_edge(self.t, z) or self._placement(u) != "edge" or u not in cascade:
                 continue
             region = [INF if hi is None else hi for _lo, hi in began_in_fault((self.t.region, u))]
             back = max(region, default=spof_back)
@@ -660,19 +661,14 @@ class FaultMeasurer(CheckBase):
                         f"not back after the restore of {f.fault}"
                     )
         end, recoveries = self._declared_recovery(f)
-        if end >= INF:
-            return out
-        bound = min(end + self.slo.max_recovery_s, max(self.run_end, end))
-        for z, u, instant in recoveries:
-            if instant is not None or not zone_is_edge(self.t, z) or self._placement(u) != "edge":
+        for z, u, instant, rw in recoveries:  # the window it measured (None: the cascade never ended, judged above)
+            if rw is None or instant is not None or not zone_is_edge(self.t, z) or self._placement(u) != "edge":
                 continue
-            calling = next(list(c) for zz, uu, c in self.pairs if (zz, uu) == (z, u))
-            w = self._measure(z, u, calling, end, bound, self._expected_sql(z, u))
-            if w.hops:
+            if rw.hops:
                 out.append(
                     f"fallback: {z} -> {u}: not back in-zone within maxRecoveryS after the cascade of fault "
-                    f"{f.fault} ended at {iso(end)} ({w.hops} hops, {w.failed} failed, last served elsewhere "
-                    f"at {iso(w.last_misplaced)})"
+                    f"{f.fault} ended at {iso(end)} ({rw.hops} hops, {rw.failed} failed, last served elsewhere "
+                    f"at {iso(rw.last_misplaced)})"
                 )
             elif self._no_traffic_fails(z):
                 out.append(
@@ -706,7 +702,7 @@ class FaultMeasurer(CheckBase):
             if not expected.declared(f):
                 continue
             end, recoveries = self._declared_recovery(f)
-            for z, u, instant in recoveries:
+            for z, u, instant, _w in recoveries:
                 if self._placement(u) != "edge":
                     continue
                 if end >= INF:

@@ -296,7 +296,7 @@ class UserChecks(CheckBase):
         if not expected.declared(f):
             return end
         _, recoveries = self._declared_recovery(f)
-        return max([end, *(i for _, u, i in recoveries if i is not None and u not in f.spof)])
+        return max([end, *(r.instant for r in recoveries if r.instant is not None and r.upstream not in f.spof)])
 
     def _window(
         self,
