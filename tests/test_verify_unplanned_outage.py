@@ -16,6 +16,7 @@ an outage with no timeline record and no experiment).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,29 @@ def test_an_outage_that_begins_as_a_fault_is_undone_is_named_after_it(tmp_path: 
     assert (FALLBACK in failed(v)) is long, why(v)
     if long:
         assert "not back after the restore" in v.invariant(FALLBACK).message
+
+
+def _with_blip(run: Path, pod_service: str, at: float, lasting: float) -> Path:
+    """`run` with one of LAX's `pod_service` pods unready at `at` s into the run and ready `lasting` s later."""
+    inv = run / "inventory.jsonl"
+    rows = [json.loads(line) for line in inv.read_text().splitlines()]
+    pod = next(r for r in rows if r["zone"] == LAX and r["service"] == pod_service and r["event"] == "added")
+    t0 = min(r["ts"] for r in rows)
+    rows += [{**pod, "event": "unready", "ts": t0 + at}, {**pod, "event": "ready", "ts": t0 + at + lasting}]
+    inv.write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["ts"])))
+    return run
+
+
+@pytest.mark.parametrize(("lasting", "noted"), [(0.0004, False), (0.05, True)])
+def test_an_outage_shorter_than_the_access_logs_clock_is_not_a_note(
+    tmp_path: Path, lasting: float, noted: bool
+) -> None:
+    """A pod unready and ready again within a millisecond (two pods' readiness written microseconds apart in one
+    control-loop tick, as the Region's two frontends at start-up) was a note "frontend had too few ready pods
+    ... from 12:23:03.351Z to 12:23:03.351Z": Envoy's timestamps are whole milliseconds, no hop can be placed in
+    it. 50 ms stays a note."""
+    sc = Scenario(T, duration_s=DURATION_S, rate_per_zone=4)
+    v = verify(_with_blip(write_run(tmp_path / "run", sc), "product-api", 60.0, lasting))
+    assert v.passed, why(v)
+    notes = [n for n in v.run.notes if n.startswith(f"product-api had no ready pod in {LAX}")]
+    assert bool(notes) is noted, v.run.notes
