@@ -230,3 +230,29 @@ def test_a_dead_nodes_pods_stay_ready_until_the_grace_period_then_the_entry_stop
     assert down_ts >= t0 + GRACE_S
     assert wait_until(lambda: sum(1 for p in cluster.inventory().ready_pods() if p.zone == LAS) == 6, 60)
     assert before.isdisjoint({p.pod for p in cluster.inventory().ready_pods() if p.zone == LAS})
+
+
+def test_killing_a_pod_of_a_dead_node_deletes_it_at_once(cluster: LocalBackend) -> None:
+    """kill_pod deletes the pod with no grace period (kind/EKS: a forced delete), which the API does at once even
+    when the pod's node is dead: its endpoint goes and the ReplicaSet replaces it. Here its processes were
+    already gone and the control loop, which never looks at a dead node's pods, left it registered and Ready
+    until the grace period: a kill that did nothing until then."""
+    node = sorted(n for n, z in cluster.nodes().items() if z == LAX)[0]
+    dark = {p.pod for p in cluster.inventory().pods(alive_only=True) if p.node == node and p.service == "public-api"}
+    assert dark, "the spread topology puts a public-api pod on each LAX node"
+    cluster.kill_node(node)
+    try:
+        t0 = time.time()
+        killed = set(cluster.kill_pod(LAX, "public-api"))
+        assert dark <= killed
+        removed = {str(e["pod"]): float(str(e["ts"])) for e in _events(cluster)
+                   if e.get("event") == "removed" and e.get("pod") in dark}  # fmt: skip
+        assert set(removed) == dark and max(removed.values()) < t0 + GRACE_S  # at once, not at the grace period
+        # the replacements run on the zone's live node
+        assert wait_until(lambda: sum(1 for p in cluster.inventory().ready_pods()
+                                      if p.zone == LAX and p.service == "public-api") == 2, 60)  # fmt: skip
+        assert all(p.node != node for p in cluster.inventory().ready_pods() if p.service == "public-api"
+                   and p.zone == LAX)  # fmt: skip
+    finally:
+        cluster.restore_node(node)
+    assert wait_until(lambda: sum(1 for p in cluster.inventory().ready_pods() if p.zone == LAX) == 6, 60)

@@ -23,10 +23,21 @@ class ClusterChaos(ClusterBase):
             return [p for p in self.pods.values() if p.alive and p.node.zone == zone and p.dep.app == service]
 
     def kill_pod(self, zone: str, service: str) -> list[str]:
+        """Every pod of `service` in `zone` dies: kind/EKS delete it with no grace period.
+
+        A pod of a dead node is deleted at once too (the API removes a pod
+        force-deleted whatever its node's state: its endpoint goes and the
+        ReplicaSet replaces it); the control loop never looks at such a pod,
+        so it is ended here. The others die by their processes, which the
+        control loop notices at its next tick, as kubelet would.
+        """
         pods = self._pods_of(zone, service)
         if not pods:
             raise BackendError(f"no live {service} pod in {zone}")
         for p in pods:
+            if p.dark_since is not None:
+                self._pod_died(p, "deleted while its node is down")
+                continue
             for proc in p.procs.values():
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
