@@ -184,3 +184,40 @@ def test_health_entries_carry_locality_pod_uid_and_the_sidecars_own_check() -> N
     assert sid == "product-api-lax-1a-0-product-api-lax-1a-sidecar-proxy"
     assert (side["Checks"][0]["CheckID"], side["Checks"][0]["ServiceID"]) == (f"lax/{sid}", sid)
     assert app["Checks"][0]["CheckID"] == "lax/product-api-lax-1a-0-product-api-lax-1a"
+
+
+# --------------------------------------------------------------------------- HashiCups stand-ins
+
+
+def test_public_api_calls_product_api_as_a_fresh_go_request() -> None:
+    """public-api v0.0.7's product client (hashicups-client-go) builds a new `http.Request` per call and sets
+    only the raw token: the inbound x-request-id and trace headers are not passed on, and Go's transport
+    sends `User-Agent: Go-http-client/1.1` (and `Accept-Encoding: gzip`). The sidecar logs both: on a real
+    cluster the public-api -> product-api hop has its own `request_id` (Envoy makes one) and `user_agent`
+    "Go-http-client/1.1". The stand-in forwarded x-request-id / b3 / traceparent, sent no User-Agent, and an
+    Accept header the client never sets, so those two access-log fields differed."""
+    from harness.backends.local.apps._http import Request, UpstreamResponse
+    from harness.backends.local.apps.public_api import PublicApi
+
+    sent: list[list[tuple[str, str]]] = []
+
+    class Product:
+        def request(self, method: str, path: str, body: Any = None, headers: Any = ()) -> UpstreamResponse:
+            sent.append(list(headers))
+            return UpstreamResponse(200, [], b"[]")
+
+    api = PublicApi(Product(), Product())  # type: ignore[arg-type]
+    inbound = [
+        ("Content-Type", "application/json"),
+        ("X-Request-Id", "3f1c-user-request"),
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("X-B3-TraceId", "80f198ee56343ba864fe8b2a57d3eff7"),
+        ("User-Agent", "locust/2.47"),
+        ("Authorization", "Bearer tok"),
+    ]
+    body = json.dumps({"query": "{ coffees { id } }"}).encode()
+    reply = api.handle(Request("POST", "/api", "/api", inbound, body, ("127.0.0.1", 1)))
+    assert reply.status == 200
+    (headers,) = sent
+    got = {k.lower(): v for k, v in headers}
+    assert got == {"user-agent": "Go-http-client/1.1", "accept-encoding": "gzip", "authorization": "tok"}
