@@ -101,3 +101,123 @@ def test_queries_finishing_together_keep_only_max_idle_connections() -> None:
     with ThreadPoolExecutor(3) as ex:
         assert list(ex.map(lambda _i: db.query(("SELECT 1", ())), range(3))) == [[[("",)]]] * 3
     assert db._idle.qsize() == 2 and sum(c.closed for c in conns) == 1
+
+
+# --------------------------------------------------------------------------- the Consul HTTP API emulation
+
+
+def _crd(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    api = "consul.hashicorp.com/v1alpha1"
+    return {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": "default"}, "spec": spec}
+
+
+class _View:
+    """A `ConsulView` of two product-api copies: one in a Local Zone (with its resolver), one in the Region."""
+
+    def __init__(self) -> None:
+        from harness.backends.local.consul_api import Instance
+        from harness.backends.local.mesh import MeshConfig
+
+        self.objects = [
+            _crd("ServiceDefaults", "product-api-lax-1a", {"protocol": "http"}),
+            _crd("ServiceDefaults", "product-api", {"protocol": "http"}),
+            _crd(
+                "ServiceResolver",
+                "product-api-lax-1a",
+                {"connectTimeout": "2s", "failover": {"*": {"targets": [{"service": "product-api"}]}}},
+            ),
+        ]
+        self.mesh = MeshConfig.from_objects(self.objects, "rendered/consul", datacenter="us-west-2")
+        lax = Instance("product-api-lax-1a-0", "lax-1", "10.0.1.5", 9090, "product-api-lax-1a", "lax", True,
+                       region="us-west-2", zone="us-west-2-lax-1a")  # fmt: skip
+        self._instances = [lax]
+
+    def config_objects(self) -> list[dict[str, Any]]:
+        return list(self.objects)
+
+    def instances(self) -> list[Any]:
+        return list(self._instances)
+
+
+def test_discovery_chain_failover_target_keeps_its_own_resolvers_connect_timeout() -> None:
+    """Consul's compiler resolves every failover target through that target's own resolver
+    (getResolverNode), which writes `target.ConnectTimeout` from it: the Region product-api has no resolver,
+    so its target says "5s" while the primary's says the resolver's "2s" (Envoy's child clusters still use
+    the primary's). The emulation copied the primary's 2s onto every target."""
+    from harness.backends.local.consul_api import ConsulApi
+
+    chain = ConsulApi(_View()).get("/v1/discovery-chain/product-api-lax-1a", {})["Chain"]
+    targets = chain["Targets"]
+    assert targets["product-api-lax-1a.default.default.us-west-2"]["ConnectTimeout"] == "2s"
+    assert targets["product-api.default.default.us-west-2"]["ConnectTimeout"] == "5s"
+
+
+def test_health_passing_parses_like_consul() -> None:
+    """Consul reads `?passing` with Go's strconv.ParseBool: bare or 1/t/true filter, 0/f/false do not, and any
+    other value is 400 "Invalid value for ?passing". The emulation took every other value as true."""
+    from harness.backends.local.consul_api import ApiError, ConsulApi
+
+    api = ConsulApi(_View())
+    path = "/v1/health/service/product-api-lax-1a"
+    for value in ("", "1", "t", "TRUE", "true", "0", "F", "false"):
+        assert len(api.get(path, {"passing": [value]})) == 1
+    with pytest.raises(ApiError) as err:
+        api.get(path, {"passing": ["yes"]})
+    assert (err.value.status, str(err.value)) == (400, "Invalid value for ?passing")
+
+
+def test_health_entries_carry_locality_pod_uid_and_the_sidecars_own_check() -> None:
+    """consul-k8s' endpoints controller registers both the service and its sidecar with `Locality` from the
+    node's topology.kubernetes.io/region and /zone labels, `pod-uid` in Meta, and gives the sidecar its own
+    check (CheckID `<ns>/<sidecar service ID>`, ServiceID the sidecar's). The emulation had no Locality and
+    no pod-uid, and the sidecar's check named the app's service ID."""
+    from harness.backends.local.consul_api import ConsulApi
+
+    api = ConsulApi(_View())
+    (app,) = api.get("/v1/health/service/product-api-lax-1a", {})
+    (side,) = api.get("/v1/health/service/product-api-lax-1a-sidecar-proxy", {})
+    for entry in (app, side):
+        assert entry["Service"]["Locality"] == {"Region": "us-west-2", "Zone": "us-west-2-lax-1a"}
+        assert entry["Service"]["Meta"]["pod-uid"]
+    assert app["Service"]["Meta"]["pod-uid"] == side["Service"]["Meta"]["pod-uid"]
+    sid = side["Service"]["ID"]
+    assert sid == "product-api-lax-1a-0-product-api-lax-1a-sidecar-proxy"
+    assert (side["Checks"][0]["CheckID"], side["Checks"][0]["ServiceID"]) == (f"lax/{sid}", sid)
+    assert app["Checks"][0]["CheckID"] == "lax/product-api-lax-1a-0-product-api-lax-1a"
+
+
+# --------------------------------------------------------------------------- HashiCups stand-ins
+
+
+def test_public_api_calls_product_api_as_a_fresh_go_request() -> None:
+    """public-api v0.0.7's product client (hashicups-client-go) builds a new `http.Request` per call and sets
+    only the raw token: the inbound x-request-id and trace headers are not passed on, and Go's transport
+    sends `User-Agent: Go-http-client/1.1` (and `Accept-Encoding: gzip`). The sidecar logs both: on a real
+    cluster the public-api -> product-api hop has its own `request_id` (Envoy makes one) and `user_agent`
+    "Go-http-client/1.1". The stand-in forwarded x-request-id / b3 / traceparent, sent no User-Agent, and an
+    Accept header the client never sets, so those two access-log fields differed."""
+    from harness.backends.local.apps._http import Request, UpstreamResponse
+    from harness.backends.local.apps.public_api import PublicApi
+
+    sent: list[list[tuple[str, str]]] = []
+
+    class Product:
+        def request(self, method: str, path: str, body: Any = None, headers: Any = ()) -> UpstreamResponse:
+            sent.append(list(headers))
+            return UpstreamResponse(200, [], b"[]")
+
+    api = PublicApi(Product(), Product())  # type: ignore[arg-type]
+    inbound = [
+        ("Content-Type", "application/json"),
+        ("X-Request-Id", "3f1c-user-request"),
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("X-B3-TraceId", "80f198ee56343ba864fe8b2a57d3eff7"),
+        ("User-Agent", "locust/2.47"),
+        ("Authorization", "Bearer tok"),
+    ]
+    body = json.dumps({"query": "{ coffees { id } }"}).encode()
+    reply = api.handle(Request("POST", "/api", "/api", inbound, body, ("127.0.0.1", 1)))
+    assert reply.status == 200
+    (headers,) = sent
+    got = {k.lower(): v for k, v in headers}
+    assert got == {"user-agent": "Go-http-client/1.1", "accept-encoding": "gzip", "authorization": "tok"}

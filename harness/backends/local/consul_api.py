@@ -42,6 +42,7 @@ import re
 import socket
 import ssl
 import threading
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -172,7 +173,10 @@ def discovery_chain(mesh: MeshConfig, ref: ServiceRef) -> dict[str, Any]:
         if len(node.targets) > 1:
             resolver["Failover"] = {"Targets": [target_id(t.service, dc) for t in node.targets[1:]]}
         nodes[f"resolver:{tid}"] = {"Type": "resolver", "Name": tid, "Resolver": resolver}
-        for t in node.targets:
+        for i, t in enumerate(node.targets):
+            # Consul resolves each failover target through its own resolver (getResolverNode), which sets the
+            # target's ConnectTimeout; the Envoy child clusters still take the primary's (mesh.envoy).
+            own = ct if i == 0 else go_duration(mesh._resolver_node(t.service, None)[0].connect_timeout_s)
             targets[target_id(t.service, dc)] = {
                 "ID": target_id(t.service, dc),
                 "Service": t.service.name,
@@ -182,7 +186,7 @@ def discovery_chain(mesh: MeshConfig, ref: ServiceRef) -> dict[str, Any]:
                 "MeshGateway": {},
                 "Subset": {},
                 "TransparentProxy": {},
-                "ConnectTimeout": ct,
+                "ConnectTimeout": own,
                 "SNI": t.sni,
                 "Name": t.sni,
             }
@@ -246,6 +250,8 @@ class Instance:
     service: str  # Consul name
     k8s_namespace: str
     passing: bool
+    region: str = ""  # the node's topology.kubernetes.io/region label ("" = none: no Locality)
+    zone: str = ""  # the node's topology.kubernetes.io/zone label
 
 
 class ConsulView(Protocol):
@@ -258,10 +264,16 @@ class ConsulView(Protocol):
     def instances(self) -> list[Instance]: ...
 
 
+def pod_uid(inst: Instance) -> str:
+    """A stand-in for the pod's Kubernetes UID (local pods have none): stable per pod name and namespace."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pod:{inst.k8s_namespace}/{inst.pod}"))
+
+
 def _check(inst: Instance, service: str, service_id: str, node: str) -> dict[str, Any]:
+    """consul-k8s' one check per registration: CheckID ``<k8s namespace>/<service ID>`` (the sidecar's own)."""
     return {
         "Node": node,
-        "CheckID": f"{inst.k8s_namespace}/{inst.pod}-{inst.service}",
+        "CheckID": f"{inst.k8s_namespace}/{service_id}",
         "Name": "Kubernetes Readiness Check",
         "Status": "passing" if inst.passing else "critical",
         "Notes": "",
@@ -292,6 +304,7 @@ def health_entries(view: ConsulView, service: str, namespace: str, passing_only:
             "k8s-service-name": inst.service,
             "managed-by": "consul-k8s-endpoints-controller",
             "pod-name": inst.pod,
+            "pod-uid": pod_uid(inst),
             "synthetic-node": "true",
         }
         svc: dict[str, Any] = {
@@ -304,6 +317,8 @@ def health_entries(view: ConsulView, service: str, namespace: str, passing_only:
             "Weights": {"Passing": 1, "Warning": 1},
             "EnableTagOverride": False,
         }
+        if inst.region:  # consul-k8s' parseLocality: the node's region/zone labels, none without a region
+            svc["Locality"] = {"Region": inst.region, "Zone": inst.zone}
         if sidecar:
             svc = {"Kind": "connect-proxy", **svc}
             svc["Proxy"] = {
@@ -355,6 +370,22 @@ def _ref(mesh: MeshConfig, text: str, ns: str | None) -> ServiceRef:
     return ServiceRef(text, ns or DEFAULT_NAMESPACE)
 
 
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def _passing(query: dict[str, list[str]]) -> bool:
+    """Consul's ``?passing``: bare means true, else Go's strconv.ParseBool; anything else is a 400."""
+    if "passing" not in query:
+        return False
+    value = query["passing"][0]
+    if value == "" or value in _GO_TRUE:
+        return True
+    if value in _GO_FALSE:
+        return False
+    raise ApiError(400, "Invalid value for ?passing")
+
+
 class ConsulApi:
     """Routes of the emulated HTTP API over a `ConsulView` (kept apart from the socket for tests)."""
 
@@ -388,8 +419,7 @@ class ConsulApi:
                     names[inst.service + SIDECAR_SUFFIX] = []
             return dict(sorted(names.items()))
         if len(rest) == 3 and rest[:2] == ["health", "service"]:
-            passing = "passing" in query and (query["passing"][0] or "1").lower() not in ("0", "false")
-            return health_entries(self.view, rest[2], ns, passing)
+            return health_entries(self.view, rest[2], ns, _passing(query))
         if rest[:1] == ["config"] and len(rest) in (2, 3):
             kind = rest[1]
             if kind not in KINDS.values():
@@ -519,6 +549,8 @@ class ClusterView:
                 service=p.dep.consul_service,
                 k8s_namespace=p.dep.namespace,
                 passing=p.healthy,
+                region=p.node.labels.get(names.LABEL_REGION, ""),
+                zone=p.node.labels.get(names.LABEL_ZONE, ""),
             )
             for p in pods
         ]

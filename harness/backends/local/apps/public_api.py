@@ -88,8 +88,10 @@ APP = "public-api"
 PRODUCT_TIMEOUT_S = 10.0  # hashicups-client-go: http.Client{Timeout: 10s}
 # The payments client has no timeout in the image; a bound here only keeps threads from piling up forever.
 PAYMENTS_TIMEOUT_S = 120.0
-# Headers copied to product-api: the raw token (the image strips "Bearer ") and trace context.
-_PROPAGATED = ("x-request-id", "traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled")
+# What hashicups-client-go's fresh `http.Request` carries to product-api besides the raw token (the image
+# strips "Bearer "): Go's transport headers, nothing of the inbound request (no x-request-id, no trace
+# context), so the sidecar logs the hop with its own request_id and this user_agent, as on a real cluster.
+_GO_CLIENT_HEADERS = (("User-Agent", "Go-http-client/1.1"), ("Accept-Encoding", "gzip"))
 # The image's router middleware adds these to every routed response (not to mux 404s).
 _ROUTED_HEADERS = [("Strict-Transport-Security", "max-age=31536000; includeSubDomains")]
 PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
@@ -138,7 +140,7 @@ def make_schema() -> GraphQLSchema:
 
 
 class Upstream:
-    """What resolvers get as ``info.context``: product-api and the request's propagated headers."""
+    """What resolvers get as ``info.context``: product-api and the headers each call to it carries."""
 
     def __init__(self, product_api: UpstreamClient, headers: list[tuple[str, str]]) -> None:
         self.product_api = product_api
@@ -147,7 +149,7 @@ class Upstream:
     def get_json(self, path: str) -> Any:
         """GET `path` on product-api; an Exception worded like hashicups-client-go on any failure."""
         try:
-            resp = self.product_api.request("GET", path, headers=[("Accept", "application/json"), *self.headers])
+            resp = self.product_api.request("GET", path, headers=self.headers)
         except UpstreamError as exc:
             raise Exception(go_transport_error(exc)) from exc
         body = resp.body.decode("utf-8", "replace")
@@ -358,7 +360,7 @@ class PublicApi:
 
     def api(self, req: Request) -> Reply:
         """gqlgen's transports: OPTIONS, GET (queries), POST application/json; anything else 400."""
-        headers = [(k, v) for k, v in req.headers if k.lower() in _PROPAGATED]
+        headers = list(_GO_CLIENT_HEADERS)
         auth = req.header("Authorization")
         if auth:
             headers.append(("Authorization", auth.removeprefix("Bearer ")))
