@@ -109,7 +109,11 @@ module does all of that, each behaviour taken from the source named here:
   entrypoint, `/kind/old-ipv4` -> /var/lib/kubelet/kubeadm-flags.env), and the
   Node's InternalIP follows once the kubelet runs (the sim: always a fresh
   address, the case a harness must survive); `docker inspect` answers each
-  container's state and address; `labels` become node labels; JoinConfiguration
+  container's state and address. `docker start` returns while kind's
+  entrypoint still runs as PID 1 (`cat /proc/1/comm` says `entrypoint` until
+  it execs systemd); its `iptables-save | sed | iptables-restore` undoes rules
+  written meanwhile (the sim: any written while it runs). `labels` become node
+  labels; JoinConfiguration
   `nodeRegistration.taints` / `register-with-taints`; `extraPortMappings`
   publish a node port on the host (hostPort unset: a random one, kept across
   restarts; read with `docker port`); NodePort needs nodePort == containerPort
@@ -351,6 +355,7 @@ class SimTimings:
     node_grace_s: float = 1.0  # node-monitor-grace-period; real 40 s / 50 s
     eviction_s: float = 300.0  # tolerationSeconds of not-ready/unreachable; real 300 s
     node_boot_s: float = 0.2  # docker start -> kubelet posts Ready
+    entrypoint_s: float = 0.05  # docker start -> kind's entrypoint execs systemd (its iptables rewrite is before)
     crd_sync_s: float = 0.05  # consul-k8s reconcile; real ~100 ms
     pv_resync_s: float = 1.0  # the PV controller repeats a pending claim's event (count+1); real: 15 s resync
     # `helm --wait --timeout 15m` is capped at this in tests: far above the sim's bring-up (~1 s), so that a
@@ -370,6 +375,10 @@ class NodeRun:
     next_ip: int = 2
     ip: str = ""  # kind: the container's address on Docker's `kind` network ("" while stopped)
     scripts: list[str] = field(default_factory=list)  # docker exec scripts, in order
+    # the last iptables script whose rules hold in the node's network namespace now (None: none; a restarted
+    # container has a fresh one, and a script run while kind's entrypoint runs is undone by it)
+    in_force: str | None = None
+    entrypoint_until: float | None = None  # kind's entrypoint is PID 1 until then (after a docker start)
     port_maps: dict[int, int] = field(default_factory=dict)  # containerPort -> host port
     notready_marked: bool = False
 
@@ -2911,11 +2920,13 @@ class ClusterSim:
                 if cmd == "stop":
                     await self.node_down(n)
                     self.nodes[n].ip = ""  # the endpoint on the `kind` network is released
+                    self.nodes[n].in_force = None  # the network namespace goes with the container's process
                 elif not self.nodes[n].up:
                     self.node_up(n)
                     # a new endpoint, a new address (the old one is free for whoever starts next)
                     self.nodes[n].ip = f"172.18.0.{self.kind_network_next}"
                     self.kind_network_next += 1
+                    self.nodes[n].entrypoint_until = time.time() + min(self.t.entrypoint_s, self.t.node_boot_s)
             return {"rc": 0, "stdout": "\n".join(rest) + "\n"}
         if cmd == "inspect":
             return self._docker_inspect(rest)
@@ -2925,10 +2936,22 @@ class ClusterSim:
                 return {"rc": 1, "stderr": f"Error response from daemon: No such container: {node}"}
             if not self.nodes[node].up:
                 return {"rc": 1, "stderr": f"Error response from daemon: container {node} is not running"}
+            nrun = self.nodes[node]
+            in_entrypoint = nrun.entrypoint_until is not None and time.time() < nrun.entrypoint_until
+            if rest[1:] == ["cat", "/proc/1/comm"]:
+                # PID 1: kind's entrypoint (a bash script: comm is its file name) until it execs /sbin/init,
+                # which systemd renames to itself (images/base/files/usr/local/bin/entrypoint, `exec "$@"`)
+                return {"rc": 0, "stdout": "entrypoint\n" if in_entrypoint else "systemd\n"}
             if "netem" in script and not self.netem_available:
                 # What tc says when the kernel cannot load sch_netem (WSL2 and some kernels).
                 return {"rc": 2, "stderr": "Error: Specified qdisc kind is unknown."}
-            self.nodes[node].scripts.append(script)
+            nrun.scripts.append(script)
+            if "iptables" in script and not in_entrypoint:
+                nrun.in_force = script
+            # While the entrypoint runs, its enable_network_magic does `iptables-save | sed | iptables-restore`
+            # (every table, flushed and refilled from the dump): rules added after the dump are gone when it
+            # is restored. The sim takes the worst case: a rule set written while the entrypoint runs does
+            # not hold.
             return {"rc": 0}
         if cmd == "port":
             node = rest[0]

@@ -163,12 +163,19 @@ def test_up_reuses_an_existing_cluster(api: FakeApiServer, tools: Tools, tmp_pat
 
 def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools, api: FakeApiServer) -> None:
     backend, _m = up
+    api.sim.t.entrypoint_s = 0.0  # each node's entrypoint is done by the first look (its wait: test_kube_likeness)
     tools.reset()
     backend.kill_node("edge-worker3")
     backend.restore_node("edge-worker3")
     backend.zone_outage("us-west-2a")
     backend.restore_zone("us-west-2a")
     calls = tools.calls()
+    # after each start, PID 1 is asked until kind's entrypoint has handed over to systemd (once here: it has)
+    booted = [c for c in calls if c[3:] == ["cat", "/proc/1/comm"]]
+    assert booted == [["docker", "exec", "edge-worker3", "cat", "/proc/1/comm"],
+                      ["docker", "exec", "edge-worker", "cat", "/proc/1/comm"]]  # fmt: skip
+    assert calls.index(booted[0]) == 2 and calls.index(booted[1]) == 10
+    calls = [c for c in calls if c not in booted]
     edge_nodes = ["edge-worker3", "edge-worker4", "edge-worker5", "edge-worker6"]
     assert calls[0] == ["docker", "stop", "edge-worker3"]
     assert calls[1] == ["docker", "start", "edge-worker3"]

@@ -72,7 +72,7 @@ def test_a_restarted_node_under_a_new_address_is_named_by_every_edge_nodes_rules
     try:
         edge = ["edge-worker3", "edge-worker4", "edge-worker5", "edge-worker6"]  # lax, las, phx, wl1-sfo
         running = lambda n: sim.call(lambda: sim.nodes[n].up)  # noqa: E731
-        in_force = lambda n: sim.call(lambda: sim.nodes[n].scripts[-1])  # noqa: E731
+        in_force = lambda n: sim.call(lambda: sim.nodes[n].in_force) or ""  # noqa: E731
         ip = lambda n: sim.call(lambda: sim.nodes[n].ip)  # noqa: E731
 
         # an edge node restarts: every other edge zone drops it at its new address, none at the old one
@@ -102,5 +102,29 @@ def test_a_restarted_node_under_a_new_address_is_named_by_every_edge_nodes_rules
         # the kubelet reports the new address once it runs (what `kubectl get nodes -o wide` shows)
         shown = lambda: {n.name: n.internal_ip for n in backend.cluster.node_infos()}["edge-worker"]  # noqa: E731
         assert wait_until(lambda: shown() == az_new)
+    finally:
+        backend.close()
+
+
+def test_rules_after_a_restart_are_set_once_kinds_entrypoint_is_done(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """`docker start` returns as soon as the container's PID 1 runs, and that is kind's entrypoint, which
+    rewrites every iptables table (`iptables-save | sed | iptables-restore`, enable_network_magic) before it
+    execs systemd: rules written meanwhile can be gone. A restored edge node must hold its rules afterwards."""
+    sim = api.sim
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path))
+    try:
+        sim.t.entrypoint_s = 2.0  # real: a second or two (cgroup and mount fix-ups, the iptables rewrite)
+        sim.t.node_boot_s = 3.0
+        backend.kill_node("edge-worker4")
+        assert sim.call(lambda: sim.nodes["edge-worker4"].in_force) is None  # a fresh netns when it starts
+        backend.restore_node("edge-worker4")
+        rules = sim.call(lambda: sim.nodes["edge-worker4"].in_force)
+        assert rules is not None and "iptables -A EH-CHAOS" in rules, "las-1a came back without its edge rules"
+        backend.zone_outage(LAX)
+        backend.restore_zone(LAX)
+        assert "iptables -A EH-CHAOS" in (sim.call(lambda: sim.nodes["edge-worker3"].in_force) or "")
     finally:
         backend.close()

@@ -35,7 +35,12 @@ come from Docker (`docker inspect`: the container's endpoint now; a stopped
 one has none), not from the Node objects, and a restore re-imposes the rules
 on every running edge node, not only the restarted one: the other edge zones
 drop it, and every service link and partition names the Region's nodes, at
-the address each has now. What Kubernetes then shows is
+the address each has now. `docker start` returns while kind's entrypoint
+still runs as the container's PID 1, and it rewrites every iptables table
+(`iptables-save | sed | iptables-restore`, enable_network_magic in
+images/base/files/usr/local/bin/entrypoint) before it execs systemd: rules
+written meanwhile could be gone. So a restore waits until PID 1 is no longer
+the entrypoint (`/proc/1/comm`) before it sets them. What Kubernetes then shows is
 Kubernetes' business: the pods stay Ready in the API until the node
 controller's grace period (40-50 s) ends, and come back with new IPs; the
 inventory watch records what the API says, when it says it.
@@ -54,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,6 +80,9 @@ if TYPE_CHECKING:
 CHAIN = "EH-CHAOS"
 # One line per node container: its name, whether it runs, its address on each network (kind's one; none stopped)
 INSPECT_FORMAT = "{{.Name}} {{.State.Running}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+# PID 1 of a kind node while its entrypoint (a bash script: comm is the file's name) runs, before `exec /sbin/init`
+ENTRYPOINT_COMM = "entrypoint"
+BOOT_TIMEOUT_S = 120.0
 ENTRY_VARIANT = "kind.yaml"  # entry/kind.yaml: the per-zone NodePort Services
 # The construct the service-link rules use (prio qdisc, netem child, u32 filter), tried on the node's
 # loopback and removed again: fails exactly when the host kernel cannot provide one of the modules.
@@ -468,14 +477,35 @@ class KindBackend(KubeBackend):
 
     def restore_node(self, node: str) -> None:
         self._run("docker", "start", node)
+        self._wait_entrypoint([node])
         self._impose()
 
     def zone_outage(self, zone: str) -> None:
         self._run("docker", "stop", *self._zone_nodes(zone))
 
     def restore_zone(self, zone: str) -> None:
-        self._run("docker", "start", *self._zone_nodes(zone))
+        nodes = self._zone_nodes(zone)
+        self._run("docker", "start", *nodes)
+        self._wait_entrypoint(nodes)
         self._impose()
+
+    def _wait_entrypoint(self, nodes: Sequence[str], timeout_s: float = BOOT_TIMEOUT_S) -> None:
+        """Until kind's entrypoint in each started node container has handed PID 1 over to systemd."""
+        deadline = time.monotonic() + timeout_s
+        for node in nodes:
+            while True:
+                proc = self._run("docker", "exec", node, "cat", "/proc/1/comm", check=False, timeout=30)
+                comm = (proc.stdout or "").strip()
+                if proc.returncode == 0 and comm != ENTRYPOINT_COMM:
+                    break
+                if time.monotonic() >= deadline:
+                    err = (proc.stderr or "").strip().splitlines()
+                    why = f"PID 1 is still {comm!r}" if proc.returncode == 0 else (err[-1] if err else "no answer")
+                    raise BackendError(
+                        f"{node}: kind's entrypoint did not hand over to systemd {timeout_s:.0f}s after "
+                        f"`docker start` ({why}); see `docker logs {node}`"
+                    )
+                time.sleep(0.2)
 
     def _require_edge(self, zone: str, what: str) -> None:
         if not self._edge_nodes(zone):
