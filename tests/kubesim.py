@@ -101,7 +101,19 @@ module does all of that, each behaviour taken from the source named here:
   (`access_reviews` keeps what was asked; `review_refusal` makes the API
   refuse it, as a restricted cluster may).
 - kind: node names `<cluster>-control-plane`, `<cluster>-worker`,
-  `<cluster>-worker2`...; `labels` become node labels; JoinConfiguration
+  `<cluster>-worker2`...; each node container gets an address on Docker's
+  `kind` network, released at `docker stop` and allocated anew at `docker
+  start`, so a restarted node may come back under another address
+  (kubernetes-sigs/kind#2045, #3071); kind's entrypoint then rewrites the old
+  address in the kubelet's `node-ip` (images/base/files/usr/local/bin/
+  entrypoint, `/kind/old-ipv4` -> /var/lib/kubelet/kubeadm-flags.env), and the
+  Node's InternalIP follows once the kubelet runs (the sim: always a fresh
+  address, the case a harness must survive); `docker inspect` answers each
+  container's state and address. `docker start` returns while kind's
+  entrypoint still runs as PID 1 (`cat /proc/1/comm` says `entrypoint` until
+  it execs systemd); its `iptables-save | sed | iptables-restore` undoes rules
+  written meanwhile (the sim: any written while it runs). `labels` become node
+  labels; JoinConfiguration
   `nodeRegistration.taints` / `register-with-taints`; `extraPortMappings`
   publish a node port on the host (hostPort unset: a random one, kept across
   restarts; read with `docker port`); NodePort needs nodePort == containerPort
@@ -343,6 +355,7 @@ class SimTimings:
     node_grace_s: float = 1.0  # node-monitor-grace-period; real 40 s / 50 s
     eviction_s: float = 300.0  # tolerationSeconds of not-ready/unreachable; real 300 s
     node_boot_s: float = 0.2  # docker start -> kubelet posts Ready
+    entrypoint_s: float = 0.05  # docker start -> kind's entrypoint execs systemd (its iptables rewrite is before)
     crd_sync_s: float = 0.05  # consul-k8s reconcile; real ~100 ms
     pv_resync_s: float = 1.0  # the PV controller repeats a pending claim's event (count+1); real: 15 s resync
     # `helm --wait --timeout 15m` is capped at this in tests: far above the sim's bring-up (~1 s), so that a
@@ -360,7 +373,12 @@ class NodeRun:
     down_since: float | None = None
     boot_at: float | None = None
     next_ip: int = 2
+    ip: str = ""  # kind: the container's address on Docker's `kind` network ("" while stopped)
     scripts: list[str] = field(default_factory=list)  # docker exec scripts, in order
+    # the last iptables script whose rules hold in the node's network namespace now (None: none; a restarted
+    # container has a fresh one, and a script run while kind's entrypoint runs is undone by it)
+    in_force: str | None = None
+    entrypoint_until: float | None = None  # kind's entrypoint is PID 1 until then (after a docker start)
     port_maps: dict[int, int] = field(default_factory=dict)  # containerPort -> host port
     notready_marked: bool = False
 
@@ -508,6 +526,7 @@ class ClusterSim:
         self.pods: dict[str, PodRun] = {}  # uid -> run state
         self.consul: Consul | None = None
         self.kind_cluster: str | None = None
+        self.kind_network_next = 2  # the next address Docker hands out on the `kind` network (172.18.0.N)
         self.host_listeners: list[Any] = []
         self.netem_available = True  # the host kernel has sch_netem (kind node containers share it)
         self.netpol_enforced = True  # the CNI enforces NetworkPolicy (EKS: VPC CNI network policy on)
@@ -1186,6 +1205,11 @@ class ClusterSim:
                         self.delete("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
             if nrun.up and nrun.boot_at is not None and now >= nrun.boot_at:
                 nrun.boot_at = None
+                addresses = (node.get("status") or {}).get("addresses") or []
+                if nrun.ip and any(a.get("type") == "InternalIP" and a.get("address") != nrun.ip for a in addresses):
+                    # kind's entrypoint put the new address in the kubelet's node-ip; the kubelet reports it
+                    fresh = [{**a, "address": nrun.ip} if a.get("type") == "InternalIP" else a for a in addresses]
+                    self.patch("v1", "nodes", None, name, {"status": {"addresses": fresh}})
                 for pod in self._pods_on(name):  # the kubelet's first sync: its containers are not running
                     if self._pod_ready(pod) and not pod["metadata"].get("deletionTimestamp"):
                         self._set_pod_ready(pod, False)
@@ -2854,6 +2878,8 @@ class ClusterSim:
                         k, _, v = kv.partition("=")
                         taints.append({"key": k, "value": v, "effect": effect})
             self.add_node(node_name, labels, ip=f"172.18.0.{i + 2}", cidr=f"10.244.{i}.0/24", taints=taints or None)
+            self.nodes[node_name].ip = f"172.18.0.{i + 2}"
+            self.kind_network_next = max(self.kind_network_next, i + 3)
             for m in n.get("extraPortMappings") or []:
                 try:
                     await self.publish(
@@ -2893,19 +2919,39 @@ class ClusterSim:
             for n in rest:
                 if cmd == "stop":
                     await self.node_down(n)
-                else:
+                    self.nodes[n].ip = ""  # the endpoint on the `kind` network is released
+                    self.nodes[n].in_force = None  # the network namespace goes with the container's process
+                elif not self.nodes[n].up:
                     self.node_up(n)
+                    # a new endpoint, a new address (the old one is free for whoever starts next)
+                    self.nodes[n].ip = f"172.18.0.{self.kind_network_next}"
+                    self.kind_network_next += 1
+                    self.nodes[n].entrypoint_until = time.time() + min(self.t.entrypoint_s, self.t.node_boot_s)
             return {"rc": 0, "stdout": "\n".join(rest) + "\n"}
+        if cmd == "inspect":
+            return self._docker_inspect(rest)
         if cmd == "exec":
             node, script = rest[0], rest[-1]
             if node not in self.nodes:
                 return {"rc": 1, "stderr": f"Error response from daemon: No such container: {node}"}
             if not self.nodes[node].up:
                 return {"rc": 1, "stderr": f"Error response from daemon: container {node} is not running"}
+            nrun = self.nodes[node]
+            in_entrypoint = nrun.entrypoint_until is not None and time.time() < nrun.entrypoint_until
+            if rest[1:] == ["cat", "/proc/1/comm"]:
+                # PID 1: kind's entrypoint (a bash script: comm is its file name) until it execs /sbin/init,
+                # which systemd renames to itself (images/base/files/usr/local/bin/entrypoint, `exec "$@"`)
+                return {"rc": 0, "stdout": "entrypoint\n" if in_entrypoint else "systemd\n"}
             if "netem" in script and not self.netem_available:
                 # What tc says when the kernel cannot load sch_netem (WSL2 and some kernels).
                 return {"rc": 2, "stderr": "Error: Specified qdisc kind is unknown."}
-            self.nodes[node].scripts.append(script)
+            nrun.scripts.append(script)
+            if "iptables" in script and not in_entrypoint:
+                nrun.in_force = script
+            # While the entrypoint runs, its enable_network_magic does `iptables-save | sed | iptables-restore`
+            # (every table, flushed and refilled from the dump): rules added after the dump are gone when it
+            # is restored. The sim takes the worst case: a rule set written while the entrypoint runs does
+            # not hold.
             return {"rc": 0}
         if cmd == "port":
             node = rest[0]
@@ -2928,6 +2974,23 @@ class ClusterSim:
                 return {"rc": 1, "stderr": f"fake docker: unsupported network inspect {rest}"}
             return {"rc": 0, "stdout": "172.18.0.1 fc00:f853:ccd:e793::1 \n"}
         return {"rc": 1, "stderr": f"fake docker: unsupported {cmd}"}
+
+    DOCKER_INSPECT_FORMAT = "{{.Name}} {{.State.Running}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+
+    def _docker_inspect(self, rest: list[str]) -> Obj:
+        """`docker inspect --format F NAME...`: one line per container it finds, `Error: No such object` for
+        the others (exit 1, the found ones still printed). Only the format the harness asks for: a stopped
+        container has no endpoint, so no address."""
+        if rest[:1] != ["--format"] or len(rest) < 3 or rest[1] != self.DOCKER_INSPECT_FORMAT:
+            return {"rc": 1, "stderr": f"fake docker: unsupported inspect {rest}"}
+        out, err = [], []
+        for n in rest[2:]:
+            nrun = self.nodes.get(n)
+            if nrun is None:
+                err.append(f"Error: No such object: {n}")
+                continue
+            out.append(f"/{n} {'true' if nrun.up else 'false'} {nrun.ip if nrun.up else ''} ")
+        return {"rc": 1 if err else 0, "stdout": "".join(x + "\n" for x in out), "stderr": "\n".join(err)}
 
     # -- helm (the consul chart) ----------------------------------------------------------
     async def helm_install(

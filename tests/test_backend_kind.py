@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from harness.backends.kind import NETEM_PROBE, KindBackend, kind_available
+from harness.backends.kind import INSPECT_FORMAT, NETEM_PROBE, KindBackend, kind_available
 from harness.errors import BackendError
 from harness.render.manifests import Manifests
 from tests import kubesim_tools
@@ -112,8 +112,11 @@ def test_up_issues_exactly_the_documented_commands(
     ]  # fmt: skip
     edge_nodes = ["edge-worker3", "edge-worker4", "edge-worker5", "edge-worker6"]  # kind: workers in config order
     assert calls[4] == ["docker", "exec", "edge-worker3", "sh", "-c", NETEM_PROBE]
-    assert [c[:5] for c in calls[5:9]] == [["docker", "exec", n, "sh", "-c"] for n in edge_nodes]
-    assert calls[9:] == [["docker", "port", "edge-control-plane", f"{p}/tcp"] for p in range(30100, 30106)]
+    # the rules name every node at the address Docker gave its container (a Node object may lag behind)
+    nodes_ = ["edge-control-plane", "edge-worker", "edge-worker2", *edge_nodes]
+    assert calls[5] == ["docker", "inspect", "--format", INSPECT_FORMAT, *nodes_]
+    assert [c[:5] for c in calls[6:10]] == [["docker", "exec", n, "sh", "-c"] for n in edge_nodes]
+    assert calls[10:] == [["docker", "port", "edge-control-plane", f"{p}/tcp"] for p in range(30100, 30106)]
     written = yaml.safe_load((wd / "kind-config.yaml").read_text())
     assert written == {**m.kind_config, "name": "edge"}
     assert yaml.safe_load((wd / "consul-values.yaml").read_text()) == m.helm_values
@@ -124,7 +127,7 @@ def test_up_issues_exactly_the_documented_commands(
     raw = backend.cluster.request("GET", "/api/v1/nodes/edge-worker3")
     assert {"key": "edge-harness.io/edge-zone", "value": LAX, "effect": "NoSchedule"} in raw["spec"]["taints"]
     # lax-1a's script: other LZs dropped both ways, Region peers delayed by the service link (12 ms)
-    lax = calls[5][5]
+    lax = calls[6][5]
     for cidr in ("172.18.0.6/32", "10.244.4.0/24", "172.18.0.7/32", "10.244.5.0/24"):
         assert f"iptables -A EH-CHAOS -d {cidr} -j DROP" in lax and f"iptables -A EH-CHAOS -s {cidr} -j DROP" in lax
     assert "10.244.1.0/24 -j DROP" not in lax and "172.18.0.2/32 -j DROP" not in lax
@@ -158,24 +161,41 @@ def test_up_reuses_an_existing_cluster(api: FakeApiServer, tools: Tools, tmp_pat
     again.close()
 
 
-def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools) -> None:
+def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools, api: FakeApiServer) -> None:
     backend, _m = up
+    api.sim.t.entrypoint_s = 0.0  # each node's entrypoint is done by the first look (its wait: test_kube_likeness)
     tools.reset()
     backend.kill_node("edge-worker3")
     backend.restore_node("edge-worker3")
     backend.zone_outage("us-west-2a")
     backend.restore_zone("us-west-2a")
     calls = tools.calls()
+    # after each start, PID 1 is asked until kind's entrypoint has handed over to systemd (once here: it has)
+    booted = [c for c in calls if c[3:] == ["cat", "/proc/1/comm"]]
+    assert booted == [["docker", "exec", "edge-worker3", "cat", "/proc/1/comm"],
+                      ["docker", "exec", "edge-worker", "cat", "/proc/1/comm"]]  # fmt: skip
+    assert calls.index(booted[0]) == 2 and calls.index(booted[1]) == 10
+    calls = [c for c in calls if c not in booted]
+    edge_nodes = ["edge-worker3", "edge-worker4", "edge-worker5", "edge-worker6"]
     assert calls[0] == ["docker", "stop", "edge-worker3"]
     assert calls[1] == ["docker", "start", "edge-worker3"]
-    assert calls[2][:4] == ["docker", "exec", "edge-worker3", "sh"]  # rules re-imposed on the fresh netns
-    assert calls[3:] == [["docker", "stop", "edge-worker"], ["docker", "start", "edge-worker"]]  # AZ: no edge rules
+    # the restarted container's address may be new (Docker gave it a new endpoint): every edge node's rules,
+    # its own on the fresh netns and the others' naming it, are set again at the addresses Docker says now
+    assert calls[2][:4] == ["docker", "inspect", "--format", INSPECT_FORMAT]
+    assert [c[:4] for c in calls[3:7]] == [["docker", "exec", n, "sh"] for n in edge_nodes]
+    assert calls[7:9] == [["docker", "stop", "edge-worker"], ["docker", "start", "edge-worker"]]
+    # an AZ node too: every service link (and a partition) names the Region's nodes
+    assert calls[9][:2] == ["docker", "inspect"] and [c[:3] for c in calls[10:]] == [
+        ["docker", "exec", n] for n in edge_nodes
+    ]
 
+    az = api.sim.call(lambda: api.sim.nodes["edge-worker"].ip)  # us-west-2a's node, restarted above
+    assert az != "172.18.0.3"  # ...under a new address
     tools.reset()
     backend.partition_zone(LAX)
     backend.set_link(LAX, 150, 5)
     script = tools.calls()[-1][5]
-    for cidr in ("172.18.0.3/32", "10.244.1.0/24", "172.18.0.2/32"):
+    for cidr in (f"{az}/32", "10.244.1.0/24", "172.18.0.2/32"):
         assert f"iptables -A EH-CHAOS -d {cidr} -j DROP" in script  # partitioned from the Region
     # ...but users still enter the cut-off zone: their NodePort traffic, source-NATed to the control-plane,
     # reaches the entry Services' target (nginx, 80) and its answers go back, ahead of the drops
@@ -188,9 +208,9 @@ def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools) -> None
     backend.heal_zone(LAX)
     backend.clear_link(LAX)
     script = tools.calls()[-1][5]
-    assert "172.18.0.3/32 -j DROP" not in script and "netem delay 12ms\n" in script
+    assert f"{az}/32 -j DROP" not in script and "netem delay 12ms\n" in script
     assert "ACCEPT" not in script  # healed: nothing is dropped, nothing needs letting through
-    assert all(c[2] == "edge-worker3" for c in tools.calls())
+    assert all(c[2] == "edge-worker3" for c in tools.calls() if c[1] == "exec")
 
     with pytest.raises(BackendError, match="us-west-2a is not an edge zone"):
         backend.partition_zone("us-west-2a")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.chaos import actions
+from tests.conftest import wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_kind import Tools, kind_backend
@@ -45,5 +46,85 @@ def test_kill_node_returns_only_when_the_restarted_nodes_pods_run_again(
             lambda: sorted(p["metadata"]["name"] for p in api.sim.pods_of(zone=LAX) if not api.sim._alive(p))
         )
         assert not_running == [], f"kill_node returned while {not_running} were still down"
+    finally:
+        backend.close()
+
+
+def _drops(script: str) -> set[str]:
+    lines = script.splitlines()
+    return {x.split()[4] for x in lines if x.startswith("iptables -A EH-CHAOS -d ") and x.endswith("DROP")}
+
+
+def _delayed(script: str) -> set[str]:
+    return {line.split("match ip dst ")[1].split()[0] for line in script.splitlines() if "match ip dst " in line}
+
+
+def test_a_restarted_node_under_a_new_address_is_named_by_every_edge_nodes_rules(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """`docker start` gives a kind node a new endpoint on Docker's network, and its address may change
+    (kubernetes-sigs/kind#2045, #3071; kind's entrypoint rewrites /kind/old-ipv4 into the kubelet's node-ip).
+    The edge rules name node addresses: every edge node's rules must name the address the node has now,
+    not the one it had (which Docker may hand to the next container it starts)."""
+    sim = api.sim
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path))
+    try:
+        edge = ["edge-worker3", "edge-worker4", "edge-worker5", "edge-worker6"]  # lax, las, phx, wl1-sfo
+        running = lambda n: sim.call(lambda: sim.nodes[n].up)  # noqa: E731
+        in_force = lambda n: sim.call(lambda: sim.nodes[n].in_force) or ""  # noqa: E731
+        ip = lambda n: sim.call(lambda: sim.nodes[n].ip)  # noqa: E731
+
+        # an edge node restarts: every other edge zone drops it at its new address, none at the old one
+        las_old = ip("edge-worker4")
+        backend.kill_node("edge-worker4")
+        backend.restore_node("edge-worker4")
+        las_new = ip("edge-worker4")
+        assert las_new != las_old  # the sim's Docker hands out a fresh address
+        for n in ("edge-worker3", "edge-worker5", "edge-worker6"):
+            assert f"{las_new}/32" in _drops(in_force(n)), f"{n} does not drop las-1a's node at {las_new}"
+            assert f"{las_old}/32" not in _drops(in_force(n)), f"{n} still drops las-1a's old address {las_old}"
+
+        # a Region node restarts: every edge node's service link delays it at its new address; a partitioned
+        # zone cuts it there too
+        backend.partition_zone(LAX)
+        az_old = ip("edge-worker")
+        backend.zone_outage("us-west-2a")
+        backend.restore_zone("us-west-2a")
+        az_new = ip("edge-worker")
+        assert az_new != az_old
+        for n in edge:
+            assert running(n)
+            assert f"{az_new}/32" in _delayed(in_force(n)) and f"{az_old}/32" not in _delayed(in_force(n)), n
+        lax = _drops(in_force("edge-worker3"))  # partitioned
+        assert f"{az_new}/32" in lax and f"{az_old}/32" not in lax
+
+        # the kubelet reports the new address once it runs (what `kubectl get nodes -o wide` shows)
+        shown = lambda: {n.name: n.internal_ip for n in backend.cluster.node_infos()}["edge-worker"]  # noqa: E731
+        assert wait_until(lambda: shown() == az_new)
+    finally:
+        backend.close()
+
+
+def test_rules_after_a_restart_are_set_once_kinds_entrypoint_is_done(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """`docker start` returns as soon as the container's PID 1 runs, and that is kind's entrypoint, which
+    rewrites every iptables table (`iptables-save | sed | iptables-restore`, enable_network_magic) before it
+    execs systemd: rules written meanwhile can be gone. A restored edge node must hold its rules afterwards."""
+    sim = api.sim
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path))
+    try:
+        sim.t.entrypoint_s = 2.0  # real: a second or two (cgroup and mount fix-ups, the iptables rewrite)
+        sim.t.node_boot_s = 3.0
+        backend.kill_node("edge-worker4")
+        assert sim.call(lambda: sim.nodes["edge-worker4"].in_force) is None  # a fresh netns when it starts
+        backend.restore_node("edge-worker4")
+        rules = sim.call(lambda: sim.nodes["edge-worker4"].in_force)
+        assert rules is not None and "iptables -A EH-CHAOS" in rules, "las-1a came back without its edge rules"
+        backend.zone_outage(LAX)
+        backend.restore_zone(LAX)
+        assert "iptables -A EH-CHAOS" in (sim.call(lambda: sim.nodes["edge-worker3"].in_force) or "")
     finally:
         backend.close()

@@ -25,8 +25,22 @@ every kind node image ships (iptables, tc):
   their zone directly.
 
 A node kill is real: `docker stop` of the node container; `docker start`
-brings it back and the node's network rules are re-imposed (a restarted
-container has a fresh network namespace). What Kubernetes then shows is
+brings it back and the network rules are re-imposed (a restarted container
+has a fresh network namespace). The rules name node addresses, and a
+restarted container gets a new endpoint on Docker's `kind` network whose
+address may differ (kubernetes-sigs/kind#2045, #3071; kind's entrypoint
+rewrites the old address into the kubelet's node-ip for this), while the
+Node object shows the old one until the kubelet runs again. So the addresses
+come from Docker (`docker inspect`: the container's endpoint now; a stopped
+one has none), not from the Node objects, and a restore re-imposes the rules
+on every running edge node, not only the restarted one: the other edge zones
+drop it, and every service link and partition names the Region's nodes, at
+the address each has now. `docker start` returns while kind's entrypoint
+still runs as the container's PID 1, and it rewrites every iptables table
+(`iptables-save | sed | iptables-restore`, enable_network_magic in
+images/base/files/usr/local/bin/entrypoint) before it execs systemd: rules
+written meanwhile could be gone. So a restore waits until PID 1 is no longer
+the entrypoint (`/proc/1/comm`) before it sets them. What Kubernetes then shows is
 Kubernetes' business: the pods stay Ready in the API until the node
 controller's grace period (40-50 s) ends, and come back with new IPs; the
 inventory watch records what the API says, when it says it.
@@ -42,8 +56,10 @@ Deployment, the previous way in, is bound to one pod and dies with it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +78,11 @@ if TYPE_CHECKING:
     from harness.render.manifests import Manifests
 
 CHAIN = "EH-CHAOS"
+# One line per node container: its name, whether it runs, its address on each network (kind's one; none stopped)
+INSPECT_FORMAT = "{{.Name}} {{.State.Running}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+# PID 1 of a kind node while its entrypoint (a bash script: comm is the file's name) runs, before `exec /sbin/init`
+ENTRYPOINT_COMM = "entrypoint"
+BOOT_TIMEOUT_S = 120.0
 ENTRY_VARIANT = "kind.yaml"  # entry/kind.yaml: the per-zone NodePort Services
 # The construct the service-link rules use (prio qdisc, netem child, u32 filter), tried on the node's
 # loopback and removed again: fails exactly when the host kernel cannot provide one of the modules.
@@ -207,8 +228,7 @@ class KindBackend(KubeBackend):
                     "service-link faults will be refused"
                 )
             self.progress("imposing the edge network (hub-and-spoke" + (", service links)" if ok else ")"))
-        for n in edge:
-            self._apply_network(n)
+            self._impose()
         self._save_state(entry=self._published_ports())
         self.start_recording()
 
@@ -325,6 +345,33 @@ class KindBackend(KubeBackend):
     def _node_infos(self) -> list[NodeInfo]:
         return self.cluster.node_infos()
 
+    def _containers(self, names: Sequence[str]) -> dict[str, str]:
+        """Node container -> its address on Docker's network now ("" while stopped), as Docker says.
+
+        A name Docker does not know is left out (it says `No such object` for it and exits 1)."""
+        if not names:
+            return {}
+        proc = self._run("docker", "inspect", "--format", INSPECT_FORMAT, *names, check=False, timeout=60)
+        out: dict[str, str] = {}
+        for line in (proc.stdout or "").splitlines():
+            parts = line.split()
+            if len(parts) < 2:
+                continue
+            v4 = [a for a in parts[2:] if a.count(".") == 3]
+            out[parts[0].lstrip("/")] = v4[0] if parts[1] == "true" and v4 else ""
+        if not out and proc.returncode != 0:
+            err = (proc.stderr or proc.stdout or "").strip().splitlines()
+            why = err[-1] if err else f"exit {proc.returncode}"
+            raise BackendError(f"`docker inspect` of {self._where}'s nodes failed: {why}")
+        return out
+
+    def _live_nodes(self) -> tuple[list[NodeInfo], set[str]]:
+        """Every node at the address its container has now (none when stopped), and the running ones' names."""
+        nodes = self._node_infos()
+        docker = self._containers([n.name for n in nodes])
+        live = [dataclasses.replace(n, internal_ip=docker.get(n.name, n.internal_ip)) for n in nodes]
+        return live, {name for name, ip in docker.items() if ip}
+
     def _edge_nodes(self, zone: str | None = None) -> list[NodeInfo]:
         edge = [n for n in self._node_infos() if n.zone_type and n.zone_type != "availability-zone"]
         return [n for n in edge if zone is None or n.zone == zone]
@@ -337,9 +384,10 @@ class KindBackend(KubeBackend):
         link = self.manifests().topology.zone(zone).link
         return link.latency_ms, link.jitter_ms, link.loss_percent
 
-    def network_script(self, node: NodeInfo) -> str:
-        """The shell script that sets one edge node's rules from scratch (idempotent)."""
-        nodes = self._node_infos()
+    def network_script(self, node: NodeInfo, nodes: Sequence[NodeInfo] | None = None) -> str:
+        """The shell script that sets one edge node's rules from scratch (idempotent), naming the other
+        nodes at the addresses in `nodes` (by default the containers' addresses now: `_live_nodes`)."""
+        nodes = list(nodes) if nodes is not None else self._live_nodes()[0]
         partitioned = node.zone in (self._state().get("partitioned") or [])
 
         def peers(ns: Sequence[NodeInfo]) -> list[str]:
@@ -406,12 +454,22 @@ class KindBackend(KubeBackend):
                                   for cp in c.get("ports") or [] if cp.get("name") == target}  # fmt: skip
         return sorted(ports)
 
-    def _apply_network(self, node: NodeInfo) -> None:
-        self._run("docker", "exec", node.name, "sh", "-c", self.network_script(node))
+    def _impose(self, zone: str | None = None) -> None:
+        """Set the rules of `zone`'s edge nodes, or of every running edge node, at the nodes' addresses now.
+
+        A zone's nodes get theirs whether they run or not (into a stopped one `docker exec` fails, and says
+        so). Every running edge node is `up`'s case and a restore's: a restarted node may be back under a new
+        address that all the others' rules must name; one still stopped gets its rules when it is restored.
+        """
+        nodes, running = self._live_nodes()
+        for n in nodes:
+            if not n.zone_type or n.zone_type == "availability-zone":
+                continue
+            if (n.zone == zone) if zone is not None else (n.name in running):
+                self._run("docker", "exec", n.name, "sh", "-c", self.network_script(n, nodes))
 
     def _reapply_zone(self, zone: str) -> None:
-        for n in self._edge_nodes(zone):
-            self._apply_network(n)
+        self._impose(zone)
 
     # -- chaos ---------------------------------------------------------------
     def kill_node(self, node: str) -> None:
@@ -419,16 +477,35 @@ class KindBackend(KubeBackend):
 
     def restore_node(self, node: str) -> None:
         self._run("docker", "start", node)
-        info = next((n for n in self._edge_nodes() if n.name == node), None)
-        if info is not None:
-            self._apply_network(info)
+        self._wait_entrypoint([node])
+        self._impose()
 
     def zone_outage(self, zone: str) -> None:
         self._run("docker", "stop", *self._zone_nodes(zone))
 
     def restore_zone(self, zone: str) -> None:
-        self._run("docker", "start", *self._zone_nodes(zone))
-        self._reapply_zone(zone)
+        nodes = self._zone_nodes(zone)
+        self._run("docker", "start", *nodes)
+        self._wait_entrypoint(nodes)
+        self._impose()
+
+    def _wait_entrypoint(self, nodes: Sequence[str], timeout_s: float = BOOT_TIMEOUT_S) -> None:
+        """Until kind's entrypoint in each started node container has handed PID 1 over to systemd."""
+        deadline = time.monotonic() + timeout_s
+        for node in nodes:
+            while True:
+                proc = self._run("docker", "exec", node, "cat", "/proc/1/comm", check=False, timeout=30)
+                comm = (proc.stdout or "").strip()
+                if proc.returncode == 0 and comm != ENTRYPOINT_COMM:
+                    break
+                if time.monotonic() >= deadline:
+                    err = (proc.stderr or "").strip().splitlines()
+                    why = f"PID 1 is still {comm!r}" if proc.returncode == 0 else (err[-1] if err else "no answer")
+                    raise BackendError(
+                        f"{node}: kind's entrypoint did not hand over to systemd {timeout_s:.0f}s after "
+                        f"`docker start` ({why}); see `docker logs {node}`"
+                    )
+                time.sleep(0.2)
 
     def _require_edge(self, zone: str, what: str) -> None:
         if not self._edge_nodes(zone):
