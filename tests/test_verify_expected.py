@@ -55,6 +55,8 @@ def spof_run(tmp_path: Path, declaration: dict[str, Any] | None, errors_until: f
         if START + INJECT <= r["ts"] <= START + errors_until:
             seen[0] += 1
             if seen[0] % 5 == 0:  # 4 in 5 fail: the shop page needs no database, the coffee queries do
+                # (the model sends every request down to postgres, and its dead primary serves none of them)
+                r.update(ok=True, status=200, error=None)
                 return r
             r.update(ok=False, status=200, error="graphql: dial tcp 127.0.0.1:5432: connect: connection refused")
         return r

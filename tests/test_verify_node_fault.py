@@ -25,8 +25,8 @@ from harness.verify.rundata import load_run
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import LAX, failed, run
+from tests.verdicts import envoy_start, verify
 from tests.verdicts import rows as _rows
-from tests.verdicts import verify
 from tests.verdicts import write_rows as _write
 
 NODE = "lax-1a-n2"  # LAX's product-api runs alone on this node (the synthetic zone's other pods on lax-1a-n1)
@@ -293,6 +293,9 @@ def _entry_replica_node_kill(tmp_path: Path) -> tuple[Path, float]:
     inv, dead = _on_killed_node(d, "frontend")
     inv.append({**dead, "ts": sc.start + RESTORE + 0.1, "event": "unready"})
     _write(d / "inventory.jsonl", sorted(inv, key=lambda e: e["ts"]))
+    # a dead frontend calls nobody: the model, which does not know of the node, had it carry on
+    log = d / "accesslogs" / f"{dead['pod']}.jsonl"
+    _write(log, [r for r in _rows(log) if not sc.start + INJECT <= envoy_start(r) < sc.start + RESTORE])
     for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
         (d / stale).unlink(missing_ok=True)
     return d, sc.start

@@ -526,8 +526,8 @@ def test_cross_zone_attempt_hidden_by_a_retry_fails_hub_and_spoke(tmp_path: Path
     las = pod_of(d, LAS, "product-api")
     assert hub.message.startswith(
         f"hub-and-spoke: {LAX} -> {LAS}: attempted: {caller} ({LAX}) tried {las['ip']}:9090 ({las['pod']} in {LAS}) "
-        "in cluster failover-target~1~product-api-las-1a.default.dc1.internal."
-    )  # ... but one was attempted
+        "in cluster failover-target~1~product-api-lax-1a.default.dc1.internal."  # Consul names children by the
+    )  # ... but one was attempted (primary; the host, not the name, says where the attempt went)
     check = next(c for c in hub.checks if c.status == "fail")
     assert check.detail["cx_connect_fail"] > 0 and check.detail["rq_total"] == 0
     assert check.detail["first_snapshot"] == f"restore {KILL.fault}"

@@ -193,6 +193,7 @@ class _Model:
                         if f.restore is not None:
                             self.changes.append((sc.start + f.restore, 1, "ready", s.name, f.zone))
         self.unready: set[str] = set()  # pods a `degraded` window holds unready
+        self.dead: set[str] = set()  # pods a service-down fault took down: they serve nothing until it is undone
         for zone, service, lo, hi in sc.degraded:
             self.changes.append((sc.start + lo, 0, "unready-one", service, zone))
             self.changes.append((sc.start + hi, 1, "ready-one", service, zone))
@@ -244,6 +245,7 @@ class _Model:
                 self._event(ts, what.removesuffix("-one"), first)
             return
         if what == "down":
+            self.dead.update(p.name for p in self.pods.get((service, zone), []))
             if self.sc.replace_pods:
                 for p in self.pods.get((service, zone), []):
                     self._event(ts, "removed", p)
@@ -251,6 +253,7 @@ class _Model:
                 for p in self.pods.get((service, zone), []):
                     self._event(ts, "unready", p)
         elif what == "up":
+            self.dead.difference_update(p.name for p in self.pods.get((service, zone), []))
             if self.sc.replace_pods:
                 self.replace(service, zone, ts)
             elif self.sc.readiness:
@@ -280,7 +283,7 @@ class _Model:
         return max(0.0, 1.0 - min(1.0, ready / len(pods) * OVERPROVISIONING))
 
     def pick(self, service: str, zone: str) -> _Pod | None:
-        pods = [p for p in self.pods.get((service, zone), []) if p.name not in self.unready]
+        pods = [p for p in self.pods.get((service, zone), []) if p.name not in self.unready | self.dead]
         if not pods:
             return None
         return pods[self.rng.randrange(len(pods))] if len(pods) > 1 else pods[0]
@@ -308,15 +311,25 @@ class _Model:
                         key = (c.name, self.cluster(zone, u, p.zone), f"{p.ip}:{self.ports[u]}")
                         self.counters.setdefault(key, [0, 0, 0, 0])
 
+    def aggregate(self, caller_zone: str, upstream: str) -> str:
+        """The cluster a caller's route names, as Envoy 1.40 logs it in %UPSTREAM_CLUSTER%: for a failover chain
+        the aggregate cluster, named as its primary (the caller's own zone's target), whichever child served."""
+        return f"{self.consul(upstream, caller_zone)}.default.dc1.internal.{TRUST_DOMAIN}"
+
     def cluster(self, caller_zone: str, upstream: str, served_zone: str | None) -> str:
-        """The Envoy cluster of a caller's upstream that holds the serving host (failover sub-clusters)."""
+        """The Envoy cluster of a caller's upstream that holds the serving host, as `/clusters` lists it.
+
+        Consul names a failover chain's children `failover-target~<i>~<the primary's cluster>` (i: the target's
+        place in the chain, 0 the primary): the name never says which zone a child's hosts are in, only its
+        index does (0: the caller's own zone; any other: a failover target, the Region or, misconfigured,
+        another Local Zone)."""
         name = self.consul(upstream, caller_zone)
-        base = f"{name}.default.dc1.internal.{TRUST_DOMAIN}"
+        base = self.aggregate(caller_zone, upstream)
         if name == upstream:  # Region-only upstream, or a Region caller
             return base
         target = self.consul(upstream, served_zone) if served_zone else name
         k = 0 if target == name else 1
-        return f"failover-target~{k}~{target}.default.dc1.internal.{TRUST_DOMAIN}"
+        return f"failover-target~{k}~{base}"
 
     def count(self, caller: str, cluster: str, host: str, rq: int = 1, cf: int = 0, err: int = 0) -> None:
         c = self.counters.setdefault((caller, cluster, host), [0, 0, 0, 0])
@@ -641,7 +654,8 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             host = f"{pod.ip}:{m.ports[up]}" if pod else ""
             sz = pod.zone if pod else None
             sp = pod.name if pod else None
-            cluster = m.cluster(zone, up, sz)
+            cluster = m.cluster(zone, up, sz)  # the child that held the host (counters)
+            logged = m.aggregate(zone, up)  # what the access log names: the route's aggregate cluster
             if pod and caller_pod:
                 m.count(caller_pod.name, cluster, host, 1, 1 if flags == "UF" else 0, 1 if status >= 500 else 0)
             if pod and drop and rng.random() < drop:
@@ -651,13 +665,13 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             code = 0 if protocol[up] == "tcp" else status  # Envoy logs TCP proxies with code 0 and the flags
             hop_lines.append(
                 f'{{"ts": {ms / 1000!r}, "caller_pod": "{cname}", "caller_service": "{svc}", "caller_zone": "{zone}", '
-                f'"upstream": "{up}", "upstream_cluster": "{cluster}", "upstream_host": "{host}", '
+                f'"upstream": "{up}", "upstream_cluster": "{logged}", "upstream_host": "{host}", '
                 f'"serving_pod": {json.dumps(sp)}, "serving_zone": {json.dumps(sz)}, "status": {code}, '
                 f'"flags": "{flags}", "duration_ms": {dur!r}}}\n'
             )
             rec: dict[str, Any] = {"start_time": _envoy_time(ms), "method": "GET", "path": f"/{up}",
                                    "response_code": code, "response_flags": flags, "duration": int(dur),
-                                   "upstream_host": host or None, "upstream_cluster": cluster}  # fmt: skip
+                                   "upstream_host": host or None, "upstream_cluster": logged}  # fmt: skip
             if sc.accesslogs == "local":
                 rec |= {"caller_pod": cname, "caller_service": m.consul(svc, zone), "direction": "outbound"}
             logs.add(cname, rec)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.contract.rundir import ACCESSLOG_DIR, HOPS_FILE, SNAPSHOT_ADMIN_TIMEOUT_S, UPSTREAM_STATS_FILE
-from harness.observe.hops import cluster_service_sql
+from harness.observe.hops import cluster_service_sql, host_ip_sql
 from harness.verify import evidence
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
@@ -317,34 +317,72 @@ class RoutingChecks(CheckBase):
             f"AND (coalesce(c.kind, 'edge') = 'region' OR cz.zone <> {caller_zone}))"
         )
 
-    def _routed_to_forbidden_zone(self) -> list[str]:
-        """Hops whose host no inventory record explains, in a cluster named for another edge zone's instances.
+    def _last_holder_zone_sql(self, ip_sql: str, ts_sql: str) -> str:
+        """SQL: the zone of the last pod that held IP `ip_sql` before `ts_sql` (its interval ended by then)."""
+        return f"(SELECT arg_max(i.zone, i.end_ts) FROM intervals i WHERE i.ip = {ip_sql} AND i.end_ts <= {ts_sql})"
 
-        The cluster is the route Envoy took: `failover-target~1~product-api-las-1a...` from LAX is a failover
-        to another Local Zone whatever host answered, or failed to. Such hops were only a note ("hosts no
-        inventory record explains") and the verdict passed: unattributed, they proved nothing either way,
-        but their route does.
+    def _routed_to_forbidden_zone(self) -> list[str]:
+        """Hops whose host no inventory record explains at the hop's time: where did they go?
+
+        - A cluster named for another edge zone's instances is the route Envoy took (`failover-target~1~
+          product-api-las-1a...` from LAX): a failover to another Local Zone whatever host answered.
+        - Else the last pod that held the address before the hop: Envoy still had the endpoint of a pod
+          gone for longer than the inventory's slack (a killed pod's, withdrawn late). A hop into a zone
+          the caller may not reach that way fails as any served there does.
+        - Else no pod the inventory knows ever held it before: where the hop went is unverified, which fails.
+          Real Envoy names neither the aggregate cluster it logs nor a chain's children after the zone of the
+          host (`failover-target~<i>~<the primary, the caller's own zone>`): read off the cluster name alone, a
+          failover to another Local Zone's host the inventory missed passed as a note ("hosts no inventory
+          record explains").
         """
+        named = self._forbidden_cluster_sql("upstream_cluster", "caller_zone")
+        holder = self._last_holder_zone_sql("u.ip", "u.ts")
         rows = self.con.execute(
             f"""
-            SELECT caller_zone, upstream, target, count(*), min(ts) FROM (
-                SELECT *, {self._forbidden_cluster_sql("upstream_cluster", "caller_zone")} AS target
-                FROM hops WHERE serving_zone IS NULL AND caller_zone IS NOT NULL AND upstream_cluster IS NOT NULL
-            ) WHERE target IS NOT NULL GROUP BY ALL ORDER BY min(ts)
+            WITH u AS (SELECT ts, caller_zone, upstream, upstream_host, {host_ip_sql("upstream_host")} AS ip,
+                              CASE WHEN upstream_cluster IS NULL THEN NULL ELSE {named} END AS named
+                       FROM hops WHERE serving_zone IS NULL AND caller_zone IS NOT NULL
+                         AND coalesce(upstream_host, '') <> ''),
+                 l AS (SELECT u.*, {holder} AS last_zone FROM u),
+                 c AS (SELECT l.*, CASE
+                         WHEN named IS NOT NULL THEN 'cluster'
+                         WHEN last_zone IS NULL THEN 'unknown'
+                         WHEN coalesce(cz.kind, 'edge') = 'region' AND coalesce(hz.kind, 'unknown') <> 'region'
+                           THEN 'stale'
+                         WHEN coalesce(cz.kind, 'edge') <> 'region' AND coalesce(hz.kind, 'unknown') <> 'region'
+                              AND last_zone <> caller_zone THEN 'stale'
+                         ELSE NULL END AS why
+                       FROM l LEFT JOIN zones cz ON cz.name = l.caller_zone
+                       LEFT JOIN zones hz ON hz.name = l.last_zone)
+            SELECT why, caller_zone, upstream, coalesce(named, last_zone), count(*), min(ts),
+                   arg_min(upstream_host, ts), list(DISTINCT upstream_host ORDER BY upstream_host)[:5]
+            FROM c WHERE why IS NOT NULL GROUP BY ALL ORDER BY min(ts)
             """
         ).fetchall()
         out = []
-        for cz, u, target, n, _ts in rows:
-            first = self._hops(
-                f"caller_zone = ? AND upstream = ? AND serving_zone IS NULL "
-                f"AND {self._forbidden_cluster_sql('upstream_cluster', 'caller_zone')} = ?",
-                [cz, u, target],
-                1,
-            )
-            out.append(
-                f"hub-and-spoke: {cz} -> {target}: {n} hops to {u} routed to {target}'s instances (by the cluster "
-                f"they went to; the host is no pod on record), first at {hop_text(first[0])}"
-            )
+        for why, cz, u, target, n, ts, host, hosts in rows:
+            if why == "cluster":
+                first = self._hops(
+                    f"caller_zone = ? AND upstream = ? AND serving_zone IS NULL "
+                    f"AND {self._forbidden_cluster_sql('upstream_cluster', 'caller_zone')} = ?",
+                    [cz, u, target],
+                    1,
+                )
+                out.append(
+                    f"hub-and-spoke: {cz} -> {target}: {n} hops to {u} routed to {target}'s instances (by the "
+                    f"cluster they went to; the host is no pod on record), first at {hop_text(first[0])}"
+                )
+            elif why == "stale":
+                out.append(
+                    f"hub-and-spoke: {cz} -> {target}: {n} hops to {u} went to {', '.join(hosts)}, last held by a pod "
+                    f"in {target} (no pod held it then: an endpoint Envoy kept), first at {iso(ts)} to {host}"
+                )
+            else:
+                out.append(
+                    f"hub-and-spoke: {cz} -> ?: {n} hops to {u} went to {', '.join(hosts)}, an address no pod the "
+                    f"inventory knows held before (first at {iso(ts)}): which zone served them, and so whether "
+                    "they crossed to another Local Zone, is unverified"
+                )
         return out
 
     def _connected(self, zone: str, upstream: str) -> bool:
@@ -442,8 +480,9 @@ class RoutingChecks(CheckBase):
                    max(coalesce(s.rq_error, 0)), arg_min(s.label, s.ts), min(s.ts)
             FROM (
                 SELECT * EXCLUDE (host_zone), coalesce(host_zone,
-                       {self._forbidden_cluster_sql("cluster", "caller_zone")}) AS host_zone
-                FROM upstream_stats
+                       {self._forbidden_cluster_sql("cluster", "caller_zone")},
+                       {self._last_holder_zone_sql(host_ip_sql("st.host"), "st.ts")}) AS host_zone
+                FROM upstream_stats st
             ) s
             LEFT JOIN zones hz ON hz.name = s.host_zone
             LEFT JOIN zones cz ON cz.name = s.caller_zone
@@ -478,6 +517,28 @@ class RoutingChecks(CheckBase):
             self.run.notes.append(
                 f"{unknown_host} upstream-counter lines name hosts the inventory cannot attribute at that time"
             )
+        # hosts no pod held at the snapshot or before it, with attempts: where they went is unknown (the cluster
+        # a real Envoy lists them in names the caller's own primary, never the host's zone)
+        unknown = self.con.execute(
+            f"""
+            SELECT pod, caller_zone, cluster, host, max(coalesce(cx_total, 0) + coalesce(cx_connect_fail, 0)
+                   + coalesce(rq_total, 0)), min(ts)
+            FROM upstream_stats st
+            WHERE caller_zone IS NOT NULL AND host_zone IS NULL
+              AND coalesce(cx_total, 0) + coalesce(cx_connect_fail, 0) + coalesce(rq_total, 0) > 0
+              AND {self._forbidden_cluster_sql("cluster", "caller_zone")} IS NULL
+              AND {self._last_holder_zone_sql(host_ip_sql("st.host"), "st.ts")} IS NULL
+            GROUP BY ALL ORDER BY min(ts), pod, host
+            """
+        ).fetchall()
+        for pod, cz, cluster, host, n, ts in unknown:
+            text = (
+                f"hub-and-spoke: {cz} -> ?: {pod} tried {host} in cluster {cluster} ({n} connections, connect "
+                f"failures and requests, first in a snapshot at {iso(ts)}), an address no pod the inventory knows "
+                "held: where those attempts went, and so whether they crossed to another Local Zone, is unverified"
+            )
+            failures.append(text)
+            checks.append(CheckResult(f"{pod} -> {host}", UNVERIFIED, text, {"pod": pod, "host": host, "ts": ts}))
         return failures, checks, f"no attempt to a forbidden zone in {snaps} counter snapshots of {pods} sidecars"
 
     def shared_services(self) -> InvariantResult:

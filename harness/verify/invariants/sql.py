@@ -68,10 +68,11 @@ DEFINITIONS = {
     "must not be below what keeping min(1, 1.4 x ready / registered) gives with chance >= 1e-6",
     "hub_and_spoke": "no hop of an edge caller served in another edge zone, none of a Region caller served in an "
     "edge zone, and no such host with cx_total + cx_connect_fail + rq_total > 0 in any sidecar's upstream "
-    "counters (attempts a retry hid); a host no inventory record explains counts in the zone its Envoy cluster is "
-    "named for (failover-target~N~<service>-<zone>: the route taken); no start/end counter snapshot, or a sidecar "
-    "that made hops and was up at the end missing from the end snapshot, or one that died after hops missed by a "
-    "snapshot after its last one while its access log shows it up (hops before it and past its 5 s admin timeout) "
+    "counters (attempts a retry hid); a host no inventory record explains at the time counts in the zone its Envoy "
+    "cluster is named for (when a cluster names another zone's instances), else in the zone of the last pod that "
+    "held the address (an endpoint Envoy kept), else it is unverified = fail; no start/end counter snapshot, or a "
+    "sidecar that made hops and was up at the end missing from the end snapshot, or one that died after hops missed "
+    "by a snapshot after its last one while its access log shows it up (hops before it and past its 5 s admin timeout) "
     "= unverified = fail",
     "failover_s": "first successful Region-served hop after the last successful non-Region hop and the last failed "
     "hop sent to the zone's own instance, minus inject; "
@@ -122,7 +123,10 @@ DEFINITIONS = {
     "(unless the fault takes the entry down by design) and after (restore, next fault in the zone / end of run, "
     "at most maxRecoveryS]; a window without them is unverified = fail; so are a failed recording step of the "
     "sidecars' records (recording.jsonl; a flush problem of a pod that died is a note) and a sidecar whose "
-    "counters grew with no access-log line",
+    "counters grew with no access-log line; a fault must show it took effect: no pod it took down (node faults: "
+    "the pods on its nodes; others: its services' pods in its zone at the inject) serves or makes a successful hop "
+    "more than maxFailoverS after the inject and before the restore (or before it is ready again), at least one "
+    "pod is hit, and a partition has a failed hop out of its zone; otherwise the fault is unverified = fail",
     "unplanned_outage": "a service of the topology with no ready pod in a zone, or too few to keep its traffic "
     "there (spill), outside every recorded fault: a note; lasting longer than maxRecoveryS (or still on at the end "
     "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover)",

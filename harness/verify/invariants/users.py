@@ -500,6 +500,92 @@ class UserChecks(CheckBase):
         ).fetchall()
         return [(str(p), int(n), None if last is None else float(last)) for p, n, last in rows]
 
+    def _hit_pods(self, f: Fault) -> tuple[list[str], str]:
+        """The pods a fault took down, and how they are named in a message.
+
+        A node fault's: those on its stopped nodes (`rundata._node_fault_pods`); any other fault that takes
+        services down (kill_pod, make_unready; zone-down without a node record): the pods of its services in
+        its zone alive at the inject. None for a fault that takes no pod down (partition, link).
+        """
+        if f.kind not in ("service-down", "zone-down"):
+            return [], ""
+        if f.action in NODE_FAULT_ACTIONS and (f.action == "zone_outage" or f.node):
+            rows = self.con.execute(
+                "SELECT DISTINCT pod FROM node_fault_pods WHERE fault = ? AND inject = ? ORDER BY pod",
+                [f.fault, f.inject],
+            ).fetchall()
+            where = f"node {f.node}" if f.action == "kill_node" else f"the nodes of {f.zone}"
+            return [str(r[0]) for r in rows], f"no pod ran on {where} at the inject"
+        rows = self.con.execute(
+            "SELECT DISTINCT pod FROM intervals WHERE zone = ? AND list_contains(?, service) AND start_ts <= ? "
+            "AND coalesce(end_ts, 'infinity'::DOUBLE) > ? ORDER BY pod",
+            [f.zone, list(f.services), f.inject, f.inject],
+        ).fetchall()
+        return [
+            str(r[0]) for r in rows
+        ], f"no pod of {', '.join(f.services) or 'any service'} ran in {f.zone} at the inject"
+
+    def _not_taken_effect(self, f: Fault) -> str:
+        """Why the records do not show that fault `f` took effect ("" when they do): a fault that did nothing
+        never exercised the failover, and "stayed in-zone" everywhere proves nothing then.
+
+        - A fault that takes pods down: each pod it hit is dead or out of the mesh from the inject on, so it
+          neither serves nor makes a successful hop. Allowed: maxFailoverS after the inject (the action
+          follows its record, a kill takes its time, and the mesh has that long to stop using the pod by the
+          SLO); one that served or called later, before the restore, was not taken down (a kill_pod whose pod
+          kept serving, an unready pod left in the catalog, a node kill whose pods kept answering), or the
+          mesh kept using it longer than the SLO allows. No pod hit at all is a fault that hit nothing.
+        - A partition cuts the zone from every other: a hop from it served outside it that failed while it
+          lasted shows the cut; none (every such hop answered, or there were none) leaves it unshown.
+        Before: a kill of an entry service or an AZ's pod, a zone outage or a partition that changed nothing
+        passed with every hop in-zone.
+        """
+        end = f.restore if f.restore is not None else max(self.run_end, f.inject)
+        if f.kind == "partition":
+            n = self._one(
+                "SELECT count(*) FROM hops WHERE caller_zone = ? AND serving_zone IS NOT NULL "
+                "AND serving_zone <> caller_zone AND NOT ok AND ts >= ? AND ts < ?",
+                [f.zone, f.inject, end],
+            )
+            if n:
+                return ""
+            return (
+                f"coverage: fault {f.fault}: the partition of {f.zone} is not shown to have cut anything: no hop "
+                f"from {f.zone} to another zone failed from {iso(f.inject)} to {iso(end)} (fault unverified)"
+            )
+        hit, none_text = self._hit_pods(f)
+        if f.kind not in ("service-down", "zone-down"):
+            return ""
+        if not hit:
+            return f"coverage: fault {f.fault}: {none_text}: the fault hit nothing (fault unverified)"
+        after = f.inject + self.slo.max_failover_s
+        # each pod until the restore, or until the inventory has it ready again after it went unready in the fault
+        # (an older timeline wrote the restore after waiting for readiness: readiness, not the order of two
+        # writers, ends the fault for the pod)
+        row = self.con.execute(
+            """
+            WITH hit AS (SELECT unnest(?::VARCHAR[]) AS pod),
+                 down AS (SELECT h.pod, min(i.ts) AS lo FROM hit h LEFT JOIN inv i ON i.pod = h.pod
+                          AND i.event IN ('unready', 'removed') AND i.ts >= ? GROUP BY h.pod),
+                 span AS (SELECT d.pod, least(?, coalesce(min(i.ts), ?)) AS hi FROM down d LEFT JOIN inv i
+                          ON i.pod = d.pod AND i.event = 'ready' AND i.ts > d.lo GROUP BY d.pod),
+                 used AS (SELECT ts, CAST(serving_pod AS VARCHAR) AS pod FROM hops WHERE ok AND ts > ?
+                          UNION ALL SELECT ts, CAST(caller_pod AS VARCHAR) FROM hops WHERE ok AND ts > ?)
+            SELECT count(*), min(u.ts), max(u.ts), list(DISTINCT u.pod ORDER BY u.pod)[:5]
+            FROM used u JOIN span s ON s.pod = u.pod AND u.ts < s.hi
+            """,
+            [hit, f.inject, end, end, after, after],
+        ).fetchone()
+        if not row or not row[0]:
+            return ""
+        return (
+            f"coverage: fault {f.fault}: did not take effect: {', '.join(row[3])} (taken down by it) served or made "
+            f"{row[0]} successful hops from {iso(row[1])} to {iso(row[2])}, more than maxFailoverS "
+            f"({self.slo.max_failover_s:g}s) after the inject at {iso(f.inject)} and before "
+            f"{'the restore' if f.restore is not None else 'the end of the run'} (the failover was never "
+            "exercised, or the mesh kept using them beyond the SLO: fault unverified)"
+        )
+
     def coverage(self) -> InvariantResult:
         """Each fault has user requests entering each zone it affects during and after it (see DEFINITIONS)."""
         entry_down = spans_sql("zone", self.entry_down)
@@ -551,6 +637,9 @@ class UserChecks(CheckBase):
                     )
                     failures.append(text)
                     checks.append(CheckResult(subject, UNVERIFIED, text, detail))
+            if text := self._not_taken_effect(f):
+                failures.append(text)
+                checks.append(CheckResult(f"{f.fault} effect", UNVERIFIED, text, {"fault": f.fault, "zone": f.zone}))
         for text in self._records_incomplete():
             failures.append(text)
             checks.append(CheckResult("records", UNVERIFIED, text))

@@ -1,0 +1,169 @@
+"""Wrong verdicts a fifth audit of the verifier found (issue 7: the verdict must be true).
+
+Each broken case is a synthetic run (harness.verify.synth) with the broken behaviour planted the way a real
+Consul/Envoy mesh and the harness's collectors would record it; each asserts the verdict FAILS, so each fails on
+the verifier as the audit found it (each docstring's "HOLE." says how it passed then). Next to each, a control:
+the same run with the mesh (or the fault) behaving passes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.verify import COVERAGE, HUB_AND_SPOKE
+from harness.verify.synth import FaultSpec, Scenario, _write_plan, chaos_records, write_run
+from tests.test_verify_audit import why
+from tests.test_verify_soundness import LAX, T, append, envoy_line, failed, pod_of
+from tests.verdicts import rows, verify
+from tests.verdicts import write_rows as _write
+
+AZ_A, AZ_B = "us-west-2a", "us-west-2b"
+
+
+def _scenario(faults: list[FaultSpec], **kw: Any) -> Scenario:
+    return Scenario(T, duration_s=kw.pop("duration_s", 90), rate_per_zone=kw.pop("rate_per_zone", 4), faults=faults,
+                    **kw)  # fmt: skip
+
+
+# -- 1. a fault that never took effect -----------------------------------------------------------------------------
+def _no_op(d: Path, fault: FaultSpec, node: str | None = None) -> Path:
+    """The run of a mesh nothing happened to, with the records of `fault` having run: chaos.jsonl, plan.json and
+    the journal say the action ran and succeeded (the action's primitive was a no-op: a kill whose pod stayed
+    ready and kept serving, a node or zone stop that stopped nothing, a partition rule that matched nothing)."""
+    write_run(d, _scenario([]))
+    sc = _scenario([fault])
+    records = list(chaos_records(sc))
+    if node is not None:  # the node fault the experiment ran (synth records a kill_pod for a service-down)
+        records = [{**r, "action": "kill_node", "node": node} for r in records]
+    _write(d / "chaos.jsonl", records)
+    _write_plan(d, sc)
+    return d
+
+
+NO_OPS = {
+    # the zone's entry service: no mesh caller of it, so no failover pair to catch it
+    "kill-frontend": (
+        FaultSpec("kill-frontend-lax", "service-down", LAX, ("frontend",), 30, 50, entry_down=True),
+        None,
+    ),
+    "zone-outage": (FaultSpec("zone-lax", "zone-down", LAX, (), 30, 50, entry_down=True), None),
+    "partition": (FaultSpec("partition-lax", "partition", LAX, (), 30, 50, entry_down=True), None),
+    # an AZ's pod: Region callers spread over every AZ, no failover pair either
+    "kill-az-pod": (FaultSpec("kill-product-api-2a", "service-down", AZ_A, ("product-api",), 30, 50), None),
+    "kill-az-node": (
+        FaultSpec(
+            "kill-node-2b-n1", "service-down", AZ_B, ("frontend", "product-api", "public-api"), 30, 50, entry_down=True
+        ),
+        "2b-n1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NO_OPS))
+def test_a_fault_that_never_took_effect_is_unverified(tmp_path: Path, case: str) -> None:
+    """HOLE. The experiment's action ran and succeeded, chaos.jsonl has its inject and restore, and nothing
+    happened to the mesh: the pods it took down kept serving (and calling) through the fault, the partitioned
+    zone kept reaching the Region. Where no failover pair is asked to fail over (an entry service, an AZ, a zone
+    outage or partition, whose pairs are only asked to recover), every hop stayed in-zone, recovery was
+    "immediate", and the verdict PASSED: the failover was never exercised. Now coverage fails the fault as
+    unverified: a pod it took down that served or called later than maxFailoverS after the inject, a partition
+    with no failed hop out of its zone."""
+    fault, node = NO_OPS[case]
+    v = verify(_no_op(tmp_path / "run", fault, node))
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    text = " ".join(why(v))
+    assert "did not take effect" in text or "not shown to have cut" in text, text
+    assert not v.faults[0].passed
+
+
+@pytest.mark.parametrize("case", ["kill-frontend", "zone-outage", "partition"])
+def test_control_a_fault_that_took_effect_passes(tmp_path: Path, case: str) -> None:
+    """The same faults when they happen (the zone's frontends gone, its nodes down, its link to the Region cut):
+    the records show it, and the verdict passes."""
+    fault, _ = NO_OPS[case]
+    v = verify(write_run(tmp_path / "run", _scenario([fault])))
+    assert v.passed, why(v)
+
+
+# -- 2. a failover to another Local Zone that the inventory cannot attribute, on real-shaped records --------------
+# Envoy 1.40 logs a failover chain's aggregate cluster in %UPSTREAM_CLUSTER%, named as its primary (the caller's
+# own zone's target), and Consul names the chain's children failover-target~<i>~<the primary's name> (`/clusters`):
+# neither name says which zone the host it went to is in. Stored real runs: `product-api-lax-1a.default.dc1...`
+# in LAX's access logs whether LAX's or the Region's product-api served.
+TD = "0f0f0f0f-synth.consul"
+LAX_AGGREGATE = f"product-api-lax-1a.default.dc1.internal.{TD}"
+LAX_FAILOVER_CHILD = f"failover-target~1~product-api-lax-1a.default.dc1.internal.{TD}"
+LAS_UNKNOWN_IP = "10.213.3.250"  # in LAS's pod range (synth: zone i has 10.213.i.0/24); no inventory record has it
+KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
+
+
+def _lax_caller(d: Path) -> dict[str, Any]:
+    return pod_of(d, LAX, "public-api")
+
+
+def test_synthetic_access_logs_name_the_routes_aggregate_cluster_as_envoy_does(tmp_path: Path) -> None:
+    """synth wrote the child that served (`failover-target~1~product-api...`) in the access log, which no real
+    Envoy logs: checks that read cluster names passed on synthetic runs and never fired on real ones."""
+    d = write_run(tmp_path / "run", _scenario([KILL]))
+    clusters = {r["upstream_cluster"] for r in rows(d / "accesslogs" / f"{_lax_caller(d)['pod']}.jsonl")}
+    assert clusters == {LAX_AGGREGATE}, clusters
+    stats = {r["cluster"] for r in rows(d / "upstream-stats.jsonl") if r["pod"] == _lax_caller(d)["pod"]}
+    assert stats == {f"failover-target~0~{LAX_AGGREGATE}", LAX_FAILOVER_CHILD}, stats
+
+
+@pytest.mark.parametrize("evidence", ["access-log", "counters"])
+def test_an_attempt_to_a_host_no_inventory_record_names_is_unverified_on_real_shaped_records(
+    tmp_path: Path, evidence: str
+) -> None:
+    """HOLE. During the kill, LAX's public-api tries a host in LAS's address range that no inventory record
+    names (a pod the watch never saw, its events lost): in its access log (three connect failures) or only in
+    its counters (a retry hid it). Real Envoy names the cluster as LAX's own primary, so `_routed_to_forbidden_zone`
+    and the counters' cluster fallback (which read the zone off a child named for its target) found nothing; the
+    verdict PASSED with a note "hosts no inventory record explains". Where the attempt went is unverified: now
+    hub-and-spoke fails, naming the host."""
+    d = write_run(tmp_path / "run", _scenario([KILL]))
+    caller = _lax_caller(d)
+    t0 = _scenario([]).start
+    if evidence == "access-log":
+        lines = [envoy_line(t0 + 35 + i * 0.01, f"{LAS_UNKNOWN_IP}:9090", LAX_AGGREGATE, caller, 503, "UF")
+                 for i in range(3)]  # fmt: skip
+        append(d / "accesslogs" / f"{caller['pod']}.jsonl", *lines)
+        for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
+            (d / stale).unlink(missing_ok=True)
+    else:
+        line = {"ts": t0 + 90.5, "label": "end", "pod": caller["pod"], "cluster": LAX_FAILOVER_CHILD,
+                "host": f"{LAS_UNKNOWN_IP}:9090", "cx_total": 1, "cx_connect_fail": 1, "rq_total": 0, "rq_error": 0,
+                "rq_timeout": 0, "health_flags": "healthy"}  # fmt: skip
+        append(d / "upstream-stats.jsonl", json.dumps(line))
+    v = verify(d)
+    assert HUB_AND_SPOKE in failed(v), why(v)
+    assert LAS_UNKNOWN_IP in v.invariant(HUB_AND_SPOKE).message
+
+
+@pytest.mark.parametrize("evidence", ["access-log", "counters"])
+def test_control_attempts_at_the_killed_pods_stale_address_pass(tmp_path: Path, evidence: str) -> None:
+    """What a correct mesh does: Envoy keeps the killed pod's address for a moment (its endpoints are withdrawn
+    late), and hops or counters name it after the inventory's slack, when no pod holds it. The address was LAX's
+    own product-api's: the last pod that held it says where the attempt went, and the verdict passes."""
+    d = write_run(tmp_path / "run", _scenario([KILL]))
+    caller = _lax_caller(d)
+    killed = pod_of(d, LAX, "product-api")
+    t0 = _scenario([]).start
+    if evidence == "access-log":
+        lines = [envoy_line(t0 + 32 + i * 0.01, f"{killed['ip']}:9090", LAX_AGGREGATE, caller, 503, "UF")
+                 for i in range(3)]  # fmt: skip
+        append(d / "accesslogs" / f"{caller['pod']}.jsonl", *lines)
+        for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
+            (d / stale).unlink(missing_ok=True)
+    else:
+        line = {"ts": t0 + 33.0, "label": "inject kill-product-api-lax", "pod": caller["pod"],
+                "cluster": f"failover-target~0~{LAX_AGGREGATE}", "host": f"{killed['ip']}:9090", "cx_total": 3,
+                "cx_connect_fail": 1, "rq_total": 40, "rq_error": 1, "rq_timeout": 0,
+                "health_flags": "healthy"}  # fmt: skip
+        append(d / "upstream-stats.jsonl", json.dumps(line))
+    v = verify(d)
+    assert v.passed, why(v)
