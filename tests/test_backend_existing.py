@@ -931,6 +931,47 @@ def test_node_kill_is_cordon_and_pod_deletion(api: FakeApiServer, eks: KubeClust
     b.close()
 
 
+def _replace_instance(api: FakeApiServer, c: KubeCluster, old: str, ip: str) -> str:
+    """What EKS does with an instance of a node group that goes (an ASG's health replacement, Karpenter's
+    consolidation, a Spot interruption): the old Node object is deleted (cloud-node-lifecycle), and a new
+    instance joins the zone under a name of its own (its private DNS name) with a new IP."""
+    node = next(n for n in EKS_NODES if n["metadata"]["name"] == old)
+    labels = node["metadata"]["labels"]
+    new = eks_node(ip, labels["topology.kubernetes.io/zone"], labels["eks.amazonaws.com/nodegroup"])
+    c.delete("v1", "Node", None, old)
+    api.sim.call(lambda: api.sim.add_node(new["metadata"]["name"], dict(new["metadata"]["labels"]), ip=ip,
+                                          cidr=new["spec"]["podCIDR"]))  # fmt: skip
+    return str(new["metadata"]["name"])
+
+
+def test_a_node_replaced_during_its_fault_is_restored_and_its_zone_recovers_on_the_new_one(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path
+) -> None:
+    """A node the harness cordoned is gone when the fault ends (EKS replaces instances, it never restarts
+    them under the same name): there is no cordon left to undo. Uncordoning it got 404, the restore (and the
+    experiment's rollback, and `down`) failed, and a zone outage's ledger entry for it outlived the run, so
+    every later run found "faults never undone"."""
+    b = _backend(api, tmp_path, ("eks-nightly",), execute=True)
+    b.up(rendered(tmp_path))
+    old = NODE[LAX]
+    b.kill_node(old)
+    new = _replace_instance(api, eks, old, "10.0.3.77")
+    b.restore_node(old)
+    assert b.ledger.entries() == []
+    # the zone's pods run again, on the new node (status alone can be up before the replacements exist)
+    assert wait_until(lambda: {(p.service, p.node) for p in b.inventory().pods(alive_only=True) if p.zone == LAX}
+                      == {(s, new) for s in ("frontend", "public-api", "product-api")}, 60)  # fmt: skip
+    assert wait_until(lambda: b.steady_state_problems() == [], 30)
+
+    b.zone_outage(LAX)
+    eks.delete("v1", "Node", None, new)  # gone, and its replacement not there yet when the zone is restored
+    b.restore_zone(LAX)
+    assert b.ledger.entries() == []
+    _replace_instance(api, eks, old, "10.0.3.79")  # it joins uncordoned: nothing of the fault left
+    assert wait_until(lambda: b.steady_state_problems() == [], 60)
+    b.close()
+
+
 # -- finding 6 and the rest ---------------------------------------------------------------
 
 

@@ -1350,7 +1350,14 @@ class ExistingBackend(KubeBackend):
 
         self.ledger.update(drop)
         if mine:
-            self.cluster.uncordon(node)
+            try:
+                self.cluster.uncordon(node)
+            except KubeApiError as exc:
+                if exc.status != 404:
+                    raise
+                # EKS replaces an instance (a node group's ASG, Karpenter, a Spot interruption), it never brings
+                # it back under the same name: the Node is deleted and a new one joins the zone, uncordoned
+                self.progress(f"{node}: gone (its instance was replaced or removed): no cordon left to undo")
         elif any(n.name == node and n.unschedulable for n in self.cluster.node_infos()):
             self.progress(f"{node}: cordoned, but not by the harness: left as it is")
 
@@ -1367,7 +1374,18 @@ class ExistingBackend(KubeBackend):
 
     @_serialized
     def restore_zone(self, zone: str) -> None:
-        for n in self._zone_nodes(zone):
+        """Uncordon what the harness cordoned in `zone`: the ledger's nodes of the zone (one that is gone, its
+        instance replaced, included: its entry goes) and any node of the zone now (someone else's cordon stays)."""
+        cordoned = {
+            str(n)
+            for e in self.ledger.entries()
+            if e.get("primitive") in ("kill_node", "zone_outage") and e.get("zone") == zone
+            for n in e.get("nodes") or []
+        }
+        now = {n.name for n in self.cluster.node_infos() if n.zone == zone}
+        if not cordoned and not now:
+            raise BackendError(f"{self._where}: no nodes in zone {zone}")
+        for n in sorted(cordoned | now):
             self.restore_node(n)
 
     def _zone_namespace(self, zone: str) -> str:
