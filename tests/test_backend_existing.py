@@ -595,6 +595,62 @@ def test_an_existing_consul_is_checked_before_anything_changes(
             assert _mutations(server) == before, message
 
 
+# -- pods that no node of their zone takes ------------------------------------------------------
+
+
+def _node_patch(c: KubeCluster, name: str, body: dict[str, Any]) -> None:
+    c.request("PATCH", f"/api/v1/nodes/{name}", body=body, content_type="application/merge-patch+json")
+
+
+def test_up_refuses_workloads_no_node_of_their_zone_takes_before_anything_changes(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path
+) -> None:
+    """A Local Zone node group tainted by its operator (eksctl `taints:`, a managed node group's taints), a
+    zone whose nodes are all cordoned or NotReady: the zone's pods would stay Pending, and `up` used to apply
+    everything and wait its whole ready timeout (15 min on the nightly), then say only "0/1 ready"."""
+    _node_patch(eks, NODE[LAX], {"spec": {"taints": [{"key": "example.com/edge", "value": "true",
+                                                     "effect": "NoSchedule"}]}})  # fmt: skip
+    phx1, phx2 = EKS_NODES[4]["metadata"]["name"], EKS_NODES[5]["metadata"]["name"]
+    _node_patch(eks, phx1, {"spec": {"unschedulable": True}})
+    # what the node lifecycle controller leaves on a node whose kubelet stopped posting status
+    _node_patch(eks, phx2, {"spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"}]},
+                            "status": {"conditions": [{"type": "Ready", "status": "Unknown",
+                                                       "reason": "NodeStatusUnknown"}]}})  # fmt: skip
+    before = _mutations(api)
+    b = _backend(api, tmp_path, ready_timeout_s=20)
+    with pytest.raises(BackendError) as err:
+        b.up(rendered(tmp_path))
+    msg = str(err.value)
+    assert msg.startswith("context eks-nightly: no node takes the pods of ")
+    assert (
+        f"zone {LAX} (frontend, product-api, public-api): {NODE[LAX]} has taint example.com/edge=true:NoSchedule, "
+        f"which they do not tolerate (they tolerate edge-harness.io/edge-zone={LAX}:NoSchedule)" in msg
+    )
+    assert f"zone {PHX} (frontend, product-api, public-api): {phx1} is cordoned; {phx2} is not Ready" in msg
+    assert LAS not in msg and "us-west-2a" not in msg
+    assert "\n" not in msg
+    assert _mutations(api) == before  # refused before anything changed
+    b.close()
+
+
+def test_a_deployment_left_pending_says_why_when_up_gives_up(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path
+) -> None:
+    """A pod the nodes cannot hold after all (the node went NotReady after the check, too little CPU on a
+    Local Zone's small instance): the timeout names the scheduler's own reason, not only "0/1 ready"."""
+    b = _backend(api, tmp_path, ready_timeout_s=3)
+    m = rendered(tmp_path)
+    b._require_placement = lambda _m: None  # type: ignore[method-assign]  # as if the node changed after the check
+    _node_patch(eks, NODE[LAS], {"spec": {"taints": [{"key": "example.com/edge", "value": "true",
+                                                     "effect": "NoSchedule"}]}})  # fmt: skip
+    with pytest.raises(BackendError) as err:
+        b.up(m)
+    msg = str(err.value)
+    assert "hashicups-las-1a/frontend-las-1a 0/1 ready" in msg
+    assert "(Pending: 0/8 nodes are available:" in msg and "untolerated taint {example.com/edge: true}" in msg
+    b.down()
+
+
 # -- finding 4: mesh-wide config entries ---------------------------------------------------
 
 
@@ -872,6 +928,47 @@ def test_node_kill_is_cordon_and_pod_deletion(api: FakeApiServer, eks: KubeClust
     assert wait_until(lambda: b.status().up, 60)  # the replacements ran once the nodes came back
     with pytest.raises(BackendError, match="no nodes in zone us-west-2-nowhere-1a"):
         b.restore_zone("us-west-2-nowhere-1a")
+    b.close()
+
+
+def _replace_instance(api: FakeApiServer, c: KubeCluster, old: str, ip: str) -> str:
+    """What EKS does with an instance of a node group that goes (an ASG's health replacement, Karpenter's
+    consolidation, a Spot interruption): the old Node object is deleted (cloud-node-lifecycle), and a new
+    instance joins the zone under a name of its own (its private DNS name) with a new IP."""
+    node = next(n for n in EKS_NODES if n["metadata"]["name"] == old)
+    labels = node["metadata"]["labels"]
+    new = eks_node(ip, labels["topology.kubernetes.io/zone"], labels["eks.amazonaws.com/nodegroup"])
+    c.delete("v1", "Node", None, old)
+    api.sim.call(lambda: api.sim.add_node(new["metadata"]["name"], dict(new["metadata"]["labels"]), ip=ip,
+                                          cidr=new["spec"]["podCIDR"]))  # fmt: skip
+    return str(new["metadata"]["name"])
+
+
+def test_a_node_replaced_during_its_fault_is_restored_and_its_zone_recovers_on_the_new_one(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path
+) -> None:
+    """A node the harness cordoned is gone when the fault ends (EKS replaces instances, it never restarts
+    them under the same name): there is no cordon left to undo. Uncordoning it got 404, the restore (and the
+    experiment's rollback, and `down`) failed, and a zone outage's ledger entry for it outlived the run, so
+    every later run found "faults never undone"."""
+    b = _backend(api, tmp_path, ("eks-nightly",), execute=True)
+    b.up(rendered(tmp_path))
+    old = NODE[LAX]
+    b.kill_node(old)
+    new = _replace_instance(api, eks, old, "10.0.3.77")
+    b.restore_node(old)
+    assert b.ledger.entries() == []
+    # the zone's pods run again, on the new node (status alone can be up before the replacements exist)
+    assert wait_until(lambda: {(p.service, p.node) for p in b.inventory().pods(alive_only=True) if p.zone == LAX}
+                      == {(s, new) for s in ("frontend", "public-api", "product-api")}, 60)  # fmt: skip
+    assert wait_until(lambda: b.steady_state_problems() == [], 30)
+
+    b.zone_outage(LAX)
+    eks.delete("v1", "Node", None, new)  # gone, and its replacement not there yet when the zone is restored
+    b.restore_zone(LAX)
+    assert b.ledger.entries() == []
+    _replace_instance(api, eks, old, "10.0.3.79")  # it joins uncordoned: nothing of the fault left
+    assert wait_until(lambda: b.steady_state_problems() == [], 60)
     b.close()
 
 

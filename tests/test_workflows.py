@@ -108,6 +108,22 @@ def test_gameday_is_manual_with_an_experiment_choice_and_dry_run_by_default() ->
     assert int(creds["with"]["role-duration-seconds"]) >= 60 * int(w["jobs"]["gameday"]["timeout-minutes"])
 
 
+def test_gameday_offers_only_experiments_eks_can_run() -> None:
+    """The game day runs against the EKS cluster only, where a service link's latency is no Kubernetes setting:
+    the existing backend never has `set_link` (`ExistingBackend.can`), so an experiment that degrades a link is
+    refused every time, in the dry run and for real. Offering one is a choice that can never run."""
+    from harness.backends.base import CHAOS_PRIMITIVES
+    from harness.chaos import required_primitives
+
+    on_eks = CHAOS_PRIMITIVES - {"set_link"}  # an allow-listed context whose CNI enforces NetworkPolicy: all else
+    options = _load("gameday.yml")["on"]["workflow_dispatch"]["inputs"]["experiment"]["options"]
+    never = {
+        o: sorted({p for _i, _f, p in required_primitives(json.loads((REPO / o).read_text()))} - on_eks)
+        for o in options
+    }
+    assert {o: p for o, p in never.items() if p} == {}
+
+
 def test_gameday_and_nightly_never_share_the_cluster_at_once() -> None:
     nightly, gameday = _load("nightly-eks.yml"), _load("gameday.yml")
     assert nightly["concurrency"] == gameday["concurrency"]

@@ -3,7 +3,9 @@
 The cluster belongs to someone else, so this backend:
 - checks everything it can before changing anything: the zones (from node
   labels: every topology zone must have nodes, of the same type; zones the
-  topology does not mention are reported, not fatal), every zone's entry URL,
+  topology does not mention are reported, not fatal), that some node of each
+  zone takes the zone's rendered pods (taints, cordons, readiness: `check_placement`),
+  every zone's entry URL,
   the Consul it will use (version, connect-inject), the mesh-wide config
   entries it would touch; a failed check changes nothing;
 - keeps every destructive decision in one place (`DESTRUCTIVE`, `_fence`):
@@ -94,6 +96,7 @@ from harness.backends.fence import (
     violations,
 )
 from harness.backends.kube import (
+    LABEL_APP,
     LABEL_MANAGED_BY,
     LABEL_POD_ZONE,
     AppliedObject,
@@ -107,6 +110,7 @@ from harness.backends.kube.api import pod_finished
 from harness.backends.kube.backend import HelmRun, KubeBackend
 from harness.backends.kube.forward import find_tool
 from harness.backends.kube.permissions import CA_SECRET, Mode, Permission, applied_by_resource, needed, refusal, review
+from harness.contract.scheduling import BLOCKING_EFFECTS, Placement, Taint, Toleration
 from harness.errors import BackendError, InputError
 from harness.render.layout import VALUES_FILE
 
@@ -200,6 +204,63 @@ def check_zones(nodes: Sequence[NodeInfo], topology: Topology) -> ZoneCheck:
         problems.append(f"nodes are in region {', '.join(sorted(regions))}, the topology says {topology.region}")
     extra = sorted(set(found) - {z.name for z in topology.zones})
     return ZoneCheck(found, problems, extra)
+
+
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet"})
+
+
+def _taint_text(t: Taint) -> str:
+    return f"{t.key}{'=' + t.value if t.value else ''}:{t.effect}"
+
+
+def _toleration_text(tol: Toleration) -> str:
+    if not tol.key:
+        return "every taint"
+    value = "" if tol.operator == "Exists" else f"={tol.value}"
+    return f"{tol.key}{value}:{tol.effect or '*'}"
+
+
+def check_placement(nodes: Sequence[NodeInfo], objects: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Zones whose rendered workloads no node of the cluster takes now: one problem per zone, naming each node
+    of the zone and why it refuses them (empty: every workload has a node).
+
+    Kubernetes' own filters (`harness.contract.scheduling`: nodeSelector, required node affinity, taints
+    vs tolerations) plus what the scheduler adds on a live cluster: a cordoned node takes nothing new, nor
+    does one that is not Ready (its node.kubernetes.io/not-ready or unreachable taint says so too, once the
+    node lifecycle controller has set it). Resources are not checked: a node's free capacity changes by the
+    second, and the ready wait names the scheduler's reason if that is what keeps a pod Pending.
+    """
+    by_zone: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for o in objects:
+        if o.get("kind") not in WORKLOAD_KINDS:
+            continue
+        tmpl = (o.get("spec") or {}).get("template") or {}
+        labels = (tmpl.get("metadata") or {}).get("labels") or {}
+        placement = Placement.from_pod_spec(tmpl.get("spec") or {})
+        candidates = [n for n in nodes if placement.matches_affinity(n)]
+        if any(n.ready and not n.unschedulable and placement.tolerates(n.taints) for n in candidates):
+            continue
+        zone = str(labels.get(LABEL_POD_ZONE) or "")
+        why: list[str] = []
+        for n in sorted(candidates, key=lambda x: x.name):
+            if n.unschedulable:
+                why.append(f"{n.name} is cordoned")
+            elif not n.ready:
+                why.append(f"{n.name} is not Ready")
+            else:
+                blocking = [t for t in n.taints if t.effect in BLOCKING_EFFECTS and not placement.tolerates([t])]
+                tolerated = ", ".join(_toleration_text(t) for t in placement.tolerations) or "no taint"
+                why.append(f"{n.name} has taint {', '.join(_taint_text(t) for t in blocking)}, which they do not "
+                           f"tolerate (they tolerate {tolerated})")  # fmt: skip
+        if not candidates:
+            why.append("no node matches their node affinity")
+        by_zone.setdefault((zone, tuple(why)), []).append(
+            str(labels.get(LABEL_APP) or (o.get("metadata") or {})["name"])
+        )
+    return [
+        f"zone {zone or '?'} ({', '.join(sorted(set(apps)))}): {'; '.join(why)}"
+        for (zone, why), apps in sorted(by_zone.items())
+    ]
 
 
 def parse_entrypoints(values: Sequence[str], env: str | None) -> dict[str, str]:
@@ -612,6 +673,23 @@ class ExistingBackend(KubeBackend):
     def check_zones(self, topology: Topology | None = None) -> ZoneCheck:
         t = topology or self.manifests().topology
         return check_zones(self.cluster.node_infos(), t)
+
+    def _require_placement(self, manifests: Manifests) -> None:
+        """Every rendered workload has a node of its zone that takes it now, else BackendError naming each such
+        zone's nodes and why they refuse (`check_placement`), before anything changes.
+
+        Why: Local Zone node groups are often tainted by their operator (eksctl's and the EKS API's node group
+        `taints`), while the rendered edge pods tolerate only the harness's own taint; a zone whose nodes are
+        cordoned or NotReady takes nothing either. The pods then stayed Pending and `up` waited its whole ready
+        timeout (15 minutes on the nightly) to say only "0/1 ready".
+        """
+        problems = check_placement(self.cluster.node_infos(), manifests.objects)
+        if problems:
+            raise BackendError(
+                f"{self._where}: no node takes the pods of "
+                + "; and of ".join(problems)
+                + " (the zone's pods would stay Pending; nothing was changed)"
+            )
 
     def _require_zones(self, topology: Topology) -> ZoneCheck:
         result = self.check_zones(topology)
@@ -1060,6 +1138,7 @@ class ExistingBackend(KubeBackend):
         self.check_entrypoints(manifests)
         self.check_permissions(manifests)
         self._require_zones(manifests.topology)
+        self._require_placement(manifests)
         if self.install_consul:
             self._helm_runner(manifests, manifests.meta.get("chart") or {})  # helm present (checked, not run)
             self.check_server_storage(manifests)
@@ -1271,7 +1350,14 @@ class ExistingBackend(KubeBackend):
 
         self.ledger.update(drop)
         if mine:
-            self.cluster.uncordon(node)
+            try:
+                self.cluster.uncordon(node)
+            except KubeApiError as exc:
+                if exc.status != 404:
+                    raise
+                # EKS replaces an instance (a node group's ASG, Karpenter, a Spot interruption), it never brings
+                # it back under the same name: the Node is deleted and a new one joins the zone, uncordoned
+                self.progress(f"{node}: gone (its instance was replaced or removed): no cordon left to undo")
         elif any(n.name == node and n.unschedulable for n in self.cluster.node_infos()):
             self.progress(f"{node}: cordoned, but not by the harness: left as it is")
 
@@ -1288,7 +1374,18 @@ class ExistingBackend(KubeBackend):
 
     @_serialized
     def restore_zone(self, zone: str) -> None:
-        for n in self._zone_nodes(zone):
+        """Uncordon what the harness cordoned in `zone`: the ledger's nodes of the zone (one that is gone, its
+        instance replaced, included: its entry goes) and any node of the zone now (someone else's cordon stays)."""
+        cordoned = {
+            str(n)
+            for e in self.ledger.entries()
+            if e.get("primitive") in ("kill_node", "zone_outage") and e.get("zone") == zone
+            for n in e.get("nodes") or []
+        }
+        now = {n.name for n in self.cluster.node_infos() if n.zone == zone}
+        if not cordoned and not now:
+            raise BackendError(f"{self._where}: no nodes in zone {zone}")
+        for n in sorted(cordoned | now):
             self.restore_node(n)
 
     def _zone_namespace(self, zone: str) -> str:

@@ -20,7 +20,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from kubernetes import config as k8s_config
 
 from harness.backends.base import ProgressFn as ProgressFn
 from harness.contract.names import LABEL_REGION, LABEL_ZONE, LABEL_ZONE_TYPE
+from harness.contract.scheduling import Taint
 from harness.errors import BackendError
 
 FIELD_MANAGER = "edge-harness"
@@ -109,6 +110,11 @@ class NodeInfo:
     internal_ip: str
     pod_cidrs: tuple[str, ...]
     unschedulable: bool
+    # what the scheduler reads of it (`harness.contract.scheduling.SchedNode`): every label, the taints, and
+    # whether its Ready condition is True (a node without one, as some fakes seed them, counts as Ready)
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    taints: tuple[Taint, ...] = ()
+    ready: bool = True
 
 
 def api_client_from_kubeconfig(kubeconfig: str | Path | None, context: str | None) -> k8s_client.ApiClient:
@@ -251,6 +257,12 @@ class KubeApi:
             ip = next((a.get("address", "") for a in addresses if a.get("type") == "InternalIP"), "")
             spec = n.get("spec") or {}
             cidrs = tuple(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
+            ready = next((c.get("status") == "True" for c in (n.get("status") or {}).get("conditions") or []
+                          if c.get("type") == "Ready"), True)  # fmt: skip
+            taints = tuple(
+                Taint(str(t.get("key") or ""), str(t.get("value") or ""), str(t.get("effect") or ""))
+                for t in spec.get("taints") or []
+            )
             out.append(
                 NodeInfo(
                     name=str(_meta(n)["name"]),
@@ -260,6 +272,9 @@ class KubeApi:
                     internal_ip=str(ip),
                     pod_cidrs=cidrs,
                     unschedulable=bool(spec.get("unschedulable")),
+                    labels=labels,
+                    taints=taints,
+                    ready=ready,
                 )
             )
         return out

@@ -155,11 +155,37 @@ class ApplyMixin(KubeApi):
                 return
             if time.monotonic() >= deadline:
                 detail = ", ".join(
-                    f"{ns}/{name} " + ("missing" if desired < 0 else f"{ready}/{desired} ready")
+                    f"{ns}/{name} "
+                    + ("missing" if desired < 0 else f"{ready}/{desired} ready")
+                    + self._why_not_ready(ns, name)
                     for (ns, name), (ready, desired) in sorted(pending.items())
                 )
                 raise BackendError(f"not ready after {timeout:.0f}s: {detail}")
             time.sleep(poll)
+
+    def _why_not_ready(self, namespace: str, deployment: str) -> str:
+        """ " (<why>)" for a Deployment that is not ready: the first of its pods the scheduler left Pending, with
+        the scheduler's own message (PodScheduled False: untolerated taints, too little CPU on a Local Zone's
+        instance), else a container's waiting reason (ImagePullBackOff, CrashLoopBackOff); "" when none says."""
+        try:
+            # a list, as `deployments_ready` reads them (the nightly's role may list Deployments, not get one)
+            items = (self.request("GET", f"/apis/apps/v1/namespaces/{quote(namespace)}/deployments") or {}).get("items")
+            dep = next((d for d in items or [] if _meta(d).get("name") == deployment), None)
+            match = dict((((dep or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+            pods = self.pods(namespace, match) if match else []
+        except (KubeApiError, BackendError):
+            return ""
+        for p in pods:
+            for c in (p.get("status") or {}).get("conditions") or []:
+                if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                    return f" (Pending: {' '.join(str(c.get('message') or c.get('reason') or '').split())[:400]})"
+        for p in pods:
+            for cs in (p.get("status") or {}).get("containerStatuses") or []:
+                waiting = (cs.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") and waiting.get("reason") != "ContainerCreating":
+                    msg = " ".join(str(waiting.get("message") or "").split())[:200]
+                    return f" ({cs.get('name')}: {waiting['reason']}{': ' + msg if msg else ''})"
+        return ""
 
     def save_artifacts(self, out: Path, namespaces: Iterable[str]) -> list[str]:
         """For the post-mortem: events and every container's log of every pod in `namespaces`.
