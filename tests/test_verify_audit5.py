@@ -167,3 +167,25 @@ def test_control_attempts_at_the_killed_pods_stale_address_pass(tmp_path: Path, 
         append(d / "upstream-stats.jsonl", json.dumps(line))
     v = verify(d)
     assert v.passed, why(v)
+
+
+def test_control_a_pod_made_unready_may_still_call_out(tmp_path: Path) -> None:
+    """A pod made unready keeps running: out of its Service's endpoints it receives nothing, but it may still
+    open connections of its own (product-api's database pool: the local stand-in recycles it every 5 s, a real
+    pool grows on demand). Its calls show nothing about whether the fault took effect; only serving does. The
+    first version of the rule counted them, and a correct mesh whose product-api was made unready for 20 s
+    failed coverage as "did not take effect"."""
+    d = tmp_path / "run"
+    sc = _scenario([], degraded=[(LAX, "product-api", 30, 50)])  # its one replica unready 30-50 s, recorded
+    write_run(d, sc)
+    fault = FaultSpec("unready-product-api-lax", "service-down", LAX, ("product-api",), 30, 50)
+    _write(d / "chaos.jsonl", [{**r, "action": "make_unready"} for r in chaos_records(_scenario([fault]))])
+    _write_plan(d, _scenario([fault]))
+    pod = pod_of(d, LAX, "product-api")
+    pg = pod_of(d, "us-west-2a", "postgres")
+    cluster = f"postgres.default.dc1.internal.{TD}"
+    t0 = min(r["ts"] for r in rows(d / "inventory.jsonl"))
+    append(d / "accesslogs" / f"{pod['pod']}.jsonl",
+           *(envoy_line(t0 + 40 + i, f"{pg['ip']}:5432", cluster, pod, code=0) for i in range(8)))  # fmt: skip
+    v = verify(d)
+    assert v.passed, why(v)

@@ -39,6 +39,10 @@ from harness.verify.verdict import (
     iso,
 )
 
+# fault actions whose pods keep running, out of their Services' endpoints: they receive nothing, but may still call
+# out on their own (a database pool's connections), so only serving shows whether such a fault took effect
+KEEPS_RUNNING = frozenset({"make_unready"})
+
 # `_served_but_silent`: successful hops a pod served after its own last access-log line (or with none) that make
 # its log incomplete, and how long after that line they must begin (a request's duration and the flush interval
 # are far shorter)
@@ -535,6 +539,7 @@ class UserChecks(CheckBase):
           SLO); one that served or called later, before the restore, was not taken down (a kill_pod whose pod
           kept serving, an unready pod left in the catalog, a node kill whose pods kept answering), or the
           mesh kept using it longer than the SLO allows. No pod hit at all is a fault that hit nothing.
+          A pod made unready keeps running (`KEEPS_RUNNING`): only its serving counts, not its own calls.
         - A partition cuts the zone from every other: a hop from it served outside it that failed while it
           lasted shows the cut; none (every such hop answered, or there were none) leaves it unshown.
         Before: a kill of an entry service or an AZ's pod, a zone outage or a partition that changed nothing
@@ -570,11 +575,11 @@ class UserChecks(CheckBase):
                  span AS (SELECT d.pod, least(?, coalesce(min(i.ts), ?)) AS hi FROM down d LEFT JOIN inv i
                           ON i.pod = d.pod AND i.event = 'ready' AND i.ts > d.lo GROUP BY d.pod),
                  used AS (SELECT ts, CAST(serving_pod AS VARCHAR) AS pod FROM hops WHERE ok AND ts > ?
-                          UNION ALL SELECT ts, CAST(caller_pod AS VARCHAR) FROM hops WHERE ok AND ts > ?)
+                          UNION ALL SELECT ts, CAST(caller_pod AS VARCHAR) FROM hops WHERE ok AND ts > ? AND ?)
             SELECT count(*), min(u.ts), max(u.ts), list(DISTINCT u.pod ORDER BY u.pod)[:5]
             FROM used u JOIN span s ON s.pod = u.pod AND u.ts < s.hi
             """,
-            [hit, f.inject, end, end, after, after],
+            [hit, f.inject, end, end, after, after, f.action not in KEEPS_RUNNING],
         ).fetchone()
         if not row or not row[0]:
             return ""
