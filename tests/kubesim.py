@@ -2115,8 +2115,9 @@ class ClusterSim:
         last_dead: tuple[Obj, str] | None = None
         dead = 0
         for i, svc in enumerate(targets):
-            name = self._cluster(svc)
-            cluster = f"failover-target~{i}~{name}" if resolver else name
+            # Consul names every child of the aggregate after the primary (`failover-target~N~<primary>`), not
+            # after the target it holds: only the hosts in it say where it goes
+            cluster = f"failover-target~{i}~{self._cluster(upstream)}" if resolver else self._cluster(svc)
             while attempts > 0:
                 hosts = [p for p in self._instances(svc) if self._ejected.get((me, p["metadata"]["uid"]), 0.0) <= now]
                 if not hosts:
@@ -2276,7 +2277,7 @@ class ClusterSim:
                         str(t.get("service")) for t in ((res.get("failover") or {}).get("*") or {}).get("targets") or []
                     ]
                 for i, svc_name in enumerate(names):
-                    cname = f"failover-target~{i}~{self._cluster(svc_name)}" if res else self._cluster(svc_name)
+                    cname = f"failover-target~{i}~{self._cluster(up)}" if res else self._cluster(svc_name)
                     counters = self.upstream_stats.get(name, {}).get(cname, {})
                     hosts = []
                     for p in self._instances(svc_name):

@@ -442,7 +442,7 @@ def test_envoy_admin_and_artifacts_through_port_forward(
     clusters = json.loads(backend.envoy_admin(pod, "/clusters?format=json"))
     names = [c["name"] for c in clusters["cluster_statuses"]]
     assert any(n.startswith("failover-target~0~product-api-lax-1a.") for n in names)
-    assert any(n.startswith("failover-target~1~product-api.") for n in names)
+    assert any(n.startswith("failover-target~1~product-api-lax-1a.") for n in names)  # named after the primary
     assert tools.calls() == [
         ["kubectl", "--kubeconfig", str(backend.kubeconfig), "port-forward", "--address", "127.0.0.1",
          "-n", "hashicups-lax-1a", f"pod/{pod}", ":19000"],

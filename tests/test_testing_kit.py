@@ -86,11 +86,12 @@ def test_unready_zone_fails_over_to_the_region_never_another_local_zone(fake: Fa
     hops = _hops(fake.write_run(tmp_path / "run"))
     served = {h["serving_zone"] for h in hops if h["upstream"] == "product-api"}
     assert served and served <= AZS
+    # as Envoy logs a failover chain: the aggregate cluster, named as the primary, whichever child served
     clusters = {h["upstream_cluster"] for h in hops if h["upstream"] == "product-api"}
-    assert all(str(c).startswith("failover-target~1~product-api.") for c in clusters)
+    assert clusters and all(str(c).startswith("product-api-lax-1a.") for c in clusters)
     fake.set_pod_ready(LAX, "product-api")
     back = fake.request(LAX)
-    assert any(str(h["upstream_cluster"]).startswith("failover-target~0~product-api-lax-1a.") for h in back.hops)
+    assert any(str(h["upstream_cluster"]).startswith("product-api-lax-1a.") for h in back.hops)
 
 
 def test_partition_cuts_region_only_upstreams(fake: FakeBackend) -> None:

@@ -481,15 +481,13 @@ class FakeBackend(Backend):
                 return pod, "-"
         return None, "UH"
 
-    def _cluster(self, caller: _Pod, upstream: str, served: _Pod | None) -> str:
+    def _cluster(self, caller: _Pod, upstream: str) -> str:
         t = self.topology
         zone = t.zone(caller.info.zone)
         name = consul_name(t, t.service(upstream), zone, t.edition)
-        base = f"{name}.default.dc1.internal.{TRUST_DOMAIN}"
-        if name == upstream:
-            return base
-        target = served.info.consul_service if served is not None else name
-        return f"failover-target~{0 if target == name else 1}~{target}.default.dc1.internal.{TRUST_DOMAIN}"
+        # Envoy logs the route's cluster: with a failover chain the aggregate, named as its primary (the caller's
+        # own zone's target) whichever child's host served; only the host says where the call went
+        return f"{name}.default.dc1.internal.{TRUST_DOMAIN}"
 
     def _call(self, caller: _Pod, ts: float, req: FakeRequest) -> tuple[bool, float]:
         t = self.topology
@@ -504,7 +502,7 @@ class FakeBackend(Backend):
             line = {"start_time": _envoy_time(ts), "method": "GET", "path": f"/{upstream}",
                     "response_code": 0 if tcp else code, "response_flags": flags, "duration": int(dur),
                     "upstream_host": f"{served.info.ip}:{served.port}" if served else None,
-                    "upstream_cluster": self._cluster(caller, upstream, served), "caller_pod": caller.info.pod,
+                    "upstream_cluster": self._cluster(caller, upstream), "caller_pod": caller.info.pod,
                     "caller_service": caller.info.consul_service, "direction": "outbound"}  # fmt: skip
             self._logs.setdefault(caller.info.pod, []).append(json.dumps(line))
             req.hops.append(line)

@@ -522,7 +522,7 @@ class UserChecks(CheckBase):
             return [str(r[0]) for r in rows], f"no pod ran on {where} at the inject"
         rows = self.con.execute(
             "SELECT DISTINCT pod FROM intervals WHERE zone = ? AND list_contains(?, service) AND start_ts <= ? "
-            "AND coalesce(end_ts, 'infinity'::DOUBLE) > ? ORDER BY pod",
+            "AND coalesce(end_ts, 'infinity'::DOUBLE) >= ? ORDER BY pod",  # one gone at the inject: by this fault
             [f.zone, list(f.services), f.inject, f.inject],
         ).fetchall()
         return [
