@@ -381,6 +381,9 @@ class NodeRun:
     entrypoint_until: float | None = None  # kind's entrypoint is PID 1 until then (after a docker start)
     port_maps: dict[int, int] = field(default_factory=dict)  # containerPort -> host port
     notready_marked: bool = False
+    # kind: images in the node container's containerd (`kind load docker-image`, or pulled by its kubelet); they
+    # survive a docker stop/start, not a `kind delete`
+    images: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -437,6 +440,7 @@ class Consul:
     inject: bool = True
     envoy_extra_args: list[str] = field(default_factory=list)
     dataplane_image: str = "hashicorp/consul-dataplane:1.9.11"
+    k8s_image: str = "hashicorp/consul-k8s-control-plane:1.9.11"  # the injected init container's (global.imageK8S)
     release: str = "consul"
     namespace: str = "consul"
     values: dict[str, Any] = field(default_factory=dict)
@@ -526,6 +530,15 @@ class ClusterSim:
         self.pods: dict[str, PodRun] = {}  # uid -> run state
         self.consul: Consul | None = None
         self.kind_cluster: str | None = None
+        # kind: the host's Docker image store (kept across clusters) and what went to the registry: every image a
+        # kind node lacks is pulled by its kubelet from Docker Hub, anonymously, from the host's one address
+        # (100 pulls per 6 h): (node, image) per pull, and the host's own `docker pull`s
+        self.host_images: set[str] = set()
+        self.host_pulls: list[str] = []
+        self.registry_pulls: list[tuple[str, str]] = []
+        # what `kind load docker-image` fails with, if it does (Docker Desktop's containerd image store cannot
+        # `docker save` a multi-platform image whose other platforms it never pulled: kind#3795)
+        self.kind_load_error: str | None = None
         self.kind_network_next = 2  # the next address Docker hands out on the `kind` network (172.18.0.N)
         self.host_listeners: list[Any] = []
         self.netem_available = True  # the host kernel has sch_netem (kind node containers share it)
@@ -874,7 +887,7 @@ class ClusterSim:
             *(spec.get("containers") or []),
             {"name": "consul-dataplane", "image": c.dataplane_image, "args": args},
         ]
-        spec["initContainers"] = [{"name": "consul-connect-inject-init", "image": "hashicorp/consul-k8s-control-plane"}]
+        spec["initContainers"] = [{"name": "consul-connect-inject-init", "image": c.k8s_image}]
         ann["consul.hashicorp.com/connect-inject-status"] = "injected"
 
     def _admit_claim(self, pvc: Obj) -> None:
@@ -1688,6 +1701,13 @@ class ClusterSim:
                 await self._flush_envoy(cont, now)
 
     def _start_sandbox(self, pod: Obj, run: PodRun, nrun: NodeRun, now: float) -> None:
+        if self.kind_cluster is not None:  # imagePullPolicy IfNotPresent (pinned tags): pulled once per node
+            spec = pod.get("spec") or {}
+            for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+                image = str(c.get("image") or "")
+                if image and image not in nrun.images:
+                    self.registry_pulls.append((nrun.name, image))
+                    nrun.images.add(image)
         node = self.get("v1", "nodes", None, nrun.name) or {}
         cidr = (node.get("spec") or {}).get("podCIDR") or "10.244.99.0/24"
         base = cidr.split("/")[0].rsplit(".", 1)[0]
@@ -2909,6 +2929,19 @@ class ClusterSim:
             self.unregister(CONSUL_GROUP, plural)
         return {"rc": 0}
 
+    def kind_load(self, name: str, images: list[str]) -> Obj:
+        """`kind load docker-image`: each image from the host's Docker into every node of the cluster."""
+        if name != self.kind_cluster:
+            return {"rc": 1, "stderr": f'ERROR: no nodes found for cluster "{name}"'}
+        if self.kind_load_error is not None:
+            return {"rc": 1, "stderr": self.kind_load_error}
+        for image in images:
+            if image not in self.host_images:
+                return {"rc": 1, "stderr": f'ERROR: image: "{image}" not present locally'}
+        for nrun in self.nodes.values():
+            nrun.images.update(images)
+        return {"rc": 0}
+
     async def docker(self, args: list[str]) -> Obj:
         if not args:
             return {"rc": 1, "stderr": "usage"}
@@ -2931,6 +2964,18 @@ class ClusterSim:
             return {"rc": 0, "stdout": "\n".join(rest) + "\n"}
         if cmd == "inspect":
             return self._docker_inspect(rest)
+        if cmd == "image" and rest[:1] == ["inspect"]:
+            missing = [i for i in rest[1:] if not i.startswith("-") and i not in self.host_images]
+            if rest[1:2] == ["--format"]:
+                missing = [i for i in rest[3:] if i not in self.host_images]
+            if missing:
+                return {"rc": 1, "stderr": f"Error response from daemon: No such image: {missing[0]}"}
+            return {"rc": 0, "stdout": "sha256:0123\n"}
+        if cmd == "pull":
+            image = rest[-1]
+            self.host_pulls.append(image)
+            self.host_images.add(image)
+            return {"rc": 0, "stdout": f"Status: Downloaded newer image for {image}\n"}
         if cmd == "exec":
             node, script = rest[0], rest[-1]
             if node not in self.nodes:
@@ -3040,6 +3085,7 @@ class ClusterSim:
             inject=bool(ci.get("enabled", True)),
             envoy_extra_args=shlex.split(str(ci.get("envoyExtraArgs") or "")),
             dataplane_image=str(g.get("imageConsulDataplane") or "hashicorp/consul-dataplane:1.9.11"),
+            k8s_image=str(g.get("imageK8S") or "hashicorp/consul-k8s-control-plane:1.9.11"),
             release=release,
             namespace=namespace,
             values=values,
@@ -3322,6 +3368,8 @@ class ClusterSim:
             return aiohttp.web.json_response(await self.kind_create(body["name"], body.get("config") or {}))
         if path == "kind/delete":
             return aiohttp.web.json_response(await self.kind_delete())
+        if path == "kind/load":
+            return aiohttp.web.json_response(self.kind_load(body["name"], list(body.get("images") or [])))
         if path == "kind/clusters":
             return aiohttp.web.json_response({"clusters": [self.kind_cluster] if self.kind_cluster else []})
         if path == "docker":

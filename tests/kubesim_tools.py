@@ -129,6 +129,12 @@ def kind(args: list[str]) -> None:
             sys.exit(1)
         _write_kubeconfig(_opt(args, "--kubeconfig") or str(Path.home() / ".kube/config"), name)
         return
+    if args[:2] == ["load", "docker-image"]:
+        rest = args[2:]
+        name = _opt(rest, "--name") or "kind"
+        images = [a for i, a in enumerate(rest) if not a.startswith("-") and (i == 0 or rest[i - 1] != "--name")]
+        _finish(_api("kind/load", {"name": name, "images": images}))
+        return
     print(f"fake kind: unsupported {args}", file=sys.stderr)
     sys.exit(2)
 

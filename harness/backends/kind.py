@@ -121,6 +121,20 @@ def kind_available() -> tuple[bool, str]:
     return True, f"Docker {proc.stdout.strip()} answers and kind, helm, kubectl are installed"
 
 
+def cluster_images(manifests: Manifests) -> list[str]:
+    """The images a cluster of these manifests runs: Consul's (the chart's pinned global images: server,
+    control plane and injected init container, dataplane sidecar) and every container of the rendered
+    workloads and entry objects."""
+    g = manifests.helm_values.get("global") or {}
+    out = {str(g[k]) for k in ("image", "imageK8S", "imageConsulDataplane") if g.get(k)}
+    for o in [*manifests.objects, *manifests.entry_objects(ENTRY_VARIANT)]:
+        spec = (((o.get("spec") or {}).get("template") or {}).get("spec")) or {}
+        for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+            if c.get("image"):
+                out.add(str(c["image"]))
+    return sorted(out)
+
+
 class KindBackend(KubeBackend):
     """A kind cluster named `cluster_name`; state (kubeconfig, port-forwards) lives in `workdir`."""
 
@@ -210,6 +224,7 @@ class KindBackend(KubeBackend):
                 "--config", str(config), "--kubeconfig", str(self.kubeconfig),
             )  # fmt: skip
         self._save_state(manifests=str(Path(manifests.root).resolve()), cluster=self.cluster_name, entry={})
+        self._load_images(manifests)
         cluster = self.cluster
         namespaces = [o for o in manifests.objects if o["kind"] == "Namespace"]
         cluster.apply(namespaces)
@@ -231,6 +246,33 @@ class KindBackend(KubeBackend):
             self._impose()
         self._save_state(entry=self._published_ports())
         self.start_recording()
+
+    def _load_images(self, manifests: Manifests) -> None:
+        """Every image the cluster runs, pulled once into the host's Docker and loaded into the nodes.
+
+        Left to themselves, kind nodes' kubelets pull each image they lack
+        from Docker Hub, anonymously, all from the host's one address: ~40
+        pulls per cluster, where Docker Hub allows 100 per 6 hours, so the
+        second run of a morning (or a shared CI runner) met `toomanyrequests`.
+        The host's copies outlive the cluster; `kind load` skips an image a
+        node already has. A load that fails (Docker Desktop's containerd
+        image store cannot `docker save` some multi-platform images) is said
+        in one line and left to the nodes' own pulls: slower, not wrong.
+        """
+        images = cluster_images(manifests)
+        for image in images:
+            if self._run("docker", "image", "inspect", "--format", "{{.Id}}", image, check=False).returncode != 0:
+                self.progress(f"pulling {image}")
+                self._run("docker", "pull", image, timeout=1800)
+        self.progress(f"loading {len(images)} images into the kind nodes")
+        proc = self._run("kind", "load", "docker-image", "--name", self.cluster_name, *images, check=False,
+                         timeout=1800)  # fmt: skip
+        if proc.returncode != 0:
+            err = (proc.stderr or proc.stdout or "").strip().splitlines()
+            self.progress(
+                f"`kind load docker-image` failed ({err[-1] if err else f'exit {proc.returncode}'}): "
+                "the nodes pull the images themselves (Docker Hub's anonymous pull limit may apply)"
+            )
 
     def probe_netem(self, node: str) -> tuple[bool, str]:
         """Whether tc netem works in kind's node containers (they share the host's kernel modules)."""
