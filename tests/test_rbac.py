@@ -242,6 +242,9 @@ def test_the_permissions_of_a_run_are_asked_where_they_are_used(api: FakeApiServ
     assert not [a for a in asked if a.startswith("patch nodes") or "secrets" in a]  # no allow-list, plain HTTP
     destructive = [str(p) for p in _backend(api, tmp_path, allow=(CONTEXT,)).permissions_needed(m)]
     assert "patch nodes (cluster)" in destructive
+    # a node kill deletes every pod of the node, whatever its namespace (a role granting pod delete only in the
+    # run's namespaces passed the check and was refused mid-drain)
+    assert "delete pods (cluster)" in destructive and "delete pods (cluster)" not in asked
     assert "create networkpolicies.networking.k8s.io (hashicups-lax-1a)" in destructive
     result = review(b.cluster, b.permissions_needed(m))
     assert result.missing == [] and result.asked == len(asked) == len(api.sim.access_reviews)

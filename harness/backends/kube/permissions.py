@@ -96,6 +96,8 @@ NEEDS: tuple[Need, ...] = (
     Need("", ("secrets",), ("get",), CONSUL, CONSUL_CA, names=(CA_SECRET,), why="the TLS Consul's CA certificate"),
     Need("", ("nodes",), ("list",), CLUSTER, why="zones of the topology, of pods, blast radius"),
     Need("", ("nodes",), ("patch",), CLUSTER, DESTRUCTIVE, why="node kill and zone outage: cordon, uncordon"),
+    Need("", ("pods",), ("delete",), CLUSTER, DESTRUCTIVE,
+         why="node kill and zone outage delete every pod of the node, whatever its namespace"),
     Need("", ("events",), ("list",), RUN, why="post-mortem artifacts"),
     Need("apps", ("deployments",), ("create", "patch", "delete"), APPLIED, why="the HashiCups Deployments"),
     Need("apps", ("deployments",), ("list",), CLUSTER, why="readiness of every Deployment in one call"),
