@@ -529,6 +529,23 @@ class UserChecks(CheckBase):
             str(r[0]) for r in rows
         ], f"no pod of {', '.join(f.services) or 'any service'} ran in {f.zone} at the inject"
 
+    def _cut_in_counters(self, f: Fault) -> bool:
+        """Whether the zone's sidecars counted connect failures, errors or timeouts towards hosts of other zones
+        between the partition's inject and restore snapshots. Envoy logs a TCP hop when its connection closes:
+        a pooled database connection that hung through the cut is logged after it, from its start before it,
+        so a correct partition may leave no failed hop inside its window; its counters still show the cut."""
+        n = self._one(
+            """
+            SELECT coalesce(sum(r.cx_connect_fail + r.rq_error + r.rq_timeout
+                                - coalesce(i.cx_connect_fail + i.rq_error + i.rq_timeout, 0)), 0)
+            FROM upstream_stats r LEFT JOIN upstream_stats i
+              ON i.label = ? AND i.pod = r.pod AND i.cluster = r.cluster AND i.host = r.host
+            WHERE r.label = ? AND r.caller_zone = ? AND r.host_zone IS NOT NULL AND r.host_zone <> ?
+            """,
+            [f"inject {f.fault}", f"restore {f.fault}", f.zone, f.zone],
+        )
+        return bool(n and n > 0)
+
     def _not_taken_effect(self, f: Fault) -> str:
         """Why the records do not show that fault `f` took effect ("" when they do): a fault that did nothing
         never exercised the failover, and "stayed in-zone" everywhere proves nothing then.
@@ -552,11 +569,12 @@ class UserChecks(CheckBase):
                 "AND serving_zone <> caller_zone AND NOT ok AND ts >= ? AND ts < ?",
                 [f.zone, f.inject, end],
             )
-            if n:
+            if n or self._cut_in_counters(f):
                 return ""
             return (
                 f"coverage: fault {f.fault}: the partition of {f.zone} is not shown to have cut anything: no hop "
-                f"from {f.zone} to another zone failed from {iso(f.inject)} to {iso(end)} (fault unverified)"
+                f"from {f.zone} to another zone failed from {iso(f.inject)} to {iso(end)}, and no connect failure, "
+                f"error or timeout towards another zone grew in its sidecars' upstream counters (fault unverified)"
             )
         hit, none_text = self._hit_pods(f)
         if f.kind not in ("service-down", "zone-down"):
