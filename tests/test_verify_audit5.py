@@ -105,6 +105,24 @@ def _lax_caller(d: Path) -> dict[str, Any]:
     return pod_of(d, LAX, "public-api")
 
 
+def _plant_attempts(d: Path, caller: dict[str, Any], at: float, ip: str) -> None:
+    """Three connect failures of `caller` to `ip`:9090 from `at` in its access log (the hop files rebuilt from it)."""
+    lines = [envoy_line(at + i * 0.01, f"{ip}:9090", LAX_AGGREGATE, caller, 503, "UF") for i in range(3)]
+    append(d / "accesslogs" / f"{caller['pod']}.jsonl", *lines)
+    for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
+        (d / stale).unlink(missing_ok=True)
+
+
+def _plant_counter(
+    d: Path, caller: dict[str, Any], ts: float, label: str, cluster: str, ip: str, **counts: int
+) -> None:
+    """One upstream-stats line of `caller`'s sidecar for host `ip`:9090 in `cluster` (counters not given are 0)."""
+    zero = dict.fromkeys(("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout"), 0)
+    line = {"ts": ts, "label": label, "pod": caller["pod"], "cluster": cluster, "host": f"{ip}:9090", **zero,
+            **counts, "health_flags": "healthy"}  # fmt: skip
+    append(d / "upstream-stats.jsonl", json.dumps(line))
+
+
 def test_synthetic_access_logs_name_the_routes_aggregate_cluster_as_envoy_does(tmp_path: Path) -> None:
     """synth wrote the child that served (`failover-target~1~product-api...`) in the access log, which no real
     Envoy logs: checks that read cluster names passed on synthetic runs and never fired on real ones."""
@@ -129,16 +147,9 @@ def test_an_attempt_to_a_host_no_inventory_record_names_is_unverified_on_real_sh
     caller = _lax_caller(d)
     t0 = _scenario([]).start
     if evidence == "access-log":
-        lines = [envoy_line(t0 + 35 + i * 0.01, f"{LAS_UNKNOWN_IP}:9090", LAX_AGGREGATE, caller, 503, "UF")
-                 for i in range(3)]  # fmt: skip
-        append(d / "accesslogs" / f"{caller['pod']}.jsonl", *lines)
-        for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
-            (d / stale).unlink(missing_ok=True)
+        _plant_attempts(d, caller, t0 + 35, LAS_UNKNOWN_IP)
     else:
-        line = {"ts": t0 + 90.5, "label": "end", "pod": caller["pod"], "cluster": LAX_FAILOVER_CHILD,
-                "host": f"{LAS_UNKNOWN_IP}:9090", "cx_total": 1, "cx_connect_fail": 1, "rq_total": 0, "rq_error": 0,
-                "rq_timeout": 0, "health_flags": "healthy"}  # fmt: skip
-        append(d / "upstream-stats.jsonl", json.dumps(line))
+        _plant_counter(d, caller, t0 + 90.5, "end", LAX_FAILOVER_CHILD, LAS_UNKNOWN_IP, cx_total=1, cx_connect_fail=1)
     v = verify(d)
     assert HUB_AND_SPOKE in failed(v), why(v)
     assert LAS_UNKNOWN_IP in v.invariant(HUB_AND_SPOKE).message
@@ -154,17 +165,10 @@ def test_control_attempts_at_the_killed_pods_stale_address_pass(tmp_path: Path, 
     killed = pod_of(d, LAX, "product-api")
     t0 = _scenario([]).start
     if evidence == "access-log":
-        lines = [envoy_line(t0 + 32 + i * 0.01, f"{killed['ip']}:9090", LAX_AGGREGATE, caller, 503, "UF")
-                 for i in range(3)]  # fmt: skip
-        append(d / "accesslogs" / f"{caller['pod']}.jsonl", *lines)
-        for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
-            (d / stale).unlink(missing_ok=True)
+        _plant_attempts(d, caller, t0 + 32, killed["ip"])
     else:
-        line = {"ts": t0 + 33.0, "label": "inject kill-product-api-lax", "pod": caller["pod"],
-                "cluster": f"failover-target~0~{LAX_AGGREGATE}", "host": f"{killed['ip']}:9090", "cx_total": 3,
-                "cx_connect_fail": 1, "rq_total": 40, "rq_error": 1, "rq_timeout": 0,
-                "health_flags": "healthy"}  # fmt: skip
-        append(d / "upstream-stats.jsonl", json.dumps(line))
+        _plant_counter(d, caller, t0 + 33.0, "inject kill-product-api-lax", f"failover-target~0~{LAX_AGGREGATE}",
+                       killed["ip"], cx_total=3, cx_connect_fail=1, rq_total=40, rq_error=1)  # fmt: skip
     v = verify(d)
     assert v.passed, why(v)
 
