@@ -2964,13 +2964,10 @@ class ClusterSim:
             return {"rc": 0, "stdout": "\n".join(rest) + "\n"}
         if cmd == "inspect":
             return self._docker_inspect(rest)
-        if cmd == "image" and rest[:1] == ["inspect"]:
-            missing = [i for i in rest[1:] if not i.startswith("-") and i not in self.host_images]
-            if rest[1:2] == ["--format"]:
-                missing = [i for i in rest[3:] if i not in self.host_images]
-            if missing:
-                return {"rc": 1, "stderr": f"Error response from daemon: No such image: {missing[0]}"}
-            return {"rc": 0, "stdout": "sha256:0123\n"}
+        if cmd == "image" and rest[:1] == ["ls"]:
+            if rest[1:] != ["--format", "{{.Repository}}:{{.Tag}}"]:
+                return {"rc": 1, "stderr": f"fake docker: unsupported image ls {rest[1:]}"}
+            return {"rc": 0, "stdout": "".join(f"{i}\n" for i in sorted(self.host_images))}
         if cmd == "pull":
             image = rest[-1]
             self.host_pulls.append(image)
