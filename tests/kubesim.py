@@ -342,6 +342,9 @@ KIND_STANDARD_CLASS: dict[str, Any] = {
 }
 """The default StorageClass kind creates (and that a fresh sim cluster starts with: storage that works)."""
 EBS_CSI = "ebs.csi.aws.com"
+# chart 1.9.11's defaults for global.imageConsulDataplane and global.imageK8S (the rendered values pin both)
+CHART_DATAPLANE_IMAGE = "hashicorp/consul-dataplane:1.9.11"
+CHART_K8S_IMAGE = "hashicorp/consul-k8s-control-plane:1.9.11"
 
 
 @dataclass
@@ -439,8 +442,8 @@ class Consul:
     entry_sources: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> k8s ns/name
     inject: bool = True
     envoy_extra_args: list[str] = field(default_factory=list)
-    dataplane_image: str = "hashicorp/consul-dataplane:1.9.11"
-    k8s_image: str = "hashicorp/consul-k8s-control-plane:1.9.11"  # the injected init container's (global.imageK8S)
+    dataplane_image: str = CHART_DATAPLANE_IMAGE
+    k8s_image: str = CHART_K8S_IMAGE  # the injected init container's (global.imageK8S)
     release: str = "consul"
     namespace: str = "consul"
     values: dict[str, Any] = field(default_factory=dict)
@@ -3081,8 +3084,8 @@ class ClusterSim:
             version=image.rsplit(":", 1)[-1].removesuffix("-ent"),
             inject=bool(ci.get("enabled", True)),
             envoy_extra_args=shlex.split(str(ci.get("envoyExtraArgs") or "")),
-            dataplane_image=str(g.get("imageConsulDataplane") or "hashicorp/consul-dataplane:1.9.11"),
-            k8s_image=str(g.get("imageK8S") or "hashicorp/consul-k8s-control-plane:1.9.11"),
+            dataplane_image=str(g.get("imageConsulDataplane") or CHART_DATAPLANE_IMAGE),
+            k8s_image=str(g.get("imageK8S") or CHART_K8S_IMAGE),
             release=release,
             namespace=namespace,
             values=values,
@@ -3192,7 +3195,7 @@ class ClusterSim:
                 ci,
                 int(ci.get("replicas", 1)),
                 [{"name": "webhook", "containerPort": 8080}],
-                str(g.get("imageK8S") or "hashicorp/consul-k8s-control-plane:1.9.11"),
+                str(g.get("imageK8S") or CHART_K8S_IMAGE),
             )
             if (
                 self.get(
@@ -3223,7 +3226,7 @@ class ClusterSim:
             values.get("webhookCertManager") or {},
             1,
             [],
-            str(g.get("imageK8S") or "hashicorp/consul-k8s-control-plane:1.9.11"),
+            str(g.get("imageK8S") or CHART_K8S_IMAGE),
         )
         ui_port = ui_svc.get("port") or {}
         services: list[tuple[str, Obj | None]] = [

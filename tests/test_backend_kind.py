@@ -636,3 +636,29 @@ def test_from_options(tmp_path: Path) -> None:
         tmp_path / "kind-ci",
         tmp_path / "kind-ci" / "kubeconfig",
     )
+
+
+def test_a_node_whose_entrypoint_never_hands_over_is_one_line_naming_docker_logs(
+    up: tuple[KindBackend, Manifests], api: FakeApiServer
+) -> None:
+    """A restarted node whose kind entrypoint is still PID 1 when the wait runs out: an error naming the node, what
+    PID 1 still is and where to look, not rules written into a table the entrypoint is about to rewrite."""
+    backend, _m = up
+    api.sim.t.entrypoint_s = api.sim.t.node_boot_s = 60.0  # a boot that takes a minute
+    backend.kill_node("edge-worker3")
+    backend._run("docker", "start", "edge-worker3")
+    with pytest.raises(BackendError) as err:
+        backend._wait_entrypoint(["edge-worker3"], timeout_s=0.5)
+    assert str(err.value) == (
+        "edge-worker3: kind's entrypoint did not hand over to systemd 0s after `docker start` "
+        "(PID 1 is still 'entrypoint'); see `docker logs edge-worker3`"
+    )
+
+
+def test_node_addresses_docker_cannot_give_are_one_line(up: tuple[KindBackend, Manifests]) -> None:
+    """`docker inspect` that finds none of the nodes (the cluster's containers removed behind the harness's back)
+    is an error naming the cluster and Docker's own words; one it finds some of answers for those."""
+    backend, _m = up
+    with pytest.raises(BackendError, match=r"^`docker inspect` of kind cluster edge's nodes failed: Error: No such"):
+        backend._containers(["edge-gone"])
+    assert set(backend._containers(["edge-gone", "edge-worker3"])) == {"edge-worker3"}

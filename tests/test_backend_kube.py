@@ -24,6 +24,7 @@ from harness.backends.kube import (
     access_log_record,
     split_timestamp,
 )
+from harness.backends.kube.api import KubeApiError
 from harness.contract.inventory import Inventory
 from harness.errors import BackendError
 from tests.conftest import wait_until
@@ -552,3 +553,41 @@ def test_entry_monitor_a_hung_zone_does_not_hold_back_the_others(tmp_path: Path)
     finally:
         release.set()
         mon.stop()
+
+
+class _NotReady:
+    """What `_why_not_ready` reads of a cluster: one Deployment and the pods its selector picks."""
+
+    def __init__(self, pods: list[dict[str, Any]], refuse: bool = False) -> None:
+        self._pods, self._refuse = pods, refuse
+
+    def request(self, method: str, path: str, **_kw: Any) -> dict[str, Any]:
+        if self._refuse:
+            raise KubeApiError(403, method, path, "forbidden")
+        return {"items": [{"metadata": {"name": "public-api"}, "spec": {"selector": {"matchLabels": {"app": "x"}}}}]}
+
+    def pods(self, namespace: str | None = None, selector: Any = None) -> list[dict[str, Any]]:
+        return self._pods
+
+
+def _waiting(reason: str, message: str = "") -> dict[str, Any]:
+    waiting = {"reason": reason, "message": message}
+    return {"status": {"conditions": [{"type": "PodScheduled", "status": "True"}],
+                       "containerStatuses": [{"name": "public-api", "state": {"waiting": waiting}}]}}  # fmt: skip
+
+
+def test_a_deployment_left_waiting_says_its_containers_reason() -> None:
+    """Past the scheduler, a pod that does not start says why in its container's waiting state (a Docker Hub
+    pull refused, a crash loop): the ready wait's error carries it; ContainerCreating (still starting) and a
+    cluster that will not say (403) add nothing."""
+    from harness.backends.kube.apply import ApplyMixin
+
+    why = ApplyMixin._why_not_ready
+    pull = _waiting(
+        "ImagePullBackOff", 'Back-off pulling image "hashicorpdemoapp/public-api:v0.0.7":\n toomanyrequests'
+    )
+    assert why(_NotReady([pull]), "ns", "public-api") == (  # type: ignore[arg-type]
+        ' (public-api: ImagePullBackOff: Back-off pulling image "hashicorpdemoapp/public-api:v0.0.7": toomanyrequests)'
+    )
+    assert why(_NotReady([_waiting("ContainerCreating")]), "ns", "public-api") == ""  # type: ignore[arg-type]
+    assert why(_NotReady([pull], refuse=True), "ns", "public-api") == ""  # type: ignore[arg-type]

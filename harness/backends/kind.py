@@ -135,6 +135,11 @@ def cluster_images(manifests: Manifests) -> list[str]:
     return sorted(out)
 
 
+def is_edge(node: NodeInfo) -> bool:
+    """A node of a Local or Wavelength Zone (its zone-type label), not of the Region's AZs nor unlabelled."""
+    return bool(node.zone_type) and node.zone_type != "availability-zone"
+
+
 class KindBackend(KubeBackend):
     """A kind cluster named `cluster_name`; state (kubeconfig, port-forwards) lives in `workdir`."""
 
@@ -416,7 +421,7 @@ class KindBackend(KubeBackend):
         return live, {name for name, ip in docker.items() if ip}
 
     def _edge_nodes(self, zone: str | None = None) -> list[NodeInfo]:
-        edge = [n for n in self._node_infos() if n.zone_type and n.zone_type != "availability-zone"]
+        edge = [n for n in self._node_infos() if is_edge(n)]
         return [n for n in edge if zone is None or n.zone == zone]
 
     def _link(self, zone: str) -> tuple[float, float, float]:
@@ -436,7 +441,7 @@ class KindBackend(KubeBackend):
         def peers(ns: Sequence[NodeInfo]) -> list[str]:
             return [c for n in ns for c in ((f"{n.internal_ip}/32",) if n.internal_ip else ()) + n.pod_cidrs]
 
-        other_edge = [n for n in nodes if n.zone != node.zone and n.zone_type and n.zone_type != "availability-zone"]
+        other_edge = [n for n in nodes if n.zone != node.zone and is_edge(n)]
         region = [n for n in nodes if n.zone != node.zone and n not in other_edge]
         blocked = peers(other_edge) + (peers(region) if partitioned else [])
         # Users enter every zone through the NodePort kind publishes on the control-plane, and kube-proxy
@@ -506,13 +511,8 @@ class KindBackend(KubeBackend):
         """
         nodes, running = self._live_nodes()
         for n in nodes:
-            if not n.zone_type or n.zone_type == "availability-zone":
-                continue
-            if (n.zone == zone) if zone is not None else (n.name in running):
+            if is_edge(n) and ((n.zone == zone) if zone is not None else (n.name in running)):
                 self._run("docker", "exec", n.name, "sh", "-c", self.network_script(n, nodes))
-
-    def _reapply_zone(self, zone: str) -> None:
-        self._impose(zone)
 
     # -- chaos ---------------------------------------------------------------
     def kill_node(self, node: str) -> None:
@@ -560,23 +560,23 @@ class KindBackend(KubeBackend):
         links = dict(self._state().get("links") or {})
         links[zone] = [latency_ms, 0.0, loss_percent]
         self._save_state(links=links)
-        self._reapply_zone(zone)
+        self._impose(zone)
 
     def clear_link(self, zone: str) -> None:
         self._require_edge(zone, "clear_link")
         links = dict(self._state().get("links") or {})
         links.pop(zone, None)
         self._save_state(links=links)
-        self._reapply_zone(zone)
+        self._impose(zone)
 
     def partition_zone(self, zone: str) -> None:
         self._require_edge(zone, "partition_zone")
         parts = set(self._state().get("partitioned") or [])
         self._save_state(partitioned=sorted(parts | {zone}))
-        self._reapply_zone(zone)
+        self._impose(zone)
 
     def heal_zone(self, zone: str) -> None:
         self._require_edge(zone, "heal_zone")
         parts = set(self._state().get("partitioned") or [])
         self._save_state(partitioned=sorted(parts - {zone}))
-        self._reapply_zone(zone)
+        self._impose(zone)

@@ -159,7 +159,7 @@ def discovery_chain(mesh: MeshConfig, ref: ServiceRef) -> dict[str, Any]:
 
     def resolver_node(start: ServiceRef) -> str:
         nonlocal default
-        node, _ = mesh._resolver_node(start, None)
+        node, _ = mesh.resolver_node(start, None)
         primary = node.targets[0].service
         has_resolver = primary in mesh.resolvers or start in mesh.resolvers
         default = default and not has_resolver
@@ -176,7 +176,7 @@ def discovery_chain(mesh: MeshConfig, ref: ServiceRef) -> dict[str, Any]:
         for i, t in enumerate(node.targets):
             # Consul resolves each failover target through its own resolver (getResolverNode), which sets the
             # target's ConnectTimeout; the Envoy child clusters still take the primary's (mesh.envoy).
-            own = ct if i == 0 else go_duration(mesh._resolver_node(t.service, None)[0].connect_timeout_s)
+            own = ct if i == 0 else go_duration(mesh.resolver_node(t.service, None)[0].connect_timeout_s)
             targets[target_id(t.service, dc)] = {
                 "ID": target_id(t.service, dc),
                 "Service": t.service.name,

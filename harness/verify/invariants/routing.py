@@ -472,24 +472,30 @@ class RoutingChecks(CheckBase):
                 f"{' ...' if len(dead) > MAX_OFFENDERS else ''}): their attempts since are unverified"
             )
             checks.append(CheckResult("upstream-stats", UNVERIFIED, f"unread before death: {names}"))
-        # a host the inventory cannot attribute counts in the zone its cluster is named for (the route taken)
-        rows = self.con.execute(
+        # Each counter line's host placed once: where the inventory has it, else the zone its cluster is named for
+        # (the route taken), else the zone of the last pod that held the address (an endpoint Envoy kept); NULL:
+        # nobody ever held it. `attempts`: connections, connect failures and requests it counted.
+        self.con.execute(
             f"""
+            CREATE OR REPLACE TEMP TABLE stats_placed AS
+            SELECT * EXCLUDE (host_zone), coalesce(host_zone,
+                   {self._forbidden_cluster_sql("cluster", "caller_zone")},
+                   {self._last_holder_zone_sql(host_ip_sql("st.host"), "st.ts")}) AS host_zone,
+                   coalesce(cx_total, 0) + coalesce(cx_connect_fail, 0) + coalesce(rq_total, 0) AS attempts
+            FROM upstream_stats st WHERE caller_zone IS NOT NULL
+            """
+        )
+        rows = self.con.execute(
+            """
             SELECT s.pod, s.caller_zone, s.cluster, s.host, s.host_pod, s.host_zone,
                    max(coalesce(s.cx_total, 0)), max(coalesce(s.cx_connect_fail, 0)), max(coalesce(s.rq_total, 0)),
                    max(coalesce(s.rq_error, 0)), arg_min(s.label, s.ts), min(s.ts)
-            FROM (
-                SELECT * EXCLUDE (host_zone), coalesce(host_zone,
-                       {self._forbidden_cluster_sql("cluster", "caller_zone")},
-                       {self._last_holder_zone_sql(host_ip_sql("st.host"), "st.ts")}) AS host_zone
-                FROM upstream_stats st
-            ) s
+            FROM stats_placed s
             LEFT JOIN zones hz ON hz.name = s.host_zone
             LEFT JOIN zones cz ON cz.name = s.caller_zone
             -- a host in a zone the topology does not list is forbidden as a hop served there is
-            WHERE s.caller_zone IS NOT NULL AND s.host_zone IS NOT NULL AND coalesce(hz.kind, 'unknown') <> 'region'
-              AND (coalesce(cz.kind, 'edge') = 'region' OR s.host_zone <> s.caller_zone)
-              AND coalesce(s.cx_total, 0) + coalesce(s.cx_connect_fail, 0) + coalesce(s.rq_total, 0) > 0
+            WHERE s.host_zone IS NOT NULL AND coalesce(hz.kind, 'unknown') <> 'region'
+              AND (coalesce(cz.kind, 'edge') = 'region' OR s.host_zone <> s.caller_zone) AND s.attempts > 0
             GROUP BY ALL ORDER BY min(s.ts), s.pod, s.host
             """
         ).fetchall()
@@ -520,16 +526,8 @@ class RoutingChecks(CheckBase):
         # hosts no pod held at the snapshot or before it, with attempts: where they went is unknown (the cluster
         # a real Envoy lists them in names the caller's own primary, never the host's zone)
         unknown = self.con.execute(
-            f"""
-            SELECT pod, caller_zone, cluster, host, max(coalesce(cx_total, 0) + coalesce(cx_connect_fail, 0)
-                   + coalesce(rq_total, 0)), min(ts)
-            FROM upstream_stats st
-            WHERE caller_zone IS NOT NULL AND host_zone IS NULL
-              AND coalesce(cx_total, 0) + coalesce(cx_connect_fail, 0) + coalesce(rq_total, 0) > 0
-              AND {self._forbidden_cluster_sql("cluster", "caller_zone")} IS NULL
-              AND {self._last_holder_zone_sql(host_ip_sql("st.host"), "st.ts")} IS NULL
-            GROUP BY ALL ORDER BY min(ts), pod, host
-            """
+            "SELECT pod, caller_zone, cluster, host, max(attempts), min(ts) FROM stats_placed "
+            "WHERE host_zone IS NULL AND attempts > 0 GROUP BY ALL ORDER BY min(ts), pod, host"
         ).fetchall()
         for pod, cz, cluster, host, n, ts in unknown:
             text = (

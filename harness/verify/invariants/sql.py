@@ -125,8 +125,10 @@ DEFINITIONS = {
     "sidecars' records (recording.jsonl; a flush problem of a pod that died is a note) and a sidecar whose "
     "counters grew with no access-log line; a fault must show it took effect: no pod it took down (node faults: "
     "the pods on its nodes; others: its services' pods in its zone at the inject) serves or makes a successful hop "
-    "more than maxFailoverS after the inject and before the restore (or before it is ready again), at least one "
-    "pod is hit, and a partition has a failed hop out of its zone; otherwise the fault is unverified = fail",
+    "more than maxFailoverS after the inject and before the restore (or before it is ready again; a pod made "
+    "unready keeps running: only its serving counts), at least one pod is hit, and a partition has a failed hop "
+    "out of its zone or connect failures, errors or timeouts towards another zone growing in its sidecars' "
+    "counters between its inject and restore snapshots; otherwise the fault is unverified = fail",
     "unplanned_outage": "a service of the topology with no ready pod in a zone, or too few to keep its traffic "
     "there (spill), outside every recorded fault: a note; lasting longer than maxRecoveryS (or still on at the end "
     "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover)",

@@ -509,10 +509,8 @@ class UserChecks(CheckBase):
 
         A node fault's: those on its stopped nodes (`rundata._node_fault_pods`); any other fault that takes
         services down (kill_pod, make_unready; zone-down without a node record): the pods of its services in
-        its zone alive at the inject. None for a fault that takes no pod down (partition, link).
+        its zone alive at the inject. Asked only of faults that take pods down (service-down, zone-down).
         """
-        if f.kind not in ("service-down", "zone-down"):
-            return [], ""
         if f.action in NODE_FAULT_ACTIONS and (f.action == "zone_outage" or f.node):
             rows = self.con.execute(
                 "SELECT DISTINCT pod FROM node_fault_pods WHERE fault = ? AND inject = ? ORDER BY pod",
@@ -576,9 +574,9 @@ class UserChecks(CheckBase):
                 f"from {f.zone} to another zone failed from {iso(f.inject)} to {iso(end)}, and no connect failure, "
                 f"error or timeout towards another zone grew in its sidecars' upstream counters (fault unverified)"
             )
-        hit, none_text = self._hit_pods(f)
         if f.kind not in ("service-down", "zone-down"):
-            return ""
+            return ""  # a link fault takes no pod down
+        hit, none_text = self._hit_pods(f)
         if not hit:
             return f"coverage: fault {f.fault}: {none_text}: the fault hit nothing (fault unverified)"
         after = f.inject + self.slo.max_failover_s

@@ -82,7 +82,7 @@ class ChainCompiler:
                 raise InputError(self.source, where, f"redirect cycle {cycle}")
             path.append(res.redirect)
 
-    def _resolver_node(self, start: ServiceRef, override_ct_s: float | None) -> tuple[ResolverNode, bool]:
+    def resolver_node(self, start: ServiceRef, override_ct_s: float | None) -> tuple[ResolverNode, bool]:
         """The resolver node for `start`, and whether the upstream override changed it."""
         primary = self._redirected(start)
         res = self.resolvers.get(primary, Resolver(primary))
@@ -120,7 +120,7 @@ class ChainCompiler:
 
         def node_for(ref: ServiceRef) -> ResolverNode:
             nonlocal customized
-            node, changed = self._resolver_node(ref, override_ct)
+            node, changed = self.resolver_node(ref, override_ct)
             customized = customized or changed
             return node
 
