@@ -188,6 +188,9 @@ CHAOS_COLUMNS = {
     "single_point_of_failure": "VARCHAR[]",
     "expected_why": "VARCHAR",
     "node": "VARCHAR",  # kill_node: the node stopped
+    # degrade_link: what it added to the link's round trip (inject lines only)
+    "latency_ms": "DOUBLE",
+    "loss_percent": "DOUBLE",
 }
 ENTRYPOINT_COLUMNS = {
     "ts": "DOUBLE",

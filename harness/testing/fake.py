@@ -504,13 +504,13 @@ class FakeBackend(Backend):
                     "upstream_host": f"{served.info.ip}:{served.port}" if served else None,
                     "upstream_cluster": self._cluster(caller, upstream), "caller_pod": caller.info.pod,
                     "caller_service": caller.info.consul_service, "direction": "outbound"}  # fmt: skip
-            self._logs.setdefault(caller.info.pod, []).append(json.dumps(line))
             req.hops.append(line)
-            total += dur
-            if served is None:
-                return False, total
-            ok, sub = self._call(served, ts, req)
-            total += sub
+            ok, sub = self._call(served, ts, req) if served is not None else (False, 0.0)
+            # Envoy's %DURATION% lasts until the upstream answers, its own calls included (a slow link behind
+            # product-api shows in public-api's hop to it), and the line is written then
+            line["duration"] = int(dur + sub)
+            self._logs.setdefault(caller.info.pod, []).append(json.dumps(line))
+            total += dur + sub
             if not ok:
                 return False, total
         return True, total

@@ -137,6 +137,7 @@ class Fault:
     spof: tuple[str, ...] = ()
     expected_why: str = ""
     node: str | None = None  # kill_node: the node stopped (chaos.jsonl `node`)
+    latency_ms: float | None = None  # degrade_link: added to the link's round trip (chaos.jsonl `latency_ms`)
 
 
 @dataclass
@@ -516,11 +517,11 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
     """Pair inject and restore records per fault id (sorted by time, not file order)."""
     rows = con.execute(
         "SELECT ts, fault, phase, action, kind, zone, service, services, entry_down, expected_error_budget, "
-        "single_point_of_failure, expected_why, node FROM chaos ORDER BY ts, phase"
+        "single_point_of_failure, expected_why, node, latency_ms FROM chaos ORDER BY ts, phase"
     ).fetchall()
     open_: dict[str, dict[str, object]] = {}
     done: list[Fault] = []
-    for ts, fault, phase, action, kind, zone, service, services, entry_down, budget, spof, why, node in rows:
+    for ts, fault, phase, action, kind, zone, service, services, entry_down, budget, spof, why, node, lat in rows:
         if not fault:
             notes.append(f"chaos record at {ts} has no fault id; ignored")
             continue
@@ -548,6 +549,7 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
                 "spof": tuple(spof or ()),
                 "expected_why": why or "",
                 "node": node or None,
+                "latency_ms": None if lat is None else float(lat),
             }
         elif phase == "restore":
             if fault not in open_:

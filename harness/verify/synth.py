@@ -98,6 +98,12 @@ class FaultSpec:
     # how long after the recorded inject the pods are gone (the local backend records, then kills: 0.3-0.6 s
     # under load); the zone's hops fail from the inject on
     kill_delay_s: float = 0.001
+    # link-degraded: what it adds to each round trip across the link (recorded in the inject line);
+    # `link_inert`: recorded, but it never reached the link (nothing slows down); `link_lingers`: the restore is
+    # recorded but the latency stays on to the end of the run
+    latency_ms: float = 200.0
+    link_inert: bool = False
+    link_lingers: bool = False
 
 
 @dataclass
@@ -439,7 +445,8 @@ def chaos_records(sc: Scenario) -> Iterator[dict[str, object]]:
             "services": list(f.services),
             "entry_down": f.entry_down,
         }
-        events.append({"ts": sc.start + f.inject, "phase": "inject", **base})
+        extra = {"latency_ms": f.latency_ms, "loss_percent": 0.0} if f.kind == "link-degraded" else {}
+        events.append({"ts": sc.start + f.inject, "phase": "inject", **base, **extra})
         if f.restore is not None:
             at = f.recorded_restore if f.recorded_restore is not None else f.restore
             events.append({"ts": sc.start + at, "phase": "restore", **base})
@@ -608,8 +615,9 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             if f.kind == "partition" and placement[up] is Placement.REGION and _active(f, rel):
                 pod = m.region_pod(up, None)
                 return pod, 503, "UF", 1000.0
-            if f.kind == "link-degraded" and placement[up] is Placement.REGION and _active(f, rel):
-                extra += 200.0
+            slowed = _active(f, rel) or (f.link_lingers and rel >= f.inject)
+            if f.kind == "link-degraded" and placement[up] is Placement.REGION and slowed:
+                extra += 0.0 if f.link_inert else f.latency_ms
             if f.kind == "service-down" and up in f.services and f.inject - f.inflight_ms / 1000 <= rel < f.inject:
                 return m.region_pod(up, None), 200, "-", f.inflight_ms + link_ms.get(czone, 0.0)
             if f.kind == "service-down" and up in f.services and _active(f, rel, f.recovery_delay_s):
@@ -650,7 +658,6 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             if sc.misconfig == "call-outside-graph" and svc == "frontend" and up == "product-api" and zone != first_lz:
                 continue
             pod, status, flags, extra = serve(svc, zone, up, rel)
-            dur = float(round(1.0 + extra))  # Envoy's %DURATION%: whole milliseconds
             host = f"{pod.ip}:{m.ports[up]}" if pod else ""
             sz = pod.zone if pod else None
             sp = pod.name if pod else None
@@ -662,14 +669,21 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
                 sz = sp = None
             if status >= 500 or pod is None:
                 ok = False
+            at = ms
+            ms += 1
+            sub_ok, sub_lat = True, 0.0
+            if ok:
+                sub_ok, sub_lat, ms = call(up, pod.zone, ms, rel)  # type: ignore[union-attr]
+            # Envoy's %DURATION%: whole milliseconds, the upstream's own calls included (logged when it answers)
+            dur = float(round(1.0 + extra + sub_lat))
             code = 0 if protocol[up] == "tcp" else status  # Envoy logs TCP proxies with code 0 and the flags
             hop_lines.append(
-                f'{{"ts": {ms / 1000!r}, "caller_pod": "{cname}", "caller_service": "{svc}", "caller_zone": "{zone}", '
+                f'{{"ts": {at / 1000!r}, "caller_pod": "{cname}", "caller_service": "{svc}", "caller_zone": "{zone}", '
                 f'"upstream": "{up}", "upstream_cluster": "{logged}", "upstream_host": "{host}", '
                 f'"serving_pod": {json.dumps(sp)}, "serving_zone": {json.dumps(sz)}, "status": {code}, '
                 f'"flags": "{flags}", "duration_ms": {dur!r}}}\n'
             )
-            rec: dict[str, Any] = {"start_time": _envoy_time(ms), "method": "GET", "path": f"/{up}",
+            rec: dict[str, Any] = {"start_time": _envoy_time(at), "method": "GET", "path": f"/{up}",
                                    "response_code": code, "response_flags": flags, "duration": int(dur),
                                    "upstream_host": host or None, "upstream_cluster": logged}  # fmt: skip
             if sc.accesslogs == "local":
@@ -678,12 +692,9 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             if sc.accesslogs == "kind" and pod is not None:
                 inbound = {**rec, "upstream_host": f"127.0.0.1:{m.ports[up]}", "upstream_cluster": "local_app"}
                 logs.add(pod.name, inbound)
-            ms += 1
             total += dur
-            if pod is None or status >= 500:
+            if not ok:
                 break
-            sub_ok, sub_lat, ms = call(up, pod.zone, ms, rel)
-            total += sub_lat
             if not sub_ok:
                 ok = False
                 break

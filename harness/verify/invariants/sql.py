@@ -128,7 +128,11 @@ DEFINITIONS = {
     "more than maxFailoverS after the inject and before the restore (or before it is ready again; a pod made "
     "unready keeps running: only its serving counts), at least one pod is hit, and a partition has a failed hop "
     "out of its zone or connect failures, errors or timeouts towards another zone growing in its sidecars' "
-    "counters between its inject and restore snapshots; otherwise the fault is unverified = fail",
+    "counters between its inject and restore snapshots; a degraded link (its declared latency L > 0) slows the "
+    "zone's successful HTTP hops that wait on the link (served outside the zone, or by a service with a Region-only "
+    "upstream) lying wholly in it to a median >= their median before it outside every fault window + L/2, on >= 5 "
+    "such hops, and they are back under that mark after the restore (until maxRecoveryS or the zone's next fault, "
+    "when >= 5); otherwise the fault is unverified = fail",
     "unplanned_outage": "a service of the topology with no ready pod in a zone, or too few to keep its traffic "
     "there (spill), outside every recorded fault: a note; lasting longer than maxRecoveryS (or still on at the end "
     "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover)",

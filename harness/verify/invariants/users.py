@@ -49,6 +49,22 @@ KEEPS_RUNNING = frozenset({"make_unready"})
 SILENT_MIN_HOPS = 10
 SILENT_LAG_S = 10.0
 
+# `_link_not_slowed`: a degraded service link adds its latency to every round trip across it, so the median of
+# the zone's hops that wait on the link must grow by at least this share of it (half: one-way netem or a relay's
+# half each way, rounding and a few hops that never reach the link all fit in the other half), on at least this
+# many such hops
+LINK_EFFECT_SHARE = 0.5
+LINK_EFFECT_MIN_HOPS = 5
+# hops that wait on a zone's service link: HTTP hops served outside the caller's zone, and those served by a
+# service that calls a Region-only upstream itself (each of its requests makes a round trip across the link: the
+# real product-api queries postgres on every route the mesh calls, its /health included); TCP hops are left out,
+# as Envoy logs a pooled connection once, with its whole life as its duration
+LINK_BOUND_SQL = """
+    status > 0 AND ok AND duration_ms IS NOT NULL AND serving_zone IS NOT NULL
+    AND (serving_zone <> caller_zone OR upstream IN (
+        SELECT c.caller FROM calls c JOIN services s ON s.name = c.upstream WHERE s.placement = 'region'))
+"""
+
 
 class UserChecks(CheckBase):
     """What the users saw: failed requests within the error budget, traffic in every fault window."""
@@ -557,6 +573,7 @@ class UserChecks(CheckBase):
           A pod made unready keeps running (`KEEPS_RUNNING`): only its serving counts, not its own calls.
         - A partition cuts the zone from every other: a hop from it served outside it that failed while it
           lasted shows the cut; none (every such hop answered, or there were none) leaves it unshown.
+        - A degraded link slows every round trip across it (`_link_not_slowed`).
         Before: a kill of an entry service or an AZ's pod, a zone outage or a partition that changed nothing
         passed with every hop in-zone.
         """
@@ -574,8 +591,10 @@ class UserChecks(CheckBase):
                 f"from {f.zone} to another zone failed from {iso(f.inject)} to {iso(end)}, and no connect failure, "
                 f"error or timeout towards another zone grew in its sidecars' upstream counters (fault unverified)"
             )
+        if f.kind == "link-degraded":
+            return self._link_not_slowed(f, end)
         if f.kind not in ("service-down", "zone-down"):
-            return ""  # a link fault takes no pod down
+            return ""
         hit, none_text = self._hit_pods(f)
         if not hit:
             return f"coverage: fault {f.fault}: {none_text}: the fault hit nothing (fault unverified)"
@@ -606,6 +625,66 @@ class UserChecks(CheckBase):
             f"{'the restore' if f.restore is not None else 'the end of the run'} (the failover was never "
             "exercised, or the mesh kept using them beyond the SLO: fault unverified)"
         )
+
+    def _link_not_slowed(self, f: Fault, end: float) -> str:
+        """Why the records do not show that degraded link `f` slowed the zone, and then no longer ("" when they do).
+
+        Every round trip across the link pays the added latency, so the zone's hops that wait on the link
+        (`LINK_BOUND_SQL`) and lie wholly inside the fault must take, at the median, at least
+        `LINK_EFFECT_SHARE` of it more than the same hops before it outside every fault window (their median;
+        none: 0).
+        A degradation that never reached the link (a rule on the wrong interface, a relay out of the path)
+        leaves them as fast as ever; "traffic stayed in-zone under latency" proves nothing then. Before, it
+        passed. Fewer than `LINK_EFFECT_MIN_HOPS` such hops, or no latency declared (loss alone), cannot show
+        it: unverified too. After the restore (until maxRecoveryS or the zone's next fault) the same hops must
+        be back under that mark: a rollback that left the latency on leaves the zone slow for whatever runs
+        next, and its recovery was never shown.
+        """
+        head = f"coverage: fault {f.fault}: the degradation of {f.zone}'s link"
+        if not f.latency_ms or f.latency_ms <= 0:
+            return f"{head} declares no added latency: the access log cannot show it took effect (fault unverified)"
+        quiet = [(g.inject, (g.restore if g.restore is not None else self.run_end) + self.slo.max_recovery_s)
+                 for g in self.run.faults]  # fmt: skip
+        outside = f"te < {float(f.inject)!r} AND NOT {spans_sql(None, [('', lo, hi) for lo, hi in quiet], HOP_END_SQL)}"
+        after_lo = f.restore if f.restore is not None else INF
+        after_hi = min(after_lo + self.slo.max_recovery_s, self._next_fault_in_zone(f, after_lo))
+        row = self.con.execute(
+            f"""
+            WITH bound AS (SELECT ts, {HOP_END_SQL} AS te, duration_ms FROM hops WHERE caller_zone = ? AND
+                           {LINK_BOUND_SQL})
+            SELECT count(*) FILTER (WHERE ts >= ? AND te <= ?), median(duration_ms) FILTER (WHERE ts >= ? AND te <= ?),
+                   count(*) FILTER (WHERE {outside}), median(duration_ms) FILTER (WHERE {outside}),
+                   count(*) FILTER (WHERE ts >= ? AND te <= ?), median(duration_ms) FILTER (WHERE ts >= ? AND te <= ?)
+            FROM bound
+            """,
+            [f.zone, f.inject, end, f.inject, end, after_lo, after_hi, after_lo, after_hi],
+        ).fetchone()
+        assert row is not None
+        n, during, n_base, base = int(row[0]), row[1], int(row[2]), float(row[3] or 0.0)
+        n_after, after = int(row[4]), row[5]
+        mark = base + LINK_EFFECT_SHARE * f.latency_ms
+        against = (
+            f"against {base:.0f} ms before it outside every fault ({n_base} hops): {LINK_EFFECT_SHARE:g} x the added "
+            f"{f.latency_ms:g} ms more is {mark:.0f} ms"
+        )
+        span = f"from {iso(f.inject)} to {iso(end)}"
+        if n < LINK_EFFECT_MIN_HOPS:
+            return (
+                f"{head} is not shown: {n} hops from {f.zone} that wait on the link lie wholly {span} (fewer than "
+                f"{LINK_EFFECT_MIN_HOPS}: the access log cannot show the added {f.latency_ms:g} ms; fault unverified)"
+            )
+        if float(during) < mark:
+            return (
+                f"{head} did not take effect: the {n} hops from {f.zone} that wait on the link took a median of "
+                f"{float(during):.0f} ms {span}, {against} (fault unverified)"
+            )
+        if n_after >= LINK_EFFECT_MIN_HOPS and float(after) >= mark:
+            return (
+                f"{head} did not end at its restore: the {n_after} hops from {f.zone} that wait on the link took a "
+                f"median of {float(after):.0f} ms from {iso(after_lo)} to {iso(after_hi)}, {against} (recovery "
+                "unverified)"
+            )
+        return ""
 
     def coverage(self) -> InvariantResult:
         """Each fault has user requests entering each zone it affects during and after it (see DEFINITIONS)."""

@@ -1,0 +1,89 @@
+"""Wrong verdicts a sixth audit of the verifier found (issue 7: the verdict must be true).
+
+Each broken case is a synthetic run (harness.verify.synth) with the broken behaviour planted the way a real
+Consul/Envoy mesh and the harness's collectors would record it; each asserts the verdict FAILS, so each fails on
+the verifier as the audit found it (each docstring's "HOLE." says how it passed then). Next to each, a control:
+the same run with the mesh (or the fault) behaving passes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.verify import COVERAGE
+from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.test_verify_audit import why
+from tests.test_verify_soundness import LAX, T, failed, pod_of
+from tests.verdicts import rows, verify
+
+
+def _scenario(faults: list[FaultSpec], **kw: Any) -> Scenario:
+    return Scenario(T, duration_s=kw.pop("duration_s", 90), rate_per_zone=kw.pop("rate_per_zone", 4), faults=faults,
+                    **kw)  # fmt: skip
+
+
+def _slow(**kw: Any) -> FaultSpec:
+    return FaultSpec("slow-link-lax", "link-degraded", LAX, (), 30, 50, **kw)
+
+
+# -- 1. a degraded link that slowed nothing ------------------------------------------------------------------------
+@pytest.mark.parametrize("accesslogs", ["local", "kind"])
+def test_a_degraded_link_that_slowed_nothing_is_unverified(tmp_path: Path, accesslogs: str) -> None:
+    """HOLE. degrade_link ran and succeeded, chaos.jsonl has its inject (+100 ms) and restore, and the latency
+    never reached the link (a netem rule on the wrong interface, a relay out of the path): the zone's traffic
+    stayed in-zone, as it must under latency, and the verdict PASSED, though nothing had been asked of the mesh.
+    Now coverage fails the fault as unverified: the zone's hops that wait on the link (product-api's, which
+    query postgres in the Region on every call) took no longer in the fault than outside it."""
+    sc = _scenario([_slow(latency_ms=100.0, link_inert=True)], accesslogs=accesslogs)
+    v = verify(write_run(tmp_path / "run", sc))
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    text = " ".join(why(v))
+    assert "slow-link-lax" in text and "did not take effect" in text and "100 ms" in text, text
+
+
+@pytest.mark.parametrize("accesslogs", ["local", "kind"])
+def test_control_a_degraded_link_that_slowed_the_zone_passes(tmp_path: Path, accesslogs: str) -> None:
+    """The same fault when the latency reaches the link: each of LAX's product-api hops waits 100 ms more on
+    postgres, the records show it, and the verdict passes."""
+    v = verify(write_run(tmp_path / "run", _scenario([_slow(latency_ms=100.0)], accesslogs=accesslogs)))
+    assert v.passed, why(v)
+
+
+def test_a_degradation_whose_rollback_left_the_latency_on_is_unverified(tmp_path: Path) -> None:
+    """HOLE. clear_link ran and the restore is recorded, but the latency stayed on (a qdisc left behind, a relay
+    that never re-read its config): the zone's traffic stayed in-zone and slow, and the verdict said the fault
+    had ended and the zone recovered. Now coverage fails it: the hops that wait on the link are still slow
+    within maxRecoveryS of the restore."""
+    v = verify(write_run(tmp_path / "run", _scenario([_slow(latency_ms=100.0, link_lingers=True)])))
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    assert "did not end at its restore" in " ".join(why(v)), why(v)
+
+
+def test_a_degradation_that_declares_no_latency_is_unverified(tmp_path: Path) -> None:
+    """Loss alone (or an inject line of a harness that did not record the latency) leaves nothing the access log
+    can measure: unverified, not passed."""
+    v = verify(write_run(tmp_path / "run", _scenario([_slow(latency_ms=0.0)])))
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    assert "declares no added latency" in " ".join(why(v)), why(v)
+
+
+def test_a_degradation_no_hop_waited_on_is_unverified(tmp_path: Path) -> None:
+    """A degradation so short that no hop of the zone waiting on the link lay inside it shows nothing."""
+    fault = FaultSpec("slow-link-lax", "link-degraded", LAX, (), 30, 30.3, latency_ms=100.0)
+    v = verify(write_run(tmp_path / "run", _scenario([fault])))
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    assert "is not shown" in " ".join(why(v)), why(v)
+
+
+def test_a_hops_duration_includes_its_upstreams_own_calls(tmp_path: Path) -> None:
+    """Envoy's %DURATION% of public-api's call to product-api lasts until product-api answers, its own query to
+    postgres included: synth logged each hop with its own latency alone, so a slow link showed nowhere but in
+    the postgres hop (a pooled TCP connection on real records, logged once with its whole life)."""
+    d = write_run(tmp_path / "run", _scenario([_slow(latency_ms=100.0)]))
+    caller = pod_of(d, LAX, "public-api")["pod"]
+    served = [r for r in rows(d / "accesslogs" / f"{caller}.jsonl") if "product-api" in str(r["upstream_cluster"])]
+    durations = {int(r["duration"]) for r in served}
+    assert max(durations) >= 100 > min(durations), sorted(durations)
