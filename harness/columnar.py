@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.contract.files import write_atomic
 from harness.contract.rundir import (
     ACCESSLOG_COLUMNS,
     ACCESSLOG_DIR,
@@ -113,10 +114,7 @@ def load_state(run_dir: Path, kind: Kind) -> dict[str, Any]:
 
 
 def _write_state(run_dir: Path, kind: Kind, state: dict[str, Any]) -> None:
-    path = _state_path(run_dir, kind)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(_state_path(run_dir, kind), json.dumps(state))
 
 
 def _rel(run_dir: Path, f: Path) -> str:

@@ -1276,8 +1276,7 @@ class ExistingBackend(KubeBackend):
             else:
                 self._delete_server_claims(str(installed["name"]), str(installed["namespace"]))
         if failures:
-            self._state_file.write_text(json.dumps({"manifests": state.get("manifests"), "mesh_backups": unrestored},
-                                                   indent=2) + "\n", encoding="utf-8")  # fmt: skip
+            self._write_state({"manifests": state.get("manifests"), "mesh_backups": unrestored})
             raise BackendError("; ".join(failures) + f" (kept in {self._state_file} for the next down)")
         self._state_file.unlink(missing_ok=True)
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.kube import LABEL_APP, LABEL_POD_ZONE, KubeCluster, pod_serving
+from harness.contract.files import write_atomic
 from harness.errors import InputError
 
 ALLOW_ENV = "EH_ALLOW_CONTEXTS"
@@ -378,9 +379,7 @@ class FaultLedger:
             before = json.dumps(entries, sort_keys=True)
             yield entries
             if json.dumps(entries, sort_keys=True) != before:
-                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
-                os.replace(tmp, self.path)
+                write_atomic(self.path, json.dumps(entries, indent=2) + "\n")
         finally:
             os.close(fd)
 

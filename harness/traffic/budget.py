@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.contract.files import write_atomic
 from harness.contract.hostcpu import busy_share, cpu_times
 
 TARGET_BUSY = 0.6
@@ -256,6 +257,4 @@ class ProbeBudget:
 
     def _write(self, decision: BudgetDecision) -> None:
         """Atomically (a probe may read it at any moment): the record and the probes' control in one file."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(decision.as_dict(), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(decision.as_dict(), indent=1) + "\n")

@@ -56,6 +56,7 @@ from harness.backends.kube.edgeprobe import run_probe
 from harness.backends.kube.forward import AdminForwards, ForwardRelay
 from harness.backends.kube.inventory import InventoryWatcher
 from harness.backends.kube.logs import KubeLogSources
+from harness.contract.files import write_atomic
 from harness.contract.inventory import Inventory
 from harness.contract.names import (
     CONSUL_NAMESPACE,
@@ -282,8 +283,12 @@ class KubeBackend(Backend):
 
     def _save_state(self, **changes: Any) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        state = {**self._state(), **changes}
-        self._state_file.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        self._write_state({**self._state(), **changes})
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        """The whole state file, in one rename: a Ctrl-C mid-write must not leave a file the next `down` reads
+        as empty (it would forget what `up` created and the mesh entries it took over)."""
+        write_atomic(self._state_file, json.dumps(state, indent=2) + "\n")
 
     def manifests(self) -> Manifests:
         """The manifests `up` applied (kept by path in the state file, for later processes)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from harness.backends.local.mesh import DEFAULT_DATACENTER, TRUST_DOMAIN
 from harness.backends.local.mesh.envoy import TlsFiles
+from harness.contract.files import write_atomic
 
 CA_VALIDITY = dt.timedelta(days=30)
 LEAF_VALIDITY = dt.timedelta(days=3)  # Consul's default leaf TTL is 72h
@@ -38,17 +38,11 @@ def spiffe_id(trust_domain: str, namespace: str, datacenter: str, service: str) 
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write a key file readable by its owner only, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o600)
 
 
 def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 class CertAuthority:

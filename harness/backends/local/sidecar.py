@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import threading
@@ -36,6 +35,7 @@ from harness.backends.local.mesh import (
 )
 from harness.backends.local.mesh import envoy as ex
 from harness.contract import upstreams
+from harness.contract.files import write_atomic
 from harness.contract.upstreams import Upstream
 from harness.errors import InputError
 
@@ -217,9 +217,7 @@ class Sidecar:
         if self._written.get(path) == text and path.exists():
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, text)
         self._written[path] = text
         return True
 

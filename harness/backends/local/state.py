@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.local.network import netns as nsutil
+from harness.contract.files import write_atomic
 
 KIND = "edge-harness-local-state"
 VERSION = 1
@@ -282,9 +283,7 @@ class State:
             doc = {"kind": KIND, "version": VERSION, **asdict(self._data)}
             data = json.dumps(doc, separators=(",", ":")).encode()  # the C encoder
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, data)
 
 
 def _load(path: Path) -> _Data:
