@@ -648,13 +648,17 @@ class UserChecks(CheckBase):
         outside = f"te < {float(f.inject)!r} AND NOT {spans_sql(None, [('', lo, hi) for lo, hi in quiet], HOP_END_SQL)}"
         after_lo = f.restore if f.restore is not None else INF
         after_hi = min(after_lo + self.slo.max_recovery_s, self._next_fault_in_zone(f, after_lo))
+        # after it, hops in flight during another fault (a Region one slowing postgres, say) say nothing of this one
+        others = [("", g.inject, g.restore if g.restore is not None else self.run_end)
+                  for g in self.run.faults if g is not f]  # fmt: skip
+        after = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, others, HOP_END_SQL)}"
         row = self.con.execute(
             f"""
             WITH bound AS (SELECT ts, {HOP_END_SQL} AS te, duration_ms FROM hops WHERE caller_zone = ? AND
                            {LINK_BOUND_SQL})
             SELECT count(*) FILTER (WHERE ts >= ? AND te <= ?), median(duration_ms) FILTER (WHERE ts >= ? AND te <= ?),
                    count(*) FILTER (WHERE {outside}), median(duration_ms) FILTER (WHERE {outside}),
-                   count(*) FILTER (WHERE ts >= ? AND te <= ?), median(duration_ms) FILTER (WHERE ts >= ? AND te <= ?)
+                   count(*) FILTER (WHERE {after}), median(duration_ms) FILTER (WHERE {after})
             FROM bound
             """,
             [f.zone, f.inject, end, f.inject, end, after_lo, after_hi, after_lo, after_hi],
