@@ -24,13 +24,12 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.backends import BackendOptions
-from harness.chaos.experiment import PlannedExperiment, check_experiment, load_experiment, plan_experiment
+from harness.chaos.experiment import PlannedExperiment, Require, check_experiment, load_experiment, plan_experiment
 from harness.chaos.timeline import FaultKind, record
 from harness.contract.journal import journal_problems
 from harness.contract.rundir import CHAOS_DIR, EXPERIMENT_FILE, JOURNAL_FILE, PLAN_FILE
@@ -124,7 +123,7 @@ def plan_run(
     topology: Topology | None,
     capabilities: frozenset[str] | None,
     run_dir: Path | None = None,
-    require: Callable[[str], None] | None = None,
+    require: Require | None = None,
 ) -> list[PlannedExperiment]:
     """Check every experiment (InputError on the first problem, nothing written) and number them.
 
@@ -207,7 +206,7 @@ def run_experiment(
     topology: Topology | None = None,
     capabilities: frozenset[str] | None = None,
     timeout_s: float = 900,
-    require: Callable[[str], None] | None = None,
+    require: Require | None = None,
 ) -> ChaosResult:
     """Check, plan (added to ``plan.json``) and run one experiment into `run_dir`."""
     (p,) = plan_run([experiment], topology, capabilities, run_dir, require)
