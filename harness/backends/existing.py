@@ -53,13 +53,45 @@ Zone, anything else under the region a Local Zone.
 Faults on EKS. Node kill = cordon + delete every (non-DaemonSet) pod on the
 node: the node's workload dies and cannot come back there until
 `restore_node` uncordons it (stopping the EC2 instance would need AWS
-credentials this harness does not take). Partition = NetworkPolicies in the
-zone's namespace; only where the CNI enforces NetworkPolicy, which a probe
-connection proves (a client must reach a probe server, then fail through a
-deny-all policy; EKS VPC CNI enforces policies only with its network policy
-agent enabled); NetworkPolicy does not cut connections already open, so the
-fault is a new-connection cut. Service-link latency cannot be changed from
-inside Kubernetes: `set_link` is not a capability here.
+credentials this harness does not take). Service-link latency cannot be
+changed from inside Kubernetes: `set_link` is not a capability here.
+
+Partition = a NetworkPolicy in the zone's namespace (its pods may reach each
+other and DNS, nothing else), only in a zone whose own nodes enforce
+NetworkPolicy, which a probe placed on them proves (`require_capability` with
+the zone: a client must reach a probe server, then fail through a deny-all
+policy; once per zone, when a partition of it is planned). Per zone because
+the EKS VPC CNI enforces NetworkPolicy per node, by its network policy agent
+(container `aws-eks-nodeagent` of the `aws-node` DaemonSet), which needs
+network policy enabled in the add-on (VPC CNI 1.14 or later), EC2 Linux
+nodes with a 5.10 or later kernel and the BPF file system mounted (EKS AMIs
+for 1.27 and later mount it):
+https://docs.aws.amazon.com/eks/latest/userguide/cni-network-policy-configure.html,
+https://github.com/aws/aws-network-policy-agent#prerequisites. A Local Zone
+node group can lack what the Region's have.
+
+Connections already open when the partition starts (Kubernetes leaves this
+to the CNI). The agent allows flows through its own conntrack map
+(pkg/ebpf/c/tc.v4ingress.bpf.c, tc.v4egress.bpf.c of aws-network-policy-agent):
+- up to v1.1.x a packet of a flow in the map passes with no policy lookup,
+  so every connection open before the policy lives on until it closes;
+- from v1.2.0 (February 2025, https://github.com/aws/aws-network-policy-agent/pull/361)
+  each entry keeps the pod's policy state it was allowed under, and a flow
+  whose pod has changed state (no policy selected it, now one does) is
+  evaluated again on its next packet and dropped if denied. The pod's own
+  packets are dropped while the peer's replies still pass on the reverse
+  entry, so the connection stalls (no reset) until a timeout ends it;
+- a pod some other NetworkPolicy (or ClusterNetworkPolicy) already selected
+  keeps its state, so its open flows keep their old verdict and survive
+  (the rule https://github.com/aws/aws-network-policy-agent/issues/650
+  describes for strict mode).
+So on EKS the partition also cuts open connections only with agent v1.2.0 or
+later and no other policy selecting the zone's pods (the run creates their
+namespace, so none unless an admission controller adds one); otherwise it is
+a cut of new connections, and pooled ones (Envoy's upstream connections, the
+apps' database pools) carry on through it. The verdict expects no more than
+that: a partition is shown by one failed hop out of the zone or failures in
+its sidecars' counters, never by every pooled connection failing.
 """
 
 from __future__ import annotations
@@ -1459,6 +1491,11 @@ class ExistingBackend(KubeBackend):
 
     @_serialized
     def partition_zone(self, zone: str) -> None:
+        """Cut `zone`'s pods from every other zone: an ingress and egress NetworkPolicy in its namespace that
+        allows only the namespace itself and DNS. Refused, with nothing injected, unless the zone's nodes enforce
+        NetworkPolicy (`require_capability` with the zone). New connections are cut; connections already open
+        are cut only where the CNI evaluates them again (EKS: network policy agent v1.2.0 or later, and no other
+        policy already selecting the pods; the module docstring has the sources)."""
         self._require_destructive(f"partition_zone {zone}")
         if not self.manifests().topology.zone(zone).is_edge:
             raise BackendError(f"partition_zone: {zone} is not an edge zone (only edge zones have a service link)")

@@ -78,10 +78,11 @@ def check_capabilities(path: Path, backend: Any) -> None:
     """InputError (exit 2) when the experiment needs a fault this backend cannot perform on this cluster.
 
     Run before the experiment starts, so a fault the cluster cannot do (the
-    service link on EKS, a partition without an enforcing CNI, netem on a
-    kernel without sch_netem) is refused with nothing injected. (`plan_run`
-    with `require=backend.require_capability` does the same within the full
-    check; this is the check alone.)
+    service link on EKS, netem on a kernel without sch_netem) is refused with
+    nothing injected. Asked for no zone in particular: what depends on the
+    zone (a partition on EKS, whose nodes enforce NetworkPolicy or not) needs
+    the zones resolved, which `plan_run` with a topology and
+    `require=backend.require_capability` does within the full check.
     """
     data = check_experiment(path)
     for i, func, primitive in required_primitives(data):
