@@ -546,6 +546,10 @@ class ClusterSim:
         self.host_listeners: list[Any] = []
         self.netem_available = True  # the host kernel has sch_netem (kind node containers share it)
         self.netpol_enforced = True  # the CNI enforces NetworkPolicy (EKS: VPC CNI network policy on)
+        # nodes where it does not, though the CNI does elsewhere: the VPC CNI enforces NetworkPolicy per node,
+        # through the network policy agent on each, so a node group on an AMI whose kernel the agent does not
+        # support, or whose agent is off or failing, lets every connection to its pods through
+        self.netpol_unenforced_nodes: set[str] = set()
         self.consul_reject: dict[tuple[str, str], str] = {}  # (kind, name) -> Consul's error text
         self.log_replies: dict[str, list[Any]] = {}  # pod -> canned replies of successive log calls
         self.log_calls: list[dict[str, str]] = []
@@ -1863,9 +1867,15 @@ class ClusterSim:
         run = self.pods.get(str(target["metadata"]["uid"]))
         if run is None or run.current is None or not run.current.alive:
             return 1
-        if self.netpol_enforced and not self._ingress_allowed(pod, target):
+        if self._netpol_enforced_on(target) and not self._ingress_allowed(pod, target):
             return 1
         return 0
+
+    def _netpol_enforced_on(self, dst: Obj) -> bool:
+        """Whether ingress policies selecting `dst` are enforced: by the agent on `dst`'s own node (the VPC CNI's
+        eBPF programs sit on each pod's host-side veth), so a connection from anywhere to a pod on a node that
+        does not enforce passes whatever the policies say."""
+        return self.netpol_enforced and (dst.get("spec") or {}).get("nodeName") not in self.netpol_unenforced_nodes
 
     def _ingress_allowed(self, src: Obj, dst: Obj) -> bool:
         ns = dst["metadata"]["namespace"]

@@ -28,6 +28,7 @@ from harness.backends.existing import (
     ExistingBackend,
     check_zones,
     parse_entrypoints,
+    zone_probe_placement,
     zone_type_of,
 )
 from harness.backends.kube import KubeCluster, NodeInfo
@@ -851,18 +852,16 @@ def test_e2e_with_a_fault_eks_cannot_do_is_refused_before_anything_changes(
 def test_partition_needs_a_cni_that_enforces_network_policy(
     api: FakeApiServer, eks: KubeCluster, tmp_path: Path
 ) -> None:
-    from harness.chaos import check_capabilities
-
     api.sim.netpol_enforced = False  # e.g. EKS VPC CNI without its network policy agent
     b = _backend(api, tmp_path, ("eks-nightly",), manifests=rendered(tmp_path))
-    assert "partition_zone" not in b.capabilities()
-    assert b.can("kill_node")
-    with pytest.raises(BackendError, match="the CNI does not enforce NetworkPolicy: a probe connection went through"):
+    assert b.can("partition_zone") and b.can("kill_node")  # for no zone in particular: the allow-list only
+    with pytest.raises(
+        BackendError,
+        match=rf"cannot partition_zone {LAX}: NetworkPolicy is not enforced in {LAX}: a probe connection to a "
+        rf"probe server on node {NODE[LAX]} went through a deny-all policy",
+    ):
         b.partition_zone(LAX)
-    with pytest.raises(InputError, match=r"service-link\.json: method\[0\]"):
-        check_capabilities(REPO / "experiments" / "service-link.json", b)
-    probe_ns = f"eh-netpol-probe-{__import__('os').getpid()}"
-    assert wait_until(lambda: not eks.exists("v1", "Namespace", None, probe_ns), 60)  # the probe cleaned up
+    assert wait_until(lambda: not _probe_namespaces(api), 60)  # the probe cleaned up
     assert not any(p.endswith("/networkpolicies") and m == "POST" and "hashicups" in p for m, p in _mutations(api))
 
     api.sim.netpol_enforced = True
@@ -871,9 +870,10 @@ def test_partition_needs_a_cni_that_enforces_network_policy(
         entrypoints=[f"{z}={u}" for z, u in ENTRY.items()],
     )  # fmt: skip
     b2.ready_poll_s = 0.1
-    assert b2.network_policy_enforced() == (
+    assert b2.network_policy_enforced(LAX) == (
         True,
-        "NetworkPolicy enforced: a probe connection was refused by a deny-all policy",
+        f"NetworkPolicy enforced in {LAX}: a connection to a probe server on node {NODE[LAX]} was refused by a "
+        "deny-all policy",
     )
     b2.up(rendered(tmp_path))  # a partition needs the run's steady state first
     b2.partition_zone(LAX)
@@ -889,6 +889,96 @@ def test_partition_needs_a_cni_that_enforces_network_policy(
     with pytest.raises(BackendError, match="us-west-2a is not an edge zone"):
         b2.partition_zone("us-west-2a")
     b2.close()
+
+
+def _probe_namespaces(api: FakeApiServer) -> list[str]:
+    """The NetworkPolicy probe's namespaces still there (each is deleted when its probe ends)."""
+    names = api.sim.call(lambda: [o["metadata"]["name"] for o in api.sim.items("v1", "namespaces")])
+    return [n for n in names if n.startswith("eh-netpol-probe-")]
+
+
+def _probe_pod_posts(api: FakeApiServer) -> list[tuple[str, dict[str, Any]]]:
+    """(namespace, body) of every pod the NetworkPolicy probe created, in order."""
+    return [
+        (p.split("/")[4], d)
+        for m, p, d in api.writes()
+        if m == "POST" and p.startswith("/api/v1/namespaces/eh-netpol-probe-") and p.endswith("/pods")
+    ]
+
+
+def _partition_experiment(tmp_path: Path, zone: str) -> Path:
+    """service-link.json's partition alone (the link's latency is no fault EKS can do), of `zone`."""
+    data = json.loads((REPO / "experiments" / "service-link.json").read_text(encoding="utf-8"))
+    data["configuration"] = {**data["configuration"], "zone": zone}
+    data["method"] = [a for a in data["method"] if a["provider"]["func"] == "partition_zone"]
+    data["rollbacks"] = [a for a in data["rollbacks"] if a["provider"]["func"] == "heal_zone"]
+    out = tmp_path / f"partition-{zone}.json"
+    out.write_text(json.dumps(data), encoding="utf-8")
+    return out
+
+
+@pytest.mark.parametrize("lz_enforces", [True, False], ids=["everywhere", "not-on-the-local-zone"])
+def test_partition_probe_runs_on_the_nodes_of_the_zone_it_partitions(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, lz_enforces: bool
+) -> None:
+    """EKS enforces NetworkPolicy per node (the VPC CNI's network policy agent on each): a Local Zone node group
+    whose agent is off, or on an AMI it does not support, lets a partition through while the Region's nodes
+    enforce. Before, the one probe per context ran wherever the scheduler put it (a Region node here), passed,
+    and the Local Zone was "partitioned" with nothing cut; now the probe runs on the zone's own nodes, once per
+    zone asked for, and such a zone is refused while planning, in one line naming it and the node."""
+    from harness.chaos import plan_run
+
+    if not lz_enforces:
+        api.sim.netpol_unenforced_nodes = {NODE[LAX]}
+    b = _backend(api, tmp_path, ("eks-nightly",), execute=True)
+    m = rendered(tmp_path)
+    b.up(m)
+    exp = _partition_experiment(tmp_path, LAX)
+    if lz_enforces:
+        plan_run([exp], m.topology, None, require=b.require_capability)
+    else:
+        with pytest.raises(InputError) as refused:
+            plan_run([exp], m.topology, None, require=b.require_capability)
+        line = str(refused.value)
+        assert "\n" not in line
+        assert (
+            f"partition_zone: context eks-nightly cannot partition_zone {LAX}: NetworkPolicy is not enforced in "
+            f"{LAX}: a probe connection to a probe server on node {NODE[LAX]} went through a deny-all policy" in line
+        )
+    # the probe's pods went where the zone's pods go: its nodes, its edge taint tolerated
+    posts = _probe_pod_posts(api)
+    assert len({ns for ns, _ in posts}) == 1  # one probe, for the one zone a partition was planned in
+    assert posts and all(d["spec"]["affinity"] == zone_probe_placement(LAX)["affinity"] for _, d in posts)
+    assert wait_until(lambda: not _probe_namespaces(api), 60)
+    before = _mutations(api)
+    if lz_enforces:
+        b.partition_zone(LAX)
+        assert api.writes()[-1][1] == "/apis/networking.k8s.io/v1/namespaces/hashicups-lax-1a/networkpolicies"
+        b.heal_zone(LAX)
+    else:
+        with pytest.raises(BackendError, match=rf"^context eks-nightly cannot partition_zone {LAX}: NetworkPolicy is "
+                           rf"not enforced in {LAX}: .* on node {NODE[LAX]} went through"):  # fmt: skip
+            b.partition_zone(LAX)
+        assert _mutations(api) == before  # refused from the cache: no second probe, nothing injected
+    assert len(_probe_pod_posts(api)) == len(posts)  # the zone's answer was cached
+    # another Local Zone, whose nodes enforce, is probed on its own nodes when (and only when) it is asked about
+    ok, detail = b.network_policy_enforced(LAS)
+    assert ok and f"on node {NODE[LAS]} was refused" in detail
+    las = _probe_pod_posts(api)[len(posts) :]
+    assert las and all(d["spec"]["affinity"] == zone_probe_placement(LAS)["affinity"] for _, d in las)
+    b.close()
+
+
+def test_probe_placement_is_the_zone_workloads_placement(tmp_path: Path) -> None:
+    """The probe tests the nodes the zone's pods run on only if it is placed as they are (render's Deployments)."""
+    m = rendered(tmp_path)
+    for o in m.objects:
+        if o["kind"] != "Deployment":
+            continue
+        spec = o["spec"]["template"]["spec"]
+        zone = o["spec"]["template"]["metadata"]["labels"]["edge-harness.io/zone"]
+        if m.topology.zone(zone).is_edge:
+            assert {k: spec.get(k) for k in ("affinity", "tolerations")} == zone_probe_placement(zone), o["metadata"]
 
 
 def test_destructive_chaos_refused_unless_allow_listed(

@@ -365,7 +365,7 @@ class FakeBackend:
             self.pending.remove((due, svc))
             self._add(svc, ready_delay=0.05)  # the replacement becomes ready a little after it exists
 
-    def require_capability(self, primitive: str) -> None:
+    def require_capability(self, primitive: str, zone: str | None = None) -> None:
         """Every fault is possible on this fake (the actions ask before they record an inject)."""
 
     def status(self) -> Status:

@@ -43,7 +43,7 @@ class UpBackend:
     def manifests(self) -> Any:
         return self._M()
 
-    def require_capability(self, primitive: str) -> None:
+    def require_capability(self, primitive: str, zone: str | None = None) -> None:
         """Every primitive is available (the experiments here use process activities only)."""
 
     def close(self) -> None:

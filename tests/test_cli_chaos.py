@@ -48,7 +48,7 @@ class UpBackend:
     def capabilities(self) -> frozenset[str]:
         return self.caps
 
-    def require_capability(self, primitive: str) -> None:
+    def require_capability(self, primitive: str, zone: str | None = None) -> None:
         """As `Backend.require_capability`: BackendError saying why."""
         if primitive not in self.caps:
             raise BackendError(f"the local backend cannot {primitive} on this cluster")

@@ -48,7 +48,7 @@ class _FailingBackend:
     def down(self) -> None:
         self.downs += 1
 
-    def require_capability(self, primitive: str) -> None:
+    def require_capability(self, primitive: str, zone: str | None = None) -> None:
         """Every fault is possible (the run stops at `up` anyway)."""
 
     def close(self) -> None:

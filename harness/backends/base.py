@@ -508,13 +508,17 @@ class Chaos(ABC):
         is injected, rather than failing half-way through a game day.
         """
 
-    def require_capability(self, primitive: str) -> None:
+    def require_capability(self, primitive: str, zone: str | None = None) -> None:
         """Refuse `primitive` (BackendError saying why) when this cluster cannot perform it.
 
         Called before a fault is recorded or injected, so a refused fault
         leaves no trace on the cluster or in the timeline. Backends whose
         `capabilities()` is costly for some primitives override this to check
-        only the one asked for.
+        only the one asked for. `zone` is the zone the fault will act on, when
+        known: on some clusters whether a fault can be done depends on the
+        zone's nodes (EKS enforces NetworkPolicy per node, so a partition is
+        possible in one zone and not in another); backends where it does not
+        ignore it.
         """
         if primitive not in self.capabilities():
             raise BackendError(f"the {self.name} backend cannot {primitive} on this cluster")

@@ -53,13 +53,45 @@ Zone, anything else under the region a Local Zone.
 Faults on EKS. Node kill = cordon + delete every (non-DaemonSet) pod on the
 node: the node's workload dies and cannot come back there until
 `restore_node` uncordons it (stopping the EC2 instance would need AWS
-credentials this harness does not take). Partition = NetworkPolicies in the
-zone's namespace; only where the CNI enforces NetworkPolicy, which a probe
-connection proves (a client must reach a probe server, then fail through a
-deny-all policy; EKS VPC CNI enforces policies only with its network policy
-agent enabled); NetworkPolicy does not cut connections already open, so the
-fault is a new-connection cut. Service-link latency cannot be changed from
-inside Kubernetes: `set_link` is not a capability here.
+credentials this harness does not take). Service-link latency cannot be
+changed from inside Kubernetes: `set_link` is not a capability here.
+
+Partition = a NetworkPolicy in the zone's namespace (its pods may reach each
+other and DNS, nothing else), only in a zone whose own nodes enforce
+NetworkPolicy, which a probe placed on them proves (`require_capability` with
+the zone: a client must reach a probe server, then fail through a deny-all
+policy; once per zone, when a partition of it is planned). Per zone because
+the EKS VPC CNI enforces NetworkPolicy per node, by its network policy agent
+(container `aws-eks-nodeagent` of the `aws-node` DaemonSet), which needs
+network policy enabled in the add-on (VPC CNI 1.14 or later), EC2 Linux
+nodes with a 5.10 or later kernel and the BPF file system mounted (EKS AMIs
+for 1.27 and later mount it):
+https://docs.aws.amazon.com/eks/latest/userguide/cni-network-policy-configure.html,
+https://github.com/aws/aws-network-policy-agent#prerequisites. A Local Zone
+node group can lack what the Region's have.
+
+Connections already open when the partition starts (Kubernetes leaves this
+to the CNI). The agent allows flows through its own conntrack map
+(pkg/ebpf/c/tc.v4ingress.bpf.c, tc.v4egress.bpf.c of aws-network-policy-agent):
+- up to v1.1.x a packet of a flow in the map passes with no policy lookup,
+  so every connection open before the policy lives on until it closes;
+- from v1.2.0 (February 2025, https://github.com/aws/aws-network-policy-agent/pull/361)
+  each entry keeps the pod's policy state it was allowed under, and a flow
+  whose pod has changed state (no policy selected it, now one does) is
+  evaluated again on its next packet and dropped if denied. The pod's own
+  packets are dropped while the peer's replies still pass on the reverse
+  entry, so the connection stalls (no reset) until a timeout ends it;
+- a pod some other NetworkPolicy (or ClusterNetworkPolicy) already selected
+  keeps its state, so its open flows keep their old verdict and survive
+  (the rule https://github.com/aws/aws-network-policy-agent/issues/650
+  describes for strict mode).
+So on EKS the partition also cuts open connections only with agent v1.2.0 or
+later and no other policy selecting the zone's pods (the run creates their
+namespace, so none unless an admission controller adds one); otherwise it is
+a cut of new connections, and pooled ones (Envoy's upstream connections, the
+apps' database pools) carry on through it. The verdict expects no more than
+that: a partition is shown by one failed hop out of the zone or failures in
+its sidecars' counters, never by every pooled connection failing.
 """
 
 from __future__ import annotations
@@ -99,6 +131,7 @@ from harness.backends.kube import (
     LABEL_APP,
     LABEL_MANAGED_BY,
     LABEL_POD_ZONE,
+    LABEL_ZONE,
     AppliedObject,
     KubeApiError,
     KubeCluster,
@@ -110,6 +143,7 @@ from harness.backends.kube.api import pod_finished
 from harness.backends.kube.backend import HelmRun, KubeBackend
 from harness.backends.kube.forward import find_tool
 from harness.backends.kube.permissions import CA_SECRET, Mode, Permission, applied_by_resource, needed, refusal, review
+from harness.contract.names import TAINT_EDGE
 from harness.contract.scheduling import BLOCKING_EFFECTS, Placement, Taint, Toleration
 from harness.errors import BackendError, InputError
 from harness.render.layout import VALUES_FILE
@@ -150,6 +184,8 @@ ZONE_KEYS = frozenset({"topology.kubernetes.io/zone", "topology.ebs.csi.aws.com/
                        "failure-domain.beta.kubernetes.io/zone"})  # fmt: skip
 """Node labels a StorageClass's allowedTopologies may confine volumes' zones by."""
 PROBE_IMAGE_FALLBACK = "nginx:1.27-alpine"  # busybox `wget` inside; the run pulls it anyway (frontend pods)
+NETPOL_STATE = "netpol_zones"
+"""State key: the NetworkPolicy probe's result per zone (zone -> ok, detail, node probed, when)."""
 
 
 _P = ParamSpec("_P")
@@ -218,6 +254,19 @@ def _toleration_text(tol: Toleration) -> str:
         return "every taint"
     value = "" if tol.operator == "Exists" else f"={tol.value}"
     return f"{tol.key}{value}:{tol.effect or '*'}"
+
+
+def zone_probe_placement(zone: str) -> dict[str, Any]:
+    """The pod-spec fields that put a probe pod on a node of `zone`, as the rendered workloads of an edge zone are
+    put there (`render.hashicups.deployment`): required node affinity on the zone label, the harness's own edge
+    taint of the zone tolerated (no other: a node group with another taint takes none of the zone's pods either,
+    and `up` refuses it). Built from the contract's names rather than read from the manifests, because a
+    partition can be planned before `up` has recorded any."""
+    term = {"matchExpressions": [{"key": LABEL_ZONE, "operator": "In", "values": [zone]}]}
+    return {
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}},
+        "tolerations": [{"key": TAINT_EDGE, "operator": "Equal", "value": zone, "effect": "NoSchedule"}],
+    }
 
 
 def check_placement(nodes: Sequence[NodeInfo], objects: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -570,14 +619,31 @@ class ExistingBackend(KubeBackend):
         return frozenset(p for p in CHAOS_PRIMITIVES if self.can(p))
 
     def can(self, primitive: str) -> bool:
-        """One primitive at a time: the NetworkPolicy probe runs only when a partition is asked about."""
+        """One primitive, for no zone in particular: a partition needs only the allow-list here.
+
+        Whether a partition would cut anything depends on the zone: the VPC CNI
+        enforces NetworkPolicy on each node, through the network policy agent
+        running there, so `require_capability` with the zone probes that zone's
+        nodes (once, when a partition of that zone is asked for).
+        """
         if primitive == "set_link" or primitive not in CHAOS_PRIMITIVES:
             return False
-        if primitive in DESTRUCTIVE and not self.destructive_allowed:
-            return False
-        if primitive == "partition_zone":
-            return self.network_policy_enforced()[0]
-        return True
+        return not (primitive in DESTRUCTIVE and not self.destructive_allowed)
+
+    def require_capability(self, primitive: str, zone: str | None = None) -> None:
+        """As `KubeBackend.require_capability`, and a partition of `zone` only where the zone's nodes enforce
+        NetworkPolicy (`network_policy_enforced`): BackendError in one line naming the zone and the node probed.
+
+        Why per zone: a probe on any node proved only that node's agent works. A Local Zone node group on an
+        AMI whose kernel the agent does not support, or one where the agent is off or not running, passed a
+        probe that ran on a Region node, and its "partition" then cut nothing: the zone kept talking to the
+        Region and the run was wasted on a fault the verifier could only call unverified.
+        """
+        super().require_capability(primitive, zone)
+        if primitive == "partition_zone" and zone is not None:
+            ok, detail = self.network_policy_enforced(zone)
+            if not ok:
+                raise BackendError(f"{self._where} cannot partition_zone {zone}: {detail}")
 
     def why_not(self, primitive: str) -> str:
         if primitive == "set_link":
@@ -590,51 +656,65 @@ class ExistingBackend(KubeBackend):
                 f"destructive chaos needs the context on the allow-list "
                 f"(--allow-context {self.context} or {ALLOW_ENV}={self.context})"
             )
-        if primitive == "partition_zone":
-            return self.network_policy_enforced()[1]
         return super().why_not(primitive)
 
-    def network_policy_enforced(self) -> tuple[bool, str]:
-        """Whether the CNI enforces NetworkPolicy, from a probe connection (cached per context in the state)."""
-        cached = self._state().get("netpol")
+    def network_policy_enforced(self, zone: str) -> tuple[bool, str]:
+        """Whether `zone`'s nodes enforce NetworkPolicy, from a probe pinned to the zone (cached per zone in the
+        state, so one probe per zone and context however many partitions of it a game day asks for)."""
+        zones = self._state().get(NETPOL_STATE)
+        zones = dict(zones) if isinstance(zones, dict) else {}
+        cached = zones.get(zone)
         if isinstance(cached, dict) and "ok" in cached:
             return bool(cached["ok"]), str(cached.get("detail", ""))
-        ok, detail = self.probe_network_policy()
-        self._save_state(netpol={"ok": ok, "detail": detail, "ts": time.time()})
+        ok, detail, node = self.probe_network_policy(zone)
+        self.progress(f"NetworkPolicy probe in {zone}: {detail}")
+        zones[zone] = {"ok": ok, "detail": detail, "node": node, "ts": time.time()}
+        self._save_state(**{NETPOL_STATE: zones})
         return ok, detail
 
-    def probe_network_policy(self, attempts: int = 3, timeout_s: float = 180.0) -> tuple[bool, str]:
-        """A client must reach a probe server, then fail to through a deny-all ingress policy.
+    def probe_network_policy(
+        self, zone: str, attempts: int = 3, timeout_s: float = 180.0
+    ) -> tuple[bool, str, str | None]:
+        """A client must reach a probe server on a node of `zone`, then fail to through a deny-all ingress policy;
+        (enforced, one line saying so, the server's node).
 
-        Run in a namespace of its own, removed afterwards. The policy may take
-        a few seconds to be programmed (the VPC CNI's policy agent, Calico's
-        Felix), so the blocked connection is tried `attempts` times, a few
-        seconds apart; one refusal proves enforcement.
+        Both pods are placed as the zone's workloads are (`zone_probe_placement`), so the node whose agent is
+        tested is one that runs the zone's pods: an ingress policy is enforced by the agent on the node of the
+        pod it selects (the VPC CNI attaches its eBPF programs to each pod's host-side veth,
+        https://github.com/aws/aws-network-policy-agent#readme). Run in a namespace of its own, removed
+        afterwards. The policy may take a few seconds to be programmed (the VPC CNI's policy agent, Calico's
+        Felix), so the blocked connection is tried `attempts` times, a few seconds apart; one refusal proves
+        enforcement.
         """
         c = self.cluster
-        ns = f"eh-netpol-probe-{os.getpid()}"
+        ns = f"eh-netpol-probe-{os.getpid()}-{zone}"[:63].rstrip("-")
         image = PROBE_IMAGE_FALLBACK
         with_meta = self._manifests is not None or bool(self._state().get("manifests"))
         if with_meta:
             image = str((self.manifests().meta.get("images") or {}).get("nginx") or image)
         labels = {LABEL_MANAGED_BY: "edge-harness"}
+        placement = zone_probe_placement(zone)
         try:
             c.apply_one({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}})
             c.apply_one(
                 {
                     "apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": "server", "namespace": ns, "labels": {**labels, "eh-probe": "server"}},
-                    "spec": {"containers": [{"name": "server", "image": image, "ports": [{"containerPort": 80}]}]},
+                    "spec": {**placement,
+                             "containers": [{"name": "server", "image": image, "ports": [{"containerPort": 80}]}]},
                 }
             )  # fmt: skip
             server = c.wait_pod(ns, "server", lambda p: bool((p.get("status") or {}).get("podIP"))
                                 and (p.get("status") or {}).get("phase") == "Running", timeout_s,
-                                "NetworkPolicy probe")  # fmt: skip
+                                f"NetworkPolicy probe in {zone}")  # fmt: skip
             ip = str(server["status"]["podIP"])
-            if not self._probe_client(ns, "client-open", image, ip, timeout_s):
+            node = str((server.get("spec") or {}).get("nodeName") or "") or None
+            on = f"a probe server on node {node}" if node else "a probe server"
+            if not self._probe_client(ns, "client-open", image, ip, timeout_s, placement):
                 return (
                     False,
-                    "NetworkPolicy probe inconclusive: a client could not reach the probe server without any policy",
+                    f"NetworkPolicy probe in {zone} inconclusive: a client could not reach {on} without any policy",
+                    node,
                 )
             c.apply_one(
                 {
@@ -645,23 +725,31 @@ class ExistingBackend(KubeBackend):
                 }
             )  # fmt: skip
             for i in range(attempts):
-                if not self._probe_client(ns, f"client-denied-{i}", image, ip, timeout_s):
-                    return True, "NetworkPolicy enforced: a probe connection was refused by a deny-all policy"
+                if not self._probe_client(ns, f"client-denied-{i}", image, ip, timeout_s, placement):
+                    refused = f"a connection to {on} was refused by a deny-all policy"
+                    return True, f"NetworkPolicy enforced in {zone}: {refused}", node
                 time.sleep(2.0)
-            return False, (
-                "the CNI does not enforce NetworkPolicy: a probe connection went through a deny-all policy "
-                "(on EKS enable the VPC CNI's network policy support)"
+            return (
+                False,
+                (
+                    f"NetworkPolicy is not enforced in {zone}: a probe connection to {on} went through a deny-all "
+                    "policy (on EKS the VPC CNI's network policy agent must run on the zone's nodes: network policy "
+                    "enabled in the add-on, a Linux kernel 5.10 or later, the BPF file system mounted; see the README)"
+                ),
+                node,
             )
         finally:
             c.delete("v1", "Namespace", None, ns)
 
-    def _probe_client(self, ns: str, name: str, image: str, ip: str, timeout_s: float) -> bool:
-        """Run `wget` from a one-shot pod to the probe server; True when the connection succeeded."""
+    def _probe_client(
+        self, ns: str, name: str, image: str, ip: str, timeout_s: float, placement: Mapping[str, Any]
+    ) -> bool:
+        """Run `wget` from a one-shot pod (placed by `placement`) to the probe server; True when it connected."""
         self.cluster.apply_one(
             {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": ns, "labels": {LABEL_MANAGED_BY: "edge-harness"}},
-                "spec": {"restartPolicy": "Never", "containers": [{
+                "spec": {**placement, "restartPolicy": "Never", "containers": [{
                     "name": "client", "image": image,
                     "command": ["wget", "-q", "-T", "3", "-O", "/dev/null", f"http://{ip}:80/"]}]},
             }
@@ -1402,10 +1490,15 @@ class ExistingBackend(KubeBackend):
 
     @_serialized
     def partition_zone(self, zone: str) -> None:
+        """Cut `zone`'s pods from every other zone: an ingress and egress NetworkPolicy in its namespace that
+        allows only the namespace itself and DNS. Refused, with nothing injected, unless the zone's nodes enforce
+        NetworkPolicy (`require_capability` with the zone). New connections are cut; connections already open
+        are cut only where the CNI evaluates them again (EKS: network policy agent v1.2.0 or later, and no other
+        policy already selecting the pods; the module docstring has the sources)."""
         self._require_destructive(f"partition_zone {zone}")
         if not self.manifests().topology.zone(zone).is_edge:
             raise BackendError(f"partition_zone: {zone} is not an edge zone (only edge zones have a service link)")
-        self.require_capability("partition_zone")
+        self.require_capability("partition_zone", zone)  # the zone's own nodes enforce NetworkPolicy
         ns = self._zone_namespace(zone)
         self._fence("partition_zone", zone)
         self.ledger.add(primitive="partition_zone", zone=zone, namespace=ns, context=self.context)

@@ -24,13 +24,12 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.backends import BackendOptions
-from harness.chaos.experiment import PlannedExperiment, check_experiment, load_experiment, plan_experiment
+from harness.chaos.experiment import PlannedExperiment, Require, check_experiment, load_experiment, plan_experiment
 from harness.chaos.timeline import FaultKind, record
 from harness.contract.journal import journal_problems
 from harness.contract.rundir import CHAOS_DIR, EXPERIMENT_FILE, JOURNAL_FILE, PLAN_FILE
@@ -79,10 +78,11 @@ def check_capabilities(path: Path, backend: Any) -> None:
     """InputError (exit 2) when the experiment needs a fault this backend cannot perform on this cluster.
 
     Run before the experiment starts, so a fault the cluster cannot do (the
-    service link on EKS, a partition without an enforcing CNI, netem on a
-    kernel without sch_netem) is refused with nothing injected. (`plan_run`
-    with `require=backend.require_capability` does the same within the full
-    check; this is the check alone.)
+    service link on EKS, netem on a kernel without sch_netem) is refused with
+    nothing injected. Asked for no zone in particular: what depends on the
+    zone (a partition on EKS, whose nodes enforce NetworkPolicy or not) needs
+    the zones resolved, which `plan_run` with a topology and
+    `require=backend.require_capability` does within the full check.
     """
     data = check_experiment(path)
     for i, func, primitive in required_primitives(data):
@@ -124,7 +124,7 @@ def plan_run(
     topology: Topology | None,
     capabilities: frozenset[str] | None,
     run_dir: Path | None = None,
-    require: Callable[[str], None] | None = None,
+    require: Require | None = None,
 ) -> list[PlannedExperiment]:
     """Check every experiment (InputError on the first problem, nothing written) and number them.
 
@@ -207,7 +207,7 @@ def run_experiment(
     topology: Topology | None = None,
     capabilities: frozenset[str] | None = None,
     timeout_s: float = 900,
-    require: Callable[[str], None] | None = None,
+    require: Require | None = None,
 ) -> ChaosResult:
     """Check, plan (added to ``plan.json``) and run one experiment into `run_dir`."""
     (p,) = plan_run([experiment], topology, capabilities, run_dir, require)

@@ -285,7 +285,7 @@ def _held_fault(
     """
     spec = PRIMITIVES[primitive]
     assert spec.restore is not None, primitive
-    b.require_capability(primitive)
+    b.require_capability(primitive, zone)  # in this zone: EKS enforces NetworkPolicy (a partition) per node
     if before:
         _snapshot(b, f"before {fault}")
     record(fault, "inject", action, zone, kind, services, entry_down=entry_down, **(inject_extra or {}))

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from harness.chaos import expected
 from harness.chaos.roles import ROLE_EXAMPLES, RoleError, looks_like_role, parse_role, resolve_values
@@ -173,11 +173,23 @@ def _value(src: str, path: str, raw: Any, cfg: dict[str, Any]) -> tuple[Any, str
     return raw, path
 
 
+class Require(Protocol):
+    """A backend's `require_capability`: BackendError saying why `primitive` cannot be done (in `zone`, when given).
+
+    Asked once per primitive, then once per zone the primitive acts on: whether a partition is possible on EKS
+    depends on the zone's nodes (NetworkPolicy is enforced by an agent on each node), so a zone whose nodes do
+    not enforce it is refused here, before anything is brought up or injected, and only zones an experiment
+    partitions are probed.
+    """
+
+    def __call__(self, primitive: str, zone: str | None = None) -> None: ...
+
+
 def check_experiment(
     path: Path,
     topology: Topology | None = None,
     capabilities: frozenset[str] | None = None,
-    require: Callable[[str], None] | None = None,
+    require: Require | None = None,
 ) -> dict[str, Any]:
     """Validate an experiment (see the module docstring); returns it with roles resolved when a topology is given."""
     return plan_experiment(path, topology, capabilities, require=require).data
@@ -188,7 +200,7 @@ def plan_experiment(
     topology: Topology | None = None,
     capabilities: frozenset[str] | None = None,
     exp_id: str | None = None,
-    require: Callable[[str], None] | None = None,
+    require: Require | None = None,
 ) -> PlannedExperiment:
     """Check the experiment and resolve its roles (see the module docstring).
 
@@ -216,6 +228,7 @@ def plan_experiment(
     actions: list[str] = []
     method_zones: list[str] = []
     asked: set[str] = set()
+    asked_in: set[tuple[str, str]] = set()  # (primitive, zone) pairs already asked
     for where, act in _activities(data):
         if not isinstance(act, dict):
             raise InputError(src, where, "an activity is a JSON object")
@@ -283,6 +296,15 @@ def plan_experiment(
                             src, vpath, f"{item!r} names {len(zone)} zones; {func.__name__} acts on one zone"
                         )
                     zones_of_activity += zone if isinstance(zone, list) else [zone]
+        if require is not None and primitive is not None:
+            for z in zones_of_activity:
+                if (primitive, z) in asked_in:
+                    continue
+                asked_in.add((primitive, z))
+                try:
+                    require(primitive, z)
+                except BackendError as exc:
+                    raise InputError(src, f"{where}.provider.func", f"{func.__name__}: {exc}") from None
         if where.startswith("method["):
             method_zones += [z for z in zones_of_activity if z not in method_zones]
         service = args.get("service")

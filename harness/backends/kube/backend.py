@@ -713,8 +713,11 @@ class KubeBackend(Backend):
         """Whether `primitive` is in `capabilities()` (subclasses answer for one primitive without costly probes)."""
         return primitive in self.capabilities()
 
-    def require_capability(self, primitive: str) -> None:
-        """BackendError naming why, when this cluster cannot perform `primitive` (checked before injecting)."""
+    def require_capability(self, primitive: str, zone: str | None = None) -> None:
+        """BackendError naming why, when this cluster cannot perform `primitive` (checked before injecting).
+
+        The same for every zone here; a subclass whose answer depends on the zone checks `zone` too.
+        """
         if not self.can(primitive):
             raise BackendError(f"{self._where} cannot {primitive}: {self.why_not(primitive)}")
 
