@@ -598,7 +598,6 @@ def test_an_existing_consul_is_checked_before_anything_changes(
 # -- the cluster's Kubernetes version against the chart's supported range ------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: the cluster's Kubernetes version is never compared with the chart's")
 def test_a_kubernetes_outside_the_charts_range_is_said_in_one_line(
     api: FakeApiServer, eks: KubeCluster, tmp_path: Path
 ) -> None:
@@ -614,6 +613,9 @@ def test_a_kubernetes_outside_the_charts_range_is_said_in_one_line(
         "consul-k8s chart 1.9.11 supports: results may reflect an untested combination"
     ]
     assert said.index(warned[0]) < next(i for i, line in enumerate(said) if line.startswith("applied "))
+    assert b.cluster_warnings() == [warned[0].removeprefix("WARNING: ")]  # what preflight.json carries
+    api.sim.server_version = {"major": "1", "minor": "34", "gitVersion": "v1.34.4-eks-3025e55"}
+    assert b.cluster_warnings() == []  # asked anew: an upgrade (or downgrade) between up and preflight shows
     b.close()
 
 
