@@ -347,6 +347,7 @@ CHART_DATAPLANE_IMAGE = "hashicorp/consul-dataplane:1.9.11"
 # What `kind create cluster` runs without --image (nor a node `image` in the config): each kind release's default
 # node image, from its release notes (github.com/kubernetes-sigs/kind/releases/tag/<release>, "Breaking Changes").
 KIND_DEFAULT_NODE_IMAGES = {
+    "v0.29.0": "kindest/node:v1.33.1",  # (the fake reads only the tag)
     "v0.30.0": "kindest/node:v1.34.0@sha256:7416a61b42b1662ca6ca89f02028ac133a309a2a30ba309614e8ec94d976dc5a",
     "v0.31.0": "kindest/node:v1.35.0@sha256:452d707d4862f52530247495d180205e029056831160e22870e37e3f6c1ac31f",
     "v0.32.0": "kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5",

@@ -254,27 +254,58 @@ def test_every_pinned_node_image_is_in_the_charts_range_and_pinned_by_digest(tmp
         assert image.startswith("kindest/node:v") and re.search(r"@sha256:[0-9a-f]{64}$", image), release
 
 
-def test_an_unknown_kind_release_is_refused_in_one_line_before_anything_is_created(
+KIND_V030_K8S_134 = "kindest/node:v1.34.0@sha256:7416a61b42b1662ca6ca89f02028ac133a309a2a30ba309614e8ec94d976dc5a"
+
+
+@pytest.mark.parametrize(
+    ("release", "image", "k8s"),
+    [
+        ("v0.31.0", KIND_V030_K8S_134, "v1.34.0"),
+        ("v0.34.2", KIND_V033_K8S_134, "v1.34.11"),
+        ("v0.29.0", None, "v1.33.1"),
+    ],
+    ids=["between-pinned", "newer-than-pinned", "older-than-pinned"],
+)
+def test_a_kind_release_without_a_pinned_image_gets_the_nearest_older_one_or_its_own_default(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, release: str, image: str | None, k8s: str
+) -> None:
+    """kind v0.31.0 defaults to Kubernetes 1.35.0 and v0.32.0 to 1.36.1, and their notes' 1.34 images are not
+    pinned here: such a release gets the image pinned for the newest listed release before it (kind runs other
+    releases' node images on a best-effort basis), said in one line; a release older than every listed one
+    defaults to a Kubernetes of 1.33 or older and keeps its own image. Either way the cluster is in range."""
+    api.sim.kind_release = release
+    said: list[str] = []
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path), progress=said.append)
+    create = next(c for c in tools.calls() if c[:3] == ["kind", "create", "cluster"])
+    assert (create[-2:] == ["--image", image]) if image else "--image" not in create, create
+    assert backend.cluster.request("GET", "/version")["gitVersion"] == k8s
+    told = [line for line in said if line.startswith(f"kind {release}:")]
+    assert len(told) == 1 and (image is None or image in told[0]), said
+    assert backend.cluster_warnings() == []
+    backend.close()
+
+
+def test_a_kind_version_naming_no_release_is_refused_in_one_line_before_anything_is_created(
     api: FakeApiServer,
     tools: Tools,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """kind v0.31.0 defaults to Kubernetes 1.35.0 and no 1.30-1.34 image of its release notes is pinned here: `up`
-    says so in one line, with the range and the way out, and creates nothing (exit 3, as for a missing tool)."""
+    """A kind built from source says no release: no image can be chosen for it, so `up` says so in one line,
+    with the range and the way out, and creates nothing (exit 3, as for a missing tool)."""
     from harness.cli import main
 
-    api.sim.kind_release = "v0.31.0"
+    api.sim.kind_release = "devel"
     monkeypatch.delenv("EH_KIND_IMAGE", raising=False)
     monkeypatch.chdir(tmp_path)
     rc = main(["up", "--backend", "kind", "--cluster", "edge"])
     err = capsys.readouterr().err.strip()
     assert rc == 3
     assert err == (
-        "error: kind v0.31.0 has no node image pinned here for Kubernetes 1.30-1.34 (consul-k8s chart 1.9.11; pinned "
-        "for kind v0.30.0, v0.33.0): install one of those kind releases, or pass --kind-image (or EH_KIND_IMAGE) "
-        "with an image from kind v0.31.0's release notes, e.g. kindest/node:v1.34.x@sha256:..."
+        "error: `kind version` names no release ('kind devel go1.25.1 linux/amd64'): pass --kind-image (or "
+        "EH_KIND_IMAGE) with a kindest/node image of Kubernetes 1.30-1.34"
     )
     assert [c for c in tools.calls() if c[0] == "kind"] == [["kind", "get", "clusters"], ["kind", "version"]]
     assert api.sim.kind_cluster is None and not (tmp_path / "runs" / ".backend" / "kind-edge").exists()
@@ -287,7 +318,7 @@ def test_an_explicit_node_image_is_used_as_given(
     One outside the chart's range runs too, with a WARNING line that preflight.json and the report carry."""
     from harness.backends import BackendOptions
 
-    api.sim.kind_release = "v0.31.0"  # not pinned here: refused without an image
+    api.sim.kind_release = "v0.31.0"  # not pinned here
     monkeypatch.setenv("EH_KIND_IMAGE", "registry.example.test/kindest/node:v1.33.7")
     opts = BackendOptions.from_env(name="kind", cluster="edge", workdir=tmp_path / "wd")
     assert opts.kind_image == "registry.example.test/kindest/node:v1.33.7"

@@ -53,8 +53,11 @@ image in the chart's range that the release's notes list, by digest (node
 images are built for one kind release; the notes say to use the @sha256
 digest). `--image` overrides the image of every node in the config (kind's
 CreateWithNodeImage), so the rendered config stays the same for every kind
-release. A release not in `KIND_NODE_IMAGES` is refused before anything is
-created, unless the user names an image (`--kind-image` / EH_KIND_IMAGE):
+release. A release not in `KIND_NODE_IMAGES` gets the image pinned for the
+newest listed release before it (said in one line: kind runs other
+releases' node images on a best-effort basis), or kind's own default for a
+release older than every listed one, unless the user names an image
+(`--kind-image` / EH_KIND_IMAGE):
 that image is used as given, whatever its version (naming one is the
 override; a Kubernetes outside the chart's range is then a WARNING line, as
 on EKS, carried into preflight.json and the report).
@@ -161,6 +164,11 @@ def cluster_images(manifests: Manifests) -> list[str]:
     return sorted(out)
 
 
+def _release_key(release: str) -> tuple[int, ...]:
+    """kind's "v0.31.0" as (0, 31, 0), to order releases."""
+    return tuple(int(x) for x in re.findall(r"\d+", release)[:3])
+
+
 def is_edge(node: NodeInfo) -> bool:
     """A node of a Local or Wavelength Zone (its zone-type label), not of the Region's AZs nor unlabelled."""
     return bool(node.zone_type) and node.zone_type != "availability-zone"
@@ -236,26 +244,46 @@ class KindBackend(KubeBackend):
         out = self._run("kind", "get", "clusters").stdout
         return self.cluster_name in out.split()
 
-    def node_image(self, manifests: Manifests) -> str:
-        """The node image `kind create cluster --image` gets: the user's, else the one `KIND_NODE_IMAGES` pins for
-        the kind release `kind version` names; BackendError in one line (nothing created) for a release without
-        one, or whose pinned image is outside the manifests' Kubernetes range."""
+    def node_image(self, manifests: Manifests) -> str | None:
+        """The node image `kind create cluster --image` gets (None: kind's own default).
+
+        The user's, else the one `KIND_NODE_IMAGES` pins for the kind release `kind version` names. A release
+        the table does not list: from v0.30.0 on (whose defaults are at or past the chart's newest Kubernetes),
+        the image pinned for the newest listed release not after it, said in one line (kind runs node images of
+        other releases on a best-effort basis, https://kind.sigs.k8s.io/docs/design/node-image); before it,
+        kind's own default (built for it, Kubernetes 1.33 or older: the version check at `up` says when that is
+        outside the chart's range). BackendError in one line (nothing created) when `kind version` names no
+        release, or when a pinned image is outside the manifests' Kubernetes range.
+        """
         if self.node_image_override:
             return self.node_image_override
         out = self._run("kind", "version", timeout=60).stdout or ""
-        m = re.search(r"\bv\d+\.\d+\.\d+\S*", out)
-        release = m.group(0) if m else (out.strip() or "?")
+        m = re.search(r"\bv(\d+)\.(\d+)\.(\d+)\S*", out)
         rng = supported_range(manifests.meta)
         if rng is None:
             raise BackendError(f"{manifests.root}/manifest.json: chart.kubernetes missing (re-render)")
+        way_out = f"pass --kind-image (or {KIND_IMAGE_ENV}) with a kindest/node image of Kubernetes {rng}"
+        if m is None:
+            raise BackendError(f"`kind version` names no release ({out.strip() or 'no output'!r}): {way_out}")
+        release = m.group(0)
         image = KIND_NODE_IMAGES.get(release)
-        if image is None or image_minor(image) not in rng:
-            known = ", ".join(sorted(KIND_NODE_IMAGES))
-            raise BackendError(
-                f"kind {release} has no node image pinned here for Kubernetes {rng} ({rng.chart}; pinned for kind "
-                f"{known}): install one of those kind releases, or pass --kind-image (or {KIND_IMAGE_ENV}) with an "
-                f"image from kind {release}'s release notes, e.g. kindest/node:v1.34.x@sha256:..."
+        if image is None:
+            mine = _release_key(release)
+            older = [r for r in KIND_NODE_IMAGES if _release_key(r) <= mine]
+            if not older:
+                first = min(KIND_NODE_IMAGES, key=_release_key)
+                self.progress(f"kind {release}: its own default node image (releases before {first} default to "
+                              "Kubernetes 1.33 or older)")  # fmt: skip
+                return None
+            nearest = max(older, key=_release_key)
+            image = KIND_NODE_IMAGES[nearest]
+            self.progress(
+                f"kind {release}: no node image of its release notes is pinned here; using {image}, pinned for kind "
+                f"{nearest} (kind runs other releases' node images on a best-effort basis; to choose: {way_out})"
             )
+        if image_minor(image) not in rng:
+            raise BackendError(f"the node image pinned for kind {release} ({image}) is outside Kubernetes {rng} "
+                               f"({rng.chart}): {way_out}")  # fmt: skip
         return image
 
     def up(self, manifests: Manifests, progress: ProgressFn | None = None) -> None:
@@ -268,17 +296,17 @@ class KindBackend(KubeBackend):
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "kind-config.yaml"
         config.write_text(yaml.safe_dump({**manifests.kind_config, "name": self.cluster_name}, sort_keys=False))
-        if image is None:
+        if exists:
             self.progress(f"kind cluster {self.cluster_name} exists: reusing it")
             if not self.kubeconfig.is_file():
                 self._run(
                     "kind", "export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)
                 )
         else:
-            self.progress(f"creating kind cluster {self.cluster_name} ({image})")
+            self.progress(f"creating kind cluster {self.cluster_name} ({image or 'kind default node image'})")
             self._run(
                 "kind", "create", "cluster", "--name", self.cluster_name,
-                "--config", str(config), "--kubeconfig", str(self.kubeconfig), "--image", image,
+                "--config", str(config), "--kubeconfig", str(self.kubeconfig), *(["--image", image] if image else []),
             )  # fmt: skip
         self._save_state(manifests=str(Path(manifests.root).resolve()), cluster=self.cluster_name, entry={})
         self._warn_version()  # a user's image (or a reused cluster) outside the chart's range: said, and run
