@@ -96,6 +96,11 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
         "EH_MAX_SHARE)",
     )  # fmt: skip
     g.add_argument(
+        "--kind-image", metavar="IMAGE",
+        help="kind: node image for `kind create cluster --image`, used as given (also EH_KIND_IMAGE; default: the "
+        "image pinned for your kind release, within the chart's Kubernetes range)",
+    )  # fmt: skip
+    g.add_argument(
         "--allow-file", type=Path, metavar="FILE",
         help="existing: allow-list file, one context per line (also EH_ALLOW_FILE; default "
         "~/.config/edge-harness/allowed-contexts)",
@@ -130,6 +135,7 @@ def _bopts(a: argparse.Namespace) -> BackendOptions:
         execute=a.execute or os.environ.get("EH_EXECUTE", "") in ("1", "true", "yes"),
         max_share=a.max_share,
         allow_file=str(a.allow_file) if a.allow_file else None,
+        kind_image=a.kind_image or os.environ.get("EH_KIND_IMAGE") or None,
     )
 
 

@@ -22,6 +22,7 @@ reads no environment variable itself (the existing backend reads
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def eh_options(pytestconfig: pytest.Config) -> Any:
         cluster=pytestconfig.getoption("--eh-cluster"),
         context=pytestconfig.getoption("--eh-context"),
         allow_contexts=list(pytestconfig.getoption("--eh-allow-context")),
+        kind_image=os.environ.get("EH_KIND_IMAGE") or None,  # kind: the node image, as `harness` takes it
     )
 
 

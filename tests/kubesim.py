@@ -344,6 +344,15 @@ KIND_STANDARD_CLASS: dict[str, Any] = {
 EBS_CSI = "ebs.csi.aws.com"
 # chart 1.9.11's defaults for global.imageConsulDataplane and global.imageK8S (the rendered values pin both)
 CHART_DATAPLANE_IMAGE = "hashicorp/consul-dataplane:1.9.11"
+# What `kind create cluster` runs without --image (nor a node `image` in the config): each kind release's default
+# node image, from its release notes (github.com/kubernetes-sigs/kind/releases/tag/<release>, "Breaking Changes").
+KIND_DEFAULT_NODE_IMAGES = {
+    "v0.29.0": "kindest/node:v1.33.1",  # (the fake reads only the tag)
+    "v0.30.0": "kindest/node:v1.34.0@sha256:7416a61b42b1662ca6ca89f02028ac133a309a2a30ba309614e8ec94d976dc5a",
+    "v0.31.0": "kindest/node:v1.35.0@sha256:452d707d4862f52530247495d180205e029056831160e22870e37e3f6c1ac31f",
+    "v0.32.0": "kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5",
+    "v0.33.0": "kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5",
+}
 CHART_K8S_IMAGE = "hashicorp/consul-k8s-control-plane:1.9.11"
 
 
@@ -542,6 +551,10 @@ class ClusterSim:
         # what `kind load docker-image` fails with, if it does (Docker Desktop's containerd image store cannot
         # `docker save` a multi-platform image whose other platforms it never pulled: kind#3795)
         self.kind_load_error: str | None = None
+        # the developer's kind release (`kind version`) and the node image its last `create cluster` ran: /version
+        # then answers with the Kubernetes version of that image's tag, as the control-plane's API server would
+        self.kind_release = "v0.33.0"
+        self.kind_node_image: str | None = None
         self.kind_network_next = 2  # the next address Docker hands out on the `kind` network (172.18.0.N)
         self.host_listeners: list[Any] = []
         self.netem_available = True  # the host kernel has sch_netem (kind node containers share it)
@@ -2873,20 +2886,35 @@ class ClusterSim:
             self.create("v1", "namespaces", None, {"metadata": {"name": name}})
 
     # -- kind ------------------------------------------------------------------------
-    async def kind_create(self, name: str, config: Obj) -> Obj:
+    def kind_version(self) -> Obj:
+        """`kind version` as the real one prints it (pkg/cmd/kind/version: release, Go version, platform)."""
+        return {"rc": 0, "stdout": f"kind {self.kind_release} go1.25.1 linux/amd64\n"}
+
+    async def kind_create(self, name: str, config: Obj, image: str | None = None) -> Obj:
+        """`kind create cluster`: `image` (--image) overrides every node's image, as kind's CreateWithNodeImage does;
+        else the control-plane's `image` in the config, else the kind release's default node image."""
         if self.kind_cluster is not None:
             return {
                 "rc": 1,
                 "stderr": "ERROR: failed to create cluster: node(s) already exist for a cluster with the name "
                 f'"{name}"',
             }
+        nodes = config.get("nodes") or [{"role": "control-plane"}]
+        first = next((n for n in nodes if n.get("role", "control-plane") == "control-plane"), {})
+        chosen = image or first.get("image") or KIND_DEFAULT_NODE_IMAGES.get(self.kind_release)
+        tag = re.search(r":v(\d+)\.(\d+)\.(\d+)", str(chosen or ""))
+        if tag is None:
+            return {"rc": 1, "stderr": f"ERROR: failed to create cluster: no node image this fake can run: {chosen!r}"}
+        self.kind_node_image = str(chosen)
+        major, minor, patch = tag.groups()
+        self.server_version = {"major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.{patch}"}
         self.kind_cluster = name
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.ensure_namespace(ns)
         if self.get("storage.k8s.io/v1", "storageclasses", None, "standard") is None:
             self.create("storage.k8s.io/v1", "storageclasses", None, KIND_STANDARD_CLASS)
         counts: collections.Counter[str] = collections.Counter()
-        for i, n in enumerate(config.get("nodes") or [{"role": "control-plane"}]):
+        for i, n in enumerate(nodes):
             role = n.get("role", "control-plane")
             counts[role] += 1
             suffix = "" if counts[role] == 1 else str(counts[role])
@@ -3375,7 +3403,11 @@ class ClusterSim:
         body = request.data if isinstance(request.data, dict) else {}
         q = dict(request.params)
         if path == "kind/create":
-            return aiohttp.web.json_response(await self.kind_create(body["name"], body.get("config") or {}))
+            return aiohttp.web.json_response(
+                await self.kind_create(body["name"], body.get("config") or {}, body.get("image") or None)
+            )
+        if path == "kind/version":
+            return aiohttp.web.json_response(self.kind_version())
         if path == "kind/delete":
             return aiohttp.web.json_response(await self.kind_delete())
         if path == "kind/load":

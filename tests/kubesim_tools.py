@@ -6,9 +6,11 @@ appended to $FAKE_LOG as a JSON argv so tests can pin the exact commands a
 real run issues. What each tool does is whatever the simulated cluster
 (`tests.kubesim`, reached at $FAKE_API under /_sim/) says happened:
 
-- kind: `get clusters`, `create cluster --name --config --kubeconfig` (the
-  cluster's nodes, labels, taints and port mappings come from the config as
-  kind reads it), `delete cluster`, `export kubeconfig`.
+- kind: `version` (the simulation's `kind_release`), `get clusters`,
+  `create cluster --name --config --kubeconfig [--image]` (the cluster's
+  nodes, labels, taints and port mappings come from the config as kind reads
+  it; the node image, --image or else the release's default, decides the
+  Kubernetes version /version reports), `delete cluster`, `export kubeconfig`.
 - docker: `info`, `stop`/`start` (the node's kubelet stops: the simulation
   decides what the API shows and when), `exec NODE sh -c SCRIPT` (tc netem
   fails as on a kernel without sch_netem when the simulation says so),
@@ -98,6 +100,8 @@ def _write_kubeconfig(path: str, cluster: str) -> None:
 
 
 def kind(args: list[str]) -> None:
+    if args[:1] == ["version"]:
+        _finish(_api("kind/version"))
     if args[:2] == ["get", "clusters"]:
         names = _api("kind/clusters")["clusters"]
         if names:
@@ -110,7 +114,7 @@ def kind(args: list[str]) -> None:
 
         name = _opt(args, "--name") or "kind"
         config = yaml.safe_load(Path(_opt(args, "--config") or "/dev/null").read_text()) or {}
-        out = _api("kind/create", {"name": name, "config": config})
+        out = _api("kind/create", {"name": name, "config": config, "image": _opt(args, "--image")})
         if out.get("rc"):
             _finish(out)
         _write_kubeconfig(_opt(args, "--kubeconfig") or str(Path.home() / ".kube/config"), name)

@@ -596,6 +596,30 @@ def test_an_existing_consul_is_checked_before_anything_changes(
             assert _mutations(server) == before, message
 
 
+# -- the cluster's Kubernetes version against the chart's supported range ------------------------------------
+
+
+def test_a_kubernetes_outside_the_charts_range_is_said_in_one_line(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path
+) -> None:
+    """consul-k8s 1.9.11 supports Kubernetes 1.30-1.34. A nightly against an EKS 1.35 cluster may still want to
+    run, but the run must say, before anything changes, that it is outside what the chart was tested on."""
+    api.sim.server_version = {"major": "1", "minor": "35", "gitVersion": "v1.35.2-eks-3025e55"}
+    said: list[str] = []
+    b = _backend(api, tmp_path)
+    b.up(rendered(tmp_path), progress=said.append)
+    warned = [line for line in said if "Kubernetes 1.35" in line]
+    assert warned == [
+        "WARNING: context eks-nightly runs Kubernetes 1.35 (v1.35.2-eks-3025e55), outside 1.30-1.34, the range "
+        "consul-k8s chart 1.9.11 supports: results may reflect an untested combination"
+    ]
+    assert said.index(warned[0]) < next(i for i, line in enumerate(said) if line.startswith("applied "))
+    assert b.cluster_warnings() == [warned[0].removeprefix("WARNING: ")]  # what preflight.json carries
+    api.sim.server_version = {"major": "1", "minor": "34", "gitVersion": "v1.34.4-eks-3025e55"}
+    assert b.cluster_warnings() == []  # asked anew: an upgrade (or downgrade) between up and preflight shows
+    b.close()
+
+
 # -- pods that no node of their zone takes ------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,14 @@ import httpx
 import pytest
 import yaml
 
-from harness.backends.kind import INSPECT_FORMAT, NETEM_PROBE, KindBackend, cluster_images, kind_available
+from harness.backends.kind import (
+    INSPECT_FORMAT,
+    KIND_NODE_IMAGES,
+    NETEM_PROBE,
+    KindBackend,
+    cluster_images,
+    kind_available,
+)
 from harness.errors import BackendError
 from harness.render.manifests import Manifests
 from tests import kubesim_tools
@@ -103,6 +111,8 @@ def test_up_issues_exactly_the_documented_commands(
     # the images: the host has them all (the fixture's), so none is pulled; all loaded into every node at once
     images = cluster_images(m)
     calls = tools.calls()
+    assert calls[1] == ["kind", "version"]  # which node image: the one pinned for this kind release
+    del calls[1]
     assert calls[2:4] == [
         ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
         ["kind", "load", "docker-image", "--name", "edge", *images],
@@ -110,7 +120,10 @@ def test_up_issues_exactly_the_documented_commands(
     del calls[2:4]
     assert calls[:4] == [
         ["kind", "get", "clusters"],
-        ["kind", "create", "cluster", "--name", "edge", "--config", str(wd / "kind-config.yaml"), "--kubeconfig", kc],
+        [
+            "kind", "create", "cluster", "--name", "edge", "--config", str(wd / "kind-config.yaml"), "--kubeconfig", kc,
+            "--image", KIND_NODE_IMAGES["v0.33.0"],
+        ],
         ["helm", "repo", "add", "hashicorp", "https://helm.releases.hashicorp.com", "--force-update"],
         [
             "helm", "upgrade", "--install", "consul", "hashicorp/consul", "--version", "1.9.11", "-n", "consul",
@@ -207,6 +220,130 @@ def test_up_reuses_an_existing_cluster(api: FakeApiServer, tools: Tools, tmp_pat
     ]
     assert not [c for c in tools.calls() if c[:2] == ["docker", "pull"]]  # the host has them from the first up
     again.close()
+
+
+# -- the node image: a Kubernetes the pinned chart supports ---------------------------------------------
+
+KIND_V033_K8S_134 = "kindest/node:v1.34.11@sha256:44e222ee2132dab25ff87301682f89eb82c7880ea3a1bf543bfe9708fd08d67d"
+
+
+def test_the_cluster_runs_a_kubernetes_the_pinned_chart_supports(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """consul-k8s 1.9.11 (the pinned chart) supports Kubernetes 1.30-1.34. A developer's kind v0.33.0 defaults to
+    kindest/node v1.37.0, so a cluster created without an image ran a Kubernetes the chart was never tested on;
+    the image kind's v0.33.0 release notes list for 1.34 (by digest, as they say to) is the one to run."""
+    assert api.sim.kind_release == "v0.33.0"
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path))
+    assert backend.cluster.request("GET", "/version")["gitVersion"] == "v1.34.11"
+    assert api.sim.kind_node_image == KIND_V033_K8S_134
+    assert backend.cluster_warnings() == []  # nothing for preflight.json to carry
+    backend.close()
+
+
+def test_every_pinned_node_image_is_in_the_charts_range_and_pinned_by_digest(tmp_path: Path) -> None:
+    """The table is checked against the range the manifests carry (render.helm.KUBERNETES_SUPPORTED), the one
+    place it lives: an entry outside it, or one by tag only (kind builds node images per release), fails here."""
+    from harness.backends.kube.version import image_minor, supported_range
+
+    rng = supported_range(rendered(tmp_path).meta)
+    assert rng is not None and str(rng) == "1.30-1.34"
+    for release, image in KIND_NODE_IMAGES.items():
+        assert image_minor(image) in rng, release
+        assert image.startswith("kindest/node:v") and re.search(r"@sha256:[0-9a-f]{64}$", image), release
+
+
+KIND_V030_K8S_134 = "kindest/node:v1.34.0@sha256:7416a61b42b1662ca6ca89f02028ac133a309a2a30ba309614e8ec94d976dc5a"
+
+
+@pytest.mark.parametrize(
+    ("release", "image", "k8s"),
+    [
+        ("v0.31.0", KIND_V030_K8S_134, "v1.34.0"),
+        ("v0.34.2", KIND_V033_K8S_134, "v1.34.11"),
+        ("v0.29.0", None, "v1.33.1"),
+    ],
+    ids=["between-pinned", "newer-than-pinned", "older-than-pinned"],
+)
+def test_a_kind_release_without_a_pinned_image_gets_the_nearest_older_one_or_its_own_default(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, release: str, image: str | None, k8s: str
+) -> None:
+    """kind v0.31.0 defaults to Kubernetes 1.35.0 and v0.32.0 to 1.36.1, and their notes' 1.34 images are not
+    pinned here: such a release gets the image pinned for the newest listed release before it (kind runs other
+    releases' node images on a best-effort basis), said in one line; a release older than every listed one
+    defaults to a Kubernetes of 1.33 or older and keeps its own image. Either way the cluster is in range."""
+    api.sim.kind_release = release
+    said: list[str] = []
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path), progress=said.append)
+    create = next(c for c in tools.calls() if c[:3] == ["kind", "create", "cluster"])
+    assert (create[-2:] == ["--image", image]) if image else "--image" not in create, create
+    assert backend.cluster.request("GET", "/version")["gitVersion"] == k8s
+    told = [line for line in said if line.startswith(f"kind {release}:")]
+    assert len(told) == 1 and (image is None or image in told[0]), said
+    assert backend.cluster_warnings() == []
+    backend.close()
+
+
+def test_a_kind_version_naming_no_release_is_refused_in_one_line_before_anything_is_created(
+    api: FakeApiServer,
+    tools: Tools,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A kind built from source says no release: no image can be chosen for it, so `up` says so in one line,
+    with the range and the way out, and creates nothing (exit 3, as for a missing tool)."""
+    from harness.cli import main
+
+    api.sim.kind_release = "devel"
+    monkeypatch.delenv("EH_KIND_IMAGE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["up", "--backend", "kind", "--cluster", "edge"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 3
+    assert err == (
+        "error: `kind version` names no release ('kind devel go1.25.1 linux/amd64'): pass --kind-image (or "
+        "EH_KIND_IMAGE) with a kindest/node image of Kubernetes 1.30-1.34"
+    )
+    assert [c for c in tools.calls() if c[0] == "kind"] == [["kind", "get", "clusters"], ["kind", "version"]]
+    assert api.sim.kind_cluster is None and not (tmp_path / "runs" / ".backend" / "kind-edge").exists()
+
+
+def test_an_explicit_node_image_is_used_as_given(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's image (--kind-image / EH_KIND_IMAGE) is the override: any kind release, no `kind version` asked.
+    One outside the chart's range runs too, with a WARNING line that preflight.json and the report carry."""
+    from harness.backends import BackendOptions
+
+    api.sim.kind_release = "v0.31.0"  # not pinned here
+    monkeypatch.setenv("EH_KIND_IMAGE", "registry.example.test/kindest/node:v1.33.7")
+    opts = BackendOptions.from_env(name="kind", cluster="edge", workdir=tmp_path / "wd")
+    assert opts.kind_image == "registry.example.test/kindest/node:v1.33.7"
+    b = KindBackend.from_options(opts)
+    b.ready_poll_s = 0.1
+    said: list[str] = []
+    b.up(rendered(tmp_path), progress=said.append)
+    create = next(c for c in tools.calls() if c[:3] == ["kind", "create", "cluster"])
+    assert create[-2:] == ["--image", "registry.example.test/kindest/node:v1.33.7"]
+    assert ["kind", "version"] not in tools.calls()
+    assert b.cluster.request("GET", "/version")["gitVersion"] == "v1.33.7"
+    assert not [line for line in said if line.startswith("WARNING")]
+    b.down()
+    b.close()
+    newer = "kindest/node:v1.35.0@sha256:452d707d4862f52530247495d180205e029056831160e22870e37e3f6c1ac31f"
+    b = kind_backend(tmp_path / "wd2", node_image=newer)
+    said.clear()
+    b.up(rendered(tmp_path), progress=said.append)
+    warning = (
+        "kind cluster edge runs Kubernetes 1.35 (v1.35.0), outside 1.30-1.34, the range consul-k8s chart 1.9.11 "
+        "supports: results may reflect an untested combination"
+    )
+    assert [line for line in said if line.startswith("WARNING")] == [f"WARNING: {warning}"]
+    assert b.cluster_warnings() == [warning]
+    b.close()
 
 
 def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools, api: FakeApiServer) -> None:

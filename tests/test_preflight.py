@@ -108,6 +108,10 @@ class FakeBackend:
         self.view = view
         self.synced: dict[str, bool | None] = {}
         self.probe_possible = True
+        self.warnings: list[str] = []
+
+    def cluster_warnings(self) -> list[str]:
+        return list(self.warnings)
 
     def manifests(self) -> Manifests:
         return self._manifests
@@ -349,6 +353,33 @@ def test_a_backend_without_the_hooks_is_unverified_not_passed(setup: Any, tmp_pa
     assert res.notes and res.notes[0].startswith("refused-probe: not possible")
     assert any(line.startswith("note: refused-probe") for line in said)
     assert json.loads((tmp_path / "preflight.json").read_text())["notes"] == res.notes
+
+
+def test_a_cluster_warning_is_recorded_said_and_shown_in_the_report_but_fails_nothing(
+    setup: Any, tmp_path: Path
+) -> None:
+    """An EKS nightly on a Kubernetes newer than the chart supports may run, but its result must say so: the
+    backend's warning goes into preflight.json (no check fails, the gate lets it through), is said as one
+    WARNING line, and the verdict lists it among the report's notes."""
+    from harness.report import write_report
+    from harness.verify import verify
+    from harness.verify.synth import Scenario, write_run
+
+    b = setup()
+    line = (
+        "context eks-a runs Kubernetes 1.35 (v1.35.2-eks-3025e55), outside 1.30-1.34, the range consul-k8s chart "
+        "1.9.11 supports: results may reflect an untested combination"
+    )
+    b.warnings = [line]
+    said: list[str] = []
+    run = write_run(tmp_path / "run", Scenario(load_topology(), duration_s=20, rate_per_zone=2))
+    res = gate(b, run, "gate", said.append)
+    assert res.ok and res.warnings == [line]
+    assert f"WARNING: {line}" in said
+    assert json.loads((run / "preflight.json").read_text())["warnings"] == [line]
+    v = verify(run)
+    assert f"preflight.json: {line}" in v.run.notes
+    assert f"preflight.json: {line}" in write_report(run, v).read_text()
 
 
 def test_enterprise_edition_preflight(rendered: Path, tmp_path: Path, setup: Any) -> None:

@@ -56,7 +56,12 @@ def test_layout_matches_contract(out: Path) -> None:
     assert {"entry/kind.yaml", "entry/cluster.yaml"} <= files
     meta = json.loads((out / "manifest.json").read_text())
     assert meta["edition"] == "ce"
-    assert meta["chart"] == {"repo": "https://helm.releases.hashicorp.com", "name": "consul", "version": "1.9.11"}
+    assert meta["chart"] == {
+        "repo": "https://helm.releases.hashicorp.com",
+        "name": "consul",
+        "version": "1.9.11",
+        "kubernetes": {"min": "1.30", "max": "1.34"},  # consul-k8s 1.9.x's supported Kubernetes
+    }
     assert meta["consulImage"] == "hashicorp/consul:1.22.7"
     assert meta["dataplaneImage"] == "hashicorp/consul-dataplane:1.9.11"
     assert sorted(meta["files"]) == sorted(files - {"manifest.json"})

@@ -34,6 +34,7 @@ class BackendOptions:
     execute: bool = False  # existing: destructive chaos really acts (else a dry run: the plan, nothing injected)
     max_share: float | None = None  # existing: blast radius, share of a zone's nodes/pods down at once
     allow_file: str | None = None  # existing: allow-list file (else EH_ALLOW_FILE, else the default path)
+    kind_image: str | None = None  # kind: node image as given (else EH_KIND_IMAGE, else pinned per kind release)
 
     @classmethod
     def from_env(cls, **overrides: object) -> BackendOptions:
@@ -47,6 +48,7 @@ class BackendOptions:
             allow_contexts=[c for c in allow.split(",") if c],
             execute=os.environ.get("EH_EXECUTE", "") in ("1", "true", "yes"),
             allow_file=os.environ.get("EH_ALLOW_FILE") or None,
+            kind_image=os.environ.get("EH_KIND_IMAGE") or None,
         )
         for k, v in overrides.items():
             if v is not None:

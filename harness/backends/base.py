@@ -470,6 +470,14 @@ class Observation(ABC):
         return ConsulAccess.from_env()
 
     # -- Consul's view, for preflight (harness.preflight) ----------------------
+    def cluster_warnings(self) -> list[str]:
+        """What about the cluster a run's result must carry with it, one line each; none by default.
+
+        kind/EKS: a Kubernetes outside the range the pinned chart supports (it runs, but untested). Preflight
+        writes them to preflight.json's `warnings`, and the verdict lists them among the report's notes.
+        """
+        return []
+
     def config_entry_status(self) -> list[ConfigEntryStatus]:
         """The `Synced` condition of every config-entry CRD applied (kind/EKS: the CRDs' status).
 

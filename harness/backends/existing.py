@@ -1224,6 +1224,7 @@ class ExistingBackend(KubeBackend):
         self._manifests = manifests
         # every check first: a failed one changes nothing on the cluster
         self.check_entrypoints(manifests)
+        self._warn_version()  # outside the chart's Kubernetes range: said, not refused (a nightly may run ahead)
         self.check_permissions(manifests)
         self._require_zones(manifests.topology)
         self._require_placement(manifests)

@@ -45,6 +45,23 @@ Kubernetes' business: the pods stay Ready in the API until the node
 controller's grace period (40-50 s) ends, and come back with new IPs; the
 inventory watch records what the API says, when it says it.
 
+The node image. kind runs the Kubernetes of the node image it is given, and
+without one its release's default: kind v0.33.0 gives v1.37.0, which the
+pinned chart (consul-k8s 1.9.11: Kubernetes 1.30-1.34) does not support. So
+`up` asks `kind version` and passes `kind create cluster --image` the newest
+image in the chart's range that the release's notes list, by digest (node
+images are built for one kind release; the notes say to use the @sha256
+digest). `--image` overrides the image of every node in the config (kind's
+CreateWithNodeImage), so the rendered config stays the same for every kind
+release. A release not in `KIND_NODE_IMAGES` gets the image pinned for the
+newest listed release before it (said in one line: kind runs other
+releases' node images on a best-effort basis), or kind's own default for a
+release older than every listed one, unless the user names an image
+(`--kind-image` / EH_KIND_IMAGE):
+that image is used as given, whatever its version (naming one is the
+override; a Kubernetes outside the chart's range is then a WARNING line, as
+on EKS, carried into preflight.json and the report).
+
 Users enter each zone through its rendered NodePort Service (`entry/kind.yaml`,
 selecting the zone's serving frontend pods), published on the host by the
 control-plane's `extraPortMappings` (kind picks the host port; `docker port`
@@ -58,6 +75,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +88,7 @@ from harness.backends.base import CHAOS_PRIMITIVES, Status
 from harness.backends.kube import KubeCluster, NodeInfo, ProgressFn, api_client_from_kubeconfig
 from harness.backends.kube.backend import HelmRun, KubeBackend
 from harness.backends.kube.forward import find_tool
+from harness.backends.kube.version import image_minor, supported_range
 from harness.contract.names import LABEL_POD_ZONE
 from harness.errors import BackendError
 
@@ -92,6 +111,16 @@ NETEM_PROBE = (
     "tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip dst 127.0.0.2/32 flowid 1:4; "
     "rc=$?; tc qdisc del dev lo root 2>/dev/null; exit $rc"
 )
+KIND_IMAGE_ENV = "EH_KIND_IMAGE"
+# kind release -> the newest node image its release notes list within consul-k8s 1.9.x's Kubernetes range
+# (render.helm.KUBERNETES_SUPPORTED, 1.30-1.34), with its digest. Only releases whose notes were read are here;
+# `up` also checks each entry against the manifests' range, so a re-pinned chart cannot silently keep a stale one.
+KIND_NODE_IMAGES: dict[str, str] = {
+    # https://github.com/kubernetes-sigs/kind/releases/tag/v0.30.0 (default and newest: v1.34.0)
+    "v0.30.0": "kindest/node:v1.34.0@sha256:7416a61b42b1662ca6ca89f02028ac133a309a2a30ba309614e8ec94d976dc5a",
+    # https://github.com/kubernetes-sigs/kind/releases/tag/v0.33.0 (default v1.37.0; v1.34.11 listed)
+    "v0.33.0": "kindest/node:v1.34.11@sha256:44e222ee2132dab25ff87301682f89eb82c7880ea3a1bf543bfe9708fd08d67d",
+}
 INSTALL_HINTS = {
     "docker": "https://docs.docker.com/engine/install/",
     "kind": "https://kind.sigs.k8s.io/docs/user/quick-start/#installation",
@@ -135,6 +164,11 @@ def cluster_images(manifests: Manifests) -> list[str]:
     return sorted(out)
 
 
+def _release_key(release: str) -> tuple[int, ...]:
+    """kind's "v0.31.0" as (0, 31, 0), to order releases."""
+    return tuple(int(x) for x in re.findall(r"\d+", release)[:3])
+
+
 def is_edge(node: NodeInfo) -> bool:
     """A node of a Local or Wavelength Zone (its zone-type label), not of the Region's AZs nor unlabelled."""
     return bool(node.zone_type) and node.zone_type != "availability-zone"
@@ -155,17 +189,19 @@ class KindBackend(KubeBackend):
         progress: ProgressFn | None = None,
         ready_timeout_s: float = 900.0,
         run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+        node_image: str | None = None,
     ) -> None:
         super().__init__(
             Path(workdir), manifests=manifests, progress=progress, ready_timeout_s=ready_timeout_s, run=run
         )
         self.cluster_name = cluster_name
         self.kubeconfig = Path(kubeconfig) if kubeconfig is not None else self.workdir / "kubeconfig"
+        self.node_image_override = node_image or None  # the user's image: used as given (see `node_image`)
 
     @classmethod
     def from_options(cls, opts: BackendOptions, manifests: Manifests | None = None) -> KindBackend:
         workdir = Path(opts.workdir) / f"kind-{opts.cluster}"
-        return cls(opts.cluster, workdir, opts.kubeconfig, manifests=manifests)
+        return cls(opts.cluster, workdir, opts.kubeconfig, manifests=manifests, node_image=opts.kind_image)
 
     # -- tools ---------------------------------------------------------------
     def _tool(self, name: str) -> str:
@@ -208,27 +244,72 @@ class KindBackend(KubeBackend):
         out = self._run("kind", "get", "clusters").stdout
         return self.cluster_name in out.split()
 
+    def node_image(self, manifests: Manifests) -> str | None:
+        """The node image `kind create cluster --image` gets (None: kind's own default).
+
+        The user's, else the one `KIND_NODE_IMAGES` pins for the kind release `kind version` names. A release
+        the table does not list: from v0.30.0 on (whose defaults are at or past the chart's newest Kubernetes),
+        the image pinned for the newest listed release not after it, said in one line (kind runs node images of
+        other releases on a best-effort basis, https://kind.sigs.k8s.io/docs/design/node-image); before it,
+        kind's own default (built for it, Kubernetes 1.33 or older: the version check at `up` says when that is
+        outside the chart's range). BackendError in one line (nothing created) when `kind version` names no
+        release, or when a pinned image is outside the manifests' Kubernetes range.
+        """
+        if self.node_image_override:
+            return self.node_image_override
+        out = self._run("kind", "version", timeout=60).stdout or ""
+        m = re.search(r"\bv(\d+)\.(\d+)\.(\d+)\S*", out)
+        rng = supported_range(manifests.meta)
+        if rng is None:
+            raise BackendError(f"{manifests.root}/manifest.json: chart.kubernetes missing (re-render)")
+        way_out = f"pass --kind-image (or {KIND_IMAGE_ENV}) with a kindest/node image of Kubernetes {rng}"
+        if m is None:
+            raise BackendError(f"`kind version` names no release ({out.strip() or 'no output'!r}): {way_out}")
+        release = m.group(0)
+        image = KIND_NODE_IMAGES.get(release)
+        if image is None:
+            mine = _release_key(release)
+            older = [r for r in KIND_NODE_IMAGES if _release_key(r) <= mine]
+            if not older:
+                first = min(KIND_NODE_IMAGES, key=_release_key)
+                self.progress(f"kind {release}: its own default node image (releases before {first} default to "
+                              "Kubernetes 1.33 or older)")  # fmt: skip
+                return None
+            nearest = max(older, key=_release_key)
+            image = KIND_NODE_IMAGES[nearest]
+            self.progress(
+                f"kind {release}: no node image of its release notes is pinned here; using {image}, pinned for kind "
+                f"{nearest} (kind runs other releases' node images on a best-effort basis; to choose: {way_out})"
+            )
+        if image_minor(image) not in rng:
+            raise BackendError(f"the node image pinned for kind {release} ({image}) is outside Kubernetes {rng} "
+                               f"({rng.chart}): {way_out}")  # fmt: skip
+        return image
+
     def up(self, manifests: Manifests, progress: ProgressFn | None = None) -> None:
         if progress is not None:
             self.progress = progress
         self.check_tools()
         self._manifests = manifests
+        exists = self.cluster_exists()
+        image = None if exists else self.node_image(manifests)  # refused here: nothing created yet
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "kind-config.yaml"
         config.write_text(yaml.safe_dump({**manifests.kind_config, "name": self.cluster_name}, sort_keys=False))
-        if self.cluster_exists():
+        if exists:
             self.progress(f"kind cluster {self.cluster_name} exists: reusing it")
             if not self.kubeconfig.is_file():
                 self._run(
                     "kind", "export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)
                 )
         else:
-            self.progress(f"creating kind cluster {self.cluster_name}")
+            self.progress(f"creating kind cluster {self.cluster_name} ({image or 'kind default node image'})")
             self._run(
                 "kind", "create", "cluster", "--name", self.cluster_name,
-                "--config", str(config), "--kubeconfig", str(self.kubeconfig),
+                "--config", str(config), "--kubeconfig", str(self.kubeconfig), *(["--image", image] if image else []),
             )  # fmt: skip
         self._save_state(manifests=str(Path(manifests.root).resolve()), cluster=self.cluster_name, entry={})
+        self._warn_version()  # a user's image (or a reused cluster) outside the chart's range: said, and run
         self._load_images(manifests)
         cluster = self.cluster
         namespaces = [o for o in manifests.objects if o["kind"] == "Namespace"]

@@ -77,6 +77,9 @@ class PreflightResult:
     consul: str
     checks: list[Check]
     notes: list[str] = field(default_factory=list)  # what could not be checked here, and why
+    # what about the cluster the result must carry (`Backend.cluster_warnings`: e.g. a Kubernetes outside the
+    # chart's supported range); no check fails on it: the run goes on, and the report lists it among its notes
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +98,7 @@ class PreflightResult:
         doc: dict[str, Any] = {"ts": self.ts, "consul": self.consul, "ok": self.ok}
         doc["checks"] = [asdict(c) for c in self.checks]
         doc["notes"] = list(self.notes)
+        doc["warnings"] = list(self.warnings)
         return doc
 
 
@@ -586,7 +590,7 @@ def run_preflight(
             raise access.denied(url, str(exc)) from None
     notes: list[str] = []
     checks += check_refused(backend, exp, notes)
-    return PreflightResult(time.time(), url, checks, notes)
+    return PreflightResult(time.time(), url, checks, notes, backend.cluster_warnings())
 
 
 def write_preflight(run_dir: Path, result: PreflightResult) -> Path:
@@ -616,6 +620,8 @@ def gate(
         say(describe(c))
     for note in result.notes:
         say(f"note: {note}")
+    for warning in result.warnings:
+        say(f"WARNING: {warning}")
     if mode == "gate" and result.blocking:
         raise PreflightFailed(result, path)
     return result

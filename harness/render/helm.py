@@ -40,6 +40,11 @@ CHART_REPO = "https://helm.releases.hashicorp.com"
 CHART_NAME = "consul"
 CHART_VERSION = "1.9.11"
 CONSUL_VERSION = "1.22.7"
+# The Kubernetes minor versions consul-k8s 1.9.x supports (oldest, newest), from HashiCorp's compatibility matrix
+# (https://developer.hashicorp.com/consul/docs/k8s/compatibility): 1.30.x-1.34.x. The one place the range lives:
+# the renderer writes it into manifest.json beside the chart pin, where the kind backend picks its node image by
+# it and the kube backends check the cluster's /version against it. Change it with CHART_VERSION.
+KUBERNETES_SUPPORTED = ("1.30", "1.34")
 
 IMAGES: dict[Edition, dict[str, str]] = {
     Edition.CE: {

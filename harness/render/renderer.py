@@ -109,7 +109,12 @@ def render(topology: Topology, edition: Edition | None = None) -> Rendered:
     meta: dict[str, Any] = {
         "edition": ed.value,
         "topology": t.name,
-        "chart": {"repo": helm.CHART_REPO, "name": helm.CHART_NAME, "version": helm.CHART_VERSION},
+        "chart": {
+            "repo": helm.CHART_REPO,
+            "name": helm.CHART_NAME,
+            "version": helm.CHART_VERSION,
+            "kubernetes": {"min": helm.KUBERNETES_SUPPORTED[0], "max": helm.KUBERNETES_SUPPORTED[1]},
+        },
         "release": {"name": names.HELM_RELEASE, "namespace": names.CONSUL_NAMESPACE},
         "consulImage": images["consul"],
         "consulK8sImage": images["consulK8s"],

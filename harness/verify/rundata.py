@@ -753,6 +753,9 @@ def _documents(run: RunData, skipped: list[SkippedLine]) -> None:
         run.notes.append(f"no {RUN_FILE}: whether the run completed is not recorded")
     pre = _doc(run, PREFLIGHT_FILE, skipped)
     run.preflight = pre if isinstance(pre, dict) else None
+    # the cluster's own caveats (e.g. a Kubernetes outside the chart's range): the run's result carries them
+    warnings = (run.preflight or {}).get("warnings")
+    run.notes.extend(f"{PREFLIGHT_FILE}: {w}" for w in (warnings if isinstance(warnings, list) else []) if w)
     if pre is not None and not isinstance(pre, dict):
         run.unreadable[PREFLIGHT_FILE] = SkippedLine(PREFLIGHT_FILE, 1, "not a JSON object")
     plan = _doc(run, PLAN_FILE, skipped)

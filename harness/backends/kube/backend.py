@@ -56,6 +56,7 @@ from harness.backends.kube.edgeprobe import run_probe
 from harness.backends.kube.forward import AdminForwards, ForwardRelay
 from harness.backends.kube.inventory import InventoryWatcher
 from harness.backends.kube.logs import KubeLogSources
+from harness.backends.kube.version import supported_range, version_warning
 from harness.contract.files import write_atomic
 from harness.contract.inventory import Inventory
 from harness.contract.names import (
@@ -289,6 +290,24 @@ class KubeBackend(Backend):
         """The whole state file, in one rename: a Ctrl-C mid-write must not leave a file the next `down` reads
         as empty (it would forget what `up` created and the mesh entries it took over)."""
         write_atomic(self._state_file, json.dumps(state, indent=2) + "\n")
+
+    def cluster_warnings(self) -> list[str]:
+        """The API server's Kubernetes (`/version`) when it is outside the range the manifests' chart supports.
+
+        Asked anew each time (a cluster upgraded between `up` and preflight says so), and one that cannot be
+        asked is said too: an unanswered check is no pass."""
+        try:
+            answer = self.cluster.request("GET", "/version") or {}
+        except KubeApiError as exc:
+            return [f"{self._where}: its Kubernetes version could not be read (GET /version: {exc})"]
+        git = str(answer.get("gitVersion", "")) if isinstance(answer, dict) else ""
+        line = version_warning(self._where, git, supported_range(self.manifests().meta))
+        return [line] if line else []
+
+    def _warn_version(self) -> None:
+        """Say `cluster_warnings` while `up` runs, each as one WARNING line, before anything is applied."""
+        for line in self.cluster_warnings():
+            self.progress(f"WARNING: {line}")
 
     def manifests(self) -> Manifests:
         """The manifests `up` applied (kept by path in the state file, for later processes)."""
