@@ -55,10 +55,12 @@ from typing import Any
 import duckdb
 
 from harness.columnar import REQUESTS, check_parquet, read_records
+from harness.contract.clock import RunClock, read_clock
 from harness.contract.rundir import (
     CHAOS_COLUMNS,
     CHAOS_DIR,
     CHAOS_FILE,
+    CLOCK_FILE,
     ENTRYPOINT_COLUMNS,
     ENTRYPOINTS_FILE,
     HOP_COLUMNS,
@@ -182,6 +184,8 @@ class RunData:
     # min(1, 1.4 x ready / registered) of the traffic there (locality judges that share, `_spill_shares`)
     spill_parts: dict[tuple[str, str], list[tuple[float, float | None, int, int]]] = field(default_factory=dict)
     first_up: dict[tuple[str, str], float] = field(default_factory=dict)
+    # clock.jsonl: the nodes' clocks against the runner's where they differ (EKS); None: one clock (local, kind)
+    clock: RunClock | None = None
 
     def scalar(self, sql: str, params: list[object] | None = None) -> object:
         row = self.con.execute(sql, params or []).fetchone()
@@ -237,6 +241,7 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     run = RunData(con, topology, run_dir, [], notes, None, None)
     weakref.finalize(run, shutil.rmtree, spill, True)
     run.entrypoints_present = (run_dir / ENTRYPOINTS_FILE).is_file()
+    run.clock = _clock(run_dir, notes, skipped)
     _build_hops(run, skipped)
     skipped += _upstream_stats(con, run_dir)
     run.faults = _faults(con, topology, notes)
@@ -262,6 +267,28 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     _probe_budget(run)
     run.skipped = sorted(skipped, key=lambda s: (s.file, s.line))
     return run
+
+
+def _clock(run_dir: Path, notes: list[str], skipped: list[SkippedLine]) -> RunClock | None:
+    """The run's clock record (harness.contract.clock), stated in the notes: what the hops were corrected by.
+
+    Whether each zone's offset is bounded well enough is judged by coverage; here the figures are said, so
+    a reader of a passing verdict knows the failover and recovery times carry the clock's bound too.
+    """
+    clock = read_clock(run_dir)
+    if clock is None:
+        return None
+    skipped += [SkippedLine(CLOCK_FILE, line, "not a JSON object (corrupt)") for line in clock.corrupt_lines]
+    zones = [clock.zone(z) for z in sorted(clock.zones or {})]
+    worst = max((z.uncertainty for z in zones if z.uncertainty is not None), default=None)
+    bound = f"; failover and recovery times carry up to ± {worst * 1000:.1f} ms more" if worst is not None else ""
+    notes.append(
+        f"clock: the nodes keep their own clocks ({clock.why or 'declared by the backend'}): hop times put on "
+        f"the runner's clock by each zone's offset measured with {clock.probes_answered}/{clock.probes_sent} "
+        f"answered probes{bound}"
+    )
+    notes.extend(f"clock: {z.text()}" for z in zones)
+    return clock
 
 
 def _recording_problems(con: duckdb.DuckDBPyConnection, run_dir: Path, notes: list[str]) -> list[SkippedLine]:
