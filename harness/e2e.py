@@ -182,18 +182,19 @@ def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None
                     record_problem(run_dir, what, f"{exc.__class__.__name__}: {exc}")
 
 
-def before_traffic(backend: Backend, run_dir: Path, say: ProgressFn) -> None:
+def before_traffic(backend: Backend, run_dir: Path, say: ProgressFn, requests_in_zones: bool = False) -> None:
     """Everything that must be recorded before the first user request (e2e and `harness traffic`).
 
     Preflight (Consul's own view: preflight.json, stream STANDINS) belongs
     here, before the "start" snapshot: traffic must not start on a mesh whose
-    configuration was never checked.
+    configuration was never checked. `requests_in_zones`: the users' requests are stamped by locust
+    workers in the zones' pods (`--workers-in-zone`), on their nodes' clocks (`_clock_probes`).
     """
     snap = _upstream_snapshot(backend, run_dir, "start")
     if snap is not None:
         missing = f", {len(snap.failed)} did not answer: {', '.join(sorted(snap.failed))}" if snap.failed else ""
         say(f"upstream stats: {snap.rows} host counters from {len(snap.pods)} sidecars{missing}")
-    _clock_probes(backend, run_dir, "start", say)
+    _clock_probes(backend, run_dir, "start", say, requests_in_zones)
 
 
 def after_traffic(backend: Backend, run_dir: Path, say: ProgressFn) -> None:
@@ -202,18 +203,21 @@ def after_traffic(backend: Backend, run_dir: Path, say: ProgressFn) -> None:
     _upstream_snapshot(backend, run_dir, "end")
 
 
-def _clock_probes(backend: Backend, run_dir: Path, batch: str, say: ProgressFn) -> None:
+def _clock_probes(
+    backend: Backend, run_dir: Path, batch: str, say: ProgressFn, requests_in_zones: bool = False
+) -> None:
     """Where the nodes keep their own clocks (EKS), a batch of clock probes through every zone's entry point.
 
     The declaration goes first (`harness.traffic.clock`): whatever happens to the probes, the run says its
-    hops are on other clocks. A backend sharing this machine's clock (local, kind) does nothing here. A
-    probe that fails is recorded as such; the verdict judges what the probes bounded (coverage).
+    hops (and, from in-zone locust workers, its requests) are on other clocks. A backend sharing this
+    machine's clock (local, kind) does nothing here. A probe that fails is recorded as such; the verdict
+    judges what the probes bounded (coverage).
     """
     if not isinstance(backend, Observation) or backend.shares_runner_clock():
         return
     from harness.traffic.clock import declare, send_probes
 
-    declare(run_dir, f"{backend.name} backend: the nodes' clocks are not this machine's")
+    declare(run_dir, f"{backend.name} backend: the nodes' clocks are not this machine's", requests_in_zones)
     try:
         answered = send_probes(backend.entrypoints(), run_dir, batch)
     except Exception as exc:  # recorded; the verdict fails the zones left unmeasured as unverified
@@ -481,7 +485,7 @@ def run_e2e(
                 probe_zones = sorted(entry)  # one probe per worker: every zone (TrafficRunner explains)
                 say(f"traffic: locust workers in {len(entry)} zones, master on port {opts.locust_master_port}")
                 workers.start()
-            before_traffic(backend, run_dir, say)
+            before_traffic(backend, run_dir, say, requests_in_zones=workers is not None)
             say(f"traffic: {opts.users} users over {len(entry)} zones, probes into {', '.join(probe_zones) or 'none'}")
             # in-zone workers get one probe each at the base period (TrafficRunner explains)
             periods = probe_periods(topology, probe_zones, DEFAULT_PROBE_PERIOD_S) if workers is None else None

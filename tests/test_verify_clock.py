@@ -45,18 +45,27 @@ def _skew(d: Path, offset_s: float) -> Path:
     return d
 
 
+def _skew_requests(d: Path, offset_s: float) -> Path:
+    """Every user request stamped by its entry zone's node clock (locust workers in the zones' pods)."""
+    recs = rows(d / "requests.jsonl")
+    write_rows(d / "requests.jsonl", [{**r, "ts": r["ts"] + offset_s} for r in recs])
+    return d
+
+
 def _span(d: Path) -> tuple[float, float]:
     ts = [r["ts"] for r in rows(d / "requests.jsonl")]
     return min(ts), max(ts)
 
 
 def _clock(d: Path, offset_s: float, skip: tuple[tuple[str, str], ...] = (), zones: list[str] | None = None,
-           lax_rtt_s: float = 0.004) -> Path:  # fmt: skip
+           lax_rtt_s: float = 0.004, requests_in_zones: bool = False) -> Path:  # fmt: skip
     """clock.jsonl as the harness writes it on EKS: three probes per zone and batch, each logged by the zone's
     frontend sidecar halfway through its round trip (4 ms; LAX's `lax_rtt_s`), at node time; (zone, batch) in
     `skip` found no line."""
     start, end = _span(d)
     recs: list[dict[str, Any]] = [{"ts": start - 2, "event": "clock", "runner_clock": "separate", "why": "test"}]
+    if requests_in_zones:
+        recs[0]["requests_clock"] = "zones"
     for zone in zones or [z.name for z in T.zones]:
         rtt_s = lax_rtt_s if zone == LAX else 0.004
         for batch, at in (("start", start - 1.0), ("end", end + 1.0)):
@@ -102,6 +111,26 @@ def test_a_failover_over_its_slo_is_not_passed_by_a_slow_node_clock(tmp_path: Pa
     v = verify(_clock(_skew(_run(tmp_path, "skewed", SLOW), BEHIND), BEHIND))
     assert not v.passed and "fallback" in failed(v), why(v)
     assert v.faults[0].failover_s is not None and v.faults[0].failover_s > T.slo.max_failover_s
+
+
+def test_requests_from_in_zone_workers_are_put_back_on_the_runners_clock(tmp_path: Path) -> None:
+    """HOLE. With `--workers-in-zone` the users' requests are stamped by locust workers in each entry zone's
+    pods, on their nodes' clocks, like the hops, while the faults are the runner's: with the nodes 300 ms
+    behind, every request looked 300 ms earlier against the kill (availability's windows, coverage's, the
+    requests tied to hops). The clock record says so (`requests_clock: zones`) and the requests are corrected
+    by their zone's offset: the verdict's figures and request counts are those of the run on one clock."""
+    clean_dir = _run(tmp_path, "clean", KILL)
+    clean = verify(clean_dir)
+    d = _run(tmp_path, "skewed", KILL)
+    v = verify(_clock(_skew_requests(_skew(d, BEHIND), BEHIND), BEHIND, requests_in_zones=True))
+    assert clean.passed and v.passed, why(v)
+    f, g = v.faults[0], clean.faults[0]
+    assert abs(f.failover_s - g.failover_s) <= 0.003 and abs(f.recovery_s - g.recovery_s) <= 0.003  # type: ignore[operator]
+    windows = lambda x: [(w.requests, w.failed) for i in x.invariants if i.name == "availability" for w in i.windows]  # noqa: E731
+    assert windows(v) == windows(clean)
+    assert any(
+        n.startswith("clock: the nodes keep their own clocks (test): hop and user request times") for n in v.run.notes
+    )
 
 
 @pytest.mark.parametrize("case", ["no-probe-found", "no-end-batch", "too-wide", "zone-missing", "contradicting"])

@@ -24,9 +24,11 @@ found in its sidecars' logs in a batch, probes that contradict each other, a hul
 comparison of its hops with the runner's records unverified: the verdict fails it (coverage).
 
 `clock.jsonl` lines (CONTRACTS §4):
-- ``{"ts", "event": "clock", "runner_clock": "separate", "why"}``: written before the first probe by a
-  backend whose nodes keep their own clocks; a run without this line (no file: local, kind, older runs)
-  shares the runner's clock and nothing is corrected or required;
+- ``{"ts", "event": "clock", "runner_clock": "separate", "why"[, "requests_clock": "zones"]}``: written
+  before the first probe by a backend whose nodes keep their own clocks; a run without this line (no file:
+  local, kind, older runs) shares the runner's clock and nothing is corrected or required.
+  ``requests_clock: zones``: the user requests were stamped by locust workers in each entry zone's pods
+  (`--workers-in-zone`), on that zone's nodes' clocks: they are corrected by the zone's offset as hops are;
 - ``{"ts", "event": "sent", "batch": "start"|"end", "zone", "probe", "sent", "received", "status", "error"}``:
   one per probe request (`received` null when no answer came: then it bounds nothing);
 - ``{"ts", "event": "logged", "batch", "probe", "pod", "zone", "node", "logged", "start_time", "duration_ms"}``:
@@ -109,6 +111,7 @@ class RunClock:
     probes_sent: int = 0
     probes_answered: int = 0
     corrupt_lines: tuple[int, ...] = ()  # 1-based numbers of clock.jsonl lines that are not JSON objects
+    requests_in_zones: bool = False  # requests.jsonl stamped in the entry zones' pods (their nodes' clocks)
 
     def zone(self, zone: str) -> ZoneClock:
         """The zone's clock, or an unmeasured one saying why."""
@@ -171,6 +174,7 @@ def evaluate(records: Iterable[Mapping[str, Any]], corrupt_lines: Iterable[int] 
     if not any(r.get("runner_clock") == "separate" for r in decl):
         return None
     why = str(next((r.get("why") for r in decl if r.get("why")), "") or "")
+    requests_in_zones = any(r.get("requests_clock") == "zones" for r in decl)
     sent: dict[str, tuple[float, float]] = {}
     n_sent = 0
     for r in recs:
@@ -227,4 +231,4 @@ def evaluate(records: Iterable[Mapping[str, Any]], corrupt_lines: Iterable[int] 
                            f"bounded only to ± {(hi - lo) / 2 * 1000:.1f} ms, wider than the "
                            f"{CLOCK_TOLERANCE_S * 1000:g} ms the verdict resolves")  # fmt: skip
         zones[zone] = zc
-    return RunClock(True, why, zones, n_sent, len(sent), tuple(corrupt_lines))
+    return RunClock(True, why, zones, n_sent, len(sent), tuple(corrupt_lines), requests_in_zones)

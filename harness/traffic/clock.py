@@ -55,10 +55,17 @@ def declared(run_dir: Path) -> bool:
     return any(r.get("event") == "clock" and r.get("runner_clock") == "separate" for r in recs)
 
 
-def declare(run_dir: Path, why: str) -> None:
-    """The first line of `clock.jsonl`: this run's nodes keep their own clocks (once per run directory)."""
+def declare(run_dir: Path, why: str, requests_in_zones: bool = False) -> None:
+    """The first line of `clock.jsonl`: this run's nodes keep their own clocks (once per run directory).
+
+    `requests_in_zones`: the users' requests are stamped by locust workers running in each entry zone's pods
+    (`--workers-in-zone`), i.e. by that zone's nodes' clocks, not this machine's.
+    """
     if not declared(run_dir):
-        _append(Path(run_dir), [{"ts": time.time(), "event": "clock", "runner_clock": "separate", "why": why}])
+        rec: dict[str, Any] = {"ts": time.time(), "event": "clock", "runner_clock": "separate", "why": why}
+        if requests_in_zones:
+            rec["requests_clock"] = "zones"
+        _append(Path(run_dir), [rec])
 
 
 def send_probes(

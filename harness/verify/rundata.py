@@ -231,6 +231,8 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     _topology_tables(con, topology)
     skipped += read_records(con, "requests", run_dir, REQUESTS)  # compacted Parquet + the JSON tail
     con.execute("ALTER TABLE requests DROP COLUMN filename")
+    clock = _clock(run_dir, notes, skipped)
+    _requests_on_runner_clock(con, clock)
     skipped += load_jsonl(con, "chaos", [run_dir / CHAOS_FILE], CHAOS_COLUMNS, root=run_dir)
     skipped += load_jsonl(
         con, "entrypoints", [run_dir / ENTRYPOINTS_FILE], ENTRYPOINT_COLUMNS, root=run_dir,
@@ -241,7 +243,7 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     run = RunData(con, topology, run_dir, [], notes, None, None)
     weakref.finalize(run, shutil.rmtree, spill, True)
     run.entrypoints_present = (run_dir / ENTRYPOINTS_FILE).is_file()
-    run.clock = _clock(run_dir, notes, skipped)
+    run.clock = clock
     _build_hops(run, skipped)
     skipped += _upstream_stats(con, run_dir)
     run.faults = _faults(con, topology, notes)
@@ -282,13 +284,29 @@ def _clock(run_dir: Path, notes: list[str], skipped: list[SkippedLine]) -> RunCl
     zones = [clock.zone(z) for z in sorted(clock.zones or {})]
     worst = max((z.uncertainty for z in zones if z.uncertainty is not None), default=None)
     bound = f"; failover and recovery times carry up to ± {worst * 1000:.1f} ms more" if worst is not None else ""
+    what = "hop and user request times" if clock.requests_in_zones else "hop times"
     notes.append(
-        f"clock: the nodes keep their own clocks ({clock.why or 'declared by the backend'}): hop times put on "
+        f"clock: the nodes keep their own clocks ({clock.why or 'declared by the backend'}): {what} put on "
         f"the runner's clock by each zone's offset measured with {clock.probes_answered}/{clock.probes_sent} "
         f"answered probes{bound}"
     )
     notes.extend(f"clock: {z.text()}" for z in zones)
     return clock
+
+
+def _requests_on_runner_clock(con: duckdb.DuckDBPyConnection, clock: RunClock | None) -> None:
+    """Requests stamped by locust workers in the zones' pods (`--workers-in-zone` on EKS: their nodes' clocks)
+    are put on the runner's clock by their entry zone's offset, as hops are by their caller's (observe); the
+    clock checks of coverage judge the zones' bounds. Requests this machine sent (every other run) stay."""
+    if clock is None or not clock.requests_in_zones:
+        return
+    offsets = clock.offsets()
+    if not offsets:
+        return
+    con.execute("CREATE TEMP TABLE request_offsets (zone VARCHAR, offset_s DOUBLE)")
+    con.executemany("INSERT INTO request_offsets VALUES (?, ?)", [[z, o] for z, o in sorted(offsets.items())])
+    con.execute("UPDATE requests SET ts = requests.ts - o.offset_s FROM request_offsets o WHERE o.zone = requests.zone")
+    con.execute("DROP TABLE request_offsets")
 
 
 def _recording_problems(con: duckdb.DuckDBPyConnection, run_dir: Path, notes: list[str]) -> list[SkippedLine]:

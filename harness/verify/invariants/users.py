@@ -476,15 +476,16 @@ class UserChecks(CheckBase):
         runner's, and the verdict compares them to the millisecond. The hops were corrected by the zone's
         measured offset (`harness.contract.clock`); a zone whose offset is not bounded within
         CLOCK_TOLERANCE_S leaves which of its hops fell before or after each inject unknown: unverified.
-        A run with one clock (local, kind: no clock.jsonl) has no such check.
+        With in-zone locust workers the users' requests are stamped in their entry zone's pods, and each zone
+        they entered is asked the same. A run with one clock (local, kind: no clock.jsonl) has no such check.
         """
         clock = self.run.clock
         if clock is None:
             return []
-        zones = sorted(
-            str(r[0])
-            for r in self.con.execute("SELECT DISTINCT caller_zone FROM hops WHERE caller_zone IS NOT NULL").fetchall()
-        )
+        sql = "SELECT DISTINCT caller_zone FROM hops WHERE caller_zone IS NOT NULL"
+        if clock.requests_in_zones:  # the users' requests were stamped in the zones too (in-zone locust workers)
+            sql += " UNION SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL"
+        zones = sorted(str(r[0]) for r in self.con.execute(sql).fetchall())
         out = []
         for zone in zones:
             zc = clock.zone(zone)
