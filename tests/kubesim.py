@@ -2196,7 +2196,7 @@ class ClusterSim:
         return out
 
     async def _log_hop(
-        self, caller: Obj, upstream: str, port: str, path: str, hold: list[Obj] | None = None
+        self, caller: Obj, upstream: str, port: str, path: str, hold: list[tuple[Obj, float]] | None = None
     ) -> tuple[Obj | None, int]:
         """One outbound hop of `caller`'s sidecar: pick, count, buffer the access-log line when it ends.
 
@@ -2208,7 +2208,8 @@ class ClusterSim:
         run = self.pods.get(str(caller["metadata"]["uid"]))
         if run is None or run.current is None or not run.current.alive:
             return None, 0
-        now = time.time() + self.node_clock_offset.get(str((caller.get("spec") or {}).get("nodeName") or ""), 0.0)
+        real = time.time()
+        now = real + self.node_clock_offset.get(str((caller.get("spec") or {}).get("nodeName") or ""), 0.0)
         target, cluster, flags, dead = self.route(caller, upstream)
         wait_s = dead * self._connect_timeout_s(caller, upstream)
         if wait_s:
@@ -2253,20 +2254,20 @@ class ClusterSim:
             "upstream_transport_failure_reason": None,
         }
         if hold is not None:
-            hold.append(line)
+            hold.append((line, real))
         else:
             run.current.envoy_buffer.append(json.dumps(line))
         return (target if served else None), code
 
-    def _release(self, pod: Obj, held: list[Obj], started: float) -> None:
-        """Buffer `held` lines of `pod`'s sidecar, their duration the time since `started` (whole ms, truncated:
-        any connect-timeout wait is in it); a container that died meanwhile took them with it."""
+    def _release(self, pod: Obj, held: list[tuple[Obj, float]]) -> None:
+        """Buffer `held` lines of `pod`'s sidecar, each with its duration: the time since its own start (whole
+        ms, truncated; any connect-timeout wait is in it); a container that died meanwhile took them with it."""
         run = self.pods.get(str(pod["metadata"]["uid"]))
         if run is None or run.current is None or not run.current.alive:
             return
-        took = int((time.time() - started) * 1000)
-        for line in held:
-            line["duration"] = took
+        end = time.time()
+        for line, start in held:
+            line["duration"] = int((end - start) * 1000)
             run.current.envoy_buffer.append(json.dumps(line))
 
     async def _frontend(self, pod: Obj, req: Any) -> aiohttp.web.StreamResponse:
@@ -2277,14 +2278,15 @@ class ClusterSim:
         ups = self._upstreams(pod)
         if "8080" not in ups:
             return _text(502, "no public-api upstream\n")
-        held: list[Obj] = []
-        started = time.time()
+        held: list[tuple[Obj, float]] = []
         try:
             return await self._api(pod, req, ups, held)
         finally:
-            self._release(pod, held, started)
+            self._release(pod, held)
 
-    async def _api(self, pod: Obj, req: Any, ups: dict[str, str], held: list[Obj]) -> aiohttp.web.StreamResponse:
+    async def _api(
+        self, pod: Obj, req: Any, ups: dict[str, str], held: list[tuple[Obj, float]]
+    ) -> aiohttp.web.StreamResponse:
         """nginx's `/api`: the frontend's hop to public-api (its line held until the answer is complete)."""
         # nginx's `proxy_pass http://127.0.0.1:8080;` passes the request's URI on as it came, query included
         public, code = await self._log_hop(pod, ups["8080"], "8080", req.path_qs, hold=held)
