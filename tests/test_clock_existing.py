@@ -140,3 +140,17 @@ def test_only_the_existing_backend_measures() -> None:
 
     assert Observation.shares_runner_clock is KindBackend.shares_runner_clock
     assert ExistingBackend.shares_runner_clock(object.__new__(ExistingBackend)) is False
+
+
+def test_the_rendered_nginx_passes_the_probes_marker_to_the_sidecar() -> None:
+    """The probes are found by their query string in the frontend sidecar's access log: nginx passes a request's
+    URI on unchanged only when `proxy_pass` names no URI of its own (nginx docs, ngx_http_proxy_module). A
+    `proxy_pass http://127.0.0.1:8080/api;` or a rewrite would drop or change it, and every zone's clock
+    would go unmeasured (unverified)."""
+    from harness.render.hashicups import nginx_conf
+    from harness.topology.model import load_topology
+
+    t = load_topology()
+    conf = nginx_conf(t, t.service("frontend"))
+    api_block = conf.split("location /api {", 1)[1].split("}", 1)[0]
+    assert "proxy_pass http://127.0.0.1:8080;" in api_block and "rewrite" not in api_block, api_block
