@@ -159,7 +159,7 @@ def _num(x: Any) -> float | None:
 
 
 def read_clock(run_dir: Path) -> RunClock | None:
-    """The run's clock record; None when the run declares no separate node clock (nothing to correct)."""
+    """The run's clock record; None without one (the nodes share the runner's clock: nothing to correct)."""
     path = Path(run_dir) / CLOCK_FILE
     if not path.is_file():
         return None
@@ -168,10 +168,16 @@ def read_clock(run_dir: Path) -> RunClock | None:
 
 
 def evaluate(records: Iterable[Mapping[str, Any]], corrupt_lines: Iterable[int] = ()) -> RunClock | None:
-    """Each zone's offset interval from the `sent` and `logged` records (module docstring)."""
+    """Each zone's offset interval from the `sent` and `logged` records (module docstring).
+
+    None when nothing was recorded (one clock). Only a backend whose nodes keep their own clocks writes the
+    file, so records without a readable declaration (its line torn) still are such a run's: its hops are
+    never taken as on the runner's clock because a line was lost.
+    """
     recs = list(records)
+    corrupt = tuple(corrupt_lines)
     decl = [r for r in recs if r.get("event") == "clock"]
-    if not any(r.get("runner_clock") == "separate" for r in decl):
+    if (not recs and not corrupt) or (decl and not any(r.get("runner_clock") == "separate" for r in decl)):
         return None
     why = str(next((r.get("why") for r in decl if r.get("why")), "") or "")
     requests_in_zones = any(r.get("requests_clock") == "zones" for r in decl)
@@ -231,4 +237,4 @@ def evaluate(records: Iterable[Mapping[str, Any]], corrupt_lines: Iterable[int] 
                            f"bounded only to ± {(hi - lo) / 2 * 1000:.1f} ms, wider than the "
                            f"{CLOCK_TOLERANCE_S * 1000:g} ms the verdict resolves")  # fmt: skip
         zones[zone] = zc
-    return RunClock(True, why, zones, n_sent, len(sent), tuple(corrupt_lines), requests_in_zones)
+    return RunClock(True, why, zones, n_sent, len(sent), corrupt, requests_in_zones)
