@@ -8,9 +8,11 @@ directory.
 Order of one run (each step's records are in the run directory, CONTRACTS §4):
 check every experiment against the topology and the backend's capabilities
 (bad input: nothing created) → run directory, manifests → up → plan.json →
-[preflight: STANDINS] → upstream stats "start" → traffic → experiments, each
-into chaos/<NN>-<stem>/ → cooldown → traffic stops → upstream stats "end" →
-inventory, entrypoints, artifacts → down → hops → verdict, report.
+[preflight: STANDINS] → upstream stats "start" → [clock probes "start"] →
+traffic → experiments, each into chaos/<NN>-<stem>/ → cooldown → traffic stops →
+[clock probes "end"] → upstream stats "end" → inventory, entrypoints, [the clock
+probes found in the access logs], artifacts → down → hops → verdict, report.
+(Clock probes only where the nodes keep their own clocks: `harness.traffic.clock`.)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from harness.contract.rundir import (
     ACCESS_LOG_FLUSH,
     ACCESSLOG_DIR,
     ARTIFACTS_DIR,
+    CLOCK_PROBES,
     INVENTORY_FILE,
     RECORD_FILES,
     REQUESTS_FILE,
@@ -157,11 +160,17 @@ def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None
             if INVENTORY_FILE not in follower.names:  # a backend with an in-memory inventory only
                 write_inventory(backend.inventory(), run_dir / INVENTORY_FILE)
 
+        from harness.traffic.clock import declared, find_probes
+
+        # where the nodes keep their own clocks (clock.jsonl declared it): the probes' lines, once the access
+        # logs are flushed and collected and the inventory (which places the pods that logged them) complete
+        clock = [(CLOCK_PROBES, lambda: find_probes(run_dir))] if declared(run_dir) else []
         for what, step in (
             ("host load", host.stop),
             (ACCESS_LOG_FLUSH, flush),
             (ACCESS_LOG_COLLECTOR, collector.stop),
             (RECORD_FILES, records),
+            *clock,
             ("artifacts", lambda: backend.save_artifacts(run_dir / ARTIFACTS_DIR)),  # before the cluster goes
         ):
             try:
@@ -173,22 +182,50 @@ def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None
                     record_problem(run_dir, what, f"{exc.__class__.__name__}: {exc}")
 
 
-def before_traffic(backend: Backend, run_dir: Path, say: ProgressFn) -> None:
+def before_traffic(backend: Backend, run_dir: Path, say: ProgressFn, requests_in_zones: bool = False) -> None:
     """Everything that must be recorded before the first user request (e2e and `harness traffic`).
 
     Preflight (Consul's own view: preflight.json, stream STANDINS) belongs
     here, before the "start" snapshot: traffic must not start on a mesh whose
-    configuration was never checked.
+    configuration was never checked. `requests_in_zones`: the users' requests are stamped by locust
+    workers in the zones' pods (`--workers-in-zone`), on their nodes' clocks (`_clock_probes`).
     """
     snap = _upstream_snapshot(backend, run_dir, "start")
     if snap is not None:
         missing = f", {len(snap.failed)} did not answer: {', '.join(sorted(snap.failed))}" if snap.failed else ""
         say(f"upstream stats: {snap.rows} host counters from {len(snap.pods)} sidecars{missing}")
+    _clock_probes(backend, run_dir, "start", say, requests_in_zones)
 
 
 def after_traffic(backend: Backend, run_dir: Path, say: ProgressFn) -> None:
-    """The last records taken while the cluster is still up: the "end" snapshot of upstream counters."""
+    """The last records taken while the cluster is still up: the end clock probes, the "end" counter snapshot."""
+    _clock_probes(backend, run_dir, "end", say)
     _upstream_snapshot(backend, run_dir, "end")
+
+
+def _clock_probes(
+    backend: Backend, run_dir: Path, batch: str, say: ProgressFn, requests_in_zones: bool = False
+) -> None:
+    """Where the nodes keep their own clocks (EKS), a batch of clock probes through every zone's entry point.
+
+    The declaration goes first (`harness.traffic.clock`): whatever happens to the probes, the run says its
+    hops (and, from in-zone locust workers, its requests) are on other clocks. A backend sharing this
+    machine's clock (local, kind) does nothing here. A probe that fails is recorded as such; the verdict
+    judges what the probes bounded (coverage).
+    """
+    if not isinstance(backend, Observation) or backend.shares_runner_clock():
+        return
+    from harness.traffic.clock import declare, send_probes
+
+    declare(run_dir, f"{backend.name} backend: the nodes' clocks are not this machine's", requests_in_zones)
+    try:
+        answered = send_probes(backend.entrypoints(), run_dir, batch)
+    except Exception as exc:  # recorded; the verdict fails the zones left unmeasured as unverified
+        record_problem(run_dir, CLOCK_PROBES, f"{batch}: {exc.__class__.__name__}: {exc}")
+        say(f"clock probes ({batch}): failed: {exc}")
+        return
+    said = ", ".join(f"{z} {n}" for z, n in sorted(answered.items()))
+    say(f"clock probes ({batch}): answered per zone: {said}")
 
 
 def _upstream_snapshot(backend: Backend, run_dir: Path, label: str) -> Any:
@@ -448,7 +485,7 @@ def run_e2e(
                 probe_zones = sorted(entry)  # one probe per worker: every zone (TrafficRunner explains)
                 say(f"traffic: locust workers in {len(entry)} zones, master on port {opts.locust_master_port}")
                 workers.start()
-            before_traffic(backend, run_dir, say)
+            before_traffic(backend, run_dir, say, requests_in_zones=workers is not None)
             say(f"traffic: {opts.users} users over {len(entry)} zones, probes into {', '.join(probe_zones) or 'none'}")
             # in-zone workers get one probe each at the base period (TrafficRunner explains)
             periods = probe_periods(topology, probe_zones, DEFAULT_PROBE_PERIOD_S) if workers is None else None

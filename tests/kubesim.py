@@ -86,7 +86,10 @@ module does all of that, each behaviour taken from the source named here:
 - Envoy buffers access logs and writes them every `--file-flush-interval-msec`
   (default 10000); `access_log_file.write_total_buffered` is the buffered byte
   count; a killed container loses its buffer. Admin on 19000:
-  `/config_dump`, `/clusters?format=json`, `/stats?format=json`.
+  `/config_dump`, `/clusters?format=json`, `/stats?format=json`. START_TIME is
+  the sidecar's node's clock (`node_clock_offset`: EC2 instances and the CI
+  runner the harness runs on each keep their own); the frontend's nginx passes
+  `/api`'s path and query on unchanged (`proxy_pass http://127.0.0.1:8080;`).
 - kubectl port-forward (see the fake tool in `tests.kubesim_tools`) is bound
   to one pod instance and exits when it is gone ("lost connection to pod",
   kubectl >= 1.23, kubernetes/kubernetes#103526); `svc/` and `deployment/`
@@ -573,6 +576,10 @@ class ClusterSim:
         self._ca_dir: str | None = None
         self.edge_probes: list[dict[str, Any]] = []  # the mTLS calls probe pods made: source, destination, answer
         self.consul_acls = False  # Consul's ACLs on (global.acls.manageSystemACLs): calls need a token's rights
+        # node name -> how far its clock is off the test's (the runner's): seconds, node = runner + offset. A
+        # sidecar stamps its access log's START_TIME with its node's clock; EC2 instances and a CI runner do not
+        # share one (default 0: one clock)
+        self.node_clock_offset: dict[str, float] = {}
         # consul-k8s' endpoints controller: service ID -> instance, and each Endpoints as last reconciled
         self.catalog: dict[str, CatalogReg] = {}
         self._endpoints_seen: dict[tuple[str, str], tuple[tuple[str, str, str, bool], ...]] = {}
@@ -2211,16 +2218,21 @@ class ClusterSim:
             out[port] = name.split(".")[0]
         return out
 
-    async def _log_hop(self, caller: Obj, upstream: str, port: str, path: str) -> tuple[Obj | None, int]:
+    async def _log_hop(
+        self, caller: Obj, upstream: str, port: str, path: str, hold: list[tuple[Obj, float]] | None = None
+    ) -> tuple[Obj | None, int]:
         """One outbound hop of `caller`'s sidecar: pick, count, buffer the access-log line when it ends.
 
         An attempt on a dead host waits out the connect timeout first, as a
         real Envoy does (the line's `duration`; its start is when the request came).
+        `hold`: the caller writes the line itself once the answer is complete (`_release`), with the
+        duration it really took (Envoy's %DURATION%: start to last byte out).
         """
         run = self.pods.get(str(caller["metadata"]["uid"]))
         if run is None or run.current is None or not run.current.alive:
             return None, 0
-        now = time.time()
+        real = time.time()
+        now = real + self.node_clock_offset.get(str((caller.get("spec") or {}).get("nodeName") or ""), 0.0)
         target, cluster, flags, dead = self.route(caller, upstream)
         wait_s = dead * self._connect_timeout_s(caller, upstream)
         if wait_s:
@@ -2264,8 +2276,22 @@ class ClusterSim:
             "requested_server_name": None,
             "upstream_transport_failure_reason": None,
         }
-        run.current.envoy_buffer.append(json.dumps(line))
+        if hold is not None:
+            hold.append((line, real))
+        else:
+            run.current.envoy_buffer.append(json.dumps(line))
         return (target if served else None), code
+
+    def _release(self, pod: Obj, held: list[tuple[Obj, float]]) -> None:
+        """Buffer `held` lines of `pod`'s sidecar, each with its duration: the time since its own start (whole
+        ms, truncated; any connect-timeout wait is in it); a container that died meanwhile took them with it."""
+        run = self.pods.get(str(pod["metadata"]["uid"]))
+        if run is None or run.current is None or not run.current.alive:
+            return
+        end = time.time()
+        for line, start in held:
+            line["duration"] = int((end - start) * 1000)
+            run.current.envoy_buffer.append(json.dumps(line))
 
     async def _frontend(self, pod: Obj, req: Any) -> aiohttp.web.StreamResponse:
         """nginx: `/api` through the sidecar to public-api (which calls product-api), the rest to Next.js."""
@@ -2275,7 +2301,18 @@ class ClusterSim:
         ups = self._upstreams(pod)
         if "8080" not in ups:
             return _text(502, "no public-api upstream\n")
-        public, code = await self._log_hop(pod, ups["8080"], "8080", "/api")
+        held: list[tuple[Obj, float]] = []
+        try:
+            return await self._api(pod, req, ups, held)
+        finally:
+            self._release(pod, held)
+
+    async def _api(
+        self, pod: Obj, req: Any, ups: dict[str, str], held: list[tuple[Obj, float]]
+    ) -> aiohttp.web.StreamResponse:
+        """nginx's `/api`: the frontend's hop to public-api (its line held until the answer is complete)."""
+        # nginx's `proxy_pass http://127.0.0.1:8080;` passes the request's URI on as it came, query included
+        public, code = await self._log_hop(pod, ups["8080"], "8080", req.path_qs, hold=held)
         if public is None:
             return _text(code, "no healthy upstream")
         pups = self._upstreams(public)

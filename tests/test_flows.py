@@ -31,7 +31,8 @@ import duckdb
 import pytest
 
 from harness.backends import BackendOptions
-from harness.contract.rundir import HOPS_PARQUET_FILE
+from harness.contract.clock import read_clock
+from harness.contract.rundir import CLOCK_FILE, HOPS_PARQUET_FILE
 from harness.e2e import E2EOptions, run_e2e
 from tests import kubesim_tools
 from tests.conftest import REPO, wait_until
@@ -126,6 +127,8 @@ def test_kind_flow_up_traffic_pod_kill_node_kill_restore_down(api: FakeApiServer
     assert calls[-1][:3] == ["kind", "delete", "cluster"]
     assert api.sim.kind_cluster is None
     assert (res.run_dir / "verdict.json").exists()
+    # kind's nodes are containers of this machine: one clock, no probes, nothing corrected
+    assert not (res.run_dir / CLOCK_FILE).exists()
 
 
 @pytest.mark.parametrize("consul", ["plain", "tls-acl"])
@@ -196,6 +199,13 @@ def test_existing_flow_runs_the_nightly_set_end_to_end(
     assert c.find_consul() is not None  # the operator's Consul stays
     assert len(c.node_infos()) == len(EKS_NODES)
     assert (res.run_dir / "verdict.json").exists()
+    # the EKS nodes keep their own clocks: every zone's offset measured by the probes before and after the
+    # traffic, and each zone with hops bounded in the verdict (coverage's clock checks)
+    clock = read_clock(res.run_dir)
+    assert clock is not None and clock.zones and all(z.bounded for z in clock.zones.values()), clock
+    cov = next(i for i in res.verdict.invariants if i.name == "coverage")
+    clocks = {c.subject: c.status for c in cov.checks if c.subject.startswith("clock ")}
+    assert f"clock {LAX}" in clocks and set(clocks.values()) == {"pass"}, clocks
     # the run, its chaos processes and kubectl did all this as the shipped deploy/eks-nightly-rbac.yaml allows
     # (`_cluster` binds it to the eks-nightly context): not one call was refused, swallowed 403s included
     assert api.sim.rbac_denials == []

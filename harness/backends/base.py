@@ -423,6 +423,16 @@ class Observation(ABC):
         """
         return []
 
+    def shares_runner_clock(self) -> bool:
+        """Whether the sidecars stamp their access logs with this machine's clock (one kernel: local, kind).
+
+        Every record the harness writes (faults, inventory events, user requests) has this machine's time;
+        a hop has its node's. Where the two clocks are not one, `harness.e2e` measures the offset per zone
+        (`harness.traffic.clock`, `clock.jsonl`) and the verifier corrects hops by it or fails them as
+        unverified. True by default: a backend whose nodes are processes or containers of this machine.
+        """
+        return True
+
     def record_sources(self) -> dict[str, Path]:
         """The record files this backend writes as things happen, by run-directory name (`inventory.jsonl`,
         `entrypoints.jsonl`); none by default (an in-memory inventory is written out at the end instead)."""

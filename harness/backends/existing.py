@@ -843,6 +843,11 @@ class ExistingBackend(KubeBackend):
                 time.sleep(2.0)
         return out
 
+    def shares_runner_clock(self) -> bool:
+        """No: the nodes are EC2 instances (each its own clock, kept by chrony), the harness a CI runner or a
+        laptop elsewhere (its own, kept or not). Their offset is measured per zone (`Observation`'s docstring)."""
+        return False
+
     def _entry_urls(self) -> dict[str, str]:
         m = self.manifests()
         given = self.check_entrypoints(m)

@@ -9,7 +9,8 @@ reading it import the same rule instead of re-deriving it:
 - `logsource`: how access-log lines pass from a backend to observe;
 - `rundir`: run-directory paths and record file names (docs/CONTRACTS.md §4);
 - `inventory`: pod <-> IP <-> node <-> zone over time, with the one IP-at-time resolver;
-- `hostcpu`: the host's CPU busy share (`host.jsonl`, and the probe budget that holds it down).
+- `hostcpu`: the host's CPU busy share (`host.jsonl`, and the probe budget that holds it down);
+- `clock`: the nodes' clocks against the runner's (`clock.jsonl`): the offsets hops are corrected by.
 
 It sits below every stage: it imports `harness.topology` and `harness.errors`
 only, so render, backends, observe, verify and report can all depend on it.

@@ -60,6 +60,7 @@ RECORDING_FILE = "recording.jsonl"  # what went wrong while recording (collector
 SNAPSHOT_ADMIN_TIMEOUT_S = 5.0
 HOST_FILE = "host.jsonl"  # the harness host's CPU while recording (harness.observe.host)
 PROBE_BUDGET_FILE = "probe-budget.json"  # the zone probes' rate fitted to this machine (harness.traffic.budget)
+CLOCK_FILE = "clock.jsonl"  # the runner's clock against the nodes' (harness.contract.clock), separate clocks only
 
 
 # recording steps (`harness.e2e.recording`) whose failure leaves the mesh's own records incomplete: the verdict
@@ -68,6 +69,8 @@ ACCESS_LOG_FLUSH = "access-log flush"
 ACCESS_LOG_COLLECTOR = "access-log collector"
 RECORD_FILES = "record files"
 RECORD_STEPS = (ACCESS_LOG_FLUSH, ACCESS_LOG_COLLECTOR, RECORD_FILES)
+# the clock probes (harness.traffic.clock): a note; what they failed to bound fails on its own (coverage, clock)
+CLOCK_PROBES = "clock probes"
 
 
 def record_problem(run_dir: Path, what: str, message: str) -> None:
@@ -78,15 +81,16 @@ def record_problem(run_dir: Path, what: str, message: str) -> None:
 
 
 def hop_inputs(run_dir: Path) -> list[list[Any]]:
-    """What hops are built from, as (file, size, mtime_ns): access logs, inventory, topology.
+    """What hops are built from, as (file, size, mtime_ns): access logs, inventory, topology, clock record.
 
     observe writes it next to hops.jsonl (`HOPS_BUILD_FILE`); verify takes
     hops.jsonl as built only while these (and hops.jsonl itself) are unchanged.
     """
     # the access logs' Parquet segments count through their state (harness.columnar): a new segment changes it
     segments = run_dir / "columnar" / "accesslogs" / "state.json"
+    # the clock record: the hops' times are corrected by the offsets it measured (harness.contract.clock)
     files = [*sorted((run_dir / ACCESSLOG_DIR).glob("*.jsonl")), segments, run_dir / INVENTORY_FILE,
-             topology_path(run_dir)]  # fmt: skip
+             topology_path(run_dir), run_dir / CLOCK_FILE]  # fmt: skip
     out: list[list[Any]] = []
     for f in files:
         try:

@@ -35,6 +35,9 @@ Definitions:
   clock are not perfectly in step), the nearest one first. An interval is
   opened by an ``added`` or ``ip`` event and closed by the pod's next
   ``added``/``ip``/``removed`` event (``ready``/``unready`` do not move IPs).
+- Time: a hop's ``ts`` is Envoy's START_TIME, stamped by the caller's node. Where the run's nodes keep
+  their own clocks (``clock.jsonl``: EKS seen from a CI runner), it is put on the runner's clock, which
+  every other record uses, by the caller's zone's measured offset (`harness.contract.clock`).
 - Logical upstream: the serving pod's ``service``; without a serving pod (no
   upstream host, e.g. ``503 UH``, or an unknown IP) it comes from
   ``upstream_cluster``: strip a ``<8hex>~`` prefix and ``failover-target~N~``,
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
     from harness.topology import Topology
 
 from harness.columnar import ACCESSLOGS, load_state, read_records
+from harness.contract.clock import read_clock
 from harness.contract.inventory import SLACK_S
 from harness.contract.rundir import (
     ACCESSLOG_DIR,
@@ -344,6 +348,8 @@ def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine
     the run plus the JSON lines not compacted yet (`harness.columnar`).
     """
     skipped = read_records(con, "raw_text", run_dir, ACCESSLOGS, view=True)
+    clock = read_clock(run_dir)
+    offsets = clock.offsets() if clock is not None else {}
     # Views, not tables: the lines are scanned (from Parquet) straight into the hops table; a long
     # run's fifty million lines are never materialised twice.
     con.execute(f"CREATE TEMP VIEW raw_lines AS SELECT *, {INBOUND_SQL} AS inbound FROM raw_text")
@@ -362,13 +368,27 @@ def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine
         FROM (SELECT DISTINCT filename FROM raw_text)
         """
     )
+    # A run whose nodes keep their own clocks (clock.jsonl): each line's START_TIME is put on the runner's
+    # clock by its caller's zone's measured offset (harness.contract.clock); the caller pod's zone is the
+    # inventory's (a pod never changes zone). Without one, nothing is joined: the same SQL as ever.
+    ts_sql, clock_join = "l.ts", ""
+    if offsets:
+        con.execute("CREATE TEMP TABLE clock_zones (zone VARCHAR, offset_s DOUBLE)")
+        con.executemany("INSERT INTO clock_zones VALUES (?, ?)", [[z, o] for z, o in sorted(offsets.items())])
+        con.execute(
+            "CREATE TEMP TABLE clock_pods AS SELECT p.pod, z.offset_s FROM (SELECT pod, arg_max(zone, start_ts) "
+            "AS zone FROM intervals GROUP BY pod) p JOIN clock_zones z USING (zone)"
+        )
+        con.execute("DROP TABLE clock_zones")
+        ts_sql = "l.ts - coalesce(cp.offset_s, 0)"
+        clock_join = "LEFT JOIN clock_pods cp ON cp.pod = coalesce(nullif(l.caller_pod, ''), f.pod)"
     con.execute(
         rf"""
         CREATE TEMP VIEW raw AS
         SELECT *, {host_ip_sql("host")} AS ip
         FROM (
             SELECT
-                l.ts,
+                {ts_sql} AS ts,
                 coalesce(nullif(l.caller_pod, ''), f.pod) AS caller_pod,
                 nullif(l.caller_service, '') AS caller_service_raw,
                 CASE WHEN l.upstream_host IS NULL OR l.upstream_host IN ('', '-') THEN ''
@@ -381,6 +401,7 @@ def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine
             FROM raw_lines l
             JOIN file_pods f ON f.filename = l.filename
             LEFT JOIN cluster_names c ON c.upstream_cluster = l.upstream_cluster
+            {clock_join}
             WHERE NOT l.inbound
         )
         """
@@ -391,7 +412,7 @@ def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine
 def _drop_accesslogs(con: DuckDBPyConnection) -> None:
     for view in ("raw", "raw_lines"):
         con.execute(f"DROP VIEW IF EXISTS {view}")
-    for table in ("cluster_names", "file_pods"):
+    for table in ("cluster_names", "file_pods", "clock_pods"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     kinds = dict(con.execute(
         "SELECT table_name, table_type FROM information_schema.tables WHERE table_name IN ('raw_text', 'raw_text_tail')"

@@ -55,10 +55,12 @@ from typing import Any
 import duckdb
 
 from harness.columnar import REQUESTS, check_parquet, read_records
+from harness.contract.clock import RunClock, read_clock
 from harness.contract.rundir import (
     CHAOS_COLUMNS,
     CHAOS_DIR,
     CHAOS_FILE,
+    CLOCK_FILE,
     ENTRYPOINT_COLUMNS,
     ENTRYPOINTS_FILE,
     HOP_COLUMNS,
@@ -183,6 +185,8 @@ class RunData:
     # min(1, 1.4 x ready / registered) of the traffic there (locality judges that share, `_spill_shares`)
     spill_parts: dict[tuple[str, str], list[tuple[float, float | None, int, int]]] = field(default_factory=dict)
     first_up: dict[tuple[str, str], float] = field(default_factory=dict)
+    # clock.jsonl: the nodes' clocks against the runner's where they differ (EKS); None: one clock (local, kind)
+    clock: RunClock | None = None
 
     def scalar(self, sql: str, params: list[object] | None = None) -> object:
         row = self.con.execute(sql, params or []).fetchone()
@@ -228,6 +232,8 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     _topology_tables(con, topology)
     skipped += read_records(con, "requests", run_dir, REQUESTS)  # compacted Parquet + the JSON tail
     con.execute("ALTER TABLE requests DROP COLUMN filename")
+    clock = _clock(run_dir, notes, skipped)
+    _requests_on_runner_clock(con, clock)
     skipped += load_jsonl(con, "chaos", [run_dir / CHAOS_FILE], CHAOS_COLUMNS, root=run_dir)
     skipped += load_jsonl(
         con, "entrypoints", [run_dir / ENTRYPOINTS_FILE], ENTRYPOINT_COLUMNS, root=run_dir,
@@ -238,6 +244,7 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     run = RunData(con, topology, run_dir, [], notes, None, None)
     weakref.finalize(run, shutil.rmtree, spill, True)
     run.entrypoints_present = (run_dir / ENTRYPOINTS_FILE).is_file()
+    run.clock = clock
     _build_hops(run, skipped)
     skipped += _upstream_stats(con, run_dir)
     run.faults = _faults(con, topology, notes)
@@ -263,6 +270,44 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     _probe_budget(run)
     run.skipped = sorted(skipped, key=lambda s: (s.file, s.line))
     return run
+
+
+def _clock(run_dir: Path, notes: list[str], skipped: list[SkippedLine]) -> RunClock | None:
+    """The run's clock record (harness.contract.clock), stated in the notes: what the hops were corrected by.
+
+    Whether each zone's offset is bounded well enough is judged by coverage; here the figures are said, so
+    a reader of a passing verdict knows the failover and recovery times carry the clock's bound too.
+    """
+    clock = read_clock(run_dir)
+    if clock is None:
+        return None
+    skipped += [SkippedLine(CLOCK_FILE, line, "not a JSON object (corrupt)") for line in clock.corrupt_lines]
+    zones = [clock.zone(z) for z in sorted(clock.zones or {})]
+    worst = max((z.uncertainty for z in zones if z.uncertainty is not None), default=None)
+    bound = f"; failover and recovery times carry up to ± {worst * 1000:.1f} ms more" if worst is not None else ""
+    what = "hop and user request times" if clock.requests_in_zones else "hop times"
+    notes.append(
+        f"clock: the nodes keep their own clocks ({clock.why or 'declared by the backend'}): {what} put on "
+        f"the runner's clock by each zone's offset measured with {clock.probes_answered}/{clock.probes_sent} "
+        f"answered probes{bound}"
+    )
+    notes.extend(f"clock: {z.text()}" for z in zones)
+    return clock
+
+
+def _requests_on_runner_clock(con: duckdb.DuckDBPyConnection, clock: RunClock | None) -> None:
+    """Requests stamped by locust workers in the zones' pods (`--workers-in-zone` on EKS: their nodes' clocks)
+    are put on the runner's clock by their entry zone's offset, as hops are by their caller's (observe); the
+    clock checks of coverage judge the zones' bounds. Requests this machine sent (every other run) stay."""
+    if clock is None or not clock.requests_in_zones:
+        return
+    offsets = clock.offsets()
+    if not offsets:
+        return
+    con.execute("CREATE TEMP TABLE request_offsets (zone VARCHAR, offset_s DOUBLE)")
+    con.executemany("INSERT INTO request_offsets VALUES (?, ?)", [[z, o] for z, o in sorted(offsets.items())])
+    con.execute("UPDATE requests SET ts = requests.ts - o.offset_s FROM request_offsets o WHERE o.zone = requests.zone")
+    con.execute("DROP TABLE request_offsets")
 
 
 def _recording_problems(con: duckdb.DuckDBPyConnection, run_dir: Path, notes: list[str]) -> list[SkippedLine]:

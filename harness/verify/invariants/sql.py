@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.contract.clock import CLOCK_TOLERANCE_S
 from harness.observe.hops import host_ip_sql
 from harness.verify.verdict import iso
 
@@ -133,6 +134,16 @@ DEFINITIONS = {
     "upstream) lying wholly in it to a median >= their median before it outside every fault window + L/2, on >= 5 "
     "such hops, and they are back under that mark after the restore (until maxRecoveryS or the zone's next fault, "
     "when >= 5); otherwise the fault is unverified = fail",
+    "clock": "a hop's time is Envoy's START_TIME on its caller's node; where the nodes keep their own clocks "
+    "(clock.jsonl: EKS seen from a CI runner) it is put on the runner's clock, which stamps faults, inventory "
+    "events and user requests, by its caller's zone's offset: probes through each zone's entry point (POST "
+    "/api?eh-clock=<id>) sent and answered at runner times [sent, received] and logged by the zone's sidecars at "
+    "node time L with duration d give offset in [L + d - received, L + 1 ms - sent], intersected per batch (at "
+    "the start and the end "
+    "of the run), the hull of both batches bounding the drift; hops are corrected by its middle, and a zone whose "
+    f"sidecars made hops with no probe found in a batch, contradicting probes, or a bound wider than "
+    f"+-{CLOCK_TOLERANCE_S * 1000:g} ms is "
+    "unverified = fail (coverage); without clock.jsonl (local, kind: one clock) nothing is corrected",
     "unplanned_outage": "a service of the topology with no ready pod in a zone, or too few to keep its traffic "
     "there (spill), outside every recorded fault: a note; lasting longer than maxRecoveryS (or still on at the end "
     "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.contract.clock import CLOCK_TOLERANCE_S
 from harness.contract.rundir import ACCESS_LOG_FLUSH, RECORD_STEPS
 from harness.observe.hops import host_ip_sql
 from harness.verify import expected
@@ -483,6 +484,41 @@ class UserChecks(CheckBase):
             )
         return out
 
+    def _clock_checks(self) -> list[CheckResult]:
+        """Each zone whose sidecars made hops has its nodes' clock bounded against the runner's (clock.jsonl).
+
+        Only where the run says its nodes keep their own clocks (EKS from a CI runner): there a hop's time
+        is Envoy's START_TIME on the caller's node, every fault, inventory event and user request the
+        runner's, and the verdict compares them to the millisecond. The hops were corrected by the zone's
+        measured offset (`harness.contract.clock`); a zone whose offset is not bounded within
+        CLOCK_TOLERANCE_S leaves which of its hops fell before or after each inject unknown: unverified.
+        With in-zone locust workers the users' requests are stamped in their entry zone's pods, and each zone
+        they entered is asked the same. A run with one clock (local, kind: no clock.jsonl) has no such check.
+        """
+        clock = self.run.clock
+        if clock is None:
+            return []
+        sql = "SELECT DISTINCT caller_zone FROM hops WHERE caller_zone IS NOT NULL"
+        if clock.requests_in_zones:  # the users' requests were stamped in the zones too (in-zone locust workers)
+            sql += " UNION SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL"
+        zones = sorted(str(r[0]) for r in self.con.execute(sql).fetchall())
+        out = []
+        for zone in zones:
+            zc = clock.zone(zone)
+            detail = {"zone": zone, "offset_s": zc.offset, "uncertainty_s": zc.uncertainty, "lo_s": zc.lo,
+                      "hi_s": zc.hi, "lines": zc.lines, "nodes": list(zc.nodes), "drift_s": zc.drift,
+                      "tolerance_s": CLOCK_TOLERANCE_S}  # fmt: skip
+            if zc.bounded:
+                out.append(CheckResult(f"clock {zone}", PASS, f"clock: {zc.text()}", detail))
+                continue
+            text = (
+                f"coverage: clock: {zc.text()}: its hops' times (its nodes' clock) cannot be set against the "
+                f"runner's faults and requests to within {CLOCK_TOLERANCE_S * 1000:g} ms, so which fell in each "
+                "fault window is unverified"
+            )
+            out.append(CheckResult(f"clock {zone}", UNVERIFIED, text, detail))
+        return out
+
     def _served_but_silent(self) -> list[tuple[str, int, float | None]]:
         """Sidecars whose own access log is missing or stops while their callers' logs show them serving.
 
@@ -747,6 +783,10 @@ class UserChecks(CheckBase):
         for text in self._records_incomplete():
             failures.append(text)
             checks.append(CheckResult("records", UNVERIFIED, text))
+        for check in self._clock_checks():
+            checks.append(check)
+            if check.status != PASS:
+                failures.append(check.message)
         n_ok = sum(1 for c in checks if c.status == PASS)
         ok_text = f"{n_ok} fault windows had user traffic in their zone" if self.run.faults else "no faults to cover"
         return InvariantResult(COVERAGE, not failures, self._summary(COVERAGE, failures, ok_text), checks=checks)

@@ -1,0 +1,174 @@
+"""Clock probes: where the nodes keep their own clocks, measure them against this machine's (`clock.jsonl`).
+
+The arithmetic and the record are `harness.contract.clock`'s; this module makes the measurement. It runs
+only on a backend whose nodes do not share the runner's clock (`Observation.shares_runner_clock()`: EKS):
+
+1. `declare` writes the record's first line before any probe, so a run that stops before its probes were
+   found still says its hop times need a correction (the verdict then fails them as unverified rather than
+   comparing two clocks as one).
+2. `send_probes` (before the traffic and again after it): per zone, a few `POST /api?eh-clock=<id>`
+   through the zone's entry point, one after the other on one connection, each stamped when sent and when
+   answered. `/api` is what the frontend's nginx passes unchanged (path and query) to its sidecar's
+   public-api upstream, so the marker reaches the access log of the zone's frontend sidecar (and of the
+   public-api sidecar that serves it). The body is a shopper's coffees query: public-api then calls
+   product-api as for every user request (the verifier expects each request public-api serves to make one
+   call of its own), and the interval is not widened by it, since each line's duration is subtracted. The
+   answer's status does not matter: any line carrying the marker was logged while the probe was in flight.
+3. `find_probes`, once the access logs are collected (after the flush and the collector's last poll): every
+   access-log line carrying a marker, with the logging pod's zone and node from the inventory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from harness.contract.clock import PROBE_PARAM, read_records
+from harness.contract.rundir import ACCESSLOG_DIR, ACCESSLOG_TS_SQL, CLOCK_FILE, INVENTORY_FILE, read_json_sql
+
+PROBES_PER_BATCH = 5
+PROBE_GAP_S = 0.02
+PROBE_TIMEOUT_S = 3.0
+PROBE_QUERY = {"query": "{ coffees { id name price } }"}  # what a shopper asks (loadtests/hashicups.py)
+_MARKER = re.compile(re.escape(PROBE_PARAM) + r"=([A-Za-z0-9_.-]+)")
+_write_lock = threading.Lock()
+
+
+def _append(run_dir: Path, recs: list[dict[str, Any]]) -> None:
+    with _write_lock, (run_dir / CLOCK_FILE).open("a", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in recs)
+
+
+def declared(run_dir: Path) -> bool:
+    """The run's clock record says its nodes keep their own clocks."""
+    path = Path(run_dir) / CLOCK_FILE
+    if not path.is_file():
+        return False
+    recs, _bad = read_records(path)
+    return any(r.get("event") == "clock" and r.get("runner_clock") == "separate" for r in recs)
+
+
+def declare(run_dir: Path, why: str, requests_in_zones: bool = False) -> None:
+    """The first line of `clock.jsonl`: this run's nodes keep their own clocks (once per run directory).
+
+    `requests_in_zones`: the users' requests are stamped by locust workers running in each entry zone's pods
+    (`--workers-in-zone`), i.e. by that zone's nodes' clocks, not this machine's.
+    """
+    if not declared(run_dir):
+        rec: dict[str, Any] = {"ts": time.time(), "event": "clock", "runner_clock": "separate", "why": why}
+        if requests_in_zones:
+            rec["requests_clock"] = "zones"
+        _append(Path(run_dir), [rec])
+
+
+def send_probes(
+    entrypoints: Mapping[str, str],
+    run_dir: Path,
+    batch: str,
+    count: int = PROBES_PER_BATCH,
+    timeout_s: float = PROBE_TIMEOUT_S,
+) -> dict[str, int]:
+    """`count` probes into every zone's entry point, zones at once; returns zone -> probes answered."""
+    import httpx
+
+    run_id = uuid.uuid4().hex[:8]
+
+    def zone_probes(zone: str, base: str) -> int:
+        answered = 0
+        recs: list[dict[str, Any]] = []
+        with httpx.Client(timeout=timeout_s) as client:
+            for i in range(count):
+                probe = f"{run_id}-{batch}-{i}-{uuid.uuid4().hex[:6]}"
+                url = f"{base.rstrip('/')}/api?{PROBE_PARAM}={probe}"
+                status, error, received = 0, None, None
+                sent = time.time()
+                try:
+                    resp = client.post(url, json=PROBE_QUERY)
+                    received = time.time()
+                    status = resp.status_code
+                    answered += 1
+                except httpx.HTTPError as exc:  # no answer: the probe bounds nothing (its line, if any, is unused)
+                    error = f"{exc.__class__.__name__}: {exc}"
+                recs.append({"ts": sent, "event": "sent", "batch": batch, "zone": zone, "probe": probe,
+                             "sent": sent, "received": received, "status": status, "error": error})  # fmt: skip
+                time.sleep(PROBE_GAP_S)
+        _append(Path(run_dir), recs)
+        return answered
+
+    with ThreadPoolExecutor(max_workers=max(1, len(entrypoints)), thread_name_prefix="eh-clock") as pool:
+        futures = {z: pool.submit(zone_probes, z, u) for z, u in sorted(entrypoints.items())}
+        return {z: f.result() for z, f in futures.items()}
+
+
+def _pods(run_dir: Path) -> dict[str, tuple[str | None, str | None]]:
+    """pod -> (zone, node) from the inventory's records (a pod never changes zone; its node is its last)."""
+    out: dict[str, tuple[str | None, str | None]] = {}
+    try:
+        text = (run_dir / INVENTORY_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict) and isinstance(e.get("pod"), str) and e.get("zone"):
+            old = out.get(e["pod"], (None, None))
+            out[e["pod"]] = (str(e["zone"]), str(e["node"]) if e.get("node") else old[1])
+    return out
+
+
+def find_probes(run_dir: Path) -> int:
+    """Append a `logged` line for every access-log line carrying a probe's marker; returns how many.
+
+    Reads the raw access logs (`accesslogs/*.jsonl`: the columnar copy keeps no `path`) once, in DuckDB:
+    a long run's logs are gigabytes, and only the lines with the marker are wanted. Nothing to do on a run
+    that declared no separate clock.
+    """
+    import duckdb
+
+    run_dir = Path(run_dir)
+    if not declared(run_dir):
+        return 0
+    recs, _bad = read_records(run_dir / CLOCK_FILE)
+    sent = {str(r["probe"]): r for r in recs if r.get("event") == "sent" and isinstance(r.get("probe"), str)}
+    done = {str(r.get("probe")) for r in recs if r.get("event") == "logged"}
+    files = sorted((run_dir / ACCESSLOG_DIR).glob("*.jsonl"))
+    if not sent or not files:
+        return 0
+    cols = {"start_time": "VARCHAR", "path": "VARCHAR", "caller_pod": "VARCHAR", "duration": "VARCHAR"}
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")  # Envoy's START_TIME without an offset is UTC
+        rows = con.execute(
+            f"SELECT filename, caller_pod, start_time, {ACCESSLOG_TS_SQL} AS logged, path, "
+            "try_cast(duration AS DOUBLE) AS duration_ms "
+            f"FROM {read_json_sql(files, cols, filename=True, ignore_errors=True)} "
+            f"WHERE contains(coalesce(path, ''), '{PROBE_PARAM}=') ORDER BY logged"
+        ).fetchall()
+    finally:
+        con.close()
+    pods = _pods(run_dir)
+    out: list[dict[str, Any]] = []
+    for filename, caller_pod, start_time, logged, path, duration_ms in rows:
+        m = _MARKER.search(str(path))
+        if m is None or m.group(1) not in sent or logged is None:
+            continue
+        probe = m.group(1)
+        if probe in done:
+            continue  # found by an earlier pass (e.g. `harness traffic` into a run directory twice)
+        pod = caller_pod or Path(str(filename)).stem
+        zone, node = pods.get(pod, (None, None))
+        out.append({"ts": time.time(), "event": "logged", "batch": sent[probe].get("batch"), "probe": probe,
+                    "pod": pod, "zone": zone, "node": node, "logged": float(logged),
+                    "start_time": start_time, "duration_ms": duration_ms})  # fmt: skip
+    if out:
+        _append(run_dir, out)
+    return len(out)
