@@ -627,6 +627,13 @@ class ClusterSim:
         self.host_listeners.clear()
         if self._ca_dir is not None:
             shutil.rmtree(self._ca_dir, ignore_errors=True)
+        self._forget_consul()
+
+    def _forget_consul(self) -> None:
+        """Consul uninstalled (or the server closed): its TLS CA's directory goes too (one per test left in /tmp)."""
+        if self.consul is not None and self.consul.tls_ca is not None:
+            shutil.rmtree(self.consul.tls_ca.directory, ignore_errors=True)
+        self.consul = None
 
     def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Run `fn` (sync, or returning an awaitable) on the loop from a test thread; its result."""
@@ -3001,7 +3008,7 @@ class ClusterSim:
         self.objects.clear()
         self.pods.clear()
         self.nodes.clear()
-        self.consul = None
+        self._forget_consul()
         self.kind_cluster = None
         for plural in CONSUL_KINDS.values():
             self.unregister(CONSUL_GROUP, plural)
@@ -3431,7 +3438,7 @@ class ClusterSim:
             for obj in list(self.items(CONSUL_GROUP, plural)):
                 self._remove((CONSUL_GROUP, plural, obj["metadata"]["namespace"], obj["metadata"]["name"]))
             self.unregister(CONSUL_GROUP, plural)
-        self.consul = None
+        self._forget_consul()
         return {"rc": 0, "stdout": f'release "{release}" uninstalled\n'}
 
     # -- the control API the fake tools call ----------------------------------------------

@@ -86,6 +86,25 @@ def test_rendered_workers_are_valid_and_pinned_to_their_zone() -> None:
         worker_objects(T, "10.1.2.3", 0)
 
 
+def test_the_modules_that_travel_with_the_locustfile_import_only_each_other_and_the_standard_library() -> None:
+    """A worker pod has no harness installed: a harness import the list lacks (harness.contract.files, added to
+    the budget's module) failed there with ModuleNotFoundError, and the zone's users sent nothing."""
+    import ast
+
+    from harness.traffic.inzone import LOCUST_SIDE, REPO_ROOT
+
+    travels = {path.removesuffix(".py").replace("/", ".") for path in LOCUST_SIDE}
+    for path in (*LOCUST_SIDE, "harness/loadtests/hashicups.py", "harness/loadtests/shapes.py"):
+        tree = ast.parse((REPO_ROOT / path).read_text(encoding="utf-8"))
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
+            n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.level == 0
+        }
+        for name in imported:
+            top = name.split(".")[0]
+            assert top != "harness" or name in travels, f"{path} imports {name}, which does not travel with it"
+            assert top == "harness" or top in sys.stdlib_module_names or top in {"locust", "gevent", "shapes"}, (path, name)
+
+
 def test_master_command_and_probe_rule(tmp_path: Path) -> None:
     cmd = locust_command(Path("f.py"), "http://x", 5, 5, 10, 4, tmp_path / "s", master=("0.0.0.0", 5557, 5))
     assert cmd[-9:] == ["--master", "--master-bind-host", "0.0.0.0", "--master-bind-port", "5557",

@@ -378,6 +378,16 @@ def test_traffic_runner_context_manager_stops_background_locust(tmp_path: Path, 
     assert pid is not None and not Path(f"/proc/{pid}").exists()
 
 
+@pytest.mark.slow
+def test_traffic_stopped_before_its_first_answer_leaves_an_empty_record(tmp_path: Path) -> None:
+    """`harness traffic` ended by Ctrl-C while users start collects the records and marks the run complete; with
+    no request answered yet, locust had written no requests.jsonl, and the run was complete without its record
+    (its verdict then read a missing file, not a run with no traffic)."""
+    with TrafficRunner({"zone-a": "http://127.0.0.1:1"}, tmp_path, users=1, spawn_rate=1, duration_s=600):
+        pass
+    assert (tmp_path / "requests.jsonl").read_text() == ""
+
+
 def test_runner_rejects_bad_arguments(tmp_path: Path) -> None:
     from harness.traffic import TrafficError
 

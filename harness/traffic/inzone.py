@@ -80,7 +80,12 @@ def worker_name(t: Topology, zone: Zone) -> str:
     return f"locust-worker-{t.short(zone)}"
 
 
-LOCUST_SIDE = ("harness/traffic/recorder.py", "harness/traffic/budget.py", "harness/contract/hostcpu.py")
+LOCUST_SIDE = (
+    "harness/traffic/recorder.py",
+    "harness/traffic/budget.py",
+    "harness/contract/hostcpu.py",
+    "harness/contract/files.py",
+)
 """The harness modules the locustfile imports, with nothing but the standard library below them: they travel
 with it (a worker pod has no harness installed); each package on their paths gets an empty __init__.py."""
 

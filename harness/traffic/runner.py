@@ -315,6 +315,9 @@ class TrafficRunner:
         )
         self._started_wall = time.time()
         self._started_mono = time.monotonic()
+        # the users' record exists from the traffic's start, empty until the first answer: a run stopped before it
+        # is one with no traffic (availability fails it as such), not one whose record went missing
+        self.requests_file.touch()
         with self.log_file.open("ab") as log:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(cmd)}\n".encode())
             log.flush()

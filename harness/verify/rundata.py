@@ -224,51 +224,56 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
     # A 10-hour run's hops do not fit the 2 GB a CI runner gives the verdict: DuckDB keeps to
     # MEMORY_LIMIT and spills the rest to a scratch directory of its own (never the run directory).
     spill = tempfile.mkdtemp(prefix="eh-verify-")
-    con.execute(f"SET memory_limit = {sql_str(MEMORY_LIMIT)}")
-    con.execute(f"SET temp_directory = {sql_str(spill)}")
-    con.execute("SET TimeZone = 'UTC'")
-    skipped: list[SkippedLine] = []
-    notes: list[str] = []
-    _topology_tables(con, topology)
-    skipped += read_records(con, "requests", run_dir, REQUESTS)  # compacted Parquet + the JSON tail
-    con.execute("ALTER TABLE requests DROP COLUMN filename")
-    clock = _clock(run_dir, notes, skipped)
-    _requests_on_runner_clock(con, clock)
-    skipped += load_jsonl(con, "chaos", [run_dir / CHAOS_FILE], CHAOS_COLUMNS, root=run_dir)
-    skipped += load_jsonl(
-        con, "entrypoints", [run_dir / ENTRYPOINTS_FILE], ENTRYPOINT_COLUMNS, root=run_dir,
-        valid_sql="ts IS NOT NULL AND zone IS NOT NULL AND up IS NOT NULL", what="ts, zone or up",
-    )  # fmt: skip
-    skipped += load_inventory(con, run_dir / INVENTORY_FILE, topology, root=run_dir)
-    con.execute("CREATE VIEW inventory AS SELECT * FROM inv")
-    run = RunData(con, topology, run_dir, [], notes, None, None)
-    weakref.finalize(run, shutil.rmtree, spill, True)
-    run.entrypoints_present = (run_dir / ENTRYPOINTS_FILE).is_file()
-    run.clock = clock
-    _build_hops(run, skipped)
-    skipped += _upstream_stats(con, run_dir)
-    run.faults = _faults(con, topology, notes)
-    row = con.execute(
-        "SELECT min(lo), max(hi) FROM (SELECT min(ts) lo, max(ts) hi FROM hops "
-        "UNION ALL SELECT min(ts), max(ts) FROM requests UNION ALL SELECT min(ts), max(ts) FROM chaos)"
-    ).fetchone()
-    run.start, run.end = (row[0], row[1]) if row else (None, None)
-    unknown = [
-        r[0]
-        for r in con.execute(
-            "SELECT DISTINCT z FROM (SELECT caller_zone z FROM hops UNION SELECT zone FROM requests) "
-            "WHERE z IS NOT NULL AND z NOT IN (SELECT name FROM zones) ORDER BY z"
-        ).fetchall()
-    ]
-    if unknown:
-        notes.append(f"records name zones the topology does not have: {', '.join(unknown)}")
-    _node_fault_pods(run)
-    _readiness(run)
-    _documents(run, skipped)
-    skipped += _recording_problems(con, run_dir, notes)
-    skipped += _host_load(run)
-    _probe_budget(run)
-    run.skipped = sorted(skipped, key=lambda s: (s.file, s.line))
+    try:
+        con.execute(f"SET memory_limit = {sql_str(MEMORY_LIMIT)}")
+        con.execute(f"SET temp_directory = {sql_str(spill)}")
+        con.execute("SET TimeZone = 'UTC'")
+        skipped: list[SkippedLine] = []
+        notes: list[str] = []
+        _topology_tables(con, topology)
+        skipped += read_records(con, "requests", run_dir, REQUESTS)  # compacted Parquet + the JSON tail
+        con.execute("ALTER TABLE requests DROP COLUMN filename")
+        clock = _clock(run_dir, notes, skipped)
+        _requests_on_runner_clock(con, clock)
+        skipped += load_jsonl(con, "chaos", [run_dir / CHAOS_FILE], CHAOS_COLUMNS, root=run_dir)
+        skipped += load_jsonl(
+            con, "entrypoints", [run_dir / ENTRYPOINTS_FILE], ENTRYPOINT_COLUMNS, root=run_dir,
+            valid_sql="ts IS NOT NULL AND zone IS NOT NULL AND up IS NOT NULL", what="ts, zone or up",
+        )  # fmt: skip
+        skipped += load_inventory(con, run_dir / INVENTORY_FILE, topology, root=run_dir)
+        con.execute("CREATE VIEW inventory AS SELECT * FROM inv")
+        run = RunData(con, topology, run_dir, [], notes, None, None)
+        weakref.finalize(run, shutil.rmtree, spill, True)
+        run.entrypoints_present = (run_dir / ENTRYPOINTS_FILE).is_file()
+        run.clock = clock
+        _build_hops(run, skipped)
+        skipped += _upstream_stats(con, run_dir)
+        run.faults = _faults(con, topology, notes)
+        row = con.execute(
+            "SELECT min(lo), max(hi) FROM (SELECT min(ts) lo, max(ts) hi FROM hops "
+            "UNION ALL SELECT min(ts), max(ts) FROM requests UNION ALL SELECT min(ts), max(ts) FROM chaos)"
+        ).fetchone()
+        run.start, run.end = (row[0], row[1]) if row else (None, None)
+        unknown = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT z FROM (SELECT caller_zone z FROM hops UNION SELECT zone FROM requests) "
+                "WHERE z IS NOT NULL AND z NOT IN (SELECT name FROM zones) ORDER BY z"
+            ).fetchall()
+        ]
+        if unknown:
+            notes.append(f"records name zones the topology does not have: {', '.join(unknown)}")
+        _node_fault_pods(run)
+        _readiness(run)
+        _documents(run, skipped)
+        skipped += _recording_problems(con, run_dir, notes)
+        skipped += _host_load(run)
+        _probe_budget(run)
+        run.skipped = sorted(skipped, key=lambda s: (s.file, s.line))
+    except BaseException:  # bad records, Ctrl-C: the scratch directory goes with the half-read run
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+        raise
     return run
 
 
