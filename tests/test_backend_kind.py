@@ -286,6 +286,24 @@ def test_a_kind_release_without_a_pinned_image_gets_the_nearest_older_one_or_its
     backend.close()
 
 
+def test_a_pinned_image_outside_the_manifests_range_or_manifests_without_one_are_refused(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two refusals before anything is created: a chart re-pinned to a range the table's image leaves (the table
+    must move with it), and manifests rendered before the range was recorded (re-render)."""
+    import harness.backends.kind as kind_mod
+
+    monkeypatch.setitem(kind_mod.KIND_NODE_IMAGES, "v0.33.0", "kindest/node:v1.37.0@sha256:" + "a" * 64)
+    with pytest.raises(BackendError, match=r"pinned for kind v0\.33\.0 .*outside Kubernetes 1\.30-1\.34"):
+        kind_backend(tmp_path / "wd").up(rendered(tmp_path))
+    m = rendered(tmp_path / "old")
+    m.meta["chart"].pop("kubernetes")
+    with pytest.raises(BackendError, match=r"chart\.kubernetes missing \(re-render\)"):
+        kind_backend(tmp_path / "wd2").up(m)
+    assert api.sim.kind_cluster is None
+    assert not any(c[:3] == ["kind", "create", "cluster"] for c in tools.calls())
+
+
 def test_a_kind_version_naming_no_release_is_refused_in_one_line_before_anything_is_created(
     api: FakeApiServer,
     tools: Tools,

@@ -14,15 +14,11 @@ from typing import Any
 import pytest
 
 from harness.verify import COVERAGE
-from harness.verify.synth import FaultSpec, Scenario, write_run
+from harness.verify.synth import FaultSpec, write_run
 from tests.test_verify_audit import why
-from tests.test_verify_soundness import LAX, T, failed, pod_of
+from tests.test_verify_audit5 import _scenario
+from tests.test_verify_soundness import LAX, failed, pod_of
 from tests.verdicts import rows, verify
-
-
-def _scenario(faults: list[FaultSpec], **kw: Any) -> Scenario:
-    return Scenario(T, duration_s=kw.pop("duration_s", 90), rate_per_zone=kw.pop("rate_per_zone", 4), faults=faults,
-                    **kw)  # fmt: skip
 
 
 def _slow(**kw: Any) -> FaultSpec:

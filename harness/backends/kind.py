@@ -165,8 +165,8 @@ def cluster_images(manifests: Manifests) -> list[str]:
 
 
 def _release_key(release: str) -> tuple[int, ...]:
-    """kind's "v0.31.0" as (0, 31, 0), to order releases."""
-    return tuple(int(x) for x in re.findall(r"\d+", release)[:3])
+    """A table key, kind's "v0.31.0", as (0, 31, 0), to order releases."""
+    return tuple(int(x) for x in release.lstrip("v").split("."))
 
 
 def is_edge(node: NodeInfo) -> bool:
@@ -266,17 +266,16 @@ class KindBackend(KubeBackend):
         if m is None:
             raise BackendError(f"`kind version` names no release ({out.strip() or 'no output'!r}): {way_out}")
         release = m.group(0)
-        image = KIND_NODE_IMAGES.get(release)
-        if image is None:
-            mine = _release_key(release)
-            older = [r for r in KIND_NODE_IMAGES if _release_key(r) <= mine]
-            if not older:
-                first = min(KIND_NODE_IMAGES, key=_release_key)
-                self.progress(f"kind {release}: its own default node image (releases before {first} default to "
-                              "Kubernetes 1.33 or older)")  # fmt: skip
-                return None
-            nearest = max(older, key=_release_key)
-            image = KIND_NODE_IMAGES[nearest]
+        mine = tuple(int(x) for x in m.groups())
+        older = [r for r in KIND_NODE_IMAGES if _release_key(r) <= mine]
+        if not older:
+            first = min(KIND_NODE_IMAGES, key=_release_key)
+            self.progress(f"kind {release}: its own default node image (releases before {first} default to "
+                          "Kubernetes 1.33 or older)")  # fmt: skip
+            return None
+        nearest = max(older, key=_release_key)  # the release itself, when the table lists it
+        image = KIND_NODE_IMAGES[nearest]
+        if nearest != release:
             self.progress(
                 f"kind {release}: no node image of its release notes is pinned here; using {image}, pinned for kind "
                 f"{nearest} (kind runs other releases' node images on a best-effort basis; to choose: {way_out})"
