@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import duckdb  # noqa: F401  (see below)
 import pytest
 
+# `pytester.runpytest` runs in this process and afterwards drops every module
+# the inner run imported. duckdb is a nanobind extension that aborts the
+# interpreter when initialised twice, so a later test importing it again
+# (test_gameday after these, in one process) died with exit 134. Imported
+# here, it is in the snapshot and stays.
 pytest_plugins = ["pytester"]
 
 
