@@ -94,6 +94,14 @@ module does all of that, each behaviour taken from the source named here:
   to one pod instance and exits when it is gone ("lost connection to pod",
   kubectl >= 1.23, kubernetes/kubernetes#103526); `svc/` and `deployment/`
   targets resolve to one pod first.
+- DaemonSets (`updateStrategy: OnDelete`): a pod per node from the template of the moment, bound to the
+  node by the controller, kept until deleted, so nodes may run different releases of one DaemonSet.
+  `vpc_cni` installs the EKS VPC CNI's `aws-node` DaemonSet (host network) with the network policy agent
+  (container `aws-eks-nodeagent`, image `.../amazon/aws-network-policy-agent:<release>`); once it is there a
+  node enforces NetworkPolicy only through its own aws-node pod's agent with `--enable-network-policy=true`.
+  Without it, `netpol_enforced` / `netpol_unenforced_nodes` decide. Open connections under a new policy are
+  not modelled (the sidecars' routing ignores NetworkPolicy; only the probe's one-shot clients are judged), so
+  the agent's release shows in its pod and changes nothing else.
 - RBAC (`tests.kuberbac`): a caller whose token `rbac` holds may do what
   its rules grant and nothing else, authorized as kube-apiserver does (the
   request's verb, group, resource/subresource, namespace, name; discovery and
@@ -320,6 +328,7 @@ CORE_RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("v1", "events"): ("Event", True),
     ("apps/v1", "deployments"): ("Deployment", True),
     ("apps/v1", "statefulsets"): ("StatefulSet", True),
+    ("apps/v1", "daemonsets"): ("DaemonSet", True),
     ("v1", "persistentvolumeclaims"): ("PersistentVolumeClaim", True),
     ("v1", "persistentvolumes"): ("PersistentVolume", False),
     ("storage.k8s.io/v1", "storageclasses"): ("StorageClass", False),
@@ -357,6 +366,7 @@ KIND_DEFAULT_NODE_IMAGES = {
     "v0.33.0": "kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5",
 }
 CHART_K8S_IMAGE = "hashicorp/consul-k8s-control-plane:1.9.11"
+AGENT_CONTAINER = "aws-eks-nodeagent"  # the VPC CNI's network policy agent, in each aws-node pod
 
 
 @dataclass
@@ -1295,6 +1305,8 @@ class ClusterSim:
         for kind_plural in ("deployments", "statefulsets"):
             for d in list(self.items("apps/v1", kind_plural)):
                 self._reconcile_workload(d, kind_plural)
+        for ds in list(self.items("apps/v1", "daemonsets")):
+            self._reconcile_daemonset(ds)
         # the garbage collector: a pod whose owner is gone is deleted (background cascading deletion)
         uids = {str(o["metadata"].get("uid")) for o in self.objects.values()}
         for p in list(self.items("v1", "pods")):
@@ -1362,6 +1374,51 @@ class ClusterSim:
         }
         if any((d.get("status") or {}).get(k) != v for k, v in status.items()):
             self.patch("apps/v1", plural, ns, name, {"status": status}, status_only=True)
+
+    def _reconcile_daemonset(self, ds: Obj) -> None:
+        """The DaemonSet controller, `updateStrategy: OnDelete`: a pod from the current template on every node
+        (its nodeSelector matched) that has none; a pod already there keeps the template it was made from until
+        it is deleted. So nodes can run different releases of one DaemonSet, as they do on EKS while an add-on
+        update is held back (OnDelete) or has not reached a node group yet."""
+        meta, spec = ds["metadata"], ds.get("spec") or {}
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        owned = [
+            p
+            for p in self.items("v1", "pods", ns)
+            if any(o.get("uid") == uid for o in (p["metadata"].get("ownerReferences") or []))
+        ]
+        if meta.get("deletionTimestamp"):
+            for p in owned:
+                if not p["metadata"].get("deletionTimestamp"):
+                    self.delete("v1", "pods", ns, p["metadata"]["name"])
+            if not owned:
+                self._remove(("apps/v1", "daemonsets", ns, name))
+            return
+        template = spec.get("template") or {}
+        selector = ((template.get("spec") or {}).get("nodeSelector") or {}).items()
+        covered = {(p.get("spec") or {}).get("nodeName") for p in owned if not p["metadata"].get("deletionTimestamp")}
+        for node in self.items("v1", "nodes"):
+            node_name = node["metadata"]["name"]
+            if node_name in covered or any(labels_of(node).get(k) != v for k, v in selector):
+                continue
+            pod_spec = copy.deepcopy(template.get("spec") or {})
+            pod_spec["nodeName"] = node_name  # bound by the controller: a DaemonSet pod tolerates what it must
+            pod_spec.setdefault("tolerations", []).append({"operator": "Exists"})
+            self.create(
+                "v1",
+                "pods",
+                ns,
+                {
+                    "metadata": {
+                        "name": f"{name}-" + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5)),
+                        "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+                        "ownerReferences": [
+                            {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": name, "uid": uid, "controller": True}
+                        ],
+                    },
+                    "spec": pod_spec,
+                },
+            )
 
     def _claims_for(self, sts: Obj, pod_name: str, pod: Obj) -> None:
         """The StatefulSet controller: a claim `<template>-<pod>` per volumeClaimTemplate (created once, kept when
@@ -1747,6 +1804,9 @@ class ClusterSim:
         base = cidr.split("/")[0].rsplit(".", 1)[0]
         ip = f"{base}.{nrun.next_ip}"
         nrun.next_ip = nrun.next_ip + 1 if nrun.next_ip < 254 else 2
+        if (pod.get("spec") or {}).get("hostNetwork"):  # aws-node, calico-node: the node's own address
+            ip = next((a["address"] for a in (node.get("status") or {}).get("addresses") or []
+                       if a.get("type") == "InternalIP"), ip)  # fmt: skip
         run.instances += 1
         flush_ms = 10_000
         for c in (pod.get("spec") or {}).get("containers") or []:
@@ -1902,7 +1962,19 @@ class ClusterSim:
         """Whether ingress policies selecting `dst` are enforced: by the agent on `dst`'s own node (the VPC CNI's
         eBPF programs sit on each pod's host-side veth), so a connection from anywhere to a pod on a node that
         does not enforce passes whatever the policies say."""
-        return self.netpol_enforced and (dst.get("spec") or {}).get("nodeName") not in self.netpol_unenforced_nodes
+        node = (dst.get("spec") or {}).get("nodeName")
+        if not self.netpol_enforced or node in self.netpol_unenforced_nodes:
+            return False
+        aws_node = [p for p in self.items("v1", "pods", "kube-system") if labels_of(p).get("k8s-app") == "aws-node"]
+        if not aws_node:
+            return True  # no VPC CNI installed by `vpc_cni`: the flags above say it all
+        # the VPC CNI: enforced on a node only by the agent of the aws-node pod there, when network policy is on
+        for p in aws_node:
+            if (p.get("spec") or {}).get("nodeName") != node or p["metadata"].get("deletionTimestamp"):
+                continue
+            agent = next((c for c in p["spec"].get("containers") or [] if c.get("name") == AGENT_CONTAINER), None)
+            return agent is not None and "--enable-network-policy=true" in (agent.get("args") or [])
+        return False
 
     def _ingress_allowed(self, src: Obj, dst: Obj) -> bool:
         ns = dst["metadata"]["namespace"]
@@ -2924,6 +2996,54 @@ class ClusterSim:
                     "allowVolumeExpansion": True,
                 },
             )
+
+    def vpc_cni(
+        self,
+        agent: str | None = "v1.2.0-eksbuild.1",
+        *,
+        network_policy: bool = True,
+        mode: str | None = None,
+        cni: str = "v1.19.2-eksbuild.1",
+    ) -> Obj:
+        """The Amazon VPC CNI add-on as EKS installs it: DaemonSet `aws-node` in kube-system (label
+        `k8s-app=aws-node`, host network), container `aws-node` (the CNI and ipamd; `NETWORK_POLICY_ENFORCING_MODE`
+        when `mode` is given) and, when `agent` is a tag, `aws-eks-nodeagent` (the network policy agent, image
+        `.../amazon/aws-network-policy-agent:<agent>`, `--enable-network-policy=<network_policy>`). Calling it
+        again updates the template only: the DaemonSet is `OnDelete`, so a node keeps the release it runs until
+        its pod is deleted (`_reconcile_daemonset`). Once it is installed a node enforces NetworkPolicy only
+        through its own aws-node pod's agent (`_netpol_enforced_on`).
+
+        The agents' releases differ in which open flows they let live through a new policy (see
+        harness.backends.kube.netpolagent); the simulation does not model open connections under a policy at all
+        (its sidecars' routing ignores NetworkPolicy; only the probe's one-shot clients are judged by it), so the
+        release is shown in the pod, which is what the harness reads, and changes nothing else here."""
+        ecr = "602401143452.dkr.ecr.us-west-2.amazonaws.com/amazon"
+        env = [{"name": "NETWORK_POLICY_ENFORCING_MODE", "value": mode}] if mode is not None else []
+        containers: list[Obj] = [{"name": "aws-node", "image": f"{ecr}/amazon-k8s-cni:{cni}", "env": env}]
+        if agent is not None:
+            containers.append({
+                "name": AGENT_CONTAINER, "image": f"{ecr}/aws-network-policy-agent:{agent}",
+                "args": ["--enable-ipv6=false", f"--enable-network-policy={str(network_policy).lower()}",
+                         "--enable-cloudwatch-logs=false", "--enable-policy-event-logs=false"],
+            })  # fmt: skip
+        template = {
+            "metadata": {"labels": {"k8s-app": "aws-node"}},
+            "spec": {"hostNetwork": True, "priorityClassName": "system-node-critical", "containers": containers},
+        }  # fmt: skip
+        self.ensure_namespace("kube-system")
+        current = self.get("apps/v1", "daemonsets", "kube-system", "aws-node")
+        if current is not None:
+            return self.patch("apps/v1", "daemonsets", "kube-system", "aws-node", {"spec": {"template": template}})
+        return self.create(
+            "apps/v1",
+            "daemonsets",
+            "kube-system",
+            {
+                "metadata": {"name": "aws-node", "labels": {"k8s-app": "aws-node"}},
+                "spec": {"selector": {"matchLabels": {"k8s-app": "aws-node"}}, "template": template,
+                         "updateStrategy": {"type": "OnDelete"}},
+            },
+        )  # fmt: skip
 
     def ensure_namespace(self, name: str) -> None:
         if self.get("v1", "namespaces", None, name) is None:

@@ -71,27 +71,35 @@ https://github.com/aws/aws-network-policy-agent#prerequisites. A Local Zone
 node group can lack what the Region's have.
 
 Connections already open when the partition starts (Kubernetes leaves this
-to the CNI). The agent allows flows through its own conntrack map
-(pkg/ebpf/c/tc.v4ingress.bpf.c, tc.v4egress.bpf.c of aws-network-policy-agent):
-- up to v1.1.x a packet of a flow in the map passes with no policy lookup,
-  so every connection open before the policy lives on until it closes;
+to the CNI). The agent allows flows through its own conntrack map, and which
+flows are in it depends on its release (read in aws-network-policy-agent's
+source, tags v1.1.6 and v1.2.0; `harness.backends.kube.netpolagent` cites it):
 - from v1.2.0 (February 2025, https://github.com/aws/aws-network-policy-agent/pull/361)
-  each entry keeps the pod's policy state it was allowed under, and a flow
-  whose pod has changed state (no policy selected it, now one does) is
-  evaluated again on its next packet and dropped if denied. The pod's own
-  packets are dropped while the peer's replies still pass on the reverse
-  entry, so the connection stalls (no reset) until a timeout ends it;
-- a pod some other NetworkPolicy (or ClusterNetworkPolicy) already selected
-  keeps its state, so its open flows keep their old verdict and survive
-  (the rule https://github.com/aws/aws-network-policy-agent/issues/650
-  describes for strict mode).
-So on EKS the partition also cuts open connections only with agent v1.2.0 or
-later and no other policy selecting the zone's pods (the run creates their
-namespace, so none unless an admission controller adds one); otherwise it is
-a cut of new connections, and pooled ones (Envoy's upstream connections, the
-apps' database pools) carry on through it. The verdict expects no more than
-that: a partition is shown by one failed hop out of the zone or failures in
-its sidecars' counters, never by every pooled connection failing.
+  every pod has the agent's programs from its start (state DEFAULT_ALLOW),
+  and a flow opened under that state is evaluated again on its next packet
+  once a policy selects the pod, and dropped if denied;
+- up to v1.1.x a pod no policy selects has no programs at all (attached when
+  a policy first selects it), so none of its open flows is in the map and the
+  policy judges their next packets as new ones (the maintainers on
+  https://github.com/aws/aws-network-policy-agent/issues/73);
+- either way the pod's denied packets are dropped while nothing resets the
+  connection, so it stalls until a timeout ends it; and a pod some other
+  NetworkPolicy (or ClusterNetworkPolicy) already selected keeps its open
+  flows, whose verdict was given before (the rule
+  https://github.com/aws/aws-network-policy-agent/issues/650 describes).
+So on EKS the partition cuts open cross-zone connections too when no other
+policy selects the zone's pods (the run creates their namespace, so none
+unless an admission controller adds one), whatever the agent's release. The
+probe records what enforces on the zone's node (the agent's release, or
+another CNI) with its result, and a WARNING line (at planning, in
+preflight.json's warnings and the report's notes) names the zone, the node
+and what was found when the harness cannot tell what happens to open
+connections there: another CNI (Calico, Cilium decide for themselves), the VPC
+CNI without its agent or in strict mode, a release not readable from the
+image. A warning, not a refusal: the probe proved new connections are cut,
+and the verdict expects no more than that: a partition is shown by one failed
+hop out of the zone or failures in its sidecars' counters, never by every
+pooled connection failing.
 """
 
 from __future__ import annotations
@@ -142,6 +150,7 @@ from harness.backends.kube import (
 from harness.backends.kube.api import pod_finished
 from harness.backends.kube.backend import HelmRun, KubeBackend
 from harness.backends.kube.forward import find_tool
+from harness.backends.kube.netpolagent import PolicyAgent, read_policy_agent
 from harness.backends.kube.permissions import CA_SECRET, Mode, Permission, applied_by_resource, needed, refusal, review
 from harness.contract.names import TAINT_EDGE
 from harness.contract.scheduling import BLOCKING_EFFECTS, Placement, Taint, Toleration
@@ -404,6 +413,7 @@ class ExistingBackend(KubeBackend):
         self.ledger = FaultLedger(self.workdir / "faults.json")
         self._injected = False  # the first injection of this process waits for a steady state
         self._switch: KillSwitchWatcher | None = None
+        self._said: set[str] = set()  # WARNING lines this process already printed (planning, then up)
         # one fault change at a time per process: the kill switch's rollback (its own thread) must not
         # interleave with a primitive between its ledger entry and its act, or a fault escapes the ledger
         self._chaos_lock = threading.RLock()
@@ -660,17 +670,71 @@ class ExistingBackend(KubeBackend):
 
     def network_policy_enforced(self, zone: str) -> tuple[bool, str]:
         """Whether `zone`'s nodes enforce NetworkPolicy, from a probe pinned to the zone (cached per zone in the
-        state, so one probe per zone and context however many partitions of it a game day asks for)."""
+        state, so one probe per zone and context however many partitions of it a game day asks for).
+
+        The record also keeps what enforces there (`policy_agent`: the VPC CNI's network policy agent and its
+        release, or another CNI), read on the node the probe server ran on; it is said once per process, as a
+        WARNING line when the harness cannot tell what a partition does to connections already open there
+        (`harness.backends.kube.netpolagent`), and `cluster_warnings` carries that line into preflight.json and
+        so into the report's notes.
+        """
         zones = self._state().get(NETPOL_STATE)
         zones = dict(zones) if isinstance(zones, dict) else {}
         cached = zones.get(zone)
         if isinstance(cached, dict) and "ok" in cached:
-            return bool(cached["ok"]), str(cached.get("detail", ""))
+            ok, detail = bool(cached["ok"]), str(cached.get("detail", ""))
+            if ok and cached.get("node") and not isinstance(cached.get("agent"), dict):  # recorded before agents
+                zones[zone] = {**cached, "agent": self.policy_agent(str(cached["node"])).as_dict()}
+                self._save_state(**{NETPOL_STATE: zones})
+            self._say_agent(zone)
+            return ok, detail
         ok, detail, node = self.probe_network_policy(zone)
         self.progress(f"NetworkPolicy probe in {zone}: {detail}")
-        zones[zone] = {"ok": ok, "detail": detail, "node": node, "ts": time.time()}
+        record: dict[str, Any] = {"ok": ok, "detail": detail, "node": node, "ts": time.time()}
+        if ok and node:  # where nothing is enforced the refusal says all there is to say
+            record["agent"] = self.policy_agent(node).as_dict()
+        zones[zone] = record
         self._save_state(**{NETPOL_STATE: zones})
+        self._say_agent(zone)
         return ok, detail
+
+    def policy_agent(self, node: str) -> PolicyAgent:
+        """What enforces NetworkPolicy on `node` (`read_policy_agent`: its pods, through the same client)."""
+        return read_policy_agent(self.cluster, node)
+
+    def policy_agents(self) -> dict[str, PolicyAgent]:
+        """Zone -> what enforces NetworkPolicy on the node its probe ran on, for every zone probed so far."""
+        zones = self._state().get(NETPOL_STATE)
+        out = {}
+        for zone, rec in (zones if isinstance(zones, dict) else {}).items():
+            if isinstance(rec, dict) and isinstance(rec.get("agent"), dict):
+                out[str(zone)] = PolicyAgent.from_dict(rec["agent"])
+        return out
+
+    def _say_agent(self, zone: str) -> None:
+        """The zone's enforcer in one line, once per process: WARNING when open connections are not known."""
+        agent = self.policy_agents().get(zone)
+        if agent is None:
+            return
+        line = agent.describe(zone)
+        if line in self._said:
+            return
+        self._said.add(line)
+        self.progress(f"WARNING: {line}" if agent.warning(zone) else line)
+
+    def cluster_warnings(self) -> list[str]:
+        """The Kubernetes version's (`KubeBackend.cluster_warnings`), and for each zone whose partition was
+        planned on this deployment, the network policy enforcer's when what a partition does to open
+        connections there is not known (`PolicyAgent.warning`): the run's result carries it to the report."""
+        agents = [a.warning(z) for z, a in sorted(self.policy_agents().items())]
+        return [*super().cluster_warnings(), *(w for w in agents if w)]
+
+    def _warn_version(self) -> None:
+        """As `KubeBackend._warn_version`, without repeating a line planning already printed in this process."""
+        for line in self.cluster_warnings():
+            if line not in self._said:
+                self._said.add(line)
+                self.progress(f"WARNING: {line}")
 
     def probe_network_policy(
         self, zone: str, attempts: int = 3, timeout_s: float = 180.0
@@ -1499,8 +1563,8 @@ class ExistingBackend(KubeBackend):
         """Cut `zone`'s pods from every other zone: an ingress and egress NetworkPolicy in its namespace that
         allows only the namespace itself and DNS. Refused, with nothing injected, unless the zone's nodes enforce
         NetworkPolicy (`require_capability` with the zone). New connections are cut; connections already open
-        are cut only where the CNI evaluates them again (EKS: network policy agent v1.2.0 or later, and no other
-        policy already selecting the pods; the module docstring has the sources)."""
+        are cut where the enforcer did not pass them before the policy (EKS: any network policy agent release,
+        when no other policy already selected the pods; elsewhere not known, and said: the module docstring)."""
         self._require_destructive(f"partition_zone {zone}")
         if not self.manifests().topology.zone(zone).is_edge:
             raise BackendError(f"partition_zone: {zone} is not an edge zone (only edge zones have a service link)")
