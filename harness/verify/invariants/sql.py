@@ -75,11 +75,13 @@ DEFINITIONS = {
     "sidecar that made hops and was up at the end missing from the end snapshot, or one that died after hops missed "
     "by a snapshot after its last one while its access log shows it up (hops before it and past its 5 s admin timeout) "
     "= unverified = fail",
-    "failover_s": "first successful Region-served hop after the last successful non-Region hop and the last failed "
-    "hop sent to the zone's own instance, minus inject; "
+    "failover_s": "first successful Region-served hop after the last successful non-Region hop, the last failed "
+    "hop sent to the zone's own instance and the last failed hop that found no upstream host (UH, NR: the chain had "
+    "no healthy target), minus inject; "
     "the window ends (exclusive) at the restore or when the upstream is up again in the zone, whichever is first",
-    "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop, minus "
-    "restore; measured up to the pair's next outage or spill after the restore (its misplaced hops are its own), "
+    "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop and the "
+    "last failed hop that found no upstream host, minus restore; measured up to the pair's next outage or spill "
+    "after the restore (its misplaced hops are its own), "
     "past it only when the pair was not back before it; every service a node fault killed a pod of must recover, "
     "also one the zone kept an instance of; a pair that spilled a share p of its hops while its upstream was not "
     "whole in the fault has recovered only when the n good hops after the instant make (1 - p)^n < 1e-3 (a mesh "
@@ -183,6 +185,17 @@ STALE_SQL = (
     f"WHERE i.ip = {host_ip_sql('upstream_host')} AND i.zone = caller_zone AND i.service = upstream "
     "AND i.end_ts IS NOT NULL AND i.end_ts <= ts)))"
 )
+
+# SQL: a failed hop of a failover pair that shows it has not (steadily) failed over yet: sent to the zone's own
+# dead instance (STALE_SQL), or sent nowhere (no upstream host: UH, NR): the failover chain had no healthy target.
+# With the Region target healthy a failed-over pair always has a host; a "no healthy upstream" after the first
+# Region success is the mesh flapping back to nowhere (outlier ejection of the Region's hosts, a target that comes
+# and goes), and the steady Region service the failover time measures begins only after the last of them.
+NO_HOST_SQL = "(coalesce(upstream_host, '') = '')"
+FAILOVER_PENDING_SQL = f"({NO_HOST_SQL} OR {STALE_SQL})"
+# A recovery (back in-zone, `_measure`'s good instant) is likewise not complete while the pair's hops still find no
+# host: the pair is served nowhere, which is not "back where it belongs" (it was measured from the first in-zone
+# success and a pair alternating with "no healthy upstream" long after the restore recovered "at once").
 
 # SQL: the hop is served in the caller's local zone (see module docstring).
 IN_ZONE_SQL = "(CASE WHEN caller_kind = 'region' THEN serving_kind = 'region' ELSE serving_zone = caller_zone END)"
