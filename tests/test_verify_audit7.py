@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from harness.verify import COVERAGE, FALLBACK, LOCALITY
+from harness.verify import AVAILABILITY, COVERAGE, FALLBACK, LOCALITY
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_audit5 import _scenario
-from tests.test_verify_soundness import AZ, LAX, T0, T, failed, inventory, pod_of
+from tests.test_verify_soundness import AZ, LAX, T0, T, _cut_off_at_the_kill, failed, inventory, pod_of
 from tests.verdicts import envoy_start, rows, verify, write_rows
 
 KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
@@ -151,3 +151,54 @@ def test_recovery_time_runs_to_the_last_call_that_found_no_host(tmp_path: Path) 
     v = verify(d)
     assert v.passed, why(v)
     assert v.faults[0].recovery_s is not None and 11.5 < v.faults[0].recovery_s < 12.5, v.faults[0]
+
+
+# -- 3. users failing on the Region throughout a fault, excused as a kill's retry overflow -------------------------
+def _reset_on_the_region(d: Path, lo: float, hi: float) -> int:
+    """From `lo` to `hi` s, after LAX's failover, every other call LAX's public-api makes to the Region's
+    product-api fails 503 with UO and UC (the Region's connections reset, the retry over Envoy's limit), and
+    the user request it served fails; returns how many."""
+    caller = pod_of(d, LAX, "public-api")["pod"]
+    n, failed_at = [0], []
+
+    def reset(r: dict[str, Any], t: float) -> dict[str, Any]:
+        if not (lo <= t < hi and "product-api" in str(r["upstream_cluster"])):
+            return r
+        n[0] += 1
+        if n[0] % 2:
+            return r
+        failed_at.append(T0 + t)
+        return {**r, "response_code": 503, "response_flags": "UO,UC", "duration": 2}
+
+    _edit_log(d, caller, reset)
+    reqs = rows(d / "requests.jsonl")
+    for r in reqs:
+        if r["zone"] == LAX and any(0 <= ts - r["ts"] < 0.01 for ts in failed_at):
+            r.update(ok=False, status=200, error="GraphQL error: status: 503, upstream connect error or reset")
+    write_rows(d / "requests.jsonl", reqs)
+    return len(failed_at)
+
+
+def test_region_resets_through_a_fault_are_not_a_kills_retry_overflow(tmp_path: Path) -> None:
+    """HOLE. LAX's product-api is killed and LAX fails over to the Region at 1 s; from 3 s to 18 s every other
+    call to the Region's product-api fails 503 UO,UC and its user's request fails (30 of ~500 in the window, 6 %
+    against a 1 % budget). The excuse for requests a kill caught in flight over Envoy's 3 concurrent retries
+    (UO and UC on a hop of the zone to the killed service) asked only for the flags, the zone, the service and a
+    lifetime overlapping the fault's window: all 30 were reported apart as retry_overflow, and the verdict PASSED.
+    Now the hop must name the instance the fault took down (the refused retry never got a host of its own)."""
+    d = write_run(tmp_path / "run", _scenario([KILL_1S]))
+    assert _reset_on_the_region(d, 33, 48) >= 25
+    v = verify(d)
+    assert not v.passed and AVAILABILITY in failed(v), why(v)
+    (w,) = [w for w in v.invariant(AVAILABILITY).windows if w.window == f"fault {KILL.fault}"]
+    assert w.retry_overflow == 0 and w.failed >= 25, w
+
+
+def test_control_a_kill_cut_off_over_the_retry_limit_is_still_reported_apart(tmp_path: Path) -> None:
+    """The same flags on calls the kill cut off (to the killed pod, just after the inject) stay excused."""
+    d = write_run(tmp_path / "run", _scenario([KILL]))
+    _cut_off_at_the_kill(d, LAX, "UO,UC")
+    v = verify(d)
+    assert v.passed, why(v)
+    (w,) = [w for w in v.invariant(AVAILABILITY).windows if w.window == f"fault {KILL.fault}"]
+    assert w.retry_overflow == 8, w

@@ -231,7 +231,13 @@ class UserChecks(CheckBase):
         flight at some time in its window, qualify: a hop the kill cut off
         began before the inject by definition (one 104 ms before it was
         counted, by when it had started); a failure without UO (no retry
-        policy, a misroute) is counted as before.
+        policy, a misroute) is counted as before. And only hops whose (last)
+        attempt went to the instance the fault took down (`STALE_SQL`): the
+        retry Envoy refused never got a host, so the line names the killed
+        pod. The same flags on a hop served by the Region (its connections
+        reset over and over after the failover, a Region pod overloaded by
+        the zone's traffic) are no kill's artefact: excused, a fault whose
+        users failed throughout on the Region passed availability.
         """
         spans = []
         for f, hi in impact:
@@ -245,6 +251,7 @@ class UserChecks(CheckBase):
             CREATE OR REPLACE TEMP TABLE overflow_hops AS
             SELECT caller_zone AS zone, ts FROM hops
             WHERE contains(coalesce(flags, ''), 'UO') AND contains(coalesce(flags, ''), 'UC') AND ({where})
+              AND coalesce({STALE_SQL}, false)
             """
         )
 
