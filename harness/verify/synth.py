@@ -606,7 +606,9 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
     hop_lines: list[str] = []
     req_lines: list[str] = []
 
-    def serve(caller: str, czone: str, up: str, rel: float) -> tuple[_Pod | None, int, str, float]:
+    def serve(
+        caller: str, czone: str, up: str, rel: float, caller_pod: _Pod | None
+    ) -> tuple[_Pod | None, int, str, float]:
         """Where the modelled mesh sends one hop: (pod, status, flags, extra latency)."""
         extra = 0.0
         for f in faults:
@@ -632,7 +634,6 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
                 if sc.misconfig == "failover-to-lz-hidden":
                     other = next((z for z in m.lzs if z != czone), None)
                     tried = m.pick(up, other) if other else None
-                    caller_pod = m.pick(caller, czone)
                     if tried and caller_pod:  # the connect to the other LZ fails; Envoy retries to the Region
                         m.count(caller_pod.name, m.cluster(czone, up, other), f"{tried.ip}:{m.ports[up]}", 0, 1)
                 return m.region_pod(up, None), 200, "-", link_ms.get(czone, 0.0)
@@ -649,15 +650,20 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             return m.region_pod(up, None), 200, "-", extra + link_ms.get(czone, 0.0)
         return m.pick(up, czone), 200, "-", extra
 
-    def call(svc: str, zone: str, ms: int, rel: float) -> tuple[bool, float, int]:
-        """Run `svc`'s upstream calls from `zone`; return (ok, latency, next ms)."""
+    def call(svc: str, zone: str, ms: int, rel: float, caller_pod: _Pod | None = None) -> tuple[bool, float, int]:
+        """Run `svc`'s upstream calls from `zone`; return (ok, latency, next ms).
+
+        `caller_pod`: the pod that serves the call (a hop's serving pod makes its own calls, from its own
+        sidecar, as in a real mesh); None for the users' entry, which picks one of the zone's pods.
+        """
         ok, total = True, 0.0
-        caller_pod = m.pick(svc, zone)
+        if caller_pod is None:
+            caller_pod = m.pick(svc, zone)
         cname = caller_pod.name if caller_pod else f"{svc}-{t.short(zone)}"
         for up in upstreams[svc]:
             if sc.misconfig == "call-outside-graph" and svc == "frontend" and up == "product-api" and zone != first_lz:
                 continue
-            pod, status, flags, extra = serve(svc, zone, up, rel)
+            pod, status, flags, extra = serve(svc, zone, up, rel, caller_pod)
             host = f"{pod.ip}:{m.ports[up]}" if pod else ""
             sz = pod.zone if pod else None
             sp = pod.name if pod else None
@@ -673,7 +679,7 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             ms += 1
             sub_ok, sub_lat = True, 0.0
             if ok:
-                sub_ok, sub_lat, ms = call(up, pod.zone, ms, rel)  # type: ignore[union-attr]
+                sub_ok, sub_lat, ms = call(up, pod.zone, ms, rel, pod)  # type: ignore[union-attr]
             # Envoy's %DURATION%: whole milliseconds, the upstream's own calls included (logged when it answers)
             dur = float(round(1.0 + extra + sub_lat))
             code = 0 if protocol[up] == "tcp" else status  # Envoy logs TCP proxies with code 0 and the flags

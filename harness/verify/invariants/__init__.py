@@ -43,13 +43,16 @@ reader of a copied verdict does not need this file):
   in Z that are not themselves down: the failover window runs from the inject
   to the restore or to the instant S is up again in Z (inventory readiness),
   whichever is first (exclusive); failover instant F = the first successful
-  Region-served hop after the last successful hop served outside the Region
-  and the last failed hop sent to the zone's own (dead) instance;
+  Region-served hop after the last successful hop served outside the Region,
+  the last failed hop sent to the zone's own (dead) instance and the last
+  failed hop that found no upstream host (UH, NR: the chain had no healthy
+  target; a pair flapping to it has not failed over steadily);
   `failover_s` = F - inject. Recovery, for every pair the fault touched whose
   upstream is edge-placed: R = the first successful hop served where it
   belongs (in-zone, or the Region for Region callers) after the last
-  successful hop served elsewhere, within [restore, next fault in the zone or
-  end of run]; `recovery_s` = R - restore. No hop at all for the pair during
+  successful hop served elsewhere and the last failed hop that found no
+  upstream host, within [restore, next fault in the zone or end of run];
+  `recovery_s` = R - restore. No hop at all for the pair during
   the fault (or after the restore) is a failure (unverified); a fault without
   a restore record never recovers. Every service a node fault killed a pod
   of must recover, also one its zone kept an instance of (spilling

@@ -15,12 +15,13 @@ from harness.observe.hops import host_ip_sql
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
+    FAILOVER_PENDING_SQL,
     HOP_END_SQL,
     HOP_TS_SLACK_S,
     INF,
+    NO_HOST_SQL,
     REQUEST_END_SQL,
     REQUEST_OK_SQL,
-    STALE_SQL,
     Window,
     hop_text,
     merge_intervals,
@@ -249,7 +250,12 @@ class FaultMeasurer(CheckBase):
         from 34 ms on. The failover is complete when the last of them is past
         (`STALE_SQL`); judged from the first Region success alone, those
         losses fell after the "failover" and were counted by chance (8 of 10
-        identical runs had 2 to 5 of them).
+        identical runs had 2 to 5 of them). So is each hop that found no
+        host at all (UH, NR: `FAILOVER_PENDING_SQL`): a chain whose Region
+        target is healthy always has one, so a pair flapping between the
+        Region and "no healthy upstream" for seconds has not failed over
+        steadily, and its failover time runs to the last of them (it was
+        measured from the first Region success and passed).
         """
         out = Failover()
         measured: list[tuple[float, float | None]] = []
@@ -257,7 +263,14 @@ class FaultMeasurer(CheckBase):
             end, why = self._failover_end(f, u, fault_end)
             out.window_ends.append(end)
             w = self._measure(
-                f.zone, u, callers, f.inject, end, "serving_kind = 'region'", hi_open=True, stale_sql=STALE_SQL
+                f.zone,
+                u,
+                callers,
+                f.inject,
+                end,
+                "serving_kind = 'region'",
+                hi_open=True,
+                stale_sql=FAILOVER_PENDING_SQL,
             )
             pr = PairResult(
                 caller_zone=f.zone,
@@ -426,10 +439,12 @@ class FaultMeasurer(CheckBase):
         good = self._expected_sql(f.zone, u)
         later = [lo for lo, _ in self._not_whole(f.zone, u) if f.restore < lo < hi]
         for cut in later:
-            w = self._measure(f.zone, u, callers, f.restore, cut, good, hi_open=True, next_fault=nxt)
+            w = self._measure(
+                f.zone, u, callers, f.restore, cut, good, hi_open=True, next_fault=nxt, stale_sql=NO_HOST_SQL
+            )
             if w.instant is not None:
                 return w
-        return self._measure(f.zone, u, callers, f.restore, hi, good, next_fault=nxt)
+        return self._measure(f.zone, u, callers, f.restore, hi, good, next_fault=nxt, stale_sql=NO_HOST_SQL)
 
     def _recovery_failure(self, f: Fault, u: str, w: Window, rec: float | None) -> str:
         """Why the recovery of pair (f.zone, u) fails, or "" when it does not."""
@@ -648,7 +663,7 @@ class FaultMeasurer(CheckBase):
                     continue  # the zone's own cascade ended with the Region's, or the Region never came back
                 until = min(end, max(self.run_end, back))
                 w = self._measure(z, u, list(callers), back, until, "serving_kind = 'region'", hi_open=True,
-                                  stale_sql=STALE_SQL)  # fmt: skip
+                                  stale_sql=FAILOVER_PENDING_SQL)  # fmt: skip
                 if w.hops and w.instant is None:
                     out.append(
                         f"fallback: {z} -> {u}: no failover to the Region while {u} had no ready pod in {z} "

@@ -75,11 +75,13 @@ DEFINITIONS = {
     "sidecar that made hops and was up at the end missing from the end snapshot, or one that died after hops missed "
     "by a snapshot after its last one while its access log shows it up (hops before it and past its 5 s admin timeout) "
     "= unverified = fail",
-    "failover_s": "first successful Region-served hop after the last successful non-Region hop and the last failed "
-    "hop sent to the zone's own instance, minus inject; "
+    "failover_s": "first successful Region-served hop after the last successful non-Region hop, the last failed "
+    "hop sent to the zone's own instance and the last failed hop that found no upstream host (UH, NR: the chain had "
+    "no healthy target), minus inject; "
     "the window ends (exclusive) at the restore or when the upstream is up again in the zone, whichever is first",
-    "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop, minus "
-    "restore; measured up to the pair's next outage or spill after the restore (its misplaced hops are its own), "
+    "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop and the "
+    "last failed hop that found no upstream host, minus restore; measured up to the pair's next outage or spill "
+    "after the restore (its misplaced hops are its own), "
     "past it only when the pair was not back before it; every service a node fault killed a pod of must recover, "
     "also one the zone kept an instance of; a pair that spilled a share p of its hops while its upstream was not "
     "whole in the fault has recovered only when the n good hops after the instant make (1 - p)^n < 1e-3 (a mesh "
@@ -104,8 +106,9 @@ DEFINITIONS = {
     "point still listed (until each is unready, removed or moved in the inventory); a failed "
     "request is tied to a hop starting at most 1 ms before it (Envoy's start times are whole milliseconds); a failed "
     "request of a service-down or zone-down fault's zone during its window with a hop of that zone to a service the "
-    "fault took down flagged UO and UC (a kill terminated it in flight and Envoy's concurrent-retry limit, 3 and "
-    "not configurable in Consul CE, refused its retry) is reported as retry_overflow, not counted; a failed request "
+    "fault took down flagged UO and UC, sent to the instance the fault took down (a kill terminated it in flight "
+    "and Envoy's concurrent-retry limit, 3 and not configurable in Consul CE, refused its retry) is reported as "
+    "retry_overflow, not counted; a failed request "
     "with a failed hop of a failover pair whose retries were all spent on the zone's own instance (URX), whose "
     "connect failure there had its retry refused by that limit (UO with UF) or that found no host (UH), before the "
     "pair's failover "
@@ -123,8 +126,11 @@ DEFINITIONS = {
     "zone with users whose calls reach it) at an up entry point in flight during [inject, restore] "
     "(unless the fault takes the entry down by design) and after (restore, next fault in the zone / end of run, "
     "at most maxRecoveryS]; a window without them is unverified = fail; so are a failed recording step of the "
-    "sidecars' records (recording.jsonl; a flush problem of a pod that died is a note) and a sidecar whose "
-    "counters grew with no access-log line; a fault must show it took effect: no pod it took down (node faults: "
+    "sidecars' records (recording.jsonl; a flush problem of a pod that died is a note), a sidecar whose "
+    "counters grew with no access-log line, and one of a service whose upstreams are all HTTP that served >= 10 "
+    "successful hops its log shows no call of its own for (none, or none for 10 s after its last line, or, its log "
+    "going on, none during the served hop's lifetime: a gap); a fault must show it took effect: no pod it took "
+    "down (node faults: "
     "the pods on its nodes; others: its services' pods in its zone at the inject) serves or makes a successful hop "
     "more than maxFailoverS after the inject and before the restore (or before it is ready again; a pod made "
     "unready keeps running: only its serving counts), at least one pod is hit, and a partition has a failed hop "
@@ -180,6 +186,17 @@ STALE_SQL = (
     f"WHERE i.ip = {host_ip_sql('upstream_host')} AND i.zone = caller_zone AND i.service = upstream "
     "AND i.end_ts IS NOT NULL AND i.end_ts <= ts)))"
 )
+
+# SQL: a failed hop of a failover pair that shows it has not (steadily) failed over yet: sent to the zone's own
+# dead instance (STALE_SQL), or sent nowhere (no upstream host: UH, NR): the failover chain had no healthy target.
+# With the Region target healthy a failed-over pair always has a host; a "no healthy upstream" after the first
+# Region success is the mesh flapping back to nowhere (outlier ejection of the Region's hosts, a target that comes
+# and goes), and the steady Region service the failover time measures begins only after the last of them.
+NO_HOST_SQL = "(coalesce(upstream_host, '') = '')"
+FAILOVER_PENDING_SQL = f"({NO_HOST_SQL} OR {STALE_SQL})"
+# A recovery (back in-zone, `_measure`'s good instant) is likewise not complete while the pair's hops still find no
+# host: the pair is served nowhere, which is not "back where it belongs" (it was measured from the first in-zone
+# success and a pair alternating with "no healthy upstream" long after the restore recovered "at once").
 
 # SQL: the hop is served in the caller's local zone (see module docstring).
 IN_ZONE_SQL = "(CASE WHEN caller_kind = 'region' THEN serving_kind = 'region' ELSE serving_zone = caller_zone END)"

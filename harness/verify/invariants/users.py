@@ -44,11 +44,14 @@ from harness.verify.verdict import (
 # out on their own (a database pool's connections), so only serving shows whether such a fault took effect
 KEEPS_RUNNING = frozenset({"make_unready"})
 
-# `_served_but_silent`: successful hops a pod served after its own last access-log line (or with none) that make
-# its log incomplete, and how long after that line they must begin (a request's duration and the flush interval
-# are far shorter)
+# `_served_but_silent`: successful hops a pod served after its own last access-log line (or with none), or while
+# its log has no line (a gap), that make its log incomplete, and how long after that last line they must begin (a
+# request's duration and the flush interval are far shorter)
 SILENT_MIN_HOPS = 10
 SILENT_LAG_S = 10.0
+# a served hop's own call starts inside the served hop's lifetime; both are stamped by Envoy (whole milliseconds)
+# on their own nodes' clocks, each put on the runner's within CLOCK_TOLERANCE_S (clock.jsonl)
+SILENT_GAP_SLACK_S = 2 * CLOCK_TOLERANCE_S + 2 * HOP_TS_SLACK_S
 
 # `_link_not_slowed`: a degraded service link adds its latency to every round trip across it, so the median of
 # the zone's hops that wait on the link must grow by at least this share of it (half: one-way netem or a relay's
@@ -228,7 +231,13 @@ class UserChecks(CheckBase):
         flight at some time in its window, qualify: a hop the kill cut off
         began before the inject by definition (one 104 ms before it was
         counted, by when it had started); a failure without UO (no retry
-        policy, a misroute) is counted as before.
+        policy, a misroute) is counted as before. And only hops whose (last)
+        attempt went to the instance the fault took down (`STALE_SQL`): the
+        retry Envoy refused never got a host, so the line names the killed
+        pod. The same flags on a hop served by the Region (its connections
+        reset over and over after the failover, a Region pod overloaded by
+        the zone's traffic) are no kill's artefact: excused, a fault whose
+        users failed throughout on the Region passed availability.
         """
         spans = []
         for f, hi in impact:
@@ -242,6 +251,7 @@ class UserChecks(CheckBase):
             CREATE OR REPLACE TEMP TABLE overflow_hops AS
             SELECT caller_zone AS zone, ts FROM hops
             WHERE contains(coalesce(flags, ''), 'UO') AND contains(coalesce(flags, ''), 'UC') AND ({where})
+              AND coalesce({STALE_SQL}, false)
             """
         )
 
@@ -473,14 +483,18 @@ class UserChecks(CheckBase):
             )
         if silent := self._served_but_silent():
             pods = ", ".join(
-                f"{p} ({n} after {'its last line at ' + iso(last) if last is not None else 'no line at all'})"
-                for p, n, last in silent[:MAX_OFFENDERS]
-            )
+                "; ".join(
+                    ([f"{n} after {'its last line at ' + iso(last) if last is not None else 'no line at all'}"] if n
+                     else [])
+                    + ([f"{g} while its log had no line, first at {iso(first)}"] if g else [])
+                ).join((f"{p} (", ")"))
+                for p, n, last, g, first in silent[:MAX_OFFENDERS]
+            )  # fmt: skip
             out.append(
                 f"coverage: {len(silent)} sidecars served hops their callers logged, each of which makes calls to "
                 f"an HTTP upstream, without access-log lines of their own for them ({pods}"
-                f"{' ...' if len(silent) > MAX_OFFENDERS else ''}): their access logs are missing or cut short, "
-                "so where their calls went is unverified"
+                f"{' ...' if len(silent) > MAX_OFFENDERS else ''}): their access logs are missing, cut short or "
+                "have gaps, so where their calls went is unverified"
             )
         return out
 
@@ -519,42 +533,68 @@ class UserChecks(CheckBase):
             out.append(CheckResult(f"clock {zone}", UNVERIFIED, text, detail))
         return out
 
-    def _served_but_silent(self) -> list[tuple[str, int, float | None]]:
-        """Sidecars whose own access log is missing or stops while their callers' logs show them serving.
+    def _served_but_silent(self) -> list[tuple[str, int, float | None, int, float | None]]:
+        """Sidecars whose own access log is missing, stops or has a gap while their callers' logs show them serving.
 
-        A sidecar is only seen through its own records: with no access log (and no counters) at all, or a log
+        A sidecar is only seen through its own records: with no access log (and no counters) at all, a log
         that stopped mid-run (a rotation `kubectl logs -f` does not follow, a collector that lost the stream),
-        every call it made is unjudged, and the pair's other replicas still fill the pair. Its callers' logs
-        show it kept serving: a successful hop served by a pod of a service whose every request calls an HTTP
-        upstream (public-api -> product-api: each GraphQL query reads the products) means a call of its own,
-        logged by its sidecar. So: `SILENT_MIN_HOPS` or more successful hops served by the pod that began
-        more than `SILENT_LAG_S` after its own last access-log line (or with none at all) make its log
-        incomplete (unverified). The lag is far beyond a request's duration and the access-log flush
-        interval (0.2 s local, 1 s rendered), so the lines a killed sidecar had not flushed, or the last
-        second of the run, never count; a pod that served nothing (a zone whose entry was down, a
-        replacement ready at the very end) is asked nothing. Only services whose upstreams are all HTTP are
-        asked: a TCP upstream's hop is logged when its pooled connection closes, maybe never (product-api ->
-        postgres), and frontend's callers are users, whose requests name no pod.
+        or one with a stretch missing in the middle (a stream reconnected after a while, a lost chunk), every
+        call it made meanwhile is unjudged, and the pair's other replicas, or its own lines before and after,
+        still fill the pair: a Region-served (or another zone's) stretch of its calls hides in the gap. Its
+        callers' logs show it kept serving: a successful hop served by a pod of a service whose every request
+        calls an HTTP upstream (public-api -> product-api: each GraphQL query reads the products) means a call
+        of its own, logged by its sidecar.
+
+        - Stopped: `SILENT_MIN_HOPS` or more successful hops served by the pod that began more than
+          `SILENT_LAG_S` after its own last access-log line (or with none at all). The lag is far beyond a
+          request's duration and the access-log flush interval (0.2 s local, 1 s rendered), so the lines a
+          killed sidecar had not flushed, or the last second of the run, never count; a pod that served nothing
+          (a zone whose entry was down, a replacement ready at the very end) is asked nothing.
+        - Gap: served hops (2xx/3xx: a 4xx may be answered without calling on) during whose lifetime the pod
+          began no call of its own although its log goes on after them. Its own call starts after the served
+          hop starts and before it ends (the served hop's duration includes it), so this needs no lag: only the
+          two nodes' clock bounds and Envoy's millisecond stamps (`SILENT_GAP_SLACK_S`). `SILENT_MIN_HOPS` or
+          more such hops make the log incomplete; one flush lost at a kill is the "stopped" case (no line after).
+
+        Only services whose upstreams are all HTTP are asked: a TCP upstream's hop is logged when its pooled
+        connection closes, maybe never (product-api -> postgres), and frontend's callers are users, whose
+        requests name no pod.
 
         Counters alone are no sounder witness: rq_total counts every attempt, retries included, while the
         access log names only the last attempt's host, so rq_total above the lines naming a host is normal.
+        Returns (pod, hops after its last line, its last line, hops in gaps, the first of those).
         """
         http = [s.name for s in self.t.services if s.upstreams and all(self._protocol(u) != "tcp" for u in s.upstreams)]
         if not http:
             return []
         names = ", ".join(f"'{sql_str(n)}'" for n in http)
+        slack = float(SILENT_GAP_SLACK_S)
         rows = self.con.execute(
             f"""
-            WITH own AS (SELECT CAST(caller_pod AS VARCHAR) AS pod, max(ts) AS last_line FROM hops
-                         WHERE caller_pod IS NOT NULL GROUP BY 1),
-                 served AS (SELECT CAST(h.serving_pod AS VARCHAR) AS pod, h.ts FROM hops h
-                            WHERE h.serving_pod IS NOT NULL AND h.ok AND h.upstream IN ({names}))
-            SELECT s.pod, count(*), any_value(o.last_line) FROM served s LEFT JOIN own o ON o.pod = s.pod
-            WHERE s.ts > coalesce(o.last_line, -{INF}) + {SILENT_LAG_S}
-            GROUP BY s.pod HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY s.pod
+            WITH own AS (SELECT CAST(caller_pod AS VARCHAR) AS pod, ts FROM hops WHERE caller_pod IS NOT NULL),
+                 last AS (SELECT pod, max(ts) AS last_line FROM own GROUP BY pod),
+                 served AS (SELECT CAST(h.serving_pod AS VARCHAR) AS pod, h.ts, h.status, h.ts - {slack!r} AS lo,
+                                   h.ts + coalesce(h.duration_ms, 0) / 1000.0 + {slack!r} AS hi
+                            FROM hops h
+                            WHERE h.serving_pod IS NOT NULL AND h.ok AND h.upstream IN ({names})),
+                 nxt AS (SELECT s.*, o.ts AS next_line FROM served s ASOF LEFT JOIN own o
+                         ON s.pod = o.pod AND s.lo <= o.ts),
+                 judged AS (
+                    SELECT n.pod, n.ts, l.last_line,
+                           n.next_line IS NULL AND n.ts > coalesce(l.last_line, -{INF}) + {SILENT_LAG_S} AS stopped,
+                           n.next_line IS NOT NULL AND n.next_line > n.hi AND coalesce(n.status, 0) BETWEEN 200 AND 399
+                               AS gap
+                    FROM nxt n LEFT JOIN last l ON l.pod = n.pod)
+            SELECT pod, count(*) FILTER (WHERE stopped), any_value(last_line), count(*) FILTER (WHERE gap),
+                   min(ts) FILTER (WHERE gap)
+            FROM judged WHERE stopped OR gap
+            GROUP BY pod HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY pod
             """
         ).fetchall()
-        return [(str(p), int(n), None if last is None else float(last)) for p, n, last in rows]
+        return [
+            (str(p), int(n), None if last is None else float(last), int(g), None if first is None else float(first))
+            for p, n, last, g, first in rows
+        ]
 
     def _hit_pods(self, f: Fault) -> tuple[list[str], str]:
         """The pods a fault took down, and how they are named in a message.
