@@ -40,9 +40,10 @@ def node_kill(
     zone: str = LAX,
     node: str = NODE,
     grace: float | None = None,
+    service: str = "product-api",
     **kw: Any,
 ) -> Path:
-    """A kill_node of the node running LAX's product-api, the inventory written as `shape` records it.
+    """A kill_node of the node running LAX's `service` (product-api), the inventory written as `shape` records it.
 
     local: the pod is `removed` at the inject and a replacement (new pod, new IP) is ready at the restore.
     kind: the pod stays Ready through the fault; after the restore it is unready, gets a new IP, is ready.
@@ -51,20 +52,20 @@ def node_kill(
     inject (kind: then as above after the restore; local: the dead-node model writes it unready, and at the
     restore `removed` with its replacement, as the "local" shape).
     """
-    f = FaultSpec("kill-node", "service-down", zone, ("product-api",), INJECT, RESTORE, 0.5, 1.0)
-    d = run(tmp_path, name, faults=[f], rate_per_zone=10, **kw)
+    f = FaultSpec("kill-node", "service-down", zone, (service,), INJECT, RESTORE, 0.5, 1.0)
+    d = run(tmp_path, name, faults=[f], **{"rate_per_zone": 10, **kw})
     chaos = _rows(d / "chaos.jsonl")
     for c in chaos:
         c.update(action="kill_node", node=node)
     _write(d / "chaos.jsonl", chaos)
     inv = _rows(d / "inventory.jsonl")
     t0 = chaos[0]["ts"] - INJECT
-    old = next(e for e in inv if e["zone"] == zone and e["service"] == "product-api" and e["event"] == "added")
+    old = next(e for e in inv if e["zone"] == zone and e["service"] == service and e["event"] == "added")
     for e in inv:
         if e["pod"] == old["pod"]:
             e["node"] = node
     if shape == "kind":
-        new = next(e for e in inv if e["zone"] == zone and e["service"] == "product-api" and e["ts"] > t0 + INJECT
+        new = next(e for e in inv if e["zone"] == zone and e["service"] == service and e["ts"] > t0 + INJECT
                    and e["event"] == "added")  # fmt: skip
         restore = t0 + RESTORE
         keep = [
