@@ -58,6 +58,10 @@ RECORDING_FILE = "recording.jsonl"  # what went wrong while recording (collector
 # how long a counter snapshot waits for one sidecar's admin: a pod with an access-log line that began this long
 # after a snapshot started was up all through its read (the verifier's proof that a snapshot missed a live pod)
 SNAPSHOT_ADMIN_TIMEOUT_S = 5.0
+# the longest interval at which any backend's sidecars flush their access-log buffer (rendered Envoy: 1 s through
+# --file-flush-interval-msec; local: 0.2 s): the lines a sidecar wrote in its last interval die with it when it is
+# killed, and the verifier must not read their absence as a log that was lost
+ACCESS_LOG_FLUSH_S = 1.0
 HOST_FILE = "host.jsonl"  # the harness host's CPU while recording (harness.observe.host)
 PROBE_BUDGET_FILE = "probe-budget.json"  # the zone probes' rate fitted to this machine (harness.traffic.budget)
 CLOCK_FILE = "clock.jsonl"  # the runner's clock against the nodes' (harness.contract.clock), separate clocks only

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from harness.contract import names
+from harness.contract.rundir import ACCESS_LOG_FLUSH_S
 from harness.topology.model import Edition, Topology, ZoneType
 
 CHART_REPO = "https://helm.releases.hashicorp.com"
@@ -68,7 +69,7 @@ def datacenter(t: Topology) -> str:
     return t.region
 
 
-ACCESS_LOG_FLUSH_MS = 1000
+ACCESS_LOG_FLUSH_MS = round(ACCESS_LOG_FLUSH_S * 1000)  # the verifier reads the same constant
 ENVOY_EXTRA_ARGS = f"--file-flush-interval-msec {ACCESS_LOG_FLUSH_MS}"
 
 # The chart's default server affinity (values.yaml `server.affinity`): one server per node.

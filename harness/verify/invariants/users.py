@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.contract.clock import CLOCK_TOLERANCE_S
-from harness.contract.rundir import ACCESS_LOG_FLUSH, RECORD_STEPS
+from harness.contract.rundir import ACCESS_LOG_FLUSH, ACCESS_LOG_FLUSH_S, RECORD_STEPS
 from harness.observe.hops import host_ip_sql
 from harness.render.helm import ACCESS_LOG_FLUSH_MS
 from harness.verify import expected
@@ -467,19 +467,7 @@ class UserChecks(CheckBase):
                 f"coverage: recording: {what}: {message}: the sidecars' records may be incomplete, so what they "
                 "miss is unverified"
             )
-        rows = self.con.execute(
-            """
-            WITH per_pod AS (
-                SELECT pod, label, sum(coalesce(rq_total, 0)) AS rq FROM upstream_stats GROUP BY pod, label),
-                 grew AS (
-                SELECT pod, max(rq) - coalesce(max(rq) FILTER (WHERE label = 'start'), 0) AS rq FROM per_pod
-                GROUP BY pod)
-            SELECT g.pod, g.rq FROM grew g
-            WHERE g.rq > 0 AND g.pod NOT IN (SELECT DISTINCT CAST(caller_pod AS VARCHAR) FROM hops
-                                             WHERE caller_pod IS NOT NULL)
-            ORDER BY g.pod
-            """
-        ).fetchall()
+        rows = [(p, n) for p, n, unflushed in self._counted_without_lines() if not unflushed]
         if rows:
             pods = ", ".join(f"{p} ({int(n)} requests)" for p, n in rows[:MAX_OFFENDERS])
             out.append(
@@ -502,6 +490,50 @@ class UserChecks(CheckBase):
                 "have gaps, so where their calls went is unverified"
             )
         return out
+
+    def _counted_without_lines(self) -> list[tuple[str, int, bool]]:
+        """(pod, requests, unflushed) per sidecar whose counters grew with no access-log line of its own.
+
+        `unflushed`: the pod died and nothing shows it made a request more than `ACCESS_LOG_FLUSH_S` before
+        its death, so every line it wrote may have sat in the buffer its kill discarded (kill_pod deletes with
+        no grace period; a stopped node's Envoy writes nothing more). A replacement ready at one fault's restore
+        and killed by the next a moment later, with the "before" snapshot of the second between its first
+        requests and its death, had its calls counted and its lines lost: on a slower machine the same
+        experiments leave it a flush interval longer and it had a line. What shows an earlier request: a
+        snapshot in which its counters had already grown, taken more than the flush interval before its death,
+        or a successful hop it served (its callers logged it) that began then, when its service calls an HTTP
+        upstream on every request (`_served_but_silent`'s reading). A pod alive at the end of the run has no
+        such excuse: its buffer is flushed before the logs are read.
+        """
+        http = [s.name for s in self.t.services if s.upstreams and all(self._protocol(u) != "tcp" for u in s.upstreams)]
+        rows = self.con.execute(
+            f"""
+            WITH per_pod AS (
+                SELECT pod, label, min(ts) AS ts, sum(coalesce(rq_total, 0)) AS rq FROM upstream_stats
+                GROUP BY pod, label),
+                 base AS (SELECT pod, coalesce(max(rq) FILTER (WHERE label = 'start'), 0) AS rq0 FROM per_pod
+                          GROUP BY pod),
+                 grew AS (
+                SELECT p.pod, max(p.rq) - any_value(b.rq0) AS rq, min(p.ts) FILTER (WHERE p.rq > b.rq0) AS first
+                FROM per_pod p JOIN base b USING (pod) GROUP BY p.pod),
+                 death AS (
+                SELECT pod, least(max(end_ts), coalesce((SELECT min(n.inject) FROM node_fault_pods n
+                                                         WHERE n.pod = i.pod), 'infinity'::DOUBLE)) AS at,
+                       any_value(service) AS service
+                FROM intervals i WHERE pod IN ({DEAD_PODS_SQL})
+                GROUP BY pod)
+            SELECT g.pod, g.rq,
+                   d.at IS NOT NULL AND g.first >= d.at - ? AND NOT EXISTS (
+                       SELECT 1 FROM hops h WHERE CAST(h.serving_pod AS VARCHAR) = g.pod AND h.ok
+                       AND list_contains(?, d.service) AND h.ts < d.at - ?)
+            FROM grew g LEFT JOIN death d USING (pod)
+            WHERE g.rq > 0 AND g.pod NOT IN (SELECT DISTINCT CAST(caller_pod AS VARCHAR) FROM hops
+                                             WHERE caller_pod IS NOT NULL)
+            ORDER BY g.pod
+            """,
+            [ACCESS_LOG_FLUSH_S, http, ACCESS_LOG_FLUSH_S],
+        ).fetchall()
+        return [(str(p), int(n), bool(u)) for p, n, u in rows]
 
     def _clock_checks(self) -> list[CheckResult]:
         """Each zone whose sidecars made hops has its nodes' clock bounded against the runner's (clock.jsonl).
