@@ -76,6 +76,12 @@ reader of a copied verdict does not need this file):
   hops while cut off; the last user request entering the zone before R that
   failed, and the last hop from the zone to a service on the way to its
   callers that failed or was served elsewhere, bound R too (at their start).
+  F (R) breaches maxFailoverS (maxRecoveryS) only when F - resolution does:
+  a hop then shows the pair not yet failed over (back); judged at F, the
+  verdict followed the request rate. A recovery not shown before the zone's
+  next fault, which began within maxRecoveryS and asks the pair's recovery
+  after its own restore (it takes the pair's upstream or the zone down, or
+  degrades its link), is left to that fault.
 - Shared services: hops to Region-placed upstreams must be served in an
   availability zone (zero tolerance; unattributed hosts count as violations)
   and must be routed: a hop that found no upstream host (NR, UH ...) fails,

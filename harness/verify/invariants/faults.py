@@ -362,7 +362,15 @@ class FaultMeasurer(CheckBase):
                     "recovery_resolution_s": w.resolution,
                 }
             )
-            msg = self._recovery_failure(f, u, w, rec) or self._recovery_unshown(f, u, callers, w, hi)
+            failure = self._recovery_failure(f, u, w, rec)
+            msg = failure or self._recovery_unshown(f, u, callers, w, hi)
+            # not shown (no in-zone hop yet, or too few after it) before the zone's next fault: left to it
+            if msg and (rec is None or not failure) and (g := self._superseded_by(f, u, nxt)) is not None:
+                out.messages.append(
+                    f"{f.zone} -> {u}: recovery after fault {f.fault} not measurable: fault {g.fault} began "
+                    f"{g.inject - f.restore:.3f}s after the restore and its own recovery must show the pair back"
+                )
+                msg = ""
             if msg:
                 pr.status = FAIL
                 pr.message = f"{pr.message}; {msg}" if pr.message else msg
@@ -373,6 +381,28 @@ class FaultMeasurer(CheckBase):
         if out.values and len(measured) == len(out.values):
             out.recovery_s, out.resolution_s = max(measured, key=lambda x: x[0])
         return out
+
+    def _superseded_by(self, f: Fault, u: str, nxt: float | None) -> Fault | None:
+        """The zone's next fault, when it began before `f`'s recovery of pair (zone, u) could be shown and
+        before maxRecoveryS had passed, and asks that recovery of the pair itself after its own restore.
+
+        The mesh takes time to use a restored instance (Consul's endpoint change reaches Envoy in about a
+        second: the hops stay with the Region meanwhile), and the experiments may follow each other faster
+        (the next steady-state probe and counter snapshot, well under a second on an idle machine): the
+        window to the next inject then holds no in-zone hop, or none at all, and "never recovers" failed a
+        mesh that a busier machine, starting the next fault a second later, passed. A next fault that takes
+        the pair's upstream down again, or the whole zone (zone-down, partition, a degraded link), measures the
+        pair's recovery after its own restore (`SCOPES`): a mesh that never recovered fails there. A next
+        fault that does not (a kill of another service) leaves the window cut, as before.
+        """
+        if nxt is None or f.restore is None or nxt >= f.restore + self.slo.max_recovery_s:
+            return None
+        g = next((x for x in self.run.faults if x.zone == f.zone and x is not f and x.inject == nxt), None)
+        if g is None:
+            return None
+        zone_pairs = [(v, list(c)) for (z, v, c) in self.pairs if z == f.zone]
+        scope = SCOPES.get(g.kind, FaultMeasurer.scope_link_degraded)(self, g, zone_pairs)
+        return g if any(v == u for v, _ in scope.recovery) else None
 
     def _detection(self, f: Fault) -> list[FailoverSpan]:
         """Region pairs whose calls still went to the pods the fault killed: the mesh had not yet learned of it.

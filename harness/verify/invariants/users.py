@@ -823,7 +823,13 @@ class UserChecks(CheckBase):
                 windows: list[tuple[str, float, float, bool]] = [("during", f.inject, during_end, True)]
                 if f.restore is not None:
                     nxt = self._next_inject(zone, f.restore, f)
-                    after_end = min(self.run_end, f.restore + self.slo.max_recovery_s, *([] if nxt is None else [nxt]))
+                    after_end = min(self.run_end, f.restore + self.slo.max_recovery_s)
+                    if nxt is not None and nxt < after_end:
+                        # the zone's next fault began first: its window holds the users the recovery met (cut at
+                        # its inject, a burst of faults a few hundred ms apart had users "after" or not by chance)
+                        g_end = min((g.restore if g.restore is not None else self.run_end)
+                                    for g in self.run.faults if g.zone == zone and g.inject == nxt)  # fmt: skip
+                        after_end = min(after_end, max(nxt, g_end))
                     windows.append(("after", f.restore, after_end, False))
                 for name, lo, hi, closed in windows:
                     subject = f"{f.fault} {zone} {name}"
