@@ -91,17 +91,21 @@ def _kill(tmp_path: Path, rate: float, failover_s: float, recovery_s: float) -> 
         (0.2, 61.0, False),
     ],
 )
-def test_failover_and_recovery_are_judged_by_what_the_hops_show_not_by_the_request_rate(
+def test_failover_and_recovery_near_their_slo_are_a_breach_only_when_a_hop_shows_it(
     tmp_path: Path, rate: float, failover_s: float, recovery_s: float, correct: bool
 ) -> None:
     """The measured instant is the first good hop after the last bad one: at 5 requests a second per zone the
-    first Region hop after a 4.9 s failover comes at 5.06 s, at 20 at 4.91 s, and the verdict followed the rate
-    (the load generator's, so the machine's speed). Only a hop still not failed over (recovered) past the
-    SLO shows a breach; a mesh that is slower than the SLO has one at every rate."""
+    first Region hop after a 4.9 s failover comes at 5.06 s, at 20 at 4.91 s. A mesh slower than the SLO shows
+    a bad hop past it at every rate: a breach. A mesh within it, sampled too sparsely to show that, fails as
+    unverified (a 5.4 s failover sampled the same way looks alike), and says so instead of claiming a breach."""
     v = verify(_kill(tmp_path, rate, failover_s, recovery_s))
-    assert v.passed is correct, why(v)
+    said = " ".join(why(v))
     if not correct:
-        assert any("maxFailoverS" in m or "maxRecoveryS" in m for m in why(v)), why(v)
+        assert not v.passed and ("> maxFailoverS" in said or "> maxRecoveryS" in said), said
+    elif rate == 20:  # a hop inside the SLO's last 50 ms shows it met
+        assert v.passed, said
+    elif not v.passed:
+        assert "not shown within" in said and "unverified" in said and "took" not in said, said
 
 
 # -- 3. the zone's next fault a moment after a restore ----------------------------------------------------------
