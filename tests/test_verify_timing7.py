@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.verify import COVERAGE
+from harness.verify import AVAILABILITY, COVERAGE, FALLBACK
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_soundness import LAX, T0, T, failed, run
-from tests.verdicts import rows, verify
+from tests.verdicts import rows, verify, write_rows
 
 
 # -- 1. a replacement killed before its sidecar's first access-log flush ------------------------------------------
@@ -182,3 +182,38 @@ def test_a_spill_recovery_the_next_fault_cut_short_is_left_to_it_at_any_request_
 def test_a_spill_that_never_ends_fails_the_next_faults_recovery(tmp_path: Path) -> None:
     v = verify(_spill_then(tmp_path, 5, 100))
     assert any("recovery after fault degrade-link-lax-2 not shown" in m for m in why(v)), why(v)
+
+
+# -- 4. a failover's losses on nodes whose clock is bounded within tolerance, not exactly --------------------------
+def _skewed_clock(tmp_path: Path, failover_s: float, logged_at: float) -> Path:
+    """LAX's product-api killed, failing over after `failover_s`; the nodes 300 ms behind the runner (EKS seen
+    from a CI runner), measured by probes with a 90 ms round trip that LAX's sidecar logged at `logged_at` of it
+    (0: as sent, a fast request path and a slow answer; 1: as answered). The offset is bounded to ±46 ms, within
+    the 50 ms tolerance, and its middle is 45 ms off the truth."""
+    from tests.test_verify_clock import _clock, _run, _skew
+
+    f = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, failover_s, 1.0)
+    d = _clock(_skew(_run(tmp_path, "run", f), -0.3), -0.3, lax_rtt_s=0.09)
+    recs = rows(d / "clock.jsonl")
+    sent = {r["probe"]: r for r in recs if r.get("event") == "sent"}
+    for r in recs:
+        if r.get("event") == "logged" and r["zone"] == LAX:
+            s = sent[r["probe"]]
+            r["logged"] = int((s["sent"] + logged_at * (s["received"] - s["sent"]) - 0.3) * 1000) / 1000
+    write_rows(d / "clock.jsonl", recs)
+    return d
+
+
+@pytest.mark.parametrize("logged_at", [0.0, 1.0])
+def test_a_failovers_losses_are_tied_to_its_hops_within_the_clocks_bound(tmp_path: Path, logged_at: float) -> None:
+    """A 2 s failover loses 8 of LAX's requests, each reported apart (failover under way) through its failed
+    hop. The hops were put on the runner's clock by the middle of a bound 45 ms off the truth, so no hop lay
+    within its request's lifetime (1 ms slack): the 8 counted against the budget (LAX 8 of 80) and the verdict
+    failed what the same mesh on one clock passed."""
+    v = verify(_skewed_clock(tmp_path, 2.0, logged_at))
+    assert v.passed, why(v)
+
+
+def test_a_failover_past_its_slo_still_loses_its_late_requests_on_a_bounded_clock(tmp_path: Path) -> None:
+    v = verify(_skewed_clock(tmp_path, 7.0, 0.0))
+    assert {FALLBACK, AVAILABILITY} <= failed(v), why(v)

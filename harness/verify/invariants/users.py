@@ -105,9 +105,10 @@ class UserChecks(CheckBase):
         # Envoy's START_TIME is whole milliseconds (truncated), a request's ts is not: the request's first hop
         # starts in the same millisecond and is stamped up to 1 ms before it. Without that slack whether a loss
         # was excused depended on which hop of the request failed (the first never matched, the second did).
+        slack = self._tie_slack_sql("q.zone")
         during = (
-            f"o.zone = q.zone AND o.ts >= q.ts - {HOP_TS_SLACK_S!r} "
-            "AND o.ts <= q.ts + coalesce(q.latency_ms, 0) / 1000.0"
+            f"o.zone = q.zone AND o.ts >= q.ts - {slack} "
+            f"AND o.ts <= q.ts + coalesce(q.latency_ms, 0) / 1000.0 + {slack} - {HOP_TS_SLACK_S!r}"
         )
         self.con.execute(
             f"""
@@ -165,6 +166,31 @@ class UserChecks(CheckBase):
         return InvariantResult(
             AVAILABILITY, not failures, self._summary(AVAILABILITY, failures, ok_text), windows=windows
         )
+
+    def _tie_slack_sql(self, zone_sql: str) -> str:
+        """SQL for how far a request's hop may lie outside its lifetime on the records' clocks, per entry zone.
+
+        HOP_TS_SLACK_S before it (Envoy's START_TIME is whole milliseconds, truncated); where the nodes keep
+        their own clocks (clock.jsonl) and the requests were stamped on the runner's, also the zone's offset
+        uncertainty on both sides: its hops were put on the runner's clock by the middle of the measured
+        interval, so they may sit up to that far from where they happened. With probes logged near one end
+        of their round trip (a fast request path, a slow answer) a bound of ±46 ms (within the 50 ms
+        tolerance) moved a failover's hops 45 ms off their requests: none was tied to the failover under way,
+        and its losses failed the budget that one clock passed. In-zone workers stamp a zone's requests with
+        the same clock as its hops: no relative error then.
+        """
+        clock = self.run.clock
+        if clock is None or clock.requests_in_zones:
+            return repr(HOP_TS_SLACK_S)
+        cases = []
+        for (zone,) in self.con.execute("SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL").fetchall():
+            u = clock.zone(str(zone)).uncertainty
+            if u is not None and u > 0:  # beyond the tolerance the zone is unverified anyway (`_clock_checks`)
+                u = min(u, CLOCK_TOLERANCE_S)
+                cases.append(f"WHEN {zone_sql} = '{sql_str(str(zone))}' THEN {HOP_TS_SLACK_S + u!r}")
+        if not cases:
+            return repr(HOP_TS_SLACK_S)
+        return f"(CASE {' '.join(cases)} ELSE {HOP_TS_SLACK_S!r} END)"
 
     def _entry_dead_targets(self, impact: list[tuple[Fault, float]]) -> list[tuple[str, float, float]]:
         """(zone, from, to): a node fault killed some of the zone's entry pods (frontend), not all of them.
