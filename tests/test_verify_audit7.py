@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from harness.render.helm import ACCESS_LOG_FLUSH_MS
+from harness.contract.rundir import ACCESS_LOG_FLUSH_S
 from harness.verify import AVAILABILITY, COVERAGE, FALLBACK, LOCALITY
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
@@ -212,7 +212,7 @@ def _lose(d: Path, pod: str, lo: float, hi: float) -> int:
     return _edit_log(d, pod, lambda r, t: None if lo <= t < hi else r)
 
 
-@pytest.mark.parametrize("lost_s", [0.2, ACCESS_LOG_FLUSH_MS / 1000])
+@pytest.mark.parametrize("lost_s", [0.2, ACCESS_LOG_FLUSH_S])
 def test_lines_a_killed_node_had_not_flushed_are_no_gap(tmp_path: Path, lost_s: float) -> None:
     """FALSE FAIL (found in review of the gap rule). On kind a node kill (`docker stop`) kills its sidecars
     with up to one flush interval of lines in Envoy's buffer (1 s rendered, 0.2 s local), and after the restore

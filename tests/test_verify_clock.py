@@ -25,7 +25,7 @@ from tests.verdicts import envoy_start, rows, verify, write_rows
 
 BEHIND = -0.3  # the nodes' clocks 300 ms behind the runner's
 # a failover over maxFailoverS (5 s): the kill's hops fail for 5.1 s, the last failed one 72 ms over it (a hop that
-# shows the breach: `faults.beyond`), the first Region hop at 5.322 s
+# shows the breach: `faults.over_slo`), the first Region hop at 5.322 s
 SLOW = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 5.1, 1.0)
 
 

@@ -316,7 +316,8 @@ class FaultMeasurer(CheckBase):
                     pr.status = FAIL
                     pr.message = (
                         f"fallback: {f.zone} -> {u}: failover "
-                        f"{over_slo(d, w.resolution, self.slo.max_failover_s, 'maxFailoverS')} in fault {f.fault}{first}"
+                        f"{over_slo(d, w.resolution, self.slo.max_failover_s, 'maxFailoverS')} "
+                        f"in fault {f.fault}{first}"
                     )
             if pr.status == FAIL:
                 out.ok = False

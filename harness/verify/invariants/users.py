@@ -7,7 +7,6 @@ from typing import Any
 from harness.contract.clock import CLOCK_TOLERANCE_S
 from harness.contract.rundir import ACCESS_LOG_FLUSH, ACCESS_LOG_FLUSH_S, RECORD_STEPS
 from harness.observe.hops import host_ip_sql
-from harness.render.helm import ACCESS_LOG_FLUSH_MS
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.faults import FailoverSpan
@@ -56,7 +55,7 @@ SILENT_GAP_SLACK_S = 2 * CLOCK_TOLERANCE_S + 2 * HOP_TS_SLACK_S
 # what a sidecar killed with its node had not flushed is lost (Envoy's buffer: the rendered flush interval, the
 # longest of ours), and on kind the restarted kubelet brings the same pod back, whose log then goes on: those
 # served hops are no gap
-SILENT_UNFLUSHED_S = ACCESS_LOG_FLUSH_MS / 1000
+SILENT_UNFLUSHED_S = ACCESS_LOG_FLUSH_S
 
 # `_link_not_slowed`: a degraded service link adds its latency to every round trip across it, so the median of
 # the zone's hops that wait on the link must grow by at least this share of it (half: one-way netem or a relay's
