@@ -46,6 +46,17 @@ def _region_host(d: Path, service: str, port: int) -> str:
     return f"{p['ip']}:{port}"
 
 
+def _fail_requests(d: Path, failed_at: list[float], error: str) -> int:
+    """The LAX user requests whose hop failed at one of `failed_at` fail too (public-api answers HTTP 200 with
+    GraphQL `errors`); returns how many hops failed."""
+    reqs = rows(d / "requests.jsonl")
+    for r in reqs:
+        if r["zone"] == LAX and any(0 <= ts - r["ts"] < 0.01 for ts in failed_at):
+            r.update(ok=False, status=200, error=error)
+    write_rows(d / "requests.jsonl", reqs)
+    return len(failed_at)
+
+
 # -- 1. a sidecar's access log with a stretch missing in the middle ------------------------------------------------
 @pytest.mark.parametrize(("case", "faults", "gap"), [("steady", [], (40, 70)), ("fault", [KILL], (32, 48))])
 def test_a_sidecar_log_with_a_gap_is_unverified(tmp_path: Path, case: str, faults: list[FaultSpec], gap: Any) -> None:
@@ -81,31 +92,34 @@ LOOSE = T.model_copy(update={"slo": T.slo.model_copy(update={"error_budget": 0.3
 KILL_1S = replace(KILL, failover_delay_s=1.0)
 
 
-def _flapping(d: Path, lo: float, hi: float) -> int:
-    """From `lo` to `hi` s every other call LAX's public-api makes to product-api finds no healthy upstream (503 UH:
-    the Region's hosts ejected and back, over and over), and the user request it served fails (public-api answers
-    HTTP 200 with GraphQL `errors`); returns how many calls failed."""
-    callers = [e["pod"] for e in inventory(d) if e["zone"] == LAX and e["service"] == "public-api"
-               and e["event"] == "added"]  # fmt: skip
+def _every_other_call_fails(d: Path, callers: list[str], lo: float, hi: float, failure: dict[str, Any],
+                            error: str) -> int:  # fmt: skip
+    """From `lo` to `hi` s every other call the `callers` (LAX's public-api pods) make to product-api is logged with
+    the fields of `failure`, and the user request it served fails with `error` (public-api answers HTTP 200 with
+    GraphQL `errors`); returns how many calls failed."""
     n, failed_at = [0], []
 
-    def flap(r: dict[str, Any], t: float) -> dict[str, Any]:
+    def fail(r: dict[str, Any], t: float) -> dict[str, Any]:
         if not (lo <= t < hi and "product-api" in str(r["upstream_cluster"])):
             return r
         n[0] += 1
         if n[0] % 2:
             return r
         failed_at.append(T0 + t)
-        return {**r, "upstream_host": None, "response_code": 503, "response_flags": "UH", "duration": 0}
+        return {**r, **failure}
 
     for caller in dict.fromkeys(callers):
-        _edit_log(d, caller, flap)
-    reqs = rows(d / "requests.jsonl")
-    for r in reqs:
-        if r["zone"] == LAX and any(0 <= ts - r["ts"] < 0.01 for ts in failed_at):
-            r.update(ok=False, status=200, error="graphql: upstream unavailable")
-    write_rows(d / "requests.jsonl", reqs)
-    return len(failed_at)
+        _edit_log(d, caller, fail)
+    return _fail_requests(d, failed_at, error)
+
+
+def _flapping(d: Path, lo: float, hi: float) -> int:
+    """From `lo` to `hi` s every other call LAX's public-api makes to product-api finds no healthy upstream (503 UH:
+    the Region's hosts ejected and back, over and over), and the user request it served fails."""
+    callers = [e["pod"] for e in inventory(d) if e["zone"] == LAX and e["service"] == "public-api"
+               and e["event"] == "added"]  # fmt: skip
+    failure = {"upstream_host": None, "response_code": 503, "response_flags": "UH", "duration": 0}
+    return _every_other_call_fails(d, callers, lo, hi, failure, "graphql: upstream unavailable")
 
 
 def test_a_failover_flapping_to_no_healthy_upstream_is_not_a_failover(tmp_path: Path) -> None:
@@ -160,25 +174,9 @@ def _reset_on_the_region(d: Path, lo: float, hi: float) -> int:
     """From `lo` to `hi` s, after LAX's failover, every other call LAX's public-api makes to the Region's
     product-api fails 503 with UO and UC (the Region's connections reset, the retry over Envoy's limit), and
     the user request it served fails; returns how many."""
-    caller = pod_of(d, LAX, "public-api")["pod"]
-    n, failed_at = [0], []
-
-    def reset(r: dict[str, Any], t: float) -> dict[str, Any]:
-        if not (lo <= t < hi and "product-api" in str(r["upstream_cluster"])):
-            return r
-        n[0] += 1
-        if n[0] % 2:
-            return r
-        failed_at.append(T0 + t)
-        return {**r, "response_code": 503, "response_flags": "UO,UC", "duration": 2}
-
-    _edit_log(d, caller, reset)
-    reqs = rows(d / "requests.jsonl")
-    for r in reqs:
-        if r["zone"] == LAX and any(0 <= ts - r["ts"] < 0.01 for ts in failed_at):
-            r.update(ok=False, status=200, error="GraphQL error: status: 503, upstream connect error or reset")
-    write_rows(d / "requests.jsonl", reqs)
-    return len(failed_at)
+    failure = {"response_code": 503, "response_flags": "UO,UC", "duration": 2}
+    error = "GraphQL error: status: 503, upstream connect error or reset"
+    return _every_other_call_fails(d, [pod_of(d, LAX, "public-api")["pod"]], lo, hi, failure, error)
 
 
 def test_region_resets_through_a_fault_are_not_a_kills_retry_overflow(tmp_path: Path) -> None:
