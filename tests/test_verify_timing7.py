@@ -217,3 +217,20 @@ def test_a_failovers_losses_are_tied_to_its_hops_within_the_clocks_bound(tmp_pat
 def test_a_failover_past_its_slo_still_loses_its_late_requests_on_a_bounded_clock(tmp_path: Path) -> None:
     v = verify(_skewed_clock(tmp_path, 7.0, 0.0))
     assert {FALLBACK, AVAILABILITY} <= failed(v), why(v)
+
+
+# -- 5. the zone's next fault takes the pair's callers down a moment after a restore -------------------------------
+@pytest.mark.parametrize(("gap", "passes"), [(0.3, False), (3.0, True)])
+def test_a_recovery_whose_callers_the_next_fault_took_down_says_it_was_not_shown(
+    tmp_path: Path, gap: float, passes: bool
+) -> None:
+    """LAX's product-api back at 50, and LAX's public-api (its caller) killed `gap` s later. At 0.3 s the pair had
+    no hop to show it back (Consul's endpoint change takes ~1 s) and no later fault measures the pair: it still
+    fails, as nothing shows the zone recovered, but the verdict says it was not shown, and why, instead of only
+    "never recovers"; 3 s later the same mesh shows it and passes."""
+    f = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
+    g = FaultSpec("kill-public-api-lax", "service-down", LAX, ("public-api",), 50 + gap, 70, 0.2, 1.0)
+    v = verify(run(tmp_path, faults=[f, g], duration_s=100, rate_per_zone=5))
+    assert v.passed is passes, why(v)
+    if not passes:
+        assert "unverified, not shown missing: fault kill-public-api-lax took down public-api" in " ".join(why(v))

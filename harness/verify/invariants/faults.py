@@ -372,6 +372,8 @@ class FaultMeasurer(CheckBase):
                     f"{g.inject - f.restore:.3f}s after the restore and its own recovery must show the pair back"
                 )
                 msg = ""
+            elif msg and rec is None and (why := self._callers_cut(f, callers, nxt)):
+                msg = f"{msg}: {why}"
             if msg:
                 pr.status = FAIL
                 pr.message = f"{pr.message}; {msg}" if pr.message else msg
@@ -404,6 +406,29 @@ class FaultMeasurer(CheckBase):
         zone_pairs = [(v, list(c)) for (z, v, c) in self.pairs if z == f.zone]
         scope = SCOPES.get(g.kind, FaultMeasurer.scope_link_degraded)(self, g, zone_pairs)
         return g if any(v == u for v, _ in scope.recovery) else None
+
+    def _callers_cut(self, f: Fault, callers: list[str], nxt: float | None) -> str:
+        """Why a recovery not shown is unverified rather than shown missing: the zone's next fault, within
+        maxRecoveryS of the restore, took the pair's callers down ("" when it did not).
+
+        A kill of the caller (public-api) a moment after the callee's (product-api) restore leaves the pair
+        no hop to show it back, and no later fault measures the pair again (the next fault's recovery is the
+        caller's). It still fails: nothing shows the zone recovered. The message says the records could not
+        show it, and why, instead of "never recovers" alone, so a game day's author spaces the two faults.
+        """
+        if nxt is None or f.restore is None or nxt >= f.restore + self.slo.max_recovery_s:
+            return ""
+        g = next((x for x in self.run.faults if x.zone == f.zone and x is not f and x.inject == nxt), None)
+        if g is None:
+            return ""
+        hit = sorted(set(callers) & (set(g.services) | self._node_fault_services(g)))
+        if not hit:
+            return ""
+        return (
+            f"unverified, not shown missing: fault {g.fault} took down {', '.join(hit)} "
+            f"{g.inject - f.restore:.3f}s after the restore, before the mesh could show the pair back "
+            "(space the two faults by more than the mesh's endpoint propagation)"
+        )
 
     def _detection(self, f: Fault) -> list[FailoverSpan]:
         """Region pairs whose calls still went to the pods the fault killed: the mesh had not yet learned of it.
