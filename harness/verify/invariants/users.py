@@ -56,6 +56,11 @@ SILENT_GAP_SLACK_S = 2 * CLOCK_TOLERANCE_S + 2 * HOP_TS_SLACK_S
 # longest of ours), and on kind the restarted kubelet brings the same pod back, whose log then goes on: those
 # served hops are no gap
 SILENT_UNFLUSHED_S = ACCESS_LOG_FLUSH_S
+# `_entry_silent`: the users' entry service's nginx passes `/api` (the GraphQL requests, the zone probes and the
+# clock probes) to its sidecar's public-api upstream (harness.render.hashicups.nginx_conf; the local stand-in
+# follows the rendered config); `GET /` it answers itself. A request's locust name is "METHOD /path ...".
+ENTRY_API_UPSTREAM = "public-api"
+ENTRY_API_NAME_RE = r"^[A-Z]+ /api([/? ]|$)"
 
 # `_link_not_slowed`: a degraded service link adds its latency to every round trip across it, so the median of
 # the zone's hops that wait on the link must grow by at least this share of it (half: one-way netem or a relay's
@@ -514,7 +519,104 @@ class UserChecks(CheckBase):
                 f"{' ...' if len(silent) > MAX_OFFENDERS else ''}): their access logs are missing, cut short or "
                 "have gaps, so where their calls went is unverified"
             )
+        if entry := self._entry_silent():
+            zones = "; ".join(f"{z}: {n} requests, first at {iso(first)}" for z, n, first in entry[:MAX_OFFENDERS])
+            out.append(
+                f"coverage: the entry sidecars ({', '.join(self._entry_api_services())}) of {len(entry)} zones "
+                "logged no call within the lifetime of successful user requests through /api, though the zone's "
+                f"entry logs go on after them ({zones}{' ...' if len(entry) > MAX_OFFENDERS else ''}): their access "
+                "logs have gaps, so where the entry's calls went then is unverified"
+            )
         return out
+
+    def _entry_api_services(self) -> list[str]:
+        """The entry services whose `/api` goes through their own sidecar (those calling `ENTRY_API_UPSTREAM`)."""
+        return sorted(
+            s.name for s in self.t.services if s.name in self.entry_services and ENTRY_API_UPSTREAM in s.upstreams
+        )
+
+    def _entry_silent_spans(self) -> list[tuple[str, float, float]]:
+        """(zone, from, to): where a zone's entry log may lack lines of requests that succeeded, by design.
+
+        - A fault of the zone that can take its entry down (`_can_take_entry_down`: frontend killed, the zone
+          down) or a node fault that killed one of its entry pods (`node_fault_pods`), from
+          `SILENT_UNFLUSHED_S` (plus the clock slack) before its inject to its restore (or the end of the run):
+          the killed sidecar's last flush interval died in its buffer, the kill itself takes a while after
+          the inject is recorded (a node's `docker stop`), and on kind the same pod comes back after the
+          restore with its log going on under the same name. The zone's other entry pods' logs are whole,
+          but which requests they served nobody can tell.
+        - The end of any entry pod's inventory interval (removed, new IP): `SILENT_LAG_S` before it (the watch
+          sees a death late) to just after it, for a sidecar that died outside a fault.
+        - entrypoints.jsonl's down spans: users there got no answer (not ok), or one from a pod going away.
+        """
+        slack = float(SILENT_GAP_SLACK_S)
+        entry = self._entry_api_services()
+        killed = {
+            (str(fid), float(inject))
+            for fid, inject in self.con.execute(
+                "SELECT DISTINCT fault, inject FROM node_fault_pods WHERE list_contains(?, service)", [entry]
+            ).fetchall()
+        }
+        out = [
+            (f.zone, f.inject - SILENT_UNFLUSHED_S - slack,
+             (f.restore if f.restore is not None else max(self.run_end, f.inject)) + slack)
+            for f in self.run.faults
+            if self._can_take_entry_down(f) or (f.fault, f.inject) in killed
+        ]  # fmt: skip
+        out += [
+            (str(z), float(end) - SILENT_LAG_S, float(end) + slack)
+            for z, end in self.con.execute(
+                "SELECT zone, end_ts FROM intervals WHERE list_contains(?, service) AND end_ts IS NOT NULL "
+                "AND zone IS NOT NULL",
+                [entry],
+            ).fetchall()
+        ]
+        return out + list(self.entry_down)
+
+    def _entry_silent(self) -> list[tuple[str, int, float]]:
+        """Zones whose entry sidecars' log has a gap while their users' requests show them calling.
+
+        The gap rule of `_served_but_silent` reads a pod's serving from its callers' logs; the entry's callers
+        are users, whose requests (requests.jsonl) name a zone, not a pod, so a stretch missing in the middle
+        of a zone's frontend sidecar log passed (30 s of LAX's, in an audit): a stretch of its calls crossing
+        to another Local Zone would hide in it. Each successful user request through `/api`
+        (`ENTRY_API_NAME_RE`: the GraphQL queries and zone probes; `GET /` is answered by the frontend itself,
+        a failed request or a 4xx may be answered without a call) was passed by one of the zone's entry pods
+        to its sidecar's public-api upstream: a hop whose caller is the entry service in the request's zone
+        (each zone's entry selects only that zone's pods: the local relay, kind's per-zone NodePort Service,
+        EKS's per-zone ALB or operator URL, in-zone workers' entry Service) starting within the request's
+        lifetime, widened by the request-to-hop slack (`_tie_slack_sql`: Envoy's millisecond stamps, and the
+        zone's clock uncertainty where the nodes keep their own clocks). `SILENT_MIN_HOPS` or more such
+        requests without one, while the zone's entry logs have a line after them (a log that stops is not a
+        gap, and a zone whose users entered where no entry pod logs is asked nothing), make the zone's entry
+        logs incomplete. Not asked: requests overlapping `_entry_silent_spans` (a killed entry pod's last
+        flush interval, a down entry point). With several entry pods in a zone another pod's hop may cover a
+        request: the rule can miss a gap in one of them, never invent one.
+        Returns (zone, requests without a hop, the first of them).
+        """
+        entry = self._entry_api_services()
+        if not entry:
+            return []
+        names = ", ".join(f"'{sql_str(n)}'" for n in entry)
+        slack = self._tie_slack_sql("zone")
+        skip = spans_sql("zone", self._entry_silent_spans(), REQUEST_END_SQL)
+        rows = self.con.execute(
+            f"""
+            WITH q AS (SELECT zone, ts, ts - {slack} AS lo,
+                              ts + latency_ms / 1000.0 + {slack} AS hi
+                       FROM requests
+                       WHERE zone IS NOT NULL AND coalesce(ok, false) AND coalesce(status, 0) BETWEEN 200 AND 399
+                         AND latency_ms IS NOT NULL AND regexp_matches(coalesce(name, ''), ?) AND NOT ({skip})),
+                 e AS (SELECT caller_zone AS zone, ts FROM hops
+                       WHERE caller_zone IS NOT NULL AND caller_service IN ({names})),
+                 nxt AS (SELECT q.*, e.ts AS next_hop FROM q ASOF LEFT JOIN e ON q.zone = e.zone AND q.lo <= e.ts)
+            SELECT zone, count(*), min(ts) FROM nxt
+            WHERE next_hop IS NOT NULL AND next_hop > hi
+            GROUP BY zone HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY zone
+            """,
+            [ENTRY_API_NAME_RE],
+        ).fetchall()
+        return [(str(z), int(n), float(first)) for z, n, first in rows]
 
     def _counted_without_lines(self) -> list[tuple[str, int, bool]]:
         """(pod, requests, unflushed) per sidecar whose counters grew with no access-log line of its own.
@@ -623,7 +725,7 @@ class UserChecks(CheckBase):
 
         Only services whose upstreams are all HTTP are asked: a TCP upstream's hop is logged when its pooled
         connection closes, maybe never (product-api -> postgres), and frontend's callers are users, whose
-        requests name no pod.
+        requests name no pod: its log is asked per zone by `_entry_silent`.
 
         Counters alone are no sounder witness: rq_total counts every attempt, retries included, while the
         access log names only the last attempt's host, so rq_total above the lines naming a host is normal.
