@@ -602,16 +602,18 @@ class UserChecks(CheckBase):
         skip = spans_sql("zone", self._entry_silent_spans(), REQUEST_END_SQL)
         rows = self.con.execute(
             f"""
-            WITH q AS (SELECT zone, ts, ts - {slack} AS lo,
+            WITH q AS (SELECT zone, ts, latency_ms, ts - {slack} AS lo,
                               ts + latency_ms / 1000.0 + {slack} AS hi
                        FROM requests
                        WHERE zone IS NOT NULL AND coalesce(ok, false) AND coalesce(status, 0) BETWEEN 200 AND 399
-                         AND latency_ms IS NOT NULL AND regexp_matches(coalesce(name, ''), ?) AND NOT ({skip})),
+                         AND latency_ms IS NOT NULL AND regexp_matches(coalesce(name, ''), ?)),
                  e AS (SELECT caller_zone AS zone, ts FROM hops
                        WHERE caller_zone IS NOT NULL AND caller_service IN ({names})),
-                 nxt AS (SELECT q.*, e.ts AS next_hop FROM q ASOF LEFT JOIN e ON q.zone = e.zone AND q.lo <= e.ts)
-            SELECT zone, count(*), min(ts) FROM nxt
-            WHERE next_hop IS NOT NULL AND next_hop > hi
+                 nxt AS (SELECT q.*, e.ts AS next_hop FROM q ASOF LEFT JOIN e ON q.zone = e.zone AND q.lo <= e.ts),
+                 -- the spans excused by design are a long filter: asked of the few candidates only
+                 cand AS (SELECT * FROM nxt WHERE next_hop IS NOT NULL AND next_hop > hi)
+            SELECT zone, count(*), min(ts) FROM cand
+            WHERE NOT ({skip})
             GROUP BY zone HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY zone
             """,
             [ENTRY_API_NAME_RE],
@@ -738,15 +740,15 @@ class UserChecks(CheckBase):
         slack = float(SILENT_GAP_SLACK_S)
         rows = self.con.execute(
             f"""
-            WITH own AS (SELECT CAST(caller_pod AS VARCHAR) AS pod, ts FROM hops WHERE caller_pod IS NOT NULL),
-                 last AS (SELECT pod, max(ts) AS last_line FROM own GROUP BY pod),
-                 served AS (SELECT CAST(h.serving_pod AS VARCHAR) AS pod, h.ts, h.status, h.ts - {slack!r} AS lo,
+            WITH served AS (SELECT h.serving_pod AS pod, h.ts, h.status, h.ts - {slack!r} AS lo,
                                    h.ts + coalesce(h.duration_ms, 0) / 1000.0 + {slack!r} AS hi
                             FROM hops h
-                            WHERE h.serving_pod IS NOT NULL AND h.ok AND h.upstream IN ({names})
-                              AND NOT EXISTS (SELECT 1 FROM node_fault_pods nf WHERE nf.pod = h.serving_pod
-                                              AND h.ts >= nf.inject - {float(SILENT_UNFLUSHED_S) + slack!r}
-                                              AND h.ts <= nf.inject + {slack!r})),
+                            WHERE h.serving_pod IS NOT NULL AND h.ok AND h.upstream IN ({names})),
+                 -- only the lines of pods that served (a long run's other lines are most of its hops); the pod
+                 -- columns share one dictionary, so they are compared as they are stored
+                 own AS (SELECT caller_pod AS pod, ts FROM hops
+                         WHERE caller_pod IN (SELECT DISTINCT pod FROM served)),
+                 last AS (SELECT pod, max(ts) AS last_line FROM own GROUP BY pod),
                  nxt AS (SELECT s.*, o.ts AS next_line FROM served s ASOF LEFT JOIN own o
                          ON s.pod = o.pod AND s.lo <= o.ts),
                  judged AS (
@@ -754,11 +756,18 @@ class UserChecks(CheckBase):
                            n.next_line IS NULL AND n.ts > coalesce(l.last_line, -{INF}) + {SILENT_LAG_S} AS stopped,
                            n.next_line IS NOT NULL AND n.next_line > n.hi AND coalesce(n.status, 0) BETWEEN 200 AND 399
                                AS gap
-                    FROM nxt n LEFT JOIN last l ON l.pod = n.pod)
-            SELECT pod, count(*) FILTER (WHERE stopped), any_value(last_line), count(*) FILTER (WHERE gap),
-                   min(ts) FILTER (WHERE gap)
-            FROM judged WHERE stopped OR gap
-            GROUP BY pod HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY pod
+                    FROM nxt n LEFT JOIN last l ON l.pod = n.pod),
+                 -- the few candidates only: the last flush interval before a node fault killed the pod is no gap
+                 cand AS (
+                    SELECT j.pod, j.ts, j.last_line, j.stopped,
+                           j.gap AND NOT EXISTS (SELECT 1 FROM node_fault_pods nf WHERE nf.pod = j.pod
+                                                 AND j.ts >= nf.inject - {float(SILENT_UNFLUSHED_S) + slack!r}
+                                                 AND j.ts <= nf.inject + {slack!r}) AS gap
+                    FROM judged j WHERE j.stopped OR j.gap)
+            SELECT CAST(pod AS VARCHAR) AS p, count(*) FILTER (WHERE stopped), any_value(last_line),
+                   count(*) FILTER (WHERE gap), min(ts) FILTER (WHERE gap)
+            FROM cand WHERE stopped OR gap
+            GROUP BY p HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY p
             """
         ).fetchall()
         return [
