@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from harness.backends.kube.api import KubeApi, KubeApiError
@@ -65,6 +65,12 @@ OTHER_CNIS = {"calico-node": "Calico", "cilium": "Cilium", "antrea-agent": "Antr
               "weave-net": "Weave Net"}  # fmt: skip
 """`k8s-app` label (or pod name prefix) of another CNI's per-node pod -> its name."""
 _RELEASE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+
+
+def _version(release: str) -> tuple[int, int, int] | None:
+    """(1, 2, 0) from "v1.2.0"; None when it is not a release."""
+    m = _RELEASE.match(release)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
 
 
 @dataclass(frozen=True)
@@ -84,13 +90,11 @@ class PolicyAgent:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PolicyAgent:
-        keys = ("node", "cni", "found", "image", "release", "mode", "open_flows")
-        return cls(**{k: str(d.get(k) or "") for k in keys})
+        return cls(**{f.name: str(d.get(f.name) or "") for f in fields(cls)})
 
     @property
     def version(self) -> tuple[int, int, int] | None:
-        m = _RELEASE.match(self.release)
-        return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+        return _version(self.release)
 
     def warning(self, zone: str) -> str | None:
         """One line when the harness cannot tell what a partition of `zone` does to open connections; else None."""
@@ -177,7 +181,7 @@ def _vpc_cni(node: str, where: str, pod: Mapping[str, Any]) -> PolicyAgent:
     found = f"{AGENT_CONTAINER} {release} in {where}"
     if mode and mode != "standard":  # strict: pods start denied, so the run's pods had policies (flows kept)
         return PolicyAgent(node, VPC_CNI, f"{found}, NETWORK_POLICY_ENFORCING_MODE={mode}", image, release, mode)
-    version = PolicyAgent(node, VPC_CNI, found, image, release).version or (0, 0, 0)
+    version = _version(release) or (0, 0, 0)
     how = "re-evaluated when the policy selects the pod" if version >= REEVALUATES_FROM else "never tracked before it"
     flows = f"cut (open flows of pods no other policy selected: {how})"
     return PolicyAgent(node, VPC_CNI, f"{found}; open cross-zone connections: {flows}", image, release, mode, flows)

@@ -398,14 +398,18 @@ class FaultMeasurer(CheckBase):
         pair's recovery after its own restore (`SCOPES`): a mesh that never recovered fails there. A next
         fault that does not (a kill of another service) leaves the window cut, as before.
         """
-        if nxt is None or f.restore is None or nxt >= f.restore + self.slo.max_recovery_s:
-            return None
-        g = next((x for x in self.run.faults if x.zone == f.zone and x is not f and x.inject == nxt), None)
+        g = self._next_fault_within_recovery(f, nxt)
         if g is None:
             return None
         zone_pairs = [(v, list(c)) for (z, v, c) in self.pairs if z == f.zone]
         scope = SCOPES.get(g.kind, FaultMeasurer.scope_link_degraded)(self, g, zone_pairs)
         return g if any(v == u for v, _ in scope.recovery) else None
+
+    def _next_fault_within_recovery(self, f: Fault, nxt: float | None) -> Fault | None:
+        """The zone's next fault (injected at `nxt`), when it began within maxRecoveryS of `f`'s restore."""
+        if nxt is None or f.restore is None or nxt >= f.restore + self.slo.max_recovery_s:
+            return None
+        return next((x for x in self.run.faults if x.zone == f.zone and x is not f and x.inject == nxt), None)
 
     def _callers_cut(self, f: Fault, callers: list[str], nxt: float | None) -> str:
         """Why a recovery not shown is unverified rather than shown missing: the zone's next fault, within
@@ -416,13 +420,11 @@ class FaultMeasurer(CheckBase):
         caller's). It still fails: nothing shows the zone recovered. The message says the records could not
         show it, and why, instead of "never recovers" alone, so a game day's author spaces the two faults.
         """
-        if nxt is None or f.restore is None or nxt >= f.restore + self.slo.max_recovery_s:
-            return ""
-        g = next((x for x in self.run.faults if x.zone == f.zone and x is not f and x.inject == nxt), None)
+        g = self._next_fault_within_recovery(f, nxt)
         if g is None:
             return ""
         hit = sorted(set(callers) & (set(g.services) | self._node_fault_services(g)))
-        if not hit:
+        if not hit or f.restore is None:
             return ""
         return (
             f"unverified, not shown missing: fault {g.fault} took down {', '.join(hit)} "

@@ -620,6 +620,11 @@ class UserChecks(CheckBase):
         ).fetchall()
         return [(str(z), int(n), float(first)) for z, n, first in rows]
 
+    def _http_callers(self) -> list[str]:
+        """Services whose upstreams are all HTTP: each request they serve is a call of their own, logged as a hop
+        when it ends (a TCP upstream's hop is logged when its pooled connection closes, maybe never)."""
+        return [s.name for s in self.t.services if s.upstreams and all(self._protocol(u) != "tcp" for u in s.upstreams)]
+
     def _counted_without_lines(self) -> list[tuple[str, int, bool]]:
         """(pod, requests, unflushed) per sidecar whose counters grew with no access-log line of its own.
 
@@ -634,7 +639,7 @@ class UserChecks(CheckBase):
         upstream on every request (`_served_but_silent`'s reading). A pod alive at the end of the run has no
         such excuse: its buffer is flushed before the logs are read.
         """
-        http = [s.name for s in self.t.services if s.upstreams and all(self._protocol(u) != "tcp" for u in s.upstreams)]
+        http = self._http_callers()
         rows = self.con.execute(
             f"""
             WITH per_pod AS (
@@ -733,7 +738,7 @@ class UserChecks(CheckBase):
         access log names only the last attempt's host, so rq_total above the lines naming a host is normal.
         Returns (pod, hops after its last line, its last line, hops in gaps, the first of those).
         """
-        http = [s.name for s in self.t.services if s.upstreams and all(self._protocol(u) != "tcp" for u in s.upstreams)]
+        http = self._http_callers()
         if not http:
             return []
         names = ", ".join(f"'{sql_str(n)}'" for n in http)
