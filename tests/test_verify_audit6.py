@@ -83,3 +83,38 @@ def test_a_hops_duration_includes_its_upstreams_own_calls(tmp_path: Path) -> Non
     served = [r for r in rows(d / "accesslogs" / f"{caller}.jsonl") if "product-api" in str(r["upstream_cluster"])]
     durations = {int(r["duration"]) for r in served}
     assert max(durations) >= 100 > min(durations), sorted(durations)
+
+
+# -- the baseline a degraded link is judged against ------------------------------------------------------------------
+def _slow_before(d: Path, until_s: float, extra_ms: float) -> Path:
+    """LAX's hops in the run's first `until_s` seconds took `extra_ms` longer (the link was slower then, long
+    before any fault: a provider's congestion that cleared)."""
+    import json
+
+    hops = d / "hops.jsonl"
+    start = json.loads((d / "run.json").read_text())["started"]
+    out = []
+    for line in hops.read_text().splitlines():
+        h = json.loads(line)
+        if h.get("caller_zone") == LAX and h["ts"] < start + until_s:
+            h["duration_ms"] = (h.get("duration_ms") or 0) + extra_ms
+        out.append(json.dumps(h))
+    hops.write_text("\n".join(out) + "\n")
+    return d
+
+
+@pytest.mark.parametrize("inert", [False, True])
+def test_a_degraded_link_is_judged_against_the_link_just_before_it(tmp_path: Path, inert: bool) -> None:
+    """A ten-minute stretch before the fault is the link's baseline (`LINK_BASELINE_S`), not the whole run:
+    LAX's link was 400 ms slower for the run's first 600 s, then fast for 400 s before the fault. Against every
+    quiet hop since the start (most of them slow) the 100 ms the fault added was not seen, and a correct run
+    failed; against the last ten minutes it is. The control: the same degradation that never reached the link
+    (`link_inert`) is still unverified."""
+    fault = FaultSpec("slow-link-lax", "link-degraded", LAX, (), 1000, 1030, latency_ms=100.0, link_inert=inert)
+    sc = _scenario([fault], duration_s=1060, rate_per_zone=1, accesslogs="none")
+    v = verify(_slow_before(write_run(tmp_path / "run", sc), 600, 400.0))
+    if inert:
+        assert not v.passed and COVERAGE in failed(v), why(v)
+        assert "did not take effect" in " ".join(why(v)), why(v)
+    else:
+        assert v.passed, why(v)

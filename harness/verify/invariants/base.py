@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from harness.verify import expected
-from harness.verify.invariants.sql import HOP_END_SQL, HOP_FIELDS, INF, MAX_MESSAGES, MAX_OFFENDERS, Window
+from harness.verify.invariants.sql import (
+    HOP_END_SQL,
+    HOP_FIELDS,
+    INF,
+    MAX_MESSAGES,
+    MAX_OFFENDERS,
+    REQUEST_END_SQL,
+    Window,
+)
 from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
 
 
@@ -29,6 +37,16 @@ class CheckBase:
         self.pairs = pairs(run.topology)
         self.run_end = run.end if run.end is not None else 0.0
         self.total_hops = int(self._one("SELECT count(*) FROM hops") or 0)
+        # the zones users entered (asked by each fault: a scan of every request each time)
+        self.user_zones = frozenset(
+            str(r[0]) for r in self.con.execute("SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL").fetchall()
+        )
+        # the longest hop and request (seconds): how far before a window a row may start and still reach it
+        # (`_reaches`)
+        self.longest = {
+            "hops": float(self._one("SELECT max(coalesce(duration_ms, 0)) FROM hops") or 0.0) / 1000.0,
+            "requests": float(self._one("SELECT max(coalesce(latency_ms, 0)) FROM requests") or 0.0) / 1000.0,
+        }
         self.entry_down = self._entry_down_spans()
         # the services users enter through: no service calls them and they run in the zones (frontend); what a
         # fault must take down to excuse a down entry point (`UserChecks._can_take_entry_down`)
@@ -44,6 +62,18 @@ class CheckBase:
     def _one(self, sql: str, params: list[Any] | None = None) -> Any:
         row = self.con.execute(sql, params or []).fetchone()
         return None if row is None else row[0]
+
+    def _reaches(self, lo: float, table: str = "hops") -> str:
+        """SQL: the row's lifetime reaches `lo` (it ends at or after it), a hop's or (`table` requests) a request's.
+
+        The bound on ts that the longest row allows comes first: DuckDB skips the row groups before it by
+        their ts range. Without it each fault's query read every row from the start of the run, and a long
+        run (a fault every few minutes) took time in the square of its length. A millisecond more than the
+        longest row, so float rounding never drops one the end condition keeps.
+        """
+        end = REQUEST_END_SQL if table in ("requests", "req_marked") else HOP_END_SQL
+        longest = self.longest["requests" if end is REQUEST_END_SQL else "hops"]
+        return f"(ts >= {float(lo) - longest - 0.001!r} AND {end} >= {float(lo)!r})"
 
     def _hops(
         self, where: str, params: list[Any], limit: int = MAX_OFFENDERS, table: str = "hops"

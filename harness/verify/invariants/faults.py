@@ -16,11 +16,9 @@ from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
     FAILOVER_PENDING_SQL,
-    HOP_END_SQL,
     HOP_TS_SLACK_S,
     INF,
     NO_HOST_SQL,
-    REQUEST_END_SQL,
     REQUEST_OK_SQL,
     Window,
     hop_text,
@@ -474,8 +472,8 @@ class FaultMeasurer(CheckBase):
             last = self._one(
                 f"SELECT max(ts) FROM hops WHERE caller_zone = ? AND upstream = ? AND NOT ok "
                 f"AND {host_ip_sql('upstream_host')} IN ({dead}) "
-                f"AND ts < ? AND {HOP_END_SQL} >= ?",
-                [z, u, bound, f.inject],
+                f"AND ts < ? AND {self._reaches(f.inject)}",
+                [z, u, bound],
             )
             if last is not None:
                 out.append(FailoverSpan(z, u, tuple(callers), f.inject, min(float(last) + 1e-6, bound), ips))
@@ -611,8 +609,8 @@ class FaultMeasurer(CheckBase):
                 lost_hops += int(
                     self._one(
                         f"SELECT count(*) FROM hops WHERE caller_zone = ? AND upstream = ? AND "
-                        f"list_contains(?, caller_service) AND ts < ? AND {HOP_END_SQL} >= ? AND NOT ok",
-                        [f.zone, u, callers, f.inject, f.inject],
+                        f"list_contains(?, caller_service) AND ts < ? AND {self._reaches(f.inject)} AND NOT ok",
+                        [f.zone, u, callers, f.inject],
                     )
                     or 0
                 )
@@ -622,18 +620,17 @@ class FaultMeasurer(CheckBase):
                 lost_hops += int(
                     self._one(
                         f"SELECT count(*) FROM hops WHERE caller_zone = ? AND upstream = ? AND "
-                        f"list_contains(?, caller_service) AND {HOP_END_SQL} >= ? AND ts <= ? AND NOT ok",
-                        [f.zone, u, callers, f.inject, lost_until],
+                        f"list_contains(?, caller_service) AND {self._reaches(f.inject)} AND ts <= ? AND NOT ok",
+                        [f.zone, u, callers, lost_until],
                     )
                     or 0
                 )
-        zones = self._affected_zones(f, {str(r[0]) for r in self.con.execute(
-            "SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL").fetchall()})  # fmt: skip
+        zones = self._affected_zones(f, set(self.user_zones))
         lost_requests = int(
             self._one(
-                f"SELECT count(*) FROM requests WHERE list_contains(?, zone) AND {REQUEST_END_SQL} >= ? "
+                f"SELECT count(*) FROM requests WHERE list_contains(?, zone) AND {self._reaches(f.inject, 'requests')} "
                 f"AND ts <= ? AND NOT {REQUEST_OK_SQL}",
-                [zones, f.inject, lost_until],
+                [zones, lost_until],
             )
             or 0
         )

@@ -276,7 +276,7 @@ def merge_intervals(intervals: list[tuple[str, str, float, float]]) -> list[tupl
 
 
 def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]], end_sql: str | None = None) -> str:
-    """A boolean SQL expression: the row's ts (and zone) falls in one of a few windows.
+    """A boolean SQL expression: the row's ts (and zone) falls in one of the windows.
 
     With `end_sql` (the row's end instant) the row's lifetime [ts, end] need
     only overlap the window: see HOP_END_SQL.
@@ -284,10 +284,36 @@ def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]], en
     Written out as literals because a range join of a million rows against a
     handful of windows is far slower in DuckDB than a filter it can evaluate
     during the scan. Values come from the verifier itself (floats and the
-    topology's zone names), quoted all the same.
+    topology's zone names), quoted all the same. A few windows are one OR;
+    more (a long run has a fault every few minutes, and these expressions see
+    every row) are merged per zone and searched as a binary tree of CASEs, so
+    a row costs a few comparisons instead of two per window (`_span_tree`).
+    Same value either way, NULLs included.
     """
     if not spans:
         return "false"
+    if len(spans) <= SPAN_OR_MAX or any(lo > hi for _z, lo, hi in spans):
+        return _spans_or(zone_column, spans, end_sql)
+    end = end_sql or "ts"
+    merged = merge_intervals([(z if zone_column else "", "", float(lo), float(hi)) for z, lo, hi in spans])
+    by_zone: dict[str, list[tuple[float, float]]] = {}
+    for z, _u, lo, hi in merged:
+        by_zone.setdefault(z, []).append((lo, hi))
+    if not zone_column:
+        return _span_tree(by_zone[""], end)
+    whens = " ".join(f"WHEN '{sql_str(z)}' THEN {_span_tree(w, end)}" for z, w in by_zone.items())
+    # a NULL zone: the OR of `zone = z AND ...` is NULL where a window holds the row's time, else false
+    anywhere = merge_intervals([("", "", lo, hi) for _z, _u, lo, hi in merged])
+    in_any = _span_tree([(lo, hi) for *_x, lo, hi in anywhere], end)
+    null_zone = f"(CASE WHEN ts IS NULL OR {in_any} THEN NULL ELSE false END)"
+    return f"(CASE WHEN {zone_column} IS NULL THEN {null_zone} ELSE (CASE {zone_column} {whens} ELSE false END) END)"
+
+
+# up to this many windows, `spans_sql` writes one OR (cheap enough, and readable in a query plan)
+SPAN_OR_MAX = 8
+
+
+def _spans_or(zone_column: str | None, spans: list[tuple[str, float, float]], end_sql: str | None) -> str:
     parts = []
     for zone, lo, hi in spans:
         z = f"{zone_column} = '{sql_str(zone)}' AND " if zone_column else ""
@@ -296,6 +322,25 @@ def spans_sql(zone_column: str | None, spans: list[tuple[str, float, float]], en
         else:
             parts.append(f"({z}ts <= {float(hi)!r} AND {end_sql} >= {float(lo)!r})")
     return "(" + " OR ".join(parts) + ")"
+
+
+def _span_tree(windows: list[tuple[float, float]], end: str) -> str:
+    """Whether [ts, end] meets one of `windows` (disjoint, sorted): a binary search on `end` as nested CASEs.
+
+    Disjoint and sorted, the windows' ends rise with their starts, so the row
+    meets one iff it meets the last window starting at or before its end. DuckDB
+    evaluates a CASE branch only on the rows that take it: log2(windows)
+    comparisons a row.
+    """
+
+    def node(a: int, b: int) -> str:  # the count of windows starting at or before `end` is in [a, b]
+        if a == b:
+            # before every window: false (NULL for a NULL ts, as the OR's `ts <= hi AND ...` is)
+            return "(ts IS NULL AND NULL)" if a == 0 else f"(ts <= {windows[a - 1][1]!r})"
+        mid = (a + b + 1) // 2
+        return f"(CASE WHEN {end} >= {windows[mid - 1][0]!r} THEN {node(mid, b)} ELSE {node(a, mid - 1)} END)"
+
+    return node(0, len(windows))
 
 
 def _binomial_log_pmf(n: int, p: float) -> Callable[[int], float]:

@@ -68,6 +68,9 @@ ENTRY_API_NAME_RE = r"^[A-Z]+ /api([/? ]|$)"
 # many such hops
 LINK_EFFECT_SHARE = 0.5
 LINK_EFFECT_MIN_HOPS = 5
+# ... against the same hops in this stretch before the fault (outside every fault window): the link as it was just
+# before, not hours ago in a long run (and each fault then reads minutes of records, not all of them since the start)
+LINK_BASELINE_S = 600.0
 # hops that wait on a zone's service link: HTTP hops served outside the caller's zone, and those served by a
 # service that calls a Region-only upstream itself (each of its requests makes a round trip across the link: the
 # real product-api queries postgres on every route the mesh calls, its /health included); TCP hops are left out,
@@ -109,11 +112,7 @@ class UserChecks(CheckBase):
         # Envoy's START_TIME is whole milliseconds (truncated), a request's ts is not: the request's first hop
         # starts in the same millisecond and is stamped up to 1 ms before it. Without that slack whether a loss
         # was excused depended on which hop of the request failed (the first never matched, the second did).
-        slack = self._tie_slack_sql("q.zone")
-        during = (
-            f"o.zone = q.zone AND o.ts >= q.ts - {slack} "
-            f"AND o.ts <= q.ts + coalesce(q.latency_ms, 0) / 1000.0 + {slack} - {HOP_TS_SLACK_S!r}"
-        )
+        self._mark_failed_requests()
         self.con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE req_marked AS
@@ -126,10 +125,8 @@ class UserChecks(CheckBase):
                        AND coalesce(r.status, 0) = 0) AS excluded,
                    {spans_sql(None, [("", f.inject, hi) for f, hi in impact], REQUEST_END_SQL)} AS in_fault
             FROM (
-                SELECT q.*,  -- a marked hop of the request's zone within its lifetime
-                    EXISTS (SELECT 1 FROM overflow_hops o WHERE {during}) AS overflow,
-                    EXISTS (SELECT 1 FROM under_way_hops o WHERE {during}) AS under_way
-                FROM requests q
+                SELECT q.*, coalesce(m.overflow, false) AS overflow, coalesce(m.under_way, false) AS under_way
+                FROM requests q LEFT JOIN failed_marks m ON m.id = q.rowid
             ) r
             """
         )
@@ -137,7 +134,7 @@ class UserChecks(CheckBase):
         budget = self.slo.error_budget
         for f, hi in impact:
             w = self._window(
-                f"fault {f.fault}", f.inject, hi, f"ts <= ? AND {REQUEST_END_SQL} >= ?", [hi, f.inject],
+                f"fault {f.fault}", f.inject, hi, f"ts <= ? AND {self._reaches(f.inject, 'req_marked')}", [hi],
                 expected.budget(f, budget), f.spof,
             )  # fmt: skip
             windows.append(w)
@@ -171,6 +168,30 @@ class UserChecks(CheckBase):
             AVAILABILITY, not failures, self._summary(AVAILABILITY, failures, ok_text), windows=windows
         )
 
+    def _mark_failed_requests(self) -> None:
+        """Table `failed_marks` (id: the request's rowid): whether a failed request had a hop of
+        `overflow_hops` / `under_way_hops` of its zone within its lifetime, widened by the tie slack.
+
+        Only failed requests are asked (the marks excuse failures), each of them by an ASOF join: the last
+        marked hop starting before the request's end (plus slack) is the latest one it can have, so it is
+        within the lifetime iff it starts after the request's start (minus slack). A correlated EXISTS took
+        time in requests x marked hops: minutes for a long run, or for a broken mesh with many of them.
+        """
+        slack = self._tie_slack_sql("zone")
+        self.con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE failed_marks AS
+            WITH f AS (SELECT rowid AS id, zone, ts - {slack} AS lower,
+                              {REQUEST_END_SQL} + {slack} - {HOP_TS_SLACK_S!r} AS upper
+                       FROM requests WHERE NOT {REQUEST_OK_SQL} AND zone IS NOT NULL),
+                 o AS (SELECT CAST(zone AS VARCHAR) AS zone, ts FROM overflow_hops WHERE zone IS NOT NULL),
+                 u AS (SELECT CAST(zone AS VARCHAR) AS zone, ts FROM under_way_hops WHERE zone IS NOT NULL)
+            SELECT f.id, coalesce(o.ts >= f.lower, false) AS overflow, coalesce(u.ts >= f.lower, false) AS under_way
+            FROM f ASOF LEFT JOIN o ON f.zone = o.zone AND f.upper >= o.ts
+                   ASOF LEFT JOIN u ON f.zone = u.zone AND f.upper >= u.ts
+            """
+        )
+
     def _tie_slack_sql(self, zone_sql: str) -> str:
         """SQL for how far a request's hop may lie outside its lifetime on the records' clocks, per entry zone.
 
@@ -183,18 +204,24 @@ class UserChecks(CheckBase):
         and its losses failed the budget that one clock passed. In-zone workers stamp a zone's requests with
         the same clock as its hops: no relative error then.
         """
-        clock = self.run.clock
-        if clock is None or clock.requests_in_zones:
-            return repr(HOP_TS_SLACK_S)
-        cases = []
-        for (zone,) in self.con.execute("SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL").fetchall():
-            u = clock.zone(str(zone)).uncertainty
-            if u is not None and u > 0:  # beyond the tolerance the zone is unverified anyway (`_clock_checks`)
-                u = min(u, CLOCK_TOLERANCE_S)
-                cases.append(f"WHEN {zone_sql} = '{sql_str(str(zone))}' THEN {HOP_TS_SLACK_S + u!r}")
+        cases = [
+            f"WHEN {zone_sql} = '{sql_str(zone)}' THEN {slack!r}"
+            for zone in sorted(self.user_zones)
+            if (slack := self._tie_slack(zone)) != HOP_TS_SLACK_S
+        ]
         if not cases:
             return repr(HOP_TS_SLACK_S)
         return f"(CASE {' '.join(cases)} ELSE {HOP_TS_SLACK_S!r} END)"
+
+    def _tie_slack(self, zone: str) -> float:
+        """`_tie_slack_sql` for one zone."""
+        clock = self.run.clock
+        if clock is None or clock.requests_in_zones:
+            return HOP_TS_SLACK_S
+        u = clock.zone(zone).uncertainty
+        if u is None or u <= 0:
+            return HOP_TS_SLACK_S
+        return HOP_TS_SLACK_S + min(u, CLOCK_TOLERANCE_S)  # beyond the tolerance: unverified (`_clock_checks`)
 
     def _entry_dead_targets(self, impact: list[tuple[Fault, float]]) -> list[tuple[str, float, float]]:
         """(zone, from, to): a node fault killed some of the zone's entry pods (frontend), not all of them.
@@ -323,7 +350,7 @@ class UserChecks(CheckBase):
             span = (
                 f"(caller_zone = '{sql_str(s.zone)}' AND upstream = '{sql_str(s.upstream)}' "
                 f"AND caller_service IN ({names}) "
-                f"AND ts < {float(s.until)!r} AND {HOP_END_SQL} >= {float(s.start)!r})"  # in flight at the inject
+                f"AND ts < {float(s.until)!r} AND {self._reaches(s.start)})"  # in flight at the inject
             )
             if s.killed_ips:  # a Region pair (`_detection`): any failure of a hop sent to a pod the fault killed
                 dead = ", ".join("'" + sql_str(i) + "'" for i in s.killed_ips)
@@ -891,8 +918,8 @@ class UserChecks(CheckBase):
 
         Every round trip across the link pays the added latency, so the zone's hops that wait on the link
         (`LINK_BOUND_SQL`) and lie wholly inside the fault must take, at the median, at least
-        `LINK_EFFECT_SHARE` of it more than the same hops before it outside every fault window (their median;
-        none: 0).
+        `LINK_EFFECT_SHARE` of it more than the same hops in the `LINK_BASELINE_S` before it outside every fault
+        window (their median; none: 0).
         A degradation that never reached the link (a rule on the wrong interface, a relay out of the path)
         leaves them as fast as ever; "traffic stayed in-zone under latency" proves nothing then. Before, it
         passed. Fewer than `LINK_EFFECT_MIN_HOPS` such hops, or no latency declared (loss alone), cannot show
@@ -905,17 +932,26 @@ class UserChecks(CheckBase):
             return f"{head} declares no added latency: the access log cannot show it took effect (fault unverified)"
         quiet = [(g.inject, (g.restore if g.restore is not None else self.run_end) + self.slo.max_recovery_s)
                  for g in self.run.faults]  # fmt: skip
-        outside = f"te < {float(f.inject)!r} AND NOT {spans_sql(None, [('', lo, hi) for lo, hi in quiet], HOP_END_SQL)}"
+        since = f.inject - LINK_BASELINE_S
+        quiet = [(lo, hi) for lo, hi in quiet if lo <= f.inject and hi >= since - self.longest["hops"] - 0.001]
+        outside = (
+            f"te < {float(f.inject)!r} AND te >= {since!r} AND "
+            f"NOT {spans_sql(None, [('', lo, hi) for lo, hi in quiet], HOP_END_SQL)}"
+        )
         after_lo = f.restore if f.restore is not None else INF
         after_hi = min(after_lo + self.slo.max_recovery_s, self._next_fault_in_zone(f, after_lo))
         # after it, hops in flight during another fault (a Region one slowing postgres, say) say nothing of this one
         others = [("", g.inject, g.restore if g.restore is not None else self.run_end)
                   for g in self.run.faults if g is not f]  # fmt: skip
+        last = max(end, after_hi) if after_hi < INF else end
+        others = [(z, lo, hi) for z, lo, hi in others if lo <= last and hi >= after_lo - self.longest["hops"] - 0.001]
         after = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, others, HOP_END_SQL)}"
+        # only the hops of this fault's stretch of the run (see `_reaches`)
+        first = since - self.longest["hops"] - 0.001
         row = self.con.execute(
             f"""
             WITH bound AS (SELECT ts, {HOP_END_SQL} AS te, duration_ms FROM hops WHERE caller_zone = ? AND
-                           {LINK_BOUND_SQL})
+                           ts >= {first!r} AND ts <= {float(last)!r} AND {LINK_BOUND_SQL})
             SELECT count(*) FILTER (WHERE ts >= ? AND te <= ?), median(duration_ms) FILTER (WHERE ts >= ? AND te <= ?),
                    count(*) FILTER (WHERE {outside}), median(duration_ms) FILTER (WHERE {outside}),
                    count(*) FILTER (WHERE {after}), median(duration_ms) FILTER (WHERE {after})
@@ -952,12 +988,9 @@ class UserChecks(CheckBase):
 
     def coverage(self) -> InvariantResult:
         """Each fault has user requests entering each zone it affects during and after it (see DEFINITIONS)."""
-        entry_down = spans_sql("zone", self.entry_down)
         checks: list[CheckResult] = []
         failures: list[str] = []
-        user_zones = {
-            str(r[0]) for r in self.con.execute("SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL").fetchall()
-        }
+        user_zones = set(self.user_zones)
         for f in self.run.faults:
             for zone in self._affected_zones(f, user_zones):
                 during_end = f.restore if f.restore is not None else max(self.run_end, f.inject)
@@ -978,14 +1011,23 @@ class UserChecks(CheckBase):
                     # during: a request in flight at any time in the fault met it (users whose requests hung from
                     # just before the inject to past the restore had none that *began* in it: unverified, by
                     # tens of milliseconds); after: one that began after the restore, to show the recovery
-                    since = f"{REQUEST_END_SQL} >= ?" if name == "during" else ("ts >= ?" if closed else "ts > ?")
+                    since = (
+                        self._reaches(lo, "requests")
+                        if name == "during"
+                        else (f"ts {'>=' if closed else '>'} {float(lo)!r}")
+                    )
+                    # the zone's down spans that can hold a request's ts here (a long run has many elsewhere)
+                    first_ts = lo - self.longest["requests"] - 0.001 if name == "during" else lo
+                    entry_down = spans_sql(
+                        "zone", [s for s in self.entry_down if s[0] == zone and s[1] <= hi and s[2] >= first_ts]
+                    )
                     row = self.con.execute(
                         f"""
                     SELECT count(*) FILTER (WHERE NOT {entry_down}), count(*) FILTER (WHERE {entry_down}),
                            min(ts) FILTER (WHERE NOT {entry_down})
                     FROM requests WHERE zone = ? AND {since} AND ts <= ?
                     """,
-                        [zone, lo, hi],
+                        [zone, hi],
                     ).fetchone()
                     assert row is not None
                     n, at_down, first = int(row[0]), int(row[1]), row[2]
