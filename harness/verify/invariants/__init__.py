@@ -81,7 +81,9 @@ reader of a copied verdict does not need this file):
   verdict followed the request rate. A recovery not shown before the zone's
   next fault, which began within maxRecoveryS and asks the pair's recovery
   after its own restore (it takes the pair's upstream or the zone down, or
-  degrades its link), is left to that fault.
+  degrades its link), is left to that fault; one whose callers that fault
+  took down is measured after that fault's restore, by the same rules (the
+  callers' next hops are the pair's next record; never restored: unverified).
 - Shared services: hops to Region-placed upstreams must be served in an
   availability zone (zero tolerance; unattributed hosts count as violations)
   and must be routed: a hop that found no upstream host (NR, UH ...) fails,

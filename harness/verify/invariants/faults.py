@@ -9,7 +9,7 @@ for every kind.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.observe.hops import host_ip_sql
 from harness.verify import expected
@@ -342,11 +342,7 @@ class FaultMeasurer(CheckBase):
         measured: list[tuple[float, float | None]] = []
         for u, callers in scope.recovery:
             w = self._recovery_window(f, u, callers, hi, nxt)
-            if w.instant is not None and self._cut_off(f, callers):
-                # no hop of the pair while its callers were cut off: what the zone's requests met bounds it
-                mark = self._last_not_yet(f.zone, callers, f.restore, w.instant)
-                if mark is not None and (w.prev_bad is None or mark > w.prev_bad):
-                    w.prev_bad = mark
+            self._bound_cut_off(f, callers, w)
             pr = pair_results.get(u) or PairResult(
                 caller_zone=f.zone, upstream=u, status=PASS, fault=f.fault, counts={}, first_offenders=[]
             )
@@ -372,8 +368,9 @@ class FaultMeasurer(CheckBase):
                     f"{g.inject - f.restore:.3f}s after the restore and its own recovery must show the pair back"
                 )
                 msg = ""
-            elif msg and rec is None and (why := self._callers_cut(f, callers, nxt)):
-                msg = f"{msg}: {why}"
+            elif msg and (rec is None or not failure) and (cut := self._callers_cut(f, callers, nxt)) is not None:
+                msg, note = self._recovery_after_cut(f, u, callers, cut, pr)
+                out.messages += [note] if note else []
             if msg:
                 pr.status = FAIL
                 pr.message = f"{pr.message}; {msg}" if pr.message else msg
@@ -411,25 +408,74 @@ class FaultMeasurer(CheckBase):
             return None
         return next((x for x in self.run.faults if x.zone == f.zone and x is not f and x.inject == nxt), None)
 
-    def _callers_cut(self, f: Fault, callers: list[str], nxt: float | None) -> str:
-        """Why a recovery not shown is unverified rather than shown missing: the zone's next fault, within
-        maxRecoveryS of the restore, took the pair's callers down ("" when it did not).
+    def _bound_cut_off(self, f: Fault, callers: list[str], w: Window) -> None:
+        """A pair whose callers fault `f` cut off has no hop while cut off: what the zone's requests met bounds
+        its recovery instant from below (`_last_not_yet`), so its resolution says how far the records place it."""
+        assert f.restore is not None
+        if w.instant is not None and self._cut_off(f, callers):
+            mark = self._last_not_yet(f.zone, callers, f.restore, w.instant)
+            if mark is not None and (w.prev_bad is None or mark > w.prev_bad):
+                w.prev_bad = mark
+
+    def _callers_cut(self, f: Fault, callers: list[str], nxt: float | None) -> tuple[Fault, list[str]] | None:
+        """The zone's next fault, when it began within maxRecoveryS of `f`'s restore and took some of the pair's
+        `callers` down, with those callers (None when it did not).
 
         A kill of the caller (public-api) a moment after the callee's (product-api) restore leaves the pair
-        no hop to show it back, and no later fault measures the pair again (the next fault's recovery is the
-        caller's). It still fails: nothing shows the zone recovered. The message says the records could not
-        show it, and why, instead of "never recovers" alone, so a game day's author spaces the two faults.
+        no hop to show it back before that inject, and the next fault's own recovery is the caller's, not the
+        pair's: `_recovery_after_cut` measures the pair after that fault's restore instead.
         """
         g = self._next_fault_within_recovery(f, nxt)
         if g is None:
-            return ""
+            return None
         hit = sorted(set(callers) & (set(g.services) | self._node_fault_services(g)))
-        if not hit or f.restore is None:
-            return ""
-        return (
-            f"unverified, not shown missing: fault {g.fault} took down {', '.join(hit)} "
-            f"{g.inject - f.restore:.3f}s after the restore, before the mesh could show the pair back "
-            "(space the two faults by more than the mesh's endpoint propagation)"
+        return (g, hit) if hit else None
+
+    def _recovery_after_cut(
+        self, f: Fault, u: str, callers: list[str], cut: tuple[Fault, list[str]], pr: PairResult
+    ) -> tuple[str, str]:
+        """(failure, note) of pair (f.zone, u), whose recovery after `f` the zone's next fault cut short by taking
+        its callers down: the pair is measured after that fault's restore, as after `f`'s.
+
+        The next experiment may start before Consul's endpoint change reaches Envoy (about a second), and a kill
+        of the callers then leaves the pair no hop at all until they are back: the verdict failed the mesh as
+        unverified, while a machine one second slower to start the next experiment passed it. The callers' hops
+        after that restore are the pair's next record, and they show the pair where it belongs or not; so its
+        recovery is measured there, by the same rules (the first good hop after the last misplaced one or
+        the last that found no host, shown against a spill, within maxRecoveryS of that restore). A mesh that
+        never takes the zone's upstream back still serves those hops elsewhere and fails ("never recovers",
+        after that restore). A fault that was never restored leaves it unverified; one that took the pair's
+        upstream or the zone down itself asks the recovery after its own restore (`_superseded_by`).
+        """
+        assert f.restore is not None
+        g, hit = cut
+        why = (
+            f"fault {g.fault} took down {', '.join(hit)} {g.inject - f.restore:.3f}s after the restore of "
+            f"{f.fault}, before the mesh could show the pair back"
+        )
+        if g.restore is None:
+            return (
+                f"fallback: {f.zone} -> {u}: recovery after fault {f.fault} unverified, not shown missing: {why}, "
+                "and was never restored",
+                "",
+            )
+        later = replace(f, restore=g.restore)  # the pair's window begins with its callers' return
+        nxt = self._next_inject(f.zone, g.restore, g)
+        hi = nxt if nxt is not None else max(self.run_end, g.restore)
+        w = self._recovery_window(later, u, callers, hi, nxt)
+        self._bound_cut_off(g, callers, w)  # its callers were down until then: the zone's records bound it
+        rec = None if w.instant is None else w.instant - g.restore
+        pr.counts.update({"recovery_after_cut_s": rec, "recovery_after_cut_resolution_s": w.resolution})
+        failure = self._recovery_failure(later, u, w, rec)
+        msg = failure or self._recovery_unshown(later, u, callers, w, hi)
+        if msg and (rec is None or not failure) and (h := self._superseded_by(later, u, nxt)) is not None:
+            return "", f"{f.zone} -> {u}: recovery after fault {f.fault} not measurable: {why}; left to {h.fault}"
+        if msg:
+            return f"{msg}: measured after the restore of fault {g.fault} at {iso(g.restore)}, as {why}", ""
+        assert rec is not None and w.instant is not None
+        return "", (
+            f"{f.zone} -> {u}: recovery after fault {f.fault} not measurable: {why}; back where it belongs "
+            f"{seconds(rec, w.resolution)} after the restore of {g.fault}, at {iso(w.instant)}"
         )
 
     def _detection(self, f: Fault) -> list[FailoverSpan]:
