@@ -11,21 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from harness.verify import FALLBACK
-from harness.verify.synth import FaultSpec
+from harness.verify import COVERAGE, FALLBACK
+from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
-from tests.test_verify_soundness import LAX, failed, run
+from tests.test_verify_soundness import LAX, T, failed, run
 from tests.verdicts import verify
 
 
 # -- 1. a recovery whose callers the zone's next fault took down, shown after that fault's restore -----------------
-def _callers_cut(tmp_path: Path, gap: float, rate: float, recovery_s: float = 1.0) -> Path:
+def _callers_cut(tmp_path: Path, gap: float, rate: float, recovery_s: float = 1.0, duration_s: float = 100) -> Path:
     """LAX's product-api killed at 30 and back at 50 (the Region keeps serving `recovery_s` after it: Consul's
     endpoint change reaches Envoy in about a second); LAX's public-api, its only caller, killed `gap` s after the
     restore and back at 70."""
     f = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, recovery_s)
     g = FaultSpec("kill-public-api-lax", "service-down", LAX, ("public-api",), 50 + gap, 70, 0.2, 1.0)
-    return run(tmp_path, faults=[f, g], duration_s=100, rate_per_zone=rate)
+    return run(tmp_path, faults=[f, g], duration_s=duration_s, rate_per_zone=rate)
 
 
 @pytest.mark.parametrize("rate", [2, 5, 20])
@@ -45,8 +45,71 @@ def test_a_recovery_whose_callers_the_next_fault_took_down_is_shown_after_its_re
 
 @pytest.mark.parametrize("rate", [2, 20])
 def test_a_pair_that_never_recovers_fails_after_the_next_faults_restore_too(tmp_path: Path, rate: float) -> None:
-    """The broken mesh: LAX's public-api keeps calling the Region's product-api after both restores."""
-    v = verify(_callers_cut(tmp_path, 0.3, rate, recovery_s=1000))
+    """The broken mesh: LAX's public-api keeps calling the Region's product-api after both restores (the run goes
+    on for maxRecoveryS after the second)."""
+    v = verify(_callers_cut(tmp_path, 0.3, rate, recovery_s=1000, duration_s=135))
     assert FALLBACK in failed(v), why(v)
     said = " ".join(why(v))
     assert "never recovers" in said and "after the restore of fault kill-public-api-lax" in said, said
+
+
+# -- 2. a run that ends shortly after a restore ------------------------------------------------------------------
+def _kill_at_the_end(tmp_path: Path, tail: float, rate: float, recovery_s: float = 1.0) -> Path:
+    """LAX's product-api killed at 30 and back at 50 (the Region keeps serving `recovery_s` after it); the users
+    stop `tail` s after the restore (e2e's cool-down counts 20 requests per zone after the last restore: 1 s at
+    20 requests a second, as long as Consul takes to hand Envoy the restored endpoint)."""
+    f = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, recovery_s)
+    return run(tmp_path, faults=[f], duration_s=50 + tail, rate_per_zone=rate)
+
+
+def _spill_at_the_end(tmp_path: Path, tail: float, rate: float, spill_until: float = 50) -> Path:
+    """LAX's link degraded 30-50 while one of its two product-api replicas was unready until `spill_until` (Envoy
+    spills ~29 % of the zone's calls to the Region by design); the users stop `tail` s after the restore."""
+    services = tuple(s.model_copy(update={"replicas": 2}) if s.name == "product-api" else s for s in T.services)
+    topo = T.model_copy(update={"services": services})
+    faults = [FaultSpec("degrade-link-lax", "link-degraded", LAX, (), 30, 50, 0.0, 0.0)]
+    return write_run(
+        tmp_path / "run",
+        Scenario(topo, duration_s=50 + tail, rate_per_zone=rate, faults=faults,
+                 degraded=[(LAX, "product-api", 30, spill_until)]),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("rate", [2, 5, 20])
+@pytest.mark.parametrize(("case", "tail"), [("kill", 0.3), ("kill", 1.1), ("kill", 1.3), ("kill", 3.0),
+                                            ("spill", 3.0), ("spill", 8.0)])  # fmt: skip
+def test_a_recovery_the_run_ended_before_is_shown_or_unverified_never_missing(
+    tmp_path: Path, case: str, tail: float, rate: float
+) -> None:
+    """A correct mesh back in-zone ~1 s after the restore, and the run ending `tail` s after it, before the
+    maxRecoveryS (60 s) the SLO gives the recovery had passed. Whether a hop lands in the tail after Envoy took
+    the restored endpoint back (or, after a spill, enough good hops to rule out a mesh still spilling) depends
+    on the request rate and its phase: at 20 requests a second 1.1 s showed it and passed, at 2 or 5 it read
+    "fault ... never recovers", a claim the records do not make (the same mesh shows it on a longer run). The
+    records show the recovery, or show nothing either way: unverified (still a failure), saying the run ended."""
+    d = (_kill_at_the_end if case == "kill" else _spill_at_the_end)(tmp_path, tail, rate)
+    v = verify(d)
+    said = " ".join(why(v))
+    if not v.passed:
+        assert "never recovers" not in said and "the run ended" in said and "unverified" in said, said
+        assert set(failed(v)) <= {FALLBACK, COVERAGE}, said
+
+
+@pytest.mark.parametrize("rate", [2, 20])
+def test_a_pair_that_never_recovers_by_the_slo_is_still_shown_missing(tmp_path: Path, rate: float) -> None:
+    """The broken meshes, the run going on past maxRecoveryS after the restore: the kill's pair served from the
+    Region to the end, the spill never ending. Both fail as recoveries shown missing; cut short by the run's end
+    they fail as unverified."""
+    v = verify(_kill_at_the_end(tmp_path / "kill", 65, rate, recovery_s=1000))
+    assert FALLBACK in failed(v) and "never recovers" in " ".join(why(v)), why(v)
+    v = verify(_spill_at_the_end(tmp_path / "spill", 65, rate, spill_until=115))
+    said = " ".join(why(v))
+    assert FALLBACK in failed(v) and "degrade-link-lax" in said and "> maxRecoveryS" in said, said
+    assert "the run ended" not in said, said
+    for d in (
+        _kill_at_the_end(tmp_path / "kill-cut", 10, rate, 1000),
+        _spill_at_the_end(tmp_path / "s-cut", 10, rate, 60),
+    ):
+        v = verify(d)
+        assert FALLBACK in failed(v) and "the run ended" in " ".join(why(v)), why(v)
+

@@ -84,6 +84,8 @@ reader of a copied verdict does not need this file):
   degrades its link), is left to that fault; one whose callers that fault
   took down is measured after that fault's restore, by the same rules (the
   callers' next hops are the pair's next record; never restored: unverified).
+  A recovery not shown when the run ended before maxRecoveryS after the
+  restore had passed is unverified (fails), not "never recovers".
 - Shared services: hops to Region-placed upstreams must be served in an
   availability zone (zero tolerance; unattributed hosts count as violations)
   and must be routed: a hop that found no upstream host (NR, UH ...) fails,
