@@ -147,3 +147,47 @@ def test_a_rollback_that_left_the_link_slow_is_still_unverified(tmp_path: Path, 
     v = verify(_link_then(tmp_path, rate, 1.2, 0.5, lingers=True))
     assert COVERAGE in failed(v), why(v)
     assert any("did not end at its restore" in m and "degrade-link-lax-1" in m for m in why(v)), why(v)
+
+
+# -- 4. the zone's next fault a moment after a declared single point of failure's cascade -------------------------
+def _spof_then(tmp_path: Path, rate: float, hold: float, recovery_s: float = 1.0) -> Path:
+    """The Region's postgres primary down 30-40, declared a single point of failure (every zone's coffee queries
+    fail meanwhile, 4 in 5); LAX's product-api killed 0.5 s after it was back, for `hold` s (the Region keeps
+    serving LAX `recovery_s` after that restore)."""
+    from harness.chaos import expected as declared_errors
+    from tests.test_verify_expected import DB, DECLARATION, INJECT, RESTORE, START, _rewrite
+
+    k = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), RESTORE + 0.5,
+                  RESTORE + 0.5 + hold, 0.2, recovery_s)  # fmt: skip
+    d = write_run(tmp_path / "run", Scenario(T, duration_s=RESTORE + hold + 62, rate_per_zone=rate, faults=[DB, k],
+                                             replace_pods=False))  # fmt: skip
+    seen = [0]
+
+    def fail(r: dict[str, object]) -> dict[str, object]:
+        if START + INJECT <= float(r["ts"]) <= START + RESTORE:  # type: ignore[arg-type]
+            seen[0] += 1
+            ok = seen[0] % 5 == 0  # the shop page needs no database, the coffee queries do
+            r.update(ok=ok, status=200, error=None if ok else "graphql: dial tcp 127.0.0.1:5432: connection refused")
+        return r
+
+    _rewrite(d / "requests.jsonl", fail)
+    fields = declared_errors.timeline_fields(DECLARATION)
+    _rewrite(d / "chaos.jsonl", lambda c: {**c, **fields} if c["phase"] == "inject" and c["fault"] == DB.fault else c)
+    return d
+
+
+@pytest.mark.parametrize("rate", [4, 20])
+def test_a_next_fault_right_after_a_declared_cascade_is_left_its_own_recovery(tmp_path: Path, rate: float) -> None:
+    """LAX's product-api killed half a second after the database's cascade ended, and held 65 s: the pair's
+    recovery after the cascade was measured over maxRecoveryS and found the kill's failover to the Region
+    there ("not back in-zone within maxRecoveryS after the cascade"), which a kill started a second later, or
+    held 55 s, did not meet. The kill's own recovery shows the pair back."""
+    v = verify(_spof_then(tmp_path, rate, 65))
+    assert v.passed, why(v)
+
+
+@pytest.mark.parametrize("rate", [4, 20])
+def test_a_pair_that_never_comes_back_after_the_next_fault_still_fails(tmp_path: Path, rate: float) -> None:
+    v = verify(_spof_then(tmp_path, rate, 65, recovery_s=1000))
+    assert FALLBACK in failed(v), why(v)
+    assert any("fault kill-product-api-lax never recovers" in m for m in why(v)), why(v)

@@ -64,8 +64,10 @@ reader of a copied verdict does not need this file):
   dependant more than maxFailoverS after the Region has it ready again must
   fail over to the Region, one without it more than maxRecoveryS fails, and
   every edge pair depending on it must be back in-zone within maxRecoveryS
-  after the cascade, with traffic to show it. A service without (enough) ready pods in a
-  zone outside every recorded fault is a note, and fails fallback when it
+  after the cascade, with traffic to show it, up to its zone's next fault
+  (one that measures the pair's recovery after its own restore is left it).
+  A service without (enough) ready pods in a zone outside every recorded
+  fault is a note, and fails fallback when it
   lasts longer than `maxRecoveryS` (an outage nobody injected that did not
   recover).
 - Resolution of F (or R): F minus the last record of the pair before F that

@@ -404,6 +404,24 @@ class FaultMeasurer(CheckBase):
         scope = SCOPES.get(g.kind, FaultMeasurer.scope_link_degraded)(self, g, zone_pairs)
         return g if any(v == u for v, _ in scope.recovery) else None
 
+    def _left_to_next(self, zone: str, u: str, since: float) -> Fault | None:
+        """The zone's next fault after `since`, when it began within maxRecoveryS of it and asks the recovery of
+        pair (zone, u) after its own restore (it takes `u` or the zone down, or degrades its link: `SCOPES`).
+
+        For a declared single point of failure's cascade, which ends in the Region (`_declared_recovery`),
+        what `_superseded_by` is for a fault of the zone: a recovery cut short by the zone's next fault is
+        that fault's to show, and a mesh that never came back fails there.
+        """
+        nxt = self._next_inject(zone, since)
+        if nxt is None or nxt >= since + self.slo.max_recovery_s:
+            return None
+        g = next((x for x in self.run.faults if x.zone == zone and x.inject == nxt), None)
+        if g is None:
+            return None
+        zone_pairs = [(v, list(c)) for (z, v, c) in self.pairs if z == zone]
+        scope = SCOPES.get(g.kind, FaultMeasurer.scope_link_degraded)(self, g, zone_pairs)
+        return g if any(v == u for v, _ in scope.recovery) else None
+
     def _next_fault_within_recovery(self, f: Fault, nxt: float | None) -> Fault | None:
         """The zone's next fault (injected at `nxt`), when it began within maxRecoveryS of `f`'s restore."""
         if nxt is None or f.restore is None or nxt >= f.restore + self.slo.max_recovery_s:
@@ -820,6 +838,8 @@ class FaultMeasurer(CheckBase):
         end, recoveries = self._declared_recovery(f)
         for z, u, instant, rw in recoveries:  # the window it measured (None: the cascade never ended, judged above)
             if rw is None or instant is not None or not zone_is_edge(self.t, z) or self._placement(u) != "edge":
+                continue
+            if self._left_to_next(z, u, end) is not None:  # cut short by the zone's next fault, whose recovery asks it
                 continue
             if rw.hops:
                 out.append(

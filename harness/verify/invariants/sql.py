@@ -93,7 +93,8 @@ DEFINITIONS = {
     "still spilling would rarely give them); a declared single point of failure's cascade: a zone still without "
     "a dependant longer than maxFailoverS after the Region has it ready again must fail over to the Region, and "
     "one without it longer than maxRecoveryS fails, and every edge pair depending on it must be back in-zone "
-    "within maxRecoveryS after the cascade, with traffic to show it",
+    "within maxRecoveryS after the cascade, with traffic to show it, measured up to its zone's next fault (one that "
+    "began within maxRecoveryS and measures the pair's recovery after its own restore is left it)",
     "resolution_s": "gap between the records bounding the failover/recovery instant: the instant minus the last "
     "failed or misplaced hop before it (or minus the window start); for a recovery whose callers the fault cut off "
     "(entry point, a caller or a service on its call path down in the zone) also the moment the first of the "
