@@ -17,40 +17,63 @@ from tests.test_verify_audit import why
 from tests.test_verify_soundness import LAX, T, failed, run
 from tests.verdicts import verify
 
+# -- 1. a recovery whose callers the zone's next fault cut off, shown after that fault's restore -------------------
+CUTS = {  # the zone's next fault, cutting product-api's callers off: killing them, or the entry point before them
+    "caller": ("kill-public-api-lax", ("public-api",), False),
+    "entry": ("kill-frontend-lax", ("frontend",), True),
+}
 
-# -- 1. a recovery whose callers the zone's next fault took down, shown after that fault's restore -----------------
-def _callers_cut(tmp_path: Path, gap: float, rate: float, recovery_s: float = 1.0, duration_s: float = 100) -> Path:
+
+def _callers_cut(
+    tmp_path: Path, gap: float, rate: float, recovery_s: float = 1.0, duration_s: float = 100, cut: str = "caller"
+) -> Path:
     """LAX's product-api killed at 30 and back at 50 (the Region keeps serving `recovery_s` after it: Consul's
-    endpoint change reaches Envoy in about a second); LAX's public-api, its only caller, killed `gap` s after the
-    restore and back at 70."""
+    endpoint change reaches Envoy in about a second); `gap` s after the restore the zone's next fault kills LAX's
+    public-api (its only caller) or frontend (the entry point, the only way to public-api), back at 70."""
+    name, services, entry_down = CUTS[cut]
     f = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, recovery_s)
-    g = FaultSpec("kill-public-api-lax", "service-down", LAX, ("public-api",), 50 + gap, 70, 0.2, 1.0)
+    g = FaultSpec(name, "service-down", LAX, services, 50 + gap, 70, 0.2, 1.0, entry_down=entry_down)
     return run(tmp_path, faults=[f, g], duration_s=duration_s, rate_per_zone=rate)
 
 
 @pytest.mark.parametrize("rate", [2, 5, 20])
 @pytest.mark.parametrize("gap", [0.05, 0.3, 0.9])
-def test_a_recovery_whose_callers_the_next_fault_took_down_is_shown_after_its_restore(
-    tmp_path: Path, gap: float, rate: float
+@pytest.mark.parametrize("cut", sorted(CUTS))
+def test_a_recovery_whose_callers_the_next_fault_cut_off_is_shown_after_its_restore(
+    tmp_path: Path, cut: str, gap: float, rate: float
 ) -> None:
-    """The next experiment killed the pair's callers before Envoy used the restored product-api: no hop could
-    show the pair back before that inject, and the verdict failed the mesh as unverified, while a machine one
-    second slower to start the next experiment passed it. The pair's next hops, the replacement callers' after
-    the second restore, show it back in-zone (or not): that is its recovery, measured there."""
-    v = verify(_callers_cut(tmp_path, gap, rate))
+    """The next experiment cut the pair's callers off (killed them, or the zone's entry point before them) before
+    Envoy used the restored product-api: no hop could show the pair back before that inject, and the verdict
+    failed the mesh (as unverified when the callers were killed, as "never recovers" when the entry was), while a
+    machine one second slower to start the next experiment passed it. The pair's next hops, after the second
+    restore, show it back in-zone (or not): that is its recovery, measured there."""
+    v = verify(_callers_cut(tmp_path, gap, rate, cut=cut))
     assert v.passed, why(v)
     f = next(r for r in v.faults if r.fault == "kill-product-api-lax")
-    assert any("kill-public-api-lax" in m and "back" in m for m in f.messages), f.messages
+    assert any(CUTS[cut][0] in m and "back" in m for m in f.messages), f.messages
 
 
 @pytest.mark.parametrize("rate", [2, 20])
-def test_a_pair_that_never_recovers_fails_after_the_next_faults_restore_too(tmp_path: Path, rate: float) -> None:
+@pytest.mark.parametrize("cut", sorted(CUTS))
+def test_a_pair_that_never_recovers_fails_after_the_next_faults_restore_too(
+    tmp_path: Path, cut: str, rate: float
+) -> None:
     """The broken mesh: LAX's public-api keeps calling the Region's product-api after both restores (the run goes
     on for maxRecoveryS after the second)."""
-    v = verify(_callers_cut(tmp_path, 0.3, rate, recovery_s=1000, duration_s=135))
+    v = verify(_callers_cut(tmp_path, 0.3, rate, recovery_s=1000, duration_s=135, cut=cut))
     assert FALLBACK in failed(v), why(v)
     said = " ".join(why(v))
-    assert "never recovers" in said and "after the restore of fault kill-public-api-lax" in said, said
+    assert "never recovers" in said and f"after the restore of fault {CUTS[cut][0]}" in said, said
+
+
+def test_a_zone_without_users_after_the_entry_came_back_is_still_unverified(tmp_path: Path) -> None:
+    """The coverage counterpart: the entry point killed 50 ms after the restore, and no user entering LAX after
+    that (at 2 requests a second none came in those 50 ms): the recovery met no user, and stays unverified."""
+    f = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
+    g = FaultSpec("kill-frontend-lax", "service-down", LAX, ("frontend",), 50.05, 70, 0.2, 1.0, entry_down=True)
+    v = verify(run(tmp_path, faults=[f, g], duration_s=100, rate_per_zone=2, silent=[(LAX, 50.0, None)]))
+    assert COVERAGE in failed(v), why(v)
+    assert any("no user requests entering" in m and "kill-product-api-lax:" in m for m in why(v)), why(v)
 
 
 # -- 2. a run that ends shortly after a restore ------------------------------------------------------------------

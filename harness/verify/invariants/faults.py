@@ -438,17 +438,20 @@ class FaultMeasurer(CheckBase):
                 w.prev_bad = mark
 
     def _callers_cut(self, f: Fault, callers: list[str], nxt: float | None) -> tuple[Fault, list[str]] | None:
-        """The zone's next fault, when it began within maxRecoveryS of `f`'s restore and took some of the pair's
-        `callers` down, with those callers (None when it did not).
+        """The zone's next fault, when it began within maxRecoveryS of `f`'s restore and cut the pair's `callers`
+        off, with what it took down (None when it did not): a caller, a service on the way from the zone's entry
+        to one (as `_cut_off`), or the entry point.
 
-        A kill of the caller (public-api) a moment after the callee's (product-api) restore leaves the pair
-        no hop to show it back before that inject, and the next fault's own recovery is the caller's, not the
-        pair's: `_recovery_after_cut` measures the pair after that fault's restore instead.
+        A kill of the caller (public-api), or of the entry before it (frontend), a moment after the callee's
+        (product-api) restore leaves the pair no hop to show it back before that inject, and the next fault's
+        own recovery is not the pair's: `_recovery_after_cut` measures the pair after that fault's restore.
         """
         g = self._next_fault_within_recovery(f, nxt)
         if g is None:
             return None
-        hit = sorted(set(callers) & (set(g.services) | self._node_fault_services(g)))
+        # the callers, or a service on the way to them (frontend, the entry point): either leaves the pair no hop
+        path = expected.dependants(self.t, tuple(callers)) & (set(g.services) | self._node_fault_services(g))
+        hit = sorted(path) or ([f"{f.zone}'s entry point"] if g.entry_down else [])
         return (g, hit) if hit else None
 
     def _recovery_after_cut(

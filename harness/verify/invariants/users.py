@@ -993,6 +993,10 @@ class UserChecks(CheckBase):
                         g_end = min((g.restore if g.restore is not None else self.run_end)
                                     for g in self.run.faults if g.zone == zone and g.inject == nxt)  # fmt: skip
                         after_end = min(after_end, max(nxt, g_end))
+                        if any(g.entry_down for g in self.run.faults if g.zone == zone and g.inject == nxt):
+                            # it took the entry point down: no user reaches the zone until its restore, and the
+                            # recovery is measured with those after it (`FaultMeasurer._recovery_after_cut`)
+                            after_end = min(self.run_end, max(after_end, g_end + self.slo.max_recovery_s))
                     windows.append(("after", f.restore, after_end, False))
                 for name, lo, hi, closed in windows:
                     subject = f"{f.fault} {zone} {name}"
