@@ -524,11 +524,11 @@ class FaultMeasurer(CheckBase):
         )
         if rec is not None:  # shown back, by too few hops to rule out a mesh still spilling
             return f"{msg}: {ended} (a run that goes on longer after its last restore shows it)"
-        seen = (
-            "no hop of the pair after it"
-            if w.hops == 0
-            else f"{w.hops} hops after it, {w.failed} failed, none where it belongs after the last served elsewhere"
-            + (f" at {iso(w.last_misplaced)}" if w.last_misplaced is not None else "")
+        if w.hops == 0:
+            head = f"fallback: {f.zone} -> {u}: fault {f.fault}: no traffic after restore at {iso(f.restore)}"
+            return f"{head} (recovery {ended})"
+        seen = f"{w.hops} hops after it, {w.failed} failed, none where it belongs after the last served elsewhere" + (
+            f" at {iso(w.last_misplaced)}" if w.last_misplaced is not None else ""
         )
         first = f", first at {hop_text(w.offenders[0])}" if w.offenders else ""
         return (
