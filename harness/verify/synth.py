@@ -104,6 +104,10 @@ class FaultSpec:
     latency_ms: float = 200.0
     link_inert: bool = False
     link_lingers: bool = False
+    # how long the primitive that undoes the fault takes after the restore is recorded (the timeline writes the
+    # restore before calling it): a degraded link stays slow meanwhile, and the restore's counter snapshot, taken
+    # once the primitive acted, comes after it (kind: `docker exec` of the rules on each of the zone's nodes)
+    undo_s: float = 0.0
 
 
 @dataclass
@@ -597,7 +601,7 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
     snaps = sorted(
         [(sc.start - 0.5, "start")]
         + [(sc.start + f.inject + 0.002, f"inject {f.fault}") for f in sc.faults if f.recorded]
-        + [(sc.start + (f.restore if f.recorded_restore is None else f.recorded_restore) + 0.002,
+        + [(sc.start + (f.restore if f.recorded_restore is None else f.recorded_restore) + f.undo_s + 0.002,
             f"restore {f.fault}") for f in sc.faults if f.restore is not None and f.recorded]
     )  # fmt: skip
     faults = sc.faults
@@ -617,7 +621,8 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             if f.kind == "partition" and placement[up] is Placement.REGION and _active(f, rel):
                 pod = m.region_pod(up, None)
                 return pod, 503, "UF", 1000.0
-            slowed = _active(f, rel) or (f.link_lingers and rel >= f.inject)
+            undoing = f.restore is not None and f.restore <= rel < f.restore + f.undo_s
+            slowed = _active(f, rel) or (f.link_lingers and rel >= f.inject) or undoing
             if f.kind == "link-degraded" and placement[up] is Placement.REGION and slowed:
                 extra += 0.0 if f.link_inert else f.latency_ms
             if f.kind == "service-down" and up in f.services and f.inject - f.inflight_ms / 1000 <= rel < f.inject:

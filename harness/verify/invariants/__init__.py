@@ -64,8 +64,10 @@ reader of a copied verdict does not need this file):
   dependant more than maxFailoverS after the Region has it ready again must
   fail over to the Region, one without it more than maxRecoveryS fails, and
   every edge pair depending on it must be back in-zone within maxRecoveryS
-  after the cascade, with traffic to show it. A service without (enough) ready pods in a
-  zone outside every recorded fault is a note, and fails fallback when it
+  after the cascade, with traffic to show it, up to its zone's next fault
+  (one that measures the pair's recovery after its own restore is left it).
+  A service without (enough) ready pods in a zone outside every recorded
+  fault is a note, and fails fallback when it
   lasts longer than `maxRecoveryS` (an outage nobody injected that did not
   recover).
 - Resolution of F (or R): F minus the last record of the pair before F that
@@ -81,7 +83,11 @@ reader of a copied verdict does not need this file):
   verdict followed the request rate. A recovery not shown before the zone's
   next fault, which began within maxRecoveryS and asks the pair's recovery
   after its own restore (it takes the pair's upstream or the zone down, or
-  degrades its link), is left to that fault.
+  degrades its link), is left to that fault; one whose callers that fault
+  took down is measured after that fault's restore, by the same rules (the
+  callers' next hops are the pair's next record; never restored: unverified).
+  A recovery not shown when the run ended before maxRecoveryS after the
+  restore had passed is unverified (fails), not "never recovers".
 - Shared services: hops to Region-placed upstreams must be served in an
   availability zone (zero tolerance; unattributed hosts count as violations)
   and must be routed: a hop that found no upstream host (NR, UH ...) fails,

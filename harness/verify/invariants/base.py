@@ -248,7 +248,12 @@ class CheckBase:
         ejections run out their time after the pods are Ready again (a
         stability run: 1.2 s of "no healthy upstream" from every zone after
         the last product-api was Ready). Measured like any recovery: the
-        first good hop after which the pair's hops stay good.
+        first good hop after which the pair's hops stay good, up to the pair's
+        zone's next fault (its hops then are that fault's, as for a fault's own
+        recovery: a kill of the zone's product-api half a second after the
+        cascade, held longer than maxRecoveryS, failed the mesh "not back
+        in-zone after the cascade", and a shorter one stretched the declared
+        fault's window over its own).
         """
         if (f.fault, f.inject) in self._recovered:
             return self._recovered[(f.fault, f.inject)]
@@ -260,8 +265,9 @@ class CheckBase:
                 continue
             w = None
             if end < INF:
-                bound = min(end + self.slo.max_recovery_s, max(self.run_end, end))
-                w = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u))
+                nxt = self._next_inject(z, end)
+                bound = min(end + self.slo.max_recovery_s, max(self.run_end, end), INF if nxt is None else nxt)
+                w = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u), next_fault=nxt)
             out.append(DeclaredRecovery(z, u, None if w is None else w.instant, w))
         self._recovered[(f.fault, f.inject)] = (end, out)
         return end, out

@@ -9,7 +9,7 @@ for every kind.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.observe.hops import host_ip_sql
 from harness.verify import expected
@@ -340,11 +340,7 @@ class FaultMeasurer(CheckBase):
         measured: list[tuple[float, float | None]] = []
         for u, callers in scope.recovery:
             w = self._recovery_window(f, u, callers, hi, nxt)
-            if w.instant is not None and self._cut_off(f, callers):
-                # no hop of the pair while its callers were cut off: what the zone's requests met bounds it
-                mark = self._last_not_yet(f.zone, callers, f.restore, w.instant)
-                if mark is not None and (w.prev_bad is None or mark > w.prev_bad):
-                    w.prev_bad = mark
+            self._bound_cut_off(f, callers, w)
             pr = pair_results.get(u) or PairResult(
                 caller_zone=f.zone, upstream=u, status=PASS, fault=f.fault, counts={}, first_offenders=[]
             )
@@ -370,8 +366,11 @@ class FaultMeasurer(CheckBase):
                     f"{g.inject - f.restore:.3f}s after the restore and its own recovery must show the pair back"
                 )
                 msg = ""
-            elif msg and rec is None and (why := self._callers_cut(f, callers, nxt)):
-                msg = f"{msg}: {why}"
+            elif msg and (rec is None or not failure) and (cut := self._callers_cut(f, callers, nxt)) is not None:
+                msg, note = self._recovery_after_cut(f, u, callers, cut, pr)
+                out.messages += [note] if note else []
+            elif msg and (rec is None or not failure) and nxt is None:
+                msg = self._ended_before_due(f, u, w, rec, msg, hi)
             if msg:
                 pr.status = FAIL
                 pr.message = f"{pr.message}; {msg}" if pr.message else msg
@@ -403,31 +402,136 @@ class FaultMeasurer(CheckBase):
         scope = SCOPES.get(g.kind, FaultMeasurer.scope_link_degraded)(self, g, zone_pairs)
         return g if any(v == u for v, _ in scope.recovery) else None
 
+    def _left_to_next(self, zone: str, u: str, since: float) -> Fault | None:
+        """The zone's next fault after `since`, when it began within maxRecoveryS of it and asks the recovery of
+        pair (zone, u) after its own restore (it takes `u` or the zone down, or degrades its link: `SCOPES`).
+
+        For a declared single point of failure's cascade, which ends in the Region (`_declared_recovery`),
+        what `_superseded_by` is for a fault of the zone: a recovery cut short by the zone's next fault is
+        that fault's to show, and a mesh that never came back fails there.
+        """
+        nxt = self._next_inject(zone, since)
+        if nxt is None or nxt >= since + self.slo.max_recovery_s:
+            return None
+        g = next((x for x in self.run.faults if x.zone == zone and x.inject == nxt), None)
+        if g is None:
+            return None
+        zone_pairs = [(v, list(c)) for (z, v, c) in self.pairs if z == zone]
+        scope = SCOPES.get(g.kind, FaultMeasurer.scope_link_degraded)(self, g, zone_pairs)
+        return g if any(v == u for v, _ in scope.recovery) else None
+
     def _next_fault_within_recovery(self, f: Fault, nxt: float | None) -> Fault | None:
         """The zone's next fault (injected at `nxt`), when it began within maxRecoveryS of `f`'s restore."""
         if nxt is None or f.restore is None or nxt >= f.restore + self.slo.max_recovery_s:
             return None
         return next((x for x in self.run.faults if x.zone == f.zone and x is not f and x.inject == nxt), None)
 
-    def _callers_cut(self, f: Fault, callers: list[str], nxt: float | None) -> str:
-        """Why a recovery not shown is unverified rather than shown missing: the zone's next fault, within
-        maxRecoveryS of the restore, took the pair's callers down ("" when it did not).
+    def _bound_cut_off(self, f: Fault, callers: list[str], w: Window) -> None:
+        """A pair whose callers fault `f` cut off has no hop while cut off: what the zone's requests met bounds
+        its recovery instant from below (`_last_not_yet`), so its resolution says how far the records place it."""
+        assert f.restore is not None
+        if w.instant is not None and self._cut_off(f, callers):
+            mark = self._last_not_yet(f.zone, callers, f.restore, w.instant)
+            if mark is not None and (w.prev_bad is None or mark > w.prev_bad):
+                w.prev_bad = mark
 
-        A kill of the caller (public-api) a moment after the callee's (product-api) restore leaves the pair
-        no hop to show it back, and no later fault measures the pair again (the next fault's recovery is the
-        caller's). It still fails: nothing shows the zone recovered. The message says the records could not
-        show it, and why, instead of "never recovers" alone, so a game day's author spaces the two faults.
+    def _callers_cut(self, f: Fault, callers: list[str], nxt: float | None) -> tuple[Fault, list[str]] | None:
+        """The zone's next fault, when it began within maxRecoveryS of `f`'s restore and cut the pair's `callers`
+        off, with what it took down (None when it did not): a caller, a service on the way from the zone's entry
+        to one (as `_cut_off`), or the entry point.
+
+        A kill of the caller (public-api), or of the entry before it (frontend), a moment after the callee's
+        (product-api) restore leaves the pair no hop to show it back before that inject, and the next fault's
+        own recovery is not the pair's: `_recovery_after_cut` measures the pair after that fault's restore.
         """
         g = self._next_fault_within_recovery(f, nxt)
         if g is None:
-            return ""
-        hit = sorted(set(callers) & (set(g.services) | self._node_fault_services(g)))
-        if not hit or f.restore is None:
-            return ""
+            return None
+        # the callers, or a service on the way to them (frontend, the entry point): either leaves the pair no hop
+        path = expected.dependants(self.t, tuple(callers)) & (set(g.services) | self._node_fault_services(g))
+        hit = sorted(path) or ([f"{f.zone}'s entry point"] if g.entry_down else [])
+        return (g, hit) if hit else None
+
+    def _recovery_after_cut(
+        self, f: Fault, u: str, callers: list[str], cut: tuple[Fault, list[str]], pr: PairResult
+    ) -> tuple[str, str]:
+        """(failure, note) of pair (f.zone, u), whose recovery after `f` the zone's next fault cut short by taking
+        its callers down: the pair is measured after that fault's restore, as after `f`'s.
+
+        The next experiment may start before Consul's endpoint change reaches Envoy (about a second), and a kill
+        of the callers then leaves the pair no hop at all until they are back: the verdict failed the mesh as
+        unverified, while a machine one second slower to start the next experiment passed it. The callers' hops
+        after that restore are the pair's next record, and they show the pair where it belongs or not; so its
+        recovery is measured there, by the same rules (the first good hop after the last misplaced one or
+        the last that found no host, shown against a spill, within maxRecoveryS of that restore). A mesh that
+        never takes the zone's upstream back still serves those hops elsewhere and fails ("never recovers",
+        after that restore). A fault that was never restored leaves it unverified; one that took the pair's
+        upstream or the zone down itself asks the recovery after its own restore (`_superseded_by`).
+        """
+        assert f.restore is not None
+        g, hit = cut
+        why = (
+            f"fault {g.fault} took down {', '.join(hit)} {g.inject - f.restore:.3f}s after the restore of "
+            f"{f.fault}, before the mesh could show the pair back"
+        )
+        if g.restore is None:
+            return (
+                f"fallback: {f.zone} -> {u}: recovery after fault {f.fault} unverified, not shown missing: {why}, "
+                "and was never restored",
+                "",
+            )
+        later = replace(f, restore=g.restore)  # the pair's window begins with its callers' return
+        nxt = self._next_inject(f.zone, g.restore, g)
+        hi = nxt if nxt is not None else max(self.run_end, g.restore)
+        w = self._recovery_window(later, u, callers, hi, nxt)
+        self._bound_cut_off(g, callers, w)  # its callers were down until then: the zone's records bound it
+        rec = None if w.instant is None else w.instant - g.restore
+        pr.counts.update({"recovery_after_cut_s": rec, "recovery_after_cut_resolution_s": w.resolution})
+        failure = self._recovery_failure(later, u, w, rec)
+        msg = failure or self._recovery_unshown(later, u, callers, w, hi)
+        if msg and (rec is None or not failure) and (h := self._superseded_by(later, u, nxt)) is not None:
+            return "", f"{f.zone} -> {u}: recovery after fault {f.fault} not measurable: {why}; left to {h.fault}"
+        if msg and (rec is None or not failure) and nxt is None:
+            msg = self._ended_before_due(later, u, w, rec, msg, hi)
+        if msg:
+            return f"{msg}: measured after the restore of fault {g.fault} at {iso(g.restore)}, as {why}", ""
+        assert rec is not None and w.instant is not None
+        return "", (
+            f"{f.zone} -> {u}: recovery after fault {f.fault} not measurable: {why}; back where it belongs "
+            f"{seconds(rec, w.resolution)} after the restore of {g.fault}, at {iso(w.instant)}"
+        )
+
+    def _ended_before_due(self, f: Fault, u: str, w: Window, rec: float | None, msg: str, hi: float) -> str:
+        """`msg`, why the recovery of pair (f.zone, u) was not shown in its window [restore, hi], unless the run's
+        end cut that window before maxRecoveryS had passed: then the recovery is unverified, and says so.
+
+        Within maxRecoveryS a pair still served from the Region (or still spilling) is no failure: Consul hands
+        Envoy a restored endpoint in about a second, and outlier ejections run out their time. A run that ends
+        first (e2e's cool-down stops the users after 20 requests per zone: a second at 20 requests a second)
+        shows the recovery when a hop lands in its last moments, and else nothing either way: read as "fault
+        ... never recovers", the verdict claimed a failure at 2 requests a second that the same mesh showed
+        recovered at 20, and on a longer run at any rate. The verdict still fails (unverified), and says the
+        records stop before the pair could be shown back. A window the SLO's time fills is judged as before.
+        """
+        assert f.restore is not None
+        if hi >= f.restore + self.slo.max_recovery_s:
+            return msg
+        ended = (
+            f"unverified, not shown missing: the run ended {max(0.0, hi - f.restore):.3f}s after the restore at "
+            f"{iso(f.restore)}, before maxRecoveryS ({self.slo.max_recovery_s:g}s) had passed"
+        )
+        if rec is not None:  # shown back, by too few hops to rule out a mesh still spilling
+            return f"{msg}: {ended} (a run that goes on longer after its last restore shows it)"
+        if w.hops == 0:
+            head = f"fallback: {f.zone} -> {u}: fault {f.fault}: no traffic after restore at {iso(f.restore)}"
+            return f"{head} (recovery {ended})"
+        seen = f"{w.hops} hops after it, {w.failed} failed, none where it belongs after the last served elsewhere" + (
+            f" at {iso(w.last_misplaced)}" if w.last_misplaced is not None else ""
+        )
+        first = f", first at {hop_text(w.offenders[0])}" if w.offenders else ""
         return (
-            f"unverified, not shown missing: fault {g.fault} took down {', '.join(hit)} "
-            f"{g.inject - f.restore:.3f}s after the restore, before the mesh could show the pair back "
-            "(space the two faults by more than the mesh's endpoint propagation)"
+            f"fallback: {f.zone} -> {u}: recovery after fault {f.fault} {ended} ({seen}: a run that goes on longer "
+            f"after its last restore shows it){first}"
         )
 
     def _detection(self, f: Fault) -> list[FailoverSpan]:
@@ -734,6 +838,8 @@ class FaultMeasurer(CheckBase):
         end, recoveries = self._declared_recovery(f)
         for z, u, instant, rw in recoveries:  # the window it measured (None: the cascade never ended, judged above)
             if rw is None or instant is not None or not zone_is_edge(self.t, z) or self._placement(u) != "edge":
+                continue
+            if self._left_to_next(z, u, end) is not None:  # cut short by the zone's next fault, whose recovery asks it
                 continue
             if rw.hops:
                 out.append(

@@ -639,23 +639,29 @@ class RoutingChecks(CheckBase):
         Before the first user request the mesh is still converging (apps open
         their database connections while the sidecars get their endpoints; the
         harness starts traffic once every pod is ready), so bring-up is not judged.
+        The windows are gathered per zone and per service, each set one `spans_sql` (a long run's faults are
+        searched, not tried one by one on every hop).
         """
         first_request = self._one("SELECT min(ts) FROM requests")
         parts: list[str] = [f"(ts < {float(first_request)!r})"] if first_request is not None else []
         slack = self.slo.max_recovery_s
+        zones: list[tuple[str, float, float]] = []
+        services: dict[str, list[tuple[str, float, float]]] = {}
         for f in self.run.faults:
             end = INF if f.restore is None else f.restore + slack
             if f.kind in ("zone-down", "partition"):
-                parts.append(spans_sql("caller_zone", [(f.zone, f.inject, end)], HOP_END_SQL))
+                zones.append((f.zone, f.inject, end))
             for s in f.services:
                 if self._placement(s) == "region":
-                    window = spans_sql(None, [("", f.inject, end)], HOP_END_SQL)
-                    parts.append(f"(upstream = '{sql_str(s)}' AND {window})")
+                    services.setdefault(s, []).append(("", f.inject, end))
         for (zone, service), intervals in self.run.down.items():
             if zone != self.t.region or self._placement(service) != "region":
                 continue
-            spans = [("", lo, INF if hi is None else hi + slack) for lo, hi in intervals]
-            parts.append(f"(upstream = '{sql_str(service)}' AND {spans_sql(None, spans, HOP_END_SQL)})")
+            services.setdefault(service, []).extend(("", lo, INF if hi is None else hi + slack) for lo, hi in intervals)
+        if zones:
+            parts.append(spans_sql("caller_zone", zones, HOP_END_SQL))
+        for s, spans in services.items():
+            parts.append(f"(upstream = '{sql_str(s)}' AND {spans_sql(None, spans, HOP_END_SQL)})")
         return "(" + " OR ".join(parts) + ")" if parts else "false"
 
     def call_graph(self) -> InvariantResult:

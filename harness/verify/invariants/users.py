@@ -629,11 +629,12 @@ class UserChecks(CheckBase):
         skip = spans_sql("zone", self._entry_silent_spans(), REQUEST_END_SQL)
         rows = self.con.execute(
             f"""
-            WITH q AS (SELECT zone, ts, latency_ms, ts - {slack} AS lo,
-                              ts + latency_ms / 1000.0 + {slack} AS hi
+            WITH api AS (SELECT name FROM (SELECT DISTINCT name FROM requests)  -- a few names: matched once each
+                         WHERE regexp_matches(coalesce(name, ''), ?)),
+                 q AS (SELECT zone, ts, latency_ms, ts - {slack} AS lo, ts + latency_ms / 1000.0 + {slack} AS hi
                        FROM requests
                        WHERE zone IS NOT NULL AND coalesce(ok, false) AND coalesce(status, 0) BETWEEN 200 AND 399
-                         AND latency_ms IS NOT NULL AND regexp_matches(coalesce(name, ''), ?)),
+                         AND latency_ms IS NOT NULL AND name IN (SELECT name FROM api)),
                  e AS (SELECT caller_zone AS zone, ts FROM hops
                        WHERE caller_zone IS NOT NULL AND caller_service IN ({names})),
                  nxt AS (SELECT q.*, e.ts AS next_hop FROM q ASOF LEFT JOIN e ON q.zone = e.zone AND q.lo <= e.ts),
@@ -925,7 +926,8 @@ class UserChecks(CheckBase):
         passed. Fewer than `LINK_EFFECT_MIN_HOPS` such hops, or no latency declared (loss alone), cannot show
         it: unverified too. After the restore (until maxRecoveryS or the zone's next fault) the same hops must
         be back under that mark: a rollback that left the latency on leaves the zone slow for whatever runs
-        next, and its recovery was never shown.
+        next, and its recovery was never shown. "After" begins once the rules are off (`_undone_at`): the
+        timeline writes the restore before the primitive clears the link.
         """
         head = f"coverage: fault {f.fault}: the degradation of {f.zone}'s link"
         if not f.latency_ms or f.latency_ms <= 0:
@@ -938,8 +940,9 @@ class UserChecks(CheckBase):
             f"te < {float(f.inject)!r} AND te >= {since!r} AND "
             f"NOT {spans_sql(None, [('', lo, hi) for lo, hi in quiet], HOP_END_SQL)}"
         )
-        after_lo = f.restore if f.restore is not None else INF
-        after_hi = min(after_lo + self.slo.max_recovery_s, self._next_fault_in_zone(f, after_lo))
+        restore = f.restore if f.restore is not None else INF
+        after_hi = min(restore + self.slo.max_recovery_s, self._next_fault_in_zone(f, restore))
+        after_lo = self._undone_at(f, after_hi)
         # after it, hops in flight during another fault (a Region one slowing postgres, say) say nothing of this one
         others = [("", g.inject, g.restore if g.restore is not None else self.run_end)
                   for g in self.run.faults if g is not f]  # fmt: skip
@@ -986,6 +989,26 @@ class UserChecks(CheckBase):
             )
         return ""
 
+    def _undone_at(self, f: Fault, before: float) -> float:
+        """When the records show fault `f` undone: its restore's counter snapshot, taken once the primitive acted
+        (before `before`), else the restore itself (INF: never restored).
+
+        The timeline writes the restore *before* calling the primitive that undoes the fault (so that no verdict
+        depends on which of two threads wrote first), and clearing a link's rules takes a while (kind: `docker
+        exec` on each of the zone's nodes, 0.5 s on a busy machine): the zone's hops that began in between still
+        wait on the degraded link. Judged from the restore, a next experiment 0.8 s later left a window of
+        mostly such hops, and at 10 requests a second and more (five of them) "did not end at its restore"
+        failed a rollback that worked, while at 2 a second the window held too few to judge. A rollback that
+        left the latency on is as slow after the snapshot as before it.
+        """
+        if f.restore is None:
+            return INF
+        snap = self._one(
+            "SELECT min(ts) FROM upstream_stats WHERE label = ? AND ts >= ? AND ts < ?",
+            [f"restore {f.fault}", f.restore, before],
+        )
+        return f.restore if snap is None else float(snap)
+
     def coverage(self) -> InvariantResult:
         """Each fault has user requests entering each zone it affects during and after it (see DEFINITIONS)."""
         checks: list[CheckResult] = []
@@ -1004,6 +1027,10 @@ class UserChecks(CheckBase):
                         g_end = min((g.restore if g.restore is not None else self.run_end)
                                     for g in self.run.faults if g.zone == zone and g.inject == nxt)  # fmt: skip
                         after_end = min(after_end, max(nxt, g_end))
+                        if any(g.entry_down for g in self.run.faults if g.zone == zone and g.inject == nxt):
+                            # it took the entry point down: no user reaches the zone until its restore, and the
+                            # recovery is measured with those after it (`FaultMeasurer._recovery_after_cut`)
+                            after_end = min(self.run_end, max(after_end, g_end + self.slo.max_recovery_s))
                     windows.append(("after", f.restore, after_end, False))
                 for name, lo, hi, closed in windows:
                     subject = f"{f.fault} {zone} {name}"
