@@ -78,7 +78,10 @@ reader of a copied verdict does not need this file):
   callers that failed or was served elsewhere, bound R too (at their start).
   F (R) breaches maxFailoverS (maxRecoveryS) only when F - resolution does:
   a hop then shows the pair not yet failed over (back); judged at F, the
-  verdict followed the request rate. A recovery not shown before the zone's
+  verdict followed the request rate. Where the nodes keep their own clocks,
+  F (R) is within its SLO only with its zone's clock bound added: the hops
+  were put on the runner's clock, which stamped the fault, to within it.
+  A recovery not shown before the zone's
   next fault, which began within maxRecoveryS and asks the pair's recovery
   after its own restore (it takes the pair's upstream or the zone down, or
   degrades its link), is left to that fault.

@@ -312,11 +312,12 @@ class FaultMeasurer(CheckBase):
                 # until the failover, or maxFailoverS past the inject when slower: the rest counts as any loss
                 until = f.inject + min(d, self.slo.max_failover_s)
                 out.spans.append(FailoverSpan(f.zone, u, tuple(callers), f.inject, until))
-                if d > self.slo.max_failover_s:
+                clock = self._clock_bound(f.zone)
+                if d + clock > self.slo.max_failover_s:
                     pr.status = FAIL
                     pr.message = (
                         f"fallback: {f.zone} -> {u}: failover "
-                        f"{over_slo(d, w.resolution, self.slo.max_failover_s, 'maxFailoverS')} "
+                        f"{over_slo(d, w.resolution, self.slo.max_failover_s, 'maxFailoverS', clock)} "
                         f"in fault {f.fault}{first}"
                     )
             if pr.status == FAIL:
@@ -521,10 +522,12 @@ class FaultMeasurer(CheckBase):
                 f"{'in-zone' if 'caller_zone' in self._expected_sql(f.zone, u) else 'Region'} service "
                 f"after restore at {iso(f.restore)} ({w.hops} hops, {w.failed} failed){first}"
             )
-        if rec > self.slo.max_recovery_s:
+        clock = self._clock_bound(f.zone)
+        if rec + clock > self.slo.max_recovery_s:
             return (
                 f"fallback: {f.zone} -> {u}: recovery "
-                f"{over_slo(rec, w.resolution, self.slo.max_recovery_s, 'maxRecoveryS')} after fault {f.fault}{first}"
+                f"{over_slo(rec, w.resolution, self.slo.max_recovery_s, 'maxRecoveryS', clock)} after fault "
+                f"{f.fault}{first}"
             )
         return ""
 
@@ -877,7 +880,7 @@ class FaultMeasurer(CheckBase):
         return notes, failures
 
 
-def over_slo(measured: float, resolution: float | None, limit: float, name: str) -> str:
+def over_slo(measured: float, resolution: float | None, limit: float, name: str, clock: float = 0.0) -> str:
     """Why a measured failover or recovery fails its SLO: a breach the hops show, or one they cannot rule out.
 
     The measured instant is the first good hop after the last one not yet good, so the true instant lies in
@@ -886,13 +889,23 @@ def over_slo(measured: float, resolution: float | None, limit: float, name: str)
     0.2 s, is first seen at 5.06 s): that is unverified, and unverified fails (a mesh failing over in 5.4 s, seen
     at 4.6 s and 5.5 s, looks the same); the message says which, and that more traffic into the zone (the
     probes) resolves it, rather than passing a pair whose SLO the records cannot show met.
+    `clock`: where the nodes keep their own clocks, how far the zone's hops may sit from where they happened
+    on the runner's clock, which stamps the inject and the restore (`CheckBase._clock_bound`); it widens the
+    interval on both sides, and only a runner closer to the zones narrows it.
     """
-    if measured - (resolution or 0.0) > limit:
+    lo, hi = measured - (resolution or 0.0) - clock, measured + clock
+    if lo > limit:
         return f"took {seconds(measured, resolution)} > {name} {limit:g}s"
-    return (
-        f"not shown within {name} {limit:g}s: the hops place it between {measured - (resolution or 0.0):.3f} s "
-        f"and {measured:.3f} s (unverified: traffic too sparse to resolve it; more requests into the zone do)"
-    )
+    why = "traffic too sparse to resolve it; more requests into the zone do"
+    if clock > 0.0 and measured <= limit:
+        why = (
+            f"its zone's clock is known to within ± {clock * 1000:.1f} ms of the runner's, which stamped the "
+            "fault; a runner closer to the zones narrows it"
+        )
+    elif clock > 0.0:
+        why += f" (its zone's clock bound ± {clock * 1000:.1f} ms included)"
+    where = f"the hops place it between {lo:.3f} s and {hi:.3f} s"
+    return f"not shown within {name} {limit:g}s: {where} (unverified: {why})"
 
 
 def union(*lists: list[tuple[float, float | None]]) -> list[tuple[float, float | None]]:

@@ -1,0 +1,105 @@
+"""Wrong verdicts an eighth audit of the verifier found (issue 7: the verdict must be true).
+
+Each broken case is a synthetic run (harness.verify.synth) with the broken behaviour planted the way a real
+Consul/Envoy mesh and the harness's collectors would record it; each asserts the verdict FAILS, so each fails on
+the verifier as the audit found it (each docstring's "HOLE." says how it passed then). Next to each, a control:
+a correct mesh, timed adversarially but legally, passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.contract.clock import CLOCK_TOLERANCE_S
+from harness.verify import FALLBACK
+from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.test_verify_audit import why
+from tests.test_verify_clock import BEHIND, _skew, _span
+from tests.test_verify_soundness import LAX, T, failed
+from tests.verdicts import verify, write_rows
+
+KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
+
+
+# -- 1. the zone's clock bound left out of the SLO judgement ---------------------------------------------------------
+SLOW_RTT_S = 0.09  # LAX's probes answered 90 ms after they were sent: its offset is known to ± 45.5 ms (< 50 ms)
+
+
+def _clock_logged_at(d: Path, offset_s: float, at: float) -> Path:
+    """clock.jsonl as the harness writes it on EKS, three probes per zone and batch, LAX's round trips slow
+    (`SLOW_RTT_S`) and logged by its frontend's sidecar at `at` of the way through them (0: the request reached
+    it at once and the answer was slow; 1: the request was slow and the answer at once: both legal), the other
+    zones' 4 ms round trips halfway. The hops are corrected by the middle of the bound, so LAX's sit
+    (0.5 - at) x 90 ms later than they happened (`at` 1: 45 ms earlier)."""
+    start, end = _span(d)
+    recs: list[dict[str, Any]] = [{"ts": start - 2, "event": "clock", "runner_clock": "separate", "why": "test"}]
+    for zone in [z.name for z in T.zones]:
+        rtt, frac = (SLOW_RTT_S, at) if zone == LAX else (0.004, 0.5)
+        for batch, t in (("start", start - 1.0), ("end", end + 1.0)):
+            for i in range(3):
+                t0 = t + i * 0.2
+                probe = f"{zone}-{batch}-{i}"
+                recs.append({"ts": t0, "event": "sent", "batch": batch, "zone": zone, "probe": probe, "sent": t0,
+                             "received": t0 + rtt, "status": 200, "error": None})  # fmt: skip
+                logged = int((t0 + frac * rtt + offset_s) * 1000) / 1000  # START_TIME: whole ms, truncated
+                recs.append({"ts": t0 + rtt, "event": "logged", "batch": batch, "probe": probe,
+                             "pod": f"frontend-{zone}", "zone": zone, "node": f"node-{zone}", "logged": logged,
+                             "start_time": ""})  # fmt: skip
+    write_rows(d / "clock.jsonl", recs)
+    for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
+        (d / stale).unlink(missing_ok=True)
+    return d
+
+
+def _on_eks(tmp_path: Path, name: str, sc: Scenario, at: float) -> Path:
+    """The run `sc` on nodes 300 ms behind the runner, with LAX's clock measured as `_clock_logged_at` says."""
+    return _clock_logged_at(_skew(write_run(tmp_path / name, sc), BEHIND), BEHIND, at)
+
+
+# a failover that took 5.018 s against maxFailoverS 5 s: the kill at 30.03 s, LAX's calls fail until 34.93 s and its
+# first Region-served one starts at 35.048 s (6 requests/s per zone)
+SLOW_FAILOVER = Scenario(T, duration_s=90, rate_per_zone=6,
+                         faults=[replace(KILL, inject=30.03, failover_delay_s=4.9)])  # fmt: skip
+# a recovery that took 5.02 s against maxRecoveryS 5 s (a game day's tight recovery SLO)
+TIGHT = T.model_copy(update={"slo": T.slo.model_copy(update={"max_recovery_s": 5.0})})
+SLOW_RECOVERY = Scenario(TIGHT, duration_s=90, rate_per_zone=6,
+                         faults=[replace(KILL, restore=50.03, recovery_delay_s=4.95)])  # fmt: skip
+
+
+@pytest.mark.parametrize(("figure", "sc"), [("failover", SLOW_FAILOVER), ("recovery", SLOW_RECOVERY)])
+def test_a_figure_over_its_slo_is_not_passed_within_the_clock_bound(tmp_path: Path, figure: str, sc: Scenario) -> None:
+    """HOLE. On EKS the hops are put on the runner's clock by the middle of their zone's measured offset, which
+    is known to within its half-width (up to CLOCK_TOLERANCE_S, 50 ms, passes coverage). LAX's probes were logged
+    at the end of their 90 ms round trips, so its hops sit 45 ms earlier than they happened: a failover (a
+    recovery) that took 5.02 s against an SLO of 5 s was measured at 4.97 s and the verdict PASSED (the fault's
+    figure was judged as exact). On one clock the same run fails. Now the figure is within its SLO only with
+    the zone's clock bound added: unverified, and the message says the clock is why."""
+    clean = verify(write_run(tmp_path / "clean", sc))
+    assert not clean.passed and FALLBACK in failed(clean), why(clean)  # the truth, on one clock
+    measured = getattr(clean.faults[0], f"{figure}_s")
+    assert measured is not None and 5.0 < measured < 5.0 + SLOW_RTT_S / 2, clean.faults[0]
+    v = verify(_on_eks(tmp_path, "eks", sc, at=1.0))
+    got = getattr(v.faults[0], f"{figure}_s")
+    assert got is not None and got < 5.0, v.faults[0]  # the figure as the records place it (the clock is stated)
+    assert not v.passed and failed(v) == {FALLBACK}, why(v)
+    text = " ".join(why(v))
+    assert "not shown within" in text and "clock is known to within ± 45." in text, text
+
+
+@pytest.mark.parametrize("at", [0.0, 1.0])
+@pytest.mark.parametrize("figure", ["failover", "recovery"])
+def test_control_a_figure_within_its_slo_by_more_than_the_clock_bound_passes(
+    tmp_path: Path, figure: str, at: float
+) -> None:
+    """A correct mesh: the failover (recovery) takes 4.82 s (4.85 s) against 5 s, the clock bound ± 45.5 ms, and
+    LAX's probes logged at either end of their round trips (its hops 45 ms late or 45 ms early): it passes."""
+    fault = replace(KILL, failover_delay_s=4.8) if figure == "failover" else replace(KILL, recovery_delay_s=4.8)
+    v = verify(_on_eks(tmp_path, "eks", Scenario(TIGHT, duration_s=90, rate_per_zone=4, faults=[fault]), at))
+    assert v.passed, why(v)
+    clock = next(c for i in v.invariants for c in i.checks if c.subject == f"clock {LAX}")
+    assert abs(clock.detail["uncertainty_s"] - (SLOW_RTT_S + 0.001) / 2) < 0.001 < CLOCK_TOLERANCE_S, clock.detail
+    assert 4.7 < getattr(v.faults[0], f"{figure}_s") < 4.95, v.faults[0]
