@@ -17,10 +17,10 @@ import pytest
 from harness.contract.clock import CLOCK_TOLERANCE_S
 from harness.verify import FALLBACK
 from harness.verify.synth import FaultSpec, Scenario, write_run
-from tests.test_verify_audit import why
+from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_clock import BEHIND, _skew, _span
-from tests.test_verify_soundness import LAX, T, failed
-from tests.verdicts import verify, write_rows
+from tests.test_verify_soundness import LAX, T0, T, failed
+from tests.verdicts import rows, verify, write_rows
 
 KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
 
@@ -103,3 +103,45 @@ def test_control_a_figure_within_its_slo_by_more_than_the_clock_bound_passes(
     clock = next(c for i in v.invariants for c in i.checks if c.subject == f"clock {LAX}")
     assert abs(clock.detail["uncertainty_s"] - (SLOW_RTT_S + 0.001) / 2) < 0.001 < CLOCK_TOLERANCE_S, clock.detail
     assert 4.7 < getattr(v.faults[0], f"{figure}_s") < 4.95, v.faults[0]
+
+
+# -- 2. an outage that began during a fault and never ended ----------------------------------------------------------
+T_REPLICAS = {1: T, 2: _with_replicas("product-api", 2)}
+KILL_PUBLIC_API = FaultSpec("kill-public-api-lax", "service-down", LAX, ("public-api",), 30, 50, 0.2, 1.0)
+
+
+def _outage_during_a_fault(tmp_path: Path, back: float | None, replicas: int = 1) -> Path:
+    """A kill of LAX's public-api (30-50 s); at 40 s one of LAX's product-api pods turns unready (a crash, a
+    readiness probe failing on) and is ready again at `back` s (None: never, to the end of the run at 150 s).
+    The mesh does what it should: with no ready product-api in LAX (or too few) its calls go to the Region."""
+    until = back if back is not None else 1000.0
+    sc = Scenario(T_REPLICAS[replicas], duration_s=150, rate_per_zone=4, faults=[KILL_PUBLIC_API],
+                  degraded=[(LAX, "product-api", 40.0, until)])  # fmt: skip
+    d = write_run(tmp_path / "run", sc)
+    if back is None:  # the model writes the ready when it comes: past the end of the run, it never came
+        write_rows(d / "inventory.jsonl", [e for e in rows(d / "inventory.jsonl") if e["ts"] < T0 + 500])
+    return d
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_an_outage_that_began_in_a_fault_and_never_ended_fails(tmp_path: Path, replicas: int) -> None:
+    """HOLE. LAX's product-api went unready during a kill of LAX's public-api and stayed so for the 100 s to the
+    end of the run (with two replicas: one of them, so LAX spilled 30 % of its calls to the Region to the end).
+    An outage outside every fault that lasts longer than maxRecoveryS fails fallback ("an outage nobody injected
+    that did not recover"), but one that began *during* a fault was skipped, for as long as it lasted: the
+    public-api kill recovered, product-api's locality was excluded to the end, and the verdict PASSED without
+    even a note. Now the faults an outage met explain it until maxRecoveryS after their restore."""
+    v = verify(_outage_during_a_fault(tmp_path, None, replicas))
+    assert not v.passed and failed(v) == {FALLBACK}, why(v)
+    text = v.invariant(FALLBACK).message
+    assert f"product-api had {'no' if replicas == 1 else 'too few'} ready pod" in text, text
+    assert f"in {LAX}" in text and "during fault kill-public-api-lax" in text and "not back after the fault" in text
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_control_an_outage_that_began_in_a_fault_and_ended_within_max_recovery_passes(
+    tmp_path: Path, replicas: int
+) -> None:
+    """The same outage over 59 s after the restore (within maxRecoveryS 60 s): the fault explains it, it passes."""
+    v = verify(_outage_during_a_fault(tmp_path, 50 + 59.0, replicas))
+    assert v.passed, why(v)

@@ -67,7 +67,8 @@ reader of a copied verdict does not need this file):
   after the cascade, with traffic to show it. A service without (enough) ready pods in a
   zone outside every recorded fault is a note, and fails fallback when it
   lasts longer than `maxRecoveryS` (an outage nobody injected that did not
-  recover).
+  recover); one that met recorded faults fails it when it lasts longer than
+  `maxRecoveryS` past their last restore (not back after the fault).
 - Resolution of F (or R): F minus the last record of the pair before F that
   was not good (failed, or served in the wrong place), or minus the window's
   start when there was none: the true instant lies in [F - resolution, F].

@@ -860,7 +860,9 @@ class FaultMeasurer(CheckBase):
                         for i, f in enumerate(self.run.faults)
                         if f.zone == zone or (region and not zone_is_edge(self.t, f.zone)) or service in cascades[i]
                     ]
-                    if any(f.inject <= end and lo <= (INF if f.restore is None else f.restore) for f in mine):
+                    met = [f for f in mine if f.inject <= end and lo <= (INF if f.restore is None else f.restore)]
+                    if met:
+                        failures += self._outlasting(service, zone, what, lo, hi, met)
                         continue
                     # begun as a fault of the zone was undone (a restarted node's pods start over): its own
                     restored = [f for f in mine if f.restore is not None and f.restore <= lo <= f.restore + limit]
@@ -878,6 +880,63 @@ class FaultMeasurer(CheckBase):
                         )
                     notes.append(text + " (locality not judged then)")
         return notes, failures
+
+    def _outlasting(
+        self, service: str, zone: str, what: str, lo: float, hi: float | None, met: list[Fault]
+    ) -> list[str]:
+        """A fallback failure when an outage (or spill) that met recorded faults outlasts them by more than
+        maxRecoveryS; none while it does not, or when another rule judges it.
+
+        The faults it met explain it while they last and for the recovery time the SLO gives after their
+        restore (`_explained_until`), not for the rest of the run: skipped as "during a fault" for as long as
+        it lasted, a zone's product-api that crashed during a kill of its public-api and never came back, or
+        the postgres replica that never caught up after a declared primary kill, PASSED without a note, the
+        zone's traffic served from the Region to the end and locality not judged meanwhile.
+        """
+        refs = [self._explained_until(f, zone, service) for f in met]
+        if any(r is None for r in refs):
+            return []
+        ref = max(r for r in refs if r is not None)
+        lasted = (hi if hi is not None else self.run_end) - ref
+        if lasted <= self.slo.max_recovery_s:
+            return []
+        last = next(f for f, r in zip(met, refs, strict=True) if r == ref)
+        where = "the Region" if zone == self.t.region else zone
+        until = iso(hi) if hi is not None else "the end of the run"
+        return [
+            f"fallback: {service} {what} in {where} from {iso(lo)} (during fault {last.fault}) to {until}: "
+            f"{lasted:.0f}s after {iso(ref)}, longer than maxRecoveryS ({self.slo.max_recovery_s:g}s) - not back "
+            "after the fault, its zone's traffic served elsewhere (or not at all) and locality not judged meanwhile"
+        ]
+
+    def _explained_until(self, f: Fault, zone: str, service: str) -> float | None:
+        """From when an outage of (zone, service) that met fault `f` must be over within maxRecoveryS: the
+        restore. For a declared single point of failure, the restore for its own services, and for every other
+        the instant they were back (a database re-seeded: the design cannot hasten it, and the cascade waits
+        on it, as `_declared_cascade_failures` measures it).
+
+        None when another rule judges it: a fault never restored fails as such; a declared fault's edge
+        pairs are judged from the Region's return (`_declared_cascade_failures`); a single point of failure
+        never back fails on its own services.
+        """
+        if f.restore is None:
+            return None
+        if not expected.declared(f) or service in f.spof:
+            return f.restore
+        cascade = self._cascade(f)
+        if (
+            service in cascade
+            and zone_is_edge(self.t, zone)
+            and self._placement(service) == "edge"
+            and any(z == zone and u == service for z, u, _ in self.pairs)
+        ):
+            return None
+        spof_back = max(
+            (INF if hi is None else hi for sv in f.spof for lo, hi in self.run.down.get((self.t.region, sv), [])
+             if f.inject <= lo <= f.restore),
+            default=f.restore,
+        )  # fmt: skip
+        return None if spof_back >= INF else max(f.restore, spof_back)
 
 
 def over_slo(measured: float, resolution: float | None, limit: float, name: str, clock: float = 0.0) -> str:

@@ -167,7 +167,9 @@ DEFINITIONS = {
     "added (the truth may lie that much later); without clock.jsonl (local, kind: one clock) nothing is corrected",
     "unplanned_outage": "a service of the topology with no ready pod in a zone, or too few to keep its traffic "
     "there (spill), outside every recorded fault: a note; lasting longer than maxRecoveryS (or still on at the end "
-    "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover)",
+    "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover); "
+    "one that met recorded faults fails fallback when it lasts longer than maxRecoveryS past their last restore "
+    "(a declared single point of failure's cascade: past its return; its edge pairs are judged as recoveries)",
     "no_traffic": "a fault or edge pair without records is a failure (unverified), a Region pair is only reported",
     "shared_services": "hops to Region-only services are served in the Region and routed (a hop without upstream "
     "host fails, except before the first user request (bring-up), during a fault that took the caller's zone or the "
