@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from harness.contract.clock import CLOCK_TOLERANCE_S
-from harness.verify import FALLBACK
+from harness.verify import COVERAGE, FALLBACK
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_clock import BEHIND, _skew, _span
@@ -144,4 +144,44 @@ def test_control_an_outage_that_began_in_a_fault_and_ended_within_max_recovery_p
 ) -> None:
     """The same outage over 59 s after the restore (within maxRecoveryS 60 s): the fault explains it, it passes."""
     v = verify(_outage_during_a_fault(tmp_path, 50 + 59.0, replicas))
+    assert v.passed, why(v)
+
+
+# -- 3. a partition that held for a moment ---------------------------------------------------------------------------
+PARTITION = FaultSpec("partition-lax", "partition", LAX, (), 30, 50, entry_down=True)
+
+
+def test_a_partition_that_did_not_hold_is_unverified(tmp_path: Path) -> None:
+    """HOLE. partition_zone ran and succeeded, chaos.jsonl has the inject (30 s) and the restore (50 s), but the
+    cut held for one second (a NetworkPolicy its enforcer stopped applying, a rule flushed): from 31 s on LAX's
+    users were served as ever, their coffee queries reaching postgres in the Region across the link the fault
+    was to cut. The partition's effect was shown by a failed hop out of the zone, and the failures of that one
+    second were one: the verdict PASSED a 20 s partition survived and recovered. Now a successful `/api` request
+    entering the zone more than maxFailoverS after the inject and answered before the restore shows it did not
+    hold: coverage fails the fault as unverified."""
+    d = write_run(
+        tmp_path / "run", Scenario(T, duration_s=90, rate_per_zone=4, faults=[replace(PARTITION, restore=31)])
+    )
+    write_rows(d / "chaos.jsonl", [{**c, "ts": T0 + 50} if c["phase"] == "restore" else c
+                                   for c in rows(d / "chaos.jsonl")])  # fmt: skip
+    v = verify(d)
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    text = " ".join(why(v))
+    assert f"the partition of {LAX} did not take effect throughout: " in text and "needs postgres across" in text, text
+
+
+def test_control_a_partition_that_held_passes_with_users_served_at_its_edges(tmp_path: Path) -> None:
+    """A partition that held, timed adversarially: LAX's users are still served for 4.9 s after the inject (the
+    cut takes a while after its record) and one request, begun 100 ms before the restore, is answered 100 ms
+    after it (the restore is written before the heal): it passes."""
+    d = write_run(tmp_path / "run", Scenario(T, duration_s=90, rate_per_zone=4, faults=[PARTITION]))
+    reqs = rows(d / "requests.jsonl")
+    for r in reqs:
+        rel = r["ts"] - T0
+        if r["zone"] == LAX and 30 <= rel < 34.9:
+            r.update(ok=True, status=200, error=None)
+        elif r["zone"] == LAX and 49.9 <= rel < 50:
+            r.update(ok=True, status=200, error=None, latency_ms=(50.1 - rel) * 1000)
+    write_rows(d / "requests.jsonl", reqs)
+    v = verify(d)
     assert v.passed, why(v)

@@ -832,13 +832,16 @@ class UserChecks(CheckBase):
           mesh kept using it longer than the SLO allows. No pod hit at all is a fault that hit nothing.
           A pod made unready keeps running (`KEEPS_RUNNING`): only its serving counts, not its own calls.
         - A partition cuts the zone from every other: a hop from it served outside it that failed while it
-          lasted shows the cut; none (every such hop answered, or there were none) leaves it unshown.
+          lasted shows the cut; none (every such hop answered, or there were none) leaves it unshown. Users
+          served through it while it was on show it did not hold (`_partition_leaked`).
         - A degraded link slows every round trip across it (`_link_not_slowed`).
         Before: a kill of an entry service or an AZ's pod, a zone outage or a partition that changed nothing
         passed with every hop in-zone.
         """
         end = f.restore if f.restore is not None else max(self.run_end, f.inject)
         if f.kind == "partition":
+            if leaked := self._partition_leaked(f, end):
+                return leaked
             n = self._one(
                 "SELECT count(*) FROM hops WHERE caller_zone = ? AND serving_zone IS NOT NULL "
                 "AND serving_zone <> caller_zone AND NOT ok AND ts >= ? AND ts < ?",
@@ -884,6 +887,41 @@ class UserChecks(CheckBase):
             f"({self.slo.max_failover_s:g}s) after the inject at {iso(f.inject)} and before "
             f"{'the restore' if f.restore is not None else 'the end of the run'} (the failover was never "
             "exercised, or the mesh kept using them beyond the SLO: fault unverified)"
+        )
+
+    def _partition_leaked(self, f: Fault, end: float) -> str:
+        """Why the records show partition `f` did not hold while it was on ("" when they do not).
+
+        A successful user request through the zone's entry `/api` needs the Region across the cut link when the
+        entry's API upstream's calls reach a Region-only service (public-api -> product-api -> postgres): the
+        zone has no instance of it, and the Region is what the partition cuts it from. One that began more than
+        maxFailoverS after the inject (the cut takes its time after its record) and was answered before the
+        restore (written before the heal) crossed a link that was to be cut. One failed hop at the start was
+        enough to show the cut, so a rule that held for a second of a 20 s partition PASSED as a partition
+        survived and recovered (a NetworkPolicy an enforcer stopped applying, a rule flushed). Requests stamped
+        in the zones' pods (their nodes' clocks) are held to the restore less the zone's clock bound.
+        """
+        needed = [
+            s.name
+            for s in self.t.services
+            if s.placement.value == "region" and ENTRY_API_UPSTREAM in expected.dependants(self.t, (s.name,))
+        ]
+        if not needed or not self._entry_api_services():
+            return ""
+        clock = self.run.clock
+        until = end - (self._clock_bound(f.zone) if clock is not None and clock.requests_in_zones else 0.0)
+        row = self.con.execute(
+            f"SELECT count(*), min(ts), max({REQUEST_END_SQL}) FROM requests WHERE zone = ? AND {REQUEST_OK_SQL} "
+            f"AND regexp_matches(coalesce(name, ''), ?) AND ts >= ? AND {REQUEST_END_SQL} <= ?",
+            [f.zone, ENTRY_API_NAME_RE, f.inject + self.slo.max_failover_s, until],
+        ).fetchone()
+        if not row or not row[0]:
+            return ""
+        return (
+            f"coverage: fault {f.fault}: the partition of {f.zone} did not take effect throughout: {row[0]} user "
+            f"requests through /api entering {f.zone} were served from {iso(row[1])} to {iso(row[2])}, more than "
+            f"maxFailoverS ({self.slo.max_failover_s:g}s) after the inject at {iso(f.inject)} and before the restore, "
+            f"though each needs {', '.join(needed)} across the cut link (fault unverified)"
         )
 
     def _link_not_slowed(self, f: Fault, end: float) -> str:
