@@ -520,12 +520,21 @@ class UserChecks(CheckBase):
                 "have gaps, so where their calls went is unverified"
             )
         if entry := self._entry_silent():
-            zones = "; ".join(f"{z}: {n} requests, first at {iso(first)}" for z, n, first in entry[:MAX_OFFENDERS])
+            zones = "; ".join(
+                f"{z}: {n} requests, first at {iso(first)}"
+                + (
+                    f" ({stopped} after its entry logs' last line{' at ' + iso(last) if last else ''})"
+                    if stopped
+                    else ""
+                )
+                for z, n, first, stopped, last in entry[:MAX_OFFENDERS]
+            )
             out.append(
                 f"coverage: the entry sidecars ({', '.join(self._entry_api_services())}) of {len(entry)} zones "
                 "logged no call within the lifetime of successful user requests through /api, though the zone's "
-                f"entry logs go on after them ({zones}{' ...' if len(entry) > MAX_OFFENDERS else ''}): their access "
-                "logs have gaps, so where the entry's calls went then is unverified"
+                f"entry logs go on after them or stopped more than {SILENT_LAG_S:g}s before them ({zones}"
+                f"{' ...' if len(entry) > MAX_OFFENDERS else ''}): their access logs have gaps or were cut short, so "
+                "where the entry's calls went then is unverified"
             )
         return out
 
@@ -573,7 +582,7 @@ class UserChecks(CheckBase):
         ]
         return out + list(self.entry_down)
 
-    def _entry_silent(self) -> list[tuple[str, int, float]]:
+    def _entry_silent(self) -> list[tuple[str, int, float, int, float | None]]:
         """Zones whose entry sidecars' log has a gap while their users' requests show them calling.
 
         The gap rule of `_served_but_silent` reads a pod's serving from its callers' logs; the entry's callers
@@ -587,12 +596,17 @@ class UserChecks(CheckBase):
         EKS's per-zone ALB or operator URL, in-zone workers' entry Service) starting within the request's
         lifetime, widened by the request-to-hop slack (`_tie_slack_sql`: Envoy's millisecond stamps, and the
         zone's clock uncertainty where the nodes keep their own clocks). `SILENT_MIN_HOPS` or more such
-        requests without one, while the zone's entry logs have a line after them (a log that stops is not a
-        gap, and a zone whose users entered where no entry pod logs is asked nothing), make the zone's entry
-        logs incomplete. Not asked: requests overlapping `_entry_silent_spans` (a killed entry pod's last
-        flush interval, a down entry point). With several entry pods in a zone another pod's hop may cover a
-        request: the rule can miss a gap in one of them, never invent one.
-        Returns (zone, requests without a hop, the first of them).
+        requests without one, while the zone's entry logs have a line after them (a gap) or begun more than
+        `SILENT_LAG_S` after the zone's entry logs' last line (cut short: a `kubectl logs -f` stream that does
+        not follow a rotation, a collector that lost it; or none at all), make the zone's entry logs
+        incomplete. A log that stopped passed as "not a gap" (70 s of LAX's users' calls unjudged), though
+        `_served_but_silent` asks the same of every other sidecar; the lag is far beyond a request and the
+        flush interval, and the logs are flushed before they are read. Not asked: requests overlapping
+        `_entry_silent_spans` (a killed entry pod's last flush interval, a down entry point). With several
+        entry pods in a zone another pod's hop may cover a request: the rule can miss a gap in one of them,
+        never invent one.
+        Returns (zone, requests without a hop, the first of them, how many of them came after the zone's entry
+        logs stopped, their last line).
         """
         entry = self._entry_api_services()
         if not entry:
@@ -609,16 +623,23 @@ class UserChecks(CheckBase):
                          AND latency_ms IS NOT NULL AND regexp_matches(coalesce(name, ''), ?)),
                  e AS (SELECT caller_zone AS zone, ts FROM hops
                        WHERE caller_zone IS NOT NULL AND caller_service IN ({names})),
+                 last AS (SELECT zone, max(ts) AS last_line FROM e GROUP BY zone),
                  nxt AS (SELECT q.*, e.ts AS next_hop FROM q ASOF LEFT JOIN e ON q.zone = e.zone AND q.lo <= e.ts),
                  -- the spans excused by design are a long filter: asked of the few candidates only
-                 cand AS (SELECT * FROM nxt WHERE next_hop IS NOT NULL AND next_hop > hi)
-            SELECT zone, count(*), min(ts) FROM cand
+                 cand AS (SELECT n.*, l.last_line, n.next_hop IS NULL AS stopped
+                          FROM nxt n LEFT JOIN last l USING (zone)
+                          WHERE (n.next_hop IS NOT NULL AND n.next_hop > n.hi)
+                             OR (n.next_hop IS NULL AND n.ts > coalesce(l.last_line, -{INF}) + {SILENT_LAG_S}))
+            SELECT zone, count(*), min(ts), count(*) FILTER (WHERE stopped), any_value(last_line) FROM cand
             WHERE NOT ({skip})
             GROUP BY zone HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY zone
             """,
             [ENTRY_API_NAME_RE],
         ).fetchall()
-        return [(str(z), int(n), float(first)) for z, n, first in rows]
+        return [
+            (str(z), int(n), float(first), int(stopped), None if last is None else float(last))
+            for z, n, first, stopped, last in rows
+        ]
 
     def _http_callers(self) -> list[str]:
         """Services whose upstreams are all HTTP: each request they serve is a call of their own, logged as a hop
