@@ -765,9 +765,11 @@ class UserChecks(CheckBase):
             return []
         names = ", ".join(f"'{sql_str(n)}'" for n in http)
         # where the nodes share the runner's clock (no clock.jsonl: local, kind) only Envoy's millisecond stamps
-        # separate the two hops: the clocks' tolerance there let any line of a busy pod (20 calls/s) within 100 ms
-        # stand for a lost one, and half its lines lost over 40 s passed
-        slack = float(SILENT_GAP_SLACK_S) if self.run.clock is not None else 2 * HOP_TS_SLACK_S
+        # separate the two hops: the clocks' tolerance there let any line of a busy pod within 100 ms stand for a
+        # lost one, and half its lines lost over 40 s passed. The node kill's excused flush interval keeps the
+        # wide slack on either clock (the kill lags its record).
+        wide = float(SILENT_GAP_SLACK_S)
+        slack = wide if self.run.clock is not None else 2 * HOP_TS_SLACK_S
         rows = self.con.execute(
             f"""
             WITH served AS (SELECT h.serving_pod AS pod, h.ts, h.status, h.ts - {slack!r} AS lo,
@@ -791,8 +793,8 @@ class UserChecks(CheckBase):
                  cand AS (
                     SELECT j.pod, j.ts, j.last_line, j.stopped,
                            j.gap AND NOT EXISTS (SELECT 1 FROM node_fault_pods nf WHERE nf.pod = j.pod
-                                                 AND j.ts >= nf.inject - {float(SILENT_UNFLUSHED_S) + slack!r}
-                                                 AND j.ts <= nf.inject + {slack!r}) AS gap
+                                                 AND j.ts >= nf.inject - {float(SILENT_UNFLUSHED_S) + wide!r}
+                                                 AND j.ts <= nf.inject + {wide!r}) AS gap
                     FROM judged j WHERE j.stopped OR j.gap)
             SELECT CAST(pod AS VARCHAR) AS p, count(*) FILTER (WHERE stopped), any_value(last_line),
                    count(*) FILTER (WHERE gap), min(ts) FILTER (WHERE gap)
