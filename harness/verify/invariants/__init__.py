@@ -69,7 +69,8 @@ reader of a copied verdict does not need this file):
   A service without (enough) ready pods in a zone outside every recorded
   fault is a note, and fails fallback when it
   lasts longer than `maxRecoveryS` (an outage nobody injected that did not
-  recover).
+  recover); one that met recorded faults fails it when it lasts longer than
+  `maxRecoveryS` past their last restore (not back after the fault).
 - Resolution of F (or R): F minus the last record of the pair before F that
   was not good (failed, or served in the wrong place), or minus the window's
   start when there was none: the true instant lies in [F - resolution, F].
@@ -80,7 +81,10 @@ reader of a copied verdict does not need this file):
   callers that failed or was served elsewhere, bound R too (at their start).
   F (R) breaches maxFailoverS (maxRecoveryS) only when F - resolution does:
   a hop then shows the pair not yet failed over (back); judged at F, the
-  verdict followed the request rate. A recovery not shown before the zone's
+  verdict followed the request rate. Where the nodes keep their own clocks,
+  F (R) is within its SLO only with its zone's clock bound added: the hops
+  were put on the runner's clock, which stamped the fault, to within it.
+  A recovery not shown before the zone's
   next fault, which began within maxRecoveryS and asks the pair's recovery
   after its own restore (it takes the pair's upstream or the zone down, or
   degrades its link), is left to that fault; one whose callers that fault

@@ -310,11 +310,12 @@ class FaultMeasurer(CheckBase):
                 # until the failover, or maxFailoverS past the inject when slower: the rest counts as any loss
                 until = f.inject + min(d, self.slo.max_failover_s)
                 out.spans.append(FailoverSpan(f.zone, u, tuple(callers), f.inject, until))
-                if d > self.slo.max_failover_s:
+                clock = self._clock_bound(f.zone)
+                if d + clock > self.slo.max_failover_s:
                     pr.status = FAIL
                     pr.message = (
                         f"fallback: {f.zone} -> {u}: failover "
-                        f"{over_slo(d, w.resolution, self.slo.max_failover_s, 'maxFailoverS')} "
+                        f"{over_slo(d, w.resolution, self.slo.max_failover_s, 'maxFailoverS', clock)} "
                         f"in fault {f.fault}{first}"
                     )
             if pr.status == FAIL:
@@ -623,10 +624,12 @@ class FaultMeasurer(CheckBase):
                 f"{'in-zone' if 'caller_zone' in self._expected_sql(f.zone, u) else 'Region'} service "
                 f"after restore at {iso(f.restore)} ({w.hops} hops, {w.failed} failed){first}"
             )
-        if rec > self.slo.max_recovery_s:
+        clock = self._clock_bound(f.zone)
+        if rec + clock > self.slo.max_recovery_s:
             return (
                 f"fallback: {f.zone} -> {u}: recovery "
-                f"{over_slo(rec, w.resolution, self.slo.max_recovery_s, 'maxRecoveryS')} after fault {f.fault}{first}"
+                f"{over_slo(rec, w.resolution, self.slo.max_recovery_s, 'maxRecoveryS', clock)} after fault "
+                f"{f.fault}{first}"
             )
         return ""
 
@@ -960,7 +963,9 @@ class FaultMeasurer(CheckBase):
                         for i, f in enumerate(self.run.faults)
                         if f.zone == zone or (region and not zone_is_edge(self.t, f.zone)) or service in cascades[i]
                     ]
-                    if any(f.inject <= end and lo <= (INF if f.restore is None else f.restore) for f in mine):
+                    met = [f for f in mine if f.inject <= end and lo <= (INF if f.restore is None else f.restore)]
+                    if met:
+                        failures += self._outlasting(service, zone, what, lo, hi, met)
                         continue
                     # begun as a fault of the zone was undone (a restarted node's pods start over): its own
                     restored = [f for f in mine if f.restore is not None and f.restore <= lo <= f.restore + limit]
@@ -979,8 +984,65 @@ class FaultMeasurer(CheckBase):
                     notes.append(text + " (locality not judged then)")
         return notes, failures
 
+    def _outlasting(
+        self, service: str, zone: str, what: str, lo: float, hi: float | None, met: list[Fault]
+    ) -> list[str]:
+        """A fallback failure when an outage (or spill) that met recorded faults outlasts them by more than
+        maxRecoveryS; none while it does not, or when another rule judges it.
 
-def over_slo(measured: float, resolution: float | None, limit: float, name: str) -> str:
+        The faults it met explain it while they last and for the recovery time the SLO gives after their
+        restore (`_explained_until`), not for the rest of the run: skipped as "during a fault" for as long as
+        it lasted, a zone's product-api that crashed during a kill of its public-api and never came back, or
+        the postgres replica that never caught up after a declared primary kill, PASSED without a note, the
+        zone's traffic served from the Region to the end and locality not judged meanwhile.
+        """
+        refs = [self._explained_until(f, zone, service) for f in met]
+        if any(r is None for r in refs):
+            return []
+        ref = max(r for r in refs if r is not None)
+        lasted = (hi if hi is not None else self.run_end) - ref
+        if lasted <= self.slo.max_recovery_s:
+            return []
+        last = next(f for f, r in zip(met, refs, strict=True) if r == ref)
+        where = "the Region" if zone == self.t.region else zone
+        until = iso(hi) if hi is not None else "the end of the run"
+        return [
+            f"fallback: {service} {what} in {where} from {iso(lo)} (during fault {last.fault}) to {until}: "
+            f"{lasted:.0f}s after {iso(ref)}, longer than maxRecoveryS ({self.slo.max_recovery_s:g}s) - not back "
+            "after the fault, its zone's traffic served elsewhere (or not at all) and locality not judged meanwhile"
+        ]
+
+    def _explained_until(self, f: Fault, zone: str, service: str) -> float | None:
+        """From when an outage of (zone, service) that met fault `f` must be over within maxRecoveryS: the
+        restore. For a declared single point of failure, the restore for its own services, and for every other
+        the instant they were back (a database re-seeded: the design cannot hasten it, and the cascade waits
+        on it, as `_declared_cascade_failures` measures it).
+
+        None when another rule judges it: a fault never restored fails as such; a declared fault's edge
+        pairs are judged from the Region's return (`_declared_cascade_failures`); a single point of failure
+        never back fails on its own services.
+        """
+        if f.restore is None:
+            return None
+        if not expected.declared(f) or service in f.spof:
+            return f.restore
+        cascade = self._cascade(f)
+        if (
+            service in cascade
+            and zone_is_edge(self.t, zone)
+            and self._placement(service) == "edge"
+            and any(z == zone and u == service for z, u, _ in self.pairs)
+        ):
+            return None
+        spof_back = max(
+            (INF if hi is None else hi for sv in f.spof for lo, hi in self.run.down.get((self.t.region, sv), [])
+             if f.inject <= lo <= f.restore),
+            default=f.restore,
+        )  # fmt: skip
+        return None if spof_back >= INF else max(f.restore, spof_back)
+
+
+def over_slo(measured: float, resolution: float | None, limit: float, name: str, clock: float = 0.0) -> str:
     """Why a measured failover or recovery fails its SLO: a breach the hops show, or one they cannot rule out.
 
     The measured instant is the first good hop after the last one not yet good, so the true instant lies in
@@ -989,13 +1051,23 @@ def over_slo(measured: float, resolution: float | None, limit: float, name: str)
     0.2 s, is first seen at 5.06 s): that is unverified, and unverified fails (a mesh failing over in 5.4 s, seen
     at 4.6 s and 5.5 s, looks the same); the message says which, and that more traffic into the zone (the
     probes) resolves it, rather than passing a pair whose SLO the records cannot show met.
+    `clock`: where the nodes keep their own clocks, how far the zone's hops may sit from where they happened
+    on the runner's clock, which stamps the inject and the restore (`CheckBase._clock_bound`); it widens the
+    interval on both sides, and only a runner closer to the zones narrows it.
     """
-    if measured - (resolution or 0.0) > limit:
+    lo, hi = measured - (resolution or 0.0) - clock, measured + clock
+    if lo > limit:
         return f"took {seconds(measured, resolution)} > {name} {limit:g}s"
-    return (
-        f"not shown within {name} {limit:g}s: the hops place it between {measured - (resolution or 0.0):.3f} s "
-        f"and {measured:.3f} s (unverified: traffic too sparse to resolve it; more requests into the zone do)"
-    )
+    why = "traffic too sparse to resolve it; more requests into the zone do"
+    if clock > 0.0 and measured <= limit:
+        why = (
+            f"its zone's clock is known to within ± {clock * 1000:.1f} ms of the runner's, which stamped the "
+            "fault; a runner closer to the zones narrows it"
+        )
+    elif clock > 0.0:
+        why += f" (its zone's clock bound ± {clock * 1000:.1f} ms included)"
+    where = f"the hops place it between {lo:.3f} s and {hi:.3f} s"
+    return f"not shown within {name} {limit:g}s: {where} (unverified: {why})"
 
 
 def union(*lists: list[tuple[float, float | None]]) -> list[tuple[float, float | None]]:

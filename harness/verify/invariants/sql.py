@@ -141,11 +141,13 @@ DEFINITIONS = {
     "snapshot or served hop that shows it calling: its lines died unflushed), and one of a service whose upstreams "
     "are all HTTP that served >= 10 "
     "successful hops its log shows no call of its own for (none, or none for 10 s after its last line, or, its log "
-    "going on, none during the served hop's lifetime: a gap, except in the last flush interval before a node "
+    "going on, none during the served hop's lifetime, to Envoy's millisecond stamps, widened by the clock "
+    "tolerance only where the nodes keep their own clocks: a gap, except in the last flush interval before a node "
     "fault killed it); and a zone with >= 10 successful user requests through /api (GraphQL and zone probes; "
     "GET / and failed requests need no call) during whose lifetime (the request-to-hop slack either side) no entry "
-    "pod of the zone (frontend) logged a call while the zone's entry logs go on after them (a gap; a log that "
-    "stops is not asked), except requests overlapping a fault of the zone that can take its entry down or a node "
+    "pod of the zone (frontend) logged a call while the zone's entry logs go on after them (a gap), or that began "
+    "more than 10 s after the zone's entry logs' last line (cut short, or none), except requests overlapping a "
+    "fault of the zone that can take its entry down or a node "
     "fault that killed one of its entry pods (from a flush interval before its inject to its restore), the 10 s "
     "before an entry pod's inventory interval ended, and a down entry point; a fault must show it took effect: no "
     "pod it took "
@@ -154,7 +156,9 @@ DEFINITIONS = {
     "more than maxFailoverS after the inject and before the restore (or before it is ready again; a pod made "
     "unready keeps running: only its serving counts), at least one pod is hit, and a partition has a failed hop "
     "out of its zone or connect failures, errors or timeouts towards another zone growing in its sidecars' "
-    "counters between its inject and restore snapshots; a degraded link (its declared latency L > 0) slows the "
+    "counters between its inject and restore snapshots, and no successful user request through /api entering it "
+    "(which needs the Region's postgres) begun more than maxFailoverS after its inject and answered before its "
+    "restore; a degraded link (its declared latency L > 0) slows the "
     "zone's successful HTTP hops that wait on the link (served outside the zone, or by a service with a Region-only "
     "upstream) lying wholly in it to a median >= their median before it outside every fault window + L/2, on >= 5 "
     "such hops, and they are back under that mark after the restore (until maxRecoveryS or the zone's next fault, "
@@ -168,10 +172,13 @@ DEFINITIONS = {
     "of the run), the hull of both batches bounding the drift; hops are corrected by its middle, and a zone whose "
     f"sidecars made hops with no probe found in a batch, contradicting probes, or a bound wider than "
     f"+-{CLOCK_TOLERANCE_S * 1000:g} ms is "
-    "unverified = fail (coverage); without clock.jsonl (local, kind: one clock) nothing is corrected",
+    "unverified = fail (coverage); a failover or recovery figure is within its SLO only with the zone's bound "
+    "added (the truth may lie that much later); without clock.jsonl (local, kind: one clock) nothing is corrected",
     "unplanned_outage": "a service of the topology with no ready pod in a zone, or too few to keep its traffic "
     "there (spill), outside every recorded fault: a note; lasting longer than maxRecoveryS (or still on at the end "
-    "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover)",
+    "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover); "
+    "one that met recorded faults fails fallback when it lasts longer than maxRecoveryS past their last restore "
+    "(a declared single point of failure's cascade: past its return; its edge pairs are judged as recoveries)",
     "no_traffic": "a fault or edge pair without records is a failure (unverified), a Region pair is only reported",
     "shared_services": "hops to Region-only services are served in the Region and routed (a hop without upstream "
     "host fails, except before the first user request (bring-up), during a fault that took the caller's zone or the "

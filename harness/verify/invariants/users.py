@@ -547,12 +547,21 @@ class UserChecks(CheckBase):
                 "have gaps, so where their calls went is unverified"
             )
         if entry := self._entry_silent():
-            zones = "; ".join(f"{z}: {n} requests, first at {iso(first)}" for z, n, first in entry[:MAX_OFFENDERS])
+            zones = "; ".join(
+                f"{z}: {n} requests, first at {iso(first)}"
+                + (
+                    f" ({stopped} after its entry logs' last line{' at ' + iso(last) if last else ''})"
+                    if stopped
+                    else ""
+                )
+                for z, n, first, stopped, last in entry[:MAX_OFFENDERS]
+            )
             out.append(
                 f"coverage: the entry sidecars ({', '.join(self._entry_api_services())}) of {len(entry)} zones "
                 "logged no call within the lifetime of successful user requests through /api, though the zone's "
-                f"entry logs go on after them ({zones}{' ...' if len(entry) > MAX_OFFENDERS else ''}): their access "
-                "logs have gaps, so where the entry's calls went then is unverified"
+                f"entry logs go on after them or stopped more than {SILENT_LAG_S:g}s before them ({zones}"
+                f"{' ...' if len(entry) > MAX_OFFENDERS else ''}): their access logs have gaps or were cut short, so "
+                "where the entry's calls went then is unverified"
             )
         return out
 
@@ -600,7 +609,7 @@ class UserChecks(CheckBase):
         ]
         return out + list(self.entry_down)
 
-    def _entry_silent(self) -> list[tuple[str, int, float]]:
+    def _entry_silent(self) -> list[tuple[str, int, float, int, float | None]]:
         """Zones whose entry sidecars' log has a gap while their users' requests show them calling.
 
         The gap rule of `_served_but_silent` reads a pod's serving from its callers' logs; the entry's callers
@@ -614,12 +623,17 @@ class UserChecks(CheckBase):
         EKS's per-zone ALB or operator URL, in-zone workers' entry Service) starting within the request's
         lifetime, widened by the request-to-hop slack (`_tie_slack_sql`: Envoy's millisecond stamps, and the
         zone's clock uncertainty where the nodes keep their own clocks). `SILENT_MIN_HOPS` or more such
-        requests without one, while the zone's entry logs have a line after them (a log that stops is not a
-        gap, and a zone whose users entered where no entry pod logs is asked nothing), make the zone's entry
-        logs incomplete. Not asked: requests overlapping `_entry_silent_spans` (a killed entry pod's last
-        flush interval, a down entry point). With several entry pods in a zone another pod's hop may cover a
-        request: the rule can miss a gap in one of them, never invent one.
-        Returns (zone, requests without a hop, the first of them).
+        requests without one, while the zone's entry logs have a line after them (a gap) or begun more than
+        `SILENT_LAG_S` after the zone's entry logs' last line (cut short: a `kubectl logs -f` stream that does
+        not follow a rotation, a collector that lost it; or none at all), make the zone's entry logs
+        incomplete. A log that stopped passed as "not a gap" (70 s of LAX's users' calls unjudged), though
+        `_served_but_silent` asks the same of every other sidecar; the lag is far beyond a request and the
+        flush interval, and the logs are flushed before they are read. Not asked: requests overlapping
+        `_entry_silent_spans` (a killed entry pod's last flush interval, a down entry point). With several
+        entry pods in a zone another pod's hop may cover a request: the rule can miss a gap in one of them,
+        never invent one.
+        Returns (zone, requests without a hop, the first of them, how many of them came after the zone's entry
+        logs stopped, their last line).
         """
         entry = self._entry_api_services()
         if not entry:
@@ -637,16 +651,23 @@ class UserChecks(CheckBase):
                          AND latency_ms IS NOT NULL AND name IN (SELECT name FROM api)),
                  e AS (SELECT caller_zone AS zone, ts FROM hops
                        WHERE caller_zone IS NOT NULL AND caller_service IN ({names})),
+                 last AS (SELECT zone, max(ts) AS last_line FROM e GROUP BY zone),
                  nxt AS (SELECT q.*, e.ts AS next_hop FROM q ASOF LEFT JOIN e ON q.zone = e.zone AND q.lo <= e.ts),
                  -- the spans excused by design are a long filter: asked of the few candidates only
-                 cand AS (SELECT * FROM nxt WHERE next_hop IS NOT NULL AND next_hop > hi)
-            SELECT zone, count(*), min(ts) FROM cand
+                 cand AS (SELECT n.*, l.last_line, n.next_hop IS NULL AS stopped
+                          FROM nxt n LEFT JOIN last l USING (zone)
+                          WHERE (n.next_hop IS NOT NULL AND n.next_hop > n.hi)
+                             OR (n.next_hop IS NULL AND n.ts > coalesce(l.last_line, -{INF}) + {SILENT_LAG_S}))
+            SELECT zone, count(*), min(ts), count(*) FILTER (WHERE stopped), any_value(last_line) FROM cand
             WHERE NOT ({skip})
             GROUP BY zone HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY zone
             """,
             [ENTRY_API_NAME_RE],
         ).fetchall()
-        return [(str(z), int(n), float(first)) for z, n, first in rows]
+        return [
+            (str(z), int(n), float(first), int(stopped), None if last is None else float(last))
+            for z, n, first, stopped, last in rows
+        ]
 
     def _http_callers(self) -> list[str]:
         """Services whose upstreams are all HTTP: each request they serve is a call of their own, logged as a hop
@@ -752,7 +773,8 @@ class UserChecks(CheckBase):
         - Gap: served hops (2xx/3xx: a 4xx may be answered without calling on) during whose lifetime the pod
           began no call of its own although its log goes on after them. Its own call starts after the served
           hop starts and before it ends (the served hop's duration includes it), so this needs no lag: only the
-          two nodes' clock bounds and Envoy's millisecond stamps (`SILENT_GAP_SLACK_S`). Except hops begun in
+          two nodes' clock bounds (`SILENT_GAP_SLACK_S`, where the nodes keep their own clocks) and Envoy's
+          millisecond stamps. Except hops begun in
           the last flush interval before a node fault killed the pod (`SILENT_UNFLUSHED_S`): its sidecar died
           with those lines in its buffer, and on kind the same pod is back after the restore, its log going on,
           so a busy pod made a correct mesh unverified by how many requests fell in that second. `SILENT_MIN_HOPS` or
@@ -770,7 +792,12 @@ class UserChecks(CheckBase):
         if not http:
             return []
         names = ", ".join(f"'{sql_str(n)}'" for n in http)
-        slack = float(SILENT_GAP_SLACK_S)
+        # where the nodes share the runner's clock (no clock.jsonl: local, kind) only Envoy's millisecond stamps
+        # separate the two hops: the clocks' tolerance there let any line of a busy pod within 100 ms stand for a
+        # lost one, and half its lines lost over 40 s passed. The node kill's excused flush interval keeps the
+        # wide slack on either clock (the kill lags its record).
+        wide = float(SILENT_GAP_SLACK_S)
+        slack = wide if self.run.clock is not None else 2 * HOP_TS_SLACK_S
         rows = self.con.execute(
             f"""
             WITH served AS (SELECT h.serving_pod AS pod, h.ts, h.status, h.ts - {slack!r} AS lo,
@@ -794,8 +821,8 @@ class UserChecks(CheckBase):
                  cand AS (
                     SELECT j.pod, j.ts, j.last_line, j.stopped,
                            j.gap AND NOT EXISTS (SELECT 1 FROM node_fault_pods nf WHERE nf.pod = j.pod
-                                                 AND j.ts >= nf.inject - {float(SILENT_UNFLUSHED_S) + slack!r}
-                                                 AND j.ts <= nf.inject + {slack!r}) AS gap
+                                                 AND j.ts >= nf.inject - {float(SILENT_UNFLUSHED_S) + wide!r}
+                                                 AND j.ts <= nf.inject + {wide!r}) AS gap
                     FROM judged j WHERE j.stopped OR j.gap)
             SELECT CAST(pod AS VARCHAR) AS p, count(*) FILTER (WHERE stopped), any_value(last_line),
                    count(*) FILTER (WHERE gap), min(ts) FILTER (WHERE gap)
@@ -860,13 +887,16 @@ class UserChecks(CheckBase):
           mesh kept using it longer than the SLO allows. No pod hit at all is a fault that hit nothing.
           A pod made unready keeps running (`KEEPS_RUNNING`): only its serving counts, not its own calls.
         - A partition cuts the zone from every other: a hop from it served outside it that failed while it
-          lasted shows the cut; none (every such hop answered, or there were none) leaves it unshown.
+          lasted shows the cut; none (every such hop answered, or there were none) leaves it unshown. Users
+          served through it while it was on show it did not hold (`_partition_leaked`).
         - A degraded link slows every round trip across it (`_link_not_slowed`).
         Before: a kill of an entry service or an AZ's pod, a zone outage or a partition that changed nothing
         passed with every hop in-zone.
         """
         end = f.restore if f.restore is not None else max(self.run_end, f.inject)
         if f.kind == "partition":
+            if leaked := self._partition_leaked(f, end):
+                return leaked
             n = self._one(
                 "SELECT count(*) FROM hops WHERE caller_zone = ? AND serving_zone IS NOT NULL "
                 "AND serving_zone <> caller_zone AND NOT ok AND ts >= ? AND ts < ?",
@@ -912,6 +942,41 @@ class UserChecks(CheckBase):
             f"({self.slo.max_failover_s:g}s) after the inject at {iso(f.inject)} and before "
             f"{'the restore' if f.restore is not None else 'the end of the run'} (the failover was never "
             "exercised, or the mesh kept using them beyond the SLO: fault unverified)"
+        )
+
+    def _partition_leaked(self, f: Fault, end: float) -> str:
+        """Why the records show partition `f` did not hold while it was on ("" when they do not).
+
+        A successful user request through the zone's entry `/api` needs the Region across the cut link when the
+        entry's API upstream's calls reach a Region-only service (public-api -> product-api -> postgres): the
+        zone has no instance of it, and the Region is what the partition cuts it from. One that began more than
+        maxFailoverS after the inject (the cut takes its time after its record) and was answered before the
+        restore (written before the heal) crossed a link that was to be cut. One failed hop at the start was
+        enough to show the cut, so a rule that held for a second of a 20 s partition PASSED as a partition
+        survived and recovered (a NetworkPolicy an enforcer stopped applying, a rule flushed). Requests stamped
+        in the zones' pods (their nodes' clocks) are held to the restore less the zone's clock bound.
+        """
+        needed = [
+            s.name
+            for s in self.t.services
+            if s.placement.value == "region" and ENTRY_API_UPSTREAM in expected.dependants(self.t, (s.name,))
+        ]
+        if not needed or not self._entry_api_services():
+            return ""
+        clock = self.run.clock
+        until = end - (self._clock_bound(f.zone) if clock is not None and clock.requests_in_zones else 0.0)
+        row = self.con.execute(
+            f"SELECT count(*), min(ts), max({REQUEST_END_SQL}) FROM requests WHERE zone = ? AND {REQUEST_OK_SQL} "
+            f"AND regexp_matches(coalesce(name, ''), ?) AND ts >= ? AND {REQUEST_END_SQL} <= ?",
+            [f.zone, ENTRY_API_NAME_RE, f.inject + self.slo.max_failover_s, until],
+        ).fetchone()
+        if not row or not row[0]:
+            return ""
+        return (
+            f"coverage: fault {f.fault}: the partition of {f.zone} did not take effect throughout: {row[0]} user "
+            f"requests through /api entering {f.zone} were served from {iso(row[1])} to {iso(row[2])}, more than "
+            f"maxFailoverS ({self.slo.max_failover_s:g}s) after the inject at {iso(f.inject)} and before the restore, "
+            f"though each needs {', '.join(needed)} across the cut link (fault unverified)"
         )
 
     def _link_not_slowed(self, f: Fault, end: float) -> str:
