@@ -641,23 +641,30 @@ class UserChecks(CheckBase):
         names = ", ".join(f"'{sql_str(n)}'" for n in entry)
         slack = self._tie_slack_sql("zone")
         skip = spans_sql("zone", self._entry_silent_spans(), REQUEST_END_SQL)
+        # each zone's last entry line, asked apart: a CTE the query read twice was materialised, every entry hop
+        # of a long run held in memory beside the join (50M hops: out of memory)
+        last = {
+            str(z): float(ts)
+            for z, ts in self.con.execute(
+                f"SELECT caller_zone, max(ts) FROM hops WHERE caller_zone IS NOT NULL AND caller_service IN ({names}) "
+                "GROUP BY caller_zone"
+            ).fetchall()
+        }
+        whens = " ".join(f"WHEN '{sql_str(z)}' THEN {ts!r}" for z, ts in last.items())
+        last_line = f"(CASE n.zone {whens} ELSE NULL::DOUBLE END)" if last else "NULL::DOUBLE"
         rows = self.con.execute(
             f"""
-            WITH api AS (SELECT name FROM (SELECT DISTINCT name FROM requests)  -- a few names: matched once each
-                         WHERE regexp_matches(coalesce(name, ''), ?)),
-                 q AS (SELECT zone, ts, latency_ms, ts - {slack} AS lo, ts + latency_ms / 1000.0 + {slack} AS hi
+            WITH q AS (SELECT zone, ts, latency_ms, ts - {slack} AS lo, ts + latency_ms / 1000.0 + {slack} AS hi
                        FROM requests
                        WHERE zone IS NOT NULL AND coalesce(ok, false) AND coalesce(status, 0) BETWEEN 200 AND 399
-                         AND latency_ms IS NOT NULL AND name IN (SELECT name FROM api)),
+                         AND latency_ms IS NOT NULL AND regexp_matches(coalesce(name, ''), ?)),
                  e AS (SELECT caller_zone AS zone, ts FROM hops
                        WHERE caller_zone IS NOT NULL AND caller_service IN ({names})),
-                 last AS (SELECT zone, max(ts) AS last_line FROM e GROUP BY zone),
                  nxt AS (SELECT q.*, e.ts AS next_hop FROM q ASOF LEFT JOIN e ON q.zone = e.zone AND q.lo <= e.ts),
                  -- the spans excused by design are a long filter: asked of the few candidates only
-                 cand AS (SELECT n.*, l.last_line, n.next_hop IS NULL AS stopped
-                          FROM nxt n LEFT JOIN last l USING (zone)
+                 cand AS (SELECT n.*, {last_line} AS last_line, n.next_hop IS NULL AS stopped FROM nxt n
                           WHERE (n.next_hop IS NOT NULL AND n.next_hop > n.hi)
-                             OR (n.next_hop IS NULL AND n.ts > coalesce(l.last_line, -{INF}) + {SILENT_LAG_S}))
+                             OR (n.next_hop IS NULL AND n.ts > coalesce({last_line}, -{INF}) + {SILENT_LAG_S}))
             SELECT zone, count(*), min(ts), count(*) FILTER (WHERE stopped), any_value(last_line) FROM cand
             WHERE NOT ({skip})
             GROUP BY zone HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY zone
