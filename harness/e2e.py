@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backends import BackendOptions, choose, connect
 from harness.backends.base import Backend, Observation, ProgressFn, RecordFollower
+from harness.contract.clock import RUNNER_CLOCK_SEPARATE, RUNNER_CLOCK_SHARED
 from harness.contract.rundir import (
     ACCESS_LOG_COLLECTOR,
     ACCESS_LOG_FLUSH,
@@ -203,6 +204,17 @@ def after_traffic(backend: Backend, run_dir: Path, say: ProgressFn) -> None:
     _upstream_snapshot(backend, run_dir, "end")
 
 
+def runner_clock(backend: object) -> str:
+    """run.json's `runner_clock` for this backend: `separate` where its nodes keep their own clocks (EKS).
+
+    Written with the run's first mark, before anything is recorded: then a run whose clock.jsonl is lost
+    still says its hops need a correction, and the verifier fails them as unverified instead of comparing two
+    clocks as one. A test double that is not an `Observation` records no hops of its own: `shared`.
+    """
+    separate = isinstance(backend, Observation) and not backend.shares_runner_clock()
+    return RUNNER_CLOCK_SEPARATE if separate else RUNNER_CLOCK_SHARED
+
+
 def _clock_probes(
     backend: Backend, run_dir: Path, batch: str, say: ProgressFn, requests_in_zones: bool = False
 ) -> None:
@@ -213,7 +225,7 @@ def _clock_probes(
     machine's clock (local, kind) does nothing here. A probe that fails is recorded as such; the verdict
     judges what the probes bounded (coverage).
     """
-    if not isinstance(backend, Observation) or backend.shares_runner_clock():
+    if runner_clock(backend) != RUNNER_CLOCK_SEPARATE:
         return
     from harness.traffic.clock import declare, send_probes
 
@@ -320,7 +332,7 @@ def record_traffic(
     from harness.traffic.runner import DEFAULT_PROBE_PERIOD_S, START_GRACE_S
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    mark_run(run_dir, "traffic")
+    mark_run(run_dir, "traffic", runner_clock=runner_clock(backend))
     if not (run_dir / "manifests").exists():
         copy_manifests(backend.manifests().root, run_dir)
     # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic ---
@@ -459,7 +471,7 @@ def run_e2e(
     if on_start is not None:
         on_start(run_dir, planned)  # harness.progress watches the run directory from here
     try:
-        mark_run(run_dir, "render")
+        mark_run(run_dir, "render", runner_clock=runner_clock(backend))
         mdir = prepare_manifests(opts, run_dir)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing was started: leave nothing behind

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from harness.contract.clock import RUNNER_CLOCKS
 from harness.contract.inventory import Inventory
 from harness.contract.rundir import RUN_FILE
 
@@ -56,7 +57,9 @@ def write_inventory(inv: Inventory, path: Path) -> None:
             fh.write(json.dumps({"ts": ts, "event": event, **base}) + "\n")
 
 
-def mark_run(run_dir: Path, stage: str | None = None, status: str = "running") -> dict[str, object]:
+def mark_run(
+    run_dir: Path, stage: str | None = None, status: str = "running", runner_clock: str | None = None
+) -> dict[str, object]:
     """Write `run_dir/run.json`: where the run is and whether it finished (docs/CONTRACTS.md §4).
 
     Called at every stage change, so a run killed at any point says where it
@@ -64,9 +67,15 @@ def mark_run(run_dir: Path, stage: str | None = None, status: str = "running") -
     `complete` (or that has no `ended`) as partial. `started` is kept from
     the first call; `ended` is set when the status leaves `running`. Written
     atomically (temp file + rename): a reader never sees half a file.
+
+    `runner_clock` (given once, at the first call, then kept): whether the backend's nodes stamp their access
+    logs with this machine's clock (`shared`: local, kind) or their own (`separate`: existing/EKS). It is the
+    run's second word on it beside clock.jsonl, so a run whose clock.jsonl is lost is not judged as one clock.
     """
     if status not in RUN_STATUSES:
         raise ValueError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+    if runner_clock is not None and runner_clock not in RUNNER_CLOCKS:
+        raise ValueError(f"runner_clock {runner_clock!r} is not one of {', '.join(RUNNER_CLOCKS)}")
     path = Path(run_dir) / RUN_FILE
     now = time.time()
     try:
@@ -81,6 +90,9 @@ def mark_run(run_dir: Path, stage: str | None = None, status: str = "running") -
         "stage": stage if stage is not None else old.get("stage"),
         "status": status,
     }
+    clock = runner_clock if runner_clock is not None else old.get("runner_clock")
+    if clock is not None:
+        data["runner_clock"] = clock
     tmp = path.with_name(f".{RUN_FILE}.tmp")
     tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
     tmp.replace(path)

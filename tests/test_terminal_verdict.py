@@ -140,3 +140,18 @@ def test_a_narrow_terminal_gets_one_block_per_fault_with_every_reason_on_its_lin
     ]
     assert "   failover - (n/a: the zone's callers are down with it)" in lines
     assert not any(line.startswith("┃ fault") for line in lines)  # no folded nine-column table
+
+
+def test_a_failure_in_both_an_invariant_and_its_fault_is_printed_once() -> None:
+    """A fallback pair's failure is the invariant's and its fault's: the FAIL lines after the tables say it once
+    (under the invariant), and a fault message the invariant's summary left out ("and N more") still under the
+    fault."""
+    run = RunInfo("r", "t", "us-west-2", "ce", 0.0, 1.0, 0, 0, 0, 0, 0, 0, {}, {})
+    both, own = "fallback: lax -> product-api: not back in-zone (fault f)", "postgres: no failover to measure"
+    left_out = "fallback: phx -> product-api: not back in-zone (fault f)"
+    fault = _fault(messages=[own, both, left_out])
+    v = Verdict(run, [InvariantResult("fallback", False, f"{both} (and 1 more)")], [fault])
+    assert v.failure_messages == [f"{both} (and 1 more)", f"fault f: {own}", f"fault f: {left_out}"]
+    assert [line for line in _terminal(v).splitlines() if line.startswith("FAIL ")] == [
+        f"FAIL {m}" for m in v.failure_messages
+    ]

@@ -306,3 +306,37 @@ def test_lost_requests_count_the_requests_in_flight_at_the_kill(tmp_path: Path) 
     assert window.failed >= 2  # availability counts them as the fault's
     lost = _failed_between(v, d, {LAX}, inject, inject + fr.failover_s, inflight=True)
     assert fr.lost_requests >= lost, (fr.lost_requests, lost)
+
+
+# -- 5. a declared cascade's failure fails the fallback invariant, not only the fault (audit 9 hole 2) ------------
+@pytest.mark.parametrize(
+    ("region_until", "duration", "zone_ready", "failover"),
+    [pytest.param(50.0, 50.0, CASCADE_END, True, id="never-back-in-zone"),
+     pytest.param(80.0, 95.0, 80.0, False, id="no-failover-after-the-region-was-back")],
+)  # fmt: skip
+def test_a_declared_cascades_failure_fails_the_fallback_invariant(
+    tmp_path: Path, region_until: float, duration: float, zone_ready: float, failover: bool
+) -> None:
+    """HOLE (audit 9). `_declared_cascade_failures` (a zone not back in-zone after the database's cascade, or
+    with no failover while the Region's product-api was ready again) failed only the fault's result: the
+    invariant table said `fallback` passed while the verdict failed. Now each is a failed fallback pair of the
+    fault: the invariant fails with the same message, and the terminal prints it once."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from harness.verify import FALLBACK, print_summary
+
+    d = postgres_cascade(tmp_path, T, LAX, region_until=region_until, duration=duration, zone_ready=zone_ready,
+                         failover=failover)  # fmt: skip
+    v = verify(d)
+    fb = v.invariant(FALLBACK)
+    assert not v.passed and not fb.passed, why(v)
+    (cascade,) = [m for m in v.fault("kill-pod-postgres").messages if m.startswith("fallback: ")]
+    assert cascade in fb.message
+    pair = next(p for p in fb.pairs if p.message == cascade)
+    assert (pair.caller_zone, pair.upstream, pair.status) == (LAX, "product-api", "fail")
+    assert pair.fault == "kill-pod-postgres"
+    buf = StringIO()
+    print_summary(v, Console(file=buf, width=400, force_terminal=False, color_system=None))
+    assert buf.getvalue().count(cascade) == 2, buf.getvalue()  # the invariant table's row and one FAIL line

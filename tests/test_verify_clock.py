@@ -212,3 +212,59 @@ def test_the_offset_interval_is_the_hull_of_the_batches_intersections() -> None:
     whole = evaluate(recs).zone(LAX).offset  # type: ignore[union-attr]
     assert evaluate(recs[1:], corrupt_lines=[1]).zone(LAX).offset == pytest.approx(whole)  # type: ignore[union-attr]
     assert json.dumps(zc.text())  # printable
+
+
+def _say_clocks(d: Path, runner_clock: str) -> Path:
+    """run.json's `runner_clock` as run_e2e writes it from the backend (existing/EKS: separate; local, kind: shared)."""
+    state = json.loads((d / "run.json").read_text(encoding="utf-8"))
+    (d / "run.json").write_text(json.dumps({**state, "runner_clock": runner_clock}) + "\n", encoding="utf-8")
+    return d
+
+
+def _lose_clock(d: Path, how: str) -> Path:
+    """clock.jsonl lost (not copied with the run, never written) or left empty (cut before its first line)."""
+    if how == "deleted":
+        (d / "clock.jsonl").unlink()
+    else:
+        (d / "clock.jsonl").write_text("", encoding="utf-8")
+    for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
+        (d / stale).unlink(missing_ok=True)
+    return d
+
+
+def test_control_an_eks_run_that_says_its_clocks_passes_with_its_record(tmp_path: Path) -> None:
+    """The EKS-like run (nodes 300 ms behind, measured) with run.json saying so passes, as without the field."""
+    v = verify(_say_clocks(_clock(_skew(_run(tmp_path, "run", KILL), BEHIND), BEHIND), "separate"))
+    assert v.passed, why(v)
+    cov = next(i for i in v.invariants if i.name == COVERAGE)
+    assert {c.subject for c in cov.checks if c.subject.startswith("clock")} == {f"clock {z.name}" for z in T.zones}
+
+
+@pytest.mark.parametrize(("said", "how"), [("separate", "deleted"), ("separate", "empty"), ("own", "deleted")])
+def test_a_lost_clock_record_of_an_eks_run_is_unverified(tmp_path: Path, said: str, how: str) -> None:
+    """HOLE (audit 9). The same run with clock.jsonl lost: nothing said its nodes keep their own clocks, so the
+    verifier took one clock, judged its hops 300 ms early against the kill (failover 0.32 s read as 0.02 s) and
+    PASSED. run.json's `runner_clock` says it now: coverage fails with one message naming the lost record, not
+    one per zone (no zone's probes are to blame). A value this verifier does not know is not one clock either."""
+    d = _lose_clock(_say_clocks(_clock(_skew(_run(tmp_path, "run", KILL), BEHIND), BEHIND), said), how)
+    v = verify(d)
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    cov = next(i for i in v.invariants if i.name == COVERAGE)
+    clocks = [c for c in cov.checks if c.subject.startswith("clock")]
+    assert [(c.subject, c.status) for c in clocks] == [("clock", "unverified")], clocks
+    assert "clock.jsonl is missing or records nothing" in clocks[0].message and repr(said) in clocks[0].message
+    assert cov.message.count("clock.jsonl") == 1, cov.message
+
+
+@pytest.mark.parametrize("said", ["shared", None])
+def test_control_a_run_on_one_clock_without_clock_record_passes(tmp_path: Path, said: str | None) -> None:
+    """Local and kind (run.json: shared) and runs from before the field (none) have no clock.jsonl and pass
+    as ever: no clock check, no note."""
+    d = _run(tmp_path, "run", KILL)
+    if said is not None:
+        _say_clocks(d, said)
+    v = verify(d)
+    assert v.passed, why(v)
+    cov = next(i for i in v.invariants if i.name == COVERAGE)
+    assert not [c for c in cov.checks if c.subject.startswith("clock")]
+    assert not [n for n in v.run.notes if n.startswith("clock:")]

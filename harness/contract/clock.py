@@ -50,6 +50,9 @@ from harness.contract.rundir import CLOCK_FILE
 
 PROBE_PARAM = "eh-clock"  # the query parameter that marks a clock probe: /api?eh-clock=<id>
 BATCHES = ("start", "end")
+RUNNER_CLOCK_SHARED = "shared"  # run.json `runner_clock`: the nodes stamp with this machine's clock (local, kind)
+RUNNER_CLOCK_SEPARATE = "separate"  # ... the nodes keep their own clocks (existing/EKS): clock.jsonl is required
+RUNNER_CLOCKS = (RUNNER_CLOCK_SHARED, RUNNER_CLOCK_SEPARATE)
 START_TIME_RESOLUTION_S = 0.001  # Envoy's START_TIME: whole milliseconds, truncated
 CLOCK_TOLERANCE_S = 0.05
 """The widest offset uncertainty (half the bounding interval) a verdict accepts: 50 ms.
@@ -112,6 +115,9 @@ class RunClock:
     probes_answered: int = 0
     corrupt_lines: tuple[int, ...] = ()  # 1-based numbers of clock.jsonl lines that are not JSON objects
     requests_in_zones: bool = False  # requests.jsonl stamped in the entry zones' pods (their nodes' clocks)
+    # run.json said the nodes keep their own clocks but clock.jsonl is missing or records nothing: no zone was
+    # measured, and which clock the requests were stamped by is not known either (`record_lost`)
+    record_missing: bool = False
 
     def zone(self, zone: str) -> ZoneClock:
         """The zone's clock, or an unmeasured one saying why."""
@@ -124,6 +130,17 @@ class RunClock:
     def offsets(self) -> dict[str, float]:
         """zone -> correction (seconds to subtract from its hops' START_TIME) for every zone with an offset."""
         return {z: c.offset for z, c in (self.zones or {}).items() if c.offset is not None}
+
+
+def record_lost(why: str) -> RunClock:
+    """The clock of a run whose run.json says its nodes keep their own clocks but whose `clock.jsonl` is lost.
+
+    Why: clock.jsonl is the only other record of separate clocks, so without run.json's word a run whose file
+    was lost (not copied with the artifacts, deleted, never written because the probes' step died) read as one
+    clock: its hops were judged against the runner's faults uncorrected, and it could pass. A separate clock
+    with no zone measured makes every comparison of its hops unverified (coverage), as a zone without probes is.
+    """
+    return RunClock(True, why, {}, record_missing=True)
 
 
 def read_records(path: Path) -> tuple[list[dict[str, Any]], list[int]]:

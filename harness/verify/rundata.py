@@ -55,7 +55,7 @@ from typing import Any
 import duckdb
 
 from harness.columnar import REQUESTS, check_parquet, read_records
-from harness.contract.clock import RunClock, read_clock
+from harness.contract.clock import RUNNER_CLOCK_SHARED, RunClock, read_clock, record_lost
 from harness.contract.rundir import (
     CHAOS_COLUMNS,
     CHAOS_DIR,
@@ -285,7 +285,11 @@ def _clock(run_dir: Path, notes: list[str], skipped: list[SkippedLine]) -> RunCl
     """
     clock = read_clock(run_dir)
     if clock is None:
-        return None
+        said = _runner_clock(run_dir)
+        if said is None or said == RUNNER_CLOCK_SHARED:
+            return None  # one clock (local, kind), or a run from before run.json said (judged as ever)
+        # separate, or a value this verifier does not know: never taken for one clock (coverage fails it)
+        return record_lost(f"{RUN_FILE} says runner_clock {said!r}")
     skipped += [SkippedLine(CLOCK_FILE, line, "not a JSON object (corrupt)") for line in clock.corrupt_lines]
     zones = [clock.zone(z) for z in sorted(clock.zones or {})]
     worst = max((z.uncertainty for z in zones if z.uncertainty is not None), default=None)
@@ -298,6 +302,21 @@ def _clock(run_dir: Path, notes: list[str], skipped: list[SkippedLine]) -> RunCl
     )
     notes.extend(f"clock: {z.text()}" for z in zones)
     return clock
+
+
+def _runner_clock(run_dir: Path) -> str | None:
+    """run.json's `runner_clock` (CONTRACTS §4): whether the backend's nodes keep their own clocks.
+
+    Read here, before the hops and requests are loaded, because it decides whether a missing clock.jsonl means
+    one clock or a lost record. None when run.json is missing, unreadable or older than the field: such a run
+    is judged as before (by clock.jsonl alone); `_documents` reports an unreadable run.json itself.
+    """
+    try:
+        doc = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = doc.get("runner_clock") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _requests_on_runner_clock(con: duckdb.DuckDBPyConnection, clock: RunClock | None) -> None:

@@ -245,11 +245,17 @@ class Verdict:
 
     @property
     def failure_messages(self) -> list[str]:
-        """Every failure message, invariants first: what CI prints and JUnit records."""
-        out = [i.message for i in self.invariants if not i.passed]
+        """Every failure message, invariants first: what the terminal prints after the tables.
+
+        A fault's message already in a failed invariant's (a fallback pair's failure: its failover over the
+        SLO, a declared cascade's zone not back) is not repeated under the fault: each failure is read once.
+        One the invariant's summary left out ("and N more") still is.
+        """
+        shown = [i.message for i in self.invariants if not i.passed]
+        out = list(shown)
         for f in self.faults:
             if not f.passed:
-                out.extend(f"fault {f.fault}: {m}" for m in f.messages)
+                out.extend(f"fault {f.fault}: {m}" for m in f.messages if not (m and any(m in s for s in shown)))
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -759,12 +759,14 @@ class FaultMeasurer(CheckBase):
             rec = rc.values.get(u)
             end = INF if f.restore is None else f.restore + (rec if rec is not None else self.slo.max_recovery_s)
             out.exclusions.append((f.zone, u, f.inject, end))
-        if expected.declared(f):
-            cascade = self._declared_cascade_failures(f)
-            rc.ok = rc.ok and not cascade
-            rc.messages += cascade
+        # a declared single point of failure's cascade failures fail the fault and, as any fallback failure, the
+        # `fallback` invariant (its pairs): the fault's result alone left the table saying fallback passed
+        cascade = self._declared_cascade_failures(f) if expected.declared(f) else []
+        rc.ok = rc.ok and not cascade
+        rc.messages += [p.message for p in cascade]
         lost_requests, lost_hops = self._losses(f, scope, fo, fault_end, impact_end)
         out.fallback_pairs.extend(pair_results.values())
+        out.fallback_pairs.extend(cascade)
         out.results.append(
             FaultResult(
                 fault=f.fault,
@@ -786,8 +788,11 @@ class FaultMeasurer(CheckBase):
             )
         )
 
-    def _declared_cascade_failures(self, f: Fault) -> list[str]:
+    def _declared_cascade_failures(self, f: Fault) -> list[PairResult]:
         """What a declared single point of failure does not excuse in its cascade (fallback failures).
+
+        Each a failed `fallback` pair of the fault (caller zone, upstream, message), so the invariant fails
+        with the fault and the report lists it where it happened, not only the fault's own result.
 
         Its budget covers the errors of every zone while the database is down
         and the dependants follow it (`expected.impact_end`); it does not cover
@@ -806,7 +811,11 @@ class FaultMeasurer(CheckBase):
         the Region's.
         """
         restore = f.restore if f.restore is not None else INF
-        out: list[str] = []
+        out: list[PairResult] = []
+
+        def failed(zone: str, upstream: str, message: str, hops: int, failures: int | None) -> PairResult:
+            counts: dict[str, float | int | None] = {"cascade_hops": hops, "cascade_failed": failures}
+            return PairResult(zone, upstream, FAIL, counts, message=message, fault=f.fault)
 
         def began_in_fault(key: tuple[str, str]) -> list[tuple[float, float | None]]:
             return [(lo, hi) for lo, hi in self.run.down.get(key, []) if f.inject <= lo <= restore]
@@ -827,17 +836,17 @@ class FaultMeasurer(CheckBase):
                 w = self._measure(z, u, list(callers), back, until, "serving_kind = 'region'", hi_open=True,
                                   stale_sql=FAILOVER_PENDING_SQL)  # fmt: skip
                 if w.hops and w.instant is None:
-                    out.append(
+                    out.append(failed(z, u,
                         f"fallback: {z} -> {u}: no failover to the Region while {u} had no ready pod in {z} "
                         f"after the Region's was ready again at {iso(back)} (fault {f.fault}, declared single "
-                        f"point of failure {', '.join(f.spof)}: {w.hops} hops, {w.failed} failed)"
-                    )
+                        f"point of failure {', '.join(f.spof)}: {w.hops} hops, {w.failed} failed)", w.hops, w.failed,
+                    ))  # fmt: skip
                 if (self.run_end if end >= INF else end) - back > self.slo.max_recovery_s:
-                    out.append(
+                    out.append(failed(z, u,
                         f"fallback: {u} had no ready pod in {z} until {iso(hi)}, longer than maxRecoveryS "
                         f"({self.slo.max_recovery_s:g}s) after the Region's was ready again at {iso(back)}: "
-                        f"not back after the restore of {f.fault}"
-                    )
+                        f"not back after the restore of {f.fault}", w.hops, w.failed,
+                    ))  # fmt: skip
         end, recoveries = self._declared_recovery(f)
         for z, u, instant, rw in recoveries:  # the window it measured (None: the cascade never ended, judged above)
             if rw is None or instant is not None or not zone_is_edge(self.t, z) or self._placement(u) != "edge":
@@ -845,16 +854,16 @@ class FaultMeasurer(CheckBase):
             if self._left_to_next(z, u, end) is not None:  # cut short by the zone's next fault, whose recovery asks it
                 continue
             if rw.hops:
-                out.append(
+                out.append(failed(z, u,
                     f"fallback: {z} -> {u}: not back in-zone within maxRecoveryS after the cascade of fault "
                     f"{f.fault} ended at {iso(end)} ({rw.hops} hops, {rw.failed} failed, last served elsewhere "
-                    f"at {iso(rw.last_misplaced)})"
-                )
+                    f"at {iso(rw.last_misplaced)})", rw.hops, rw.failed,
+                ))  # fmt: skip
             elif self._no_traffic_fails(z):
-                out.append(
+                out.append(failed(z, u,
                     f"fallback: {z} -> {u}: no traffic after the cascade of fault {f.fault} ended at {iso(end)} "
-                    "(recovery unverified)"
-                )
+                    "(recovery unverified)", 0, None,
+                ))  # fmt: skip
         return out
 
     def faults(self) -> FaultMeasurements:

@@ -173,7 +173,8 @@ DEFINITIONS = {
     f"sidecars made hops with no probe found in a batch, contradicting probes, or a bound wider than "
     f"+-{CLOCK_TOLERANCE_S * 1000:g} ms is "
     "unverified = fail (coverage); a failover or recovery figure is within its SLO only with the zone's bound "
-    "added (the truth may lie that much later); without clock.jsonl (local, kind: one clock) nothing is corrected",
+    "added (the truth may lie that much later); without clock.jsonl (local, kind: one clock) nothing is corrected, "
+    "unless run.json says runner_clock separate (EKS): then the record is lost and every hop unverified = fail",
     "unplanned_outage": "a service of the topology with no ready pod in a zone, or too few to keep its traffic "
     "there (spill), outside every recorded fault: a note; lasting longer than maxRecoveryS (or still on at the end "
     "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover); "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.contract.clock import CLOCK_TOLERANCE_S
-from harness.contract.rundir import ACCESS_LOG_FLUSH, ACCESS_LOG_FLUSH_S, RECORD_STEPS
+from harness.contract.rundir import ACCESS_LOG_FLUSH, ACCESS_LOG_FLUSH_S, CLOCK_FILE, RECORD_STEPS
 from harness.observe.hops import host_ip_sql
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
@@ -735,10 +735,20 @@ class UserChecks(CheckBase):
         CLOCK_TOLERANCE_S leaves which of its hops fell before or after each inject unknown: unverified.
         With in-zone locust workers the users' requests are stamped in their entry zone's pods, and each zone
         they entered is asked the same. A run with one clock (local, kind: no clock.jsonl) has no such check.
+        A run whose run.json says its nodes keep their own clocks but whose clock.jsonl is lost gets one check,
+        unverified: no zone was measured, so none of its hops can be set against the runner's records (one
+        message for the lost file, not one per zone, which would each blame that zone's probes).
         """
         clock = self.run.clock
         if clock is None:
             return []
+        if clock.record_missing:
+            text = (
+                f"coverage: clock: {clock.why}: the nodes keep their own clocks, but {CLOCK_FILE} is missing or "
+                "records nothing, so no zone's offset was measured: its hops' times cannot be set against the "
+                "runner's faults and requests, and which fell in each fault window is unverified"
+            )
+            return [CheckResult("clock", UNVERIFIED, text, {"record": CLOCK_FILE, "why": clock.why})]
         sql = "SELECT DISTINCT caller_zone FROM hops WHERE caller_zone IS NOT NULL"
         if clock.requests_in_zones:  # the users' requests were stamped in the zones too (in-zone locust workers)
             sql += " UNION SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL"
