@@ -19,7 +19,7 @@ from harness.verify import COVERAGE, FALLBACK
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_audit7 import _edit_log
-from tests.test_verify_clock import BEHIND, _skew, _span
+from tests.test_verify_clock import BEHIND, _clock, _skew
 from tests.test_verify_soundness import LAX, T0, T, failed, pod_of
 from tests.verdicts import rows, verify, write_rows
 
@@ -36,24 +36,7 @@ def _clock_logged_at(d: Path, offset_s: float, at: float) -> Path:
     it at once and the answer was slow; 1: the request was slow and the answer at once: both legal), the other
     zones' 4 ms round trips halfway. The hops are corrected by the middle of the bound, so LAX's sit
     (0.5 - at) x 90 ms later than they happened (`at` 1: 45 ms earlier)."""
-    start, end = _span(d)
-    recs: list[dict[str, Any]] = [{"ts": start - 2, "event": "clock", "runner_clock": "separate", "why": "test"}]
-    for zone in [z.name for z in T.zones]:
-        rtt, frac = (SLOW_RTT_S, at) if zone == LAX else (0.004, 0.5)
-        for batch, t in (("start", start - 1.0), ("end", end + 1.0)):
-            for i in range(3):
-                t0 = t + i * 0.2
-                probe = f"{zone}-{batch}-{i}"
-                recs.append({"ts": t0, "event": "sent", "batch": batch, "zone": zone, "probe": probe, "sent": t0,
-                             "received": t0 + rtt, "status": 200, "error": None})  # fmt: skip
-                logged = int((t0 + frac * rtt + offset_s) * 1000) / 1000  # START_TIME: whole ms, truncated
-                recs.append({"ts": t0 + rtt, "event": "logged", "batch": batch, "probe": probe,
-                             "pod": f"frontend-{zone}", "zone": zone, "node": f"node-{zone}", "logged": logged,
-                             "start_time": ""})  # fmt: skip
-    write_rows(d / "clock.jsonl", recs)
-    for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
-        (d / stale).unlink(missing_ok=True)
-    return d
+    return _clock(d, offset_s, lax_rtt_s=SLOW_RTT_S, lax_at=at, spacing_s=0.2)
 
 
 def _on_eks(tmp_path: Path, name: str, sc: Scenario, at: float) -> Path:

@@ -59,25 +59,26 @@ def _span(d: Path) -> tuple[float, float]:
 
 
 def _clock(d: Path, offset_s: float, skip: tuple[tuple[str, str], ...] = (), zones: list[str] | None = None,
-           lax_rtt_s: float = 0.004, requests_in_zones: bool = False) -> Path:  # fmt: skip
-    """clock.jsonl as the harness writes it on EKS: three probes per zone and batch, each logged by the zone's
-    frontend sidecar halfway through its round trip (4 ms; LAX's `lax_rtt_s`), at node time; (zone, batch) in
-    `skip` found no line."""
+           lax_rtt_s: float = 0.004, requests_in_zones: bool = False, lax_at: float = 0.5,
+           spacing_s: float = 0.05) -> Path:  # fmt: skip
+    """clock.jsonl as the harness writes it on EKS: three probes per zone and batch `spacing_s` apart, each logged
+    by the zone's frontend sidecar halfway through its round trip (4 ms; LAX's `lax_rtt_s`, logged at `lax_at`
+    of the way through it), at node time; (zone, batch) in `skip` found no line."""
     start, end = _span(d)
     recs: list[dict[str, Any]] = [{"ts": start - 2, "event": "clock", "runner_clock": "separate", "why": "test"}]
     if requests_in_zones:
         recs[0]["requests_clock"] = "zones"
     for zone in zones or [z.name for z in T.zones]:
-        rtt_s = lax_rtt_s if zone == LAX else 0.004
+        rtt_s, frac = (lax_rtt_s, lax_at) if zone == LAX else (0.004, 0.5)
         for batch, at in (("start", start - 1.0), ("end", end + 1.0)):
             for i in range(3):
-                t0 = at + i * 0.05
+                t0 = at + i * spacing_s
                 probe = f"{zone}-{batch}-{i}"
                 recs.append({"ts": t0, "event": "sent", "batch": batch, "zone": zone, "probe": probe, "sent": t0,
                              "received": t0 + rtt_s, "status": 200, "error": None})  # fmt: skip
                 if (zone, batch) in skip:
                     continue
-                logged = int((t0 + rtt_s / 2 + offset_s) * 1000) / 1000  # START_TIME: whole ms, truncated
+                logged = int((t0 + frac * rtt_s + offset_s) * 1000) / 1000  # START_TIME: whole ms, truncated
                 recs.append({"ts": t0 + rtt_s, "event": "logged", "batch": batch, "probe": probe,
                              "pod": f"frontend-{zone}", "zone": zone, "node": f"node-{zone}", "logged": logged,
                              "start_time": ""})  # fmt: skip
