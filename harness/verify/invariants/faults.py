@@ -396,10 +396,13 @@ class FaultMeasurer(CheckBase):
         pair's recovery after its own restore (`SCOPES`): a mesh that never recovered fails there. A next
         fault that does not (a kill of another service) leaves the window cut, as before.
         """
-        g = self._next_fault_within_recovery(f, nxt)
+        return self._asks_recovery_of(self._next_fault_within_recovery(f, nxt), u)
+
+    def _asks_recovery_of(self, g: Fault | None, u: str) -> Fault | None:
+        """`g`, when it measures the recovery of pair (g.zone, u) after its own restore (`SCOPES`), else None."""
         if g is None:
             return None
-        zone_pairs = [(v, list(c)) for (z, v, c) in self.pairs if z == f.zone]
+        zone_pairs = [(v, list(c)) for (z, v, c) in self.pairs if z == g.zone]
         scope = SCOPES.get(g.kind, FaultMeasurer.scope_link_degraded)(self, g, zone_pairs)
         return g if any(v == u for v, _ in scope.recovery) else None
 
@@ -414,12 +417,7 @@ class FaultMeasurer(CheckBase):
         nxt = self._next_inject(zone, since)
         if nxt is None or nxt >= since + self.slo.max_recovery_s:
             return None
-        g = next((x for x in self.run.faults if x.zone == zone and x.inject == nxt), None)
-        if g is None:
-            return None
-        zone_pairs = [(v, list(c)) for (z, v, c) in self.pairs if z == zone]
-        scope = SCOPES.get(g.kind, FaultMeasurer.scope_link_degraded)(self, g, zone_pairs)
-        return g if any(v == u for v, _ in scope.recovery) else None
+        return self._asks_recovery_of(next((x for x in self.run.faults if x.zone == zone and x.inject == nxt), None), u)
 
     def _next_fault_within_recovery(self, f: Fault, nxt: float | None) -> Fault | None:
         """The zone's next fault (injected at `nxt`), when it began within maxRecoveryS of `f`'s restore."""
