@@ -41,7 +41,7 @@ def _spans(rng: random.Random, n: int, zoned: bool) -> list[tuple[str, float, fl
     return spans
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(16))
 def test_tree_equals_or(seed: int) -> None:
     rng = random.Random(seed)
     con = duckdb.connect()

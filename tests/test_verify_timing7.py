@@ -81,7 +81,7 @@ def _kill(tmp_path: Path, rate: float, failover_s: float, recovery_s: float) -> 
     return run(tmp_path, faults=[f], duration_s=110, rate_per_zone=rate)
 
 
-@pytest.mark.parametrize("rate", [2, 5, 20])
+@pytest.mark.parametrize("rate", [2, 20])
 @pytest.mark.parametrize(
     ("failover_s", "recovery_s", "correct"),
     [

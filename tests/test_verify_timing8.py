@@ -36,7 +36,7 @@ def _callers_cut(
     return run(tmp_path, faults=[f, g], duration_s=duration_s, rate_per_zone=rate)
 
 
-@pytest.mark.parametrize("rate", [2, 5, 20])
+@pytest.mark.parametrize("rate", [2, 20])
 @pytest.mark.parametrize("gap", [0.05, 0.3, 0.9])
 @pytest.mark.parametrize("cut", sorted(CUTS))
 def test_a_recovery_whose_callers_the_next_fault_cut_off_is_shown_after_its_restore(
@@ -98,7 +98,7 @@ def _spill_at_the_end(tmp_path: Path, tail: float, rate: float, spill_until: flo
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("rate", [2, 5, 20])
+@pytest.mark.parametrize("rate", [2, 20])
 @pytest.mark.parametrize(("case", "tail"), [("kill", 0.3), ("kill", 1.1), ("kill", 1.3), ("kill", 3.0),
                                             ("spill", 3.0), ("spill", 8.0)])  # fmt: skip
 def test_a_recovery_the_run_ended_before_is_shown_or_unverified_never_missing(
@@ -150,7 +150,7 @@ def _link_then(tmp_path: Path, rate: float, gap: float, undo_s: float, lingers: 
     return run(tmp_path, faults=faults, duration_s=100, rate_per_zone=rate)
 
 
-@pytest.mark.parametrize("rate", [2, 5, 10, 20])
+@pytest.mark.parametrize("rate", [2, 10, 20])
 @pytest.mark.parametrize("gap", [0.8, 1.2])
 def test_a_link_being_cleared_after_its_restore_record_is_not_a_rollback_that_left_it_on(
     tmp_path: Path, rate: float, gap: float
