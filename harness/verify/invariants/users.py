@@ -61,6 +61,7 @@ SILENT_UNFLUSHED_S = ACCESS_LOG_FLUSH_S
 # follows the rendered config); `GET /` it answers itself. A request's locust name is "METHOD /path ...".
 ENTRY_API_UPSTREAM = "public-api"
 ENTRY_API_NAME_RE = r"^[A-Z]+ /api([/? ]|$)"
+ENTRY_API_SQL = f"regexp_matches(coalesce(name, ''), '{ENTRY_API_NAME_RE}')"  # a request (row) through /api
 
 # `_link_not_slowed`: a degraded service link adds its latency to every round trip across it, so the median of
 # the zone's hops that wait on the link must grow by at least this share of it (half: one-way netem or a relay's
@@ -214,14 +215,11 @@ class UserChecks(CheckBase):
         return f"(CASE {' '.join(cases)} ELSE {HOP_TS_SLACK_S!r} END)"
 
     def _tie_slack(self, zone: str) -> float:
-        """`_tie_slack_sql` for one zone."""
-        clock = self.run.clock
-        if clock is None or clock.requests_in_zones:
+        """`_tie_slack_sql` for one zone: its clock bound, at most the tolerance (beyond it the zone is unverified
+        anyway: `_clock_checks`), and none where the requests were stamped in the zones."""
+        if self.run.clock is None or self.run.clock.requests_in_zones:
             return HOP_TS_SLACK_S
-        u = clock.zone(zone).uncertainty
-        if u is None or u <= 0:
-            return HOP_TS_SLACK_S
-        return HOP_TS_SLACK_S + min(u, CLOCK_TOLERANCE_S)  # beyond the tolerance: unverified (`_clock_checks`)
+        return HOP_TS_SLACK_S + min(max(self._clock_bound(zone), 0.0), CLOCK_TOLERANCE_S)
 
     def _entry_dead_targets(self, impact: list[tuple[Fault, float]]) -> list[tuple[str, float, float]]:
         """(zone, from, to): a node fault killed some of the zone's entry pods (frontend), not all of them.
@@ -657,7 +655,7 @@ class UserChecks(CheckBase):
             WITH q AS (SELECT zone, ts, latency_ms, ts - {slack} AS lo, ts + latency_ms / 1000.0 + {slack} AS hi
                        FROM requests
                        WHERE zone IS NOT NULL AND coalesce(ok, false) AND coalesce(status, 0) BETWEEN 200 AND 399
-                         AND latency_ms IS NOT NULL AND regexp_matches(coalesce(name, ''), ?)),
+                         AND latency_ms IS NOT NULL AND {ENTRY_API_SQL}),
                  e AS (SELECT caller_zone AS zone, ts FROM hops
                        WHERE caller_zone IS NOT NULL AND caller_service IN ({names})),
                  nxt AS (SELECT q.*, e.ts AS next_hop FROM q ASOF LEFT JOIN e ON q.zone = e.zone AND q.lo <= e.ts),
@@ -668,8 +666,7 @@ class UserChecks(CheckBase):
             SELECT zone, count(*), min(ts), count(*) FILTER (WHERE stopped), any_value(last_line) FROM cand
             WHERE NOT ({skip})
             GROUP BY zone HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY zone
-            """,
-            [ENTRY_API_NAME_RE],
+            """
         ).fetchall()
         return [
             (str(z), int(n), float(first), int(stopped), None if last is None else float(last))
@@ -980,12 +977,12 @@ class UserChecks(CheckBase):
         ]
         if not needed or not self._entry_api_services():
             return ""
-        clock = self.run.clock
-        until = end - (self._clock_bound(f.zone) if clock is not None and clock.requests_in_zones else 0.0)
+        in_zones = self.run.clock is not None and self.run.clock.requests_in_zones
+        until = end - (self._clock_bound(f.zone) if in_zones else 0.0)
         row = self.con.execute(
             f"SELECT count(*), min(ts), max({REQUEST_END_SQL}) FROM requests WHERE zone = ? AND {REQUEST_OK_SQL} "
-            f"AND regexp_matches(coalesce(name, ''), ?) AND ts >= ? AND {REQUEST_END_SQL} <= ?",
-            [f.zone, ENTRY_API_NAME_RE, f.inject + self.slo.max_failover_s, until],
+            f"AND {ENTRY_API_SQL} AND ts >= ? AND {REQUEST_END_SQL} <= ?",
+            [f.zone, f.inject + self.slo.max_failover_s, until],
         ).fetchone()
         if not row or not row[0]:
             return ""
