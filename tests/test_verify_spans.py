@@ -1,4 +1,4 @@
-"""`spans_sql` written as a search tree is the same predicate as the plain OR of its windows.
+"""`spans_sql` written as a search tree is the same predicate as the plain OR of its windows (and `over_slo`'s wording).
 
 A long run has a fault every few minutes and these expressions see every hop
 and request, so above `SPAN_OR_MAX` windows the verifier searches them as a
@@ -62,3 +62,20 @@ def test_few_windows_stay_one_or() -> None:
     spans = [("a", 1.0, 2.0)] * SPAN_OR_MAX
     assert "CASE" not in spans_sql("zone", spans, HOP_END_SQL)
     assert spans_sql("zone", [], HOP_END_SQL) == "false"
+
+
+# -- over_slo: what a figure near its SLO says, with and without a clock bound ---------------------------------------
+def test_over_slo_names_what_leaves_a_figure_unverified() -> None:
+    """A breach the hops show; one only the sampling leaves open; one only the zone's clock bound leaves open
+    (the figure itself within the SLO); and both together. Each says which, so the operator knows what to fix."""
+    from harness.verify.invariants.faults import over_slo
+
+    assert over_slo(5.4, 0.2, 5.0, "maxFailoverS").startswith("took ")
+    sparse = over_slo(5.06, 0.2, 5.0, "maxFailoverS")
+    assert "not shown within maxFailoverS 5s" in sparse and "traffic too sparse" in sparse and "clock" not in sparse
+    clock = over_slo(4.97, 0.001, 5.0, "maxFailoverS", clock=0.0455)
+    assert "clock is known to within ± 45.5 ms" in clock and "traffic too sparse" not in clock
+    assert "between 4.923 s and 5.015 s" in clock
+    both = over_slo(5.06, 0.2, 5.0, "maxFailoverS", clock=0.02)
+    assert "traffic too sparse" in both and "clock bound ± 20.0 ms included" in both
+    assert over_slo(5.1, 0.01, 5.0, "maxRecoveryS", clock=0.02).startswith("took ")  # beyond even the bound
