@@ -786,6 +786,16 @@ class FaultMeasurer(CheckBase):
             )
         )
 
+    def _spof_back(self, f: Fault) -> float:
+        """When the declared single point of failure of fault `f` was back in the Region: the end of the last of
+        its outages that began in the fault (INF: one never ended), or the restore (INF: never restored)."""
+        restore = f.restore if f.restore is not None else INF
+        return max(
+            (INF if hi is None else hi for sv in f.spof for lo, hi in self.run.down.get((self.t.region, sv), [])
+             if f.inject <= lo <= restore),
+            default=restore,
+        )  # fmt: skip
+
     def _declared_cascade_failures(self, f: Fault) -> list[PairResult]:
         """What a declared single point of failure does not excuse in its cascade (fallback failures).
 
@@ -818,8 +828,7 @@ class FaultMeasurer(CheckBase):
         def began_in_fault(key: tuple[str, str]) -> list[tuple[float, float | None]]:
             return [(lo, hi) for lo, hi in self.run.down.get(key, []) if f.inject <= lo <= restore]
 
-        spof_back = max((INF if hi is None else hi for sv in f.spof
-                         for _lo, hi in began_in_fault((self.t.region, sv))), default=restore)  # fmt: skip
+        spof_back = self._spof_back(f)
         cascade = self._cascade(f)
         for z, u, callers in self.pairs:
             if not zone_is_edge(self.t, z) or self._placement(u) != "edge" or u not in cascade:
@@ -1041,11 +1050,7 @@ class FaultMeasurer(CheckBase):
             and any(z == zone and u == service for z, u, _ in self.pairs)
         ):
             return None
-        spof_back = max(
-            (INF if hi is None else hi for sv in f.spof for lo, hi in self.run.down.get((self.t.region, sv), [])
-             if f.inject <= lo <= f.restore),
-            default=f.restore,
-        )  # fmt: skip
+        spof_back = self._spof_back(f)
         return None if spof_back >= INF else max(f.restore, spof_back)
 
 
