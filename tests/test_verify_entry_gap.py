@@ -132,3 +132,37 @@ def test_an_entry_gap_well_before_a_node_kill_is_still_one(tmp_path: Path) -> No
     v = verify(d)
     assert not v.passed and COVERAGE in failed(v), why(v)
     assert ENTRY_TEXT in _verdict_text(v), why(v)
+
+
+@pytest.mark.parametrize("accesslogs", ["local", "kind"])
+def test_a_zone_without_any_entry_line_is_unverified(tmp_path: Path, accesslogs: str) -> None:
+    """LAX's entry sidecar log missing from start to end, its users answered throughout: no entry hop of the
+    zone at all, so the join by zone finds nothing for any of its requests. Unverified, named, with no last line
+    (the zone travels through the join as the hops' name ENUM: a zone no hop names must still be itself)."""
+    d = write_run(tmp_path / "run", _scenario([], accesslogs=accesslogs))
+    assert _lose(d, _entry_pod(d), -1e9, 1e9) >= 4 * 60
+    v = verify(d)
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    text = _verdict_text(v)
+    assert ENTRY_TEXT in text and f"{LAX}: " in text and "after its entry logs' last line)" in text, text
+
+
+def test_every_request_zone_keeps_its_name_as_a_hop_key(tmp_path: Path) -> None:
+    """`RunData.hop_key` turns requests.zone into the hops' ENUM for join keys: a zone no hop names (requests
+    from a city whose sidecars logged nothing) is in it too, so it is never merged into NULL with another."""
+    from harness.verify.rundata import load_run
+
+    d = write_run(tmp_path / "run", _scenario([]))
+    reqs = rows(d / "requests.jsonl")
+    extra = [dict(r, zone="us-west-2-nowhere-1a") for r in reqs[:3]]
+    write_rows(d / "requests.jsonl", reqs + extra)
+    run = load_run(d)
+    assert run.hop_names
+    got = run.con.execute(
+        f"SELECT count(*) FILTER (WHERE {run.hop_key('zone')} IS NULL), "
+        f"count(*) FILTER (WHERE CAST({run.hop_key('zone')} AS VARCHAR) <> zone), "
+        "count(*) FILTER (WHERE zone = 'us-west-2-nowhere-1a') FROM requests WHERE zone IS NOT NULL"
+    ).fetchone()
+    assert got == (0, 0, 3)
+    nowhere = run.con.execute("SELECT count(*) FROM hops WHERE caller_zone = 'us-west-2-nowhere-1a'").fetchone()
+    assert nowhere == (0,)
