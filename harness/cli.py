@@ -549,8 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many seconds of traffic before the first fault: it starts as soon as every "
                         "zone served 20 requests")  # fmt: skip
     p.add_argument("--cooldown", type=_SECONDS, default=8.0,
-                   help="at most this many seconds of traffic after the last experiment: it stops as soon as every "
-                        "zone served 20 requests after the last fault's restore")  # fmt: skip
+                   help="at most this many seconds of traffic after the last experiment for every zone to serve 20 "
+                        "requests after the last fault's restore; then it stops once each restored Local Zone is "
+                        "shown back in-zone (at most slo.maxRecoveryS after its restore)")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     p.add_argument(
         "--workers-in-zone", action="store_true",

@@ -53,7 +53,8 @@ TRAFFIC_BOUND_S = 6 * 3600.0
 WARM_REQUESTS = 20  # successful user requests per zone before the first fault
 BUDGET_AFTER_REQUESTS = 5  # ... of them served before the probe budget measures (the shop running, not starting)
 WARMUP_BOUND_S = 8.0  # the longest a warm-up (the probe budget included) waits for every zone's users
-COOL_REQUESTS = 20  # ... and per zone after the last restore (its recovery on record), before traffic stops
+COOL_REQUESTS = 20  # ... and per zone after the last restore, before traffic stops
+RECOVERY_POLL_S = 0.5  # how often the cool-down asks the records whether the last recoveries are on them
 
 
 def probe_periods(t: Topology, zones: list[str], base_s: float) -> dict[str, float]:
@@ -278,6 +279,28 @@ def cooldown_since(run_dir: Path, ended: float) -> float:
     if snap.active or not restores:
         return ended
     return min(max(restores), ended)
+
+
+def wait_recoveries(run_dir: Path, topology: Topology, say: ProgressFn, poll_s: float = RECOVERY_POLL_S) -> None:
+    """Keep the traffic on until the last faults' recoveries are on record (`harness.verify.pending`).
+
+    The count of requests the cool-down waits for says every zone is served,
+    not that a restored zone is served in-zone again: stopped before that,
+    the verdict leaves the recovery unverified and fails a correct mesh by how
+    fast this machine or cluster brought the pods back. Each pair is waited
+    for until the hops show it back or maxRecoveryS has passed since its
+    restore (from then on the verdict decides it, back or never back).
+    """
+    from harness.verify.pending import pending_recoveries
+
+    said: set[str] = set()
+    while left := pending_recoveries(run_dir, topology, time.time()):
+        new = [str(p) for p in left if str(p) not in said]
+        if new:
+            due = max(p.due for p in left) - time.time()
+            say(f"cool-down: waiting for the recovery of {', '.join(new)} to be on record (at most {due:.0f} s)")
+            said.update(new)
+        time.sleep(max(0.0, min(poll_s, min(p.due for p in left) - time.time())))
 
 
 def warm_up(traffic: TrafficRunner, served: RequestWatch, bound_s: float, say: Callable[[str], None],
@@ -529,6 +552,7 @@ def run_e2e(
                     mark_run(run_dir, "cooldown")
                     # the last fault's recovery on record: every zone served again after it (cooldown_s bounds it)
                     served.wait(cooldown_since(run_dir, time.time()), COOL_REQUESTS, opts.cooldown_s)
+                    wait_recoveries(run_dir, topology, say)
                     say("traffic: stopping")
             finally:
                 say("traffic: stopped")

@@ -604,6 +604,16 @@ def _upstream_stats(con: duckdb.DuckDBPyConnection, run_dir: Path) -> list[Skipp
     return skipped
 
 
+def faults_of(run_dir: Path, t: Topology) -> list[Fault]:
+    """The faults of `run_dir`'s chaos.jsonl as the verdict pairs them, read on their own (a run still going)."""
+    con = duckdb.connect()
+    try:
+        load_jsonl(con, "chaos", [run_dir / CHAOS_FILE], CHAOS_COLUMNS, root=run_dir)
+        return _faults(con, t, [])
+    finally:
+        con.close()
+
+
 def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> list[Fault]:
     """Pair inject and restore records per fault id (sorted by time, not file order)."""
     rows = con.execute(

@@ -508,8 +508,10 @@ class FaultMeasurer(CheckBase):
 
         Within maxRecoveryS a pair still served from the Region (or still spilling) is no failure: Consul hands
         Envoy a restored endpoint in about a second, and outlier ejections run out their time. A run that ends
-        first (e2e's cool-down stops the users after 20 requests per zone: a second at 20 requests a second)
-        shows the recovery when a hop lands in its last moments, and else nothing either way: read as "fault
+        first (a game day's traffic stopped by hand; e2e's cool-down once stopped the users after 20 requests
+        per zone, a second at 20 requests a second, and now waits for the records to show the recovery or for
+        maxRecoveryS: `harness.verify.pending`) shows the recovery when a hop lands in its last moments, and
+        else nothing either way: read as "fault
         ... never recovers", the verdict claimed a failure at 2 requests a second that the same mesh showed
         recovered at 20, and on a longer run at any rate. The verdict still fails (unverified), and says the
         records stop before the pair could be shown back. A window the SLO's time fills is judged as before.

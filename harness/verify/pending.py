@@ -1,0 +1,98 @@
+"""Recoveries not on record yet: what e2e's cool-down waits for before it stops the traffic.
+
+The verdict measures a pair's recovery from the hops after its zone's last
+restore; a run whose records stop first, before maxRecoveryS has passed, leaves
+it unverified (`FaultMeasurer._ended_before_due`), and the verdict fails. A
+cool-down that stops the users after a count of requests (20 per zone: one
+second at 20 requests a second) made that depend on the machine and the rate:
+Consul hands Envoy a restored endpoint in about a second, a kind or EKS
+replacement takes longer, and an experiment with no pause after its last
+action left the same correct mesh passed on one run and unverified on the next.
+
+So the cool-down also asks the records themselves, as they are now: the hops
+of the run so far (observe's `create_hops` over the access logs the collector
+has copied and the inventory followed into the run directory), and for each
+Local Zone whose last fault took services down and was restored, each pair
+of that zone whose upstream runs there: `GOOD_HOPS` successful hops served in
+the zone after the pair's last hop that was not one (failed, or served
+elsewhere). That is the verdict's recovery instant with hops behind it. A pair
+is no longer waited for once maxRecoveryS has passed since its restore: the
+verdict decides it from then on (back, or never back).
+
+Only reads the run directory; an unreadable moment (a segment being
+compacted, a line half written) is a "not yet".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from harness.observe.hops import create_hops
+from harness.topology import Placement, Topology
+from harness.verify.rundata import HOP_OK_SQL, faults_of, pairs
+
+GOOD_HOPS = 3
+"""Successful in-zone hops after the pair's last bad one that put its recovery on record."""
+
+TAKES_SERVICES_DOWN = ("service-down", "zone-down")
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A pair whose recovery after `fault`'s restore is not on record yet; the verdict decides it from `due` on."""
+
+    fault: str
+    zone: str
+    upstream: str
+    callers: tuple[str, ...]
+    restore: float
+    due: float
+
+    def __str__(self) -> str:
+        return f"{self.zone} -> {self.upstream} (after {self.fault})"
+
+
+def _watched(run_dir: Path, t: Topology) -> list[Pending]:
+    """The pairs of each Local Zone's last fault, when it took services down and was restored."""
+    last = {f.zone: f for f in faults_of(run_dir, t)}  # sorted by inject: each zone's last one stays
+    edge = {z.name for z in t.zones if z.is_edge}
+    in_zone = {s.name for s in t.services if s.placement is not Placement.REGION}
+    return [
+        Pending(f.fault, f.zone, upstream, callers, f.restore, f.restore + t.slo.max_recovery_s)
+        for f in last.values()
+        if f.restore is not None and f.kind in TAKES_SERVICES_DOWN and f.zone in edge
+        for zone, upstream, callers in pairs(t)
+        if zone == f.zone and upstream in in_zone and upstream in f.services
+    ]
+
+
+def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pending]:
+    """The pairs whose recovery the run's records do not show yet and whose maxRecoveryS has not passed."""
+    watched = [w for w in _watched(run_dir, topology) if now < w.due]
+    if not watched:
+        return []
+    con = duckdb.connect()
+    try:
+        create_hops(con, run_dir, topology)
+        out = []
+        for w in watched:
+            row = con.execute(
+                f"""
+                WITH p AS (SELECT ts, coalesce(({HOP_OK_SQL}) AND serving_zone = ?, false) AS good FROM hops
+                           WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ts >= ?)
+                SELECT count(*) FILTER (WHERE good AND ts > coalesce((SELECT max(ts) FROM p WHERE NOT good), ?))
+                FROM p
+                """,
+                [w.zone, w.zone, w.upstream, list(w.callers), w.restore, -math.inf],
+            ).fetchone()
+            if not row or int(row[0]) < GOOD_HOPS:
+                out.append(w)
+        return out
+    except (duckdb.Error, OSError):
+        return watched  # unreadable right now: not yet
+    finally:
+        con.close()
