@@ -291,7 +291,7 @@ def wait_recoveries(run_dir: Path, topology: Topology, say: ProgressFn, poll_s: 
     for until the hops show it back or maxRecoveryS has passed since its
     restore (from then on the verdict decides it, back or never back).
     """
-    from harness.verify.pending import pending_recoveries
+    from harness.verify import pending_recoveries
 
     said: set[str] = set()
     while left := pending_recoveries(run_dir, topology, time.time()):

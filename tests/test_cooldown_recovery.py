@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from harness.topology import load_topology
-from harness.verify.pending import GOOD_HOPS, Pending, pending_recoveries
+from harness.verify import Pending, pending_recoveries
+from harness.verify.pending import GOOD_HOPS
 from harness.verify.rundata import find_topology
 from harness.verify.synth import write_run
 from tests.test_verify_audit5 import _scenario
@@ -86,12 +87,12 @@ def test_wait_recoveries_says_what_it_waits_for_once_and_ends_when_nothing_is_le
 ) -> None:
     import time
 
-    import harness.verify.pending as pending
+    import harness.verify
     from harness.e2e import wait_recoveries
 
     p = Pending("f1", LAX, "product-api", ("public-api",), time.time(), time.time() + 30)
     answers = [[p], [p], []]
-    monkeypatch.setattr(pending, "pending_recoveries", lambda *a: answers.pop(0))
+    monkeypatch.setattr(harness.verify, "pending_recoveries", lambda *a: answers.pop(0))
     said: list[str] = []
     t0 = time.monotonic()
     wait_recoveries(Path("."), None, said.append, poll_s=0.01)  # type: ignore[arg-type]

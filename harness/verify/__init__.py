@@ -10,6 +10,8 @@ machine. Public API:
 - `write_verdict(run_dir, verdict) -> Path`: writes `run_dir/verdict.json`.
 - `load_verdict(path) -> Verdict`: reads one back (schema version checked).
 - `print_summary(verdict, console)`: rich tables for the CLI.
+- `pending_recoveries(run_dir, topology, now) -> [Pending]`: for a run still going, the recoveries its records
+  do not show yet (e2e's cool-down waits for them).
 - For the report (which must not reach into the verifier's modules): `judged`,
   `load_run` and `RunData` (the run's records in DuckDB), `pairs`, the SQL
   predicates the invariants use (`IN_ZONE_SQL`, `HUB_VIOLATION_SQL`,
@@ -27,6 +29,7 @@ from harness.contract.rundir import VERDICT_FILE
 from harness.errors import InputError
 from harness.verify.invariants import DEFINITIONS, HUB_VIOLATION_SQL, IN_ZONE_SQL, REQUEST_OK_SQL, Checker
 from harness.verify.penalty import fallback_penalty
+from harness.verify.pending import Pending, pending_recoveries
 from harness.verify.rundata import RunData, load_run, pairs
 from harness.verify.summary import print_summary
 from harness.verify.verdict import (
@@ -123,6 +126,7 @@ __all__ = [
     "InvariantResult",
     "LatencyStats",
     "PairResult",
+    "Pending",
     "RunData",
     "RunInfo",
     "Verdict",
@@ -133,6 +137,7 @@ __all__ = [
     "load_run",
     "load_verdict",
     "pairs",
+    "pending_recoveries",
     "print_summary",
     "seconds",
     "verify",
