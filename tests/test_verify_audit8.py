@@ -210,3 +210,24 @@ def test_control_a_busy_sidecars_whole_log_passes(tmp_path: Path, accesslogs: st
         sc = Scenario(T, duration_s=90, rate_per_zone=30, faults=faults, accesslogs=accesslogs)
         v = verify(write_run(tmp_path / name, sc))
         assert v.passed, why(v)
+
+
+@pytest.mark.parametrize(("answered_before_restore_s", "leaked"), [(0.1, True), (0.02, False)])
+def test_a_partition_judged_on_zone_stamped_requests_allows_the_zones_clock_bound(
+    tmp_path: Path, answered_before_restore_s: float, leaked: bool
+) -> None:
+    """Requests stamped in the zones' pods (in-zone workers) carry LAX's node clock, known to the runner's within
+    its bound (here ±40 ms: an 80 ms probe round trip). One answered 20 ms before the restore may have been
+    answered after the heal on the runner's clock: no leak. One answered 100 ms before it crossed the cut link
+    whatever the clocks: the partition did not hold."""
+    from tests.test_verify_clock import _clock
+
+    d = write_run(tmp_path / "run", Scenario(T, duration_s=90, rate_per_zone=4, faults=[PARTITION]))
+    reqs = rows(d / "requests.jsonl")
+    late = next(r for r in reqs if r["zone"] == LAX and 45 <= r["ts"] - T0 < 49 and "/api" in r.get("name", ""))
+    late.update(ok=True, status=200, error=None, latency_ms=(50 - answered_before_restore_s - (late["ts"] - T0)) * 1e3)
+    write_rows(d / "requests.jsonl", reqs)
+    _clock(d, 0.0, lax_rtt_s=0.08, requests_in_zones=True)
+    v = verify(d)
+    text = " ".join(why(v))
+    assert (f"the partition of {LAX} did not take effect throughout: 1 user requests" in text) is leaked, text

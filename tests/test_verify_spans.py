@@ -58,6 +58,23 @@ def test_tree_equals_or(seed: int) -> None:
         assert got[0] == got[1]
 
 
+def test_an_inverted_window_keeps_the_or_whatever_the_count() -> None:
+    """A window whose end is before its start (an outage recorded as ending before it began) means to the OR
+    what its two comparisons say, which merging would not keep: with one among many, the OR is written."""
+    rng = random.Random(7)
+    spans = [*_spans(rng, SPAN_OR_MAX + 5, True), ("a", 50.0, 40.0)]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (zone VARCHAR, ts DOUBLE, duration_ms DOUBLE)")
+    con.executemany("INSERT INTO t VALUES (?, ?, ?)", [*_rows(rng, 300), ("a", 39.0, 5000.0), ("a", 45.0, 0.0)])
+    for end in (None, HOP_END_SQL):
+        got = spans_sql("zone", spans, end)
+        assert "CASE" not in got and got == _spans_or("zone", spans, end)
+        assert (
+            con.execute(f"SELECT count(*) FILTER (WHERE {got}) FROM t").fetchone()
+            == con.execute(f"SELECT count(*) FILTER (WHERE {_spans_or('zone', spans, end)}) FROM t").fetchone()
+        )
+
+
 def test_few_windows_stay_one_or() -> None:
     spans = [("a", 1.0, 2.0)] * SPAN_OR_MAX
     assert "CASE" not in spans_sql("zone", spans, HOP_END_SQL)
