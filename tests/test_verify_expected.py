@@ -194,3 +194,45 @@ def test_locality_is_not_judged_for_what_depends_on_the_declared_spof(tmp_path: 
 def test_bad_declarations_are_refused(value: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         declared_errors.check(value, T)
+
+
+def test_a_shared_outage_elsewhere_after_a_recovery_is_not_the_earlier_faults(tmp_path: Path) -> None:
+    """FALSE FAIL (found running the shipped experiments back to back: an AZ node loss, then the primary's kill).
+    LAX's product-api killed (18-22 s) is back a second after its restore; the next experiment kills the
+    Region's postgres primary (30-40 s, declared). Every zone's product-api then goes unready without its
+    database, LAX's too, and its callers find no healthy host: those hops counted as LAX's pair "not back
+    yet", its recovery ran to the end of the database outage, and its impact window charged the primary's
+    declared losses to the kill's 1% budget. Now a later fault elsewhere that takes down a Region-only service
+    the pair's upstream calls ends the pair's recovery window as the pair's own next outage does: back before
+    it, the recovery is measured there."""
+    kill = FaultSpec("kill-pod-product-api-lax", "service-down", LAX, ("product-api",), 18.0, 22.0, 0.2, 1.0)
+    sc = Scenario(T, duration_s=70, rate_per_zone=4, faults=[kill, DB], replace_pods=False, accesslogs="none")
+    d = write_run(tmp_path / "run", sc)
+    fields = declared_errors.timeline_fields({**DECLARATION, "errorBudget": 0.99})  # the model's own losses too
+    _rewrite(d / "chaos.jsonl", lambda c: {**c, **fields} if c["phase"] == "inject" and c["fault"] == DB.fault else c)
+    lo, hi = START + INJECT, START + RESTORE
+
+    def without_database(h: dict[str, Any]) -> dict[str, Any]:
+        # product-api's readiness follows its database: unready everywhere, its callers find no healthy host
+        if h["upstream"] == "product-api" and lo + 1 <= h["ts"] <= hi:
+            h.update(upstream_host=None, serving_pod=None, serving_zone=None, status=503, flags="UH")
+        return h
+
+    seen = [0]
+
+    def fail(r: dict[str, Any]) -> dict[str, Any]:
+        if lo <= r["ts"] <= hi:
+            seen[0] += 1
+            if seen[0] % 5:
+                r.update(ok=False, status=200, error="graphql: Unable to list products")
+        return r
+
+    _rewrite(d / "hops.jsonl", without_database)
+    _rewrite(d / "requests.jsonl", fail)
+    v = verify(d)
+    f = v.fault(kill.fault)
+    assert f.recovery_s is not None and f.recovery_s < 5, (f.recovery_s, f.messages)
+    assert f.passed, f.messages
+    window = next(w for w in v.invariant(AVAILABILITY).windows if w.window == f"fault {kill.fault}")
+    assert window.status == "pass" and (window.failed or 0) < 5, window.message
+    assert v.fault(DB.fault).passed, v.fault(DB.fault).messages

@@ -596,11 +596,19 @@ class FaultMeasurer(CheckBase):
         they made the fault "recover" after them, 70 s late, or within the
         SLO with a wrong figure, by when the later outage happened. Only when
         the pair was not back before that outage is the window widened past
-        it, one outage at a time.
+        it, one outage at a time. So does a later fault in another zone that
+        takes down a Region-only service the pair's upstream calls
+        (`_shared_outages`: a postgres primary killed in one AZ fails every
+        zone's product-api calls): its failed hops are its own, and counted
+        as this fault's they made an AZ node loss "recover" 14 s late, its
+        impact window then charged with the primary's declared losses.
         """
         assert f.restore is not None
         good = self._expected_sql(f.zone, u)
-        later = [lo for lo, _ in self._not_whole(f.zone, u) if f.restore < lo < hi]
+        later = sorted(
+            {lo for lo, _ in self._not_whole(f.zone, u) if f.restore < lo < hi}
+            | {g.inject for g in self._shared_outages(f, u) if f.restore < g.inject < hi}
+        )
         for cut in later:
             w = self._measure(
                 f.zone, u, callers, f.restore, cut, good, hi_open=True, next_fault=nxt, stale_sql=NO_HOST_SQL
@@ -608,6 +616,21 @@ class FaultMeasurer(CheckBase):
             if w.instant is not None:
                 return w
         return self._measure(f.zone, u, callers, f.restore, hi, good, next_fault=nxt, stale_sql=NO_HOST_SQL)
+
+    def _shared_outages(self, f: Fault, u: str) -> list[Fault]:
+        """Later faults of other zones that take down a Region-only service the pair's upstream `u` reaches.
+
+        Region-placed services serve every zone, so their outage is every zone's: each zone's calls through
+        `u` fail with it, whichever zone the fault was injected in.
+        """
+        region = {s.name for s in self.t.services if s.placement.value == "region"}
+        return [
+            g
+            for g in self.run.faults
+            if g is not f and g.zone != f.zone and g.inject > (f.restore or f.inject)
+            and g.kind in ("service-down", "zone-down")
+            and any(u in expected.dependants(self.t, (s,)) for s in set(g.services) & region)
+        ]  # fmt: skip
 
     def _recovery_failure(self, f: Fault, u: str, w: Window, rec: float | None) -> str:
         """Why the recovery of pair (f.zone, u) fails, or "" when it does not."""

@@ -81,7 +81,8 @@ DEFINITIONS = {
     "the window ends (exclusive) at the restore or when the upstream is up again in the zone, whichever is first",
     "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop and the "
     "last failed hop that found no upstream host, minus restore; measured up to the pair's next outage or spill "
-    "after the restore (its misplaced hops are its own), "
+    "after the restore, or a later fault elsewhere that takes down a Region-only service the pair's upstream "
+    "calls (their misplaced and failed hops are their own), "
     "past it only when the pair was not back before it; a recovery not shown before the zone's next fault, which "
     "began within maxRecoveryS and measures the pair's recovery after its own restore, is left to it; one whose "
     "callers that fault took down is measured after that fault's restore by the same rules (the pair's next hops; "
