@@ -48,6 +48,9 @@ class CheckBase:
             "requests": float(self._one("SELECT max(coalesce(latency_ms, 0)) FROM requests") or 0.0) / 1000.0,
         }
         self.entry_down = self._entry_down_spans()
+        # each fault's impact window's end (restore + its measured recovery), by fault identity: set by
+        # `FaultMeasurer.faults`, read by the checks after it (a link's baseline, `UserChecks._quiet_spans`)
+        self.impact_ends: dict[int, float] = {}
         # the services users enter through: no service calls them and they run in the zones (frontend); what a
         # fault must take down to excuse a down entry point (`UserChecks._can_take_entry_down`)
         called = {u for s in self.t.services for u in s.upstreams}

@@ -906,6 +906,7 @@ class FaultMeasurer(CheckBase):
         out = FaultMeasurements()
         for f in self.run.faults:
             self.measure_fault(f, out)
+        self.impact_ends = {id(f): hi for f, hi in out.impact}
         out.exclusions += self._readiness_exclusions()
         out.exclusions += self._declared_exclusions()
         return out

@@ -161,8 +161,9 @@ DEFINITIONS = {
     "(which needs the Region's postgres) begun more than maxFailoverS after its inject and answered before its "
     "restore; a degraded link (its declared latency L > 0) slows the "
     "zone's successful HTTP hops that wait on the link (served outside the zone, or by a service with a Region-only "
-    "upstream) lying wholly in it to a median >= their median in the 10 minutes before it outside every fault "
-    "window + L/2, on >= 5 such hops, and they are back under that mark after the restore (until maxRecoveryS or "
+    "upstream) lying wholly in it to a median >= their median in the 10 minutes before it "
+    "outside the impact windows of the zone's and the Region's faults + L/2, on >= 5 such hops, and they are "
+    "back under that mark after the restore (until maxRecoveryS or "
     "the zone's next fault, when >= 5); otherwise the fault is unverified = fail",
     "clock": "a hop's time is Envoy's START_TIME on its caller's node; where the nodes keep their own clocks "
     "(clock.jsonl: EKS seen from a CI runner) it is put on the runner's clock, which stamps faults, inventory "
