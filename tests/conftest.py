@@ -108,6 +108,10 @@ def leftovers(prefix: str) -> list[str]:
         found.append(f"state dir {state_dir}")
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     found += [f"netns {n}" for n in ns if n.startswith(prefix + "-")]
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():  # the pods' tmpfs (state.mount_tmpfs)
+        point = line.split()[4]
+        if point == str(state_dir) or point.startswith(f"{state_dir}/"):
+            found.append(f"mount {point}")
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue

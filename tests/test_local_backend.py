@@ -7,6 +7,7 @@ the expensive part); tests that break things restore them before they end.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -78,6 +79,14 @@ def _psql_in(ns: str, port: int, sql: str) -> subprocess.CompletedProcess[str]:
             "postgres", "-d", "products", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]  # fmt: skip
     env = {"PGPASSWORD": "password", "PGCONNECT_TIMEOUT": "3", "PATH": "/usr/bin:/bin"}
     return subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False, env=env)
+
+
+def test_the_pods_files_are_in_memory_while_the_cluster_is_up(cluster: LocalBackend) -> None:
+    """A pod's files die with it (a container's writable layer): a tmpfs, which `down` unmounts (`leftovers`)."""
+    pods = cluster.state_dir / "pods"
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(pods)], capture_output=True, text=True, check=True).stdout
+    assert os.path.ismount(pods) and fs.strip() == "tmpfs"
+    assert any(p.name.startswith("postgres-") for p in pods.iterdir())
 
 
 def test_region_replica_streams_the_primary_through_the_mesh(cluster: LocalBackend) -> None:

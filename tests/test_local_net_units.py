@@ -157,3 +157,78 @@ def test_network_rejects_bad_names_and_ranges(tmp_path: Path) -> None:
         Network("much-too-long-name", RANGE, ZONES, state)
     with pytest.raises(BackendError, match="zone subnets"):
         Network("ok", "10.213.0.0/23", ZONES, state)
+
+
+def test_down_takes_a_daemon_that_exited_for_gone_though_init_has_not_reaped_it() -> None:
+    """The daemon of a `harness up` that has exited is not our child: its zombie waits for init, which on a CI
+    sandbox reaped it ~1.7 s later, and every `harness down` waited for that. Exited is gone; running is not."""
+    from harness.backends.local.backend import _wait_gone
+
+    # a child that forks a grandchild which exits at once and is never reaped (its parent sleeps)
+    code = "import os, time\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nprint(pid, flush=True)\ntime.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        zombie = int(parent.stdout.readline())
+        assert _wait_gone(zombie, 10)  # before: False, once the 10 s were up
+        assert not _wait_gone(parent.pid, 0.1)  # a live process is not gone
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_the_pods_tmpfs_is_recorded_before_it_is_mounted_and_a_failed_mount_leaves_the_files_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mount_tmpfs` records the directory first (a crash right after the mount still has it unmounted and
+    removed by `cleanup`), and says why when the mount fails: the pods' files then stay on disk, the same cluster."""
+    from harness.backends.local import state as state_mod
+
+    st = State(tmp_path / "state.json", "ehx")
+    pods = tmp_path / "pods"
+    pods.mkdir()
+    calls: list[list[str]] = []
+
+    def refused(argv: list[str], **_kw: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        assert pods in st.dirs  # recorded before the mount is tried
+        return subprocess.CompletedProcess(argv, 32, "", "mount: only root can do that\n")
+
+    monkeypatch.setattr(state_mod.subprocess, "run", refused)
+    assert state_mod.mount_tmpfs(st, pods, "eh-ehx-pods") == "mount: only root can do that"
+    assert calls == [["mount", "-t", "tmpfs", "-o", "mode=0755", "eh-ehx-pods", str(pods)]]
+    monkeypatch.setattr(state_mod.os.path, "ismount", lambda p: Path(p) == pods)
+    assert state_mod.mount_tmpfs(st, pods, "eh-ehx-pods") is None and len(calls) == 1  # mounted already: kept
+
+
+def test_cleanup_unmounts_a_recorded_directory_before_removing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.backends.local import state as state_mod
+
+    st = State(tmp_path / "state.json", "ehx")
+    pods = tmp_path / "pods"
+    (pods / "postgres-1").mkdir(parents=True)
+    st.add_dir(pods)
+    mounted = {str(pods.resolve())}
+    ran: list[list[str]] = []
+
+    def run(argv: list[str], check: bool = True, **_kw: Any) -> Any:
+        ran.append(argv)
+        if argv[:1] == ["umount"]:
+            mounted.discard(argv[-1])
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(state_mod.os.path, "ismount", lambda p: str(p) in mounted)
+    monkeypatch.setattr(state_mod.nsutil, "run", run)
+    report = cleanup(tmp_path / "state.json")
+    assert ["umount", "--lazy", str(pods.resolve())] in ran
+    assert not pods.exists() and report.errors == [] and report.dirs_deleted == [str(pods.resolve())]
+    # one that stays mounted is an error, and the state file is kept for the next `down` to retry
+    st = State(tmp_path / "state.json", "ehx")
+    pods.mkdir()
+    st.add_dir(pods)
+    monkeypatch.setattr(state_mod.os.path, "ismount", lambda p: True)
+    report = cleanup(tmp_path / "state.json")
+    assert report.errors == [f"{pods.resolve()}: could not be unmounted"] and pods.exists()
+    assert (tmp_path / "state.json").exists()

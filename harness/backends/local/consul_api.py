@@ -57,6 +57,7 @@ PARTITION = "default"
 LEADER = "127.0.0.1:8300"
 SIDECAR_PORT = 20000
 SIDECAR_SUFFIX = "-sidecar-proxy"
+SERVE_POLL_S = 0.05  # how often the daemon's HTTP servers look for their shutdown (socketserver's default: 0.5 s)
 KINDS = names.CONSUL_KINDS
 # CRD keys whose Consul JSON name is not the key with its first letter upper-cased.
 _KEY_NAMES = {"http": "HTTP", "jsonFormat": "JSONFormat", "textFormat": "TextFormat"}
@@ -512,7 +513,9 @@ class ConsulApiServer:
         return f"http://{host!s}:{port}"
 
     def start(self) -> ConsulApiServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="consul-api", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(SERVE_POLL_S,), name="consul-api", daemon=True
+        )  # `stop` waits for the loop to notice: 50 ms, not socketserver's 0.5 s, on every `down`
         self._thread.start()
         return self
 

@@ -246,10 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         sock = state_dir / "api.sock"
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
-        server = _Server(str(sock), _handler(cluster, shutdown))
-        threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
         # Consul's HTTP API subset, from what the cluster compiled (consul_api.py), for preflight
-        from harness.backends.local.consul_api import ClusterView, ConsulApiServer
+        from harness.backends.local.consul_api import SERVE_POLL_S, ClusterView, ConsulApiServer
+
+        server = _Server(str(sock), _handler(cluster, shutdown))
+        # polled every 50 ms, not socketserver's 0.5 s: `down` waits for the loop to notice its shutdown
+        threading.Thread(target=server.serve_forever, args=(SERVE_POLL_S,), name="api", daemon=True).start()
 
         consul = ConsulApiServer(ClusterView(cluster)).start()
         signals.starting = False  # from here on a signal asks for a shutdown; it no longer interrupts

@@ -56,7 +56,7 @@ from harness.backends.local.sched import (
 )
 from harness.backends.local.sidecar import parse_upstreams
 from harness.backends.local.startorder import start_order
-from harness.backends.local.state import State
+from harness.backends.local.state import State, mount_tmpfs
 from harness.contract.inventory import Inventory
 from harness.contract.rundir import ACCESSLOG_DIR, ENTRYPOINTS_FILE, INVENTORY_FILE
 from harness.errors import BackendError, InputError
@@ -109,7 +109,9 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
             say(f"fs.inotify.max_user_instances raised from {raised[0]} to {raised[1]} (one per Envoy xDS watch)")
         self.pods_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.state.add_dir(str(self.state_dir / "pods"))
+        why = mount_tmpfs(self.state, self.pods_dir, f"eh-{self.cluster}-pods")  # a pod's files die with it
+        if why is not None:
+            say(f"pods' files stay on disk (no tmpfs: {why})")
         zones = [ZoneSpec(z.name, self.topology.short(z), z.is_edge, z.link) for z in self.topology.zones]
         self.network = Network(self.cluster, self.topology.local.address_range, zones, self.state)
         say("network: hub router, zone bridges, nftables")
