@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from harness.traffic import RequestWatch, TrafficRunner
 
 TRAFFIC_BOUND_S = 6 * 3600.0
-WARM_REQUESTS = 20  # successful user requests per zone before the first fault
+WARM_REQUESTS = 20  # successful user requests before the first fault, per zone a fault of the plan acts on
 BUDGET_AFTER_REQUESTS = 5  # ... of them served before the probe budget measures (the shop running, not starting)
 WARMUP_BOUND_S = 8.0  # the longest a warm-up (the probe budget included) waits for every zone's users
 COOL_REQUESTS = 20  # ... and per zone after the last restore, before traffic stops
@@ -303,9 +303,29 @@ def wait_recoveries(run_dir: Path, topology: Topology, say: ProgressFn, poll_s: 
         time.sleep(max(0.0, min(poll_s, min(p.due for p in left) - time.time())))
 
 
+def warm_need(zones: list[str], planned: list[PlannedExperiment], topology: Topology) -> dict[str, int]:
+    """Successful requests each zone's users need before the first fault (`warm_up`).
+
+    A zone a fault of the plan acts on needs WARM_REQUESTS: its "before" is
+    what that fault's failover is read against. A fault in the Region
+    reaches every zone (each Local Zone falls back to it; postgres lives
+    there), so then every zone needs them. A zone no fault acts on needs
+    only to be shown served (BUDGET_AFTER_REQUESTS, as the probe budget
+    asks): what the verdict reads there (stayed in-zone, availability)
+    accumulates over the whole run, not before its first fault, and waiting
+    for 20 answers at its users' pace held every run ~1.2 s for nothing.
+    """
+    region = {z.name for z in topology.region_zones}
+    acted = {z for p in planned for z in p.zones}
+    if acted & region:
+        acted = set(zones)
+    return {z: WARM_REQUESTS if z in acted else BUDGET_AFTER_REQUESTS for z in zones}
+
+
 def warm_up(traffic: TrafficRunner, served: RequestWatch, bound_s: float, say: Callable[[str], None],
-            fit: bool = True) -> None:  # fmt: skip
-    """Every zone's users served WARM_REQUESTS before the first fault, the probe budget measured meanwhile.
+            fit: bool = True, need: Mapping[str, int] | None = None) -> None:  # fmt: skip
+    """Every zone's users served `need` (default: WARM_REQUESTS each) before the first fault, the probe budget
+    measured meanwhile.
 
     The probe budget (harness.traffic.budget: probes no faster than this
     machine carries) measures the running shop, not its start, so it starts
@@ -324,7 +344,7 @@ def warm_up(traffic: TrafficRunner, served: RequestWatch, bound_s: float, say: C
     if fit:
         served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s)
         summary = ProbeBudget(traffic.budget_file, traffic.periods, served.rates).settle().summary()
-    served.wait(0.0, WARM_REQUESTS, max(0.0, deadline - time.monotonic()))
+    served.wait(0.0, WARM_REQUESTS if need is None else need, max(0.0, deadline - time.monotonic()))
     if summary is not None:
         say(summary)
 
@@ -464,7 +484,7 @@ def run_e2e(
     on_start: Callable[[Path, list[PlannedExperiment]], None] | None = None,
 ) -> E2EResult:
     """The whole loop; `on_start(run_dir, planned)` is called once the run directory exists (progress display)."""
-    from harness.chaos import plan_run, run_planned, write_plan
+    from harness.chaos import Launcher, chaos_env, plan_run, run_planned, write_plan
     from harness.gameday import check_dry_run, dry_run_e2e
     from harness.observe import build_hops
     from harness.render.manifests import load
@@ -503,12 +523,15 @@ def run_e2e(
     manifests = load(mdir)
     messages: list[str] = []
     chaos_ok = True
+    launcher = Launcher(chaos_env(run_dir, bopts))  # each experiment's `chaos run` started ahead of it
     try:
         mark_run(run_dir, "up")
         backend.up(manifests, progress=lambda m: say(f"up: {m}"))
         # again, now that up has probed the cluster (kind: sch_netem); still before any traffic or fault
         planned = plan_run(list(opts.experiments), topology, None, require=backend.require_capability)
         write_plan(run_dir, planned)
+        if planned:  # the first experiment's chaos imports during the preflight, before the traffic's budget measures
+            launcher.prestart()
         # --- preflight (STANDINS, harness.preflight): Consul's own view before any traffic; "gate" stops here ---
         mark_run(run_dir, "preflight")
         preflight_gate(backend, run_dir, opts.preflight, say)
@@ -540,11 +563,15 @@ def run_e2e(
                     mark_run(run_dir, "traffic")
                     # every zone's users served before the first fault, not a fixed pause (warmup_s bounds it)
                     served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
-                    warm_up(traffic, served, opts.warmup_s, say, fit=workers is None)  # probes running here: sized
-                    for p in planned:
+                    need = warm_need(list(entry), planned, topology)
+                    warm_up(traffic, served, opts.warmup_s, say, fit=workers is None, need=need)  # probes: sized
+                    for i, p in enumerate(planned):
                         mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")
-                        res = run_planned(p, run_dir, bopts)
+                        started = launcher.take()
+                        if i + 1 < len(planned):
+                            launcher.prestart()  # the next one's, while this one runs: no gap between them
+                        res = run_planned(p, run_dir, bopts, started=started)
                         if not res.ok:
                             chaos_ok = False
                             messages.append(f"chaos experiment {p.id}: {res.reason}")
@@ -560,9 +587,11 @@ def run_e2e(
                 if workers is not None:
                     workers.stop()
     except BaseException as exc:
+        launcher.close()
         mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         take_down(backend, opts.keep, say)
         raise
+    launcher.close()
     # Every record is in the run directory now: the cluster comes down while they are read (its second or so
     # hidden behind observe and verify); its error is raised after them, and Ctrl-C still waits for it.
     with ThreadPoolExecutor(1, thread_name_prefix="eh-down") as pool:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -606,6 +607,35 @@ def test_one_backend_per_process_closed_at_the_end(monkeypatch: pytest.MonkeyPat
     assert [m.closed for m in made] == [1, 1]
     assert actions._backend({"eh_cluster": "one"}) is not a  # a new one after close
     actions.close_backends()
+
+
+def test_the_topology_is_read_once_per_backend_and_again_after_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Actions and probes resolve zones with the cluster's topology: read once per backend in a chaos process,
+    not once per step; a read that failed is not kept, and a closed backend's is forgotten."""
+    reads: list[int] = []
+
+    class Counting:
+        def __init__(self, fail: bool = False) -> None:
+            self.fail = fail
+
+        def manifests(self) -> Any:
+            reads.append(id(self))
+            if self.fail:
+                raise BackendError("never brought up")
+            return types.SimpleNamespace(topology=DEFAULT)
+
+    monkeypatch.setattr(actions, "_topologies", {})
+    a, b = Counting(), Counting()
+    assert actions.topology_of(a) is DEFAULT and actions.topology_of(a) is DEFAULT and len(reads) == 1  # type: ignore[arg-type]
+    assert actions.topology_of(b) is DEFAULT and len(reads) == 2  # type: ignore[arg-type]
+    broken = Counting(fail=True)
+    for _ in range(2):
+        with pytest.raises(BackendError):
+            actions.topology_of(broken)  # type: ignore[arg-type]
+    assert len(reads) == 4  # asked again: a failure is not kept
+    actions.close_backends()
+    actions.topology_of(a)  # type: ignore[arg-type]
+    assert len(reads) == 5
 
 
 def test_a_replacement_is_restored_at_its_first_ready_even_if_it_flapped_since() -> None:

@@ -60,3 +60,35 @@ def test_the_cooldown_counts_from_the_last_restore_when_every_fault_was_restored
     with chaos.open("a") as fh:
         fh.write(_fault(60.0, "f5", "inject"))  # left active by a failed experiment
     assert cooldown_since(tmp_path, 100.0) == 100.0
+
+
+def test_a_wait_can_ask_each_zone_its_own_count(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(_req(float(i), "a") for i in range(3)) + _req(0.5, "b"))
+    w = RequestWatch(path, ["a", "b"])
+    assert w.wait(0.0, {"a": 3, "b": 1}, 0.05) is True
+    assert w.wait(0.0, {"a": 3, "b": 2}, 0.05) is False  # b has one answer, not two
+    assert w.wait(0.0, {"a": 3}, 0.05) is True  # a zone not named needs nothing
+    assert w.wait(0.0, 2, 0.05) is False  # a count for every zone, as before
+
+
+def test_the_warm_up_asks_20_answers_of_the_zones_a_fault_acts_on_and_of_all_with_a_region_fault() -> None:
+    """A zone no fault acts on is only shown served before the chaos; a zone a fault acts on needs its "before".
+    A fault in the Region (every Local Zone falls back there) makes every zone one a fault acts on."""
+    from harness.chaos import plan_run
+    from harness.chaos.experiment import SHIPPED_EXPERIMENTS as EXPERIMENTS_DIR
+    from harness.e2e import BUDGET_AFTER_REQUESTS, WARM_REQUESTS, warm_need
+    from harness.topology.model import load_topology
+
+    t = load_topology()
+    zones = [z.name for z in t.zones]
+    edge = plan_run([EXPERIMENTS_DIR / "node-kill.json"], t, None)
+    need = warm_need(zones, edge, t)
+    acted = set(edge[0].zones)
+    assert acted and not acted & {z.name for z in t.region_zones}
+    assert {z for z, n in need.items() if n == WARM_REQUESTS} == acted
+    assert {z for z, n in need.items() if n == BUDGET_AFTER_REQUESTS} == set(zones) - acted
+    region = plan_run([EXPERIMENTS_DIR / "az-node-loss.json"], t, None)
+    assert set(region[0].zones) & {z.name for z in t.region_zones}
+    assert warm_need(zones, edge + region, t) == dict.fromkeys(zones, WARM_REQUESTS)
+    assert warm_need(zones, [], t) == dict.fromkeys(zones, BUDGET_AFTER_REQUESTS)  # no chaos: served is enough

@@ -30,6 +30,7 @@ from typing import Any
 
 from harness.backends import BackendOptions
 from harness.chaos.experiment import PlannedExperiment, Require, check_experiment, load_experiment, plan_experiment
+from harness.chaos.launch import Launcher, Prestarted
 from harness.chaos.timeline import FaultKind, record
 from harness.contract.journal import journal_problems
 from harness.contract.rundir import CHAOS_DIR, EXPERIMENT_FILE, JOURNAL_FILE, PLAN_FILE
@@ -151,30 +152,48 @@ def write_plan(run_dir: Path, planned: list[PlannedExperiment]) -> Path:
     return path
 
 
-def run_planned(p: PlannedExperiment, run_dir: Path, opts: BackendOptions, timeout_s: float = 900) -> ChaosResult:
-    """Run one planned experiment into ``run_dir/chaos/<id>/`` with `chaos run`, rollbacks always, and judge it."""
+def chaos_env(run_dir: Path, opts: BackendOptions) -> dict[str, str]:
+    """The environment of a run's `chaos run`: the backend's options, the run directory, this harness importable."""
+    env = {**os.environ, **opts.env(), "EH_RUN_DIR": str(run_dir.resolve())}
+    env["PYTHONPATH"] = os.pathsep.join(
+        x for x in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if x
+    )
+    return env
+
+
+def run_planned(
+    p: PlannedExperiment,
+    run_dir: Path,
+    opts: BackendOptions,
+    timeout_s: float = 900,
+    started: Prestarted | None = None,
+) -> ChaosResult:
+    """Run one planned experiment into ``run_dir/chaos/<id>/`` with `chaos run`, rollbacks always, and judge it.
+
+    `started`: a `chaos` process started ahead with `chaos_env(run_dir, opts)` (`harness.chaos.launch`), which
+    runs it instead of a new one.
+    """
     exp_dir = run_dir / CHAOS_DIR / p.id
     exp_dir.mkdir(parents=True, exist_ok=True)
     exp_file = exp_dir / EXPERIMENT_FILE
     exp_file.write_text(json.dumps(p.data, indent=2) + "\n", encoding="utf-8")
     journal_path = exp_dir / JOURNAL_FILE
-    env = {**os.environ, **opts.env(), "EH_RUN_DIR": str(run_dir.resolve())}
-    env["PYTHONPATH"] = os.pathsep.join(
-        x for x in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if x
-    )
     # --no-version-check: no call to chaostoolkit.org per experiment (CI runners and
     # game-day hosts may have no internet; the lookup waits for its timeout there)
-    argv = [chaos_bin(), "--no-version-check", "--log-file", str(exp_dir / "chaos.log"),
+    argv = ["--no-version-check", "--log-file", str(exp_dir / "chaos.log"),
             "run", "--rollback-strategy", "always",
             "--journal-path", str(journal_path), "--no-verify-tls", str(exp_file)]  # fmt: skip
-    proc = subprocess.Popen(
-        with_default_stop_signals(argv),  # its rollbacks run on our SIGINT even if the caller ignores SIGINT
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    if started is not None:
+        proc = started.go(argv)
+    else:
+        proc = subprocess.Popen(
+            with_default_stop_signals([chaos_bin(), *argv]),  # its rollbacks run on our SIGINT even if we ignore it
+            env=chaos_env(run_dir, opts),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         rc = proc.wait(timeout=timeout_s)
     except BaseException:
@@ -221,7 +240,10 @@ __all__ = [
     "PLAN_FILE",
     "ChaosResult",
     "FaultKind",
+    "Launcher",
     "PlannedExperiment",
+    "Prestarted",
+    "chaos_env",
     "check_capabilities",
     "check_experiment",
     "judge_journal",

@@ -38,6 +38,7 @@ from harness.chaos import expected
 from harness.chaos.roles import RoleError, parse_role, resolve_zone
 from harness.chaos.timeline import FaultKind, record
 from harness.errors import BackendError, HarnessError
+from harness.topology import Topology
 
 log = logging.getLogger("chaostoolkit")  # chaostoolkit writes this logger to chaos.log
 
@@ -49,6 +50,7 @@ T = TypeVar("T")
 
 _backends: dict[tuple[Any, ...], Backend] = {}
 _backends_lock = threading.Lock()
+_topologies: dict[int, tuple[Backend, Topology]] = {}  # id(backend) -> (backend, its topology): `topology_of`
 _atexit_registered = False
 
 
@@ -75,11 +77,31 @@ def _backend(configuration: Mapping[str, Any] | None = None) -> Backend:
         return b
 
 
+def topology_of(b: Backend) -> Topology:
+    """The cluster's topology, read once per backend in this process.
+
+    A chaos process lives for one experiment, and the cluster's topology is
+    the one it was brought up with: read again for every zone an action or a
+    probe resolved, it parsed the rendered manifests ~8 times per experiment
+    (~0.05 s each, twice that beside the run's traffic), each time between a
+    step and the next. Raises what `Backend.manifests` raises (not kept).
+    """
+    with _backends_lock:
+        kept = _topologies.get(id(b))
+    if kept is not None and kept[0] is b:
+        return kept[1]
+    topology = b.manifests().topology
+    with _backends_lock:
+        _topologies[id(b)] = (b, topology)
+    return topology
+
+
 def close_backends() -> None:
     """Close every backend this process opened (idempotent)."""
     with _backends_lock:
         backends = list(_backends.values())
         _backends.clear()
+        _topologies.clear()
     for b in backends:
         try:
             b.close()
@@ -106,7 +128,7 @@ def _snapshot(b: Backend, label: str) -> None:
 def _zone(b: Backend, value: Any, configuration: Mapping[str, Any] | None) -> str:
     """A zone name from a name or a role phrase, with the cluster's topology."""
     try:
-        topology = b.manifests().topology
+        topology = topology_of(b)
     except HarnessError:
         if parse_role(value) is not None or not isinstance(value, str):
             raise
@@ -519,7 +541,7 @@ def kill_pod_burst(
     names: list[str] = []
     for item in items:
         try:
-            z = resolve_zone(item, b.manifests().topology, configuration)
+            z = resolve_zone(item, topology_of(b), configuration)
         except RoleError as exc:
             raise BackendError(str(exc)) from None
         names += [x for x in (z if isinstance(z, list) else [z]) if x not in names]

@@ -7,7 +7,9 @@ or roles, as for the actions; `zones` takes a list (e.g. "every Local Zone").
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,7 +32,7 @@ def _zones(zones: Any, configuration: dict[str, Any] | None) -> list[str] | None
     """None (every zone) or the zone names `zones` stands for (a role, a name, or a list of them)."""
     if zones is None:
         return None
-    topology = actions._backend(configuration).manifests().topology
+    topology = actions.topology_of(actions._backend(configuration))
     out: list[str] = []
     for item in zones if isinstance(zones, list) else [zones]:
         try:
@@ -57,7 +59,7 @@ def all_pods_ready(
     b = actions._backend(configuration)
     wanted = _zones(zones, configuration)
     if within_s is None:
-        within_s = b.manifests().topology.slo.max_recovery_s
+        within_s = actions.topology_of(b).slo.max_recovery_s
     last: dict[str, str] = {}  # the phases of the pods asked about, at the latest look
 
     def look() -> bool | None:
@@ -92,8 +94,15 @@ def zone_has_ready(zone: str, service: str, configuration: dict[str, Any] | None
 def shop_answers(zone: str, configuration: dict[str, Any] | None = None) -> int:
     """HTTP status of a coffees query entering at `zone` (0 when no response)."""
     b = actions._backend(configuration)
-    with httpx.Client(timeout=SHOP_TIMEOUT) as client:
+    with httpx.Client(timeout=SHOP_TIMEOUT, verify=_tls()) as client:
         return _shop_status(b.entrypoints()[actions._zone(b, zone, configuration)], client)
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """httpx's default TLS context (its CA bundle: an EKS entry point may be HTTPS), built once per process: each
+    client built its own, ~20 ms of CPU for every look of a probe that runs before and after every experiment."""
+    return httpx.create_ssl_context()
 
 
 def _shop_status(url: str, client: httpx.Client) -> int:
@@ -120,7 +129,10 @@ def every_shop_answers(zones: Any = None, configuration: dict[str, Any] | None =
     urls = [entry[z] for z in (wanted if wanted is not None else entry)]
     # every zone asked at once, over one client: asked in turn, each zone's user latency and a new client's
     # set-up (~20 ms) added up to 0.5 s per look on six zones, and the probe runs before and after every experiment
-    with httpx.Client(timeout=SHOP_TIMEOUT) as client, ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
+    with (
+        httpx.Client(timeout=SHOP_TIMEOUT, verify=_tls()) as client,
+        ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool,
+    ):
         statuses = list(pool.map(lambda url: _shop_status(url, client), urls))
     return all(code == 200 for code in statuses)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import gevent
 from locust import LoadTestShape
-from locust.runners import WorkerRunner
+from locust.runners import STATE_RUNNING, LocalRunner, WorkerRunner
 
 _STOPPED: list[bool] = []
 """Set once by a SIGTERM (`stop_shape_on_sigterm`): every shape's next tick ends the test."""
@@ -49,7 +49,7 @@ def _over(shape: LoadTestShape, run_time: float | None) -> bool:
 
 
 def stop_shape_on_sigterm(environment: Any) -> None:
-    """SIGTERM ends a headless shape run the way ``-t`` ends it.
+    """SIGTERM ends a headless shape run the way ``-t`` ends it, at once.
 
     Locust installs its SIGTERM handler only once `start_automatic_run`
     returns, and with a shape class that call waits on the shape greenlet for
@@ -58,21 +58,28 @@ def stop_shape_on_sigterm(environment: Any) -> None:
     no stats were written. SIGTERM is the harness's stop
     (harness/traffic/runner.py: a SIGINT lands as KeyboardInterrupt in
     whichever greenlet runs, and lost a user's record). Here it makes the
-    shape's next tick (within a second: locust ticks once a second) its last:
-    the run then ends on locust's own path ("Shape test stopping"), which
-    stops the users within ``--stop-timeout`` (each records what it has in
-    hand) and shuts down with its stats. Not by killing the shape greenlet:
-    it may be in that very stop already, and a stop cut in half and begun
-    again asked a stopping user to stop ("unexpected state", exit code 1).
-    Only where the shape runs: the master or a local runner.
+    shape's next tick its last, and where the shape is asleep between two
+    ticks (a local runner, its users all spawned: a tick never yields, and a
+    local runner's `start` spawns and returns) it ends that sleep: the shape
+    greenlet ends, and locust's own path follows as after a last tick ("Shape
+    test completed"): the users stopped within ``--stop-timeout`` (each
+    records what it has in hand), then the shutdown with its stats. Waiting
+    for the tick (locust ticks once a second) held every e2e ~0.5 s. Never
+    while the shape is in a stop itself: a stop cut in half and begun again
+    asked a stopping user to stop ("unexpected state", exit code 1); then,
+    and with a master (its `start` may wait on its workers), the next tick
+    ends the run. Only where the shape runs: the master or a local runner.
     """
     runner = environment.runner
     if environment.shape_class is None or runner is None or isinstance(runner, WorkerRunner):
         return
 
     def on_sigterm() -> None:
-        logging.getLogger(__name__).info("Got SIGTERM signal: ending the shape test at its next tick")
+        logging.getLogger(__name__).info("Got SIGTERM signal: ending the shape test")
         _STOPPED.append(True)
+        shape = runner.shape_greenlet
+        if isinstance(runner, LocalRunner) and runner.state == STATE_RUNNING and shape is not None and not shape.dead:
+            shape.kill(block=True)  # asleep between ticks: its join in locust's main returns, and the run ends
 
     gevent.signal_handler(signal.SIGTERM, on_sigterm)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 
 PROBE_ENDPOINT = "probe"  # the `endpoint` of a zone probe's records (loadtests/hashicups.py `ZoneProbe`)
@@ -68,11 +69,12 @@ class RequestWatch:
         self._read()
         return {z: sum(1 for t in ts if t >= since) for z, ts in self._ok.items()}
 
-    def wait(self, since: float, n: int, timeout_s: float) -> bool:
-        """Until every zone had `n` successful requests from `since` on, or `timeout_s` passed."""
+    def wait(self, since: float, n: int | Mapping[str, int], timeout_s: float) -> bool:
+        """Until every zone had `n` (or `n[zone]`) successful requests from `since` on, or `timeout_s` passed."""
         deadline = time.monotonic() + timeout_s
+        need = n if isinstance(n, Mapping) else dict.fromkeys(self.zones, n)
         while True:
-            if all(c >= n for c in self.served(since).values()):
+            if all(c >= need.get(z, 0) for z, c in self.served(since).items()):
                 return True
             if time.monotonic() >= deadline:
                 return False
