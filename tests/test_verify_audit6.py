@@ -143,3 +143,44 @@ def test_an_earlier_fault_takes_only_its_impact_from_the_links_baseline(
         assert "did not take effect" in " ".join(why(v)), why(v)
     else:
         assert v.passed, why(v)
+
+
+def _slow_after(d: Path, from_s: float, extra_ms: float, fast_every: int) -> Path:
+    """LAX's hops from `from_s` on took `extra_ms` longer, all but every `fast_every`-th (a machine saturated
+    by the catch-up after a degradation: most hops wait for a CPU, some get one at once)."""
+    import json
+
+    hops = d / "hops.jsonl"
+    start = json.loads((d / "run.json").read_text())["started"]
+    out = []
+    n = 0
+    for line in hops.read_text().splitlines():
+        h = json.loads(line)
+        if h.get("caller_zone") == LAX and h["ts"] >= start + from_s:
+            n += 1
+            if n % fast_every:
+                h["duration_ms"] = (h.get("duration_ms") or 0) + extra_ms
+        out.append(json.dumps(h))
+    hops.write_text("\n".join(out) + "\n")
+    return d
+
+
+@pytest.mark.parametrize("lingers", [False, True])
+def test_a_link_back_on_a_saturated_machine_is_not_a_rollback_that_left_the_latency_on(
+    tmp_path: Path, lingers: bool
+) -> None:
+    """FALSE FAIL (found running the shipped experiments back to back, EU topology). After an 8 s degradation
+    (+100 ms, 1 % loss) the 2-core machine was 100 % busy with the catch-up up to the next fault 3.3 s later:
+    the zone's hops that wait on the link took a median of 115 ms against a mark of 77 ms, and "did not end at
+    its restore" failed a correct run, though 1 hop in 10 took under 57 ms, which no hop can while the latency
+    is on. Here 3 of 4 of LAX's hops after the restore wait 150 ms for a CPU, every 4th does not: the link is
+    judged back. The control: the latency left on (`link_lingers`: every hop pays it), saturated or not, is
+    still unverified."""
+    sc = _scenario([_slow(latency_ms=100.0, link_lingers=lingers)], accesslogs="none")
+    v = verify(_slow_after(write_run(tmp_path / "run", sc), 50.5, 150.0, 4))
+    if lingers:
+        assert not v.passed and COVERAGE in failed(v), why(v)
+        text = " ".join(why(v))
+        assert "did not end at its restore" in text and "took less than the added 100 ms" in text, text
+    else:
+        assert v.passed, why(v)

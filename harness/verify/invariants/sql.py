@@ -163,8 +163,9 @@ DEFINITIONS = {
     "zone's successful HTTP hops that wait on the link (served outside the zone, or by a service with a Region-only "
     "upstream) lying wholly in it to a median >= their median in the 10 minutes before it "
     "outside the impact windows of the zone's and the Region's faults + L/2, on >= 5 such hops, and they are "
-    "back under that mark after the restore (until maxRecoveryS or "
-    "the zone's next fault, when >= 5); otherwise the fault is unverified = fail",
+    "back after the restore (until maxRecoveryS or the zone's next fault, when >= 5): under that mark at the "
+    "median, or, slower (a machine busy with the catch-up), every caller pod with >= 5 of them has one faster "
+    "than L, which no hop can be while the latency is on; otherwise the fault is unverified = fail",
     "clock": "a hop's time is Envoy's START_TIME on its caller's node; where the nodes keep their own clocks "
     "(clock.jsonl: EKS seen from a CI runner) it is put on the runner's clock, which stamps faults, inventory "
     "events and user requests, by its caller's zone's offset: probes through each zone's entry point (POST "

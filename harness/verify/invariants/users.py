@@ -1038,7 +1038,7 @@ class UserChecks(CheckBase):
                   for g in self.run.faults if g is not f and self._reaches_link(g, f.zone)]  # fmt: skip
         last = max(end, after_hi) if after_hi < INF else end
         others = [(z, lo, hi) for z, lo, hi in others if lo <= last and hi >= after_lo - self.longest["hops"] - 0.001]
-        after = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, others, HOP_END_SQL)}"
+        after = after_sql = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, others, HOP_END_SQL)}"
         # only the hops of this fault's stretch of the run (see `_reaches`)
         first = since - self.longest["hops"] - 0.001
         row = self.con.execute(
@@ -1073,12 +1073,38 @@ class UserChecks(CheckBase):
                 f"{float(during):.0f} ms {span}, {against} (fault unverified)"
             )
         if n_after >= LINK_EFFECT_MIN_HOPS and float(after) >= mark:
-            return (
-                f"{head} did not end at its restore: the {n_after} hops from {f.zone} that wait on the link took a "
-                f"median of {float(after):.0f} ms from {iso(after_lo)} to {iso(after_hi)}, {against} (recovery "
-                "unverified)"
-            )
+            stuck = self._link_still_on(f, first, last, after_sql, after_lo, after_hi)
+            if stuck:
+                return (
+                    f"{head} did not end at its restore: the {n_after} hops from {f.zone} that wait on the link "
+                    f"took a median of {float(after):.0f} ms from {iso(after_lo)} to {iso(after_hi)}, {against}; "
+                    f"not one of {stuck} took less than the added {f.latency_ms:g} ms (recovery unverified)"
+                )
         return ""
+
+    def _link_still_on(self, f: Fault, first: float, last: float, after: str, lo: float, hi: float) -> str:
+        """The caller pods of `f`'s zone whose hops after the restore all paid the added latency ("" for none).
+
+        While the latency is on, every round trip across the link pays it: a hop that waits on the link can take
+        no less (the relay and netem never deliver early), however fast or idle the machine. A slow median
+        after the restore is not enough to say the rollback left it on: a 2-core machine saturated by the
+        catch-up after an 8 s degradation (100 % busy for the 3.3 s up to the next fault) held the median at
+        115 ms against a mark of 77 in a correct run, though 1 hop in 10 took under 57 ms. A pod with
+        `LINK_EFFECT_MIN_HOPS` hops after the restore and not one below the added latency is the rollback's
+        signature, on all of the zone's nodes or on one (kind clears each node's rules apart).
+        """
+        rows = self.con.execute(
+            f"""
+            WITH bound AS (SELECT caller_pod, ts, {HOP_END_SQL} AS te, duration_ms FROM hops WHERE caller_zone = ?
+                           AND ts >= {first!r} AND ts <= {float(last)!r} AND {LINK_BOUND_SQL})
+            SELECT caller_pod, count(*) FROM bound WHERE {after}
+            GROUP BY caller_pod
+            HAVING count(*) >= ? AND count(*) FILTER (WHERE duration_ms < ?) = 0
+            ORDER BY caller_pod
+            """,
+            [f.zone, lo, hi, LINK_EFFECT_MIN_HOPS, float(f.latency_ms or 0.0)],
+        ).fetchall()
+        return ", ".join(f"{pod}'s {n}" for pod, n in rows)
 
     def _impact_or_due(self, g: Fault) -> float:
         """Where fault `g`'s effect on its zone ends: its impact window's end (restore + measured recovery), or
