@@ -123,3 +123,18 @@ def test_an_interrupted_prestarted_experiment_plays_its_rollbacks(tmp_path: Path
     journal = json.loads((run / "chaos" / "01-interrupted" / "journal.json").read_text())
     assert journal["status"] == "interrupted"
     assert rolled.exists()
+
+
+def test_one_that_died_waiting_is_judged_as_a_chaos_that_did_not_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its command line meets a closed pipe: no error of ours, the experiment has no journal, and the result says
+    so with the process's exit code, as for a `chaos run` that failed to start."""
+    monkeypatch.setattr(launch, "launcher_argv", lambda idle=False: ["sh", "-c", "exit 3"])
+    run = tmp_path / "run"
+    (p,) = plan_run([_exp(tmp_path, "gone", [_proc("act", "true")])], None, None, run)
+    dead = launch.Prestarted(dict(os.environ))
+    dead.proc.wait()
+    res = run_planned(p, run, OPTS, started=dead)
+    assert not res.ok and res.returncode == 3 and res.status == "missing"
+    assert res.reason is not None and res.reason.startswith("no journal: chaostoolkit exited 3")

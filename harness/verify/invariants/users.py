@@ -1038,13 +1038,16 @@ class UserChecks(CheckBase):
                   for g in self.run.faults if g is not f and self._reaches_link(g, f.zone)]  # fmt: skip
         last = max(end, after_hi) if after_hi < INF else end
         others = [(z, lo, hi) for z, lo, hi in others if lo <= last and hi >= after_lo - self.longest["hops"] - 0.001]
-        after = after_sql = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, others, HOP_END_SQL)}"
+        after = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, others, HOP_END_SQL)}"
         # only the hops of this fault's stretch of the run (see `_reaches`)
         first = since - self.longest["hops"] - 0.001
+        bound = (
+            f"SELECT caller_pod, ts, {HOP_END_SQL} AS te, duration_ms FROM hops WHERE caller_zone = ? AND "
+            f"ts >= {first!r} AND ts <= {float(last)!r} AND {LINK_BOUND_SQL}"
+        )
         row = self.con.execute(
             f"""
-            WITH bound AS (SELECT ts, {HOP_END_SQL} AS te, duration_ms FROM hops WHERE caller_zone = ? AND
-                           ts >= {first!r} AND ts <= {float(last)!r} AND {LINK_BOUND_SQL})
+            WITH bound AS ({bound})
             SELECT count(*) FILTER (WHERE ts >= ? AND te <= ?), median(duration_ms) FILTER (WHERE ts >= ? AND te <= ?),
                    count(*) FILTER (WHERE {outside}), median(duration_ms) FILTER (WHERE {outside}),
                    count(*) FILTER (WHERE {after}), median(duration_ms) FILTER (WHERE {after})
@@ -1054,7 +1057,7 @@ class UserChecks(CheckBase):
         ).fetchone()
         assert row is not None
         n, during, n_base, base = int(row[0]), row[1], int(row[2]), float(row[3] or 0.0)
-        n_after, after = int(row[4]), row[5]
+        n_after, after_median = int(row[4]), row[5]
         mark = base + LINK_EFFECT_SHARE * f.latency_ms
         against = (
             f"against {base:.0f} ms before it outside the faults that reach the link ({n_base} hops): "
@@ -1072,17 +1075,17 @@ class UserChecks(CheckBase):
                 f"{head} did not take effect: the {n} hops from {f.zone} that wait on the link took a median of "
                 f"{float(during):.0f} ms {span}, {against} (fault unverified)"
             )
-        if n_after >= LINK_EFFECT_MIN_HOPS and float(after) >= mark:
-            stuck = self._link_still_on(f, first, last, after_sql, after_lo, after_hi)
+        if n_after >= LINK_EFFECT_MIN_HOPS and float(after_median) >= mark:
+            stuck = self._link_still_on(f, bound, after, after_lo, after_hi)
             if stuck:
                 return (
                     f"{head} did not end at its restore: the {n_after} hops from {f.zone} that wait on the link "
-                    f"took a median of {float(after):.0f} ms from {iso(after_lo)} to {iso(after_hi)}, {against}; "
-                    f"not one of {stuck} took less than the added {f.latency_ms:g} ms (recovery unverified)"
+                    f"took a median of {float(after_median):.0f} ms from {iso(after_lo)} to {iso(after_hi)}, "
+                    f"{against}; not one of {stuck} took less than the added {f.latency_ms:g} ms (recovery unverified)"
                 )
         return ""
 
-    def _link_still_on(self, f: Fault, first: float, last: float, after: str, lo: float, hi: float) -> str:
+    def _link_still_on(self, f: Fault, bound: str, after: str, lo: float, hi: float) -> str:
         """The caller pods of `f`'s zone whose hops after the restore all paid the added latency ("" for none).
 
         While the latency is on, every round trip across the link pays it: a hop that waits on the link can take
@@ -1091,12 +1094,12 @@ class UserChecks(CheckBase):
         catch-up after an 8 s degradation (100 % busy for the 3.3 s up to the next fault) held the median at
         115 ms against a mark of 77 in a correct run, though 1 hop in 10 took under 57 ms. A pod with
         `LINK_EFFECT_MIN_HOPS` hops after the restore and not one below the added latency is the rollback's
-        signature, on all of the zone's nodes or on one (kind clears each node's rules apart).
+        signature, on all of the zone's nodes or on one (kind clears each node's rules apart). `bound` and
+        `after` are `_link_not_slowed`'s: the zone's hops that wait on the link, and the stretch after the restore.
         """
         rows = self.con.execute(
             f"""
-            WITH bound AS (SELECT caller_pod, ts, {HOP_END_SQL} AS te, duration_ms FROM hops WHERE caller_zone = ?
-                           AND ts >= {first!r} AND ts <= {float(last)!r} AND {LINK_BOUND_SQL})
+            WITH bound AS ({bound})
             SELECT caller_pod, count(*) FROM bound WHERE {after}
             GROUP BY caller_pod
             HAVING count(*) >= ? AND count(*) FILTER (WHERE duration_ms < ?) = 0
