@@ -106,6 +106,7 @@ class ClusterBase:
     probe_pool: netns.NetnsExecutor | None
     entries: dict[str, Any]
     certs: CertAuthority | None
+    _loop: threading.Thread | None
 
     # Implemented by the mixins; declared here so each part can call the others.
     def _create_pod(self, dep: DeploymentSpec) -> Pod | None:

@@ -129,14 +129,7 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
             relay.start()
             self.entries[z.name] = relay
         say(f"pods: {sum(d.replicas for d in self.spec.deployments)} across {len(self.spec.nodes)} nodes")
-        futures = []
-        for dep in start_order(self.spec.deployments):  # upstreams first: their start-up chains the callers'
-            for _ in range(dep.replicas):
-                futures.append(self.pool.submit(self._create_pod, dep))
-        for fut in futures:
-            fut.result()
-        self._loop = threading.Thread(target=self._run_loop, name="control-loop", daemon=True)
-        self._loop.start()
+        self._create_under_loop(start_order(self.spec.deployments))  # upstreams first: their chain is the callers'
         deadline = time.time() + READY_WAIT_S
         while time.time() < deadline:
             self._raise_background()
