@@ -163,9 +163,11 @@ DEFINITIONS = {
     "zone's successful HTTP hops that wait on the link (served outside the zone, or by a service with a Region-only "
     "upstream) lying wholly in it to a median >= their median in the 10 minutes before it "
     "outside the impact windows of the zone's and the Region's faults + L/2, on >= 5 such hops, and they are "
-    "back after the restore (until maxRecoveryS or the zone's next fault, when >= 5): under that mark at the "
-    "median, or, slower (a machine busy with the catch-up), every caller pod with >= 5 of them has one faster "
-    "than L, which no hop can be while the latency is on; otherwise the fault is unverified = fail",
+    "back after the restore (until maxRecoveryS or the zone's next fault): no pod whose node's link they wait on "
+    "(the caller when the hop is served outside the zone, else the serving pod, whose own Region call crosses) "
+    "has >= 5 of them with a median over that mark and not one faster than L, which no hop can be while the "
+    "latency is on (per pod: kind clears a zone's nodes one by one; a machine busy with the catch-up keeps a "
+    "median up, not every hop); otherwise the fault is unverified = fail",
     "clock": "a hop's time is Envoy's START_TIME on its caller's node; where the nodes keep their own clocks "
     "(clock.jsonl: EKS seen from a CI runner) it is put on the runner's clock, which stamps faults, inventory "
     "events and user requests, by its caller's zone's offset: probes through each zone's entry point (POST "
