@@ -55,3 +55,57 @@ def test_actions_share_one_backend_and_its_watcher_stops_at_the_end(
     after_experiment_control(context={}, state={})
     wait_until(lambda: len(_watchers()) <= before, 60)
     assert len(_watchers()) == before
+
+
+def test_a_prestarted_chaos_process_warms_up_on_existing_with_reads_only(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next experiment's `chaos run` is started ahead (harness.chaos.launch) and makes the run's backend, reads
+    the topology and asks a first status while the current one runs. On an EKS cluster that is someone else's, it
+    must not change anything before its turn: every request it makes is a read, and it made the backend that the
+    experiment's activities then use (one backend per process)."""
+    from harness.chaos import launch
+
+    made: list[ExistingBackend] = []
+
+    def connect(opts: BackendOptions) -> ExistingBackend:
+        kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
+        b = ExistingBackend("eks-nightly", kc, (), workdir=tmp_path / "wd", manifests=rendered(tmp_path))
+        made.append(b)
+        return b
+
+    monkeypatch.setattr(actions, "connect", connect)
+    monkeypatch.setattr(actions, "_backends", {})
+    monkeypatch.setenv("EH_BACKEND", "existing")
+    seed = connect(BackendOptions())
+    api.seed(
+        seed.cluster, node("lax-node", LAX, "local-zone", "10.0.3.10", ""), lax_pod("pa-1", "10.0.3.20", "lax-node")
+    )
+    made.clear()
+    start = len(api.requests())
+    try:
+        launch._prewarm()
+        asked = api.requests()[start:]
+        assert asked, "the warm-up asked the cluster nothing"
+        assert {m for m, *_ in asked} <= {"GET"}, [(m, p) for m, p, *_ in asked if m != "GET"]
+        assert len(made) == 1
+        probes.zone_has_ready("a Local Zone", "product-api", configuration={"zone": "a Local Zone"})
+        assert len(made) == 1  # the experiment's activities use the backend the warm-up made
+    finally:
+        after_experiment_control(context={}, state={})
+
+
+def test_a_prestarted_chaos_process_whose_cluster_does_not_answer_still_waits_for_its_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warm-up that fails (no cluster, a refused context) is left for the experiment, which does the same step
+    again and says why: the warm-up itself raises nothing."""
+    from harness.chaos import launch
+
+    def connect(opts: BackendOptions) -> ExistingBackend:
+        raise ConnectionRefusedError("no API server")
+
+    monkeypatch.setattr(actions, "connect", connect)
+    monkeypatch.setattr(actions, "_backends", {})
+    monkeypatch.setenv("EH_BACKEND", "existing")
+    launch._prewarm()
