@@ -28,6 +28,9 @@ ZONE_BUDGET_ALPHA = 1e-3
 # fails the run for it (`RoutingChecks._unplaced_callers`)
 UNPLACED = "(no zone)"
 CALLER_ZONE_SQL = f"coalesce(caller_zone, '{UNPLACED}')"
+# a hop whose upstream cluster no service owns (call-graph fails the run for it): its hub-and-spoke pair is named so
+UNNAMED = "(no service)"
+UPSTREAM_SQL = f"coalesce(upstream, '{UNNAMED}')"
 # pods the inventory removed (every interval ended) / still up at the end of the run
 DEAD_PODS_SQL = "SELECT pod FROM intervals GROUP BY pod HAVING count(*) FILTER (WHERE end_ts IS NULL) = 0"
 LIVE_PODS_SQL = "SELECT pod FROM intervals GROUP BY pod HAVING count(*) FILTER (WHERE end_ts IS NULL) > 0"
