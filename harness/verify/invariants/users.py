@@ -85,7 +85,7 @@ LINK_BOUND_SQL = """
 
 # ... and the pod whose node's link such a hop waits on (kind sets and clears a zone's link rules node by node):
 # the caller's when the hop itself crosses, the serving pod's when that pod's own call to the Region does
-LINK_POD_SQL = "CASE WHEN serving_zone <> caller_zone THEN caller_pod ELSE serving_pod END"
+LINK_POD_SQL = "CASE WHEN serving_zone <> caller_zone THEN caller_pod ELSE coalesce(serving_pod, caller_pod) END"
 
 
 class UserChecks(CheckBase):
@@ -1089,7 +1089,7 @@ class UserChecks(CheckBase):
         return ""
 
     def _link_still_on(self, f: Fault, bound: str, after: str, lo: float, hi: float, mark: float) -> str:
-        """The caller pods of `f`'s zone whose hops after the restore all paid the added latency ("" for none).
+        """The pods of `f`'s zone whose hops after the restore all paid the added latency ("" for none).
 
         While the latency is on, every round trip across the link pays it: a hop that waits on the link can take
         no less (the relay and netem never deliver early), however fast or idle the machine. A slow median
