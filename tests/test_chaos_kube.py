@@ -28,9 +28,9 @@ def _watchers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "eh-inventory-watch" and t.is_alive()]
 
 
-def test_actions_share_one_backend_and_its_watcher_stops_at_the_end(
-    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _existing(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[ExistingBackend]:
+    """Every backend the chaos activities make (EH_BACKEND=existing) is one on the fake API server, seeded with a
+    Local Zone node and a product-api pod on it; returns the list they are added to (empty at first)."""
     made: list[ExistingBackend] = []
 
     def connect(opts: BackendOptions) -> ExistingBackend:
@@ -42,12 +42,19 @@ def test_actions_share_one_backend_and_its_watcher_stops_at_the_end(
     monkeypatch.setattr(actions, "connect", connect)
     monkeypatch.setattr(actions, "_backends", {})
     monkeypatch.setenv("EH_BACKEND", "existing")
-    before = len(_watchers())
     seed = connect(BackendOptions())
     api.seed(
         seed.cluster, node("lax-node", LAX, "local-zone", "10.0.3.10", ""), lax_pod("pa-1", "10.0.3.20", "lax-node")
     )
     made.clear()
+    return made
+
+
+def test_actions_share_one_backend_and_its_watcher_stops_at_the_end(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = len(_watchers())
+    made = _existing(api, tmp_path, monkeypatch)
     for _ in range(3):  # three activities of one experiment
         probes.zone_has_ready("a Local Zone", "product-api", configuration={"zone": "a Local Zone"})
         actions.make_ready(LAX, "product-api")
@@ -66,22 +73,7 @@ def test_a_prestarted_chaos_process_warms_up_on_existing_with_reads_only(
     experiment's activities then use (one backend per process)."""
     from harness.chaos import launch
 
-    made: list[ExistingBackend] = []
-
-    def connect(opts: BackendOptions) -> ExistingBackend:
-        kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
-        b = ExistingBackend("eks-nightly", kc, (), workdir=tmp_path / "wd", manifests=rendered(tmp_path))
-        made.append(b)
-        return b
-
-    monkeypatch.setattr(actions, "connect", connect)
-    monkeypatch.setattr(actions, "_backends", {})
-    monkeypatch.setenv("EH_BACKEND", "existing")
-    seed = connect(BackendOptions())
-    api.seed(
-        seed.cluster, node("lax-node", LAX, "local-zone", "10.0.3.10", ""), lax_pod("pa-1", "10.0.3.20", "lax-node")
-    )
-    made.clear()
+    made = _existing(api, tmp_path, monkeypatch)
     start = len(api.requests())
     try:
         launch._prewarm()

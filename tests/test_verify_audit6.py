@@ -8,6 +8,9 @@ the same run with the mesh (or the fault) behaving passes.
 
 from __future__ import annotations
 
+import itertools
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from harness.verify.synth import FaultSpec, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_audit5 import _scenario
 from tests.test_verify_soundness import LAX, failed, pod_of
-from tests.verdicts import rows, verify
+from tests.verdicts import rows, verify, write_rows
 
 
 def _slow(**kw: Any) -> FaultSpec:
@@ -86,21 +89,21 @@ def test_a_hops_duration_includes_its_upstreams_own_calls(tmp_path: Path) -> Non
 
 
 # -- the baseline a degraded link is judged against ------------------------------------------------------------------
+def _slower(d: Path, extra_ms: float, which: Callable[[dict[str, Any], float], bool]) -> Path:
+    """The hops for which `which(hop, seconds since the run's start)` holds took `extra_ms` longer."""
+    hops = rows(d / "hops.jsonl")
+    start = json.loads((d / "run.json").read_text())["started"]
+    for h in hops:
+        if which(h, h["ts"] - start):
+            h["duration_ms"] = (h.get("duration_ms") or 0) + extra_ms
+    write_rows(d / "hops.jsonl", hops)
+    return d
+
+
 def _slow_before(d: Path, until_s: float, extra_ms: float) -> Path:
     """LAX's hops in the run's first `until_s` seconds took `extra_ms` longer (the link was slower then, long
     before any fault: a provider's congestion that cleared)."""
-    import json
-
-    hops = d / "hops.jsonl"
-    start = json.loads((d / "run.json").read_text())["started"]
-    out = []
-    for line in hops.read_text().splitlines():
-        h = json.loads(line)
-        if h.get("caller_zone") == LAX and h["ts"] < start + until_s:
-            h["duration_ms"] = (h.get("duration_ms") or 0) + extra_ms
-        out.append(json.dumps(h))
-    hops.write_text("\n".join(out) + "\n")
-    return d
+    return _slower(d, extra_ms, lambda h, t: h.get("caller_zone") == LAX and t < until_s)
 
 
 @pytest.mark.parametrize("inert", [False, True])
@@ -148,21 +151,8 @@ def test_an_earlier_fault_takes_only_its_impact_from_the_links_baseline(
 def _slow_after(d: Path, from_s: float, extra_ms: float, fast_every: int) -> Path:
     """LAX's hops from `from_s` on took `extra_ms` longer, all but every `fast_every`-th (a machine saturated
     by the catch-up after a degradation: most hops wait for a CPU, some get one at once)."""
-    import json
-
-    hops = d / "hops.jsonl"
-    start = json.loads((d / "run.json").read_text())["started"]
-    out = []
-    n = 0
-    for line in hops.read_text().splitlines():
-        h = json.loads(line)
-        if h.get("caller_zone") == LAX and h["ts"] >= start + from_s:
-            n += 1
-            if n % fast_every:
-                h["duration_ms"] = (h.get("duration_ms") or 0) + extra_ms
-        out.append(json.dumps(h))
-    hops.write_text("\n".join(out) + "\n")
-    return d
+    n = itertools.count(1)
+    return _slower(d, extra_ms, lambda h, t: h.get("caller_zone") == LAX and t >= from_s and next(n) % fast_every > 0)
 
 
 @pytest.mark.parametrize("lingers", [False, True])
@@ -205,18 +195,7 @@ def _two_product_api_pods(tmp: Path) -> Any:
 def _lingers_on(d: Path, pod: str, from_s: float, extra_ms: float) -> Path:
     """The hops `pod` served from `from_s` on took `extra_ms` longer: each of its requests queries postgres in the
     Region across its node's link, whose latency the rollback left on (it cleared the zone's other node)."""
-    import json
-
-    hops = d / "hops.jsonl"
-    start = json.loads((d / "run.json").read_text())["started"]
-    out = []
-    for line in hops.read_text().splitlines():
-        h = json.loads(line)
-        if h.get("serving_pod") == pod and h["ts"] >= start + from_s:
-            h["duration_ms"] = (h.get("duration_ms") or 0) + extra_ms
-        out.append(json.dumps(h))
-    hops.write_text("\n".join(out) + "\n")
-    return d
+    return _slower(d, extra_ms, lambda h, t: h.get("serving_pod") == pod and t >= from_s)
 
 
 @pytest.mark.parametrize("lingers", [False, True])
@@ -256,7 +235,6 @@ def test_hops_whose_caller_or_upstream_nobody_can_name_are_unverified(tmp_path: 
     traceback instead of a verdict. Now that pair is named "(no service)". The control is every other test's run,
     whose hops all have both names."""
     from harness.verify import CALL_GRAPH, HUB_AND_SPOKE
-    from tests.verdicts import write_rows
 
     d = write_run(tmp_path / "run", _scenario([], accesslogs="none"))
     hops = rows(d / "hops.jsonl")
