@@ -251,3 +251,33 @@ def test_hops_whose_caller_or_upstream_nobody_can_name_are_unverified(tmp_path: 
         [pair] = [p for i in v.invariants if i.name == HUB_AND_SPOKE for p in i.pairs if p.caller_zone == LAX
                   and p.upstream == "(no service)"]  # fmt: skip
         assert pair.counts["hops"] == 3
+
+
+def test_hops_to_an_address_last_held_in_another_local_zone_fail_hub_and_spoke(tmp_path: Path) -> None:
+    """A path no test ran: LAX's sidecar kept the endpoint of LAS's product-api after that pod was killed (an
+    endpoint withdrawn late) and sent hops to its address while no pod held it. No pod serves them, so no zone
+    is on record for them: read by the inventory's last holder of the address, they went to another Local Zone,
+    and hub-and-spoke fails. The control: the same run without the planted hops passes."""
+    from harness.verify import HUB_AND_SPOKE
+    from tests.test_verify_soundness import LAS
+
+    kill = FaultSpec("kill-product-api-las", "service-down", LAS, ("product-api",), 30, 50)
+    d = write_run(tmp_path / "run", _scenario([kill], accesslogs="none"))
+    assert verify(d).passed
+    old = pod_of(d, LAS, "product-api")
+    start = json.loads((d / "run.json").read_text())["started"]
+    hops = rows(d / "hops.jsonl")
+    lax = [
+        h
+        for h in hops
+        if h.get("caller_zone") == LAX and h.get("upstream") == "product-api" and 20 + 35 <= h["ts"] - start < 20 + 45
+    ]  # fmt: skip  (traffic starts 20 s in; the kill is 30-50 s)
+    assert len(lax) >= 3
+    for h in lax[:3]:
+        h.update(upstream_host=f"{old['ip']}:{h['upstream_host'].rsplit(':', 1)[1]}", serving_pod=None,
+                 serving_zone=None)  # fmt: skip
+    write_rows(d / "hops.jsonl", hops)
+    v = verify(d)
+    assert not v.passed and HUB_AND_SPOKE in failed(v), why(v)
+    text = " ".join(why(v))
+    assert f"{LAX} -> {LAS}: 3 hops to product-api" in text and "an endpoint Envoy kept" in text, text
