@@ -340,3 +340,17 @@ def test_a_declared_cascades_failure_fails_the_fallback_invariant(
     buf = StringIO()
     print_summary(v, Console(file=buf, width=400, force_terminal=False, color_system=None))
     assert buf.getvalue().count(cascade) == 2, buf.getvalue()  # the invariant table's row and one FAIL line
+
+
+def test_a_zone_back_late_from_a_declared_cascade_fails_alone(tmp_path: Path) -> None:
+    """FALSE FAIL, with a path no test ran. LAX's product-api was Ready again 84 s after the Region's
+    (maxRecoveryS 60) while its users were served from the Region all along: that fails, with its own message
+    (a pod of the zone not back within maxRecoveryS). But the cascade then ended at LAX's, and every other zone's
+    recovery, measured after it, read hops of a view cut 60 s after their own readiness: "no traffic after the
+    cascade" for LAS, PHX and the Wavelength Zone, whose users were served throughout. Now only LAX fails."""
+    d = postgres_cascade(tmp_path, T, LAX, region_until=120.0, duration=200.0, zone_ready=120.0, failover=True)
+    v = verify(d)
+    messages = [m for m in v.fault("kill-pod-postgres").messages if m.startswith("fallback: ")]
+    assert not v.passed and any(f"product-api had no ready pod in {LAX} until" in m for m in messages), messages
+    assert not [m for m in messages if "no traffic" in m], messages
+    assert len(messages) == 1, messages
