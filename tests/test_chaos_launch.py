@@ -138,3 +138,29 @@ def test_one_that_died_waiting_is_judged_as_a_chaos_that_did_not_start(
     res = run_planned(p, run, OPTS, started=dead)
     assert not res.ok and res.returncode == 3 and res.status == "missing"
     assert res.reason is not None and res.reason.startswith("no journal: chaostoolkit exited 3")
+
+
+@pytest.mark.skipif(not launch.may_idle(), reason="the idle class is set and reset only as root")
+def test_every_thread_of_a_process_that_waited_idle_runs_at_the_normal_class() -> None:
+    """The class is a thread's: a thread started while the process waited at the idle class would keep it, as
+    the parent puts only the main thread back. Here a thread goes idle and stays alive; `_all_threads_normal`,
+    which the process calls when its turn comes, puts it back with the main thread."""
+    idle, done = threading.Event(), threading.Event()
+    tid: list[int] = []
+
+    def waits_idle() -> None:
+        tid.append(threading.get_native_id())
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        idle.set()
+        done.wait(10)
+
+    t = threading.Thread(target=waits_idle)
+    t.start()
+    try:
+        assert idle.wait(10) and os.sched_getscheduler(tid[0]) == os.SCHED_IDLE
+        launch._all_threads_normal()
+        assert os.sched_getscheduler(tid[0]) == os.SCHED_OTHER
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    finally:
+        done.set()
+        t.join(10)

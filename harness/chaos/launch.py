@@ -39,8 +39,6 @@ from types import TracebackType
 from harness.interrupt import with_default_stop_signals
 
 CLOSE_WAIT_S = 5.0  # an unused process, told there is nothing to run, is gone well within this
-
-
 IDLE_FLAG = "--idle"  # the child imports at SCHED_IDLE
 
 
@@ -57,9 +55,20 @@ def launcher_argv(idle: bool = False) -> list[str]:
 
 
 def _normal_class(pid: int) -> None:
-    """Back to the normal scheduling class (from SCHED_IDLE), when allowed; a process gone is no matter."""
+    """Back to the normal scheduling class (from SCHED_IDLE), when allowed; a process gone is no matter.
+
+    The class is a thread's: given a process's pid, this is its main thread only (`_all_threads_normal`)."""
     with contextlib.suppress(OSError):
         os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+
+
+def _all_threads_normal() -> None:
+    """Every thread of this process back to the normal class. The parent's `go` reaches only the main thread, and
+    a thread started while the process waited at the idle class keeps that class for life. None is started there
+    today; one that `_prewarm` came to start (a kind or EKS backend's inventory watch starts with its first
+    inventory read) would have followed the pods at the idle class through the whole experiment."""
+    for tid in os.listdir("/proc/self/task"):
+        _normal_class(int(tid))
 
 
 class Prestarted:
@@ -160,7 +169,7 @@ def main() -> int:
         return 0  # closed unused: nothing to run
     argv = json.loads(line)
     if idle:
-        _normal_class(0)  # the parent did already; this process runs the experiment at the normal class
+        _all_threads_normal()  # the parent did the main thread's already
     devnull = os.open(os.devnull, os.O_RDONLY)  # the stdin a plain chaos run gets
     os.dup2(devnull, 0)
     os.close(devnull)
