@@ -87,7 +87,7 @@ def test_a_prestarted_chaos_process_warms_up_on_existing_with_reads_only(
         after_experiment_control(context={}, state={})
 
 
-def test_a_prestarted_chaos_process_whose_cluster_does_not_answer_still_waits_for_its_turn(
+def test_a_prestarted_chaos_process_whose_cluster_does_not_answer_raises_nothing_in_its_warm_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A warm-up that fails (no cluster, a refused context) is left for the experiment, which does the same step

@@ -272,7 +272,7 @@ class CheckBase:
         """
         if (f.fault, f.inject) in self._recovered:
             return self._recovered[(f.fault, f.inject)]
-        end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
+        end, upto = self._cascade_window(f)
         deps = expected.dependants(self.t, f.spof)
         out: list[DeclaredRecovery] = []
         for z, u, callers in self.pairs:
@@ -281,11 +281,17 @@ class CheckBase:
             w = None
             if end < INF:
                 nxt = self._next_inject(z, end)
-                bound = min(end + self.slo.max_recovery_s, max(self.run_end, end), INF if nxt is None else nxt)
+                bound = min(upto, INF if nxt is None else nxt)
                 w = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u), next_fault=nxt)
             out.append(DeclaredRecovery(z, u, None if w is None else w.instant, w))
         self._recovered[(f.fault, f.inject)] = (end, out)
         return end, out
+
+    def _cascade_window(self, f: Fault) -> tuple[float, float]:
+        """A declared fault's cascade end (INF: it never ended), and the end of the stretch after it in which
+        the pairs depending on its single point of failure are to serve again (maxRecoveryS, the run's end)."""
+        end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
+        return end, min(end + self.slo.max_recovery_s, max(self.run_end, end))
 
     def _expected_sql(self, zone: str, upstream: str) -> str:
         try:

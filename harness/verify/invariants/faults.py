@@ -145,13 +145,10 @@ class FaultMeasurer(CheckBase):
         # back long before showed "no traffic after the cascade" though their users were served
         for f in self.run.faults:
             if expected.declared(f):
-                end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
+                end, upto = self._cascade_window(f)
                 deps = expected.dependants(self.t, f.spof)
                 if end < INF:
-                    hi = max(self.run_end, end)
-                    spans += [
-                        (z, "", end, min(end + self.slo.max_recovery_s, hi)) for z, u, _ in self.pairs if u in deps
-                    ]
+                    spans += [(z, "", end, upto) for z, u, _ in self.pairs if u in deps]
         merged = merge_intervals(spans)
         cond = spans_sql("caller_zone", [(z, lo, hi) for z, _, lo, hi in merged])
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW fhops AS SELECT * FROM hops WHERE {cond}")
