@@ -121,7 +121,8 @@ def scaled_run(base: Path, root: Path, hops: int) -> Path:
         cols = [*kind.out_columns, "filename"]
         names = []
         for k in range(copies):
-            exprs = {"ts": f"ts + {k * span} AS ts"}
+            # each copy's user requests keep ids of their own (the entry hops are found by them)
+            exprs = {"ts": f"ts + {k * span} AS ts", "request_id": f"request_id + {k << 40} AS request_id"}
             if kind is ACCESSLOGS:
                 exprs["start_time"] = (f"strftime(CAST(start_time AS TIMESTAMP) + to_seconds({k * span}), "
                                        "'%Y-%m-%dT%H:%M:%S.%gZ') AS start_time")  # fmt: skip

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.contract.files import write_atomic
+from harness.contract.requestid import request_id_sql
 from harness.contract.rundir import (
     ACCESSLOG_COLUMNS,
     ACCESSLOG_DIR,
@@ -75,12 +76,21 @@ class Kind:
     columns: dict[str, str]
     valid_sql: str
     what: str
-    derived: tuple[tuple[str, str], ...] = ()  # (DOUBLE column, SQL over `columns`): computed once, at compaction
+    # (column, type, SQL over `columns`): computed once, at compaction
+    derived: tuple[tuple[str, str, str], ...] = ()
+    # source columns read only for `derived`, not kept (a derived column may take the name of one)
+    transient: frozenset[str] = frozenset()
+
+    @property
+    def out_types(self) -> dict[str, str]:
+        """Every column a reader gets besides `filename`, with its type."""
+        kept = {c: t for c, t in self.columns.items() if c not in self.transient}
+        return {**kept, **{name: typ for name, typ, _ in self.derived}}
 
     @property
     def out_columns(self) -> list[str]:
         """Every column a reader gets besides `filename`."""
-        return [*self.columns, *(name for name, _ in self.derived)]
+        return list(self.out_types)
 
     def files(self, run_dir: Path) -> list[Path]:
         if self.name == "accesslogs":
@@ -90,7 +100,15 @@ class Kind:
 
 # `ts`: the line's start time in epoch seconds, parsed once (Envoy writes ISO text; parsing fifty
 # million of them is a quarter of what a verdict would otherwise spend)
-ACCESSLOGS = Kind("accesslogs", ACCESSLOG_COLUMNS, ACCESSLOG_VALID_SQL, "start_time", (("ts", ACCESSLOG_TS_SQL),))
+# `request_id`: the harness's id of the user request a line carries (harness.contract.requestid), else NULL
+ACCESSLOGS = Kind(
+    "accesslogs",
+    ACCESSLOG_COLUMNS,
+    ACCESSLOG_VALID_SQL,
+    "start_time",
+    (("ts", "DOUBLE", ACCESSLOG_TS_SQL), ("request_id", "BIGINT", request_id_sql("r.request_id"))),
+    frozenset({"request_id"}),
+)
 REQUESTS = Kind("requests", REQUEST_COLUMNS, TS_VALID_SQL, "ts")
 KINDS = (ACCESSLOGS, REQUESTS)
 
@@ -191,7 +209,8 @@ def _load_chunks(
         out.append(SkippedLine(_rel(run_dir, f), s.line + before, s.reason))
     con.execute("CREATE TEMP TABLE __origin (src VARCHAR, rel VARCHAR)")
     con.executemany("INSERT INTO __origin VALUES (?, ?)", [[k, _rel(run_dir, v[0])] for k, v in origin.items()])
-    cols = ", ".join([f'r."{c}"' for c in kind.columns] + [f'{sql} AS "{name}"' for name, sql in kind.derived])
+    kept = [c for c in kind.columns if c not in kind.transient]
+    cols = ", ".join([f'r."{c}"' for c in kept] + [f'{sql} AS "{name}"' for name, _, sql in kind.derived])
     con.execute(
         f"CREATE TEMP TABLE {table} AS SELECT {cols}, o.rel AS filename "
         f"FROM {table}_raw r JOIN __origin o ON o.src = r.filename"
@@ -320,18 +339,16 @@ def read_records(
             chunks.append((f, int(pos["offset"]), size, int(pos["lines"])))
     cols = ", ".join(f'"{c}"' for c in kind.out_columns)
     parts: list[str] = []
+    seg_cols = _parquet_columns(con, segments, kind.out_types)
     tmp = Path(tempfile.mkdtemp(prefix="eh-tail-"))
     try:
         if chunks:
             skipped += _load_chunks(con, f"{table}_tail", kind, run_dir, chunks, tmp)
             parts.append(f"SELECT {cols}, filename FROM {table}_tail")
         if segments:
-            files = "[" + ", ".join(sql_str(s) for s in segments) + "]"
-            parts.insert(0, f"SELECT {cols}, filename FROM read_parquet({files})")
+            parts.insert(0, f"SELECT {seg_cols}, filename FROM {_read_parquet_sql(con, segments)}")
         if not parts:
-            col_defs = ", ".join(
-                [f'"{k}" {v}' for k, v in kind.columns.items()] + [f'"{n}" DOUBLE' for n, _ in kind.derived]
-            )
+            col_defs = ", ".join(f'"{k}" {v}' for k, v in kind.out_types.items())
             con.execute(f"CREATE TABLE {table} ({col_defs}, filename VARCHAR)")
         elif view:
             con.execute(f"CREATE TEMP VIEW {table} AS " + " UNION ALL ".join(f"({p})" for p in parts))
@@ -341,3 +358,33 @@ def read_records(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return sorted(skipped, key=lambda s: (s.file, s.line))
+
+
+def _schemas(con: DuckDBPyConnection, files: list[Path]) -> dict[str, set[str]]:
+    """file -> its Parquet columns (from the footers only)."""
+    if not files:
+        return {}
+    listed = "[" + ", ".join(sql_str(f) for f in files) + "]"
+    out: dict[str, set[str]] = {str(f): set() for f in files}
+    for fname, col in con.execute(f"SELECT file_name, name FROM parquet_schema({listed})").fetchall():
+        out.setdefault(str(fname), set()).add(str(col))
+    return out
+
+
+def _read_parquet_sql(con: DuckDBPyConnection, files: list[Path]) -> str:
+    """`read_parquet` of `files`, matching columns by name where the segments differ (a run compacted by an
+    older harness and resumed by a newer one)."""
+    listed = "[" + ", ".join(sql_str(f) for f in files) + "]"
+    schemas = {frozenset(cols) for cols in _schemas(con, files).values()}
+    return f"read_parquet({listed}{', union_by_name = true' if len(schemas) > 1 else ''})"
+
+
+def _parquet_columns(con: DuckDBPyConnection, files: list[Path], types: dict[str, str]) -> str:
+    """The select list of `types` over `files`: a column no segment has is a typed NULL.
+
+    A run recorded before a column existed (its segments lack it) still reads: the verdict then treats the
+    column as absent (for `request_id`: the entry hops are judged by time alone), rather than failing on
+    a run it judged before.
+    """
+    present = set().union(*_schemas(con, files).values()) if files else set(types)
+    return ", ".join(f'"{c}"' if c in present else f'NULL::{t} AS "{c}"' for c, t in types.items())

@@ -2298,7 +2298,13 @@ class ClusterSim:
         return out
 
     async def _log_hop(
-        self, caller: Obj, upstream: str, port: str, path: str, hold: list[tuple[Obj, float]] | None = None
+        self,
+        caller: Obj,
+        upstream: str,
+        port: str,
+        path: str,
+        hold: list[tuple[Obj, float]] | None = None,
+        request_id: str | None = None,
     ) -> tuple[Obj | None, int]:
         """One outbound hop of `caller`'s sidecar: pick, count, buffer the access-log line when it ends.
 
@@ -2306,6 +2312,8 @@ class ClusterSim:
         real Envoy does (the line's `duration`; its start is when the request came).
         `hold`: the caller writes the line itself once the answer is complete (`_release`), with the
         duration it really took (Envoy's %DURATION%: start to last byte out).
+        `request_id`: the X-Request-Id the request came with (Envoy keeps an internal caller's and makes
+        one, a UUID, for a request without).
         """
         run = self.pods.get(str(caller["metadata"]["uid"]))
         if run is None or run.current is None or not run.current.alive:
@@ -2341,7 +2349,7 @@ class ClusterSim:
             "upstream_service_time": "1" if served else None,
             "x_forwarded_for": None,
             "user_agent": "python-httpx",
-            "request_id": str(uuid.uuid4()),
+            "request_id": request_id or str(uuid.uuid4()),
             "authority": f"localhost:{port}",
             "upstream_host": host,
             # %UPSTREAM_CLUSTER% is the route's cluster: with a resolver's failover that is the aggregate cluster,
@@ -2390,8 +2398,10 @@ class ClusterSim:
         self, pod: Obj, req: Any, ups: dict[str, str], held: list[tuple[Obj, float]]
     ) -> aiohttp.web.StreamResponse:
         """nginx's `/api`: the frontend's hop to public-api (its line held until the answer is complete)."""
-        # nginx's `proxy_pass http://127.0.0.1:8080;` passes the request's URI on as it came, query included
-        public, code = await self._log_hop(pod, ups["8080"], "8080", req.path_qs, hold=held)
+        # nginx's `proxy_pass http://127.0.0.1:8080;` passes the request's URI on as it came, query included,
+        # and its headers (the user's X-Request-Id among them)
+        rid = req.headers.get("X-Request-Id")
+        public, code = await self._log_hop(pod, ups["8080"], "8080", req.path_qs, hold=held, request_id=rid)
         if public is None:
             return _text(code, "no healthy upstream")
         pups = self._upstreams(public)

@@ -143,3 +143,45 @@ def test_pieces_answer_exactly_what_the_rule_answers_row_by_row() -> None:
     got = sorted(con.execute("SELECT id, pod, zone, service FROM by_pieces").fetchall())
     assert len(expected) > 1000
     assert got == expected
+
+
+def test_request_ids_are_kept_as_numbers_and_only_the_harness_ones(tmp_path: Path) -> None:
+    """An access-log line's `request_id` is kept only when it is the harness's (`eh-` and hex: the id a user
+    request carried), as the BIGINT `requests.jsonl` records: the mesh's own UUIDs, one per inner hop, are never
+    stored (the Parquet column is a number, not text), and a malformed id is no id."""
+    logs = tmp_path / "accesslogs"
+    logs.mkdir()
+    ids = ["eh-7fffffffffffffff", "eh-00000000000000ff", "6c1d2a0e-3f4b-4c5d-9e8f-0a1b2c3d4e5f", "eh-zz", None, ""]
+    lines = [{"start_time": f"2025-11-26T00:00:0{i}.000Z", "request_id": rid} for i, rid in enumerate(ids)]
+    (logs / "frontend-lax-0.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert compact(tmp_path, ACCESSLOGS) == len(ids)
+    seg = tmp_path / "columnar" / "accesslogs" / "000001.parquet"
+    con = duckdb.connect()
+    types = dict(con.execute(f"SELECT name, type FROM parquet_schema('{seg}')").fetchall())
+    assert types["request_id"] == "INT64"
+    read_records(con, "t", tmp_path, ACCESSLOGS)
+    got = [r[0] for r in con.execute("SELECT request_id FROM t ORDER BY ts").fetchall()]
+    assert got == [2**63 - 1, 255, None, None, None, None]
+
+
+def test_segments_written_before_a_column_existed_read_it_as_null(tmp_path: Path) -> None:
+    """A run compacted by an older harness (segments without `request_id`) and resumed or verified by this one:
+    the records read, the missing column NULL in the old segments and a number in the new."""
+    logs = tmp_path / "accesslogs"
+    logs.mkdir()
+    f = logs / "frontend-lax-0.jsonl"
+    f.write_text(json.dumps({"start_time": "2025-11-26T00:00:01.000Z", "request_id": "eh-0000000000000001"}) + "\n")
+    assert compact(tmp_path, ACCESSLOGS) == 1
+    seg = tmp_path / "columnar" / "accesslogs" / "000001.parquet"
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT * EXCLUDE (request_id) FROM '{seg}') TO '{seg}.old' (FORMAT PARQUET)")
+    shutil.move(f"{seg}.old", seg)
+    for only_old in (True, False):
+        if not only_old:
+            with f.open("a") as fh:
+                fh.write(json.dumps({"start_time": "2025-11-26T00:00:02.000Z", "request_id": "eh-02"}) + "\n")
+            assert compact(tmp_path, ACCESSLOGS) == 1
+        c = duckdb.connect()
+        read_records(c, "t", tmp_path, ACCESSLOGS)
+        got = [r[0] for r in c.execute("SELECT request_id FROM t ORDER BY ts").fetchall()]
+        assert got == ([None] if only_old else [None, 2])

@@ -47,6 +47,7 @@ class FakeShop(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.zone = zone
         self.counts: Counter[str] = Counter()
+        self.request_ids: list[str | None] = []  # each POST's X-Request-Id, as the entry sidecar would log it
         self.delay = 0.0  # seconds before each answer (a slow mesh)
         self.lock = threading.Lock()
 
@@ -84,6 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, b"<html><body>HashiCups</body></html>", "text/html", "shop")
 
     def do_POST(self) -> None:
+        with self.server.lock:
+            self.server.request_ids.append(self.headers.get("X-Request-Id"))
         if self.server.delay:
             time.sleep(self.server.delay)
         length = int(self.headers.get("Content-Length") or 0)
@@ -194,8 +197,13 @@ def test_single_zone_records_match_locust_and_server(tmp_path: Path, shop: FakeS
     assert set(by_name) == {"GET /", "POST /api coffees", "POST /api coffee"}
     # Weights 1:3:2 — coffees is the most frequent journey.
     assert by_name["POST /api coffees"] > by_name["GET /"]
+    # every request through /api carried its own id, recorded as the number the header spells
+    api = [r for r in recs if str(r["name"]).startswith("POST /api")]
+    assert sorted(f"eh-{r['request_id']:016x}" for r in api) == sorted(map(str, shop.request_ids))
+    assert len({r["request_id"] for r in api}) == len(api)
+    assert all(r["request_id"] is None for r in recs if r["name"] == "GET /")
     for r in recs:
-        assert set(r) == {"ts", "zone", "endpoint", "name", "status", "latency_ms", "ok", "error"}
+        assert set(r) == {"ts", "zone", "endpoint", "name", "status", "latency_ms", "ok", "error", "request_id"}
         assert t0 - 1 < float(r["ts"]) < time.time()  # type: ignore[arg-type]
         assert (
             r["endpoint"]
@@ -251,7 +259,7 @@ def test_recorder_writes_one_contract_line_per_event(tmp_path: Path) -> None:
         12.3456,
         10,
         response=Resp(),
-        context={"zone": "z1", "endpoint": "coffees"},
+        context={"zone": "z1", "endpoint": "coffees", "request_id": 2**63 - 1},
         exception=RuntimeError("HTTP 503\nmore"),
         start_time=100.5,
         url="http://x/api",
@@ -269,8 +277,10 @@ def test_recorder_writes_one_contract_line_per_event(tmp_path: Path) -> None:
         "latency_ms": 12.346,
         "ok": False,
         "error": "HTTP 503 more",
+        "request_id": 2**63 - 1,
     }
     assert b["zone"] == "z0" and b["status"] == 0 and b["error"] == "ConnectionError" and b["endpoint"] == "GET /"
+    assert b["request_id"] is None
 
 
 def test_recorder_from_env_is_opt_in(tmp_path: Path) -> None:

@@ -176,8 +176,8 @@ def test_a_link_back_on_a_saturated_machine_is_not_a_rollback_that_left_the_late
         assert v.passed, why(v)
 
 
-def _two_product_api_pods(tmp: Path) -> Any:
-    """The default topology with two product-api pods per zone (a kind zone's two nodes, one each)."""
+def with_replicas(tmp: Path, service: str, replicas: int = 2) -> Any:
+    """The default topology with `replicas` pods of `service` per zone (a kind zone's two nodes, one each)."""
     import yaml
 
     from harness.topology import load_topology
@@ -185,8 +185,8 @@ def _two_product_api_pods(tmp: Path) -> Any:
 
     doc = yaml.safe_load((REPO / "fixtures" / "topology.yaml").read_text())
     for s in doc["services"]:
-        if s["name"] == "product-api":
-            s["replicas"] = 2
+        if s["name"] == service:
+            s["replicas"] = replicas
     path = tmp / "topology.yaml"
     path.write_text(yaml.safe_dump(doc))
     return load_topology(path)
@@ -209,7 +209,7 @@ def test_a_rollback_that_left_the_latency_on_one_of_two_nodes_is_unverified(tmp_
     both nodes cleared passes."""
     from harness.verify.synth import Scenario
 
-    t = _two_product_api_pods(tmp_path)
+    t = with_replicas(tmp_path, "product-api")
     sc = Scenario(t, duration_s=90, rate_per_zone=4, faults=[_slow(latency_ms=100.0)], accesslogs="none")
     d = write_run(tmp_path / "run", sc)
     pods = sorted({h["serving_pod"] for h in rows(d / "hops.jsonl") if h.get("caller_zone") == LAX

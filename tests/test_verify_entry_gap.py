@@ -19,15 +19,17 @@ import pytest
 from harness.contract.rundir import ACCESS_LOG_FLUSH_S
 from harness.verify import COVERAGE, Verdict
 from harness.verify.invariants.users import SILENT_MIN_HOPS, UserChecks
-from harness.verify.synth import write_run
+from harness.verify.synth import Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_audit5 import _scenario
-from tests.test_verify_audit7 import KILL, _lose
+from tests.test_verify_audit6 import with_replicas
+from tests.test_verify_audit7 import KILL, _edit_log, _lose
 from tests.test_verify_node_fault import INJECT, node_kill
 from tests.test_verify_soundness import LAX, T0, failed, pod_of
 from tests.verdicts import rows, verify, write_rows
 
 ENTRY_TEXT = "the entry sidecars (frontend)"
+USER_MS = 500.0
 
 
 def _entry_pod(d: Path, zone: str = LAX) -> str:
@@ -49,14 +51,19 @@ def _entry_node_kill(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.mark.parametrize("ids", [True, False], ids=["by-id", "by-time"])
 @pytest.mark.parametrize("accesslogs", ["local", "kind"])
 @pytest.mark.parametrize(("case", "faults"), [("steady", []), ("fault", [KILL])])
-def test_an_entry_log_with_a_gap_is_unverified(tmp_path: Path, accesslogs: str, case: str, faults: list[Any]) -> None:
+def test_an_entry_log_with_a_gap_is_unverified(
+    tmp_path: Path, accesslogs: str, case: str, faults: list[Any], ids: bool
+) -> None:
     """HOLE. 30 s of LAX's frontend sidecar log are lost in the middle of the run (a `kubectl logs -f` stream
     that reconnected, a lost chunk) while LAX's users were answered throughout: every call the entry made then
     was never judged, and the verdict PASSED (the gap rule asked only pods whose callers are sidecars). Now
-    coverage fails as unverified, naming LAX and the first request without its hop."""
-    d = write_run(tmp_path / "run", _scenario(faults, accesslogs=accesslogs))
+    coverage fails as unverified, naming LAX and the first request without its hop: by the requests' ids, and
+    by time alone in a run recorded without them (kind's logs: public-api's inbound lines of the same requests
+    carry the ids too, and show nothing of what the entry logged)."""
+    d = write_run(tmp_path / "run", _scenario(faults, accesslogs=accesslogs, request_ids=ids))
     assert _lose(d, _entry_pod(d), 20, 50) >= 4 * 30
     v = verify(d)
     assert not v.passed and COVERAGE in failed(v), why(v)
@@ -64,12 +71,97 @@ def test_an_entry_log_with_a_gap_is_unverified(tmp_path: Path, accesslogs: str, 
     assert ENTRY_TEXT in text and f"{LAX}: " in text and "requests, first at" in text and "first at" in text, text
 
 
+@pytest.mark.parametrize("ids", [True, False], ids=["by-id", "by-time"])
 @pytest.mark.parametrize("accesslogs", ["local", "kind"])
-def test_control_a_whole_entry_log_passes(tmp_path: Path, accesslogs: str) -> None:
-    """The same runs with the entry's log whole pass: each `/api` request's hop starts in its lifetime."""
+def test_control_a_whole_entry_log_passes(tmp_path: Path, accesslogs: str, ids: bool) -> None:
+    """The same runs with the entry's log whole pass: each `/api` request's hop is logged with its id (and,
+    without ids, starts in its lifetime)."""
     for case, faults in (("steady", []), ("fault", [KILL])):
-        v = verify(write_run(tmp_path / case, _scenario(faults, accesslogs=accesslogs)))
+        v = verify(write_run(tmp_path / case, _scenario(faults, accesslogs=accesslogs, request_ids=ids)))
         assert v.passed, why(v)
+
+
+def _two_entry_pods(tmp_path: Path, faults: list[Any] | None = None, **kw: Any) -> Path:
+    """A run of the default topology with two frontend pods per zone: each user request enters one of them."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    t = with_replicas(tmp_path, "frontend")
+    d = write_run(tmp_path / "run", Scenario(t, duration_s=90, faults=list(faults or []), **kw))
+    assert len(_lax_entry_pods(d)) == 2
+    # the users are 500 ms away (a city's access link, `userLatencyMs`): each request's lifetime holds several
+    # of the zone's entry hops, as a real run's (33 probes/s and the shoppers) do
+    reqs = rows(d / "requests.jsonl")
+    for r in reqs:
+        r["latency_ms"] += USER_MS
+    write_rows(d / "requests.jsonl", reqs)
+    return d
+
+
+def _lax_entry_pods(d: Path) -> list[str]:
+    inv = rows(d / "inventory.jsonl")
+    return sorted({str(p["pod"]) for p in inv if p.get("zone") == LAX and p.get("service") == "frontend"})
+
+
+@pytest.mark.parametrize("accesslogs", ["local", "kind"])
+@pytest.mark.parametrize(("case", "faults"), [("steady", []), ("fault", [KILL])])
+def test_a_gap_in_one_of_two_entry_pods_logs_is_unverified(
+    tmp_path: Path, accesslogs: str, case: str, faults: list[Any]
+) -> None:
+    """HOLE (the time rule's blind spot). Two frontend pods in LAX, each entering half its users' requests; 30 s
+    of one pod's log are lost. The other pod logged a call within the lifetime of every request of the zone,
+    so the time rule found no request without a hop and the verdict PASSED (it still does for the same run
+    recorded without ids). Each request's id names its own line: the requests the first pod served then have
+    none, while the zone's entry logs go on."""
+    for ids in (False, True):
+        d = _two_entry_pods(tmp_path / str(ids), faults, accesslogs=accesslogs, rate_per_zone=8, request_ids=ids)
+        assert _lose(d, _lax_entry_pods(d)[0], 20, 50) >= 8 * 30 / 2 * 0.7
+        v = verify(d)
+        if not ids:
+            assert ENTRY_TEXT not in _verdict_text(v), why(v)  # the blind spot the ids close
+            continue
+        assert not v.passed and COVERAGE in failed(v), why(v)
+        text = _verdict_text(v)
+        assert ENTRY_TEXT in text and f"{LAX}: " in text and "requests, first at" in text, text
+
+
+@pytest.mark.parametrize("accesslogs", ["local", "kind"])
+def test_control_two_entry_pods_with_whole_logs_pass(tmp_path: Path, accesslogs: str) -> None:
+    """The same runs with both entry pods' logs whole pass."""
+    for faults in ([], [KILL]):
+        v = verify(_two_entry_pods(tmp_path / str(len(faults)), faults, accesslogs=accesslogs, rate_per_zone=8))
+        assert v.passed, why(v)
+
+
+def _strip_ids(d: Path, pods: list[str]) -> int:
+    """The request ids gone from `pods`' access-log lines (a proxy on the way replaced the header): the users'
+    requests still name theirs."""
+    return sum(_edit_log(d, p, lambda r, _t: {k: v for k, v in r.items() if k != "request_id"}) for p in pods)
+
+
+def test_ids_that_never_reach_two_entry_pods_logs_are_unverified(tmp_path: Path) -> None:
+    """The users' requests carry ids, but none reaches LAX's entry logs: LAX falls back to the time rule, which
+    cannot see a gap in one of its two entry pods' logs behind the other's. Unverified, with the header named,
+    though both logs are whole; the other zones, whose lines carry their ids, are judged by them."""
+    d = _two_entry_pods(tmp_path, rate_per_zone=8)
+    assert _strip_ids(d, _lax_entry_pods(d)) >= 8 * 60
+    v = verify(d)
+    assert not v.passed and failed(v) == {COVERAGE}, why(v)
+    text = _verdict_text(v)
+    assert "logged none of their users' request ids (X-Request-Id" in text and f"{LAX}: " in text, text
+    assert ENTRY_TEXT not in text, text
+
+
+def test_ids_that_never_reach_one_entry_pods_log_leave_the_time_rule(tmp_path: Path) -> None:
+    """With one entry pod in the zone the time rule is whole: the same ids lost pass with a whole log, and a
+    gap in it is still found."""
+    d = write_run(tmp_path / "run", _scenario([]))
+    pod = _entry_pod(d)
+    assert _strip_ids(d, [pod]) >= 4 * 60
+    v = verify(d)
+    assert v.passed, why(v)
+    assert _lose(d, pod, 20, 50) >= 4 * 30
+    v = verify(d)
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    assert ENTRY_TEXT in _verdict_text(v), why(v)
 
 
 def test_a_short_gap_is_below_the_threshold(tmp_path: Path) -> None:

@@ -155,6 +155,8 @@ REQUEST_COLUMNS = {
     "latency_ms": "DOUBLE",
     "ok": "BOOLEAN",
     "error": "VARCHAR",
+    # the id the request carried into the mesh (harness.contract.requestid); null for a request without one
+    "request_id": "BIGINT",
 }
 INVENTORY_COLUMNS = {
     "ts": "DOUBLE",
@@ -234,6 +236,9 @@ ACCESSLOG_COLUMNS = {
     "caller_pod": "VARCHAR",
     "caller_service": "VARCHAR",
     "direction": "VARCHAR",
+    # read for the harness's request ids only (`harness.columnar.ACCESSLOGS` keeps them as a BIGINT): the
+    # inner hops' UUIDs, one per line, would be most of a long run's columnar bytes
+    "request_id": "VARCHAR",
 }
 # A record without a usable time cannot be placed on the run's timeline: it is skipped and named.
 TS_VALID_SQL = "ts IS NOT NULL"

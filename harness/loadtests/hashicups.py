@@ -21,7 +21,10 @@ context.
 
 Records: with ``EH_REQUESTS_FILE=path`` each request is appended to that file
 as one ``requests.jsonl`` line (docs/CONTRACTS.md §4), also with
-``--processes N``.
+``--processes N``. Every request through ``/api`` carries a fresh
+``X-Request-Id`` (``eh-`` and 16 hex digits, harness/contract/requestid.py),
+recorded as its ``request_id``: the entry sidecar's access log names the
+request's own line by it.
 
 Zone probes (``ZoneProbe``, one per zone of ``EH_PROBE_ZONES``, a JSON list,
 default every zone of ``EH_ENTRYPOINTS``): a coffees query into its zone every
@@ -77,10 +80,12 @@ from locust.user.task import LOCUST_STATE_STOPPING
 from shapes import select_shape, stop_shape_on_sigterm
 
 try:
+    from harness.contract.requestid import REQUEST_ID_HEADER, new_request_id
     from harness.traffic.budget import ScaleFile
     from harness.traffic.recorder import attach_from_env, parse_entrypoints
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from harness.contract.requestid import REQUEST_ID_HEADER, new_request_id
     from harness.traffic.budget import ScaleFile
     from harness.traffic.recorder import attach_from_env, parse_entrypoints
 
@@ -117,6 +122,16 @@ _MOST_INFLIGHT = max([PROBE_INFLIGHT, *(_inflight(v) for v in PROBE_PERIODS.valu
 
 # At most one shape class may be visible here: locust runs the first one it finds.
 Shape = select_shape(os.environ.get("EH_SHAPE"))
+
+
+def _api(endpoint: str) -> dict[str, Any]:
+    """Keyword arguments of one request through `/api`: a fresh id sent as `X-Request-Id` and recorded.
+
+    The entry sidecar logs the id on the request's own line, so the verifier finds every request's entry
+    hop by it (harness.contract.requestid), not only some hop of the zone at the same moment.
+    """
+    n, header = new_request_id()
+    return {"headers": {REQUEST_ID_HEADER: header}, "context": {"endpoint": endpoint, "request_id": n}}
 
 
 def _wait_time() -> Any:
@@ -201,7 +216,7 @@ class HashiCupsUser(FastHttpUser):
     @task(3)
     def coffees(self) -> None:
         with self.client.post(
-            "/api", json=COFFEES_QUERY, name="POST /api coffees", context={"endpoint": "coffees"}, catch_response=True
+            "/api", json=COFFEES_QUERY, name="POST /api coffees", catch_response=True, **_api("coffees")
         ) as resp:
             why = _failure(resp)
             if why is not None:
@@ -222,8 +237,8 @@ class HashiCupsUser(FastHttpUser):
             "/api",
             json={"query": COFFEE_QUERY % coffee_id},
             name="POST /api coffee",
-            context={"endpoint": "coffee"},
             catch_response=True,
+            **_api("coffee"),
         ) as resp:
             why = _failure(resp)
             if why is not None:
@@ -261,7 +276,7 @@ class ZoneProbe(FastHttpUser):
 
     def _one(self) -> None:
         with self.client.post(
-            "/api", json=COFFEES_QUERY, name="POST /api probe", context={"endpoint": "probe"}, catch_response=True
+            "/api", json=COFFEES_QUERY, name="POST /api probe", catch_response=True, **_api("probe")
         ) as resp:
             why = _failure(resp)
             if why is not None:

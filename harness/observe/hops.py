@@ -245,6 +245,9 @@ def create_hops(
     return built
 
 
+# the pod an access-log file belongs to: its name without `.jsonl` (harness.observe.collector.pod_file_name)
+FILE_POD_SQL = r"regexp_replace(regexp_extract(filename, '[^/]*$'), '\.jsonl$', '')"
+
 NAME_COLUMNS = ("caller_pod", "caller_service", "caller_zone", "upstream", "upstream_cluster", "upstream_host",
                 "serving_pod", "serving_zone", "flags")  # fmt: skip
 """The hop columns whose values are names: a few hundred distinct values in fifty million rows."""
@@ -361,13 +364,8 @@ def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine
         FROM (SELECT DISTINCT upstream_cluster FROM raw_text WHERE upstream_cluster IS NOT NULL)
         """
     )
-    con.execute(
-        r"""
-        CREATE TEMP TABLE file_pods AS
-        SELECT filename, regexp_replace(regexp_extract(filename, '[^/]*$'), '\.jsonl$', '') AS pod
-        FROM (SELECT DISTINCT filename FROM raw_text)
-        """
-    )
+    con.execute(f"CREATE TEMP TABLE file_pods AS SELECT filename, {FILE_POD_SQL} AS pod "
+                "FROM (SELECT DISTINCT filename FROM raw_text)")  # fmt: skip
     # A run whose nodes keep their own clocks (clock.jsonl): each line's START_TIME is put on the runner's
     # clock by its caller's zone's measured offset (harness.contract.clock); the caller pod's zone is the
     # inventory's (a pod never changes zone). Without one, nothing is joined: the same SQL as ever.
@@ -414,12 +412,57 @@ def _drop_accesslogs(con: DuckDBPyConnection) -> None:
         con.execute(f"DROP VIEW IF EXISTS {view}")
     for table in ("cluster_names", "file_pods", "clock_pods"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
+    _drop_records(con, "raw_text")
+
+
+def _drop_records(con: DuckDBPyConnection, name: str) -> None:
+    """Drop what `read_records(view=True)` made under `name`: the view first, as it reads the tail table."""
+    names = (name, f"{name}_tail")
     kinds = dict(con.execute(
-        "SELECT table_name, table_type FROM information_schema.tables WHERE table_name IN ('raw_text', 'raw_text_tail')"
+        "SELECT table_name, table_type FROM information_schema.tables WHERE list_contains(?, table_name)", [names]
     ).fetchall())  # fmt: skip
-    for name in ("raw_text", "raw_text_tail"):  # the view first: it reads the tail table
-        if name in kinds:
-            con.execute(f"DROP {'VIEW' if kinds[name] == 'VIEW' else 'TABLE'} {name}")
+    for n in names:
+        if n in kinds:
+            con.execute(f"DROP {'VIEW' if kinds[n] == 'VIEW' else 'TABLE'} {n}")
+
+
+def create_request_ids(
+    con: DuckDBPyConnection, run_dir: Path, table: str = "request_ids", *, source: str | None = None
+) -> None:
+    """Table `table` (pod, zone, service, request_id): the outbound access-log lines carrying a user request's id.
+
+    Only the entry sidecars' lines carry one (harness.contract.requestid: nginx passes the user's header to
+    its sidecar; the services behind it make requests of their own); the serving sidecar's inbound line of
+    the same request is left out, as it shows the request arrived, not that the entry logged its call. The
+    pod is the line's caller (its file's, as for the hops), placed by the inventory (`intervals`, a pod never
+    changes zone) or by its Consul name. `source`: a `read_records` text view over the access logs already
+    made (the hops' own `raw_text`); without one the records are read here, their request ids alone.
+    A run without access logs gets an empty table.
+    """
+    own = source is None
+    if own:
+        if not has_accesslogs(run_dir):
+            con.execute(f"CREATE TABLE {table} (pod VARCHAR, zone VARCHAR, service VARCHAR, request_id BIGINT)")
+            return
+        source = f"{table}_text"
+        read_records(con, source, Path(run_dir), ACCESSLOGS, view=True)  # skipped lines: the hops' build names them
+    try:
+        con.execute(
+            f"""
+            CREATE TABLE {table} AS
+            WITH l AS (SELECT coalesce(nullif(caller_pod, ''), {FILE_POD_SQL}) AS pod,
+                              nullif(caller_service, '') AS consul_service, request_id
+                       FROM {source} WHERE request_id IS NOT NULL AND NOT ({INBOUND_SQL})),
+                 p AS (SELECT pod, arg_max(zone, start_ts) AS zone, arg_max(service, start_ts) AS service
+                       FROM intervals GROUP BY pod)
+            SELECT l.pod, coalesce(p.zone, cn.zone) AS zone, coalesce(p.service, cn.service) AS service,
+                   l.request_id
+            FROM l LEFT JOIN p USING (pod) LEFT JOIN consul_names cn ON cn.consul_service = l.consul_service
+            """
+        )
+    finally:
+        if own:
+            _drop_records(con, str(source))
 
 
 def _pieces(con: DuckDBPyConnection, name: str, interval_key: str, slack_s: float) -> None:

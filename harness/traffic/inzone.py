@@ -85,6 +85,7 @@ LOCUST_SIDE = (
     "harness/traffic/budget.py",
     "harness/contract/hostcpu.py",
     "harness/contract/files.py",
+    "harness/contract/requestid.py",
 )
 """The harness modules the locustfile imports, with nothing but the standard library below them: they travel
 with it (a worker pod has no harness installed); each package on their paths gets an empty __init__.py."""

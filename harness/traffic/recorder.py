@@ -65,7 +65,8 @@ class RequestRecorder:
     Attach with :meth:`attach` (from the locustfile's ``init`` listener). The
     entry zone and endpoint come from the request event's ``context`` (the
     user's ``context()`` merged with the per-request context): keys ``zone`` and
-    ``endpoint``. A request without a zone is attributed to `default_zone`.
+    ``endpoint``. A request without a zone is attributed to `default_zone`. Key
+    ``request_id``: the id the request carried (`harness.contract.requestid`).
     """
 
     def __init__(self, path: str | os.PathLike[str], default_zone: str = DEFAULT_ZONE) -> None:
@@ -157,11 +158,16 @@ class RequestRecorder:
         latency = float(response_time or 0.0)
         if start_time is None:
             start_time = time.time() - latency / 1000.0  # locust passes it for HTTP users; custom clients may not
+        rid = ctx.get("request_id")
+        rid_text = "null" if rid is None else str(int(rid))
         if exception is None:
-            tail = '"ok": true, "error": null}\n'
+            tail = '"ok": true, "error": null'
         else:
-            tail = f'"ok": false, "error": {_dumps(_error_text(exception))}}}\n'
-        return f'{{"ts": {float(start_time)!r}, {mid}, "status": {status}, "latency_ms": {round(latency, 3)!r}, {tail}'
+            tail = f'"ok": false, "error": {_dumps(_error_text(exception))}'
+        return (
+            f'{{"ts": {float(start_time)!r}, {mid}, "status": {status}, "latency_ms": {round(latency, 3)!r}, '
+            f'{tail}, "request_id": {rid_text}}}\n'
+        )
 
     def close(self) -> None:
         """Close the file; later events are dropped (locust is shutting down)."""

@@ -88,6 +88,7 @@ from harness.observe.hops import (
     NAME_COLUMNS,
     HopsBuild,
     create_hops,
+    create_request_ids,
     current_build,
     drop_hops_view,
     has_accesslogs,
@@ -573,6 +574,9 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
         FROM {source}
         """
     )
+    # the entry hops' request ids (`UserChecks._entry_silent`), from the same text view where the hops came
+    # from the access logs, else read apart: a column of its own beside fifty million hops would not fit
+    create_request_ids(con, run_dir, source="raw_text" if run.hops_source == "accesslogs" else None)
     if run.hops_source == "accesslogs":
         drop_hops_view(con, source)
         row = con.execute("SELECT count(*) FROM hops").fetchone()

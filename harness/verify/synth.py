@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from harness.contract.names import consul_name
+from harness.contract.requestid import REQUEST_ID_PREFIX
 from harness.contract.rundir import (
     ACCESSLOG_DIR,
     CHAOS_FILE,
@@ -136,6 +137,9 @@ class Scenario:
     # (zone, every): the zone's frontend answers every `every`-th of its users' requests with a 500 before calling
     # anything (an app failing in one city, no fault): the zone's users see 1/every of their requests fail
     flaky: list[tuple[str, int]] = field(default_factory=list)
+    # each user request carries its id (harness.contract.requestid), logged on its entry hop's lines;
+    # False: a run recorded without them (an older harness)
+    request_ids: bool = True
 
 
 @dataclass
@@ -655,11 +659,14 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             return m.region_pod(up, None), 200, "-", extra + link_ms.get(czone, 0.0)
         return m.pick(up, czone), 200, "-", extra
 
-    def call(svc: str, zone: str, ms: int, rel: float, caller_pod: _Pod | None = None) -> tuple[bool, float, int]:
+    def call(
+        svc: str, zone: str, ms: int, rel: float, caller_pod: _Pod | None = None, rid: str | None = None
+    ) -> tuple[bool, float, int]:
         """Run `svc`'s upstream calls from `zone`; return (ok, latency, next ms).
 
         `caller_pod`: the pod that serves the call (a hop's serving pod makes its own calls, from its own
-        sidecar, as in a real mesh); None for the users' entry, which picks one of the zone's pods.
+        sidecar, as in a real mesh); None for the users' entry, which picks one of the zone's pods. `rid`:
+        the user request's id, which the entry passes on (the services behind it make calls of their own).
         """
         ok, total = True, 0.0
         if caller_pod is None:
@@ -697,6 +704,8 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             rec: dict[str, Any] = {"start_time": _envoy_time(at), "method": "GET", "path": f"/{up}",
                                    "response_code": code, "response_flags": flags, "duration": int(dur),
                                    "upstream_host": host or None, "upstream_cluster": logged}  # fmt: skip
+            if rid is not None:
+                rec["request_id"] = rid
             if sc.accesslogs == "local":
                 rec |= {"caller_pod": cname, "caller_service": m.consul(svc, zone), "direction": "outbound"}
             logs.add(cname, rec)
@@ -726,25 +735,28 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
                 m.snapshot(*snaps.pop(0))
             if silent(z, rel):
                 continue
+            # the request's id: unique in the run, as locust's random ones are
+            n = k * len(zones) + zi + 1 if sc.request_ids else None
+            rid_field = "" if n is None else f', "request_id": {n}'
             if any(_entry_dead(m, f, z, rel) for f in faults):
                 req_lines.append(
                     f'{{"ts": {_num(ts)}, "zone": "{z}", "endpoint": "coffees", "name": "POST /api coffees", '
-                    f'"status": 0, "latency_ms": 1000.0, "ok": false, "error": "connection refused"}}\n'
+                    f'"status": 0, "latency_ms": 1000.0, "ok": false, "error": "connection refused"{rid_field}}}\n'
                 )
                 continue
             if z in flaky and k % flaky[z] == flaky[z] - 1:
                 req_lines.append(
                     f'{{"ts": {_num(ts)}, "zone": "{z}", "endpoint": "coffees", "name": "POST /api coffees", '
-                    f'"status": 500, "latency_ms": 3.0, "ok": false, "error": "internal server error"}}\n'
+                    f'"status": 500, "latency_ms": 3.0, "ok": false, "error": "internal server error"{rid_field}}}\n'
                 )
                 continue
-            ok, lat, _ = call(m.entry, z, _ms(ts), rel)
+            ok, lat, _ = call(m.entry, z, _ms(ts), rel, rid=None if n is None else f"{REQUEST_ID_PREFIX}{n:016x}")
             status = 200 if ok else 502
             err = "null" if ok else '"bad gateway"'
             req_lines.append(
                 f'{{"ts": {_num(ts)}, "zone": "{z}", "endpoint": "coffees", "name": "POST /api coffees", '
                 f'"status": {status}, "latency_ms": {_num(lat + 2.0)}, "ok": {"true" if ok else "false"}, '
-                f'"error": {err}}}\n'
+                f'"error": {err}{rid_field}}}\n'
             )
         if len(hop_lines) > 50_000:
             hops.writelines(hop_lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.contract.clock import CLOCK_TOLERANCE_S
+from harness.contract.requestid import REQUEST_ID_HEADER
 from harness.contract.rundir import ACCESS_LOG_FLUSH, ACCESS_LOG_FLUSH_S, CLOCK_FILE, RECORD_STEPS
 from harness.observe.hops import host_ip_sql
 from harness.verify import expected
@@ -561,12 +562,46 @@ class UserChecks(CheckBase):
             )
             out.append(
                 f"coverage: the entry sidecars ({', '.join(self._entry_api_services())}) of {len(entry)} zones "
-                "logged no call within the lifetime of successful user requests through /api, though the zone's "
+                "logged no call for successful user requests through /api (none with the request's id, or "
+                "without ids none within its lifetime), though the zone's "
                 f"entry logs go on after them or stopped more than {SILENT_LAG_S:g}s before them ({zones}"
                 f"{' ...' if len(entry) > MAX_OFFENDERS else ''}): their access logs have gaps or were cut short, so "
                 "where the entry's calls went then is unverified"
             )
+        if blind := self._entry_ids_lost():
+            zones = "; ".join(f"{z}: {n} requests with ids, {pods} {svc} pods" for z, n, svc, pods in blind)
+            out.append(
+                f"coverage: the entry sidecars of {len(blind)} zones logged none of their users' request ids "
+                f"({REQUEST_ID_HEADER} replaced or dropped on the way to the sidecar?), and with several entry "
+                f"pods in a zone the time rule cannot see a gap in one pod's log behind the others' ({zones}): "
+                "where the entry's calls went is unverified"
+            )
         return out
+
+    def _entry_ids_lost(self) -> list[tuple[str, int, str, int]]:
+        """(zone, requests, entry service, its replicas): zones where the request ids do not reach the entry log.
+
+        `_entry_silent` falls back to its time rule in a zone none of whose entry lines names an id. That is
+        sound where the zone has one entry pod at a time; with more (the topology's replicas: the same config
+        gives the same verdict) a pod's gap hides behind the other pods' lines, so the zone is unverified when
+        its users' requests carried ids (a run recorded with them) and its entry logged lines, none with an id.
+        """
+        entry = [s for s in self.t.services if s.name in self._entry_api_services() and s.replicas > 1]
+        if not entry:
+            return []
+        names = [s.name for s in entry]
+        rows = self.con.execute(
+            f"""
+            SELECT r.zone, count(*) FROM requests r
+            WHERE r.request_id IS NOT NULL AND coalesce(r.ok, false) AND {ENTRY_API_SQL}
+              AND r.zone IN (SELECT DISTINCT CAST(caller_zone AS VARCHAR) FROM hops
+                             WHERE list_contains(?, CAST(caller_service AS VARCHAR)))
+              AND r.zone NOT IN (SELECT zone FROM request_ids WHERE zone IS NOT NULL AND list_contains(?, service))
+            GROUP BY r.zone ORDER BY r.zone
+            """,
+            [names, names],
+        ).fetchall()
+        return [(str(z), int(n), entry[0].name, entry[0].replicas) for z, n in rows]
 
     def _entry_api_services(self) -> list[str]:
         """The entry services whose `/api` goes through their own sidecar (those calling `ENTRY_API_UPSTREAM`)."""
@@ -632,9 +667,15 @@ class UserChecks(CheckBase):
         incomplete. A log that stopped passed as "not a gap" (70 s of LAX's users' calls unjudged), though
         `_served_but_silent` asks the same of every other sidecar; the lag is far beyond a request and the
         flush interval, and the logs are flushed before they are read. Not asked: requests overlapping
-        `_entry_silent_spans` (a killed entry pod's last flush interval, a down entry point). With several
-        entry pods in a zone another pod's hop may cover a request: the rule can miss a gap in one of them,
-        never invent one.
+        `_entry_silent_spans` (a killed entry pod's last flush interval, a down entry point).
+        By id where there is one: each request through `/api` carries its own id (harness.contract.requestid)
+        and the entry sidecar logs it, so a request is without its hop when no entry line of its zone names
+        its id (`request_ids`), whatever other lines the zone has in its lifetime. With two entry pods in a
+        zone, the time rule let the other pod's hops cover a gap in one (each served half the requests at
+        the same moments). Such a request is counted when the zone's entry logs go on after it ended (a gap)
+        or begun more than `SILENT_LAG_S` after their last line (cut short), as above. A zone none of whose
+        entry lines names an id (a run recorded without them, a proxy that replaced the header) and a
+        request without one are judged by the time rule alone.
         Returns (zone, requests without a hop, the first of them, how many of them came after the zone's entry
         logs stopped, their last line).
         """
@@ -661,19 +702,29 @@ class UserChecks(CheckBase):
         # made the sort of a long run's requests twice as slow; the few candidates get their name back
         rows = self.con.execute(
             f"""
-            WITH q AS (SELECT {key("zone")} AS zkey, ts, latency_ms, ts - {slack} AS lo,
-                              ts + latency_ms / 1000.0 + {slack} AS hi
+            WITH ids AS (SELECT {key("zone")} AS zkey, request_id FROM request_ids
+                         WHERE zone IS NOT NULL AND service IN ({names})),
+                 id_zones AS (SELECT DISTINCT zkey FROM ids),
+                 q AS (SELECT {key("zone")} AS zkey, ts, latency_ms, ts - {slack} AS lo,
+                              ts + latency_ms / 1000.0 + {slack} AS hi, request_id
                        FROM requests
                        WHERE zone IS NOT NULL AND coalesce(ok, false) AND coalesce(status, 0) BETWEEN 200 AND 399
                          AND latency_ms IS NOT NULL AND {ENTRY_API_SQL}),
                  e AS (SELECT caller_zone AS zone, ts FROM hops
                        WHERE caller_zone IS NOT NULL AND caller_service IN ({names})),
-                 nxt AS (SELECT q.*, e.ts AS next_hop FROM q ASOF LEFT JOIN e ON q.zkey = e.zone AND q.lo <= e.ts),
+                 nxt AS (SELECT q.*, e.ts AS next_hop,
+                                q.request_id IS NOT NULL AND q.zkey IN (SELECT zkey FROM id_zones) AS by_id
+                         FROM q ASOF LEFT JOIN e ON q.zkey = e.zone AND q.lo <= e.ts),
                  -- the spans excused by design are a long filter: asked of the few candidates only
                  cand AS (SELECT CAST(n.zkey AS VARCHAR) AS zone, n.ts, n.latency_ms, {last_line} AS last_line,
-                                 n.next_hop IS NULL AS stopped FROM nxt n
-                          WHERE (n.next_hop IS NOT NULL AND n.next_hop > n.hi)
-                             OR (n.next_hop IS NULL AND n.ts > coalesce({last_line}, -{INF}) + {SILENT_LAG_S}))
+                                 n.next_hop IS NULL OR (n.by_id AND n.hi >= {last_line}) AS stopped FROM nxt n
+                          WHERE CASE WHEN n.by_id THEN
+                                    NOT EXISTS (SELECT 1 FROM ids i WHERE i.zkey = n.zkey
+                                                AND i.request_id = n.request_id)
+                                    AND (n.hi < {last_line} OR n.ts > {last_line} + {SILENT_LAG_S})
+                                ELSE (n.next_hop IS NOT NULL AND n.next_hop > n.hi)
+                                     OR (n.next_hop IS NULL AND n.ts > coalesce({last_line}, -{INF}) + {SILENT_LAG_S})
+                                END)
             SELECT zone, count(*), min(ts), count(*) FILTER (WHERE stopped), any_value(last_line) FROM cand
             WHERE NOT ({skip})
             GROUP BY zone HAVING count(*) >= {SILENT_MIN_HOPS} ORDER BY zone
