@@ -60,6 +60,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from duckdb import DuckDBPyConnection
 
     from harness.topology import Topology
@@ -427,22 +429,29 @@ def _drop_records(con: DuckDBPyConnection, name: str) -> None:
 
 
 def create_request_ids(
-    con: DuckDBPyConnection, run_dir: Path, table: str = "request_ids", *, source: str | None = None
+    con: DuckDBPyConnection,
+    run_dir: Path,
+    services: Collection[str],
+    table: str = "request_ids",
+    *,
+    source: str | None = None,
+    zone_type: str = "VARCHAR",
 ) -> None:
-    """Table `table` (pod, zone, service, request_id): the outbound access-log lines carrying a user request's id.
+    """Table `table` (zone, request_id): the outbound lines of `services`' sidecars carrying a user request's id.
 
     Only the entry sidecars' lines carry one (harness.contract.requestid: nginx passes the user's header to
     its sidecar; the services behind it make requests of their own); the serving sidecar's inbound line of
     the same request is left out, as it shows the request arrived, not that the entry logged its call. The
-    pod is the line's caller (its file's, as for the hops), placed by the inventory (`intervals`, a pod never
+    line's pod is its caller (its file's, as for the hops), placed by the inventory (`intervals`, a pod never
     changes zone) or by its Consul name. `source`: a `read_records` text view over the access logs already
     made (the hops' own `raw_text`); without one the records are read here, their request ids alone.
+    `zone_type`: a reader's ENUM of names (a long run has a line per user request: tens of millions).
     A run without access logs gets an empty table.
     """
     own = source is None
     if own:
         if not has_accesslogs(run_dir):
-            con.execute(f"CREATE TABLE {table} (pod VARCHAR, zone VARCHAR, service VARCHAR, request_id BIGINT)")
+            con.execute(f"CREATE TABLE {table} (zone {zone_type}, request_id BIGINT)")
             return
         source = f"{table}_text"
         read_records(con, source, Path(run_dir), ACCESSLOGS, view=True)  # skipped lines: the hops' build names them
@@ -455,10 +464,11 @@ def create_request_ids(
                        FROM {source} WHERE request_id IS NOT NULL AND NOT ({INBOUND_SQL})),
                  p AS (SELECT pod, arg_max(zone, start_ts) AS zone, arg_max(service, start_ts) AS service
                        FROM intervals GROUP BY pod)
-            SELECT l.pod, coalesce(p.zone, cn.zone) AS zone, coalesce(p.service, cn.service) AS service,
-                   l.request_id
+            SELECT TRY_CAST(coalesce(p.zone, cn.zone) AS {zone_type}) AS zone, l.request_id
             FROM l LEFT JOIN p USING (pod) LEFT JOIN consul_names cn ON cn.consul_service = l.consul_service
-            """
+            WHERE list_contains(?, coalesce(p.service, cn.service))
+            """,
+            [sorted(services)],
         )
     finally:
         if own:

@@ -183,6 +183,12 @@ class Topology(_Model):
     def region_zones(self) -> list[Zone]:
         return [z for z in self.zones if not z.is_edge]
 
+    @property
+    def entry_services(self) -> frozenset[str]:
+        """The services users enter through: no service calls them and they run in the zones (frontend)."""
+        called = {u for s in self.services for u in s.upstreams}
+        return frozenset(s.name for s in self.services if s.name not in called and s.placement.value != "region")
+
     def zone(self, name: str) -> Zone:
         for z in self.zones:
             if z.name == name:

@@ -576,7 +576,8 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
     )
     # the entry hops' request ids (`UserChecks._entry_silent`), from the same text view where the hops came
     # from the access logs, else read apart: a column of its own beside fifty million hops would not fit
-    create_request_ids(con, run_dir, source="raw_text" if run.hops_source == "accesslogs" else None)
+    create_request_ids(con, run_dir, t.entry_services, source="raw_text" if run.hops_source == "accesslogs" else None,
+                       zone_type="hop_name" if named else "VARCHAR")  # fmt: skip
     if run.hops_source == "accesslogs":
         drop_hops_view(con, source)
         row = con.execute("SELECT count(*) FROM hops").fetchone()

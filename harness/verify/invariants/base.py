@@ -51,12 +51,9 @@ class CheckBase:
         # each fault's impact window's end (restore + its measured recovery), by fault identity: set by
         # `FaultMeasurer.faults`, read by the checks after it (a link's baseline, `UserChecks._quiet_spans`)
         self.impact_ends: dict[int, float] = {}
-        # the services users enter through: no service calls them and they run in the zones (frontend); what a
-        # fault must take down to excuse a down entry point (`UserChecks._can_take_entry_down`)
-        called = {u for s in self.t.services for u in s.upstreams}
-        self.entry_services = frozenset(
-            s.name for s in self.t.services if s.name not in called and s.placement.value != "region"
-        )
+        # the services users enter through: what a fault must take down to excuse a down entry point
+        # (`UserChecks._can_take_entry_down`)
+        self.entry_services = self.t.entry_services
         self.declared: dict[str, dict[str, Any]] = {}  # fault -> its declared single point of failure, judged
         # (fault, inject) -> `_declared_recovery` (locality's exclusions and availability's windows both ask)
         self._recovered: dict[tuple[str, float], tuple[float, list[DeclaredRecovery]]] = {}

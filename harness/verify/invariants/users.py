@@ -596,10 +596,10 @@ class UserChecks(CheckBase):
             WHERE r.request_id IS NOT NULL AND coalesce(r.ok, false) AND {ENTRY_API_SQL}
               AND r.zone IN (SELECT DISTINCT CAST(caller_zone AS VARCHAR) FROM hops
                              WHERE list_contains(?, CAST(caller_service AS VARCHAR)))
-              AND r.zone NOT IN (SELECT zone FROM request_ids WHERE zone IS NOT NULL AND list_contains(?, service))
+              AND r.zone NOT IN (SELECT DISTINCT CAST(zone AS VARCHAR) FROM request_ids WHERE zone IS NOT NULL)
             GROUP BY r.zone ORDER BY r.zone
             """,
-            [names, names],
+            [names],
         ).fetchall()
         return [(str(z), int(n), entry[0].name, entry[0].replicas) for z, n in rows]
 
@@ -702,8 +702,7 @@ class UserChecks(CheckBase):
         # made the sort of a long run's requests twice as slow; the few candidates get their name back
         rows = self.con.execute(
             f"""
-            WITH ids AS (SELECT {key("zone")} AS zkey, request_id FROM request_ids
-                         WHERE zone IS NOT NULL AND service IN ({names})),
+            WITH ids AS (SELECT zone AS zkey, request_id FROM request_ids WHERE zone IS NOT NULL),
                  id_zones AS (SELECT DISTINCT zkey FROM ids),
                  q AS (SELECT {key("zone")} AS zkey, ts, latency_ms, ts - {slack} AS lo,
                               ts + latency_ms / 1000.0 + {slack} AS hi, request_id
