@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -11,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -132,6 +134,20 @@ def free_ports(n: int, ip: str = "127.0.0.1") -> list[int]:
         for s in socks:
             s.bind((ip, 0))
         return [int(s.getsockname()[1]) for s in socks]
+
+
+def complete_jsonl(path: Path) -> list[Any]:
+    """The complete lines of a JSON-lines file another thread or process is appending to, parsed.
+
+    A record file is read while it grows (an inventory watch, a fake tool's call log): the last line may be
+    half written at the moment of the read, so only the text up to the last newline is parsed (the harness's
+    own readers skip a truncated last line alike). A missing file has no lines.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines() if x.strip()]
 
 
 def wait_until(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -35,7 +35,7 @@ from harness.backends.kube import KubeCluster, NodeInfo
 from harness.errors import BackendError, InputError
 from harness.render.manifests import Manifests, load
 from tests import kubesim_tools
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, complete_jsonl, wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kubefake import nothing_refused as nothing_refused
@@ -301,7 +301,7 @@ def _helm_tools(tmp_path: Path, api: FakeApiServer, monkeypatch: pytest.MonkeyPa
 
 
 def _helm_ran(log: Path) -> list[list[str]]:
-    calls = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    calls = complete_jsonl(log)
     return [x for x in calls if x[:3] == ["helm", "upgrade", "--install"]]
 
 

@@ -35,7 +35,7 @@ from harness.backends.kind import (
 from harness.errors import BackendError
 from harness.render.manifests import Manifests
 from tests import kubesim_tools
-from tests.conftest import wait_until
+from tests.conftest import complete_jsonl, wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 
@@ -54,9 +54,7 @@ class Tools:
         self.env = {"PATH": f"{self.bin}:{os.environ['PATH']}", "FAKE_LOG": str(self.log), "FAKE_API": api.url}
 
     def calls(self) -> list[list[str]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(x) for x in self.log.read_text().splitlines()]
+        return complete_jsonl(self.log)
 
     def reset(self) -> None:
         self.log.unlink(missing_ok=True)
@@ -96,7 +94,7 @@ def _get(url: str, path: str = "/") -> int:
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return complete_jsonl(path)
 
 
 # -- commands -----------------------------------------------------------------------

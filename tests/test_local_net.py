@@ -419,11 +419,18 @@ def test_recreated_pod_gets_new_ip_and_namespace(cluster: Cluster) -> None:
 
 
 # -- user entry ----------------------------------------------------------------
-def test_entry_relay_reaches_zone_pods_from_host_loopback(cluster: Cluster) -> None:
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_entry_relay_reaches_zone_pods_from_host_loopback(
+    cluster: Cluster, loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay on uvloop's loop, and on asyncio's own where uvloop cannot be imported."""
+    if loop == "asyncio":
+        monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError
     net, p = cluster.net, cluster.pods
     relay = EntryRelay(net.hub_ns)
     relay.start()
     try:
+        assert (type(relay._loop).__module__.split(".")[0] == "uvloop") == (loop == "uvloop")
         assert relay.url.startswith("http://127.0.0.1:")
         relay.set_backends([(p["l1"].ip, PORT), (p["l2"].ip, PORT)])
 

@@ -22,7 +22,7 @@ from harness.chaos.upstream_stats import parse_clusters, snapshot
 from harness.render import render, write
 from harness.render.manifests import load
 from harness.topology import load_topology
-from tests.conftest import leftovers, wait_until
+from tests.conftest import complete_jsonl, leftovers, wait_until
 
 pytestmark = [pytest.mark.local, pytest.mark.slow]
 
@@ -65,7 +65,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
 
 
 def _events(b: LocalBackend) -> list[dict[str, object]]:
-    return [json.loads(x) for x in b.inventory_path.read_text().splitlines()]
+    return complete_jsonl(b.inventory_path)
 
 
 def test_replicas_spread_over_the_zones_nodes(cluster: LocalBackend) -> None:
@@ -221,7 +221,7 @@ def test_a_dead_nodes_pods_stay_ready_until_the_grace_period_then_the_entry_stop
         cluster.restore_node(node)
 
     def las() -> list[tuple[object, object, float]]:
-        lines = [json.loads(x) for x in cluster.entrypoints_path.read_text().splitlines()]
+        lines = complete_jsonl(cluster.entrypoints_path)
         return [(e["up"], e["reason"], float(e["ts"])) for e in lines if e["zone"] == LAS and float(e["ts"]) >= t0]
 
     assert wait_until(lambda: len(las()) >= 2, 60)

@@ -226,6 +226,32 @@ def test_a_rollback_that_left_the_latency_on_one_of_two_nodes_is_unverified(tmp_
         assert v.passed, why(v)
 
 
+def test_a_rollback_left_on_the_node_of_a_caller_whose_hops_cross_is_unverified(tmp_path: Path) -> None:
+    """The link rule's other branch (`LINK_POD_SQL`): a hop served outside its caller's zone waits on the
+    caller's node's link, so the pod judged is the caller. LAX's entry calls public-api in the Region (a mesh
+    without locality, which locality fails on its own), two frontend pods make those calls, and after the
+    restore the latency stays on one of their nodes: that pod is named, the other is not."""
+    from harness.verify.synth import Scenario
+
+    t = with_replicas(tmp_path, "frontend")
+    sc = Scenario(t, duration_s=90, rate_per_zone=4, faults=[_slow(latency_ms=100.0, link_inert=True)],
+                  misconfig="no-locality", accesslogs="none")  # fmt: skip
+    d = write_run(tmp_path / "run", sc)
+
+    def crossing(h: dict[str, Any]) -> bool:
+        return h.get("caller_zone") == LAX and h.get("serving_zone") not in (LAX, None)
+
+    pods = sorted({h["caller_pod"] for h in rows(d / "hops.jsonl") if crossing(h)})
+    assert len(pods) == 2 and all(p.startswith("frontend-") for p in pods), pods
+    # traffic starts 20 s in: the link is slow from the inject (50 s) to the restore (70 s), then on pods[0]'s node
+    _slower(d, 100.0, lambda h, t: crossing(h) and (50 <= t < 70 or (t >= 70 and h["caller_pod"] == pods[0])))
+    v = verify(d)
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    cov = next(i.message for i in v.invariants if i.name == COVERAGE)
+    link = next((m for m in cov.split("coverage: ") if "did not end at its restore" in m), "")
+    assert f"not one of {pods[0]}'s" in link and pods[1] not in link, cov
+
+
 @pytest.mark.parametrize("field", ["caller_service", "upstream"])
 def test_hops_whose_caller_or_upstream_nobody_can_name_are_unverified(tmp_path: Path, field: str) -> None:
     """A path no test ran: hops the records cannot tie to a service (a sidecar's log whose pod the inventory never
