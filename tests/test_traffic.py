@@ -734,3 +734,25 @@ def test_zone_probes_follow_the_probe_budget_file(tmp_path: Path, shop: FakeShop
     # 50/s before; 5/s after (a shared default or an ignored file would keep 50/s)
     assert len(after) / 2.0 < rate_before / 4, (rate_before, len(after))
     assert len(after) >= 5
+
+
+def test_request_ids_differ_in_forked_workers() -> None:
+    """locust's `--processes` forks after importing the locustfile: each worker's ids are its own, never the
+    parent's sequence again (a generator the fork copied would repeat it in every worker)."""
+    import os
+
+    from harness.contract.requestid import REQUEST_ID_PREFIX, new_request_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child writes its ids and leaves at once
+        os.close(read)
+        os.write(write, " ".join(str(new_request_id()[0]) for _ in range(20)).encode())
+        os._exit(0)
+    os.close(write)
+    mine = [new_request_id() for _ in range(20)]
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as fh:
+        child = [int(x) for x in fh.read().split()]
+    assert len(child) == 20 and not set(child) & {n for n, _ in mine}
+    assert all(h == f"{REQUEST_ID_PREFIX}{n:016x}" and len(h) == 19 and 0 <= n < 2**63 for n, h in mine)

@@ -23,12 +23,15 @@ REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_PREFIX = "eh-"
 REQUEST_ID_BITS = 63  # a BIGINT's non-negative range: DuckDB reads the hex back without overflow
 
-_rand = random.Random()
-
 
 def new_request_id() -> tuple[int, str]:
-    """A fresh id: (the number `requests.jsonl` records, the header value the sidecar logs)."""
-    n = _rand.getrandbits(REQUEST_ID_BITS)
+    """A fresh id: (the number `requests.jsonl` records, the header value the sidecar logs).
+
+    From the `random` module's own generator, which Python reseeds in a forked child: locust's
+    `--processes` forks after importing the locustfile, and a generator of our own would have given every
+    worker the same ids (in the same zone, one request's entry line would have stood for another's).
+    """
+    n = random.getrandbits(REQUEST_ID_BITS)
     return n, f"{REQUEST_ID_PREFIX}{n:016x}"
 
 
