@@ -339,14 +339,13 @@ def read_records(
             chunks.append((f, int(pos["offset"]), size, int(pos["lines"])))
     cols = ", ".join(f'"{c}"' for c in kind.out_columns)
     parts: list[str] = []
-    seg_cols = _parquet_columns(con, segments, kind.out_types)
     tmp = Path(tempfile.mkdtemp(prefix="eh-tail-"))
     try:
         if chunks:
             skipped += _load_chunks(con, f"{table}_tail", kind, run_dir, chunks, tmp)
             parts.append(f"SELECT {cols}, filename FROM {table}_tail")
         if segments:
-            parts.insert(0, f"SELECT {seg_cols}, filename FROM {_read_parquet_sql(con, segments)}")
+            parts.insert(0, _segments_sql(con, segments, kind.out_types))
         if not parts:
             col_defs = ", ".join(f'"{k}" {v}' for k, v in kind.out_types.items())
             con.execute(f"CREATE TABLE {table} ({col_defs}, filename VARCHAR)")
@@ -360,31 +359,19 @@ def read_records(
     return sorted(skipped, key=lambda s: (s.file, s.line))
 
 
-def _schemas(con: DuckDBPyConnection, files: list[Path]) -> dict[str, set[str]]:
-    """file -> its Parquet columns (from the footers only)."""
-    if not files:
-        return {}
-    listed = "[" + ", ".join(sql_str(f) for f in files) + "]"
-    out: dict[str, set[str]] = {str(f): set() for f in files}
-    for fname, col in con.execute(f"SELECT file_name, name FROM parquet_schema({listed})").fetchall():
-        out.setdefault(str(fname), set()).add(str(col))
-    return out
+def _segments_sql(con: DuckDBPyConnection, files: list[Path], types: dict[str, str]) -> str:
+    """SELECT of `types` and `filename` over the Parquet `files`, read from their footers once.
 
-
-def _read_parquet_sql(con: DuckDBPyConnection, files: list[Path]) -> str:
-    """`read_parquet` of `files`, matching columns by name where the segments differ (a run compacted by an
-    older harness and resumed by a newer one)."""
-    listed = "[" + ", ".join(sql_str(f) for f in files) + "]"
-    schemas = {frozenset(cols) for cols in _schemas(con, files).values()}
-    return f"read_parquet({listed}{', union_by_name = true' if len(schemas) > 1 else ''})"
-
-
-def _parquet_columns(con: DuckDBPyConnection, files: list[Path], types: dict[str, str]) -> str:
-    """The select list of `types` over `files`: a column no segment has is a typed NULL.
-
-    A run recorded before a column existed (its segments lack it) still reads: the verdict then treats the
-    column as absent (for `request_id`: the entry hops are judged by time alone), rather than failing on
-    a run it judged before.
+    A run recorded before a column existed (its segments lack it) still reads: a column no segment has is a
+    typed NULL, and where the segments differ (a run compacted by an older harness and resumed by a newer one)
+    their columns are matched by name. The verdict then treats the column as absent (for `request_id`: the
+    entry hops are judged by time alone), rather than failing on a run it judged before.
     """
-    present = set().union(*_schemas(con, files).values()) if files else set(types)
-    return ", ".join(f'"{c}"' if c in present else f'NULL::{t} AS "{c}"' for c, t in types.items())
+    listed = "[" + ", ".join(sql_str(f) for f in files) + "]"
+    schemas: dict[str, set[str]] = {str(f): set() for f in files}
+    for fname, col in con.execute(f"SELECT file_name, name FROM parquet_schema({listed})").fetchall():
+        schemas.setdefault(str(fname), set()).add(str(col))
+    present = set().union(*schemas.values())
+    cols = ", ".join(f'"{c}"' if c in present else f'NULL::{t} AS "{c}"' for c, t in types.items())
+    by_name = ", union_by_name = true" if len({frozenset(c) for c in schemas.values()}) > 1 else ""
+    return f"SELECT {cols}, filename FROM read_parquet({listed}{by_name})"

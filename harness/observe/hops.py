@@ -247,6 +247,12 @@ def create_hops(
     return built
 
 
+# each pod's zone and service, from its latest inventory interval (a pod never changes zone): for a pod seen
+# outside every recorded interval (a caller logging before its `added`, a counter read after its `removed`)
+POD_PLACE_SQL = (
+    "SELECT pod, arg_max(zone, start_ts) AS zone, arg_max(service, start_ts) AS service FROM intervals GROUP BY pod"
+)
+
 # the pod an access-log file belongs to: its name without `.jsonl` (harness.observe.collector.pod_file_name)
 FILE_POD_SQL = r"regexp_replace(regexp_extract(filename, '[^/]*$'), '\.jsonl$', '')"
 
@@ -376,8 +382,8 @@ def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine
         con.execute("CREATE TEMP TABLE clock_zones (zone VARCHAR, offset_s DOUBLE)")
         con.executemany("INSERT INTO clock_zones VALUES (?, ?)", [[z, o] for z, o in sorted(offsets.items())])
         con.execute(
-            "CREATE TEMP TABLE clock_pods AS SELECT p.pod, z.offset_s FROM (SELECT pod, arg_max(zone, start_ts) "
-            "AS zone FROM intervals GROUP BY pod) p JOIN clock_zones z USING (zone)"
+            f"CREATE TEMP TABLE clock_pods AS SELECT p.pod, z.offset_s FROM ({POD_PLACE_SQL}) p "
+            "JOIN clock_zones z USING (zone)"
         )
         con.execute("DROP TABLE clock_zones")
         ts_sql = "l.ts - coalesce(cp.offset_s, 0)"
@@ -462,8 +468,7 @@ def create_request_ids(
             WITH l AS (SELECT coalesce(nullif(caller_pod, ''), {FILE_POD_SQL}) AS pod,
                               nullif(caller_service, '') AS consul_service, request_id
                        FROM {source} WHERE request_id IS NOT NULL AND NOT ({INBOUND_SQL})),
-                 p AS (SELECT pod, arg_max(zone, start_ts) AS zone, arg_max(service, start_ts) AS service
-                       FROM intervals GROUP BY pod)
+                 p AS ({POD_PLACE_SQL})
             SELECT TRY_CAST(coalesce(p.zone, cn.zone) AS {zone_type}) AS zone, l.request_id
             FROM l LEFT JOIN p USING (pod) LEFT JOIN consul_names cn ON cn.consul_service = l.consul_service
             WHERE list_contains(?, coalesce(p.service, cn.service))
@@ -660,8 +665,7 @@ _HOPS_SQL = f"""
 CREATE TABLE $TABLE AS
 WITH caller_any AS (
     -- A caller pod seen outside every recorded interval still has one zone and service.
-    SELECT pod, arg_max(zone, start_ts) AS zone, arg_max(service, start_ts) AS service
-    FROM intervals GROUP BY pod
+    {POD_PLACE_SQL}
 )
 SELECT
     r.ts,

@@ -86,6 +86,7 @@ from harness.contract.rundir import (
 )
 from harness.observe.hops import (
     NAME_COLUMNS,
+    POD_PLACE_SQL,
     HopsBuild,
     create_hops,
     create_request_ids,
@@ -594,13 +595,12 @@ def _upstream_stats(con: duckdb.DuckDBPyConnection, run_dir: Path) -> list[Skipp
                 "FROM stats_raw")  # fmt: skip
     resolve_ips(con, "stats_ip", "stats_host")
     con.execute(
-        """
+        f"""
         CREATE TABLE upstream_stats AS
         SELECT s.* EXCLUDE (id), c.zone AS caller_zone, c.service AS caller_service,
                h.pod AS host_pod, h.zone AS host_zone, h.service AS host_service
         FROM stats_ip s
-        LEFT JOIN (SELECT pod, arg_max(zone, start_ts) AS zone, arg_max(service, start_ts) AS service
-                   FROM intervals GROUP BY pod) c ON c.pod = s.pod
+        LEFT JOIN ({POD_PLACE_SQL}) c ON c.pod = s.pod
         LEFT JOIN stats_host h ON h.id = s.id
         """
     )

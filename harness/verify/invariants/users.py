@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from harness.contract.clock import CLOCK_TOLERANCE_S
@@ -589,19 +590,37 @@ class UserChecks(CheckBase):
         entry = [s for s in self.t.services if s.name in self._entry_api_services() and s.replicas > 1]
         if not entry:
             return []
-        names = [s.name for s in entry]
+        names = {s.name for s in entry}
+        logged = sorted({z for z, svc in self._entry_last_lines if svc in names})  # zones whose entry logged
         rows = self.con.execute(
             f"""
             SELECT r.zone, count(*) FROM requests r
             WHERE r.request_id IS NOT NULL AND coalesce(r.ok, false) AND {ENTRY_API_SQL}
-              AND r.zone IN (SELECT DISTINCT CAST(caller_zone AS VARCHAR) FROM hops
-                             WHERE list_contains(?, CAST(caller_service AS VARCHAR)))
+              AND list_contains(?, r.zone)
               AND r.zone NOT IN (SELECT DISTINCT CAST(zone AS VARCHAR) FROM request_ids WHERE zone IS NOT NULL)
             GROUP BY r.zone ORDER BY r.zone
             """,
-            [names],
+            [logged],
         ).fetchall()
         return [(str(z), int(n), entry[0].name, entry[0].replicas) for z, n in rows]
+
+    @cached_property
+    def _entry_last_lines(self) -> dict[tuple[str, str], float]:
+        """(zone, entry service) -> the time of its last entry line (`_entry_api_services`' hops).
+
+        Asked once, apart from the queries that use it (`_entry_silent`, `_entry_ids_lost`): a CTE the gap
+        query read twice was materialised, every entry hop of a long run held in memory beside the join (50M
+        hops: out of memory), and each asking it again scanned every hop.
+        """
+        entry = self._entry_api_services()
+        if not entry:
+            return {}
+        rows = self.con.execute(
+            "SELECT CAST(caller_zone AS VARCHAR), CAST(caller_service AS VARCHAR), max(ts) FROM hops "
+            "WHERE caller_zone IS NOT NULL AND list_contains(?, CAST(caller_service AS VARCHAR)) GROUP BY ALL",
+            [entry],
+        ).fetchall()
+        return {(str(z), str(svc)): float(ts) for z, svc, ts in rows}
 
     def _entry_api_services(self) -> list[str]:
         """The entry services whose `/api` goes through their own sidecar (those calling `ENTRY_API_UPSTREAM`)."""
@@ -685,15 +704,9 @@ class UserChecks(CheckBase):
         names = ", ".join(f"'{sql_str(n)}'" for n in entry)
         slack = self._tie_slack_sql("zone")
         skip = spans_sql("zone", self._entry_silent_spans(), REQUEST_END_SQL)
-        # each zone's last entry line, asked apart: a CTE the query read twice was materialised, every entry hop
-        # of a long run held in memory beside the join (50M hops: out of memory)
-        last = {
-            str(z): float(ts)
-            for z, ts in self.con.execute(
-                f"SELECT caller_zone, max(ts) FROM hops WHERE caller_zone IS NOT NULL AND caller_service IN ({names}) "
-                "GROUP BY caller_zone"
-            ).fetchall()
-        }
+        last: dict[str, float] = {}
+        for (z, _svc), ts in self._entry_last_lines.items():
+            last[z] = max(ts, last.get(z, ts))
         key = self.run.hop_key
         literals = {f"'{sql_str(z)}'": ts for z, ts in last.items()}
         whens = " ".join(f"WHEN {key(name)} THEN {ts!r}" for name, ts in literals.items())
