@@ -47,7 +47,7 @@ from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
 if TYPE_CHECKING:
     from harness.chaos import PlannedExperiment
     from harness.topology import Topology
-    from harness.traffic import RequestWatch, TrafficRunner
+    from harness.traffic import ProbeBudget, RequestWatch, TrafficRunner
 
 TRAFFIC_BOUND_S = 6 * 3600.0
 WARM_REQUESTS = 20  # successful user requests before the first fault, per zone a fault of the plan acts on
@@ -322,8 +322,23 @@ def warm_need(zones: list[str], planned: list[PlannedExperiment], topology: Topo
     return {z: WARM_REQUESTS if z in acted else BUDGET_AFTER_REQUESTS for z in zones}
 
 
-def warm_up(traffic: TrafficRunner, served: RequestWatch, bound_s: float, say: Callable[[str], None],
-            fit: bool = True, need: Mapping[str, int] | None = None) -> None:  # fmt: skip
+def probes_from_below(traffic: TrafficRunner, served: RequestWatch) -> ProbeBudget:
+    """The run's probe budget, with its probes set to start at their slowest: call before the traffic starts.
+
+    Probes that began at their set rates drove a small machine to 100 % busy
+    before the budget could slow them, and that broke the shop being
+    measured (harness.traffic.budget says how); from below, the budget only
+    ever speeds them up to what it measured the machine carries.
+    """
+    from harness.traffic import ProbeBudget
+
+    budget = ProbeBudget(traffic.budget_file, traffic.periods, served.rates)
+    budget.start_low()
+    return budget
+
+
+def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, say: Callable[[str], None],
+            need: Mapping[str, int] | None = None) -> None:  # fmt: skip
     """Every zone's users served `need` (default: WARM_REQUESTS each) before the first fault, the probe budget
     measured meanwhile.
 
@@ -331,19 +346,17 @@ def warm_up(traffic: TrafficRunner, served: RequestWatch, bound_s: float, say: C
     machine carries) measures the running shop, not its start, so it starts
     once every zone's users are past their first requests
     (BUDGET_AFTER_REQUESTS each); the requests its window carries count
-    towards the warm-up's. Measured after the whole warm-up, its window
-    (1.5 s) was added to every run. Its line is said when the warm-up is
-    complete: a game day's chaos waits for it. `fit` False: locust workers in
-    the zones' pods, which do not read the budget's file. `bound_s` bounds the
-    whole warm-up, budget included.
+    towards the warm-up's. Measured after the whole warm-up, its windows
+    were added to every run. Its line is said when the warm-up is
+    complete: a game day's chaos waits for it. `budget` None: locust workers
+    in the zones' pods, which do not read the budget's file. `bound_s` bounds
+    the whole warm-up, budget included.
     """
-    from harness.traffic import ProbeBudget
-
     deadline = time.monotonic() + bound_s
     summary = None
-    if fit:
+    if budget is not None:
         served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s)
-        summary = ProbeBudget(traffic.budget_file, traffic.periods, served.rates).settle().summary()
+        summary = budget.settle().summary()
     served.wait(0.0, WARM_REQUESTS if need is None else need, max(0.0, deadline - time.monotonic()))
     if summary is not None:
         say(summary)
@@ -385,14 +398,16 @@ def record_traffic(
         before_traffic(backend, run_dir, lambda _m: None)
         entry = backend.entrypoints()
         try:
-            with TrafficRunner(entry, run_dir, users=users, spawn_rate=users, duration_s=duration_s, shape=shape,
-                               processes=processes,
-                               probe_period_s=DEFAULT_PROBE_PERIOD_S if probe_period_s is None else probe_period_s,
-                               probe_zones=probe_zones) as traffic:  # fmt: skip
-                served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
+            runner = TrafficRunner(entry, run_dir, users=users, spawn_rate=users, duration_s=duration_s, shape=shape,
+                                   processes=processes,
+                                   probe_period_s=DEFAULT_PROBE_PERIOD_S if probe_period_s is None else probe_period_s,
+                                   probe_zones=probe_zones)  # fmt: skip
+            served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
+            budget = probes_from_below(runner, served)
+            with runner as traffic:
                 try:
                     # the game day's chaos waits for the budget's line: probes sized to the machine before any fault
-                    warm_up(traffic, served, WARMUP_BOUND_S, print)
+                    warm_up(budget, served, WARMUP_BOUND_S, print)
                     traffic.wait(timeout=duration_s + START_GRACE_S)
                 except KeyboardInterrupt as exc:  # the operator ended the traffic: collect, then say so
                     stopped = exc
@@ -549,7 +564,7 @@ def run_e2e(
             periods = probe_periods(topology, probe_zones, DEFAULT_PROBE_PERIOD_S) if workers is None else None
             try:
                 # duration is only a bound: the runner is stopped when the context exits
-                with TrafficRunner(
+                runner = TrafficRunner(
                     entry,
                     run_dir,
                     users=opts.users,
@@ -559,12 +574,14 @@ def run_e2e(
                     probe_zones=probe_zones,
                     master=workers.master() if workers is not None else None,
                     probe_periods=periods,
-                ) as traffic:
+                )
+                served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
+                budget = probes_from_below(runner, served) if workers is None else None
+                with runner:
                     mark_run(run_dir, "traffic")
                     # every zone's users served before the first fault, not a fixed pause (warmup_s bounds it)
-                    served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
                     need = warm_need(list(entry), planned, topology)
-                    warm_up(traffic, served, opts.warmup_s, say, fit=workers is None, need=need)  # probes: sized
+                    warm_up(budget, served, opts.warmup_s, say, need=need)  # probes: sized
                     for i, p in enumerate(planned):
                         mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")

@@ -10,6 +10,7 @@ set; this run counts the zone's requests during and after the fault.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -77,3 +78,15 @@ def test_e2e_run_directory_holds_plan_chaos_dir_and_snapshots(e2e_node_kill: Pat
     pods_before = {r["pod"] for r in rows if r["label"] == f"before {fault}"}
     pods_inject = {r["pod"] for r in rows if r["label"] == f"inject {fault}"}
     assert {p for p in pods_before - pods_inject} and all("lax-1a" in p for p in pods_before - pods_inject)
+
+
+def test_the_probes_began_at_their_slowest_and_the_budget_stepped_them_up(e2e_node_kill: Path) -> None:
+    """probe-budget.json was written before locust started: the zone's first probes came at the slowest
+    period (0.5 s), and the budget's first window measured them there (harness.traffic.budget, from below)."""
+    budget = json.loads((run := e2e_node_kill / "probe-budget.json").read_text())
+    assert budget["windows"][0]["scale"] == pytest.approx(0.5 / 0.03, rel=0.01), run
+    assert budget["reason"] != "measuring" and budget["scale"] <= budget["windows"][0]["scale"]
+    reqs = [json.loads(x) for x in (e2e_node_kill / "requests.jsonl").read_text().splitlines()]
+    probes = sorted(r["ts"] for r in reqs if r["endpoint"] == "probe" and r["zone"] == LAX)
+    first = [b - a for a, b in itertools.pairwise(probes[:3])]
+    assert len(first) == 2 and min(first) > 0.4, probes[:3]

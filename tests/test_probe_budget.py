@@ -178,3 +178,95 @@ def test_request_watch_keeps_only_recent_answers_for_rates(tmp_path: Path) -> No
     assert w.rates(90.0, 100.0) == (1.0, 1.0)
     assert len(w._done) == 31  # answers at 69..99 s
     assert w.served(0.0) == {"a": 100}  # the warm-up's and cool-down's counts are unchanged
+
+
+@dataclass
+class ChurningMachine(Machine):
+    """Cost per request that grows with the rate, as when each product-api opens a postgres connection per
+    concurrent query beyond its two idle ones: `knee` requests/s double it."""
+
+    knee: float = 150.0
+
+    def load(self) -> tuple[float, float, float]:
+        probes = self.offered / self.scale.scale()
+        total = self.users + probes
+        busy = (self.fixed + total * self.cost * (1 + total / self.knee)) / self.cpus
+        if busy > 1.0:  # saturated: answers only what the CPUs carry
+            lo, hi = 0.0, total
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if self.fixed + mid * self.cost * (1 + mid / self.knee) <= self.cpus else (lo, mid)
+            total, busy = lo, 1.0
+        return busy, total, max(0.0, total - self.users)
+
+
+def _six_zones(m: Machine) -> ProbeBudget:
+    """Six probed zones at 33/s each (the wide e2e's plan), 200 probes/s at factor 1."""
+    periods = {f"zone-{i}": 0.03 for i in range(6)}
+    return ProbeBudget(m.path, periods, m.rates, cpu=m.cpu, clock=m.clock, sleep=m.sleep, cpus=m.cpus)
+
+
+def test_probes_started_low_begin_at_their_slowest_and_the_record_says_measuring(tmp_path: Path) -> None:
+    m = Machine(tmp_path / "probe-budget.json")
+    b = _budget(m)
+    d = b.start_low()
+    assert d.scale == pytest.approx(0.5 / 0.03, rel=0.01) == b.start_scale
+    assert (d.reason, d.windows) == ("measuring", [])
+    assert m.scale.scale() == d.scale  # what the probes read before their first tick
+    assert max(d.periods.values()) == pytest.approx(0.5, rel=0.01)
+
+
+@pytest.mark.parametrize("fixed,cost", [(0.0, 0.0121), (0.1, 0.0115), (0.2, 0.0140), (0.5, 0.0094)])
+def test_from_below_no_window_passes_the_target_and_the_last_is_near_it(tmp_path: Path, fixed: float,
+                                                                         cost: float) -> None:  # fmt: skip
+    """The machines of the saturated cases, measured from the slowest probes up: every window at or under the
+    target (the proportional rule errs low from below; exact at no fixed load, give or take the reading), the
+    probes ending faster than they began."""
+    m = Machine(tmp_path / "probe-budget.json", fixed=fixed, cost=cost)
+    b = _budget(m)
+    b.start_low()
+    d = b.settle()
+    assert d.windows[0].scale == pytest.approx(b.start_scale, rel=0.01)
+    assert all(w.busy <= 0.61 for w in d.windows), d.windows  # a jiffy of rounding in the low window
+    assert 1 < d.scale < b.start_scale and d.windows[-1].scale == d.scale  # a speed-up is only taken measured
+    assert 0.45 <= m.load()[0] <= 0.605, (m.load(), d)
+    assert "measured from the slowest probes up" in d.reason and "resolved more coarsely" in d.reason
+
+
+def test_from_below_a_machine_with_room_reaches_the_set_rates_measured(tmp_path: Path) -> None:
+    m = Machine(tmp_path / "probe-budget.json", cpus=8)
+    b = _budget(m)
+    b.start_low()
+    d = b.settle()
+    assert d.scale == 1.0 and len(d.windows) == 2 and d.windows[-1].scale == 1.0
+    assert "within 60%" in d.summary() and "at their set rates" in d.summary()
+
+
+def test_a_cost_that_grows_with_the_rate_saturates_from_above_but_not_from_below(tmp_path: Path) -> None:
+    """Six probed zones on two cores whose cost per request grows with the rate (connection churn): measured
+    from the set rates, the first window drives the machine to 100 % busy (what broke the shop it measured);
+    from the slowest probes up, a step may land a little over the target (the cost per request grew) but no
+    window comes near saturation, and the probes end under the target."""
+    above = ChurningMachine(tmp_path / "above.json", fixed=0.2, cost=0.006, users=20.0, offered=200.0)
+    assert above.load()[0] == 1.0
+    d = _six_zones(above).settle()
+    assert d.windows[0].busy == 1.0 and d.scale > 1
+
+    below = ChurningMachine(tmp_path / "below.json", fixed=0.2, cost=0.006, users=20.0, offered=200.0)
+    b = _six_zones(below)
+    b.start_low()
+    d = b.settle()
+    assert all(w.busy <= 0.65 for w in d.windows), d.windows
+    assert 0.4 <= below.load()[0] <= 0.605 and 1 < d.scale < b.start_scale, (below.load(), d)
+
+
+def test_a_step_up_that_lands_over_the_target_is_stepped_down(tmp_path: Path) -> None:
+    """A machine that looks cheap at a low rate and is not at a high one: the step up overshoots, the next
+    window measures it and the probes are slowed again, measured or said."""
+    m = ChurningMachine(tmp_path / "probe-budget.json", fixed=0.0, cost=0.002, users=10.0, offered=200.0, knee=20.0)
+    b = _six_zones(m)
+    b.start_low()
+    d = b.settle()
+    assert any(w.busy > 0.6 for w in d.windows), d.windows  # the overshoot, measured
+    assert d.scale > min(w.scale for w in d.windows if w.busy > 0.6)  # ... and taken back
+    assert m.load()[0] <= 0.62 or "slowed again" in d.reason, (m.load(), d)

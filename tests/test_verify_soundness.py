@@ -799,8 +799,9 @@ def test_a_saturated_host_is_stated_next_to_the_verdict(tmp_path: Path) -> None:
 
 
 def test_probes_slowed_by_the_budget_are_stated_with_their_periods(tmp_path: Path) -> None:
-    """probe-budget.json: a run whose probes were slowed says by how much and why; one at the set rates, one
-    without the file or with a file that is not JSON says nothing. The invariants are unchanged."""
+    """probe-budget.json: a run whose probes were slowed says by how much and why, from the windows it measured
+    (from the set rates down, or from the slowest probes up); one at the set rates, one without the file or with
+    a file that is not JSON says nothing. The invariants are unchanged."""
 
     def with_budget(name: str, text: str | None) -> Verdict:
         d = run(tmp_path, name, faults=[KILL])
@@ -808,19 +809,23 @@ def test_probes_slowed_by_the_budget_are_stated_with_their_periods(tmp_path: Pat
             (d / "probe-budget.json").write_text(text)
         return verify(d)
 
-    def budget(scale: float) -> str:
+    def budget(scale: float, windows: list[tuple[float, float]]) -> str:
         return json.dumps({"scale": scale, "target_busy": 0.6, "periods": {LAX: 0.03 * scale}, "reason": "...",
-                           "windows": [{"busy": 0.99}, {"busy": 0.7}, {"busy": 0.58}]})  # fmt: skip
+                           "windows": [{"busy": b, "scale": s} for b, s in windows]})  # fmt: skip
 
-    slowed = with_budget("slowed", budget(2.5))
+    slowed = with_budget("slowed", budget(2.5, [(0.99, 1.0), (0.7, 1.8), (0.58, 2.5)]))
     notes = [n for n in slowed.run.notes if n.startswith("probes: ")]
     assert notes == [f"probes: slowed x2.5 by the probe budget (this machine was 99% busy at the set rates, 58% "
-                     f"after; target 60%), so failover and recovery times are resolved more coarsely: {LAX} every "
-                     "75 ms"]  # fmt: skip
-    for name, text in (("set", budget(1.0)), ("none", None), ("torn", '{"scale": ')):
+                     f"busy at x2.5; target 60%), so failover and recovery times are resolved more coarsely: {LAX} "
+                     "every 75 ms"]  # fmt: skip
+    below = with_budget("below", budget(2.5, [(0.21, 16.667), (0.55, 2.5)]))
+    notes = [n for n in below.run.notes if n.startswith("probes: ")]
+    assert notes[0].startswith("probes: slowed x2.5 by the probe budget (this machine was 21% busy at x16.667, 55% "
+                               "busy at x2.5; target 60%)"), notes  # fmt: skip
+    for name, text in (("set", budget(1.0, [(0.4, 1.0)])), ("none", None), ("torn", '{"scale": ')):
         v = with_budget(name, text)
         assert not [n for n in v.run.notes if n.startswith("probes: ")] and v.passed, name
-    assert slowed.passed
+    assert slowed.passed and below.passed
 
 
 def _with_replicas(service: str, n: int) -> Any:

@@ -33,7 +33,8 @@ default every zone of ``EH_ENTRYPOINTS``): a coffees query into its zone every
 previous one has answered (an open model: a slow request during a failover
 does not delay the next probe, so the records keep their spacing exactly
 when it matters). ``EH_PROBE_BUDGET`` names the probe budget's file: its
-``scale`` multiplies every period once the harness has measured what this
+``scale`` multiplies every period: the harness writes it before locust
+starts (the probes' slowest) and steps it up to what it measured this
 machine carries (harness/traffic/budget.py). The
 gap between two records bounds how precisely a failover or recovery instant
 can be known; with shoppers alone a zone got ~6 requests/s (resolution ~170

@@ -18,16 +18,33 @@ resolution, which the verdict prints per figure anyway.
 
 How (`ProbeBudget.settle`, once, during e2e's warm-up, before the first fault):
 measure the host's busy share (`harness.contract.hostcpu`, the same figure as
-`host.jsonl`) and the requests answered over a short window at the probes'
-set periods. Within `target` (60 %): done, nothing changes. Otherwise slow
-every probe by one factor, chosen so that the requests answered scale with
-busy in proportion to the target (the shoppers' share stays), and measure
-again; at most `MAX_WINDOWS` windows. (A line through two windows instead
-overshot here: a saturated window's busy is cut at 100 %, and with 1.5 s
-windows varying by +-5 % the line's slope was noise.) The factor never
-speeds probes up and never slows a zone's below one per `max_period_s`.
-It is fixed for the rest of the run: faults then meet one probe rate, and a
-fault's own CPU (pods starting) is what the headroom is for.
+`host.jsonl`) and the requests answered over a short window at the factor the
+probes run at. Above `target` (60 %): slow every probe by one factor, chosen
+so that the requests answered scale with busy in proportion to the target
+(the shoppers' share stays), and measure again. Below it: speed them up by the
+same rule, never past their set periods, and measure again; a step of less
+than `MIN_STEP` is not taken. At most `MAX_WINDOWS` windows; the last step is
+taken unmeasured only when it slows the probes (a speed-up is only ever
+taken measured). (A line through two windows instead overshot here: a
+saturated window's busy is cut at 100 %, and with 1.5 s windows varying by
++-5 % the line's slope was noise.) The factor never slows a zone's probes
+below one per `max_period_s`. It is fixed for the rest of the run: faults
+then meet one probe rate, and a fault's own CPU (pods starting) is what the
+headroom is for.
+
+From below (`ProbeBudget.start_low`, before the traffic starts): the probes
+begin at their slowest and the budget steps them up. Measuring from the set
+rates first drove a small machine to 100 % busy for the first window (six
+probed zones at 33/s or more each, 200 and more requests/s on 2 cores), and
+that window broke the shop it was measuring: each product-api opens a
+postgres connection per concurrent query beyond its two idle ones (the
+image's pool has no cap), the saturated requests piled up, and the product-
+apis together opened more than postgres' 100 connections ("sorry, too many
+clients already"): every experiment's steady state failed before its first
+fault, in 3 of 5 runs of the same configuration. The proportional rule
+errs low from below (load that does not go with requests makes busy per
+request look higher at a low rate), so the first step up lands under the
+target and the next closes on it.
 
 The factor reaches the probes through `probe-budget.json` in the run
 directory, which is also the record (docs/CONTRACTS.md §4): locust's probes
@@ -55,7 +72,9 @@ WINDOW_S = 1.5  # one measurement: three of host.jsonl's samples, ~100-200 reque
 SWITCH_S = 0.5  # after a new factor: every probe has re-read the file (CHECK_S) and ticked at its new period
 CHECK_S = 0.2  # how often a probe looks at the file's modification time
 MAX_PERIOD_S = 0.5  # the slowest a probe gets: two requests/s per zone, still more than its shoppers make
-MAX_WINDOWS = 3  # at most 3 windows (4.5 s, only on a machine that is over the target)
+MAX_WINDOWS = 3  # at most 3 windows (4.5 s, plus 0.5 s for each new factor to reach the probes)
+MEASURING = "measuring"  # the record's reason until the budget has decided (a game day's chaos waits for another)
+MIN_STEP = 0.1  # a speed-up of less than 10 % of the rate is not worth another window
 
 CpuReader = Callable[[], "tuple[int, int] | None"]
 RateReader = Callable[[float, float], "tuple[float, float]"]
@@ -170,28 +189,44 @@ class ProbeBudget:
         self.max_scale = max(1.0, max_period_s / slowest)
         self.offered = sum(1 / p for p in self.periods.values())  # probes/s at factor 1
 
+    @property
+    def start_scale(self) -> float:
+        """The factor the probes begin at under `start_low`: their slowest (one per `max_period_s`)."""
+        return self.max_scale
+
+    def start_low(self) -> BudgetDecision:
+        """Before the traffic starts: the probes' first factor is their slowest, and `settle` steps up from it.
+
+        Written as the record too (reason `MEASURING`), so a run stopped
+        before `settle` shows the factor its probes ran at.
+        """
+        return self._decide(self.start_scale, MEASURING, [])
+
     def settle(self) -> BudgetDecision:
+        """Measure at the factor the probes run at (1, or `start_low`'s), step towards the target, decide."""
         windows: list[BudgetWindow] = []
         if not self.periods:
             return self._decide(1.0, "no zone is probed", windows)
-        w = self._window(1.0)
-        if w is None:
-            return self._decide(1.0, "no CPU reading on this machine (/proc/stat): not measured", windows)
-        windows.append(w)
-        if w.busy <= self.target:
-            return self._decide(1.0, self._within(w), windows)
-        first = w
+        scale = ScaleFile(self.path, check_s=0.0).scale()
         while True:
-            scale = self._proportional(w)
-            if len(windows) >= MAX_WINDOWS:  # the last step is taken unmeasured: the verdict's host note measures it
-                return self._decide(scale, self._slowed(first, w, measured=False), windows)
-            measured = self._window(self._apply(scale, windows))
+            measured = self._window(scale if not windows else self._apply(scale, windows))
             if measured is None:
+                if not windows:  # nothing known of this machine: the set rates, as without a budget
+                    return self._decide(1.0, "no CPU reading on this machine (/proc/stat): not measured", windows)
                 return self._decide(scale, "the CPU reading vanished while measuring", windows)
             windows.append(measured)
             w = measured
-            if w.busy <= self.target or scale >= self.max_scale:
-                return self._decide(scale, self._slowed(first, w), windows)
+            step = self._proportional(w)
+            over = w.busy > self.target
+            if not over and step > scale / (1 + MIN_STEP):  # within the target, and faster is not worth a window
+                return self._decide(scale, self._within(w) if scale == 1.0 else self._held(windows), windows)
+            if over and scale >= self.max_scale:
+                return self._decide(scale, self._slowed(windows), windows)
+            if len(windows) >= MAX_WINDOWS:
+                if over:  # the last step is taken unmeasured: the verdict's host note measures it
+                    return self._decide(step, self._slowed(windows, measured=False), windows)
+                return self._decide(scale, self._held(windows), windows)  # a speed-up is never taken unmeasured
+            scale = step
 
     # --- the arithmetic -------------------------------------------------------------------------
 
@@ -226,7 +261,7 @@ class ProbeBudget:
 
     def _apply(self, scale: float, windows: list[BudgetWindow]) -> float:
         """Hand the factor to the probes and give them `switch_s` to take it."""
-        self._write(self._decision(scale, "measuring", windows))
+        self._write(self._decision(scale, MEASURING, windows))
         self.sleep(self.switch_s)
         return scale
 
@@ -235,14 +270,33 @@ class ProbeBudget:
     def _within(self, w: BudgetWindow) -> str:
         return f"this machine was {w.busy * 100:.0f}% busy with them, within {self.target * 100:.0f}%"
 
-    def _slowed(self, first: BudgetWindow, last: BudgetWindow, measured: bool = True) -> str:
-        floor = " (the slowest allowed)" if last.scale >= self.max_scale else ""
-        now = f"now {last.busy * 100:.0f}%"
-        if not measured:
-            now = f"{last.busy * 100:.0f}% at x{last.scale:.2f}, slowed again"
+    @staticmethod
+    def _at(w: BudgetWindow) -> str:
+        return "at the set rates" if w.scale == 1.0 else f"at x{w.scale:g}"
+
+    def _measured(self, windows: list[BudgetWindow]) -> str:
+        first, last = windows[0], windows[-1]
+        if len(windows) == 1:
+            return f"this machine was {first.busy * 100:.0f}% busy {self._at(first)}"
         return (
-            f"at the set rates this machine was {first.busy * 100:.0f}% busy, {now} "
-            f"(target {self.target * 100:.0f}%){floor}; failover and recovery times are resolved more coarsely"
+            f"this machine was {first.busy * 100:.0f}% busy {self._at(first)}, {last.busy * 100:.0f}% {self._at(last)}"
+        )
+
+    def _held(self, windows: list[BudgetWindow]) -> str:
+        """Stepped up from below and stopped short of the set rates: faster would pass the target."""
+        return (
+            f"{self._measured(windows)} (target {self.target * 100:.0f}%), measured from the slowest probes up; "
+            "failover and recovery times are resolved more coarsely"
+        )
+
+    def _slowed(self, windows: list[BudgetWindow], measured: bool = True) -> str:
+        last = windows[-1]
+        floor = " (the slowest allowed)" if last.scale >= self.max_scale else ""
+        said = self._measured(windows)
+        if not measured:
+            said += ", slowed again"
+        return (
+            f"{said} (target {self.target * 100:.0f}%){floor}; failover and recovery times are resolved more coarsely"
         )
 
     def _decision(self, scale: float, reason: str, windows: list[BudgetWindow]) -> BudgetDecision:

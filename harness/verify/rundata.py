@@ -432,14 +432,19 @@ def _probe_budget(run: RunData) -> None:
         scale = float(data["scale"])
         target = float(data["target_busy"])
         periods = {str(z): float(p) for z, p in dict(data.get("periods") or {}).items()}
-        busy = [float(w["busy"]) for w in data.get("windows") or []]
+        # (busy, factor) per window; runs before the budget measured from below had every first window at 1
+        busy = [(float(w["busy"]), float(w.get("scale", 1.0))) for w in data.get("windows") or []]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # absent (no probes here, an older run) or not ours to judge: nothing to say
     if scale <= 1.0 or not periods:
         return
+
+    def at(window: tuple[float, float]) -> str:
+        return f"{window[0] * 100:.0f}% busy " + ("at the set rates" if window[1] == 1.0 else f"at x{window[1]:g}")
+
     measured = ""
     if busy:
-        measured = f"this machine was {busy[0] * 100:.0f}% busy at the set rates, {busy[-1] * 100:.0f}% after; "
+        measured = f"this machine was {at(busy[0])}" + (f", {at(busy[-1])}" if len(busy) > 1 else "") + "; "
     rates = ", ".join(f"{z} every {p * 1000:.0f} ms" for z, p in sorted(periods.items()))
     run.notes.append(
         f"probes: slowed x{scale:g} by the probe budget ({measured}target {target * 100:.0f}%), so failover and "
