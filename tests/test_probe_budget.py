@@ -228,7 +228,7 @@ def test_from_below_no_window_passes_the_target_and_the_last_is_near_it(tmp_path
     d = b.settle()
     assert d.windows[0].scale == pytest.approx(b.start_scale, rel=0.01)
     assert all(w.busy <= 0.61 for w in d.windows), d.windows  # a jiffy of rounding in the low window
-    assert 1 < d.scale < b.start_scale and d.windows[-1].scale == d.scale  # a speed-up is only taken measured
+    assert 1 < d.scale < b.start_scale and 0.9 < d.windows[-1].scale / d.scale < 1.1  # only a small step unmeasured
     assert 0.45 <= m.load()[0] <= 0.605, (m.load(), d)
     assert "measured from the slowest probes up" in d.reason and "resolved more coarsely" in d.reason
 
@@ -270,3 +270,14 @@ def test_a_step_up_that_lands_over_the_target_is_stepped_down(tmp_path: Path) ->
     assert any(w.busy > 0.6 for w in d.windows), d.windows  # the overshoot, measured
     assert d.scale > min(w.scale for w in d.windows if w.busy > 0.6)  # ... and taken back
     assert m.load()[0] <= 0.62 or "slowed again" in d.reason, (m.load(), d)
+
+
+def test_from_below_the_last_small_step_to_the_set_rates_is_taken_without_a_window(tmp_path: Path) -> None:
+    """Measured at x1.04 within the target, the set rates are less than 10 % away: the probes get them (a bench
+    run here held them at x1.09, a pointless coarser resolution and a note), and the record says so."""
+    m = Machine(tmp_path / "probe-budget.json", cpus=2, fixed=0.18, cost=0.005, users=36.0, offered=100.0)
+    b = _budget(m)
+    b.start_low()
+    d = b.settle()
+    assert d.scale == 1.0 and 1.0 < d.windows[-1].scale < 1.1, d
+    assert m.load()[0] <= 0.6 and "taken unmeasured" in d.reason and "probes at their set rates" in d.summary()

@@ -23,9 +23,10 @@ probes run at. Above `target` (60 %): slow every probe by one factor, chosen
 so that the requests answered scale with busy in proportion to the target
 (the shoppers' share stays), and measure again. Below it: speed them up by the
 same rule, never past their set periods, and measure again; a step of less
-than `MIN_STEP` is not taken. At most `MAX_WINDOWS` windows; the last step is
-taken unmeasured only when it slows the probes (a speed-up is only ever
-taken measured). (A line through two windows instead overshot here: a
+than `MIN_STEP` is taken without another window (the rule's guess lands at
+or under the target, and errs high from below). At most `MAX_WINDOWS`
+windows; after the last, a step that slows the probes is taken unmeasured,
+a bigger speed-up is not. (A line through two windows instead overshot here: a
 saturated window's busy is cut at 100 %, and with 1.5 s windows varying by
 +-5 % the line's slope was noise.) The factor never slows a zone's probes
 below one per `max_period_s`. It is fixed for the rest of the run: faults
@@ -74,7 +75,7 @@ CHECK_S = 0.2  # how often a probe looks at the file's modification time
 MAX_PERIOD_S = 0.5  # the slowest a probe gets: two requests/s per zone, still more than its shoppers make
 MAX_WINDOWS = 3  # at most 3 windows (4.5 s, plus 0.5 s for each new factor to reach the probes)
 MEASURING = "measuring"  # the record's reason until the budget has decided (a game day's chaos waits for another)
-MIN_STEP = 0.1  # a speed-up of less than 10 % of the rate is not worth another window
+MIN_STEP = 0.1  # a speed-up of less than 10 % of the rate is taken without another window
 
 CpuReader = Callable[[], "tuple[int, int] | None"]
 RateReader = Callable[[float, float], "tuple[float, float]"]
@@ -218,14 +219,14 @@ class ProbeBudget:
             w = measured
             step = self._proportional(w)
             over = w.busy > self.target
-            if not over and step > scale / (1 + MIN_STEP):  # within the target, and faster is not worth a window
-                return self._decide(scale, self._within(w) if scale == 1.0 else self._held(windows), windows)
+            if not over and step > scale / (1 + MIN_STEP):  # within the target, the rest not worth a window
+                return self._decide(step, self._within(w, step), windows)
             if over and scale >= self.max_scale:
                 return self._decide(scale, self._slowed(windows), windows)
             if len(windows) >= MAX_WINDOWS:
                 if over:  # the last step is taken unmeasured: the verdict's host note measures it
                     return self._decide(step, self._slowed(windows, measured=False), windows)
-                return self._decide(scale, self._held(windows), windows)  # a speed-up is never taken unmeasured
+                return self._decide(scale, self._held(windows), windows)  # a bigger speed-up only measured
             scale = step
 
     # --- the arithmetic -------------------------------------------------------------------------
@@ -267,8 +268,16 @@ class ProbeBudget:
 
     # --- the record -----------------------------------------------------------------------------
 
-    def _within(self, w: BudgetWindow) -> str:
-        return f"this machine was {w.busy * 100:.0f}% busy with them, within {self.target * 100:.0f}%"
+    def _within(self, w: BudgetWindow, scale: float) -> str:
+        """Within the target at `w`; `scale` is `w`'s or a step of less than MIN_STEP from it, taken unmeasured."""
+        if w.scale == 1.0:
+            return f"this machine was {w.busy * 100:.0f}% busy with them, within {self.target * 100:.0f}%"
+        last = "" if scale == w.scale else f", and the last step (under {MIN_STEP:.0%}) taken unmeasured"
+        coarse = "" if scale == 1.0 else "; failover and recovery times are resolved more coarsely"
+        return (
+            f"this machine was {w.busy * 100:.0f}% busy at x{w.scale:g}, within {self.target * 100:.0f}%, measured "
+            f"from the slowest probes up{last}{coarse}"
+        )
 
     @staticmethod
     def _at(w: BudgetWindow) -> str:
