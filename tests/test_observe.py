@@ -423,3 +423,39 @@ def test_collector_gives_back_descriptors_of_idle_sources_and_loses_no_line(tmp_
     assert (out / "p9.jsonl").read_text().splitlines() == ['{"n": 0}', '{"n": "truncated, then new"}']
     assert (out / "p3.jsonl").read_text().splitlines() == ['{"n": 0}']
     assert fds() <= before + 1
+
+
+def test_request_ids_are_placed_by_the_inventory_the_file_or_the_consul_name(run_dir: Path) -> None:
+    """`create_request_ids`: an entry sidecar's outbound line with a user's id goes to its pod's zone (by the
+    inventory, by the file's name when the line has no `caller_pod`, by the line's Consul name when the
+    inventory never saw the pod); the serving sidecar's inbound line, another service's line, a line of a pod
+    known neither way and a UUID (Envoy's own id) are left out."""
+    import duckdb
+
+    from harness.observe import load_inventory
+    from harness.observe.hops import create_request_ids
+
+    logs = run_dir / "accesslogs"
+    cl = "public-api-lax-1a.default.dc1.internal.0f0f.consul"
+    out = {"direction": "outbound"}
+    (logs / "frontend-lax-1.jsonl").write_text("\n".join([
+        line(T + 20, "10.0.1.6:8080", cl, extra={**out, "caller_pod": "frontend-lax-1", "request_id": "eh-1"}),
+        line(T + 21, "10.0.1.6:8080", cl, extra={"request_id": "eh-2"}),  # kind: no caller_pod, the file's pod
+        line(T + 22, "10.0.1.6:8080", cl, extra={**out, "caller_pod": "frontend-lax-1",
+                                                 "request_id": "0f0f0f0f-0000-4000-8000-000000000000"}),
+    ]) + "\n")  # fmt: skip
+    (logs / "frontend-lax-9.jsonl").write_text("\n".join([  # a pod the inventory never saw
+        line(T + 23, "10.0.1.6:8080", cl, extra={**out, "caller_pod": "frontend-lax-9",
+                                                 "caller_service": "frontend-lax-1a", "request_id": "eh-3"}),
+        line(T + 24, "10.0.1.6:8080", cl, extra={**out, "caller_pod": "frontend-lax-9",
+                                                 "caller_service": "nobody-knows", "request_id": "eh-4"}),
+    ]) + "\n")  # fmt: skip
+    with (logs / "public-api-lax-1.jsonl").open("a") as fh:
+        fh.write(line(T + 25, "10.0.1.10:9090", "x", extra={**out, "caller_pod": "public-api-lax-1",
+                                                            "request_id": "eh-5"}) + "\n")  # fmt: skip
+        fh.write(line(T + 26, "10.0.1.6:8080", "x", direction="inbound", caller_pod="public-api-lax-1",
+                      request_id="eh-6") + "\n")  # fmt: skip
+    con = duckdb.connect()
+    load_inventory(con, run_dir / "inventory.jsonl", root=run_dir)
+    create_request_ids(con, run_dir, {"frontend"})
+    assert sorted(con.sql("SELECT zone, request_id FROM request_ids").fetchall()) == [(LAX, 1), (LAX, 2), (LAX, 3)]

@@ -239,8 +239,9 @@ class ProbeBudget:
         through zero fits; a saturated window answers fewer requests than it
         was sent and still counts what it answered. The shoppers' share stays
         as measured, the probes take the rest. Load that does not go with
-        requests (idle sidecars, health checks) makes the guess land above
-        the target; the next window measures by how much and steps again.
+        requests (idle sidecars, health checks) makes a step down land above
+        the target and a step up land below it; the next window measures by
+        how much and steps again.
         """
         allowed = w.requests_per_s * self.target / w.busy if w.busy > 0 else w.requests_per_s
         probes = allowed - (w.requests_per_s - w.probes_per_s)
