@@ -23,8 +23,8 @@ probes run at. Above `target` (60 %): slow every probe by one factor, chosen
 so that the requests answered scale with busy in proportion to the target
 (the shoppers' share stays), and measure again. Below it: speed them up by the
 same rule, never past their set periods, and measure again; a step of less
-than `MIN_STEP` is taken without another window (the rule's guess lands at
-or under the target, and errs high from below). At most `MAX_WINDOWS`
+than `MIN_STEP` is taken without another window (from below, the rule
+overrates busy per request, so such a step lands at or under the target). At most `MAX_WINDOWS`
 windows; after the last, a step that slows the probes is taken unmeasured,
 a bigger speed-up is not. (A line through two windows instead overshot here: a
 saturated window's busy is cut at 100 %, and with 1.5 s windows varying by
@@ -42,10 +42,10 @@ postgres connection per concurrent query beyond its two idle ones (the
 image's pool has no cap), the saturated requests piled up, and the product-
 apis together opened more than postgres' 100 connections ("sorry, too many
 clients already"): every experiment's steady state failed before its first
-fault, in 3 of 5 runs of the same configuration. The proportional rule
-errs low from below (load that does not go with requests makes busy per
-request look higher at a low rate), so the first step up lands under the
-target and the next closes on it.
+fault, in 3 of 5 runs of the same configuration. From below the
+proportional rule picks too low a rate (load that does not go with requests
+makes busy per request look higher at a low rate), so the first step up
+lands under the target and the next closes on it.
 
 The factor reaches the probes through `probe-budget.json` in the run
 directory, which is also the record (docs/CONTRACTS.md §4): locust's probes
