@@ -323,41 +323,6 @@ def test_the_pool_keeps_two_idle_connections_like_go(stack: Stack) -> None:
         db.close()
 
 
-def test_the_pool_has_no_cap_and_no_lifetime_like_the_image(stack: Stack) -> None:
-    """Go's database/sql defaults, which the image keeps: twelve queries at once hold twelve connections on the
-    server (no max open; a cap of 8 hid that a burst of load can exhaust postgres' 100), and an idle connection is
-    reused however old it is (no lifetime), on the same server backend."""
-    import psycopg
-
-    from harness.backends.local.apps.product_api import Database
-
-    dsn = f"host=localhost port={stack.pg_port} user=postgres password=password dbname=products sslmode=disable"
-    now = [0.0]
-    db = Database(dsn + " application_name=nocap", clock=lambda: now[0])
-    started = threading.Barrier(13, timeout=10)
-
-    def held() -> int:
-        with psycopg.connect(dsn, autocommit=True) as c:
-            row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'nocap'").fetchone()
-            return int(row[0]) if row else 0
-
-    def slow(_i: int) -> list[list[tuple[object, ...]]]:
-        started.wait()
-        return db.query(("SELECT pg_sleep(1.0)", ()))
-
-    try:
-        with ThreadPoolExecutor(12) as ex:
-            running = [ex.submit(slow, i) for i in range(12)]
-            started.wait()
-            assert wait_until(lambda: held() == 12, 5), held()
-            assert [f.result() for f in running] == [[[("",)]]] * 12
-        pid = db.query(("SELECT pg_backend_pid()", ()))[0][0][0]
-        now[0] += 3600.0  # an hour on: Go still hands out the same idle connection
-        assert db.query(("SELECT pg_backend_pid()", ()))[0][0][0] == pid
-    finally:
-        db.close()
-
-
 def test_coffee_by_id_in_graphql_and_rest(stack: Stack) -> None:
     api = stack.url(stack.public_port, "/api")
     query = '{ coffee(id: "2") { id name ingredients { id } } }'

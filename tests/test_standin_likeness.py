@@ -103,37 +103,6 @@ def test_queries_finishing_together_keep_only_max_idle_connections() -> None:
     assert db._idle.qsize() == 2 and sum(c.closed for c in conns) == 1
 
 
-def test_the_pool_dials_without_a_connect_timeout_and_without_a_cap_like_lib_pq(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """lib/pq v1.2.0 has no connect timeout and the image sets no pool limits (shared/reference): the stand-in
-    dials as it does, and 20 queries in flight at once open 20 connections."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    import psycopg
-
-    from harness.backends.local.apps.product_api import Database
-
-    dials: list[dict[str, Any]] = []
-    meet = threading.Barrier(20, timeout=5)
-
-    class Slow(_Conn):
-        def execute(self, sql: str, params: tuple[Any, ...]) -> None:
-            meet.wait()  # every query in flight at once: none waits for a connection another holds
-
-    def connect(dsn: str, **kw: Any) -> Slow:
-        dials.append(kw)
-        return Slow()
-
-    monkeypatch.setattr(psycopg, "connect", connect)
-    db = Database("host=nowhere")
-    with ThreadPoolExecutor(20) as ex:
-        assert len(list(ex.map(lambda _i: db.query(("SELECT 1", ())), range(20)))) == 20
-    assert len(dials) == 20 and all(kw == {"autocommit": True} for kw in dials)
-    assert db._idle.qsize() == 2
-
-
 # --------------------------------------------------------------------------- the Consul HTTP API emulation
 
 

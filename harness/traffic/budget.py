@@ -37,13 +37,14 @@ From below (`ProbeBudget.start_low`, before the traffic starts): the probes
 begin at their slowest and the budget steps them up. Measuring from the set
 rates first drove a small machine to 100 % busy for the first window (six
 probed zones at 33/s or more each, 200 and more requests/s on 2 cores), and
-that window broke the shop it was measuring: each product-api opens a
-postgres connection per concurrent query beyond its two idle ones (the
-image's pool has no cap), the saturated requests piled up, and the product-
-apis together opened more than postgres' 100 connections ("sorry, too many
-clients already"): every experiment's steady state failed before its first
-fault, in 3 of 5 runs of the same configuration. From below the
-proportional rule picks too low a rate (load that does not go with requests
+that window can break the shop it measures. Shown with the product-api
+stand-in given the image's own pool (no cap on open connections): the
+saturated requests piled up, each concurrent query opened a postgres
+connection, and the product-apis together opened more than postgres' 100
+("sorry, too many clients already"): every experiment's steady state failed
+before its first fault, in 3 of 5 runs of the same configuration. The real
+image has that pool, so a small kind cluster can meet the same. From below
+the proportional rule picks too low a rate (load that does not go with requests
 makes busy per request look higher at a low rate), so the first step up
 lands under the target and the next closes on it.
 

@@ -40,7 +40,6 @@ Run: ``python -m harness.backends.local.apps.product_api``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -175,50 +174,32 @@ class Config:
 
 
 class Database:
-    """A postgres connection pool with Go's ``database/sql`` defaults, which the real image keeps.
+    """A small postgres connection pool that heals after the database moves.
 
-    The image calls none of ``SetMaxOpenConns``, ``SetMaxIdleConns``,
-    ``SetConnMaxLifetime`` (shared/reference), so by default: no limit on open
-    connections (a query that finds no idle one dials a new one), at most
-    `max_idle` = 2 kept open between queries (the rest are closed when
-    returned), no lifetime (an idle connection is reused however old), and no
-    connect timeout (lib/pq v1.2.0 has none; through the sidecar the dial is to
-    loopback, and Envoy's own connect timeout ends a dial to a host that is
-    gone). The arguments exist for tests; ``main`` uses the defaults. (The
-    two idle matter: keeping every connection idle, sixteen product-api pods
-    of the wide topology once held 128 connections to a postgres that allows
-    100, and 5 % of the users' requests failed with no fault.)
-
-    What follows from the defaults, as on a cluster: under concurrency above
-    two a product-api opens and closes a connection per query beyond the idle
-    two (each a postgres backend), so many busy pods can exceed postgres'
-    ``max_connections``; and the two idle connections live as long as the pod,
-    so their TCP access-log lines are written only when they close.
-
-    A query that fails on a pooled connection is retried once on a fresh one
-    (database/sql retries a bad pooled connection), and the idle siblings are
-    closed with it: they went to the same server. Connections are autocommit
-    (read-only queries, no transaction left open on an abandoned connection).
+    At most `size` connections exist; callers beyond that wait. At most
+    `max_idle` stay open between queries, the rest are closed when returned:
+    Go's `database/sql` default of 2, which the real image never changes
+    (shared/reference: no SetMaxIdleConns). Keeping all `size` idle, sixteen
+    product-api pods of the wide topology held up to 128 connections to a
+    postgres that allows 100 (its image's default) and 5 % of the users'
+    requests failed in a steady state with no fault ("sorry, too many clients
+    already"). Connections
+    are autocommit (read-only queries, no transaction left open on an
+    abandoned connection). A connection older than `max_lifetime_s` is closed
+    instead of reused (Go's `sql.DB.SetConnMaxLifetime`, as services commonly
+    set it): Envoy writes a TCP access-log line only when a connection closes,
+    so recycled connections keep the postgres hops visible during a run.
     """
 
     def __init__(
-        self,
-        dsn: str,
-        max_open: int | None = None,
-        connect_timeout: int | None = None,
-        max_lifetime_s: float | None = None,
-        max_idle: int = 2,
-        clock: Callable[[], float] = time.monotonic,
+        self, dsn: str, size: int = 8, connect_timeout: int = 3, max_lifetime_s: float = 5.0, max_idle: int = 2
     ) -> None:
         self.dsn = dsn
-        self.clock = clock
         self.max_idle = max_idle
         self.connect_timeout = connect_timeout
         self.max_lifetime_s = max_lifetime_s
         self._idle: queue.LifoQueue[tuple[psycopg.Connection[Any], float]] = queue.LifoQueue()
-        self._slots: threading.BoundedSemaphore | contextlib.nullcontext[None] = (
-            threading.BoundedSemaphore(max_open) if max_open is not None else contextlib.nullcontext()
-        )
+        self._slots = threading.BoundedSemaphore(size)
         # the size check and the put are one step: two queries finishing together each saw one idle connection
         # and both kept theirs, three idle where Go keeps two (a clean-clone test run caught it)
         self._keep = threading.Lock()
@@ -238,13 +219,11 @@ class Database:
                 conn, born = self._idle.get_nowait()
             except queue.Empty:
                 return None
-            if self.max_lifetime_s is None or self.clock() - born < self.max_lifetime_s:
+            if time.monotonic() - born < self.max_lifetime_s:
                 return conn, born
             conn.close()
 
     def _new(self) -> psycopg.Connection[Any]:
-        if self.connect_timeout is None:
-            return psycopg.connect(self.dsn, autocommit=True)
         return psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout)
 
     def query(self, *statements: tuple[str, tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
@@ -261,7 +240,7 @@ class Database:
                     reused = True
                 else:
                     conn = self._new()  # a failure here is not retried: nothing stale to blame
-                    born, reused = self.clock(), False
+                    born, reused = time.monotonic(), False
                 try:
                     results = []
                     with conn.cursor() as cur:
