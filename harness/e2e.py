@@ -346,9 +346,8 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
     machine carries) measures the running shop, not its start, so it starts
     once every zone's users are past their first requests
     (BUDGET_AFTER_REQUESTS each); the requests its window carries count
-    towards the warm-up's. Measured after the whole warm-up, its windows
-    were added to every run. Its line is said when the warm-up is
-    complete: a game day's chaos waits for it. `budget` None: locust workers
+    towards the warm-up's. Its line is said when the warm-up is complete: a
+    game day's chaos waits for it. `budget` None: locust workers
     in the zones' pods, which do not read the budget's file. `bound_s` bounds
     the whole warm-up, budget included.
     """

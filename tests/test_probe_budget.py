@@ -281,3 +281,16 @@ def test_from_below_the_last_small_step_to_the_set_rates_is_taken_without_a_wind
     d = b.settle()
     assert d.scale == 1.0 and 1.0 < d.windows[-1].scale < 1.1, d
     assert m.load()[0] <= 0.6 and "taken unmeasured" in d.reason and "probes at their set rates" in d.summary()
+
+
+def test_from_below_windows_that_run_out_short_of_the_target_keep_the_last_measured_factor(tmp_path: Path) -> None:
+    """Load that does not go with requests (0.6 of a CPU) makes each step up land well under the target; after
+    the last window the probes keep its measured factor: a bigger speed-up is never taken unmeasured."""
+    m = Machine(tmp_path / "probe-budget.json", fixed=0.6, cost=0.004)
+    b = _budget(m)
+    b.start_low()
+    d = b.settle()
+    assert len(d.windows) == 3 and all(w.busy < 0.6 for w in d.windows), d.windows
+    assert d.scale == d.windows[-1].scale > 1 and m.load()[0] < 0.6
+    assert d.reason.startswith(f"this machine was {d.windows[0].busy * 100:.0f}% busy at x")
+    assert "measured from the slowest probes up" in d.reason

@@ -24,11 +24,11 @@ so that the requests answered scale with busy in proportion to the target
 (the shoppers' share stays), and measure again. Below it: speed them up by the
 same rule, never past their set periods, and measure again; a step of less
 than `MIN_STEP` is taken without another window (from below, the rule
-overrates busy per request, so such a step lands at or under the target). At most `MAX_WINDOWS`
-windows; after the last, a step that slows the probes is taken unmeasured,
-a bigger speed-up is not. (A line through two windows instead overshot here: a
-saturated window's busy is cut at 100 %, and with 1.5 s windows varying by
-+-5 % the line's slope was noise.) The factor never slows a zone's probes
+overrates busy per request, so such a step lands at or under the target).
+At most `MAX_WINDOWS` windows; after the last, a step that slows the probes
+is taken unmeasured, a bigger speed-up is not. (A line through two windows
+instead overshot here: a saturated window's busy is cut at 100 %, and with
+1.5 s windows varying by +-5 % the line's slope was noise.) The factor never slows a zone's probes
 below one per `max_period_s`. It is fixed for the rest of the run: faults
 then meet one probe rate, and a fault's own CPU (pods starting) is what the
 headroom is for.
