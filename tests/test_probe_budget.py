@@ -163,8 +163,8 @@ def test_no_probed_zone_or_a_reading_lost_midway_ends_the_budget_with_the_reason
     assert json.loads(m.path.read_text())["reason"] == "no zone is probed"
 
     m = Machine(tmp_path / "lost.json")
-    reads = iter([m.cpu, m.cpu, lambda: None, lambda: None])
-    d = _budget(m, cpu=lambda: next(reads)()).settle()
+    first_window_ends = m.now + 1.5
+    d = _budget(m, cpu=lambda: m.cpu() if m.now <= first_window_ends else None).settle()
     assert d.scale > 1 and len(d.windows) == 1 and d.reason == "the CPU reading vanished while measuring"
     assert json.loads(m.path.read_text())["scale"] == d.scale  # the probes keep the factor they were given
 
@@ -294,3 +294,40 @@ def test_from_below_windows_that_run_out_short_of_the_target_keep_the_last_measu
     assert d.scale == d.windows[-1].scale > 1 and m.load()[0] < 0.6
     assert d.reason.startswith(f"this machine was {d.windows[0].busy * 100:.0f}% busy at x")
     assert "measured from the slowest probes up" in d.reason
+
+
+def _lengths(d: Any) -> list[float]:
+    return [round(w.end - w.start, 3) for w in d.windows]
+
+
+def test_a_window_whose_decision_is_clear_ends_early_and_one_near_the_target_runs_whole(tmp_path: Path) -> None:
+    """Sequential measuring: a window ends at EARLY_S when its busy share, NOISE lower or higher, decides the
+    same (here: the slowest probes clearly fit the set rates, and the set rates clearly fit the target), and
+    runs its whole WINDOW_S when the decision depends on the reading (a step in between, busy near the target)."""
+    from harness.traffic.budget import EARLY_S, NOISE, WINDOW_S
+
+    room = Machine(tmp_path / "room.json", cpus=8)
+    b = _budget(room)
+    b.start_low()
+    d = b.settle()
+    assert d.scale == 1.0 and _lengths(d) == [EARLY_S, EARLY_S], d.windows
+
+    tight = Machine(tmp_path / "tight.json", fixed=0.1, cost=0.0115)
+    b = _budget(tight)
+    b.start_low()
+    d = b.settle()
+    assert d.windows[-1].busy * (1 + NOISE) > 0.6 and _lengths(d)[-1] == WINDOW_S, d.windows
+    assert WINDOW_S in _lengths(d)[:-1]  # the step from the slowest probes up lands in between: measured whole
+
+
+@pytest.mark.parametrize("busy,early", [(0.45, True), (0.5, False), (0.7, False)])
+def test_at_the_set_rates_a_reading_is_clear_only_when_noise_cannot_take_it_over_the_target(
+    tmp_path: Path, busy: float, early: bool
+) -> None:
+    """45 % at the set rates is within the target even read 25 % low; 50 % might be 62.5 %; 70 % is over, and a
+    step down is a factor in between: each of the last two gets the whole window."""
+    from harness.traffic.budget import BudgetWindow
+
+    b = _budget(Machine(tmp_path / "b.json"))
+    w = BudgetWindow(0.0, 1.0, 1.0, busy, 150.0, 133.3)
+    assert b._clear(w, 1.0, 1) is early

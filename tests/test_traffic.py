@@ -736,6 +736,41 @@ def test_zone_probes_follow_the_probe_budget_file(tmp_path: Path, shop: FakeShop
     assert len(after) >= 5
 
 
+@pytest.mark.slow
+@pytest.mark.timing  # real locust on its own clock: needs the CPU in time (tests/lanes.py)
+def test_a_sleeping_probe_takes_a_faster_factor_before_its_next_tick(tmp_path: Path, shop: FakeShop) -> None:
+    """A probe asleep for its slow period takes the budget's new factor while it sleeps (harness.traffic.budget's
+    SWITCH_S counts on it): written just after a tick at one per 1 s, the next probe comes within ~0.2 s, not
+    at the old tick's 1 s."""
+    from harness.traffic.budget import BudgetDecision
+
+    def decision(scale: float) -> str:
+        return json.dumps(BudgetDecision(scale, 0.6, 2, {"zone-a": 0.05 * scale}, "test").as_dict())
+
+    tr = TrafficRunner({"zone-a": shop.url}, tmp_path, users=1, spawn_rate=10, duration_s=30,
+                       extra_env={"EH_WAIT": "60"}, probe_period_s=0.05)  # fmt: skip
+    tr.budget_file.write_text(decision(20.0))  # before locust starts, as `ProbeBudget.start_low` does: 1 per 1 s
+    req = tmp_path / "requests.jsonl"
+
+    def probes() -> list[float]:
+        return sorted(float(r["ts"]) for r in _lines(req) if r["endpoint"] == "probe")
+
+    with tr:
+        assert wait_until(lambda: len(probes()) >= 2, timeout=30)
+        seen = len(probes())
+        # just after a tick: the old clock's next one is ~1 s away
+        assert wait_until(lambda: len(probes()) > seen, timeout=5, interval=0.005)
+        tick = probes()[-1]
+        written = time.time()
+        tr.budget_file.write_text(decision(1.0))
+        assert written - tick < 0.3, "the file was written too long after the tick to tell the clocks apart"
+        time.sleep(1.2)
+        tr.stop()
+    after = [t for t in probes() if t > written]
+    assert after and after[0] - tick < 0.6, (tick, written, after[:3])  # the old clock: ~1.0 s after `tick`
+    assert len([t for t in after if t < written + 1.0]) >= 10  # and at the new period (20/s) from then on
+
+
 def test_request_ids_differ_in_forked_workers() -> None:
     """locust's `--processes` forks after importing the locustfile: each worker's ids are its own, never the
     parent's sequence again (a generator the fork copied would repeat it in every worker)."""

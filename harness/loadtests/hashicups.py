@@ -283,6 +283,23 @@ class ZoneProbe(FastHttpUser):
             if why is not None:
                 resp.failure(why)
 
+    def _sleep_until(self, tick: float) -> float:
+        """Sleep until `tick`, looking at the probe budget's factor meanwhile; returns the tick, moved if it changed.
+
+        A new factor moves the tick to the last one plus the new period: the
+        budget measures the new rate SWITCH_S after writing it, and a probe
+        asleep for its slowest period (0.5 s) would otherwise start the new
+        rate only after it woke (harness.traffic.budget).
+        """
+        scale = PROBE_BUDGET.scale()
+        while (delay := tick - time.monotonic()) > 0:
+            gevent.sleep(min(delay, PROBE_BUDGET.check_s))
+            now = PROBE_BUDGET.scale()
+            if now != scale:
+                tick += self.period_s * (now - scale)
+                scale = now
+        return tick
+
     @task
     def probe(self) -> None:
         """Fire on the clock; never wait for an answer before the next tick (up to its `inflight` at once).
@@ -296,9 +313,7 @@ class ZoneProbe(FastHttpUser):
         next_at = time.monotonic()
         try:
             while self._state != LOCUST_STATE_STOPPING:
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    gevent.sleep(delay)
+                next_at = self._sleep_until(next_at)
                 if pool.free_count() > 0:
                     pool.spawn(self._one)
                 next_at += self.period_s * PROBE_BUDGET.scale()

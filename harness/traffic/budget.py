@@ -26,7 +26,12 @@ same rule, never past their set periods, and measure again; a step of less
 than `MIN_STEP` is taken without another window (from below, the rule
 overrates busy per request, so such a step lands at or under the target).
 At most `MAX_WINDOWS` windows; after the last, a step that slows the probes
-is taken unmeasured, a bigger speed-up is not. (A line through two windows
+is taken unmeasured, a bigger speed-up is not. A window is `WINDOW_S` long,
+or ends at `EARLY_S` when its outcome would be the same with its busy share
+`NOISE` lower or higher (`_clear`): the slowest probes clearly fit the set
+rates, or the set rates are clearly within the target. A step to a factor in
+between, or a reading near the target, is measured whole: precision only
+where the outcome depends on it. (A line through two windows
 instead overshot here: a saturated window's busy is cut at 100 %, and with
 1.5 s windows varying by +-5 % the line's slope was noise.) The factor never slows a zone's probes
 below one per `max_period_s`. It is fixed for the rest of the run: faults
@@ -50,7 +55,8 @@ lands under the target and the next closes on it.
 
 The factor reaches the probes through `probe-budget.json` in the run
 directory, which is also the record (docs/CONTRACTS.md §4): locust's probes
-re-read its `scale` when the file changes (`ScaleFile`, checked every 0.2 s).
+re-read its `scale` when the file changes (`ScaleFile`, checked every 0.1 s,
+also while a probe sleeps towards its next tick).
 Probes that run elsewhere (locust workers in the zones' own pods) do not see
 it; e2e does not apply a budget to them.
 """
@@ -61,7 +67,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +77,21 @@ from harness.contract.hostcpu import busy_share, cpu_times
 TARGET_BUSY = 0.6
 """The busy share the budget keeps the host under; the rest is for faults (a pod starting costs CPU) and queues."""
 WINDOW_S = 1.5  # one measurement: three of host.jsonl's samples, ~100-200 requests at the set probe rate
-SWITCH_S = 0.5  # after a new factor: every probe has re-read the file (CHECK_S) and ticked at its new period
-CHECK_S = 0.2  # how often a probe looks at the file's modification time
+EARLY_S = 1.0  # ... ended here when its decision is clear (`ProbeBudget._clear`)
+NOISE = 0.25  # how far off (relative) a reading over EARLY_S is taken to be: the decision must hold either way
+SWITCH_S = 0.25  # after a new factor: every probe has re-read the file (within 2 x CHECK_S) and runs at its new period
+CHECK_S = 0.1  # how often a probe looks at the file's modification time, also while it sleeps to its next tick
 MAX_PERIOD_S = 0.5  # the slowest a probe gets: two requests/s per zone, still more than its shoppers make
-MAX_WINDOWS = 3  # at most 3 windows (4.5 s, plus 0.5 s for each new factor to reach the probes)
+MAX_WINDOWS = 3  # at most 3 windows (4.5 s, plus SWITCH_S for each new factor to reach the probes)
 MEASURING = "measuring"  # the record's reason until the budget has decided (a game day's chaos waits for another)
 MIN_STEP = 0.1  # a speed-up of less than 10 % of the rate is taken without another window
+
+# what a window decides (`ProbeBudget._next`)
+_STEP = "step"  # measure again at the new factor
+_WITHIN = "within"  # within the target: this factor, or a small step taken unmeasured
+_FLOOR = "floor"  # over the target at the slowest probes: stays there
+_SLOWED_AGAIN = "slowed again"  # over the target after the last window: the step down taken unmeasured
+_HELD = "held"  # under the target after the last window: the last measured factor kept
 
 CpuReader = Callable[[], "tuple[int, int] | None"]
 RateReader = Callable[[float, float], "tuple[float, float]"]
@@ -211,24 +226,38 @@ class ProbeBudget:
             return self._decide(1.0, "no zone is probed", windows)
         scale = ScaleFile(self.path, check_s=0.0).scale()
         while True:
-            measured = self._window(scale if not windows else self._apply(scale, windows))
+            measured = self._window(scale if not windows else self._apply(scale, windows), len(windows) + 1)
             if measured is None:
                 if not windows:  # nothing known of this machine: the set rates, as without a budget
                     return self._decide(1.0, "no CPU reading on this machine (/proc/stat): not measured", windows)
                 return self._decide(scale, "the CPU reading vanished while measuring", windows)
             windows.append(measured)
-            w = measured
-            step = self._proportional(w)
-            over = w.busy > self.target
-            if not over and step > scale / (1 + MIN_STEP):  # within the target, the rest not worth a window
-                return self._decide(step, self._within(w, step), windows)
-            if over and scale >= self.max_scale:
-                return self._decide(scale, self._slowed(windows), windows)
-            if len(windows) >= MAX_WINDOWS:
-                if over:  # the last step is taken unmeasured: the verdict's host note measures it
-                    return self._decide(step, self._slowed(windows, measured=False), windows)
-                return self._decide(scale, self._held(windows), windows)  # a bigger speed-up only measured
-            scale = step
+            outcome, step = self._next(measured, scale, len(windows))
+            if outcome == _STEP:
+                scale = step
+                continue
+            return self._decide(step, self._reason(outcome, windows, step), windows)
+
+    def _next(self, w: BudgetWindow, scale: float, n: int) -> tuple[str, float]:
+        """What window `n`, measured at `scale`, decides: an outcome and the factor it leads to."""
+        step = self._proportional(w)
+        over = w.busy > self.target
+        if not over and step > scale / (1 + MIN_STEP):  # within the target, the rest not worth a window
+            return _WITHIN, step
+        if over and scale >= self.max_scale:
+            return _FLOOR, scale
+        if n >= MAX_WINDOWS:
+            if over:  # the last step is taken unmeasured: the verdict's host note measures it
+                return _SLOWED_AGAIN, step
+            return _HELD, scale  # a bigger speed-up only measured
+        return _STEP, step
+
+    def _reason(self, outcome: str, windows: list[BudgetWindow], scale: float) -> str:
+        if outcome == _WITHIN:
+            return self._within(windows[-1], scale)
+        if outcome == _HELD:
+            return self._held(windows)
+        return self._slowed(windows, measured=outcome == _FLOOR)
 
     # --- the arithmetic -------------------------------------------------------------------------
 
@@ -251,9 +280,18 @@ class ProbeBudget:
 
     # --- measuring ------------------------------------------------------------------------------
 
-    def _window(self, scale: float) -> BudgetWindow | None:
+    def _window(self, scale: float, n: int) -> BudgetWindow | None:
+        """Window `n` at `scale`: `window_s` long, or `EARLY_S` when what it decides is clear by then."""
         before, start = self.cpu(), self.clock()
-        self.sleep(self.window_s)
+        early = min(EARLY_S, self.window_s)
+        self.sleep(early)
+        w = self._reading(scale, before, start)
+        if w is None or early >= self.window_s or self._clear(w, scale, n):
+            return w
+        self.sleep(self.window_s - early)
+        return self._reading(scale, before, start)
+
+    def _reading(self, scale: float, before: tuple[int, int] | None, start: float) -> BudgetWindow | None:
         after, end = self.cpu(), self.clock()
         busy = busy_share(before, after)
         if busy is None:
@@ -261,6 +299,14 @@ class ProbeBudget:
         requests, probes = self.rates(start, end)
         return BudgetWindow(round(start, 3), round(end, 3), round(scale, 3), round(busy, 3),
                             round(requests, 1), round(probes, 1))  # fmt: skip
+
+    def _clear(self, w: BudgetWindow, scale: float, n: int) -> bool:
+        """A reading decides the same with its busy share `NOISE` lower or higher: a longer window would not
+        change the outcome, only its precision where the outcome does not depend on it (a step to the set
+        rates or to the slowest probes, a factor kept). Near the target, or for a step in between, the window
+        runs its whole `window_s`."""
+        lo, hi = (replace(w, busy=w.busy * f) for f in (1 - NOISE, 1 + NOISE))
+        return self._next(lo, scale, n) == self._next(hi, scale, n)
 
     def _apply(self, scale: float, windows: list[BudgetWindow]) -> float:
         """Hand the factor to the probes and give them `switch_s` to take it."""
