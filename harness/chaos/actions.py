@@ -38,7 +38,7 @@ from harness.chaos import expected
 from harness.chaos.roles import RoleError, parse_role, resolve_zone
 from harness.chaos.timeline import FaultKind, record
 from harness.errors import BackendError, HarnessError
-from harness.topology import Topology
+from harness.topology import ENTRY_SERVICE, Topology
 
 log = logging.getLogger("chaostoolkit")  # chaostoolkit writes this logger to chaos.log
 
@@ -339,7 +339,7 @@ def kill_pod(
     b.require_capability("kill_pod")  # refused before anything is recorded or injected
     _snapshot(b, f"before {fault}")
     inject = record(
-        fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend",
+        fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == ENTRY_SERVICE,
         **declared,
     )  # fmt: skip
     try:
@@ -363,7 +363,7 @@ def make_unready(
     fault = _fault_id("unready", zone, service)
     pods = _held_fault(
         b, "set_pod_unready", {"zone": zone, "service": service}, fault, "make_unready", zone,
-        FaultKind.SERVICE_DOWN, duration_s, [service], entry_down=service == "frontend",
+        FaultKind.SERVICE_DOWN, duration_s, [service], entry_down=service == ENTRY_SERVICE,
     )  # fmt: skip
     wait_ready(b, zone, [service])
     _snapshot(b, f"restore {fault}")
@@ -412,7 +412,7 @@ def kill_node(
     stale = _stale(b, (p.pod for p in alive if p.node == node))
     _held_fault(
         b, "kill_node", {"node": node}, fault, "kill_node", zone, FaultKind.SERVICE_DOWN, duration_s, lost,
-        before=True, entry_down="frontend" in lost, inject_extra={"node": node, **declared},
+        before=True, entry_down=ENTRY_SERVICE in lost, inject_extra={"node": node, **declared},
         restore_extra={"node": node},
     )  # fmt: skip
     wait_ready(b, zone, sorted(on_node), stale=stale)
@@ -572,7 +572,13 @@ def kill_pod_burst(
             fault = _fault_id("kill-pod", zone, service)
             _snapshot(b, f"before {fault}")
             inject = record(
-                fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == "frontend"
+                fault,
+                "inject",
+                "kill_pod",
+                zone,
+                FaultKind.SERVICE_DOWN,
+                [service],
+                entry_down=service == ENTRY_SERVICE,
             )
             try:
                 gone = set(dispatch(b, "kill_pod", {"zone": zone, "service": service}))

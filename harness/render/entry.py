@@ -43,11 +43,10 @@ from typing import Any
 from harness.contract import names
 from harness.render import naming
 from harness.render.hashicups import NGINX_PORT
-from harness.topology.model import Edition, Topology, Zone
+from harness.topology.model import ENTRY_SERVICE, Edition, Topology, Zone
 
 KIND_VARIANT = "kind.yaml"
 CLUSTER_VARIANT = "cluster.yaml"
-ENTRY_SERVICE = "frontend"  # the logical service users enter through (nginx on port 80)
 NODE_PORT_BASE = 30100
 LABEL_ENTRY = "edge-harness.io/entry"
 ALB_ANNOTATION_PREFIX = "alb.ingress.kubernetes.io/"

@@ -52,14 +52,13 @@ from harness.contract.rundir import (
 )
 from harness.errors import BackendError
 from harness.render.naming import workloads
-from harness.topology import Placement, Topology, load_topology
+from harness.topology import ENTRY_SERVICE, Placement, Topology, load_topology
 from harness.topology.model import dump_topology
 
 if TYPE_CHECKING:
     from harness.render.manifests import Manifests
 
 TRUST_DOMAIN = "11111111-2222-3333-4444-555555555555.consul"
-ENTRY_SERVICE = "frontend"  # users enter at the zone's frontend (render/entry.py)
 
 
 class ManualClock:

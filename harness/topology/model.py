@@ -26,6 +26,11 @@ from harness.topology.yamlload import safe_load
 # Package data (pyproject [tool.setuptools.package-data]): found the same in a checkout and in an install.
 DEFAULT_TOPOLOGY = Path(str(files("harness").joinpath("fixtures", "topology.yaml")))
 
+# The service users enter every zone through (nginx on port 80, `/api` to public-api): the renderer's entry
+# points, the backends' entry pods, the faults that take a zone's entry down and the verifier's entry lines all
+# mean this one. A topology must place it in the zones (`_check_cross_fields`).
+ENTRY_SERVICE = "frontend"
+
 # HashiCups images as published by HashiCorp (hashicorp-demoapp/hashicups-setups
 # and consul tutorials). Pinned: a moving tag would change what a run tests.
 KNOWN_IMAGES: dict[str, str] = {
@@ -185,9 +190,14 @@ class Topology(_Model):
 
     @property
     def entry_services(self) -> frozenset[str]:
-        """The services users enter through: no service calls them and they run in the zones (frontend)."""
-        called = {u for s in self.services for u in s.upstreams}
-        return frozenset(s.name for s in self.services if s.name not in called and s.placement.value != "region")
+        """The services users enter through: ENTRY_SERVICE, the one the entry points send users to.
+
+        Not "every edge service no one calls": an extra such service gets no
+        user at all, and counting it as an entry made a fault that killed it
+        look like the zone's entry going down, which excuses the zone's
+        failed user requests and missing entry lines.
+        """
+        return frozenset(s.name for s in self.services if s.name == ENTRY_SERVICE)
 
     def zone(self, name: str) -> Zone:
         for z in self.zones:
@@ -257,6 +267,16 @@ def _check_cross_fields(t: Topology) -> None:
             )
         if s.port is None and s.name not in KNOWN_PORTS:
             raise _CrossFieldError(f"services[{i}].port", f"required for {s.name!r}")
+    entry = names.get(ENTRY_SERVICE)
+    if entry is None:
+        raise _CrossFieldError(
+            "services",
+            f"{ENTRY_SERVICE!r} is required: users enter every zone through it (nginx, /api to its upstream)",
+        )
+    if t.services[entry].placement is not Placement.EDGE:
+        raise _CrossFieldError(
+            f"services[{entry}].placement", f"{ENTRY_SERVICE!r} must be edge: users enter every zone through its own"
+        )
     if not any(s.placement is Placement.REGION for s in t.services):
         raise _CrossFieldError("services", "at least one Region-only service (placement: region) is required")
     for i, s in enumerate(t.services):

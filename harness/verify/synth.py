@@ -53,7 +53,7 @@ from harness.contract.rundir import (
     TOPOLOGY_FILE,
     UPSTREAM_STATS_FILE,
 )
-from harness.topology import Placement, Topology, dump_topology
+from harness.topology import ENTRY_SERVICE, Placement, Topology, dump_topology
 from harness.verify.rundata import OVERPROVISIONING
 
 MISCONFIGS = (
@@ -190,7 +190,7 @@ class _Model:
             if s.placement is Placement.REGION and sc.misconfig == "postgres-in-lz":
                 for z in self.lzs:
                     self._add(s.name, z, sc.start - 10.0)
-        self.entry = next(s.name for s in self.t.services if not any(s.name in o.upstreams for o in self.t.services))
+        self.entry = ENTRY_SERVICE  # what users enter through (harness.topology), not any service no one calls
         self._members()
         # Pod lifecycle during faults, in time order: (ts, order, what, service, zone)
         self.changes: list[tuple[float, int, str, str, str]] = []

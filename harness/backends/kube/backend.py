@@ -68,6 +68,7 @@ from harness.contract.names import (
 from harness.contract.rundir import ENTRYPOINTS_FILE, INVENTORY_FILE
 from harness.contract.users import USER_TIMEOUT
 from harness.errors import BackendError
+from harness.topology import ENTRY_SERVICE
 
 if TYPE_CHECKING:
     from harness.render.manifests import Manifests
@@ -85,7 +86,6 @@ class ConsulUi(NamedTuple):
     fullname: str  # the chart's name prefix (its CA Secret is `<fullname>-ca-cert`)
 
 
-ENTRY_SERVICE = "frontend"
 ENTRY_PROBE_PERIOD_S = 1.0
 # "no answer" as a user means it: a shorter bound (it was 2 s) recorded a slow entry point as down, and the
 # zone's failed requests then were left out of the availability budget
