@@ -71,8 +71,10 @@ def test_an_entry_point_down_while_a_service_that_is_not_the_entry_is_killed_fai
     "change,field",
     [
         (lambda d: d.update(services=[s for s in d["services"] if s["name"] != ENTRY_SERVICE]), "services"),
-        (lambda d: next(s for s in d["services"] if s["name"] == ENTRY_SERVICE).update(placement="region"),
-         "services[0].placement"),
+        (
+            lambda d: next(s for s in d["services"] if s["name"] == ENTRY_SERVICE).update(placement="region"),
+            "services[0].placement",
+        ),
     ],
     ids=["no-frontend", "frontend-in-the-region"],
 )
