@@ -571,15 +571,8 @@ def kill_pod_burst(
                 time.sleep(wait)
             fault = _fault_id("kill-pod", zone, service)
             _snapshot(b, f"before {fault}")
-            inject = record(
-                fault,
-                "inject",
-                "kill_pod",
-                zone,
-                FaultKind.SERVICE_DOWN,
-                [service],
-                entry_down=service == ENTRY_SERVICE,
-            )
+            entry_down = service == ENTRY_SERVICE
+            inject = record(fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=entry_down)
             try:
                 gone = set(dispatch(b, "kill_pod", {"zone": zone, "service": service}))
             except BaseException:
