@@ -102,7 +102,8 @@ def _check_records(run_dir: Path, killed_zone: str) -> dict[str, Any]:
         if str(x.get("request_id") or "").startswith("eh-")
     }
     assert api and all(isinstance(r["request_id"], int) for r in api), api[:3]
-    # but for those a killed node's sidecar had not flushed (its last second, with the node's own faults)
+    # but for those a killed node's sidecar had not flushed: answered in its last second (Envoy logs a request
+    # when it ends: one begun earlier and answered late, a CPU-starved CI lane's 1 s stall, is in that buffer too)
     chaos = _jsonl(run_dir / "chaos.jsonl")
     nodes = [
         (
@@ -117,7 +118,7 @@ def _check_records(run_dir: Path, killed_zone: str) -> dict[str, Any]:
         r
         for r in api
         if f"eh-{r['request_id']:016x}" not in logged
-        and not any(z == r["zone"] and lo <= r["ts"] <= hi for z, lo, hi in nodes)
+        and not any(z == r["zone"] and lo <= r["ts"] + r["latency_ms"] / 1000 and r["ts"] <= hi for z, lo, hi in nodes)
     ]
     assert not missing, missing[:3]
     # artifacts: every sidecar's Envoy config and clusters

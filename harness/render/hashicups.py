@@ -43,7 +43,7 @@ from harness.contract import names
 from harness.render import database, naming
 from harness.render.kind import edge_taint
 from harness.render.naming import ConsulService, Workload
-from harness.topology.model import KNOWN_PORTS, Edition, Service, Topology
+from harness.topology.model import ENTRY_API_UPSTREAM, KNOWN_PORTS, Edition, Service, Topology
 
 NGINX_IMAGE = "nginx:1.27-alpine"
 NGINX_PORT = 80
@@ -62,7 +62,7 @@ def config_map_name(cs: ConsulService, suffix: str) -> str:
 def nginx_conf(t: Topology, svc: Service) -> str:
     """The frontend pod's nginx: `/api` to the public-api upstream, the rest to the Next.js app."""
     lines = ["server {", f"    listen {NGINX_PORT};", "    server_name _;"]
-    api_port = _upstream_port(t, svc, "public-api")
+    api_port = _upstream_port(t, svc, ENTRY_API_UPSTREAM)
     if api_port is not None:
         lines += [
             "    location /api {",

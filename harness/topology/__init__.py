@@ -6,6 +6,7 @@ This package imports nothing else of the harness: every other stage reads a
 
 from harness.topology.model import (
     DEFAULT_TOPOLOGY,
+    ENTRY_API_UPSTREAM,
     ENTRY_SERVICE,
     Edition,
     LocalSettings,
@@ -23,6 +24,7 @@ from harness.topology.model import (
 
 __all__ = [
     "DEFAULT_TOPOLOGY",
+    "ENTRY_API_UPSTREAM",
     "ENTRY_SERVICE",
     "Edition",
     "LocalSettings",

@@ -30,6 +30,9 @@ DEFAULT_TOPOLOGY = Path(str(files("harness").joinpath("fixtures", "topology.yaml
 # points, the backends' entry pods, the faults that take a zone's entry down and the verifier's entry lines all
 # mean this one. A topology must place it in the zones (`_check_cross_fields`).
 ENTRY_SERVICE = "frontend"
+# ... and where its nginx sends `/api` (the GraphQL requests, the zone probes): the renderer's nginx config and the
+# verifier's entry lines mean this one
+ENTRY_API_UPSTREAM = "public-api"
 
 # HashiCups images as published by HashiCorp (hashicorp-demoapp/hashicups-setups
 # and consul tutorials). Pinned: a moving tag would change what a run tests.

@@ -9,6 +9,7 @@ from harness.contract.clock import CLOCK_TOLERANCE_S
 from harness.contract.requestid import REQUEST_ID_HEADER
 from harness.contract.rundir import ACCESS_LOG_FLUSH, ACCESS_LOG_FLUSH_S, CLOCK_FILE, RECORD_STEPS
 from harness.observe.hops import host_ip_sql
+from harness.topology import ENTRY_API_UPSTREAM
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.faults import FailoverSpan
@@ -59,9 +60,8 @@ SILENT_GAP_SLACK_S = 2 * CLOCK_TOLERANCE_S + 2 * HOP_TS_SLACK_S
 # served hops are no gap
 SILENT_UNFLUSHED_S = ACCESS_LOG_FLUSH_S
 # `_entry_silent`: the users' entry service's nginx passes `/api` (the GraphQL requests, the zone probes and the
-# clock probes) to its sidecar's public-api upstream (harness.render.hashicups.nginx_conf; the local stand-in
+# clock probes) to its sidecar's ENTRY_API_UPSTREAM (harness.render.hashicups.nginx_conf; the local stand-in
 # follows the rendered config); `GET /` it answers itself. A request's locust name is "METHOD /path ...".
-ENTRY_API_UPSTREAM = "public-api"
 ENTRY_API_NAME_RE = r"^[A-Z]+ /api([/? ]|$)"
 ENTRY_API_SQL = f"regexp_matches(coalesce(name, ''), '{ENTRY_API_NAME_RE}')"  # a request (row) through /api
 
