@@ -12,10 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from harness.e2e import WARM_REQUESTS
 from harness.render import render
 from harness.topology import load_topology
 from tests.conftest import REPO, leftovers, wait_until
@@ -84,11 +86,18 @@ def test_gameday_flow(tmp_path: Path) -> None:
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
+        said: list[str] = []
+        reader = threading.Thread(target=lambda: said.extend(iter(traffic.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+        reader.start()
         try:
-            # the chaos starts once the probe budget is settled: users were served in every zone (its warm-up)
-            # and the probes run at the rate they keep for the whole run
-            assert wait_until(lambda: _budget_settled(run), 120), "no probe budget recorded"
-            assert _requests_into(run, LAX) >= 10
+            # the chaos starts when `harness traffic` says the probe budget's line, as an operator's does: the
+            # warm-up is over (every zone's users served WARM_REQUESTS times) and the probes run at the rate they
+            # keep for the whole run. The budget's file alone was not that: its decision is written before the
+            # warm-up's last answers (rv32: 9 of LAX's requests on record when it was). Piped, as here and in a
+            # workflow's log, the line came only at the traffic's end until it was flushed.
+            assert wait_until(lambda: any(x.startswith("probe budget:") for x in said), 120), said
+            assert _budget_settled(run)
+            assert _requests_into(run, LAX) >= WARM_REQUESTS
             chaos = harness("chaos", *backend, str(REPO / "experiments" / "kill-product-api-lax.json"),
                             "--run-dir", str(run), cwd=tmp_path)  # fmt: skip
             assert chaos.returncode == 0, chaos.stdout + chaos.stderr
@@ -97,7 +106,9 @@ def test_gameday_flow(tmp_path: Path) -> None:
             assert traffic.poll() is None
         finally:
             traffic.send_signal(signal.SIGINT)
-            out, _ = traffic.communicate(timeout=120)
+            traffic.wait(timeout=120)
+            reader.join(timeout=10)
+            out = "".join(said)
         assert traffic.returncode == 130 and "Traceback" not in out, out
         # chaostoolkit's journal and log are in the run directory, not where the operator stands
         assert not (tmp_path / "chaostoolkit.log").exists() and not (tmp_path / "journal.json").exists()
