@@ -331,3 +331,16 @@ def test_at_the_set_rates_a_reading_is_clear_only_when_noise_cannot_take_it_over
     b = _budget(Machine(tmp_path / "b.json"))
     w = BudgetWindow(0.0, 1.0, 1.0, busy, 150.0, 133.3)
     assert b._clear(w, 1.0, 1) is early
+
+
+def test_a_window_no_longer_than_the_early_end_is_one_reading(tmp_path: Path) -> None:
+    """`window_s` at or under EARLY_S: each window is taken whole at once, near the target or not (no second
+    sleep of zero and reading)."""
+    from harness.traffic.budget import EARLY_S
+
+    m = Machine(tmp_path / "probe-budget.json", fixed=0.1, cost=0.0115)
+    b = _budget(m, window_s=EARLY_S * 0.8)
+    b.start_low()
+    d = b.settle()
+    assert len(d.windows) >= 2 and set(_lengths(d)) == {round(EARLY_S * 0.8, 3)}, d.windows
+    assert len(m.answered) == len(d.windows) + len(d.windows) - 1  # one sleep per window, one per switch

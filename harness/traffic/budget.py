@@ -31,10 +31,10 @@ or ends at `EARLY_S` when its outcome would be the same with its busy share
 `NOISE` lower or higher (`_clear`): the slowest probes clearly fit the set
 rates, or the set rates are clearly within the target. A step to a factor in
 between, or a reading near the target, is measured whole: precision only
-where the outcome depends on it. (A line through two windows
-instead overshot here: a saturated window's busy is cut at 100 %, and with
-1.5 s windows varying by +-5 % the line's slope was noise.) The factor never slows a zone's probes
-below one per `max_period_s`. It is fixed for the rest of the run: faults
+where the outcome depends on it. (A line through two windows instead
+overshot here: a saturated window's busy is cut at 100 %, and with 1.5 s
+windows varying by +-5 % the line's slope was noise.) The factor never slows
+a zone's probes below one per `max_period_s`. It is fixed for the rest of the run: faults
 then meet one probe rate, and a fault's own CPU (pods starting) is what the
 headroom is for.
 
@@ -68,6 +68,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +87,16 @@ MAX_WINDOWS = 3  # at most 3 windows (4.5 s, plus SWITCH_S for each new factor t
 MEASURING = "measuring"  # the record's reason until the budget has decided (a game day's chaos waits for another)
 MIN_STEP = 0.1  # a speed-up of less than 10 % of the rate is taken without another window
 
-# what a window decides (`ProbeBudget._next`)
-_STEP = "step"  # measure again at the new factor
-_WITHIN = "within"  # within the target: this factor, or a small step taken unmeasured
-_FLOOR = "floor"  # over the target at the slowest probes: stays there
-_SLOWED_AGAIN = "slowed again"  # over the target after the last window: the step down taken unmeasured
-_HELD = "held"  # under the target after the last window: the last measured factor kept
+
+class Outcome(StrEnum):
+    """What a window decides (`ProbeBudget._next`)."""
+
+    STEP = "step"  # measure again at the new factor
+    WITHIN = "within"  # within the target: this factor, or a small step taken unmeasured
+    FLOOR = "floor"  # over the target at the slowest probes: stays there
+    SLOWED_AGAIN = "slowed again"  # over the target after the last window: the step down taken unmeasured
+    HELD = "held"  # under the target after the last window: the last measured factor kept
+
 
 CpuReader = Callable[[], "tuple[int, int] | None"]
 RateReader = Callable[[float, float], "tuple[float, float]"]
@@ -233,31 +238,31 @@ class ProbeBudget:
                 return self._decide(scale, "the CPU reading vanished while measuring", windows)
             windows.append(measured)
             outcome, step = self._next(measured, scale, len(windows))
-            if outcome == _STEP:
+            if outcome is Outcome.STEP:
                 scale = step
                 continue
             return self._decide(step, self._reason(outcome, windows, step), windows)
 
-    def _next(self, w: BudgetWindow, scale: float, n: int) -> tuple[str, float]:
+    def _next(self, w: BudgetWindow, scale: float, n: int) -> tuple[Outcome, float]:
         """What window `n`, measured at `scale`, decides: an outcome and the factor it leads to."""
         step = self._proportional(w)
         over = w.busy > self.target
         if not over and step > scale / (1 + MIN_STEP):  # within the target, the rest not worth a window
-            return _WITHIN, step
+            return Outcome.WITHIN, step
         if over and scale >= self.max_scale:
-            return _FLOOR, scale
+            return Outcome.FLOOR, scale
         if n >= MAX_WINDOWS:
             if over:  # the last step is taken unmeasured: the verdict's host note measures it
-                return _SLOWED_AGAIN, step
-            return _HELD, scale  # a bigger speed-up only measured
-        return _STEP, step
+                return Outcome.SLOWED_AGAIN, step
+            return Outcome.HELD, scale  # a bigger speed-up only measured
+        return Outcome.STEP, step
 
-    def _reason(self, outcome: str, windows: list[BudgetWindow], scale: float) -> str:
-        if outcome == _WITHIN:
+    def _reason(self, outcome: Outcome, windows: list[BudgetWindow], scale: float) -> str:
+        if outcome is Outcome.WITHIN:
             return self._within(windows[-1], scale)
-        if outcome == _HELD:
+        if outcome is Outcome.HELD:
             return self._held(windows)
-        return self._slowed(windows, measured=outcome == _FLOOR)
+        return self._slowed(windows, measured=outcome is Outcome.FLOOR)
 
     # --- the arithmetic -------------------------------------------------------------------------
 

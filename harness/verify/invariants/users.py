@@ -244,8 +244,6 @@ class UserChecks(CheckBase):
         node, one in five of the AZ's users' requests failed the run.
         """
         entry = sorted(self.entry_services)
-        if not entry:
-            return []
         out: list[tuple[str, float, float]] = []
         names = ", ".join("'" + sql_str(e) + "'" for e in entry)
         for f, hi in impact:

@@ -24,13 +24,12 @@ from harness.backends.local.sidecar import Sidecar
 from harness.backends.local.state import State
 from harness.contract.inventory import Inventory
 from harness.render.manifests import Manifests
-from harness.topology.model import ENTRY_SERVICE, Topology
+from harness.topology.model import Topology
 
 log = logging.getLogger("harness.local")
 
 INBOUND_PORT = 20000
 ADMIN_PORT = 19000
-ENTRY_APP = ENTRY_SERVICE  # the app the zone's entry relay sends users to
 TICK_S = 0.1
 READY_WAIT_S = 30.0
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")

@@ -9,7 +9,6 @@ import threading
 import time
 
 from harness.backends.local.cluster.base import (
-    ENTRY_APP,
     INBOUND_PORT,
     TICK_S,
     ClusterBase,
@@ -22,6 +21,7 @@ from harness.backends.local.sched import (
     DeploymentSpec,
     Probe,
 )
+from harness.topology import ENTRY_SERVICE
 
 
 class ControlLoop(ClusterBase):
@@ -242,7 +242,7 @@ class ControlLoop(ClusterBase):
         out = []
         with self.lock:
             for p in self.pods.values():
-                if p.dep.app != ENTRY_APP or p.node.zone != zone or not p.serving:
+                if p.dep.app != ENTRY_SERVICE or p.node.zone != zone or not p.serving:
                     continue
                 for svc in self.spec.services:
                     if (

@@ -17,7 +17,6 @@ from harness.backends.local.apps import app_argv
 from harness.backends.local.apps.postgres import TEMPLATE_ENV as PG_TEMPLATE_ENV
 from harness.backends.local.cluster.base import (
     ADMIN_PORT,
-    ENTRY_APP,
     INBOUND_PORT,
     ClusterBase,
     Pod,
@@ -35,6 +34,7 @@ from harness.backends.local.sched import (
 from harness.backends.local.sidecar import Sidecar, parse_upstreams
 from harness.contract.inventory import PodInfo
 from harness.errors import BackendError, InputError
+from harness.topology import ENTRY_SERVICE
 
 PG_TEMPLATES = ".postgres-templates"
 """Beside the clusters' state directories (the state root, a tmpfs): seeded postgres clusters, reused by every
@@ -209,7 +209,7 @@ class PodLifecycle(ClusterBase):
             pod.serving = False
         log.info("pod %s died: %s", pod.name, reason)
         self.inventory.removed(pod.name)  # `removed` implies unready; written before anyone is told
-        if pod.dep.app == ENTRY_APP and pod.node.zone in self.entries:
+        if pod.dep.app == ENTRY_SERVICE and pod.node.zone in self.entries:
             # as a zone's load balancer resets connections to a deregistered target: users on
             # kept-alive connections to this pod learn at once instead of waiting on a dead peer
             self.entries[pod.node.zone].drop_backend(pod.net.ip)
