@@ -17,6 +17,10 @@ from harness.interrupt import After, Interrupted, stop_at_once  # stdlib only: c
 def command() -> NoReturn:
     """Run the command line; exit 128 + the signal if one stops it, whenever it lands."""
     stop_at_once()  # until the CLI's own handling takes over (harness.interrupt.handle_signals)
+    # a line at a time, as on a terminal, also into a pipe (a workflow's log, `| tee`): an operator acts on lines
+    # such as `harness traffic`'s probe budget, which a block buffer held back until the traffic ended
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         from harness.cli import main
 

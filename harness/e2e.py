@@ -406,8 +406,8 @@ def record_traffic(
             with runner as traffic:
                 try:
                     # the game day's chaos waits for the budget's line: probes sized to the machine before any fault
-                    # (flushed: piped into a workflow's log, it would otherwise wait in a buffer until the traffic ends)
-                    warm_up(budget, served, WARMUP_BOUND_S, lambda m: print(m, flush=True))
+                    # (the `harness` process writes stdout a line at a time, also into a pipe: harness.__main__)
+                    warm_up(budget, served, WARMUP_BOUND_S, print)
                     traffic.wait(timeout=duration_s + START_GRACE_S)
                 except KeyboardInterrupt as exc:  # the operator ended the traffic: collect, then say so
                     stopped = exc

@@ -84,7 +84,8 @@ def test_gameday_flow(tmp_path: Path) -> None:
             [sys.executable, "-m", "harness", "traffic", *backend, "--users", "6", "--duration", "600",
              "--run-dir", str(run)],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            # without the caller's PYTHONUNBUFFERED (CI sets it): how `harness` writes into a pipe is its own doing
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONPATH": str(REPO)},
         )  # fmt: skip
         said: list[str] = []
         reader = threading.Thread(target=lambda: said.extend(iter(traffic.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
@@ -94,7 +95,7 @@ def test_gameday_flow(tmp_path: Path) -> None:
             # warm-up is over (every zone's users served WARM_REQUESTS times) and the probes run at the rate they
             # keep for the whole run. The budget's file alone was not that: its decision is written before the
             # warm-up's last answers (rv32: 9 of LAX's requests on record when it was). Piped, as here and in a
-            # workflow's log, the line came only at the traffic's end until it was flushed.
+            # workflow's log, the line came only at the traffic's end until `harness` wrote stdout line by line.
             assert wait_until(lambda: any(x.startswith("probe budget:") for x in said), 120), said
             assert _budget_settled(run)
             assert _requests_into(run, LAX) >= WARM_REQUESTS
