@@ -44,8 +44,12 @@ CASES: list[tuple[str, Callable[[Rows], Rows], str, set[str]]] = [
      "zone 'us-west-2-xyz-1a' is not in the topology", {COVERAGE}),
     # the same fault's inject twice (a retried write): one fault, judged once; the second line is said
     ("second-inject", lambda r: [r[0], *r], "second inject at", set()),
-    # an action this harness does not know: judged as the commonest kind (its services down), and said
-    ("unknown-kind", lambda r: _inject(r, kind="meteor", action="meteor"), "unknown kind 'meteor'", set()),
+    # a kind this harness does not know: measured as the commonest kind (its services down) so the rest reads,
+    # but which invariants it had to keep is unknown: unverified, a failure
+    ("unknown-kind", lambda r: _inject(r, kind="meteor", action="meteor"), "unknown kind 'meteor'",
+     {EXPERIMENT_RAN}),
+    ("unknown-action", lambda r: _inject(r, kind=None, action="meteor"), "unknown kind None (action 'meteor')",
+     {EXPERIMENT_RAN}),
 ]  # fmt: skip
 
 

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,15 @@ ACCESS_LOG_FLUSH_S = 1.0
 HOST_FILE = "host.jsonl"  # the harness host's CPU while recording (harness.observe.host)
 PROBE_BUDGET_FILE = "probe-budget.json"  # the zone probes' rate fitted to this machine (harness.traffic.budget)
 CLOCK_FILE = "clock.jsonl"  # the runner's clock against the nodes' (harness.contract.clock), separate clocks only
+
+
+class FaultKind(StrEnum):
+    """chaos.jsonl's `kind`: the chaos actions write it and the verifier judges a fault by it (the one list)."""
+
+    SERVICE_DOWN = "service-down"  # the listed services have no live instance left in the zone
+    ZONE_DOWN = "zone-down"  # every node of the zone is down
+    LINK_DEGRADED = "link-degraded"  # latency / loss on the zone's service link
+    PARTITION = "partition"  # the zone is cut off from the Region
 
 
 # recording steps (`harness.e2e.recording`) whose failure leaves the mesh's own records incomplete: the verdict

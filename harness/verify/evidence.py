@@ -5,8 +5,8 @@
   Region only, every expected instance passing.
 - `experiment-ran`: the run completed (run.json), and plan.json against each experiment's chaostoolkit journal,
   by the rules the chaos runner applies too (`harness.contract.journal`: the
-  journal's status alone proves nothing), and every fault an action reports
-  against the timeline.
+  journal's status alone proves nothing), every fault an action reports
+  against the timeline, and every fault of a kind the verdict knows how to judge.
 - The intentions half of `call-graph` (Consul's evaluation of the intentions
   for every undeclared source -> destination, and a refused probe call).
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from harness.contract.journal import fault_ids, journal_problems, runs_of, unjudged
 from harness.contract.rundir import CHAOS_DIR, CHAOS_FILE, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE, RUN_FILE
-from harness.verify.rundata import RunData
+from harness.verify.rundata import FAULT_KINDS, RunData
 from harness.verify.verdict import FAIL, PASS, UNVERIFIED, CheckResult
 
 CONFIG_CHECKS = ("crd-synced", "discovery-chain", "instances-passing")
@@ -174,7 +174,14 @@ def experiment_ran(run: RunData, chaos_records: int) -> tuple[list[str], list[Ch
     (`run_completed`)."""
     done_failures, done_checks = run_completed(run)
     failures, checks, text = _experiments(run, chaos_records)
-    return done_failures + failures, done_checks + checks, text
+    # a fault of a kind this harness does not judge ran, but what it should have left standing is unknown
+    odd = [
+        f"experiment-ran: fault {f.fault} is of a kind this harness does not know ({f.unknown_kind!r}, action "
+        f"{f.action!r}; known: {', '.join(FAULT_KINDS)}): which invariants it had to keep is unverified"
+        for f in run.faults
+        if f.unknown_kind is not None
+    ]
+    return done_failures + failures + odd, done_checks + checks, text
 
 
 def _experiments(run: RunData, chaos_records: int) -> tuple[list[str], list[CheckResult], str]:

@@ -78,6 +78,7 @@ from harness.contract.rundir import (
     RUN_FILE,
     UPSTREAM_STATS_COLUMNS,
     UPSTREAM_STATS_FILE,
+    FaultKind,
     SkippedLine,
     load_jsonl,
     read_json_doc,
@@ -119,7 +120,7 @@ ACTION_KINDS = {
     "set_link": "link-degraded",
     "partition_zone": "partition",
 }
-FAULT_KINDS = ("service-down", "zone-down", "link-degraded", "partition")
+FAULT_KINDS = tuple(FaultKind)  # what the chaos actions write (harness.contract.rundir)
 RUN_STATUSES = ("running", "complete", "interrupted", "failed")
 
 
@@ -142,6 +143,9 @@ class Fault:
     expected_why: str = ""
     node: str | None = None  # kill_node: the node stopped (chaos.jsonl `node`)
     latency_ms: float | None = None  # degrade_link: added to the link's round trip (chaos.jsonl `latency_ms`)
+    # a kind (or action) this harness does not know, as recorded: the fault is measured as service-down so the
+    # rest of the verdict still reads, but which invariants it should meet is unknown, and experiment-ran fails
+    unknown_kind: str | None = None
 
 
 @dataclass
@@ -643,9 +647,10 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
             if any(d.fault == fault for d in done):
                 notes.append(f"fault id {fault} names two faults (a new inject at {ts}): each is judged on its own")
             k = kind or ACTION_KINDS.get(action or "", "")
+            unknown = None
             if k not in FAULT_KINDS:
-                notes.append(f"fault {fault}: unknown kind {kind!r} (action {action!r}); treated as service-down")
-                k = "service-down"
+                notes.append(f"fault {fault}: unknown kind {kind!r} (action {action!r}); measured as service-down")
+                unknown, k = str(kind or action or "?"), "service-down"
             svcs = tuple(services) if services is not None else ((service,) if service else ())
             if k == "zone-down":
                 svcs = svcs if svcs else tuple(s.name for s in t.services)
@@ -661,6 +666,7 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
                 "expected_why": why or "",
                 "node": node or None,
                 "latency_ms": None if lat is None else float(lat),
+                "unknown_kind": unknown,
             }
         elif phase == "restore":
             if fault not in open_:
