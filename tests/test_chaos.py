@@ -31,6 +31,7 @@ from harness.backends.base import CHAOS_PRIMITIVES, AdminAnswers, Status, each_a
 from harness.backends.kube.backend import ENTRY_PROBE_TIMEOUT
 from harness.chaos import actions, check_experiment, judge_journal, plan_run, probes, run_experiment
 from harness.chaos.roles import RoleError, parse_role, resolve_values, resolve_zone
+from harness.chaos.timeline import FaultKind, record, takes_entry_down
 from harness.contract.inventory import Inventory, PodInfo
 from harness.contract.users import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S
 from harness.errors import BackendError, InputError
@@ -456,6 +457,27 @@ def _timeline(tmp_path: Path) -> list[dict[str, Any]]:
 def _labels(tmp_path: Path) -> list[str]:
     rows = [json.loads(x) for x in (tmp_path / "upstream-stats.jsonl").read_text().splitlines()]
     return list(dict.fromkeys(r["label"] for r in rows))
+
+
+@pytest.mark.parametrize(
+    "kind,services,down",
+    [
+        (FaultKind.SERVICE_DOWN, ["product-api"], False),
+        (FaultKind.SERVICE_DOWN, ["frontend"], True),  # kill_pod / make_unready of the entry service
+        (FaultKind.SERVICE_DOWN, ["frontend", "product-api"], True),  # kill_node with the frontend on it
+        (FaultKind.ZONE_DOWN, [], True),
+        (FaultKind.PARTITION, [], True),
+        (FaultKind.LINK_DEGRADED, [], False),
+    ],
+)
+def test_a_fault_takes_the_zones_entry_down_by_one_rule(
+    kind: FaultKind, services: list[str], down: bool, tmp_path: Path
+) -> None:
+    """Every action's inject line and the fake's follow `takes_entry_down`; a restore line's is false."""
+    assert takes_entry_down(kind, services) is down
+    path = tmp_path / "chaos.jsonl"
+    assert record("f", "inject", "a", LAX, kind, services, path=path)["entry_down"] is down
+    assert record("f", "restore", "a", LAX, kind, services, path=path)["entry_down"] is False
 
 
 def test_kill_pod_restores_at_the_replacements_ready_event(fake: FakeBackend, tmp_path: Path) -> None:

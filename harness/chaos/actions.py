@@ -38,7 +38,7 @@ from harness.chaos import expected
 from harness.chaos.roles import RoleError, parse_role, resolve_zone
 from harness.chaos.timeline import FaultKind, record
 from harness.errors import BackendError, HarnessError
-from harness.topology import ENTRY_SERVICE, Topology
+from harness.topology import Topology
 
 log = logging.getLogger("chaostoolkit")  # chaostoolkit writes this logger to chaos.log
 
@@ -294,7 +294,6 @@ def _held_fault(
     services: list[str] | None = None,
     *,
     before: bool = False,
-    entry_down: bool = False,
     inject_extra: dict[str, Any] | None = None,
     restore_extra: dict[str, Any] | None = None,
 ) -> Any:
@@ -310,7 +309,7 @@ def _held_fault(
     b.require_capability(primitive, zone)  # in this zone: EKS enforces NetworkPolicy (a partition) per node
     if before:
         _snapshot(b, f"before {fault}")
-    record(fault, "inject", action, zone, kind, services, entry_down=entry_down, **(inject_extra or {}))
+    record(fault, "inject", action, zone, kind, services, **(inject_extra or {}))
     try:
         result = dispatch(b, primitive, args)
         acted = time.time()
@@ -338,10 +337,7 @@ def kill_pod(
     fault = _fault_id("kill-pod", zone, service)
     b.require_capability("kill_pod")  # refused before anything is recorded or injected
     _snapshot(b, f"before {fault}")
-    inject = record(
-        fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=service == ENTRY_SERVICE,
-        **declared,
-    )  # fmt: skip
+    inject = record(fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], **declared)
     try:
         pods = dispatch(b, "kill_pod", {"zone": zone, "service": service})
     except BaseException:
@@ -363,7 +359,7 @@ def make_unready(
     fault = _fault_id("unready", zone, service)
     pods = _held_fault(
         b, "set_pod_unready", {"zone": zone, "service": service}, fault, "make_unready", zone,
-        FaultKind.SERVICE_DOWN, duration_s, [service], entry_down=service == ENTRY_SERVICE,
+        FaultKind.SERVICE_DOWN, duration_s, [service],
     )  # fmt: skip
     wait_ready(b, zone, [service])
     _snapshot(b, f"restore {fault}")
@@ -412,7 +408,7 @@ def kill_node(
     stale = _stale(b, (p.pod for p in alive if p.node == node))
     _held_fault(
         b, "kill_node", {"node": node}, fault, "kill_node", zone, FaultKind.SERVICE_DOWN, duration_s, lost,
-        before=True, entry_down=ENTRY_SERVICE in lost, inject_extra={"node": node, **declared},
+        before=True, inject_extra={"node": node, **declared},
         restore_extra={"node": node},
     )  # fmt: skip
     wait_ready(b, zone, sorted(on_node), stale=stale)
@@ -443,7 +439,7 @@ def zone_outage(
     stale = _stale(b, (p.pod for p in b.inventory().pods(alive_only=True) if p.zone == zone))
     _held_fault(
         b, "zone_outage", {"zone": zone}, fault, "zone_outage", zone, FaultKind.ZONE_DOWN, duration_s, services,
-        before=True, entry_down=True, inject_extra=declared,
+        before=True, inject_extra=declared,
     )  # fmt: skip
     wait_ready(b, zone, services, stale=stale)
     _snapshot(b, f"restore {fault}")
@@ -502,7 +498,6 @@ def partition_zone(zone: str, duration_s: float = 10.0, configuration: dict[str,
     fault = _fault_id("partition", zone)
     _held_fault(
         b, "partition_zone", {"zone": zone}, fault, "partition_zone", zone, FaultKind.PARTITION, duration_s,
-        entry_down=True,
     )  # fmt: skip
     healed = time.time()
     _snapshot(b, f"restore {fault}")
@@ -571,8 +566,7 @@ def kill_pod_burst(
                 time.sleep(wait)
             fault = _fault_id("kill-pod", zone, service)
             _snapshot(b, f"before {fault}")
-            entry_down = service == ENTRY_SERVICE
-            inject = record(fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service], entry_down=entry_down)
+            inject = record(fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service])
             try:
                 gone = set(dispatch(b, "kill_pod", {"zone": zone, "service": service}))
             except BaseException:

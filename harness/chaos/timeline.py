@@ -16,23 +16,24 @@ from __future__ import annotations
 import json
 import os
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from harness.contract.rundir import CHAOS_FILE
+from harness.contract.rundir import CHAOS_FILE, FaultKind
+from harness.topology import ENTRY_SERVICE
 
-
-class FaultKind(StrEnum):
-    SERVICE_DOWN = "service-down"  # the listed services have no live instance left in the zone
-    ZONE_DOWN = "zone-down"  # every node of the zone is down
-    LINK_DEGRADED = "link-degraded"  # latency / loss on the zone's service link
-    PARTITION = "partition"  # the zone is cut off from the Region
+__all__ = ["FaultKind", "record", "takes_entry_down", "timeline_path"]
 
 
 def timeline_path() -> Path | None:
     run_dir = os.environ.get("EH_RUN_DIR")
     return Path(run_dir) / CHAOS_FILE if run_dir else None
+
+
+def takes_entry_down(kind: FaultKind, services: list[str] | None) -> bool:
+    """Can users entering the fault's zone be served? Not when it takes the zone's entry service down, the whole
+    zone (zone-down) or its way to the Region (partition): the one rule every action's `entry_down` follows."""
+    return kind in (FaultKind.ZONE_DOWN, FaultKind.PARTITION) or ENTRY_SERVICE in (services or [])
 
 
 def record(
@@ -42,12 +43,17 @@ def record(
     zone: str,
     kind: FaultKind,
     services: list[str] | None = None,
-    entry_down: bool = False,
+    entry_down: bool | None = None,
     path: Path | None = None,
     ts: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Append one timeline line (to $EH_RUN_DIR/chaos.jsonl unless `path` is given); `ts` defaults to now."""
+    """Append one timeline line (to $EH_RUN_DIR/chaos.jsonl unless `path` is given); `ts` defaults to now.
+
+    `entry_down` is the inject's `takes_entry_down` unless given; a restore line's is false.
+    """
+    if entry_down is None:
+        entry_down = phase == "inject" and takes_entry_down(kind, services)
     rec = {
         "ts": time.time() if ts is None else ts,
         "fault": fault,

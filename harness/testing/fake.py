@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.backends.base import CHAOS_PRIMITIVES, Backend, Status
-from harness.chaos.timeline import FaultKind
+from harness.chaos.timeline import FaultKind, takes_entry_down
 from harness.contract.inventory import Inventory, PodInfo
 from harness.contract.logsource import LogSource
 from harness.contract.names import consul_name
@@ -228,7 +228,7 @@ class FakeBackend(Backend):
         and that readiness is the fault's restore, as the chaos action records it."""
         self._fault("kill_pod", zone, service)
         victims = [p for p in self._alive() if p.info.zone == zone and p.info.service == service]
-        fault = self._inject("kill_pod", zone, FaultKind.SERVICE_DOWN, [service], service == ENTRY_SERVICE)
+        fault = self._inject("kill_pod", zone, FaultKind.SERVICE_DOWN, [service])
         now = self.clock()
         for v in victims:
             self._inv_event("removed", v.info.pod, now)
@@ -251,7 +251,7 @@ class FakeBackend(Backend):
         self._fault("kill_node", node)
         lost = sorted({p.info.service for p in self._alive() if p.info.node == node})
         zone = self.nodes()[node]
-        self._inject("kill_node", zone, FaultKind.SERVICE_DOWN, lost, ENTRY_SERVICE in lost, key=node, node=node)
+        self._inject("kill_node", zone, FaultKind.SERVICE_DOWN, lost, key=node, node=node)
         self._down(node)
 
     def restore_node(self, node: str) -> None:
@@ -263,7 +263,7 @@ class FakeBackend(Backend):
     def zone_outage(self, zone: str) -> None:
         self._fault("zone_outage", zone)
         services = sorted({p.info.service for p in self._alive() if p.info.zone == zone})
-        self._inject("zone_outage", zone, FaultKind.ZONE_DOWN, services, True)
+        self._inject("zone_outage", zone, FaultKind.ZONE_DOWN, services)
         for node, z in self.nodes().items():
             if z == zone:
                 self._down(node)
@@ -278,7 +278,7 @@ class FakeBackend(Backend):
     def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
         self._fault("set_link", zone, latency_ms, loss_percent)
         self._links[zone] = (latency_ms, loss_percent)
-        self._inject("degrade_link", zone, FaultKind.LINK_DEGRADED, [], False, latency_ms=latency_ms)
+        self._inject("degrade_link", zone, FaultKind.LINK_DEGRADED, [], latency_ms=latency_ms)
 
     def clear_link(self, zone: str) -> None:
         self._fault("clear_link", zone)
@@ -288,7 +288,7 @@ class FakeBackend(Backend):
     def partition_zone(self, zone: str) -> None:
         self._fault("partition_zone", zone)
         self._partitioned.add(zone)
-        self._inject("partition_zone", zone, FaultKind.PARTITION, [], True)
+        self._inject("partition_zone", zone, FaultKind.PARTITION, [])
 
     def heal_zone(self, zone: str) -> None:
         self._fault("heal_zone", zone)
@@ -297,7 +297,7 @@ class FakeBackend(Backend):
 
     def set_pod_unready(self, zone: str, service: str) -> list[str]:
         self._fault("set_pod_unready", zone, service)
-        self._inject("make_unready", zone, FaultKind.SERVICE_DOWN, [service], service == ENTRY_SERVICE,
+        self._inject("make_unready", zone, FaultKind.SERVICE_DOWN, [service],
                      key=f"{zone}/{service}")  # fmt: skip
         return self._set_ready(zone, service, False)
 
@@ -372,13 +372,13 @@ class FakeBackend(Backend):
     def _fault(self, primitive: str, *args: Any) -> None:
         self.faults.append((self.clock(), primitive, args))
 
-    def _inject(self, action: str, zone: str, kind: FaultKind, services: list[str], entry_down: bool,
+    def _inject(self, action: str, zone: str, kind: FaultKind, services: list[str],
                 key: str | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
         """Open a fault: its `inject` line (the shape `harness.chaos.timeline.record` writes)."""
         n = sum(1 for r in self.timeline if r["phase"] == "inject") + 1
         rec = {"ts": self.clock(), "fault": f"{n:02d}-{action}-{self.topology.short(self.topology.zone(zone))}",
                "phase": "inject", "action": action, "zone": zone, "kind": kind.value, "services": services,
-               "entry_down": entry_down, **extra}  # fmt: skip
+               "entry_down": takes_entry_down(kind, services), **extra}  # fmt: skip
         self.timeline.append(rec)
         self._open[key or zone] = rec
         return rec
