@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from harness.verify import COVERAGE, EXPERIMENT_RAN, FALLBACK
-from tests.test_verify_soundness import KILL, failed, run
+from harness.verify import COVERAGE, EXPERIMENT_RAN, FALLBACK, load_run
+from tests.test_verify_soundness import AZ, KILL, LAX, failed, run
 from tests.verdicts import verify
 
 Rows = list[dict[str, Any]]
@@ -42,6 +42,8 @@ CASES: list[tuple[str, Callable[[Rows], Rows], str, set[str]]] = [
      "unknown phase 'undo'; ignored", {FALLBACK}),  # never restored: it never recovers
     ("zone-not-in-topology", lambda r: [dict(x, zone="us-west-2-xyz-1a") for x in r],
      "zone 'us-west-2-xyz-1a' is not in the topology", {COVERAGE}),
+    ("service-not-in-topology", lambda r: [dict(x, service="meteor", services=["meteor"]) for x in r],
+     "service 'meteor' is not in the topology", {COVERAGE}),  # no pod of it ran: the fault hit nothing
     # the same fault's inject twice (a retried write): one fault, judged once; the second line is said
     ("second-inject", lambda r: [r[0], *r], "second inject at", set()),
     # a kind this harness does not know: measured as the commonest kind (its services down) so the rest reads,
@@ -74,3 +76,24 @@ def test_a_run_document_that_is_not_a_json_object_is_unreadable_and_fails(tmp_pa
     why = [i.message for i in v.invariants if not i.passed]
     # run.json: "the run did not complete (run.json: status ? ...)"; the others: "<file> ... not a JSON object"
     assert any(name in m and (name == "run.json" or "not a JSON object" in m) for m in why), why
+
+
+@pytest.mark.parametrize(
+    "zone,service,key",
+    [
+        (LAX, "product-api", (LAX, "product-api")),  # an edge service in a Local Zone: that zone's own pods
+        (LAX, "postgres", ("us-west-2", "postgres")),  # Region-only: the Region's, whoever asks
+        (AZ, "product-api", ("us-west-2", "product-api")),  # an AZ's callers: every AZ of the Region (Envoy spreads)
+        ("us-west-2-xyz-1a", "product-api", ("us-west-2-xyz-1a", "product-api")),  # a zone it does not know
+        (LAX, "meteor", (LAX, "meteor")),  # a service it does not know
+    ],
+)
+def test_the_readiness_key_a_caller_depends_on(tmp_path: Path, zone: str, service: str, key: tuple[str, str]) -> None:
+    """`RunData.up_key`: whose readiness a (zone, service) pair waits on. A name the topology lacks keys itself,
+    so a lookup never raises in the middle of a verdict (the fault that names it fails coverage, above)."""
+    run_data = load_run(run(tmp_path, faults=[KILL]))
+    try:
+        assert run_data.topology.region == "us-west-2"
+        assert run_data.up_key(zone, service) == key
+    finally:
+        run_data.con.close()

@@ -677,11 +677,14 @@ def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> li
         else:
             notes.append(f"fault {fault}: unknown phase {phase!r}; ignored")
     done.extend(Fault(fault=fault, restore=None, **f) for fault, f in open_.items())  # type: ignore[arg-type]
+    known = {s.name for s in t.services}
     for flt in done:
         try:
             t.zone(flt.zone)
         except KeyError:
             notes.append(f"fault {flt.fault}: zone {flt.zone!r} is not in the topology")
+        # it hit nothing the verdict can see: coverage fails it ("no pod of ... ran")
+        notes.extend(f"fault {flt.fault}: service {s!r} is not in the topology" for s in flt.services if s not in known)
     return sorted(done, key=lambda x: (x.inject, x.fault))
 
 

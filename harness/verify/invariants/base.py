@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from harness.topology import Placement
 from harness.verify import expected
 from harness.verify.invariants.sql import (
     HOP_END_SQL,
@@ -107,10 +108,7 @@ class CheckBase:
         return "; ".join(failures[:MAX_MESSAGES]) + more
 
     def _protocol(self, u: str) -> str:
-        try:
-            return self.t.service(u).protocol
-        except KeyError:
-            return "http"
+        return self.t.service(u).protocol  # u is a topology upstream (pairs, a service's upstreams): known
 
     def _cascade(self, f: Fault) -> set[str]:
         """The services a fault on a Region-only service (postgres) reaches in every zone: those and every
@@ -127,6 +125,7 @@ class CheckBase:
         return [f.zone, *sorted(others)]
 
     def _placement(self, u: str) -> str:
+        """ "unknown" for a fault's service the topology lacks (said in the notes; coverage fails the fault)."""
         try:
             return self.t.service(u).placement.value
         except KeyError:
@@ -291,11 +290,8 @@ class CheckBase:
         return end, min(end + self.slo.max_recovery_s, max(self.run_end, end))
 
     def _expected_sql(self, zone: str, upstream: str) -> str:
-        try:
-            edge_up = self.t.service(upstream).placement.value == "edge"
-        except KeyError:
-            edge_up = True
-        if zone_is_edge(self.t, zone) and edge_up:
+        # upstream is a topology upstream (pairs, dependants): known
+        if zone_is_edge(self.t, zone) and self.t.service(upstream).placement is Placement.EDGE:
             return "serving_zone = caller_zone"
         return "serving_kind = 'region'"
 
