@@ -71,7 +71,15 @@ def test_replica_rendered_valid_in_another_az_streaming_through_the_mesh(topo: s
     assert c["image"] == _deployments(b, "postgres")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert c["command"][:2] == ["/bin/bash", "-c"] and c["command"][2].startswith(database.STANDBY_MARKER)
     assert "pg_basebackup" in c["command"][2] and "--write-recovery-conf" in c["command"][2]
-    assert c["command"][2].rstrip().endswith("exec docker-entrypoint.sh postgres")  # the image's own start
+    assert c["command"][2].rstrip().endswith('exec docker-entrypoint.sh postgres "$@"')  # the image's own start
+    # its args: the script's $0, then the server's options; a hot standby needs at least the primary's
+    # max_connections, so both have the same, sized for the callers' pods (the image's 100 at the least)
+    main = primary[0]["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"] == [database.STANDBY_ARGV0, *main["args"]]
+    assert main["args"] == [
+        "-c",
+        f"max_connections={database.max_connections(b.topology, b.topology.service('postgres'))}",
+    ]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["PGPORT"] == "5433" and env["PRIMARY_HOST"] == "127.0.0.1" and env["PRIMARY_PORT"] == "5432"
     assert env["PGPASSWORD"] == env["POSTGRES_PASSWORD"]
@@ -151,16 +159,46 @@ def test_local_backend_takes_the_standby_command_only_where_the_stand_in_impleme
 
 def test_stand_in_marker_is_the_rendered_one_and_other_commands_are_refused() -> None:
     assert postgres_standby.STANDBY_MARKER == database.STANDBY_MARKER
-    env = {"EH_COMMAND": json.dumps(list(database.STANDBY_COMMAND)), "PRIMARY_HOST": HOST, "PRIMARY_PORT": "5432"}
-    assert postgres_standby.from_env(env) == postgres_standby.Standby(HOST, 5432, "postgres")
-    assert postgres_standby.from_env({}) is None
+    b = _bundle("default")
+    standby_c, primary_c = (
+        _deployments(b, name)[0]["spec"]["template"]["spec"]["containers"][0]
+        for name in ("postgres-replica", "postgres")
+    )
+    standby_cmd = [*standby_c["command"], *standby_c["args"]]
+    env = {"EH_COMMAND": json.dumps(standby_cmd), "PRIMARY_HOST": HOST, "PRIMARY_PORT": "5432"}
+    option = primary_c["args"][1]
+    assert option.startswith("max_connections=")
+    standby = postgres_standby.Standby(HOST, 5432, "postgres")
+    assert postgres_standby.command_from_env(env) == postgres_standby.Command(standby, (option,))
+    assert postgres_standby.command_from_env({**env, "EH_COMMAND": json.dumps(list(database.STANDBY_COMMAND))}) == (
+        postgres_standby.Command(standby)
+    )
+    assert postgres_standby.command_from_env({"EH_COMMAND": json.dumps(primary_c["args"])}) == (
+        postgres_standby.Command(None, (option,))
+    )
+    assert postgres_standby.command_from_env({}) == postgres_standby.Command(None)
     for bad, msg in [
-        ({**env, "EH_COMMAND": json.dumps(["postgres", "-c", "wal_level=logical"])}, "EH_COMMAND"),
+        ({**env, "EH_COMMAND": json.dumps(["pg_dump", "products"])}, "EH_COMMAND"),
+        ({**env, "EH_COMMAND": json.dumps(["-c"])}, "EH_COMMAND"),
+        ({**env, "EH_COMMAND": json.dumps(["--single", "products"])}, "EH_COMMAND"),
+        ({**env, "EH_COMMAND": json.dumps([*standby_cmd, "--single"])}, "EH_COMMAND"),
         ({**env, "PRIMARY_PORT": "x"}, "PRIMARY_PORT"),
         ({**env, "PRIMARY_HOST": ""}, "PRIMARY_HOST"),
     ]:
         with pytest.raises(ValueError, match=msg):
-            postgres_standby.from_env(bad)
+            postgres_standby.command_from_env(bad)
+
+
+def test_max_connections_has_room_for_every_calling_pod() -> None:
+    """The callers' pods over the whole cluster (every zone's product-api), times each one's room, never under
+    the image's 100; more zones, more room."""
+    for topo in sorted(ALL_FIXTURES):
+        b = _bundle(topo)
+        t = b.topology
+        pods = sum(int(d["spec"]["replicas"]) for d in _deployments(b, "product-api"))
+        assert pods > 0
+        n = database.max_connections(t, t.service("postgres"))
+        assert n == max(100, database.CONNECTIONS_PER_CALLER_POD * pods + database.RESERVED_CONNECTIONS), topo
 
 
 # -- real streaming replication with the local backend's PostgreSQL binaries ----------------------
@@ -191,14 +229,24 @@ def pg_dir() -> Iterator[Path]:
 
 @pytest.mark.slow  # two real postgres servers
 def test_standby_streams_writes_from_the_primary(pg_dir: Path) -> None:
-    """The replica is started first (it waits for the primary), then clones it and streams."""
+    """The replica is started first (it waits for the primary), then clones it and streams; each runs with its
+    rendered command and args (max_connections above the image's 100 on both: a hot standby needs its primary's)."""
+    b = _bundle("default")
+    rendered = {
+        name: _deployments(b, name)[0]["spec"]["template"]["spec"]["containers"][0]
+        for name in ("postgres", "postgres-replica")
+    }
+    standby_cmd = [*rendered["postgres-replica"]["command"], *rendered["postgres-replica"]["args"]]
+    n = database.max_connections(b.topology, b.topology.service("postgres"))
+    assert n > 100
     p_port, r_port = free_ports(2, HOST)
     base = {**os.environ, "POSTGRES_DB": "products", "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "password",
             "EH_BIND_HOST": HOST}  # fmt: skip
     replica_env = {**base, "PGPORT": str(r_port), "EH_POD_DIR": str(pg_dir / "replica"), "PGPASSWORD": "password",
-                   "EH_COMMAND": json.dumps(list(database.STANDBY_COMMAND)), "PRIMARY_HOST": HOST,
+                   "EH_COMMAND": json.dumps(standby_cmd), "PRIMARY_HOST": HOST,
                    "PRIMARY_PORT": str(p_port)}  # fmt: skip
-    primary_env = {**base, "PGPORT": str(p_port), "EH_POD_DIR": str(pg_dir / "primary")}
+    primary_env = {**base, "PGPORT": str(p_port), "EH_POD_DIR": str(pg_dir / "primary"),
+                   "EH_COMMAND": json.dumps(rendered["postgres"]["args"])}  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
     logs = [pg_dir / "replica.log", pg_dir / "primary.log"]
     try:
@@ -210,6 +258,7 @@ def test_standby_streams_writes_from_the_primary(pg_dir: Path) -> None:
         _wait(lambda: _psql(p_port, "SELECT 1").returncode == 0, 60, "primary not answering", logs)
         _wait(lambda: _psql(r_port, "SELECT 1").returncode == 0, 60, "replica not answering", logs)
         assert _psql(r_port, "SELECT pg_is_in_recovery()").stdout.strip() == "t"
+        assert [_psql(port, "SHOW max_connections").stdout.strip() for port in (p_port, r_port)] == [str(n)] * 2
         assert _psql(r_port, "SELECT count(*) FROM coffees").stdout.strip() == "9"  # the clone has the seed
         # a write on the primary shows on the replica, through the WAL stream
         assert _psql(p_port, "CREATE TABLE eh_repl (v text); INSERT INTO eh_repl VALUES ('streamed')").returncode == 0

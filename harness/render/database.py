@@ -16,7 +16,8 @@ of its own; this is the usual way with it):
    standby configuration (``standby.signal`` and ``primary_conninfo`` from
    PostgreSQL 12 on, ``recovery.conf`` on the image's 11.6), so the server
    starts as a hot standby, read-only, and streams the primary's WAL.
-2. It then ``exec``s the image's own ``docker-entrypoint.sh postgres``, which
+2. It then ``exec``s the image's own ``docker-entrypoint.sh postgres`` with the
+   container's args (`server_args`: ``max_connections`` at least the primary's), which
    skips initdb and the seed (``$PGDATA`` is no longer empty), gives the data
    directory to the ``postgres`` user and runs the server as that user.
 3. The primary is reached *through the mesh*: ``PRIMARY_HOST:PRIMARY_PORT`` is
@@ -43,7 +44,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.topology.model import Service, Topology
+from harness.render.naming import region_replicas
+from harness.topology.model import Placement, Service, Topology
 
 STANDBY_MARKER = "# edge-harness: postgres streaming standby (pg_basebackup -R, then the image's entrypoint)"
 
@@ -58,10 +60,42 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     sleep 1
   done
 fi
-exec docker-entrypoint.sh postgres
+exec docker-entrypoint.sh postgres "$@"
 """
 
 STANDBY_COMMAND = ("/bin/bash", "-c", STANDBY_SCRIPT)
+STANDBY_ARGV0 = "postgres-standby"  # the script's $0 (bash -c SCRIPT NAME ARGS...); ARGS go on to the server
+
+# Connections a postgres allows: room for each pod that calls it. product-api (v0.0.22) keeps Go's
+# database/sql defaults (no cap on open connections: each query in flight beyond two idle ones dials its own),
+# so the image's default of 100 is a limit its callers can pass together under a burst: on the local backend,
+# with the stand-in given the image's pool, after an AZ node's restore two product-apis held 88 and 81 and all
+# of them 236 at once, and every product-api answered 500 ("sorry, too many clients already") for ~3 s. A
+# platform sizes the database for its callers; the renderer does it from the topology (docs/local-emulation.md).
+CONNECTIONS_PER_CALLER_POD = 64
+RESERVED_CONNECTIONS = 10  # the tools' own (psql, the harness's replication check) and superuser_reserved's 3
+DEFAULT_MAX_CONNECTIONS = 100  # the image's (PostgreSQL's) default: never rendered lower
+
+
+def max_connections(t: Topology, db: Service) -> int:
+    """`max_connections` for the database `db` and, when it is a read replica, for its primary's value: a hot
+    standby refuses to start with fewer than its primary allows ("insufficient parameter settings")."""
+    primary = t.service(db.replica_of) if db.replica_of is not None else db
+    pods = sum(_pods(t, s) for s in t.services if primary.name in s.upstreams and s.replica_of is None)
+    return max(DEFAULT_MAX_CONNECTIONS, CONNECTIONS_PER_CALLER_POD * pods + RESERVED_CONNECTIONS)
+
+
+def _pods(t: Topology, svc: Service) -> int:
+    """The pods of `svc` over the whole cluster (every zone's Deployment)."""
+    edge = svc.replicas * len(t.edge_zones) if svc.placement is Placement.EDGE else 0
+    return edge + sum(region_replicas(svc, t))
+
+
+def server_args(t: Topology, db: Service) -> list[str]:
+    """The options the image's entrypoint passes on to `postgres` (a first argument starting with "-")."""
+    return ["-c", f"max_connections={max_connections(t, db)}"]
+
+
 # Loopback, not "localhost": the sidecar's upstream listener is IPv4 only.
 PRIMARY_HOST = "127.0.0.1"
 STANDBY_STARTUP_FAILURES = 120  # pg_basebackup of the seeded primary, retried until it answers
@@ -83,4 +117,5 @@ def standby_env(t: Topology, svc: Service, base: dict[str, str]) -> dict[str, st
 def standby_container(t: Topology, svc: Service, main: dict[str, Any], base_env: dict[str, str]) -> None:
     """Turn the postgres container `main` into the replica's: command and environment."""
     main["command"] = list(STANDBY_COMMAND)
+    main["args"] = [STANDBY_ARGV0, *server_args(t, svc)]
     main["env"] = [{"name": k, "value": v} for k, v in standby_env(t, svc, base_env).items()]

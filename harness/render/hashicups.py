@@ -193,6 +193,8 @@ def _containers(t: Topology, svc: Service, cs: ConsulService) -> tuple[list[dict
         if svc.replica_of is not None:  # a streaming standby of the primary (harness/render/database.py)
             database.standby_container(t, svc, main, POSTGRES_ENV)
             startup = database.STANDBY_STARTUP_FAILURES
+        else:  # the image's entrypoint passes options to the server: connections sized for the callers
+            main["args"] = database.server_args(t, svc)
         main["startupProbe"] = _tcp_probe(port, 1, startup)
         main["readinessProbe"] = _tcp_probe(port)
         main["livenessProbe"] = _tcp_probe(port, 5)

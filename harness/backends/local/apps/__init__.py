@@ -38,7 +38,7 @@ IMAGE_APPS: dict[str, str] = {
 }
 
 # Stand-ins that implement a container `command` of the rendered manifests (they receive it in
-# EH_COMMAND and refuse any other): postgres' streaming standby (harness/render/database.py).
+# EH_COMMAND and refuse any other): postgres' server options and streaming standby (harness/render/database.py).
 COMMAND_APPS: frozenset[str] = frozenset({"postgres"})
 
 _DOCKER_HUB_PREFIXES = ("docker.io/", "index.docker.io/", "registry-1.docker.io/")

