@@ -754,9 +754,69 @@ def test_every_shop_is_asked_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(actions, "_backend", lambda configuration=None: Backend())
     try:
-        assert probes.every_shop_answers() is True
+        assert probes.every_shop_answers(within_s=0) is True
         failing.add(servers[2].server_address[1])
-        assert probes.every_shop_answers() is False
+        assert probes.every_shop_answers(within_s=0) is False  # one look (the wait: the test below)
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+
+
+def test_every_shop_answers_waits_for_the_shops_within_the_slos_recovery(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a fault, "the shop answers" means again within maxRecoveryS: asked once 3 s after a replaced postgres,
+    the Region's shop failed on a correct mesh (its public-apis' 5 s outlier ejection of the product-apis had not
+    run out). A zone that answered is not asked again; one that never does is named. On a fake clock: counted in
+    looks, not seconds."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: dict[int, int] = {}
+    fails_first: dict[int, int] = {}
+
+    class Shop(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            port = self.server.server_address[1]
+            asked[port] = asked.get(port, 0) + 1
+            code = 503 if asked[port] <= fails_first.get(port, 0) else 200
+            body = b'{"data": {"coffees": []}}'
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Shop) for _ in range(3)]
+    ports = [srv.server_address[1] for srv in servers]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    class Backend:
+        def entrypoints(self) -> dict[str, str]:
+            return {f"z{i}": f"http://127.0.0.1:{port}" for i, port in enumerate(ports)}
+
+    clock = iter(range(0, 10_000, 10))  # each reading of the clock 10 s after the last
+    monkeypatch.setattr(actions, "_now", lambda: float(next(clock)))
+    monkeypatch.setattr(probes, "POLL_S", 0.0)
+    monkeypatch.setattr(actions, "_backend", lambda configuration=None: Backend())
+    monkeypatch.setattr(actions, "topology_of", lambda _b: DEFAULT)
+    try:
+        fails_first[ports[1]] = 2  # z1 answers at its third ask
+        with caplog.at_level(logging.INFO, logger="chaostoolkit"):
+            assert probes.every_shop_answers() is True
+        assert [asked[p] for p in ports] == [1, 3, 1]  # the others answered at the first look: not asked again
+        assert "every shop answered after" in caplog.text
+        asked.clear()
+        caplog.clear()
+        fails_first[ports[2]] = 10**6  # z2 never answers 200
+        with caplog.at_level(logging.INFO, logger="chaostoolkit"):
+            assert probes.every_shop_answers() is False
+        assert DEFAULT.slo.max_recovery_s == 60 and 3 <= asked[ports[2]] <= 7, asked  # a look every 10 s of 60
+        assert "not 200 in z2 (503) after 60 s" in caplog.text
     finally:
         for srv in servers:
             srv.shutdown()

@@ -21,7 +21,7 @@ from harness.contract.users import USER_TIMEOUT
 from harness.errors import BackendError
 
 COFFEES = {"query": "{ coffees { id name } }"}
-POLL_S = 0.5  # how often all_pods_ready asks while it waits (a status call lists every pod)
+POLL_S = 0.5  # how often a probe asks while it waits (all_pods_ready: a status call lists every pod)
 # the shop "answers" for a probe exactly when it would for a user (it gave up after 5 s: a correct, slow answer
 # was "none")
 SHOP_TIMEOUT = USER_TIMEOUT
@@ -116,8 +116,20 @@ def _shop_status(url: str, client: httpx.Client) -> int:
     return r.status_code
 
 
-def every_shop_answers(zones: Any = None, configuration: dict[str, Any] | None = None) -> bool:
-    """True when the shop answers 200 in every zone (of `zones`, when given).
+def every_shop_answers(
+    zones: Any = None, within_s: float | None = None, configuration: dict[str, Any] | None = None
+) -> bool:
+    """True when the shop answers 200 in every zone (of `zones`, when given) within `within_s` seconds.
+
+    `within_s` defaults to the topology's `slo.maxRecoveryS`, as for
+    `all_pods_ready`: after a fault "the shop answers" means "again within the
+    time the SLO gives a recovery", not "at the instant the probe looked".
+    Asked once, 3 s after a killed postgres was replaced, the Region's shop
+    still failed on a correct mesh in one run: its public-apis had ejected
+    both AZ product-apis (each answered 500 while the database was gone) for
+    Envoy's 5 s ejection, which happened to outlast the pause. A zone that
+    answers is not asked again; a zone still failing at the bound makes it
+    False, named in chaostoolkit's log with its last status.
 
     Zones are resolved once (`_zones`), not once per zone: resolving reads
     the cluster's manifests (~0.15 s), and this probe runs before and after
@@ -126,15 +138,35 @@ def every_shop_answers(zones: Any = None, configuration: dict[str, Any] | None =
     b = actions._backend(configuration)
     entry = b.entrypoints()
     wanted = _zones(zones, configuration)
-    urls = [entry[z] for z in (wanted if wanted is not None else entry)]
+    pending = {z: entry[z] for z in (wanted if wanted is not None else entry)}
+    if within_s is None:
+        within_s = actions.topology_of(b).slo.max_recovery_s
+    last: dict[str, int] = {}
     # every zone asked at once, over one client: asked in turn, each zone's user latency and a new client's
     # set-up (~20 ms) added up to 0.5 s per look on six zones, and the probe runs before and after every experiment
     with (
         httpx.Client(timeout=SHOP_TIMEOUT, verify=_tls()) as client,
-        ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool,
+        ThreadPoolExecutor(max_workers=max(1, len(pending))) as pool,
     ):
-        statuses = list(pool.map(lambda url: _shop_status(url, client), urls))
-    return all(code == 200 for code in statuses)
+
+        def look() -> bool | None:
+            statuses = dict(
+                zip(pending, pool.map(lambda url: _shop_status(url, client), pending.values()), strict=True)
+            )
+            last.clear()
+            last.update({z: code for z, code in statuses.items() if code != 200})
+            for z in statuses.keys() - last.keys():
+                del pending[z]
+            return True if not pending else None
+
+        answer, waited = actions.poll_until(look, float(within_s), POLL_S)
+    if answer is None:
+        failing = ", ".join(f"{z} ({code or 'no answer'})" for z, code in sorted(last.items()))
+        logger.warning("every-shop-answers: not 200 in %s after %.0f s", failing, float(within_s))
+        return False
+    if waited > POLL_S:
+        logger.info("every-shop-answers: every shop answered after %.1f s", waited)
+    return True
 
 
 __all__ = ["all_pods_ready", "every_shop_answers", "shop_answers", "zone_has_ready"]
