@@ -9,6 +9,7 @@ with `process` activities that need no backend.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -717,24 +718,15 @@ def test_the_shop_probe_says_why_it_got_no_answer(caplog: pytest.LogCaptureFixtu
     assert any("no answer from" in r.message and "ConnectError" in r.message for r in caplog.records), caplog.text
 
 
-def test_every_shop_is_asked_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The steady-state probe asks every zone at once: asked in turn, six zones' user latencies added up to half a
-    second per look, before and after every experiment. Each shop here answers only once every zone's question is
-    in (a barrier), so asking in turn can only fail; one shop that says 503 still fails the probe."""
+@contextlib.contextmanager
+def _shops(n: int, code_of: Callable[[int], int]) -> Iterator[list[int]]:
+    """`n` local shops on their own ports; each POST answers `code_of(port)` with a coffees body."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    zones = ["lax", "las", "phx", "den"]
-    barrier = threading.Barrier(len(zones), timeout=5.0)
-    failing: set[int] = set()
 
     class Shop(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            try:
-                barrier.wait()
-                code = 503 if self.server.server_address[1] in failing else 200
-            except threading.BrokenBarrierError:
-                code = 500
+            code = code_of(self.server.server_address[1])
             body = b'{"data": {"coffees": []}}'
             self.send_response(code)
             self.send_header("Content-Length", str(len(body)))
@@ -744,23 +736,45 @@ def test_every_shop_is_asked_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
         def log_message(self, *_: object) -> None:
             pass
 
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Shop) for _ in zones]
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Shop) for _ in range(n)]
     for srv in servers:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
-
-    class Backend:
-        def entrypoints(self) -> dict[str, str]:
-            return {z: f"http://127.0.0.1:{srv.server_address[1]}" for z, srv in zip(zones, servers, strict=True)}
-
-    monkeypatch.setattr(actions, "_backend", lambda configuration=None: Backend())
     try:
-        assert probes.every_shop_answers(within_s=0) is True
-        failing.add(servers[2].server_address[1])
-        assert probes.every_shop_answers(within_s=0) is False  # one look (the wait: the test below)
+        yield [srv.server_address[1] for srv in servers]
     finally:
         for srv in servers:
             srv.shutdown()
             srv.server_close()
+
+
+def _shop_backend(monkeypatch: pytest.MonkeyPatch, zones: Sequence[str], ports: list[int]) -> None:
+    class Backend:
+        def entrypoints(self) -> dict[str, str]:
+            return {z: f"http://127.0.0.1:{port}" for z, port in zip(zones, ports, strict=True)}
+
+    monkeypatch.setattr(actions, "_backend", lambda configuration=None: Backend())
+
+
+def test_every_shop_is_asked_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steady-state probe asks every zone at once: asked in turn, six zones' user latencies added up to half a
+    second per look, before and after every experiment. Each shop here answers only once every zone's question is
+    in (a barrier), so asking in turn can only fail; one shop that says 503 still fails the probe."""
+    zones = ["lax", "las", "phx", "den"]
+    barrier = threading.Barrier(len(zones), timeout=5.0)
+    failing: set[int] = set()
+
+    def code_of(port: int) -> int:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            return 500
+        return 503 if port in failing else 200
+
+    with _shops(len(zones), code_of) as ports:
+        _shop_backend(monkeypatch, zones, ports)
+        assert probes.every_shop_answers(within_s=0) is True
+        failing.add(ports[2])
+        assert probes.every_shop_answers(within_s=0) is False  # one look (the wait: the test below)
 
 
 def test_every_shop_answers_waits_for_the_shops_within_the_slos_recovery(
@@ -770,41 +784,19 @@ def test_every_shop_answers_waits_for_the_shops_within_the_slos_recovery(
     the Region's shop failed on a correct mesh (its public-apis' 5 s outlier ejection of the product-apis had not
     run out). A zone that answered is not asked again; one that never does is named. On a fake clock: counted in
     looks, not seconds."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     asked: dict[int, int] = {}
     fails_first: dict[int, int] = {}
 
-    class Shop(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            port = self.server.server_address[1]
-            asked[port] = asked.get(port, 0) + 1
-            code = 503 if asked[port] <= fails_first.get(port, 0) else 200
-            body = b'{"data": {"coffees": []}}'
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Shop) for _ in range(3)]
-    ports = [srv.server_address[1] for srv in servers]
-    for srv in servers:
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-
-    class Backend:
-        def entrypoints(self) -> dict[str, str]:
-            return {f"z{i}": f"http://127.0.0.1:{port}" for i, port in enumerate(ports)}
+    def code_of(port: int) -> int:
+        asked[port] = asked.get(port, 0) + 1
+        return 503 if asked[port] <= fails_first.get(port, 0) else 200
 
     clock = iter(range(0, 10_000, 10))  # each reading of the clock 10 s after the last
     monkeypatch.setattr(actions, "_now", lambda: float(next(clock)))
     monkeypatch.setattr(probes, "POLL_S", 0.0)
-    monkeypatch.setattr(actions, "_backend", lambda configuration=None: Backend())
     monkeypatch.setattr(actions, "topology_of", lambda _b: DEFAULT)
-    try:
+    with _shops(3, code_of) as ports:
+        _shop_backend(monkeypatch, ["z0", "z1", "z2"], ports)
         fails_first[ports[1]] = 2  # z1 answers at its third ask
         with caplog.at_level(logging.INFO, logger="chaostoolkit"):
             assert probes.every_shop_answers() is True
@@ -817,10 +809,6 @@ def test_every_shop_answers_waits_for_the_shops_within_the_slos_recovery(
             assert probes.every_shop_answers() is False
         assert DEFAULT.slo.max_recovery_s == 60 and 3 <= asked[ports[2]] <= 7, asked  # a look every 10 s of 60
         assert "not 200 in z2 (503) after 60 s" in caplog.text
-    finally:
-        for srv in servers:
-            srv.shutdown()
-            srv.server_close()
 
 
 def test_every_harness_action_is_classed_as_making_or_undoing_a_fault() -> None:
