@@ -44,8 +44,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.render.naming import region_replicas
-from harness.topology.model import Placement, Service, Topology
+from harness.render.naming import workloads
+from harness.topology.model import Edition, Service, Topology
 
 STANDBY_MARKER = "# edge-harness: postgres streaming standby (pg_basebackup -R, then the image's entrypoint)"
 
@@ -86,9 +86,8 @@ def max_connections(t: Topology, db: Service) -> int:
 
 
 def _pods(t: Topology, svc: Service) -> int:
-    """The pods of `svc` over the whole cluster (every zone's Deployment)."""
-    edge = svc.replicas * len(t.edge_zones) if svc.placement is Placement.EDGE else 0
-    return edge + sum(region_replicas(svc, t))
+    """The pods of `svc` over the whole cluster: its Deployments' replicas (the edition changes names only)."""
+    return sum(w.replicas for w in workloads(t, Edition.CE) if w.service.name == svc.name)
 
 
 def server_args(t: Topology, db: Service) -> list[str]:
