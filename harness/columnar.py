@@ -113,8 +113,14 @@ REQUESTS = Kind("requests", REQUEST_COLUMNS, TS_VALID_SQL, "ts")
 KINDS = (ACCESSLOGS, REQUESTS)
 
 
+def state_file(kind: Kind) -> str:
+    """The kind's compaction state, relative to the run directory: where a missing segment is reported
+    (`read_records`), so a verdict can tell whose records it held."""
+    return f"{COLUMNAR_DIR}/{kind.name}/{STATE_FILE}"
+
+
 def _state_path(run_dir: Path, kind: Kind) -> Path:
-    return run_dir / COLUMNAR_DIR / kind.name / STATE_FILE
+    return run_dir / state_file(kind)
 
 
 def load_state(run_dir: Path, kind: Kind) -> dict[str, Any]:

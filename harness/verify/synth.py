@@ -676,6 +676,8 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             if sc.misconfig == "call-outside-graph" and svc == "frontend" and up == "product-api" and zone != first_lz:
                 continue
             pod, status, flags, extra = serve(svc, zone, up, rel, caller_pod)
+            if pod is None and flags == "-":  # no pod to send to: Envoy says "no healthy upstream", never nothing
+                status, flags = 503, "UH"
             host = f"{pod.ip}:{m.ports[up]}" if pod else ""
             sz = pod.zone if pod else None
             sp = pod.name if pod else None

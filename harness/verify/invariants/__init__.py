@@ -126,9 +126,19 @@ reader of a copied verdict does not need this file):
   failed hops of its affected pairs, in flight at the inject or begun after
   it, until F (service-down with mesh callers) or the end of the fault's
   window (other faults, or when F never came).
-- Pairs without any traffic: a pair whose caller zone is an edge zone fails
-  ("no traffic": the run did not exercise the edge); a Region caller pair
-  without traffic is reported as "no-traffic" and does not fail.
+- Pairs without any traffic fail, an edge zone's ("no traffic": the run did
+  not exercise the edge) and a Region caller's alike (then "none from the
+  Region to an edge zone" went unexercised: unverified, so it fails; it was
+  reported as "no-traffic" and passed).
+- A hop that names no upstream host and no Envoy response flag saying why
+  (`HOSTLESS_SQL`) fails locality for its pair and hub-and-spoke: Envoy logs
+  a host for every request it sent and a flag for every one it could not, so
+  where such a hop was served is unverified. Lines the loader could not read
+  (an access log's, upstream-stats.jsonl's, requests.jsonl's, or a compacted
+  Parquet segment listed but gone) fail the invariants they fed.
+- An edge pair still served elsewhere maxRecoveryS (counted in time the
+  upstream was whole) after an outage no recorded fault explains fails
+  fallback (`FaultMeasurer._readiness_exclusions`).
 
 Modules: `sql` (definitions, SQL fragments, interval helpers), `base` (the
 loaded run and shared queries), `faults` (one scope per fault kind and the

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from harness.contract.rundir import SkippedLine
 from harness.topology import Placement
 from harness.verify import expected
 from harness.verify.invariants.sql import (
@@ -97,8 +99,21 @@ class CheckBase:
         clock = self.run.clock
         return 0.0 if clock is None else clock.zone(zone).uncertainty or 0.0
 
-    def _no_traffic_fails(self, caller_zone: str) -> bool:
-        return zone_is_edge(self.t, caller_zone)
+    @staticmethod
+    def _unread(name: str, skipped: Iterable[SkippedLine], what: str) -> list[str]:
+        """A failure per record file with lines the loader had to skip (`RunData.skipped`, picked by the
+        caller): what those lines held was never judged, and "unverified is a failure"."""
+        by_file: dict[str, list[SkippedLine]] = {}
+        for sk in skipped:
+            by_file.setdefault(sk.file, []).append(sk)
+        out = []
+        for fname, lines in sorted(by_file.items()):
+            shown = ", ".join(str(sk.line) for sk in lines[:5]) + (" ..." if len(lines) > 5 else "")
+            out.append(
+                f"{name}: {fname}: {len(lines)} line(s) could not be read (line {shown}) - {lines[0].reason}: the "
+                f"{what} they held are unverified"
+            )
+        return out
 
     @staticmethod
     def _summary(name: str, failures: list[str], ok_text: str) -> str:

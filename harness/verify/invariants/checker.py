@@ -44,7 +44,7 @@ class Checker(FaultMeasurer, RoutingChecks, UserChecks):
         fb_fail = [p.message for p in fx.fallback_pairs if p.status == FAIL]
         fb_fail += [m for f in fx.results for m in f.messages if "no restore record" in m]
         outage_notes, outage_failures = self._unplanned_outages()
-        fb_fail += outage_failures
+        fb_fail += outage_failures + fx.unrecovered
         n_measured = sum(1 for f in fx.results if f.failover_s is not None)
         fallback = InvariantResult(
             FALLBACK,

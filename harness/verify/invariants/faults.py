@@ -106,6 +106,7 @@ class FaultMeasurements:
     fallback_pairs: list[PairResult] = field(default_factory=list)
     exclusions: list[Exclusion] = field(default_factory=list)  # for locality
     impact: list[tuple[Fault, float]] = field(default_factory=list)  # (fault, end of its impact window)
+    unrecovered: list[str] = field(default_factory=list)  # fallback failures: outages nobody injected, not recovered
     under_way: list[FailoverSpan] = field(default_factory=list)  # for availability: losses judged by time
 
 
@@ -646,12 +647,10 @@ class FaultMeasurer(CheckBase):
         assert f.restore is not None
         first = f", first at {hop_text(w.offenders[0])}" if w.offenders else ""
         if w.hops == 0:
-            if self._no_traffic_fails(f.zone):
-                return (
-                    f"fallback: {f.zone} -> {u}: fault {f.fault} never recovers: no traffic after "
-                    f"restore at {iso(f.restore)} (recovery unverified)"
-                )
-            return ""
+            return (
+                f"fallback: {f.zone} -> {u}: fault {f.fault} never recovers: no traffic after "
+                f"restore at {iso(f.restore)} (recovery unverified)"
+            )
         if rec is None:
             return (
                 f"fallback: {f.zone} -> {u}: fault {f.fault} never recovers: no steady successful "
@@ -902,7 +901,7 @@ class FaultMeasurer(CheckBase):
                     f"{f.fault} ended at {iso(end)} ({rw.hops} hops, {rw.failed} failed, last served elsewhere "
                     f"at {iso(rw.last_misplaced)})", rw.hops, rw.failed,
                 ))  # fmt: skip
-            elif self._no_traffic_fails(z):
+            else:
                 out.append(failed(z, u,
                     f"fallback: {z} -> {u}: no traffic after the cascade of fault {f.fault} ended at {iso(end)} "
                     "(recovery unverified)", 0, None,
@@ -916,7 +915,8 @@ class FaultMeasurer(CheckBase):
         for f in self.run.faults:
             self.measure_fault(f, out)
         self.impact_ends = {id(f): hi for f, hi in out.impact}
-        out.exclusions += self._readiness_exclusions()
+        exclusions, out.unrecovered = self._readiness_exclusions()
+        out.exclusions += exclusions
         out.exclusions += self._declared_exclusions()
         return out
 
@@ -944,9 +944,9 @@ class FaultMeasurer(CheckBase):
                     out.append((z, u, f.inject, instant if instant is not None else end + self.slo.max_recovery_s))
         return out
 
-    def _readiness_exclusions(self) -> list[tuple[str, str, float, float]]:
-        """Locality is judged only while the pair's upstream is up and whole: each down or spill interval
-        until its recovery.
+    def _readiness_exclusions(self) -> tuple[list[tuple[str, str, float, float]], list[str]]:
+        """(exclusions, failures): locality is judged only while the pair's upstream is up and whole: each down
+        or spill interval until its recovery.
 
         Spill (`rundata.spills`): with fewer than 1/1.4 of its pods ready,
         Envoy sends part of the zone's traffic to the Region by design (one of
@@ -955,12 +955,23 @@ class FaultMeasurer(CheckBase):
         measured like a fault's (first in-zone hop after the last misplaced
         one), within maxRecoveryS; unmeasured, the window runs maxRecoveryS
         past the instant it was whole.
+
+        An edge pair still served elsewhere maxRecoveryS after an outage no
+        recorded fault explains (a readiness flap) fails fallback: nothing
+        else judged it. The exclusion alone let a blip that came back within
+        maxRecoveryS of the last one hide a pair that never returned in-zone:
+        locality never judged it again, and the blips were notes. A recovery
+        cut short by the zone's next outage, fault or the end of the run was
+        not yet due, and a fault's own recovery is its own rule's.
         """
         out: list[tuple[str, str, float, float]] = []
+        failures: list[str] = []
+        limit = self.slo.max_recovery_s
         for z, u, callers in self.pairs:
             if self._placement(u) != "edge":
                 continue
             intervals = self._not_whole(z, u)
+            owed: tuple[float, float] | None = None  # (from, whole seconds since): a return not yet shown
             for i, (lo, hi) in enumerate(intervals):
                 if hi is None:
                     out.append((z, u, lo, INF))
@@ -969,12 +980,47 @@ class FaultMeasurer(CheckBase):
                 # the zone's next fault ends the window at its inject, not when its pods are gone: hops it
                 # fails in between are its own, and would leave this recovery unmeasured (then the window
                 # ran maxRecoveryS on, over every fault of a burst, and locality judged nothing after it)
-                nxt = min(nxt, self._next_inject(z, hi) or INF)
-                bound = min(hi + self.slo.max_recovery_s, nxt, max(self.run_end, hi))
+                fault_next = self._next_inject(z, hi) or INF
+                nxt = min(nxt, fault_next)
+                bound = min(hi + limit, nxt, max(self.run_end, hi))
                 w = self._measure(z, u, list(callers), hi, bound, self._expected_sql(z, u),
                                   next_fault=nxt if nxt < INF else None)  # fmt: skip
-                out.append((z, u, lo, w.instant if w.instant is not None else hi + self.slo.max_recovery_s))
-        return out
+                out.append((z, u, lo, w.instant if w.instant is not None else hi + limit))
+                if (
+                    not zone_is_edge(self.t, z)
+                    or w.instant is not None
+                    or self._faults_meeting(*self.run.up_key(z, u), lo, hi)[1]
+                ):
+                    owed = None  # back in-zone, a Region caller (no elsewhere to be), or a fault's to judge
+                elif w.last_misplaced is not None:  # still served elsewhere when the window ended
+                    since, whole = owed if owed is not None else (hi, 0.0)
+                    owed = (since, whole + bound - hi)
+                    if owed[1] >= limit:
+                        failures.append(
+                            f"fallback: {z} -> {u}: not back in-zone within maxRecoveryS ({limit:g}s) after {u} "
+                            f"there was whole again at {iso(since)} (an outage outside any recorded fault; whole "
+                            f"for {owed[1]:.0f}s since, between its next ones): served elsewhere until "
+                            f"{iso(w.last_misplaced)}"
+                        )
+                        owed = None
+                if bound >= fault_next:
+                    owed = None  # the zone's next fault measures its own recovery from here
+        return out, failures
+
+    def _faults_meeting(self, zone: str, service: str, lo: float, hi: float | None) -> tuple[list[Fault], list[Fault]]:
+        """(the faults that concern `service` in `zone`, those of them whose [inject, restore] meets [lo, hi]).
+
+        Concern: a fault of the zone, for the Region any fault of an AZ, and anywhere a fault whose cascade
+        reaches the service (a postgres kill takes its dependants down everywhere).
+        """
+        region = zone == self.t.region
+        mine = [
+            f
+            for f in self.run.faults
+            if f.zone == zone or (region and not zone_is_edge(self.t, f.zone)) or service in self._cascade(f)
+        ]
+        end = INF if hi is None else hi
+        return mine, [f for f in mine if f.inject <= end and lo <= (INF if f.restore is None else f.restore)]
 
     def _unplanned_outages(self) -> tuple[list[str], list[str]]:
         """(notes, failures): intervals a service of the topology had no ready pod in a zone, or too few for
@@ -994,7 +1040,6 @@ class FaultMeasurer(CheckBase):
         notes: list[str] = []
         failures: list[str] = []
         names = {s.name for s in self.t.services}
-        cascades = [self._cascade(f) for f in self.run.faults]  # a postgres kill takes dependants down everywhere
         limit = self.slo.max_recovery_s
         for down, what in (
             (self.run.down, "had no ready pod"),
@@ -1010,13 +1055,7 @@ class FaultMeasurer(CheckBase):
                         # microseconds apart in one control-loop tick; no hop can be placed in it, so it says
                         # nothing ("from 12:23:03.351Z to 12:23:03.351Z")
                         continue
-                    end = INF if hi is None else hi
-                    mine = [
-                        f
-                        for i, f in enumerate(self.run.faults)
-                        if f.zone == zone or (region and not zone_is_edge(self.t, f.zone)) or service in cascades[i]
-                    ]
-                    met = [f for f in mine if f.inject <= end and lo <= (INF if f.restore is None else f.restore)]
+                    mine, met = self._faults_meeting(zone, service, lo, hi)
                     if met:
                         failures += self._outlasting(service, zone, what, lo, hi, met)
                         continue

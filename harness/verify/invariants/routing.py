@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.columnar import ACCESSLOGS, state_file
 from harness.contract.rundir import ACCESSLOG_DIR, HOPS_FILE, SNAPSHOT_ADMIN_TIMEOUT_S, UPSTREAM_STATS_FILE
 from harness.observe.hops import cluster_service_sql, host_ip_sql
 from harness.verify import evidence
@@ -12,6 +13,7 @@ from harness.verify.invariants.sql import (
     CALLER_ZONE_SQL,
     DEAD_PODS_SQL,
     HOP_END_SQL,
+    HOSTLESS_SQL,
     HUB_VIOLATION_SQL,
     IN_ZONE_SQL,
     INF,
@@ -60,7 +62,8 @@ class RoutingChecks(CheckBase):
                    count(*) FILTER (WHERE e.zone IS NULL AND coalesce(h.upstream_host, '') <> ''),
                    count(*) FILTER (WHERE e.zone IS NULL AND coalesce({IN_ZONE_SQL}, false)),
                    count(*) FILTER (WHERE e.zone IS NULL AND coalesce(h.upstream_host, '') <> ''
-                                     AND h.serving_zone IS NULL)
+                                     AND h.serving_zone IS NULL),
+                   count(*) FILTER (WHERE {HOSTLESS_SQL})  -- anywhere: excluded or not, where it went is unknown
             FROM hops h
             LEFT JOIN loc_excl e ON e.zone = h.caller_zone AND e.upstream = h.upstream
                  AND h.ts <= e.hi AND h.ts + coalesce(h.duration_ms, 0) / 1000.0 >= e.lo
@@ -78,7 +81,7 @@ class RoutingChecks(CheckBase):
         failures: list[str] = []
         shares: list[float] = []
         for z, u in keys:
-            total, excluded, no_host, served, in_zone, unattributed = data.get((z, u), (0, 0, 0, 0, 0, 0))
+            total, excluded, no_host, served, in_zone, unattributed, hostless = data.get((z, u), (0,) * 7)
             share = in_zone / served if served else None
             pr = PairResult(
                 caller_zone=z,
@@ -92,15 +95,14 @@ class RoutingChecks(CheckBase):
                     "in_zone": in_zone,
                     "out_of_zone": served - in_zone,
                     "unattributed": unattributed,
+                    "hostless": hostless,
                     "in_zone_share": share,
                 },
             )
-            if total == 0:
-                pr.status = NO_TRAFFIC
-                if self._no_traffic_fails(z):
-                    pr.status = FAIL
-                    pr.message = f"locality: {z} -> {u}: no traffic (locality unverified)"
-            elif served == 0 and no_host == 0 and self._no_traffic_fails(z):
+            if total == 0:  # a Region caller's too: "none from the Region to an edge zone" went unexercised
+                pr.status = FAIL
+                pr.message = f"locality: {z} -> {u}: no traffic (locality unverified)"
+            elif served == 0 and no_host == 0:
                 pr.status = FAIL
                 pr.message = (
                     f"locality: {z} -> {u}: all {total} hops fell in fault windows or while {u} was down in the "
@@ -121,6 +123,9 @@ class RoutingChecks(CheckBase):
             if spill := self._spill_share(z, u):
                 pr.status = FAIL
                 pr.message = "; ".join(m for m in (pr.message, spill) if m)
+            if hostless:
+                pr.status = FAIL
+                pr.message = "; ".join(m for m in (pr.message, self._hostless_text(LOCALITY, z, u, hostless)) if m)
             if pr.status == FAIL:
                 failures.append(pr.message)
             results.append(pr)
@@ -195,22 +200,17 @@ class RoutingChecks(CheckBase):
         artefact: the run's records are damaged there.
         """
         dead = {str(r[0]) for r in self.con.execute(DEAD_PODS_SQL).fetchall()}
-        files = (HOPS_FILE,) if hops_only else (HOPS_FILE, UPSTREAM_STATS_FILE)
-        by_file: dict[str, list[int]] = {}
-        for sk in self.run.skipped:
-            if not (sk.file.startswith(ACCESSLOG_DIR + "/") or sk.file in files):
-                continue
-            if sk.file.startswith(ACCESSLOG_DIR + "/") and self._last_line_of_dead_pod(sk.file, sk.line, dead):
-                continue
-            by_file.setdefault(sk.file, []).append(sk.line)
-        out = []
-        for fname, lines in sorted(by_file.items()):
-            shown = ", ".join(str(n) for n in lines[:5]) + (" ..." if len(lines) > 5 else "")
-            what = "counter snapshots" if fname == UPSTREAM_STATS_FILE else "hops"
-            out.append(
-                f"{name}: {fname}: {len(lines)} line(s) could not be read (line {shown}): the {what} they held "
-                "are unverified"
-            )
+        logs = ACCESSLOG_DIR + "/"
+        hop_lines = [
+            sk
+            for sk in self.run.skipped
+            if sk.file in (HOPS_FILE, state_file(ACCESSLOGS))  # the state's: "a listed Parquet segment is missing"
+            or (sk.file.startswith(logs) and not self._last_line_of_dead_pod(sk.file, sk.line, dead))
+        ]
+        out = self._unread(name, hop_lines, "hops")
+        if not hops_only:
+            out += self._unread(name, (sk for sk in self.run.skipped if sk.file == UPSTREAM_STATS_FILE),
+                                "counter snapshots")  # fmt: skip
         return out
 
     def _last_line_of_dead_pod(self, rel: str, line: int, dead: set[str]) -> bool:
@@ -241,6 +241,23 @@ class RoutingChecks(CheckBase):
             f"locality: {row[0]} hops from callers in no known zone ({', '.join(row[1])}; {why}): where they ran, "
             "and so locality and hub-and-spoke for them, is unverified"
         )
+
+    def _hostless_text(self, name: str, z: str, u: str, n: int) -> str:
+        """The failure for a pair's hops that name no upstream host and no Envoy flag saying why (`HOSTLESS_SQL`)."""
+        first = self._hops(f"{CALLER_ZONE_SQL} = ? AND {UPSTREAM_SQL} = ? AND {HOSTLESS_SQL}", [z, u], 1)
+        at = f", first at {hop_text(first[0])}" if first else ""
+        return (
+            f"{name}: {z} -> {u}: {n} hops name no upstream host and no Envoy response flag{at}: where they were "
+            "served is unverified"
+        )
+
+    def _hostless(self) -> list[str]:
+        """Hub-and-spoke's share of `HOSTLESS_SQL`: any such hop, of any pair, could have crossed."""
+        rows = self.con.execute(
+            f"SELECT {CALLER_ZONE_SQL}, {UPSTREAM_SQL}, count(*) FROM hops WHERE {HOSTLESS_SQL} "
+            "GROUP BY ALL ORDER BY min(ts)"
+        ).fetchall()
+        return [self._hostless_text(HUB_AND_SPOKE, z, u, int(n)) for z, u, n in rows]
 
     def _offending_locality(self, z: str, u: str) -> list[dict[str, Any]]:
         return self._hops(
@@ -305,6 +322,7 @@ class RoutingChecks(CheckBase):
                 0, "hub-and-spoke: no hops recorded (no access logs, hops.jsonl missing or empty): unverified"
             )
         failures += self._routed_to_forbidden_zone()
+        failures += self._hostless()
         failures += self._unjudged_lines(HUB_AND_SPOKE, hops_only=False)
         attempt_failures, checks, attempt_text = self._attempts()
         failures += attempt_failures
@@ -528,6 +546,21 @@ class RoutingChecks(CheckBase):
         snaps, pods, unknown_pod, unknown_host = (int(x) for x in row)
         if unknown_pod:
             self.run.notes.append(f"{unknown_pod} upstream-counter lines are of sidecars the inventory does not know")
+        # a sidecar no inventory record places has no zone to cross from: its attempts are unjudged (they were left
+        # out above, and a torn inventory line hid a retried attempt into another Local Zone)
+        for pod, n, ts in self.con.execute(
+            "SELECT pod, max(coalesce(cx_total, 0) + coalesce(cx_connect_fail, 0) + coalesce(rq_total, 0)), min(ts) "
+            "FROM upstream_stats WHERE caller_zone IS NULL GROUP BY pod "
+            "HAVING max(coalesce(cx_total, 0) + coalesce(cx_connect_fail, 0) + coalesce(rq_total, 0)) > 0 "
+            "ORDER BY min(ts), pod"
+        ).fetchall():
+            text = (
+                f"hub-and-spoke: {pod}: upstream counters of a sidecar no inventory record places ({n} connections, "
+                f"connect failures and requests, first in a snapshot at {iso(ts)}): whether its attempts crossed to "
+                "another Local Zone is unverified"
+            )
+            failures.append(text)
+            checks.append(CheckResult(f"{pod} (no zone)", UNVERIFIED, text, {"pod": pod, "ts": ts}))
         if unknown_host:
             self.run.notes.append(
                 f"{unknown_host} upstream-counter lines name hosts the inventory cannot attribute at that time"
@@ -587,9 +620,9 @@ class RoutingChecks(CheckBase):
                 # Envoy logs a TCP hop when its connection closes: a pooled connection kept open for
                 # the whole run leaves no record, so silence is reported for TCP, not failed (the
                 # placement check below still sees where the service ran).
-                if self._no_traffic_fails(z) and self._protocol(u) != "tcp":
+                if self._protocol(u) != "tcp":
                     parts.append(f"shared-services: {z} -> {u}: no traffic (unverified)")
-                elif self._no_traffic_fails(z) and not self._connected(z, u):
+                elif not self._connected(z, u):
                     # cx_total counts every connection since the sidecar started, an open pooled one too:
                     # zero in every snapshot means the calls, if any, did not go through the mesh
                     parts.append(

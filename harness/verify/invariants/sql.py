@@ -68,16 +68,19 @@ DEFINITIONS = {
     "readiness events a pod is ready from `added`); for Region callers the Region as a whole",
     "locality": "in-zone hops / hops with an upstream host, outside the pair's fault windows and the intervals "
     "its upstream was down (each until the measured recovery, else + maxRecoveryS), >= inZoneShare; hops from "
-    "callers no inventory record places = unverified = fail; while it spilled (outside faults) the in-zone count "
-    "must not be below what keeping min(1, 1.4 x ready / registered) gives with chance >= 1e-6",
+    "callers no inventory record places, and hops with neither an upstream host nor an Envoy response flag, = "
+    "unverified = fail; a pair without traffic (an edge or a Region caller's) = unverified = fail; while it "
+    "spilled (outside faults) the in-zone count must not be below what keeping min(1, 1.4 x ready / registered) "
+    "gives with chance >= 1e-6",
     "hub_and_spoke": "no hop of an edge caller served in another edge zone, none of a Region caller served in an "
     "edge zone, and no such host with cx_total + cx_connect_fail + rq_total > 0 in any sidecar's upstream "
     "counters (attempts a retry hid); a host no inventory record explains at the time counts in the zone its Envoy "
     "cluster is named for (when a cluster names another zone's instances), else in the zone of the last pod that "
-    "held the address (an endpoint Envoy kept), else it is unverified = fail; no start/end counter snapshot, or a "
-    "sidecar that made hops and was up at the end missing from the end snapshot, or one that died after hops missed "
-    "by a snapshot after its last one while its access log shows it up (hops before it and past its 5 s admin timeout) "
-    "= unverified = fail",
+    "held the address (an endpoint Envoy kept), else it is unverified = fail; a hop with neither an upstream host "
+    "nor a response flag, or counters of a sidecar no inventory record places, = unverified = fail; no start/end "
+    "counter snapshot, or a sidecar that made hops and was up at the end missing from the end snapshot, or one "
+    "that died after hops missed by a snapshot after its last one while its access log shows it up (hops before "
+    "it and past its 5 s admin timeout) = unverified = fail",
     "failover_s": "first successful Region-served hop after the last successful non-Region hop, the last failed "
     "hop sent to the zone's own instance and the last failed hop that found no upstream host (UH, NR: the chain had "
     "no healthy target), minus inject; "
@@ -228,6 +231,11 @@ STALE_SQL = (
 # Region success is the mesh flapping back to nowhere (outlier ejection of the Region's hosts, a target that comes
 # and goes), and the steady Region service the failover time measures begins only after the last of them.
 NO_HOST_SQL = "(coalesce(upstream_host, '') = '')"
+# SQL: a hop that names no upstream host and no Envoy response flag saying why. Envoy logs the host of every
+# request it sent upstream, and a flag (UH, NR, UF, DC, ...) on every one it could not: a line with neither claims
+# an answer from nowhere the log shows. Where it was served, and so locality and hub-and-spoke, is unverified (it
+# counted as a failed hop, and a pair of only such hops passed locality with no share at all).
+HOSTLESS_SQL = f"({NO_HOST_SQL} AND coalesce(flags, '-') IN ('-', ''))"
 FAILOVER_PENDING_SQL = f"({NO_HOST_SQL} OR {STALE_SQL})"
 # A recovery (back in-zone, `_measure`'s good instant) is likewise not complete while the pair's hops still find no
 # host: the pair is served nowhere, which is not "back where it belongs" (it was measured from the first in-zone

@@ -5,9 +5,16 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
+from harness.columnar import REQUESTS, state_file
 from harness.contract.clock import CLOCK_TOLERANCE_S
 from harness.contract.requestid import REQUEST_ID_HEADER
-from harness.contract.rundir import ACCESS_LOG_FLUSH, ACCESS_LOG_FLUSH_S, CLOCK_FILE, RECORD_STEPS
+from harness.contract.rundir import (
+    ACCESS_LOG_FLUSH,
+    ACCESS_LOG_FLUSH_S,
+    CLOCK_FILE,
+    RECORD_STEPS,
+    REQUESTS_FILE,
+)
 from harness.observe.hops import host_ip_sql
 from harness.topology import ENTRY_API_UPSTREAM
 from harness.verify import expected
@@ -172,6 +179,12 @@ class UserChecks(CheckBase):
             "FROM req_marked WHERE NOT excluded"
         ).fetchone()
         ok_text += self._apart(int(row[0]), int(row[1])) if row else ""
+        # a user request whose line could not be read (or whose compacted segment is gone) may have failed
+        failures += self._unread(
+            AVAILABILITY,
+            (sk for sk in self.run.skipped if sk.file in (REQUESTS_FILE, state_file(REQUESTS))),
+            "user requests",
+        )
         return InvariantResult(
             AVAILABILITY, not failures, self._summary(AVAILABILITY, failures, ok_text), windows=windows
         )
