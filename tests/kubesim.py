@@ -83,6 +83,22 @@ module does all of that, each behaviour taken from the source named here:
   service annotation"). A deleted Service deregisters every instance whose
   meta names it (`deregisterService(..., nil)`), even a pod another Service
   still selects; nothing re-registers it until that other Endpoints changes.
+- consul-k8s 1.9.11's transparent proxy: the webhook turns it on for an
+  injected pod when its annotation `consul.hashicorp.com/transparent-proxy`
+  says so, else its namespace's label of that name, else the injector's
+  default, the chart's `connectInject.transparentProxy.defaultEnabled` (true)
+  (connect-inject/common/common.go TransparentProxyEnabled: a value
+  strconv.ParseBool refuses fails the admission), and marks the pod
+  `consul.hashicorp.com/transparent-proxy-status: enabled`
+  (webhook/mesh_webhook.go). Its init container redirects every inbound TCP
+  port but the excluded ones (`consul.hashicorp.com/transparent-proxy-
+  exclude-inbound-ports`; webhook/redirect_traffic.go, the metrics port is
+  not modelled) to Envoy's inbound listener, which takes only mTLS: a plain
+  connection through a Service (kube-proxy, a load balancer) to such a pod's
+  port is closed (`tproxy_closed`). The kubelet's probes still pass
+  (tcpSocket: Envoy accepts; httpGet: rewritten to Envoy's exposed paths,
+  `defaultOverwriteProbes`), so the pod is Ready while its users fail; a
+  port-forward (the pod's loopback) is not redirected.
 - Envoy buffers access logs and writes them every `--file-flush-interval-msec`
   (default 10000); `access_log_file.write_total_buffered` is the buffered byte
   count; a killed container loses its buffer. Admin on 19000:
@@ -366,6 +382,14 @@ KIND_DEFAULT_NODE_IMAGES = {
     "v0.33.0": "kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5",
 }
 CHART_K8S_IMAGE = "hashicorp/consul-k8s-control-plane:1.9.11"
+# consul-k8s' transparent-proxy keys (connect-inject/constants): the pod annotation (also a namespace label), the
+# status annotation the webhook adds when it is on, and the inbound ports its redirection leaves alone
+TPROXY = "consul.hashicorp.com/transparent-proxy"
+TPROXY_STATUS = "consul.hashicorp.com/transparent-proxy-status"
+TPROXY_EXCLUDE_INBOUND = "consul.hashicorp.com/transparent-proxy-exclude-inbound-ports"
+# Go's strconv.ParseBool, which consul-k8s reads the annotation and the label with
+GO_BOOLS = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+            **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False)}  # fmt: skip
 AGENT_CONTAINER = "aws-eks-nodeagent"  # the VPC CNI's network policy agent, in each aws-node pod
 
 
@@ -463,6 +487,7 @@ class Consul:
     entries: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, name) -> CRD spec
     entry_sources: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> k8s ns/name
     inject: bool = True
+    tproxy_default: bool = True  # connectInject.transparentProxy.defaultEnabled (the chart's default: true)
     envoy_extra_args: list[str] = field(default_factory=list)
     dataplane_image: str = CHART_DATAPLANE_IMAGE
     k8s_image: str = CHART_K8S_IMAGE  # the injected init container's (global.imageK8S)
@@ -585,6 +610,9 @@ class ClusterSim:
         self._ca: CertAuthority | None = None  # Consul's built-in CA (leaf certificates), made on first use
         self._ca_dir: str | None = None
         self.edge_probes: list[dict[str, Any]] = []  # the mTLS calls probe pods made: source, destination, answer
+        # plain connections through a Service that a pod's transparent proxy sent to Envoy's mTLS listener, which
+        # closed them: (namespace, pod, port)
+        self.tproxy_closed: list[tuple[str, str, int]] = []
         self.consul_acls = False  # Consul's ACLs on (global.acls.manageSystemACLs): calls need a token's rights
         # node name -> how far its clock is off the test's (the runner's): seconds, node = runner + offset. A
         # sidecar stamps its access log's START_TIME with its node's clock; EC2 instances and a CI runner do not
@@ -917,6 +945,7 @@ class ClusterSim:
             return
         if any(x.get("name") == "consul-dataplane" for x in spec.get("containers") or []):
             return
+        tproxy = self._tproxy_enabled(pod)
         args = [
             "-addresses",
             f"{c.release}-server.{c.namespace}.svc",
@@ -933,6 +962,37 @@ class ClusterSim:
         ]
         spec["initContainers"] = [{"name": "consul-connect-inject-init", "image": c.k8s_image}]
         ann["consul.hashicorp.com/connect-inject-status"] = "injected"
+        if tproxy:
+            ann[TPROXY_STATUS] = "enabled"
+
+    def _tproxy_enabled(self, pod: Obj) -> bool:
+        """consul-k8s' TransparentProxyEnabled: the pod's annotation, else its namespace's label, else the
+        injector's default; a value ParseBool refuses fails the admission, as the webhook errors."""
+        assert self.consul is not None
+        meta = pod.get("metadata") or {}
+        nso = self.get("v1", "namespaces", None, str(meta.get("namespace") or "default")) or {}
+        for raw in ((meta.get("annotations") or {}).get(TPROXY), labels_of(nso).get(TPROXY)):
+            if raw is None:
+                continue
+            if raw not in GO_BOOLS:
+                raise Invalid(
+                    f'admission webhook "{self.consul.fullname}-connect-injector.consul.hashicorp.com" denied the '
+                    "request: error determining if transparent proxy is enabled: "
+                    f'strconv.ParseBool: parsing "{raw}": invalid syntax'
+                )
+            return GO_BOOLS[raw]
+        return self.consul.tproxy_default
+
+    def tproxy_on(self, pod: Obj) -> bool:
+        """Whether the webhook turned transparent proxy on for `pod` (its status annotation)."""
+        return ((pod.get("metadata") or {}).get("annotations") or {}).get(TPROXY_STATUS) == "enabled"
+
+    def _tproxy_redirects(self, pod: Obj, port: int) -> bool:
+        """A connection from outside the pod to `port` goes to Envoy's inbound listener (mTLS only), not the app."""
+        if not self.tproxy_on(pod):
+            return False
+        excluded = ((pod.get("metadata") or {}).get("annotations") or {}).get(TPROXY_EXCLUDE_INBOUND) or ""
+        return str(port) not in {p.strip() for p in excluded.split(",")}
 
     def _admit_claim(self, pvc: Obj) -> None:
         """The DefaultStorageClass admission plugin: a claim naming no class gets the default one, if any."""
@@ -1360,7 +1420,12 @@ class ClusterSim:
                 }
                 if plural == "statefulsets":
                     self._claims_for(d, pname, pod)
-                self.create("v1", "pods", ns, pod)
+                try:
+                    self.create("v1", "pods", ns, pod)
+                except Invalid as exc:  # refused by admission (the webhook): the controller says so and retries
+                    self._event(d, "Warning", "FailedCreate", f"Error creating: {exc}", "replicaset-controller",
+                                time.time())  # fmt: skip
+                    break
         elif len(live) > want:
             for p in live[want:]:
                 self.delete("v1", "pods", ns, p["metadata"]["name"])
@@ -2112,7 +2177,7 @@ class ClusterSim:
                 return lambda req: self._frontend(pod, req)
             if labels.get("component") == "server" and port in (8500, 8501):
                 return lambda req: self._consul_http(req)
-            return lambda req: _text(200, "ok\n")
+            return _ok
         return None
 
     # -- mesh ---------------------------------------------------------------------
@@ -2851,6 +2916,13 @@ class ClusterSim:
         if target is None:
             writer.close()
             return
+        if self._tproxy_redirects(*target):
+            # the pod's iptables send it to Envoy's inbound listener (20000), whose TLS handshake a plain client
+            # never starts: the connection is closed without an answer
+            meta = target[0]["metadata"]
+            self.tproxy_closed.append((str(meta["namespace"]), str(meta["name"]), target[1]))
+            writer.close()
+            return
         lport = await self.endpoint(*target)
         if lport is None:
             writer.close()  # a "Ready" endpoint whose node is gone: the connection fails
@@ -3295,6 +3367,7 @@ class ClusterSim:
             datacenter=str(g.get("datacenter") or "dc1"),
             version=image.rsplit(":", 1)[-1].removesuffix("-ent"),
             inject=bool(ci.get("enabled", True)),
+            tproxy_default=bool((ci.get("transparentProxy") or {}).get("defaultEnabled", True)),
             envoy_extra_args=shlex.split(str(ci.get("envoyExtraArgs") or "")),
             dataplane_image=str(g.get("imageConsulDataplane") or CHART_DATAPLANE_IMAGE),
             k8s_image=str(g.get("imageK8S") or CHART_K8S_IMAGE),
@@ -3346,6 +3419,7 @@ class ClusterSim:
             ports: list[Obj],
             image_: str,
             claims: list[Obj] | None = None,
+            command: list[str] | None = None,
         ) -> None:
             labels = {**chart_labels, "component": component}
             obj = {
@@ -3356,7 +3430,14 @@ class ClusterSim:
                     "template": {
                         "metadata": {"labels": labels},
                         "spec": {
-                            "containers": [{"name": component, "image": image_, "ports": ports}],
+                            "containers": [
+                                {
+                                    "name": component,
+                                    "image": image_,
+                                    "ports": ports,
+                                    **({"command": command} if command else {}),
+                                }
+                            ],
                             **placement(section),
                         },
                     },
@@ -3408,6 +3489,15 @@ class ClusterSim:
                 int(ci.get("replicas", 1)),
                 [{"name": "webhook", "containerPort": 8080}],
                 str(g.get("imageK8S") or CHART_K8S_IMAGE),
+                # templates/connect-inject-deployment.yaml: the injector's flags in a shell command (those read here)
+                command=[
+                    "/bin/sh",
+                    "-ec",
+                    "consul-k8s-control-plane inject-connect \\\n"
+                    f"  -default-inject={str(bool(ci.get('default', False))).lower()} \\\n"
+                    f"  -default-enable-transparent-proxy={str(c.tproxy_default).lower()} \\\n"
+                    "  -listen=:8080\n",
+                ],
             )
             if (
                 self.get(
@@ -3807,6 +3897,11 @@ def _consul_entry(kind: str, name: str, spec: Obj, dc: str) -> Obj:
 
 def _text(status: int, body: str, content_type: str = "text/plain") -> aiohttp.web.Response:
     return aiohttp.web.Response(status=status, text=body, content_type=content_type)
+
+
+async def _ok(_request: Any) -> aiohttp.web.StreamResponse:
+    """Any other app's port: it answers (a handler the server awaits; a plain lambda's Response was a 500)."""
+    return _text(200, "ok\n")
 
 
 async def _pipe(reader: Any, writer: Any, host: str, port: int) -> None:

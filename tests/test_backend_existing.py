@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -594,6 +595,46 @@ def test_an_existing_consul_is_checked_before_anything_changes(
             with pytest.raises(BackendError, match=message):
                 b.up(rendered(tmp_path / f"c{i}"))
             assert _mutations(server) == before, message
+
+
+def test_an_operators_consul_with_the_charts_transparent_proxy_default_still_serves_every_zones_shop(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nightly's default path: the operator's Consul as `helm install` of the chart leaves it with no values,
+    so transparent proxy is on for every injected pod (consul-k8s v1.9.11 connectInject.transparentProxy.
+    defaultEnabled: true); the harness's own values, which turn it off, are not applied there. With it on, a
+    user's plain HTTP through a zone's load balancer to a frontend's port 80 lands on Envoy's mTLS listener and
+    is closed, while every pod is Ready. The rendered pods turn it off each (the pod annotation wins over the
+    namespace label and the default), so every zone's shop answers."""
+    from harness.chaos.probes import _shop_status
+    from harness.contract import names
+    from harness.render import naming
+    from harness.topology.model import load_topology
+
+    for k in ("EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"):
+        monkeypatch.delenv(k, raising=False)
+    _helm_tools(tmp_path, api, monkeypatch)
+    c = _cluster(api, tmp_path, consul={})
+    api.install_consul({})  # the chart's defaults
+    assert wait_until(lambda: bool(c.find_consul()) and c.find_consul().servers_ready == 1, 60)  # type: ignore[union-attr]
+    assert c.find_consul().tproxy_default is True  # type: ignore[union-attr]
+    t = load_topology(REPO / "fixtures" / "topology.yaml")
+    urls = {}
+    for z in t.zones:  # the operator's per-zone load balancers in front of the entry Services `up` creates
+        port = api.sim.call(lambda z=z: api.sim.expose(naming.namespace(t, z), f"entry-{t.short(z)}"))
+        urls[z.name] = f"http://127.0.0.1:{port}"
+    b = _backend(api, tmp_path, entrypoints=[f"{z}={u}" for z, u in urls.items()])
+    said: list[str] = []
+    b.up(rendered(tmp_path), progress=said.append)
+    try:
+        with httpx.Client(timeout=5) as client:
+            assert {z: _shop_status(u, client) for z, u in urls.items()} == dict.fromkeys(urls, 200)
+        assert api.sim.tproxy_closed == []
+        meshed = [p for p in c.pods() if (p["metadata"].get("annotations") or {}).get(names.ANN_INJECT) == "true"]
+        assert meshed and [p["metadata"]["name"] for p in meshed if api.sim.tproxy_on(p)] == []
+        assert any("transparent proxy on by default, off on the harness's pods" in line for line in said), said
+    finally:
+        b.down()
 
 
 # -- the cluster's Kubernetes version against the chart's supported range ------------------------------------

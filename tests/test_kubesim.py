@@ -274,3 +274,56 @@ def test_a_verb_rbac_does_not_grant_is_403_with_the_authorizers_message(api: Fak
                        r'"storage.k8s.io" at the cluster scope$'):  # fmt: skip
         c.request("GET", "/apis/storage.k8s.io/v1/storageclasses")
     assert c.request("GET", "/api/v1/namespaces/consul/persistentvolumeclaims")["items"] == []  # list granted again
+
+
+def test_transparent_proxy_is_decided_as_consul_k8s_does_and_closes_plain_traffic_through_a_service(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    """consul-k8s v1.9.11 TransparentProxyEnabled: the pod's annotation, else its namespace's label, else the
+    injector's default (the chart's: on). A pod it is on for still becomes Ready (its probes reach Envoy), but a
+    plain connection through its Service lands on Envoy's mTLS listener and is closed, unless the port is excluded;
+    a value ParseBool refuses fails the admission (the Deployment's FailedCreate event)."""
+    import httpx
+
+    from tests.kubesim import TPROXY, TPROXY_EXCLUDE_INBOUND
+
+    c = api.cluster(tmp_path)
+    api.install_consul()  # the chart's defaults: connectInject.transparentProxy.defaultEnabled true
+    c.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "m", "labels": {TPROXY: "false"}}})
+
+    def meshed(name: str, ns: str, **ann: str) -> list[dict[str, Any]]:
+        d = _deployment(name, ns)
+        d["spec"]["template"]["metadata"]["annotations"] = {"consul.hashicorp.com/connect-inject": "true", **ann}
+        svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+               "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 80}]}}  # fmt: skip
+        return [d, svc]
+
+    cases = {  # (namespace, name): (annotations, transparent proxy on)
+        ("n", "default"): ({}, True),
+        ("n", "off"): ({TPROXY: "false"}, False),
+        ("n", "excluded"): ({TPROXY_EXCLUDE_INBOUND: "8080,80"}, True),
+        ("m", "label"): ({}, False),
+        ("m", "annotation"): ({TPROXY: "true"}, True),  # the annotation wins over the namespace's label
+    }
+    api.seed(c, NODES[0], *(o for (ns, name), (ann, _on) in cases.items() for o in meshed(name, ns, **ann)))
+    api.seed(c, *meshed("bad", "n", **{TPROXY: "yes"}))
+    assert wait_until(lambda: len(_ready_pods(c, "n")) == 3 and len(_ready_pods(c, "m")) == 2, 60)
+    with httpx.Client(timeout=5) as client:
+        for (ns, name), (_ann, on) in cases.items():
+            (pod,) = [p for p in c.pods(ns) if p["metadata"]["labels"]["app"] == name]
+            assert api.sim.tproxy_on(pod) is on, name
+            port = api.sim.call(lambda ns=ns, name=name: api.sim.expose(ns, name))
+            try:
+                answer = client.get(f"http://127.0.0.1:{port}/").status_code
+            except httpx.HTTPError:
+                answer = 0
+            assert answer == (0 if on and name != "excluded" else 200), name
+    assert [(ns, pod.split("-")[0], port) for ns, pod, port in api.sim.tproxy_closed] == [
+        ("n", "default", 80),
+        ("m", "annotation", 80),
+    ]
+    assert not [p for p in c.pods("n") if p["metadata"]["labels"]["app"] == "bad"]
+    events = c.request("GET", "/api/v1/namespaces/n/events")["items"]
+    (refused,) = [e for e in events if e["involvedObject"]["name"] == "bad"]
+    assert refused["reason"] == "FailedCreate"
+    assert 'strconv.ParseBool: parsing "yes": invalid syntax' in refused["message"]

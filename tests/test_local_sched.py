@@ -192,3 +192,24 @@ def test_deployment_that_fits_no_node_is_an_error(wide: Manifests) -> None:
     del dep["spec"]["template"]["spec"]["tolerations"]
     with pytest.raises(InputError, match="fits no node"):
         _spec(wide, objects)
+
+
+def test_transparent_proxy_false_is_read_and_anything_else_refused(wide: Manifests) -> None:
+    """Every meshed pod says transparent-proxy "false" (explicit upstreams, what the sidecars here do); "true" would
+    need a transparent proxy the local backend does not have: refused, naming the object and the annotation."""
+    from harness.contract import names
+
+    meshed = [d for d in _spec(wide).deployments if d.meshed]
+    assert meshed and {d.annotations.get(names.ANN_TRANSPARENT_PROXY) for d in meshed} == {"false"}
+    objects = copy.deepcopy(wide.objects)
+    dep = next(
+        o
+        for o in objects
+        if o["kind"] == "Deployment" and names.ANN_TRANSPARENT_PROXY in o["spec"]["template"]["metadata"]["annotations"]
+    )
+    dep["spec"]["template"]["metadata"]["annotations"][names.ANN_TRANSPARENT_PROXY] = "true"
+    with pytest.raises(InputError) as exc:
+        _spec(wide, objects)
+    msg = str(exc.value)
+    assert f"annotations.{names.ANN_TRANSPARENT_PROXY}" in msg and dep["metadata"]["name"] in msg
+    assert "'true' not supported by the local backend (no transparent proxy" in msg

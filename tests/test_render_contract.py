@@ -670,3 +670,37 @@ def test_pods_several_services_select_name_the_one_that_registers_them(topo: str
                 o["spec"]["template"]["metadata"]["annotations"].pop("consul.hashicorp.com/kubernetes-service")
         problems = _registration_problems(bare)
         assert problems and all("frontend" in p for p in problems), problems
+
+
+def _tproxy_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Meshed pods (connect-inject "true") must say transparent-proxy "false": an operator's Consul keeps the chart's
+    default, on (consul-k8s v1.9.11 values.yaml connectInject.transparentProxy.defaultEnabled), and only the pod
+    annotation wins over it (common.go TransparentProxyEnabled). Pods outside the mesh need not say anything."""
+    from harness.contract import names
+
+    out = []
+    for d in (o for o in objects if o["kind"] == "Deployment"):
+        ann = d["spec"]["template"]["metadata"].get("annotations") or {}
+        if ann.get(names.ANN_INJECT) == "true" and ann.get(names.ANN_TRANSPARENT_PROXY) != "false":
+            out.append(f"{d['metadata']['name']}: transparent-proxy {ann.get(names.ANN_TRANSPARENT_PROXY)!r}")
+    return out
+
+
+@pytest.mark.parametrize(("topo", "edition"), CASES)
+def test_meshed_pods_pin_transparent_proxy_off(topo: str, edition: str) -> None:
+    from harness.contract import names
+
+    r = _rendered(topo, edition)
+    deployments = [o for o in r.objects if o["kind"] == "Deployment"]
+    assert deployments and _tproxy_problems(r.objects) == []
+    # the negative twins: a meshed pod without it, or with "true", is named; a pod outside the mesh is not
+    for value in (None, "true"):
+        broken = copy.deepcopy(r.objects)
+        dep = next(o for o in broken if o["kind"] == "Deployment")
+        ann = dep["spec"]["template"]["metadata"]["annotations"]
+        ann.pop(names.ANN_TRANSPARENT_PROXY)
+        if value is not None:
+            ann[names.ANN_TRANSPARENT_PROXY] = value
+        assert _tproxy_problems(broken) == [f"{dep['metadata']['name']}: transparent-proxy {value!r}"]
+        ann[names.ANN_INJECT] = "false"
+        assert _tproxy_problems(broken) == []

@@ -944,9 +944,15 @@ class ExistingBackend(KubeBackend):
                 "on (connectInject.enabled), or no pod gets a sidecar"
             )
         self.check_consul_api()
+        # said, not refused: every rendered meshed pod pins transparent proxy off (names.ANN_TRANSPARENT_PROXY)
+        tproxy = ""
+        if found.tproxy_default is not None:
+            tproxy = "; transparent proxy " + (
+                "on by default, off on the harness's pods" if found.tproxy_default else "off by default"
+            )
         self.progress(
             f"using Consul {found.version} in namespace {found.namespace} (release {found.release}, "
-            f"API over {found.ui_scheme})"
+            f"API over {found.ui_scheme}{tproxy})"
         )
 
     def _server_claim(self, manifests: Manifests) -> str:

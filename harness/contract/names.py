@@ -31,6 +31,12 @@ MANAGED_BY = "edge-harness"
 
 # consul-k8s pod annotations.
 ANN_INJECT = "consul.hashicorp.com/connect-inject"
+# Transparent proxy, per pod: "false" on every meshed pod. The chart's default (consul-k8s v1.9.11 values.yaml
+# `connectInject.transparentProxy.defaultEnabled: true`) turns it on, and an operator's Consul keeps its own
+# values, so only the pod annotation, which wins over the namespace label and that default
+# (connect-inject/common/common.go TransparentProxyEnabled), holds the mesh to explicit upstreams: with it on,
+# all inbound TCP goes to Envoy's mTLS listener (20000), so the entry's plain HTTP to a frontend fails.
+ANN_TRANSPARENT_PROXY = "consul.hashicorp.com/transparent-proxy"
 ANN_SERVICE = "consul.hashicorp.com/connect-service"
 ANN_SERVICE_PORT = "consul.hashicorp.com/connect-service-port"
 ANN_UPSTREAMS = "consul.hashicorp.com/connect-service-upstreams"

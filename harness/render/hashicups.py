@@ -227,9 +227,16 @@ def config_maps(t: Topology, cs: ConsulService) -> list[dict[str, Any]]:
 def _pod_annotations(t: Topology, w: Workload, edition: Edition) -> dict[str, str]:
     """consul-k8s' annotations. `kubernetes-service` names the pod's own Service (`service_objects`: named
     after the Consul service): a frontend pod is also selected by its zone's entry Service (render/entry.py),
-    and consul-k8s must register it from its own Service only (see `names.ANN_K8S_SERVICE`)."""
+    and consul-k8s must register it from its own Service only (see `names.ANN_K8S_SERVICE`).
+
+    `transparent-proxy: "false"`: the mesh is explicit upstreams only. The harness's Helm values turn it off
+    too, but only kind and `--install-consul` apply them; an operator's Consul on EKS keeps the chart's
+    default, on (consul-k8s v1.9.11 `connectInject.transparentProxy.defaultEnabled: true`), which would send
+    the entry's plain HTTP to a frontend's port 80 into Envoy's mTLS listener. The pod annotation wins over
+    the namespace label and that default (`names.ANN_TRANSPARENT_PROXY`)."""
     ann = {
         names.ANN_INJECT: "true",
+        names.ANN_TRANSPARENT_PROXY: "false",
         names.ANN_SERVICE: w.consul_name,
         names.ANN_K8S_SERVICE: w.consul_name,
         names.ANN_SERVICE_PORT: service_port(w.service)[1],

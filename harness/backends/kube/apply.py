@@ -9,6 +9,7 @@ the rendered directory as a set of API objects.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -312,7 +313,20 @@ class ApplyMixin(KubeApi):
             ui_scheme=ui_scheme,
             # the chart's `consul.fullname` (its objects' prefix): the server StatefulSet is `<fullname>-server`
             fullname=pod_name.rsplit("-server-", 1)[0] if "-server-" in pod_name else release,
+            tproxy_default=_injector_flag(injectors, "default-enable-transparent-proxy"),
         )
+
+
+def _injector_flag(injectors: Sequence[Mapping[str, Any]], flag: str) -> bool | None:
+    """A boolean flag of the connect-injector's command line (the chart passes them in a `/bin/sh -ec` script:
+    templates/connect-inject-deployment.yaml); None when no injector pod shows it."""
+    for pod in injectors:
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            words = " ".join(str(x) for x in [*(c.get("command") or []), *(c.get("args") or [])])
+            m = re.search(rf"-{re.escape(flag)}=(true|false)\b", words)
+            if m:
+                return m.group(1) == "true"
+    return None
 
 
 def _port_number(port: Mapping[str, Any]) -> int:
@@ -335,3 +349,6 @@ class ConsulInstall:
     ui_port: int  # its port for the API (0: neither http nor https offered)
     ui_scheme: str = "http"  # "https" when the Service offers HTTPS only (TLS with httpsOnly)
     fullname: str = "consul"  # the chart's name prefix: Secrets `<fullname>-ca-cert`, `<fullname>-bootstrap-acl-token`
+    # the injector's `-default-enable-transparent-proxy` (connectInject.transparentProxy.defaultEnabled, true in the
+    # chart); None when its pods do not say. The rendered pods turn it off each (names.ANN_TRANSPARENT_PROXY).
+    tproxy_default: bool | None = None

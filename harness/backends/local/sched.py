@@ -28,6 +28,7 @@ INJECT = names.ANN_INJECT
 SERVICE_PORT = names.ANN_SERVICE_PORT
 CONNECT_SERVICE = names.ANN_SERVICE
 UPSTREAMS = names.ANN_UPSTREAMS
+TRANSPARENT_PROXY = names.ANN_TRANSPARENT_PROXY
 
 
 @dataclass(frozen=True)
@@ -477,12 +478,21 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
     spread = _spread(f, pspec.get("topologySpreadConstraints"))
     for j, t in enumerate(pspec.get("tolerations") or []):
         f.check_only(t, f"spec.template.spec.tolerations[{j}]", {"key", "operator", "value", "effect"})
+    annotations = {str(k): str(v) for k, v in (tmeta.get("annotations") or {}).items()}
+    # the sidecars here serve explicit upstreams only, what "false" asks of consul-k8s; "true" would redirect all
+    # of the pod's traffic through Envoy, which they cannot
+    tproxy = annotations.get(TRANSPARENT_PROXY)
+    if tproxy is not None and tproxy != "false":
+        raise f.fail(
+            f"spec.template.metadata.annotations.{TRANSPARENT_PROXY}",
+            f'{tproxy!r} not supported by the local backend (no transparent proxy: only "false", explicit upstreams)',
+        )
     return DeploymentSpec(
         namespace=ns,
         name=str(meta.get("name")),
         replicas=int(spec.get("replicas", 1)),
         labels=labels,
-        annotations={str(k): str(v) for k, v in (tmeta.get("annotations") or {}).items()},
+        annotations=annotations,
         service_account=pspec.get("serviceAccountName"),
         containers=tuple(containers),
         volumes=volumes,
