@@ -98,3 +98,19 @@ def test_wait_recoveries_says_what_it_waits_for_once_and_ends_when_nothing_is_le
     wait_recoveries(Path("."), None, said.append, poll_s=0.01)  # type: ignore[arg-type]
     assert answers == [] and time.monotonic() - t0 < 5
     assert len(said) == 1 and f"{LAX} -> product-api (after f1)" in said[0] and "at most 30 s" in said[0]
+
+
+def test_a_restore_that_came_back_in_part_is_waited_for_until_the_verdict_would_take_it(tmp_path: Path) -> None:
+    """After the restore every other LAX product-api call still went to the Region (a mesh that took the zone's
+    instance back in part), then three in-zone ones: the verdict does not take three as shown against a half
+    share (`recovery_chance`), so the cool-down waits on; twelve are enough for both."""
+    from tests.test_verify_audit9 import _half_back
+
+    d, t = _run(tmp_path)
+    pod = str(pod_of(d, LAX, "public-api")["pod"])
+    end = float(KILL.restore or 0) + 6.0
+    assert _lose(d, pod, end, 1e9) > 0  # the records so far: six seconds after the restore
+    _half_back(d, GOOD_HOPS)
+    assert [p.upstream for p in pending_recoveries(d, t, RESTORE + 7)] == ["product-api"]
+    _half_back(d, 12)
+    assert pending_recoveries(d, t, RESTORE + 7) == []

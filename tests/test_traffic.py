@@ -791,3 +791,26 @@ def test_request_ids_differ_in_forked_workers() -> None:
         child = [int(x) for x in fh.read().split()]
     assert len(child) == 20 and not set(child) & {n for n, _ in mine}
     assert all(h == f"{REQUEST_ID_PREFIX}{n:016x}" and len(h) == 19 and 0 <= n < 2**63 for n, h in mine)
+
+
+def test_a_graphql_answer_counts_as_the_exact_rule_says_also_on_the_fast_path() -> None:
+    """The users' judge of a 200 (`graphql_failure`): its fast path (no parse for a body with "data" and no
+    "errors") must not pass what the exact rule fails. `{"data":null}` passed it as a success. Run in a
+    subprocess: the locustfile imports locust, which patches the interpreter (gevent)."""
+    bodies = {
+        '{"data":{"coffees":[{"id":1,"name":"Go","price":1.5,"image":null}]}}': None,  # a null field: fine
+        '{"data":null}': "GraphQL response without data",
+        '{"data" : null}': "GraphQL response without data",
+        '{"data":null,"errors":[{"message":"boom"}]}': "GraphQL error: boom",
+        '{"data":{"coffees":[]},"errors":[{"message":"partial"}]}': "GraphQL error: partial",
+        "not json": "response is not JSON",
+    }
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); from hashicups import graphql_failure; "
+        "print(json.dumps([graphql_failure(200, b.encode()) for b in json.loads(sys.argv[2])]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "loadtests"), json.dumps(list(bodies))],
+        capture_output=True, text=True, timeout=60, check=True, cwd=REPO,
+    )  # fmt: skip
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == list(bodies.values())

@@ -69,6 +69,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -152,16 +153,20 @@ _slots = itertools.count()
 _probe_slots = itertools.count()
 
 
+_NULL_DATA = re.compile(rb'"data"\s*:\s*null')
+
+
 def graphql_failure(status: int, body: bytes | None) -> str | None:
     """Why a GraphQL response counts as failed, or None when it is a success.
 
-    Fast path first: a 200 whose body has ``"data"`` and no ``"errors"``
-    anywhere is a success without parsing it (parsing every body cost more
-    than recording the request). Anything else is parsed and judged exactly.
+    Fast path first: a 200 whose body has ``"data"``, not as ``null``, and no
+    ``"errors"`` anywhere is a success without parsing it (parsing every body
+    cost more than recording the request). Anything else is parsed and judged
+    exactly (``{"data":null}`` passed the fast path as a success).
     """
     if status != 200:
         return f"HTTP {status}"
-    if body and b'"errors"' not in body and b'"data"' in body:
+    if body and b'"errors"' not in body and b'"data"' in body and not _NULL_DATA.search(body):
         return None
     try:
         doc = json.loads(body or b"")

@@ -15,7 +15,12 @@ has copied and the inventory followed into the run directory), and for each
 Local Zone whose last fault took services down and was restored, each pair
 of that zone whose upstream runs there: `GOOD_HOPS` successful hops served in
 the zone after the pair's last hop that was not one (failed, or served
-elsewhere). That is the verdict's recovery instant with hops behind it. A pair
+elsewhere). That is the verdict's recovery instant with hops behind it, and as
+many as the verdict's evidence rule asks (`recovery_chance`): a mesh that sent
+part of the pair's calls elsewhere during the fault, or after the restore
+before the instant, shows its recovery only with enough good hops that such a
+mesh would rarely have served them all in the zone. Three were taken as shown
+after a restore that sent every other call to the Region. A pair
 is no longer waited for once maxRecoveryS has passed since its restore: the
 verdict decides it from then on (back, or never back).
 
@@ -33,6 +38,7 @@ import duckdb
 
 from harness.observe.hops import create_hops
 from harness.topology import Placement, Topology
+from harness.verify.invariants.sql import RECOVERY_EVIDENCE_ALPHA, recovery_chance
 from harness.verify.rundata import HOP_OK_SQL, faults_of, pairs
 
 GOOD_HOPS = 3
@@ -51,6 +57,7 @@ class Pending:
     callers: tuple[str, ...]
     restore: float
     due: float
+    inject: float = -math.inf  # the fault's: its share of hops sent elsewhere asks for more evidence
 
     def __str__(self) -> str:
         return f"{self.zone} -> {self.upstream} (after {self.fault})"
@@ -62,7 +69,7 @@ def _watched(run_dir: Path, t: Topology) -> list[Pending]:
     edge = {z.name for z in t.zones if z.is_edge}
     in_zone = {s.name for s in t.services if s.placement is not Placement.REGION}
     return [
-        Pending(f.fault, f.zone, upstream, callers, f.restore, f.restore + t.slo.max_recovery_s)
+        Pending(f.fault, f.zone, upstream, callers, f.restore, f.restore + t.slo.max_recovery_s, f.inject)
         for f in last.values()
         if f.restore is not None and f.kind in TAKES_SERVICES_DOWN and f.zone in edge
         for zone, upstream, callers in pairs(t)
@@ -80,19 +87,43 @@ def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pe
         create_hops(con, run_dir, topology)
         out = []
         for w in watched:
-            row = con.execute(
-                f"""
-                WITH p AS (SELECT ts, coalesce(({HOP_OK_SQL}) AND serving_zone = ?, false) AS good FROM hops
-                           WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ts >= ?)
-                SELECT count(*) FILTER (WHERE good AND ts > coalesce((SELECT max(ts) FROM p WHERE NOT good), ?))
-                FROM p
-                """,
-                [w.zone, w.zone, w.upstream, list(w.callers), w.restore, -math.inf],
-            ).fetchone()
-            if not row or int(row[0]) < GOOD_HOPS:
+            if not _shown(con, w):
                 out.append(w)
         return out
     except (duckdb.Error, OSError):
         return watched  # unreadable right now: not yet
     finally:
         con.close()
+
+
+def _shown(con: duckdb.DuckDBPyConnection, w: Pending) -> bool:
+    """`GOOD_HOPS` good hops after the pair's last bad one since the restore, and enough of them for the verdict's
+    evidence rule against the share it sent elsewhere during the fault and after the restore before them.
+
+    Taken over the whole fault (the verdict reads the intervals the upstream was not whole in it), the share is
+    at most the verdict's in a correct mesh, so the cool-down asks at least as many hops as the verdict will.
+    """
+    row = con.execute(
+        f"""
+        WITH p AS (SELECT ts, ok, ok AND serving_zone IS NOT DISTINCT FROM ? AS good
+                   FROM (SELECT ts, coalesce(({HOP_OK_SQL}), false) AS ok, serving_zone FROM hops
+                         WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ts >= ?)),
+             b AS (SELECT coalesce(max(ts) FILTER (WHERE NOT good AND ts >= ?), ?) AS last_bad FROM p),
+             i AS (SELECT min(p.ts) FILTER (WHERE good AND p.ts >= ? AND p.ts > b.last_bad) AS instant FROM p, b)
+        SELECT count(*) FILTER (WHERE good AND p.ts >= ? AND p.ts > b.last_bad),
+               count(*) FILTER (WHERE ok AND p.ts < ?), count(*) FILTER (WHERE ok AND NOT good AND p.ts < ?),
+               count(*) FILTER (WHERE ok AND p.ts >= ? AND p.ts < i.instant),
+               count(*) FILTER (WHERE ok AND NOT good AND p.ts >= ? AND p.ts < i.instant)
+        FROM p, b, i
+        """,
+        [w.zone, w.zone, w.upstream, list(w.callers), w.inject, w.restore, -math.inf, w.restore, w.restore,
+         w.restore, w.restore, w.restore, w.restore],
+    ).fetchone()  # fmt: skip
+    if not row or int(row[0]) < GOOD_HOPS:
+        return False
+    after = int(row[0])
+    for ok, misplaced in ((int(row[1]), int(row[2])), (int(row[3]), int(row[4]))):
+        chance = recovery_chance(misplaced, ok, after)
+        if chance is not None and chance >= RECOVERY_EVIDENCE_ALPHA:
+            return False
+    return True

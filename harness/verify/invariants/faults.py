@@ -19,10 +19,12 @@ from harness.verify.invariants.sql import (
     HOP_TS_SLACK_S,
     INF,
     NO_HOST_SQL,
+    RECOVERY_EVIDENCE_ALPHA,
     REQUEST_OK_SQL,
     Window,
     hop_text,
     merge_intervals,
+    recovery_chance,
     spans_sql,
     sql_str,
 )
@@ -35,10 +37,6 @@ from harness.verify.verdict import (
     iso,
     seconds,
 )
-
-RECOVERY_EVIDENCE_ALPHA = 1e-3
-"""A recovery is shown when a mesh still spilling at the fault's share would serve the hops after it all where
-they belong with a chance below this (`FaultMeasurer._recovery_unshown`)."""
 
 Exclusion = tuple[str, str, float, float]  # (caller zone, upstream, from, to): locality not judged then
 
@@ -670,57 +668,66 @@ class FaultMeasurer(CheckBase):
         """Why a measured recovery is not shown by the hops after it (chance could give them), or "".
 
         Recovery is the first good hop after the last misplaced one. A pair
-        the fault made spill only a share `p` of its hops (one of two
-        replicas lost: ~30 %) and that never stopped spilling has a "last
+        that still sends a share `p` of its hops elsewhere has a "last
         misplaced" hop shortly before the run ends, and a few good hops after
         it by chance: that read as a recovery. The hops after the instant
-        show it only when a mesh still spilling at the fault's share would
+        show it only when a mesh still sending that share elsewhere would
         rarely have served them all where they belong: (1 - p)^n below
-        RECOVERY_EVIDENCE_ALPHA. A pair that failed over whole (p = 1) shows
-        it with its first good hop; one that never spilled has nothing to show.
-        Asked only of a pair whose upstream the inventory shows not whole in
-        the fault (down, or too few ready: the spill by design); any other
-        misplaced hop is judged by locality, which excludes nothing then (a
-        link-degraded fault's 1 % retried to the Region is not a spill), and
-        its share `p` taken over those intervals only.
+        RECOVERY_EVIDENCE_ALPHA (`recovery_chance`). `p` is read twice, and
+        each must be met:
+        - during the fault, over the intervals the inventory shows the pair's
+          upstream not whole (down, or too few ready: the spill by design; one
+          of two replicas lost: ~30 %); any other misplaced hop is judged by
+          locality, which excludes nothing then (a link-degraded fault's 1 %
+          retried to the Region is not a spill);
+        - after the restore, up to the instant: a mesh that took the zone's
+          instance back for only part of its calls (every other one still to
+          the Region) after a whole failover "recovered" on the last three
+          in-zone hops before e2e's cool-down stopped the users.
+        A share of 1 (a whole failover, or a clean switch back) is shown
+        undone by the first good hop; a share of 0 has nothing to show.
         """
         assert f.restore is not None
+        if w.instant is None:
+            return ""
         restore = f.restore
         spans = [
             (max(lo, f.inject), min(restore, INF if hi is None else hi))
             for lo, hi in self._not_whole(f.zone, u)
             if lo < restore and (hi is None or hi > f.inject)
         ]
-        if w.instant is None or not spans:
-            return ""
+        windows = [("as during the fault", spans), ("as after the restore", [(restore, w.instant)])]
         good = self._expected_sql(f.zone, u)
-        when = " OR ".join(f"(ts >= {lo!r} AND ts < {hi!r})" for lo, hi in spans)
-        row = self.con.execute(
-            f"SELECT count(*) FILTER (WHERE ok), count(*) FILTER (WHERE ok AND NOT coalesce(({good}), false)) "
-            f"FROM fhops WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ({when})",
-            [f.zone, u, callers],
-        ).fetchone()
-        ok_during, misplaced = (int(row[0]), int(row[1])) if row else (0, 0)
-        if not ok_during or not misplaced or misplaced == ok_during:
-            return ""
-        share = misplaced / ok_during
-        after = int(
-            self._one(
-                "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? "
-                "AND list_contains(?, caller_service) AND ok AND ts >= ? AND ts <= ?",
-                [f.zone, u, callers, w.instant, hi],
+        after: int | None = None
+        for what, spans_of in windows:
+            if not spans_of:
+                continue
+            when = " OR ".join(f"(ts >= {lo!r} AND ts < {hi!r})" for lo, hi in spans_of)
+            row = self.con.execute(
+                f"SELECT count(*) FILTER (WHERE ok), count(*) FILTER (WHERE ok AND NOT coalesce(({good}), false)) "
+                f"FROM fhops WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ({when})",
+                [f.zone, u, callers],
+            ).fetchone()
+            ok_during, misplaced = (int(row[0]), int(row[1])) if row else (0, 0)
+            if after is None:
+                after = int(
+                    self._one(
+                        "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? "
+                        "AND list_contains(?, caller_service) AND ok AND ts >= ? AND ts <= ?",
+                        [f.zone, u, callers, w.instant, hi],
+                    )
+                    or 0
+                )
+            chance = recovery_chance(misplaced, ok_during, after)
+            if chance is None or chance < RECOVERY_EVIDENCE_ALPHA:
+                continue
+            return (
+                f"fallback: {f.zone} -> {u}: recovery after fault {f.fault} not shown: {after} good hops after "
+                f"{iso(w.instant)} (until {iso(hi)}), and a mesh still sending {misplaced / ok_during:.0%} of them "
+                f"elsewhere, {what}, would serve that many where they belong with chance {chance:.2g} "
+                f"(>= {RECOVERY_EVIDENCE_ALPHA:g})"
             )
-            or 0
-        )
-        chance = (1.0 - share) ** after
-        if chance < RECOVERY_EVIDENCE_ALPHA:
-            return ""
-        return (
-            f"fallback: {f.zone} -> {u}: recovery after fault {f.fault} not shown: {after} good hops after "
-            f"{iso(w.instant)} (until {iso(hi)}), and a mesh still sending {share:.0%} of them elsewhere, as during "
-            f"the fault, would serve that many where they belong with chance {chance:.2g} "
-            f"(>= {RECOVERY_EVIDENCE_ALPHA:g})"
-        )
+        return ""
 
     def _impact_end(self, f: Fault, rc: Recovery) -> float:
         """The end of the fault's impact window: restore + recovery (or the SLO bound when unmeasured)."""

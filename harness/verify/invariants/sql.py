@@ -16,6 +16,21 @@ from harness.verify.verdict import iso
 # the fault although Envoy and locust stamp it with its start.
 HOP_END_SQL = "(ts + coalesce(duration_ms, 0) / 1000.0)"
 REQUEST_END_SQL = "(ts + coalesce(latency_ms, 0) / 1000.0)"
+RECOVERY_EVIDENCE_ALPHA = 1e-3
+"""A recovery is shown when a mesh still sending a share of its hops elsewhere (during the fault's spill, or
+after the restore) would serve the hops after it all where they belong with a chance below this: the verdict's
+rule (`FaultMeasurer._recovery_unshown`) and what e2e's cool-down waits for (`harness.verify.pending`)."""
+
+
+def recovery_chance(misplaced: int, ok: int, after: int) -> float | None:
+    """The chance that a mesh sending `misplaced` of its `ok` successful hops elsewhere serves `after` successful
+    hops in a row where they belong; None when that share says nothing (none misplaced, or all of them: a whole
+    failover, or a clean switch back, is shown undone by the first good hop)."""
+    if ok <= 0 or misplaced <= 0 or misplaced >= ok:
+        return None
+    return float((1.0 - misplaced / ok) ** after)
+
+
 HOP_TS_SLACK_S = 0.001  # a hop's ts is Envoy's START_TIME: whole milliseconds, truncated
 
 MAX_OFFENDERS = 5
