@@ -9,11 +9,13 @@ verifier then:
 - judges that fault's availability window against the declared budget
   instead of the SLO's `errorBudget`, and fails it beyond the budget like any
   other window: declared is not the same as unlimited;
-- extends the window over the cascade: every (zone, service) that went down
-  while the fault was on (product-api's readiness follows its database, in
-  every zone) until it was up again, so errors the single point of failure
-  explains are not charged to the steady state, and errors it does not
-  explain (after everything was up again) still are;
+- extends the window over the cascade, per zone users entered: every
+  (zone, service) that went down while the fault was on (product-api's
+  readiness follows its database, in every zone) and reaches the zone's users
+  (`zone_keys`), until it was up again and the zone's pairs served again, so
+  errors the single point of failure explains are not charged to the steady
+  state, and errors it does not explain (after the zone was whole again,
+  however late another zone's cascade ran) still are;
 - measures no failover for the declared service (it has nowhere to fail over
   to: that is what "single point of failure" means) and says so;
 - does not judge locality for the services that depend on it (product-api,
@@ -27,6 +29,7 @@ verifier then:
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
 from harness.topology import Topology
@@ -37,22 +40,44 @@ def declared(f: Fault) -> bool:
     return f.expected_budget is not None
 
 
-def impact_end(run: RunData, f: Fault, hi: float) -> float:
+def impact_end(run: RunData, f: Fault, hi: float, keys: Container[tuple[str, str]] | None = None) -> float:
     """The end of a declared fault's impact window: `hi`, or later while its cascade lasts.
 
     The cascade is every down interval (inventory readiness, any zone and
     service) that began between the inject and the restore; one that never
-    ended keeps the window open to the end of the run.
+    ended keeps the window open to the end of the run. With `keys`, only the
+    intervals of those readiness keys (`zone_keys`: one zone's users' cascade).
     """
     if not declared(f):
         return hi
     restore = f.restore if f.restore is not None else float("inf")
     end = hi
-    for intervals in run.down.values():
+    for key, intervals in run.down.items():
+        if keys is not None and key not in keys:
+            continue
         for lo, up in intervals:
             if f.inject <= lo <= restore:
                 end = max(end, up if up is not None else max(run.end or hi, hi))
     return end
+
+
+def zone_keys(run: RunData, f: Fault, zone: str) -> set[tuple[str, str]]:
+    """The readiness keys (`RunData.down`) whose cascade reaches the users entering `zone`.
+
+    Its own services (`RunData.up_key`: the zone's, the Region's for
+    Region-placed ones), the declared single point of failure's wherever it
+    is, and for an availability zone every AZ's and the Region's (Consul CE
+    spreads Region calls over every AZ: a user entering one is served by
+    another's pods). Not another Local Zone's: hub-and-spoke, its cascade is
+    not this zone's users' (a zone back with the Region had its own failures
+    judged at the declared budget while another zone's cascade ran late).
+    """
+    t = run.topology
+    region = {z.name for z in t.region_zones}
+    in_region = zone in region
+    region.add(t.region)
+    own = {run.up_key(zone, s.name) for s in t.services}
+    return own | {key for key in run.down if key[1] in f.spof or (in_region and key[0] in region)}
 
 
 def dependants(t: Topology, spof: tuple[str, ...]) -> set[str]:

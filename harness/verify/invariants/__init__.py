@@ -110,10 +110,19 @@ reader of a copied verdict does not need this file):
   what the budget's rate leaves to chance at its traffic (binomial, below
   `ZONE_BUDGET_ALPHA`) fails the window though the rate over every zone is
   within it. Requests entering a zone whose entry point was down (a fault with
-  `entry_down`, or entrypoints.jsonl within the window of a fault of that
-  zone that can take the entry down) are excluded and reported; otherwise
-  they count. A window
-  without requests fails ("no traffic").
+  `entry_down`, from its inject to its restore; or entrypoints.jsonl within
+  the window of a fault of that zone that can take the entry down, also
+  after such a restore) are excluded and reported; otherwise they count
+  (users failing at a live entry after a partition heals are the recovery's).
+  A failed request is tied to a failover under way or a retry overflow by a
+  marked hop within its lifetime whose caller is in the request's entry zone,
+  or, for a request entering an AZ, in any AZ (Consul CE spreads Region calls
+  over every AZ). A declared single point of failure's budget covers each
+  zone's users over the cascade that reaches them (the zone's own services,
+  the Region's it calls, the single point of failure; an AZ's: the whole
+  Region) and the zone's own recovery after it, not until the last zone's
+  (`UserChecks._impact_end_for_users`); later, they are the steady state's.
+  A window without requests fails ("no traffic").
 - Coverage, per fault and affected zone (its own; for a fault on a Region-only
   service also every zone with users whose calls reach it): user requests
   entering the zone at an entry point that was up, in flight DURING

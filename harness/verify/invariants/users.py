@@ -109,11 +109,20 @@ class UserChecks(CheckBase):
         while a failover was under way (`_under_way_hops`: the fallback
         invariant judges that time against maxFailoverS).
         """
-        impact = [(f, self._impact_end_for_users(f, hi)) for f, hi in impact]
+        ends = [(f, self._impact_end_for_users(f, hi)) for f, hi in impact]
+        # (fault, the end of its impact window for its own zone's users): what the checks of the fault's own
+        # zone below use; a declared fault's window over every zone users entered is `ends`' per-zone map
+        impact = [(f, by_zone.get(f.zone, hi)) for f, (hi, by_zone) in ends]
         # a down entry point excuses its zone's failed requests only inside the window of a fault of that zone
         # that can take the entry down: otherwise nobody explains the outage, and users saw it (a crashing
-        # frontend passed as "reported apart", outside any fault or during a product-api kill)
-        excluded = [(f.zone, f.inject, hi) for f, hi in impact if f.entry_down] + [
+        # frontend passed as "reported apart", outside any fault or during a product-api kill). A fault that takes
+        # the entry down by design (`entry_down`: a partition, a zone down) excuses them until its restore; after
+        # it, only while entrypoints.jsonl says the entry is down (within the fault's window): users failing at a
+        # live entry after the heal are the recovery's, and count (for as long as the recovery lasted, 40 s of a
+        # partition's users failing at an entry point that was up passed as "excluded")
+        excluded = [
+            (f.zone, f.inject, hi if f.restore is None else min(hi, f.restore)) for f, hi in impact if f.entry_down
+        ] + [
             (zone, max(lo, f.inject), min(hi, f_hi))
             for zone, lo, hi in self.entry_down
             for f, f_hi in impact
@@ -128,6 +137,11 @@ class UserChecks(CheckBase):
         # starts in the same millisecond and is stamped up to 1 ms before it. Without that slack whether a loss
         # was excused depended on which hop of the request failed (the first never matched, the second did).
         self._mark_failed_requests()
+        # a declared fault's window ends per zone users entered (`_impact_end_for_users`), the others' at `hi`
+        in_fault = " OR ".join(
+            [spans_sql(None, [("", f.inject, hi) for f, (hi, by_zone) in ends if not by_zone], REQUEST_END_SQL)]
+            + [self._declared_window_sql(f, hi, by_zone) for f, (hi, by_zone) in ends if by_zone]
+        )
         self.con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE req_marked AS
@@ -138,7 +152,7 @@ class UserChecks(CheckBase):
                    {spans_sql("zone", excluded, REQUEST_END_SQL)}
                    OR ({spans_sql("zone", silent, REQUEST_END_SQL)} AND NOT {REQUEST_OK_SQL}
                        AND coalesce(r.status, 0) = 0) AS excluded,
-                   {spans_sql(None, [("", f.inject, hi) for f, hi in impact], REQUEST_END_SQL)} AS in_fault
+                   {in_fault} AS in_fault
             FROM (
                 SELECT q.*, coalesce(m.overflow, false) AS overflow, coalesce(m.under_way, false) AS under_way
                 FROM requests q LEFT JOIN failed_marks m ON m.id = q.rowid
@@ -147,11 +161,13 @@ class UserChecks(CheckBase):
         )
         windows: list[WindowResult] = []
         budget = self.slo.error_budget
-        for f, hi in impact:
-            w = self._window(
-                f"fault {f.fault}", f.inject, hi, f"ts <= ? AND {self._reaches(f.inject, 'req_marked')}", [hi],
-                expected.budget(f, budget), f.spof,
-            )  # fmt: skip
+        for f, (hi, by_zone) in ends:
+            where = (
+                self._declared_window_sql(f, hi, by_zone)
+                if by_zone
+                else f"ts <= {float(hi)!r} AND {self._reaches(f.inject, 'req_marked')}"
+            )
+            w = self._window(f"fault {f.fault}", f.inject, hi, where, [], expected.budget(f, budget), f.spof)
             windows.append(w)
             if expected.declared(f):
                 self.declared[f.fault] = expected.statement(f, w.requests, w.failed)
@@ -191,7 +207,8 @@ class UserChecks(CheckBase):
 
     def _mark_failed_requests(self) -> None:
         """Table `failed_marks` (id: the request's rowid): whether a failed request had a hop of
-        `overflow_hops` / `under_way_hops` of its zone within its lifetime, widened by the tie slack.
+        `overflow_hops` / `under_way_hops` of its zone within its lifetime, widened by the tie slack: a hop
+        whose caller is in the request's entry zone, or for a request entering an AZ in any AZ (`_tie_zone_sql`).
 
         Only failed requests are asked (the marks excuse failures), each of them by an ASOF join: the last
         marked hop starting before the request's end (plus slack) is the latest one it can have, so it is
@@ -199,18 +216,39 @@ class UserChecks(CheckBase):
         time in requests x marked hops: minutes for a long run, or for a broken mesh with many of them.
         """
         slack = self._tie_slack_sql("zone")
+        tie = self._tie_zone_sql("zone")
         self.con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE failed_marks AS
-            WITH f AS (SELECT rowid AS id, zone, ts - {slack} AS lower,
+            WITH f AS (SELECT rowid AS id, {tie} AS tie, ts - {slack} AS lower,
                               {REQUEST_END_SQL} + {slack} - {HOP_TS_SLACK_S!r} AS upper
                        FROM requests WHERE NOT {REQUEST_OK_SQL} AND zone IS NOT NULL),
-                 o AS (SELECT CAST(zone AS VARCHAR) AS zone, ts FROM overflow_hops WHERE zone IS NOT NULL),
-                 u AS (SELECT CAST(zone AS VARCHAR) AS zone, ts FROM under_way_hops WHERE zone IS NOT NULL)
+                 o AS (SELECT {tie} AS tie, ts FROM overflow_hops WHERE zone IS NOT NULL),
+                 u AS (SELECT {tie} AS tie, ts FROM under_way_hops WHERE zone IS NOT NULL)
             SELECT f.id, coalesce(o.ts >= f.lower, false) AS overflow, coalesce(u.ts >= f.lower, false) AS under_way
-            FROM f ASOF LEFT JOIN o ON f.zone = o.zone AND f.upper >= o.ts
-                   ASOF LEFT JOIN u ON f.zone = u.zone AND f.upper >= u.ts
+            FROM f ASOF LEFT JOIN o ON f.tie = o.tie AND f.upper >= o.ts
+                   ASOF LEFT JOIN u ON f.tie = u.tie AND f.upper >= u.ts
             """
+        )
+
+    def _tie_zone_sql(self, zone_sql: str) -> str:
+        """SQL: the zone a failed request (by its entry zone) and a marked hop (by its caller zone) are tied in.
+
+        An edge zone's own name: its users are served by its own callers only (each zone's entry selects its
+        own pods; the hub-and-spoke design keeps them there). Every AZ is the Region (`RunData.up_key`): Consul
+        CE spreads Region calls over every AZ's pods, so a user entering us-west-2b is served by
+        public-api-2a as often as by public-api-2b. Tied by its entry zone alone, the same failover's loss
+        was reported apart for a user entering us-west-2a and counted for one entering us-west-2b, and a
+        correct mesh failed availability by which AZ its users happened to enter.
+        """
+        region = [z.name for z in self.t.region_zones]
+        if not region:
+            return f"CAST({zone_sql} AS VARCHAR)"
+        names = ", ".join("'" + sql_str(z) + "'" for z in region)
+        # the Region's name is no zone's (zone names extend it: us-west-2 -> us-west-2a)
+        return (
+            f"(CASE WHEN CAST({zone_sql} AS VARCHAR) IN ({names}) THEN '{sql_str(self.t.region)}' "
+            f"ELSE CAST({zone_sql} AS VARCHAR) END)"
         )
 
     def _tie_slack_sql(self, zone_sql: str) -> str:
@@ -387,8 +425,9 @@ class UserChecks(CheckBase):
             """
         )
 
-    def _impact_end_for_users(self, f: Fault, hi: float) -> float:
-        """`hi`; for a declared fault, over its cascade and until its dependants serve again after it.
+    def _impact_end_for_users(self, f: Fault, hi: float) -> tuple[float, dict[str, float]]:
+        """(`hi`, {}); for a declared fault, per zone users may enter: over the cascade that reaches the zone's
+        users and until the zone's dependants serve again after it (and the latest of those, for the window).
 
         The mesh's own recovery after the cascade (ejections running out) is
         the fault's impact, not the steady state's: counted there, how many
@@ -400,12 +439,55 @@ class UserChecks(CheckBase):
         detection ejects it (the rendered override), and its hops over pooled
         TCP connections start when a pool reconnects, not when users are
         served (one did 5 s after every user request succeeded again).
+
+        Per zone (`expected.zone_keys`: the zone's own services, the single
+        point of failure, for an AZ the whole Region): the declared budget
+        covers a zone's users until its own cascade and recovery end, not
+        until the last zone's. Ended with the LAST zone's, a zone back with
+        the Region had 36 s of its own unrelated failures (half its users)
+        judged at the declared 90 % while another zone's product-api came
+        back late. The AZs are one: Consul CE spreads Region calls over them.
         """
-        end = expected.impact_end(self.run, f, hi)
         if not expected.declared(f):
-            return end
-        _, recoveries = self._declared_recovery(f)
-        return max([end, *(r.instant for r in recoveries if r.instant is not None and r.upstream not in f.spof)])
+            return hi, {}
+        cascade_end, recoveries = self._declared_recovery(f)
+        restore = f.restore if f.restore is not None else INF
+        region = {z.name for z in self.t.region_zones}
+        zones = sorted({z.name for z in self.t.zones} | set(self.user_zones))
+        ends: dict[str, float] = {}
+        for z in zones:
+            keys = expected.zone_keys(self.run, f, z)
+            zc = expected.impact_end(self.run, f, restore, keys)  # the zone's cascade end, as `_cascade_window`
+            if zc == cascade_end:  # the last zone's: measured already
+                back = [r.instant for r in recoveries if r.zone == z and r.upstream not in f.spof]
+            else:
+                back = self._zone_recovered(f, z, zc)
+            ends[z] = max([expected.impact_end(self.run, f, hi, keys), *(b for b in back if b is not None)])
+        if region:  # users entering one AZ are served by every AZ's pods
+            last = max(ends[z] for z in region)
+            ends.update(dict.fromkeys(region, last))
+        return max([hi, *ends.values()]), ends
+
+    def _declared_window_sql(self, f: Fault, hi: float, by_zone: dict[str, float]) -> str:
+        """SQL: a user request (row) is in declared fault `f`'s window: its lifetime overlaps [inject, its entry
+        zone's end] (`_impact_end_for_users`); one without a zone, [inject, `hi`] (the latest zone's end)."""
+        zoned = spans_sql("zone", [(z, f.inject, end) for z, end in sorted(by_zone.items())], REQUEST_END_SQL)
+        zoneless = spans_sql(None, [("", f.inject, hi)], REQUEST_END_SQL)
+        return f"(coalesce({zoned}, false) OR (zone IS NULL AND {zoneless}))"
+
+    def _zone_recovered(self, f: Fault, zone: str, cascade_end: float) -> list[float | None]:
+        """When each of `zone`'s pairs depending on `f`'s single point of failure served again after the zone's
+        own cascade ended (`CheckBase._declared_recovery` measures them after the last zone's)."""
+        if cascade_end >= INF:
+            return []
+        nxt = self._next_inject(zone, cascade_end)
+        upto = min(cascade_end + self.slo.max_recovery_s, max(self.run_end, cascade_end), INF if nxt is None else nxt)
+        deps = expected.dependants(self.t, f.spof)
+        return [
+            self._measure(z, u, list(callers), cascade_end, upto, self._expected_sql(z, u), next_fault=nxt).instant
+            for z, u, callers in self.pairs
+            if z == zone and u in deps and u not in f.spof
+        ]
 
     def _window(
         self,
