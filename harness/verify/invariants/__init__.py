@@ -110,10 +110,10 @@ reader of a copied verdict does not need this file):
   what the budget's rate leaves to chance at its traffic (binomial, below
   `ZONE_BUDGET_ALPHA`) fails the window though the rate over every zone is
   within it. Requests entering a zone whose entry point was down (a fault with
-  `entry_down`, from its inject to its restore; or entrypoints.jsonl within
-  the window of a fault of that zone that can take the entry down, also
-  after such a restore) are excluded and reported; otherwise they count
-  (users failing at a live entry after a partition heals are the recovery's).
+  `entry_down`, over its impact window: until its zone recovered, which
+  fallback judges against maxRecoveryS; or entrypoints.jsonl within the
+  window of a fault of that zone that can take the entry down) are excluded
+  and reported; otherwise they count.
   A failed request is tied to a failover under way or a retry overflow by a
   marked hop within its lifetime whose caller is in the request's entry zone,
   or, for a request entering an AZ, in any AZ (Consul CE spreads Region calls

@@ -128,9 +128,9 @@ DEFINITIONS = {
     "failed hops of the affected pairs, in flight at or begun after the inject, until the failover "
     "(or the end of the fault window)",
     "availability": "failed / all user requests per fault window [inject, restore + recovery] and in steady state, "
-    "excluding requests entering zones whose entry point is down (entry_down faults from the inject to the "
-    "restore; entrypoints.jsonl only inside the window of a fault of that zone that can take the entry down: "
-    "otherwise, after an entry_down fault's restore too, they count), and those that "
+    "excluding requests entering zones whose entry point is down (entry_down faults over their impact window, "
+    "until the zone recovered; entrypoints.jsonl only inside the window of a fault of that zone that can take the "
+    "entry down: otherwise they count), and those that "
     "got no answer at all (status 0) while a node fault had killed some of the zone's frontends that the entry "
     "point still listed (until each is unready, removed or moved in the inventory); a failed "
     "request is tied to a hop starting at most 1 ms before it (Envoy's start times are whole milliseconds; where the "

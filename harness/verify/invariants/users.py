@@ -116,13 +116,12 @@ class UserChecks(CheckBase):
         # a down entry point excuses its zone's failed requests only inside the window of a fault of that zone
         # that can take the entry down: otherwise nobody explains the outage, and users saw it (a crashing
         # frontend passed as "reported apart", outside any fault or during a product-api kill). A fault that takes
-        # the entry down by design (`entry_down`: a partition, a zone down) excuses them until its restore; after
-        # it, only while entrypoints.jsonl says the entry is down (within the fault's window): users failing at a
-        # live entry after the heal are the recovery's, and count (for as long as the recovery lasted, 40 s of a
-        # partition's users failing at an entry point that was up passed as "excluded")
-        excluded = [
-            (f.zone, f.inject, hi if f.restore is None else min(hi, f.restore)) for f, hi in impact if f.entry_down
-        ] + [
+        # the entry down by design (`entry_down`: a partition, a zone down) excuses them over its impact window,
+        # its recovery included: a healed zone serves again only once its pods are Ready and the ejections of
+        # its Region hosts ran out (seconds on a correct mesh), a restarted node's entry is down from the restore
+        # on, and how long that may take is the recovery's SLO (maxRecoveryS), which fallback judges. Capped at
+        # the restore, every partition and node kill of the corpus failed its zone's budget on a correct mesh.
+        excluded = [(f.zone, f.inject, hi) for f, hi in impact if f.entry_down] + [
             (zone, max(lo, f.inject), min(hi, f_hi))
             for zone, lo, hi in self.entry_down
             for f, f_hi in impact
