@@ -1,7 +1,11 @@
 """`harness.interrupt`: SIGINT, SIGTERM and SIGHUP stop a command at once and run its cleanup to the end.
 
 A child Python process stands in for a harness command: it waits, and its
-`finally` (the cleanup) takes a second. The signal arrives while it waits,
+`finally` (the cleanup) takes a second. It waits in 50 ms steps, as the
+harness's own loops do, not in one `time.sleep(60)`: CPython runs a signal's
+handler between bytecodes, and a signal that lands after the last check and
+before the sleep's system call has begun does not interrupt it, so it waited
+out the whole sleep (CI, once: the SIGINT test timed out after 20 s). The signal arrives while it waits,
 to the process alone or to its whole process group (as a terminal's Ctrl-C);
 a second one arrives during the cleanup and must not cut it short; a third
 one leaves at once.
@@ -28,7 +32,8 @@ try:
     with handle_signals(lambda m: print("say:", m, flush=True)):
         try:
             print("ready", flush=True)
-            time.sleep(60)
+            for _ in range(1200):  # 60 s in short steps, as the harness's own waits (the docstring says why)
+                time.sleep(0.05)
         finally:
             print("cleanup start", flush=True)
             end = time.monotonic() + float(os.environ["CLEANUP_S"])
