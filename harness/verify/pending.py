@@ -105,19 +105,22 @@ def _shown(con: duckdb.DuckDBPyConnection, w: Pending) -> bool:
     """
     row = con.execute(
         f"""
-        WITH p AS (SELECT ts, ok, ok AND serving_zone IS NOT DISTINCT FROM ? AS good
+        WITH p AS (SELECT ts, ok, ok AND serving_zone IS NOT DISTINCT FROM $zone AS good
                    FROM (SELECT ts, coalesce(({HOP_OK_SQL}), false) AS ok, serving_zone FROM hops
-                         WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ts >= ?)),
-             b AS (SELECT coalesce(max(ts) FILTER (WHERE NOT good AND ts >= ?), ?) AS last_bad FROM p),
-             i AS (SELECT min(p.ts) FILTER (WHERE good AND p.ts >= ? AND p.ts > b.last_bad) AS instant FROM p, b)
-        SELECT count(*) FILTER (WHERE good AND p.ts >= ? AND p.ts > b.last_bad),
-               count(*) FILTER (WHERE ok AND p.ts < ?), count(*) FILTER (WHERE ok AND NOT good AND p.ts < ?),
-               count(*) FILTER (WHERE ok AND p.ts >= ? AND p.ts < i.instant),
-               count(*) FILTER (WHERE ok AND NOT good AND p.ts >= ? AND p.ts < i.instant)
+                         WHERE caller_zone = $zone AND upstream = $upstream AND list_contains($callers, caller_service)
+                           AND ts >= $inject)),
+             b AS (SELECT coalesce(max(ts) FILTER (WHERE NOT good AND ts >= $restore), $never) AS last_bad FROM p),
+             i AS (SELECT min(p.ts) FILTER (WHERE good AND p.ts >= $restore AND p.ts > b.last_bad) AS instant
+                   FROM p, b)
+        SELECT count(*) FILTER (WHERE good AND p.ts >= $restore AND p.ts > b.last_bad),
+               count(*) FILTER (WHERE ok AND p.ts < $restore),
+               count(*) FILTER (WHERE ok AND NOT good AND p.ts < $restore),
+               count(*) FILTER (WHERE ok AND p.ts >= $restore AND p.ts < i.instant),
+               count(*) FILTER (WHERE ok AND NOT good AND p.ts >= $restore AND p.ts < i.instant)
         FROM p, b, i
         """,
-        [w.zone, w.zone, w.upstream, list(w.callers), w.inject, w.restore, -math.inf, w.restore, w.restore,
-         w.restore, w.restore, w.restore, w.restore],
+        {"zone": w.zone, "upstream": w.upstream, "callers": list(w.callers), "inject": w.inject,
+         "restore": w.restore, "never": -math.inf},
     ).fetchone()  # fmt: skip
     if not row or int(row[0]) < GOOD_HOPS:
         return False

@@ -283,11 +283,20 @@ class CheckBase:
         """
         if (f.fault, f.inject) in self._recovered:
             return self._recovered[(f.fault, f.inject)]
-        end, upto = self._cascade_window(f)
+        end, _ = self._cascade_window(f)
+        out = self._recovered_after(f, end)
+        self._recovered[(f.fault, f.inject)] = (end, out)
+        return end, out
+
+    def _recovered_after(self, f: Fault, end: float, zone: str | None = None) -> list[DeclaredRecovery]:
+        """Per pair (of `zone`, or every zone) depending on declared fault `f`'s single point of failure, the
+        instant it served again after the cascade ended at `end` (INF: never; then nothing is measured): the
+        last zone's cascade end for `_declared_recovery`, a zone's own for its users' window."""
+        upto = min(end + self.slo.max_recovery_s, max(self.run_end, end))
         deps = expected.dependants(self.t, f.spof)
         out: list[DeclaredRecovery] = []
         for z, u, callers in self.pairs:
-            if u not in deps:
+            if u not in deps or (zone is not None and z != zone):
                 continue
             w = None
             if end < INF:
@@ -295,8 +304,7 @@ class CheckBase:
                 bound = min(upto, INF if nxt is None else nxt)
                 w = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u), next_fault=nxt)
             out.append(DeclaredRecovery(z, u, None if w is None else w.instant, w))
-        self._recovered[(f.fault, f.inject)] = (end, out)
-        return end, out
+        return out
 
     def _cascade_window(self, f: Fault) -> tuple[float, float]:
         """A declared fault's cascade end (INF: it never ended), and the end of the stretch after it in which

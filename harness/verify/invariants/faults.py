@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from harness.observe.hops import host_ip_sql
 from harness.verify import expected
@@ -698,7 +699,14 @@ class FaultMeasurer(CheckBase):
         ]
         windows = [("as during the fault", spans), ("as after the restore", [(restore, w.instant)])]
         good = self._expected_sql(f.zone, u)
-        after: int | None = None
+        after = int(
+            self._one(
+                "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? "
+                "AND list_contains(?, caller_service) AND ok AND ts >= ? AND ts <= ?",
+                [f.zone, u, callers, w.instant, hi],
+            )
+            or 0
+        )
         for what, spans_of in windows:
             if not spans_of:
                 continue
@@ -709,15 +717,6 @@ class FaultMeasurer(CheckBase):
                 [f.zone, u, callers],
             ).fetchone()
             ok_during, misplaced = (int(row[0]), int(row[1])) if row else (0, 0)
-            if after is None:
-                after = int(
-                    self._one(
-                        "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? "
-                        "AND list_contains(?, caller_service) AND ok AND ts >= ? AND ts <= ?",
-                        [f.zone, u, callers, w.instant, hi],
-                    )
-                    or 0
-                )
             chance = recovery_chance(misplaced, ok_during, after)
             if chance is None or chance < RECOVERY_EVIDENCE_ALPHA:
                 continue
@@ -1014,6 +1013,11 @@ class FaultMeasurer(CheckBase):
                     owed = None  # the zone's next fault measures its own recovery from here
         return out, failures
 
+    @cached_property
+    def _cascades(self) -> list[set[str]]:
+        """`_cascade` of each of the run's faults, in order: `_faults_meeting` asks for them per outage interval."""
+        return [self._cascade(f) for f in self.run.faults]
+
     def _faults_meeting(self, zone: str, service: str, lo: float, hi: float | None) -> tuple[list[Fault], list[Fault]]:
         """(the faults that concern `service` in `zone`, those of them whose [inject, restore] meets [lo, hi]).
 
@@ -1023,8 +1027,8 @@ class FaultMeasurer(CheckBase):
         region = zone == self.t.region
         mine = [
             f
-            for f in self.run.faults
-            if f.zone == zone or (region and not zone_is_edge(self.t, f.zone)) or service in self._cascade(f)
+            for f, cascade in zip(self.run.faults, self._cascades, strict=True)
+            if f.zone == zone or (region and not zone_is_edge(self.t, f.zone)) or service in cascade
         ]
         end = INF if hi is None else hi
         return mine, [f for f in mine if f.inject <= end and lo <= (INF if f.restore is None else f.restore)]

@@ -44,6 +44,9 @@ from harness.verify.verdict import (
     iso,
 )
 
+# SQL over an upstream-counter line: what its sidecar tried of the host (connections, connect failures, requests)
+ATTEMPTS_SQL = "(coalesce(cx_total, 0) + coalesce(cx_connect_fail, 0) + coalesce(rq_total, 0))"
+
 
 class RoutingChecks(CheckBase):
     """Where hops were served, and whether they were calls the topology declares."""
@@ -508,7 +511,7 @@ class RoutingChecks(CheckBase):
             SELECT * EXCLUDE (host_zone), coalesce(host_zone,
                    {self._forbidden_cluster_sql("cluster", "caller_zone")},
                    {self._last_holder_zone_sql(host_ip_sql("st.host"), "st.ts")}) AS host_zone,
-                   coalesce(cx_total, 0) + coalesce(cx_connect_fail, 0) + coalesce(rq_total, 0) AS attempts
+                   {ATTEMPTS_SQL} AS attempts
             FROM upstream_stats st WHERE caller_zone IS NOT NULL
             """
         )
@@ -549,10 +552,8 @@ class RoutingChecks(CheckBase):
         # a sidecar no inventory record places has no zone to cross from: its attempts are unjudged (they were left
         # out above, and a torn inventory line hid a retried attempt into another Local Zone)
         for pod, n, ts in self.con.execute(
-            "SELECT pod, max(coalesce(cx_total, 0) + coalesce(cx_connect_fail, 0) + coalesce(rq_total, 0)), min(ts) "
-            "FROM upstream_stats WHERE caller_zone IS NULL GROUP BY pod "
-            "HAVING max(coalesce(cx_total, 0) + coalesce(cx_connect_fail, 0) + coalesce(rq_total, 0)) > 0 "
-            "ORDER BY min(ts), pod"
+            f"SELECT pod, max({ATTEMPTS_SQL}) AS n, min(ts) FROM upstream_stats WHERE caller_zone IS NULL "
+            "GROUP BY pod HAVING n > 0 ORDER BY min(ts), pod"
         ).fetchall():
             text = (
                 f"hub-and-spoke: {pod}: upstream counters of a sidecar no inventory record places ({n} connections, "

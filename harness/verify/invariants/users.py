@@ -457,10 +457,8 @@ class UserChecks(CheckBase):
         for z in zones:
             keys = expected.zone_keys(self.run, f, z)
             zc = expected.impact_end(self.run, f, restore, keys)  # the zone's cascade end, as `_cascade_window`
-            if zc == cascade_end:  # the last zone's: measured already
-                back = [r.instant for r in recoveries if r.zone == z and r.upstream not in f.spof]
-            else:
-                back = self._zone_recovered(f, z, zc)
+            rs = recoveries if zc == cascade_end else self._recovered_after(f, zc, z)  # the last zone's: measured
+            back = [r.instant for r in rs if r.zone == z and r.upstream not in f.spof]
             ends[z] = max([expected.impact_end(self.run, f, hi, keys), *(b for b in back if b is not None)])
         if region:  # users entering one AZ are served by every AZ's pods
             last = max(ends[z] for z in region)
@@ -473,20 +471,6 @@ class UserChecks(CheckBase):
         zoned = spans_sql("zone", [(z, f.inject, end) for z, end in sorted(by_zone.items())], REQUEST_END_SQL)
         zoneless = spans_sql(None, [("", f.inject, hi)], REQUEST_END_SQL)
         return f"(coalesce({zoned}, false) OR (zone IS NULL AND {zoneless}))"
-
-    def _zone_recovered(self, f: Fault, zone: str, cascade_end: float) -> list[float | None]:
-        """When each of `zone`'s pairs depending on `f`'s single point of failure served again after the zone's
-        own cascade ended (`CheckBase._declared_recovery` measures them after the last zone's)."""
-        if cascade_end >= INF:
-            return []
-        nxt = self._next_inject(zone, cascade_end)
-        upto = min(cascade_end + self.slo.max_recovery_s, max(self.run_end, cascade_end), INF if nxt is None else nxt)
-        deps = expected.dependants(self.t, f.spof)
-        return [
-            self._measure(z, u, list(callers), cascade_end, upto, self._expected_sql(z, u), next_fault=nxt).instant
-            for z, u, callers in self.pairs
-            if z == zone and u in deps and u not in f.spof
-        ]
 
     def _window(
         self,
