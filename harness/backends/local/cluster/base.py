@@ -114,7 +114,7 @@ class ClusterBase:
     def _kill_processes(self, pod: Pod) -> None:
         raise NotImplementedError
 
-    def _pod_died(self, pod: Pod, reason: str) -> None:
+    def _pod_died(self, pod: Pod, reason: str, replace_in: float | None = None) -> None:
         raise NotImplementedError
 
     def _push(self) -> None:

@@ -79,12 +79,17 @@ class ClusterChaos(ClusterBase):
             self._kill_processes(p)
 
     def restore_node(self, node: str) -> None:
-        """The node is back: its kubelet finds its pods' containers gone and they start over (here: new pods)."""
+        """The node is back: its kubelet finds its pods' containers gone and they start over (here: new pods).
+
+        At once: the pods were never deleted (the node came back within the
+        eviction timeout), so no Deployment replaces them after
+        `local.podRestartDelayS`; the kubelet starts them itself.
+        """
         with self.lock:
             self.down_nodes.discard(node)
             dark = [p for p in self.pods.values() if p.node.name == node and p.alive and p.dark_since is not None]
         for p in dark:
-            self._pod_died(p, f"node {node} restarted")
+            self._pod_died(p, f"node {node} restarted", replace_in=0.0)
 
     def zone_outage(self, zone: str) -> None:
         for n in self._zone_nodes(zone):

@@ -199,14 +199,26 @@ class PodLifecycle(ClusterBase):
                 proc.wait(timeout=5)
             self.state.remove_pid(proc.pid)
 
-    def _pod_died(self, pod: Pod, reason: str) -> None:
-        """A pod is gone: processes killed, links removed, replacement scheduled."""
+    def _pod_died(self, pod: Pod, reason: str, replace_in: float | None = None) -> None:
+        """A pod is gone: processes killed, links removed, replacement scheduled.
+
+        The replacement is due `replace_in` seconds on (default
+        `local.podRestartDelayS`, the Deployment's new pod through scheduling,
+        sandbox and init container; 0 where kubelet starts the pod over
+        itself). It is booked in the same step that takes the pod out of the
+        count: booked after the pod's teardown (~50 ms of `ip` calls), a
+        control-loop tick in between saw a missing replica with nothing due
+        and created it at once, so a node's pods came back at once or 2 s
+        later by which thread ran first.
+        """
+        delay = self.topology.local.pod_restart_delay_s if replace_in is None else replace_in
         with self.lock:
             if not pod.alive:
                 return
             pod.alive = False
             pod.ready = False
             pod.serving = False
+            self.pending[pod.dep.where].append(time.time() + delay)
         log.info("pod %s died: %s", pod.name, reason)
         self.inventory.removed(pod.name)  # `removed` implies unready; written before anyone is told
         if pod.dep.app == ENTRY_SERVICE and pod.node.zone in self.entries:
@@ -220,4 +232,3 @@ class PodLifecycle(ClusterBase):
         shutil.rmtree(pod.dir / "volumes", ignore_errors=True)
         with self.lock:
             del self.pods[pod.name]
-            self.pending[pod.dep.where].append(time.time() + self.topology.local.pod_restart_delay_s)
