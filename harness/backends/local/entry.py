@@ -61,6 +61,14 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy `reader` into `writer` until EOF, then pass the EOF on; a peer gone ends it quietly.
+
+    The other direction's pump may have closed `writer` already (its peer
+    reset). uvloop then raises RuntimeError ("the handler is closed") where
+    asyncio's own loop raises nothing or ConnectionError: left uncaught, each
+    such connection ended its relay task with "Task exception was never
+    retrieved" and a traceback in the daemon's log (hundreds per node kill).
+    """
     try:
         while True:
             data = await reader.read(CHUNK)
@@ -68,10 +76,13 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 break
             writer.write(data)
             await writer.drain()
-        if writer.can_write_eof():
+        if writer.can_write_eof() and not writer.is_closing():
             writer.write_eof()
     except (ConnectionError, OSError):
         writer.transport.abort()
+    except RuntimeError:
+        if not writer.is_closing():  # not uvloop's closed handle: a defect, not a peer gone
+            raise
 
 
 class EntryRelay:
