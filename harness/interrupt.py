@@ -33,11 +33,13 @@ import enum
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+NAP_S = 0.05  # the longest single sleep of `nap`: how late a stop signal can be handled at worst
 
 # reset the stop signals to their defaults, then become the command (same pid: callers signal and wait for it)
 _DEFAULT_STOP_SIGNALS = (
@@ -137,3 +139,19 @@ def with_default_stop_signals(argv: Sequence[str]) -> list[str]:
     the signals and execs the command, keeping the pid.
     """
     return [sys.executable, "-I", "-S", "-c", _DEFAULT_STOP_SIGNALS, *argv]
+
+
+def nap(seconds: float, step_s: float = NAP_S) -> None:
+    """Sleep `seconds` in steps of at most `step_s`, so that a stop signal is handled within a step.
+
+    Why: CPython's `time.sleep` looks for a pending signal only when its
+    `clock_nanosleep` returns early (EINTR). A signal that lands after the
+    interpreter's last check and before the sleep has begun interrupts
+    nothing, and its handler (`Interrupted`, chaostoolkit's own) runs only
+    when the whole sleep is over: seconds late when a chaos action holds a
+    fault for its duration in one sleep. A rare race, but a stop that waits
+    for the fault to end is the one thing a stop must not do.
+    """
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(step_s, left))

@@ -38,6 +38,7 @@ from harness.chaos import expected
 from harness.chaos.roles import RoleError, parse_role, resolve_zone
 from harness.chaos.timeline import FaultKind, record
 from harness.errors import BackendError, HarnessError
+from harness.interrupt import nap
 from harness.topology import Topology
 
 log = logging.getLogger("chaostoolkit")  # chaostoolkit writes this logger to chaos.log
@@ -275,7 +276,7 @@ def _hold(started: float, duration_s: float) -> None:
     """Keep the fault for `duration_s` from when the primitive acted (snapshots taken meanwhile count)."""
     left = started + duration_s - time.time()
     if left > 0:
-        time.sleep(left)
+        nap(left)  # in short steps: a stop arriving meanwhile is handled at once (harness.interrupt.nap)
 
 
 def _zone_services(backend: Backend, zone: str) -> list[str]:
@@ -563,7 +564,7 @@ def kill_pod_burst(
                 finish(zone)
             wait = free_at.get(zone, 0.0) - time.time()
             if wait > 0:
-                time.sleep(wait)
+                nap(wait)
             fault = _fault_id("kill-pod", zone, service)
             _snapshot(b, f"before {fault}")
             inject = record(fault, "inject", "kill_pod", zone, FaultKind.SERVICE_DOWN, [service])
@@ -575,7 +576,7 @@ def kill_pod_burst(
             pending[zone] = (fault, inject, gone)
             _snapshot(b, f"inject {fault}")
             if i < count - 1:
-                time.sleep(interval_s)
+                nap(interval_s)
     finally:
         for zone in list(pending):
             finish(zone)
