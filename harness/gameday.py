@@ -34,10 +34,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.backends.fence import ABORT_FILE, RUN_DIR_ENV, ClusterView, FaultTargets, engage
 from harness.errors import HarnessError, InputError
+
+if TYPE_CHECKING:  # the fence reads clusters through the Kubernetes client: imported where it is used, so a
+    # local e2e (which imports this module for its dry-run check) does not import the client (~0.15 s)
+    from harness.backends.fence import FaultTargets
 
 ABORT_WAIT_S = 30.0
 _VAR = re.compile(r"^\$\{(?P<key>[A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -143,6 +146,7 @@ def plan_experiment(path: Path, data: Mapping[str, Any], backend: Any) -> Gameda
     """The plan of `data` (the experiment as it will run) on `backend`; None when the backend cannot plan."""
     if not hasattr(backend, "plan_fault"):
         return None
+    from harness.backends.fence import ClusterView
     from harness.chaos import ACTION_PRIMITIVES
 
     cfg = data.get("configuration") or {}
@@ -221,6 +225,8 @@ def dry_run_banner(plan: GamedayPlan, asked: bool = False) -> str:
 # -- the kill switch from another terminal -------------------------------------------------------
 def chaos_processes(run_dir: Path) -> list[int]:
     """PIDs of this user's processes running chaos for `run_dir` (their environment names it)."""
+    from harness.backends.fence import RUN_DIR_ENV
+
     want = f"{RUN_DIR_ENV}={run_dir.resolve()}".encode()
     me = os.getpid()
     pids = []
@@ -249,6 +255,8 @@ def abort(run_dir: Path, backend: Any | None, say: Callable[[str], None] = print
     """Kill switch for a run: the ABORT file, an immediate rollback of the ledger, chaos processes told to stop."""
     if not run_dir.is_dir():
         raise InputError(str(run_dir), "", "not a run directory")
+    from harness.backends.fence import ABORT_FILE, engage
+
     switch = run_dir / ABORT_FILE
     engage(switch, "harness chaos --abort")
     say(f"kill switch on: {switch} (no chaos is injected into this run while it exists)")
