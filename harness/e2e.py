@@ -505,7 +505,7 @@ def run_e2e(
     from harness.render.manifests import load
     from harness.report import write_junit, write_report
     from harness.traffic import RequestWatch, TrafficRunner
-    from harness.traffic.runner import DEFAULT_PROBE_PERIOD_S
+    from harness.traffic.runner import DEFAULT_PROBE_PERIOD_S, prestart_locust
     from harness.verify import judged, write_verdict
 
     name, why = choose(bopts.name)
@@ -539,6 +539,8 @@ def run_e2e(
     messages: list[str] = []
     chaos_ok = True
     launcher = Launcher(chaos_env(run_dir, bopts))  # each experiment's `chaos run` started ahead of it
+    # locust, too: it imports while the pods start (harness.traffic.launch); closed below if no runner took it
+    locust = prestart_locust(run_dir)
     try:
         mark_run(run_dir, "up")
         backend.up(manifests, progress=lambda m: say(f"up: {m}"))
@@ -574,6 +576,7 @@ def run_e2e(
                     probe_zones=probe_zones,
                     master=workers.master() if workers is not None else None,
                     probe_periods=periods,
+                    prestarted=locust,
                 )
                 served = RequestWatch(run_dir / REQUESTS_FILE, list(entry))
                 budget = probes_from_below(runner, served) if workers is None else None
@@ -605,10 +608,12 @@ def run_e2e(
                     workers.stop()
     except BaseException as exc:
         launcher.close()
+        locust.close()
         mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         take_down(backend, opts.keep, say)
         raise
     launcher.close()
+    locust.close()
     # Every record is in the run directory now: the cluster comes down while they are read (its second or so
     # hidden behind observe and verify); its error is raised after them, and Ctrl-C still waits for it.
     with ThreadPoolExecutor(1, thread_name_prefix="eh-down") as pool:

@@ -17,6 +17,7 @@ import pytest
 
 from harness.backends import BackendOptions
 from harness.chaos import Launcher, chaos_env, launch, plan_run, run_planned, write_plan
+from harness.idle import all_threads_normal, may_idle
 from tests.conftest import wait_until
 
 OPTS = BackendOptions(name="local", cluster="nothere")
@@ -140,7 +141,7 @@ def test_one_that_died_waiting_is_judged_as_a_chaos_that_did_not_start(
     assert res.reason is not None and res.reason.startswith("no journal: chaostoolkit exited 3")
 
 
-@pytest.mark.skipif(not launch.may_idle(), reason="the idle class is set and reset only as root")
+@pytest.mark.skipif(not may_idle(), reason="the idle class is set and reset only as root")
 def test_every_thread_of_a_process_that_waited_idle_runs_at_the_normal_class() -> None:
     """The class is a thread's: a thread started while the process waited at the idle class would keep it, as
     the parent puts only the main thread back. Here a thread goes idle and stays alive; `_all_threads_normal`,
@@ -158,7 +159,7 @@ def test_every_thread_of_a_process_that_waited_idle_runs_at_the_normal_class() -
     t.start()
     try:
         assert idle.wait(10) and os.sched_getscheduler(tid[0]) == os.SCHED_IDLE
-        launch._all_threads_normal()
+        all_threads_normal()
         assert os.sched_getscheduler(tid[0]) == os.SCHED_OTHER
         assert os.sched_getscheduler(0) == os.SCHED_OTHER
     finally:

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from harness.traffic import RequestRecorder, TrafficRunner, parse_entrypoints, run_traffic, summarise_requests
-from harness.traffic.runner import free_port
+from harness.traffic.runner import TrafficError, free_port, prestart_locust
 from tests.conftest import REPO, wait_until
 
 LOCUSTFILE = REPO / "loadtests" / "hashicups.py"
@@ -370,10 +370,16 @@ def test_run_traffic_stops_on_stop_event_with_processes(tmp_path: Path, shop: Fa
 
 
 @pytest.mark.slow
-def test_traffic_runner_context_manager_stops_background_locust(tmp_path: Path, shop: FakeShop) -> None:
+@pytest.mark.parametrize("prestart", [False, True], ids=["started-plain", "prestarted"])
+def test_traffic_runner_context_manager_stops_background_locust(tmp_path: Path, shop: FakeShop, prestart: bool) -> None:
+    """Also with a locust started ahead (harness.traffic.launch): the same users, records, stop and stats."""
+    pre = prestart_locust(tmp_path) if prestart else None
     with TrafficRunner(
-        {"zone-a": shop.url}, tmp_path, users=2, spawn_rate=10, duration_s=600, extra_env={"EH_WAIT": "0.01"}
-    ) as tr:
+        {"zone-a": shop.url}, tmp_path, users=2, spawn_rate=10, duration_s=600, extra_env={"EH_WAIT": "0.01"},
+        prestarted=pre,
+    ) as tr:  # fmt: skip
+        if pre is not None:
+            assert tr.pid == pre.proc.pid
         # wait on what the client completed (its records), not on what the server received: a request
         # the shop counted may still be in flight when the runner stops (it once left 19 of 20)
         req = tmp_path / "requests.jsonl"
@@ -386,6 +392,34 @@ def test_traffic_runner_context_manager_stops_background_locust(tmp_path: Path, 
         pid = tr.pid
     assert tr.result is not None and tr.result.stopped_early and tr.result.requests >= 20
     assert pid is not None and not Path(f"/proc/{pid}").exists()
+    stats = json.loads((tmp_path / "locust-stats.json").read_text())  # locust's own summary, written on its stop
+    assert sum(int(e["num_requests"]) for e in stats) >= 20
+    if pre is not None:
+        pre.close()  # taken: the runner's to stop, left alone
+        assert pre.proc.returncode is not None
+
+
+@pytest.mark.slow
+def test_a_prestarted_locust_nobody_takes_runs_nothing_and_is_gone_on_close(tmp_path: Path) -> None:
+    """The bring-up failed or the run was stopped before the traffic: the waiting locust ends with exit 0, and
+    starts no user (no record of requests, no stats)."""
+    pre = prestart_locust(tmp_path)
+    pid = pre.proc.pid
+    pre.close()
+    log = (tmp_path / "locust.log").read_text()
+    assert pre.proc.returncode == 0, log
+    assert "Warning" not in log and "Traceback" not in log, log  # e.g. runpy's "found in sys.modules"
+    assert not Path(f"/proc/{pid}").exists()
+    assert not (tmp_path / "requests.jsonl").exists() and not (tmp_path / "locust-stats.json").exists()
+
+
+def test_a_prestarted_locust_serves_only_the_run_it_was_started_for(tmp_path: Path) -> None:
+    pre = prestart_locust(tmp_path / "a")
+    try:
+        with pytest.raises(TrafficError, match="prestarted"):
+            TrafficRunner({"zone-a": "http://127.0.0.1:1"}, tmp_path / "b", 1, 1, 1, prestarted=pre)
+    finally:
+        pre.close()
 
 
 @pytest.mark.slow

@@ -36,15 +36,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
+from harness.idle import all_threads_normal, go_idle, may_idle, normal_class
 from harness.interrupt import with_default_stop_signals
 
 CLOSE_WAIT_S = 5.0  # an unused process, told there is nothing to run, is gone well within this
 IDLE_FLAG = "--idle"  # the child imports at SCHED_IDLE
-
-
-def may_idle() -> bool:
-    """Whether a waiting process may import at SCHED_IDLE: only where it can be put back (root; Linux)."""
-    return hasattr(os, "SCHED_IDLE") and os.geteuid() == 0
 
 
 def launcher_argv(idle: bool = False) -> list[str]:
@@ -52,23 +48,6 @@ def launcher_argv(idle: bool = False) -> list[str]:
     return with_default_stop_signals(
         [sys.executable, "-P", "-m", "harness.chaos.launch", *([IDLE_FLAG] if idle else [])]
     )
-
-
-def _normal_class(pid: int) -> None:
-    """Back to the normal scheduling class (from SCHED_IDLE), when allowed; a process gone is no matter.
-
-    The class is a thread's: given a process's pid, this is its main thread only (`_all_threads_normal`)."""
-    with contextlib.suppress(OSError):
-        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
-
-
-def _all_threads_normal() -> None:
-    """Every thread of this process back to the normal class. The parent's `go` reaches only the main thread, and
-    a thread started while the process waited at the idle class keeps that class for life. None is started there
-    today; one that `_prewarm` came to start (a kind or EKS backend's inventory watch starts with its first
-    inventory read) would have followed the pods at the idle class through the whole experiment."""
-    for tid in os.listdir("/proc/self/task"):
-        _normal_class(int(tid))
 
 
 class Prestarted:
@@ -89,7 +68,7 @@ class Prestarted:
         """Run ``chaos <argv>`` in it; returns the process, as `subprocess.Popen` would have."""
         assert self.proc.stdin is not None
         if self.idle:
-            _normal_class(self.proc.pid)  # at once, even when it is still importing
+            normal_class(self.proc.pid)  # at once, even when it is still importing
         try:
             self.proc.stdin.write(json.dumps(list(argv)).encode() + b"\n")
             self.proc.stdin.close()
@@ -158,7 +137,7 @@ def main() -> int:
     """The child: import what a chaos run needs, wait for the command line, run chaostoolkit's CLI with it."""
     idle = IDLE_FLAG in sys.argv[1:]
     if idle:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        go_idle()
     from chaostoolkit.cli import cli
 
     import harness.chaos.control  # noqa: F401  (the control the shipped experiments declare)
@@ -169,7 +148,7 @@ def main() -> int:
         return 0  # closed unused: nothing to run
     argv = json.loads(line)
     if idle:
-        _all_threads_normal()  # the parent did the main thread's already
+        all_threads_normal()  # the parent did the main thread's already
     devnull = os.open(os.devnull, os.O_RDONLY)  # the stdin a plain chaos run gets
     os.dup2(devnull, 0)
     os.close(devnull)

@@ -45,11 +45,14 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from harness.contract.rundir import PROBE_BUDGET_FILE, REQUESTS_FILE
 from harness.errors import HarnessError
 from harness.interrupt import with_default_stop_signals
+
+if TYPE_CHECKING:
+    from harness.traffic.launch import PrestartedLocust
 
 # Package data: locust gets a file path, which an installed package has as much as a checkout
 DEFAULT_LOCUSTFILE = Path(str(files("harness").joinpath("loadtests", "hashicups.py")))
@@ -189,6 +192,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def prestart_locust(out: Path) -> PrestartedLocust:
+    """A locust for a `TrafficRunner` in `out`, started now and waiting for it (`prestarted=`): it imports while
+    the caller brings the cluster up (harness.traffic.launch). `close()` it if no runner took it."""
+    from harness.traffic.launch import PrestartedLocust  # not at import: its module is the child's `__main__`
+
+    out = Path(out).resolve()
+    return PrestartedLocust(out, out / LOG_FILE, wrap=_dies_with_parent)
+
+
 def _dies_with_parent(cmd: list[str]) -> list[str]:
     """`cmd` run so that it gets SIGTERM when the harness dies without stopping it (kill -9, OOM).
 
@@ -231,6 +243,7 @@ class TrafficRunner:
         probe_zones: list[str] | None = None,
         master: tuple[str, int, int] | None = None,
         probe_periods: Mapping[str, float] | None = None,
+        prestarted: PrestartedLocust | None = None,
     ) -> None:
         if not entrypoints:
             raise TrafficError("traffic: no entrypoints (zone -> base URL) to send users to")
@@ -274,6 +287,12 @@ class TrafficRunner:
         self._stopped_early = False
         self._lock = threading.Lock()
         self.result: TrafficResult | None = None
+        if prestarted is not None and (prestarted.cwd.resolve(), prestarted.log_file.resolve()) != (
+            self.out,
+            self.log_file,
+        ):
+            raise TrafficError(f"traffic: a locust prestarted for {prestarted.cwd} given to a run in {self.out}")
+        self._prestarted = prestarted  # harness.traffic.launch: locust imported ahead, waiting for `start`
 
     @property
     def periods(self) -> dict[str, float]:
@@ -321,6 +340,11 @@ class TrafficRunner:
         with self.log_file.open("ab") as log:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(cmd)}\n".encode())
             log.flush()
+            if self._prestarted is not None:
+                pre, self._prestarted = self._prestarted, None
+                assert cmd[:3] == [sys.executable, "-m", "locust"], cmd
+                self._proc = pre.go(cmd[3:], env)
+                return self
             self._proc = subprocess.Popen(
                 _dies_with_parent(with_default_stop_signals(cmd)),
                 stdin=subprocess.DEVNULL,
