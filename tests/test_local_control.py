@@ -74,8 +74,9 @@ class FakeLoop(ControlLoop):
         self.created.append((dep.where, self._loop is not None and self._loop.is_alive()))
         time.sleep(self.create_s)
         pod = make_pod(f"{dep.name}-{next(self.counter)}", dep)
-        with self.lock:
+        with self.lock:  # registered and out of the count in one step, as `PodLifecycle._start_pod` does
             self.pods[pod.name] = pod
+            self.creating[dep.where] -= 1
         return pod
 
     def close(self) -> None:

@@ -50,6 +50,7 @@ class PodLifecycle(ClusterBase):
         return live + list(self.reserved.values())
 
     def _create_pod(self, dep: DeploymentSpec) -> Pod | None:
+        """One pod of `dep`, counted in `creating` by the caller: registered (out of the count) or None (no node)."""
         with self.lock:
             node = self.spec.place(dep, self.down_nodes, self._placed())
             if node is None:
@@ -77,20 +78,34 @@ class PodLifecycle(ClusterBase):
             with contextlib.suppress(Exception):
                 self.network.remove_pod(name)
             raise
+        info = PodInfo(
+            pod=name,
+            ip=net.ip,
+            node=node.name,
+            zone=node.zone,
+            service=dep.app,
+            consul_service=dep.consul_service,
+            namespace=dep.namespace,
+            started=pod.started,
+        )
+        # One step a tick cannot split: the pod is in `pods` and the inventory (`added` before any sidecar or
+        # relay can be told of it), and out of `creating` and `reserved` (counted twice in between, it hid a
+        # missing replica: the tick dropped a replacement another dead pod had booked). A node killed while
+        # the pod started (`kill_node` darkens only the pods it finds) makes it dark here, never Ready.
         with self.lock:
             self.pods[name] = pod
-        self.inventory.added(
-            PodInfo(
-                pod=name,
-                ip=net.ip,
-                node=node.name,
-                zone=node.zone,
-                service=dep.app,
-                consul_service=dep.consul_service,
-                namespace=dep.namespace,
-                started=pod.started,
-            )
-        )
+            self.inventory.added(info)
+            self.creating[dep.where] -= 1
+            self.reserved.pop(name, None)
+            dark = node.name in self.down_nodes
+            if dark:
+                pod.dark_since = time.time()
+                pod.ready = False  # its kubelet died before it could report the pod Ready
+        if dark:
+            with contextlib.suppress(Exception):
+                self.network.set_pod_link(name, False)
+            log.info("pod %s dark: its node %s was killed while it started", name, node.name)
+            self._kill_processes(pod)
         return pod
 
     def _start_processes(self, pod: Pod) -> None:

@@ -1,0 +1,300 @@
+"""The local cluster's behaviour is its rules', whichever thread runs first (no root, no processes).
+
+The control loop ticks on its own thread while chaos operations arrive on
+the daemon's API threads and pods are created on the pool's. Each test here
+runs the real lifecycle, control-loop and chaos code over records (fake
+network, inventory, sidecars and relays) and lets a control-loop tick land
+after *every* locked step of the operation under test (`WindowLock`): where
+a real tick can land, given ~50 ms of `ip` calls or one GIL switch. A tick
+cannot land where the operation holds `tick_lock`, so there the hook does
+nothing. Each test compares with the same operation with no tick inside it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from harness.backends.local.cluster.base import Pod
+from harness.backends.local.cluster.chaos import ClusterChaos
+from harness.backends.local.cluster.control import ControlLoop
+from harness.backends.local.cluster.pods import PodLifecycle
+from harness.backends.local.mesh import Catalog
+from harness.backends.local.sched import Placed
+from harness.topology import ENTRY_SERVICE
+
+RESTART_S = 2.0
+
+
+class WindowLock:
+    """The cluster's RLock, which runs `between()` after each outermost release: a tick landing there."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = threading.local()
+        self.between: Callable[[], None] | None = None
+        self._busy = False
+
+    def __enter__(self) -> WindowLock:
+        self._lock.acquire()
+        self._depth.n = getattr(self._depth, "n", 0) + 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth.n -= 1
+        self._lock.release()
+        if self._depth.n == 0 and self.between is not None and not self._busy:
+            self._busy = True
+            try:
+                self.between()
+            finally:
+                self._busy = False
+
+
+class Inline:
+    """The pod pool, run at once on the submitting thread (a creation in a window is then in it too)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # handed to the caller, as the pool would
+            fut.set_exception(exc)
+        return fut
+
+    def shutdown(self, **_: Any) -> None:
+        pass
+
+
+class Sidecar:
+    def __init__(self, owner: str, events: list[tuple[Any, ...]]) -> None:
+        self.owner, self.events = owner, events
+
+    def update(self, catalog: Catalog) -> list[str]:
+        present = frozenset(e.pod for eps in catalog.values() for e in eps)
+        healthy = frozenset(e.pod for eps in catalog.values() for e in eps if e.healthy)
+        self.events.append(("told", self.owner, present, healthy))
+        return []
+
+
+class Relay:
+    def __init__(self, zone: str, events: list[tuple[Any, ...]]) -> None:
+        self.zone, self.events, self.url = zone, events, f"http://entry-{zone}"
+
+    def set_backends(self, backends: list[tuple[str, int]]) -> None:
+        self.events.append(("relay", self.zone, frozenset(ip for ip, _ in backends)))
+
+    def drop_backend(self, ip: str) -> None:
+        self.events.append(("drop", self.zone, ip))
+
+
+def node(name: str, zone: str) -> Any:
+    return SimpleNamespace(name=name, zone=zone, labels={})
+
+
+def deployment(name: str, replicas: int, nodes: list[str]) -> Any:
+    return SimpleNamespace(
+        name=name, where=f"default/{name}", replicas=replicas, meshed=True, consul_service=name, app=name,
+        namespace="default", labels={"app": name}, fits=nodes, port=lambda _ref: 8080,
+    )  # fmt: skip
+
+
+class Cluster(PodLifecycle, ControlLoop, ClusterChaos):
+    """The real pod lifecycle, control loop and chaos over records: pods have no processes and no probes."""
+
+    def __init__(self, tmp_path: Path, deployments: list[Any], nodes: list[Any]) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.certs = SimpleNamespace()  # type: ignore[assignment]
+        self.events: list[tuple[Any, ...]] = []
+        self.placements: list[tuple[str, str, frozenset[str]]] = []  # (deployment, node, nodes down then)
+        self.nodes = nodes
+        self.spec = SimpleNamespace(  # type: ignore[assignment]
+            deployments=deployments,
+            nodes=nodes,
+            services=[SimpleNamespace(namespace="default", ports=[("http", "http")], selector={"app": ENTRY_SERVICE})],
+            place=self._place,
+        )
+        self.mesh = SimpleNamespace(namespaced=False)  # type: ignore[assignment]
+        self.topology = SimpleNamespace(  # type: ignore[assignment]
+            local=SimpleNamespace(node_grace_period_s=40.0, pod_restart_delay_s=RESTART_S)
+        )
+        self.lock = WindowLock()  # type: ignore[assignment]
+        self.tick_lock = threading.Lock()
+        self.pods: dict[str, Pod] = {}
+        self.reserved: dict[str, Placed] = {}
+        self.pending = {d.where: [] for d in deployments}
+        self.creating = {d.where: 0 for d in deployments}
+        self.down_nodes: set[str] = set()
+        self.catalog_sig = ""
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.pool = Inline()  # type: ignore[assignment]
+        self.probe_pool = SimpleNamespace()  # type: ignore[assignment]
+        self.pods_dir = tmp_path / "pods"
+        self.entrypoints_file = tmp_path / "entrypoints.jsonl"
+        self.entry_up: dict[str, bool] = {}
+        self.entries = {z: Relay(z, self.events) for z in sorted({n.zone for n in nodes})}
+        self.counter = iter(range(1, 1000))  # type: ignore[assignment]
+        self.during_start: Callable[[Pod], None] | None = None
+        ev = self.events
+        self.inventory = SimpleNamespace(  # type: ignore[assignment]
+            added=lambda info: ev.append(("added", info.pod)),
+            removed=lambda pod: ev.append(("removed", pod)),
+            ready=lambda pod: ev.append(("ready", pod)),
+            unready=lambda pod: ev.append(("unready", pod)),
+        )
+        self.ips = iter(range(10, 250))
+        self.network = SimpleNamespace(  # type: ignore[assignment]
+            add_pod=lambda name, zone: SimpleNamespace(ip=f"10.0.0.{next(self.ips)}", ns=f"ns-{name}"),
+            set_pod_link=lambda name, up: ev.append(("link", name, up)),
+            remove_pod=lambda name: None,
+        )
+
+    # -- the parts a real cluster has and these records do not -----------------------------------------------
+    def _place(self, dep: Any, down: set[str], placed: list[Placed]) -> Any:
+        """Least-loaded fitting node that is up, then by name (the real scheduler's tie-break)."""
+        fit = [n for n in self.nodes if n.name in dep.fits and n.name not in down]
+        if not fit:
+            return None
+        load = {n.name: sum(1 for p in placed if p.node == n.name and p.labels == dep.labels) for n in fit}
+        best = min(fit, key=lambda n: (load[n.name], n.name))
+        self.placements.append((dep.name, best.name, frozenset(down)))
+        return best
+
+    def _start_processes(self, pod: Pod) -> None:
+        pod.sidecar = Sidecar(pod.name, self.events)  # type: ignore[assignment]
+        if self.during_start is not None:
+            self.during_start(pod)
+        pod.ready = True  # no probes: Ready once started
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    def add(self, dep: Any, node_name: str) -> Pod:
+        """A pod of `dep` on `node_name`, created as the Deployment controller has one created (counted first)."""
+        with self.lock:
+            self.creating[dep.where] += 1
+        fits, dep.fits = dep.fits, [node_name]
+        try:
+            pod = self._create_counted(dep)
+        finally:
+            dep.fits = fits
+        assert pod is not None
+        return pod
+
+    def tick_in_windows(self) -> None:
+        """From now on a control-loop tick runs after each locked step where the tick lock is free."""
+
+        def tick() -> None:
+            if not self.tick_lock.acquire(blocking=False):
+                return  # the operation holds it: no tick can land here
+            try:
+                self._tick_locked()
+            finally:
+                self.tick_lock.release()
+
+        self.lock.between = tick  # type: ignore[attr-defined]
+
+    def no_ticks(self) -> None:
+        self.lock.between = None  # type: ignore[attr-defined]
+
+    def tick(self) -> None:
+        with self.tick_lock:
+            self._tick_locked()
+
+
+def told_before(events: list[tuple[Any, ...]], pod: str, ip: str, mark: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """Sidecar and relay updates that already left `pod` (at `ip`) out before the event `mark` was written."""
+    out: list[tuple[Any, ...]] = []
+    for ev in events:
+        if ev == mark:
+            return out
+        if (ev[0] == "told" and pod not in ev[2]) or (ev[0] == "relay" and ip not in ev[2]) or ev[0] == "drop":
+            out.append(ev)
+    raise AssertionError(f"{mark} never written: {events}")
+
+
+# --- a pod whose node dies while it is being created ------------------------------------------------------------
+
+
+def test_a_pod_whose_node_is_killed_while_it_is_created_is_dark_not_ready(tmp_path: Path) -> None:
+    """A pod placed on a node that `kill_node` takes down while the pod's processes start (~1 s) was added as
+    an ordinary live pod: probed, Ready, serving, in the entry relay, on a dead node, until the node's restore.
+    Killed a moment later, it is dark (its link down, not Ready on a kubelet that never reported it)."""
+    for name, during in (("control", False), ("window", True)):
+        fe = deployment(ENTRY_SERVICE, 1, ["n1"])
+        c = Cluster(tmp_path / name, [fe], [node("n1", "z"), node("n2", "z")])
+        if during:
+            c.during_start = lambda pod, c=c: c.kill_node(pod.node.name)
+            pod = c.add(fe, "n1")
+        else:
+            pod = c.add(fe, "n1")
+            c.kill_node("n1")
+        c.tick()
+        assert pod.dark_since is not None and pod.alive, name
+        assert ("link", pod.name, False) in c.events, name
+        if during:  # never Ready: its kubelet died before it could say so
+            assert not pod.serving and ("ready", pod.name) not in c.events
+            assert all(pod.net.ip not in e[2] for e in c.events if e[0] == "relay")
+        c.restore_node("n1")
+        assert not pod.alive and c.pending[fe.where], name
+
+
+# --- a pod's registration and the Deployment's count are one step ----------------------------------------------
+
+
+def test_a_pod_registered_while_another_replacement_is_due_does_not_cancel_it(tmp_path: Path) -> None:
+    """A new pod was added to `pods` in one locked step and taken out of `creating` in a later one: a tick in
+    between counted it twice, saw no replica missing and dropped the replacement another dead pod had booked
+    (`pending`); the next tick then created that one at once instead of podRestartDelayS after the death."""
+    for name, window in (("control", False), ("window", True)):
+        api = deployment("product-api", 2, ["n1", "n2"])
+        c = Cluster(tmp_path / name, [api], [node("n1", "z"), node("n2", "z")])
+        a = c.add(api, "n1")
+        b = c.add(api, "n2")
+        c.tick()
+        c._pod_died(a, "container exited")  # replacement due in 2 s: created (below) a little early, by hand
+        c._pod_died(b, "container exited")  # replacement due in 2 s
+        with c.lock:
+            c.pending[api.where].pop(0)
+            c.creating[api.where] += 1
+        if window:
+            c.tick_in_windows()
+        c._create_then_count(api)  # a's replacement, registered with b's still due
+        c.no_ticks()
+        c.tick()
+        live = [p.name for p in c.pods.values() if p.alive]
+        assert len(live) == 1, (name, live)
+        assert len(c.pending[api.where]) == 1 and c.pending[api.where][0] > time.time() + RESTART_S - 0.5, name
+
+
+def test_a_creation_with_no_node_to_go_to_is_retried_a_second_later_whatever_tick_follows(tmp_path: Path) -> None:
+    """A creation that finds no node (`_create_pod` -> None) is retried 1 s on; the retry was booked after the
+    creation left the count, so a tick in between booked an immediate one instead."""
+    for name, window in (("control", False), ("window", True)):
+        api = deployment("product-api", 1, ["n1"])
+        c = Cluster(tmp_path / name, [api], [node("n1", "z")])
+        c.down_nodes.add("n1")
+        with c.lock:
+            c.creating[api.where] += 1
+        if window:
+            c.tick_in_windows()
+        t0 = time.time()
+        c._create_then_count(api)
+        c.no_ticks()
+        assert c.pending[api.where] and min(c.pending[api.where]) >= t0 + 0.9, (name, c.pending, t0)
+
+
+def test_a_new_pod_is_in_the_inventory_before_any_sidecar_is_told_of_it(tmp_path: Path) -> None:
+    """`added` was written after the pod joined `pods`: a tick in between pushed it (not ready) to every
+    sidecar before the inventory knew it."""
+    api, web = deployment("product-api", 1, ["n1"]), deployment("public-api", 1, ["n1"])
+    c = Cluster(tmp_path, [api, web], [node("n1", "z")])
+    c.add(web, "n1")  # no tick before the window's: it would create the product-api replica itself
+    c.tick_in_windows()
+    pod = c.add(api, "n1")
+    first_told = next(i for i, e in enumerate(c.events) if e[0] == "told" and pod.name in e[2])
+    assert c.events.index(("added", pod.name)) < first_told, c.events
