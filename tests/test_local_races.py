@@ -217,6 +217,107 @@ def told_before(events: list[tuple[Any, ...]], pod: str, ip: str, mark: tuple[An
     raise AssertionError(f"{mark} never written: {events}")
 
 
+# --- a dead pod's `removed` is written before anyone is told --------------------------------------------------
+
+
+def _frontend_of_a_dead_node(tmp_path: Path) -> tuple[Cluster, Pod]:
+    fe, api = deployment(ENTRY_SERVICE, 1, ["n1"]), deployment("public-api", 1, ["n2"])
+    c = Cluster(tmp_path, [fe, api], [node("n1", "z"), node("n2", "z")])
+    frontend = c.add(fe, "n1")
+    c.add(api, "n2")
+    c.tick()  # both Ready, every sidecar and the relay told
+    c.kill_node("n1")  # the frontend is dark: registered and Ready until the grace period
+    c.tick()
+    c.events.clear()
+    return c, frontend
+
+
+def test_a_dead_pod_deleted_by_chaos_is_removed_from_the_inventory_before_sidecars_or_relays_hear_of_it(
+    tmp_path: Path,
+) -> None:
+    """docs/local-emulation.md: every change reaches inventory.jsonl *before* the sidecars and the entry relays
+    are told. `kill_pod` of a pod on a dead node (and `restore_node`) end it on an API thread: the pod left the
+    count in one locked step and `removed` was written after it, so a tick in between pushed a catalog without
+    it and set the zone's entry down (entrypoints.jsonl) before the inventory said the pod was gone."""
+    c, frontend = _frontend_of_a_dead_node(tmp_path / "control")
+    c.kill_pod("z", ENTRY_SERVICE)
+    c.tick()
+    assert told_before(c.events, frontend.name, frontend.net.ip, ("removed", frontend.name)) == []
+    assert any(e[0] == "relay" and e[2] == frozenset() for e in c.events)  # the relay is told, after
+
+    c, frontend = _frontend_of_a_dead_node(tmp_path / "window")
+    c.tick_in_windows()
+    c.kill_pod("z", ENTRY_SERVICE)
+    assert told_before(c.events, frontend.name, frontend.net.ip, ("removed", frontend.name)) == []
+
+
+def test_a_restored_nodes_pods_are_removed_from_the_inventory_before_sidecars_hear_of_it(tmp_path: Path) -> None:
+    for name, window in (("control", False), ("window", True)):
+        c, frontend = _frontend_of_a_dead_node(tmp_path / name)
+        if window:
+            c.tick_in_windows()
+        c.restore_node("n1")
+        c.no_ticks()
+        c.tick()
+        assert told_before(c.events, frontend.name, frontend.net.ip, ("removed", frontend.name)) == [], name
+
+
+# --- a zone's nodes go down and come back together --------------------------------------------------------------
+
+
+def _zone(tmp_path: Path) -> tuple[Cluster, Any]:
+    api = deployment("product-api", 3, ["n1", "n2"])
+    c = Cluster(tmp_path, [api], [node("n1", "z"), node("n2", "z"), node("r1", "r")])
+    c.add(api, "n1")
+    c.add(api, "n1")
+    c.add(api, "n2")
+    c.tick()
+    c.zone_outage("z")
+    c.tick()
+    c.placements.clear()
+    return c, api
+
+
+def test_a_zones_pods_come_back_with_every_node_of_the_zone_up(tmp_path: Path) -> None:
+    """`restore_zone` brings back node after node, each node's pods one after another (~50 ms of `ip` calls
+    each): a tick in between placed the restored pods (due at once) with the zone's other nodes still down and
+    the node's other dead pods still counted, so where they landed depended on which thread ran first."""
+    where = {}
+    for name, window in (("control", False), ("window", True)):
+        c, _ = _zone(tmp_path / name)
+        if window:
+            c.tick_in_windows()
+        c.restore_zone("z")
+        c.no_ticks()
+        c.tick()
+        assert len(c.placements) >= 3 and all(not down for _, _, down in c.placements), (name, c.placements)
+        where[name] = sorted(p.node.name for p in c.pods.values() if p.alive)
+    assert where["window"] == where["control"] == ["n1", "n1", "n2"]
+
+
+def test_a_zone_outage_takes_its_nodes_down_at_one_instant(tmp_path: Path) -> None:
+    """`zone_outage` killed node after node: a tick in between placed a replacement due then on a node of the
+    zone that was about to die (while the Region had room), and the zone's pods went dark at different times
+    (so their grace periods ran out in different ticks)."""
+    for name, window in (("control", False), ("window", True)):
+        api = deployment("product-api", 1, ["n1"])
+        web = deployment("public-api", 1, ["n2", "r1"])
+        c = Cluster(tmp_path / name, [api, web], [node("n1", "z"), node("n2", "z"), node("r1", "r")])
+        c.add(api, "n1")
+        gone = c.add(web, "n2")
+        c.tick()
+        c._pod_died(gone, "container exited", replace_in=0.0)  # its replacement is due now
+        if window:
+            c.tick_in_windows()
+        c.zone_outage("z")
+        c.no_ticks()
+        c.tick()
+        darks = {p.dark_since for p in c.pods.values() if p.alive and p.node.zone == "z"}
+        assert len(darks) == 1, (name, darks)
+        web_pods = [p for p in c.pods.values() if p.alive and p.dep is web]
+        assert [p.node.name for p in web_pods] == ["r1"], (name, [(p.name, p.node.name) for p in web_pods])
+
+
 # --- a pod whose node dies while it is being created ------------------------------------------------------------
 
 

@@ -117,6 +117,12 @@ class ClusterBase:
     def _pod_died(self, pod: Pod, reason: str, replace_in: float | None = None) -> None:
         raise NotImplementedError
 
+    def _pod_gone(self, pod: Pod, reason: str, replace_in: float | None = None) -> bool:
+        raise NotImplementedError
+
+    def _tear_down(self, pod: Pod) -> None:
+        raise NotImplementedError
+
     def _push(self) -> None:
         raise NotImplementedError
 

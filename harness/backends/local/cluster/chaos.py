@@ -34,9 +34,12 @@ class ClusterChaos(ClusterBase):
         pods = self._pods_of(zone, service)
         if not pods:
             raise BackendError(f"no live {service} pod in {zone}")
+        with self.tick_lock, self.lock:  # out of the count and the inventory before a tick can tell anyone
+            gone = [p for p in pods if p.dark_since is not None and self._pod_gone(p, "deleted while its node is down")]
+        for p in gone:
+            self._tear_down(p)
         for p in pods:
             if p.dark_since is not None:
-                self._pod_died(p, "deleted while its node is down")
                 continue
             for proc in p.procs.values():
                 with contextlib.suppress(ProcessLookupError):
@@ -65,17 +68,29 @@ class ClusterChaos(ClusterBase):
         """
         if node not in {n.name for n in self.spec.nodes}:
             raise BackendError(f"no node {node!r}")
+        self._kill_nodes([node])
+
+    def _kill_nodes(self, nodes: list[str]) -> None:
+        """Every node of `nodes` dies at one instant, in one step no control-loop tick can split.
+
+        Killed one after another (each pod's link and processes take ~50 ms),
+        a tick in between placed a replacement then due on a node about to
+        die, and the nodes' pods went dark at different times (so their grace
+        periods ran out in different ticks). Under the tick lock: a tick
+        half-way through a pod (its processes polled, its probes read) never
+        sees it half-killed.
+        """
         now = time.time()
-        with self.lock:
-            self.down_nodes.add(node)
-            victims = [p for p in self.pods.values() if p.node.name == node and p.alive and p.dark_since is None]
+        with self.tick_lock, self.lock:
+            self.down_nodes.update(nodes)
+            victims = [p for p in self.pods.values() if p.node.name in nodes and p.alive and p.dark_since is None]
             for p in victims:
                 p.dark_since = now  # the control loop neither probes it nor notices its processes die
         assert self.network is not None
         for p in victims:
             with contextlib.suppress(Exception):
                 self.network.set_pod_link(p.name, False)  # first: no reset or close leaves as its processes die
-            log.info("pod %s dark: node %s killed", p.name, node)
+            log.info("pod %s dark: node %s killed", p.name, p.node.name)
             self._kill_processes(p)
 
     def restore_node(self, node: str) -> None:
@@ -85,19 +100,29 @@ class ClusterChaos(ClusterBase):
         eviction timeout), so no Deployment replaces them after
         `local.podRestartDelayS`; the kubelet starts them itself.
         """
-        with self.lock:
-            self.down_nodes.discard(node)
-            dark = [p for p in self.pods.values() if p.node.name == node and p.alive and p.dark_since is not None]
+        self._restore_nodes([node])
+
+    def _restore_nodes(self, nodes: list[str]) -> None:
+        """`nodes` are back, and every pod they held is gone and due again, in one step no tick can split.
+
+        Restored node after node and pod after pod (~50 ms of `ip` calls
+        each), a tick in between placed the first pods due with the zone's
+        other nodes still down and the node's other dead pods still counted:
+        where they landed depended on which thread ran first.
+        """
+        with self.tick_lock, self.lock:
+            self.down_nodes.difference_update(nodes)
+            dark = [p for p in self.pods.values() if p.node.name in nodes and p.alive and p.dark_since is not None]
+            for p in dark:
+                self._pod_gone(p, f"node {p.node.name} restarted", replace_in=0.0)
         for p in dark:
-            self._pod_died(p, f"node {node} restarted", replace_in=0.0)
+            self._tear_down(p)
 
     def zone_outage(self, zone: str) -> None:
-        for n in self._zone_nodes(zone):
-            self.kill_node(n)
+        self._kill_nodes(self._zone_nodes(zone))
 
     def restore_zone(self, zone: str) -> None:
-        for n in self._zone_nodes(zone):
-            self.restore_node(n)
+        self._restore_nodes(self._zone_nodes(zone))
 
     def set_link(self, zone: str, latency_ms: float, loss_percent: float = 0.0) -> None:
         assert self.network is not None

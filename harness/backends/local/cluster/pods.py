@@ -215,7 +215,12 @@ class PodLifecycle(ClusterBase):
             self.state.remove_pid(proc.pid)
 
     def _pod_died(self, pod: Pod, reason: str, replace_in: float | None = None) -> None:
-        """A pod is gone: processes killed, links removed, replacement scheduled.
+        """A pod is gone: out of the count and the inventory, replacement booked, then processes and links."""
+        if self._pod_gone(pod, reason, replace_in):
+            self._tear_down(pod)
+
+    def _pod_gone(self, pod: Pod, reason: str, replace_in: float | None = None) -> bool:
+        """The locked step of a pod's death (False if it was dead already); `_tear_down` is the rest.
 
         The replacement is due `replace_in` seconds on (default
         `local.podRestartDelayS`, the Deployment's new pod through scheduling,
@@ -224,18 +229,25 @@ class PodLifecycle(ClusterBase):
         count: booked after the pod's teardown (~50 ms of `ip` calls), a
         control-loop tick in between saw a missing replica with nothing due
         and created it at once, so a node's pods came back at once or 2 s
-        later by which thread ran first.
+        later by which thread ran first. `removed` is written in that step
+        too: written after it, a tick in between (the death coming from an
+        API thread: chaos on a dead node's pod, a node's restore) pushed a
+        catalog without the pod and set its zone's entry down first.
         """
         delay = self.topology.local.pod_restart_delay_s if replace_in is None else replace_in
         with self.lock:
             if not pod.alive:
-                return
+                return False
             pod.alive = False
             pod.ready = False
             pod.serving = False
             self.pending[pod.dep.where].append(time.time() + delay)
+            self.inventory.removed(pod.name)  # `removed` implies unready; written before anyone is told
         log.info("pod %s died: %s", pod.name, reason)
-        self.inventory.removed(pod.name)  # `removed` implies unready; written before anyone is told
+        return True
+
+    def _tear_down(self, pod: Pod) -> None:
+        """A dead pod's relay connections, processes, links and files (after `_pod_gone`)."""
         if pod.dep.app == ENTRY_SERVICE and pod.node.zone in self.entries:
             # as a zone's load balancer resets connections to a deregistered target: users on
             # kept-alive connections to this pod learn at once instead of waiting on a dead peer
