@@ -333,3 +333,31 @@ def test_a_cache_that_cannot_be_written_still_starts_the_database(pg_dir: Path) 
     assert pg_app.init_cluster(s, pgdata, pg_app.bin_dir(), user, blocker / "templates") == "initdb"
     assert (pgdata / "PG_VERSION").exists() and blocker.read_text() == "x"
     assert not list(pg_dir.glob("**/*.part"))
+
+
+def test_a_seeded_cluster_is_keyed_by_the_servers_content_not_where_it_was_installed(tmp_path: Path) -> None:
+    """Two venvs (two clean clones) with the same postgres share one kept cluster; another build is another key.
+    Keyed by path and mtime, each clone seeded and kept its own 46 MB in /run until a reboot."""
+    s = pg_app.Settings.from_env({"POSTGRES_PASSWORD": "password", "POSTGRES_DB": "products",
+                                  "EH_POD_DIR": str(tmp_path / "pod")})  # fmt: skip
+    a, b, c = (tmp_path / n / "bin" for n in ("venv-a", "venv-b", "venv-c"))
+    for d, body in ((a, b"server 18.6"), (b, b"server 18.6"), (c, b"server 18.7")):
+        d.mkdir(parents=True)
+        (d / "postgres").write_bytes(body)
+    os.utime(b / "postgres", (1, 1))  # installed at another time, too
+    assert pg_app.template_key(s, a) == pg_app.template_key(s, b)
+    assert pg_app.template_key(s, a) != pg_app.template_key(s, c)
+
+
+def test_the_kept_clusters_are_bounded_and_the_least_recently_used_go(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    for i in range(7):
+        d = templates / f"t{i}"
+        d.mkdir(parents=True)
+        os.utime(d, (1000 + i, 1000 + i))
+    writing = templates / "t9.123.part"  # another start's copy in progress: not ours to remove
+    writing.mkdir()
+    os.utime(writing, (1, 1))
+    new = templates / "t0"  # the one just kept is never removed, however old its mtime
+    pg_app._prune_templates(templates, new, limit=3)
+    assert sorted(p.name for p in templates.iterdir()) == ["t0", "t5", "t6", "t9.123.part"]
