@@ -1157,7 +1157,8 @@ class UserChecks(CheckBase):
         it), and its 80 ms effect was "not shown".
         A degradation that never reached the link (a rule on the wrong interface, a relay out of the path)
         leaves them as fast as ever; "traffic stayed in-zone under latency" proves nothing then. Before, it
-        passed. Fewer than `LINK_EFFECT_MIN_HOPS` such hops, or no latency declared (loss alone), cannot show
+        passed. Fewer than `LINK_EFFECT_MIN_HOPS` such hops in the fault or before it (no baseline: read as 0 ms,
+        any hop slower than half the latency "showed" it), or no latency declared (loss alone), cannot show
         it: unverified too. After the restore (until maxRecoveryS or the zone's next fault) the same hops must
         be back under that mark: a rollback that left the latency on leaves the zone slow for whatever runs
         next, and its recovery was never shown. "After" begins once the rules are off (`_undone_at`): the
@@ -1212,6 +1213,13 @@ class UserChecks(CheckBase):
             return (
                 f"{head} is not shown: {n} hops from {f.zone} that wait on the link lie wholly {span} (fewer than "
                 f"{LINK_EFFECT_MIN_HOPS}: the access log cannot show the added {f.latency_ms:g} ms; fault unverified)"
+            )
+        if n_base < LINK_EFFECT_MIN_HOPS:
+            # no baseline is not a baseline of 0 ms: against it any hop slower than half the latency "showed" it
+            return (
+                f"{head} is not shown: {n_base} hops from {f.zone} that wait on the link lie in the "
+                f"{LINK_BASELINE_S:g} s before it outside the faults that reach the link (fewer than "
+                f"{LINK_EFFECT_MIN_HOPS}: nothing to measure the added {f.latency_ms:g} ms against; fault unverified)"
             )
         if float(during) < mark:
             return (

@@ -1,0 +1,55 @@
+"""Wrong verdicts an eleventh audit of the verifier found: degraded links, the probe budget's resolution.
+
+Each broken case is a synthetic run (harness.verify.synth) with the broken behaviour planted the way the mesh
+and the harness's collectors would record it; each asserts the verdict the records warrant, and each docstring's
+"HOLE." says how the verifier as the audit found it judged it. Next to each, a control that keeps its verdict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.verify import COVERAGE
+from harness.verify.synth import FaultSpec, write_run
+from tests.test_verify_audit import why
+from tests.test_verify_audit5 import _scenario
+from tests.test_verify_audit6 import _slower
+from tests.test_verify_soundness import LAX, failed
+from tests.verdicts import verify
+
+
+def _slow(inject: float = 30.0, restore: float = 50.0, **kw: Any) -> FaultSpec:
+    return FaultSpec("slow-link-lax", "link-degraded", LAX, (), inject, restore, **kw)
+
+
+# -- 1. a degraded link with no baseline -------------------------------------------------------------------------
+@pytest.mark.parametrize("inject", [0.0, 30.0])
+def test_a_degraded_link_with_no_baseline_is_not_shown_slowed(tmp_path: Path, inject: float) -> None:
+    """HOLE. The link's effect is judged against the median of the zone's hops that wait on it in the ten minutes
+    before the fault; with none there (the degradation began with the zone's traffic: a game day's chaos started
+    with the traffic, or every hop before lay in the windows of the zone's or the Region's faults) the median was
+    NULL, read as 0 ms, and "took effect" needed only a median over half the declared latency. On this machine
+    the stored runs' hops that wait on a link take 23-46 ms with no fault at all, so a +60 ms degradation that
+    never reached the link PASSED. Here LAX's hops take 44 ms (a busy machine), the degradation declares +60 ms
+    and never reaches the link (`link_inert`). Now an empty baseline (fewer than LINK_EFFECT_MIN_HOPS hops) leaves
+    the fault unverified. The control: the same inert degradation with a baseline (injected 30 s into the
+    traffic) is failed as "did not take effect", as it was."""
+    sc = _scenario([_slow(inject, inject + 20, latency_ms=60.0, link_inert=True)], accesslogs="none")
+    d = _slower(write_run(tmp_path / "run", sc), 30.0, lambda h, t: h.get("caller_zone") == LAX)
+    v = verify(d)
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    text = " ".join(why(v))
+    if inject == 0.0:
+        assert "nothing to measure the added 60 ms against" in text, text
+    else:
+        assert "did not take effect" in text, text
+
+
+def test_control_a_degraded_link_with_a_baseline_passes(tmp_path: Path) -> None:
+    """The same +60 ms degradation reaching the link, 30 s into the traffic, on the same busy machine: passes."""
+    sc = _scenario([_slow(latency_ms=60.0)], accesslogs="none")
+    v = verify(_slower(write_run(tmp_path / "run", sc), 30.0, lambda h, t: h.get("caller_zone") == LAX))
+    assert v.passed, why(v)
