@@ -20,9 +20,20 @@ from tests.test_verify_audit6 import _slower
 from tests.test_verify_soundness import LAX, failed
 from tests.verdicts import verify
 
+AZ_B = "us-west-2b"
+TRAFFIC_S = 20.0  # synth's run.json starts 20 s before the first request (the fault times count from that)
+
 
 def _slow(inject: float = 30.0, restore: float = 50.0, **kw: Any) -> FaultSpec:
     return FaultSpec("slow-link-lax", "link-degraded", LAX, (), inject, restore, **kw)
+
+
+def _waits_on_link(h: dict[str, Any]) -> bool:
+    """A hop of LAX's that waits on LAX's service link (`LINK_BOUND_SQL`): product-api's (it queries postgres in
+    the Region), or one served outside the zone."""
+    if h.get("caller_zone") != LAX:
+        return False
+    return h.get("upstream") == "product-api" or h.get("serving_zone") not in (LAX, None)
 
 
 # -- 1. a degraded link with no baseline -------------------------------------------------------------------------
@@ -53,3 +64,33 @@ def test_control_a_degraded_link_with_a_baseline_passes(tmp_path: Path) -> None:
     sc = _scenario([_slow(latency_ms=60.0)], accesslogs="none")
     v = verify(_slower(write_run(tmp_path / "run", sc), 30.0, lambda h, t: h.get("caller_zone") == LAX))
     assert v.passed, why(v)
+
+
+# -- 2. another fault overlapping the degradation ------------------------------------------------------------------
+@pytest.mark.parametrize("inert", [True, False])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_degraded_link_is_not_shown_slowed_by_another_faults_slowness(
+    tmp_path: Path, inert: bool, overlap: bool
+) -> None:
+    """HOLE. The verifier leaves the windows of the faults that reach a zone's link (the zone's own, the
+    Region's: `_reaches_link`) out of the degradation's baseline and out of the stretch after its restore, as
+    they change how long the hops that wait on the link take; not out of the degradation itself. An AZ lost in
+    the Region for 14 of the degradation's 20 s (its hops to the Region waiting 400 ms meanwhile: Region
+    connections re-established, retries) made the zone's median slow, and a degradation that never reached the
+    link (`link_inert`) PASSED as "took effect". Now the hops in flight in such a fault's window are left out
+    of the degradation's too: the inert one is "did not take effect" on the hops outside it. The controls: the
+    degradation that reached the link passes with the overlap or without, and the inert one fails without it."""
+    faults = [_slow(latency_ms=100.0, link_inert=inert)]
+    if overlap:
+        faults.append(FaultSpec("zone-down-2b", "zone-down", AZ_B, (), 32, 46, entry_down=True))
+    d = write_run(tmp_path / "run", _scenario(faults, accesslogs="none"))
+    if overlap:
+        _slower(d, 400.0, lambda h, t: _waits_on_link(h) and TRAFFIC_S + 32 <= t < TRAFFIC_S + 46)
+    v = verify(d)
+    if inert:
+        assert not v.passed and COVERAGE in failed(v), why(v)
+        text = " ".join(why(v))
+        assert "did not take effect" in text, text
+        assert ("zone-down-2b" in text) == overlap, text
+    else:
+        assert v.passed, why(v)

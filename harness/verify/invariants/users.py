@@ -1159,7 +1159,9 @@ class UserChecks(CheckBase):
         leaves them as fast as ever; "traffic stayed in-zone under latency" proves nothing then. Before, it
         passed. Fewer than `LINK_EFFECT_MIN_HOPS` such hops in the fault or before it (no baseline: read as 0 ms,
         any hop slower than half the latency "showed" it), or no latency declared (loss alone), cannot show
-        it: unverified too. After the restore (until maxRecoveryS or the zone's next fault) the same hops must
+        it: unverified too. The hops in flight while another fault that reaches the link is on are left out of
+        the fault's own stretch as of the baseline: an AZ lost meanwhile slowed them as much, and an inert
+        degradation passed. After the restore (until maxRecoveryS or the zone's next fault) the same hops must
         be back under that mark: a rollback that left the latency on leaves the zone slow for whatever runs
         next, and its recovery was never shown. "After" begins once the rules are off (`_undone_at`): the
         timeline writes the restore before the primitive clears the link.
@@ -1174,6 +1176,14 @@ class UserChecks(CheckBase):
             f"te < {float(f.inject)!r} AND te >= {since!r} AND "
             f"NOT {spans_sql(None, [('', lo, hi) for lo, hi in quiet], HOP_END_SQL)}"
         )
+        # during it, hops in flight while another fault that reaches the link is on (inject to restore, as after
+        # it below) say nothing of this one: an AZ lost in the Region, or the zone's own kill, can slow them as much
+        # as the latency would, and an inert degradation overlapped by one passed. (Not to that fault's impact
+        # end: a recovery left to this fault, `_superseded_by`, has its end at maxRecoveryS, not measured.)
+        meets = [g for g in self.run.faults if g is not f and self._reaches_link(g, f.zone) and g.inject < end
+                 and (g.restore is None or g.restore >= f.inject - self.longest["hops"] - 0.001)]  # fmt: skip
+        overlap = [("", g.inject, g.restore if g.restore is not None else self.run_end) for g in meets]
+        inside = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, overlap, HOP_END_SQL)}"
         restore = f.restore if f.restore is not None else INF
         after_hi = min(restore + self.slo.max_recovery_s, self._next_fault_in_zone(f, restore))
         after_lo = self._undone_at(f, after_hi)
@@ -1192,7 +1202,7 @@ class UserChecks(CheckBase):
         row = self.con.execute(
             f"""
             WITH bound AS ({bound})
-            SELECT count(*) FILTER (WHERE ts >= ? AND te <= ?), median(duration_ms) FILTER (WHERE ts >= ? AND te <= ?),
+            SELECT count(*) FILTER (WHERE {inside}), median(duration_ms) FILTER (WHERE {inside}),
                    count(*) FILTER (WHERE {outside}), median(duration_ms) FILTER (WHERE {outside}),
                    count(*) FILTER (WHERE {after}), median(duration_ms) FILTER (WHERE {after})
             FROM bound
@@ -1209,6 +1219,8 @@ class UserChecks(CheckBase):
             f"{f.latency_ms:g} ms more is {mark:.0f} ms"
         )
         span = f"from {iso(f.inject)} to {iso(end)}"
+        if meets:
+            span += f" outside the other faults that reach the link then ({', '.join(g.fault for g in meets)})"
         if n < LINK_EFFECT_MIN_HOPS:
             return (
                 f"{head} is not shown: {n} hops from {f.zone} that wait on the link lie wholly {span} (fewer than "
