@@ -94,3 +94,32 @@ def test_a_degraded_link_is_not_shown_slowed_by_another_faults_slowness(
         assert ("zone-down-2b" in text) == overlap, text
     else:
         assert v.passed, why(v)
+
+
+# -- 3. a rollback that left the latency on, the zone's next fault a moment later --------------------------------
+@pytest.mark.parametrize("lingers", [True, False])
+@pytest.mark.parametrize(("rate", "gap_s"), [(4.0, 1.0), (2.0, 2.0), (4.0, 10.0)])
+def test_a_rollback_that_left_the_latency_on_is_judged_past_the_zones_next_fault(
+    tmp_path: Path, rate: float, gap_s: float, lingers: bool
+) -> None:
+    """HOLE. "No longer after its restore" was judged up to the zone's next fault, per pod, on pods with 5 or
+    more hops there; with fewer in the zone nothing was judged. The service-link experiment cuts the link 3 s
+    after the degradation's restore, and with the probes at the budget's floor (one per 0.5 s) a zone's pods
+    have 3 or 4 hops each in between: a rollback that left the latency on (`link_lingers`: every hop after the
+    restore pays it) PASSED with every one of those hops slower than the latency. Here LAX's product-api is
+    killed `gap_s` after the restore (4 requests a second: 1 s; 2 a second: 2 s). Now when not one hop up to
+    the next fault is faster than the declared latency (which none can be while it is on), the rest of
+    maxRecoveryS after the restore, outside the windows of the faults that reach the link, decides: slow
+    throughout fails. The controls: the rollback that worked passes at every gap, and the latency left on with
+    the next fault 10 s later fails as it did."""
+    faults = [
+        _slow(latency_ms=100.0, link_lingers=lingers),
+        FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 50 + gap_s, 60 + gap_s, 0.2, 1.0),
+    ]
+    v = verify(write_run(tmp_path / "run", _scenario(faults, duration_s=140, rate_per_zone=rate, accesslogs="none")))
+    if lingers:
+        assert not v.passed and COVERAGE in failed(v), why(v)
+        text = " ".join(why(v))
+        assert "did not end at its restore" in text and "took less than the added 100 ms" in text, text
+    else:
+        assert v.passed, why(v)

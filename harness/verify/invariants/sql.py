@@ -196,7 +196,9 @@ DEFINITIONS = {
     "(the caller when the hop is served outside the zone, else the serving pod, whose own Region call crosses) "
     "has >= 5 of them with a median over that mark and not one faster than L, which no hop can be while the "
     "latency is on (per pod: kind clears a zone's nodes one by one; a machine busy with the catch-up keeps a "
-    "median up, not every hop); otherwise the fault is unverified = fail",
+    "median up, not every hop); when not one of them up to the zone's next fault is faster than L, the rest of "
+    "maxRecoveryS after the restore outside the impact windows of those faults decides: >= 5 such hops and one "
+    "faster than L, else the recovery is unverified; otherwise the fault is unverified = fail",
     "clock": "a hop's time is Envoy's START_TIME on its caller's node; where the nodes keep their own clocks "
     "(clock.jsonl: EKS seen from a CI runner) it is put on the runner's clock, which stamps faults, inventory "
     "events and user requests, by its caller's zone's offset: probes through each zone's entry point (POST "

@@ -1190,7 +1190,10 @@ class UserChecks(CheckBase):
         # after it, hops in flight during another fault (a Region one slowing postgres, say) say nothing of this one
         others = [("", g.inject, g.restore if g.restore is not None else self.run_end)
                   for g in self.run.faults if g is not f and self._reaches_link(g, f.zone)]  # fmt: skip
-        last = max(end, after_hi) if after_hi < INF else end
+        # ... and when the stretch up to the zone's next fault shows no hop back, the rest of maxRecoveryS after the
+        # restore outside the windows (to their measured recovery) of the faults that reach the link
+        wide_hi = restore + self.slo.max_recovery_s
+        last = max(end, wide_hi) if wide_hi < INF else end
         others = [(z, lo, hi) for z, lo, hi in others if lo <= last and hi >= after_lo - self.longest["hops"] - 0.001]
         after = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, others, HOP_END_SQL)}"
         # only the hops of this fault's stretch of the run (see `_reaches`)
@@ -1204,14 +1207,16 @@ class UserChecks(CheckBase):
             WITH bound AS ({bound})
             SELECT count(*) FILTER (WHERE {inside}), median(duration_ms) FILTER (WHERE {inside}),
                    count(*) FILTER (WHERE {outside}), median(duration_ms) FILTER (WHERE {outside}),
-                   count(*) FILTER (WHERE {after}), median(duration_ms) FILTER (WHERE {after})
+                   count(*) FILTER (WHERE {after}), median(duration_ms) FILTER (WHERE {after}),
+                   count(*) FILTER (WHERE {after} AND duration_ms < ?)
             FROM bound
             """,
-            [f.zone, f.inject, end, f.inject, end, after_lo, after_hi, after_lo, after_hi],
-        ).fetchone()
+            [f.zone, f.inject, end, f.inject, end, after_lo, after_hi, after_lo, after_hi, after_lo, after_hi,
+             float(f.latency_ms)],
+        ).fetchone()  # fmt: skip
         assert row is not None
         n, during, n_base, base = int(row[0]), row[1], int(row[2]), float(row[3] or 0.0)
-        n_after, after_median = int(row[4]), row[5]
+        n_after, after_median, n_back = int(row[4]), row[5], int(row[6])
         mark = base + LINK_EFFECT_SHARE * f.latency_ms
         against = (
             f"against {base:.0f} ms before it outside the faults that reach the link ({n_base} hops): "
@@ -1238,6 +1243,38 @@ class UserChecks(CheckBase):
                 f"{head} did not take effect: the {n} hops from {f.zone} that wait on the link took a median of "
                 f"{float(during):.0f} ms {span}, {against} (fault unverified)"
             )
+        if not n_back and f.restore is not None:
+            # not one hop up to the zone's next fault shows the link back (none faster than the latency, which none
+            # can be while it is on): too few to judge a pod by (the next fault 1 s after the restore, or probes the
+            # budget slowed) passed a rollback that left the latency on. The rest of maxRecoveryS after the restore
+            # decides, outside the windows of the faults that reach the link up to their measured recovery (a
+            # restarted pod's cold hops are slow)
+            after_hi = wide_hi
+            busy = [("", g.inject, self._impact_or_due(g)) for g in self.run.faults
+                    if g is not f and self._reaches_link(g, f.zone) and g.inject <= after_hi
+                    and self._impact_or_due(g) >= after_lo - self.longest["hops"] - 0.001]  # fmt: skip
+            after = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, busy, HOP_END_SQL)}"
+            wide = self.con.execute(
+                f"WITH bound AS ({bound}) SELECT count(*), median(duration_ms), "
+                f"count(*) FILTER (WHERE duration_ms < ?) FROM bound WHERE {after}",
+                [f.zone, float(f.latency_ms), after_lo, after_hi],
+            ).fetchone()
+            assert wide is not None
+            n_after, after_median, n_back = int(wide[0]), wide[1], int(wide[2])
+            if not n_back and n_after < LINK_EFFECT_MIN_HOPS:
+                return (
+                    f"{head} is not shown to have ended at its restore: {n_after} hops from {f.zone} that wait on "
+                    f"the link from {iso(after_lo)} to {iso(after_hi)} outside the faults that reach the link, none "
+                    f"faster than the added {f.latency_ms:g} ms (fewer than {LINK_EFFECT_MIN_HOPS}; recovery "
+                    "unverified)"
+                )
+            if not n_back:
+                return (
+                    f"{head} did not end at its restore: not one of the {n_after} hops from {f.zone} that wait on the "
+                    f"link from {iso(after_lo)} to {iso(after_hi)} outside the faults that reach the link (median "
+                    f"{float(after_median or 0.0):.0f} ms) took less than the added {f.latency_ms:g} ms (recovery "
+                    "unverified)"
+                )
         # no pod can have LINK_EFFECT_MIN_HOPS after the restore where the zone has fewer
         stuck = (
             self._link_still_on(f, bound, after, after_lo, after_hi, mark) if n_after >= LINK_EFFECT_MIN_HOPS else ""
