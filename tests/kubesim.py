@@ -169,7 +169,7 @@ import ssl
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -386,6 +386,8 @@ CHART_K8S_IMAGE = "hashicorp/consul-k8s-control-plane:1.9.11"
 # status annotation the webhook adds when it is on, and the inbound ports its redirection leaves alone
 TPROXY = "consul.hashicorp.com/transparent-proxy"
 TPROXY_STATUS = "consul.hashicorp.com/transparent-proxy-status"
+ENVOY_EXTRA_ARGS = "consul.hashicorp.com/envoy-extra-args"
+AS_SIDECAR = "consul.hashicorp.com/enable-consul-dataplane-as-sidecar"
 TPROXY_EXCLUDE_INBOUND = "consul.hashicorp.com/transparent-proxy-exclude-inbound-ports"
 # Go's strconv.ParseBool, which consul-k8s reads the annotation and the label with
 GO_BOOLS = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
@@ -489,6 +491,9 @@ class Consul:
     inject: bool = True
     tproxy_default: bool = True  # connectInject.transparentProxy.defaultEnabled (the chart's default: true)
     envoy_extra_args: list[str] = field(default_factory=list)
+    # connectInject.dataplaneAsSidecarInitContainer.defaultEnabled (chart default false): consul-dataplane among
+    # the init containers, restartPolicy Always (a native sidecar), not among the containers
+    dataplane_as_sidecar: bool = False
     dataplane_image: str = CHART_DATAPLANE_IMAGE
     k8s_image: str = CHART_K8S_IMAGE  # the injected init container's (global.imageK8S)
     release: str = "consul"
@@ -954,13 +959,18 @@ class ClusterSim:
             "-envoy-admin-bind-port=19000",
             "-log-level=info",
         ]
-        if c.envoy_extra_args:
-            args += ["--", *c.envoy_extra_args]
-        spec["containers"] = [
-            *(spec.get("containers") or []),
-            {"name": "consul-dataplane", "image": c.dataplane_image, "args": args},
-        ]
-        spec["initContainers"] = [{"name": "consul-connect-inject-init", "image": c.k8s_image}]
+        # consul_dataplane_sidecar.go: the pod's envoy-extra-args annotation, when set, replaces the injector's flag
+        extra = ann.get(ENVOY_EXTRA_ARGS)
+        envoy_args = shlex.split(extra) if extra is not None else c.envoy_extra_args
+        if envoy_args:
+            args += ["--", *envoy_args]
+        dataplane = {"name": "consul-dataplane", "image": c.dataplane_image, "args": args}
+        init = [{"name": "consul-connect-inject-init", "image": c.k8s_image}]
+        if self._bool_annotation(ann, AS_SIDECAR, c.dataplane_as_sidecar, "consul-dataplane as sidecar"):
+            init.append({**dataplane, "restartPolicy": "Always"})  # mesh_webhook.go: a native sidecar
+        else:
+            spec["containers"] = [*(spec.get("containers") or []), dataplane]
+        spec["initContainers"] = init
         ann["consul.hashicorp.com/connect-inject-status"] = "injected"
         if tproxy:
             ann[TPROXY_STATUS] = "enabled"
@@ -982,6 +992,20 @@ class ClusterSim:
                 )
             return GO_BOOLS[raw]
         return self.consul.tproxy_default
+
+    def _bool_annotation(self, ann: Mapping[str, str], key: str, default: bool, what: str) -> bool:
+        """A consul-k8s boolean pod annotation (ParseBool), else the injector's default; a bad value is denied."""
+        raw = ann.get(key)
+        if raw is None:
+            return default
+        if raw not in GO_BOOLS:
+            assert self.consul is not None
+            raise Invalid(
+                f'admission webhook "{self.consul.fullname}-connect-injector.consul.hashicorp.com" denied the '
+                f'request: {key} annotation value of {raw} was invalid: strconv.ParseBool: parsing "{raw}": '
+                f"invalid syntax ({what})"
+            )
+        return GO_BOOLS[raw]
 
     def tproxy_on(self, pod: Obj) -> bool:
         """Whether the webhook turned transparent proxy on for `pod` (its status annotation)."""
@@ -1874,14 +1898,18 @@ class ClusterSim:
                        if a.get("type") == "InternalIP"), ip)  # fmt: skip
         run.instances += 1
         flush_ms = 10_000
-        for c in (pod.get("spec") or {}).get("containers") or []:
+        spec_ = pod.get("spec") or {}
+        # the containers, and the init containers that run beside them (restartPolicy Always: native sidecars)
+        running = [*(spec_.get("containers") or []),
+                   *(c for c in spec_.get("initContainers") or [] if c.get("restartPolicy") == "Always")]  # fmt: skip
+        for c in running:
             args = [str(a) for a in c.get("args") or []]
             if "--file-flush-interval-msec" in args:
                 flush_ms = int(args[args.index("--file-flush-interval-msec") + 1])
         cont = Container(instance=run.instances, ip=ip, started=now, flush_ms=flush_ms)
         cont.next_flush = now + flush_ms / 1000
         ns0 = time.time_ns()
-        for c in (pod.get("spec") or {}).get("containers") or []:
+        for c in running:
             cont.logs[c["name"]] = []
             if c["name"] == "consul-dataplane":
                 cont.logs[c["name"]].append(
@@ -3369,6 +3397,7 @@ class ClusterSim:
             inject=bool(ci.get("enabled", True)),
             tproxy_default=bool((ci.get("transparentProxy") or {}).get("defaultEnabled", True)),
             envoy_extra_args=shlex.split(str(ci.get("envoyExtraArgs") or "")),
+            dataplane_as_sidecar=bool((ci.get("dataplaneAsSidecarInitContainer") or {}).get("defaultEnabled", False)),
             dataplane_image=str(g.get("imageConsulDataplane") or CHART_DATAPLANE_IMAGE),
             k8s_image=str(g.get("imageK8S") or CHART_K8S_IMAGE),
             release=release,

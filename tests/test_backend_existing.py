@@ -33,6 +33,7 @@ from harness.backends.existing import (
     zone_type_of,
 )
 from harness.backends.kube import KubeCluster, NodeInfo
+from harness.backends.kube.backend import envoy_flush_ms
 from harness.errors import BackendError, InputError
 from harness.render.manifests import Manifests, load
 from tests import kubesim_tools
@@ -633,8 +634,74 @@ def test_an_operators_consul_with_the_charts_transparent_proxy_default_still_ser
         meshed = [p for p in c.pods() if (p["metadata"].get("annotations") or {}).get(names.ANN_INJECT) == "true"]
         assert meshed and [p["metadata"]["name"] for p in meshed if api.sim.tproxy_on(p)] == []
         assert any("transparent proxy on by default, off on the harness's pods" in line for line in said), said
+        # the chart's defaults give Envoy no flush interval (10 s); each pod's annotation gives it the verdict's
+        flushes = {envoy_flush_ms(_dataplane(p)["args"]) for p in meshed}
+        assert flushes == {names.ACCESS_LOG_FLUSH_MS}, flushes
     finally:
         b.down()
+
+
+def _dataplane(pod: dict[str, Any]) -> dict[str, Any]:
+    from harness.contract import names
+
+    return next(c for c in pod["spec"]["containers"] if c["name"] == names.DATAPLANE_CONTAINER)
+
+
+@pytest.mark.parametrize(
+    ("consul", "strip", "message"),
+    [
+        ({}, "consul.hashicorp.com/envoy-extra-args",
+         r"Envoy flushes its access log every 10000 ms, the verdict reads it at 1000 ms"),
+        ({"connectInject": {"dataplaneAsSidecarInitContainer": {"defaultEnabled": True}}},
+         "consul.hashicorp.com/enable-consul-dataplane-as-sidecar", r"consul-dataplane is an init container"),
+        ({"connectInject": {"dataplaneAsSidecarInitContainer": {"defaultEnabled": True}}}, None, None),
+    ],
+    ids=["flush-not-honoured", "dataplane-as-init-container", "pinned-on-a-sidecar-default"],
+)  # fmt: skip
+def test_up_refuses_sidecars_the_verdict_cannot_read_naming_the_pods(
+    api: FakeApiServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    consul: dict[str, Any],
+    strip: str | None,
+    message: str | None,
+) -> None:
+    """An operator's Consul keeps its own defaults: Envoy's 10 s access-log flush (no envoyExtraArgs), and maybe
+    consul-dataplane as an init container (connectInject.dataplaneAsSidecarInitContainer.defaultEnabled). The
+    rendered pods pin both; an injector that did not honour the annotation (here: the annotation left out) would
+    leave sidecars whose logs the verdict cannot read as it assumes (a killed sidecar's last 10 s missing; no log
+    followed at all), so `up` says which pods, before any traffic. Pinned, the same Consul passes."""
+    for k in ("EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"):
+        monkeypatch.delenv(k, raising=False)
+    _helm_tools(tmp_path, api, monkeypatch)
+    c = _cluster(api, tmp_path, consul={})
+    api.install_consul(consul)
+    assert wait_until(lambda: bool(c.find_consul()) and c.find_consul().servers_ready == 1, 60)  # type: ignore[union-attr]
+    m = rendered(tmp_path)
+    if strip is not None:
+        for o in m.objects:
+            if o["kind"] == "Deployment":
+                o["spec"]["template"]["metadata"].get("annotations", {}).pop(strip, None)
+    b = _backend(api, tmp_path)
+    try:
+        if message is None:
+            b.up(m)
+            return
+        with pytest.raises(BackendError, match=r"the mesh's sidecars cannot be read as the verdict needs: hashicups"):
+            b.up(m)
+        with pytest.raises(BackendError, match=message):
+            b._require_readable_sidecars(
+                {str(o["metadata"]["namespace"]) for o in m.objects if o["kind"] == "Deployment"}
+            )
+    finally:
+        b.down()
+
+
+def test_the_flush_interval_is_read_from_the_envoy_arguments_after_the_separator() -> None:
+    assert envoy_flush_ms(["-addresses", "x", "--", "--file-flush-interval-msec", "1000"]) == 1000
+    assert envoy_flush_ms(["--", "--log-level", "debug", "--file-flush-interval-msec=250"]) == 250
+    assert envoy_flush_ms(["-addresses", "x"]) == 10_000  # Envoy's default
+    assert envoy_flush_ms(["--file-flush-interval-msec", "1000"]) == 10_000  # a consul-dataplane flag, not Envoy's
 
 
 # -- the cluster's Kubernetes version against the chart's supported range ------------------------------------

@@ -194,22 +194,30 @@ def test_deployment_that_fits_no_node_is_an_error(wide: Manifests) -> None:
         _spec(wide, objects)
 
 
-def test_transparent_proxy_false_is_read_and_anything_else_refused(wide: Manifests) -> None:
-    """Every meshed pod says transparent-proxy "false" (explicit upstreams, what the sidecars here do); "true" would
-    need a transparent proxy the local backend does not have: refused, naming the object and the annotation."""
+@pytest.mark.parametrize(
+    ("key", "other"),
+    [("consul.hashicorp.com/transparent-proxy", "true"),
+     ("consul.hashicorp.com/envoy-extra-args", "--file-flush-interval-msec 10000"),
+     ("consul.hashicorp.com/enable-consul-dataplane-as-sidecar", "true")],
+    ids=["transparent-proxy", "envoy-extra-args", "dataplane-as-sidecar"],
+)  # fmt: skip
+def test_the_pinned_mesh_annotations_are_read_and_other_values_refused(wide: Manifests, key: str, other: str) -> None:
+    """Every meshed pod pins what the sidecars here do (names.PINNED_MESH_ANNOTATIONS): explicit upstreams
+    (transparent proxy "true" needs a transparent proxy the local backend does not have), access logs flushed at
+    the verdict's interval, Envoy as a regular container. Another value is refused, naming the object and the
+    annotation."""
     from harness.contract import names
 
+    pinned = names.PINNED_MESH_ANNOTATIONS[key]
     meshed = [d for d in _spec(wide).deployments if d.meshed]
-    assert meshed and {d.annotations.get(names.ANN_TRANSPARENT_PROXY) for d in meshed} == {"false"}
+    assert meshed and {d.annotations.get(key) for d in meshed} == {pinned}
     objects = copy.deepcopy(wide.objects)
     dep = next(
-        o
-        for o in objects
-        if o["kind"] == "Deployment" and names.ANN_TRANSPARENT_PROXY in o["spec"]["template"]["metadata"]["annotations"]
+        o for o in objects if o["kind"] == "Deployment" and key in o["spec"]["template"]["metadata"]["annotations"]
     )
-    dep["spec"]["template"]["metadata"]["annotations"][names.ANN_TRANSPARENT_PROXY] = "true"
+    dep["spec"]["template"]["metadata"]["annotations"][key] = other
     with pytest.raises(InputError) as exc:
         _spec(wide, objects)
     msg = str(exc.value)
-    assert f"annotations.{names.ANN_TRANSPARENT_PROXY}" in msg and dep["metadata"]["name"] in msg
-    assert "'true' not supported by the local backend (no transparent proxy" in msg
+    assert f"annotations.{key}" in msg and dep["metadata"]["name"] in msg
+    assert f"{other!r} not supported by the local backend (only {pinned!r})" in msg

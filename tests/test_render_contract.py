@@ -672,35 +672,38 @@ def test_pods_several_services_select_name_the_one_that_registers_them(topo: str
         assert problems and all("frontend" in p for p in problems), problems
 
 
-def _tproxy_problems(objects: list[dict[str, Any]]) -> list[str]:
-    """Meshed pods (connect-inject "true") must say transparent-proxy "false": an operator's Consul keeps the chart's
-    default, on (consul-k8s v1.9.11 values.yaml connectInject.transparentProxy.defaultEnabled), and only the pod
-    annotation wins over it (common.go TransparentProxyEnabled). Pods outside the mesh need not say anything."""
+def _pinned_problems(objects: list[dict[str, Any]], key: str) -> list[str]:
+    """Meshed pods (connect-inject "true") must pin `key` to names.PINNED_MESH_ANNOTATIONS' value: an operator's
+    Consul keeps its own defaults (transparent proxy on in chart v1.9.11, Envoy's 10 s access-log flush without the
+    harness's envoyExtraArgs, consul-dataplane as an init container if turned on), and only the pod annotation wins
+    over them. Pods outside the mesh need not say anything."""
     from harness.contract import names
 
     out = []
     for d in (o for o in objects if o["kind"] == "Deployment"):
         ann = d["spec"]["template"]["metadata"].get("annotations") or {}
-        if ann.get(names.ANN_INJECT) == "true" and ann.get(names.ANN_TRANSPARENT_PROXY) != "false":
-            out.append(f"{d['metadata']['name']}: transparent-proxy {ann.get(names.ANN_TRANSPARENT_PROXY)!r}")
+        if ann.get(names.ANN_INJECT) == "true" and ann.get(key) != names.PINNED_MESH_ANNOTATIONS[key]:
+            out.append(f"{d['metadata']['name']}: {key} {ann.get(key)!r}")
     return out
 
 
 @pytest.mark.parametrize(("topo", "edition"), CASES)
-def test_meshed_pods_pin_transparent_proxy_off(topo: str, edition: str) -> None:
+def test_meshed_pods_pin_what_an_operators_consul_may_default_otherwise(topo: str, edition: str) -> None:
     from harness.contract import names
 
     r = _rendered(topo, edition)
     deployments = [o for o in r.objects if o["kind"] == "Deployment"]
-    assert deployments and _tproxy_problems(r.objects) == []
-    # the negative twins: a meshed pod without it, or with "true", is named; a pod outside the mesh is not
-    for value in (None, "true"):
-        broken = copy.deepcopy(r.objects)
-        dep = next(o for o in broken if o["kind"] == "Deployment")
-        ann = dep["spec"]["template"]["metadata"]["annotations"]
-        ann.pop(names.ANN_TRANSPARENT_PROXY)
-        if value is not None:
-            ann[names.ANN_TRANSPARENT_PROXY] = value
-        assert _tproxy_problems(broken) == [f"{dep['metadata']['name']}: transparent-proxy {value!r}"]
-        ann[names.ANN_INJECT] = "false"
-        assert _tproxy_problems(broken) == []
+    assert deployments
+    for key, pinned in names.PINNED_MESH_ANNOTATIONS.items():
+        assert _pinned_problems(r.objects, key) == []
+        # the negative twins: a meshed pod without it, or with another value, is named; a pod outside the mesh is not
+        for value in (None, pinned + "x"):
+            broken = copy.deepcopy(r.objects)
+            dep = next(o for o in broken if o["kind"] == "Deployment")
+            ann = dep["spec"]["template"]["metadata"]["annotations"]
+            ann.pop(key)
+            if value is not None:
+                ann[key] = value
+            assert _pinned_problems(broken, key) == [f"{dep['metadata']['name']}: {key} {value!r}"]
+            ann[names.ANN_INJECT] = "false"
+            assert _pinned_problems(broken, key) == []

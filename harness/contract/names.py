@@ -8,6 +8,7 @@ joins on them. One module, so a renamed label cannot leave a reader behind.
 
 from __future__ import annotations
 
+from harness.contract.rundir import ACCESS_LOG_FLUSH_S
 from harness.topology.model import Edition, Placement, Service, Topology, Zone
 
 # Node labels (kind config, real clusters) and the taint on edge nodes.
@@ -37,6 +38,25 @@ ANN_INJECT = "consul.hashicorp.com/connect-inject"
 # (connect-inject/common/common.go TransparentProxyEnabled), holds the mesh to explicit upstreams: with it on,
 # all inbound TCP goes to Envoy's mTLS listener (20000), so the entry's plain HTTP to a frontend fails.
 ANN_TRANSPARENT_PROXY = "consul.hashicorp.com/transparent-proxy"
+# Envoy's own arguments, per pod: the access-log flush interval the verdict reads the logs at (ACCESS_LOG_FLUSH_S).
+# The harness's Helm values give it to the injector (`connectInject.envoyExtraArgs`), but only kind and
+# `--install-consul` apply them; an operator's Consul leaves Envoy's default, 10 s, and a killed sidecar takes up
+# to 10 s of unwritten lines with it, which the verdict reads as missing. The pod annotation replaces the injector's
+# flag (consul-k8s v1.9.11 webhook/consul_dataplane_sidecar.go: "Prefer args set by pod annotation").
+ANN_ENVOY_EXTRA_ARGS = "consul.hashicorp.com/envoy-extra-args"
+# consul-dataplane as a regular container, per pod: an operator may turn on `connectInject.
+# dataplaneAsSidecarInitContainer.defaultEnabled` (chart v1.9.11, false by default), which puts it among the init
+# containers (a native sidecar), where the harness does not read its access logs or reach its admin. The pod
+# annotation wins over that default (connect-inject lifecycle EnableConsulDataplaneAsSidecar).
+ANN_DATAPLANE_AS_SIDECAR = "consul.hashicorp.com/enable-consul-dataplane-as-sidecar"
+ACCESS_LOG_FLUSH_MS = round(ACCESS_LOG_FLUSH_S * 1000)  # every meshed pod's Envoy flushes at the verdict's interval
+ENVOY_EXTRA_ARGS = f"--file-flush-interval-msec {ACCESS_LOG_FLUSH_MS}"
+PINNED_MESH_ANNOTATIONS = {
+    ANN_TRANSPARENT_PROXY: "false",
+    ANN_ENVOY_EXTRA_ARGS: ENVOY_EXTRA_ARGS,
+    ANN_DATAPLANE_AS_SIDECAR: "false",
+}
+"""What every meshed pod says itself, whatever the operator's Consul defaults are (each one's comment says why)."""
 ANN_SERVICE = "consul.hashicorp.com/connect-service"
 ANN_SERVICE_PORT = "consul.hashicorp.com/connect-service-port"
 ANN_UPSTREAMS = "consul.hashicorp.com/connect-service-upstreams"

@@ -233,10 +233,11 @@ def _pod_annotations(t: Topology, w: Workload, edition: Edition) -> dict[str, st
     too, but only kind and `--install-consul` apply them; an operator's Consul on EKS keeps the chart's
     default, on (consul-k8s v1.9.11 `connectInject.transparentProxy.defaultEnabled: true`), which would send
     the entry's plain HTTP to a frontend's port 80 into Envoy's mTLS listener. The pod annotation wins over
-    the namespace label and that default (`names.ANN_TRANSPARENT_PROXY`)."""
+    the namespace label and that default (`names.ANN_TRANSPARENT_PROXY`). The same holds for Envoy's access-log
+    flush interval and consul-dataplane as a regular container (`names.PINNED_MESH_ANNOTATIONS`)."""
     ann = {
         names.ANN_INJECT: "true",
-        names.ANN_TRANSPARENT_PROXY: "false",
+        **names.PINNED_MESH_ANNOTATIONS,
         names.ANN_SERVICE: w.consul_name,
         names.ANN_K8S_SERVICE: w.consul_name,
         names.ANN_SERVICE_PORT: service_port(w.service)[1],

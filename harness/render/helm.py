@@ -34,7 +34,6 @@ from typing import Any
 import yaml
 
 from harness.contract import names
-from harness.contract.rundir import ACCESS_LOG_FLUSH_S
 from harness.topology.model import Edition, Topology, ZoneType
 
 CHART_REPO = "https://helm.releases.hashicorp.com"
@@ -69,8 +68,7 @@ def datacenter(t: Topology) -> str:
     return t.region
 
 
-ACCESS_LOG_FLUSH_MS = round(ACCESS_LOG_FLUSH_S * 1000)  # the verifier reads the same constant
-ENVOY_EXTRA_ARGS = f"--file-flush-interval-msec {ACCESS_LOG_FLUSH_MS}"
+ENVOY_EXTRA_ARGS = names.ENVOY_EXTRA_ARGS  # also on every meshed pod (names.ANN_ENVOY_EXTRA_ARGS)
 
 # The chart's default server affinity (values.yaml `server.affinity`): one server per node.
 SERVER_ANTI_AFFINITY = {

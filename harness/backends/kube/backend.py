@@ -60,6 +60,10 @@ from harness.backends.kube.version import supported_range, version_warning
 from harness.contract.files import write_atomic
 from harness.contract.inventory import Inventory
 from harness.contract.names import (
+    ACCESS_LOG_FLUSH_MS,
+    ANN_DATAPLANE_AS_SIDECAR,
+    ANN_ENVOY_EXTRA_ARGS,
+    ANN_INJECT,
     CONSUL_NAMESPACE,
     DATAPLANE_CONTAINER,
     HELM_RELEASE,
@@ -74,6 +78,24 @@ if TYPE_CHECKING:
     from harness.render.manifests import Manifests
 
 HelmRun = Callable[[Sequence[str]], None]
+
+
+ENVOY_DEFAULT_FLUSH_MS = 10_000  # Envoy's --file-flush-interval-msec when nobody gives it
+
+
+def envoy_flush_ms(dataplane_args: Sequence[str]) -> int:
+    """The access-log flush interval of the Envoy a consul-dataplane container runs: its Envoy arguments come after
+    `--` (consul-k8s puts envoyExtraArgs, or the pod's envoy-extra-args annotation, there); Envoy's default without."""
+    args = list(dataplane_args)
+    envoy = args[args.index("--") + 1 :] if "--" in args else []
+    for i, a in enumerate(envoy):
+        if a == "--file-flush-interval-msec" and i + 1 < len(envoy):
+            with contextlib.suppress(ValueError):
+                return int(envoy[i + 1])
+        elif a.startswith("--file-flush-interval-msec="):
+            with contextlib.suppress(ValueError):
+                return int(a.split("=", 1)[1])
+    return ENVOY_DEFAULT_FLUSH_MS
 
 
 class ConsulUi(NamedTuple):
@@ -441,6 +463,50 @@ class KubeBackend(Backend):
             if o["kind"] == "Deployment"
         ]
         self.cluster.wait_deployments_ready(deployments, self.ready_timeout_s, self.progress, poll=self.ready_poll_s)
+        self._require_readable_sidecars({ns for ns, _name in deployments})
+
+    def _require_readable_sidecars(self, namespaces: set[str]) -> None:
+        """Every meshed pod in `namespaces` runs consul-dataplane as a container whose Envoy flushes its access log at
+        the verdict's interval; BackendError naming the pods otherwise.
+
+        Why: the verdict reads each sidecar's access log from that container's
+        log and takes a line to be there within ACCESS_LOG_FLUSH_S. The rendered
+        pods pin both (names.PINNED_MESH_ANNOTATIONS), but an injector that
+        does not honour an annotation (another consul-k8s, a policy rewriting
+        pods) would leave Envoy at its 10 s default, which a killed sidecar takes
+        with it as "missing" lines, or the sidecar among the init containers,
+        where no log is followed: a run whose every fault is unverified, for a
+        reason it never names. Said here, before any traffic.
+        """
+        problems: list[str] = []
+        for ns in sorted(namespaces):
+            for p in self.cluster.pods(namespace=ns):
+                meta = p.get("metadata") or {}
+                if (meta.get("annotations") or {}).get(ANN_INJECT) != "true" or meta.get("deletionTimestamp"):
+                    continue
+                where = f"{ns}/{meta.get('name')}"
+                spec = p.get("spec") or {}
+                dataplane = next(
+                    (c for c in spec.get("containers") or [] if c.get("name") == DATAPLANE_CONTAINER), None
+                )
+                if dataplane is None:
+                    inits = {c.get("name") for c in spec.get("initContainers") or []}
+                    problems.append(
+                        f"{where}: {DATAPLANE_CONTAINER} is "
+                        + ("an init container" if DATAPLANE_CONTAINER in inits else "not injected")
+                        + f' (the harness reads it as a container: {ANN_DATAPLANE_AS_SIDECAR} "false")'
+                    )
+                    continue
+                flush = envoy_flush_ms([str(a) for a in dataplane.get("args") or []])
+                if flush != ACCESS_LOG_FLUSH_MS:
+                    problems.append(
+                        f"{where}: Envoy flushes its access log every {flush} ms, the verdict reads it at "
+                        f"{ACCESS_LOG_FLUSH_MS} ms ({ANN_ENVOY_EXTRA_ARGS} not honoured)"
+                    )
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            said = "; ".join(problems[:3])
+            raise BackendError(f"{self._where}: the mesh's sidecars cannot be read as the verdict needs: {said}{more}")
 
     def close(self) -> None:
         """Stop this process's watchers, log followers and port-forwards (the cluster stays). Idempotent."""

@@ -28,7 +28,6 @@ INJECT = names.ANN_INJECT
 SERVICE_PORT = names.ANN_SERVICE_PORT
 CONNECT_SERVICE = names.ANN_SERVICE
 UPSTREAMS = names.ANN_UPSTREAMS
-TRANSPARENT_PROXY = names.ANN_TRANSPARENT_PROXY
 
 
 @dataclass(frozen=True)
@@ -479,14 +478,16 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
     for j, t in enumerate(pspec.get("tolerations") or []):
         f.check_only(t, f"spec.template.spec.tolerations[{j}]", {"key", "operator", "value", "effect"})
     annotations = {str(k): str(v) for k, v in (tmeta.get("annotations") or {}).items()}
-    # the sidecars here serve explicit upstreams only, what "false" asks of consul-k8s; "true" would redirect all
-    # of the pod's traffic through Envoy, which they cannot
-    tproxy = annotations.get(TRANSPARENT_PROXY)
-    if tproxy is not None and tproxy != "false":
-        raise f.fail(
-            f"spec.template.metadata.annotations.{TRANSPARENT_PROXY}",
-            f'{tproxy!r} not supported by the local backend (no transparent proxy: only "false", explicit upstreams)',
-        )
+    # what every rendered meshed pod pins (names.PINNED_MESH_ANNOTATIONS) is all the local sidecars do: explicit
+    # upstreams (transparent proxy "true" would send all of the pod's traffic through Envoy), Envoy as a regular
+    # container, its access logs flushed at least as often as the verdict reads them; another value is refused
+    for key, pinned in names.PINNED_MESH_ANNOTATIONS.items():
+        value = annotations.get(key)
+        if value is not None and value != pinned:
+            raise f.fail(
+                f"spec.template.metadata.annotations.{key}",
+                f"{value!r} not supported by the local backend (only {pinned!r})",
+            )
     return DeploymentSpec(
         namespace=ns,
         name=str(meta.get("name")),
