@@ -34,6 +34,7 @@ from harness.backends.existing import (
 )
 from harness.backends.kube import KubeCluster, NodeInfo
 from harness.backends.kube.backend import envoy_flush_ms
+from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.errors import BackendError, InputError
 from harness.render.manifests import Manifests, load
 from tests import kubesim_tools
@@ -840,6 +841,84 @@ def test_someone_elses_proxy_defaults_is_never_changed_unless_told(
     owner.down()
     (pd,) = _proxy_defaults(eks)
     assert pd["spec"] == theirs["spec"]  # restored as it was (a PUT over the live resourceVersion)
+
+
+def _their_logs(access_logs: dict[str, Any]) -> dict[str, Any]:
+    """THEIR_PROXY_DEFAULTS with the operator's own `accessLogs`."""
+    theirs = json.loads(json.dumps(THEIR_PROXY_DEFAULTS))
+    theirs["spec"]["accessLogs"] = access_logs
+    return theirs
+
+
+@pytest.mark.parametrize(
+    "access_logs",
+    [
+        # HashiCorp's minimal setup: no format given, so Consul writes its default JSON format (agent/xds/accesslogs
+        # defaultJSONFormat), whose keys are ACCESS_LOG_FIELDS', to Envoy's stdout
+        {"enabled": True},
+        {"enabled": True, "type": "stdout"},
+        # consul-dataplane passes Envoy's stderr to its own, and the pod log API returns both streams
+        {"enabled": True, "type": "stderr"},
+        # only the logs of connections no listener filter chain matched (Envoy's NR), not the requests' own
+        {"enabled": True, "disableListenerLogs": True},
+        {"enabled": True, "jsonFormat": json.dumps(ACCESS_LOG_FIELDS, indent=2)},
+        {"enabled": True, "jsonFormat": json.dumps({**ACCESS_LOG_FIELDS, "start_time": "%START_TIME(%s.%3f)%"})},
+    ],
+    ids=["minimal", "stdout", "stderr", "no-listener-logs", "our-json", "epoch-start-time"],
+)
+def test_an_operators_proxy_defaults_whose_logs_reach_the_container_log_is_kept(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, access_logs: dict[str, Any]
+) -> None:
+    """The EKS nightly never passes --own-mesh-defaults: an operator's ProxyDefaults with Consul's documented
+    minimal `accessLogs: {enabled: true}` used to be refused on first contact, as if it had no JSON format."""
+    theirs = _their_logs(access_logs)
+    api.seed(eks, theirs)
+    b = _backend(api, tmp_path)
+    m = rendered(tmp_path)
+    plan = b.plan_mesh_defaults(m)
+    assert (plan.keep, plan.take_over) == (["ProxyDefaults platform/global"], [])
+    assert not [o for o in plan.create if o["kind"] == "ProxyDefaults"]
+    b.up(m)
+    (pd,) = _proxy_defaults(eks)
+    assert pd["spec"] == theirs["spec"]  # used as it is
+    b.down()
+    (pd,) = _proxy_defaults(eks)
+    assert pd["spec"] == theirs["spec"]  # and not deleted: the run did not create it
+
+
+@pytest.mark.parametrize(
+    ("access_logs", "why"),
+    [
+        # Envoy writes them to that file inside the sidecar: no line ever reaches `kubectl logs`
+        ({"enabled": True, "type": "file", "path": "/var/log/envoy/access.log"}, r"accessLogs\.type is file"),
+        (
+            {"enabled": True, "type": "file", "path": "/tmp/a.log", "jsonFormat": json.dumps(ACCESS_LOG_FIELDS)},
+            r"accessLogs\.type is file",
+        ),
+        ({"enabled": True, "textFormat": "[%START_TIME%] %RESPONSE_CODE% %UPSTREAM_HOST%"}, r"accessLogs\.textFormat"),
+        ({"enabled": False}, r"accessLogs\.enabled"),
+        ({"type": "stdout"}, r"accessLogs\.enabled"),
+        (
+            {"enabled": True, "jsonFormat": '{"start_time": "%START_TIME%", "response_code": "%RESPONSE_CODE%"}'},
+            r"accessLogs\.jsonFormat lacks upstream_host, upstream_cluster",
+        ),
+        (
+            {"enabled": True, "jsonFormat": json.dumps({**ACCESS_LOG_FIELDS, "upstream_host": "%UPSTREAM_CLUSTER%"})},
+            r"accessLogs\.jsonFormat.*upstream_host",
+        ),
+    ],
+    ids=["file", "file-with-our-json", "text", "disabled", "not-enabled", "json-without-upstream", "json-other-op"],
+)
+def test_an_operators_proxy_defaults_whose_logs_the_harness_cannot_read_is_refused_naming_the_field(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, access_logs: dict[str, Any], why: str
+) -> None:
+    """A file logger used to be kept (the check ignored `type`), after which no access-log line was collected."""
+    api.seed(eks, _their_logs(access_logs))
+    before = _mutations(api)
+    with pytest.raises(BackendError, match=rf"^ProxyDefaults platform/global exists and was not created by this run.*"
+                                           rf"{why}.*--own-mesh-defaults"):  # fmt: skip
+        _backend(api, tmp_path).up(rendered(tmp_path))
+    assert _mutations(api) == before  # refused before anything was applied
 
 
 def test_the_operators_consul_namespace_is_left_as_it_was(api: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> None:

@@ -153,6 +153,7 @@ from harness.backends.kube.forward import find_tool
 from harness.backends.kube.netpolagent import PolicyAgent, read_policy_agent
 from harness.backends.kube.permissions import CA_SECRET, Mode, Permission, applied_by_resource, needed, refusal, review
 from harness.contract.names import TAINT_EDGE
+from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.contract.scheduling import BLOCKING_EFFECTS, Placement, Taint, Toleration
 from harness.errors import BackendError, InputError
 from harness.render.layout import VALUES_FILE
@@ -353,13 +354,64 @@ class MeshDefaultsPlan:
     take_over: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)  # (ours, original)
 
 
-def _access_logs_usable(spec: Mapping[str, Any]) -> bool:
-    """A ProxyDefaults spec whose JSON access logs carry what the verdict reads (pod IPs and clusters)."""
+ACCESS_LOG_NEEDED = ("start_time", "response_code", "upstream_host", "upstream_cluster")
+"""The access-log fields the verdict cannot do without (a line's time and outcome, the hop's serving pod and
+upstream), each written by Envoy's command operator of the same name in `ACCESS_LOG_FIELDS`."""
+
+
+def _access_logs_unusable(spec: Mapping[str, Any]) -> str | None:
+    """Why a ProxyDefaults spec's access logs are not lines the harness can read, naming the field; None if they are.
+
+    The harness reads each sidecar's container log (the pod log API, as
+    `kubectl logs`: stdout and stderr both) for JSON objects with the
+    verdict's fields. As Consul makes the sidecars' loggers
+    (agent/xds/accesslogs/accesslogs.go, `Validate` in agent/structs):
+    - nothing is logged unless `enabled`; `disableListenerLogs` drops only
+      the listener's own log of connections no filter chain matched (Envoy's
+      NR), not the requests' lines, so it does not matter here;
+    - `type` unset or `stdout` writes to Envoy's stdout, `stderr` to its
+      stderr (consul-dataplane passes both on as its own), `file` to `path`
+      inside the sidecar, which no container log shows;
+    - with neither `jsonFormat` nor `textFormat`, Consul's default JSON
+      format, whose keys are exactly `ACCESS_LOG_FIELDS` (HashiCorp's minimal
+      setup is `accessLogs: {enabled: true}`); a `textFormat` writes text
+      lines; a `jsonFormat` is used as given, so it must carry the fields.
+    """
     logs = spec.get("accessLogs") or {}
-    fmt = str(logs.get("jsonFormat") or "")
-    return bool(logs.get("enabled")) and all(
-        f in fmt for f in ("start_time", "response_code", "upstream_host", "upstream_cluster")
-    )
+    if not logs:
+        return "it has no accessLogs"
+    if logs.get("enabled") is not True:
+        return "accessLogs.enabled is not true (Envoy logs nothing)"
+    sink = str(logs.get("type") or "stdout")
+    if sink == "file":
+        return (f"accessLogs.type is file: Envoy writes them to {logs.get('path') or 'a file'} inside the sidecar, "
+                "not to the container log the harness reads")  # fmt: skip
+    if sink not in ("stdout", "stderr"):
+        return f"accessLogs.type {sink!r} is not one Consul knows (stdout, stderr, file)"
+    json_text, text = str(logs.get("jsonFormat") or ""), str(logs.get("textFormat") or "")
+    if json_text and text:
+        return "accessLogs.jsonFormat and accessLogs.textFormat are both set (Consul refuses the entry)"
+    if text:
+        return "accessLogs.textFormat is set: Envoy writes text lines, not the JSON the harness reads"
+    if not json_text:
+        return None  # Consul's default JSON format: ACCESS_LOG_FIELDS
+    try:
+        fmt = json.loads(json_text)
+    except ValueError as exc:
+        return f"accessLogs.jsonFormat is not JSON ({exc})"
+    if not isinstance(fmt, dict):
+        return "accessLogs.jsonFormat is not a JSON object"
+    missing = [f for f in ACCESS_LOG_NEEDED if f not in fmt]
+    if missing:
+        return f"accessLogs.jsonFormat lacks {', '.join(missing)}"
+    other = [
+        f"{f} ({fmt[f]!r}, not {ACCESS_LOG_FIELDS[f]})"
+        for f in ACCESS_LOG_NEEDED
+        if not (isinstance(fmt[f], str) and re.search(rf"%{re.escape(ACCESS_LOG_FIELDS[f].strip('%'))}[(%]", fmt[f]))
+    ]
+    if other:
+        return f"accessLogs.jsonFormat writes another value as {', '.join(other)}"
+    return None
 
 
 RESTORE_ATTEMPTS = 5
@@ -1225,14 +1277,16 @@ class ExistingBackend(KubeBackend):
                 continue
             live = lives[0]
             where = f"{obj['kind']} {live['metadata'].get('namespace')}/{name}"
-            if obj["kind"] == "ProxyDefaults" and _access_logs_usable(live.get("spec") or {}):
+            unusable = _access_logs_unusable(live.get("spec") or {}) if obj["kind"] == "ProxyDefaults" else ""
+            if unusable is None:
                 plan.keep.append(where)
                 continue
             if not self.own_mesh_defaults:
                 raise BackendError(
                     f"{where} exists and was not created by this run, and it does not give the JSON access logs the "
-                    "verdict is built from (accessLogs with upstream_host, upstream_cluster): rerun with "
-                    "--own-mesh-defaults to let the run set them for its duration (the original is restored on down)"
+                    f"verdict is built from in the sidecars' container logs{f' ({unusable})' if unusable else ''}: "
+                    "rerun with --own-mesh-defaults to let the run set them for its duration (the original is "
+                    "restored on down)"
                 )
             ours["metadata"]["namespace"] = live["metadata"].get("namespace")
             plan.take_over.append((ours, live))
