@@ -139,7 +139,17 @@ module does all of that, each behaviour taken from the source named here:
   container's state and address. `docker start` returns while kind's
   entrypoint still runs as PID 1 (`cat /proc/1/comm` says `entrypoint` until
   it execs systemd); its `iptables-save | sed | iptables-restore` undoes rules
-  written meanwhile (the sim: any written while it runs). `labels` become node
+  written meanwhile (the sim: any written while it runs). A `docker exec NODE
+  sh -c SCRIPT` that runs iptables runs in a real `sh`, its `iptables` the
+  filter table of the node's network namespace (`NodeRun.iptables`, `IPTABLES_SH`:
+  -N -F -A -I -C -D -S as iptables answers them; `tc` does nothing), so a
+  script that is not valid shell, or that a chain refuses, fails as it would.
+  kube-proxy (iptables mode) ensures its jumps at the top of INPUT, FORWARD and
+  OUTPUT when it syncs, each prepended when absent and left where it is when
+  present (pkg/proxy/iptables/proxier.go, `EnsureRule(Prepend)` of
+  `iptablesJumpChains`): on a node as the cluster starts, and on a restarted
+  node (a fresh namespace) when it boots, after rules written at its start.
+  `labels` become node
   labels; JoinConfiguration
   `nodeRegistration.taints` / `register-with-taints`; `extraPortMappings`
   publish a node port on the host (hostPort unset: a random one, kept across
@@ -415,6 +425,120 @@ class SimTimings:
     watch_history: int = 5000  # events kept for watches from a resourceVersion (etcd compaction)
 
 
+BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
+_EXTERNAL = '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" '
+KUBE_PROXY_JUMPS: tuple[tuple[str, str], ...] = (
+    # (chain, rule) of the filter table, in kube-proxy's order (iptablesJumpChains; each prepended when absent)
+    ("INPUT", _EXTERNAL + "-j KUBE-EXTERNAL-SERVICES"),
+    ("FORWARD", _EXTERNAL + "-j KUBE-EXTERNAL-SERVICES"),
+    ("INPUT", '-m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS'),
+    ("FORWARD", '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+    ("OUTPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+    # KUBE-FORWARD accepts RELATED,ESTABLISHED: a rule below it never sees an open connection's packets
+    ("FORWARD", '-m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD'),
+)
+
+
+def fresh_netns() -> dict[str, list[str]]:
+    """The filter table of a new network namespace: the built-in chains, empty."""
+    return {c: [] for c in BUILTIN_CHAINS}
+
+
+def kube_proxy_sync(table: dict[str, list[str]]) -> None:
+    """kube-proxy's sync on the node: its chains exist and each jump is in place, prepended when absent."""
+    for chain, rule in KUBE_PROXY_JUMPS:
+        table.setdefault(rule.rsplit(" ", 1)[1], [])
+        if rule not in table[chain]:
+            table[chain].insert(0, rule)
+
+
+def synced_netns() -> dict[str, list[str]]:
+    table = fresh_netns()
+    kube_proxy_sync(table)
+    return table
+
+
+# `iptables` of the filter table in a node's namespace for a real `sh` running a docker exec script: one file
+# per chain in $IPT, one rule per line as `iptables -S` prints it without `-A CHAIN `; answers as iptables does.
+IPTABLES_SH = r"""
+_ipt_builtin() { case "$1" in INPUT|FORWARD|OUTPUT) return 0;; esac; return 1; }
+_ipt_target() {  # the -j target of the rule "$@" exists
+  while [ $# -gt 0 ]; do
+    if [ "$1" = -j ]; then
+      case "$2" in ACCEPT|DROP|RETURN|REJECT) return 0;; esac
+      [ -e "$IPT/$2" ] && return 0
+      echo "iptables v1.8.9 (nf_tables): Chain '$2' does not exist" >&2; return 2
+    fi
+    shift
+  done
+}
+_ipt_number() { case "$1" in ''|*[!0-9]*) return 1;; esac; return 0; }
+iptables() {
+  _op=$1; _c=$2
+  if [ "$_op" = -N ]; then
+    if [ -e "$IPT/$_c" ]; then echo "iptables: Chain already exists." >&2; return 1; fi
+    : > "$IPT/$_c"; return 0
+  fi
+  if [ -z "$_c" ] || [ ! -e "$IPT/$_c" ]; then
+    echo "iptables: No chain/target/match by that name." >&2; return 1
+  fi
+  shift 2
+  _f=$IPT/$_c
+  case "$_op" in
+    -F) : > "$_f" ;;
+    -A) _ipt_target "$@" || return $?; printf '%s\n' "$*" >> "$_f" ;;
+    -I)
+      _n=1
+      if _ipt_number "$1"; then _n=$1; shift; fi
+      _ipt_target "$@" || return $?
+      if [ "$_n" -lt 1 ] || [ "$_n" -gt $(( $(wc -l < "$_f") + 1 )) ]; then
+        echo "iptables: Index of insertion too big." >&2; return 1
+      fi
+      awk -v n="$_n" -v r="$*" 'NR == n { print r } { print } END { if (NR < n) print r }' "$_f" > "$_f.new"
+      mv "$_f.new" "$_f" ;;
+    -C)
+      if ! grep -qxF -e "$*" "$_f"; then
+        echo "iptables: Bad rule (does a matching rule exist in that chain?)." >&2; return 1
+      fi ;;
+    -D)
+      if _ipt_number "$1" && [ $# -eq 1 ]; then
+        _n=$1
+        if [ "$_n" -lt 1 ] || [ "$_n" -gt "$(wc -l < "$_f")" ]; then
+          echo "iptables: Index of deletion too big." >&2; return 1
+        fi
+      else
+        _n=$(grep -nxF -e "$*" "$_f" | head -n 1 | cut -d: -f1)
+        [ -n "$_n" ] || { echo "iptables: Bad rule (does a matching rule exist in that chain?)." >&2; return 1; }
+      fi
+      sed "${_n}d" "$_f" > "$_f.new"; mv "$_f.new" "$_f" ;;
+    -S)
+      if _ipt_number "$1"; then
+        sed -n "${1}s/^/-A $_c /p" "$_f"
+      else
+        if _ipt_builtin "$_c"; then echo "-P $_c ACCEPT"; else echo "-N $_c"; fi
+        sed "s/^/-A $_c /" "$_f"
+      fi ;;
+    *) echo "fake iptables: unsupported $_op" >&2; return 2 ;;
+  esac
+}
+tc() { return 0; }
+"""
+
+
+async def run_iptables_script(table: dict[str, list[str]], script: str) -> tuple[int, str, dict[str, list[str]]]:
+    """`sh -c SCRIPT` against `table` (IPTABLES_SH): (exit status, stderr, the table after it)."""
+    with tempfile.TemporaryDirectory(prefix="netns-") as d:
+        for chain, rules in table.items():
+            Path(d, chain).write_text("".join(r + "\n" for r in rules))
+        proc = await asyncio.create_subprocess_exec(
+            "sh", "-c", IPTABLES_SH + script, env={"PATH": "/usr/bin:/bin", "IPT": d},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _out, err = await proc.communicate()
+        after = {f.name: f.read_text().splitlines() for f in Path(d).iterdir() if not f.name.endswith(".new")}
+    return proc.returncode or 0, err.decode(errors="replace"), after
+
+
 @dataclass
 class NodeRun:
     """What the simulation knows about a node beyond its API object."""
@@ -429,6 +553,8 @@ class NodeRun:
     # the last iptables script whose rules hold in the node's network namespace now (None: none; a restarted
     # container has a fresh one, and a script run while kind's entrypoint runs is undone by it)
     in_force: str | None = None
+    # the filter table of the node's network namespace: chain -> rules in order (IPTABLES_SH's form)
+    iptables: dict[str, list[str]] = field(default_factory=synced_netns)
     entrypoint_until: float | None = None  # kind's entrypoint is PID 1 until then (after a docker start)
     port_maps: dict[int, int] = field(default_factory=dict)  # containerPort -> host port
     notready_marked: bool = False
@@ -1346,6 +1472,7 @@ class ClusterSim:
                         self.delete("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
             if nrun.up and nrun.boot_at is not None and now >= nrun.boot_at:
                 nrun.boot_at = None
+                kube_proxy_sync(nrun.iptables)  # its kube-proxy pod runs again: its jumps go on top
                 addresses = (node.get("status") or {}).get("addresses") or []
                 if nrun.ip and any(a.get("type") == "InternalIP" and a.get("address") != nrun.ip for a in addresses):
                     # kind's entrypoint put the new address in the kubelet's node-ip; the kubelet reports it
@@ -3270,6 +3397,7 @@ class ClusterSim:
                     await self.node_down(n)
                     self.nodes[n].ip = ""  # the endpoint on the `kind` network is released
                     self.nodes[n].in_force = None  # the network namespace goes with the container's process
+                    self.nodes[n].iptables = fresh_netns()
                 elif not self.nodes[n].up:
                     self.node_up(n)
                     # a new endpoint, a new address (the old one is free for whoever starts next)
@@ -3304,8 +3432,13 @@ class ClusterSim:
                 # What tc says when the kernel cannot load sch_netem (WSL2 and some kernels).
                 return {"rc": 2, "stderr": "Error: Specified qdisc kind is unknown."}
             nrun.scripts.append(script)
-            if "iptables" in script and not in_entrypoint:
-                nrun.in_force = script
+            if "iptables" in script:
+                rc, err, after = await run_iptables_script(nrun.iptables, script)
+                if rc != 0:
+                    return {"rc": rc, "stderr": err}
+                if not in_entrypoint:
+                    nrun.in_force = script
+                    nrun.iptables = after
             # While the entrypoint runs, its enable_network_magic does `iptables-save | sed | iptables-restore`
             # (every table, flushed and refilled from the dump): rules added after the dump are gone when it
             # is restored. The sim takes the worst case: a rule set written while the entrypoint runs does

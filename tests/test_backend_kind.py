@@ -420,6 +420,38 @@ def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools, api: Fa
     assert backend.nodes()["edge-worker4"] == "us-west-2-las-1a"
 
 
+def test_a_partition_after_a_restore_puts_its_jump_above_kube_proxys(
+    up: tuple[KindBackend, Manifests], api: FakeApiServer
+) -> None:
+    """restore_node sets a restarted node's rules as soon as its container runs; its kube-proxy then syncs and
+    prepends its own jumps (EnsureRule(Prepend)), KUBE-FORWARD above EH-CHAOS in FORWARD. The rules used to add
+    the jump only when absent (`iptables -C || iptables -I 1`), so a later partition of the zone left it below
+    KUBE-FORWARD, which accepts RELATED,ESTABLISHED: the zone's open connections were not cut."""
+    backend, _m = up
+    sim = api.sim
+    sim.t.entrypoint_s = 0.0  # each node's entrypoint is done by the first look
+    sim.t.node_boot_s = 5.0  # the kubelet and its pods (kube-proxy) are back well after restore_node's rules
+    node, jump = "edge-worker3", "-j EH-CHAOS"  # us-west-2-lax-1a's
+
+    def table() -> dict[str, list[str]]:
+        return sim.call(lambda: {c: list(r) for c, r in sim.nodes[node].iptables.items()})
+
+    assert all(table()[c][0] == jump for c in ("INPUT", "OUTPUT", "FORWARD"))  # up: after kube-proxy's sync
+    backend.kill_node(node)
+    backend.restore_node(node)
+    assert table()["FORWARD"][0] == jump  # set on the fresh network namespace...
+    assert wait_until(lambda: table()["FORWARD"][0].endswith("-j KUBE-FORWARD"), 30)  # ...kube-proxy's go on top
+
+    backend.partition_zone(LAX)
+    after = table()
+    for c in ("INPUT", "OUTPUT", "FORWARD"):
+        assert after[c][0] == jump and after[c].count(jump) == 1, (c, after[c])
+    assert any(r.endswith("-j KUBE-FORWARD") for r in after["FORWARD"])  # kube-proxy's own rules are kept
+    assert any(r.endswith("-j DROP") for r in after["EH-CHAOS"])
+    backend.set_link(LAX, 150)  # imposed again: the same order, one jump per chain
+    assert {c: r for c, r in table().items() if c != "EH-CHAOS"} == {c: r for c, r in after.items() if c != "EH-CHAOS"}
+
+
 def test_failed_tool_is_a_clear_error(up: tuple[KindBackend, Manifests], tools: Tools, api: FakeApiServer) -> None:
     backend, _m = up
     api.sim.call(lambda: api.sim.node_down("edge-worker3"))

@@ -536,8 +536,13 @@ class KindBackend(KubeBackend):
             "set -e",
             f"iptables -N {CHAIN} 2>/dev/null || true",
             f"iptables -F {CHAIN}",
+            # The jump goes first in each chain every time, not only when absent: a restarted node's kube-proxy
+            # prepends its own jumps when it syncs, after a restore set these rules (EnsureRule(Prepend) in
+            # pkg/proxy/iptables/proxier.go), and its KUBE-FORWARD accepts RELATED,ESTABLISHED, so a jump left
+            # below it would let a later partition's open connections through. Moved while the chain is empty.
             "for c in INPUT OUTPUT FORWARD; do",
-            f"  iptables -C $c -j {CHAIN} 2>/dev/null || iptables -I $c 1 -j {CHAIN}",
+            f"  while iptables -D $c -j {CHAIN} 2>/dev/null; do :; done",
+            f"  iptables -I $c 1 -j {CHAIN}",
             "done",
         ]
         if partitioned:
