@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from harness import prestart
 from harness.backends import BackendOptions
 from harness.chaos import Launcher, chaos_env, launch, plan_run, run_planned, write_plan
-from harness.idle import all_threads_normal, may_idle
+from harness.prestart import all_threads_normal, may_idle
 from tests.conftest import wait_until
 
 OPTS = BackendOptions(name="local", cluster="nothere")
@@ -87,7 +88,7 @@ def test_a_prestarted_process_closed_unused_runs_nothing(tmp_path: Path, monkeyp
 
 def test_one_that_does_not_go_when_closed_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(launch, "launcher_argv", lambda idle=False: ["sleep", "30"])
-    monkeypatch.setattr(launch, "CLOSE_WAIT_S", 0.2)
+    monkeypatch.setattr(prestart, "CLOSE_WAIT_S", 0.2)
     ready = launch.Prestarted(dict(os.environ))
     t0 = time.monotonic()
     ready.close()

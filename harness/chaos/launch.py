@@ -28,19 +28,13 @@ keeps the working directory off ``sys.path``, as the `chaos` script has it.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
-from harness.idle import all_threads_normal, go_idle, may_idle, normal_class
 from harness.interrupt import with_default_stop_signals
-
-CLOSE_WAIT_S = 5.0  # an unused process, told there is nothing to run, is gone well within this
-IDLE_FLAG = "--idle"  # the child imports at SCHED_IDLE
+from harness.prestart import IDLE_FLAG, Waiting, idle_asked, may_idle, take_order
 
 
 def launcher_argv(idle: bool = False) -> list[str]:
@@ -50,7 +44,7 @@ def launcher_argv(idle: bool = False) -> list[str]:
     )
 
 
-class Prestarted:
+class Prestarted(Waiting):
     """One `chaos` process, imported and waiting for its command line (`go`)."""
 
     def __init__(self, env: Mapping[str, str], idle: bool = False) -> None:
@@ -66,27 +60,7 @@ class Prestarted:
 
     def go(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         """Run ``chaos <argv>`` in it; returns the process, as `subprocess.Popen` would have."""
-        assert self.proc.stdin is not None
-        if self.idle:
-            normal_class(self.proc.pid)  # at once, even when it is still importing
-        try:
-            self.proc.stdin.write(json.dumps(list(argv)).encode() + b"\n")
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass  # it died waiting: its exit code and the missing journal say so, as for a chaos that failed to start
-        return self.proc
-
-    def close(self) -> None:
-        """An unused process: nothing to run (end of its stdin), then gone; killed if it does not go."""
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(CLOSE_WAIT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        return self.send(list(argv))
 
 
 class Launcher:
@@ -135,23 +109,15 @@ def _prewarm() -> None:
 
 def main() -> int:
     """The child: import what a chaos run needs, wait for the command line, run chaostoolkit's CLI with it."""
-    idle = IDLE_FLAG in sys.argv[1:]
-    if idle:
-        go_idle()
+    idle = idle_asked()
     from chaostoolkit.cli import cli
 
     import harness.chaos.control  # noqa: F401  (the control the shipped experiments declare)
 
     _prewarm()
-    line = sys.stdin.readline()
-    if not line.strip():
+    argv = take_order(idle)
+    if argv is None:
         return 0  # closed unused: nothing to run
-    argv = json.loads(line)
-    if idle:
-        all_threads_normal()  # the parent did the main thread's already
-    devnull = os.open(os.devnull, os.O_RDONLY)  # the stdin a plain chaos run gets
-    os.dup2(devnull, 0)
-    os.close(devnull)
     sys.argv = ["chaos", *argv]
     cli.main(args=argv, prog_name="chaos")  # click: exits with chaostoolkit's own code
     return 0

@@ -5,7 +5,7 @@ passed its preflight. Starting it there, the interpreter and locust's imports
 (gevent's monkey-patching, ~0.45 s of CPU) came between the preflight and the
 users' first requests, and the warm-up and the probe budget after them waited
 for it in every run. A `PrestartedLocust` is launched before the bring-up:
-it imports at the idle scheduling class (harness.idle: only CPU the pods
+it imports at the idle scheduling class (harness.prestart: only CPU the pods
 starting leave over, most of it while they wait on their probes) and waits
 on its stdin for locust's command line and environment; given them (`go`),
 it is put back to the normal class and runs locust's own `main` with them,
@@ -19,21 +19,15 @@ The child side is `main` (``python -m harness.traffic.launch``).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import harness
-from harness.idle import all_threads_normal, go_idle, may_idle, normal_class
 from harness.interrupt import with_default_stop_signals
-
-CLOSE_WAIT_S = 5.0  # an unused process, told there is nothing to run, is gone well within this
-IDLE_FLAG = "--idle"  # the child imports at SCHED_IDLE
+from harness.prestart import IDLE_FLAG, Waiting, idle_asked, may_idle, take_order
 
 
 def locust_argv(idle: bool) -> list[str]:
@@ -41,7 +35,7 @@ def locust_argv(idle: bool) -> list[str]:
     return [sys.executable, "-m", "harness.traffic.launch", *([IDLE_FLAG] if idle else [])]
 
 
-class PrestartedLocust:
+class PrestartedLocust(Waiting):
     """One locust interpreter, imported and waiting in `cwd` for its command line (`go`); output to `log_file`.
 
     `wrap` is what the runner puts around every locust command (its
@@ -80,50 +74,24 @@ class PrestartedLocust:
 
     def go(self, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         """Run locust with `argv` (its command line after ``-m locust``) and `env`; returns the process."""
-        assert self.proc.stdin is not None
         self.taken = True
-        if self.idle:
-            normal_class(self.proc.pid)  # at once, even when it is still importing
-        try:
-            self.proc.stdin.write(json.dumps({"argv": list(argv), "env": dict(env)}).encode() + b"\n")
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass  # it died waiting: its exit code and locust.log say why, as for a locust that failed to start
-        return self.proc
+        return self.send({"argv": list(argv), "env": dict(env)})
 
     def close(self) -> None:
-        """An unused process: nothing to run (end of its stdin), then gone; killed if it does not go.
-
-        One that was given its command line is the runner's to stop: left alone."""
-        if self.taken:
-            return
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(CLOSE_WAIT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        """An unused process: nothing to run, then gone (`Waiting.close`). One that was given its command line is
+        the runner's to stop: left alone."""
+        if not self.taken:
+            super().close()
 
 
 def main() -> int:
     """The child: import locust, wait for the command line and environment, run locust's `main` with them."""
-    idle = IDLE_FLAG in sys.argv[1:]
-    if idle:
-        go_idle()
+    idle = idle_asked()
     import locust.main  # gevent's monkey-patching, locust's CLI: what the wait is for
 
-    line = sys.stdin.readline()
-    if not line.strip():
+    order = take_order(idle)
+    if order is None:
         return 0  # closed unused: nothing to run
-    order = json.loads(line)
-    if idle:
-        all_threads_normal()  # the parent did the main thread's already
-    devnull = os.open(os.devnull, os.O_RDONLY)  # the stdin a plain locust gets
-    os.dup2(devnull, 0)
-    os.close(devnull)
     os.environ.clear()
     os.environ.update(order["env"])  # the locustfile reads its settings (EH_*) when locust imports it, below
     sys.argv = ["locust", *order["argv"]]
