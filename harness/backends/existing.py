@@ -156,6 +156,7 @@ from harness.contract.names import TAINT_EDGE
 from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.contract.scheduling import BLOCKING_EFFECTS, Placement, Taint, Toleration
 from harness.errors import BackendError, InputError
+from harness.interrupt import nap
 from harness.render.layout import VALUES_FILE
 
 if TYPE_CHECKING:
@@ -844,7 +845,7 @@ class ExistingBackend(KubeBackend):
                 if not self._probe_client(ns, f"client-denied-{i}", image, ip, timeout_s, placement):
                     refused = f"a connection to {on} was refused by a deny-all policy"
                     return True, f"NetworkPolicy enforced in {zone}: {refused}", node
-                time.sleep(2.0)
+                nap(2.0)  # short steps: a stop signal meanwhile is handled at once (harness.interrupt.nap)
             return (
                 False,
                 (
@@ -956,7 +957,7 @@ class ExistingBackend(KubeBackend):
                         f"{self._where}: the ALB of {zone} (Ingress {ns}/{name}) has no address yet: is the AWS Load "
                         "Balancer Controller installed, and does the zone offer ALBs?"
                     )
-                time.sleep(2.0)
+                nap(2.0)  # short steps: a stop signal meanwhile is handled at once (harness.interrupt.nap)
         return out
 
     def shares_runner_clock(self) -> bool:

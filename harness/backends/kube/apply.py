@@ -25,6 +25,7 @@ from harness.contract.names import (
     CONSUL_API_GROUP,
 )
 from harness.errors import BackendError
+from harness.interrupt import nap
 
 
 class ApplyMixin(KubeApi):
@@ -162,7 +163,7 @@ class ApplyMixin(KubeApi):
                     for (ns, name), (ready, desired) in sorted(pending.items())
                 )
                 raise BackendError(f"not ready after {timeout:.0f}s: {detail}")
-            time.sleep(poll)
+            nap(poll)
 
     def _why_not_ready(self, namespace: str, deployment: str) -> str:
         """ " (<why>)" for a Deployment that is not ready: the first of its pods the scheduler left Pending, with
