@@ -34,7 +34,7 @@ from harness.chaos import actions, check_experiment, judge_journal, plan_run, pr
 from harness.chaos.roles import RoleError, parse_role, resolve_values, resolve_zone
 from harness.chaos.timeline import FaultKind, record, takes_entry_down
 from harness.contract.inventory import Inventory, PodInfo
-from harness.contract.users import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S
+from harness.contract.users import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, PROBE_ENDPOINT
 from harness.errors import BackendError, InputError
 from harness.topology import load_topology
 from tests.conftest import REPO, wait_until
@@ -702,9 +702,10 @@ def test_the_shop_probe_gives_up_when_a_user_would() -> None:
         for n in tree.body
         if isinstance(n, ast.Assign)
         for t in n.targets
-        if isinstance(t, ast.Name) and t.id in ("CONNECT_TIMEOUT_S", "NETWORK_TIMEOUT_S")
+        if isinstance(t, ast.Name) and t.id in ("CONNECT_TIMEOUT_S", "NETWORK_TIMEOUT_S", "PROBE_ENDPOINT")
     }
-    assert users == {"CONNECT_TIMEOUT_S": CONNECT_TIMEOUT_S, "NETWORK_TIMEOUT_S": ANSWER_TIMEOUT_S}
+    assert users == {"CONNECT_TIMEOUT_S": CONNECT_TIMEOUT_S, "NETWORK_TIMEOUT_S": ANSWER_TIMEOUT_S,
+                     "PROBE_ENDPOINT": PROBE_ENDPOINT}  # the verdict tells the probes by it (availability)  # fmt: skip
     for timeout in (probes.SHOP_TIMEOUT, ENTRY_PROBE_TIMEOUT):  # the shop probe, the kind/EKS entry monitor
         assert (timeout.connect, timeout.read) == (3.0, 10.0)
 

@@ -20,3 +20,7 @@ import httpx
 CONNECT_TIMEOUT_S = 3.0  # one lost SYN is retransmitted after 1 s
 ANSWER_TIMEOUT_S = 10.0
 USER_TIMEOUT = httpx.Timeout(ANSWER_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)  # for the harness's own HTTP asks
+PROBE_ENDPOINT = "probe"
+"""`requests.jsonl`'s `endpoint` of the zone probes (loadtests/hashicups.py `ZoneProbe`, which holds it too): the
+harness's own instrument, each a coffees query through every service of the chain, at a rate the probe budget sets
+from how busy the machine is. The shoppers' endpoints are `shop` (the page), `coffees` and `coffee`."""

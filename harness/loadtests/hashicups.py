@@ -109,6 +109,7 @@ PROBE_BUDGET = ScaleFile(os.environ.get("EH_PROBE_BUDGET"))
 # runs where the harness package may not be installed; tests/test_chaos.py keeps them equal)
 CONNECT_TIMEOUT_S = 3.0
 NETWORK_TIMEOUT_S = 10.0
+PROBE_ENDPOINT = "probe"  # requests.jsonl's endpoint of the zone probes (harness.contract.users holds it too)
 
 
 def _inflight(period_s: float) -> int:
@@ -282,7 +283,7 @@ class ZoneProbe(FastHttpUser):
 
     def _one(self) -> None:
         with self.client.post(
-            "/api", json=COFFEES_QUERY, name="POST /api probe", catch_response=True, **_api("probe")
+            "/api", json=COFFEES_QUERY, name="POST /api probe", catch_response=True, **_api(PROBE_ENDPOINT)
         ) as resp:
             why = _failure(resp)
             if why is not None:

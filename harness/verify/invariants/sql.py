@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.contract.clock import CLOCK_TOLERANCE_S
+from harness.contract.users import PROBE_ENDPOINT
 from harness.observe.hops import host_ip_sql
 from harness.verify.verdict import iso
 
@@ -154,7 +155,9 @@ DEFINITIONS = {
     "users (down intervals that began during it of the zone's own services, the Region's services it calls, the "
     "single point of failure; for an availability zone every AZ's and the Region's) and until each of the zone's "
     "(an AZ's: every AZ's) pairs of its dependants served again after that (measured recovery within "
-    "maxRecoveryS: ejections run out); the zone's requests after that are the steady state's; "
+    "maxRecoveryS: ejections run out); the zone's requests after that are the steady state's; its declared "
+    "budget is judged on the shoppers' requests only (endpoint <> 'probe': the zone probes each need every "
+    "service of the chain, at the probe budget's rate), the probes' count said apart; "
     "each window also per zone users entered (by_zone): a zone whose failed requests are beyond what the budget's "
     f"rate leaves to chance at its traffic (binomial upper tail below {ZONE_BUDGET_ALPHA:g}) fails the window though "
     "the rate over every zone is within the budget",
@@ -274,6 +277,7 @@ HUB_VIOLATION_SQL = (
     " OR (caller_kind = 'region' AND serving_kind <> 'region')))"
 )
 REQUEST_OK_SQL = "coalesce(ok, status BETWEEN 200 AND 399, false)"
+IS_PROBE_SQL = f"coalesce(endpoint = '{PROBE_ENDPOINT}', false)"  # a zone probe's request, not a shopper's
 
 
 def hop_text(h: dict[str, Any]) -> str:
