@@ -155,9 +155,10 @@ DEFINITIONS = {
     "users (down intervals that began during it of the zone's own services, the Region's services it calls, the "
     "single point of failure; for an availability zone every AZ's and the Region's) and until each of the zone's "
     "(an AZ's: every AZ's) pairs of its dependants served again after that (measured recovery within "
-    "maxRecoveryS: ejections run out); the zone's requests after that are the steady state's; its declared "
-    "budget is judged on the shoppers' requests only (endpoint <> 'probe': the zone probes each need every "
-    "service of the chain, at the probe budget's rate), the probes' count said apart; "
+    "maxRecoveryS: ejections run out); the zone's requests after that are the steady state's; "
+    "every window (a declared budget's too) is judged on the shoppers' requests only (endpoint <> 'probe': the "
+    "zone probes each need every service of the chain, into the zones the experiments act on, at the rate the "
+    "probe budget sets from how busy the machine is), the probes' count said apart; "
     "each window also per zone users entered (by_zone): a zone whose failed requests are beyond what the budget's "
     f"rate leaves to chance at its traffic (binomial upper tail below {ZONE_BUDGET_ALPHA:g}) fails the window though "
     "the rate over every zone is within the budget",
