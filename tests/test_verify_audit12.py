@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.contract.users import PROBE_ENDPOINT
-from harness.verify import AVAILABILITY
+from harness.topology import load_topology
+from harness.verify import AVAILABILITY, pending_recoveries
 from harness.verify.synth import FaultSpec
 from tests.test_verify_audit import why
-from tests.test_verify_soundness import LAX, T0, run
+from tests.test_verify_audit7 import _edit_log
+from tests.test_verify_soundness import LAX, T0, pod_of, run
 from tests.verdicts import verify
 
 KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
@@ -77,3 +80,47 @@ def test_a_zone_beyond_the_budget_fails_however_many_probes(tmp_path: Path, wind
     name = f"fault {KILL.fault}" if window == "fault" else "steady state"
     w = next(w for w in a.windows if w.window == name)
     assert w.status == "fail" and LAX in w.message, w.message
+
+
+# -- 2. the cool-down stopped the users before a partition's recovery was on record -------------------------------
+def _partition(tmp_path: Path, end: float, ejected_until: float | None) -> Path:
+    """LAX cut from the Region 30-50 (its entry down by design); its public-api's calls to its own product-api
+    find no host (UH) from 31 to `ejected_until`: product-api answered errors without its database, and the
+    callers' ejections of it run out after the heal. The records (the sidecars' access logs) stop at `end`."""
+    f = FaultSpec("partition-lax", "partition", LAX, (), 30, 50, 0.2, 0.0, entry_down=True)
+    d = run(tmp_path, faults=[f], duration_s=end, rate_per_zone=4)
+    if ejected_until is not None:
+        upto = ejected_until
+
+        def ejected(r: dict[str, Any], rel: float) -> dict[str, Any]:
+            if r.get("direction") == "outbound" and "product-api" in r["upstream_cluster"] and 31 <= rel <= upto:
+                return {**r, "upstream_host": None, "response_code": 503, "response_flags": "UH"}
+            return r
+
+        assert _edit_log(d, str(pod_of(d, LAX, "public-api")["pod"]), ejected) > 0
+    return d
+
+
+def test_the_cool_down_waits_for_a_partitions_recovery(tmp_path: Path) -> None:
+    """HOLE: the cool-down (`pending_recoveries`) watched only the services a Local Zone's last fault listed, and a
+    partition lists none: with the ejections running out 4 s after the heal, it asked for nothing 2 s after it,
+    e2e stopped the users, and the verdict failed the mesh as unverified ("the run ended 1.9 s after the
+    restore"), while a machine whose cool-down ran 10 s (its experiments' pauses, the 20 requests per zone it
+    counts) passed the same mesh. The verdict asks every pair of a partitioned zone to come back: so does the
+    cool-down, until the records show it or maxRecoveryS has passed."""
+    t = load_topology()
+    short = _partition(tmp_path / "short", 52.0, 54.0)
+    assert [str(p) for p in pending_recoveries(short, t, T0 + 52.0)] == [f"{LAX} -> product-api (after partition-lax)"]
+    assert not verify(short).passed  # what stopping then would have given: unverified
+    long = _partition(tmp_path / "long", 60.0, 54.0)
+    assert pending_recoveries(long, t, T0 + 60.0) == []
+    v = verify(long)
+    assert v.passed, why(v)
+
+
+def test_a_partitions_recovery_on_record_is_not_waited_for(tmp_path: Path) -> None:
+    """The control: a partitioned zone back in-zone at the heal (no ejection) is not waited for 2 s after it."""
+    d = _partition(tmp_path, 52.0, None)
+    assert pending_recoveries(d, load_topology(), T0 + 52.0) == []
+    v = verify(d)
+    assert v.passed, why(v)

@@ -12,8 +12,11 @@ action left the same correct mesh passed on one run and unverified on the next.
 So the cool-down also asks the records themselves, as they are now: the hops
 of the run so far (observe's `create_hops` over the access logs the collector
 has copied and the inventory followed into the run directory), and for each
-Local Zone whose last fault took services down and was restored, each pair
-of that zone whose upstream runs there: `GOOD_HOPS` successful hops served in
+Local Zone whose last fault took services down (or the zone, or cut it off:
+a partition, whose callers eject their own product-api while it answers
+errors without its database) and was restored, each pair of that zone whose
+upstream runs there and the fault took down (every such pair for a zone down
+or partitioned, as the verdict asks): `GOOD_HOPS` successful hops served in
 the zone after the pair's last hop that was not one (failed, or served
 elsewhere). That is the verdict's recovery instant with hops behind it, and as
 many as the verdict's evidence rule asks (`recovery_chance`): a mesh that sent
@@ -45,6 +48,10 @@ GOOD_HOPS = 3
 """Successful in-zone hops after the pair's last bad one that put its recovery on record."""
 
 TAKES_SERVICES_DOWN = ("service-down", "zone-down")
+IMPAIRS_ZONE = ("zone-down", "partition")
+"""Fault kinds whose recovery the verdict asks of every pair of the zone with an in-zone upstream, listed or not
+(`FaultMeasurer.scope_zone_impaired`): a partition lists no service, yet its zone's callers eject their own
+product-api while it answers errors without its database, and come back in-zone only once the ejections run out."""
 
 
 @dataclass(frozen=True)
@@ -64,16 +71,17 @@ class Pending:
 
 
 def _watched(run_dir: Path, t: Topology) -> list[Pending]:
-    """The pairs of each Local Zone's last fault, when it took services down and was restored."""
+    """The pairs of each Local Zone's last fault, when it took services down or cut the zone off and was restored:
+    the listed services' pairs, and for a zone down or partitioned every pair of the zone (`IMPAIRS_ZONE`)."""
     last = {f.zone: f for f in faults_of(run_dir, t)}  # sorted by inject: each zone's last one stays
     edge = {z.name for z in t.zones if z.is_edge}
     in_zone = {s.name for s in t.services if s.placement is not Placement.REGION}
     return [
         Pending(f.fault, f.zone, upstream, callers, f.restore, f.restore + t.slo.max_recovery_s, f.inject)
         for f in last.values()
-        if f.restore is not None and f.kind in TAKES_SERVICES_DOWN and f.zone in edge
+        if f.restore is not None and f.kind in (*TAKES_SERVICES_DOWN, *IMPAIRS_ZONE) and f.zone in edge
         for zone, upstream, callers in pairs(t)
-        if zone == f.zone and upstream in in_zone and upstream in f.services
+        if zone == f.zone and upstream in in_zone and (upstream in f.services or f.kind in IMPAIRS_ZONE)
     ]
 
 
