@@ -124,3 +124,27 @@ def test_a_partitions_recovery_on_record_is_not_waited_for(tmp_path: Path) -> No
     assert pending_recoveries(d, load_topology(), T0 + 52.0) == []
     v = verify(d)
     assert v.passed, why(v)
+
+
+# -- 3. a run that ends just after a declared single point of failure's cascade ------------------------------------
+@pytest.mark.parametrize("tail", [0.7, 40.0])
+def test_a_cascade_recovery_the_run_ended_before_is_unverified_not_missing(tmp_path: Path, tail: float) -> None:
+    """The Region's postgres primary down 30-40, product-api unready in every zone until 45, and every zone's
+    calls to it finding no host until 46.2 (the callers' ejections run out). HOLE: records that stop 0.7 s after the
+    cascade read "not back in-zone within maxRecoveryS after the cascade", a claim they cannot make (the same mesh
+    passes on a longer run): now unverified, saying the run ended (a failure still); the control, a run that goes
+    on, passes."""
+    from tests.test_verify_expected import DECLARATION, START, spof_run
+
+    d = spof_run(tmp_path, DECLARATION, cascade_until=45.0, aftermath_until=46.2)
+    if tail < 30:
+        for name in ("requests.jsonl", "hops.jsonl"):
+            rows = [json.loads(x) for x in (d / name).read_text().splitlines() if x.strip()]
+            (d / name).write_text("".join(json.dumps(r) + "\n" for r in rows if r["ts"] <= START + 45.0 + tail))
+    v = verify(d)
+    said = " ".join(why(v))
+    if tail < 30:
+        assert not v.passed and "not back in-zone within maxRecoveryS" not in said, said
+        assert "unverified, not shown missing: the run ended" in said, said
+    else:
+        assert v.passed, said

@@ -901,7 +901,18 @@ class FaultMeasurer(CheckBase):
                 continue
             if self._left_to_next(z, u, end) is not None:  # cut short by the zone's next fault, whose recovery asks it
                 continue
-            if rw.hops:
+            # the records stop before maxRecoveryS after the cascade (and before the zone's next fault): the pair
+            # not back yet is unverified, not shown missing (`_ended_before_due`); a longer run shows it either way
+            cut = self.run_end < end + self.slo.max_recovery_s and self._next_inject(z, end) is None
+            if rw.hops and cut:
+                out.append(failed(z, u,
+                    f"fallback: {z} -> {u}: back in-zone after the cascade of fault {f.fault} ended at {iso(end)} "
+                    f"unverified, not shown missing: the run ended {max(0.0, self.run_end - end):.3f}s after it, "
+                    f"before maxRecoveryS ({self.slo.max_recovery_s:g}s) had passed ({rw.hops} hops, {rw.failed} "
+                    "failed, none where it belongs after the last served elsewhere: a run that goes on longer shows "
+                    "it)", rw.hops, rw.failed,
+                ))  # fmt: skip
+            elif rw.hops:
                 out.append(failed(z, u,
                     f"fallback: {z} -> {u}: not back in-zone within maxRecoveryS after the cascade of fault "
                     f"{f.fault} ended at {iso(end)} ({rw.hops} hops, {rw.failed} failed, last served elsewhere "
