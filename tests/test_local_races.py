@@ -12,6 +12,8 @@ nothing. Each test compares with the same operation with no tick inside it.
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,12 +22,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from harness.backends.local.cluster.base import Pod
+import pytest
+
+from harness.backends.local.cluster.base import Pod, Reservation
 from harness.backends.local.cluster.chaos import ClusterChaos
 from harness.backends.local.cluster.control import ControlLoop
 from harness.backends.local.cluster.pods import PodLifecycle
 from harness.backends.local.mesh import Catalog
 from harness.backends.local.sched import Placed
+from harness.errors import BackendError
 from harness.topology import ENTRY_SERVICE
 
 RESTART_S = 2.0
@@ -126,7 +131,7 @@ class Cluster(PodLifecycle, ControlLoop, ClusterChaos):
         self.lock = WindowLock()  # type: ignore[assignment]
         self.tick_lock = threading.Lock()
         self.pods: dict[str, Pod] = {}
-        self.reserved: dict[str, Placed] = {}
+        self.reserved: dict[str, Reservation] = {}
         self.pending = {d.where: [] for d in deployments}
         self.creating = {d.where: 0 for d in deployments}
         self.down_nodes: set[str] = set()
@@ -399,3 +404,163 @@ def test_a_new_pod_is_in_the_inventory_before_any_sidecar_is_told_of_it(tmp_path
     pod = c.add(api, "n1")
     first_told = next(i for i, e in enumerate(c.events) if e[0] == "told" and pod.name in e[2])
     assert c.events.index(("added", pod.name)) < first_told, c.events
+
+
+# --- chaos that lands on a pod being created ---------------------------------------------------------------------
+
+
+FAKE_PIDS = itertools.count(1 << 30)  # above any pid_max, and one process's in one cluster only
+
+
+class Proc:
+    """A pod's process as `kill_pod` and the control loop see it: alive until its group is killed."""
+
+    def __init__(self, pid: int, table: dict[int, Proc]) -> None:
+        self.pid, self.returncode = pid, None
+        table[pid] = self
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self.returncode
+
+
+class ProcCluster(Cluster):
+    """`Cluster` whose pods have one process each, so a kill of a live pod ends it (no signal is sent)."""
+
+    def __init__(self, tmp_path: Path, deployments: list[Any], nodes: list[Any]) -> None:
+        super().__init__(tmp_path, deployments, nodes)
+        self.procs: dict[int, Proc] = {}
+        self.state = SimpleNamespace(remove_pid=lambda _pid: None)  # type: ignore[assignment]
+
+    def _start_processes(self, pod: Pod) -> None:
+        pod.procs["app"] = Proc(next(FAKE_PIDS), self.procs)  # type: ignore[assignment]
+        super()._start_processes(pod)
+
+
+@pytest.fixture
+def procs_killed(monkeypatch: pytest.MonkeyPatch) -> Callable[[ProcCluster], None]:
+    """`os.killpg` ends the cluster's fake processes instead (set per cluster with the returned function)."""
+    clusters: list[ProcCluster] = []
+
+    def killpg(pid: int, sig: int) -> None:
+        for c in clusters:
+            if pid in c.procs:
+                c.procs[pid].returncode = -sig
+                return
+        raise AssertionError(f"killpg({pid}): not a fake process")
+
+    monkeypatch.setattr(os, "killpg", killpg)
+    return clusters.append
+
+
+def _api_and_frontend(tmp_path: Path, replicas: int) -> tuple[ProcCluster, Any]:
+    api = deployment("product-api", replicas, ["n1", "n2"])
+    fe = deployment(ENTRY_SERVICE, 1, ["n1"])
+    c = ProcCluster(tmp_path, [api, fe], [node("n1", "z"), node("n2", "z")])
+    c.add(fe, "n1")
+    return c, api
+
+
+def test_a_kill_takes_a_pod_being_created_as_kind_deletes_a_containercreating_pod(
+    tmp_path: Path, procs_killed: Callable[[ProcCluster], None]
+) -> None:
+    """kind/EKS delete a service's pods by label selector, a Pending or ContainerCreating one too, and the
+    ReplicaSet replaces it. `kill_pod` took only the registered pods: a kill landing while a pod of the zone
+    was being created (a replacement just starting) left that pod alive and Ready, and with no registered pod
+    at all it failed ("no live ... pod") where kind/EKS delete the one being created."""
+    for replicas in (2, 1):
+        c, api = _api_and_frontend(tmp_path / f"r{replicas}", replicas)
+        procs_killed(c)
+        live = c.add(api, "n1") if replicas == 2 else None  # no tick before: it would create the missing one
+        killed: list[list[str]] = []
+        at: list[float] = []
+
+        def kill(pod: Pod, c: ProcCluster = c, killed: list[list[str]] = killed, at: list[float] = at) -> None:
+            at.append(time.time())
+            killed.append(c.kill_pod("z", "product-api"))
+
+        c.during_start = kill
+        starting = c.add(api, "n2")
+        c.during_start = None
+        c.tick()
+        c.tick()
+        assert not starting.alive and starting.name not in c.pods, replicas
+        assert killed == [([live.name] if live else []) + [starting.name]], (replicas, killed)
+        assert not [p.name for p in c.pods.values() if p.alive and p.dep is api], replicas
+        # in the inventory (it held its IP), removed before anyone was told of it, never ready nor in a catalog
+        evs = [e for e in c.events if e[0] in ("added", "removed", "ready") and e[1] == starting.name]
+        assert evs == [("added", starting.name), ("removed", starting.name)], (replicas, evs)
+        assert not any(e[0] == "told" and starting.name in e[2] for e in c.events), replicas
+        # replaced as a killed pod is: podRestartDelayS after the kill, one replacement per pod
+        due = sorted(c.pending[api.where])
+        assert len(due) == replicas and all(at[0] + RESTART_S - 0.5 < t < at[0] + RESTART_S + 0.5 for t in due), (
+            replicas,
+            due,
+            at,
+        )
+
+
+def test_a_kill_of_registered_pods_is_as_before(tmp_path: Path, procs_killed: Callable[[ProcCluster], None]) -> None:
+    """The control: with no pod being created, `kill_pod` ends the live pods by their processes, the loop
+    notices at its next tick and books each replacement podRestartDelayS on; no pod at all is an error."""
+    c, api = _api_and_frontend(tmp_path, 2)
+    procs_killed(c)
+    a, b = c.add(api, "n1"), c.add(api, "n2")
+    c.tick()
+    t0 = time.time()
+    assert c.kill_pod("z", "product-api") == [a.name, b.name]
+    assert a.alive and b.alive  # until the loop sees their processes gone, as kubelet would
+    c.tick()
+    assert not a.alive and not b.alive and ("removed", a.name) in c.events and ("removed", b.name) in c.events
+    assert len(c.pending[api.where]) == 2 and min(c.pending[api.where]) >= t0 + RESTART_S - 0.01
+    with pytest.raises(BackendError, match="no live product-api pod in z"):
+        c.kill_pod("z", "product-api")
+
+
+def test_a_kill_of_a_pod_being_created_books_its_replacement_whatever_tick_lands_in_between(
+    tmp_path: Path, procs_killed: Callable[[ProcCluster], None]
+) -> None:
+    """The pod being created leaves the count where it is registered: its replacement must be booked and the pod
+    dead in that step (a tick after a registration that left it alive made it Ready and told the sidecars of
+    it; one after it left the count with nothing due created the replacement at once), and no tick may create
+    one while the doomed pod is still counted as being created."""
+    for name, window in (("control", False), ("window", True)):
+        c, api = _api_and_frontend(tmp_path / name, 1)
+        procs_killed(c)
+        if window:
+            c.tick_in_windows()
+        t0 = time.time()
+        c.during_start = lambda pod, c=c: c.kill_pod("z", "product-api")
+        starting = c.add(api, "n1")
+        c.during_start = None
+        c.no_ticks()
+        c.tick()
+        assert not starting.alive, name
+        assert [p.name for p in c.pods.values() if p.dep is api] == [], (name, list(c.pods))
+        assert ("ready", starting.name) not in c.events, name
+        assert not any(e[0] == "told" and starting.name in e[2] for e in c.events), name
+        assert len(c.pending[api.where]) == 1 and c.pending[api.where][0] >= t0 + RESTART_S - 0.01, (name, c.pending)
+
+
+def test_unready_chaos_takes_a_pod_being_created_out_of_service_until_made_ready(
+    tmp_path: Path, procs_killed: Callable[[ProcCluster], None]
+) -> None:
+    """kind/EKS take pods out of their Service by flipping a label on every pod the selector finds, one being
+    created too: once Ready it stays out until the label is flipped back. `set_pod_unready` marked only the
+    registered pods, so a pod created during the fault served through it."""
+    c, api = _api_and_frontend(tmp_path, 2)
+    procs_killed(c)
+    live = c.add(api, "n1")
+    marked: list[list[str]] = []
+    c.during_start = lambda pod: marked.append(c.set_pod_unready("z", "product-api"))
+    starting = c.add(api, "n2")
+    c.during_start = None
+    c.tick()
+    assert starting.alive and starting.ready and not starting.serving
+    assert ("ready", starting.name) not in c.events
+    assert not any(e[0] == "told" and starting.name in e[3] for e in c.events)
+    assert marked == [[live.name, starting.name]]
+    assert c.set_pod_ready("z", "product-api") == [live.name, starting.name]
+    assert starting.serving and ("ready", starting.name) in c.events

@@ -74,6 +74,22 @@ class Pod:
         return self.alive and self.ready and not self.forced_unready
 
 
+@dataclass
+class Reservation:
+    """A pod being created (`PodLifecycle._create_pod`): on its node for the scheduler, not yet in `pods`.
+
+    kind/EKS chaos selects pods by label, so it takes a Pending or
+    ContainerCreating pod too; what it did to this one is kept here and
+    applied in the step that registers it (`PodLifecycle._start_pod`).
+    """
+
+    placed: Placed
+    dep: DeploymentSpec
+    zone: str
+    deleted_at: float | None = None  # `kill_pod` deleted it at this time.time()
+    forced_unready: bool = False  # `set_pod_unready` took it out of its Service
+
+
 class ClusterBase:
     """The fields of one local cluster (set by `LocalCluster.__init__`) and the hooks the parts call on each other."""
 
@@ -89,7 +105,7 @@ class ClusterBase:
     inventory: Inventory
     entrypoints_file: Path
     entry_up: dict[str, bool]
-    reserved: dict[str, Placed]
+    reserved: dict[str, Reservation]
     lock: threading.RLock
     tick_lock: threading.Lock
     pods: dict[str, Pod]

@@ -10,6 +10,7 @@ import time
 from harness.backends.local.cluster.base import (
     ClusterBase,
     Pod,
+    Reservation,
     log,
 )
 from harness.errors import BackendError
@@ -18,9 +19,17 @@ from harness.errors import BackendError
 class ClusterChaos(ClusterBase):
     """kill_pod, kill_node/restore_node, zone outage, link, partition, unready."""
 
-    def _pods_of(self, zone: str, service: str) -> list[Pod]:
-        with self.lock:
-            return [p for p in self.pods.values() if p.alive and p.node.zone == zone and p.dep.app == service]
+    def _pods_of(self, zone: str, service: str) -> tuple[list[Pod], dict[str, Reservation]]:
+        """Live pods of `service` in `zone`, and those being created (call with the lock held).
+
+        kind/EKS select a service's pods by label, a Pending or ContainerCreating
+        one too: chaos takes both, the latter through its reservation
+        (`Reservation`, honoured where `_start_pod` registers the pod). Both in
+        one step: a pod registered between two looks was in neither.
+        """
+        live = [p for p in self.pods.values() if p.alive and p.node.zone == zone and p.dep.app == service]
+        starting = {n: r for n, r in self.reserved.items() if r.zone == zone and r.dep.app == service}
+        return live, starting
 
     def kill_pod(self, zone: str, service: str) -> list[str]:
         """Every pod of `service` in `zone` dies: kind/EKS delete it with no grace period.
@@ -29,12 +38,19 @@ class ClusterChaos(ClusterBase):
         force-deleted whatever its node's state: its endpoint goes and the
         ReplicaSet replaces it); the control loop never looks at such a pod,
         so it is ended here. The others die by their processes, which the
-        control loop notices at its next tick, as kubelet would.
+        control loop notices at its next tick, as kubelet would. A pod being
+        created is deleted as well (the label selector finds it): it dies
+        where it is registered, as if killed now (`_start_pod`). An error
+        only when there is no pod at all, as kind/EKS's.
         """
-        pods = self._pods_of(zone, service)
-        if not pods:
-            raise BackendError(f"no live {service} pod in {zone}")
+        now = time.time()
         with self.tick_lock, self.lock:  # out of the count and the inventory before a tick can tell anyone
+            pods, starting = self._pods_of(zone, service)
+            if not pods and not starting:
+                raise BackendError(f"no live {service} pod in {zone} (nor one being created)")
+            for r in starting.values():
+                if r.deleted_at is None:
+                    r.deleted_at = now
             gone = [p for p in pods if p.dark_since is not None and self._pod_gone(p, "deleted while its node is down")]
         for p in gone:
             self._tear_down(p)
@@ -44,7 +60,7 @@ class ClusterChaos(ClusterBase):
             for proc in p.procs.values():
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-        return [p.name for p in pods]
+        return [p.name for p in pods] + sorted(starting)
 
     def _zone_nodes(self, zone: str) -> list[str]:
         nodes = [n.name for n in self.spec.nodes if n.zone == zone]
@@ -142,18 +158,25 @@ class ClusterChaos(ClusterBase):
         self.network.heal(zone)
 
     def set_pod_unready(self, zone: str, service: str, unready: bool = True) -> list[str]:
-        pods = self._pods_of(zone, service)
-        if not pods:
-            raise BackendError(f"no live {service} pod in {zone}")
+        """Take every pod of `service` in `zone` out of service (or back in): kind/EKS flip their serving label.
+
+        A pod being created is labelled too (the label selector finds it), so
+        it stays out of service once Ready, until `set_pod_ready`.
+        """
         with self.tick_lock:
             with self.lock:
+                pods, starting = self._pods_of(zone, service)
+                if not pods and not starting:
+                    raise BackendError(f"no live {service} pod in {zone} (nor one being created)")
                 for p in pods:
                     p.forced_unready = unready
+                for r in starting.values():
+                    r.forced_unready = unready
             # In effect when the action returns (what `status` and the timeline say):
             # the inventory records it first, then the sidecars and relays are told.
             self._update_serving()
             self._push()
-        return [p.name for p in pods]
+        return [p.name for p in pods] + sorted(starting)
 
     def set_pod_ready(self, zone: str, service: str) -> list[str]:
         return self.set_pod_unready(zone, service, unready=False)

@@ -41,6 +41,7 @@ from harness.backends.local.cluster.base import (
     INOTIFY_PER_SIDECAR,
     READY_WAIT_S,
     Pod,
+    Reservation,
     log,
 )
 from harness.backends.local.cluster.chaos import ClusterChaos
@@ -51,7 +52,6 @@ from harness.backends.local.network import Network, ZoneSpec, netns
 from harness.backends.local.sched import (
     UPSTREAMS,
     ClusterSpec,
-    Placed,
     cluster_spec,
 )
 from harness.backends.local.sidecar import parse_upstreams
@@ -78,7 +78,7 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
         self.inventory = Inventory(state_dir / INVENTORY_FILE)
         self.entrypoints_file = state_dir / ENTRYPOINTS_FILE
         self.entry_up: dict[str, bool] = {}
-        self.reserved: dict[str, Placed] = {}  # pods being created: counted by the scheduler already
+        self.reserved: dict[str, Reservation] = {}  # pods being created: counted by the scheduler already
         self.lock = threading.RLock()
         # One control-loop step at a time: a readiness fault adopts its verdict
         # itself (inventory first, then sidecars) instead of racing the loop.

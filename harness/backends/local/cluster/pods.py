@@ -21,6 +21,7 @@ from harness.backends.local.cluster.base import (
     ClusterBase,
     Pod,
     ProbeState,
+    Reservation,
     log,
 )
 from harness.backends.local.network import netns
@@ -47,7 +48,7 @@ class PodLifecycle(ClusterBase):
     def _placed(self) -> list[Placed]:
         """Pods the scheduler counts: live ones and those being created (call with the lock held)."""
         live = [Placed(p.node.name, p.dep.namespace, p.dep.labels) for p in self.pods.values() if p.alive]
-        return live + list(self.reserved.values())
+        return live + [r.placed for r in self.reserved.values()]
 
     def _create_pod(self, dep: DeploymentSpec) -> Pod | None:
         """One pod of `dep`, counted in `creating` by the caller: registered (out of the count) or None (no node)."""
@@ -56,7 +57,7 @@ class PodLifecycle(ClusterBase):
             if node is None:
                 return None
             name = f"{dep.name}-{next(self.counter):05d}"
-            self.reserved[name] = Placed(node.name, dep.namespace, dep.labels)
+            self.reserved[name] = Reservation(Placed(node.name, dep.namespace, dep.labels), dep, node.zone)
         try:
             return self._start_pod(dep, node, name)
         finally:
@@ -92,16 +93,28 @@ class PodLifecycle(ClusterBase):
         # relay can be told of it), and out of `creating` and `reserved` (counted twice in between, it hid a
         # missing replica: the tick dropped a replacement another dead pod had booked). A node killed while
         # the pod started (`kill_node` darkens only the pods it finds) makes it dark here, never Ready.
+        # Chaos that took the pod while it was created (kind/EKS select Pending and ContainerCreating pods by
+        # label too) is honoured here: unready chaos keeps it out of service; a kill ends it, `added` then
+        # `removed` (it held its IP and its sidecar may have logged: the inventory places it), never in a
+        # catalog, its replacement booked podRestartDelayS after the kill, in this step (booked after it, a
+        # tick in between saw a missing replica with nothing due and created it at once).
         with self.lock:
             self.pods[name] = pod
             self.inventory.added(info)
             self.creating[dep.where] -= 1
-            self.reserved.pop(name, None)
-            dark = node.name in self.down_nodes
+            reservation = self.reserved.pop(name, None)
+            pod.forced_unready = reservation is not None and reservation.forced_unready
+            deleted_at = reservation.deleted_at if reservation is not None else None
+            if deleted_at is not None:
+                due = deleted_at + self.topology.local.pod_restart_delay_s
+                self._pod_gone(pod, "deleted while it was being created", replace_in=max(0.0, due - time.time()))
+            dark = deleted_at is None and node.name in self.down_nodes
             if dark:
                 pod.dark_since = time.time()
                 pod.ready = False  # its kubelet died before it could report the pod Ready
-        if dark:
+        if deleted_at is not None:
+            self._tear_down(pod)
+        elif dark:
             with contextlib.suppress(Exception):
                 self.network.set_pod_link(name, False)
             log.info("pod %s dark: its node %s was killed while it started", name, node.name)
