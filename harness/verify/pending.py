@@ -12,14 +12,17 @@ action left the same correct mesh passed on one run and unverified on the next.
 So the cool-down also asks the records themselves, as they are now: the hops
 of the run so far (observe's `create_hops` over the access logs the collector
 has copied and the inventory followed into the run directory), and for each
-Local Zone whose last fault took services down (or the zone, or cut it off:
-a partition, whose callers eject their own product-api while it answers
-errors without its database) and was restored, each pair of that zone whose
-upstream runs there and the fault took down (every such pair for a zone down
-or partitioned, as the verdict asks): `GOOD_HOPS` successful hops served in
-the zone after the pair's last hop that was not one (failed, or served
-elsewhere). That is the verdict's recovery instant with hops behind it, and as
-many as the verdict's evidence rule asks (`recovery_chance`): a mesh that sent
+zone whose last fault was restored, each pair that fault asks back where it
+belongs, as the verdict scopes it (`invariants.scope.FaultScoping.scope`, the
+verdict's own: the services a kill took down, every service a node fault
+killed a pod of, listed or not (a node kill in a zone with more nodes lists
+only the services it left with no pod there, often none), every pair of a zone
+down or partitioned (a partition lists no service, yet its zone's callers eject
+their own product-api while it answers errors without its database)):
+`GOOD_HOPS` successful hops served where the pair's hops belong (its zone, or
+the Region for an AZ's callers) after the pair's last hop that was not one
+(failed, or served elsewhere). That is the verdict's recovery instant with hops
+behind it, and as many as the verdict's evidence rule asks (`recovery_chance`): a mesh that sent
 part of the pair's calls elsewhere during the fault, or after the restore
 before the instant, shows its recovery only with enough good hops that such a
 mesh would rarely have served them all in the zone. Three were taken as shown
@@ -40,18 +43,13 @@ from pathlib import Path
 import duckdb
 
 from harness.observe.hops import create_hops
-from harness.topology import Placement, Topology
+from harness.topology import Topology
+from harness.verify.invariants.scope import FaultScoping
 from harness.verify.invariants.sql import RECOVERY_EVIDENCE_ALPHA, recovery_chance
-from harness.verify.rundata import HOP_OK_SQL, faults_of, pairs
+from harness.verify.rundata import HOP_OK_SQL, Fault, faults_of, live_run, serving_kind_sql
 
 GOOD_HOPS = 3
-"""Successful in-zone hops after the pair's last bad one that put its recovery on record."""
-
-TAKES_SERVICES_DOWN = ("service-down", "zone-down")
-IMPAIRS_ZONE = ("zone-down", "partition")
-"""Fault kinds whose recovery the verdict asks of every pair of the zone with an in-zone upstream, listed or not
-(`FaultMeasurer.scope_zone_impaired`): a partition lists no service, yet its zone's callers eject their own
-product-api while it answers errors without its database, and come back in-zone only once the ejections run out."""
+"""Successful hops where they belong after the pair's last bad one that put its recovery on record."""
 
 
 @dataclass(frozen=True)
@@ -65,41 +63,56 @@ class Pending:
     restore: float
     due: float
     inject: float = -math.inf  # the fault's: its share of hops sent elsewhere asks for more evidence
+    good: str = "serving_zone = caller_zone"  # SQL: a hop served where it belongs (`FaultScoping._expected_sql`)
 
     def __str__(self) -> str:
         return f"{self.zone} -> {self.upstream} (after {self.fault})"
 
 
-def _watched(run_dir: Path, t: Topology) -> list[Pending]:
-    """The pairs of each Local Zone's last fault, when it took services down or cut the zone off and was restored:
-    the listed services' pairs, and for a zone down or partitioned every pair of the zone (`IMPAIRS_ZONE`)."""
-    last = {f.zone: f for f in faults_of(run_dir, t)}  # sorted by inject: each zone's last one stays
-    edge = {z.name for z in t.zones if z.is_edge}
-    in_zone = {s.name for s in t.services if s.placement is not Placement.REGION}
+def _watched(s: FaultScoping) -> list[Pending]:
+    """The pairs each zone's last fault asks back where they belong after its restore, when it was restored: its
+    kind's scope as the verdict takes it (`FaultScoping.scope`), e.g. a node fault's every service that lost a pod
+    on the node, listed or not, and every pair of a zone down or partitioned."""
+    last = {f.zone: f for f in s.run.faults}  # sorted by inject: each zone's last one stays
     return [
-        Pending(f.fault, f.zone, upstream, callers, f.restore, f.restore + t.slo.max_recovery_s, f.inject)
+        Pending(
+            f.fault,
+            f.zone,
+            u,
+            tuple(callers),
+            f.restore,
+            f.restore + s.slo.max_recovery_s,
+            f.inject,
+            good=s._expected_sql(f.zone, u),
+        )
         for f in last.values()
-        if f.restore is not None and f.kind in (*TAKES_SERVICES_DOWN, *IMPAIRS_ZONE) and f.zone in edge
-        for zone, upstream, callers in pairs(t)
-        if zone == f.zone and upstream in in_zone and (upstream in f.services or f.kind in IMPAIRS_ZONE)
+        if f.restore is not None
+        for u, callers in s.scope(f).recovery
     ]
+
+
+def _open(faults: list[Fault], t: Topology, now: float) -> list[Fault]:
+    """Each zone's last fault, restored less than maxRecoveryS ago: those whose pairs the verdict may still ask."""
+    last = {f.zone: f for f in faults}  # sorted by inject: each zone's last one stays
+    return [f for f in last.values() if f.restore is not None and now < f.restore + t.slo.max_recovery_s]
 
 
 def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pending]:
     """The pairs whose recovery the run's records do not show yet and whose maxRecoveryS has not passed."""
-    watched = [w for w in _watched(run_dir, topology) if now < w.due]
-    if not watched:
-        return []
+    candidates = _open(faults_of(run_dir, topology), topology, now)
+    if not candidates:
+        return []  # nothing the verdict could still ask: no hop read
     con = duckdb.connect()
     try:
         create_hops(con, run_dir, topology)
-        out = []
-        for w in watched:
-            if not _shown(con, w):
-                out.append(w)
-        return out
-    except (duckdb.Error, OSError):
-        return watched  # unreadable right now: not yet
+        watched = [w for w in _watched(FaultScoping(live_run(con, run_dir, topology))) if now < w.due]
+        if not watched:
+            return []
+        con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind FROM hops")
+        return [w for w in watched if not _shown(con, w)]
+    except (duckdb.Error, OSError):  # unreadable right now: not yet, for each fault that may ask a pair
+        return [Pending(f.fault, f.zone, "(records unreadable)", (), f.restore or now,
+                        (f.restore or now) + topology.slo.max_recovery_s, f.inject) for f in candidates]  # fmt: skip
     finally:
         con.close()
 
@@ -113,8 +126,8 @@ def _shown(con: duckdb.DuckDBPyConnection, w: Pending) -> bool:
     """
     row = con.execute(
         f"""
-        WITH p AS (SELECT ts, ok, ok AND serving_zone IS NOT DISTINCT FROM $zone AS good
-                   FROM (SELECT ts, coalesce(({HOP_OK_SQL}), false) AS ok, serving_zone FROM hops
+        WITH p AS (SELECT ts, ok, ok AND coalesce(({w.good}), false) AS good
+                   FROM (SELECT *, coalesce(({HOP_OK_SQL}), false) AS ok FROM phops
                          WHERE caller_zone = $zone AND upstream = $upstream AND list_contains($callers, caller_service)
                            AND ts >= $inject)),
              b AS (SELECT coalesce(max(ts) FILTER (WHERE NOT good AND ts >= $restore), $never) AS last_bad FROM p),

@@ -476,6 +476,16 @@ def _topology_tables(con: duckdb.DuckDBPyConnection, t: Topology) -> None:
         con.executemany("INSERT INTO cluster_zones VALUES (?, ?)", named)
 
 
+def serving_kind_sql(t: Topology) -> str:
+    """SQL: a hop's `serving_kind` (`region|edge|unknown`, NULL when no upstream host) from its `serving_zone`."""
+    kinds = {z.name: ("edge" if z.is_edge else "region") for z in t.zones}
+    return (
+        "(CASE WHEN serving_zone IS NULL THEN "
+        "(CASE WHEN coalesce(upstream_host, '') = '' THEN NULL ELSE 'unknown' END) "
+        f"ELSE {_case('serving_zone', kinds, 'unknown')} END)"
+    )
+
+
 def _case(column: str, mapping: dict[str, str], default: str) -> str:
     """A CASE over the topology's few names: cheaper than a join, so it fuses with the scan."""
     whens = " ".join(f"WHEN {sql_str(k)} THEN {sql_str(v)}" for k, v in mapping.items())
@@ -546,11 +556,7 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
         source = "hops_base"
     kinds = {z.name: ("edge" if z.is_edge else "region") for z in t.zones}
     placements = {s.name: s.placement.value for s in t.services}
-    serving_kind = (
-        "(CASE WHEN serving_zone IS NULL THEN "
-        "(CASE WHEN coalesce(upstream_host, '') = '' THEN NULL ELSE 'unknown' END) "
-        f"ELSE {_case('serving_zone', kinds, 'unknown')} END)"
-    )
+    serving_kind = serving_kind_sql(t)
     # Names as one ENUM: a byte or two per value instead of a string each, so fifty million hops stay
     # within the memory limit (as strings they spill gigabytes to disk and the verdict takes minutes).
     # Compared, joined, ordered and printed like the strings they stand for (alphabetical order).
@@ -626,6 +632,17 @@ def faults_of(run_dir: Path, t: Topology) -> list[Fault]:
         return _faults(con, t, [])
     finally:
         con.close()
+
+
+def live_run(con: duckdb.DuckDBPyConnection, run_dir: Path, t: Topology) -> RunData:
+    """A run still going, as far as what each fault asks of which pairs goes (`invariants.scope.FaultScoping`, for
+    e2e's cool-down): its faults (chaos.jsonl) and the pods each node fault killed (`_node_fault_pods`), over the
+    inventory already in `con` (`observe.hops.create_hops`). No end: its records are still coming."""
+    load_jsonl(con, "chaos", [run_dir / CHAOS_FILE], CHAOS_COLUMNS, root=run_dir)
+    run = RunData(con, t, run_dir, [], [], None, float("inf"))
+    run.faults = _faults(con, t, run.notes)
+    _node_fault_pods(run)
+    return run
 
 
 def _faults(con: duckdb.DuckDBPyConnection, t: Topology, notes: list[str]) -> list[Fault]:

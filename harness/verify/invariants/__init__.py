@@ -149,7 +149,8 @@ reader of a copied verdict does not need this file):
   upstream was whole) after an outage no recorded fault explains fails
   fallback (`FaultMeasurer._readiness_exclusions`).
 
-Modules: `sql` (definitions, SQL fragments, interval helpers), `base` (the
+Modules: `sql` (definitions, SQL fragments, interval helpers), `scope` (what each
+fault asks of which pairs: the verdict's and e2e's cool-down's), `base` (the
 loaded run and shared queries), `faults` (one scope per fault kind and the
 measurements they share), `routing` (locality, hub-and-spoke, shared
 services, call graph), `users` (availability, coverage), `checker`
@@ -157,7 +158,8 @@ services, call graph), `users` (availability, coverage), `checker`
 """
 
 from harness.verify.invariants.checker import Checker
-from harness.verify.invariants.faults import SCOPES, FaultMeasurements, FaultScope
+from harness.verify.invariants.faults import FaultMeasurements
+from harness.verify.invariants.scope import SCOPES, FaultScope
 from harness.verify.invariants.sql import (
     DEFINITIONS,
     HUB_VIOLATION_SQL,

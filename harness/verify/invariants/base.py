@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from harness.contract.rundir import SkippedLine
-from harness.topology import Placement
 from harness.verify import expected
+from harness.verify.invariants.scope import FaultScoping
 from harness.verify.invariants.sql import (
     HOP_END_SQL,
     HOP_FIELDS,
@@ -17,7 +17,7 @@ from harness.verify.invariants.sql import (
     REQUEST_END_SQL,
     Window,
 )
-from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
+from harness.verify.rundata import Fault, RunData, zone_is_edge
 
 
 class DeclaredRecovery(NamedTuple):
@@ -29,16 +29,11 @@ class DeclaredRecovery(NamedTuple):
     window: Window | None  # the measurement over [cascade end, + maxRecoveryS] (None: the cascade never ended)
 
 
-class CheckBase:
+class CheckBase(FaultScoping):
     """One loaded run and the helpers every check shares; `checker.Checker` joins the checks."""
 
     def __init__(self, run: RunData) -> None:
-        self.run = run
-        self.con = run.con
-        self.t = run.topology
-        self.slo = run.topology.slo
-        self.pairs = pairs(run.topology)
-        self.run_end = run.end if run.end is not None else 0.0
+        super().__init__(run)
         self.total_hops = int(self._one("SELECT count(*) FROM hops") or 0)
         # the zones users entered (asked by each fault: a scan of every request each time)
         self.user_zones = frozenset(
@@ -138,13 +133,6 @@ class CheckBase:
         reach = self._cascade(f)
         others = {z for z, u, _ in self.pairs if u in reach and z in user_zones and z != f.zone}
         return [f.zone, *sorted(others)]
-
-    def _placement(self, u: str) -> str:
-        """ "unknown" for a fault's service the topology lacks (said in the notes; coverage fails the fault)."""
-        try:
-            return self.t.service(u).placement.value
-        except KeyError:
-            return "unknown"
 
     def _entry_down_spans(self) -> list[tuple[str, float, float]]:
         """(zone, from, to) while entrypoints.jsonl says the zone's entry point was down."""
@@ -311,21 +299,6 @@ class CheckBase:
         the pairs depending on its single point of failure are to serve again (maxRecoveryS, the run's end)."""
         end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
         return end, min(end + self.slo.max_recovery_s, max(self.run_end, end))
-
-    def _expected_sql(self, zone: str, upstream: str) -> str:
-        # upstream is a topology upstream (pairs, dependants): known
-        if zone_is_edge(self.t, zone) and self.t.service(upstream).placement is Placement.EDGE:
-            return "serving_zone = caller_zone"
-        return "serving_kind = 'region'"
-
-    def _next_inject(self, zone: str, after: float, other_than: Fault | None = None) -> float | None:
-        """The inject of `zone`'s next fault after `after` (not fault `other_than`), None when there is none.
-
-        `other_than` is the fault itself, not its id: ids end in random hex, and two kills of one service in
-        one zone that drew the same id skipped each other (the first's recovery ran over the second).
-        """
-        nxt = [g.inject for g in self.run.faults if g.zone == zone and g is not other_than and g.inject > after]
-        return min(nxt, default=None)
 
     def _next_fault_in_zone(self, f: Fault, after: float) -> float:
         nxt = self._next_inject(f.zone, after, f)

@@ -1,20 +1,20 @@
 """Per-fault measurement: one scope per fault kind, then the failover, recovery, impact and losses they share.
 
 A fault kind decides only *what* is asked of the pairs of its zone
-(`SCOPES`): which must fail over to the Region, which must recover, whose
+(`scope.SCOPES`, which e2e's cool-down asks too): which must fail over to the Region, which must recover, whose
 locality is not judged meanwhile. The measurements themselves are the same
 for every kind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from harness.observe.hops import host_ip_sql
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
+from harness.verify.invariants.scope import FaultScope
 from harness.verify.invariants.sql import (
     FAILOVER_PENDING_SQL,
     HOP_TS_SLACK_S,
@@ -58,19 +58,6 @@ class FailoverSpan:
     start: float  # the inject
     until: float  # the failover instant, at most maxFailoverS past the inject
     killed_ips: tuple[str, ...] = ()
-
-
-Pairs = list[tuple[str, list[str]]]  # (upstream, its callers) of one zone
-
-
-@dataclass
-class FaultScope:
-    """What one fault kind asks of the pairs of its zone (see `SCOPES`)."""
-
-    failover: Pairs = field(default_factory=list)  # must fail over to the Region during the fault
-    recovery: Pairs = field(default_factory=list)  # must come back where they belong after the restore
-    excluded: list[str] = field(default_factory=list)  # upstreams whose locality is not judged meanwhile
-    messages: list[str] = field(default_factory=list)  # said about the fault, not failures by themselves
 
 
 @dataclass
@@ -181,72 +168,6 @@ class FaultMeasurer(CheckBase):
         if first_new is not None:
             return float(first_new), "a replacement served"
         return end, why
-
-    def _edge_pairs(self, zone_pairs: Pairs) -> Pairs:
-        """Pairs whose upstream is edge-placed: only they have an in-zone service to recover to.
-
-        A Region-only upstream (postgres) is served from the Region before, during
-        and after any fault (the shared-services invariant checks that); its TCP
-        hops are logged only when a pooled connection closes, so "no traffic after
-        restore" would say nothing about recovery.
-        """
-        return [(u, c) for u, c in zone_pairs if self._placement(u) != "region"]
-
-    def _node_fault_services(self, f: Fault) -> set[str]:
-        """Every service a node fault killed a pod of in its zone (`rundata._node_fault_pods`).
-
-        A node fault in a zone with more nodes leaves its services an instance
-        there, so the chaos record (which lists the ones left with none) does
-        not name them; yet they lost pods: Envoy keeps sending the dead ones
-        calls until they are withdrawn, and spills to the Region while too few
-        are left. Empty for any other fault.
-        """
-        rows = self.con.execute(
-            "SELECT DISTINCT service FROM node_fault_pods WHERE fault = ? AND inject = ? AND zone = ?",
-            [f.fault, f.inject, f.zone],
-        ).fetchall()
-        return {str(r[0]) for r in rows}
-
-    # -- one scope per fault kind ----------------------------------------------
-    def scope_service_down(self, f: Fault, zone_pairs: Pairs) -> FaultScope:
-        """The listed services are down in the zone: their callers that stay up fail over to the Region,
-        and every pair whose upstream went down must come back in-zone, also when its callers went down too.
-
-        A node fault's other services (pods lost, an instance left: `_node_fault_services`) must come
-        back in-zone as well: with one of two replicas left Envoy spills part of the zone's calls to the
-        Region by design, and after the restore that must stop. Asked only of the listed services, a zone
-        whose sidecars never took the returned replica back spilled to the end of the run and passed."""
-        down = set(f.services)
-        lost = down | self._node_fault_services(f)
-        scope = FaultScope(
-            recovery=self._edge_pairs([(u, c) for u, c in zone_pairs if u in lost]),
-            excluded=[u for u, _ in zone_pairs if u in down],
-        )
-        for u, callers in zone_pairs:
-            alive = [c for c in callers if c not in down]
-            if u in down and alive and expected.no_failover(f, u):
-                scope.messages.append(f"{u}: declared single point of failure, no failover to measure")
-            elif u in down and alive:
-                scope.failover.append((u, alive))
-        if not scope.failover and not scope.messages:
-            scope.messages.append(
-                f"no mesh caller of {', '.join(sorted(down)) or 'any service'} stays up in {f.zone}: "
-                "no failover to measure"
-            )
-        return scope
-
-    def scope_zone_impaired(self, f: Fault, zone_pairs: Pairs) -> FaultScope:
-        """Zone down or partitioned: the zone is impaired as a whole.
-
-        Its Region-only dependencies are out of reach, its pods answer 5xx, and
-        outlier detection may eject them for a while after the heal. Locality is
-        not judged then; recovery is.
-        """
-        return FaultScope(recovery=self._edge_pairs(zone_pairs), excluded=[u for u, _ in zone_pairs])
-
-    def scope_link_degraded(self, f: Fault, zone_pairs: Pairs) -> FaultScope:
-        """Latency / loss on the service link: traffic must stay in-zone throughout (nothing excluded)."""
-        return FaultScope(recovery=self._edge_pairs(zone_pairs))
 
     # -- the measurements every kind shares ----------------------------------------
     def _failover(self, f: Fault, scope: FaultScope, fault_end: float, pair_results: dict[str, PairResult]) -> Failover:
@@ -413,9 +334,7 @@ class FaultMeasurer(CheckBase):
         """`g`, when it measures the recovery of pair (g.zone, u) after its own restore (`SCOPES`), else None."""
         if g is None:
             return None
-        zone_pairs = [(v, list(c)) for (z, v, c) in self.pairs if z == g.zone]
-        scope = SCOPES.get(g.kind, FaultMeasurer.scope_link_degraded)(self, g, zone_pairs)
-        return g if any(v == u for v, _ in scope.recovery) else None
+        return g if any(v == u for v, _ in self.scope(g).recovery) else None
 
     def _left_to_next(self, zone: str, u: str, since: float) -> Fault | None:
         """The zone's next fault after `since`, when it began within maxRecoveryS of it and asks the recovery of
@@ -784,8 +703,7 @@ class FaultMeasurer(CheckBase):
 
     def measure_fault(self, f: Fault, out: FaultMeasurements) -> None:
         """One fault: its kind's scope, then failover, recovery, impact window, exclusions and losses."""
-        zone_pairs = [(u, list(c)) for (z, u, c) in self.pairs if z == f.zone]
-        scope = SCOPES.get(f.kind, FaultMeasurer.scope_link_degraded)(self, f, zone_pairs)
+        scope = self.scope(f)
         fault_end = f.restore if f.restore is not None else max(self.run_end, f.inject)
         pair_results: dict[str, PairResult] = {}
         fo = self._failover(f, scope, fault_end, pair_results)
@@ -1184,13 +1102,3 @@ def union(*lists: list[tuple[float, float | None]]) -> list[tuple[float, float |
     """Intervals [lo, hi) (hi None: open to the end) merged where they overlap or touch (`merge_intervals`)."""
     merged = merge_intervals([("", "", lo, INF if hi is None else hi) for xs in lists for lo, hi in xs])
     return [(lo, None if hi >= INF else hi) for _z, _u, lo, hi in merged]
-
-
-ScopeFn = Callable[[FaultMeasurer, Fault, Pairs], FaultScope]
-# Fault kind -> what it asks of its zone's pairs; any other kind is measured like link-degraded.
-SCOPES: dict[str, ScopeFn] = {
-    "service-down": FaultMeasurer.scope_service_down,
-    "zone-down": FaultMeasurer.scope_zone_impaired,
-    "partition": FaultMeasurer.scope_zone_impaired,
-    "link-degraded": FaultMeasurer.scope_link_degraded,
-}

@@ -1,0 +1,149 @@
+"""`FaultScoping`: what the verdict asks of which pairs after each fault, from the run's faults and inventory only.
+
+The verdict's `FaultMeasurer` and e2e's cool-down (`harness.verify.pending`)
+both ask it: the cool-down waits for exactly the recoveries the verdict will
+ask for, so they must not be two copies of one rule that drift apart (a
+partition, a node kill in a zone with more nodes and a declared single point
+of failure's cascade were each asked by the verdict and not watched by the
+cool-down). Nothing here reads hops or user requests: the cool-down asks it of
+a run still going, every few hundred milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.topology import Placement
+from harness.verify import expected
+from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
+
+Pairs = list[tuple[str, list[str]]]  # (upstream, its callers) of one zone
+
+
+@dataclass
+class FaultScope:
+    """What one fault kind asks of the pairs of its zone (see `SCOPES`)."""
+
+    failover: Pairs = field(default_factory=list)  # must fail over to the Region during the fault
+    recovery: Pairs = field(default_factory=list)  # must come back where they belong after the restore
+    excluded: list[str] = field(default_factory=list)  # upstreams whose locality is not judged meanwhile
+    messages: list[str] = field(default_factory=list)  # said about the fault, not failures by themselves
+
+
+class FaultScoping:
+    """One run's faults and readiness (`RunData.faults`, `.down`, the table `node_fault_pods`): the fault kinds'
+    scopes, a declared fault's cascade, where a pair's hops belong."""
+
+    def __init__(self, run: RunData) -> None:
+        self.run = run
+        self.con = run.con
+        self.t = run.topology
+        self.slo = run.topology.slo
+        self.pairs = pairs(run.topology)
+        self.run_end = run.end if run.end is not None else 0.0
+
+    def _placement(self, u: str) -> str:
+        """ "unknown" for a fault's service the topology lacks (said in the notes; coverage fails the fault)."""
+        try:
+            return self.t.service(u).placement.value
+        except KeyError:
+            return "unknown"
+
+    def _expected_sql(self, zone: str, upstream: str) -> str:
+        """SQL over a hop of pair (zone, upstream): served where it belongs (the zone, or the Region)."""
+        # upstream is a topology upstream (pairs, dependants): known
+        if zone_is_edge(self.t, zone) and self.t.service(upstream).placement is Placement.EDGE:
+            return "serving_zone = caller_zone"
+        return "serving_kind = 'region'"
+
+    def _next_inject(self, zone: str, after: float, other_than: Fault | None = None) -> float | None:
+        """The inject of `zone`'s next fault after `after` (not fault `other_than`), None when there is none.
+
+        `other_than` is the fault itself, not its id: ids end in random hex, and two kills of one service in
+        one zone that drew the same id skipped each other (the first's recovery ran over the second).
+        """
+        nxt = [g.inject for g in self.run.faults if g.zone == zone and g is not other_than and g.inject > after]
+        return min(nxt, default=None)
+
+    def _edge_pairs(self, zone_pairs: Pairs) -> Pairs:
+        """Pairs whose upstream is edge-placed: only they have an in-zone service to recover to.
+
+        A Region-only upstream (postgres) is served from the Region before, during
+        and after any fault (the shared-services invariant checks that); its TCP
+        hops are logged only when a pooled connection closes, so "no traffic after
+        restore" would say nothing about recovery.
+        """
+        return [(u, c) for u, c in zone_pairs if self._placement(u) != "region"]
+
+    def _node_fault_services(self, f: Fault) -> set[str]:
+        """Every service a node fault killed a pod of in its zone (`rundata._node_fault_pods`).
+
+        A node fault in a zone with more nodes leaves its services an instance
+        there, so the chaos record (which lists the ones left with none) does
+        not name them; yet they lost pods: Envoy keeps sending the dead ones
+        calls until they are withdrawn, and spills to the Region while too few
+        are left. Empty for any other fault.
+        """
+        rows = self.con.execute(
+            "SELECT DISTINCT service FROM node_fault_pods WHERE fault = ? AND inject = ? AND zone = ?",
+            [f.fault, f.inject, f.zone],
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    # -- one scope per fault kind ----------------------------------------------
+    def scope(self, f: Fault) -> FaultScope:
+        """What fault `f` asks of the pairs of its zone: its kind's scope (`SCOPES`; any other kind is measured
+        like link-degraded)."""
+        zone_pairs = [(u, list(c)) for (z, u, c) in self.pairs if z == f.zone]
+        return SCOPES.get(f.kind, FaultScoping.scope_link_degraded)(self, f, zone_pairs)
+
+    def scope_service_down(self, f: Fault, zone_pairs: Pairs) -> FaultScope:
+        """The listed services are down in the zone: their callers that stay up fail over to the Region,
+        and every pair whose upstream went down must come back in-zone, also when its callers went down too.
+
+        A node fault's other services (pods lost, an instance left: `_node_fault_services`) must come
+        back in-zone as well: with one of two replicas left Envoy spills part of the zone's calls to the
+        Region by design, and after the restore that must stop. Asked only of the listed services, a zone
+        whose sidecars never took the returned replica back spilled to the end of the run and passed."""
+        down = set(f.services)
+        lost = down | self._node_fault_services(f)
+        scope = FaultScope(
+            recovery=self._edge_pairs([(u, c) for u, c in zone_pairs if u in lost]),
+            excluded=[u for u, _ in zone_pairs if u in down],
+        )
+        for u, callers in zone_pairs:
+            alive = [c for c in callers if c not in down]
+            if u in down and alive and expected.no_failover(f, u):
+                scope.messages.append(f"{u}: declared single point of failure, no failover to measure")
+            elif u in down and alive:
+                scope.failover.append((u, alive))
+        if not scope.failover and not scope.messages:
+            scope.messages.append(
+                f"no mesh caller of {', '.join(sorted(down)) or 'any service'} stays up in {f.zone}: "
+                "no failover to measure"
+            )
+        return scope
+
+    def scope_zone_impaired(self, f: Fault, zone_pairs: Pairs) -> FaultScope:
+        """Zone down or partitioned: the zone is impaired as a whole.
+
+        Its Region-only dependencies are out of reach, its pods answer 5xx, and
+        outlier detection may eject them for a while after the heal. Locality is
+        not judged then; recovery is.
+        """
+        return FaultScope(recovery=self._edge_pairs(zone_pairs), excluded=[u for u, _ in zone_pairs])
+
+    def scope_link_degraded(self, f: Fault, zone_pairs: Pairs) -> FaultScope:
+        """Latency / loss on the service link: traffic must stay in-zone throughout (nothing excluded)."""
+        return FaultScope(recovery=self._edge_pairs(zone_pairs))
+
+
+ScopeFn = Callable[[FaultScoping, Fault, Pairs], FaultScope]
+# Fault kind -> what it asks of its zone's pairs; any other kind is measured like link-degraded.
+SCOPES: dict[str, ScopeFn] = {
+    "service-down": FaultScoping.scope_service_down,
+    "zone-down": FaultScoping.scope_zone_impaired,
+    "partition": FaultScoping.scope_zone_impaired,
+    "link-degraded": FaultScoping.scope_link_degraded,
+}

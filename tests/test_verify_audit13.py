@@ -1,0 +1,67 @@
+"""Verdicts a thirteenth audit found decided by the harness rather than the mesh: the cool-down's length.
+
+e2e's cool-down (`harness.verify.pending`) keeps the users on until every recovery the verdict will ask for is
+on record, or maxRecoveryS has passed: stopped sooner, the verdict calls the recovery unverified, and whether a
+correct mesh passes depends on how fast the machine or cluster brought it back. Each case is a synthetic run
+(harness.verify.synth) whose records stop shortly after the last restore, as a cool-down that asked for nothing
+would have stopped them, next to the same mesh on longer records; each docstring's "HOLE." says how the
+cool-down as the audit found it judged it. Next to each, a control: a zone already back is not waited for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.topology import Topology
+from harness.verify import pending_recoveries
+from harness.verify.synth import Scenario
+from tests.test_verify_audit import why
+from tests.test_verify_audit4_faults import RESTORE, WIDE, node_fault_spill
+from tests.test_verify_audit4_faults import T as DEFAULT
+from tests.verdicts import verify
+
+LAX = "us-west-2-lax-1a"
+
+
+def _t0(t: Topology) -> float:
+    return Scenario(t).start
+
+
+# -- 1. a node kill in a zone with more nodes: its record lists no service -----------------------------------------
+NODE_CASES = [
+    pytest.param(DEFAULT, LAX, "local", id="edge-lax"),
+    pytest.param(WIDE, "us-west-2-den-1a", "kind", id="wide-den-kind"),  # den-1a: the wide topology's 2-node LZ
+]
+
+
+@pytest.mark.parametrize(("t", "zone", "logs"), NODE_CASES)
+def test_the_cool_down_waits_for_a_node_faults_recovery(tmp_path: Path, t: Topology, zone: str, logs: str) -> None:
+    """experiments/node-kill.json last: the zone's second node stopped 30-60 s; one of its two product-api
+    replicas lost, the zone spilling ~30 % of its product-api hops to the Region meanwhile, and until 62 s (the
+    returned replica back in Envoy's view 2 s after the restore). HOLE: the chaos record lists the services the
+    node kill left with no pod in the zone (none here), and the cool-down watched only those: 3 s after the
+    restore it asked for nothing, and the verdict failed the mesh as unverified (too few in-zone hops after the
+    spill to show it stopped: "the run ended 3.000s after the restore"), while a longer cool-down passed it. The
+    verdict asks the recovery of every service that lost a pod on the node (`_node_fault_services`): so does the
+    cool-down, with the same evidence rule (`recovery_chance` against the spill's share)."""
+    t0 = _t0(t)
+    short = node_fault_spill(tmp_path / "short", t, zone, RESTORE + 2, duration=RESTORE + 3, accesslogs=logs)
+    left = pending_recoveries(short, t, t0 + RESTORE + 3)
+    assert [(p.zone, p.upstream) for p in left] == [(zone, "product-api")], left
+    v = verify(short)
+    assert not v.passed and "unverified" in " ".join(why(v)), why(v)
+    long = node_fault_spill(tmp_path / "long", t, zone, RESTORE + 2, duration=RESTORE + 30, accesslogs=logs)
+    assert pending_recoveries(long, t, t0 + RESTORE + 30) == []
+    v = verify(long)
+    assert v.passed, why(v)
+
+
+@pytest.mark.parametrize(("t", "zone", "logs"), NODE_CASES)
+def test_a_node_faults_recovery_on_record_is_not_waited_for(tmp_path: Path, t: Topology, zone: str, logs: str) -> None:
+    """The control: the zone whole again at the restore is not waited for 15 s after it."""
+    d = node_fault_spill(tmp_path, t, zone, spill_until=RESTORE, duration=RESTORE + 15, accesslogs=logs)
+    assert pending_recoveries(d, t, _t0(t) + RESTORE + 15) == []
+    v = verify(d)
+    assert v.passed, why(v)
