@@ -17,17 +17,22 @@ belongs, as the verdict scopes it (`invariants.scope.FaultScoping.scope`, the
 verdict's own: the services a kill took down, every service a node fault
 killed a pod of, listed or not (a node kill in a zone with more nodes lists
 only the services it left with no pod there, often none), every pair of a zone
-down or partitioned (a partition lists no service, yet its zone's callers eject
-their own product-api while it answers errors without its database)):
-`GOOD_HOPS` successful hops served where the pair's hops belong (its zone, or
-the Region for an AZ's callers) after the pair's last hop that was not one
-(failed, or served elsewhere). That is the verdict's recovery instant with hops
-behind it, and as many as the verdict's evidence rule asks (`recovery_chance`): a mesh that sent
-part of the pair's calls elsewhere during the fault, or after the restore
-before the instant, shows its recovery only with enough good hops that such a
-mesh would rarely have served them all in the zone. Three were taken as shown
-after a restore that sent every other call to the Region. A pair
-is no longer waited for once maxRecoveryS has passed since its restore: the
+down or partitioned (a partition lists no service, yet its zone's callers
+eject their own product-api while it answers errors without its database)),
+and after a declared single point of failure's cascade every Local Zone's
+pairs depending on it (`FaultScoping.cascade_recovery_pairs`: the fault is in
+the Region, yet the verdict asks them back in-zone within maxRecoveryS of the
+cascade's end, and the generic count of requests is met by shop pages that
+need no database while postgres re-seeds): `GOOD_HOPS` successful hops served
+where the pair's hops belong (its zone, or the Region for an AZ's callers)
+after the pair's last hop that was not one (failed, or served elsewhere). That
+is the verdict's recovery instant with hops behind it, and as many as the
+verdict's evidence rule asks (`recovery_chance`): a mesh that sent part of the
+pair's calls elsewhere during the fault, or after the restore before the
+instant, shows its recovery only with enough good hops that such a mesh would
+rarely have served them all in the zone. Three were taken as shown after a
+restore that sent every other call to the Region. A pair is no longer waited
+for once maxRecoveryS has passed since its restore (the cascade's end): the
 verdict decides it from then on (back, or never back).
 
 Only reads the run directory; an unreadable moment (a segment being
@@ -44,8 +49,9 @@ import duckdb
 
 from harness.observe.hops import create_hops
 from harness.topology import Topology
+from harness.verify import expected
 from harness.verify.invariants.scope import FaultScoping
-from harness.verify.invariants.sql import RECOVERY_EVIDENCE_ALPHA, recovery_chance
+from harness.verify.invariants.sql import INF, RECOVERY_EVIDENCE_ALPHA, recovery_chance
 from harness.verify.rundata import HOP_OK_SQL, Fault, faults_of, live_run, serving_kind_sql
 
 GOOD_HOPS = 3
@@ -70,11 +76,20 @@ class Pending:
 
 
 def _watched(s: FaultScoping) -> list[Pending]:
-    """The pairs each zone's last fault asks back where they belong after its restore, when it was restored: its
-    kind's scope as the verdict takes it (`FaultScoping.scope`), e.g. a node fault's every service that lost a pod
-    on the node, listed or not, and every pair of a zone down or partitioned."""
+    """What the verdict will ask back where it belongs, as it scopes it (`FaultScoping`):
+
+    - after each zone's last fault, restored, the pairs of its kind's scope (`FaultScoping.scope`), e.g. a node
+      fault's every service that lost a pod on the node, listed or not, and every pair of a zone down or
+      partitioned;
+    - after each declared single point of failure's cascade (`FaultScoping._cascade_window`: every outage that
+      began while it was on is over), every Local Zone's pairs depending on it
+      (`FaultScoping.cascade_recovery_pairs`) in a zone with no fault since (that one measures the pair itself).
+      Until the cascade is over they wait for it, at most maxRecoveryS past the last of their services' return
+      in the Region: a zone's service still down then fails the verdict ("longer than maxRecoveryS after the
+      Region's was ready again"), however long the run goes on.
+    """
     last = {f.zone: f for f in s.run.faults}  # sorted by inject: each zone's last one stays
-    return [
+    out = [
         Pending(
             f.fault,
             f.zone,
@@ -89,12 +104,28 @@ def _watched(s: FaultScoping) -> list[Pending]:
         if f.restore is not None
         for u, callers in s.scope(f).recovery
     ]
+    for f in s.run.faults:
+        if not expected.declared(f) or f.restore is None:
+            continue
+        end, _ = s._cascade_window(f)
+        asked = [(z, u, c) for z, u, c in s.cascade_recovery_pairs(f) if s._next_inject(z, end) is None]
+        if end >= INF:  # not over yet: its pairs cannot show their return before it is
+            backs = [b for _z, u, _c in asked if (b := s._region_back(f, u)) < INF]
+            since, due = INF, max(backs, default=f.restore) + s.slo.max_recovery_s
+        else:
+            since, due = end, end + s.slo.max_recovery_s
+        out += [
+            Pending(f.fault, z, u, callers, since, due, since, good=s._expected_sql(z, u)) for z, u, callers in asked
+        ]
+    return out
 
 
 def _open(faults: list[Fault], t: Topology, now: float) -> list[Fault]:
-    """Each zone's last fault, restored less than maxRecoveryS ago: those whose pairs the verdict may still ask."""
+    """Each zone's last fault restored less than maxRecoveryS ago, and every restored declared fault (its cascade
+    may end later): those whose pairs the verdict may still ask."""
     last = {f.zone: f for f in faults}  # sorted by inject: each zone's last one stays
-    return [f for f in last.values() if f.restore is not None and now < f.restore + t.slo.max_recovery_s]
+    recent = [f for f in last.values() if f.restore is not None and now < f.restore + t.slo.max_recovery_s]
+    return recent + [f for f in faults if expected.declared(f) and f.restore is not None and f not in recent]
 
 
 def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pending]:

@@ -636,12 +636,14 @@ def faults_of(run_dir: Path, t: Topology) -> list[Fault]:
 
 def live_run(con: duckdb.DuckDBPyConnection, run_dir: Path, t: Topology) -> RunData:
     """A run still going, as far as what each fault asks of which pairs goes (`invariants.scope.FaultScoping`, for
-    e2e's cool-down): its faults (chaos.jsonl) and the pods each node fault killed (`_node_fault_pods`), over the
-    inventory already in `con` (`observe.hops.create_hops`). No end: its records are still coming."""
+    e2e's cool-down): its faults (chaos.jsonl), the pods each node fault killed (`_node_fault_pods`) and the
+    readiness (`_readiness`: a declared fault's cascade), over the inventory already in `con`
+    (`observe.hops.create_hops`). No end: its records are still coming, and an outage not over yet is open."""
     load_jsonl(con, "chaos", [run_dir / CHAOS_FILE], CHAOS_COLUMNS, root=run_dir)
     run = RunData(con, t, run_dir, [], [], None, float("inf"))
     run.faults = _faults(con, t, run.notes)
     _node_fault_pods(run)
+    _readiness(run)
     return run
 
 

@@ -294,12 +294,6 @@ class CheckBase(FaultScoping):
             out.append(DeclaredRecovery(z, u, None if w is None else w.instant, w))
         return out
 
-    def _cascade_window(self, f: Fault) -> tuple[float, float]:
-        """A declared fault's cascade end (INF: it never ended), and the end of the stretch after it in which
-        the pairs depending on its single point of failure are to serve again (maxRecoveryS, the run's end)."""
-        end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
-        return end, min(end + self.slo.max_recovery_s, max(self.run_end, end))
-
     def _next_fault_in_zone(self, f: Fault, after: float) -> float:
         nxt = self._next_inject(f.zone, after, f)
         return nxt if nxt is not None else max(self.run_end, after)

@@ -745,16 +745,6 @@ class FaultMeasurer(CheckBase):
             )
         )
 
-    def _spof_back(self, f: Fault) -> float:
-        """When the declared single point of failure of fault `f` was back in the Region: the end of the last of
-        its outages that began in the fault (INF: one never ended), or the restore (INF: never restored)."""
-        restore = f.restore if f.restore is not None else INF
-        return max(
-            (INF if hi is None else hi for sv in f.spof for lo, hi in self.run.down.get((self.t.region, sv), [])
-             if f.inject <= lo <= restore),
-            default=restore,
-        )  # fmt: skip
-
     def _declared_cascade_failures(self, f: Fault) -> list[PairResult]:
         """What a declared single point of failure does not excuse in its cascade (fallback failures).
 
@@ -777,24 +767,18 @@ class FaultMeasurer(CheckBase):
         In the stored stability runs every zone's cascade ended within 1.4 s of
         the Region's.
         """
-        restore = f.restore if f.restore is not None else INF
         out: list[PairResult] = []
 
         def failed(zone: str, upstream: str, message: str, hops: int, failures: int | None) -> PairResult:
             counts: dict[str, float | int | None] = {"cascade_hops": hops, "cascade_failed": failures}
             return PairResult(zone, upstream, FAIL, counts, message=message, fault=f.fault)
 
-        def began_in_fault(key: tuple[str, str]) -> list[tuple[float, float | None]]:
-            return [(lo, hi) for lo, hi in self.run.down.get(key, []) if f.inject <= lo <= restore]
-
-        spof_back = self._spof_back(f)
         cascade = self._cascade(f)
         for z, u, callers in self.pairs:
             if not zone_is_edge(self.t, z) or self._placement(u) != "edge" or u not in cascade:
                 continue
-            region = [INF if hi is None else hi for _lo, hi in began_in_fault((self.t.region, u))]
-            back = max(region, default=spof_back)
-            for _lo, hi in began_in_fault((z, u)):
+            back = self._region_back(f, u)
+            for _lo, hi in self._began_in_fault(f, (z, u)):
                 end = INF if hi is None else hi
                 if back >= INF or end - back <= self.slo.max_failover_s:
                     continue  # the zone's own cascade ended with the Region's, or the Region never came back
@@ -814,8 +798,9 @@ class FaultMeasurer(CheckBase):
                         f"not back after the restore of {f.fault}", w.hops, w.failed,
                     ))  # fmt: skip
         end, recoveries = self._declared_recovery(f)
+        asked = {(z, u) for z, u, _ in self.cascade_recovery_pairs(f)}  # what e2e's cool-down waits for too
         for z, u, instant, rw in recoveries:  # the window it measured (None: the cascade never ended, judged above)
-            if rw is None or instant is not None or not zone_is_edge(self.t, z) or self._placement(u) != "edge":
+            if rw is None or instant is not None or (z, u) not in asked:
                 continue
             if self._left_to_next(z, u, end) is not None:  # cut short by the zone's next fault, whose recovery asks it
                 continue

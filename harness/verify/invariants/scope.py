@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from harness.topology import Placement
 from harness.verify import expected
+from harness.verify.invariants.sql import INF
 from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
 
 Pairs = list[tuple[str, list[str]]]  # (upstream, its callers) of one zone
@@ -137,6 +138,42 @@ class FaultScoping:
     def scope_link_degraded(self, f: Fault, zone_pairs: Pairs) -> FaultScope:
         """Latency / loss on the service link: traffic must stay in-zone throughout (nothing excluded)."""
         return FaultScope(recovery=self._edge_pairs(zone_pairs))
+
+    # -- a declared single point of failure's cascade (`FaultMeasurer._declared_cascade_failures`) ---------------
+    def _cascade_window(self, f: Fault) -> tuple[float, float]:
+        """A declared fault's cascade end (INF: it never ended), and the end of the stretch after it in which
+        the pairs depending on its single point of failure are to serve again (maxRecoveryS, the run's end)."""
+        end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
+        return end, min(end + self.slo.max_recovery_s, max(self.run_end, end))
+
+    def cascade_recovery_pairs(self, f: Fault) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(zone, upstream, callers) that declared fault `f`'s cascade asks back where they belong after it ends
+        (`_cascade_window`): every Local Zone's pairs of an edge-placed service depending on its single point of
+        failure (`expected.dependants`). Its own scope (`scope`) asks nothing of them: the fault is in the Region,
+        and a Region-only service has no in-zone instance to recover to."""
+        deps = expected.dependants(self.t, f.spof)
+        return [(z, u, c) for z, u, c in self.pairs
+                if u in deps and zone_is_edge(self.t, z) and self._placement(u) == "edge"]  # fmt: skip
+
+    def _began_in_fault(self, f: Fault, key: tuple[str, str]) -> list[tuple[float, float | None]]:
+        """The down intervals of readiness key `key` (`RunData.down`) that began while fault `f` was on."""
+        restore = f.restore if f.restore is not None else INF
+        return [(lo, hi) for lo, hi in self.run.down.get(key, []) if f.inject <= lo <= restore]
+
+    def _spof_back(self, f: Fault) -> float:
+        """When the declared single point of failure of fault `f` was back in the Region: the end of the last of
+        its outages that began in the fault (INF: one never ended), or the restore (INF: never restored)."""
+        restore = f.restore if f.restore is not None else INF
+        return max(
+            (INF if hi is None else hi for sv in f.spof for _lo, hi in self._began_in_fault(f, (self.t.region, sv))),
+            default=restore,
+        )
+
+    def _region_back(self, f: Fault, u: str) -> float:
+        """When `u` was ready again in the Region after declared fault `f`: the end of the last of its Region
+        outages that began in the fault, or when the single point of failure was back (INF: never)."""
+        region = [INF if hi is None else hi for _lo, hi in self._began_in_fault(f, (self.t.region, u))]
+        return max(region, default=self._spof_back(f))
 
 
 ScopeFn = Callable[[FaultScoping, Fault, Pairs], FaultScope]
