@@ -58,7 +58,7 @@ def test_a_later_outage_or_spill_in_the_zone_is_not_the_earlier_faults_recovery(
 
 def test_a_repeated_fault_id_does_not_stretch_the_first_faults_recovery(tmp_path: Path) -> None:
     """Fault ids are `<action>-<service>-<zone>-<4 hex>` (harness/chaos/actions.py `_fault_id`): two kills of the
-    same service in the same zone collide with probability 1/65536. `_next_inject(zone, after, other_than=f.fault)`
+    same service in the same zone collide with probability 1/65536. `next_inject(zone, after, other_than=f.fault)`
     skips every fault with the same id, so the first kill's recovery window runs over the second kill and
     its failover. Before the fix: FAIL (the first's recovery measured ~71 s, > 60 s) for a correct mesh."""
     fid = "kill-pod-product-api-lax-1a-abcd"

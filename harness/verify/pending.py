@@ -69,7 +69,7 @@ class Pending:
     restore: float
     due: float
     inject: float = -math.inf  # the fault's: its share of hops sent elsewhere asks for more evidence
-    good: str = "serving_zone = caller_zone"  # SQL: a hop served where it belongs (`FaultScoping._expected_sql`)
+    good: str = "serving_zone = caller_zone"  # SQL: a hop served where it belongs (`FaultScoping.expected_sql`)
 
     def __str__(self) -> str:
         return f"{self.zone} -> {self.upstream} (after {self.fault})"
@@ -81,7 +81,7 @@ def _watched(s: FaultScoping) -> list[Pending]:
     - after each zone's last fault, restored, the pairs of its kind's scope (`FaultScoping.scope`), e.g. a node
       fault's every service that lost a pod on the node, listed or not, and every pair of a zone down or
       partitioned;
-    - after each declared single point of failure's cascade (`FaultScoping._cascade_window`: every outage that
+    - after each declared single point of failure's cascade (`FaultScoping.cascade_window`: every outage that
       began while it was on is over), every Local Zone's pairs depending on it
       (`FaultScoping.cascade_recovery_pairs`) in a zone with no fault since (that one measures the pair itself).
       Until the cascade is over they wait for it, at most maxRecoveryS past the last of their services' return
@@ -98,7 +98,7 @@ def _watched(s: FaultScoping) -> list[Pending]:
             f.restore,
             f.restore + s.slo.max_recovery_s,
             f.inject,
-            good=s._expected_sql(f.zone, u),
+            good=s.expected_sql(f.zone, u),
         )
         for f in last.values()
         if f.restore is not None
@@ -107,15 +107,15 @@ def _watched(s: FaultScoping) -> list[Pending]:
     for f in s.run.faults:
         if not expected.declared(f) or f.restore is None:
             continue
-        end, _ = s._cascade_window(f)
-        asked = [(z, u, c) for z, u, c in s.cascade_recovery_pairs(f) if s._next_inject(z, end) is None]
+        end, _ = s.cascade_window(f)
+        asked = [(z, u, c) for z, u, c in s.cascade_recovery_pairs(f) if s.next_inject(z, end) is None]
         if end >= INF:  # not over yet: its pairs cannot show their return before it is
-            backs = [b for _z, u, _c in asked if (b := s._region_back(f, u)) < INF]
+            backs = [b for _z, u, _c in asked if (b := s.region_back(f, u)) < INF]
             since, due = INF, max(backs, default=f.restore) + s.slo.max_recovery_s
         else:
             since, due = end, end + s.slo.max_recovery_s
         out += [
-            Pending(f.fault, z, u, callers, since, due, since, good=s._expected_sql(z, u)) for z, u, callers in asked
+            Pending(f.fault, z, u, callers, since, due, since, good=s.expected_sql(z, u)) for z, u, callers in asked
         ]
     return out
 

@@ -230,7 +230,7 @@ class CheckBase(FaultScoping):
                 marks.append(
                     self._one(
                         f"SELECT max(ts) FROM fhops WHERE caller_zone = ? AND upstream = ? AND ts >= ? AND ts < ? "
-                        f"AND NOT (ok AND coalesce(({self._expected_sql(zone, s)}), false))",
+                        f"AND NOT (ok AND coalesce(({self.expected_sql(zone, s)}), false))",
                         [zone, s, lo, before],
                     )
                 )
@@ -271,7 +271,7 @@ class CheckBase(FaultScoping):
         """
         if (f.fault, f.inject) in self._recovered:
             return self._recovered[(f.fault, f.inject)]
-        end, _ = self._cascade_window(f)
+        end, _ = self.cascade_window(f)
         out = self._recovered_after(f, end)
         self._recovered[(f.fault, f.inject)] = (end, out)
         return end, out
@@ -288,12 +288,12 @@ class CheckBase(FaultScoping):
                 continue
             w = None
             if end < INF:
-                nxt = self._next_inject(z, end)
+                nxt = self.next_inject(z, end)
                 bound = min(upto, INF if nxt is None else nxt)
-                w = self._measure(z, u, list(callers), end, bound, self._expected_sql(z, u), next_fault=nxt)
+                w = self._measure(z, u, list(callers), end, bound, self.expected_sql(z, u), next_fault=nxt)
             out.append(DeclaredRecovery(z, u, None if w is None else w.instant, w))
         return out
 
     def _next_fault_in_zone(self, f: Fault, after: float) -> float:
-        nxt = self._next_inject(f.zone, after, f)
+        nxt = self.next_inject(f.zone, after, f)
         return nxt if nxt is not None else max(self.run_end, after)

@@ -132,7 +132,7 @@ class FaultMeasurer(CheckBase):
         # back long before showed "no traffic after the cascade" though their users were served
         for f in self.run.faults:
             if expected.declared(f):
-                end, upto = self._cascade_window(f)
+                end, upto = self.cascade_window(f)
                 deps = expected.dependants(self.t, f.spof)
                 if end < INF:
                     spans += [(z, "", end, upto) for z, u, _ in self.pairs if u in deps]
@@ -268,7 +268,7 @@ class FaultMeasurer(CheckBase):
             )
             out.values = {u: None for u, _ in scope.recovery}
             return out
-        nxt = self._next_inject(f.zone, f.restore, f)
+        nxt = self.next_inject(f.zone, f.restore, f)
         hi = nxt if nxt is not None else max(self.run_end, f.restore)
         measured: list[tuple[float, float | None]] = []
         for u, callers in scope.recovery:
@@ -344,7 +344,7 @@ class FaultMeasurer(CheckBase):
         what `_superseded_by` is for a fault of the zone: a recovery cut short by the zone's next fault is
         that fault's to show, and a mesh that never came back fails there.
         """
-        nxt = self._next_inject(zone, since)
+        nxt = self.next_inject(zone, since)
         if nxt is None or nxt >= since + self.slo.max_recovery_s:
             return None
         return self._asks_recovery_of(next((x for x in self.run.faults if x.zone == zone and x.inject == nxt), None), u)
@@ -410,7 +410,7 @@ class FaultMeasurer(CheckBase):
                 "",
             )
         later = replace(f, restore=g.restore)  # the pair's window begins with its callers' return
-        nxt = self._next_inject(f.zone, g.restore, g)
+        nxt = self.next_inject(f.zone, g.restore, g)
         hi = nxt if nxt is not None else max(self.run_end, g.restore)
         w = self._recovery_window(later, u, callers, hi, nxt)
         self._bound_cut_off(g, callers, w)  # its callers were down until then: the zone's records bound it
@@ -532,7 +532,7 @@ class FaultMeasurer(CheckBase):
         impact window then charged with the primary's declared losses.
         """
         assert f.restore is not None
-        good = self._expected_sql(f.zone, u)
+        good = self.expected_sql(f.zone, u)
         later = sorted(
             {lo for lo, _ in self._not_whole(f.zone, u) if f.restore < lo < hi}
             | {g.inject for g in self._shared_outages(f, u) if f.restore < g.inject < hi}
@@ -572,7 +572,7 @@ class FaultMeasurer(CheckBase):
         if rec is None:
             return (
                 f"fallback: {f.zone} -> {u}: fault {f.fault} never recovers: no steady successful "
-                f"{'in-zone' if 'caller_zone' in self._expected_sql(f.zone, u) else 'Region'} service "
+                f"{'in-zone' if 'caller_zone' in self.expected_sql(f.zone, u) else 'Region'} service "
                 f"after restore at {iso(f.restore)} ({w.hops} hops, {w.failed} failed){first}"
             )
         clock = self._clock_bound(f.zone)
@@ -617,7 +617,7 @@ class FaultMeasurer(CheckBase):
             if lo < restore and (hi is None or hi > f.inject)
         ]
         windows = [("as during the fault", spans), ("as after the restore", [(restore, w.instant)])]
-        good = self._expected_sql(f.zone, u)
+        good = self.expected_sql(f.zone, u)
         after = int(
             self._one(
                 "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? "
@@ -777,7 +777,7 @@ class FaultMeasurer(CheckBase):
         for z, u, callers in self.pairs:
             if not zone_is_edge(self.t, z) or self._placement(u) != "edge" or u not in cascade:
                 continue
-            back = self._region_back(f, u)
+            back = self.region_back(f, u)
             for _lo, hi in self._began_in_fault(f, (z, u)):
                 end = INF if hi is None else hi
                 if back >= INF or end - back <= self.slo.max_failover_s:
@@ -806,7 +806,7 @@ class FaultMeasurer(CheckBase):
                 continue
             # the records stop before maxRecoveryS after the cascade (and before the zone's next fault): the pair
             # not back yet is unverified, not shown missing (`_ended_before_due`); a longer run shows it either way
-            cut = self.run_end < end + self.slo.max_recovery_s and self._next_inject(z, end) is None
+            cut = self.run_end < end + self.slo.max_recovery_s and self.next_inject(z, end) is None
             if rw.hops and cut:
                 out.append(failed(z, u,
                     f"fallback: {z} -> {u}: back in-zone after the cascade of fault {f.fault} ended at {iso(end)} "
@@ -900,10 +900,10 @@ class FaultMeasurer(CheckBase):
                 # the zone's next fault ends the window at its inject, not when its pods are gone: hops it
                 # fails in between are its own, and would leave this recovery unmeasured (then the window
                 # ran maxRecoveryS on, over every fault of a burst, and locality judged nothing after it)
-                fault_next = self._next_inject(z, hi) or INF
+                fault_next = self.next_inject(z, hi) or INF
                 nxt = min(nxt, fault_next)
                 bound = min(hi + limit, nxt, max(self.run_end, hi))
-                w = self._measure(z, u, list(callers), hi, bound, self._expected_sql(z, u),
+                w = self._measure(z, u, list(callers), hi, bound, self.expected_sql(z, u),
                                   next_fault=nxt if nxt < INF else None)  # fmt: skip
                 out.append((z, u, lo, w.instant if w.instant is not None else hi + limit))
                 if (

@@ -51,14 +51,14 @@ class FaultScoping:
         except KeyError:
             return "unknown"
 
-    def _expected_sql(self, zone: str, upstream: str) -> str:
+    def expected_sql(self, zone: str, upstream: str) -> str:
         """SQL over a hop of pair (zone, upstream): served where it belongs (the zone, or the Region)."""
         # upstream is a topology upstream (pairs, dependants): known
         if zone_is_edge(self.t, zone) and self.t.service(upstream).placement is Placement.EDGE:
             return "serving_zone = caller_zone"
         return "serving_kind = 'region'"
 
-    def _next_inject(self, zone: str, after: float, other_than: Fault | None = None) -> float | None:
+    def next_inject(self, zone: str, after: float, other_than: Fault | None = None) -> float | None:
         """The inject of `zone`'s next fault after `after` (not fault `other_than`), None when there is none.
 
         `other_than` is the fault itself, not its id: ids end in random hex, and two kills of one service in
@@ -140,7 +140,7 @@ class FaultScoping:
         return FaultScope(recovery=self._edge_pairs(zone_pairs))
 
     # -- a declared single point of failure's cascade (`FaultMeasurer._declared_cascade_failures`) ---------------
-    def _cascade_window(self, f: Fault) -> tuple[float, float]:
+    def cascade_window(self, f: Fault) -> tuple[float, float]:
         """A declared fault's cascade end (INF: it never ended), and the end of the stretch after it in which
         the pairs depending on its single point of failure are to serve again (maxRecoveryS, the run's end)."""
         end = expected.impact_end(self.run, f, f.restore if f.restore is not None else INF)
@@ -148,7 +148,7 @@ class FaultScoping:
 
     def cascade_recovery_pairs(self, f: Fault) -> list[tuple[str, str, tuple[str, ...]]]:
         """(zone, upstream, callers) that declared fault `f`'s cascade asks back where they belong after it ends
-        (`_cascade_window`): every Local Zone's pairs of an edge-placed service depending on its single point of
+        (`cascade_window`): every Local Zone's pairs of an edge-placed service depending on its single point of
         failure (`expected.dependants`). Its own scope (`scope`) asks nothing of them: the fault is in the Region,
         and a Region-only service has no in-zone instance to recover to."""
         deps = expected.dependants(self.t, f.spof)
@@ -169,7 +169,7 @@ class FaultScoping:
             default=restore,
         )
 
-    def _region_back(self, f: Fault, u: str) -> float:
+    def region_back(self, f: Fault, u: str) -> float:
         """When `u` was ready again in the Region after declared fault `f`: the end of the last of its Region
         outages that began in the fault, or when the single point of failure was back (INF: never)."""
         region = [INF if hi is None else hi for _lo, hi in self._began_in_fault(f, (self.t.region, u))]

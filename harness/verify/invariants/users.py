@@ -461,7 +461,7 @@ class UserChecks(CheckBase):
         ends: dict[str, float] = {}
         for z in zones:
             keys = expected.zone_keys(self.run, f, z)
-            zc = expected.impact_end(self.run, f, restore, keys)  # the zone's cascade end, as `_cascade_window`
+            zc = expected.impact_end(self.run, f, restore, keys)  # the zone's cascade end, as `cascade_window`
             rs = recoveries if zc == cascade_end else self._recovered_after(f, zc, z)  # the last zone's: measured
             back = [r.instant for r in rs if r.zone == z and r.upstream not in f.spof]
             ends[z] = max([expected.impact_end(self.run, f, hi, keys), *(b for b in back if b is not None)])
@@ -1379,7 +1379,7 @@ class UserChecks(CheckBase):
                 during_end = f.restore if f.restore is not None else max(self.run_end, f.inject)
                 windows: list[tuple[str, float, float, bool]] = [("during", f.inject, during_end, True)]
                 if f.restore is not None:
-                    nxt = self._next_inject(zone, f.restore, f)
+                    nxt = self.next_inject(zone, f.restore, f)
                     after_end = min(self.run_end, f.restore + self.slo.max_recovery_s)
                     if nxt is not None and nxt < after_end:
                         # the zone's next fault began first: its window holds the users the recovery met (cut at
