@@ -145,10 +145,23 @@ module does all of that, each behaviour taken from the source named here:
   -N -F -A -I -C -D -S as iptables answers them; `tc` does nothing), so a
   script that is not valid shell, or that a chain refuses, fails as it would.
   kube-proxy (iptables mode) ensures its jumps at the top of INPUT, FORWARD and
-  OUTPUT when it syncs, each prepended when absent and left where it is when
+  OUTPUT at a full sync, each prepended when absent and left where it is when
   present (pkg/proxy/iptables/proxier.go, `EnsureRule(Prepend)` of
-  `iptablesJumpChains`): on a node as the cluster starts, and on a restarted
-  node (a fresh namespace) when it boots, after rules written at its start.
+  `iptablesJumpChains` and `iptablesKubeletJumpChains`; `EnsureRule` checks
+  with -C first), then refills only its own chains (`iptables-restore
+  --noflush`): KUBE-FORWARD drops INVALID and accepts the masquerade mark
+  0x4000 and RELATED,ESTABLISHED. It syncs nothing before it has listed
+  Services and EndpointSlices (`syncProxyRules` returns while
+  `!isInitialized()`), so on a restarted node (a fresh namespace, docker/cli
+  #6115) its first sync comes after the kubelet boots and only once the node's
+  own rules let it reach the API server (`<cluster>-control-plane:6443`, kind's
+  GetAPIServerInternalEndpoint): after a heal when its zone was partitioned.
+  Later syncs find the jumps and move nothing. `ClusterSim.verdict` walks the
+  filter table for one packet (`Packet`: addresses, conntrack state, mark).
+  The xtables lock: `iptables_mode` legacy (kind's entrypoint picks the host's
+  backend, select_iptables) makes an `iptables` without -w exit 4 while
+  another writer holds the lock (`NodeRun.xtables_busy_until`), and `-w N`
+  wait up to N s; nf_tables takes no lock.
   `labels` become node
   labels; JoinConfiguration
   `nodeRegistration.taints` / `register-with-taints`; `extraPortMappings`
@@ -169,6 +182,7 @@ import collections
 import contextlib
 import copy
 import hashlib
+import ipaddress
 import itertools
 import json
 import random
@@ -426,17 +440,43 @@ class SimTimings:
 
 
 BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
-_EXTERNAL = '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" '
+_NEW = "-m conntrack --ctstate NEW "
+_EXTERNAL = _NEW + '-m comment --comment "kubernetes externally-visible service portals" '
 KUBE_PROXY_JUMPS: tuple[tuple[str, str], ...] = (
-    # (chain, rule) of the filter table, in kube-proxy's order (iptablesJumpChains; each prepended when absent)
+    # (chain, rule) of the filter table, in kube-proxy's order (iptablesJumpChains, then iptablesKubeletJumpChains;
+    # each prepended when absent, left where it is when present: EnsureRule(Prepend) checks with -C first)
     ("INPUT", _EXTERNAL + "-j KUBE-EXTERNAL-SERVICES"),
     ("FORWARD", _EXTERNAL + "-j KUBE-EXTERNAL-SERVICES"),
     ("INPUT", '-m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS'),
-    ("FORWARD", '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
-    ("OUTPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+    ("FORWARD", _NEW + '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+    ("OUTPUT", _NEW + '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
     # KUBE-FORWARD accepts RELATED,ESTABLISHED: a rule below it never sees an open connection's packets
     ("FORWARD", '-m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD'),
+    ("INPUT", _NEW + '-m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
+    ("OUTPUT", _NEW + '-m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
+    ("FORWARD", _NEW + '-m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
+    ("INPUT", "-j KUBE-FIREWALL"),
+    ("OUTPUT", "-j KUBE-FIREWALL"),
 )
+# What kube-proxy's iptables-restore at the end of a sync writes into its filter chains (--noflush: its own chains
+# are flushed and refilled, no other): no Service here lacks endpoints, so its service chains stay empty.
+KUBE_PROXY_CHAINS: dict[str, tuple[str, ...]] = {
+    "KUBE-SERVICES": (),
+    "KUBE-EXTERNAL-SERVICES": (),
+    "KUBE-NODEPORTS": (),
+    "KUBE-PROXY-FIREWALL": (),
+    "KUBE-FORWARD": (
+        "-m conntrack --ctstate INVALID -j DROP",
+        '-m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT',
+        '-m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED'
+        " -j ACCEPT",
+    ),
+    "KUBE-FIREWALL": (
+        '! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack'
+        " ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+    ),
+}
+API_SERVER_PORT = 6443  # kind: the control-plane's API server, which kube-proxy and the kubelet reach by its name
 
 
 def fresh_netns() -> dict[str, list[str]]:
@@ -445,11 +485,14 @@ def fresh_netns() -> dict[str, list[str]]:
 
 
 def kube_proxy_sync(table: dict[str, list[str]]) -> None:
-    """kube-proxy's sync on the node: its chains exist and each jump is in place, prepended when absent."""
+    """kube-proxy's full sync on the node (pkg/proxy/iptables/proxier.go, syncProxyRules): each jump ensured,
+    prepended when absent, then its own chains refilled by one iptables-restore --noflush."""
     for chain, rule in KUBE_PROXY_JUMPS:
         table.setdefault(rule.rsplit(" ", 1)[1], [])
         if rule not in table[chain]:
             table[chain].insert(0, rule)
+    for chain, rules in KUBE_PROXY_CHAINS.items():
+        table[chain] = list(rules)
 
 
 def synced_netns() -> dict[str, list[str]]:
@@ -458,8 +501,82 @@ def synced_netns() -> dict[str, list[str]]:
     return table
 
 
+class Packet(NamedTuple):
+    """A packet as the filter table sees it: addresses after DNAT, its conntrack state and its skb mark."""
+
+    src: str
+    dst: str
+    proto: str = "tcp"
+    sport: int = 0
+    dport: int = 0
+    state: str = "NEW"  # NEW, ESTABLISHED, RELATED, INVALID (DNAT: the connection was destination-NATed)
+    mark: int = 0
+    dnat: bool = False
+
+
+def _in_cidr(addr: str, cidr: str) -> bool:
+    return ipaddress.ip_address(addr) in ipaddress.ip_network(cidr if "/" in cidr else cidr + "/32", strict=False)
+
+
+def _rule_matches(args: list[str], pkt: Packet) -> tuple[bool, str | None]:
+    """Whether `pkt` matches the rule `args` (iptables -S form, without `-A CHAIN`), and the rule's target."""
+    target: str | None = None
+    ok, i, neg = True, 0, False
+    while i < len(args):
+        a = args[i]
+        if a == "!":
+            neg, i = True, i + 1
+            continue
+        val = args[i + 1] if i + 1 < len(args) else ""
+        if a == "-j":
+            target = val
+        elif a == "-m":
+            pass  # the match module; its options follow
+        elif a == "--comment":
+            pass
+        elif a in ("-s", "-d"):
+            hit = _in_cidr(pkt.src if a == "-s" else pkt.dst, val)
+            ok = ok and (hit != neg)
+        elif a == "-p":
+            ok = ok and ((pkt.proto == val) != neg)
+        elif a in ("--dport", "--sport"):
+            ok = ok and ((int(val) == (pkt.dport if a == "--dport" else pkt.sport)) != neg)
+        elif a == "--ctstate":
+            states = {pkt.state} | ({"DNAT"} if pkt.dnat else set())
+            ok = ok and (bool(states & set(val.split(","))) != neg)
+        elif a == "--mark":
+            value, _, mask = val.partition("/")
+            m = int(mask, 0) if mask else 0xFFFFFFFF
+            ok = ok and (((pkt.mark & m) == int(value, 0)) != neg)
+        else:
+            raise ValueError(f"the sim's filter table does not model {a!r} (rule {' '.join(args)!r})")
+        neg, i = False, i + 2
+    return ok, target
+
+
+def iptables_verdict(table: dict[str, list[str]], chain: str, pkt: Packet) -> str:
+    """What the filter table does with `pkt` in `chain`: ACCEPT, DROP or REJECT (RETURN from a user chain).
+
+    The built-in chains' policy is ACCEPT (kind's nodes: the kubelet unit sets FORWARD's, Docker's is INPUT's)."""
+    for rule in table.get(chain, []):
+        ok, target = _rule_matches(shlex.split(rule), pkt)
+        if not ok or target is None:
+            continue
+        if target in ("ACCEPT", "DROP", "REJECT", "RETURN"):
+            return target
+        verdict = iptables_verdict(table, target, pkt)
+        if verdict != "RETURN":
+            return verdict
+    return "ACCEPT" if chain in BUILTIN_CHAINS else "RETURN"
+
+
+XTABLES_LOCK_BUSY = "Another app is currently holding the xtables lock."
 # `iptables` of the filter table in a node's namespace for a real `sh` running a docker exec script: one file
 # per chain in $IPT, one rule per line as `iptables -S` prints it without `-A CHAIN `; answers as iptables does.
+# The xtables lock (/run/xtables.lock, which kube-proxy and kindnet mount from the node): iptables-legacy takes it
+# for every command and, without -w, exits 4 at once while another writer holds it; `-w N` waits up to N seconds
+# (`-w` alone: for ever) and then exits 4 (iptables/xshared.c, xtables_lock_or_exit). iptables-nft takes no lock
+# (a commit is one nf_tables transaction) and accepts -w for compatibility. $XTLOCK exists while it is held.
 IPTABLES_SH = r"""
 _ipt_builtin() { case "$1" in INPUT|FORWARD|OUTPUT) return 0;; esac; return 1; }
 _ipt_target() {  # the -j target of the rule "$@" exists
@@ -467,14 +584,41 @@ _ipt_target() {  # the -j target of the rule "$@" exists
     if [ "$1" = -j ]; then
       case "$2" in ACCEPT|DROP|RETURN|REJECT) return 0;; esac
       [ -e "$IPT/$2" ] && return 0
-      echo "iptables v1.8.9 (nf_tables): Chain '$2' does not exist" >&2; return 2
+      echo "iptables v1.8.9 ($IPT_MODE): Chain '$2' does not exist" >&2; return 2
     fi
     shift
   done
 }
 _ipt_number() { case "$1" in ''|*[!0-9]*) return 1;; esac; return 0; }
+_ipt_lock() {  # $1: none, forever or the seconds -w gave
+  [ "$IPT_MODE" = legacy ] && [ -e "$XTLOCK" ] || return 0
+  if [ "$1" = none ]; then
+    echo "Another app is currently holding the xtables lock. Perhaps you want to use the -w option?" >&2
+    return 4
+  fi
+  _t=0
+  while [ -e "$XTLOCK" ]; do
+    if [ "$1" != forever ] && [ "$_t" -ge $(( $1 * 10 )) ]; then
+      echo "Another app is currently holding the xtables lock. Stopped waiting after $1s." >&2
+      return 4
+    fi
+    sleep 0.1; _t=$(( _t + 1 ))
+  done
+}
 iptables() {
+  _wait=none; _num=; _first=1
+  for _a in "$@"; do  # -w [N] may come anywhere; the rest is the command
+    if [ -n "$_first" ]; then set --; _first=; fi
+    if [ -n "$_num" ]; then
+      _num=
+      if _ipt_number "$_a"; then _wait=$_a; continue; fi
+    fi
+    case "$_a" in -w|--wait) _wait=forever; _num=1; continue;; esac
+    set -- "$@" "$_a"
+  done
+  _ipt_lock "$_wait" || return $?
   _op=$1; _c=$2
+  case "$_op" in -N|-F|-A|-I|-D) : > "$WROTE";; esac  # (one iptables refuses counts: the script meant to write)
   if [ "$_op" = -N ]; then
     if [ -e "$IPT/$_c" ]; then echo "iptables: Chain already exists." >&2; return 1; fi
     : > "$IPT/$_c"; return 0
@@ -521,22 +665,40 @@ iptables() {
     *) echo "fake iptables: unsupported $_op" >&2; return 2 ;;
   esac
 }
-tc() { return 0; }
+tc() { : > "$WROTE"; }
 """
 
 
-async def run_iptables_script(table: dict[str, list[str]], script: str) -> tuple[int, str, dict[str, list[str]]]:
-    """`sh -c SCRIPT` against `table` (IPTABLES_SH): (exit status, stderr, the table after it)."""
+async def run_iptables_script(
+    table: dict[str, list[str]], script: str, *, mode: str = "nf_tables", locked_for: float = 0.0
+) -> tuple[int, str, dict[str, list[str]], bool]:
+    """`sh -c SCRIPT` against `table` (IPTABLES_SH): (exit status, stderr, the table after it, whether it wrote:
+    ran a command that changes the filter table or the qdiscs, rather than only looking).
+
+    `mode`: iptables' backend, nf_tables or legacy; `locked_for`: seconds another writer still holds the xtables
+    lock from the script's start (legacy only: nf_tables takes none)."""
     with tempfile.TemporaryDirectory(prefix="netns-") as d:
+        chains, lock, wrote = Path(d, "filter"), Path(d, "xtables.lock"), Path(d, "wrote")
+        chains.mkdir()
         for chain, rules in table.items():
-            Path(d, chain).write_text("".join(r + "\n" for r in rules))
-        proc = await asyncio.create_subprocess_exec(
-            "sh", "-c", IPTABLES_SH + script, env={"PATH": "/usr/bin:/bin", "IPT": d},
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        _out, err = await proc.communicate()
-        after = {f.name: f.read_text().splitlines() for f in Path(d).iterdir() if not f.name.endswith(".new")}
-    return proc.returncode or 0, err.decode(errors="replace"), after
+            Path(chains, chain).write_text("".join(r + "\n" for r in rules))
+        release = None
+        if locked_for > 0:
+            lock.touch()
+            release = asyncio.get_running_loop().call_later(locked_for, lambda: lock.unlink(missing_ok=True))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "sh", "-c", IPTABLES_SH + script,
+                env={"PATH": "/usr/bin:/bin", "IPT": str(chains), "XTLOCK": str(lock), "IPT_MODE": mode,
+                     "WROTE": str(wrote)},
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _out, err = await proc.communicate()
+        finally:
+            if release is not None:
+                release.cancel()
+        after = {f.name: f.read_text().splitlines() for f in chains.iterdir() if not f.name.endswith(".new")}
+        return proc.returncode or 0, err.decode(errors="replace"), after, wrote.exists()
 
 
 @dataclass
@@ -555,6 +717,12 @@ class NodeRun:
     in_force: str | None = None
     # the filter table of the node's network namespace: chain -> rules in order (IPTABLES_SH's form)
     iptables: dict[str, list[str]] = field(default_factory=synced_netns)
+    # kube-proxy has made its first sync in this network namespace (a fresh one after `docker start`: once its
+    # kubelet runs it and it has listed Services and EndpointSlices from the API server, not before)
+    proxy_synced: bool = True
+    # until then another writer (kube-proxy's iptables-restore, kindnet) holds /run/xtables.lock (legacy mode)
+    xtables_busy_until: float = 0.0
+    scripting: bool = False  # a docker exec script is changing the table (kube-proxy's sync waits for it)
     entrypoint_until: float | None = None  # kind's entrypoint is PID 1 until then (after a docker start)
     port_maps: dict[int, int] = field(default_factory=dict)  # containerPort -> host port
     notready_marked: bool = False
@@ -727,6 +895,9 @@ class ClusterSim:
         self.kind_network_next = 2  # the next address Docker hands out on the `kind` network (172.18.0.N)
         self.host_listeners: list[Any] = []
         self.netem_available = True  # the host kernel has sch_netem (kind node containers share it)
+        # the iptables backend kind's entrypoint picked for its nodes (select_iptables: the one the host's rules
+        # use, legacy or nft); legacy serialises writers with /run/xtables.lock
+        self.iptables_mode = "nf_tables"
         self.netpol_enforced = True  # the CNI enforces NetworkPolicy (EKS: VPC CNI network policy on)
         # nodes where it does not, though the CNI does elsewhere: the VPC CNI enforces NetworkPolicy per node,
         # through the network policy agent on each, so a node group on an AMI whose kernel the agent does not
@@ -1472,7 +1643,6 @@ class ClusterSim:
                         self.delete("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
             if nrun.up and nrun.boot_at is not None and now >= nrun.boot_at:
                 nrun.boot_at = None
-                kube_proxy_sync(nrun.iptables)  # its kube-proxy pod runs again: its jumps go on top
                 addresses = (node.get("status") or {}).get("addresses") or []
                 if nrun.ip and any(a.get("type") == "InternalIP" and a.get("address") != nrun.ip for a in addresses):
                     # kind's entrypoint put the new address in the kubelet's node-ip; the kubelet reports it
@@ -1487,6 +1657,26 @@ class ClusterSim:
                     self.patch("v1", "nodes", None, name, {"spec": {"taints": taints or None}})
                 nrun.notready_marked = False
                 nrun.down_since = None
+            # kube-proxy's first sync in a fresh namespace: its jumps go on top of whatever is there. Not before it
+            # has listed Services and EndpointSlices (syncProxyRules returns until then), so not while the node's
+            # own rules cut it off from the API server (a partition of its zone)
+            booted = nrun.up and nrun.boot_at is None
+            if booted and not nrun.proxy_synced and not nrun.scripting and self._reaches_api_server(nrun):
+                nrun.proxy_synced = True
+                kube_proxy_sync(nrun.iptables)
+
+    def _reaches_api_server(self, nrun: NodeRun) -> bool:
+        """Whether the node's filter table lets a new connection out to the API server (kind: the control-plane's
+        address on Docker's network, by the name kind's kubeconfigs use); yes where the sim runs no control-plane."""
+        cp = self.nodes.get(f"{self.kind_cluster}-control-plane") if self.kind_cluster else None
+        if cp is None or cp is nrun or not cp.ip or not nrun.ip:
+            return True
+        pkt = Packet(nrun.ip, cp.ip, sport=43210, dport=API_SERVER_PORT)
+        return iptables_verdict(nrun.iptables, "OUTPUT", pkt) == "ACCEPT"
+
+    def verdict(self, node: str, chain: str, src: str, dst: str, **packet: Any) -> str:
+        """What `node`'s filter table does now with a packet (`Packet`'s fields) in `chain`."""
+        return iptables_verdict(self.nodes[node].iptables, chain, Packet(src, dst, **packet))
 
     def _node_condition(self, node: Obj, status: str, reason: str, message: str) -> None:
         conds = [c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") != "Ready"]
@@ -3398,6 +3588,7 @@ class ClusterSim:
                     self.nodes[n].ip = ""  # the endpoint on the `kind` network is released
                     self.nodes[n].in_force = None  # the network namespace goes with the container's process
                     self.nodes[n].iptables = fresh_netns()
+                    self.nodes[n].proxy_synced = False
                 elif not self.nodes[n].up:
                     self.node_up(n)
                     # a new endpoint, a new address (the old one is free for whoever starts next)
@@ -3433,12 +3624,20 @@ class ClusterSim:
                 return {"rc": 2, "stderr": "Error: Specified qdisc kind is unknown."}
             nrun.scripts.append(script)
             if "iptables" in script:
-                rc, err, after = await run_iptables_script(nrun.iptables, script)
+                locked_for = max(0.0, nrun.xtables_busy_until - time.time())
+                nrun.scripting = True
+                try:
+                    rc, err, after, wrote = await run_iptables_script(
+                        nrun.iptables, script, mode=self.iptables_mode, locked_for=locked_for
+                    )
+                finally:
+                    nrun.scripting = False
+                if not in_entrypoint:
+                    nrun.iptables = after  # what a failed script did before it stopped holds too
+                    if rc == 0 and wrote:  # (a script that only looked, or failed, leaves in_force as it was)
+                        nrun.in_force = script
                 if rc != 0:
                     return {"rc": rc, "stderr": err}
-                if not in_entrypoint:
-                    nrun.in_force = script
-                    nrun.iptables = after
             # While the entrypoint runs, its enable_network_magic does `iptables-save | sed | iptables-restore`
             # (every table, flushed and refilled from the dump): rules added after the dump are gone when it
             # is restored. The sim takes the worst case: a rule set written while the entrypoint runs does

@@ -440,7 +440,9 @@ def test_a_partition_after_a_restore_puts_its_jump_above_kube_proxys(
     backend.kill_node(node)
     backend.restore_node(node)
     assert table()["FORWARD"][0] == jump  # set on the fresh network namespace...
-    assert wait_until(lambda: table()["FORWARD"][0].endswith("-j KUBE-FORWARD"), 30)  # ...kube-proxy's go on top
+    kube_forward = lambda: [r for r in table()["FORWARD"] if r.endswith("-j KUBE-FORWARD")]  # noqa: E731
+    assert wait_until(kube_forward, 30)  # ...kube-proxy's jumps go on top at its first sync
+    assert table()["FORWARD"].index(kube_forward()[0]) < table()["FORWARD"].index(jump)
 
     backend.partition_zone(LAX)
     after = table()

@@ -11,6 +11,7 @@ condition, and a port-forward that dies with its pod.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -27,7 +28,7 @@ from tests import kubesim_tools
 from tests.conftest import wait_until
 from tests.kubefake import NODES, FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.kubesim import SimTimings
+from tests.kubesim import Packet, SimTimings, fresh_netns, iptables_verdict, kube_proxy_sync, run_iptables_script
 
 pytestmark = pytest.mark.slow  # the simulated cluster runs in real time: seconds each
 
@@ -327,3 +328,62 @@ def test_transparent_proxy_is_decided_as_consul_k8s_does_and_closes_plain_traffi
     (refused,) = [e for e in events if e["involvedObject"]["name"] == "bad"]
     assert refused["reason"] == "FailedCreate"
     assert 'strconv.ParseBool: parsing "yes": invalid syntax' in refused["message"]
+
+
+# -- a kind node's filter table -------------------------------------------------------------
+
+
+def test_kube_proxys_jumps_go_on_top_once_and_decide_before_the_rules_below_them() -> None:
+    """kube-proxy's full sync prepends each absent jump (EnsureRule(Prepend), -C first) and refills only its
+    own chains (iptables-restore --noflush); KUBE-FORWARD accepts the masquerade mark 0x4000 and
+    RELATED,ESTABLISHED, so a drop below it sees only what it lets through."""
+    table = fresh_netns()
+    table["CUT"] = ["-s 10.244.4.0/24 -j DROP", "-d 10.244.4.0/24 -j DROP"]
+    for c in ("INPUT", "OUTPUT", "FORWARD"):
+        table[c].insert(0, "-j CUT")
+    kube_proxy_sync(table)
+    assert table["FORWARD"][-1] == "-j CUT" and table["FORWARD"][0].endswith("-j KUBE-PROXY-FIREWALL")
+    assert table["INPUT"][0] == table["OUTPUT"][0] == "-j KUBE-FIREWALL"  # the kubelet's jumps, prepended last
+    assert table["CUT"] == ["-s 10.244.4.0/24 -j DROP", "-d 10.244.4.0/24 -j DROP"]  # another's chain: untouched
+    synced = {c: list(r) for c, r in table.items()}
+    kube_proxy_sync(table)  # a later full sync finds every jump and moves none
+    assert table == synced
+
+    cut, ours = "10.244.4.7", "10.244.3.9"
+    assert iptables_verdict(table, "FORWARD", Packet(cut, ours)) == "DROP"  # a new connection reaches CUT
+    assert iptables_verdict(table, "FORWARD", Packet(cut, ours, state="ESTABLISHED")) == "ACCEPT"
+    assert iptables_verdict(table, "FORWARD", Packet(cut, ours, mark=0x4000)) == "ACCEPT"  # NodePort, DNATed here
+    assert iptables_verdict(table, "FORWARD", Packet(cut, ours, state="INVALID")) == "DROP"
+    assert iptables_verdict(table, "FORWARD", Packet("10.244.1.5", ours)) == "ACCEPT"  # policy ACCEPT
+    assert iptables_verdict(table, "INPUT", Packet("172.18.0.9", "127.0.0.1")) == "DROP"  # KUBE-FIREWALL
+    for c in ("INPUT", "OUTPUT", "FORWARD"):  # on top, the drops decide first whatever the state
+        table[c].remove("-j CUT")
+        table[c].insert(0, "-j CUT")
+    assert iptables_verdict(table, "FORWARD", Packet(cut, ours, state="ESTABLISHED", mark=0x4000)) == "DROP"
+    with pytest.raises(ValueError, match="does not model '--to-destination'"):
+        iptables_verdict({"FORWARD": ["-j DNAT --to-destination 1.2.3.4"]}, "FORWARD", Packet(cut, ours))
+
+
+def test_iptables_legacy_without_w_fails_while_another_writer_holds_the_xtables_lock() -> None:
+    """iptables-legacy takes /run/xtables.lock for each command: without -w it exits 4 at once while kube-proxy
+    or kindnet holds it, `-w N` waits up to N s (iptables/xshared.c, xtables_lock_or_exit); iptables-nft takes
+    no lock and accepts -w."""
+
+    async def go() -> None:
+        t = fresh_netns()
+        rc, err, after, _ = await run_iptables_script(t, "iptables -N X", mode="legacy", locked_for=0.5)
+        assert (rc, err.strip()) == (4, "Another app is currently holding the xtables lock. Perhaps you want to "
+                                        "use the -w option?") and "X" not in after  # fmt: skip
+        start = time.monotonic()
+        rc, err, after, _ = await run_iptables_script(t, "iptables -w 5 -N X", mode="legacy", locked_for=0.5)
+        assert rc == 0 and "X" in after and 0.4 < time.monotonic() - start < 5, err
+        rc, err, _, _ = await run_iptables_script(t, "iptables -N X -w 1", mode="legacy", locked_for=3.0)
+        assert rc == 4 and "Stopped waiting after 1s." in err
+        rc, err, after, _ = await run_iptables_script(t, "iptables -w 5 -N X", mode="legacy")  # nobody holds it
+        assert rc == 0 and "X" in after, err
+        rc, err, _, wrote = await run_iptables_script(after, "iptables -w 5 -S X", mode="legacy")
+        assert rc == 0 and not wrote, err  # only looked
+        rc, err, after, _ = await run_iptables_script(t, "iptables -N X", mode="nf_tables", locked_for=3.0)
+        assert rc == 0 and "X" in after, err
+
+    asyncio.run(go())
