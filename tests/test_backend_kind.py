@@ -148,7 +148,8 @@ def test_up_issues_exactly_the_documented_commands(
     # lax-1a's script: other LZs dropped both ways, Region peers delayed by the service link (12 ms)
     lax = calls[6][5]
     for cidr in ("172.18.0.6/32", "10.244.4.0/24", "172.18.0.7/32", "10.244.5.0/24"):
-        assert f"iptables -A EH-CHAOS -d {cidr} -j DROP" in lax and f"iptables -A EH-CHAOS -s {cidr} -j DROP" in lax
+        assert f"iptables -w 5 -A EH-CHAOS -d {cidr} -j DROP" in lax
+        assert f"iptables -w 5 -A EH-CHAOS -s {cidr} -j DROP" in lax
     assert "10.244.1.0/24 -j DROP" not in lax and "172.18.0.2/32 -j DROP" not in lax
     assert "tc qdisc add dev eth0 parent 1:4 handle 40: netem delay 12ms\n" in lax
     for cidr in ("172.18.0.3/32", "10.244.1.0/24", "10.244.2.0/24", "10.244.0.0/24"):
@@ -397,14 +398,14 @@ def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools, api: Fa
     backend.set_link(LAX, 150, 5)
     script = tools.calls()[-1][5]
     for cidr in (f"{az}/32", "10.244.1.0/24", "172.18.0.2/32"):
-        assert f"iptables -A EH-CHAOS -d {cidr} -j DROP" in script  # partitioned from the Region
+        assert f"iptables -w 5 -A EH-CHAOS -d {cidr} -j DROP" in script  # partitioned from the Region
     # ...but users still enter the cut-off zone: their NodePort traffic, source-NATed to the control-plane,
     # reaches the entry Services' target (nginx, 80) and its answers go back, ahead of the drops
-    entry = ["iptables -A EH-CHAOS -s 172.18.0.2/32 -p tcp --dport 80 -j ACCEPT",
-             "iptables -A EH-CHAOS -d 172.18.0.2/32 -p tcp --sport 80 -j ACCEPT"]  # fmt: skip
+    entry = ["iptables -w 5 -A EH-CHAOS -s 172.18.0.2/32 -p tcp --dport 80 -j ACCEPT",
+             "iptables -w 5 -A EH-CHAOS -d 172.18.0.2/32 -p tcp --sport 80 -j ACCEPT"]  # fmt: skip
     rules = script.splitlines()
     assert all(r in rules for r in entry)
-    assert max(map(rules.index, entry)) < rules.index("iptables -A EH-CHAOS -d 172.18.0.2/32 -j DROP")
+    assert max(map(rules.index, entry)) < rules.index("iptables -w 5 -A EH-CHAOS -d 172.18.0.2/32 -j DROP")
     assert "netem delay 150ms loss 5%" in script
     backend.heal_zone(LAX)
     backend.clear_link(LAX)
@@ -476,7 +477,7 @@ def test_without_sch_netem_up_works_and_service_link_faults_are_refused(
     assert any("service-link latency NOT emulated" in p and "Specified qdisc kind is unknown" in p for p in progress)
     scripts = [c[5] for c in tools.calls() if c[:2] == ["docker", "exec"] and c[5] != NETEM_PROBE]
     assert len(scripts) == 4 and not any("netem" in s for s in scripts)
-    assert all("iptables -A EH-CHAOS" in s for s in scripts)  # hub-and-spoke still imposed
+    assert all("iptables -w 5 -A EH-CHAOS" in s for s in scripts)  # hub-and-spoke still imposed
     assert "set_link" not in backend.capabilities() and "kill_node" in backend.capabilities()
     with pytest.raises(BackendError, match=r"cannot set_link: service-link latency needs tc netem .*sch_netem"):
         backend.set_link(LAX, 100)

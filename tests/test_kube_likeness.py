@@ -8,6 +8,9 @@ backend before its fix.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from tests.test_backend_kind import tools as tools  # the fake kind/docker/helm/
 pytestmark = pytest.mark.slow
 
 LAX = "us-west-2-lax-1a"
+LAX_NODE, LAS_NODE, AZ_NODE = "edge-worker3", "edge-worker4", "edge-worker"  # lax-1a, las-1a, us-west-2a
 
 
 @pytest.mark.parametrize("action", ["kill_node", "zone_outage"])
@@ -52,7 +56,7 @@ def test_kill_node_returns_only_when_the_restarted_nodes_pods_run_again(
 
 def _drops(script: str) -> set[str]:
     lines = script.splitlines()
-    return {x.split()[4] for x in lines if x.startswith("iptables -A EH-CHAOS -d ") and x.endswith("DROP")}
+    return {x.split()[6] for x in lines if x.startswith("iptables -w 5 -A EH-CHAOS -d ") and x.endswith("DROP")}
 
 
 def _delayed(script: str) -> set[str]:
@@ -122,9 +126,37 @@ def test_rules_after_a_restart_are_set_once_kinds_entrypoint_is_done(
         assert sim.call(lambda: sim.nodes["edge-worker4"].in_force) is None  # a fresh netns when it starts
         backend.restore_node("edge-worker4")
         rules = sim.call(lambda: sim.nodes["edge-worker4"].in_force)
-        assert rules is not None and "iptables -A EH-CHAOS" in rules, "las-1a came back without its edge rules"
+        assert rules is not None and "iptables -w 5 -A EH-CHAOS" in rules, "las-1a came back without its edge rules"
         backend.zone_outage(LAX)
         backend.restore_zone(LAX)
-        assert "iptables -A EH-CHAOS" in (sim.call(lambda: sim.nodes["edge-worker3"].in_force) or "")
+        assert "iptables -w 5 -A EH-CHAOS" in (sim.call(lambda: sim.nodes["edge-worker3"].in_force) or "")
+    finally:
+        backend.close()
+
+
+def test_the_edge_rules_wait_for_the_xtables_lock(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
+    """kind's entrypoint gives its nodes the host's iptables backend (select_iptables). With iptables-legacy every
+    command takes /run/xtables.lock, which kube-proxy's iptables-restore and kindnet's masquerade sync take too
+    (both mount it from the node); a command without -w then exits 4 at once ("Another app is currently holding
+    the xtables lock. Perhaps you want to use the -w option?"), and a fault failed on a busy node. Every iptables
+    call of the harness waits for it, up to 5 s (kube-proxy's own wait)."""
+    sim = api.sim
+    sim.iptables_mode = "legacy"
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path))
+    try:
+        until = time.time() + 1.5  # kube-proxy is restoring its rules on the zone's node
+        sim.call(lambda: setattr(sim.nodes[LAX_NODE], "xtables_busy_until", until))
+        # control: the lock is held, and a call that does not wait for it fails at once
+        bare = subprocess.run(["docker", "exec", LAX_NODE, "sh", "-c", "iptables -S INPUT"], capture_output=True,
+                              text=True, env=os.environ | tools.env)  # fmt: skip
+        assert bare.returncode == 4 and "Perhaps you want to use the -w option?" in bare.stderr
+        tools.reset()
+        backend.partition_zone(LAX)
+        assert time.time() >= until - 0.1  # it waited
+        az_ip = sim.call(lambda: sim.nodes[AZ_NODE].ip)
+        assert f"-d {az_ip}/32 -j DROP" in sim.call(lambda: sim.nodes[LAX_NODE].iptables["EH-CHAOS"])
+        scripts = [c[5] for c in tools.calls() if c[:2] == ["docker", "exec"] and "iptables" in c[5]]
+        assert scripts and not [s for s in scripts if re.search(r"\biptables (?!-w 5 )", s)]
     finally:
         backend.close()

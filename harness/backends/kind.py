@@ -97,6 +97,13 @@ if TYPE_CHECKING:
     from harness.render.manifests import Manifests
 
 CHAIN = "EH-CHAOS"
+# Every iptables call waits for the xtables lock, up to 5 s (kube-proxy's own wait, WaitSecondsValue in
+# pkg/util/iptables). kind's entrypoint gives a node the host's iptables backend (select_iptables); with
+# iptables-legacy each command takes /run/xtables.lock, which kube-proxy's iptables-restore and kindnet's
+# masquerade sync take too (both mount it from the node), and a command without -w exits 4 at once while they
+# hold it ("Another app is currently holding the xtables lock. Perhaps you want to use the -w option?").
+# iptables-nft takes no lock and accepts -w.
+IPTABLES = "iptables -w 5"
 # One line per node container: its name, whether it runs, its address on each network (kind's one; none stopped)
 INSPECT_FORMAT = "{{.Name}} {{.State.Running}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
 # PID 1 of a kind node while its entrypoint (a bash script: comm is the file's name) runs, before `exec /sbin/init`
@@ -532,27 +539,28 @@ class KindBackend(KubeBackend):
         # could not enter a cut-off zone at all). The control-plane's other ports (the API server: a cut
         # service link cuts the EKS control plane too) and its pods, Region pods, are the Region's.
         entry = [f"{n.internal_ip}/32" for n in region if n.name == f"{self.cluster_name}-control-plane"]
+        ipt = IPTABLES
         lines = [
             "set -e",
-            f"iptables -N {CHAIN} 2>/dev/null || true",
-            f"iptables -F {CHAIN}",
+            # created, or else flushed: a -N that gave up on the lock is not taken for "exists" (`|| true` was)
+            f"{ipt} -N {CHAIN} 2>/dev/null || {ipt} -F {CHAIN}",
             # The jump goes first in each chain every time, not only when absent: a restarted node's kube-proxy
             # prepends its own jumps when it syncs, after a restore set these rules (EnsureRule(Prepend) in
             # pkg/proxy/iptables/proxier.go), and its KUBE-FORWARD accepts RELATED,ESTABLISHED, so a jump left
             # below it would let a later partition's open connections through. Moved while the chain is empty.
             "for c in INPUT OUTPUT FORWARD; do",
-            f"  while iptables -D $c -j {CHAIN} 2>/dev/null; do :; done",
-            f"  iptables -I $c 1 -j {CHAIN}",
+            f"  while {ipt} -D $c -j {CHAIN} 2>/dev/null; do :; done",
+            f"  {ipt} -I $c 1 -j {CHAIN}",
             "done",
         ]
         if partitioned:
             for ip in entry:
                 for port in self._entry_ports():
-                    lines.append(f"iptables -A {CHAIN} -s {ip} -p tcp --dport {port} -j ACCEPT")
-                    lines.append(f"iptables -A {CHAIN} -d {ip} -p tcp --sport {port} -j ACCEPT")
+                    lines.append(f"{ipt} -A {CHAIN} -s {ip} -p tcp --dport {port} -j ACCEPT")
+                    lines.append(f"{ipt} -A {CHAIN} -d {ip} -p tcp --sport {port} -j ACCEPT")
         for cidr in blocked:
-            lines.append(f"iptables -A {CHAIN} -d {cidr} -j DROP")
-            lines.append(f"iptables -A {CHAIN} -s {cidr} -j DROP")
+            lines.append(f"{ipt} -A {CHAIN} -d {cidr} -j DROP")
+            lines.append(f"{ipt} -A {CHAIN} -s {cidr} -j DROP")
         lines.append("tc qdisc del dev eth0 root 2>/dev/null || true")
         latency, jitter, loss = self._link(node.zone)
         if self._netem_ok() and (latency > 0 or jitter > 0 or loss > 0):
