@@ -19,6 +19,7 @@ from harness.chaos import actions
 from tests.conftest import wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.kubesim import ClusterSim
 from tests.test_backend_kind import Tools, kind_backend
 from tests.test_backend_kind import tools as tools  # the fake kind/docker/helm/kubectl on PATH
 
@@ -158,5 +159,90 @@ def test_the_edge_rules_wait_for_the_xtables_lock(api: FakeApiServer, tools: Too
         assert f"-d {az_ip}/32 -j DROP" in sim.call(lambda: sim.nodes[LAX_NODE].iptables["EH-CHAOS"])
         scripts = [c[5] for c in tools.calls() if c[:2] == ["docker", "exec"] and "iptables" in c[5]]
         assert scripts and not [s for s in scripts if re.search(r"\biptables (?!-w 5 )", s)]
+    finally:
+        backend.close()
+
+
+CHAINS = ("INPUT", "OUTPUT", "FORWARD")
+
+
+def _pod(sim: ClusterSim, node: str) -> str:
+    """An address in the node's pod CIDR (a pod of it, for the filter table)."""
+    cidr = sim.call(lambda: sim.get("v1", "nodes", None, node)["spec"]["podCIDR"])
+    return cidr.rsplit(".", 1)[0] + ".7"
+
+
+def _firsts(sim: ClusterSim, node: str) -> dict[str, str]:
+    return sim.call(lambda: {c: (sim.nodes[node].iptables[c] or [""])[0] for c in CHAINS})
+
+
+def _synced(sim: ClusterSim, node: str) -> bool:
+    return bool(sim.call(lambda: sim.nodes[node].proxy_synced))
+
+
+def test_a_restored_edge_node_has_its_rules_above_kube_proxys_once_that_syncs(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """A restarted kind node has a fresh network namespace, and its kube-proxy's first sync comes after the
+    rules the restore set as soon as the container ran: it prepends each of its jumps (EnsureRule(Prepend),
+    pkg/proxy/iptables/proxier.go), KUBE-FORWARD among them, which accepts the masquerade mark (NodePort
+    traffic DNATed on this node) and RELATED,ESTABLISHED before EH-CHAOS sees them. Nothing moved EH-CHAOS
+    back until the zone's next fault: restore_node now returns once that sync is done and the jump first."""
+    sim = api.sim
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path))
+    try:
+        sim.t.entrypoint_s = 0.0
+        sim.t.node_boot_s = 2.0  # the kubelet, then kube-proxy, come back well after restore_node's rules
+        backend.kill_node(LAX_NODE)
+        backend.restore_node(LAX_NODE)
+        assert wait_until(lambda: _synced(sim, LAX_NODE), 30)  # kube-proxy's first sync
+        las, lax, az = _pod(sim, LAS_NODE), _pod(sim, LAX_NODE), _pod(sim, AZ_NODE)
+        verdict = lambda src, **p: sim.call(lambda: sim.verdict(LAX_NODE, "FORWARD", src, lax, **p))  # noqa: E731
+        assert verdict(las) == "DROP"  # control: a new connection reaches EH-CHAOS wherever it is
+        assert verdict(las, mark=0x4000) == "DROP"  # was: KUBE-FORWARD's masquerade-mark accept
+        assert verdict(las, state="ESTABLISHED") == "DROP"  # was: KUBE-FORWARD's RELATED,ESTABLISHED accept
+        assert verdict(az, state="ESTABLISHED") == "ACCEPT"  # control: the Region, not cut, passes
+        assert _firsts(sim, LAX_NODE) == dict.fromkeys(CHAINS, "-j EH-CHAOS")
+        backend.set_link(LAX, 150)  # the zone's next impose: the same order, kube-proxy's jumps kept
+        table = sim.call(lambda: {c: list(sim.nodes[LAX_NODE].iptables[c]) for c in CHAINS})
+        assert all(t[0] == "-j EH-CHAOS" and t.count("-j EH-CHAOS") == 1 for t in table.values()), table
+        assert any(r.endswith("-j KUBE-FORWARD") for r in table["FORWARD"])
+    finally:
+        backend.close()
+
+
+def test_a_node_restored_inside_a_partition_gets_its_rules_above_kube_proxys_at_the_heal(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """kube-proxy syncs nothing before it has listed Services and EndpointSlices from the API server
+    (syncProxyRules returns while !isInitialized()), which a node of a partitioned zone cannot reach (kind's
+    <cluster>-control-plane:6443 is among the Region addresses it drops). So a node restored inside a partition
+    keeps its rules first for the whole fault, and its kube-proxy's first sync comes after the heal's rules:
+    heal_zone waits for that sync and puts the jump back first."""
+    sim = api.sim
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path))
+    try:
+        sim.t.entrypoint_s = 0.0
+        sim.t.node_boot_s = 1.0
+        backend.partition_zone(LAX)
+        backend.kill_node(LAX_NODE)
+        start = time.monotonic()
+        backend.restore_node(LAX_NODE)
+        assert time.monotonic() - start < 10  # no wait for a sync that cannot happen while the zone is cut
+        time.sleep(sim.t.node_boot_s + 1.0)  # the kubelet is back, kube-proxy is not through
+        assert not _synced(sim, LAX_NODE)
+        lax_ip, cp_ip = sim.call(lambda: (sim.nodes[LAX_NODE].ip, sim.nodes["edge-control-plane"].ip))
+        assert sim.call(lambda: sim.verdict(LAX_NODE, "OUTPUT", lax_ip, cp_ip, sport=43210, dport=6443)) == "DROP"
+        assert _firsts(sim, LAX_NODE) == dict.fromkeys(CHAINS, "-j EH-CHAOS")  # the partition holds meanwhile
+
+        backend.heal_zone(LAX)
+        assert wait_until(lambda: _synced(sim, LAX_NODE), 30)
+        las, lax, az = _pod(sim, LAS_NODE), _pod(sim, LAX_NODE), _pod(sim, AZ_NODE)
+        verdict = lambda src, **p: sim.call(lambda: sim.verdict(LAX_NODE, "FORWARD", src, lax, **p))  # noqa: E731
+        assert verdict(las, mark=0x4000) == "DROP" and verdict(las, state="ESTABLISHED") == "DROP"
+        assert verdict(az, state="ESTABLISHED") == "ACCEPT"  # healed
+        assert _firsts(sim, LAX_NODE) == dict.fromkeys(CHAINS, "-j EH-CHAOS")
     finally:
         backend.close()

@@ -26,7 +26,12 @@ every kind node image ships (iptables, tc):
 
 A node kill is real: `docker stop` of the node container; `docker start`
 brings it back and the network rules are re-imposed (a restarted container
-has a fresh network namespace). The rules name node addresses, and a
+has a fresh network namespace, docker/cli#6115). Its kube-proxy's first sync
+in that namespace prepends its jumps above them (KUBE-FORWARD accepts
+RELATED,ESTABLISHED and NodePort traffic), and comes only once it reaches
+the API server: a restore waits for it and moves EH-CHAOS back on top, or,
+in a partitioned zone (the control-plane cut off), the heal does
+(`_above_kube_proxy`). The rules name node addresses, and a
 restarted container gets a new endpoint on Docker's `kind` network whose
 address may differ (kubernetes-sigs/kind#2045, #3071; kind's entrypoint
 rewrites the old address into the kubelet's node-ip for this), while the
@@ -78,7 +83,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +96,7 @@ from harness.backends.kube.forward import find_tool
 from harness.backends.kube.version import image_minor, supported_range
 from harness.contract.names import LABEL_POD_ZONE
 from harness.errors import BackendError
+from harness.interrupt import nap
 
 if TYPE_CHECKING:
     from harness.backends import BackendOptions
@@ -104,6 +110,16 @@ CHAIN = "EH-CHAOS"
 # hold it ("Another app is currently holding the xtables lock. Perhaps you want to use the -w option?").
 # iptables-nft takes no lock and accepts -w.
 IPTABLES = "iptables -w 5"
+# Asked of a restarted edge node: exit 2 while its kube-proxy (iptables mode, kind's default) has not made its
+# first sync in the node's new network namespace; after it, 3 while EH-CHAOS is not first in INPUT, OUTPUT and
+# FORWARD, 0 when it is. The iptables-restore that ends a sync writes KUBE-FORWARD's rules after every jump of
+# that sync is in (syncProxyRules, pkg/proxy/iptables/proxier.go): rules there, and kube-proxy has prepended all.
+KUBE_PROXY_SYNCED = (
+    f"{IPTABLES} -S KUBE-FORWARD 2>/dev/null | grep -q '^-A KUBE-FORWARD ' || exit 2\n"
+    "for c in INPUT OUTPUT FORWARD; do\n"
+    f'  [ "$({IPTABLES} -S $c 1 2>/dev/null)" = "-A $c -j {CHAIN}" ] || exit 3\n'
+    "done\n"
+)
 # One line per node container: its name, whether it runs, its address on each network (kind's one; none stopped)
 INSPECT_FORMAT = "{{.Name}} {{.State.Running}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
 # PID 1 of a kind node while its entrypoint (a bash script: comm is the file's name) runs, before `exec /sbin/init`
@@ -595,17 +611,65 @@ class KindBackend(KubeBackend):
                                   for cp in c.get("ports") or [] if cp.get("name") == target}  # fmt: skip
         return sorted(ports)
 
-    def _impose(self, zone: str | None = None) -> None:
-        """Set the rules of `zone`'s edge nodes, or of every running edge node, at the nodes' addresses now.
+    def _impose(self, zone: str | None = None, names: Collection[str] | None = None) -> None:
+        """Set the rules of `zone`'s edge nodes (or of the edge nodes `names`), or of every running edge node,
+        at the nodes' addresses now.
 
         A zone's nodes get theirs whether they run or not (into a stopped one `docker exec` fails, and says
         so). Every running edge node is `up`'s case and a restore's: a restarted node may be back under a new
         address that all the others' rules must name; one still stopped gets its rules when it is restored.
         """
         nodes, running = self._live_nodes()
+
+        def chosen(n: NodeInfo) -> bool:
+            if names is not None:
+                return n.name in names
+            return (n.zone == zone) if zone is not None else (n.name in running)
+
         for n in nodes:
-            if is_edge(n) and ((n.zone == zone) if zone is not None else (n.name in running)):
+            if is_edge(n) and chosen(n):
                 self._run("docker", "exec", n.name, "sh", "-c", self.network_script(n, nodes))
+
+    def _above_kube_proxy(self, names: Collection[str], timeout_s: float = BOOT_TIMEOUT_S) -> None:
+        """Once kube-proxy has made its first sync on each running edge node of `names` whose zone is not
+        partitioned, that node's EH-CHAOS jump first again in INPUT, OUTPUT and FORWARD.
+
+        A restarted node has a fresh network namespace, and a restore sets its rules as soon as the container
+        runs, before its kubelet has started kube-proxy. kube-proxy's first sync then prepends each of its jumps
+        (EnsureRule(Prepend) in pkg/proxy/iptables/proxier.go): KUBE-FORWARD, which accepts the masquerade mark
+        (NodePort traffic DNATed on the node) and RELATED,ESTABLISHED, would decide before the edge rules until
+        the zone's next fault. It prepends once per namespace: a later sync finds each jump (`iptables -C`) and
+        moves none, and it flushes only its own chains (`iptables-restore --noflush`), so one move after that
+        first sync holds. kube-proxy syncs nothing before it has listed Services and EndpointSlices from the API
+        server, which a partitioned zone's nodes cannot reach (the control-plane is among the Region addresses
+        they drop): their first sync comes after the heal, and heal_zone calls this for the zone's nodes.
+        """
+        parts = set(self._state().get("partitioned") or [])
+        edge = [n.name for n in self._edge_nodes() if n.name in names and n.zone not in parts]
+        waiting = [name for name, ip in self._containers(edge).items() if ip]  # running (a stopped one: no address)
+        deadline = time.monotonic() + timeout_s
+        behind: list[str] = []
+        for node in waiting:
+            while True:
+                proc = self._run("docker", "exec", node, "sh", "-c", KUBE_PROXY_SYNCED, check=False, timeout=60)
+                if proc.returncode == 3:
+                    behind.append(node)
+                if proc.returncode in (0, 3):
+                    break
+                if proc.returncode != 2:
+                    err = (proc.stderr or proc.stdout or "").strip().splitlines()
+                    raise BackendError(
+                        f"`docker exec {node} sh -c <script>` failed (exit {proc.returncode}): {err[-1] if err else ''}"
+                    )
+                if time.monotonic() >= deadline:
+                    raise BackendError(
+                        f"{node}: kube-proxy had not synced {timeout_s:.0f}s after the node could reach the API "
+                        "server again (no rules in its KUBE-FORWARD chain), so the edge rules could not be put "
+                        f"back above its jumps; see `kubectl -n kube-system logs` of kube-proxy on {node}"
+                    )
+                nap(0.5)
+        if behind:
+            self._impose(names=behind)
 
     # -- chaos ---------------------------------------------------------------
     def kill_node(self, node: str) -> None:
@@ -615,6 +679,7 @@ class KindBackend(KubeBackend):
         self._run("docker", "start", node)
         self._wait_entrypoint([node])
         self._impose()
+        self._above_kube_proxy([node])
 
     def zone_outage(self, zone: str) -> None:
         self._run("docker", "stop", *self._zone_nodes(zone))
@@ -624,6 +689,7 @@ class KindBackend(KubeBackend):
         self._run("docker", "start", *nodes)
         self._wait_entrypoint(nodes)
         self._impose()
+        self._above_kube_proxy(nodes)
 
     def _wait_entrypoint(self, nodes: Sequence[str], timeout_s: float = BOOT_TIMEOUT_S) -> None:
         """Until kind's entrypoint in each started node container has handed PID 1 over to systemd."""
@@ -673,3 +739,4 @@ class KindBackend(KubeBackend):
         parts = set(self._state().get("partitioned") or [])
         self._save_state(partitioned=sorted(parts - {zone}))
         self._impose(zone)
+        self._above_kube_proxy([n.name for n in self._edge_nodes(zone)])  # a node restored while it was cut
