@@ -106,6 +106,17 @@ module does all of that, each behaviour taken from the source named here:
   the sidecar's node's clock (`node_clock_offset`: EC2 instances and the CI
   runner the harness runs on each keep their own); the frontend's nginx passes
   `/api`'s path and query on unchanged (`proxy_pass http://127.0.0.1:8080;`).
+- Container logs as the kubelet keeps them (pkg/kubelet/logs/container_log_manager.go): every
+  `log_monitor_s` (containerLogMonitorInterval, 10 s) a container log of `container_log_max_size` bytes or
+  more (containerLogMaxSize, 10Mi; EKS's AL2023 nodeadm and Bottlerocket leave the kubelet's default) is
+  rotated: renamed aside, then the runtime reopens it (containerd's ReopenContainerLog creates the new file
+  *before* it swaps its writer, so the rest of a write in flight, `log_swap_lines`, still lands in the old
+  one); at most `container_log_max_files` (5) files are kept. The log API reads only the current file
+  (k8s.io/cri-client pkg/logs ReadLogs opens the container's LogPath): a read with sinceTime returns nothing
+  of a rotated file. A follow stream (kubelet >= 1.29, kubernetes/kubernetes#115702: a watch on the log's
+  directory, `recreated` on the Create of the new file) moves to the new file and drops what the runtime
+  wrote to the old one after the Create; an older kubelet (`kubelet_follows_rotation` False, #115701) keeps
+  reading the renamed file and goes quiet for good. The size counts the CRI line (`<ts> stdout F <text>`).
 - kubectl port-forward (see the fake tool in `tests.kubesim_tools`) is bound
   to one pod instance and exits when it is gone ("lost connection to pod",
   kubectl >= 1.23, kubernetes/kubernetes#103526); `svc/` and `deployment/`
@@ -437,6 +448,7 @@ class SimTimings:
     # test process starved of CPU (the nice-19 lane beside a busy local lane) is not told "deadline exceeded"
     helm_wait_cap_s: float = 120.0
     watch_history: int = 5000  # events kept for watches from a resourceVersion (etcd compaction)
+    log_monitor_s: float = 0.05  # the kubelet's container log size check (containerLogMonitorInterval); real 10 s
 
 
 BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
@@ -731,6 +743,29 @@ class NodeRun:
     images: set[str] = field(default_factory=set)
 
 
+CRI_LINE_OVERHEAD = len("2026-11-25T20:26:03.123456789Z stdout F \n")  # a CRI log line around its text
+
+
+class LogFile(list[tuple[int, str]]):
+    """One container log file, `(ns, text)` per line. Rotated: `successor` is the file the runtime reopened and
+    `cut` how many lines this one had when that file was created (lines after it came in the writer swap)."""
+
+    def __init__(self, lines: Iterable[tuple[int, str]] = ()) -> None:
+        super().__init__()
+        self.successor: LogFile | None = None
+        self.cut: int | None = None
+        self.size = 0  # bytes on disk
+        self.extend(lines)
+
+    def append(self, line: tuple[int, str]) -> None:
+        super().append(line)
+        self.size += len(line[1].encode()) + CRI_LINE_OVERHEAD
+
+    def extend(self, lines: Iterable[tuple[int, str]]) -> None:
+        for line in lines:
+            self.append(line)
+
+
 @dataclass
 class Container:
     """One running instance of a pod's containers (a sandbox): logs, Envoy buffer, endpoints."""
@@ -739,7 +774,10 @@ class Container:
     ip: str
     started: float
     alive: bool = True
-    logs: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # container -> (ns, line)
+    logs: dict[str, LogFile] = field(default_factory=dict)  # container -> its current file
+    rotated: dict[str, list[LogFile]] = field(default_factory=dict)  # container -> rotated files, oldest first
+    swap_pending: dict[str, int] = field(default_factory=dict)  # container -> lines still due to the old file
+    next_log_check: float = 0.0
     envoy_buffer: list[str] = field(default_factory=list)
     flush_ms: int = 10_000
     next_flush: float = 0.0
@@ -905,6 +943,11 @@ class ClusterSim:
         self.netpol_unenforced_nodes: set[str] = set()
         self.consul_reject: dict[tuple[str, str], str] = {}  # (kind, name) -> Consul's error text
         self.log_replies: dict[str, list[Any]] = {}  # pod -> canned replies of successive log calls
+        # the kubelet's log rotation (containerLogMaxSize, containerLogMaxFiles) and how a follow stream meets it
+        self.container_log_max_size = 10 * 1024 * 1024
+        self.container_log_max_files = 5
+        self.kubelet_follows_rotation = True  # kubelet >= 1.29 (kubernetes/kubernetes#115702)
+        self.log_swap_lines = 0  # lines of a write in flight that land in the old file after the new one exists
         self.log_calls: list[dict[str, str]] = []
         self.helm_calls: list[dict[str, Any]] = []
         self.lb_listeners: dict[tuple[str, str], int] = {}
@@ -1078,7 +1121,7 @@ class ClusterSim:
         run.bound_at = now
         run.current = Container(instance=1, ip=str(pod["status"]["podIP"]), started=now, next_flush=now + 10)
         for c in (pod.get("spec") or {}).get("containers") or []:
-            run.current.logs[c["name"]] = []
+            run.current.logs[c["name"]] = LogFile()
         if not (pod.get("status") or {}).get("conditions"):
             run.ready_at = now + self.t.ready_s
 
@@ -1564,24 +1607,34 @@ class ClusterSim:
         since_ns = int(since * 1e9) if since is not None else -1
         stamps = params.get("timestamps") in ("true", "1")
         follow = params.get("follow") in ("true", "1")
-        lines = cont.logs.setdefault(cname, [])
+        limit = int(params["limitBytes"]) if str(params.get("limitBytes", "")).isdigit() else None
+        # only the current file: ReadLogs opens the container's log path, never a rotated file
+        lines = cont.logs.setdefault(cname, LogFile())
 
         def fmt(ns_: int, text: str) -> bytes:
             return ((rfc3339_nano(ns_) + " " if stamps else "") + text + "\n").encode()
 
         if not follow:
             body = b"".join(fmt(n, t) for n, t in lines if n >= since_ns)
-            return aiohttp.web.Response(body=body, content_type="text/plain")
+            return aiohttp.web.Response(body=body if limit is None else body[:limit], content_type="text/plain")
         resp = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
         await resp.prepare(request._raw_request)
         pos = 0
         try:
             while True:
-                while pos < len(lines):
-                    n, text = lines[pos]
-                    pos += 1
-                    if n >= since_ns:
-                        await resp.write(fmt(n, text))
+                while True:
+                    # kubelet >= 1.29 reads a rotated file only up to the Create of the new one (the Write events
+                    # before it), then opens the new file: what the runtime wrote to the old one later is skipped
+                    moved = isinstance(lines, LogFile) and lines.successor is not None and self.kubelet_follows_rotation
+                    end = min(len(lines), lines.cut or 0) if moved and isinstance(lines, LogFile) else len(lines)
+                    while pos < end:
+                        n, text = lines[pos]
+                        pos += 1
+                        if n >= since_ns:
+                            await resp.write(fmt(n, text))
+                    if not moved or not isinstance(lines, LogFile) or lines.successor is None:
+                        break
+                    lines, pos = lines.successor, 0
                 if not cont.alive:
                     break
                 transport = request._raw_request.transport
@@ -2196,6 +2249,7 @@ class ClusterSim:
                 run.ready_at = now
             if now >= cont.next_flush:
                 await self._flush_envoy(cont, now)
+            self._rotate_logs(cont, now)
 
     def _start_sandbox(self, pod: Obj, run: PodRun, nrun: NodeRun, now: float) -> None:
         if self.kind_cluster is not None:  # imagePullPolicy IfNotPresent (pinned tags): pulled once per node
@@ -2227,7 +2281,7 @@ class ClusterSim:
         cont.next_flush = now + flush_ms / 1000
         ns0 = time.time_ns()
         for c in running:
-            cont.logs[c["name"]] = []
+            cont.logs[c["name"]] = LogFile()
             if c["name"] == "consul-dataplane":
                 cont.logs[c["name"]].append(
                     (ns0, "[INFO]  consul-dataplane: consul-dataplane starting: version=1.9.11")
@@ -2348,7 +2402,7 @@ class ClusterSim:
                 self.edge_probes.append({"source": source, "destination": dest, "allowed": allowed})
         if run.current is not None:
             now = time.time_ns()
-            run.current.logs.setdefault("probe", []).extend((now, line) for line in out)
+            run.current.logs.setdefault("probe", LogFile()).extend((now, line) for line in out)
         return 0
 
     def _job_exit_code(self, pod: Obj) -> int:
@@ -2462,12 +2516,51 @@ class ClusterSim:
     async def _flush_envoy(self, cont: Container, now: float) -> None:
         if cont.envoy_buffer and cont.alive:
             stamp = time.time_ns()
-            lines = cont.logs.setdefault("consul-dataplane", [])
             for i, line in enumerate(cont.envoy_buffer):
-                lines.append((stamp + i, line))
+                self._write_log(cont, "consul-dataplane", stamp + i, line)
             cont.envoy_buffer.clear()
             self._notify()
         cont.next_flush = now + cont.flush_ms / 1000
+
+    def _write_log(self, cont: Container, cname: str, ns: int, text: str) -> None:
+        """The runtime writes one line: to the current file, or to the rotated one while its writer is not swapped."""
+        pending = cont.swap_pending.get(cname, 0)
+        if pending > 0 and cont.rotated.get(cname):
+            cont.swap_pending[cname] = pending - 1
+            cont.rotated[cname][-1].append((ns, text))
+            return
+        current = cont.logs.get(cname)
+        if not isinstance(current, LogFile):
+            current = cont.logs[cname] = LogFile(current or ())
+        current.append((ns, text))
+
+    def rotate_log(self, cont: Container, cname: str) -> None:
+        """The kubelet's rotateLatestLog: rename the file aside, the runtime reopens (creates) it, then swaps writers.
+
+        Older rotated files beyond containerLogMaxFiles are removed (compressed ones are not modelled: the log
+        API reads none of them).
+        """
+        old = cont.logs.get(cname)
+        if not isinstance(old, LogFile):
+            old = LogFile(old or ())
+        new = LogFile()
+        old.cut, old.successor = len(old), new
+        files = cont.rotated.setdefault(cname, [])
+        files.append(old)
+        del files[: max(0, len(files) - max(self.container_log_max_files - 1, 0))]
+        cont.logs[cname] = new
+        cont.swap_pending[cname] = self.log_swap_lines
+        self._notify()
+
+    def _rotate_logs(self, cont: Container, now: float) -> None:
+        """The container log manager's periodic check (containerLogMonitorInterval): rotate what reached the size."""
+        if now < cont.next_log_check:
+            return
+        cont.next_log_check = now + self.t.log_monitor_s
+        for cname, lines in list(cont.logs.items()):
+            size = lines.size if isinstance(lines, LogFile) else LogFile(lines).size
+            if size >= self.container_log_max_size:
+                self.rotate_log(cont, cname)
 
     def pod_by_uid(self, uid: str) -> Obj | None:
         return next((p for p in self.items("v1", "pods") if p["metadata"].get("uid") == uid), None)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import quote
@@ -24,6 +26,11 @@ from harness.contract.names import (
 from harness.errors import BackendError
 
 ACCESS_LOG_KEYS = frozenset({"start_time", "response_code", "upstream_cluster"})
+# How often a followed container log's first line is read to see whether the kubelet rotated it: as often as the
+# kubelet itself checks the sizes (containerLogMonitorInterval, 10 s), far below the time a sidecar takes to fill
+# containerLogMaxSize again (minutes at 10Mi), so the new file still holds every line since the rotation.
+ROTATION_CHECK_S = 10.0
+HEAD_BYTES = 4096  # limitBytes of that read: the first line of the current file (an access-log line is ~1 KB)
 
 
 def access_log_record(text: str, pod: str) -> str | None:
@@ -94,14 +101,42 @@ def api_log_opener(cluster: KubeApi, namespace: str, pod: str, container: str) -
     return open_
 
 
+@dataclass(frozen=True)
+class LogRotation:
+    """The kubelet rotated a followed container log: seen at `seen_ts`, the new file beginning at `first_ns`.
+
+    Lines the runtime wrote to the old file after `last_ns` (the last line delivered before the new file's
+    first) are beyond the log API if the follow stream had not relayed them: the API reads only the current
+    file, and a kubelet >= 1.29 moves its stream to the new file without reading the old one to its end.
+    """
+
+    seen_ts: float
+    first_ns: int | None
+    last_ns: int
+
+
 class KubeLogSource(LogSource):
-    """One sidecar's access-log lines, followed through the API across container restarts.
+    """One sidecar's access-log lines, followed through the API across container restarts and log rotations.
 
     A follow stream ends when the container restarts (or the connection
     drops); the source re-opens it with sinceTime = the last line's second
     and drops lines it already delivered (same timestamp and text), so a
     restart neither loses nor duplicates lines. It stops for good when the
     pod is gone. `read()` never blocks: a background thread does the following.
+
+    The kubelet rotates a container log at containerLogMaxSize (10Mi unless
+    the node says otherwise; a busy sidecar fills it in minutes), and the
+    log API only ever reads the current file (k8s.io/cri-client pkg/logs
+    ReadLogs). A kubelet before 1.29 keeps a follow stream on the renamed
+    file, where nothing is written any more, without ending it
+    (kubernetes/kubernetes#115701): every line after the rotation was lost
+    to the run, and at the next rotation lost to the API. So a second thread
+    reads the current file's first line every `rotation_check_s`; when it
+    changed, the file was rotated, and a stream that has not relayed the
+    new file's first line by the next check is re-opened from the last
+    delivered line (the new file holds every line since the rotation; the
+    old stream had a whole period to relay the old file's tail, which a
+    re-open could never read). Each rotation seen is kept in `rotations`.
     """
 
     def __init__(
@@ -113,6 +148,7 @@ class KubeLogSource(LogSource):
         cluster: KubeApi | None = None,
         opener: LogOpener | None = None,
         retry_s: float = 1.0,
+        rotation_check_s: float = ROTATION_CHECK_S,
     ) -> None:
         if opener is None:
             if cluster is None:
@@ -132,6 +168,14 @@ class KubeLogSource(LogSource):
         self._seen_at_last: set[str] = set()
         self._accept_lock = threading.Lock()
         self._cluster = cluster
+        self._rotation_check_s = rotation_check_s
+        self._head: tuple[int, str] | None = None  # the current file's first line as last read; (-1, "") empty
+        self._head_lock = threading.Lock()
+        self._rotation_seen: float | None = None  # a rotation seen while the new file was still empty
+        self._awaiting: int | None = None  # the first line of a new file the stream has not relayed yet
+        self._since_check: list[int] = []  # instants delivered since the last rotation check (and the one before)
+        self._watcher: threading.Thread | None = None
+        self.rotations: list[LogRotation] = []
         self.opens = 0
         self.errors: list[str] = []
 
@@ -147,6 +191,7 @@ class KubeLogSource(LogSource):
             if ns > self._last_ns:
                 self._last_ns = ns
                 self._seen_at_last = set()
+                self._since_check.append(ns)
             self._seen_at_last.add(text)
         return text
 
@@ -183,8 +228,74 @@ class KubeLogSource(LogSource):
             self._deliver(line)
         return True
 
+    def _read_head(self) -> tuple[int, str] | None:
+        """The first line of the container's current log file ((-1, "") when empty), or None when unreadable."""
+        if self._cluster is None:
+            return None
+        query = [("container", self.container), ("timestamps", "true"), ("limitBytes", str(HEAD_BYTES))]
+        try:
+            text = self._cluster.request(
+                "GET", f"/api/v1/namespaces/{quote(self.namespace)}/pods/{quote(self.pod)}/log", query=query
+            )
+        except BackendError:
+            return None  # a pod gone or restarting: the follow stream says so
+        first = (text if isinstance(text, str) else "").partition("\n")[0]
+        if not first:
+            return (-1, "")
+        return split_timestamp(first) or (-1, first)
+
+    def _check_rotation(self) -> bool:
+        """Read the current file's first line, keep a rotation it shows; True when the stream must be re-opened.
+
+        A file only grows until the kubelet renames it: another first line, or none where there was one, is a
+        new file (the first line of a file that was empty is its first write). A stream that follows the
+        rotation (kubelet >= 1.29) relays the new file's first line soon; one that has not by the next check,
+        a period later (the old file's tail long relayed), stays on the renamed file and is re-opened.
+        """
+        with self._head_lock:  # the follow loop's check at each open and the periodic one: one at a time
+            return self._check_rotation_locked()
+
+    def _check_rotation_locked(self) -> bool:
+        head = self._read_head()
+        if head is None:
+            return False
+        empty = (-1, "")
+        before, self._head = self._head, head
+        rotated = before is not None and before != empty and head != before
+        with self._accept_lock:
+            last = self._last_ns
+        awaited, self._awaiting = self._awaiting, None
+        if awaited is not None and last < awaited:
+            return True  # a check ago the new file began, and nothing of it came: a stream left on the old one
+        if rotated and head == empty:  # a new file, still empty: kept until its first line says where it begins
+            self._rotation_seen = time.time()
+            return False
+        if not rotated and not (before == empty and head != empty and self._rotation_seen is not None):
+            with self._accept_lock:
+                self._since_check = self._since_check[-1:]
+            return False
+        seen_ts = self._rotation_seen if not rotated and self._rotation_seen is not None else time.time()
+        self._rotation_seen = None
+        first = head[0] if head[0] >= 0 else None
+        with self._accept_lock:
+            # the new file began after the check before the rotation was seen: its last line before is among these
+            seen, self._since_check = self._since_check, self._since_check[-1:]
+        before_first = [n for n in seen if first is None or n < first]
+        self.rotations.append(LogRotation(seen_ts, first, before_first[-1] if before_first else -1))
+        self._awaiting = first
+        return False
+
+    def _watch_rotations(self) -> None:
+        while not self._stop.wait(self._rotation_check_s) and not self._finished.is_set():
+            if self._check_rotation():
+                stream = self._stream
+                if stream is not None:
+                    stream.close()  # the follow loop re-opens it from the last delivered line
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self._cluster is not None and self._rotation_check_s > 0:
+                self._check_rotation()  # the file this stream starts on: the one a later rotation replaces
             try:
                 stream = self._opener(since_time(self._last_ns) if self._last_ns >= 0 else None)
             except PodGone:
@@ -207,6 +318,11 @@ class KubeLogSource(LogSource):
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"eh-logs-{self.pod}", daemon=True)
             self._thread.start()
+            if self._cluster is not None and self._rotation_check_s > 0:
+                self._watcher = threading.Thread(
+                    target=self._watch_rotations, name=f"eh-logrot-{self.pod}", daemon=True
+                )
+                self._watcher.start()
 
     def read(self) -> Iterator[str]:
         self.start()
@@ -230,6 +346,8 @@ class KubeLogSource(LogSource):
             self._stream.close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
         self._finished.set()
 
 
