@@ -36,6 +36,7 @@ from harness.contract.rundir import (
     ARTIFACTS_DIR,
     CLOCK_PROBES,
     INVENTORY_FILE,
+    LOG_ROTATION,
     RECORD_FILES,
     REQUESTS_FILE,
     record_problem,
@@ -159,6 +160,8 @@ def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None
                 record_problem(run_dir, RECORD_FILES, err)
             for gap in backend.record_gaps() if isinstance(backend, Observation) else []:
                 record_problem(run_dir, RECORD_FILES, gap)
+            for note in backend.log_rotations() if isinstance(backend, Observation) else []:
+                record_problem(run_dir, LOG_ROTATION, note)
             if INVENTORY_FILE not in follower.names:  # a backend with an in-memory inventory only
                 write_inventory(backend.inventory(), run_dir / INVENTORY_FILE)
 

@@ -17,10 +17,14 @@ from pathlib import Path
 import pytest
 
 from harness.backends.kube import KubeCluster, KubeLogSource
+from harness.backends.kube.logs import KubeLogSources
 from harness.contract.names import DATAPLANE_CONTAINER
+from harness.contract.rundir import ACCESS_LOG_FLUSH, LOG_ROTATION, record_problem
 from tests.conftest import wait_until
 from tests.kubefake import NODES, FakeApiServer, lax_pod
 from tests.kubesim import Container, LogFile
+from tests.test_verify_soundness import KILL, run
+from tests.verdicts import verify
 
 NS = "hashicups-lax-1a"
 POD = "pa"
@@ -215,3 +219,38 @@ def test_lines_lost_at_a_rotation_lie_where_the_follower_says_it_saw_one(api: Fa
         assert all(rot.last_ns < n for n in lost) and all(n < first for n in lost)
     finally:
         src.close()
+
+
+# -- the rotations on the run's record ---------------------------------------------------------------------
+
+
+def test_a_rotation_is_said_in_the_records_and_the_verdict_as_a_note(api: FakeApiServer, tmp_path: Path) -> None:
+    """The follower's rotations reach `recording.jsonl` (`log rotation`) through `KubeLogSources.rotation_notes`,
+    also of a source dropped since (its pod gone), and the verdict says each as a note without failing the run:
+    a gap in that sidecar's log is then read beside it. The same line as an access-log flush problem fails
+    coverage (the control: a note that could not fail would not be told apart)."""
+    c = _cluster(api, tmp_path)
+    src = KubeLogSource(POD, NS, cluster=c, retry_s=0.01, rotation_check_s=0.05)
+    src.start()
+    try:
+        assert wait_until(lambda: src.opens >= 1, timeout=5)
+        _log_steadily(api, 40)
+        _drain(src, 40)
+        assert wait_until(lambda: bool(src.rotations), timeout=5)
+    finally:
+        src.close()
+    sources = KubeLogSources(c)
+    sources._sources[(NS, POD)] = src
+    notes = sources.rotation_notes()
+    assert notes == [r.describe(POD) for r in src.rotations]
+    assert notes[0].startswith(f"{POD}: the kubelet rotated its sidecar's container log"), notes[0]
+    sources._sources.clear()
+    sources._dropped += notes  # as `current` keeps them when it drops a finished source
+    assert sources.rotation_notes() == notes
+
+    for what, passes in ((LOG_ROTATION, True), (ACCESS_LOG_FLUSH, False)):
+        d = run(tmp_path / what.replace(" ", "-"), faults=[KILL])
+        record_problem(d, what, notes[0])
+        v = verify(d)
+        assert v.passed is passes, (what, v.failure_messages)
+        assert any(n.startswith(f"recording: {what}: {POD}: the kubelet rotated") for n in v.run.notes), v.run.notes

@@ -444,6 +444,12 @@ class Observation(ABC):
         what they may miss as unverified."""
         return []
 
+    def log_rotations(self) -> list[str]:
+        """Each sidecar log the cluster rotated while it was followed, one line each; none by default (the local
+        backend's logs are files it never rotates). The recording step writes them to `recording.jsonl`
+        (`LOG_ROTATION`), which the verdict turns into notes: a gap in a log is then read beside them."""
+        return []
+
     def record_into(self, run_dir: Path) -> RecordFollower:
         """From now on keep `run_dir`'s inventory / entry-point records equal to this backend's (see
         `RecordFollower`); stop the follower after the last event to be recorded."""

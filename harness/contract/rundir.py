@@ -85,6 +85,8 @@ RECORD_FILES = "record files"
 RECORD_STEPS = (ACCESS_LOG_FLUSH, ACCESS_LOG_COLLECTOR, RECORD_FILES)
 # the clock probes (harness.traffic.clock): a note; what they failed to bound fails on its own (coverage, clock)
 CLOCK_PROBES = "clock probes"
+# a sidecar's container log the kubelet rotated (harness.backends.kube.logs): a note; a gap it cost fails on its own
+LOG_ROTATION = "log rotation"
 
 
 def record_problem(run_dir: Path, what: str, message: str) -> None:

@@ -407,6 +407,11 @@ class KubeBackend(Backend):
         with self._lock:
             return list(self._gaps)
 
+    def log_rotations(self) -> list[str]:
+        """The sidecar logs' rotations (`KubeLogSources.rotation_notes`): a gap in a log is read beside them."""
+        logs = self._logs
+        return logs.rotation_notes() if logs is not None else []
+
     def _stop_inventory(self) -> None:
         if self._entry_monitor is not None:
             self._entry_monitor.stop()

@@ -114,6 +114,20 @@ class LogRotation:
     first_ns: int | None
     last_ns: int
 
+    def describe(self, pod: str) -> str:
+        """One line for the run's records (`recording.jsonl`, a note of the verdict)."""
+        after = _iso_ns(self.last_ns) if self.last_ns >= 0 else "its start"
+        until = f" and before {_iso_ns(self.first_ns)}" if self.first_ns is not None else ""
+        return (
+            f"{pod}: the kubelet rotated its sidecar's container log (seen at {_iso_ns(int(self.seen_ts * 1e9))}); "
+            f"lines written to the old file after {after}{until} that the follow stream had not relayed are beyond "
+            "the log API (it reads only the current file)"
+        )
+
+
+def _iso_ns(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
 
 class KubeLogSource(LogSource):
     """One sidecar's access-log lines, followed through the API across container restarts and log rotations.
@@ -363,6 +377,7 @@ class KubeLogSources:
         self.cluster = cluster
         self.container = container
         self._sources: dict[tuple[str, str], KubeLogSource] = {}
+        self._dropped: list[str] = []  # rotations of finished sources, said by `rotation_notes` all the same
         self._lock = threading.Lock()
 
     def current(self) -> list[LogSource]:
@@ -381,8 +396,15 @@ class KubeLogSources:
                     self._sources[key] = KubeLogSource(key[1], key[0], self.container, cluster=self.cluster)
             for key, src in list(self._sources.items()):
                 if src.finished:
+                    self._dropped += [r.describe(src.pod) for r in src.rotations]
                     del self._sources[key]
             return list(self._sources.values())
+
+    def rotation_notes(self) -> list[str]:
+        """Every rotation a followed log went through this process, one line each (`LogRotation.describe`):
+        where a sidecar's log shows a gap, the verdict's notes say whether a rotation was there."""
+        with self._lock:
+            return [*self._dropped, *(r.describe(s.pod) for s in self._sources.values() for r in s.rotations)]
 
     def known(self) -> list[KubeLogSource]:
         """The sources followed now (without listing pods again)."""
