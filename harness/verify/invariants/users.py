@@ -486,10 +486,9 @@ class UserChecks(CheckBase):
         params: list[Any],
         budget: float | None = None,
         spof: tuple[str, ...] = (),
-        apart: str = "",
     ) -> WindowResult:
         """Availability of one window's shoppers against `budget` (the SLO's unless the fault declared its own), the
-        zone probes said apart; `apart`: what else the window's requests leave out, said with its outcome."""
+        zone probes said apart."""
         budget = self.slo.error_budget if budget is None else budget
         declared = f" declared for single point of failure {', '.join(spof)}" if spof else ""
         # The budget is the shoppers' (a declared one's `why`: the share of their requests that needs the single
@@ -499,26 +498,26 @@ class UserChecks(CheckBase):
         # (a zone failing 1 in 25 of its requests) passed at 2 probes a second and failed at 33, in a fault's
         # window as in the steady state; a declared budget passed (77.8 %) or failed (98.8 %) by the probe rate.
         # Left out of every window and said; their hops are judged by the routing invariants as before.
-        row = self.con.execute(
-            f"SELECT count(*), count(*) FILTER (WHERE failed) FROM req_marked WHERE ({where}) AND {IS_PROBE_SQL}",
-            params,
-        ).fetchone()
-        if row and int(row[0]):
-            needs = ": each needs it" if spof else ""
-            apart += f"; {int(row[0])} zone-probe requests not counted ({int(row[1])} failed{needs})"
-        where = f"({where}) AND NOT {IS_PROBE_SQL}"
+        # one scan: the shoppers' counts and the probes' apart
+        shopper = f"NOT {IS_PROBE_SQL}"
         row = self.con.execute(
             f"""
-            SELECT count(*) FILTER (WHERE NOT excluded), count(*) FILTER (WHERE NOT excluded AND failed),
-                   count(*) FILTER (WHERE excluded), count(*) FILTER (WHERE excluded AND failed),
-                   count(*) FILTER (WHERE NOT excluded AND overflow),
-                   count(*) FILTER (WHERE NOT excluded AND under_way)
+            SELECT count(*) FILTER (WHERE {shopper} AND NOT excluded),
+                   count(*) FILTER (WHERE {shopper} AND NOT excluded AND failed),
+                   count(*) FILTER (WHERE {shopper} AND excluded),
+                   count(*) FILTER (WHERE {shopper} AND excluded AND failed),
+                   count(*) FILTER (WHERE {shopper} AND NOT excluded AND overflow),
+                   count(*) FILTER (WHERE {shopper} AND NOT excluded AND under_way),
+                   count(*) FILTER (WHERE {IS_PROBE_SQL}), count(*) FILTER (WHERE {IS_PROBE_SQL} AND failed)
             FROM req_marked WHERE {where}
             """,
             params,
         ).fetchone()
         assert row is not None
-        n, failed, ex, ex_failed, overflow, under_way = (int(x) for x in row)
+        n, failed, ex, ex_failed, overflow, under_way, probes, probes_failed = (int(x) for x in row)
+        needs = ": each needs it" if spof else ""
+        apart = f"; {probes} zone-probe requests not counted ({probes_failed} failed{needs})" if probes else ""
+        where = f"({where}) AND {shopper}"
         rate = failed / n if n else None
         w = WindowResult(
             name, lo, hi, n, failed, rate, ex, ex_failed, PASS, retry_overflow=overflow, failover_under_way=under_way
