@@ -8,6 +8,7 @@ GitHub while it builds, which an offline or mirrored install cannot do).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,28 @@ def test_gameday_and_nightly_never_share_the_cluster_at_once() -> None:
     assert nightly["concurrency"] == gameday["concurrency"]
     assert "vars.EH_EKS_CLUSTER" in gameday["concurrency"]["group"]
     assert gameday["concurrency"]["cancel-in-progress"] is False
+
+
+HARNESS_STEP = re.compile(r"\bmake (nightly|down)\b|\.venv/bin/harness ")
+"""A step that runs the harness against the cluster (directly or through make)."""
+
+
+@pytest.mark.parametrize(("workflow", "job"), [("nightly-eks.yml", "nightly"), ("gameday.yml", "gameday")])
+def test_eks_workflows_give_the_consul_token_to_every_harness_step_and_to_no_action(workflow: str, job: str) -> None:
+    """Against a Consul with ACLs every call the harness makes sends CONSUL_HTTP_TOKEN (`ConsulAccess`), and `up`
+    stops at once without it: a workflow whose harness step lacks it can never run there (gameday.yml had none
+    while nightly-eks.yml had it). The token is a step's env, not the job's: a job-level env is handed to
+    every step, third-party actions (azure/setup-helm, upload-artifact) included, which need no Consul token
+    (GitHub's security hardening guide: give a secret only to what uses it)."""
+    token = "${{ secrets.EH_CONSUL_HTTP_TOKEN }}"
+    j = _load(workflow)["jobs"][job]
+    assert "CONSUL_HTTP_TOKEN" not in (j.get("env") or {})
+    harness_steps = [s for s in j["steps"] if HARNESS_STEP.search(str(s.get("run", "")))]
+    assert harness_steps, "the workflow runs the harness somewhere"
+    missing = [s.get("name", s["run"]) for s in harness_steps if (s.get("env") or {}).get("CONSUL_HTTP_TOKEN") != token]
+    assert missing == []
+    exposed = [s["uses"] for s in j["steps"] if "uses" in s and "CONSUL_HTTP_TOKEN" in (s.get("env") or {})]
+    assert exposed == []
 
 
 def test_make_nightly_runs_only_faults_eks_can_do() -> None:
