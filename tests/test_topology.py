@@ -79,6 +79,11 @@ CASES = [
     ("negative user latency", lambda d: d["zones"][2].__setitem__("userLatencyMs", -1), "zones[2].userLatencyMs"),
     ("user latency text", lambda d: d["zones"][0].__setitem__("userLatencyMs", "3ms"), "zones[0].userLatencyMs"),
     ("user latency too large", lambda d: d["zones"][3].__setitem__("userLatencyMs", 5001), "zones[3].userLatencyMs"),
+    (
+        "two ALB subnets in a Local Zone",
+        lambda d: d["zones"][2].__setitem__("albSubnets", ["subnet-0a1b2c3d4e5f60718", "subnet-0a1b2c3d4e5f60719"]),
+        "zones[2].albSubnets",
+    ),
 ]
 
 
@@ -91,6 +96,19 @@ def test_invalid_topology_names_the_field(name: str, mutate, field: str, tmp_pat
     line = str(exc.value)
     assert line.startswith(f"{f}: {field}: "), line
     assert "\n" not in line
+
+
+def test_an_alb_takes_one_subnet_in_an_edge_zone_and_several_in_the_region(tmp_path: Path) -> None:
+    """The control of "two ALB subnets in a Local Zone": one subnet in an edge zone is its ALB; a Region AZ's ALB
+    may span subnets of several AZs (the controller wants two there unless its ALBSingleSubnet gate is on)."""
+    d = _base()
+    assert d["zones"][2]["type"] == "local-zone" and d["zones"][0]["type"] == "availability-zone"
+    d["zones"][2]["albSubnets"] = ["subnet-0a1b2c3d4e5f60718"]
+    d["zones"][0]["albSubnets"] = ["subnet-0a1b2c3d4e5f60720", "subnet-0a1b2c3d4e5f60721"]
+    f = tmp_path / "t.yaml"
+    f.write_text(yaml.safe_dump(d))
+    t = load_topology(f)
+    assert t.zones[2].alb_subnets == ("subnet-0a1b2c3d4e5f60718",) and len(t.zones[0].alb_subnets) == 2
 
 
 @pytest.mark.parametrize(

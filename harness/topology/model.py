@@ -247,6 +247,15 @@ def _check_cross_fields(t: Topology) -> None:
             raise _CrossFieldError(
                 f"zones[{i}].serviceLink", "only edge zones (local-zone, wavelength-zone) have a service link"
             )
+        if z.is_edge and len(z.alb_subnets) > 1:
+            # the zone's ALB is in the zone's own subnet: an edge zone's subnets are all in that one zone, and the
+            # AWS Load Balancer Controller refuses two of one zone (pkg/networking/subnet_resolver.go
+            # validateSubnetsAZExclusivity), so the Ingress never got an address and `up` waited out its bound
+            raise _CrossFieldError(
+                f"zones[{i}].albSubnets",
+                f"an edge zone's ALB takes one subnet, the zone's own ({len(z.alb_subnets)} given): the AWS Load "
+                "Balancer Controller refuses two subnets of one zone (multiple subnets in same Availability Zone)",
+            )
     shorts: dict[str, int] = {}
     for i, z in enumerate(t.zones):
         short = t.short(z)
