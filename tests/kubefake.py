@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import kmock
@@ -164,6 +165,22 @@ class FakeApiServer:
     def install_consul(self, values: dict[str, Any] | None = None, namespace: str = "consul") -> None:
         """What `helm install` of the consul chart leaves behind (CRDs served, server, injector)."""
         self.sim.call(lambda: self.sim.install_consul(values or {}, namespace=namespace))
+
+    def through_albs(self, answer: Callable[[str], str]) -> Callable[[str], str]:
+        """`answer` (`harness.backends.kube.backend.entry_answer`) with the simulated ALBs' DNS: a URL on an ALB's
+        name goes to the listener in front of its Service once the ALB routes, and finds no such name while it is
+        `provisioning` or after it is gone (`ClusterSim.alb_port`); any other URL is left to `answer`."""
+
+        def via(url: str) -> str:
+            host = urlsplit(url).hostname or ""
+            if not host.endswith(".elb.amazonaws.com"):
+                return answer(url)
+            port = self.sim.call(lambda: self.sim.alb_port(host))
+            if port is None:
+                return f"probe: ConnectError: [Errno -2] Name or service not known ({host})"
+            return answer(f"http://127.0.0.1:{port}/")
+
+        return via
 
     def seed(self, cluster: KubeCluster, *objs: dict[str, Any]) -> None:
         """Apply objects as a test's precondition; their namespaces are created first (a real API refuses otherwise)."""

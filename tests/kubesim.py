@@ -129,6 +129,21 @@ module does all of that, each behaviour taken from the source named here:
   Without it, `netpol_enforced` / `netpol_unenforced_nodes` decide. Open connections under a new policy are
   not modelled (the sidecars' routing ignores NetworkPolicy; only the probe's one-shot clients are judged), so
   the agent's release shows in its pod and changes nothing else.
+- The AWS Load Balancer Controller (kubernetes-sigs/aws-load-balancer-controller) for `alb` Ingresses:
+  the subnets an Ingress names (`alb.ingress.kubernetes.io/subnets`) are resolved against the VPC's
+  (`vpc_subnets`: ID -> zone, zone type) as pkg/networking/subnet_resolver.go does (ResolveViaNameOrIDSlice,
+  validateSpecifiedSubnets): an unknown ID fails EC2's DescribeSubnets (InvalidSubnetID.NotFound), two
+  subnets of one zone are refused (validateSubnetsAZExclusivity), so are subnets of several zone types
+  (validateSubnetsLocaleUniformity) and an ALB in the Region's AZs with fewer than two subnets
+  (computeSubnetsMinimalCount; the ALBSingleSubnet gate is off by default); the refusal is a Warning event
+  `FailedBuildModel`, "Failed build model due to ..." on the Ingress (controllers/ingress/group_controller.go)
+  and no address. An Ingress without the annotation gets its ALB (subnet discovery by tags is not modelled).
+  The controller writes the ALB's DNS name into the Ingress's status as soon as CreateLoadBalancer returns
+  (group_controller.go `reconcile`: `lb.DNSName()` after the deploy, no waiter), while the ALB is still
+  `provisioning` ("After the load balancer is fully set up and ready to route traffic, its state is active",
+  ELB API LoadBalancerState): here for `alb_provision_s` (real: minutes), or until a test sets
+  `alb_held` False; meanwhile its name resolves to nothing (`alb_port`), then to a listener in front of
+  the Ingress's Service (`expose`).
 - RBAC (`tests.kuberbac`): a caller whose token `rbac` holds may do what
   its rules grant and nothing else, authorized as kube-apiserver does (the
   request's verb, group, resource/subresource, namespace, name; discovery and
@@ -430,6 +445,19 @@ GO_BOOLS = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
 AGENT_CONTAINER = "aws-eks-nodeagent"  # the VPC CNI's network policy agent, in each aws-node pod
 
 
+ALB_SUBNETS = "alb.ingress.kubernetes.io/subnets"
+
+
+@dataclass
+class AlbRun:
+    """An ALB the simulated AWS Load Balancer Controller made for an Ingress: where it sends, since when."""
+
+    namespace: str
+    ingress: str
+    service: str  # the Ingress's backend Service (target-type ip: its ready pods)
+    created: float
+
+
 @dataclass
 class SimTimings:
     """How long the simulated cluster takes for each step (real values in comments)."""
@@ -449,6 +477,7 @@ class SimTimings:
     helm_wait_cap_s: float = 120.0
     watch_history: int = 5000  # events kept for watches from a resourceVersion (etcd compaction)
     log_monitor_s: float = 0.05  # the kubelet's container log size check (containerLogMonitorInterval); real 10 s
+    alb_provision_s: float = 0.3  # a new ALB's `provisioning` state before it routes (DNS resolves); real: minutes
 
 
 BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
@@ -951,6 +980,11 @@ class ClusterSim:
         self.log_calls: list[dict[str, str]] = []
         self.helm_calls: list[dict[str, Any]] = []
         self.lb_listeners: dict[tuple[str, str], int] = {}
+        # the VPC's subnets as EC2 describes them (ID -> zone, zone type), which the AWS Load Balancer Controller
+        # resolves an Ingress's subnets against; and the ALBs it made: DNS name -> AlbRun
+        self.vpc_subnets: dict[str, tuple[str, str]] = {}
+        self.albs: dict[str, AlbRun] = {}
+        self.alb_held = False  # True: every ALB stays `provisioning` (never routes) until a test sets it False
         self.upstream_stats: dict[str, dict[str, dict[str, dict[str, int]]]] = {}  # pod -> cluster -> host -> ctr
         self._ca: CertAuthority | None = None  # Consul's built-in CA (leaf certificates), made on first use
         self._ca_dir: str | None = None
@@ -1662,7 +1696,7 @@ class ClusterSim:
                 await self._kubelet_tick(now)
                 self._endpoints_tick()
                 self._consul_tick(now)
-                self._ingress_tick()
+                self._ingress_tick(now)
             except Exception as exc:  # a controller bug must be seen, not hang the test
                 import traceback
 
@@ -3309,15 +3343,24 @@ class ClusterSim:
             return str(sd["protocol"])
         return str(((c.entries.get(("ProxyDefaults", "global")) or {}).get("config") or {}).get("protocol", "tcp"))
 
-    # AWS Load Balancer Controller: an `alb` Ingress gets an address
-    def _ingress_tick(self) -> None:
+    # AWS Load Balancer Controller: an `alb` Ingress gets an ALB and its address (module docstring)
+    def _ingress_tick(self, now: float) -> None:
         for ing in self.items("networking.k8s.io/v1", "ingresses"):
             if (ing.get("spec") or {}).get("ingressClassName") != "alb":
                 continue
             if ((ing.get("status") or {}).get("loadBalancer") or {}).get("ingress"):
                 continue
             ns, name = ing["metadata"]["namespace"], ing["metadata"]["name"]
+            annotations = ing["metadata"].get("annotations") or {}
+            subnets = [x.strip() for x in str(annotations.get(ALB_SUBNETS, "")).split(",") if x.strip()]
+            refused = self._alb_subnets_refused(subnets) if subnets else None
+            if refused is not None:
+                self._event(ing, "Warning", "FailedBuildModel", f"Failed build model due to {refused}", "ingress", now)
+                continue
             host = f"k8s-{ns[:8]}-{name[:8]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}.us-west-2.elb.amazonaws.com"
+            rules = (ing.get("spec") or {}).get("rules") or [{}]
+            backend = ((((rules[0].get("http") or {}).get("paths") or [{}])[0]).get("backend") or {}).get("service")
+            self.albs[host] = AlbRun(ns, name, str((backend or {}).get("name", "")), now)
             self.patch(
                 "networking.k8s.io/v1",
                 "ingresses",
@@ -3326,6 +3369,41 @@ class ClusterSim:
                 {"status": {"loadBalancer": {"ingress": [{"hostname": host}]}}},
                 status_only=True,
             )
+        ingresses = self.items("networking.k8s.io/v1", "ingresses")
+        live = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in ingresses}
+        for host in [h for h, a in self.albs.items() if (a.namespace, a.ingress) not in live]:
+            del self.albs[host]  # the Ingress is gone: the controller deletes its ALB
+
+    def _alb_subnets_refused(self, subnets: list[str]) -> str | None:
+        """Why the controller refuses an ALB in `subnets` (None: it does not), in its own words
+        (pkg/networking/subnet_resolver.go ResolveViaNameOrIDSlice, validateSpecifiedSubnets)."""
+        unknown = [x for x in subnets if x not in self.vpc_subnets]
+        if unknown:
+            return (
+                "failed to list subnets by names or IDs: operation error EC2: DescribeSubnets, https response error "
+                "StatusCode: 400, RequestID: 6f0bd8b6-5d1c-4c5e-9d5a-2b4b0c1a7e3f, api error InvalidSubnetID.NotFound: "
+                f"The subnet ID '{unknown[0]}' does not exist"
+            )
+        by_zone: dict[str, list[str]] = {}
+        for x in subnets:
+            by_zone.setdefault(self.vpc_subnets[x][0], []).append(x)
+        for zone, ids in by_zone.items():
+            if len(ids) > 1:
+                return f"multiple subnets in same Availability Zone {zone}: [{' '.join(ids)}]"
+        locales = sorted({self.vpc_subnets[x][1] for x in subnets})
+        if len(locales) > 1:
+            return f"subnets in multiple locales: [{' '.join(locales)}]"
+        if locales == ["availability-zone"] and len(subnets) < 2:
+            return f"subnets count less than minimal required count: {len(subnets)} < 2"
+        return None
+
+    async def alb_port(self, host: str) -> int | None:
+        """What `host` (an ALB's DNS name) resolves to, as a loopback port; None (no such name, NXDOMAIN) for a
+        name no ALB has, and for an ALB still `provisioning`."""
+        alb = self.albs.get(host)
+        if alb is None or self.alb_held or time.time() - alb.created < self.t.alb_provision_s:
+            return None
+        return await self.expose(alb.namespace, alb.service)
 
     # -- host-facing network: kind port mappings, load balancers ----------------------------
     async def _proxy_to_service(self, svc_match: Callable[[Obj], int | None], reader: Any, writer: Any) -> None:

@@ -205,9 +205,44 @@ def test_entry_urls_are_checked_at_start_one_line_exit_2_nothing_changed(
     assert _mutations(api) == before
 
 
-def test_entry_urls_from_flags_env_and_alb_ingress(
-    api: FakeApiServer, eks: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+LAX_SUBNET = "subnet-0a1b2c3d4e5f60718"
+VPC_SUBNETS = {
+    LAX_SUBNET: (LAX, "local-zone"),
+    "subnet-0a1b2c3d4e5f60720": ("us-west-2a", "availability-zone"),
+    "subnet-0a1b2c3d4e5f60721": ("us-west-2b", "availability-zone"),
+}
+"""Subnets of the fake cluster's VPC (EC2's DescribeSubnets: zone, zone type) for the simulated ALB controller."""
+
+
+def _alb_manifests(tmp_path: Path, albs: dict[str, list[str]]) -> Manifests:
+    """The default topology with `albSubnets` on the zones named, rendered and loaded."""
+    from harness.render import render, write
+    from harness.topology.model import load_topology
+
+    topo = (REPO / "fixtures" / "topology.yaml").read_text()
+    for zone, subnets in albs.items():
+        line = next(x for x in topo.splitlines(keepends=True) if x.split("#")[0].strip() == f"- name: {zone}")
+        topo = topo.replace(line, f"  - name: {zone}\n    albSubnets: [{', '.join(subnets)}]\n")
+    (tmp_path / "alb.yaml").write_text(topo)
+    write(render(load_topology(tmp_path / "alb.yaml")), tmp_path / "alb")
+    return load(tmp_path / "alb")
+
+
+@pytest.fixture
+def albs(api: FakeApiServer, monkeypatch: pytest.MonkeyPatch) -> FakeApiServer:
+    """The VPC's subnets known to the simulated AWS Load Balancer Controller, and its ALBs' DNS names resolved
+    for `up`'s wait (a name resolves only once its ALB routes)."""
+    import harness.backends.existing as existing
+
+    api.sim.call(lambda: api.sim.vpc_subnets.update(VPC_SUBNETS))
+    monkeypatch.setattr(existing, "entry_answer", api.through_albs(existing.entry_answer))
+    return api
+
+
+def test_entry_urls_from_flags_env_and_alb_ingress(albs: FakeApiServer, eks: KubeCluster, tmp_path: Path) -> None:
+    import harness.backends.existing as existing
+
+    api = albs
     assert parse_entrypoints([f"{LAX}=http://a/"], json.dumps({LAX: "http://b", LAS: "http://c"})) == {
         LAX: "http://a",
         LAS: "http://c",
@@ -215,29 +250,76 @@ def test_entry_urls_from_flags_env_and_alb_ingress(
     with pytest.raises(InputError, match=r"^EH_ENTRYPOINTS: us-west-2a: not an http\(s\) URL: 'ftp://x'$"):
         parse_entrypoints([], json.dumps({"us-west-2a": "ftp://x"}))
     # a zone whose topology entry has ALB subnets gets an Ingress; its URL is the ALB's address
-    topo = (
-        (REPO / "fixtures" / "topology.yaml")
-        .read_text()
-        .replace(
-            "  - name: us-west-2-lax-1a      # Los Angeles\n",
-            "  - name: us-west-2-lax-1a\n    albSubnets: [subnet-0a1b2c3d4e5f60718]\n",
-        )
-    )
-    assert "albSubnets" in topo
-    (tmp_path / "alb.yaml").write_text(topo)
-    from harness.render import render, write
-    from harness.render.manifests import load
-    from harness.topology.model import load_topology
-
-    write(render(load_topology(tmp_path / "alb.yaml")), tmp_path / "alb")
-    m = load(tmp_path / "alb")
+    m = _alb_manifests(tmp_path, {LAX: [LAX_SUBNET]})
     ing = next(o for o in m.entry_objects("cluster.yaml") if o["kind"] == "Ingress")
-    assert ing["metadata"]["annotations"]["alb.ingress.kubernetes.io/subnets"] == "subnet-0a1b2c3d4e5f60718"
+    assert ing["metadata"]["annotations"]["alb.ingress.kubernetes.io/subnets"] == LAX_SUBNET
     b = _backend(api, tmp_path, entrypoints=[f"{z}={u}" for z, u in ENTRY.items() if z != LAX])
     b.up(m)
     urls = b.entrypoints()
     assert urls[LAX].startswith("http://k8s-hashicup-entry-la-") and urls[LAX].endswith(".elb.amazonaws.com")
     assert urls[LAS] == ENTRY[LAS]
+    assert existing.entry_answer(urls[LAX]) == ""  # the zone's users get in as soon as `up` is through
+    b.close()
+
+
+def test_up_waits_until_a_new_alb_answers_not_only_for_its_address(
+    albs: FakeApiServer, eks: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AWS Load Balancer Controller gives the Ingress the ALB's DNS name as soon as it created the ALB
+    (controllers/ingress/group_controller.go `reconcile`), which is then `provisioning` for minutes and does not
+    route; `up` took the address for a way in, and the zone's clock probes and first users failed. An ALB that
+    never routes now stops `up`, naming it (the bound shortened here: the ALB is held, so no bound would do)."""
+    import harness.backends.existing as existing
+
+    api = albs
+    api.sim.call(lambda: setattr(api.sim, "alb_held", True))
+    monkeypatch.setattr(existing, "ALB_WAIT_S", 3.0)
+    b = _backend(api, tmp_path, entrypoints=[f"{z}={u}" for z, u in ENTRY.items() if z != LAX])
+    with pytest.raises(BackendError) as exc:
+        b.up(_alb_manifests(tmp_path, {LAX: [LAX_SUBNET]}))
+    msg = str(exc.value)
+    assert f"the ALB of {LAX} (http://k8s-hashicup-entry-la-" in msg and "does not answer after 3 s" in msg
+    assert "Name or service not known" in msg
+    b.close()
+
+
+@pytest.mark.parametrize(
+    ("albs_of", "said"),
+    [
+        ({LAX: ["subnet-0a1b2c3d4e5f60799"]}, "InvalidSubnetID.NotFound: The subnet ID 'subnet-0a1b2c3d4e5f60799'"),
+        ({"us-west-2a": ["subnet-0a1b2c3d4e5f60720"]}, "subnets count less than minimal required count: 1 < 2"),
+        ({"us-west-2a": ["subnet-0a1b2c3d4e5f60720", "subnet-0a1b2c3d4e5f60721"]}, None),
+    ],
+    ids=["subnet-not-in-the-vpc", "one-subnet-in-the-region", "two-azs"],
+)
+def test_an_alb_the_controller_refuses_is_named_with_its_reason(
+    albs: FakeApiServer,
+    eks: KubeCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    albs_of: dict[str, list[str]],
+    said: str | None,
+) -> None:
+    """The controller refuses subnets it cannot use with a Warning event on the Ingress (FailedBuildModel,
+    pkg/networking/subnet_resolver.go) and gives it no address; `up` said only "is the controller installed?"
+    after its bound. It now names what the controller said. Control: two subnets in two AZs get an ALB."""
+    import harness.backends.existing as existing
+
+    api = albs
+    monkeypatch.setattr(existing, "ALB_WAIT_S", 2.0)
+    zone = next(iter(albs_of))
+    b = _backend(api, tmp_path, entrypoints=[f"{z}={u}" for z, u in ENTRY.items() if z != zone])
+    m = _alb_manifests(tmp_path, albs_of)
+    if said is None:
+        b.up(m)
+        assert b.entrypoints()[zone].endswith(".elb.amazonaws.com")
+    else:
+        with pytest.raises(BackendError) as exc:
+            b.up(m)
+        msg = str(exc.value)
+        assert f"the ALB of {zone} (Ingress " in msg and "has no address after 2 s" in msg
+        assert "the AWS Load Balancer Controller says FailedBuildModel: Failed build model due to " in msg
+        assert said in msg
     b.close()
 
 

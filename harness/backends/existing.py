@@ -148,7 +148,7 @@ from harness.backends.kube import (
     api_client_from_kubeconfig,
 )
 from harness.backends.kube.api import pod_finished
-from harness.backends.kube.backend import HelmRun, KubeBackend
+from harness.backends.kube.backend import HelmRun, KubeBackend, entry_answer
 from harness.backends.kube.forward import find_tool
 from harness.backends.kube.netpolagent import PolicyAgent, read_policy_agent
 from harness.backends.kube.permissions import CA_SECRET, Mode, Permission, applied_by_resource, needed, refusal, review
@@ -938,7 +938,16 @@ class ExistingBackend(KubeBackend):
         return given
 
     def _alb_urls(self, albs: Mapping[str, tuple[str, str]], wait_s: float = 0.0) -> dict[str, str]:
-        """Zone -> http://<ALB hostname> from each Ingress's status (the AWS Load Balancer Controller fills it)."""
+        """Zone -> http://<ALB hostname> from each Ingress's status (the AWS Load Balancer Controller fills it).
+
+        With `wait_s` (`up`) each ALB must also answer (`entry_answer`) within it: the controller writes the
+        ALB's DNS name into the status as soon as it has created it (controllers/ingress/group_controller.go
+        `reconcile`, no waiter), while the ALB is still `provisioning` for minutes, its name resolving to
+        nothing ("After the load balancer is fully set up and ready to route traffic, its state is active", ELB
+        API LoadBalancerState). `up` returned then, and the zone's clock probes and first users failed. An ALB
+        without an address at the bound is named with the controller's last word on its Ingress (a Warning
+        event such as FailedBuildModel: subnets it refuses), where there is one.
+        """
         out: dict[str, str] = {}
         deadline = time.monotonic() + wait_s
         for zone, (ns, name) in sorted(albs.items()):
@@ -953,12 +962,41 @@ class ExistingBackend(KubeBackend):
                     out[zone] = f"http://{host}"
                     break
                 if time.monotonic() >= deadline:
+                    said = self._last_event(ns, "Ingress", name)
                     raise BackendError(
-                        f"{self._where}: the ALB of {zone} (Ingress {ns}/{name}) has no address yet: is the AWS Load "
-                        "Balancer Controller installed, and does the zone offer ALBs?"
+                        f"{self._where}: the ALB of {zone} (Ingress {ns}/{name}) has no address "
+                        + (
+                            f"after {wait_s:.0f} s: the AWS Load Balancer Controller says {said}"
+                            if said
+                            else "yet: is the AWS Load Balancer Controller installed, and does the zone offer ALBs?"
+                        )
                     )
                 nap(2.0)  # short steps: a stop signal meanwhile is handled at once (harness.interrupt.nap)
+            while wait_s > 0:
+                why = entry_answer(out[zone])
+                if not why:
+                    break
+                if time.monotonic() >= deadline:
+                    raise BackendError(
+                        f"{self._where}: the ALB of {zone} ({out[zone]}, Ingress {ns}/{name}) does not answer after "
+                        f"{wait_s:.0f} s ({why}): a new ALB routes only once it is active, minutes after it has its "
+                        "address; one that stays silent may have no healthy target or a security group in the way"
+                    )
+                nap(2.0)
         return out
+
+    def _last_event(self, namespace: str, kind: str, name: str) -> str:
+        """`reason: message` of the latest event on `kind` `name` in `namespace`, a Warning first ("" when none or
+        the events cannot be listed): what a controller last said about the object."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+        events = self._list_or_none(f"/api/v1/namespaces/{namespace}/events", [("fieldSelector", selector)]) or []
+        events = [e for e in events if (e.get("involvedObject") or {}).get("name") == name]
+        warnings = [e for e in events if e.get("type") == "Warning"] or events
+        if not warnings:
+            return ""
+        last = max(warnings, key=lambda e: (str(e.get("lastTimestamp") or e.get("eventTime") or ""),
+                                            int(e.get("count") or 1)))  # fmt: skip
+        return f"{last.get('reason')}: {' '.join(str(last.get('message', '')).split())[:300]}"
 
     def shares_runner_clock(self) -> bool:
         """No: the nodes are EC2 instances (each its own clock, kept by chrony), the harness a CI runner or a
@@ -1243,16 +1281,7 @@ class ExistingBackend(KubeBackend):
             if (pvc.get("status") or {}).get("phase") == "Bound":
                 continue
             name = str(pvc["metadata"]["name"])
-            selector = f"involvedObject.kind=PersistentVolumeClaim,involvedObject.name={name}"
-            events = self._list_or_none(f"/api/v1/namespaces/{namespace}/events", [("fieldSelector", selector)]) or []
-            events = [e for e in events if (e.get("involvedObject") or {}).get("name") == name]
-            warnings = [e for e in events if e.get("type") == "Warning"] or events
-            if warnings:
-                last = max(warnings, key=lambda e: (str(e.get("lastTimestamp") or e.get("eventTime") or ""),
-                                                    int(e.get("count") or 1)))  # fmt: skip
-                why = f"{last.get('reason')}: {' '.join(str(last.get('message', '')).split())[:300]}"
-            else:
-                why = "no events"
+            why = self._last_event(namespace, "PersistentVolumeClaim", name) or "no events"
             phase = (pvc.get("status") or {}).get("phase") or "Pending"
             out.append(f"PersistentVolumeClaim {namespace}/{name} is still {phase} ({why})")
         return out
@@ -1402,7 +1431,7 @@ class ExistingBackend(KubeBackend):
         self._wait_ready(manifests)
         _zones, albs = self._entry_zones(manifests)
         if albs:
-            self.progress(f"waiting for the ALBs of {', '.join(sorted(albs))}")
+            self.progress(f"waiting for the ALBs of {', '.join(sorted(albs))} to have an address and answer")
             self._alb_urls({z: v for z, v in albs.items() if z not in self.given_entrypoints()}, ALB_WAIT_S)
         self.start_recording()
 

@@ -114,6 +114,17 @@ ENTRY_PROBE_PERIOD_S = 1.0
 ENTRY_PROBE_TIMEOUT = USER_TIMEOUT
 
 
+def entry_answer(url: str) -> str:
+    """Why a zone's entry point `url` does not answer now (empty: it does): an HTTP answer below 500 to `GET /`
+    within a user's timeout is one; a refused or unresolved name, a timeout or a 5xx is not. The rule of the
+    entry-point record (`EntryMonitor`) and of `up`'s wait for a new ALB (`ExistingBackend._alb_urls`)."""
+    try:
+        r = httpx.get(url.rstrip("/") + "/", timeout=ENTRY_PROBE_TIMEOUT)
+    except httpx.HTTPError as exc:
+        return f"probe: {exc.__class__.__name__}: {exc}".strip().rstrip(":")
+    return f"probe: HTTP {r.status_code}" if r.status_code >= 500 else ""
+
+
 class EntryMonitor:
     """Writes `entrypoints.jsonl`: when each zone's entry point was up, when down and why.
 
@@ -164,13 +175,8 @@ class EntryMonitor:
     def check(self, zone: str, url: str) -> tuple[bool, str]:
         if not self._serving(zone):
             return False, "no ready frontend pod"
-        try:
-            r = httpx.get(url.rstrip("/") + "/", timeout=ENTRY_PROBE_TIMEOUT)
-        except httpx.HTTPError as exc:
-            return False, f"probe: {exc.__class__.__name__}: {exc}".strip().rstrip(":")
-        if r.status_code >= 500:
-            return False, f"probe: HTTP {r.status_code}"
-        return True, ""
+        why = entry_answer(url)
+        return not why, why
 
     def _record(self, zone: str, up: bool, reason: str, ts: float) -> None:
         """One line when the zone's state changes. Up only while a frontend still serves (a probe
