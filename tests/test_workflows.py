@@ -178,3 +178,16 @@ def test_verdict_summary_for_the_job_summary(tmp_path: Path, passed: bool) -> No
     assert "a \\| b" in out.stdout
     empty = subprocess.run([sys.executable, str(script), str(tmp_path / "none")], capture_output=True, text=True)
     assert "**NO VERDICT**" in empty.stdout
+
+
+def test_every_upload_names_its_attempt() -> None:
+    """A job re-run is the same workflow run, and upload-artifact@v4 refuses a second artifact of one name in a
+    run ("(409) Conflict: an artifact with this name already exists on the workflow run", actions/upload-artifact
+    #478): with a fixed name the re-run of a failed nightly failed at its upload and lost its records. Each
+    attempt's artifact is named with github.run_attempt, so the first attempt's is kept beside the re-run's."""
+    for name in ("e2e-kind.yml", "gameday.yml", "nightly-eks.yml"):
+        w = _load(name)
+        for job in w["jobs"].values():
+            for step in job["steps"]:
+                if str(step.get("uses", "")).startswith("actions/upload-artifact@"):
+                    assert "${{ github.run_attempt }}" in step["with"]["name"], (name, step["with"]["name"])
