@@ -221,3 +221,64 @@ def test_public_api_calls_product_api_as_a_fresh_go_request() -> None:
     (headers,) = sent
     got = {k.lower(): v for k, v in headers}
     assert got == {"user-agent": "Go-http-client/1.1", "accept-encoding": "gzip", "authorization": "tok"}
+
+
+# --------------------------------------------------------------------------- Envoy cluster names (what the logs show)
+
+_HEX_PREFIX = r"[0-9a-f]{8}~"
+
+
+def test_a_failover_target_without_a_resolver_hash_prefixes_the_edge_chains_clusters(default_manifests: Any) -> None:
+    """Consul's compiler compares the caller's OverrideConnectTimeout (its ServiceDefaults upstreamConfig
+    `connectTimeoutMs`, 2000 as rendered) with the connect timeout of every target it resolves: the primary,
+    and again each failover target with its own resolver (discoverychain/compile.go getResolverNode,
+    `recursedForFailover`). The Region product-api a Local Zone's copy fails over to has no resolver (5 s), so
+    `customizedBy.ConnectTimeout` is set and every cluster of that chain is named `<8 hex>~<SNI>`
+    (xds CustomizeClusterName), its children `failover-target~N~<8 hex>~<primary SNI>` (failover_policy.go
+    sequential): what a real sidecar logs in `upstream_cluster` and lists in /clusters. The emulation
+    compared only the primary's resolver (2 s, equal) and named the edge chains' clusters without the prefix."""
+    import re
+
+    from harness.backends.local.mesh import ServiceRef
+
+    _spec, mesh = validate(default_manifests)
+    chain = mesh.compile_chain(ServiceRef("public-api-lax-1a"), ServiceRef("product-api-lax-1a"))
+    (node,) = chain.nodes
+    assert node.aggregate and node.connect_timeout_s == 2.0
+    sni = mesh.sni(ServiceRef("product-api-lax-1a"))
+    assert re.fullmatch(_HEX_PREFIX + re.escape(sni), node.cluster_name), node.cluster_name
+    for i, child in enumerate(node.child_names):
+        assert re.fullmatch(f"failover-target~{i}~" + _HEX_PREFIX + re.escape(sni), child), child
+    # the Region caller's chain (no resolver anywhere: 5 s against 2 s) was customized already, as in Consul
+    (region,) = mesh.compile_chain(ServiceRef("public-api"), ServiceRef("product-api")).nodes
+    assert re.fullmatch(_HEX_PREFIX + re.escape(mesh.sni(ServiceRef("product-api"))), region.cluster_name)
+
+
+def test_a_chain_whose_every_target_has_the_override_timeout_keeps_plain_names() -> None:
+    """The control: Consul customizes a chain only when some resolved target's own connect timeout differs
+    from the override; with every target's resolver at the caller's 2 s (or no override at all) the names
+    stay plain SNIs."""
+    from harness.backends.local.mesh import MeshConfig, ServiceRef
+
+    def mesh(region_timeout: str | None, override_ms: int | None) -> MeshConfig:
+        objs = [
+            _crd("ServiceDefaults", name, {"protocol": "http"})
+            for name in ("product-api-lax-1a", "product-api", "public-api-lax-1a")
+        ]
+        failover = {"*": {"targets": [{"service": "product-api"}]}}
+        objs.append(_crd("ServiceResolver", "product-api-lax-1a", {"connectTimeout": "2s", "failover": failover}))
+        if region_timeout is not None:
+            objs.append(_crd("ServiceResolver", "product-api", {"connectTimeout": region_timeout}))
+        if override_ms is not None:
+            up = {"upstreamConfig": {"defaults": {"connectTimeoutMs": override_ms}}}
+            objs[2] = _crd("ServiceDefaults", "public-api-lax-1a", {"protocol": "http", **up})
+        return MeshConfig.from_objects(objs, "rendered/consul")
+
+    def names(m: MeshConfig) -> tuple[str, ...]:
+        (node,) = m.compile_chain(ServiceRef("public-api-lax-1a"), ServiceRef("product-api-lax-1a")).nodes
+        return (node.cluster_name, *node.child_names)
+
+    for m in (mesh("2s", 2000), mesh(None, None)):
+        got = names(m)
+        assert got[0] == m.sni(ServiceRef("product-api-lax-1a"))
+        assert got[1:] == tuple(f"failover-target~{i}~{got[0]}" for i in range(2))

@@ -177,7 +177,7 @@ def discovery_chain(mesh: MeshConfig, ref: ServiceRef) -> dict[str, Any]:
         for i, t in enumerate(node.targets):
             # Consul resolves each failover target through its own resolver (getResolverNode), which sets the
             # target's ConnectTimeout; the Envoy child clusters still take the primary's (mesh.envoy).
-            own = ct if i == 0 else go_duration(mesh.resolver_node(t.service, None)[0].connect_timeout_s)
+            own = ct if i == 0 else go_duration(mesh.own_connect_timeout(t.service))
             targets[target_id(t.service, dc)] = {
                 "ID": target_id(t.service, dc),
                 "Service": t.service.name,

@@ -82,19 +82,39 @@ class ChainCompiler:
                 raise InputError(self.source, where, f"redirect cycle {cycle}")
             path.append(res.redirect)
 
+    def own_connect_timeout(self, resolved: ServiceRef) -> float:
+        """The connect timeout of an already redirected target's own resolver, or Consul's 5 s without one.
+
+        Consul's getResolverNode writes it for every target it resolves, the
+        primary and each failover target alike (a value under 1 ns means 5 s).
+        """
+        res = self.resolvers.get(resolved)
+        ct = res.connect_timeout_s if res is not None else None
+        return ct if ct is not None and ct >= 1e-9 else DEFAULT_CONNECT_TIMEOUT_S
+
     def resolver_node(self, start: ServiceRef, override_ct_s: float | None) -> tuple[ResolverNode, bool]:
-        """The resolver node for `start`, and whether the upstream override changed it."""
+        """The resolver node for `start`, and whether the upstream override changed it.
+
+        Changed (Consul's customizedBy.ConnectTimeout, which hash-prefixes every
+        cluster name of the chain) when the override differs from the connect
+        timeout of *any* target resolved here: Consul compares it in
+        getResolverNode for the primary and again for each failover target
+        (recursedForFailover), each with its own resolver. So a failover target
+        without a resolver (5 s) customizes a chain whose primary's resolver
+        already says what the caller's upstream config says.
+        """
         primary = self._redirected(start)
         res = self.resolvers.get(primary, Resolver(primary))
-        ct = res.connect_timeout_s if res.connect_timeout_s and res.connect_timeout_s >= 1e-9 else None
-        connect_timeout = ct if ct is not None else DEFAULT_CONNECT_TIMEOUT_S
+        connect_timeout = self.own_connect_timeout(primary)
         targets = [primary]
         for t in res.failover.get("*", ()):
             # each failover target applies its own redirect, but never its own failover
             resolved = self._redirected(t)
             if resolved != primary:
                 targets.append(resolved)
-        customized = override_ct_s is not None and abs(override_ct_s - connect_timeout) > 1e-9
+        customized = override_ct_s is not None and any(
+            abs(override_ct_s - self.own_connect_timeout(t)) > 1e-9 for t in targets
+        )
         if override_ct_s is not None:
             connect_timeout = override_ct_s
         node = ResolverNode(
@@ -161,7 +181,8 @@ class ChainCompiler:
             routes = [replace(routes[0], timeout_s=None)]
         if customized and cfg.connect_timeout_ms:
             # Consul prefixes every cluster of a chain its upstream overrides changed with
-            # "<8 hex>~" (CustomizeClusterName); the hex is Consul's struct hash, ours differs.
+            # "<8 hex>~" (CustomizeClusterName), a failover chain's children too
+            # ("failover-target~N~<8 hex>~<primary>"); the hex is Consul's struct hash, ours differs.
             tag = hashlib.sha256(f"connect_timeout_ms={cfg.connect_timeout_ms}".encode()).hexdigest()[:8]
             routes = [replace(r, node=replace(r.node, cluster_name=f"{tag}~{r.node.cluster_name}")) for r in routes]
         return Chain(upstream=upstream, protocol=protocol, routes=tuple(routes), upstream_config=cfg)
