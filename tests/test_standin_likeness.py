@@ -282,3 +282,33 @@ def test_a_chain_whose_every_target_has_the_override_timeout_keeps_plain_names()
         got = names(m)
         assert got[0] == m.sni(ServiceRef("product-api-lax-1a"))
         assert got[1:] == tuple(f"failover-target~{i}~{got[0]}" for i in range(2))
+
+
+def test_the_verifier_reads_the_service_off_a_customized_failover_childs_name(default_manifests: Any) -> None:
+    """Consul names a customized chain's children `failover-target~N~<8 hex>~<primary SNI>` (the prefix goes on
+    the base name first, xds getTargetClusterName, then the failover prefix), and /clusters lists them so: the
+    upstream counters the hub-and-spoke check places hosts by. `cluster_service_sql` stripped `<8 hex>~` before
+    `failover-target~N~`, so the hex of such a name stayed and the service read `<hex>~product-api-lax-1a`,
+    a service no zone has (the route-taken evidence for a host the inventory misses was lost)."""
+    import duckdb
+
+    from harness.backends.local.mesh import ServiceRef
+    from harness.backends.local.mesh import envoy as mesh_envoy
+    from harness.observe.hops import cluster_service_sql
+
+    con = duckdb.connect()
+
+    def service(name: str) -> str:
+        row = con.execute(f"SELECT {cluster_service_sql('c')} FROM (SELECT ? AS c)", [name]).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    td = "7f3c1a52-4d1e-4b7a-9c31-5e2f0a9d6b10.consul"
+    plain = f"product-api-las-1a.default.us-west-2.internal.{td}"
+    for name in (plain, f"0a1b2c3d~{plain}", f"failover-target~1~{plain}", f"failover-target~1~0a1b2c3d~{plain}"):
+        assert service(name) == "product-api-las-1a", name
+    # and every cluster the emulation gives a rendered edge caller, as Consul names them
+    _spec, mesh = validate(default_manifests)
+    chain = mesh.compile_chain(ServiceRef("public-api-lax-1a"), ServiceRef("product-api-lax-1a"))
+    clusters, _eds = mesh_envoy.chain_clusters(chain, mesh_envoy.TlsFiles(Path("ca"), Path("c"), Path("k")), Path("e"))
+    assert {service(c["name"]) for c in clusters} == {"product-api-lax-1a"}

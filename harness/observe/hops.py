@@ -40,7 +40,7 @@ Definitions:
   every other record uses, by the caller's zone's measured offset (`harness.contract.clock`).
 - Logical upstream: the serving pod's ``service``; without a serving pod (no
   upstream host, e.g. ``503 UH``, or an unknown IP) it comes from
-  ``upstream_cluster``: strip a ``<8hex>~`` prefix and ``failover-target~N~``,
+  ``upstream_cluster``: strip ``failover-target~N~``, then a ``<8hex>~`` prefix,
   keep the part before the first ``.`` (the Consul service name), and map it
   through the inventory's ``consul_service -> service``, else through the
   topology's naming rule (``product-api-lax-1a`` -> ``product-api``).
@@ -643,11 +643,17 @@ def resolve_ips(con: DuckDBPyConnection, source: str, target: str, slack_s: floa
 
 def cluster_service_sql(column: str) -> str:
     """SQL: the Consul service an Envoy cluster name stands for (`product-api-las-1a` of
-    `failover-target~1~product-api-las-1a.default.dc1.internal.<trust domain>.consul`, or of a
-    `<8 hex>~`-prefixed name), whatever host it holds."""
+    `failover-target~1~product-api-las-1a.default.dc1.internal.<trust domain>.consul`, of a
+    `<8 hex>~`-prefixed name, or of both: `failover-target~1~<8 hex>~product-api-las-1a...`), whatever host
+    it holds.
+
+    The order is Consul's, outside in: a chain its caller's upstream config customized (a connect timeout
+    that differs from any target's, as the rendered edge chains' Region target without a resolver does) has
+    its base name hash-prefixed first and its failover children named after that (xds
+    getTargetClusterName, failover_policy.go sequential)."""
     return (
-        f"split_part(regexp_replace(regexp_replace(CAST({column} AS VARCHAR), '^[0-9a-fA-F]{{8}}~', ''), "
-        "'^failover-target~[0-9]+~', ''), '.', 1)"
+        f"split_part(regexp_replace(regexp_replace(CAST({column} AS VARCHAR), '^failover-target~[0-9]+~', ''), "
+        "'^[0-9a-fA-F]{8}~', ''), '.', 1)"
     )
 
 
