@@ -181,7 +181,10 @@ module does all of that, each behaviour taken from the source named here:
   `!isInitialized()`), so on a restarted node (a fresh namespace, docker/cli
   #6115) its first sync comes after the kubelet boots and only once the node's
   own rules let it reach the API server (`<cluster>-control-plane:6443`, kind's
-  GetAPIServerInternalEndpoint): after a heal when its zone was partitioned.
+  GetAPIServerInternalEndpoint): after a heal when its zone was partitioned,
+  and never on a node whose kube-proxy crashes at its start
+  (`NodeRun.proxy_crashes`: kind's conntrack sysctl on some kernels,
+  kubernetes-sigs/kind#2240).
   Later syncs find the jumps and move nothing. `ClusterSim.verdict` walks the
   filter table for one packet (`Packet`: addresses, conntrack state, mark).
   The xtables lock: `iptables_mode` legacy (kind's entrypoint picks the host's
@@ -761,6 +764,10 @@ class NodeRun:
     # kube-proxy has made its first sync in this network namespace (a fresh one after `docker start`: once its
     # kubelet runs it and it has listed Services and EndpointSlices from the API server, not before)
     proxy_synced: bool = True
+    # kube-proxy exits at its start, before any sync, and the kubelet restarts it for ever (CrashLoopBackOff): kind's
+    # kube-proxy setting nf_conntrack_max where the kernel makes it read-only in a container's namespace, "open
+    # /proc/sys/net/netfilter/nf_conntrack_max: permission denied" (kubernetes-sigs/kind#2240, worked around by #2241)
+    proxy_crashes: bool = False
     # until then another writer (kube-proxy's iptables-restore, kindnet) holds /run/xtables.lock (legacy mode)
     xtables_busy_until: float = 0.0
     scripting: bool = False  # a docker exec script is changing the table (kube-proxy's sync waits for it)
@@ -1746,9 +1753,9 @@ class ClusterSim:
                 nrun.down_since = None
             # kube-proxy's first sync in a fresh namespace: its jumps go on top of whatever is there. Not before it
             # has listed Services and EndpointSlices (syncProxyRules returns until then), so not while the node's
-            # own rules cut it off from the API server (a partition of its zone)
-            booted = nrun.up and nrun.boot_at is None
-            if booted and not nrun.proxy_synced and not nrun.scripting and self._reaches_api_server(nrun):
+            # own rules cut it off from the API server (a partition of its zone), and never while it crashes at start
+            proxy_runs = nrun.up and nrun.boot_at is None and not nrun.proxy_crashes
+            if proxy_runs and not nrun.proxy_synced and not nrun.scripting and self._reaches_api_server(nrun):
                 nrun.proxy_synced = True
                 kube_proxy_sync(nrun.iptables)
 

@@ -11,11 +11,19 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
+from harness.backends import kind as kind_mod
 from harness.chaos import actions
+from harness.errors import BackendError
+from harness.render import render, write
+from harness.render.manifests import Manifests, load
+from harness.topology import DEFAULT_TOPOLOGY, load_topology
 from tests.conftest import wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
@@ -180,6 +188,11 @@ def _synced(sim: ClusterSim, node: str) -> bool:
     return bool(sim.call(lambda: sim.nodes[node].proxy_synced))
 
 
+def _crashing_proxy(sim: ClusterSim, node: str, crashes: bool) -> None:
+    """`node`'s kube-proxy exits at start from now on (`NodeRun.proxy_crashes`), or runs again."""
+    sim.call(lambda: setattr(sim.nodes[node], "proxy_crashes", crashes))
+
+
 def test_a_restored_edge_node_has_its_rules_above_kube_proxys_once_that_syncs(
     api: FakeApiServer, tools: Tools, tmp_path: Path
 ) -> None:
@@ -228,9 +241,13 @@ def test_a_node_restored_inside_a_partition_gets_its_rules_above_kube_proxys_at_
         sim.t.node_boot_s = 1.0
         backend.partition_zone(LAX)
         backend.kill_node(LAX_NODE)
+        # kube-proxy held back until the restore's rules are set: whether it synced in the instant before them (its
+        # kubelet up within node_boot_s of `docker start`) was this machine's speed, and it failed this test
+        _crashing_proxy(sim, LAX_NODE, True)
         start = time.monotonic()
         backend.restore_node(LAX_NODE)
         assert time.monotonic() - start < 10  # no wait for a sync that cannot happen while the zone is cut
+        _crashing_proxy(sim, LAX_NODE, False)
         time.sleep(sim.t.node_boot_s + 1.0)  # the kubelet is back, kube-proxy is not through
         assert not _synced(sim, LAX_NODE)
         lax_ip, cp_ip = sim.call(lambda: (sim.nodes[LAX_NODE].ip, sim.nodes["edge-control-plane"].ip))
@@ -244,5 +261,143 @@ def test_a_node_restored_inside_a_partition_gets_its_rules_above_kube_proxys_at_
         assert verdict(las, mark=0x4000) == "DROP" and verdict(las, state="ESTABLISHED") == "DROP"
         assert verdict(az, state="ESTABLISHED") == "ACCEPT"  # healed
         assert _firsts(sim, LAX_NODE) == dict.fromkeys(CHAINS, "-j EH-CHAOS")
+    finally:
+        backend.close()
+
+
+class NapClock:
+    """The kind backend's clock for its waits (`_above_kube_proxy`): it moves only when a wait naps, and a nap first
+    lets the simulated cluster do all it will (each of `nodes` running has booted and its kube-proxy synced, unless
+    that crashes). A wait then gives up on what the cluster did, not on how fast this machine ran it, and at once."""
+
+    def __init__(self, sim: ClusterSim, nodes: Sequence[str], step_s: float = 30.0) -> None:
+        self.sim, self.nodes, self.step_s = sim, list(nodes), step_s
+        self.now, self.naps = 0.0, 0
+        self.on_nap: Callable[[], object] | None = None  # something that happens to the cluster meanwhile
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(kind_mod, "time", SimpleNamespace(monotonic=lambda: self.now, sleep=time.sleep))
+        monkeypatch.setattr(kind_mod, "nap", self.nap)
+
+    def _settled(self) -> bool:
+        runs = [self.sim.nodes[n] for n in self.nodes if self.sim.nodes[n].up]
+        return all(r.boot_at is None and (r.proxy_synced or r.proxy_crashes) for r in runs)
+
+    def nap(self, seconds: float) -> None:
+        assert wait_until(lambda: self.sim.call(self._settled), 30), "the simulated nodes never settled"
+        self.naps += 1
+        self.now += self.step_s
+        if self.on_nap is not None:
+            self.on_nap()
+
+
+def test_a_restore_whose_kube_proxy_never_syncs_fails_naming_the_node_with_its_rules_in_force(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restored node whose kube-proxy never makes its first sync (it crashes at start: kind's conntrack sysctl on
+    some kernels, kubernetes-sigs/kind#2240) cannot have the edge rules put back above kube-proxy's jumps once it
+    does: the restore fails with one line naming the node, after its whole wait (BOOT_TIMEOUT_S), and leaves the
+    node as far as the harness could take it: running, its rules in force and first in every chain."""
+    sim = api.sim
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path))
+    try:
+        sim.t.entrypoint_s = 0.0
+        clock = NapClock(sim, [LAX_NODE, LAS_NODE])
+        clock.install(monkeypatch)
+        state = backend._state()
+        # control: the same clock, a kube-proxy that syncs: the restore waits for it and returns
+        backend.kill_node(LAS_NODE)
+        backend.restore_node(LAS_NODE)
+        assert _synced(sim, LAS_NODE) and _firsts(sim, LAS_NODE) == dict.fromkeys(CHAINS, "-j EH-CHAOS")
+        assert clock.now < kind_mod.BOOT_TIMEOUT_S
+
+        _crashing_proxy(sim, LAX_NODE, True)
+        backend.kill_node(LAX_NODE)
+        clock.now, clock.naps = 0.0, 0
+        with pytest.raises(BackendError) as err:
+            backend.restore_node(LAX_NODE)
+        msg = str(err.value)
+        assert msg.startswith(f"{LAX_NODE}: kube-proxy had not synced 120s after the node could reach the API server")
+        assert "\n" not in msg and f"kube-proxy on {LAX_NODE}" in msg and LAS_NODE not in msg
+        assert clock.now >= kind_mod.BOOT_TIMEOUT_S and clock.naps >= 2  # it waited its time, asking again
+        # nothing half-done: the node runs with the rules a restore sets, first in each chain; no fault is on record
+        assert sim.call(lambda: sim.nodes[LAX_NODE].up) and not _synced(sim, LAX_NODE)
+        assert _firsts(sim, LAX_NODE) == dict.fromkeys(CHAINS, "-j EH-CHAOS")
+        las, lax = _pod(sim, LAS_NODE), _pod(sim, LAX_NODE)
+        assert sim.call(lambda: sim.verdict(LAX_NODE, "FORWARD", las, lax)) == "DROP"
+        assert backend._state() == state
+    finally:
+        backend.close()
+
+
+def _rendered_with_two_lax_nodes(tmp_path: Path) -> Manifests:
+    """The default topology with a second node in us-west-2-lax-1a."""
+    topo = yaml.safe_load(DEFAULT_TOPOLOGY.read_text())
+    next(z for z in topo["zones"] if z["name"] == LAX)["nodes"] = 2
+    (tmp_path / "topology.yaml").write_text(yaml.safe_dump(topo))
+    write(render(load_topology(tmp_path / "topology.yaml")), tmp_path / "rendered")
+    return load(tmp_path / "rendered")
+
+
+def test_a_zone_restore_with_one_kube_proxy_that_never_syncs_still_puts_the_others_rules_on_top(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """restore_zone waits for kube-proxy's first sync on each of the zone's nodes. One whose kube-proxy never syncs
+    made it raise before it moved EH-CHAOS back above the jumps the other node's kube-proxy had prepended (or before
+    it had even looked at that node): that node kept KUBE-FORWARD's RELATED,ESTABLISHED accept above the edge rules
+    until the zone's next fault. Now every node that synced gets its rules on top, then the restore fails naming
+    only the node that did not."""
+    sim = api.sim
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(_rendered_with_two_lax_nodes(tmp_path))
+    try:
+        lax_nodes = sorted(n for n, z in backend.nodes().items() if z == LAX)
+        assert len(lax_nodes) == 2, backend.nodes()
+        las_node = next(n for n, z in backend.nodes().items() if z == "us-west-2-las-1a")  # not LAS_NODE here
+        sim.t.entrypoint_s = 0.0
+        clock = NapClock(sim, lax_nodes)
+        clock.install(monkeypatch)
+        first, second = lax_nodes
+
+        def restore_with(broken: str, stopped: bool) -> None:
+            good = second if broken == first else first
+
+            def crash(*nodes: str) -> None:
+                for n in lax_nodes:
+                    sim.nodes[n].proxy_crashes = n in nodes
+
+            def meanwhile() -> None:  # after the restore's rules and the first look at each node
+                sim.call(lambda: crash(broken))  # the good node's kube-proxy comes up: its sync prepends its jumps
+                if stopped:
+                    sim.call(lambda: sim.node_down(broken))
+
+            sim.call(lambda: crash(*lax_nodes))
+            backend.zone_outage(LAX)
+            clock.now = 0.0
+            clock.on_nap = meanwhile
+            with pytest.raises(BackendError) as err:
+                backend.restore_zone(LAX)
+            msg = str(err.value)
+            if stopped:
+                assert re.fullmatch(rf"`docker exec {broken} sh -c <script>` failed \(exit 1\): .*is not running", msg)
+            else:
+                assert msg.startswith(f"{broken}: kube-proxy had not synced") and "\n" not in msg, msg
+            assert good not in msg
+            assert _synced(sim, good) and not _synced(sim, broken)
+            las, pod = _pod(sim, las_node), _pod(sim, good)
+            established = sim.call(lambda: sim.verdict(good, "FORWARD", las, pod, state="ESTABLISHED"))
+            assert established == "DROP", broken  # was: KUBE-FORWARD's RELATED,ESTABLISHED accept
+            assert _firsts(sim, good) == dict.fromkeys(CHAINS, "-j EH-CHAOS"), broken
+            if not stopped:
+                assert _firsts(sim, broken) == dict.fromkeys(CHAINS, "-j EH-CHAOS"), broken
+            table = sim.call(lambda: list(sim.nodes[good].iptables["FORWARD"]))
+            assert any(r.endswith("-j KUBE-FORWARD") for r in table)  # kube-proxy's own rules are kept
+
+        # whichever of the two the wait comes to first; last, the node is stopped while the restore waits (its
+        # `docker exec` fails): the same, the error saying why
+        restore_with(first, stopped=False)
+        restore_with(second, stopped=False)
+        restore_with(first, stopped=True)
     finally:
         backend.close()
