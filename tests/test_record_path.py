@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 
 from harness import e2e
-from harness.backends.base import RecordFollower
+from harness.backends.base import Observation, RecordFollower
 from harness.backends.kind import KindBackend
 from harness.backends.kube.backend import KubeBackend
+from harness.backends.kube.logs import LogRotation
 from harness.backends.local.backend import LocalBackend
-from harness.contract.rundir import ENTRYPOINTS_FILE, HOPS_FILE, INVENTORY_FILE, RECORDING_FILE
+from harness.contract.rundir import ENTRYPOINTS_FILE, HOPS_FILE, INVENTORY_FILE, LOG_ROTATION, RECORDING_FILE
+from harness.errors import BackendError
 from harness.observe import build_hops
 from harness.report import write_report
 from harness.verify import judged, verify
@@ -100,6 +102,69 @@ def test_recording_problems_reach_the_verdict(tmp_path: Path) -> None:
         in notes
     )
     assert "recording: access-log flush: api-1: write_total_buffered still 12" in notes
+
+
+class _Observed(Observation):
+    """An `Observation`, as kind/EKS are, whose sidecar logs were rotated: all else quiet (no sources, no pods)."""
+
+    name = "fake-kube"
+
+    def __init__(self, rotations: list[str]) -> None:
+        from harness.contract.inventory import Inventory
+
+        self.rotations = rotations
+        self.inv = Inventory()
+
+    def log_rotations(self) -> list[str]:
+        return list(self.rotations)
+
+    def inventory(self) -> Any:
+        return self.inv
+
+    def entrypoints(self) -> dict[str, str]:
+        return {}
+
+    def log_sources(self) -> list[Any]:
+        return []
+
+    def nodes(self) -> dict[str, str]:
+        return {}
+
+    def envoy_admin(self, pod: str, path: str, timeout_s: float = 5.0) -> bytes:
+        raise BackendError("no sidecars here")
+
+    def consul_api(self) -> Any:
+        raise BackendError("no Consul here")
+
+    def save_artifacts(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+
+
+def test_the_recording_step_hands_the_backends_log_rotations_to_the_verdict(tmp_path: Path) -> None:
+    """kind/EKS: each sidecar log the kubelet rotated while it was followed (`Observation.log_rotations`) is one
+    'log rotation' line of `recording.jsonl`, written by the recording step, and a note of the verdict: a gap in
+    that log is read beside it, and the run still passes (a rotation is not a failure)."""
+    rotations = [
+        LogRotation(1_790_000_000.25, 1_790_000_000_200_000_000, 1_790_000_000_100_000_000).describe("pa-lax"),
+        LogRotation(1_790_000_100.5, None, -1).describe("pa-las"),
+    ]
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    with e2e.recording(_Observed(rotations), rec):  # type: ignore[arg-type]
+        pass
+    lines = [json.loads(x) for x in (rec / RECORDING_FILE).read_text().splitlines()]
+    assert [(x["what"], x["message"]) for x in lines] == [(LOG_ROTATION, r) for r in rotations]
+
+    d = run(tmp_path, faults=[KILL])
+    (d / RECORDING_FILE).unlink(missing_ok=True)
+    before = verify(d)
+    assert before.passed and not [n for n in before.run.notes if "rotated" in n]  # control: no rotation, no note
+    (d / RECORDING_FILE).write_text((rec / RECORDING_FILE).read_text())
+    after = verify(d)
+    assert after.passed, after.failure_messages
+    assert [n for n in after.run.notes if n.startswith(f"recording: {LOG_ROTATION}: ")] == [
+        f"recording: {LOG_ROTATION}: {r}" for r in rotations
+    ]
 
 
 @pytest.fixture
