@@ -230,23 +230,31 @@ def test_a_rotation_is_said_in_the_records_and_the_verdict_as_a_note(api: FakeAp
     a gap in that sidecar's log is then read beside it. The same line as an access-log flush problem fails
     coverage (the control: a note that could not fail would not be told apart)."""
     c = _cluster(api, tmp_path)
-    src = KubeLogSource(POD, NS, cluster=c, retry_s=0.01, rotation_check_s=0.05)
-    src.start()
+    sources = KubeLogSources(c, retry_s=0.01, rotation_check_s=0.05)
     try:
+        (src,) = sources.current()  # as the collector's polls find the sidecar
+        assert isinstance(src, KubeLogSource) and src.pod == POD
+        assert list(src.read()) == []  # the collector's first read starts it
         assert wait_until(lambda: src.opens >= 1, timeout=5)
         _log_steadily(api, 40)
         _drain(src, 40)
         assert wait_until(lambda: bool(src.rotations), timeout=5)
+        assert sources.rotation_notes()[0].startswith(f"{POD}: the kubelet rotated its sidecar's container log")
+        # the pod goes (a kill: its replacement has another name); its source finishes once its lines are read,
+        # and the next `current()` drops it
+        assert c.delete_pod(NS, POD)
+
+        def finished() -> bool:
+            list(src.read())
+            return src.finished
+
+        assert wait_until(finished, timeout=10)
+        notes = [r.describe(POD) for r in src.rotations]
+        assert sources.rotation_notes() == notes  # followed still
+        assert sources.current() == [] and sources.known() == []  # dropped
+        assert sources.rotation_notes() == notes  # and its rotations said all the same
     finally:
-        src.close()
-    sources = KubeLogSources(c)
-    sources._sources[(NS, POD)] = src
-    notes = sources.rotation_notes()
-    assert notes == [r.describe(POD) for r in src.rotations]
-    assert notes[0].startswith(f"{POD}: the kubelet rotated its sidecar's container log"), notes[0]
-    sources._sources.clear()
-    sources._dropped += notes  # as `current` keeps them when it drops a finished source
-    assert sources.rotation_notes() == notes
+        sources.close()
 
     for what, passes in ((LOG_ROTATION, True), (ACCESS_LOG_FLUSH, False)):
         d = run(tmp_path / what.replace(" ", "-"), faults=[KILL])

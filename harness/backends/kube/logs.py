@@ -30,6 +30,8 @@ ACCESS_LOG_KEYS = frozenset({"start_time", "response_code", "upstream_cluster"})
 # kubelet itself checks the sizes (containerLogMonitorInterval, 10 s), far below the time a sidecar takes to fill
 # containerLogMaxSize again (minutes at 10Mi), so the new file still holds every line since the rotation.
 ROTATION_CHECK_S = 10.0
+# A follow stream that ended (the container restarting, an API hiccup) or could not open is tried again this much later.
+RETRY_S = 1.0
 HEAD_BYTES = 4096  # limitBytes of that read: the first line of the current file (an access-log line is ~1 KB)
 
 
@@ -161,7 +163,7 @@ class KubeLogSource(LogSource):
         *,
         cluster: KubeApi | None = None,
         opener: LogOpener | None = None,
-        retry_s: float = 1.0,
+        retry_s: float = RETRY_S,
         rotation_check_s: float = ROTATION_CHECK_S,
     ) -> None:
         if opener is None:
@@ -373,9 +375,18 @@ class KubeLogSources:
     delivered twice. Finished sources (pod gone, all lines read) are dropped.
     """
 
-    def __init__(self, cluster: KubeApi, container: str = DATAPLANE_CONTAINER) -> None:
+    def __init__(
+        self,
+        cluster: KubeApi,
+        container: str = DATAPLANE_CONTAINER,
+        *,
+        retry_s: float = RETRY_S,
+        rotation_check_s: float = ROTATION_CHECK_S,
+    ) -> None:
         self.cluster = cluster
         self.container = container
+        self._retry_s = retry_s  # each source's (`KubeLogSource`)
+        self._rotation_check_s = rotation_check_s
         self._sources: dict[tuple[str, str], KubeLogSource] = {}
         self._dropped: list[str] = []  # rotations of finished sources, said by `rotation_notes` all the same
         self._lock = threading.Lock()
@@ -393,7 +404,10 @@ class KubeLogSources:
         with self._lock:
             for key in meshed:
                 if key not in self._sources:
-                    self._sources[key] = KubeLogSource(key[1], key[0], self.container, cluster=self.cluster)
+                    self._sources[key] = KubeLogSource(
+                        key[1], key[0], self.container, cluster=self.cluster, retry_s=self._retry_s,
+                        rotation_check_s=self._rotation_check_s,
+                    )  # fmt: skip
             for key, src in list(self._sources.items()):
                 if src.finished:
                     self._dropped += [r.describe(src.pod) for r in src.rotations]
