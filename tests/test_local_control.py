@@ -70,11 +70,11 @@ class FakeLoop(ControlLoop):
     def _placed(self) -> list[Any]:
         return []
 
-    def _create_pod(self, dep: Any) -> Pod | None:
+    def _create_pod(self, dep: Any, retry_in: float | None = None) -> Pod | None:
         self.created.append((dep.where, self._loop is not None and self._loop.is_alive()))
         time.sleep(self.create_s)
         pod = make_pod(f"{dep.name}-{next(self.counter)}", dep)
-        with self.lock:  # registered and out of the count in one step, as `PodLifecycle._start_pod` does
+        with self.lock:  # registered and out of the count in one step, as `PodLifecycle._settle` does
             self.pods[pod.name] = pod
             self.creating[dep.where] -= 1
         return pod
@@ -120,7 +120,7 @@ def test_the_loop_runs_while_the_pods_are_created_and_creates_none_twice() -> No
 
 def test_a_pod_that_cannot_start_fails_the_bring_up_with_its_own_error() -> None:
     class Broken(FakeLoop):
-        def _create_pod(self, dep: Any) -> Pod | None:
+        def _create_pod(self, dep: Any, retry_in: float | None = None) -> Pod | None:
             if dep.name == "frontend":
                 raise RuntimeError("bootstrap: no space left on device")
             return super()._create_pod(dep)

@@ -184,7 +184,7 @@ class Cluster(PodLifecycle, ControlLoop, ClusterChaos):
             self.creating[dep.where] += 1
         fits, dep.fits = dep.fits, [node_name]
         try:
-            pod = self._create_counted(dep)
+            pod = self._create_pod(dep)
         finally:
             dep.fits = fits
         assert pod is not None
@@ -564,3 +564,62 @@ def test_unready_chaos_takes_a_pod_being_created_out_of_service_until_made_ready
     assert marked == [[live.name, starting.name]]
     assert c.set_pod_ready("z", "product-api") == [live.name, starting.name]
     assert starting.serving and ("ready", starting.name) in c.events
+
+
+def test_a_pod_killed_while_created_whose_start_then_fails_is_replaced_as_a_killed_pod_is(
+    tmp_path: Path, procs_killed: Callable[[ProcCluster], None]
+) -> None:
+    """kind/EKS: a pod deleted while ContainerCreating is gone whatever its sandbox does next, and the ReplicaSet
+    creates its replacement. A start that failed after the kill had marked its reservation (a sidecar bootstrap
+    that could not be written, a process that would not spawn) dropped the mark with the reservation: nothing was
+    booked podRestartDelayS after the kill, and the next tick created the replacement at once (a missing replica
+    with nothing due). The step that releases the reservation books it now, whatever tick lands in between."""
+    for name, window in (("control", False), ("window", True)):
+        c, api = _api_and_frontend(tmp_path / name, 1)
+        procs_killed(c)
+        if window:
+            c.tick_in_windows()
+        at: list[float] = []
+        started: list[str] = []
+
+        def kill_then_fail(pod: Pod, c: ProcCluster = c, at: list[float] = at, started: list[str] = started) -> None:
+            at.append(time.time())
+            started.append(pod.name)
+            assert c.kill_pod("z", "product-api") == [pod.name]
+            raise OSError(28, "No space left on device")
+
+        c.during_start = kill_then_fail
+        with c.lock:  # counted, as the Deployment controller counts the pod it has created
+            c.creating[api.where] += 1
+        c._create_then_count(api)  # as the pool runs it: a failed start is the cluster's error (status)
+        c.during_start = None
+        c.no_ticks()
+        c.tick()
+        assert isinstance(c.error, OSError), name
+        assert c.reserved == {} and c.creating[api.where] == 0, (name, c.reserved, c.creating)
+        assert [p.name for p in c.pods.values() if p.dep is api] == [], name  # nothing created at once
+        due = c.pending[api.where]
+        assert len(due) == 1 and at[0] + RESTART_S - 0.5 < due[0] < at[0] + RESTART_S + 0.5, (name, due, at)
+        assert [e for e in c.events if e[0] in ("added", "removed") and e[1] in started] == [], name  # never added
+
+
+def test_a_start_that_fails_with_no_kill_books_nothing_and_is_created_again_at_the_next_tick(
+    tmp_path: Path, procs_killed: Callable[[ProcCluster], None]
+) -> None:
+    """The control: a start that fails on its own leaves the count and its reservation, books nothing (no pod was
+    deleted), and the next tick creates the missing replica at once, as before."""
+    c, api = _api_and_frontend(tmp_path, 1)
+    procs_killed(c)
+
+    def fail(pod: Pod) -> None:
+        raise OSError(28, "No space left on device")
+
+    c.during_start = fail
+    with c.lock:
+        c.creating[api.where] += 1
+    c._create_then_count(api)
+    c.during_start = None
+    assert isinstance(c.error, OSError)
+    assert c.reserved == {} and c.creating[api.where] == 0 and c.pending[api.where] == []
+    c.tick()
+    assert [p.alive for p in c.pods.values() if p.dep is api] == [True]

@@ -80,7 +80,7 @@ class Reservation:
 
     kind/EKS chaos selects pods by label, so it takes a Pending or
     ContainerCreating pod too; what it did to this one is kept here and
-    applied in the step that registers it (`PodLifecycle._start_pod`).
+    applied in the step that releases it (`PodLifecycle._settle`).
     """
 
     placed: Placed
@@ -124,7 +124,7 @@ class ClusterBase:
     _loop: threading.Thread | None
 
     # Implemented by the mixins; declared here so each part can call the others.
-    def _create_pod(self, dep: DeploymentSpec) -> Pod | None:
+    def _create_pod(self, dep: DeploymentSpec, retry_in: float | None = None) -> Pod | None:
         raise NotImplementedError
 
     def _kill_processes(self, pod: Pod) -> None:

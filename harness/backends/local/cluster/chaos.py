@@ -24,7 +24,7 @@ class ClusterChaos(ClusterBase):
 
         kind/EKS select a service's pods by label, a Pending or ContainerCreating
         one too: chaos takes both, the latter through its reservation
-        (`Reservation`, honoured where `_start_pod` registers the pod). Both in
+        (`Reservation`, honoured where `_settle` registers the pod). Both in
         one step: a pod registered between two looks was in neither.
         """
         live = [p for p in self.pods.values() if p.alive and p.node.zone == zone and p.dep.app == service]
@@ -40,8 +40,9 @@ class ClusterChaos(ClusterBase):
         so it is ended here. The others die by their processes, which the
         control loop notices at its next tick, as kubelet would. A pod being
         created is deleted as well (the label selector finds it): it dies
-        where it is registered, as if killed now (`_start_pod`). An error
-        only when there is no pod at all, as kind/EKS's.
+        where its creation ends, as if killed now, and is replaced even if
+        its start fails (`_settle`). An error only when there is no pod at
+        all, as kind/EKS's.
         """
         now = time.time()
         with self.tick_lock, self.lock:  # out of the count and the inventory before a tick can tell anyone

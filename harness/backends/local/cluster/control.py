@@ -43,7 +43,7 @@ class ControlLoop(ClusterBase):
                 self.creating[dep.where] += dep.replicas
         self._loop = threading.Thread(target=self._run_loop, name="control-loop", daemon=True)
         self._loop.start()
-        futures = [self.pool.submit(self._create_counted, dep) for dep in deployments for _ in range(dep.replicas)]
+        futures = [self.pool.submit(self._create_pod, dep) for dep in deployments for _ in range(dep.replicas)]
         for fut in futures:
             fut.result()
 
@@ -167,31 +167,9 @@ class ControlLoop(ClusterBase):
             for _ in ready_now:
                 self.pool.submit(self._create_then_count, dep)
 
-    def _create_counted(self, dep: DeploymentSpec, retry_in: float | None = None) -> Pod | None:
-        """Create one pod the caller counted in `creating` (so `_reconcile` does not create it again).
-
-        A pod `_create_pod` returns left the count when it was registered
-        (the same locked step). One that failed leaves it here, and one that
-        found no node books its retry `retry_in` s on in the same step: a
-        tick between the two saw a missing replica with nothing due and
-        booked it at once.
-        """
-        try:
-            pod = self._create_pod(dep)
-        except BaseException:
-            with self.lock:
-                self.creating[dep.where] -= 1
-            raise
-        if pod is None:
-            with self.lock:
-                self.creating[dep.where] -= 1
-                if retry_in is not None:
-                    self.pending[dep.where].append(time.time() + retry_in)
-        return pod
-
     def _create_then_count(self, dep: DeploymentSpec) -> None:
         try:
-            self._create_counted(dep, retry_in=1.0)
+            self._create_pod(dep, retry_in=1.0)
         except BaseException as exc:
             log.exception("creating a pod of %s failed", dep.where)
             self.error = exc

@@ -50,21 +50,32 @@ class PodLifecycle(ClusterBase):
         live = [Placed(p.node.name, p.dep.namespace, p.dep.labels) for p in self.pods.values() if p.alive]
         return live + [r.placed for r in self.reserved.values()]
 
-    def _create_pod(self, dep: DeploymentSpec) -> Pod | None:
-        """One pod of `dep`, counted in `creating` by the caller: registered (out of the count) or None (no node)."""
+    def _create_pod(self, dep: DeploymentSpec, retry_in: float | None = None) -> Pod | None:
+        """One pod of `dep`, which the caller counted in `creating` (so `_reconcile` does not create it again).
+
+        It leaves the count here, whatever happens, each time in one locked step with what must go with it: no
+        node fits (None), its retry booked `retry_in` s on (booked after it, a tick in between saw a missing
+        replica with nothing due and booked it at once); or its start ended, registered or failed (`_settle`,
+        the one place its reservation is released).
+        """
         with self.lock:
             node = self.spec.place(dep, self.down_nodes, self._placed())
             if node is None:
+                self.creating[dep.where] -= 1
+                if retry_in is not None:
+                    self.pending[dep.where].append(time.time() + retry_in)
                 return None
             name = f"{dep.name}-{next(self.counter):05d}"
             self.reserved[name] = Reservation(Placed(node.name, dep.namespace, dep.labels), dep, node.zone)
+        pod: Pod | None = None
         try:
-            return self._start_pod(dep, node, name)
+            pod = self._start_pod(dep, node, name)
         finally:
-            with self.lock:
-                self.reserved.pop(name, None)
+            self._settle(name, pod)
+        return pod
 
     def _start_pod(self, dep: DeploymentSpec, node: Node, name: str) -> Pod:
+        """The pod's processes, started; `_settle` registers it. A start that fails ends what it started."""
         assert self.network is not None and self.certs is not None
         net = self.network.add_pod(name, node.zone)
         pdir = self.pods_dir / name
@@ -79,47 +90,61 @@ class PodLifecycle(ClusterBase):
             with contextlib.suppress(Exception):
                 self.network.remove_pod(name)
             raise
-        info = PodInfo(
-            pod=name,
-            ip=net.ip,
-            node=node.name,
-            zone=node.zone,
-            service=dep.app,
-            consul_service=dep.consul_service,
-            namespace=dep.namespace,
-            started=pod.started,
-        )
-        # One step a tick cannot split: the pod is in `pods` and the inventory (`added` before any sidecar or
-        # relay can be told of it), and out of `creating` and `reserved` (counted twice in between, it hid a
-        # missing replica: the tick dropped a replacement another dead pod had booked). A node killed while
-        # the pod started (`kill_node` darkens only the pods it finds) makes it dark here, never Ready.
-        # Chaos that took the pod while it was created (kind/EKS select Pending and ContainerCreating pods by
-        # label too) is honoured here: unready chaos keeps it out of service; a kill ends it, `added` then
-        # `removed` (it held its IP and its sidecar may have logged: the inventory places it), never in a
-        # catalog, its replacement booked podRestartDelayS after the kill, in this step (booked after it, a
-        # tick in between saw a missing replica with nothing due and created it at once).
+        return pod
+
+    def _settle(self, name: str, pod: Pod | None) -> None:
+        """The end of a pod's creation, `pod` started or None (its start failed): its reservation released.
+
+        One step a tick cannot split: the pod is in `pods` and the inventory (`added` before any sidecar or
+        relay can be told of it), and out of `creating` and `reserved` (counted twice in between, it hid a
+        missing replica: the tick dropped a replacement another dead pod had booked). A node killed while
+        the pod started (`kill_node` darkens only the pods it finds) makes it dark here, never Ready.
+        Chaos that took the pod while it was created (kind/EKS select Pending and ContainerCreating pods by
+        label too) is honoured here: unready chaos keeps it out of service; a kill ends it, `added` then
+        `removed` (it held its IP and its sidecar may have logged: the inventory places it), never in a
+        catalog, its replacement booked podRestartDelayS after the kill, in this step (booked after it, a
+        tick in between saw a missing replica with nothing due and created it at once). A pod killed whose
+        start then failed is replaced the same way: the ReplicaSet replaces a deleted pod whatever its sandbox
+        did next. One whose start failed unkilled books nothing: the next tick creates the missing replica.
+        """
         with self.lock:
-            self.pods[name] = pod
-            self.inventory.added(info)
+            reservation = self.reserved.pop(name)
+            dep = reservation.dep
             self.creating[dep.where] -= 1
-            reservation = self.reserved.pop(name, None)
-            pod.forced_unready = reservation is not None and reservation.forced_unready
-            deleted_at = reservation.deleted_at if reservation is not None else None
-            if deleted_at is not None:
-                due = deleted_at + self.topology.local.pod_restart_delay_s
+            deleted_at = reservation.deleted_at
+            due = None if deleted_at is None else deleted_at + self.topology.local.pod_restart_delay_s
+            if pod is None:
+                if due is not None:
+                    self.pending[dep.where].append(due)
+                return
+            self.pods[name] = pod
+            self.inventory.added(
+                PodInfo(
+                    pod=name,
+                    ip=pod.net.ip,
+                    node=pod.node.name,
+                    zone=pod.node.zone,
+                    service=dep.app,
+                    consul_service=dep.consul_service,
+                    namespace=dep.namespace,
+                    started=pod.started,
+                )
+            )
+            pod.forced_unready = reservation.forced_unready
+            if due is not None:
                 self._pod_gone(pod, "deleted while it was being created", replace_in=max(0.0, due - time.time()))
-            dark = deleted_at is None and node.name in self.down_nodes
+            dark = due is None and pod.node.name in self.down_nodes
             if dark:
                 pod.dark_since = time.time()
                 pod.ready = False  # its kubelet died before it could report the pod Ready
-        if deleted_at is not None:
+        if due is not None:
             self._tear_down(pod)
         elif dark:
+            assert self.network is not None
             with contextlib.suppress(Exception):
                 self.network.set_pod_link(name, False)
-            log.info("pod %s dark: its node %s was killed while it started", name, node.name)
+            log.info("pod %s dark: its node %s was killed while it started", name, pod.node.name)
             self._kill_processes(pod)
-        return pod
 
     def _start_processes(self, pod: Pod) -> None:
         """The pod's containers and its sidecar, and the probes kubelet would run on them."""
