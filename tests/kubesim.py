@@ -166,10 +166,15 @@ module does all of that, each behaviour taken from the source named here:
   entrypoint still runs as PID 1 (`cat /proc/1/comm` says `entrypoint` until
   it execs systemd); its `iptables-save | sed | iptables-restore` undoes rules
   written meanwhile (the sim: any written while it runs). A `docker exec NODE
-  sh -c SCRIPT` that runs iptables runs in a real `sh`, its `iptables` the
-  filter table of the node's network namespace (`NodeRun.iptables`, `IPTABLES_SH`:
-  -N -F -A -I -C -D -S as iptables answers them; `tc` does nothing), so a
-  script that is not valid shell, or that a chain refuses, fails as it would.
+  sh -c SCRIPT` that runs iptables runs in a real `sh`, its `iptables` and
+  `ip6tables` the filter tables of the node's network namespace
+  (`NodeRun.iptables`, `NodeRun.ip6tables`, `IPTABLES_SH`: -N -F -A -I -C -D
+  -S as iptables answers them, `iptables-restore [--noflush]` one transaction,
+  all or nothing; `tc` does nothing), so a script that is not valid shell, or
+  that a chain refuses, fails as it would. Each change the kernel takes is one
+  commit, kept in order (`NodeRun.committed`; `ClusterSim.verdicts_committed`
+  judges a packet at each): a packet meets the table between two commands of
+  a script as the first left it.
   kube-proxy (iptables mode) ensures its jumps at the top of INPUT, FORWARD and
   OUTPUT at a full sync, each prepended when absent and left where it is when
   present (pkg/proxy/iptables/proxier.go, `EnsureRule(Prepend)` of
@@ -185,8 +190,10 @@ module does all of that, each behaviour taken from the source named here:
   and never on a node whose kube-proxy crashes at its start
   (`NodeRun.proxy_crashes`: kind's conntrack sysctl on some kernels,
   kubernetes-sigs/kind#2240).
-  Later syncs find the jumps and move nothing. `ClusterSim.verdict` walks the
-  filter table for one packet (`Packet`: addresses, conntrack state, mark).
+  Later syncs find the jumps and move nothing; it keeps ip6tables' table the
+  same way (its proxier is dual-stack wherever ip6tables works).
+  `ClusterSim.verdict` walks the filter table of a packet's family for it
+  (`Packet`: addresses, conntrack state, mark).
   The xtables lock: `iptables_mode` legacy (kind's entrypoint picks the host's
   backend, select_iptables) makes an `iptables` without -w exit 4 while
   another writer holds the lock (`NodeRun.xtables_busy_until`), and `-w N`
@@ -521,28 +528,53 @@ KUBE_PROXY_CHAINS: dict[str, tuple[str, ...]] = {
     ),
 }
 API_SERVER_PORT = 6443  # kind: the control-plane's API server, which kube-proxy and the kubelet reach by its name
+# kind's `kind` Docker network: IPv4 172.18.0.0/16 and, where Docker has IPv6 (kind tries `--ipv6 --subnet` with a
+# ULA subnet first, pkg/cluster/internal/providers/docker/network.go), fc00:f853:ccd:e793::/64; the host (the
+# gateway) is ::1 of it. A container gets the N-th address of each (moby libnetwork, setInterfaceIPv6: the endpoint's
+# IPv6 address set and IPv6 enabled on its interface, whatever the cluster's ipFamily)
+KIND_V6_PREFIX = "fc00:f853:ccd:e793::"
+
+Table = dict[str, list[str]]  # a filter table: chain -> its rules in order, each as `iptables -S` prints it
 
 
-def fresh_netns() -> dict[str, list[str]]:
+def fresh_netns() -> Table:
     """The filter table of a new network namespace: the built-in chains, empty."""
     return {c: [] for c in BUILTIN_CHAINS}
 
 
-def kube_proxy_sync(table: dict[str, list[str]]) -> None:
+def kube_proxy_sync(table: Table, family: int = 4, commit: Callable[[Table], None] | None = None) -> None:
     """kube-proxy's full sync on the node (pkg/proxy/iptables/proxier.go, syncProxyRules): each jump ensured,
-    prepended when absent, then its own chains refilled by one iptables-restore --noflush."""
+    prepended when absent, then its own chains refilled by one iptables-restore --noflush.
+
+    `family` 6: ip6tables' table, which kube-proxy's iptables proxier keeps too wherever ip6tables works, whatever
+    the cluster's families (platformCheckSupported in cmd/kube-proxy/app/server_linux.go: dual-stack proxier when
+    both are Present()); without the kubelet's KUBE-FIREWALL (its localnet rule is IPv4's: "ipv6 doesn't have this
+    issue"). `commit` sees the table after each kernel commit: each prepended jump, then the restore."""
+    v4 = family == 4
     for chain, rule in KUBE_PROXY_JUMPS:
-        table.setdefault(rule.rsplit(" ", 1)[1], [])
+        target = rule.rsplit(" ", 1)[1]
+        if target == "KUBE-FIREWALL" and not v4:
+            continue
+        table.setdefault(target, [])
         if rule not in table[chain]:
             table[chain].insert(0, rule)
+            if commit is not None:
+                commit(table)
     for chain, rules in KUBE_PROXY_CHAINS.items():
-        table[chain] = list(rules)
+        if chain != "KUBE-FIREWALL" or v4:
+            table[chain] = list(rules)
+    if commit is not None:
+        commit(table)
 
 
-def synced_netns() -> dict[str, list[str]]:
+def synced_netns(family: int = 4) -> Table:
     table = fresh_netns()
-    kube_proxy_sync(table)
+    kube_proxy_sync(table, family)
     return table
+
+
+def synced_netns6() -> Table:
+    return synced_netns(6)
 
 
 class Packet(NamedTuple):
@@ -615,20 +647,33 @@ def iptables_verdict(table: dict[str, list[str]], chain: str, pkt: Packet) -> st
 
 
 XTABLES_LOCK_BUSY = "Another app is currently holding the xtables lock."
-# `iptables` of the filter table in a node's namespace for a real `sh` running a docker exec script: one file
-# per chain in $IPT, one rule per line as `iptables -S` prints it without `-A CHAIN `; answers as iptables does.
+# The node's `iptables`, `ip6tables`, `iptables-restore`, `ip6tables-restore` (and `tc`) for a real `sh` running a
+# docker exec script: commands on $PATH sourcing this library. Each family's filter table is a directory ($IPT,
+# $IPT6) of one file per chain, one rule per line as `iptables -S` prints it without `-A CHAIN `; each answers as
+# the real one does. Every change the kernel sees is one commit, copied into $STATES in order (`NNNNNN.4` or
+# `.6`), so a test can judge a packet at every state the table passed through, not only the last:
+# - `iptables` -N -F -A -I -C -D -S: each command that changes the table is one commit;
+# - `iptables-restore [--noflush] [-w [N]]`: a `*filter` ... `COMMIT` transaction is one commit, all or nothing
+#   (iptables/iptables-restore.c: the lines are applied to the table handle and TC_COMMIT replaces the table
+#   at COMMIT; a line that fails is "line N failed", exit 1, nothing committed; input ending inside a table is
+#   "COMMIT expected at line N"). A `:CHAIN POLICY [c:c]` line creates a user chain, or with --noflush flushes
+#   it if it exists (flush_entries); a built-in chain's line only sets its policy (`-` keeps it). Without
+#   --noflush the `*filter` line flushes every chain and deletes the user chains. iptables-nft-restore does the
+#   same in one nf_tables transaction (iptables/xtables-restore.c, nft_cmd_chain_restore flushes an existing
+#   chain; it ignores -w).
 # The xtables lock (/run/xtables.lock, which kube-proxy and kindnet mount from the node): iptables-legacy takes it
 # for every command and, without -w, exits 4 at once while another writer holds it; `-w N` waits up to N seconds
-# (`-w` alone: for ever) and then exits 4 (iptables/xshared.c, xtables_lock_or_exit). iptables-nft takes no lock
-# (a commit is one nf_tables transaction) and accepts -w for compatibility. $XTLOCK exists while it is held.
+# (`-w` alone: for ever) and then exits 4 (iptables/xshared.c, xtables_lock_or_exit). iptables-legacy-restore
+# takes it at the `*table` line with its own -w and holds it to COMMIT. iptables-nft takes no lock (a commit is
+# one nf_tables transaction) and accepts -w for compatibility. $XTLOCK exists while another writer holds it.
 IPTABLES_SH = r"""
 _ipt_builtin() { case "$1" in INPUT|FORWARD|OUTPUT) return 0;; esac; return 1; }
-_ipt_target() {  # the -j target of the rule "$@" exists
+_ipt_target() {  # the -j target of the rule "$@" exists in $_T
   while [ $# -gt 0 ]; do
     if [ "$1" = -j ]; then
       case "$2" in ACCEPT|DROP|RETURN|REJECT) return 0;; esac
-      [ -e "$IPT/$2" ] && return 0
-      echo "iptables v1.8.9 ($IPT_MODE): Chain '$2' does not exist" >&2; return 2
+      [ -e "$_T/$2" ] && return 0
+      echo "$_prog v1.8.9 ($IPT_MODE): Chain '$2' does not exist" >&2; return 2
     fi
     shift
   done
@@ -649,7 +694,72 @@ _ipt_lock() {  # $1: none, forever or the seconds -w gave
     sleep 0.1; _t=$(( _t + 1 ))
   done
 }
-iptables() {
+_ipt_use() {  # $1: 4 or 6, $2: the program's suffix: its table ($_T), family ($_fam) and name ($_prog)
+  _fam=$1
+  if [ "$1" = 6 ]; then _T=$IPT6; _prog=ip6tables$2; else _T=$IPT; _prog=iptables$2; fi
+}
+_ipt_commit() {  # the kernel took a change of $_T: a copy of the table in force in $STATES, in commit order
+  _k=$(( $(ls "$STATES" | wc -l) ))
+  cp -R "$_T" "$STATES/$(printf '%06d' "$_k").$_fam"
+}
+_ipt_cmd() {  # one command "$@" (no -w) on the table in $_T
+  _op=$1; _c=$2
+  case "$_op" in -N|-F|-A|-I|-D) : > "$WROTE";; esac  # (one iptables refuses counts: the script meant to write)
+  if [ "$_op" = -N ]; then
+    if [ -e "$_T/$_c" ]; then echo "$_prog: Chain already exists." >&2; return 1; fi
+    : > "$_T/$_c"; return 0
+  fi
+  if [ "$_op" = -S ] && [ -z "$_c" ]; then  # the whole table: the policies, the user chains, then every rule
+    for _b in INPUT FORWARD OUTPUT; do echo "-P $_b ACCEPT"; done
+    for _f in "$_T"/*; do _ipt_builtin "${_f##*/}" || echo "-N ${_f##*/}"; done
+    for _b in INPUT FORWARD OUTPUT; do sed "s/^/-A $_b /" "$_T/$_b"; done
+    for _f in "$_T"/*; do _ipt_builtin "${_f##*/}" || sed "s/^/-A ${_f##*/} /" "$_f"; done
+    return 0
+  fi
+  if [ -z "$_c" ] || [ ! -e "$_T/$_c" ]; then
+    echo "$_prog: No chain/target/match by that name." >&2; return 1
+  fi
+  shift 2
+  _f=$_T/$_c
+  case "$_op" in
+    -F) : > "$_f" ;;
+    -A) _ipt_target "$@" || return $?; printf '%s\n' "$*" >> "$_f" ;;
+    -I)
+      _n=1
+      if _ipt_number "$1"; then _n=$1; shift; fi
+      _ipt_target "$@" || return $?
+      if [ "$_n" -lt 1 ] || [ "$_n" -gt $(( $(wc -l < "$_f") + 1 )) ]; then
+        echo "$_prog: Index of insertion too big." >&2; return 1
+      fi
+      awk -v n="$_n" -v r="$*" 'NR == n { print r } { print } END { if (NR < n) print r }' "$_f" > "$_f.new"
+      mv "$_f.new" "$_f" ;;
+    -C)
+      if ! grep -qxF -e "$*" "$_f"; then
+        echo "$_prog: Bad rule (does a matching rule exist in that chain?)." >&2; return 1
+      fi ;;
+    -D)
+      if _ipt_number "$1" && [ $# -eq 1 ]; then
+        _n=$1
+        if [ "$_n" -lt 1 ] || [ "$_n" -gt "$(wc -l < "$_f")" ]; then
+          echo "$_prog: Index of deletion too big." >&2; return 1
+        fi
+      else
+        _n=$(grep -nxF -e "$*" "$_f" | head -n 1 | cut -d: -f1)
+        [ -n "$_n" ] || { echo "$_prog: Bad rule (does a matching rule exist in that chain?)." >&2; return 1; }
+      fi
+      sed "${_n}d" "$_f" > "$_f.new"; mv "$_f.new" "$_f" ;;
+    -S)
+      if _ipt_number "$1"; then
+        sed -n "${1}s/^/-A $_c /p" "$_f"
+      else
+        if _ipt_builtin "$_c"; then echo "-P $_c ACCEPT"; else echo "-N $_c"; fi
+        sed "s/^/-A $_c /" "$_f"
+      fi ;;
+    *) echo "fake $_prog: unsupported $_op" >&2; return 2 ;;
+  esac
+}
+_ipt() {  # $1: 4 or 6; the rest: an iptables command line
+  _ipt_use "$1" ""; shift
   _wait=none; _num=; _first=1
   for _a in "$@"; do  # -w [N] may come anywhere; the rest is the command
     if [ -n "$_first" ]; then set --; _first=; fi
@@ -661,88 +771,141 @@ iptables() {
     set -- "$@" "$_a"
   done
   _ipt_lock "$_wait" || return $?
-  _op=$1; _c=$2
-  case "$_op" in -N|-F|-A|-I|-D) : > "$WROTE";; esac  # (one iptables refuses counts: the script meant to write)
-  if [ "$_op" = -N ]; then
-    if [ -e "$IPT/$_c" ]; then echo "iptables: Chain already exists." >&2; return 1; fi
-    : > "$IPT/$_c"; return 0
-  fi
-  if [ -z "$_c" ] || [ ! -e "$IPT/$_c" ]; then
-    echo "iptables: No chain/target/match by that name." >&2; return 1
-  fi
-  shift 2
-  _f=$IPT/$_c
-  case "$_op" in
-    -F) : > "$_f" ;;
-    -A) _ipt_target "$@" || return $?; printf '%s\n' "$*" >> "$_f" ;;
-    -I)
-      _n=1
-      if _ipt_number "$1"; then _n=$1; shift; fi
-      _ipt_target "$@" || return $?
-      if [ "$_n" -lt 1 ] || [ "$_n" -gt $(( $(wc -l < "$_f") + 1 )) ]; then
-        echo "iptables: Index of insertion too big." >&2; return 1
-      fi
-      awk -v n="$_n" -v r="$*" 'NR == n { print r } { print } END { if (NR < n) print r }' "$_f" > "$_f.new"
-      mv "$_f.new" "$_f" ;;
-    -C)
-      if ! grep -qxF -e "$*" "$_f"; then
-        echo "iptables: Bad rule (does a matching rule exist in that chain?)." >&2; return 1
-      fi ;;
-    -D)
-      if _ipt_number "$1" && [ $# -eq 1 ]; then
-        _n=$1
-        if [ "$_n" -lt 1 ] || [ "$_n" -gt "$(wc -l < "$_f")" ]; then
-          echo "iptables: Index of deletion too big." >&2; return 1
-        fi
-      else
-        _n=$(grep -nxF -e "$*" "$_f" | head -n 1 | cut -d: -f1)
-        [ -n "$_n" ] || { echo "iptables: Bad rule (does a matching rule exist in that chain?)." >&2; return 1; }
-      fi
-      sed "${_n}d" "$_f" > "$_f.new"; mv "$_f.new" "$_f" ;;
-    -S)
-      if _ipt_number "$1"; then
-        sed -n "${1}s/^/-A $_c /p" "$_f"
-      else
-        if _ipt_builtin "$_c"; then echo "-P $_c ACCEPT"; else echo "-N $_c"; fi
-        sed "s/^/-A $_c /" "$_f"
-      fi ;;
-    *) echo "fake iptables: unsupported $_op" >&2; return 2 ;;
-  esac
+  _ipt_cmd "$@" || return $?
+  case "$1" in -N|-F|-A|-I|-D) _ipt_commit;; esac
 }
-tc() { : > "$WROTE"; }
+_ipt_restore() {  # $1: 4 or 6; the rest: iptables-restore's options; stdin: the transaction
+  _ipt_use "$1" -restore; shift
+  _rwait=none; _rnoflush=; _num=
+  for _a in "$@"; do
+    if [ -n "$_num" ]; then
+      _num=
+      if _ipt_number "$_a"; then _rwait=$_a; continue; fi
+    fi
+    case "$_a" in
+      -n|--noflush) _rnoflush=1 ;;
+      -w|--wait) _rwait=forever; _num=1 ;;
+      --wait=*) _rwait=${_a#--wait=} ;;
+      *) echo "fake $_prog: unsupported option $_a" >&2; return 2 ;;
+    esac
+  done
+  : > "$WROTE"
+  _rT=$_T; _rin=; _rline=0
+  while IFS= read -r _rl || [ -n "$_rl" ]; do
+    _rline=$(( _rline + 1 ))
+    case "$_rl" in ''|'#'*) continue;; esac
+    if [ -z "$_rin" ]; then
+      case "$_rl" in
+        '*filter')
+          _ipt_lock "$_rwait" || return $?
+          rm -rf "$_rT.stage"; cp -R "$_rT" "$_rT.stage"; _T=$_rT.stage; _rin=1
+          if [ -z "$_rnoflush" ]; then
+            for _f in "$_T"/*; do if _ipt_builtin "${_f##*/}"; then : > "$_f"; else rm "$_f"; fi; done
+          fi ;;
+        '*'*) echo "fake $_prog: only the filter table is modelled (line $_rline)" >&2; return 2 ;;
+        *) echo "$_prog: line $_rline failed" >&2; return 1 ;;
+      esac
+      continue
+    fi
+    case "$_rl" in
+      COMMIT)  # the transaction in force at once: one commit
+        mv "$_rT" "$_rT.old"; mv "$_T" "$_rT"; rm -rf "$_rT.old"
+        _T=$_rT; _ipt_commit; _rin= ;;
+      :*)
+        set -f; set -- $_rl; set +f
+        if _ipt_builtin "${1#:}"; then
+          case "$2" in
+            -|ACCEPT) ;;
+            *) echo "fake $_prog: policy $2 is not modelled (line $_rline)" >&2; rm -rf "$_rT.stage"; return 2 ;;
+          esac
+        else
+          : > "$_T/${1#:}"
+        fi ;;
+      *)
+        case "$_rl" in
+          *\"*|*\'*)
+            echo "fake $_prog: quoted arguments are not modelled (line $_rline)" >&2; rm -rf "$_rT.stage"; return 2 ;;
+        esac
+        set -f; set -- $_rl; set +f
+        if ! _ipt_cmd "$@" > /dev/null; then
+          echo "$_prog: line $_rline failed" >&2; rm -rf "$_rT.stage"; return 1
+        fi ;;
+    esac
+  done
+  if [ -n "$_rin" ]; then
+    echo "$_prog: COMMIT expected at line $(( _rline + 1 ))" >&2; rm -rf "$_rT.stage"; return 1
+  fi
+}
 """
+# The commands on the script's $PATH: each sources IPTABLES_SH ($IPT_LIB) and runs as the real one would
+IPTABLES_TOOLS = {
+    "iptables": '_ipt 4 "$@"',
+    "ip6tables": '_ipt 6 "$@"',
+    "iptables-restore": '_ipt_restore 4 "$@"',
+    "ip6tables-restore": '_ipt_restore 6 "$@"',
+    "tc": ': > "$WROTE"',  # qdiscs are not modelled: it only counts as a write
+}
+
+
+class ScriptRun(NamedTuple):
+    """What a docker exec script did to a node's filter tables (`run_iptables_script`)."""
+
+    rc: int
+    err: str
+    after: Table  # iptables' filter table after it (a failed script: what it did before it stopped holds)
+    wrote: bool  # it ran a command that changes a filter table or the qdiscs, rather than only looking
+    after6: Table  # ip6tables' filter table after it
+    states: list[tuple[int, Table]]  # every table in force between its commits, in order: (family 4 or 6, table)
+
+
+def _read_table(d: Path) -> Table:
+    return {f.name: f.read_text().splitlines() for f in d.iterdir() if not f.name.endswith(".new")}
 
 
 async def run_iptables_script(
-    table: dict[str, list[str]], script: str, *, mode: str = "nf_tables", locked_for: float = 0.0
-) -> tuple[int, str, dict[str, list[str]], bool]:
-    """`sh -c SCRIPT` against `table` (IPTABLES_SH): (exit status, stderr, the table after it, whether it wrote:
-    ran a command that changes the filter table or the qdiscs, rather than only looking).
+    table: Table, script: str, *, mode: str = "nf_tables", locked_for: float = 0.0, table6: Table | None = None
+) -> ScriptRun:
+    """`sh -c SCRIPT` against `table` and `table6` (IPTABLES_SH, IPTABLES_TOOLS).
 
     `mode`: iptables' backend, nf_tables or legacy; `locked_for`: seconds another writer still holds the xtables
     lock from the script's start (legacy only: nf_tables takes none)."""
     with tempfile.TemporaryDirectory(prefix="netns-") as d:
-        chains, lock, wrote = Path(d, "filter"), Path(d, "xtables.lock"), Path(d, "wrote")
-        chains.mkdir()
-        for chain, rules in table.items():
-            Path(chains, chain).write_text("".join(r + "\n" for r in rules))
+        chains, chains6 = Path(d, "filter"), Path(d, "filter6")
+        lock, wrote, states, bindir = Path(d, "xtables.lock"), Path(d, "wrote"), Path(d, "states"), Path(d, "bin")
+        for path, tab in ((chains, table), (chains6, fresh_netns() if table6 is None else table6)):
+            path.mkdir()
+            for chain, rules in tab.items():
+                Path(path, chain).write_text("".join(r + "\n" for r in rules))
+        states.mkdir()
+        bindir.mkdir()
+        lib = Path(d, "ipt.sh")
+        lib.write_text(IPTABLES_SH)
+        for tool, call in IPTABLES_TOOLS.items():
+            Path(bindir, tool).write_text(f'#!/bin/sh\n. "$IPT_LIB"\n{call}\n')
+            Path(bindir, tool).chmod(0o755)
         release = None
         if locked_for > 0:
             lock.touch()
             release = asyncio.get_running_loop().call_later(locked_for, lambda: lock.unlink(missing_ok=True))
         try:
             proc = await asyncio.create_subprocess_exec(
-                "sh", "-c", IPTABLES_SH + script,
-                env={"PATH": "/usr/bin:/bin", "IPT": str(chains), "XTLOCK": str(lock), "IPT_MODE": mode,
-                     "WROTE": str(wrote)},
+                "sh", "-c", script,
+                env={"PATH": f"{bindir}:/usr/bin:/bin", "IPT": str(chains), "IPT6": str(chains6), "XTLOCK": str(lock),
+                     "IPT_MODE": mode, "WROTE": str(wrote), "STATES": str(states), "IPT_LIB": str(lib)},
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             _out, err = await proc.communicate()
         finally:
             if release is not None:
                 release.cancel()
-        after = {f.name: f.read_text().splitlines() for f in chains.iterdir() if not f.name.endswith(".new")}
-        return proc.returncode or 0, err.decode(errors="replace"), after, wrote.exists()
+        return ScriptRun(
+            proc.returncode or 0,
+            err.decode(errors="replace"),
+            _read_table(chains),
+            wrote.exists(),
+            _read_table(chains6),
+            [(int(s.suffix[1:]), _read_table(s)) for s in sorted(states.iterdir())],
+        )
 
 
 @dataclass
@@ -759,8 +922,13 @@ class NodeRun:
     # the last iptables script whose rules hold in the node's network namespace now (None: none; a restarted
     # container has a fresh one, and a script run while kind's entrypoint runs is undone by it)
     in_force: str | None = None
-    # the filter table of the node's network namespace: chain -> rules in order (IPTABLES_SH's form)
-    iptables: dict[str, list[str]] = field(default_factory=synced_netns)
+    # the filter tables of the node's network namespace, iptables' and ip6tables': chain -> rules in order
+    # (IPTABLES_SH's form)
+    iptables: Table = field(default_factory=synced_netns)
+    ip6tables: Table = field(default_factory=synced_netns6)
+    # every table the node's docker exec scripts and kube-proxy put in force, one per kernel commit, in order:
+    # (family 4 or 6, that family's table): a packet can be judged at each state, not only at the last
+    committed: list[tuple[int, Table]] = field(default_factory=list)
     # kube-proxy has made its first sync in this network namespace (a fresh one after `docker start`: once its
     # kubelet runs it and it has listed Services and EndpointSlices from the API server, not before)
     proxy_synced: bool = True
@@ -1757,7 +1925,18 @@ class ClusterSim:
             proxy_runs = nrun.up and nrun.boot_at is None and not nrun.proxy_crashes
             if proxy_runs and not nrun.proxy_synced and not nrun.scripting and self._reaches_api_server(nrun):
                 nrun.proxy_synced = True
-                kube_proxy_sync(nrun.iptables)
+                self._kube_proxy_sync(nrun)
+
+    @staticmethod
+    def _kube_proxy_sync(nrun: NodeRun) -> None:
+        """kube-proxy's full sync of both families' tables (its iptables proxier is dual-stack wherever
+        ip6tables works), each commit recorded."""
+        for family, table in ((4, nrun.iptables), (6, nrun.ip6tables)):
+
+            def commit(t: Table, f: int = family) -> None:
+                nrun.committed.append((f, copy.deepcopy(t)))
+
+            kube_proxy_sync(table, family, commit)
 
     def _reaches_api_server(self, nrun: NodeRun) -> bool:
         """Whether the node's filter table lets a new connection out to the API server (kind: the control-plane's
@@ -1769,8 +1948,17 @@ class ClusterSim:
         return iptables_verdict(nrun.iptables, "OUTPUT", pkt) == "ACCEPT"
 
     def verdict(self, node: str, chain: str, src: str, dst: str, **packet: Any) -> str:
-        """What `node`'s filter table does now with a packet (`Packet`'s fields) in `chain`."""
-        return iptables_verdict(self.nodes[node].iptables, chain, Packet(src, dst, **packet))
+        """What `node`'s filter table of the packet's family does now with it (`Packet`'s fields) in `chain`."""
+        nrun = self.nodes[node]
+        return iptables_verdict(nrun.ip6tables if ":" in dst else nrun.iptables, chain, Packet(src, dst, **packet))
+
+    def verdicts_committed(self, node: str, chain: str, src: str, dst: str, **packet: Any) -> list[str]:
+        """What `node`'s filter table of the packet's family did with it at each state it was in since
+        `committed` was last emptied (every commit of a script or of kube-proxy, in order): a packet that
+        arrives between two commands of a script meets the table as the first left it."""
+        family = 6 if ":" in dst else 4
+        pkt = Packet(src, dst, **packet)
+        return [iptables_verdict(t, chain, pkt) for f, t in self.nodes[node].committed if f == family]
 
     def _node_condition(self, node: Obj, status: str, reason: str, message: str) -> None:
         conds = [c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") != "Ready"]
@@ -3766,6 +3954,7 @@ class ClusterSim:
                     self.nodes[n].ip = ""  # the endpoint on the `kind` network is released
                     self.nodes[n].in_force = None  # the network namespace goes with the container's process
                     self.nodes[n].iptables = fresh_netns()
+                    self.nodes[n].ip6tables = fresh_netns()
                     self.nodes[n].proxy_synced = False
                 elif not self.nodes[n].up:
                     self.node_up(n)
@@ -3805,17 +3994,18 @@ class ClusterSim:
                 locked_for = max(0.0, nrun.xtables_busy_until - time.time())
                 nrun.scripting = True
                 try:
-                    rc, err, after, wrote = await run_iptables_script(
-                        nrun.iptables, script, mode=self.iptables_mode, locked_for=locked_for
+                    ran = await run_iptables_script(
+                        nrun.iptables, script, mode=self.iptables_mode, locked_for=locked_for, table6=nrun.ip6tables
                     )
                 finally:
                     nrun.scripting = False
                 if not in_entrypoint:
-                    nrun.iptables = after  # what a failed script did before it stopped holds too
-                    if rc == 0 and wrote:  # (a script that only looked, or failed, leaves in_force as it was)
+                    nrun.iptables, nrun.ip6tables = ran.after, ran.after6  # what a failed script did holds too
+                    nrun.committed.extend(ran.states)
+                    if ran.rc == 0 and ran.wrote:  # (a script that only looked, or failed, leaves in_force as it was)
                         nrun.in_force = script
-                if rc != 0:
-                    return {"rc": rc, "stderr": err}
+                if ran.rc != 0:
+                    return {"rc": ran.rc, "stderr": ran.err}
             # While the entrypoint runs, its enable_network_magic does `iptables-save | sed | iptables-restore`
             # (every table, flushed and refilled from the dump): rules added after the dump are gone when it
             # is restored. The sim takes the worst case: a rule set written while the entrypoint runs does

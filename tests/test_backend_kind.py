@@ -98,6 +98,20 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return complete_jsonl(path)
 
 
+def _transaction(script: str, tool: str = "iptables") -> list[str]:
+    """The lines of the one `<tool>-restore --noflush` transaction in a node's rules script (asserted to be one)."""
+    lines = script.splitlines()
+    head = f"{tool}-restore -w 5 --noflush <<EOF"
+    assert lines.count(head) == 1, script
+    tx = lines[lines.index(head) + 1 :]
+    return tx[: tx.index("EOF")]
+
+
+def _rules(script: str, tool: str = "iptables") -> list[str]:
+    """EH-CHAOS's rules that script puts in force (`-A EH-CHAOS ...` of its transaction)."""
+    return [x for x in _transaction(script, tool) if x.startswith("-A EH-CHAOS ")]
+
+
 # -- commands -----------------------------------------------------------------------
 
 
@@ -149,8 +163,8 @@ def test_up_issues_exactly_the_documented_commands(
     # lax-1a's script: other LZs dropped both ways, Region peers delayed by the service link (12 ms)
     lax = calls[6][5]
     for cidr in ("172.18.0.6/32", "10.244.4.0/24", "172.18.0.7/32", "10.244.5.0/24"):
-        assert f"iptables -w 5 -A EH-CHAOS -d {cidr} -j DROP" in lax
-        assert f"iptables -w 5 -A EH-CHAOS -s {cidr} -j DROP" in lax
+        assert f"-A EH-CHAOS -d {cidr} -j DROP" in _rules(lax)
+        assert f"-A EH-CHAOS -s {cidr} -j DROP" in _rules(lax)
     assert "10.244.1.0/24 -j DROP" not in lax and "172.18.0.2/32 -j DROP" not in lax
     assert "tc qdisc add dev eth0 parent 1:4 handle 40: netem delay 12ms\n" in lax
     for cidr in ("172.18.0.3/32", "10.244.1.0/24", "10.244.2.0/24", "10.244.0.0/24"):
@@ -396,7 +410,7 @@ def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools, api: Fa
     assert all(calls[i][:3] == ["docker", "exec", "edge-worker3"] for i in asked)
     again = calls[asked[-1] + 1 : asked[-1] + 3]
     assert again[0][:2] == ["docker", "inspect"] and again[1][:3] == ["docker", "exec", "edge-worker3"]
-    assert "-I $c 1 -j EH-CHAOS" in again[1][5]
+    assert "-I FORWARD 1 -j EH-CHAOS" in _transaction(again[1][5])
     del calls[7 : asked[-1] + 3]
     assert calls[7:9] == [["docker", "stop", "edge-worker"], ["docker", "start", "edge-worker"]]
     # an AZ node too: every service link (and a partition) names the Region's nodes
@@ -411,14 +425,14 @@ def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools, api: Fa
     backend.set_link(LAX, 150, 5)
     script = tools.calls()[-1][5]
     for cidr in (f"{az}/32", "10.244.1.0/24", "172.18.0.2/32"):
-        assert f"iptables -w 5 -A EH-CHAOS -d {cidr} -j DROP" in script  # partitioned from the Region
+        assert f"-A EH-CHAOS -d {cidr} -j DROP" in _rules(script)  # partitioned from the Region
     # ...but users still enter the cut-off zone: their NodePort traffic, source-NATed to the control-plane,
     # reaches the entry Services' target (nginx, 80) and its answers go back, ahead of the drops
-    entry = ["iptables -w 5 -A EH-CHAOS -s 172.18.0.2/32 -p tcp --dport 80 -j ACCEPT",
-             "iptables -w 5 -A EH-CHAOS -d 172.18.0.2/32 -p tcp --sport 80 -j ACCEPT"]  # fmt: skip
-    rules = script.splitlines()
+    entry = ["-A EH-CHAOS -s 172.18.0.2/32 -p tcp --dport 80 -j ACCEPT",
+             "-A EH-CHAOS -d 172.18.0.2/32 -p tcp --sport 80 -j ACCEPT"]  # fmt: skip
+    rules = _rules(script)
     assert all(r in rules for r in entry)
-    assert max(map(rules.index, entry)) < rules.index("iptables -w 5 -A EH-CHAOS -d 172.18.0.2/32 -j DROP")
+    assert max(map(rules.index, entry)) < rules.index("-A EH-CHAOS -d 172.18.0.2/32 -j DROP")
     assert "netem delay 150ms loss 5%" in script
     backend.heal_zone(LAX)
     backend.clear_link(LAX)
@@ -468,6 +482,47 @@ def test_a_partition_after_a_restore_puts_its_jump_above_kube_proxys(
     assert {c: r for c, r in table().items() if c != "EH-CHAOS"} == {c: r for c, r in after.items() if c != "EH-CHAOS"}
 
 
+def test_rules_set_again_never_let_a_cut_packet_through_between_their_steps(
+    up: tuple[KindBackend, Manifests], api: FakeApiServer
+) -> None:
+    """Every fault sets an edge node's rules again from scratch. They used to empty EH-CHAOS (`iptables -F`), move
+    its jumps (`-D` each, `-I 1`) and add the drops back one `iptables -A` at a time: each a separate commit, so
+    for a moment the node dropped nothing, and LZ-to-LZ traffic (never allowed) or a partitioned zone's traffic
+    passed. One `iptables-restore --noflush` transaction replaces them: every state the node's table passes
+    through drops what both the old and the new rules drop."""
+    backend, _m = up
+    sim = api.sim
+    node = "edge-worker3"  # us-west-2-lax-1a's
+
+    def pod(n: str) -> str:  # an address in the node's pod CIDR
+        return str(sim.call(lambda: sim.get("v1", "nodes", None, n)["spec"]["podCIDR"])).rsplit(".", 1)[0] + ".7"
+
+    lax, las, az = pod(node), pod("edge-worker4"), pod("edge-worker")
+    lax_ip, las_ip = sim.call(lambda: (sim.nodes[node].ip, sim.nodes["edge-worker4"].ip))
+
+    def during(action: Any) -> dict[str, list[str]]:
+        """The verdicts of each packet at every state the node's table was in while `action` ran."""
+        sim.call(lambda: sim.nodes[node].committed.clear())
+        action()
+        seen = {
+            "las->lax": sim.call(lambda: sim.verdicts_committed(node, "FORWARD", las, lax)),
+            "lax->las": sim.call(lambda: sim.verdicts_committed(node, "FORWARD", lax, las)),
+            "node->las node": sim.call(lambda: sim.verdicts_committed(node, "OUTPUT", lax_ip, las_ip)),
+            "az->lax": sim.call(lambda: sim.verdicts_committed(node, "FORWARD", az, lax)),
+            "az->lax open": sim.call(lambda: sim.verdicts_committed(node, "FORWARD", az, lax, state="ESTABLISHED")),
+        }
+        assert all(seen.values()), seen  # the action did set the node's rules
+        return seen
+
+    backend.partition_zone(LAX)
+    seen = during(lambda: backend.set_link(LAX, 150))  # the partition's rules set again, the same drops
+    assert {k: set(v) for k, v in seen.items()} == {k: {"DROP"} for k in seen}, seen
+    seen = during(lambda: backend.heal_zone(LAX))  # control: the heal opens the Region, LZ-to-LZ stays cut
+    assert seen["az->lax"][-1] == seen["az->lax open"][-1] == "ACCEPT", seen
+    lz = ("las->lax", "lax->las", "node->las node")
+    assert {k: set(seen[k]) for k in lz} == {k: {"DROP"} for k in lz}, seen
+
+
 def test_failed_tool_is_a_clear_error(up: tuple[KindBackend, Manifests], tools: Tools, api: FakeApiServer) -> None:
     backend, _m = up
     api.sim.call(lambda: api.sim.node_down("edge-worker3"))
@@ -490,7 +545,7 @@ def test_without_sch_netem_up_works_and_service_link_faults_are_refused(
     assert any("service-link latency NOT emulated" in p and "Specified qdisc kind is unknown" in p for p in progress)
     scripts = [c[5] for c in tools.calls() if c[:2] == ["docker", "exec"] and c[5] != NETEM_PROBE]
     assert len(scripts) == 4 and not any("netem" in s for s in scripts)
-    assert all("iptables -w 5 -A EH-CHAOS" in s for s in scripts)  # hub-and-spoke still imposed
+    assert all(_rules(s) for s in scripts)  # hub-and-spoke still imposed
     assert "set_link" not in backend.capabilities() and "kill_node" in backend.capabilities()
     with pytest.raises(BackendError, match=r"cannot set_link: service-link latency needs tc netem .*sch_netem"):
         backend.set_link(LAX, 100)

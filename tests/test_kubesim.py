@@ -28,7 +28,15 @@ from tests import kubesim_tools
 from tests.conftest import wait_until
 from tests.kubefake import NODES, FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.kubesim import Packet, SimTimings, fresh_netns, iptables_verdict, kube_proxy_sync, run_iptables_script
+from tests.kubesim import (
+    BUILTIN_CHAINS,
+    Packet,
+    SimTimings,
+    fresh_netns,
+    iptables_verdict,
+    kube_proxy_sync,
+    run_iptables_script,
+)
 
 pytestmark = pytest.mark.slow  # the simulated cluster runs in real time: seconds each
 
@@ -366,24 +374,85 @@ def test_kube_proxys_jumps_go_on_top_once_and_decide_before_the_rules_below_them
 
 def test_iptables_legacy_without_w_fails_while_another_writer_holds_the_xtables_lock() -> None:
     """iptables-legacy takes /run/xtables.lock for each command: without -w it exits 4 at once while kube-proxy
-    or kindnet holds it, `-w N` waits up to N s (iptables/xshared.c, xtables_lock_or_exit); iptables-nft takes
-    no lock and accepts -w."""
+    or kindnet holds it, `-w N` waits up to N s (iptables/xshared.c, xtables_lock_or_exit); iptables-legacy-restore
+    takes it at its `*table` line with its own -w; iptables-nft takes no lock and accepts -w."""
 
     async def go() -> None:
         t = fresh_netns()
-        rc, err, after, _ = await run_iptables_script(t, "iptables -N X", mode="legacy", locked_for=0.5)
-        assert (rc, err.strip()) == (4, "Another app is currently holding the xtables lock. Perhaps you want to "
-                                        "use the -w option?") and "X" not in after  # fmt: skip
+        run = await run_iptables_script(t, "iptables -N X", mode="legacy", locked_for=0.5)
+        assert (run.rc, run.err.strip()) == (4, "Another app is currently holding the xtables lock. Perhaps you "
+                                                "want to use the -w option?") and "X" not in run.after  # fmt: skip
         start = time.monotonic()
-        rc, err, after, _ = await run_iptables_script(t, "iptables -w 5 -N X", mode="legacy", locked_for=0.5)
-        assert rc == 0 and "X" in after and 0.4 < time.monotonic() - start < 5, err
-        rc, err, _, _ = await run_iptables_script(t, "iptables -N X -w 1", mode="legacy", locked_for=3.0)
-        assert rc == 4 and "Stopped waiting after 1s." in err
-        rc, err, after, _ = await run_iptables_script(t, "iptables -w 5 -N X", mode="legacy")  # nobody holds it
-        assert rc == 0 and "X" in after, err
-        rc, err, _, wrote = await run_iptables_script(after, "iptables -w 5 -S X", mode="legacy")
-        assert rc == 0 and not wrote, err  # only looked
-        rc, err, after, _ = await run_iptables_script(t, "iptables -N X", mode="nf_tables", locked_for=3.0)
-        assert rc == 0 and "X" in after, err
+        run = await run_iptables_script(t, "iptables -w 5 -N X", mode="legacy", locked_for=0.5)
+        assert run.rc == 0 and "X" in run.after and 0.4 < time.monotonic() - start < 5, run.err
+        run = await run_iptables_script(t, "iptables -N X -w 1", mode="legacy", locked_for=3.0)
+        assert run.rc == 4 and "Stopped waiting after 1s." in run.err
+        run = await run_iptables_script(t, "iptables -w 5 -N X", mode="legacy")  # nobody holds it
+        assert run.rc == 0 and "X" in run.after, run.err
+        run = await run_iptables_script(run.after, "iptables -w 5 -S X", mode="legacy")
+        assert run.rc == 0 and not run.wrote and not run.states, run.err  # only looked
+        run = await run_iptables_script(t, "iptables -N X", mode="nf_tables", locked_for=3.0)
+        assert run.rc == 0 and "X" in run.after, run.err
+        tx = "<<EOF\n*filter\n:X - [0:0]\n-A X -j DROP\nCOMMIT\nEOF\n"
+        run = await run_iptables_script(t, "iptables-restore --noflush " + tx, mode="legacy", locked_for=3.0)
+        assert run.rc == 4 and "Perhaps you want to use the -w option?" in run.err and "X" not in run.after
+        run = await run_iptables_script(t, "iptables-restore -w 1 --noflush " + tx, mode="legacy", locked_for=3.0)
+        assert run.rc == 4 and "Stopped waiting after 1s." in run.err and not run.states
+        run = await run_iptables_script(t, "iptables-restore --noflush -w 5 " + tx, mode="legacy", locked_for=0.5)
+        assert run.rc == 0 and run.after["X"] == ["-j DROP"], run.err
+        run = await run_iptables_script(t, "iptables-restore --noflush " + tx, mode="nf_tables", locked_for=3.0)
+        assert run.rc == 0 and run.after["X"] == ["-j DROP"], run.err
+
+    asyncio.run(go())
+
+
+def test_iptables_restore_is_one_commit_all_or_nothing_and_noflush_flushes_only_the_chains_it_names() -> None:
+    """iptables-restore applies a table's lines to one handle and commits them at COMMIT (TC_COMMIT replaces the
+    table; iptables-nft-restore: one nf_tables transaction): the kernel never shows a state between its lines, and
+    a line that fails ("line N failed", exit 1) or a missing COMMIT leaves the table as it was. With --noflush a
+    `:CHAIN - [0:0]` line creates the chain or flushes that one (flush_entries; nft_cmd_chain_restore), nothing
+    else; without it the `*filter` line flushes every chain and deletes the user chains. Single iptables commands
+    are one commit each: a packet between two of them meets the table the first left."""
+    cut, ours = "10.244.4.0", "10.244.3.9"
+
+    async def go() -> None:
+        table = fresh_netns()
+        table["OTHER"] = ["-j RETURN"]
+        table["CUT"] = ["-s 10.244.9.0/24 -j DROP", "-s 10.244.4.0/24 -j DROP"]
+        table["FORWARD"] = ["-j CUT", "-j OTHER"]
+        # control: refilled command by command, the chain is empty after the first of three commits
+        steps = "set -e\niptables -F CUT\n" + "".join(f"iptables -A CUT {m} {cut}/24 -j DROP\n" for m in ("-s", "-d"))
+        run = await run_iptables_script(table, steps)
+        assert run.rc == 0 and [f for f, _ in run.states] == [4, 4, 4], run.err
+        verdicts = [iptables_verdict(t, "FORWARD", Packet(cut, ours)) for _, t in run.states]
+        assert verdicts == ["ACCEPT", "DROP", "DROP"]  # the first commit: CUT empty, the packet passes
+
+        tx = ("*filter\n# the chain's new rules\n:CUT - [0:0]\n:FORWARD ACCEPT [0:0]\n-A CUT -s 10.244.4.0/24 -j DROP\n"
+              "-A CUT -d 10.244.4.0/24 -j DROP\n-D FORWARD -j CUT\n-I FORWARD 1 -j CUT\nCOMMIT\n")  # fmt: skip
+        run = await run_iptables_script(table, f"iptables-restore --noflush <<EOF\n{tx}EOF\n")
+        assert run.rc == 0 and len(run.states) == 1 and run.states[0] == (4, run.after), run.err
+        assert run.after["CUT"] == ["-s 10.244.4.0/24 -j DROP", "-d 10.244.4.0/24 -j DROP"]  # flushed, refilled
+        assert run.after["OTHER"] == ["-j RETURN"] and run.after["FORWARD"] == ["-j CUT", "-j OTHER"]  # untouched
+        assert iptables_verdict(run.states[0][1], "FORWARD", Packet(cut, ours)) == "DROP"
+        assert not run.after6["INPUT"] and set(run.after6) == set(BUILTIN_CHAINS)  # ip6tables' table: its own
+        fresh_tx = tx.replace("-D FORWARD -j CUT", "")  # (no jump to delete where nothing is set)
+        new = await run_iptables_script(fresh_netns(), f"iptables-restore --noflush <<EOF\n{fresh_tx}EOF\n")
+        assert new.rc == 0 and new.after["CUT"] == run.after["CUT"], new.err  # a chain it names is created
+
+        failed = tx.replace("-I FORWARD 1 -j CUT", "-A NOPE -j DROP")  # the chain does not exist: line 8 fails
+        run = await run_iptables_script(table, f"iptables-restore --noflush <<EOF\n{failed}EOF\n")
+        assert (run.rc, run.after, run.states) == (1, table, []) and "iptables-restore: line 8 failed" in run.err
+        run = await run_iptables_script(table, "iptables-restore --noflush <<EOF\n*filter\n:CUT - [0:0]\nEOF\n")
+        assert (run.rc, run.after, run.states) == (1, table, []) and "COMMIT expected at line 3" in run.err
+        run = await run_iptables_script(table, f"iptables-restore <<EOF\n{fresh_tx}EOF\n")
+        assert run.rc == 0 and "OTHER" not in run.after and run.after["FORWARD"] == ["-j CUT"], run.err  # no --noflush
+        run = await run_iptables_script(table, f"ip6tables-restore -n <<EOF\n{fresh_tx}EOF\n")
+        assert run.rc == 0 and run.after == table and run.after6["CUT"] and run.states[0][0] == 6, run.err
+        run = await run_iptables_script(table, "iptables -S >&2")  # the whole table, as a script reads it back
+        assert run.rc == 0 and not run.states and run.err.splitlines() == [
+            "-P INPUT ACCEPT", "-P FORWARD ACCEPT", "-P OUTPUT ACCEPT", "-N CUT", "-N OTHER",
+            "-A FORWARD -j CUT", "-A FORWARD -j OTHER",
+            "-A CUT -s 10.244.9.0/24 -j DROP", "-A CUT -s 10.244.4.0/24 -j DROP", "-A OTHER -j RETURN",
+        ]  # fmt: skip
 
     asyncio.run(go())

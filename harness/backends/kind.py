@@ -110,6 +110,7 @@ CHAIN = "EH-CHAOS"
 # hold it ("Another app is currently holding the xtables lock. Perhaps you want to use the -w option?").
 # iptables-nft takes no lock and accepts -w.
 IPTABLES = "iptables -w 5"
+JUMP_CHAINS = ("INPUT", "OUTPUT", "FORWARD")  # the built-in chains whose first rule is the jump to EH-CHAOS
 # Asked of a restarted edge node: exit 2 while its kube-proxy (iptables mode, kind's default) has not made its
 # first sync in the node's new network namespace; after it, 3 while EH-CHAOS is not first in INPUT, OUTPUT and
 # FORWARD, 0 when it is. The iptables-restore that ends a sync writes KUBE-FORWARD's rules after every jump of
@@ -190,6 +191,39 @@ def cluster_images(manifests: Manifests) -> list[str]:
 def _release_key(release: str) -> tuple[int, ...]:
     """A table key, kind's "v0.31.0", as (0, 31, 0), to order releases."""
     return tuple(int(x) for x in release.lstrip("v").split("."))
+
+
+def restore_lines(tool: str, rules: Sequence[str]) -> list[str]:
+    """Shell lines that put `rules` (`-A EH-CHAOS ...`) in force as EH-CHAOS's only rules, its jump first in
+    INPUT, OUTPUT and FORWARD, in one `<tool>-restore --noflush` transaction: never a moment without them.
+
+    Emptying the chain and refilling it rule by rule (`iptables -F`, then `-A` each) left the node with no drop
+    at all between the two, every time a fault set the rules again (a set_link during a partition, every edge
+    node at a restore): LZ-to-LZ and partitioned traffic passed. iptables-restore applies a table's lines to one
+    handle and commits them at COMMIT, all or nothing (iptables/iptables-restore.c: TC_COMMIT replaces the table;
+    a failed line exits 1 before it; iptables-nft-restore: one nf_tables transaction). With --noflush only what
+    the lines name changes: `:EH-CHAOS - [0:0]` creates the chain or flushes that chain alone (flush_entries;
+    nft_cmd_chain_restore), as kube-proxy refreshes its own chains. The jump goes first in each chain every time,
+    not only when absent: a restarted node's kube-proxy prepends its own jumps when it syncs, after a restore set
+    these rules (EnsureRule(Prepend) in pkg/proxy/iptables/proxier.go), and its KUBE-FORWARD accepts
+    RELATED,ESTABLISHED, so a jump left below it would let a later partition's open connections through. So each
+    jump there now is deleted (`-S` counts them; a `-D` of a rule that is not there would fail the transaction)
+    and one inserted first, in the same transaction. `-w 5`: iptables-legacy-restore takes the xtables lock at
+    the `*filter` line and holds it to COMMIT (waiting up to 5 s, as every harness call does); nft ignores it.
+    """
+    jumps = " ".join(f"-e '-A {c} -j {CHAIN}'" for c in JUMP_CHAINS)
+    return [
+        f"now=$({tool} -w 5 -S)",  # (set -e: a listing that gave up on the lock stops the script)
+        f"moves=$(printf '%s\\n' \"$now\" | grep -x {jumps} | sed 's/^-A /-D /' || true)",
+        f"{tool}-restore -w 5 --noflush <<EOF",
+        "*filter",
+        f":{CHAIN} - [0:0]",
+        "$moves",
+        *(f"-I {c} 1 -j {CHAIN}" for c in JUMP_CHAINS),
+        *rules,
+        "COMMIT",
+        "EOF",
+    ]
 
 
 def is_edge(node: NodeInfo) -> bool:
@@ -555,29 +589,16 @@ class KindBackend(KubeBackend):
         # could not enter a cut-off zone at all). The control-plane's other ports (the API server: a cut
         # service link cuts the EKS control plane too) and its pods, Region pods, are the Region's.
         entry = [f"{n.internal_ip}/32" for n in region if n.name == f"{self.cluster_name}-control-plane"]
-        ipt = IPTABLES
-        lines = [
-            "set -e",
-            # created, or else flushed: a -N that gave up on the lock is not taken for "exists" (`|| true` was)
-            f"{ipt} -N {CHAIN} 2>/dev/null || {ipt} -F {CHAIN}",
-            # The jump goes first in each chain every time, not only when absent: a restarted node's kube-proxy
-            # prepends its own jumps when it syncs, after a restore set these rules (EnsureRule(Prepend) in
-            # pkg/proxy/iptables/proxier.go), and its KUBE-FORWARD accepts RELATED,ESTABLISHED, so a jump left
-            # below it would let a later partition's open connections through. Moved while the chain is empty.
-            "for c in INPUT OUTPUT FORWARD; do",
-            f"  while {ipt} -D $c -j {CHAIN} 2>/dev/null; do :; done",
-            f"  {ipt} -I $c 1 -j {CHAIN}",
-            "done",
-        ]
+        rules: list[str] = []
         if partitioned:
             for ip in entry:
                 for port in self._entry_ports():
-                    lines.append(f"{ipt} -A {CHAIN} -s {ip} -p tcp --dport {port} -j ACCEPT")
-                    lines.append(f"{ipt} -A {CHAIN} -d {ip} -p tcp --sport {port} -j ACCEPT")
+                    rules.append(f"-A {CHAIN} -s {ip} -p tcp --dport {port} -j ACCEPT")
+                    rules.append(f"-A {CHAIN} -d {ip} -p tcp --sport {port} -j ACCEPT")
         for cidr in blocked:
-            lines.append(f"{ipt} -A {CHAIN} -d {cidr} -j DROP")
-            lines.append(f"{ipt} -A {CHAIN} -s {cidr} -j DROP")
-        lines.append("tc qdisc del dev eth0 root 2>/dev/null || true")
+            rules.append(f"-A {CHAIN} -d {cidr} -j DROP")
+            rules.append(f"-A {CHAIN} -s {cidr} -j DROP")
+        lines = ["set -e", *restore_lines("iptables", rules), "tc qdisc del dev eth0 root 2>/dev/null || true"]
         latency, jitter, loss = self._link(node.zone)
         if self._netem_ok() and (latency > 0 or jitter > 0 or loss > 0):
             lines.append("tc qdisc add dev eth0 root handle 1: prio bands 4")
