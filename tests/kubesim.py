@@ -190,6 +190,11 @@ module does all of that, each behaviour taken from the source named here:
   and never on a node whose kube-proxy crashes at its start
   (`NodeRun.proxy_crashes`: kind's conntrack sysctl on some kernels,
   kubernetes-sigs/kind#2240).
+  The `kind` network has IPv6 too (`kind_ipv6`, kind's default where Docker
+  can give it: each node also gets fc00:f853:ccd:e793::N, `docker inspect`
+  says so), and that name has both addresses: Go's dialer falls back to IPv6
+  when IPv4 does not connect, so the API server is reached when either
+  family's table lets it out (`ClusterSim.reaches_api_server`).
   Later syncs find the jumps and move nothing; it keeps ip6tables' table the
   same way (its proxier is dual-stack wherever ip6tables works).
   `ClusterSim.verdict` walks the filter table of a packet's family for it
@@ -918,6 +923,7 @@ class NodeRun:
     boot_at: float | None = None
     next_ip: int = 2
     ip: str = ""  # kind: the container's address on Docker's `kind` network ("" while stopped)
+    ip6: str = ""  # ...and its IPv6 address there ("" while stopped, or on a network without IPv6)
     scripts: list[str] = field(default_factory=list)  # docker exec scripts, in order
     # the last iptables script whose rules hold in the node's network namespace now (None: none; a restarted
     # container has a fresh one, and a script run while kind's entrypoint runs is undone by it)
@@ -940,6 +946,9 @@ class NodeRun:
     xtables_busy_until: float = 0.0
     scripting: bool = False  # a docker exec script is changing the table (kube-proxy's sync waits for it)
     entrypoint_until: float | None = None  # kind's entrypoint is PID 1 until then (after a docker start)
+    # a test holds the kubelet's boot after `docker start` (systemd and containerd slow to come up): it boots
+    # node_boot_s after the hold is released, not before, whatever the harness does meanwhile
+    kubelet_held: bool = False
     port_maps: dict[int, int] = field(default_factory=dict)  # containerPort -> host port
     notready_marked: bool = False
     # kind: images in the node container's containerd (`kind load docker-image`, or pulled by its kubelet); they
@@ -1135,6 +1144,9 @@ class ClusterSim:
         self.kind_release = "v0.33.0"
         self.kind_node_image: str | None = None
         self.kind_network_next = 2  # the next address Docker hands out on the `kind` network (172.18.0.N)
+        # the `kind` network has IPv6 too (KIND_V6_PREFIX + N beside 172.18.0.N): kind's default wherever Docker
+        # can give a network IPv6; False: a host without (kind then creates it IPv4-only)
+        self.kind_ipv6 = True
         self.host_listeners: list[Any] = []
         self.netem_available = True  # the host kernel has sch_netem (kind node containers share it)
         # the iptables backend kind's entrypoint picked for its nodes (select_iptables: the one the host's rules
@@ -1903,6 +1915,8 @@ class ClusterSim:
                 for pod in self._pods_on(name):
                     if not pod["metadata"].get("deletionTimestamp"):
                         self.delete("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
+            if nrun.up and nrun.kubelet_held:
+                nrun.boot_at = now + self.t.node_boot_s
             if nrun.up and nrun.boot_at is not None and now >= nrun.boot_at:
                 nrun.boot_at = None
                 addresses = (node.get("status") or {}).get("addresses") or []
@@ -1939,13 +1953,24 @@ class ClusterSim:
             kube_proxy_sync(table, family, commit)
 
     def _reaches_api_server(self, nrun: NodeRun) -> bool:
-        """Whether the node's filter table lets a new connection out to the API server (kind: the control-plane's
-        address on Docker's network, by the name kind's kubeconfigs use); yes where the sim runs no control-plane."""
+        """Whether the node's own processes (the kubelet, kube-proxy) get a connection to the API server (kind: the
+        control-plane's container name, which Docker's DNS answers with its IPv4 and, on a network with IPv6, its
+        IPv6 address). Go dials the IPv4 address first and the IPv6 one 300 ms later while that has not connected
+        (net.Dialer's RFC 6555 fallback, dialParallel), and the API server listens on both (bind 0.0.0.0, network
+        "tcp": every address of the host): either family's filter table letting it out is enough. Yes where the
+        sim runs no control-plane."""
         cp = self.nodes.get(f"{self.kind_cluster}-control-plane") if self.kind_cluster else None
         if cp is None or cp is nrun or not cp.ip or not nrun.ip:
             return True
         pkt = Packet(nrun.ip, cp.ip, sport=43210, dport=API_SERVER_PORT)
-        return iptables_verdict(nrun.iptables, "OUTPUT", pkt) == "ACCEPT"
+        if iptables_verdict(nrun.iptables, "OUTPUT", pkt) == "ACCEPT":
+            return True
+        pkt6 = Packet(nrun.ip6, cp.ip6, sport=43210, dport=API_SERVER_PORT)
+        return bool(nrun.ip6 and cp.ip6) and iptables_verdict(nrun.ip6tables, "OUTPUT", pkt6) == "ACCEPT"
+
+    def reaches_api_server(self, node: str) -> bool:
+        """Whether `node`'s kubelet and kube-proxy reach the API server now (`_reaches_api_server`)."""
+        return self._reaches_api_server(self.nodes[node])
 
     def verdict(self, node: str, chain: str, src: str, dst: str, **packet: Any) -> str:
         """What `node`'s filter table of the packet's family does now with it (`Packet`'s fields) in `chain`."""
@@ -3898,6 +3923,7 @@ class ClusterSim:
                         taints.append({"key": k, "value": v, "effect": effect})
             self.add_node(node_name, labels, ip=f"172.18.0.{i + 2}", cidr=f"10.244.{i}.0/24", taints=taints or None)
             self.nodes[node_name].ip = f"172.18.0.{i + 2}"
+            self.nodes[node_name].ip6 = f"{KIND_V6_PREFIX}{i + 2}" if self.kind_ipv6 else ""
             self.kind_network_next = max(self.kind_network_next, i + 3)
             for m in n.get("extraPortMappings") or []:
                 try:
@@ -3951,7 +3977,7 @@ class ClusterSim:
             for n in rest:
                 if cmd == "stop":
                     await self.node_down(n)
-                    self.nodes[n].ip = ""  # the endpoint on the `kind` network is released
+                    self.nodes[n].ip = self.nodes[n].ip6 = ""  # the endpoint on the `kind` network is released
                     self.nodes[n].in_force = None  # the network namespace goes with the container's process
                     self.nodes[n].iptables = fresh_netns()
                     self.nodes[n].ip6tables = fresh_netns()
@@ -3960,6 +3986,7 @@ class ClusterSim:
                     self.node_up(n)
                     # a new endpoint, a new address (the old one is free for whoever starts next)
                     self.nodes[n].ip = f"172.18.0.{self.kind_network_next}"
+                    self.nodes[n].ip6 = f"{KIND_V6_PREFIX}{self.kind_network_next}" if self.kind_ipv6 else ""
                     self.kind_network_next += 1
                     self.nodes[n].entrypoint_until = time.time() + min(self.t.entrypoint_s, self.t.node_boot_s)
             return {"rc": 0, "stdout": "\n".join(rest) + "\n"}
@@ -4030,10 +4057,12 @@ class ClusterSim:
                 return {"rc": 1, "stderr": "Error response from daemon: network kind not found"}
             if "--format" not in rest or ".Gateway" not in rest[rest.index("--format") + 1]:
                 return {"rc": 1, "stderr": f"fake docker: unsupported network inspect {rest}"}
-            return {"rc": 0, "stdout": "172.18.0.1 fc00:f853:ccd:e793::1 \n"}
+            return {"rc": 0, "stdout": "172.18.0.1 " + (f"{KIND_V6_PREFIX}1 " if self.kind_ipv6 else "") + "\n"}
         return {"rc": 1, "stderr": f"fake docker: unsupported {cmd}"}
 
-    DOCKER_INSPECT_FORMAT = "{{.Name}} {{.State.Running}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+    DOCKER_INSPECT_FORMAT = (
+        "{{.Name}} {{.State.Running}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{.GlobalIPv6Address}} {{end}}"
+    )
 
     def _docker_inspect(self, rest: list[str]) -> Obj:
         """`docker inspect --format F NAME...`: one line per container it finds, `Error: No such object` for
@@ -4047,7 +4076,8 @@ class ClusterSim:
             if nrun is None:
                 err.append(f"Error: No such object: {n}")
                 continue
-            out.append(f"/{n} {'true' if nrun.up else 'false'} {nrun.ip if nrun.up else ''} ")
+            addrs = f"{nrun.ip} {nrun.ip6}" if nrun.up else " "
+            out.append(f"/{n} {'true' if nrun.up else 'false'} {addrs} ")
         return {"rc": 1 if err else 0, "stdout": "".join(x + "\n" for x in out), "stderr": "\n".join(err)}
 
     # -- helm (the consul chart) ----------------------------------------------------------

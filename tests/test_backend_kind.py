@@ -166,6 +166,9 @@ def test_up_issues_exactly_the_documented_commands(
         assert f"-A EH-CHAOS -d {cidr} -j DROP" in _rules(lax)
         assert f"-A EH-CHAOS -s {cidr} -j DROP" in _rules(lax)
     assert "10.244.1.0/24 -j DROP" not in lax and "172.18.0.2/32 -j DROP" not in lax
+    # ...and the same nodes at their IPv6 addresses on kind's network, in ip6tables (pods have none: IPv4 cluster)
+    v6 = [f"-A EH-CHAOS {d} fc00:f853:ccd:e793::{n}/128 -j DROP" for n in (6, 7, 8) for d in ("-d", "-s")]
+    assert _rules(lax, "ip6tables") == v6
     assert "tc qdisc add dev eth0 parent 1:4 handle 40: netem delay 12ms\n" in lax
     for cidr in ("172.18.0.3/32", "10.244.1.0/24", "10.244.2.0/24", "10.244.0.0/24"):
         assert f"u32 match ip dst {cidr} flowid 1:4" in lax
@@ -521,6 +524,61 @@ def test_rules_set_again_never_let_a_cut_packet_through_between_their_steps(
     assert seen["az->lax"][-1] == seen["az->lax open"][-1] == "ACCEPT", seen
     lz = ("las->lax", "lax->las", "node->las node")
     assert {k: set(seen[k]) for k in lz} == {k: {"DROP"} for k in lz}, seen
+
+
+@pytest.mark.parametrize("ipv6", [True, False], ids=["dual-stack network", "ipv4-only network"])
+def test_a_partition_cuts_the_control_plane_and_other_zones_in_both_families(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, ipv6: bool
+) -> None:
+    """kind's Docker network has IPv6 wherever Docker can give it one, whatever the cluster's ipFamily
+    (ensureNetwork, pkg/cluster/internal/providers/docker/network.go), so each node also has an IPv6 address,
+    and the name the kubelet and kube-proxy dial for the API server (`edge-control-plane:6443`) has it too:
+    Go's dialer falls back to IPv6 300 ms after an IPv4 connect that hangs (dialParallel), and the API server
+    listens on both. With IPv4-only rules a partitioned zone's nodes kept the control plane over IPv6, and
+    nothing stopped an LZ node's process reaching another LZ's node there. The drops are mirrored in ip6tables,
+    set in one transaction too; on an IPv4-only network (a host without IPv6) there is nothing to mirror."""
+    sim = api.sim
+    sim.kind_ipv6 = ipv6
+    backend = kind_backend(tmp_path / "wd")
+    backend.up(rendered(tmp_path))
+    try:
+        node, las, az, cp = "edge-worker3", "edge-worker4", "edge-worker", "edge-control-plane"
+        addr = sim.call(lambda: {n: (sim.nodes[n].ip, sim.nodes[n].ip6) for n in (node, las, az, cp)})
+        assert bool(addr[node][1]) == ipv6  # docker inspect tells the harness each node's IPv6 address
+        v6 = 1 if ipv6 else 0
+
+        def verdicts(fam: int, to: str, **pkt: Any) -> list[str]:
+            return sim.call(lambda: sim.verdicts_committed(node, "OUTPUT", addr[node][fam], addr[to][fam], **pkt))
+
+        assert sim.call(lambda: sim.reaches_api_server(node))  # control: not cut yet
+        tools.reset()
+        sim.call(lambda: sim.nodes[node].committed.clear())
+        backend.partition_zone(LAX)
+        assert not sim.call(lambda: sim.reaches_api_server(node))  # neither family reaches the control plane
+        api_pkt = {"sport": 43210, "dport": 6443}
+        assert verdicts(v6, cp, **api_pkt)[-1] == verdicts(v6, az)[-1] == verdicts(v6, las)[-1] == "DROP"
+        assert ("ip6tables-restore" in tools.calls()[-1][5]) == ipv6  # nothing to mirror without IPv6
+        sim.call(lambda: sim.nodes[node].committed.clear())
+        backend.set_link(LAX, 150)  # set again: every state in between drops them too
+        for to in (cp, az, las):
+            assert set(verdicts(v6, to, **api_pkt)) == {"DROP"}, to
+
+        backend.heal_zone(LAX)  # control: the Region is open again, by either family; the other LZ is not
+        assert sim.call(lambda: sim.reaches_api_server(node))
+        assert sim.call(lambda: sim.verdict(node, "OUTPUT", addr[node][v6], addr[az][v6])) == "ACCEPT"
+        assert sim.call(lambda: sim.verdict(node, "OUTPUT", addr[node][v6], addr[las][v6])) == "DROP"
+    finally:
+        backend.close()
+
+
+def test_the_rendered_kind_cluster_is_ipv4_as_the_rules_ipv4_only_parts_assume(tmp_path: Path) -> None:
+    """Only the edge rules' drops are mirrored in ip6tables. The entry exemption (the NodePort kind publishes to
+    the control-plane's IPv4 address) and the service link's netem filter (`protocol ip`) are IPv4's, which holds
+    while pods, Services and node InternalIPs are: the rendered kind config leaves `networking.ipFamily` at kind's
+    default, ipv4 (SetDefaultsCluster, pkg/apis/config/v1alpha4/default.go). A dual-stack cluster would need both
+    mirrored."""
+    m = rendered(tmp_path)
+    assert (m.kind_config.get("networking") or {}).get("ipFamily", "ipv4") == "ipv4", m.kind_config
 
 
 def test_failed_tool_is_a_clear_error(up: tuple[KindBackend, Manifests], tools: Tools, api: FakeApiServer) -> None:

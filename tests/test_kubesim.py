@@ -36,6 +36,7 @@ from tests.kubesim import (
     iptables_verdict,
     kube_proxy_sync,
     run_iptables_script,
+    synced_netns,
 )
 
 pytestmark = pytest.mark.slow  # the simulated cluster runs in real time: seconds each
@@ -368,6 +369,9 @@ def test_kube_proxys_jumps_go_on_top_once_and_decide_before_the_rules_below_them
         table[c].remove("-j CUT")
         table[c].insert(0, "-j CUT")
     assert iptables_verdict(table, "FORWARD", Packet(cut, ours, state="ESTABLISHED", mark=0x4000)) == "DROP"
+    six = synced_netns(6)  # ip6tables' table: the same jumps and chains, without the kubelet's IPv4-only firewall
+    assert six["KUBE-FORWARD"] == table["KUBE-FORWARD"] and "KUBE-FIREWALL" not in six
+    assert six["FORWARD"] == [r for r in table["FORWARD"] if r != "-j CUT"]
     with pytest.raises(ValueError, match="does not model '--to-destination'"):
         iptables_verdict({"FORWARD": ["-j DNAT --to-destination 1.2.3.4"]}, "FORWARD", Packet(cut, ours))
 

@@ -19,6 +19,11 @@ every kind node image ships (iptables, tc):
   `set_link`, and a service-link fault is refused before anything is injected;
 - partition: the edge node also drops Region peers (control plane included:
   a cut service link cuts the EKS control plane too).
+- both address families: kind's Docker network has IPv6 wherever Docker can
+  give it, and the nodes' own processes reach the API server by a name that
+  has an IPv6 address too, so the drops are mirrored in ip6tables
+  (`network_script`). Each family's rules are set in one iptables-restore
+  transaction (`restore_lines`): never a moment without them.
 - neither touches the users' way in: the control-plane's published NodePort,
   source-NATed to its own address, to the entry Services' target port
   (`network_script`): kind's entry path, where a city's users would enter
@@ -83,9 +88,9 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
@@ -103,26 +108,36 @@ if TYPE_CHECKING:
     from harness.render.manifests import Manifests
 
 CHAIN = "EH-CHAOS"
-# Every iptables call waits for the xtables lock, up to 5 s (kube-proxy's own wait, WaitSecondsValue in
+# Every iptables and ip6tables call waits for the xtables lock, up to 5 s (kube-proxy's own wait, WaitSecondsValue in
 # pkg/util/iptables). kind's entrypoint gives a node the host's iptables backend (select_iptables); with
 # iptables-legacy each command takes /run/xtables.lock, which kube-proxy's iptables-restore and kindnet's
 # masquerade sync take too (both mount it from the node), and a command without -w exits 4 at once while they
 # hold it ("Another app is currently holding the xtables lock. Perhaps you want to use the -w option?").
 # iptables-nft takes no lock and accepts -w.
-IPTABLES = "iptables -w 5"
+WAIT = "-w 5"
 JUMP_CHAINS = ("INPUT", "OUTPUT", "FORWARD")  # the built-in chains whose first rule is the jump to EH-CHAOS
 # Asked of a restarted edge node: exit 2 while its kube-proxy (iptables mode, kind's default) has not made its
 # first sync in the node's new network namespace; after it, 3 while EH-CHAOS is not first in INPUT, OUTPUT and
 # FORWARD, 0 when it is. The iptables-restore that ends a sync writes KUBE-FORWARD's rules after every jump of
 # that sync is in (syncProxyRules, pkg/proxy/iptables/proxier.go): rules there, and kube-proxy has prepended all.
+# The same of ip6tables where the node has its IPv6 rules (EH-CHAOS there): kube-proxy's iptables proxier keeps
+# both families' tables wherever ip6tables works, an IPv4-only cluster's too (platformCheckSupported in
+# cmd/kube-proxy/app/server_linux.go), each family's syncs its own.
 KUBE_PROXY_SYNCED = (
-    f"{IPTABLES} -S KUBE-FORWARD 2>/dev/null | grep -q '^-A KUBE-FORWARD ' || exit 2\n"
-    "for c in INPUT OUTPUT FORWARD; do\n"
-    f'  [ "$({IPTABLES} -S $c 1 2>/dev/null)" = "-A $c -j {CHAIN}" ] || exit 3\n'
-    "done\n"
+    "synced() {  # $1: iptables or ip6tables\n"
+    f"  $1 {WAIT} -S KUBE-FORWARD 2>/dev/null | grep -q '^-A KUBE-FORWARD ' || exit 2\n"
+    "  for c in INPUT OUTPUT FORWARD; do\n"
+    f'    [ "$($1 {WAIT} -S $c 1 2>/dev/null)" = "-A $c -j {CHAIN}" ] || exit 3\n'
+    "  done\n"
+    "}\n"
+    "synced iptables\n"
+    f"if ip6tables {WAIT} -S {CHAIN} >/dev/null 2>&1; then synced ip6tables; fi\n"
 )
-# One line per node container: its name, whether it runs, its address on each network (kind's one; none stopped)
-INSPECT_FORMAT = "{{.Name}} {{.State.Running}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+# One line per node container: its name, whether it runs, its addresses on each network (kind's one: IPv4, and
+# IPv6 where Docker gave the network IPv6; none while stopped)
+INSPECT_FORMAT = (
+    "{{.Name}} {{.State.Running}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{.GlobalIPv6Address}} {{end}}"
+)
 # PID 1 of a kind node while its entrypoint (a bash script: comm is the file's name) runs, before `exec /sbin/init`
 ENTRYPOINT_COMM = "entrypoint"
 BOOT_TIMEOUT_S = 120.0
@@ -213,9 +228,9 @@ def restore_lines(tool: str, rules: Sequence[str]) -> list[str]:
     """
     jumps = " ".join(f"-e '-A {c} -j {CHAIN}'" for c in JUMP_CHAINS)
     return [
-        f"now=$({tool} -w 5 -S)",  # (set -e: a listing that gave up on the lock stops the script)
+        f"now=$({tool} {WAIT} -S)",  # (set -e: a listing that gave up on the lock stops the script)
         f"moves=$(printf '%s\\n' \"$now\" | grep -x {jumps} | sed 's/^-A /-D /' || true)",
-        f"{tool}-restore -w 5 --noflush <<EOF",
+        f"{tool}-restore {WAIT} --noflush <<EOF",
         "*filter",
         f":{CHAIN} - [0:0]",
         "$moves",
@@ -224,6 +239,19 @@ def restore_lines(tool: str, rules: Sequence[str]) -> list[str]:
         "COMMIT",
         "EOF",
     ]
+
+
+class Endpoint(NamedTuple):
+    """A node container's addresses on Docker's `kind` network now: "" while it is stopped, and `ipv6` "" too
+    where the network has no IPv6 (kind creates it IPv4-only only when Docker cannot give it IPv6)."""
+
+    ipv4: str
+    ipv6: str
+
+
+def drops(cidrs: Sequence[str]) -> list[str]:
+    """EH-CHAOS's rules dropping traffic to and from each of `cidrs`."""
+    return [f"-A {CHAIN} {d} {cidr} -j DROP" for cidr in cidrs for d in ("-d", "-s")]
 
 
 def is_edge(node: NodeInfo) -> bool:
@@ -530,32 +558,36 @@ class KindBackend(KubeBackend):
     def _node_infos(self) -> list[NodeInfo]:
         return self.cluster.node_infos()
 
-    def _containers(self, names: Sequence[str]) -> dict[str, str]:
-        """Node container -> its address on Docker's network now ("" while stopped), as Docker says.
+    def _containers(self, names: Sequence[str]) -> dict[str, Endpoint]:
+        """Node container -> its addresses on Docker's network now (none while stopped), as Docker says.
 
         A name Docker does not know is left out (it says `No such object` for it and exits 1)."""
         if not names:
             return {}
         proc = self._run("docker", "inspect", "--format", INSPECT_FORMAT, *names, check=False, timeout=60)
-        out: dict[str, str] = {}
+        out: dict[str, Endpoint] = {}
         for line in (proc.stdout or "").splitlines():
             parts = line.split()
             if len(parts) < 2:
                 continue
-            v4 = [a for a in parts[2:] if a.count(".") == 3]
-            out[parts[0].lstrip("/")] = v4[0] if parts[1] == "true" and v4 else ""
+            running = parts[1] == "true"
+            v4 = [a for a in parts[2:] if a.count(".") == 3 and running]
+            v6 = [a for a in parts[2:] if ":" in a and running]
+            out[parts[0].lstrip("/")] = Endpoint(v4[0] if v4 else "", v6[0] if v6 else "")
         if not out and proc.returncode != 0:
             err = (proc.stderr or proc.stdout or "").strip().splitlines()
             why = err[-1] if err else f"exit {proc.returncode}"
             raise BackendError(f"`docker inspect` of {self._where}'s nodes failed: {why}")
         return out
 
-    def _live_nodes(self) -> tuple[list[NodeInfo], set[str]]:
-        """Every node at the address its container has now (none when stopped), and the running ones' names."""
+    def _live_nodes(self) -> tuple[list[NodeInfo], set[str], dict[str, str]]:
+        """Every node at the address its container has now (none when stopped), the running ones' names, and
+        each one's IPv6 address on the network (none where it has no IPv6)."""
         nodes = self._node_infos()
         docker = self._containers([n.name for n in nodes])
-        live = [dataclasses.replace(n, internal_ip=docker.get(n.name, n.internal_ip)) for n in nodes]
-        return live, {name for name, ip in docker.items() if ip}
+        live = [dataclasses.replace(n, internal_ip=docker[n.name].ipv4 if n.name in docker else n.internal_ip)
+                for n in nodes]  # fmt: skip
+        return live, {name for name, ep in docker.items() if ep.ipv4}, {name: ep.ipv6 for name, ep in docker.items()}
 
     def _edge_nodes(self, zone: str | None = None) -> list[NodeInfo]:
         edge = [n for n in self._node_infos() if is_edge(n)]
@@ -569,18 +601,46 @@ class KindBackend(KubeBackend):
         link = self.manifests().topology.zone(zone).link
         return link.latency_ms, link.jitter_ms, link.loss_percent
 
-    def network_script(self, node: NodeInfo, nodes: Sequence[NodeInfo] | None = None) -> str:
+    def network_script(
+        self, node: NodeInfo, nodes: Sequence[NodeInfo] | None = None, ipv6: Mapping[str, str] | None = None
+    ) -> str:
         """The shell script that sets one edge node's rules from scratch (idempotent), naming the other
-        nodes at the addresses in `nodes` (by default the containers' addresses now: `_live_nodes`)."""
-        nodes = list(nodes) if nodes is not None else self._live_nodes()[0]
+        nodes at the addresses in `nodes` and `ipv6` (by default the containers' addresses now: `_live_nodes`).
+
+        Both families. kind puts its nodes on a Docker network that has IPv6 wherever Docker can give it one,
+        whatever the cluster's ipFamily (ensureNetwork in pkg/cluster/internal/providers/docker/network.go:
+        `--ipv6 --subnet <ULA /64>` first), and Docker enables IPv6 on a container's interface with an address
+        of it (libnetwork setInterfaceIPv6). Pods stay IPv4-only (the rendered kind config leaves ipFamily at
+        ipv4, so kindnet gives them IPv4 only), but the node's own processes dial the API server by the
+        control-plane's container name (kind's controlPlaneEndpoint, `<cluster>-control-plane:6443`: the
+        kubelet, kube-proxy, kindnet), which Docker's DNS answers with both addresses (moby#47055). Go tries the
+        IPv4 one first and the IPv6 one 300 ms later if that has not connected (net.Dialer's RFC 6555 fallback,
+        dialParallel), and the API server listens on both (bind 0.0.0.0 with network "tcp",
+        SecureServingOptions/CreateListener). With IPv4-only rules a partitioned zone's nodes kept talking to
+        the control plane over IPv6: the partition did not cut the control plane, as it does on EKS, and a
+        node restored inside it synced kube-proxy above the rules. So the same drops go into ip6tables, at the
+        nodes' IPv6 addresses (and any IPv6 pod CIDR), in the same kind of transaction; only where the node has
+        an IPv6 address (no network path otherwise). The entry exemption stays IPv4's: kind publishes the
+        entry NodePort to the control-plane's IPv4 address and the Services are IPv4-only. The service link's
+        netem filter stays IPv4's too: no traffic crosses it over IPv6 but the fallback a partition now cuts.
+        """
+        if nodes is None:
+            nodes, _running, ipv6 = self._live_nodes()
+        addr6 = ipv6 or {}
         partitioned = node.zone in (self._state().get("partitioned") or [])
 
-        def peers(ns: Sequence[NodeInfo]) -> list[str]:
-            return [c for n in ns for c in ((f"{n.internal_ip}/32",) if n.internal_ip else ()) + n.pod_cidrs]
+        def peers(ns: Sequence[NodeInfo], v6: bool = False) -> list[str]:
+            out: list[str] = []
+            for n in ns:
+                addr = addr6.get(n.name, "") if v6 else n.internal_ip
+                out += [f"{addr}/{128 if v6 else 32}"] if addr else []
+                out += [c for c in n.pod_cidrs if (":" in c) == v6]
+            return out
 
         other_edge = [n for n in nodes if n.zone != node.zone and is_edge(n)]
         region = [n for n in nodes if n.zone != node.zone and n not in other_edge]
         blocked = peers(other_edge) + (peers(region) if partitioned else [])
+        blocked6 = peers(other_edge, v6=True) + (peers(region, v6=True) if partitioned else [])
         # Users enter every zone through the NodePort kind publishes on the control-plane, and kube-proxy
         # source-NATs that traffic (externalTrafficPolicy Cluster) to the control-plane's own address: the
         # edge pods' answers to users go there. kind's entry path, not the topology's (a city's users enter
@@ -595,10 +655,10 @@ class KindBackend(KubeBackend):
                 for port in self._entry_ports():
                     rules.append(f"-A {CHAIN} -s {ip} -p tcp --dport {port} -j ACCEPT")
                     rules.append(f"-A {CHAIN} -d {ip} -p tcp --sport {port} -j ACCEPT")
-        for cidr in blocked:
-            rules.append(f"-A {CHAIN} -d {cidr} -j DROP")
-            rules.append(f"-A {CHAIN} -s {cidr} -j DROP")
-        lines = ["set -e", *restore_lines("iptables", rules), "tc qdisc del dev eth0 root 2>/dev/null || true"]
+        lines = ["set -e", *restore_lines("iptables", rules + drops(blocked))]
+        if addr6.get(node.name):
+            lines += restore_lines("ip6tables", drops(blocked6))
+        lines.append("tc qdisc del dev eth0 root 2>/dev/null || true")
         latency, jitter, loss = self._link(node.zone)
         if self._netem_ok() and (latency > 0 or jitter > 0 or loss > 0):
             lines.append("tc qdisc add dev eth0 root handle 1: prio bands 4")
@@ -640,7 +700,7 @@ class KindBackend(KubeBackend):
         so). Every running edge node is `up`'s case and a restore's: a restarted node may be back under a new
         address that all the others' rules must name; one still stopped gets its rules when it is restored.
         """
-        nodes, running = self._live_nodes()
+        nodes, running, ipv6 = self._live_nodes()
 
         def chosen(n: NodeInfo) -> bool:
             if names is not None:
@@ -649,7 +709,7 @@ class KindBackend(KubeBackend):
 
         for n in nodes:
             if is_edge(n) and chosen(n):
-                self._run("docker", "exec", n.name, "sh", "-c", self.network_script(n, nodes))
+                self._run("docker", "exec", n.name, "sh", "-c", self.network_script(n, nodes, ipv6))
 
     def _above_kube_proxy(self, names: Collection[str], timeout_s: float = BOOT_TIMEOUT_S) -> None:
         """Once kube-proxy has made its first sync on each running edge node of `names` whose zone is not
@@ -670,7 +730,7 @@ class KindBackend(KubeBackend):
         """
         parts = set(self._state().get("partitioned") or [])
         edge = [n.name for n in self._edge_nodes() if n.name in names and n.zone not in parts]
-        waiting = [name for name, ip in self._containers(edge).items() if ip]  # running (a stopped one: no address)
+        waiting = [name for name, ep in self._containers(edge).items() if ep.ipv4]  # running (stopped: no address)
         deadline = time.monotonic() + timeout_s
         behind: list[str] = []
         failed: list[str] = []
