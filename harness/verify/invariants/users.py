@@ -962,7 +962,13 @@ class UserChecks(CheckBase):
           millisecond stamps. Except hops begun in
           the last flush interval before a node fault killed the pod (`SILENT_UNFLUSHED_S`): its sidecar died
           with those lines in its buffer, and on kind the same pod is back after the restore, its log going on,
-          so a busy pod made a correct mesh unverified by how many requests fell in that second. `SILENT_MIN_HOPS` or
+          so a busy pod made a correct mesh unverified by how many requests fell in that second. The pod died
+          somewhere between the inject (recorded before the primitive) and the moment the primitive had acted
+          (`_acted_at`: kind's `docker stop` returns once the node's container has stopped, seconds later on a
+          busy machine), and not before the last hop it served: the excused interval is the flush interval
+          before the later of the inject and that last hop, up to the primitive's return. Pinned to the inject,
+          a `docker stop` of 2 s put the lost second past it, and the same mesh was unverified at 30 requests a
+          second where a 50 ms stop passed it. `SILENT_MIN_HOPS` or
           more such hops make the log incomplete; one flush lost at a kill is the "stopped" case (no line after).
 
         Only services whose upstreams are all HTTP are asked: a TCP upstream's hop is logged when its pooled
@@ -980,9 +986,14 @@ class UserChecks(CheckBase):
         # where the nodes share the runner's clock (no clock.jsonl: local, kind) only Envoy's millisecond stamps
         # separate the two hops: the clocks' tolerance there let any line of a busy pod within 100 ms stand for a
         # lost one, and half its lines lost over 40 s passed. The node kill's excused flush interval keeps the
-        # wide slack on either clock (the kill lags its record).
+        # wide slack on either clock, and runs to when the kill was done (`_acted_at`: the kill lags its record).
         wide = float(SILENT_GAP_SLACK_S)
         slack = wide if self.run.clock is not None else 2 * HOP_TS_SLACK_S
+        # each node fault's inject and the moment its primitive had acted: the pods on its nodes died in between
+        self.con.execute("CREATE OR REPLACE TEMP TABLE node_kills (fault VARCHAR, inject DOUBLE, done DOUBLE)")
+        kills = [(f.fault, f.inject, self._acted_at(f)) for f in self.run.faults if f.action in NODE_FAULT_ACTIONS]
+        if kills:
+            self.con.executemany("INSERT INTO node_kills VALUES (?, ?, ?)", kills)
         rows = self.con.execute(
             f"""
             WITH served AS (SELECT h.serving_pod AS pod, h.ts, h.status, h.ts - {slack!r} AS lo,
@@ -1002,12 +1013,16 @@ class UserChecks(CheckBase):
                            n.next_line IS NOT NULL AND n.next_line > n.hi AND coalesce(n.status, 0) BETWEEN 200 AND 399
                                AS gap
                     FROM nxt n LEFT JOIN last l ON l.pod = n.pod),
-                 -- the few candidates only: the last flush interval before a node fault killed the pod is no gap
+                 -- the few candidates only: the last flush interval before a node fault killed the pod is no gap:
+                 -- it died after the later of the inject and the last hop it served, and before the kill was done
                  cand AS (
                     SELECT j.pod, j.ts, j.last_line, j.stopped,
-                           j.gap AND NOT EXISTS (SELECT 1 FROM node_fault_pods nf WHERE nf.pod = j.pod
-                                                 AND j.ts >= nf.inject - {float(SILENT_UNFLUSHED_S) + wide!r}
-                                                 AND j.ts <= nf.inject + {wide!r}) AS gap
+                           j.gap AND NOT EXISTS (
+                               SELECT 1 FROM node_fault_pods nf JOIN node_kills k USING (fault, inject)
+                               WHERE nf.pod = j.pod AND j.ts <= k.done + {wide!r}
+                                 AND j.ts >= greatest(nf.inject, (SELECT max(s.ts) FROM served s WHERE s.pod = j.pod
+                                                                  AND s.ts <= k.done + {wide!r}))
+                                            - {float(SILENT_UNFLUSHED_S) + wide!r}) AS gap
                     FROM judged j WHERE j.stopped OR j.gap)
             SELECT CAST(pod AS VARCHAR) AS p, count(*) FILTER (WHERE stopped), any_value(last_line),
                    count(*) FILTER (WHERE gap), min(ts) FILTER (WHERE gap)
@@ -1347,6 +1362,22 @@ class UserChecks(CheckBase):
         """Fault `g` can change how long `zone`'s hops that wait on its link take: a fault of the zone itself or
         of the Region (where those hops go). A fault of another Local Zone cannot (hub-and-spoke)."""
         return g.zone == zone or not zone_is_edge(self.t, g.zone)
+
+    def _acted_at(self, f: Fault) -> float:
+        """When the records show fault `f`'s primitive had acted: its inject counter snapshot, taken once the
+        primitive returned, else its restore (the run's end when it has none).
+
+        The timeline writes the inject *before* calling the primitive (as the restore before undoing it,
+        `_undone_at`), and a primitive takes its time: kind's `docker stop` of a node returns once the node's
+        container has stopped, after systemd's shutdown of its units, seconds on a busy machine. What the fault
+        did, it did between the inject and this instant.
+        """
+        end = f.restore if f.restore is not None else max(self.run_end, f.inject)
+        snap = self._one(
+            "SELECT min(ts) FROM upstream_stats WHERE label = ? AND ts >= ? AND ts <= ?",
+            [f"inject {f.fault}", f.inject, end],
+        )
+        return end if snap is None else float(snap)
 
     def _undone_at(self, f: Fault, before: float) -> float:
         """When the records show fault `f` undone: its restore's counter snapshot, taken once the primitive acted

@@ -1,0 +1,75 @@
+"""Verdicts a fifteenth audit found decided by timing rather than the mesh ("same config, same verdict").
+
+Each case is a pair of synthetic runs (harness.verify.synth) of one correct mesh that differ only in a timing a
+correct mesh and the harness may legitimately have, and got different verdicts before their fix; each docstring's
+"HOLE." says how. Next to each, a control: the broken mesh (or records) still fails at both timings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.contract.rundir import ACCESS_LOG_FLUSH_S
+from harness.verify import COVERAGE
+from tests.test_verify_audit import why
+from tests.test_verify_audit7 import _lose
+from tests.test_verify_node_fault import INJECT, node_kill
+from tests.test_verify_soundness import LAX, failed, pod_of
+from tests.verdicts import rows, verify, write_rows
+
+STOPS = [pytest.param(0.05, id="stop-50ms"), pytest.param(2.0, id="stop-2s")]
+
+
+def _slow_stop(tmp_path: Path, stop_s: float, **kw: Any) -> Path:
+    """A kind node kill (`node_kill`, LAX's public-api on the node) whose `docker stop` took `stop_s`: the inject
+    is recorded before the primitive runs (harness.chaos.actions._held_fault), the node's pods serve on until
+    they die `stop_s` later, and the "inject" counter snapshot is taken once `docker stop` has returned."""
+    d = node_kill(tmp_path, "kind", service="public-api", **{"rate_per_zone": 30, **kw})
+    chaos = rows(d / "chaos.jsonl")
+    for c in chaos:
+        if c["phase"] == "inject":
+            c["ts"] -= stop_s
+    write_rows(d / "chaos.jsonl", chaos)
+    return d
+
+
+# -- 1. what a node's sidecar had not flushed when it died, after a `docker stop` that took a while ---------------
+@pytest.mark.parametrize("stop_s", STOPS)
+def test_a_killed_nodes_unflushed_second_is_no_gap_however_long_its_stop_took(tmp_path: Path, stop_s: float) -> None:
+    """HOLE. kind's node kill is `docker stop` (systemd's shutdown of the node's units, then the container
+    stops), recorded before it runs; the node's sidecars die with up to a flush interval (1 s) of lines in
+    Envoy's buffer, and after the restore the same pod's log goes on. The gap rule (`_served_but_silent`)
+    excused the flush interval before the *inject record*: with a stop of 50 ms the lost second fell in it and
+    the mesh passed; with a stop of 2 s it fell after it, and the 30 hops LAX's frontend logged as served by
+    public-api in that second made the same mesh unverified (coverage). The pod died between the inject and
+    the stop's return (its inject snapshot), after the last hop it served: the flush interval before that is
+    excused, whatever the stop took."""
+    d = _slow_stop(tmp_path, stop_s)
+    pod = str(pod_of(d, LAX, "public-api")["pod"])
+    assert _lose(d, pod, INJECT - ACCESS_LOG_FLUSH_S, INJECT) >= 10  # the last second before the node died
+    v = verify(d)
+    assert v.passed, why(v)
+
+
+@pytest.mark.parametrize("stop_s", STOPS)
+def test_a_gap_before_a_slow_stop_is_still_one(tmp_path: Path, stop_s: float) -> None:
+    """The broken records at both timings: the same pod's log missing a stretch well before the kill."""
+    d = _slow_stop(tmp_path, stop_s)
+    pod = str(pod_of(d, LAX, "public-api")["pod"])
+    assert _lose(d, pod, INJECT - 8.0, INJECT - 6.0) >= 10
+    v = verify(d)
+    assert COVERAGE in failed(v) and "while its log had no line" in " ".join(why(v)), why(v)
+
+
+def test_a_gap_while_the_stopping_node_still_served_is_still_one(tmp_path: Path) -> None:
+    """The broken records during a slow stop: a `docker stop` of 3 s, and the pod's log missing [-2.9 s, -1.5 s]
+    before its death, while it served on and flushed every second (its own lines resume after the gap). The
+    flush interval its death cost is the one before its last served hop, not the whole stop."""
+    d = _slow_stop(tmp_path, 3.0)
+    pod = str(pod_of(d, LAX, "public-api")["pod"])
+    assert _lose(d, pod, INJECT - 2.9, INJECT - 1.5) >= 10
+    v = verify(d)
+    assert COVERAGE in failed(v) and "while its log had no line" in " ".join(why(v)), why(v)
