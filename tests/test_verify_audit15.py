@@ -13,13 +13,16 @@ from typing import Any
 import pytest
 
 from harness.contract.rundir import ACCESS_LOG_FLUSH_S
-from harness.verify import COVERAGE
+from harness.verify import COVERAGE, pending_recoveries
+from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
-from tests.test_verify_audit7 import _lose
+from tests.test_verify_audit4_faults import WIDE
+from tests.test_verify_audit7 import _edit_log, _lose
 from tests.test_verify_node_fault import INJECT, node_kill
-from tests.test_verify_soundness import LAX, failed, pod_of
+from tests.test_verify_soundness import LAX, failed, inventory, pod_of
 from tests.verdicts import rows, verify, write_rows
 
+WIDE_LAX = "us-west-2-lax-1a"
 STOPS = [pytest.param(0.05, id="stop-50ms"), pytest.param(2.0, id="stop-2s")]
 
 
@@ -73,3 +76,51 @@ def test_a_gap_while_the_stopping_node_still_served_is_still_one(tmp_path: Path)
     assert _lose(d, pod, INJECT - 2.9, INJECT - 1.5) >= 10
     v = verify(d)
     assert COVERAGE in failed(v) and "while its log had no line" in " ".join(why(v)), why(v)
+
+
+# -- 2. the cool-down read one caller's records further than another's --------------------------------------------
+def _two_callers(tmp_path: Path, end: float, second_back: float) -> tuple[Path, str]:
+    """The wide topology (two public-apis per zone): LAX's product-apis killed 30-50; one public-api takes the
+    restored ones back 1 s after the restore, the other (returned: its pod) at `second_back`, serving the
+    Region's meanwhile (its own moment of Consul's endpoint update). The records stop at `end`."""
+    f = FaultSpec("kill-product-api-lax", "service-down", WIDE_LAX, ("product-api",), 30, 50, 0.2, 1.0)
+    d = write_run(tmp_path / "run", Scenario(WIDE, duration_s=end, rate_per_zone=20, faults=[f]))
+    inv = inventory(d)
+    second = sorted({str(e["pod"]) for e in inv if e["zone"] == WIDE_LAX and e["service"] == "public-api"})[1]
+    region = next(e for e in inv if e["zone"] == "us-west-2a" and e["service"] == "product-api")
+    late = {"upstream_host": f"{region['ip']}:9090"}
+    n = _edit_log(d, second, lambda r, t: {**r, **late} if "product-api" in str(r["upstream_cluster"])
+                  and 51 <= t < second_back else r)  # fmt: skip
+    assert n >= (second_back - 51) * 5  # ~10 a second each, the synthetic mesh's own Region hops end at 51 s
+    return d, second
+
+
+def test_the_cool_down_waits_until_every_callers_records_show_the_recovery(tmp_path: Path) -> None:
+    """HOLE. The cool-down (`pending_recoveries`) read the run's records as they were: 2 s after the restore the
+    first public-api's lines were on record up to then, in-zone again since 1 s after the restore, and the
+    second's only up to that second (its sidecar flushes every second, in its own phase), still Region-served.
+    Three good hops after the last bad one on record: "shown", and e2e stopped the users. The second took the
+    zone's product-api back half a second later, and its Region-served hops then came after the first's good
+    ones: a run stopped then was unverified ("the run ended"), where a cool-down polling one flush later
+    waited and the same mesh passed. A pair's hops count up to where every caller's records reach."""
+    t0 = Scenario(WIDE).start
+    d, second = _two_callers(tmp_path / "seen", 52.0, 52.5)
+    assert _edit_log(d, second, lambda r, t: None if t >= 51.0 else r) > 0  # its last second not collected yet
+    assert [(p.zone, p.upstream) for p in pending_recoveries(d, WIDE, t0 + 52.0)] == [(WIDE_LAX, "product-api")]
+    stopped, _ = _two_callers(tmp_path / "stopped", 52.3, 52.5)  # what stopping the users then gave
+    v = verify(stopped)
+    assert not v.passed and "the run ended" in " ".join(why(v)), why(v)
+    waited, _ = _two_callers(tmp_path / "waited", 56.0, 52.5)
+    assert pending_recoveries(waited, WIDE, t0 + 56.0) == []
+    v = verify(waited)
+    assert v.passed, why(v)
+
+
+def test_a_recovery_every_callers_records_show_is_not_waited_for(tmp_path: Path) -> None:
+    """The control: both public-apis back 1 s after the restore and both logs on record to 52 s: not waited
+    for (the one caller's log a second behind the other's delays the answer by that second, no more)."""
+    t0 = Scenario(WIDE).start
+    d, second = _two_callers(tmp_path, 52.0, 51.0)
+    assert pending_recoveries(d, WIDE, t0 + 52.0) == []
+    assert _edit_log(d, second, lambda r, t: None if t >= 51.5 else r) > 0
+    assert pending_recoveries(d, WIDE, t0 + 52.0) == []

@@ -35,6 +35,11 @@ restore that sent every other call to the Region. A pair is no longer waited
 for once maxRecoveryS has passed since its restore (the cascade's end): the
 verdict decides it from then on (back, or never back).
 
+Each caller's hops count only up to where every caller of the pair is on
+record (`_complete_until`): the sidecars' logs reach the run directory each on
+its own flush schedule, and one caller's good hops read before another's last
+misplaced ones were taken as the recovery.
+
 Only reads the run directory; an unreadable moment (a segment being
 compacted, a line half written) is a "not yet".
 """
@@ -148,9 +153,37 @@ def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pe
         con.close()
 
 
+def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending) -> float:
+    """Up to when the pair's hops are on record from every caller that may still make them: the oldest of the
+    newest lines of the pair's callers alive in its zone (a caller without a line yet: its start).
+
+    Each sidecar's log reaches the run directory on its own schedule (Envoy's flush interval, 1 s on kind and
+    EKS, in its own phase; the collector's poll), so the records so far are a different stretch of each
+    caller's calls. With two callers of a pair (the wide topology's two public-apis per zone), one had its
+    in-zone hops on record while the other's last second, still served from the Region, was not: the cool-down
+    took the first's good hops as the recovery and stopped the users, the second's Region-served hops then came
+    after them, and the same mesh was unverified ("the run ended") where a poll one flush later kept the users
+    on until both were back. Beyond this instant a caller's hops may still be missing; before it none can be
+    (but a hop still in flight, which a line logs when it ends).
+    """
+    row = con.execute(
+        """
+        WITH alive AS (SELECT pod, min(start_ts) AS started FROM intervals
+                       WHERE zone = $zone AND list_contains($callers, service)
+                       GROUP BY pod HAVING count(*) FILTER (WHERE end_ts IS NULL) > 0),
+             newest AS (SELECT CAST(caller_pod AS VARCHAR) AS pod, max(ts) AS newest FROM phops
+                        WHERE caller_zone = $zone GROUP BY 1)
+        SELECT min(coalesce(n.newest, a.started)) FROM alive a LEFT JOIN newest n ON n.pod = a.pod
+        """,
+        {"zone": w.zone, "callers": list(w.callers)},
+    ).fetchone()
+    return math.inf if row is None or row[0] is None else float(row[0])
+
+
 def _shown(con: duckdb.DuckDBPyConnection, w: Pending) -> bool:
     """`GOOD_HOPS` good hops after the pair's last bad one since the restore, and enough of them for the verdict's
-    evidence rule against the share it sent elsewhere during the fault and after the restore before them.
+    evidence rule against the share it sent elsewhere during the fault and after the restore before them, among
+    the hops up to when every caller's are on record (`_complete_until`).
 
     Taken over the whole fault (the verdict reads the intervals the upstream was not whole in it), the share is
     at most the verdict's in a correct mesh, so the cool-down asks at least as many hops as the verdict will.
@@ -160,7 +193,7 @@ def _shown(con: duckdb.DuckDBPyConnection, w: Pending) -> bool:
         WITH p AS (SELECT ts, ok, ok AND coalesce(({w.good}), false) AS good
                    FROM (SELECT *, coalesce(({HOP_OK_SQL}), false) AS ok FROM phops
                          WHERE caller_zone = $zone AND upstream = $upstream AND list_contains($callers, caller_service)
-                           AND ts >= $inject)),
+                           AND ts >= $inject AND ts <= $complete)),
              b AS (SELECT coalesce(max(ts) FILTER (WHERE NOT good AND ts >= $restore), $never) AS last_bad FROM p),
              i AS (SELECT min(p.ts) FILTER (WHERE good AND p.ts >= $restore AND p.ts > b.last_bad) AS instant
                    FROM p, b)
@@ -172,7 +205,7 @@ def _shown(con: duckdb.DuckDBPyConnection, w: Pending) -> bool:
         FROM p, b, i
         """,
         {"zone": w.zone, "upstream": w.upstream, "callers": list(w.callers), "inject": w.inject,
-         "restore": w.restore, "never": -math.inf},
+         "restore": w.restore, "never": -math.inf, "complete": _complete_until(con, w)},
     ).fetchone()  # fmt: skip
     if not row or int(row[0]) < GOOD_HOPS:
         return False
