@@ -119,8 +119,10 @@ def _watched(s: FaultScoping) -> list[Pending]:
             since, due = INF, max(backs, default=f.restore) + s.slo.max_recovery_s
         else:
             since, due = end, end + s.slo.max_recovery_s
+        # from the inject: the share the pair sent elsewhere during the cascade asks for evidence, as the verdict's
+        # rule reads it (`FaultMeasurer._unshown`)
         out += [
-            Pending(f.fault, z, u, callers, since, due, since, good=s.expected_sql(z, u)) for z, u, callers in asked
+            Pending(f.fault, z, u, callers, since, due, f.inject, good=s.expected_sql(z, u)) for z, u, callers in asked
         ]
     return out
 

@@ -65,7 +65,10 @@ reader of a copied verdict does not need this file):
   fail over to the Region, one without it more than maxRecoveryS fails, and
   every edge pair depending on it must be back in-zone within maxRecoveryS
   after the cascade, with traffic to show it, up to its zone's next fault
-  (one that measures the pair's recovery after its own restore is left it).
+  (one that measures the pair's recovery after its own restore is left it),
+  measured and shown as any recovery (the last hop that found no host, the
+  (1 - p)^n < 1e-3 rule against its share sent elsewhere in and after the
+  cascade: `FaultMeasurer._unshown`).
   A service without (enough) ready pods in a zone outside every recorded
   fault is a note, and fails fallback when it
   lasts longer than `maxRecoveryS` (an outage nobody injected that did not

@@ -14,6 +14,7 @@ from harness.verify.invariants.sql import (
     INF,
     MAX_MESSAGES,
     MAX_OFFENDERS,
+    NO_HOST_SQL,
     REQUEST_END_SQL,
     Window,
 )
@@ -191,7 +192,7 @@ class CheckBase(FaultScoping):
             params,
         ).fetchone()
         assert row is not None
-        w = Window(lo, int(row[0]), int(row[1]), int(row[2]), row[3], row[4], int(row[5]), row[6])
+        w = Window(lo, int(row[0]), int(row[1]), int(row[2]), row[3], row[4], int(row[5]), row[6], hi=hi)
         until = w.instant if w.instant is not None else hi
         w.offenders = self._hops(
             f"{base} AND ts <= ? AND NOT (ok AND coalesce(({good_sql}), false))", [*params, until], table="fhops"
@@ -262,7 +263,9 @@ class CheckBase(FaultScoping):
         ejections run out their time after the pods are Ready again (a
         stability run: 1.2 s of "no healthy upstream" from every zone after
         the last product-api was Ready). Measured like any recovery: the
-        first good hop after which the pair's hops stay good, up to the pair's
+        first good hop after which the pair's hops stay good and find a host
+        (`NO_HOST_SQL`), shown by the hops after it as any recovery is
+        (`FaultMeasurer._unshown`, judged in `_declared_cascade_failures`), up to the pair's
         zone's next fault (its hops then are that fault's, as for a fault's own
         recovery: a kill of the zone's product-api half a second after the
         cascade, held longer than maxRecoveryS, failed the mesh "not back
@@ -290,7 +293,8 @@ class CheckBase(FaultScoping):
             if end < INF:
                 nxt = self.next_inject(z, end)
                 bound = min(upto, INF if nxt is None else nxt)
-                w = self._measure(z, u, list(callers), end, bound, self.expected_sql(z, u), next_fault=nxt)
+                w = self._measure(z, u, list(callers), end, bound, self.expected_sql(z, u), next_fault=nxt,
+                                  stale_sql=NO_HOST_SQL)  # fmt: skip
             out.append(DeclaredRecovery(z, u, None if w is None else w.instant, w))
         return out
 

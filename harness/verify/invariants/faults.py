@@ -585,7 +585,26 @@ class FaultMeasurer(CheckBase):
         return ""
 
     def _recovery_unshown(self, f: Fault, u: str, callers: list[str], w: Window, hi: float) -> str:
-        """Why a measured recovery is not shown by the hops after it (chance could give them), or "".
+        """Why fault `f`'s measured recovery of pair (f.zone, u) is not shown by the hops after it, or ""
+        (`_unshown`: the fault's spill while the pair's upstream was not whole, and after the restore)."""
+        assert f.restore is not None
+        return self._unshown(f.zone, u, callers, w, f.inject, f.restore, hi, f"recovery after fault {f.fault}")
+
+    def _unshown(
+        self,
+        zone: str,
+        u: str,
+        callers: list[str],
+        w: Window,
+        inject: float,
+        restore: float,
+        hi: float,
+        what: str,
+        after_what: str = "the restore",
+    ) -> str:
+        """Why a measured recovery of pair (zone, u) at `w.instant` is not shown by the hops after it (up to `hi`),
+        or "": the evidence rule of every recovery, a fault's own (`_recovery_unshown`) and a declared single
+        point of failure's cascade's (`_declared_cascade_failures`), which ends at `restore` begun at `inject`.
 
         Recovery is the first good hop after the last misplaced one. A pair
         that still sends a share `p` of its hops elsewhere has a "last
@@ -606,43 +625,45 @@ class FaultMeasurer(CheckBase):
           in-zone hops before e2e's cool-down stopped the users.
         A share of 1 (a whole failover, or a clean switch back) is shown
         undone by the first good hop; a share of 0 has nothing to show.
+        Asked of a fault's recovery only, a zone that kept sending every other call to the Region after a
+        declared cascade (the database back, its product-api Ready) "recovered" on the one in-zone hop after
+        the last Region one before the run ended, and locality, which left the cascade out up to that instant,
+        judged nothing after it.
         """
-        assert f.restore is not None
         if w.instant is None:
             return ""
-        restore = f.restore
         spans = [
-            (max(lo, f.inject), min(restore, INF if hi is None else hi))
-            for lo, hi in self._not_whole(f.zone, u)
-            if lo < restore and (hi is None or hi > f.inject)
+            (max(lo, inject), min(restore, INF if up is None else up))
+            for lo, up in self._not_whole(zone, u)
+            if lo < restore and (up is None or up > inject)
         ]
-        windows = [("as during the fault", spans), ("as after the restore", [(restore, w.instant)])]
-        good = self.expected_sql(f.zone, u)
+        windows = [("as during the fault", spans), (f"as after {after_what}", [(restore, w.instant)])]
+        good = self.expected_sql(zone, u)
         after = int(
             self._one(
                 "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? "
                 "AND list_contains(?, caller_service) AND ok AND ts >= ? AND ts <= ?",
-                [f.zone, u, callers, w.instant, hi],
+                [zone, u, callers, w.instant, hi],
             )
             or 0
         )
-        for what, spans_of in windows:
+        for label, spans_of in windows:
             if not spans_of:
                 continue
-            when = " OR ".join(f"(ts >= {lo!r} AND ts < {hi!r})" for lo, hi in spans_of)
+            when = " OR ".join(f"(ts >= {lo!r} AND ts < {up!r})" for lo, up in spans_of)
             row = self.con.execute(
                 f"SELECT count(*) FILTER (WHERE ok), count(*) FILTER (WHERE ok AND NOT coalesce(({good}), false)) "
                 f"FROM fhops WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ({when})",
-                [f.zone, u, callers],
+                [zone, u, callers],
             ).fetchone()
             ok_during, misplaced = (int(row[0]), int(row[1])) if row else (0, 0)
             chance = recovery_chance(misplaced, ok_during, after)
             if chance is None or chance < RECOVERY_EVIDENCE_ALPHA:
                 continue
             return (
-                f"fallback: {f.zone} -> {u}: recovery after fault {f.fault} not shown: {after} good hops after "
+                f"fallback: {zone} -> {u}: {what} not shown: {after} good hops after "
                 f"{iso(w.instant)} (until {iso(hi)}), and a mesh still sending {misplaced / ok_during:.0%} of them "
-                f"elsewhere, {what}, would serve that many where they belong with chance {chance:.2g} "
+                f"elsewhere, {label}, would serve that many where they belong with chance {chance:.2g} "
                 f"(>= {RECOVERY_EVIDENCE_ALPHA:g})"
             )
         return ""
@@ -798,16 +819,30 @@ class FaultMeasurer(CheckBase):
                         f"not back after the restore of {f.fault}", w.hops, w.failed,
                     ))  # fmt: skip
         end, recoveries = self._declared_recovery(f)
-        asked = {(z, u) for z, u, _ in self.cascade_recovery_pairs(f)}  # what e2e's cool-down waits for too
+        asked = {(z, u): c for z, u, c in self.cascade_recovery_pairs(f)}  # what e2e's cool-down waits for too
         for z, u, instant, rw in recoveries:  # the window it measured (None: the cascade never ended, judged above)
-            if rw is None or instant is not None or (z, u) not in asked:
+            if rw is None or (z, u) not in asked:
+                continue
+            # back, and shown back by the hops after it as a fault's own recovery is (`_unshown`): a zone still
+            # sending a share of its calls to the Region has a "last misplaced" hop just before the run ends
+            what = f"back in-zone after the cascade of fault {f.fault} (ended at {iso(end)})"
+            upto = end if rw.hi is None else rw.hi
+            unshown = self._unshown(z, u, list(asked[(z, u)]), rw, f.inject, end, upto, what, "its end")
+            if instant is not None and not unshown:
                 continue
             if self._left_to_next(z, u, end) is not None:  # cut short by the zone's next fault, whose recovery asks it
                 continue
             # the records stop before maxRecoveryS after the cascade (and before the zone's next fault): the pair
             # not back yet is unverified, not shown missing (`_ended_before_due`); a longer run shows it either way
             cut = self.run_end < end + self.slo.max_recovery_s and self.next_inject(z, end) is None
-            if rw.hops and cut:
+            if unshown:
+                ended = (
+                    f": unverified, not shown missing: the run ended {max(0.0, self.run_end - end):.3f}s after the "
+                    f"cascade, before maxRecoveryS ({self.slo.max_recovery_s:g}s) had passed (a run that goes on "
+                    "longer shows it)"
+                )
+                out.append(failed(z, u, unshown + (ended if cut else ""), rw.hops, rw.failed))
+            elif rw.hops and cut:
                 out.append(failed(z, u,
                     f"fallback: {z} -> {u}: back in-zone after the cascade of fault {f.fault} ended at {iso(end)} "
                     f"unverified, not shown missing: the run ended {max(0.0, self.run_end - end):.3f}s after it, "

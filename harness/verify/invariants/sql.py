@@ -117,7 +117,11 @@ DEFINITIONS = {
     "a dependant longer than maxFailoverS after the Region has it ready again must fail over to the Region, and "
     "one without it longer than maxRecoveryS fails, and every edge pair depending on it must be back in-zone "
     "within maxRecoveryS after the cascade, with traffic to show it, measured up to its zone's next fault (one that "
-    "began within maxRecoveryS and measures the pair's recovery after its own restore is left it)",
+    "began within maxRecoveryS and measures the pair's recovery after its own restore is left it), as any "
+    "recovery: after the last misplaced successful hop and the last that found no upstream host, and shown by "
+    "the same (1 - p)^n < 1e-3 rule, p the pair's share sent elsewhere while its upstream was not whole in the "
+    "cascade and after the cascade's end before the instant (unverified when the run ended before maxRecoveryS "
+    "after the cascade had passed)",
     "resolution_s": "gap between the records bounding the failover/recovery instant: the instant minus the last "
     "failed or misplaced hop before it (or minus the window start); for a recovery whose callers the fault cut off "
     "(entry point, a caller or a service on its call path down in the zone) also the moment the first of the "
@@ -312,6 +316,7 @@ class Window:
     lost: int = 0
     prev_bad: float | None = None
     offenders: list[dict[str, Any]] = field(default_factory=list)
+    hi: float | None = None  # where the measurement ended (`CheckBase._measure`): the hops after the instant up to it
 
     @property
     def resolution(self) -> float | None:
