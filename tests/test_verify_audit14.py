@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness.topology import Topology
-from harness.verify import FALLBACK, pending_recoveries
+from harness.verify import AVAILABILITY, FALLBACK, pending_recoveries
+from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_audit4_faults import CASCADE_END, EU, REGION_PRODUCT_API, T, postgres_cascade
 from tests.verdicts import envoy_start, rows, verify, write_rows
@@ -101,3 +102,59 @@ def test_a_zone_that_keeps_part_of_its_calls_on_the_region_after_a_cascade_contr
     v = verify(d)
     assert v.passed, why(v)
     assert pending_recoveries(d, t, min(r["ts"] for r in rows(d / "requests.jsonl")) + 80.0) == []
+
+
+# -- b. a zone whose shoppers fail beyond the budget all run, its windows each too short to show it --------------
+def _fail_share(d: Path, zone: str, per_10_000: int) -> Path:
+    """`zone`'s shoppers see `per_10_000` in 10 000 of their requests fail (an HTTP 500 of its own frontend),
+    spread over the run without a period a fault schedule could line up with (request k of the zone fails when
+    k x 7919 mod 10 000 falls below the share)."""
+    reqs = rows(d / "requests.jsonl")
+    k = 0
+    for r in reqs:
+        if r["zone"] == zone:
+            k += 1
+            if (k * 7919) % 10_000 < per_10_000:
+                r.update(ok=False, status=500, error="internal server error")
+    write_rows(d / "requests.jsonl", reqs)
+    return d
+
+
+def _other_zones_burst(t: Topology, zone: str, n: int) -> list[FaultSpec]:
+    """experiments/edge-pod-burst.json over every Local Zone but `zone`: `n` product-api kills, one every 5 s,
+    each restored 2.5 s after its inject: most of the run is some fault's window, little of it steady state."""
+    others = [z.name for z in t.edge_zones if z.name != zone]
+    out = []
+    for i in range(n):
+        inject = 10.0 + 5.0 * i
+        out.append(FaultSpec(f"kill-product-api-{i:02d}", "service-down", others[i % len(others)], ("product-api",),
+                             inject, inject + 2.5, 0.2, 0.5))  # fmt: skip
+    return out
+
+
+BUDGET_CASES = [pytest.param(0, id="no-fault"), pytest.param(16, id="burst-in-other-zones")]
+
+
+@pytest.mark.parametrize("n_faults", BUDGET_CASES)
+def test_a_zone_failing_four_times_the_budget_all_run_fails(tmp_path: Path, n_faults: int) -> None:
+    """LAX's shoppers fail 4 % of their requests all run, against the 1 % budget; the zone probes are left out of
+    every window (6073780). Each fault window holds a few dozen of LAX's requests, where 4 % is within what the
+    budget leaves to chance; the steady state (every request outside every fault's window) holds hundreds of
+    them, and there it is not: the verdict fails availability, naming LAX. No hole: the audit's check that the
+    windows left after the burst still judge a zone failing all run."""
+    sc = Scenario(T, duration_s=100.0, rate_per_zone=10, faults=_other_zones_burst(T, LAX, n_faults))
+    v = verify(_fail_share(write_run(tmp_path / "run", sc), LAX, 400))
+    a = v.invariant(AVAILABILITY)
+    assert not v.passed and not a.passed, why(v)
+    steady = next(w for w in a.windows if w.window == "steady state")
+    assert [z["zone"] for z in steady.by_zone if z["status"] == "fail"] == [LAX], steady.by_zone
+
+
+@pytest.mark.parametrize("n_faults", BUDGET_CASES)
+def test_a_zone_failing_within_the_budget_all_run_passes(tmp_path: Path, n_faults: int) -> None:
+    """The control: LAX's shoppers failing 0.3 % of their requests, within the 1 % budget, pass every window."""
+    sc = Scenario(T, duration_s=100.0, rate_per_zone=10, faults=_other_zones_burst(T, LAX, n_faults))
+    d = _fail_share(write_run(tmp_path / "run", sc), LAX, 30)
+    assert sum(1 for r in rows(d / "requests.jsonl") if r["zone"] == LAX and not r["ok"]) >= 2
+    v = verify(d)
+    assert v.passed, why(v)
