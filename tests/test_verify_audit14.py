@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.contract.users import PROBE_ENDPOINT
 from harness.topology import Topology
-from harness.verify import AVAILABILITY, FALLBACK, pending_recoveries
-from harness.verify.synth import FaultSpec, Scenario, write_run
+from harness.verify import AVAILABILITY, FALLBACK, HUB_AND_SPOKE, LOCALITY, pending_recoveries
+from harness.verify.synth import TRUST_DOMAIN, FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_audit4_faults import CASCADE_END, EU, REGION_PRODUCT_API, T, postgres_cascade
+from tests.test_verify_soundness import run
 from tests.verdicts import envoy_start, rows, verify, write_rows
 
 LAX = "us-west-2-lax-1a"
@@ -157,4 +159,69 @@ def test_a_zone_failing_within_the_budget_all_run_passes(tmp_path: Path, n_fault
     d = _fail_share(write_run(tmp_path / "run", sc), LAX, 30)
     assert sum(1 for r in rows(d / "requests.jsonl") if r["zone"] == LAX and not r["ok"]) >= 2
     v = verify(d)
+    assert v.passed, why(v)
+
+
+# -- c. a Local Zone's calls to another Local Zone: rare, in a fault, from probes, or on a route with no host --------
+KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
+LAS = "us-west-2-las-1a"
+# a ServiceResolver redirecting LAX's product-api to LAS's (CE names each zone's instances: product-api-las-1a);
+# Envoy names the cluster after the service it routes to
+LAS_REDIRECT = f"product-api-las-1a.default.dc1.internal.{TRUST_DOMAIN}"
+
+
+def _lax_calls_las(d: Path, at: float, how: str) -> Path:
+    """The first of LAX public-api's calls to product-api at or after `at` s into the run goes to LAS instead:
+    served by LAS's product-api (`served`, `probe`: the call of a zone probe, the harness's own request into the
+    zone), or (`no-host`) routed to LAS's instances, which Envoy found none healthy of: `503 UH`, no upstream host
+    (the zone the call went to is named only by the cluster of the route)."""
+    t0 = min(r["ts"] for r in rows(d / "requests.jsonl")) - 0.01
+    las = _added(d, LAS, "product-api")
+    caller = _added(d, LAX, "public-api")
+    log = d / "accesslogs" / f"{caller['pod']}.jsonl"
+    recs = rows(log)
+    hop = next(r for r in recs if envoy_start(r) >= t0 + at and "product-api" in r["upstream_cluster"])
+    if how == "no-host":
+        hop.update(upstream_host=None, upstream_cluster=LAS_REDIRECT, response_code=503, response_flags="UH")
+    else:
+        hop.update(upstream_host=f"{las['ip']}:9090")
+    write_rows(log, recs)
+    reqs = rows(d / "requests.jsonl")
+    # the user request the call served: its entry hop began 1 ms before it
+    req = min((r for r in reqs if r["zone"] == LAX), key=lambda r: abs(r["ts"] + 0.001 - envoy_start(hop)))
+    if how == "probe":  # the zone probe's request, left out of availability (it is the harness's, not a shopper's)
+        req.update(endpoint=PROBE_ENDPOINT, name="POST /api probe")
+    if how == "no-host":
+        req.update(ok=False, status=200, error="graphql: no healthy upstream")
+    write_rows(d / "requests.jsonl", reqs)
+    return _rebuilt(d)
+
+
+@pytest.mark.parametrize(
+    ("at", "how"),
+    [pytest.param(15.0, "served", id="rare"), pytest.param(35.0, "served", id="in-a-fault"),
+     pytest.param(15.0, "probe", id="from-a-zone-probe"), pytest.param(15.0, "no-host", id="no-host")],
+)  # fmt: skip
+def test_a_call_from_one_local_zone_to_another_fails_hub_and_spoke(tmp_path: Path, at: float, how: str) -> None:
+    """One call of LAX's public-api in 1 000 (12 users a second per zone for 120 s) goes to LAS's product-api:
+    in the steady state, during LAX's product-api kill (when its calls go to the Region), from a zone probe,
+    or on a route to LAS's instances that found no host. Hub-and-spoke has zero tolerance: each fails it
+    (locality's 99.9 % passes the first). No hole on HEAD for a call LAS served, however rare or wherever it
+    fell. HOLE for the route with no host: the zone a hop went to was read off its upstream host only, or, for a
+    host no pod held, its cluster; a hop with no host (UH) and a flag saying why was neither placed nor
+    unverified, and the counters show no attempt (no host, no connection): a ServiceResolver that routes LAX's
+    product-api to LAS's instances passed while Envoy found none of them healthy. The cluster of the route names
+    LAS's instances: a route across the hub, whatever Envoy found there (`_routed_to_forbidden_zone`)."""
+    d = _lax_calls_las(run(tmp_path, faults=[KILL], duration_s=120, rate_per_zone=12), at, how)
+    v = verify(d)
+    hub = v.invariant(HUB_AND_SPOKE)
+    assert not v.passed and not hub.passed, why(v)
+    assert f"hub-and-spoke: {LAX} -> {LAS}: 1 hops to product-api" in hub.message, hub.message
+    if how == "served" and at < KILL.inject:
+        assert v.invariant(LOCALITY).passed, why(v)  # 1 in 1 000 is within locality's SLO: only the ban sees it
+
+
+def test_a_call_from_one_local_zone_to_another_control(tmp_path: Path) -> None:
+    """The control: the same run, every LAX call served in LAX or (during the kill) the Region, passes."""
+    v = verify(run(tmp_path, faults=[KILL], duration_s=120, rate_per_zone=12))
     assert v.passed, why(v)

@@ -35,7 +35,8 @@ reader of a copied verdict does not need this file):
   *attempt*: a host in such a zone with connections, connection failures or
   requests in a sidecar's upstream counters (upstream-stats.jsonl; the access
   log names only the last attempt's host). A host no inventory record
-  explains counts in the zone its Envoy cluster is named for (the route).
+  explains, or a hop with no host (no healthy one on the route), counts in
+  the zone its Envoy cluster is named for (the route).
   No counter snapshots (no `start`/`end` snapshot, or a sidecar that made
   hops and was up at the end missing from `end`) leave attempts
   unverified, which fails.

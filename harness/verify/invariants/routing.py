@@ -352,10 +352,13 @@ class RoutingChecks(CheckBase):
         return f"(SELECT arg_max(i.zone, i.end_ts) FROM intervals i WHERE i.ip = {ip_sql} AND i.end_ts <= {ts_sql})"
 
     def _routed_to_forbidden_zone(self) -> list[str]:
-        """Hops whose host no inventory record explains at the hop's time: where did they go?
+        """Hops whose host no inventory record explains at the hop's time, or that name no host: where did they go?
 
         - A cluster named for another edge zone's instances is the route Envoy took (`failover-target~1~
-          product-api-las-1a...` from LAX): a failover to another Local Zone whatever host answered.
+          product-api-las-1a...` from LAX): a failover to another Local Zone whatever host answered. Also when
+          none did: a route to LAS's instances on which Envoy found no healthy host (`503 UH`, no upstream host)
+          goes across the hub all the same, and neither the host (none) nor the counters (no connection) show
+          it; read off the host alone, a ServiceResolver redirecting LAX's product-api to LAS's passed.
         - Else the last pod that held the address before the hop: Envoy still had the endpoint of a pod
           gone for longer than the inventory's slack (a killed pod's, withdrawn late). A hop into a zone
           the caller may not reach that way fails as any served there does.
@@ -372,10 +375,11 @@ class RoutingChecks(CheckBase):
             WITH u AS (SELECT ts, caller_zone, upstream, upstream_host, {host_ip_sql("upstream_host")} AS ip,
                               CASE WHEN upstream_cluster IS NULL THEN NULL ELSE {named} END AS named
                        FROM hops WHERE serving_zone IS NULL AND caller_zone IS NOT NULL
-                         AND coalesce(upstream_host, '') <> ''),
+                         AND (coalesce(upstream_host, '') <> '' OR upstream_cluster IS NOT NULL)),
                  l AS (SELECT u.*, {holder} AS last_zone FROM u),
                  c AS (SELECT l.*, CASE
                          WHEN named IS NOT NULL THEN 'cluster'
+                         WHEN ip IS NULL THEN NULL  -- no host, a route of its own zone's or the Region's
                          WHEN last_zone IS NULL THEN 'unknown'
                          WHEN coalesce(cz.kind, 'edge') = 'region' AND coalesce(hz.kind, 'unknown') <> 'region'
                            THEN 'stale'
@@ -400,7 +404,8 @@ class RoutingChecks(CheckBase):
                 )
                 out.append(
                     f"hub-and-spoke: {cz} -> {target}: {n} hops to {u} routed to {target}'s instances (by the "
-                    f"cluster they went to; the host is no pod on record), first at {hop_text(first[0])}"
+                    f"cluster they went to; the host is no pod on record, or Envoy found none), first at "
+                    f"{hop_text(first[0])}"
                 )
             elif why == "stale":
                 out.append(

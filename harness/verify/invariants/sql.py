@@ -90,7 +90,8 @@ DEFINITIONS = {
     "gives with chance >= 1e-6",
     "hub_and_spoke": "no hop of an edge caller served in another edge zone, none of a Region caller served in an "
     "edge zone, and no such host with cx_total + cx_connect_fail + rq_total > 0 in any sidecar's upstream "
-    "counters (attempts a retry hid); a host no inventory record explains at the time counts in the zone its Envoy "
+    "counters (attempts a retry hid); a host no inventory record explains at the time, or no host at all (no "
+    "healthy one on the route), counts in the zone its Envoy "
     "cluster is named for (when a cluster names another zone's instances), else in the zone of the last pod that "
     "held the address (an endpoint Envoy kept), else it is unverified = fail; a hop with neither an upstream host "
     "nor a response flag, or counters of a sidecar no inventory record places, = unverified = fail; no start/end "
