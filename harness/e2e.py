@@ -600,8 +600,9 @@ def run_e2e(
                             messages.append(f"chaos experiment {p.id}: {res.reason}")
                         say(f"chaos: {p.id} {'ran as planned' if res.ok else 'FAILED: ' + str(res.reason)}")
                     mark_run(run_dir, "cooldown")
-                    # the last fault's recovery on record: every zone served again after it (cooldown_s bounds it)
-                    served.wait(cooldown_since(run_dir, time.time()), COOL_REQUESTS, opts.cooldown_s)
+                    # the last fault's recovery on record: every zone's users served again after it (cooldown_s
+                    # bounds it); the shoppers', as the verdict's coverage counts them, not the zone probes'
+                    served.wait(cooldown_since(run_dir, time.time()), COOL_REQUESTS, opts.cooldown_s, probes=False)
                     wait_recoveries(run_dir, topology, say)
                     say("traffic: stopping")
             finally:

@@ -92,3 +92,24 @@ def test_the_warm_up_asks_20_answers_of_the_zones_a_fault_acts_on_and_of_all_wit
     assert set(region[0].zones) & {z.name for z in t.region_zones}
     assert warm_need(zones, edge + region, t) == dict.fromkeys(zones, WARM_REQUESTS)
     assert warm_need(zones, [], t) == dict.fromkeys(zones, BUDGET_AFTER_REQUESTS)  # no chaos: served is enough
+
+
+def test_the_cool_down_counts_the_shoppers_not_the_zone_probes(tmp_path: Path) -> None:
+    """The verdict's coverage asks for users (shoppers) entering each zone after the last restore, and leaves the
+    zone probes out as availability does: a probed zone's 20 answers came from its probes in under a second, and
+    the cool-down could stop before one of its shoppers was served. Asked without the probes, they do not count."""
+    from harness.contract.users import PROBE_ENDPOINT
+
+    path = tmp_path / "requests.jsonl"
+    probes = "".join(
+        json.dumps({"ts": 1.0 + i / 100, "zone": "a", "status": 200, "ok": True, "endpoint": PROBE_ENDPOINT}) + "\n"
+        for i in range(20)
+    )
+    path.write_text(probes + _req(1.0, "b"))
+    w = RequestWatch(path, ["a", "b"])
+    assert w.wait(0.0, 1, 0.05) is True  # the warm-up's count: any answer
+    assert w.wait(0.0, 1, 0.05, probes=False) is False  # the cool-down's: a's shoppers were not served yet
+    assert w.served(0.0, probes=False) == {"a": 0, "b": 1}
+    with path.open("a") as fh:
+        fh.write(_req(2.0, "a"))
+    assert w.wait(0.0, 1, 0.05, probes=False) is True

@@ -13,7 +13,7 @@ import pytest
 
 from harness.contract.users import PROBE_ENDPOINT
 from harness.topology import Topology
-from harness.verify import AVAILABILITY, FALLBACK, HUB_AND_SPOKE, LOCALITY, pending_recoveries
+from harness.verify import AVAILABILITY, COVERAGE, FALLBACK, HUB_AND_SPOKE, LOCALITY, pending_recoveries
 from harness.verify.synth import TRUST_DOMAIN, FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_audit4_faults import CASCADE_END, EU, REGION_PRODUCT_API, T, postgres_cascade
@@ -224,4 +224,43 @@ def test_a_call_from_one_local_zone_to_another_fails_hub_and_spoke(tmp_path: Pat
 def test_a_call_from_one_local_zone_to_another_control(tmp_path: Path) -> None:
     """The control: the same run, every LAX call served in LAX or (during the kill) the Region, passes."""
     v = verify(run(tmp_path, faults=[KILL], duration_s=120, rate_per_zone=12))
+    assert v.passed, why(v)
+
+
+# -- e. a zone only its probes entered during a fault: what its users met was never judged -------------------------
+def _lax_only_probes(d: Path, lo: float, hi: float, fail: bool) -> Path:
+    """Every request entering LAX from `lo` to `hi` s into the run is a zone probe (no shopper entered the zone
+    then: a game day with few users, a zone they happened not to enter); `fail`: each of them fails (a GraphQL
+    error: public-api's answers outlasted the users' patience), the hops all fine."""
+    t0 = min(r["ts"] for r in rows(d / "requests.jsonl")) - 0.01
+    reqs = rows(d / "requests.jsonl")
+    for r in reqs:
+        if r["zone"] == LAX and t0 + lo <= r["ts"] <= t0 + hi:
+            r.update(endpoint=PROBE_ENDPOINT, name="POST /api probe")
+            if fail:
+                r.update(ok=False, status=200, error="graphql: context deadline exceeded")
+    write_rows(d / "requests.jsonl", reqs)
+    return d
+
+
+@pytest.mark.parametrize("fail", [True, False], ids=["probes-failed", "probes-served"])
+def test_a_fault_only_zone_probes_entered_the_zone_of_is_unverified(tmp_path: Path, fail: bool) -> None:
+    """A product-api kill in LAX (30-50 s); only the zone probes enter LAX from 29 s to 53 s. HOLE: availability
+    judges the shoppers only (6073780: the probes weighed a zone's failures by the machine's probe rate), but
+    coverage counted every request: LAX "had users" during and after the fault, and the window was judged on the
+    other zones' shoppers. With every one of those 96 probes failing, the verdict passed ("96 zone-probe requests
+    not counted (95 failed)"). Coverage now asks for the users availability judges: a window only probes entered
+    is unverified, whatever they met (the same verdict at any probe rate), and says so."""
+    d = _lax_only_probes(run(tmp_path, faults=[KILL], duration_s=90), 29.0, 53.0, fail)
+    v = verify(d)
+    cov = v.invariant(COVERAGE)
+    assert not v.passed and not cov.passed, why(v)
+    assert f"no user requests entering {LAX} during the fault" in cov.message, cov.message
+    assert "zone-probe requests" in cov.message, cov.message
+
+
+def test_a_fault_only_zone_probes_entered_the_zone_of_control(tmp_path: Path) -> None:
+    """The control: the shoppers keep entering LAX during the kill (the probes with them) and the run passes."""
+    d = _lax_only_probes(run(tmp_path, faults=[KILL], duration_s=90), 0.0, 0.0, fail=False)
+    v = verify(d)
     assert v.passed, why(v)

@@ -30,7 +30,7 @@ class RequestWatch:
         self.zones = zones
         self._offset = 0
         self._pending = b""
-        self._ok: dict[str, list[float]] = {z: [] for z in zones}
+        self._ok: dict[str, list[tuple[float, bool]]] = {z: [] for z in zones}  # (start, is a probe) of successes
         self._done: deque[tuple[float, bool]] = deque()  # (answered at, is a probe) of the recent records
         self._newest = 0.0
 
@@ -56,25 +56,29 @@ class RequestWatch:
                 answered = start + float(rec.get("latency_ms") or 0.0) / 1000.0
             except (TypeError, ValueError):
                 continue
-            self._done.append((answered, rec.get("endpoint") == PROBE_ENDPOINT))
+            probe = rec.get("endpoint") == PROBE_ENDPOINT
+            self._done.append((answered, probe))
             self._newest = max(self._newest, answered)
             if rec.get("ok") is True and rec.get("zone") in self._ok:
-                self._ok[rec["zone"]].append(start)
+                self._ok[rec["zone"]].append((start, probe))
         # records come in answer order (each is written when its answer came): the oldest are at the left
         while self._done and self._done[0][0] < self._newest - _KEEP_COMPLETIONS_S:
             self._done.popleft()
 
-    def served(self, since: float) -> dict[str, int]:
-        """Successful requests per zone that started at `since` or later."""
+    def served(self, since: float, probes: bool = True) -> dict[str, int]:
+        """Successful requests per zone that started at `since` or later (`probes` False: the shoppers' only)."""
         self._read()
-        return {z: sum(1 for t in ts if t >= since) for z, ts in self._ok.items()}
+        return {z: sum(1 for t, p in ts if t >= since and (probes or not p)) for z, ts in self._ok.items()}
 
-    def wait(self, since: float, n: int | Mapping[str, int], timeout_s: float) -> bool:
-        """Until every zone had `n` (or `n[zone]`) successful requests from `since` on, or `timeout_s` passed."""
+    def wait(self, since: float, n: int | Mapping[str, int], timeout_s: float, probes: bool = True) -> bool:
+        """Until every zone had `n` (or `n[zone]`) successful requests from `since` on, or `timeout_s` passed.
+
+        `probes` False counts the shoppers' only: the verdict's coverage asks for users after the last restore,
+        and a probed zone's 20 answers came from its probes alone in under a second."""
         deadline = time.monotonic() + timeout_s
         need = n if isinstance(n, Mapping) else dict.fromkeys(self.zones, n)
         while True:
-            if all(c >= need.get(z, 0) for z, c in self.served(since).items()):
+            if all(c >= need.get(z, 0) for z, c in self.served(since, probes).items()):
                 return True
             if time.monotonic() >= deadline:
                 return False

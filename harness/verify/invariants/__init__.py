@@ -129,6 +129,7 @@ reader of a copied verdict does not need this file):
   A window without requests fails ("no traffic").
 - Coverage, per fault and affected zone (its own; for a fault on a Region-only
   service also every zone with users whose calls reach it): user requests
+  (shoppers': zone probes, left out of availability, do not count)
   entering the zone at an entry point that was up, in flight DURING
   [inject, restore] (not asked of a fault that takes the zone's entry down
   by design) and begun AFTER (restore, next fault

@@ -167,7 +167,8 @@ DEFINITIONS = {
     "each window also per zone users entered (by_zone): a zone whose failed requests are beyond what the budget's "
     f"rate leaves to chance at its traffic (binomial upper tail below {ZONE_BUDGET_ALPHA:g}) fails the window though "
     "the rate over every zone is within the budget",
-    "coverage": "each fault has user requests entering its zone (and, for a fault on a Region-only service, every "
+    "coverage": "each fault has user requests (shoppers': the zone probes, which availability leaves out, do not "
+    "count) entering its zone (and, for a fault on a Region-only service, every "
     "zone with users whose calls reach it) at an up entry point in flight during [inject, restore] "
     "(unless the fault takes the entry down by design) and after (restore, next fault in the zone / end of run, "
     "at most maxRecoveryS; a next fault that began first extends it to that fault's restore, or maxRecoveryS past "

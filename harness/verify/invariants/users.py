@@ -1438,16 +1438,22 @@ class UserChecks(CheckBase):
                     entry_down = spans_sql(
                         "zone", [s for s in self.entry_down if s[0] == zone and s[1] <= hi and s[2] >= first_ts]
                     )
+                    # the shoppers, as availability judges them: a zone probe is the harness's instrument, left out
+                    # of every availability window, so a window only probes entered had no user to judge (every
+                    # request entering LAX during a kill failed, all of them probes, and the run passed)
+                    shopper = f"NOT {IS_PROBE_SQL}"
                     row = self.con.execute(
                         f"""
-                    SELECT count(*) FILTER (WHERE NOT {entry_down}), count(*) FILTER (WHERE {entry_down}),
-                           min(ts) FILTER (WHERE NOT {entry_down})
+                    SELECT count(*) FILTER (WHERE NOT {entry_down} AND {shopper}),
+                           count(*) FILTER (WHERE {entry_down} AND {shopper}),
+                           min(ts) FILTER (WHERE NOT {entry_down} AND {shopper}),
+                           count(*) FILTER (WHERE NOT {entry_down} AND NOT {shopper})
                     FROM requests WHERE zone = ? AND {since} AND ts <= ?
                     """,
                         [zone, hi],
                     ).fetchone()
                     assert row is not None
-                    n, at_down, first = int(row[0]), int(row[1]), row[2]
+                    n, at_down, first, probes = int(row[0]), int(row[1]), row[2], int(row[3])
                     detail = {"fault": f.fault, "zone": zone, "window": name, "start": lo, "end": hi,
                           "requests": n, "requests_at_down_entry": at_down, "first": first}  # fmt: skip
                     if name == "during" and f.entry_down and zone == f.zone:
@@ -1458,6 +1464,11 @@ class UserChecks(CheckBase):
                         checks.append(CheckResult(subject, PASS, f"{n} user requests entering {zone} {span}", detail))
                         continue
                     why = f" ({at_down} only at a down entry point)" if at_down else ""
+                    if probes:
+                        why += (
+                            f" (only {probes} zone-probe requests, the harness's own, which availability leaves out: "
+                            "what users met is unjudged)"
+                        )
                     if hi <= lo:
                         why = " (the run ended at the restore)" if name == "after" else " (empty window)"
                     text = (
