@@ -264,3 +264,36 @@ def test_a_fault_only_zone_probes_entered_the_zone_of_control(tmp_path: Path) ->
     d = _lax_only_probes(run(tmp_path, faults=[KILL], duration_s=90), 0.0, 0.0, fail=False)
     v = verify(d)
     assert v.passed, why(v)
+
+
+# -- d. no failover in a fault too short for the budget to see it; no return after a restore the run ends soon after
+@pytest.mark.parametrize("restore", [30.3, 31.0, 33.0])
+def test_a_zone_that_never_fails_over_fails_however_short_the_fault(tmp_path: Path, restore: float) -> None:
+    """LAX's product-api killed at 30 s and back at `restore`; its callers never fail over (no failover target:
+    every call finds no host, 503 UH) and its users fail meanwhile. However few they are, fallback asks for the
+    Region serving the zone's calls during the fault, and fails without it. No hole: the audit's check."""
+    fault = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30.0, restore, 0.2, 0.5)
+    v = verify(write_run(tmp_path / "run", Scenario(T, duration_s=60, rate_per_zone=4, faults=[fault],
+                                                    misconfig="missing-failover")))  # fmt: skip
+    assert not v.passed and not v.invariant(FALLBACK).passed, why(v)
+    assert f"fallback: {LAX} -> product-api: no failover to the Region during fault" in v.invariant(FALLBACK).message
+
+
+@pytest.mark.parametrize("end", [50.5, 55.0, 70.0])
+def test_a_zone_that_never_returns_after_a_restore_the_run_ends_soon_after_is_unverified(
+    tmp_path: Path, end: float
+) -> None:
+    """LAX's product-api killed at 30 s and back at 50 s; its callers fail over to the Region and never come back
+    in-zone; the run ends `end` s in, less than maxRecoveryS after the restore: unverified, a failure, never a
+    pass. No hole: the audit's check."""
+    fault = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30.0, 50.0, 0.2, 1000.0)
+    v = verify(write_run(tmp_path / "run", Scenario(T, duration_s=end, rate_per_zone=4, faults=[fault])))
+    said = v.invariant(FALLBACK).message
+    assert not v.passed and f"{LAX} -> product-api: recovery after fault" in said and "unverified" in said, said
+
+
+def test_a_zone_that_fails_over_and_returns_control(tmp_path: Path) -> None:
+    """The control: the same kill, the zone served by the Region within a second and back 1 s after the restore."""
+    fault = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30.0, 50.0, 0.2, 1.0)
+    v = verify(write_run(tmp_path / "run", Scenario(T, duration_s=70, rate_per_zone=4, faults=[fault])))
+    assert v.passed, why(v)
