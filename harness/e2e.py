@@ -41,6 +41,7 @@ from harness.contract.rundir import (
     REQUESTS_FILE,
     record_problem,
 )
+from harness.contract.settled import LINK_BASELINE_HOPS
 from harness.errors import DryRun, InputError
 from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
@@ -325,6 +326,34 @@ def warm_need(zones: list[str], planned: list[PlannedExperiment], topology: Topo
     return {z: WARM_REQUESTS if z in acted else BUDGET_AFTER_REQUESTS for z in zones}
 
 
+def link_baseline_need(planned: list[PlannedExperiment], topology: Topology) -> dict[str, int]:
+    """Successful requests through /api each Local Zone's users need after the run settled (the probe budget's
+    decision), before the first fault: LINK_BASELINE_HOPS for a zone whose first fault of the plan to reach its
+    link is a degradation, none for any other.
+
+    A degraded link is judged against the zone's hops that wait on the link from the run's settled instant on
+    (harness.contract.settled), outside the faults that reach the link: the zone's own and the Region's. The
+    first such fault of the plan has only the warm-up before it; the warm-up's own need is met mostly before
+    the budget decides (its windows carry the requests), so a degradation begun at once had too few settled
+    hops to be judged (unverified). Each /api request makes such a hop (product-api queries postgres in the
+    Region). A later fault's baseline lies between faults, and a zone whose first such fault takes pods or the
+    zone down is judged by its failover, not by a baseline: neither waits.
+    """
+    from harness.chaos.actions import RESTORES, degrade_link
+
+    region = {z.name for z in topology.region_zones}
+    first: dict[str, str] = {}  # Local Zone -> the function of the plan's first fault that reaches its link
+    for p in planned:
+        for func, zones in p.steps:
+            if func in RESTORES:
+                continue
+            in_region = bool(region & set(zones))
+            for z in topology.edge_zones:
+                if z.name not in first and (in_region or z.name in zones):
+                    first[z.name] = func
+    return {z: LINK_BASELINE_HOPS for z, func in first.items() if func == degrade_link.__name__}
+
+
 def probes_from_below(traffic: TrafficRunner, served: RequestWatch) -> ProbeBudget:
     """The run's probe budget, with its probes set to start at their slowest: call before the traffic starts.
 
@@ -341,9 +370,9 @@ def probes_from_below(traffic: TrafficRunner, served: RequestWatch) -> ProbeBudg
 
 
 def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, say: Callable[[str], None],
-            need: Mapping[str, int] | None = None) -> None:  # fmt: skip
+            need: Mapping[str, int] | None = None, baseline: Mapping[str, int] | None = None) -> None:  # fmt: skip
     """Every zone's users served `need` (default: WARM_REQUESTS each) before the first fault, the probe budget
-    measured meanwhile.
+    measured meanwhile, and `baseline` (`link_baseline_need`) of them through /api after its decision.
 
     The probe budget (harness.traffic.budget: probes no faster than this
     machine carries) measures the running shop, not its start, so it starts
@@ -351,15 +380,21 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
     (BUDGET_AFTER_REQUESTS each); the requests its window carries count
     towards the warm-up's. Its line is said when the warm-up is complete: a
     game day's chaos waits for it. `budget` None: locust workers
-    in the zones' pods, which do not read the budget's file. `bound_s` bounds
-    the whole warm-up, budget included.
+    in the zones' pods, which do not read the budget's file: no decision, so
+    the verdict reads a link's baseline from the whole warm-up and `baseline`
+    is not waited for. `bound_s` bounds the whole warm-up, budget included;
+    what is still missing then the verdict says (unverified).
     """
     deadline = time.monotonic() + bound_s
     summary = None
+    settled: float | None = None
     if budget is not None:
         served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s)
-        summary = budget.settle().summary()
+        decision = budget.settle()
+        summary, settled = decision.summary(), decision.settled_at()
     served.wait(0.0, WARM_REQUESTS if need is None else need, max(0.0, deadline - time.monotonic()))
+    if baseline and settled is not None:
+        served.wait(settled, baseline, max(0.0, deadline - time.monotonic()), api=True)
     if summary is not None:
         say(summary)
 
@@ -410,7 +445,8 @@ def record_traffic(
                 try:
                     # the game day's chaos waits for the budget's line: probes sized to the machine before any fault
                     # (the `harness` process writes stdout a line at a time, also into a pipe: harness.__main__)
-                    warm_up(budget, served, WARMUP_BOUND_S, print)
+                    # any zone's link may be degraded first: each has a settled baseline (link_baseline_need)
+                    warm_up(budget, served, WARMUP_BOUND_S, print, baseline=dict.fromkeys(entry, LINK_BASELINE_HOPS))
                     traffic.wait(timeout=duration_s + START_GRACE_S)
                 except KeyboardInterrupt as exc:  # the operator ended the traffic: collect, then say so
                     stopped = exc
@@ -587,7 +623,8 @@ def run_e2e(
                     mark_run(run_dir, "traffic")
                     # every zone's users served before the first fault, not a fixed pause (warmup_s bounds it)
                     need = warm_need(list(entry), planned, topology)
-                    warm_up(budget, served, opts.warmup_s, say, need=need)  # probes: sized
+                    baseline = link_baseline_need(planned, topology)
+                    warm_up(budget, served, opts.warmup_s, say, need=need, baseline=baseline)  # probes: sized
                     for i, p in enumerate(planned):
                         mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")

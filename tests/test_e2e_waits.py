@@ -113,3 +113,80 @@ def test_the_cool_down_counts_the_shoppers_not_the_zone_probes(tmp_path: Path) -
     with path.open("a") as fh:
         fh.write(_req(2.0, "a"))
     assert w.wait(0.0, 1, 0.05, probes=False) is True
+
+
+def test_a_plan_whose_first_fault_on_a_link_degrades_it_asks_a_settled_baseline_there() -> None:
+    """A degraded link is judged against the zone's hops after the run settled (harness.contract.settled); only
+    the first fault of the plan that reaches the zone's link (the zone's own or the Region's) has nothing but the
+    warm-up before it, so e2e asks a baseline of that zone when that fault is a degradation, and of no other."""
+    from harness.chaos import plan_run
+    from harness.chaos.experiment import SHIPPED_EXPERIMENTS as EXPERIMENTS_DIR
+    from harness.contract.settled import LINK_BASELINE_HOPS
+    from harness.e2e import link_baseline_need
+    from harness.topology.model import load_topology
+
+    t = load_topology()
+    link = plan_run([EXPERIMENTS_DIR / "service-link.json"], t, None)
+    assert link[0].steps[0][0] == "degrade_link"
+    zone = link[0].steps[0][1][0]
+    assert link_baseline_need(link, t) == {zone: LINK_BASELINE_HOPS}
+    region = plan_run([EXPERIMENTS_DIR / "az-node-loss.json"], t, None)
+    assert link_baseline_need(region + link, t) == {}  # a Region fault reaches every link first
+    assert link_baseline_need(link + region, t) == {zone: LINK_BASELINE_HOPS}
+    kill = plan_run([EXPERIMENTS_DIR / "node-kill.json"], t, None)
+    assert link_baseline_need(kill, t) == {}  # no degradation
+    killed = {z for _f, zs in kill[0].steps for z in zs}
+    assert link_baseline_need(kill + link, t) == ({} if zone in killed else {zone: LINK_BASELINE_HOPS})
+
+
+class _Decided:
+    """A probe budget that decides at once, its last window ending at `end` (the requests' clock)."""
+
+    def __init__(self, end: float) -> None:
+        self.end = end
+
+    def settle(self) -> object:
+        from harness.traffic.budget import BudgetDecision, BudgetWindow
+
+        window = BudgetWindow(self.end - 1.0, self.end, 1.0, 0.5, 50.0, 10.0)
+        return BudgetDecision(1.0, 0.6, 2, {"a": 0.1}, "within", [window])
+
+
+def _api(ts: float, zone: str, endpoint: str = "coffees") -> str:
+    return json.dumps({"ts": ts, "zone": zone, "status": 200, "ok": True, "endpoint": endpoint}) + "\n"
+
+
+def test_the_warm_up_waits_for_a_settled_baseline_only_when_asked(tmp_path: Path) -> None:
+    """With a degradation first on zone a's link (`baseline`), the warm-up waits for 5 requests through /api
+    that began after the budget's decision: the warm-up's own 20 (before it) and the shop's page (nginx answers
+    it, no hop crosses the link) do not count. Without (`baseline` empty: the first fault is not a degradation),
+    it returns once its own need is met."""
+    from typing import cast
+
+    from harness.contract.settled import LINK_BASELINE_HOPS
+    from harness.e2e import warm_up
+    from harness.traffic import ProbeBudget
+
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(_api(1.0 + i / 10, "a") for i in range(20)) + _api(101.0, "a", "shop") * 10)
+    budget = cast(ProbeBudget, _Decided(100.0))
+    said: list[str] = []
+    t0 = time.monotonic()
+    warm_up(budget, RequestWatch(path, ["a"]), 5.0, said.append, need={"a": 20}, baseline={})
+    assert time.monotonic() - t0 < 1.0 and said  # not asked: no wait (its line said)
+
+    def write() -> None:
+        time.sleep(0.4)
+        with path.open("a") as fh:
+            fh.write("".join(_api(101.0 + i / 10, "a", "probe") for i in range(LINK_BASELINE_HOPS)))
+
+    t = threading.Thread(target=write)
+    t0 = time.monotonic()
+    t.start()
+    warm_up(budget, RequestWatch(path, ["a"]), 5.0, said.append, need={"a": 20}, baseline={"a": LINK_BASELINE_HOPS})
+    waited = time.monotonic() - t0
+    t.join()
+    assert 0.4 <= waited < 4.0  # until the settled /api requests came, not its bound
+    t0 = time.monotonic()
+    warm_up(budget, RequestWatch(path, ["a"]), 0.5, said.append, baseline={"a": LINK_BASELINE_HOPS + 1})
+    assert time.monotonic() - t0 >= 0.5  # one short: bounded, and the verdict then says unverified

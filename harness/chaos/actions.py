@@ -598,11 +598,14 @@ PRIMITIVE_OF: dict[str, str] = {
     "heal_zone": "partition_zone",
 }
 """The backend primitive (`Backend.capabilities()` names) each action needs, restores included."""
+RESTORES = frozenset({"make_ready", "restore_node", "restore_zone", "clear_link", "heal_zone"})
+"""The actions that undo a fault (rollbacks, idempotent): they begin none."""
 
 # The extension's public face: what an experiment's `provider.func` may name, and the helpers the CLI and the
 # probes share. Everything else (underscored) is internal.
 __all__ = [
     "PRIMITIVE_OF",
+    "RESTORES",
     "clear_link",
     "close_backends",
     "degrade_link",

@@ -52,6 +52,8 @@ class PlannedExperiment:
     actions: list[str]  # method action names, in order
     roles: dict[str, Any] = field(default_factory=dict)  # configuration key -> zone(s)
     zones: list[str] = field(default_factory=list)  # zones the method's actions act on (known with a topology)
+    # the method's harness actions in order: (function, the zones it acts on); known with a topology
+    steps: list[tuple[str, list[str]]] = field(default_factory=list)
 
     def plan_entry(self) -> dict[str, Any]:
         return {"id": self.id, "file": str(self.file), "actions": list(self.actions), "roles": dict(self.roles)}
@@ -227,6 +229,7 @@ def plan_experiment(
     zone_names = {z.name for z in topology.zones} if topology is not None else set()
     actions: list[str] = []
     method_zones: list[str] = []
+    steps: list[tuple[str, list[str]]] = []
     asked: set[str] = set()
     asked_in: set[tuple[str, str]] = set()  # (primitive, zone) pairs already asked
     for where, act in _activities(data):
@@ -307,6 +310,8 @@ def plan_experiment(
                     raise InputError(src, f"{where}.provider.func", f"{func.__name__}: {exc}") from None
         if where.startswith("method["):
             method_zones += [z for z in zones_of_activity if z not in method_zones]
+            if act.get("type") == "action":
+                steps.append((func.__name__, zones_of_activity))
         service = args.get("service")
         if service is not None:
             svc, spath = _value(src, f"{where}.provider.arguments.service", service, cfg)
@@ -324,4 +329,4 @@ def plan_experiment(
         ext = [e for e in out.get("extensions") or [] if not (isinstance(e, dict) and e.get("name") == EXTENSION)]
         ext.append({"name": EXTENSION, "roles": {k: cfg[k] for k in roles}, "resolved": roles})
         out["extensions"] = ext
-    return PlannedExperiment(exp_id or Path(path).stem, Path(path), out, actions, roles, method_zones)
+    return PlannedExperiment(exp_id or Path(path).stem, Path(path), out, actions, roles, method_zones, steps)

@@ -74,17 +74,16 @@ from typing import Any
 
 from harness.contract.files import write_atomic
 from harness.contract.hostcpu import busy_share, cpu_times
+from harness.contract.settled import MEASURING, SWITCH_S, settled_at
 
 TARGET_BUSY = 0.6
 """The busy share the budget keeps the host under; the rest is for faults (a pod starting costs CPU) and queues."""
 WINDOW_S = 1.5  # one measurement: three of host.jsonl's samples, ~100-200 requests at the set probe rate
 EARLY_S = 1.0  # ... ended here when its decision is clear (`ProbeBudget._clear`)
 NOISE = 0.25  # how far off (relative) a reading over EARLY_S is taken to be: the decision must hold either way
-SWITCH_S = 0.25  # after a new factor: every probe has re-read the file (within 2 x CHECK_S) and runs at its new period
 CHECK_S = 0.1  # how often a probe looks at the file's modification time, also while it sleeps to its next tick
 MAX_PERIOD_S = 0.5  # the slowest a probe gets: two requests/s per zone, still more than its shoppers make
 MAX_WINDOWS = 3  # at most 3 windows (4.5 s, plus SWITCH_S for each new factor to reach the probes)
-MEASURING = "measuring"  # the record's reason until the budget has decided (a game day's chaos waits for another)
 MIN_STEP = 0.1  # a speed-up of less than 10 % of the rate is taken without another window
 
 
@@ -127,6 +126,10 @@ class BudgetDecision:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def settled_at(self) -> float | None:
+        """When the probes run at this decision's rate (None: not decided by measuring): `settled_at`."""
+        return settled_at(self.as_dict())
 
     def summary(self) -> str:
         """One line for the terminal: what the probes run at and why."""

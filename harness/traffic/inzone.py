@@ -86,6 +86,7 @@ LOCUST_SIDE = (
     "harness/contract/hostcpu.py",
     "harness/contract/files.py",
     "harness/contract/requestid.py",
+    "harness/contract/settled.py",
 )
 """The harness modules the locustfile imports, with nothing but the standard library below them: they travel
 with it (a worker pod has no harness installed); each package on their paths gets an empty __init__.py."""

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 PROBE_ENDPOINT = "probe"  # the `endpoint` of a zone probe's records (loadtests/hashicups.py `ZoneProbe`)
+PAGE_ENDPOINT = "shop"  # ... of the shoppers' `GET /`, which nginx answers itself; every other one is an /api query
 _KEEP_COMPLETIONS_S = 30.0  # answers this much older than the newest are dropped: rates ask of recent windows
 
 
@@ -30,7 +31,8 @@ class RequestWatch:
         self.zones = zones
         self._offset = 0
         self._pending = b""
-        self._ok: dict[str, list[tuple[float, bool]]] = {z: [] for z in zones}  # (start, is a probe) of successes
+        # (start, is a probe, went through /api) of the successes
+        self._ok: dict[str, list[tuple[float, bool, bool]]] = {z: [] for z in zones}
         self._done: deque[tuple[float, bool]] = deque()  # (answered at, is a probe) of the recent records
         self._newest = 0.0
 
@@ -60,25 +62,32 @@ class RequestWatch:
             self._done.append((answered, probe))
             self._newest = max(self._newest, answered)
             if rec.get("ok") is True and rec.get("zone") in self._ok:
-                self._ok[rec["zone"]].append((start, probe))
+                self._ok[rec["zone"]].append((start, probe, rec.get("endpoint") != PAGE_ENDPOINT))
         # records come in answer order (each is written when its answer came): the oldest are at the left
         while self._done and self._done[0][0] < self._newest - _KEEP_COMPLETIONS_S:
             self._done.popleft()
 
-    def served(self, since: float, probes: bool = True) -> dict[str, int]:
-        """Successful requests per zone that started at `since` or later (`probes` False: the shoppers' only)."""
+    def served(self, since: float, probes: bool = True, api: bool = False) -> dict[str, int]:
+        """Successful requests per zone that started at `since` or later (`probes` False: the shoppers' only;
+        `api`: only those through the shop's /api, each a query down the chain to postgres in the Region)."""
         self._read()
-        return {z: sum(1 for t, p in ts if t >= since and (probes or not p)) for z, ts in self._ok.items()}
+        return {
+            z: sum(1 for t, p, a in ts if t >= since and (probes or not p) and (a or not api))
+            for z, ts in self._ok.items()
+        }
 
-    def wait(self, since: float, n: int | Mapping[str, int], timeout_s: float, probes: bool = True) -> bool:
+    def wait(
+        self, since: float, n: int | Mapping[str, int], timeout_s: float, probes: bool = True, api: bool = False
+    ) -> bool:
         """Until every zone had `n` (or `n[zone]`) successful requests from `since` on, or `timeout_s` passed.
 
         `probes` False counts the shoppers' only: the verdict's coverage asks for users after the last restore,
-        and a probed zone's 20 answers came from its probes alone in under a second."""
+        and a probed zone's 20 answers came from its probes alone in under a second. `api`: only the requests
+        through /api (`served`)."""
         deadline = time.monotonic() + timeout_s
         need = n if isinstance(n, Mapping) else dict.fromkeys(self.zones, n)
         while True:
-            if all(c >= need.get(z, 0) for z, c in self.served(since, probes).items()):
+            if all(c >= need.get(z, 0) for z, c in self.served(since, probes, api).items()):
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -85,6 +85,7 @@ from harness.contract.rundir import (
     sql_str,
     topology_path,
 )
+from harness.contract.settled import settled_at
 from harness.observe.hops import (
     NAME_COLUMNS,
     POD_PLACE_SQL,
@@ -193,6 +194,9 @@ class RunData:
     first_up: dict[tuple[str, str], float] = field(default_factory=dict)
     # clock.jsonl: the nodes' clocks against the runner's where they differ (EKS); None: one clock (local, kind)
     clock: RunClock | None = None
+    # when the probe budget's decision fixed the probes' rate (probe-budget.json, harness.contract.settled); None:
+    # no such decision on record (locust workers in the zones, no probed zone, a run stopped before it decided)
+    settled: float | None = None
     hop_names: bool = False  # the hops' name columns are the ENUM `hop_name` (`_build_hops`): see `hop_key`
 
     def hop_key(self, sql: str) -> str:
@@ -425,14 +429,16 @@ def _host_load(run: RunData) -> list[SkippedLine]:
 
 
 def _probe_budget(run: RunData) -> None:
-    """A note when the probe budget slowed the zone probes (probe-budget.json): why the resolution is coarser.
+    """When the run settled (`RunData.settled`), and a note when the probe budget slowed the zone probes
+    (probe-budget.json): why the resolution is coarser.
 
-    Information only: the verdict prints each figure's resolution, measured
-    from the records; this note says that the harness chose it to keep its
+    The note is information only: the verdict prints each figure's resolution,
+    measured from the records; it says that the harness chose it to keep its
     own load off the machine, and from what it measured.
     """
     try:
         data = json.loads((run.run_dir / PROBE_BUDGET_FILE).read_text(encoding="utf-8"))
+        run.settled = settled_at(data) if isinstance(data, dict) else None
         scale = float(data["scale"])
         target = float(data["target_busy"])
         periods = {str(z): float(p) for z, p in dict(data.get("periods") or {}).items()}

@@ -48,6 +48,7 @@ from harness.contract.rundir import (
     MANIFESTS_DIR,
     PLAN_FILE,
     PREFLIGHT_FILE,
+    PROBE_BUDGET_FILE,
     REQUESTS_FILE,
     RUN_FILE,
     TOPOLOGY_FILE,
@@ -140,6 +141,10 @@ class Scenario:
     # each user request carries its id (harness.contract.requestid), logged on its entry hop's lines;
     # False: a run recorded without them (an older harness)
     request_ids: bool = True
+    # probe-budget.json: the probe budget's last window ended this long after the first request (its decision; the
+    # run is settled SWITCH_S later: harness.contract.settled); None: no such record (in-zone workers, game days
+    # of old)
+    budget_end_s: float | None = None
 
 
 @dataclass
@@ -421,6 +426,12 @@ def write_run(run_dir: Path, sc: Scenario) -> Path:
         (run_dir / PREFLIGHT_FILE).write_text(json.dumps(preflight(sc, m), indent=1), encoding="utf-8")
     if sc.plan and any(f.recorded for f in sc.faults):
         _write_plan(run_dir, sc)
+    if sc.budget_end_s is not None:  # one window, within the target at the set rates (no note)
+        end = sc.start + sc.budget_end_s
+        window = {"start": end - 1.0, "end": end, "scale": 1.0, "busy": 0.5, "requests_per_s": 50.0,
+                  "probes_per_s": 10.0}  # fmt: skip
+        budget = {"scale": 1.0, "target_busy": 0.6, "cpus": 2, "periods": {}, "reason": "within", "windows": [window]}
+        (run_dir / PROBE_BUDGET_FILE).write_text(json.dumps(budget, indent=1) + "\n", encoding="utf-8")
     if sc.run_status is not None:
         ended = sc.start + sc.duration_s + 1.0 if sc.run_status != "running" else None
         stage = "done" if sc.run_status == "complete" else "chaos"  # where an unfinished run stopped

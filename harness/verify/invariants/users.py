@@ -15,6 +15,7 @@ from harness.contract.rundir import (
     RECORD_STEPS,
     REQUESTS_FILE,
 )
+from harness.contract.settled import LINK_BASELINE_HOPS
 from harness.observe.hops import host_ip_sql
 from harness.topology import ENTRY_API_UPSTREAM
 from harness.verify import expected
@@ -76,12 +77,13 @@ ENTRY_API_SQL = f"regexp_matches(coalesce(name, ''), '{ENTRY_API_NAME_RE}')"  # 
 # `_link_not_slowed`: a degraded service link adds its latency to every round trip across it, so the median of
 # the zone's hops that wait on the link must grow by at least this share of it (half: one-way netem or a relay's
 # half each way, rounding and a few hops that never reach the link all fit in the other half), on at least this
-# many such hops
+# many such hops (e2e's warm-up asks for as many before a first fault that degrades a link: one figure)
 LINK_EFFECT_SHARE = 0.5
-LINK_EFFECT_MIN_HOPS = 5
+LINK_EFFECT_MIN_HOPS = LINK_BASELINE_HOPS
 # ... against the same hops in this stretch before the fault (outside the windows of the faults that reach the
-# link: the zone's own and the Region's, `UserChecks._reaches_link`): the link as it was just
-# before, not hours ago in a long run (and each fault then reads minutes of records, not all of them since the start)
+# link: the zone's own and the Region's, `UserChecks._reaches_link`), and not before the run settled (the probe
+# budget's decision, `RunData.settled`): the link as it was just before, not hours ago in a long run (and each
+# fault then reads minutes of records, not all of them since the start), nor in the cold, probe-stepping warm-up
 LINK_BASELINE_S = 600.0
 # hops that wait on a zone's service link: HTTP hops served outside the caller's zone, and those served by a
 # service that calls a Region-only upstream itself (each of its requests makes a round trip across the link: the
@@ -1190,7 +1192,11 @@ class UserChecks(CheckBase):
         the zone's calls never go there. Outside every fault of the run, each window running maxRecoveryS (60 s)
         past its restore, a link slowed by the third action of the first experiment was measured against the
         warm-up alone, whose cold, probe-budgeted requests took twice as long (104 ms against 49 ms just before
-        it), and its 80 ms effect was "not shown".
+        it), and its 80 ms effect was "not shown". So the baseline begins no earlier than the run settled
+        (`RunData.settled`: the probe budget's decision; a run with none on record reads the stretch whole): a
+        degradation that is the run's first fault was measured against that warm-up too, and whether it "took
+        effect" depended on how cold and busy the machine was then (e2e's warm-up now gives it a settled
+        baseline: `harness.e2e.link_baseline_need`).
         A degradation that never reached the link (a rule on the wrong interface, a relay out of the path)
         leaves them as fast as ever; "traffic stayed in-zone under latency" proves nothing then. Before, it
         passed. Fewer than `LINK_EFFECT_MIN_HOPS` such hops in the fault or before it (no baseline: read as 0 ms,
@@ -1207,6 +1213,8 @@ class UserChecks(CheckBase):
             return f"{head} declares no added latency: the access log cannot show it took effect (fault unverified)"
         quiet = [(g.inject, self._impact_or_due(g)) for g in self.run.faults if self._reaches_link(g, f.zone)]
         since = f.inject - LINK_BASELINE_S
+        if self.run.settled is not None:
+            since = max(since, self.run.settled)
         quiet = [(lo, hi) for lo, hi in quiet if lo <= f.inject and hi >= since - self.longest["hops"] - 0.001]
         outside = (
             f"te < {float(f.inject)!r} AND te >= {since!r} AND "
@@ -1269,9 +1277,10 @@ class UserChecks(CheckBase):
             )
         if n_base < LINK_EFFECT_MIN_HOPS:
             # no baseline is not a baseline of 0 ms: against it any hop slower than half the latency "showed" it
+            settled = "" if since == f.inject - LINK_BASELINE_S else f" since the run settled at {iso(since)}"
             return (
                 f"{head} is not shown: {n_base} hops from {f.zone} that wait on the link lie in the "
-                f"{LINK_BASELINE_S:g} s before it outside the faults that reach the link (fewer than "
+                f"{LINK_BASELINE_S:g} s before it{settled} outside the faults that reach the link (fewer than "
                 f"{LINK_EFFECT_MIN_HOPS}: nothing to measure the added {f.latency_ms:g} ms against; fault unverified)"
             )
         if float(during) < mark:
