@@ -41,18 +41,20 @@ def node_kill(
     node: str = NODE,
     grace: float | None = None,
     service: str = "product-api",
+    failover_s: float = 0.5,
     **kw: Any,
 ) -> Path:
     """A kill_node of the node running LAX's `service` (product-api), the inventory written as `shape` records it.
 
     local: the pod is `removed` at the inject and a replacement (new pod, new IP) is ready at the restore.
     kind: the pod stays Ready through the fault; after the restore it is unready, gets a new IP, is ready.
-    The mesh is the same: hops to product-api fail for 0.5 s, then go to the Region until 1 s after the restore.
+    The mesh is the same: hops to product-api fail for `failover_s` (0.5 s), then go to the Region until 1 s after
+    the restore.
     `grace`: a fault longer than the node grace period: the API marks the pod not Ready this long after the
     inject (kind: then as above after the restore; local: the dead-node model writes it unready, and at the
     restore `removed` with its replacement, as the "local" shape).
     """
-    f = FaultSpec("kill-node", "service-down", zone, (service,), INJECT, RESTORE, 0.5, 1.0)
+    f = FaultSpec("kill-node", "service-down", zone, (service,), INJECT, RESTORE, failover_s, 1.0)
     d = run(tmp_path, name, faults=[f], **{"rate_per_zone": 10, **kw})
     chaos = _rows(d / "chaos.jsonl")
     for c in chaos:

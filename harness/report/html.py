@@ -287,9 +287,12 @@ def _fault_marks(v: Verdict) -> list[FaultMark]:
         )
         failover = recovery = None
         if f.failover_s is not None:
-            t = f.inject + f.failover_s
+            # counted from when the fault took effect (its pods dead), the inject in verdicts written before it
+            start = f.effective_at if f.effective_at is not None else f.inject
+            after = "the inject" if start == f.inject else f"the fault took effect at {clock(start, ms=True)}"
+            t = start + f.failover_s
             failover = (t, f.failover_resolution_s,
-                        f"#{num} {f.fault}: failover {fo} after the inject, at {clock(t, ms=True)} UTC"
+                        f"#{num} {f.fault}: failover {fo} after {after}, at {clock(t, ms=True)} UTC"
                         + (f" (the true instant lies in the {f.failover_resolution_s:.3f} s before)"
                            if f.failover_resolution_s else ""))  # fmt: skip
         if f.recovery_s is not None and f.restore is not None:

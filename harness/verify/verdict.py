@@ -163,6 +163,9 @@ class FaultResult:
     # a single point of failure the experiment declared, and its errors against the declared budget
     # (harness/verify/expected.py); None when the fault declared nothing
     expected: dict[str, Any] | None = None
+    # when the fault took effect, from which failover_s counts: the inject, or later when its primitive took
+    # its time to kill the pods (`CheckBase.effective_at`); None in verdicts written before it (the inject)
+    effective_at: float | None = None
 
 
 @dataclass

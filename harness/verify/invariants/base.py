@@ -18,7 +18,11 @@ from harness.verify.invariants.sql import (
     REQUEST_END_SQL,
     Window,
 )
-from harness.verify.rundata import Fault, RunData, zone_is_edge
+from harness.verify.rundata import NODE_FAULT_ACTIONS, Fault, RunData, zone_is_edge
+
+# fault actions whose pods keep running, out of their Services' endpoints: they receive nothing, but may still call
+# out on their own (a database pool's connections), so only serving shows whether such a fault took effect
+KEEPS_RUNNING = frozenset({"make_unready"})
 
 
 class DeclaredRecovery(NamedTuple):
@@ -301,3 +305,86 @@ class CheckBase(FaultScoping):
     def _next_fault_in_zone(self, f: Fault, after: float) -> float:
         nxt = self.next_inject(f.zone, after, f)
         return nxt if nxt is not None else max(self.run_end, after)
+
+    # -- when a fault acted (`_acted_at`, `_died_at`, `effective_at`) -------------------------------------------
+
+    def _acted_at(self, f: Fault) -> float:
+        """When the records show fault `f`'s primitive had acted: its inject counter snapshot, taken once the
+        primitive returned, else its restore (the run's end when it has none).
+
+        The timeline writes the inject *before* calling the primitive (as the restore before undoing it,
+        `_undone_at`), and a primitive takes its time: kind's `docker stop` of a node returns once the node's
+        container has stopped, after systemd's shutdown of its units, seconds on a busy machine. What the fault
+        did, it did between the inject and this instant.
+        """
+        end = f.restore if f.restore is not None else max(self.run_end, f.inject)
+        snap = self._one(
+            "SELECT min(ts) FROM upstream_stats WHERE label = ? AND ts >= ? AND ts <= ?",
+            [f"inject {f.fault}", f.inject, end],
+        )
+        return end if snap is None else float(snap)
+
+    def _hit_pods(self, f: Fault) -> tuple[list[str], str]:
+        """The pods a fault took down, and how they are named in a message.
+
+        A node fault's: those on its stopped nodes (`rundata._node_fault_pods`); any other fault that takes
+        services down (kill_pod, make_unready; zone-down without a node record): the pods of its services in
+        its zone alive at the inject. Asked only of faults that take pods down (service-down, zone-down).
+        """
+        if f.action in NODE_FAULT_ACTIONS and (f.action == "zone_outage" or f.node):
+            rows = self.con.execute(
+                "SELECT DISTINCT pod FROM node_fault_pods WHERE fault = ? AND inject = ? ORDER BY pod",
+                [f.fault, f.inject],
+            ).fetchall()
+            where = f"node {f.node}" if f.action == "kill_node" else f"the nodes of {f.zone}"
+            return [str(r[0]) for r in rows], f"no pod ran on {where} at the inject"
+        rows = self.con.execute(
+            "SELECT DISTINCT pod FROM intervals WHERE zone = ? AND list_contains(?, service) AND start_ts <= ? "
+            "AND coalesce(end_ts, 'infinity'::DOUBLE) >= ? ORDER BY pod",  # one gone at the inject: by this fault
+            [f.zone, list(f.services), f.inject, f.inject],
+        ).fetchall()
+        return [
+            str(r[0]) for r in rows
+        ], f"no pod of {', '.join(f.services) or 'any service'} ran in {f.zone} at the inject"
+
+    def _died_at(self, f: Fault, pods: list[str], slack: float = 0.0) -> dict[str, float]:
+        """Per pod of `pods` that fault `f` took down: the earliest instant the records allow for its death, the
+        later of the inject and the last successful hop it served up to when the primitive had acted
+        (`_acted_at`, plus `slack` for a clock that is not the runner's). A pod not in the result served no
+        such hop: it died from the inject.
+
+        The one rule for when a fault's primitive killed a pod: the timeline records the inject *before* the
+        primitive runs, and the primitive takes its time: kind's `kill_node` / `zone_outage` is `docker stop`
+        of the node's container (its STOPSIGNAL SIGRTMIN+3 is a systemd shutdown, and containerd.service's
+        KillMode=process leaves the pod containers running until PID 1 exits at its end: seconds), the
+        existing-cluster backend's `kill_node` a cordon and drain (evictions, graceful termination). The pods
+        serve meanwhile, and what they served shows they were alive; the snapshot after the primitive returned
+        bounds their death from above, whatever they seem to serve after it. Asked by the gap rule of a killed
+        pod's access log (`UserChecks._served_but_silent`, per pod) and by the failover's start
+        (`effective_at`, over every pod the fault took down).
+        """
+        if not pods:
+            return {}
+        done = self._acted_at(f) + slack
+        rows = self.con.execute(
+            "SELECT CAST(serving_pod AS VARCHAR) AS pod, max(ts) FROM hops WHERE ok AND ts >= ? AND ts <= ? "
+            "AND CAST(serving_pod AS VARCHAR) IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1",
+            [f.inject, done, pods],
+        ).fetchall()
+        return {str(p): max(f.inject, float(ts)) for p, ts in rows if ts is not None}
+
+    def effective_at(self, f: Fault) -> float:
+        """When fault `f` took effect: the inject, or, for a fault whose primitive kills pods (`_hit_pods`: a
+        node's, a zone's, a service's in its zone; not a pod made unready, which `KEEPS_RUNNING`, nor a
+        partition or a degraded link, which act at once), the last instant one of them was still alive by
+        `_died_at`, never later than when the primitive had acted (`_acted_at`).
+
+        A fault's failover is measured from it (`FaultMeasurer._failover`). From the inject record, the time a
+        `docker stop` took counted as failover while the node's pods still served the users: the same mesh
+        measured 0.56 s after a stop of 50 ms and passed, and 5.11 s after a stop of 4.6 s, failing
+        maxFailoverS (5 s). A mesh that fails over late is as late after the pods died as after the inject.
+        """
+        if f.kind not in ("service-down", "zone-down") or f.action in KEEPS_RUNNING or f.unknown_kind is not None:
+            return f.inject
+        died = self._died_at(f, self._hit_pods(f)[0])
+        return max(died.values(), default=f.inject)

@@ -56,7 +56,7 @@ class FailoverSpan:
     upstream: str
     callers: tuple[str, ...]  # the services calling `upstream` there
     start: float  # the inject
-    until: float  # the failover instant, at most maxFailoverS past the inject
+    until: float  # the failover instant, at most maxFailoverS past the fault's effect (`effective_at`)
     killed_ips: tuple[str, ...] = ()
 
 
@@ -66,7 +66,9 @@ class Failover:
 
     ok: bool = True
     messages: list[str] = field(default_factory=list)
+    effective_at: float = 0.0  # when the fault took effect (`CheckBase.effective_at`): failover_s counts from it
     failover_s: float | None = None
+    instant: float | None = None  # the slowest pair's failover instant (losses count up to it)
     resolution_s: float | None = None
     window_ends: list[float] = field(default_factory=list)
     lost_hops: int = 0
@@ -186,9 +188,16 @@ class FaultMeasurer(CheckBase):
         Region and "no healthy upstream" for seconds has not failed over
         steadily, and its failover time runs to the last of them (it was
         measured from the first Region success and passed).
+
+        The failover time runs from when the fault took effect (`effective_at`: its pods dead, at most when its
+        primitive had acted), not from its inject record, written before the primitive ran: the window still
+        opens at the inject (a hop the killed pods served meanwhile is in-zone, so the instant comes after it).
+        An instant before that start (an AZ's callers served by the Region, the killed pod among it, which served
+        on: a fault that never took effect, which coverage fails) is a failover of 0 s, never a negative one.
         """
-        out = Failover()
-        measured: list[tuple[float, float | None]] = []
+        out = Failover(effective_at=self.effective_at(f))
+        start = out.effective_at
+        measured: list[tuple[float, float | None, float]] = []
         for u, callers in scope.failover:
             end, why = self._failover_end(f, u, fault_end)
             out.window_ends.append(end)
@@ -211,7 +220,7 @@ class FaultMeasurer(CheckBase):
                     "hops_during": w.hops,
                     "failed_during": w.failed,
                     "region_served_ok": w.good,
-                    "failover_s": None if w.instant is None else w.instant - f.inject,
+                    "failover_s": None if w.instant is None else max(0.0, w.instant - start),
                     "failover_resolution_s": w.resolution,
                     "failover_window_end": end,
                     "lost_hops": w.lost,
@@ -237,10 +246,10 @@ class FaultMeasurer(CheckBase):
                     f"failed, {misplaced}{w.good} Region-served){first}"
                 )
             else:
-                d = w.instant - f.inject
-                measured.append((d, w.resolution))
-                # until the failover, or maxFailoverS past the inject when slower: the rest counts as any loss
-                until = f.inject + min(d, self.slo.max_failover_s)
+                d = max(0.0, w.instant - start)
+                measured.append((d, w.resolution, w.instant))
+                # until the failover, or maxFailoverS past the fault's effect when slower: the rest counts as any loss
+                until = w.instant if d <= self.slo.max_failover_s else start + self.slo.max_failover_s
                 out.spans.append(FailoverSpan(f.zone, u, tuple(callers), f.inject, until))
                 clock = self._clock_bound(f.zone)
                 if d + clock > self.slo.max_failover_s:
@@ -254,7 +263,7 @@ class FaultMeasurer(CheckBase):
                 out.ok = False
                 out.messages.append(pr.message)
         if scope.failover and len(measured) == len(scope.failover):
-            out.failover_s, out.resolution_s = max(measured, key=lambda x: x[0])
+            out.failover_s, out.resolution_s, out.instant = max(measured, key=lambda x: x[0])
         return out
 
     def _recovery(self, f: Fault, scope: FaultScope, pair_results: dict[str, PairResult]) -> Recovery:
@@ -477,14 +486,14 @@ class FaultMeasurer(CheckBase):
         of milliseconds; counted, 1 of a window's 190 sat one request below
         the budget, and two would have failed a correct mesh. As for a
         failover pair: the span runs from the inject to the last failed hop
-        sent to one of those pods, at most maxFailoverS past the inject (a
-        mesh slower than that has the rest counted). The killed pods: those
+        sent to one of those pods, at most maxFailoverS past when the fault
+        took effect (`effective_at`; a mesh slower than that has the rest counted). The killed pods: those
         whose IP was let go between the inject and the restore, and those on
         the nodes a node fault stopped (`rundata._node_fault_pods`: on
         kind/EKS the API lets their IPs go only after the restore).
         """
         end = f.restore if f.restore is not None else max(self.run_end, f.inject)
-        bound = f.inject + self.slo.max_failover_s
+        bound = self.effective_at(f) + self.slo.max_failover_s
         # every service the fault killed a pod of, also those it left an instance of (a two-node AZ losing one)
         killed = set(f.services) | self._node_fault_services(f)
         out: list[FailoverSpan] = []
@@ -690,7 +699,7 @@ class FaultMeasurer(CheckBase):
         """
         lost_hops = fo.lost_hops
         if scope.failover:
-            lost_until = f.inject + fo.failover_s if fo.failover_s is not None else fault_end
+            lost_until = fo.instant if fo.instant is not None else fault_end
             for u, callers in scope.failover:  # in flight at the kill: begun before the window `_measure` counts
                 lost_hops += int(
                     self._one(
@@ -763,6 +772,7 @@ class FaultMeasurer(CheckBase):
                 failover_resolution_s=fo.resolution_s,
                 recovery_resolution_s=rc.resolution_s,
                 failover_end=max(fo.window_ends) if fo.window_ends else None,
+                effective_at=fo.effective_at,
             )
         )
 

@@ -19,7 +19,7 @@ from harness.contract.settled import LINK_BASELINE_HOPS
 from harness.observe.hops import host_ip_sql
 from harness.topology import ENTRY_API_UPSTREAM
 from harness.verify import expected
-from harness.verify.invariants.base import CheckBase
+from harness.verify.invariants.base import KEEPS_RUNNING, CheckBase
 from harness.verify.invariants.faults import FailoverSpan
 from harness.verify.invariants.sql import (
     DEAD_PODS_SQL,
@@ -51,10 +51,6 @@ from harness.verify.verdict import (
     WindowResult,
     iso,
 )
-
-# fault actions whose pods keep running, out of their Services' endpoints: they receive nothing, but may still call
-# out on their own (a database pool's connections), so only serving shows whether such a fault took effect
-KEEPS_RUNNING = frozenset({"make_unready"})
 
 # `_served_but_silent`: successful hops a pod served after its own last access-log line (or with none), or while
 # its log has no line (a gap), that make its log incomplete, and how long after that last line they must begin (a
@@ -991,9 +987,15 @@ class UserChecks(CheckBase):
         # wide slack on either clock, and runs to when the kill was done (`_acted_at`: the kill lags its record).
         wide = float(SILENT_GAP_SLACK_S)
         slack = wide if self.run.clock is not None else 2 * HOP_TS_SLACK_S
-        # each node fault's inject and the moment its primitive had acted: the pods on its nodes died in between
-        self.con.execute("CREATE OR REPLACE TEMP TABLE node_kills (fault VARCHAR, inject DOUBLE, done DOUBLE)")
-        kills = [(f.fault, f.inject, self._acted_at(f)) for f in self.run.faults if f.action in NODE_FAULT_ACTIONS]
+        # each pod a node fault killed: it died after the later of the inject and the last hop it served, and
+        # before the primitive had acted (`_died_at`, the rule the failover's start shares)
+        self.con.execute("CREATE OR REPLACE TEMP TABLE node_kills (pod VARCHAR, died DOUBLE, done DOUBLE)")
+        kills: list[tuple[str, float, float]] = []
+        for f in self.run.faults:
+            if f.action in NODE_FAULT_ACTIONS and (f.action == "zone_outage" or f.node):
+                pods, done = self._hit_pods(f)[0], self._acted_at(f) + wide
+                died = self._died_at(f, pods, wide)
+                kills += [(p, died.get(p, f.inject), done) for p in pods]
         if kills:
             self.con.executemany("INSERT INTO node_kills VALUES (?, ?, ?)", kills)
         rows = self.con.execute(
@@ -1020,11 +1022,8 @@ class UserChecks(CheckBase):
                  cand AS (
                     SELECT j.pod, j.ts, j.last_line, j.stopped,
                            j.gap AND NOT EXISTS (
-                               SELECT 1 FROM node_fault_pods nf JOIN node_kills k USING (fault, inject)
-                               WHERE nf.pod = j.pod AND j.ts <= k.done + {wide!r}
-                                 AND j.ts >= greatest(nf.inject, (SELECT max(s.ts) FROM served s WHERE s.pod = j.pod
-                                                                  AND s.ts <= k.done + {wide!r}))
-                                            - {float(SILENT_UNFLUSHED_S) + wide!r}) AS gap
+                               SELECT 1 FROM node_kills k WHERE k.pod = j.pod AND j.ts <= k.done
+                                 AND j.ts >= k.died - {float(SILENT_UNFLUSHED_S) + wide!r}) AS gap
                     FROM judged j WHERE j.stopped OR j.gap)
             SELECT CAST(pod AS VARCHAR) AS p, count(*) FILTER (WHERE stopped), any_value(last_line),
                    count(*) FILTER (WHERE gap), min(ts) FILTER (WHERE gap)
@@ -1036,29 +1035,6 @@ class UserChecks(CheckBase):
             (str(p), int(n), None if last is None else float(last), int(g), None if first is None else float(first))
             for p, n, last, g, first in rows
         ]
-
-    def _hit_pods(self, f: Fault) -> tuple[list[str], str]:
-        """The pods a fault took down, and how they are named in a message.
-
-        A node fault's: those on its stopped nodes (`rundata._node_fault_pods`); any other fault that takes
-        services down (kill_pod, make_unready; zone-down without a node record): the pods of its services in
-        its zone alive at the inject. Asked only of faults that take pods down (service-down, zone-down).
-        """
-        if f.action in NODE_FAULT_ACTIONS and (f.action == "zone_outage" or f.node):
-            rows = self.con.execute(
-                "SELECT DISTINCT pod FROM node_fault_pods WHERE fault = ? AND inject = ? ORDER BY pod",
-                [f.fault, f.inject],
-            ).fetchall()
-            where = f"node {f.node}" if f.action == "kill_node" else f"the nodes of {f.zone}"
-            return [str(r[0]) for r in rows], f"no pod ran on {where} at the inject"
-        rows = self.con.execute(
-            "SELECT DISTINCT pod FROM intervals WHERE zone = ? AND list_contains(?, service) AND start_ts <= ? "
-            "AND coalesce(end_ts, 'infinity'::DOUBLE) >= ? ORDER BY pod",  # one gone at the inject: by this fault
-            [f.zone, list(f.services), f.inject, f.inject],
-        ).fetchall()
-        return [
-            str(r[0]) for r in rows
-        ], f"no pod of {', '.join(f.services) or 'any service'} ran in {f.zone} at the inject"
 
     def _cut_in_counters(self, f: Fault) -> bool:
         """Whether the zone's sidecars counted connect failures, errors or timeouts towards hosts of other zones
@@ -1371,22 +1347,6 @@ class UserChecks(CheckBase):
         """Fault `g` can change how long `zone`'s hops that wait on its link take: a fault of the zone itself or
         of the Region (where those hops go). A fault of another Local Zone cannot (hub-and-spoke)."""
         return g.zone == zone or not zone_is_edge(self.t, g.zone)
-
-    def _acted_at(self, f: Fault) -> float:
-        """When the records show fault `f`'s primitive had acted: its inject counter snapshot, taken once the
-        primitive returned, else its restore (the run's end when it has none).
-
-        The timeline writes the inject *before* calling the primitive (as the restore before undoing it,
-        `_undone_at`), and a primitive takes its time: kind's `docker stop` of a node returns once the node's
-        container has stopped, after systemd's shutdown of its units, seconds on a busy machine. What the fault
-        did, it did between the inject and this instant.
-        """
-        end = f.restore if f.restore is not None else max(self.run_end, f.inject)
-        snap = self._one(
-            "SELECT min(ts) FROM upstream_stats WHERE label = ? AND ts >= ? AND ts <= ?",
-            [f"inject {f.fault}", f.inject, end],
-        )
-        return end if snap is None else float(snap)
 
     def _undone_at(self, f: Fault, before: float) -> float:
         """When the records show fault `f` undone: its restore's counter snapshot, taken once the primitive acted
