@@ -18,25 +18,13 @@ from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_expected import DB, DECLARATION, INJECT, RESTORE, START
 from tests.test_verify_soundness import LAS, LAX, T0, T, failed
-from tests.verdicts import envoy_start, rows, verify, write_rows
+from tests.verdicts import added_pod, envoy_start, rebuilt, rows, verify, write_rows
 
 AZ, AZ_B = T.region_zones[0].name, T.region_zones[1].name
 
 
 def _run(tmp_path: Path, faults: list[FaultSpec], duration_s: float = 90) -> Path:
     return write_run(tmp_path / "run", Scenario(T, duration_s=duration_s, rate_per_zone=4, faults=faults))
-
-
-def _rebuilt(d: Path) -> Path:
-    """The run with its hops to be rebuilt from the access logs (as after an edit of them)."""
-    for name in ("hops.jsonl", "hops.parquet", "hops-build.json"):
-        (d / name).unlink(missing_ok=True)
-    return d
-
-
-def _pod(d: Path, zone: str, service: str) -> dict[str, Any]:
-    inv = rows(d / "inventory.jsonl")
-    return next(e for e in inv if e["zone"] == zone and e["service"] == service and e["event"] == "added")
 
 
 def _fault_window(v: Any) -> Any:
@@ -77,7 +65,7 @@ def _entered_b_served_by_a(d: Path) -> tuple[Path, int]:
     """Users entering us-west-2b whose frontend-2b sent them (Consul CE spreads a Region service's calls over
     every AZ) to public-api-2a while 2a's product-api failover was under way: public-api-2a's call for each
     found no host yet (503 UH), as its own users' calls did; their requests failed with GraphQL errors."""
-    fe_b, pa_a, pa_b = _pod(d, AZ_B, "frontend"), _pod(d, AZ, "public-api"), _pod(d, AZ_B, "public-api")
+    fe_b, pa_a, pa_b = added_pod(d, AZ_B, "frontend"), added_pod(d, AZ, "public-api"), added_pod(d, AZ_B, "public-api")
     reqs = rows(d / "requests.jsonl")
     picked = [r for r in reqs if r["zone"] == AZ_B and T0 + 30.0 <= r["ts"] < T0 + 32.0]
     ids = {f"eh-{r['request_id']:016x}" for r in picked}
@@ -106,7 +94,7 @@ def _entered_b_served_by_a(d: Path) -> tuple[Path, int]:
     moved = {round(st + 0.001, 3) for st in starts}
     pb_log = d / "accesslogs" / f"{pa_b['pod']}.jsonl"
     write_rows(pb_log, [r for r in rows(pb_log) if round(envoy_start(r), 3) not in moved])
-    return _rebuilt(d), len(picked)
+    return rebuilt(d), len(picked)
 
 
 def test_a_failover_loss_of_users_entering_another_az_is_reported_apart_as_well(tmp_path: Path) -> None:
@@ -165,7 +153,7 @@ def _spof_run(tmp_path: Path, lax_late: bool, las_broken: bool) -> Path:
         pod = next(e for e in inv if e["event"] == "ready" and e["service"] == "product-api" and e["zone"] == LAX)
         inv += [{**pod, "event": "unready", "ts": START + INJECT + 1}, {**pod, "event": "ready", "ts": START + 80}]
         write_rows(d / "inventory.jsonl", sorted(inv, key=lambda e: float(e["ts"])))
-        region = _pod(d, AZ, "product-api")
+        region = added_pod(d, AZ, "product-api")
         hops = rows(d / "hops.jsonl")
         for h in hops:
             late = START + RESTORE + 0.2 <= h["ts"] <= START + 80

@@ -18,21 +18,9 @@ from harness.verify.synth import TRUST_DOMAIN, FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_audit4_faults import CASCADE_END, EU, REGION_PRODUCT_API, T, postgres_cascade
 from tests.test_verify_soundness import run
-from tests.verdicts import envoy_start, rows, verify, write_rows
+from tests.verdicts import added_pod, envoy_start, rebuilt, rows, verify, write_rows
 
 LAX = "us-west-2-lax-1a"
-
-
-def _rebuilt(d: Path) -> Path:
-    """The run with its hops to be rebuilt from the access logs (as after an edit of them)."""
-    for name in ("hops.jsonl", "hops.parquet", "hops-build.json"):
-        (d / name).unlink(missing_ok=True)
-    return d
-
-
-def _added(d: Path, zone: str, service: str) -> dict[str, object]:
-    inv = rows(d / "inventory.jsonl")
-    return next(e for e in inv if e["event"] == "added" and e["zone"] == zone and e["service"] == service)
 
 
 def _to_region_every(d: Path, t: Topology, zone: str, since: float, until: float, every: int) -> Path:
@@ -40,7 +28,7 @@ def _to_region_every(d: Path, t: Topology, zone: str, since: float, until: float
     goes to the Region's product-api (in the first AZ), which then makes that call's postgres query itself: the
     zone's sidecars keep part of their calls on the Region (a stale endpoint view, an ejection never undone)."""
     t0 = min(r["ts"] for r in rows(d / "requests.jsonl")) - 0.01
-    region = _added(d, t.region_zones[0].name, "product-api")
+    region = added_pod(d, t.region_zones[0].name, "product-api")
     region_log = d / "accesslogs" / f"{region['pod']}.jsonl"
     region_rows = rows(region_log)
     moved_at: set[int] = set()
@@ -61,7 +49,7 @@ def _to_region_every(d: Path, t: Topology, zone: str, since: float, until: float
         moved += [{**r, "caller_pod": region["pod"], "caller_service": region_rows[0]["caller_service"]} for r in mine]
         write_rows(p, [r for r in recs if round(envoy_start(r) * 1000) not in moved_at])
     write_rows(region_log, sorted(region_rows + moved, key=envoy_start))
-    return _rebuilt(d)
+    return rebuilt(d)
 
 
 # -- a. a declared single point of failure's cascade: a zone half in the Region after it ----------------------------
@@ -176,8 +164,8 @@ def _lax_calls_las(d: Path, at: float, how: str) -> Path:
     zone), or (`no-host`) routed to LAS's instances, which Envoy found none healthy of: `503 UH`, no upstream host
     (the zone the call went to is named only by the cluster of the route)."""
     t0 = min(r["ts"] for r in rows(d / "requests.jsonl")) - 0.01
-    las = _added(d, LAS, "product-api")
-    caller = _added(d, LAX, "public-api")
+    las = added_pod(d, LAS, "product-api")
+    caller = added_pod(d, LAX, "public-api")
     log = d / "accesslogs" / f"{caller['pod']}.jsonl"
     recs = rows(log)
     hop = next(r for r in recs if envoy_start(r) >= t0 + at and "product-api" in r["upstream_cluster"])
@@ -194,7 +182,7 @@ def _lax_calls_las(d: Path, at: float, how: str) -> Path:
     if how == "no-host":
         req.update(ok=False, status=200, error="graphql: no healthy upstream")
     write_rows(d / "requests.jsonl", reqs)
-    return _rebuilt(d)
+    return rebuilt(d)
 
 
 @pytest.mark.parametrize(

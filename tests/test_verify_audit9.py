@@ -16,7 +16,7 @@ from harness.verify import AVAILABILITY, EXPERIMENT_RAN, FALLBACK, HUB_AND_SPOKE
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_soundness import LAS, LAX, T0, T, failed
-from tests.verdicts import envoy_start, rows, verify, write_rows
+from tests.verdicts import added_pod, envoy_start, rebuilt, rows, verify, write_rows
 
 AZ = T.region_zones[0].name
 KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
@@ -26,29 +26,18 @@ def _run(tmp_path: Path, duration_s: float = 90, faults: list[FaultSpec] | None 
     return write_run(tmp_path / "run", Scenario(T, duration_s=duration_s, rate_per_zone=4, faults=faults or []))
 
 
-def _pod(d: Path, zone: str, service: str) -> dict[str, object]:
-    return next(e for e in rows(d / "inventory.jsonl") if e["zone"] == zone and e["service"] == service)
-
-
-def _rebuilt(d: Path) -> Path:
-    """The run with its hops to be rebuilt from the access logs (as after an edit of them)."""
-    for name in ("hops.jsonl", "hops.parquet", "hops-build.json"):
-        (d / name).unlink(missing_ok=True)
-    return d
-
-
 def _lax_product_api_from_az(d: Path, since: float = 0.0) -> Path:
     """LAX's public-api sends its product-api calls from `since` (seconds into the run) to the AZ's product-api:
     a mesh without locality for that pair."""
-    caller = _pod(d, LAX, "public-api")["pod"]
-    az = _pod(d, AZ, "product-api")["ip"]
+    caller = added_pod(d, LAX, "public-api")["pod"]
+    az = added_pod(d, AZ, "product-api")["ip"]
     log = d / "accesslogs" / f"{caller}.jsonl"
     recs = rows(log)
     for r in recs:
         if r.get("direction") == "outbound" and envoy_start(r) >= T0 + since:
             r["upstream_host"] = f"{az}:9090"
     write_rows(log, recs)
-    return _rebuilt(d)
+    return rebuilt(d)
 
 
 # -- 1. a hop that names no host and no flag ---------------------------------------------------------------------
@@ -59,13 +48,13 @@ def test_a_hop_that_names_no_host_and_no_flag_is_unverified(tmp_path: Path) -> N
     says nothing of where the call was served."""
     d = _lax_product_api_from_az(_run(tmp_path))
     assert LOCALITY in failed(verify(d))  # control: with the hosts in the log, the broken pair fails
-    log = d / "accesslogs" / f"{_pod(d, LAX, 'public-api')['pod']}.jsonl"
+    log = d / "accesslogs" / f"{added_pod(d, LAX, 'public-api')['pod']}.jsonl"
     recs = rows(log)
     for r in recs:
         if r.get("direction") == "outbound":
             r.pop("upstream_host")
     write_rows(log, recs)
-    v = verify(_rebuilt(d))
+    v = verify(rebuilt(d))
     assert {LOCALITY, HUB_AND_SPOKE} <= failed(v), why(v)
     pair = next(p for p in v.invariant(LOCALITY).pairs if (p.caller_zone, p.upstream) == (LAX, "product-api"))
     assert pair.counts["hostless"] == pair.counts["hops"] > 0
@@ -91,7 +80,7 @@ def test_counters_of_a_sidecar_no_inventory_record_places_are_unverified(tmp_pat
     lines without one (a note): with the LAX frontend's inventory lines torn, its counters' connect failures to
     LAS's public-api (an attempt a retry hid from the access log) were never judged, and the run passed."""
     d = _run(tmp_path)
-    fe, las = _pod(d, LAX, "frontend"), _pod(d, LAS, "public-api")
+    fe, las = added_pod(d, LAX, "frontend"), added_pod(d, LAS, "public-api")
     st = rows(d / "upstream-stats.jsonl")
     end = max(r["ts"] for r in st if r["label"] == "end")
     cluster = next(r["cluster"] for r in st if r["pod"] == fe["pod"] and "public-api" in r["cluster"])
@@ -104,7 +93,7 @@ def test_counters_of_a_sidecar_no_inventory_record_places_are_unverified(tmp_pat
     lines = (d / "inventory.jsonl").read_text().splitlines()
     torn = [x[: len(x) // 2] if json.loads(x)["pod"] == fe["pod"] else x for x in lines]
     (d / "inventory.jsonl").write_text("\n".join(torn) + "\n")
-    v = verify(_rebuilt(d))
+    v = verify(rebuilt(d))
     assert HUB_AND_SPOKE in failed(v), why(v)
     assert f"{fe['pod']}: upstream counters of a sidecar no inventory record places" in (
         v.invariant(HUB_AND_SPOKE).message
@@ -153,7 +142,7 @@ def _blips(d: Path, zone: str, at: tuple[float, ...], length: float = 0.2) -> Pa
     for s in at:
         inv += [dict(pod, ts=T0 + s, event="unready"), dict(pod, ts=T0 + s + length, event="ready")]
     write_rows(d / "inventory.jsonl", sorted(inv, key=lambda e: float(e["ts"])))
-    return _rebuilt(d)
+    return rebuilt(d)
 
 
 def test_blips_that_come_back_before_the_recovery_is_due_do_not_hide_a_pair_never_back(tmp_path: Path) -> None:
@@ -212,7 +201,7 @@ def test_a_region_without_user_traffic_is_unverified(tmp_path: Path) -> None:
         d / "upstream-stats.jsonl",
         [r for r in rows(d / "upstream-stats.jsonl") if not (r["pod"] in callers and r["rq_total"])],
     )
-    v = verify(_rebuilt(d))
+    v = verify(rebuilt(d))
     assert LOCALITY in failed(v), why(v)
     assert f"locality: {AZ} -> product-api: no traffic (locality unverified)" in v.invariant(LOCALITY).message
 
@@ -222,8 +211,8 @@ def _half_back(d: Path, end_in_zone: int) -> Path:
     """After KILL's restore (50 s) LAX's public-api sends every other product-api call to the AZ to the end of the
     run: a mesh that took the zone's instance back for half its calls only. Its last `end_in_zone` calls
     happen to be in-zone (e2e's cool-down stopped the users after three), the one before them served by the AZ."""
-    caller = _pod(d, LAX, "public-api")["pod"]
-    az = f"{_pod(d, AZ, 'product-api')['ip']}:9090"
+    caller = added_pod(d, LAX, "public-api")["pod"]
+    az = f"{added_pod(d, AZ, 'product-api')['ip']}:9090"
     log = d / "accesslogs" / f"{caller}.jsonl"
     recs = rows(log)
     after = [r for r in recs if r.get("direction") == "outbound" and envoy_start(r) >= T0 + 50.0]
@@ -234,7 +223,7 @@ def _half_back(d: Path, end_in_zone: int) -> Path:
         r["upstream_host"] = local
     after[-end_in_zone - 1]["upstream_host"] = az
     write_rows(log, recs)
-    return _rebuilt(d)
+    return rebuilt(d)
 
 
 def test_a_recovery_after_a_restore_that_came_back_in_part_is_not_shown_by_three_lucky_hops(tmp_path: Path) -> None:

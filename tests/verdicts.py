@@ -46,3 +46,16 @@ def write_rows(path: Path, records: list[dict[str, Any]]) -> None:
 def envoy_start(r: dict[str, Any]) -> float:
     """An Envoy access-log line's START_TIME (UTC, milliseconds) as epoch seconds."""
     return datetime.strptime(r["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def rebuilt(run_dir: Path) -> Path:
+    """The run with its hops to be rebuilt from the access logs (as after an edit of them)."""
+    for name in ("hops.jsonl", "hops.parquet", "hops-build.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    return run_dir
+
+
+def added_pod(run_dir: Path, zone: str, service: str) -> dict[str, Any]:
+    """The inventory's first `added` record of `service` in `zone`."""
+    inv = rows(run_dir / "inventory.jsonl")
+    return next(e for e in inv if e["event"] == "added" and e["zone"] == zone and e["service"] == service)
