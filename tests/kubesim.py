@@ -3224,7 +3224,16 @@ class ClusterSim:
                             }
                         )
                     clusters.append({"name": cname, "added_via_api": True, "host_statuses": hosts})
-            clusters.append({"name": "local_app", "host_statuses": []})
+            # consul-dataplane's bootstrap clusters beside the mesh's (Consul's bootstrap template: self_admin behind
+            # the ready listener the kubelet probes; the dataplane's own xDS server) and the app's inbound cluster,
+            # every one on the pod's loopback, their counters moving with the probes and the calls
+            probes = str(int(time.time()))  # a counter that moves between any two snapshots a second apart
+            for cname, port in (("self_admin", 19000), ("consul-dataplane", 20001), ("local_app", 8080)):
+                loop = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                        "stats": [{"name": "cx_total", "value": "1", "type": "COUNTER"},
+                                  {"name": "rq_total", "value": probes, "type": "COUNTER"}],
+                        "health_status": {"eds_health_status": "HEALTHY"}, "weight": 1}  # fmt: skip
+                clusters.append({"name": cname, "host_statuses": [loop]})
             if req.query.get("format") == "json":
                 return aiohttp.web.json_response({"cluster_statuses": clusters})
             text = "".join(

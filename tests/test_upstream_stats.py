@@ -46,11 +46,14 @@ CLUSTERS = {
         {"name": "local_app",
          "host_statuses": [_host("127.0.0.1", {"rq_total": "10"}, {"eds_health_status": "HEALTHY"})]},
         {"name": f"product-api-lax-1a.default.dc1.internal.{TD}.consul", "added_via_api": True},
+        # consul-dataplane's bootstrap cluster behind the ready listener (Consul's bootstrap template): the pod itself
+        {"name": "self_admin",
+         "host_statuses": [_host("127.0.0.1", {"rq_total": "40"}, {"eds_health_status": "HEALTHY"})]},
     ]
 }  # fmt: skip
 
 
-def test_parse_clusters_rows_per_host_without_inbound() -> None:
+def test_parse_clusters_rows_per_host_without_inbound_or_loopback() -> None:
     rows = parse_clusters(CLUSTERS)
     assert [(r["cluster"].split("~")[1], r["host"]) for r in rows] == [
         ("1", "10.213.0.6:20000"), ("0", "10.213.3.6:20000"), ("0", "10.213.3.7:20000")

@@ -26,6 +26,7 @@ missing counter is 0.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
@@ -49,6 +50,22 @@ class AdminReader(Protocol):
 
 COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
 INBOUND_CLUSTERS = frozenset({"local_app"})  # the sidecar's own app: not an upstream
+
+
+def on_loopback(address: str) -> bool:
+    """Whether a cluster host is on the pod's own loopback: the pod itself, never another pod of the mesh.
+
+    consul-dataplane's Envoy has bootstrap clusters beside the mesh's (Consul's bootstrap template:
+    `self_admin`, 127.0.0.1:19000, behind the ready listener the kubelet probes; the dataplane's own xDS
+    server; `local_app`, the app). Their counters move with every readiness probe, and read as upstream
+    attempts they named 127.0.0.1:19000 a host no inventory knows: every kind/EKS run's hub-and-spoke and
+    coverage "unverified". A mesh upstream's hosts are pod (or node) addresses, never loopback.
+    """
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
 
 # Envoy's HostUtility::healthFlagsToString order and wording, from the JSON health_status fields
 _HEALTH_FLAGS = (
@@ -74,7 +91,8 @@ def health_flags(status: dict[str, Any]) -> str:
 
 
 def parse_clusters(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (upstream cluster, host) of a `/clusters?format=json` answer, inbound clusters left out."""
+    """One row per (upstream cluster, host) of a `/clusters?format=json` answer: inbound clusters and hosts on the
+    pod's own loopback (`on_loopback`: the dataplane's bootstrap clusters) left out."""
     rows: list[dict[str, Any]] = []
     for cluster in doc.get("cluster_statuses") or []:
         name = str(cluster.get("name", ""))
@@ -82,6 +100,8 @@ def parse_clusters(doc: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         for host in cluster.get("host_statuses") or []:
             sock = (host.get("address") or {}).get("socket_address") or {}
+            if on_loopback(str(sock.get("address", ""))):
+                continue
             stats = {s.get("name"): s.get("value") for s in host.get("stats") or []}
             row: dict[str, Any] = {"cluster": name, "host": f"{sock.get('address', '')}:{sock.get('port_value', 0)}"}
             for c in COUNTERS:
