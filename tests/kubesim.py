@@ -949,6 +949,9 @@ class NodeRun:
     # a test holds the kubelet's boot after `docker start` (systemd and containerd slow to come up): it boots
     # node_boot_s after the hold is released, not before, whatever the harness does meanwhile
     kubelet_held: bool = False
+    # ... released when the harness first asks whether kube-proxy has synced (KUBE_PROXY_SYNCED): its rules were
+    # set by then, so the kubelet boots after them however long this machine took to run the harness's calls
+    kubelet_held_until_asked: bool = False
     port_maps: dict[int, int] = field(default_factory=dict)  # containerPort -> host port
     notready_marked: bool = False
     # kind: images in the node container's containerd (`kind load docker-image`, or pulled by its kubelet); they
@@ -4026,6 +4029,8 @@ class ClusterSim:
                 # What tc says when the kernel cannot load sch_netem (WSL2 and some kernels).
                 return {"rc": 2, "stderr": "Error: Specified qdisc kind is unknown."}
             nrun.scripts.append(script)
+            if nrun.kubelet_held_until_asked and "KUBE-FORWARD" in script and "synced()" in script:
+                nrun.kubelet_held = nrun.kubelet_held_until_asked = False
             if "iptables" in script:
                 locked_for = max(0.0, nrun.xtables_busy_until - time.time())
                 nrun.scripting = True

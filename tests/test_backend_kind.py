@@ -384,9 +384,13 @@ def test_an_explicit_node_image_is_used_as_given(
 def test_chaos_commands(up: tuple[KindBackend, Manifests], tools: Tools, api: FakeApiServer) -> None:
     backend, _m = up
     api.sim.t.entrypoint_s = 0.0  # each node's entrypoint is done by the first look (its wait: test_kube_likeness)
-    api.sim.t.node_boot_s = 3.0  # the kubelet, and kube-proxy with it, come back after the restore's rules
+    api.sim.t.node_boot_s = 0.5
     tools.reset()
     backend.kill_node("edge-worker3")
+    # the kubelet, and kube-proxy with it, come back after the restore's rules: held until the harness first asks
+    # for kube-proxy's sync (a boot timer of 3 s raced the harness's own calls, and lost on a busy machine)
+    node = api.sim.nodes["edge-worker3"]
+    api.sim.call(lambda: setattr(node, "kubelet_held", True) or setattr(node, "kubelet_held_until_asked", True))
     backend.restore_node("edge-worker3")
     backend.zone_outage("us-west-2a")
     backend.restore_zone("us-west-2a")
