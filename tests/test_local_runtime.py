@@ -108,7 +108,8 @@ def test_unready_chaos_writes_events_before_the_sidecars_are_told(cluster: Local
     caller = next(p for p in cluster.inventory().pods(alive_only=True) if p.zone == LAS and p.service == "frontend")
     eds_dir = cluster.state_dir / "pods" / caller.pod / "envoy" / "eds"
 
-    local_eds = next(eds_dir.glob("failover-target~0~*public-api-las-1a.*")) / "cla.json"  # in-zone (a <8 hex>~ between)
+    # the in-zone target; a customized chain has Consul's <8 hex>~ between failover-target~0~ and the name
+    local_eds = next(eds_dir.glob("failover-target~0~*public-api-las-1a.*")) / "cla.json"
     targets = {p.pod for p in cluster.inventory().pods(alive_only=True) if p.zone == LAS and p.service == "public-api"}
 
     def unready_events() -> list[dict[str, object]]:
