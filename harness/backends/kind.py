@@ -126,7 +126,7 @@ JUMP_CHAINS = ("INPUT", "OUTPUT", "FORWARD")  # the built-in chains whose first 
 KUBE_PROXY_SYNCED = (
     "synced() {  # $1: iptables or ip6tables\n"
     f"  $1 {WAIT} -S KUBE-FORWARD 2>/dev/null | grep -q '^-A KUBE-FORWARD ' || exit 2\n"
-    "  for c in INPUT OUTPUT FORWARD; do\n"
+    f"  for c in {' '.join(JUMP_CHAINS)}; do\n"
     f'    [ "$($1 {WAIT} -S $c 1 2>/dev/null)" = "-A $c -j {CHAIN}" ] || exit 3\n'
     "  done\n"
     "}\n"
