@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from harness.topology import Topology
-from harness.verify import FALLBACK, Verdict
+from harness.verify import FALLBACK, Verdict, pending_recoveries
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import LAX, T, failed
@@ -119,3 +119,36 @@ def test_an_outage_shorter_than_the_access_logs_clock_is_not_a_note(
     assert v.passed, why(v)
     notes = [n for n in v.run.notes if n.startswith(f"product-api had no ready pod in {LAX}")]
     assert bool(notes) is noted, v.run.notes
+
+
+def test_the_cool_down_waits_for_an_outage_nobody_injected_until_it_is_back_or_due(tmp_path: Path) -> None:
+    """LAX's product-api crashed 10 s before the users would stop and never came back. Stopped then, the verdict
+    has it as a note (its recovery not yet due) and passes; kept on past maxRecoveryS, it fails fallback. Before,
+    e2e's cool-down asked nothing of it (no fault to recover from) and the verdict was the cool-down's length;
+    now it waits for the outage until it is over or due, and the verdict is the mesh's."""
+    start = DURATION_S - 10.0
+    sc = Scenario(T, duration_s=DURATION_S, rate_per_zone=4, faults=[_crash(start, None)])
+    run = write_run(tmp_path / "short", sc)
+    left = pending_recoveries(run, T, sc.start + DURATION_S)
+    assert [(p.zone, p.upstream, p.outage) for p in left] == [(LAX, "product-api", True)], left
+    assert left[0].due == pytest.approx(sc.start + start + LIMIT_S, abs=0.5)
+    assert "outside any recorded fault" in str(left[0])
+    assert verify(run).passed  # what stopping then gave: a note
+    long = Scenario(T, duration_s=start + LIMIT_S + 5, rate_per_zone=4, faults=[_crash(start, None)])
+    run = write_run(tmp_path / "long", long)
+    assert pending_recoveries(run, T, long.start + start + LIMIT_S + 5) == []  # due: the verdict decides
+    v = verify(run)
+    assert not v.passed and FALLBACK in failed(v), why(v)
+
+
+@pytest.mark.parametrize("faults", ["flap-over", "in-a-fault"])
+def test_the_cool_down_does_not_wait_for_an_outage_over_or_one_a_fault_explains(tmp_path: Path, faults: str) -> None:
+    """Controls: a crash back 2 s later is not waited for; nor is the outage of a zone-down fault's own services
+    (its pairs are watched as that fault's recovery, `_watched`, not as an outage nobody injected)."""
+    if faults == "flap-over":
+        specs = [_crash(DURATION_S - 10.0, DURATION_S - 8.0)]
+    else:
+        specs = [FaultSpec("zone-lax", "zone-down", LAX, (), DURATION_S - 10.0, None, 0.0, 1.0, entry_down=True)]
+    sc = Scenario(T, duration_s=DURATION_S, rate_per_zone=4, faults=specs)
+    run = write_run(tmp_path / "run", sc)
+    assert [p for p in pending_recoveries(run, T, sc.start + DURATION_S) if p.outage] == []

@@ -40,6 +40,11 @@ record (`_complete_until`): the sidecars' logs reach the run directory each on
 its own flush schedule, and one caller's good hops read before another's last
 misplaced ones were taken as the recovery.
 
+It also waits for each outage nobody injected that is still on, until it is
+over or maxRecoveryS has passed since it began (`_open_outages`): the verdict
+fails one that lasts that long and notes a younger one still on at the end, so
+stopping the users as it began passed a zone whose product-api never came back.
+
 Only reads the run directory; an unreadable moment (a segment being
 compacted, a line half written) is a "not yet".
 """
@@ -52,12 +57,13 @@ from pathlib import Path
 
 import duckdb
 
-from harness.observe.hops import create_hops
+from harness.observe.hops import INVENTORY_FILE, create_hops, load_inventory
 from harness.topology import Topology
 from harness.verify import expected
 from harness.verify.invariants.scope import FaultScoping
 from harness.verify.invariants.sql import INF, RECOVERY_EVIDENCE_ALPHA, recovery_chance
 from harness.verify.rundata import HOP_OK_SQL, Fault, faults_of, live_run, serving_kind_sql
+from harness.verify.verdict import iso
 
 GOOD_HOPS = 3
 """Successful hops where they belong after the pair's last bad one that put its recovery on record."""
@@ -75,8 +81,11 @@ class Pending:
     due: float
     inject: float = -math.inf  # the fault's: its share of hops sent elsewhere asks for more evidence
     good: str = "serving_zone = caller_zone"  # SQL: a hop served where it belongs (`FaultScoping.expected_sql`)
+    outage: bool = False  # an outage nobody injected (`_open_outages`): `fault` says what; no pair, no hop asked
 
     def __str__(self) -> str:
+        if self.outage:
+            return f"{self.upstream} in {self.zone} ({self.fault})"
         return f"{self.zone} -> {self.upstream} (after {self.fault})"
 
 
@@ -136,23 +145,56 @@ def _open(faults: list[Fault], t: Topology, now: float) -> list[Fault]:
 
 
 def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pending]:
-    """The pairs whose recovery the run's records do not show yet and whose maxRecoveryS has not passed."""
+    """The pairs whose recovery the run's records do not show yet and whose maxRecoveryS has not passed, and
+    the outages outside every fault still on and younger than maxRecoveryS (`_open_outages`)."""
     candidates = _open(faults_of(run_dir, topology), topology, now)
-    if not candidates:
-        return []  # nothing the verdict could still ask: no hop read
     con = duckdb.connect()
     try:
-        create_hops(con, run_dir, topology)
-        watched = [w for w in _watched(FaultScoping(live_run(con, run_dir, topology))) if now < w.due]
+        load_inventory(con, run_dir / INVENTORY_FILE, topology, root=run_dir)
+        scoping = FaultScoping(live_run(con, run_dir, topology))
+        outages = _open_outages(scoping, now)
+        if not candidates:
+            return outages  # no pair the verdict could still ask: no hop read
+        create_hops(con, run_dir, topology, inventory_loaded=True)
+        watched = [w for w in _watched(scoping) if now < w.due]
         if not watched:
-            return []
+            return outages
         con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind FROM hops")
-        return [w for w in watched if not _shown(con, w)]
+        return [w for w in watched if not _shown(con, w)] + outages
     except (duckdb.Error, OSError):  # unreadable right now: not yet, for each fault that may ask a pair
         return [Pending(f.fault, f.zone, "(records unreadable)", (), f.restore or now,
                         (f.restore or now) + topology.slo.max_recovery_s, f.inject) for f in candidates]  # fmt: skip
     finally:
         con.close()
+
+
+def _open_outages(s: FaultScoping, now: float) -> list[Pending]:
+    """Each outage nobody injected still on `now` (a service of the topology with no ready pod in a zone, or too
+    few to keep its traffic there), begun less than maxRecoveryS ago: due when maxRecoveryS has passed since it
+    began.
+
+    The verdict fails such an outage once it has lasted longer than maxRecoveryS, also one still on at the end
+    of a run that long after it began; younger at the end, it is a note (its recovery not yet due,
+    `FaultMeasurer._unplanned_outages`). So a zone whose product-api crashed shortly before the cool-down and
+    never came back passed when the users stopped at once, and failed when they went on: the verdict was the
+    cool-down's length. Waiting for it puts it either back or past due on record. An outage a fault explains
+    (`FaultScoping.faults_meeting`: a fault of its zone, or one whose cascade reaches it, on while it began or
+    since) is not one: a restored fault's pairs are watched as such (`_watched`), and one never restored fails
+    as such, whatever the run's length.
+    """
+    out = []
+    names = {sv.name for sv in s.t.services}
+    limit = s.slo.max_recovery_s
+    for down, what in ((s.run.down, "no ready pod"), (s.run.spill, "too few ready pods")):
+        for (zone, service), intervals in sorted(down.items()):
+            for lo, hi in intervals:
+                if hi is not None or service not in names or now >= lo + limit:
+                    continue
+                if s.faults_meeting(zone, service, lo, None)[1]:
+                    continue
+                out.append(Pending(f"{what} since {iso(lo)}, outside any recorded fault", zone, service, (),
+                                   lo, lo + limit, lo, outage=True))  # fmt: skip
+    return out
 
 
 def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending) -> float:

@@ -125,12 +125,6 @@ class CheckBase(FaultScoping):
     def _protocol(self, u: str) -> str:
         return self.t.service(u).protocol  # u is a topology upstream (pairs, a service's upstreams): known
 
-    def _cascade(self, f: Fault) -> set[str]:
-        """The services a fault on a Region-only service (postgres) reaches in every zone: those and every
-        service whose calls reach them (`expected.dependants`); empty for a fault on no Region-only service."""
-        region_only = tuple(sorted(sv for sv in f.services if self._placement(sv) == "region"))
-        return expected.dependants(self.t, region_only) if region_only else set()
-
     def _affected_zones(self, f: Fault, user_zones: set[str]) -> list[str]:
         """The fault's zone, and, for a fault on a Region-only service (postgres), every zone whose users' calls
         reach it: they are all affected, and each must show its users during and after it (coverage) and

@@ -9,7 +9,6 @@ for every kind.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 
 from harness.observe.hops import host_ip_sql
 from harness.verify import expected
@@ -954,7 +953,7 @@ class FaultMeasurer(CheckBase):
                 if (
                     not zone_is_edge(self.t, z)
                     or w.instant is not None
-                    or self._faults_meeting(*self.run.up_key(z, u), lo, hi)[1]
+                    or self.faults_meeting(*self.run.up_key(z, u), lo, hi)[1]
                 ):
                     owed = None  # back in-zone, a Region caller (no elsewhere to be), or a fault's to judge
                 elif w.last_misplaced is not None:  # still served elsewhere when the window ended
@@ -971,26 +970,6 @@ class FaultMeasurer(CheckBase):
                 if bound >= fault_next:
                     owed = None  # the zone's next fault measures its own recovery from here
         return out, failures
-
-    @cached_property
-    def _cascades(self) -> list[set[str]]:
-        """`_cascade` of each of the run's faults, in order: `_faults_meeting` asks for them per outage interval."""
-        return [self._cascade(f) for f in self.run.faults]
-
-    def _faults_meeting(self, zone: str, service: str, lo: float, hi: float | None) -> tuple[list[Fault], list[Fault]]:
-        """(the faults that concern `service` in `zone`, those of them whose [inject, restore] meets [lo, hi]).
-
-        Concern: a fault of the zone, for the Region any fault of an AZ, and anywhere a fault whose cascade
-        reaches the service (a postgres kill takes its dependants down everywhere).
-        """
-        region = zone == self.t.region
-        mine = [
-            f
-            for f, cascade in zip(self.run.faults, self._cascades, strict=True)
-            if f.zone == zone or (region and not zone_is_edge(self.t, f.zone)) or service in cascade
-        ]
-        end = INF if hi is None else hi
-        return mine, [f for f in mine if f.inject <= end and lo <= (INF if f.restore is None else f.restore)]
 
     def _unplanned_outages(self) -> tuple[list[str], list[str]]:
         """(notes, failures): intervals a service of the topology had no ready pod in a zone, or too few for
@@ -1025,7 +1004,7 @@ class FaultMeasurer(CheckBase):
                         # microseconds apart in one control-loop tick; no hop can be placed in it, so it says
                         # nothing ("from 12:23:03.351Z to 12:23:03.351Z")
                         continue
-                    mine, met = self._faults_meeting(zone, service, lo, hi)
+                    mine, met = self.faults_meeting(zone, service, lo, hi)
                     if met:
                         failures += self._outlasting(service, zone, what, lo, hi, met)
                         continue

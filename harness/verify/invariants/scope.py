@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from harness.topology import Placement
 from harness.verify import expected
@@ -50,6 +51,32 @@ class FaultScoping:
             return self.t.service(u).placement.value
         except KeyError:
             return "unknown"
+
+    def _cascade(self, f: Fault) -> set[str]:
+        """The services a fault on a Region-only service (postgres) reaches in every zone: those and every
+        service whose calls reach them (`expected.dependants`); empty for a fault on no Region-only service."""
+        region_only = tuple(sorted(sv for sv in f.services if self._placement(sv) == "region"))
+        return expected.dependants(self.t, region_only) if region_only else set()
+
+    @cached_property
+    def _cascades(self) -> list[set[str]]:
+        """`_cascade` of each of the run's faults, in order: `faults_meeting` asks for them per outage interval."""
+        return [self._cascade(f) for f in self.run.faults]
+
+    def faults_meeting(self, zone: str, service: str, lo: float, hi: float | None) -> tuple[list[Fault], list[Fault]]:
+        """(the faults that concern `service` in `zone`, those of them whose [inject, restore] meets [lo, hi]).
+
+        Concern: a fault of the zone, for the Region any fault of an AZ, and anywhere a fault whose cascade
+        reaches the service (a postgres kill takes its dependants down everywhere).
+        """
+        region = zone == self.t.region
+        mine = [
+            f
+            for f, cascade in zip(self.run.faults, self._cascades, strict=True)
+            if f.zone == zone or (region and not zone_is_edge(self.t, f.zone)) or service in cascade
+        ]
+        end = INF if hi is None else hi
+        return mine, [f for f in mine if f.inject <= end and lo <= (INF if f.restore is None else f.restore)]
 
     def expected_sql(self, zone: str, upstream: str) -> str:
         """SQL over a hop of pair (zone, upstream): served where it belongs (the zone, or the Region)."""
