@@ -1168,6 +1168,14 @@ class ClusterSim:
         self.kubelet_follows_rotation = True  # kubelet >= 1.29 (kubernetes/kubernetes#115702)
         self.log_swap_lines = 0  # lines of a write in flight that land in the old file after the new one exists
         self.log_calls: list[dict[str, str]] = []
+        # Pods a client removed from the API with gracePeriodSeconds=0 while their containers ran: (namespace, name,
+        # owner kind). The API server drops such a pod at once, without waiting for the kubelet, which stops the
+        # containers only when it notices, with the pod's own grace (kubelet pod_workers.go
+        # calculateEffectiveGracePeriod: the force-deleted object carries no deletionGracePeriodSeconds, so
+        # spec.terminationGracePeriodSeconds, at least 1 s). So a StatefulSet's replacement of the same name may run
+        # beside the old one: kubectl never sends 0 without --force ("to prevent accidental data loss", kubectl
+        # pkg/cmd/delete/delete.go) and warns that "the resource may continue to run on the cluster indefinitely".
+        self.force_deleted_running: list[tuple[str, str, str]] = []
         self.helm_calls: list[dict[str, Any]] = []
         self.lb_listeners: dict[tuple[str, str], int] = {}
         # the VPC's subnets as EC2 describes them (ID -> zone, zone type), which the AWS Load Balancer Controller
@@ -1426,6 +1434,16 @@ class ClusterSim:
             if run is not None and run.current is not None:
                 self.loop_task(self._stop_container(run.current))
 
+    def _note_force_deletion(self, ns: str, name: str) -> None:
+        """A client's DELETE of a pod with gracePeriodSeconds=0: noted when its containers still run
+        (`force_deleted_running`)."""
+        pod = self.objects.get(("v1", "pods", ns, name))
+        run = self.pods.get(str(pod["metadata"]["uid"])) if pod is not None else None
+        if pod is None or run is None or run.current is None or not run.current.alive:
+            return
+        owner = next((str(o.get("kind")) for o in pod["metadata"].get("ownerReferences") or []), "")
+        self.force_deleted_running.append((ns, name, owner))
+
     def delete(self, api_version: str, plural: str, ns: str | None, name: str, grace: int | None = None) -> Obj:
         key = (api_version, plural, ns, name)
         obj = self.objects.get(key)
@@ -1660,6 +1678,8 @@ class ClusterSim:
                 grace = params.get("gracePeriodSeconds")
                 if grace is None and isinstance(request.data, dict) and "gracePeriodSeconds" in request.data:
                     grace = request.data["gracePeriodSeconds"]
+                if key == ("v1", "pods") and grace is not None and int(grace) == 0:
+                    self._note_force_deletion(str(ns), str(name))
                 obj = self.delete(*key, ns, name, int(grace) if grace is not None else None)
                 return aiohttp.web.json_response(obj)
         except ApiError as exc:

@@ -25,6 +25,7 @@ from harness.backends.kube import (
     split_timestamp,
 )
 from harness.backends.kube.api import KubeApiError
+from harness.backends.kube.chaos import DRAIN_GRACE_S
 from harness.contract.inventory import Inventory
 from harness.errors import BackendError
 from tests.conftest import wait_until
@@ -186,10 +187,39 @@ def test_drain_cordons_and_kills_pods_on_the_node_but_not_daemonsets(api: FakeAp
     assert writes[0][:2] == ("PATCH", "/api/v1/nodes/edge-worker3")
     assert writes[0][2] == {"spec": {"unschedulable": True}}
     assert writes[1][:2] == ("DELETE", "/api/v1/namespaces/hashicups-lax-1a/pods/p1")
-    assert api.requests()[-1][2] == {"gracePeriodSeconds": "0"}
+    assert api.requests()[-1][2] == {"gracePeriodSeconds": str(DRAIN_GRACE_S)}
     assert {n.name: n.unschedulable for n in c.node_infos()}["edge-worker3"] is True
     c.uncordon("edge-worker3")
     assert {n.name: n.unschedulable for n in c.node_infos()}["edge-worker3"] is False
+
+
+def _server_pod(name: str, node_name: str) -> dict[str, Any]:
+    """A running pod of the operator's Consul server StatefulSet (the chart's `consul-server`) on `node_name`."""
+    p = pod(name, "consul", "us-west-2a", "consul", "", "10.244.1.9", node_name)
+    p["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "consul-server",
+                                         "uid": "sts-uid", "controller": True}]  # fmt: skip
+    return p
+
+
+def test_a_node_kill_on_eks_never_force_deletes_a_pod_that_still_runs(api: FakeApiServer, tmp_path: Path) -> None:
+    """A node kill on EKS drains every pod of the node, the operator's too: an AZ node kill (az-primary-loss,
+    az-node-loss) meets the Consul server StatefulSet's pods. gracePeriodSeconds=0 is a force deletion: the API
+    server drops the pod before the kubelet has stopped it, and the StatefulSet controller then makes its
+    replacement of the same identity beside it (what kubectl refuses without --force). The drain's grace is the
+    shortest graceful one, as kubectl turns `--grace-period=0` into: the pod is gone once its containers are."""
+    c = api.cluster(tmp_path)
+    api.seed(c, *NODES, _server_pod("consul-server-0", "edge-worker"))
+    assert c.drain("edge-worker") == ["consul/consul-server-0"]
+    assert api.sim.force_deleted_running == []
+    assert wait_until(lambda: not c.pods("consul"), timeout=10)  # still deleted: Terminating, then gone
+
+
+def test_the_fake_notes_a_force_deletion_of_a_running_pod(api: FakeApiServer, tmp_path: Path) -> None:
+    """Control: the same pod deleted with gracePeriodSeconds=0 is what kubesim notes (so the test above can fail)."""
+    c = api.cluster(tmp_path)
+    api.seed(c, *NODES, _server_pod("consul-server-0", "edge-worker"))
+    assert c.delete_pod("consul", "consul-server-0", 0)
+    assert api.sim.force_deleted_running == [("consul", "consul-server-0", "StatefulSet")]
 
 
 # -- pod chaos ----------------------------------------------------------------

@@ -22,6 +22,14 @@ from harness.contract.names import (
 )
 from harness.errors import BackendError
 
+# A drained pod's grace: the shortest graceful deletion. 0 is a force deletion, which the API server carries out
+# before the kubelet has stopped the pod (it kills the containers when it notices, with the pod's own grace:
+# kubelet pod_workers.go calculateEffectiveGracePeriod), so a StatefulSet makes the replacement of the same identity
+# beside the old one. A node drains every pod it runs, the operator's Consul servers on an AZ node included;
+# kubectl sends 0 only with --force and otherwise turns it into 1 (pkg/cmd/delete/delete.go, "to prevent
+# accidental data loss"). With 1 the pod is gone from the API once its containers are, a second later at most.
+DRAIN_GRACE_S = 1
+
 
 class PodChaosMixin(KubeApi):
     """The chaos primitives the kind and existing backends share."""
@@ -37,11 +45,12 @@ class PodChaosMixin(KubeApi):
     def uncordon(self, node: str) -> None:
         self.cordon(node, unschedulable=False)
 
-    def drain(self, node: str, grace_period_seconds: int = 0) -> list[str]:
+    def drain(self, node: str, grace_period_seconds: int = DRAIN_GRACE_S) -> list[str]:
         """Cordon `node` and delete its pods (DaemonSet and mirror pods stay, as `kubectl drain` does).
 
         Deletion, not eviction: this is chaos, a PodDisruptionBudget must not
-        be able to veto it. Returns `namespace/pod` names.
+        be able to veto it. Graceful, not forced (DRAIN_GRACE_S): every pod of
+        the node goes, other teams' StatefulSets too. Returns `namespace/pod` names.
         """
         self.cordon(node)
         killed = []
