@@ -40,6 +40,14 @@ from harness.verify.verdict import (
 
 Exclusion = tuple[str, str, float, float]  # (caller zone, upstream, from, to): locality not judged then
 
+# SQL: each pod's readiness changes (pod, ts, gone: out of service from then on) from the inventory, and a node
+# fault's pods out of service from its inject (as `rundata._readiness` reads them): `FaultMeasurer._unshown`
+OUT_OF_SERVICE_SQL = (
+    "SELECT CAST(pod AS VARCHAR) AS pod, ts, event IN ('unready', 'removed') AS gone FROM inv "
+    "WHERE event IN ('added', 'ready', 'unready', 'removed') "
+    "UNION ALL SELECT CAST(pod AS VARCHAR), inject, true FROM node_fault_pods"
+)
+
 
 @dataclass(frozen=True)
 class FailoverSpan:
@@ -626,7 +634,16 @@ class FaultMeasurer(CheckBase):
           upstream not whole (down, or too few ready: the spill by design; one
           of two replicas lost: ~30 %); any other misplaced hop is judged by
           locality, which excludes nothing then (a link-degraded fault's 1 %
-          retried to the Region is not a spill);
+          retried to the Region is not a spill). Left out: hops served where
+          they belong by a pod the inventory had already taken out of service
+          (`OUT_OF_SERVICE_SQL`). Every backend records a pod unready or gone
+          first, and Consul and the sidecars learn of it about a second later;
+          the zone's calls meanwhile still reach the pod, and each seemed a
+          share kept in the zone. At one request a second, a `make_unready` of 6 s
+          whose first two such hops landed in that second read as a mesh
+          sending 67 % elsewhere. The four in-zone hops up to the zone's next
+          fault then failed fallback. The same mesh passed when one landed
+          there. The failover and `_not_taken_effect` judge those hops;
         - after the restore, up to the instant: a mesh that took the zone's
           instance back for only part of its calls (every other one still to
           the Region) after a whole failover "recovered" on the last three
@@ -645,7 +662,10 @@ class FaultMeasurer(CheckBase):
             for lo, up in self._not_whole(zone, u)
             if lo < restore and (up is None or up > inject)
         ]
-        windows = [("as during the fault", spans), (f"as after {after_what}", [(restore, w.instant)])]
+        # (label, spans, leave out what pods out of service served): during the fault, a hop served where it belongs
+        # by a pod the inventory had already taken out of service is the mesh not yet told (the inventory records
+        # first, then Consul and the sidecars learn: about a second), not a share kept in the zone
+        windows = [("as during the fault", spans, True), (f"as after {after_what}", [(restore, w.instant)], False)]
         good = self.expected_sql(zone, u)
         after = int(
             self._one(
@@ -655,14 +675,20 @@ class FaultMeasurer(CheckBase):
             )
             or 0
         )
-        for label, spans_of in windows:
+        for label, spans_of, told in windows:
             if not spans_of:
                 continue
             when = " OR ".join(f"(ts >= {lo!r} AND ts < {up!r})" for lo, up in spans_of)
             row = self.con.execute(
-                f"SELECT count(*) FILTER (WHERE ok), count(*) FILTER (WHERE ok AND NOT coalesce(({good}), false)) "
-                f"FROM fhops WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) AND ({when})",
-                [zone, u, callers],
+                f"""
+                WITH w AS (SELECT ts, ok, coalesce(({good}), false) AS good, CAST(serving_pod AS VARCHAR) AS pod
+                           FROM fhops WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service)
+                             AND ({when}))
+                SELECT count(*) FILTER (WHERE ok), count(*) FILTER (WHERE ok AND NOT good) FROM w
+                ASOF LEFT JOIN ({OUT_OF_SERVICE_SQL}) e ON e.pod = w.pod AND w.ts >= e.ts
+                WHERE NOT (? AND w.ok AND w.good AND coalesce(e.gone, false))
+                """,
+                [zone, u, callers, told],
             ).fetchone()
             ok_during, misplaced = (int(row[0]), int(row[1])) if row else (0, 0)
             chance = recovery_chance(misplaced, ok_during, after)
