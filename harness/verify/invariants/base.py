@@ -302,21 +302,36 @@ class CheckBase(FaultScoping):
 
     # -- when a fault acted (`_acted_at`, `_died_at`, `effective_at`) -------------------------------------------
 
-    def _acted_at(self, f: Fault) -> float:
-        """When the records show fault `f`'s primitive had acted: its inject counter snapshot, taken once the
-        primitive returned, else its restore (the run's end when it has none).
+    def _returned_at(self, f: Fault) -> float | None:
+        """When fault `f`'s primitive had returned: its inject counter snapshot, taken right after it
+        (harness.chaos.actions._held_fault), between the inject and the restore (the run's end when it has
+        none). None when the records have no such snapshot: the primitive raised (the timeline writes the
+        restore and takes no snapshot), the snapshot found no sidecar to read, or a run from before snapshots.
 
         The timeline writes the inject *before* calling the primitive (as the restore before undoing it,
         `_undone_at`), and a primitive takes its time: kind's `docker stop` of a node returns once the node's
         container has stopped, after systemd's shutdown of its units, seconds on a busy machine. What the fault
-        did, it did between the inject and this instant.
+        did, it did between the inject and this instant. The one reading of that instant: `_acted_at` (what
+        the fault may have done by then) and coverage's allowance (`UserChecks._not_taken_effect`) share it.
         """
         end = f.restore if f.restore is not None else max(self.run_end, f.inject)
         snap = self._one(
             "SELECT min(ts) FROM upstream_stats WHERE label = ? AND ts >= ? AND ts <= ?",
             [f"inject {f.fault}", f.inject, end],
         )
-        return end if snap is None else float(snap)
+        return None if snap is None else float(snap)
+
+    def _acted_at(self, f: Fault) -> float:
+        """The latest instant the records allow for fault `f`'s primitive to have acted: when it had returned
+        (`_returned_at`), else its restore (the run's end when it has none): without the snapshot, anything
+        up to the restore may have been its doing. An upper bound (how late a pod may have died), never an
+        allowance: a rule that excused what a fault's pods did before this instant would excuse, for a fault
+        without its snapshot, a kill that never took effect.
+        """
+        snap = self._returned_at(f)
+        if snap is not None:
+            return snap
+        return f.restore if f.restore is not None else max(self.run_end, f.inject)
 
     def _hit_pods(self, f: Fault) -> tuple[list[str], str]:
         """The pods a fault took down, and how they are named in a message.

@@ -1057,13 +1057,13 @@ class UserChecks(CheckBase):
         """Why the records do not show that fault `f` took effect ("" when they do): a fault that did nothing
         never exercised the failover, and "stayed in-zone" everywhere proves nothing then.
 
-        - A fault that takes pods down: each pod it hit is dead or out of the mesh from the inject on, so it
-          neither serves nor makes a successful hop. Allowed: maxFailoverS after the inject (the action
-          follows its record, a kill takes its time, and the mesh has that long to stop using the pod by the
-          SLO); one that served or called later, before the restore, was not taken down (a kill_pod whose pod
-          kept serving, an unready pod left in the catalog, a node kill whose pods kept answering), or the
-          mesh kept using it longer than the SLO allows. No pod hit at all is a fault that hit nothing.
-          A pod made unready keeps running (`KEEPS_RUNNING`): only its serving counts, not its own calls.
+        - A fault that takes pods down: each pod it hit is dead or out of the mesh once its primitive has
+          returned, so it neither serves nor makes a successful hop. Allowed: maxFailoverS after that instant
+          (`_effect_due`; the mesh has that long to stop using the pod by the SLO); one that served or called
+          later, before the restore, was not taken down (a kill_pod whose pod kept serving, an unready pod left
+          in the catalog, a node kill whose pods kept answering), or the mesh kept using it longer than the SLO
+          allows. No pod hit at all is a fault that hit nothing. A pod made unready keeps running
+          (`KEEPS_RUNNING`): only its serving counts, not its own calls.
         - A partition cuts the zone from every other: a hop from it served outside it that failed while it
           lasted shows the cut; none (every such hop answered, or there were none) leaves it unshown. Users
           served through it while it was on show it did not hold (`_partition_leaked`).
@@ -1094,7 +1094,7 @@ class UserChecks(CheckBase):
         hit, none_text = self._hit_pods(f)
         if not hit:
             return f"coverage: fault {f.fault}: {none_text}: the fault hit nothing (fault unverified)"
-        after = f.inject + self.slo.max_failover_s
+        after, since = self._effect_due(f)
         # each pod until the restore, or until the inventory has it ready again after it went unready in the fault
         # (an older timeline wrote the restore after waiting for readiness: readiness, not the order of two
         # writers, ends the fault for the pod)
@@ -1117,9 +1117,36 @@ class UserChecks(CheckBase):
         return (
             f"coverage: fault {f.fault}: did not take effect: {', '.join(row[3])} (taken down by it) served or made "
             f"{row[0]} successful hops from {iso(row[1])} to {iso(row[2])}, more than maxFailoverS "
-            f"({self.slo.max_failover_s:g}s) after the inject at {iso(f.inject)} and before "
+            f"({self.slo.max_failover_s:g}s) after {since} and before "
             f"{'the restore' if f.restore is not None else 'the end of the run'} (the failover was never "
             "exercised, or the mesh kept using them beyond the SLO: fault unverified)"
+        )
+
+    def _effect_due(self, f: Fault) -> tuple[float, str]:
+        """The instant by which fault `f` must show its effect (`_not_taken_effect`, `_partition_leaked`):
+        maxFailoverS after its primitive had returned (`_returned_at`, the inject counter snapshot), and how a
+        message names where that ran from.
+
+        Not from the inject record: the timeline writes it before the primitive runs, and the primitive's own
+        time then counted against the SLO. kind's `kill_node` / `zone_outage` is a `docker stop` during which
+        the node's pods rightly serve (systemd's shutdown; containerd.service's KillMode=process leaves them
+        running until PID 1 exits; up to docker's 10 s), a partition one iptables-restore per node, one
+        `docker exec` after another: the same correct mesh passed coverage after a 50 ms stop and was
+        unverified after a 6 s one. What the allowance is for stays inside it: the mesh's own time to stop
+        using a pod (EDS, outlier ejection), an enforcer applying a NetworkPolicy after the API took it (EKS).
+        Without the snapshot (the primitive raised, no sidecar answered the snapshot, a run from before them)
+        it runs from the inject record, not from the restore that `_acted_at`'s upper bound falls back to: the
+        records then do not say when the primitive returned, and from the restore anything the pods served
+        would be excused, a kill that never took effect with it. A slow fault without its snapshot is
+        unverified (the message says why), never passed on no evidence; a quick one still shows its effect.
+        """
+        returned = self._returned_at(f)
+        if returned is None:
+            return f.inject + self.slo.max_failover_s, (
+                f"the inject at {iso(f.inject)} (no inject counter snapshot: when its primitive returned is unknown)"
+            )
+        return returned + self.slo.max_failover_s, (
+            f"its primitive had returned at {iso(returned)} (the inject counter snapshot; inject {iso(f.inject)})"
         )
 
     def _partition_leaked(self, f: Fault, end: float) -> str:
@@ -1128,8 +1155,9 @@ class UserChecks(CheckBase):
         A successful user request through the zone's entry `/api` needs the Region across the cut link when the
         entry's API upstream's calls reach a Region-only service (public-api -> product-api -> postgres): the
         zone has no instance of it, and the Region is what the partition cuts it from. One that began more than
-        maxFailoverS after the inject (the cut takes its time after its record) and was answered before the
-        restore (written before the heal) crossed a link that was to be cut. One failed hop at the start was
+        maxFailoverS after the partition's primitive had returned (`_effect_due`: an enforcer takes its time
+        after the API took the policy) and was answered before the restore (written before the heal) crossed a
+        link that was to be cut. One failed hop at the start was
         enough to show the cut, so a rule that held for a second of a 20 s partition PASSED as a partition
         survived and recovered (a NetworkPolicy an enforcer stopped applying, a rule flushed). Requests stamped
         in the zones' pods (their nodes' clocks) are held to the restore less the zone's clock bound.
@@ -1143,17 +1171,18 @@ class UserChecks(CheckBase):
             return ""
         in_zones = self.run.clock is not None and self.run.clock.requests_in_zones
         until = end - (self._clock_bound(f.zone) if in_zones else 0.0)
+        due, since = self._effect_due(f)
         row = self.con.execute(
             f"SELECT count(*), min(ts), max({REQUEST_END_SQL}) FROM requests WHERE zone = ? AND {REQUEST_OK_SQL} "
             f"AND {ENTRY_API_SQL} AND ts >= ? AND {REQUEST_END_SQL} <= ?",
-            [f.zone, f.inject + self.slo.max_failover_s, until],
+            [f.zone, due, until],
         ).fetchone()
         if not row or not row[0]:
             return ""
         return (
             f"coverage: fault {f.fault}: the partition of {f.zone} did not take effect throughout: {row[0]} user "
             f"requests through /api entering {f.zone} were served from {iso(row[1])} to {iso(row[2])}, more than "
-            f"maxFailoverS ({self.slo.max_failover_s:g}s) after the inject at {iso(f.inject)} and before the restore, "
+            f"maxFailoverS ({self.slo.max_failover_s:g}s) after {since} and before the restore, "
             f"though each needs {', '.join(needed)} across the cut link (fault unverified)"
         )
 
