@@ -30,10 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from harness.contract.clock import PROBE_PARAM, read_records
+from harness.contract.clock import CLOCK_TOLERANCE_S, PROBE_PARAM, START_TIME_RESOLUTION_S, read_records
 from harness.contract.rundir import ACCESSLOG_DIR, ACCESSLOG_TS_SQL, CLOCK_FILE, INVENTORY_FILE, read_json_sql
 
 PROBES_PER_BATCH = 5
+MAX_PROBES_PER_BATCH = 30  # ... and more, up to this many, until one came back within TIGHT_RTT_S (`send_probes`)
+TIGHT_RTT_S = CLOCK_TOLERANCE_S - START_TIME_RESOLUTION_S
+"""A probe answered within this bounds its zone's clock to within the verdict's tolerance on its own."""
 PROBE_GAP_S = 0.02
 PROBE_TIMEOUT_S = 3.0
 PROBE_QUERY = {"query": "{ coffees { id name price } }"}  # what a shopper asks (loadtests/hashicups.py)
@@ -74,17 +77,30 @@ def send_probes(
     batch: str,
     count: int = PROBES_PER_BATCH,
     timeout_s: float = PROBE_TIMEOUT_S,
+    max_count: int = MAX_PROBES_PER_BATCH,
 ) -> dict[str, int]:
-    """`count` probes into every zone's entry point, zones at once; returns zone -> probes answered."""
+    """`count` probes into every zone's entry point, zones at once; returns zone -> probes answered.
+
+    Then more, up to `max_count` per zone, until one was answered within `TIGHT_RTT_S`. A probe bounds the
+    zone's clock to its round trip (less the time the mesh took, `harness.contract.clock`), and a batch to its
+    tightest probe: five probes on a busy runner (a loaded CI machine, a runner far from the zones) all came
+    back slowly now and then, and the same cluster's clock was bounded to +-61 ms in one run, past the 50 ms
+    the verdict resolves (its hop times unverified), and within it in the next. Probing until one is tight
+    measures the clock rather than the runner's worst moment; where no probe can be (a round trip to the zones
+    longer than the tolerance) the verdict says the clock is not bounded, as before.
+    """
     import httpx
 
     run_id = uuid.uuid4().hex[:8]
 
     def zone_probes(zone: str, base: str) -> int:
         answered = 0
+        tight = False
         recs: list[dict[str, Any]] = []
         with httpx.Client(timeout=timeout_s) as client:
-            for i in range(count):
+            for i in range(max(count, max_count)):
+                if i >= count and tight:
+                    break
                 probe = f"{run_id}-{batch}-{i}-{uuid.uuid4().hex[:6]}"
                 url = f"{base.rstrip('/')}/api?{PROBE_PARAM}={probe}"
                 status, error, received = 0, None, None
@@ -94,6 +110,7 @@ def send_probes(
                     received = time.time()
                     status = resp.status_code
                     answered += 1
+                    tight = tight or received - sent <= TIGHT_RTT_S
                 except httpx.HTTPError as exc:  # no answer: the probe bounds nothing (its line, if any, is unused)
                     error = f"{exc.__class__.__name__}: {exc}"
                 recs.append({"ts": sent, "event": "sent", "batch": batch, "zone": zone, "probe": probe,
