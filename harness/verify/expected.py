@@ -43,17 +43,19 @@ def declared(f: Fault) -> bool:
 def impact_end(run: RunData, f: Fault, hi: float, keys: Container[tuple[str, str]] | None = None) -> float:
     """The end of a declared fault's impact window: `hi`, or later while its cascade lasts.
 
-    The cascade is every down interval (inventory readiness, any zone and
-    service) that began between the inject and the restore; one that never
-    ended keeps the window open to the end of the run. With `keys`, only the
+    The cascade is every down interval (inventory readiness, any zone) of a
+    service the fault's cascade can reach users through (`cascade_services`)
+    that began between the inject and the restore; one that never ended keeps
+    the window open to the end of the run. With `keys`, only the
     intervals of those readiness keys (`zone_keys`: one zone's users' cascade).
     """
     if not declared(f):
         return hi
     restore = f.restore if f.restore is not None else float("inf")
+    cascade = cascade_services(run.topology, f.spof)
     end = hi
     for key, intervals in run.down.items():
-        if keys is not None and key not in keys:
+        if key[1] not in cascade or (keys is not None and key not in keys):
             continue
         for lo, up in intervals:
             if f.inject <= lo <= restore:
@@ -91,6 +93,32 @@ def dependants(t: Topology, spof: tuple[str, ...]) -> set[str]:
                 out.add(s.name)
                 changed = True
     return out
+
+
+def users_reach(t: Topology) -> set[str]:
+    """The services user requests reach: the entry services and every service their calls reach (call graph)."""
+    out = set(t.entry_services)
+    changed = True
+    while changed:
+        changed = False
+        for s in t.services:
+            if s.name in out and not set(s.upstreams) <= out:
+                out |= set(s.upstreams)
+                changed = True
+    return out
+
+
+def cascade_services(t: Topology, spof: tuple[str, ...]) -> set[str]:
+    """The services whose outage during a declared fault is its cascade: the declared ones, and the dependants
+    (`dependants`) that user requests reach (`users_reach`).
+
+    A dependant no user request reaches (postgres-replica streams from the primary, and nobody calls it) explains
+    no user's failed request and no caller's stay in the Region. Counted as cascade, its outage that began during
+    a postgres kill held every zone's declared window open (at the declared 99 % budget) and the cascade's
+    recovery deadline back until it was Ready again: a zone failing 1 in 4 of its users for 50 s after the
+    database was back, or staying on the Region 74 s after the cascade, passed.
+    """
+    return set(spof) | (dependants(t, spof) & users_reach(t))
 
 
 def budget(f: Fault, slo_budget: float) -> float:
