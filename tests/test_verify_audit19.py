@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.chaos import expected as declared_errors
 from harness.verify import AVAILABILITY, FALLBACK, LOCALITY
 from harness.verify.synth import Scenario
 from tests.test_verify_audit import why
 from tests.test_verify_audit4_faults import T, postgres_cascade
 from tests.test_verify_audit14 import AFTER
-from tests.test_verify_soundness import failed
+from tests.test_verify_soundness import KILL, failed, run
 from tests.verdicts import added_pod, rebuilt, rows, verify, write_rows
 
 LAX = "us-west-2-lax-1a"
@@ -91,3 +92,45 @@ def test_a_dependant_on_the_users_path_still_holds_its_zones_window_open(tmp_pat
     assert _shoppers_fail(d, LAX, 40.0, 70.0, 4) >= 20
     v = verify(d)
     assert v.passed, why(v)
+
+
+# -- 2. a declared single point of failure the fault never took down ----------------------------------------------
+def _declared_kill(tmp_path: Path, spof: str, fail_every: int | None) -> Path:
+    """A kill of LAX's product-api (30-50 s, the Region serving 0.2 s after it) whose inject line declares `spof`
+    a single point of failure with a 99 % budget; LAX's shoppers fail every `fail_every`-th request from 32 s
+    to the restore (None: none fail), through a working failover."""
+    d = run(tmp_path, faults=[KILL], rate_per_zone=10)
+    fields = declared_errors.timeline_fields({"singlePointOfFailure": spof, "errorBudget": 0.99, "why": "one of it"})
+    write_rows(d / "chaos.jsonl", [{**c, **fields} if c["phase"] == "inject" else c for c in rows(d / "chaos.jsonl")])
+    if fail_every is not None:
+        assert _shoppers_fail(d, LAX, KILL.inject + 2.0, float(KILL.restore or 0.0), fail_every) >= 30
+    return d
+
+
+def test_a_declaration_naming_a_service_the_fault_did_not_take_down_excuses_nothing(tmp_path: Path) -> None:
+    """HOLE. The kill of LAX's product-api declares postgres its single point of failure (an experiment's copy and
+    paste, or a wrong service argument): the fault took down no postgres pod. A quarter of LAX's shoppers fail
+    through a working failover, 3.6 % of the fault's window against the SLO's 1 %. The verdict took the
+    declaration as given and judged the window at the declared 99 %: PASS. A declaration now holds only for a
+    fault that took down a pod of its single point of failure (`rundata._declarations_hit`); the note says so."""
+    v = verify(_declared_kill(tmp_path, "postgres", 4))
+    assert AVAILABILITY in failed(v), why(v)
+    assert not v.faults[0].expected, v.faults[0]
+    assert any("took down no pod of it" in n for n in v.run.notes), v.run.notes
+
+
+def test_a_declaration_the_fault_did_not_hit_fails_no_correct_mesh(tmp_path: Path) -> None:
+    """The control: the same bogus declaration on a correct mesh (no shopper failing past the failover) passes,
+    with the note."""
+    v = verify(_declared_kill(tmp_path, "postgres", None))
+    assert v.passed, why(v)
+    assert any("took down no pod of it" in n for n in v.run.notes), v.run.notes
+
+
+def test_a_declaration_the_fault_did_hit_still_holds(tmp_path: Path) -> None:
+    """The control of the rule's other side: the kill of LAX's product-api declaring product-api itself (which
+    it took down) keeps its 99 % budget: the quarter of LAX's shoppers failing is within it, stated in the
+    fault's `expected` block."""
+    v = verify(_declared_kill(tmp_path, "product-api", 4))
+    assert AVAILABILITY not in failed(v), why(v)
+    assert v.faults[0].expected and v.faults[0].expected["singlePointOfFailure"] == ["product-api"], v.faults[0]

@@ -48,7 +48,7 @@ import json
 import shutil
 import tempfile
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +292,7 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
         if unknown:
             notes.append(f"records name zones the topology does not have: {', '.join(unknown)}")
         _node_fault_pods(run)
+        _declarations_hit(run)
         _readiness(run)
         _documents(run, skipped)
         skipped += _recording_problems(con, run_dir, notes)
@@ -649,6 +650,7 @@ def live_run(con: duckdb.DuckDBPyConnection, run_dir: Path, t: Topology) -> RunD
     run = RunData(con, t, run_dir, [], [], None, float("inf"))
     run.faults = _faults(con, t, run.notes)
     _node_fault_pods(run)
+    _declarations_hit(run)
     _readiness(run)
     return run
 
@@ -777,6 +779,42 @@ def _node_fault_pods(run: RunData) -> None:
             """,
             [f.fault, f.inject, f.inject, f.inject, f.inject, f.action, f.node or "", f.zone],
         )
+
+
+def _declarations_hit(run: RunData) -> None:
+    """Drop each fault's declared expected errors (`Fault.expected_budget`, `.spof`) unless the fault took down a
+    pod of its declared single point of failure, and say so in the notes.
+
+    Why: the declaration excuses what losing that service costs (its errors judged at the declared budget, no
+    failover measured for it, the dependants' locality and the zones' windows held over its cascade), and nothing
+    else. The verdict took it as given: a kill of LAX's product-api that declared postgres (budget 99 %) had a
+    quarter of LAX's shoppers failing through a working failover judged at 99 %, and passed. Hit means: a pod of
+    the declared service alive at the inject on a node the fault stopped (`node_fault_pods`), or, for any other
+    fault, in its zone (a kill_pod or make_unready of it, a zone outage or partition of its AZ). The fault is
+    then judged like any other, at the SLO's budget.
+    """
+    for i, f in enumerate(run.faults):
+        if f.expected_budget is None:
+            continue
+        if f.action in NODE_FAULT_ACTIONS and (f.action == "zone_outage" or f.node):
+            sql = "SELECT count(*) FROM node_fault_pods WHERE fault = ? AND inject = ? AND list_contains(?, service)"
+            args: list[object] = [f.fault, f.inject, list(f.spof)]
+        else:
+            hit = [s for s in f.spof if f.kind != "service-down" or s in f.services]
+            sql = (
+                "SELECT count(*) FROM intervals WHERE zone = ? AND list_contains(?, service) AND start_ts <= ? "
+                "AND coalesce(end_ts, 'infinity'::DOUBLE) >= ?"
+            )
+            args = [f.zone, hit, f.inject, f.inject]
+        row = run.con.execute(sql, args).fetchone()
+        if row and row[0]:
+            continue
+        run.notes.append(
+            f"fault {f.fault}: declared single point of failure {', '.join(f.spof)}, but the fault took down no pod "
+            f"of it ({f.action or f.kind} in {f.zone}{': ' + ', '.join(f.services) if f.services else ''}): its "
+            f"declared {f.expected_budget * 100:g}% budget excuses nothing; judged as any other fault"
+        )
+        run.faults[i] = replace(f, expected_budget=None, spof=(), expected_why="")
 
 
 def _readiness(run: RunData) -> None:
