@@ -1,4 +1,4 @@
-"""Broken meshes a seventeenth audit found the verdict passing (false PASS).
+"""Broken meshes a nineteenth audit found the verdict passing (false PASS).
 
 Each broken case is a synthetic run (harness.verify.synth) with the broken behaviour planted the way Envoy and the
 harness's collectors would record it; each asserts the verdict FAILS (each docstring's "HOLE." says how it passed
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.chaos import expected as declared_errors
-from harness.verify import AVAILABILITY, FALLBACK, LOCALITY
+from harness.verify import AVAILABILITY, CALL_GRAPH, FALLBACK, LOCALITY
 from harness.verify.synth import Scenario
 from tests.test_verify_audit import why
 from tests.test_verify_audit4_faults import T, postgres_cascade
@@ -85,9 +85,10 @@ def test_a_replica_outage_during_the_cascade_fails_no_correct_mesh(tmp_path: Pat
 
 
 def test_a_dependant_on_the_users_path_still_holds_its_zones_window_open(tmp_path: Path) -> None:
-    """The control of the rule's other side: LAX's own product-api (its readiness follows its database) Ready
-    again only at 70 s, its public-api on the Region's meanwhile, and LAX's shoppers failing 1 in 4 until then:
-    that is the declared fault's cascade in LAX, judged at the declared budget, and the run passes."""
+    """The rule's other side, unchanged by the fix: LAX's own product-api (its readiness follows its database) Ready
+    again only at 70 s, its public-api on the Region's meanwhile, LAX's shoppers failing 1 in 4 until then: a
+    dependant on the users' path is the declared fault's cascade in LAX, and its window is judged at the declared
+    budget (as `UserChecks._impact_end_for_users` documents), so the run passes."""
     d = postgres_cascade(tmp_path, T, LAX, 70.5, duration=140.0, zone_ready=70.0)
     assert _shoppers_fail(d, LAX, 40.0, 70.0, 4) >= 20
     v = verify(d)
@@ -134,3 +135,21 @@ def test_a_declaration_the_fault_did_hit_still_holds(tmp_path: Path) -> None:
     v = verify(_declared_kill(tmp_path, "product-api", 4))
     assert AVAILABILITY not in failed(v), why(v)
     assert v.faults[0].expected and v.faults[0].expected["singlePointOfFailure"] == ["product-api"], v.faults[0]
+
+
+# -- 3. checked and not a hole (kept as a control) -------------------------------------------------------------------
+def test_an_edge_product_api_querying_the_read_replica_fails_call_graph(tmp_path: Path) -> None:
+    """Not a hole: LAX's product-api sends every postgres query to the Region's read replica (a ServiceResolver
+    redirecting postgres to postgres-replica; its cluster is still named postgres). Attributed by address to
+    postgres-replica, the hops are an edge the topology does not declare: call-graph fails, naming it."""
+    d = run(tmp_path)
+    replica = added_pod(d, T.region_zones[0].name, "postgres-replica")
+    for p in (d / "accesslogs").glob(f"product-api-{T.short(LAX)}-*.jsonl"):
+        recs = rows(p)
+        for r in recs:
+            if "postgres" in r["upstream_cluster"]:
+                r["upstream_host"] = f"{replica['ip']}:5432"
+        write_rows(p, recs)
+    v = verify(rebuilt(d))
+    assert CALL_GRAPH in failed(v), why(v)
+    assert "product-api -> postgres-replica" in " ".join(why(v)), why(v)
