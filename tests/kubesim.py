@@ -244,7 +244,7 @@ import aiohttp.web
 import yaml
 
 from harness.backends.local.certs import CertAuthority, spiffe_id
-from harness.backends.local.mesh.spec import parse_duration
+from harness.contract.clusters import ChainClusters, Ref, chain_clusters, parse_duration
 from tests.kuberbac import RequestInfo, access_review_status, allowed, forbidden_message, request_info, review_info
 
 # -- small helpers ---------------------------------------------------------------
@@ -2972,10 +2972,20 @@ class ClusterSim:
             if (reg.namespace, reg.k8s_service) == (ns, name) and (keep is None or reg.address not in keep):
                 del self.catalog[sid]
 
-    def _cluster(self, svc: str) -> str:
-        dc = self.consul.datacenter if self.consul else "dc1"
-        td = self.consul.trust_domain if self.consul else "td.consul"
-        return f"{svc}.default.{dc}.internal.{td}"
+    def _clusters(self, caller: Obj, upstream: str) -> ChainClusters:
+        """The Envoy clusters Consul gives the caller's sidecar for `upstream` from the synced config entries
+        (`harness.contract.clusters`, the rule the local emulation compiles by): a chain whose caller's
+        `connectTimeoutMs` differs from any target's own connect timeout (a target without a resolver: 5 s) is
+        named `<8 hex>~<SNI>`, its failover children `failover-target~N~<8 hex>~<SNI>`. Consul CE: one namespace."""
+        c = self.consul
+        dc = c.datacenter if c else "dc1"
+        td = c.trust_domain if c else "td.consul"
+        svc = (caller["metadata"].get("annotations") or {}).get("consul.hashicorp.com/connect-service", "")
+
+        def entry(kind: str, ref: Ref) -> Mapping[str, Any] | None:
+            return c.entries.get((kind, ref[0])) if c else None
+
+        return chain_clusters(entry, (svc, None), (upstream, None), lambda ref: f"{ref[0]}.default.{dc}.internal.{td}")
 
     def _host_counters(self, caller: Obj, cluster: str, host: str) -> dict[str, int]:
         """The caller's Envoy's counters for one host of one cluster (what `/clusters` reports)."""
@@ -3015,21 +3025,15 @@ class ClusterSim:
         on a dead host costs the connect timeout (`dead_attempts`): packets
         to a stopped node go nowhere, nothing refuses them.
         """
-        c = self.consul
-        resolver = c.entries.get(("ServiceResolver", upstream)) if c else None
-        targets = [upstream]
-        if resolver:
-            for fo in ((resolver.get("failover") or {}).get("*") or {}).get("targets") or []:
-                targets.append(str(fo.get("service")))
+        chain = self._clusters(caller, upstream)
         retries, max_failures, base = self._envoy_policy(caller, upstream)
         me, now = str(caller["metadata"]["uid"]), time.time()
         attempts = 1 + retries
         last_dead: tuple[Obj, str] | None = None
         dead = 0
-        for i, svc in enumerate(targets):
+        for (svc, _ns), cluster in zip(chain.targets, chain.children, strict=True):
             # Consul names every child of the aggregate after the primary (`failover-target~N~<primary>`), not
             # after the target it holds: only the hosts in it say where it goes
-            cluster = f"failover-target~{i}~{self._cluster(upstream)}" if resolver else self._cluster(svc)
             while attempts > 0:
                 hosts = [p for p in self._instances(svc) if self._ejected.get((me, p["metadata"]["uid"]), 0.0) <= now]
                 if not hosts:
@@ -3054,19 +3058,13 @@ class ClusterSim:
                 break
         if last_dead is not None:
             return Routed(last_dead[0], last_dead[1], "URX,UF" if retries else "UF", dead)
-        first = f"failover-target~0~{self._cluster(upstream)}" if resolver else self._cluster(upstream)
-        return Routed(None, first, "UH", 0)
+        return Routed(None, chain.children[0], "UH", 0)
 
     def _connect_timeout_s(self, caller: Obj, upstream: str) -> float:
-        """The connect timeout of the caller's Envoy towards `upstream`: the upstream's ServiceResolver
-        `connectTimeout`, else the caller's ServiceDefaults `upstreamConfig.defaults.connectTimeoutMs`, else
-        Consul's default (5 s)."""
-        c = self.consul
-        resolver = c.entries.get(("ServiceResolver", upstream)) if c else None
-        if resolver and resolver.get("connectTimeout"):
-            return parse_duration(str(resolver["connectTimeout"]), lambda: ValueError("connectTimeout"))
-        ms = self._upstream_defaults(caller).get("connectTimeoutMs")
-        return int(ms) / 1000 if ms else 5.0
+        """The connect timeout of the caller's Envoy towards `upstream`: the caller's ServiceDefaults
+        `upstreamConfig` `connectTimeoutMs`, which overrides the resolver's (getResolverNode), else the
+        upstream's ServiceResolver `connectTimeout`, else Consul's default (5 s)."""
+        return self._clusters(caller, upstream).connect_timeout_s
 
     def _upstreams(self, pod: Obj) -> dict[str, str]:
         """Logical upstream (by port) -> Consul name, from the connect-service-upstreams annotation."""
@@ -3134,9 +3132,9 @@ class ClusterSim:
             "upstream_host": host,
             # %UPSTREAM_CLUSTER% is the route's cluster: with a resolver's failover that is the aggregate cluster,
             # named as the primary target, whichever child served (Envoy 1.40 on the local backend logs
-            # `product-api-lax-1a.default.dc1.internal.<td>.consul` for Region-served hops too); the counters
-            # (`/clusters`) name the children (`failover-target~N~...`)
-            "upstream_cluster": self._cluster(upstream) if cluster.startswith("failover-target~") else cluster,
+            # `<8 hex>~product-api-lax-1a.default.dc1.internal.<td>.consul` for Region-served hops too); the
+            # counters (`/clusters`) name the children (`failover-target~N~<8 hex>~...`)
+            "upstream_cluster": self._clusters(caller, upstream).route,
             "upstream_local_address": f"{run.current.ip}:{40000 + next(self._rr) % 20000}" if host else None,
             "downstream_local_address": f"127.0.0.1:{port}",
             "downstream_remote_address": "127.0.0.1:50000",
@@ -3222,14 +3220,8 @@ class ClusterSim:
         if req.path == "/clusters":
             clusters = []
             for up in self._upstreams(pod).values():
-                names = [up]
-                res = self.consul.entries.get(("ServiceResolver", up)) if self.consul else None
-                if res:
-                    names += [
-                        str(t.get("service")) for t in ((res.get("failover") or {}).get("*") or {}).get("targets") or []
-                    ]
-                for i, svc_name in enumerate(names):
-                    cname = f"failover-target~{i}~{self._cluster(up)}" if res else self._cluster(svc_name)
+                chain = self._clusters(pod, up)
+                for (svc_name, _ns), cname in zip(chain.targets, chain.children, strict=True):
                     counters = self.upstream_stats.get(name, {}).get(cname, {})
                     hosts = []
                     for p in self._instances(svc_name):
@@ -3276,7 +3268,9 @@ class ClusterSim:
                     {
                         "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
                         "dynamic_active_clusters": [
-                            {"cluster": {"name": self._cluster(u)}} for u in self._upstreams(pod).values()
+                            {"cluster": {"name": name}}
+                            for u in self._upstreams(pod).values()
+                            for name in dict.fromkeys((self._clusters(pod, u).route, *self._clusters(pod, u).children))
                         ],
                     },
                 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 from harness.render.consul import CONNECT_TIMEOUT_MS, NUM_RETRIES, PASSIVE_HEALTH_CHECK
@@ -59,7 +60,11 @@ def test_a_dead_but_passing_host_fails_its_calls_until_ejected_then_traffic_fail
     assert max_failures <= 1 + NUM_RETRIES  # ejected within one request's attempts: its last retry fails over
     assert first.host is not None and first.host["metadata"]["name"] == "api-r" and first.flags == "-"
     assert first.cluster.startswith("failover-target~1~") and first.dead_attempts == max_failures
-    counters = sim.upstream_stats["web-1"]["failover-target~0~api.default.dc1.internal." + sim.consul.trust_domain]  # type: ignore[union-attr]
+    # web's 2 s connect timeout differs from api-region's (no resolver: 5 s): Consul hash-prefixes the chain
+    primary = "api.default.dc1.internal." + sim.consul.trust_domain  # type: ignore[union-attr]
+    local = sim._clusters(CALLER, "api").children[0]
+    assert re.fullmatch(r"failover-target~0~[0-9a-f]{8}~" + re.escape(primary), local), local
+    counters = sim.upstream_stats["web-1"][local]
     assert counters["10.0.0.1:20000"]["cx_connect_fail"] == max_failures
     # ejected for baseEjectionTime: the next request goes to the Region at once
     again = sim.route(CALLER, "api")
@@ -94,21 +99,29 @@ def test_the_caller_logs_the_failed_call_as_envoy_does() -> None:
     backend's dead node logged `upstream_reset_before_response_started{connection_timeout}` after ~2 s per
     attempt); the caller sees no upstream (the request failed)."""
     sim = _sim({"a", "b", "c"}, {"api": ["a", "b", "c"]})
-    sim.consul.entries[("ServiceResolver", "api")]["connectTimeout"] = "10ms"  # type: ignore[union-attr]
+    web = sim.consul.entries[("ServiceDefaults", "web")]["upstreamConfig"]["defaults"]  # type: ignore[union-attr]
+    web["connectTimeoutMs"] = 10
     sim.pods["uid-web-1"] = PodRun("uid-web-1", "n", "web-1", current=Container(1, "10.0.1.1", 0.0))
     target, code = asyncio.run(sim._log_hop(CALLER, "api", "8080", "/api"))
     assert target is None and code == 503
     line = json.loads(sim.pods["uid-web-1"].current.envoy_buffer[-1])  # type: ignore[union-attr]
     assert (line["response_code"], line["response_flags"]) == (503, "URX,UF")
     assert line["upstream_host"] == "10.0.0.3:20000"  # the last dead pick ("c")
-    assert line["upstream_cluster"] == sim._cluster("api")  # the route's (aggregate) cluster, not a child's
+    assert (
+        line["upstream_cluster"] == sim._clusters(CALLER, "api").route
+    )  # the route's (aggregate) cluster, not a child's
     assert line["response_code_details"] == "upstream_reset_before_response_started{connection_timeout}"
     assert line["duration"] >= (1 + NUM_RETRIES) * 10
 
 
-def test_the_connect_timeout_is_the_resolvers_then_the_callers_upstream_config() -> None:
+def test_the_connect_timeout_is_the_callers_upstream_config_then_the_resolvers() -> None:
+    """Consul's getResolverNode (discoverychain/compile.go) takes the resolver's `connectTimeout` (5 s without
+    one) and replaces it with the caller's override (ServiceDefaults `upstreamConfig` `connectTimeoutMs`)
+    whenever the caller sets one: the override wins, the resolver's counts only for a caller without it."""
     sim = _sim(set(), {"api": ["a"]})
     assert sim._connect_timeout_s(CALLER, "api") == CONNECT_TIMEOUT_MS / 1000  # no resolver timeout: ServiceDefaults
     sim.consul.entries[("ServiceResolver", "api")]["connectTimeout"] = "3s"  # type: ignore[union-attr]
-    assert sim._connect_timeout_s(CALLER, "api") == 3.0
+    assert sim._connect_timeout_s(CALLER, "api") == CONNECT_TIMEOUT_MS / 1000  # the caller's override still wins
+    other = {"metadata": {"name": "x", "uid": "x", "annotations": {"consul.hashicorp.com/connect-service": "x"}}}
+    assert sim._connect_timeout_s(other, "api") == 3.0  # no override: the resolver's
     assert sim._connect_timeout_s({"metadata": {"name": "x", "uid": "x"}}, "other") == 5.0  # Consul's default

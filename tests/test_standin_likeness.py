@@ -312,3 +312,32 @@ def test_the_verifier_reads_the_service_off_a_customized_failover_childs_name(de
     chain = mesh.compile_chain(ServiceRef("public-api-lax-1a"), ServiceRef("product-api-lax-1a"))
     clusters, _eds = mesh_envoy.chain_clusters(chain, mesh_envoy.TlsFiles(Path("ca"), Path("c"), Path("k")), Path("e"))
     assert {service(c["name"]) for c in clusters} == {"product-api-lax-1a"}
+
+
+def test_the_models_name_every_rendered_chains_clusters_as_the_emulation_compiles_them(default_manifests: Any) -> None:
+    """One rule for every stand-in (`harness.contract.clusters`): the models that write records without a mesh
+    (`RenderedChains`, behind the synthetic runs, the test kit's fake and, over its synced entries, kubesim) read
+    the rendered config entries and must name each caller's clusters as the local emulation's compiler does, the
+    compiler that follows Consul's getResolverNode. They wrote plain SNIs while the emulation (and a real Consul)
+    hash-prefixes every rendered chain: the callers' 2 s against the 5 s of a target without a resolver."""
+    import re
+
+    from harness.backends.local.mesh import ServiceRef
+    from harness.contract.names import consul_name
+    from harness.render.consul import RenderedChains
+    from harness.render.naming import upstream_target, workloads
+
+    _spec, mesh = validate(default_manifests)
+    t = default_manifests.topology
+    models = RenderedChains(t, t.edition, mesh.trust_domain, mesh.datacenter)
+    seen = 0
+    for w in workloads(t, t.edition):
+        for up in w.service.upstreams:
+            caller = ServiceRef(consul_name(t, w.service, w.zone, t.edition))
+            upstream = ServiceRef(upstream_target(t, t.service(up), w.zone, t.edition)[0])
+            (node,) = mesh.compile_chain(caller, upstream).nodes
+            got = models.chain(w.service.name, w.zone.name, up)
+            assert (got.route, got.children) == (node.cluster_name, node.child_names), (w.zone.name, up)
+            assert re.match(r"(failover-target~\d+~)?[0-9a-f]{8}~", got.children[-1]), got
+            seen += 1
+    assert seen > len(t.zones)  # every zone's callers, edge copies and Region alike

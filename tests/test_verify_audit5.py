@@ -9,11 +9,13 @@ the same run with the mesh (or the fault) behaving passes.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.render.consul import RenderedChains
 from harness.verify import COVERAGE, HUB_AND_SPOKE
 from harness.verify.synth import FaultSpec, Scenario, _write_plan, chaos_records, write_run
 from tests.test_verify_audit import why
@@ -93,10 +95,12 @@ def test_control_a_fault_that_took_effect_passes(tmp_path: Path, case: str) -> N
 # Envoy 1.40 logs a failover chain's aggregate cluster in %UPSTREAM_CLUSTER%, named as its primary (the caller's
 # own zone's target), and Consul names the chain's children failover-target~<i>~<the primary's name> (`/clusters`):
 # neither name says which zone the host it went to is in. Stored real runs: `product-api-lax-1a.default.dc1...`
-# in LAX's access logs whether LAX's or the Region's product-api served.
+# in LAX's access logs whether LAX's or the Region's product-api served; hash-prefixed (`<8 hex>~`) as Consul
+# names the rendered chains (the callers' 2 s connect timeout differs from the Region target's 5 s).
 TD = "0f0f0f0f-synth.consul"
-LAX_AGGREGATE = f"product-api-lax-1a.default.dc1.internal.{TD}"
-LAX_FAILOVER_CHILD = f"failover-target~1~product-api-lax-1a.default.dc1.internal.{TD}"
+_LAX_CHAIN = RenderedChains(T, T.edition, TD).chain("public-api", LAX, "product-api")
+LAX_AGGREGATE = _LAX_CHAIN.route
+LAX_FAILOVER_CHILD = _LAX_CHAIN.children[1]
 LAS_UNKNOWN_IP = "10.213.3.250"  # in LAS's pod range (synth: zone i has 10.213.i.0/24); no inventory record has it
 KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
 
@@ -129,6 +133,7 @@ def test_synthetic_access_logs_name_the_routes_aggregate_cluster_as_envoy_does(t
     d = write_run(tmp_path / "run", _scenario([KILL]))
     clusters = {r["upstream_cluster"] for r in rows(d / "accesslogs" / f"{_lax_caller(d)['pod']}.jsonl")}
     assert clusters == {LAX_AGGREGATE}, clusters
+    assert re.fullmatch(rf"[0-9a-f]{{8}}~product-api-lax-1a\.default\.dc1\.internal\.{re.escape(TD)}", LAX_AGGREGATE)
     stats = {r["cluster"] for r in rows(d / "upstream-stats.jsonl") if r["pod"] == _lax_caller(d)["pod"]}
     assert stats == {f"failover-target~0~{LAX_AGGREGATE}", LAX_FAILOVER_CHILD}, stats
 

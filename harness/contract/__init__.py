@@ -6,6 +6,7 @@ reading it import the same rule instead of re-deriving it:
 - `names`: labels, annotations, namespaces and Consul names (docs/CONTRACTS.md §2);
 - `scheduling`: may a pod go on a node (Kubernetes semantics), and a kind config's nodes;
 - `upstreams`: the `connect-service-upstreams` annotation, parsed;
+- `clusters`: the Envoy cluster names Consul gives a caller's upstream chain (and Go durations, read once);
 - `logsource`: how access-log lines pass from a backend to observe;
 - `rundir`: run-directory paths and record file names (docs/CONTRACTS.md §4);
 - `inventory`: pod <-> IP <-> node <-> zone over time, with the one IP-at-time resolver;

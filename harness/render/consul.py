@@ -60,6 +60,7 @@ import json
 from typing import Any
 
 from harness.contract import names
+from harness.contract.clusters import ChainClusters, Ref, chain_clusters
 from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.render import naming
 from harness.render.naming import ConsulService
@@ -201,3 +202,43 @@ def render_consul(t: Topology, edition: Edition) -> dict[str, list[dict[str, Any
         "40-service-intentions.yaml": service_intentions(t, services, edition),
     }
     return {name: objs for name, objs in files.items() if objs}
+
+
+class RenderedChains:
+    """The Envoy clusters Consul compiles from the rendered config entries, for models of a run without Consul.
+
+    The synthetic runs (`harness.verify.synth`) and the test kit's fake backend write the access-log lines and
+    upstream counters a real sidecar would: their cluster names must be the ones Consul gives the rendered config
+    (`harness.contract.clusters`: every chain of a caller with `connectTimeoutMs` whose targets include one without
+    a resolver is hash-prefixed), read here off the same entries `render_consul` writes, so a change to them
+    changes the names the models write. Consul CE holds every entry in its one namespace (keyed by name
+    alone); Enterprise in the mirrored Kubernetes namespace.
+    """
+
+    def __init__(self, t: Topology, edition: Edition, trust_domain: str, datacenter: str = "dc1") -> None:
+        self.t = t
+        self.edition = edition
+        self.trust_domain = trust_domain
+        self.datacenter = datacenter
+        self._entries: dict[tuple[str, Ref], dict[str, Any]] = {}
+        for objs in render_consul(t, edition).values():
+            for obj in objs:
+                meta = obj["metadata"]
+                self._entries[(str(obj["kind"]), self._ref(str(meta["name"]), str(meta["namespace"])))] = obj["spec"]
+        self._chains: dict[tuple[str, str, str], ChainClusters] = {}
+
+    def _ref(self, name: str, namespace: str) -> Ref:
+        return (name, namespace if self.edition is Edition.ENTERPRISE else None)
+
+    def _sni(self, ref: Ref) -> str:
+        return f"{ref[0]}.{ref[1] or names.CE_CONSUL_NAMESPACE}.{self.datacenter}.internal.{self.trust_domain}"
+
+    def chain(self, caller: str, zone: str, upstream: str) -> ChainClusters:
+        """The chain a `caller` pod in `zone` gets for `upstream` (service names of the topology)."""
+        key = (caller, zone, upstream)
+        if key not in self._chains:
+            t, z = self.t, self.t.zone(zone)
+            src = self._ref(names.consul_name(t, t.service(caller), z, self.edition), names.namespace(t, z))
+            dst = self._ref(*naming.upstream_target(t, t.service(upstream), z, self.edition))
+            self._chains[key] = chain_clusters(lambda kind, ref: self._entries.get((kind, ref)), src, dst, self._sni)
+        return self._chains[key]

@@ -40,7 +40,6 @@ from harness.backends.base import CHAOS_PRIMITIVES, Backend, Status
 from harness.chaos.timeline import FaultKind, takes_entry_down
 from harness.contract.inventory import Inventory, PodInfo
 from harness.contract.logsource import LogSource
-from harness.contract.names import consul_name
 from harness.contract.rundir import (
     ACCESSLOG_DIR,
     CHAOS_FILE,
@@ -51,6 +50,7 @@ from harness.contract.rundir import (
     TOPOLOGY_FILE,
 )
 from harness.errors import BackendError
+from harness.render.consul import RenderedChains
 from harness.render.naming import workloads
 from harness.topology import ENTRY_SERVICE, Placement, Topology, load_topology
 from harness.topology.model import dump_topology
@@ -156,6 +156,7 @@ class FakeBackend(Backend):
         self._rr: dict[tuple[str, str], int] = {}
         self._up = False
         self._manifests: Manifests | None = None
+        self._chains: RenderedChains | None = None
         if up_now:
             self._place()
 
@@ -481,12 +482,13 @@ class FakeBackend(Backend):
         return None, "UH"
 
     def _cluster(self, caller: _Pod, upstream: str) -> str:
+        """Envoy logs the route's cluster: with a failover chain the aggregate, named as its primary (the
+        caller's own zone's target) whichever child's host served; only the host says where the call went.
+        Named as Consul names the rendered config's chains (`RenderedChains`: hash-prefixed, `<8 hex>~`)."""
         t = self.topology
-        zone = t.zone(caller.info.zone)
-        name = consul_name(t, t.service(upstream), zone, t.edition)
-        # Envoy logs the route's cluster: with a failover chain the aggregate, named as its primary (the caller's
-        # own zone's target) whichever child's host served; only the host says where the call went
-        return f"{name}.default.dc1.internal.{TRUST_DOMAIN}"
+        if self._chains is None or self._chains.t is not t:
+            self._chains = RenderedChains(t, t.edition, TRUST_DOMAIN)
+        return self._chains.chain(caller.info.service, caller.info.zone, upstream).route
 
     def _call(self, caller: _Pod, ts: float, req: FakeRequest) -> tuple[bool, float]:
         t = self.topology

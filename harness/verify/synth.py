@@ -54,6 +54,7 @@ from harness.contract.rundir import (
     TOPOLOGY_FILE,
     UPSTREAM_STATS_FILE,
 )
+from harness.render.consul import RenderedChains
 from harness.topology import ENTRY_SERVICE, Placement, Topology, dump_topology
 from harness.verify.rundata import OVERPROVISIONING
 
@@ -183,6 +184,7 @@ class _Model:
         self.ports = {s.name: s.container_port for s in self.t.services}
         self.counters: dict[tuple[str, str, str], list[int]] = {}  # (pod, cluster, host) -> cx, cf, rq, rqe
         self.stats_lines: list[str] = []
+        self.chains = RenderedChains(self.t, self.t.edition, TRUST_DOMAIN)
         for s in self.t.services:
             zones = [z.name for z in self.t.zones] if s.placement is Placement.EDGE else self.azs
             if s.placement is Placement.REGION:
@@ -327,28 +329,28 @@ class _Model:
                 targets = local or [p for az in self.azs for p in self.pods.get((u, az), [])]
                 for c in callers:
                     for p in targets:
-                        key = (c.name, self.cluster(zone, u, p.zone), f"{p.ip}:{self.ports[u]}")
+                        key = (c.name, self.cluster(service, zone, u, p.zone), f"{p.ip}:{self.ports[u]}")
                         self.counters.setdefault(key, [0, 0, 0, 0])
 
-    def aggregate(self, caller_zone: str, upstream: str) -> str:
+    def aggregate(self, caller: str, caller_zone: str, upstream: str) -> str:
         """The cluster a caller's route names, as Envoy 1.40 logs it in %UPSTREAM_CLUSTER%: for a failover chain
-        the aggregate cluster, named as its primary (the caller's own zone's target), whichever child served."""
-        return f"{self.consul(upstream, caller_zone)}.default.dc1.internal.{TRUST_DOMAIN}"
+        the aggregate cluster, named as its primary (the caller's own zone's target), whichever child served.
 
-    def cluster(self, caller_zone: str, upstream: str, served_zone: str | None) -> str:
+        Named as Consul names the rendered config's chains (`RenderedChains`): `<8 hex>~`-prefixed, since every
+        caller's `connectTimeoutMs` differs from the 5 s of a target without a resolver (the Region's)."""
+        return self.chains.chain(caller, caller_zone, upstream).route
+
+    def cluster(self, caller: str, caller_zone: str, upstream: str, served_zone: str | None) -> str:
         """The Envoy cluster of a caller's upstream that holds the serving host, as `/clusters` lists it.
 
         Consul names a failover chain's children `failover-target~<i>~<the primary's cluster>` (i: the target's
         place in the chain, 0 the primary): the name never says which zone a child's hosts are in, only its
         index does (0: the caller's own zone; any other: a failover target, the Region or, misconfigured,
         another Local Zone)."""
+        chain = self.chains.chain(caller, caller_zone, upstream)
         name = self.consul(upstream, caller_zone)
-        base = self.aggregate(caller_zone, upstream)
-        if name == upstream:  # Region-only upstream, or a Region caller
-            return base
         target = self.consul(upstream, served_zone) if served_zone else name
-        k = 0 if target == name else 1
-        return f"failover-target~{k}~{base}"
+        return chain.children[0 if target == name else min(1, len(chain.children) - 1)]
 
     def count(self, caller: str, cluster: str, host: str, rq: int = 1, cf: int = 0, err: int = 0) -> None:
         c = self.counters.setdefault((caller, cluster, host), [0, 0, 0, 0])
@@ -655,7 +657,7 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
                     other = next((z for z in m.lzs if z != czone), None)
                     tried = m.pick(up, other) if other else None
                     if tried and caller_pod:  # the connect to the other LZ fails; Envoy retries to the Region
-                        m.count(caller_pod.name, m.cluster(czone, up, other), f"{tried.ip}:{m.ports[up]}", 0, 1)
+                        m.count(caller_pod.name, m.cluster(caller, czone, up, other), f"{tried.ip}:{m.ports[up]}", 0, 1)
                 return m.region_pod(up, None), 200, "-", link_ms.get(czone, 0.0)
         if placement[up] is Placement.REGION:
             if sc.misconfig == "postgres-in-lz" and edge[czone]:
@@ -692,8 +694,8 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             host = f"{pod.ip}:{m.ports[up]}" if pod else ""
             sz = pod.zone if pod else None
             sp = pod.name if pod else None
-            cluster = m.cluster(zone, up, sz)  # the child that held the host (counters)
-            logged = m.aggregate(zone, up)  # what the access log names: the route's aggregate cluster
+            cluster = m.cluster(svc, zone, up, sz)  # the child that held the host (counters)
+            logged = m.aggregate(svc, zone, up)  # what the access log names: the route's aggregate cluster
             if pod and caller_pod:
                 m.count(caller_pod.name, cluster, host, 1, 1 if flags == "UF" else 0, 1 if status >= 500 else 0)
             if pod and drop and rng.random() < drop:

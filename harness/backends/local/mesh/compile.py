@@ -8,11 +8,9 @@ fields) and the compiler (which reads them) stay in separate modules.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 
 from harness.backends.local.mesh.types import (
-    DEFAULT_CONNECT_TIMEOUT_S,
     HTTP_PROTOCOLS,
     Chain,
     CompiledRoute,
@@ -27,6 +25,7 @@ from harness.backends.local.mesh.types import (
     Target,
     UpstreamConfig,
 )
+from harness.contract.clusters import customization_tag, customized_name, is_customized, own_connect_timeout_s
 from harness.errors import InputError
 
 
@@ -89,8 +88,7 @@ class ChainCompiler:
         primary and each failover target alike (a value under 1 ns means 5 s).
         """
         res = self.resolvers.get(resolved)
-        ct = res.connect_timeout_s if res is not None else None
-        return ct if ct is not None and ct >= 1e-9 else DEFAULT_CONNECT_TIMEOUT_S
+        return own_connect_timeout_s(res.connect_timeout_s if res is not None else None)
 
     def resolver_node(self, start: ServiceRef, override_ct_s: float | None) -> tuple[ResolverNode, bool]:
         """The resolver node for `start`, and whether the upstream override changed it.
@@ -112,9 +110,7 @@ class ChainCompiler:
             resolved = self._redirected(t)
             if resolved != primary:
                 targets.append(resolved)
-        customized = override_ct_s is not None and any(
-            abs(override_ct_s - self.own_connect_timeout(t)) > 1e-9 for t in targets
-        )
+        customized = is_customized(override_ct_s, (self.own_connect_timeout(t) for t in targets))
         if override_ct_s is not None:
             connect_timeout = override_ct_s
         node = ResolverNode(
@@ -183,8 +179,10 @@ class ChainCompiler:
             # Consul prefixes every cluster of a chain its upstream overrides changed with
             # "<8 hex>~" (CustomizeClusterName), a failover chain's children too
             # ("failover-target~N~<8 hex>~<primary>"); the hex is Consul's struct hash, ours differs.
-            tag = hashlib.sha256(f"connect_timeout_ms={cfg.connect_timeout_ms}".encode()).hexdigest()[:8]
-            routes = [replace(r, node=replace(r.node, cluster_name=f"{tag}~{r.node.cluster_name}")) for r in routes]
+            tag = customization_tag(cfg.connect_timeout_ms)
+            routes = [
+                replace(r, node=replace(r.node, cluster_name=customized_name(r.node.cluster_name, tag))) for r in routes
+            ]
         return Chain(upstream=upstream, protocol=protocol, routes=tuple(routes), upstream_config=cfg)
 
     def intention_rules(self, destination: ServiceRef) -> IntentionRules:

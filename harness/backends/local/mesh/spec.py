@@ -13,17 +13,14 @@ renderer or kubectl may well write explicit empty defaults.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from harness.contract.clusters import parse_duration
 from harness.errors import InputError
 
 UNSUPPORTED = "not supported by the local backend"
 ENTERPRISE_ONLY = "Consul Enterprise only (this run is Consul CE)"
-
-_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def is_zero(value: Any) -> bool:
@@ -141,22 +138,3 @@ class Spec:
         for key, value in self.data.items():
             if key not in self._seen and not is_zero(value):
                 raise self.error(str(key), UNSUPPORTED)
-
-
-def parse_duration(text: str, err: Any) -> float:
-    """Parse a Go duration; `err()` builds the exception raised on bad input."""
-    s = text.strip()
-    sign = -1.0 if s.startswith("-") else 1.0
-    s = s.lstrip("+-")
-    if s == "0":
-        return 0.0
-    total = 0.0
-    pos = 0
-    for m in _GO_DURATION.finditer(s):
-        if m.start() != pos:
-            raise err()
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or pos == 0:
-        raise err()
-    return sign * total

@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from harness.contract.clusters import DEFAULT_CONNECT_TIMEOUT_S as DEFAULT_CONNECT_TIMEOUT_S  # re-exported
+from harness.contract.clusters import failover_children
+
 CONSUL_GROUP = "consul.hashicorp.com"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_DATACENTER = "dc1"
 # Consul's trust domain is "<cluster id>.consul"; the emulation has no cluster, so a fixed fake id.
 TRUST_DOMAIN = "7f3c1a52-4d1e-4b7a-9c31-5e2f0a9d6b10.consul"
-DEFAULT_CONNECT_TIMEOUT_S = 5.0
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
 HTTP_PROTOCOLS = ("http", "http2", "grpc")
 LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
@@ -214,9 +216,7 @@ class ResolverNode:
 
     @property
     def child_names(self) -> tuple[str, ...]:
-        if not self.aggregate:
-            return (self.cluster_name,)
-        return tuple(f"failover-target~{i}~{self.cluster_name}" for i in range(len(self.targets)))
+        return failover_children(self.cluster_name, len(self.targets))
 
 
 @dataclass(frozen=True)
