@@ -226,6 +226,7 @@ import hashlib
 import ipaddress
 import itertools
 import json
+import math
 import random
 import re
 import shlex
@@ -474,6 +475,15 @@ class AlbRun:
 
 
 @dataclass
+class SimReplicaSet:
+    """One ReplicaSet of a Deployment: the pod template it creates pods from (None: adopted, never scales up) and
+    how many pods it wants (its spec.replicas, which the Deployment controller sets)."""
+
+    template: Obj | None
+    replicas: int
+
+
+@dataclass
 class SimTimings:
     """How long the simulated cluster takes for each step (real values in comments)."""
 
@@ -486,6 +496,9 @@ class SimTimings:
     node_boot_s: float = 0.2  # docker start -> kubelet posts Ready
     entrypoint_s: float = 0.05  # docker start -> kind's entrypoint execs systemd (its iptables rewrite is before)
     crd_sync_s: float = 0.05  # consul-k8s reconcile; real ~100 ms
+    # the Deployment controller's sync after a spec change reaches its informer and work queue: until then
+    # status.observedGeneration lags metadata.generation; real: milliseconds to seconds on a busy control plane
+    deploy_sync_s: float = 0.05
     pv_resync_s: float = 1.0  # the PV controller repeats a pending claim's event (count+1); real: 15 s resync
     # `helm --wait --timeout 15m` is capped at this in tests: far above the sim's bring-up (~1 s), so that a
     # test process starved of CPU (the nice-19 lane beside a busy local lane) is not told "deadline exceeded"
@@ -1203,6 +1216,9 @@ class ClusterSim:
         self._fails: dict[tuple[str, str], int] = {}
         self._ejected: dict[tuple[str, str], float] = {}
         self.paused: set[str] = set()  # controllers stopped by a test ("workloads": kube-controller-manager down)
+        # the Deployment controller's ReplicaSets: Deployment uid -> pod-template-hash -> ReplicaSet, oldest first
+        self.replicasets: dict[str, dict[str, SimReplicaSet]] = {}
+        self._deploy_seen: dict[str, tuple[int, float]] = {}  # Deployment uid -> (generation, when first seen)
         self._task: asyncio.Task[None] | None = None
         # /version; `eks_storage` makes it an EKS one
         self.server_version: dict[str, str] = {"major": "1", "minor": "31", "gitVersion": "v1.31.0"}
@@ -2033,9 +2049,11 @@ class ClusterSim:
 
     # Deployments and StatefulSets -> pods
     def _workloads_tick(self) -> None:
-        for kind_plural in ("deployments", "statefulsets"):
-            for d in list(self.items("apps/v1", kind_plural)):
-                self._reconcile_workload(d, kind_plural)
+        now = time.time()
+        for d in list(self.items("apps/v1", "deployments")):
+            self._reconcile_deployment(d, now)
+        for d in list(self.items("apps/v1", "statefulsets")):
+            self._reconcile_workload(d, "statefulsets")
         for ds in list(self.items("apps/v1", "daemonsets")):
             self._reconcile_daemonset(ds)
         # the garbage collector: a pod whose owner is gone is deleted (background cascading deletion)
@@ -2045,19 +2063,45 @@ class ClusterSim:
             if owners and not p["metadata"].get("deletionTimestamp") and not any(o.get("uid") in uids for o in owners):
                 self.delete("v1", "pods", p["metadata"]["namespace"], p["metadata"]["name"])
 
+    def _owned(self, owner: Obj) -> tuple[list[Obj], list[Obj]]:
+        """The pods `owner` controls (its uid in their ownerReferences), and those of them not terminating."""
+        meta = owner["metadata"]
+        owned = [
+            p
+            for p in self.items("v1", "pods", meta["namespace"])
+            if any(o.get("uid") == meta["uid"] for o in (p["metadata"].get("ownerReferences") or []))
+        ]
+        return owned, [p for p in owned if not p["metadata"].get("deletionTimestamp")]
+
+    def _create_pod(self, owner: Obj, pname: str, ref: Obj, template: Obj, labels: Mapping[str, str]) -> bool:
+        """One pod of `template` under `ref` (its controller); False when admission refused it (the webhook): the
+        controller says so in an event and tries again on its next sync."""
+        ns = owner["metadata"]["namespace"]
+        pod = {
+            "metadata": {
+                "name": pname,
+                "labels": {**((template.get("metadata") or {}).get("labels") or {}), **labels},
+                "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
+                "ownerReferences": [{**ref, "controller": True}],
+            },
+            "spec": copy.deepcopy(template.get("spec") or {}),
+        }
+        if owner.get("kind") == "StatefulSet":
+            self._claims_for(owner, pname, pod)
+        try:
+            self.create("v1", "pods", ns, pod)
+        except Invalid as exc:
+            self._event(owner, "Warning", "FailedCreate", f"Error creating: {exc}", "replicaset-controller",
+                        time.time())  # fmt: skip
+            return False
+        return True
+
     def _reconcile_workload(self, d: Obj, plural: str) -> None:
+        """The StatefulSet controller, as far as the harness meets it: `replicas` pods `<name>-<ordinal>`."""
         meta, spec = d["metadata"], d.get("spec") or {}
         ns, name = meta["namespace"], meta["name"]
         template = spec.get("template") or {}
-        tpl_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
-        rs_hash = "".join("bcdfghjklmnpqrstvwxz2456789"[int(c, 16) % 27] for c in tpl_hash[:10])
-        owner_uid = meta["uid"]
-        owned = [
-            p
-            for p in self.items("v1", "pods", ns)
-            if any(o.get("uid") == owner_uid for o in (p["metadata"].get("ownerReferences") or []))
-        ]
-        live = [p for p in owned if not p["metadata"].get("deletionTimestamp")]
+        owned, live = self._owned(d)
         if meta.get("deletionTimestamp"):
             for p in live:
                 self.delete("v1", "pods", ns, p["metadata"]["name"])
@@ -2067,35 +2111,11 @@ class ClusterSim:
         want = int(spec.get("replicas", 1))
         if len(live) < want:
             taken = {p["metadata"]["name"] for p in self.items("v1", "pods", ns)}
+            ref = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name, "uid": meta["uid"]}
             for _ in range(want - len(live)):
-                if plural == "statefulsets":
-                    pname = next(f"{name}-{n}" for n in itertools.count() if f"{name}-{n}" not in taken)
-                    owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name, "uid": owner_uid}
-                else:
-                    pname = f"{name}-{rs_hash}-" + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
-                    owner = {
-                        "apiVersion": "apps/v1",
-                        "kind": "ReplicaSet",
-                        "name": f"{name}-{rs_hash}",
-                        "uid": owner_uid,
-                    }
+                pname = next(f"{name}-{n}" for n in itertools.count() if f"{name}-{n}" not in taken)
                 taken.add(pname)
-                pod = {
-                    "metadata": {
-                        "name": pname,
-                        "labels": dict((template.get("metadata") or {}).get("labels") or {}),
-                        "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
-                        "ownerReferences": [{**owner, "controller": True}],
-                    },
-                    "spec": copy.deepcopy(template.get("spec") or {}),
-                }
-                if plural == "statefulsets":
-                    self._claims_for(d, pname, pod)
-                try:
-                    self.create("v1", "pods", ns, pod)
-                except Invalid as exc:  # refused by admission (the webhook): the controller says so and retries
-                    self._event(d, "Warning", "FailedCreate", f"Error creating: {exc}", "replicaset-controller",
-                                time.time())  # fmt: skip
+                if not self._create_pod(d, pname, ref, template, {}):
                     break
         elif len(live) > want:
             for p in live[want:]:
@@ -2110,6 +2130,165 @@ class ClusterSim:
         }
         if any((d.get("status") or {}).get(k) != v for k, v in status.items()):
             self.patch("apps/v1", plural, ns, name, {"status": status}, status_only=True)
+
+    # Deployments: kubernetes/kubernetes pkg/controller/deployment (rolling.go, recreate.go, sync.go, util/)
+    @staticmethod
+    def _template_hash(template: Obj) -> str:
+        """The pod-template-hash of a template (the controller's ComputeHash is an FNV of the template; any
+        stable digest does: it only has to change with the template)."""
+        digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+        return "".join("bcdfghjklmnpqrstvwxz2456789"[int(c, 16) % 27] for c in digest[:10])
+
+    @staticmethod
+    def _rolling_bounds(spec: Obj, desired: int) -> tuple[int, int]:
+        """(maxSurge, maxUnavailable) as replica counts (util ResolveFenceposts): `rollingUpdate`'s values, 25 %
+        each by default; a percentage rounds up for the surge and down for unavailability; both 0 makes
+        unavailability 1, or the rollout could never move."""
+
+        def count(value: Any, round_up: bool) -> int:
+            if isinstance(value, str) and value.endswith("%"):
+                exact = int(value[:-1]) * desired / 100
+                return math.ceil(exact) if round_up else math.floor(exact)
+            return int(value)
+
+        ru = (spec.get("strategy") or {}).get("rollingUpdate") or {}
+        surge = count(ru.get("maxSurge", "25%"), True)
+        unavailable = count(ru.get("maxUnavailable", "25%"), False)
+        if surge == 0 and unavailable == 0:
+            unavailable = 1
+        return surge, unavailable
+
+    def _pod_available(self, pod: Obj, min_ready_s: int, now: float) -> bool:
+        """podutil.IsPodAvailable: Ready, and for at least `minReadySeconds` (0: as soon as it is Ready)."""
+        if not self._pod_ready(pod):
+            return False
+        if min_ready_s <= 0:
+            return True
+        cond = next(c for c in pod["status"]["conditions"] if c.get("type") == "Ready")
+        since = datetime.fromisoformat(str(cond.get("lastTransitionTime", k8s_time(now))).replace("Z", "+00:00"))
+        return now - since.timestamp() >= min_ready_s
+
+    def _reconcile_deployment(self, d: Obj, now: float) -> None:
+        """The Deployment controller with its ReplicaSet controller (one sync per tick).
+
+        A ReplicaSet per pod template (`pod-template-hash`): a changed template gets a new one, and the old
+        ones are scaled down as the new one comes up. RollingUpdate (the default) as rolling.go does it:
+        reconcileNewReplicaSet scales the new one up to what `maxSurge` allows over `replicas`
+        (NewRSNewReplicas); reconcileOldReplicaSets scales the old ones down, their unavailable pods first
+        (cleanupUnhealthyReplicas), never below `replicas - maxUnavailable` available, counting the new one's
+        unavailable pods against it (maxScaledDown). Recreate: every old pod gone before the new ones. Each
+        ReplicaSet then creates or deletes pods to its count (not-Ready ones, then the newest, go first:
+        controller.ActivePods). The status is calculateStatus's: `replicas` the pods of all ReplicaSets not
+        terminating, `updatedReplicas` the new one's, `readyReplicas`/`availableReplicas` summed,
+        `unavailableReplicas` what the ReplicaSets want minus what is available. A spec change is seen
+        `deploy_sync_s` after it is written: until then `observedGeneration` is the previous generation and
+        every count is the previous sync's.
+        """
+        meta, spec = d["metadata"], d.get("spec") or {}
+        ns, name, uid = meta["namespace"], meta["name"], str(meta["uid"])
+        owned, live = self._owned(d)
+        if meta.get("deletionTimestamp"):
+            for p in live:
+                self.delete("v1", "pods", ns, p["metadata"]["name"])
+            if not owned:
+                self.replicasets.pop(uid, None)
+                self._deploy_seen.pop(uid, None)
+                self._remove(("apps/v1", "deployments", ns, name))
+            return
+        generation = int(meta.get("generation", 1))
+        seen = self._deploy_seen.get(uid)
+        if seen is None or seen[0] != generation:
+            seen = self._deploy_seen[uid] = (generation, now)
+        if now - seen[1] < self.t.deploy_sync_s:
+            return  # the controller has not synced this generation yet
+        template = spec.get("template") or {}
+        new_hash = self._template_hash(template)
+        rss = self.replicasets.setdefault(uid, {})
+
+        def hash_of(pod: Obj) -> str:
+            ref = next(iter(pod["metadata"].get("ownerReferences") or []), {})
+            return str(ref.get("name", "")).removeprefix(f"{name}-")
+
+        pods: dict[str, list[Obj]] = {}
+        for p in live:
+            pods.setdefault(hash_of(p), []).append(p)
+        for h, ps in pods.items():  # pods of a ReplicaSet the sim never made (seeded): adopted at their count
+            rss.setdefault(h, SimReplicaSet(None, len(ps)))
+        desired = int(spec.get("replicas", 1))
+        min_ready = int(spec.get("minReadySeconds") or 0)
+
+        def available(h: str) -> int:
+            return sum(1 for p in pods.get(h, []) if self._pod_available(p, min_ready, now))
+
+        recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
+        old = [h for h in rss if h != new_hash]
+        if recreate:
+            for h in old:
+                rss[h].replicas = 0
+            old_pods = any(hash_of(p) != new_hash for p in owned)  # terminating ones too (recreate.go)
+            rss.setdefault(new_hash, SimReplicaSet(template, 0)).replicas = 0 if old_pods else desired
+        else:
+            surge, unavailable = self._rolling_bounds(spec, desired)
+            if new_hash not in rss:  # NewRSNewReplicas for a new ReplicaSet: starts at 0
+                rss[new_hash] = SimReplicaSet(template, 0)
+            new = rss[new_hash]
+            if new.replicas > desired:
+                new.replicas = desired
+            elif new.replicas < desired:
+                room = desired + surge - sum(r.replicas for r in rss.values())
+                new.replicas += max(0, min(room, desired - new.replicas))
+            if sum(rss[h].replicas for h in old):
+                min_available = desired - unavailable
+                new_unavailable = new.replicas - available(new_hash)
+                budget = sum(r.replicas for r in rss.values()) - min_available - new_unavailable
+                for h in old:  # cleanupUnhealthyReplicas, oldest first
+                    if budget <= 0:
+                        break
+                    down = min(budget, max(0, rss[h].replicas - available(h)))
+                    rss[h].replicas -= down
+                    budget -= down
+                if budget > 0:  # scaleDownOldReplicaSetsForRollingUpdate
+                    left = sum(available(h) for h in rss) - min_available
+                    for h in old:
+                        if left <= 0:
+                            break
+                        down = min(rss[h].replicas, left)
+                        rss[h].replicas -= down
+                        left -= down
+        for h, rs in rss.items():  # each ReplicaSet's controller
+            have = pods.get(h, [])
+            if len(have) > rs.replicas:
+                order = sorted(have, key=lambda p: (self._pod_ready(p), p["metadata"].get("creationTimestamp", "")))
+                doomed = [p for p in order if not self._pod_ready(p)] + [
+                    p for p in reversed(order) if self._pod_ready(p)
+                ]
+                for p in doomed[: len(have) - rs.replicas]:
+                    self.delete("v1", "pods", ns, p["metadata"]["name"])
+                    have = [q for q in have if q is not p]
+                pods[h] = have
+            elif len(have) < rs.replicas and rs.template is not None:
+                taken = {p["metadata"]["name"] for p in self.items("v1", "pods", ns)}
+                ref = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{name}-{h}", "uid": meta["uid"]}
+                for _ in range(rs.replicas - len(have)):
+                    pname = f"{name}-{h}-" + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
+                    if pname in taken:
+                        continue
+                    taken.add(pname)
+                    if not self._create_pod(d, pname, ref, rs.template, {"pod-template-hash": h}):
+                        break
+        for h in [h for h in rss if h != new_hash and rss[h].replicas == 0 and not pods.get(h)]:
+            del rss[h]  # revisionHistoryLimit aside: an empty old ReplicaSet no longer counts anywhere
+        total_avail = sum(available(h) for h in rss)
+        status = {
+            "observedGeneration": generation,
+            "replicas": sum(len(pods.get(h, [])) for h in rss) or None,
+            "updatedReplicas": len(pods.get(new_hash, [])) or None,
+            "readyReplicas": sum(1 for h in rss for p in pods.get(h, []) if self._pod_ready(p)) or None,
+            "availableReplicas": total_avail or None,
+            "unavailableReplicas": max(0, sum(r.replicas for r in rss.values()) - total_avail) or None,
+        }
+        if any((d.get("status") or {}).get(k) != v for k, v in status.items()):
+            self.patch("apps/v1", "deployments", ns, name, {"status": status}, status_only=True)
 
     def _reconcile_daemonset(self, ds: Obj) -> None:
         """The DaemonSet controller, `updateStrategy: OnDelete`: a pod from the current template on every node

@@ -126,7 +126,8 @@ def test_wait_ready_times_out_naming_laggards_then_succeeds(api: FakeApiServer, 
     # no node to run them on: the pods stay Pending
     # (each laggard with the scheduler's reason once it has written one: none yet at the very first look)
     pend = r"( \(Pending: 0/0 nodes are available:\))?"
-    laggards = rf"not ready after 0s: n/a 0/2 ready{pend}, n/b 0/1 ready{pend}, n/c missing"
+    why = r", (spec update not observed yet|0 of \d new replicas updated|0 of \d updated replicas available)"
+    laggards = rf"not ready after 0s: n/a 0/2 ready{why}{pend}, n/b 0/1 ready{why}{pend}, n/c missing"
     with pytest.raises(BackendError, match=laggards):
         c.wait_deployments_ready([("n", "a"), ("n", "b"), ("n", "c")], timeout=0, poll=0.01)
     assert wait_until(lambda: len([p for p in c.pods("n") if p["status"].get("conditions")]) == 3)
@@ -154,7 +155,87 @@ def test_stale_generation_is_not_ready(api: FakeApiServer, tmp_path: Path) -> No
     )
     d = c.request("GET", "/apis/apps/v1/namespaces/n/deployments/a")
     assert (d["metadata"]["generation"], d["status"]["observedGeneration"], d["status"]["readyReplicas"]) == (2, 1, 1)
-    assert c.deployments_ready([("n", "a")]) == {("n", "a"): (0, 1)}
+    state = c.deployments_ready([("n", "a")])[("n", "a")]
+    assert not state.done and state.waiting == "spec update not observed yet"
+
+
+def _retemplate(c: KubeCluster, name: str, labels: dict[str, str], spec: dict[str, Any] | None = None) -> None:
+    """A re-apply whose pod template changed (EKS nightly: a new image, an annotation): a rollout."""
+    tpl: dict[str, Any] = {"metadata": {"labels": labels}}
+    if spec is not None:
+        tpl["spec"] = spec
+    c.request(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/n/deployments/{name}",
+        body={"spec": {"template": tpl}},
+        content_type="application/merge-patch+json",
+    )
+
+
+def _status(c: KubeCluster, name: str) -> tuple[Any, ...]:
+    d = c.request("GET", f"/apis/apps/v1/namespaces/n/deployments/{name}")
+    st = d.get("status") or {}
+    keys = ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas", "unavailableReplicas")
+    return (d["metadata"]["generation"], st.get("observedGeneration"), *(st.get(k) for k in keys))
+
+
+def test_a_rollout_whose_new_pods_never_come_up_is_not_ready_while_the_old_pods_serve(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    """A re-`up` on an existing cluster with a changed pod template starts a rollout: the Deployment controller
+    makes a new ReplicaSet and scales it up within maxSurge (25 %, rounded up: 1 of 2) while the old pods keep
+    serving, scaled down only as new ones become available (maxUnavailable 25 % of 2, rounded down: 0). Mid-
+    rollout the status says replicas 3, updatedReplicas 1, readyReplicas 2 (sync.go calculateStatus): the
+    readiness rule counted readyReplicas >= replicas and returned, with only the old template serving. kubectl
+    rollout status (DeploymentStatusViewer) waits until every replica is updated, no old one is left and the
+    updated ones are available. Here the new template asks for a node label no node has: it never comes up."""
+    c = api.cluster(tmp_path)
+    api.seed(c, NODES[0], _deployment("a", "n", 2))
+    c.wait_deployments_ready([("n", "a")], timeout=10, poll=0.05)
+    _retemplate(c, "a", {"app": "a", "v": "2"}, {"nodeSelector": {"edge-harness.io/none": "x"}})
+    # the controller's own counts once it synced the new generation: the new pod Pending, both old ones Ready
+    assert wait_until(lambda: _status(c, "a") == (2, 2, 3, 1, 2, 2, 1)), _status(c, "a")
+    with pytest.raises(BackendError, match=r"not ready after 1s: n/a 2/2 ready, 1 of 2 new replicas updated"):
+        c.wait_deployments_ready([("n", "a")], timeout=1, poll=0.05)
+    state = c.deployments_ready([("n", "a")])[("n", "a")]
+    assert not state.done and (state.ready, state.desired) == (2, 2)
+
+
+def test_a_stalled_rollout_of_four_stops_where_maxsurge_and_maxunavailable_let_the_controller_go(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    """The fake's rollout is the controller's (rolling.go): 4 replicas allow one surge pod and one unavailable
+    (25 %: rounded up, down). First sync: the new ReplicaSet to 1, the old one from 4 to 3 (3 stay available).
+    The new pods never become available, so the old one goes no lower (maxScaledDown = 5 - 3 - 2 = 0) while
+    the new one grows to what the surge allows (3 + 2 = 5): replicas 5, updated 2, ready and available 3 (the
+    old ones), unavailable 2 of the 5 the ReplicaSets want; and the harness waits."""
+    c = api.cluster(tmp_path)
+    api.seed(c, NODES[0], _deployment("a", "n", 4))
+    c.wait_deployments_ready([("n", "a")], timeout=10, poll=0.05)
+    _retemplate(c, "a", {"app": "a", "v": "2"}, {"nodeSelector": {"edge-harness.io/none": "x"}})
+    assert wait_until(lambda: _status(c, "a") == (2, 2, 5, 2, 3, 3, 2)), _status(c, "a")
+    live = [p for p in c.pods("n") if not p["metadata"].get("deletionTimestamp")]
+    assert sorted(p["metadata"]["labels"].get("v", "1") for p in live) == ["1", "1", "1", "2", "2"]
+    assert c.deployments_ready([("n", "a")])[("n", "a")].waiting == "2 of 4 new replicas updated"
+
+
+def test_a_rollout_is_ready_once_the_old_pods_are_gone_and_the_new_ones_available(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    """The control: a rollout whose new pods come up finishes (new ReplicaSet at 2, old one at 0, nothing old
+    left) and the wait returns then, with every pod of the new template, none terminating."""
+    c = api.cluster(tmp_path)
+    api.seed(c, NODES[0], _deployment("a", "n", 2))
+    c.wait_deployments_ready([("n", "a")], timeout=10, poll=0.05)
+    old = {p["metadata"]["name"] for p in c.pods("n")}
+    _retemplate(c, "a", {"app": "a", "v": "2"})
+    c.wait_deployments_ready([("n", "a")], timeout=20, poll=0.05)
+    assert _status(c, "a") == (2, 2, 2, 2, 2, 2, None)
+    pods = c.pods("n")
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    assert len(live) == 2 and not old & {p["metadata"]["name"] for p in live}
+    assert all(p["metadata"]["labels"].get("v") == "2" for p in live)
+    assert c.deployments_ready([("n", "a")])[("n", "a")].done
 
 
 # -- nodes, cordon, drain -----------------------------------------------------

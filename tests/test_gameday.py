@@ -381,7 +381,7 @@ def test_no_injection_while_the_steady_state_fails(
     api.sim.call(lambda: api.sim.block_readiness("hashicups-las-1a", pa["metadata"]["name"]))
     assert wait_until(lambda: len(b.steady_state_problems()) == 2, 60)  # the pod, then its Deployment's status
     assert b.steady_state_problems() == [
-        "Deployments not ready: hashicups-las-1a/product-api-las-1a 0/1 ready",
+        "Deployments not ready: hashicups-las-1a/product-api-las-1a 0/1 ready, 0 of 1 updated replicas available",
         f"pods not Ready: {pa['metadata']['name']} (NotReady)",
     ]
     before = _writes(api)

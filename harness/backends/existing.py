@@ -559,7 +559,7 @@ class ExistingBackend(KubeBackend):
     def steady_state_problems(self) -> list[str]:
         """Why the run's part of the cluster is not in its steady state (empty: it is).
 
-        Every rendered Deployment has all replicas ready, every pod of the run
+        Every rendered Deployment is rolled out (kubectl's rule), every pod of the run
         is Ready and serving, no node of the topology's zones is cordoned, no
         partition policy is left in a run namespace, and the ledger holds no
         fault that was never undone. Chaos on top of a broken state proves
@@ -573,9 +573,9 @@ class ExistingBackend(KubeBackend):
             if o["kind"] == "Deployment"
         ]
         lagging = [
-            f"{ns}/{name} " + ("missing" if want < 0 else f"{ready}/{want} ready")
-            for (ns, name), (ready, want) in sorted(self.cluster.deployments_ready(deployments).items())
-            if want < 0 or ready < want
+            f"{ns}/{name} {st.text()}"
+            for (ns, name), st in sorted(self.cluster.deployments_ready(deployments).items())
+            if not st.done
         ]
         if lagging:
             problems.append(f"Deployments not ready: {_first(lagging)}")

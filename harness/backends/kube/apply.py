@@ -28,6 +28,54 @@ from harness.errors import BackendError
 from harness.interrupt import nap
 
 
+@dataclass(frozen=True)
+class DeploymentState:
+    """One Deployment as `kubectl rollout status` judges it (kubectl polymorphichelpers/rollout_status.go
+    DeploymentStatusViewer), with its ready count for the progress line.
+
+    Rolled out only when the controller has seen the latest spec (observedGeneration >= generation), every
+    replica runs the current template (updatedReplicas >= spec.replicas), no pod of an older one is left
+    (status.replicas <= updatedReplicas) and the updated ones are available (availableReplicas >=
+    updatedReplicas). readyReplicas alone counts the old template's pods too: a re-`up` whose template changed
+    (a new image) was ready as soon as the old pods were, mid-rollout, while they alone served.
+    """
+
+    desired: int  # spec.replicas; -1: no such Deployment
+    ready: int  # status.readyReplicas, old pods included
+    waiting: str = ""  # what the rollout still waits for, in kubectl's terms; "" once rolled out
+
+    @property
+    def done(self) -> bool:
+        return self.desired >= 0 and not self.waiting
+
+    def text(self) -> str:
+        """`missing`, or `<ready>/<desired> ready` and what the rollout waits for."""
+        if self.desired < 0:
+            return "missing"
+        return f"{self.ready}/{self.desired} ready" + (f", {self.waiting}" if self.waiting else "")
+
+    @classmethod
+    def of(cls, d: Mapping[str, Any]) -> DeploymentState:
+        desired = int((d.get("spec") or {}).get("replicas", 1))
+        status = d.get("status") or {}
+
+        def count(key: str) -> int:
+            return int(status.get(key) or 0)
+
+        ready = count("readyReplicas")
+        if int(status.get("observedGeneration") or 0) < int(_meta(d).get("generation") or 0):
+            # the controller has not seen the latest spec: every count is of the previous one
+            return cls(desired, ready, "spec update not observed yet")
+        updated, replicas, available = count("updatedReplicas"), count("replicas"), count("availableReplicas")
+        if updated < desired:
+            return cls(desired, ready, f"{updated} of {desired} new replicas updated")
+        if replicas > updated:
+            return cls(desired, ready, f"{replicas - updated} old replicas pending termination")
+        if available < updated:
+            return cls(desired, ready, f"{available} of {updated} updated replicas available")
+        return cls(desired, ready)
+
+
 class ApplyMixin(KubeApi):
     """Apply / delete / wait / sync status / artifacts over the raw API."""
 
@@ -116,25 +164,11 @@ class ApplyMixin(KubeApi):
         return self._on_item("GET", api_version, kind, namespace, name)
 
     # -- readiness -----------------------------------------------------------
-    def deployments_ready(self, deployments: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
-        """(namespace, name) -> (ready replicas, desired replicas; -1 when missing), from one list call."""
+    def deployments_ready(self, deployments: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DeploymentState]:
+        """(namespace, name) -> its rollout as kubectl judges it (`DeploymentState`), from one list call."""
         items = (self.request("GET", "/apis/apps/v1/deployments") or {}).get("items", [])
         found = {(str(_meta(d).get("namespace")), str(_meta(d).get("name"))): d for d in items}
-        out: dict[tuple[str, str], tuple[int, int]] = {}
-        for key in deployments:
-            d = found.get(key)
-            if d is None:
-                out[key] = (0, -1)
-                continue
-            desired = int((d.get("spec") or {}).get("replicas", 1))
-            status = d.get("status") or {}
-            ready = int(status.get("readyReplicas") or 0)
-            generation = _meta(d).get("generation")
-            observed = status.get("observedGeneration")
-            if generation is not None and observed is not None and int(observed) < int(generation):
-                ready = 0  # the controller has not seen the latest spec yet: its counts are stale
-            out[key] = (ready, desired)
-        return out
+        return {key: DeploymentState.of(found[key]) if key in found else DeploymentState(-1, 0) for key in deployments}
 
     def wait_deployments_ready(
         self,
@@ -143,12 +177,13 @@ class ApplyMixin(KubeApi):
         progress: ProgressFn = _no_progress,
         poll: float = 2.0,
     ) -> None:
-        """Block until every Deployment has all replicas ready; BackendError naming the laggards on timeout."""
+        """Block until every Deployment is rolled out (`DeploymentState`: all replicas updated, available, none of
+        an older template left); BackendError naming the laggards, and what each waits for, on timeout."""
         deadline = time.monotonic() + timeout
         last = ""
         while True:
             state = self.deployments_ready(deployments)
-            pending = {k: v for k, v in state.items() if v[1] < 0 or v[0] < v[1]}
+            pending = {k: v for k, v in state.items() if not v.done}
             msg = f"deployments ready {len(state) - len(pending)}/{len(state)}"
             if msg != last:
                 progress(msg)
@@ -157,10 +192,8 @@ class ApplyMixin(KubeApi):
                 return
             if time.monotonic() >= deadline:
                 detail = ", ".join(
-                    f"{ns}/{name} "
-                    + ("missing" if desired < 0 else f"{ready}/{desired} ready")
-                    + self._why_not_ready(ns, name)
-                    for (ns, name), (ready, desired) in sorted(pending.items())
+                    f"{ns}/{name} {st.text()}" + self._why_not_ready(ns, name)
+                    for (ns, name), st in sorted(pending.items())
                 )
                 raise BackendError(f"not ready after {timeout:.0f}s: {detail}")
             nap(poll)

@@ -467,7 +467,8 @@ class KubeBackend(Backend):
         )  # fmt: skip
 
     def _wait_ready(self, manifests: Manifests) -> None:
-        """Wait until every rendered Deployment has all its replicas ready."""
+        """Wait until every rendered Deployment is rolled out: all replicas of its current template available,
+        none of an older one left (a re-`up` with a changed template is a rollout; `DeploymentState`)."""
         deployments = [
             (str(o["metadata"].get("namespace", "default")), str(o["metadata"]["name"]))
             for o in manifests.objects
