@@ -24,6 +24,11 @@ module does all of that, each behaviour taken from the source named here:
 - Deletion: `gracePeriodSeconds=0` removes the object at once (force); else
   `deletionTimestamp` is set and the kubelet removes it after the containers
   stopped. Namespaces cascade. Finalizers hold objects back (kmock semantics).
+- Deployments roll out (kubernetes pkg/controller/deployment rolling.go,
+  sync.go calculateStatus): a changed pod template gets a new ReplicaSet
+  (`pod-template-hash`), grown within maxSurge while the old one shrinks within
+  maxUnavailable; `observedGeneration` moves at the controller's next sync (a
+  test holds it with `paused`), and `minReadySeconds` is refused, not modelled.
 - A node whose kubelet stops (kind: `docker stop`) keeps its pods `Ready` in
   the API until node-monitor-grace-period passes (40 s; 50 s since Kubernetes
   1.32, kubernetes/kubernetes#121793), then the node is Unknown and its pods
@@ -496,9 +501,6 @@ class SimTimings:
     node_boot_s: float = 0.2  # docker start -> kubelet posts Ready
     entrypoint_s: float = 0.05  # docker start -> kind's entrypoint execs systemd (its iptables rewrite is before)
     crd_sync_s: float = 0.05  # consul-k8s reconcile; real ~100 ms
-    # the Deployment controller's sync after a spec change reaches its informer and work queue: until then
-    # status.observedGeneration lags metadata.generation; real: milliseconds to seconds on a busy control plane
-    deploy_sync_s: float = 0.05
     pv_resync_s: float = 1.0  # the PV controller repeats a pending claim's event (count+1); real: 15 s resync
     # `helm --wait --timeout 15m` is capped at this in tests: far above the sim's bring-up (~1 s), so that a
     # test process starved of CPU (the nice-19 lane beside a busy local lane) is not told "deadline exceeded"
@@ -1218,7 +1220,6 @@ class ClusterSim:
         self.paused: set[str] = set()  # controllers stopped by a test ("workloads": kube-controller-manager down)
         # the Deployment controller's ReplicaSets: Deployment uid -> pod-template-hash -> ReplicaSet, oldest first
         self.replicasets: dict[str, dict[str, SimReplicaSet]] = {}
-        self._deploy_seen: dict[str, tuple[int, float]] = {}  # Deployment uid -> (generation, when first seen)
         self._task: asyncio.Task[None] | None = None
         # /version; `eks_storage` makes it an EKS one
         self.server_version: dict[str, str] = {"major": "1", "minor": "31", "gitVersion": "v1.31.0"}
@@ -1346,6 +1347,8 @@ class ClusterSim:
             meta["generation"] = 1
         if kind == "Pod":
             self._admit_pod(obj)
+        if kind == "Deployment":
+            self._admit_deployment(obj)
         if kind == "Namespace":
             obj.setdefault("status", {})["phase"] = "Active"
         if kind == "Service":
@@ -1390,6 +1393,8 @@ class ClusterSim:
             meta.pop("namespace", None)
         if new.get("spec") != cur.get("spec") and "generation" in (cur.get("metadata") or {}):
             meta["generation"] = int(cur["metadata"]["generation"]) + 1
+            if new.get("kind") == "Deployment":
+                self._admit_deployment(new)
         if new == cur:
             return cur
         self._bump(new)
@@ -1434,6 +1439,8 @@ class ClusterSim:
             new["status"] = cur["status"]
         if new.get("spec") != cur.get("spec") and "generation" in old_meta:
             meta["generation"] = int(old_meta["generation"]) + 1
+            if new["kind"] == "Deployment":
+                self._admit_deployment(new)
         self._bump(new)
         self.objects[key] = new
         self._emit((api_version, plural), "MODIFIED", new)
@@ -1531,6 +1538,15 @@ class ClusterSim:
                 else:
                     p["nodePort"] = next(n for n in range(30000, 32768) if n not in used)
                 used.add(int(p["nodePort"]))
+
+    @staticmethod
+    def _admit_deployment(d: Obj) -> None:
+        """Refuse what the sim's Deployment controller does not model, rather than pass it as something else:
+        `minReadySeconds` makes a pod available only that long after it turned Ready, a wall-clock wait the
+        harness would race (the rendered Deployments set none; Kubernetes' default is 0)."""
+        name = (d.get("metadata") or {}).get("name")
+        if int((d.get("spec") or {}).get("minReadySeconds") or 0) > 0:
+            raise Invalid(f'kubesim: deployments.apps "{name}": spec.minReadySeconds is not modelled')
 
     def _admit_pod(self, pod: Obj) -> None:
         """Defaults, DefaultTolerationSeconds, and consul-k8s's mutating webhook."""
@@ -2049,9 +2065,8 @@ class ClusterSim:
 
     # Deployments and StatefulSets -> pods
     def _workloads_tick(self) -> None:
-        now = time.time()
         for d in list(self.items("apps/v1", "deployments")):
-            self._reconcile_deployment(d, now)
+            self._reconcile_deployment(d)
         for d in list(self.items("apps/v1", "statefulsets")):
             self._reconcile_workload(d, "statefulsets")
         for ds in list(self.items("apps/v1", "daemonsets")):
@@ -2158,17 +2173,7 @@ class ClusterSim:
             unavailable = 1
         return surge, unavailable
 
-    def _pod_available(self, pod: Obj, min_ready_s: int, now: float) -> bool:
-        """podutil.IsPodAvailable: Ready, and for at least `minReadySeconds` (0: as soon as it is Ready)."""
-        if not self._pod_ready(pod):
-            return False
-        if min_ready_s <= 0:
-            return True
-        cond = next(c for c in pod["status"]["conditions"] if c.get("type") == "Ready")
-        since = datetime.fromisoformat(str(cond.get("lastTransitionTime", k8s_time(now))).replace("Z", "+00:00"))
-        return now - since.timestamp() >= min_ready_s
-
-    def _reconcile_deployment(self, d: Obj, now: float) -> None:
+    def _reconcile_deployment(self, d: Obj) -> None:
         """The Deployment controller with its ReplicaSet controller (one sync per tick).
 
         A ReplicaSet per pod template (`pod-template-hash`): a changed template gets a new one, and the old
@@ -2180,9 +2185,11 @@ class ClusterSim:
         ReplicaSet then creates or deletes pods to its count (not-Ready ones, then the newest, go first:
         controller.ActivePods). The status is calculateStatus's: `replicas` the pods of all ReplicaSets not
         terminating, `updatedReplicas` the new one's, `readyReplicas`/`availableReplicas` summed,
-        `unavailableReplicas` what the ReplicaSets want minus what is available. A spec change is seen
-        `deploy_sync_s` after it is written: until then `observedGeneration` is the previous generation and
-        every count is the previous sync's.
+        `unavailableReplicas` what the ReplicaSets want minus what is available (podutil.IsPodAvailable with
+        `minReadySeconds` 0, the only value admission lets in: `_admit_deployment`). A spec change is seen at
+        the controller's next sync: until then `observedGeneration` is the previous generation and every count
+        the previous sync's; a test that needs it to lag holds the controller (`paused`: "workloads") rather
+        than racing a timer.
         """
         meta, spec = d["metadata"], d.get("spec") or {}
         ns, name, uid = meta["namespace"], meta["name"], str(meta["uid"])
@@ -2192,15 +2199,9 @@ class ClusterSim:
                 self.delete("v1", "pods", ns, p["metadata"]["name"])
             if not owned:
                 self.replicasets.pop(uid, None)
-                self._deploy_seen.pop(uid, None)
                 self._remove(("apps/v1", "deployments", ns, name))
             return
         generation = int(meta.get("generation", 1))
-        seen = self._deploy_seen.get(uid)
-        if seen is None or seen[0] != generation:
-            seen = self._deploy_seen[uid] = (generation, now)
-        if now - seen[1] < self.t.deploy_sync_s:
-            return  # the controller has not synced this generation yet
         template = spec.get("template") or {}
         new_hash = self._template_hash(template)
         rss = self.replicasets.setdefault(uid, {})
@@ -2215,10 +2216,9 @@ class ClusterSim:
         for h, ps in pods.items():  # pods of a ReplicaSet the sim never made (seeded): adopted at their count
             rss.setdefault(h, SimReplicaSet(None, len(ps)))
         desired = int(spec.get("replicas", 1))
-        min_ready = int(spec.get("minReadySeconds") or 0)
 
         def available(h: str) -> int:
-            return sum(1 for p in pods.get(h, []) if self._pod_available(p, min_ready, now))
+            return sum(1 for p in pods.get(h, []) if self._pod_ready(p))
 
         recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
         old = [h for h in rss if h != new_hash]

@@ -238,6 +238,29 @@ def test_a_rollout_is_ready_once_the_old_pods_are_gone_and_the_new_ones_availabl
     assert c.deployments_ready([("n", "a")])[("n", "a")].done
 
 
+def test_the_fake_refuses_a_deployment_whose_availability_would_wait_on_the_wall_clock(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    """kubesim's rollout counts a pod available once Ready (podutil.IsPodAvailable with minReadySeconds 0, the
+    rendered Deployments' value): `minReadySeconds` would make availability a wall-clock wait the harness's
+    polls race, so the fake refuses it by name, on create and on a later spec change, rather than ignore it."""
+    c = api.cluster(tmp_path)
+    slow = _deployment("s", "n", 1)
+    slow["spec"]["minReadySeconds"] = 5
+    with pytest.raises((BackendError, KubeApiError), match=r"spec\.minReadySeconds is not modelled"):
+        api.seed(c, slow)
+    api.seed(c, _deployment("a", "n", 1))
+    with pytest.raises((BackendError, KubeApiError), match=r"spec\.minReadySeconds is not modelled"):
+        c.request(
+            "PATCH",
+            "/apis/apps/v1/namespaces/n/deployments/a",
+            body={"spec": {"minReadySeconds": 5}},
+            content_type="application/merge-patch+json",
+        )
+    spec = c.request("GET", "/apis/apps/v1/namespaces/n/deployments/a")["spec"]
+    assert "minReadySeconds" not in spec
+
+
 # -- nodes, cordon, drain -----------------------------------------------------
 
 

@@ -314,30 +314,71 @@ def test_the_verifier_reads_the_service_off_a_customized_failover_childs_name(de
     assert {service(c["name"]) for c in clusters} == {"product-api-lax-1a"}
 
 
-def test_the_models_name_every_rendered_chains_clusters_as_the_emulation_compiles_them(default_manifests: Any) -> None:
+@pytest.fixture(scope="module", params=["topology.yaml", "topology-wide.yaml", "topology-eu.yaml"])
+def any_manifests(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    out = tmp_path_factory.mktemp(Path(request.param).stem)
+    write(render(load_topology(REPO / "fixtures" / request.param)), out)
+    return load(out)
+
+
+def test_the_models_name_every_rendered_chains_clusters_as_the_emulation_compiles_them(any_manifests: Any) -> None:
     """One rule for every stand-in (`harness.contract.clusters`): the models that write records without a mesh
-    (`RenderedChains`, behind the synthetic runs, the test kit's fake and, over its synced entries, kubesim) read
-    the rendered config entries and must name each caller's clusters as the local emulation's compiler does, the
-    compiler that follows Consul's getResolverNode. They wrote plain SNIs while the emulation (and a real Consul)
-    hash-prefixes every rendered chain: the callers' 2 s against the 5 s of a target without a resolver."""
+    (`RenderedChains`, behind the synthetic runs and the test kit's fake; kubesim over its synced entries) must
+    name each caller's clusters as the local emulation's compiler does, the compiler that follows Consul's
+    getResolverNode. They wrote plain SNIs while the emulation (and a real Consul) hash-prefixes every rendered
+    chain: the callers' 2 s against the 5 s of a target without a resolver. Every chain of every shipped
+    topology, each model asked through its own entry point: synth's `_Model`, `FakeBackend._cluster`, kubesim's
+    `ClusterSim._clusters` over the rendered entries as consul-k8s syncs them (CE: keyed by name)."""
     import re
 
     from harness.backends.local.mesh import ServiceRef
     from harness.contract.names import consul_name
     from harness.render.consul import RenderedChains
     from harness.render.naming import upstream_target, workloads
+    from harness.testing import fake as fake_mod
+    from harness.verify import synth
+    from tests.kubesim import ClusterSim, Consul
 
-    _spec, mesh = validate(default_manifests)
-    t = default_manifests.topology
+    m = any_manifests
+    _spec, mesh = validate(m)
+    t = m.topology
     models = RenderedChains(t, t.edition, mesh.trust_domain, mesh.datacenter)
+    sim = ClusterSim()
+    sim.consul = Consul(datacenter=mesh.datacenter, trust_domain=mesh.trust_domain)
+    for obj in m.objects:
+        if str(obj.get("apiVersion", "")).startswith("consul.hashicorp.com/"):
+            sim.consul.entries[(str(obj["kind"]), str(obj["metadata"]["name"]))] = obj.get("spec") or {}
+    model = synth._Model(synth.Scenario(t))
+    fake = fake_mod.FakeBackend(t)
+    fake_pods = {(p.info.service, p.info.zone): p for p in fake._alive()}
+
+    def sni_free(name: str, dc: str, td: str) -> str:
+        """The name with its SNI's datacenter and trust domain cut: the models' own (synth's, the fake's)
+        differ from the emulation's, the rest of the name must not."""
+        return name.replace(f".{dc}.internal.{td}", ".<dc+td>")
+
     seen = 0
     for w in workloads(t, t.edition):
         for up in w.service.upstreams:
             caller = ServiceRef(consul_name(t, w.service, w.zone, t.edition))
             upstream = ServiceRef(upstream_target(t, t.service(up), w.zone, t.edition)[0])
             (node,) = mesh.compile_chain(caller, upstream).nodes
+            want = (node.cluster_name, node.child_names)
+            where = (w.zone.name, w.service.name, up)
             got = models.chain(w.service.name, w.zone.name, up)
-            assert (got.route, got.children) == (node.cluster_name, node.child_names), (w.zone.name, up)
+            assert (got.route, got.children) == want, where
             assert re.match(r"(failover-target~\d+~)?[0-9a-f]{8}~", got.children[-1]), got
+            pod = {"metadata": {"annotations": {"consul.hashicorp.com/connect-service": caller.name}}}
+            kube = sim._clusters(pod, upstream.name)
+            assert (kube.route, kube.children) == want, where
+            emulated = sni_free(node.cluster_name, mesh.datacenter, mesh.trust_domain)
+            logged = model.aggregate(w.service.name, w.zone.name, up)
+            assert sni_free(logged, "dc1", synth.TRUST_DOMAIN) == emulated, where
+            children = {model.cluster(w.service.name, w.zone.name, up, z.name) for z in t.zones}
+            assert {sni_free(c, "dc1", synth.TRUST_DOMAIN) for c in children} <= {
+                sni_free(c, mesh.datacenter, mesh.trust_domain) for c in node.child_names
+            }, where
+            faked = fake._cluster(fake_pods[(w.service.name, w.zone.name)], up)
+            assert sni_free(faked, "dc1", fake_mod.TRUST_DOMAIN) == emulated, where
             seen += 1
     assert seen > len(t.zones)  # every zone's callers, edge copies and Region alike
