@@ -7,7 +7,9 @@ kind and existing backend tests.
 from __future__ import annotations
 
 import json
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -726,3 +728,23 @@ def test_a_deployment_left_waiting_says_its_containers_reason() -> None:
     )
     assert why(_NotReady([_waiting("ContainerCreating")]), "ns", "public-api") == ""  # type: ignore[arg-type]
     assert why(_NotReady([pull], refuse=True), "ns", "public-api") == ""  # type: ignore[arg-type]
+
+
+def test_a_relay_closes_at_once_and_ends_its_accept_thread(tmp_path: Path) -> None:
+    """`ForwardRelay.close` wakes its accept thread: closing the listening socket alone does not on Linux, so
+    the thread stayed blocked in accept() and every close (one per Consul check) waited out a 5 s join."""
+    from harness.backends.kube.forward import ForwardRelay
+
+    relay = ForwardRelay([str(tmp_path / "no-kubectl")], "consul", "svc/consul-ui", 80)  # no connection: no kubectl
+    ident = relay._thread.ident
+
+    def in_accept() -> bool:  # the thread's innermost frame is socket.accept: it is blocked waiting for a client
+        frame = sys._current_frames().get(ident) if ident is not None else None
+        return frame is not None and frame.f_code.co_name == "accept"
+
+    assert wait_until(in_accept, 10)
+    t0 = time.monotonic()
+    relay.close()
+    took = time.monotonic() - t0
+    assert not relay._thread.is_alive(), "the accept thread is still blocked in accept()"
+    assert took < 4.0, took  # far below the join's 5 s timeout, which a thread still in accept() would wait out

@@ -204,7 +204,15 @@ class ForwardRelay:
         t.join(timeout=60)
 
     def close(self) -> None:
+        """Stop accepting, stop kubectl and end the accept thread.
+
+        The listening socket is shut down before it is closed: on Linux, close() alone does not wake a thread
+        blocked in accept() (the file stays referenced by the call), so the thread would hang there and every
+        close wait out the join's timeout; shutdown() makes the pending accept() fail at once.
+        """
         self._closed.set()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._sock.close()
         with self._lock:
