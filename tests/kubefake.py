@@ -21,6 +21,7 @@ shipped RBAC role) was refused a call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -269,8 +270,25 @@ def nothing_refused(request: pytest.FixtureRequest) -> Iterator[None]:
         assert sim.rbac_denials == [], "refused: the granted role lacks these calls"
 
 
+@functools.cache
+def _default_files() -> tuple[tuple[str, bytes], ...]:
+    """The default topology's rendered files (relative path, bytes), rendered once per test process.
+
+    Why: rendering is mostly YAML emitting, ~1.5 s each time on a nice-19 worker, and dozens of tests render
+    the same default topology; the render is a pure function of the topology file, so its bytes are kept
+    (immutable) and each test still gets its own directory and its own loaded `Manifests`.
+    """
+    return tuple((rel, text.encode("utf-8")) for rel, text in render(load_topology()).files().items())
+
+
 def rendered(tmp_path: Path) -> Manifests:
     """The default topology rendered into `tmp_path` and loaded, as `harness render` would leave it."""
     out = tmp_path / "rendered"
-    write(render(load_topology()), out)
+    if out.exists():  # a second render into the same place: `write` replaces what the first one left
+        write(render(load_topology()), out)
+        return load(out)
+    for rel, data in _default_files():  # what `write` writes into a new directory
+        p = out / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
     return load(out)
