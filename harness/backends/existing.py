@@ -801,7 +801,7 @@ class ExistingBackend(KubeBackend):
         pod it selects (the VPC CNI attaches its eBPF programs to each pod's host-side veth,
         https://github.com/aws/aws-network-policy-agent#readme). Run in a namespace of its own, removed
         afterwards. The policy may take a few seconds to be programmed (the VPC CNI's policy agent, Calico's
-        Felix), so the blocked connection is tried `attempts` times, a few seconds apart; one refusal proves
+        Felix), so the blocked connection is tried `attempts` times, `ready_poll_s` apart; one refusal proves
         enforcement.
         """
         c = self.cluster
@@ -846,7 +846,9 @@ class ExistingBackend(KubeBackend):
                 if not self._probe_client(ns, f"client-denied-{i}", image, ip, timeout_s, placement):
                     refused = f"a connection to {on} was refused by a deny-all policy"
                     return True, f"NetworkPolicy enforced in {zone}: {refused}", node
-                nap(2.0)  # short steps: a stop signal meanwhile is handled at once (harness.interrupt.nap)
+                nap(
+                    self.ready_poll_s
+                )  # short steps: a stop signal meanwhile is handled at once (harness.interrupt.nap)
             return (
                 False,
                 (
@@ -972,7 +974,9 @@ class ExistingBackend(KubeBackend):
                             else "yet: is the AWS Load Balancer Controller installed, and does the zone offer ALBs?"
                         )
                     )
-                nap(2.0)  # short steps: a stop signal meanwhile is handled at once (harness.interrupt.nap)
+                nap(
+                    self.ready_poll_s
+                )  # short steps: a stop signal meanwhile is handled at once (harness.interrupt.nap)
             while wait_s > 0:
                 why = entry_answer(out[zone])
                 if not why:
@@ -983,7 +987,7 @@ class ExistingBackend(KubeBackend):
                         f"{wait_s:.0f} s ({why}): a new ALB routes only once it is active, minutes after it has its "
                         "address; one that stays silent may have no healthy target or a security group in the way"
                     )
-                nap(2.0)
+                nap(self.ready_poll_s)
         return out
 
     def _last_event(self, namespace: str, kind: str, name: str) -> str:

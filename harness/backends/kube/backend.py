@@ -257,7 +257,9 @@ class KubeBackend(Backend):
         self._manifests = manifests
         self.progress: ProgressFn = progress or no_progress
         self.ready_timeout_s = ready_timeout_s
-        self.ready_poll_s = 2.0  # how often `up` asks whether the Deployments are ready
+        # how often `up` and the cluster probes ask again (Deployments ready, an ALB's address and answer, a
+        # NetworkPolicy probe's next attempt); tests with a simulated cluster, which answers at once, set it lower
+        self.ready_poll_s = 2.0
         self._run_fn = run
         self._cluster = cluster
         self._inventory: Inventory | None = None
