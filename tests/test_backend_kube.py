@@ -748,3 +748,41 @@ def test_a_relay_closes_at_once_and_ends_its_accept_thread(tmp_path: Path) -> No
     took = time.monotonic() - t0
     assert not relay._thread.is_alive(), "the accept thread is still blocked in accept()"
     assert took < 4.0, took  # far below the join's 5 s timeout, which a thread still in accept() would wait out
+
+
+def test_entry_probes_build_no_tls_context_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`entry_answer` (the entry-point monitor probes each zone every second) reuses one verification context:
+    `httpx.get` built a new one per call, parsing the CA bundle each time (CPU the run's other threads lose)."""
+    import http.server
+    import ssl
+
+    from harness.backends.kube.backend import entry_answer
+
+    built: list[int] = []
+    real = ssl.create_default_context
+
+    def counting(*a: Any, **kw: Any) -> ssl.SSLContext:
+        built.append(1)
+        return real(*a, **kw)
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        assert entry_answer(url) == ""  # warm: the one shared context may be built here
+        monkeypatch.setattr(ssl, "create_default_context", counting)
+        for _ in range(3):
+            assert entry_answer(url) == ""
+        assert built == [], f"{len(built)} SSL contexts built for 3 probes"
+    finally:
+        srv.shutdown()
+        srv.server_close()

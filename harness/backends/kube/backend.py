@@ -53,7 +53,7 @@ from harness.backends.kube.api import (
 )
 from harness.backends.kube.cluster import KubeCluster
 from harness.backends.kube.edgeprobe import run_probe
-from harness.backends.kube.forward import AdminForwards, ForwardRelay
+from harness.backends.kube.forward import AdminForwards, ForwardRelay, default_tls
 from harness.backends.kube.inventory import InventoryWatcher
 from harness.backends.kube.logs import KubeLogSources
 from harness.backends.kube.version import supported_range, version_warning
@@ -119,7 +119,7 @@ def entry_answer(url: str) -> str:
     within a user's timeout is one; a refused or unresolved name, a timeout or a 5xx is not. The rule of the
     entry-point record (`EntryMonitor`) and of `up`'s wait for a new ALB (`ExistingBackend._alb_urls`)."""
     try:
-        r = httpx.get(url.rstrip("/") + "/", timeout=ENTRY_PROBE_TIMEOUT)
+        r = httpx.get(url.rstrip("/") + "/", timeout=ENTRY_PROBE_TIMEOUT, verify=default_tls())
     except httpx.HTTPError as exc:
         return f"probe: {exc.__class__.__name__}: {exc}".strip().rstrip(":")
     return f"probe: HTTP {r.status_code}" if r.status_code >= 500 else ""

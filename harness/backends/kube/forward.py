@@ -26,10 +26,12 @@ Processes are started in their own session and stopped by PID (never by name).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -125,6 +127,18 @@ class KubectlForward:
         if proc.stdout is not None:
             with contextlib.suppress(OSError):
                 proc.stdout.close()
+
+
+@functools.cache
+def default_tls() -> ssl.SSLContext:
+    """httpx's default verification (`verify=True`: certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR), built once.
+
+    Why: `httpx.get` makes a new client each call and, with it, a new SSL context that parses the whole CA
+    bundle, even for an http:// URL that never uses it: tens of ms of CPU per call, and the entry-point
+    monitor and the Envoy admin reads call it several times a second through a run. An SSLContext is safe to
+    share between threads and clients.
+    """
+    return httpx.create_ssl_context()
 
 
 class ForwardRelay:
@@ -261,7 +275,7 @@ class AdminForwards:
                     self._forwards[key] = fwd
                     fwd.start()
             try:
-                r = httpx.get(f"http://127.0.0.1:{fwd.port}{path}", timeout=timeout_s)
+                r = httpx.get(f"http://127.0.0.1:{fwd.port}{path}", timeout=timeout_s, verify=default_tls())
             except httpx.HTTPError as exc:
                 last = str(exc) or exc.__class__.__name__
                 continue
