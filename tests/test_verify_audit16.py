@@ -18,7 +18,7 @@ from harness.verify import FALLBACK
 from tests.test_verify_audit import why
 from tests.test_verify_node_fault import node_kill
 from tests.test_verify_soundness import KILL, failed, run
-from tests.verdicts import rows, verify, write_rows
+from tests.verdicts import slow_primitive, verify
 
 STOPS = [pytest.param(0.05, id="stop-50ms"), pytest.param(4.6, id="stop-4.6s")]
 
@@ -29,21 +29,8 @@ def _slow_stop(tmp_path: Path, stop_s: float, snapshot_s: float | None = None, *
     they die `stop_s` later (at INJECT), and the "inject" counter snapshot is taken once `docker stop` has
     returned (at INJECT; `snapshot_s` after the inject record instead: a primitive that returned before the
     pods died)."""
-    d = node_kill(tmp_path, "kind", service="public-api", **{"rate_per_zone": 30, **kw})
-    chaos = rows(d / "chaos.jsonl")
-    fault = next(c["fault"] for c in chaos if c["phase"] == "inject")
-    for c in chaos:
-        if c["phase"] == "inject":
-            c["ts"] -= stop_s
-            record = c["ts"]
-    write_rows(d / "chaos.jsonl", chaos)
-    if snapshot_s is not None:
-        stats = rows(d / "upstream-stats.jsonl")
-        for s in stats:
-            if s.get("label") == f"inject {fault}":
-                s["ts"] = record + snapshot_s
-        write_rows(d / "upstream-stats.jsonl", stats)
-    return d
+    return slow_primitive(node_kill(tmp_path, "kind", service="public-api", **{"rate_per_zone": 30, **kw}), stop_s,
+                          snapshot_s)  # fmt: skip
 
 
 def _fault(d: Path) -> Any:

@@ -24,7 +24,7 @@ from tests.test_verify_audit import why
 from tests.test_verify_audit5 import _no_op
 from tests.test_verify_audit16 import _fault, _slow_stop
 from tests.test_verify_soundness import KILL, LAX, T, failed, run
-from tests.verdicts import rows, verify, write_rows
+from tests.verdicts import rows, slow_primitive, verify, write_rows
 
 SLOW = [pytest.param(6.0, id="stop-6s"), pytest.param(8.0, id="stop-8s")]
 
@@ -133,20 +133,7 @@ def _slow_partition(tmp_path: Path, stop_s: float, snapshot_s: float | None = No
     after another): recorded `stop_s` before the cut, the users served through LAX's entry until then, and the
     inject counter snapshot taken at the cut (`snapshot_s` after the record instead: a primitive that returned
     before anything was cut)."""
-    d = run(tmp_path, faults=[PARTITION], rate_per_zone=10)
-    chaos = rows(d / "chaos.jsonl")
-    for c in chaos:
-        if c["phase"] == "inject":
-            c["ts"] -= stop_s
-            record = c["ts"]
-    write_rows(d / "chaos.jsonl", chaos)
-    if snapshot_s is not None:
-        stats = rows(d / "upstream-stats.jsonl")
-        for s in stats:
-            if s.get("label") == f"inject {PARTITION.fault}":
-                s["ts"] = record + snapshot_s
-        write_rows(d / "upstream-stats.jsonl", stats)
-    return d
+    return slow_primitive(run(tmp_path, faults=[PARTITION], rate_per_zone=10), stop_s, snapshot_s)
 
 
 @pytest.mark.parametrize("stop_s", [pytest.param(0.05, id="stop-50ms"), *SLOW])

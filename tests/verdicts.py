@@ -59,3 +59,24 @@ def added_pod(run_dir: Path, zone: str, service: str) -> dict[str, Any]:
     """The inventory's first `added` record of `service` in `zone`."""
     inv = rows(run_dir / "inventory.jsonl")
     return next(e for e in inv if e["event"] == "added" and e["zone"] == zone and e["service"] == service)
+
+
+def slow_primitive(run_dir: Path, stop_s: float, snapshot_s: float | None = None) -> Path:
+    """The run with its fault's primitive taking `stop_s`: the inject is recorded `stop_s` before the fault took
+    effect (harness.chaos.actions records it before the primitive runs), and the "inject" counter snapshot stays
+    where the synthetic run took it, when the fault took effect (`snapshot_s` after the record instead: a
+    primitive that returned before anything happened)."""
+    chaos = rows(run_dir / "chaos.jsonl")
+    fault, record = "", 0.0
+    for c in chaos:
+        if c["phase"] == "inject":
+            c["ts"] -= stop_s
+            fault, record = c["fault"], c["ts"]
+    write_rows(run_dir / "chaos.jsonl", chaos)
+    if snapshot_s is not None:
+        stats = rows(run_dir / "upstream-stats.jsonl")
+        for s in stats:
+            if s.get("label") == f"inject {fault}":
+                s["ts"] = record + snapshot_s
+        write_rows(run_dir / "upstream-stats.jsonl", stats)
+    return run_dir
