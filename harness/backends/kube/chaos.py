@@ -100,10 +100,13 @@ class PodChaosMixin(KubeApi):
         status patch of the Ready condition is overwritten by the kubelet. So
         the pod's `edge-harness.io/serving` label — part of the Service selector
         but not of the Deployment selector — is set to "false": the Endpoints
-        controller drops the pod, consul-k8s deregisters its instance (exactly
-        what a failing readiness probe leads to), while the ReplicaSet keeps
-        owning the running pod, so no replacement hides the fault. Setting it
-        back to "true" restores it.
+        controller drops the pod and consul-k8s deregisters its instance, while
+        the ReplicaSet keeps owning the running pod, so no replacement hides the
+        fault. A failing readiness probe would instead keep the instance with a
+        critical check (notReadyAddresses; consul-k8s v1.9.11 endpoints_controller.go
+        `mapAddresses`), as the local backend does; Envoy routes both alike here
+        because every pod of the service in the zone is taken (docs/local-emulation.md).
+        Setting it back to "true" restores it.
         """
         pods = self.pods_of(zone, service)
         if not pods:
