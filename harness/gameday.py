@@ -148,6 +148,7 @@ def plan_experiment(path: Path, data: Mapping[str, Any], backend: Any) -> Gameda
         return None
     from harness.backends.fence import ClusterView
     from harness.chaos import ACTION_PRIMITIVES
+    from harness.chaos.experiment import seconds
 
     cfg = data.get("configuration") or {}
     cfg = cfg if isinstance(cfg, dict) else {}
@@ -170,8 +171,8 @@ def plan_experiment(path: Path, data: Mapping[str, Any], backend: Any) -> Gameda
             func=func,
             primitive=ACTION_PRIMITIVES[func],
             zone=zone,
-            duration_s=float(duration) if isinstance(duration, int | float) else None,
-            pause_after_s=float(pauses.get("after") or 0) if isinstance(pauses, dict) else 0.0,
+            duration_s=seconds(duration, cfg),
+            pause_after_s=(seconds(pauses.get("after"), cfg) or 0.0) if isinstance(pauses, dict) else 0.0,
             background=bool(act.get("background")),
         )
         if step.primitive in ("set_link",):

@@ -76,7 +76,10 @@ def _default_duration(module: str, func: str) -> float | None:
 
 def estimate_experiment_s(data: dict[str, Any]) -> float:
     """About how long chaostoolkit takes for one experiment: pauses, fault holds, a cost per activity."""
+    from harness.chaos.experiment import seconds
+
     total = EXPERIMENT_OVERHEAD_S
+    cfg = data.get("configuration") or {}
     ssh = data.get("steady-state-hypothesis") or {}
     activities = list(ssh.get("probes") or []) * 2  # before and after the method
     activities += list(data.get("method") or []) + list(data.get("rollbacks") or [])
@@ -85,11 +88,11 @@ def estimate_experiment_s(data: dict[str, Any]) -> float:
             continue
         total += ACTIVITY_OVERHEAD_S
         pauses = act.get("pauses") or {}
-        total += float(pauses.get("before") or 0) + float(pauses.get("after") or 0)
+        total += sum(seconds(pauses.get(k), cfg) or 0.0 for k in ("before", "after"))
         prov = act.get("provider") or {}
         args = prov.get("arguments") or {}
-        held = args.get("duration_s") if isinstance(args, dict) else None
-        if not isinstance(held, int | float):
+        held = seconds(args.get("duration_s"), cfg) if isinstance(args, dict) else None
+        if held is None:
             held = _default_duration(str(prov.get("module", "")), str(prov.get("func", "")))
         total += float(held or 0)
         if prov.get("func") == "kill_pod":

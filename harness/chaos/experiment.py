@@ -7,8 +7,10 @@ day: malformed JSON, a module outside the harness and chaostoolkit's own
 extensions, a function that does not exist, argument names the function does
 not take (or required ones missing, read from its signature), an unknown
 role, a zone or service the topology does not have, a `${key}` with no
-configuration entry, and a fault the chosen backend cannot perform
-(`Backend.capabilities()`).
+configuration entry, a value chaostoolkit would choke on only mid-run (a
+pause, timeout or numeric argument that is not a finite number >= 0, a loss
+over 100 %, a non-boolean `background`, an activity without a name), and a
+fault the chosen backend cannot perform (`Backend.capabilities()`).
 
 `plan_experiment` returns the experiment *as it will run*: its configuration's
 roles replaced by the zones they stand for (recorded under
@@ -22,6 +24,7 @@ import copy
 import importlib
 import inspect
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +96,8 @@ def load_experiment(path: Path) -> dict[str, Any]:
         raise InputError(str(path), f"line {exc.lineno}", f"JSON syntax error: {exc.msg}") from None
     except UnicodeDecodeError:
         raise InputError(str(path), "", "not a UTF-8 text file") from None
+    except OSError as exc:  # a directory, an unreadable file: the user's path, not a harness fault
+        raise InputError(str(path), "", f"cannot read: {exc.strerror or exc.__class__.__name__}") from None
     if not isinstance(data, dict):
         raise InputError(str(path), "", "an experiment is a JSON object")
     for key in ("title", "description", "method"):  # chaostoolkit refuses to run without any of them
@@ -175,6 +180,73 @@ def _value(src: str, path: str, raw: Any, cfg: dict[str, Any]) -> tuple[Any, str
     return raw, path
 
 
+def seconds(raw: Any, cfg: dict[str, Any]) -> float | None:
+    """A pause or duration as chaostoolkit will use it: a number, or `${key}` naming one; None otherwise.
+
+    chaoslib (`activity.ensure_activity_is_valid`) takes either form for `pauses`, so every reader of a
+    pause (the progress estimate, the game-day plan) goes through here rather than `float()`.
+    """
+    if isinstance(raw, str):
+        m = _VAR.match(raw)
+        raw = cfg.get(m.group("key")) if m else None
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        return None
+    return float(raw)
+
+
+def _number(
+    src: str, path: str, raw: Any, cfg: dict[str, Any], *, integer: bool = False, most: float | None = None
+) -> None:
+    """A finite number >= 0 (an integer when `integer`, at most `most`), or `${key}` naming one; else InputError.
+
+    chaostoolkit would pass a string or a negative on to `time.sleep` or the fault, which then fails half-way
+    through a run whose cluster is already up; here it is one line before anything starts.
+    """
+    value, vpath = _value(src, path, raw, cfg)
+    what = "an integer" if integer else "a number"
+    n = seconds(value, {})
+    if n is None or n < 0 or (integer and not isinstance(value, int)):
+        raise InputError(src, vpath, f"expected {what} >= 0, got {value!r}")
+    if most is not None and n > most:
+        raise InputError(src, vpath, f"expected {what} <= {most:g}, got {value!r}")
+
+
+def _check_activity(src: str, where: str, act: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """The activity fields chaostoolkit reads itself (name, pauses, timeout, background), as it reads them."""
+    name = act.get("name")
+    if not isinstance(name, str) or not name:
+        raise InputError(src, f"{where}.name", "a non-empty string (chaostoolkit refuses an activity without one)")
+    pauses = act.get("pauses")
+    if pauses is not None:
+        if not isinstance(pauses, dict):
+            raise InputError(src, f"{where}.pauses", 'a JSON object such as {"after": 4}')
+        for key in ("before", "after"):
+            if pauses.get(key) is not None:
+                _number(src, f"{where}.pauses.{key}", pauses[key], cfg)
+    timeout = act.get("timeout")
+    if timeout is not None and (seconds(timeout, {}) is None or timeout <= 0):  # chaoslib: a number, no ${key}
+        raise InputError(src, f"{where}.timeout", f"expected a number > 0, got {timeout!r}")
+    if "background" in act and not isinstance(act["background"], bool):
+        raise InputError(src, f"{where}.background", f"true or false, got {act['background']!r}")
+
+
+# harness.chaos arguments with a bound beyond ">= 0": a loss is a percentage (tc netem refuses more)
+_MOST = {"loss_percent": 100.0}
+
+
+def _check_numbers(src: str, where: str, func: Callable[..., Any], args: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """Every numeric argument of a harness function (annotated float or int): a finite number >= 0.
+
+    A negative or string `duration_s` would otherwise reach `nap` or the backend only after `up`.
+    """
+    params = inspect.signature(func).parameters
+    for name, raw in args.items():
+        kind = str(params[name].annotation) if name in params else ""
+        if kind.split(" | ")[0] in ("float", "int") and not (raw is None and "None" in kind):
+            _number(src, f"{where}.provider.arguments.{name}", raw, cfg, integer=kind.startswith("int"),
+                    most=_MOST.get(name))  # fmt: skip
+
+
 class Require(Protocol):
     """A backend's `require_capability`: BackendError saying why `primitive` cannot be done (in `zone`, when given).
 
@@ -248,12 +320,15 @@ def plan_experiment(
         if not isinstance(prov, dict):
             raise InputError(src, f"{where}.provider", "required")
         if prov.get("type") != "python":
+            _check_activity(src, where, act, cfg)
             continue  # http / process providers: chaostoolkit validates them
         func = _function(src, where, prov)
         args = prov.get("arguments", {})
         _check_arguments(src, where, func, args)
+        _check_activity(src, where, act, cfg)
         if not str(prov.get("module")).startswith("harness.chaos"):
             continue
+        _check_numbers(src, where, func, args, cfg)
         if expected.ARGUMENT in args:  # a declared single point of failure (harness/chaos/expected.py)
             value, vpath = _value(src, f"{where}.provider.arguments.{expected.ARGUMENT}", args[expected.ARGUMENT], cfg)
             try:
