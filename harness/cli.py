@@ -38,8 +38,10 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_INPUT)
 
 
-def _number(kind: type[int] | type[float], minimum: float, *, inclusive: bool = True) -> Callable[[str], Any]:
-    """An argparse type for a finite number >= (or >) `minimum`: checked before anything starts (exit 2)."""
+def _number(
+    kind: type[int] | type[float], minimum: float, *, inclusive: bool = True, most: float | None = None
+) -> Callable[[str], Any]:
+    """An argparse type for a finite number >= (or >) `minimum`, <= `most`: checked before anything starts (exit 2)."""
 
     def parse(value: str) -> int | float:
         what = "an integer" if kind is int else "a number"
@@ -49,6 +51,8 @@ def _number(kind: type[int] | type[float], minimum: float, *, inclusive: bool = 
             raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
         if n != n or n in (float("inf"), float("-inf")) or (n < minimum if inclusive else n <= minimum):
             raise argparse.ArgumentTypeError(f"expected {what} {'>=' if inclusive else '>'} {minimum:g}, got {value!r}")
+        if most is not None and n > most:
+            raise argparse.ArgumentTypeError(f"expected {what} <= {most:g}, got {value!r}")
         return n
 
     return parse
@@ -57,6 +61,7 @@ def _number(kind: type[int] | type[float], minimum: float, *, inclusive: bool = 
 _COUNT = _number(int, 1)
 _SECONDS = _number(float, 0.0)
 _DURATION = _number(float, 0.0, inclusive=False)
+_PORT = _number(int, 1, most=65535)  # else found only after `up`, when locust cannot bind it
 
 
 def _cluster_name(value: str) -> str:
@@ -559,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="kind/existing: locust workers as pods in each entry zone (locust's distributed mode, master here)",
     )  # fmt: skip
     p.add_argument("--locust-master-host", help="this machine as the worker pods reach it (kind: found by itself)")
-    p.add_argument("--locust-master-port", type=int, default=5557)
+    p.add_argument("--locust-master-port", type=_PORT, default=5557)
     _dry_run_arg(p)
     _preflight_arg(p)
     p.set_defaults(fn=cmd_e2e)

@@ -310,6 +310,7 @@ BAD_VALUES = {
     "--max-share": ["0", "1.5", "-1", "half", "nan"],
     "--shape": ["square"],
     "--edition": ["oss"],
+    "--locust-master-port": ["0", "-1", "65536", "http"],
 }
 COMMAND_FLAGS = {
     "up": ["--backend", "--cluster", "--max-share", "--edition"],
@@ -317,7 +318,17 @@ COMMAND_FLAGS = {
     "status": ["--backend", "--cluster"],
     "traffic": ["--users", "--processes", "--duration", "--backend", "--cluster", "--shape"],
     "chaos": ["--backend", "--cluster", "--max-share"],
-    "e2e": ["--users", "--processes", "--warmup", "--cooldown", "--backend", "--cluster", "--max-share", "--edition"],
+    "e2e": [
+        "--users",
+        "--processes",
+        "--warmup",
+        "--cooldown",
+        "--backend",
+        "--cluster",
+        "--max-share",
+        "--edition",
+        "--locust-master-port",
+    ],
 }
 
 
@@ -367,6 +378,8 @@ def test_every_command_refuses_a_bad_number_before_anything(sandbox: Path) -> No
         (["chaos", "--max-share", "1.5", "x.json"],
          "harness chaos: argument --max-share: expected a share between 0 and 1 (e.g. 0.5), got '1.5'"),
         (["chaos"], "harness chaos: EXPERIMENT: an experiment file is required (or --abort RUN_DIR)"),
+        (["e2e", "--locust-master-port", "99999"],
+         "harness e2e: argument --locust-master-port: expected an integer <= 65535, got '99999'"),
     ]:  # fmt: skip
         rc, _o, err = run_cli(argv)
         assert assert_refused(rc, err, line) == line
