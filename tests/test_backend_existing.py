@@ -13,6 +13,8 @@ watcher left running after `close` (6).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -1403,4 +1405,32 @@ def test_from_options(tmp_path: Path) -> None:
     assert (b.install_consul, b.own_mesh_defaults, b.entry_flags) == (True, True, [f"{LAX}=http://x"])
     assert json.loads(opts.env()["EH_ENTRYPOINTS"]) == {LAX: "http://x"}  # the chaos process probes them too
     with pytest.raises(BackendError, match="needs a kubeconfig context"):
+        ExistingBackend.from_options(BackendOptions(name="existing", workdir=tmp_path))
+
+
+def test_eh_context_and_eh_kubeconfig_stand_in_for_the_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal says "--context or EH_CONTEXT" and docs/environment.md lists both: the variable must work.
+
+    Before, only a chaos process read it (`BackendOptions.from_env`); `harness status --backend existing`
+    with EH_CONTEXT set (and the pytest plugin) answered "needs a kubeconfig context".
+    """
+    from harness import cli
+    from harness.backends import BackendOptions
+
+    kc = tmp_path / "kc"
+    kc.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\ncurrent-context: ''\n")
+    monkeypatch.setenv("EH_CONTEXT", "eks-env")
+    monkeypatch.setenv("EH_KUBECONFIG", str(kc))
+    monkeypatch.chdir(tmp_path)
+    b = ExistingBackend.from_options(BackendOptions(name="existing", workdir=tmp_path))
+    assert (b.context, str(b.kubeconfig)) == ("eks-env", str(kc))
+    flagged = ExistingBackend.from_options(BackendOptions(name="existing", context="eks-flag", workdir=tmp_path))
+    assert flagged.context == "eks-flag"  # control: the flag wins over the variable
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        rc = cli.main(["status", "--backend", "existing", "--json"])
+    assert rc == 3  # reached the cluster (it cannot be used), not refused for want of a context
+    assert f"kubeconfig {kc}: cannot use context eks-env" in json.loads(out.getvalue())["detail"]
+    monkeypatch.delenv("EH_CONTEXT")
+    with pytest.raises(BackendError, match="needs a kubeconfig context"):  # control: neither given
         ExistingBackend.from_options(BackendOptions(name="existing", workdir=tmp_path))
