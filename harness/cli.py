@@ -65,12 +65,13 @@ _PORT = _number(int, 1, most=65535)  # else found only after `up`, when locust c
 
 
 def _cluster_name(value: str) -> str:
-    """A lowercase letter then up to 7 letters/digits: names of interfaces, namespaces and kind nodes derive from it."""
-    import re
+    """`--cluster` as `harness.backends.check_cluster_name` takes it (argparse then names the flag)."""
+    from harness.backends import check_cluster_name
 
-    if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", value):
-        raise argparse.ArgumentTypeError(f"expected a lowercase letter then up to 7 letters/digits, got {value!r}")
-    return value
+    try:
+        return check_cluster_name(value)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:

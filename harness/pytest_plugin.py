@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from harness.errors import InputError
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("edge-harness")
@@ -46,6 +48,10 @@ _SIGNALS_KEY = pytest.StashKey[contextlib.ExitStack]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "edge_chaos: a destructive chaos test (needs an allowed backend)")
+    try:
+        _check_options(config)
+    except InputError as exc:  # one line, pytest's usage error, before any test or cluster (not one per test)
+        raise pytest.UsageError(exc.line) from None
     if config.getoption("--eh-backend", None) is not None:
         # SIGTERM (a CI job cancelled) and SIGHUP would kill pytest without running any finalizer,
         # leaving the session's cluster up: make them (and Ctrl-C) an interruption pytest tears down
@@ -55,6 +61,29 @@ def pytest_configure(config: pytest.Config) -> None:
         stack = contextlib.ExitStack()
         stack.enter_context(handle_signals(lambda m: print(f"\nedge-harness: {m}", flush=True)))
         config.stash[_SIGNALS_KEY] = stack
+
+
+def _check_options(config: pytest.Config) -> None:
+    """The plugin's options as `harness` checks its flags; InputError naming the option or the file.
+
+    Checked in the fixtures, a typo'd backend or a missing topology errored every test with a traceback
+    (and a bad cluster name reached the backend).
+    """
+    from harness.backends import BACKENDS, check_cluster_name
+
+    name = config.getoption("--eh-backend", None)
+    if name is not None and name not in BACKENDS:
+        raise InputError("--eh-backend", "", f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+    check_cluster_name(config.getoption("--eh-cluster", "eh"), "--eh-cluster")
+    topo, mdir = config.getoption("--eh-topology", None), config.getoption("--eh-manifests", None)
+    if topo:  # read by eh_fake too, so checked even when --eh-manifests wins for eh_cluster
+        from harness.topology import load_topology
+
+        load_topology(Path(topo))
+    if mdir:
+        from harness.render.manifests import load
+
+        load(Path(mdir))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

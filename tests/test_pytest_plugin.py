@@ -49,6 +49,37 @@ def test_destructive_chaos_needs_an_allowed_context(pytester: pytest.Pytester) -
     res.assert_outcomes(passed=1)
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--eh-backend", "kidn"], "--eh-backend: unknown backend 'kidn' (choose from auto, local, kind, existing)"),
+        (["--eh-backend", "kind", "--eh-cluster", "Edge-1"],
+         "--eh-cluster: expected a lowercase letter then up to 7 letters/digits, got 'Edge-1'"),
+        (["--eh-backend", "kind", "--eh-topology", "no/such.yaml"], "no/such.yaml: no such file"),
+        (["--eh-topology", "."], ".: cannot read: IsADirectoryError"),  # eh_fake reads it without a backend
+        (["--eh-backend", "kind", "--eh-manifests", "no/dir"], "no/dir: "),
+    ],
+    ids=["backend", "cluster", "topology", "topology-dir", "manifests"],
+)  # fmt: skip
+def test_a_bad_option_is_one_usage_error_before_any_test(pytester: pytest.Pytester, argv: list[str], line: str) -> None:
+    """Checked in the fixtures before, each test errored with the InputError's traceback (exit 1)."""
+    pytester.makepyfile(EXAMPLE)
+    res = pytester.runpytest(*argv)
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [x for x in res.errlines if x.strip()]
+    assert len(errors) == 1 and errors[0].startswith(f"ERROR: {line}"), errors
+    assert "Traceback" not in res.stdout.str() + res.stderr.str()
+
+
+def test_good_options_are_not_refused(pytester: pytest.Pytester) -> None:
+    """Control: a valid topology and cluster name run the tests as before."""
+    from tests.conftest import REPO
+
+    pytester.makepyfile(EXAMPLE)
+    res = pytester.runpytest("--eh-topology", str(REPO / "fixtures" / "topology.yaml"), "--eh-cluster", "ci2")
+    res.assert_outcomes(passed=1, skipped=2)
+
+
 def test_options_are_listed(pytester: pytest.Pytester) -> None:
     res = pytester.runpytest("--help")
     res.stdout.fnmatch_lines(["*--eh-backend*", "*--eh-topology*", "*--eh-context*", "*--eh-allow-context*"])

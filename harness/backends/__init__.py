@@ -8,6 +8,7 @@ go through it, so none of them holds construction logic the others lack.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,17 @@ from harness.contract.inventory import Inventory, PodInfo
 from harness.errors import InputError
 
 BACKENDS = ("auto", "local", "kind", "existing")
+_CLUSTER_NAME = re.compile(r"[a-z][a-z0-9]{0,7}")
+
+
+def check_cluster_name(value: str, source: str = "--cluster") -> str:
+    """A lowercase letter then up to 7 letters/digits, else InputError naming `source` (the flag or option).
+
+    Names of interfaces, namespaces and kind nodes derive from it; the CLI and the pytest plugin both ask here.
+    """
+    if not _CLUSTER_NAME.fullmatch(value):
+        raise InputError(source, "", f"expected a lowercase letter then up to 7 letters/digits, got {value!r}")
+    return value
 
 
 @dataclass
