@@ -79,6 +79,15 @@ CASES = [
     ("negative user latency", lambda d: d["zones"][2].__setitem__("userLatencyMs", -1), "zones[2].userLatencyMs"),
     ("user latency text", lambda d: d["zones"][0].__setitem__("userLatencyMs", "3ms"), "zones[0].userLatencyMs"),
     ("user latency too large", lambda d: d["zones"][3].__setitem__("userLatencyMs", 5001), "zones[3].userLatencyMs"),
+    # YAML 1.1 reads `yes`/`on` as true and pydantic's lax mode took true as 1 and "2" as 2: brought up silently
+    ("nodes yes", lambda d: d["zones"][0].__setitem__("nodes", True), "zones[0].nodes"),
+    ("replicas as text", lambda d: d["services"][0].__setitem__("replicas", "2"), "services[0].replicas"),
+    (
+        "link latency on",
+        lambda d: d["zones"][2].__setitem__("serviceLink", {"latencyMs": True}),
+        "zones[2].serviceLink.latencyMs",
+    ),
+    ("budget as text", lambda d: d["slo"].__setitem__("errorBudget", "0.01"), "slo.errorBudget"),
     (
         "two ALB subnets in a Local Zone",
         lambda d: d["zones"][2].__setitem__("albSubnets", ["subnet-0a1b2c3d4e5f60718", "subnet-0a1b2c3d4e5f60719"]),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from harness.errors import InputError
@@ -55,8 +55,21 @@ KNOWN_PORTS: dict[str, int] = {
 }
 
 
+_NUMBER_TYPES = (int, float, int | None, float | None)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """A number field takes a YAML number only: pydantic's lax mode reads `nodes: yes` (YAML 1.1's true) as 1
+        and `replicas: "2"` as 2, so a typo would be brought up silently as something else."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and field.annotation in _NUMBER_TYPES and isinstance(value, bool | str):
+            raise ValueError(f"expected a number, got {value!r}")
+        return value
 
 
 class ZoneType(StrEnum):
