@@ -48,6 +48,7 @@ import json
 import shutil
 import tempfile
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -734,6 +735,37 @@ NODE_FAULT_ACTIONS = ("kill_node", "zone_outage")
 """Chaos actions that stop whole nodes: kill_node (its record's `node`) and zone_outage (every node of its zone)."""
 
 
+def stops_nodes(f: Fault) -> bool:
+    """Whether fault `f` stopped whole nodes: a zone_outage (every node of its zone), or a kill_node whose record
+    names its node (one without a node stopped nothing the records can place)."""
+    return f.action in NODE_FAULT_ACTIONS and (f.action == "zone_outage" or bool(f.node))
+
+
+def pods_taken_down(con: duckdb.DuckDBPyConnection, f: Fault, services: Iterable[str] | None = None) -> list[str]:
+    """The pods fault `f` took down, sorted; of `services` only, when given.
+
+    A node fault's (`stops_nodes`): those on its stopped nodes (`_node_fault_pods`), of any service unless
+    `services` names some. Any other fault that takes services down (kill_pod, make_unready; a zone-down without a
+    node record): the pods of `services` (default: the fault's own services) in its zone alive at the inject (one
+    gone at the inject went by this fault). The one reading of "what a fault hit": the checks' `_hit_pods` (the
+    pods whose death a failover counts from) and `_declarations_hit` (whether the declared single point of failure
+    was hit) ask it, so the two cannot drift apart.
+    """
+    if stops_nodes(f):
+        sql = "SELECT DISTINCT pod FROM node_fault_pods WHERE fault = ? AND inject = ?"
+        args: list[object] = [f.fault, f.inject]
+        if services is not None:
+            sql += " AND list_contains(?, service)"
+            args.append(list(services))
+    else:
+        sql = (
+            "SELECT DISTINCT pod FROM intervals WHERE zone = ? AND list_contains(?, service) AND start_ts <= ? "
+            "AND coalesce(end_ts, 'infinity'::DOUBLE) >= ?"
+        )
+        args = [f.zone, list(f.services if services is None else services), f.inject, f.inject]
+    return [str(r[0]) for r in con.execute(sql + " ORDER BY pod", args).fetchall()]
+
+
 def _node_fault_pods(run: RunData) -> None:
     """Table `node_fault_pods`: the pods each node fault killed; each is not ready from the fault's inject.
 
@@ -764,7 +796,7 @@ def _node_fault_pods(run: RunData) -> None:
         "zone VARCHAR, service VARCHAR)"
     )
     for f in run.faults:
-        if f.action not in NODE_FAULT_ACTIONS or (f.action == "kill_node" and not f.node):
+        if not stops_nodes(f):
             continue
         run.con.execute(
             """
@@ -796,18 +828,9 @@ def _declarations_hit(run: RunData) -> None:
     for i, f in enumerate(run.faults):
         if f.expected_budget is None:
             continue
-        if f.action in NODE_FAULT_ACTIONS and (f.action == "zone_outage" or f.node):
-            sql = "SELECT count(*) FROM node_fault_pods WHERE fault = ? AND inject = ? AND list_contains(?, service)"
-            args: list[object] = [f.fault, f.inject, list(f.spof)]
-        else:
-            hit = [s for s in f.spof if f.kind != "service-down" or s in f.services]
-            sql = (
-                "SELECT count(*) FROM intervals WHERE zone = ? AND list_contains(?, service) AND start_ts <= ? "
-                "AND coalesce(end_ts, 'infinity'::DOUBLE) >= ?"
-            )
-            args = [f.zone, hit, f.inject, f.inject]
-        row = run.con.execute(sql, args).fetchone()
-        if row and row[0]:
+        # a node fault hits whatever ran on its nodes; any other only the services it names (a zone-down all)
+        hit = f.spof if stops_nodes(f) else [s for s in f.spof if f.kind != "service-down" or s in f.services]
+        if pods_taken_down(run.con, f, hit):
             continue
         run.notes.append(
             f"fault {f.fault}: declared single point of failure {', '.join(f.spof)}, but the fault took down no pod "

@@ -18,7 +18,7 @@ from harness.verify.invariants.sql import (
     REQUEST_END_SQL,
     Window,
 )
-from harness.verify.rundata import NODE_FAULT_ACTIONS, Fault, RunData, zone_is_edge
+from harness.verify.rundata import Fault, RunData, pods_taken_down, stops_nodes, zone_is_edge
 
 # fault actions whose pods keep running, out of their Services' endpoints: they receive nothing, but may still call
 # out on their own (a database pool's connections), so only serving shows whether such a fault took effect
@@ -60,6 +60,8 @@ class CheckBase(FaultScoping):
         self.declared: dict[str, dict[str, Any]] = {}  # fault -> its declared single point of failure, judged
         # (fault, inject) -> `_declared_recovery` (locality's exclusions and availability's windows both ask)
         self._recovered: dict[tuple[str, float], tuple[float, list[DeclaredRecovery]]] = {}
+        # (fault, inject) -> `effective_at` (the failover's start and the detection's bound both ask, per fault)
+        self._effective: dict[tuple[str, float], float] = {}
 
     # -- helpers -------------------------------------------------------------
     def _one(self, sql: str, params: list[Any] | None = None) -> Any:
@@ -336,25 +338,15 @@ class CheckBase(FaultScoping):
     def _hit_pods(self, f: Fault) -> tuple[list[str], str]:
         """The pods a fault took down, and how they are named in a message.
 
-        A node fault's: those on its stopped nodes (`rundata._node_fault_pods`); any other fault that takes
-        services down (kill_pod, make_unready; zone-down without a node record): the pods of its services in
-        its zone alive at the inject. Asked only of faults that take pods down (service-down, zone-down).
+        `rundata.pods_taken_down`: a node fault's, those on its stopped nodes; any other fault that takes services
+        down (kill_pod, make_unready; zone-down without a node record), the pods of its services in its zone alive
+        at the inject. Asked only of faults that take pods down (service-down, zone-down).
         """
-        if f.action in NODE_FAULT_ACTIONS and (f.action == "zone_outage" or f.node):
-            rows = self.con.execute(
-                "SELECT DISTINCT pod FROM node_fault_pods WHERE fault = ? AND inject = ? ORDER BY pod",
-                [f.fault, f.inject],
-            ).fetchall()
+        pods = pods_taken_down(self.con, f)
+        if stops_nodes(f):
             where = f"node {f.node}" if f.action == "kill_node" else f"the nodes of {f.zone}"
-            return [str(r[0]) for r in rows], f"no pod ran on {where} at the inject"
-        rows = self.con.execute(
-            "SELECT DISTINCT pod FROM intervals WHERE zone = ? AND list_contains(?, service) AND start_ts <= ? "
-            "AND coalesce(end_ts, 'infinity'::DOUBLE) >= ? ORDER BY pod",  # one gone at the inject: by this fault
-            [f.zone, list(f.services), f.inject, f.inject],
-        ).fetchall()
-        return [
-            str(r[0]) for r in rows
-        ], f"no pod of {', '.join(f.services) or 'any service'} ran in {f.zone} at the inject"
+            return pods, f"no pod ran on {where} at the inject"
+        return pods, f"no pod of {', '.join(f.services) or 'any service'} ran in {f.zone} at the inject"
 
     def _died_at(self, f: Fault, pods: list[str], slack: float = 0.0) -> dict[str, float]:
         """Per pod of `pods` that fault `f` took down: the earliest instant the records allow for its death, the
@@ -395,5 +387,8 @@ class CheckBase(FaultScoping):
         """
         if f.kind not in ("service-down", "zone-down") or f.action in KEEPS_RUNNING or f.unknown_kind is not None:
             return f.inject
-        died = self._died_at(f, self._hit_pods(f)[0])
-        return max(died.values(), default=f.inject)
+        key = (f.fault, f.inject)
+        if key not in self._effective:  # the records do not change while the checks read them
+            died = self._died_at(f, self._hit_pods(f)[0])
+            self._effective[key] = max(died.values(), default=f.inject)
+        return self._effective[key]
