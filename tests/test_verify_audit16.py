@@ -23,13 +23,20 @@ from tests.verdicts import slow_primitive, verify
 STOPS = [pytest.param(0.05, id="stop-50ms"), pytest.param(4.6, id="stop-4.6s")]
 
 
-def _slow_stop(tmp_path: Path, stop_s: float, snapshot_s: float | None = None, **kw: Any) -> Path:
+def _slow_stop(
+    tmp_path: Path,
+    stop_s: float,
+    snapshot_s: float | None = None,
+    shape: str = "kind",
+    service: str = "public-api",
+    **kw: Any,
+) -> Path:
     """A kind node kill (`node_kill`, LAX's public-api on the node) whose `docker stop` took `stop_s`: the inject
     is recorded before the primitive runs (harness.chaos.actions._held_fault), the node's pods serve on until
     they die `stop_s` later (at INJECT), and the "inject" counter snapshot is taken once `docker stop` has
     returned (at INJECT; `snapshot_s` after the inject record instead: a primitive that returned before the
-    pods died)."""
-    return slow_primitive(node_kill(tmp_path, "kind", service="public-api", **{"rate_per_zone": 30, **kw}), stop_s,
+    pods died). `shape` / `service`: `node_kill`'s ("local": the pod is removed when it dies, for good)."""
+    return slow_primitive(node_kill(tmp_path, shape, service=service, **{"rate_per_zone": 30, **kw}), stop_s,
                           snapshot_s)  # fmt: skip
 
 

@@ -38,7 +38,7 @@ from harness.verify.invariants.sql import (
     spans_sql,
     sql_str,
 )
-from harness.verify.rundata import NODE_FAULT_ACTIONS, Fault, zone_is_edge
+from harness.verify.rundata import NODE_FAULT_ACTIONS, Fault, stops_nodes, zone_is_edge
 from harness.verify.verdict import (
     AVAILABILITY,
     COVERAGE,
@@ -860,8 +860,15 @@ class UserChecks(CheckBase):
         or a successful hop it served (its callers logged it) that began then, when its service calls an HTTP
         upstream on every request (`_served_but_silent`'s reading). A pod alive at the end of the run has no
         such excuse: its buffer is flushed before the logs are read.
+
+        A pod a node fault killed died when `_died_at` says (`_node_kills`), not at the inject record: the
+        timeline records the inject before the primitive runs, and a `docker stop` or a drain takes seconds while
+        the node's pods serve on. Dated at the record, a pod that made calls before it (the fault's "before"
+        snapshot) and went on serving for seconds was excused as if killed within a flush interval of them; and
+        one whose counters grew after the primitive had returned (it was not dead then) was excused as well.
         """
         http = self._http_callers()
+        kills = self._node_kills
         rows = self.con.execute(
             f"""
             WITH per_pod AS (
@@ -872,16 +879,25 @@ class UserChecks(CheckBase):
                  grew AS (
                 SELECT p.pod, max(p.rq) - any_value(b.rq0) AS rq, min(p.ts) FILTER (WHERE p.rq > b.rq0) AS first
                 FROM per_pod p JOIN base b USING (pod) GROUP BY p.pod),
+                 ended AS (
+                SELECT pod, max(end_ts) AS ended, max(start_ts) AS born, any_value(service) AS service
+                FROM intervals WHERE pod IN ({DEAD_PODS_SQL}) GROUP BY pod),
+                 -- a dead pod a node fault killed (none of its intervals began after that kill was done): it died
+                 -- in [died, done] (`_node_kills`); any other died when its last interval ended
+                 kill AS (SELECT pod, max(died) AS died, max(done) AS done FROM {kills} GROUP BY pod),
                  death AS (
-                SELECT pod, least(max(end_ts), coalesce((SELECT min(n.inject) FROM node_fault_pods n
-                                                         WHERE n.pod = i.pod), 'infinity'::DOUBLE)) AS at,
-                       any_value(service) AS service
-                FROM intervals i WHERE pod IN ({DEAD_PODS_SQL})
-                GROUP BY pod)
+                SELECT e.pod, e.service, CASE WHEN e.born <= k.done THEN k.died ELSE e.ended END AS at,
+                       CASE WHEN e.born <= k.done THEN k.done END AS done
+                FROM ended e LEFT JOIN kill k USING (pod))
             SELECT g.pod, g.rq,
                    d.at IS NOT NULL AND g.first >= d.at - ? AND NOT EXISTS (
                        SELECT 1 FROM hops h WHERE CAST(h.serving_pod AS VARCHAR) = g.pod AND h.ok
                        AND list_contains(?, d.service) AND h.ts < d.at - ?)
+                   -- counters that grew after the kill was done: the pod lived on, and so did its log
+                   AND NOT EXISTS (
+                       SELECT 1 FROM per_pod a WHERE a.pod = g.pod AND a.ts > d.done
+                       AND a.rq > (SELECT coalesce(max(b.rq), 0) FROM per_pod b WHERE b.pod = g.pod
+                                   AND b.ts <= d.done))
             FROM grew g LEFT JOIN death d USING (pod)
             WHERE g.rq > 0 AND g.pod NOT IN (SELECT DISTINCT CAST(caller_pod AS VARCHAR) FROM hops
                                              WHERE caller_pod IS NOT NULL)
@@ -936,6 +952,29 @@ class UserChecks(CheckBase):
             out.append(CheckResult(f"clock {zone}", UNVERIFIED, text, detail))
         return out
 
+    @cached_property
+    def _node_kills(self) -> str:
+        """Temp table (pod, died, done), its name: each pod a node fault killed, dated by the one rule
+        (`_died_at`): it died no earlier than `died`, the later of the inject and the last successful hop it
+        served, and no later than `done`, when the primitive had acted (`_acted_at`). Both widened by
+        `SILENT_GAP_SLACK_S`: the hops are stamped on the nodes' clocks, the primitive's return on the runner's.
+
+        The death of a killed sidecar excuses the access-log lines it had not flushed, in the log's gaps
+        (`_served_but_silent`) and in a log with no line at all (`_counted_without_lines`): both date it here,
+        as the failover's start does (`effective_at`). A pod a later fault killed again has a row per kill.
+        """
+        wide = float(SILENT_GAP_SLACK_S)
+        self.con.execute("CREATE OR REPLACE TEMP TABLE node_kills (pod VARCHAR, died DOUBLE, done DOUBLE)")
+        kills: list[tuple[str, float, float]] = []
+        for f in self.run.faults:
+            if stops_nodes(f):
+                pods, done = self._hit_pods(f)[0], self._acted_at(f) + wide
+                died = self._died_at(f, pods, wide)
+                kills += [(p, died.get(p, f.inject), done) for p in pods]
+        if kills:
+            self.con.executemany("INSERT INTO node_kills VALUES (?, ?, ?)", kills)
+        return "node_kills"
+
     def _served_but_silent(self) -> list[tuple[str, int, float | None, int, float | None]]:
         """Sidecars whose own access log is missing, stops or has a gap while their callers' logs show them serving.
 
@@ -987,17 +1026,7 @@ class UserChecks(CheckBase):
         # wide slack on either clock, and runs to when the kill was done (`_acted_at`: the kill lags its record).
         wide = float(SILENT_GAP_SLACK_S)
         slack = wide if self.run.clock is not None else 2 * HOP_TS_SLACK_S
-        # each pod a node fault killed: it died after the later of the inject and the last hop it served, and
-        # before the primitive had acted (`_died_at`, the rule the failover's start shares)
-        self.con.execute("CREATE OR REPLACE TEMP TABLE node_kills (pod VARCHAR, died DOUBLE, done DOUBLE)")
-        kills: list[tuple[str, float, float]] = []
-        for f in self.run.faults:
-            if f.action in NODE_FAULT_ACTIONS and (f.action == "zone_outage" or f.node):
-                pods, done = self._hit_pods(f)[0], self._acted_at(f) + wide
-                died = self._died_at(f, pods, wide)
-                kills += [(p, died.get(p, f.inject), done) for p in pods]
-        if kills:
-            self.con.executemany("INSERT INTO node_kills VALUES (?, ?, ?)", kills)
+        kills = self._node_kills  # each pod a node fault killed, and when it died (`_died_at`)
         rows = self.con.execute(
             f"""
             WITH served AS (SELECT h.serving_pod AS pod, h.ts, h.status, h.ts - {slack!r} AS lo,
@@ -1022,7 +1051,7 @@ class UserChecks(CheckBase):
                  cand AS (
                     SELECT j.pod, j.ts, j.last_line, j.stopped,
                            j.gap AND NOT EXISTS (
-                               SELECT 1 FROM node_kills k WHERE k.pod = j.pod AND j.ts <= k.done
+                               SELECT 1 FROM {kills} k WHERE k.pod = j.pod AND j.ts <= k.done
                                  AND j.ts >= k.died - {float(SILENT_UNFLUSHED_S) + wide!r}) AS gap
                     FROM judged j WHERE j.stopped OR j.gap)
             SELECT CAST(pod AS VARCHAR) AS p, count(*) FILTER (WHERE stopped), any_value(last_line),
