@@ -1,4 +1,4 @@
-"""Verifier defects a twentieth audit found: a node-killed pod's unflushed log, a degraded link's window.
+"""Verifier defects a twentieth audit found: a node-killed pod's unflushed log, a degraded link's window, one query.
 
 Each "HOLE." says how the verdict went wrong before its fix; next to each, a control that passes (or fails) at
 every timing, as it must.
@@ -7,13 +7,16 @@ every timing, as it must.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.verify import COVERAGE, Verdict
+from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_audit16 import _slow_stop
-from tests.test_verify_soundness import failed
+from tests.test_verify_audit17 import _drop_inject_snapshot
+from tests.test_verify_soundness import LAX, T, failed
 from tests.test_verify_timing7 import _lose_access_log
 from tests.verdicts import rows, verify, write_rows
 
@@ -92,3 +95,50 @@ def test_counters_that_grew_after_the_primitive_returned_leave_a_lost_log_unexcu
     v = verify(d)
     assert _names_the_lost_log(v, pod) == grew, why(v)
     assert v.passed != grew, why(v)
+
+
+# -- 2. a degraded link's "inside" window, from when the primitive had returned ----------------------------------
+APPLY = [pytest.param(0.05, id="apply-50ms"), pytest.param(3.5, id="apply-3.5s")]
+
+
+def _degraded(tmp_path: Path, apply_s: float, **kw: Any) -> Verdict:
+    """LAX's link degraded (+200 ms) for 6 s from 30 s, by a primitive that took `apply_s` to set the rules (kind:
+    a `docker exec` of them on each of the zone's nodes, one after another, the timeline writing the inject
+    before it: harness.chaos.actions._held_fault): the link is slowed only once it returned, when the inject's
+    counter snapshot is taken (synth's `FaultSpec.apply_s`)."""
+    f = FaultSpec("slow-link-lax", "link-degraded", LAX, (), 30.0, 36.0, apply_s=apply_s, **kw)
+    return verify(write_run(tmp_path / "run", Scenario(T, duration_s=90, rate_per_zone=4, faults=[f])))
+
+
+@pytest.mark.parametrize("apply_s", APPLY)
+def test_a_degraded_link_is_judged_from_when_its_primitive_had_returned(tmp_path: Path, apply_s: float) -> None:
+    """HOLE (same config, same verdict). The degradation's effect is the median of the zone's hops that wait on
+    the link "inside" the fault; that window began at the inject record, while the rules are on only once the
+    primitive returned. With a 3.5 s primitive in a 6 s hold more than half of those hops were not slowed, the
+    median was the baseline's, and a link that was slowed for the rest of the hold "did not take effect", where
+    the same mesh with a 50 ms primitive passed. From the inject counter snapshot, both pass."""
+    v = _degraded(tmp_path, apply_s)
+    assert COVERAGE not in failed(v), why(v)
+    assert v.passed, why(v)
+
+
+@pytest.mark.parametrize("apply_s", APPLY)
+def test_an_inert_degradation_still_did_not_take_effect_whatever_its_primitive_took(
+    tmp_path: Path, apply_s: float
+) -> None:
+    """Control: a degradation that never reached the link (`link_inert`) fails coverage at both timings."""
+    v = _degraded(tmp_path, apply_s, link_inert=True)
+    assert COVERAGE in failed(v), why(v)
+    assert "did not take effect" in " ".join(why(v)), why(v)
+
+
+def test_a_degradation_without_its_inject_snapshot_is_judged_from_the_inject_record(tmp_path: Path) -> None:
+    """Without the inject counter snapshot (a primitive that raised, a run from before snapshots) the records do
+    not say when the rules were on: the window runs from the inject record, as before, and a slow primitive's
+    unslowed hops are judged with it (not passed on an instant nobody recorded)."""
+    f = FaultSpec("slow-link-lax", "link-degraded", LAX, (), 30.0, 36.0, apply_s=3.5)
+    d = write_run(tmp_path / "run", Scenario(T, duration_s=90, rate_per_zone=4, faults=[f]))
+    _drop_inject_snapshot(d)
+    v = verify(d)
+    assert COVERAGE in failed(v), why(v)
+    assert "did not take effect" in " ".join(why(v)), why(v)

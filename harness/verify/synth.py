@@ -111,6 +111,11 @@ class FaultSpec:
     # restore before calling it): a degraded link stays slow meanwhile, and the restore's counter snapshot, taken
     # once the primitive acted, comes after it (kind: `docker exec` of the rules on each of the zone's nodes)
     undo_s: float = 0.0
+    # how long the primitive that applies the fault takes after the inject is recorded (the timeline writes the
+    # inject before calling it), the mirror of `undo_s`: a degraded link is slowed only from then on, and the
+    # inject's counter snapshot, taken once the primitive returned, comes after it. Only the link's effect is
+    # modelled to wait for it (a kill's: `kill_delay_s`)
+    apply_s: float = 0.0
 
 
 @dataclass
@@ -617,7 +622,7 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
     changes = list(m.changes)
     snaps = sorted(
         [(sc.start - 0.5, "start")]
-        + [(sc.start + f.inject + 0.002, f"inject {f.fault}") for f in sc.faults if f.recorded]
+        + [(sc.start + f.inject + f.apply_s + 0.002, f"inject {f.fault}") for f in sc.faults if f.recorded]
         + [(sc.start + (f.restore if f.recorded_restore is None else f.recorded_restore) + f.undo_s + 0.002,
             f"restore {f.fault}") for f in sc.faults if f.restore is not None and f.recorded]
     )  # fmt: skip
@@ -639,7 +644,8 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
                 pod = m.region_pod(up, None)
                 return pod, 503, "UF", 1000.0
             undoing = f.restore is not None and f.restore <= rel < f.restore + f.undo_s
-            slowed = _active(f, rel) or (f.link_lingers and rel >= f.inject) or undoing
+            applied = rel >= f.inject + f.apply_s
+            slowed = applied and (_active(f, rel) or (f.link_lingers and rel >= f.inject) or undoing)
             if f.kind == "link-degraded" and placement[up] is Placement.REGION and slowed:
                 extra += 0.0 if f.link_inert else f.latency_ms
             if f.kind == "service-down" and up in f.services and f.inject - f.inflight_ms / 1000 <= rel < f.inject:

@@ -1240,7 +1240,11 @@ class UserChecks(CheckBase):
         degradation passed. After the restore (until maxRecoveryS or the zone's next fault) the same hops must
         be back under that mark: a rollback that left the latency on leaves the zone slow for whatever runs
         next, and its recovery was never shown. "After" begins once the rules are off (`_undone_at`): the
-        timeline writes the restore before the primitive clears the link.
+        timeline writes the restore before the primitive clears the link. "Inside" begins, the same way, once
+        they are on (`_returned_at`, the inject's counter snapshot; the inject record without it): the timeline
+        writes the inject before the primitive sets the link (kind: `docker exec` on each of the zone's nodes),
+        and the hops that began in between are not slowed. From the record, they diluted the median: the same
+        mesh showed the effect after a quick primitive and "did not take effect" after a slow one.
         """
         head = f"coverage: fault {f.fault}: the degradation of {f.zone}'s link"
         if not f.latency_ms or f.latency_ms <= 0:
@@ -1262,6 +1266,8 @@ class UserChecks(CheckBase):
                  and (g.restore is None or g.restore >= f.inject - self.longest["hops"] - 0.001)]  # fmt: skip
         overlap = [("", g.inject, g.restore if g.restore is not None else self.run_end) for g in meets]
         inside = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, overlap, HOP_END_SQL)}"
+        applied = self._returned_at(f)  # the link is slowed from when the primitive had returned
+        applied = f.inject if applied is None else min(applied, end)
         restore = f.restore if f.restore is not None else INF
         after_hi = min(restore + self.slo.max_recovery_s, self._next_fault_in_zone(f, restore))
         after_lo = self._undone_at(f, after_hi)
@@ -1289,7 +1295,7 @@ class UserChecks(CheckBase):
                    count(*) FILTER (WHERE {after} AND duration_ms < ?)
             FROM bound
             """,
-            [f.zone, f.inject, end, f.inject, end, after_lo, after_hi, after_lo, after_hi, after_lo, after_hi,
+            [f.zone, applied, end, applied, end, after_lo, after_hi, after_lo, after_hi, after_lo, after_hi,
              float(f.latency_ms)],
         ).fetchone()  # fmt: skip
         assert row is not None
@@ -1301,7 +1307,9 @@ class UserChecks(CheckBase):
             f"{LINK_EFFECT_SHARE:g} x the added "
             f"{f.latency_ms:g} ms more is {mark:.0f} ms"
         )
-        span = f"from {iso(f.inject)} to {iso(end)}"
+        span = f"from {iso(applied)} to {iso(end)}"
+        if applied > f.inject:
+            span += f" (from when the degradation was applied: its inject counter snapshot; inject {iso(f.inject)})"
         if meets:
             span += f" outside the other faults that reach the link then ({', '.join(g.fault for g in meets)})"
         if n < LINK_EFFECT_MIN_HOPS:
