@@ -1406,6 +1406,10 @@ def test_from_options(tmp_path: Path) -> None:
     assert json.loads(opts.env()["EH_ENTRYPOINTS"]) == {LAX: "http://x"}  # the chaos process probes them too
     with pytest.raises(BackendError, match="needs a kubeconfig context"):
         ExistingBackend.from_options(BackendOptions(name="existing", workdir=tmp_path))
+    # the poll interval: the backend's 2 s unless given (a simulated cluster's tests give less)
+    assert b.ready_poll_s == 2.0 and "EH_READY_POLL_S" not in opts.env()
+    opts.ready_poll_s = 0.1
+    assert ExistingBackend.from_options(opts).ready_poll_s == 0.1
 
 
 def test_eh_context_and_eh_kubeconfig_stand_in_for_the_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

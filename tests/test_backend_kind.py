@@ -955,6 +955,10 @@ def test_from_options(tmp_path: Path) -> None:
         tmp_path / "kind-ci",
         tmp_path / "kind-ci" / "kubeconfig",
     )
+    # the poll interval: the backend's 2 s unless given (a simulated cluster's tests give less)
+    assert b.ready_poll_s == 2.0
+    fast = BackendOptions(name="kind", cluster="ci", workdir=tmp_path, ready_poll_s=0.1)
+    assert KindBackend.from_options(fast).ready_poll_s == 0.1
 
 
 def test_a_node_whose_entrypoint_never_hands_over_is_one_line_naming_docker_logs(

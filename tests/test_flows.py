@@ -140,7 +140,8 @@ def test_kind_flow_up_traffic_pod_kill_node_kill_restore_down(api: FakeApiServer
         cooldown_s=1,
     )
     said: list[str] = []
-    res = run_e2e(opts, BackendOptions(name="kind", cluster="edge"), say=said.append)
+    # the simulated cluster answers at once: `up` asks again after 0.1 s, not the real default's 2 s
+    res = run_e2e(opts, BackendOptions(name="kind", cluster="edge", ready_poll_s=0.1), say=said.append)
     assert res.backend == "kind"
     assert res.chaos_ok, (res.messages, said)
     rec = _check_records(res.run_dir, LAX)
@@ -196,6 +197,7 @@ def test_existing_flow_runs_the_nightly_set_end_to_end(
         allow_contexts=["eks-nightly"],
         entrypoints=urls,
         execute=True,
+        ready_poll_s=0.1,  # the simulated cluster answers at once (kind flow above)
     )
     opts = E2EOptions(
         topology=REPO / "fixtures" / "topology.yaml",

@@ -47,6 +47,10 @@ class BackendOptions:
     max_share: float | None = None  # existing: blast radius, share of a zone's nodes/pods down at once
     allow_file: str | None = None  # existing: allow-list file (else EH_ALLOW_FILE, else the default path)
     kind_image: str | None = None  # kind: node image as given (else EH_KIND_IMAGE, else pinned per kind release)
+    # kind/existing: seconds between `up`'s and the cluster probes' re-asks (None: the backend's default, 2 s); only
+    # the process that brings the cluster up polls with it, so it is not handed to the chaos processes (`env`).
+    # A simulated cluster answers at once: its tests set it low so a whole `harness e2e` does not wait in 2 s steps
+    ready_poll_s: float | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> BackendOptions:

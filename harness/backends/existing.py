@@ -486,7 +486,7 @@ class ExistingBackend(KubeBackend):
         context = opts.context or os.environ.get("EH_CONTEXT") or None
         if not context:
             raise BackendError("existing backend needs a kubeconfig context (--context or EH_CONTEXT)")
-        return cls(
+        backend = cls(
             context,
             opts.kubeconfig or os.environ.get("EH_KUBECONFIG") or None,
             opts.allow_contexts,
@@ -499,6 +499,9 @@ class ExistingBackend(KubeBackend):
             max_share=opts.max_share,
             allow_file=opts.allow_file,
         )
+        if opts.ready_poll_s is not None:
+            backend.ready_poll_s = opts.ready_poll_s
+        return backend
 
     # -- the cluster ---------------------------------------------------------
     @property

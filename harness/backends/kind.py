@@ -286,7 +286,10 @@ class KindBackend(KubeBackend):
     @classmethod
     def from_options(cls, opts: BackendOptions, manifests: Manifests | None = None) -> KindBackend:
         workdir = Path(opts.workdir) / f"kind-{opts.cluster}"
-        return cls(opts.cluster, workdir, opts.kubeconfig, manifests=manifests, node_image=opts.kind_image)
+        backend = cls(opts.cluster, workdir, opts.kubeconfig, manifests=manifests, node_image=opts.kind_image)
+        if opts.ready_poll_s is not None:
+            backend.ready_poll_s = opts.ready_poll_s
+        return backend
 
     # -- tools ---------------------------------------------------------------
     def _tool(self, name: str) -> str:
