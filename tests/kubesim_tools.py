@@ -22,31 +22,34 @@ real run issues. What each tool does is whatever the simulated cluster
   real TCP connections to the one pod it resolved, and exits with "lost
   connection to pod" when that pod (instance) is gone, as kubectl >= 1.23 does.
 
-Standard library only: it runs as a separate process, like the real tools.
+Standard library only (yaml aside): it runs as a separate process, like the
+real tools. A run makes a hundred-odd calls, so each starts lean: no `site`
+(the venv's path and its .pth files, brought in by `_yaml` for the calls that
+read YAML), no urllib (one HTTP/1.1 request over a socket, `_api`), no
+pathlib; with them a call took ~70 ms of CPU before it did anything.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import socket
 import sys
-import threading
 import time
-import urllib.request
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # at import only for the type checker: the tool itself runs without them (module docstring)
+    from pathlib import Path
 
 TOOLS = ("kind", "docker", "helm", "kubectl")
 
 
 def install(bindir: Path, names: tuple[str, ...] = TOOLS) -> None:
-    """Make `bindir/<tool>` run this script (shebang: the test's own interpreter)."""
+    """Make `bindir/<tool>` run this script (shebang: the test's own interpreter, without `site`: `_yaml`)."""
     bindir.mkdir(parents=True, exist_ok=True)
     script = bindir / "_fake_tool.py"
-    script.write_text(f"#!{sys.executable}\n" + Path(__file__).read_text())
+    with open(__file__) as src:
+        script.write_text(f"#!{sys.executable} -S\n" + src.read())
     script.chmod(0o755)
     for n in names:
         link = bindir / n
@@ -54,15 +57,72 @@ def install(bindir: Path, names: tuple[str, ...] = TOOLS) -> None:
             link.symlink_to(script)
 
 
+def _yaml() -> Any:
+    """PyYAML, from the venv's site-packages, which `-S` left off the path (added here, for the calls reading YAML)."""
+    if sys.flags.no_site and "yaml" not in sys.modules:
+        import site
+
+        site.main()
+    import yaml
+
+    return yaml
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _home(*parts: str) -> str:
+    return os.path.join(os.path.expanduser("~"), *parts)
+
+
 def _api(path: str, body: dict[str, Any] | None = None, query: str = "", token: str | None = None) -> dict[str, Any]:
-    url = os.environ["FAKE_API"].rstrip("/") + "/_sim/" + path + (f"?{query}" if query else "")
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
-    req.add_header("Content-Type", "application/json")
+    """One call to the simulation's control API ($FAKE_API, http://127.0.0.1:PORT): a JSON answer, else OSError.
+
+    HTTP/1.1 with `Connection: close` straight over a socket (what urllib did, minus its imports); an error
+    status raises OSError as urllib's HTTPError (an OSError) did, so every caller sees what it saw before.
+    """
+    base = os.environ["FAKE_API"].rstrip("/")
+    hostport = base.split("://", 1)[1]
+    host, _, port = hostport.rpartition(":")
+    data = json.dumps(body).encode() if body is not None else b""
+    target = "/_sim/" + path + (f"?{query}" if query else "")
+    head = [
+        f"{'POST' if body is not None else 'GET'} {target} HTTP/1.1",
+        f"Host: {hostport}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(data)}",
+        "Connection: close",
+    ]
     if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return dict(json.loads(resp.read()))
+        head.append(f"Authorization: Bearer {token}")
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    raw_head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = raw_head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        payload = _dechunk(payload)
+    if not 200 <= status < 300:
+        raise OSError(f"HTTP Error {status}: {payload[:200]!r} ({target})")
+    return dict(json.loads(payload))
+
+
+def _dechunk(payload: bytes) -> bytes:
+    out = b""
+    while payload:
+        size_line, _, rest = payload.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        payload = rest[size + 2 :]
+    return out
 
 
 def _finish(out: dict[str, Any]) -> None:
@@ -85,18 +145,19 @@ def _opt(args: list[str], *names: str) -> str | None:
 
 def _write_kubeconfig(path: str, cluster: str) -> None:
     ctx = f"kind-{cluster}"
-    Path(path).write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": ctx,
-                "clusters": [{"name": ctx, "cluster": {"server": os.environ["FAKE_API"]}}],
-                "users": [{"name": ctx, "user": {"token": "kind"}}],
-                "contexts": [{"name": ctx, "context": {"cluster": ctx, "user": ctx}}],
-            }
+    with open(path, "w") as f:
+        f.write(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": ctx,
+                    "clusters": [{"name": ctx, "cluster": {"server": os.environ["FAKE_API"]}}],
+                    "users": [{"name": ctx, "user": {"token": "kind"}}],
+                    "contexts": [{"name": ctx, "context": {"cluster": ctx, "user": ctx}}],
+                }
+            )
         )
-    )
 
 
 def kind(args: list[str]) -> None:
@@ -110,14 +171,12 @@ def kind(args: list[str]) -> None:
             print("No kind clusters found.", file=sys.stderr)
         return
     if args[:2] == ["create", "cluster"]:
-        import yaml
-
         name = _opt(args, "--name") or "kind"
-        config = yaml.safe_load(Path(_opt(args, "--config") or "/dev/null").read_text()) or {}
+        config = _yaml().safe_load(_read(_opt(args, "--config") or "/dev/null")) or {}
         out = _api("kind/create", {"name": name, "config": config, "image": _opt(args, "--image")})
         if out.get("rc"):
             _finish(out)
-        _write_kubeconfig(_opt(args, "--kubeconfig") or str(Path.home() / ".kube/config"), name)
+        _write_kubeconfig(_opt(args, "--kubeconfig") or _home(".kube", "config"), name)
         print(f'Creating cluster "{name}" ...', file=sys.stderr)
         return
     if args[:2] == ["delete", "cluster"]:
@@ -131,7 +190,7 @@ def kind(args: list[str]) -> None:
         if name not in _api("kind/clusters")["clusters"]:
             print(f'ERROR: could not locate any control plane nodes for cluster named "{name}"', file=sys.stderr)
             sys.exit(1)
-        _write_kubeconfig(_opt(args, "--kubeconfig") or str(Path.home() / ".kube/config"), name)
+        _write_kubeconfig(_opt(args, "--kubeconfig") or _home(".kube", "config"), name)
         return
     if args[:2] == ["load", "docker-image"]:
         rest = args[2:]
@@ -154,6 +213,8 @@ def docker(args: list[str]) -> None:
 
 
 def _duration(text: str) -> float:
+    import re
+
     total = 0.0
     for num, unit in re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", text):
         total += float(num) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[unit]
@@ -168,13 +229,11 @@ def helm(args: list[str]) -> None:
         print("v3.16.2+g13654a5")
         return
     if args[:2] == ["upgrade", "--install"]:
-        import yaml
-
         release = args[2]
         values: dict[str, Any] = {}
         for i, a in enumerate(args):
             if a in ("-f", "--values"):
-                values.update(yaml.safe_load(Path(args[i + 1]).read_text()) or {})
+                values.update(_yaml().safe_load(_read(args[i + 1])) or {})
         out = _api(
             "helm/install",
             {
@@ -197,12 +256,10 @@ def helm(args: list[str]) -> None:
 
 def _token(args: list[str]) -> str | None:
     """The bearer token of the kubeconfig user the call's context names (what kubectl authenticates with)."""
-    import yaml
-
     path = _opt(args, "--kubeconfig") or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    path = path or str(Path.home() / ".kube/config")
+    path = path or _home(".kube", "config")
     try:
-        cfg = yaml.safe_load(Path(path).read_text()) or {}
+        cfg = _yaml().safe_load(_read(path)) or {}
     except OSError:
         return None
     ctx_name = _opt(args, "--context") or cfg.get("current-context")
@@ -217,6 +274,9 @@ def _stamp() -> str:
 
 
 def port_forward(args: list[str]) -> None:
+    import contextlib
+    import threading
+
     ns = _opt(args, "-n", "--namespace") or "default"
     address = _opt(args, "--address") or "127.0.0.1"
     skip = {"-n", "--namespace", "--address", "--kubeconfig", "--context", "--pod-running-timeout"}
