@@ -21,9 +21,22 @@ module does all of that, each behaviour taken from the source named here:
   precision, as metav1.Time serialises). Every new sandbox gets a new IP: a
   re-created pod, and a pod whose node restarted (host-local IPAM allocates
   the next free address, and kind keeps /var, so old leases stay taken).
-- Deletion: `gracePeriodSeconds=0` removes the object at once (force); else
-  `deletionTimestamp` is set and the kubelet removes it after the containers
-  stopped. Namespaces cascade. Finalizers hold objects back (kmock semantics).
+- Deletion (kubernetes pkg/registry/core/pod/strategy.go CheckGracefulDelete):
+  a pod's delete with a grace (the request's, else its
+  terminationGracePeriodSeconds) sets `deletionTimestamp` and
+  `deletionGracePeriodSeconds`; Endpoints drop it at once, the kubelet stops
+  its containers (SIGTERM, SIGKILL after the grace; `terminate_s` here) and
+  only then removes the object. `gracePeriodSeconds=0` removes the object at
+  once (force), but its containers keep running: the kubelet kills them when
+  it notices, with the pod's own grace (pod_workers.go
+  calculateEffectiveGracePeriod: no deletionGracePeriodSeconds, so
+  spec.terminationGracePeriodSeconds, 30 s by default), and consul-dataplane,
+  given SIGTERM, keeps Envoy up draining listeners for its shutdown grace
+  (consul-k8s v1.9.11 consul_dataplane_sidecar.go `-shutdown-drain-listeners`
+  `-shutdown-grace-period-seconds`; consul-dataplane lifecycle.go
+  gracefulShutdown). Here they run until a test says the grace is over
+  (`end_force_deleted_grace`): a held state, no wall-clock race.
+  Namespaces cascade. Finalizers hold objects back (kmock semantics).
 - Deployments roll out (kubernetes pkg/controller/deployment rolling.go,
   sync.go calculateStatus): a changed pod template gets a new ReplicaSet
   (`pod-template-hash`), grown within maxSurge while the old one shrinks within
@@ -486,6 +499,14 @@ class SimReplicaSet:
 
     template: Obj | None
     replicas: int
+
+
+# consul-dataplane's shutdown grace (consul-k8s v1.9.11 chart connectInject.sidecarProxy.lifecycle
+# defaultShutdownGracePeriodSeconds, lifecycle on by default): given SIGTERM it keeps Envoy up that long, then quits
+# it (consul-dataplane lifecycle.go gracefulShutdown: proxy.Quit), and Envoy writes out its buffered access-log
+# lines as it exits. A deletion with a shorter grace has the kubelet SIGKILL the container first
+# (kuberuntime_container.go killContainer, at least minimumGracePeriodInSeconds = 2 s): the buffer is lost.
+DATAPLANE_SHUTDOWN_GRACE_S = 30
 
 
 @dataclass
@@ -1026,6 +1047,7 @@ class PodRun:
     instances: int = 0
     current: Container | None = None
     kill_at: float | None = None  # terminating: when the kubelet removes it
+    grace_s: int | None = None  # terminating: the deletion's grace (None: the pod's terminationGracePeriodSeconds)
     exited: bool = False  # run-to-completion pods (probe clients)
     ready_blocked: bool = False  # test hook: readiness probe fails
 
@@ -1191,6 +1213,10 @@ class ClusterSim:
         # beside the old one: kubectl never sends 0 without --force ("to prevent accidental data loss", kubectl
         # pkg/cmd/delete/delete.go) and warns that "the resource may continue to run on the cluster indefinitely".
         self.force_deleted_running: list[tuple[str, str, str]] = []
+        # The containers of those pods (of any force-deleted pod), by pod uid: still running, answering on what they
+        # had open, though no API object, Endpoints or Consul instance names them any more; stopped only when a
+        # test ends their grace (`end_force_deleted_grace`), as the kubelet would after the pod's own grace
+        self.force_deleted_containers: dict[str, Container] = {}
         self.helm_calls: list[dict[str, Any]] = []
         self.lb_listeners: dict[tuple[str, str], int] = {}
         # the VPC's subnets as EC2 describes them (ID -> zone, zone type), which the AWS Load Balancer Controller
@@ -1446,16 +1472,35 @@ class ClusterSim:
         self._emit((api_version, plural), "MODIFIED", new)
         return new
 
-    def _remove(self, key: Key) -> None:
+    def _remove(self, key: Key, *, forced: bool = False) -> None:
+        """The object leaves the API. A pod's containers stop with it, unless the deletion was `forced` while
+        they ran: then they run on (`force_deleted_containers`) until the kubelet's grace for them is over."""
         obj = self.objects.pop(key, None)
         if obj is None:
             return
         self._bump(obj)
         self._emit((key[0], key[1]), "DELETED", obj)
         if key[1] == "pods":
-            run = self.pods.pop(str(obj["metadata"]["uid"]), None)
+            uid = str(obj["metadata"]["uid"])
+            run = self.pods.pop(uid, None)
             if run is not None and run.current is not None:
-                self.loop_task(self._stop_container(run.current))
+                if forced and run.current.alive:
+                    self.force_deleted_containers[uid] = run.current
+                else:
+                    self.loop_task(self._stop_container(run.current))
+
+    def end_force_deleted_grace(self) -> list[str]:
+        """The kubelet's grace for the force-deleted pods' containers is over: it kills them (SIGKILL after the
+        pod's terminationGracePeriodSeconds, kubelet pod_workers.go calculateEffectiveGracePeriod). Returns the
+        uids of the pods whose containers it stopped."""
+        uids = list(self.force_deleted_containers)
+        for uid in uids:
+            self.loop_task(self._stop_container(self.force_deleted_containers.pop(uid)))
+        return uids
+
+    def force_deleted_alive(self) -> list[str]:
+        """Uids of force-deleted pods whose containers still run (gone from the API, not from their node)."""
+        return [uid for uid, c in self.force_deleted_containers.items() if c.alive]
 
     def _note_force_deletion(self, ns: str, name: str) -> None:
         """A client's DELETE of a pod with gracePeriodSeconds=0: noted when its containers still run
@@ -1488,11 +1533,13 @@ class ClusterSim:
             g = spec_grace if grace is None else grace
             run = self.pods.get(str(meta["uid"]))
             if g == 0 or run is None or run.current is None:
-                self._remove(key)  # force deletion: gone from the API at once, the kubelet cleans up later
+                # force deletion: gone from the API at once; the kubelet stops the containers later, with their grace
+                self._remove(key, forced=g == 0)
                 return obj
             if not meta.get("deletionTimestamp"):
                 now = time.time()
                 run.kill_at = now + min(g, self.t.terminate_s)
+                run.grace_s = g
                 return self.patch(
                     api_version,
                     plural,
@@ -2682,7 +2729,11 @@ class ClusterSim:
             if meta.get("deletionTimestamp"):
                 if run.kill_at is None or now >= run.kill_at:
                     if run.current is not None:
-                        await self._flush_envoy(run.current, now)  # graceful stop: Envoy flushes on exit
+                        if run.grace_s is None or run.grace_s >= DATAPLANE_SHUTDOWN_GRACE_S:
+                            await self._flush_envoy(run.current, now)  # Envoy quit by the dataplane: it flushes
+                        # the containers stop first, then the kubelet's final status update lets the object go
+                        # (a graceful delete never leaves a running container the API does not show)
+                        await self._stop_container(run.current)
                     self._remove(("v1", "pods", meta["namespace"], meta["name"]))
                 continue
             if run.exited:
@@ -2955,7 +3006,10 @@ class ClusterSim:
 
     # -- containers, endpoints, logs -------------------------------------------------
     def _containers(self) -> list[Container]:
-        return [r.current for r in self.pods.values() if r.current is not None]
+        """Every container that runs or ran last in a pod, force-deleted pods' still running ones included."""
+        return [r.current for r in self.pods.values() if r.current is not None] + list(
+            self.force_deleted_containers.values()
+        )
 
     async def _stop_container(self, cont: Container) -> None:
         """The container dies: endpoints refuse, log follows end, Envoy's buffer is lost."""
@@ -4151,6 +4205,7 @@ class ClusterSim:
         self.host_listeners.clear()
         self.objects.clear()
         self.pods.clear()
+        self.force_deleted_containers.clear()
         self.nodes.clear()
         self._forget_consul()
         self.kind_cluster = None

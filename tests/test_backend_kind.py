@@ -822,7 +822,8 @@ def test_envoy_admin_and_artifacts_through_port_forward(
     assert len(dumps) == 20 and len(list(out.glob("*/*.envoy-clusters.json"))) == 20
     assert all("configs" in json.loads(d.read_text()) for d in dumps)
     # a pod that is gone: a clear error, not a hang
-    backend.kill_pod(LAX, "public-api")
+    backend.kill_pod(LAX, "public-api")  # Terminating (its Envoy still up) until its kubelet stopped it
+    assert wait_until(lambda: pod not in backend.status().pods, 30)
     with pytest.raises(BackendError, match=f"no pod {pod}|port-forward .*{pod}"):
         backend.envoy_admin(pod, "/ready")
 

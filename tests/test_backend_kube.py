@@ -7,6 +7,7 @@ kind and existing backend tests.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 
 from harness.backends.kube import (
     LABEL_SERVING,
+    InventoryWatcher,
     KubeCluster,
     KubeLogSource,
     KubeLogSources,
@@ -27,7 +29,7 @@ from harness.backends.kube import (
     split_timestamp,
 )
 from harness.backends.kube.api import KubeApiError
-from harness.backends.kube.chaos import DRAIN_GRACE_S
+from harness.backends.kube.chaos import KILL_GRACE_S
 from harness.contract.inventory import Inventory
 from harness.errors import BackendError
 from tests.conftest import wait_until
@@ -293,7 +295,7 @@ def test_drain_cordons_and_kills_pods_on_the_node_but_not_daemonsets(api: FakeAp
     assert writes[0][:2] == ("PATCH", "/api/v1/nodes/edge-worker3")
     assert writes[0][2] == {"spec": {"unschedulable": True}}
     assert writes[1][:2] == ("DELETE", "/api/v1/namespaces/hashicups-lax-1a/pods/p1")
-    assert api.requests()[-1][2] == {"gracePeriodSeconds": str(DRAIN_GRACE_S)}
+    assert api.requests()[-1][2] == {"gracePeriodSeconds": str(KILL_GRACE_S)}
     assert {n.name: n.unschedulable for n in c.node_infos()}["edge-worker3"] is True
     c.uncordon("edge-worker3")
     assert {n.name: n.unschedulable for n in c.node_infos()}["edge-worker3"] is False
@@ -351,6 +353,49 @@ def test_kill_pods_deletes_only_the_zone_and_service_pods(api: FakeApiServer, tm
     assert lists[-1] == {"labelSelector": "edge-harness.io/zone=us-west-2-lax-1a,app=product-api"}
     with pytest.raises(BackendError, match="no pods of product-api in zone us-west-2-lax-1a"):
         c.kill_pods("us-west-2-lax-1a", "product-api")
+
+
+def _answers(port: int) -> bool:
+    """Whether a pod's listener (the loopback port `ClusterSim.endpoint` stands in for it) still answers HTTP."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return s.recv(100).startswith(b"HTTP/1.")
+    except OSError:
+        return False
+
+
+def test_a_pod_kill_stops_the_pod_before_the_inventory_says_it_is_removed(api: FakeApiServer, tmp_path: Path) -> None:
+    """A kill deleted the pod with gracePeriodSeconds=0, a force deletion: the API dropped it (the inventory's
+    `removed`) while its containers ran on for their grace (kubelet pod_workers.go calculateEffectiveGracePeriod;
+    consul-dataplane drains 30 s), still answering, beside the replacement. With KILL_GRACE_S it is Terminating
+    first (`unready`: out of the Endpoints at once) and leaves the API only once its containers have stopped."""
+    c = api.cluster(tmp_path)
+    labels = {"app": "product-api", "edge-harness.io/zone": "us-west-2a"}
+    dep = _deployment("product-api", "hashicups", 1)
+    dep["spec"]["selector"]["matchLabels"] = labels
+    dep["spec"]["template"]["metadata"]["labels"] = labels
+    dep["spec"]["template"]["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": 80}]
+    api.seed(c, NODES[0], dep)
+    inv = Inventory(tmp_path / "inventory.jsonl")
+    w = InventoryWatcher(c, inv)
+    w.start()
+    try:
+        assert wait_until(lambda: any(inv.is_ready(p.pod) for p in inv.pods()), 60)
+        (old,) = c.pods("hashicups")
+        port = api.sim.call(lambda: api.sim.endpoint(old, 80))
+        assert port is not None and _answers(port)
+        name = str(old["metadata"]["name"])
+        assert c.kill_pods("us-west-2a", "product-api") == [name]
+        assert api.sim.force_deleted_running == []
+        assert wait_until(lambda: inv.get(name).ended is not None, 30)  # type: ignore[union-attr]
+        assert not _answers(port) and api.sim.force_deleted_alive() == []  # removed = stopped
+        assert wait_until(lambda: any(inv.is_ready(p.pod) for p in inv.pods(True) if p.pod != name), 60)  # replaced
+    finally:
+        w.stop()
+    events = [json.loads(x) for x in (tmp_path / "inventory.jsonl").read_text().splitlines()]
+    mine = [e["event"] for e in events if e["pod"] == name]
+    assert mine == ["added", "ready", "unready", "removed"]  # Terminating (out of service) first, then gone
 
 
 def test_set_serving_flips_the_service_label_only(api: FakeApiServer, tmp_path: Path) -> None:
@@ -425,7 +470,8 @@ def test_inventory_from_pods_with_zone_from_node(api: FakeApiServer, tmp_path: P
     c.refresh_inventory(inv)  # nothing changed: nothing written again
     lines = [json.loads(x) for x in (tmp_path / "inventory.jsonl").read_text().splitlines()]
     assert [(x["event"], x["pod"]) for x in lines] == [("added", "pa-lax"), ("added", "pa-odd")]
-    c.delete_pod("hashicups-lax-1a", "pa-lax")
+    c.delete_pod("hashicups-lax-1a", "pa-lax")  # graceful: Terminating until its kubelet stopped it
+    assert wait_until(lambda: "pa-lax" not in {p["metadata"]["name"] for p in c.pods("hashicups-lax-1a")}, 10)
     c.refresh_inventory(inv)
     gone = inv.get("pa-lax")
     assert gone is not None and gone.ended is not None  # keeps its entry

@@ -113,8 +113,12 @@ def test_the_inventory_watch_resumes_from_its_version_and_relists_only_on_410(
     finally:
         w.stop()
     recs = [json.loads(x) for x in (tmp_path / "inventory.jsonl").read_text().splitlines()]
-    assert [r["event"] for r in recs] == ["added", "ready", "removed", "added", "ready"]
-    assert recs[0]["ip"] != recs[3]["ip"]  # the replacement has another IP
+    # a graceful delete: Terminating (out of service) first, removed once its containers stopped; the
+    # replacement's events interleave with the old pod's last ones as the two run side by side
+    old, new = recs[0]["pod"], next(r for r in recs if r["pod"] != recs[0]["pod"])
+    assert [r["event"] for r in recs if r["pod"] == old] == ["added", "ready", "unready", "removed"]
+    assert [r["event"] for r in recs if r["pod"] == new["pod"]] == ["added", "ready"]
+    assert recs[0]["ip"] != new["ip"]  # the replacement has another IP
     w._handle(json.dumps({"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}))
     assert w._rv == "" and "watch: too old resource version" in w.errors  # the next round lists again
 
@@ -132,10 +136,10 @@ def test_pods_get_an_ip_then_ready_with_its_transition_time(api: FakeApiServer, 
     assert p["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
     ips = {p["status"]["podIP"]}
     for _ in range(3):  # every re-created pod: a new name and a new IP
-        c.delete_pod("n", p["metadata"]["name"])
+        c.delete_pod("n", p["metadata"]["name"])  # graceful: Terminating (and still Ready) beside its replacement
         uid = p["metadata"]["uid"]
-        assert wait_until(lambda uid=uid: bool(_ready_pods(c)) and _ready_pods(c)[0]["metadata"]["uid"] != uid)
-        p = _ready_pods(c)[0]
+        assert wait_until(lambda uid=uid: any(q["metadata"]["uid"] != uid for q in _ready_pods(c)))
+        p = next(q for q in _ready_pods(c) if q["metadata"]["uid"] != uid)
         assert p["status"]["podIP"] not in ips
         ips.add(p["status"]["podIP"])
 
@@ -264,6 +268,61 @@ def test_a_port_forward_dies_with_its_pod(api: FakeApiServer, tmp_path: Path) ->
     c.delete_pod("n", c.pods("n")[0]["metadata"]["name"])  # the Deployment replaces it; the forward is bound to it
     assert proc.wait(timeout=10) == 1
     assert b"lost connection to pod" in proc.stdout.read()
+
+
+def _answers(port: int) -> bool:
+    """Whether something answers HTTP on loopback `port` (a pod's listener, as `ClusterSim.endpoint` stands it in)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return s.recv(100).startswith(b"HTTP/1.")
+    except OSError:
+        return False
+
+
+def _running_pod_listener(api: FakeApiServer, c: KubeCluster) -> tuple[dict[str, Any], int]:
+    """Deployment `a`'s Ready pod and the loopback port its container listens on for port 80."""
+    api.seed(c, NODES[0], _deployment("a"))
+    assert wait_until(lambda: bool(_ready_pods(c)), 60)
+    (p,) = _ready_pods(c)
+    port = api.sim.call(lambda: api.sim.endpoint(p, 80))
+    assert port is not None and _answers(port)
+    return p, port
+
+
+def test_a_force_deleted_pod_leaves_the_api_but_its_containers_run_until_their_grace_ends(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    """gracePeriodSeconds=0 (kubernetes pod strategy.go CheckGracefulDelete keeps 0) drops the pod object at once;
+    the kubelet kills its containers only later, with the pod's own grace (pod_workers.go
+    calculateEffectiveGracePeriod), consul-dataplane draining meanwhile: the ReplicaSet's replacement runs beside a
+    "deleted" pod that still answers. The grace ends when the test says (no wall-clock race)."""
+    c = api.cluster(tmp_path)
+    p, port = _running_pod_listener(api, c)
+    uid = p["metadata"]["uid"]
+    assert c.delete_pod("n", p["metadata"]["name"], 0)
+    assert uid not in {q["metadata"]["uid"] for q in c.pods("n")}  # gone from the API at once
+    assert wait_until(lambda: any(q["metadata"]["uid"] != uid for q in _ready_pods(c)), 60)  # replaced
+    assert _answers(port) and api.sim.force_deleted_alive() == [uid]  # and still running beside it
+    assert api.sim.call(api.sim.end_force_deleted_grace) == [uid]
+    assert wait_until(lambda: not _answers(port), 10) and api.sim.force_deleted_alive() == []
+
+
+def test_a_graceful_delete_marks_the_pod_terminating_and_it_leaves_the_api_once_its_containers_stopped(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    """Control: a grace of 1 s sets deletionTimestamp and deletionGracePeriodSeconds (CheckGracefulDelete); the
+    pod is no Endpoints address from then on, and the kubelet removes the object only after stopping the
+    containers: nothing runs that the API no longer shows."""
+    c = api.cluster(tmp_path)
+    p, port = _running_pod_listener(api, c)
+    name = p["metadata"]["name"]
+    doc = c.request("DELETE", f"/api/v1/namespaces/n/pods/{name}", query=[("gracePeriodSeconds", "1")])
+    assert doc["metadata"]["deletionTimestamp"] and doc["metadata"]["deletionGracePeriodSeconds"] == 1
+    assert not api.sim._serving(doc)  # Terminating: out of the Endpoints and the Consul catalog at once
+    assert wait_until(lambda: name not in {q["metadata"]["name"] for q in c.pods("n")}, 10)
+    assert not _answers(port)  # stopped before the object went
+    assert api.sim.force_deleted_alive() == []
 
 
 def test_a_verb_rbac_does_not_grant_is_403_with_the_authorizers_message(api: FakeApiServer, tmp_path: Path) -> None:

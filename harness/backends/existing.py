@@ -51,8 +51,8 @@ type is taken from that label when present, else from AWS's zone naming:
 Zone, anything else under the region a Local Zone.
 
 Faults on EKS. Node kill = cordon + delete every (non-DaemonSet) pod on the
-node, with a 1 s grace, never forced (`kube.chaos.DRAIN_GRACE_S`: the operator's
-StatefulSets are among them): the node's workload dies and cannot come back there until
+node, with a 1 s grace, never forced (`kube.chaos.KILL_GRACE_S`, as a pod kill: the
+operator's StatefulSets are among them): the node's workload dies and cannot come back there until
 `restore_node` uncordons it (stopping the EC2 instance would need AWS
 credentials this harness does not take). Service-link latency cannot be
 changed from inside Kubernetes: `set_link` is not a capability here.

@@ -22,13 +22,22 @@ from harness.contract.names import (
 )
 from harness.errors import BackendError
 
-# A drained pod's grace: the shortest graceful deletion. 0 is a force deletion, which the API server carries out
-# before the kubelet has stopped the pod (it kills the containers when it notices, with the pod's own grace:
-# kubelet pod_workers.go calculateEffectiveGracePeriod), so a StatefulSet makes the replacement of the same identity
-# beside the old one. A node drains every pod it runs, the operator's Consul servers on an AZ node included;
-# kubectl sends 0 only with --force and otherwise turns it into 1 (pkg/cmd/delete/delete.go, "to prevent
-# accidental data loss"). With 1 the pod is gone from the API once its containers are, a second later at most.
-DRAIN_GRACE_S = 1
+# The grace of every pod this harness deletes (a pod kill, a node drain): the shortest graceful deletion, never 0.
+# 0 is a force deletion (kubernetes pkg/registry/core/pod/strategy.go CheckGracefulDelete keeps it): the API server
+# drops the object at once, before the kubelet has stopped anything; the kubelet kills the containers only when it
+# notices, with the pod's own grace (kubelet pod_workers.go calculateEffectiveGracePeriod: the object carries no
+# deletionGracePeriodSeconds, so spec.terminationGracePeriodSeconds, 30 s by default), and consul-dataplane keeps
+# Envoy up meanwhile, draining listeners for its shutdown grace (consul-k8s v1.9.11 consul_dataplane_sidecar.go
+# `-shutdown-drain-listeners -shutdown-grace-period-seconds`, on by default; consul-dataplane lifecycle.go
+# gracefulShutdown). So a "killed" pod runs on beside its replacement, answers on connections it had open, and
+# its sidecar logs on, while the inventory already says `removed`; a StatefulSet's replacement of the same
+# identity runs beside the old one. kubectl sends 0 only with --force and otherwise turns it into 1
+# (pkg/cmd/delete/delete.go, "to prevent accidental data loss").
+# With 1 the API sets deletionTimestamp at once (Endpoints and Consul drop the pod: the inventory's `unready`),
+# the kubelet sends SIGTERM and SIGKILL at its floor of 2 s (kuberuntime_manager.go minimumGracePeriodInSeconds,
+# killContainer; consul-k8s v1.9.11 gives the dataplane no preStop hook to run first), and only then removes the
+# object: the inventory's `removed` is when nothing of the pod runs any more.
+KILL_GRACE_S = 1
 
 
 class PodChaosMixin(KubeApi):
@@ -45,11 +54,11 @@ class PodChaosMixin(KubeApi):
     def uncordon(self, node: str) -> None:
         self.cordon(node, unschedulable=False)
 
-    def drain(self, node: str, grace_period_seconds: int = DRAIN_GRACE_S) -> list[str]:
+    def drain(self, node: str, grace_period_seconds: int = KILL_GRACE_S) -> list[str]:
         """Cordon `node` and delete its pods (DaemonSet and mirror pods stay, as `kubectl drain` does).
 
         Deletion, not eviction: this is chaos, a PodDisruptionBudget must not
-        be able to veto it. Graceful, not forced (DRAIN_GRACE_S): every pod of
+        be able to veto it. Graceful, not forced (KILL_GRACE_S): every pod of
         the node goes, other teams' StatefulSets too. Returns `namespace/pod` names.
         """
         self.cordon(node)
@@ -71,7 +80,9 @@ class PodChaosMixin(KubeApi):
         """HashiCups pods of logical `service` in `zone` (by the renderer's pod labels)."""
         return self.pods(selector={LABEL_POD_ZONE: zone, LABEL_APP: service})
 
-    def delete_pod(self, namespace: str, name: str, grace_period_seconds: int | None = 0) -> bool:
+    def delete_pod(self, namespace: str, name: str, grace_period_seconds: int | None = KILL_GRACE_S) -> bool:
+        """Delete a pod (False: it was gone already). Graceful by default (KILL_GRACE_S); 0 forces (see there),
+        None leaves the grace to the pod's terminationGracePeriodSeconds."""
         query = [("gracePeriodSeconds", str(grace_period_seconds))] if grace_period_seconds is not None else []
         try:
             self.request("DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}", query=query)
@@ -82,11 +93,24 @@ class PodChaosMixin(KubeApi):
         return True
 
     def kill_pods(self, zone: str, service: str) -> list[str]:
-        """Delete every pod of `service` in `zone` with no grace period (a crash, not a shutdown)."""
+        """Delete every pod of `service` in `zone` with the shortest graceful deletion (KILL_GRACE_S); the
+        ReplicaSet replaces them.
+
+        Not a force deletion (gracePeriodSeconds=0): that removes only the API object, and the pod runs on for
+        its own grace, consul-dataplane draining for 30 s, while the inventory says `removed` (KILL_GRACE_S). Not
+        a kill of the containers' processes either (kind: `crictl stop --timeout 0` in the node): the kubelet
+        restarts them in the same pod (restartPolicy Always: same name and IP, restartCount + 1, no replacement),
+        another fault than this one, and EKS gives no node access. So SIGTERM, SIGKILL at most 2 s later: the
+        pod leaves the Endpoints and Consul's catalog at once (deletionTimestamp) and the API once its
+        containers have stopped, the same on kind and EKS. A pod already Terminating (an earlier kill, its
+        node's kubelet not yet confirming) is being killed already: it is not killed again nor reported.
+        """
         names = []
         for p in self.pods_of(zone, service):
             meta = _meta(p)
-            if self.delete_pod(str(meta.get("namespace")), str(meta["name"]), 0):
+            if meta.get("deletionTimestamp"):
+                continue
+            if self.delete_pod(str(meta.get("namespace")), str(meta["name"]), KILL_GRACE_S):
                 names.append(str(meta["name"]))
         if not names:
             raise BackendError(f"no pods of {service} in zone {zone} to kill")

@@ -851,8 +851,9 @@ class UserChecks(CheckBase):
         """(pod, requests, unflushed) per sidecar whose counters grew with no access-log line of its own.
 
         `unflushed`: the pod died and nothing shows it made a request more than `ACCESS_LOG_FLUSH_S` before
-        its death, so every line it wrote may have sat in the buffer its kill discarded (kill_pod deletes with
-        no grace period; a stopped node's Envoy writes nothing more). A replacement ready at one fault's restore
+        its death, so every line it wrote may have sat in the buffer its kill discarded (kill_pod's 1 s grace has
+        the kubelet SIGKILL Envoy 2 s on, long before consul-dataplane's 30 s shutdown grace would have it quit and
+        flush; a stopped node's Envoy writes nothing more). A replacement ready at one fault's restore
         and killed by the next a moment later, with the "before" snapshot of the second between its first
         requests and its death, had its calls counted and its lines lost: on a slower machine the same
         experiments leave it a flush interval longer and it had a line. What shows an earlier request: a

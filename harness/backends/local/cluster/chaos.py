@@ -32,12 +32,12 @@ class ClusterChaos(ClusterBase):
         return live, starting
 
     def kill_pod(self, zone: str, service: str) -> list[str]:
-        """Every pod of `service` in `zone` dies: kind/EKS delete it with no grace period.
+        """Every pod of `service` in `zone` dies: kind/EKS delete it with a 1 s grace (`kube.chaos.KILL_GRACE_S`).
 
-        A pod of a dead node is deleted at once too (the API removes a pod
-        force-deleted whatever its node's state: its endpoint goes and the
-        ReplicaSet replaces it); the control loop never looks at such a pod,
-        so it is ended here. The others die by their processes, which the
+        A pod of a dead node is ended at once too (its endpoint goes and the
+        ReplicaSet replaces it; on kind/EKS it stays Terminating in the API,
+        out of service, until its node's kubelet confirms it stopped); the
+        control loop never looks at such a pod, so it is ended here. The others die by their processes, which the
         control loop notices at its next tick, as kubelet would. A pod being
         created is deleted as well (the label selector finds it): it dies
         where its creation ends, as if killed now, and is replaced even if
