@@ -1407,7 +1407,7 @@ def test_from_options(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="needs a kubeconfig context"):
         ExistingBackend.from_options(BackendOptions(name="existing", workdir=tmp_path))
     # the poll interval: the backend's 2 s unless given (a simulated cluster's tests give less)
-    assert b.ready_poll_s == 2.0 and "EH_READY_POLL_S" not in opts.env()
+    assert b.ready_poll_s == 2.0 and not any("POLL" in k for k in opts.env())  # not handed to chaos processes
     opts.ready_poll_s = 0.1
     assert ExistingBackend.from_options(opts).ready_poll_s == 0.1
 
