@@ -249,6 +249,7 @@ import random
 import re
 import shlex
 import shutil
+import socket
 import ssl
 import tempfile
 import time
@@ -4967,3 +4968,14 @@ def names(objs: Iterable[Obj]) -> list[str]:
 
 
 __all__ = ["ClusterSim", "SimTimings", "names"]
+
+
+def answers_http(port: int) -> bool:
+    """Whether something answers HTTP on loopback `port`: a pod's listener, as `ClusterSim.endpoint` stands it in
+    (a killed pod's stops answering only once its containers stopped, not when its API object went)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return s.recv(100).startswith(b"HTTP/1.")
+    except OSError:
+        return False

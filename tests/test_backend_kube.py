@@ -7,7 +7,6 @@ kind and existing backend tests.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ from harness.errors import BackendError
 from tests.conftest import wait_until
 from tests.kubefake import NODES, T0, FakeApiServer, lax_pod, pod, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.kubesim import answers_http
 
 # -- apply --------------------------------------------------------------------
 
@@ -355,16 +355,6 @@ def test_kill_pods_deletes_only_the_zone_and_service_pods(api: FakeApiServer, tm
         c.kill_pods("us-west-2-lax-1a", "product-api")
 
 
-def _answers(port: int) -> bool:
-    """Whether a pod's listener (the loopback port `ClusterSim.endpoint` stands in for it) still answers HTTP."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            return s.recv(100).startswith(b"HTTP/1.")
-    except OSError:
-        return False
-
-
 def test_a_pod_kill_stops_the_pod_before_the_inventory_says_it_is_removed(api: FakeApiServer, tmp_path: Path) -> None:
     """A kill deleted the pod with gracePeriodSeconds=0, a force deletion: the API dropped it (the inventory's
     `removed`) while its containers ran on for their grace (kubelet pod_workers.go calculateEffectiveGracePeriod;
@@ -384,12 +374,12 @@ def test_a_pod_kill_stops_the_pod_before_the_inventory_says_it_is_removed(api: F
         assert wait_until(lambda: any(inv.is_ready(p.pod) for p in inv.pods()), 60)
         (old,) = c.pods("hashicups")
         port = api.sim.call(lambda: api.sim.endpoint(old, 80))
-        assert port is not None and _answers(port)
+        assert port is not None and answers_http(port)
         name = str(old["metadata"]["name"])
         assert c.kill_pods("us-west-2a", "product-api") == [name]
         assert api.sim.force_deleted_running == []
         assert wait_until(lambda: inv.get(name).ended is not None, 30)  # type: ignore[union-attr]
-        assert not _answers(port) and api.sim.force_deleted_alive() == []  # removed = stopped
+        assert not answers_http(port) and api.sim.force_deleted_alive() == []  # removed = stopped
         assert wait_until(lambda: any(inv.is_ready(p.pod) for p in inv.pods(True) if p.pod != name), 60)  # replaced
     finally:
         w.stop()

@@ -32,6 +32,7 @@ from tests.kubesim import (
     BUILTIN_CHAINS,
     Packet,
     SimTimings,
+    answers_http,
     fresh_netns,
     iptables_verdict,
     kube_proxy_sync,
@@ -270,23 +271,13 @@ def test_a_port_forward_dies_with_its_pod(api: FakeApiServer, tmp_path: Path) ->
     assert b"lost connection to pod" in proc.stdout.read()
 
 
-def _answers(port: int) -> bool:
-    """Whether something answers HTTP on loopback `port` (a pod's listener, as `ClusterSim.endpoint` stands it in)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            return s.recv(100).startswith(b"HTTP/1.")
-    except OSError:
-        return False
-
-
 def _running_pod_listener(api: FakeApiServer, c: KubeCluster) -> tuple[dict[str, Any], int]:
     """Deployment `a`'s Ready pod and the loopback port its container listens on for port 80."""
     api.seed(c, NODES[0], _deployment("a"))
     assert wait_until(lambda: bool(_ready_pods(c)), 60)
     (p,) = _ready_pods(c)
     port = api.sim.call(lambda: api.sim.endpoint(p, 80))
-    assert port is not None and _answers(port)
+    assert port is not None and answers_http(port)
     return p, port
 
 
@@ -303,9 +294,9 @@ def test_a_force_deleted_pod_leaves_the_api_but_its_containers_run_until_their_g
     assert c.delete_pod("n", p["metadata"]["name"], 0)
     assert uid not in {q["metadata"]["uid"] for q in c.pods("n")}  # gone from the API at once
     assert wait_until(lambda: any(q["metadata"]["uid"] != uid for q in _ready_pods(c)), 60)  # replaced
-    assert _answers(port) and api.sim.force_deleted_alive() == [uid]  # and still running beside it
+    assert answers_http(port) and api.sim.force_deleted_alive() == [uid]  # and still running beside it
     assert api.sim.call(api.sim.end_force_deleted_grace) == [uid]
-    assert wait_until(lambda: not _answers(port), 10) and api.sim.force_deleted_alive() == []
+    assert wait_until(lambda: not answers_http(port), 10) and api.sim.force_deleted_alive() == []
 
 
 def test_a_graceful_delete_marks_the_pod_terminating_and_it_leaves_the_api_once_its_containers_stopped(
@@ -321,7 +312,7 @@ def test_a_graceful_delete_marks_the_pod_terminating_and_it_leaves_the_api_once_
     assert doc["metadata"]["deletionTimestamp"] and doc["metadata"]["deletionGracePeriodSeconds"] == 1
     assert not api.sim._serving(doc)  # Terminating: out of the Endpoints and the Consul catalog at once
     assert wait_until(lambda: name not in {q["metadata"]["name"] for q in c.pods("n")}, 10)
-    assert not _answers(port)  # stopped before the object went
+    assert not answers_http(port)  # stopped before the object went
     assert api.sim.force_deleted_alive() == []
 
 
