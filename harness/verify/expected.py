@@ -29,7 +29,7 @@ verifier then:
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 from harness.topology import Topology
@@ -82,30 +82,29 @@ def zone_keys(run: RunData, f: Fault, zone: str) -> set[tuple[str, str]]:
     return own | {key for key in run.down if key[1] in f.spof or (in_region and key[0] in region)}
 
 
+def _closure(start: Iterable[str], links: Mapping[str, Iterable[str]]) -> set[str]:
+    """`start` and everything `links` leads to from it, transitively."""
+    out, todo = set(start), list(start)
+    while todo:
+        for n in links.get(todo.pop(), ()):
+            if n not in out:
+                out.add(n)
+                todo.append(n)
+    return out
+
+
 def dependants(t: Topology, spof: tuple[str, ...]) -> set[str]:
     """The declared services and every service whose calls reach them (transitively, by the call graph)."""
-    out = set(spof)
-    changed = True
-    while changed:
-        changed = False
-        for s in t.services:
-            if s.name not in out and out & set(s.upstreams):
-                out.add(s.name)
-                changed = True
-    return out
+    callers: dict[str, list[str]] = {}
+    for s in t.services:
+        for u in s.upstreams:
+            callers.setdefault(u, []).append(s.name)
+    return _closure(spof, callers)
 
 
 def users_reach(t: Topology) -> set[str]:
     """The services user requests reach: the entry services and every service their calls reach (call graph)."""
-    out = set(t.entry_services)
-    changed = True
-    while changed:
-        changed = False
-        for s in t.services:
-            if s.name in out and not set(s.upstreams) <= out:
-                out |= set(s.upstreams)
-                changed = True
-    return out
+    return _closure(t.entry_services, {s.name: s.upstreams for s in t.services})
 
 
 def cascade_services(t: Topology, spof: tuple[str, ...]) -> set[str]:
