@@ -855,9 +855,8 @@ class ExistingBackend(KubeBackend):
                 if not self._probe_client(ns, f"client-denied-{i}", image, ip, timeout_s, placement):
                     refused = f"a connection to {on} was refused by a deny-all policy"
                     return True, f"NetworkPolicy enforced in {zone}: {refused}", node
-                nap(
-                    self.ready_poll_s
-                )  # short steps: a stop signal meanwhile is handled at once (harness.interrupt.nap)
+                # short steps: a stop signal meanwhile is handled at once (harness.interrupt.nap)
+                nap(self.ready_poll_s)
             return (
                 False,
                 (
@@ -983,9 +982,8 @@ class ExistingBackend(KubeBackend):
                             else "yet: is the AWS Load Balancer Controller installed, and does the zone offer ALBs?"
                         )
                     )
-                nap(
-                    self.ready_poll_s
-                )  # short steps: a stop signal meanwhile is handled at once (harness.interrupt.nap)
+                # short steps: a stop signal meanwhile is handled at once (harness.interrupt.nap)
+                nap(self.ready_poll_s)
             while wait_s > 0:
                 why = entry_answer(out[zone])
                 if not why:
