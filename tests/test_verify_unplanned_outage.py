@@ -27,7 +27,7 @@ from harness.verify import FALLBACK, Verdict, pending_recoveries
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import LAX, T, failed
-from tests.verdicts import verify
+from tests.verdicts import rows, verify, write_rows
 
 DURATION_S = 150.0
 LIMIT_S = T.slo.max_recovery_s
@@ -152,3 +152,22 @@ def test_the_cool_down_does_not_wait_for_an_outage_over_or_one_a_fault_explains(
     sc = Scenario(T, duration_s=DURATION_S, rate_per_zone=4, faults=specs)
     run = write_run(tmp_path / "run", sc)
     assert [p for p in pending_recoveries(run, T, sc.start + DURATION_S) if p.outage] == []
+
+
+def test_the_cool_down_waits_for_a_spill_nobody_injected_too(tmp_path: Path) -> None:
+    """The same for a spill: one of LAX's two product-api replicas unready since 10 s before the users would stop
+    (Envoy sends part of the zone's calls to the Region by design), nothing injected: waited for until it is over
+    or due, as the verdict fails one that lasts maxRecoveryS; one already over is not."""
+    t2 = _with_replicas("product-api", 2)
+    start = DURATION_S - 10.0
+    on = Scenario(t2, duration_s=DURATION_S, rate_per_zone=4, degraded=[(LAX, "product-api", start, start + LIMIT_S)])
+    run = write_run(tmp_path / "on", on)
+    now = on.start + DURATION_S
+    inv = run / "inventory.jsonl"  # the records as they are now: the replica's return is still to come
+    write_rows(inv, [e for e in rows(inv) if e["ts"] <= now])
+    left = pending_recoveries(run, t2, now)
+    assert [(p.zone, p.upstream, p.outage) for p in left] == [(LAX, "product-api", True)], left
+    assert "too few ready pods" in str(left[0]) and left[0].due == pytest.approx(on.start + start + LIMIT_S, abs=0.5)
+    over = Scenario(t2, duration_s=DURATION_S, rate_per_zone=4, degraded=[(LAX, "product-api", start, start + 2)])
+    run = write_run(tmp_path / "over", over)
+    assert [p for p in pending_recoveries(run, t2, over.start + DURATION_S) if p.outage] == []
