@@ -14,6 +14,7 @@ import pytest
 
 from harness.contract.rundir import ACCESS_LOG_FLUSH_S
 from harness.verify import COVERAGE, pending_recoveries
+from harness.verify.pending import RECORDS_LAG_S
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_audit4_faults import WIDE
@@ -124,3 +125,47 @@ def test_a_recovery_every_callers_records_show_is_not_waited_for(tmp_path: Path)
     assert pending_recoveries(d, WIDE, t0 + 52.0) == []
     assert _edit_log(d, second, lambda r, t: None if t >= 51.5 else r) > 0
     assert pending_recoveries(d, WIDE, t0 + 52.0) == []
+
+
+def test_a_caller_that_makes_no_call_holds_no_recovery_off_the_record(tmp_path: Path) -> None:
+    """HOLE. The cool-down counted a pair's hops only up to the oldest newest line of its callers alive, so a
+    caller that made no call after the restore (the wide corpus: the entry sent every user of LAX to one of its
+    two new frontends after the zone outage) read as on record only up to its last line: the other caller's good
+    hops never counted, and e2e waited its whole maxRecoveryS (80 s) for a recovery on record long before (the
+    verdict then passed). Here the second public-api gets no call from 50 s on (the frontends call the first);
+    with the records reaching 56 s the recovery is on record, and the verdict passes the same records."""
+    t0 = Scenario(WIDE).start
+    d, second = _two_callers(tmp_path, 56.0, 51.0)
+    first = next(str(e["pod"]) for e in inventory(d) if e["zone"] == WIDE_LAX and e["service"] == "public-api"
+                 and e["event"] == "added" and str(e["pod"]) != second)  # fmt: skip
+    ips = {str(e["pod"]): str(e["ip"]) for e in inventory(d) if e["event"] == "added"}
+    moved = 0
+    for fe in sorted({str(e["pod"]) for e in inventory(d) if e["zone"] == WIDE_LAX and e["service"] == "frontend"}):
+        moved += _edit_log(d, fe, lambda r, t: {**r, "upstream_host": str(r["upstream_host"]).replace(
+            ips[second] + ":", ips[first] + ":")} if t >= 50.0 else r)  # fmt: skip
+    taken: list[dict[str, Any]] = []  # the second's calls from 50 s on are the first's now: its sidecar logs them
+
+    def take(r: dict[str, Any], t: float) -> dict[str, Any] | None:
+        if t < 50.0:
+            return r
+        taken.append(r)
+        return None
+
+    assert moved >= 50 and _edit_log(d, second, take) >= 50
+    path = d / "accesslogs" / f"{first}.jsonl"
+    write_rows(path, sorted(rows(path) + [{**r, "caller_pod": first} for r in taken], key=lambda r: r["start_time"]))
+    assert pending_recoveries(d, WIDE, t0 + 56.0) == []
+    v = verify(d)
+    assert v.passed, why(v)
+
+
+def test_a_callers_records_a_flush_behind_still_hold_the_recovery_off(tmp_path: Path) -> None:
+    """The control: the idle caller's records reach `RECORDS_LAG_S` before now, not now. A second public-api
+    whose last second of Region-served hops is not collected yet (its newest line within that lag) still holds
+    the pair until they are."""
+    t0 = Scenario(WIDE).start
+    d, second = _two_callers(tmp_path, 52.0, 52.5)
+    assert _edit_log(d, second, lambda r, t: None if t >= 51.0 else r) > 0
+    assert [(p.zone, p.upstream) for p in pending_recoveries(d, WIDE, t0 + 51.0 + RECORDS_LAG_S)] == [
+        (WIDE_LAX, "product-api")
+    ]

@@ -30,6 +30,9 @@ from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 
+POLL_INTERVAL_S = 0.2
+"""How often the collector reads every source: a line a sidecar has flushed is in the run directory this much later."""
+
 
 class CollectorError(HarnessError):
     """The collector thread failed; the original exception is the ``__cause__``."""
@@ -63,7 +66,7 @@ class AccessLogCollector:
         self,
         sources: Callable[[], list[LogSource]],
         out_dir: Path,
-        interval_s: float = 0.2,
+        interval_s: float = POLL_INTERVAL_S,
         idle_close_s: float = IDLE_CLOSE_S,
         *,
         compact_run_dir: Path | None = None,

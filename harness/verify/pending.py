@@ -57,6 +57,8 @@ from pathlib import Path
 
 import duckdb
 
+from harness.contract.rundir import ACCESS_LOG_FLUSH_S
+from harness.observe.collector import POLL_INTERVAL_S
 from harness.observe.hops import INVENTORY_FILE, create_hops, load_inventory
 from harness.topology import Topology
 from harness.verify import expected
@@ -67,6 +69,11 @@ from harness.verify.verdict import iso
 
 GOOD_HOPS = 3
 """Successful hops where they belong after the pair's last bad one that put its recovery on record."""
+
+RECORDS_LAG_S = ACCESS_LOG_FLUSH_S + POLL_INTERVAL_S
+"""How far behind now a sidecar's records reach at most: its Envoy flushes a finished call's line within
+ACCESS_LOG_FLUSH_S, and the collector copies it within its poll. A caller whose newest line is older made no call
+since (but one still in flight, which a line logs when it ends, as for every caller)."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +167,7 @@ def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pe
         if not watched:
             return outages
         con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind FROM hops")
-        return [w for w in watched if not _shown(con, w)] + outages
+        return [w for w in watched if not _shown(con, w, now)] + outages
     except (duckdb.Error, OSError):  # unreadable right now: not yet, for each fault that may ask a pair
         return [Pending(f.fault, f.zone, "(records unreadable)", (), f.restore or now,
                         (f.restore or now) + topology.slo.max_recovery_s, f.inject) for f in candidates]  # fmt: skip
@@ -197,9 +204,10 @@ def _open_outages(s: FaultScoping, now: float) -> list[Pending]:
     return out
 
 
-def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending) -> float:
-    """Up to when the pair's hops are on record from every caller that may still make them: the oldest of the
-    newest lines of the pair's callers alive in its zone (a caller without a line yet: its start).
+def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending, now: float) -> float:
+    """Up to when the pair's hops are on record from every caller that may still make them: the oldest, over the
+    pair's callers alive in its zone, of how far each one's records reach -- its newest line (a caller without a
+    line yet: its start), or `now` less `RECORDS_LAG_S` when that is later.
 
     Each sidecar's log reaches the run directory on its own schedule (Envoy's flush interval, 1 s on kind and
     EKS, in its own phase; the collector's poll), so the records so far are a different stretch of each
@@ -209,6 +217,12 @@ def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending) -> float:
     after them, and the same mesh was unverified ("the run ended") where a poll one flush later kept the users
     on until both were back. Beyond this instant a caller's hops may still be missing; before it none can be
     (but a hop still in flight, which a line logs when it ends).
+
+    A caller's newest line says how far its records reach only while it makes calls. One that makes none (the
+    wide topology's second frontend in a zone after its outage, to which the entry sent no user connection)
+    has records that reach up to `RECORDS_LAG_S` ago, whatever its last line: read as reaching its last line,
+    it held every good hop of the other caller off the record, and the cool-down waited its whole
+    maxRecoveryS for a recovery the records had shown long before (the verdict then passed).
     """
     row = con.execute(
         """
@@ -217,14 +231,14 @@ def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending) -> float:
                        GROUP BY pod HAVING count(*) FILTER (WHERE end_ts IS NULL) > 0),
              newest AS (SELECT CAST(caller_pod AS VARCHAR) AS pod, max(ts) AS newest FROM phops
                         WHERE caller_zone = $zone GROUP BY 1)
-        SELECT min(coalesce(n.newest, a.started)) FROM alive a LEFT JOIN newest n ON n.pod = a.pod
+        SELECT min(greatest(coalesce(n.newest, a.started), $reached)) FROM alive a LEFT JOIN newest n ON n.pod = a.pod
         """,
-        {"zone": w.zone, "callers": list(w.callers)},
+        {"zone": w.zone, "callers": list(w.callers), "reached": now - RECORDS_LAG_S},
     ).fetchone()
     return math.inf if row is None or row[0] is None else float(row[0])
 
 
-def _shown(con: duckdb.DuckDBPyConnection, w: Pending) -> bool:
+def _shown(con: duckdb.DuckDBPyConnection, w: Pending, now: float) -> bool:
     """`GOOD_HOPS` good hops after the pair's last bad one since the restore, and enough of them for the verdict's
     evidence rule against the share it sent elsewhere during the fault and after the restore before them, among
     the hops up to when every caller's are on record (`_complete_until`).
@@ -249,7 +263,7 @@ def _shown(con: duckdb.DuckDBPyConnection, w: Pending) -> bool:
         FROM p, b, i
         """,
         {"zone": w.zone, "upstream": w.upstream, "callers": list(w.callers), "inject": w.inject,
-         "restore": w.restore, "never": -math.inf, "complete": _complete_until(con, w)},
+         "restore": w.restore, "never": -math.inf, "complete": _complete_until(con, w, now)},
     ).fetchone()  # fmt: skip
     if not row or int(row[0]) < GOOD_HOPS:
         return False
