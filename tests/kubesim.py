@@ -467,6 +467,10 @@ KIND_DEFAULT_NODE_IMAGES = {
     "v0.33.0": "kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5",
 }
 CHART_K8S_IMAGE = "hashicorp/consul-k8s-control-plane:1.9.11"
+# kind's known issues: Ubuntu's default of 128 inotify instances per user "is not enough to create a cluster with
+# many nodes"; it asks for 512 (site/content/docs/user/known-issues.md). The fake takes fewer, for a cluster of
+# more than one node, to fail it (where exactly a real host runs out depends on what else it runs).
+KIND_INOTIFY_INSTANCES = 512
 # consul-k8s' transparent-proxy keys (connect-inject/constants): the pod annotation (also a namespace label), the
 # status annotation the webhook adds when it is on, and the inbound ports its redirection leaves alone
 TPROXY = "consul.hashicorp.com/transparent-proxy"
@@ -1190,6 +1194,15 @@ class ClusterSim:
         self.kind_ipv6 = True
         self.host_listeners: list[Any] = []
         self.netem_available = True  # the host kernel has sch_netem (kind node containers share it)
+        # the Docker host's sysctls a kind node container reads in /proc/sys (the fs.inotify ones belong to the user
+        # namespace, which the nodes share with the host): a host set up as kind's known issues ask, as the PR
+        # workflow does. `kind create cluster` of several nodes on a host with fewer inotify instances than
+        # KIND_INOTIFY_INSTANCES gives every node a kube-proxy that exits at start ("failed complete: too many
+        # open files", kubernetes/kubernetes#104303; kind known-issues.md "Pod errors due to too many open files")
+        self.host_sysctl: dict[str, int] = {
+            "fs/inotify/max_user_watches": 524288,
+            "fs/inotify/max_user_instances": KIND_INOTIFY_INSTANCES,
+        }
         # the iptables backend kind's entrypoint picked for its nodes (select_iptables: the one the host's rules
         # use, legacy or nft); legacy serialises writers with /run/xtables.lock
         self.iptables_mode = "nf_tables"
@@ -4182,6 +4195,11 @@ class ClusterSim:
                         k, _, v = kv.partition("=")
                         taints.append({"key": k, "value": v, "effect": effect})
             self.add_node(node_name, labels, ip=f"172.18.0.{i + 2}", cidr=f"10.244.{i}.0/24", taints=taints or None)
+            if len(nodes) > 1 and self.host_sysctl["fs/inotify/max_user_instances"] < KIND_INOTIFY_INSTANCES:
+                # kube-proxy exits before its first sync: none of its chains in the node's namespace, ever
+                nrun = self.nodes[node_name]
+                nrun.proxy_crashes, nrun.proxy_synced = True, False
+                nrun.iptables, nrun.ip6tables = fresh_netns(), fresh_netns()
             self.nodes[node_name].ip = f"172.18.0.{i + 2}"
             self.nodes[node_name].ip6 = f"{KIND_V6_PREFIX}{i + 2}" if self.kind_ipv6 else ""
             self.kind_network_next = max(self.kind_network_next, i + 3)
@@ -4270,6 +4288,13 @@ class ClusterSim:
                 return {"rc": 1, "stderr": f"Error response from daemon: container {node} is not running"}
             nrun = self.nodes[node]
             in_entrypoint = nrun.entrypoint_until is not None and time.time() < nrun.entrypoint_until
+            if rest[1:2] == ["cat"] and rest[2:] and all(a.startswith("/proc/sys/") for a in rest[2:]):
+                # the host's sysctls (the node shares its kernel); cat names a file no kernel has as real cat does
+                unknown = [a for a in rest[2:] if a.removeprefix("/proc/sys/") not in self.host_sysctl]
+                if unknown:
+                    return {"rc": 1, "stderr": f"cat: {unknown[0]}: No such file or directory"}
+                return {"rc": 0, "stdout": "".join(f"{self.host_sysctl[a.removeprefix('/proc/sys/')]}\n"
+                                                   for a in rest[2:])}  # fmt: skip
             if rest[1:] == ["cat", "/proc/1/comm"]:
                 # PID 1: kind's entrypoint (a bash script: comm is its file name) until it execs /sbin/init,
                 # which systemd renames to itself (images/base/files/usr/local/bin/entrypoint, `exec "$@"`)

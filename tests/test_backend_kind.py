@@ -43,6 +43,7 @@ from tests.kubefake import api as api  # the shared fixture, re-exported for pyt
 pytestmark = pytest.mark.slow  # a fake API server and fake tools per test: seconds each
 
 LAX = "us-west-2-lax-1a"
+INOTIFY_PATHS = ("/proc/sys/fs/inotify/max_user_watches", "/proc/sys/fs/inotify/max_user_instances")
 
 
 class Tools:
@@ -126,6 +127,9 @@ def test_up_issues_exactly_the_documented_commands(
     calls = tools.calls()
     assert calls[1] == ["kind", "version"]  # which node image: the one pinned for this kind release
     del calls[1]
+    # the Docker host's inotify limits, read in a node (kind's known issues), before anything runs in the cluster
+    assert calls[2] == ["docker", "exec", "edge-control-plane", "cat", *INOTIFY_PATHS]
+    del calls[2]
     assert calls[2:4] == [
         ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
         ["kind", "load", "docker-image", "--name", "edge", *images],
@@ -605,7 +609,8 @@ def test_without_sch_netem_up_works_and_service_link_faults_are_refused(
     backend = kind_backend(tmp_path / "wd", progress=progress.append)
     backend.up(rendered(tmp_path))
     assert any("service-link latency NOT emulated" in p and "Specified qdisc kind is unknown" in p for p in progress)
-    scripts = [c[5] for c in tools.calls() if c[:2] == ["docker", "exec"] and c[5] != NETEM_PROBE]
+    execs = [c for c in tools.calls() if c[:2] == ["docker", "exec"] and c[3:5] == ["sh", "-c"]]
+    scripts = [c[5] for c in execs if c[5] != NETEM_PROBE]
     assert len(scripts) == 4 and not any("netem" in s for s in scripts)
     assert all(_rules(s) for s in scripts)  # hub-and-spoke still imposed
     assert "set_link" not in backend.capabilities() and "kill_node" in backend.capabilities()

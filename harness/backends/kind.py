@@ -151,6 +151,14 @@ NETEM_PROBE = (
     "rc=$?; tc qdisc del dev lo root 2>/dev/null; exit $rc"
 )
 KIND_IMAGE_ENV = "EH_KIND_IMAGE"
+# The Docker host's inotify limits, per user, which every kind node's processes share (the fs.inotify sysctls
+# belong to the user namespace: a node container reads the host's own, Docker Desktop's VM's where it runs there).
+# kind's known issues ("Pod errors due to \"too many open files\"", site/content/docs/user/known-issues.md): Ubuntu's
+# defaults, 8192 watches and 128 instances, are "not enough to create a cluster with many nodes"; it asks for these.
+# kube-proxy is the first to go (it watches its config file: "failed complete: too many open files",
+# kubernetes/kubernetes#104303), and a node without it serves no Service. The default topology is seven nodes.
+INOTIFY_NEEDS = {"fs.inotify.max_user_watches": 524288, "fs.inotify.max_user_instances": 512}
+INOTIFY_FIX = "sudo sysctl -w " + " ".join(f"{k}={v}" for k, v in INOTIFY_NEEDS.items())
 # kind release -> the newest node image its release notes list within consul-k8s 1.9.x's Kubernetes range
 # (render.helm.KUBERNETES_SUPPORTED, 1.30-1.34), with its digest. Only releases whose notes were read are here;
 # `up` also checks each entry against the manifests' range, so a re-pinned chart cannot silently keep a stale one.
@@ -397,6 +405,7 @@ class KindBackend(KubeBackend):
             )  # fmt: skip
         self._save_state(manifests=str(Path(manifests.root).resolve()), cluster=self.cluster_name, entry={})
         self._warn_version()  # a user's image (or a reused cluster) outside the chart's range: said, and run
+        self._check_inotify()  # before the chart and the workloads: their pods are what too few would break
         self._load_images(manifests)
         cluster = self.cluster
         namespaces = [o for o in manifests.objects if o["kind"] == "Namespace"]
@@ -419,6 +428,36 @@ class KindBackend(KubeBackend):
             self._impose()
         self._save_state(entry=self._published_ports())
         self.start_recording()
+
+    def _check_inotify(self) -> None:
+        """The Docker host's inotify limits as kind asks them (`INOTIFY_NEEDS`), read inside the control-plane node.
+
+        Read there, not from this machine's /proc: the nodes share the kernel of the Docker host, which is this
+        machine only for a local Docker Engine (Docker Desktop runs a VM, DOCKER_HOST may name another machine).
+        Too few instances: BackendError in one line naming the sysctl and the fix, before the chart's pods and the
+        workloads start, where they would have failed one by one with "too many open files" (a kube-proxy in
+        CrashLoopBackOff, a Service that answers on some nodes only) and the run with them, for no reason it
+        names. Too few watches, which kernels since 5.11 scale with memory rather than keep at 8192: said in one
+        line, the cluster may do with fewer. A host whose values cannot be read (no `cat`): said, and run.
+        """
+        node = f"{self.cluster_name}-control-plane"
+        paths = ["/proc/sys/" + k.replace(".", "/") for k in INOTIFY_NEEDS]
+        proc = self._run("docker", "exec", node, "cat", *paths, check=False, timeout=60)
+        values = (proc.stdout or "").split()
+        if proc.returncode != 0 or len(values) != len(paths) or not all(v.isdigit() for v in values):
+            self.progress(f"inotify limits of the Docker host not read ({' '.join(values) or proc.returncode}): "
+                          f"if pods fail with \"too many open files\", {INOTIFY_FIX}")  # fmt: skip
+            return
+        have = dict(zip(INOTIFY_NEEDS, map(int, values), strict=True))
+        short = {k: v for k, v in have.items() if v < INOTIFY_NEEDS[k]}
+        said = ", ".join(f"{k} is {v} (kind asks {INOTIFY_NEEDS[k]})" for k, v in short.items())
+        if "fs.inotify.max_user_instances" in short:
+            raise BackendError(
+                f"{self._where}: on the Docker host {said}: too few for the cluster's pods, which fail with "
+                f'"too many open files" (kind known issues); run `{INOTIFY_FIX}` there, then up again'
+            )
+        if short:
+            self.progress(f'on the Docker host {said}: if pods fail with "too many open files", {INOTIFY_FIX}')
 
     def _load_images(self, manifests: Manifests) -> None:
         """Every image the cluster runs, pulled once into the host's Docker and loaded into the nodes.
