@@ -284,15 +284,27 @@ class UpstreamError(Exception):
         self.cause = cause
 
 
+class _Http10Connection(http.client.HTTPConnection):
+    """An HTTPConnection whose request line says ``HTTP/1.0`` (http.client has no switch for it)."""
+
+    _http_vsn = 10
+    _http_vsn_str = "HTTP/1.0"
+
+
 class UpstreamClient:
     """Keep-alive HTTP/1.1 client for one upstream, one connection per calling thread.
 
     One connection per thread matches the servers above (a thread per
     downstream connection), so each downstream keep-alive connection maps to
     one upstream keep-alive connection, like a proxy would hold them.
+
+    `http_version` ``"1.0"`` sends HTTP/1.0 request lines with
+    ``Connection: close`` on a fresh connection each time (nginx's default
+    ``proxy_http_version``): an Envoy sidecar as Consul configures it answers
+    those with 426, and the caller must see that as a real cluster would.
     """
 
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 30.0, http_version: str = "1.1") -> None:
         parts = urlsplit(base_url if "://" in base_url else f"http://{base_url}")
         if parts.scheme != "http":
             raise ValueError(f"{base_url!r}: only http:// upstreams are supported")
@@ -302,6 +314,9 @@ class UpstreamClient:
         self.port = parts.port or 80
         self.base_path = parts.path.rstrip("/")
         self.timeout = timeout
+        if http_version not in ("1.0", "1.1"):
+            raise ValueError(f"HTTP version {http_version!r}: expected 1.0 or 1.1")
+        self.http_version = http_version
         self._local = threading.local()
 
     @property
@@ -312,7 +327,8 @@ class UpstreamClient:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.sock is not None:
             return conn, True
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        cls = _Http10Connection if self.http_version == "1.0" else http.client.HTTPConnection
+        conn = cls(self.host, self.port, timeout=self.timeout)
         self._local.conn = conn
         return conn, False
 
@@ -328,6 +344,8 @@ class UpstreamClient:
         """Send one request; raise UpstreamError when no response arrived."""
         target = self.base_path + path
         hdrs = list(headers)
+        if self.http_version == "1.0":  # one request per connection, said so (nginx sends Connection: close)
+            hdrs = [(k, v) for k, v in hdrs if k.lower() != "connection"] + [("Connection", "close")]
         for attempt in range(2):
             conn, reused = self._conn()
             try:
@@ -351,7 +369,7 @@ class UpstreamClient:
                     continue
                 url = f"http://{self.authority}{target}"
                 raise UpstreamError(f"{method} {url}: {exc!r}", method, url, exc) from exc
-            if resp.will_close:
+            if resp.will_close or self.http_version == "1.0":
                 self._drop()
             return UpstreamResponse(resp.status, resp.getheaders(), data)
         raise AssertionError("unreachable")  # the loop either returns or raises

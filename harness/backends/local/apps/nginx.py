@@ -21,6 +21,13 @@ Understood (with nginx's semantics):
 - ``return CODE [TEXT|URL]``, ``add_header NAME VALUE [always]``
 - ``proxy_connect_timeout``/``proxy_read_timeout``/``proxy_send_timeout``
   (the largest is the upstream timeout; default 60 s)
+- ``proxy_http_version 1.0|1.1``: the request line sent upstream, **1.0 by
+  default** as in nginx (ngx_http_proxy_module). It matters here because the
+  upstream is an Envoy sidecar whose HTTP connection manager Consul builds
+  without ``accept_http_10`` (agent/xds/listeners.go ``makeHTTPFilter``), and
+  Envoy answers an HTTP/1.0 request with **426 Upgrade Required** (its HTTP/1
+  codec, ``accept_http_10_`` unset). A frontend configuration that leaves the
+  version out fails every proxied request on a real cluster; so it does here.
 - Accepted with no local effect (they change no routing): ``server_tokens``,
   ``gzip*``, ``access_log``, ``error_log``, ``proxy_http_version``,
   ``proxy_cache_bypass``, ``proxy_cache_path``, ``keepalive_timeout``,
@@ -78,14 +85,15 @@ _NO_EFFECT = frozenset(
         "gzip_disable",
         "access_log",
         "error_log",
-        "proxy_http_version",
         "proxy_cache_bypass",
         "keepalive_timeout",
         "client_max_body_size",
     }
 )
 _TIMEOUTS = frozenset({"proxy_connect_timeout", "proxy_read_timeout", "proxy_send_timeout"})
-_INHERITED = _NO_EFFECT | _TIMEOUTS | {"proxy_set_header", "add_header"}
+_INHERITED = _NO_EFFECT | _TIMEOUTS | {"proxy_set_header", "add_header", "proxy_http_version"}
+HTTP_VERSIONS = ("1.0", "1.1")
+DEFAULT_HTTP_VERSION = "1.0"  # nginx's default for proxy_http_version
 _VARIABLE = re.compile(r"\$(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)")
 _KNOWN_VARIABLES = frozenset(
     {"host", "remote_addr", "proxy_add_x_forwarded_for", "scheme", "request_uri", "uri", "proxy_host", "server_port"}
@@ -279,14 +287,20 @@ class _Scope:
     set_headers: list[tuple[str, str]] = field(default_factory=list)
     add_headers: list[tuple[str, str, bool]] = field(default_factory=list)
     timeout: float = 60.0
+    http_version: str = DEFAULT_HTTP_VERSION
 
     def child(self, items: list[Directive]) -> _Scope:
-        """nginx inheritance: a level that sets any proxy_set_header (add_header) replaces the parent's list."""
+        """nginx inheritance: a level that sets any proxy_set_header (add_header) replaces the parent's list;
+        a level's own proxy_http_version (or timeout) replaces the parent's."""
         own_set = [(d.args[0], d.args[1]) for d in items if d.name == "proxy_set_header"]
         own_add = [(d.args[0], d.args[1], len(d.args) == 3) for d in items if d.name == "add_header"]
         timeouts = [_seconds(d) for d in items if d.name in _TIMEOUTS]
         timeout = max(timeouts) if timeouts else self.timeout
-        return _Scope(own_set or self.set_headers, own_add or self.add_headers, timeout)
+        versions = [d for d in items if d.name == "proxy_http_version"]
+        for d in versions:  # checked here: the level's locations are built before its own directives are
+            _check_common(d)
+        version = versions[-1].args[0] if versions else self.http_version
+        return _Scope(own_set or self.set_headers, own_add or self.add_headers, timeout, version)
 
 
 def _check_common(d: Directive) -> None:
@@ -297,6 +311,8 @@ def _check_common(d: Directive) -> None:
         raise ConfigError(f'{d.where()}: directive "proxy_set_header" takes NAME VALUE')
     if d.name == "add_header" and (len(d.args) not in (2, 3) or (len(d.args) == 3 and d.args[2] != "always")):
         raise ConfigError(f'{d.where()}: directive "add_header" takes NAME VALUE [always]')
+    if d.name == "proxy_http_version" and (len(d.args) != 1 or d.args[0] not in HTTP_VERSIONS):
+        raise ConfigError(f'{d.where()}: directive "proxy_http_version" takes 1.0 or 1.1')
     _check_variables(d)
 
 
@@ -395,7 +411,7 @@ def _build_location(d: Directive, parent: _Scope, upstreams: dict[str, list[tupl
         if x.name == "proxy_pass":
             if len(x.args) != 1:
                 raise ConfigError(f'{x.where()}: directive "proxy_pass" takes one URL')
-            loc.target = _target(x, upstreams, scope.timeout)
+            loc.target = _target(x, upstreams, scope.timeout, scope.http_version)
         elif x.name == "return":
             if not x.args or not x.args[0].isdigit() or len(x.args) > 2:
                 raise ConfigError(f'{x.where()}: directive "return" takes CODE [TEXT|URL]')
@@ -409,7 +425,9 @@ def _build_location(d: Directive, parent: _Scope, upstreams: dict[str, list[tupl
     return loc
 
 
-def _target(d: Directive, upstreams: dict[str, list[tuple[str, int]]], timeout: float) -> Target:
+def _target(
+    d: Directive, upstreams: dict[str, list[tuple[str, int]]], timeout: float, http_version: str = DEFAULT_HTTP_VERSION
+) -> Target:
     url = d.args[0]
     if not url.startswith("http://"):
         raise ConfigError(f"{d.where()}: proxy_pass {url!r}: only http:// is supported")
@@ -423,7 +441,7 @@ def _target(d: Directive, upstreams: dict[str, list[tuple[str, int]]], timeout: 
     else:
         host, port = _parse_address(authority if ":" in authority else f"{authority}:80", d)
         addrs = [(host, port)]
-    clients = [UpstreamClient(f"http://{h}:{p}", timeout=timeout) for h, p in addrs]
+    clients = [UpstreamClient(f"http://{h}:{p}", timeout=timeout, http_version=http_version) for h, p in addrs]
     return Target(clients, uri, authority)
 
 
