@@ -263,6 +263,7 @@ from typing import Any, NamedTuple
 import aiohttp.web
 import yaml
 
+from harness.backends.local.apps.nginx import build_servers, parse_conf
 from harness.backends.local.certs import CertAuthority, spiffe_id
 from harness.contract.clusters import ChainClusters, Ref, chain_clusters, parse_duration
 from tests.kuberbac import RequestInfo, access_review_status, allowed, forbidden_message, request_info, review_info
@@ -3410,6 +3411,10 @@ class ClusterSim:
         await req.read()
         if not req.path.startswith("/api"):
             return _text(200, "<html><body>HashiCups</body></html>", "text/html")
+        if self._nginx_http_version(pod, req.path) == "1.0":
+            # nginx's default proxy_http_version; Consul's outbound HTTP listener has no accept_http_10
+            # (agent/xds/listeners.go makeHTTPFilter), so the sidecar's Envoy answers 426 itself
+            return _text(426, "")
         ups = self._upstreams(pod)
         if "8080" not in ups:
             return _text(502, "no public-api upstream\n")
@@ -3418,6 +3423,29 @@ class ClusterSim:
             return await self._api(pod, req, ups, held)
         finally:
             self._release(pod, held)
+
+    def _nginx_http_version(self, pod: Obj, path: str) -> str | None:
+        """The HTTP version the frontend pod's nginx proxies `path` with, read from the ConfigMap the pod mounts
+        at /etc/nginx/conf.d (nginx's rules as the local stand-in reads them: one reading for both fakes).
+        None when the pod mounts none or no location proxies `path` (the fake's own shortcut then applies)."""
+        mounts = {
+            m.get("name"): m.get("mountPath")
+            for c in (pod.get("spec") or {}).get("containers") or []
+            for m in c.get("volumeMounts") or []
+        }
+        ns = str(pod["metadata"].get("namespace") or "default")
+        for vol in (pod.get("spec") or {}).get("volumes") or []:
+            cm_name = (vol.get("configMap") or {}).get("name")
+            if not cm_name or mounts.get(vol.get("name")) != "/etc/nginx/conf.d":
+                continue
+            cm = self.get("v1", "configmaps", ns, str(cm_name))
+            items = [d for f, text in sorted(((cm or {}).get("data") or {}).items()) if f.endswith(".conf")
+                     for d in parse_conf(str(text), f"/etc/nginx/conf.d/{f}")]  # fmt: skip
+            for server in build_servers(items) if items else []:
+                loc = server.match(path)
+                if loc is not None and loc.target is not None:
+                    return loc.target.clients[0].http_version
+        return None
 
     async def _api(
         self, pod: Obj, req: Any, ups: dict[str, str], held: list[tuple[Obj, float]]

@@ -16,6 +16,7 @@ user request on kind/EKS.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -149,3 +150,54 @@ def test_the_emulated_outbound_http_listener_accepts_no_http10_like_consuls() ->
     (hcm,) = [f["typed_config"] for f in listener["filter_chains"][0]["filters"]]
     assert "http_connection_manager" in hcm["@type"].lower().replace(".", "_")
     assert "accept_http_10" not in str(hcm.get("http_protocol_options", {}))
+
+
+# --- the kind/EKS fake holds the same line ------------------------------------------------------------------
+
+
+class _Req:
+    """What kubesim's frontend handler reads of a request."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.path_qs = path
+        self.headers: dict[str, str] = {}
+
+    async def read(self) -> bytes:
+        return b""
+
+
+def _sim_frontend(conf: str) -> tuple[Any, dict[str, Any]]:
+    from tests.kubesim import ClusterSim
+
+    sim = ClusterSim()
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fe-nginx", "namespace": "shop"}}
+    sim.objects[("v1", "configmaps", "shop", "fe-nginx")] = {**cm, "data": {"nginx.conf": conf}}
+    pod = {
+        "metadata": {"name": "fe-1", "namespace": "shop", "uid": "u1", "labels": {"app": "frontend"}},
+        "spec": {
+            "containers": [
+                {"name": "nginx", "volumeMounts": [{"name": "nginx-config", "mountPath": "/etc/nginx/conf.d"}]}
+            ],
+            "volumes": [{"name": "nginx-config", "configMap": {"name": "fe-nginx"}}],
+        },
+    }
+    return sim, pod
+
+
+def test_kubesim_frontend_without_proxy_http_version_answers_426_like_a_real_sidecar() -> None:
+    sim, pod = _sim_frontend(_conf(8080, ""))
+    resp = asyncio.run(sim._frontend(pod, _Req("/api")))
+    assert resp.status == 426
+
+
+def test_kubesim_frontend_with_the_rendered_nginx_conf_is_not_refused() -> None:
+    """Control: the rendered ConfigMap proxies /api with HTTP/1.1, so the fake goes on to its mesh hop."""
+    from harness.render import render  # noqa: F401  (render's modules first: hashicups alone is a circular import)
+    from harness.render.hashicups import nginx_conf
+
+    t = load_topology(REPO / "fixtures" / "topology.yaml")
+    sim, pod = _sim_frontend(nginx_conf(t, t.service("frontend")))
+    assert sim._nginx_http_version(pod, "/api") == "1.1"
+    resp = asyncio.run(sim._frontend(pod, _Req("/api")))
+    assert resp.status != 426
