@@ -136,8 +136,10 @@ module does all of that, each behaviour taken from the source named here:
   wrote to the old one after the Create; an older kubelet (`kubelet_follows_rotation` False, #115701) keeps
   reading the renamed file and goes quiet for good. The size counts the CRI line (`<ts> stdout F <text>`).
 - kubectl port-forward (see the fake tool in `tests.kubesim_tools`) is bound
-  to one pod instance and exits when it is gone ("lost connection to pod",
-  kubectl >= 1.23, kubernetes/kubernetes#103526); `svc/` and `deployment/`
+  to one pod instance. It watches nothing: once that instance is gone it still
+  listens, and the next connection is closed without a byte and ends the
+  process ("lost connection to pod", kubectl >= 1.23, kubernetes/kubernetes#103526;
+  client-go tools/portforward handleConnection); `svc/` and `deployment/`
   targets resolve to one pod first.
 - DaemonSets (`updateStrategy: OnDelete`): a pod per node from the template of the moment, bound to the
   node by the controller, kept until deleted, so nodes may run different releases of one DaemonSet.
@@ -4772,21 +4774,17 @@ class ClusterSim:
             return aiohttp.web.json_response(
                 await self._resolve_forward(q["namespace"], q["target"], int(q["port"]), token)
             )
-        if path == "podalive":
+        if path == "endpoint":
+            # the fake kubectl's one call per connection (client-go handleConnection's streams): whether the pod
+            # instance it is bound to still runs, and the port standing in for the pod's port, if one listens
             pod = self.pod_by_uid(q["uid"])
             run = self.pods.get(q["uid"])
-            alive = (
-                pod is not None
-                and run is not None
-                and run.current is not None
-                and run.current.alive
-                and run.current.instance == int(q.get("instance", run.current.instance))
-            )
-            return aiohttp.web.json_response({"alive": alive})
-        if path == "endpoint":
-            pod = self.pod_by_uid(q["uid"])
-            lport = await self.endpoint(pod, int(q["port"])) if pod is not None else None
-            return aiohttp.web.json_response({"port": lport})
+            cur = run.current if run is not None else None
+            alive = pod is not None and cur is not None and cur.alive
+            if alive and cur is not None and "instance" in q:
+                alive = cur.instance == int(q["instance"])
+            lport = await self.endpoint(pod, int(q["port"])) if alive and pod is not None else None
+            return aiohttp.web.json_response({"alive": alive, "port": lport})
         return aiohttp.web.json_response({"error": f"unknown sim path {path}"}, status=404)
 
     async def _resolve_forward(self, namespace: str, target: str, port: int, token: str | None = None) -> Obj:

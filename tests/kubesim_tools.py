@@ -19,8 +19,10 @@ real run issues. What each tool does is whatever the simulated cluster
   pods can run; `--wait` fails with helm's "context deadline exceeded" when
   they never become Ready), `uninstall`.
 - kubectl: `port-forward [--address A] -n NS TARGET [LOCAL]:REMOTE` forwards
-  real TCP connections to the one pod it resolved, and exits with "lost
-  connection to pod" when that pod (instance) is gone, as kubectl >= 1.23 does.
+  real TCP connections to the one pod it resolved. When that pod (instance) is
+  gone it keeps listening, as kubectl does; the next connection is closed
+  without a byte and the process exits with "lost connection to pod"
+  (kubectl >= 1.23, kubernetes/kubernetes#103526).
 
 Standard library only (yaml aside): it runs as a separate process, like the
 real tools. A run makes a hundred-odd calls, so each starts lean: no `site`
@@ -308,22 +310,12 @@ def port_forward(args: list[str]) -> None:
     port = lsock.getsockname()[1]
     print(f"Forwarding from {address}:{port} -> {remote}", flush=True)
 
-    def die(msg: str) -> None:
+    def die(conn: socket.socket, msg: str) -> None:
+        """kubectl's order: the error is logged, streamConn closed, then (deferred) the local connection."""
         print(f"{_stamp()} portforward.go:413] {msg}", file=sys.stderr, flush=True)
+        conn.close()
         print("error: lost connection to pod", file=sys.stderr, flush=True)
         os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.1)
-            try:
-                alive = _api("podalive", query=f"uid={uid}&instance={instance}")["alive"]
-            except OSError:
-                alive = False
-            if not alive:
-                die(
-                    f'"Unhandled Error" err="an error occurred forwarding {port} -> {remote}: pod {res["pod"]} is gone"'
-                )
 
     def pipe(a: socket.socket, b: socket.socket) -> None:
         try:
@@ -339,23 +331,31 @@ def port_forward(args: list[str]) -> None:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
 
-    threading.Thread(target=watch, daemon=True).start()
+    # No watch on the pod: kubectl has none. Its pod gone, it keeps listening; the next connection's streams fail,
+    # that connection is closed without a byte and the process exits (client-go tools/portforward handleConnection:
+    # an error on the error stream closes streamConn, so forward() returns ErrLostConnectionToPod).
     while True:
         conn, _ = lsock.accept()
         print(f"Handling connection for {port}", flush=True)
-        ep = _api("endpoint", query=f"uid={uid}&port={pod_port}").get("port")
-        if ep is None:
-            conn.close()
+        ep = _api("endpoint", query=f"uid={uid}&instance={instance}&port={pod_port}")
+        if not ep.get("alive"):
             die(
+                conn,
+                f'"Unhandled Error" err="an error occurred forwarding {port} -> {remote}: pod {res["pod"]} is gone"',
+            )
+        if ep.get("port") is None:
+            die(
+                conn,
                 f'"Unhandled Error" err="an error occurred forwarding {port} -> {remote}: error forwarding port '
                 f"{pod_port} to pod {uid}: failed to connect to localhost:{pod_port} inside namespace: "
-                'connection refused"'
+                'connection refused"',
             )
         try:
-            upstream = socket.create_connection(("127.0.0.1", int(ep)), timeout=5)
+            upstream = socket.create_connection(("127.0.0.1", int(ep["port"])), timeout=5)
         except OSError:
             conn.close()
             continue
+        upstream.settimeout(None)  # for the connect only: kubectl's copy has no deadline (handleConnection: io.Copy)
         threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
         threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
 

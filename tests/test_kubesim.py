@@ -247,7 +247,11 @@ def test_crds_are_served_only_once_the_chart_is_installed(api: FakeApiServer, tm
     assert c.resource("consul.hashicorp.com/v1alpha1", "ServiceDefaults").plural == "servicedefaults"
 
 
-def test_a_port_forward_dies_with_its_pod(api: FakeApiServer, tmp_path: Path) -> None:
+def test_a_port_forward_outlives_its_pod_until_the_next_connection(api: FakeApiServer, tmp_path: Path) -> None:
+    """kubectl watches nothing: its pod gone, it still listens; the next connection is closed without a byte and
+    the process exits "lost connection to pod" (client-go tools/portforward handleConnection closes streamConn on
+    an error-stream message; kubernetes/kubernetes#103526, kubectl >= 1.23). The fake used to exit within 0.1 s
+    of the pod's death on its own, which hid a relay that reused such a forward unless load delayed it."""
     c = api.cluster(tmp_path)
     api.seed(c, NODES[0], _deployment("a"))
     assert wait_until(lambda: bool(_ready_pods(c)), 60)
@@ -266,8 +270,24 @@ def test_a_port_forward_dies_with_its_pod(api: FakeApiServer, tmp_path: Path) ->
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.")
-    c.delete_pod("n", c.pods("n")[0]["metadata"]["name"])  # the Deployment replaces it; the forward is bound to it
-    assert proc.wait(timeout=10) == 1
+    old = c.pods("n")[0]
+    c.delete_pod("n", old["metadata"]["name"])  # the Deployment replaces it; the forward is bound to it
+
+    def replaced() -> bool:  # the old pod's containers gone, a new pod Ready
+        run = api.sim.pods.get(old["metadata"]["uid"])
+        gone = run is None or run.current is None or not run.current.alive
+        return gone and any(p["metadata"]["uid"] != old["metadata"]["uid"] for p in _ready_pods(c))
+
+    assert wait_until(replaced, 60)
+    assert proc.poll() is None  # and the forward still runs
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        try:
+            answer = s.recv(100)
+        except ConnectionResetError:  # closed with the request unread: Linux resets (so does Go's conn.Close)
+            answer = b""
+        assert answer == b""  # accepted, and closed without an answer
+    assert proc.wait(timeout=30) == 1
     assert b"lost connection to pod" in proc.stdout.read()
 
 

@@ -29,6 +29,7 @@ import contextlib
 import functools
 import os
 import re
+import select
 import shutil
 import socket
 import ssl
@@ -43,6 +44,7 @@ import httpx
 
 from harness.errors import BackendError
 
+CONNECT_TIMEOUT_S = 10.0  # to kubectl's local port (a listening socket on this host: the kernel answers)
 _FORWARDING = re.compile(rb"Forwarding from (?:127\.0\.0\.1|\[::1\]|[\d.]+):(\d+) -> (\d+)")
 
 
@@ -150,6 +152,8 @@ class ForwardRelay:
     and wherever a URL must outlive the pod it currently reaches.
     """
 
+    REPLAYS = 3  # fresh forwards one client connection's first exchange is tried through (`_handle`)
+
     def __init__(self, kubectl: Sequence[str], namespace: str, target: str, remote_port: int) -> None:
         self.kubectl = list(kubectl)
         self.namespace = namespace
@@ -164,7 +168,7 @@ class ForwardRelay:
         self._forward: KubectlForward | None = None
         self._closed = threading.Event()
         self.restarts = 0
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # why a client connection was closed unanswered, newest last
         self._thread = threading.Thread(target=self._serve, name=f"eh-relay-{target}", daemon=True)
         self._thread.start()
 
@@ -172,23 +176,34 @@ class ForwardRelay:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _live_port(self) -> int:
+    def _live_port(self, failed: KubectlForward | None = None) -> tuple[KubectlForward, int]:
+        """The current forward and its port; a new one if there is none, it exited, or it is `failed`.
+
+        `failed`: the forward that just closed a connection without a byte back. Replaced only if it is still
+        the current one (another connection may have replaced it meanwhile).
+        """
         with self._lock:
             fwd = self._forward
-            if fwd is None or not fwd.alive:
+            if fwd is None or not fwd.alive or fwd is failed:
                 if fwd is not None:
                     fwd.stop()
                     self.restarts += 1
                 fwd = KubectlForward(self.kubectl, self.namespace, self.target, self.remote_port)
                 self._forward = fwd
                 fwd.start()
-            return fwd.port
+            return fwd, fwd.port
 
-    def _connect(self) -> socket.socket:
+    def _connect(self, failed: KubectlForward | None = None) -> tuple[KubectlForward, socket.socket]:
         last: Exception | None = None
         for _ in range(3):
             try:
-                return socket.create_connection(("127.0.0.1", self._live_port()), timeout=10)
+                fwd, port = self._live_port(failed)
+                upstream = socket.create_connection(("127.0.0.1", port), timeout=CONNECT_TIMEOUT_S)
+                # the timeout was for the connect only: left on, it cut every answer slower than it (a busy
+                # Consul, a loaded CI runner) as "Server disconnected"; kubectl's own copy has no deadline either
+                # (client-go tools/portforward handleConnection: io.Copy)
+                upstream.settimeout(None)
+                return fwd, upstream
             except (OSError, BackendError) as exc:
                 last = exc
                 with self._lock:
@@ -206,11 +221,55 @@ class ForwardRelay:
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
+        """Pipe `conn` to a live forward; its first exchange is replayed through a fresh one if it got no answer.
+
+        Why: kubectl learns that its pod is gone (or not listening) only from a connection. It keeps listening
+        after the pod went, accepts the next connection, opens streams to the pod, gets an error back and closes
+        that connection without a byte, then exits "lost connection to pod" (client-go tools/portforward
+        `handleConnection`: an error-stream message closes `streamConn`, ending `forward()` with
+        ErrLostConnectionToPod; kubernetes/kubernetes#103526). A relay that reused such a forward answered its
+        client with an empty reply ("Server disconnected"): always on a cluster whose Consul server pod had been
+        replaced, and in the tests only when load delayed the fake kubectl's old 0.1 s pod watch. So the bytes
+        the client sent before any answer are kept, and an upstream that ends without answering them is taken
+        as that failed forward: it is replaced (re-resolving `svc/` to a pod that is up now) and the bytes
+        replayed, up to `REPLAYS` times. Only the first exchange is replayed: after an answer the stream may be
+        a TLS session or hold a request the server acted on, which another connection cannot continue. The
+        relay carries Consul's HTTP(S) API, whose server always answers (a response, a TLS alert) before it
+        closes, so "no byte back" never means "the server chose to say nothing".
+        """
         try:
-            upstream = self._connect()
+            fwd, upstream = self._connect()
         except BackendError as exc:
             self.errors.append(str(exc))
             conn.close()
+            return
+        sent = bytearray()  # what the client sent before the first byte back (replayed on a fresh forward)
+        for _ in range(self.REPLAYS):
+            outcome = _first_exchange(conn, upstream, sent)
+            if outcome != _NO_ANSWER:
+                break
+            with contextlib.suppress(OSError):
+                upstream.close()
+            try:
+                fwd, upstream = self._connect(failed=fwd)
+                upstream.sendall(bytes(sent))
+            except (OSError, BackendError) as exc:
+                self.errors.append(f"{self.namespace}/{self.target}:{self.remote_port}: {exc}")
+                conn.close()
+                return
+        else:
+            self.errors.append(
+                f"{self.namespace}/{self.target}:{self.remote_port}: {self.REPLAYS} forwards closed the connection "
+                "without an answer"
+            )
+            with contextlib.suppress(OSError):
+                upstream.close()
+            conn.close()
+            return
+        if outcome == _CLIENT_GONE:
+            for s in (conn, upstream):
+                with contextlib.suppress(OSError):
+                    s.close()
             return
         t = threading.Thread(target=_pipe, args=(upstream, conn), daemon=True)
         t.start()
@@ -234,6 +293,51 @@ class ForwardRelay:
                 self._forward.stop()
                 self._forward = None
         self._thread.join(timeout=5)
+
+
+_ANSWERED, _NO_ANSWER, _CLIENT_GONE = "answered", "no answer", "client gone"
+
+
+def _first_exchange(conn: socket.socket, upstream: socket.socket, sent: bytearray) -> str:
+    """Relay `conn` <-> `upstream` until the first byte comes back; what the client sends is added to `sent`.
+
+    `_ANSWERED`: the first bytes back were passed on (pipe the rest). `_NO_ANSWER`: the upstream ended, or failed,
+    before answering (`sent` may be replayed elsewhere). `_CLIENT_GONE`: the client failed, or ended having sent
+    nothing, so there is nothing to answer. A client that ended after sending is still waiting for its answer:
+    the upstream's write side is shut down as the client's was.
+    """
+    client_open = True
+    while True:
+        readable, _, _ = select.select([conn, upstream] if client_open else [upstream], [], [])
+        if conn in readable:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return _CLIENT_GONE
+            if not data:
+                if not sent:
+                    return _CLIENT_GONE
+                client_open = False
+                with contextlib.suppress(OSError):
+                    upstream.shutdown(socket.SHUT_WR)
+            else:
+                sent += data
+                try:
+                    upstream.sendall(data)
+                except OSError:
+                    return _NO_ANSWER
+        if upstream in readable:
+            try:
+                data = upstream.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                return _NO_ANSWER
+            try:
+                conn.sendall(data)
+            except OSError:
+                return _CLIENT_GONE
+            return _ANSWERED
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:
