@@ -152,7 +152,7 @@ class ForwardRelay:
     and wherever a URL must outlive the pod it currently reaches.
     """
 
-    REPLAYS = 3  # fresh forwards one client connection's first exchange is tried through (`_handle`)
+    REPLAYS = 3  # forwards one client connection's first exchange is tried through (`_handle`)
 
     def __init__(self, kubectl: Sequence[str], namespace: str, target: str, remote_port: int) -> None:
         self.kubectl = list(kubectl)
@@ -232,10 +232,11 @@ class ForwardRelay:
         replaced, and in the tests only when load delayed the fake kubectl's old 0.1 s pod watch. So the bytes
         the client sent before any answer are kept, and an upstream that ends without answering them is taken
         as that failed forward: it is replaced (re-resolving `svc/` to a pod that is up now) and the bytes
-        replayed, up to `REPLAYS` times. Only the first exchange is replayed: after an answer the stream may be
-        a TLS session or hold a request the server acted on, which another connection cannot continue. The
-        relay carries Consul's HTTP(S) API, whose server always answers (a response, a TLS alert) before it
-        closes, so "no byte back" never means "the server chose to say nothing".
+        replayed, through at most `REPLAYS` forwards in all; the reason of a give-up goes to `errors`. Only the
+        first exchange is replayed: after an answer the stream may be a TLS session or hold a request the
+        server acted on, which another connection cannot continue. The relay carries Consul's HTTP(S) API,
+        whose server always answers (a response, a TLS alert) before it closes, so "no byte back" never means
+        "the server chose to say nothing".
         """
         try:
             fwd, upstream = self._connect()
@@ -244,12 +245,18 @@ class ForwardRelay:
             conn.close()
             return
         sent = bytearray()  # what the client sent before the first byte back (replayed on a fresh forward)
-        for _ in range(self.REPLAYS):
-            outcome = _first_exchange(conn, upstream, sent)
-            if outcome != _NO_ANSWER:
-                break
+        tries = 1
+        while (outcome := _first_exchange(conn, upstream, sent)) == _NO_ANSWER:
             with contextlib.suppress(OSError):
                 upstream.close()
+            if tries == self.REPLAYS:
+                self.errors.append(
+                    f"{self.namespace}/{self.target}:{self.remote_port}: {tries} forwards closed the connection "
+                    "without an answer"
+                )
+                conn.close()
+                return
+            tries += 1
             try:
                 fwd, upstream = self._connect(failed=fwd)
                 upstream.sendall(bytes(sent))
@@ -257,15 +264,6 @@ class ForwardRelay:
                 self.errors.append(f"{self.namespace}/{self.target}:{self.remote_port}: {exc}")
                 conn.close()
                 return
-        else:
-            self.errors.append(
-                f"{self.namespace}/{self.target}:{self.remote_port}: {self.REPLAYS} forwards closed the connection "
-                "without an answer"
-            )
-            with contextlib.suppress(OSError):
-                upstream.close()
-            conn.close()
-            return
         if outcome == _CLIENT_GONE:
             for s in (conn, upstream):
                 with contextlib.suppress(OSError):
