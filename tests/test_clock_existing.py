@@ -70,7 +70,8 @@ def _record(api: FakeApiServer, tmp_path: Path, offsets: dict[str, float],
     build_hops(run_dir, jsonl=False)
     # the first request of the run is the first start probe, the last the last end probe: this process's times
     sent = [r for r in rows(run_dir / CLOCK_FILE) if r["event"] == "sent"]
-    return run_dir, min(r["sent"] for r in sent), max(r["received"] for r in sent)
+    # a probe left unanswered (PROBE_TIMEOUT_S) has no `received`: it bounds nothing, and must not crash the max
+    return run_dir, min(r["sent"] for r in sent), max(r["received"] for r in sent if r["received"] is not None)
 
 
 def _hop_span(run_dir: Path) -> tuple[float, float, int]:
