@@ -158,11 +158,11 @@ LAS = "us-west-2-las-1a"
 LAS_REDIRECT = f"product-api-las-1a.default.dc1.internal.{TRUST_DOMAIN}"
 
 
-def _lax_calls_las(d: Path, at: float, how: str) -> Path:
+def _lax_calls_las(d: Path, at: float, how: str, route: str = LAS_REDIRECT) -> Path:
     """The first of LAX public-api's calls to product-api at or after `at` s into the run goes to LAS instead:
     served by LAS's product-api (`served`, `probe`: the call of a zone probe, the harness's own request into the
-    zone), or (`no-host`) routed to LAS's instances, which Envoy found none healthy of: `503 UH`, no upstream host
-    (the zone the call went to is named only by the cluster of the route)."""
+    zone), or (`no-host`) routed to LAS's instances (the cluster `route`), which Envoy found none healthy of:
+    `503 UH`, no upstream host (the zone the call went to is named only by the cluster of the route)."""
     t0 = min(r["ts"] for r in rows(d / "requests.jsonl")) - 0.01
     las = added_pod(d, LAS, "product-api")
     caller = added_pod(d, LAX, "public-api")
@@ -170,7 +170,7 @@ def _lax_calls_las(d: Path, at: float, how: str) -> Path:
     recs = rows(log)
     hop = next(r for r in recs if envoy_start(r) >= t0 + at and "product-api" in r["upstream_cluster"])
     if how == "no-host":
-        hop.update(upstream_host=None, upstream_cluster=LAS_REDIRECT, response_code=503, response_flags="UH")
+        hop.update(upstream_host=None, upstream_cluster=route, response_code=503, response_flags="UH")
     else:
         hop.update(upstream_host=f"{las['ip']}:9090")
     write_rows(log, recs)

@@ -641,20 +641,53 @@ def resolve_ips(con: DuckDBPyConnection, source: str, target: str, slack_s: floa
     con.execute(f"DROP TABLE {p}_last")
 
 
-def cluster_service_sql(column: str) -> str:
-    """SQL: the Consul service an Envoy cluster name stands for (`product-api-las-1a` of
-    `failover-target~1~product-api-las-1a.default.dc1.internal.<trust domain>.consul`, of a
-    `<8 hex>~`-prefixed name, or of both: `failover-target~1~<8 hex>~product-api-las-1a...`), whatever host
-    it holds.
+def _cluster_sni_sql(column: str) -> str:
+    """SQL: the SNI an Envoy cluster name is built on, its failover-child and `<8 hex>~` prefixes cut.
 
     The order is Consul's, outside in: a chain its caller's upstream config customized (a connect timeout
     that differs from any target's, as the rendered edge chains' Region target without a resolver does) has
     its base name hash-prefixed first and its failover children named after that (xds
     getTargetClusterName, failover_policy.go sequential)."""
     return (
-        f"split_part(regexp_replace(regexp_replace(CAST({column} AS VARCHAR), '^failover-target~[0-9]+~', ''), "
-        "'^[0-9a-fA-F]{8}~', ''), '.', 1)"
+        f"regexp_replace(regexp_replace(CAST({column} AS VARCHAR), '^failover-target~[0-9]+~', ''), "
+        "'^[0-9a-fA-F]{8}~', '')"
     )
+
+
+def cluster_service_sql(column: str) -> str:
+    """SQL: the Consul service an Envoy cluster name stands for (`product-api-las-1a` of
+    `failover-target~1~product-api-las-1a.default.dc1.internal.<trust domain>.consul`, of a
+    `<8 hex>~`-prefixed name, or of both: `failover-target~1~<8 hex>~product-api-las-1a...`), whatever host
+    it holds: the SNI's first label (`_cluster_sni_sql`)."""
+    return f"split_part({_cluster_sni_sql(column)}, '.', 1)"
+
+
+def cluster_namespace_sql(column: str) -> str:
+    """SQL: the Consul namespace of the service an Envoy cluster name stands for, the SNI's second label
+    (`<service>.<namespace>.<dc>.internal.<trust domain>` in the default partition, consul agent/connect/sni.go
+    ServiceSNI): `default` in CE, the zone's mirrored namespace in Enterprise, where it is what tells one zone's
+    `product-api` from another's."""
+    return f"split_part({_cluster_sni_sql(column)}, '.', 2)"
+
+
+def cluster_zone_names(t: Topology) -> list[tuple[str, str, str]]:
+    """(Consul service, Consul namespace, zone) for each cluster target that stands for exactly one zone's
+    instances: an Envoy cluster named for it is a route to that zone, whichever host it held.
+
+    CE names an edge zone's copy (`product-api-las-1a`) in its one namespace; Enterprise keeps the plain name in
+    the zone's mirrored namespace (`product-api` in `hashicups-las-1a`). Read off the name alone, an Enterprise
+    route to another Local Zone's instances stood for no zone."""
+    from harness.contract.names import CE_CONSUL_NAMESPACE, consul_name, namespace
+    from harness.topology import Edition
+
+    zones_of: dict[tuple[str, str], set[str]] = {}
+    for s in t.services:
+        for z in t.zones:
+            if s.placement.value == "region" and z.is_edge:
+                continue
+            ns = namespace(t, z) if t.edition is Edition.ENTERPRISE else CE_CONSUL_NAMESPACE
+            zones_of.setdefault((consul_name(t, s, z, t.edition), ns), set()).add(z.name)
+    return [(n, ns, next(iter(zs))) for (n, ns), zs in sorted(zones_of.items()) if n and len(zs) == 1]
 
 
 def host_ip_sql(column: str) -> str:

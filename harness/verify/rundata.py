@@ -91,6 +91,7 @@ from harness.observe.hops import (
     NAME_COLUMNS,
     POD_PLACE_SQL,
     HopsBuild,
+    cluster_zone_names,
     create_hops,
     create_request_ids,
     current_build,
@@ -100,7 +101,6 @@ from harness.observe.hops import (
     host_ip_sql,
     load_inventory,
     resolve_ips,
-    topology_names,
 )
 from harness.topology import Placement, Topology, load_topology
 
@@ -476,12 +476,13 @@ def _topology_tables(con: duckdb.DuckDBPyConnection, t: Topology) -> None:
     rows = [[s.name, u] for s in t.services for u in s.upstreams]
     if rows:
         con.executemany("INSERT INTO calls VALUES (?, ?)", rows)
-    # Consul names that stand for one zone's instances (`product-api-las-1a`): an Envoy cluster named so is a
-    # route to that zone, whichever host it held (hub-and-spoke reads it where a host cannot be attributed)
-    con.execute("CREATE TABLE cluster_zones (consul_service VARCHAR, zone VARCHAR)")
-    named = [[n, z] for n, _service, z in topology_names(t) if n and z is not None]
+    # Consul services that stand for one zone's instances (CE `product-api-las-1a`, Enterprise `product-api` in
+    # `hashicups-las-1a`): an Envoy cluster named so is a route to that zone, whichever host it held (hub-and-spoke
+    # reads it where a host cannot be attributed)
+    con.execute("CREATE TABLE cluster_zones (consul_service VARCHAR, namespace VARCHAR, zone VARCHAR)")
+    named = [list(r) for r in cluster_zone_names(t)]
     if named:
-        con.executemany("INSERT INTO cluster_zones VALUES (?, ?)", named)
+        con.executemany("INSERT INTO cluster_zones VALUES (?, ?, ?)", named)
 
 
 def serving_kind_sql(t: Topology) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from harness.columnar import ACCESSLOGS, state_file
 from harness.contract.rundir import ACCESSLOG_DIR, HOPS_FILE, SNAPSHOT_ADMIN_TIMEOUT_S, UPSTREAM_STATS_FILE
-from harness.observe.hops import cluster_service_sql, host_ip_sql
+from harness.observe.hops import cluster_namespace_sql, cluster_service_sql, host_ip_sql
 from harness.verify import evidence
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
@@ -343,7 +343,8 @@ class RoutingChecks(CheckBase):
         return (
             f"(SELECT cz.zone FROM cluster_zones cz JOIN zones z ON z.name = cz.zone "
             f"LEFT JOIN zones c ON c.name = {caller_zone} "
-            f"WHERE cz.consul_service = {cluster_service_sql(cluster)} AND z.kind = 'edge' "
+            f"WHERE cz.consul_service = {cluster_service_sql(cluster)} "
+            f"AND cz.namespace = {cluster_namespace_sql(cluster)} AND z.kind = 'edge' "
             f"AND (coalesce(c.kind, 'edge') = 'region' OR cz.zone <> {caller_zone}))"
         )
 
