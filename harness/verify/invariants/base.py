@@ -17,12 +17,20 @@ from harness.verify.invariants.sql import (
     NO_HOST_SQL,
     REQUEST_END_SQL,
     Window,
+    iso,
 )
 from harness.verify.rundata import Fault, RunData, pods_taken_down, stops_nodes, zone_is_edge
 
 # fault actions whose pods keep running, out of their Services' endpoints: they receive nothing, but may still call
 # out on their own (a database pool's connections), so only serving shows whether such a fault took effect
 KEEPS_RUNNING = frozenset({"make_unready"})
+
+
+class Applied(NamedTuple):
+    """When a fault's primitive is taken to have acted (`CheckBase._applied_at`), and how a message names it."""
+
+    at: float  # its inject counter snapshot, else its inject record
+    named: str  # "its primitive had returned at ... (the inject counter snapshot; ...)" or "the inject at ..."
 
 
 class DeclaredRecovery(NamedTuple):
@@ -322,6 +330,28 @@ class CheckBase(FaultScoping):
             [f"inject {f.fault}", f.inject, end],
         )
         return None if snap is None else float(snap)
+
+    def _applied_at(self, f: Fault) -> Applied:
+        """From when fault `f` is judged to be on, for the rules that ask whether it showed its effect (coverage's
+        `_effect_due` for pods and partitions, `_link_not_slowed` for a degraded link): when its primitive had
+        returned (`_returned_at`), else its inject record, and a message's words for which of the two it is.
+
+        The one fallback: without the snapshot the records do not say when the primitive returned, and the rules
+        run from the inject record, never from the restore that `_acted_at`'s upper bound falls back to (from there
+        anything the fault's pods did would be excused, a kill that never took effect with it). Each rule spelled
+        that fallback itself, and only the pods' message said when it was taken; a degraded link judged without
+        its snapshot said nothing of why its window began at the record.
+        """
+        returned = self._returned_at(f)
+        if returned is None:
+            return Applied(
+                f.inject,
+                f"the inject at {iso(f.inject)} (no inject counter snapshot: when its primitive returned is unknown)",
+            )
+        return Applied(
+            returned,
+            f"its primitive had returned at {iso(returned)} (the inject counter snapshot; inject {iso(f.inject)})",
+        )
 
     def _acted_at(self, f: Fault) -> float:
         """The latest instant the records allow for fault `f`'s primitive to have acted: when it had returned

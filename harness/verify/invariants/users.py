@@ -1170,14 +1170,8 @@ class UserChecks(CheckBase):
         would be excused, a kill that never took effect with it. A slow fault without its snapshot is
         unverified (the message says why), never passed on no evidence; a quick one still shows its effect.
         """
-        returned = self._returned_at(f)
-        if returned is None:
-            return f.inject + self.slo.max_failover_s, (
-                f"the inject at {iso(f.inject)} (no inject counter snapshot: when its primitive returned is unknown)"
-            )
-        return returned + self.slo.max_failover_s, (
-            f"its primitive had returned at {iso(returned)} (the inject counter snapshot; inject {iso(f.inject)})"
-        )
+        applied = self._applied_at(f)
+        return applied.at + self.slo.max_failover_s, applied.named
 
     def _partition_leaked(self, f: Fault, end: float) -> str:
         """Why the records show partition `f` did not hold while it was on ("" when they do not).
@@ -1267,8 +1261,8 @@ class UserChecks(CheckBase):
                  and (g.restore is None or g.restore >= f.inject - self.longest["hops"] - 0.001)]  # fmt: skip
         overlap = [("", g.inject, g.restore if g.restore is not None else self.run_end) for g in meets]
         inside = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, overlap, HOP_END_SQL)}"
-        applied = self._returned_at(f)  # the link is slowed from when the primitive had returned
-        applied = f.inject if applied is None else min(applied, end)
+        on = self._applied_at(f)  # the link is slowed from when the primitive had returned
+        applied = min(on.at, end)
         restore = f.restore if f.restore is not None else INF
         after_hi = min(restore + self.slo.max_recovery_s, self._next_fault_in_zone(f, restore))
         after_lo = self._undone_at(f, after_hi)
@@ -1308,9 +1302,7 @@ class UserChecks(CheckBase):
             f"{LINK_EFFECT_SHARE:g} x the added "
             f"{f.latency_ms:g} ms more is {mark:.0f} ms"
         )
-        span = f"from {iso(applied)} to {iso(end)}"
-        if applied > f.inject:
-            span += f" (from when the degradation was applied: its inject counter snapshot; inject {iso(f.inject)})"
+        span = f"from {iso(applied)} to {iso(end)} (since {on.named})"
         if meets:
             span += f" outside the other faults that reach the link then ({', '.join(g.fault for g in meets)})"
         if n < LINK_EFFECT_MIN_HOPS:
