@@ -103,8 +103,11 @@ class E2EResult:
     messages: list[str]
 
 
-def prepare_manifests(opts: E2EOptions, run_dir: Path) -> Path:
-    """Render the topology (or take a rendered directory) into run_dir/manifests; InputError on bad input."""
+def prepare_manifests(opts: E2EOptions, run_dir: Path, loaded: Topology | None = None) -> Path:
+    """Render the topology (or take a rendered directory) into run_dir/manifests; InputError on bad input.
+
+    `loaded`: `opts.topology` as its caller already loaded (and so checked) it, rendered as it is rather than read
+    a second time (the pytest plugin checks its options at configure, before any test)."""
     from harness.render import render, write
     from harness.render.manifests import load
     from harness.topology import Edition, load_topology
@@ -114,7 +117,7 @@ def prepare_manifests(opts: E2EOptions, run_dir: Path) -> Path:
             raise InputError(str(opts.manifests), "", "not a directory written by `harness render`")
         load(opts.manifests)  # validate before copying
         return copy_manifests(opts.manifests, run_dir)
-    topo = load_topology(opts.topology)
+    topo = loaded if loaded is not None else load_topology(opts.topology)
     edition = Edition(opts.edition) if opts.edition else None
     out = run_dir / "manifests"
     write(render(topo, edition), out)

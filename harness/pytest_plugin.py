@@ -25,11 +25,14 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from harness.errors import InputError
+
+if TYPE_CHECKING:
+    from harness.topology import Topology
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,14 +47,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 _SIGNALS_KEY = pytest.StashKey[contextlib.ExitStack]()
+# `--eh-topology` as loaded (and so checked) at configure: the one the fixtures render and model, never read again
+_TOPOLOGY_KEY = pytest.StashKey["Topology"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "edge_chaos: a destructive chaos test (needs an allowed backend)")
     try:
-        _check_options(config)
+        topology = _check_options(config)
     except InputError as exc:  # one line, pytest's usage error, before any test or cluster (not one per test)
         raise pytest.UsageError(exc.line) from None
+    if topology is not None:
+        config.stash[_TOPOLOGY_KEY] = topology
     if config.getoption("--eh-backend", None) is not None:
         # SIGTERM (a CI job cancelled) and SIGHUP would kill pytest without running any finalizer,
         # leaving the session's cluster up: make them (and Ctrl-C) an interruption pytest tears down
@@ -63,8 +70,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_SIGNALS_KEY] = stack
 
 
-def _check_options(config: pytest.Config) -> None:
-    """The plugin's options as `harness` checks its flags; InputError naming the option or the file.
+def _check_options(config: pytest.Config) -> Topology | None:
+    """The plugin's options as `harness` checks its flags; InputError naming the option or the file. Returns
+    `--eh-topology` loaded (None without one), which the fixtures then use: read again there, a file edited
+    during the session (a test writing its own topology over it) gave `eh_cluster` and `eh_fake` another
+    topology than the one checked, or a traceback in every test after a usage error was ruled out.
 
     Checked in the fixtures, a typo'd backend or a missing topology errored every test with a traceback
     (and a bad cluster name reached the backend).
@@ -76,14 +86,16 @@ def _check_options(config: pytest.Config) -> None:
         raise InputError("--eh-backend", "", f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
     check_cluster_name(config.getoption("--eh-cluster", "eh"), "--eh-cluster")
     topo, mdir = config.getoption("--eh-topology", None), config.getoption("--eh-manifests", None)
+    loaded = None
     if topo:  # read by eh_fake too, so checked even when --eh-manifests wins for eh_cluster
         from harness.topology import load_topology
 
-        load_topology(Path(topo))
+        loaded = load_topology(Path(topo))
     if mdir:
         from harness.render.manifests import load
 
         load(Path(mdir))
+    return loaded
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -119,7 +131,7 @@ def eh_cluster(eh_options: Any, pytestconfig: pytest.Config, tmp_path_factory: p
     mdir = pytestconfig.getoption("--eh-manifests")
     work = tmp_path_factory.mktemp("eh-cluster")
     opts = E2EOptions(topology=Path(topo) if topo else None, manifests=Path(mdir) if mdir else None)
-    manifests = load(prepare_manifests(opts, work))
+    manifests = load(prepare_manifests(opts, work, pytestconfig.stash.get(_TOPOLOGY_KEY, None)))
     backend = connect(eh_options)
     try:
         backend.up(manifests)
@@ -139,8 +151,8 @@ def eh_fake(pytestconfig: pytest.Config) -> Any:
     """
     from harness.testing import FakeBackend, ManualClock
 
-    topo = pytestconfig.getoption("--eh-topology")
-    return FakeBackend(Path(topo) if topo else None, clock=ManualClock())
+    loaded = pytestconfig.stash.get(_TOPOLOGY_KEY, None)  # None: no --eh-topology, the shipped one
+    return FakeBackend(loaded, clock=ManualClock())
 
 
 @pytest.fixture
