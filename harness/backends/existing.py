@@ -1032,6 +1032,12 @@ class ExistingBackend(KubeBackend):
                 "or pass --install-consul to install the pinned chart"
             )
         m = re.match(r"(\d+)\.(\d+)", found.version)
+        if not found.version:  # pinned by digest alone: no tag says which Consul it is (not "too old")
+            raise BackendError(
+                f"{self._where}: Consul's server image {found.image!r} in {found.namespace} has no tag to read its "
+                f"version from: access logs in ProxyDefaults need >= {'.'.join(map(str, MIN_CONSUL))}; run an "
+                "image reference with its version tag (a digest may follow it: name:1.22.7@sha256:...)"
+            )
         if m is None or (int(m.group(1)), int(m.group(2))) < MIN_CONSUL:
             raise BackendError(
                 f"{self._where}: Consul {found.version or found.image!r} in {found.namespace} is too old: access logs "

@@ -317,7 +317,7 @@ class ApplyMixin(KubeApi):
         image = next(
             (str(c.get("image")) for c in (server.get("spec") or {}).get("containers") or [] if c.get("image")), ""
         )
-        version = image.rsplit(":", 1)[-1] if ":" in image else ""
+        version = image_tag(image)
         injectors = [
             p for p in self.pods(ns, selector={"component": "connect-injector"}) if _labels(p).get("app") == "consul"
         ]
@@ -386,3 +386,17 @@ class ConsulInstall:
     # the injector's `-default-enable-transparent-proxy` (connectInject.transparentProxy.defaultEnabled, true in the
     # chart); None when its pods do not say. The rendered pods turn it off each (names.ANN_TRANSPARENT_PROXY).
     tproxy_default: bool | None = None
+
+
+def image_tag(image: str) -> str:
+    """The tag of a container image reference, "" without one.
+
+    A reference is `[host[:port]/]path[:tag][@digest]` (distribution/reference, reference.go's grammar): the tag
+    follows the last ':' of the last path component, and a digest follows '@'. Read as "after the last ':'", an
+    image pinned by digest (`hashicorp/consul:1.22.7@sha256:<hex>`, as operators pin images in production) gave
+    the digest's hex as Consul's version, and `check_consul` refused a current Consul as "too old" (an Enterprise
+    one as "not Enterprise"); a registry with a port and no tag gave `5000/hashicorp/consul`.
+    """
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.rsplit(":", 1)[1] if ":" in last else ""
