@@ -16,7 +16,15 @@ module does all of that, each behaviour taken from the source named here:
   `ERROR` 410 Expired; `timeoutSeconds` ends the stream; `allowWatchBookmarks`
   gets a BOOKMARK (https://kubernetes.io/docs/reference/using-api/api-concepts/).
 - Pods: the scheduler binds (nodeSelector, required node affinity, taints vs
-  tolerations, cordoned nodes skipped); the kubelet gives the pod an IP from
+  tolerations, cordoned nodes skipped). Among the nodes that fit it scores
+  preferred node affinity first (the NodeAffinity plugin: the weights of the
+  matching terms, weighted 2 in the default profile,
+  pkg/scheduler/apis/config/v1/default_plugins.go, well above what the
+  resource scores differ by), then the fewest pods. kube-scheduler picks at
+  random among equal scores (pkg/scheduler/schedule_one.go selectHost,
+  reservoir sampling); here `sched_tie_order` decides (the nodes listed
+  first, in that order, then by name), so a test can steer a tie wherever a
+  real one may land. The kubelet gives the pod an IP from
   its node's podCIDR and later sets `Ready` with `lastTransitionTime` (second
   precision, as metav1.Time serialises). Every new sandbox gets a new IP: a
   re-created pod, and a pod whose node restarted (host-local IPAM allocates
@@ -1191,6 +1199,8 @@ class ClusterSim:
         # then answers with the Kubernetes version of that image's tag, as the control-plane's API server would
         self.kind_release = "v0.33.0"
         self.kind_node_image: str | None = None
+        # equal-score ties (real: random, selectHost): these nodes win first, in this order; the rest by name
+        self.sched_tie_order: list[str] = []
         self.kind_network_next = 2  # the next address Docker hands out on the `kind` network (172.18.0.N)
         # the `kind` network has IPv6 too (KIND_V6_PREFIX + N beside 172.18.0.N): kind's default wherever Docker
         # can give a network IPv6; False: a host without (kind then creates it IPv4-only)
@@ -2524,8 +2534,7 @@ class ClusterSim:
                         {"status": {"conditions": [{**cond, "lastTransitionTime": k8s_time(now)}]}},
                     )
                 continue
-            load = collections.Counter((p.get("spec") or {}).get("nodeName") for p in self.items("v1", "pods"))
-            node = min(fits, key=lambda n: (load[n["metadata"]["name"]], n["metadata"]["name"]))
+            node = min(fits, key=self._score_key(pod))
             if self._select_node_for_claims(pod, node["metadata"]["name"]):
                 continue  # bound once its delayed claims' volumes exist (PreBind)
             self.patch(
@@ -2542,6 +2551,29 @@ class ClusterSim:
             )
             run = self._run_of(pod)
             run.bound_at = now
+
+    def _score_key(self, pod: Obj) -> Callable[[Obj], tuple[int, int, int, str]]:
+        """The order kube-scheduler's scores put fitting nodes in (best first), for `min`.
+
+        Preferred node affinity (NodeAffinity's Score: the sum of the weights of the matching
+        preferredDuringScheduling terms, normalised to 0-100 and weighted 2 in the default profile) decides
+        first; the sim's stand-in for the resource and spreading scores (the fewest pods) next; a tie is the
+        random pick of selectHost, here `sched_tie_order`, then the node's name."""
+        preferred = (((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}).get(
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ) or []
+        load = collections.Counter((p.get("spec") or {}).get("nodeName") for p in self.items("v1", "pods"))
+        order = {n: i for i, n in enumerate(self.sched_tie_order)}
+
+        def key(node: Obj) -> tuple[int, int, int, str]:
+            name = str(node["metadata"]["name"])
+            labels = labels_of(node)
+            weight = sum(
+                int(p.get("weight") or 0) for p in preferred if _term_matches(p.get("preference") or {}, labels)
+            )
+            return (-weight, load[name], order.get(name, len(order)), name)
+
+        return key
 
     def _select_node_for_claims(self, pod: Obj, node: str) -> bool:
         """WaitForFirstConsumer: the scheduler writes the node it chose on each unbound claim of the pod (the
