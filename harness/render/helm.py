@@ -8,16 +8,33 @@ its access log attributable. Every key used here exists in the chart's
 values.yaml (the contract tests check it against the reference copy).
 
 Placement. The control plane (server, connect injector, webhook cert
-manager) runs in the Region's Availability Zones: an edge zone may be cut off
-on purpose, and a Consul server stranded behind that cut would make every
-chaos result mean something else. It is selected by
-`topology.kubernetes.io/zone In [the Region's AZs]`, a label every kind node
-here and every EKS node carries (the kubelet sets it from the instance's
-zone); the harness's own `edge-harness.io/zone-type` label exists only on kind
-nodes, so selecting on it left the server Pending on EKS. The chart types
-`affinity` and `nodeSelector` as multi-line strings run through `tpl`
+manager) never runs in an edge zone: an edge zone may be cut off on purpose,
+and a Consul server stranded behind that cut would make every chaos result
+mean something else. The server and the injector (whose endpoints controller
+is what tells Consul a killed pod is gone) must not sit on a node a shipped
+experiment stops either, and on kind every Region node is one: the default
+topology has one node per AZ, and az-node-loss and az-primary-loss each stop
+one. kube-scheduler picks at random among equally scored nodes
+(pkg/scheduler/schedule_one.go selectHost), so "any AZ node" put the single
+server on a stopped node in about half the runs of each. So they may run
+(required node affinity, whose terms are ORed) in the Region's AZs *or* on a
+control-plane node, prefer the control-plane (weight 100: NodeAffinity's
+score, weighted 2 in the default profile, outweighs what the resource scores
+differ by), and tolerate its `node-role.kubernetes.io/control-plane:NoSchedule`
+taint, which kind keeps on a cluster with workers (kind
+pkg/cluster/internal/create/actions/kubeadminit/init.go removes it only when
+the cluster has one node). kind's control-plane belongs to no zone, so chaos
+never stops it. EKS shows no control-plane node: the preference is void there
+and the AZ rule holds as before. The AZs are selected by
+`topology.kubernetes.io/zone`, a label every kind node here and every EKS
+node carries (the kubelet sets it from the instance's zone); the harness's own
+`edge-harness.io/zone-type` label exists only on kind nodes, so selecting on
+it left the server Pending on EKS. The chart types `affinity`, `tolerations`
+and `nodeSelector` as multi-line strings run through `tpl`
 (templates/server-statefulset.yaml, connect-inject-deployment.yaml);
-webhook-cert-manager has only a nodeSelector, so it is pinned to the first AZ.
+webhook-cert-manager has only a nodeSelector (no OR, no preference), so it
+stays pinned to the first AZ: it keeps the injector's webhook certificate and
+CA bundle current, and is on the path of no request and no failover.
 
 Access logs. Envoy writes access logs through a buffer flushed every
 `--file-flush-interval-msec` (default 10000 ms); the chart hands
@@ -34,6 +51,7 @@ from typing import Any
 import yaml
 
 from harness.contract import names
+from harness.contract.scheduling import CONTROL_PLANE_TAINT_KEY
 from harness.topology.model import Edition, Topology, ZoneType
 
 CHART_REPO = "https://helm.releases.hashicorp.com"
@@ -93,13 +111,31 @@ def region_azs(t: Topology) -> list[str]:
     return [z.name for z in t.zones if z.type is ZoneType.AVAILABILITY_ZONE]
 
 
-def _region_affinity(t: Topology) -> dict[str, Any]:
-    term = {"matchExpressions": [{"key": names.LABEL_ZONE, "operator": "In", "values": region_azs(t)}]}
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+# kubeadm labels and taints its control-plane nodes with this key (kind's too); EKS shows no such node
+CONTROL_PLANE_KEY = CONTROL_PLANE_TAINT_KEY
+CONTROL_PLANE_PREFERENCE = 100  # the highest weight a preferred term may have
+CONTROL_PLANE_TOLERATIONS = [{"key": CONTROL_PLANE_KEY, "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def _yaml_string(value: dict[str, Any]) -> str:
-    """The chart takes affinity/nodeSelector as YAML text it `tpl`s into the pod spec."""
+def _control_plane_affinity(t: Topology) -> dict[str, Any]:
+    """Required: a Region AZ or a control-plane node (terms are ORed); preferred: the control-plane."""
+    in_azs = {"matchExpressions": [{"key": names.LABEL_ZONE, "operator": "In", "values": region_azs(t)}]}
+
+    def control_plane() -> dict[str, Any]:  # a new object each time: safe_dump would write a shared one as an anchor
+        return {"matchExpressions": [{"key": CONTROL_PLANE_KEY, "operator": "Exists"}]}
+
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [in_azs, control_plane()]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": CONTROL_PLANE_PREFERENCE, "preference": control_plane()}
+            ],
+        }
+    }
+
+
+def _yaml_string(value: dict[str, Any] | list[Any]) -> str:
+    """The chart takes affinity/tolerations/nodeSelector as YAML text it `tpl`s into the pod spec."""
     text = yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
     # safe_dump quotes the template strings; the chart's default writes them bare, tpl renders either.
     return text.replace("'{{ template \"consul.name\" . }}'", '{{ template "consul.name" . }}').replace(
@@ -120,7 +156,8 @@ def render_helm_values(t: Topology, edition: Edition) -> dict[str, Any]:
         "enabled": True,  # also installs and reconciles the config-entry CRDs in this chart version
         "default": False,  # only pods annotated connect-inject=true join the mesh
         "transparentProxy": {"defaultEnabled": False},
-        "affinity": _yaml_string(_region_affinity(t)),
+        "affinity": _yaml_string(_control_plane_affinity(t)),
+        "tolerations": _yaml_string(CONTROL_PLANE_TOLERATIONS),
         "envoyExtraArgs": ENVOY_EXTRA_ARGS,
     }
     if edition is Edition.ENTERPRISE:
@@ -129,7 +166,11 @@ def render_helm_values(t: Topology, edition: Edition) -> dict[str, Any]:
         connect_inject["consulNamespaces"] = {"mirroringK8S": True}
     return {
         "global": global_,
-        "server": {"replicas": 1, "affinity": _yaml_string({**_region_affinity(t), **SERVER_ANTI_AFFINITY})},
+        "server": {
+            "replicas": 1,
+            "affinity": _yaml_string({**_control_plane_affinity(t), **SERVER_ANTI_AFFINITY}),
+            "tolerations": _yaml_string(CONTROL_PLANE_TOLERATIONS),
+        },
         "connectInject": connect_inject,
         "webhookCertManager": {"nodeSelector": f"{names.LABEL_ZONE}: {region_azs(t)[0]}\n"},
     }
