@@ -62,6 +62,10 @@ class CheckBase(FaultScoping):
         # each fault's impact window's end (restore + its measured recovery), by fault identity: set by
         # `FaultMeasurer.faults`, read by the checks after it (a link's baseline, `UserChecks._quiet_spans`)
         self.impact_ends: dict[int, float] = {}
+        # (fault identity, its zone, upstream) -> the end of the fault's locality excuse for that pair: the restore
+        # plus the pair's measured recovery (maxRecoveryS when unmeasured): set by `FaultMeasurer.measure_fault`,
+        # read by the spill rule (`RoutingChecks._spill_excused_until`), which excuses no longer than locality does
+        self.excused_until: dict[tuple[int, str, str], float] = {}
         # the services users enter through: what a fault must take down to excuse a down entry point
         # (`UserChecks._can_take_entry_down`)
         self.entry_services = self.t.entry_services

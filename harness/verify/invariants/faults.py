@@ -771,6 +771,7 @@ class FaultMeasurer(CheckBase):
             rec = rc.values.get(u)
             end = INF if f.restore is None else f.restore + (rec if rec is not None else self.slo.max_recovery_s)
             out.exclusions.append((f.zone, u, f.inject, end))
+            self.excused_until[(id(f), f.zone, u)] = end
         # a declared single point of failure's cascade failures fail the fault and, as any fallback failure, the
         # `fallback` invariant (its pairs): the fault's result alone left the table saying fallback passed
         cascade = self._declared_cascade_failures(f) if expected.declared(f) else []

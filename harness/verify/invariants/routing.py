@@ -28,7 +28,7 @@ from harness.verify.invariants.sql import (
     spans_sql,
     sql_str,
 )
-from harness.verify.rundata import OVERPROVISIONING, zone_is_edge
+from harness.verify.rundata import OVERPROVISIONING, Fault, zone_is_edge
 from harness.verify.verdict import (
     CALL_GRAPH,
     FAIL,
@@ -163,7 +163,7 @@ class RoutingChecks(CheckBase):
         if not parts or not zone_is_edge(self.t, z):
             return ""
         faults = [
-            ("", f.inject, (f.restore if f.restore is not None else self.run_end) + self.slo.max_recovery_s)
+            ("", f.inject, self._spill_excused_until(f, z, u))
             for f in self.run.faults
             # a fault in the zone, or one on a Region-only service `u`'s calls reach (a postgres kill): its
             # cascade is every service whose calls reach what it hit, and a pair outside it (a fault on
@@ -189,6 +189,22 @@ class RoutingChecks(CheckBase):
                     f"below {SPILL_ALPHA:g})"
                 )
         return ""
+
+    def _spill_excused_until(self, f: Fault, z: str, u: str) -> float:
+        """Until when fault `f` excuses a spill of the pair (`z`, `u`): as long as it excuses the pair's
+        locality, the restore plus the recovery its own rule measured (`excused_until`); maxRecoveryS past the
+        restore when it measured none for `u` (a fault on another service, a partition, a cascade).
+
+        A pair the fault's rule saw back in-zone is whole in the mesh's eyes from then on: its hops answer to
+        locality when all its pods are ready, and to this rule when some are not. Excused to maxRecoveryS past
+        the restore whatever the recovery, a zone whose restore brought back one of two replicas ready and whose
+        sidecars then sent every call to the Region (Envoy keeps 70 % in the zone) passed for a minute after
+        every restore, however long the run.
+        """
+        measured = self.excused_until.get((id(f), z, u))
+        if measured is not None:
+            return measured
+        return (f.restore if f.restore is not None else self.run_end) + self.slo.max_recovery_s
 
     def _unjudged_lines(self, name: str, hops_only: bool) -> list[str]:
         """A failure per record file with lines the loader had to skip: a hop (or a counter snapshot, for
