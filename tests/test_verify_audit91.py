@@ -65,9 +65,11 @@ def test_replacements_ready_one_after_the_other_after_a_restore_pass(tmp_path: P
     """Control (no timing in the verdict): the two replacements turn Ready `replicas_back_s` apart (kind/EKS: the
     dataplane's own readiness probe ticks every 10 s), the zone's sidecars learn of the first a second late (the
     fault's measured recovery), and spill 30 % until the second is ready. Before the fault's recovery its own rule
-    judges the hops; after it, Envoy's 70 % is what the spill rule asks."""
+    judges the hops; after it, Envoy's 70 % is what the spill rule asks. (The unready replica is one of the
+    replacements: synth's `degraded` marks the zone's first pod of the instant, so it starts just after the
+    restore has replaced them.)"""
     f = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30.0, RESTORE, 0.2, 1.0)
     sc = Scenario(T2, duration_s=RUN_S, rate_per_zone=20, faults=[f],
-                  degraded=[(LAX, "product-api", RESTORE, RESTORE + replicas_back_s)])  # fmt: skip
+                  degraded=[(LAX, "product-api", RESTORE + 0.001, RESTORE + replicas_back_s)])  # fmt: skip
     v = verify(write_run(tmp_path / "run", sc))
     assert v.passed, why(v)
