@@ -184,10 +184,17 @@ def _open_outages(s: FaultScoping, now: float) -> list[Pending]:
     of a run that long after it began; younger at the end, it is a note (its recovery not yet due,
     `FaultMeasurer._unplanned_outages`). So a zone whose product-api crashed shortly before the cool-down and
     never came back passed when the users stopped at once, and failed when they went on: the verdict was the
-    cool-down's length. Waiting for it puts it either back or past due on record. An outage a fault explains
-    (`FaultScoping.faults_meeting`: a fault of its zone, or one whose cascade reaches it, on while it began or
-    since) is not one: a restored fault's pairs are watched as such (`_watched`), and one never restored fails
-    as such, whatever the run's length.
+    cool-down's length. Waiting for it puts it either back or past due on record.
+
+    An outage a fault explains (`FaultScoping.faults_meeting`: a fault of its zone, or one whose cascade reaches
+    it, on while it began or since) is waited for the same way, from when the verdict wants it over
+    (`FaultScoping.outage_explained_until`: the restore, or a declared fault's single point of failure back)
+    until maxRecoveryS after that: the verdict fails one that outlasts it (`FaultMeasurer._outlasting`) and
+    says nothing of one still on at the end before then. Only the pairs of the fault's own scope were watched
+    (`_watched`): LAX's product-api that crashed during a kill of LAX's public-api and never came back passed
+    when the users stopped once public-api's pair showed back, and failed fallback on a run that went on for
+    maxRecoveryS. One the verdict judges by another rule (`outage_explained_until` None: a fault never
+    restored fails as such) is not waited for.
     """
     out = []
     names = {sv.name for sv in s.t.services}
@@ -195,12 +202,18 @@ def _open_outages(s: FaultScoping, now: float) -> list[Pending]:
     for down, what in ((s.run.down, "no ready pod"), (s.run.spill, "too few ready pods")):
         for (zone, service), intervals in sorted(down.items()):
             for lo, hi in intervals:
-                if hi is not None or service not in names or now >= lo + limit:
+                if hi is not None or service not in names:
                     continue
-                if s.faults_meeting(zone, service, lo, None)[1]:
+                met = s.faults_meeting(zone, service, lo, None)[1]
+                if not met:
+                    if now < lo + limit:
+                        out.append(Pending(f"{what} since {iso(lo)}, outside any recorded fault", zone, service, (),
+                                           lo, lo + limit, lo, outage=True))  # fmt: skip
                     continue
-                out.append(Pending(f"{what} since {iso(lo)}, outside any recorded fault", zone, service, (),
-                                   lo, lo + limit, lo, outage=True))  # fmt: skip
+                ref = s.outage_explained_until(zone, service, met)
+                if ref is not None and ref < INF and now < ref + limit:
+                    out.append(Pending(f"{what} since {iso(lo)}, not back after {met[-1].fault}", zone, service, (),
+                                       ref, ref + limit, lo, outage=True))  # fmt: skip
     return out
 
 

@@ -1059,19 +1059,19 @@ class FaultMeasurer(CheckBase):
         maxRecoveryS; none while it does not, or when another rule judges it.
 
         The faults it met explain it while they last and for the recovery time the SLO gives after their
-        restore (`_explained_until`), not for the rest of the run: skipped as "during a fault" for as long as
-        it lasted, a zone's product-api that crashed during a kill of its public-api and never came back, or
-        the postgres replica that never caught up after a declared primary kill, PASSED without a note, the
-        zone's traffic served from the Region to the end and locality not judged meanwhile.
+        restore (`FaultScoping.outage_explained_until`, which e2e's cool-down waits on too), not for the rest of
+        the run: skipped as "during a fault" for as long as it lasted, a zone's product-api that crashed during
+        a kill of its public-api and never came back, or the postgres replica that never caught up after a
+        declared primary kill, PASSED without a note, the zone's traffic served from the Region to the end and
+        locality not judged meanwhile.
         """
-        refs = [self._explained_until(f, zone, service) for f in met]
-        if any(r is None for r in refs):
+        ref = self.outage_explained_until(zone, service, met)
+        if ref is None:
             return []
-        ref = max(r for r in refs if r is not None)
         lasted = (hi if hi is not None else self.run_end) - ref
         if lasted <= self.slo.max_recovery_s:
             return []
-        last = next(f for f, r in zip(met, refs, strict=True) if r == ref)
+        last = next(f for f in met if self.explained_until(f, zone, service) == ref)
         where = "the Region" if zone == self.t.region else zone
         until = iso(hi) if hi is not None else "the end of the run"
         return [
@@ -1079,31 +1079,6 @@ class FaultMeasurer(CheckBase):
             f"{lasted:.0f}s after {iso(ref)}, longer than maxRecoveryS ({self.slo.max_recovery_s:g}s) - not back "
             "after the fault, its zone's traffic served elsewhere (or not at all) and locality not judged meanwhile"
         ]
-
-    def _explained_until(self, f: Fault, zone: str, service: str) -> float | None:
-        """From when an outage of (zone, service) that met fault `f` must be over within maxRecoveryS: the
-        restore. For a declared single point of failure, the restore for its own services, and for every other
-        the instant they were back (a database re-seeded: the design cannot hasten it, and the cascade waits
-        on it, as `_declared_cascade_failures` measures it).
-
-        None when another rule judges it: a fault never restored fails as such; a declared fault's edge
-        pairs are judged from the Region's return (`_declared_cascade_failures`); a single point of failure
-        never back fails on its own services.
-        """
-        if f.restore is None:
-            return None
-        if not expected.declared(f) or service in f.spof:
-            return f.restore
-        cascade = self._cascade(f)
-        if (
-            service in cascade
-            and zone_is_edge(self.t, zone)
-            and self._placement(service) == "edge"
-            and any(z == zone and u == service for z, u, _ in self.pairs)
-        ):
-            return None
-        spof_back = self._spof_back(f)
-        return None if spof_back >= INF else max(f.restore, spof_back)
 
 
 def over_slo(measured: float, resolution: float | None, limit: float, name: str, clock: float = 0.0) -> str:

@@ -78,6 +78,44 @@ class FaultScoping:
         end = INF if hi is None else hi
         return mine, [f for f in mine if f.inject <= end and lo <= (INF if f.restore is None else f.restore)]
 
+    def explained_until(self, f: Fault, zone: str, service: str) -> float | None:
+        """From when an outage of (zone, service) that met fault `f` must be over within maxRecoveryS: the
+        restore. For a declared single point of failure, the restore for its own services, and for every other
+        the instant they were back (a database re-seeded: the design cannot hasten it, and the cascade waits
+        on it, as `FaultMeasurer._declared_cascade_failures` measures it).
+
+        None when another rule judges it: a fault never restored fails as such; a declared fault's edge
+        pairs are judged from the Region's return (`_declared_cascade_failures`); a single point of failure
+        never back fails on its own services.
+        """
+        if f.restore is None:
+            return None
+        if not expected.declared(f) or service in f.spof:
+            return f.restore
+        cascade = self._cascade(f)
+        if (
+            service in cascade
+            and zone_is_edge(self.t, zone)
+            and self._placement(service) == "edge"
+            and any(z == zone and u == service for z, u, _ in self.pairs)
+        ):
+            return None
+        spof_back = self._spof_back(f)
+        return None if spof_back >= INF else max(f.restore, spof_back)
+
+    def outage_explained_until(self, zone: str, service: str, met: list[Fault]) -> float | None:
+        """From when an outage of (zone, service) that met the faults `met` (`faults_meeting`) must be over within
+        maxRecoveryS: the latest of their `explained_until`, None when another rule judges it (any of them None).
+
+        The verdict fails such an outage that outlasts it by more than maxRecoveryS
+        (`FaultMeasurer._outlasting`), and e2e's cool-down waits for one still on until then
+        (`harness.verify.pending._open_outages`): one rule, so the two cannot disagree on when it is due.
+        """
+        refs = [self.explained_until(f, zone, service) for f in met]
+        if not refs or any(r is None for r in refs):
+            return None
+        return max(r for r in refs if r is not None)
+
     def expected_sql(self, zone: str, upstream: str) -> str:
         """SQL over a hop of pair (zone, upstream): served where it belongs (the zone, or the Region)."""
         # upstream is a topology upstream (pairs, dependants): known
