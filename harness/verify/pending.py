@@ -125,6 +125,7 @@ def _watched(s: FaultScoping) -> list[Pending]:
         if f.restore is not None
         for u, callers in s.scope(f).recovery
     ]
+    out += _deferred(s, list(last.values()))
     for f in s.run.faults:
         if not expected.declared(f) or f.restore is None:
             continue
@@ -140,6 +141,33 @@ def _watched(s: FaultScoping) -> list[Pending]:
         out += [
             Pending(f.fault, z, u, callers, since, due, f.inject, good=s.expected_sql(z, u)) for z, u, callers in asked
         ]
+    return out
+
+
+def _deferred(s: FaultScoping, last: list[Fault]) -> list[Pending]:
+    """The pairs of the fault before each zone's last one, restored, that the verdict measures after the last
+    one's restore instead of its own: the last began within maxRecoveryS of that restore, and the pair's recovery
+    was not on record by then (`FaultMeasurer._cut_short_by`, `_recovery_after_cut`), and the last fault's scope
+    does not ask the pair itself. Watched from the last restore on, against the share the pair sent elsewhere
+    since the earlier inject, as the verdict reads it: the cool-down read only the last fault's pairs, and a
+    kill of LAX's public-api followed half a second after its restore by a kill of LAX's product-api stopped
+    the users once product-api's pair was back, public-api's pair not yet on record after that restore.
+    Waited for whether or not the window before the last inject showed it (the records then are the
+    verdict's to read): a correct mesh shows it with its first few hops after the last restore.
+    """
+    out: list[Pending] = []
+    for g in last:
+        if g.restore is None:
+            continue
+        before = [f for f in s.run.faults if f.zone == g.zone and f is not g and f.inject < g.inject]
+        if not before or (f := before[-1]).restore is None or g.inject >= f.restore + s.slo.max_recovery_s:
+            continue
+        asked = {u for u, _ in s.scope(g).recovery}
+        out += [
+            Pending(f.fault, g.zone, u, tuple(callers), g.restore, g.restore + s.slo.max_recovery_s, f.inject,
+                    good=s.expected_sql(g.zone, u))
+            for u, callers in s.scope(f).recovery if u not in asked
+        ]  # fmt: skip
     return out
 
 

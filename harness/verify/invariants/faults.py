@@ -315,7 +315,7 @@ class FaultMeasurer(CheckBase):
                     f"{g.inject - f.restore:.3f}s after the restore and its own recovery must show the pair back"
                 )
                 msg = ""
-            elif msg and (rec is None or not failure) and (cut := self._callers_cut(f, callers, nxt)) is not None:
+            elif msg and (rec is None or not failure) and (cut := self._cut_short_by(f, callers, nxt)) is not None:
                 msg, note = self._recovery_after_cut(f, u, callers, cut, pr)
                 out.messages += [note] if note else []
             elif msg and (rec is None or not failure) and nxt is None:
@@ -380,28 +380,35 @@ class FaultMeasurer(CheckBase):
             if mark is not None and (w.prev_bad is None or mark > w.prev_bad):
                 w.prev_bad = mark
 
-    def _callers_cut(self, f: Fault, callers: list[str], nxt: float | None) -> tuple[Fault, list[str]] | None:
-        """The zone's next fault, when it began within maxRecoveryS of `f`'s restore and cut the pair's `callers`
-        off, with what it took down (None when it did not): a caller, a service on the way from the zone's entry
-        to one (as `_cut_off`), or the entry point.
+    def _cut_short_by(self, f: Fault, callers: list[str], nxt: float | None) -> tuple[Fault, list[str]] | None:
+        """The zone's next fault, when it began within maxRecoveryS of `f`'s restore (None when there is none),
+        with what it took down on the pair's way: a caller, a service on the way from the zone's entry to one (as
+        `_cut_off`), or the entry point; nothing of it (an empty list) when it took down something else.
 
         A kill of the caller (public-api), or of the entry before it (frontend), a moment after the callee's
         (product-api) restore leaves the pair no hop to show it back before that inject, and the next fault's
         own recovery is not the pair's: `_recovery_after_cut` measures the pair after that fault's restore.
+        So does a next fault that took down something else of the zone (a kill of LAX's product-api half a
+        second after the restore of its public-api, for pair LAX -> public-api): the window to its inject held
+        the frontend's last second on the Region (Consul hands Envoy a restored endpoint in about a second) and
+        no in-zone hop, and "never recovers" failed a mesh that a machine one second slower to start the next
+        experiment passed. The pair's hops while that fault is on are its (an ejection of the public-api while
+        it answers errors without its product-api is the mesh's reaction to it), so they are not read as this
+        recovery; the hops after its restore are the pair's next record.
         """
         g = self._next_fault_within_recovery(f, nxt)
         if g is None:
             return None
         # the callers, or a service on the way to them (frontend, the entry point): either leaves the pair no hop
         path = expected.dependants(self.t, tuple(callers)) & (set(g.services) | self._node_fault_services(g))
-        hit = sorted(path) or ([f"{f.zone}'s entry point"] if g.entry_down else [])
-        return (g, hit) if hit else None
+        return g, sorted(path) or ([f"{f.zone}'s entry point"] if g.entry_down else [])
 
     def _recovery_after_cut(
         self, f: Fault, u: str, callers: list[str], cut: tuple[Fault, list[str]], pr: PairResult
     ) -> tuple[str, str]:
-        """(failure, note) of pair (f.zone, u), whose recovery after `f` the zone's next fault cut short by taking
-        its callers down: the pair is measured after that fault's restore, as after `f`'s.
+        """(failure, note) of pair (f.zone, u), whose recovery after `f` the zone's next fault cut short
+        (`_cut_short_by`: taking its callers down, or anything else of the zone): the pair is measured after that
+        fault's restore, as after `f`'s.
 
         The next experiment may start before Consul's endpoint change reaches Envoy (about a second), and a kill
         of the callers then leaves the pair no hop at all until they are back: the verdict failed the mesh as
@@ -415,9 +422,10 @@ class FaultMeasurer(CheckBase):
         """
         assert f.restore is not None
         g, hit = cut
+        did = f"took down {', '.join(hit)}" if hit else "began"
         why = (
-            f"fault {g.fault} took down {', '.join(hit)} {g.inject - f.restore:.3f}s after the restore of "
-            f"{f.fault}, before the mesh could show the pair back"
+            f"fault {g.fault} {did} {g.inject - f.restore:.3f}s after the restore of {f.fault}, before the mesh "
+            "could show the pair back"
         )
         if g.restore is None:
             return (
