@@ -109,13 +109,17 @@ def test_a_cascade_not_over_yet_is_waited_for(tmp_path: Path) -> None:
     """The records as they are half a second after the primary's restore (35 s): product-api not Ready again in
     any zone yet, so the cascade is not over and no pair can show its return. Every Local Zone's pairs depending
     on postgres are waited for, at most maxRecoveryS past postgres' return (the verdict fails a zone's service
-    still down then, however long the run goes on)."""
+    still down then, however long the run goes on). So are the AZs' and the Region's product-api outages the
+    cascade explains, until the same instant (`pending._open_outages`: the verdict fails one still down then,
+    `FaultMeasurer._outlasting`)."""
     t0 = _t0(DEFAULT)
     d = postgres_cascade(tmp_path, DEFAULT, LAX, region_until=38.5, duration=37.5)
     _write(d / "inventory.jsonl", [e for e in _rows(d / "inventory.jsonl") if e["ts"] <= t0 + 35.5])
     left = pending_recoveries(d, DEFAULT, t0 + 35.5)
     edge = [z.name for z in DEFAULT.edge_zones]
-    assert sorted((p.zone, p.upstream) for p in left) == sorted(
+    assert sorted((p.zone, p.upstream) for p in left if not p.outage) == sorted(
         (z, u) for z in edge for u in ("product-api", "public-api")
     )
+    others = [z.name for z in DEFAULT.zones if z.name not in edge] + [DEFAULT.region]
+    assert sorted((p.zone, p.upstream) for p in left if p.outage) == sorted((z, "product-api") for z in others)
     assert all(p.due == pytest.approx(t0 + 35.0 + DEFAULT.slo.max_recovery_s) for p in left), left

@@ -82,7 +82,9 @@ def test_a_pair_that_keeps_sending_part_of_its_calls_to_the_region_after_the_unr
     tmp_path: Path, told_after_s: float, served: int
 ) -> None:
     """The control at both timings: after the restore LAS's frontend takes its public-api back for only every other
-    call, the rest to the Region's, up to the next fault: fallback fails."""
+    call, the rest to the Region's, to the end of the run: fallback fails. (Up to the next fault only, it passes
+    since that fault, begun within maxRecoveryS of the restore, has the pair measured after its own restore, as
+    a run without it would measure it later: `FaultMeasurer._cut_short_by`.)"""
     d, n = _unready_not_yet_told(tmp_path, told_after_s)
     assert n == served
     t0 = Scenario(T).start
@@ -90,7 +92,7 @@ def test_a_pair_that_keeps_sending_part_of_its_calls_to_the_region_after_the_unr
     recs, k = rows(log), 0
     for r in recs:
         t = envoy_start(r) - t0
-        if "public-api" in r["upstream_cluster"] and UNREADY.restore is not None and UNREADY.restore <= t < 41.0:
+        if "public-api" in r["upstream_cluster"] and UNREADY.restore is not None and UNREADY.restore <= t:
             k += 1
             if k % 2 == 0:
                 r.update(upstream_host=region)
