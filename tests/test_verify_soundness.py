@@ -660,10 +660,10 @@ def test_an_az_pairs_recovery_is_not_bounded_by_the_azs_failed_entry(tmp_path: P
 
 # -- 11. nothing recorded is lost: corrupt lines, partial runs (issue 10 deliver 3) ------------------------
 def test_corrupt_lines_anywhere_are_skipped_counted_and_named(tmp_path: Path) -> None:
-    """Every unreadable line is skipped and named; one of the hop, attempt or user evidence (an access log,
-    upstream-stats.jsonl, requests.jsonl) also fails the invariants it fed: the hop, snapshot or user request it
-    held was never judged (unverified; a cut user request may have been a failed one), where a cut line of the
-    inventory only loses what the rest still shows."""
+    """Every unreadable line is skipped and named; one of the hop, attempt, user or fault evidence (an access log,
+    upstream-stats.jsonl, requests.jsonl, chaos.jsonl) also fails the invariants it fed: the hop, snapshot, user
+    request or fault it held was never judged (unverified; a cut user request may have been a failed one), where a
+    cut line of the inventory only loses what the rest still shows."""
     d = run(tmp_path, faults=[KILL])
     clean = verify(d)
     caller = pod_of(d, LAX, "public-api")["pod"]
@@ -681,7 +681,11 @@ def test_corrupt_lines_anywhere_are_skipped_counted_and_named(tmp_path: Path) ->
     corrupt("entrypoints.jsonl", 1, b'{"ts": "soon", "zone": "x"}\n')
     corrupt("upstream-stats.jsonl", 5, b"\xff\xfe garbage\n")
     v = verify(d)
-    assert {i.name for i in v.invariants if not i.passed} == {LOCALITY, HUB_AND_SPOKE, AVAILABILITY}, v.failure_messages
+    assert {i.name for i in v.invariants if not i.passed} == {LOCALITY, HUB_AND_SPOKE, AVAILABILITY, EXPERIMENT_RAN}, (
+        v.failure_messages
+    )
+    # the timeline's line held a fault no check saw (tests/test_input95_records.py)
+    assert "chaos.jsonl: 1 line(s) could not be read (line 1)" in v.invariant(EXPERIMENT_RAN).message
     assert f"accesslogs/{caller}.jsonl: 1 line(s) could not be read (line 4)" in v.invariant(LOCALITY).message
     assert "requests.jsonl: 1 line(s) could not be read (line 101)" in v.invariant(AVAILABILITY).message
     assert "upstream-stats.jsonl: 1 line(s) could not be read (line 6)" in v.invariant(HUB_AND_SPOKE).message

@@ -22,8 +22,8 @@ from typing import Any
 
 from harness.contract.journal import fault_ids, journal_problems, runs_of, unjudged
 from harness.contract.rundir import CHAOS_DIR, CHAOS_FILE, JOURNAL_FILE, PLAN_FILE, PREFLIGHT_FILE, RUN_FILE
-from harness.verify.rundata import FAULT_KINDS, RunData
-from harness.verify.verdict import FAIL, PASS, UNVERIFIED, CheckResult
+from harness.verify.rundata import FAULT_KINDS, RunData, unread_failures
+from harness.verify.verdict import EXPERIMENT_RAN, FAIL, PASS, UNVERIFIED, CheckResult
 
 CONFIG_CHECKS = ("crd-synced", "discovery-chain", "instances-passing")
 INTENTION_CHECKS = ("intentions", "refused-probe")
@@ -181,7 +181,11 @@ def experiment_ran(run: RunData, chaos_records: int) -> tuple[list[str], list[Ch
         for f in run.faults
         if f.unknown_kind is not None
     ]
-    return done_failures + failures + odd, done_checks + checks, text
+    # a timeline line the loader skipped held an inject or a restore no fault check saw: the fault is unjudged. A
+    # torn last line too: `timeline.record` appends each line in one write, so a torn one is a short write (a
+    # full disk) or a copy cut short, never a writer's normal end, and what it recorded is lost all the same
+    unread = unread_failures(EXPERIMENT_RAN, (sk for sk in run.skipped if sk.file == CHAOS_FILE), "faults")
+    return done_failures + failures + odd + unread, done_checks + checks, text
 
 
 def _experiments(run: RunData, chaos_records: int) -> tuple[list[str], list[CheckResult], str]:

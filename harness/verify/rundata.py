@@ -723,6 +723,22 @@ priority group, no policy; ../notes: consul-dataplane-semantics §1): a priority
 min(1, healthy share x 1.4); below 1 the rest of the traffic goes to the next target."""
 
 
+def unread_failures(name: str, skipped: Iterable[SkippedLine], what: str) -> list[str]:
+    """A failure per record file with lines the loader had to skip (picked from `RunData.skipped` by the
+    caller): what those lines held was never judged, and "unverified is a failure"."""
+    by_file: dict[str, list[SkippedLine]] = {}
+    for sk in skipped:
+        by_file.setdefault(sk.file, []).append(sk)
+    out = []
+    for fname, lines in sorted(by_file.items()):
+        shown = ", ".join(str(sk.line) for sk in lines[:5]) + (" ..." if len(lines) > 5 else "")
+        out.append(
+            f"{name}: {fname}: {len(lines)} line(s) could not be read (line {shown}) - {lines[0].reason}: the "
+            f"{what} they held are unverified"
+        )
+    return out
+
+
 def spills(ready: int, registered: int) -> bool:
     """Envoy spills part of a target's traffic to the next: some hosts healthy, fewer than 1/1.4 of them.
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from harness.contract.rundir import SkippedLine
 from harness.verify import expected
 from harness.verify.invariants.scope import FaultScoping
 from harness.verify.invariants.sql import (
@@ -19,7 +17,7 @@ from harness.verify.invariants.sql import (
     Window,
     iso,
 )
-from harness.verify.rundata import Fault, RunData, pods_taken_down, stops_nodes, zone_is_edge
+from harness.verify.rundata import Fault, RunData, pods_taken_down, stops_nodes, unread_failures, zone_is_edge
 
 # fault actions whose pods keep running, out of their Services' endpoints: they receive nothing, but may still call
 # out on their own (a database pool's connections), so only serving shows whether such a fault took effect
@@ -113,21 +111,8 @@ class CheckBase(FaultScoping):
         clock = self.run.clock
         return 0.0 if clock is None else clock.zone(zone).uncertainty or 0.0
 
-    @staticmethod
-    def _unread(name: str, skipped: Iterable[SkippedLine], what: str) -> list[str]:
-        """A failure per record file with lines the loader had to skip (`RunData.skipped`, picked by the
-        caller): what those lines held was never judged, and "unverified is a failure"."""
-        by_file: dict[str, list[SkippedLine]] = {}
-        for sk in skipped:
-            by_file.setdefault(sk.file, []).append(sk)
-        out = []
-        for fname, lines in sorted(by_file.items()):
-            shown = ", ".join(str(sk.line) for sk in lines[:5]) + (" ..." if len(lines) > 5 else "")
-            out.append(
-                f"{name}: {fname}: {len(lines)} line(s) could not be read (line {shown}) - {lines[0].reason}: the "
-                f"{what} they held are unverified"
-            )
-        return out
+    # A failure per record file with lines the loader had to skip (`rundata.unread_failures`)
+    _unread = staticmethod(unread_failures)
 
     @staticmethod
     def _summary(name: str, failures: list[str], ok_text: str) -> str:
