@@ -64,6 +64,17 @@ _DURATION = _number(float, 0.0, inclusive=False)
 _PORT = _number(int, 1, most=65535)  # else found only after `up`, when locust cannot bind it
 
 
+def _out_dir(value: str) -> Path:
+    """A directory the command writes into (created if absent): refused before anything starts when it, or the
+    nearest part of its path that exists, is not a directory (it used to be a traceback from `mkdir`)."""
+    path = Path(value)
+    first = next((p for p in (path, *path.parents) if p.exists()), None)
+    if first is not None and not first.is_dir():
+        what = "is not a directory" if first == path else f"cannot be made: {first} is not a directory"
+        raise argparse.ArgumentTypeError(f"{value}: {what}")
+    return path
+
+
 def _cluster_name(value: str) -> str:
     """`--cluster` as `harness.backends.check_cluster_name` takes it (argparse then names the flag)."""
     from harness.backends import check_cluster_name
@@ -218,13 +229,16 @@ def _load_manifests(a: argparse.Namespace, workdir: Path) -> Any:
 
 def cmd_up(a: argparse.Namespace) -> int:
     from harness.backends import choose, connect
+    from harness.e2e import E2EOptions, source_topology
 
     name, why = choose(a.backend)
     bopts = _bopts(a)
     bopts.name = name
     out.print(f"backend: {name} ({why})")
-    m = _load_manifests(a, Path("runs") / ".up" / a.cluster)
+    source_topology(E2EOptions(topology=a.topology, manifests=a.manifests, edition=a.edition))  # bad input first
     b = connect(bopts)
+    b.check_tools()  # a missing tool: refused before the manifests are copied
+    m = _load_manifests(a, Path("runs") / ".up" / a.cluster)
     b.up(m, progress=_progress("up: "))
     for zone, url in b.entrypoints().items():
         out.print(f"  {zone:24} {url}")
@@ -301,6 +315,7 @@ def cmd_traffic(a: argparse.Namespace) -> int:
         unknown = sorted(set(a.probe_zone) - set(b.entrypoints())) if a.probe_zone else []
         if unknown:
             raise InputError("--probe-zone", "", f"no entry point for {', '.join(unknown)}")
+        b.manifests()  # a cluster nothing was brought up on: refused here, not in a run directory left "running"
         run_dir = a.run_dir or new_run_dir(label="traffic")
         res = record_traffic(b, run_dir, a.users, a.duration, a.shape, a.processes, a.probe_period,
                              a.probe_zone or None, preflight=a.preflight)  # fmt: skip
@@ -489,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="render manifests from a topology")
     p.add_argument("--topology", type=Path)
     p.add_argument("--edition", choices=["ce", "enterprise"])
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_dir, required=True)
     p.set_defaults(fn=cmd_render)
 
     p = sub.add_parser("up", help="bring up a cluster and apply the manifests")
@@ -515,19 +530,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=_COUNT, default=1, help="locust worker processes (locust's distributed mode)")
     p.add_argument("--probe-period", type=_SECONDS, help="seconds between zone probes (default 0.03; 0: no probes)")
     p.add_argument("--probe-zone", action="append", default=[], help="probe only these zones (repeatable)")
-    p.add_argument("--run-dir", type=Path)
+    p.add_argument("--run-dir", type=_out_dir)
     _preflight_arg(p)
     p.set_defaults(fn=cmd_traffic)
 
     p = sub.add_parser("preflight", help="check Consul's own view of the running mesh (chains, health, intentions)")
     _backend_args(p)
-    p.add_argument("--run-dir", type=Path, help="write preflight.json here (default: a new run directory)")
+    p.add_argument("--run-dir", type=_out_dir, help="write preflight.json here (default: a new run directory)")
     p.set_defaults(fn=cmd_preflight)
 
     p = sub.add_parser("chaos", help="run a chaostoolkit experiment (rollbacks always)")
     _backend_args(p)
     p.add_argument("experiment", type=_experiment, nargs="?", help=EXPERIMENT_HELP)
-    p.add_argument("--run-dir", type=Path)
+    p.add_argument("--run-dir", type=_out_dir)
     _dry_run_arg(p)
     p.add_argument(
         "--abort", type=Path, metavar="RUN_DIR",

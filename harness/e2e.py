@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -523,7 +524,8 @@ def kind_host_address() -> str:
     return v4[0]
 
 
-def _topology_of(opts: E2EOptions) -> Topology:
+def source_topology(opts: E2EOptions) -> Topology:
+    """The topology `--topology` or `--manifests` names, read without writing anything (InputError on bad input)."""
     from harness.render.manifests import load
     from harness.topology import load_topology
 
@@ -553,7 +555,7 @@ def run_e2e(
     name, why = choose(bopts.name)
     bopts.name = name
     check_dry_run(opts.dry_run, bopts.execute, name)
-    topology = _topology_of(opts)
+    topology = source_topology(opts)
     backend = connect(bopts)
     try:
         # bad input, or a fault the cluster cannot do where the backend can tell now (EKS): no run dir, no cluster
@@ -562,6 +564,11 @@ def run_e2e(
             lines = dry_run_e2e(planned, opts, bopts, load)
             if lines is not None:
                 raise DryRun("\n".join(lines))
+            # what `up` refuses first (a zone with no entry point) refused before the run directory exists; a
+            # rendering of its own (a second or so), so only where the backend asks anything of the manifests
+            with tempfile.TemporaryDirectory(prefix="eh-check-") as tmp:
+                backend.check_manifests(load(prepare_manifests(opts, Path(tmp))))
+        backend.check_tools()  # a missing tool: refused here, not by `up` in a run directory marked failed
     except BaseException:
         backend.close()
         raise

@@ -95,6 +95,17 @@ def _check_options(config: pytest.Config) -> Topology | None:
         from harness.render.manifests import load
 
         load(Path(mdir))
+    if name == "existing" and (config.getoption("--eh-context", None) or os.environ.get("EH_CONTEXT")):
+        # a context the kubeconfig lacks (`ExistingBackend.from_options` reads it): one usage error, not a
+        # traceback from the session fixture in every test
+        from harness.backends import connect
+
+        try:
+            connect(_backend_options(config)).close()
+        except InputError as exc:
+            raise InputError(
+                exc.source, "--eh-context" if exc.field == "--context" else exc.field, exc.message
+            ) from None
     return loaded
 
 
@@ -106,16 +117,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def eh_options(pytestconfig: pytest.Config) -> Any:
+
+    if pytestconfig.getoption("--eh-backend") is None:
+        pytest.skip("no --eh-backend given")
+    return _backend_options(pytestconfig)
+
+
+def _backend_options(config: pytest.Config) -> Any:
+    """The session's `BackendOptions` from the plugin's options (the fixture's, and `_check_options`')."""
     from harness.backends import BackendOptions
 
-    name = pytestconfig.getoption("--eh-backend")
-    if name is None:
-        pytest.skip("no --eh-backend given")
     return BackendOptions(
-        name=name,
-        cluster=pytestconfig.getoption("--eh-cluster"),
-        context=pytestconfig.getoption("--eh-context"),
-        allow_contexts=list(pytestconfig.getoption("--eh-allow-context")),
+        name=config.getoption("--eh-backend"),
+        cluster=config.getoption("--eh-cluster"),
+        context=config.getoption("--eh-context"),
+        allow_contexts=list(config.getoption("--eh-allow-context")),
         kind_image=os.environ.get("EH_KIND_IMAGE") or None,  # kind: the node image, as `harness` takes it
     )
 

@@ -1396,8 +1396,10 @@ def test_context_is_required_and_bad_context_is_clear(tmp_path: Path) -> None:
 def test_from_options(tmp_path: Path) -> None:
     from harness.backends import BackendOptions
 
+    kc = tmp_path / "kc"
+    kc.write_text("contexts: [{name: eks-a, context: {user: u}}]\nusers: [{name: u, user: {token: x}}]\n")
     opts = BackendOptions(
-        name="existing", context="eks-a", allow_contexts=["eks-a"], workdir=tmp_path,
+        name="existing", context="eks-a", kubeconfig=str(kc), allow_contexts=["eks-a"], workdir=tmp_path,
         entrypoints={LAX: "http://x"}, install_consul=True, own_mesh_defaults=True,
     )  # fmt: skip
     b = ExistingBackend.from_options(opts)
@@ -1422,7 +1424,10 @@ def test_eh_context_and_eh_kubeconfig_stand_in_for_the_flags(tmp_path: Path, mon
     from harness.backends import BackendOptions
 
     kc = tmp_path / "kc"
-    kc.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\ncurrent-context: ''\n")
+    kc.write_text(
+        "apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncurrent-context: ''\n"
+        "contexts: [{name: eks-env, context: {cluster: gone}}, {name: eks-flag, context: {cluster: gone}}]\n"
+    )
     monkeypatch.setenv("EH_CONTEXT", "eks-env")
     monkeypatch.setenv("EH_KUBECONFIG", str(kc))
     monkeypatch.chdir(tmp_path)

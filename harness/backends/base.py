@@ -383,6 +383,14 @@ class Lifecycle(ABC):
     def save_artifacts(self, out: Path) -> None:
         """For the post-mortem: whatever the backend can hand over (pod logs, events, Envoy config dumps)."""
 
+    def check_tools(self) -> None:  # noqa: B027 - a no-op is right for backends that need no outside tool
+        """BackendError naming the first tool `up` and chaos will need that is not here (kind: docker, kind, helm,
+        kubectl). Asked before anything starts (no run directory, no rendered copy), not first inside `up`."""
+
+    def check_manifests(self, manifests: Manifests) -> None:  # noqa: B027 - most backends ask nothing more
+        """InputError for what these manifests lack on this backend, found without touching a cluster (existing:
+        a zone with no way in); `up` asks it again first. `harness e2e` asks before its run directory exists."""
+
     def close(self) -> None:  # noqa: B027 - a no-op is right for backends that hold nothing in-process
         """Release what this client holds in this process (watch threads, log followers); the cluster stays.
 

@@ -147,6 +147,7 @@ from harness.backends.kube import (
     NodeInfo,
     ProgressFn,
     api_client_from_kubeconfig,
+    kubeconfig_user,
 )
 from harness.backends.kube.api import pod_finished
 from harness.backends.kube.backend import HelmRun, KubeBackend, entry_answer
@@ -420,6 +421,9 @@ RESTORE_ATTEMPTS = 5
 """A taken-over mesh entry is put back over its live version: read again this often when it changed meanwhile."""
 
 
+HELM_MISSING = "install_consul needs `helm` on PATH (https://helm.sh/docs/intro/install/)"
+
+
 class ExistingBackend(KubeBackend):
     """A cluster reached through kubeconfig context `context`."""
 
@@ -475,6 +479,7 @@ class ExistingBackend(KubeBackend):
         self.install_consul = install_consul
         self.own_mesh_defaults = own_mesh_defaults
         self.entry_flags = list(entrypoints)
+        self.credential_plugin: str | None = None  # the context's users[].user.exec.command (`from_options`)
 
     @classmethod
     def from_options(cls, opts: BackendOptions, manifests: Manifests | None = None) -> ExistingBackend:
@@ -486,9 +491,12 @@ class ExistingBackend(KubeBackend):
         context = opts.context or os.environ.get("EH_CONTEXT") or None
         if not context:
             raise BackendError("existing backend needs a kubeconfig context (--context or EH_CONTEXT)")
+        kubeconfig = opts.kubeconfig or os.environ.get("EH_KUBECONFIG") or None
+        # a context the kubeconfig lacks is bad input (exit 2) before anything, `down` included
+        user = kubeconfig_user(kubeconfig, context, "--context" if opts.context else "EH_CONTEXT")
         backend = cls(
             context,
-            opts.kubeconfig or os.environ.get("EH_KUBECONFIG") or None,
+            kubeconfig,
             opts.allow_contexts,
             workdir=opts.workdir,
             manifests=manifests,
@@ -499,9 +507,28 @@ class ExistingBackend(KubeBackend):
             max_share=opts.max_share,
             allow_file=opts.allow_file,
         )
+        backend.credential_plugin = str((user.get("exec") or {}).get("command") or "") or None
         if opts.ready_poll_s is not None:
             backend.ready_poll_s = opts.ready_poll_s
         return backend
+
+    def check_tools(self) -> None:
+        """kubectl (port-forwards to Consul and the sidecars), helm with `install_consul`, and the context's
+        credential plugin (an EKS kubeconfig's `aws eks get-token`): each refused here, before anything starts.
+
+        The plugin matters because the Kubernetes client does not fail on it: `KubeConfigLoader.
+        _load_from_exec_plugin` (kubernetes/config/kube_config.py) logs a plugin that cannot start and goes on
+        without credentials, so a missing `aws` showed as a 401 from the API server in the middle of `up`.
+        """
+        self._kubectl()
+        if self.install_consul and shutil.which("helm") is None:
+            raise BackendError(HELM_MISSING)
+        plugin = self.credential_plugin
+        if plugin and find_tool(plugin) is None and not Path(plugin).is_file():
+            raise BackendError(
+                f"{self._where}: its user's credential plugin `{plugin}` (kubeconfig users[].user.exec.command) "
+                "is not found on PATH"
+            )
 
     # -- the cluster ---------------------------------------------------------
     @property
@@ -930,6 +957,9 @@ class ExistingBackend(KubeBackend):
             elif o["kind"] == "Ingress":
                 albs[zone] = (str(o["metadata"]["namespace"]), str(o["metadata"]["name"]))
         return zones, albs
+
+    def check_manifests(self, manifests: Manifests) -> None:
+        self.check_entrypoints(manifests)
 
     def check_entrypoints(self, manifests: Manifests) -> dict[str, str]:
         """Every zone has a way in (a given URL or a rendered ALB), else InputError naming the zones (checked first)."""
@@ -1457,7 +1487,7 @@ class ExistingBackend(KubeBackend):
         """helm from PATH, only needed with `install_consul` (Consul is usually there already)."""
         helm = shutil.which("helm")
         if helm is None:
-            raise BackendError("install_consul needs `helm` on PATH (https://helm.sh/docs/intro/install/)")
+            raise BackendError(HELM_MISSING)
 
         def run(args: Sequence[str]) -> None:
             proc = self._run_fn([helm, *args], capture_output=True, text=True, timeout=1200, check=False)

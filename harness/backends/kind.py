@@ -176,9 +176,12 @@ INSTALL_HINTS = {
 }
 
 
+TOOLS = ("docker", "kind", "helm", "kubectl")  # what the kind backend runs, in the order they are looked for
+
+
 def kind_available() -> tuple[bool, str]:
     """Whether the kind backend can run here, and why (for `--backend auto` and `make e2e`)."""
-    for tool in ("docker", "kind", "helm", "kubectl"):
+    for tool in TOOLS:
         if find_tool(tool) is None:
             return False, f"{tool} not found on PATH"
     try:
@@ -307,7 +310,7 @@ class KindBackend(KubeBackend):
         return path
 
     def check_tools(self) -> None:
-        for tool in ("docker", "kind", "helm", "kubectl"):
+        for tool in TOOLS:
             self._tool(tool)
 
     def _run(

@@ -27,6 +27,7 @@ from harness.backends.kube.api import (
     ProgressFn,
     ResourceRef,
     api_client_from_kubeconfig,
+    kubeconfig_user,
     parse_k8s_time,
 )
 from harness.backends.kube.apply import ConsulInstall
@@ -76,6 +77,7 @@ __all__ = [
     "ResourceRef",
     "access_log_record",
     "api_client_from_kubeconfig",
+    "kubeconfig_user",
     "parse_k8s_time",
     "pod_condition",
     "pod_serving",

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from harness.backends.base import ProgressFn as ProgressFn
 from harness.contract.names import LABEL_REGION, LABEL_ZONE, LABEL_ZONE_TYPE
 from harness.contract.scheduling import Taint
-from harness.errors import BackendError
+from harness.errors import BackendError, InputError
 
 FIELD_MANAGER = "edge-harness"
 
@@ -51,6 +52,11 @@ class KubeApiError(BackendError):
         self.path = path
         self.api_message = message
         super().__init__(f"{method} {path}: HTTP {status}: {message}")
+
+
+class KubeUnreachable(BackendError):
+    """No answer from the API server (refused, reset, timed out): a backend error (exit 3), one line, where it
+    used to surface as urllib3's traceback from whichever command asked first (`status`, `chaos`)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,58 @@ class NodeInfo:
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     taints: tuple[Taint, ...] = ()
     ready: bool = True
+
+
+def kubeconfig_user(kubeconfig: str | Path | None, context: str, field: str = "--context") -> dict[str, Any]:
+    """The user entry (`users[].user`) that `context` names, read as kubectl reads the kubeconfig; InputError
+    (`field` names where the context came from) for a file that is not there or not a kubeconfig, or a context
+    it does not have.
+
+    Why here and not at the first API call: a context that is not in the kubeconfig used to reach no cluster at
+    all on paths that need none (`down` with nothing recorded under that name said "down"), and a file that
+    cannot be read showed as a backend error deep in a command. The files are kubectl's (client-go
+    `clientcmd.ClientConfigLoadingRules.Load`): the one given, else each of `KUBECONFIG`'s paths (a missing one
+    skipped, the first to name a context or user wins), else ~/.kube/config.
+    """
+    import os
+
+    import yaml
+
+    if kubeconfig is not None:
+        paths, explicit = [Path(kubeconfig)], True
+    else:
+        env = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+        paths, explicit = ([Path(p) for p in env] or [Path("~/.kube/config").expanduser()]), False
+    where = os.pathsep.join(map(str, paths))
+    contexts: dict[str, Any] = {}
+    users: dict[str, Any] = {}
+    for path in paths:
+        if path.is_dir():
+            raise InputError(str(path), "", "a directory, not a kubeconfig file")
+        if not path.exists():
+            if explicit:
+                raise InputError(str(path), "", "no such file")
+            continue
+        try:
+            doc = yaml.safe_load(path.read_bytes()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(str(path), "", f"not YAML ({str(exc).splitlines()[0]})") from None
+        except OSError as exc:
+            raise InputError(str(path), "", f"unreadable: {exc.strerror}") from None
+        lists = {k: doc.get(k) or [] for k in ("contexts", "users")} if isinstance(doc, dict) else None
+        if lists is None or not all(isinstance(v, list) and all(isinstance(e, dict) for e in v)
+                                    for v in lists.values()):  # fmt: skip
+            raise InputError(str(path), "", "not a kubeconfig (contexts and users must be lists of entries)")
+        for entry in lists["contexts"]:
+            contexts.setdefault(str(entry.get("name")), entry.get("context") or {})
+        for entry in lists["users"]:
+            users.setdefault(str(entry.get("name")), entry.get("user") or {})
+    if context not in contexts:
+        have = ", ".join(sorted(contexts)) or "no contexts"
+        raise InputError(where, field, f"no context {context!r} (it has: {have})")
+    ctx = contexts[context]
+    user = users.get(str(ctx.get("user"))) if isinstance(ctx, dict) else None
+    return user if isinstance(user, dict) else {}
 
 
 def api_client_from_kubeconfig(kubeconfig: str | Path | None, context: str | None) -> k8s_client.ApiClient:
@@ -193,7 +251,12 @@ class KubeApi:
             body=body,  # serialised by the REST layer (JSON is valid YAML for apply-patch+yaml)
             auth_settings=["BearerToken"],
         )
-        resp = self.api.call_api(*req, _request_timeout=timeout)
+        try:
+            resp = self.api.call_api(*req, _request_timeout=timeout)
+        except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out, TLS: no answer at all
+            reason = getattr(exc, "reason", None) or exc
+            host = getattr(self.api.configuration, "host", "?")
+            raise KubeUnreachable(f"{method} {path}: the API server at {host} did not answer ({reason})") from None
         if not 200 <= resp.status <= 299:
             data = resp.read()
             message = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
