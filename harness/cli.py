@@ -208,8 +208,8 @@ def cmd_render(a: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
-def _load_manifests(a: argparse.Namespace, workdir: Path) -> Any:
-    """Render (or copy) the manifests into `workdir`; bad input leaves no new directory behind."""
+def _load_manifests(a: argparse.Namespace, workdir: Path, check: Callable[[Any], None] | None = None) -> Any:
+    """Render (or copy) the manifests into `workdir`, then `check` them; bad input leaves no new directory behind."""
     import shutil
 
     from harness.e2e import E2EOptions, prepare_manifests
@@ -218,9 +218,10 @@ def _load_manifests(a: argparse.Namespace, workdir: Path) -> Any:
     created = [p for p in (workdir, *workdir.parents) if not p.exists()]
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        return load(
-            prepare_manifests(E2EOptions(topology=a.topology, manifests=a.manifests, edition=a.edition), workdir)
-        )
+        m = load(prepare_manifests(E2EOptions(topology=a.topology, manifests=a.manifests, edition=a.edition), workdir))
+        if check is not None:
+            check(m)
+        return m
     except BaseException:
         if created:
             shutil.rmtree(created[-1], ignore_errors=True)
@@ -238,7 +239,7 @@ def cmd_up(a: argparse.Namespace) -> int:
     source_topology(E2EOptions(topology=a.topology, manifests=a.manifests, edition=a.edition))  # bad input first
     b = connect(bopts)
     b.check_tools()  # a missing tool: refused before the manifests are copied
-    m = _load_manifests(a, Path("runs") / ".up" / a.cluster)
+    m = _load_manifests(a, Path("runs") / ".up" / a.cluster, b.check_manifests)  # existing: every zone's entry
     b.up(m, progress=_progress("up: "))
     for zone, url in b.entrypoints().items():
         out.print(f"  {zone:24} {url}")

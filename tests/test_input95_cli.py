@@ -203,10 +203,11 @@ def test_e2e_on_an_existing_cluster_without_entry_points_makes_no_run_directory(
 ) -> None:
     """HOLE: the entry points were first checked inside `up`, so the refusal (exit 2) left a run directory
     marked failed at stage up."""
-    proc, cwd = _cli(tmp_path, "e2e", "--backend", "existing", "--context", "lab", "--kubeconfig", str(kubeconfig),
-                     tools=("kubectl",))  # fmt: skip
-    _one_line(proc, 2, "--entrypoint: no entry URL for zone(s) ")
-    assert _tree(cwd) == []
+    for cmd in ("e2e", "up"):  # up: no `runs/.up` copy of the manifests left either
+        proc, cwd = _cli(tmp_path, cmd, "--backend", "existing", "--context", "lab", "--kubeconfig", str(kubeconfig),
+                         tools=("kubectl",))  # fmt: skip
+        _one_line(proc, 2, "--entrypoint: no entry URL for zone(s) ")
+        assert _tree(cwd) == []
 
 
 def test_traffic_on_a_cluster_never_brought_up_makes_no_run_directory(tmp_path: Path, kubeconfig: Path) -> None:
@@ -257,3 +258,23 @@ def test_the_pytest_plugin_refuses_a_context_the_kubeconfig_lacks_once(tmp_path:
     ok = subprocess.run([*argv, "--eh-context", "lab"], cwd=tmp_path, env=env, capture_output=True, text=True,
                         timeout=120)  # fmt: skip
     assert ok.returncode == 0, (ok.stdout, ok.stderr)
+
+
+def test_a_credential_plugin_named_by_path_is_found_beside_its_kubeconfig(tmp_path: Path) -> None:
+    """Control for the plugin check: client-go resolves an exec command with a `/` against the kubeconfig's own
+    directory (clientcmd/loader.go `GetAuthInfoFileReferences`, `ResolveLocalPaths`), not the working directory:
+    such a plugin is there, so `up` goes past the tools to its next check (no entry points: exit 2)."""
+    cfg = yaml.safe_load(yaml.safe_dump(KUBECONFIG))
+    cfg["users"][1]["user"]["exec"]["command"] = "./bin/aws-shim"
+    kc_dir = tmp_path / "kc"
+    (kc_dir / "bin").mkdir(parents=True)
+    _tool(kc_dir / "bin", "aws-shim")
+    (kc_dir / "config").write_text(yaml.safe_dump(cfg))
+    proc, _cwd = _cli(tmp_path, "up", "--backend", "existing", "--context", "eks-lab", "--kubeconfig",
+                      str(kc_dir / "config"), tools=("kubectl",))  # fmt: skip
+    assert _one_line(proc, 2, "--entrypoint: no entry URL for zone(s) ") and _tree(_cwd) == []
+    (kc_dir / "bin" / "aws-shim").unlink()
+    proc, _cwd = _cli(tmp_path, "up", "--backend", "existing", "--context", "eks-lab", "--kubeconfig",
+                      str(kc_dir / "config"), tools=("kubectl",))  # fmt: skip
+    line = _one_line(proc, 3, f"error: context eks-lab: its user's credential plugin `{kc_dir}/bin/aws-shim`")
+    assert line.endswith("is not found"), line

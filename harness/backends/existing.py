@@ -527,7 +527,7 @@ class ExistingBackend(KubeBackend):
         if plugin and find_tool(plugin) is None and not Path(plugin).is_file():
             raise BackendError(
                 f"{self._where}: its user's credential plugin `{plugin}` (kubeconfig users[].user.exec.command) "
-                "is not found on PATH"
+                f"is not found{'' if '/' in plugin else ' on PATH'}"
             )
 
     # -- the cluster ---------------------------------------------------------

@@ -166,7 +166,12 @@ def kubeconfig_user(kubeconfig: str | Path | None, context: str, field: str = "-
         for entry in lists["contexts"]:
             contexts.setdefault(str(entry.get("name")), entry.get("context") or {})
         for entry in lists["users"]:
-            users.setdefault(str(entry.get("name")), entry.get("user") or {})
+            user = entry.get("user") or {}
+            cmd = (user.get("exec") or {}).get("command") if isinstance(user, dict) else None
+            if isinstance(cmd, str) and "/" in cmd and not Path(cmd).is_absolute():
+                # a plugin named by path is relative to its kubeconfig (client-go `GetAuthInfoFileReferences`)
+                user = {**user, "exec": {**user["exec"], "command": str(path.parent / cmd)}}
+            users.setdefault(str(entry.get("name")), user)
     if context not in contexts:
         have = ", ".join(sorted(contexts)) or "no contexts"
         raise InputError(where, field, f"no context {context!r} (it has: {have})")
