@@ -278,3 +278,28 @@ def test_a_credential_plugin_named_by_path_is_found_beside_its_kubeconfig(tmp_pa
                       str(kc_dir / "config"), tools=("kubectl",))  # fmt: skip
     line = _one_line(proc, 3, f"error: context eks-lab: its user's credential plugin `{kc_dir}/bin/aws-shim`")
     assert line.endswith("is not found"), line
+
+
+# -- EH_* variables as a chaos process reads them (`BackendOptions.from_env`) -----------------------------------------
+@pytest.mark.parametrize(
+    ("var", "value", "line"),
+    [
+        ("EH_BACKEND", "nope", "EH_BACKEND: unknown backend 'nope' (choose from auto, local, kind, existing)"),
+        ("EH_CLUSTER", "Bad", "EH_CLUSTER: expected a lowercase letter then up to 7 letters/digits, got 'Bad'"),
+    ],
+)
+def test_bad_eh_variables_are_named_as_variables(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, line: str
+) -> None:
+    """HOLE: EH_BACKEND was refused as the flag `--backend` (which a chaos process is never given), and EH_CLUSTER
+    was taken as it came: the name the interfaces, namespaces and kind nodes derive from went unchecked."""
+    from harness.backends import BackendOptions
+    from harness.errors import InputError
+
+    for k in [k for k in os.environ if k.startswith("EH_")]:
+        monkeypatch.delenv(k)
+    assert BackendOptions.from_env().cluster == "eh"  # control: nothing set, the defaults
+    monkeypatch.setenv(var, value)
+    with pytest.raises(InputError) as exc:
+        BackendOptions.from_env()
+    assert exc.value.line == line

@@ -56,9 +56,12 @@ class BackendOptions:
     def from_env(cls, **overrides: object) -> BackendOptions:
         """Options as the chaostoolkit extension and pytest plugin receive them (EH_* variables)."""
         allow = os.environ.get("EH_ALLOW_CONTEXTS", "")
+        name = os.environ.get("EH_BACKEND", "auto")
+        if name not in BACKENDS:  # else named as the CLI flag `--backend`, which a chaos process was never given
+            raise InputError("EH_BACKEND", "", f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
         opts = cls(
-            name=os.environ.get("EH_BACKEND", "auto"),
-            cluster=os.environ.get("EH_CLUSTER", "eh"),
+            name=name,
+            cluster=check_cluster_name(os.environ.get("EH_CLUSTER", "eh"), "EH_CLUSTER"),
             context=os.environ.get("EH_CONTEXT") or None,
             kubeconfig=os.environ.get("EH_KUBECONFIG") or None,
             allow_contexts=[c for c in allow.split(",") if c],
