@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from harness.contract.rundir import CHAOS_FILE
 from harness.verify import EXPERIMENT_RAN
 from tests.test_verify_soundness import KILL, failed, run
@@ -63,3 +65,20 @@ def test_a_torn_last_chaos_line_fails_as_well(tmp_path: Path) -> None:
     assert f"{CHAOS_FILE}: 1 line(s) could not be read (line {n}) - truncated last line" in (
         v.invariant(EXPERIMENT_RAN).message
     )
+
+
+def test_a_short_write_of_a_chaos_record_fails_the_action_that_recorded_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk leaves the write short: the torn line fails the verdict (above), and the action recording
+    it fails too, rather than running its fault as if it were on record. A whole write is recorded as before."""
+    from harness.chaos import timeline
+    from harness.contract.rundir import FaultKind
+
+    path = tmp_path / CHAOS_FILE
+    timeline.record("f1", "inject", "kill", "z", FaultKind.SERVICE_DOWN, ["product-api"], path=path)
+    assert json.loads(path.read_text())["fault"] == "f1"
+    real = timeline.os.write
+    monkeypatch.setattr(timeline.os, "write", lambda fd, data: real(fd, data[:10]))
+    with pytest.raises(OSError, match=r"wrote 10 of \d+ bytes of the restore line of f1"):
+        timeline.record("f1", "restore", "kill", "z", FaultKind.SERVICE_DOWN, ["product-api"], path=path)

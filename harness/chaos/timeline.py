@@ -68,9 +68,16 @@ def record(
     target = path or timeline_path()
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(rec) + "\n").encode()
         fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, (json.dumps(rec) + "\n").encode())
+            # one write, so concurrent writers never interleave within a line; a short one (a full disk) left a
+            # torn line the verdict fails as unread, and must fail the action that recorded it here too, not
+            # let it run on as if its fault were on record (the rest is not written after: another writer's
+            # line may already follow)
+            written = os.write(fd, line)
         finally:
             os.close(fd)
+        if written != len(line):
+            raise OSError(f"{target}: wrote {written} of {len(line)} bytes of the {phase} line of {fault}")
     return rec
