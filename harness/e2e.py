@@ -661,7 +661,10 @@ def run_e2e(
         launcher.close()
         locust.close()
         mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
-        take_down(backend, opts.keep, say)
+        try:
+            take_down(backend, opts.keep, say)
+        except Exception as down_exc:  # said, and the run's own error raised: it is why the run stopped
+            say(f"down failed too, the cluster may still be up (`harness down` retries): {down_exc}")
         raise
     launcher.close()
     locust.close()

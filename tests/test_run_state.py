@@ -51,6 +51,12 @@ class _FailingBackend:
     def require_capability(self, primitive: str, zone: str | None = None) -> None:
         """Every fault is possible (the run stops at `up` anyway)."""
 
+    def check_tools(self) -> None:
+        """Needs no outside tool."""
+
+    def check_manifests(self, manifests: Any) -> None:
+        """Asks nothing more of the manifests."""
+
     def close(self) -> None:
         """Holds nothing in this process."""
 
@@ -122,6 +128,9 @@ def test_e2e_says_in_run_json_that_eks_nodes_keep_their_own_clocks(
         def require_capability(self, primitive: str, zone: str | None = None) -> None:
             """Every fault is possible (the run stops at `up` anyway)."""
 
+        def check_tools(self) -> None:
+            """No kubectl asked for: `up` fails before any would run."""
+
         def close(self) -> None:
             """Holds nothing in this process."""
 
@@ -132,3 +141,24 @@ def test_e2e_says_in_run_json_that_eks_nodes_keep_their_own_clocks(
     (run_dir,) = tmp_path.iterdir()
     state = json.loads((run_dir / "run.json").read_text())
     assert (state["stage"], state["status"], state["runner_clock"]) == ("up", "failed", "separate")
+
+
+def test_a_down_that_fails_after_a_failed_run_does_not_hide_why_the_run_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's own error is raised, the down's failure said: the down's error used to replace it (a failed
+    `kind delete cluster` hid the `up` failure that made the run stop)."""
+    backend = _FailingBackend(BackendError("node lost"))
+
+    def down() -> None:
+        backend.downs += 1
+        raise BackendError("kind delete cluster failed")
+
+    monkeypatch.setattr(backend, "down", down)
+    monkeypatch.setattr(e2e, "choose", lambda name: ("fake", "test"))
+    monkeypatch.setattr(e2e, "connect", lambda opts: backend)
+    said: list[str] = []
+    with pytest.raises(BackendError, match="node lost"):
+        e2e.run_e2e(e2e.E2EOptions(runs_root=tmp_path), BackendOptions(name="local"), say=said.append)
+    assert backend.downs == 1
+    assert any("down failed too" in m and "kind delete cluster failed" in m for m in said), said
