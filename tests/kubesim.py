@@ -276,6 +276,7 @@ import yaml
 from harness.backends.local.apps.nginx import build_servers, parse_conf
 from harness.backends.local.certs import CertAuthority, spiffe_id
 from harness.contract.clusters import ChainClusters, Ref, chain_clusters, parse_duration
+from harness.contract.scheduling import Taint, Term, Toleration
 from tests.kuberbac import RequestInfo, access_review_status, allowed, forbidden_message, request_info, review_info
 
 # -- small helpers ---------------------------------------------------------------
@@ -2469,9 +2470,9 @@ class ClusterSim:
         """None when `pod` may run on `node`, else why not (the scheduler's message part)."""
         spec = pod.get("spec") or {}
         nspec = node.get("spec") or {}
-        labels = labels_of(node)
+        name, labels = str(node["metadata"]["name"]), labels_of(node)
         for t in volume_terms or []:
-            if "volume" in t and not any(_term_matches(x, labels) for x in t["volume"]):
+            if "volume" in t and not any(_term_matches(x, name, labels) for x in t["volume"]):
                 return "node(s) had volume node affinity conflict"
             if "class" in t and not any(_topology_matches(x, labels) for x in t["class"]):
                 return "node(s) didn't find available persistent volumes to bind"
@@ -2487,7 +2488,7 @@ class ClusterSim:
         )
         if req:
             terms = req.get("nodeSelectorTerms") or []
-            if not any(_term_matches(t, labels) for t in terms):
+            if not any(_term_matches(t, name, labels) for t in terms):
                 return "node(s) didn't match Pod's node affinity/selector"
         for taint in nspec.get("taints") or []:
             if taint.get("effect") not in ("NoSchedule", "NoExecute"):
@@ -2569,7 +2570,7 @@ class ClusterSim:
             name = str(node["metadata"]["name"])
             labels = labels_of(node)
             weight = sum(
-                int(p.get("weight") or 0) for p in preferred if _term_matches(p.get("preference") or {}, labels)
+                int(p.get("weight") or 0) for p in preferred if _term_matches(p.get("preference") or {}, name, labels)
             )
             return (-weight, load[name], order.get(name, len(order)), name)
 
@@ -4923,19 +4924,10 @@ class ClusterSim:
         ]
 
 
-def _term_matches(term: Obj, labels: dict[str, str]) -> bool:
-    for e in term.get("matchExpressions") or []:
-        key, op, vals = e.get("key"), e.get("operator"), list(e.get("values") or [])
-        have = labels.get(str(key))
-        if op == "In" and have not in vals:
-            return False
-        if op == "NotIn" and have in vals:
-            return False
-        if op == "Exists" and have is None:
-            return False
-        if op == "DoesNotExist" and have is not None:
-            return False
-    return True
+def _term_matches(term: Obj, name: str, labels: dict[str, str]) -> bool:
+    """A nodeSelectorTerm (or a preferred term's preference) against a node: the harness's own predicate
+    (`harness.contract.scheduling.Term`), which an empty term matches no node with, as in Kubernetes."""
+    return Term.from_dict(term).matches(name, labels)
 
 
 def _topology_matches(term: Obj, labels: dict[str, str]) -> bool:
@@ -4946,11 +4938,9 @@ def _topology_matches(term: Obj, labels: dict[str, str]) -> bool:
 
 
 def _tolerates(tol: Obj, taint: Obj) -> bool:
-    if tol.get("effect") and tol.get("effect") != taint.get("effect"):
-        return False
-    if tol.get("operator") == "Exists":
-        return not tol.get("key") or tol.get("key") == taint.get("key")
-    return tol.get("key") == taint.get("key") and str(tol.get("value", "")) == str(taint.get("value", ""))
+    """A toleration against a taint: the harness's own predicate (`harness.contract.scheduling.Toleration`)."""
+    t = Taint(str(taint.get("key") or ""), str(taint.get("value") or ""), str(taint.get("effect") or ""))
+    return Toleration.from_dict(tol).tolerates(t)
 
 
 def _edge_probe_env(pod: Obj) -> dict[str, str]:
