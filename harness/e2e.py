@@ -374,7 +374,8 @@ def probes_from_below(traffic: TrafficRunner, served: RequestWatch) -> ProbeBudg
 
 
 def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, say: Callable[[str], None],
-            need: Mapping[str, int] | None = None, baseline: Mapping[str, int] | None = None) -> None:  # fmt: skip
+            need: Mapping[str, int] | None = None, baseline: Mapping[str, int] | None = None,
+            stalled: bool = False) -> None:  # fmt: skip
     """Every zone's users served `need` (default: WARM_REQUESTS each) before the first fault, the probe budget
     measured meanwhile, and `baseline` (`link_baseline_need`) of them through /api after its decision.
 
@@ -387,18 +388,36 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
     in the zones' pods, which do not read the budget's file: no decision, so
     the verdict reads a link's baseline from the whole warm-up and `baseline`
     is not waited for. `bound_s` bounds the whole warm-up, budget included;
-    what is still missing then the verdict says (unverified).
+    what is still missing then is said, and the verdict says it too
+    (unverified). `stalled` (a game day's `harness traffic`, whose operator
+    starts the chaos on the budget's line): `bound_s` is how long a zone still
+    short may gain no request, not the warm-up's length, so the line always
+    means the warm-up is complete on a mesh that serves every zone. Bounded by
+    time, a machine busy enough to keep the probes at their slowest said it
+    with 19 of LAX's 20 requests, and the same game day's chaos began before
+    its warm-up on one run and after it on the next.
     """
     deadline = time.monotonic() + bound_s
+
+    def left() -> float:
+        return bound_s if stalled else max(0.0, deadline - time.monotonic())
+
     summary = None
     settled: float | None = None
     if budget is not None:
-        served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s)
+        served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s, stalled=stalled)
         decision = budget.settle()
         summary, settled = decision.summary(), decision.settled_at()
-    served.wait(0.0, WARM_REQUESTS if need is None else need, max(0.0, deadline - time.monotonic()))
-    if baseline and settled is not None:
-        served.wait(settled, baseline, max(0.0, deadline - time.monotonic()), api=True)
+    warm = WARM_REQUESTS if need is None else need
+    short: list[str] = []
+    if not served.wait(0.0, warm, left(), stalled=stalled):
+        short += [f"{z} {had} of {k} requests" for z, (had, k) in served.short_of(0.0, warm).items()]
+    if baseline and settled is not None and not served.wait(settled, baseline, left(), api=True, stalled=stalled):
+        short += [f"{z} {had} of {k} through /api since the budget settled"
+                  for z, (had, k) in served.short_of(settled, baseline, api=True).items()]  # fmt: skip
+    if short:
+        when = f"a zone short of them gained none for {bound_s:g} s" if stalled else f"after {bound_s:g} s"
+        say(f"warm-up: incomplete, {when} ({', '.join(short)}): the verdict says what that leaves unverified")
     if summary is not None:
         say(summary)
 
@@ -450,7 +469,14 @@ def record_traffic(
                     # the game day's chaos waits for the budget's line: probes sized to the machine before any fault
                     # (the `harness` process writes stdout a line at a time, also into a pipe: harness.__main__)
                     # any zone's link may be degraded first: each has a settled baseline (link_baseline_need)
-                    warm_up(budget, served, WARMUP_BOUND_S, print, baseline=dict.fromkeys(entry, LINK_BASELINE_HOPS))
+                    warm_up(
+                        budget,
+                        served,
+                        WARMUP_BOUND_S,
+                        print,
+                        baseline=dict.fromkeys(entry, LINK_BASELINE_HOPS),
+                        stalled=True,
+                    )
                     traffic.wait(timeout=duration_s + START_GRACE_S)
                 except KeyboardInterrupt as exc:  # the operator ended the traffic: collect, then say so
                     stopped = exc

@@ -77,21 +77,44 @@ class RequestWatch:
         }
 
     def wait(
-        self, since: float, n: int | Mapping[str, int], timeout_s: float, probes: bool = True, api: bool = False
+        self,
+        since: float,
+        n: int | Mapping[str, int],
+        timeout_s: float,
+        probes: bool = True,
+        api: bool = False,
+        *,
+        stalled: bool = False,
     ) -> bool:
         """Until every zone had `n` (or `n[zone]`) successful requests from `since` on, or `timeout_s` passed.
 
         `probes` False counts the shoppers' only: the verdict's coverage asks for users after the last restore,
         and a probed zone's 20 answers came from its probes alone in under a second. `api`: only the requests
-        through /api (`served`)."""
+        through /api (`served`). `stalled`: `timeout_s` counts from the last request that brought a zone still
+        short closer, so a zone being served is waited for however slowly this machine serves it, and only one
+        that gains nothing for `timeout_s` ends the wait (False)."""
         deadline = time.monotonic() + timeout_s
         need = n if isinstance(n, Mapping) else dict.fromkeys(self.zones, n)
+        last: dict[str, int] = {}
         while True:
-            if all(c >= need.get(z, 0) for z, c in self.served(since, probes, api).items()):
+            have = self.served(since, probes, api)
+            short = {z: c for z, c in have.items() if c < need.get(z, 0)}
+            if not short:
                 return True
+            if stalled and any(c > last.get(z, -1) for z, c in short.items()):
+                deadline = time.monotonic() + timeout_s  # a zone still short gained: it is being served
+            last = short
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.1)
+
+    def short_of(
+        self, since: float, n: int | Mapping[str, int], probes: bool = True, api: bool = False
+    ) -> dict[str, tuple[int, int]]:
+        """Each zone with fewer than `n` (or `n[zone]`) successful requests from `since` on: (had, needed)."""
+        need = n if isinstance(n, Mapping) else dict.fromkeys(self.zones, n)
+        have = self.served(since, probes, api)
+        return {z: (have.get(z, 0), k) for z, k in sorted(need.items()) if have.get(z, 0) < k}
 
     def rates(self, start: float, end: float) -> tuple[float, float]:
         """(all requests, probes) answered per second in [start, end), whatever their outcome.
