@@ -568,9 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=_COUNT, default=12)
     p.add_argument("--processes", type=_COUNT, default=1)
     p.add_argument("--warmup", type=_SECONDS, default=8.0,
-                   help="at most this many seconds of traffic before the first fault: it starts as soon as every "
-                        "zone a fault acts on served 20 requests and every other zone 5 (every zone 20 when a "
-                        "fault acts on the Region)")  # fmt: skip
+                   help="the first fault starts as soon as every zone a fault acts on served 20 requests and "
+                        "every other zone 5 (every zone 20 when a fault acts on the Region); a zone still short "
+                        "that gains no request for this many seconds ends the wait (said, and unverified)")  # fmt: skip
     p.add_argument("--cooldown", type=_SECONDS, default=8.0,
                    help="at most this many seconds of traffic after the last experiment for every zone to serve 20 "
                         "requests after the last fault's restore; then it stops once each restored Local Zone is "

@@ -80,7 +80,7 @@ class E2EOptions:
     experiments: list[Path] = field(default_factory=list)
     users: int = 12
     spawn_rate: float = 12.0
-    warmup_s: float = WARMUP_BOUND_S
+    warmup_s: float = WARMUP_BOUND_S  # how long a zone short of its warm-up may gain no request (`warm_up`)
     cooldown_s: float = 8.0
     processes: int = 1
     keep: bool = False  # leave the cluster up afterwards
@@ -389,13 +389,13 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
     the verdict reads a link's baseline from the whole warm-up and `baseline`
     is not waited for. `bound_s` bounds the whole warm-up, budget included;
     what is still missing then is said, and the verdict says it too
-    (unverified). `stalled` (a game day's `harness traffic`, whose operator
-    starts the chaos on the budget's line): `bound_s` is how long a zone still
-    short may gain no request, not the warm-up's length, so the line always
+    (unverified). `stalled` (e2e, and a game day's `harness traffic`, whose
+    operator starts the chaos on the budget's line): `bound_s` is how long a
+    zone still short may gain no request, not the warm-up's length, so the line always
     means the warm-up is complete on a mesh that serves every zone. Bounded by
     time, a machine busy enough to keep the probes at their slowest said it
     with 19 of LAX's 20 requests, and the same game day's chaos began before
-    its warm-up on one run and after it on the next.
+    its warm-up on one run and after it on the next; e2e's first fault alike.
     """
     deadline = time.monotonic() + bound_s
 
@@ -657,10 +657,10 @@ def run_e2e(
                 budget = probes_from_below(runner, served) if workers is None else None
                 with runner:
                     mark_run(run_dir, "traffic")
-                    # every zone's users served before the first fault, not a fixed pause (warmup_s bounds it)
+                    # every zone's users served before the first fault, not a fixed pause (warmup_s: none gained)
                     need = warm_need(list(entry), planned, topology)
                     baseline = link_baseline_need(planned, topology)
-                    warm_up(budget, served, opts.warmup_s, say, need=need, baseline=baseline)  # probes: sized
+                    warm_up(budget, served, opts.warmup_s, say, need=need, baseline=baseline, stalled=True)
                     for i, p in enumerate(planned):
                         mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")
