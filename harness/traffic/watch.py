@@ -94,11 +94,9 @@ class RequestWatch:
         short closer, so a zone being served is waited for however slowly this machine serves it, and only one
         that gains nothing for `timeout_s` ends the wait (False)."""
         deadline = time.monotonic() + timeout_s
-        need = n if isinstance(n, Mapping) else dict.fromkeys(self.zones, n)
         last: dict[str, int] = {}
         while True:
-            have = self.served(since, probes, api)
-            short = {z: c for z, c in have.items() if c < need.get(z, 0)}
+            short = {z: had for z, (had, _) in self.short_of(since, n, probes, api).items()}
             if not short:
                 return True
             if stalled and any(c > last.get(z, -1) for z, c in short.items()):
@@ -111,10 +109,10 @@ class RequestWatch:
     def short_of(
         self, since: float, n: int | Mapping[str, int], probes: bool = True, api: bool = False
     ) -> dict[str, tuple[int, int]]:
-        """Each zone with fewer than `n` (or `n[zone]`) successful requests from `since` on: (had, needed)."""
+        """Each watched zone with fewer than `n` (or `n[zone]`) successful requests from `since` on: (had, needed)."""
         need = n if isinstance(n, Mapping) else dict.fromkeys(self.zones, n)
         have = self.served(since, probes, api)
-        return {z: (have.get(z, 0), k) for z, k in sorted(need.items()) if have.get(z, 0) < k}
+        return {z: (c, need[z]) for z, c in sorted(have.items()) if c < need.get(z, 0)}
 
     def rates(self, start: float, end: float) -> tuple[float, float]:
         """(all requests, probes) answered per second in [start, end), whatever their outcome.
