@@ -26,12 +26,15 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
+from harness.backends.local.apps._http import Listener, Reply, handler_class
 from harness.backends.local.apps.product_api import psycopg_sql
 from tests.conftest import free_ports
 from tests.test_local_apps import HOST, Procs, http_ok, start_postgres, wait_app
@@ -264,3 +267,79 @@ def test_lib_pq_placeholders_become_psycopg_ones(go: str, psycopg_form: str) -> 
 def test_placeholders_out_of_order_are_refused() -> None:
     with pytest.raises(ValueError, match=r"\$1, \$2"):
         psycopg_sql("SELECT $2, $1")
+
+
+# --------------------------------------------------------------------------- idle keep-alive connections
+
+
+def _serve_in_thread(lst: Listener) -> tuple[ThreadingHTTPServer, int]:
+    """A server built as `serve` builds one for `lst` (its handler class), on a free loopback port."""
+    srv = ThreadingHTTPServer((HOST, 0), handler_class("t", lst))
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return srv, int(srv.server_address[1])
+
+
+def _get_on(sock: socket.socket) -> bytes:
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    return sock.recv(65536)
+
+
+def test_an_idle_timeout_closes_the_connection_and_none_keeps_it() -> None:
+    """The mechanism: a listener's idle_timeout_s is the server's; None (Go) never closes an idle connection."""
+    ok = lambda _req: Reply(200, b"ok")  # noqa: E731
+    timed, timed_port = _serve_in_thread(Listener(HOST, 0, ok, 0.2))
+    forever, forever_port = _serve_in_thread(Listener(HOST, 0, ok, None))
+    try:
+        with socket.create_connection((HOST, timed_port)) as s:
+            assert _get_on(s).startswith(b"HTTP/1.1 200")
+            s.settimeout(10)
+            assert s.recv(1) == b""  # the server closed it once idle for 0.2 s
+        with socket.create_connection((HOST, forever_port)) as s:
+            assert _get_on(s).startswith(b"HTTP/1.1 200")
+            s.settimeout(1.0)  # five times the other's timeout: no close comes, the read times out on our side
+            with pytest.raises(TimeoutError):
+                s.recv(1)
+            assert _get_on(s).startswith(b"HTTP/1.1 200")  # and the connection still serves
+    finally:
+        for srv in (timed, forever):
+            srv.shutdown()
+            srv.server_close()
+
+
+def _listeners(monkeypatch: pytest.MonkeyPatch, module: Any, env: dict[str, str]) -> list[Listener]:
+    """The listeners `module.main()` would serve (serve is replaced; nothing listens)."""
+    seen: list[Listener] = []
+
+    def fake_serve(_app: str, listeners: Any, *_a: Any, gated: Any = (), **_k: Any) -> int:
+        seen.extend([*listeners, *gated])
+        return 0
+
+    for key in ("DB_CONNECTION", "BIND_ADDRESS", "METRICS_ADDRESS", "PORT", "EH_MOUNTS", "CONFIG_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(module, "serve", fake_serve)
+    assert module.main() == 0
+    return seen
+
+
+def test_each_app_closes_idle_connections_when_its_image_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Go's http.ListenAndServe (product-api, its metrics, public-api) never closes an idle keep-alive connection;
+    the stand-ins closed them after 120 s, racing the sidecar's reuse of them (a 503 the real app never causes).
+    node (Next.js) closes them after 5 s, nginx after 75 s (keepalive_timeout's default)."""
+    from harness.backends.local.apps import frontend, nginx, product_api, public_api
+
+    product = _listeners(
+        monkeypatch,
+        product_api,
+        {"DB_CONNECTION": "host=x", "BIND_ADDRESS": f"{HOST}:1", "METRICS_ADDRESS": f"{HOST}:2"},
+    )
+    assert [(lst.port, lst.idle_timeout_s) for lst in product] == [(2, None), (1, None)]
+    public = _listeners(monkeypatch, public_api, {"BIND_ADDRESS": f"{HOST}:3"})
+    assert [lst.idle_timeout_s for lst in public] == [None]
+    front = _listeners(monkeypatch, frontend, {"PORT": "4"})
+    assert [lst.idle_timeout_s for lst in front] == [5.0]
+    (tmp_path / "default.conf").write_text("server {\n    listen 5;\n    location = /h { return 200; }\n}\n")
+    proxy = _listeners(monkeypatch, nginx, {"EH_MOUNTS": json.dumps({"/etc/nginx/conf.d": str(tmp_path)})})
+    assert [lst.idle_timeout_s for lst in proxy] == [75.0]

@@ -111,7 +111,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     """Adapts BaseHTTPRequestHandler to `Handler` functions with one-write replies."""
 
     protocol_version = "HTTP/1.1"  # keep-alive by default, as Envoy expects
-    timeout = 120  # idle keep-alive connections release their thread eventually
+    timeout = 120.0  # replaced by each Listener's idle_timeout_s (the image's own)
     app_name = "app"
     app_handler: Handler
 
@@ -185,11 +185,29 @@ class _Server(ThreadingHTTPServer):
 
 @dataclass
 class Listener:
-    """One listening socket and the handler that serves it."""
+    """One listening socket, the handler that serves it, and how long an idle keep-alive connection is kept.
+
+    `idle_timeout_s` is the image's own server's: None for Go's
+    ``http.ListenAndServe`` (a zero ``http.Server`` closes no connection), 5 s
+    for node's ``http.Server`` (``keepAliveTimeout``), 75 s for nginx
+    (``keepalive_timeout``). Every app sits behind an Envoy sidecar that keeps
+    its connections to the app for an hour when idle; an app that closes one
+    earlier races the sidecar reusing it, and the request Envoy sent on it as
+    it closed fails (503, ``UC``). That race exists on a real cluster only
+    where the image's server closes idle connections; it must not exist here
+    where it does not. Required, so every app says which it is.
+    """
 
     host: str
     port: int
     handler: Handler
+    idle_timeout_s: float | None
+
+
+def handler_class(app: str, lst: Listener) -> type[BaseHTTPRequestHandler]:
+    """The request-handler class `serve` binds for `lst`: its handler, and its image's idle timeout."""
+    attrs = {"app_name": app, "app_handler": staticmethod(lst.handler), "timeout": lst.idle_timeout_s}
+    return type(f"{app}Handler", (_RequestHandler,), attrs)
 
 
 def serve(
@@ -221,9 +239,8 @@ def serve(
     def bind(group: Sequence[Listener]) -> bool:
         bound: list[_Server] = []
         for lst in group:
-            cls = type(f"{app}Handler", (_RequestHandler,), {"app_name": app, "app_handler": staticmethod(lst.handler)})
             try:
-                bound.append(_Server((lst.host, lst.port), cls))
+                bound.append(_Server((lst.host, lst.port), handler_class(app, lst)))
             except OSError as exc:
                 log(app, "cannot listen", address=f"{lst.host}:{lst.port}", error=exc.strerror or str(exc))
                 for s in bound:

@@ -21,6 +21,9 @@ import sys
 from harness.backends.local.apps._http import Handler, Listener, Reply, Request, bind_host_default, log, serve
 
 APP = "frontend"
+# Next.js 12 `next start` on node 16 sets no keep-alive timeout of its own: node's http.Server closes a
+# connection idle for keepAliveTimeout, 5 s by default
+IDLE_TIMEOUT_S = 5.0
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -75,7 +78,7 @@ def main() -> int:
         log(APP, "invalid PORT", value=port_text)
         return 1
     handle = make_handler(os.environ.get("NEXT_PUBLIC_PUBLIC_API_URL", "/"))
-    return serve(APP, [Listener(bind_host_default(), int(port_text), handle)])
+    return serve(APP, [Listener(bind_host_default(), int(port_text), handle, IDLE_TIMEOUT_S)])
 
 
 if __name__ == "__main__":

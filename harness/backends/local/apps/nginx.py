@@ -30,7 +30,8 @@ Understood (with nginx's semantics):
   version out fails every proxied request on a real cluster; so it does here.
 - Accepted with no local effect (they change no routing): ``server_tokens``,
   ``gzip*``, ``access_log``, ``error_log``, ``proxy_http_version``,
-  ``proxy_cache_bypass``, ``proxy_cache_path``, ``keepalive_timeout``,
+  ``proxy_cache_bypass``, ``proxy_cache_path``, ``keepalive_timeout`` (an idle
+  client connection is closed after nginx's default 75 s whatever it says),
   ``client_max_body_size``.
 
 Anything else (``include``, regex locations, ``proxy_cache``, server
@@ -70,6 +71,7 @@ from harness.backends.local.apps._http import (
 
 APP = "nginx"
 CONF_DIR = "/etc/nginx/conf.d"
+KEEPALIVE_TIMEOUT_S = 75.0  # keepalive_timeout's default: nginx closes a client connection idle that long
 
 _NO_EFFECT = frozenset(
     {
@@ -548,7 +550,7 @@ def main() -> int:
     except OSError as exc:
         log(APP, f"[emerg] cannot read configuration: {exc}")
         return 1
-    return serve(APP, [Listener(s.host, s.port, Proxy(s).handle) for s in servers])
+    return serve(APP, [Listener(s.host, s.port, Proxy(s).handle, KEEPALIVE_TIMEOUT_S) for s in servers])
 
 
 if __name__ == "__main__":

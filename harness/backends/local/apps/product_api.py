@@ -104,6 +104,9 @@ _ORDER_PATH = re.compile(r"^/orders/[0-9]+$")
 
 DB_RETRY_INTERVAL_S = 1.0  # retryDBUntilReady: one attempt a second
 DB_WAIT_TIMEOUT_S = 60.0  # ... and exit 1 once a failure comes more than 60 s after the first try
+# Go's http.ListenAndServe (API and metrics): a zero http.Server, no IdleTimeout, no ReadTimeout; an idle
+# keep-alive connection stays open until the client (the sidecar) closes it
+IDLE_TIMEOUT_S: float | None = None
 _SNIFFED = "text/plain; charset=utf-8"  # what Go's http server sniffs for a JSON body without Content-Type
 _GO_ERROR_HEADERS = [("X-Content-Type-Options", "nosniff")]
 # Authenticated or write routes of the real API that the stand-in does not emulate (method, path pattern).
@@ -473,13 +476,13 @@ def main() -> int:
         log(APP, f"unable to load config: {exc}")
         return 1
     api = ProductApi(Database(conf.db_connection))
-    early = [Listener(metrics[0], metrics[1], api.metrics)] if metrics else []
+    early = [Listener(metrics[0], metrics[1], api.metrics, IDLE_TIMEOUT_S)] if metrics else []
     return serve(
         APP,
         early,
         on_stop=api.db.close,
         gate=lambda stop: wait_for_database(api.ping, stop),
-        gated=[Listener(host, port, api.handle)],
+        gated=[Listener(host, port, api.handle, IDLE_TIMEOUT_S)],
     )
 
 

@@ -88,6 +88,8 @@ APP = "public-api"
 PRODUCT_TIMEOUT_S = 10.0  # hashicups-client-go: http.Client{Timeout: 10s}
 # The payments client has no timeout in the image; a bound here only keeps threads from piling up forever.
 PAYMENTS_TIMEOUT_S = 120.0
+# main.go: http.ListenAndServe, a zero http.Server: idle keep-alive connections are never closed by the server
+IDLE_TIMEOUT_S: float | None = None
 # What hashicups-client-go's fresh `http.Request` carries to product-api besides the raw token (the image
 # strips "Bearer "): Go's transport headers, nothing of the inbound request (no x-request-id, no trace
 # context), so the sidecar logs the hop with its own request_id and this user_agent, as on a real cluster.
@@ -408,7 +410,7 @@ def main() -> int:
     except ValueError as exc:
         log(APP, f"invalid configuration: {exc}")
         return 1
-    return serve(APP, [Listener(host, port, PublicApi(product, payments).handle)])
+    return serve(APP, [Listener(host, port, PublicApi(product, payments).handle, IDLE_TIMEOUT_S)])
 
 
 if __name__ == "__main__":
