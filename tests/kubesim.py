@@ -3366,6 +3366,7 @@ class ClusterSim:
         path: str,
         hold: list[tuple[Obj, float]] | None = None,
         request_id: str | None = None,
+        reply: list[str] | None = None,
     ) -> tuple[Obj | None, int]:
         """One outbound hop of `caller`'s sidecar: pick, count, buffer the access-log line when it ends.
 
@@ -3375,6 +3376,7 @@ class ClusterSim:
         duration it really took (Envoy's %DURATION%: start to last byte out).
         `request_id`: the X-Request-Id the request came with (Envoy keeps an internal caller's and makes
         one, a UUID, for a request without).
+        `reply`: gets the body of the answer Envoy made itself when the hop failed (`envoy_local_reply`).
         """
         run = self.pods.get(str(caller["metadata"]["uid"]))
         if run is None or run.current is None or not run.current.alive:
@@ -3428,6 +3430,8 @@ class ClusterSim:
             hold.append((line, real))
         else:
             run.current.envoy_buffer.append(json.dumps(line))
+        if reply is not None and not served:
+            reply.append(envoy_local_reply(flags, target is not None))
         return (target if served else None), code
 
     def _release(self, pod: Obj, held: list[tuple[Obj, float]]) -> None:
@@ -3489,18 +3493,20 @@ class ClusterSim:
         # nginx's `proxy_pass http://127.0.0.1:8080;` passes the request's URI on as it came, query included,
         # and its headers (the user's X-Request-Id among them)
         rid = req.headers.get("X-Request-Id")
-        public, code = await self._log_hop(pod, ups["8080"], "8080", req.path_qs, hold=held, request_id=rid)
+        reply: list[str] = []
+        public, code = await self._log_hop(
+            pod, ups["8080"], "8080", req.path_qs, hold=held, request_id=rid, reply=reply
+        )
         if public is None:
-            return _text(code, "no healthy upstream")
+            return _text(code, reply[0] if reply else "no healthy upstream")
         pups = self._upstreams(public)
         if "9090" in pups:
-            product, _code = await self._log_hop(public, pups["9090"], "9090", "/coffees")
+            product, product_code = await self._log_hop(public, pups["9090"], "9090", "/coffees", reply=reply)
             if product is None:
-                body = {
-                    "errors": [{"message": 'Get "http://localhost:9090/coffees": 503 no healthy upstream'}],
-                    "data": None,
-                }
-                return aiohttp.web.json_response(body)
+                # public-api v0.0.7: hashicups-client-go's error for a non-200 (`status: N, body: B`, Envoy's own
+                # answer here), gqlgen's errors[] with the field's path, and null data (coffees is non-null)
+                message = f"status: {product_code}, body: {reply[0] if reply else ''}"
+                return aiohttp.web.json_response({"errors": [{"message": message, "path": ["coffees"]}], "data": None})
         coffees = [
             {"id": "1", "name": "Packer Spiced Latte", "price": 350},
             {"id": "2", "name": "Vaulatte", "price": 200},
@@ -4988,6 +4994,15 @@ def _consul_entry(kind: str, name: str, spec: Obj, dc: str) -> Obj:
         **pascal(spec),
         "Meta": {"consul.hashicorp.com/source-datacenter": dc, "external-source": "kubernetes"},
     }
+
+
+def envoy_local_reply(flags: str, had_host: bool) -> str:
+    """The body of a 503 Envoy answers itself: no host at all (`UH`), or the connect to one failed (`UF`; after
+    retries, `URX,UF`, Envoy's router says it retried). The fake's failed connects are connect timeouts."""
+    if not had_host:
+        return "no healthy upstream"
+    retried = "retried and the latest " if "URX" in flags.split(",") else ""
+    return f"upstream connect error or disconnect/reset before headers. {retried}reset reason: connection timeout"
 
 
 def _text(status: int, body: str, content_type: str = "text/plain") -> aiohttp.web.Response:

@@ -343,3 +343,54 @@ def test_each_app_closes_idle_connections_when_its_image_does(monkeypatch: pytes
     (tmp_path / "default.conf").write_text("server {\n    listen 5;\n    location = /h { return 200; }\n}\n")
     proxy = _listeners(monkeypatch, nginx, {"EH_MOUNTS": json.dumps({"/etc/nginx/conf.d": str(tmp_path)})})
     assert [lst.idle_timeout_s for lst in proxy] == [75.0]
+
+
+# --------------------------------------------------------------------------- kubesim's public-api
+
+
+def _kubesim(dead: set[str]) -> Any:
+    """tests/test_kubesim_route's fake cluster: web-1 calls `front` (one live pod, f) whose pod calls `api`."""
+    from tests.kubesim import Container, PodRun
+    from tests.test_kubesim_route import _sim
+
+    sim = _sim(dead, {"api": ["a", "b", "c"], "front": ["f"]})
+    web = sim.consul.entries[("ServiceDefaults", "web")]["upstreamConfig"]["defaults"]
+    web["connectTimeoutMs"] = 10  # the dead hosts' connect timeouts, short
+    sim.pods["uid-web-1"] = PodRun("uid-web-1", "n", "web-1", current=Container(1, "10.0.1.1", 0.0))
+    sim.pods["uid-f"] = PodRun("uid-f", "n", "f", current=Container(1, "10.0.1.2", 0.0))
+    sim._upstreams = lambda pod: {"9090": "api"}  # f is public-api: product-api is its upstream
+    return sim
+
+
+def _kubesim_api(sim: Any) -> dict[str, Any]:
+    import asyncio
+    from types import SimpleNamespace
+
+    from tests.test_kubesim_route import CALLER
+
+    req = SimpleNamespace(headers={}, path_qs="/api")
+    resp = asyncio.run(sim._api(CALLER, req, {"8080": "front"}, []))
+    assert resp.status == 200
+    return dict(json.loads(resp.body))
+
+
+def test_kubesim_public_api_words_a_failed_product_hop_as_the_image() -> None:
+    """public-api v0.0.7 turns product-api's 503 from Envoy into hashicups-client-go's ``status: 503, body: <Envoy's
+    body>`` in gqlgen's errors[] with the field's path; kubesim said ``Get "...": 503 no healthy upstream``, a
+    transport error's wording, with no path, whatever Envoy had answered."""
+    body = _kubesim_api(_kubesim({"a", "b", "c"}))
+    envoy = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: "
+    assert body == {
+        "errors": [{"message": f"status: 503, body: {envoy}connection timeout", "path": ["coffees"]}],
+        "data": None,
+    }
+    sim = _kubesim(set())
+    sim._upstreams = lambda pod: {"9090": "nothing"}  # no instance at all: Envoy's UH answer
+    body = _kubesim_api(sim)
+    assert body["errors"] == [{"message": "status: 503, body: no healthy upstream", "path": ["coffees"]}]
+
+
+def test_kubesim_public_api_with_product_api_up_answers_data() -> None:
+    """Control: every host alive, the coffees come back without errors."""
+    body = _kubesim_api(_kubesim(set()))
+    assert "errors" not in body and body["data"]["coffees"]
