@@ -58,6 +58,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg.adapt import Transformer
 
 from harness.backends.local.apps import resolve_path
 from harness.backends.local.apps._http import (
@@ -96,7 +97,6 @@ _COFFEE_STRINGS = (
     "updated_at",
 )
 _COFFEE_JSON = ("id", "name", "teaser", "collection", "origin", "color", "description", "price", "image")
-_GO_PLACEHOLDER = re.compile(r"\$([0-9]+)")
 _COFFEE_PATH = re.compile(r"^/coffees/([0-9]+)$")
 _INGREDIENTS_PATH = re.compile(r"^/coffees/([0-9]+)/ingredients$")
 _ORDER_PATH = re.compile(r"^/orders/[0-9]+$")
@@ -159,59 +159,50 @@ class ScanError(Exception):
     """A row that sqlx cannot scan into the image's model (a NULL where the struct has a Go ``string``)."""
 
 
-def psycopg_sql(sql: str) -> str:
-    """lib/pq's ``$1, $2, ...`` as psycopg's ``%s`` placeholders (each used once, in order), ``%`` escaped."""
-    count = 0
-
-    def placeholder(match: re.Match[str]) -> str:
-        nonlocal count
-        count += 1
-        if int(match.group(1)) != count:
-            raise ValueError(f"{sql!r}: placeholders must be $1, $2, ... in order, each once")
-        return "%s"
-
-    return _GO_PLACEHOLDER.sub(placeholder, sql.replace("%", "%%"))
+def _check(conn: psycopg.Connection[Any], res: psycopg.pq.abc.PGresult, want: psycopg.pq.ExecStatus) -> None:
+    """Raise as psycopg would for a failed result: OperationalError when the connection is gone."""
+    if res.status == want:
+        return
+    if conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+        message = conn.pgconn.get_error_message() or "connection lost"
+        raise psycopg.OperationalError(message)
+    raise psycopg.errors.error_from_result(res)
 
 
-def _parse_round_trip(conn: psycopg.Connection[Any], sql: str) -> None:
-    """The first of lib/pq's two round trips for a statement with arguments.
-
-    lib/pq v1.2.0 (``conn.query``) sends a statement without arguments as one
-    simple Query; one with arguments is ``prepareTo`` (Parse, Describe, Sync,
-    then it waits for ReadyForQuery) followed by ``exec`` (Bind, Execute, Sync,
-    and waits again): two round trips to postgres per statement, every time
-    (the unnamed statement, never cached). psycopg sends Parse, Bind and
-    Execute together, so the Parse is sent on its own first, as lib/pq does;
-    across a slow service link each round trip is paid by the user.
-    """
-    pgconn = conn.pgconn
-    res = pgconn.prepare(b"", sql.encode())
-    if res.status != psycopg.pq.ExecStatus.COMMAND_OK:
-        if pgconn.status != psycopg.pq.ConnStatus.OK:
-            message = pgconn.get_error_message() or "connection lost"
-            raise psycopg.OperationalError(message)
-        raise psycopg.errors.error_from_result(res)
+def _text_param(value: Any) -> bytes | None:
+    """An argument as lib/pq sends it without binary_parameters: text, typed by the server from the statement."""
+    return None if value is None else str(value).encode()
 
 
 def execute_like_lib_pq(
     conn: psycopg.Connection[Any], sql: str, args: tuple[Any, ...]
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run one statement (written with lib/pq's ``$n``) as the image's driver does; (column names, rows).
+    """Run one statement (written with lib/pq's ``$n``) as the image's driver sends it; (column names, rows).
 
-    No arguments: psycopg's simple Query, lib/pq's ``simpleQuery`` (one round
-    trip). Arguments: a Parse round trip, then psycopg's extended query (a
-    second round trip), as lib/pq's ``prepareTo`` + ``exec``. The connection
-    must not prepare statements by itself (``prepare_threshold=None``), or
-    psycopg would save the first round trip after five runs where lib/pq never does.
+    lib/pq v1.2.0 (``conn.query``): a statement without arguments is one
+    simple Query (one round trip). One with arguments is ``prepareTo`` (Parse
+    of the unnamed statement, Describe, Sync; it waits for ReadyForQuery) and
+    then ``exec`` (Bind with the arguments as text, Execute, Sync; it waits
+    again): two round trips every time (the unnamed statement is never kept),
+    and each is paid across the service link when postgres is in the Region.
+    libpq's ``PQprepare`` and ``PQexecPrepared`` are those two exchanges (the
+    server parses once, types the text arguments from the statement, as for
+    the image).
     """
-    with conn.cursor() as cur:
-        if args:
-            _parse_round_trip(conn, sql)
-            cur.execute(psycopg_sql(sql), args)
-        else:
+    if not args:
+        with conn.cursor() as cur:
             cur.execute(sql, None)
-        names = [col.name for col in cur.description or ()]
-        return names, cur.fetchall()
+            names = [col.name for col in cur.description or ()]
+            return names, cur.fetchall()
+    pgconn = conn.pgconn
+    _check(conn, pgconn.prepare(b"", sql.encode()), psycopg.pq.ExecStatus.COMMAND_OK)
+    params: list[Any] = [_text_param(a) for a in args]  # None is SQL NULL to libpq, whatever the stub says
+    res = pgconn.exec_prepared(b"", params)
+    _check(conn, res, psycopg.pq.ExecStatus.TUPLES_OK)
+    tx = Transformer(conn)
+    tx.set_pgresult(res)
+    names = [(res.fname(i) or b"").decode() for i in range(res.nfields)]
+    return names, tx.load_rows(0, res.ntuples, tuple)
 
 
 class Config:
@@ -309,6 +300,8 @@ class Database:
             conn.close()
 
     def _new(self) -> psycopg.Connection[Any]:
+        # prepare_threshold=None: psycopg would otherwise prepare a statement run five times (the ping) and
+        # send it as Bind/Execute of a named statement, where lib/pq sends the same simple Query every time
         return psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout, prepare_threshold=None)
 
     def select(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
