@@ -44,8 +44,9 @@ _SSL_OR_GSS_REQUEST = (80877103, 80877104)  # answered with one byte; the real s
 class WireCounter:
     """A TCP relay to postgres that counts the frontend messages (by type byte) clients send through it."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, source: str = HOST) -> None:
         self.upstream_port = upstream_port
+        self.source = source  # the address it connects to postgres from (a sidecar's is 127.0.0.1)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._listener = socket.create_server((HOST, 0))
@@ -71,7 +72,7 @@ class WireCounter:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            server = socket.create_connection((HOST, self.upstream_port))
+            server = socket.create_connection((HOST, self.upstream_port), source_address=(self.source, 0))
             threading.Thread(target=self._client_to_server, args=(client, server), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
 
@@ -258,6 +259,52 @@ def test_arguments_are_text_typed_by_the_statement_like_lib_pq(env: Env) -> None
     assert (r.status_code, r.text) == (500, "Unable to list products\n")
     r = env.get("/coffees/2147483647")  # control: the largest int4 is a valid id, of no coffee
     assert (r.status_code, r.text) == (200, "[]")
+
+
+def _connect(port: int, password: str) -> None:
+    psycopg.connect(
+        f"host={HOST} port={port} user=postgres password={password} dbname=products sslmode=disable"
+    ).close()
+
+
+def test_postgres_trusts_its_own_sidecar_like_the_image(env: Env) -> None:
+    """product-api-db is postgres:11.6 with the docker entrypoint: initdb without --auth leaves its own lines
+    (127.0.0.1/32 among them) trust, and ``host all all all md5`` comes after them. Behind a sidecar every
+    client arrives from 127.0.0.1, so the image asks no password: a new connection is the startup exchange
+    alone. The stand-in asked a SCRAM exchange of each (two more round trips across the service link, and
+    SCRAM's hashing on both sides, on every connection the pool opens)."""
+    env.wire.reset()
+    _connect(env.wire.port, "not-the-password")  # from 127.0.0.1, as the sidecar: trusted
+    assert env.wire.snapshot()["p"] == 0  # no password message at all
+
+
+def _from_elsewhere(env: Env) -> WireCounter:
+    """A relay to the stand-in's postgres from 127.0.0.2: a peer that is not the pod's own sidecar."""
+    ((port,),) = env.sql("SELECT setting::int FROM pg_settings WHERE name = 'port'")
+    return WireCounter(int(port), source="127.0.0.2")
+
+
+def test_postgres_asks_other_peers_a_password(env: Env) -> None:
+    """Control: a client from elsewhere (127.0.0.2, outside the trusted 127.0.0.1/32) meets the appended line:
+    the right password is let in, a wrong one refused."""
+    other = _from_elsewhere(env)
+    try:
+        _connect(other.port, "password")
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            _connect(other.port, "not-the-password")
+    finally:
+        other.close()
+
+
+def test_other_peers_meet_md5_like_postgres_11(env: Env) -> None:
+    """The 11.6 entrypoint's POSTGRES_HOST_AUTH_METHOD default is md5 (scram-sha-256 only from postgres 14's
+    images, the stand-in's default): one PasswordMessage, where SCRAM sends two (two round trips)."""
+    other = _from_elsewhere(env)
+    try:
+        _connect(other.port, "password")
+        assert other.snapshot()["p"] == 1
+    finally:
+        other.close()
 
 
 # --------------------------------------------------------------------------- idle keep-alive connections

@@ -30,7 +30,9 @@ search bit for others (``o+x``, never read) where they lack it, so the user
 can reach its data, e.g. under a 0700 pytest temp directory.
 
 Configuration, as the real image: ``POSTGRES_USER`` (default ``postgres``),
-``POSTGRES_PASSWORD`` (required unless ``POSTGRES_HOST_AUTH_METHOD=trust``),
+``POSTGRES_PASSWORD`` (required unless ``POSTGRES_HOST_AUTH_METHOD=trust``;
+that method, md5 by default as in the 11.6 image, applies to clients not on
+loopback: initdb's own lines trust loopback, as the image leaves them),
 ``POSTGRES_DB`` (default: the user name), ``PGPORT``. Local conventions:
 ``EH_POD_DIR`` (required), ``EH_BIND_HOST``, and for tests ``EH_START_DELAY_S``
 (seconds to wait before anything else: a slow first start, as the real
@@ -72,6 +74,7 @@ TEMPLATE_ENV = "EH_PG_TEMPLATE_DIR"
 """Where seeded clusters are kept for reuse (set by the local backend; unset: every start runs initdb)."""
 FALLBACK_SYSTEM_USER = "edge-harness-pg"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+HBA_LAYOUT = "initdb-trust+host-all-all-all"  # pg_hba.conf as the image writes it (see `init_cluster`)
 
 # HashiCups catalogue: the coffees the demo shop sells. Written for this
 # project (names are HashiCups' products; texts are our own).
@@ -290,7 +293,8 @@ class Settings:
         env = dict(os.environ) if environ is None else environ
         user = env.get("POSTGRES_USER", "") or "postgres"
         password = env.get("POSTGRES_PASSWORD", "")
-        host_auth = env.get("POSTGRES_HOST_AUTH_METHOD", "") or "scram-sha-256"
+        # the product-api-db image is postgres:11.6, whose entrypoint defaults to md5 (scram-sha-256 from 14 on)
+        host_auth = env.get("POSTGRES_HOST_AUTH_METHOD", "") or "md5"
         if host_auth not in ("scram-sha-256", "md5", "trust"):
             raise ValueError(f"POSTGRES_HOST_AUTH_METHOD: {host_auth!r} is not supported (scram-sha-256, md5, trust)")
         if not password and host_auth != "trust":
@@ -374,7 +378,8 @@ def template_key(s: Settings, bins: Path) -> str:
     with (bins / "postgres").open("rb") as fh:  # ~11 MB, ~40 ms
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
-    what = [digest.hexdigest(), s.user, s.password, s.database, s.host_auth]
+    # HBA_LAYOUT: kept clusters made before loopback was trusted must not be reused
+    what = [digest.hexdigest(), s.user, s.password, s.database, s.host_auth, HBA_LAYOUT]
     return hashlib.sha256(json.dumps([*what, *seed_statements()]).encode()).hexdigest()[:20]
 
 
@@ -440,9 +445,15 @@ def init_cluster(
             "--no-locale",
             "--no-sync",
             "--no-instructions",
+            # The image runs initdb without --auth: its own lines (local socket, 127.0.0.1/32, ::1/128, and
+            # replication from them) are trust, and POSTGRES_HOST_AUTH_METHOD only comes in the line appended
+            # below, which they precede. Behind a sidecar every client connects from 127.0.0.1, so the image
+            # asks no password: no auth round trip across the service link, no SCRAM hashing per connection.
             "--auth-local=trust",
-            f"--auth-host={s.host_auth}",
+            "--auth-host=trust",
         ]
+        if s.host_auth == "md5":  # postgres 11's default hashing: md5 clients (not on loopback) get md5, not SCRAM
+            argv += ["-c", "password_encryption=md5"]
         if s.password:
             argv.append(f"--pwfile={pwfile}")
         _run(argv, user)
