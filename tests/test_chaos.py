@@ -383,6 +383,9 @@ class FakeBackend:
     def nodes(self) -> dict[str, str]:
         return {"lax-1a-n1": LAX}
 
+    def control_plane_nodes(self) -> dict[str, list[str]]:
+        return {}  # a Local Zone's node: the mesh's control plane runs in the Region
+
     def entrypoints(self) -> dict[str, str]:
         return {LAX: "http://127.0.0.1:9"}
 

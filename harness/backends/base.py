@@ -526,6 +526,40 @@ class Observation(ABC):
     def nodes(self) -> dict[str, str]:
         """Node name → zone name."""
 
+    def control_plane_nodes(self) -> dict[str, list[str]]:
+        """Node name → the mesh control-plane pods running on it (the Consul server, the connect injector).
+
+        A node fault that also stops one of them is another fault than a node loss: the catalog freezes (no
+        server) or nobody deregisters the node's pods (no injector's endpoints controller), so failover
+        rests on Envoy's passive checks alone and recovery waits for the control plane's restart. The chaos
+        actions ask before they stop a node (`harness.chaos.actions.kill_node`, docs/CONTRACTS.md). Not
+        abstract so that backends gain it one at a time; the default says this backend cannot tell, and a
+        node fault is then refused (unverified is a failure), never run blind.
+        """
+        raise BackendError(f"{self.name}: this backend cannot tell which nodes run the mesh's control plane")
+
+
+def node_to_stop(
+    candidates: Sequence[str], control: Mapping[str, Sequence[str]]
+) -> tuple[str | None, dict[str, list[str]]]:
+    """The node a node fault stops among `candidates` (in their order): the first that runs none of the mesh's
+    control-plane pods (`control`: `Backend.control_plane_nodes`), None when every one runs some; and the
+    candidates passed over for it. One rule for the chaos action that stops it and the plan that says which it
+    will be (the existing backend's `plan_fault`), so a game day's plan names the node the action then stops.
+    """
+    passed_over = {n: list(control[n]) for n in candidates if control.get(n)}
+    return next((n for n in candidates if n not in passed_over), None), passed_over
+
+
+def control_plane_refusal(action: str, what: str, hit: Mapping[str, Sequence[str]]) -> str:
+    """Why a node fault that can only be had with the control plane is refused (one line, for the journal)."""
+    pods = "; ".join(f"{n}: {', '.join(p)}" for n, p in hit.items())
+    return (
+        f"{action}: {what} runs the mesh's control plane ({pods}): stopping it would take the Consul control "
+        "plane down too, another fault than a node loss, so it is refused before anything is recorded "
+        "(docs/CONTRACTS.md, 'Node faults and the control plane')"
+    )
+
 
 class Chaos(ABC):
     """The fault primitives of `PRIMITIVES`, what this cluster can do of them, and one generic dispatch."""

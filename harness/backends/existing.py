@@ -119,7 +119,7 @@ from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from harness.backends.base import CHAOS_PRIMITIVES, ConsulAccess, Status
+from harness.backends.base import CHAOS_PRIMITIVES, ConsulAccess, Status, control_plane_refusal, node_to_stop
 from harness.backends.fence import (
     ALLOW_ENV,
     EXECUTE_ENV,
@@ -578,19 +578,40 @@ class ExistingBackend(KubeBackend):
     ) -> tuple[FaultTargets, list[str]]:
         """What `primitive` would take down now, and every way that breaks the blast radius (empty: within it).
 
-        Resolved exactly as the primitive acts: a node kill without a node
-        takes the zone's first node by name (as `harness.chaos.actions`
-        chooses), a partition the zone's namespace of the run.
+        Resolved exactly as the primitive acts (`harness.chaos.actions`): a
+        node kill without a node takes the first node by name of the zone
+        (of those running `service`'s pod, when given) that runs none of the
+        mesh's control plane (`base.node_to_stop`), a partition the zone's
+        namespace of the run. A node or zone fault that can only be had with
+        the control plane is a problem here too, as the action refuses it.
         """
         view = view or ClusterView.read(self.cluster)
-        if primitive == "kill_node" and node is None:
-            names = sorted(n.name for n in view.zone_nodes(zone))
-            node = names[0] if names else None
+        control_problems: list[str] = []
+        if primitive == "kill_node":
+            if node is not None:
+                candidates, what = [node], f"node {node}"
+            elif service is not None:
+                names = {n.name for n in view.zone_nodes(zone)}
+                candidates = sorted({p.node for p in view.pods if p.app == service and p.node in names})
+                what = f"every node of {zone} that runs a {service} pod"
+                if not candidates:
+                    control_problems.append(f"kill_node: no node of {zone} runs a {service} pod")
+            else:
+                candidates, what = sorted(n.name for n in view.zone_nodes(zone)), f"every node of {zone}"
+            picked, passed_over = node_to_stop(candidates, view.control_plane)
+            if picked is None and passed_over:
+                control_problems.append(control_plane_refusal("kill_node", what, passed_over))
+            if node is None:  # refused: the plan still shows the node the action would have had to stop
+                node = picked if picked is not None else (candidates[0] if candidates else None)
+        elif primitive == "zone_outage":
+            hit = {n.name: view.control_plane[n.name] for n in view.zone_nodes(zone) if view.control_plane.get(n.name)}
+            if hit:
+                control_problems.append(control_plane_refusal("zone_outage", f"zone {zone}", hit))
         if primitive == "kill_node" and node is not None and not zone:
             zone = view.node_zone(node)
         ns = self._zone_namespace(zone) if primitive == "partition_zone" else None
         t = targets_for(view, primitive, zone, service=service, node=node, namespace=ns)
-        return t, violations(view, t, self.blast, self._region_only())
+        return t, [*control_problems, *violations(view, t, self.blast, self._region_only())]
 
     def steady_state_problems(self) -> list[str]:
         """Why the run's part of the cluster is not in its steady state (empty: it is).

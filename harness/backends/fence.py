@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.kube import LABEL_APP, LABEL_POD_ZONE, KubeCluster, pod_serving
+from harness.backends.kube.chaos import control_plane_of
 from harness.contract.files import write_atomic
 from harness.errors import InputError
 
@@ -207,12 +208,14 @@ class ClusterView:
 
     nodes: list[NodeView]
     pods: list[PodView]
+    control_plane: dict[str, list[str]] = field(default_factory=dict)  # node -> Consul control-plane pods on it
 
     @classmethod
     def read(cls, cluster: KubeCluster) -> ClusterView:
         nodes = [NodeView(n.name, n.zone, n.unschedulable) for n in cluster.node_infos()]
         pods = []
-        for p in cluster.pods():
+        listed = cluster.pods()
+        for p in listed:
             meta = p.get("metadata") or {}
             labels = meta.get("labels") or {}
             owners = meta.get("ownerReferences") or []
@@ -233,7 +236,7 @@ class ClusterView:
                     daemon=daemon,
                 )
             )
-        return cls(nodes, pods)
+        return cls(nodes, pods, control_plane_of(listed))
 
     def zone_nodes(self, zone: str) -> list[NodeView]:
         return [n for n in self.nodes if n.zone == zone]

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.backends import BackendOptions, connect
-from harness.backends.base import PRIMITIVES, Backend, dispatch
+from harness.backends.base import PRIMITIVES, Backend, control_plane_refusal, dispatch, node_to_stop
 from harness.chaos import expected
 from harness.chaos.roles import RoleError, parse_role, resolve_zone
 from harness.chaos.timeline import FaultKind, record
@@ -381,8 +381,10 @@ def kill_node(
     service: str | None = None,
     expected_errors: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Stop a node of `zone` for `duration_s`: the one running `service`'s pod when given (e.g. the
-    database primary's node), else `node`, else the zone's first.
+    """Stop a node of `zone` for `duration_s`: `node` when given, else the first (by name) running
+    `service`'s pod when given (e.g. the database primary's node), else the zone's first, in each case
+    passing over a node that runs the mesh's control plane (the Consul server or injector), and refused
+    when every such node does (`_without_control_plane`): a node loss, never the control plane's by chance.
 
     Its pods die; services left with no instance in the zone fall back to the Region.
     Node names differ per backend (kind-worker3, ip-10-0-...), so experiments name the zone
@@ -394,13 +396,14 @@ def kill_node(
     nodes = sorted(n for n, z in b.nodes().items() if z == zone)
     if not nodes or (node is not None and node not in nodes):
         raise BackendError(f"no node {node or ''} in zone {zone}")
+    candidates, what = ([node], f"node {node}") if node is not None else (nodes, f"every node of {zone}")
     if service is not None and node is None:
         alive_pods = b.inventory().pods(alive_only=True)
         holding = sorted({p.node for p in alive_pods if p.zone == zone and p.service == service} & set(nodes))
         if not holding:
             raise BackendError(f"no node of {zone} runs a {service} pod")
-        node = holding[0]
-    node = node or nodes[0]
+        candidates, what = holding, f"every node of {zone} that runs a {service} pod"
+    node, passed_over = _without_control_plane(b, "kill_node", candidates, what)
     alive = b.inventory().pods(alive_only=True)
     on_node = {p.service for p in alive if p.node == node}
     elsewhere = {p.service for p in alive if p.zone == zone and p.node != node}
@@ -414,7 +417,38 @@ def kill_node(
     )  # fmt: skip
     wait_ready(b, zone, sorted(on_node), stale=stale)
     _snapshot(b, f"restore {fault}")
-    return {"fault": fault, "zone": zone, "node": node, "services_lost": lost}
+    out: dict[str, Any] = {"fault": fault, "zone": zone, "node": node, "services_lost": lost}
+    if passed_over:
+        out["passed_over"] = passed_over  # said in the journal: why this node and not the zone's first
+    return out
+
+
+def _without_control_plane(
+    b: Backend, action: str, candidates: list[str], what: str
+) -> tuple[str, dict[str, list[str]]]:
+    """The first of `candidates` (in order) that runs none of the mesh's control-plane pods, and the ones passed
+    over for running some (`base.node_to_stop`); BackendError, before anything is recorded, when every
+    candidate runs one.
+
+    kube-scheduler places the Consul server and injector at random among equally scored nodes (selectHost), so
+    "the zone's first node" took the control plane down with it on some nights and not on others: the catalog
+    froze, failover rested on Envoy's passive checks and recovery waited for a server restart (and, on EKS, for
+    its zonal volume). Same config, another fault, another verdict. A node loss that can only be had with the
+    control plane is refused: judged as a node loss it would pass or fail by how fast the server came back, and
+    the verdict fails the experiment with this message (experiment-ran), as for any refused fault.
+    """
+    node, passed_over = node_to_stop(candidates, _control_plane(b, action, what))
+    if node is None:
+        raise BackendError(control_plane_refusal(action, what, passed_over))
+    return node, passed_over
+
+
+def _control_plane(b: Backend, action: str, what: str) -> dict[str, list[str]]:
+    """Node -> the control-plane pods on it; a backend that cannot tell refuses (`Backend.control_plane_nodes`)."""
+    try:
+        return b.control_plane_nodes()
+    except BackendError as exc:
+        raise BackendError(f"{action}: {exc}, so stopping {what} might stop it too: refused") from None
 
 
 def restore_node(zone: str, node: str | None = None, configuration: dict[str, Any] | None = None) -> None:
@@ -435,6 +469,11 @@ def zone_outage(
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
     declared = _expected(expected_errors)
+    # every node of the zone goes: one that runs the control plane makes it another fault (`kill_node`)
+    control = _control_plane(b, "zone_outage", f"the nodes of {zone}")
+    hit = {n: control[n] for n, z in sorted(b.nodes().items()) if z == zone and control.get(n)}
+    if hit:
+        raise BackendError(control_plane_refusal("zone_outage", f"zone {zone}", hit))
     services = _zone_services(b, zone)
     fault = _fault_id("zone-outage", zone)
     stale = _stale(b, (p.pod for p in b.inventory().pods(alive_only=True) if p.zone == zone))

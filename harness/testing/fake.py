@@ -201,6 +201,10 @@ class FakeBackend(Backend):
     def nodes(self) -> dict[str, str]:
         return {self._node(z.name, i): z.name for z in self.topology.zones for i in range(max(1, z.nodes))}
 
+    def control_plane_nodes(self) -> dict[str, list[str]]:
+        """None: this fake routes as Consul would from the harness's own process, on no node of its own."""
+        return {}
+
     def save_artifacts(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         state = {"pods": {n: {"ip": p.info.ip, "zone": p.info.zone, "ready": p.ready} for n, p in self._pods.items()},

@@ -611,6 +611,9 @@ class KubeBackend(Backend):
     def nodes(self) -> dict[str, str]:
         return self.cluster.nodes()
 
+    def control_plane_nodes(self) -> dict[str, list[str]]:
+        return self.cluster.control_plane_nodes()
+
     def _zone_nodes(self, zone: str) -> list[str]:
         names = [n.name for n in self.cluster.node_infos() if n.zone == zone]
         if not names:

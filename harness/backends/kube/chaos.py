@@ -40,8 +40,39 @@ from harness.errors import BackendError
 KILL_GRACE_S = 1
 
 
+# The chart's components a node fault must not take unnoticed (charts/consul/templates/server-statefulset.yaml,
+# connect-inject-deployment.yaml label their pods app=consul, component=<these>): the server holds the catalog
+# (consul-k8s v1.9.11 runs one with `server.replicas: 1`: no quorum survives its node), and the injector's
+# endpoints controller is what deregisters a dead pod's instance. The webhook-cert-manager is on no request's path.
+CONTROL_PLANE_COMPONENTS = ("server", "connect-injector")
+
+
+def control_plane_of(pods: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Node -> `namespace/pod (component)` of the Consul control-plane pods bound to it, from a pod list.
+
+    Found by the chart's labels, as `find_consul` finds the server. A pod being deleted is leaving its node
+    already (its replacement is what a later fault meets); a Pending pod is on no node yet.
+    """
+    out: dict[str, list[str]] = {}
+    for p in pods:
+        labels = _labels(p)
+        component = labels.get("component", "")
+        if labels.get(LABEL_APP) != "consul" or component not in CONTROL_PLANE_COMPONENTS:
+            continue
+        meta = _meta(p)
+        node = (p.get("spec") or {}).get("nodeName")
+        if not node or meta.get("deletionTimestamp"):
+            continue
+        out.setdefault(str(node), []).append(f"{meta.get('namespace')}/{meta.get('name')} ({component})")
+    return {n: sorted(v) for n, v in sorted(out.items())}
+
+
 class PodChaosMixin(KubeApi):
     """The chaos primitives the kind and existing backends share."""
+
+    def control_plane_nodes(self) -> dict[str, list[str]]:
+        """Node -> the Consul control-plane pods on it (`control_plane_of`), over every namespace."""
+        return control_plane_of(self.pods(selector={LABEL_APP: "consul"}))
 
     def cordon(self, node: str, unschedulable: bool = True) -> None:
         self.request(

@@ -327,6 +327,12 @@ class LocalBackend(Backend):
     def nodes(self) -> dict[str, str]:
         return dict(self._get("/status")["nodes"])
 
+    def control_plane_nodes(self) -> dict[str, list[str]]:
+        """None: the local cluster has no Consul server or injector pod. What stands in for them (the endpoint
+        control loop and the compiled xDS) runs in the daemon on the host, on no node, so no node fault stops
+        it (docs/local-emulation.md)."""
+        return {}
+
     def record_sources(self) -> dict[str, Path]:
         """The daemon's pod and entry-point history (it writes them as they happen)."""
         return {INVENTORY_FILE: self.state_dir / INVENTORY_FILE, ENTRYPOINTS_FILE: self.state_dir / ENTRYPOINTS_FILE}
