@@ -12,6 +12,8 @@ every order here, so a placement or a choice that depends on the tie shows.
 
 from __future__ import annotations
 
+import itertools
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ from harness.chaos.roles import resolve_zone
 from harness.contract.inventory import Inventory, PodInfo
 from harness.render import (
     entry,  # noqa: F401  (first: render.kind and render.hashicups import each other through it)
+    helm,
 )
 from harness.render.helm import render_helm_values
 from harness.testing.fake import FakeBackend
@@ -153,6 +156,92 @@ def _az_experiments(t: Topology) -> dict[str, tuple[str, str | None]]:
         "az-node-loss": (str(resolve_zone("an AZ without postgres", t, {})), None),
         "az-primary-loss": (str(resolve_zone("the AZ of postgres", t, {})), "postgres"),
     }
+
+
+@pytest.mark.parametrize("edition", [Edition.CE, Edition.ENTERPRISE])
+def test_on_eks_the_server_lands_in_the_database_primarys_az_whichever_way_ties_fall(edition: Edition) -> None:
+    """The rendered values put the control plane in one AZ, the same every night: the primary's, whose node loss
+    is already the declared single point of failure (az-primary-loss). HEAD: the tie decided between the AZs."""
+    t = _topology()
+    values = render_helm_values(t, edition)
+    azs = [n for n, z in _eks_node_names(t).items() if z in helm.region_azs(t)]
+    placed = set()
+    for order in itertools.permutations(azs):
+        sim = _eks_sim(t, values, list(order))
+        placed |= {n for n in control_plane_of(sim.items("v1", "pods"))}
+    assert {_eks_node_names(t)[n] for n in placed} == set(helm.primary_azs(t)) == {"us-west-2a"}
+
+
+def test_the_tie_decides_an_eks_placement_without_the_primary_preference() -> None:
+    """Control: without the primary-AZ preference (HEAD's rule) the sim shows both outcomes, as selectHost's
+    coin does on EKS, so the test above can fail."""
+    t = _topology()
+    values = render_helm_values(t, Edition.CE)
+    affinity = helm._control_plane_affinity(t)
+    affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] = affinity["nodeAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ][:1]
+    for section in ("server", "connectInject"):
+        extra = helm.SERVER_ANTI_AFFINITY if section == "server" else {}
+        values[section]["affinity"] = helm._yaml_string({**affinity, **extra})
+    azs = [n for n, z in _eks_node_names(t).items() if z in helm.region_azs(t)]
+    zones = {
+        _eks_node_names(t)[n]
+        for order in itertools.permutations(azs)
+        for n in control_plane_of(_eks_sim(t, values, list(order)).items("v1", "pods"))
+    }
+    assert zones == {"us-west-2a", "us-west-2b"}
+
+
+@pytest.mark.parametrize("az_nodes", [1, 2])
+def test_the_az_node_loss_experiments_do_the_same_thing_whichever_way_ties_fall(
+    az_nodes: int, monkeypatch: pytest.MonkeyPatch, stops: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Same config, same fault: for every tie order, az-node-loss's kill_node stops the same node, which runs no
+    control-plane pod, and az-primary-loss's never stops the control plane (with one node per AZ it is refused
+    every time). HEAD: with one node per AZ, az-node-loss stopped the server's node under one tie order and not
+    under the other; with two, 'the zone's first' was the server's under some orders."""
+    t = _topology(az_nodes)
+    values = render_helm_values(t, Edition.CE)
+    azs = [n for n, z in _eks_node_names(t).items() if z in helm.region_azs(t)]
+    outcomes: dict[str, set[str]] = {}
+    for order in itertools.permutations(azs):
+        sim = _eks_sim(t, values, list(order))
+        probe = SimChaos(sim, t, [])
+        zone_db = _az_experiments(t)["az-primary-loss"][0]
+        b = SimChaos(sim, t, [("postgres-0", "postgres", _postgres_node(probe, zone_db))])
+        _use(monkeypatch, b)
+        control = b.control_plane_nodes()
+        for exp, (zone, service) in _az_experiments(t).items():
+            stops.clear()
+            got = _outcome(lambda: actions.kill_node(zone, duration_s=0, service=service))  # noqa: B023
+            assert got not in control, f"ties {order}: {exp} stopped {got}, which runs {control[got]}"
+            assert [a["node"] for _p, a in stops] == ([] if got.startswith("refused") else [got])
+            outcomes.setdefault(exp, set()).add(got)
+    assert len(outcomes["az-node-loss"]) == 1, outcomes  # the Region-carries-on experiment: one node, every night
+    assert not next(iter(outcomes["az-node-loss"])).startswith("refused")
+    if az_nodes == 1:  # the primary's only node runs the control plane too: refused, every night alike
+        assert outcomes["az-primary-loss"] == {"refused: control plane"}
+    # else: whether the primary shares its node with the server in a two-node AZ is the scheduler's (the
+    # primary is placed after Consul): stopped or refused, never the control plane (docs/CONTRACTS.md)
+
+
+def test_kill_node_passes_over_the_control_planes_node_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, stops: list[tuple[str, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """A two-node AZ whose first node (by name) runs the server: the other one is stopped, and the action's output
+    (the journal) names the node passed over and why."""
+    t = _topology(2)
+    values = render_helm_values(t, Edition.CE)
+    a_nodes = sorted(n for n, z in _eks_node_names(t).items() if z == "us-west-2a")
+    sim = _eks_sim(t, values, a_nodes)  # ties to the first: the server and injector on it
+    b = SimChaos(sim, t, [])
+    _use(monkeypatch, b)
+    assert set(b.control_plane_nodes()) == {a_nodes[0]}
+    out = actions.kill_node("us-west-2a", duration_s=0)
+    assert out["node"] == a_nodes[1] and stops == [("kill_node", {"node": a_nodes[1]})]
+    assert sorted(p.rsplit(" ", 1)[1] for p in out["passed_over"][a_nodes[0]]) == ["(connect-injector)", "(server)"]
+    assert "consul/consul-server-0 (server)" in json.loads(json.dumps(out))["passed_over"][a_nodes[0]]  # journal
 
 
 def test_a_refused_node_fault_records_nothing_and_names_the_control_plane(

@@ -24,8 +24,18 @@ differ by), and tolerate its `node-role.kubernetes.io/control-plane:NoSchedule`
 taint, which kind keeps on a cluster with workers (kind
 pkg/cluster/internal/create/actions/kubeadminit/init.go removes it only when
 the cluster has one node). kind's control-plane belongs to no zone, so chaos
-never stops it. EKS shows no control-plane node: the preference is void there
-and the AZ rule holds as before. The AZs are selected by
+never stops it. EKS shows no control-plane node: that preference is void
+there, and among the AZs the tie would again decide between the node
+az-node-loss stops and the one az-primary-loss stops, a different fault each
+night. So they prefer next (weight 50, below the control-plane's) the AZ of
+the database primary (`primary_azs`), whose node loss is already the declared
+single point of failure: with one node per AZ, az-node-loss never meets the
+control plane and az-primary-loss always does, and the chaos action refuses
+it (harness.chaos.actions.kill_node, docs/CONTRACTS.md "Node faults and the
+control plane") rather than judging a control-plane outage as a node loss.
+NodeAffinity's score is the matching weights normalised to the best node's
+(pkg/scheduler/framework/plugins/nodeaffinity NormalizeScore), so on kind the
+control-plane node (100) still beats a primary-AZ worker (50). The AZs are selected by
 `topology.kubernetes.io/zone`, a label every kind node here and every EKS
 node carries (the kubelet sets it from the instance's zone); the harness's own
 `edge-harness.io/zone-type` label exists only on kind nodes, so selecting on
@@ -52,6 +62,7 @@ import yaml
 
 from harness.contract import names
 from harness.contract.scheduling import CONTROL_PLANE_TAINT_KEY
+from harness.render.naming import region_service_zones
 from harness.topology.model import Edition, Topology, ZoneType
 
 CHART_REPO = "https://helm.releases.hashicorp.com"
@@ -115,21 +126,34 @@ def region_azs(t: Topology) -> list[str]:
 CONTROL_PLANE_KEY = CONTROL_PLANE_TAINT_KEY
 CONTROL_PLANE_PREFERENCE = 100  # the highest weight a preferred term may have
 CONTROL_PLANE_TOLERATIONS = [{"key": CONTROL_PLANE_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+# below the control-plane's: on kind the control-plane node still wins (NodeAffinity's score is the matching
+# weights normalised to the best node's: 100 against 50), on EKS, with no such node, the primary's AZ does
+PRIMARY_AZ_PREFERENCE = 50
+
+
+def primary_azs(t: Topology) -> list[str]:
+    """The AZs of the Region's database primaries (a Region-only service another one is `replicaOf`), in topology
+    order: where a node loss is already the declared single point of failure."""
+    primaries = {s.replica_of for s in t.services if s.replica_of is not None}
+    return [z.name for z in t.region_zones if any(z in region_service_zones(t.service(p), t) for p in primaries)]
 
 
 def _control_plane_affinity(t: Topology) -> dict[str, Any]:
-    """Required: a Region AZ or a control-plane node (terms are ORed); preferred: the control-plane."""
+    """Required: a Region AZ or a control-plane node (terms are ORed); preferred: the control-plane, then the
+    AZ of the database primary (`primary_azs`)."""
     in_azs = {"matchExpressions": [{"key": names.LABEL_ZONE, "operator": "In", "values": region_azs(t)}]}
 
     def control_plane() -> dict[str, Any]:  # a new object each time: safe_dump would write a shared one as an anchor
         return {"matchExpressions": [{"key": CONTROL_PLANE_KEY, "operator": "Exists"}]}
 
+    preferred: list[dict[str, Any]] = [{"weight": CONTROL_PLANE_PREFERENCE, "preference": control_plane()}]
+    if primary := primary_azs(t):
+        in_primary = {"matchExpressions": [{"key": names.LABEL_ZONE, "operator": "In", "values": primary}]}
+        preferred.append({"weight": PRIMARY_AZ_PREFERENCE, "preference": in_primary})
     return {
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [in_azs, control_plane()]},
-            "preferredDuringSchedulingIgnoredDuringExecution": [
-                {"weight": CONTROL_PLANE_PREFERENCE, "preference": control_plane()}
-            ],
+            "preferredDuringSchedulingIgnoredDuringExecution": preferred,
         }
     }
 
