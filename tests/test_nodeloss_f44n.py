@@ -351,3 +351,28 @@ def test_a_game_days_plan_names_the_node_the_action_stops() -> None:
     assert "zone us-west-2a runs the mesh's control plane" in problems[0]
     targets, problems = ExistingBackend.plan_fault(stub, "kill_node", "us-west-2b", view=view)  # type: ignore[arg-type]
     assert targets.nodes == ["b1"] and problems == []  # control: nothing of the control plane there
+
+
+def test_the_verdict_says_a_refused_node_fault_was_refused_for_the_control_plane(
+    monkeypatch: pytest.MonkeyPatch, stops: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """The refusal reaches the verdict: chaostoolkit keeps the exception's lines in the journal, and experiment-ran
+    names the failed action with the last one, which is the refusal's one line (nodes, pods, why)."""
+    from harness.contract.journal import journal_problems
+
+    t = _topology()
+    sim = _eks_sim(t, render_helm_values(t, Edition.CE), [])
+    b = SimChaos(sim, t, [])
+    _use(monkeypatch, b)
+    node = next(n for n, pods in b.control_plane_nodes().items() if "consul/consul-server-0 (server)" in pods)
+    with pytest.raises(BackendError) as exc:
+        actions.kill_node(b.nodes()[node], duration_s=0)  # an AZ of one node: its node runs the server
+    action = "lose the node of the postgres primary"
+    journal = {
+        "status": "failed",
+        "run": [{"activity": {"name": action}, "status": "failed",
+                 "exception": ["Traceback (most recent call last):\n", f"harness.errors.BackendError: {exc.value}\n"]}],
+    }  # fmt: skip
+    problems = journal_problems(journal, [action])
+    failed = next(p for p in problems if p.startswith(f"action '{action}' failed"))
+    assert node in failed and "consul-server-0 (server)" in failed and "refused before anything is recorded" in failed
