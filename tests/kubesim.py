@@ -97,6 +97,14 @@ module does all of that, each behaviour taken from the source named here:
   in `<fullname>-bootstrap-acl-token` (key `token`) and makes the API answer
   403 without the rights a call needs ("ACL not found" for an unknown token;
   the anonymous token reads nodes and services only, for DNS).
+- The chart's webhook-cert-manager (consul-k8s v1.9.11 subcommand/
+  webhook-cert-manager) makes a new CA at each start, in memory only, and
+  writes it into the pod webhook's caBundle at once; the injector serves the
+  certificate of its mounted Secret until its kubelet's next sync
+  (`secret_volume_sync_s`). Meanwhile the pod webhook (CREATE of every pod
+  outside kube-system & co whose label `app` is not `consul`, failurePolicy
+  Fail) cannot be called: the API answers 500 "x509: certificate signed by
+  unknown authority", dry-run creates (`?dryRun=All`) included.
 - consul-k8s 1.9.11's endpoints controller registers a pod in Consul's
   catalog only from the Endpoints of a Service selecting it, one Endpoints
   object per reconcile (control-plane/connect-inject/controllers/endpoints/
@@ -392,6 +400,10 @@ class Invalid(ApiError):
     code, reason = 422, "Invalid"
 
 
+class WebhookFailed(ApiError):
+    """A webhook with failurePolicy Fail that could not be called: the API server's 500 InternalError."""
+
+
 def status_obj(code: int, reason: str, message: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -546,6 +558,10 @@ class SimTimings:
     watch_history: int = 5000  # events kept for watches from a resourceVersion (etcd compaction)
     log_monitor_s: float = 0.05  # the kubelet's container log size check (containerLogMonitorInterval); real 10 s
     alb_provision_s: float = 0.3  # a new ALB's `provisioning` state before it routes (DNS resolves); real: minutes
+    # a Secret's new data reaches a running pod's volume at the kubelet's next sync of that pod (syncFrequency 1 min,
+    # plus its Secret cache): how long the injector keeps serving the webhook certificate of the old CA
+    # (None: held until a test calls `ClusterSim.sync_webhook_cert`, no wall-clock race)
+    secret_volume_sync_s: float | None = 0.5
 
 
 BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
@@ -1109,6 +1125,15 @@ class Consul:
     # ACL secret -> rights ("*" management, else e.g. "service:read", "intentions:read", "agent:read")
     tokens: dict[str, frozenset[str]] = field(default_factory=dict)
     anonymous: frozenset[str] = frozenset()  # the anonymous token's rights (server-acl-init -allow-dns)
+    # The injector's webhook certificate (consul-k8s v1.9.11 subcommand/webhook-cert-manager): each start of the
+    # webhook-cert-manager makes a new CA and certificate (cert.GenSource, in memory only), writes them to the
+    # Secret and the CA into the MutatingWebhookConfiguration's caBundle at once; the injector serves the
+    # certificate of its mounted Secret (controller-runtime's certwatcher on -tls-cert-dir), which the kubelet
+    # refreshes only at its next sync. `webhook_ca` is the caBundle's generation, `injector_ca` the served one's;
+    # `injector_ca_at` when the injector's kubelet brings the new one.
+    webhook_ca: int = 0
+    injector_ca: int = 0
+    injector_ca_at: float | None = None
 
 
 Obj = dict[str, Any]
@@ -1186,6 +1211,7 @@ class ClusterSim:
         self.nodes: dict[str, NodeRun] = {}
         self.pods: dict[str, PodRun] = {}  # uid -> run state
         self.consul: Consul | None = None
+        self.webhook_refusals: list[str] = []  # pods the injector's webhook could not be called for (ns/name)
         self.kind_cluster: str | None = None
         # kind: the host's Docker image store (kept across clusters) and what went to the registry: every image a
         # kind node lacks is pulled by its kubelet from Docker Hub, anonymously, from the host's one address
@@ -1371,8 +1397,11 @@ class ClusterSim:
             if av == api_version and pl == plural and (ns is None or n == ns)
         ]
 
-    def create(self, api_version: str, plural: str, ns: str | None, obj: Obj) -> Obj:
-        """Create as the API server would (409 raised as KeyError); admission and defaults applied."""
+    def create(self, api_version: str, plural: str, ns: str | None, obj: Obj, *, dry_run: bool = False) -> Obj:
+        """Create as the API server would (409 raised as KeyError); admission and defaults applied.
+
+        `dry_run` (`?dryRun=All`): admission runs, webhooks included (the chart's declare sideEffects None), and
+        the object it would have stored comes back; nothing is stored."""
         kind, namespaced = self.resources[(api_version, plural)]
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
@@ -1409,6 +1438,8 @@ class ClusterSim:
             self._admit_service(obj)
         if kind == "PersistentVolumeClaim":
             self._admit_claim(obj)
+        if dry_run:
+            return obj
         self._bump(obj)
         self.objects[key] = obj
         if kind == "Node":
@@ -1623,6 +1654,62 @@ class ClusterSim:
         if int((d.get("spec") or {}).get("minReadySeconds") or 0) > 0:
             raise Invalid(f'kubesim: deployments.apps "{name}": spec.minReadySeconds is not modelled')
 
+    # the chart's connectInject.namespaceSelector (values.yaml v1.9.11): the webhook is not called for these
+    INJECT_EXCLUDED_NAMESPACES = frozenset({"kube-system", "local-path-storage", "openebs", "gmp-system",
+                                            "gke-managed-cim"})  # fmt: skip
+
+    def _call_inject_webhook(self, pod: Obj) -> bool:
+        """The API server calling the injector's pod webhook (templates/connect-inject-mutatingwebhookconfiguration
+        .yaml: CREATE of every pod outside the excluded namespaces whose label `app` is not `consul`, failurePolicy
+        `connectInject.failurePolicy`, Fail by default). True when it answered; False when it could not be called
+        and the policy is Ignore (the pod is admitted as it is: not injected); WebhookFailed when the policy is
+        Fail. It cannot be called while the injector serves a certificate of another CA than the caBundle's."""
+        c = self.consul
+        assert c is not None
+        meta = pod.get("metadata") or {}
+        if meta.get("namespace") in self.INJECT_EXCLUDED_NAMESPACES:
+            return False  # namespaceSelector
+        if (meta.get("labels") or {}).get("app") == "consul":
+            return False  # objectSelector: Consul's own pods
+        if not self.webhook_refuses_pods():
+            return True
+        self.webhook_refusals.append(f"{meta.get('namespace')}/{meta.get('name') or meta.get('generateName')}")
+        if str((c.values.get("connectInject") or {}).get("failurePolicy") or "Fail") == "Ignore":
+            return False
+        raise WebhookFailed(
+            f'Internal error occurred: failed calling webhook "{c.fullname}-connect-injector.consul.hashicorp.com": '
+            f'failed to call webhook: Post "https://{c.fullname}-connect-injector.{c.namespace}.svc:443/mutate?'
+            'timeout=10s": tls: failed to verify certificate: x509: certificate signed by unknown authority'
+        )
+
+    def _webhook_cert_manager_started(self, pod: Obj, now: float) -> None:
+        """A (re)start of the chart's webhook-cert-manager: a new CA in the caBundle now, in the injector later."""
+        c = self.consul
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if c is None or labels.get("app") != "consul" or labels.get("component") != "webhook-cert-manager":
+            return
+        c.webhook_ca += 1
+        if c.webhook_ca == 1:
+            c.injector_ca = 1  # at install the injector cannot start before the Secret exists: it mounts it
+        else:
+            sync = self.t.secret_volume_sync_s
+            c.injector_ca_at = now + sync if sync is not None else math.inf
+
+    def sync_webhook_cert(self) -> None:
+        """The injector's kubelet syncs its Secret volume now: it serves the caBundle's CA again."""
+        c = self.consul
+        if c is not None:
+            c.injector_ca, c.injector_ca_at = c.webhook_ca, None
+
+    def webhook_refuses_pods(self) -> bool:
+        """The injector serves a certificate of another CA than the pod webhook's caBundle (pods are refused)."""
+        c = self.consul
+        if c is None:
+            return False
+        if c.injector_ca_at is not None and time.time() >= c.injector_ca_at:
+            c.injector_ca, c.injector_ca_at = c.webhook_ca, None
+        return c.injector_ca != c.webhook_ca
+
     def _admit_pod(self, pod: Obj) -> None:
         """Defaults, DefaultTolerationSeconds, and consul-k8s's mutating webhook."""
         spec = pod.setdefault("spec", {})
@@ -1635,7 +1722,11 @@ class ClusterSim:
         pod.setdefault("status", {}).setdefault("phase", "Pending")
         ann = (pod.get("metadata") or {}).setdefault("annotations", {})
         c = self.consul
-        if c is None or not c.inject or ann.get("consul.hashicorp.com/connect-inject") != "true":
+        if c is None or not c.inject:
+            return
+        if not self._call_inject_webhook(pod):
+            return
+        if ann.get("consul.hashicorp.com/connect-inject") != "true":
             return
         if any(x.get("name") == "consul-dataplane" for x in spec.get("containers") or []):
             return
@@ -1774,7 +1865,8 @@ class ClusterSim:
                 return aiohttp.web.json_response(obj)
             if method == "POST" and name is None:
                 body = request.data if isinstance(request.data, dict) else {}
-                return aiohttp.web.json_response(self.create(*key, ns, body), status=201)
+                dry = params.get("dryRun") == "All"
+                return aiohttp.web.json_response(self.create(*key, ns, body, dry_run=dry), status=201)
             if method == "PATCH" and name is not None:
                 body = request.data if isinstance(request.data, dict) else {}
                 return aiohttp.web.json_response(self.patch(*key, ns, name, body, status_only=sub == "status"))
@@ -2180,7 +2272,7 @@ class ClusterSim:
             self._claims_for(owner, pname, pod)
         try:
             self.create("v1", "pods", ns, pod)
-        except Invalid as exc:
+        except (Invalid, WebhookFailed) as exc:
             self._event(owner, "Warning", "FailedCreate", f"Error creating: {exc}", "replicaset-controller",
                         time.time())  # fmt: skip
             return False
@@ -2884,6 +2976,7 @@ class ClusterSim:
         status["conditions"] = list(conds.values())
         self.patch("v1", "pods", pod["metadata"]["namespace"], pod["metadata"]["name"], {"status": status})
         run.ready_at = now + self.t.ready_s
+        self._webhook_cert_manager_started(pod, now)
 
     def _finish_job(self, pod: Obj, run: PodRun, now: float) -> None:
         """A run-to-completion pod (the NetworkPolicy probe client): exit 0 or 1."""

@@ -282,7 +282,8 @@ class NapClock:
         self.on_nap: Callable[[], object] | None = None  # something that happens to the cluster meanwhile
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(kind_mod, "time", SimpleNamespace(monotonic=lambda: self.now, sleep=time.sleep))
+        clock = SimpleNamespace(monotonic=lambda: self.now, sleep=time.sleep, time=time.time)  # wall time: as it is
+        monkeypatch.setattr(kind_mod, "time", clock)
         monkeypatch.setattr(kind_mod, "nap", self.nap)
 
     def _settled(self) -> bool:

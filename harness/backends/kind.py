@@ -813,20 +813,24 @@ class KindBackend(KubeBackend):
         self._run("docker", "stop", node)
 
     def restore_node(self, node: str) -> None:
+        since = time.time()
         self._run("docker", "start", node)
         self._wait_entrypoint([node])
         self._impose()
         self._above_kube_proxy([node])
+        self._wait_pod_admission([node], since)
 
     def zone_outage(self, zone: str) -> None:
         self._run("docker", "stop", *self._zone_nodes(zone))
 
     def restore_zone(self, zone: str) -> None:
         nodes = self._zone_nodes(zone)
+        since = time.time()
         self._run("docker", "start", *nodes)
         self._wait_entrypoint(nodes)
         self._impose()
         self._above_kube_proxy(nodes)
+        self._wait_pod_admission(nodes, since)
 
     def _wait_entrypoint(self, nodes: Sequence[str], timeout_s: float = BOOT_TIMEOUT_S) -> None:
         """Until kind's entrypoint in each started node container has handed PID 1 over to systemd."""

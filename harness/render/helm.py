@@ -44,7 +44,16 @@ and `nodeSelector` as multi-line strings run through `tpl`
 (templates/server-statefulset.yaml, connect-inject-deployment.yaml);
 webhook-cert-manager has only a nodeSelector (no OR, no preference), so it
 stays pinned to the first AZ: it keeps the injector's webhook certificate and
-CA bundle current, and is on the path of no request and no failover.
+CA bundle current, and is on the path of no request and no failover. But it
+is on the path of every pod created after it restarts: it keeps its CA in
+memory only, so a restart (its node stopped and started: az-primary-loss,
+the first AZ's zone-outage) puts a new CA into the pod webhook's caBundle
+while the injector serves its old certificate until the kubelet refreshes
+its Secret volume, and the webhook (failurePolicy Fail) refuses every new pod
+meanwhile. The backends' restores wait that window out
+(`KubeBackend._wait_pod_admission`); a control-plane-only nodeSelector would
+avoid it on kind but leave the manager Pending on EKS, which shows no
+control-plane node.
 
 Access logs. Envoy writes access logs through a buffer flushed every
 `--file-flush-interval-msec` (default 10000 ms); the chart hands

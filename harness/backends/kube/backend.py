@@ -50,6 +50,7 @@ from harness.backends.base import (
 from harness.backends.kube.api import (
     KubeApiError,
     ProgressFn,
+    parse_k8s_time,
 )
 from harness.backends.kube.cluster import KubeCluster
 from harness.backends.kube.edgeprobe import run_probe
@@ -72,6 +73,7 @@ from harness.contract.names import (
 from harness.contract.rundir import ENTRYPOINTS_FILE, INVENTORY_FILE
 from harness.contract.users import USER_TIMEOUT
 from harness.errors import BackendError
+from harness.interrupt import nap
 from harness.topology import ENTRY_SERVICE
 
 if TYPE_CHECKING:
@@ -521,6 +523,73 @@ class KubeBackend(Backend):
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             said = "; ".join(problems[:3])
             raise BackendError(f"{self._where}: the mesh's sidecars cannot be read as the verdict needs: {said}{more}")
+
+    def _wait_pod_admission(self, restored: Sequence[str], since: float, timeout_s: float | None = None) -> None:
+        """After `restored` nodes came back: until the API server admits pods again, when the chart's
+        webhook-cert-manager ran on one of them; BackendError after `timeout_s` (the ready timeout) otherwise.
+
+        Why: the webhook-cert-manager keeps its CA in memory only, so its restart with its node makes a new CA
+        and certificate and writes the CA into the pod webhook's caBundle at once, while the injector serves
+        the certificate of its mounted Secret, which the kubelet refreshes only at its next sync of that pod
+        (up to about a minute): meanwhile every pod CREATE outside kube-system is refused with "x509:
+        certificate signed by unknown authority" (the webhook's failurePolicy is Fail; consul-k8s v1.9.11
+        subcommand/webhook-cert-manager/command.go, templates/connect-inject-mutatingwebhookconfiguration.yaml).
+        A restore that returned into that window handed the next fault a cluster where a killed pod's
+        replacement, or the harness's own probe pod, is refused for a time no config sets: a verdict by timing.
+        So the restore waits for the restarted manager and then for a server-side dry-run create
+        (`dryRun=All` runs the webhooks, which declare sideEffects None) to be admitted.
+        """
+        timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        namespace = self.helm_release(self.manifests())["namespace"]
+        selector = {"app": "consul", "component": "webhook-cert-manager"}
+
+        def restarted(pod: dict[str, Any]) -> bool:
+            statuses = (pod.get("status") or {}).get("containerStatuses") or []
+            started = [parse_k8s_time(((c.get("state") or {}).get("running") or {}).get("startedAt")) for c in statuses]
+            # RFC 3339 in whole seconds: a start in the second of `since` counts
+            return bool(started) and all(t is not None and t >= int(since) for t in started)
+
+        def on_restored() -> list[dict[str, Any]]:
+            # on a restored node, or not yet on any (a replacement for one evicted while its node was away: the
+            # chart's nodeSelector may fit no other node), each starts with a new CA
+            return [p for p in self.cluster.pods(namespace, selector)
+                    if (p.get("spec") or {}).get("nodeName") in (*restored, None, "")
+                    and not (p.get("metadata") or {}).get("deletionTimestamp")]  # fmt: skip
+
+        managers = on_restored()
+        if not managers:
+            return
+        while not all(restarted(p) for p in managers):
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"{self._where}: the chart's webhook-cert-manager on {', '.join(sorted(restored))} had not "
+                    f"started again {timeout_s:.0f} s after the node came back; see `kubectl -n {namespace} "
+                    "describe pod -l component=webhook-cert-manager`"
+                )
+            nap(self.ready_poll_s)
+            managers = on_restored() or managers
+        apps = sorted({str(o["metadata"].get("namespace", "default")) for o in self.manifests().objects
+                       if o["kind"] == "Deployment" and o["metadata"].get("namespace") != namespace})  # fmt: skip
+        probe = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"generateName": "edge-harness-admission-", "labels": {LABEL_APP: "edge-harness-admission"}},
+            "spec": {"containers": [{"name": "probe", "image": "registry.k8s.io/pause:3.10"}]},
+        }
+        path = f"/api/v1/namespaces/{quote(apps[0] if apps else 'default')}/pods"
+        while True:
+            try:
+                self.cluster.request("POST", path, body=probe, query=[("dryRun", "All")])
+                return
+            except KubeApiError as exc:
+                if exc.status < 500 or time.monotonic() > deadline:
+                    raise BackendError(
+                        f"{self._where}: the API server still refuses new pods {timeout_s:.0f} s after "
+                        f"{', '.join(sorted(restored))} came back and the chart's webhook-cert-manager with it "
+                        f"(a new CA the injector serves only once the kubelet updates its Secret volume): {exc}"
+                    ) from None
+            nap(self.ready_poll_s)
 
     def close(self) -> None:
         """Stop this process's watchers, log followers and port-forwards (the cluster stays). Idempotent."""
