@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from harness.backends.kind import KindBackend, cluster_images
+from harness.errors import BackendError
 from harness.render.helm import region_azs
 from harness.render.manifests import Manifests
 from harness.topology import load_topology
@@ -175,3 +176,20 @@ def test_the_simulated_webhook_refuses_pods_while_the_injector_serves_the_old_ca
     assert sim.call(lambda: sim.create("v1", "pods", "consul", consul_pod, dry_run=True))["metadata"]["name"]
     sim.call(sim.sync_webhook_cert)
     assert _admitted(api, _ns_of(m), "after-sync") == ""
+
+
+def test_a_window_that_never_closes_fails_the_restore_naming_it(
+    up: tuple[KindBackend, Manifests], api: FakeApiServer
+) -> None:
+    """An injector that never gets the new certificate (its kubelet never syncs the Secret volume) leaves the
+    cluster refusing every new pod: the restore says so in one line after its bound, instead of returning."""
+    backend, _m = up
+    sim = api.sim
+    sim.t.secret_volume_sync_s = None  # never released here
+    backend.ready_timeout_s = 3.0
+    node = _manager_node(api)
+    backend.kill_node(node)
+    with pytest.raises(BackendError) as err:
+        backend.restore_node(node)
+    msg = str(err.value)
+    assert "still refuses new pods" in msg and node in msg and "x509" in msg and "\n" not in msg, msg

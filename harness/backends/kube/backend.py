@@ -575,7 +575,17 @@ class KubeBackend(Backend):
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"generateName": "edge-harness-admission-", "labels": {LABEL_APP: "edge-harness-admission"}},
-            "spec": {"containers": [{"name": "probe", "image": "registry.k8s.io/pause:3.10"}]},
+            # never run (a dry run); what Pod Security's `restricted` level asks, so that no namespace policy refuses it
+            "spec": {
+                "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [
+                    {
+                        "name": "probe",
+                        "image": "registry.k8s.io/pause:3.10",
+                        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                    }
+                ],
+            },
         }
         path = f"/api/v1/namespaces/{quote(apps[0] if apps else 'default')}/pods"
         while True:
@@ -583,7 +593,12 @@ class KubeBackend(Backend):
                 self.cluster.request("POST", path, body=probe, query=[("dryRun", "All")])
                 return
             except KubeApiError as exc:
-                if exc.status < 500 or time.monotonic() > deadline:
+                if exc.status < 500:  # not the webhook's window: something refuses the probe itself (RBAC, a policy)
+                    raise BackendError(
+                        f"{self._where}: a dry-run pod create (whether the API admits pods again after "
+                        f"{', '.join(sorted(restored))} came back) was refused: {exc}"
+                    ) from None
+                if time.monotonic() > deadline:
                     raise BackendError(
                         f"{self._where}: the API server still refuses new pods {timeout_s:.0f} s after "
                         f"{', '.join(sorted(restored))} came back and the chart's webhook-cert-manager with it "
