@@ -57,14 +57,15 @@ from pathlib import Path
 
 import duckdb
 
-from harness.contract.rundir import ACCESS_LOG_FLUSH_S
+from harness.contract.rundir import ACCESS_LOG_FLUSH_S, UPSTREAM_STATS_FILE, FaultKind, load_jsonl
 from harness.observe.collector import POLL_INTERVAL_S
 from harness.observe.hops import INVENTORY_FILE, create_hops, load_inventory
 from harness.topology import Topology
 from harness.verify import expected
 from harness.verify.invariants.scope import FaultScoping
-from harness.verify.invariants.sql import INF, RECOVERY_EVIDENCE_ALPHA, recovery_chance
-from harness.verify.rundata import HOP_OK_SQL, Fault, faults_of, live_run, serving_kind_sql
+from harness.verify.invariants.sql import HOP_END_SQL, INF, RECOVERY_EVIDENCE_ALPHA, recovery_chance, spans_sql
+from harness.verify.invariants.users import LINK_BOUND_SQL, reaches_link
+from harness.verify.rundata import HOP_OK_SQL, Fault, faults_of, live_run, serving_kind_sql, topology_tables
 from harness.verify.verdict import iso
 
 GOOD_HOPS = 3
@@ -89,10 +90,13 @@ class Pending:
     inject: float = -math.inf  # the fault's: its share of hops sent elsewhere asks for more evidence
     good: str = "serving_zone = caller_zone"  # SQL: a hop served where it belongs (`FaultScoping.expected_sql`)
     outage: bool = False  # an outage nobody injected (`_open_outages`): `fault` says what; no pair, no hop asked
+    link: bool = False  # a degraded link not shown back yet (`_links_not_back`): no pair, a hop across it asked
 
     def __str__(self) -> str:
         if self.outage:
             return f"{self.upstream} in {self.zone} ({self.fault})"
+        if self.link:
+            return f"{self.zone}'s link back (after {self.fault})"
         return f"{self.zone} -> {self.upstream} (after {self.fault})"
 
 
@@ -182,25 +186,96 @@ def _open(faults: list[Fault], t: Topology, now: float) -> list[Fault]:
 def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pending]:
     """The pairs whose recovery the run's records do not show yet and whose maxRecoveryS has not passed, and
     the outages outside every fault still on and younger than maxRecoveryS (`_open_outages`)."""
-    candidates = _open(faults_of(run_dir, topology), topology, now)
+    faults = faults_of(run_dir, topology)
+    candidates = _open(faults, topology, now)
+    links = [f for f in faults if _link_open(f, topology, now)]
     con = duckdb.connect()
     try:
         load_inventory(con, run_dir / INVENTORY_FILE, topology, root=run_dir)
         scoping = FaultScoping(live_run(con, run_dir, topology))
         outages = _open_outages(scoping, now)
-        if not candidates:
-            return outages  # no pair the verdict could still ask: no hop read
+        if not candidates and not links:
+            return outages  # no pair the verdict could still ask, no link: no hop read
         create_hops(con, run_dir, topology, inventory_loaded=True)
         watched = [w for w in _watched(scoping) if now < w.due]
-        if not watched:
+        if not watched and not links:
             return outages
         con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind FROM hops")
-        return [w for w in watched if not _shown(con, w, now)] + outages
-    except (duckdb.Error, OSError):  # unreadable right now: not yet, for each fault that may ask a pair
+        return [w for w in watched if not _shown(con, w, now)] + _links_not_back(con, scoping, run_dir, now) + outages
+    except (duckdb.Error, OSError):  # unreadable right now: not yet, for each fault that may ask a pair or a link
         return [Pending(f.fault, f.zone, "(records unreadable)", (), f.restore or now,
-                        (f.restore or now) + topology.slo.max_recovery_s, f.inject) for f in candidates]  # fmt: skip
+                        (f.restore or now) + topology.slo.max_recovery_s, f.inject)
+                for f in candidates + [f for f in links if f not in candidates]]  # fmt: skip
     finally:
         con.close()
+
+
+def _link_open(f: Fault, t: Topology, now: float) -> bool:
+    """A degraded link restored less than maxRecoveryS ago, with a latency the verdict reads its effect by."""
+    return (
+        f.kind == FaultKind.LINK_DEGRADED
+        and f.restore is not None
+        and (f.latency_ms or 0.0) > 0
+        and now < f.restore + t.slo.max_recovery_s
+    )
+
+
+def _links_not_back(con: duckdb.DuckDBPyConnection, s: FaultScoping, run_dir: Path, now: float) -> list[Pending]:
+    """Each degraded link restored less than maxRecoveryS ago that the records do not show back yet, as the
+    verdict reads it (`UserChecks._link_not_slowed`): not one hop of its zone that waits on the link
+    (`LINK_BOUND_SQL`), begun once the rules were off (the restore's counter snapshot, `_undone_at`) and over,
+    took less than the added latency, outside the other faults that reach the link (`reaches_link`): up to the
+    zone's next fault, or else up to maxRecoveryS after the restore outside their windows (taken here to
+    maxRecoveryS past their restore, at least the verdict's impact window).
+
+    The pairs of a degraded link's zone stay in-zone throughout, so their good hops after the restore record
+    showed the fault's "recovery" at once, and the cool-down stopped the users on them. But the timeline writes the
+    restore before the primitive clears the link (kind: `docker exec` on each of the zone's nodes, seconds on a
+    busy machine), and the counter snapshot comes after it: every hop across the link up to then was rightly
+    slow, and at a zone's one request a second the users stopped before one crossed the cleared link. The verdict
+    then failed the correct mesh ("not shown to have ended at its restore", unverified), and passed it when the
+    rules came off quicker. Due, as a pair, maxRecoveryS after the restore: the verdict decides from then on.
+    """
+    limit = s.slo.max_recovery_s
+    links = [f for f in s.run.faults if _link_open(f, s.t, now)]
+    if not links:
+        return []
+    load_jsonl(con, "restore_snaps", [run_dir / UPSTREAM_STATS_FILE], {"ts": "DOUBLE", "label": "VARCHAR"},
+               root=run_dir)  # fmt: skip
+    topology_tables(con, s.t)  # the call graph and placements `LINK_BOUND_SQL` reads, as the verdict's
+    out: list[Pending] = []
+    for f in links:
+        assert f.restore is not None
+        nxt = s.next_inject(f.zone, f.restore, f)
+        hi = min(f.restore + limit, nxt if nxt is not None else INF)
+        snap = con.execute(
+            "SELECT min(ts) FROM restore_snaps WHERE label = ? AND ts >= ? AND ts < ?",
+            [f"restore {f.fault}", f.restore, hi],
+        ).fetchone()
+        undone = f.restore if snap is None or snap[0] is None else float(snap[0])
+        others = [g for g in s.run.faults if g is not f and reaches_link(s.t, g, f.zone)]
+        narrow = [("", g.inject, g.restore if g.restore is not None else now) for g in others]
+        wide = [("", g.inject, (g.restore if g.restore is not None else now) + limit) for g in others]
+        windows = [(hi, narrow)] + ([(f.restore + limit, wide)] if hi < f.restore + limit else [])
+        if not any(_link_back(con, f, undone, upto, busy) for upto, busy in windows):
+            out.append(Pending(f.fault, f.zone, "(link)", (), f.restore, f.restore + limit, f.inject, link=True))
+    return out
+
+
+def _link_back(
+    con: duckdb.DuckDBPyConnection, f: Fault, since: float, upto: float, busy: list[tuple[str, float, float]]
+) -> bool:
+    """A hop of `f`'s zone that waits on the link (`LINK_BOUND_SQL`), in [since, upto] and outside `busy`, took
+    less than the link's added latency."""
+    row = con.execute(
+        f"""
+        SELECT count(*) FROM (SELECT *, coalesce(({HOP_OK_SQL}), false) AS ok FROM phops WHERE caller_zone = ?)
+        WHERE {LINK_BOUND_SQL} AND ts >= ? AND {HOP_END_SQL} <= ? AND duration_ms < ?
+          AND NOT {spans_sql(None, busy, HOP_END_SQL)}
+        """,
+        [f.zone, since, upto, float(f.latency_ms or 0.0)],
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _open_outages(s: FaultScoping, now: float) -> list[Pending]:

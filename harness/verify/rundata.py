@@ -258,7 +258,7 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
         con.execute("SET TimeZone = 'UTC'")
         skipped: list[SkippedLine] = []
         notes: list[str] = []
-        _topology_tables(con, topology)
+        topology_tables(con, topology)
         skipped += read_records(con, "requests", run_dir, REQUESTS)  # compacted Parquet + the JSON tail
         con.execute("ALTER TABLE requests DROP COLUMN filename")
         clock = _clock(run_dir, notes, skipped)
@@ -464,7 +464,9 @@ def _probe_budget(run: RunData) -> None:
     )
 
 
-def _topology_tables(con: duckdb.DuckDBPyConnection, t: Topology) -> None:
+def topology_tables(con: duckdb.DuckDBPyConnection, t: Topology) -> None:
+    """Tables `zones`, `services`, `calls` and `cluster_zones` of the topology (the verdict's; e2e's cool-down
+    reads a degraded link's hops through the same call graph: `harness.verify.pending`)."""
     con.execute("CREATE TABLE zones (name VARCHAR, kind VARCHAR, type VARCHAR)")
     con.executemany(
         "INSERT INTO zones VALUES (?, ?, ?)",

@@ -17,7 +17,7 @@ from harness.contract.rundir import (
 )
 from harness.contract.settled import LINK_BASELINE_HOPS
 from harness.observe.hops import host_ip_sql
-from harness.topology import ENTRY_API_UPSTREAM
+from harness.topology import ENTRY_API_UPSTREAM, Topology
 from harness.verify import expected
 from harness.verify.invariants.base import KEEPS_RUNNING, CheckBase
 from harness.verify.invariants.faults import FailoverSpan
@@ -94,6 +94,13 @@ LINK_BOUND_SQL = """
 # ... and the pod whose node's link such a hop waits on (kind sets and clears a zone's link rules node by node):
 # the caller's when the hop itself crosses, the serving pod's when that pod's own call to the Region does
 LINK_POD_SQL = "CASE WHEN serving_zone <> caller_zone THEN caller_pod ELSE coalesce(serving_pod, caller_pod) END"
+
+
+def reaches_link(t: Topology, g: Fault, zone: str) -> bool:
+    """Fault `g` can change how long `zone`'s hops that wait on its link take: a fault of the zone itself or
+    of the Region (where those hops go). A fault of another Local Zone cannot (hub-and-spoke). Shared with e2e's
+    cool-down (`harness.verify.pending`), which waits for a degraded link shown back as this reads it."""
+    return g.zone == zone or not zone_is_edge(t, g.zone)
 
 
 class UserChecks(CheckBase):
@@ -1403,9 +1410,7 @@ class UserChecks(CheckBase):
         return (g.restore if g.restore is not None else self.run_end) + self.slo.max_recovery_s
 
     def _reaches_link(self, g: Fault, zone: str) -> bool:
-        """Fault `g` can change how long `zone`'s hops that wait on its link take: a fault of the zone itself or
-        of the Region (where those hops go). A fault of another Local Zone cannot (hub-and-spoke)."""
-        return g.zone == zone or not zone_is_edge(self.t, g.zone)
+        return reaches_link(self.t, g, zone)
 
     def _undone_at(self, f: Fault, before: float) -> float:
         """When the records show fault `f` undone: its restore's counter snapshot, taken once the primitive acted

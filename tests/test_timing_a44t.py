@@ -1,0 +1,77 @@
+"""Correct meshes whose e2e loop or verdict failed by timing (task a44t), each next to the case that must still fail.
+
+Same config, same verdict: each case shifts a timing within what real systems do (a chaos primitive taking seconds
+on a busy kind node, a zone's users at 1 request a second) and failed a correct mesh before its fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.verify import COVERAGE, FALLBACK, pending_recoveries
+from harness.verify.pending import RECORDS_LAG_S
+from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.test_verify_audit import why
+from tests.test_verify_soundness import LAX, T0, T, failed
+from tests.verdicts import verify
+
+
+# -- 1. e2e's cool-down stopped the users before a hop crossed the cleared link -----------------------------------
+def _link(tmp_path: Path, rate: float, undo_s: float, tail_s: float, lingers: bool = False) -> Path:
+    """LAX's link degraded (+200 ms) 30-50, its rules cleared `undo_s` after the restore was recorded (the timeline
+    writes the restore before the primitive runs: kind's `docker exec` on each of the zone's nodes), the restore's
+    counter snapshot right after; the users stopped `tail_s` after the restore record. `lingers`: the rollback
+    left the latency on."""
+    f = FaultSpec("degrade-link-lax", "link-degraded", LAX, (), 30, 50, 0.0, 0.0, undo_s=undo_s, link_lingers=lingers)
+    sc = Scenario(T, duration_s=50 + tail_s, rate_per_zone=rate, faults=[f])
+    return write_run(tmp_path / f"run-{rate}-{undo_s}-{tail_s}", sc)
+
+
+def _stop_at(tail_s: float) -> float:
+    """`now` for the cool-down when the users' last requests were `tail_s` after the restore record."""
+    return T0 + 50 + tail_s + RECORDS_LAG_S
+
+
+def test_a_link_still_slow_after_its_restore_record_is_waited_for(tmp_path: Path) -> None:
+    """At 1 request a second and rules that came off 4 s after the restore record, every hop across the link up to
+    then was slow, and the zone's pairs (in-zone throughout) showed their "recovery" at once: the cool-down stopped
+    the users there, and the verdict failed the correct mesh as unverified ("not shown to have ended at its
+    restore"). The cool-down waits for the link itself now, as the verdict reads it."""
+    d = _link(tmp_path, 1, 4.0, 4.3)
+    left = pending_recoveries(d, T, _stop_at(4.3))
+    assert [str(p) for p in left] == [f"{LAX}'s link back (after degrade-link-lax)"], left
+    assert left[0].link and left[0].due == pytest.approx(T0 + 50 + T.slo.max_recovery_s)
+    v = verify(d)  # what stopping there gave: the reason it is waited for
+    assert COVERAGE in failed(v) and any("not shown to have ended at its restore" in m for m in why(v)), why(v)
+
+
+@pytest.mark.parametrize("rate", [1, 4])
+@pytest.mark.parametrize("undo_s", [0.2, 4.0])
+def test_the_cool_down_stops_only_on_records_that_show_the_link_back(
+    tmp_path: Path, rate: float, undo_s: float
+) -> None:
+    """Wherever the users stop after the restore (the cool-down's count met early or late), records on which the
+    cool-down has nothing left to wait for give the correct mesh a passing verdict; and it stops soon."""
+    stopped = []
+    for tail_s in (undo_s + 0.3, undo_s + 1.2, undo_s + 3.0, undo_s + 6.0):
+        d = _link(tmp_path, rate, undo_s, tail_s)
+        if pending_recoveries(d, T, _stop_at(tail_s)):
+            continue
+        stopped.append(tail_s)
+        v = verify(d)
+        assert v.passed, (tail_s, why(v))
+    assert stopped and stopped[0] <= undo_s + 3.0, stopped
+
+
+def test_a_rollback_that_left_the_link_slow_is_waited_for_until_due_then_fails(tmp_path: Path) -> None:
+    """The broken mesh: the latency stays on after the restore. The cool-down waits (nothing shows the link back)
+    until maxRecoveryS has passed; the verdict then fails it, as before."""
+    assert pending_recoveries(_link(tmp_path, 2, 0.2, 40.0), T, T0 + 50 + 30) == []  # the correct mesh: back
+    d = _link(tmp_path, 2, 0.2, T.slo.max_recovery_s + 2, lingers=True)
+    assert [p.link for p in pending_recoveries(d, T, T0 + 50 + 30)] == [True]
+    assert pending_recoveries(d, T, T0 + 50 + T.slo.max_recovery_s) == []
+    v = verify(d)
+    assert COVERAGE in failed(v) and any("did not end at its restore" in m for m in why(v)), why(v)
+    assert FALLBACK not in failed(v), why(v)
