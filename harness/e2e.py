@@ -397,10 +397,10 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
     with 19 of LAX's 20 requests, and the same game day's chaos began before
     its warm-up on one run and after it on the next; e2e's first fault alike.
     """
-    deadline = time.monotonic() + bound_s
+    deadline = served.clock() + bound_s  # the watch's clock: a test's fake one times the whole warm-up
 
     def left() -> float:
-        return bound_s if stalled else max(0.0, deadline - time.monotonic())
+        return bound_s if stalled else max(0.0, deadline - served.clock())
 
     summary = None
     settled: float | None = None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
+import pytest
+
+from harness.testing import ManualClock
 from harness.traffic import RequestWatch
 
 
@@ -14,24 +15,44 @@ def _req(ts: float, zone: str, ok: bool = True) -> str:
     return json.dumps({"ts": ts, "zone": zone, "status": 200 if ok else 503, "ok": ok}) + "\n"
 
 
+class Schedule:
+    """A fake clock for a `RequestWatch` (its `clock` and `sleep`), and the records written as it passes: each
+    `(at, text)` is appended to `path` once the clock has reached `at`. Whether a wait ends in time, or at its
+    bound, is then this schedule's, not the machine's: writer threads that slept 0.2 s against a bound of
+    0.5 s failed whenever a loaded runner held the thread longer."""
+
+    def __init__(self, path: Path, writes: list[tuple[float, str]] | None = None) -> None:
+        self.path = path
+        self.clock = ManualClock(0.0)
+        self.writes = sorted(writes or [], key=lambda w: w[0])
+        self._write_due()
+
+    def _write_due(self) -> None:
+        due = [text for at, text in self.writes if at <= self.clock.now]
+        self.writes = [(at, text) for at, text in self.writes if at > self.clock.now]
+        if due:
+            with self.path.open("a") as fh:
+                fh.write("".join(due))
+
+    def sleep(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self._write_due()
+
+    def watch(self, zones: list[str]) -> RequestWatch:
+        return RequestWatch(self.path, zones, clock=self.clock, sleep=self.sleep)
+
+
 def test_waits_until_every_zone_served_since_the_given_time(tmp_path: Path) -> None:
     path = tmp_path / "requests.jsonl"
-    w = RequestWatch(path, ["a", "b"])
+    sched = Schedule(path)
+    w = sched.watch(["a", "b"])
     assert w.wait(0.0, 1, 0.05) is False  # no file yet: waits its bound, then says so
-
-    def write() -> None:
-        with path.open("a") as fh:
-            fh.write(_req(1.0, "a") + _req(1.0, "b", ok=False) + '{"ts": 2.0, "zo')  # b failed; a torn line
-            fh.flush()
-            time.sleep(0.3)
-            fh.write('ne": "b", "ok": true}\n' + "not json\n" + _req(3.0, "c"))
-
-    t = threading.Thread(target=write)
-    t0 = time.monotonic()
-    t.start()
-    assert w.wait(0.0, 1, 5.0) is True  # b's first success arrives ~0.3 s later, completed across two reads
-    assert time.monotonic() - t0 >= 0.3  # not before it (True, not its bound's False: it came in time)
-    t.join()
+    assert sched.clock.now == pytest.approx(0.1)  # one look, one pause, then the bound
+    sched.writes = [(0.3, '{"ts": 2.0, "zo'), (0.5, 'ne": "b", "ok": true}\n' + "not json\n" + _req(3.0, "c"))]
+    with path.open("a") as fh:
+        fh.write(_req(1.0, "a") + _req(1.0, "b", ok=False))  # b failed; a line torn at 0.3, completed at 0.5
+    assert w.wait(0.0, 1, 5.0) is True  # b's first success, completed across two reads
+    assert sched.clock.now == pytest.approx(0.5)  # at the first look after it (not its bound's False)
     assert w.served(0.0) == {"a": 1, "b": 1}
     assert w.served(1.5) == {"a": 0, "b": 1}
     assert w.wait(5.0, 1, 0.05) is False  # nothing since t=5: bounded
@@ -171,25 +192,17 @@ def test_the_warm_up_waits_for_a_settled_baseline_only_when_asked(tmp_path: Path
     path.write_text("".join(_api(1.0 + i / 10, "a") for i in range(20)) + _api(101.0, "a", "shop") * 10)
     budget = cast(ProbeBudget, _Decided(100.0))
     said: list[str] = []
-    t0 = time.monotonic()
-    warm_up(budget, RequestWatch(path, ["a"]), 5.0, said.append, need={"a": 20}, baseline={})
-    assert time.monotonic() - t0 < 1.0 and said  # not asked: no wait (its line said)
+    sched = Schedule(path)
+    warm_up(budget, sched.watch(["a"]), 5.0, said.append, need={"a": 20}, baseline={})
+    assert sched.clock.now == 0.0 and said  # not asked: no wait (its line said)
 
-    def write() -> None:
-        time.sleep(0.4)
-        with path.open("a") as fh:
-            fh.write("".join(_api(101.0 + i / 10, "a", "probe") for i in range(LINK_BASELINE_HOPS)))
-
-    t = threading.Thread(target=write)
-    t0 = time.monotonic()
-    t.start()
-    warm_up(budget, RequestWatch(path, ["a"]), 5.0, said.append, need={"a": 20}, baseline={"a": LINK_BASELINE_HOPS})
-    waited = time.monotonic() - t0
-    t.join()
-    assert 0.4 <= waited < 4.0  # until the settled /api requests came, not its bound
-    t0 = time.monotonic()
-    warm_up(budget, RequestWatch(path, ["a"]), 0.5, said.append, baseline={"a": LINK_BASELINE_HOPS + 1})
-    assert time.monotonic() - t0 >= 0.5  # one short: bounded, and the verdict then says unverified
+    settled = "".join(_api(101.0 + i / 10, "a", "probe") for i in range(LINK_BASELINE_HOPS))
+    sched = Schedule(path, [(0.4, settled)])
+    warm_up(budget, sched.watch(["a"]), 5.0, said.append, need={"a": 20}, baseline={"a": LINK_BASELINE_HOPS})
+    assert sched.clock.now == pytest.approx(0.4)  # until the settled /api requests came, not its bound
+    sched = Schedule(path)
+    warm_up(budget, sched.watch(["a"]), 0.5, said.append, baseline={"a": LINK_BASELINE_HOPS + 1})
+    assert sched.clock.now == pytest.approx(0.5)  # one short: bounded, and the verdict then says unverified
 
 
 def test_a_game_days_warm_up_waits_for_a_zone_served_slowly_and_gives_up_on_one_not_served(tmp_path: Path) -> None:
@@ -205,37 +218,27 @@ def test_a_game_days_warm_up_waits_for_a_zone_served_slowly_and_gives_up_on_one_
 
     budget = cast(ProbeBudget, _Decided(0.0))
 
-    def trickle(path: Path, n: int) -> threading.Thread:
-        def write() -> None:
-            for i in range(n):
-                time.sleep(0.2)
-                with path.open("a") as fh:
-                    fh.write(_api(1.0 + i, "a"))
+    def trickle(path: Path, n: int) -> Schedule:
+        path.write_text("")
+        return Schedule(path, [(0.2 * (i + 1), _api(1.0 + i, "a")) for i in range(n)])
 
-        t = threading.Thread(target=write)
-        t.start()
-        return t
-
-    slow = tmp_path / "slow.jsonl"
-    slow.write_text("")
     said: list[str] = []
-    t = trickle(slow, 10)
-    warm_up(budget, RequestWatch(slow, ["a"]), 0.5, said.append, need={"a": 10}, stalled=True)
-    t.join()
-    assert RequestWatch(slow, ["a"]).served(0.0)["a"] == 10 and not any("incomplete" in m for m in said), said
-    cut = tmp_path / "cut.jsonl"
-    cut.write_text("")
+    slow = trickle(tmp_path / "slow.jsonl", 10)
+    warm_up(budget, slow.watch(["a"]), 0.5, said.append, need={"a": 10}, stalled=True)
+    assert slow.clock.now == pytest.approx(2.0)  # the tenth came at 2 s, past the bound: waited for
+    assert slow.watch(["a"]).served(0.0)["a"] == 10 and not any("incomplete" in m for m in said), said
     said = []
-    t = trickle(cut, 10)
-    warm_up(budget, RequestWatch(cut, ["a"]), 0.5, said.append, need={"a": 10})
-    t.join()
+    cut = trickle(tmp_path / "cut.jsonl", 10)
+    warm_up(budget, cut.watch(["a"]), 0.5, said.append, need={"a": 10})
+    assert cut.clock.now == pytest.approx(0.5)
     assert any(m.startswith("warm-up: incomplete, after 0.5 s (a ") for m in said), said
     dead = tmp_path / "dead.jsonl"
     dead.write_text(_api(1.0, "a"))
     said = []
-    t0 = time.monotonic()
-    warm_up(budget, RequestWatch(dead, ["a"]), 0.5, said.append, need={"a": 10}, stalled=True)
-    assert 0.5 <= time.monotonic() - t0 < 3.0
+    sched = Schedule(dead)
+    warm_up(budget, sched.watch(["a"]), 0.5, said.append, need={"a": 10}, stalled=True)
+    # no request gained for the bound: given up, by the budget's wait (5 answers) and then by the warm-up's (10)
+    assert sched.clock.now == pytest.approx(1.0)
     assert (
         said[0]
         == "warm-up: incomplete, a zone short of them gained none for 0.5 s (a 1 of 10 requests): "

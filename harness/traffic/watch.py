@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 PROBE_ENDPOINT = "probe"  # the `endpoint` of a zone probe's records (loadtests/hashicups.py `ZoneProbe`)
@@ -26,9 +26,20 @@ class RequestWatch:
     holds when a zone never serves (the verdict then says what is missing).
     """
 
-    def __init__(self, path: Path, zones: list[str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        zones: list[str],
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """`clock` and `sleep` are what every wait here measures by and pauses with (e2e's warm-up's bound too,
+        `harness.e2e.warm_up`): a test drives them as a fake clock whose sleep writes the records due by then,
+        so whether a wait ends in time is the test's schedule, not the load of the machine it runs on."""
         self.path = path
         self.zones = zones
+        self.clock = clock
+        self.sleep = sleep
         self._offset = 0
         self._pending = b""
         # (start, is a probe, went through /api) of the successes
@@ -93,18 +104,18 @@ class RequestWatch:
         through /api (`served`). `stalled`: `timeout_s` counts from the last request that brought a zone still
         short closer, so a zone being served is waited for however slowly this machine serves it, and only one
         that gains nothing for `timeout_s` ends the wait (False)."""
-        deadline = time.monotonic() + timeout_s
+        deadline = self.clock() + timeout_s
         last: dict[str, int] = {}
         while True:
             short = {z: had for z, (had, _) in self.short_of(since, n, probes, api).items()}
             if not short:
                 return True
             if stalled and any(c > last.get(z, -1) for z, c in short.items()):
-                deadline = time.monotonic() + timeout_s  # a zone still short gained: it is being served
+                deadline = self.clock() + timeout_s  # a zone still short gained: it is being served
             last = short
-            if time.monotonic() >= deadline:
+            if self.clock() >= deadline:
                 return False
-            time.sleep(0.1)
+            self.sleep(0.1)
 
     def short_of(
         self, since: float, n: int | Mapping[str, int], probes: bool = True, api: bool = False
