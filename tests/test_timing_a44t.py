@@ -135,3 +135,40 @@ def test_a_sidecar_that_never_flushes_is_still_reported_once_its_own_bound_passe
     problems = _flush(monkeypatch, sidecars, 0.5, 5.0)
     assert [p.split(":")[0] for p in problems] == ["frontend-a", "frontend-c"], problems
     assert all("still buffered after 5 s" in p for p in problems), problems
+
+
+# -- 3. the steady-state probe of one zone's shop looked once ------------------------------------------------------
+def _one_shop(monkeypatch: pytest.MonkeyPatch, fails_first: int) -> tuple[int, dict[int, int]]:
+    """`probes.shop_answers(LAX)` on a fake clock (each reading 10 s after the last), over a local shop that
+    answers 503 to its first `fails_first` questions, then 200: (the probe's status, questions per port)."""
+    from harness.chaos import actions, probes
+    from tests.test_chaos import _shop_backend, _shops
+
+    asked: dict[int, int] = {}
+
+    def code_of(port: int) -> int:
+        asked[port] = asked.get(port, 0) + 1
+        return 503 if asked[port] <= fails_first else 200
+
+    clock = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(actions, "_now", lambda: float(next(clock)))
+    monkeypatch.setattr(probes, "POLL_S", 0.0)
+    monkeypatch.setattr(actions, "topology_of", lambda _b: T)
+    with _shops(1, code_of) as ports:
+        _shop_backend(monkeypatch, [LAX], ports)
+        return probes.shop_answers(LAX), asked
+
+
+def test_one_zones_shop_probe_waits_for_its_answer_within_the_slos_recovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill-product-api-lax's steady state after the kill, read as its replacement turned Ready: a correct mesh's
+    one failed answer then (the switch back under way, a machine too busy to answer within the users' timeout)
+    made the experiment deviate and the run fail `experiment-ran`, and a look a second later passed. It is
+    asked again within maxRecoveryS now, as every_shop_answers is."""
+    status, asked = _one_shop(monkeypatch, 2)
+    assert status == 200 and list(asked.values()) == [3], asked
+
+
+def test_one_zones_shop_that_never_answers_still_deviates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broken shop: never 200 within maxRecoveryS (60 s, a look every 10 s): its last status, not 200."""
+    status, asked = _one_shop(monkeypatch, 10**6)
+    assert status == 503, asked  # (six looks, 10 s apart, up to the 60 s bound)
