@@ -26,6 +26,7 @@ Processes are started in their own session and stopped by PID (never by name).
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import os
 import re
@@ -246,7 +247,7 @@ class ForwardRelay:
             return
         sent = bytearray()  # what the client sent before the first byte back (replayed on a fresh forward)
         tries = 1
-        while (outcome := _first_exchange(conn, upstream, sent)) == _NO_ANSWER:
+        while (outcome := _first_exchange(conn, upstream, sent)) is Exchange.NO_ANSWER:
             with contextlib.suppress(OSError):
                 upstream.close()
             if tries == self.REPLAYS:
@@ -264,7 +265,7 @@ class ForwardRelay:
                 self.errors.append(f"{self.namespace}/{self.target}:{self.remote_port}: {exc}")
                 conn.close()
                 return
-        if outcome == _CLIENT_GONE:
+        if outcome is Exchange.CLIENT_GONE:
             for s in (conn, upstream):
                 with contextlib.suppress(OSError):
                     s.close()
@@ -293,16 +294,19 @@ class ForwardRelay:
         self._thread.join(timeout=5)
 
 
-_ANSWERED, _NO_ANSWER, _CLIENT_GONE = "answered", "no answer", "client gone"
+class Exchange(enum.Enum):
+    """How a relayed connection's first exchange ended (`_first_exchange`): what `ForwardRelay._handle` does next."""
+
+    ANSWERED = "answered"  # the first bytes back were passed on: pipe the rest
+    NO_ANSWER = "no answer"  # the upstream ended, or failed, before answering: `sent` may be replayed elsewhere
+    CLIENT_GONE = "client gone"  # the client failed, or ended having sent nothing: nothing to answer
 
 
-def _first_exchange(conn: socket.socket, upstream: socket.socket, sent: bytearray) -> str:
+def _first_exchange(conn: socket.socket, upstream: socket.socket, sent: bytearray) -> Exchange:
     """Relay `conn` <-> `upstream` until the first byte comes back; what the client sends is added to `sent`.
 
-    `_ANSWERED`: the first bytes back were passed on (pipe the rest). `_NO_ANSWER`: the upstream ended, or failed,
-    before answering (`sent` may be replayed elsewhere). `_CLIENT_GONE`: the client failed, or ended having sent
-    nothing, so there is nothing to answer. A client that ended after sending is still waiting for its answer:
-    the upstream's write side is shut down as the client's was.
+    A client that ended after sending is still waiting for its answer: the upstream's write side is shut down as
+    the client's was.
     """
     client_open = True
     while True:
@@ -311,10 +315,10 @@ def _first_exchange(conn: socket.socket, upstream: socket.socket, sent: bytearra
             try:
                 data = conn.recv(65536)
             except OSError:
-                return _CLIENT_GONE
+                return Exchange.CLIENT_GONE
             if not data:
                 if not sent:
-                    return _CLIENT_GONE
+                    return Exchange.CLIENT_GONE
                 client_open = False
                 with contextlib.suppress(OSError):
                     upstream.shutdown(socket.SHUT_WR)
@@ -323,19 +327,19 @@ def _first_exchange(conn: socket.socket, upstream: socket.socket, sent: bytearra
                 try:
                     upstream.sendall(data)
                 except OSError:
-                    return _NO_ANSWER
+                    return Exchange.NO_ANSWER
         if upstream in readable:
             try:
                 data = upstream.recv(65536)
             except OSError:
                 data = b""
             if not data:
-                return _NO_ANSWER
+                return Exchange.NO_ANSWER
             try:
                 conn.sendall(data)
             except OSError:
-                return _CLIENT_GONE
-            return _ANSWERED
+                return Exchange.CLIENT_GONE
+            return Exchange.ANSWERED
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:
