@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from harness.contract.rundir import REPORT_FILE
 from harness.report.penalty import penalty_for
@@ -271,6 +272,12 @@ class _Ctx:
 
     def bucket_text(self) -> str:
         return _dur(self.b)
+
+    def zone_chart(self, zone: str, title: str, kind: str, series: list[Series], **style: Any) -> str:
+        """A chart of `zone` on the run's shared time axis and buckets, with the zone's faults marked
+        (`time_chart`; `style`: its integer / unit / empty)."""
+        return time_chart(title=title, zone=zone, axis=self.axis, bucket_s=self.b, kind=kind, series=series,
+                          faults=self.zone_faults(zone), **style)  # fmt: skip
 
 
 def _fault_marks(v: Verdict) -> list[FaultMark]:
@@ -600,15 +607,7 @@ def _share_chart(ctx: _Ctx, zone: str, u: str, buckets: dict[int, tuple[int, ...
         for i, ((name, color), col) in enumerate(zip(names, cols, strict=True))
         if i in always or any(x for x in col)
     ]
-    return time_chart(
-        title=f"{zone} -> {u}: where hops were served",
-        zone=zone,
-        axis=ctx.axis,
-        bucket_s=ctx.b,
-        kind="share",
-        series=series,
-        faults=ctx.zone_faults(zone),
-    )
+    return ctx.zone_chart(zone, f"{zone} -> {u}: where hops were served", "share", series)
 
 
 def _connections_chart(ctx: _Ctx, zone: str, u: str, buckets: dict[int, tuple[int, ...]]) -> str:
@@ -624,14 +623,11 @@ def _connections_chart(ctx: _Ctx, zone: str, u: str, buckets: dict[int, tuple[in
         for i, ((name, color), col) in enumerate(zip(names, cols, strict=True))
         if i in (0, 3) or any(x for x in col)
     ]
-    return time_chart(
-        title=f"{zone} -> {u} (Region-only, TCP): connections closed per {ctx.bucket_text()}",
-        zone=zone,
-        axis=ctx.axis,
-        bucket_s=ctx.b,
-        kind="bars",
-        series=series,
-        faults=ctx.zone_faults(zone),
+    return ctx.zone_chart(
+        zone,
+        f"{zone} -> {u} (Region-only, TCP): connections closed per {ctx.bucket_text()}",
+        "bars",
+        series,
         integer=True,
     )
 
@@ -642,14 +638,11 @@ def _latency_chart(ctx: _Ctx, zone: str, reqs: dict[int, _ReqBucket]) -> str:
         Series(label, color, [getattr(reqs[k], attr) if k in reqs else None for k in range(ctx.n)])
         for label, color, attr in names
     ]
-    return time_chart(
-        title=f"Users entering {zone}: latency of successful requests",
-        zone=zone,
-        axis=ctx.axis,
-        bucket_s=ctx.b,
-        kind="lines",
-        series=series,
-        faults=ctx.zone_faults(zone),
+    return ctx.zone_chart(
+        zone,
+        f"Users entering {zone}: latency of successful requests",
+        "lines",
+        series,
         unit=" ms",
         empty="no successful request",
     )
@@ -659,14 +652,11 @@ def _errors_chart(ctx: _Ctx, zone: str, reqs: dict[int, _ReqBucket]) -> str:
     total = sum(r.total for r in reqs.values())
     failed = sum(r.failed for r in reqs.values())
     series = [Series("failed requests", FAILED, [float(reqs[k].failed) if k in reqs else None for k in range(ctx.n)])]
-    return time_chart(
-        title=f"Users entering {zone}: failed requests per {ctx.bucket_text()} ({failed:,} of {total:,})",
-        zone=zone,
-        axis=ctx.axis,
-        bucket_s=ctx.b,
-        kind="bars",
-        series=series,
-        faults=ctx.zone_faults(zone),
+    return ctx.zone_chart(
+        zone,
+        f"Users entering {zone}: failed requests per {ctx.bucket_text()} ({failed:,} of {total:,})",
+        "bars",
+        series,
         integer=True,
         empty="no user request",
     )
