@@ -374,8 +374,7 @@ def probes_from_below(traffic: TrafficRunner, served: RequestWatch) -> ProbeBudg
 
 
 def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, say: Callable[[str], None],
-            need: Mapping[str, int] | None = None, baseline: Mapping[str, int] | None = None,
-            stalled: bool = False) -> None:  # fmt: skip
+            need: Mapping[str, int] | None = None, baseline: Mapping[str, int] | None = None) -> None:  # fmt: skip
     """Every zone's users served `need` (default: WARM_REQUESTS each) before the first fault, the probe budget
     measured meanwhile, and `baseline` (`link_baseline_need`) of them through /api after its decision.
 
@@ -387,37 +386,31 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
     game day's chaos waits for it. `budget` None: locust workers
     in the zones' pods, which do not read the budget's file: no decision, so
     the verdict reads a link's baseline from the whole warm-up and `baseline`
-    is not waited for. `bound_s` bounds the whole warm-up, budget included;
-    what is still missing then is said, and the verdict says it too
-    (unverified). `stalled` (e2e, and a game day's `harness traffic`, whose
-    operator starts the chaos on the budget's line): `bound_s` is how long a
-    zone still short may gain no request, not the warm-up's length, so the line always
-    means the warm-up is complete on a mesh that serves every zone. Bounded by
-    time, a machine busy enough to keep the probes at their slowest said it
-    with 19 of LAX's 20 requests, and the same game day's chaos began before
-    its warm-up on one run and after it on the next; e2e's first fault alike.
+    is not waited for. `bound_s` is how long a zone still short may gain no
+    request (`RequestWatch.wait`'s `stalled`), not the warm-up's length, so the
+    line always means the warm-up is complete on a mesh that serves every
+    zone; what is still missing when a zone gained none for that long is said,
+    and the verdict says it too (unverified). Bounded by time, a machine busy
+    enough to keep the probes at their slowest said it with 19 of LAX's 20
+    requests, and the same game day's chaos began before its warm-up on one run
+    and after it on the next; e2e's first fault alike.
     """
-    deadline = served.clock() + bound_s  # the watch's clock: a test's fake one times the whole warm-up
-
-    def left() -> float:
-        return bound_s if stalled else max(0.0, deadline - served.clock())
-
     summary = None
     settled: float | None = None
     if budget is not None:
-        served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s, stalled=stalled)
+        served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s, stalled=True)
         decision = budget.settle()
         summary, settled = decision.summary(), decision.settled_at()
     warm = WARM_REQUESTS if need is None else need
     short: list[str] = []
-    if not served.wait(0.0, warm, left(), stalled=stalled):
+    if not served.wait(0.0, warm, bound_s, stalled=True):
         short += [f"{z} {had} of {k} requests" for z, (had, k) in served.short_of(0.0, warm).items()]
-    if baseline and settled is not None and not served.wait(settled, baseline, left(), api=True, stalled=stalled):
+    if baseline and settled is not None and not served.wait(settled, baseline, bound_s, api=True, stalled=True):
         short += [f"{z} {had} of {k} through /api since the budget settled"
                   for z, (had, k) in served.short_of(settled, baseline, api=True).items()]  # fmt: skip
     if short:
-        when = f"a zone short of them gained none for {bound_s:g} s" if stalled else f"after {bound_s:g} s"
-        say(f"warm-up: incomplete, {when} ({', '.join(short)}): the verdict says what that leaves unverified")
+        say(f"warm-up: incomplete, a zone short of them gained none for {bound_s:g} s ({', '.join(short)}): "
+            "the verdict says what that leaves unverified")  # fmt: skip
     if summary is not None:
         say(summary)
 
@@ -475,7 +468,6 @@ def record_traffic(
                         WARMUP_BOUND_S,
                         print,
                         baseline=dict.fromkeys(entry, LINK_BASELINE_HOPS),
-                        stalled=True,
                     )
                     traffic.wait(timeout=duration_s + START_GRACE_S)
                 except KeyboardInterrupt as exc:  # the operator ended the traffic: collect, then say so
@@ -660,7 +652,7 @@ def run_e2e(
                     # every zone's users served before the first fault, not a fixed pause (warmup_s: none gained)
                     need = warm_need(list(entry), planned, topology)
                     baseline = link_baseline_need(planned, topology)
-                    warm_up(budget, served, opts.warmup_s, say, need=need, baseline=baseline, stalled=True)
+                    warm_up(budget, served, opts.warmup_s, say, need=need, baseline=baseline)
                     for i, p in enumerate(planned):
                         mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")
