@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
 
 if TYPE_CHECKING:
     from harness.chaos import PlannedExperiment
+    from harness.render.manifests import Manifests
     from harness.topology import Topology
     from harness.traffic import ProbeBudget, RequestWatch, TrafficRunner
 
@@ -575,6 +576,8 @@ def run_e2e(
     check_dry_run(opts.dry_run, bopts.execute, name)
     topology = source_topology(opts)
     backend = connect(bopts)
+    scratch = contextlib.ExitStack()  # the manifests checked before the run directory exists, until copied there
+    checked: Manifests | None = None
     try:
         # bad input, or a fault the cluster cannot do where the backend can tell now (EKS): no run dir, no cluster
         planned = check_inputs(opts, backend, topology)
@@ -582,12 +585,14 @@ def run_e2e(
             lines = dry_run_e2e(planned, opts, bopts, load)
             if lines is not None:
                 raise DryRun("\n".join(lines))
-            # what `up` refuses first (a zone with no entry point) refused before the run directory exists; a
-            # rendering of its own (a second or so), so only where the backend asks anything of the manifests
-            with tempfile.TemporaryDirectory(prefix="eh-check-") as tmp:
-                backend.check_manifests(load(prepare_manifests(opts, Path(tmp))))
+            # what `up` refuses first (a zone with no entry point) refused before the run directory exists; the
+            # rendering it checks (writing it takes a second or two) is the run's, copied into the run directory
+            tmp = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="eh-check-")))
+            checked = load(prepare_manifests(opts, tmp))
+            backend.check_manifests(checked)
         backend.check_tools()  # a missing tool: refused here, not by `up` in a run directory marked failed
     except BaseException:
+        scratch.close()
         backend.close()
         raise
     say(f"backend: {name} ({why})")
@@ -597,12 +602,16 @@ def run_e2e(
         on_start(run_dir, planned)  # harness.progress watches the run directory from here
     try:
         mark_run(run_dir, "render", runner_clock=runner_clock(backend))
-        mdir = prepare_manifests(opts, run_dir)
+        if checked is not None:  # rendered and read once, for the check: the same files, in the run directory
+            manifests = replace(checked, root=copy_manifests(checked.root, run_dir))
+        else:
+            manifests = load(prepare_manifests(opts, run_dir))
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing was started: leave nothing behind
         backend.close()
         raise
-    manifests = load(mdir)
+    finally:
+        scratch.close()
     messages: list[str] = []
     chaos_ok = True
     launcher = Launcher(chaos_env(run_dir, bopts))  # each experiment's `chaos run` started ahead of it
