@@ -156,29 +156,32 @@ def _watched(s: FaultScoping) -> list[Pending]:
 
 
 def _deferred(s: FaultScoping, last: list[Fault]) -> list[Pending]:
-    """The pairs of the fault before each zone's last one, restored, that the verdict measures after the last
-    one's restore instead of its own: the last began within maxRecoveryS of that restore, and the pair's recovery
-    was not on record by then (`FaultMeasurer._cut_short_by`, `_recovery_after_cut`), and the last fault's scope
-    does not ask the pair itself. Watched from the last restore on, against the share the pair sent elsewhere
-    since the earlier inject, as the verdict reads it: the cool-down read only the last fault's pairs, and a
-    kill of LAX's public-api followed half a second after its restore by a kill of LAX's product-api stopped
-    the users once product-api's pair was back, public-api's pair not yet on record after that restore.
-    Waited for whether or not the window before the last inject showed it (the records then are the
-    verdict's to read): a correct mesh shows it with its first few hops after the last restore.
+    """The pairs of the faults before each zone's last one, restored, that the verdict measures after the last
+    one's restore instead of their own: each of them cut short by the zone's next fault, the last of them by the
+    last one (`FaultScoping.cut_chain`: each next fault began within maxRecoveryS of the restore before it), the
+    pair's recovery not on record by then (`FaultMeasurer._cut_short_by`, `_recovery_after_cut`), and no later
+    fault of the chain asking the pair itself (then it is that one's pair, `_superseded_by`). Watched from the
+    last restore on, against the share the pair sent elsewhere since its fault's inject, as the verdict reads
+    it: the cool-down read only the last fault's pairs, and a kill of LAX's public-api followed half a second
+    after its restore by a kill of LAX's product-api stopped the users once product-api's pair was back,
+    public-api's pair not yet on record after that restore. A chain of three is followed to its first fault,
+    as the verdict follows it. Waited for whether or not the window before the next inject showed it (the
+    records then are the verdict's to read): a correct mesh shows it with its first few hops after the last
+    restore.
     """
     out: list[Pending] = []
     for g in last:
         if g.restore is None:
             continue
-        before = [f for f in s.run.faults if f.zone == g.zone and f is not g and f.inject < g.inject]
-        if not before or (f := before[-1]).restore is None or g.inject >= f.restore + s.slo.max_recovery_s:
-            continue
         asked = {u for u, _ in s.scope(g).recovery}
-        out += [
-            Pending(f.fault, g.zone, u, tuple(callers), g.restore, g.restore + s.slo.max_recovery_s, f.inject,
-                    good=s.expected_sql(g.zone, u))
-            for u, callers in s.scope(f).recovery if u not in asked
-        ]  # fmt: skip
+        for f in s.cut_chain(g):  # latest first: a pair a later fault of the chain asks is that one's
+            mine = [(u, callers) for u, callers in s.scope(f).recovery if u not in asked]
+            asked |= {u for u, _ in mine}
+            out += [
+                Pending(f.fault, g.zone, u, tuple(callers), g.restore, g.restore + s.slo.max_recovery_s, f.inject,
+                        good=s.expected_sql(g.zone, u))
+                for u, callers in mine
+            ]  # fmt: skip
     return out
 
 

@@ -309,13 +309,13 @@ class FaultMeasurer(CheckBase):
             failure = self._recovery_failure(f, u, w, rec)
             msg = failure or self._recovery_unshown(f, u, callers, w, hi)
             # not shown (no in-zone hop yet, or too few after it) before the zone's next fault: left to it
-            if msg and (rec is None or not failure) and (g := self._superseded_by(f, u, nxt)) is not None:
+            if msg and (rec is None or not failure) and (g := self._superseded_by(f, u)) is not None:
                 out.messages.append(
                     f"{f.zone} -> {u}: recovery after fault {f.fault} not measurable: fault {g.fault} began "
                     f"{g.inject - f.restore:.3f}s after the restore and its own recovery must show the pair back"
                 )
                 msg = ""
-            elif msg and (rec is None or not failure) and (cut := self._cut_short_by(f, callers, nxt)) is not None:
+            elif msg and (rec is None or not failure) and (cut := self._cut_short_by(f, callers)) is not None:
                 msg, note = self._recovery_after_cut(f, u, callers, cut, pr)
                 out.messages += [note] if note else []
             elif msg and (rec is None or not failure) and nxt is None:
@@ -331,7 +331,7 @@ class FaultMeasurer(CheckBase):
             out.recovery_s, out.resolution_s = max(measured, key=lambda x: x[0])
         return out
 
-    def _superseded_by(self, f: Fault, u: str, nxt: float | None) -> Fault | None:
+    def _superseded_by(self, f: Fault, u: str) -> Fault | None:
         """The zone's next fault, when it began before `f`'s recovery of pair (zone, u) could be shown and
         before maxRecoveryS had passed, and asks that recovery of the pair itself after its own restore.
 
@@ -342,9 +342,9 @@ class FaultMeasurer(CheckBase):
         mesh that a busier machine, starting the next fault a second later, passed. A next fault that takes
         the pair's upstream down again, or the whole zone (zone-down, partition, a degraded link), measures the
         pair's recovery after its own restore (`SCOPES`): a mesh that never recovered fails there. A next
-        fault that does not (a kill of another service) leaves the window cut, as before.
+        fault that does not (a kill of another service) cut the window short (`_cut_short_by`).
         """
-        return self._asks_recovery_of(self._next_fault_within_recovery(f, nxt), u)
+        return self._asks_recovery_of(self.cut_by(f), u)
 
     def _asks_recovery_of(self, g: Fault | None, u: str) -> Fault | None:
         """`g`, when it measures the recovery of pair (g.zone, u) after its own restore (`SCOPES`), else None."""
@@ -360,16 +360,7 @@ class FaultMeasurer(CheckBase):
         what `_superseded_by` is for a fault of the zone: a recovery cut short by the zone's next fault is
         that fault's to show, and a mesh that never came back fails there.
         """
-        nxt = self.next_inject(zone, since)
-        if nxt is None or nxt >= since + self.slo.max_recovery_s:
-            return None
-        return self._asks_recovery_of(next((x for x in self.run.faults if x.zone == zone and x.inject == nxt), None), u)
-
-    def _next_fault_within_recovery(self, f: Fault, nxt: float | None) -> Fault | None:
-        """The zone's next fault (injected at `nxt`), when it began within maxRecoveryS of `f`'s restore."""
-        if nxt is None or f.restore is None or nxt >= f.restore + self.slo.max_recovery_s:
-            return None
-        return next((x for x in self.run.faults if x.zone == f.zone and x is not f and x.inject == nxt), None)
+        return self._asks_recovery_of(self.next_within_recovery(zone, since), u)
 
     def _bound_cut_off(self, f: Fault, callers: list[str], w: Window) -> None:
         """A pair whose callers fault `f` cut off has no hop while cut off: what the zone's requests met bounds
@@ -380,7 +371,7 @@ class FaultMeasurer(CheckBase):
             if mark is not None and (w.prev_bad is None or mark > w.prev_bad):
                 w.prev_bad = mark
 
-    def _cut_short_by(self, f: Fault, callers: list[str], nxt: float | None) -> tuple[Fault, list[str]] | None:
+    def _cut_short_by(self, f: Fault, callers: list[str]) -> tuple[Fault, list[str]] | None:
         """The zone's next fault, when it began within maxRecoveryS of `f`'s restore (None when there is none),
         with what it took down on the pair's way: a caller, a service on the way from the zone's entry to one (as
         `_cut_off`), or the entry point; nothing of it (an empty list) when it took down something else.
@@ -396,7 +387,7 @@ class FaultMeasurer(CheckBase):
         it answers errors without its product-api is the mesh's reaction to it), so they are not read as this
         recovery; the hops after its restore are the pair's next record.
         """
-        g = self._next_fault_within_recovery(f, nxt)
+        g = self.cut_by(f)
         if g is None:
             return None
         # the callers, or a service on the way to them (frontend, the entry point): either leaves the pair no hop
@@ -404,7 +395,7 @@ class FaultMeasurer(CheckBase):
         return g, sorted(path) or ([f"{f.zone}'s entry point"] if g.entry_down else [])
 
     def _recovery_after_cut(
-        self, f: Fault, u: str, callers: list[str], cut: tuple[Fault, list[str]], pr: PairResult
+        self, f: Fault, u: str, callers: list[str], cut: tuple[Fault, list[str]], pr: PairResult, said: str = ""
     ) -> tuple[str, str]:
         """(failure, note) of pair (f.zone, u), whose recovery after `f` the zone's next fault cut short
         (`_cut_short_by`: taking its callers down, or anything else of the zone): the pair is measured after that
@@ -419,13 +410,21 @@ class FaultMeasurer(CheckBase):
         never takes the zone's upstream back still serves those hops elsewhere and fails ("never recovers",
         after that restore). A fault that was never restored leaves it unverified; one that took the pair's
         upstream or the zone down itself asks the recovery after its own restore (`_superseded_by`).
+
+        A window after that restore cut short again by the zone's next fault is measured after that one's
+        restore in turn (`said`: the cuts before, for the message), as the cool-down waits for it
+        (`FaultScoping.cut_chain`): kills of LAX's product-api, its public-api 0.3 s after that restore and its
+        frontend 0.3 s after the next left product-api's pair no hop before the third inject, and "never
+        recovers" failed the mesh that a machine starting the third experiment 5 s later passed.
         """
         assert f.restore is not None
         g, hit = cut
         did = f"took down {', '.join(hit)}" if hit else "began"
+        gap = f"{g.inject - f.restore:.3f}s"
         why = (
-            f"fault {g.fault} {did} {g.inject - f.restore:.3f}s after the restore of {f.fault}, before the mesh "
-            "could show the pair back"
+            f"{said}, then fault {g.fault} {did} {gap} after that fault's restore"
+            if said
+            else f"fault {g.fault} {did} {gap} after the restore of {f.fault}, before the mesh could show the pair back"
         )
         if g.restore is None:
             return (
@@ -442,8 +441,10 @@ class FaultMeasurer(CheckBase):
         pr.counts.update({"recovery_after_cut_s": rec, "recovery_after_cut_resolution_s": w.resolution})
         failure = self._recovery_failure(later, u, w, rec)
         msg = failure or self._recovery_unshown(later, u, callers, w, hi)
-        if msg and (rec is None or not failure) and (h := self._superseded_by(later, u, nxt)) is not None:
+        if msg and (rec is None or not failure) and (h := self._superseded_by(later, u)) is not None:
             return "", f"{f.zone} -> {u}: recovery after fault {f.fault} not measurable: {why}; left to {h.fault}"
+        if msg and (rec is None or not failure) and (again := self._cut_short_by(later, callers)) is not None:
+            return self._recovery_after_cut(later, u, callers, again, pr, said=why)
         if msg and (rec is None or not failure) and nxt is None:
             msg = self._ended_before_due(later, u, w, rec, msg, hi)
         if msg:

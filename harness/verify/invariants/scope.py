@@ -23,6 +23,12 @@ from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
 Pairs = list[tuple[str, list[str]]]  # (upstream, its callers) of one zone
 
 
+def next_inject(faults: list[Fault], zone: str, after: float, other_than: Fault | None = None) -> float | None:
+    """The inject of `zone`'s next fault among `faults` after `after` (not fault `other_than`); None: none."""
+    nxt = [g.inject for g in faults if g.zone == zone and g is not other_than and g.inject > after]
+    return min(nxt, default=None)
+
+
 @dataclass
 class FaultScope:
     """What one fault kind asks of the pairs of its zone (see `SCOPES`)."""
@@ -129,8 +135,46 @@ class FaultScoping:
         `other_than` is the fault itself, not its id: ids end in random hex, and two kills of one service in
         one zone that drew the same id skipped each other (the first's recovery ran over the second).
         """
-        nxt = [g.inject for g in self.run.faults if g.zone == zone and g is not other_than and g.inject > after]
-        return min(nxt, default=None)
+        return next_inject(self.run.faults, zone, after, other_than)
+
+    def next_within_recovery(self, zone: str, since: float, other_than: Fault | None = None) -> Fault | None:
+        """`zone`'s next fault after `since` (a restore, or a cascade's end; not fault `other_than`), when it began
+        before maxRecoveryS had passed since then: it cut that recovery's window short. None when there is none.
+
+        The one rule of when a recovery is measured after a later restore instead: the verdict's
+        (`FaultMeasurer._superseded_by`, `_cut_short_by`, `_left_to_next`) and the cool-down's
+        (`harness.verify.pending._deferred`, through `cut_chain`), so the cool-down waits for exactly the pairs
+        the verdict will measure after the zone's last restore.
+        """
+        nxt = self.next_inject(zone, since, other_than)
+        if nxt is None or nxt >= since + self.slo.max_recovery_s:
+            return None
+        return next((x for x in self.run.faults if x.zone == zone and x is not other_than and x.inject == nxt), None)
+
+    def cut_by(self, f: Fault) -> Fault | None:
+        """The zone's next fault when it began within maxRecoveryS of fault `f`'s restore (`next_within_recovery`);
+        None for a fault never restored (it fails as such) or with no such next fault."""
+        return None if f.restore is None else self.next_within_recovery(f.zone, f.restore, f)
+
+    def cut_chain(self, g: Fault) -> list[Fault]:
+        """The zone's faults whose recovery windows reach `g` through `cut_by` (each cut short by the next, the
+        last by `g`), latest first: a pair of theirs not shown before the next inject is measured after `g`'s
+        restore, as the verdict measures it (`FaultMeasurer._recovery_after_cut`, one cut after another).
+
+        Not only the fault just before `g`: kills of LAX's product-api, public-api and frontend, each 0.3 s after
+        the previous restore, leave product-api's pair no hop until the frontend is back.
+        """
+        into: dict[int, list[Fault]] = {}
+        for f in self.run.faults:
+            if f.zone == g.zone and (h := self.cut_by(f)) is not None:
+                into.setdefault(id(h), []).append(f)
+        out: list[Fault] = []
+        todo = [g]
+        while todo:  # each fault cuts into one later one (`cut_by`): no cycle
+            for f in sorted(into.get(id(todo.pop()), []), key=lambda x: x.inject, reverse=True):
+                out.append(f)
+                todo.append(f)
+        return sorted(out, key=lambda x: x.inject, reverse=True)
 
     def _edge_pairs(self, zone_pairs: Pairs) -> Pairs:
         """Pairs whose upstream is edge-placed: only they have an in-zone service to recover to.
