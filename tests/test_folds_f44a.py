@@ -89,6 +89,25 @@ def test_control_a_chain_broken_by_a_pause_over_max_recovery_is_not_waited_for(t
     assert pending_recoveries(run, T, t0 + end) == []
 
 
+def test_a_fault_that_outlived_one_begun_inside_it_is_waited_for_from_its_own_restore(tmp_path: Path) -> None:
+    """HOLE (found folding `_deferred` onto the verdict's rule). Faults of one zone that overlap: a kill of LAX's
+    public-api 30-60 with a kill of its product-api begun and restored inside it (40-50). The verdict measures
+    public-api's pair from 60 on (no fault of the zone began after that restore); the cool-down watched it from
+    the product-api kill's restore at 50, due 10 s before the verdict's maxRecoveryS, so a recovery the SLO
+    allows was given up on early and left unverified. It waits from 60 now, and for neither pair once both are
+    on record."""
+    faults = [
+        FaultSpec("kill-public-api-lax", "service-down", LAX, ("public-api",), 30, 60, 0.2, 1.0),
+        FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 40, 50, 0.2, 1.0),
+    ]
+    t0 = Scenario(T).start
+    run = write_run(tmp_path / "stopped", Scenario(T, duration_s=60.3, rate_per_zone=2, faults=faults))
+    left = pending_recoveries(run, T, t0 + 60.3)
+    assert ("public-api", "kill-public-api-lax", t0 + 60) in {(p.upstream, p.fault, p.restore) for p in left}, left
+    waited = write_run(tmp_path / "waited", Scenario(T, duration_s=66, rate_per_zone=2, faults=faults))
+    assert pending_recoveries(waited, T, t0 + 66) == []
+
+
 # -- e2e on the existing backend: the manifests it checks are the run's, rendered once ----------------------------
 class _StopsAtUp:
     """An existing-backend double: it checks the manifests (as EKS's does: every zone's entry point) and stops the

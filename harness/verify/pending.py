@@ -62,7 +62,7 @@ from harness.observe.collector import POLL_INTERVAL_S
 from harness.observe.hops import INVENTORY_FILE, create_hops, load_inventory
 from harness.topology import Topology
 from harness.verify import expected
-from harness.verify.invariants.scope import FaultScoping
+from harness.verify.invariants.scope import FaultScoping, measured_to_the_end
 from harness.verify.invariants.sql import HOP_END_SQL, INF, RECOVERY_EVIDENCE_ALPHA, recovery_chance, spans_sql
 from harness.verify.invariants.users import (
     LINK_BASELINE_S,
@@ -110,7 +110,8 @@ class Pending:
 def _watched(s: FaultScoping) -> list[Pending]:
     """What the verdict will ask back where it belongs, as it scopes it (`FaultScoping`):
 
-    - after each zone's last fault, restored, the pairs of its kind's scope (`FaultScoping.scope`), e.g. a node
+    - after each zone's last fault, restored (and one the last began inside of and outlived:
+      `measured_to_the_end`), the pairs of its kind's scope (`FaultScoping.scope`), e.g. a node
       fault's every service that lost a pod on the node, listed or not, and every pair of a zone down or
       partitioned;
     - after each declared single point of failure's cascade (`FaultScoping.cascade_window`: every outage that
@@ -120,7 +121,7 @@ def _watched(s: FaultScoping) -> list[Pending]:
       in the Region: a zone's service still down then fails the verdict ("longer than maxRecoveryS after the
       Region's was ready again"), however long the run goes on.
     """
-    last = {f.zone: f for f in s.run.faults}  # sorted by inject: each zone's last one stays
+    last = measured_to_the_end(s.run.faults)
     out = [
         Pending(
             f.fault,
@@ -132,11 +133,11 @@ def _watched(s: FaultScoping) -> list[Pending]:
             f.inject,
             good=s.expected_sql(f.zone, u),
         )
-        for f in last.values()
-        if f.restore is not None
+        for f in last
+        if f.restore is not None  # always (`measured_to_the_end`): said for the type checker
         for u, callers in s.scope(f).recovery
     ]
-    out += _deferred(s, list(last.values()))
+    out += _deferred(s, last)
     for f in s.run.faults:
         if not expected.declared(f) or f.restore is None:
             continue
@@ -186,10 +187,9 @@ def _deferred(s: FaultScoping, last: list[Fault]) -> list[Pending]:
 
 
 def _open(faults: list[Fault], t: Topology, now: float) -> list[Fault]:
-    """Each zone's last fault restored less than maxRecoveryS ago, and every restored declared fault (its cascade
-    may end later): those whose pairs the verdict may still ask."""
-    last = {f.zone: f for f in faults}  # sorted by inject: each zone's last one stays
-    recent = [f for f in last.values() if f.restore is not None and now < f.restore + t.slo.max_recovery_s]
+    """Each zone's last fault restored less than maxRecoveryS ago (`measured_to_the_end`), and every restored
+    declared fault (its cascade may end later): those whose pairs the verdict may still ask."""
+    recent = [f for f in measured_to_the_end(faults) if now < (f.restore or 0.0) + t.slo.max_recovery_s]
     return recent + [f for f in faults if expected.declared(f) and f.restore is not None and f not in recent]
 
 

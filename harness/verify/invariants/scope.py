@@ -29,6 +29,14 @@ def next_inject(faults: list[Fault], zone: str, after: float, other_than: Fault 
     return min(nxt, default=None)
 
 
+def measured_to_the_end(faults: list[Fault]) -> list[Fault]:
+    """The restored faults whose recovery window runs to the run's end: no fault of their zone began after their
+    restore (`FaultMeasurer._recovery`'s window ends at the zone's next inject). Each zone's last fault, and one
+    it began inside of and outlived (a long kill of LAX's public-api with a kill of its product-api begun and
+    restored meanwhile): its pairs are measured from its own restore on, not the last fault's."""
+    return [f for f in faults if f.restore is not None and next_inject(faults, f.zone, f.restore, f) is None]
+
+
 @dataclass
 class FaultScope:
     """What one fault kind asks of the pairs of its zone (see `SCOPES`)."""
