@@ -1,0 +1,271 @@
+"""Paths no other test ran (task a44c: coverage measured per area, each uncovered behaviour pinned here).
+
+Each test would fail if the branch it names were broken or removed: the report's page for a verdict whose
+fault names a zone the run's topology lacks (a verdict judged elsewhere, or a topology edited since), and the
+kind and existing backends' error branches that only a real cluster, or a broken host, would reach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.backends import kind as kind_mod
+from harness.backends.existing import ExistingBackend
+from harness.backends.kind import KindBackend, kind_available
+from harness.backends.kube.apply import ConsulInstall
+from harness.errors import BackendError
+from harness.render import render, write
+from harness.render.manifests import Manifests
+from harness.render.manifests import load as load_manifests
+from harness.report.html import render_html
+from harness.topology import Edition, load_topology
+from harness.verify import Verdict, verify
+from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.kubefake import rendered
+
+LAX = "us-west-2-lax-1a"
+STRANGER = "us-west-2-zzz-9z"  # a zone name the default topology does not have
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Verdict]:
+    sc = Scenario(
+        load_topology(),
+        duration_s=40,
+        rate_per_zone=2,
+        faults=[FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 10, 20, 1.0, 1.0)],
+    )
+    run = write_run(tmp_path_factory.mktemp("a44c-report") / "run", sc)
+    return run, verify(run)
+
+
+def test_report_names_a_fault_zone_the_topology_lacks(small_run: tuple[Path, Verdict]) -> None:
+    """A verdict's fault in a zone the run's topology does not list (a verdict copied beside another run's
+    records, a topology edited since): the page still renders, with that zone's own timeline row and section
+    saying "not in the topology", rather than failing with a KeyError from `Topology.zone`."""
+    run, verdict = small_run
+    moved = dataclasses.replace(verdict.faults[0], zone=STRANGER)
+    page = render_html(run, dataclasses.replace(verdict, faults=[moved]))
+    assert f"{STRANGER} (not in the topology)" in page  # the timeline row's label
+    assert re.search(rf"{STRANGER} <small>\(not in the topology\)</small>", page)  # the zone section's head
+
+
+def test_report_control_known_zone_has_its_type(small_run: tuple[Path, Verdict]) -> None:
+    """Control: the same fault in a zone the topology has is labelled with that zone's type, never "not in"."""
+    run, verdict = small_run
+    page = render_html(run, verdict)
+    assert "not in the topology" not in page
+    assert f"{LAX} <small>(" in page and "Local Zone" in page
+
+
+# -- kind backend: the error branches a healthy host never takes -------------------------------------------
+
+Answer = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
+
+
+def _done(argv: Sequence[str], out: str = "", rc: int = 0, err: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.CompletedProcess(list(argv), rc, out, err)
+
+
+class FakeRun:
+    """`subprocess.run` as the kind backend calls it: each argv (tool path first) answered by `answer`."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str], **_kw: Any) -> subprocess.CompletedProcess[str]:
+        self.calls.append([Path(argv[0]).name, *argv[1:]])
+        return self.answer(argv)
+
+
+@pytest.fixture
+def tools_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tool the kind backend looks for is "found" (the fake `run` answers for it)."""
+    monkeypatch.setattr(kind_mod, "find_tool", lambda name: f"/fake/bin/{name}")
+
+
+def _kind(tmp_path: Path, answer: Answer, **kw: Any) -> tuple[KindBackend, FakeRun]:
+    run = FakeRun(answer)
+    said: list[str] = []
+    b = KindBackend("edge", tmp_path / "wd", run=run, progress=said.append, **kw)
+    b.said = said  # type: ignore[attr-defined]
+    return b, run
+
+
+def _hangs(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    raise subprocess.TimeoutExpired(argv, 900)
+
+
+def test_kind_status_when_kind_hangs_is_one_line_not_a_traceback(tmp_path: Path, tools_on_path: None) -> None:
+    """`kind get clusters` that never answers (a wedged Docker daemon): `status` says so in one line naming the
+    command, rather than raising subprocess.TimeoutExpired out of `harness status`."""
+    b, _run = _kind(tmp_path, _hangs)
+    st = b.status()
+    assert not st.up and st.detail == "`kind get clusters` did not finish in 900s"
+    with pytest.raises(BackendError, match=r"^`kind get clusters` did not finish in 900s$"):
+        b.cluster_exists()
+
+
+def test_kind_status_cluster_without_kubeconfig_says_run_up(tmp_path: Path, tools_on_path: None) -> None:
+    """kind lists the cluster but this workdir has no kubeconfig (another workdir made it): not up, and why."""
+    b, _run = _kind(tmp_path, lambda argv: _done(argv, "other\nedge\n"))
+    st = b.status()
+    assert not st.up
+    assert st.detail == f"kind cluster edge: kind cluster edge: no kubeconfig at {b.kubeconfig}; run up first"
+
+
+def test_kind_status_control_absent_cluster(tmp_path: Path, tools_on_path: None) -> None:
+    """Control: kind answers and the cluster is not among its clusters: "does not exist"."""
+    b, _run = _kind(tmp_path, lambda argv: _done(argv, "other\n"))
+    st = b.status()
+    assert not st.up and st.detail == "kind cluster edge does not exist"
+
+
+def test_kind_down_without_kind_keeps_the_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`down` where kind is not on PATH: one line naming kind and where to get it, and the state file (what a
+    later `down` needs) is kept, not deleted as if the cluster were gone."""
+    monkeypatch.setattr(kind_mod, "find_tool", lambda name: None)
+    b, run = _kind(tmp_path, lambda argv: _done(argv))
+    b._save_state(cluster="edge")
+    with pytest.raises(BackendError, match=r"kind backend needs `kind` on PATH \(https://kind\.sigs\.k8s\.io/"):
+        b.down()
+    assert b._state_file.is_file() and run.calls == []
+
+
+def test_kind_down_control_deletes_and_forgets(tmp_path: Path, tools_on_path: None) -> None:
+    """Control: with kind, `down` deletes the cluster by name and removes the state file."""
+    b, run = _kind(tmp_path, lambda argv: _done(argv))
+    b._save_state(cluster="edge")
+    b.down()
+    assert run.calls == [["kind", "delete", "cluster", "--name", "edge", "--kubeconfig", str(b.kubeconfig)]]
+    assert not b._state_file.exists()
+
+
+def _docker_port(said: str) -> Answer:
+    return lambda argv: _done(argv, said) if argv[1:2] == ["port"] else _done(argv)
+
+
+def test_kind_entrypoints_docker_port_nonsense_is_one_line(tmp_path: Path, tools_on_path: None) -> None:
+    """A state without entry ports (a cluster reused by another workdir) asks Docker; an answer that names no
+    host port fails in one line quoting it, not with an IndexError."""
+    m = rendered(tmp_path)
+    b, _run = _kind(tmp_path, _docker_port(""), manifests=m)
+    with pytest.raises(BackendError, match=r"^`docker port edge-control-plane \d+/tcp` said ''$"):
+        b.entrypoints()
+
+
+def test_kind_entrypoints_control_read_from_docker_and_kept(tmp_path: Path, tools_on_path: None) -> None:
+    """Control: Docker's answer (IPv4 line first, as `docker port` prints) gives each zone's URL, kept in the
+    state so the next call asks nothing."""
+    m = rendered(tmp_path)
+    b, run = _kind(tmp_path, _docker_port("0.0.0.0:41234\n[::]:41234\n"), manifests=m)
+    urls = b.entrypoints()
+    zones = sorted(z.name for z in m.topology.zones)
+    assert urls == {z: "http://127.0.0.1:41234" for z in zones}
+    asked = len(run.calls)
+    assert asked == len(zones) and b.entrypoints() == urls and len(run.calls) == asked
+
+
+def test_kind_inotify_unreadable_is_said_and_up_goes_on(tmp_path: Path, tools_on_path: None) -> None:
+    """A node where the limits cannot be read (`cat` missing or refused): said in one line with the fix, no
+    refusal (the cluster may well do), and no crash on the non-numbers."""
+    b, _run = _kind(tmp_path, lambda argv: _done(argv, "cat: not found", rc=1))
+    b._check_inotify()
+    assert len(b.said) == 1 and b.said[0].startswith("inotify limits of the Docker host not read (cat: not found)")  # type: ignore[attr-defined]
+
+
+def test_kind_inotify_control_enough_says_nothing(tmp_path: Path, tools_on_path: None) -> None:
+    """Control: limits at or above kind's asks: nothing said, nothing refused."""
+    b, _run = _kind(tmp_path, lambda argv: _done(argv, "1048576\n8192\n"))
+    b._check_inotify()
+    assert b.said == []  # type: ignore[attr-defined]
+
+
+def test_kind_available_docker_info_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`docker info` that hangs (a daemon stuck starting): the kind backend is not available, and why."""
+    monkeypatch.setattr(kind_mod, "find_tool", lambda name: f"/fake/bin/{name}")
+    monkeypatch.setattr(kind_mod.subprocess, "run", lambda argv, **kw: _hangs(argv))
+    ok, why = kind_available()
+    assert not ok and why.startswith("docker info failed: Command '['/fake/bin/docker', 'info'")
+
+
+def test_kind_available_control(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control: Docker answers with its version: available, saying which."""
+    monkeypatch.setattr(kind_mod, "find_tool", lambda name: f"/fake/bin/{name}")
+    monkeypatch.setattr(kind_mod.subprocess, "run", lambda argv, **kw: _done(argv, "27.3.1\n"))
+    assert kind_available() == (True, "Docker 27.3.1 answers and kind, helm, kubectl are installed")
+
+
+def test_kind_helm_without_pinned_chart_is_refused(tmp_path: Path, tools_on_path: None) -> None:
+    """Manifests whose chart has no repo/version (rendered by an older harness): refused naming the file, before
+    helm runs; a pinned chart gets a runner that calls helm."""
+    m = rendered(tmp_path)
+    b, run = _kind(tmp_path, lambda argv: _done(argv))
+    with pytest.raises(BackendError, match=r"manifest\.json: chart repo/version missing \(re-render\)$"):
+        b._helm_runner(m, {"name": "consul", "repo": "https://helm.releases.hashicorp.com"})
+    assert run.calls == []
+    helm = b._helm_runner(m, {"name": "consul", "repo": "https://helm.releases.hashicorp.com", "version": "1.9.11"})
+    helm(["version"])
+    assert run.calls == [["helm", "version"]]
+
+
+# -- existing backend: check_consul's refusals of a Consul it cannot use ------------------------------------
+
+
+class _ConsulOnly:
+    """A cluster that answers `find_consul` only: check_consul's refusals come before any other call."""
+
+    def __init__(self, found: ConsulInstall) -> None:
+        self.found = found
+
+    def find_consul(self) -> ConsulInstall:
+        return self.found
+
+
+def _consul(version: str, image: str, injectors: int = 1) -> ConsulInstall:
+    return ConsulInstall("consul", "consul", image, version, 1, injectors, "consul-ui", 80)
+
+
+def _check(tmp_path: Path, found: ConsulInstall, edition: str = "ce") -> None:
+    m = rendered(tmp_path) if edition == "ce" else _enterprise(tmp_path)
+    b = ExistingBackend("eks-lab", workdir=tmp_path / "runs", cluster=_ConsulOnly(found))  # type: ignore[arg-type]
+    b.check_consul(m)
+
+
+def _enterprise(tmp_path: Path) -> Manifests:
+    out = tmp_path / "ent"
+    write(render(load_topology(), Edition("enterprise")), out)
+    return load_manifests(out)
+
+
+def test_existing_consul_pinned_by_digest_alone_is_refused_as_untagged(tmp_path: Path) -> None:
+    """A server image pinned by digest only has no tag to read a version from: refused saying so and how to
+    fix it, not as "too old" (a wrong reason) and not let through unchecked."""
+    digest = "hashicorp/consul@sha256:" + "a" * 64
+    with pytest.raises(BackendError, match=r"has no tag to read its version from: .* name:1\.22\.7@sha256:"):
+        _check(tmp_path, _consul("", digest))
+
+
+def test_existing_enterprise_manifests_on_a_ce_consul_are_refused(tmp_path: Path) -> None:
+    """Enterprise manifests (namespaces, redirects) against a CE server: refused up front, naming both, where the
+    webhook would otherwise reject the namespaced config entries one by one."""
+    with pytest.raises(BackendError, match=r"the manifests are Enterprise, the cluster's Consul 1\.22\.7 is not$"):
+        _check(tmp_path, _consul("1.22.7", "hashicorp/consul:1.22.7"), edition="enterprise")
+
+
+def test_existing_consul_controls_pass_those_checks(tmp_path: Path) -> None:
+    """Controls: a tagged CE server with CE manifests, and an -ent server with Enterprise manifests, pass the tag
+    and edition checks (they stop at the next one, the missing connect-injector this fake reports)."""
+    no_injector = r"has no Ready connect-injector"
+    with pytest.raises(BackendError, match=no_injector):
+        _check(tmp_path, _consul("1.22.7", "hashicorp/consul:1.22.7", injectors=0))
+    with pytest.raises(BackendError, match=no_injector):
+        _check(tmp_path, _consul("1.22.7-ent", "hashicorp/consul-enterprise:1.22.7-ent", injectors=0), "enterprise")
