@@ -8,6 +8,7 @@ kind and existing backends' error branches that only a real cluster, or a broken
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 from collections.abc import Callable, Sequence
@@ -17,10 +18,22 @@ from typing import Any
 import pytest
 
 from harness.backends import kind as kind_mod
-from harness.backends.existing import ExistingBackend
+from harness.backends.existing import (
+    ACCESS_LOG_NEEDED,
+    ENTRY_ENV,
+    ExistingBackend,
+    _access_logs_unusable,
+    _toleration_text,
+    check_placement,
+    parse_entrypoints,
+)
 from harness.backends.kind import KindBackend, kind_available
+from harness.backends.kube import NodeInfo
 from harness.backends.kube.apply import ConsulInstall
-from harness.errors import BackendError
+from harness.contract.names import LABEL_APP, LABEL_POD_ZONE, LABEL_ZONE
+from harness.contract.rundir import ACCESS_LOG_FIELDS
+from harness.contract.scheduling import Taint, Toleration
+from harness.errors import BackendError, InputError
 from harness.render import render, write
 from harness.render.manifests import Manifests
 from harness.render.manifests import load as load_manifests
@@ -269,3 +282,111 @@ def test_existing_consul_controls_pass_those_checks(tmp_path: Path) -> None:
         _check(tmp_path, _consul("1.22.7", "hashicorp/consul:1.22.7", injectors=0))
     with pytest.raises(BackendError, match=no_injector):
         _check(tmp_path, _consul("1.22.7-ent", "hashicorp/consul-enterprise:1.22.7-ent", injectors=0), "enterprise")
+
+
+# -- existing backend: the mesh's access-log setup, entry points and placement, as pure functions ---------------
+
+_FULL = {f: ACCESS_LOG_FIELDS[f] for f in ACCESS_LOG_NEEDED}
+
+
+@pytest.mark.parametrize(
+    ("logs", "why"),
+    [
+        (
+            {"enabled": True, "type": "syslog"},
+            "accessLogs.type 'syslog' is not one Consul knows (stdout, stderr, file)",
+        ),
+        (
+            {"enabled": True, "jsonFormat": json.dumps(_FULL), "textFormat": "%START_TIME%"},
+            "accessLogs.jsonFormat and accessLogs.textFormat are both set (Consul refuses the entry)",
+        ),
+        ({"enabled": True, "jsonFormat": "{start_time: 1"}, "accessLogs.jsonFormat is not JSON ("),
+        ({"enabled": True, "jsonFormat": '["%START_TIME%"]'}, "accessLogs.jsonFormat is not a JSON object"),
+        (
+            {"enabled": True, "jsonFormat": json.dumps({**_FULL, "upstream_host": "%UPSTREAM_CLUSTER%"})},
+            "accessLogs.jsonFormat writes another value as upstream_host ('%UPSTREAM_CLUSTER%', not %UPSTREAM_HOST%)",
+        ),
+    ],
+)
+def test_existing_access_logs_a_mesh_cannot_give_the_verdict(logs: dict[str, Any], why: str) -> None:
+    """A cluster's own ProxyDefaults whose access logs the verdict cannot read (a sink Consul does not know, both
+    formats, a jsonFormat that is not a JSON object of the needed fields): each named, never taken as usable."""
+    said = _access_logs_unusable({"accessLogs": logs})
+    assert said is not None and said.startswith(why), said
+
+
+@pytest.mark.parametrize(
+    "logs",
+    [
+        {"enabled": True},
+        {"enabled": True, "type": "stderr", "jsonFormat": json.dumps({**_FULL, "extra": "%PROTOCOL%"})},
+    ],
+)
+def test_existing_access_logs_control_usable(logs: dict[str, Any]) -> None:
+    """Control: Consul's default JSON, and a jsonFormat that writes each needed field with its own operator."""
+    assert _access_logs_unusable({"accessLogs": logs}) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "env", "field", "why"),
+    [
+        ((), '["http://a"]', ENTRY_ENV, 'expected a JSON object {"<zone>": "http://..."}'),
+        ((), '{"z": 8080}', ENTRY_ENV, 'expected a JSON object {"<zone>": "http://..."}'),
+        (("us-west-2-lax-1a:http://a",), None, "--entrypoint", "expected ZONE=URL, got 'us-west-2-lax-1a:http://a'"),
+        (("us-west-2-lax-1a=",), None, "--entrypoint", "expected ZONE=URL"),
+    ],
+)
+def test_existing_bad_entrypoints_name_their_source(
+    values: tuple[str, ...], env: str | None, field: str, why: str
+) -> None:
+    """A wrong `EH_ENTRYPOINTS` or `--entrypoint`: an input error naming which of the two, and what was expected."""
+    with pytest.raises(InputError) as info:
+        parse_entrypoints(values, env)
+    assert info.value.source == field and why in info.value.message, info.value
+
+
+def test_existing_entrypoints_control_flag_wins_over_env() -> None:
+    """Control: both given, the flag wins for its zone, the env var fills the rest, trailing slashes dropped."""
+    got = parse_entrypoints(["a=https://flag.example/"], '{"a": "http://env-a", "b": "http://env-b/x/"}')
+    assert got == {"a": "https://flag.example", "b": "http://env-b/x"}
+
+
+def _node(name: str, zone: str, *taints: Taint) -> NodeInfo:
+    labels = {LABEL_ZONE: zone, "kubernetes.io/hostname": name}
+    return NodeInfo(name, zone, "us-west-2", "local-zone", "10.0.0.1", (), False, labels, taints)
+
+
+def _workload(zone: str, tolerations: list[dict[str, str]]) -> dict[str, Any]:
+    term = {"matchExpressions": [{"key": LABEL_ZONE, "operator": "In", "values": [zone]}]}
+    spec = {
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}},
+        "tolerations": tolerations,
+        "containers": [{"name": "app", "image": "x"}],
+    }
+    labels = {LABEL_APP: "product-api", LABEL_POD_ZONE: zone}
+    return {"kind": "Deployment", "metadata": {"name": "product-api"},
+            "spec": {"template": {"metadata": {"labels": labels}, "spec": spec}}}  # fmt: skip
+
+
+def test_existing_placement_names_a_zone_no_node_matches(tmp_path: Path) -> None:
+    """Workloads of a zone none of whose nodes carry its label: the problem says no node matches their affinity."""
+    problems = check_placement([_node("n1", LAX)], [_workload("us-west-2-phx-2a", [])])
+    assert len(problems) == 1 and "no node matches their node affinity" in problems[0], problems
+
+
+def test_existing_placement_keyless_toleration_names_its_effect() -> None:
+    """A keyless `Exists` toleration with an effect tolerates every taint OF THAT EFFECT only (Kubernetes'
+    ToleratesTaint: the effect is compared first). The problem line named it "every taint", which contradicts the
+    NoExecute taint it names as not tolerated in the same sentence."""
+    node = _node("n1", LAX, Taint("dedicated", "edge", "NoExecute"))
+    problems = check_placement([node], [_workload(LAX, [{"operator": "Exists", "effect": "NoSchedule"}])])
+    assert len(problems) == 1, problems
+    assert "has taint dedicated=edge:NoExecute" in problems[0]
+    assert "(they tolerate every NoSchedule taint)" in problems[0], problems
+
+
+def test_existing_placement_control_keyless_toleration_without_effect_places() -> None:
+    """Control: a keyless `Exists` toleration without effect tolerates every taint: the workload has a node."""
+    node = _node("n1", LAX, Taint("dedicated", "edge", "NoExecute"))
+    assert check_placement([node], [_workload(LAX, [{"operator": "Exists"}])]) == []
+    assert _toleration_text(Toleration(operator="Exists")) == "every taint"

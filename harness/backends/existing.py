@@ -263,8 +263,11 @@ def _taint_text(t: Taint) -> str:
 
 
 def _toleration_text(tol: Toleration) -> str:
+    """A toleration as a problem line names it. A keyless one (operator Exists) tolerates every taint only when it
+    names no effect: with one it tolerates that effect's taints alone (Kubernetes' ToleratesTaint compares the
+    effect first), so "every taint" beside a NoExecute taint it does not tolerate would contradict the line."""
     if not tol.key:
-        return "every taint"
+        return f"every {tol.effect} taint" if tol.effect else "every taint"
     value = "" if tol.operator == "Exists" else f"={tol.value}"
     return f"{tol.key}{value}:{tol.effect or '*'}"
 
