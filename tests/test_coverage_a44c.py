@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from harness.backends.existing import (
     _access_logs_unusable,
     _toleration_text,
     check_placement,
+    interrupt_chaos_process,
     parse_entrypoints,
 )
 from harness.backends.kind import KindBackend, kind_available
@@ -390,3 +393,35 @@ def test_existing_placement_control_keyless_toleration_without_effect_places() -
     node = _node("n1", LAX, Taint("dedicated", "edge", "NoExecute"))
     assert check_placement([node], [_workload(LAX, [{"operator": "Exists"}])]) == []
     assert _toleration_text(Toleration(operator="Exists")) == "every taint"
+
+
+# -- existing backend: the kill switch's stop of the experiment in this process -----------------------------
+
+
+def test_interrupt_chaos_process_under_chaostoolkit_signals_sigusr1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `chaos run` (a SIGUSR1 handler: chaostoolkit's "exit gracefully"), the kill switch's stop is that
+    signal, so chaostoolkit interrupts the action and plays its rollbacks; not a KeyboardInterrupt."""
+    got: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, _frame: got.append(signum))
+    try:
+        interrupt_chaos_process()
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)  # the handler runs in the main thread at its next check
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert got == [signal.SIGUSR1]
+
+
+def test_interrupt_chaos_process_control_without_handler_interrupts_main() -> None:
+    """Control: a library caller (no SIGUSR1 handler, which would otherwise kill the process) gets a
+    KeyboardInterrupt in the main thread instead, like a Ctrl-C."""
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            interrupt_chaos_process()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
