@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from harness.backends import kind as kind_mod
 from harness.backends.existing import (
@@ -32,6 +34,7 @@ from harness.backends.existing import (
 )
 from harness.backends.kind import KindBackend, kind_available
 from harness.backends.kube import NodeInfo
+from harness.backends.kube.api import kubeconfig_user
 from harness.backends.kube.apply import ConsulInstall
 from harness.contract.names import LABEL_APP, LABEL_POD_ZONE, LABEL_ZONE
 from harness.contract.rundir import ACCESS_LOG_FIELDS
@@ -425,3 +428,67 @@ def test_interrupt_chaos_process_control_without_handler_interrupts_main() -> No
                 time.sleep(0.01)
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+# -- kube: reading the kubeconfig as kubectl does ------------------------------------------------------------
+
+
+def _kubeconfig(path: Path, ctx: str, user: str, command: str) -> Path:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "contexts": [{"name": ctx, "context": {"cluster": "c", "user": user}}],
+        "users": [{"name": user, "user": {"exec": {"apiVersion": "v1", "command": command}}}],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_kubeconfig_env_paths_first_wins_missing_skipped_relative_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KUBECONFIG's list as client-go loads it: a missing path skipped, the first file naming a context or user
+    wins, and an exec plugin named by a relative path resolved against ITS kubeconfig's directory (so the
+    credential-plugin check looks for the right file)."""
+    a = _kubeconfig(tmp_path / "a" / "config", "lab", "u", "./bin/get-token")
+    b = _kubeconfig(tmp_path / "b" / "config", "lab", "u", "aws")
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(tmp_path / "gone"), str(a), str(b)]))
+    user = kubeconfig_user(None, "lab")
+    assert user["exec"]["command"] == str(tmp_path / "a" / "./bin/get-token")
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(b), str(a)]))
+    assert kubeconfig_user(None, "lab")["exec"]["command"] == "aws"  # a bare name: PATH's, left as it is
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("contexts: [oops\n", "not YAML ("),
+        ("contexts: {lab: {}}\n", "not a kubeconfig (contexts and users must be lists of entries)"),
+        ("- just\n- a list\n", "not a kubeconfig (contexts and users must be lists of entries)"),
+    ],
+)
+def test_kubeconfig_not_a_kubeconfig_is_one_input_line(tmp_path: Path, content: str, why: str) -> None:
+    """A given kubeconfig that is not one: an input error naming the file and what is wrong with it."""
+    path = tmp_path / "kc"
+    path.write_text(content)
+    with pytest.raises(InputError) as info:
+        kubeconfig_user(path, "lab")
+    assert info.value.source == str(path) and info.value.message.startswith(why), info.value
+
+
+def test_kubeconfig_a_directory_or_missing_file_given(tmp_path: Path) -> None:
+    """A directory, or a given file that is not there: named as such (a KUBECONFIG path that is missing is
+    skipped instead, as kubectl does)."""
+    with pytest.raises(InputError, match="a directory, not a kubeconfig file"):
+        kubeconfig_user(tmp_path, "lab")
+    with pytest.raises(InputError, match="no such file"):
+        kubeconfig_user(tmp_path / "nope", "lab")
+
+
+def test_kubeconfig_control_context_missing_lists_what_it_has(tmp_path: Path) -> None:
+    """Control: a well-formed file without the context: the error lists the contexts it has."""
+    path = _kubeconfig(tmp_path / "kc", "lab", "u", "aws")
+    with pytest.raises(InputError, match=r"no context 'prod' \(it has: lab\)"):
+        kubeconfig_user(path, "prod")
+    assert kubeconfig_user(path, "lab")["exec"]["command"] == "aws"
