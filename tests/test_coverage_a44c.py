@@ -12,7 +12,9 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +38,7 @@ from harness.backends.kind import KindBackend, kind_available
 from harness.backends.kube import NodeInfo
 from harness.backends.kube.api import kubeconfig_user
 from harness.backends.kube.apply import ConsulInstall
+from harness.backends.kube.forward import ForwardRelay
 from harness.contract.names import LABEL_APP, LABEL_POD_ZONE, LABEL_ZONE
 from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.contract.scheduling import Taint, Toleration
@@ -47,6 +50,7 @@ from harness.report.html import render_html
 from harness.topology import Edition, load_topology
 from harness.verify import Verdict, verify
 from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.conftest import wait_until
 from tests.kubefake import rendered
 
 LAX = "us-west-2-lax-1a"
@@ -492,3 +496,122 @@ def test_kubeconfig_control_context_missing_lists_what_it_has(tmp_path: Path) ->
     with pytest.raises(InputError, match=r"no context 'prod' \(it has: lab\)"):
         kubeconfig_user(path, "prod")
     assert kubeconfig_user(path, "lab")["exec"]["command"] == "aws"
+
+
+# -- kube: the Consul relay's replay of a first exchange a dead forward swallowed ---------------------------
+
+
+class _Server:
+    """A loopback TCP server: `silent` reads a request and closes without a byte back (what kubectl does on a
+    connection to a pod that is gone), otherwise it answers b"pong:" + what it read. `got`: every request."""
+
+    def __init__(self, silent: bool) -> None:
+        self.silent = silent
+        self.got: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = conn.recv(65536)
+                self.got.append(data)
+                if not self.silent:
+                    conn.sendall(b"pong:" + data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Fwd:
+    """A stand-in for one `kubectl port-forward` (alive, at `port`)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.alive = True
+
+    def stop(self) -> None:
+        self.alive = False
+
+
+class _Relay(ForwardRelay):
+    """The relay with each new forward taken from `ports` in turn (the last one repeated)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.made: list[_Fwd] = []
+        super().__init__(["kubectl"], "consul", "svc/consul-ui", 8500)
+
+    def _live_port(self, failed: Any = None) -> tuple[Any, int]:
+        with self._lock:
+            fwd = self._forward
+            if fwd is None or fwd is failed:
+                fwd = _Fwd(self.ports[min(len(self.made), len(self.ports) - 1)])
+                self.made.append(fwd)
+                self._forward = fwd  # type: ignore[assignment]
+            return fwd, fwd.port
+
+
+def _ask(relay: ForwardRelay, data: bytes = b"GET /v1/status/leader") -> bytes:
+    """What the relay answered `data`; b"" when it closed the connection unanswered (a close with the request
+    still unread is a reset: the same "no answer" to the client)."""
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as c:
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        out = b""
+        try:
+            while chunk := c.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            assert out == b"", out  # a reset after part of an answer would be a cut answer, not "none"
+        return out
+
+
+def test_relay_gives_up_after_replays_all_unanswered_and_says_why() -> None:
+    """Every forward closes the first exchange unanswered (the server pod gone each time): the client's
+    connection ends after `REPLAYS` forwards, and the relay's `errors` says so, naming the target."""
+    silent = _Server(silent=True)
+    relay = _Relay([silent.port])
+    try:
+        assert _ask(relay) == b""
+        assert wait_until(lambda: bool(relay.errors), 10)
+        assert relay.errors == [
+            f"consul/svc/consul-ui:8500: {ForwardRelay.REPLAYS} forwards closed the connection without an answer"
+        ]
+        assert len(relay.made) == ForwardRelay.REPLAYS and len(silent.got) == ForwardRelay.REPLAYS
+    finally:
+        relay.close()
+        silent.close()
+
+
+def test_relay_unreachable_forward_is_said_not_hung() -> None:
+    """A forward whose local port takes no connection: the client's connection is closed and the reason kept."""
+    gone = socket.create_server(("127.0.0.1", 0))
+    port = int(gone.getsockname()[1])
+    gone.close()  # nothing listens there now
+    relay = _Relay([port])
+    try:
+        assert _ask(relay) == b""
+        assert wait_until(lambda: bool(relay.errors), 10)
+        assert relay.errors[0].startswith("no forward to consul/svc/consul-ui:8500: [Errno 111]"), relay.errors
+    finally:
+        relay.close()
+
+
+def test_relay_control_replays_the_first_exchange_on_a_fresh_forward() -> None:
+    """Control: the first forward swallows the request, the second answers: the client gets the answer to the
+    very bytes it sent (replayed), and no error is kept."""
+    silent, live = _Server(silent=True), _Server(silent=False)
+    relay = _Relay([silent.port, live.port])
+    try:
+        assert _ask(relay, b"GET /v1/agent/self") == b"pong:GET /v1/agent/self"
+        assert live.got == [b"GET /v1/agent/self"] and relay.errors == [] and len(relay.made) == 2
+    finally:
+        relay.close()
+        silent.close()
+        live.close()
