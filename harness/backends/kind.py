@@ -646,11 +646,10 @@ class KindBackend(KubeBackend):
         link = self.manifests().topology.zone(zone).link
         return link.latency_ms, link.jitter_ms, link.loss_percent
 
-    def network_script(
-        self, node: NodeInfo, nodes: Sequence[NodeInfo] | None = None, ipv6: Mapping[str, str] | None = None
-    ) -> str:
+    def network_script(self, node: NodeInfo, nodes: Sequence[NodeInfo], ipv6: Mapping[str, str]) -> str:
         """The shell script that sets one edge node's rules from scratch (idempotent), naming the other
-        nodes at the addresses in `nodes` and `ipv6` (by default the containers' addresses now: `_live_nodes`).
+        nodes at the addresses in `nodes` and `ipv6` (the containers' addresses now: `_live_nodes`, read once by
+        `_impose` for every node it sets).
 
         Both families. kind puts its nodes on a Docker network that has IPv6 wherever Docker can give it one,
         whatever the cluster's ipFamily (ensureNetwork in pkg/cluster/internal/providers/docker/network.go:
@@ -669,9 +668,7 @@ class KindBackend(KubeBackend):
         entry NodePort to the control-plane's IPv4 address and the Services are IPv4-only. The service link's
         netem filter stays IPv4's too: no traffic crosses it over IPv6 but the fallback a partition now cuts.
         """
-        if nodes is None:
-            nodes, _running, ipv6 = self._live_nodes()
-        addr6 = ipv6 or {}
+        addr6 = ipv6
         partitioned = node.zone in (self._state().get("partitioned") or [])
 
         def peers(ns: Sequence[NodeInfo], v6: bool = False) -> list[str]:
