@@ -43,6 +43,7 @@ from harness.contract.names import LABEL_APP, LABEL_POD_ZONE, LABEL_ZONE
 from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.contract.scheduling import Taint, Toleration
 from harness.errors import BackendError, InputError
+from harness.interrupt import SIGNALS, handle_signals
 from harness.render import render, write
 from harness.render.manifests import Manifests
 from harness.render.manifests import load as load_manifests
@@ -615,3 +616,35 @@ def test_relay_control_replays_the_first_exchange_on_a_fresh_forward() -> None:
         relay.close()
         silent.close()
         live.close()
+
+
+# -- interrupt: handle_signals outside the main thread --------------------------------------------------------
+
+
+def test_handle_signals_outside_the_main_thread_is_a_no_op() -> None:
+    """A command run from a worker thread (a library caller, a test's thread): Python cannot install handlers
+    there (`signal.signal` raises ValueError), so the block runs without them and leaves the process's own
+    handlers alone, rather than failing before the command starts."""
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    seen: list[object] = []
+
+    def body() -> None:
+        try:
+            with handle_signals() as received:
+                seen.append(list(received))
+        except BaseException as exc:  # what the thread met is the result
+            seen.append(exc)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(10)
+    assert seen == [[]]
+    assert {s: signal.getsignal(s) for s in SIGNALS} == before
+
+
+def test_handle_signals_control_main_thread_installs_then_restores() -> None:
+    """Control: in the main thread the handlers are in force within the block and the caller's come back."""
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    with handle_signals():
+        assert all(signal.getsignal(s) is not before[s] for s in SIGNALS)
+    assert {s: signal.getsignal(s) for s in SIGNALS} == before
