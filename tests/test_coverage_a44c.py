@@ -648,3 +648,46 @@ def test_handle_signals_control_main_thread_installs_then_restores() -> None:
     with handle_signals():
         assert all(signal.getsignal(s) is not before[s] for s in SIGNALS)
     assert {s: signal.getsignal(s) for s in SIGNALS} == before
+
+
+# -- existing backend: the game day's rails as said before anything runs ------------------------------------
+
+
+def _eks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> ExistingBackend:
+    for k in ("EH_ALLOW_CONTEXTS", "EH_ALLOW_FILE", "EH_MAX_SHARE", "EH_EXECUTE"):
+        monkeypatch.delenv(k, raising=False)
+    return ExistingBackend("eks-lab", workdir=tmp_path / "runs", **kw)
+
+
+def test_existing_max_share_env_not_a_number_is_one_input_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EH_MAX_SHARE that is not a share: an input error naming the variable and the value (exit 2), never a
+    ValueError traceback nor a blast radius silently left at the whole zone."""
+    monkeypatch.setenv("EH_MAX_SHARE", "half")
+    with pytest.raises(InputError) as info:
+        ExistingBackend("eks-lab", workdir=tmp_path / "runs")
+    assert info.value.line == "EH_MAX_SHARE: expected a share between 0 and 1 (e.g. 0.5), got 'half'"
+
+
+def test_existing_max_share_control_the_smallest_rail_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control: the flag, and EH_MAX_SHARE when set: the smaller share is the blast radius (the stricter rail)."""
+    assert _eks(tmp_path, monkeypatch, max_share=0.5).blast.max_share == 0.5
+    monkeypatch.setenv("EH_MAX_SHARE", "0.25")
+    assert ExistingBackend("eks-lab", workdir=tmp_path / "runs", max_share=0.5).blast.max_share == 0.25
+
+
+def test_existing_why_not_names_the_rail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why a primitive is refused, as the plan and `harness chaos` say it: a service link cannot be changed from
+    inside Kubernetes; a destructive fault off the allow-list names both ways onto it for this context."""
+    b = _eks(tmp_path, monkeypatch)
+    assert "cannot be changed from inside Kubernetes" in b.why_not("set_link")
+    assert b.why_not("kill_node") == (
+        "destructive chaos needs the context on the allow-list (--allow-context eks-lab or EH_ALLOW_CONTEXTS=eks-lab)"
+    )
+    assert not b.can("kill_node") and b.can("kill_pod") and not b.can("set_link")
+
+
+def test_existing_why_not_control_allowed_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control: on the allow-list, a destructive primitive is possible and no allow-list reason is given."""
+    b = _eks(tmp_path, monkeypatch, allow_destructive_contexts=("eks-lab",))
+    assert b.can("kill_node") and b.can("zone_outage")
+    assert b.why_not("kill_node") == "not supported by this backend"  # KubeBackend's: nothing of the rails
