@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -47,7 +48,7 @@ from harness.interrupt import SIGNALS, handle_signals
 from harness.render import render, write
 from harness.render.manifests import Manifests
 from harness.render.manifests import load as load_manifests
-from harness.report.html import render_html
+from harness.report.html import MAX_BUCKETS, _bucket, render_html
 from harness.topology import Edition, load_topology
 from harness.verify import Verdict, verify
 from harness.verify.synth import FaultSpec, Scenario, write_run
@@ -691,3 +692,20 @@ def test_existing_why_not_control_allowed_context(tmp_path: Path, monkeypatch: p
     b = _eks(tmp_path, monkeypatch, allow_destructive_contexts=("eks-lab",))
     assert b.can("kill_node") and b.can("zone_outage")
     assert b.why_not("kill_node") == "not supported by this backend"  # KubeBackend's: nothing of the rails
+
+
+# -- report: the time buckets of a run longer than the nice steps reach -------------------------------------
+
+
+@pytest.mark.parametrize("days", [200, 365.25 * 3])
+def test_report_bucket_of_a_very_long_run_keeps_the_page_bounded(days: float) -> None:
+    """A run longer than MAX_BUCKETS days (a soak left running): past the largest nice step (a day) the bucket
+    grows with the run, so the charts still have at most MAX_BUCKETS columns (the page's size is bounded)."""
+    duration = days * 86400
+    b = _bucket(duration)
+    assert b > 86400 and math.ceil(duration / b) <= MAX_BUCKETS
+
+
+def test_report_bucket_control_nice_steps() -> None:
+    """Control: a run the nice steps cover gets the smallest nice step within MAX_BUCKETS columns."""
+    assert _bucket(60) == 1.0 and _bucket(3600) == 30.0 and _bucket(MAX_BUCKETS * 86400) == 86400.0
