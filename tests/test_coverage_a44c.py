@@ -17,7 +17,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,12 @@ from harness.backends.existing import (
 )
 from harness.backends.kind import KindBackend, kind_available
 from harness.backends.kube import NodeInfo
-from harness.backends.kube.api import kubeconfig_user
+from harness.backends.kube import inventory as inventory_mod
+from harness.backends.kube.api import KubeApiError, kubeconfig_user
 from harness.backends.kube.apply import ConsulInstall
 from harness.backends.kube.forward import ForwardRelay
+from harness.backends.kube.inventory import InventoryWatcher
+from harness.contract.inventory import Inventory
 from harness.contract.names import LABEL_APP, LABEL_POD_ZONE, LABEL_ZONE
 from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.contract.scheduling import Taint, Toleration
@@ -709,3 +712,100 @@ def test_report_bucket_of_a_very_long_run_keeps_the_page_bounded(days: float) ->
 def test_report_bucket_control_nice_steps() -> None:
     """Control: a run the nice steps cover gets the smallest nice step within MAX_BUCKETS columns."""
     assert _bucket(60) == 1.0 and _bucket(3600) == 30.0 and _bucket(MAX_BUCKETS * 86400) == 86400.0
+
+
+# -- kube: the pod watch's answers a real API server gives and the fake never did -----------------------------
+
+
+class _Stream:
+    """A watch stream: `lines` given, then (`hold`) open until closed, as a watch that has nothing more to say."""
+
+    def __init__(self, lines: list[str], hold: bool) -> None:
+        self._lines = lines
+        self._hold = hold
+        self.closed = threading.Event()
+
+    def lines(self) -> Iterator[str]:
+        yield from self._lines
+        if self._hold:
+            self.closed.wait(10)
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class _WatchedCluster:
+    """`nodes`, `list_pods` and `stream_lines` as InventoryWatcher calls them; each watch's stream from `streams`
+    (then one that holds), each watch's resourceVersion kept in `resumed_at`."""
+
+    def __init__(self, streams: list[Any]) -> None:
+        self.streams = streams
+        self.lists = 0
+        self.resumed_at: list[str] = []
+
+    def nodes(self) -> dict[str, str]:
+        return {}
+
+    def list_pods(self) -> tuple[list[dict[str, Any]], str]:
+        self.lists += 1
+        return [], str(100 * self.lists)
+
+    def stream_lines(self, path: str, query: list[tuple[str, str]], read_timeout: float) -> _Stream:
+        self.resumed_at.append(dict(query)["resourceVersion"])
+        nxt = self.streams.pop(0) if self.streams else _Stream([], hold=True)
+        if isinstance(nxt, Exception):
+            raise nxt
+        return nxt
+
+
+def _watch(streams: list[Any], on_forbidden: Callable[[str], None] | None = None) -> tuple[Any, _WatchedCluster]:
+    cluster = _WatchedCluster(streams)
+    w = InventoryWatcher(cluster, Inventory(), on_forbidden=on_forbidden)  # type: ignore[arg-type]
+    w.start()
+    return w, cluster
+
+
+def test_pod_watch_expired_410_relists_and_resumes_from_the_new_version() -> None:
+    """A watch's resourceVersion too old for the API server (an ERROR event with code 410, "Gone": etcd compacted
+    it, routine on a real cluster after a few minutes): the watcher lists the pods again and resumes from that
+    list's version, rather than re-watching from the expired one forever and missing every change."""
+    gone = json.dumps(
+        {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old resource version"}}
+    )
+    w, cluster = _watch([_Stream([gone], hold=False), _Stream([], hold=True)])
+    try:
+        assert wait_until(lambda: len(cluster.resumed_at) >= 2, 10)
+        assert cluster.lists == 2 and cluster.resumed_at[:2] == ["100", "200"]
+        assert w.errors == ["watch: too old resource version"]
+    finally:
+        w.stop()
+
+
+def test_pod_watch_control_other_error_event_resumes_without_relist() -> None:
+    """Control: an ERROR event that is not 410 (and a line that is not JSON) is kept as an error, and the next
+    watch resumes from the version it had: no relist."""
+    other = json.dumps({"type": "ERROR", "object": {"kind": "Status", "code": 500, "message": "etcd hiccup"}})
+    w, cluster = _watch([_Stream(["not json", other], hold=False), _Stream([], hold=True)])
+    try:
+        assert wait_until(lambda: len(cluster.resumed_at) >= 2, 10)
+        assert cluster.lists == 1 and cluster.resumed_at[:2] == ["100", "100"]
+        assert w.errors == ["watch: etcd hiccup"]
+    finally:
+        w.stop()
+
+
+def test_pod_watch_forbidden_is_said_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A role without watch on pods (HTTP 403, every attempt): said once through on_forbidden and kept in
+    `forbidden`, however often the watch is refused again; each refusal kept in `errors`. (The backoff between
+    attempts is shortened here so that the second refusal comes at once; counted, not timed.)"""
+    monkeypatch.setattr(inventory_mod, "MAX_BACKOFF_S", 0.01)
+    said: list[str] = []
+    refusal = KubeApiError(403, "GET", "/api/v1/pods", 'pods is forbidden: cannot "watch"')
+    w, cluster = _watch([refusal, refusal, refusal], on_forbidden=said.append)
+    try:
+        assert wait_until(lambda: len(cluster.resumed_at) >= 4, 10)  # three refusals, then a watch that holds
+        assert said == ['pods is forbidden: cannot "watch"'] and w.forbidden == said[0]
+        assert len(w.errors) == 3
+    finally:
+        w.stop()
+    assert not w.alive
