@@ -445,14 +445,30 @@ class RoutingChecks(CheckBase):
         ).fetchone()
         return bool(row and row[0])
 
+    # Every pod whose sidecar the records show running, with when: the hops it made (its own access log) and the
+    # successful hops it served of a service that calls upstreams (its callers' logs: its sidecar's inbound
+    # listener answered). A sidecar is asked for its counters on that proof, not on its own lines alone: a
+    # product-api's calls are pooled TCP connections to postgres, which Envoy logs when they close, maybe never,
+    # so its counters are often the only record of where its calls went (`_unread_at_end`, `_unread_before_death`).
+    _SIDECARS_SEEN_SQL = """
+        SELECT pod, min(ts) AS first_hop, max(ts) AS last_hop FROM (
+            SELECT CAST(caller_pod AS VARCHAR) AS pod, ts FROM hops WHERE caller_pod IS NOT NULL
+            UNION ALL
+            SELECT CAST(serving_pod AS VARCHAR), ts FROM hops
+            WHERE serving_pod IS NOT NULL AND ok AND CAST(upstream AS VARCHAR) IN (SELECT caller FROM calls)
+        ) GROUP BY pod
+    """
+
     def _unread_at_end(self) -> list[str]:
-        """Pods that made hops, were never removed (inventory), and are missing from the 'end' snapshot."""
+        """Sidecars the records show running (`_SIDECARS_SEEN_SQL`), never removed (inventory), and missing from
+        the 'end' snapshot: their attempts since their last read are on no record.
+
+        Asked of a pod with hops of its own only, a replacement product-api that served to the end with its
+        postgres connection still open (no line) and no 'end' read had every call it made unjudged, and passed."""
         rows = self.con.execute(
             f"""
-            SELECT DISTINCT CAST(h.caller_pod AS VARCHAR) AS pod FROM hops h
-            WHERE h.caller_pod IS NOT NULL
-              AND CAST(h.caller_pod AS VARCHAR) IN ({LIVE_PODS_SQL})
-              AND CAST(h.caller_pod AS VARCHAR) NOT IN (SELECT pod FROM upstream_stats WHERE label = 'end')
+            SELECT pod FROM ({self._SIDECARS_SEEN_SQL})
+            WHERE pod IN ({LIVE_PODS_SQL}) AND pod NOT IN (SELECT pod FROM upstream_stats WHERE label = 'end')
             ORDER BY pod
             """
         ).fetchall()
@@ -464,8 +480,9 @@ class RoutingChecks(CheckBase):
         A dead sidecar cannot be read, so what it tried after its last
         snapshot is lost by nature: its last snapshot is the one taken just
         before the fault that killed it. That holds only if no snapshot after
-        its last read missed it while it was up. Up is proven by the pod's own
-        access log, not by the clocks of its removal: a hop it began before
+        its last read missed it while it was up. Up is proven by the hops of its
+        sidecar (`_SIDECARS_SEEN_SQL`: its own access log, or its callers' for a
+        hop it served), not by the clocks of its removal: a hop it began before
         the snapshot started and one it began more than a snapshot's admin
         timeout after show its Envoy ran all through the snapshot's attempt to
         read it (a pod killed just before a snapshot, still listed while its
@@ -477,8 +494,7 @@ class RoutingChecks(CheckBase):
             WITH rounds AS (SELECT label, min(ts) AS lo FROM upstream_stats GROUP BY label),
                  reads AS (SELECT pod, max(ts) AS last_read FROM upstream_stats GROUP BY pod),
                  dead AS ({DEAD_PODS_SQL}),
-                 callers AS (SELECT CAST(caller_pod AS VARCHAR) AS pod, min(ts) AS first_hop, max(ts) AS last_hop
-                             FROM hops WHERE caller_pod IS NOT NULL GROUP BY 1)
+                 callers AS ({self._SIDECARS_SEEN_SQL})
             SELECT c.pod, arg_max(r.label, r.lo)
             FROM callers c JOIN dead d ON d.pod = c.pod LEFT JOIN reads rd ON rd.pod = c.pod
             JOIN rounds r ON r.lo > coalesce(rd.last_read, -{INF})
