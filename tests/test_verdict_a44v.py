@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.verify import HUB_AND_SPOKE
+from harness.verify import HUB_AND_SPOKE, SHARED_SERVICES
 from harness.verify.synth import FaultSpec, Scenario, write_run
-from tests.test_verify_audit import why
+from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import KILL, LAS, LAX, T, failed
 from tests.verdicts import rebuilt, rows, verify, write_rows
 
@@ -109,3 +109,53 @@ def test_a_killed_serving_sidecar_read_before_its_death_passes(tmp_path: Path) -
     _silence(d, original, {DEAD_AT_ITS_INJECT})
     v = verify(d)
     assert HUB_AND_SPOKE not in failed(v), why(v)
+
+
+# -- 3. one replica of a zone reaching postgres around its sidecar ---------------------------------------------------
+TWO_PRODUCT_APIS = _with_replicas("product-api", 2)
+
+
+def _two_replicas(tmp_path: Path, name: str) -> tuple[Path, list[str]]:
+    d = write_run(tmp_path / name, Scenario(TWO_PRODUCT_APIS, duration_s=90, rate_per_zone=4))
+    return d, _pods(d, LAX, "product-api")
+
+
+def _around_the_mesh(run_dir: Path, pod: str) -> None:
+    """`pod`'s app reaches postgres around its sidecar: its Envoy logs no call and counts no connection (it lists
+    postgres's hosts all the same, with zero counters, as every sidecar of a caller does)."""
+    (run_dir / "accesslogs" / f"{pod}.jsonl").unlink()
+    stats = rows(run_dir / "upstream-stats.jsonl")
+    for s in stats:
+        if s["pod"] == pod:
+            s.update(cx_total=0, cx_connect_fail=0, rq_total=0, rq_error=0)
+    write_rows(run_dir / "upstream-stats.jsonl", stats)
+    rebuilt(run_dir)
+
+
+def test_one_replica_reaching_postgres_around_its_sidecar_fails_shared_services(tmp_path: Path) -> None:
+    """HOLE. LAX runs two product-api replicas; one of them (a pod whose outbound port to postgres was excluded
+    from the redirect, or whose database address is no mesh upstream) served public-api's calls all run while
+    its sidecar logged no call to postgres and counted no connection to it in any snapshot. The only check of
+    calls that leave no line (`_connected`: some sidecar of the zone has a connection to postgres) asked the zone
+    as a whole, and the other replica answered for it: PASS, with half of LAX's database calls outside the mesh.
+    Now each pod that served is asked, once a snapshot read it after a hop it served (each reads the products)."""
+    d, pods = _two_replicas(tmp_path, "run")
+    _around_the_mesh(d, pods[1])
+    v = verify(d)
+    assert failed(v) == {SHARED_SERVICES}, why(v)
+    text = v.invariant(SHARED_SERVICES).message
+    assert f"{LAX} -> postgres: {pods[1]} served" in text and "went around the mesh" in text, text
+    assert pods[0] not in text
+
+
+def test_replicas_whose_pooled_connection_is_counted_pass_shared_services(tmp_path: Path) -> None:
+    """The control: the same two replicas both connected through their sidecars pass; and one whose only
+    connection is a pooled one never logged (no line, counters kept) is not said to go around the mesh."""
+    d, pods = _two_replicas(tmp_path, "run")
+    v = verify(d)
+    assert v.passed, why(v)
+    d, pods = _two_replicas(tmp_path, "pooled")
+    (d / "accesslogs" / f"{pods[1]}.jsonl").unlink()
+    rebuilt(d)
+    v = verify(d)
+    assert SHARED_SERVICES not in failed(v), why(v)

@@ -6,7 +6,7 @@ from typing import Any
 
 from harness.columnar import ACCESSLOGS, state_file
 from harness.contract.rundir import ACCESSLOG_DIR, HOPS_FILE, SNAPSHOT_ADMIN_TIMEOUT_S, UPSTREAM_STATS_FILE
-from harness.observe.hops import cluster_namespace_sql, cluster_service_sql, host_ip_sql
+from harness.observe.hops import POD_PLACE_SQL, cluster_namespace_sql, cluster_service_sql, host_ip_sql
 from harness.verify import evidence
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.sql import (
@@ -459,6 +459,63 @@ class RoutingChecks(CheckBase):
         ) GROUP BY pod
     """
 
+    def _pods_bypassing(self) -> list[str]:
+        """Pods of a caller of a Region-only TCP upstream (product-api -> postgres) that served while nothing of
+        their own sidecar shows a call to it: no hop in their access log and no connection in their counters.
+
+        Why per pod: `_connected` asks a zone's sidecars as a whole, so one of LAX's two product-api replicas whose
+        app reached postgres around its sidecar (an outbound port excluded from the redirect, a database address
+        that is no mesh upstream) passed beside the other. A pooled TCP connection may never be logged, but
+        cx_total counts every connection since the sidecar started, an open one too. Asked only of a pod read by a
+        counter snapshot that began after a successful hop it served had ended, on the same address (a pod that
+        restarts on a restored node keeps its name and gets a new address and a new Envoy, whose counters start at
+        zero): every such hop is a request that read the upstream, so by then its sidecar had connected.
+        """
+        tcp = [s.name for s in self.t.services if s.placement.value == "region" and self._protocol(s.name) == "tcp"]
+        if not tcp:
+            return []
+        rows = self.con.execute(
+            f"""
+            WITH served AS (
+                SELECT CAST(h.serving_pod AS VARCHAR) AS pod, CAST(h.upstream AS VARCHAR) AS service,
+                       h.ts, {HOP_END_SQL} AS hop_end
+                FROM hops h WHERE h.ok AND h.serving_pod IS NOT NULL),
+                 need AS (SELECT DISTINCT s.pod, s.service, c.upstream FROM served s
+                          JOIN calls c ON c.caller = s.service WHERE list_contains(?, c.upstream)),
+                 -- per address the pod held: the hops it served there, and when the first of them had ended
+                 per_ip AS (
+                SELECT n.pod, n.service, n.upstream, i.start_ts, coalesce(i.end_ts, {INF}) AS end_ts,
+                       min(s.hop_end) AS first_end, min(s.ts) AS first_served, count(*) AS served
+                FROM need n JOIN served s ON s.pod = n.pod AND s.service = n.service
+                JOIN intervals i ON i.pod = n.pod AND i.start_ts <= s.ts AND coalesce(i.end_ts, {INF}) > s.ts
+                GROUP BY ALL),
+                 -- the first snapshot of the pod that began after such a hop had ended, on that hop's address
+                 judged AS (
+                SELECT p.pod, p.service, p.upstream, min(st.ts) AS read_at, arg_min(st.label, st.ts) AS label,
+                       min(p.first_served) AS first_served, sum(p.served) AS served
+                FROM per_ip p JOIN upstream_stats st ON st.pod = p.pod AND st.ts > p.first_end AND st.ts < p.end_ts
+                GROUP BY ALL),
+                 connected AS (
+                SELECT DISTINCT st.pod, coalesce(st.host_service, cn.service) AS upstream FROM upstream_stats st
+                LEFT JOIN consul_names cn ON cn.consul_service = {cluster_service_sql("st.cluster")}
+                WHERE coalesce(st.cx_total, 0) + coalesce(st.rq_total, 0) > 0),
+                 called AS (SELECT DISTINCT CAST(caller_pod AS VARCHAR) AS pod, CAST(upstream AS VARCHAR) AS upstream
+                            FROM hops WHERE caller_pod IS NOT NULL)
+            SELECT j.pod, coalesce(z.zone, '?'), j.service, j.upstream, j.served, j.first_served, j.label, j.read_at
+            FROM judged j LEFT JOIN ({POD_PLACE_SQL}) z ON z.pod = j.pod
+            WHERE NOT EXISTS (SELECT 1 FROM connected c WHERE c.pod = j.pod AND c.upstream = j.upstream)
+              AND NOT EXISTS (SELECT 1 FROM called c WHERE c.pod = j.pod AND c.upstream = j.upstream)
+            ORDER BY j.first_served, j.pod
+            """,
+            [tcp],
+        ).fetchall()
+        return [
+            f"shared-services: {zone} -> {u}: {pod} served {n} successful {svc} hops from {iso(first)}, but neither "
+            f"its access log nor its upstream counters (read in the '{label}' snapshot at {iso(read)} and after) "
+            f"show a connection to {u}: its calls to {u} went around the mesh, unverified"
+            for pod, zone, svc, u, n, first, label, read in rows
+        ]
+
     def _unread_at_end(self) -> list[str]:
         """Sidecars the records show running (`_SIDECARS_SEEN_SQL`), never removed (inventory), and missing from
         the 'end' snapshot: their attempts since their last read are on no record.
@@ -688,6 +745,7 @@ class RoutingChecks(CheckBase):
                 pr.message = "; ".join(parts)
                 failures.extend(parts)
             results.append(pr)
+        failures += self._pods_bypassing()
         # Where Region-only services ran, from the inventory: a pod of one in an edge zone can serve
         # hops that pooled TCP connections never log, so its placement alone is a violation.
         misplaced = self.con.execute(
