@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.verify import HUB_AND_SPOKE, SHARED_SERVICES
+from harness.verify import COVERAGE, HUB_AND_SPOKE, SHARED_SERVICES
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import KILL, LAS, LAX, T, failed
@@ -159,3 +159,38 @@ def test_replicas_whose_pooled_connection_is_counted_pass_shared_services(tmp_pa
     rebuilt(d)
     v = verify(d)
     assert SHARED_SERVICES not in failed(v), why(v)
+
+
+# -- 4. a zone whose users went away outside every fault --------------------------------------------------------------
+PHX = "us-west-2-phx-2a"
+
+
+def test_a_zone_whose_users_stopped_before_the_first_fault_is_unverified(tmp_path: Path) -> None:
+    """HOLE. PHX's users stopped 20 s into a 90 s run (a locust worker gone, an entry point that stopped answering
+    without a request in flight); the run's one fault, in LAX, began at 30 s. Coverage asks each fault's zones
+    during and after it, and nothing else: PHX's routing for the last 70 s was on no record, and the run passed.
+    Users' requests are the traffic the verdict is about; a zone with none in flight for longer than
+    `USERS_GAP_S` while the run's users went on is unverified."""
+    v = verify(write_run(tmp_path / "run", Scenario(T, duration_s=90, rate_per_zone=4, faults=[KILL],
+                                                    silent=[(PHX, 20.0, None)])))  # fmt: skip
+    assert failed(v) == {COVERAGE}, why(v)
+    text = v.invariant(COVERAGE).message
+    assert f"coverage: {PHX}: no user request entering it in flight from " in text, text
+    assert "(70s" in text and "unverified" in text, text
+
+
+def test_a_zone_whose_users_went_away_mid_run_is_unverified(tmp_path: Path) -> None:
+    """HOLE. The same for a stretch in the middle: LAS's users gone from 15 s to 75 s, no fault in LAS: PASS."""
+    v = verify(write_run(tmp_path / "run", Scenario(T, duration_s=90, rate_per_zone=4, faults=[KILL],
+                                                    silent=[(LAS, 15.0, 75.0)])))  # fmt: skip
+    assert failed(v) == {COVERAGE}, why(v)
+    text = v.invariant(COVERAGE).message
+    assert f"coverage: {LAS}: no user request entering it in flight from " in text and "(60s" in text, text
+
+
+def test_a_zone_whose_users_paused_briefly_passes(tmp_path: Path) -> None:
+    """The control: LAS's users paused for 12 s (locust's own 10 s timeout and a think time shorter than the
+    bound) and every zone's users went on to the end: PASS."""
+    v = verify(write_run(tmp_path / "run", Scenario(T, duration_s=90, rate_per_zone=4, faults=[KILL],
+                                                    silent=[(LAS, 60.0, 72.0)])))  # fmt: skip
+    assert v.passed, why(v)

@@ -64,6 +64,10 @@ SILENT_GAP_SLACK_S = 2 * CLOCK_TOLERANCE_S + 2 * HOP_TS_SLACK_S
 # longest of ours), and on kind the restarted kubelet brings the same pod back, whose log then goes on: those
 # served hops are no gap
 SILENT_UNFLUSHED_S = ACCESS_LOG_FLUSH_S
+# `_users_gaps`: a zone whose users had no request in flight for longer than this while the run's users went on.
+# A user's requests follow each other a think time apart (EH_WAIT, 0.1-0.5 s by default) and a hung one covers
+# its own span up to locust's timeout (10 s), so a stretch this long without one is users gone, not slow ones
+USERS_GAP_S = 2 * SILENT_LAG_S
 # `_entry_silent`: the users' entry service's nginx passes `/api` (the GraphQL requests, the zone probes and the
 # clock probes) to its sidecar's ENTRY_API_UPSTREAM (harness.render.hashicups.nginx_conf; the local stand-in
 # follows the rendered config); `GET /` it answers itself. A request's locust name is "METHOD /path ...".
@@ -1468,6 +1472,37 @@ class UserChecks(CheckBase):
         )
         return f.restore if snap is None else float(snap)
 
+    def _users_gaps(self) -> list[tuple[str, float, float]]:
+        """(zone, from, to): stretches longer than `USERS_GAP_S` in which no shopper's request entering the zone
+        was in flight ([ts, ts + latency]), within the run's users' traffic: from the zone's first request to the
+        last one of any zone.
+
+        Why: coverage asks each fault's zones during and after it, and nothing else. A zone whose users stopped
+        (a locust worker gone, in-zone workers on a node that died) before the first fault, or went away for a
+        minute between two faults elsewhere, had its routing then on no record, and the run passed: the verdict
+        says the mesh routed every zone in-zone all run. A zone with no user at all is left to the pairs' "no
+        traffic"; the start of a zone's users to the warm-up.
+        """
+        shopper = f"NOT {IS_PROBE_SQL}"
+        rows = self.con.execute(
+            f"""
+            WITH r AS (SELECT CAST(zone AS VARCHAR) AS zone, ts, {REQUEST_END_SQL} AS hi FROM requests
+                       WHERE zone IS NOT NULL AND ts IS NOT NULL AND {shopper}),
+                 last AS (SELECT max(ts) AS last_ts FROM r),
+                 o AS (SELECT zone, ts, max(hi) OVER (PARTITION BY zone ORDER BY ts, hi
+                                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS covered
+                       FROM r),
+                 gaps AS (
+                SELECT zone, covered AS lo, ts AS hi FROM o WHERE covered IS NOT NULL AND ts - covered > ?
+                UNION ALL
+                SELECT zone, max(hi), any_value(last_ts) FROM r, last GROUP BY zone
+                HAVING any_value(last_ts) - max(hi) > ?)
+            SELECT zone, lo, hi FROM gaps ORDER BY lo, zone
+            """,
+            [USERS_GAP_S, USERS_GAP_S],
+        ).fetchall()
+        return [(str(z), float(lo), float(hi)) for z, lo, hi in rows]
+
     def coverage(self) -> InvariantResult:
         """Each fault has user requests entering each zone it affects during and after it (see DEFINITIONS)."""
         checks: list[CheckResult] = []
@@ -1549,6 +1584,14 @@ class UserChecks(CheckBase):
             if text := self._not_taken_effect(f):
                 failures.append(text)
                 checks.append(CheckResult(f"{f.fault} effect", UNVERIFIED, text, {"fault": f.fault, "zone": f.zone}))
+        for zone, lo, hi in self._users_gaps():
+            text = (
+                f"coverage: {zone}: no user request entering it in flight from {iso(lo)} to {iso(hi)} "
+                f"({hi - lo:.0f}s, longer than {USERS_GAP_S:g}s) while the run's users went on: the zone's routing "
+                "then is on no record (unverified)"
+            )
+            failures.append(text)
+            checks.append(CheckResult(f"{zone} users", UNVERIFIED, text, {"zone": zone, "start": lo, "end": hi}))
         for text in self._records_incomplete():
             failures.append(text)
             checks.append(CheckResult("records", UNVERIFIED, text))
