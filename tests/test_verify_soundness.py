@@ -410,7 +410,10 @@ def test_users_vanishing_after_a_node_kill_fail_coverage(tmp_path: Path) -> None
     assert cov.startswith(
         f"coverage: fault kill-node-lax: no user requests entering {LAX} after the fault (2025-11-25T19:47:20.000Z, "
     )
-    assert cov.endswith(": recovery unverified")
+    after = next(c for c in v.invariant(COVERAGE).checks if c.subject == f"kill-node-lax {LAX} after")
+    assert after.message.endswith(": recovery unverified") and after.message in cov
+    # and the zone's users gone from the fault to the end (a44v: `_users_gaps`)
+    assert f"coverage: {LAX}: no user request entering it in flight from " in cov
     during = next(c for c in v.invariant(COVERAGE).checks if c.subject == f"kill-node-lax {LAX} during")
     assert during.status == "n/a"  # the entry point is down by design
     assert any("no traffic after restore" in m for m in f.messages)  # recovery is unverified too
