@@ -36,7 +36,7 @@ import pytest
 
 from harness.backends.local.apps._http import Listener, Reply, handler_class
 from tests.conftest import free_ports
-from tests.test_local_apps import HOST, Procs, http_ok, start_postgres, wait_app
+from tests.test_local_apps import HOST, Procs, http_ok, postgres_env, start_postgres, wait_app
 
 _SSL_OR_GSS_REQUEST = (80877103, 80877104)  # answered with one byte; the real startup message follows
 
@@ -157,13 +157,7 @@ def env() -> Iterator[Env]:
     wire: WireCounter | None = None
     try:
         pg_port, product_port = free_ports(2, HOST)
-        pg_env = {
-            "POSTGRES_DB": "products",
-            "POSTGRES_USER": "postgres",
-            "POSTGRES_PASSWORD": "password",
-            "PGPORT": str(pg_port),
-            "EH_POD_DIR": str(tmp / "pod-postgres"),
-        }
+        pg_env = postgres_env(tmp, pg_port)
         start_postgres(procs, pg_env, pg_port)
         wire = WireCounter(pg_port)
         auth = "user=postgres password=password dbname=products sslmode=disable"

@@ -208,6 +208,17 @@ class Stack:
         return f"http://{HOST}:{port}{path}"
 
 
+def postgres_env(tmp: Path, port: int) -> dict[str, str]:
+    """The product-api-db image's environment as every manifest sets it, on `port`, its pod directory in `tmp`."""
+    return {
+        "POSTGRES_DB": "products",
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_PASSWORD": "password",
+        "PGPORT": str(port),
+        "EH_POD_DIR": str(tmp / "pod-postgres"),
+    }
+
+
 def start_postgres(procs: Procs, env: dict[str, str], port: int) -> Proc:
     pg = procs.start("postgres", "postgres", env)
     wait_app(pg, lambda: tcp_open(port), timeout=30)
@@ -224,13 +235,7 @@ def stack() -> Iterator[Stack]:
     payments = Payments()
     try:
         pg_port, product_port, metrics_port, public_port, frontend_port, nginx_port = free_ports(6, HOST)
-        pg_env = {
-            "POSTGRES_DB": "products",
-            "POSTGRES_USER": "postgres",
-            "POSTGRES_PASSWORD": "password",
-            "PGPORT": str(pg_port),
-            "EH_POD_DIR": str(tmp / "pod-postgres"),
-        }
+        pg_env = postgres_env(tmp, pg_port)
         pg = start_postgres(procs, pg_env, pg_port)
 
         config = tmp / "pod-product-api" / "config"
