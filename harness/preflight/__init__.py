@@ -27,7 +27,9 @@ Checks (each a record of ``preflight.json``, docs/CONTRACTS.md §4):
   undeclared pair).
 - ``refused-probe``: a real call on undeclared edges must be refused by the
   destination's sidecar, and one on a declared edge must not
-  (`Backend.probe_edge`); a backend that cannot make such a call gets no
+  (`Backend.probe_edge`), looked at again within the settle bound while
+  Consul's push of intentions reaches the sidecars (`settled_refused`);
+  a backend that cannot make such a call gets no
   check and a line in ``notes`` (the verdict's `call-graph` takes the probe
   as optional evidence).
 
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -496,15 +498,21 @@ def probe_pairs(exp: Expected) -> tuple[list[tuple[str, str]], list[tuple[str, s
     return undeclared, declared
 
 
-def check_refused(backend: Backend, exp: Expected, notes: list[str]) -> list[Check]:
+def check_refused(
+    backend: Backend, exp: Expected, notes: list[str], only: Collection[str] | None = None
+) -> list[Check]:
     """Real calls on undeclared edges (refused) and declared ones (not refused, the control).
 
     A backend that cannot make such a call gets no check, only a line in
     `notes`: the verdict treats the probe as optional evidence, and Consul's
-    decision is still checked for every pair by `check_intentions`.
+    decision is still checked for every pair by `check_intentions`. `only`
+    (subjects, ``src -> dst``) limits the calls to those edges: a look again
+    asks only what was not yet as it must be (`settled_refused`).
     """
     undeclared, declared = probe_pairs(exp)
     calls = [(s, d, True) for s, d in undeclared] + [(s, d, False) for s, d in declared]
+    if only is not None:
+        calls = [c for c in calls if f"{c[0]} -> {c[1]}" in only]
 
     # every edge called at once (a refused call waits for its answer: in turn, 0.45 s before every run's traffic)
     results = _at_once(lambda edge: backend.probe_edge(edge[0], edge[1]), calls, BackendError, len(calls))
@@ -537,21 +545,65 @@ SETTLE_S = 30.0
 ASK_AT_ONCE = 8  # Consul questions in flight at once (check_intentions)
 
 
-def _settled(check: Callable[[], list[Check]], settle_s: float, sleep: Callable[[float], None]) -> list[Check]:
+def _settled(
+    check: Callable[[], list[Check]],
+    settle_s: float,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Check]:
     """Run `check` until it passes or `settle_s` is over: the last answer counts.
 
     Sync status and instance health converge after `up` returns (a consul-k8s
-    sync, a readiness probe period); judging the first answer would make the
-    result depend on when preflight happened to run. A mesh that does not
-    converge within the bound fails.
+    sync, a readiness probe period), and so does what a sidecar enforces
+    (`settled_refused`); judging the first answer would make the result
+    depend on when preflight happened to run. A mesh that does not converge
+    within the bound fails. `clock` and `sleep` go together: a test passes
+    both and the bound is kept without real waiting.
     """
-    deadline = time.monotonic() + settle_s
+    deadline = clock() + settle_s
     while True:
         checks = check()
         waiting_helps = any(not c.ok and c.detail.get("possible", True) for c in checks)
-        if not waiting_helps or time.monotonic() >= deadline:
+        if not waiting_helps or clock() >= deadline:
             return checks
         sleep(1.0)
+
+
+def settled_refused(
+    backend: Backend,
+    exp: Expected,
+    notes: list[str],
+    settle_s: float,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Check]:
+    """`check_refused` looked at again until every edge answers as it must, within `settle_s`.
+
+    Consul's decision (`check_intentions`) is its state store, right once the
+    CRD is synced; the destination sidecar's RBAC filter is not: Consul pushes
+    intentions to it asynchronously (a proxycfg watch, a snapshot coalesced
+    for 200 ms, then an xDS push paced by the server's
+    ``xds.update_max_per_second``, 250 updates a second across every stream by
+    default; no documented upper bound). A correct mesh probed before the push
+    arrived would fail by timing, so the probe gets the same bound as CRD sync
+    and instance health. Each look calls only the edges not yet as they must
+    be (a call on kind/EKS is a one-shot pod); an edge that answered right
+    keeps its answer (intentions are not changed while preflight runs). An
+    edge that still answers wrong at the bound fails.
+    """
+    latest: dict[str, Check] = {}
+    said: list[str] = []
+
+    def look() -> list[Check]:
+        pending = {s for s, c in latest.items() if not c.ok} if latest else None
+        said.clear()
+        for c in check_refused(backend, exp, said, pending):
+            latest[c.subject] = c
+        return list(latest.values())
+
+    out = _settled(look, settle_s, sleep, clock)
+    notes += said
+    return out
 
 
 def run_preflight(
@@ -559,12 +611,14 @@ def run_preflight(
     client_factory: Callable[[str, ConsulAccess], Any] = _consul_client,
     settle_s: float = SETTLE_S,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> PreflightResult:
     """Every check against the running cluster of `backend` (its manifests say what is expected).
 
-    CRD sync and instance health are given `settle_s` to converge; the
-    configuration checks (chains, intentions, probes) are judged at once:
-    they do not change by waiting.
+    CRD sync, instance health and what the sidecars enforce (the refused
+    probe) are given `settle_s` to converge; Consul's configuration answers
+    (chains, intention decisions) are judged at once: once the CRDs are
+    synced they do not change by waiting.
     """
     manifests = backend.manifests()
     exp = Expected.of(manifests.topology, manifests.edition)
@@ -582,14 +636,14 @@ def run_preflight(
         if not leader:
             raise BackendError(f"Consul API at {url}: no cluster leader")
         try:  # an ACL refusal is the operator's setting, not a finding: one line naming what to set
-            checks += _settled(lambda: check_crds(backend, manifests.objects, client, exp), settle_s, sleep)
+            checks += _settled(lambda: check_crds(backend, manifests.objects, client, exp), settle_s, sleep, clock)
             checks += check_chains(client, exp)
-            checks += _settled(lambda: check_instances(client, exp), settle_s, sleep)
+            checks += _settled(lambda: check_instances(client, exp), settle_s, sleep, clock)
             checks += check_intentions(client, exp)
         except _acl_denied() as exc:
             raise access.denied(url, str(exc)) from None
     notes: list[str] = []
-    checks += check_refused(backend, exp, notes)
+    checks += settled_refused(backend, exp, notes, settle_s, sleep, clock)
     return PreflightResult(time.time(), url, checks, notes, backend.cluster_warnings())
 
 
