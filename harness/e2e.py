@@ -396,17 +396,20 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
     requests, and the same game day's chaos began before its warm-up on one run
     and after it on the next; e2e's first fault alike.
     """
+    from harness.traffic import Stall
+
     summary = None
     settled: float | None = None
+    stall = Stall(served.clock())  # one no-progress clock for the waits below: the bound is the warm-up's, once
     if budget is not None:
-        served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s, stalled=True)
+        served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s, stalled=stall)
         decision = budget.settle()
         summary, settled = decision.summary(), decision.settled_at()
     warm = WARM_REQUESTS if need is None else need
     short: list[str] = []
-    if not served.wait(0.0, warm, bound_s, stalled=True):
+    if not served.wait(0.0, warm, bound_s, stalled=stall):
         short += [f"{z} {had} of {k} requests" for z, (had, k) in served.short_of(0.0, warm).items()]
-    if baseline and settled is not None and not served.wait(settled, baseline, bound_s, api=True, stalled=True):
+    if baseline and settled is not None and not served.wait(settled, baseline, bound_s, api=True, stalled=stall):
         short += [f"{z} {had} of {k} through /api since the budget settled"
                   for z, (had, k) in served.short_of(settled, baseline, api=True).items()]  # fmt: skip
     if short:

@@ -10,11 +10,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
 
 from harness.backends.base import EdgeProbe
+from harness.e2e import warm_up
 from harness.preflight import run_preflight
 from harness.testing import ManualClock
+from harness.traffic import ProbeBudget
+from tests.test_e2e_waits import Schedule, _api, _Decided
 from tests.test_preflight import _failed, frontend_may_call_product_api, rendered, setup
 
 __all__ = ["rendered", "setup"]  # the fixtures test_preflight defines, used here
@@ -96,3 +102,56 @@ def test_a_backend_that_cannot_probe_gets_its_note_once(setup: Any) -> None:
     assert [n for n in res.notes if n.startswith("refused-probe")] == [res.notes[0]]
     assert slept == []  # nothing that waiting could change
     assert not any(c.check == "refused-probe" for c in res.checks)
+
+
+# --------------------------------------------------------------------------- the warm-up's one bound
+
+
+def test_a_zone_never_served_ends_the_warm_up_after_one_bound_not_two(tmp_path: Path) -> None:
+    """Reproducer: zone a has 1 request and gains none. --warmup (0.5 s here) is how long a zone still short may
+    gain nothing; the budget's wait and the warm-up's each counted it afresh (1.0 s)."""
+    dead = tmp_path / "dead.jsonl"
+    dead.write_text(_api(1.0, "a"))
+    said: list[str] = []
+    sched = Schedule(dead)
+    warm_up(cast(ProbeBudget, _Decided(0.0)), sched.watch(["a"]), 0.5, said.append, need={"a": 10})
+    assert sched.clock.now == pytest.approx(0.5)
+    assert said[0].startswith("warm-up: incomplete, a zone short of them gained none for 0.5 s (a 1 of 10")
+
+
+def test_a_zone_served_slowly_across_the_waits_is_still_waited_for(tmp_path: Path) -> None:
+    """Control: a zone gaining one request per 0.4 s (bound 0.5 s) is waited for through both waits, 4 s in all;
+    a gain that came while the budget measured, between the waits, counts as one."""
+    path = tmp_path / "slow.jsonl"
+    path.write_text("")
+    sched = Schedule(path, [(round(0.4 * (i + 1), 6), _api(1.0 + i, "a")) for i in range(10)])
+
+    class _Measures(_Decided):
+        """The budget's measuring takes 0.4 s of the clock, a request arriving meanwhile."""
+
+        def settle(self) -> object:
+            sched.sleep(0.4)
+            return super().settle()
+
+    said: list[str] = []
+    warm_up(cast(ProbeBudget, _Measures(0.0)), sched.watch(["a"]), 0.5, said.append, need={"a": 10})
+    assert sched.clock.now == pytest.approx(4.0)
+    assert not any("incomplete" in m for m in said), said
+
+
+def test_a_stall_counts_a_new_questions_first_look_as_no_gain() -> None:
+    """The link baseline's wait asks another question (since the budget settled, /api only): its first count is
+    noted, not taken for a gain, or every wait would again restart the clock."""
+    from harness.traffic import Stall
+
+    stall = Stall(0.0)
+    stall.look((0.0, True, False), {"a": 3}, ["a"], 1.0)
+    assert stall.gained_at == 0.0
+    stall.look((5.0, True, True), {"a": 1}, ["a"], 2.0)
+    assert stall.gained_at == 0.0
+    stall.look((0.0, True, False), {"a": 4}, ["a"], 3.0)
+    assert stall.gained_at == 3.0
+    stall.look((0.0, True, False), {"a": 5}, [], 4.0)  # the request that completed a: a gain
+    assert stall.gained_at == 4.0
+    stall.look((0.0, True, False), {"a": 9}, [], 5.0)  # a zone no longer short: nothing to wait for
+    assert stall.gained_at == 4.0

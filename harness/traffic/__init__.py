@@ -19,7 +19,7 @@ from harness.traffic.runner import (
     run_traffic,
     summarise_requests,
 )
-from harness.traffic.watch import RequestWatch
+from harness.traffic.watch import RequestWatch, Stall
 
 __all__ = [
     "DEFAULT_LOCUSTFILE",
@@ -27,6 +27,7 @@ __all__ = [
     "ProbeBudget",
     "RequestRecorder",
     "RequestWatch",
+    "Stall",
     "TrafficError",
     "TrafficResult",
     "TrafficRunner",

@@ -95,7 +95,7 @@ class RequestWatch:
         probes: bool = True,
         api: bool = False,
         *,
-        stalled: bool = False,
+        stalled: bool | Stall = False,
     ) -> bool:
         """Until every zone had `n` (or `n[zone]`) successful requests from `since` on, or `timeout_s` passed.
 
@@ -103,16 +103,19 @@ class RequestWatch:
         and a probed zone's 20 answers came from its probes alone in under a second. `api`: only the requests
         through /api (`served`). `stalled`: `timeout_s` counts from the last request that brought a zone still
         short closer, so a zone being served is waited for however slowly this machine serves it, and only one
-        that gains nothing for `timeout_s` ends the wait (False)."""
+        that gains nothing for `timeout_s` ends the wait (False). A `Stall` given here carries that clock over
+        from the waits before it (e2e's warm-up is several waits under one bound); True starts one now."""
+        need = n if isinstance(n, Mapping) else dict.fromkeys(self.zones, n)
+        stall = Stall(self.clock()) if stalled is True else stalled or None
         deadline = self.clock() + timeout_s
-        last: dict[str, int] = {}
         while True:
-            short = {z: had for z, (had, _) in self.short_of(since, n, probes, api).items()}
+            have = self.served(since, probes, api)
+            short = [z for z, c in have.items() if c < need.get(z, 0)]
+            if stall is not None:
+                stall.look((since, probes, api), have, short, self.clock())
+                deadline = stall.gained_at + timeout_s
             if not short:
                 return True
-            if stalled and any(c > last.get(z, -1) for z, c in short.items()):
-                deadline = self.clock() + timeout_s  # a zone still short gained: it is being served
-            last = short
             if self.clock() >= deadline:
                 return False
             self.sleep(0.1)
@@ -139,3 +142,33 @@ class RequestWatch:
             return 0.0, 0.0
         inside = [probe for t, probe in self._done if start <= t < end]
         return len(inside) / span, sum(inside) / span
+
+
+class Stall:
+    """The no-progress clock of `RequestWatch.wait(stalled=...)`, shared by the waits that make up one.
+
+    e2e's warm-up waits first for the probe budget's few requests per zone,
+    then for its own need, then for a link's baseline: each wait started its
+    own no-progress clock, so a zone never served held the warm-up 2 x (or
+    3 x) --warmup where its help says a zone that gains no request for that
+    long ends it. One `Stall` for all of them measures one bound: the last
+    time a zone still short gained a request, compared look by look under
+    the same question (since, probes, api), across waits too, so requests
+    that came between two waits (while the budget measured) count as gained.
+    A question not asked before is only noted: its first look is no gain.
+    """
+
+    def __init__(self, started_at: float) -> None:
+        self.gained_at = started_at
+        self._seen: dict[tuple[float, bool, bool], dict[str, int]] = {}
+        self._short: set[str] = set()  # the zones short at the last look
+
+    def look(self, question: tuple[float, bool, bool], have: Mapping[str, int], short: list[str], now: float) -> None:
+        """Note `have` (requests per zone for `question`); a zone short now, or at the last look (the request
+        that completed it), with more than last time gained."""
+        before = self._seen.get(question)
+        waiting = self._short | set(short)
+        if before is not None and any(have[z] > before.get(z, 0) for z in waiting):
+            self.gained_at = now
+        self._seen[question] = dict(have)
+        self._short = set(short)
