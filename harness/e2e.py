@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 TRAFFIC_BOUND_S = 6 * 3600.0
 WARM_REQUESTS = 20  # successful user requests before the first fault, per zone a fault of the plan acts on
 BUDGET_AFTER_REQUESTS = 5  # ... of them served before the probe budget measures (the shop running, not starting)
-WARMUP_BOUND_S = 8.0  # the longest a warm-up (the probe budget included) waits for every zone's users
+WARMUP_BOUND_S = 8.0  # how long a zone short of its warm-up may gain no request (the budget's wait included)
 COOL_REQUESTS = 20  # ... and per zone after the last restore, before traffic stops
 RECOVERY_POLL_S = 0.5  # how often the cool-down asks the records whether the last recoveries are on them
 
