@@ -388,7 +388,8 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
     in the zones' pods, which do not read the budget's file: no decision, so
     the verdict reads a link's baseline from the whole warm-up and `baseline`
     is not waited for. `bound_s` is how long a zone still short may gain no
-    request (`RequestWatch.wait`'s `stalled`), not the warm-up's length, so the
+    request (`RequestWatch.wait`'s `stalled`; one `Stall` for all its waits, so
+    once, not once per wait), not the warm-up's length, so the
     line always means the warm-up is complete on a mesh that serves every
     zone; what is still missing when a zone gained none for that long is said,
     and the verdict says it too (unverified). Bounded by time, a machine busy
