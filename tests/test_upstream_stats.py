@@ -59,8 +59,8 @@ def test_parse_clusters_rows_per_host_without_inbound_or_loopback() -> None:
         ("1", "10.213.0.6:20000"), ("0", "10.213.3.6:20000"), ("0", "10.213.3.7:20000")
     ]  # fmt: skip
     assert rows[0] == {"cluster": CLUSTERS["cluster_statuses"][0]["name"], "host": "10.213.0.6:20000", "cx_total": 3,
-                       "cx_connect_fail": 0, "rq_total": 5, "rq_error": 0, "rq_timeout": 0,
-                       "health_flags": "healthy"}  # fmt: skip
+                       "cx_connect_fail": 0, "rq_total": 5, "rq_error": 0, "rq_timeout": 0, "cx_active": 0,
+                       "rq_active": 0, "health_flags": "healthy"}  # fmt: skip
     assert (rows[1]["cx_connect_fail"], rows[1]["health_flags"]) == (4, "/failed_eds_health")
     assert (rows[2]["rq_error"], rows[2]["rq_timeout"], rows[2]["health_flags"]) == (2, 1, "/failed_outlier_check")
 
@@ -115,7 +115,7 @@ def test_snapshot_asks_every_live_pod_at_once(tmp_path: Path) -> None:
     assert len(rows) == snap.rows == 11 * 3
     assert {r["ts"] for r in rows} == {snap.ts} and {r["label"] for r in rows} == {"inject kill-pod-x"}
     assert set(rows[0]) == {"ts", "label", "pod", "cluster", "host", "cx_total", "cx_connect_fail", "rq_total",
-                            "rq_error", "rq_timeout", "health_flags"}  # fmt: skip
+                            "rq_error", "rq_timeout", "cx_active", "rq_active", "health_flags"}  # fmt: skip
     b.meet = threading.Barrier(1)  # one pod asked: nobody to meet
     snapshot(b, tmp_path, "end", pods=["pod-0"])  # type: ignore[arg-type]
     assert len((tmp_path / UPSTREAM_STATS_FILE).read_text().splitlines()) == 11 * 3 + 3  # appended

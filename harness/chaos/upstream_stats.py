@@ -49,6 +49,10 @@ class AdminReader(Protocol):
 
 
 COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
+# Gauges, not counters (Envoy's admin docs, per host statistics): what is open when the snapshot reads it. A TCP
+# upstream's connection is logged when it closes, and the real product-api holds its postgres connections for the
+# pod's life: rq_total - rq_active is what a TCP cluster's access log owes (harness.verify `_counted_without_lines`)
+GAUGES = ("cx_active", "rq_active")
 INBOUND_CLUSTERS = frozenset({"local_app"})  # the sidecar's own app: not an upstream
 
 
@@ -104,7 +108,7 @@ def parse_clusters(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             stats = {s.get("name"): s.get("value") for s in host.get("stats") or []}
             row: dict[str, Any] = {"cluster": name, "host": f"{sock.get('address', '')}:{sock.get('port_value', 0)}"}
-            for c in COUNTERS:
+            for c in COUNTERS + GAUGES:
                 row[c] = int(stats.get(c) or 0)
             row["health_flags"] = health_flags(host.get("health_status") or {})
             rows.append(row)

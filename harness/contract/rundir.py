@@ -232,6 +232,8 @@ UPSTREAM_STATS_COLUMNS = {
     "rq_total": "BIGINT",
     "rq_error": "BIGINT",
     "rq_timeout": "BIGINT",
+    "cx_active": "BIGINT",  # gauges (harness.chaos.upstream_stats.GAUGES); absent in older runs
+    "rq_active": "BIGINT",
     "health_flags": "VARCHAR",
 }
 RECORDING_COLUMNS = {"ts": "DOUBLE", "what": "VARCHAR", "message": "VARCHAR"}
