@@ -151,6 +151,15 @@ class Scenario:
     # run is settled SWITCH_S later: harness.contract.settled); None: no such record (in-zone workers, game days
     # of old)
     budget_end_s: float | None = None
+    # a caller's connections to a TCP upstream (product-api -> postgres) are pooled as the real product-api pools
+    # them (Go database/sql, no max lifetime): opened once, when the pod starts (its DB wait, before it is ready),
+    # and held for its life. Envoy's tcp_proxy logs a connection when it closes, so they leave no access-log line
+    # (nor hop) at all; only the caller's counters show them, and those count connections, not queries (each
+    # downstream connection is one upstream "request": cx_total = rq_total, set at start-up, unchanged while it
+    # serves; the open ones are its cx_active / rq_active gauges). A connection is dialled again only when its host is
+    # gone, and the closed one is logged then, stamped with its start. False: one logged connection per query,
+    # as the local stand-in's 5 s recycling makes it look.
+    pooled_tcp: bool = False
 
 
 @dataclass
@@ -187,7 +196,7 @@ class _Model:
         self.pods: dict[tuple[str, str], list[_Pod]] = {}  # current pods per (service, zone)
         self.all_pods: dict[str, _Pod] = {}
         self.ports = {s.name: s.container_port for s in self.t.services}
-        self.counters: dict[tuple[str, str, str], list[int]] = {}  # (pod, cluster, host) -> cx, cf, rq, rqe
+        self.counters: dict[tuple[str, str, str], list[int]] = {}  # (pod, cluster, host) -> cx, cf, rq, rqe, active
         self.stats_lines: list[str] = []
         self.chains = RenderedChains(self.t, self.t.edition, TRUST_DOMAIN)
         for s in self.t.services:
@@ -335,7 +344,7 @@ class _Model:
                 for c in callers:
                     for p in targets:
                         key = (c.name, self.cluster(service, zone, u, p.zone), f"{p.ip}:{self.ports[u]}")
-                        self.counters.setdefault(key, [0, 0, 0, 0])
+                        self.counters.setdefault(key, [0, 0, 0, 0, 0])
 
     def aggregate(self, caller: str, caller_zone: str, upstream: str) -> str:
         """The cluster a caller's route names, as Envoy 1.40 logs it in %UPSTREAM_CLUSTER%: for a failover chain
@@ -358,12 +367,21 @@ class _Model:
         return chain.children[0 if target == name else min(1, len(chain.children) - 1)]
 
     def count(self, caller: str, cluster: str, host: str, rq: int = 1, cf: int = 0, err: int = 0) -> None:
-        c = self.counters.setdefault((caller, cluster, host), [0, 0, 0, 0])
+        c = self.counters.setdefault((caller, cluster, host), [0, 0, 0, 0, 0])
         if c[0] == 0 or cf:
             c[0] += 1  # a new connection (first use, or a connect attempt that failed)
         c[1] += cf
         c[2] += rq
         c[3] += err
+
+    def connect(self, caller: str, cluster: str, host: str, opened: bool = True) -> None:
+        """A pooled TCP connection through the caller's sidecar opened (one connection, one tcp_proxy "request",
+        both active while it is held: Envoy's cx_active / rq_active gauges) or, `opened` False, closed."""
+        c = self.counters.setdefault((caller, cluster, host), [0, 0, 0, 0, 0])
+        if opened:
+            c[0] += 1
+            c[2] += 1
+        c[4] += 1 if opened else -1
 
     def snapshot(self, ts: float, label: str) -> None:
         """Every live sidecar's counters (a dead pod's Envoy admin does not answer).
@@ -375,7 +393,7 @@ class _Model:
             return
         self._members()
         alive = {p.name for pods in self.pods.values() for p in pods}
-        for (pod, cluster, host), (cx, cf, rq, rqe) in sorted(self.counters.items()):
+        for (pod, cluster, host), (cx, cf, rq, rqe, active) in sorted(self.counters.items()):
             if pod not in alive:
                 continue
             self.stats_lines.append(
@@ -391,6 +409,8 @@ class _Model:
                         "rq_total": rq,
                         "rq_error": rqe,
                         "rq_timeout": 0,
+                        "cx_active": active,
+                        "rq_active": active,
                         "health_flags": "healthy",
                     }
                 )
@@ -631,6 +651,8 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
     first_lz = m.lzs[0] if m.lzs else None
     hop_lines: list[str] = []
     req_lines: list[str] = []
+    # (caller pod, TCP upstream) -> the pod its pooled connection reaches, and when it was opened (Envoy's ms)
+    held: dict[tuple[str, str], tuple[_Pod, int]] = {}
 
     def serve(
         caller: str, czone: str, up: str, rel: float, caller_pod: _Pod | None
@@ -678,6 +700,96 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             return m.region_pod(up, None), 200, "-", extra + link_ms.get(czone, 0.0)
         return m.pick(up, czone), 200, "-", extra
 
+    def held_conn(svc: str, zone: str, up: str, rel: float, caller_pod: _Pod) -> _Pod | None:
+        """The pod `caller_pod`'s pooled connection to `up` reaches, dialled now if it has none or its host is gone
+        (`Scenario.pooled_tcp`); None when the dial fails (then the hop is modelled as a logged failure)."""
+        now = _ms(sc.start + rel)
+        if (kept := held.pop((caller_pod.name, up), None)) is not None:
+            target, opened = kept
+            if target.name not in m.dead and target in m.pods.get((up, target.zone), []):
+                held[(caller_pod.name, up)] = kept
+                return target
+            # its host is gone: the connection closed, and Envoy logs it now, stamped with its start
+            host = f"{target.ip}:{m.ports[up]}"
+            m.connect(caller_pod.name, m.cluster(svc, zone, up, target.zone), host, opened=False)
+            line(caller_pod.name, svc, zone, up, target, opened, float(max(1, now - opened)), 0, "-", None)
+        pod, status, _, _ = serve(svc, zone, up, rel, caller_pod)
+        if pod is None or status >= 500:
+            return None
+        m.connect(caller_pod.name, m.cluster(svc, zone, up, pod.zone), f"{pod.ip}:{m.ports[up]}")
+        held[(caller_pod.name, up)] = (pod, now)
+        return pod
+
+    def line(
+        cname: str,
+        svc: str,
+        zone: str,
+        up: str,
+        pod: _Pod | None,
+        at: int,
+        dur: float,
+        status: int,
+        flags: str,
+        rid: str | None,
+        sp: str | None = None,
+        sz: str | None = None,
+    ) -> None:
+        """One hop as the caller's sidecar logs it (and, kind style, the serving sidecar's inbound line).
+        `sp` / `sz`: the serving pod and zone hops.jsonl names (observe could not tell: None), `pod`'s by default."""
+        if pod is not None and sp is None and sz is None and not drop:
+            sp, sz = pod.name, pod.zone
+        host = f"{pod.ip}:{m.ports[up]}" if pod else ""
+        logged = m.aggregate(svc, zone, up)  # what the access log names: the route's aggregate cluster
+        code = 0 if protocol[up] == "tcp" else status  # Envoy logs TCP proxies with code 0 and the flags
+        hop_lines.append(
+            f'{{"ts": {at / 1000!r}, "caller_pod": "{cname}", "caller_service": "{svc}", "caller_zone": "{zone}", '
+            f'"upstream": "{up}", "upstream_cluster": "{logged}", "upstream_host": "{host}", '
+            f'"serving_pod": {json.dumps(sp)}, "serving_zone": {json.dumps(sz)}, "status": {code}, '
+            f'"flags": "{flags}", "duration_ms": {dur!r}}}\n'
+        )
+        rec: dict[str, Any] = {"start_time": _envoy_time(at), "method": "GET", "path": f"/{up}",
+                               "response_code": code, "response_flags": flags, "duration": int(dur),
+                               "upstream_host": host or None, "upstream_cluster": logged}  # fmt: skip
+        if rid is not None:
+            rec["request_id"] = rid
+        if sc.accesslogs == "local":
+            rec |= {"caller_pod": cname, "caller_service": m.consul(svc, zone), "direction": "outbound"}
+        logs.add(cname, rec)
+        if sc.accesslogs == "kind" and pod is not None:
+            inbound = {**rec, "upstream_host": f"127.0.0.1:{m.ports[up]}", "upstream_cluster": "local_app"}
+            logs.add(pod.name, inbound)
+
+    def across(czone: str, target: _Pod, rel: float) -> float | None:
+        """What a query on a held connection from `czone` to `target` adds by crossing the zone's link (its
+        latency, and a degradation's while it is on, as `serve` adds them); None while a partition cuts it off:
+        the held connection stalls, and the query database/sql sends on a new one fails to connect (`serve`)."""
+        if target.zone == czone or not edge[czone]:
+            return 0.0
+        extra = link_ms.get(czone, 0.0)
+        for f in faults:
+            if f.zone != czone:
+                continue
+            if f.kind == "partition" and _active(f, rel):
+                return None
+            undoing = f.restore is not None and f.restore <= rel < f.restore + f.undo_s
+            slowed = rel >= f.inject + f.apply_s and (
+                _active(f, rel) or (f.link_lingers and rel >= f.inject) or undoing
+            )
+            if f.kind == "link-degraded" and slowed and not f.link_inert:
+                extra += f.latency_ms
+        return extra
+
+    def dial_new(rel: float) -> None:
+        """Each live pod of a caller of a TCP upstream holds its pooled connection from start-up on (its DB wait)."""
+        if not sc.pooled_tcp:
+            return
+        for (svc, zone), pods in list(m.pods.items()):
+            ups = [u for u in upstreams.get(svc, []) if protocol.get(u) == "tcp"]
+            for p in pods if ups else []:
+                if p.name not in m.dead:
+                    for up in ups:
+                        held_conn(svc, zone, up, rel, p)
+
     def call(
         svc: str, zone: str, ms: int, rel: float, caller_pod: _Pod | None = None, rid: str | None = None
     ) -> tuple[bool, float, int]:
@@ -694,6 +806,16 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
         for up in upstreams[svc]:
             if sc.misconfig == "call-outside-graph" and svc == "frontend" and up == "product-api" and zone != first_lz:
                 continue
+            if sc.pooled_tcp and protocol[up] == "tcp" and caller_pod is not None:
+                target = held_conn(svc, zone, up, rel, caller_pod)
+                lat = None if target is None else across(zone, target, rel)
+                if target is not None and lat is not None:  # a query on the held connection: no line, no counter
+                    sub_ok, sub_lat, ms = call(up, target.zone, ms + 1, rel, target)
+                    total += float(round(1.0 + lat + sub_lat))
+                    if not sub_ok:
+                        ok = False
+                        break
+                    continue
             pod, status, flags, extra = serve(svc, zone, up, rel, caller_pod)
             if pod is None and flags == "-":  # no pod to send to: Envoy says "no healthy upstream", never nothing
                 status, flags = 503, "UH"
@@ -701,7 +823,6 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             sz = pod.zone if pod else None
             sp = pod.name if pod else None
             cluster = m.cluster(svc, zone, up, sz)  # the child that held the host (counters)
-            logged = m.aggregate(svc, zone, up)  # what the access log names: the route's aggregate cluster
             if pod and caller_pod:
                 m.count(caller_pod.name, cluster, host, 1, 1 if flags == "UF" else 0, 1 if status >= 500 else 0)
             if pod and drop and rng.random() < drop:
@@ -715,24 +836,7 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
                 sub_ok, sub_lat, ms = call(up, pod.zone, ms, rel, pod)  # type: ignore[union-attr]
             # Envoy's %DURATION%: whole milliseconds, the upstream's own calls included (logged when it answers)
             dur = float(round(1.0 + extra + sub_lat))
-            code = 0 if protocol[up] == "tcp" else status  # Envoy logs TCP proxies with code 0 and the flags
-            hop_lines.append(
-                f'{{"ts": {at / 1000!r}, "caller_pod": "{cname}", "caller_service": "{svc}", "caller_zone": "{zone}", '
-                f'"upstream": "{up}", "upstream_cluster": "{logged}", "upstream_host": "{host}", '
-                f'"serving_pod": {json.dumps(sp)}, "serving_zone": {json.dumps(sz)}, "status": {code}, '
-                f'"flags": "{flags}", "duration_ms": {dur!r}}}\n'
-            )
-            rec: dict[str, Any] = {"start_time": _envoy_time(at), "method": "GET", "path": f"/{up}",
-                                   "response_code": code, "response_flags": flags, "duration": int(dur),
-                                   "upstream_host": host or None, "upstream_cluster": logged}  # fmt: skip
-            if rid is not None:
-                rec["request_id"] = rid
-            if sc.accesslogs == "local":
-                rec |= {"caller_pod": cname, "caller_service": m.consul(svc, zone), "direction": "outbound"}
-            logs.add(cname, rec)
-            if sc.accesslogs == "kind" and pod is not None:
-                inbound = {**rec, "upstream_host": f"127.0.0.1:{m.ports[up]}", "upstream_cluster": "local_app"}
-                logs.add(pod.name, inbound)
+            line(cname, svc, zone, up, pod, at, dur, status, flags, rid, sp, sz)
             total += dur
             if not ok:
                 break
@@ -745,6 +849,7 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
         return any(sz == z and lo <= rel and (hi is None or rel < hi) for sz, lo, hi in sc.silent)
 
     flaky = dict(sc.flaky)
+    dial_new(-1.0)  # before the 'start' snapshot: the pods' DB waits connected as they started
     for k in range(n_ticks):
         for zi, z in enumerate(zones):
             rel = k * step + zi * step / (len(zones) + 1)
@@ -752,6 +857,7 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             while changes and ts >= changes[0][0]:
                 ts_c, _, what, s, cz = changes.pop(0)
                 m.apply(ts_c, what, s, cz)
+                dial_new(ts_c - sc.start)  # a replacement connected in its DB wait, before it was ready
             while snaps and ts >= snaps[0][0]:
                 m.snapshot(*snaps.pop(0))
             if silent(z, rel):
@@ -786,6 +892,7 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             req_lines.clear()
     for ts_c, _, what, s, cz in changes:
         m.apply(ts_c, what, s, cz)
+        dial_new(ts_c - sc.start)
     for snap in snaps:
         m.snapshot(*snap)
     m.snapshot(sc.start + sc.duration_s + 0.5, "end")
