@@ -688,6 +688,8 @@ def run_e2e(
                 after_traffic(backend, run_dir, say)
                 if workers is not None:
                     workers.stop()
+        launcher.close()  # within the try: a Ctrl-C while they close still marks the run and takes the cluster down
+        locust.close()
     except BaseException as exc:
         launcher.close()
         locust.close()
@@ -697,14 +699,16 @@ def run_e2e(
         except Exception as down_exc:  # said, and the run's own error raised: it is why the run stopped
             say(f"down failed too, the cluster may still be up (`harness down` retries): {down_exc}")
         raise
-    launcher.close()
-    locust.close()
     # Every record is in the run directory now: the cluster comes down while they are read (its second or so
     # hidden behind observe and verify); its error is raised after them, and Ctrl-C still waits for it.
     with ThreadPoolExecutor(1, thread_name_prefix="eh-down") as pool:
         downed = pool.submit(take_down, backend, opts.keep, say)
-        say("observe: hop records from the sidecars' access logs")
-        build_hops(run_dir, jsonl=False)  # Parquet: a long run's hops are no JSON to wait for
+        try:
+            say("observe: hop records from the sidecars' access logs")
+            build_hops(run_dir, jsonl=False)  # Parquet: a long run's hops are no JSON to wait for
+        except BaseException as exc:  # Ctrl-C or a failure before every record is in: not a run left "running"
+            mark_run(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            raise
         mark_run(run_dir, "verify", "complete")  # every record is in; what follows only reads them
         with judged(run_dir) as (run, verdict):  # loaded once: the report draws from the run the verdict judged
             write_verdict(run_dir, verdict)
