@@ -1641,10 +1641,13 @@ class ExistingBackend(KubeBackend):
         return names
 
     def _take_nodes(self, primitive: str, zone: str, nodes: Sequence[str]) -> None:
-        """Ledger first: the nodes this fault will cordon (not those already cordoned: they stay as found)."""
+        """Ledger first: the nodes this fault will cordon (not those already cordoned: they stay as found), and
+        whether it drains the run's own chart's webhook-cert-manager (its restore then waits out the new CA:
+        `KubeBackend._wait_pod_admission`)."""
         already = {n.name for n in self.cluster.node_infos() if n.unschedulable}
+        manager = bool(self._managers_on(nodes)) if self.install_consul else False
         self.ledger.add(primitive=primitive, zone=zone, nodes=[n for n in nodes if n not in already],
-                        context=self.context)  # fmt: skip
+                        context=self.context, webhook_cert_manager=manager)  # fmt: skip
 
     @_serialized
     def kill_node(self, node: str) -> None:
@@ -1656,12 +1659,12 @@ class ExistingBackend(KubeBackend):
     @_serialized
     def restore_node(self, node: str) -> None:
         """Uncordon `node` if the harness cordoned it (the ledger says so); leave anyone else's cordon alone."""
-        mine: list[bool] = []
+        mine: list[tuple[float, bool]] = []  # when each harness fault that cordoned it began; drained the manager?
 
         def drop(entries: list[dict[str, Any]]) -> None:
             for e in entries:
                 if node in (e.get("nodes") or []):
-                    mine.append(True)
+                    mine.append((float(e.get("ts") or 0.0), bool(e.get("webhook_cert_manager"))))
                     e["nodes"] = [n for n in e["nodes"] if n != node]
             entries[:] = [
                 e for e in entries if e.get("primitive") not in ("kill_node", "zone_outage") or e.get("nodes")
@@ -1677,6 +1680,8 @@ class ExistingBackend(KubeBackend):
                 # EKS replaces an instance (a node group's ASG, Karpenter, a Spot interruption), it never brings
                 # it back under the same name: the Node is deleted and a new one joins the zone, uncordoned
                 self.progress(f"{node}: gone (its instance was replaced or removed): no cordon left to undo")
+            if any(drained for _ts, drained in mine):  # the run's own chart's manager went with it: a new CA
+                self._wait_pod_admission([node], min(ts for ts, _d in mine), expect_restart=True)
         elif any(n.name == node and n.unschedulable for n in self.cluster.node_infos()):
             self.progress(f"{node}: cordoned, but not by the harness: left as it is")
 

@@ -111,6 +111,8 @@ class ConsulUi(NamedTuple):
 
 
 ENTRY_PROBE_PERIOD_S = 1.0
+# the chart's webhook-cert-manager pods (consul-k8s v1.9.11 templates/webhook-cert-manager-deployment.yaml)
+WEBHOOK_CERT_MANAGER = {"app": "consul", "component": "webhook-cert-manager"}
 # "no answer" as a user means it: a shorter bound (it was 2 s) recorded a slow entry point as down, and the
 # zone's failed requests then were left out of the availability budget
 ENTRY_PROBE_TIMEOUT = USER_TIMEOUT
@@ -524,9 +526,20 @@ class KubeBackend(Backend):
             said = "; ".join(problems[:3])
             raise BackendError(f"{self._where}: the mesh's sidecars cannot be read as the verdict needs: {said}{more}")
 
-    def _wait_pod_admission(self, restored: Sequence[str], since: float, timeout_s: float | None = None) -> None:
+    def _managers_on(self, nodes: Sequence[str]) -> list[str]:
+        """The chart's webhook-cert-manager pods running on `nodes` (a fault there restarts them: a new CA)."""
+        namespace = self.helm_release(self.manifests())["namespace"]
+        return [str(p["metadata"]["name"]) for p in self.cluster.pods(namespace, WEBHOOK_CERT_MANAGER)
+                if (p.get("spec") or {}).get("nodeName") in nodes]  # fmt: skip
+
+    def _wait_pod_admission(
+        self, restored: Sequence[str], since: float, timeout_s: float | None = None, expect_restart: bool = False
+    ) -> None:
         """After `restored` nodes came back: until the API server admits pods again, when the chart's
-        webhook-cert-manager ran on one of them; BackendError after `timeout_s` (the ready timeout) otherwise.
+        webhook-cert-manager ran on one of them (or started again elsewhere since `since`, the fault's start);
+        BackendError after `timeout_s` (the ready timeout) otherwise. `expect_restart`: the fault took the
+        manager down (EKS: drained, `_managers_on`), so a restarted one is waited for even while none is listed
+        yet (its replacement not created, the old one terminating).
 
         Why: the webhook-cert-manager keeps its CA in memory only, so its restart with its node makes a new CA
         and certificate and writes the CA into the pod webhook's caBundle at once, while the injector serves
@@ -542,7 +555,7 @@ class KubeBackend(Backend):
         timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         namespace = self.helm_release(self.manifests())["namespace"]
-        selector = {"app": "consul", "component": "webhook-cert-manager"}
+        selector = WEBHOOK_CERT_MANAGER
 
         def restarted(pod: dict[str, Any]) -> bool:
             statuses = (pod.get("status") or {}).get("containerStatuses") or []
@@ -552,15 +565,16 @@ class KubeBackend(Backend):
 
         def on_restored() -> list[dict[str, Any]]:
             # on a restored node, or not yet on any (a replacement for one evicted while its node was away: the
-            # chart's nodeSelector may fit no other node), each starts with a new CA
+            # chart's nodeSelector may fit no other node), or started since on another one (EKS: a drained
+            # manager's replacement starts at once on a sibling node of its AZ), each starts with a new CA
             return [p for p in self.cluster.pods(namespace, selector)
-                    if (p.get("spec") or {}).get("nodeName") in (*restored, None, "")
+                    if ((p.get("spec") or {}).get("nodeName") in (*restored, None, "") or restarted(p))
                     and not (p.get("metadata") or {}).get("deletionTimestamp")]  # fmt: skip
 
         managers = on_restored()
-        if not managers:
+        if not managers and not expect_restart:
             return
-        while not all(restarted(p) for p in managers):
+        while not managers or not all(restarted(p) for p in managers):
             if time.monotonic() > deadline:
                 raise BackendError(
                     f"{self._where}: the chart's webhook-cert-manager on {', '.join(sorted(restored))} had not "

@@ -1,0 +1,109 @@
+"""EKS with `--install-consul`: a node fault that took the chart's webhook-cert-manager down waits out the new CA.
+
+The chart pins webhook-cert-manager by a nodeSelector to the first AZ (harness/render/helm.py); it keeps its CA in
+memory only (consul-k8s v1.9.11 subcommand/webhook-cert-manager/command.go: cert.GenSource at every start), so a
+restart puts a new CA into the pod webhook's caBundle at once while the injector serves its mounted Secret's old
+certificate until the kubelet syncs that volume (up to about a minute); the webhook's failurePolicy is Fail, so
+every pod CREATE outside kube-system/Consul's own is refused meanwhile. On EKS a node kill is cordon + delete: the
+manager's replacement starts on a sibling node of its AZ at once, or (the AZ's only node cordoned) once the node
+is uncordoned. Either way the restore must not return into the window: the next fault's replacements and the
+harness's own probe pods would be refused for a time no config sets (the kind side: test_firstcontact_a44k.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.backends.existing import ExistingBackend
+from harness.backends.kube import KubeCluster
+from harness.render.manifests import Manifests
+from tests import kubesim_tools
+from tests.conftest import wait_until
+from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.test_backend_existing import _backend, _cluster, eks_node
+from tests.test_firstcontact_a44k import _admitted, _manager_node, _ns_of, _restore_meeting_the_window
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def up(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[ExistingBackend, Manifests]]:
+    """An EKS-like cluster without Consul; the run installs it (`--install-consul`) and brings the shop up."""
+    bindir = tmp_path / "bin"
+    kubesim_tools.install(bindir)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_API", api.url)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "argv.jsonl"))
+    for k in ("EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"):
+        monkeypatch.delenv(k, raising=False)
+    c = _cluster(api, tmp_path, consul={})
+    b = _backend(api, tmp_path, ("eks-nightly",), install_consul=True, execute=True)
+    m = rendered(tmp_path)
+    b.up(m)
+    assert c.pods("consul", {"component": "webhook-cert-manager"})
+    yield b, m
+    b.close()
+
+
+def _manager_alone(api: FakeApiServer, tmp_path: Path) -> tuple[str, str]:
+    """The manager on a node of its own: a second node in its AZ, the manager moved there (its first node
+    cordoned meanwhile, then uncordoned), the injector synced to its CA. Returns (first node, manager's node).
+    On the node with Consul's server and injector a node fault is refused (the blast radius's control-plane
+    rule); on a multi-node AZ the manager often runs elsewhere, and that node may be killed."""
+    sim, admin = api.sim, api.cluster(tmp_path, "admin")
+    first = _manager_node(api)
+    zone = admin.nodes()[first]
+    api.seed(admin, eks_node("10.0.1.11", zone, "region-a"))
+    second = next(n for n, z in admin.nodes().items() if z == zone and n != first)
+    admin.cordon(first)
+    for p in admin.pods("consul", {"component": "webhook-cert-manager"}):
+        admin.delete("v1", "Pod", "consul", p["metadata"]["name"])
+    assert wait_until(lambda: _running_on(admin) == [second], 30), _running_on(admin)
+    assert wait_until(lambda: not sim.call(sim.webhook_refuses_pods), 30)
+    admin.uncordon(first)
+    return first, second
+
+
+def _running_on(admin: KubeCluster) -> list[str]:
+    pods = admin.pods("consul", {"component": "webhook-cert-manager"})
+    return [str(p["spec"].get("nodeName")) for p in pods if (p.get("status") or {}).get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+
+
+def test_eks_node_kill_that_drains_the_manager_returns_only_once_its_new_ca_is_served(
+    up: tuple[ExistingBackend, Manifests], api: FakeApiServer, tmp_path: Path
+) -> None:
+    """The drained manager's replacement starts with a new CA (on the AZ's other node, or on the restored one
+    once uncordoned, whichever the scheduler picks): the restore waits until that CA is served, including
+    while the replacement does not exist yet (the old pod terminating), and no longer returns into the window."""
+    backend, m = up
+    _first, alone = _manager_alone(api, tmp_path)
+    restarted, refused, now = _restore_meeting_the_window(
+        api, lambda: (backend.kill_node(alone), backend.restore_node(alone)), _ns_of(m)
+    )
+    assert restarted == 3, "a new CA: the setup's move made the second"
+    assert refused, "the restore never met the window it must wait out"
+    assert now == "", f"a pod created right after restore_node is refused: {now}"
+    assert api.sim.rbac_denials == [], "the admission probe is one the shipped RBAC grants"
+
+
+def test_eks_node_kill_elsewhere_asks_nothing_more(up: tuple[ExistingBackend, Manifests], api: FakeApiServer) -> None:
+    """Control: a Local Zone's node; the manager keeps running, the CA stays, no refusal, no probe needed."""
+    backend, m = up
+    sim = api.sim
+    sim.t.secret_volume_sync_s = None
+    manager = _manager_node(api)
+    other = next(n for n, z in backend.cluster.nodes().items() if z == "us-west-2-lax-1a")
+    assert other != manager
+    backend.kill_node(other)
+    backend.restore_node(other)
+    assert sim.call(lambda: sim.consul.webhook_ca) == 1
+    assert sim.call(sim.webhook_refusals.copy) == []
+    assert _admitted(api, _ns_of(m), "control") == ""
