@@ -19,6 +19,7 @@ import _thread
 import contextlib
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -82,8 +83,9 @@ def _stop_at(prefix: str) -> Callable[[str], None]:
 
 
 @contextlib.contextmanager
-def _interrupt_on_inject(root: Path, action: str) -> Iterator[None]:
-    """Interrupt the main thread once chaos.jsonl records `action`'s injection (a fault in effect)."""
+def _interrupt_on_inject(root: Path, action: str, signal_it: bool = False) -> Iterator[None]:
+    """Interrupt the main thread once chaos.jsonl records `action`'s injection (a fault in effect); `signal_it`:
+    with a real SIGINT to this process (what a terminal's Ctrl-C delivers), not `interrupt_main`."""
     done = threading.Event()
 
     def watch() -> None:
@@ -93,7 +95,7 @@ def _interrupt_on_inject(root: Path, action: str) -> Iterator[None]:
                 if any(x.get("action") == action and x.get("phase") == "inject" for x in lines):
                     time.sleep(0.5)  # the fault holds for seconds: well inside it
                     if not done.is_set():
-                        _thread.interrupt_main()
+                        os.kill(os.getpid(), signal.SIGINT) if signal_it else _thread.interrupt_main()
                     return
             time.sleep(0.05)
 
@@ -160,6 +162,27 @@ def test_kind_e2e_interrupted_while_a_node_is_stopped_starts_it_and_keeps_the_re
     assert (run_dir / "inventory.jsonl").stat().st_size > 0
     assert list((run_dir / "accesslogs").glob("*.jsonl"))
     assert list(run_dir.rglob("*journal*.json"))
+    _kind_left_nothing(api, tools, tmp_path)
+
+
+def test_harness_e2e_kind_command_exits_130_on_sigint_while_a_node_is_stopped(
+    api: FakeApiServer, tools: Path, tmp_path: Path
+) -> None:
+    """The command itself: a real SIGINT during the node fault, through `handle_signals`: exit 130, the node
+    started again, the cluster deleted, run.json `interrupted`."""
+    from harness.cli import main
+
+    argv = ["e2e", "--backend", "kind", "--cluster", "edge", "--topology", str(REPO / "fixtures" / "topology.yaml"),
+            "--experiment", str(REPO / "experiments" / "node-kill.json"), "--users", "4", "--warmup", "2",
+            "--cooldown", "1"]  # fmt: skip
+    with _interrupt_on_inject(tmp_path, "kill_node", signal_it=True):
+        rc = main(argv)
+    assert rc == 130
+    run_dir = _run_dir(tmp_path)
+    assert _status(run_dir) == "interrupted"
+    calls = _calls(tools)
+    stop = next(i for i, c in enumerate(calls) if c[:2] == ["docker", "stop"])
+    assert ["docker", "start", calls[stop][2]] in calls[stop:]
     _kind_left_nothing(api, tools, tmp_path)
 
 
@@ -233,7 +256,7 @@ def _existing(api: FakeApiServer, tmp_path: Path, experiments: list[str]) -> tup
     )
     opts = E2EOptions(
         topology=REPO / "fixtures" / "topology.yaml",
-        experiments=[REPO / "experiments" / e for e in experiments],
+        experiments=[e if Path(e).is_absolute() else REPO / "experiments" / e for e in experiments],
         users=4,
         spawn_rate=4,
         warmup_s=2,
@@ -259,12 +282,17 @@ def test_existing_e2e_interrupted_during_up_leaves_the_namespaces_as_found(
 
 
 @pytest.mark.parametrize(
-    ("experiment", "action"), [("node-kill.json", "kill_node"), ("zone-outage.json", "zone_outage")]
+    ("experiment", "action"),
+    [("node-kill.json", "kill_node"), ("zone-outage.json", "zone_outage"), ("partition", "partition_zone")],
 )
-def test_existing_e2e_interrupted_during_a_node_fault_rolls_it_back(
+def test_existing_e2e_interrupted_during_a_fault_rolls_it_back(
     api: FakeApiServer, tools: Path, tmp_path: Path, experiment: str, action: str
 ) -> None:
-    opts, bopts, c = _existing(api, tmp_path, [experiment])
+    """A node stopped (cordon + delete), a zone dark, a zone partitioned (a NetworkPolicy): each undone."""
+    from tests.test_backend_existing import LAX, _partition_experiment
+
+    exp = str(_partition_experiment(tmp_path, LAX)) if experiment == "partition" else experiment
+    opts, bopts, c = _existing(api, tmp_path, [exp])
     before = _namespaces(c)
     with _interrupt_on_inject(tmp_path, action), pytest.raises(KeyboardInterrupt):
         run_e2e(opts, bopts, say=lambda _m: None)
@@ -273,6 +301,13 @@ def test_existing_e2e_interrupted_during_a_node_fault_rolls_it_back(
     chaos = [json.loads(x) for x in (run_dir / "chaos.jsonl").read_text().splitlines()]
     assert [x["phase"] for x in chaos if x["action"] == action] == ["inject", "restore"], chaos
     assert not any(n.unschedulable for n in c.node_infos()), "the cordoned nodes are schedulable again"
+    from harness.backends.existing import PARTITION_POLICY
+    from harness.backends.fence import FaultLedger
+
+    policies = api.sim.call(lambda: api.sim.items("networking.k8s.io/v1", "networkpolicies"))
+    assert not [p for p in policies if p["metadata"]["name"] == PARTITION_POLICY], "the partition is gone"
+    ledgers = list((tmp_path / "runs" / ".backend").rglob("faults.json"))
+    assert all(FaultLedger(f).entries() == [] for f in ledgers), [f.read_text() for f in ledgers]
     assert wait_until(lambda: _namespaces(c) == before, 15), _namespaces(c) - before
     assert (run_dir / "inventory.jsonl").stat().st_size > 0
     assert wait_until(lambda: not _processes_of(tmp_path), 10), _processes_of(tmp_path)
