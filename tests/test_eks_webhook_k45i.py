@@ -107,3 +107,21 @@ def test_eks_node_kill_elsewhere_asks_nothing_more(up: tuple[ExistingBackend, Ma
     assert sim.call(lambda: sim.consul.webhook_ca) == 1
     assert sim.call(sim.webhook_refusals.copy) == []
     assert _admitted(api, _ns_of(m), "control") == ""
+
+
+def test_eks_rollback_by_down_or_the_kill_switch_uncordons_without_waiting_for_the_window(
+    up: tuple[ExistingBackend, Manifests], api: FakeApiServer, tmp_path: Path
+) -> None:
+    """The kill switch and `down` roll back at once: the node uncordoned and the ledger emptied even while the
+    injector still serves the old CA (what follows is the teardown, not another fault)."""
+    backend, m = up
+    _first, alone = _manager_alone(api, tmp_path)
+    sim = api.sim
+    sim.t.secret_volume_sync_s = None  # the window stays open until a sync nobody makes here
+    backend.kill_node(alone)
+    assert wait_until(lambda: sim.call(sim.webhook_refuses_pods), 30), "the drained manager's replacement started"
+    done = backend.rollback_active()
+    assert len(done) == 1 and done[0].startswith("kill_node "), done
+    assert not any(n.unschedulable for n in api.cluster(tmp_path, "admin").node_infos())
+    assert backend.ledger.entries() == []
+    assert "x509" in _admitted(api, _ns_of(m), "still-refused")  # it did not wait the window out

@@ -728,7 +728,8 @@ class ExistingBackend(KubeBackend):
             zone = str(e.get("zone", ""))
             if prim in ("kill_node", "zone_outage"):
                 for n in e.get("nodes") or []:
-                    self.restore_node(str(n))
+                    with self._chaos_lock:
+                        self._restore_node(str(n), admission=False)
             elif prim == "partition_zone":
                 self.heal_zone(zone)
             elif prim == "set_pod_unready":
@@ -1658,7 +1659,13 @@ class ExistingBackend(KubeBackend):
 
     @_serialized
     def restore_node(self, node: str) -> None:
-        """Uncordon `node` if the harness cordoned it (the ledger says so); leave anyone else's cordon alone."""
+        """Uncordon `node` if the harness cordoned it (the ledger says so); leave anyone else's cordon alone.
+        Returns once the API server admits pods again when the fault drained the run's webhook-cert-manager."""
+        self._restore_node(node, admission=True)
+
+    def _restore_node(self, node: str, admission: bool) -> None:
+        """`restore_node`; `admission` False: uncordon only (a rollback, by `down` or the kill switch, is
+        prompt: what follows it is the run's teardown, with the run's Consul uninstalled, not another fault)."""
         mine: list[tuple[float, bool]] = []  # when each harness fault that cordoned it began; drained the manager?
 
         def drop(entries: list[dict[str, Any]]) -> None:
@@ -1680,7 +1687,9 @@ class ExistingBackend(KubeBackend):
                 # EKS replaces an instance (a node group's ASG, Karpenter, a Spot interruption), it never brings
                 # it back under the same name: the Node is deleted and a new one joins the zone, uncordoned
                 self.progress(f"{node}: gone (its instance was replaced or removed): no cordon left to undo")
-            if any(drained for _ts, drained in mine):  # the run's own chart's manager went with it: a new CA
+            if admission and any(
+                drained for _ts, drained in mine
+            ):  # the run's own chart's manager went with it: a new CA
                 self._wait_pod_admission([node], min(ts for ts, _d in mine), expect_restart=True)
         elif any(n.name == node and n.unschedulable for n in self.cluster.node_infos()):
             self.progress(f"{node}: cordoned, but not by the harness: left as it is")
