@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -39,9 +38,12 @@ LAX_USER_MS = 80.0
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
     doc = yaml.safe_load(DEFAULT_TOPOLOGY.read_text())
+    link = next(z["serviceLink"] for z in doc["zones"] if z["name"] == LAX)
     for z in doc["zones"]:
         if z["name"] == LAX:
             z["userLatencyMs"] = LAX_USER_MS
+        if z["name"] == LAS:  # LAX's service link: the users' latency is then all that tells the two zones apart
+            z["serviceLink"] = dict(link)
     out = tmp_path_factory.mktemp("manifests")
     write(render(parse_topology(doc)), out)
     b = LocalBackend(cluster=CLUSTER)
@@ -83,17 +85,28 @@ def test_each_zone_entry_carries_its_users_latency(cluster: LocalBackend) -> Non
 
 
 def test_locust_users_and_zone_probes_pay_it(cluster: LocalBackend, tmp_path: Path) -> None:
+    """Locust's shoppers and zone probes into LAX pay its users' 80 ms; into LAS (the same service link) they do not.
+
+    Judged by each zone's fastest request, not by medians: every /api request pays its zone's service link once
+    per round trip of product-api's 1 + N queries to postgres (19 with the seed), so with LAS's own, longer link
+    (15 ms against LAX's 12) its requests cost about what LAX's users pay and the medians failed the check, and on
+    a busy machine they sit a second apart anyway. With one link for both, the zones' probes (the same query each
+    time; a shopper's request mix differs from zone to zone: one coffee is 2 queries, the list 10) differ by the
+    users' latency alone, and the fastest probe of each is where the machine's load weighs least. Every request
+    into LAX pays the 80 ms, whatever it asks.
+    """
     run_traffic(cluster.entrypoints(), tmp_path, users=4, spawn_rate=4, duration_s=4, probe_zones=[LAX, LAS])
-    by_zone: dict[str, list[float]] = {}
-    probes: dict[str, int] = {}
+    every: dict[str, list[float]] = {}
+    probes: dict[str, list[float]] = {}
     for line in (tmp_path / "requests.jsonl").read_text().splitlines():
         r = json.loads(line)
-        if r["ok"] and r["endpoint"] in ("probe", "coffees", "coffee"):
-            by_zone.setdefault(r["zone"], []).append(r["latency_ms"])
-            probes[r["zone"]] = probes.get(r["zone"], 0) + (r["endpoint"] == "probe")
-    assert probes.get(LAX, 0) > 10 and probes.get(LAS, 0) > 10, probes
-    assert statistics.median(by_zone[LAX]) >= LAX_USER_MS - 1
-    assert statistics.median(by_zone[LAS]) < statistics.median(by_zone[LAX]) - LAX_USER_MS / 2
+        if r["ok"]:
+            every.setdefault(r["zone"], []).append(r["latency_ms"])
+            if r["endpoint"] == "probe":
+                probes.setdefault(r["zone"], []).append(r["latency_ms"])
+    assert len(probes.get(LAX, [])) > 10 and len(probes.get(LAS, [])) > 10, {z: len(p) for z, p in probes.items()}
+    assert min(every[LAX]) >= LAX_USER_MS - 1
+    assert min(probes[LAS]) < min(probes[LAX]) - LAX_USER_MS / 2, (min(probes[LAS]), min(probes[LAX]))
 
 
 def test_fallback_penalty_from_a_real_run(cluster: LocalBackend, tmp_path: Path) -> None:
