@@ -161,6 +161,28 @@ def test_kind_flow_up_traffic_pod_kill_node_kill_restore_down(api: FakeApiServer
     assert not (res.run_dir / CLOCK_FILE).exists()
 
 
+def existing_options(api: FakeApiServer, kc: Path) -> BackendOptions:
+    """The existing backend's options against the simulated EKS cluster, destructive chaos allowed, with the
+    operator's per-zone URLs: a load balancer in front of each zone's entry Service (created by `up`)."""
+    from harness.render import naming
+    from harness.topology.model import load_topology
+
+    t = load_topology(REPO / "fixtures" / "topology.yaml")
+    urls = {}
+    for z in t.zones:
+        port = api.sim.call(lambda z=z: api.sim.expose(naming.namespace(t, z), f"entry-{t.short(z)}"))
+        urls[z.name] = f"http://127.0.0.1:{port}"
+    return BackendOptions(
+        name="existing",
+        context="eks-nightly",
+        kubeconfig=str(kc),
+        allow_contexts=["eks-nightly"],
+        entrypoints=urls,
+        execute=True,
+        ready_poll_s=0.1,  # the simulated cluster answers at once (kind flow above)
+    )
+
+
 @pytest.mark.parametrize("consul", ["plain", "tls-acl"])
 def test_existing_flow_runs_the_nightly_set_end_to_end(
     api: FakeApiServer, tools: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, consul: str
@@ -181,24 +203,7 @@ def test_existing_flow_runs_the_nightly_set_end_to_end(
         monkeypatch.setenv("CONSUL_HTTP_TOKEN", api.sim.call(lambda: api.sim.acl_token(HARNESS_RIGHTS)))
     kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
     before_ns = {n["metadata"]["name"] for n in (c.request("GET", "/api/v1/namespaces") or {})["items"]}
-    # the operator's per-zone URLs: a load balancer in front of each zone's entry Service (created by `up`)
-    from harness.render import naming
-    from harness.topology.model import load_topology
-
-    t = load_topology(REPO / "fixtures" / "topology.yaml")
-    urls = {}
-    for z in t.zones:
-        port = api.sim.call(lambda z=z: api.sim.expose(naming.namespace(t, z), f"entry-{t.short(z)}"))
-        urls[z.name] = f"http://127.0.0.1:{port}"
-    bopts = BackendOptions(
-        name="existing",
-        context="eks-nightly",
-        kubeconfig=str(kc),
-        allow_contexts=["eks-nightly"],
-        entrypoints=urls,
-        execute=True,
-        ready_poll_s=0.1,  # the simulated cluster answers at once (kind flow above)
-    )
+    bopts = existing_options(api, kc)
     opts = E2EOptions(
         topology=REPO / "fixtures" / "topology.yaml",
         experiments=[REPO / "experiments" / "eks-edge.json", REPO / "experiments" / "node-kill.json"],

@@ -34,6 +34,7 @@ from tests.conftest import REPO, wait_until
 from tests.kubefake import FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import _cluster
+from tests.test_flows import existing_options
 from tests.test_flows import tools as tools  # the fake kind/helm/docker/kubectl on PATH
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
@@ -237,23 +238,7 @@ def test_kind_e2e_run_to_its_end_is_complete(api: FakeApiServer, tools: Path, tm
 def _existing(api: FakeApiServer, tmp_path: Path, experiments: list[str]) -> tuple[E2EOptions, BackendOptions, Any]:
     c = _cluster(api, tmp_path)
     kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
-    from harness.render import naming
-    from harness.topology.model import load_topology
-
-    t = load_topology(REPO / "fixtures" / "topology.yaml")
-    urls = {}
-    for z in t.zones:
-        port = api.sim.call(lambda z=z: api.sim.expose(naming.namespace(t, z), f"entry-{t.short(z)}"))
-        urls[z.name] = f"http://127.0.0.1:{port}"
-    bopts = BackendOptions(
-        name="existing",
-        context="eks-nightly",
-        kubeconfig=str(kc),
-        allow_contexts=["eks-nightly"],
-        entrypoints=urls,
-        execute=True,
-        ready_poll_s=0.1,
-    )
+    bopts = existing_options(api, kc)
     opts = E2EOptions(
         topology=REPO / "fixtures" / "topology.yaml",
         experiments=[e if Path(e).is_absolute() else REPO / "experiments" / e for e in experiments],
