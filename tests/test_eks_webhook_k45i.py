@@ -26,7 +26,13 @@ from tests.conftest import wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import _backend, _cluster, eks_node
-from tests.test_firstcontact_a44k import _admitted, _manager_node, _ns_of, _restore_meeting_the_window
+from tests.test_firstcontact_a44k import (
+    _admitted,
+    _manager_node,
+    _ns_of,
+    _restore_meeting_the_window,
+    restore_elsewhere_asks_nothing,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -97,16 +103,7 @@ def test_eks_node_kill_that_drains_the_manager_returns_only_once_its_new_ca_is_s
 def test_eks_node_kill_elsewhere_asks_nothing_more(up: tuple[ExistingBackend, Manifests], api: FakeApiServer) -> None:
     """Control: a Local Zone's node; the manager keeps running, the CA stays, no refusal, no probe needed."""
     backend, m = up
-    sim = api.sim
-    sim.t.secret_volume_sync_s = None
-    manager = _manager_node(api)
-    other = next(n for n, z in backend.cluster.nodes().items() if z == "us-west-2-lax-1a")
-    assert other != manager
-    backend.kill_node(other)
-    backend.restore_node(other)
-    assert sim.call(lambda: sim.consul.webhook_ca) == 1
-    assert sim.call(sim.webhook_refusals.copy) == []
-    assert _admitted(api, _ns_of(m), "control") == ""
+    restore_elsewhere_asks_nothing(api, m, backend, backend.cluster.nodes(), "us-west-2-lax-1a")
 
 
 def test_eks_rollback_by_down_or_the_kill_switch_uncordons_without_waiting_for_the_window(

@@ -142,10 +142,18 @@ def test_a_restore_of_a_node_without_the_manager_asks_nothing_more(
     """Control: az-node-loss stops the other AZ's node; the manager keeps running, the CA stays, nothing is
     refused, and the restore makes no admission probe."""
     backend, m = up
+    restore_elsewhere_asks_nothing(api, m, backend, backend.nodes(), "us-west-2b")
+
+
+def restore_elsewhere_asks_nothing(
+    api: FakeApiServer, m: Manifests, backend: Any, nodes: dict[str, str], zone: str
+) -> None:
+    """Stop and restore a node of `zone` (`nodes`: node -> zone) that does not run the webhook-cert-manager: the
+    CA stays, nothing is refused, and a pod is admitted at once (kind's and EKS's restores alike)."""
     sim = api.sim
     sim.t.secret_volume_sync_s = None
     manager = _manager_node(api)
-    other = next(n for n, z in backend.nodes().items() if z == "us-west-2b")
+    other = next(n for n, z in nodes.items() if z == zone)
     assert other != manager
     backend.kill_node(other)
     backend.restore_node(other)
