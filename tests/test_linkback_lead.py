@@ -54,10 +54,11 @@ def test_the_cool_down_stops_on_a_cleared_link_whose_hops_never_beat_the_latency
 
 
 def test_the_mark_is_half_the_measured_effect_or_half_the_latency_whichever_is_more() -> None:
-    assert link_back_mark(485.0, 1282.0, 60.0) == pytest.approx(485.0 + (1282.0 - 485.0) / 2)
-    assert link_back_mark(14.0, 215.0, 200.0) == pytest.approx(14.0 + LINK_EFFECT_SHARE * 200.0 + 0.5)
-    assert link_back_mark(14.0, 20.0, 60.0) == pytest.approx(14.0 + LINK_EFFECT_SHARE * 60.0)
+    """The marks are excesses over each hop's kind's baseline (`link_excess_ctes`)."""
+    assert link_back_mark(1282.0 - 485.0, 60.0) == pytest.approx((1282.0 - 485.0) / 2)
+    assert link_back_mark(201.0, 200.0) == pytest.approx(LINK_EFFECT_SHARE * 200.0 + 0.5)
+    assert link_back_mark(6.0, 60.0) == pytest.approx(LINK_EFFECT_SHARE * 60.0)
     # one fast hop proves it; a median needs enough hops and a mark; neither: not shown
     assert link_shown_back(1, None, 1, None)
-    assert link_shown_back(20, 500.0, 0, 883.0) and not link_shown_back(20, 900.0, 0, 883.0)
-    assert not link_shown_back(2, 500.0, 0, 883.0) and not link_shown_back(20, 500.0, 0, None)
+    assert link_shown_back(20, 15.0, 0, 398.5) and not link_shown_back(20, 415.0, 0, 398.5)
+    assert not link_shown_back(2, 15.0, 0, 398.5) and not link_shown_back(20, 15.0, 0, None)

@@ -63,12 +63,21 @@ from harness.observe.hops import INVENTORY_FILE, create_hops, load_inventory
 from harness.topology import Topology
 from harness.verify import expected
 from harness.verify.invariants.scope import FaultScoping, measured_to_the_end
-from harness.verify.invariants.sql import HOP_END_SQL, INF, RECOVERY_EVIDENCE_ALPHA, recovery_chance, spans_sql
+from harness.verify.invariants.sql import (
+    HOP_END_SQL,
+    INF,
+    RECOVERY_EVIDENCE_ALPHA,
+    recovery_chance,
+    spans_sql,
+    sql_str,
+)
 from harness.verify.invariants.users import (
     LINK_BASELINE_S,
     LINK_BOUND_SQL,
     LINK_EFFECT_MIN_HOPS,
+    LINK_KIND_SQL,
     link_back_mark,
+    link_excess_ctes,
     link_shown_back,
     reaches_link,
 )
@@ -267,65 +276,70 @@ def _links_not_back(con: duckdb.DuckDBPyConnection, s: FaultScoping, run_dir: Pa
         narrow = [("", g.inject, g.restore if g.restore is not None else now) for g in others]
         wide = [("", g.inject, (g.restore if g.restore is not None else now) + limit) for g in others]
         windows = [(hi, narrow)] + ([(f.restore + limit, wide)] if hi < f.restore + limit else [])
-        mark = _link_back_mark(con, s, f, others, now)
-        if not any(_link_back(con, f, undone, upto, busy, mark) for upto, busy in windows):
+        ctes, mark = _link_back_mark(con, s, f, others, now)
+        if not any(_link_back(con, f, ctes, undone, upto, busy, mark) for upto, busy in windows):
             out.append(Pending(f.fault, f.zone, "(link)", (), f.restore, f.restore + limit, f.inject, link=True))
     return out
 
 
-def _link_median(
-    con: duckdb.DuckDBPyConnection, zone: str, lo: float, hi: float, busy: list[tuple[str, float, float]]
-) -> tuple[int, float | None]:
-    """(count, median duration) of `zone`'s ok hops that wait on its link (`LINK_BOUND_SQL`), begun at or after
-    `lo` and over before `hi`, outside `busy`."""
-    row = con.execute(
-        f"""
-        SELECT count(*), median(duration_ms) FROM (SELECT *, coalesce(({HOP_OK_SQL}), false) AS ok FROM phops
-                                                    WHERE caller_zone = ?)
-        WHERE {LINK_BOUND_SQL} AND ts >= ? AND {HOP_END_SQL} < ? AND NOT {spans_sql(None, busy, HOP_END_SQL)}
-        """,
-        [zone, lo, hi],
-    ).fetchone()
-    return (0, None) if row is None else (int(row[0]), None if row[1] is None else float(row[1]))
+def _link_ctes(zone: str, baseline: str) -> str:
+    """`link_excess_ctes` over the records read so far: `zone`'s ok hops that wait on its link (`LINK_BOUND_SQL`),
+    each kind's baseline the hops matching `baseline`."""
+    bound = (
+        f"SELECT ts, {HOP_END_SQL} AS te, duration_ms, {LINK_KIND_SQL} AS kind "
+        f"FROM (SELECT *, coalesce(({HOP_OK_SQL}), false) AS ok FROM phops WHERE caller_zone = '{sql_str(zone)}') "
+        f"WHERE {LINK_BOUND_SQL}"
+    )
+    return link_excess_ctes(bound, baseline)
+
+
+def _in(lo: float, hi: float, busy: list[tuple[str, float, float]], closed: bool = False) -> str:
+    """SQL: a hop begun at or after `lo` and over before `hi` (at `hi` too when `closed`), outside `busy`."""
+    return f"ts >= {lo!r} AND te {'<=' if closed else '<'} {hi!r} AND NOT {spans_sql(None, busy, HOP_END_SQL)}"
 
 
 def _link_back_mark(
     con: duckdb.DuckDBPyConnection, s: FaultScoping, f: Fault, others: list[Fault], now: float
-) -> float | None:
-    """The verdict's median mark for `f`'s link shown back (`link_back_mark`), from the same stretches it reads:
-    the zone's hops in the `LINK_BASELINE_S` before the fault (not before the run settled) and during it, each
+) -> tuple[str, float | None]:
+    """The verdict's stretches for `f`'s link (`UserChecks._link_not_slowed`): the CTEs of the zone's hops with
+    their excess over their kind's baseline, the hops in the `LINK_BASELINE_S` before the fault (not before the run
+    settled), and the excess mark for the link shown back (`link_back_mark`) from the same hops during it, each
     outside the other faults that reach the link (here to maxRecoveryS past their restore, at least the verdict's
-    impact windows). None when either has fewer than `LINK_EFFECT_MIN_HOPS`: then only a fast hop shows it."""
+    impact windows). The mark is None when the baseline or the fault has fewer than `LINK_EFFECT_MIN_HOPS`: then
+    only a fast hop shows it."""
     assert f.restore is not None
     limit = s.slo.max_recovery_s
     since = f.inject - LINK_BASELINE_S if s.run.settled is None else max(f.inject - LINK_BASELINE_S, s.run.settled)
     quiet = [("", g.inject, (g.restore if g.restore is not None else now) + limit) for g in others]
-    n_base, base = _link_median(con, f.zone, since, f.inject, quiet)
+    ctes = _link_ctes(f.zone, _in(since, f.inject, quiet))
     overlap = [("", g.inject, g.restore if g.restore is not None else now) for g in others]
-    n_during, during = _link_median(con, f.zone, f.inject, f.restore, overlap)
-    if base is None or during is None or min(n_base, n_during) < LINK_EFFECT_MIN_HOPS:
-        return None
-    return link_back_mark(base, during, float(f.latency_ms or 0.0))
+    row = con.execute(
+        f"WITH {ctes} SELECT count(excess_ms), median(excess_ms) FROM excess WHERE {_in(f.inject, f.restore, overlap)}"
+    ).fetchone()
+    if row is None or row[1] is None or int(row[0]) < LINK_EFFECT_MIN_HOPS:
+        return ctes, None
+    return ctes, link_back_mark(float(row[1]), float(f.latency_ms or 0.0))
 
 
 def _link_back(
     con: duckdb.DuckDBPyConnection,
     f: Fault,
+    ctes: str,
     since: float,
     upto: float,
     busy: list[tuple[str, float, float]],
     mark: float | None,
 ) -> bool:
-    """`f`'s zone's hops that wait on the link (`LINK_BOUND_SQL`), in [since, upto] and outside `busy`, show it
-    cleared as the verdict reads them (`link_shown_back`): one took less than the added latency, or enough of
-    them sit at a median under `mark`."""
+    """`f`'s zone's hops that wait on the link (`ctes`, `_link_back_mark`), in [since, upto] and outside `busy`,
+    show it cleared as the verdict reads them (`link_shown_back`): one took less than the added latency, or enough
+    of them sit at a median excess over their kind's baseline under `mark`."""
     row = con.execute(
         f"""
-        SELECT count(*), median(duration_ms), count(*) FILTER (WHERE duration_ms < ?)
-        FROM (SELECT *, coalesce(({HOP_OK_SQL}), false) AS ok FROM phops WHERE caller_zone = ?)
-        WHERE {LINK_BOUND_SQL} AND ts >= ? AND {HOP_END_SQL} <= ? AND NOT {spans_sql(None, busy, HOP_END_SQL)}
+        WITH {ctes}
+        SELECT count(excess_ms), median(excess_ms), count(*) FILTER (WHERE duration_ms < ?)
+        FROM excess WHERE {_in(since, upto, busy, closed=True)}
         """,
-        [float(f.latency_ms or 0.0), f.zone, since, upto],
+        [float(f.latency_ms or 0.0)],
     ).fetchone()
     if row is None:
         return False

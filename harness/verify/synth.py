@@ -160,6 +160,10 @@ class Scenario:
     # gone, and the closed one is logged then, stamped with its start. False: one logged connection per query,
     # as the local stand-in's 5 s recycling makes it look.
     pooled_tcp: bool = False
+    # the round trips across its zone's service link of one call to a Region-only upstream from an edge zone: the
+    # product-api image's GetCoffees makes 1 + N queries (19 with the seed), each paying the link's latency (its
+    # own and a degradation's); 1: one query per call. A hop served by the Region crosses the link once
+    db_round_trips: int = 1
 
 
 @dataclass
@@ -658,23 +662,21 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
         caller: str, czone: str, up: str, rel: float, caller_pod: _Pod | None
     ) -> tuple[_Pod | None, int, str, float]:
         """Where the modelled mesh sends one hop: (pod, status, flags, extra latency)."""
-        extra = 0.0
+        # a hop that crosses the zone's link pays its latency and a degradation's: once when the Region serves
+        # it, on each round trip (`db_round_trips`) when it is a Region-only service's (its queries)
+        slowed = degraded(czone, rel)
+        crossing = link_ms.get(czone, 0.0) + slowed if edge[czone] else 0.0
         for f in faults:
             if f.zone != czone:
                 continue
             if f.kind == "partition" and placement[up] is Placement.REGION and _active(f, rel):
                 pod = m.region_pod(up, None)
                 return pod, 503, "UF", 1000.0
-            undoing = f.restore is not None and f.restore <= rel < f.restore + f.undo_s
-            applied = rel >= f.inject + f.apply_s
-            slowed = applied and (_active(f, rel) or (f.link_lingers and rel >= f.inject) or undoing)
-            if f.kind == "link-degraded" and placement[up] is Placement.REGION and slowed:
-                extra += 0.0 if f.link_inert else f.latency_ms
             if f.kind == "service-down" and up in f.services and f.inject - f.inflight_ms / 1000 <= rel < f.inject:
-                return m.region_pod(up, None), 200, "-", f.inflight_ms + link_ms.get(czone, 0.0)
+                return m.region_pod(up, None), 200, "-", f.inflight_ms + crossing
             if f.kind == "service-down" and up in f.services and _active(f, rel, f.recovery_delay_s):
                 if f.restore is not None and rel >= f.restore:
-                    return m.region_pod(up, None), 200, "-", link_ms.get(czone, 0.0)  # recovering
+                    return m.region_pod(up, None), 200, "-", crossing  # recovering
                 if sc.misconfig == "missing-failover" or rel < f.inject + f.failover_delay_s:
                     return None, 503, "UH", 0.0
                 if sc.misconfig == "failover-to-lz":
@@ -686,19 +688,19 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
                     tried = m.pick(up, other) if other else None
                     if tried and caller_pod:  # the connect to the other LZ fails; Envoy retries to the Region
                         m.count(caller_pod.name, m.cluster(caller, czone, up, other), f"{tried.ip}:{m.ports[up]}", 0, 1)
-                return m.region_pod(up, None), 200, "-", link_ms.get(czone, 0.0)
+                return m.region_pod(up, None), 200, "-", crossing
         if placement[up] is Placement.REGION:
             if sc.misconfig == "postgres-in-lz" and edge[czone]:
-                return m.pick(up, czone), 200, "-", extra
+                return m.pick(up, czone), 200, "-", slowed
             if sc.misconfig == "postgres-unrouted" and czone == first_lz:
                 return None, 0, "UH", 0.0
-            return m.region_pod(up, czone), 200, "-", extra + link_ms.get(czone, 0.0)
+            return m.region_pod(up, czone), 200, "-", crossing * sc.db_round_trips
         if sc.misconfig == "no-locality" and edge[czone]:
-            return m.region_pod(up, None), 200, "-", extra + link_ms.get(czone, 0.0)
+            return m.region_pod(up, None), 200, "-", crossing
         share = m.spill_share(up, czone) if edge[czone] else 0.0
         if share > 0 and rng.random() < share:  # drawn only in a spill: other scenarios keep their sequence
-            return m.region_pod(up, None), 200, "-", extra + link_ms.get(czone, 0.0)
-        return m.pick(up, czone), 200, "-", extra
+            return m.region_pod(up, None), 200, "-", crossing
+        return m.pick(up, czone), 200, "-", 0.0
 
     def held_conn(svc: str, zone: str, up: str, rel: float, caller_pod: _Pod) -> _Pod | None:
         """The pod `caller_pod`'s pooled connection to `up` reaches, dialled now if it has none or its host is gone
@@ -759,25 +761,27 @@ def _simulate(m: _Model, sc: Scenario, hops: IO[str], reqs: IO[str], logs: _Acce
             inbound = {**rec, "upstream_host": f"127.0.0.1:{m.ports[up]}", "upstream_cluster": "local_app"}
             logs.add(pod.name, inbound)
 
+    def degraded(czone: str, rel: float) -> float:
+        """What a degradation of `czone`'s link adds to each round trip across it at `rel` (0 when none is on, or
+        it never reached the link)."""
+        extra = 0.0
+        for f in faults:
+            if f.zone != czone or f.kind != "link-degraded" or f.link_inert:
+                continue
+            undoing = f.restore is not None and f.restore <= rel < f.restore + f.undo_s
+            if rel >= f.inject + f.apply_s and (_active(f, rel) or (f.link_lingers and rel >= f.inject) or undoing):
+                extra += f.latency_ms
+        return extra
+
     def across(czone: str, target: _Pod, rel: float) -> float | None:
         """What a query on a held connection from `czone` to `target` adds by crossing the zone's link (its
         latency, and a degradation's while it is on, as `serve` adds them); None while a partition cuts it off:
         the held connection stalls, and the query database/sql sends on a new one fails to connect (`serve`)."""
         if target.zone == czone or not edge[czone]:
             return 0.0
-        extra = link_ms.get(czone, 0.0)
-        for f in faults:
-            if f.zone != czone:
-                continue
-            if f.kind == "partition" and _active(f, rel):
-                return None
-            undoing = f.restore is not None and f.restore <= rel < f.restore + f.undo_s
-            slowed = rel >= f.inject + f.apply_s and (
-                _active(f, rel) or (f.link_lingers and rel >= f.inject) or undoing
-            )
-            if f.kind == "link-degraded" and slowed and not f.link_inert:
-                extra += f.latency_ms
-        return extra
+        if any(f.zone == czone and f.kind == "partition" and _active(f, rel) for f in faults):
+            return None
+        return (link_ms.get(czone, 0.0) + degraded(czone, rel)) * sc.db_round_trips
 
     def dial_new(rel: float) -> None:
         """Each live pod of a caller of a TCP upstream holds its pooled connection from start-up on (its DB wait)."""

@@ -95,22 +95,46 @@ LINK_BOUND_SQL = """
         SELECT c.caller FROM calls c JOIN services s ON s.name = c.upstream WHERE s.placement = 'region'))
 """
 
+# ... compared kind with kind: a hop served in its caller's zone by a service that queries the Region pays the
+# link on each of its round trips (product-api's 1 + N: 19 with the seed), one served by the Region crosses it
+# once. A degradation that makes the zone fail over while it is on (a readiness probe timing out over the slow
+# link) trades the first for the second, and the median of the mix fell below the baseline's: in a correct run
+# PHX's in-zone product-api hops went from 529 to 2193 ms, its 27 hops served by the Region took 74 ms, and the
+# mix's 189 ms against 546 "did not take effect". A shift the other way would show an effect a degradation never
+# had. So each hop is measured against its own kind's median in the baseline (`link_excess_ctes`), and a kind
+# with fewer than LINK_EFFECT_MIN_HOPS there has none: its hops are left out (not compared with another kind's)
+LINK_KIND_SQL = "upstream || CASE WHEN serving_zone <> caller_zone THEN ' served outside' ELSE ' in-zone' END"
+
+
+def link_excess_ctes(bound: str, baseline: str) -> str:
+    """The CTEs `bound` (the query `bound`: hops that wait on a link, with a `kind` column, `LINK_KIND_SQL`),
+    `kinds` (each kind's baseline: its hops matching the SQL filter `baseline`, when at least
+    `LINK_EFFECT_MIN_HOPS`) and `excess` (every bound hop, with `excess_ms` over its kind's baseline median, NULL
+    for a kind without one). One definition for the verdict and e2e's cool-down."""
+    return f"""bound AS ({bound}),
+        kinds AS (SELECT kind, count(*) AS n, median(duration_ms) AS base FROM bound WHERE {baseline}
+                  GROUP BY kind HAVING count(*) >= {LINK_EFFECT_MIN_HOPS}),
+        excess AS (SELECT bound.*, bound.duration_ms - kinds.base AS excess_ms
+                   FROM bound LEFT JOIN kinds ON kinds.kind = bound.kind)"""
+
+
 # ... and the pod whose node's link such a hop waits on (kind sets and clears a zone's link rules node by node):
 # the caller's when the hop itself crosses, the serving pod's when that pod's own call to the Region does
 LINK_POD_SQL = "CASE WHEN serving_zone <> caller_zone THEN caller_pod ELSE coalesce(serving_pod, caller_pod) END"
 
 
-def link_back_mark(base: float, during: float, latency_ms: float) -> float:
-    """The median under which a degraded link's hops after its restore show it cleared: the baseline `base` plus
-    the larger of `LINK_EFFECT_SHARE` of the added latency (the mark the effect was shown by) and half the effect
-    measured (`during`, the same hops' median while it was on, less `base`).
+def link_back_mark(effect: float, latency_ms: float) -> float:
+    """The median excess (`link_excess_ctes`: a hop's duration over its kind's baseline median) under which a
+    degraded link's hops after its restore show it cleared: the larger of `LINK_EFFECT_SHARE` of the added latency
+    (the mark the effect was shown by) and half the effect measured (`effect`, the same hops' median excess while
+    it was on).
 
     Half the measured effect, not of the latency alone: a hop that makes many round trips across the link (the
     product-api image's 1 + N queries to postgres per /coffees, 19 with the seed) pays the latency on each, so
-    with the link still slow its hops sit near `during`, far above `base` plus half the latency, and a busy
-    machine's spread around `base` is no longer within a few milliseconds of that mark.
+    with the link still slow its hops sit near the effect, far above half the latency, and a busy machine's
+    spread around the baseline is no longer within a few milliseconds of that mark.
     """
-    return base + max(LINK_EFFECT_SHARE * latency_ms, (during - base) / 2)
+    return max(LINK_EFFECT_SHARE * latency_ms, effect / 2)
 
 
 def link_shown_back(n_after: int, median_after: float | None, n_fast: int, mark: float | None) -> bool:
@@ -122,7 +146,8 @@ def link_shown_back(n_after: int, median_after: float | None, n_fast: int, mark:
     hops at a 485 ms median before the fault, 1282 ms during it and 502 ms after its restore, not one under
     60 ms before or after, and "did not end at its restore" failed a rollback that worked (the same mesh passed
     on a quiet machine); on EKS, 19 round trips of a few ms each to postgres do the same. So
-    `LINK_EFFECT_MIN_HOPS` hops or more after it at a median under `mark` (`link_back_mark`) show it too.
+    `LINK_EFFECT_MIN_HOPS` hops or more after it (of kinds with a baseline) at a median excess over their kind's
+    baseline (`median_after`, `link_excess_ctes`) under `mark` (`link_back_mark`) show it too.
     `mark` None (no baseline or no effect measured): only a fast hop shows it.
     """
     if n_fast > 0:
@@ -1276,14 +1301,15 @@ class UserChecks(CheckBase):
 
         Every round trip across the link pays the added latency, so the zone's hops that wait on the link
         (`LINK_BOUND_SQL`) and lie wholly inside the fault must take, at the median, at least
-        `LINK_EFFECT_SHARE` of it more than the same hops in the `LINK_BASELINE_S` before it outside the impact
-        windows (inject to restore + measured recovery) of the faults that reach them (their median; none: 0):
-        the zone's own and the Region's (`_reaches_link`). A fault of another Local Zone does not: hub-and-spoke,
-        the zone's calls never go there. Outside every fault of the run, each window running maxRecoveryS (60 s)
-        past its restore, a link slowed by the third action of the first experiment was measured against the
-        warm-up alone, whose cold, probe-budgeted requests took twice as long (104 ms against 49 ms just before
-        it), and its 80 ms effect was "not shown". So the baseline begins no earlier than the run settled
-        (`RunData.settled`: the probe budget's decision; a run with none on record reads the stretch whole): a
+        `LINK_EFFECT_SHARE` of it more than the same kind of hop (`LINK_KIND_SQL`: upstream, served in the zone
+        or outside it) in the `LINK_BASELINE_S` before it outside the impact windows (inject to restore + measured
+        recovery) of the faults that reach them (each kind's median, `link_excess_ctes`; a kind with too few there
+        is left out): the zone's own and the Region's (`_reaches_link`). A fault of another Local Zone does not:
+        hub-and-spoke, the zone's calls never go there. Outside every fault of the run, each window running
+        maxRecoveryS (60 s) past its restore, a link slowed by the third action of the first experiment was
+        measured against the warm-up alone, whose cold, probe-budgeted requests took twice as long (104 ms against
+        49 ms just before it), and its 80 ms effect was "not shown". So the baseline begins no earlier than the run
+        settled (`RunData.settled`: the probe budget's decision; a run with none on record reads the stretch whole): a
         degradation that is the run's first fault was measured against that warm-up too, and whether it "took
         effect" depended on how cold and busy the machine was then (e2e's warm-up now gives it a settled
         baseline: `harness.e2e.link_baseline_need`).
@@ -1339,52 +1365,55 @@ class UserChecks(CheckBase):
         # only the hops of this fault's stretch of the run (see `_reaches`)
         first = since - self.longest["hops"] - 0.001
         bound = (
-            f"SELECT {LINK_POD_SQL} AS link_pod, ts, {HOP_END_SQL} AS te, duration_ms FROM hops WHERE caller_zone = ? "
-            f"AND ts >= {first!r} AND ts <= {float(last)!r} AND {LINK_BOUND_SQL}"
+            f"SELECT {LINK_POD_SQL} AS link_pod, ts, {HOP_END_SQL} AS te, duration_ms, {LINK_KIND_SQL} AS kind "
+            f"FROM hops WHERE caller_zone = '{sql_str(f.zone)}' AND ts >= {first!r} AND ts <= {float(last)!r} "
+            f"AND {LINK_BOUND_SQL}"
         )
+        ctes = link_excess_ctes(bound, outside)
         row = self.con.execute(
             f"""
-            WITH bound AS ({bound})
-            SELECT count(*) FILTER (WHERE {inside}), median(duration_ms) FILTER (WHERE {inside}),
-                   count(*) FILTER (WHERE {outside}), median(duration_ms) FILTER (WHERE {outside}),
-                   count(*) FILTER (WHERE {after}), median(duration_ms) FILTER (WHERE {after}),
+            WITH {ctes}
+            SELECT count(excess_ms) FILTER (WHERE {inside}), median(excess_ms) FILTER (WHERE {inside}),
+                   (SELECT coalesce(sum(n), 0) FROM kinds), (SELECT string_agg(kind || ' ' || round(base) || ' ms', ', '
+                                                             ORDER BY kind) FROM kinds),
+                   count(excess_ms) FILTER (WHERE {after}), median(excess_ms) FILTER (WHERE {after}),
                    count(*) FILTER (WHERE {after} AND duration_ms < ?)
-            FROM bound
+            FROM excess
             """,
-            [f.zone, applied, end, applied, end, after_lo, after_hi, after_lo, after_hi, after_lo, after_hi,
+            [applied, end, applied, end, after_lo, after_hi, after_lo, after_hi, after_lo, after_hi,
              float(f.latency_ms)],
         ).fetchone()  # fmt: skip
         assert row is not None
-        n, during, n_base, base = int(row[0]), row[1], int(row[2]), float(row[3] or 0.0)
+        n, during, n_base, kinds = int(row[0]), row[1], int(row[2]), str(row[3] or "")
         n_after, after_median, n_back = int(row[4]), row[5], int(row[6])
-        mark = base + LINK_EFFECT_SHARE * f.latency_ms
+        mark = LINK_EFFECT_SHARE * f.latency_ms
         against = (
-            f"against {base:.0f} ms before it outside the faults that reach the link ({n_base} hops): "
-            f"{LINK_EFFECT_SHARE:g} x the added "
-            f"{f.latency_ms:g} ms more is {mark:.0f} ms"
+            f"each against its own kind's median before it outside the faults that reach the link ({n_base} hops: "
+            f"{kinds}): {LINK_EFFECT_SHARE:g} x the added {f.latency_ms:g} ms is {mark:.0f} ms"
         )
         span = f"from {iso(applied)} to {iso(end)} (since {on.named})"
         if meets:
             span += f" outside the other faults that reach the link then ({', '.join(g.fault for g in meets)})"
-        if n < LINK_EFFECT_MIN_HOPS:
-            return (
-                f"{head} is not shown: {n} hops from {f.zone} that wait on the link lie wholly {span} (fewer than "
-                f"{LINK_EFFECT_MIN_HOPS}: the access log cannot show the added {f.latency_ms:g} ms; fault unverified)"
-            )
         if n_base < LINK_EFFECT_MIN_HOPS:
             # no baseline is not a baseline of 0 ms: against it any hop slower than half the latency "showed" it
             settled = "" if since == f.inject - LINK_BASELINE_S else f" since the run settled at {iso(since)}"
             return (
-                f"{head} is not shown: {n_base} hops from {f.zone} that wait on the link lie in the "
-                f"{LINK_BASELINE_S:g} s before it{settled} outside the faults that reach the link (fewer than "
-                f"{LINK_EFFECT_MIN_HOPS}: nothing to measure the added {f.latency_ms:g} ms against; fault unverified)"
+                f"{head} is not shown: no kind of hop from {f.zone} that waits on the link has "
+                f"{LINK_EFFECT_MIN_HOPS} in the {LINK_BASELINE_S:g} s before it{settled} outside the faults that "
+                f"reach the link: nothing to measure the added {f.latency_ms:g} ms against; fault unverified)"
+            )
+        if n < LINK_EFFECT_MIN_HOPS:
+            return (
+                f"{head} is not shown: {n} hops from {f.zone} that wait on the link, of a kind with a baseline "
+                f"({kinds}), lie wholly {span} (fewer than {LINK_EFFECT_MIN_HOPS}: the access log cannot show the "
+                f"added {f.latency_ms:g} ms; fault unverified)"
             )
         if float(during) < mark:
             return (
                 f"{head} did not take effect: the {n} hops from {f.zone} that wait on the link took a median of "
-                f"{float(during):.0f} ms {span}, {against} (fault unverified)"
+                f"{float(during):.0f} ms more than before {span}, {against} (fault unverified)"
             )
-        back_mark = link_back_mark(base, float(during), float(f.latency_ms))
+        back_mark = link_back_mark(float(during), float(f.latency_ms))
         if not link_shown_back(n_after, after_median, n_back, back_mark) and f.restore is not None:
             # not one hop up to the zone's next fault shows the link back (none faster than the latency, which none
             # can be while it is on): too few to judge a pod by (the next fault 1 s after the restore, or probes the
@@ -1397,9 +1426,9 @@ class UserChecks(CheckBase):
                     and self._impact_or_due(g) >= after_lo - self.longest["hops"] - 0.001]  # fmt: skip
             after = f"ts >= ? AND te <= ? AND NOT {spans_sql(None, busy, HOP_END_SQL)}"
             wide = self.con.execute(
-                f"WITH bound AS ({bound}) SELECT count(*), median(duration_ms), "
-                f"count(*) FILTER (WHERE duration_ms < ?) FROM bound WHERE {after}",
-                [f.zone, float(f.latency_ms), after_lo, after_hi],
+                f"WITH {ctes} SELECT count(excess_ms), median(excess_ms), "
+                f"count(*) FILTER (WHERE duration_ms < ?) FROM excess WHERE {after}",
+                [float(f.latency_ms), after_lo, after_hi],
             ).fetchone()
             assert wide is not None
             n_after, after_median, n_back = int(wide[0]), wide[1], int(wide[2])
@@ -1415,24 +1444,24 @@ class UserChecks(CheckBase):
                 return (
                     f"{head} did not end at its restore: not one of the {n_after} hops from {f.zone} that wait on the "
                     f"link from {iso(after_lo)} to {iso(after_hi)} outside the faults that reach the link took less "
-                    f"than the added {f.latency_ms:g} ms, nor was their median "
+                    f"than the added {f.latency_ms:g} ms, nor was their median excess over their kind's baseline "
                     f"{float(after_median or 0.0):.0f} ms under {back_mark:.0f} ms (half the effect measured during "
-                    f"it, {float(during):.0f} ms, over the {base:.0f} ms before it) (recovery unverified)"
+                    f"it, {float(during):.0f} ms, or {LINK_EFFECT_SHARE:g} x the latency) (recovery unverified)"
                 )
         # no pod can have LINK_EFFECT_MIN_HOPS after the restore where the zone has fewer
         stuck = ""
         if n_after >= LINK_EFFECT_MIN_HOPS:
-            stuck = self._link_still_on(f, bound, after, after_lo, after_hi, back_mark)
+            stuck = self._link_still_on(f, ctes, after, after_lo, after_hi, back_mark)
         if stuck:
             return (
                 f"{head} did not end at its restore: the {n_after} hops from {f.zone} that wait on the link "
-                f"took a median of {float(after_median or 0.0):.0f} ms from {iso(after_lo)} to {iso(after_hi)}, "
-                f"{against}; not one of {stuck} took less than the added {f.latency_ms:g} ms, at a median under "
-                f"{back_mark:.0f} ms (half the effect measured during it) (recovery unverified)"
+                f"took a median of {float(after_median or 0.0):.0f} ms more than before from {iso(after_lo)} to "
+                f"{iso(after_hi)}, {against}; not one of {stuck} took less than the added {f.latency_ms:g} ms, "
+                f"at a median under {back_mark:.0f} ms (half the effect measured during it) (recovery unverified)"
             )
         return ""
 
-    def _link_still_on(self, f: Fault, bound: str, after: str, lo: float, hi: float, mark: float) -> str:
+    def _link_still_on(self, f: Fault, ctes: str, after: str, lo: float, hi: float, mark: float) -> str:
         """The pods of `f`'s zone whose hops after the restore all paid the added latency ("" for none).
 
         While the latency is on, every round trip across the link pays it: a hop that waits on the link can take
@@ -1445,20 +1474,21 @@ class UserChecks(CheckBase):
         node's rules apart). Judged per pod, not behind the zone's median: with the latency left on one node
         of two, half the zone's hops were back and the zone's median sat near the mark. The pod is the one whose
         node's link a hop waits on (`LINK_POD_SQL`), not always its caller: public-api calls every product-api
-        pod of its zone, and it is the serving pod's query to postgres that crosses. `bound` and `after` are
-        `_link_not_slowed`'s: the zone's hops that wait on the link, and the stretch after the restore.
+        pod of its zone, and it is the serving pod's query to postgres that crosses. `ctes` and `after` are
+        `_link_not_slowed`'s: the zone's hops that wait on the link with their excess over their kind's baseline
+        (`link_excess_ctes`; the median is of that excess), and the stretch after the restore.
         """
         rows = self.con.execute(
             f"""
-            WITH bound AS ({bound})
-            SELECT link_pod, count(*), median(duration_ms) FROM bound WHERE {after}
+            WITH {ctes}
+            SELECT link_pod, count(excess_ms), median(excess_ms) FROM excess WHERE {after}
             GROUP BY link_pod
-            HAVING count(*) >= ? AND median(duration_ms) >= ? AND count(*) FILTER (WHERE duration_ms < ?) = 0
+            HAVING count(excess_ms) >= ? AND median(excess_ms) >= ? AND count(*) FILTER (WHERE duration_ms < ?) = 0
             ORDER BY link_pod
             """,
-            [f.zone, lo, hi, LINK_EFFECT_MIN_HOPS, float(mark), float(f.latency_ms or 0.0)],
+            [lo, hi, LINK_EFFECT_MIN_HOPS, float(mark), float(f.latency_ms or 0.0)],
         ).fetchall()
-        return ", ".join(f"{pod}'s {n} (median {float(med):.0f} ms)" for pod, n, med in rows)
+        return ", ".join(f"{pod}'s {n} (median {float(med):.0f} ms more)" for pod, n, med in rows)
 
     def _impact_or_due(self, g: Fault) -> float:
         """Where fault `g`'s effect on its zone ends: its impact window's end (restore + measured recovery), or
