@@ -49,25 +49,20 @@ def test_local_mesh_uses_the_rendered_consul_datacenter(default_manifests: Any) 
 
 
 class _Conn:
-    """A psycopg connection as `Database.query` uses it: a cursor that answers, and close()."""
+    """A driver connection as `Database` uses it: a statement that answers once all three callers hold one."""
 
-    closed = False
-    description = None  # the cursor's column list (`Database.select` reads it; `query` needs none here)
+    def __init__(self, together: Any, released: Any) -> None:
+        self.together = together
+        self.released = released
+        self.closed = False
 
-    def cursor(self) -> _Conn:
-        return self
+    def query(self, sql: str, args: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        self.together.wait()
+        self.released.set()  # all three are past their checkout: what follows is the return to the pool
+        return [""], [("",)]
 
-    def __enter__(self) -> _Conn:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def ping(self) -> None:
         return None
-
-    def execute(self, sql: str, params: tuple[Any, ...]) -> None:
-        return None
-
-    def fetchall(self) -> list[tuple[Any, ...]]:
-        return [("",)]
 
     def close(self) -> None:
         self.closed = True
@@ -79,29 +74,30 @@ def test_queries_finishing_together_keep_only_max_idle_connections() -> None:
     empty pool and all three stayed open (a clean-clone run of test_local_apps saw 3 where Go keeps 2). Here
     the three meet between the check and the put whenever the check lets them (a barrier that gives up after
     0.5 s when a lock keeps them apart), so the interleaving that broke it happens every time."""
-    import queue
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from harness.backends.local.apps.product_api import Database
 
     meet = threading.Barrier(3, timeout=0.5)
+    released = threading.Event()
 
-    class Pool(queue.LifoQueue[Any]):
-        def qsize(self) -> int:
-            n = super().qsize()
-            with contextlib.suppress(threading.BrokenBarrierError):
-                meet.wait()
+    class Free(list[Any]):
+        def __len__(self) -> int:
+            n = super().__len__()
+            if released.is_set():  # the returns meet here, not the checkouts
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    meet.wait()
             return n
 
-    db = Database("host=nowhere")
-    db._idle = Pool()  # type: ignore[assignment]
-    conns = [_Conn() for _ in range(3)]
+    together = threading.Barrier(3, timeout=5)  # three connections in use at once: none is reused
+    conns = [_Conn(together, released) for _ in range(3)]
     made = iter(conns)
-    db._new = lambda: next(made)  # type: ignore[method-assign]
+    db = Database("host=nowhere", connect=lambda: next(made))
+    db._free = Free()
     with ThreadPoolExecutor(3) as ex:
         assert list(ex.map(lambda _i: db.query(("SELECT 1", ())), range(3))) == [[[("",)]]] * 3
-    assert db._idle.qsize() == 2 and sum(c.closed for c in conns) == 1
+    assert db.stats().idle == 2 and sum(c.closed for c in conns) == 1
 
 
 # --------------------------------------------------------------------------- the Consul HTTP API emulation

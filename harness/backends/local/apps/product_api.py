@@ -33,11 +33,13 @@ coffees`` and then one ingredient query per coffee (1 + N statements, each
 its own pool checkout), and lib/pq v1.2.0 spends two round trips on each
 statement with arguments (Parse, then Bind/Execute) and one on each without,
 so a product-api across the service link from postgres pays what the real
-one pays (`execute_like_lib_pq`). The point of the harness is to see the
-product-api → postgres hop in the mesh: the database is reached
-through the Envoy sidecar and may fail over between Region pods, so
-connections are pooled, a failed pooled connection is discarded together with
-its idle siblings, and the query is retried once on a fresh connection.
+one pays (`execute_like_lib_pq`). The pool is the image's (`Database`): Go's
+database/sql with every default over lib/pq v1.2.0 (no cap on open
+connections, two kept idle for the pod's life, no connect timeout; a
+statement that meets a bad connection tried twice on a cached-or-new one,
+then on a new one), so the product-api → postgres hop shows in the mesh as
+it does on a cluster: the two idle connections leave no access-log line
+until they close, the ones beyond them one each when they are released.
 Like the real app (Go's database/sql without deadlines), a hung database
 makes requests wait; the sidecar's timeouts bound what users see.
 
@@ -48,14 +50,14 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg.adapt import Transformer
@@ -160,9 +162,15 @@ class ScanError(Exception):
 
 
 def _check(conn: psycopg.Connection[Any], res: psycopg.pq.abc.PGresult, want: psycopg.pq.ExecStatus) -> None:
-    """Raise as psycopg would for a failed result: OperationalError when the connection is gone."""
+    """Raise as psycopg would for a failed result, keeping what the server said (its severity: lib/pq's test).
+
+    A result that carries the server's error fields (a FATAL one among them: the server ends the session) is
+    that error; one without them is libpq's own account of a lost connection, an OperationalError.
+    """
     if res.status == want:
         return
+    if res.error_field(psycopg.pq.DiagnosticField.SEVERITY_NONLOCALIZED) is not None:
+        raise psycopg.errors.error_from_result(res)
     if conn.pgconn.status != psycopg.pq.ConnStatus.OK:
         message = conn.pgconn.get_error_message() or "connection lost"
         raise psycopg.OperationalError(message)
@@ -249,60 +257,220 @@ class Config:
         return cls(db, bind, metrics)
 
 
-class Database:
-    """A small postgres connection pool that heals after the database moves.
+class BadConn(Exception):
+    """Go's ``driver.ErrBadConn``: the driver says this connection is unusable; database/sql closes it and retries.
 
-    At most `size` connections exist; callers beyond that wait. At most
-    `max_idle` stay open between queries, the rest are closed when returned:
-    Go's `database/sql` default of 2, which the real image never changes
-    (shared/reference: no SetMaxIdleConns). Keeping all `size` idle, sixteen
-    product-api pods of the wide topology held up to 128 connections to a
-    postgres that allows 100 (its image's default) and 5 % of the users'
-    requests failed in a steady state with no fault ("sorry, too many clients
-    already"). Connections
-    are autocommit (read-only queries, no transaction left open on an
-    abandoned connection). A connection older than `max_lifetime_s` is closed
-    instead of reused (Go's `sql.DB.SetConnMaxLifetime`, as services commonly
-    set it): Envoy writes a TCP access-log line only when a connection closes,
-    so recycled connections keep the postgres hops visible during a run.
+    Its text is Go's (``driver: bad connection``), which is what the image's ``/health`` prints after ``error``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("driver: bad connection")
+
+
+class DBClosed(Exception):
+    """database/sql's ``errDBClosed``: a checkout after ``DB.Close`` (the pod is stopping)."""
+
+    def __init__(self) -> None:
+        super().__init__("sql: database is closed")
+
+
+_T = TypeVar("_T")
+
+
+class DriverConn(Protocol):
+    """One driver connection as database/sql sees it (``driver.Conn`` with ``Queryer`` and ``Pinger``)."""
+
+    def query(self, sql: str, args: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one statement; raise BadConn when the connection is unusable."""
+        ...
+
+    def ping(self) -> None:
+        """lib/pq's ``Ping``; raise BadConn on any failure."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection (database/sql's ``finalClose``)."""
+        ...
+
+
+# libpq's words for a read that met the peer's close: lib/pq reads io.EOF there, which it turns into ErrBadConn
+_EOF_TEXT = "server closed the connection unexpectedly"
+# libpq's words for a failed socket read or write: lib/pq's *net.OpError (the connection is marked bad, the error
+# itself is returned to the caller, not retried)
+_SOCKET_TEXT = ("could not send data to server", "could not receive data from server")
+
+
+def lib_pq_failure(exc: psycopg.Error) -> str:
+    """How lib/pq v1.2.0 (``conn.errRecover``) classifies the failure psycopg reports as `exc`.
+
+    ``"bad"``: an error the server sent with severity FATAL, or the connection closed under the read (io.EOF):
+    ErrBadConn, which database/sql answers by closing the connection and trying again. ``"broken"``: a socket
+    error (*net.OpError): the connection is marked bad, the error goes to the caller as it is, and the next use
+    of that connection is an ErrBadConn. ``"error"``: anything else (an SQL error): the connection stays good.
+    """
+    severity = exc.diag.severity_nonlocalized or exc.diag.severity
+    if severity == "FATAL":
+        return "bad"
+    text = str(exc)
+    if _EOF_TEXT in text:
+        return "bad"
+    if any(words in text for words in _SOCKET_TEXT) or isinstance(exc, psycopg.InterfaceError):
+        return "broken"
+    return "error"
+
+
+class PqConn:
+    """A lib/pq v1.2.0 connection over a psycopg one: its statements on the wire, its ``cn.bad`` bookkeeping."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.bad = False
+
+    @classmethod
+    def open(cls, dsn: str) -> PqConn:
+        """lib/pq's ``Open``: a dial and start-up; its failure is the error itself, never ErrBadConn.
+
+        No connect timeout beyond the DSN's (lib/pq has none; libpq's default for psycopg is 130 s, about the
+        OS's own SYN timeout that bounds lib/pq). prepare_threshold=None: psycopg would otherwise prepare a
+        statement run five times (the ping) and send it as Bind/Execute of a named statement, where lib/pq
+        sends the same simple Query every time.
+        """
+        return cls(psycopg.connect(dsn, autocommit=True, prepare_threshold=None))
+
+    def query(self, sql: str, args: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        if self.bad:  # lib/pq's conn.query: `if cn.bad { return nil, driver.ErrBadConn }`
+            raise BadConn()
+        try:
+            return execute_like_lib_pq(self.conn, sql, args)
+        except psycopg.Error as exc:
+            kind = lib_pq_failure(exc)
+            if kind != "error":
+                self.bad = True
+            if kind == "bad":
+                raise BadConn() from exc
+            raise
+
+    def ping(self) -> None:
+        try:  # lib/pq's Ping: its simple query, and any failure is ErrBadConn
+            execute_like_lib_pq(self.conn, _PING_SQL, ())
+        except psycopg.Error as exc:
+            self.bad = True
+            raise BadConn() from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+MAX_BAD_CONN_RETRIES = 2  # database/sql's maxBadConnRetries: tries on a cached-or-new connection, then a new one
+DEFAULT_MAX_IDLE_CONNS = 2  # database/sql's defaultMaxIdleConns (SetMaxIdleConns never called by the image)
+DB_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, BadConn, DBClosed)
+_DATA_ERRORS: tuple[type[Exception], ...] = (*DB_ERRORS, ScanError)  # what a data handler answers 500 for
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """database/sql's ``DBStats`` that matter here, plus how many connections were ever opened."""
+
+    open: int
+    idle: int
+    in_use: int
+    opened: int
+    max_idle_closed: int
+
+
+class Database:
+    """Go's ``database/sql`` pool as product-api v0.0.22 uses it: every default, nothing set.
+
+    The image (data/connection.go) opens one ``*sqlx.DB`` and never calls ``SetMaxOpenConns``,
+    ``SetMaxIdleConns``, ``SetConnMaxLifetime`` or ``SetConnMaxIdleTime``: the number of open connections is
+    unlimited (a statement that finds no idle connection opens one, it never waits), at most two stay idle
+    (a third released at once is closed: Envoy logs its TCP line then), and an idle one is kept for the life of
+    the pod (no lifetime, no idle time: Envoy logs nothing for it until it closes).
+
+    A connection the driver calls bad (``BadConn``: the server said FATAL, or the connection was closed under
+    the read) is closed, not returned; a statement that met one is tried again on a cached-or-new connection,
+    twice in all, then once on a new one (``DB.retry``), so after postgres moved two stale idle connections
+    cost one statement two failed tries and a fresh dial. A ping (``DB.PingContext``) retries only taking a
+    connection, not the ping: a stale idle connection fails one ``/health`` (``driver: bad connection``) and
+    is closed. Any other error goes back to the caller with the connection returned to the pool (lib/pq may
+    have marked it bad: its next use is then a BadConn).
+
+    `connect` opens one driver connection (lib/pq's ``Open``); tests give a fake.
     """
 
     def __init__(
-        self, dsn: str, size: int = 8, connect_timeout: int = 3, max_lifetime_s: float = 5.0, max_idle: int = 2
+        self,
+        dsn: str,
+        connect: Callable[[], DriverConn] | None = None,
+        max_idle: int = DEFAULT_MAX_IDLE_CONNS,
     ) -> None:
         self.dsn = dsn
+        self._connect: Callable[[], DriverConn] = connect if connect is not None else (lambda: PqConn.open(dsn))
         self.max_idle = max_idle
-        self.connect_timeout = connect_timeout
-        self.max_lifetime_s = max_lifetime_s
-        self._idle: queue.LifoQueue[tuple[psycopg.Connection[Any], float]] = queue.LifoQueue()
-        self._slots = threading.BoundedSemaphore(size)
-        # the size check and the put are one step: two queries finishing together each saw one idle connection
-        # and both kept theirs, three idle where Go keeps two (a clean-clone test run caught it)
-        self._keep = threading.Lock()
+        self._mu = threading.Lock()  # db.mu: the idle list and the counts change together
+        self._free: list[DriverConn] = []  # db.freeConn, the most recently returned last
+        self._open = 0
+        self._opened = 0
+        self._max_idle_closed = 0
+        self._closed = False
 
-    def _flush_idle(self) -> None:
-        while True:
-            try:
-                conn, _born = self._idle.get_nowait()
-            except queue.Empty:
-                return
+    def _conn(self, always_new: bool) -> DriverConn:
+        """``DB.conn``: the most recently returned idle connection (``cachedOrNewConn``), else a new one."""
+        with self._mu:
+            if self._closed:
+                raise DBClosed()
+            if not always_new and self._free:
+                return self._free.pop()
+            self._open += 1  # optimistically, as database/sql counts it
+        try:
+            conn = self._connect()
+        except BaseException:
+            with self._mu:
+                self._open -= 1
+            raise
+        with self._mu:
+            self._opened += 1
+        return conn
+
+    def _put(self, conn: DriverConn, err: BaseException | None) -> None:
+        """``DB.putConn``: a bad connection is closed; a good one is kept while fewer than `max_idle` idle."""
+        if not isinstance(err, BadConn):
+            with self._mu:
+                if not self._closed:
+                    if len(self._free) < self.max_idle:
+                        self._free.append(conn)
+                        return
+                    self._max_idle_closed += 1  # putConnDBLocked: no room (a closed DB counts nothing)
+        self._final_close(conn)
+
+    def _final_close(self, conn: DriverConn) -> None:
+        try:
             conn.close()
+        finally:
+            with self._mu:
+                self._open -= 1
 
-    def _idle_conn(self) -> tuple[psycopg.Connection[Any], float] | None:
-        """A pooled connection young enough to reuse (older ones are closed on the way)."""
-        while True:
+    def _use(self, conn: DriverConn, work: Callable[[DriverConn], _T]) -> _T:
+        try:
+            result = work(conn)
+        except BaseException as exc:
+            self._put(conn, exc)
+            raise
+        self._put(conn, None)
+        return result
+
+    def _retry(self, attempt: Callable[[bool], _T]) -> _T:
+        """``DB.retry``: `attempt(always_new)` on a cached-or-new connection while it meets BadConn, at most
+        MAX_BAD_CONN_RETRIES times, then once on a new connection."""
+        for _ in range(MAX_BAD_CONN_RETRIES):
             try:
-                conn, born = self._idle.get_nowait()
-            except queue.Empty:
-                return None
-            if time.monotonic() - born < self.max_lifetime_s:
-                return conn, born
-            conn.close()
+                return attempt(False)
+            except BadConn:
+                continue
+        return attempt(True)
 
-    def _new(self) -> psycopg.Connection[Any]:
-        # prepare_threshold=None: psycopg would otherwise prepare a statement run five times (the ping) and
-        # send it as Bind/Execute of a named statement, where lib/pq sends the same simple Query every time
-        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout, prepare_threshold=None)
+    def _run(self, sql: str, args: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        return self._retry(lambda always_new: self._use(self._conn(always_new), lambda c: c.query(sql, args)))
 
     def select(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         """One sqlx ``Select`` of the image: a pooled connection for this statement alone, rows by column name.
@@ -317,43 +485,27 @@ class Database:
     def query(self, *statements: tuple[str, tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
         """Run the statements (lib/pq's ``$n`` placeholders), each on its own checkout; one row list each.
 
-        Raises psycopg.Error when the database cannot answer even on a fresh
-        connection.
+        Raises psycopg.Error or BadConn when the database cannot answer even on a fresh connection.
         """
         return [self._run(sql, args)[1] for sql, args in statements]
 
-    def _run(self, sql: str, args: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        with self._slots:
-            for attempt in range(2):
-                pooled = self._idle_conn()
-                if pooled is not None:
-                    conn, born = pooled
-                    reused = True
-                else:
-                    conn = self._new()  # a failure here is not retried: nothing stale to blame
-                    born, reused = time.monotonic(), False
-                try:
-                    result = execute_like_lib_pq(conn, sql, args)
-                except (psycopg.OperationalError, psycopg.InterfaceError):
-                    conn.close()
-                    self._flush_idle()  # siblings went to the same (gone) server
-                    if reused and attempt == 0:
-                        continue
-                    raise
-                except BaseException:
-                    conn.close()
-                    raise
-                with self._keep:
-                    kept = self._idle.qsize() < self.max_idle
-                    if kept:
-                        self._idle.put((conn, born))
-                if not kept:
-                    conn.close()
-                return result
-        raise AssertionError("unreachable")  # the loop either returns or raises
+    def ping(self) -> None:
+        """``DB.Ping``: taking a connection is retried, the ping itself is not (a failed one raises BadConn)."""
+        self._use(self._retry(self._conn), lambda c: c.ping())
+
+    def stats(self) -> PoolStats:
+        """``DB.Stats``: open, idle and in-use connections now; how many were opened; how many the idle cap closed."""
+        with self._mu:
+            idle = len(self._free)
+            return PoolStats(self._open, idle, self._open - idle, self._opened, self._max_idle_closed)
 
     def close(self) -> None:
-        self._flush_idle()
+        """``DB.Close``: no new checkouts; the idle connections are closed (one in use is closed on release)."""
+        with self._mu:
+            self._closed = True
+            free, self._free = self._free, []
+        for conn in free:
+            self._final_close(conn)
 
 
 def _coffee(row: dict[str, Any], ingredients: list[dict[str, Any]]) -> dict[str, Any]:
@@ -398,13 +550,16 @@ class ProductApi:
 
     def ping(self) -> None:
         """``sqlx.Connect``: open a connection and ping it; it stays in the pool, as in database/sql. Raises."""
-        self.db.query((_PING_SQL, ()))
+        self.db.ping()
 
     def ready(self) -> str | None:
-        """``db.Ping()``: None when the database answers, else the error text."""
+        """``db.Ping()`` (``IsConnected``): None when the database answers, else the error text.
+
+        A ping on a stale idle connection is not retried (``DB.PingContext``): it is ``driver: bad connection``.
+        """
         try:
-            self.db.query((_PING_SQL, ()))
-        except psycopg.Error as exc:
+            self.db.ping()
+        except DB_ERRORS as exc:
             return str(exc).strip() or type(exc).__name__
         return None
 
@@ -425,8 +580,8 @@ class ProductApi:
                 return "other", Reply(405, b"")
             err = self.ready()
             word = "not ok" if path == "/health" else "ok"  # /health says "not ok" even when it is fine
-            if err is not None:
-                return "readyz", go_error(500, f"error {err}{word}")
+            if err is not None:  # handlers/health.go: WriteHeader(500), "error %s", then the word: no http.Error
+                return "readyz", Reply(500, f"error {err}{word}".encode(), _SNIFFED)
             return "readyz", Reply(200, word.encode(), _SNIFFED)
         coffee = _COFFEE_PATH.match(path)
         ingredients = _INGREDIENTS_PATH.match(path)
@@ -438,7 +593,7 @@ class ProductApi:
                     return "coffee", sniffed_json(self.coffees(int(coffee.group(1))))
                 if ingredients:
                     return "ingredients", sniffed_json(self.ingredients(int(ingredients.group(1))))
-            except (psycopg.Error, ScanError) as exc:
+            except _DATA_ERRORS as exc:
                 log(APP, "unable to get products from database", path=path, error=repr(str(exc).strip()))
                 what = "ingredients" if ingredients else "products"
                 return "error", go_error(500, f"Unable to list {what}")
