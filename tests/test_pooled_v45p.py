@@ -3,9 +3,9 @@
 The real product-api (Go database/sql over lib/pq, no max lifetime: reference hashicups-interfaces.md) opens its
 postgres connections in its DB wait, before it is ready, and holds them for the pod's life. Envoy's tcp_proxy
 logs a connection once, when it closes: on kind/EKS those calls leave no access-log line until the pod dies, and
-only the caller's upstream counters show them (one connection = one tcp_proxy "request"). The local stand-in
-recycles its connections every 5 s, so no local run shows this. `Scenario.pooled_tcp` models it; each finding
-below is a synthetic run with it, next to its control, and the broken variants must still fail.
+only the caller's upstream counters show them (one connection = one tcp_proxy "request"). Until l46p the local
+stand-in recycled its connections every 5 s (now it pools as the image does). `Scenario.pooled_tcp` models it;
+each finding below is a synthetic run with it, next to its control, and the broken variants must still fail.
 """
 
 from __future__ import annotations

@@ -180,8 +180,8 @@ def test_control_attempts_at_the_killed_pods_stale_address_pass(tmp_path: Path, 
 
 def test_control_a_pod_made_unready_may_still_call_out(tmp_path: Path) -> None:
     """A pod made unready keeps running: out of its Service's endpoints it receives nothing, but it may still
-    open connections of its own (product-api's database pool: the local stand-in recycles it every 5 s, a real
-    pool grows on demand). Its calls show nothing about whether the fault took effect; only serving does. The
+    open connections of its own (product-api's database pool grows on demand, the local stand-in's as the
+    image's). Its calls show nothing about whether the fault took effect; only serving does. The
     first version of the rule counted them, and a correct mesh whose product-api was made unready for 20 s
     failed coverage as "did not take effect"."""
     d = tmp_path / "run"

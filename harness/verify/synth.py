@@ -158,7 +158,7 @@ class Scenario:
     # downstream connection is one upstream "request": cx_total = rq_total, set at start-up, unchanged while it
     # serves; the open ones are its cx_active / rq_active gauges). A connection is dialled again only when its host is
     # gone, and the closed one is logged then, stamped with its start. False: one logged connection per query,
-    # as the local stand-in's 5 s recycling makes it look.
+    # as a pool that closes every connection on release makes it look.
     pooled_tcp: bool = False
     # the round trips across its zone's service link of one call to a Region-only upstream from an edge zone: the
     # product-api image's GetCoffees makes 1 + N queries (19 with the seed), each paying the link's latency (its

@@ -934,7 +934,7 @@ class UserChecks(CheckBase):
         closes, and the real product-api's postgres pool (Go database/sql, no max lifetime) holds the connections
         its DB wait opened for the pod's life: a replacement product-api's counters show them from its first
         snapshot on, with no line, in a correct mesh. So a TCP cluster's connections still open when read (the
-        rq_active gauge) owe no line; the closed ones do (the local stand-in's, recycled every 5 s). A run whose
+        rq_active gauge) owe no line; the closed ones do (those beyond the two idle, closed on release). A run whose
         snapshots have no gauge (older collectors) cannot tell an open connection from a lost line: all owe one.
         Where the open ones went is judged from the counters themselves (`_attempts`, `_pods_bypassing`).
 
