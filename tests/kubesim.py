@@ -284,7 +284,7 @@ import yaml
 from harness.backends.local.apps.nginx import build_servers, parse_conf
 from harness.backends.local.certs import CertAuthority, spiffe_id
 from harness.contract.clusters import ChainClusters, Ref, chain_clusters, parse_duration
-from harness.contract.scheduling import Taint, Term, Toleration
+from harness.contract.scheduling import Requirement, Taint, Term, Toleration
 from tests.kuberbac import RequestInfo, access_review_status, allowed, forbidden_message, request_info, review_info
 
 # -- small helpers ---------------------------------------------------------------
@@ -465,6 +465,7 @@ CORE_RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
 }
 
 DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
+MAX_NODE_SCORE = 100  # framework.MaxNodeScore: what each score plugin normalises to
 SELECTED_NODE = "volume.kubernetes.io/selected-node"
 STORAGE_PROVISIONER = "volume.kubernetes.io/storage-provisioner"
 CSI_MIGRATION = {"kubernetes.io/aws-ebs": "ebs.csi.aws.com", "kubernetes.io/gce-pd": "pd.csi.storage.gke.io"}
@@ -1228,6 +1229,9 @@ class ClusterSim:
         self.kind_node_image: str | None = None
         # equal-score ties (real: random, selectHost): these nodes win first, in this order; the rest by name
         self.sched_tie_order: list[str] = []
+        # pod uid -> the node the scheduler chose while its delayed claims are provisioned (PreBind): the
+        # scheduler cache's "assumed" pod, which later pods' scores count on that node, and where it is bound
+        self.sched_assumed: dict[str, str] = {}
         self.kind_network_next = 2  # the next address Docker hands out on the `kind` network (172.18.0.N)
         # the `kind` network has IPv6 too (KIND_V6_PREFIX + N beside 172.18.0.N): kind's default wherever Docker
         # can give a network IPv6; False: a host without (kind then creates it IPv4-only)
@@ -2627,9 +2631,13 @@ class ClusterSim:
                         {"status": {"conditions": [{**cond, "lastTransitionTime": k8s_time(now)}]}},
                     )
                 continue
-            node = min(fits, key=self._score_key(pod))
+            uid = str(pod["metadata"].get("uid"))
+            assumed = [n for n in fits if n["metadata"]["name"] == self.sched_assumed.get(uid)]
+            node = assumed[0] if assumed else min(fits, key=self._score_key(pod, fits))
             if self._select_node_for_claims(pod, node["metadata"]["name"]):
+                self.sched_assumed[uid] = str(node["metadata"]["name"])
                 continue  # bound once its delayed claims' volumes exist (PreBind)
+            self.sched_assumed.pop(uid, None)
             self.patch(
                 "v1",
                 "pods",
@@ -2645,28 +2653,104 @@ class ClusterSim:
             run = self._run_of(pod)
             run.bound_at = now
 
-    def _score_key(self, pod: Obj) -> Callable[[Obj], tuple[int, int, int, str]]:
-        """The order kube-scheduler's scores put fitting nodes in (best first), for `min`.
+    def _score_key(self, pod: Obj, fits: list[Obj]) -> Callable[[Obj], tuple[int, int, int, str]]:
+        """The order kube-scheduler's scores put the fitting nodes in (best first), for `min`.
 
-        Preferred node affinity (NodeAffinity's Score: the sum of the weights of the matching
-        preferredDuringScheduling terms, normalised to 0-100 and weighted 2 in the default profile) decides
-        first; the sim's stand-in for the resource and spreading scores (the fewest pods) next; a tie is the
-        random pick of selectHost, here `sched_tie_order`, then the node's name."""
+        Two of the default profile's score plugins, each normalised over the fitting nodes and weighted 2, summed:
+        NodeAffinity (the weights of the matching preferredDuringScheduling terms, times MaxNodeScore over the
+        best node's: DefaultNormalizeScore) and InterPodAffinity (`_inter_pod_scores`). Then the sim's stand-in
+        for the resource and spreading scores (the fewest pods); a tie is the random pick of selectHost, here
+        `sched_tie_order`, then the node's name."""
         preferred = (((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}).get(
             "preferredDuringSchedulingIgnoredDuringExecution"
         ) or []
-        load = collections.Counter((p.get("spec") or {}).get("nodeName") for p in self.items("v1", "pods"))
+        pods = [self._as_assumed(p) for p in self.items("v1", "pods")]
+        load = collections.Counter((p.get("spec") or {}).get("nodeName") for p in pods)
         order = {n: i for i, n in enumerate(self.sched_tie_order)}
+        node_weight = {
+            str(n["metadata"]["name"]): sum(
+                int(p.get("weight") or 0)
+                for p in preferred
+                if _term_matches(p.get("preference") or {}, str(n["metadata"]["name"]), labels_of(n))
+            )
+            for n in fits
+        }
+        best = max(node_weight.values(), default=0)
+        inter_pod = self._inter_pod_scores(pod, fits, pods)
 
         def key(node: Obj) -> tuple[int, int, int, str]:
             name = str(node["metadata"]["name"])
-            labels = labels_of(node)
-            weight = sum(
-                int(p.get("weight") or 0) for p in preferred if _term_matches(p.get("preference") or {}, name, labels)
-            )
-            return (-weight, load[name], order.get(name, len(order)), name)
+            affinity = MAX_NODE_SCORE * node_weight[name] // best if best else 0
+            return (-2 * (affinity + inter_pod[name]), load[name], order.get(name, len(order)), name)
 
         return key
+
+    def _as_assumed(self, pod: Obj) -> Obj:
+        """`pod` as the scheduler's cache counts it: on the node it was assumed on while PreBind waits."""
+        node = self.sched_assumed.get(str(pod["metadata"].get("uid")))
+        if node is None or (pod.get("spec") or {}).get("nodeName"):
+            return pod
+        return {**pod, "spec": {**(pod.get("spec") or {}), "nodeName": node}}
+
+    def _inter_pod_scores(self, pod: Obj, fits: list[Obj], pods: list[Obj]) -> dict[str, int]:
+        """InterPodAffinity's normalised score of each fitting node for `pod` (kubernetes
+        pkg/scheduler/framework/plugins/interpodaffinity/scoring.go): over the pods bound to any node, each
+        preferred podAffinity (+weight) / podAntiAffinity (-weight) term of `pod` that selects a bound pod, and
+        each such term of a bound pod that selects `pod` (and its required podAffinity terms, +1:
+        hardPodAffinityWeight), count for every node sharing the bound pod's node's value of the term's key.
+        Then (s - min) / (max - min) * 100 over the fitting nodes, truncated; 0 everywhere when nothing counted."""
+        node_labels = {str(n["metadata"]["name"]): labels_of(n) for n in self.items("v1", "nodes")}
+        namespace = str(pod["metadata"].get("namespace") or "default")
+        topo: dict[str, collections.Counter[str]] = {}
+
+        def terms(p: Obj, required: bool) -> list[tuple[Obj, int]]:
+            aff = (p.get("spec") or {}).get("affinity") or {}
+            out = []
+            for kind, sign in (("podAffinity", 1), ("podAntiAffinity", -1)):
+                for w in (aff.get(kind) or {}).get("preferredDuringSchedulingIgnoredDuringExecution") or []:
+                    out.append((w.get("podAffinityTerm") or {}, sign * int(w.get("weight") or 0)))
+            if required:  # an existing pod's required affinity, hardPodAffinityWeight 1
+                for t in (aff.get("podAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or []:
+                    out.append((t, 1))
+            return out
+
+        own_preferred = terms(pod, required=False)
+        for other in pods:
+            bound = (other.get("spec") or {}).get("nodeName")
+            if not bound or other is pod or other["metadata"].get("uid") == pod["metadata"].get("uid"):
+                continue
+            labels = node_labels.get(str(bound), {})
+            other_ns = str(other["metadata"].get("namespace") or "default")
+            pairs = [(t, w, namespace, other) for t, w in own_preferred]
+            pairs += [(t, w, other_ns, pod) for t, w in terms(other, required=True)]
+            for term, weight, owner_ns, target in pairs:
+                key = str(term.get("topologyKey") or "")
+                if key in labels and self._pod_term_selects(term, owner_ns, target):
+                    topo.setdefault(key, collections.Counter())[labels[key]] += weight
+        out = {str(n["metadata"]["name"]): 0 for n in fits}
+        if not topo:
+            return out
+        raw = {
+            str(n["metadata"]["name"]): sum(c[labels_of(n)[k]] for k, c in topo.items() if k in labels_of(n))
+            for n in fits
+        }
+        high, low = max(raw.values()), min(raw.values())
+        if high > low:
+            out = {name: int(MAX_NODE_SCORE * (s - low) / (high - low)) for name, s in raw.items()}
+        return out
+
+    def _pod_term_selects(self, term: Obj, owner_ns: str, target: Obj) -> bool:
+        """A PodAffinityTerm of a pod in `owner_ns` against `target`: its namespaces (or namespaceSelector over
+        the namespaces' labels, {} = every one; neither = the owner's) and its label selector."""
+        ns = str(target["metadata"].get("namespace") or "default")
+        ns_selector = term.get("namespaceSelector")
+        listed = [str(n) for n in term.get("namespaces") or []]
+        in_ns = ns in listed or (not listed and ns_selector is None and ns == owner_ns)
+        if ns_selector is not None and not in_ns:
+            ns_obj = self.get("v1", "namespaces", None, ns) or {"metadata": {"name": ns}}
+            in_ns = _selector_matches(ns_selector, labels_of(ns_obj))
+        sel = term.get("labelSelector")
+        return in_ns and sel is not None and _selector_matches(sel, labels_of(target))
 
     def _select_node_for_claims(self, pod: Obj, node: str) -> bool:
         """WaitForFirstConsumer: the scheduler writes the node it chose on each unbound claim of the pod (the
@@ -5021,6 +5105,13 @@ class ClusterSim:
             if (app is None or labels_of(p).get("app") == app)
             and (zone is None or labels_of(p).get("edge-harness.io/zone") == zone)
         ]
+
+
+def _selector_matches(selector: Obj, labels: dict[str, str]) -> bool:
+    """A metav1.LabelSelector (matchLabels and matchExpressions, ANDed; {} selects everything) against labels."""
+    if any(labels.get(str(k)) != str(v) for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    return all(Requirement.from_dict(e).matches(labels) for e in selector.get("matchExpressions") or [])
 
 
 def _term_matches(term: Obj, name: str, labels: dict[str, str]) -> bool:
