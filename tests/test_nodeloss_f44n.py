@@ -222,8 +222,9 @@ def test_the_az_node_loss_experiments_do_the_same_thing_whichever_way_ties_fall(
     assert not next(iter(outcomes["az-node-loss"])).startswith("refused")
     if az_nodes == 1:  # the primary's only node runs the control plane too: refused, every night alike
         assert outcomes["az-primary-loss"] == {"refused: control plane"}
-    # else: whether the primary shares its node with the server in a two-node AZ is the scheduler's (the
-    # primary is placed after Consul): stopped or refused, never the control plane (docs/CONTRACTS.md)
+    # else: postgres is placed by hand here (the AZ's first node); where the rendered rule puts it in a two-node
+    # AZ, away from the control plane, is tests/test_placement_p46a.py's: stopped or refused, never the control
+    # plane (docs/CONTRACTS.md)
 
 
 def test_kill_node_passes_over_the_control_planes_node_and_says_so(

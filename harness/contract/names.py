@@ -30,6 +30,15 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_SERVING = "edge-harness.io/serving"
 MANAGED_BY = "edge-harness"
 
+# The consul-k8s chart's control-plane pods, by the labels it gives them (charts/consul/templates/
+# server-statefulset.yaml, connect-inject-deployment.yaml: app={{ template "consul.name" . }}, i.e. "consul",
+# component=<these>): the server holds the catalog, the injector's endpoints controller deregisters a dead pod.
+# The chaos actions find them by these labels before a node fault (backends.kube.chaos.control_plane_of), and
+# the renderer keeps the Region-only workloads off their node by the same ones (render.hashicups).
+CONSUL_APP = "consul"
+CONTROL_PLANE_COMPONENTS = ("server", "connect-injector")
+LABEL_COMPONENT = "component"
+
 # consul-k8s pod annotations.
 ANN_INJECT = "consul.hashicorp.com/connect-inject"
 # Transparent proxy, per pod: "false" on every meshed pod. The chart's default (consul-k8s v1.9.11 values.yaml

@@ -43,7 +43,7 @@ from harness.contract import names
 from harness.render import database, naming
 from harness.render.kind import edge_taint
 from harness.render.naming import ConsulService, Workload
-from harness.topology.model import ENTRY_API_UPSTREAM, KNOWN_PORTS, Edition, Service, Topology
+from harness.topology.model import ENTRY_API_UPSTREAM, KNOWN_PORTS, Edition, Placement, Service, Topology
 
 NGINX_IMAGE = "nginx:1.27-alpine"
 NGINX_PORT = 80
@@ -248,6 +248,50 @@ def _pod_annotations(t: Topology, w: Workload, edition: Edition) -> dict[str, st
     return ann
 
 
+# Where a Region-only pod (postgres, its replica) shares a node with the Consul server or injector, a node fault
+# aimed at it (az-primary-loss: kill_node(service="postgres")) is refused (docs/CONTRACTS.md, "Node faults and the
+# control plane"). In an AZ of two or more nodes whether they share one was kube-scheduler's tie (selectHost picks
+# at random among equal scores): the same config refused one night and ran the next. The highest weight a
+# preferred term may have: InterPodAffinity's score (normalised to 0-100 over the feasible nodes, weighted 2 in the
+# default profile) outweighs what the resource scores differ by; the rendered spreading counts only the
+# Deployment's own pods (none yet for a single replica). Preferred, not required: in a one-node AZ the pod must
+# still run there.
+CONTROL_PLANE_AVOIDANCE = 100
+
+
+def away_from_control_plane() -> dict[str, Any]:
+    """A pod's podAntiAffinity: prefer a node that runs none of the Consul control-plane pods.
+
+    Selected by the chart's own labels (names.CONSUL_APP, names.CONTROL_PLANE_COMPONENTS), in every namespace
+    (`namespaceSelector: {}`; without it the term would look in the pod's own namespace only, and the chart's
+    pods are in the release's, or wherever an operator installed their own Consul). kube-scheduler counts
+    existing pods only, and the control plane is installed before HashiCups; a server rescheduled later meets
+    the same rule from the other side (InterPodAffinity also scores an existing pod's preferred terms against
+    the incoming pod).
+    """
+    return {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": CONTROL_PLANE_AVOIDANCE,
+                "podAffinityTerm": {
+                    "labelSelector": {
+                        "matchLabels": {names.LABEL_APP: names.CONSUL_APP},
+                        "matchExpressions": [
+                            {
+                                "key": names.LABEL_COMPONENT,
+                                "operator": "In",
+                                "values": list(names.CONTROL_PLANE_COMPONENTS),
+                            }
+                        ],
+                    },
+                    "namespaceSelector": {},
+                    "topologyKey": names.LABEL_HOSTNAME,
+                },
+            }
+        ]
+    }
+
+
 def deployment(t: Topology, w: Workload, cs: ConsulService, edition: Edition) -> dict[str, Any]:
     selector = {
         names.LABEL_APP: w.service.name,
@@ -267,6 +311,8 @@ def deployment(t: Topology, w: Workload, cs: ConsulService, edition: Edition) ->
             }
         },
     }
+    if w.service.placement is Placement.REGION:
+        pod_spec["affinity"]["podAntiAffinity"] = away_from_control_plane()
     if w.zone.is_edge:
         taint = edge_taint(w.zone)
         pod_spec["tolerations"] = [

@@ -33,6 +33,10 @@ single point of failure: with one node per AZ, az-node-loss never meets the
 control plane and az-primary-loss always does, and the chaos action refuses
 it (harness.chaos.actions.kill_node, docs/CONTRACTS.md "Node faults and the
 control plane") rather than judging a control-plane outage as a node loss.
+The injector prefers the server's node (`INJECTOR_WITH_SERVER`), and the
+Region-only workloads a node other than theirs
+(render.hashicups.away_from_control_plane): with two or more nodes in the
+primary's AZ, az-primary-loss then stops a node the control plane is not on.
 NodeAffinity's score is the matching weights normalised to the best node's
 (pkg/scheduler/framework/plugins/nodeaffinity NormalizeScore), so on kind the
 control-plane node (100) still beats a primary-AZ worker (50). The AZs are selected by
@@ -167,6 +171,32 @@ def _control_plane_affinity(t: Topology) -> dict[str, Any]:
     }
 
 
+# The injector prefers the server's node (weight: the highest): a node fault meets the control plane on one node,
+# not two. On EKS both prefer the primary's AZ; with two nodes there, the resource scores (LeastAllocated) sent
+# the second of them to the other node, and the primary, which keeps off both (render.hashicups.
+# away_from_control_plane), had no node left: az-primary-loss was refused however many nodes the AZ had.
+# InterPodAffinity scores this term for the injector and, from the other side, for a server placed after it.
+INJECTOR_WITH_SERVER = {
+    "podAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 100,
+                "podAffinityTerm": {
+                    "labelSelector": {
+                        "matchLabels": {
+                            "app": '{{ template "consul.name" . }}',
+                            "release": '"{{ .Release.Name }}"',
+                            "component": "server",
+                        }
+                    },
+                    "topologyKey": "kubernetes.io/hostname",
+                },
+            }
+        ]
+    }
+}
+
+
 def _yaml_string(value: dict[str, Any] | list[Any]) -> str:
     """The chart takes affinity/tolerations/nodeSelector as YAML text it `tpl`s into the pod spec."""
     text = yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
@@ -189,7 +219,7 @@ def render_helm_values(t: Topology, edition: Edition) -> dict[str, Any]:
         "enabled": True,  # also installs and reconciles the config-entry CRDs in this chart version
         "default": False,  # only pods annotated connect-inject=true join the mesh
         "transparentProxy": {"defaultEnabled": False},
-        "affinity": _yaml_string(_control_plane_affinity(t)),
+        "affinity": _yaml_string({**_control_plane_affinity(t), **INJECTOR_WITH_SERVER}),
         "tolerations": _yaml_string(CONTROL_PLANE_TOLERATIONS),
         "envoyExtraArgs": ENVOY_EXTRA_ARGS,
     }

@@ -15,6 +15,7 @@ from harness.backends.kube.api import (
     _labels,
     _meta,
 )
+from harness.contract import names
 from harness.contract.names import (
     LABEL_APP,
     LABEL_POD_ZONE,
@@ -40,11 +41,11 @@ from harness.errors import BackendError
 KILL_GRACE_S = 1
 
 
-# The chart's components a node fault must not take unnoticed (charts/consul/templates/server-statefulset.yaml,
-# connect-inject-deployment.yaml label their pods app=consul, component=<these>): the server holds the catalog
-# (consul-k8s v1.9.11 runs one with `server.replicas: 1`: no quorum survives its node), and the injector's
-# endpoints controller is what deregisters a dead pod's instance. The webhook-cert-manager is on no request's path.
-CONTROL_PLANE_COMPONENTS = ("server", "connect-injector")
+# The chart's components a node fault must not take unnoticed (names.CONTROL_PLANE_COMPONENTS: the chart labels
+# their pods app=consul, component=<these>): the server holds the catalog (consul-k8s v1.9.11 runs one with
+# `server.replicas: 1`: no quorum survives its node), and the injector's endpoints controller is what deregisters
+# a dead pod's instance. The webhook-cert-manager is on no request's path.
+CONTROL_PLANE_COMPONENTS = names.CONTROL_PLANE_COMPONENTS
 
 
 def control_plane_of(pods: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -56,8 +57,8 @@ def control_plane_of(pods: list[dict[str, Any]]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for p in pods:
         labels = _labels(p)
-        component = labels.get("component", "")
-        if labels.get(LABEL_APP) != "consul" or component not in CONTROL_PLANE_COMPONENTS:
+        component = labels.get(names.LABEL_COMPONENT, "")
+        if labels.get(LABEL_APP) != names.CONSUL_APP or component not in CONTROL_PLANE_COMPONENTS:
             continue
         meta = _meta(p)
         node = (p.get("spec") or {}).get("nodeName")

@@ -3,7 +3,8 @@
 The local backend runs *exactly* the objects kind would get, so this module
 parses Namespaces, ServiceAccounts, Services, ConfigMaps and Deployments into
 small typed specs, and places pods on nodes by nodeSelector, required node
-affinity and tolerations vs taints, as kube-scheduler does. Anything it does
+affinity and tolerations vs taints, then by topology spreading and preferred
+pod anti-affinity scored as kube-scheduler scores them. Anything it does
 not understand is an error naming the object and the field: silently ignoring
 a field would make the local run test something other than what was rendered.
 """
@@ -11,12 +12,13 @@ a field would make the local run test something other than what was rendered.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from harness.contract import names
-from harness.contract.scheduling import OPERATORS, Placement, Taint, registration_taints
+from harness.contract.scheduling import OPERATORS, Placement, Requirement, Taint, registration_taints
 from harness.errors import InputError
 
 ZONE_LABEL = names.LABEL_ZONE
@@ -28,6 +30,8 @@ INJECT = names.ANN_INJECT
 SERVICE_PORT = names.ANN_SERVICE_PORT
 CONNECT_SERVICE = names.ANN_SERVICE
 UPSTREAMS = names.ANN_UPSTREAMS
+MAX_NODE_SCORE = 100  # framework.MaxNodeScore: what each score plugin normalises to
+PLUGIN_WEIGHT = 2  # PodTopologySpread's and InterPodAffinity's weight in kube-scheduler's default profile
 
 
 @dataclass(frozen=True)
@@ -87,13 +91,43 @@ class SpreadConstraint:
         return all(labels.get(k) == v for k, v in self.match_labels)
 
 
+LABEL_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")  # metav1.LabelSelectorRequirement's
+
+
+@dataclass(frozen=True)
+class PodTerm:
+    """One `podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution` entry (a WeightedPodAffinityTerm).
+
+    Which pods it selects, as kube-scheduler reads a PodAffinityTerm (framework.AffinityTerm.Matches): the label
+    selector (matchLabels and matchExpressions, ANDed) over pods of `namespaces`, or of every namespace with
+    `namespaceSelector: {}`, or, with neither, of the namespace of the pod that carries the term.
+    """
+
+    weight: int
+    topology_key: str
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[Requirement, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = False
+
+    def selects(self, owner_namespace: str, namespace: str, labels: dict[str, str]) -> bool:
+        """Does the term of a pod in `owner_namespace` select a pod in `namespace` with `labels`?"""
+        if not self.all_namespaces and namespace not in (self.namespaces or (owner_namespace,)):
+            return False
+        return all(labels.get(k) == v for k, v in self.match_labels) and all(
+            r.matches(labels) for r in self.match_expressions
+        )
+
+
 @dataclass(frozen=True)
 class Placed:
-    """A pod that exists (or is being created) on a node, as the scheduler counts it."""
+    """A pod that exists (or is being created) on a node, as the scheduler counts it: with its own preferred
+    anti-affinity terms, which InterPodAffinity also scores against the pod being placed."""
 
     node: str
     namespace: str
     labels: dict[str, str]
+    anti_affinity: tuple[PodTerm, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +144,11 @@ class DeploymentSpec:
     grace_s: float
     where: str  # "Deployment ns/name" for messages
     spread: tuple[SpreadConstraint, ...] = ()
+    anti_affinity: tuple[PodTerm, ...] = ()  # podAntiAffinity's preferred terms
+
+    def placed_on(self, node: str) -> Placed:
+        """A pod of this Deployment on `node`, as the scheduler counts it for the next pods."""
+        return Placed(node, self.namespace, self.labels, self.anti_affinity)
 
     @property
     def meshed(self) -> bool:
@@ -164,11 +203,16 @@ class ClusterSpec:
         """The node a new pod of `dep` goes to, None if none fits (the pod stays Pending).
 
         As kube-scheduler: filter (fits, node up, DoNotSchedule spread
-        constraints), then prefer the node whose domains hold the fewest
-        matching pods (ScheduleAnyway constraints, summed), then the least
-        loaded node, then the name (kube-scheduler breaks ties at random; here
-        it is deterministic). `placed` must include pods still being created,
-        or replicas created together all see empty nodes and pile onto one.
+        constraints), then score what its default profile would for what the
+        rendered manifests use, each plugin normalised to 0-100 over the
+        fitting nodes and weighted 2 (PodTopologySpread: the ScheduleAnyway
+        constraints, `_spread_scores`; InterPodAffinity: preferred pod
+        anti-affinity, `_pod_affinity_scores`), highest sum first; then the
+        least loaded node (the stand-in for the resource scores and the
+        default spreading), then the name (kube-scheduler breaks ties at
+        random, pkg/scheduler/schedule_one.go selectHost; here it is
+        deterministic). `placed` must include pods still being created, or
+        replicas created together all see empty nodes and pile onto one.
         """
         down = down or set()
         placed = placed or []
@@ -177,34 +221,103 @@ class ClusterSpec:
         for p in placed:
             load[p.node] = load.get(p.node, 0) + 1
         labels_of = {n.name: n.labels for n in self.nodes}
-        scores: dict[str, int] = {n.name: 0 for n in fitting}
         for c in dep.spread:
-            # domains: nodes passing the pod's node affinity that carry the key (taints ignored)
-            domains = {
-                n.labels[c.topology_key] for n in self.nodes if c.topology_key in n.labels and dep.matches_affinity(n)
-            }
-            counts = dict.fromkeys(domains, 0)
-            for p in placed:
-                value = labels_of.get(p.node, {}).get(c.topology_key)
-                if value in counts and p.namespace == dep.namespace and c.matches(p.labels):
-                    counts[value] += 1
-            floor = min(counts.values(), default=0)
-            keep = []
-            for n in fitting:
-                value = n.labels.get(c.topology_key)
-                if value is None:
-                    if c.when_unsatisfiable == "DoNotSchedule":
-                        continue  # a node without the key is not a candidate for a hard constraint
-                    keep.append(n)
-                    continue
-                if c.when_unsatisfiable == "DoNotSchedule" and counts[value] + 1 - floor > c.max_skew:
-                    continue
-                scores[n.name] += counts[value]
-                keep.append(n)
-            fitting = keep
+            if c.when_unsatisfiable != "DoNotSchedule":
+                continue
+            counts, floor = self._domain_counts(dep, c, placed, labels_of)
+            fitting = [
+                n
+                for n in fitting
+                # a node without the key is not a candidate for a hard constraint
+                if c.topology_key in n.labels and counts[n.labels[c.topology_key]] + 1 - floor <= c.max_skew
+            ]
         if not fitting:
             return None
-        return min(fitting, key=lambda n: (scores[n.name], load.get(n.name, 0), n.name))
+        spread = self._spread_scores(dep, fitting, placed, labels_of)
+        pods = self._pod_affinity_scores(dep, fitting, placed, labels_of)
+        total = {n.name: PLUGIN_WEIGHT * (spread[n.name] + pods[n.name]) for n in fitting}
+        return min(fitting, key=lambda n: (-total[n.name], load.get(n.name, 0), n.name))
+
+    def _domain_counts(
+        self, dep: DeploymentSpec, c: SpreadConstraint, placed: list[Placed], labels_of: dict[str, dict[str, str]]
+    ) -> tuple[dict[str, int], int]:
+        """The constraint's domains (values of its key on nodes passing the pod's node affinity, taints ignored)
+        -> the matching pods of the pod's namespace in each; and the smallest count."""
+        domains = {
+            n.labels[c.topology_key] for n in self.nodes if c.topology_key in n.labels and dep.matches_affinity(n)
+        }
+        counts = dict.fromkeys(domains, 0)
+        for p in placed:
+            value = labels_of.get(p.node, {}).get(c.topology_key)
+            if value in counts and p.namespace == dep.namespace and c.matches(p.labels):
+                counts[value] += 1
+        return counts, min(counts.values(), default=0)
+
+    def _spread_scores(
+        self, dep: DeploymentSpec, fitting: list[Node], placed: list[Placed], labels_of: dict[str, dict[str, str]]
+    ) -> dict[str, int]:
+        """PodTopologySpread's normalised score (pkg/scheduler/framework/plugins/podtopologyspread/scoring.go).
+
+        Only ScheduleAnyway constraints score. A node's raw score: per constraint, the matching pods in its
+        domain times log(domains + 2) (for the hostname key, domains = the fitting nodes), plus maxSkew - 1,
+        summed and rounded. A node lacking a key scores 0; the rest MaxNodeScore * (max + min - s) / max
+        (integers), or MaxNodeScore each when max is 0. Without soft constraints every node scores 0 here.
+        """
+        soft = [c for c in dep.spread if c.when_unsatisfiable == "ScheduleAnyway"]
+        if not soft:
+            return {n.name: 0 for n in fitting}
+        scored = [n for n in fitting if all(c.topology_key in n.labels for c in soft)]
+        raw: dict[str, int] = {}
+        for n in scored:
+            score = 0.0
+            for c in soft:
+                if c.topology_key == HOSTNAME_LABEL:
+                    size = len(scored)
+                else:
+                    size = len({m.labels[c.topology_key] for m in scored})
+                counts, _floor = self._domain_counts(dep, c, placed, labels_of)
+                score += counts.get(n.labels[c.topology_key], 0) * math.log(size + 2) + (c.max_skew - 1)
+            raw[n.name] = round(score)
+        out = {n.name: 0 for n in fitting}
+        if raw:
+            high, low = max(raw.values()), min(raw.values())
+            for name, s in raw.items():
+                out[name] = MAX_NODE_SCORE if high == 0 else MAX_NODE_SCORE * (high + low - s) // high
+        return out
+
+    def _pod_affinity_scores(
+        self, dep: DeploymentSpec, fitting: list[Node], placed: list[Placed], labels_of: dict[str, dict[str, str]]
+    ) -> dict[str, int]:
+        """InterPodAffinity's normalised score for preferred pod anti-affinity
+        (pkg/scheduler/framework/plugins/interpodaffinity/scoring.go).
+
+        Existing pods only (`placed`, on any node): each term of the incoming pod that selects an existing pod,
+        and each term of an existing pod that selects the incoming one, takes its weight off every node sharing
+        the existing pod's node's value of the term's key. A node's raw score is the sum over the keys; the
+        fitting nodes' scores are then mapped to 0-100 by (s - min) / (max - min), truncated, and all score 0
+        when nothing counted or max == min: a term no node can escape changes nothing (one node in the zone).
+        """
+        topo: dict[str, dict[str, int]] = {}
+        for p in placed:
+            node_labels = labels_of.get(p.node, {})
+            terms = [(t, dep.namespace, p.namespace, p.labels) for t in dep.anti_affinity]
+            terms += [(t, p.namespace, dep.namespace, dep.labels) for t in p.anti_affinity]
+            for term, owner_ns, ns, labels in terms:
+                value = node_labels.get(term.topology_key)
+                if value is not None and term.selects(owner_ns, ns, labels):
+                    by_value = topo.setdefault(term.topology_key, {})
+                    by_value[value] = by_value.get(value, 0) - term.weight
+        out = {n.name: 0 for n in fitting}
+        if not topo:
+            return out
+        raw = {
+            n.name: sum(by_value.get(n.labels[key], 0) for key, by_value in topo.items() if key in n.labels)
+            for n in fitting
+        }
+        high, low = max(raw.values()), min(raw.values())
+        if high > low:
+            out = {name: int(MAX_NODE_SCORE * (s - low) / (high - low)) for name, s in raw.items()}
+        return out
 
 
 class _Fields:
@@ -357,6 +470,67 @@ def _spread(f: _Fields, raw: Any) -> tuple[SpreadConstraint, ...]:
     return tuple(out)
 
 
+_ANTI = "spec.template.spec.affinity.podAntiAffinity"
+
+
+def _anti_affinity(f: _Fields, raw: Any) -> tuple[PodTerm, ...]:
+    """Parse podAntiAffinity: its preferred terms, as the renderer writes them (render.hashicups).
+
+    Required terms (a filter), and a namespaceSelector other than {} (it needs the namespaces' labels) are
+    not implemented by the local scheduler, so they are refused rather than ignored.
+    """
+    anti = f.check_only(raw, _ANTI, {"preferredDuringSchedulingIgnoredDuringExecution"})
+    preferred = anti.get("preferredDuringSchedulingIgnoredDuringExecution")
+    if preferred is None:
+        return ()
+    base = f"{_ANTI}.preferredDuringSchedulingIgnoredDuringExecution"
+    if not isinstance(preferred, list):
+        raise f.fail(base, "expected a list")
+    out: list[PodTerm] = []
+    for i, item in enumerate(preferred):
+        path = f"{base}[{i}]"
+        item = f.check_only(item, path, {"weight", "podAffinityTerm"})
+        weight = item.get("weight")
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 100:
+            raise f.fail(f"{path}.weight", f"must be an integer in 1-100, got {weight!r}")
+        tp = f"{path}.podAffinityTerm"
+        term = f.check_only(
+            item.get("podAffinityTerm"), tp, {"labelSelector", "namespaceSelector", "namespaces", "topologyKey"}
+        )
+        key = term.get("topologyKey")
+        if not isinstance(key, str) or not key:
+            raise f.fail(f"{tp}.topologyKey", "required")
+        sel = f.check_only(term.get("labelSelector"), f"{tp}.labelSelector", {"matchLabels", "matchExpressions"})
+        match = {str(k): str(v) for k, v in (sel.get("matchLabels") or {}).items()}
+        expressions: list[Requirement] = []
+        for m, e in enumerate(sel.get("matchExpressions") or []):
+            ep = f"{tp}.labelSelector.matchExpressions[{m}]"
+            e = f.check_only(e, ep, {"key", "operator", "values"})
+            if e.get("operator") not in LABEL_SELECTOR_OPERATORS:
+                raise f.fail(f"{ep}.operator", f"{e.get('operator')!r} is not a label selector operator")
+            expressions.append(Requirement.from_dict(e))
+        if not match and not expressions:
+            # a null selector matches no pod: the term would steer nothing
+            raise f.fail(f"{tp}.labelSelector", "required (the pods to keep away from)")
+        ns_selector = term.get("namespaceSelector")
+        if ns_selector is not None and ns_selector != {}:
+            raise f.fail(f"{tp}.namespaceSelector", "only {} (every namespace) is supported by the local backend")
+        namespaces = term.get("namespaces") or []
+        if not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces):
+            raise f.fail(f"{tp}.namespaces", "expected a list of strings")
+        out.append(
+            PodTerm(
+                weight=weight,
+                topology_key=key,
+                match_labels=tuple(sorted(match.items())),
+                match_expressions=tuple(expressions),
+                namespaces=tuple(namespaces),
+                all_namespaces=ns_selector == {},
+            )
+        )
+    return tuple(out)
+
+
 def _command(f: _Fields, c: dict[str, Any], cp: str) -> tuple[str, ...]:
     """A container's command + args, refused where the image's stand-in would not run it.
 
@@ -456,7 +630,7 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
         for mp, vol in c.mounts.items():
             if vol not in volumes:
                 raise f.fail("spec.template.spec", f"container {c.name!r} mounts unknown volume {vol!r} at {mp}")
-    affinity = f.check_only(pspec.get("affinity"), "spec.template.spec.affinity", {"nodeAffinity"})
+    affinity = f.check_only(pspec.get("affinity"), "spec.template.spec.affinity", {"nodeAffinity", "podAntiAffinity"})
     na = f.check_only(
         affinity.get("nodeAffinity"),
         "spec.template.spec.affinity.nodeAffinity",
@@ -475,6 +649,7 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
                 if group == "matchFields" and e.get("key") != "metadata.name":
                     raise f.fail(f"{tp}.{group}[{m}].key", f"{e.get('key')!r}: only metadata.name is a node field")
     spread = _spread(f, pspec.get("topologySpreadConstraints"))
+    anti_affinity = _anti_affinity(f, affinity.get("podAntiAffinity"))
     for j, t in enumerate(pspec.get("tolerations") or []):
         f.check_only(t, f"spec.template.spec.tolerations[{j}]", {"key", "operator", "value", "effect"})
     annotations = {str(k): str(v) for k, v in (tmeta.get("annotations") or {}).items()}
@@ -501,6 +676,7 @@ def parse_deployment(obj: dict[str, Any], source: str) -> DeploymentSpec:
         grace_s=float(pspec.get("terminationGracePeriodSeconds", 30)),
         where=where,
         spread=spread,
+        anti_affinity=anti_affinity,
     )
 
 

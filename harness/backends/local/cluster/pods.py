@@ -47,7 +47,7 @@ class PodLifecycle(ClusterBase):
 
     def _placed(self) -> list[Placed]:
         """Pods the scheduler counts: live ones and those being created (call with the lock held)."""
-        live = [Placed(p.node.name, p.dep.namespace, p.dep.labels) for p in self.pods.values() if p.alive]
+        live = [p.dep.placed_on(p.node.name) for p in self.pods.values() if p.alive]
         return live + [r.placed for r in self.reserved.values()]
 
     def _create_pod(self, dep: DeploymentSpec, retry_in: float | None = None) -> Pod | None:
@@ -66,7 +66,7 @@ class PodLifecycle(ClusterBase):
                     self.pending[dep.where].append(time.time() + retry_in)
                 return None
             name = f"{dep.name}-{next(self.counter):05d}"
-            self.reserved[name] = Reservation(Placed(node.name, dep.namespace, dep.labels), dep, node.zone)
+            self.reserved[name] = Reservation(dep.placed_on(node.name), dep, node.zone)
         pod: Pod | None = None
         try:
             pod = self._start_pod(dep, node, name)
