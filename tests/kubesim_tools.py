@@ -209,6 +209,21 @@ def docker(args: list[str]) -> None:
         if os.environ.get("FAKE_DOCKER_DOWN"):
             print("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.", file=sys.stderr)
             sys.exit(1)
+        if "{{json .}}" in args:
+            # the fields `docker info` has (moby api/types/system.Info); Name is the daemon's host name
+            # (os.Hostname()), OperatingSystem "Docker Desktop" where Docker Desktop's VM runs it. The fake's daemon
+            # is another machine's unless a test says it is this one's (FAKE_DOCKER_NAME=<this hostname>).
+            info = {
+                "ServerVersion": "27.3.1",
+                "Name": os.environ.get("FAKE_DOCKER_NAME", "docker-host"),
+                "OperatingSystem": os.environ.get("FAKE_DOCKER_OS", "Ubuntu 24.04.1 LTS"),
+                "OSType": "linux",
+                "Architecture": "x86_64",
+                "NCPU": 4,
+                "MemTotal": 16 * 1024**3,
+            }
+            print(json.dumps(info))
+            return
         print("27.3.1")
         return
     _finish(_api("docker", {"args": args}))

@@ -84,9 +84,12 @@ Deployment, the previous way in, is bound to one pod and dies with it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -286,11 +289,14 @@ class KindBackend(KubeBackend):
         ready_timeout_s: float = 900.0,
         run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
         node_image: str | None = None,
+        host_proc: Path | str = "/proc",
     ) -> None:
         super().__init__(
             Path(workdir), manifests=manifests, progress=progress, ready_timeout_s=ready_timeout_s, run=run
         )
         self.cluster_name = cluster_name
+        self.host_proc = Path(host_proc)  # this machine's /proc: the Docker host's only where Docker runs here
+        self._inotify_read = False  # the Docker host's limits read before `kind create` (this machine's /proc)
         self.kubeconfig = Path(kubeconfig) if kubeconfig is not None else self.workdir / "kubeconfig"
         self.node_image_override = node_image or None  # the user's image: used as given (see `node_image`)
 
@@ -391,6 +397,8 @@ class KindBackend(KubeBackend):
         self._manifests = manifests
         exists = self.cluster_exists()
         image = None if exists else self.node_image(manifests)  # refused here: nothing created yet
+        if not exists:
+            self._check_inotify_before_create()  # refused here too: kind's own create may be what runs out
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "kind-config.yaml"
         config.write_text(yaml.safe_dump({**manifests.kind_config, "name": self.cluster_name}, sort_keys=False))
@@ -408,7 +416,8 @@ class KindBackend(KubeBackend):
             )  # fmt: skip
         self._save_state(manifests=str(Path(manifests.root).resolve()), cluster=self.cluster_name, entry={})
         self._warn_version()  # a user's image (or a reused cluster) outside the chart's range: said, and run
-        self._check_inotify()  # before the chart and the workloads: their pods are what too few would break
+        if not self._inotify_read:
+            self._check_inotify()  # before the chart and the workloads: their pods are what too few would break
         self._load_images(manifests)
         cluster = self.cluster
         namespaces = [o for o in manifests.objects if o["kind"] == "Namespace"]
@@ -432,6 +441,59 @@ class KindBackend(KubeBackend):
         self._save_state(entry=self._published_ports())
         self.start_recording()
 
+    def _docker_host_is_here(self) -> bool:
+        """Whether the Docker daemon's kernel is this machine's: Linux here, not Docker Desktop (a VM, on Linux
+        too), and the daemon's host name (`docker info` Name: the daemon's os.Hostname()) this machine's. Not so
+        for Docker Desktop, a DOCKER_HOST or context naming another machine, or this process in a container
+        with the host's socket mounted: there this machine's /proc says nothing about the nodes' kernel."""
+        if not sys.platform.startswith("linux"):
+            return False
+        proc = self._run("docker", "info", "--format", "{{json .}}", check=False, timeout=60)
+        try:
+            info = json.loads(proc.stdout or "")
+        except ValueError:
+            return False
+        if not isinstance(info, dict) or "docker desktop" in str(info.get("OperatingSystem", "")).lower():
+            return False
+        return bool(info.get("Name")) and str(info["Name"]) == socket.gethostname()
+
+    def _inotify_limits(self, values: Sequence[str]) -> None:
+        """Judge the Docker host's limits (`INOTIFY_NEEDS` order): too few instances raise, too few watches are said."""
+        have = dict(zip(INOTIFY_NEEDS, map(int, values), strict=True))
+        short = {k: v for k, v in have.items() if v < INOTIFY_NEEDS[k]}
+        said = ", ".join(f"{k} is {v} (kind asks {INOTIFY_NEEDS[k]})" for k, v in short.items())
+        if "fs.inotify.max_user_instances" in short:
+            raise BackendError(
+                f"{self._where}: on the Docker host {said}: too few for the cluster's pods, which fail with "
+                f'"too many open files" (kind known issues); run `{INOTIFY_FIX}` there, then up again'
+            )
+        if short:
+            self.progress(f'on the Docker host {said}: if pods fail with "too many open files", {INOTIFY_FIX}')
+
+    def _check_inotify_before_create(self) -> None:
+        """Where the Docker host is this machine, its inotify limits from this machine's /proc, before `kind create`.
+
+        Every node's systemd, containerd (one instance per container's cgroup events) and kubelet take instances
+        from the same per-user count on the host, so a host at Ubuntu's 128 can run out during `kind create`
+        itself: a kubelet that never gets healthy fails kubeadm's join, kind deletes what it made, and the one
+        line left names `kubeadm join`, not inotify; or the create succeeds and a half-started cluster is left
+        for the in-node read after it (`_check_inotify`) to refuse. Read here, nothing is created on such a host.
+        Elsewhere (Docker Desktop's VM, a remote daemon) this machine's values are not the nodes': the read in a
+        node after the create stays the check.
+        """
+        if not self._docker_host_is_here():
+            return
+        values: list[str] = []
+        for key in INOTIFY_NEEDS:
+            try:
+                values.append((self.host_proc / "sys" / key.replace(".", "/")).read_text().strip())
+            except OSError:
+                return  # not readable here: the read in a node after the create judges
+        if not all(v.isdigit() for v in values):
+            return
+        self._inotify_limits(values)
+        self._inotify_read = True
+
     def _check_inotify(self) -> None:
         """The Docker host's inotify limits as kind asks them (`INOTIFY_NEEDS`), read inside the control-plane node.
 
@@ -451,16 +513,7 @@ class KindBackend(KubeBackend):
             self.progress(f"inotify limits of the Docker host not read ({' '.join(values) or proc.returncode}): "
                           f"if pods fail with \"too many open files\", {INOTIFY_FIX}")  # fmt: skip
             return
-        have = dict(zip(INOTIFY_NEEDS, map(int, values), strict=True))
-        short = {k: v for k, v in have.items() if v < INOTIFY_NEEDS[k]}
-        said = ", ".join(f"{k} is {v} (kind asks {INOTIFY_NEEDS[k]})" for k, v in short.items())
-        if "fs.inotify.max_user_instances" in short:
-            raise BackendError(
-                f"{self._where}: on the Docker host {said}: too few for the cluster's pods, which fail with "
-                f'"too many open files" (kind known issues); run `{INOTIFY_FIX}` there, then up again'
-            )
-        if short:
-            self.progress(f'on the Docker host {said}: if pods fail with "too many open files", {INOTIFY_FIX}')
+        self._inotify_limits(values)
 
     def _load_images(self, manifests: Manifests) -> None:
         """Every image the cluster runs, pulled once into the host's Docker and loaded into the nodes.
