@@ -496,6 +496,7 @@ CHART_K8S_IMAGE = "hashicorp/consul-k8s-control-plane:1.9.11"
 # many nodes"; it asks for 512 (site/content/docs/user/known-issues.md). The fake takes fewer, for a cluster of
 # more than one node, to fail it (where exactly a real host runs out depends on what else it runs).
 KIND_INOTIFY_INSTANCES = 512
+LABEL_VALUE_MAX = 63  # apimachinery validation.LabelValueMaxLength
 # consul-k8s' transparent-proxy keys (connect-inject/constants): the pod annotation (also a namespace label), the
 # status annotation the webhook adds when it is on, and the inbound ports its redirection leaves alone
 TPROXY = "consul.hashicorp.com/transparent-proxy"
@@ -1423,6 +1424,11 @@ class ClusterSim:
                     f'{plural} "{name}" is forbidden: unable to create new content in namespace {ns} '
                     "because it is being terminated"
                 )
+        for v in (meta.get("labels") or {}).values():
+            # apimachinery ValidateLabels -> IsValidLabelValue: at most 63 characters (ValidateObjectMeta, every kind)
+            if len(str(v)) > LABEL_VALUE_MAX:
+                raise Invalid(f'{kind} "{name}" is invalid: metadata.labels: Invalid value: "{v}": must be no more '
+                              f"than {LABEL_VALUE_MAX} characters")  # fmt: skip
         key = (api_version, plural, ns, name)
         if key in self.objects:
             group = api_version.split("/")[0] if "/" in api_version else ""
@@ -4421,6 +4427,17 @@ class ClusterSim:
             suffix = "" if counts[role] == 1 else str(counts[role])
             node_name = f"{name}-{role}{suffix}"
             labels = {str(k): str(v) for k, v in (n.get("labels") or {}).items()}
+            if any(len(v) > LABEL_VALUE_MAX for v in labels.values()):
+                # kind passes a node's labels to its kubelet (--node-labels); the API server refuses the Node the
+                # kubelet registers (metadata.labels: must be no more than 63 characters), kubeadm join waits for
+                # it in vain, and kind fails the create naming the join, deleting the nodes it made (no --retain)
+                await self.kind_delete()
+                return {
+                    "rc": 1,
+                    "stderr": f"ERROR: failed to create cluster: failed to join node with kubeadm: command "
+                    f'"docker exec --privileged {node_name} kubeadm join --config /kind/kubeadm.conf '
+                    '--skip-phases=preflight --v=6" failed with error: exit status 1',
+                }
             taints: list[dict[str, str]] = []
             if role == "control-plane":
                 labels["node-role.kubernetes.io/control-plane"] = ""

@@ -6,12 +6,18 @@ Each test names the real behaviour it follows; the fake tools (tests.kubesim_too
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from harness.errors import BackendError
+from harness.errors import BackendError, InputError
+from harness.render import render, write
+from harness.render.manifests import load
+from harness.topology.model import load_topology
+from tests.conftest import REPO
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_kind import INOTIFY_PATHS, Tools, kind_backend
@@ -123,3 +129,73 @@ def test_a_docker_host_that_is_not_this_machine_is_judged_in_a_node_not_by_this_
     finally:
         backend.close()
     assert ["docker", "exec", "edge-control-plane", "cat", *INOTIFY_PATHS] in tools.calls()
+
+
+# -- names Kubernetes refuses -------------------------------------------------------------------------------------
+
+LONG_ZONE = "us-west-2-lax-1a-" + "x" * 47  # 64 characters: one more than a label value takes
+
+
+def _topology_with(tmp_path: Path, **zone: str) -> Path:
+    """The shipped topology with its first Local Zone's fields replaced by `zone` (camelCase keys)."""
+    data = yaml.safe_load((REPO / "fixtures" / "topology.yaml").read_text())
+    lz = next(z for z in data["zones"] if z["type"] == "local-zone")
+    lz.update(zone)
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_the_fakes_refuse_a_label_value_kubernetes_refuses(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
+    """The fakes as the real ones: the API server refuses a label value over 63 characters (apimachinery
+    IsValidLabelValue, in ValidateObjectMeta), and `kind create` of a node labelled so fails (its kubelet's Node
+    is refused; kubeadm join fails, and kind's line names the join), leaving no nodes (kind deletes them)."""
+    api.sim.ensure_namespace("default")
+    with pytest.raises(Exception, match="must be no more than 63 characters"):
+        api.sim.create("v1", "configmaps", "default", {"metadata": {"name": "x", "labels": {"zone": LONG_ZONE}}})
+    api.sim.create("v1", "configmaps", "default", {"metadata": {"name": "x", "labels": {"zone": LONG_ZONE[:63]}}})
+    config = tmp_path / "kind.yaml"
+    nodes = [{"role": "control-plane"}, {"role": "worker", "labels": {"topology.kubernetes.io/zone": LONG_ZONE}}]
+    config.write_text(yaml.safe_dump({"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4", "nodes": nodes}))
+    proc = subprocess.run(["kind", "create", "cluster", "--name", "edge", "--config", str(config)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 1 and "failed to join node with kubeadm" in proc.stderr, proc.stderr
+    assert not api.sim.nodes and api.sim.kind_cluster is None
+
+
+def test_a_zone_name_longer_than_a_label_value_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    """A zone's name is its nodes' topology.kubernetes.io/zone label and its pods' zone label: a 64-character one
+    rendered without a word, and `kind create` then failed naming `kubeadm join` (or the API server refused the
+    first labelled object mid-apply on EKS/local). Now the topology is refused: file, field, the limit."""
+    path = _topology_with(tmp_path, name=LONG_ZONE, shortName="lax-1a")
+    proc = subprocess.run([sys.executable, "-m", "harness", "render", "--topology", str(path), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, check=False, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "zones[2].name" in lines[0] and "63" in lines[0], lines
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_short_name_that_makes_a_service_name_too_long_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    """A zone's short name ends its copies' names (`<service>-<short>`: a Service's name, a label value, a Consul
+    service name); one that makes the longest over 63 characters is refused at the topology."""
+    with pytest.raises(InputError) as err:
+        load_topology(_topology_with(tmp_path, shortName="lax-" + "y" * 50))
+    assert "zones[2].shortName" in str(err.value) and "63" in str(err.value), str(err.value)
+
+
+def test_names_at_the_limit_render_and_kind_creates_their_nodes(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """Control: a 63-character zone name with a short name that keeps the services' names within 63 loads,
+    renders, and kind creates a node labelled with it."""
+    t = load_topology(_topology_with(tmp_path, name=LONG_ZONE[:63], shortName="lax-1a"))
+    out = tmp_path / "out"
+    write(render(t), out)
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        backend.up(load(out))
+        zones = {n.zone for n in backend.cluster.node_infos()}
+    finally:
+        backend.close()
+    assert LONG_ZONE[:63] in zones

@@ -248,6 +248,41 @@ class _CrossFieldError(ValueError):
         self.field = field
 
 
+# Kubernetes takes a label value (and a Service's or a namespace's name, a DNS label) of at most 63 characters
+# (apimachinery IsValidLabelValue, IsDNS1035Label/IsDNS1123Label). A longer one is refused by the API server
+# mid-apply, and in a kind node's labels by the API server when the kubelet registers the node: `kind create`
+# fails with a line naming `kubeadm join`, not the topology.
+K8S_LABEL_MAX = 63
+
+
+def _check_kubernetes_names(t: Topology) -> None:
+    """The topology's values that become label values or DNS-label names fit Kubernetes' 63 characters.
+
+    The region and each zone's name are node labels (topology.kubernetes.io/region, /zone, as on every cloud)
+    and pod labels; a zone's short name ends the names of its copies of the services: in CE, `<service>-<short>`
+    (contract.names.consul_name: a Service's name, a label value, a Consul service name), and in the Region the
+    AZ's Deployments take the same suffix.
+    """
+    if len(t.region) > K8S_LABEL_MAX:
+        raise _CrossFieldError("region", f"{len(t.region)} characters: the nodes' topology.kubernetes.io/region label "
+                               f"takes at most {K8S_LABEL_MAX}")  # fmt: skip
+    longest = max(t.services, key=lambda s: len(s.name), default=None)
+    for i, z in enumerate(t.zones):
+        if len(z.name) > K8S_LABEL_MAX:
+            raise _CrossFieldError(
+                f"zones[{i}].name",
+                f"{len(z.name)} characters: the nodes' topology.kubernetes.io/zone label takes at most {K8S_LABEL_MAX}",
+            )
+        short = t.short(z)
+        if longest is not None and len(longest.name) + 1 + len(short) > K8S_LABEL_MAX:
+            name = f"{longest.name}-{short}"
+            raise _CrossFieldError(
+                f"zones[{i}].shortName" if z.short_name else f"zones[{i}].name",
+                f"the zone's short name {short!r} makes {name!r}, {len(name)} characters: a Kubernetes Service name "
+                f"and label value take at most {K8S_LABEL_MAX} (set a shorter zones[{i}].shortName)",
+            )
+
+
 def _check_cross_fields(t: Topology) -> None:
     seen: dict[str, int] = {}
     for i, z in enumerate(t.zones):
@@ -292,6 +327,7 @@ def _check_cross_fields(t: Topology) -> None:
             )
         if s.port is None and s.name not in KNOWN_PORTS:
             raise _CrossFieldError(f"services[{i}].port", f"required for {s.name!r}")
+    _check_kubernetes_names(t)
     entry = names.get(ENTRY_SERVICE)
     if entry is None:
         raise _CrossFieldError(
