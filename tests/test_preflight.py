@@ -25,10 +25,11 @@ from harness.backends.local.cluster import validate
 from harness.backends.local.consul_api import (
     ConsulApiServer,
     Instance,
+    _ref,
     go_duration,
     intention_allowed,
 )
-from harness.backends.local.mesh import MeshConfig, ServiceRef
+from harness.backends.local.mesh import MeshConfig
 from harness.errors import BackendError
 from harness.preflight import PreflightFailed, gate, run_preflight, write_preflight
 from harness.render import render, write
@@ -137,10 +138,16 @@ class FakeBackend:
         return out
 
     def probe_edge(self, source: str, destination: str) -> EdgeProbe:
-        """Refused exactly when the compiled intentions deny it (what the sidecar's RBAC would do)."""
+        """Refused exactly when the compiled intentions deny it (what the sidecar's RBAC would do).
+
+        Names as preflight passes them, read as the local backend's `refused_probe` reads them: in Enterprise
+        ``namespace/name``. Taken as a bare name in the default namespace, no intention matched and every call of
+        an Enterprise mesh went through: its refused-probe failed, waited out preflight's whole settle bound.
+        """
         if not self.probe_possible:
             return Backend.probe_edge(self, source, destination)  # type: ignore[arg-type]
-        allowed = intention_allowed(self.view.mesh, ServiceRef(source), ServiceRef(destination))
+        mesh = self.view.mesh
+        allowed = intention_allowed(mesh, _ref(mesh, source, None), _ref(mesh, destination, None))
         return EdgeProbe(True, not allowed, f"{source} -> {destination}: {'200' if allowed else '403'}")
 
 
@@ -390,6 +397,32 @@ def test_enterprise_edition_preflight(rendered: Path, tmp_path: Path, setup: Any
     assert not _failed(res).get("discovery-chain"), _failed(res).get("discovery-chain")
     assert not _failed(res).get("intentions"), [c.message for c in _failed(res).get("intentions", [])]
     assert not _failed(res).get("instances-passing")
+    # the calls, made as each namespace's service: the undeclared ones refused, the declared ones through
+    probes = [c for c in res.checks if c.check == "refused-probe"]
+    assert probes and not _failed(res).get("refused-probe"), [c.message for c in _failed(res).get("refused-probe", [])]
+    assert {c.detail["refused"] for c in probes} == {True, False}, probes
+
+
+def test_enterprise_edition_preflight_catches_an_intention_that_lets_an_undeclared_call_through(
+    tmp_path: Path, setup: Any
+) -> None:
+    """Control of the Enterprise probe: its names carry the namespace, and an allowing intention is found."""
+    ent = tmp_path / "enterprise"
+    write(render(load_topology(), Edition.ENTERPRISE), ent)
+
+    def allow(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for d in docs:
+            if d["kind"] == "ServiceIntentions" and d["spec"]["destination"] == {
+                "name": "product-api",
+                "namespace": "hashicups-lax-1a",
+            }:
+                d["spec"]["sources"].insert(0, {"name": "frontend", "namespace": "hashicups-lax-1a", "action": "allow"})
+        return docs
+
+    _edit(ent / "consul" / "40-service-intentions.yaml", allow)
+    res = run_preflight(setup(root=ent), settle_s=0)
+    bad = [c.subject for c in _failed(res).get("refused-probe", [])]
+    assert bad == ["hashicups-lax-1a/frontend -> hashicups-lax-1a/product-api"], bad
 
 
 def test_unknown_service_in_chain_target(setup: Any) -> None:
