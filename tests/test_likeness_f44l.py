@@ -387,7 +387,12 @@ def _kubesim(dead: set[str]) -> Any:
 
     sim = _sim(dead, {"api": ["a", "b", "c"], "front": ["f"]})
     web = sim.consul.entries[("ServiceDefaults", "web")]["upstreamConfig"]["defaults"]
-    web["connectTimeoutMs"] = 10  # the dead hosts' connect timeouts, short
+    web["connectTimeoutMs"] = 10
+    # the dead hosts' connect timeouts, short: f's sidecar makes those attempts, so f's own ServiceDefaults (only
+    # web's was short, and f, of no service, had Consul's 5 s default: 15 s of real waiting for three dead hosts)
+    f = next(p for p in sim._instances("front") if p["metadata"]["name"] == "f")
+    f["metadata"]["annotations"]["consul.hashicorp.com/connect-service"] = "front"
+    sim.consul.entries[("ServiceDefaults", "front")] = {"upstreamConfig": {"defaults": {"connectTimeoutMs": 10}}}
     sim.pods["uid-web-1"] = PodRun("uid-web-1", "n", "web-1", current=Container(1, "10.0.1.1", 0.0))
     sim.pods["uid-f"] = PodRun("uid-f", "n", "f", current=Container(1, "10.0.1.2", 0.0))
     sim._upstreams = lambda pod: {"9090": "api"}  # f is public-api: product-api is its upstream
