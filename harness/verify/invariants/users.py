@@ -16,7 +16,7 @@ from harness.contract.rundir import (
     REQUESTS_FILE,
 )
 from harness.contract.settled import LINK_BASELINE_HOPS
-from harness.observe.hops import cluster_service_sql, host_ip_sql
+from harness.observe.hops import host_ip_sql
 from harness.topology import ENTRY_API_UPSTREAM, Topology
 from harness.verify import expected
 from harness.verify.invariants.base import KEEPS_RUNNING, CheckBase
@@ -930,13 +930,18 @@ class UserChecks(CheckBase):
         upstream on every request (`_served_but_silent`'s reading). A pod alive at the end of the run has no
         such excuse: its buffer is flushed before the logs are read.
 
-        An HTTP request is logged when it ends; a TCP upstream's connection (one tcp_proxy "request") when it
-        closes, and the real product-api's postgres pool (Go database/sql, no max lifetime) holds the connections
-        its DB wait opened for the pod's life: a replacement product-api's counters show them from its first
-        snapshot on, with no line, in a correct mesh. So a TCP cluster's connections still open when read (the
-        rq_active gauge) owe no line; the closed ones do (those beyond the two idle, closed on release). A run whose
-        snapshots have no gauge (older collectors) cannot tell an open connection from a lost line: all owe one.
-        Where the open ones went is judged from the counters themselves (`_attempts`, `_pods_bypassing`).
+        Envoy writes an access-log line when the stream ends: an HTTP request when it completes, a TCP upstream's
+        connection (one tcp_proxy "request") when it closes. rq_total counts a request when it starts, so every
+        request still under way when the counters are read (the rq_active gauge at that read) is counted and not
+        logged yet, in a correct mesh: the real product-api's postgres pool (Go database/sql, no max lifetime)
+        holds the connections its DB wait opened for the pod's life (a replacement product-api's counters show
+        them from its first snapshot on, with no line), and an HTTP call hung on a partitioned upstream is counted
+        for seconds before it ends. So exactly the requests in flight at each read owe no line yet, on any
+        cluster; the ended ones do (a pooled connection beyond the two idle ones, closed on release; an HTTP
+        request that completed). An HTTP cluster's excuse was once TCP-only: a read that landed while a pod's
+        first calls were under way failed a correct mesh as unverified. A run whose snapshots have no gauge
+        (older collectors) cannot tell an open request from a lost line: all owe one. Where the open ones went
+        is judged from the counters themselves (`_attempts`, `_pods_bypassing`).
 
         A pod a node fault killed died when `_died_at` says (`_node_kills`), not at the inject record: the
         timeline records the inject before the primitive runs, and a `docker stop` or a drain takes seconds while
@@ -945,21 +950,16 @@ class UserChecks(CheckBase):
         one whose counters grew after the primitive had returned (it was not dead then) was excused as well.
         """
         http = self._http_callers()
-        tcp = [s.name for s in self.t.services if s.protocol == "tcp"]
         kills = self._node_kills
         rows = self.con.execute(
             f"""
             WITH per_pod AS (
                 SELECT st.pod, st.label, min(st.ts) AS ts,
-                       -- a TCP upstream's connection is logged when it closes, and a pooled one (product-api's
-                       -- postgres pool, opened in its DB wait) stays open while the pod lives: the ones open when
-                       -- read (rq_active) owe no line yet. The upstream is the cluster's (its SNI), not the current
-                       -- holder of a host's reused address
-                       sum(coalesce(st.rq_total, 0) - CASE
-                           WHEN list_contains(?, coalesce(cn.service, st.host_service, ''))
-                           THEN coalesce(st.rq_active, 0) ELSE 0 END) AS rq
+                       -- a request is logged when its stream ends (an HTTP request completes, a TCP connection
+                       -- closes: product-api's pooled postgres ones stay open while the pod lives): the ones under
+                       -- way when read (rq_active, at that read) owe no line yet
+                       sum(coalesce(st.rq_total, 0) - coalesce(st.rq_active, 0)) AS rq
                 FROM upstream_stats st
-                LEFT JOIN consul_names cn ON cn.consul_service = {cluster_service_sql("st.cluster")}
                 GROUP BY st.pod, st.label),
                  base AS (SELECT pod, coalesce(max(rq) FILTER (WHERE label = 'start'), 0) AS rq0 FROM per_pod
                           GROUP BY pod),
@@ -990,7 +990,7 @@ class UserChecks(CheckBase):
                                              WHERE caller_pod IS NOT NULL)
             ORDER BY g.pod
             """,
-            [tcp, ACCESS_LOG_FLUSH_S, http, ACCESS_LOG_FLUSH_S],
+            [ACCESS_LOG_FLUSH_S, http, ACCESS_LOG_FLUSH_S],
         ).fetchall()
         return [(str(p), int(n), bool(u)) for p, n, u in rows]
 
