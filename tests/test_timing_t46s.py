@@ -4,12 +4,19 @@ machine's speed, each next to its control (task t46s)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from harness.preflight import run_preflight
+from harness.testing import ManualClock
 from harness.verify import COVERAGE
 from harness.verify.synth import Scenario, write_run
+from tests.test_preflight import _failed, frontend_may_call_product_api, rendered, setup
+from tests.test_timing_t45f import _Pushed
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import LAX, failed
 from tests.verdicts import rebuilt, rows, verify, write_rows
+
+__all__ = ["rendered", "setup"]  # the fixtures test_preflight defines, used here
 
 COUNTED = "sent requests by their own counters but have no access-log line"
 TWO_PUBLIC_APIS = _with_replicas("public-api", 2)
@@ -78,3 +85,64 @@ def test_an_idle_replica_with_no_counters_passes(tmp_path: Path) -> None:
     _in_flight_at_end(d, pod, total=0, active=0)
     v = verify(d)
     assert v.passed, why(v)
+
+
+# -- 3. preflight: one deadline for "has the control plane settled?" --------------------------------------------------
+def _clocked() -> tuple[ManualClock, list[float], Any]:
+    clock = ManualClock(0.0)
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        clock.advance(s)
+
+    return clock, slept, sleep
+
+
+def _never_settles(setup: Any) -> Any:
+    """A cluster that never settles in any of the three ways: a CRD never synced, an instance never passing, an
+    undeclared call the sidecar never refuses (its intention allows it)."""
+    b = setup(frontend_may_call_product_api)
+    b.view.unready.add(next(i.pod for i in b.view.instances() if i.service == "public-api-lax-1a"))
+    b.synced["product-api-lax-1a"] = False
+    return b
+
+
+def _messages(res: Any) -> dict[str, list[tuple[str, str]]]:
+    return {k: sorted((c.subject, c.message) for c in v) for k, v in _failed(res).items()}
+
+
+def test_a_cluster_that_never_settles_is_told_so_after_one_bound_not_three(setup: Any) -> None:
+    """FINDING. CRD sync, instance health and the refused probe each had their own `settle_s`, one after the
+    other: a cluster that settled in none of them was failed after 3 x 30 s, one that failed one of them after
+    30 s, so how long preflight took depended on which checks failed, not on one bound. They are one question
+    (has the control plane settled?), now asked against one deadline; each failure keeps its exact message
+    (the same as judged at once)."""
+    clock, slept, sleep = _clocked()
+    res = run_preflight(_never_settles(setup), settle_s=30.0, sleep=sleep, clock=clock)
+    assert clock.now == 30.0 and slept == [1.0] * 30, (clock.now, slept)
+    at_once = run_preflight(_never_settles(setup), settle_s=0.0, sleep=sleep, clock=ManualClock(0.0))
+    assert set(_messages(res)) >= {"crd-synced", "instances-passing", "refused-probe"}
+    assert _messages(res) == _messages(at_once)
+
+
+def test_a_cluster_that_settles_in_stages_within_the_bound_passes(setup: Any) -> None:
+    """Control: CRDs synced at 10 s, the instance passing at 20 s, the sidecars refusing from the sixth probe
+    look on (25 s): all within the one 30 s deadline, preflight passes, done when the last one settled."""
+    b = setup()
+    pod = next(i.pod for i in b.view.instances() if i.service == "public-api-lax-1a")
+    b.view.unready.add(pod)
+    b.synced["product-api-lax-1a"] = False
+    _Pushed(b, late=5)
+    clock = ManualClock(0.0)
+
+    def sleep(s: float) -> None:
+        clock.advance(s)
+        if clock.now >= 10.0:
+            b.synced["product-api-lax-1a"] = True
+        if clock.now >= 20.0:
+            b.view.unready.discard(pod)
+
+    res = run_preflight(b, settle_s=30.0, sleep=sleep, clock=clock)
+    assert res.ok, [(c.check, c.subject, c.message) for c in res.failures]
+    assert clock.now == 25.0, clock.now

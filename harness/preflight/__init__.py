@@ -547,37 +547,39 @@ ASK_AT_ONCE = 8  # Consul questions in flight at once (check_intentions)
 
 def _settled(
     check: Callable[[], list[Check]],
-    settle_s: float,
+    deadline: float,
     sleep: Callable[[float], None],
     clock: Callable[[], float] = time.monotonic,
 ) -> list[Check]:
-    """Run `check` until it passes or `settle_s` is over: the last answer counts.
+    """Run `check` until it passes or `deadline` (on `clock`) has come: the last answer counts.
 
     Sync status and instance health converge after `up` returns (a consul-k8s
     sync, a readiness probe period), and so does what a sidecar enforces
     (`settled_refused`); judging the first answer would make the result
     depend on when preflight happened to run. A mesh that does not converge
-    within the bound fails. `clock` and `sleep` go together: a test passes
-    both and the bound is kept without real waiting.
+    by the deadline fails; a check reached after it is looked at once. The
+    deadline is the caller's, shared by every check of one question ("has the
+    control plane settled?", `run_preflight`). `clock` and `sleep` go
+    together: a test passes both and the bound is kept without real waiting.
     """
-    deadline = clock() + settle_s
     while True:
         checks = check()
         waiting_helps = any(not c.ok and c.detail.get("possible", True) for c in checks)
-        if not waiting_helps or clock() >= deadline:
+        left = deadline - clock()
+        if not waiting_helps or left <= 0:
             return checks
-        sleep(1.0)
+        sleep(min(1.0, left))
 
 
 def settled_refused(
     backend: Backend,
     exp: Expected,
     notes: list[str],
-    settle_s: float,
+    deadline: float,
     sleep: Callable[[float], None],
     clock: Callable[[], float] = time.monotonic,
 ) -> list[Check]:
-    """`check_refused` looked at again until every edge answers as it must, within `settle_s`.
+    """`check_refused` looked at again until every edge answers as it must, by `deadline` (on `clock`).
 
     Consul's decision (`check_intentions`) is its state store, right once the
     CRD is synced; the destination sidecar's RBAC filter is not: Consul pushes
@@ -585,8 +587,8 @@ def settled_refused(
     for 200 ms, then an xDS push paced by the server's
     ``xds.update_max_per_second``, 250 updates a second across every stream by
     default; no documented upper bound). A correct mesh probed before the push
-    arrived would fail by timing, so the probe gets the same bound as CRD sync
-    and instance health. Each look calls only the edges not yet as they must
+    arrived would fail by timing, so the probe waits on the same deadline as
+    CRD sync and instance health. Each look calls only the edges not yet as they must
     be (a call on kind/EKS is a one-shot pod); an edge that answered right
     keeps its answer (intentions are not changed while preflight runs). An
     edge that still answers wrong at the bound fails.
@@ -601,7 +603,7 @@ def settled_refused(
             latest[c.subject] = c
         return list(latest.values())
 
-    out = _settled(look, settle_s, sleep, clock)
+    out = _settled(look, deadline, sleep, clock)
     notes += said
     return out
 
@@ -616,10 +618,16 @@ def run_preflight(
     """Every check against the running cluster of `backend` (its manifests say what is expected).
 
     CRD sync, instance health and what the sidecars enforce (the refused
-    probe) are given `settle_s` to converge; Consul's configuration answers
-    (chains, intention decisions) are judged at once: once the CRDs are
-    synced they do not change by waiting.
+    probe) are one question, has the control plane settled?, given one
+    deadline `settle_s` after preflight began: each is looked at until it
+    passes or that deadline has come, then judged by its last answer (each
+    with its own message). Each once had its own `settle_s`, one after the
+    other, so a cluster that never settled was told so after up to three
+    bounds, and how long depended on which checks the cluster failed.
+    Consul's configuration answers (chains, intention decisions) are judged
+    at once: once the CRDs are synced they do not change by waiting.
     """
+    deadline = clock() + settle_s
     manifests = backend.manifests()
     exp = Expected.of(manifests.topology, manifests.edition)
     with backend.consul_api() as url:
@@ -636,14 +644,14 @@ def run_preflight(
         if not leader:
             raise BackendError(f"Consul API at {url}: no cluster leader")
         try:  # an ACL refusal is the operator's setting, not a finding: one line naming what to set
-            checks += _settled(lambda: check_crds(backend, manifests.objects, client, exp), settle_s, sleep, clock)
+            checks += _settled(lambda: check_crds(backend, manifests.objects, client, exp), deadline, sleep, clock)
             checks += check_chains(client, exp)
-            checks += _settled(lambda: check_instances(client, exp), settle_s, sleep, clock)
+            checks += _settled(lambda: check_instances(client, exp), deadline, sleep, clock)
             checks += check_intentions(client, exp)
         except _acl_denied() as exc:
             raise access.denied(url, str(exc)) from None
     notes: list[str] = []
-    checks += settled_refused(backend, exp, notes, settle_s, sleep, clock)
+    checks += settled_refused(backend, exp, notes, deadline, sleep, clock)
     return PreflightResult(time.time(), url, checks, notes, backend.cluster_warnings())
 
 
