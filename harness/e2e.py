@@ -18,6 +18,7 @@ probes found in the access logs], artifacts → down → hops → verdict, repor
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -43,6 +44,7 @@ from harness.contract.rundir import (
     record_problem,
 )
 from harness.contract.settled import LINK_BASELINE_HOPS
+from harness.contract.users import WAIT_ENV
 from harness.errors import DryRun, InputError
 from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
@@ -495,8 +497,10 @@ def check_inputs(opts: E2EOptions, backend: Backend, topology: Topology) -> list
     learns there whether the kernel has sch_netem).
     """
     from harness.chaos import plan_run
+    from harness.traffic.runner import users_wait
 
     check_workers_in_zone(opts, backend)
+    users_wait(os.environ)  # the users' think time (EH_WAIT): a bad value refused before anything is created
     return plan_run(list(opts.experiments), topology, None, require=backend.require_capability)
 
 
@@ -523,7 +527,9 @@ def in_zone_workers(opts: E2EOptions, backend: Backend, topology: Topology) -> A
     from harness.traffic.inzone import InZoneWorkers
 
     host = opts.locust_master_host or kind_host_address()
-    return InZoneWorkers(backend.cluster, topology, host, opts.locust_master_port)  # type: ignore[attr-defined]
+    # the workers run the users: they get the think time the master records for the verifier (users.json)
+    env = {WAIT_ENV: os.environ[WAIT_ENV]} if WAIT_ENV in os.environ else None
+    return InZoneWorkers(backend.cluster, topology, host, opts.locust_master_port, env=env)  # type: ignore[attr-defined]
 
 
 def kind_host_address() -> str:

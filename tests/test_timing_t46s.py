@@ -3,17 +3,25 @@ machine's speed, each next to its control (task t46s)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from harness.contract.rundir import USERS_FILE
+from harness.contract.users import WAIT_ENV, parse_wait
+from harness.errors import InputError
 from harness.preflight import run_preflight
 from harness.testing import ManualClock
+from harness.traffic import TrafficRunner
+from harness.traffic.runner import DEFAULT_LOCUSTFILE
 from harness.verify import COVERAGE
 from harness.verify.synth import Scenario, write_run
 from tests.test_preflight import _failed, frontend_may_call_product_api, rendered, setup
 from tests.test_timing_t45f import _Pushed
 from tests.test_verify_audit import _with_replicas, why
-from tests.test_verify_soundness import LAX, failed
+from tests.test_verify_soundness import KILL, LAS, LAX, T, failed
 from tests.verdicts import rebuilt, rows, verify, write_rows
 
 __all__ = ["rendered", "setup"]  # the fixtures test_preflight defines, used here
@@ -146,3 +154,82 @@ def test_a_cluster_that_settles_in_stages_within_the_bound_passes(setup: Any) ->
     res = run_preflight(b, settle_s=30.0, sleep=sleep, clock=clock)
     assert res.ok, [(c.check, c.subject, c.message) for c in res.failures]
     assert clock.now == 25.0, clock.now
+
+
+# -- 1. a zone's quiet spells bounded by what its users were configured with -----------------------------------------
+def _quiet_las(tmp_path: Path, name: str, wait: tuple[float, float] | None, quiet: tuple[float, float]) -> Any:
+    """The reference run (LAX's product-api killed 30-50 s) with LAS's users between two requests for `quiet`,
+    recorded with the users' think time `wait` (users.json; None: not recorded)."""
+    sc = Scenario(T, duration_s=120, rate_per_zone=4, faults=[KILL], silent=[(LAS, *quiet)], users_wait=wait)
+    return verify(write_run(tmp_path / name, sc))
+
+
+def test_users_thinking_up_to_30s_may_leave_a_zone_quiet_for_28s(tmp_path: Path) -> None:
+    """FINDING. Users configured to think 20-30 s between requests (EH_WAIT=20,30: a shop browsed, not a load
+    test); LAS's users were all between two requests from 40 s to 68 s, as such users are. `_users_gaps` failed
+    every quiet spell over a fixed 20 s (USERS_GAP_S, which assumed think times far below it) as "no user request
+    entering it in flight ... unverified": the verdict hung on how long the users were set to think, which the
+    run did not record. The runner now records it (users.json) and the bound is the longest think time plus a
+    request's timeouts (43 s here)."""
+    v = _quiet_las(tmp_path, "slow", (20.0, 30.0), (40.0, 68.0))
+    assert v.passed, why(v)
+
+
+def test_fast_users_still_catch_a_zone_that_went_quiet(tmp_path: Path) -> None:
+    """Control: the same 28 s quiet spell with users thinking 0.1-0.5 s (the default, recorded) or with no record
+    (an older run) is users gone, not slow ones: unverified at the 20 s bound, as before."""
+    for name, wait in (("fast", (0.1, 0.5)), ("unrecorded", None)):
+        v = _quiet_las(tmp_path, name, wait, (40.0, 68.0))
+        assert failed(v) == {COVERAGE}, (name, why(v))
+        text = v.invariant(COVERAGE).message
+        assert f"coverage: {LAS}: no user request entering it in flight from " in text, text
+        assert "(28s, longer than 20s)" in text, text
+
+
+def test_slow_users_gone_for_longer_than_their_think_time_are_unverified(tmp_path: Path) -> None:
+    """Control: with users thinking up to 30 s, LAS quiet from 20 s to 80 s (60 s: longer than any think time and
+    a request's timeouts) is users gone: unverified, naming the bound and where it came from."""
+    v = _quiet_las(tmp_path, "gone", (20.0, 30.0), (20.0, 80.0))
+    assert failed(v) == {COVERAGE}, why(v)
+    text = v.invariant(COVERAGE).message
+    assert "(60s, longer than 43s: the users' longest think time 30s (EH_WAIT, users.json)" in text, text
+
+
+def test_the_runner_records_the_users_think_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """users.json says what the locustfile was given: EH_WAIT, else its default; a bad value is refused with one
+    line naming the variable, before locust is started (no records, no process)."""
+    monkeypatch.setenv(WAIT_ENV, "20,30")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    r = TrafficRunner({LAX: "http://127.0.0.1:9"}, tmp_path / "a", users=1, spawn_rate=1, duration_s=1)
+    r._write_users_file()
+    doc = json.loads((tmp_path / "a" / USERS_FILE).read_text())
+    assert doc["wait_s"] == [20.0, 30.0] and doc["wait_env"] == "20,30", doc
+    monkeypatch.delenv(WAIT_ENV)
+    r = TrafficRunner({LAX: "http://127.0.0.1:9"}, tmp_path / "b", users=1, spawn_rate=1, duration_s=1)
+    r._write_users_file()
+    assert json.loads((tmp_path / "b" / USERS_FILE).read_text())["wait_s"] == [0.1, 0.5]
+    with pytest.raises(InputError) as bad:
+        TrafficRunner({LAX: "http://127.0.0.1:9"}, tmp_path / "c", users=1, spawn_rate=1, duration_s=1,
+                      extra_env={WAIT_ENV: "0.5,0.1"})  # fmt: skip
+    assert bad.value.line.startswith(f"{WAIT_ENV}: expected 'SECONDS' or 'MIN,MAX'"), bad.value.line
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("raw", ["0.1,0.5", "2", " 0 ", "1,1", "0.5,0.1", "-1", "x", "1,2,3", "", "1,"])
+def test_the_locustfile_reads_eh_wait_as_the_harness_records_it(raw: str) -> None:
+    """The locustfile runs where the harness may not be installed and parses EH_WAIT itself: the same rule (its
+    function read from the file, not imported: importing locust would monkey-patch this process with gevent)."""
+    source = DEFAULT_LOCUSTFILE.read_text()
+    rule = source[source.index("def wait_bounds(") : source.index("\n\n\ndef _wait_time(")]
+    scope: dict[str, Any] = {}
+    exec(compile("from __future__ import annotations\n" + rule, str(DEFAULT_LOCUSTFILE), "exec"), scope)
+    try:
+        expected: Any = parse_wait(raw)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: Any = scope["wait_bounds"](raw)
+    except ValueError:
+        got = ValueError
+    assert got == expected

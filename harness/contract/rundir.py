@@ -64,6 +64,7 @@ SNAPSHOT_ADMIN_TIMEOUT_S = 5.0
 # killed, and the verifier must not read their absence as a log that was lost
 ACCESS_LOG_FLUSH_S = 1.0
 HOST_FILE = "host.jsonl"  # the harness host's CPU while recording (harness.observe.host)
+USERS_FILE = "users.json"  # what the users were configured with: their think time (harness.traffic.runner)
 PROBE_BUDGET_FILE = "probe-budget.json"  # the zone probes' rate fitted to this machine (harness.traffic.budget)
 CLOCK_FILE = "clock.jsonl"  # the runner's clock against the nodes' (harness.contract.clock), separate clocks only
 

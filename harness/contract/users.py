@@ -24,3 +24,31 @@ PROBE_ENDPOINT = "probe"
 """`requests.jsonl`'s `endpoint` of the zone probes (loadtests/hashicups.py `ZoneProbe`, which holds it too): the
 harness's own instrument, each a coffees query through every service of the chain, at a rate the probe budget sets
 from how busy the machine is. The shoppers' endpoints are `shop` (the page), `coffees` and `coffee`."""
+
+WAIT_ENV = "EH_WAIT"
+"""The shoppers' think time between two requests (loadtests/hashicups.py reads it, with the same rule and default
+as `parse_wait`; a test keeps them equal): seconds, ``MIN,MAX`` or one number."""
+DEFAULT_WAIT = "0.1,0.5"
+
+
+def parse_wait(raw: str) -> tuple[float, float]:
+    """`WAIT_ENV`'s value as (shortest, longest) think time in seconds; ValueError naming the value if bad."""
+    try:
+        parts = [float(p) for p in raw.strip().split(",") if p.strip()]
+    except ValueError:
+        parts = []
+    if len(parts) == 1 and parts[0] >= 0:
+        return parts[0], parts[0]
+    if len(parts) == 2 and 0 <= parts[0] <= parts[1]:
+        return parts[0], parts[1]
+    raise ValueError(f"expected 'SECONDS' or 'MIN,MAX' (0 <= MIN <= MAX), got {raw!r}")
+
+
+def users_quiet_bound(longest_wait_s: float) -> float:
+    """The longest a user's own requests can leave a zone with none of them in flight while the user goes on.
+
+    A user starts its next request a think time (at most `longest_wait_s`) after its last one ended, and a
+    request that gets no answer still ends within the connect and answer timeouts: so a zone with users whose
+    requests are all between two of them is quiet at most this long, however slow the think time is set.
+    """
+    return longest_wait_s + CONNECT_TIMEOUT_S + ANSWER_TIMEOUT_S

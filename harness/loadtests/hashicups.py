@@ -137,15 +137,24 @@ def _api(endpoint: str) -> dict[str, Any]:
     return {"headers": {REQUEST_ID_HEADER: header}, "context": {"endpoint": endpoint, "request_id": n}}
 
 
+def wait_bounds(raw: str) -> tuple[float, float]:
+    """EH_WAIT's (shortest, longest) think time: the rule of `harness.contract.users.parse_wait`, which the
+    harness records in the run directory for the verifier (a test keeps the two equal)."""
+    try:
+        parts = [float(p) for p in raw.strip().split(",") if p.strip()]
+    except ValueError:
+        parts = []
+    if len(parts) == 1 and parts[0] >= 0:
+        return parts[0], parts[0]
+    if len(parts) == 2 and 0 <= parts[0] <= parts[1]:
+        return parts[0], parts[1]
+    raise ValueError(f"EH_WAIT: expected 'SECONDS' or 'MIN,MAX' (0 <= MIN <= MAX), got {raw!r}")
+
+
 def _wait_time() -> Any:
     """Think time from EH_WAIT: a shop with zero think time is a benchmark, not users."""
-    raw = os.environ.get("EH_WAIT", "0.1,0.5").strip()
-    parts = [float(p) for p in raw.split(",") if p.strip()]
-    if len(parts) == 1:
-        return constant(parts[0])
-    if len(parts) == 2 and 0 <= parts[0] <= parts[1]:
-        return between(parts[0], parts[1])
-    raise ValueError(f"EH_WAIT: expected 'SECONDS' or 'MIN,MAX', got {raw!r}")
+    lo, hi = wait_bounds(os.environ.get("EH_WAIT", "0.1,0.5"))
+    return constant(lo) if lo == hi else between(lo, hi)
 
 
 # Round-robin slot per user. Each worker process counts on its own, offset by

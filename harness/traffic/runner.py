@@ -47,8 +47,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
-from harness.contract.rundir import PROBE_BUDGET_FILE, REQUESTS_FILE
-from harness.errors import HarnessError
+from harness.contract.rundir import PROBE_BUDGET_FILE, REQUESTS_FILE, USERS_FILE
+from harness.contract.users import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, DEFAULT_WAIT, WAIT_ENV, parse_wait
+from harness.errors import HarnessError, InputError
 from harness.interrupt import with_default_stop_signals
 
 if TYPE_CHECKING:
@@ -74,6 +75,15 @@ START_GRACE_S = 30.0
 
 class TrafficError(HarnessError):
     """Locust could not run (bad locustfile, bad arguments): names the log to read."""
+
+
+def users_wait(env: Mapping[str, str]) -> tuple[float, float]:
+    """The shoppers' (shortest, longest) think time that `env` gives the locustfile (`WAIT_ENV`, else its
+    default); InputError naming the variable when the value is bad, before anything is started."""
+    try:
+        return parse_wait(env.get(WAIT_ENV, DEFAULT_WAIT))
+    except ValueError as exc:
+        raise InputError(WAIT_ENV, "", str(exc)) from None
 
 
 class StopEvent(Protocol):
@@ -260,6 +270,7 @@ class TrafficRunner:
         self.processes = processes
         self.locustfile = Path(locustfile).resolve() if locustfile is not None else DEFAULT_LOCUSTFILE
         self.extra_env = dict(extra_env or {})
+        self.think_s = users_wait({**os.environ, **self.extra_env})  # bad EH_WAIT: refused before locust starts
         # zone probes exist in the default locustfile only; they come on top of `users` shoppers
         self.probe_period_s = probe_period_s if self.locustfile == DEFAULT_LOCUSTFILE and probe_period_s else 0.0
         self.probe_zones = list(self.entrypoints if probe_zones is None else probe_zones)
@@ -277,6 +288,7 @@ class TrafficRunner:
             raise TrafficError("traffic: with workers in the zones every zone is probed (give no probe zones)")
         self.probes = len(self.probe_zones) if self.probe_period_s > 0 else 0
         self.requests_file = self.out / REQUESTS_FILE
+        self.users_file = self.out / USERS_FILE
         self.budget_file = self.out / PROBE_BUDGET_FILE  # the probes follow its factor (harness.traffic.budget)
         self.log_file = self.out / LOG_FILE
         self.stats_file = self.out / f"{STATS_FILE_PREFIX}.json"
@@ -337,6 +349,7 @@ class TrafficRunner:
         # the users' record exists from the traffic's start, empty until the first answer: a run stopped before it
         # is one with no traffic (availability fails it as such), not one whose record went missing
         self.requests_file.touch()
+        self._write_users_file()
         with self.log_file.open("ab") as log:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(cmd)}\n".encode())
             log.flush()
@@ -355,6 +368,22 @@ class TrafficRunner:
                 start_new_session=True,
             )
         return self
+
+    def _write_users_file(self) -> None:
+        """`users.json`: what the users were configured with, for the verifier's bound on a zone's quiet spells
+        (`harness.verify` `_users_gaps`): their think time and a request's timeouts. A locustfile other than the
+        harness's own has a think time of its own, unknown here: `wait_s` null. Written atomically."""
+        own = self.locustfile == DEFAULT_LOCUSTFILE
+        doc = {
+            "wait_s": list(self.think_s) if own else None,
+            "wait_env": {**os.environ, **self.extra_env}.get(WAIT_ENV) if own else None,
+            "connect_timeout_s": CONNECT_TIMEOUT_S,
+            "answer_timeout_s": ANSWER_TIMEOUT_S,
+            "locustfile": str(self.locustfile),
+        }
+        tmp = self.users_file.with_name(f".{USERS_FILE}.tmp")
+        tmp.write_text(json.dumps(doc) + "\n", encoding="utf-8")
+        tmp.replace(self.users_file)
 
     @property
     def pid(self) -> int | None:

@@ -79,6 +79,7 @@ from harness.contract.rundir import (
     RUN_FILE,
     UPSTREAM_STATS_COLUMNS,
     UPSTREAM_STATS_FILE,
+    USERS_FILE,
     FaultKind,
     SkippedLine,
     load_jsonl,
@@ -198,6 +199,9 @@ class RunData:
     # when the probe budget's decision fixed the probes' rate (probe-budget.json, harness.contract.settled); None:
     # no such decision on record (locust workers in the zones, no probed zone, a run stopped before it decided)
     settled: float | None = None
+    # users.json: the shoppers' longest think time (EH_WAIT) as the traffic runner gave it to locust; None: not on
+    # record (an older run, locust started by hand, a locustfile of one's own), judged by the default's bound
+    users_wait_s: float | None = None
     hop_names: bool = False  # the hops' name columns are the ENUM `hop_name` (`_build_hops`): see `hop_key`
 
     def hop_key(self, sql: str) -> str:
@@ -299,6 +303,7 @@ def load_run(run_dir: Path, threads: int | None = None) -> RunData:
         skipped += _recording_problems(con, run_dir, notes)
         skipped += _host_load(run)
         _probe_budget(run)
+        _users_record(run, skipped)
         run.skipped = sorted(skipped, key=lambda s: (s.file, s.line))
     except BaseException:  # bad records, Ctrl-C: the scratch directory goes with the half-read run
         con.close()
@@ -938,6 +943,27 @@ def _close(
     lo = opened.pop(key, None)
     if lo is not None and ts > lo:
         into.setdefault(key, []).append((lo, ts))
+
+
+def _users_record(run: RunData, skipped: list[SkippedLine]) -> None:
+    """`RunData.users_wait_s` from users.json (harness.traffic.runner): how long the users thought between two
+    requests, which bounds how long a zone with users can go with none of its requests in flight. A file that
+    cannot be read, or whose `wait_s` is not a (shortest, longest) pair of seconds, is said in the notes and
+    judged as none."""
+    data = _doc(run, USERS_FILE, skipped)
+    if data is None:
+        return
+    wait = data.get("wait_s") if isinstance(data, dict) else None
+    if wait is None and isinstance(data, dict):
+        return  # a locustfile with a think time of its own: not known
+    try:
+        lo, hi = (float(x) for x in wait)  # type: ignore[union-attr]
+        if not 0 <= lo <= hi < float("inf"):
+            raise ValueError(wait)
+    except (TypeError, ValueError):
+        run.notes.append(f"{USERS_FILE}: wait_s {wait!r} is not [shortest, longest] seconds: not used")
+        return
+    run.users_wait_s = hi
 
 
 def _is_edge(t: Topology, zone: str) -> bool:

@@ -53,7 +53,9 @@ from harness.contract.rundir import (
     RUN_FILE,
     TOPOLOGY_FILE,
     UPSTREAM_STATS_FILE,
+    USERS_FILE,
 )
+from harness.contract.users import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S
 from harness.render.consul import RenderedChains
 from harness.topology import ENTRY_SERVICE, Placement, Topology, dump_topology
 from harness.verify.rundata import OVERPROVISIONING
@@ -132,6 +134,9 @@ class Scenario:
     accesslogs: str = "local"  # local | kind | none
     readiness: bool = True  # the inventory has ready/unready events (older inventories do not)
     silent: list[tuple[str, float, float | None]] = field(default_factory=list)  # (zone, from, to): users hang
+    # users.json (harness.traffic.runner): the users' (shortest, longest) think time as the runner gave it to
+    # locust (EH_WAIT); None: no such record (an older run, locust started by hand)
+    users_wait: tuple[float, float] | None = None
     stats: bool = True  # upstream-stats.jsonl
     entrypoints: bool = True  # entrypoints.jsonl
     preflight: bool = True  # preflight.json (every check passing)
@@ -463,6 +468,11 @@ def write_run(run_dir: Path, sc: Scenario) -> Path:
                   "probes_per_s": 10.0}  # fmt: skip
         budget = {"scale": 1.0, "target_busy": 0.6, "cpus": 2, "periods": {}, "reason": "within", "windows": [window]}
         (run_dir / PROBE_BUDGET_FILE).write_text(json.dumps(budget, indent=1) + "\n", encoding="utf-8")
+    if sc.users_wait is not None:
+        users = {"wait_s": list(sc.users_wait), "wait_env": ",".join(f"{w:g}" for w in sc.users_wait),
+                 "connect_timeout_s": CONNECT_TIMEOUT_S, "answer_timeout_s": ANSWER_TIMEOUT_S,
+                 "locustfile": "loadtests/hashicups.py"}  # fmt: skip
+        (run_dir / USERS_FILE).write_text(json.dumps(users) + "\n", encoding="utf-8")
     if sc.run_status is not None:
         ended = sc.start + sc.duration_s + 1.0 if sc.run_status != "running" else None
         stage = "done" if sc.run_status == "complete" else "chaos"  # where an unfinished run stopped

@@ -14,8 +14,10 @@ from harness.contract.rundir import (
     CLOCK_FILE,
     RECORD_STEPS,
     REQUESTS_FILE,
+    USERS_FILE,
 )
 from harness.contract.settled import LINK_BASELINE_HOPS
+from harness.contract.users import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, WAIT_ENV, users_quiet_bound
 from harness.observe.hops import host_ip_sql
 from harness.topology import ENTRY_API_UPSTREAM, Topology
 from harness.verify import expected
@@ -66,7 +68,9 @@ SILENT_GAP_SLACK_S = 2 * CLOCK_TOLERANCE_S + 2 * HOP_TS_SLACK_S
 SILENT_UNFLUSHED_S = ACCESS_LOG_FLUSH_S
 # `_users_gaps`: a zone whose users had no request in flight for longer than this while the run's users went on.
 # A user's requests follow each other a think time apart (EH_WAIT, 0.1-0.5 s by default) and a hung one covers
-# its own span up to locust's timeout (10 s), so a stretch this long without one is users gone, not slow ones
+# its own span up to locust's timeout (10 s), so a stretch this long without one is users gone, not slow ones.
+# The least bound: users configured to think longer (users.json's wait_s) get their longest think time plus a
+# request's timeouts (`harness.contract.users.users_quiet_bound`), so a slow-think-time run is not failed
 USERS_GAP_S = 2 * SILENT_LAG_S
 # `_entry_silent`: the users' entry service's nginx passes `/api` (the GraphQL requests, the zone probes and the
 # clock probes) to its sidecar's ENTRY_API_UPSTREAM (harness.render.hashicups.nginx_conf; the local stand-in
@@ -1520,8 +1524,26 @@ class UserChecks(CheckBase):
         )
         return f.restore if snap is None else float(snap)
 
+    @cached_property
+    def _users_gap(self) -> tuple[float, str]:
+        """(seconds, why): how long a zone's users may leave it with no request in flight (`_users_gaps`).
+
+        A user thinks up to its longest think time between two requests (users.json, `RunData.users_wait_s`)
+        and a request without an answer ends within its timeouts: a bound of `USERS_GAP_S` failed a correct run
+        whose users were set to think longer (EH_WAIT=30: every zone with one user "went silent"), as unverified.
+        Runs that do not record it, and think times well below it, keep `USERS_GAP_S`, so a zone that went
+        silent is still caught as soon as before.
+        """
+        wait = self.run.users_wait_s
+        if wait is None or users_quiet_bound(wait) <= USERS_GAP_S:
+            return USERS_GAP_S, ""
+        return users_quiet_bound(wait), (
+            f": the users' longest think time {wait:g}s ({WAIT_ENV}, {USERS_FILE}) and a request's "
+            f"{CONNECT_TIMEOUT_S:g}s connect and {ANSWER_TIMEOUT_S:g}s answer timeouts"
+        )
+
     def _users_gaps(self) -> list[tuple[str, float, float]]:
-        """(zone, from, to): stretches longer than `USERS_GAP_S` in which no shopper's request entering the zone
+        """(zone, from, to): stretches longer than `_users_gap` in which no shopper's request entering the zone
         was in flight ([ts, ts + latency]), within the run's users' traffic: from the zone's first request to the
         last one of any zone.
 
@@ -1547,7 +1569,7 @@ class UserChecks(CheckBase):
                 HAVING any_value(last_ts) - max(hi) > ?)
             SELECT zone, lo, hi FROM gaps ORDER BY lo, zone
             """,
-            [USERS_GAP_S, USERS_GAP_S],
+            [self._users_gap[0], self._users_gap[0]],
         ).fetchall()
         return [(str(z), float(lo), float(hi)) for z, lo, hi in rows]
 
@@ -1635,7 +1657,8 @@ class UserChecks(CheckBase):
         for zone, lo, hi in self._users_gaps():
             text = (
                 f"coverage: {zone}: no user request entering it in flight from {iso(lo)} to {iso(hi)} "
-                f"({hi - lo:.0f}s, longer than {USERS_GAP_S:g}s) while the run's users went on: the zone's routing "
+                f"({hi - lo:.0f}s, longer than {self._users_gap[0]:g}s{self._users_gap[1]}) while the run's users "
+                "went on: the zone's routing "
                 "then is on no record (unverified)"
             )
             failures.append(text)
