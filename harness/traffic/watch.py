@@ -105,12 +105,11 @@ class RequestWatch:
         short closer, so a zone being served is waited for however slowly this machine serves it, and only one
         that gains nothing for `timeout_s` ends the wait (False). A `Stall` given here carries that clock over
         from the waits before it (e2e's warm-up is several waits under one bound); True starts one now."""
-        need = n if isinstance(n, Mapping) else dict.fromkeys(self.zones, n)
         stall = Stall(self.clock()) if stalled is True else stalled or None
         deadline = self.clock() + timeout_s
         while True:
-            have = self.served(since, probes, api)
-            short = [z for z, c in have.items() if c < need.get(z, 0)]
+            have, short_by = self._short(since, n, probes, api)
+            short = list(short_by)
             if stall is not None:
                 stall.look((since, probes, api), have, short, self.clock())
                 deadline = stall.gained_at + timeout_s
@@ -124,9 +123,16 @@ class RequestWatch:
         self, since: float, n: int | Mapping[str, int], probes: bool = True, api: bool = False
     ) -> dict[str, tuple[int, int]]:
         """Each watched zone with fewer than `n` (or `n[zone]`) successful requests from `since` on: (had, needed)."""
+        return self._short(since, n, probes, api)[1]
+
+    def _short(
+        self, since: float, n: int | Mapping[str, int], probes: bool, api: bool
+    ) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
+        """(requests per zone, the zones short of `n`: (had, needed)): one rule for `wait` and `short_of`, so the
+        wait ends exactly when the zones e2e reports short are none (a zone `n` does not name needs nothing)."""
         need = n if isinstance(n, Mapping) else dict.fromkeys(self.zones, n)
         have = self.served(since, probes, api)
-        return {z: (c, need[z]) for z, c in sorted(have.items()) if c < need.get(z, 0)}
+        return have, {z: (c, need[z]) for z, c in sorted(have.items()) if c < need.get(z, 0)}
 
     def rates(self, start: float, end: float) -> tuple[float, float]:
         """(all requests, probes) answered per second in [start, end), whatever their outcome.
