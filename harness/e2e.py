@@ -44,7 +44,7 @@ from harness.contract.rundir import (
     record_problem,
 )
 from harness.contract.settled import LINK_BASELINE_HOPS
-from harness.contract.users import WAIT_ENV
+from harness.contract.users import WAIT_ENV, users_quiet_bound
 from harness.errors import DryRun, InputError
 from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
@@ -290,6 +290,25 @@ def cooldown_since(run_dir: Path, ended: float) -> float:
     if snap.active or not restores:
         return ended
     return min(max(restores), ended)
+
+
+def cool_down(served: RequestWatch, since: float, now: float, cooldown_s: float, longest_think_s: float) -> bool:
+    """The last fault's recovery on record: every zone's shoppers served again since `since` (its restore).
+
+    First COOL_REQUESTS each (the shoppers', as the verdict's coverage counts them, not the zone probes'),
+    within `cooldown_s`; then, if a zone is still short, at least one each: coverage's "after" window asks
+    every affected zone for a shopper's request that began after the restore, and a zone whose users think up
+    to `longest_think_s` between two requests (EH_WAIT) makes one within `users_quiet_bound` of it. A fixed
+    `cooldown_s` stopped the users of a correct run before a slow-thinking zone's next request (EH_WAIT=20,30:
+    "no user requests entering ... after the fault: recovery unverified"), and on a machine slow enough the
+    same. A zone with no user at all holds it no longer than that bound. True when the count was reached.
+    """
+    started = served.clock()
+    if served.wait(since, COOL_REQUESTS, cooldown_s, probes=False):
+        return True
+    left = users_quiet_bound(longest_think_s) - (now - since) - (served.clock() - started)
+    served.wait(since, 1, max(0.0, left), probes=False)
+    return False
 
 
 def wait_recoveries(run_dir: Path, topology: Topology, say: ProgressFn, poll_s: float = RECOVERY_POLL_S) -> None:
@@ -684,9 +703,8 @@ def run_e2e(
                             messages.append(f"chaos experiment {p.id}: {res.reason}")
                         say(f"chaos: {p.id} {'ran as planned' if res.ok else 'FAILED: ' + str(res.reason)}")
                     mark_run(run_dir, "cooldown")
-                    # the last fault's recovery on record: every zone's users served again after it (cooldown_s
-                    # bounds it); the shoppers', as the verdict's coverage counts them, not the zone probes'
-                    served.wait(cooldown_since(run_dir, time.time()), COOL_REQUESTS, opts.cooldown_s, probes=False)
+                    now = time.time()
+                    cool_down(served, cooldown_since(run_dir, now), now, opts.cooldown_s, runner.think_s[1])
                     wait_recoveries(run_dir, topology, say)
                     say("traffic: stopping")
             finally:

@@ -11,6 +11,7 @@ import pytest
 
 from harness.contract.rundir import USERS_FILE
 from harness.contract.users import WAIT_ENV, parse_wait
+from harness.e2e import COOL_REQUESTS, cool_down
 from harness.errors import InputError
 from harness.preflight import run_preflight
 from harness.testing import ManualClock
@@ -18,6 +19,7 @@ from harness.traffic import TrafficRunner
 from harness.traffic.runner import DEFAULT_LOCUSTFILE
 from harness.verify import COVERAGE
 from harness.verify.synth import Scenario, write_run
+from tests.test_e2e_waits import Schedule, _req
 from tests.test_preflight import _failed, frontend_may_call_product_api, rendered, setup
 from tests.test_timing_t45f import _Pushed
 from tests.test_verify_audit import _with_replicas, why
@@ -233,3 +235,55 @@ def test_the_locustfile_reads_eh_wait_as_the_harness_records_it(raw: str) -> Non
     except ValueError:
         got = ValueError
     assert got == expected
+
+
+# -- 4. e2e's cool-down: users that think slowly are waited for until coverage has them ---------------------------
+RESTORE = 1000.0  # the last restore, on the requests' clock
+
+
+def _shoppers(sched: Schedule, zone: str, at: list[float]) -> None:
+    """`zone`'s shoppers' requests that began `at` seconds after the restore, each on file when it began."""
+    sched.writes += [(t, _req(RESTORE + t, zone)) for t in at]
+    sched.writes.sort(key=lambda w: w[0])
+
+
+def test_the_cool_down_waits_for_a_slow_thinking_zones_next_user(tmp_path: Path) -> None:
+    """FINDING. Users thinking 20-30 s (EH_WAIT=20,30); after the last restore zone a's users are served at once,
+    zone b's one user starts its next request 19 s later. The cool-down waited a fixed `cooldown_s` (8 s) for 20
+    shoppers per zone and stopped the traffic: b had no shopper request after the restore, and the verdict's
+    coverage failed the correct run ("no user requests entering b after the fault: recovery unverified"). Now it
+    waits, past the count's bound, until each zone had one, within the users' longest think time and a request's
+    timeouts (43 s) of the restore."""
+    sched = Schedule(tmp_path / "requests.jsonl")
+    _shoppers(sched, "a", [0.1 * i for i in range(1, 40)])
+    _shoppers(sched, "b", [19.0])
+    w = sched.watch(["a", "b"])
+    # HEAD's cool-down (one count with a fixed bound) gave up with b unserved
+    assert w.wait(RESTORE, COOL_REQUESTS, 8.0, probes=False) is False
+    assert w.served(RESTORE, probes=False)["b"] == 0
+    sched2 = Schedule(tmp_path / "requests2.jsonl")
+    _shoppers(sched2, "a", [0.1 * i for i in range(1, 40)])
+    _shoppers(sched2, "b", [19.0])
+    w2 = sched2.watch(["a", "b"])
+    assert cool_down(w2, RESTORE, RESTORE, 8.0, 30.0) is False  # the count was not reached ...
+    assert w2.served(RESTORE, probes=False)["b"] == 1  # ... and b's user was waited for
+    assert sched2.clock.now == pytest.approx(19.0)
+
+
+def test_the_cool_down_of_fast_users_ends_at_the_count(tmp_path: Path) -> None:
+    """Control: users at the default think time reach the count in about a second: no longer wait."""
+    sched = Schedule(tmp_path / "requests.jsonl")
+    for z in ("a", "b"):
+        _shoppers(sched, z, [0.05 * i for i in range(1, 30)])
+    assert cool_down(sched.watch(["a", "b"]), RESTORE, RESTORE, 8.0, 0.5) is True
+    assert sched.clock.now == pytest.approx(1.0)
+
+
+def test_the_cool_down_of_a_zone_with_no_users_is_bounded(tmp_path: Path) -> None:
+    """Control: a zone whose users are gone holds the cool-down only until the users' bound from the restore
+    (30 s think time + 13 s timeouts), then the verdict decides (coverage: unverified); time already spent since
+    the restore counts."""
+    sched = Schedule(tmp_path / "requests.jsonl")
+    _shoppers(sched, "a", [0.1 * i for i in range(1, 40)])
+    assert cool_down(sched.watch(["a", "b"]), RESTORE, RESTORE + 3.0, 8.0, 30.0) is False
+    assert sched.clock.now == pytest.approx(40.0, abs=0.11)
