@@ -310,7 +310,9 @@ def cmd_traffic(a: argparse.Namespace) -> int:
     from harness.backends import connect
     from harness.e2e import record_traffic
     from harness.run import new_run_dir
+    from harness.traffic.runner import users_wait
 
+    users_wait(os.environ)  # the users' think time (EH_WAIT): a bad value refused before anything else
     b = connect(_bopts(a))
     try:
         unknown = sorted(set(a.probe_zone) - set(b.entrypoints())) if a.probe_zone else []

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from harness.contract.rundir import USERS_FILE
 from harness.contract.users import WAIT_ENV, parse_wait
-from harness.e2e import COOL_REQUESTS, cool_down
+from harness.e2e import COOL_REQUESTS, E2EOptions, check_inputs, cool_down
 from harness.errors import InputError
 from harness.preflight import run_preflight
 from harness.testing import ManualClock
@@ -20,13 +20,14 @@ from harness.traffic.runner import DEFAULT_LOCUSTFILE
 from harness.verify import COVERAGE
 from harness.verify.synth import Scenario, write_run
 from tests.test_e2e_waits import Schedule, _req
+from tests.test_input95_cli import _cli, _one_line, _tree, kubeconfig
 from tests.test_preflight import _failed, frontend_may_call_product_api, rendered, setup
 from tests.test_timing_t45f import _Pushed
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import KILL, LAS, LAX, T, failed
 from tests.verdicts import rebuilt, rows, verify, write_rows
 
-__all__ = ["rendered", "setup"]  # the fixtures test_preflight defines, used here
+__all__ = ["kubeconfig", "rendered", "setup"]  # the fixtures test_preflight and test_input95_cli define, used here
 
 COUNTED = "sent requests by their own counters but have no access-log line"
 TWO_PUBLIC_APIS = _with_replicas("public-api", 2)
@@ -287,3 +288,22 @@ def test_the_cool_down_of_a_zone_with_no_users_is_bounded(tmp_path: Path) -> Non
     _shoppers(sched, "a", [0.1 * i for i in range(1, 40)])
     assert cool_down(sched.watch(["a", "b"]), RESTORE, RESTORE + 3.0, 8.0, 30.0) is False
     assert sched.clock.now == pytest.approx(40.0, abs=0.11)
+
+
+def test_e2e_refuses_a_bad_eh_wait_before_anything_is_created(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad input, one line naming the variable, exit 2 (InputError), in e2e's input check: before the run
+    directory and the cluster, not when the traffic starts on a cluster already up."""
+    monkeypatch.setenv(WAIT_ENV, "slow")
+    with pytest.raises(InputError) as bad:
+        check_inputs(E2EOptions(), cast(Any, None), cast(Any, None))
+    assert bad.value.line == f"{WAIT_ENV}: expected 'SECONDS' or 'MIN,MAX' (0 <= MIN <= MAX), got 'slow'"
+
+
+def test_traffic_refuses_a_bad_eh_wait_in_one_line(tmp_path: Path, kubeconfig: Path) -> None:
+    """The same for `harness traffic`: exit 2, one line naming EH_WAIT, no run directory (before, the runner
+    would have been refused only after the run directory and its run.json were made)."""
+    proc, cwd = _cli(tmp_path, "traffic", "--backend", "existing", "--context", "lab", "--kubeconfig",
+                     str(kubeconfig), "--entrypoint", "us-west-2a=http://127.0.0.1:1", tools=("kubectl",),
+                     env={WAIT_ENV: "0.5,0.1"})  # fmt: skip
+    _one_line(proc, 2, f"{WAIT_ENV}: expected 'SECONDS' or 'MIN,MAX'")
+    assert _tree(cwd) == []
