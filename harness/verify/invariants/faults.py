@@ -1026,6 +1026,8 @@ class FaultMeasurer(CheckBase):
         failures: list[str] = []
         names = {s.name for s in self.t.services}
         limit = self.slo.max_recovery_s
+        # (zone, service) -> its outages outside every recorded fault, (from, to)
+        unexplained: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for down, what in (
             (self.run.down, "had no ready pod"),
             (self.run.spill, "had too few ready pods to keep its traffic (Envoy spills below 1/1.4 ready)"),
@@ -1050,6 +1052,8 @@ class FaultMeasurer(CheckBase):
                     text = f"{service} {what} in {where} from {iso(lo)} to {iso(hi)}"
                     text += f" after the restore of {restored[-1].fault}" if restored else " outside any recorded fault"
                     lasted = (hi if hi is not None else self.run_end) - lo
+                    if down is self.run.down and not restored:
+                        unexplained.setdefault((zone, service), []).append((lo, lo + max(0.0, lasted)))
                     if lasted > limit:
                         until = "" if hi is not None else ", still when the run ended"
                         cause = "not back after the restore" if restored else "an outage nobody injected"
@@ -1059,7 +1063,41 @@ class FaultMeasurer(CheckBase):
                             "locality not judged meanwhile"
                         )
                     notes.append(text + " (locality not judged then)")
+        failures += self._outages_adding_up(unexplained, limit)
         return notes, failures
+
+    def _outages_adding_up(
+        self, unexplained: dict[tuple[str, str], list[tuple[float, float]]], limit: float
+    ) -> list[str]:
+        """A fallback failure per (zone, service) whose outages nobody injected cover more than half of some
+        stretch of maxRecoveryS.
+
+        Each such outage is a note while it is shorter than maxRecoveryS (a readiness flap under load: a second
+        or two, routed around by design), and locality is not judged during it. Judged one by one, a zone's
+        product-api that crash-looped (ten seconds down, two up, nine times, no fault) had its zone's traffic
+        in the Region for three quarters of the run and passed with nine notes. A service that is down most of
+        any maxRecoveryS is an outage nobody injected that did not recover, however it is cut up. Judged by a
+        stretch, not by their sum over the run: the same occasional flaps add up past any bound in a night-long
+        run, and the verdict would depend on the run's length.
+        """
+        out = []
+        for (zone, service), spans in sorted(unexplained.items()):
+            if len(spans) < 2:
+                continue  # one alone is judged above
+            worst, start = max(
+                (sum(max(0.0, min(hi, lo0 + limit) - max(lo, lo0)) for lo, hi in spans), lo0) for lo0, _ in spans
+            )
+            if worst <= limit / 2:
+                continue
+            count = sum(1 for lo, _ in spans if start <= lo < start + limit)
+            where = "the Region" if zone == self.t.region else zone
+            out.append(
+                f"fallback: {service} had no ready pod in {where} {count} times outside any recorded fault in the "
+                f"{limit:g}s (maxRecoveryS) from {iso(start)}, {worst:.0f}s of them: more than half, outages nobody "
+                "injected that kept coming back, its zone's traffic served elsewhere (or not at all) and locality "
+                "not judged meanwhile"
+            )
+        return out
 
     def _outlasting(
         self, service: str, zone: str, what: str, lo: float, hi: float | None, met: list[Fault]
