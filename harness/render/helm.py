@@ -112,22 +112,25 @@ def datacenter(t: Topology) -> str:
 
 ENVOY_EXTRA_ARGS = names.ENVOY_EXTRA_ARGS  # also on every meshed pod (names.ANN_ENVOY_EXTRA_ARGS)
 
+
+def _server_pods_per_node() -> dict[str, Any]:
+    """A pod affinity term for the chart's server pods (its own labels, as Helm templates them), per node; a new
+    object each time (safe_dump would write a shared one as an anchor)."""
+    return {
+        "labelSelector": {
+            "matchLabels": {
+                "app": '{{ template "consul.name" . }}',
+                "release": '"{{ .Release.Name }}"',
+                "component": "server",
+            }
+        },
+        "topologyKey": "kubernetes.io/hostname",
+    }
+
+
 # The chart's default server affinity (values.yaml `server.affinity`): one server per node.
 SERVER_ANTI_AFFINITY = {
-    "podAntiAffinity": {
-        "requiredDuringSchedulingIgnoredDuringExecution": [
-            {
-                "labelSelector": {
-                    "matchLabels": {
-                        "app": '{{ template "consul.name" . }}',
-                        "release": '"{{ .Release.Name }}"',
-                        "component": "server",
-                    }
-                },
-                "topologyKey": "kubernetes.io/hostname",
-            }
-        ]
-    }
+    "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [_server_pods_per_node()]}
 }
 
 
@@ -178,21 +181,7 @@ def _control_plane_affinity(t: Topology) -> dict[str, Any]:
 # InterPodAffinity scores this term for the injector and, from the other side, for a server placed after it.
 INJECTOR_WITH_SERVER = {
     "podAffinity": {
-        "preferredDuringSchedulingIgnoredDuringExecution": [
-            {
-                "weight": 100,
-                "podAffinityTerm": {
-                    "labelSelector": {
-                        "matchLabels": {
-                            "app": '{{ template "consul.name" . }}',
-                            "release": '"{{ .Release.Name }}"',
-                            "component": "server",
-                        }
-                    },
-                    "topologyKey": "kubernetes.io/hostname",
-                },
-            }
-        ]
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": _server_pods_per_node()}]
     }
 }
 
