@@ -1643,10 +1643,12 @@ class ExistingBackend(KubeBackend):
 
     def _take_nodes(self, primitive: str, zone: str, nodes: Sequence[str]) -> None:
         """Ledger first: the nodes this fault will cordon (not those already cordoned: they stay as found), and
-        whether it drains the run's own chart's webhook-cert-manager (its restore then waits out the new CA:
-        `KubeBackend._wait_pod_admission`)."""
+        whether it drains the chart's webhook-cert-manager (its restore then waits out the new CA:
+        `KubeBackend._wait_pod_admission`). The run's own chart's or the operator's alike: the manager keeps its
+        CA in memory whoever installed it, and the webhook refuses pods until the injector serves the new one (the
+        dry-run probe needs only `create pods` in the run's namespaces, which every mode's role grants)."""
         already = {n.name for n in self.cluster.node_infos() if n.unschedulable}
-        manager = bool(self._managers_on(nodes)) if self.install_consul else False
+        manager = bool(self._managers_on(nodes))
         self.ledger.add(primitive=primitive, zone=zone, nodes=[n for n in nodes if n not in already],
                         context=self.context, webhook_cert_manager=manager)  # fmt: skip
 
@@ -1660,8 +1662,16 @@ class ExistingBackend(KubeBackend):
     @_serialized
     def restore_node(self, node: str) -> None:
         """Uncordon `node` if the harness cordoned it (the ledger says so); leave anyone else's cordon alone.
-        Returns once the API server admits pods again when the fault drained the run's webhook-cert-manager."""
+        Returns once the API server admits pods again when the fault drained Consul's webhook-cert-manager."""
         self._restore_node(node, admission=True)
+
+    def _consul_namespace(self) -> str:
+        """The release's namespace with --install-consul; else where the operator's Consul runs (`find_consul`),
+        which need not be the rendered release's (an operator installs into the namespace of their choice)."""
+        if self.install_consul:
+            return super()._consul_namespace()
+        found = self.cluster.find_consul()
+        return found.namespace if found is not None else super()._consul_namespace()
 
     def _restore_node(self, node: str, admission: bool) -> None:
         """`restore_node`; `admission` False: uncordon only (a rollback, by `down` or the kill switch, is
@@ -1689,7 +1699,7 @@ class ExistingBackend(KubeBackend):
                 self.progress(f"{node}: gone (its instance was replaced or removed): no cordon left to undo")
             if admission and any(
                 drained for _ts, drained in mine
-            ):  # the run's own chart's manager went with it: a new CA
+            ):  # Consul's webhook-cert-manager went with it: a new CA
                 self._wait_pod_admission([node], min(ts for ts, _d in mine), expect_restart=True)
         elif any(n.name == node and n.unschedulable for n in self.cluster.node_infos()):
             self.progress(f"{node}: cordoned, but not by the harness: left as it is")

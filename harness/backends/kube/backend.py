@@ -526,9 +526,13 @@ class KubeBackend(Backend):
             said = "; ".join(problems[:3])
             raise BackendError(f"{self._where}: the mesh's sidecars cannot be read as the verdict needs: {said}{more}")
 
+    def _consul_namespace(self) -> str:
+        """The namespace of the Consul the run's pods are injected by: here the release the harness installed."""
+        return self.helm_release(self.manifests())["namespace"]
+
     def _managers_on(self, nodes: Sequence[str]) -> list[str]:
         """The chart's webhook-cert-manager pods running on `nodes` (a fault there restarts them: a new CA)."""
-        namespace = self.helm_release(self.manifests())["namespace"]
+        namespace = self._consul_namespace()
         return [str(p["metadata"]["name"]) for p in self.cluster.pods(namespace, WEBHOOK_CERT_MANAGER)
                 if (p.get("spec") or {}).get("nodeName") in nodes]  # fmt: skip
 
@@ -554,7 +558,7 @@ class KubeBackend(Backend):
         """
         timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
-        namespace = self.helm_release(self.manifests())["namespace"]
+        namespace = self._consul_namespace()
         selector = WEBHOOK_CERT_MANAGER
 
         def restarted(pod: dict[str, Any]) -> bool:

@@ -91,7 +91,7 @@ NEEDS: tuple[Need, ...] = (
          why="inventory list + watch, find_consul, chaos targets, the network policy agent of a probed node"),
     Need("", ("pods",), ("get", "create", "delete", "patch"), RUN,
          why="edge probe pods, pod kill (delete), unready (patch of the serving label), a dry-run "
-         "pod create after a node fault that drained the run's own webhook-cert-manager (--install-consul)"),
+         "pod create after a node fault that drained Consul's webhook-cert-manager (any install)"),
     Need("", ("pods/log",), ("get",), RUN, why="sidecar access logs, probe output, artifacts"),
     Need("", ("pods/portforward",), ("get", "create"), RUN, why="Envoy admin of each sidecar"),
     Need("", ("pods/portforward",), ("get", "create"), CONSUL, why="Consul's HTTP API through its UI Service"),
