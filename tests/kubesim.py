@@ -1316,6 +1316,8 @@ class ClusterSim:
         # a token not here is the cluster's admin (the test's own setup: nodes, Consul, assertions)
         self.rbac: dict[str, list[dict[str, Any]]] = {}
         self.rbac_denials: list[str] = []  # every 403 `rbac` gave, in order (some callers swallow a 403)
+        # (token, request) of every resource request `rbac` granted an identity it holds: what a role is used for
+        self.rbac_granted: list[tuple[str, RequestInfo]] = []
         self.access_reviews: list[RequestInfo] = []  # what SelfSubjectAccessReviews asked about, in order
         self.review_refusal: int | None = None  # answer SelfSubjectAccessReviews with this code (a restricted API)
         self._pv_events: dict[tuple[str, str, str], float] = {}  # (claim uid, reason, message) -> last emitted
@@ -1929,7 +1931,11 @@ class ClusterSim:
         """
         if info.resource_request and (info.verb, info.combined) in self.forbidden:
             return forbidden_message(info, RBAC_USER)
-        if token is None or token not in self.rbac or allowed(self.rbac[token], info):
+        if token is None or token not in self.rbac:
+            return None
+        if allowed(self.rbac[token], info):
+            if info.resource_request:
+                self.rbac_granted.append((token, info))
             return None
         message = forbidden_message(info, RBAC_USER)
         self.rbac_denials.append(message)

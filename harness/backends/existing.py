@@ -1437,7 +1437,10 @@ class ExistingBackend(KubeBackend):
         run_ns = {
             str(o["metadata"].get("namespace") or "default") for o in manifests.objects if o["kind"] == "Deployment"
         }
-        return needed(mode, applied_by_resource(objects, resource_of), run_ns, consul_ns, ca_secret or CA_SECRET)
+        declared = {str(o["metadata"]["name"]) for o in manifests.objects if o["kind"] == "Namespace"}
+        return needed(
+            mode, applied_by_resource(objects, resource_of), run_ns, consul_ns, ca_secret or CA_SECRET, declared
+        )
 
     def check_permissions(self, manifests: Manifests) -> None:
         """Before anything changes: the API server says this identity may do all the run needs, else BackendError

@@ -54,6 +54,7 @@ APPLIED = "applied"  # each namespace `up` applies an object of the resource to 
 RUN = "run"  # each namespace of the run's Deployments (its pods, their logs, events, policies)
 CONSUL = "consul"  # Consul's namespace (its UI Service, port-forward to it, its CA Secret; helm's release)
 CLUSTER = "cluster"  # all namespaces / cluster-scoped
+ARTIFACTS = "artifacts"  # each namespace the manifests declare (the post-mortem reads them all, Consul's included)
 
 # when a need applies (empty: always)
 DESTRUCTIVE = "destructive"  # the context is allow-listed for node kill / zone outage / partition
@@ -87,6 +88,8 @@ NEEDS: tuple[Need, ...] = (
     Need("", ("serviceaccounts", "configmaps", "services"), ("create", "patch", "delete"), APPLIED,
          why="up applies (POST; a re-up: server-side apply), down deletes"),
     Need("", ("services",), ("get", "list"), CONSUL, why="find_consul lists the UI Service, port-forward gets it"),
+    Need("", ("pods",), ("get",), CONSUL,
+         why="kubectl port-forward svc/<consul-ui> gets the pod it picked behind the Service (is it Running?)"),
     Need("", ("pods",), ("list", "watch"), CLUSTER,
          why="inventory list + watch, find_consul, chaos targets, the network policy agent of a probed node"),
     Need("", ("pods",), ("get", "create", "delete", "patch"), RUN,
@@ -100,7 +103,8 @@ NEEDS: tuple[Need, ...] = (
     Need("", ("nodes",), ("patch",), CLUSTER, DESTRUCTIVE, why="node kill and zone outage: cordon, uncordon"),
     Need("", ("pods",), ("delete",), CLUSTER, DESTRUCTIVE,
          why="node kill and zone outage delete every pod of the node, whatever its namespace"),
-    Need("", ("events",), ("list",), RUN, why="post-mortem artifacts"),
+    Need("", ("events",), ("list",), ARTIFACTS, why="post-mortem artifacts"),
+    Need("", ("pods/log",), ("get",), ARTIFACTS, why="post-mortem artifacts: every container's log"),
     Need("apps", ("deployments",), ("create", "patch", "delete"), APPLIED, why="the HashiCups Deployments"),
     Need("apps", ("deployments",), ("list",), CLUSTER, why="readiness of every Deployment in one call"),
     Need("networking.k8s.io", ("ingresses",), ("create", "patch", "delete", "get"), APPLIED,
@@ -179,14 +183,18 @@ def needed(
     run_namespaces: Iterable[str],
     consul_namespace: str,
     ca_secret: str = CA_SECRET,
+    artifact_namespaces: Iterable[str] = (),
 ) -> list[Permission]:
     """Every question for one run, sorted and without repeats.
 
     `applied`: (group, resource) -> the namespaces `up` applies objects of it
     to ("" for a cluster-scoped one); `run_namespaces`: those of the run's
-    Deployments; `ca_secret`: the name of the TLS Consul's CA Secret.
+    Deployments; `ca_secret`: the name of the TLS Consul's CA Secret;
+    `artifact_namespaces`: those the post-mortem reads besides the run's (the
+    manifests' Namespaces: `KubeBackend.save_artifacts`).
     """
     run = sorted(set(run_namespaces))
+    artifacts = sorted(set(run) | set(artifact_namespaces))
     out: set[Permission] = set()
     for need in NEEDS:
         if not mode.wants(need):
@@ -195,7 +203,7 @@ def needed(
             if need.scope == APPLIED:
                 where = sorted(set(applied.get((need.group, resource), ())))
             else:
-                where = {RUN: run, CONSUL: [consul_namespace], CLUSTER: [""]}[need.scope]
+                where = {RUN: run, CONSUL: [consul_namespace], CLUSTER: [""], ARTIFACTS: artifacts}[need.scope]
             for ns in where:
                 for verb in need.verbs:
                     if need.names:
