@@ -238,7 +238,9 @@ DEFINITIONS = {
     "unless run.json says runner_clock separate (EKS): then the record is lost and every hop unverified = fail",
     "unplanned_outage": "a service of the topology with no ready pod in a zone, or too few to keep its traffic "
     "there (spill), outside every recorded fault: a note; lasting longer than maxRecoveryS (or still on at the end "
-    "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover); "
+    "of the run that long after it began) it also fails fallback (an outage nobody injected that did not recover), "
+    "and so do two or more of a service in a zone, without ready pod, that cover more than half of some "
+    "maxRecoveryS (outages that keep coming back: a crash loop); "
     "one that met recorded faults fails fallback when it lasts longer than maxRecoveryS past their last restore "
     "(a declared single point of failure's cascade: past its return; its edge pairs are judged as recoveries)",
     "no_traffic": "a fault or edge pair without records is a failure (unverified), a Region pair is only reported",
