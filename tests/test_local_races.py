@@ -106,6 +106,7 @@ def deployment(name: str, replicas: int, nodes: list[str]) -> Any:
     return SimpleNamespace(
         name=name, where=f"default/{name}", replicas=replicas, meshed=True, consul_service=name, app=name,
         namespace="default", labels={"app": name}, fits=nodes, port=lambda _ref: 8080,
+        placed_on=lambda node: Placed(node, "default", {"app": name}),
     )  # fmt: skip
 
 
