@@ -244,7 +244,14 @@ def test_existing_flow_runs_the_nightly_set_end_to_end(
     assert clock is not None and clock.zones and all(z.bounded for z in clock.zones.values()), clock
     cov = next(i for i in res.verdict.invariants if i.name == "coverage")
     clocks = {c.subject: c.status for c in cov.checks if c.subject.startswith("clock ")}
-    assert f"clock {LAX}" in clocks and set(clocks.values()) == {"pass"}, clocks
+    # ... but a zone of two nodes (PHX) whose hop-making pods run on one no probe line came from (the simulated
+    # sidecars log no inbound line, consul-dataplane's do) has that node's clock unmeasured, and the verdict
+    # says so, naming it (test_verdict_v46m)
+    unmeasured = {c.subject: c.detail.get("unmeasured_nodes") for c in cov.checks if c.subject.startswith("clock ")}
+    one_node = {z for z in clocks if sum(1 for n in EKS_NODES if n["metadata"]["labels"].get(
+        "topology.kubernetes.io/zone") == z.removeprefix("clock ")) == 1}  # fmt: skip
+    assert f"clock {LAX}" in clocks and {clocks[z] for z in one_node} == {"pass"}, clocks
+    assert all(s == "pass" or unmeasured[z] for z, s in clocks.items()), (clocks, unmeasured)
     # the run, its chaos processes and kubectl did all this as the shipped deploy/eks-nightly-rbac.yaml allows
     # (`_cluster` binds it to the eks-nightly context): not one call was refused, swallowed 403s included
     assert api.sim.rbac_denials == []

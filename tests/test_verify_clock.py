@@ -80,7 +80,7 @@ def _clock(d: Path, offset_s: float, skip: tuple[tuple[str, str], ...] = (), zon
                     continue
                 logged = int((t0 + frac * rtt_s + offset_s) * 1000) / 1000  # START_TIME: whole ms, truncated
                 recs.append({"ts": t0 + rtt_s, "event": "logged", "batch": batch, "probe": probe,
-                             "pod": f"frontend-{zone}", "zone": zone, "node": f"node-{zone}", "logged": logged,
+                             "pod": f"frontend-{zone}", "zone": zone, "node": f"{T.short(zone)}-n1", "logged": logged,
                              "start_time": ""})  # fmt: skip
     write_rows(d / "clock.jsonl", recs)
     for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):

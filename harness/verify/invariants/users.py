@@ -6,7 +6,7 @@ from functools import cached_property
 from typing import Any
 
 from harness.columnar import REQUESTS, state_file
-from harness.contract.clock import CLOCK_TOLERANCE_S
+from harness.contract.clock import CLOCK_TOLERANCE_S, RunClock
 from harness.contract.requestid import REQUEST_ID_HEADER
 from harness.contract.rundir import (
     ACCESS_LOG_FLUSH,
@@ -1026,12 +1026,23 @@ class UserChecks(CheckBase):
         if clock.requests_in_zones:  # the users' requests were stamped in the zones too (in-zone locust workers)
             sql += " UNION SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL"
         zones = sorted(str(r[0]) for r in self.con.execute(sql).fetchall())
+        unmeasured = self._hop_nodes_unmeasured(clock)
         out = []
         for zone in zones:
             zc = clock.zone(zone)
             detail = {"zone": zone, "offset_s": zc.offset, "uncertainty_s": zc.uncertainty, "lo_s": zc.lo,
                       "hi_s": zc.hi, "lines": zc.lines, "nodes": list(zc.nodes), "drift_s": zc.drift,
                       "tolerance_s": CLOCK_TOLERANCE_S}  # fmt: skip
+            if zc.bounded and (nodes := unmeasured.get(zone)):
+                detail["unmeasured_nodes"] = nodes
+                text = (
+                    f"coverage: clock: {zc.text()}: but the hops of its sidecars on node(s) {', '.join(nodes)} "
+                    "were stamped by clocks no probe measured (no probe line was logged there), and were put on "
+                    "the runner's clock by the offset of other nodes: which of them fell in each fault window is "
+                    "unverified"
+                )
+                out.append(CheckResult(f"clock {zone}", UNVERIFIED, text, detail))
+                continue
             if zc.bounded:
                 out.append(CheckResult(f"clock {zone}", PASS, f"clock: {zc.text()}", detail))
                 continue
@@ -1041,6 +1052,31 @@ class UserChecks(CheckBase):
                 "fault window is unverified"
             )
             out.append(CheckResult(f"clock {zone}", UNVERIFIED, text, detail))
+        return out
+
+    def _hop_nodes_unmeasured(self, clock: RunClock) -> dict[str, list[str]]:
+        """zone -> the nodes (inventory) of pods that made hops there that none of the zone's probe lines came from.
+
+        Why: a hop's START_TIME is its caller's *node* clock, and each node keeps its own (chrony per instance);
+        the probes bound only the clocks of the nodes whose sidecars logged them (`ZoneClock.nodes`), and the
+        zone's offset is their intersection. A node no probe reached may be any distance off: correcting its
+        hops by another node's offset passed a failover over maxFailoverS on a node a second behind. A pod the
+        inventory names no node for is asked too (its node is unknown: '?'); one the inventory saw on two nodes (a
+        StatefulSet's pod rescheduled) needs both."""
+        measured = {z: set(c.nodes) for z, c in (clock.zones or {}).items()}
+        rows = self.con.execute(
+            """
+            SELECT DISTINCT CAST(h.caller_zone AS VARCHAR), coalesce(nullif(p.node, ''), '?')
+            FROM (SELECT DISTINCT caller_zone, caller_pod FROM hops WHERE caller_zone IS NOT NULL) h
+            LEFT JOIN (SELECT DISTINCT pod, node FROM inventory WHERE nullif(node, '') IS NOT NULL) p
+                   ON p.pod = CAST(h.caller_pod AS VARCHAR)
+            ORDER BY 1, 2
+            """
+        ).fetchall()
+        out: dict[str, list[str]] = {}
+        for zone, node in rows:
+            if node not in measured.get(str(zone), set()):
+                out.setdefault(str(zone), []).append(str(node))
         return out
 
     @cached_property
