@@ -16,10 +16,11 @@ left it before it was received, so ``offset = node clock - runner clock`` lies i
 ``[logged + d - received, logged + 1 ms - sent]`` (both fields are whole milliseconds, truncated): the
 round trip between the runner and the sidecar, not what the mesh did meanwhile (public-api, product-api,
 postgres over the service link), is what widens it. The probes of a batch narrow it to the intersection of
-their intervals; a batch at the start and one at the end of the run
-(after the traffic) bound the drift in between: the zone's offset during the run lies in the hull of the two.
-Hops are corrected by the middle of that hull (`ZoneClock.offset`), and `ZoneClock.uncertainty`, half its
-width, is the bound on what remains. A zone whose offset is not bounded within `CLOCK_TOLERANCE_S` (no probe
+their intervals (per node: each keeps its own clock); a batch at the start and one at the end of the run
+(after the traffic) bound the drift in between: the node's offset during the run lies in the hull of the two.
+Hops are corrected by the middle of their caller's node's hull (`RunClock.nodes`; the zone's hull of its
+nodes, `ZoneClock.offset`, for a pod whose node is not known), and half its width is the bound on what
+remains. A zone whose offset is not bounded within `CLOCK_TOLERANCE_S` (no probe
 found in its sidecars' logs in a batch, probes that contradict each other, a hull too wide) leaves every
 comparison of its hops with the runner's records unverified: the verdict fails it (coverage).
 
@@ -35,6 +36,22 @@ comparison of its hops with the runner's records unverified: the verdict fails i
   one per access-log line found carrying the probe's marker (`zone`/`node`: the logging pod's, from the
   inventory; `start_time`: as Envoy wrote it, `logged` the same in epoch seconds; `duration_ms`: its
   `duration`, 0 when absent, which only widens the interval).
+- ``{"ts", "event": "pair", "batch", "from_node", "from_zone", "to_node", "to_zone", "lo", "hi", "pairs"}``:
+  the clock of node `to_node` against `from_node`'s, from the requests one's sidecars sent the other's
+  (`node_offsets`): ``offset(to) - offset(from)`` lies in [lo, hi], the intersection of `pairs` pairs' bounds
+  at that end (`batch`: the requests of the run's first or last minute, `harness.traffic.clock.find_pairs`);
+  ``lo > hi`` when they contradict each other.
+
+Nodes. The probes measure the nodes whose sidecars logged them (`ZoneClock.nodes`); a hop's START_TIME is its
+caller's *node* clock, and a zone's other nodes may be any distance off. Those are measured against a probed
+node by the requests between them: the caller's sidecar logs the outbound request at its node time
+[Sa, Sa + da], the serving sidecar the inbound one at its node time [Sb, Sb + db], matched by X-Request-Id
+(Envoy makes one on the outbound listener and keeps it on the inbound one: Consul's listeners set no
+`use_remote_address`, so no request is an edge request whose id is replaced). The served interval lies
+within the caller's on the true time line, so ``offset(B) - offset(A)`` lies in
+``[Sb + db - Sa - da - 2 ms, Sb - Sa + 1 ms]`` (whole ms, truncated, on both sides). A node's interval is
+its neighbour's plus the pair's, intersected over every measured neighbour (`RunClock.nodes`); a node with
+no chain of pairs to a probed node stays unmeasured.
 """
 
 from __future__ import annotations
@@ -77,10 +94,13 @@ class ZoneClock:
     nodes: tuple[str, ...] = ()
     drift: float | None = None  # middle of the end batch's interval minus the start batch's
     problem: str | None = None  # why the offset is not bounded (then lo/hi may be None)
+    # each probed node's interval width: [lo, hi] is their hull, and each node's hops are corrected by its own
+    # (`RunClock.nodes`); empty: one interval (the hull's width is the bound)
+    widths: tuple[float, ...] = ()
 
     @property
     def offset(self) -> float | None:
-        """The correction applied to the zone's hops (the middle of [lo, hi])."""
+        """The correction applied to the hops of the zone's pods on no known node (the middle of [lo, hi])."""
         return None if self.lo is None or self.hi is None or self.hi < self.lo else (self.lo + self.hi) / 2
 
     @property
@@ -92,15 +112,59 @@ class ZoneClock:
     def bounded(self) -> bool:
         """Known well enough for the verdict: measured, consistent, within `CLOCK_TOLERANCE_S`."""
         u = self.uncertainty
+        if self.widths and u is not None:
+            u = max(self.widths) / 2
         return self.problem is None and u is not None and u <= CLOCK_TOLERANCE_S
 
     def text(self) -> str:
         if self.offset is None or self.uncertainty is None:
             return f"{self.zone}: {self.problem or 'not measured'}"
+        if len(self.widths) > 1:
+            head = (f"{self.zone}: nodes {self.lo * 1000:+.1f} ms to {self.hi * 1000:+.1f} ms from the runner "  # type: ignore[operator]
+                    f"(nodes {', '.join(self.nodes)}, each measured to ± {max(self.widths) / 2 * 1000:.1f} ms or "
+                    f"better), {self.lines} probe lines")  # fmt: skip
+            return f"{head}: {self.problem}" if self.problem else head
         drift = f", drift {self.drift * 1000:+.1f} ms over the run" if self.drift is not None else ""
         nodes = f" (nodes {', '.join(self.nodes)})" if self.nodes else ""
         head = (f"{self.zone}: nodes {self.offset * 1000:+.1f} ms ± {self.uncertainty * 1000:.1f} ms from the runner"
                 f"{nodes}, {self.lines} probe lines{drift}")  # fmt: skip
+        return f"{head}: {self.problem}" if self.problem else head
+
+
+@dataclass(frozen=True)
+class NodeClock:
+    """One node's clock against the runner's, measured through pairs of requests from a measured node."""
+
+    node: str
+    zone: str | None
+    lo: float | None = None
+    hi: float | None = None
+    via: tuple[str, ...] = ()  # the measured nodes it was bounded against
+    pairs: int = 0
+    problem: str | None = None
+    lines: int = 0  # probe lines that bounded it (a probed node: no `via`)
+
+    @property
+    def offset(self) -> float | None:
+        return None if self.lo is None or self.hi is None or self.hi < self.lo else (self.lo + self.hi) / 2
+
+    @property
+    def uncertainty(self) -> float | None:
+        return None if self.offset is None else (self.hi - self.lo) / 2  # type: ignore[operator]
+
+    @property
+    def bounded(self) -> bool:
+        u = self.uncertainty
+        return self.problem is None and u is not None and u <= CLOCK_TOLERANCE_S
+
+    def text(self) -> str:
+        if self.offset is None or self.uncertainty is None:
+            return f"node {self.node}: {self.problem or 'not measured'}"
+        how = (f"through {self.pairs} request pairs with node(s) {', '.join(self.via)}" if self.via
+               else f"by {self.lines} probe lines")  # fmt: skip
+        head = (
+            f"node {self.node}: {self.offset * 1000:+.1f} ms ± {self.uncertainty * 1000:.1f} ms from the runner {how}"
+        )
         return f"{head}: {self.problem}" if self.problem else head
 
 
@@ -118,6 +182,22 @@ class RunClock:
     # run.json said the nodes keep their own clocks but clock.jsonl is missing or records nothing: no zone was
     # measured, and which clock the requests were stamped by is not known either (`record_lost`)
     record_missing: bool = False
+    # nodes no probe line came from, measured (or not: `problem`) through request pairs with measured nodes
+    nodes: Mapping[str, NodeClock] | None = None
+
+    def node_offsets(self) -> dict[str, float]:
+        """node -> correction for every node measured, by the probes or through request pairs."""
+        return {n: c.offset for n, c in (self.nodes or {}).items() if c.offset is not None and c.problem is None}
+
+    def measured_nodes(self, zone: str) -> set[str]:
+        """The nodes of `zone` whose clock is bounded: probed (zone bounded) or bounded through pairs."""
+        return {n for n, c in (self.nodes or {}).items() if c.zone == zone and c.bounded}
+
+    def bound(self, zone: str) -> float | None:
+        """The widest uncertainty of the zone's measured clocks (its probed nodes' and its paired nodes')."""
+        known = [c.uncertainty for c in (self.nodes or {}).values()
+                 if c.zone == zone and c.problem is None and c.uncertainty is not None]  # fmt: skip
+        return max(known) if known else self.zone(zone).uncertainty
 
     def zone(self, zone: str) -> ZoneClock:
         """The zone's clock, or an unmeasured one saying why."""
@@ -207,51 +287,145 @@ def evaluate(records: Iterable[Mapping[str, Any]], corrupt_lines: Iterable[int] 
         t0, t1 = _num(r.get("sent")), _num(r.get("received"))
         if t0 is not None and t1 is not None and t1 >= t0 and isinstance(r.get("probe"), str):
             sent[str(r["probe"])] = (t0, t1)
-    # per zone and batch: the intersection of the probe lines' intervals
-    per: dict[tuple[str, str], list[float]] = {}  # (zone, batch) -> [lo, hi]
-    lines: dict[str, int] = {}
-    nodes: dict[str, set[str]] = {}
+    # per zone, node and batch: the intersection of the probe lines' intervals (each node keeps its own clock:
+    # intersecting two nodes' lines would make two healthy clocks a few ms apart contradict each other)
+    per: dict[tuple[str, str], dict[str, list[float]]] = {}  # (zone, node) -> batch -> [lo, hi]
+    lines: dict[tuple[str, str], int] = {}
     for r in recs:
         if r.get("event") != "logged":
             continue
         probe, zone, batch, at = r.get("probe"), r.get("zone"), r.get("batch"), _num(r.get("logged"))
         if not isinstance(zone, str) or batch not in BATCHES or at is None or str(probe) not in sent:
             continue
+        node = str(r["node"]) if isinstance(r.get("node"), str) and r.get("node") else "?"
         t0, t1 = sent[str(probe)]
         took = max(0.0, _num(r.get("duration_ms")) or 0.0) / 1000.0
         lo, hi = at + took - t1, at + START_TIME_RESOLUTION_S - t0
-        cur = per.setdefault((zone, str(batch)), [-math.inf, math.inf])
+        cur = per.setdefault((zone, node), {}).setdefault(str(batch), [-math.inf, math.inf])
         cur[0], cur[1] = max(cur[0], lo), min(cur[1], hi)
-        lines[zone] = lines.get(zone, 0) + 1
-        if isinstance(r.get("node"), str):
-            nodes.setdefault(zone, set()).add(str(r["node"]))
+        lines[(zone, node)] = lines.get((zone, node), 0) + 1
+    probed: dict[str, NodeClock] = {}
     zones: dict[str, ZoneClock] = {}
-    for zone in sorted({z for z, _b in per}):
-        batches = {b: per[(zone, b)] for b in BATCHES if (zone, b) in per}
-        problem = None
-        contradicting = [b for b, (lo, hi) in batches.items() if lo > hi]
-        if contradicting:
-            b = contradicting[0]
-            lo, hi = batches[b]
-            problem = (
-                f"its {b} probes contradict each other (the latest lower bound {lo * 1000:+.1f} ms is above the "
-                f"earliest upper bound {hi * 1000:+.1f} ms): its nodes' clocks differ or stepped"
-            )
-            zones[zone] = ZoneClock(zone, lines=lines[zone], nodes=tuple(sorted(nodes.get(zone, ()))), problem=problem)
+    for zone in sorted({z for z, _n in per}):
+        units = sorted(n for z, n in per if z == zone)
+        found = [(n, _batch_bound(per[(zone, n)])) for n in units]
+        for n, (nlo, nhi, _drift, nproblem) in found:
+            if n != "?":
+                probed[n] = NodeClock(n, zone, nlo, nhi, (), 0, nproblem, lines[(zone, n)])
+        named = tuple(n for n in units if n != "?")
+        count = sum(lines[(zone, n)] for n in units)
+        problem = next((f"node {n}: {p}" if len(units) > 1 else p for n, (_l, _h, _d, p) in found if p), None)
+        los = [lo for _n, (lo, _h, _d, _p) in found if lo is not None]
+        his = [hi for _n, (_l, hi, _d, _p) in found if hi is not None]
+        if not los or not his:
+            zones[zone] = ZoneClock(zone, lines=count, nodes=named, problem=problem)
             continue
-        missing = [b for b in BATCHES if b not in batches]
-        if missing:
-            problem = (f"no probe of the {' and '.join(missing)} batch was found in its sidecars' access logs: "
-                       "the drift over the run is not bounded")  # fmt: skip
-        lo = min(v[0] for v in batches.values())
-        hi = max(v[1] for v in batches.values())
-        drift = None
-        if len(batches) == 2:
-            drift = sum(batches["end"]) / 2 - sum(batches["start"]) / 2
-        zc = ZoneClock(zone, lo, hi, lines[zone], tuple(sorted(nodes.get(zone, ()))), drift, problem)
-        if problem is None and not zc.bounded:
-            zc = ZoneClock(zone, lo, hi, lines[zone], zc.nodes, drift,
-                           f"bounded only to ± {(hi - lo) / 2 * 1000:.1f} ms, wider than the "
-                           f"{CLOCK_TOLERANCE_S * 1000:g} ms the verdict resolves")  # fmt: skip
-        zones[zone] = zc
-    return RunClock(True, why, zones, n_sent, len(sent), corrupt, requests_in_zones)
+        drifts = [d for _n, (_l, _h, d, _p) in found if d is not None]
+        drift = max(drifts, key=abs) if drifts else None
+        widths = tuple(hi - lo for _n, (lo, hi, _d, _p) in found if lo is not None and hi is not None)
+        zones[zone] = ZoneClock(zone, min(los), max(his), count, named, drift, problem, widths)
+    paired = node_clocks(recs, probed)
+    return RunClock(True, why, zones, n_sent, len(sent), corrupt, requests_in_zones, nodes={**probed, **paired})
+
+
+def _batch_bound(batches: Mapping[str, list[float]]) -> tuple[float | None, float | None, float | None, str | None]:
+    """(lo, hi, drift, problem) of one clock from its batches' intersections: their hull over the run."""
+    contradicting = [b for b in BATCHES if b in batches and batches[b][0] > batches[b][1]]
+    if contradicting:
+        b = contradicting[0]
+        lo, hi = batches[b]
+        return (
+            None,
+            None,
+            None,
+            (
+                f"its {b} probes contradict each other (the latest lower bound {lo * 1000:+.1f} ms is above the "
+                f"earliest upper bound {hi * 1000:+.1f} ms): its clock stepped"
+            ),
+        )
+    problem = None
+    missing = [b for b in BATCHES if b not in batches]
+    if missing:
+        problem = (f"no probe of the {' and '.join(missing)} batch was found in its sidecars' access logs: "
+                   "the drift over the run is not bounded")  # fmt: skip
+    lo = min(v[0] for v in batches.values())
+    hi = max(v[1] for v in batches.values())
+    drift = sum(batches["end"]) / 2 - sum(batches["start"]) / 2 if len(batches) == 2 else None
+    if problem is None and (hi - lo) / 2 > CLOCK_TOLERANCE_S:
+        problem = (f"bounded only to ± {(hi - lo) / 2 * 1000:.1f} ms, wider than the "
+                   f"{CLOCK_TOLERANCE_S * 1000:g} ms the verdict resolves")  # fmt: skip
+    return lo, hi, drift, problem
+
+
+def node_clocks(records: Iterable[Mapping[str, Any]], probed: Mapping[str, NodeClock]) -> dict[str, NodeClock]:
+    """Each node no probe line came from, against the probed nodes, through the `pair` records (docstring).
+
+    A pair's batch intervals are intersected (their bounds hold for the same offset difference within a half of
+    the run), the two halves' hull is the difference over the run (drift, as for a zone's batches). A probed
+    node (`probed`, bounded) has its own probes' interval; a node reached from measured ones has the intersection of
+    what each says (neighbours measured earlier, breadth-first: a chain adds each link's width). Probed nodes
+    keep their probes' interval. Contradicting pairs, or derivations that exclude each other, leave the node
+    with a problem: unmeasured.
+    """
+    per: dict[tuple[str, str], dict[str, list[float]]] = {}  # (from, to) -> batch -> [lo, hi]
+    count: dict[tuple[str, str], int] = {}
+    zone_of: dict[str, str] = {}
+    for r in records:
+        if r.get("event") != "pair":
+            continue
+        a, b, lo, hi = r.get("from_node"), r.get("to_node"), _num(r.get("lo")), _num(r.get("hi"))
+        if not isinstance(a, str) or not isinstance(b, str) or a == b or lo is None or hi is None:
+            continue
+        for node, zk in ((a, "from_zone"), (b, "to_zone")):
+            if isinstance(r.get(zk), str):
+                zone_of.setdefault(node, str(r[zk]))
+        cur = per.setdefault((a, b), {}).setdefault(str(r.get("batch")), [-math.inf, math.inf])
+        cur[0], cur[1] = max(cur[0], lo), min(cur[1], hi)
+        count[(a, b)] = count.get((a, b), 0) + int(_num(r.get("pairs")) or 0)
+    # node -> neighbour -> (difference neighbour - node interval, pairs, problem)
+    edges: dict[str, dict[str, tuple[float, float, int, str | None]]] = {}
+    for (a, b), batches in per.items():
+        problem = None
+        bad = [k for k, (lo, hi) in batches.items() if lo > hi]
+        if bad:
+            lo, hi = batches[bad[0]]
+            problem = (f"the requests between nodes {a} and {b} contradict each other ({bad[0]} batch: "
+                       f"{lo * 1000:+.1f} ms above {hi * 1000:+.1f} ms): a clock stepped")  # fmt: skip
+        lo, hi = min(v[0] for v in batches.values()), max(v[1] for v in batches.values())
+        edges.setdefault(a, {})[b] = (lo, hi, count[(a, b)], problem)
+        edges.setdefault(b, {})[a] = (-hi, -lo, count[(a, b)], problem)
+    known: dict[str, tuple[float, float]] = {}
+    for n, c in probed.items():
+        if c.bounded and c.lo is not None and c.hi is not None:
+            known[n] = (c.lo, c.hi)
+    out: dict[str, NodeClock] = {}
+    frontier = sorted(known)
+    while frontier:
+        reached: dict[str, list[tuple[str, float, float, int, str | None]]] = {}
+        for m in frontier:
+            for n, (dlo, dhi, k, problem) in sorted(edges.get(m, {}).items()):
+                if n in known or n in out or n in probed:
+                    continue
+                reached.setdefault(n, []).append((m, known[m][0] + dlo, known[m][1] + dhi, k, problem))
+        frontier = []
+        for n, ways in sorted(reached.items()):
+            via = tuple(sorted({w[0] for w in ways}))
+            pairs = sum(w[3] for w in ways)
+            problems = [w[4] for w in ways if w[4]]
+            lo, hi = max(w[1] for w in ways), min(w[2] for w in ways)
+            problem = problems[0] if problems else None
+            if problem is None and lo > hi:
+                problem = (f"the measured nodes {', '.join(via)} say different things of its clock "
+                           f"({lo * 1000:+.1f} ms above {hi * 1000:+.1f} ms)")  # fmt: skip
+            nc = NodeClock(n, zone_of.get(n), lo, hi, via, pairs, problem)
+            if problem is None and not nc.bounded:
+                nc = NodeClock(n, zone_of.get(n), lo, hi, via, pairs,
+                               f"bounded only to ± {(hi - lo) / 2 * 1000:.1f} ms, wider than the "
+                               f"{CLOCK_TOLERANCE_S * 1000:g} ms the verdict resolves")  # fmt: skip
+            out[n] = nc
+            if nc.bounded:
+                known[n] = (lo, hi)
+                frontier.append(n)
+    for n in sorted(set(edges) - set(known) - set(out) - set(probed)):
+        out[n] = NodeClock(n, zone_of.get(n), problem="no chain of request pairs reaches a node a probe measured")
+    return out

@@ -37,7 +37,8 @@ Definitions:
   ``added``/``ip``/``removed`` event (``ready``/``unready`` do not move IPs).
 - Time: a hop's ``ts`` is Envoy's START_TIME, stamped by the caller's node. Where the run's nodes keep
   their own clocks (``clock.jsonl``: EKS seen from a CI runner), it is put on the runner's clock, which
-  every other record uses, by the caller's zone's measured offset (`harness.contract.clock`).
+  every other record uses, by the caller's zone's measured offset (`harness.contract.clock`), or by its
+  node's where that node was measured through request pairs, not by the probes.
 - Logical upstream: the serving pod's ``service``; without a serving pod (no
   upstream host, e.g. ``503 UH``, or an unknown IP) it comes from
   ``upstream_cluster``: strip ``failover-target~N~``, then a ``<8hex>~`` prefix,
@@ -361,6 +362,7 @@ def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine
     skipped = read_records(con, "raw_text", run_dir, ACCESSLOGS, view=True)
     clock = read_clock(run_dir)
     offsets = clock.offsets() if clock is not None else {}
+    node_offsets = clock.node_offsets() if clock is not None else {}
     # Views, not tables: the lines are scanned (from Parquet) straight into the hops table; a long
     # run's fifty million lines are never materialised twice.
     con.execute(f"CREATE TEMP VIEW raw_lines AS SELECT *, {INBOUND_SQL} AS inbound FROM raw_text")
@@ -376,16 +378,26 @@ def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine
                 "FROM (SELECT DISTINCT filename FROM raw_text)")  # fmt: skip
     # A run whose nodes keep their own clocks (clock.jsonl): each line's START_TIME is put on the runner's
     # clock by its caller's zone's measured offset (harness.contract.clock); the caller pod's zone is the
-    # inventory's (a pod never changes zone). Without one, nothing is joined: the same SQL as ever.
+    # inventory's (a pod never changes zone). A pod on a node no probe reached but measured through request
+    # pairs (`RunClock.nodes`: its own node's offset, which may be far from its zone's probed nodes') is put
+    # on it by its node's offset. Without one, nothing is joined: the same SQL as ever.
     ts_sql, clock_join = "l.ts", ""
-    if offsets:
+    if offsets or node_offsets:
         con.execute("CREATE TEMP TABLE clock_zones (zone VARCHAR, offset_s DOUBLE)")
-        con.executemany("INSERT INTO clock_zones VALUES (?, ?)", [[z, o] for z, o in sorted(offsets.items())])
+        if offsets:
+            con.executemany("INSERT INTO clock_zones VALUES (?, ?)", [[z, o] for z, o in sorted(offsets.items())])
+        con.execute("CREATE TEMP TABLE clock_nodes (node VARCHAR, offset_s DOUBLE)")
+        if node_offsets:
+            con.executemany("INSERT INTO clock_nodes VALUES (?, ?)", sorted([n, o] for n, o in node_offsets.items()))
         con.execute(
-            f"CREATE TEMP TABLE clock_pods AS SELECT p.pod, z.offset_s FROM ({POD_PLACE_SQL}) p "
-            "JOIN clock_zones z USING (zone)"
+            f"CREATE TEMP TABLE clock_pods AS SELECT p.pod, coalesce(n.offset_s, z.offset_s) AS offset_s "
+            f"FROM ({POD_PLACE_SQL}) p LEFT JOIN clock_zones z USING (zone) "
+            "LEFT JOIN (SELECT pod, arg_max(node, ts) AS node FROM inv WHERE nullif(node, '') IS NOT NULL "
+            "GROUP BY pod) pn ON pn.pod = p.pod LEFT JOIN clock_nodes n ON n.node = pn.node "
+            "WHERE coalesce(n.offset_s, z.offset_s) IS NOT NULL"
         )
         con.execute("DROP TABLE clock_zones")
+        con.execute("DROP TABLE clock_nodes")
         ts_sql = "l.ts - coalesce(cp.offset_s, 0)"
         clock_join = "LEFT JOIN clock_pods cp ON cp.pod = coalesce(nullif(l.caller_pod, ''), f.pod)"
     con.execute(

@@ -15,7 +15,9 @@ only on a backend whose nodes do not share the runner's clock (`Observation.shar
    call of its own), and the interval is not widened by it, since each line's duration is subtracted. The
    answer's status does not matter: any line carrying the marker was logged while the probe was in flight.
 3. `find_probes`, once the access logs are collected (after the flush and the collector's last poll): every
-   access-log line carrying a marker, with the logging pod's zone and node from the inventory.
+   access-log line carrying a marker, with the logging pod's zone and node from the inventory; and, for the
+   nodes no probe reaches (a zone's second node), the `pair` records that bound each node's clock against
+   another's through the requests between their sidecars (`find_pairs`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ MAX_PROBES_PER_BATCH = 30  # ... and more, up to this many, until one came back 
 TIGHT_RTT_S = CLOCK_TOLERANCE_S - START_TIME_RESOLUTION_S
 """A probe answered within this bounds its zone's clock to within the verdict's tolerance on its own."""
 PROBE_GAP_S = 0.02
+PAIR_WINDOW_S = 60.0
+"""`find_pairs` pairs the requests of the run's first and last minute (by the logging node's clock): the
+start and end batches, as the probes are (a node's offset over the run lies in their hull), and a long run's
+tens of millions of lines in between are never held at once."""
 PROBE_TIMEOUT_S = 3.0
 PROBE_QUERY = {"query": "{ coffees { id name price } }"}  # what a shopper asks (loadtests/hashicups.py)
 _MARKER = re.compile(re.escape(PROBE_PARAM) + r"=([A-Za-z0-9_.-]+)")
@@ -186,6 +192,93 @@ def find_probes(run_dir: Path) -> int:
         out.append({"ts": time.time(), "event": "logged", "batch": sent[probe].get("batch"), "probe": probe,
                     "pod": pod, "zone": zone, "node": node, "logged": float(logged),
                     "start_time": start_time, "duration_ms": duration_ms})  # fmt: skip
+    if out:
+        _append(run_dir, out)
+    find_pairs(run_dir)
+    return len(out)
+
+
+def find_pairs(run_dir: Path) -> int:
+    """Append the `pair` records (harness.contract.clock): per (caller node, serving node, half of the run), the
+    bound on the serving node's clock minus the caller node's from every request seen on both sides; returns
+    how many records.
+
+    Why: the probes measure only the nodes whose sidecars logged them, and a hop is stamped by its caller's
+    node clock; a zone's other nodes (public-api's, product-api's when they run elsewhere) were either
+    corrected by another node's offset (a second off passed a failover over its SLO) or left unverified
+    (every multi-node zone of a real EKS cluster). A request's outbound line (caller's sidecar) and inbound line
+    (serving sidecar) carry the same X-Request-Id: Envoy makes one on the outbound listener when the app sent
+    none, and the inbound listener keeps it (Consul sets no `use_remote_address`, so no request between
+    sidecars is an edge request whose id is replaced). The served interval lies within the caller's, which
+    bounds the difference of the two clocks to the mesh's own latency between them (a few ms). Only an id one
+    outbound line carries is paired (an app that passes its caller's id on makes it two: which inbound line
+    answers which is not known). Only the first and last `PAIR_WINDOW_S` of the run are paired (the batches;
+    the probes' own requests among them). Once per run directory.
+    """
+    import duckdb
+
+    from harness.observe.hops import FILE_POD_SQL, INBOUND_SQL
+
+    run_dir = Path(run_dir)
+    if not declared(run_dir):
+        return 0
+    recs, _bad = read_records(run_dir / CLOCK_FILE)
+    if any(r.get("event") == "pair" for r in recs):
+        return 0
+    files = sorted((run_dir / ACCESSLOG_DIR).glob("*.jsonl"))
+    pods = [(p, z, n) for p, (z, n) in sorted(_pods(run_dir).items()) if n]
+    if not files or not pods:
+        return 0
+    cols = {"start_time": "VARCHAR", "caller_pod": "VARCHAR", "duration": "VARCHAR", "request_id": "VARCHAR",
+            "upstream_cluster": "VARCHAR", "upstream_host": "VARCHAR", "direction": "VARCHAR"}  # fmt: skip
+    res = START_TIME_RESOLUTION_S
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("CREATE TEMP TABLE places (pod VARCHAR, zone VARCHAR, node VARCHAR)")
+        con.executemany("INSERT INTO places VALUES (?, ?, ?)", pods)
+        con.execute(
+            f"""
+            CREATE TEMP VIEW id_lines AS
+            SELECT coalesce(nullif(caller_pod, ''), {FILE_POD_SQL}) AS pod,
+                   {ACCESSLOG_TS_SQL} AS logged,
+                   greatest(coalesce(try_cast(duration AS DOUBLE), 0), 0) / 1000 AS took,
+                   request_id AS rid, {INBOUND_SQL} AS inbound
+            FROM {read_json_sql(files, cols, filename=True, ignore_errors=True)}
+            WHERE coalesce(request_id, '') NOT IN ('', '-') AND {ACCESSLOG_TS_SQL} IS NOT NULL
+            """
+        )
+        span = con.execute("SELECT min(logged), max(logged) FROM id_lines").fetchone()
+        if span is None or span[0] is None:
+            return 0
+        first, last = float(span[0]), float(span[1])
+        con.execute(
+            "CREATE TEMP TABLE lines AS SELECT * FROM id_lines WHERE logged < ? OR logged > ?",
+            [first + PAIR_WINDOW_S, last - PAIR_WINDOW_S],
+        )
+        rows = con.execute(
+            f"""
+            WITH outs AS (
+                SELECT rid, any_value(pod) AS pod, any_value(logged) AS logged, any_value(took) AS took
+                FROM lines WHERE NOT inbound GROUP BY rid HAVING count(*) = 1
+            ), pairs AS (
+                SELECT pa.node AS a_node, pa.zone AS a_zone, pb.node AS b_node, pb.zone AS b_zone,
+                       o.logged AS sent_at,
+                       i.logged + i.took - o.logged - o.took - {2 * res} AS lo,
+                       i.logged - o.logged + {res} AS hi
+                FROM outs o JOIN lines i ON i.rid = o.rid AND i.inbound AND i.pod <> o.pod
+                JOIN places pa ON pa.pod = o.pod JOIN places pb ON pb.pod = i.pod
+                WHERE pa.node <> pb.node
+            ), mid AS (SELECT (min(sent_at) + max(sent_at)) / 2 AS m FROM pairs)
+            SELECT CASE WHEN sent_at < m THEN 'start' ELSE 'end' END AS batch, a_node, any_value(a_zone),
+                   b_node, any_value(b_zone), max(lo), min(hi), count(*)
+            FROM pairs, mid GROUP BY ALL ORDER BY 2, 4, 1
+            """
+        ).fetchall()
+    finally:
+        con.close()
+    out = [{"ts": time.time(), "event": "pair", "batch": b, "from_node": a, "from_zone": az, "to_node": n,
+            "to_zone": nz, "lo": lo, "hi": hi, "pairs": k} for b, a, az, n, nz, lo, hi, k in rows]  # fmt: skip
     if out:
         _append(run_dir, out)
     return len(out)

@@ -336,6 +336,7 @@ def _clock(run_dir: Path, notes: list[str], skipped: list[SkippedLine]) -> RunCl
         f"answered probes{bound}"
     )
     notes.extend(f"clock: {z.text()}" for z in zones)
+    notes.extend(f"clock: {c.text()}" for _n, c in sorted((clock.nodes or {}).items()))
     return clock
 
 

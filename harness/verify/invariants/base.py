@@ -103,13 +103,14 @@ class CheckBase(FaultScoping):
         """How far the zone's hops may lie from where they happened on the runner's clock (seconds).
 
         Where the nodes keep their own clocks (clock.jsonl) a hop is put on the runner's clock, which stamps
-        the faults, by the middle of its zone's measured offset interval: the truth is within its half-width
+        the faults, by the middle of its zone's measured offset interval (or its node's, measured through request
+        pairs: the widest of the zone's clocks is taken): the truth is within its half-width
         either side, so a failover or recovery figure may be that much smaller than the truth. Judged
         against an SLO, the figure must be within it with that bound added. 0 on one clock (local, kind),
         and for a zone whose offset was not measured (coverage fails it as unverified).
         """
         clock = self.run.clock
-        return 0.0 if clock is None else clock.zone(zone).uncertainty or 0.0
+        return 0.0 if clock is None else clock.bound(zone) or 0.0
 
     # A failure per record file with lines the loader had to skip (`rundata.unread_failures`)
     _unread = staticmethod(unread_failures)

@@ -1030,21 +1030,27 @@ class UserChecks(CheckBase):
         out = []
         for zone in zones:
             zc = clock.zone(zone)
-            detail = {"zone": zone, "offset_s": zc.offset, "uncertainty_s": zc.uncertainty, "lo_s": zc.lo,
-                      "hi_s": zc.hi, "lines": zc.lines, "nodes": list(zc.nodes), "drift_s": zc.drift,
+            detail: dict[str, Any] = {"zone": zone, "offset_s": zc.offset, "uncertainty_s": zc.uncertainty,
+                      "lo_s": zc.lo, "hi_s": zc.hi, "lines": zc.lines, "nodes": list(zc.nodes), "drift_s": zc.drift,
                       "tolerance_s": CLOCK_TOLERANCE_S}  # fmt: skip
+            paired = sorted((c for c in (clock.nodes or {}).values() if c.zone == zone), key=lambda c: c.node)
+            if paired:
+                detail["node_clocks"] = {c.node: {"offset_s": c.offset, "uncertainty_s": c.uncertainty,
+                                                   "lo_s": c.lo, "hi_s": c.hi, "via": list(c.via), "pairs": c.pairs,
+                                                   "problem": c.problem} for c in paired}  # fmt: skip
+            said = "".join(f"; {c.text()}" for c in paired)
             if zc.bounded and (nodes := unmeasured.get(zone)):
                 detail["unmeasured_nodes"] = nodes
                 text = (
-                    f"coverage: clock: {zc.text()}: but the hops of its sidecars on node(s) {', '.join(nodes)} "
-                    "were stamped by clocks no probe measured (no probe line was logged there), and were put on "
-                    "the runner's clock by the offset of other nodes: which of them fell in each fault window is "
-                    "unverified"
+                    f"coverage: clock: {zc.text()}{said}: but the hops of its sidecars on node(s) "
+                    f"{', '.join(nodes)} were stamped by clocks neither a probe (no probe line was logged there) "
+                    "nor the requests between them and a measured node bounded, and were put on the runner's "
+                    "clock by the offset of other nodes: which of them fell in each fault window is unverified"
                 )
                 out.append(CheckResult(f"clock {zone}", UNVERIFIED, text, detail))
                 continue
             if zc.bounded:
-                out.append(CheckResult(f"clock {zone}", PASS, f"clock: {zc.text()}", detail))
+                out.append(CheckResult(f"clock {zone}", PASS, f"clock: {zc.text()}{said}", detail))
                 continue
             text = (
                 f"coverage: clock: {zc.text()}: its hops' times (its nodes' clock) cannot be set against the "
@@ -1063,7 +1069,10 @@ class UserChecks(CheckBase):
         hops by another node's offset passed a failover over maxFailoverS on a node a second behind. A pod the
         inventory names no node for is asked too (its node is unknown: '?'); one the inventory saw on two nodes (a
         StatefulSet's pod rescheduled) needs both."""
-        measured = {z: set(c.nodes) for z, c in (clock.zones or {}).items()}
+        measured = {
+            z: clock.measured_nodes(z)
+            for z in {*(clock.zones or {}), *(c.zone for c in (clock.nodes or {}).values() if c.zone)}
+        }
         rows = self.con.execute(
             """
             SELECT DISTINCT CAST(h.caller_zone AS VARCHAR), coalesce(nullif(p.node, ''), '?')
