@@ -3556,8 +3556,11 @@ class ClusterSim:
         hold: list[tuple[Obj, float]] | None = None,
         request_id: str | None = None,
         reply: list[str] | None = None,
+        served_hold: list[tuple[Obj, Obj, float]] | None = None,
     ) -> tuple[Obj | None, int]:
-        """One outbound hop of `caller`'s sidecar: pick, count, buffer the access-log line when it ends.
+        """One outbound hop of `caller`'s sidecar: pick, count, buffer the access-log line when it ends; and the
+        serving sidecar's inbound line (consul-dataplane's public listener logs every request it passes to
+        `local_app`, with the X-Request-Id the caller's Envoy sent: `harness.traffic.clock.find_pairs`).
 
         An attempt on a dead host waits out the connect timeout first, as a
         real Envoy does (the line's `duration`; its start is when the request came).
@@ -3566,6 +3569,8 @@ class ClusterSim:
         `request_id`: the X-Request-Id the request came with (Envoy keeps an internal caller's and makes
         one, a UUID, for a request without).
         `reply`: gets the body of the answer Envoy made itself when the hop failed (`envoy_local_reply`).
+        `served_hold`: with `hold`, gets the serving sidecar's inbound line (serving pod, line, start) to be
+        written once the answer is complete (`_release_served`, before the caller's: it ends first).
         """
         run = self.pods.get(str(caller["metadata"]["uid"]))
         if run is None or run.current is None or not run.current.alive:
@@ -3615,6 +3620,14 @@ class ClusterSim:
             "requested_server_name": None,
             "upstream_transport_failure_reason": None,
         }
+        if served and target is not None:
+            # the attempt that served began once the dead hosts' connect timeouts were waited out
+            real_in = real + wait_s
+            inbound = self._inbound_line(caller, target, port, path, str(line["request_id"]), real_in)
+            if hold is not None and served_hold is not None:
+                served_hold.append((target, inbound, real_in))
+            else:
+                self._buffer(target, inbound)
         if hold is not None:
             hold.append((line, real))
         else:
@@ -3622,6 +3635,52 @@ class ClusterSim:
         if reply is not None and not served:
             reply.append(envoy_local_reply(flags, target is not None))
         return (target if served else None), code
+
+    def _inbound_line(self, caller: Obj, target: Obj, port: str, path: str, request_id: str, real: float) -> Obj:
+        """The serving sidecar's inbound line for a request `caller`'s sidecar sent it at (real) time `real`:
+        stamped by the serving node's clock, the caller's X-Request-Id kept (Consul's public listener sets no
+        use_remote_address: not an edge request), `local_app` the cluster (0 ms: the fake app answers at once)."""
+        node = str((target.get("spec") or {}).get("nodeName") or "")
+        caller_ip = str((caller.get("status") or {}).get("podIP") or "")
+        return {
+            "start_time": iso_ms(real + self.node_clock_offset.get(node, 0.0)),
+            "route_name": None,
+            "method": "POST" if port == "8080" else "GET",
+            "path": path,
+            "protocol": "HTTP/1.1",
+            "response_code": 200,
+            "response_flags": "-",
+            "response_code_details": "via_upstream",
+            "connection_termination_details": None,
+            "bytes_received": 64,
+            "bytes_sent": 512,
+            "duration": 0,
+            "upstream_service_time": "0",
+            "x_forwarded_for": None,
+            "user_agent": "python-httpx",
+            "request_id": request_id,
+            "authority": f"localhost:{port}",
+            "upstream_host": f"127.0.0.1:{port}",
+            "upstream_cluster": "local_app",
+            "upstream_local_address": "127.0.0.1:41000",
+            "downstream_local_address": f"{target['status']['podIP']}:20000",
+            "downstream_remote_address": f"{caller_ip}:{40000 + next(self._rr) % 20000}",
+            "requested_server_name": None,
+            "upstream_transport_failure_reason": None,
+        }
+
+    def _buffer(self, pod: Obj, line: Obj) -> None:
+        """Buffer one line in `pod`'s sidecar, unless its container died (it took the line with it)."""
+        run = self.pods.get(str(pod["metadata"]["uid"]))
+        if run is not None and run.current is not None and run.current.alive:
+            run.current.envoy_buffer.append(json.dumps(line))
+
+    def _release_served(self, held: list[tuple[Obj, Obj, float]]) -> None:
+        """Buffer the serving sidecars' held inbound lines, each with the time since its start (whole ms)."""
+        end = time.time()
+        for pod, line, start in held:
+            line["duration"] = int((end - start) * 1000)
+            self._buffer(pod, line)
 
     def _release(self, pod: Obj, held: list[tuple[Obj, float]]) -> None:
         """Buffer `held` lines of `pod`'s sidecar, each with its duration: the time since its own start (whole
@@ -3647,9 +3706,11 @@ class ClusterSim:
         if "8080" not in ups:
             return _text(502, "no public-api upstream\n")
         held: list[tuple[Obj, float]] = []
+        served: list[tuple[Obj, Obj, float]] = []
         try:
-            return await self._api(pod, req, ups, held)
+            return await self._api(pod, req, ups, held, served)
         finally:
+            self._release_served(served)
             self._release(pod, held)
 
     def _nginx_http_version(self, pod: Obj, path: str) -> str | None:
@@ -3676,7 +3737,12 @@ class ClusterSim:
         return None
 
     async def _api(
-        self, pod: Obj, req: Any, ups: dict[str, str], held: list[tuple[Obj, float]]
+        self,
+        pod: Obj,
+        req: Any,
+        ups: dict[str, str],
+        held: list[tuple[Obj, float]],
+        served: list[tuple[Obj, Obj, float]] | None = None,
     ) -> aiohttp.web.StreamResponse:
         """nginx's `/api`: the frontend's hop to public-api (its line held until the answer is complete)."""
         # nginx's `proxy_pass http://127.0.0.1:8080;` passes the request's URI on as it came, query included,
@@ -3684,7 +3750,7 @@ class ClusterSim:
         rid = req.headers.get("X-Request-Id")
         reply: list[str] = []
         public, code = await self._log_hop(
-            pod, ups["8080"], "8080", req.path_qs, hold=held, request_id=rid, reply=reply
+            pod, ups["8080"], "8080", req.path_qs, hold=held, request_id=rid, reply=reply, served_hold=served
         )
         if public is None:
             return _text(code, reply[0] if reply else "no healthy upstream")

@@ -19,6 +19,8 @@ from harness.contract.rundir import CLOCK_FILE
 from harness.traffic.clock import find_pairs
 from harness.verify import COVERAGE
 from harness.verify.synth import Scenario, write_run
+from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.test_flows import tools as tools  # the fake kubectl on PATH
 from tests.test_verdict_v46m import BEHIND, LAX_N2, QUICK, SLOW, _clock, _move_to_second_node, _node, _skew_pods
 from tests.test_verify_audit import why
 from tests.test_verify_soundness import LAX, T, failed
@@ -182,3 +184,32 @@ def test_a_chain_of_pairs_adds_each_links_width_and_a_broken_chain_measures_noth
     assert clock.measured_nodes("z") == {"A", "B", "C"}
     assert not clock.nodes["D"].bounded and not clock.nodes["E"].bounded  # type: ignore[index]
     assert clock.measured_nodes("y") == set()
+
+
+# -- the simulated EKS cluster: consul-dataplane's inbound lines, real recording path ----------------------------
+def test_simulated_eks_measures_each_node_of_a_two_node_zone(api: Any, tools: Path, tmp_path: Path) -> None:
+    """PHX's two nodes with clocks 700 ms apart (one 300 ms behind the runner, one 400 ms ahead): the recorded
+    run (kubesim's sidecars write the inbound lines consul-dataplane writes) measures both, PHX's clock check
+    passes naming both, and every hop (public-api's on the second node among them) lies on the runner's clock
+    between the first probe sent and the last answered, within the bound. v46m's rule alone named the second
+    node unmeasured (unverified) on every such cluster."""
+    from tests.test_backend_existing import EKS_NODES
+    from tests.test_clock_existing import _hop_span, _record
+
+    phx = "us-west-2-phx-2a"
+    phx_nodes = [n["metadata"]["name"] for n in EKS_NODES if n["metadata"]["labels"].get(
+        "topology.kubernetes.io/zone") == phx]  # fmt: skip
+    assert len(phx_nodes) == 2
+    offsets = {n["metadata"]["name"]: -0.3 for n in EKS_NODES} | {phx_nodes[1]: 0.4}
+    run_dir, first, last = _record(api, tmp_path, offsets)
+    from harness.contract.clock import read_clock
+
+    clock = read_clock(run_dir)
+    assert clock is not None
+    assert set(phx_nodes) <= clock.measured_nodes(phx), (clock.zone(phx).text(), clock.nodes)
+    v = verify(run_dir)
+    check = next(c for c in v.invariant(COVERAGE).checks if c.subject == f"clock {phx}")
+    assert check.status == "pass", check.message
+    u = max(clock.bound(z) or 0.0 for z in (clock.zones or {}))
+    lo, hi, n = _hop_span(run_dir)
+    assert lo >= first - u - 0.001 and hi <= last + u + 0.001, (lo - first, hi - last, n, u)
