@@ -83,30 +83,65 @@ def _stop_at(prefix: str) -> Callable[[str], None]:
     return say
 
 
+class _Trigger:
+    """What `_interrupt_on_inject` saw and did: the test's precondition, said when the run was not interrupted."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+        self.sent_at: float | None = None
+        self.error: BaseException | None = None
+
+    def why_not(self) -> str:
+        if self.error is not None:
+            return f"the watcher of chaos.jsonl failed: {self.error!r}"
+        if self.sent_at is None:
+            return f"chaos.jsonl never recorded the injection of {self.action}: there was no fault to interrupt"
+        return f"the interrupt was sent during {self.action}'s fault but no KeyboardInterrupt reached the run"
+
+
 @contextlib.contextmanager
-def _interrupt_on_inject(root: Path, action: str, signal_it: bool = False) -> Iterator[None]:
+def _interrupt_on_inject(root: Path, action: str, signal_it: bool = False) -> Iterator[_Trigger]:
     """Interrupt the main thread once chaos.jsonl records `action`'s injection (a fault in effect); `signal_it`:
-    with a real SIGINT to this process (what a terminal's Ctrl-C delivers), not `interrupt_main`."""
+    with a real SIGINT to this process (what a terminal's Ctrl-C delivers), not `interrupt_main`.
+
+    SIGINT is Python's own handler within the block, as in an interactive shell's foreground job: a process
+    started as a background job of a non-interactive shell (`pytest ... &`, many CI steps) inherits SIGINT
+    ignored, Python then installs no handler, and `interrupt_main` does nothing (its documented behaviour
+    for an ignored signal; a real SIGINT is dropped too). The e2e then ran past its fault to the end and these
+    tests failed "DID NOT RAISE" on unchanged code: first seen on a loaded machine, reproduced by starting them
+    with SIGINT ignored, at any load, while the same load with Python's handler passed. A run that is not
+    interrupted fails with what the trigger saw (`_Trigger.why_not`).
+    """
     done = threading.Event()
+    trigger = _Trigger(action)
 
     def watch() -> None:
-        while not done.is_set():
-            for f in (root / "runs").glob("*/chaos.jsonl"):
-                lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-                if any(x.get("action") == action and x.get("phase") == "inject" for x in lines):
-                    time.sleep(0.5)  # the fault holds for seconds: well inside it
-                    if not done.is_set():
-                        os.kill(os.getpid(), signal.SIGINT) if signal_it else _thread.interrupt_main()
-                    return
-            time.sleep(0.05)
+        try:
+            while not done.is_set():
+                for f in (root / "runs").glob("*/chaos.jsonl"):
+                    lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+                    if any(x.get("action") == action and x.get("phase") == "inject" for x in lines):
+                        time.sleep(0.5)  # the fault holds for seconds: well inside it
+                        if not done.is_set():
+                            trigger.sent_at = time.time()
+                            os.kill(os.getpid(), signal.SIGINT) if signal_it else _thread.interrupt_main()
+                        return
+                time.sleep(0.05)
+        except BaseException as exc:  # said by the test, not lost in a thread
+            trigger.error = exc
 
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     try:
-        yield
+        yield trigger
+    except pytest.fail.Exception as exc:  # pytest.raises' "DID NOT RAISE": say which precondition failed
+        raise AssertionError(f"the run was not interrupted: {trigger.why_not()}") from exc
     finally:
         done.set()
         t.join()
+        if previous is not None:  # None: a handler not installed from Python, which cannot be put back
+            signal.signal(signal.SIGINT, previous)
 
 
 def _kind(
@@ -176,9 +211,9 @@ def test_harness_e2e_kind_command_exits_130_on_sigint_while_a_node_is_stopped(
     argv = ["e2e", "--backend", "kind", "--cluster", "edge", "--topology", str(REPO / "fixtures" / "topology.yaml"),
             "--experiment", str(REPO / "experiments" / "node-kill.json"), "--users", "4", "--warmup", "2",
             "--cooldown", "1"]  # fmt: skip
-    with _interrupt_on_inject(tmp_path, "kill_node", signal_it=True):
+    with _interrupt_on_inject(tmp_path, "kill_node", signal_it=True) as trigger:
         rc = main(argv)
-    assert rc == 130
+    assert rc == 130, f"exit {rc}: {trigger.why_not()}"
     run_dir = _run_dir(tmp_path)
     assert _status(run_dir) == "interrupted"
     calls = _calls(tools)

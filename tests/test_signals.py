@@ -151,6 +151,10 @@ def test_cleanup_report_names_what_was_left_in_a_few_words() -> None:
 AT_SNIPPET = """
 import importlib.abc, os, signal, sys, time
 
+# the caller stands for an interactive one: Python's own SIGINT handler, not the disposition the test runner
+# inherited (a background job of a non-interactive shell ignores SIGINT, and the in-process case then exited 130)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 def sigint():
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.05)  # Python runs the handler between bytecodes: give it some
