@@ -427,8 +427,11 @@ def test_interrupt_chaos_process_under_chaostoolkit_signals_sigusr1(monkeypatch:
 
 def test_interrupt_chaos_process_control_without_handler_interrupts_main() -> None:
     """Control: a library caller (no SIGUSR1 handler, which would otherwise kill the process) gets a
-    KeyboardInterrupt in the main thread instead, like a Ctrl-C."""
-    previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    KeyboardInterrupt in the main thread instead, like a Ctrl-C.
+
+    That caller has Python's own SIGINT handler: set here, not inherited from the test runner, which ignores
+    SIGINT when started as a background job, and then `interrupt_main` does nothing (DID NOT RAISE)."""
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL), signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             interrupt_chaos_process()
@@ -436,7 +439,8 @@ def test_interrupt_chaos_process_control_without_handler_interrupts_main() -> No
             while time.monotonic() < deadline:
                 time.sleep(0.01)
     finally:
-        signal.signal(signal.SIGUSR1, previous)
+        signal.signal(signal.SIGUSR1, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 # -- kube: reading the kubeconfig as kubectl does ------------------------------------------------------------

@@ -81,3 +81,11 @@ def test_the_in_process_entry_dies_by_the_repeated_sigint_even_from_a_background
     test_a_signal_at_any_point_of_the_process_exits_128_plus_it_without_a_traceback(
         "main", "last-line", -signal.SIGINT, ""
     )
+
+
+def test_the_kill_switch_stop_of_a_library_caller_is_tested_with_python_sigint_handler(sigint: str) -> None:
+    """test_coverage_a44c's control (a library caller gets a KeyboardInterrupt) sets the caller's SIGINT handler
+    it stands for; from a background job (SIGINT ignored) it failed DID NOT RAISE."""
+    from tests.test_coverage_a44c import test_interrupt_chaos_process_control_without_handler_interrupts_main
+
+    test_interrupt_chaos_process_control_without_handler_interrupts_main()
