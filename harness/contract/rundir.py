@@ -259,6 +259,14 @@ ACCESSLOG_COLUMNS = {
 TS_VALID_SQL = "ts IS NOT NULL"
 ACCESSLOG_TS_SQL = "coalesce(try_cast(start_time AS DOUBLE), epoch_us(try_cast(start_time AS TIMESTAMPTZ)) / 1e6)"
 ACCESSLOG_VALID_SQL = f"{ACCESSLOG_TS_SQL} IS NOT NULL"
+# an access-log line of a request the sidecar received for its own app (consul-dataplane's inbound listener;
+# kind-style lines name no direction: their upstream is the local app), not a hop the app made
+INBOUND_SQL = (
+    "coalesce(direction = 'inbound' OR (direction IS NULL AND (coalesce(upstream_cluster, '') = 'local_app' "
+    "OR regexp_matches(coalesce(upstream_host, ''), '^(127\\.[0-9.]+|\\[::1\\]|::1):[0-9]+$'))), false)"
+)
+# the pod an access-log file belongs to: its name (accesslogs/<pod>.jsonl), from DuckDB's `filename` column
+FILE_POD_SQL = r"regexp_replace(regexp_extract(filename, '[^/]*$'), '\.jsonl$', '')"
 
 
 @dataclass(frozen=True)

@@ -72,9 +72,11 @@ from harness.contract.clock import read_clock
 from harness.contract.inventory import SLACK_S
 from harness.contract.rundir import (
     ACCESSLOG_DIR,
+    FILE_POD_SQL,
     HOPS_BUILD_FILE,
     HOPS_FILE,
     HOPS_PARQUET_FILE,
+    INBOUND_SQL,
     INVENTORY_COLUMNS,
     INVENTORY_FILE,
     SkippedLine,
@@ -85,11 +87,6 @@ from harness.contract.rundir import (
 )
 
 PIECE_BUCKET_S = 60.0  # see _pieces
-
-INBOUND_SQL = (
-    "coalesce(direction = 'inbound' OR (direction IS NULL AND (coalesce(upstream_cluster, '') = 'local_app' "
-    "OR regexp_matches(coalesce(upstream_host, ''), '^(127\\.[0-9.]+|\\[::1\\]|::1):[0-9]+$'))), false)"
-)
 
 
 @dataclass
@@ -255,8 +252,6 @@ POD_PLACE_SQL = (
 )
 
 # the pod an access-log file belongs to: its name without `.jsonl` (harness.observe.collector.pod_file_name)
-FILE_POD_SQL = r"regexp_replace(regexp_extract(filename, '[^/]*$'), '\.jsonl$', '')"
-
 NAME_COLUMNS = ("caller_pod", "caller_service", "caller_zone", "upstream", "upstream_cluster", "upstream_host",
                 "serving_pod", "serving_zone", "flags")  # fmt: skip
 """The hop columns whose values are names: a few hundred distinct values in fifty million rows."""

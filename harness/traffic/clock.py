@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.contract.clock import CLOCK_TOLERANCE_S, PROBE_PARAM, START_TIME_RESOLUTION_S, read_records
-from harness.contract.rundir import ACCESSLOG_DIR, ACCESSLOG_TS_SQL, CLOCK_FILE, INVENTORY_FILE, read_json_sql
+from harness.contract.rundir import (
+    ACCESSLOG_DIR,
+    ACCESSLOG_TS_SQL,
+    CLOCK_FILE,
+    FILE_POD_SQL,
+    INBOUND_SQL,
+    INVENTORY_FILE,
+    read_json_sql,
+)
 
 PROBES_PER_BATCH = 5
 MAX_PROBES_PER_BATCH = 30  # ... and more, up to this many, until one came back within TIGHT_RTT_S (`send_probes`)
@@ -216,8 +224,6 @@ def find_pairs(run_dir: Path) -> int:
     the probes' own requests among them). Once per run directory.
     """
     import duckdb
-
-    from harness.observe.hops import FILE_POD_SQL, INBOUND_SQL
 
     run_dir = Path(run_dir)
     if not declared(run_dir):
