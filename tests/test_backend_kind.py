@@ -782,10 +782,14 @@ def test_access_logs_are_flushed_every_second_and_read_to_the_end(
         assert httpx.post(url + "/api", json={"query": "{ coffees { id } }"}, timeout=5).status_code == 200
         sent += 1
     assert backend.flush_access_logs(timeout_s=10) == []
-    lines = [json.loads(x) for s in sources for x in s.read()]
-    # each request is two hops: frontend -> public-api, public-api -> product-api
+    read = [json.loads(x) for s in sources for x in s.read()]
+    # each request is two hops: frontend -> public-api, public-api -> product-api, each logged by its caller's
+    # sidecar (outbound) and by the serving sidecar's public listener (inbound, to its local app), as
+    # consul-dataplane logs them
+    inbound = [x for x in read if x.get("upstream_cluster") == "local_app"]
+    lines = [x for x in read if x.get("upstream_cluster") != "local_app"]
     assert len([x for x in lines if x["caller_pod"] == pod["metadata"]["name"]]) == sent
-    assert len(lines) == 2 * sent
+    assert len(lines) == 2 * sent and len(inbound) == 2 * sent
     assert {x["upstream_host"].split(":")[0] for x in lines} <= {
         p["status"]["podIP"] for p in api.sim.pods_of(zone=LAX)
     }  # in-zone, attributable
