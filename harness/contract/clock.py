@@ -83,8 +83,25 @@ far from the zones, a congested path), which hops fell before or after an inject
 precision the verdict states it with: unverified."""
 
 
+class _Interval:
+    """A clock offset known to lie in [lo, hi] (a zone's or a node's): its middle and half-width."""
+
+    lo: float | None
+    hi: float | None
+
+    @property
+    def offset(self) -> float | None:
+        """The correction applied to the hops stamped by this clock (the middle of [lo, hi])."""
+        return None if self.lo is None or self.hi is None or self.hi < self.lo else (self.lo + self.hi) / 2
+
+    @property
+    def uncertainty(self) -> float | None:
+        """How far the true offset may be from `offset` (half the interval's width)."""
+        return None if self.offset is None or self.lo is None or self.hi is None else (self.hi - self.lo) / 2
+
+
 @dataclass(frozen=True)
-class ZoneClock:
+class ZoneClock(_Interval):
     """One zone's nodes' clock against the runner's: ``offset = node - runner`` lies in [lo, hi]."""
 
     zone: str
@@ -97,16 +114,6 @@ class ZoneClock:
     # each probed node's interval width: [lo, hi] is their hull, and each node's hops are corrected by its own
     # (`RunClock.nodes`); empty: one interval (the hull's width is the bound)
     widths: tuple[float, ...] = ()
-
-    @property
-    def offset(self) -> float | None:
-        """The correction applied to the hops of the zone's pods on no known node (the middle of [lo, hi])."""
-        return None if self.lo is None or self.hi is None or self.hi < self.lo else (self.lo + self.hi) / 2
-
-    @property
-    def uncertainty(self) -> float | None:
-        """How far the true offset may be from `offset` (half the interval's width)."""
-        return None if self.offset is None else (self.hi - self.lo) / 2  # type: ignore[operator]
 
     @property
     def bounded(self) -> bool:
@@ -132,7 +139,7 @@ class ZoneClock:
 
 
 @dataclass(frozen=True)
-class NodeClock:
+class NodeClock(_Interval):
     """One node's clock against the runner's, measured through pairs of requests from a measured node."""
 
     node: str
@@ -143,14 +150,6 @@ class NodeClock:
     pairs: int = 0
     problem: str | None = None
     lines: int = 0  # probe lines that bounded it (a probed node: no `via`)
-
-    @property
-    def offset(self) -> float | None:
-        return None if self.lo is None or self.hi is None or self.hi < self.lo else (self.lo + self.hi) / 2
-
-    @property
-    def uncertainty(self) -> float | None:
-        return None if self.offset is None else (self.hi - self.lo) / 2  # type: ignore[operator]
 
     @property
     def bounded(self) -> bool:
