@@ -50,7 +50,7 @@ from harness.preflight import gate as preflight_gate
 from harness.run import copy_manifests, mark_run, new_run_dir, write_inventory
 
 if TYPE_CHECKING:
-    from harness.chaos import PlannedExperiment
+    from harness.chaos import ChaosResult, PlannedExperiment
     from harness.render.manifests import Manifests
     from harness.topology import Topology
     from harness.traffic import ProbeBudget, RequestWatch, TrafficRunner
@@ -691,13 +691,14 @@ def run_e2e(
                     need = warm_need(list(entry), planned, topology)
                     baseline = link_baseline_need(planned, topology)
                     warm_up(budget, served, opts.warmup_s, say, need=need, baseline=baseline)
-                    for i, p in enumerate(planned):
+                    res: ChaosResult | None = None  # the experiment just run: its steady state after may be the next
+                    for i, p in enumerate(planned):  # one's before (run_planned: no question asked twice in a row)
                         mark_run(run_dir, "chaos")
                         say(f"chaos: {p.id} ({p.file})")
                         started = launcher.take()
                         if i + 1 < len(planned):
                             launcher.prestart()  # the next one's, while this one runs: no gap between them
-                        res = run_planned(p, run_dir, bopts, started=started)
+                        res = run_planned(p, run_dir, bopts, started=started, previous=res)
                         if not res.ok:
                             chaos_ok = False
                             messages.append(f"chaos experiment {p.id}: {res.reason}")

@@ -32,7 +32,7 @@ from harness.backends import BackendOptions
 from harness.chaos.experiment import PlannedExperiment, Require, check_experiment, load_experiment, plan_experiment
 from harness.chaos.launch import Launcher, Prestarted
 from harness.chaos.timeline import FaultKind, record
-from harness.contract.journal import journal_problems
+from harness.contract.journal import AFTER_ONLY, before_shown_by, journal_problems
 from harness.contract.rundir import CHAOS_DIR, EXPERIMENT_FILE, JOURNAL_FILE, PLAN_FILE
 from harness.errors import BackendError, InputError
 from harness.interrupt import with_default_stop_signals
@@ -47,6 +47,7 @@ class ChaosResult:
     journal: Path
     returncode: int
     reason: str | None  # why the experiment did not do what it was meant to; None when it did
+    journal_data: dict[str, Any] | None = None  # the journal as read (None: none, or unreadable)
 
     @property
     def ok(self) -> bool:
@@ -98,17 +99,21 @@ def chaos_bin() -> str:
     return str(cand) if cand.exists() else (shutil.which("chaos") or "chaos")
 
 
-def judge_journal(journal: dict[str, Any] | None, planned_actions: list[str]) -> str | None:
+def judge_journal(
+    journal: dict[str, Any] | None, planned_actions: list[str], previous: dict[str, Any] | None = None
+) -> str | None:
     """Why this run of an experiment does not count (one line), or None when it ran as planned.
 
     The rules are `harness.contract.journal`'s, the same the verifier's
-    `experiment-ran` applies: a skipped method, a status other than
-    ``completed``, a planned action missing or failed, any other activity or
-    rollback that did not succeed, a deviated steady state after the method.
+    `experiment-ran` applies: a skipped method, a steady state before it
+    neither checked nor shown by `previous` (the journal of the experiment
+    run just before), a status other than ``completed``, a planned action
+    missing or failed, any other activity or rollback that did not succeed,
+    a deviated steady state after the method.
     """
     if journal is None:
         return "no journal: chaostoolkit did not run the experiment"
-    return "; ".join(journal_problems(journal, planned_actions)) or None
+    return "; ".join(journal_problems(journal, planned_actions, previous)) or None
 
 
 def _existing_plan(run_dir: Path) -> list[dict[str, Any]]:
@@ -167,11 +172,14 @@ def run_planned(
     opts: BackendOptions,
     timeout_s: float = 900,
     started: Prestarted | None = None,
+    previous: ChaosResult | None = None,
 ) -> ChaosResult:
     """Run one planned experiment into ``run_dir/chaos/<id>/`` with `chaos run`, rollbacks always, and judge it.
 
     `started`: a `chaos` process started ahead with `chaos_env(run_dir, opts)` (`harness.chaos.launch`), which
-    runs it instead of a new one.
+    runs it instead of a new one. `previous`: the experiment run just before it, with nothing in between; when
+    its journal ended by showing this one's steady state (`before_shown_by`), chaostoolkit checks that state
+    only after the method (`AFTER_ONLY`): asked again, it repeated the answer of a moment ago.
     """
     exp_dir = run_dir / CHAOS_DIR / p.id
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -180,8 +188,10 @@ def run_planned(
     journal_path = exp_dir / JOURNAL_FILE
     # --no-version-check: no call to chaostoolkit.org per experiment (CI runners and
     # game-day hosts may have no internet; the lookup waits for its timeout there)
+    before = previous.journal_data if previous is not None else None
+    shown = ["--hypothesis-strategy", AFTER_ONLY] if before_shown_by(before, p.data) else []
     argv = ["--no-version-check", "--log-file", str(exp_dir / "chaos.log"),
-            "run", "--rollback-strategy", "always",
+            "run", "--rollback-strategy", "always", *shown,
             "--journal-path", str(journal_path), "--no-verify-tls", str(exp_file)]  # fmt: skip
     if started is not None:
         proc = started.go(argv)
@@ -211,12 +221,12 @@ def run_planned(
         journal = loaded if isinstance(loaded, dict) else None
     except (FileNotFoundError, json.JSONDecodeError):
         journal = None
-    reason = judge_journal(journal, p.actions)
+    reason = judge_journal(journal, p.actions, before)
     if journal is None:
         reason = f"no journal: chaostoolkit exited {rc} (see {exp_dir / 'chaos.log'})"
     status = str(journal.get("status")) if journal is not None else "missing"
     deviated = bool(journal.get("deviated")) if journal is not None else False
-    return ChaosResult(p.id, status, deviated, journal_path, rc, reason)
+    return ChaosResult(p.id, status, deviated, journal_path, rc, reason, journal)
 
 
 def run_experiment(

@@ -108,8 +108,17 @@ def intentions(run: RunData) -> tuple[list[str], list[CheckResult], str]:
     return failures, results, f"intentions deny {n_int} undeclared calls{probe}"
 
 
-def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: str, recorded: set[str]) -> CheckResult:
+def experiment(
+    exp: dict[str, Any],
+    journal: dict[str, Any] | None,
+    unreadable: str,
+    recorded: set[str],
+    previous: dict[str, Any] | None = None,
+) -> CheckResult:
     """One planned experiment against its journal, and the faults its actions report against the timeline.
+
+    `previous`: the journal of the experiment planned just before it, which may have shown its steady state
+    before the method (`harness.contract.journal.before_shown_by`).
 
     `recorded`: the fault ids chaos.jsonl holds. An action that says it made
     fault F while the timeline has no F acted where nobody measured (run
@@ -124,7 +133,7 @@ def experiment(exp: dict[str, Any], journal: dict[str, Any] | None, unreadable: 
         why = unreadable or f"no journal ({CHAOS_DIR}/{exp_id}/{JOURNAL_FILE}): it never ran or stopped before the end"
         return CheckResult(exp_id, FAIL, f"experiment-ran: {label}: {why}", detail)
     detail.update(status=journal.get("status"), deviated=journal.get("deviated"))
-    problems = journal_problems(journal, planned)
+    problems = journal_problems(journal, planned, previous)
     ran: list[str] = []
     for action in planned:
         entries = runs_of(journal, action)
@@ -209,12 +218,15 @@ def _experiments(run: RunData, chaos_records: int) -> tuple[list[str], list[Chec
     if not exps and chaos_records:
         return [f"experiment-ran: {PLAN_FILE} plans no experiment but chaos.jsonl has {chaos_records} records"], [], ""
     results = []
+    previous: dict[str, Any] | None = None
     for e in exps:
         exp_id = str(e.get("id") or "?")
         rel = f"{CHAOS_DIR}/{exp_id}/{JOURNAL_FILE}"
         bad = run.unreadable.get(rel)
         why = f"journal unreadable ({bad.text()})" if bad else ""
-        results.append(experiment(e, run.journals.get(exp_id), why, {f.fault for f in run.faults}))
+        journal = run.journals.get(exp_id)
+        results.append(experiment(e, journal, why, {f.fault for f in run.faults}, previous))
+        previous = journal
     failures = [r.message for r in results if r.status == FAIL]
     planned_ids = {str(e.get("id")) for e in exps}
     # every harness flow writes the plan before it runs an experiment: a journal the plan lacks ran outside it
