@@ -478,7 +478,8 @@ class ExistingBackend(KubeBackend):
         # one fault change at a time per process: the kill switch's rollback (its own thread) must not
         # interleave with a primitive between its ledger entry and its act, or a fault escapes the ledger
         self._chaos_lock = threading.RLock()
-        self.on_abort: Callable[[], None] = interrupt_chaos_process
+        # stops the experiment after the switch's rollback; a line when it could not (`interrupt_chaos_process`)
+        self.on_abort: Callable[[], str | None] = interrupt_chaos_process
         self.install_consul = install_consul
         self.own_mesh_defaults = own_mesh_defaults
         self.entry_flags = list(entrypoints)
@@ -708,7 +709,9 @@ class ExistingBackend(KubeBackend):
             try:
                 self.rollback_active()
             finally:
-                self.on_abort()
+                said = self.on_abort()
+                if said:
+                    self.progress(said)
 
         self._switch = KillSwitchWatcher(paths, trigger).start()
 
@@ -1812,18 +1815,41 @@ def _fault_text(e: Mapping[str, Any]) -> str:
     return f"{e.get('primitive')} {e.get('zone')}" + (f" ({what})" if what else "") + f" [pid {e.get('pid')}]"
 
 
-def interrupt_chaos_process() -> None:
+_SIGINT_NOT_PYTHONS: dict[object, str] = {
+    signal.SIG_IGN: "ignores SIGINT (a background job of a shell inherits that)",
+    signal.SIG_DFL: "leaves SIGINT to its default",
+    None: "has a SIGINT handler set outside Python",
+}
+
+
+def interrupt_chaos_process() -> str | None:
     """After the kill switch rolled everything back: stop the experiment in this process.
 
     Under `chaos run`, chaostoolkit handles SIGUSR1 as "exit gracefully": the
     current action is interrupted and the rollbacks run (idempotent, and the
     ledger is empty by then). Without such a handler (a library caller), the
     main thread gets a KeyboardInterrupt instead, like a Ctrl-C.
+
+    A Ctrl-C reaches only a process whose SIGINT Python handles:
+    `_thread.interrupt_main` does nothing for one ignored (a background job
+    of a shell) or left to its default, as CPython documents. Such a caller
+    chose not to be interrupted (and SIG_DFL would kill it without its
+    cleanup), so its disposition is kept; but the stop did not happen, and
+    that is returned as one line for the switch to say (None: the stop was
+    sent). Nothing more is injected meanwhile: the switch's file refuses it.
     """
     handler = signal.getsignal(signal.SIGUSR1)
     if callable(handler):
         os.kill(os.getpid(), signal.SIGUSR1)
-    else:
-        import _thread
+        return None
+    sigint = signal.getsignal(signal.SIGINT)
+    if not callable(sigint):
+        return (
+            f"WARNING: kill switch: every fault is rolled back, but the experiment in this process (pid {os.getpid()}) "
+            f"is not stopped: it {_SIGINT_NOT_PYTHONS.get(sigint, 'does not handle SIGINT')}, so no KeyboardInterrupt "
+            "can reach it; the switch refuses every further injection while its file exists"
+        )
+    import _thread
 
-        _thread.interrupt_main()
+    _thread.interrupt_main()
+    return None
