@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,13 +46,17 @@ class _Pushed:
         return real
 
 
-def _clocked() -> tuple[ManualClock, list[float], Any]:
+def _clocked(then: Callable[[float], None] | None = None) -> tuple[ManualClock, list[float], Any]:
+    """A clock at 0 that only the returned `sleep` moves, the sleeps it was asked for, and that `sleep`;
+    `then(now)` after each sleep is the cluster changing meanwhile (what the waiting is for)."""
     clock = ManualClock(0.0)
     slept: list[float] = []
 
     def sleep(s: float) -> None:
         slept.append(s)
         clock.advance(s)
+        if then is not None:
+            then(clock.now)
 
     return clock, slept, sleep
 

@@ -22,7 +22,7 @@ from harness.verify.synth import Scenario, write_run
 from tests.test_e2e_waits import Schedule, _req
 from tests.test_input95_cli import _cli, _one_line, _tree, kubeconfig
 from tests.test_preflight import _failed, frontend_may_call_product_api, rendered, setup
-from tests.test_timing_t45f import _Pushed
+from tests.test_timing_t45f import _clocked, _Pushed
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import KILL, LAS, LAX, T, failed
 from tests.verdicts import rebuilt, rows, verify, write_rows
@@ -99,17 +99,6 @@ def test_an_idle_replica_with_no_counters_passes(tmp_path: Path) -> None:
 
 
 # -- 3. preflight: one deadline for "has the control plane settled?" --------------------------------------------------
-def _clocked() -> tuple[ManualClock, list[float], Any]:
-    clock = ManualClock(0.0)
-    slept: list[float] = []
-
-    def sleep(s: float) -> None:
-        slept.append(s)
-        clock.advance(s)
-
-    return clock, slept, sleep
-
-
 def _never_settles(setup: Any) -> Any:
     """A cluster that never settles in any of the three ways: a CRD never synced, an instance never passing, an
     undeclared call the sidecar never refuses (its intention allows it)."""
@@ -145,15 +134,14 @@ def test_a_cluster_that_settles_in_stages_within_the_bound_passes(setup: Any) ->
     b.view.unready.add(pod)
     b.synced["product-api-lax-1a"] = False
     _Pushed(b, late=5)
-    clock = ManualClock(0.0)
 
-    def sleep(s: float) -> None:
-        clock.advance(s)
-        if clock.now >= 10.0:
+    def settling(now: float) -> None:
+        if now >= 10.0:
             b.synced["product-api-lax-1a"] = True
-        if clock.now >= 20.0:
+        if now >= 20.0:
             b.view.unready.discard(pod)
 
+    clock, _slept, sleep = _clocked(settling)
     res = run_preflight(b, settle_s=30.0, sleep=sleep, clock=clock)
     assert res.ok, [(c.check, c.subject, c.message) for c in res.failures]
     assert clock.now == 25.0, clock.now
