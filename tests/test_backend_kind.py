@@ -78,6 +78,18 @@ def kind_backend(workdir: Path, **kw: Any) -> KindBackend:
     return b
 
 
+def up_saying(tmp_path: Path, **kw: Any) -> list[str]:
+    """`up` of the default topology by `kind_backend(tmp_path / "wd", **kw)`, closed after (the cluster stays);
+    returns what its progress said. What a test asks of the run it reads from the tools' calls or the cluster."""
+    said: list[str] = []
+    backend = kind_backend(tmp_path / "wd", **kw)
+    try:
+        backend.up(rendered(tmp_path), progress=said.append)
+    finally:
+        backend.close()
+    return said
+
+
 @pytest.fixture
 def up(api: FakeApiServer, tools: Tools, tmp_path: Path) -> Iterator[tuple[KindBackend, Manifests]]:
     """A kind cluster `edge` brought up from the default topology; closed (not deleted) afterwards."""

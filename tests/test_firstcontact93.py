@@ -18,7 +18,7 @@ from harness.errors import BackendError
 from tests.conftest import REPO
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.test_backend_kind import INOTIFY_PATHS, Tools, kind_backend
+from tests.test_backend_kind import INOTIFY_PATHS, Tools, kind_backend, up_saying
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 pytestmark = pytest.mark.slow  # a fake API server and fake tools per test: seconds each
@@ -47,13 +47,8 @@ def test_the_pr_workflow_installs_a_kind_release_whose_node_image_is_pinned(
     """
     release = str(_kind_action("e2e-kind.yml")["version"])
     api.sim.kind_release = release
-    said: list[str] = []
-    backend = kind_backend(tmp_path / "wd")
-    try:
-        backend.up(rendered(tmp_path), progress=said.append)
-        create = next(c for c in tools.calls() if c[:3] == ["kind", "create", "cluster"])
-    finally:
-        backend.close()
+    said = up_saying(tmp_path)
+    create = next(c for c in tools.calls() if c[:3] == ["kind", "create", "cluster"])
     assert release in KIND_NODE_IMAGES, f"e2e-kind.yml installs kind {release}: no node image is pinned for it"
     assert create[-2:] == ["--image", KIND_NODE_IMAGES[release]], create
     assert not [line for line in said if line.startswith(f"kind {release}:")], said  # no best-effort note
@@ -67,6 +62,19 @@ def test_a_kind_release_without_a_pinned_image_would_be_caught() -> None:
 # the README's command, and kind's known-issues values
 INOTIFY_FIX = "sudo sysctl -w fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=512"
 UBUNTU_DEFAULTS = {"fs/inotify/max_user_watches": 8192, "fs/inotify/max_user_instances": 128}
+
+
+def inotify_said(said: list[str]) -> list[str]:
+    """The lines of a run's progress about the Docker host's inotify limits."""
+    return [line for line in said if "inotify" in line]
+
+
+def watches_alone_said_once(said: list[str], watches: int) -> None:
+    """Watches alone below kind's (recent kernels scale them with memory, often enough for a small cluster): one
+    line naming that sysctl and kind's value, none about the instances (which suffice), and `up` went on."""
+    told = inotify_said(said)
+    assert len(told) == 1 and f"fs.inotify.max_user_watches is {watches} (kind asks 524288)" in told[0], said
+    assert "max_user_instances is" not in told[0], told
 
 
 def test_a_docker_host_with_too_few_inotify_instances_is_refused_before_the_chart(
@@ -100,22 +108,10 @@ def test_a_docker_host_as_kind_asks_or_short_only_of_watches_goes_on(
     """Controls: kind's values pass in silence; watches alone below kind's (recent kernels scale them with
     memory, often enough for a small cluster) are said in one line and `up` goes on; the read is one `cat` in the
     control-plane node (the Docker host's kernel, Docker Desktop's VM's where it runs there)."""
-    said: list[str] = []
-    backend = kind_backend(tmp_path / "wd")
-    try:
-        backend.up(rendered(tmp_path), progress=said.append)
-    finally:
-        backend.close()
-    assert not [line for line in said if "inotify" in line], said
+    said = up_saying(tmp_path)
+    assert not inotify_said(said), said
     read = ["docker", "exec", "edge-control-plane", "cat", *INOTIFY_PATHS]
     assert tools.calls().count(read) == 1
     api.sim.host_sysctl["fs/inotify/max_user_watches"] = 192546
-    said.clear()
-    backend = kind_backend(tmp_path / "wd")  # the cluster exists: reused, and its host read again
-    try:
-        backend.up(rendered(tmp_path), progress=said.append)
-    finally:
-        backend.close()
-    told = [line for line in said if "inotify" in line]
-    assert len(told) == 1 and "fs.inotify.max_user_watches is 192546 (kind asks 524288)" in told[0], said
-    assert "max_user_instances is" not in told[0]
+    said = up_saying(tmp_path)  # the cluster exists: reused, and its host read again
+    watches_alone_said_once(said, 192546)

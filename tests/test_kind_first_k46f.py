@@ -20,15 +20,14 @@ from harness.topology.model import load_topology
 from tests.conftest import REPO
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.test_backend_kind import INOTIFY_PATHS, Tools, kind_backend
+from tests.test_backend_kind import INOTIFY_PATHS, Tools, kind_backend, up_saying
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
+from tests.test_firstcontact93 import INOTIFY_FIX, inotify_said, watches_alone_said_once
 
 pytestmark = [
     pytest.mark.slow,  # a fake API server and fake tools per test: seconds each
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Docker host that is this machine: Linux"),
 ]
-
-INOTIFY_FIX = "sudo sysctl -w fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=512"
 
 
 def _proc(root: Path, watches: int, instances: int, api: FakeApiServer | None = None) -> Path:
@@ -79,14 +78,8 @@ def test_a_local_docker_host_as_kind_asks_creates_and_is_not_read_again_in_a_nod
     """Control: kind's values on a local host pass in silence, the cluster is created, and the in-node read is
     not repeated (the same kernel's values, read once)."""
     _here(monkeypatch)
-    said: list[str] = []
-    backend = kind_backend(tmp_path / "wd")
-    backend.host_proc = _proc(tmp_path / "proc", 524288, 512, api)
-    try:
-        backend.up(rendered(tmp_path), progress=said.append)
-    finally:
-        backend.close()
-    assert not [line for line in said if "inotify" in line], said
+    said = up_saying(tmp_path, host_proc=_proc(tmp_path / "proc", 524288, 512, api))
+    assert not inotify_said(said), said
     assert [c for c in tools.calls() if c[:3] == ["kind", "create", "cluster"]]
     assert ["docker", "exec", "edge-control-plane", "cat", *INOTIFY_PATHS] not in tools.calls()
 
@@ -96,15 +89,7 @@ def test_a_local_host_short_only_of_watches_is_said_once_and_goes_on(
 ) -> None:
     """Control: watches alone below kind's (kernels since 5.11 scale them with memory) are one line, and up goes on."""
     _here(monkeypatch)
-    said: list[str] = []
-    backend = kind_backend(tmp_path / "wd")
-    backend.host_proc = _proc(tmp_path / "proc", 192546, 512, api)
-    try:
-        backend.up(rendered(tmp_path), progress=said.append)
-    finally:
-        backend.close()
-    told = [line for line in said if "inotify" in line]
-    assert len(told) == 1 and "fs.inotify.max_user_watches is 192546 (kind asks 524288)" in told[0], said
+    watches_alone_said_once(up_saying(tmp_path, host_proc=_proc(tmp_path / "proc", 192546, 512, api)), 192546)
 
 
 @pytest.mark.parametrize(
@@ -122,12 +107,7 @@ def test_a_docker_host_that_is_not_this_machine_is_judged_in_a_node_not_by_this_
     monkeypatch.setenv("FAKE_DOCKER_NAME", socket.gethostname())
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    backend = kind_backend(tmp_path / "wd")
-    backend.host_proc = _proc(tmp_path / "proc", 8192, 128)
-    try:
-        backend.up(rendered(tmp_path))
-    finally:
-        backend.close()
+    up_saying(tmp_path, host_proc=_proc(tmp_path / "proc", 8192, 128))
     assert ["docker", "exec", "edge-control-plane", "cat", *INOTIFY_PATHS] in tools.calls()
 
 
