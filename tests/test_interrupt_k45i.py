@@ -168,31 +168,49 @@ def _kind_left_nothing(api: FakeApiServer, tools: Path, root: Path) -> None:
     assert wait_until(lambda: not _processes_of(root), 10), _processes_of(root)
 
 
+def _interrupted(
+    root: Path,
+    opts: E2EOptions,
+    bopts: BackendOptions,
+    say: Callable[[str], None],
+    during: contextlib.AbstractContextManager[Any] | None = None,
+) -> Path:
+    """`run_e2e` stopped by a KeyboardInterrupt (raised by `say`, or by `during`: `_interrupt_on_inject`, outside
+    pytest.raises so that it names a precondition that failed); its run directory, which says `interrupted`."""
+    with during or contextlib.nullcontext(), pytest.raises(KeyboardInterrupt):
+        run_e2e(opts, bopts, say=say)
+    run_dir = _run_dir(root)
+    assert _status(run_dir) == "interrupted"
+    return run_dir
+
+
+def _node_started_again(tools: Path) -> None:
+    """The node `docker stop` stopped was started again after it (chaostoolkit's rollback)."""
+    calls = _calls(tools)
+    stop = next(i for i, c in enumerate(calls) if c[:2] == ["docker", "stop"])
+    assert ["docker", "start", calls[stop][2]] in calls[stop:], "chaostoolkit's rollback started the node again"
+
+
+def _injected_and_restored(run_dir: Path, action: str) -> None:
+    """chaos.jsonl records `action`'s injection and then its restore, once each."""
+    chaos = [json.loads(x) for x in (run_dir / "chaos.jsonl").read_text().splitlines()]
+    assert [c["phase"] for c in chaos if c["action"] == action] == ["inject", "restore"], chaos
+
+
 @pytest.mark.parametrize("at", ["up: ", "traffic: "])
 def test_kind_e2e_interrupted_during_up_or_traffic_deletes_the_cluster(
     api: FakeApiServer, tools: Path, tmp_path: Path, at: str
 ) -> None:
-    opts, bopts, say = _kind(_stop_at(at))
-    with pytest.raises(KeyboardInterrupt):
-        run_e2e(opts, bopts, say=say)
-    run_dir = _run_dir(tmp_path)
-    assert _status(run_dir) == "interrupted"
+    _interrupted(tmp_path, *_kind(_stop_at(at)))
     _kind_left_nothing(api, tools, tmp_path)
 
 
 def test_kind_e2e_interrupted_while_a_node_is_stopped_starts_it_and_keeps_the_records(
     api: FakeApiServer, tools: Path, tmp_path: Path
 ) -> None:
-    opts, bopts, say = _kind(lambda _m: None)
-    with _interrupt_on_inject(tmp_path, "kill_node"), pytest.raises(KeyboardInterrupt):
-        run_e2e(opts, bopts, say=say)
-    run_dir = _run_dir(tmp_path)
-    assert _status(run_dir) == "interrupted"
-    calls = _calls(tools)
-    stop = next(i for i, c in enumerate(calls) if c[:2] == ["docker", "stop"])
-    assert ["docker", "start", calls[stop][2]] in calls[stop:], "chaostoolkit's rollback started the node again"
-    chaos = [json.loads(x) for x in (run_dir / "chaos.jsonl").read_text().splitlines()]
-    assert [c["phase"] for c in chaos if c["action"] == "kill_node"] == ["inject", "restore"], chaos
+    run_dir = _interrupted(tmp_path, *_kind(lambda _m: None), during=_interrupt_on_inject(tmp_path, "kill_node"))
+    _node_started_again(tools)
+    _injected_and_restored(run_dir, "kill_node")
     # the records taken so far are kept: requests, the inventory, the sidecars' access logs, the journal
     assert (run_dir / "requests.jsonl").stat().st_size > 0 or list(run_dir.glob("requests*"))
     assert (run_dir / "inventory.jsonl").stat().st_size > 0
@@ -214,11 +232,8 @@ def test_harness_e2e_kind_command_exits_130_on_sigint_while_a_node_is_stopped(
     with _interrupt_on_inject(tmp_path, "kill_node", signal_it=True) as trigger:
         rc = main(argv)
     assert rc == 130, f"exit {rc}: {trigger.why_not()}"
-    run_dir = _run_dir(tmp_path)
-    assert _status(run_dir) == "interrupted"
-    calls = _calls(tools)
-    stop = next(i for i, c in enumerate(calls) if c[:2] == ["docker", "stop"])
-    assert ["docker", "start", calls[stop][2]] in calls[stop:]
+    assert _status(_run_dir(tmp_path)) == "interrupted"
+    _node_started_again(tools)
     _kind_left_nothing(api, tools, tmp_path)
 
 
@@ -226,11 +241,7 @@ def test_kind_e2e_interrupted_while_the_hops_are_built_says_interrupted(
     api: FakeApiServer, tools: Path, tmp_path: Path
 ) -> None:
     """Ctrl-C after the traffic, while the cluster comes down and the records are read: not a run left `running`."""
-    opts, bopts, say = _kind(_stop_at("observe: "), ["kill-product-api-lax.json"])
-    with pytest.raises(KeyboardInterrupt):
-        run_e2e(opts, bopts, say=say)
-    run_dir = _run_dir(tmp_path)
-    assert _status(run_dir) == "interrupted"
+    _interrupted(tmp_path, *_kind(_stop_at("observe: "), ["kill-product-api-lax.json"]))
     _kind_left_nothing(api, tools, tmp_path)
 
 
@@ -251,11 +262,8 @@ def test_kind_e2e_interrupted_while_the_chaos_launcher_closes_takes_the_cluster_
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Launcher, "close", close)
-    opts, bopts, say = _kind(lambda _m: None, ["kill-product-api-lax.json"])
-    with pytest.raises(KeyboardInterrupt):
-        run_e2e(opts, bopts, say=say)
+    _interrupted(tmp_path, *_kind(lambda _m: None, ["kill-product-api-lax.json"]))
     assert calls, "the launcher was closed"
-    assert _status(_run_dir(tmp_path)) == "interrupted"
     _kind_left_nothing(api, tools, tmp_path)
 
 
@@ -289,16 +297,19 @@ def _namespaces(c: Any) -> set[str]:
     return {n["metadata"]["name"] for n in (c.request("GET", "/api/v1/namespaces") or {})["items"]}
 
 
+def _existing_left_as_found(c: Any, before: set[str], root: Path) -> None:
+    """The namespaces as the run found them (those it created gone), and no process of the run left."""
+    assert wait_until(lambda: _namespaces(c) == before, 15), _namespaces(c) - before
+    assert wait_until(lambda: not _processes_of(root), 10), _processes_of(root)
+
+
 def test_existing_e2e_interrupted_during_up_leaves_the_namespaces_as_found(
     api: FakeApiServer, tools: Path, tmp_path: Path
 ) -> None:
     opts, bopts, c = _existing(api, tmp_path, ["node-kill.json"])
     before = _namespaces(c)
-    with pytest.raises(KeyboardInterrupt):
-        run_e2e(opts, bopts, say=_stop_at("up: applied Deployment"))
-    assert _status(_run_dir(tmp_path)) == "interrupted"
-    assert wait_until(lambda: _namespaces(c) == before, 15), _namespaces(c) - before
-    assert wait_until(lambda: not _processes_of(tmp_path), 10), _processes_of(tmp_path)
+    _interrupted(tmp_path, opts, bopts, _stop_at("up: applied Deployment"))
+    _existing_left_as_found(c, before, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -314,12 +325,8 @@ def test_existing_e2e_interrupted_during_a_fault_rolls_it_back(
     exp = str(_partition_experiment(tmp_path, LAX)) if experiment == "partition" else experiment
     opts, bopts, c = _existing(api, tmp_path, [exp])
     before = _namespaces(c)
-    with _interrupt_on_inject(tmp_path, action), pytest.raises(KeyboardInterrupt):
-        run_e2e(opts, bopts, say=lambda _m: None)
-    run_dir = _run_dir(tmp_path)
-    assert _status(run_dir) == "interrupted"
-    chaos = [json.loads(x) for x in (run_dir / "chaos.jsonl").read_text().splitlines()]
-    assert [x["phase"] for x in chaos if x["action"] == action] == ["inject", "restore"], chaos
+    run_dir = _interrupted(tmp_path, opts, bopts, lambda _m: None, during=_interrupt_on_inject(tmp_path, action))
+    _injected_and_restored(run_dir, action)
     assert not any(n.unschedulable for n in c.node_infos()), "the cordoned nodes are schedulable again"
     from harness.backends.existing import PARTITION_POLICY
     from harness.backends.fence import FaultLedger
@@ -328,6 +335,5 @@ def test_existing_e2e_interrupted_during_a_fault_rolls_it_back(
     assert not [p for p in policies if p["metadata"]["name"] == PARTITION_POLICY], "the partition is gone"
     ledgers = list((tmp_path / "runs" / ".backend").rglob("faults.json"))
     assert all(FaultLedger(f).entries() == [] for f in ledgers), [f.read_text() for f in ledgers]
-    assert wait_until(lambda: _namespaces(c) == before, 15), _namespaces(c) - before
     assert (run_dir / "inventory.jsonl").stat().st_size > 0
-    assert wait_until(lambda: not _processes_of(tmp_path), 10), _processes_of(tmp_path)
+    _existing_left_as_found(c, before, tmp_path)
