@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from harness.backends.kube import LABEL_SERVING, KubeCluster, api_client_from_ku
 from harness.render import render, write
 from harness.render.manifests import Manifests, load
 from harness.topology.model import load_topology
+from tests import kubesim_tools
 from tests.kubesim import SELF_ACCESS_REVIEWS, ClusterSim, SimTimings
 
 _orig_parse_path = parsing.parse_path
@@ -268,6 +270,23 @@ def nothing_refused(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if sim is not None:
         assert sim.rbac_denials == [], "refused: the granted role lacks these calls"
+
+
+OPERATOR_ENV = ("EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT")
+"""The operator's settings a harness run reads from its environment: a test that sets none must not inherit them."""
+
+
+def fake_tools(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unset: Iterable[str] = ()) -> Path:
+    """The fake kind/docker/helm/kubectl (`tests.kubesim_tools`) first on PATH, answering from `api`'s cluster,
+    and `unset` removed from the environment. Returns the file each call's argv is logged to (FAKE_LOG)."""
+    bindir = tmp_path / "bin"
+    kubesim_tools.install(bindir)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_API", api.url)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "argv.jsonl"))
+    for k in unset:
+        monkeypatch.delenv(k, raising=False)
+    return tmp_path / "argv.jsonl"
 
 
 @functools.cache

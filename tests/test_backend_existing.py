@@ -39,9 +39,8 @@ from harness.backends.kube.backend import envoy_flush_ms
 from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.errors import BackendError, InputError
 from harness.render.manifests import Manifests, load
-from tests import kubesim_tools
 from tests.conftest import REPO, complete_jsonl, wait_until
-from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import FakeApiServer, fake_tools, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kubefake import nothing_refused as nothing_refused
 from tests.kuberbac import nightly_rules
@@ -125,7 +124,7 @@ def eks(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     """The operator's cluster, and the fake kubectl on PATH: `up` reaches Consul's API through a port-forward."""
     for k in ("EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"):
         monkeypatch.delenv(k, raising=False)
-    _helm_tools(tmp_path, api, monkeypatch)
+    fake_tools(api, tmp_path, monkeypatch)
     yield _cluster(api, tmp_path)
 
 
@@ -332,11 +331,7 @@ def test_the_rendered_consul_values_place_the_server_on_eks_nodes(
     api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--install-consul` with the rendered values: the server runs in a Region AZ of an EKS cluster."""
-    bindir = tmp_path / "bin"
-    kubesim_tools.install(bindir)
-    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
-    monkeypatch.setenv("FAKE_API", api.url)
-    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "argv.jsonl"))
+    fake_tools(api, tmp_path, monkeypatch)
     c = _cluster(api, tmp_path, consul={})
     b = _backend(api, tmp_path, ("eks-nightly",), install_consul=True)
     m = rendered(tmp_path)
@@ -376,15 +371,6 @@ def test_the_rendered_consul_values_place_the_server_on_eks_nodes(
 
 
 # -- the Consul server's volume on a new EKS cluster ------------------------------------------
-
-
-def _helm_tools(tmp_path: Path, api: FakeApiServer, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The fake helm/kubectl on PATH, logging argv to the returned file."""
-    kubesim_tools.install(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{__import__('os').environ['PATH']}")
-    monkeypatch.setenv("FAKE_API", api.url)
-    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "argv.jsonl"))
-    return tmp_path / "argv.jsonl"
 
 
 def _helm_ran(log: Path) -> list[list[str]]:
@@ -500,7 +486,7 @@ def test_install_consul_refuses_a_server_volume_that_cannot_be_provisioned_befor
     here: without the check the install would run and fail later with "context deadline exceeded")."""
     monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
     with FakeApiServer(SimTimings(helm_wait_cap_s=3.0)) as server:
-        log = _helm_tools(tmp_path, server, monkeypatch)
+        log = fake_tools(server, tmp_path, monkeypatch)
         c = _new_eks(server, tmp_path, ebs_csi_addon=bool(storage.get("ebs_csi_addon")))
         if storage.get("gp2_default"):
             c.request("PATCH", "/apis/storage.k8s.io/v1/storageclasses/gp2",
@@ -536,7 +522,7 @@ def test_install_consul_takes_the_class_the_values_name(
 ) -> None:
     """No default class, but the values name gp2 and the driver runs: the install goes ahead, the server starts."""
     monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
-    log = _helm_tools(tmp_path, api, monkeypatch)
+    log = fake_tools(api, tmp_path, monkeypatch)
     c = _new_eks(api, tmp_path, ebs_csi_addon=True)
     b = _backend(api, tmp_path, install_consul=True)
     b.up(_with_server_values(rendered(tmp_path), {"storageClass": "gp2"}))
@@ -552,7 +538,7 @@ def test_down_deletes_the_server_volume_its_install_made_in_a_namespace_it_did_n
     with them; one that was there before stays, and so did the server's EBS volume, whose old Raft data the next
     night's install then started from. `down` deletes the claims of the release it installed, and only those."""
     monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
-    _helm_tools(tmp_path, api, monkeypatch)
+    fake_tools(api, tmp_path, monkeypatch)
     c = _new_eks(api, tmp_path, ebs_csi_addon=True, addon_default_class=True)
     c.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "consul"}})
     other = {"app": "consul", "release": "other", "component": "server"}  # another release's server volume
@@ -587,7 +573,7 @@ def test_install_consul_goes_ahead_when_the_server_volume_check_cannot_object(
     an Immediate class whose allowedTopologies keep volumes in the Region's AZs passes with nothing said (the
     volume cannot land in a Local Zone). In each the server's claim is bound."""
     monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
-    _helm_tools(tmp_path, api, monkeypatch)
+    fake_tools(api, tmp_path, monkeypatch)
     c = _new_eks(api, tmp_path, ebs_csi_addon=True, addon_default_class=case == "cannot-list-classes")
     if case == "cannot-list-classes":
         api.sim.forbidden.add(("list", "storageclasses"))
@@ -621,7 +607,7 @@ def test_down_says_so_when_it_may_not_list_the_server_volume(
     """An identity that may not list claims: Consul is uninstalled all the same, and the line names the command
     that deletes what remains."""
     monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
-    log = _helm_tools(tmp_path, api, monkeypatch)
+    log = fake_tools(api, tmp_path, monkeypatch)
     c = _new_eks(api, tmp_path, ebs_csi_addon=True, addon_default_class=True)
     c.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "consul"}})
     b = _backend(api, tmp_path, install_consul=True)
@@ -645,7 +631,7 @@ def test_a_server_volume_pending_during_the_install_is_named_with_its_events_rea
     role is missing): helm's "context deadline exceeded" comes with the claim and why it is Pending."""
     monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
     with FakeApiServer(SimTimings(helm_wait_cap_s=3.0)) as server:
-        _helm_tools(tmp_path, server, monkeypatch)
+        fake_tools(server, tmp_path, monkeypatch)
         _new_eks(server, tmp_path, ebs_csi_addon=True, addon_default_class=True)
         server.sim.csi_broken["ebs.csi.aws.com"] = (
             "rpc error: code = Internal desc = Could not create volume: UnauthorizedOperation: You are not "
@@ -699,7 +685,7 @@ def test_an_operators_consul_with_the_charts_transparent_proxy_default_still_ser
 
     for k in ("EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"):
         monkeypatch.delenv(k, raising=False)
-    _helm_tools(tmp_path, api, monkeypatch)
+    fake_tools(api, tmp_path, monkeypatch)
     c = _cluster(api, tmp_path, consul={})
     api.install_consul({})  # the chart's defaults
     assert wait_until(lambda: bool(c.find_consul()) and c.find_consul().servers_ready == 1, 60)  # type: ignore[union-attr]
@@ -758,7 +744,7 @@ def test_up_refuses_sidecars_the_verdict_cannot_read_naming_the_pods(
     followed at all), so `up` says which pods, before any traffic. Pinned, the same Consul passes."""
     for k in ("EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"):
         monkeypatch.delenv(k, raising=False)
-    _helm_tools(tmp_path, api, monkeypatch)
+    fake_tools(api, tmp_path, monkeypatch)
     c = _cluster(api, tmp_path, consul={})
     api.install_consul(consul)
     assert wait_until(lambda: bool(c.find_consul()) and c.find_consul().servers_ready == 1, 60)  # type: ignore[union-attr]

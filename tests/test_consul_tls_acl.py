@@ -15,7 +15,6 @@ values (tests/kubesim.py `install_consul`).
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ from harness.backends.existing import ExistingBackend
 from harness.backends.kube import KubeCluster
 from harness.errors import BackendError
 from harness.preflight import run_preflight
-from tests import kubesim_tools
 from tests.conftest import wait_until
-from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import OPERATOR_ENV, FakeApiServer, fake_tools, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import _backend, _cluster
 
@@ -50,12 +48,7 @@ def _operator_cluster(api: FakeApiServer, tmp_path: Path, **kw: Any) -> KubeClus
 @pytest.fixture(autouse=True)
 def _env(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fake kubectl (its port-forward reaches the simulated pods) on PATH, and no operator Consul settings."""
-    kubesim_tools.install(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_API", api.url)
-    for k in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT", "CONSUL_HTTP_SSL_VERIFY",
-              "EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS"):  # fmt: skip
-        monkeypatch.delenv(k, raising=False)
+    fake_tools(api, tmp_path, monkeypatch, (*OPERATOR_ENV, "CONSUL_HTTP_SSL_VERIFY"))
 
 
 def test_existing_consul_with_tls_is_reached_on_a_port_its_ui_service_has(api: FakeApiServer, tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ by `up` before anything changes, in one line.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,14 @@ from harness.backends.existing import ExistingBackend
 from harness.backends.kube import KubeCluster
 from harness.errors import BackendError
 from harness.render.manifests import Manifests
-from tests import kubesim_tools
 from tests.conftest import wait_until
-from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import OPERATOR_ENV, FakeApiServer, fake_tools, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kuberbac import RequestInfo, nightly_rules, without
-from tests.test_backend_existing import CONTEXT, _backend, _cluster, eks_node
-from tests.test_firstcontact_a44k import _admitted, _ns_of, _restore_meeting_the_window
-from tests.test_flows import existing_options
+from tests.test_backend_existing import CONTEXT, _backend, _cluster
+from tests.test_eks_webhook_k45i import drained_manager_restore_waits_out_its_ca, running_on
+from tests.test_firstcontact_a44k import restore_elsewhere_asks_nothing
+from tests.test_flows import NIGHTLY_SET, e2e_options, existing_options
 from tests.test_flows import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 pytestmark = pytest.mark.slow
@@ -42,31 +41,12 @@ OPERATOR_NS = "consul-system"
 """Not the rendered release's namespace (`consul`): the operator installed Consul where they chose."""
 
 
-def _managers(admin: KubeCluster) -> list[dict[str, Any]]:
-    return admin.pods(OPERATOR_NS, {"component": "webhook-cert-manager"})
-
-
-def _running_on(admin: KubeCluster) -> list[str]:
-    return [str(p["spec"].get("nodeName")) for p in _managers(admin) if (p.get("status") or {}).get("phase")
-            == "Running" and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
-
-
-def _env(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bindir = tmp_path / "bin"
-    kubesim_tools.install(bindir)
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_API", api.url)
-    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "argv.jsonl"))
-    for k in ("EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"):
-        monkeypatch.delenv(k, raising=False)
-
-
 def _operator_cluster(api: FakeApiServer, tmp_path: Path) -> KubeCluster:
     """The EKS-like cluster with the operator's Consul (the rendered values) in a namespace of their own."""
     admin = _cluster(api, tmp_path, consul={})
     api.install_consul(rendered(tmp_path / "operator").helm_values, namespace=OPERATOR_NS)
     assert wait_until(lambda: (c := admin.find_consul()) is not None and c.servers_ready == 1, 60)
-    assert wait_until(lambda: len(_running_on(admin)) == 1, 30)
+    assert wait_until(lambda: len(running_on(admin, OPERATOR_NS)) == 1, 30)
     return admin
 
 
@@ -75,7 +55,7 @@ def up(
     api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[ExistingBackend, Manifests]]:
     """The least-privilege nightly: the operator's Consul, the shop brought up by the harness, node faults allowed."""
-    _env(api, tmp_path, monkeypatch)
+    fake_tools(api, tmp_path, monkeypatch, OPERATOR_ENV)
     _operator_cluster(api, tmp_path)
     b = _backend(api, tmp_path, (CONTEXT,), execute=True)
     m = rendered(tmp_path)
@@ -84,37 +64,12 @@ def up(
     b.close()
 
 
-def _manager_alone(api: FakeApiServer, tmp_path: Path) -> str:
-    """A second node in the manager's AZ, the manager moved there and the injector synced to its CA: the node a
-    fault may stop (the first one runs Consul's server and injector, which the blast radius keeps)."""
-    sim, admin = api.sim, api.cluster(tmp_path, "admin")
-    (first,) = _running_on(admin)
-    zone = admin.nodes()[first]
-    api.seed(admin, eks_node("10.0.1.11", zone, "region-a"))
-    second = next(n for n, z in admin.nodes().items() if z == zone and n != first)
-    admin.cordon(first)
-    for p in _managers(admin):
-        admin.delete("v1", "Pod", OPERATOR_NS, p["metadata"]["name"])
-    assert wait_until(lambda: _running_on(admin) == [second], 30), _running_on(admin)
-    assert wait_until(lambda: not sim.call(sim.webhook_refuses_pods), 30)
-    admin.uncordon(first)
-    return second
-
-
 def test_operator_consul_node_kill_that_drains_its_manager_returns_only_once_its_new_ca_is_served(
     up: tuple[ExistingBackend, Manifests], api: FakeApiServer, tmp_path: Path
 ) -> None:
     """Reproducer: without --install-consul the restore did not look for the manager (and looked in the rendered
     `consul` namespace when it did), so it returned while the API server still refused every new pod."""
-    backend, m = up
-    alone = _manager_alone(api, tmp_path)
-    restarted, refused, now = _restore_meeting_the_window(
-        api, lambda: (backend.kill_node(alone), backend.restore_node(alone)), _ns_of(m)
-    )
-    assert restarted == 3, "a new CA: the setup's move made the second"
-    assert refused, "the restore never met the window it must wait out"
-    assert now == "", f"a pod created right after restore_node is refused: {now}"
-    assert api.sim.rbac_denials == [], "the admission probe is one deploy/eks-nightly-rbac.yaml grants"
+    drained_manager_restore_waits_out_its_ca(api, tmp_path, up, OPERATOR_NS)
 
 
 def _dry_runs(api: FakeApiServer) -> int:
@@ -126,17 +81,9 @@ def test_operator_consul_node_kill_elsewhere_asks_nothing_more(
 ) -> None:
     """Control: a Local Zone's node; the manager keeps running, the CA stays, nothing refused, no probe made."""
     backend, m = up
-    sim = api.sim
-    sim.t.secret_volume_sync_s = None
-    lax = next(n for n, z in backend.cluster.nodes().items() if z == "us-west-2-lax-1a")
-    assert lax not in _running_on(api.cluster(tmp_path, "admin"))
     probes_before = _dry_runs(api)
-    backend.kill_node(lax)
-    backend.restore_node(lax)
-    assert sim.call(lambda: sim.consul.webhook_ca) == 1
-    assert sim.call(sim.webhook_refusals.copy) == []
+    restore_elsewhere_asks_nothing(api, m, backend, backend.cluster.nodes(), "us-west-2-lax-1a", OPERATOR_NS)
     assert _dry_runs(api) == probes_before
-    assert _admitted(api, _ns_of(m), "control") == ""
 
 
 def test_a_role_without_the_probes_pod_create_is_refused_by_up_in_one_line(
@@ -145,7 +92,7 @@ def test_a_role_without_the_probes_pod_create_is_refused_by_up_in_one_line(
     """The other side of the decision: the admission probe needs `create pods` in the run's namespaces, which `up`
     asks the API server for before it changes anything; a role without it is refused there, in one line naming it,
     never halfway through a restore."""
-    _env(api, tmp_path, monkeypatch)
+    fake_tools(api, tmp_path, monkeypatch, OPERATOR_ENV)
     _operator_cluster(api, tmp_path)
     b = _backend(api, tmp_path, (CONTEXT,), execute=True)
     api.grant(CONTEXT, [*without(nightly_rules(), "", "pods", "create")])
@@ -211,24 +158,14 @@ def test_every_call_of_a_full_existing_e2e_is_asked_up_front_and_granted_and_the
     it, and the post-mortem reads events and logs of every declared namespace (Consul's too), none of them asked,
     so a role scoped to what the check asks for would pass `up` and be refused mid-run."""
     from harness.backends import connect
-    from harness.e2e import E2EOptions, run_e2e
+    from harness.e2e import run_e2e
     from harness.render.manifests import load
-    from tests.conftest import REPO
     from tests.test_consul_tls_acl import HARNESS_RIGHTS, tls_acl_values
 
-    for k in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT", "CONSUL_HTTP_SSL_VERIFY"):
-        monkeypatch.delenv(k, raising=False)
     _cluster(api, tmp_path, tls_acl_values(rendered(tmp_path / "operator").helm_values))
     monkeypatch.setenv("CONSUL_HTTP_TOKEN", api.sim.call(lambda: api.sim.acl_token(HARNESS_RIGHTS)))
     bopts = existing_options(api, api.write_kubeconfig(tmp_path / "kubeconfig", CONTEXT))
-    opts = E2EOptions(
-        topology=REPO / "fixtures" / "topology.yaml",
-        experiments=[REPO / "experiments" / "eks-edge.json", REPO / "experiments" / "node-kill.json"],
-        users=6,
-        spawn_rate=6,
-        warmup_s=3,
-        cooldown_s=1,
-    )
+    opts = e2e_options(*NIGHTLY_SET)
     res = run_e2e(opts, bopts, say=lambda _s: None)
     assert res.chaos_ok, res.messages
     assert api.sim.rbac_denials == []  # (a)

@@ -40,9 +40,10 @@ def up(api: FakeApiServer, tools: Tools, tmp_path: Path) -> Iterator[tuple[KindB
     backend.close()
 
 
-def _manager_node(api: FakeApiServer) -> str:
+def _manager_node(api: FakeApiServer, ns: str = "consul") -> str:
+    """The node of Consul's one webhook-cert-manager (Consul installed in `ns`)."""
     sim = api.sim
-    pods = sim.call(lambda: [p for p in sim.items("v1", "pods", "consul")
+    pods = sim.call(lambda: [p for p in sim.items("v1", "pods", ns)
                              if p["metadata"]["labels"].get("component") == "webhook-cert-manager"])  # fmt: skip
     assert len(pods) == 1, pods
     return str(pods[0]["spec"]["nodeName"])
@@ -146,13 +147,14 @@ def test_a_restore_of_a_node_without_the_manager_asks_nothing_more(
 
 
 def restore_elsewhere_asks_nothing(
-    api: FakeApiServer, m: Manifests, backend: Any, nodes: dict[str, str], zone: str
+    api: FakeApiServer, m: Manifests, backend: Any, nodes: dict[str, str], zone: str, ns: str = "consul"
 ) -> None:
-    """Stop and restore a node of `zone` (`nodes`: node -> zone) that does not run the webhook-cert-manager: the
-    CA stays, nothing is refused, and a pod is admitted at once (kind's and EKS's restores alike)."""
+    """Stop and restore a node of `zone` (`nodes`: node -> zone) that does not run the webhook-cert-manager
+    (Consul's, in `ns`): the CA stays, nothing is refused, and a pod is admitted at once (kind's and EKS's
+    restores alike, with the chart installed by the run or by the operator)."""
     sim = api.sim
     sim.t.secret_volume_sync_s = None
-    manager = _manager_node(api)
+    manager = _manager_node(api, ns)
     other = next(n for n, z in nodes.items() if z == zone)
     assert other != manager
     backend.kill_node(other)

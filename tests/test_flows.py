@@ -21,7 +21,6 @@ artifacts, and the cluster is gone (kind) or left as found (EKS).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +33,8 @@ from harness.backends import BackendOptions
 from harness.contract.clock import read_clock, read_records
 from harness.contract.rundir import ACCESS_LOG_FLUSH_S, CLOCK_FILE, HOPS_PARQUET_FILE
 from harness.e2e import E2EOptions, run_e2e
-from tests import kubesim_tools
 from tests.conftest import REPO, wait_until
-from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import OPERATOR_ENV, FakeApiServer, fake_tools, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import EKS_NODES, _backend, _cluster
 
@@ -51,14 +49,11 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def tools(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    kubesim_tools.install(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_API", api.url)
-    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "argv.jsonl"))
-    for k in ("EH_ENTRYPOINTS", "EH_ALLOW_CONTEXTS", "EH_RUN_DIR", "EH_BACKEND", "EH_CONTEXT"):
-        monkeypatch.delenv(k, raising=False)
+    """The fake tools on PATH (their argv log yielded), none of the operator's or a run's settings inherited."""
+    unset = (*OPERATOR_ENV, "CONSUL_HTTP_SSL_VERIFY", "EH_RUN_DIR", "EH_BACKEND", "EH_CONTEXT")
+    log = fake_tools(api, tmp_path, monkeypatch, unset)
     monkeypatch.chdir(tmp_path)  # runs/ and runs/.backend/ (shared with the chaos processes) live here
-    yield tmp_path / "argv.jsonl"
+    yield log
 
 
 def _hops(run_dir: Path) -> list[dict[str, Any]]:
@@ -131,15 +126,25 @@ def _check_records(run_dir: Path, killed_zone: str) -> dict[str, Any]:
     return {"inventory": inv, "hops": hops, "entry": entry}
 
 
-def test_kind_flow_up_traffic_pod_kill_node_kill_restore_down(api: FakeApiServer, tools: Path) -> None:
-    opts = E2EOptions(
+NIGHTLY_SET = ("eks-edge", "node-kill")
+"""What the EKS nightly runs (README, "What the nightly runs"): the flow below and the nightly role's test run it."""
+
+
+def e2e_options(*experiments: str) -> E2EOptions:
+    """A short e2e of the default topology running `experiments` (names in experiments/): six users, a 3 s
+    warm-up, a 1 s cool-down; the simulated cluster needs no more to show every record the flows check."""
+    return E2EOptions(
         topology=REPO / "fixtures" / "topology.yaml",
-        experiments=[REPO / "experiments" / "kill-product-api-lax.json", REPO / "experiments" / "node-kill.json"],
+        experiments=[REPO / "experiments" / f"{name}.json" for name in experiments],
         users=6,
         spawn_rate=6,
         warmup_s=3,
         cooldown_s=1,
     )
+
+
+def test_kind_flow_up_traffic_pod_kill_node_kill_restore_down(api: FakeApiServer, tools: Path) -> None:
+    opts = e2e_options("kill-product-api-lax", "node-kill")
     said: list[str] = []
     # the simulated cluster answers at once: `up` asks again after 0.1 s, not the real default's 2 s
     res = run_e2e(opts, BackendOptions(name="kind", cluster="edge", ready_poll_s=0.1), say=said.append)
@@ -193,8 +198,6 @@ def test_existing_flow_runs_the_nightly_set_end_to_end(
     `tls-acl`: the operator's Consul as HashiCorp's EKS tutorial installs it (TLS, HTTPS only, ACLs managed),
     reached with the operator's CA from the chart's Secret and a token of README's policy in CONSUL_HTTP_TOKEN.
     """
-    for k in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT", "CONSUL_HTTP_SSL_VERIFY"):
-        monkeypatch.delenv(k, raising=False)
     if consul == "plain":
         c = _cluster(api, tmp_path)
     else:
@@ -205,14 +208,7 @@ def test_existing_flow_runs_the_nightly_set_end_to_end(
     kc = api.write_kubeconfig(tmp_path / "kubeconfig", "eks-nightly")
     before_ns = {n["metadata"]["name"] for n in (c.request("GET", "/api/v1/namespaces") or {})["items"]}
     bopts = existing_options(api, kc)
-    opts = E2EOptions(
-        topology=REPO / "fixtures" / "topology.yaml",
-        experiments=[REPO / "experiments" / "eks-edge.json", REPO / "experiments" / "node-kill.json"],
-        users=6,
-        spawn_rate=6,
-        warmup_s=3,
-        cooldown_s=1,
-    )
+    opts = e2e_options(*NIGHTLY_SET)
     said: list[str] = []
     res = run_e2e(opts, bopts, say=said.append)
     assert res.chaos_ok, (res.messages, said)

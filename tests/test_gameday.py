@@ -29,10 +29,10 @@ from harness.backends.fence import AllowList, load_allow_file
 from harness.backends.kube import KubeCluster
 from harness.errors import BackendError, InputError
 from tests.conftest import wait_until
-from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import FakeApiServer, fake_tools, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kubefake import nothing_refused as nothing_refused
-from tests.test_backend_existing import EKS_NODES, ENTRY, LAS, LAX, PHX, _cluster, _helm_tools
+from tests.test_backend_existing import EKS_NODES, ENTRY, LAS, LAX, PHX, _cluster
 
 REPO = Path(__file__).resolve().parents[1]
 CTX = "eks-nightly"
@@ -51,7 +51,7 @@ def eks(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # never the developer's own allow-list file
     monkeypatch.chdir(tmp_path)
-    _helm_tools(tmp_path, api, monkeypatch)  # the fake kubectl: `up` reaches Consul's API through a port-forward
+    fake_tools(api, tmp_path, monkeypatch)  # the fake kubectl: `up` reaches Consul's API through a port-forward
     yield _cluster(api, tmp_path)
 
 

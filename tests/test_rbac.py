@@ -26,7 +26,7 @@ import yaml
 from harness.backends.kube.permissions import SSAR_PATH, Mode, grants, review
 from harness.errors import BackendError
 from tests.conftest import REPO, wait_until
-from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import FakeApiServer, fake_tools, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kuberbac import (
     INSTALL_CONSUL_RBAC,
@@ -41,7 +41,7 @@ from tests.kuberbac import (
     rule_allows,
     without,
 )
-from tests.test_backend_existing import CONTEXT, _backend, _cluster, _helm_tools
+from tests.test_backend_existing import CONTEXT, _backend, _cluster
 
 # -- the authorizer model (no server) ------------------------------------------------------------------
 
@@ -161,9 +161,7 @@ def test_the_readme_points_at_the_files_instead_of_listing_the_identity() -> Non
 @pytest.fixture
 def tools(api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The fake kubectl on PATH: `up` reaches Consul's API through a port-forward before it applies anything."""
-    for k in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"):
-        monkeypatch.delenv(k, raising=False)
-    return _helm_tools(tmp_path, api, monkeypatch)
+    return fake_tools(api, tmp_path, monkeypatch, ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT"))
 
 
 @pytest.mark.slow
