@@ -96,6 +96,16 @@ reader of a copied verdict does not need this file):
   callers' next hops are the pair's next record; never restored: unverified).
   A recovery not shown when the run ended before maxRecoveryS after the
   restore had passed is unverified (fails), not "never recovers".
+  After a service-down or zone-down fault, each pod of a service it took
+  down that is ready in the zone again must be back in service within
+  maxRecoveryS of the restore: one that served none of the n hops the
+  pair's callers sent to its pool's k pods (the zone's; for an AZ every
+  AZ's, which CE spreads Region calls over) from its ready to maxRecoveryS
+  after the restore fails when (1 - 1/k)^n < 1e-3
+  (`FaultMeasurer._pods_left_out`; no claim when the zone's next fault or
+  the run's end comes first): judged by where the hops went alone, an AZ's
+  replacement no caller ever called recovered at once (its peer in the
+  other AZ is "the Region").
 - Shared services: hops to Region-placed upstreams must be served in an
   availability zone (zero tolerance; unattributed hosts count as violations)
   and must be routed: a hop that found no upstream host (NR, UH ...) fails,

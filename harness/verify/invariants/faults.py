@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from harness.observe.hops import host_ip_sql
+from harness.observe.hops import POD_PLACE_SQL, host_ip_sql
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.scope import FaultScope
@@ -320,6 +320,8 @@ class FaultMeasurer(CheckBase):
                 out.messages += [note] if note else []
             elif msg and (rec is None or not failure) and nxt is None:
                 msg = self._ended_before_due(f, u, w, rec, msg, hi)
+            if not msg:
+                msg = self._pods_left_out(f, u, callers, hi)
             if msg:
                 pr.status = FAIL
                 pr.message = f"{pr.message}; {msg}" if pr.message else msg
@@ -569,6 +571,95 @@ class FaultMeasurer(CheckBase):
             if w.instant is not None:
                 return w
         return self._measure(f.zone, u, callers, f.restore, hi, good, next_fault=nxt, stale_sql=NO_HOST_SQL)
+
+    def _ready_spans(self, u: str, zones: list[str]) -> dict[str, tuple[str, list[tuple[float, float]]]]:
+        """Each pod of service `u` in `zones`: its zone and the spans it was ready (inventory readiness; a node
+        fault's pods out from its inject, as `rundata._readiness` reads them; `added` is ready in an inventory
+        without readiness events). An open span ends at INF."""
+        into = "'ready', 'added'" if not self.run.readiness_events else "'ready'"
+        rows = self.con.execute(
+            f"""
+            SELECT CAST(e.pod AS VARCHAR), e.ts, e.event IN ({into}) AS up, p.zone FROM (
+                SELECT pod, ts, event, rowid AS seq FROM inv WHERE event IN ('added', 'ready', 'unready', 'removed')
+                UNION ALL SELECT pod, inject, 'unready', 0 FROM node_fault_pods
+            ) e JOIN ({POD_PLACE_SQL}) p ON p.pod = e.pod
+            WHERE p.service = ? AND list_contains(?, CAST(p.zone AS VARCHAR)) ORDER BY e.ts, e.seq
+            """,
+            [u, zones],
+        ).fetchall()
+        out: dict[str, tuple[str, list[tuple[float, float]]]] = {}
+        since: dict[str, float] = {}
+        for pod, ts, up, zone in rows:
+            spans = out.setdefault(pod, (str(zone), []))[1]
+            if up and pod not in since:
+                since[pod] = float(ts)
+            elif not up and pod in since:
+                lo = since.pop(pod)
+                if float(ts) > lo:
+                    spans.append((lo, float(ts)))
+        for pod, lo in since.items():
+            out[pod][1].append((lo, INF))
+        return out
+
+    def _pods_left_out(self, f: Fault, u: str, callers: list[str], hi: float) -> str:
+        """Why a pod of `u` in fault `f`'s zone, ready after the restore, is shown never taken back into service by
+        the mesh ("" when none is): its callers' hops all went to the other pods they spread over.
+
+        A recovery is judged by where the pair's hops went: for an edge zone its own zone, for an availability
+        zone the Region as a whole (Consul CE spreads a Region caller's calls over every AZ's pods). So an AZ
+        whose product-api came back Ready after a node or pod kill, and which the Region's callers never
+        called again (its endpoint never back in their Envoys), passed at once: the other AZ's pod served every
+        hop, in the Region. So did an edge zone of two replicas whose replacement was never used beside the
+        one that survived. The Region is left one instance short for the next fault (a Local Zone failing over
+        to it), and the fault's own service never came back.
+
+        Envoy spreads a pool's calls over every healthy endpoint (round robin, no locality in CE): a pod the
+        mesh took back gets about 1/k of the n hops its callers sent to the k ready pods of its pool (the zone's
+        for an edge zone, every AZ's for an AZ). Judged over the recovery's own bound, from when the pod was
+        ready after the restore to maxRecoveryS after the restore: one that served no hop in all that time
+        while its callers sent n hops to the pool is not back within maxRecoveryS when a mesh that took it back
+        would leave it none only with a chance (1 - 1/k)^n below `RECOVERY_EVIDENCE_ALPHA`. No claim when the
+        zone's next fault or the end of the run comes before that bound (a mesh slow to take it back is still
+        within the SLO), when the pod went unready again before it, or with too few hops to tell.
+        """
+        assert f.restore is not None
+        if f.kind not in ("service-down", "zone-down"):
+            return ""
+        until = f.restore + self.slo.max_recovery_s
+        if until > hi:
+            return ""
+        edge = zone_is_edge(self.t, f.zone)
+        pool_zones = [f.zone] if edge else [z.name for z in self.t.region_zones]
+        spans = self._ready_spans(u, pool_zones)
+        for pod, (zone, ready) in sorted(spans.items()):
+            span = next(((lo, end) for lo, end in ready if end > f.restore and lo < until), None)
+            if zone != f.zone or span is None or span[1] < until:
+                continue
+            since = max(span[0], f.restore)
+            if self._one("SELECT count(*) FROM hops WHERE serving_pod = ? AND ts >= ? AND ts < ?", [pod, since, until]):
+                continue
+            pool = sorted(p for p, (_z, r) in spans.items() if any(a < until and b > since for a, b in r))
+            caller_sql = "caller_zone = ?" if edge else "caller_kind = 'region'"
+            n = int(
+                self._one(
+                    f"SELECT count(*) FROM hops WHERE {caller_sql} AND upstream = ? "
+                    "AND list_contains(?, caller_service) AND list_contains(?, CAST(serving_pod AS VARCHAR)) "
+                    "AND ts >= ? AND ts < ?",
+                    ([f.zone] if edge else []) + [u, callers, pool, since, until],
+                )
+                or 0
+            )
+            chance = (1.0 - 1.0 / len(pool)) ** n
+            if n and chance < RECOVERY_EVIDENCE_ALPHA:
+                where = f.zone if edge else f"the Region ({', '.join(pool_zones)})"
+                return (
+                    f"fallback: {f.zone} -> {u}: {pod} in {f.zone}, ready from {iso(since)} after fault {f.fault}, "
+                    f"served none of the {n} hops {', '.join(callers)} in {f.zone if edge else 'the Region'} sent "
+                    f"to {u}'s {len(pool)} pods in {where} up to maxRecoveryS after the restore ({iso(until)}; a "
+                    f"mesh that took it back leaves it none with a chance of {chance:.1g}): it never came back into "
+                    "service"
+                )
+        return ""
 
     def _shared_outages(self, f: Fault, u: str) -> list[Fault]:
         """Later faults of other zones that take down a Region-only service the pair's upstream `u` reaches.

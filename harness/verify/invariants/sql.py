@@ -127,7 +127,10 @@ DEFINITIONS = {
     "recovery: after the last misplaced successful hop and the last that found no upstream host, and shown by "
     "the same (1 - p)^n < 1e-3 rule, p the pair's share sent elsewhere while its upstream was not whole in the "
     "cascade and after the cascade's end before the instant (unverified when the run ended before maxRecoveryS "
-    "after the cascade had passed)",
+    "after the cascade had passed); after a service-down or zone-down fault, a pod of a service it took down that is "
+    "ready in the zone again and served none of the n hops the pair's callers sent to its pool's k ready pods (the "
+    "zone's; an AZ's: every AZ's) from its ready to maxRecoveryS after the restore never came back into service when "
+    "(1 - 1/k)^n < 1e-3 (no claim when the zone's next fault or the run's end comes first, or with fewer hops)",
     "resolution_s": "gap between the records bounding the failover/recovery instant: the instant minus the last "
     "failed or misplaced hop before it (or minus the window start); for a recovery whose callers the fault cut off "
     "(entry point, a caller or a service on its call path down in the zone) also the moment the first of the "
