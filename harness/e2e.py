@@ -37,6 +37,7 @@ from harness.contract.rundir import (
     ACCESSLOG_DIR,
     ARTIFACTS_DIR,
     CLOCK_PROBES,
+    COLLECTED_FILE,
     INVENTORY_FILE,
     LOG_ROTATION,
     RECORD_FILES,
@@ -146,7 +147,9 @@ def recording(backend: Backend, run_dir: Path, say: Callable[[str], None] | None
     # a test double that is not an `Observation` records nothing as it goes: its inventory is written at the end
     follower = backend.record_into(run_dir) if isinstance(backend, Observation) else RecordFollower({}, run_dir).start()
     # compact_run_dir: access logs and requests kept columnar as they come (harness.columnar)
-    collector = AccessLogCollector(backend.log_sources, run_dir / ACCESSLOG_DIR, compact_run_dir=run_dir)
+    # collected_file: how far the copied records reach, for the cool-down (harness.verify.pending)
+    collector = AccessLogCollector(backend.log_sources, run_dir / ACCESSLOG_DIR, compact_run_dir=run_dir,
+                                   collected_file=run_dir / COLLECTED_FILE)  # fmt: skip
     collector.start()
     host = HostSampler(run_dir).start()  # the machine's own load, stated next to what the mesh did
     try:

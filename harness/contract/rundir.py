@@ -67,6 +67,7 @@ HOST_FILE = "host.jsonl"  # the harness host's CPU while recording (harness.obse
 USERS_FILE = "users.json"  # what the users were configured with: their think time (harness.traffic.runner)
 PROBE_BUDGET_FILE = "probe-budget.json"  # the zone probes' rate fitted to this machine (harness.traffic.budget)
 CLOCK_FILE = "clock.jsonl"  # the runner's clock against the nodes' (harness.contract.clock), separate clocks only
+COLLECTED_FILE = "collected.json"  # how far the access logs copied into the run reach (`collected_until`)
 
 
 class FaultKind(StrEnum):
@@ -95,6 +96,32 @@ def record_problem(run_dir: Path, what: str, message: str) -> None:
     rec = {"ts": time.time(), "what": what, "message": message}
     with (run_dir / RECORDING_FILE).open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(rec) + "\n")
+
+
+def write_collected(path: Path, polled: float) -> None:
+    """Record (atomically) that every access-log line its source had delivered by `polled` (this machine's clock,
+    epoch seconds) is in the run directory: the collector writes it after each poll it completed, with when that
+    poll began."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"polled": polled}) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def collected_until(run_dir: Path) -> float | None:
+    """How far the sidecars' calls are on record in the run directory while it is being recorded: the start of
+    the collector's last completed poll (`COLLECTED_FILE`) less `ACCESS_LOG_FLUSH_S` (a call's line is flushed
+    within that of its end). None when there is no such record (a run recorded before it, or by hand) or it is
+    unreadable: then nothing is known beyond what the caller assumes.
+
+    Why it is read and not assumed: the collector's polls follow each other `POLL_INTERVAL_S` apart only on an
+    idle machine. Each poll reads every source, and between two of them it compacts the records into Parquet,
+    which on a long run or a busy machine takes seconds; the lines meanwhile wait in the sources.
+    """
+    try:
+        rec = json.loads((run_dir / COLLECTED_FILE).read_text(encoding="utf-8"))
+        return float(rec["polled"]) - ACCESS_LOG_FLUSH_S
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def hop_inputs(run_dir: Path) -> list[list[Any]]:

@@ -26,6 +26,7 @@ from typing import IO
 
 from harness.columnar import COMPACT_EVERY_S, compact_all
 from harness.contract.logsource import IDLE_CLOSE_S, FileLogSource, LogSource
+from harness.contract.rundir import write_collected
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class AccessLogCollector:
         *,
         compact_run_dir: Path | None = None,
         compact_every_s: float = COMPACT_EVERY_S,
+        collected_file: Path | None = None,
     ) -> None:
         self._sources = sources
         self.out_dir = Path(out_dir)
@@ -81,6 +83,10 @@ class AccessLogCollector:
         # reads Parquet segments instead of parsing gigabytes of JSON when the run ends.
         self.compact_run_dir = Path(compact_run_dir) if compact_run_dir is not None else None
         self.compact_every_s = compact_every_s
+        # when each completed poll began (harness.contract.rundir `collected_until`): how far the run's records
+        # reach is read from it by the cool-down, not assumed from `interval_s`, which a slow poll or a
+        # compaction of seconds between two polls outlasts
+        self.collected_file = Path(collected_file) if collected_file is not None else None
         self._last_compact = time.monotonic()
         self.compact_errors: list[str] = []
         self._stop = threading.Event()
@@ -99,7 +105,11 @@ class AccessLogCollector:
         return self
 
     def poll_once(self) -> int:
-        """Read every source once and append what it had; returns the number of lines written."""
+        """Read every source once and append what it had; returns the number of lines written.
+
+        Once every source was read, `collected_file` (if given) says when this poll began: each line a source had
+        delivered by then is in the run directory now."""
+        began = time.time()
         total = 0
         for offered in self._sources():
             src = self._known.setdefault(offered.pod, offered)
@@ -120,6 +130,9 @@ class AccessLogCollector:
                 del self._files[src.pod]
             total += n
         self.lines_written += total
+        if self.collected_file is not None:
+            with contextlib.suppress(OSError):  # unwritten: the last one stays, older than the records (safe side)
+                write_collected(self.collected_file, began)
         return total
 
     def compact(self) -> None:

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import duckdb
 
-from harness.contract.rundir import ACCESS_LOG_FLUSH_S, UPSTREAM_STATS_FILE, FaultKind, load_jsonl
+from harness.contract.rundir import ACCESS_LOG_FLUSH_S, UPSTREAM_STATS_FILE, FaultKind, collected_until, load_jsonl
 from harness.observe.collector import POLL_INTERVAL_S
 from harness.observe.hops import INVENTORY_FILE, create_hops, load_inventory
 from harness.topology import Topology
@@ -88,9 +88,11 @@ GOOD_HOPS = 3
 """Successful hops where they belong after the pair's last bad one that put its recovery on record."""
 
 RECORDS_LAG_S = ACCESS_LOG_FLUSH_S + POLL_INTERVAL_S
-"""How far behind now a sidecar's records reach at most: its Envoy flushes a finished call's line within
-ACCESS_LOG_FLUSH_S, and the collector copies it within its poll. A caller whose newest line is older made no call
-since (but one still in flight, which a line logs when it ends, as for every caller)."""
+"""How far behind now a sidecar's records reach at most on an idle machine: its Envoy flushes a finished call's
+line within ACCESS_LOG_FLUSH_S, and the collector copies it within its poll. A caller whose newest line is older
+made no call since (but one still in flight, which a line logs when it ends, as for every caller). Where the
+collector records how far it got (`collected_until`), that is the bound: its polls are that far apart only when
+each is quick and no compaction falls between them."""
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,10 @@ def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pe
         if not watched and not links:
             return outages
         con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind FROM hops")
-        return [w for w in watched if not _shown(con, w, now)] + _links_not_back(con, scoping, run_dir, now) + outages
+        reached = _reached(run_dir, now)
+        return (
+            [w for w in watched if not _shown(con, w, reached)] + _links_not_back(con, scoping, run_dir, now) + outages
+        )
     except (duckdb.Error, OSError):  # unreadable right now: not yet, for each fault that may ask a pair or a link
         return [Pending(f.fault, f.zone, "(records unreadable)", (), f.restore or now,
                         (f.restore or now) + topology.slo.max_recovery_s, f.inject)
@@ -388,10 +393,26 @@ def _open_outages(s: FaultScoping, now: float) -> list[Pending]:
     return out
 
 
-def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending, now: float) -> float:
+def _reached(run_dir: Path, now: float) -> float:
+    """Up to when every sidecar's calls are on record in the run directory at `now`: `now` less `RECORDS_LAG_S`,
+    or less, as far as the collector's own record says it got (`collected_until`).
+
+    The collector's polls are `POLL_INTERVAL_S` apart only on an idle machine: each reads every source, and it
+    compacts the records into Parquet between two of them (seconds on a long run or a busy machine). While it
+    was behind by more than the assumed lag, a caller's hops not yet copied were read as none made: another
+    caller's good hops counted as the recovery, the cool-down stopped the users, and the lagging caller's
+    Region-served hops then came after them: the same correct mesh unverified ("the run ended") where an idle
+    collector kept the users on until both callers were back.
+    """
+    reached = now - RECORDS_LAG_S
+    polled = collected_until(run_dir)
+    return reached if polled is None else min(reached, polled)
+
+
+def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending, reached: float) -> float:
     """Up to when the pair's hops are on record from every caller that may still make them: the oldest, over the
     pair's callers alive in its zone, of how far each one's records reach -- its newest line (a caller without a
-    line yet: its start), or `now` less `RECORDS_LAG_S` when that is later.
+    line yet: its start), or `reached` (`_reached`: how far every caller's calls are on record) when that is later.
 
     Each sidecar's log reaches the run directory on its own schedule (Envoy's flush interval, 1 s on kind and
     EKS, in its own phase; the collector's poll), so the records so far are a different stretch of each
@@ -404,7 +425,7 @@ def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending, now: float) -> f
 
     A caller's newest line says how far its records reach only while it makes calls. One that makes none (the
     wide topology's second frontend in a zone after its outage, to which the entry sent no user connection)
-    has records that reach up to `RECORDS_LAG_S` ago, whatever its last line: read as reaching its last line,
+    has records that reach up to `reached`, whatever its last line: read as reaching its last line,
     it held every good hop of the other caller off the record, and the cool-down waited its whole
     maxRecoveryS for a recovery the records had shown long before (the verdict then passed).
     """
@@ -417,12 +438,12 @@ def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending, now: float) -> f
                         WHERE caller_zone = $zone GROUP BY 1)
         SELECT min(greatest(coalesce(n.newest, a.started), $reached)) FROM alive a LEFT JOIN newest n ON n.pod = a.pod
         """,
-        {"zone": w.zone, "callers": list(w.callers), "reached": now - RECORDS_LAG_S},
+        {"zone": w.zone, "callers": list(w.callers), "reached": reached},
     ).fetchone()
     return math.inf if row is None or row[0] is None else float(row[0])
 
 
-def _shown(con: duckdb.DuckDBPyConnection, w: Pending, now: float) -> bool:
+def _shown(con: duckdb.DuckDBPyConnection, w: Pending, reached: float) -> bool:
     """`GOOD_HOPS` good hops after the pair's last bad one since the restore, and enough of them for the verdict's
     evidence rule against the share it sent elsewhere during the fault and after the restore before them, among
     the hops up to when every caller's are on record (`_complete_until`).
@@ -447,7 +468,7 @@ def _shown(con: duckdb.DuckDBPyConnection, w: Pending, now: float) -> bool:
         FROM p, b, i
         """,
         {"zone": w.zone, "upstream": w.upstream, "callers": list(w.callers), "inject": w.inject,
-         "restore": w.restore, "never": -math.inf, "complete": _complete_until(con, w, now)},
+         "restore": w.restore, "never": -math.inf, "complete": _complete_until(con, w, reached)},
     ).fetchone()  # fmt: skip
     if not row or int(row[0]) < GOOD_HOPS:
         return False
