@@ -242,8 +242,12 @@ def test_distributed_workers_append_to_one_valid_file(tmp_path: Path, shop: Fake
     raw = req.read_text()
     assert raw.endswith("\n")
     recs = [json.loads(line) for line in raw.splitlines()]  # every line whole: no interleaving
-    assert len(recs) == totals["requests"] > 50
-    assert len(recs) == sum(shop.counts.values())
+    # every request the workers made is one record: the shop's own count is the truth. Locust's totals are what its
+    # master had from the workers' reports (every 3 s, WORKER_REPORT_INTERVAL), and at the stop it waits a fixed
+    # 0.5 s for their last ones (locust/runners.py MasterRunner.quit): on a busy machine they came later, and the
+    # totals of 64 recorded requests were 0. They never count a request the records lack.
+    assert len(recs) == sum(shop.counts.values()) > 50
+    assert totals["requests"] <= len(recs)
     assert "worker" in (tmp_path / "locust.log").read_text().lower()
 
 
