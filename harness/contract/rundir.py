@@ -29,6 +29,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.contract.files import write_atomic
+
 if TYPE_CHECKING:
     from duckdb import DuckDBPyConnection
 
@@ -102,9 +104,7 @@ def write_collected(path: Path, polled: float) -> None:
     """Record (atomically) that every access-log line its source had delivered by `polled` (this machine's clock,
     epoch seconds) is in the run directory: the collector writes it after each poll it completed, with when that
     poll began."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"polled": polled}) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"polled": polled}) + "\n")  # read by the cool-down at any instant
 
 
 def collected_until(run_dir: Path) -> float | None:
