@@ -74,7 +74,10 @@ def test_rendered_workers_are_valid_and_pinned_to_their_zone() -> None:
     assert "tolerations" not in deps["locust-worker-2a"]["spec"]["template"]["spec"]  # AZ nodes carry no taint
     c = lax["spec"]["containers"][0]
     assert c["image"] == LOCUST_IMAGE and c["args"][c["args"].index("--master-host") + 1] == "10.1.2.3"
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    assert {e["name"]: e["valueFrom"] for e in c["env"] if "valueFrom" in e} == {
+        "EH_NODE": {"fieldRef": {"fieldPath": "spec.nodeName"}}  # the clock that stamps its records
+    }
     assert json.loads(env["EH_ENTRYPOINTS"]) == {LAX: "http://entry-lax-1a.hashicups-lax-1a.svc.cluster.local:80"}
     assert env["EH_FORWARD_RECORDS"] == "1"
     assert lax["metadata"]["annotations"]["consul.hashicorp.com/connect-inject"] == "false"
@@ -246,8 +249,9 @@ def test_distributed_mode_forwards_every_workers_records_to_the_master(tmp_path:
         runner.start()
         for z in zones:
             c = deps[f"locust-worker-{T.short(z)}"]["spec"]["template"]["spec"]["containers"][0]
-            env = {e["name"]: e["value"] for e in c["env"]}
+            env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
             env["EH_ENTRYPOINTS"] = json.dumps({z: local_url[z]})  # cluster DNS does not exist here
+            env["EH_NODE"] = f"node-{z}"  # what the kubelet sets from spec.nodeName (downward API)
             args = [a.replace(MOUNT, str(mount)) for a in c["args"]]
             penv = {k: v for k, v in os.environ.items() if not k.startswith("EH_")} | env
             procs.append(
@@ -282,6 +286,7 @@ def test_distributed_mode_forwards_every_workers_records_to_the_master(tmp_path:
         assert len(by_zone[z]) == servers[z].answered > 10, (z, len(by_zone[z]), servers[z].answered, log)
         assert any(r["endpoint"] == "probe" for r in by_zone[z])  # one zone probe per worker, in its zone
         assert all(r["ok"] for r in by_zone[z]), [r for r in by_zone[z] if not r["ok"]][:5]
+        assert {r.get("node") for r in by_zone[z]} == {f"node-{z}"}  # each record names its worker's node
     assert result.requests == len(recs) and set(result.per_zone) == set(zones)
     # the master's own account (recorder.MasterSink): every worker answered its stop with a full count
     assert "last records are missing" not in (run / "locust.log").read_text()

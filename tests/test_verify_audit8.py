@@ -226,6 +226,8 @@ def test_a_partition_judged_on_zone_stamped_requests_allows_the_zones_clock_boun
     reqs = rows(d / "requests.jsonl")
     late = next(r for r in reqs if r["zone"] == LAX and 45 <= r["ts"] - T0 < 49 and "/api" in r.get("name", ""))
     late.update(ok=True, status=200, error=None, latency_ms=(50 - answered_before_restore_s - (late["ts"] - T0)) * 1e3)
+    for r in reqs:  # each zone's worker on its probed node (the record names it)
+        r["node"] = f"{T.short(r['zone'])}-n1"
     write_rows(d / "requests.jsonl", reqs)
     _clock(d, 0.0, lax_rtt_s=0.08, requests_in_zones=True)
     v = verify(d)

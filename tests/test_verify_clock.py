@@ -47,9 +47,12 @@ def _skew(d: Path, offset_s: float) -> Path:
 
 
 def _skew_requests(d: Path, offset_s: float) -> Path:
-    """Every user request stamped by its entry zone's node clock (locust workers in the zones' pods)."""
+    """Every user request stamped by its entry zone's node clock (locust workers in the zones' pods, each on its
+    zone's probed node, which every record names: `node`)."""
     recs = rows(d / "requests.jsonl")
-    write_rows(d / "requests.jsonl", [{**r, "ts": r["ts"] + offset_s} for r in recs])
+    write_rows(
+        d / "requests.jsonl", [{**r, "ts": r["ts"] + offset_s, "node": f"{T.short(r['zone'])}-n1"} for r in recs]
+    )
     return d
 
 

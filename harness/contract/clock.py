@@ -29,7 +29,9 @@ comparison of its hops with the runner's records unverified: the verdict fails i
   before the first probe by a backend whose nodes keep their own clocks; a run without this line (no file:
   local, kind, older runs) shares the runner's clock and nothing is corrected or required.
   ``requests_clock: zones``: the user requests were stamped by locust workers in each entry zone's pods
-  (`--workers-in-zone`), on that zone's nodes' clocks: they are corrected by the zone's offset as hops are;
+  (`--workers-in-zone`), each on its worker's node's clock (requests.jsonl's `node`): each is corrected by
+  that node's offset as a hop is by its caller's (the zone's for a node not measured, which coverage holds
+  unverified);
 - ``{"ts", "event": "sent", "batch": "start"|"end", "zone", "probe", "sent", "received", "status", "error"}``:
   one per probe request (`received` null when no answer came: then it bounds nothing);
 - ``{"ts", "event": "logged", "batch", "probe", "pod", "zone", "node", "logged", "start_time", "duration_ms"}``:

@@ -197,6 +197,9 @@ REQUEST_COLUMNS = {
     "error": "VARCHAR",
     # the id the request carried into the mesh (harness.contract.requestid); null for a request without one
     "request_id": "BIGINT",
+    # the node whose clock stamped `ts` (an in-zone locust worker's, harness.traffic.inzone); null when the
+    # runner stamped it, and in runs recorded before it existed
+    "node": "VARCHAR",
 }
 INVENTORY_COLUMNS = {
     "ts": "DOUBLE",

@@ -12,7 +12,8 @@ the cluster (`entry-<zone.short>`, harness/render/entry.py).
 Records: a worker is not where `requests.jsonl` is, so it forwards each
 record to the master over locust's own worker -> master channel (a custom
 message, `harness.traffic.recorder.ForwardingRecorder`); the master appends
-them. Nothing is collected from pod logs afterwards, so a run stopped early
+them. Each record names the worker's node (`node`, from the downward API):
+its clock stamped the record's time. Nothing is collected from pod logs afterwards, so a run stopped early
 still has every record sent before the stop.
 
 The workers must reach the master: `master_host` is an address of the
@@ -41,6 +42,7 @@ from harness.errors import InputError
 from harness.render.entry import entry_zones, service_name
 from harness.render.hashicups import NGINX_PORT
 from harness.topology.model import Topology, Zone
+from harness.traffic.recorder import NODE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCUST_IMAGE = "locustio/locust:2.47.0"  # = the venv's locust (pyproject): the master/worker protocol must match
@@ -79,6 +81,11 @@ def cluster_entrypoints(t: Topology) -> dict[str, str]:
 def worker_name(t: Topology, zone: Zone) -> str:
     return f"locust-worker-{t.short(zone)}"
 
+
+NODE_NAME_ENV = {"name": NODE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+"""The worker's node (downward API), which its recorder writes into every request (`node`): on EKS each node keeps
+its own clock, so the verifier puts a request on the runner's clock by the offset measured for that node, not by
+its zone's (another node of the zone may be tens of ms apart), and a worker on a node never measured is unverified."""
 
 LOCUST_SIDE = (
     "harness/traffic/recorder.py",
@@ -173,7 +180,7 @@ def worker_objects(
                     "name": "locust",
                     "image": image,
                     "args": worker_args,
-                    "env": [{"name": k, "value": v} for k, v in container_env.items()],
+                    "env": [{"name": k, "value": v} for k, v in container_env.items()] + [NODE_NAME_ENV],
                     "volumeMounts": [{"name": "locust-files", "mountPath": MOUNT, "readOnly": True}],
                     "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}},
                 }

@@ -37,6 +37,10 @@ ZONE_ENV = "EH_ZONE"
 
 DEFAULT_ZONE = "default"
 
+NODE_ENV = "EH_NODE"
+"""Env var naming the node the locust process runs on (a worker pod's ``spec.nodeName``, harness.traffic.inzone):
+each record says it (``node``) because that node's clock stamped its ``ts``, and on EKS every node keeps its own."""
+
 FORWARD_ENV = "EH_FORWARD_RECORDS"
 """``1`` in a locust worker that runs away from the run directory (a pod): send records to the master."""
 
@@ -59,6 +63,11 @@ _dumps = json.JSONEncoder(ensure_ascii=False).encode
 _MID_CACHE_MAX = 10_000  # bounded: a locustfile naming requests by URL would otherwise grow it forever
 
 
+def _node_tail(node: str | None) -> str:
+    """The `node` field of every line a process on `node` writes; none where the runner stamps the requests."""
+    return f', "node": {_dumps(node)}' if node else ""
+
+
 class RequestRecorder:
     """Appends one `requests.jsonl` line per locust request event.
 
@@ -69,9 +78,10 @@ class RequestRecorder:
     ``request_id``: the id the request carried (`harness.contract.requestid`).
     """
 
-    def __init__(self, path: str | os.PathLike[str], default_zone: str = DEFAULT_ZONE) -> None:
+    def __init__(self, path: str | os.PathLike[str], default_zone: str = DEFAULT_ZONE, node: str | None = None) -> None:
         self.path = os.fspath(path)
         self.default_zone = default_zone
+        self._node_tail = _node_tail(node)
         # O_APPEND: each write lands at the current end even with several writer processes.
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._mid: dict[tuple[str, str, str], str] = {}
@@ -166,7 +176,7 @@ class RequestRecorder:
             tail = f'"ok": false, "error": {_dumps(_error_text(exception))}'
         return (
             f'{{"ts": {float(start_time)!r}, {mid}, "status": {status}, "latency_ms": {round(latency, 3)!r}, '
-            f'{tail}, "request_id": {rid_text}}}\n'
+            f'{tail}, "request_id": {rid_text}{self._node_tail}}}\n'
         )
 
     def close(self) -> None:
@@ -191,9 +201,10 @@ class ForwardingRecorder(RequestRecorder):
     so the count arrives after every record it counts.
     """
 
-    def __init__(self, send: Any, default_zone: str = DEFAULT_ZONE) -> None:
+    def __init__(self, send: Any, default_zone: str = DEFAULT_ZONE, node: str | None = None) -> None:
         self.path = "<master>"
         self.default_zone = default_zone
+        self._node_tail = _node_tail(node)
         self._fd = None
         self._mid = {}
         self.written = 0
@@ -323,7 +334,9 @@ def attach_from_env(environment: Any, environ: Mapping[str, str] | None = None) 
     if env.get(FORWARD_ENV) == "1":
         if runner is None or not hasattr(runner, "send_message"):
             raise RuntimeError(f"{FORWARD_ENV}=1 needs a locust worker (--worker)")
-        ForwardingRecorder(runner.send_message, env.get(ZONE_ENV) or DEFAULT_ZONE).attach(environment)
+        ForwardingRecorder(runner.send_message, env.get(ZONE_ENV) or DEFAULT_ZONE, env.get(NODE_ENV) or None).attach(
+            environment
+        )
         return
     path = env.get(REQUESTS_FILE_ENV)
     if not path:

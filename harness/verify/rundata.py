@@ -17,7 +17,7 @@ attributed by the same IP-at-time rule (`harness.observe.hops.resolve_ips`).
 Tables after `load_run`:
 - `zones(name, kind, type)`: kind `region` (availability zone) or `edge`.
 - `services(name, placement)`; `calls(caller, upstream)` (the call graph).
-- `requests(ts, zone, endpoint, name, status, latency_ms, ok, error)`.
+- `requests(ts, zone, endpoint, name, status, latency_ms, ok, error, request_id, node)`.
 - `inventory` (= `inv`), `intervals`, `consul_names` (see observe).
 - `node_fault_pods(fault, inject, pod, ip, node, zone, service)`: the pods a
   node fault (kill_node, zone_outage) killed (`_node_fault_pods`).
@@ -332,7 +332,8 @@ def _clock(run_dir: Path, notes: list[str], skipped: list[SkippedLine]) -> RunCl
     what = "hop and user request times" if clock.requests_in_zones else "hop times"
     notes.append(
         f"clock: the nodes keep their own clocks ({clock.why or 'declared by the backend'}): {what} put on "
-        f"the runner's clock by each zone's offset measured with {clock.probes_answered}/{clock.probes_sent} "
+        f"the runner's clock by the offset of the node that stamped them (its zone's where that node was not "
+        f"measured), measured with {clock.probes_answered}/{clock.probes_sent} "
         f"answered probes{bound}"
     )
     notes.extend(f"clock: {z.text()}" for z in zones)
@@ -357,17 +358,30 @@ def _runner_clock(run_dir: Path) -> str | None:
 
 def _requests_on_runner_clock(con: duckdb.DuckDBPyConnection, clock: RunClock | None) -> None:
     """Requests stamped by locust workers in the zones' pods (`--workers-in-zone` on EKS: their nodes' clocks)
-    are put on the runner's clock by their entry zone's offset, as hops are by their caller's (observe); the
-    clock checks of coverage judge the zones' bounds. Requests this machine sent (every other run) stay."""
+    are put on the runner's clock by the measured offset of the node each was stamped on (its `node`, the
+    worker's), as hops are by their caller's node (observe); the zone's offset only for a request whose node was
+    not measured (or not recorded), which coverage's clock check then holds unverified (`_clock_checks`).
+
+    Why the node's: each node keeps its own clock, and a worker may run on a node of its zone other than the
+    ones the probes reached. By the zone's offset (the hull of its probed nodes' intervals), a worker on a
+    node 40 ms ahead of the probed frontend's had every request put 40 ms late against the faults and the hops,
+    with the zone's clock check passing. Requests this machine sent (every other run) stay."""
     if clock is None or not clock.requests_in_zones:
         return
-    offsets = clock.offsets()
-    if not offsets:
+    zones, nodes = clock.offsets(), clock.node_offsets()
+    if not zones and not nodes:
         return
-    con.execute("CREATE TEMP TABLE request_offsets (zone VARCHAR, offset_s DOUBLE)")
-    con.executemany("INSERT INTO request_offsets VALUES (?, ?)", [[z, o] for z, o in sorted(offsets.items())])
-    con.execute("UPDATE requests SET ts = requests.ts - o.offset_s FROM request_offsets o WHERE o.zone = requests.zone")
-    con.execute("DROP TABLE request_offsets")
+    con.execute("CREATE TEMP TABLE request_zone_offsets (zone VARCHAR, offset_s DOUBLE)")
+    con.executemany("INSERT INTO request_zone_offsets VALUES (?, ?)", [[z, o] for z, o in sorted(zones.items())])
+    con.execute("CREATE TEMP TABLE request_node_offsets (node VARCHAR, offset_s DOUBLE)")
+    con.executemany("INSERT INTO request_node_offsets VALUES (?, ?)", [[n, o] for n, o in sorted(nodes.items())])
+    con.execute(
+        "UPDATE requests SET ts = requests.ts - coalesce("
+        "(SELECT n.offset_s FROM request_node_offsets n WHERE n.node = requests.node), "
+        "(SELECT z.offset_s FROM request_zone_offsets z WHERE z.zone = requests.zone), 0)"
+    )
+    con.execute("DROP TABLE request_zone_offsets")
+    con.execute("DROP TABLE request_node_offsets")
 
 
 def _recording_problems(con: duckdb.DuckDBPyConnection, run_dir: Path, notes: list[str]) -> list[SkippedLine]:

@@ -1027,6 +1027,7 @@ class UserChecks(CheckBase):
             sql += " UNION SELECT DISTINCT zone FROM requests WHERE zone IS NOT NULL"
         zones = sorted(str(r[0]) for r in self.con.execute(sql).fetchall())
         unmeasured = self._hop_nodes_unmeasured(clock)
+        unstamped = self._request_nodes_unmeasured(clock)
         out = []
         for zone in zones:
             zc = clock.zone(zone)
@@ -1046,6 +1047,17 @@ class UserChecks(CheckBase):
                     f"{', '.join(nodes)} were stamped by clocks neither a probe (no probe line was logged there) "
                     "nor the requests between them and a measured node bounded, and were put on the runner's "
                     "clock by the offset of other nodes: which of them fell in each fault window is unverified"
+                )
+                out.append(CheckResult(f"clock {zone}", UNVERIFIED, text, detail))
+                continue
+            if zc.bounded and (nodes := unstamped.get(zone)):
+                detail["unmeasured_request_nodes"] = nodes
+                text = (
+                    f"coverage: clock: {zc.text()}{said}: but its users' requests were stamped by in-zone locust "
+                    f"workers on node(s) {', '.join(nodes)}, whose clocks neither a probe nor the requests between "
+                    "them and a measured node bounded ('?': the records do not say the worker's node), and were put "
+                    "on the runner's clock by the offset of other nodes: which of them fell in each fault window "
+                    "is unverified"
                 )
                 out.append(CheckResult(f"clock {zone}", UNVERIFIED, text, detail))
                 continue
@@ -1073,19 +1085,59 @@ class UserChecks(CheckBase):
             z: clock.measured_nodes(z)
             for z in {*(clock.zones or {}), *(c.zone for c in (clock.nodes or {}).values() if c.zone)}
         }
+        out: dict[str, list[str]] = {}
+        for zone, nodes in sorted(self._hop_nodes.items()):
+            for node in sorted(nodes):
+                if node not in measured.get(zone, set()):
+                    out.setdefault(zone, []).append(node)
+        return out
+
+    @cached_property
+    def _hop_nodes(self) -> dict[str, set[str]]:
+        """zone -> the nodes (inventory; '?' where it names none) of the pods that made its hops: their clocks
+        stamped them."""
         rows = self.con.execute(
             """
             SELECT DISTINCT CAST(h.caller_zone AS VARCHAR), coalesce(nullif(p.node, ''), '?')
             FROM (SELECT DISTINCT caller_zone, caller_pod FROM hops WHERE caller_zone IS NOT NULL) h
             LEFT JOIN (SELECT DISTINCT pod, node FROM inventory WHERE nullif(node, '') IS NOT NULL) p
                    ON p.pod = CAST(h.caller_pod AS VARCHAR)
-            ORDER BY 1, 2
             """
         ).fetchall()
-        out: dict[str, list[str]] = {}
+        out: dict[str, set[str]] = {}
         for zone, node in rows:
-            if node not in measured.get(str(zone), set()):
-                out.setdefault(str(zone), []).append(str(node))
+            out.setdefault(str(zone), set()).add(str(node))
+        return out
+
+    @cached_property
+    def _request_nodes(self) -> dict[str, set[str]]:
+        """zone -> the nodes whose clocks stamped its users' requests (`node`, an in-zone worker's; '?' where the
+        record names none)."""
+        rows = self.con.execute(
+            "SELECT DISTINCT CAST(zone AS VARCHAR), coalesce(nullif(node, ''), '?') FROM requests "
+            "WHERE zone IS NOT NULL"
+        ).fetchall()
+        out: dict[str, set[str]] = {}
+        for zone, node in rows:
+            out.setdefault(str(zone), set()).add(str(node))
+        return out
+
+    def _request_nodes_unmeasured(self, clock: RunClock) -> dict[str, list[str]]:
+        """zone -> the nodes that stamped its users' requests (in-zone workers' `node`) whose clock is not bounded.
+
+        Why: such a request is put on the runner's clock by its node's offset (`rundata._requests_on_runner_clock`),
+        and only a node a probe or a chain of request pairs measured has one; the zone's offset stands in for the
+        rest, and it bounds other nodes' clocks only. A request whose record names no node ('?': a worker
+        without `EH_NODE`, a run recorded before the field) is on an unknown clock too. Requests the runner
+        stamped (no in-zone workers) are on the runner's clock: nothing to ask."""
+        if not clock.requests_in_zones:
+            return {}
+        out: dict[str, list[str]] = {}
+        for zone, nodes in sorted(self._request_nodes.items()):
+            measured = clock.measured_nodes(zone)
+            for node in sorted(nodes):
+                if node not in measured:
+                    out.setdefault(zone, []).append(node)
         return out
 
     @cached_property
