@@ -20,11 +20,12 @@ import pytest
 
 from harness.traffic.inzone import worker_objects
 from harness.traffic.recorder import NODE_ENV, ForwardingRecorder, RequestRecorder, attach_from_env
-from harness.verify import COVERAGE
+from harness.verify import AVAILABILITY, COVERAGE, FALLBACK
 from harness.verify.rundata import load_run
+from harness.verify.synth import FaultSpec
 from tests.test_verify_audit import why
 from tests.test_verify_clock import BEHIND, _clock, _run, _skew
-from tests.test_verify_soundness import KILL, LAX, T
+from tests.test_verify_soundness import KILL, LAX, T, failed
 from tests.verdicts import rows, verify, write_rows
 
 AHEAD_S = 0.040  # node lax-n2's clock against lax-n1's (the probed frontend's)
@@ -200,3 +201,57 @@ def test_control_a_recorder_on_the_runner_writes_no_node(tmp_path: Path, environ
     on_request.__self__.close()
     (line,) = rows(tmp_path / "requests.jsonl")
     assert "node" not in line and line["zone"] == LAX
+
+
+# -- tying a failed request to its hop: two nodes, two corrections, two errors ---------------------------------------
+def _two_nodes_measured_apart(tmp_path: Path, failover_s: float, logged_at: float, diff_s: float, worker: str) -> Path:
+    """LAX's product-api killed, failing over after `failover_s`, the nodes BEHIND the runner. LAX's hops are all
+    on n1, whose frontend logged the run's probes (90 ms round trips) at `logged_at` of each: n1's offset is
+    bounded to ±45.5 ms with its middle 45 ms off the truth (test_verify_timing7). n2, `diff_s` ahead of n1, was
+    measured by fast probes (4 ms round trips, answered by a frontend there) to ±2.5 ms. LAX's worker runs on
+    `worker`. The zone's hull stays within the 50 ms tolerance: every clock is bounded."""
+    f = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, failover_s, 1.0)
+    d = _run(tmp_path, "run", f)
+    _worker_stamped(_skew(d, BEHIND), worker, diff_s if worker == N2 else 0.0)
+    _clock(d, BEHIND, lax_rtt_s=0.09, lax_at=logged_at, requests_in_zones=True)
+    recs = rows(d / "clock.jsonl")
+    sent = [r for r in recs if r.get("event") == "sent" and r["zone"] == LAX]
+    for i, s in enumerate(sent):
+        t0 = s["sent"] + 0.5  # after the slow batch, one after the other on one connection
+        probe = f"{LAX}-fast-{i}"
+        recs.append({"ts": t0, "event": "sent", "batch": s["batch"], "zone": LAX, "probe": probe, "sent": t0,
+                     "received": t0 + 0.004, "status": 200, "error": None})  # fmt: skip
+        logged = int((t0 + 0.002 + BEHIND + diff_s) * 1000) / 1000
+        recs.append({"ts": t0 + 0.004, "event": "logged", "batch": s["batch"], "probe": probe, "pod": "frontend-n2",
+                     "zone": LAX, "node": N2, "logged": logged, "start_time": ""})  # fmt: skip
+    write_rows(d / "clock.jsonl", recs)
+    return d
+
+
+@pytest.mark.parametrize(("logged_at", "diff_s"), [(1.0, AHEAD_S), (0.0, 0.0)])
+def test_a_failovers_losses_are_tied_to_hops_of_another_node_within_both_clocks_bounds(
+    tmp_path: Path, logged_at: float, diff_s: float
+) -> None:
+    """HOLE. A 2 s failover loses 8 of LAX's requests, each reported apart (failover under way) through its failed
+    hop. The worker's requests (n2) and the hops (n1) were put on the runner's clock by two different nodes'
+    offsets, n1's 45 ms off the truth, n2's within 2.5 ms of it: the tie allowed 1 ms ("in-zone workers stamp a
+    zone's requests with the same clock as its hops: no relative error"), no hop lay within its request's
+    lifetime, and the 8 losses failed the budget that the same mesh on one clock passes. Requests and hops on two
+    nodes are tied within both clocks' bounds."""
+    v = verify(_two_nodes_measured_apart(tmp_path, 2.0, logged_at, diff_s, N2))
+    clock = next(c for i in v.invariants for c in i.checks if c.subject == f"clock {LAX}")
+    assert clock.status == "pass" and set(clock.detail["nodes"]) == {N1, N2}, clock
+    assert v.passed, why(v)
+
+
+def test_control_a_worker_on_its_hops_node_is_tied_within_a_millisecond(tmp_path: Path) -> None:
+    """Control: the worker on n1, where every LAX hop was logged: one clock, one correction, no relative error;
+    the same 2 s failover passes."""
+    v = verify(_two_nodes_measured_apart(tmp_path, 2.0, 1.0, 0.0, N1))
+    assert v.passed, why(v)
+
+
+def test_control_a_failover_past_its_slo_still_loses_its_late_requests_across_nodes(tmp_path: Path) -> None:
+    """Control: the wider tie does not excuse a failover past maxFailoverS: its late losses still fail."""
+    v = verify(_two_nodes_measured_apart(tmp_path, 7.0, 0.0, 0.0, N2))
+    assert {FALLBACK, AVAILABILITY} <= failed(v), why(v)

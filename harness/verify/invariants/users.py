@@ -335,7 +335,9 @@ class UserChecks(CheckBase):
         of their round trip (a fast request path, a slow answer) a bound of ±46 ms (within the 50 ms
         tolerance) moved a failover's hops 45 ms off their requests: none was tied to the failover under way,
         and its losses failed the budget that one clock passed. In-zone workers stamp a zone's requests with
-        the same clock as its hops: no relative error then.
+        their node's clock, put on the runner's by that node's offset: where every hop of the zone was logged
+        on that same node, one clock and one correction leave no relative error; otherwise the request's
+        node's error and the hop's node's add up (`_tie_slack`).
         """
         cases = [
             f"WHEN {zone_sql} = '{sql_str(zone)}' THEN {slack!r}"
@@ -348,10 +350,28 @@ class UserChecks(CheckBase):
 
     def _tie_slack(self, zone: str) -> float:
         """`_tie_slack_sql` for one zone: its clock bound, at most the tolerance (beyond it the zone is unverified
-        anyway: `_clock_checks`), and none where the requests were stamped in the zones."""
-        if self.run.clock is None or self.run.clock.requests_in_zones:
+        anyway: `_clock_checks`), for the hops' error against requests on the runner's clock.
+
+        With in-zone workers the requests carry their worker's node's error too (each node put on the runner's
+        clock by the middle of its own interval): twice the bound, unless the zone's requests and hops were all
+        stamped on one node, whose one correction leaves them where they were against each other (no slack
+        then). Before, in-zone requests got none at all: a worker on n2 measured exactly, hops on n1 measured
+        to ±45 ms with its middle 45 ms off, and a 2 s failover's 8 losses, tied to no hop, failed the budget
+        the same mesh passes on one clock."""
+        clock = self.run.clock
+        if clock is None:
             return HOP_TS_SLACK_S
-        return HOP_TS_SLACK_S + min(max(self._clock_bound(zone), 0.0), CLOCK_TOLERANCE_S)
+        bound = min(max(self._clock_bound(zone), 0.0), CLOCK_TOLERANCE_S)
+        if not clock.requests_in_zones:
+            return HOP_TS_SLACK_S + bound
+        # the hops a zone's request is tied to: its own zone's callers', or for an AZ every AZ's (`_tie_zone_sql`)
+        region = {z.name for z in self.t.region_zones}
+        tied = region if zone in region else {zone}
+        hop_nodes = set().union(*(self._hop_nodes.get(z, set()) for z in tied))
+        stamped = self._request_nodes.get(zone, set())
+        if len(stamped) == 1 and "?" not in stamped and hop_nodes <= stamped:
+            return HOP_TS_SLACK_S
+        return HOP_TS_SLACK_S + 2 * bound
 
     def _entry_dead_targets(self, impact: list[tuple[Fault, float]]) -> list[tuple[str, float, float]]:
         """(zone, from, to): a node fault killed some of the zone's entry pods (frontend), not all of them.
