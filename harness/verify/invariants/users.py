@@ -1027,7 +1027,8 @@ class UserChecks(CheckBase):
         measured offset (`harness.contract.clock`); a zone whose offset is not bounded within
         CLOCK_TOLERANCE_S leaves which of its hops fell before or after each inject unknown: unverified.
         With in-zone locust workers the users' requests are stamped in their entry zone's pods, and each zone
-        they entered is asked the same. A run with one clock (local, kind: no clock.jsonl) has no such check.
+        they entered is asked the same, and also for the node each request names (its worker's:
+        `_request_nodes_unmeasured`). A run with one clock (local, kind: no clock.jsonl) has no such check.
         A run whose run.json says its nodes keep their own clocks but whose clock.jsonl is lost gets one check,
         unverified: no zone was measured, so none of its hops can be set against the runner's records (one
         message for the lost file, not one per zone, which would each blame that zone's probes).
