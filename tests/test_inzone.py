@@ -52,6 +52,8 @@ from tests.test_render_contract import K8S_VERSION
 REPO = Path(__file__).resolve().parents[1]
 T = load_topology()
 LAX = "us-west-2-lax-1a"
+PHX = "us-west-2-phx-2a"
+ZONE_KEY = "topology.kubernetes.io/zone"
 
 
 def _deployments(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -137,6 +139,27 @@ def test_workers_flow_against_the_fake_api_server(api: FakeApiServer, tmp_path: 
     assert not cluster.exists("v1", "Namespace", None, NAMESPACE) or wait_until(
         lambda: not cluster.exists("v1", "Namespace", None, NAMESPACE), 10
     )
+
+
+def test_a_worker_prefers_the_node_of_its_zones_frontend(api: FakeApiServer, tmp_path: Path) -> None:
+    """A worker's records carry its node's clock, and on EKS only the nodes whose sidecars logged probes or
+    request pairs are measured (harness.contract.clock): PHX's worker on the one of its two nodes with no
+    HashiCups pod made the zone unverified. It prefers its zone's frontend's node (preferred podAffinity, as
+    kube-scheduler's InterPodAffinity scores it); without that it went to the emptier node."""
+    phx_nodes = sorted(n["metadata"]["name"] for n in EKS_NODES if n["metadata"]["labels"][ZONE_KEY] == PHX)
+    frontend_on = phx_nodes[1]
+    cluster: KubeCluster = api.cluster(tmp_path, "admin")
+    frontend = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "frontend-phx-2a-0", "namespace": "hashicups-phx-2a",
+                             "labels": {"app": "frontend", "edge-harness.io/zone": PHX}},
+                "spec": {"nodeName": frontend_on,
+                         "containers": [{"name": "frontend", "image": "frontend:v1"}]}}  # fmt: skip
+    api.seed(cluster, *EKS_NODES, frontend)
+    workers = InZoneWorkers(cluster, T, master_host="10.0.9.9", ready_timeout_s=20, poll_s=0.1)
+    with workers:
+        workers.check_placement()
+        on = {p["metadata"]["labels"]["edge-harness.io/zone"]: p["spec"]["nodeName"] for p in cluster.pods(NAMESPACE)}
+        assert on[PHX] == frontend_on
 
 
 def test_a_worker_outside_its_zone_is_refused(api: FakeApiServer, tmp_path: Path) -> None:

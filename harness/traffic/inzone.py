@@ -5,7 +5,9 @@ from a CI runner in the Region measures the Region's distance to every zone.
 With this option the harness runs locust in its own distributed mode: the
 **master** where the harness runs (it owns the run directory and the stop),
 and one **worker pod per entry zone**, pinned to that zone's nodes (required
-node affinity on `topology.kubernetes.io/zone`, the edge taint tolerated),
+node affinity on `topology.kubernetes.io/zone`, the edge taint tolerated;
+preferring the node of its zone's frontend, whose sidecar's logs measure that
+node's clock, which stamps the worker's records),
 each sending every one of its users to its own zone's entry Service inside
 the cluster (`entry-<zone.short>`, harness/render/entry.py).
 
@@ -41,7 +43,7 @@ from harness.contract import names as naming
 from harness.errors import InputError
 from harness.render.entry import entry_zones, service_name
 from harness.render.hashicups import NGINX_PORT
-from harness.topology.model import Topology, Zone
+from harness.topology.model import ENTRY_SERVICE, Topology, Zone
 from harness.traffic.recorder import NODE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -173,7 +175,23 @@ def worker_objects(
                             {"matchExpressions": [{"key": naming.LABEL_ZONE, "operator": "In", "values": [zone.name]}]}
                         ]
                     }
-                }
+                },
+                # its records carry its node's clock, and only nodes whose sidecars logged probes or request pairs
+                # are measured (harness.contract.clock): on a node with no HashiCups pod its zone was unverified
+                "podAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 100,
+                            "podAffinityTerm": {
+                                "labelSelector": {
+                                    "matchLabels": {naming.LABEL_APP: ENTRY_SERVICE, naming.LABEL_POD_ZONE: zone.name}
+                                },
+                                "namespaceSelector": {},
+                                "topologyKey": naming.LABEL_HOSTNAME,
+                            },
+                        }
+                    ]
+                },
             },
             "containers": [
                 {
