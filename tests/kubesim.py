@@ -189,6 +189,10 @@ module does all of that, each behaviour taken from the source named here:
   SelfSubjectAccessReview is answered from the same evaluation
   (`access_reviews` keeps what was asked; `review_refusal` makes the API
   refuse it, as a restricted cluster may).
+- A saturated API server (`throttle`): API Priority and Fairness and
+  max-in-flight answer 429 `Retry-After: 1` before serving anything
+  (k8s.io/apiserver pkg/server/filters maxinflight.go tooManyRequests), and
+  client-go retries such answers up to 10 times (rest/with_retry.go).
 - kind: node names `<cluster>-control-plane`, `<cluster>-worker`,
   `<cluster>-worker2`...; each node container gets an address on Docker's
   `kind` network, released at `docker stop` and allocated anew at `docker
@@ -1320,6 +1324,12 @@ class ClusterSim:
         self.rbac_granted: list[tuple[str, RequestInfo]] = []
         self.access_reviews: list[RequestInfo] = []  # what SelfSubjectAccessReviews asked about, in order
         self.review_refusal: int | None = None  # answer SelfSubjectAccessReviews with this code (a restricted API)
+        # API Priority and Fairness / max-in-flight (`throttle`): how many of the next API requests are answered
+        # 429 with Retry-After, the header's value, and the `METHOD path` of each one so answered, in order
+        self.throttle_left = 0
+        self.throttle_retry_after = "1"
+        self.throttle_methods: frozenset[str] | None = None  # only requests of these methods (None: every one)
+        self.throttled: list[str] = []
         self._pv_events: dict[tuple[str, str, str], float] = {}  # (claim uid, reason, message) -> last emitted
         for (api_version, plural), info in CORE_RESOURCES.items():
             self.resources[(api_version, plural)] = info
@@ -1841,6 +1851,8 @@ class ClusterSim:
             return await self._control(request)
         method = str(request.method.value).upper()
         params = dict(request.params)
+        if self.throttle_left > 0 and (self.throttle_methods is None or method in self.throttle_methods):
+            return self._too_many_requests(method, path)
         denied = self.authorize(_bearer(request.headers), request_info(method, path, params))
         if denied is not None:
             return aiohttp.web.json_response(status_obj(403, "Forbidden", denied), status=403)
@@ -1896,6 +1908,31 @@ class ClusterSim:
         except ApiError as exc:
             return aiohttp.web.json_response(status_obj(exc.code, exc.reason, str(exc)), status=exc.code)
         return aiohttp.web.json_response(status_obj(405, "MethodNotAllowed", "method not allowed"), status=405)
+
+    def throttle(self, requests: int, retry_after: str = "1", methods: Iterable[str] | None = None) -> None:
+        """Answer the next `requests` API requests (any verb, discovery and watches included; only `methods`'
+        when given) as a saturated kube-apiserver does: 429 before the request is served, `Retry-After` in whole
+        seconds, a plain-text body.
+
+        The filters that say it, API Priority and Fairness (a request queued past its priority level's limit)
+        and max-in-flight, both reply through `tooManyRequests` (k8s.io/apiserver pkg/server/filters
+        maxinflight.go: `Retry-After: 1`, http.Error "Too many requests, please try again later."), and run
+        ahead of authorization and of the handler: nothing of the request was done. client-go waits the
+        header's seconds and sends the request again, up to 10 times (client-go rest/with_retry.go checkWait,
+        request.go `maxRetries: 10`); kubectl and helm ride it out so.
+        """
+        self.throttle_left = requests
+        self.throttle_retry_after = retry_after
+        self.throttle_methods = None if methods is None else frozenset(m.upper() for m in methods)
+
+    def _too_many_requests(self, method: str, path: str) -> aiohttp.web.StreamResponse:
+        self.throttle_left -= 1
+        self.throttled.append(f"{method} {path}")
+        return aiohttp.web.Response(
+            status=429,
+            text="Too many requests, please try again later.\n",
+            headers={"Retry-After": self.throttle_retry_after, "X-Content-Type-Options": "nosniff"},
+        )
 
     def _self_access_review(self, token: str | None, body: Any) -> aiohttp.web.StreamResponse:
         """A SelfSubjectAccessReview: the spec's attributes authorized as the caller's (`tests.kuberbac`).

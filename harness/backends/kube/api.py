@@ -34,8 +34,31 @@ from harness.backends.base import ProgressFn as ProgressFn
 from harness.contract.names import LABEL_REGION, LABEL_ZONE, LABEL_ZONE_TYPE
 from harness.contract.scheduling import Taint
 from harness.errors import BackendError, InputError
+from harness.interrupt import nap
 
 FIELD_MANAGER = "edge-harness"
+# How often one call is sent again when the API server asks the client to come back later (429, or a 5xx with a
+# Retry-After header): client-go's default (rest/request.go NewRequest `maxRetries: 10`), which kubectl and helm use.
+MAX_RETRIES = 10
+
+
+def retry_after_s(status: int, headers: Mapping[str, str] | None) -> int | None:
+    """Seconds the API server asked the client to wait before sending the request again, None when it did not.
+
+    What client-go honours (rest/with_retry.go checkWait, retryAfterSeconds): a 429 or any 5xx answer with a
+    `Retry-After` header in whole seconds. kube-apiserver says it where nothing of the request was done: API
+    Priority and Fairness and max-in-flight reject a request before serving it with 429 `Retry-After: 1`
+    (k8s.io/apiserver pkg/server/filters maxinflight.go tooManyRequests), a busy or starting storage answers
+    429/5xx with `RetryAfterSeconds`. A 5xx without the header (a webhook that failed) is an answer, not a
+    request to come back.
+    """
+    if status != 429 and status < 500:
+        return None
+    value = str((headers or {}).get("Retry-After") or "").strip()
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return None
 
 
 def pod_finished(pod: Mapping[str, Any]) -> bool:
@@ -183,6 +206,10 @@ def kubeconfig_user(kubeconfig: str | Path | None, context: str, field: str = "-
 def api_client_from_kubeconfig(kubeconfig: str | Path | None, context: str | None) -> k8s_client.ApiClient:
     """An ApiClient for one kubeconfig context (its own Configuration: no process-wide globals)."""
     cfg = k8s_client.Configuration()
+    # urllib3's own retries (Retry.DEFAULT: 3) for a connection that fails, but none by status: its default sends a
+    # GET, PUT or DELETE again on 429/503 with Retry-After (at most 3 times) and never a POST or PATCH, where
+    # client-go sends any verb again up to 10 times; `KubeApi.request` does that, once for every verb.
+    cfg.retries = urllib3.util.Retry.DEFAULT.new(status=0, status_forcelist=(), respect_retry_after_header=False)
     try:
         k8s_config.load_kube_config(
             config_file=str(kubeconfig) if kubeconfig is not None else None,
@@ -244,6 +271,11 @@ class KubeApi:
         """One API call; JSON answers are decoded; non-2xx raises `KubeApiError`.
 
         With `stream` the urllib3 response comes back unread (for follows and watches).
+        An answer that asks the client to come back later (`retry_after_s`: a throttled request's 429) is
+        waited out and the call sent again, whatever its verb, up to MAX_RETRIES times, as kubectl does: a
+        busy API server failed a throttled POST or PATCH at once (an `up`'s apply, a chaos action's cordon or
+        label) and any call throttled a fourth time in a row (urllib3's own 3 retries, GET/PUT/DELETE only),
+        where kubectl rode both out.
         """
         headers: dict[str, str | None] = {"Accept": "application/json"}
         if body is not None:
@@ -256,12 +288,18 @@ class KubeApi:
             body=body,  # serialised by the REST layer (JSON is valid YAML for apply-patch+yaml)
             auth_settings=["BearerToken"],
         )
-        try:
-            resp = self.api.call_api(*req, _request_timeout=timeout)
-        except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out, TLS: no answer at all
-            reason = getattr(exc, "reason", None) or exc
-            host = getattr(self.api.configuration, "host", "?")
-            raise KubeUnreachable(f"{method} {path}: the API server at {host} did not answer ({reason})") from None
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                resp = self.api.call_api(*req, _request_timeout=timeout)
+            except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out, TLS: no answer at all
+                reason = getattr(exc, "reason", None) or exc
+                host = getattr(self.api.configuration, "host", "?")
+                raise KubeUnreachable(f"{method} {path}: the API server at {host} did not answer ({reason})") from None
+            wait = retry_after_s(resp.status, resp.headers)
+            if wait is None or attempt == MAX_RETRIES:
+                break
+            resp.read()  # the answer is read to its end, so the connection goes back to the pool
+            nap(wait)
         if not 200 <= resp.status <= 299:
             data = resp.read()
             message = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
