@@ -1330,6 +1330,12 @@ class ClusterSim:
         self.throttle_retry_after = "1"
         self.throttle_methods: frozenset[str] | None = None  # only requests of these methods (None: every one)
         self.throttled: list[str] = []
+        # consul-k8s' controller acts on no deleted config-entry CR (its finalizer stays) while this is set: a
+        # controller busy elsewhere or backing off after a Consul error (its rate limiter waits up to 5 s);
+        # `consul_deletions_release_on_ask` lets it go at the first GET of such a CR (a client waiting for it)
+        self.consul_deletions_held = False
+        self.consul_deletions_release_on_ask = False
+        self.crds_terminating: set[str] = set()  # Consul CRD plurals helm deleted while CRs of them remained
         self._pv_events: dict[tuple[str, str, str], float] = {}  # (claim uid, reason, message) -> last emitted
         for (api_version, plural), info in CORE_RESOURCES.items():
             self.resources[(api_version, plural)] = info
@@ -1886,6 +1892,8 @@ class ClusterSim:
                 obj = self.get(*key, ns, name)
                 if obj is None:
                     raise NotFound(f'{key[1]} "{name}" not found')
+                if key[0] == CONSUL_GROUP and obj["metadata"].get("deletionTimestamp"):
+                    self.consul_deletions_held &= not self.consul_deletions_release_on_ask
                 return aiohttp.web.json_response(obj)
             if method == "POST" and name is None:
                 body = request.data if isinstance(request.data, dict) else {}
@@ -2270,7 +2278,15 @@ class ClusterSim:
     def _pods_on(self, node: str) -> list[Obj]:
         return [p for p in self.items("v1", "pods") if (p.get("spec") or {}).get("nodeName") == node]
 
+    def _crds_tick(self) -> None:
+        """A deleted Consul CRD goes once no CR of it is left (the API server's customresourcecleanup)."""
+        for plural in sorted(self.crds_terminating):
+            if not self.items(CONSUL_GROUP, plural):
+                self.crds_terminating.discard(plural)
+                self.unregister(CONSUL_GROUP, plural)
+
     def _namespaces_tick(self) -> None:
+        self._crds_tick()
         for ns in list(self.items("v1", "namespaces")):
             if not ns["metadata"].get("deletionTimestamp"):
                 continue
@@ -4110,6 +4126,8 @@ class ClusterSim:
         src = f"{ns}/{name}"
         finalizers = list(meta.get("finalizers") or [])
         if meta.get("deletionTimestamp"):
+            if self.consul_deletions_held:
+                return
             if CONSUL_FINALIZER in finalizers:
                 if c.entry_sources.get((kind, name)) == src:
                     c.entries.pop((kind, name), None)
@@ -4600,6 +4618,7 @@ class ClusterSim:
         self.nodes.clear()
         self._forget_consul()
         self.kind_cluster = None
+        self.crds_terminating.clear()
         for plural in CONSUL_KINDS.values():
             self.unregister(CONSUL_GROUP, plural)
         return {"rc": 0}
@@ -5073,11 +5092,19 @@ class ClusterSim:
             # not pods (their owners go), nor a StatefulSet's claims: not in the release (hashicorp/consul#4891)
             if labels_of(obj).get("release") == release and pl not in ("pods", "persistentvolumeclaims"):
                 self.delete(av, pl, n, name)
+        # The chart's CRDs are templates (charts/consul/templates/crd-*.yaml), so helm deletes them, and the API
+        # server's CRD cleanup deletes every CR of them; a CR deletion waits for its finalizers, and consul-k8s'
+        # is removed only by its controller, gone with the injector: a CR it has not finished stays, with its
+        # CRD and its namespace, Terminating for good (kubernetes/kubernetes#60538, "working as intended";
+        # hashicorp/consul-helm#646; consul-k8s' own `uninstall` deletes the CRs first, cli/cmd/uninstall).
         for plural in CONSUL_KINDS.values():
+            if (CONSUL_GROUP, plural) not in self.resources:
+                continue
             for obj in list(self.items(CONSUL_GROUP, plural)):
-                self._remove((CONSUL_GROUP, plural, obj["metadata"]["namespace"], obj["metadata"]["name"]))
-            self.unregister(CONSUL_GROUP, plural)
+                self.delete(CONSUL_GROUP, plural, obj["metadata"]["namespace"], obj["metadata"]["name"])
+            self.crds_terminating.add(plural)
         self._forget_consul()
+        self._crds_tick()
         return {"rc": 0, "stdout": f'release "{release}" uninstalled\n'}
 
     # -- the control API the fake tools call ----------------------------------------------

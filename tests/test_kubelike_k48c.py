@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from harness.backends.existing import ExistingBackend
 from harness.backends.kube import LABEL_SERVING, KubeCluster
 from harness.backends.kube.api import KubeApiError
-from tests.kubefake import NODES, FakeApiServer, lax_pod
+from harness.errors import BackendError
+from tests.conftest import wait_until
+from tests.kubefake import NODES, FakeApiServer, lax_pod, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.test_backend_existing import _backend, _helm_tools, _new_eks
 
 LAX = "us-west-2-lax-1a"
 CLIENT_GO_MAX_RETRIES = 10  # client-go rest/request.go NewRequest `maxRetries: 10`, what kubectl and helm use
@@ -92,3 +97,86 @@ def test_control_an_error_without_retry_after_is_the_answer(api: FakeApiServer, 
         c.pods("hashicups-lax-1a")
     assert err.value.status == 429
     assert api.sim.throttled == ["GET /api/v1/namespaces/hashicups-lax-1a/pods"]
+
+
+# -- down with --install-consul: consul-k8s' finalizers on the run's config-entry CRs ---------------------------
+
+
+def _installed_run(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[ExistingBackend, KubeCluster, list[tuple[str, str, str]]]:
+    """An EKS nightly `up --install-consul` whose config-entry CRs consul-k8s has synced (its finalizer on each)."""
+    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
+    _helm_tools(tmp_path, api, monkeypatch)
+    c = _new_eks(api, tmp_path, ebs_csi_addon=True, addon_default_class=True)
+    b = _backend(api, tmp_path, install_consul=True)
+    b.up(rendered(tmp_path))
+    entries = [(str(o["kind"]), str(o["metadata"].get("namespace") or "default"), str(o["metadata"]["name"]))
+               for o in b.manifests().consul_objects]  # fmt: skip
+    assert entries
+
+    def all_finalized() -> bool:
+        return all("finalizers.consul.hashicorp.com" in (_live(c, *e) or {}).get("metadata", {}).get("finalizers", [])
+                   for e in entries)  # fmt: skip
+
+    assert wait_until(all_finalized, 30)
+    return b, c, entries
+
+
+def _live(c: KubeCluster, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+    try:
+        ref = c.resource("consul.hashicorp.com/v1alpha1", kind)
+    except BackendError:
+        return None  # the CRD is gone: so is every CR of it
+    try:
+        return dict(c.request("GET", ref.item(ns, name)))
+    except KubeApiError:
+        return None
+
+
+def test_down_leaves_no_config_entry_awaiting_an_uninstalled_controller(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """consul-k8s' controller had not yet finished the run's deleted CRs (busy, or backing off) when `down`
+    uninstalled Consul, and with it the controller: their finalizer stayed for good, the run's namespaces and
+    the chart's CRDs stayed Terminating, and the next night's `up` could create nothing there. `down` now
+    deletes the CRs and waits for the controller to finish them before it uninstalls Consul."""
+    b, c, entries = _installed_run(api, tmp_path, monkeypatch)
+    run_namespaces = sorted({ns for _k, ns, _n in entries} - {"consul", "default"})
+    api.sim.consul_deletions_held = True
+    api.sim.consul_deletions_release_on_ask = True  # it finishes once someone waits for it
+    b.down()
+    assert wait_until(lambda: all(_live(c, *e) is None for e in entries), 10), [
+        e for e in entries if _live(c, *e) is not None
+    ]
+    assert wait_until(lambda: not any(c.exists("v1", "Namespace", None, ns) for ns in run_namespaces), 10)
+    assert api.sim.call(lambda: sorted(api.sim.crds_terminating)) == []
+
+
+def test_control_down_keeps_consul_while_its_controller_has_entries_to_finish(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Control: a controller that never finishes makes `down` fail after the ready timeout, naming the entries,
+    with Consul still installed (helm uninstall not run), so that a later `down` can complete."""
+    b, c, entries = _installed_run(api, tmp_path, monkeypatch)
+    api.sim.consul_deletions_held = True
+    b.ready_timeout_s = 1.0
+    with pytest.raises(BackendError, match="still await consul-k8s' finalizer"):
+        b.down()
+    assert api.sim.call(lambda: api.sim.consul is not None)  # helm uninstall not run
+    api.sim.consul_deletions_held = False
+    b.down()
+    assert wait_until(lambda: all(_live(c, *e) is None for e in entries), 10)
+    assert api.sim.call(lambda: api.sim.consul is None)  # uninstalled
+
+
+def test_control_down_with_a_prompt_controller_removes_everything(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Control: with the controller prompt, `down` removes every CR, the run's namespaces, and Consul."""
+    b, c, entries = _installed_run(api, tmp_path, monkeypatch)
+    run_namespaces = sorted({ns for _k, ns, _n in entries} - {"consul", "default"})
+    b.down()
+    assert wait_until(lambda: all(_live(c, *e) is None for e in entries), 10)
+    assert wait_until(lambda: not any(c.exists("v1", "Namespace", None, ns) for ns in run_namespaces), 10)
+    assert api.sim.call(lambda: api.sim.consul is None)  # uninstalled

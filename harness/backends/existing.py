@@ -154,7 +154,7 @@ from harness.backends.kube.backend import HelmRun, KubeBackend, entry_answer
 from harness.backends.kube.forward import find_tool
 from harness.backends.kube.netpolagent import PolicyAgent, read_policy_agent
 from harness.backends.kube.permissions import CA_SECRET, Mode, Permission, applied_by_resource, needed, refusal, review
-from harness.contract.names import TAINT_EDGE
+from harness.contract.names import CONSUL_API_GROUP, TAINT_EDGE
 from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.contract.scheduling import BLOCKING_EFFECTS, Placement, Taint, Toleration
 from harness.errors import BackendError, InputError
@@ -1587,14 +1587,19 @@ class ExistingBackend(KubeBackend):
             self.progress(f"restored {kind} {ns}/{name} as it was before the run")
         applied = [AppliedObject.from_dict(d) for d in state.get("applied", [])]
         created_ns = {a.name for a in applied if a.created and a.kind == "Namespace"}
+        installed = state.get("installed_consul")
         for a in reversed(applied):
-            if not a.created or a.kind == "Namespace" or (a.namespace in created_ns):
+            # a config entry in a namespace the run created goes by name too when Consul goes after it (the wait)
+            by_name = isinstance(installed, dict) and a.api_version.startswith(CONSUL_API_GROUP + "/")
+            if not a.created or a.kind == "Namespace" or (a.namespace in created_ns and not by_name):
                 continue
             self.cluster.delete(a.api_version, a.kind, a.namespace, a.name)
+        if isinstance(installed, dict):
+            self._wait_entries_finalized([a for a in applied if a.created and a.api_version.startswith(
+                CONSUL_API_GROUP + "/")])  # fmt: skip
         for a in reversed(applied):
             if a.created and a.kind == "Namespace":
                 self.cluster.delete(a.api_version, a.kind, None, a.name)
-        installed = state.get("installed_consul")
         if isinstance(installed, dict):
             helm = self._helm_runner(self.manifests(), {})
             helm(["uninstall", str(installed["name"]), "-n", str(installed["namespace"]), *self._helm_target()])
@@ -1606,6 +1611,34 @@ class ExistingBackend(KubeBackend):
             self._write_state({"manifests": state.get("manifests"), "mesh_backups": unrestored})
             raise BackendError("; ".join(failures) + f" (kept in {self._state_file} for the next down)")
         self._state_file.unlink(missing_ok=True)
+
+    def _wait_entries_finalized(self, entries: Sequence[AppliedObject]) -> None:
+        """Until every deleted config-entry CR of the run is gone, before `helm uninstall` takes Consul away.
+
+        Each carries consul-k8s' finalizer (`finalizers.consul.hashicorp.com`), which only its controller, in
+        the connect-injector the uninstall deletes, removes once the entry is out of Consul
+        (controllers/configentries/configentry_controller.go). `down` used to delete the run's namespaces and
+        uninstall at once: a CR the controller had not reached by then kept its finalizer for good, and so its
+        namespace and the chart's CRD stayed Terminating (a CR's finalizer holds its CRD's deletion,
+        kubernetes/kubernetes#60538; hashicorp/consul-helm#646): the next night's `up` could create nothing in
+        that namespace. Whether it happened was a race between the namespace controller, consul-k8s and helm.
+        So the CRs are deleted here, each by name, and waited for; one still there after the ready timeout is
+        named, and Consul is left installed (its controller can still finish; the next `down` goes on).
+        """
+        deadline = time.monotonic() + self.ready_timeout_s
+        left = list(entries)
+        while True:
+            left = [a for a in left if self.cluster.exists(a.api_version, a.kind, a.namespace, a.name)]
+            if not left:
+                return
+            if time.monotonic() >= deadline:
+                names = ", ".join(f"{a.kind} {a.namespace}/{a.name}" for a in left)
+                raise BackendError(
+                    f"{self._where}: {len(left)} Consul config entries still await consul-k8s' finalizer "
+                    f"{self.ready_timeout_s:.0f} s after their deletion ({names}); Consul is left installed so its "
+                    "controller can finish them: see `kubectl -n <namespace> describe` of each, then run down again"
+                )
+            nap(self.ready_poll_s)
 
     def status(self) -> Status:
         try:
