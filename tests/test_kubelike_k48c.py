@@ -19,7 +19,7 @@ from harness.errors import BackendError
 from tests.conftest import wait_until
 from tests.kubefake import NODES, FakeApiServer, lax_pod, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.test_backend_existing import _backend, _helm_tools, _new_eks
+from tests.test_backend_existing import _backend, _new_eks
 
 LAX = "us-west-2-lax-1a"
 CLIENT_GO_MAX_RETRIES = 10  # client-go rest/request.go NewRequest `maxRetries: 10`, what kubectl and helm use
@@ -107,7 +107,7 @@ def _installed_run(
 ) -> tuple[ExistingBackend, KubeCluster, list[tuple[str, str, str]]]:
     """An EKS nightly `up --install-consul` whose config-entry CRs consul-k8s has synced (its finalizer on each)."""
     monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
-    _helm_tools(tmp_path, api, monkeypatch)
+    fake_tools(api, tmp_path, monkeypatch)
     c = _new_eks(api, tmp_path, ebs_csi_addon=True, addon_default_class=True)
     b = _backend(api, tmp_path, install_consul=True)
     b.up(rendered(tmp_path))
