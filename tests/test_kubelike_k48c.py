@@ -17,7 +17,7 @@ from harness.backends.kube import LABEL_SERVING, KubeCluster
 from harness.backends.kube.api import KubeApiError
 from harness.errors import BackendError
 from tests.conftest import wait_until
-from tests.kubefake import NODES, FakeApiServer, lax_pod, rendered
+from tests.kubefake import NODES, FakeApiServer, fake_tools, lax_pod, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import _backend, _new_eks
 
