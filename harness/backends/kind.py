@@ -97,6 +97,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
+from harness.backends import kindsize
 from harness.backends.base import CHAOS_PRIMITIVES, Status
 from harness.backends.kube import KubeCluster, NodeInfo, ProgressFn, api_client_from_kubeconfig
 from harness.backends.kube.backend import HelmRun, KubeBackend
@@ -297,6 +298,7 @@ class KindBackend(KubeBackend):
         self.cluster_name = cluster_name
         self.host_proc = Path(host_proc)  # this machine's /proc: the Docker host's only where Docker runs here
         self._inotify_read = False  # the Docker host's limits read before `kind create` (this machine's /proc)
+        self._info: dict[str, Any] | None = None  # `docker info`, asked once (`_docker_info`)
         self.kubeconfig = Path(kubeconfig) if kubeconfig is not None else self.workdir / "kubeconfig"
         self.node_image_override = node_image or None  # the user's image: used as given (see `node_image`)
 
@@ -398,6 +400,7 @@ class KindBackend(KubeBackend):
         exists = self.cluster_exists()
         image = None if exists else self.node_image(manifests)  # refused here: nothing created yet
         if not exists:
+            self._check_capacity(manifests)  # refused here: a host too small for the cluster's pods
             self._check_inotify_before_create()  # refused here too: kind's own create may be what runs out
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "kind-config.yaml"
@@ -448,14 +451,52 @@ class KindBackend(KubeBackend):
         with the host's socket mounted: there this machine's /proc says nothing about the nodes' kernel."""
         if not sys.platform.startswith("linux"):
             return False
-        proc = self._run("docker", "info", "--format", "{{json .}}", check=False, timeout=60)
-        try:
-            info = json.loads(proc.stdout or "")
-        except ValueError:
-            return False
-        if not isinstance(info, dict) or "docker desktop" in str(info.get("OperatingSystem", "")).lower():
+        info = self._docker_info()
+        if not info or "docker desktop" in str(info.get("OperatingSystem", "")).lower():
             return False
         return bool(info.get("Name")) and str(info["Name"]) == socket.gethostname()
+
+    def _docker_info(self) -> dict[str, Any]:
+        """`docker info --format '{{json .}}'`, asked once per backend ({} when it gives no JSON object): the
+        daemon's host name and OS (`_docker_host_is_here`) and its CPUs and memory (`_check_capacity`)."""
+        if self._info is None:
+            proc = self._run("docker", "info", "--format", "{{json .}}", check=False, timeout=60)
+            try:
+                info = json.loads(proc.stdout or "")
+            except ValueError:
+                info = {}
+            self._info = info if isinstance(info, dict) else {}
+        return self._info
+
+    def _check_capacity(self, manifests: Manifests) -> None:
+        """The Docker host's CPUs and memory against what the cluster's pods request (`kindsize`), before
+        `kind create`: BackendError in one line naming the memory short and by how much, nothing created.
+
+        kind's nodes all run on this one host, and each node's kubelet reports the host's whole CPUs and memory
+        as its own, so kube-scheduler places pods the host cannot hold and the VM's OOM killer takes them, or,
+        where one node's share is too large, leaves them Pending ("Insufficient cpu"): either way `up` used to
+        wait until its timeout and say only which Deployments were not ready. CPU short is said in one line and
+        run: CPU is shared, not exhausted, and kube-scheduler on kind takes it (`kindsize.shortfall`). Where
+        `docker info` names no CPUs or memory: said, and run.
+        """
+        info = self._docker_info()
+        host = info.get("host")  # podman's docker-compatible `info` (libpod define.HostInfo: cpus, memTotal)
+        host = host if isinstance(host, dict) else {}
+        ncpu, mem = info.get("NCPU", host.get("cpus")), info.get("MemTotal", host.get("memTotal"))
+        if not isinstance(ncpu, int) or not isinstance(mem, int) or ncpu <= 0 or mem <= 0:
+            self.progress("the Docker host's CPUs and memory not read (`docker info` names no NCPU, MemTotal): "
+                          "not checked against what the cluster's pods request")  # fmt: skip
+            return
+        mem_short, cpu_short = kindsize.shortfall(kindsize.cluster_need(manifests), ncpu, mem)
+        if mem_short:
+            raise BackendError(
+                f"{self._where}: the Docker host is too small for this topology: {mem_short}; give Docker more "
+                "memory (Docker Desktop: Settings > Resources; colima start --memory; podman machine set --memory) "
+                "or render a topology with fewer nodes or services"
+            )
+        if cpu_short:
+            self.progress(f"{self._where}: {cpu_short}; pods get less CPU than they ask for (readiness and the "
+                          "verdict's timings may suffer): give Docker more CPUs")  # fmt: skip
 
     def _inotify_limits(self, values: Sequence[str]) -> None:
         """Judge the Docker host's limits (`INOTIFY_NEEDS` order): too few instances raise, too few watches are said."""
