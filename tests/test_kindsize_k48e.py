@@ -1,4 +1,5 @@
-"""kind on a laptop: a Docker host too small for the topology is said before `kind create` (k48e).
+"""kind on a laptop: a Docker host too small for the topology is said before `kind create`, and a pod the
+scheduler cannot place is said while `up` waits, not only at its timeout (k48e).
 
 Against the simulated cluster (`tests.kubesim`) and the fake tools (`tests.kubesim_tools`): `docker info` reports
 the Docker host's NCPU and MemTotal (moby api/types/system.Info) as a test sizes them; kube-scheduler's failures
@@ -145,6 +146,56 @@ def test_a_reused_cluster_is_not_judged_again(
     monkeypatch.setenv("FAKE_DOCKER_MEM", str(2 * GIB))
     said = up_saying(tmp_path)
     assert _said(said, "exists: reusing it") and not _said(said, "short"), said
+
+
+# -- while `up` waits for Ready ------------------------------------------------------------------------------------
+
+
+class _Said(Exception):
+    """Raised by the progress callback at the line a test waits for: the wait is stopped there."""
+
+
+def _stop_at(what: str, said: list[str]) -> Any:
+    def progress(line: str) -> None:
+        said.append(line)
+        if what in line:
+            raise _Said(line)
+
+    return progress
+
+
+def test_a_pod_the_scheduler_cannot_place_is_said_at_once_with_its_message(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """One Deployment whose pods no node can take (here a zone no node is in; on a small host "Insufficient
+    cpu"): kube-scheduler says why on the pod (PodScheduled False, Unschedulable, "0/7 nodes are available:
+    ..."), but `up` said only "deployments ready 19/20" until the ready timeout. Now the scheduler's message in
+    one line while the wait goes on."""
+    m = rendered(tmp_path)
+    dep = next(o for o in m.objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "frontend-lax-1a")
+    dep["spec"]["template"]["spec"]["nodeSelector"] = {"topology.kubernetes.io/zone": "us-west-2-nowhere-1a"}
+    said: list[str] = []
+    backend = kind_backend(tmp_path / "wd")
+    backend.ready_timeout_s = 30
+    try:
+        with pytest.raises(_Said) as line:
+            backend.up(m, progress=_stop_at("cannot be scheduled", said))
+    finally:
+        backend.close()
+    text = str(line.value)
+    assert "\n" not in text and text.startswith(f"{dep['metadata']['namespace']}/frontend-lax-1a-"), text
+    assert "cannot be scheduled: 0/7 nodes are available: " in text, text
+    assert "didn't match Pod's node affinity/selector" in text, text
+    assert not _said(said[:-1], "cannot be scheduled"), said  # the first such line, once
+
+
+def test_an_up_whose_pods_all_schedule_says_nothing_of_scheduling(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """Control: every pod placed, no such line (a pod Pending only until the scheduler's next pass is not one)."""
+    said = up_saying(tmp_path)
+    assert not _said(said, "cannot be scheduled"), said
+    assert "deployments ready 20/20" in said
 
 
 def test_the_readme_states_what_the_default_topology_requests(tmp_path: Path) -> None:

@@ -181,6 +181,7 @@ class ApplyMixin(KubeApi):
         an older template left); BackendError naming the laggards, and what each waits for, on timeout."""
         deadline = time.monotonic() + timeout
         last = ""
+        said: set[tuple[str, str, str]] = set()  # (namespace, pod, scheduler's message) already said
         while True:
             state = self.deployments_ready(deployments)
             pending = {k: v for k, v in state.items() if not v.done}
@@ -190,6 +191,7 @@ class ApplyMixin(KubeApi):
                 last = msg
             if not pending:
                 return
+            self._say_unschedulable({ns for ns, _name in pending}, said, progress)
             if time.monotonic() >= deadline:
                 detail = ", ".join(
                     f"{ns}/{name} {st.text()}" + self._why_not_ready(ns, name)
@@ -197,6 +199,36 @@ class ApplyMixin(KubeApi):
                 )
                 raise BackendError(f"not ready after {timeout:.0f}s: {detail}")
             nap(poll)
+
+    def _say_unschedulable(
+        self, namespaces: Iterable[str], said: set[tuple[str, str, str]], progress: ProgressFn
+    ) -> None:
+        """Each pod in `namespaces` kube-scheduler could not place, said in one line with its own message, once
+        per message, while the wait goes on.
+
+        The scheduler records it on the pod as it gives up on a scheduling attempt: phase Pending, condition
+        PodScheduled False, reason Unschedulable (v1.PodReasonUnschedulable), message "0/N nodes are available:
+        ..." (pkg/scheduler/schedule_one.go handleSchedulingFailure). It retries, and a pod may still be placed
+        (a node added, another pod gone), so the wait goes on; but a host too small for the cluster ("Insufficient
+        cpu"), an untolerated taint or a zone without nodes is otherwise named only after the whole ready
+        timeout. A list the API refuses is skipped: the timeout's message still names the laggards."""
+        for ns in sorted(namespaces):
+            try:
+                pods = self.pods(ns)
+            except (KubeApiError, BackendError):
+                continue
+            for p in pods:
+                status = p.get("status") or {}
+                if status.get("phase") != "Pending" or _meta(p).get("deletionTimestamp"):
+                    continue
+                for c in status.get("conditions") or []:
+                    if (c.get("type"), c.get("status"), c.get("reason")) != ("PodScheduled", "False", "Unschedulable"):
+                        continue
+                    why = " ".join(str(c.get("message") or "").split())[:400]
+                    key = (ns, str(_meta(p).get("name")), why)
+                    if key not in said:
+                        said.add(key)
+                        progress(f"{ns}/{key[1]} cannot be scheduled: {why or 'Unschedulable'}")
 
     def _why_not_ready(self, namespace: str, deployment: str) -> str:
         """ " (<why>)" for a Deployment that is not ready: the first of its pods the scheduler left Pending, with
