@@ -500,6 +500,38 @@ CHART_K8S_IMAGE = "hashicorp/consul-k8s-control-plane:1.9.11"
 # many nodes"; it asks for 512 (site/content/docs/user/known-issues.md). The fake takes fewer, for a cluster of
 # more than one node, to fail it (where exactly a real host runs out depends on what else it runs).
 KIND_INOTIFY_INSTANCES = 512
+# What kind's own pods request on its nodes, which kube-scheduler counts against each node's allocatable like any
+# pod's: kindnet on every node (kind's DaemonSet: 100m / 50Mi); on the control-plane kubeadm's static pods
+# (kube-apiserver 250m, kube-controller-manager 200m, kube-scheduler 100m, etcd 100m / 100Mi) and CoreDNS's two
+# replicas (100m / 70Mi each), which the fake keeps there (they are not API objects in the fake).
+KIND_NODE_PODS = {"worker": (100, 50 * 1024**2), "control-plane": (100 + 650 + 200, (50 + 100 + 140) * 1024**2)}
+# the kubelet's default hard eviction threshold, memory.available<100Mi, kept off the node's allocatable memory
+KUBELET_EVICTION_HARD = 100 * 1024**2
+_QUANTITY_UNITS = {"m": 0.001, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "": 1}
+
+
+def quantity(value: Any) -> float:
+    """A Kubernetes quantity ("100m", "1", "70Mi", "2Gi") as a number (cores, bytes); 0 for none."""
+    m = re.match(r"^([0-9.]+)(m|Ki|Mi|Gi|Ti|k|M|G|)$", str(value or "").strip())
+    return float(m.group(1)) * _QUANTITY_UNITS[m.group(2)] if m else 0.0
+
+
+def pod_requests(pod: Obj) -> tuple[float, float]:
+    """(cores, bytes) a pod requests as kube-scheduler counts it: its containers' sum, or its largest init
+    container where that is more (resource by resource)."""
+    spec = pod.get("spec") or {}
+
+    def req(c: Obj) -> tuple[float, float]:
+        r = (c.get("resources") or {}).get("requests") or {}
+        return quantity(r.get("cpu")), quantity(r.get("memory"))
+
+    run = [req(c) for c in spec.get("containers") or []]
+    init = [req(c) for c in spec.get("initContainers") or []]
+    cpu = max([sum(c for c, _m in run), *(c for c, _m in init)])
+    mem = max([sum(m for _c, m in run), *(m for _c, m in init)])
+    return cpu, mem
+
+
 LABEL_VALUE_MAX = 63  # apimachinery validation.LabelValueMaxLength
 # consul-k8s' transparent-proxy keys (connect-inject/constants): the pod annotation (also a namespace label), the
 # status annotation the webhook adds when it is on, and the inbound ports its redirection leaves alone
@@ -1252,6 +1284,11 @@ class ClusterSim:
             "fs/inotify/max_user_watches": 524288,
             "fs/inotify/max_user_instances": KIND_INOTIFY_INSTANCES,
         }
+        # the Docker host's CPUs and memory as `docker info` reports them (NCPU, MemTotal; a key left out: not
+        # reported). kind nodes are containers without limits: each node's kubelet reads the host's /proc and
+        # reports all of it as the node's capacity, so each node is sized as the whole host.
+        self.docker_host: dict[str, int] = {"NCPU": 4, "MemTotal": 16 * 1024**3}
+        self.node_own_pods: dict[str, tuple[int, int]] = {}  # node -> (millicores, bytes) of kind's own pods on it
         # the iptables backend kind's entrypoint picked for its nodes (select_iptables: the one the host's rules
         # use, legacy or nft); legacy serialises writers with /run/xtables.lock
         self.iptables_mode = "nf_tables"
@@ -2656,6 +2693,28 @@ class ClusterSim:
                 continue
             if not any(_tolerates(t, taint) for t in spec.get("tolerations") or []):
                 return f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
+        return self._resources_fit(pod, name, (node.get("status") or {}).get("allocatable") or {})
+
+    def _resources_fit(self, pod: Obj, node: str, allocatable: Obj) -> str | None:
+        """NodeResourcesFit: the pod's requests on top of those of every pod bound to the node (and kind's own
+        there) within the node's allocatable; else "Insufficient cpu" / "Insufficient memory". A node that
+        reports no allocatable (the EKS-like ones) is not sized."""
+        if not allocatable.get("cpu"):
+            return None
+        own_cpu_m, own_mem = self.node_own_pods.get(node, (0, 0))
+        cpu, mem = own_cpu_m / 1000, float(own_mem)
+        for p in self.items("v1", "pods"):
+            if (p.get("spec") or {}).get("nodeName") == node and (p.get("status") or {}).get("phase") not in (
+                "Succeeded",
+                "Failed",
+            ):
+                c, m = pod_requests(p)
+                cpu, mem = cpu + c, mem + m
+        want_cpu, want_mem = pod_requests(pod)
+        if cpu + want_cpu > quantity(allocatable["cpu"]) + 1e-9:
+            return "Insufficient cpu"
+        if mem + want_mem > quantity(allocatable.get("memory")):
+            return "Insufficient memory"
         return None
 
     def _scheduler_tick(self, now: float) -> None:
@@ -4590,6 +4649,14 @@ class ClusterSim:
                 nrun = self.nodes[node_name]
                 nrun.proxy_crashes, nrun.proxy_synced = True, False
                 nrun.iptables, nrun.ip6tables = fresh_netns(), fresh_netns()
+            if self.docker_host.get("NCPU") and self.docker_host.get("MemTotal"):
+                mem = int(self.docker_host["MemTotal"])
+                capacity = {"cpu": str(self.docker_host["NCPU"]), "memory": f"{mem // 1024}Ki", "pods": "110"}
+                allocatable = {**capacity, "memory": f"{(mem - KUBELET_EVICTION_HARD) // 1024}Ki"}
+                self.patch(
+                    "v1", "nodes", None, node_name, {"status": {"capacity": capacity, "allocatable": allocatable}}
+                )
+            self.node_own_pods[node_name] = KIND_NODE_PODS["control-plane" if role == "control-plane" else "worker"]
             self.nodes[node_name].ip = f"172.18.0.{i + 2}"
             self.nodes[node_name].ip6 = f"{KIND_V6_PREFIX}{i + 2}" if self.kind_ipv6 else ""
             self.kind_network_next = max(self.kind_network_next, i + 3)
@@ -5116,6 +5183,8 @@ class ClusterSim:
             return aiohttp.web.json_response(
                 await self.kind_create(body["name"], body.get("config") or {}, body.get("image") or None)
             )
+        if path == "docker/host":
+            return aiohttp.web.json_response(self.docker_host)
         if path == "kind/version":
             return aiohttp.web.json_response(self.kind_version())
         if path == "kind/delete":

@@ -219,12 +219,10 @@ def docker(args: list[str]) -> None:
                 "OperatingSystem": os.environ.get("FAKE_DOCKER_OS", "Ubuntu 24.04.1 LTS"),
                 "OSType": "linux",
                 "Architecture": "x86_64",
-                # the Docker host's (Docker Desktop's VM's) CPUs and memory: 4 and 16 GiB unless a test sizes it
-                # (FAKE_DOCKER_NCPU / FAKE_DOCKER_MEM; "" leaves the field out, as a daemon that does not report it)
-                "NCPU": int(os.environ.get("FAKE_DOCKER_NCPU", "4") or 0),
-                "MemTotal": int(os.environ.get("FAKE_DOCKER_MEM", str(16 * 1024**3)) or 0),
+                # the Docker host's (Docker Desktop's VM's) NCPU and MemTotal: the simulation's, which sizes the
+                # kind nodes by them too (kubesim `docker_host`)
+                **_api("docker/host"),
             }
-            info = {k: v for k, v in info.items() if v != 0}
             print(json.dumps(info))
             return
         print("27.3.1")

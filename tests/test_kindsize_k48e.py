@@ -88,13 +88,12 @@ def test_shortfall_names_what_is_short_and_by_how_much() -> None:
 
 
 def test_a_docker_host_with_too_little_memory_is_refused_before_kind_creates_anything(
-    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    api: FakeApiServer, tools: Tools, tmp_path: Path
 ) -> None:
     """Docker Desktop's VM at 2 GiB: every kind node's kubelet reports the VM's 2 GiB as its own, so the
     scheduler places 2.6 GiB of requests and the VM's OOM killer (or "Insufficient memory" on one node) left
     `up` waiting until its timeout. Now one line naming memory and the shortfall; no cluster made."""
-    monkeypatch.setenv("FAKE_DOCKER_NCPU", "4")
-    monkeypatch.setenv("FAKE_DOCKER_MEM", str(2 * GIB))
+    api.sim.docker_host.update(NCPU=4, MemTotal=2 * GIB)
     backend = kind_backend(tmp_path / "wd")
     try:
         with pytest.raises(BackendError) as err:
@@ -110,11 +109,11 @@ def test_a_docker_host_with_too_little_memory_is_refused_before_kind_creates_any
 
 
 def test_a_docker_host_short_of_cpu_only_is_said_once_and_up_goes_on(
-    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    api: FakeApiServer, tools: Tools, tmp_path: Path
 ) -> None:
     """Two CPUs (a private repository's GitHub runner, colima's default): kind's scheduler takes the pods (each
     node counts both CPUs as its own) and CPU is shared, not exhausted: said in one line, and run."""
-    monkeypatch.setenv("FAKE_DOCKER_NCPU", "2")
+    api.sim.docker_host.update(NCPU=2)
     said = up_saying(tmp_path)
     cpu = _said(said, "CPUs short")
     assert len(cpu) == 1 and "the Docker host has 2 CPUs: 0.95 CPUs short" in cpu[0], said
@@ -128,22 +127,17 @@ def test_a_docker_host_large_enough_passes_in_silence(api: FakeApiServer, tools:
     assert [c for c in tools.calls() if c[:3] == ["kind", "create", "cluster"]]
 
 
-def test_a_docker_info_without_cpus_or_memory_is_said_and_run(
-    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_docker_info_without_cpus_or_memory_is_said_and_run(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
     """Control: a daemon whose `docker info` names neither (an older or compatible engine): said, not guessed."""
-    monkeypatch.setenv("FAKE_DOCKER_NCPU", "")
-    monkeypatch.setenv("FAKE_DOCKER_MEM", "")
+    api.sim.docker_host.clear()
     said = up_saying(tmp_path)
     assert len(_said(said, "the Docker host's CPUs and memory not read")) == 1, said
 
 
-def test_a_reused_cluster_is_not_judged_again(
-    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_reused_cluster_is_not_judged_again(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
     """Control: a second `up` reuses the cluster kind made; the host's size is judged before a create only."""
     up_saying(tmp_path)
-    monkeypatch.setenv("FAKE_DOCKER_MEM", str(2 * GIB))
+    api.sim.docker_host.update(MemTotal=2 * GIB)
     said = up_saying(tmp_path)
     assert _said(said, "exists: reusing it") and not _said(said, "short"), said
 
@@ -164,16 +158,34 @@ def _stop_at(what: str, said: list[str]) -> Any:
     return progress
 
 
+def _no_zone(dep: dict[str, Any], sim: Any) -> None:
+    """Its pods select a zone no node is in."""
+    dep["spec"]["template"]["spec"]["nodeSelector"] = {"topology.kubernetes.io/zone": "us-west-2-nowhere-1a"}
+
+
+def _two_cpus(dep: dict[str, Any], sim: Any) -> None:
+    """A 2-CPU Docker host (each kind node reports 2 CPUs) and a pod asking for both: kindnet's 100m is there."""
+    sim.docker_host.update(NCPU=2)
+    dep["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "2"
+
+
+@pytest.mark.parametrize(
+    ("cause", "why"),
+    [
+        (_no_zone, "7 node(s) didn't match Pod's node affinity/selector"),
+        (_two_cpus, "1 Insufficient cpu, 6 node(s)"),
+    ],
+    ids=["no-node-in-zone", "insufficient-cpu"],
+)
 def test_a_pod_the_scheduler_cannot_place_is_said_at_once_with_its_message(
-    api: FakeApiServer, tools: Tools, tmp_path: Path
+    api: FakeApiServer, tools: Tools, tmp_path: Path, cause: Any, why: str
 ) -> None:
-    """One Deployment whose pods no node can take (here a zone no node is in; on a small host "Insufficient
-    cpu"): kube-scheduler says why on the pod (PodScheduled False, Unschedulable, "0/7 nodes are available:
-    ..."), but `up` said only "deployments ready 19/20" until the ready timeout. Now the scheduler's message in
-    one line while the wait goes on."""
+    """One Deployment whose pods no node can take: kube-scheduler says why on the pod (PodScheduled False,
+    Unschedulable, "0/7 nodes are available: ..."), but `up` said only "deployments ready 19/20" until the ready
+    timeout. Now the scheduler's message in one line while the wait goes on."""
     m = rendered(tmp_path)
     dep = next(o for o in m.objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "frontend-lax-1a")
-    dep["spec"]["template"]["spec"]["nodeSelector"] = {"topology.kubernetes.io/zone": "us-west-2-nowhere-1a"}
+    cause(dep, api.sim)
     said: list[str] = []
     backend = kind_backend(tmp_path / "wd")
     backend.ready_timeout_s = 30
@@ -184,8 +196,7 @@ def test_a_pod_the_scheduler_cannot_place_is_said_at_once_with_its_message(
         backend.close()
     text = str(line.value)
     assert "\n" not in text and text.startswith(f"{dep['metadata']['namespace']}/frontend-lax-1a-"), text
-    assert "cannot be scheduled: 0/7 nodes are available: " in text, text
-    assert "didn't match Pod's node affinity/selector" in text, text
+    assert "cannot be scheduled: 0/7 nodes are available: " in text and why in text, text
     assert not _said(said[:-1], "cannot be scheduled"), said  # the first such line, once
 
 
