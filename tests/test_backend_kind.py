@@ -16,7 +16,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,20 @@ def up_saying(tmp_path: Path, **kw: Any) -> list[str]:
     finally:
         backend.close()
     return said
+
+
+def up_refused(tmp_path: Path, prepare: Callable[[KindBackend], None] | None = None, **kw: Any) -> str:
+    """The BackendError `up` of the default topology by `kind_backend(tmp_path / "wd", **kw)` raised (`prepare`
+    sets the backend up first), closed after: a first-contact check that refuses before anything is created."""
+    backend = kind_backend(tmp_path / "wd", **kw)
+    if prepare is not None:
+        prepare(backend)
+    try:
+        with pytest.raises(BackendError) as err:
+            backend.up(rendered(tmp_path))
+    finally:
+        backend.close()
+    return str(err.value)
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ import pytest
 import yaml
 
 from harness.backends.kind import KIND_NODE_IMAGES
-from harness.errors import BackendError
 from tests.conftest import REPO
-from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.test_backend_kind import INOTIFY_PATHS, Tools, kind_backend, up_saying
+from tests.test_backend_kind import INOTIFY_PATHS, Tools, up_refused, up_saying
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 pytestmark = pytest.mark.slow  # a fake API server and fake tools per test: seconds each
@@ -88,15 +87,9 @@ def test_a_docker_host_with_too_few_inotify_instances_is_refused_before_the_char
     the workloads on such a cluster. Now it stops after reading the Docker host's limits in a node, one line
     naming the sysctl and the fix, before helm."""
     api.sim.host_sysctl.update(UBUNTU_DEFAULTS)
-    backend = kind_backend(tmp_path / "wd")
-    try:
-        with pytest.raises(BackendError) as err:
-            backend.up(rendered(tmp_path))
-    finally:
-        backend.close()
+    text = up_refused(tmp_path)
     # the fake shows what the real cluster does on such a host: kube-proxy never ran on any node
     assert all(run.proxy_crashes and not run.proxy_synced for run in api.sim.nodes.values())
-    text = str(err.value)
     assert "\n" not in text and "fs.inotify.max_user_instances is 128 (kind asks 512)" in text, text
     assert "fs.inotify.max_user_watches is 8192 (kind asks 524288)" in text and INOTIFY_FIX in text, text
     assert not [c for c in tools.calls() if c[:1] == ["helm"]]

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import BackendError, InputError
+from harness.errors import InputError
 from harness.render import render, write
 from harness.render.manifests import load
 from harness.topology.model import load_topology
 from tests.conftest import REPO
-from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.test_backend_kind import INOTIFY_PATHS, Tools, kind_backend, up_saying
+from tests.test_backend_kind import INOTIFY_PATHS, Tools, kind_backend, up_refused, up_saying
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 from tests.test_firstcontact93 import INOTIFY_FIX, inotify_said, watches_alone_said_once
 
@@ -58,14 +58,7 @@ def test_a_local_docker_host_with_too_few_inotify_instances_is_refused_before_ki
     cluster already made (half-started, left for `down`). On a Linux laptop, where the Docker host is this
     machine, they are now read from /proc before `kind create`: one line naming the sysctl, nothing created."""
     _here(monkeypatch)
-    backend = kind_backend(tmp_path / "wd")
-    backend.host_proc = _proc(tmp_path / "proc", 8192, 128, api)
-    try:
-        with pytest.raises(BackendError) as err:
-            backend.up(rendered(tmp_path))
-    finally:
-        backend.close()
-    text = str(err.value)
+    text = up_refused(tmp_path, prepare=lambda b: setattr(b, "host_proc", _proc(tmp_path / "proc", 8192, 128, api)))
     assert "\n" not in text and "fs.inotify.max_user_instances is 128 (kind asks 512)" in text, text
     assert INOTIFY_FIX in text, text
     assert not [c for c in tools.calls() if c[:3] == ["kind", "create", "cluster"]], tools.calls()

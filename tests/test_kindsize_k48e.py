@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 
 from harness.backends.kindsize import MI, Need, cluster_need, pod_need, shortfall
-from harness.errors import BackendError
 from harness.render.manifests import Manifests
 from tests.conftest import REPO
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.test_backend_kind import Tools, kind_backend, up_saying
+from tests.test_backend_kind import Tools, kind_backend, up_refused, up_saying
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 GIB = 1024**3
@@ -94,13 +93,7 @@ def test_a_docker_host_with_too_little_memory_is_refused_before_kind_creates_any
     scheduler places 2.6 GiB of requests and the VM's OOM killer (or "Insufficient memory" on one node) left
     `up` waiting until its timeout. Now one line naming memory and the shortfall; no cluster made."""
     api.sim.docker_host.update(NCPU=4, MemTotal=2 * GIB)
-    backend = kind_backend(tmp_path / "wd")
-    try:
-        with pytest.raises(BackendError) as err:
-            backend.up(rendered(tmp_path))
-    finally:
-        backend.close()
-    text = str(err.value)
+    text = up_refused(tmp_path)
     assert "\n" not in text, text
     assert "the Docker host has 2.0 GiB: 0.6 GiB short" in text and "kind cluster edge" in text, text
     assert not [c for c in tools.calls() if c[:3] == ["kind", "create", "cluster"]], tools.calls()
