@@ -22,6 +22,7 @@ from harness.backends import BackendOptions
 from harness.chaos import judge_journal, plan_run, run_planned, write_plan
 from harness.contract.journal import before_shown_by, journal_problems
 from harness.verify.evidence import experiment as judge_experiment
+from tests.test_chaos import _proc_exp
 
 HYPOTHESIS = {"title": "ok", "probes": [{"type": "probe", "name": "every-shop-answers", "tolerance": True,
               "provider": {"type": "python", "module": "harness.chaos.probes", "func": "every_shop_answers",
@@ -101,18 +102,12 @@ def test_the_verdict_reads_the_journal_planned_just_before() -> None:
 
 
 # -- real chaostoolkit: the second of two experiments with one hypothesis asks it only after its method ------
-def _exp(tmp_path: Path, name: str, count: Path, gate: str = "gate") -> Path:
-    doc = {
-        "title": name,
-        "description": "no backend needed",
-        "steady-state-hypothesis": {"title": "ok", "probes": [{"type": "probe", "name": gate, "tolerance": 0,
-                                    "provider": {"type": "process", "path": "sh",
-                                                 "arguments": ["-c", f"echo {name} >> {count}"]}}]},
-        "method": [{"type": "action", "name": "act", "provider": {"type": "process", "path": "true"}}],
-    }  # fmt: skip
-    f = tmp_path / f"{name}.json"
-    f.write_text(json.dumps(doc))
-    return f
+def _counting_probe(tmp_path: Path, name: str, count: Path) -> str:
+    """An executable that succeeds and appends a line to `count` each time it is asked."""
+    script = tmp_path / name
+    script.write_text(f"#!/bin/sh\necho {name} >> {count}\n")
+    script.chmod(0o755)
+    return str(script)
 
 
 @pytest.mark.slow
@@ -120,12 +115,10 @@ def _exp(tmp_path: Path, name: str, count: Path, gate: str = "gate") -> Path:
 def test_back_to_back_experiments_ask_a_shown_steady_state_once(tmp_path: Path, same: bool) -> None:
     run, count = tmp_path / "run", tmp_path / "asked"
     opts = BackendOptions(name="local", cluster="nothere")
-    # the probe's command names its experiment, so the texts differ: give both the same command for "same"
-    first_f = _exp(tmp_path, "alpha", count)
-    second_f = _exp(tmp_path, "beta", count, gate="gate" if same else "another gate")
-    if same:
-        second_f.write_text(first_f.read_text().replace('"title": "alpha"', '"title": "beta"'))
-    planned = plan_run([first_f, second_f], None, None)
+    probe = _counting_probe(tmp_path, "gate", count)
+    planned = plan_run([_proc_exp(tmp_path, "alpha", probe),
+                        _proc_exp(tmp_path, "beta", probe if same else _counting_probe(tmp_path, "other", count))],
+                       None, None)  # fmt: skip
     write_plan(run, planned)
     first = run_planned(planned[0], run, opts)
     second = run_planned(planned[1], run, opts, previous=first)
