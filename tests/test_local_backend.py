@@ -89,6 +89,15 @@ def test_the_pods_files_are_in_memory_while_the_cluster_is_up(cluster: LocalBack
     assert any(p.name.startswith("postgres-") for p in pods.iterdir())
 
 
+def test_the_primarys_first_start_moves_a_copy_made_before_the_pods_started(cluster: LocalBackend) -> None:
+    """Postgres heads the start-up chain: its seeded cluster is copied while the network is set up and moved into
+    place by the start (apps.postgres `make_ready`), not copied while every pod starts. "initdb" only on a
+    machine that kept no seeded cluster yet; "template" would be a kept cluster copied at the start after all."""
+    log = next((cluster.state_dir / "pods").glob("postgres-2a-*/postgres.log")).read_text()
+    [how] = [line.rsplit("how=", 1)[1].strip() for line in log.splitlines() if "initialised database" in line]
+    assert how in ("ready", "initdb"), log
+
+
 def test_region_replica_streams_the_primary_through_the_mesh(cluster: LocalBackend) -> None:
     """A write on the primary (us-west-2a) is read on the replica (us-west-2b), streamed via the sidecars."""
     primary = _pod(cluster, "us-west-2a", "postgres")

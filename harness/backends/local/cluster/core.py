@@ -98,6 +98,7 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
         self.entries: dict[str, Any] = {}
         self.certs: CertAuthority | None = None
         self._loop: threading.Thread | None = None
+        self._ready_thread: threading.Thread | None = None  # `_postgres_ready`, while the network is set up
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, progress: ProgressFn | None = None) -> None:
@@ -112,6 +113,10 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
         why = mount_tmpfs(self.state, self.pods_dir, f"eh-{self.cluster}-pods")  # a pod's files die with it
         if why is not None:
             say(f"pods' files stay on disk (no tmpfs: {why})")
+        # postgres' clusters copied while the network is set up, not by each start while every pod starts
+        ready = threading.Thread(target=self._postgres_ready, name="postgres-ready", daemon=True)
+        self._ready_thread = ready
+        ready.start()
         zones = [ZoneSpec(z.name, self.topology.short(z), z.is_edge, z.link) for z in self.topology.zones]
         self.network = Network(self.cluster, self.topology.local.address_range, zones, self.state)
         say("network: hub router, zone bridges, nftables")
@@ -128,6 +133,7 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
             relay = EntryRelay(self.access.ns(z.name))
             relay.start()
             self.entries[z.name] = relay
+        ready.join()  # done by now, as a rule: a copy takes ~0.2 s, the network more
         say(f"pods: {sum(d.replicas for d in self.spec.deployments)} across {len(self.spec.nodes)} nodes")
         self._create_under_loop(start_order(self.spec.deployments))  # upstreams first: their chain is the callers'
         deadline = time.time() + READY_WAIT_S
@@ -147,6 +153,15 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
             waiting = [p.name for p in self.pods.values() if not p.serving]
         say(f"up, but not Ready after {READY_WAIT_S:.0f} s: {', '.join(sorted(waiting)) or 'pods still being created'}")
 
+    def _postgres_ready(self) -> None:
+        try:
+            made = self.make_postgres_ready()
+        except Exception:  # a head start, never a reason for `up` to fail: each start copies for itself then
+            log.exception("copying the seeded postgres clusters ahead of the pods failed")
+        else:
+            if made:
+                log.info("%d seeded postgres clusters copied ahead of the pods", made)
+
     def _raise_background(self) -> None:
         if self.error is not None:
             raise BackendError(f"control loop failed: {self.error!r}") from self.error
@@ -156,6 +171,8 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
         self.stop_event.set()
         if self._loop is not None:
             self._loop.join(timeout=5)
+        if self._ready_thread is not None:  # a start aborted while it copied: its files closed before teardown
+            self._ready_thread.join(timeout=30)
         # pods being created (a start aborted half-way) stop at their next process (`_spawn`): wait for
         # them, so none is spawned after the kill below
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import harness
-from harness.backends.local.apps import app_argv
-from harness.backends.local.apps.postgres import TEMPLATE_ENV as PG_TEMPLATE_ENV
+from harness.backends.local.apps import app_argv, app_module
+from harness.backends.local.apps import postgres as pg_app
 from harness.backends.local.cluster.base import (
     ADMIN_PORT,
     INBOUND_PORT,
@@ -38,6 +38,7 @@ from harness.errors import BackendError, InputError
 from harness.topology import ENTRY_SERVICE
 
 PG_TEMPLATES = ".postgres-templates"
+PG_READY = ".postgres-ready"  # in the pods' directory: clusters copied before the pods start (`make_postgres_ready`)
 """Beside the clusters' state directories (the state root, a tmpfs): seeded postgres clusters, reused by every
 cluster on the machine until it reboots (`apps.postgres.init_cluster`)."""
 
@@ -146,6 +147,23 @@ class PodLifecycle(ClusterBase):
             log.info("pod %s dark: its node %s was killed while it started", name, pod.node.name)
             self._kill_processes(pod)
 
+    def make_postgres_ready(self) -> int:
+        """A copy of the kept cluster each postgres primary replica will start from, made before any pod starts
+        (`apps.postgres.make_ready`: the start then moves it into place instead of copying it while every other
+        pod starts too): how many were made. A replacement pod later copies its own."""
+        made = 0
+        templates, ready = self.state_dir.parent / PG_TEMPLATES, self.pods_dir / PG_READY
+        for dep in self.spec.deployments:
+            for c in dep.containers:
+                if app_module(c.image) != pg_app.__name__:
+                    continue
+                env = {**c.env, **({"EH_COMMAND": json.dumps(list(c.command))} if c.command else {})}
+                for _ in range(dep.replicas):
+                    if not pg_app.make_ready(env, templates, ready):
+                        break
+                    made += 1
+        return made
+
     def _start_processes(self, pod: Pod) -> None:
         """The pod's containers and its sidecar, and the probes kubelet would run on them."""
         assert self.certs is not None
@@ -163,7 +181,8 @@ class PodLifecycle(ClusterBase):
                 "EH_POD_DIR": str(pdir / c.name),
                 "EH_POD": name,
                 # seeded postgres clusters kept beside the clusters' state for the next start (apps.postgres)
-                PG_TEMPLATE_ENV: str(self.state_dir.parent / PG_TEMPLATES),
+                pg_app.TEMPLATE_ENV: str(self.state_dir.parent / PG_TEMPLATES),
+                pg_app.READY_ENV: str(self.pods_dir / PG_READY),
                 **({"EH_COMMAND": json.dumps(list(c.command))} if c.command else {}),
             }
             (pdir / c.name).mkdir(exist_ok=True)
