@@ -574,9 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "every other zone 5 (every zone 20 when a fault acts on the Region); a zone still short "
                         "that gains no request for this many seconds ends the wait (said, and unverified)")  # fmt: skip
     p.add_argument("--cooldown", type=_SECONDS, default=8.0,
-                   help="at most this many seconds of traffic after the last experiment for every zone to serve 20 "
-                        "requests after the last fault's restore; then it stops once each restored Local Zone is "
-                        "shown back in-zone (at most slo.maxRecoveryS after its restore)")  # fmt: skip
+                   help="at most this many seconds of traffic after the last experiment for every zone's users to "
+                        "be served after the last fault's restore (longer when they think longer, EH_WAIT); then it "
+                        "stops once each restored Local Zone is shown back in-zone (at most slo.maxRecoveryS after "
+                        "its restore)")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     p.add_argument(
         "--workers-in-zone", action="store_true",
