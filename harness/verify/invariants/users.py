@@ -357,21 +357,29 @@ class UserChecks(CheckBase):
         stamped on one node, whose one correction leaves them where they were against each other (no slack
         then). Before, in-zone requests got none at all: a worker on n2 measured exactly, hops on n1 measured
         to ±45 ms with its middle 45 ms off, and a 2 s failover's 8 losses, tied to no hop, failed the budget
-        the same mesh passes on one clock."""
+        the same mesh passes on one clock.
+
+        An AZ's request is tied to any AZ's hops (`_tie_zone_sql`), so the hops' part is the widest bound of
+        the AZs, not the entry AZ's: us-west-2b's users failed over to public-api-2a lost requests whose failed
+        hops were logged on a us-west-2a node measured to ±45 ms with its middle 45 ms off; us-west-2b's own
+        ±2.5 ms left them outside their requests' lifetimes, and the budget the same mesh passes on one clock
+        failed."""
         clock = self.run.clock
         if clock is None:
             return HOP_TS_SLACK_S
-        bound = min(max(self._clock_bound(zone), 0.0), CLOCK_TOLERANCE_S)
-        if not clock.requests_in_zones:
-            return HOP_TS_SLACK_S + bound
-        # the hops a zone's request is tied to: its own zone's callers', or for an AZ every AZ's (`_tie_zone_sql`)
+        # the hops a zone's request is tied to: its own zone's callers', or for an AZ every AZ's (`_tie_zone_sql`),
+        # each put on the runner's clock by its own node's offset: their error is the widest of those zones' bounds
         region = {z.name for z in self.t.region_zones}
         tied = region if zone in region else {zone}
+        hops = max(min(max(self._clock_bound(z), 0.0), CLOCK_TOLERANCE_S) for z in tied)
+        if not clock.requests_in_zones:
+            return HOP_TS_SLACK_S + hops
         hop_nodes = set().union(*(self._hop_nodes.get(z, set()) for z in tied))
         stamped = self._request_nodes.get(zone, set())
         if len(stamped) == 1 and "?" not in stamped and hop_nodes <= stamped:
             return HOP_TS_SLACK_S
-        return HOP_TS_SLACK_S + 2 * bound
+        # ... and the request its worker's node's error (the entry zone's bound)
+        return HOP_TS_SLACK_S + min(max(self._clock_bound(zone), 0.0), CLOCK_TOLERANCE_S) + hops
 
     def _entry_dead_targets(self, impact: list[tuple[Fault, float]]) -> list[tuple[str, float, float]]:
         """(zone, from, to): a node fault killed some of the zone's entry pods (frontend), not all of them.

@@ -1,0 +1,89 @@
+"""A correct mesh the verdict judged by how far apart its clocks were measured (t49b): reproducer next to control.
+
+Rule: same config, same verdict. The slack under test is an assumption about which clock stamped a record; the
+fix reads it from what the run recorded (each zone's measured clock bound).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.verify import AVAILABILITY, FALLBACK
+from harness.verify.synth import FaultSpec, Scenario, write_run
+from tests.test_verify_audit import why
+from tests.test_verify_clock import BEHIND, _skew, _span
+from tests.test_verify_soundness import AZ, T, failed
+from tests.verdicts import verify, write_rows
+
+AZ_B = "us-west-2b"
+FAR_RTT_S = 0.09  # a probe's round trip from the runner to us-west-2a's entry (within the 50 ms tolerance: ±45.5 ms)
+
+
+def _az_run(tmp_path: Path, name: str) -> Path:
+    """us-west-2b's public-api killed 30-60 (its users fail over to public-api in us-west-2a), then us-west-2a's
+    product-api killed 40-50, failing over after 2 s: us-west-2b's users lose requests whose failed hop is
+    public-api-2a's, logged on a us-west-2a node."""
+    faults = [
+        FaultSpec("kill-public-api-2b", "service-down", AZ_B, ("public-api",), 30, 60, 0.2, 1.0),
+        FaultSpec("kill-product-api-2a", "service-down", AZ, ("product-api",), 40, 50, 2.0, 1.0),
+    ]
+    return write_run(tmp_path / name, Scenario(T, duration_s=90, rate_per_zone=4, faults=faults))
+
+
+def _clocks(d: Path, far_zone: str | None) -> Path:
+    """clock.jsonl as on EKS, every node BEHIND the runner: three probes per zone and batch, each logged halfway
+    through a 4 ms round trip; `far_zone`'s probes took FAR_RTT_S and were logged at its very end (its
+    frontend's sidecar saw each request only as the answer was about to leave): its offset is bounded to
+    ±45.5 ms with the middle 45 ms off the truth, within the tolerance."""
+    start, end = _span(d)
+    recs: list[dict[str, Any]] = [{"ts": start - 2, "event": "clock", "runner_clock": "separate", "why": "test"}]
+    for zone in (z.name for z in T.zones):
+        rtt_s, frac = (FAR_RTT_S, 1.0) if zone == far_zone else (0.004, 0.5)
+        for batch, at in (("start", start - 1.0), ("end", end + 1.0)):
+            for i in range(3):
+                t0 = at + i * 0.05
+                probe = f"{zone}-{batch}-{i}"
+                recs.append({"ts": t0, "event": "sent", "batch": batch, "zone": zone, "probe": probe, "sent": t0,
+                             "received": t0 + rtt_s, "status": 200, "error": None})  # fmt: skip
+                logged = int((t0 + frac * rtt_s + BEHIND) * 1000) / 1000
+                recs.append({"ts": t0 + rtt_s, "event": "logged", "batch": batch, "probe": probe,
+                             "pod": f"frontend-{zone}", "zone": zone, "node": f"{T.short(zone)}-n1", "logged": logged,
+                             "start_time": ""})  # fmt: skip
+    write_rows(d / "clock.jsonl", recs)
+    for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
+        (d / stale).unlink(missing_ok=True)
+    return d
+
+
+def test_an_az_users_loss_is_tied_to_a_hop_on_another_azs_node_within_that_nodes_clock_bound(
+    tmp_path: Path,
+) -> None:
+    """HOLE. A request entering an AZ is tied to a failed hop of any AZ's callers (Consul CE spreads Region calls
+    over every AZ's pods), but the tie allowed only the entry AZ's clock bound. us-west-2b's users, failed over
+    to public-api-2a, lost requests during us-west-2a's product-api failover; their failed hops were logged on a
+    us-west-2a node, put on the runner's clock 45 ms off (its bound ±45.5 ms, within the tolerance), and
+    us-west-2b's ±2.5 ms left them outside their requests' lifetimes: the losses counted against the budget the
+    same mesh on one clock passes."""
+    assert verify(_az_run(tmp_path, "one-clock")).passed
+    d = _clocks(_skew(_az_run(tmp_path, "far-2a"), BEHIND), AZ)
+    v = verify(d)
+    assert v.passed, why(v)
+
+
+def test_control_az_clocks_measured_alike_tie_as_before(tmp_path: Path) -> None:
+    """Control: every AZ's clock measured to within a few ms: the same run passes with its hops tied as before."""
+    v = verify(_clocks(_skew(_az_run(tmp_path, "near"), BEHIND), None))
+    assert v.passed, why(v)
+
+
+def test_control_an_az_failover_past_its_slo_still_fails_with_the_wider_tie(tmp_path: Path) -> None:
+    """Control: the wider tie excuses no failover past maxFailoverS: us-west-2a's product-api failing over after
+    7 s, with us-west-2a's clock measured far, still fails."""
+    faults = [
+        FaultSpec("kill-public-api-2b", "service-down", AZ_B, ("public-api",), 30, 60, 0.2, 1.0),
+        FaultSpec("kill-product-api-2a", "service-down", AZ, ("product-api",), 40, 50, 7.0, 1.0),
+    ]
+    d = write_run(tmp_path / "slow", Scenario(T, duration_s=90, rate_per_zone=4, faults=faults))
+    v = verify(_clocks(_skew(d, BEHIND), AZ))
+    assert {FALLBACK, AVAILABILITY} <= failed(v), why(v)
