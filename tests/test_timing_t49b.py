@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.verify import AVAILABILITY, FALLBACK
+from harness.verify import AVAILABILITY, COVERAGE, FALLBACK
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
+from tests.test_verify_audit8 import _lose_every_other
 from tests.test_verify_clock import BEHIND, _skew, _span
-from tests.test_verify_soundness import AZ, T, failed
+from tests.test_verify_soundness import AZ, LAX, T, failed, pod_of
 from tests.verdicts import verify, write_rows
 
 AZ_B = "us-west-2b"
@@ -87,3 +88,34 @@ def test_control_an_az_failover_past_its_slo_still_fails_with_the_wider_tie(tmp_
     d = write_run(tmp_path / "slow", Scenario(T, duration_s=90, rate_per_zone=4, faults=faults))
     v = verify(_clocks(_skew(d, BEHIND), AZ))
     assert {FALLBACK, AVAILABILITY} <= failed(v), why(v)
+
+
+# -- the gap rule on separate clocks: the tolerance, not the clocks' measured bounds ----------------------------------
+def _separate(d: Path) -> Path:
+    """The run as EKS records it: every node BEHIND the runner, each zone measured to ±2.5 ms (4 ms probes)."""
+    return _clocks(_skew(d, BEHIND), None)
+
+
+def test_half_a_busy_sidecars_lines_lost_on_separate_clocks_is_unverified(tmp_path: Path) -> None:
+    """HOLE. LAX's public-api serves 30 requests/s; every other line of its own log is lost for 40 s (600 calls
+    never judged). The gap rule asks each hop it served for a call of its own within the served hop's lifetime,
+    widened by both clocks' error; where the nodes keep their own clocks it took the tolerance for that (± 102 ms)
+    though each zone was measured to ± 2.5 ms: a neighbouring line always fell in it, and the verdict PASSED the
+    run that fails on one clock (test_verify_audit8). The slack is the two zones' measured bounds."""
+    d = write_run(tmp_path / "run", Scenario(T, duration_s=90, rate_per_zone=30))
+    pod = str(pod_of(d, LAX, "public-api")["pod"])
+    assert _lose_every_other(d, pod, 20, 60) >= 600
+    v = verify(_separate(d))
+    assert not v.passed and failed(v) == {COVERAGE}, why(v)
+    assert f"{pod} (" in " ".join(why(v)) and "while its log had no line" in " ".join(why(v)), why(v)
+
+
+def test_control_a_busy_sidecars_whole_log_on_separate_clocks_passes(tmp_path: Path) -> None:
+    """Control: the same busy run with every line kept passes on separate clocks, steady and with a kill; and with
+    one zone measured far (± 45.5 ms, its middle 45 ms off), each served hop's own call still lies within the
+    widened lifetime."""
+    kill = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 30, 50, 0.2, 1.0)
+    for name, faults, far in (("steady", [], None), ("kill", [kill], None), ("far", [kill], LAX)):
+        d = write_run(tmp_path / name, Scenario(T, duration_s=90, rate_per_zone=30, faults=faults))
+        v = verify(_clocks(_skew(d, BEHIND), far))
+        assert v.passed, (name, why(v))

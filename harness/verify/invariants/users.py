@@ -60,7 +60,9 @@ from harness.verify.verdict import (
 SILENT_MIN_HOPS = 10
 SILENT_LAG_S = 10.0
 # a served hop's own call starts inside the served hop's lifetime; both are stamped by Envoy (whole milliseconds)
-# on their own nodes' clocks, each put on the runner's within CLOCK_TOLERANCE_S (clock.jsonl)
+# on their own nodes' clocks, each put on the runner's within CLOCK_TOLERANCE_S (clock.jsonl): the widest that
+# can be, for what is dated against a primitive's record (the gap rule itself takes each zone's measured bound,
+# `UserChecks._gap_slack_sql`)
 SILENT_GAP_SLACK_S = 2 * CLOCK_TOLERANCE_S + 2 * HOP_TS_SLACK_S
 # what a sidecar killed with its node had not flushed is lost (Envoy's buffer: the rendered flush interval, the
 # longest of ours), and on kind the restarted kubelet brings the same pod back, whose log then goes on: those
@@ -1192,6 +1194,25 @@ class UserChecks(CheckBase):
             self.con.executemany("INSERT INTO node_kills VALUES (?, ?, ?)", kills)
         return "node_kills"
 
+    def _gap_slack_sql(self, caller_zone_sql: str, serving_zone_sql: str) -> str:
+        """SQL: how far a served hop (stamped on its caller's node) and the serving pod's own call (on its node)
+        may lie apart from where they happened against each other: Envoy's millisecond stamps, plus, where the
+        nodes keep their own clocks, each zone's measured bound (`_clock_bound`, at most the tolerance: beyond it,
+        or unmeasured, the zone is unverified anyway and the tolerance is taken)."""
+        if self.run.clock is None:
+            return repr(2 * HOP_TS_SLACK_S)
+
+        def bound_sql(zone_sql: str) -> str:
+            cases = []
+            for z in self.t.zones:
+                known = self.run.clock.bound(z.name) if self.run.clock is not None else None
+                b = CLOCK_TOLERANCE_S if known is None else min(max(known, 0.0), CLOCK_TOLERANCE_S)
+                name = self.run.hop_key(f"'{sql_str(z.name)}'")
+                cases.append(f"WHEN {zone_sql} = {name} THEN {b!r}")
+            return f"(CASE {' '.join(cases)} ELSE {CLOCK_TOLERANCE_S!r} END)"
+
+        return f"({2 * HOP_TS_SLACK_S!r} + {bound_sql(caller_zone_sql)} + {bound_sql(serving_zone_sql)})"
+
     def _served_but_silent(self) -> list[tuple[str, int, float | None, int, float | None]]:
         """Sidecars whose own access log is missing, stops or has a gap while their callers' logs show them serving.
 
@@ -1212,7 +1233,7 @@ class UserChecks(CheckBase):
         - Gap: served hops (2xx/3xx: a 4xx may be answered without calling on) during whose lifetime the pod
           began no call of its own although its log goes on after them. Its own call starts after the served
           hop starts and before it ends (the served hop's duration includes it), so this needs no lag: only the
-          two nodes' clock bounds (`SILENT_GAP_SLACK_S`, where the nodes keep their own clocks) and Envoy's
+          two nodes' clock bounds (`_gap_slack_sql`, where the nodes keep their own clocks) and Envoy's
           millisecond stamps. Except hops begun in
           the last flush interval before a node fault killed the pod (`SILENT_UNFLUSHED_S`): its sidecar died
           with those lines in its buffer, and on kind the same pod is back after the restore, its log going on,
@@ -1239,15 +1260,18 @@ class UserChecks(CheckBase):
         names = ", ".join(f"'{sql_str(n)}'" for n in http)
         # where the nodes share the runner's clock (no clock.jsonl: local, kind) only Envoy's millisecond stamps
         # separate the two hops: the clocks' tolerance there let any line of a busy pod within 100 ms stand for a
-        # lost one, and half its lines lost over 40 s passed. The node kill's excused flush interval keeps the
-        # wide slack on either clock, and runs to when the kill was done (`_acted_at`: the kill lags its record).
+        # lost one, and half its lines lost over 40 s passed. Where they keep their own, the served hop's caller's
+        # clock and the pod's own are each put on the runner's within their zone's measured bound, not the
+        # tolerance: the same 100 ms passed the same lost lines on EKS with every zone measured to 2.5 ms
+        # (`_gap_slack_sql`). The node kill's excused flush interval keeps the wide slack on either clock, and
+        # runs to when the kill was done (`_acted_at`: the kill lags its record).
         wide = float(SILENT_GAP_SLACK_S)
-        slack = wide if self.run.clock is not None else 2 * HOP_TS_SLACK_S
+        slack = self._gap_slack_sql("h.caller_zone", "h.serving_zone")
         kills = self._node_kills  # each pod a node fault killed, and when it died (`_died_at`)
         rows = self.con.execute(
             f"""
-            WITH served AS (SELECT h.serving_pod AS pod, h.ts, h.status, h.ts - {slack!r} AS lo,
-                                   h.ts + coalesce(h.duration_ms, 0) / 1000.0 + {slack!r} AS hi
+            WITH served AS (SELECT h.serving_pod AS pod, h.ts, h.status, h.ts - {slack} AS lo,
+                                   h.ts + coalesce(h.duration_ms, 0) / 1000.0 + {slack} AS hi
                             FROM hops h
                             WHERE h.serving_pod IS NOT NULL AND h.ok AND h.upstream IN ({names})),
                  -- only the lines of pods that served (a long run's other lines are most of its hops); the pod
