@@ -119,3 +119,17 @@ def test_control_a_busy_sidecars_whole_log_on_separate_clocks_passes(tmp_path: P
         d = write_run(tmp_path / name, Scenario(T, duration_s=90, rate_per_zone=30, faults=faults))
         v = verify(_clocks(_skew(d, BEHIND), far))
         assert v.passed, (name, why(v))
+
+
+def test_an_az_entrys_lost_lines_are_not_hidden_by_another_azs_clock_bound(tmp_path: Path) -> None:
+    """The AZ tie's wider slack (any AZ's hops: the widest AZ bound) is for failed requests, tied to hops of any
+    AZ's callers. A successful request is asked for its own entry's hop, logged in its entry zone: with
+    us-west-2a's clock measured far (± 45.5 ms), us-west-2b's users at 30 requests/s, every other line of
+    us-west-2b's frontend lost for 40 s and no request ids (the time rule), a neighbouring line 33 ms away hid each
+    lost one within us-west-2a's bound; within us-west-2b's own ± 2.5 ms the log is incomplete, as on one clock."""
+    d = write_run(tmp_path / "run", Scenario(T, duration_s=90, rate_per_zone=30, request_ids=False))
+    pod = str(pod_of(d, AZ_B, "frontend")["pod"])
+    assert _lose_every_other(d, pod, 20, 60) >= 600
+    v = verify(_clocks(_skew(d, BEHIND), AZ))
+    assert not v.passed and COVERAGE in failed(v), why(v)
+    assert AZ_B in " ".join(why(v)), why(v)

@@ -327,8 +327,9 @@ class UserChecks(CheckBase):
             f"ELSE CAST({zone_sql} AS VARCHAR) END)"
         )
 
-    def _tie_slack_sql(self, zone_sql: str) -> str:
+    def _tie_slack_sql(self, zone_sql: str, own: bool = False) -> str:
         """SQL for how far a request's hop may lie outside its lifetime on the records' clocks, per entry zone.
+        `own`: the hop is one of the entry zone's own callers' (the entry's), not any AZ's for an AZ.
 
         HOP_TS_SLACK_S before it (Envoy's START_TIME is whole milliseconds, truncated); where the nodes keep
         their own clocks (clock.jsonl) and the requests were stamped on the runner's, also the zone's offset
@@ -344,13 +345,13 @@ class UserChecks(CheckBase):
         cases = [
             f"WHEN {zone_sql} = '{sql_str(zone)}' THEN {slack!r}"
             for zone in sorted(self.user_zones)
-            if (slack := self._tie_slack(zone)) != HOP_TS_SLACK_S
+            if (slack := self._tie_slack(zone, own)) != HOP_TS_SLACK_S
         ]
         if not cases:
             return repr(HOP_TS_SLACK_S)
         return f"(CASE {' '.join(cases)} ELSE {HOP_TS_SLACK_S!r} END)"
 
-    def _tie_slack(self, zone: str) -> float:
+    def _tie_slack(self, zone: str, own: bool = False) -> float:
         """`_tie_slack_sql` for one zone: its clock bound, at most the tolerance (beyond it the zone is unverified
         anyway: `_clock_checks`), for the hops' error against requests on the runner's clock.
 
@@ -372,7 +373,7 @@ class UserChecks(CheckBase):
         # the hops a zone's request is tied to: its own zone's callers', or for an AZ every AZ's (`_tie_zone_sql`),
         # each put on the runner's clock by its own node's offset: their error is the widest of those zones' bounds
         region = {z.name for z in self.t.region_zones}
-        tied = region if zone in region else {zone}
+        tied = region if zone in region and not own else {zone}
         hops = max(min(max(self._clock_bound(z), 0.0), CLOCK_TOLERANCE_S) for z in tied)
         if not clock.requests_in_zones:
             return HOP_TS_SLACK_S + hops
@@ -899,7 +900,7 @@ class UserChecks(CheckBase):
         if not entry:
             return []
         names = ", ".join(f"'{sql_str(n)}'" for n in entry)
-        slack = self._tie_slack_sql("zone")
+        slack = self._tie_slack_sql("zone", own=True)  # tied to the entry zone's own entry hops (`q.zkey = e.zone`)
         skip = spans_sql("zone", self._entry_silent_spans(), REQUEST_END_SQL)
         last: dict[str, float] = {}
         for (z, _svc), ts in self._entry_last_lines.items():
