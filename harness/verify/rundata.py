@@ -167,6 +167,20 @@ class RunMeta:
         return self.present and (self.status != "complete" or self.ended is None)
 
 
+@dataclass(frozen=True)
+class PodReady:
+    """One pod's zone and service, and the spans it was ready: the verdict's one reading of readiness (`_readiness`).
+
+    Each span is [from, to); `to` is infinite while the pod was still ready at the end of the records. The
+    per-zone down and spill intervals (`RunData.down`, `.spill`) are read in the same pass, so a pod's spans
+    and its zone's outages never disagree (`FaultMeasurer._pods_left_out` reads the spans).
+    """
+
+    zone: str
+    service: str
+    spans: list[tuple[float, float]]
+
+
 @dataclass
 class RunData:
     con: duckdb.DuckDBPyConnection
@@ -194,6 +208,8 @@ class RunData:
     # min(1, 1.4 x ready / registered) of the traffic there (locality judges that share, `_spill_shares`)
     spill_parts: dict[tuple[str, str], list[tuple[float, float | None, int, int]]] = field(default_factory=dict)
     first_up: dict[tuple[str, str], float] = field(default_factory=dict)
+    # pod -> its zone, service and ready spans (`_readiness`, the same pass that reads `down` and `spill`)
+    pod_ready: dict[str, PodReady] = field(default_factory=dict)
     # clock.jsonl: the nodes' clocks against the runner's where they differ (EKS); None: one clock (local, kind)
     clock: RunClock | None = None
     # when the probe budget's decision fixed the probes' rate (probe-budget.json, harness.contract.settled); None:
@@ -880,7 +896,8 @@ def _declarations_hit(run: RunData) -> None:
 
 
 def _readiness(run: RunData) -> None:
-    """Down and spill intervals per (zone, service) and per (Region, service), from the inventory (few rows).
+    """Down and spill intervals per (zone, service) and per (Region, service), and each pod's ready spans
+    (`RunData.pod_ready`), from the inventory (few rows), in one pass: the verdict's one reading of readiness.
 
     Plus the `unready` a node fault implies at its inject (`_node_fault_pods`).
     """
@@ -906,6 +923,7 @@ def _readiness(run: RunData) -> None:
     open_down: dict[tuple[str, str], float] = {}
     open_spill: dict[tuple[str, str], float] = {}
     open_part: dict[tuple[str, str], tuple[float, int, int]] = {}
+    ready_since: dict[str, float] = {}  # pod -> when its open ready span began
     for ts, event, pod, zone, service in rows:
         keys = [(zone, service)]
         if not _is_edge(run.topology, zone):
@@ -916,6 +934,8 @@ def _readiness(run: RunData) -> None:
             becomes = False
         else:
             becomes = None
+        _pod_span(run.pod_ready.setdefault(str(pod), PodReady(str(zone), str(service), [])), ready_since,
+                  str(pod), becomes, float(ts))  # fmt: skip
         for key in keys:
             alive = alive_pods.setdefault(key, set())
             if event == "removed":
@@ -948,6 +968,19 @@ def _readiness(run: RunData) -> None:
             into.setdefault(key, []).append((lo, None))
     for key, (lo, ready, registered) in open_part.items():
         run.spill_parts.setdefault(key, []).append((lo, None, ready, registered))
+    for pod, lo in ready_since.items():
+        run.pod_ready[pod].spans.append((lo, float("inf")))
+
+
+def _pod_span(place: PodReady, since: dict[str, float], pod: str, becomes: bool | None, ts: float) -> None:
+    """Open or close `pod`'s ready span at `ts` as its readiness `becomes` (None: no change); a span of zero
+    length (unready at the instant it was ready) is dropped, as `_close` drops a zone's."""
+    if becomes and pod not in since:
+        since[pod] = ts
+    elif becomes is False and pod in since:
+        lo = since.pop(pod)
+        if ts > lo:
+            place.spans.append((lo, ts))
 
 
 def _close(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from harness.observe.hops import POD_PLACE_SQL, host_ip_sql
+from harness.observe.hops import host_ip_sql
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
 from harness.verify.invariants.scope import FaultScope
@@ -572,35 +572,6 @@ class FaultMeasurer(CheckBase):
                 return w
         return self._measure(f.zone, u, callers, f.restore, hi, good, next_fault=nxt, stale_sql=NO_HOST_SQL)
 
-    def _ready_spans(self, u: str, zones: list[str]) -> dict[str, tuple[str, list[tuple[float, float]]]]:
-        """Each pod of service `u` in `zones`: its zone and the spans it was ready (inventory readiness; a node
-        fault's pods out from its inject, as `rundata._readiness` reads them; `added` is ready in an inventory
-        without readiness events). An open span ends at INF."""
-        into = "'ready', 'added'" if not self.run.readiness_events else "'ready'"
-        rows = self.con.execute(
-            f"""
-            SELECT CAST(e.pod AS VARCHAR), e.ts, e.event IN ({into}) AS up, p.zone FROM (
-                SELECT pod, ts, event, rowid AS seq FROM inv WHERE event IN ('added', 'ready', 'unready', 'removed')
-                UNION ALL SELECT pod, inject, 'unready', 0 FROM node_fault_pods
-            ) e JOIN ({POD_PLACE_SQL}) p ON p.pod = e.pod
-            WHERE p.service = ? AND list_contains(?, CAST(p.zone AS VARCHAR)) ORDER BY e.ts, e.seq
-            """,
-            [u, zones],
-        ).fetchall()
-        out: dict[str, tuple[str, list[tuple[float, float]]]] = {}
-        since: dict[str, float] = {}
-        for pod, ts, up, zone in rows:
-            spans = out.setdefault(pod, (str(zone), []))[1]
-            if up and pod not in since:
-                since[pod] = float(ts)
-            elif not up and pod in since:
-                lo = since.pop(pod)
-                if float(ts) > lo:
-                    spans.append((lo, float(ts)))
-        for pod, lo in since.items():
-            out[pod][1].append((lo, INF))
-        return out
-
     def _pods_left_out(self, f: Fault, u: str, callers: list[str], hi: float) -> str:
         """Why a pod of `u` in fault `f`'s zone, ready after the restore, is shown never taken back into service by
         the mesh ("" when none is): its callers' hops all went to the other pods they spread over.
@@ -630,15 +601,15 @@ class FaultMeasurer(CheckBase):
             return ""
         edge = zone_is_edge(self.t, f.zone)
         pool_zones = [f.zone] if edge else [z.name for z in self.t.region_zones]
-        spans = self._ready_spans(u, pool_zones)
-        for pod, (zone, ready) in sorted(spans.items()):
-            span = next(((lo, end) for lo, end in ready if end > f.restore and lo < until), None)
-            if zone != f.zone or span is None or span[1] < until:
+        pods = {p: r for p, r in self.run.pod_ready.items() if r.service == u and r.zone in pool_zones}
+        for pod, place in sorted(pods.items()):
+            span = next(((lo, end) for lo, end in place.spans if end > f.restore and lo < until), None)
+            if place.zone != f.zone or span is None or span[1] < until or self._return_unrecorded(f, pod):
                 continue
             since = max(span[0], f.restore)
             if self._one("SELECT count(*) FROM hops WHERE serving_pod = ? AND ts >= ? AND ts < ?", [pod, since, until]):
                 continue
-            pool = sorted(p for p, (_z, r) in spans.items() if any(a < until and b > since for a, b in r))
+            pool = sorted(p for p, r in pods.items() if any(a < until and b > since for a, b in r.spans))
             caller_sql = "caller_zone = ?" if edge else "caller_kind = 'region'"
             n = int(
                 self._one(
@@ -660,6 +631,15 @@ class FaultMeasurer(CheckBase):
                     "service"
                 )
         return ""
+
+    def _return_unrecorded(self, f: Fault, pod: str) -> bool:
+        """Whether `pod` was on a node fault `f` stopped in an inventory without readiness events: when it came
+        back is not on record. The one reading of readiness (`rundata._readiness`) counts it ready throughout
+        there (no `ready` would end the `unready` its node's stop implies), which is what a zone's outages
+        need, but "ready after the restore" would then be a guess, and `_pods_left_out` claims nothing of it."""
+        if self.run.readiness_events:
+            return False
+        return bool(self._one("SELECT count(*) FROM node_fault_pods WHERE fault = ? AND pod = ?", [f.fault, pod]))
 
     def _shared_outages(self, f: Fault, u: str) -> list[Fault]:
         """Later faults of other zones that take down a Region-only service the pair's upstream `u` reaches.
