@@ -112,6 +112,25 @@ LINK_BOUND_SQL = """
 LINK_KIND_SQL = "upstream || CASE WHEN serving_zone <> caller_zone THEN ' served outside' ELSE ' in-zone' END"
 
 
+# `_clock_checks`: what was stamped on which unbounded nodes, by the detail key naming those nodes ({nodes})
+UNBOUNDED_STAMPS = {
+    "unmeasured_nodes": "the hops of its sidecars on node(s) {nodes} were stamped by clocks neither a probe (no probe "
+    "line was logged there) nor the requests between them and a measured node bounded",
+    "unmeasured_request_nodes": "its users' requests were stamped by in-zone locust workers on node(s) {nodes}, whose "
+    "clocks neither a probe nor the requests between them and a measured node bounded ('?': the records do not say "
+    "the worker's node)",
+}
+
+
+def unbounded_clock_text(zone_clock: str, stamped: str) -> str:
+    """The coverage message of a zone whose own clock is bounded but some of whose records were `stamped` on
+    nodes none of its measurements bounded (`UNBOUNDED_STAMPS`): one wording for hops and requests alike."""
+    return (
+        f"coverage: clock: {zone_clock}: but {stamped}, and were put on the runner's clock by the offset of other "
+        "nodes: which of them fell in each fault window is unverified"
+    )
+
+
 def link_excess_ctes(bound: str, baseline: str) -> str:
     """The CTEs `bound` (the query `bound`: hops that wait on a link, with a `kind` column, `LINK_KIND_SQL`),
     `kinds` (each kind's baseline: its hops matching the SQL filter `baseline`, when at least
@@ -1072,25 +1091,12 @@ class UserChecks(CheckBase):
                                                    "lo_s": c.lo, "hi_s": c.hi, "via": list(c.via), "pairs": c.pairs,
                                                    "problem": c.problem} for c in paired}  # fmt: skip
             said = "".join(f"; {c.text()}" for c in paired)
-            if zc.bounded and (nodes := unmeasured.get(zone)):
-                detail["unmeasured_nodes"] = nodes
-                text = (
-                    f"coverage: clock: {zc.text()}{said}: but the hops of its sidecars on node(s) "
-                    f"{', '.join(nodes)} were stamped by clocks neither a probe (no probe line was logged there) "
-                    "nor the requests between them and a measured node bounded, and were put on the runner's "
-                    "clock by the offset of other nodes: which of them fell in each fault window is unverified"
-                )
-                out.append(CheckResult(f"clock {zone}", UNVERIFIED, text, detail))
-                continue
-            if zc.bounded and (nodes := unstamped.get(zone)):
-                detail["unmeasured_request_nodes"] = nodes
-                text = (
-                    f"coverage: clock: {zc.text()}{said}: but its users' requests were stamped by in-zone locust "
-                    f"workers on node(s) {', '.join(nodes)}, whose clocks neither a probe nor the requests between "
-                    "them and a measured node bounded ('?': the records do not say the worker's node), and were put "
-                    "on the runner's clock by the offset of other nodes: which of them fell in each fault window "
-                    "is unverified"
-                )
+            nodes_of = {"unmeasured_nodes": unmeasured.get(zone), "unmeasured_request_nodes": unstamped.get(zone)}
+            key = next((k for k, nodes in nodes_of.items() if nodes), None)  # the hops' first: its own sidecars'
+            if zc.bounded and key is not None:
+                nodes = nodes_of[key] or []
+                detail[key] = nodes
+                text = unbounded_clock_text(f"{zc.text()}{said}", UNBOUNDED_STAMPS[key].format(nodes=", ".join(nodes)))
                 out.append(CheckResult(f"clock {zone}", UNVERIFIED, text, detail))
                 continue
             if zc.bounded:
