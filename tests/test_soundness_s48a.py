@@ -11,8 +11,11 @@ peer instead, and its peer's upstream counters with them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from harness.topology import Topology, load_topology
 from harness.verify import FALLBACK, Verdict
@@ -73,27 +76,12 @@ def _az_run(tmp_path: Path, name: str) -> Path:
     return write_run(tmp_path / name, Scenario(T, duration_s=140, rate_per_zone=4, faults=[KILL_AZ], accesslogs="kind"))
 
 
-def test_an_az_instance_never_taken_back_after_its_kill_fails(tmp_path: Path) -> None:
-    """us-west-2a's product-api is killed (30-50 s) and its replacement is Ready at the restore, but for the 90 s
-    to the end of the run no Region caller calls it: us-west-2b's pod serves every one of their hops. Every hop
-    was served in the Region, so recovery ("back where it belongs": the Region) passed at once. Real Envoy
-    spreads the Region callers' calls over both AZs' pods: none of 440 for one of two is a chance of 2^-440."""
-    d = _az_run(tmp_path, "left-out")
-    start = Scenario(T).start
-    gone = _replacements(d, AZ, "product-api", start + KILL_AZ.restore)  # type: ignore[operator]
+def _az_left_out(d: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """us-west-2a's one product-api replacement (the restore's) and the us-west-2b pod to move its calls to."""
+    gone = _replacements(d, AZ, "product-api", Scenario(T).start + KILL_AZ.restore)  # type: ignore[operator]
     peer = next(e for e in rows(d / "inventory.jsonl") if e["zone"] == "us-west-2b" and e["service"] == "product-api")
     assert len(gone) == 1
-    assert _left_out(d, gone[0], peer, "public-api-2a", 9090) > 100
-    v = verify(d)
-    assert _failed(v) == {FALLBACK}
-    msg = _message(v, FALLBACK)
-    assert f"{gone[0]['pod']} in {AZ}" in msg and "never came back into service" in msg
-
-
-def test_an_az_instance_taken_back_after_its_kill_passes(tmp_path: Path) -> None:
-    """Control: the same run as the mesh logs it, the replacement called again after the restore."""
-    v = verify(_az_run(tmp_path, "taken-back"))
-    assert v.passed, [i.message for i in v.invariants if not i.passed]
+    return gone[0], peer
 
 
 def _edge_run(tmp_path: Path, name: str) -> Path:
@@ -102,18 +90,49 @@ def _edge_run(tmp_path: Path, name: str) -> Path:
     return write_run(tmp_path / name, sc)
 
 
-def test_an_edge_replacement_never_used_beside_its_peer_fails(tmp_path: Path) -> None:
-    """LAX runs two product-api replicas; both are killed (30-50 s) and both replacements are Ready at the
-    restore, but LAX's public-api only ever calls one of them again. Every hop is in the zone, both pods are
-    Ready (no spill to expect), so recovery and locality passed with the zone one instance short."""
+def _az_case(tmp_path: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    d = _az_run(tmp_path, "left-out")
+    return (d, *_az_left_out(d))
+
+
+def _edge_case(tmp_path: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     d = _edge_run(tmp_path, "left-out")
-    start = Scenario(T).start
-    gone, peer = _replacements(d, LAX, "product-api", start + KILL_LAX.restore)  # type: ignore[operator]
-    assert _left_out(d, gone, peer, "public-api-lax-1a", 9090) > 50
+    gone, peer = _replacements(d, LAX, "product-api", Scenario(T).start + KILL_LAX.restore)  # type: ignore[operator]
+    return d, gone, peer
+
+
+@pytest.mark.parametrize(
+    ("case", "zone", "callers", "moved"),
+    [
+        pytest.param(_az_case, AZ, "public-api-2a", 100, id="an-az-instance-never-taken-back-after-its-kill"),
+        pytest.param(_edge_case, LAX, "public-api-lax-1a", 50, id="an-edge-replacement-never-used-beside-its-peer"),
+    ],
+)
+def test_a_pod_never_taken_back_after_its_kill_fails(
+    tmp_path: Path, case: Callable[[Path], tuple[Path, dict[str, Any], dict[str, Any]]], zone: str, callers: str,
+    moved: int,
+) -> None:  # fmt: skip
+    """A killed product-api's replacement is Ready at the restore (30-50 s), but its zone's public-api never calls
+    it again: every call it should have had goes to its peer.
+    - an AZ: us-west-2a's replacement; for the 90 s to the end of the run no Region caller calls it, us-west-2b's
+      pod serves every one of their hops. Every hop was served in the Region, so recovery ("back where it
+      belongs": the Region) passed at once. Real Envoy spreads the Region callers' calls over both AZs' pods:
+      none of 440 for one of two is a chance of 2^-440.
+    - an edge zone: LAX runs two product-api replicas; both are killed and both replacements are Ready at the
+      restore, but LAX's public-api only ever calls one of them again. Every hop is in the zone, both pods are
+      Ready (no spill to expect), so recovery and locality passed with the zone one instance short."""
+    d, gone, peer = case(tmp_path)
+    assert _left_out(d, gone, peer, callers, 9090) > moved
     v = verify(d)
     assert _failed(v) == {FALLBACK}
     msg = _message(v, FALLBACK)
-    assert f"{gone['pod']} in {LAX}" in msg and "never came back into service" in msg
+    assert f"{gone['pod']} in {zone}" in msg and "never came back into service" in msg
+
+
+def test_an_az_instance_taken_back_after_its_kill_passes(tmp_path: Path) -> None:
+    """Control: the same run as the mesh logs it, the replacement called again after the restore."""
+    v = verify(_az_run(tmp_path, "taken-back"))
+    assert v.passed, [i.message for i in v.invariants if not i.passed]
 
 
 def test_edge_replacements_both_used_pass(tmp_path: Path) -> None:
@@ -128,8 +147,7 @@ def test_a_pod_left_out_until_the_run_ends_before_max_recovery_makes_no_claim(tm
     recovery of the pair, in the Region at once, passes as before)."""
     sc = Scenario(T, duration_s=70, rate_per_zone=4, faults=[KILL_AZ], accesslogs="kind")
     d = write_run(tmp_path / "short", sc)
-    gone = _replacements(d, AZ, "product-api", sc.start + KILL_AZ.restore)  # type: ignore[operator]
-    peer = next(e for e in rows(d / "inventory.jsonl") if e["zone"] == "us-west-2b" and e["service"] == "product-api")
-    assert _left_out(d, gone[0], peer, "public-api-2a", 9090) > 50
+    gone, peer = _az_left_out(d)
+    assert _left_out(d, gone, peer, "public-api-2a", 9090) > 50
     v = verify(d)
     assert v.passed, [i.message for i in v.invariants if not i.passed]
