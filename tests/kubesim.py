@@ -80,7 +80,10 @@ module does all of that, each behaviour taken from the source named here:
 - consul-k8s 1.9.11's config-entry controller (shared/reference/
   consul-http-api-subset.md §6): finalizer `finalizers.consul.hashicorp.com`,
   `Synced=Unknown`, then `Synced=True` with `lastSyncedTime`, or
-  `Synced=False` with reason `ConsulAgentError` and the error text.
+  `Synced=False` with reason `ConsulAgentError` and the error text; an
+  update of an entry already in Consul that Consul refuses is
+  `Synced=Unknown`, `ConsulAgentError`, "updating config entry in consul: ..."
+  (syncUnknownWithError), the entry in Consul left as it was.
 - The chart (consul-k8s v1.9.11): server StatefulSet, connect-injector and
   webhook-cert-manager placed by the values' nodeSelector/affinity/
   tolerations (multi-line strings, as the chart types them); CRDs served only
@@ -4226,11 +4229,17 @@ class ClusterSim:
             }
         else:
             reason, message = error
+            # an entry of this object already in Consul whose update Consul refused: Unknown, "updating config entry
+            # in consul: ..." (configentry_controller.go syncUnknownWithError); a refused create or a refusal of
+            # another kind is False (syncFailed)
+            updating = reason == "ConsulAgentError" and c.entry_sources.get((kind, name)) == src
+            if updating:
+                message = message.replace("writing config entry to consul: ", "updating config entry in consul: ", 1)
             new = {
                 "conditions": [
                     {
                         "type": "Synced",
-                        "status": "False",
+                        "status": "Unknown" if updating else "False",
                         "reason": reason,
                         "message": message,
                         "lastTransitionTime": k8s_time(now),

@@ -180,6 +180,30 @@ class ConfigEntryStatus:
     reason: str = ""
     message: str = ""
 
+    @property
+    def status(self) -> str:
+        """The condition's status as consul-k8s writes it: "True", "False" or "Unknown" (None)."""
+        return "Unknown" if self.synced is None else str(self.synced)
+
+    def text(self) -> str:
+        """One clause for a message: `Synced=<status>: <reason> <message>`, and for Unknown why it means "not yet".
+
+        consul-k8s writes Unknown as it takes a new entry (its finalizer added, before the write to Consul) and
+        when an update of an entry already in Consul failed (reason ConsulAgentError, the error as message;
+        controllers/configentries/configentry_controller.go syncUnknown, syncUnknownWithError); an entry no
+        controller has reached has no condition at all. Either goes on to True (or False) once the controller
+        reconciles it, so it is "not yet", and a controller that is down leaves it there.
+        """
+        why = " ".join(x for x in (self.reason, self.message) if x)
+        if why:
+            return f"Synced={self.status}: {why}"
+        if self.synced is None:
+            return (
+                f"Synced={self.status} (consul-k8s has not written it to Consul yet: its controller has not "
+                "reconciled it, or is down)"
+            )
+        return f"Synced={self.status}"
+
 
 @dataclass(frozen=True)
 class EdgeProbe:

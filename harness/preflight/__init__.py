@@ -212,7 +212,7 @@ def check_crds(
         subject = f"{kind} {ns}/{name}"
         st = statuses.get((kind, ns, name))
         if st is None or st.synced is not True:
-            why = "no Synced condition yet" if st is None else f"Synced={st.synced}: {st.reason} {st.message}".strip()
+            why = "no Synced condition yet" if st is None else st.text()
             out.append(Check("crd-synced", subject, False, why, {"reason": st.reason if st else ""}))
             continue
         consul_kind = CONFIG_KINDS.get(kind)

@@ -293,8 +293,9 @@ class ApplyMixin(KubeApi):
 
         consul-k8s writes `status.conditions[type=Synced]` ("True" once the
         entry is in Consul; "False" with reason/message when Consul refused it;
-        "Unknown" while it is being written): consul-http-api-subset.md §6.
-        A missing object or condition is reported as not synced, never skipped.
+        "Unknown" while it is being written, or when an update of it failed):
+        consul-http-api-subset.md §6. Unknown, and no condition at all, are
+        `synced` None (not yet); a missing object is False; none is skipped.
         """
         out: list[ConfigEntryStatus] = []
         for obj in objects:
@@ -315,15 +316,19 @@ class ApplyMixin(KubeApi):
                 (c for c in ((live or {}).get("status") or {}).get("conditions") or [] if c.get("type") == "Synced"),
                 None,
             )
-            if cond is None:
+            if cond is None:  # no controller has reached it (down, or not yet): not yet, as Unknown
                 out.append(
-                    ConfigEntryStatus(kind, ns, name, False, "NoSyncedCondition", "consul-k8s has not synced it")
-                )
+                    ConfigEntryStatus(
+                        kind, ns, name, None, "NoSyncedCondition",
+                        "no Synced condition: no consul-k8s controller has reconciled it yet (or it is down)",
+                    )
+                )  # fmt: skip
                 continue
+            # "Unknown" (a new entry before its write, a failed update) is not yet, never False (refused)
+            synced = {"True": True, "False": False}.get(str(cond.get("status")))
             out.append(
                 ConfigEntryStatus(
-                    kind, ns, name, cond.get("status") == "True", str(cond.get("reason") or ""),
-                    str(cond.get("message") or ""),
+                    kind, ns, name, synced, str(cond.get("reason") or ""), str(cond.get("message") or ""),
                 )
             )  # fmt: skip
         return out
