@@ -13,6 +13,9 @@
 from __future__ import annotations
 
 import copy
+import logging
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ import pytest
 import yaml
 
 from harness.backends.base import ConfigEntryStatus
+from harness.backends.existing import ExistingBackend
 from harness.preflight import Expected, check_crds, run_preflight
 from harness.render.manifests import Manifests, load
 from harness.testing import ManualClock
@@ -169,3 +173,60 @@ def test_preflight_waits_on_unknown_until_its_bound_then_says_unknown(setup: Any
     failed = [c for c in res.failures if c.check == "crd-synced"]
     assert clock.now == 30.0 and failed, clock.now
     assert all(c.message.startswith("Synced=Unknown (consul-k8s has not written it") for c in failed), failed
+
+
+# -- 3. the kill switch's lines reach a library caller --------------------------------------------------------------
+
+
+@pytest.fixture
+def sigint_ignored() -> Iterator[None]:
+    """A library caller started as a background job of a shell: SIGINT ignored, no SIGUSR1 handler."""
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL), signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous[0])
+        signal.signal(signal.SIGINT, previous[1] if previous[1] is not None else signal.SIG_DFL)
+
+
+def _pull_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, b: ExistingBackend, done: Any) -> None:
+    monkeypatch.setenv("EH_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("EH_KILL_SWITCH", raising=False)
+    try:
+        b._arm_kill_switch()
+        (tmp_path / "ABORT").write_text("stop\n")
+        assert wait_until(done, 10)
+    finally:
+        b.close()  # joins the switch's thread
+        assert not [t for t in threading.enumerate() if t.name == "eh-kill-switch"]
+
+
+def test_a_library_caller_without_progress_hears_the_kill_switch_as_warnings(
+    sigint_ignored: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reproducer: `connect()` / the pytest plugin pass no progress: the switch's "rolling back" and its WARNING
+    that the experiment was not stopped went to no_progress. Now WARNING records of the backend's logger (shown
+    on stderr by Python's last-resort handler when nothing is configured)."""
+    caplog.set_level(logging.WARNING, logger="harness.backends.existing")
+    b = ExistingBackend("ctx", workdir=tmp_path / "wd")
+
+    def heard() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "harness.backends.existing"]
+
+    _pull_switch(tmp_path, monkeypatch, b, lambda: len(heard()) >= 2)
+    lines = heard()
+    assert lines[0] == f"kill switch {tmp_path / 'ABORT'}: rolling back every fault in effect", lines
+    assert lines[1].startswith("WARNING: kill switch: ") and "not stopped" in lines[1], lines
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "harness.backends.existing")
+
+
+def test_control_a_caller_with_progress_hears_it_once_there_and_nothing_is_logged(
+    sigint_ignored: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Control: the CLI passes its progress: the lines go there, once, and not also to the log."""
+    caplog.set_level(logging.WARNING, logger="harness.backends.existing")
+    said: list[str] = []
+    b = ExistingBackend("ctx", workdir=tmp_path / "wd", progress=said.append)
+    _pull_switch(tmp_path, monkeypatch, b, lambda: len(said) >= 2)
+    assert len(said) == 2 and said[1].startswith("WARNING: kill switch: "), said
+    assert not [r for r in caplog.records if r.name == "harness.backends.existing"]

@@ -106,6 +106,7 @@ pooled connection failing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -119,7 +120,14 @@ from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from harness.backends.base import CHAOS_PRIMITIVES, ConsulAccess, Status, control_plane_refusal, node_to_stop
+from harness.backends.base import (
+    CHAOS_PRIMITIVES,
+    ConsulAccess,
+    Status,
+    control_plane_refusal,
+    no_progress,
+    node_to_stop,
+)
 from harness.backends.fence import (
     ALLOW_ENV,
     EXECUTE_ENV,
@@ -165,6 +173,9 @@ if TYPE_CHECKING:
     from harness.backends import BackendOptions
     from harness.render.manifests import Manifests
     from harness.topology.model import Topology
+
+log = logging.getLogger(__name__)
+"""Where the lines a user must hear go when the caller passed no progress function (`_say_loud`)."""
 
 ENTRY_ENV = "EH_ENTRYPOINTS"
 ENTRY_VARIANT = "cluster.yaml"  # entry/cluster.yaml: per-zone ClusterIP Services (+ ALB Ingresses)
@@ -705,15 +716,31 @@ class ExistingBackend(KubeBackend):
             return
 
         def trigger(path: Path) -> None:
-            self.progress(f"kill switch {path}: rolling back every fault in effect")
+            self._say_loud(f"kill switch {path}: rolling back every fault in effect")
             try:
-                self.rollback_active()
+                for undone in self.rollback_active():
+                    self._say_loud(f"kill switch: rolled back {undone}")
             finally:
                 said = self.on_abort()
                 if said:
-                    self.progress(said)
+                    self._say_loud(said)
 
         self._switch = KillSwitchWatcher(paths, trigger).start()
+
+    def _say_loud(self, line: str) -> None:
+        """A line the user must hear (the kill switch's): through the caller's progress when it passed one, else
+        as a WARNING of this module's logger.
+
+        Why: a library caller (`harness.backends.connect`, the pytest plugin's session, chaostoolkit's
+        extension) passes no progress function, so `self.progress` drops every line, and the switch's warning
+        that the experiment was not stopped reached nobody. A WARNING is shown with no logging configured
+        (Python's `logging.lastResort` writes it to stderr), among a test's captured logs under pytest, and
+        wherever a caller's own logging sends it; a caller that listens hears it once, through its progress.
+        """
+        if self.progress is no_progress:
+            log.warning("%s", line)
+        else:
+            self.progress(line)
 
     @_serialized
     def rollback_active(self, only: Callable[[dict[str, Any]], bool] | None = None) -> list[str]:
