@@ -579,6 +579,18 @@ class SimReplicaSet:
 DATAPLANE_SHUTDOWN_GRACE_S = 30
 
 
+# the chart's default resources of the pods it runs (consul-k8s v1.9.11 values.yaml: server.resources,
+# connectInject.resources, webhookCertManager.resources), requests equal to limits
+CHART_RESOURCES: dict[str, Obj] = {
+    component: {"requests": {"memory": mem, "cpu": cpu}, "limits": {"memory": mem, "cpu": cpu}}
+    for component, cpu, mem in (
+        ("server", "100m", "200Mi"),
+        ("connect-injector", "50m", "200Mi"),
+        ("webhook-cert-manager", "100m", "50Mi"),
+    )
+}
+
+
 @dataclass
 class SimTimings:
     """How long the simulated cluster takes for each step (real values in comments)."""
@@ -1301,6 +1313,11 @@ class ClusterSim:
         # support, or whose agent is off or failing, lets every connection to its pods through
         self.netpol_unenforced_nodes: set[str] = set()
         self.consul_reject: dict[tuple[str, str], str] = {}  # (kind, name) -> Consul's error text
+        # the kubelet's view of images: one whose pull fails (image -> the runtime's error: a tag that does not
+        # exist, a private registry without credentials), and one whose container exits at once (image -> exit
+        # code): the pod is then ImagePullBackOff / CrashLoopBackOff for as long as it lives (`_kubelet_stuck`)
+        self.unpullable: dict[str, str] = {}
+        self.crashing: dict[str, int] = {}
         self.log_replies: dict[str, list[Any]] = {}  # pod -> canned replies of successive log calls
         # the kubelet's log rotation (containerLogMaxSize, containerLogMaxFiles) and how a follow stream meets it
         self.container_log_max_size = 10 * 1024 * 1024
@@ -3094,7 +3111,7 @@ class ClusterSim:
             if run.current is None or not run.current.alive:
                 if run.bound_at is None:
                     run.bound_at = now
-                if now - run.bound_at >= self.t.start_s:
+                if now - run.bound_at >= self.t.start_s and not self._kubelet_stuck(pod, now):
                     self._start_sandbox(pod, run, nrun, now)
                 continue
             cont = run.current
@@ -3110,6 +3127,60 @@ class ClusterSim:
             if now >= cont.next_flush:
                 await self._flush_envoy(cont, now)
             self._rotate_logs(cont, now)
+
+    def _kubelet_stuck(self, pod: Obj, now: float) -> bool:
+        """A container whose image cannot be pulled or which exits at once: the pod never starts, as the kubelet
+        leaves it (True), its status written once.
+
+        Pull: phase Pending, the container waiting ImagePullBackOff with "Back-off pulling image X" (the error
+        itself only in the Warning event "Failed to pull image X: ...", and "Error: ErrImagePull";
+        pkg/kubelet/images/image_manager.go EnsureImageExists). Crash: phase Running, the container waiting
+        CrashLoopBackOff "back-off 10s restarting failed container=C pod=P_NS(UID)", its last state terminated
+        with the exit code (pkg/kubelet/kuberuntime/kuberuntime_manager.go doBackOff), never Ready."""
+        spec, meta = pod.get("spec") or {}, pod["metadata"]
+        containers = spec.get("containers") or []
+        pull = next((c for c in containers if str(c.get("image")) in self.unpullable), None)
+        crash = next((c for c in containers if str(c.get("image")) in self.crashing), None)
+        if pull is None and crash is None:
+            return False
+        waiting = [((cs.get("state") or {}).get("waiting") or {}).get("reason")
+                    for cs in (pod.get("status") or {}).get("containerStatuses") or []]  # fmt: skip
+        if any(w in ("ImagePullBackOff", "CrashLoopBackOff") for w in waiting):
+            return True
+        statuses = []
+        for c in containers:
+            image = str(c.get("image") or "")
+            cs: Obj = {"name": c["name"], "ready": False, "started": False, "restartCount": 0, "image": image}
+            if c is pull:
+                cs["state"] = {
+                    "waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}
+                }
+                self._event(pod, "Warning", "Failed", f'Failed to pull image "{image}": {self.unpullable[image]}',
+                            "kubelet", now)  # fmt: skip
+                self._event(pod, "Warning", "Failed", "Error: ErrImagePull", "kubelet", now)
+                self._event(pod, "Normal", "BackOff", f'Back-off pulling image "{image}"', "kubelet", now)
+            elif c is crash and pull is None:
+                code = self.crashing[image]
+                cs["restartCount"] = 1
+                cs["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": (
+                    f"back-off 10s restarting failed container={c['name']} pod={meta['name']}_{meta['namespace']}"
+                    f"({meta['uid']})")}}  # fmt: skip
+                cs["lastState"] = {"terminated": {"exitCode": code, "reason": "Error", "startedAt": k8s_time(now),
+                                                  "finishedAt": k8s_time(now)}}  # fmt: skip
+                self._event(pod, "Warning", "BackOff", f"Back-off restarting failed container {c['name']} in pod "
+                            f"{meta['name']}_{meta['namespace']}({meta['uid']})", "kubelet", now)  # fmt: skip
+            else:
+                cs["state"] = {"waiting": {"reason": "PodInitializing" if pull is not None else "ContainerCreating"}}
+            statuses.append(cs)
+        conds = {c["type"]: c for c in (pod.get("status") or {}).get("conditions") or []}
+        for t_ in ("Ready", "ContainersReady"):
+            conds[t_] = {"type": t_, "status": "False", "reason": "ContainersNotReady",
+                         "lastTransitionTime": k8s_time(now)}  # fmt: skip
+        status = {"phase": "Pending" if pull is not None else "Running", "containerStatuses": statuses,
+                  "conditions": list(conds.values()),
+                  "startTime": (pod.get("status") or {}).get("startTime") or k8s_time(now)}  # fmt: skip
+        self.patch("v1", "pods", meta["namespace"], meta["name"], {"status": status})
+        return True
 
     def _start_sandbox(self, pod: Obj, run: PodRun, nrun: NodeRun, now: float) -> None:
         if self.kind_cluster is not None:  # imagePullPolicy IfNotPresent (pinned tags): pulled once per node
@@ -4936,6 +5007,9 @@ class ClusterSim:
             command: list[str] | None = None,
         ) -> None:
             labels = {**chart_labels, "component": component}
+            # the container's resources are the section's (the chart's `toYaml .Values.<section>.resources`),
+            # else the chart's defaults: what kube-scheduler fits on a node (values.yaml@v1.9.11)
+            resources = section.get("resources") or CHART_RESOURCES[component]
             obj = {
                 "metadata": {"name": name, "labels": labels},
                 "spec": {
@@ -4949,6 +5023,7 @@ class ClusterSim:
                                     "name": component,
                                     "image": image_,
                                     "ports": ports,
+                                    "resources": copy.deepcopy(resources),
                                     **({"command": command} if command else {}),
                                 }
                             ],

@@ -17,7 +17,8 @@ real run issues. What each tool does is whatever the simulated cluster
   `port NODE PORT/tcp`.
 - helm: `repo add`, `upgrade --install` (the chart's values decide where its
   pods can run; `--wait` fails with helm's "context deadline exceeded" when
-  they never become Ready), `uninstall`.
+  they never become Ready; SIGTERM/SIGINT cancel it: "context canceled"),
+  `uninstall`.
 - kubectl: `port-forward [--address A] -n NS TARGET [LOCAL]:REMOTE` forwards
   real TCP connections to the one pod it resolved. When that pod (instance) is
   gone it keeps listening, as kubectl does; the next connection is closed
@@ -239,6 +240,20 @@ def _duration(text: str) -> float:
     return total or 300.0
 
 
+def _cancel_on_stop(release: str) -> None:
+    """helm install/upgrade on SIGTERM or SIGINT: "Release R has been cancelled.", its context cancelled, the
+    release failed (helm cmd/helm/install.go runInstall's signal.Notify; action.Install failRelease)."""
+    import signal
+
+    def cancelled(_signum: int, _frame: Any) -> None:
+        print(f"Release {release} has been cancelled.", flush=True)
+        print("Error: INSTALLATION FAILED: context canceled", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, cancelled)
+    signal.signal(signal.SIGINT, cancelled)
+
+
 def helm(args: list[str]) -> None:
     if args[:2] == ["repo", "add"]:
         print(f'"{args[2]}" has been added to your repositories')
@@ -252,6 +267,7 @@ def helm(args: list[str]) -> None:
         for i, a in enumerate(args):
             if a in ("-f", "--values"):
                 values.update(_yaml().safe_load(_read(args[i + 1])) or {})
+        _cancel_on_stop(release)
         out = _api(
             "helm/install",
             {

@@ -25,14 +25,16 @@ import yaml
 
 from harness.backends.base import ConfigEntryStatus
 from harness.backends.existing import ExistingBackend
+from harness.errors import BackendError
 from harness.preflight import Expected, check_crds, run_preflight
 from harness.render.manifests import Manifests, load
 from harness.testing import ManualClock
-from tests.conftest import wait_until
-from tests.kubefake import FakeApiServer
+from tests.conftest import complete_jsonl, wait_until
+from tests.kubefake import FakeApiServer, fake_tools
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kubefake import rendered as kube_rendered
-from tests.kubesim import SimTimings
+from tests.kubesim import CHART_K8S_IMAGE, SimTimings
+from tests.test_backend_existing import _backend, _new_eks
 from tests.test_backend_kind import Tools, kind_backend
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 from tests.test_preflight import rendered as rendered  # the preflight fixtures, re-exported for pytest
@@ -86,6 +88,133 @@ def kind_tools(capped: FakeApiServer, tmp_path: Path, monkeypatch: pytest.Monkey
     for k, v in t.env.items():
         monkeypatch.setenv(k, v)
     return t
+
+
+# -- 1. helm's wait for Consul's chart ------------------------------------------------------------------------------
+
+
+def test_the_simulated_chart_asks_for_the_charts_resources(api: FakeApiServer, tmp_path: Path) -> None:
+    """The fake's likeness: the chart's pods request what values.yaml@v1.9.11 gives them (server 100m/200Mi,
+    connect-injector 50m/200Mi, webhook-cert-manager 100m/50Mi), or the values' own; before, none, so no Consul pod
+    could ever be too large for a node."""
+    c = api.cluster(tmp_path)
+    values = kube_rendered(tmp_path).helm_values
+    api.install_consul(values)
+    assert wait_until(lambda: len(c.pods("consul")) >= 3, 30)
+    got = {p["metadata"]["labels"]["component"]: p["spec"]["containers"][0]["resources"]["requests"]
+           for p in c.pods("consul")}  # fmt: skip
+    assert got["server"] == (values["server"].get("resources") or {}).get(
+        "requests", {"memory": "200Mi", "cpu": "100m"}
+    )
+    assert got["connect-injector"] == {"memory": "200Mi", "cpu": "50m"}
+    assert got["webhook-cert-manager"] == {"memory": "50Mi", "cpu": "100m"}
+
+
+def test_a_consul_server_no_kind_node_can_hold_stops_helm_at_once_with_the_schedulers_message(
+    capped: FakeApiServer, kind_tools: Tools, tmp_path: Path
+) -> None:
+    """Reproducer: a server asking 64 CPUs of 4-CPU kind nodes: the scheduler says "Insufficient cpu" on the pod at
+    once; `up` said nothing until helm's "context deadline exceeded" (15 min; the fake's cap here). Now one line
+    with the pod and the scheduler's message, helm cancelled (SIGTERM), and `down` removes the cluster."""
+    m = _with_values(kube_rendered(tmp_path), _server_needs_64_cpus)
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        with pytest.raises(BackendError) as err:
+            backend.up(m)
+    finally:
+        backend.close()
+    text = str(err.value)
+    assert "\n" not in text, text
+    assert text.startswith("Consul's chart cannot become ready on kind cluster edge: consul/consul-server-0 cannot be "
+                           "scheduled: 0/7 nodes are available: "), text  # fmt: skip
+    assert "Insufficient cpu" in text and "INSTALLATION FAILED" not in text, text
+    assert "`harness down` removes what it installed" in text, text
+    assert len(_helm_installs(kind_tools.calls())) == 1
+    backend.down()
+    assert capped.sim.kind_cluster is None
+
+
+def test_an_unpullable_consul_image_on_eks_stops_helm_naming_the_image_and_the_pull_error(
+    capped: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reproducer, existing backend with --install-consul: a Consul image tag that does not exist. The kubelet says
+    ImagePullBackOff at once (the runtime's error in its Warning event); `up` waited helm's 15 minutes. Now one line
+    with the container, the image and the kubelet's error; `down` uninstalls the (failed) release as it expects."""
+    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
+    log = fake_tools(capped, tmp_path, monkeypatch)
+    bad = "hashicorp/consul:1.22.99"
+    pull_error = f'rpc error: code = NotFound desc = failed to pull and unpack image "docker.io/{bad}": not found'
+    capped.sim.unpullable[bad] = pull_error
+    _new_eks(capped, tmp_path, ebs_csi_addon=True, addon_default_class=True)
+    m = _with_values(kube_rendered(tmp_path), lambda v: v["global"].update(image=bad))
+    b = _backend(capped, tmp_path, install_consul=True)
+    with pytest.raises(BackendError) as err:
+        b.up(m)
+    text = str(err.value)
+    assert "\n" not in text, text
+    assert "consul/consul-server-0 container server: ImagePullBackOff (its image cannot be pulled): Back-off pulling " \
+           f'image "{bad}"; the kubelet: Failed to pull image "{bad}": {pull_error}' in text, text  # fmt: skip
+    assert "INSTALLATION FAILED" not in text, text
+    b.down()
+    calls = complete_jsonl(log)
+    assert [c[:4] for c in calls if c[:2] == ["helm", "uninstall"]] == [["helm", "uninstall", "consul", "-n"]]
+
+
+def test_a_crash_looping_connect_injector_stops_helm_with_its_exit_code_and_where_its_log_is(
+    capped: FakeApiServer, kind_tools: Tools, tmp_path: Path
+) -> None:
+    """Reproducer: consul-k8s' control plane exits at once (a bad flag, a wrong image): CrashLoopBackOff on the pod;
+    the line says which container, its last exit code and the command that shows its log."""
+    capped.sim.crashing[CHART_K8S_IMAGE] = 1
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        with pytest.raises(BackendError) as err:
+            backend.up(kube_rendered(tmp_path))
+    finally:
+        backend.close()
+    text = str(err.value)
+    assert "\n" not in text and "INSTALLATION FAILED" not in text, text
+    assert "container connect-injector: CrashLoopBackOff (it keeps exiting): back-off 10s restarting failed " \
+           "container=connect-injector pod=consul-connect-injector-" in text, text  # fmt: skip
+    assert "last exit code 1 (Error), restarts 1; its log: kubectl logs -n consul consul-connect-injector-" in text
+
+
+def test_control_where_an_autoscaler_may_add_a_node_an_unschedulable_pod_is_said_once_and_waited_on(
+    capped: FakeApiServer, kind_tools: Tools, tmp_path: Path
+) -> None:
+    """Control: the same Unschedulable server judged as on EKS (cluster-autoscaler and Karpenter add nodes for
+    exactly such pods): said once per message through progress, not a reason to stop helm."""
+    from harness.backends.kube.helmwait import stuck_pod  # here: the other reproducers run (and fail) on HEAD
+
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        with pytest.raises(BackendError):
+            backend.up(_with_values(kube_rendered(tmp_path), _server_needs_64_cpus))
+        said: list[str] = []
+        seen: set[tuple[str, str]] = set()
+        for _ in range(2):
+            assert (
+                stuck_pod(backend.cluster, "consul", unschedulable_final=False, said=seen, progress=said.append) is None
+            )
+        assert len(said) == 1 and said[0].startswith("consul/consul-server-0 cannot be scheduled: 0/7 nodes"), said
+        assert said[0].endswith("(waiting: the scheduler retries as nodes change)"), said
+    finally:
+        backend.close()
+
+
+def test_control_a_chart_whose_pods_all_start_installs_as_before(
+    capped: FakeApiServer, kind_tools: Tools, tmp_path: Path
+) -> None:
+    """Control: nothing stuck: helm runs to its own end (one install, its --wait and 15m timeout as before)."""
+    said: list[str] = []
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        backend.up(kube_rendered(tmp_path), progress=said.append)
+    finally:
+        backend.close()
+    (install,) = _helm_installs(kind_tools.calls())
+    assert install[-3:] == ["--wait", "--timeout", "15m"], install
+    assert not [x for x in said if "cannot be scheduled" in x or "cannot become ready" in x], said
 
 
 # -- 2. Synced=Unknown is "not yet", said as Unknown -----------------------------------------------------------------

@@ -158,8 +158,9 @@ from harness.backends.kube import (
     kubeconfig_user,
 )
 from harness.backends.kube.api import pod_finished
-from harness.backends.kube.backend import HelmRun, KubeBackend, entry_answer
+from harness.backends.kube.backend import KubeBackend, entry_answer
 from harness.backends.kube.forward import find_tool
+from harness.backends.kube.helmwait import HelmRun, Watch, run_watched
 from harness.backends.kube.netpolagent import PolicyAgent, read_policy_agent
 from harness.backends.kube.permissions import CA_SECRET, Mode, Permission, applied_by_resource, needed, refusal, review
 from harness.contract.names import CONSUL_API_GROUP, TAINT_EDGE
@@ -1547,8 +1548,11 @@ class ExistingBackend(KubeBackend):
         if helm is None:
             raise BackendError(HELM_MISSING)
 
-        def run(args: Sequence[str]) -> None:
-            proc = self._run_fn([helm, *args], capture_output=True, text=True, timeout=1200, check=False)
+        def run(args: Sequence[str], watch: Watch | None = None) -> None:
+            if watch is not None:
+                proc = run_watched([helm, *args], timeout_s=1200, poll_s=self.ready_poll_s, watch=watch)
+            else:
+                proc = self._run_fn([helm, *args], capture_output=True, text=True, timeout=1200, check=False)
             if proc.returncode != 0:
                 err = (proc.stderr or "").strip().splitlines()
                 raise BackendError(

@@ -100,8 +100,9 @@ import yaml
 from harness.backends import kindsize
 from harness.backends.base import CHAOS_PRIMITIVES, Status
 from harness.backends.kube import KubeCluster, NodeInfo, ProgressFn, api_client_from_kubeconfig
-from harness.backends.kube.backend import HelmRun, KubeBackend
+from harness.backends.kube.backend import KubeBackend
 from harness.backends.kube.forward import find_tool
+from harness.backends.kube.helmwait import HelmRun, Watch, run_watched
 from harness.backends.kube.version import image_minor, supported_range
 from harness.contract.names import LABEL_POD_ZONE
 from harness.errors import BackendError
@@ -301,6 +302,7 @@ class KindBackend(KubeBackend):
         self._info: dict[str, Any] | None = None  # `docker info`, asked once (`_docker_info`)
         self.kubeconfig = Path(kubeconfig) if kubeconfig is not None else self.workdir / "kubeconfig"
         self.node_image_override = node_image or None  # the user's image: used as given (see `node_image`)
+        self.unschedulable_final = True  # kind's nodes are the config's, no autoscaler adds one (helmwait)
 
     @classmethod
     def from_options(cls, opts: BackendOptions, manifests: Manifests | None = None) -> KindBackend:
@@ -322,11 +324,16 @@ class KindBackend(KubeBackend):
             self._tool(tool)
 
     def _run(
-        self, tool: str, *args: str, check: bool = True, timeout: float = 900.0
+        self, tool: str, *args: str, check: bool = True, timeout: float = 900.0, watch: Watch | None = None
     ) -> subprocess.CompletedProcess[str]:
+        """Run a tool (BackendError in one line when it fails or hangs); `watch`: asked while it runs, it may stop
+        it early (helmwait.run_watched)."""
         argv = [self._tool(tool), *args]
         try:
-            proc = self._run_fn(argv, capture_output=True, text=True, timeout=timeout, check=False)
+            if watch is not None:
+                proc = run_watched(argv, timeout_s=timeout, poll_s=self.ready_poll_s, watch=watch)
+            else:
+                proc = self._run_fn(argv, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise BackendError(f"`{tool} {' '.join(args[:3])}` did not finish in {timeout:.0f}s") from None
         if check and proc.returncode != 0:
@@ -641,8 +648,8 @@ class KindBackend(KubeBackend):
             raise BackendError(f"{manifests.root}/manifest.json: chart repo/version missing (re-render)")
         self.progress(f"installing Consul (chart {chart['name']} {chart['version']})")
 
-        def helm(args: Sequence[str]) -> None:
-            self._run("helm", *args)
+        def helm(args: Sequence[str], watch: Watch | None = None) -> None:
+            self._run("helm", *args, timeout=1200.0, watch=watch)
 
         return helm
 

@@ -55,6 +55,7 @@ from harness.backends.kube.api import (
 from harness.backends.kube.cluster import KubeCluster
 from harness.backends.kube.edgeprobe import run_probe
 from harness.backends.kube.forward import AdminForwards, ForwardRelay, default_tls
+from harness.backends.kube.helmwait import HelmRun, StoppedEarly, stuck_pod
 from harness.backends.kube.inventory import InventoryWatcher
 from harness.backends.kube.logs import KubeLogSource, KubeLogSources
 from harness.backends.kube.version import supported_range, version_warning
@@ -78,8 +79,6 @@ from harness.topology import ENTRY_SERVICE
 
 if TYPE_CHECKING:
     from harness.render.manifests import Manifests
-
-HelmRun = Callable[[Sequence[str]], None]
 
 
 ENVOY_DEFAULT_FLUSH_MS = 10_000  # Envoy's --file-flush-interval-msec when nobody gives it
@@ -264,6 +263,9 @@ class KubeBackend(Backend):
         # how often `up` and the cluster probes ask again (Deployments ready, an ALB's address and answer, a
         # NetworkPolicy probe's next attempt); tests with a simulated cluster, which answers at once, set it lower
         self.ready_poll_s = 2.0
+        # a pod kube-scheduler cannot place ends helm's wait for Consul's chart at once (helmwait): on a cluster
+        # whose nodes are fixed (kind); elsewhere an autoscaler may add the node it needs, so it is said and waited on
+        self.unschedulable_final = False
         self._run_fn = run
         self._cluster = cluster
         self._inventory: Inventory | None = None
@@ -464,13 +466,28 @@ class KubeBackend(Backend):
         values = self.workdir / "consul-values.yaml"
         values.write_text(yaml.safe_dump(manifests.helm_values, sort_keys=False))
         helm(["repo", "add", "hashicorp", str(chart.get("repo")), "--force-update"])
-        helm(
-            [
-                "upgrade", "--install", str(release["name"]), f"hashicorp/{chart.get('name', 'consul')}",
-                "--version", str(chart.get("version")), "-n", str(release["namespace"]), "--create-namespace",
-                "-f", str(values), *self._helm_target(), "--wait", "--timeout", "15m",
-            ]
-        )  # fmt: skip
+        said: set[tuple[str, str]] = set()
+
+        def watch() -> str | None:
+            return stuck_pod(
+                self.cluster, str(release["namespace"]), unschedulable_final=self.unschedulable_final, said=said,
+                progress=self.progress,
+            )  # fmt: skip
+
+        try:
+            helm(
+                [
+                    "upgrade", "--install", str(release["name"]), f"hashicorp/{chart.get('name', 'consul')}",
+                    "--version", str(chart.get("version")), "-n", str(release["namespace"]), "--create-namespace",
+                    "-f", str(values), *self._helm_target(), "--wait", "--timeout", "15m",
+                ],
+                watch=watch,
+            )  # fmt: skip
+        except StoppedEarly as stopped:
+            raise BackendError(
+                f"Consul's chart cannot become ready on {self._where}: {stopped.why}. `helm upgrade --install` was "
+                "stopped there, not left to wait out its 15-minute --wait; `harness down` removes what it installed"
+            ) from None
 
     def _wait_ready(self, manifests: Manifests) -> None:
         """Wait until every rendered Deployment is rolled out: all replicas of its current template available,
