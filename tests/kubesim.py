@@ -399,6 +399,10 @@ class Stale(ApiError):
     code, reason = 409, "Conflict"
 
 
+class BadRequest(ApiError):
+    code, reason = 400, "BadRequest"
+
+
 class Forbidden(ApiError):
     code, reason = 403, "Forbidden"
 
@@ -409,6 +413,28 @@ class Invalid(ApiError):
 
 class WebhookFailed(ApiError):
     """A webhook with failurePolicy Fail that could not be called: the API server's 500 InternalError."""
+
+
+# the field labels a list or watch may select on besides metadata.name/namespace: those the API server registers
+# (pkg/apis/core/v1/conversion.go AddFieldLabelConversionFunc, apps and batch likewise); any other is a 400
+# "field label not supported: X", not a filter that matches nothing
+FIELD_LABELS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("v1", "pods"): (
+        "spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork",
+        "status.phase", "status.podIP", "status.podIPs", "status.nominatedNodeName",
+    ),
+    ("v1", "events"): (
+        "involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+        "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason",
+        "reportingComponent", "source", "type",
+    ),
+    ("v1", "nodes"): ("spec.unschedulable",),
+    ("v1", "namespaces"): ("status.phase",),
+    ("v1", "secrets"): ("type",),
+    ("v1", "replicationcontrollers"): ("status.replicas",),
+    ("apps/v1", "replicasets"): ("status.replicas",),
+    ("batch/v1", "jobs"): ("status.successful",),
+}  # fmt: skip
 
 
 def status_obj(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -2043,14 +2069,25 @@ class ClusterSim:
         self.rbac_denials.append(message)
         return message
 
+    @staticmethod
+    def _field_terms(key: tuple[str, str], params: dict[str, str]) -> list[tuple[str, str]]:
+        """The fieldSelector's `label=value` terms; BadRequest for a label the resource does not register."""
+        fields = [f.split("=", 1) for f in params.get("fieldSelector", "").split(",") if "=" in f]
+        terms = [(f.rstrip("="), v) for f, v in fields]
+        supported = (*FIELD_LABELS.get(key, ()), "metadata.name", "metadata.namespace")
+        for f, _v in terms:
+            if f not in supported:  # the API server's conversion refuses it (400), it does not filter on it
+                raise BadRequest(f"field label not supported: {f}")
+        return terms
+
     def _filtered(self, key: tuple[str, str], ns: str | None, params: dict[str, str]) -> list[Obj]:
         sel = parse_selector(params.get("labelSelector", ""))
-        fields = [f.split("=", 1) for f in params.get("fieldSelector", "").split(",") if "=" in f]
+        fields = self._field_terms(key, params)
         out = []
         for o in self.items(*key, ns):
             if not selector_matches(sel, labels_of(o)):
                 continue
-            if any(field_value(o, f.rstrip("=")) != v for f, v in fields):
+            if any(field_value(o, f) != v for f, v in fields):
                 continue
             out.append(o)
         return out
@@ -2071,12 +2108,17 @@ class ClusterSim:
         bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
         rv_param = params.get("resourceVersion") or ""
         deadline = time.monotonic() + timeout
+        fields = self._field_terms(key, params)  # refused (400) before the stream starts, as the API server does
         resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request._raw_request)
 
         def wanted(o: Obj) -> bool:
             meta = o.get("metadata") or {}
-            return (ns is None or meta.get("namespace") == ns) and selector_matches(sel, labels_of(o))
+            return (
+                (ns is None or meta.get("namespace") == ns)
+                and selector_matches(sel, labels_of(o))
+                and all(field_value(o, f) == v for f, v in fields)
+            )
 
         async def send(event: Obj) -> bool:
             try:

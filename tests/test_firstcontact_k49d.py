@@ -34,7 +34,7 @@ from tests.kubefake import FakeApiServer, fake_tools
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kubefake import rendered as kube_rendered
 from tests.kubesim import CHART_K8S_IMAGE, SimTimings
-from tests.test_backend_existing import _backend, _new_eks
+from tests.test_backend_existing import _backend, _cluster, _new_eks
 from tests.test_backend_kind import Tools, kind_backend
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 from tests.test_preflight import rendered as rendered  # the preflight fixtures, re-exported for pytest
@@ -359,3 +359,36 @@ def test_control_a_caller_with_progress_hears_it_once_there_and_nothing_is_logge
     _pull_switch(tmp_path, monkeypatch, b, lambda: len(said) >= 2)
     assert len(said) == 2 and said[1].startswith("WARNING: kill switch: "), said
     assert not [r for r in caplog.records if r.name == "harness.backends.existing"]
+
+
+# -- the class: field selectors as the API server takes them ---------------------------------------------------------
+
+
+def test_the_fake_refuses_a_field_label_kubernetes_does_not_register(api: FakeApiServer, tmp_path: Path) -> None:
+    """The fake's likeness: a fieldSelector on a label the resource does not register is the API server's 400
+    "field label not supported: X" (pkg/apis/core/v1/conversion.go), for a list and a watch alike; the fake
+    filtered on any path, so a selector that fails on every real cluster passed every test."""
+    from harness.backends.kube import KubeApiError
+
+    c = api.cluster(tmp_path)
+    for path, bad in (("/api/v1/pods", "spec.containers.image=x"), ("/api/v1/namespaces/default/events", "note=x")):
+        for watch in ([], [("watch", "true"), ("timeoutSeconds", "1")]):
+            with pytest.raises(KubeApiError) as err:
+                c.request("GET", path, query=[("fieldSelector", bad), *watch])
+            assert err.value.status == 400 and f"field label not supported: {bad.split('=')[0]}" in str(err.value)
+
+
+def test_control_the_field_labels_the_harness_selects_on_are_served(api: FakeApiServer, tmp_path: Path) -> None:
+    """Control: pods by spec.nodeName and metadata.name, events by involvedObject kind and name (what the kube
+    backends send) filter as in Kubernetes."""
+    c = _cluster(api, tmp_path)  # EKS-like nodes, the operator's Consul on them
+    pod = next(p for p in c.pods("consul") if p["spec"].get("nodeName"))
+    name, node = pod["metadata"]["name"], pod["spec"]["nodeName"]
+    on_node = c.request("GET", "/api/v1/pods", query=[("fieldSelector", f"spec.nodeName={node}")])["items"]
+    assert name in {p["metadata"]["name"] for p in on_node}
+    assert all(p["spec"]["nodeName"] == node for p in on_node)
+    (one,) = c.request("GET", "/api/v1/pods", query=[("fieldSelector", f"metadata.name={name}")])["items"]
+    assert one["metadata"]["name"] == name
+    events = c.request("GET", "/api/v1/namespaces/consul/events",
+                       query=[("fieldSelector", f"involvedObject.kind=Pod,involvedObject.name={name}")])  # fmt: skip
+    assert all(e["involvedObject"]["name"] == name for e in events["items"])
