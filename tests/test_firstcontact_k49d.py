@@ -179,6 +179,32 @@ def test_a_crash_looping_connect_injector_stops_helm_with_its_exit_code_and_wher
     assert "last exit code 1 (Error), restarts 1; its log: kubectl logs -n consul consul-connect-injector-" in text
 
 
+def test_control_a_crash_looping_pod_of_another_release_in_consuls_namespace_is_not_the_installs_concern(
+    capped: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Control: an operator's own pod in the namespace the chart goes into keeps exiting; it is not the release's
+    (helm's wait does not wait for it either), so the install goes on and `up` succeeds."""
+    monkeypatch.delenv("EH_ENTRYPOINTS", raising=False)
+    log = fake_tools(capped, tmp_path, monkeypatch)
+    capped.sim.crashing["example.test/operator-tool:1"] = 2
+    c = _new_eks(capped, tmp_path, ebs_csi_addon=True, addon_default_class=True)
+    capped.seed(c, {"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "operator-tool", "namespace": "consul", "labels": {"app": "operator-tool"}},
+                    "spec": {"containers": [{"name": "tool", "image": "example.test/operator-tool:1"}]}})  # fmt: skip
+
+    def crashing() -> bool:
+        pod = c.request("GET", "/api/v1/namespaces/consul/pods/operator-tool")
+        return "CrashLoopBackOff" in str(pod.get("status"))
+
+    assert wait_until(crashing, 30)
+    b = _backend(capped, tmp_path, install_consul=True)
+    try:
+        b.up(kube_rendered(tmp_path))
+    finally:
+        b.close()
+    assert len(_helm_installs(complete_jsonl(log))) == 1 and crashing()
+
+
 def test_control_where_an_autoscaler_may_add_a_node_an_unschedulable_pod_is_said_once_and_waited_on(
     capped: FakeApiServer, kind_tools: Tools, tmp_path: Path
 ) -> None:
@@ -194,7 +220,15 @@ def test_control_where_an_autoscaler_may_add_a_node_an_unschedulable_pod_is_said
         seen: set[tuple[str, str]] = set()
         for _ in range(2):
             assert (
-                stuck_pod(backend.cluster, "consul", unschedulable_final=False, said=seen, progress=said.append) is None
+                stuck_pod(
+                    backend.cluster,
+                    "consul",
+                    release="consul",
+                    unschedulable_final=False,
+                    said=seen,
+                    progress=said.append,
+                )
+                is None
             )
         assert len(said) == 1 and said[0].startswith("consul/consul-server-0 cannot be scheduled: 0/7 nodes"), said
         assert said[0].endswith("(waiting: the scheduler retries as nodes change)"), said

@@ -470,8 +470,8 @@ class KubeBackend(Backend):
 
         def watch() -> str | None:
             return stuck_pod(
-                self.cluster, str(release["namespace"]), unschedulable_final=self.unschedulable_final, said=said,
-                progress=self.progress,
+                self.cluster, str(release["namespace"]), release=str(release["name"]),
+                unschedulable_final=self.unschedulable_final, said=said, progress=self.progress,
             )  # fmt: skip
 
         try:

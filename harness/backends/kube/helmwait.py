@@ -169,11 +169,14 @@ def stuck_pod(
     api: KubeApi,
     namespace: str,
     *,
+    release: str,
     unschedulable_final: bool,
     said: set[tuple[str, str]],
     progress: ProgressFn,
 ) -> str | None:
-    """The first pod of `namespace` that cannot become Ready as things are, in one line (None: none yet).
+    """The first pod of helm release `release` in `namespace` that cannot become Ready as things are, in one line
+    (None: none yet). The chart labels each of its pods `release: <name>`: another pod of the namespace (an
+    operator's) is not the install's concern, as it is not helm's wait's.
 
     An Unschedulable pod that is not final (`unschedulable_final` False, or a
     node not Ready yet) is said through `progress` once per (pod, message)
@@ -181,7 +184,10 @@ def stuck_pod(
     list the API refuses is skipped (helm's own timeout still ends the wait).
     """
     try:
-        pods = (api.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods") or {}).get("items") or []
+        answer = api.request(
+            "GET", f"/api/v1/namespaces/{quote(namespace)}/pods", query=[("labelSelector", f"release={release}")]
+        )
+        pods = (answer or {}).get("items") or []
     except (KubeApiError, BackendError):
         return None
     for p in sorted(pods, key=lambda x: str(_meta(x).get("name"))):
