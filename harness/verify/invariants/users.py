@@ -1699,6 +1699,31 @@ class UserChecks(CheckBase):
             f"{CONNECT_TIMEOUT_S:g}s connect and {ANSWER_TIMEOUT_S:g}s answer timeouts"
         )
 
+    def _zones_without_shoppers(self) -> list[tuple[str, int]]:
+        """(zone, zone-probe requests): the topology's zones no shopper's request entered all run, when some
+        other zone's shoppers were recorded (a run with none at all fails availability's "no traffic").
+
+        Why: availability judges the shoppers' requests only, and `_users_gaps` runs from a zone's first shopper
+        on, so a zone with none was left to its pairs' "no traffic". Zone probes into it (`harness traffic`
+        probes every zone on top of its `-u` shoppers, which locust hands out round robin: `-u 3` over six zones
+        leaves three with probes alone), or its sidecars' logs of users whose records were lost (an in-zone
+        worker's records that never arrived), gave every pair hops, and the run passed with nobody's experience
+        of the zone judged. e2e's warm-up waits for every zone's shoppers before the first fault; a run without
+        them in a zone has that zone unverified.
+        """
+        shopper = f"NOT {IS_PROBE_SQL}"
+        rows = self.con.execute(
+            f"""
+            SELECT CAST(zone AS VARCHAR), count(*) FILTER (WHERE {shopper}), count(*) FILTER (WHERE {IS_PROBE_SQL})
+            FROM requests WHERE zone IS NOT NULL GROUP BY zone
+            """
+        ).fetchall()
+        shoppers = {str(z): int(n) for z, n, _ in rows}
+        probes = {str(z): int(p) for z, _, p in rows}
+        if not any(shoppers.values()):
+            return []
+        return [(z.name, probes.get(z.name, 0)) for z in self.t.zones if not shoppers.get(z.name)]
+
     def _users_gaps(self) -> list[tuple[str, float, float]]:
         """(zone, from, to): stretches longer than `_users_gap` in which no shopper's request entering the zone
         was in flight ([ts, ts + latency]), within the run's users' traffic: from the zone's first request to the
@@ -1707,8 +1732,8 @@ class UserChecks(CheckBase):
         Why: coverage asks each fault's zones during and after it, and nothing else. A zone whose users stopped
         (a locust worker gone, in-zone workers on a node that died) before the first fault, or went away for a
         minute between two faults elsewhere, had its routing then on no record, and the run passed: the verdict
-        says the mesh routed every zone in-zone all run. A zone with no user at all is left to the pairs' "no
-        traffic"; the start of a zone's users to the warm-up.
+        says the mesh routed every zone in-zone all run. A zone with no shopper at all is
+        `_zones_without_shoppers`'; the start of a zone's users is left to the warm-up.
         """
         shopper = f"NOT {IS_PROBE_SQL}"
         rows = self.con.execute(
@@ -1811,6 +1836,15 @@ class UserChecks(CheckBase):
             if text := self._not_taken_effect(f):
                 failures.append(text)
                 checks.append(CheckResult(f"{f.fault} effect", UNVERIFIED, text, {"fault": f.fault, "zone": f.zone}))
+        for zone, probes in self._zones_without_shoppers():
+            seen = f" (only {probes} zone-probe requests, which availability leaves out)" if probes else ""
+            text = (
+                f"coverage: {zone}: no shopper's request entered it all run{seen} while the run's users went on "
+                "in other zones: its users' availability, and the routing their calls met, are on no record "
+                "(unverified)"
+            )
+            failures.append(text)
+            checks.append(CheckResult(f"{zone} users", UNVERIFIED, text, {"zone": zone, "probes": probes}))
         for zone, lo, hi in self._users_gaps():
             text = (
                 f"coverage: {zone}: no user request entering it in flight from {iso(lo)} to {iso(hi)} "
