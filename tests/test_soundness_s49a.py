@@ -8,15 +8,20 @@ round robin over the zones: `-u 3` over six zones leaves three with probes alone
 had traffic, and the verdict passed a run in which nobody's experience of that zone was ever judged. The same
 with a zone whose shoppers' records were lost (an in-zone worker's forwarded records never arrived).
 Each case is a correct synthetic run (harness.verify.synth) whose requests are edited to what such a run records.
+
+And a Region-only TCP upstream's calls that only the sidecars' upstream counters record: product-api's pooled
+postgres connections leave no access-log line while they stay open, and call-graph read the hops alone, so pools
+redialled to the read replica after the primary's kill passed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from harness.chaos import expected as declared_errors
 from harness.contract.users import PROBE_ENDPOINT
 from harness.topology import load_topology
-from harness.verify import COVERAGE, Verdict
+from harness.verify import CALL_GRAPH, COVERAGE, Verdict
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.verdicts import rows, verify, write_rows
 
@@ -79,4 +84,53 @@ def test_every_zone_with_shoppers_passes(tmp_path: Path) -> None:
     v = verify(_run(tmp_path, "all"))
     assert v.passed, [i.message for i in v.invariants if not i.passed]
     v = verify(_run(tmp_path, "fault", [KILL_LAX]))
+    assert v.passed, [i.message for i in v.invariants if not i.passed]
+
+
+# -- a Region-only TCP upstream's calls that only the counters record -----------------------------------------------
+AZ = "us-west-2a"
+DB_KILL = FaultSpec("kill-pod-postgres-2a", "service-down", AZ, ("postgres",), 30, 40, 10, 0.5)
+DB_DECLARATION = {"singlePointOfFailure": "postgres", "errorBudget": 0.99, "why": "one primary, no promotion"}
+
+
+def _db_run(tmp_path: Path, name: str) -> Path:
+    """The postgres primary killed (30-40 s) and replaced, declared the single point of failure, with the real
+    product-api's pooled connections (harness.verify.synth `pooled_tcp`): opened when a pod starts, redialled
+    when their host is gone, held for its life, so they leave no access-log line while open."""
+    sc = Scenario(T, duration_s=110, rate_per_zone=4, faults=[DB_KILL], accesslogs="kind", pooled_tcp=True)
+    d = write_run(tmp_path / name, sc)
+    fields = declared_errors.timeline_fields(DB_DECLARATION)
+    write_rows(d / "chaos.jsonl", [{**c, **fields} if c["phase"] == "inject" else c for c in rows(d / "chaos.jsonl")])
+    return d
+
+
+def test_pools_redialled_to_the_read_replica_fail_call_graph(tmp_path: Path) -> None:
+    """After the primary's kill every product-api redials its pool to the streaming read replica (a resolver
+    failing postgres over to postgres-replica): the replica is written to. The connections stay open to the end,
+    so no access-log line shows them: only the sidecars' upstream counters do, and call-graph read the hops
+    alone; shared-services found a connection to postgres in each zone (the ones before the kill) and passed."""
+    d = _db_run(tmp_path, "replica")
+    inv = rows(d / "inventory.jsonl")
+    new = [e for e in inv if e["service"] == "postgres" and e["event"] == "added"][-1]
+    replica = next(e for e in inv if e["service"] == "postgres-replica")
+    stats = rows(d / "upstream-stats.jsonl")
+    moved = 0
+    for r in stats:
+        if r["pod"].startswith("product-api") and r["host"] == f"{new['ip']}:5432":
+            r["host"] = f"{replica['ip']}:5432"
+            moved += 1
+    write_rows(d / "upstream-stats.jsonl", stats)
+    assert moved >= 12  # each of the six zones' product-api, in the restore and end snapshots
+    lines = [r for f in (d / "accesslogs").glob("product-api*") for r in rows(f)]
+    assert not any(str(r.get("upstream_host") or "").startswith(f"{replica['ip']}:") for r in lines)
+    v = verify(d)
+    assert _failed(v) == {CALL_GRAPH}
+    msg = _message(v, CALL_GRAPH)
+    assert "product-api -> postgres-replica" in msg and replica["pod"] in msg and "upstream counters" in msg
+
+
+def test_pools_redialled_to_the_new_primary_pass(tmp_path: Path) -> None:
+    """Control: the same run as the mesh records it, the pools redialled to the primary's replacement (their
+    counters grown on an edge the topology declares, postgres-replica's own WAL stream to the primary too)."""
+    v = verify(_db_run(tmp_path, "primary"))
     assert v.passed, [i.message for i in v.invariants if not i.passed]

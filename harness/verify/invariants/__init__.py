@@ -115,7 +115,10 @@ reader of a copied verdict does not need this file):
   `maxRecoveryS` after it (NR, no route, is never excused).
 - Call graph: every hop's (caller service -> upstream service) is an edge the
   topology declares (logical names); a hop whose caller or upstream cannot be
-  identified is unverified and fails. Consul's intentions must deny every
+  identified is unverified and fails; so does a call on an undeclared edge
+  that only a sidecar's upstream counters show (a pooled TCP connection is
+  logged when it closes: counters grown since the previous snapshot, the host
+  placed by who held its address then). Consul's intentions must deny every
   undeclared call (preflight.json `intentions` checks, plus `refused-probe`
   where the backend can make one).
 - Availability: per fault, failed user requests / user requests during

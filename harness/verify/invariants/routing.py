@@ -803,6 +803,63 @@ class RoutingChecks(CheckBase):
             parts.append(f"(upstream = '{sql_str(s)}' AND {spans_sql(None, spans, HOP_END_SQL)})")
         return "(" + " OR ".join(parts) + ")" if parts else "false"
 
+    def _undeclared_in_counters(self) -> list[CheckResult]:
+        """One failed check per (caller service, upstream service) edge the topology does not declare that a
+        sidecar's upstream counters show it used: connections, connect failures or requests to a host grown
+        since that sidecar's previous snapshot of it, the host placed by who held its address then.
+
+        Why: an access-log line is written when its stream ends, and the real product-api pools its postgres
+        connections for the pod's life (Go database/sql, no max lifetime): a pool redialled to the streaming read
+        replica after the primary's kill (a resolver failing postgres over to postgres-replica: the replica
+        written to) leaves no line while it stays open, so no hop, and call-graph judged the hops alone. Growth,
+        not the cumulative count: Envoy keeps a gone host's counters, and its address may be another pod's by the
+        next snapshot. An address a pod of one of the caller's declared upstreams held before is left out: Envoy
+        keeps a killed pod's endpoint for a while and its attempts there grow while the address is handed to
+        another pod. Hosts no pod held, and sidecars no record places, are hub-and-spoke's (unverified).
+        """
+        rows = self.con.execute(
+            f"""
+            WITH g AS (
+                SELECT pod, caller_service, cluster, host, host_pod, host_service, label, ts,
+                       {ATTEMPTS_SQL} - coalesce(lag({ATTEMPTS_SQL}) OVER (
+                           PARTITION BY pod, cluster, host ORDER BY ts), 0) AS grown
+                FROM upstream_stats)
+            SELECT g.caller_service, g.host_service, g.pod, g.host, CAST(g.host_pod AS VARCHAR), g.cluster,
+                   sum(g.grown), arg_min(g.label, g.ts), min(g.ts)
+            FROM g LEFT JOIN calls c ON c.caller = g.caller_service AND c.upstream = g.host_service
+            WHERE g.grown > 0 AND g.caller_service IS NOT NULL AND g.host_service IS NOT NULL AND c.caller IS NULL
+              -- an address a pod of one of the caller's own upstreams held before: an endpoint Envoy kept after
+              -- that pod went (a stale host its attempts still reach), not a route to the pod that has it now
+              AND NOT EXISTS (
+                SELECT 1 FROM intervals i JOIN calls d ON d.caller = g.caller_service AND d.upstream = i.service
+                WHERE i.ip = {host_ip_sql("g.host")} AND i.start_ts <= g.ts)
+            GROUP BY ALL ORDER BY min(g.ts), g.pod, g.host
+            """
+        ).fetchall()
+        by_edge: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        for r in rows:
+            by_edge.setdefault((str(r[0]), str(r[1])), []).append(r)
+        out = []
+        for (caller, upstream), found in by_edge.items():
+            shown = "; ".join(
+                f"{pod} -> {host} ({hpod}) in cluster {cluster}: {int(n)} connections, connect failures and "
+                f"requests, first grown in the '{label}' snapshot at {iso(ts)}"
+                for _c, _u, pod, host, hpod, cluster, n, label, ts in found[:MAX_OFFENDERS]
+            )
+            more = f" (and {len(found) - MAX_OFFENDERS} more)" if len(found) > MAX_OFFENDERS else ""
+            text = (
+                f"call-graph: {caller} -> {upstream}: the upstream counters of {len(found)} sidecar-host pairs show "
+                f"calls on an edge the topology does not declare ({shown}{more}); no access-log line need show "
+                "them (a connection is logged when it closes)"
+            )
+            detail = {"counters": [
+                {"pod": pod, "host": host, "host_pod": hpod, "cluster": cluster, "grown": int(n), "snapshot": label,
+                 "ts": ts}
+                for _c, _u, pod, host, hpod, cluster, n, label, ts in found[:MAX_OFFENDERS]
+            ]}  # fmt: skip
+            out.append(CheckResult(f"{caller} -> {upstream} (counters)", FAIL, text, detail))
+        return out
+
     def call_graph(self) -> InvariantResult:
         rows = self.con.execute(
             """
@@ -837,6 +894,9 @@ class RoutingChecks(CheckBase):
                 checks.append(CheckResult(f"{caller} -> {upstream}", FAIL, text, {"hops": n, "first": first}))
             else:
                 edges += 1
+        counted = self._undeclared_in_counters()
+        failures += [c.message for c in counted]
+        checks += counted
         int_failures, int_checks, int_text = evidence.intentions(self.run)
         failures += int_failures
         checks += int_checks

@@ -256,7 +256,10 @@ DEFINITIONS = {
     "inventory); a TCP pair with no hops is reported, not failed (Envoy logs TCP hops when connections close), "
     "unless no sidecar of the zone has a connection to it in its upstream counters (unverified = fail)",
     "call_graph": "every hop's caller service -> upstream service is declared by the topology (logical names; an "
-    "unidentified caller or upstream is unverified = fail); preflight.json's intentions checks show Consul denies "
+    "unidentified caller or upstream is unverified = fail), and so is every call a sidecar's upstream counters "
+    "show (connections, connect failures or requests to a host grown since its previous snapshot of it, placed by "
+    "who held the address then: a pooled TCP connection is logged only when it closes); preflight.json's "
+    "intentions checks show Consul denies "
     "every undeclared call (and a refused-probe check where the backend could make one)",
     "config": "every preflight.json check (crd-synced, discovery-chain, instances-passing) passed; no preflight.json "
     "or no check of a kind = unverified = fail",
