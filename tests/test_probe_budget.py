@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from harness.traffic import RequestWatch
-from harness.traffic.budget import ProbeBudget, ScaleFile
+from harness.traffic import budget as budget_mod
+from harness.traffic.budget import READING_NOISE, ProbeBudget, ScaleFile
 
 HZ = 100  # jiffies per second per CPU
 
@@ -91,7 +92,11 @@ def test_a_saturated_machine_gets_probes_slowed_to_the_target(tmp_path: Path, fi
     busy = m.load()[0]
     assert 0.5 <= busy <= 0.61, (busy, d)
     assert d.scale > 1 and 2 <= len(d.windows) <= 3
-    assert d.windows[-1].busy == pytest.approx(busy, abs=0.01)
+    # the last window measured the decision, or read within the reading's noise of the target (its step unmeasured)
+    last = d.windows[-1]
+    assert last.busy == pytest.approx(busy, abs=0.01) or (
+        abs(last.busy - 0.6) <= READING_NOISE and d.scale != last.scale
+    )
     assert json.loads(m.path.read_text())["scale"] == d.scale
     assert d.periods["zone-0"] == pytest.approx(0.03 * d.scale, rel=0.01)
     assert "slowed" in d.summary() and "resolved more coarsely" in d.reason
@@ -105,7 +110,31 @@ def test_load_that_does_not_go_with_requests_is_stepped_down_and_said(tmp_path: 
     assert len(d.windows) == 3 and all(w.busy > 0.6 for w in d.windows)
     assert [w.busy for w in d.windows] == sorted((w.busy for w in d.windows), reverse=True)
     assert m.load()[0] < d.windows[-1].busy < 0.75
-    assert "slowed again" in d.reason
+    assert "taken unmeasured" in d.reason and "near 60%" in d.reason  # the last reading within its noise of it
+
+
+def test_a_reading_within_its_noise_of_the_target_is_final(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FINDING (e2e's length): the windows a bench e2e took here from the slowest probes up, 34 % at x16.667, then
+    55.7 % at x3.016, then a third at x2.679 that read 53.5 %: two windows read 62.6 % and 48.1 % with 10 % of the
+    probes between them, so a window after a step whose effect is within that noise reads the noise again, for
+    WINDOW_S + SWITCH_S of every run. A machine like it: the second window reads within READING_NOISE of the
+    target, and its step is taken unmeasured (landing at the target from below), said in the record."""
+
+    def settle() -> tuple[Any, Machine]:
+        m = Machine(tmp_path / "probe-budget.json", fixed=0.12, cost=0.01, users=60.0)
+        b = _budget(m)
+        b.start_low()
+        return b.settle(), m
+
+    d, m = settle()
+    assert [round(w.busy, 2) for w in d.windows] == [0.4, 0.57]
+    assert d.scale < d.windows[-1].scale / 1.1  # more than MIN_STEP, taken unmeasured
+    assert 0.57 < m.load()[0] <= 0.605
+    assert "another window reads its own noise" in d.reason
+    # control: without the rule, the same machine takes a third window for a step the second could not resolve
+    monkeypatch.setattr(budget_mod, "READING_NOISE", 0.0)
+    d, m = settle()
+    assert len(d.windows) == 3 and d.windows[-1].scale == pytest.approx(d.scale, rel=0.01)
 
 
 def test_the_budget_never_slows_a_probe_below_its_floor(tmp_path: Path) -> None:
