@@ -28,7 +28,6 @@ from harness.backends.existing import ExistingBackend
 from harness.errors import BackendError
 from harness.preflight import Expected, check_crds, run_preflight
 from harness.render.manifests import Manifests, load
-from harness.testing import ManualClock
 from tests.conftest import complete_jsonl, wait_until
 from tests.kubefake import FakeApiServer, fake_tools
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
@@ -39,24 +38,11 @@ from tests.test_backend_kind import Tools, kind_backend
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 from tests.test_preflight import rendered as rendered  # the preflight fixtures, re-exported for pytest
 from tests.test_preflight import setup as setup
+from tests.test_timing_t45f import _clocked
 
 # helm's wait as the simulated cluster caps it: far above what the early stop needs (a few polls of 0.1 s), so
 # that HEAD, which waits helm out, fails on its message ("context deadline exceeded") without a 15-minute wait
 HELM_CAP_S = 60.0
-
-
-def _clocked(then: Any = None) -> tuple[ManualClock, list[float], Any]:
-    """A clock at 0 that only the returned `sleep` moves (`then(now)` after each sleep: the cluster meanwhile)."""
-    clock = ManualClock(0.0)
-    slept: list[float] = []
-
-    def sleep(s: float) -> None:
-        slept.append(s)
-        clock.advance(s)
-        if then is not None:
-            then(clock.now)
-
-    return clock, slept, sleep
 
 
 def _with_values(m: Manifests, edit: Any) -> Manifests:

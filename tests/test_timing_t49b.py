@@ -7,15 +7,14 @@ fix reads it from what the run recorded (each zone's measured clock bound).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from harness.verify import AVAILABILITY, COVERAGE, FALLBACK
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
 from tests.test_verify_audit8 import _lose_every_other
-from tests.test_verify_clock import BEHIND, _skew, _span
+from tests.test_verify_clock import BEHIND, _clock, _skew
 from tests.test_verify_soundness import AZ, LAX, T, failed, pod_of
-from tests.verdicts import verify, write_rows
+from tests.verdicts import verify
 
 AZ_B = "us-west-2b"
 FAR_RTT_S = 0.09  # a probe's round trip from the runner to us-west-2a's entry (within the 50 ms tolerance: ±45.5 ms)
@@ -37,24 +36,9 @@ def _clocks(d: Path, far_zone: str | None) -> Path:
     through a 4 ms round trip; `far_zone`'s probes took FAR_RTT_S and were logged at its very end (its
     frontend's sidecar saw each request only as the answer was about to leave): its offset is bounded to
     ±45.5 ms with the middle 45 ms off the truth, within the tolerance."""
-    start, end = _span(d)
-    recs: list[dict[str, Any]] = [{"ts": start - 2, "event": "clock", "runner_clock": "separate", "why": "test"}]
-    for zone in (z.name for z in T.zones):
-        rtt_s, frac = (FAR_RTT_S, 1.0) if zone == far_zone else (0.004, 0.5)
-        for batch, at in (("start", start - 1.0), ("end", end + 1.0)):
-            for i in range(3):
-                t0 = at + i * 0.05
-                probe = f"{zone}-{batch}-{i}"
-                recs.append({"ts": t0, "event": "sent", "batch": batch, "zone": zone, "probe": probe, "sent": t0,
-                             "received": t0 + rtt_s, "status": 200, "error": None})  # fmt: skip
-                logged = int((t0 + frac * rtt_s + BEHIND) * 1000) / 1000
-                recs.append({"ts": t0 + rtt_s, "event": "logged", "batch": batch, "probe": probe,
-                             "pod": f"frontend-{zone}", "zone": zone, "node": f"{T.short(zone)}-n1", "logged": logged,
-                             "start_time": ""})  # fmt: skip
-    write_rows(d / "clock.jsonl", recs)
-    for stale in ("hops.jsonl", "hops.parquet", "hops-build.json"):
-        (d / stale).unlink(missing_ok=True)
-    return d
+    if far_zone is None:
+        return _clock(d, BEHIND)
+    return _clock(d, BEHIND, lax_rtt_s=FAR_RTT_S, lax_at=1.0, far_zone=far_zone)
 
 
 def test_an_az_users_loss_is_tied_to_a_hop_on_another_azs_node_within_that_nodes_clock_bound(

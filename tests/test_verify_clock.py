@@ -63,16 +63,16 @@ def _span(d: Path) -> tuple[float, float]:
 
 def _clock(d: Path, offset_s: float, skip: tuple[tuple[str, str], ...] = (), zones: list[str] | None = None,
            lax_rtt_s: float = 0.004, requests_in_zones: bool = False, lax_at: float = 0.5,
-           spacing_s: float = 0.05) -> Path:  # fmt: skip
+           spacing_s: float = 0.05, far_zone: str = LAX) -> Path:  # fmt: skip
     """clock.jsonl as the harness writes it on EKS: three probes per zone and batch `spacing_s` apart, each logged
-    by the zone's frontend sidecar halfway through its round trip (4 ms; LAX's `lax_rtt_s`, logged at `lax_at`
-    of the way through it), at node time; (zone, batch) in `skip` found no line."""
+    by the zone's frontend sidecar halfway through its round trip (4 ms; `far_zone`'s, LAX by default,
+    `lax_rtt_s`, logged at `lax_at` of the way through it), at node time; (zone, batch) in `skip` found no line."""
     start, end = _span(d)
     recs: list[dict[str, Any]] = [{"ts": start - 2, "event": "clock", "runner_clock": "separate", "why": "test"}]
     if requests_in_zones:
         recs[0]["requests_clock"] = "zones"
     for zone in zones or [z.name for z in T.zones]:
-        rtt_s, frac = (lax_rtt_s, lax_at) if zone == LAX else (0.004, 0.5)
+        rtt_s, frac = (lax_rtt_s, lax_at) if zone == far_zone else (0.004, 0.5)
         for batch, at in (("start", start - 1.0), ("end", end + 1.0)):
             for i in range(3):
                 t0 = at + i * spacing_s
