@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from harness.backends.local import LocalBackend
+from harness.contract.requestid import REQUEST_ID_PREFIX
 from harness.render import render, write
 from harness.render.manifests import load
 from harness.topology import parse_topology
@@ -84,29 +85,56 @@ def test_each_zone_entry_carries_its_users_latency(cluster: LocalBackend) -> Non
     assert sorted(users.values()) == sorted(f"{CLUSTER}-u{i}" for i in range(len(entry))), users
 
 
+def _mesh_ms(cluster: LocalBackend) -> dict[int, float]:
+    """Per user request id: the longest access-log duration any sidecar logged for it (ms).
+
+    The entry sidecar's outbound line (frontend's nginx to public-api) encloses every other line of the
+    request, so this is the time the request spent inside the mesh: public-api, product-api, postgres and
+    the zone's service link. What a user measured beyond it was spent outside: the entry relay, the zone's
+    access link and nginx.
+    """
+    out: dict[int, float] = {}
+    for src in cluster.log_sources():
+        for line in src.read():
+            rec = json.loads(line)
+            rid = rec.get("request_id") or ""
+            if rid.startswith(REQUEST_ID_PREFIX) and isinstance(rec.get("duration"), int | float):
+                n = int(rid[len(REQUEST_ID_PREFIX) :], 16)
+                out[n] = max(out.get(n, 0.0), float(rec["duration"]))
+    return out
+
+
 def test_locust_users_and_zone_probes_pay_it(cluster: LocalBackend, tmp_path: Path) -> None:
     """Locust's shoppers and zone probes into LAX pay its users' 80 ms; into LAS (the same service link) they do not.
 
-    Judged by each zone's fastest request, not by medians: every /api request pays its zone's service link once
-    per round trip of product-api's 1 + N queries to postgres (19 with the seed), so with LAS's own, longer link
-    (15 ms against LAX's 12) its requests cost about what LAX's users pay and the medians failed the check, and on
-    a busy machine they sit a second apart anyway. With one link for both, the zones' probes (the same query each
-    time; a shopper's request mix differs from zone to zone: one coffee is 2 queries, the list 10) differ by the
-    users' latency alone, and the fastest probe of each is where the machine's load weighs least. Every request
-    into LAX pays the 80 ms, whatever it asks.
+    Judged by the time each request spent outside the mesh (what locust measured less the entry sidecar's own
+    duration for the request's id), not by whole latencies: every /api request pays its zone's service link
+    once per round trip of product-api's 1 + N queries to postgres, and with the zone probes' unbudgeted rate
+    on 2 cores the whole latencies read 0.4-0.8 s, where the fastest LAS probe (424 ms) and the fastest LAX
+    probe (462 ms) sat closer than the users' 80 ms in one clean-clone CI run. The time outside the mesh is
+    the access link plus two relays and nginx: the machine's load adds to it no more than to any other
+    hand-over, so LAX's requests all carry the 80 ms in it and LAS's fastest carry a few ms.
     """
     run_traffic(cluster.entrypoints(), tmp_path, users=4, spawn_rate=4, duration_s=4, probe_zones=[LAX, LAS])
+    mesh = _mesh_ms(cluster)
+    outside: dict[str, list[float]] = {}
     every: dict[str, list[float]] = {}
-    probes: dict[str, list[float]] = {}
+    probes: dict[str, int] = {}
     for line in (tmp_path / "requests.jsonl").read_text().splitlines():
         r = json.loads(line)
-        if r["ok"]:
-            every.setdefault(r["zone"], []).append(r["latency_ms"])
-            if r["endpoint"] == "probe":
-                probes.setdefault(r["zone"], []).append(r["latency_ms"])
-    assert len(probes.get(LAX, [])) > 10 and len(probes.get(LAS, [])) > 10, {z: len(p) for z, p in probes.items()}
+        if not r["ok"]:
+            continue
+        every.setdefault(r["zone"], []).append(r["latency_ms"])
+        probes[r["zone"]] = probes.get(r["zone"], 0) + (r["endpoint"] == "probe")
+        if r.get("request_id") in mesh:
+            outside.setdefault(r["zone"], []).append(r["latency_ms"] - mesh[r["request_id"]])
+    assert probes.get(LAX, 0) > 10 and probes.get(LAS, 0) > 10, probes
     assert min(every[LAX]) >= LAX_USER_MS - 1
-    assert min(probes[LAS]) < min(probes[LAX]) - LAX_USER_MS / 2, (min(probes[LAS]), min(probes[LAX]))
+    # every request through /api has an entry line (the shop page alone has none)
+    assert len(outside.get(LAX, [])) > 10 and len(outside.get(LAS, [])) > 10, {z: len(v) for z, v in outside.items()}
+    # the relays hold the 80 ms whole; 1 ms for the two timers' rounding (the sidecar logs whole ms, rounded down)
+    assert min(outside[LAX]) >= LAX_USER_MS - 1, sorted(outside[LAX])[:5]
+    assert min(outside[LAS]) < LAX_USER_MS / 2, sorted(outside[LAS])[:5]
 
 
 def test_fallback_penalty_from_a_real_run(cluster: LocalBackend, tmp_path: Path) -> None:
