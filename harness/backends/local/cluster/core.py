@@ -46,7 +46,7 @@ from harness.backends.local.cluster.base import (
 )
 from harness.backends.local.cluster.chaos import ClusterChaos
 from harness.backends.local.cluster.control import ControlLoop
-from harness.backends.local.cluster.pods import PodLifecycle
+from harness.backends.local.cluster.pods import PG_READY, PodLifecycle
 from harness.backends.local.mesh import MeshConfig
 from harness.backends.local.network import Network, ZoneSpec, netns
 from harness.backends.local.sched import (
@@ -171,8 +171,12 @@ class LocalCluster(PodLifecycle, ControlLoop, ClusterChaos):
         self.stop_event.set()
         if self._loop is not None:
             self._loop.join(timeout=5)
-        if self._ready_thread is not None:  # a start aborted while it copied: its files closed before teardown
+        if self._ready_thread is not None:  # a start aborted while it copied: the copy gives up at its next file
             self._ready_thread.join(timeout=30)
+            if self._ready_thread.is_alive():
+                log.warning("copying the seeded postgres clusters ahead of the pods still runs after 30 s")
+            else:  # copies no pod took (46 MB each, in memory) go with the cluster
+                shutil.rmtree(self.pods_dir / PG_READY, ignore_errors=True)
         # pods being created (a start aborted half-way) stop at their next process (`_spawn`): wait for
         # them, so none is spawned after the kill below
         self.pool.shutdown(wait=True, cancel_futures=True)

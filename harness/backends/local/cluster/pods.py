@@ -150,7 +150,8 @@ class PodLifecycle(ClusterBase):
     def make_postgres_ready(self) -> int:
         """A copy of the kept cluster each postgres primary replica will start from, made before any pod starts
         (`apps.postgres.make_ready`: the start then moves it into place instead of copying it while every other
-        pod starts too): how many were made. A replacement pod later copies its own."""
+        pod starts too): how many were made. A replacement pod later copies its own. The cluster's stop gives
+        a copy under way up (`stop_event`): none is left running, or half-made, past its teardown."""
         made = 0
         templates, ready = self.state_dir.parent / PG_TEMPLATES, self.pods_dir / PG_READY
         for dep in self.spec.deployments:
@@ -159,10 +160,19 @@ class PodLifecycle(ClusterBase):
                     continue
                 env = {**c.env, **({"EH_COMMAND": json.dumps(list(c.command))} if c.command else {})}
                 for _ in range(dep.replicas):
-                    if not pg_app.make_ready(env, templates, ready):
+                    if self.stop_event.is_set() or not pg_app.make_ready(env, templates, ready, self.stop_event.is_set):
                         break
                     made += 1
         return made
+
+    def _postgres_binary_env(self) -> dict[str, str]:
+        """The server binary's digest for a postgres start (`apps.postgres.BINARY_ENV`), read once by this
+        process (`make_postgres_ready` read it first): the start takes it instead of reading the binary again.
+        Nothing when it cannot be read here: the start reads it itself."""
+        try:
+            return {pg_app.BINARY_ENV: pg_app.binary_signature(pg_app.bin_dir())}
+        except (RuntimeError, OSError):
+            return {}
 
     def _start_processes(self, pod: Pod) -> None:
         """The pod's containers and its sidecar, and the probes kubelet would run on them."""
@@ -183,6 +193,7 @@ class PodLifecycle(ClusterBase):
                 # seeded postgres clusters kept beside the clusters' state for the next start (apps.postgres)
                 pg_app.TEMPLATE_ENV: str(self.state_dir.parent / PG_TEMPLATES),
                 pg_app.READY_ENV: str(self.pods_dir / PG_READY),
+                **(self._postgres_binary_env() if app_module(c.image) == pg_app.__name__ else {}),
                 **({"EH_COMMAND": json.dumps(list(c.command))} if c.command else {}),
             }
             (pdir / c.name).mkdir(exist_ok=True)
