@@ -393,7 +393,7 @@ class UserChecks(CheckBase):
         # each put on the runner's clock by its own node's offset: their error is the widest of those zones' bounds
         region = {z.name for z in self.t.region_zones}
         tied = region if zone in region and not own else {zone}
-        hops = max(min(max(self._clock_bound(z), 0.0), CLOCK_TOLERANCE_S) for z in tied)
+        hops = max(self._capped_bound(z) for z in tied)
         if not clock.requests_in_zones:
             return HOP_TS_SLACK_S + hops
         hop_nodes = set().union(*(self._hop_nodes.get(z, set()) for z in tied))
@@ -401,7 +401,7 @@ class UserChecks(CheckBase):
         if len(stamped) == 1 and "?" not in stamped and hop_nodes <= stamped:
             return HOP_TS_SLACK_S
         # ... and the request its worker's node's error (the entry zone's bound)
-        return HOP_TS_SLACK_S + min(max(self._clock_bound(zone), 0.0), CLOCK_TOLERANCE_S) + hops
+        return HOP_TS_SLACK_S + self._capped_bound(zone) + hops
 
     def _entry_dead_targets(self, impact: list[tuple[Fault, float]]) -> list[tuple[str, float, float]]:
         """(zone, from, to): a node fault killed some of the zone's entry pods (frontend), not all of them.
@@ -1204,16 +1204,14 @@ class UserChecks(CheckBase):
     def _gap_slack_sql(self, caller_zone_sql: str, serving_zone_sql: str) -> str:
         """SQL: how far a served hop (stamped on its caller's node) and the serving pod's own call (on its node)
         may lie apart from where they happened against each other: Envoy's millisecond stamps, plus, where the
-        nodes keep their own clocks, each zone's measured bound (`_clock_bound`, at most the tolerance: beyond it,
-        or unmeasured, the zone is unverified anyway and the tolerance is taken)."""
+        nodes keep their own clocks, each zone's measured bound (`_capped_bound`; unmeasured: the tolerance)."""
         if self.run.clock is None:
             return repr(2 * HOP_TS_SLACK_S)
 
         def bound_sql(zone_sql: str) -> str:
             cases = []
             for z in self.t.zones:
-                known = self.run.clock.bound(z.name) if self.run.clock is not None else None
-                b = CLOCK_TOLERANCE_S if known is None else min(max(known, 0.0), CLOCK_TOLERANCE_S)
+                b = self._capped_bound(z.name, unmeasured=CLOCK_TOLERANCE_S)
                 name = self.run.hop_key(f"'{sql_str(z.name)}'")
                 cases.append(f"WHEN {zone_sql} = {name} THEN {b!r}")
             return f"(CASE {' '.join(cases)} ELSE {CLOCK_TOLERANCE_S!r} END)"
