@@ -310,7 +310,7 @@ def cmd_traffic(a: argparse.Namespace) -> int:
     from harness.backends import connect
     from harness.e2e import record_traffic
     from harness.run import new_run_dir
-    from harness.traffic.runner import users_wait
+    from harness.traffic.runner import check_shoppers, users_wait
 
     users_wait(os.environ)  # the users' think time (EH_WAIT): a bad value refused before anything else
     b = connect(_bopts(a))
@@ -318,7 +318,8 @@ def cmd_traffic(a: argparse.Namespace) -> int:
         unknown = sorted(set(a.probe_zone) - set(b.entrypoints())) if a.probe_zone else []
         if unknown:
             raise InputError("--probe-zone", "", f"no entry point for {', '.join(unknown)}")
-        b.manifests()  # a cluster nothing was brought up on: refused here, not in a run directory left "running"
+        m = b.manifests()  # a cluster nothing was brought up on: refused here, not in a run directory left "running"
+        check_shoppers(a.users, [z.name for z in m.topology.zones])  # the zones the verdict judges
         run_dir = a.run_dir or new_run_dir(label="traffic")
         res = record_traffic(b, run_dir, a.users, a.duration, a.shape, a.processes, a.probe_period,
                              a.probe_zone or None, preflight=a.preflight)  # fmt: skip

@@ -517,10 +517,11 @@ def check_inputs(opts: E2EOptions, backend: Backend, topology: Topology) -> list
     learns there whether the kernel has sch_netem).
     """
     from harness.chaos import plan_run
-    from harness.traffic.runner import users_wait
+    from harness.traffic.runner import check_shoppers, users_wait
 
     check_workers_in_zone(opts, backend)
     users_wait(os.environ)  # the users' think time (EH_WAIT): a bad value refused before anything is created
+    check_shoppers(opts.users, [z.name for z in topology.zones])
     return plan_run(list(opts.experiments), topology, None, require=backend.require_capability)
 
 

@@ -22,7 +22,7 @@ def test_ctrl_c_during_traffic_cleans_up_and_keeps_records(tmp_path: Path) -> No
     runs = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main())",
-         "e2e", "--backend", "local", "--cluster", CLUSTER, "--warmup", "60", "--users", "4",
+         "e2e", "--backend", "local", "--cluster", CLUSTER, "--warmup", "60", "--users", "6",
          "--experiment", str(REPO / "experiments" / "kill-product-api-lax.json")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -150,8 +150,8 @@ def _kind(
     opts = E2EOptions(
         topology=REPO / "fixtures" / "topology.yaml",
         experiments=[REPO / "experiments" / e for e in (experiments or ["node-kill.json"])],
-        users=4,
-        spawn_rate=4,
+        users=6,  # a shopper per zone (check_shoppers)
+        spawn_rate=6,
         warmup_s=2,
         cooldown_s=1,
     )
@@ -227,7 +227,7 @@ def test_harness_e2e_kind_command_exits_130_on_sigint_while_a_node_is_stopped(
     from harness.cli import main
 
     argv = ["e2e", "--backend", "kind", "--cluster", "edge", "--topology", str(REPO / "fixtures" / "topology.yaml"),
-            "--experiment", str(REPO / "experiments" / "node-kill.json"), "--users", "4", "--warmup", "2",
+            "--experiment", str(REPO / "experiments" / "node-kill.json"), "--users", "6", "--warmup", "2",
             "--cooldown", "1"]  # fmt: skip
     with _interrupt_on_inject(tmp_path, "kill_node", signal_it=True) as trigger:
         rc = main(argv)
@@ -285,8 +285,8 @@ def _existing(api: FakeApiServer, tmp_path: Path, experiments: list[str]) -> tup
     opts = E2EOptions(
         topology=REPO / "fixtures" / "topology.yaml",
         experiments=[e if Path(e).is_absolute() else REPO / "experiments" / e for e in experiments],
-        users=4,
-        spawn_rate=4,
+        users=6,  # a shopper per zone (check_shoppers)
+        spawn_rate=6,
         warmup_s=2,
         cooldown_s=1,
     )

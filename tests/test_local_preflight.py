@@ -45,7 +45,7 @@ def test_seeded_cross_lz_failover_stops_e2e_before_traffic(tmp_path: Path, capsy
     mdir = tmp_path / "manifests"
     write(render(load_topology()), mdir)
     seed_failover_to_las(mdir)
-    opts = E2EOptions(manifests=mdir, users=4, runs_root=tmp_path / "runs", keep=True)
+    opts = E2EOptions(manifests=mdir, users=6, runs_root=tmp_path / "runs", keep=True)
     b = LocalBackend(cluster=CLUSTER)
     try:
         with pytest.raises(PreflightFailed) as info:

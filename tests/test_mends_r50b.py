@@ -168,6 +168,31 @@ def test_a_ready_copy_on_another_filesystem_is_left_and_the_start_copies(
     assert list(ready.iterdir()) == [copy]
 
 
+def test_a_copy_another_start_took_first_is_passed_over_for_the_next(
+    root: Path, bins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_take_ready`'s race branch: the copy listed first was renamed by another start between the listing and
+    this start's rename (FileNotFoundError): the next copy is taken, not the start's own copy made."""
+    templates, ready = root / "templates", root / "pods" / ".ready"
+    template = _kept(templates, ENV)
+    assert pg_app.make_ready(ENV, templates, ready) and pg_app.make_ready(ENV, templates, ready)
+    first, second = sorted(ready.iterdir())
+    real = Path.rename
+
+    def raced(self: Path, target: Any) -> Any:
+        if self == first:  # the other start's rename came first
+            real(self, root / "other-pgdata")
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(self))
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", raced)
+    dst = root / "pods" / "a" / "pgdata.init"
+    dst.parent.mkdir(parents=True)
+    assert pg_app._take_ready(ready, template.name, dst) is True
+    assert (dst / "marker").exists() and (root / "other-pgdata" / "marker").exists()
+    assert list(ready.iterdir()) == [] and not second.exists()
+
+
 def test_a_kept_cluster_copied_either_way_is_marked_used(root: Path, bins: Path) -> None:
     """Control for the one `_copy_kept`: the copy ahead and a start's own copy both mark the kept cluster used
     (the last to go when the cache is pruned), as the two `os.utime` calls did."""
@@ -224,3 +249,116 @@ def test_a_stop_during_the_copy_ahead_gives_it_up_and_leaves_no_copy(
     assert not thread.is_alive()
     ready = cluster.pods_dir / PG_READY
     assert not ready.exists() or list(ready.iterdir()) == []
+
+
+# -- `harness traffic` / `harness e2e` with fewer shoppers than zones -------------------------------------------
+
+TOPOLOGY = Path("harness/fixtures/topology.yaml")
+
+
+class _UpCluster:
+    """A cluster that is up with the default topology; records what was asked of it."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        from harness.topology import load_topology
+
+        self.topology = load_topology(TOPOLOGY)
+        self.calls: list[str] = []
+
+    def manifests(self) -> Any:
+        self.calls.append("manifests")
+        return self
+
+    def entrypoints(self) -> dict[str, str]:
+        return {z.name: f"http://127.0.0.1:{9000 + i}" for i, z in enumerate(self.topology.zones)}
+
+    def require_capability(self, primitive: str, zone: str | None = None) -> None:
+        pass
+
+    def check_tools(self) -> None:
+        """The e2e check after the inputs': reaching it means the inputs passed (exit 3, not 2)."""
+        from harness.errors import BackendError
+
+        self.calls.append("check_tools")
+        raise BackendError("inputs passed")
+
+    def up(self, *a: Any, **k: Any) -> None:
+        self.calls.append("up")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> _UpCluster:
+    import harness.backends
+
+    b = _UpCluster()
+    monkeypatch.setattr(harness.backends, "connect", lambda opts: b)
+    return b
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """`harness traffic`'s run: the shoppers it was started with (nothing is driven)."""
+    import types
+
+    import harness.e2e
+
+    users: list[int] = []
+
+    def record(backend: Any, run_dir: Path, n: int, *a: Any, **k: Any) -> Any:
+        users.append(n)
+        return types.SimpleNamespace(requests=1, failures=0, rps=1.0)
+
+    monkeypatch.setattr(harness.e2e, "record_traffic", record)
+    return users
+
+
+def test_traffic_refuses_fewer_shoppers_than_zones_up_front(
+    cluster: _UpCluster, recorded: list[int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """9ac3b9a made the verdict fail a zone no shopper entered (coverage), and locust hands the shoppers out
+    over the zones round robin: `-u 3` over six zones ran the whole traffic to a verdict that could only
+    fail. Refused as bad input: one line naming the option, exit 2, no run directory, no traffic."""
+    from harness.cli import main
+
+    zones = len(cluster.topology.zones)
+    assert zones > 3
+    run = tmp_path / "run"
+    assert main(["traffic", "--backend", "local", "--users", "3", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--users: 3 shoppers for" in err and f"at least {zones}" in err, err
+    assert recorded == [] and not run.exists() and "close" in cluster.calls
+
+
+def test_traffic_with_a_shopper_per_zone_runs(cluster: _UpCluster, recorded: list[int], tmp_path: Path) -> None:
+    """Control: as many shoppers as zones is a run."""
+    from harness.cli import main
+
+    zones = len(cluster.topology.zones)
+    assert main(["traffic", "--backend", "local", "--users", str(zones), "--run-dir", str(tmp_path / "run")]) == 0
+    assert recorded == [zones]
+
+
+def test_e2e_refuses_fewer_shoppers_than_zones_before_the_run_directory_and_the_cluster(
+    cluster: _UpCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`harness e2e` the same way as `harness traffic` (its warm-up waited for a zone's shoppers that never
+    came, then the verdict failed it), in check_inputs: nothing rendered, nothing brought up."""
+    from harness.cli import main
+    from harness.e2e import E2EOptions, check_inputs
+
+    topology = TOPOLOGY.resolve()
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"  # E2EOptions.runs_root, under the working directory
+    assert main(["e2e", "--backend", "local", "--users", "2", "--topology", str(topology)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--users: 2 shoppers for" in err, err
+    assert "check_tools" not in cluster.calls and "up" not in cluster.calls and not runs.exists()
+    # control: a shopper per zone passes the same check
+    zones = len(cluster.topology.zones)
+    opts = E2EOptions(topology=topology, users=zones, runs_root=runs)
+    assert check_inputs(opts, cluster, cluster.topology) == []  # type: ignore[arg-type]

@@ -86,6 +86,24 @@ def users_wait(env: Mapping[str, str]) -> tuple[float, float]:
         raise InputError(WAIT_ENV, "", str(exc)) from None
 
 
+def check_shoppers(users: int, zones: list[str], option: str = "--users") -> None:
+    """InputError naming `option` when `users` shoppers cannot enter every one of `zones`, before anything starts.
+
+    Why: the locustfile hands its shoppers out over the entry zones round robin (zone probes come on top and
+    are no shoppers), and coverage fails every zone of the topology no shopper entered as unverified
+    (`UserChecks._zones_without_shoppers`): `harness traffic -u 3` over six zones ran its whole duration to a
+    verdict that could only fail. No option narrows the zones the verdict judges, so fewer shoppers than
+    zones is bad input, refused in one line (`harness e2e` the same).
+    """
+    if users < len(zones):
+        raise InputError(
+            option,
+            "",
+            f"{users} shoppers for {len(zones)} zones ({', '.join(zones)}): each zone needs one of its own (the "
+            f"verdict fails a zone no shopper entered as unverified); give at least {len(zones)}",
+        )
+
+
 class StopEvent(Protocol):
     """Anything with ``is_set()`` (threading.Event, multiprocessing.Event, ...)."""
 
