@@ -319,7 +319,7 @@ def cmd_traffic(a: argparse.Namespace) -> int:
         if unknown:
             raise InputError("--probe-zone", "", f"no entry point for {', '.join(unknown)}")
         m = b.manifests()  # a cluster nothing was brought up on: refused here, not in a run directory left "running"
-        check_shoppers(a.users, [z.name for z in m.topology.zones])  # the zones the verdict judges
+        check_shoppers(a.users, [z.name for z in m.topology.zones], a.processes)  # the zones the verdict judges
         run_dir = a.run_dir or new_run_dir(label="traffic")
         res = record_traffic(b, run_dir, a.users, a.duration, a.shape, a.processes, a.probe_period,
                              a.probe_zone or None, preflight=a.preflight)  # fmt: skip

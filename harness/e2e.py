@@ -521,7 +521,8 @@ def check_inputs(opts: E2EOptions, backend: Backend, topology: Topology) -> list
 
     check_workers_in_zone(opts, backend)
     users_wait(os.environ)  # the users' think time (EH_WAIT): a bad value refused before anything is created
-    check_shoppers(opts.users, [z.name for z in topology.zones])
+    # workers in the zones: one zone each, the master hands the shoppers out over them in turn
+    check_shoppers(opts.users, [z.name for z in topology.zones], 1 if opts.workers_in_zone else opts.processes)
     return plan_run(list(opts.experiments), topology, None, require=backend.require_capability)
 
 

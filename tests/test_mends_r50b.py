@@ -362,3 +362,76 @@ def test_e2e_refuses_fewer_shoppers_than_zones_before_the_run_directory_and_the_
     zones = len(cluster.topology.zones)
     opts = E2EOptions(topology=topology, users=zones, runs_root=runs)
     assert check_inputs(opts, cluster, cluster.topology) == []  # type: ignore[arg-type]
+
+
+# -- shoppers over several locust processes ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_shoppers_over_two_processes_enter_every_zone(tmp_path: Path) -> None:
+    """Locust's master hands users to its workers one by one in turn (locust/dispatch.py `_distribute_users`),
+    and each worker took zones from its own counter offset by its index: with `--users 6 --processes 2` over six
+    zones, worker 0 took zones 0-2 and worker 1 zones 1-3, and two zones had no shopper all run (coverage then
+    fails them). A worker's i-th shopper now takes slot index + i * processes: the two take alternate zones."""
+    import json
+
+    from harness.traffic import run_traffic
+    from tests.conftest import wait_until
+    from tests.test_traffic import FakeShop
+
+    shop = FakeShop("zone-a")
+    threading.Thread(target=shop.serve_forever, daemon=True).start()
+    try:
+        zones = [f"zone-{c}" for c in "abcdef"]
+        url = shop.url
+        stop = threading.Event()
+        seen: set[str] = set()
+
+        def every_zone_or_plenty() -> None:  # ends on what was recorded, not after a fixed time
+            def check() -> bool:
+                path = tmp_path / "requests.jsonl"
+                lines = path.read_text().splitlines() if path.exists() else []
+                seen.update(json.loads(line).get("zone", "") for line in lines if line.strip())
+                return seen >= set(zones) or len(lines) >= 300
+
+            wait_until(check, timeout=300)
+            stop.set()
+
+        threading.Thread(target=every_zone_or_plenty, daemon=True).start()
+        res = run_traffic(
+            dict.fromkeys(zones, url),
+            tmp_path,
+            users=6,
+            spawn_rate=20,
+            duration_s=600,
+            processes=2,
+            stop_event=stop,
+            probe_period_s=0,
+            extra_env={"EH_WAIT": "0.01"},
+        )
+        assert res.requests > 0
+        assert seen == set(zones), sorted(set(zones) - seen)
+    finally:
+        shop.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("users", "processes", "refused"),
+    [(6, 1, False), (5, 1, True), (6, 2, False), (6, 3, False), (6, 4, True), (8, 4, False), (7, 4, True)],
+)
+def test_shoppers_over_processes_must_reach_every_zone_whatever_the_masters_order(
+    users: int, processes: int, refused: bool
+) -> None:
+    """Each process is sure of users // processes shoppers, at slots k, k + processes, ...: every one of six
+    zones has a shopper for sure only when (users // processes) * processes reaches six."""
+    from harness.errors import InputError
+    from harness.traffic.runner import check_shoppers
+
+    zones = [f"zone-{c}" for c in "abcdef"]
+    sure = {k + i * processes for k in range(processes) for i in range(users // processes)}
+    assert (not set(range(len(zones))) <= {s % len(zones) for s in sure}) == refused  # the reason, computed
+    if refused:
+        with pytest.raises(InputError, match=r"^--users: .* give at least \d+"):
+            check_shoppers(users, zones, processes)
+    else:
+        check_shoppers(users, zones, processes)

@@ -86,7 +86,7 @@ def users_wait(env: Mapping[str, str]) -> tuple[float, float]:
         raise InputError(WAIT_ENV, "", str(exc)) from None
 
 
-def check_shoppers(users: int, zones: list[str], option: str = "--users") -> None:
+def check_shoppers(users: int, zones: list[str], processes: int = 1, option: str = "--users") -> None:
     """InputError naming `option` when `users` shoppers cannot enter every one of `zones`, before anything starts.
 
     Why: the locustfile hands its shoppers out over the entry zones round robin (zone probes come on top and
@@ -94,13 +94,21 @@ def check_shoppers(users: int, zones: list[str], option: str = "--users") -> Non
     (`UserChecks._zones_without_shoppers`): `harness traffic -u 3` over six zones ran its whole duration to a
     verdict that could only fail. No option narrows the zones the verdict judges, so fewer shoppers than
     zones is bad input, refused in one line (`harness e2e` the same).
+
+    Over `processes` local locust workers, worker k's shoppers take slots k, k + processes, ... (the
+    locustfile's `_slot`), and the master gives each worker at least users // processes of them, but which
+    workers get the rest depends on its order of the workers: every zone is sure of a shopper only when
+    (users // processes) * processes reaches the zones.
     """
-    if users < len(zones):
+    need = len(zones) if processes <= 1 else -(-len(zones) // processes) * processes
+    if users < need:
+        over = f" over {processes} locust processes" if processes > 1 else ""
+        per = f" (a multiple of --processes: each process takes every {processes}th zone)" if need > len(zones) else ""
         raise InputError(
             option,
             "",
-            f"{users} shoppers for {len(zones)} zones ({', '.join(zones)}): each zone needs one of its own (the "
-            f"verdict fails a zone no shopper entered as unverified); give at least {len(zones)}",
+            f"{users} shoppers{over} for {len(zones)} zones ({', '.join(zones)}): each zone needs one of its own "
+            f"(the verdict fails a zone no shopper entered as unverified); give at least {need}{per}",
         )
 
 
@@ -348,6 +356,8 @@ class TrafficRunner:
             "EH_PROBE_ZONES": json.dumps(self.probe_zones),
             "EH_PROBE_PERIODS": json.dumps(self.probe_periods),
             "EH_PROBE_BUDGET": str(self.budget_file),
+            # the locustfile's round robin over every local worker's users (workers in the zones: one zone each)
+            "EH_LOCUST_PROCESSES": str(self.processes if self.master is None else 1),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
