@@ -27,7 +27,7 @@ need no database while postgres re-seeds): `GOOD_HOPS` successful hops served
 where the pair's hops belong (its zone, or the Region for an AZ's callers)
 after the pair's last hop that was not one (failed, or served elsewhere). That
 is the verdict's recovery instant with hops behind it, and as many as the
-verdict's evidence rule asks (`recovery_chance`): a mesh that sent part of the
+verdict's evidence rule asks (`FaultScoping.recovery_unshown`, the verdict's own): a mesh that sent part of the
 pair's calls elsewhere during the fault, or after the restore before the
 instant, shows its recovery only with enough good hops that such a mesh would
 rarely have served them all in the zone. Three were taken as shown after a
@@ -66,8 +66,6 @@ from harness.verify.invariants.scope import FaultScoping, measured_to_the_end
 from harness.verify.invariants.sql import (
     HOP_END_SQL,
     INF,
-    RECOVERY_EVIDENCE_ALPHA,
-    recovery_chance,
     spans_sql,
     sql_str,
 )
@@ -221,10 +219,14 @@ def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pe
         watched = [w for w in _watched(scoping) if now < w.due]
         if not watched and not links:
             return outages
-        con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind FROM hops")
+        # the hop columns the verdict's rules read (`rundata`'s hops table): where the hop was served, and `ok`
+        con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind, "
+                    f"coalesce(({HOP_OK_SQL}), false) AS ok FROM hops")  # fmt: skip
         reached = _reached(run_dir, now)
         return (
-            [w for w in watched if not _shown(con, w, reached)] + _links_not_back(con, scoping, run_dir, now) + outages
+            [w for w in watched if not _shown(con, scoping, w, reached)]
+            + _links_not_back(con, scoping, run_dir, now)
+            + outages
         )
     except (duckdb.Error, OSError):  # unreadable right now: not yet, for each fault that may ask a pair or a link
         return [Pending(f.fault, f.zone, "(records unreadable)", (), f.restore or now,
@@ -292,8 +294,7 @@ def _link_ctes(zone: str, baseline: str) -> str:
     each kind's baseline the hops matching `baseline`."""
     bound = (
         f"SELECT ts, {HOP_END_SQL} AS te, duration_ms, {LINK_KIND_SQL} AS kind "
-        f"FROM (SELECT *, coalesce(({HOP_OK_SQL}), false) AS ok FROM phops WHERE caller_zone = '{sql_str(zone)}') "
-        f"WHERE {LINK_BOUND_SQL}"
+        f"FROM phops WHERE caller_zone = '{sql_str(zone)}' AND ({LINK_BOUND_SQL})"
     )
     return link_excess_ctes(bound, baseline)
 
@@ -443,38 +444,32 @@ def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending, reached: float) 
     return math.inf if row is None or row[0] is None else float(row[0])
 
 
-def _shown(con: duckdb.DuckDBPyConnection, w: Pending, reached: float) -> bool:
-    """`GOOD_HOPS` good hops after the pair's last bad one since the restore, and enough of them for the verdict's
-    evidence rule against the share it sent elsewhere during the fault and after the restore before them, among
-    the hops up to when every caller's are on record (`_complete_until`).
+def _shown(con: duckdb.DuckDBPyConnection, s: FaultScoping, w: Pending, reached: float) -> bool:
+    """`GOOD_HOPS` good hops after the pair's last bad one since the restore, among the hops up to when every
+    caller's are on record (`_complete_until`), and enough of them for the verdict's own evidence rule
+    (`FaultScoping.recovery_unshown`: the share the pair sent elsewhere while its upstream was not whole since the
+    fault's inject, and after the restore before them).
 
-    Taken over the whole fault (the verdict reads the intervals the upstream was not whole in it), the share is
-    at most the verdict's in a correct mesh, so the cool-down asks at least as many hops as the verdict will.
+    The rule is the verdict's, not a copy: the cool-down read its share over every hop since the inject instead,
+    which is no bound on the verdict's. A share of 1 (a clean switch back) asks nothing more of the verdict,
+    while the same ten Region hops among the 640 in-zone ones of the five faults after them made a share of
+    1.5 %, and the cool-down waited maxRecoveryS for 444 more hops of a recovery on record.
     """
     row = con.execute(
         f"""
-        WITH p AS (SELECT ts, ok, ok AND coalesce(({w.good}), false) AS good
-                   FROM (SELECT *, coalesce(({HOP_OK_SQL}), false) AS ok FROM phops
-                         WHERE caller_zone = $zone AND upstream = $upstream AND list_contains($callers, caller_service)
-                           AND ts >= $inject AND ts <= $complete)),
-             b AS (SELECT coalesce(max(ts) FILTER (WHERE NOT good AND ts >= $restore), $never) AS last_bad FROM p),
-             i AS (SELECT min(p.ts) FILTER (WHERE good AND p.ts >= $restore AND p.ts > b.last_bad) AS instant
-                   FROM p, b)
-        SELECT count(*) FILTER (WHERE good AND p.ts >= $restore AND p.ts > b.last_bad),
-               count(*) FILTER (WHERE ok AND p.ts < $restore),
-               count(*) FILTER (WHERE ok AND NOT good AND p.ts < $restore),
-               count(*) FILTER (WHERE ok AND p.ts >= $restore AND p.ts < i.instant),
-               count(*) FILTER (WHERE ok AND NOT good AND p.ts >= $restore AND p.ts < i.instant)
-        FROM p, b, i
+        WITH p AS (SELECT ts, ok, ok AND coalesce(({w.good}), false) AS good FROM phops
+                   WHERE caller_zone = $zone AND upstream = $upstream AND list_contains($callers, caller_service)
+                     AND ts >= $restore AND ts <= $complete),
+             b AS (SELECT coalesce(max(ts) FILTER (WHERE NOT good), $never) AS last_bad FROM p)
+        SELECT count(*) FILTER (WHERE good AND p.ts > b.last_bad),
+               min(p.ts) FILTER (WHERE good AND p.ts > b.last_bad)
+        FROM p, b
         """,
-        {"zone": w.zone, "upstream": w.upstream, "callers": list(w.callers), "inject": w.inject,
-         "restore": w.restore, "never": -math.inf, "complete": _complete_until(con, w, reached)},
+        {"zone": w.zone, "upstream": w.upstream, "callers": list(w.callers), "restore": w.restore,
+         "never": -math.inf, "complete": _complete_until(con, w, reached)},
     ).fetchone()  # fmt: skip
-    if not row or int(row[0]) < GOOD_HOPS:
+    if not row or int(row[0]) < GOOD_HOPS or row[1] is None:
         return False
-    after = int(row[0])
-    for ok, misplaced in ((int(row[1]), int(row[2])), (int(row[3]), int(row[4]))):
-        chance = recovery_chance(misplaced, ok, after)
-        if chance is not None and chance >= RECOVERY_EVIDENCE_ALPHA:
-            return False
-    return True
+    unshown = s.recovery_unshown("phops", w.zone, w.upstream, list(w.callers), w.inject, w.restore, float(row[1]),
+                                 int(row[0]))  # fmt: skip
+    return unshown is None

@@ -24,7 +24,6 @@ from harness.verify.invariants.sql import (
     Window,
     hop_text,
     merge_intervals,
-    recovery_chance,
     spans_sql,
     sql_str,
 )
@@ -39,14 +38,6 @@ from harness.verify.verdict import (
 )
 
 Exclusion = tuple[str, str, float, float]  # (caller zone, upstream, from, to): locality not judged then
-
-# SQL: each pod's readiness changes (pod, ts, gone: out of service from then on) from the inventory, and a node
-# fault's pods out of service from its inject (as `rundata._readiness` reads them): `FaultMeasurer._unshown`
-OUT_OF_SERVICE_SQL = (
-    "SELECT CAST(pod AS VARCHAR) AS pod, ts, event IN ('unready', 'removed') AS gone FROM inv "
-    "WHERE event IN ('added', 'ready', 'unready', 'removed') "
-    "UNION ALL SELECT CAST(pod AS VARCHAR), inject, true FROM node_fault_pods"
-)
 
 
 @dataclass(frozen=True)
@@ -107,11 +98,6 @@ class FaultMeasurements:
 
 class FaultMeasurer(CheckBase):
     """Per-fault failover, recovery, impact window and losses (the `fallback` invariant's numbers)."""
-
-    def _not_whole(self, zone: str, upstream: str) -> list[tuple[float, float | None]]:
-        """When the pair's upstream was down or spilling (`rundata.spills`), merged: locality is not judged then."""
-        key = self.run.up_key(zone, upstream)
-        return union(self.run.down.get(key, []), self.run.spill.get(key, []))
 
     def _down_spans(self) -> list[Exclusion]:
         """(caller zone, upstream, from, until + maxRecoveryS) of every pair whose upstream went down or spilled."""
@@ -701,6 +687,8 @@ class FaultMeasurer(CheckBase):
         """Why a measured recovery of pair (zone, u) at `w.instant` is not shown by the hops after it (up to `hi`),
         or "": the evidence rule of every recovery, a fault's own (`_recovery_unshown`) and a declared single
         point of failure's cascade's (`_declared_cascade_failures`), which ends at `restore` begun at `inject`.
+        The shares are read by `FaultScoping.recovery_unshown`, which e2e's cool-down asks too
+        (`harness.verify.pending._shown`): one rule, so the cool-down waits for no evidence the verdict does not ask.
 
         Recovery is the first good hop after the last misplaced one. A pair
         that still sends a share `p` of its hops elsewhere has a "last
@@ -737,16 +725,6 @@ class FaultMeasurer(CheckBase):
         """
         if w.instant is None:
             return ""
-        spans = [
-            (max(lo, inject), min(restore, INF if up is None else up))
-            for lo, up in self._not_whole(zone, u)
-            if lo < restore and (up is None or up > inject)
-        ]
-        # (label, spans, leave out what pods out of service served): during the fault, a hop served where it belongs
-        # by a pod the inventory had already taken out of service is the mesh not yet told (the inventory records
-        # first, then Consul and the sidecars learn: about a second), not a share kept in the zone
-        windows = [("as during the fault", spans, True), (f"as after {after_what}", [(restore, w.instant)], False)]
-        good = self.expected_sql(zone, u)
         after = int(
             self._one(
                 "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? "
@@ -755,32 +733,15 @@ class FaultMeasurer(CheckBase):
             )
             or 0
         )
-        for label, spans_of, told in windows:
-            if not spans_of:
-                continue
-            when = " OR ".join(f"(ts >= {lo!r} AND ts < {up!r})" for lo, up in spans_of)
-            row = self.con.execute(
-                f"""
-                WITH w AS (SELECT ts, ok, coalesce(({good}), false) AS good, CAST(serving_pod AS VARCHAR) AS pod
-                           FROM fhops WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service)
-                             AND ({when}))
-                SELECT count(*) FILTER (WHERE ok), count(*) FILTER (WHERE ok AND NOT good) FROM w
-                ASOF LEFT JOIN ({OUT_OF_SERVICE_SQL}) e ON e.pod = w.pod AND w.ts >= e.ts
-                WHERE NOT (? AND w.ok AND w.good AND coalesce(e.gone, false))
-                """,
-                [zone, u, callers, told],
-            ).fetchone()
-            ok_during, misplaced = (int(row[0]), int(row[1])) if row else (0, 0)
-            chance = recovery_chance(misplaced, ok_during, after)
-            if chance is None or chance < RECOVERY_EVIDENCE_ALPHA:
-                continue
-            return (
-                f"fallback: {zone} -> {u}: {what} not shown: {after} good hops after "
-                f"{iso(w.instant)} (until {iso(hi)}), and a mesh still sending {misplaced / ok_during:.0%} of them "
-                f"elsewhere, {label}, would serve that many where they belong with chance {chance:.2g} "
-                f"(>= {RECOVERY_EVIDENCE_ALPHA:g})"
-            )
-        return ""
+        unshown = self.recovery_unshown("fhops", zone, u, callers, inject, restore, w.instant, after, after_what)
+        if unshown is None:
+            return ""
+        return (
+            f"fallback: {zone} -> {u}: {what} not shown: {after} good hops after "
+            f"{iso(w.instant)} (until {iso(hi)}), and a mesh still sending {unshown.misplaced / unshown.ok:.0%} of "
+            f"them elsewhere, {unshown.label}, would serve that many where they belong with chance "
+            f"{unshown.chance:.2g} (>= {RECOVERY_EVIDENCE_ALPHA:g})"
+        )
 
     def _impact_end(self, f: Fault, rc: Recovery) -> float:
         """The end of the fault's impact window: restore + recovery (or the SLO bound when unmeasured)."""
@@ -1225,9 +1186,3 @@ def over_slo(measured: float, resolution: float | None, limit: float, name: str,
         why += f" (its zone's clock bound ± {clock * 1000:.1f} ms included)"
     where = f"the hops place it between {lo:.3f} s and {hi:.3f} s"
     return f"not shown within {name} {limit:g}s: {where} (unverified: {why})"
-
-
-def union(*lists: list[tuple[float, float | None]]) -> list[tuple[float, float | None]]:
-    """Intervals [lo, hi) (hi None: open to the end) merged where they overlap or touch (`merge_intervals`)."""
-    merged = merge_intervals([("", "", lo, INF if hi is None else hi) for xs in lists for lo, hi in xs])
-    return [(lo, None if hi >= INF else hi) for _z, _u, lo, hi in merged]

@@ -14,13 +14,37 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 from harness.topology import Placement
 from harness.verify import expected
-from harness.verify.invariants.sql import INF
+from harness.verify.invariants.sql import INF, RECOVERY_EVIDENCE_ALPHA, merge_intervals, recovery_chance
 from harness.verify.rundata import Fault, RunData, pairs, zone_is_edge
 
 Pairs = list[tuple[str, list[str]]]  # (upstream, its callers) of one zone
+
+# SQL: each pod's readiness changes (pod, ts, gone: out of service from then on) from the inventory, and a node
+# fault's pods out of service from its inject (as `rundata._readiness` reads them): `FaultScoping.recovery_unshown`
+OUT_OF_SERVICE_SQL = (
+    "SELECT CAST(pod AS VARCHAR) AS pod, ts, event IN ('unready', 'removed') AS gone FROM inv "
+    "WHERE event IN ('added', 'ready', 'unready', 'removed') "
+    "UNION ALL SELECT CAST(pod AS VARCHAR), inject, true FROM node_fault_pods"
+)
+
+
+def union(*lists: list[tuple[float, float | None]]) -> list[tuple[float, float | None]]:
+    """Intervals [lo, hi) (hi None: open to the end) merged where they overlap or touch (`merge_intervals`)."""
+    merged = merge_intervals([("", "", lo, INF if hi is None else hi) for xs in lists for lo, hi in xs])
+    return [(lo, None if hi >= INF else hi) for _z, _u, lo, hi in merged]
+
+
+class Unshown(NamedTuple):
+    """A recovery the hops after it do not show (`FaultScoping.recovery_unshown`): the share read `label`."""
+
+    label: str  # which share: "as during the fault", "as after the restore"
+    ok: int  # the pair's successful hops in it
+    misplaced: int  # those of them served elsewhere
+    chance: float  # that a mesh still sending that share elsewhere serves the hops after the instant all in place
 
 
 def next_inject(faults: list[Fault], zone: str, after: float, other_than: Fault | None = None) -> float | None:
@@ -129,6 +153,67 @@ class FaultScoping:
         if not refs or any(r is None for r in refs):
             return None
         return max(r for r in refs if r is not None)
+
+    def _not_whole(self, zone: str, upstream: str) -> list[tuple[float, float | None]]:
+        """When the pair's upstream was down or spilling (`rundata.spills`), merged: locality is not judged then."""
+        key = self.run.up_key(zone, upstream)
+        return union(self.run.down.get(key, []), self.run.spill.get(key, []))
+
+    def recovery_unshown(
+        self,
+        hops: str,
+        zone: str,
+        u: str,
+        callers: list[str],
+        inject: float,
+        restore: float,
+        instant: float,
+        after: int,
+        after_what: str = "the restore",
+    ) -> Unshown | None:
+        """The share a recovery of pair (zone, u) at `instant`, `after` successful hops after it, fails to rule
+        out (`FaultMeasurer._unshown` says why the rule reads it so), or None when they show it: the one evidence
+        rule of the verdict and of e2e's cool-down (`harness.verify.pending`), over `hops` (a table or view with
+        the hop columns and `ok`), for a fault or cascade that began at `inject` and ended at `restore`.
+
+        Two shares, each to be met: the pair's hops while the inventory shows its upstream not whole
+        (`_not_whole`) between `inject` and `restore`, leaving out those a pod already out of service served
+        where they belong; and its hops from `restore` up to `instant`. The cool-down read its own share over
+        every hop since the inject: after a Wavelength Zone's outage whose frontend's first ten calls on its
+        return went to the Region (public-api not ready yet: a clean switch back, shown by the first good hop,
+        as the verdict read it), the zone's 640 in-zone hops through five product-api kills made a share of
+        1.5 % that asked 444 hops more, and the cool-down waited maxRecoveryS for a recovery on record.
+        """
+        spans = [
+            (max(lo, inject), min(restore, INF if up is None else up))
+            for lo, up in self._not_whole(zone, u)
+            if lo < restore and (up is None or up > inject)
+        ]
+        # (label, spans, leave out what pods out of service served): during the fault, a hop served where it belongs
+        # by a pod the inventory had already taken out of service is the mesh not yet told (the inventory records
+        # first, then Consul and the sidecars learn: about a second), not a share kept in the zone
+        windows = [("as during the fault", spans, True), (f"as after {after_what}", [(restore, instant)], False)]
+        good = self.expected_sql(zone, u)
+        for label, spans_of, told in windows:
+            if not spans_of:
+                continue
+            when = " OR ".join(f"(ts >= {lo!r} AND ts < {up!r})" for lo, up in spans_of)
+            row = self.con.execute(
+                f"""
+                WITH w AS (SELECT ts, ok, coalesce(({good}), false) AS good, CAST(serving_pod AS VARCHAR) AS pod
+                           FROM {hops} WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service)
+                             AND ({when}))
+                SELECT count(*) FILTER (WHERE ok), count(*) FILTER (WHERE ok AND NOT good) FROM w
+                ASOF LEFT JOIN ({OUT_OF_SERVICE_SQL}) e ON e.pod = w.pod AND w.ts >= e.ts
+                WHERE NOT (? AND w.ok AND w.good AND coalesce(e.gone, false))
+                """,
+                [zone, u, callers, told],
+            ).fetchone()
+            ok_during, misplaced = (int(row[0]), int(row[1])) if row else (0, 0)
+            chance = recovery_chance(misplaced, ok_during, after)
+            if chance is not None and chance >= RECOVERY_EVIDENCE_ALPHA:
+                return Unshown(label, ok_during, misplaced, chance)
+        return None
 
     def expected_sql(self, zone: str, upstream: str) -> str:
         """SQL over a hop of pair (zone, upstream): served where it belongs (the zone, or the Region)."""

@@ -20,7 +20,7 @@ REQUEST_END_SQL = "(ts + coalesce(latency_ms, 0) / 1000.0)"
 RECOVERY_EVIDENCE_ALPHA = 1e-3
 """A recovery is shown when a mesh still sending a share of its hops elsewhere (during the fault's spill, or
 after the restore) would serve the hops after it all where they belong with a chance below this: the verdict's
-rule (`FaultMeasurer._recovery_unshown`) and what e2e's cool-down waits for (`harness.verify.pending`)."""
+rule (`FaultScoping.recovery_unshown`), which e2e's cool-down asks too (`harness.verify.pending`)."""
 
 
 def recovery_chance(misplaced: int, ok: int, after: int) -> float | None:
