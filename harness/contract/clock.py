@@ -20,9 +20,10 @@ their intervals (per node: each keeps its own clock); a batch at the start and o
 (after the traffic) bound the drift in between: the node's offset during the run lies in the hull of the two.
 Hops are corrected by the middle of their caller's node's hull (`RunClock.nodes`; the zone's hull of its
 nodes, `ZoneClock.offset`, for a pod whose node is not known), and half its width is the bound on what
-remains. A zone whose offset is not bounded within `CLOCK_TOLERANCE_S` (no probe
-found in its sidecars' logs in a batch, probes that contradict each other, a hull too wide) leaves every
-comparison of its hops with the runner's records unverified: the verdict fails it (coverage).
+remains. A zone whose offset is not bounded (no probe found in its sidecars' logs in a batch, probes that
+contradict each other, batches that show the clock moved more than `CLOCK_TOLERANCE_S`, a hull wider than
+`CLOCK_CARRY_LIMIT_S`) leaves every comparison of its hops with the runner's records unverified: the verdict
+fails it (coverage). A bound between the two (a runner far from the zones) is carried by the rules.
 
 `clock.jsonl` lines (CONTRACTS §4):
 - ``{"ts", "event": "clock", "runner_clock": "separate", "why"[, "requests_clock": "zones"]}``: written
@@ -65,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.contract.inventory import SLACK_S as INVENTORY_SLACK_S
 from harness.contract.rundir import CLOCK_FILE
 
 PROBE_PARAM = "eh-clock"  # the query parameter that marks a clock probe: /api?eh-clock=<id>
@@ -74,15 +76,24 @@ RUNNER_CLOCK_SEPARATE = "separate"  # ... the nodes keep their own clocks (exist
 RUNNER_CLOCKS = (RUNNER_CLOCK_SHARED, RUNNER_CLOCK_SEPARATE)
 START_TIME_RESOLUTION_S = 0.001  # Envoy's START_TIME: whole milliseconds, truncated
 CLOCK_TOLERANCE_S = 0.05
-"""The widest offset uncertainty (half the bounding interval) a verdict accepts: 50 ms.
+"""The offset uncertainty (half the bounding interval) below which the verdict says nothing of it: 50 ms.
 
 What the verdict resolves in time is a failover or recovery instant, fixed by the zone probes' records to
 within their gap (30-45 ms, `bench/stability.py` holds every resolution to 50 ms); a clock known to within
 the same 50 ms keeps those figures of the order of their own resolution and two orders below the SLOs they
-are judged by (`maxFailoverS`, seconds), and far inside the inventory's 1 s IP slack. Hops are corrected by
-the middle of the interval, so a symmetric path leaves much less than the bound. Wider than this (a runner
-far from the zones, a congested path), which hops fell before or after an inject is no longer known to the
-precision the verdict states it with: unverified."""
+are judged by (`maxFailoverS`, seconds). Hops are corrected by the middle of the interval, so a symmetric
+path leaves much less than the bound. A wider bound (a CI runner 100+ ms round trip from a Local Zone) is
+no longer a fixed verdict of its own: every rule that sets the zone's hops against the runner's records
+carries the zone's measured bound (`RunClock.bound`: failover and recovery +- it against their SLOs, the
+locality and failover windows, the gap and tie slacks widened by it), and a rule it stops from deciding (a
+failover whose +- reaches past maxFailoverS) says unverified itself (docs/CONTRACTS.md, clock.jsonl). Still
+the tolerance of a clock that *moved*: batches that exclude each other by more than it (a step, a drift)."""
+
+CLOCK_CARRY_LIMIT_S = INVENTORY_SLACK_S
+"""The widest bound the rules carry: the inventory's IP slack (`harness.contract.inventory.SLACK_S`). A hop's
+`upstream_host` is attributed to the pod that held the address at the hop's time, or one within that slack;
+beyond it, which pod served a hop is no longer known on the runner's clock, and every rule reads that: the
+zone's clock is unverified (coverage)."""
 
 
 class _Interval:
@@ -119,11 +130,24 @@ class ZoneClock(_Interval):
 
     @property
     def bounded(self) -> bool:
-        """Known well enough for the verdict: measured, consistent, within `CLOCK_TOLERANCE_S`."""
+        """Known well enough for the verdict: measured, consistent, within `CLOCK_CARRY_LIMIT_S` (the rules carry
+        a bound wider than `CLOCK_TOLERANCE_S`: `within_tolerance` says whether they must)."""
+        u = self.bound
+        return self.problem is None and u is not None and u <= CLOCK_CARRY_LIMIT_S
+
+    @property
+    def bound(self) -> float | None:
+        """How far a corrected hop of this zone may lie from the truth: the widest of its probed nodes' half-widths
+        (each node's hops are corrected by its own interval), or the interval's half-width."""
         u = self.uncertainty
         if self.widths and u is not None:
             u = max(self.widths) / 2
-        return self.problem is None and u is not None and u <= CLOCK_TOLERANCE_S
+        return u
+
+    @property
+    def within_tolerance(self) -> bool:
+        """Bounded within `CLOCK_TOLERANCE_S`: nothing the rules carry is worth a word."""
+        return self.bounded and self.bound is not None and self.bound <= CLOCK_TOLERANCE_S
 
     def text(self) -> str:
         if self.offset is None or self.uncertainty is None:
@@ -155,8 +179,9 @@ class NodeClock(_Interval):
 
     @property
     def bounded(self) -> bool:
+        """Measured, consistent, within `CLOCK_CARRY_LIMIT_S` (as `ZoneClock.bounded`)."""
         u = self.uncertainty
-        return self.problem is None and u is not None and u <= CLOCK_TOLERANCE_S
+        return self.problem is None and u is not None and u <= CLOCK_CARRY_LIMIT_S
 
     def text(self) -> str:
         if self.offset is None or self.uncertainty is None:
@@ -352,10 +377,37 @@ def _batch_bound(batches: Mapping[str, list[float]]) -> tuple[float | None, floa
     lo = min(v[0] for v in batches.values())
     hi = max(v[1] for v in batches.values())
     drift = sum(batches["end"]) / 2 - sum(batches["start"]) / 2 if len(batches) == 2 else None
-    if problem is None and (hi - lo) / 2 > CLOCK_TOLERANCE_S:
-        problem = (f"bounded only to ± {(hi - lo) / 2 * 1000:.1f} ms, wider than the "
-                   f"{CLOCK_TOLERANCE_S * 1000:g} ms the verdict resolves")  # fmt: skip
+    problem = problem or _moved(batches) or _too_wide(lo, hi)
     return lo, hi, drift, problem
+
+
+def _moved(batches: Mapping[str, list[float]]) -> str | None:
+    """Why a clock whose batches exclude each other by more than `CLOCK_TOLERANCE_S` is not carried, or None.
+
+    Why: a wide hull is two things. Wide batches (a runner far from the zones: each probe's round trip is long)
+    bound an offset that held still: every hop's truth lies within the half-width, which the rules carry. Tight
+    batches far apart (chrony stepped the node, or it drifted) say the offset moved during the run, by at least
+    their distance: the hops around the move are out of order against each other, which no bound on the
+    runner's records puts right. Before the rules carried the bound, both were "too wide"; only the second
+    still is unverified.
+    """
+    if any(b not in batches for b in BATCHES):
+        return None
+    (slo, shi), (elo, ehi) = batches["start"], batches["end"]
+    moved = max(0.0, elo - shi, slo - ehi)
+    if moved <= CLOCK_TOLERANCE_S:
+        return None
+    return (f"its start and end probes exclude each other: its offset moved at least {moved * 1000:.1f} ms during "
+            f"the run (a step or a drift), more than the {CLOCK_TOLERANCE_S * 1000:g} ms the verdict lets a clock "
+            "move")  # fmt: skip
+
+
+def _too_wide(lo: float, hi: float) -> str | None:
+    """Why an interval wider than the rules carry (`CLOCK_CARRY_LIMIT_S`) is not, or None."""
+    if (hi - lo) / 2 <= CLOCK_CARRY_LIMIT_S:
+        return None
+    return (f"bounded only to ± {(hi - lo) / 2 * 1000:.1f} ms, wider than the {CLOCK_CARRY_LIMIT_S * 1000:g} ms "
+            "within which a served address is attributed to its pod (the inventory's IP slack)")  # fmt: skip
 
 
 def node_clocks(records: Iterable[Mapping[str, Any]], probed: Mapping[str, NodeClock]) -> dict[str, NodeClock]:
@@ -393,6 +445,8 @@ def node_clocks(records: Iterable[Mapping[str, Any]], probed: Mapping[str, NodeC
             problem = (f"the requests between nodes {a} and {b} contradict each other ({bad[0]} batch: "
                        f"{lo * 1000:+.1f} ms above {hi * 1000:+.1f} ms): a clock stepped")  # fmt: skip
         lo, hi = min(v[0] for v in batches.values()), max(v[1] for v in batches.values())
+        if problem is None and (moved := _moved(batches)):
+            problem = f"the requests between nodes {a} and {b}: {moved}"
         edges.setdefault(a, {})[b] = (lo, hi, count[(a, b)], problem)
         edges.setdefault(b, {})[a] = (-hi, -lo, count[(a, b)], problem)
     known: dict[str, tuple[float, float]] = {}
@@ -418,11 +472,7 @@ def node_clocks(records: Iterable[Mapping[str, Any]], probed: Mapping[str, NodeC
             if problem is None and lo > hi:
                 problem = (f"the measured nodes {', '.join(via)} say different things of its clock "
                            f"({lo * 1000:+.1f} ms above {hi * 1000:+.1f} ms)")  # fmt: skip
-            nc = NodeClock(n, zone_of.get(n), lo, hi, via, pairs, problem)
-            if problem is None and not nc.bounded:
-                nc = NodeClock(n, zone_of.get(n), lo, hi, via, pairs,
-                               f"bounded only to ± {(hi - lo) / 2 * 1000:.1f} ms, wider than the "
-                               f"{CLOCK_TOLERANCE_S * 1000:g} ms the verdict resolves")  # fmt: skip
+            nc = NodeClock(n, zone_of.get(n), lo, hi, via, pairs, problem or _too_wide(lo, hi))
             out[n] = nc
             if nc.bounded:
                 known[n] = (lo, hi)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from harness.contract.clock import CLOCK_TOLERANCE_S
+from harness.contract.clock import CLOCK_CARRY_LIMIT_S
 from harness.verify import expected
 from harness.verify.invariants.scope import FaultScoping
 from harness.verify.invariants.sql import (
@@ -115,12 +115,14 @@ class CheckBase(FaultScoping):
 
     def _capped_bound(self, zone: str, unmeasured: float = 0.0) -> float:
         """`_clock_bound` as a slack between records stamped on different clocks: at least 0, at most
-        CLOCK_TOLERANCE_S; `unmeasured` for a zone whose offset was not measured. 0 on one clock.
+        CLOCK_CARRY_LIMIT_S; `unmeasured` for a zone whose offset was not measured. 0 on one clock.
 
-        Why capped: a zone measured wider than the tolerance, or not at all, is failed as unverified by
-        coverage (`UserChecks._clock_checks`) whatever the other rules say, so a slack beyond the tolerance
-        would only widen what those rules excuse in the run's other records (a request tied to a hop 100 ms
-        off, a lost log line hidden by a neighbour) for a verdict that fails anyway. Why the caller picks
+        Why capped: a zone measured wider than the bound the rules carry (`CLOCK_CARRY_LIMIT_S`, the
+        inventory's IP slack), or not at all, is failed as unverified by coverage (`UserChecks._clock_checks`)
+        whatever the other rules say, so a slack beyond it would only widen what those rules excuse in the
+        run's other records (a request tied to a hop seconds off, a lost log line hidden by a neighbour) for a
+        verdict that fails anyway. Up to it the bound is carried whole: a runner far from the zones (a CI VM
+        120 ms round trip from a Local Zone, +-60 ms) is no failure by itself. Why the caller picks
         `unmeasured`: the rules err on opposite sides. The request-to-hop tie (`UserChecks._tie_slack`) takes
         0, the hop's own stamp only: a loss tied to no hop counts against the budget, never excused on a
         guess. The gap rule (`UserChecks._gap_slack_sql`) takes the tolerance, the widest a kept clock may
@@ -131,7 +133,7 @@ class CheckBase(FaultScoping):
         if clock is None:
             return 0.0
         known = clock.bound(zone)
-        return unmeasured if known is None else min(max(known, 0.0), CLOCK_TOLERANCE_S)
+        return unmeasured if known is None else min(max(known, 0.0), CLOCK_CARRY_LIMIT_S)
 
     # A failure per record file with lines the loader had to skip (`rundata.unread_failures`)
     _unread = staticmethod(unread_failures)

@@ -41,7 +41,7 @@ class Checker(FaultMeasurer, RoutingChecks, UserChecks):
         ran = self._document_invariant(EXPERIMENT_RAN, evidence.experiment_ran(self.run, chaos_records))
         coverage = self.coverage()
         config = self._document_invariant(CONFIG, evidence.config(self.run))
-        fb_fail = [p.message for p in fx.fallback_pairs if p.status == FAIL]
+        fb_fail = [p.message for p in fx.fallback_pairs if p.status in (FAIL, UNVERIFIED)]  # unverified fails
         fb_fail += [m for f in fx.results for m in f.messages if "no restore record" in m]
         outage_notes, outage_failures = self._unplanned_outages()
         fb_fail += outage_failures + fx.unrecovered

@@ -52,8 +52,15 @@ class RoutingChecks(CheckBase):
     """Where hops were served, and whether they were calls the topology declares."""
 
     def locality(self, exclusions: list[tuple[str, str, float, float]]) -> InvariantResult:
+        """Locality outside the excluded windows (a fault's, a down or spilled upstream's: runner's records).
+
+        Each window is widened by its caller zone's clock bound (`_clock_bound`) on both sides: a hop is put on
+        the runner's clock to within it, so a fallback hop a failover or a readiness event caused may appear
+        that much before the window opened or after it closed. 0 on one clock. Found with a CI runner 120 ms
+        round trip from the Local Zones: its ±60 ms was carried by the failover figure but not here.
+        """
         self.con.execute("CREATE OR REPLACE TEMP TABLE loc_excl (zone VARCHAR, upstream VARCHAR, lo DOUBLE, hi DOUBLE)")
-        merged = merge_intervals(exclusions)
+        merged = merge_intervals([(z, u, lo - (b := self._clock_bound(z)), hi + b) for z, u, lo, hi in exclusions])
         if merged:
             # merged, so a hop matches at most one window and the LEFT JOIN below never duplicates it
             self.con.executemany("INSERT INTO loc_excl VALUES (?, ?, ?, ?)", [list(e) for e in merged])

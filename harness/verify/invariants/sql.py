@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.contract.clock import CLOCK_TOLERANCE_S
+from harness.contract.clock import CLOCK_CARRY_LIMIT_S, CLOCK_TOLERANCE_S
 from harness.contract.users import PROBE_ENDPOINT
 from harness.observe.hops import host_ip_sql
 from harness.verify.verdict import iso
@@ -236,10 +236,14 @@ DEFINITIONS = {
     "node time L with duration d give offset in [L + d - received, L + 1 ms - sent], intersected per batch (at "
     "the start and the end "
     "of the run), the hull of both batches bounding the drift; hops are corrected by its middle, and a zone whose "
-    f"sidecars made hops with no probe found in a batch, contradicting probes, or a bound wider than "
-    f"+-{CLOCK_TOLERANCE_S * 1000:g} ms is "
-    "unverified = fail (coverage); a failover or recovery figure is within its SLO only with the zone's bound "
-    "added (the truth may lie that much later); without clock.jsonl (local, kind: one clock) nothing is corrected, "
+    f"sidecars made hops with no probe found in a batch, contradicting probes, a clock that moved more than "
+    f"{CLOCK_TOLERANCE_S * 1000:g} ms between the batches, or a bound wider than the inventory's "
+    f"{CLOCK_CARRY_LIMIT_S:g} s IP slack is unverified = fail (coverage); a narrower bound, however far the runner, "
+    "is carried by the rules: a failover or recovery figure is within its SLO only with the zone's bound "
+    "added (the truth may lie that much later; within it as measured but not with the bound: that pair is "
+    "unverified, naming the bound), the locality windows, the failover's in-flight start, the impact window's "
+    "end and the tie and gap slacks are widened by it; without clock.jsonl (local, kind: one clock) nothing is "
+    "corrected, "
     "unless run.json says runner_clock separate (EKS): then the record is lost and every hop unverified = fail",
     "unplanned_outage": "a service of the topology with no ready pod in a zone, or too few to keep its traffic "
     "there (spill), outside every recorded fault: a note; lasting longer than maxRecoveryS (or still on at the end "
