@@ -421,6 +421,27 @@ def _wlz_to_region_steady(d: Path) -> object:
     return replant(d, WLZ, "product-api", _pod_of(d, "product-api", AZ), _between(15.0, 18.0))
 
 
+def _entry_served_by_another_lz(d: Path) -> object:
+    """For 8 s LAX's entry point sent its users to LAS's frontend (an Ingress or ALB target group naming the
+    other zone's pods): LAX's users' requests are LAS's chains (the ids on LAS's entry lines), and LAX's sidecars
+    logged nothing meanwhile."""
+    reqs = rows(d / "requests.jsonl")
+    t0 = reqs[0]["ts"]
+
+    def inside(ts: float) -> bool:
+        return 12.0 <= ts - t0 < 20.0
+
+    moved = [{**r, "zone": LAX} for r in reqs if r["zone"] == LAS and inside(r["ts"])]
+    kept = [r for r in reqs if not (r["zone"] == LAX and inside(r["ts"]))]
+    write_rows(d / "requests.jsonl", sorted(kept + moved, key=lambda r: float(r["ts"])))
+    zones = _pod_zone(d)
+    for f in (d / "accesslogs").glob("*.jsonl"):
+        if zones.get(f.stem) == LAX:
+            write_rows(f, [r for r in rows(f) if not inside(envoy_start(r))])
+    rebuilt(d)
+    return None
+
+
 DEFECTS = [
     Defect("lz-served-by-another-lz-steady", plant=_lz_to_lz_steady, names=(LAX, LAS)),
     Defect("lz-served-by-another-lz-only-in-failover", faults=(kill(),), plant=_lz_to_lz_in_failover, names=(LAX, LAS)),
@@ -549,6 +570,17 @@ DEFECTS = [
     ),
     Defect("region-served-by-wlz", plant=_region_to_wlz, names=(AZ2, WLZ)),
     Defect("wlz-served-from-region-while-healthy", plant=_wlz_to_region_steady, rule=LOCALITY, names=(WLZ,)),
+    Defect("users-entering-lz-served-by-another-lz", plant=_entry_served_by_another_lz, rule=COVERAGE, names=(LAX,)),
+    # the zone's replacement product-api ready at the restore (20 s), the mesh back in-zone 12 s later (over
+    # maxRecoveryS 10 s), the timeline's restore line written 5 s after the readiness (an older timeline that
+    # waited, a hand-written record): recovery was measured from the line, 7 s, and PASSED
+    Defect(
+        "slow-failback-behind-a-late-restore-record",
+        faults=(kill(recovery_delay_s=12.0, recorded_restore=RESTORE + 5.0),),
+        rule=FALLBACK,
+        names=(LAX, "product-api", "maxRecoveryS"),
+        scenario={"duration_s": 45.0},
+    ),
     Defect("errors-over-budget", rule=AVAILABILITY, names=(LAS,), scenario={"flaky": [(LAS, 5)]}),
 ]
 
@@ -598,3 +630,17 @@ def test_control_the_unbroken_mesh_passes(
     spec: dict[str, Any] = {"duration_s": DURATION_S, "rate_per_zone": RATE, "accesslogs": logs}
     v = verify(write_run(tmp_path / "run", Scenario(_topology(tmp_path, callers), faults=list(faults), **spec)))
     assert v.passed, _failed(v)
+
+
+@pytest.mark.parametrize("recorded", [None, RESTORE + 5.0], ids=["at-readiness", "late"])
+def test_control_a_failback_within_the_slo_passes_whenever_the_restore_was_recorded(
+    tmp_path: Path, recorded: float | None
+) -> None:
+    """Control of slow-failback-behind-a-late-restore-record: the mesh back in-zone 1 s after the replacement is
+    ready passes, with the same recovery figure whether the restore line was written at the readiness or 5 s
+    later (same mesh, same verdict: the clock starts at the readiness, `FaultMeasurer._back_at`)."""
+    f = kill(recovery_delay_s=1.0, recorded_restore=recorded)
+    sc = Scenario(_topology(tmp_path), duration_s=45.0, rate_per_zone=RATE, faults=[f])
+    v = verify(write_run(tmp_path / "run", sc))
+    assert v.passed, _failed(v)
+    assert v.faults[0].recovery_s == pytest.approx(1.112, abs=0.01)

@@ -53,7 +53,9 @@ reader of a copied verdict does not need this file):
   belongs (in-zone, or the Region for Region callers) after the last
   successful hop served elsewhere and the last failed hop that found no
   upstream host, within [restore, next fault in the zone or end of run];
-  `recovery_s` = R - restore. No hop at all for the pair during
+  `recovery_s` = R - restore (R - the instant the inventory shows the
+  upstream ready again in the zone, and the window from it, when that came
+  before the restore's record: `FaultMeasurer._back_at`). No hop at all for the pair during
   the fault (or after the restore) is a failure (unverified); a fault without
   a restore record never recovers. Every service a node fault killed a pod
   of must recover, also one its zone kept an instance of (spilling

@@ -276,13 +276,14 @@ class FaultMeasurer(CheckBase):
         hi = nxt if nxt is not None else max(self.run_end, f.restore)
         measured: list[tuple[float, float | None]] = []
         for u, callers in scope.recovery:
-            w = self._recovery_window(f, u, callers, hi, nxt)
+            since = self._back_at(f, u)
+            w = self._recovery_window(f, u, callers, hi, nxt, since)
             self._bound_cut_off(f, callers, w)
             pr = pair_results.get(u) or PairResult(
                 caller_zone=f.zone, upstream=u, status=PASS, fault=f.fault, counts={}, first_offenders=[]
             )
             pair_results[u] = pr
-            rec = None if w.instant is None else w.instant - f.restore
+            rec = None if w.instant is None else w.instant - since
             out.values[u] = rec
             if rec is not None:
                 measured.append((rec, w.resolution))
@@ -531,8 +532,35 @@ class FaultMeasurer(CheckBase):
                 out.append(FailoverSpan(z, u, tuple(callers), f.inject, min(float(last) + 1e-6, bound), ips))
         return out
 
-    def _recovery_window(self, f: Fault, u: str, callers: list[str], hi: float, nxt: float | None) -> Window:
-        """The pair's recovery after `f`'s restore: in-zone again before the pair's next outage, if it was.
+    def _back_at(self, f: Fault, upstream: str) -> float:
+        """Where the recovery of pair (f.zone, upstream) is measured from: the restore, or earlier when the
+        inventory shows the upstream ready again in the zone before the restore was recorded.
+
+        The SLO is restore -> back in-zone, and the restore is the instant the zone's instance is back: kill_pod
+        records it at the replacement's first `ready` event, but a timeline that wrote it later (one that waited
+        for readiness before writing it, a game day's hand-written record) moved the start of the clock, and a
+        mesh that took 12 s to send the zone's calls back to a ready replacement passed a 10 s maxRecoveryS when
+        the record came 5 s after the readiness: same mesh, another verdict by when a line was written. The
+        failover window already ends at that readiness (`_failover_end`); the recovery now starts from it. A
+        held fault (unready, partition, link) is recorded before it is undone, its readiness after: the restore.
+        Only for an upstream the fault itself took down (its `services`): another outage of it that ended during
+        a fault of something else is not this fault's end.
+        """
+        assert f.restore is not None
+        if upstream not in f.services:
+            return f.restore
+        spans = [(lo, hi) for lo, hi in self.run.down.get(self.run.up_key(f.zone, upstream), [])
+                 if (hi is None or hi > f.inject) and lo <= f.restore]  # fmt: skip
+        if any(hi is None or hi >= f.restore for _, hi in spans):
+            return f.restore  # still (or again) down at the restore: back only after it
+        ends = [hi for _, hi in spans if hi is not None]
+        return max(ends) if ends else f.restore
+
+    def _recovery_window(
+        self, f: Fault, u: str, callers: list[str], hi: float, nxt: float | None, since: float | None = None
+    ) -> Window:
+        """The pair's recovery after `f`'s restore (`since`: the instant the upstream was back, `_back_at`): in-zone
+        again before the pair's next outage, if it was.
 
         The window first ends where the pair's upstream next went down or
         spilled after the restore (an unplanned restart, a replica unready):
@@ -549,18 +577,17 @@ class FaultMeasurer(CheckBase):
         impact window then charged with the primary's declared losses.
         """
         assert f.restore is not None
+        start = f.restore if since is None else since
         good = self.expected_sql(f.zone, u)
         later = sorted(
             {lo for lo, _ in self._not_whole(f.zone, u) if f.restore < lo < hi}
             | {g.inject for g in self._shared_outages(f, u) if f.restore < g.inject < hi}
         )
         for cut in later:
-            w = self._measure(
-                f.zone, u, callers, f.restore, cut, good, hi_open=True, next_fault=nxt, stale_sql=NO_HOST_SQL
-            )
+            w = self._measure(f.zone, u, callers, start, cut, good, hi_open=True, next_fault=nxt, stale_sql=NO_HOST_SQL)
             if w.instant is not None:
                 return w
-        return self._measure(f.zone, u, callers, f.restore, hi, good, next_fault=nxt, stale_sql=NO_HOST_SQL)
+        return self._measure(f.zone, u, callers, start, hi, good, next_fault=nxt, stale_sql=NO_HOST_SQL)
 
     def _pods_left_out(self, f: Fault, u: str, callers: list[str], hi: float) -> str:
         """Why a pod of `u` in fault `f`'s zone, ready after the restore, is shown never taken back into service by

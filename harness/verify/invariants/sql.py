@@ -107,7 +107,9 @@ DEFINITIONS = {
     "the window begins at the inject and ends (exclusive) at the restore or when the upstream is up again in the "
     "zone, whichever is first",
     "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop and the "
-    "last failed hop that found no upstream host, minus restore; measured up to the pair's next outage or spill "
+    "last failed hop that found no upstream host, minus restore (or minus the instant the inventory shows the "
+    "upstream ready again in the zone, when that came before the restore's record: the clock of a restore recorded "
+    "late starts at the readiness); measured up to the pair's next outage or spill "
     "after the restore, or a later fault elsewhere that takes down a Region-only service the pair's upstream "
     "calls (their misplaced and failed hops are their own), "
     "past it only when the pair was not back before it; a recovery not shown before the zone's next fault, which "
