@@ -28,6 +28,7 @@ models an older timeline that wrote it later.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Iterator
@@ -188,8 +189,14 @@ def _ms(ts: float) -> int:
     return int(ts * 1000 + 1e-6)
 
 
+@functools.lru_cache(maxsize=4096)
+def _envoy_second(s: int) -> str:
+    """START_TIME's whole-second part (every hop of a second shares it: formatted once, not per line)."""
+    return datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _envoy_time(ms: int) -> str:
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    return f"{_envoy_second(ms // 1000)}.{ms % 1000:03d}Z"
 
 
 class _Model:
@@ -197,6 +204,10 @@ class _Model:
         self.sc = sc
         self.t = sc.topology
         self.rng = random.Random(sc.seed)
+        # consul() and cluster() per argument tuple: pure functions of the topology, asked once per hop and line
+        # (half the time a busy synthetic run took to write)
+        self._consul_names: dict[tuple[str, str], str] = {}
+        self._clusters: dict[tuple[str, str, str, str | None], str] = {}
         self.azs = [z.name for z in self.t.region_zones]
         self.lzs = [z.name for z in self.t.edge_zones]
         self.zone_index = {z.name: i for i, z in enumerate(self.t.zones)}
@@ -264,10 +275,14 @@ class _Model:
         )
 
     def consul(self, service: str, zone: str) -> str:
-        try:
-            return consul_name(self.t, self.t.service(service), self.t.zone(zone), self.t.edition)
-        except KeyError:
-            return service
+        key = (service, zone)
+        if (name := self._consul_names.get(key)) is None:
+            try:
+                name = consul_name(self.t, self.t.service(service), self.t.zone(zone), self.t.edition)
+            except KeyError:
+                name = service
+            self._consul_names[key] = name
+        return name
 
     def _add(self, service: str, zone: str, ts: float, ip: str | None = None, ready: bool = True) -> _Pod:
         short = self.t.short(zone)
@@ -370,10 +385,13 @@ class _Model:
         place in the chain, 0 the primary): the name never says which zone a child's hosts are in, only its
         index does (0: the caller's own zone; any other: a failover target, the Region or, misconfigured,
         another Local Zone)."""
-        chain = self.chains.chain(caller, caller_zone, upstream)
-        name = self.consul(upstream, caller_zone)
-        target = self.consul(upstream, served_zone) if served_zone else name
-        return chain.children[0 if target == name else min(1, len(chain.children) - 1)]
+        key = (caller, caller_zone, upstream, served_zone)
+        if (child := self._clusters.get(key)) is None:
+            chain = self.chains.chain(caller, caller_zone, upstream)
+            name = self.consul(upstream, caller_zone)
+            target = self.consul(upstream, served_zone) if served_zone else name
+            child = self._clusters[key] = chain.children[0 if target == name else min(1, len(chain.children) - 1)]
+        return child
 
     def count(self, caller: str, cluster: str, host: str, rq: int = 1, cf: int = 0, err: int = 0) -> None:
         c = self.counters.setdefault((caller, cluster, host), [0, 0, 0, 0, 0])
