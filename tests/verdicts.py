@@ -7,7 +7,9 @@ JSON round trip (`Verdict.from_dict`) is checked on the way.
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import jsonschema
 
 from harness.verify import SCHEMA_PATH, Verdict
 from harness.verify import verify as _verify
+from harness.verify.synth import Scenario, write_run
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
@@ -32,6 +35,28 @@ def verify(run_dir: Path | str) -> Verdict:
     return check_schema(_verify(run_dir))
 
 
+class Pristine:
+    """Synthetic runs written once and copied for each use (a module-scoped fixture's: `Pristine(root)`).
+
+    Why: write_run is seeded (`Scenario.seed`) and writes nothing of the directory it is given, so a copy is byte
+    for byte the run it would write again; a busy 90-second run takes seconds to write and a test that edits or
+    judges the same scenario several ways paid that each time. Each copy is the test's own to edit; the pristine
+    run is never verified (verify caches the hops it builds in the directory).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._runs: dict[str, Path] = {}
+
+    def run(self, dest: Path, sc: Scenario) -> Path:
+        """A fresh copy of `sc`'s run at `dest` (written once per `Pristine`, keyed by the scenario's repr)."""
+        key = repr(sc)
+        if (src := self._runs.get(key)) is None:
+            src = self._runs[key] = write_run(self.root / f"run-{len(self._runs)}", sc)
+        shutil.copytree(src, dest)
+        return dest
+
+
 # -- editing a run directory's records (the tests that plant a behaviour into a synthetic run) --------------
 def rows(path: Path) -> list[dict[str, Any]]:
     """A JSON-lines record file as dicts."""
@@ -43,9 +68,20 @@ def write_rows(path: Path, records: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+@functools.lru_cache(maxsize=4096)
+def _utc_second(text: str) -> int:
+    return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
+
+
 def envoy_start(r: dict[str, Any]) -> float:
-    """An Envoy access-log line's START_TIME (UTC, milliseconds) as epoch seconds."""
-    return datetime.strptime(r["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    """An Envoy access-log line's START_TIME (UTC, milliseconds) as epoch seconds.
+
+    The float `datetime.timestamp()` gives for it (the microseconds over 10**6, rounded once), its whole-second
+    part parsed once per second: the clock tests shift every line of a busy run, and strptime per line was most
+    of their time."""
+    text = r["start_time"]
+    second, _, frac = text.rstrip("Z").partition(".")
+    return (_utc_second(second) * 10**6 + int(frac.ljust(6, "0"))) / 10**6
 
 
 def rebuilt(run_dir: Path) -> Path:
