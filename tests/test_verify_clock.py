@@ -18,10 +18,10 @@ import pytest
 
 from harness.contract.clock import CLOCK_CARRY_LIMIT_S, evaluate
 from harness.verify import COVERAGE
-from harness.verify.synth import FaultSpec, Scenario, write_run
+from harness.verify.synth import FaultSpec, Scenario
 from tests.test_verify_audit import why
 from tests.test_verify_soundness import KILL, LAX, T, failed
-from tests.verdicts import envoy_start, rows, verify, write_rows
+from tests.verdicts import SHARED, envoy_start, rows, verify, write_rows
 
 BEHIND = -0.3  # the nodes' clocks 300 ms behind the runner's
 # a failover over maxFailoverS (5 s): the kill's hops fail for 5.1 s, the last failed one 72 ms over it (a hop that
@@ -30,7 +30,7 @@ SLOW = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 
 
 
 def _run(tmp_path: Path, name: str, fault: FaultSpec) -> Path:
-    return write_run(tmp_path / name, Scenario(T, duration_s=90, rate_per_zone=4, faults=[fault]))
+    return SHARED.run(tmp_path / name, Scenario(T, duration_s=90, rate_per_zone=4, faults=[fault]))
 
 
 def _skew(d: Path, offset_s: float) -> Path:

@@ -38,7 +38,7 @@ from harness.verify import (
 )
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.conftest import REPO
-from tests.verdicts import verify
+from tests.verdicts import SHARED, verify
 
 T = load_topology()
 LAX, LAS, AZ = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2a"
@@ -49,7 +49,7 @@ KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 
 
 def run(tmp_path: Path, name: str = "run", **kw: Any) -> Path:
     sc = Scenario(T, duration_s=kw.pop("duration_s", 90), rate_per_zone=kw.pop("rate_per_zone", 4), **kw)
-    return write_run(tmp_path / name, sc)
+    return SHARED.run(tmp_path / name, sc)  # written once per test process, copied (tests.verdicts.Pristine)
 
 
 def failed(v: Verdict) -> set[str]:

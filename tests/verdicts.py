@@ -7,9 +7,11 @@ JSON round trip (`Verdict.from_dict`) is checked on the way.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,17 +46,32 @@ class Pristine:
     run is never verified (verify caches the hops it builds in the directory).
     """
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path | None = None) -> None:
+        self._root = root
         self._runs: dict[str, Path] = {}
 
+    @property
+    def root(self) -> Path:
+        if self._root is None:  # the process's own (SHARED), removed when it exits
+            self._root = Path(tempfile.mkdtemp(prefix="eh-pristine-"))
+            atexit.register(shutil.rmtree, self._root, True)
+        return self._root
+
     def run(self, dest: Path, sc: Scenario) -> Path:
-        """A fresh copy of `sc`'s run at `dest` (written once per `Pristine`, keyed by the scenario's repr)."""
+        """A fresh copy of `sc`'s run at `dest` (written once per `Pristine`, keyed by the scenario's repr).
+
+        A `dest` that exists already is written into as write_run writes into it (its access logs appended to)."""
+        if dest.exists():
+            return write_run(dest, sc)
         key = repr(sc)
         if (src := self._runs.get(key)) is None:
             src = self._runs[key] = write_run(self.root / f"run-{len(self._runs)}", sc)
         shutil.copytree(src, dest)
         return dest
+
+
+# the runs of the scenarios many modules share (test_verify_soundness.run's), per test process
+SHARED = Pristine()
 
 
 # -- editing a run directory's records (the tests that plant a behaviour into a synthetic run) --------------
