@@ -20,14 +20,14 @@ from harness.verify import COVERAGE, HUB_AND_SPOKE, SHARED_SERVICES
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import _with_replicas, why
 from tests.test_verify_soundness import AZ, KILL, LAS, LAX, T, failed
-from tests.verdicts import rebuilt, rows, verify, write_rows
+from tests.verdicts import SHARED, rebuilt, rows, verify, write_rows
 
 TWO_PRODUCT_APIS = _with_replicas("product-api", 2)
 COUNTED = "sent requests by their own counters but have no access-log line"
 
 
 def _pooled(tmp_path: Path, name: str, topology: Any = T, **kw: Any) -> Path:
-    return write_run(tmp_path / name, Scenario(topology, duration_s=90, rate_per_zone=4, pooled_tcp=True, **kw))
+    return SHARED.run(tmp_path / name, Scenario(topology, duration_s=90, rate_per_zone=4, pooled_tcp=True, **kw))
 
 
 def _added(run_dir: Path, zone: str, service: str) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from harness.topology import load_topology
 from harness.verify import AVAILABILITY, FALLBACK, LOCALITY
 from harness.verify.expected import dependants
 from harness.verify.synth import FaultSpec, Scenario, write_run
-from tests.verdicts import verify
+from tests.verdicts import SHARED, verify
 
 T = load_topology()
 AZ, LAX = "us-west-2a", "us-west-2-lax-1a"
@@ -49,7 +49,7 @@ def spof_run(tmp_path: Path, declaration: dict[str, Any] | None, errors_until: f
     # pods only; a Region-only pod removed under its callers is not what this test is about)
     sc = Scenario(T, duration_s=80, rate_per_zone=4, faults=[DB], replace_pods=False,
                   accesslogs="none" if ejected or aftermath_until else "local")  # fmt: skip
-    d = write_run(tmp_path / "run", sc)
+    d = SHARED.run(tmp_path / "run", sc)  # written once per test process, copied (tests.verdicts.Pristine)
     seen = [0]
 
     def fail(r: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from harness.errors import InputError
 from harness.topology import DEFAULT_TOPOLOGY, load_topology
 from harness.verify import AVAILABILITY, FALLBACK, HUB_AND_SPOKE, LOCALITY, SHARED_SERVICES
 from harness.verify.synth import FaultSpec, Scenario, write_run
-from tests.verdicts import verify  # every verdict is validated against the schema
+from tests.verdicts import SHARED, verify  # every verdict is validated against the schema
 
 T = load_topology()
 LAX, LAS, AZ = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2a"
@@ -28,7 +28,7 @@ KILL = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 
 
 def run(tmp_path: Path, **kw: object) -> Path:
     sc = Scenario(T, duration_s=90, rate_per_zone=4, **kw)  # type: ignore[arg-type]
-    return write_run(tmp_path / "run", sc)
+    return SHARED.run(tmp_path / "run", sc)  # written once per test process, copied (tests.verdicts.Pristine)
 
 
 def failed(v: object) -> set[str]:
