@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.backends.local.apps import postgres as pg_app
+from tests import test_pgready_lead as pgready
 
-ENV = {"POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "password", "POSTGRES_DB": "products"}
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    # not under pytest's basetemp: the copies are owned by postgres' own user when we are root
-    d = Path(tempfile.mkdtemp(prefix="eh-r50b-"))
-    d.chmod(0o711)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+ENV, _settings = pgready.ENV, pgready._settings
+root = pgready.root  # the fixture: a tmp dir postgres' own user can enter
 
 
 @pytest.fixture
@@ -46,20 +36,12 @@ def bins(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _kept(templates: Path, env: dict[str, str]) -> Path:
-    """A kept cluster for `env`'s key (as a start with that environment looks it up), with a marker file."""
-    s = pg_app.Settings.from_env({**env, "EH_POD_DIR": "/nonexistent"})
-    template = templates / pg_app.template_key(s, pg_app.bin_dir())
-    template.mkdir(parents=True)
-    (template / "PG_VERSION").write_text("18\n")
-    (template / "marker").write_text("seeded\n")
-    for i in range(20):  # a tree to copy, file after file
+    """test_pgready_lead's kept cluster, with a tree to copy file after file (a stop comes between two)."""
+    template = pgready._kept(templates, env)
+    for i in range(20):
         (template / "base" / str(i // 5)).mkdir(parents=True, exist_ok=True)
         (template / "base" / str(i // 5) / str(i)).write_bytes(b"x" * 4096)
     return template
-
-
-def _settings(pod: Path) -> pg_app.Settings:
-    return pg_app.Settings.from_env({**ENV, "EH_POD_DIR": str(pod)})
 
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch, binary: Path) -> list[Path]:
