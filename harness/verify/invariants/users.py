@@ -6,7 +6,7 @@ from functools import cached_property
 from typing import Any
 
 from harness.columnar import REQUESTS, state_file
-from harness.contract.clock import CLOCK_CARRY_LIMIT_S, CLOCK_TOLERANCE_S, RunClock
+from harness.contract.clock import CLOCK_TOLERANCE_S, RunClock
 from harness.contract.requestid import REQUEST_ID_HEADER
 from harness.contract.rundir import (
     ACCESS_LOG_FLUSH,
@@ -1219,13 +1219,9 @@ class UserChecks(CheckBase):
     def _wide_slack(self) -> float:
         """`SILENT_GAP_SLACK_S`, or where a zone's measured clock bound is wider than the tolerance (a far runner),
         twice the widest such bound plus Envoy's stamps: what is dated against a primitive's record on the
-        runner's clock may lie that far off on any zone's (the rules carry the bound: `_clock_checks`)."""
-        clock = self.run.clock
-        if clock is None:
-            return float(SILENT_GAP_SLACK_S)
-        widest = max(
-            (min(b, CLOCK_CARRY_LIMIT_S) for z in self.t.zones if (b := clock.bound(z.name)) is not None), default=0.0
-        )
+        runner's clock may lie that far off on any zone's (the rules carry the bound: `_clock_checks`; 0 on one
+        clock, and for a zone not measured, which is unverified anyway)."""
+        widest = max((self._capped_bound(z.name) for z in self.t.zones), default=0.0)
         return max(float(SILENT_GAP_SLACK_S), 2 * widest + 2 * HOP_TS_SLACK_S)
 
     def _gap_slack_sql(self, caller_zone_sql: str, serving_zone_sql: str) -> str:
