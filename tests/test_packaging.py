@@ -80,11 +80,15 @@ def test_the_loader_does_not_import_the_renderer() -> None:
 def test_down_all_goes_through_the_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     from harness.backends.local import backend as lb
+    from harness.backends.local.cluster.pods import PG_TEMPLATES
 
     root = tmp_path / "state"
     (root / "ehb").mkdir(parents=True)
     (root / "eha").mkdir()
     (root / "stray.json").write_text("{}")  # not a cluster's directory
+    # nor the machine's seeded postgres clusters beside them, which every local `up` leaves there (`--all` refused
+    # its name as a cluster's and tore none down)
+    (root / PG_TEMPLATES / "0123abcd").mkdir(parents=True)
     downed: list[str] = []
     monkeypatch.setattr(lb, "DEFAULT_STATE_ROOT", root)
     monkeypatch.setattr(lb.LocalBackend, "down", lambda self: downed.append(self.state_dir.name))

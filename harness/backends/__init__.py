@@ -132,7 +132,10 @@ def down_all() -> list[str]:
     from harness.backends.local.backend import DEFAULT_STATE_ROOT, LocalBackend
 
     root = DEFAULT_STATE_ROOT
-    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    # a cluster's name is letters and digits; a hidden directory beside the clusters is the machine's own (the
+    # seeded postgres clusters every `up` keeps there): taken for a cluster, its name was refused and no
+    # cluster after it was torn down
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
     for name in names:
         LocalBackend(cluster=name).down()
     return names
