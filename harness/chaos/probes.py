@@ -20,7 +20,13 @@ from harness.chaos.roles import RoleError, resolve_zone
 from harness.contract.users import USER_TIMEOUT
 from harness.errors import BackendError
 
-COFFEES = {"query": "{ coffees { id name } }"}
+SHOP_QUERY = {"query": '{ coffee(id: "1") { id name } }'}
+"""What a probe asks each zone's shop: one coffee's detail (the frontend's `GetCoffee`), the whole chain a
+user's request takes (entry, public-api, product-api, postgres in the Region over the zone's service link),
+its product-api asking postgres twice (the coffee, its ingredients). The coffees list asked postgres 1 + 9
+times (one query per coffee's ingredients, as the image does), each a round trip over the link: 0.45 s a look
+from a Wavelength Zone where this takes 0.1 s, paid by every steady-state check before and after every
+experiment, for no answer the detail does not give (a zone whose chain or database is down fails both)."""
 POLL_S = 0.5  # how often a probe asks while it waits (all_pods_ready: a status call lists every pod)
 # the shop "answers" for a probe exactly when it would for a user (it gave up after 5 s: a correct, slow answer
 # was "none")
@@ -92,7 +98,7 @@ def zone_has_ready(zone: str, service: str, configuration: dict[str, Any] | None
 
 
 def shop_answers(zone: str, within_s: float | None = None, configuration: dict[str, Any] | None = None) -> int:
-    """HTTP status of a coffees query entering at `zone` (0 when no response): 200 once it answers 200 within
+    """HTTP status of a `SHOP_QUERY` entering at `zone` (0 when no response): 200 once it answers 200 within
     `within_s` seconds (default the topology's `slo.maxRecoveryS`), else its last status.
 
     Asked once, as `every_shop_answers` was before it waited: the steady state after a kill of LAX's product-api
@@ -117,7 +123,7 @@ def _tls() -> ssl.SSLContext:
 
 def _shop_status(url: str, client: httpx.Client) -> int:
     try:
-        r = client.post(f"{url}/api", json=COFFEES)
+        r = client.post(f"{url}/api", json=SHOP_QUERY)
     except httpx.HTTPError as exc:  # 0 says only "no answer": the log says which (refused, reset, timed out)
         logger.warning("shop probe: no answer from %s/api: %s: %s", url, type(exc).__name__, exc)
         return 0
