@@ -611,6 +611,7 @@ def run_e2e(
     scratch = contextlib.ExitStack()  # the manifests checked before the run directory exists, until copied there
     checked: Manifests | None = None
     try:
+        backend.prestart()  # local: the daemon imports while the inputs are checked (ended by `close` on a refusal)
         # bad input, or a fault the cluster cannot do where the backend can tell now (EKS): no run dir, no cluster
         planned = check_inputs(opts, backend, topology)
         if name == "existing":  # destructive chaos on someone else's cluster: the plan only, unless --execute

@@ -130,6 +130,9 @@ class _StopsAtUp:
     def require_capability(self, primitive: str, zone: str | None = None) -> None:
         """Every fault is possible (the run stops at `up`)."""
 
+    def prestart(self) -> None:
+        """Starts nothing ahead."""
+
     def check_tools(self) -> None:
         """Needs no outside tool."""
 

@@ -41,8 +41,10 @@ def manifests_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(manifests_dir: Path) -> Iterator[LocalBackend]:
+    """Brought up as e2e brings its cluster up: the daemon prestarted (`down` must still know and stop it)."""
     b = LocalBackend(cluster=CLUSTER)
     b.down()
+    b.prestart()
     try:
         b.up(load(manifests_dir))
         yield b

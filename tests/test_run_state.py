@@ -51,6 +51,9 @@ class _FailingBackend:
     def require_capability(self, primitive: str, zone: str | None = None) -> None:
         """Every fault is possible (the run stops at `up` anyway)."""
 
+    def prestart(self) -> None:
+        """Starts nothing ahead."""
+
     def check_tools(self) -> None:
         """Needs no outside tool."""
 

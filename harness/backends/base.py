@@ -407,6 +407,10 @@ class Lifecycle(ABC):
     def save_artifacts(self, out: Path) -> None:
         """For the post-mortem: whatever the backend can hand over (pod logs, events, Envoy config dumps)."""
 
+    def prestart(self) -> None:  # noqa: B027 - a no-op is right for backends with nothing to start ahead
+        """Start now, for the next `up`, what needs no manifests (local: the daemon's interpreter and imports),
+        so that it runs while the caller checks its inputs and renders; `close` ends what `up` did not take."""
+
     def check_tools(self) -> None:  # noqa: B027 - a no-op is right for backends that need no outside tool
         """BackendError naming the first tool `up` and chaos will need that is not here (kind: docker, kind, helm,
         kubectl). Asked before anything starts (no run directory, no rendered copy), not first inside `up`."""

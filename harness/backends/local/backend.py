@@ -40,6 +40,7 @@ from harness.backends.base import (
     answers_from_json,
     chaos_arguments,
 )
+from harness.backends.local.daemon import PrestartedDaemon
 from harness.contract.inventory import Inventory
 from harness.contract.rundir import ACCESSLOG_DIR, ENTRYPOINTS_FILE, INVENTORY_FILE
 from harness.errors import BackendError
@@ -86,6 +87,18 @@ class LocalBackend(Backend):
         self.state_dir = (state_root or DEFAULT_STATE_ROOT) / cluster
         self._admin: httpx.Client | None = None  # kept: a snapshot asks every sidecar at once
         self._admin_lock = threading.Lock()
+        self._waiting: PrestartedDaemon | None = None  # `prestart`, until `up` takes it or `close` ends it
+
+    def prestart(self) -> None:
+        """The daemon's interpreter and imports, started now for the next `up` (`PrestartedDaemon` says why)."""
+        from harness.prestart import may_idle
+
+        if self._waiting is None:
+            self._waiting = PrestartedDaemon(may_idle(), self._known_args())
+
+    def _known_args(self) -> list[str]:
+        """The daemon's arguments known before its manifests; `_daemon_pid` finds its state directory in them."""
+        return ["--state-dir", str(self.state_dir), "--cluster", self.cluster]
 
     # -- daemon plumbing ---------------------------------------------------------
     def _phase(self) -> dict[str, Any]:
@@ -158,12 +171,16 @@ class LocalBackend(Backend):
             from harness.backends.local.state import proc_starttime
 
             owner = f"{os.getpid()}:{proc_starttime(os.getpid())}"
-            with (self.state_dir / "daemon.out").open("ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "harness.backends.local.daemon", "--manifests", str(manifests.root),
-                     "--state-dir", str(self.state_dir), "--cluster", self.cluster, "--owner", owner],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                )  # fmt: skip
+            rest = ["--manifests", str(manifests.root), "--owner", owner]
+            waiting, self._waiting = self._waiting, None
+            if waiting is not None:  # `prestart`: imported already
+                proc = waiting.go(rest, self.state_dir / "daemon.out")
+            else:
+                with (self.state_dir / "daemon.out").open("ab") as log:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "harness.backends.local.daemon", *self._known_args(), *rest],
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    )  # fmt: skip
             (self.state_dir / "daemon.pid").write_text(str(proc.pid))
             self._wait_ready(proc, say)
         except BaseException:
@@ -454,11 +471,14 @@ class LocalBackend(Backend):
             raise BackendError(f"artifacts: {r.json().get('error')}")
 
     def close(self) -> None:
-        """Close the admin API client (the cluster stays up)."""
+        """Close the admin API client (the cluster stays up), and end a prestarted daemon `up` never took."""
         with self._admin_lock:
             client, self._admin = self._admin, None
         if client is not None:
             client.close()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.close()
 
     def raw_status(self) -> dict[str, Any]:
         return dict(self._get("/status"))

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import Any
 
 from harness.backends.base import CHAOS_METHODS, answers_to_json, dispatch, each_admin
 from harness.errors import HarnessError
+from harness.prestart import IDLE_FLAG, Waiting, idle_asked, take_order
 
 CHAOS_OPS = frozenset(CHAOS_METHODS)  # declared once, in base.PRIMITIVES
 
@@ -203,7 +205,63 @@ def _watch_owner(owner: int, owner_start: int, signals: _Signals) -> None:
         time.sleep(0.2)
 
 
+WAIT_FLAG = "--wait-order"  # prestarted (`PrestartedDaemon`): import, then wait on stdin for the command line
+
+
+class PrestartedDaemon(Waiting):
+    """A daemon started before `up` knows its manifests: it imports what a start needs and waits for its command
+    line (`LocalBackend.prestart`).
+
+    Why: the start's imports (the topology model, the mesh compiler, the certificates: ~0.45 s on a quiet 2-core
+    machine, more under load) came first on the bring-up's critical path, while `harness e2e` checked its inputs
+    and rendered the manifests with the other core idle. Prestarted, they run meanwhile, at the idle class where
+    this process may (`harness.prestart`). Its stdout and stderr go to the state directory's daemon.out once it
+    has one (the order names it), as a daemon started by `up` has them; closed unused, it exits 0.
+
+    `known`: `main`'s arguments known before the manifests, on its command line from the start: `down` and a
+    later `up` know their daemon by its state directory there (`LocalBackend._daemon_pid`); the order adds
+    the rest.
+    """
+
+    def __init__(self, idle: bool, known: list[str]) -> None:
+        self.idle = idle
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.backends.local.daemon", WAIT_FLAG, *([IDLE_FLAG] if idle else []), *known],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+
+    def go(self, rest: list[str], out: Path) -> subprocess.Popen[bytes]:
+        """Start the cluster with `rest` of `main`'s arguments, its output appended to `out`; the process."""
+        return self.send({"argv": rest, "out": str(out)})
+
+
+def _start_imports() -> None:
+    """What the start imports first (`main`), paid by a prestarted daemon before its order."""
+    from harness.backends.local.cluster import LocalCluster  # noqa: F401
+    from harness.backends.local.consul_api import ConsulApiServer  # noqa: F401
+    from harness.render.manifests import load  # noqa: F401
+
+
+def _ordered() -> list[str] | None:
+    """A prestarted daemon's command line (None: closed unused), its stdout and stderr then on the order's file."""
+    idle = idle_asked()
+    _start_imports()
+    order = take_order(idle)
+    if order is None:
+        return None
+    fd = os.open(order["out"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    known = [a for a in sys.argv[1:] if a not in (WAIT_FLAG, IDLE_FLAG)]
+    return [*known, *(str(a) for a in order["argv"])]
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and WAIT_FLAG in sys.argv[1:]:
+        argv = _ordered()
+        if argv is None:
+            return 0  # closed unused: nothing to start
     ap = argparse.ArgumentParser(prog="harness-local-daemon")
     ap.add_argument("--manifests", required=True, type=Path)
     ap.add_argument("--state-dir", required=True, type=Path)
