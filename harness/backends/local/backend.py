@@ -88,6 +88,7 @@ class LocalBackend(Backend):
         self._admin: httpx.Client | None = None  # kept: a snapshot asks every sidecar at once
         self._admin_lock = threading.Lock()
         self._waiting: PrestartedDaemon | None = None  # `prestart`, until `up` takes it or `close` ends it
+        self._brought_up: Manifests | None = None  # the manifests this object's `up` started the cluster with
 
     def prestart(self) -> None:
         """The daemon's interpreter and imports, started now for the next `up` (`PrestartedDaemon` says why)."""
@@ -183,6 +184,7 @@ class LocalBackend(Backend):
                     )  # fmt: skip
             (self.state_dir / "daemon.pid").write_text(str(proc.pid))
             self._wait_ready(proc, say)
+            self._brought_up = manifests
         except BaseException:
             self._abort_up(proc, say)
             raise
@@ -276,6 +278,7 @@ class LocalBackend(Backend):
     def down(self) -> None:
         from harness.backends.local.state import cleanup
 
+        self._brought_up = None
         pid = self._daemon_pid()
         if pid is not None:
             self._stop_daemon(pid)
@@ -322,6 +325,8 @@ class LocalBackend(Backend):
             root = (self.state_dir / "manifests.path").read_text().strip()
         except FileNotFoundError:
             raise BackendError(f"local cluster {self.cluster!r} was never brought up (no manifests recorded)") from None
+        if self._brought_up is not None and str(Path(self._brought_up.root).resolve()) == root:
+            return self._brought_up  # what this process's `up` read: preflight asked twice, ~0.1 s of YAML each
         return load(root)
 
     def status(self) -> Status:
