@@ -78,7 +78,10 @@ def _shop_rtt_ms(url: str, n: int = 8) -> float:
 def test_each_zone_entry_carries_its_users_latency(cluster: LocalBackend) -> None:
     entry = cluster.entrypoints()
     lax, las = _shop_rtt_ms(entry[LAX]), _shop_rtt_ms(entry[LAS])
-    assert LAX_USER_MS - 1 <= lax < LAX_USER_MS + 40, lax
+    # at least the users' round trip (a relay adds latency, never removes it); under twice it, the mark that tells a
+    # round trip's latency paid once from one paid each way (160 ms): not a margin over this machine's speed, which
+    # +40 ms was (a best of 8 on a loaded CI machine can come close to that without any defect)
+    assert LAX_USER_MS - 1 <= lax < 2 * LAX_USER_MS - 1, lax
     assert las < LAX_USER_MS / 2, las  # 4 ms users (the shipped value), not LAX's 80
     status = cluster.raw_status()
     users = status.get("user_netns", {})
