@@ -44,7 +44,6 @@ from harness.contract.rundir import (
     REQUESTS_FILE,
     record_problem,
 )
-from harness.contract.settled import LINK_BASELINE_HOPS
 from harness.contract.users import WAIT_ENV, users_quiet_bound
 from harness.errors import DryRun, InputError
 from harness.preflight import gate as preflight_gate
@@ -353,34 +352,6 @@ def warm_need(zones: list[str], planned: list[PlannedExperiment], topology: Topo
     return {z: WARM_REQUESTS if z in acted else BUDGET_AFTER_REQUESTS for z in zones}
 
 
-def link_baseline_need(planned: list[PlannedExperiment], topology: Topology) -> dict[str, int]:
-    """Successful requests through /api each Local Zone's users need after the run settled (the probe budget's
-    decision), before the first fault: LINK_BASELINE_HOPS for a zone whose first fault of the plan to reach its
-    link is a degradation, none for any other.
-
-    A degraded link is judged against the zone's hops that wait on the link from the run's settled instant on
-    (harness.contract.settled), outside the faults that reach the link: the zone's own and the Region's. The
-    first such fault of the plan has only the warm-up before it; the warm-up's own need is met mostly before
-    the budget decides (its windows carry the requests), so a degradation begun at once had too few settled
-    hops to be judged (unverified). Each /api request makes such a hop (product-api queries postgres in the
-    Region). A later fault's baseline lies between faults, and a zone whose first such fault takes pods or the
-    zone down is judged by its failover, not by a baseline: neither waits.
-    """
-    from harness.chaos.actions import RESTORES, degrade_link
-
-    region = {z.name for z in topology.region_zones}
-    first: dict[str, str] = {}  # Local Zone -> the function of the plan's first fault that reaches its link
-    for p in planned:
-        for func, zones in p.steps:
-            if func in RESTORES:
-                continue
-            in_region = bool(region & set(zones))
-            for z in topology.edge_zones:
-                if z.name not in first and (in_region or z.name in zones):
-                    first[z.name] = func
-    return {z: LINK_BASELINE_HOPS for z, func in first.items() if func == degrade_link.__name__}
-
-
 def probes_from_below(traffic: TrafficRunner, served: RequestWatch) -> ProbeBudget:
     """The run's probe budget, with its probes set to start at their slowest: call before the traffic starts.
 
@@ -397,9 +368,10 @@ def probes_from_below(traffic: TrafficRunner, served: RequestWatch) -> ProbeBudg
 
 
 def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, say: Callable[[str], None],
-            need: Mapping[str, int] | None = None, baseline: Mapping[str, int] | None = None) -> None:  # fmt: skip
+            need: Mapping[str, int] | None = None) -> None:  # fmt: skip
     """Every zone's users served `need` (default: WARM_REQUESTS each) before the first fault, the probe budget
-    measured meanwhile, and `baseline` (`link_baseline_need`) of them through /api after its decision.
+    measured meanwhile. (A link's settled baseline is its first degradation's to wait for:
+    `harness.chaos.actions.degrade_link`.)
 
     The probe budget (harness.traffic.budget: probes no faster than this
     machine carries) measures the running shop, not its start, so it starts
@@ -408,8 +380,7 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
     towards the warm-up's. Its line is said when the warm-up is complete: a
     game day's chaos waits for it. `budget` None: locust workers
     in the zones' pods, which do not read the budget's file: no decision, so
-    the verdict reads a link's baseline from the whole warm-up and `baseline`
-    is not waited for. `bound_s` is how long a zone still short may gain no
+    the verdict reads a link's baseline from the whole warm-up. `bound_s` is how long a zone still short may gain no
     request (`RequestWatch.wait`'s `stalled`; one `Stall` for all its waits, so
     once, not once per wait), not the warm-up's length, so the
     line always means the warm-up is complete on a mesh that serves every
@@ -422,19 +393,14 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
     from harness.traffic import Stall
 
     summary = None
-    settled: float | None = None
     stall = Stall(served.clock())  # one no-progress clock for the waits below: the bound is the warm-up's, once
     if budget is not None:
         served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s, stalled=stall)
-        decision = budget.settle()
-        summary, settled = decision.summary(), decision.settled_at()
+        summary = budget.settle().summary()
     warm = WARM_REQUESTS if need is None else need
     short: list[str] = []
     if not served.wait(0.0, warm, bound_s, stalled=stall):
         short += [f"{z} {had} of {k} requests" for z, (had, k) in served.short_of(0.0, warm).items()]
-    if baseline and settled is not None and not served.wait(settled, baseline, bound_s, api=True, stalled=stall):
-        short += [f"{z} {had} of {k} through /api since the budget settled"
-                  for z, (had, k) in served.short_of(settled, baseline, api=True).items()]  # fmt: skip
     if short:
         say(f"warm-up: incomplete, a zone short of them gained none for {bound_s:g} s ({', '.join(short)}): "
             "the verdict says what that leaves unverified")  # fmt: skip
@@ -488,14 +454,8 @@ def record_traffic(
                 try:
                     # the game day's chaos waits for the budget's line: probes sized to the machine before any fault
                     # (the `harness` process writes stdout a line at a time, also into a pipe: harness.__main__)
-                    # any zone's link may be degraded first: each has a settled baseline (link_baseline_need)
-                    warm_up(
-                        budget,
-                        served,
-                        WARMUP_BOUND_S,
-                        print,
-                        baseline=dict.fromkeys(entry, LINK_BASELINE_HOPS),
-                    )
+                    # (a link's first degradation waits for its settled baseline itself: actions.degrade_link)
+                    warm_up(budget, served, WARMUP_BOUND_S, print)
                     traffic.wait(timeout=duration_s + START_GRACE_S)
                 except KeyboardInterrupt as exc:  # the operator ended the traffic: collect, then say so
                     stopped = exc
@@ -692,9 +652,7 @@ def run_e2e(
                 with runner:
                     mark_run(run_dir, "traffic")
                     # every zone's users served before the first fault, not a fixed pause (warmup_s: none gained)
-                    need = warm_need(list(entry), planned, topology)
-                    baseline = link_baseline_need(planned, topology)
-                    warm_up(budget, served, opts.warmup_s, say, need=need, baseline=baseline)
+                    warm_up(budget, served, opts.warmup_s, say, need=warm_need(list(entry), planned, topology))
                     res: ChaosResult | None = None  # the experiment just run: its steady state after may be the next
                     for i, p in enumerate(planned):  # one's before (run_planned: no question asked twice in a row)
                         mark_run(run_dir, "chaos")

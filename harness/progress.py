@@ -38,6 +38,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from harness.chaos.timeline import records
 from harness.contract.rundir import CHAOS_DIR, CHAOS_FILE, JOURNAL_FILE, RUN_FILE
 
 POLL_S = 0.5
@@ -131,17 +132,7 @@ def read_run_dir(run_dir: Path) -> Snapshot:
             snap.started.append(d.name)
             if (d / JOURNAL_FILE).exists():
                 snap.finished.append(d.name)
-    try:
-        lines = (run_dir / CHAOS_FILE).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        lines = []
-    for raw in lines:
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            continue  # the chaos process is writing this line right now
-        if not isinstance(rec, dict) or "fault" not in rec:
-            continue
+    for rec in records(run_dir / CHAOS_FILE):
         if rec.get("phase") == "inject":
             snap.active[str(rec["fault"])] = rec
             snap.events.append(rec)

@@ -136,30 +136,6 @@ def test_the_cool_down_counts_the_shoppers_not_the_zone_probes(tmp_path: Path) -
     assert w.wait(0.0, 1, 0.05, probes=False) is True
 
 
-def test_a_plan_whose_first_fault_on_a_link_degrades_it_asks_a_settled_baseline_there() -> None:
-    """A degraded link is judged against the zone's hops after the run settled (harness.contract.settled); only
-    the first fault of the plan that reaches the zone's link (the zone's own or the Region's) has nothing but the
-    warm-up before it, so e2e asks a baseline of that zone when that fault is a degradation, and of no other."""
-    from harness.chaos import plan_run
-    from harness.chaos.experiment import SHIPPED_EXPERIMENTS as EXPERIMENTS_DIR
-    from harness.contract.settled import LINK_BASELINE_HOPS
-    from harness.e2e import link_baseline_need
-    from harness.topology.model import load_topology
-
-    t = load_topology()
-    link = plan_run([EXPERIMENTS_DIR / "service-link.json"], t, None)
-    assert link[0].steps[0][0] == "degrade_link"
-    zone = link[0].steps[0][1][0]
-    assert link_baseline_need(link, t) == {zone: LINK_BASELINE_HOPS}
-    region = plan_run([EXPERIMENTS_DIR / "az-node-loss.json"], t, None)
-    assert link_baseline_need(region + link, t) == {}  # a Region fault reaches every link first
-    assert link_baseline_need(link + region, t) == {zone: LINK_BASELINE_HOPS}
-    kill = plan_run([EXPERIMENTS_DIR / "node-kill.json"], t, None)
-    assert link_baseline_need(kill, t) == {}  # no degradation
-    killed = {z for _f, zs in kill[0].steps for z in zs}
-    assert link_baseline_need(kill + link, t) == ({} if zone in killed else {zone: LINK_BASELINE_HOPS})
-
-
 class _Decided:
     """A probe budget that decides at once, its last window ending at `end` (the requests' clock)."""
 
@@ -175,34 +151,6 @@ class _Decided:
 
 def _api(ts: float, zone: str, endpoint: str = "coffees") -> str:
     return json.dumps({"ts": ts, "zone": zone, "status": 200, "ok": True, "endpoint": endpoint}) + "\n"
-
-
-def test_the_warm_up_waits_for_a_settled_baseline_only_when_asked(tmp_path: Path) -> None:
-    """With a degradation first on zone a's link (`baseline`), the warm-up waits for 5 requests through /api
-    that began after the budget's decision: the warm-up's own 20 (before it) and the shop's page (nginx answers
-    it, no hop crosses the link) do not count. Without (`baseline` empty: the first fault is not a degradation),
-    it returns once its own need is met."""
-    from typing import cast
-
-    from harness.contract.settled import LINK_BASELINE_HOPS
-    from harness.e2e import warm_up
-    from harness.traffic import ProbeBudget
-
-    path = tmp_path / "requests.jsonl"
-    path.write_text("".join(_api(1.0 + i / 10, "a") for i in range(20)) + _api(101.0, "a", "shop") * 10)
-    budget = cast(ProbeBudget, _Decided(100.0))
-    said: list[str] = []
-    sched = Schedule(path)
-    warm_up(budget, sched.watch(["a"]), 5.0, said.append, need={"a": 20}, baseline={})
-    assert sched.clock.now == 0.0 and said  # not asked: no wait (its line said)
-
-    settled = "".join(_api(101.0 + i / 10, "a", "probe") for i in range(LINK_BASELINE_HOPS))
-    sched = Schedule(path, [(0.4, settled)])
-    warm_up(budget, sched.watch(["a"]), 5.0, said.append, need={"a": 20}, baseline={"a": LINK_BASELINE_HOPS})
-    assert sched.clock.now == pytest.approx(0.4)  # until the settled /api requests came, not its bound
-    sched = Schedule(path)
-    warm_up(budget, sched.watch(["a"]), 0.5, said.append, baseline={"a": LINK_BASELINE_HOPS + 1})
-    assert sched.clock.now == pytest.approx(0.5)  # one short: bounded, and the verdict then says unverified
 
 
 def test_a_game_days_warm_up_waits_for_a_zone_served_slowly_and_gives_up_on_one_not_served(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ and at exit), so no watcher thread outlives the experiment.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import threading
@@ -36,7 +37,7 @@ from harness.backends import BackendOptions, connect
 from harness.backends.base import PRIMITIVES, Backend, control_plane_refusal, dispatch, node_to_stop
 from harness.chaos import expected
 from harness.chaos.roles import RoleError, parse_role, resolve_zone
-from harness.chaos.timeline import FaultKind, record
+from harness.chaos.timeline import FaultKind, record, records
 from harness.errors import BackendError, HarnessError
 from harness.interrupt import nap
 from harness.topology import Topology
@@ -499,10 +500,14 @@ def degrade_link(
     duration_s: float = 10.0,
     configuration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Add latency / loss on the zone's service link for `duration_s`: traffic must stay in-zone."""
+    """Add latency / loss on the zone's service link for `duration_s`: traffic must stay in-zone.
+
+    The zone's first such fault waits for its settled baseline first (`_settled_baseline`)."""
     b = _backend(configuration)
     zone = _zone(b, zone, configuration)
     fault = _fault_id("link", zone)
+    b.require_capability("set_link", zone)  # refused before it waits (and again, before anything is recorded)
+    _settled_baseline(b, zone)
     # refused (nothing recorded) where the cluster cannot shape links: EKS, kind without sch_netem
     _held_fault(
         b, "set_link", {"zone": zone, "latency_ms": latency_ms, "loss_percent": loss_percent}, fault,
@@ -511,6 +516,54 @@ def degrade_link(
     )  # fmt: skip
     _snapshot(b, f"restore {fault}")
     return {"fault": fault, "zone": zone}
+
+
+def _settled_baseline(b: Backend, zone: str) -> None:
+    """Before the first fault of the run to reach `zone`'s link degrades it: LINK_BASELINE_HOPS successful requests
+    through the zone's /api since the run settled (harness.contract.settled), each a hop that waits on the link.
+
+    A degraded link is judged against those hops (the verdict's `_link_not_slowed`), from the settled instant on
+    and outside the faults that reach the link. Before the first of those faults only the warm-up lies, whose
+    own requests mostly came before the probe budget decided: a degradation begun at once had too few to be
+    judged by (unverified). e2e's warm-up waited for them, for the plan's first such degradation, before the first
+    fault of any kind (~0.75 s of every e2e: the zone's /api requests are its slowest); asked here, where they are
+    needed, the earlier faults of the plan have carried them already. After a fault that reached the link, the
+    baseline lies between the two (no wait, as before). No run directory, no settled instant (the probe budget has
+    not decided, or locust runs in the zones and reads no budget): the verdict then reads the stretch whole, and
+    nothing is waited for. A zone that gains no such request for BASELINE_STALL_S is degraded anyway; the verdict
+    says what that leaves unverified.
+    """
+    from harness.contract.rundir import CHAOS_FILE, PROBE_BUDGET_FILE, REQUESTS_FILE
+    from harness.contract.settled import BASELINE_STALL_S, LINK_BASELINE_HOPS, reaches_link, settled_at
+    from harness.traffic.watch import RequestWatch, answered_before
+
+    run_dir = _run_dir()
+    if run_dir is None:
+        return
+    try:
+        decision = json.loads((run_dir / PROBE_BUDGET_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    settled = settled_at(decision) if isinstance(decision, dict) else None
+    if settled is None:
+        return
+    t = topology_of(b)
+    for rec in records(run_dir / CHAOS_FILE):
+        if rec.get("phase") == "inject" and reaches_link(t, str(rec.get("zone")), zone):
+            return
+    path = run_dir / REQUESTS_FILE
+    watch = RequestWatch(path, [zone], start=answered_before(path, settled))
+    t0 = _now()
+    if watch.wait(settled, LINK_BASELINE_HOPS, BASELINE_STALL_S, api=True, stalled=True):
+        if _now() - t0 > POLL_S:
+            log.info("link baseline: %s's settled requests through /api on record after %.1f s", zone, _now() - t0)
+        return
+    had = watch.served(settled, api=True).get(zone, 0)
+    log.warning(
+        "link baseline: %s had %d of %d requests through /api since the run settled and gained none for %g s: "
+        "degraded anyway (the verdict says what that leaves unverified)", zone, had, LINK_BASELINE_HOPS,
+        BASELINE_STALL_S,
+    )  # fmt: skip
 
 
 def clear_link(zone: str, configuration: dict[str, Any] | None = None) -> None:

@@ -22,12 +22,30 @@ from typing import Any
 from harness.contract.rundir import CHAOS_FILE, FaultKind
 from harness.topology import ENTRY_SERVICE
 
-__all__ = ["FaultKind", "record", "takes_entry_down", "timeline_path"]
+__all__ = ["FaultKind", "record", "records", "takes_entry_down", "timeline_path"]
 
 
 def timeline_path() -> Path | None:
     run_dir = os.environ.get("EH_RUN_DIR")
     return Path(run_dir) / CHAOS_FILE if run_dir else None
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    """The timeline's fault records so far, in order: a line being written right now (no JSON yet) or one that is no
+    fault record is left out (the verdict names such lines; a reader while chaos runs sees the next poll's)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out: list[dict[str, Any]] = []
+    for raw in lines:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "fault" in rec:
+            out.append(rec)
+    return out
 
 
 def takes_entry_down(kind: FaultKind, services: list[str] | None) -> bool:

@@ -6,20 +6,39 @@ with them), so the hops then take longer than at any later steady moment: measur
 judged against a baseline of those hops (harness.verify.invariants.users `_link_not_slowed`); read from the
 warm-up, a link that did slow by its declared latency was "not shown" on a slow machine. So the verdict reads
 that baseline only from the settled run, and e2e's warm-up makes sure the settled run has one before a
-degradation that is the first fault to reach its link (harness.e2e `link_baseline_need`). Both sides take
-their figures from here.
+degradation that is the first fault to reach its link (the degradation waits for it:
+harness.chaos.actions `degrade_link`). Both sides take their figures from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.topology import Topology
 
 MEASURING = "measuring"  # probe-budget.json's reason until the budget has decided (harness.traffic.budget)
 SWITCH_S = 0.25  # after a new factor: every probe has re-read the file (within 2 x its check) and runs at its period
 LINK_BASELINE_HOPS = 5
-"""The fewest hops that wait on a link a degradation's baseline (and its own stretch) is judged on; e2e asks for
-as many successful requests through the shop's API of the zone once the run has settled."""
+"""The fewest hops that wait on a link a degradation's baseline (and its own stretch) is judged on; the first
+degradation of a zone's link waits for as many successful requests through the shop's API of the zone once the run
+has settled."""
+BASELINE_STALL_S = 8.0
+"""How long that wait goes on while the zone gains no such request (then the link is degraded anyway, and the
+verdict says what it leaves unverified): e2e's warm-up bound, for the same question."""
+
+
+def reaches_link(t: Topology, fault_zone: str, zone: str) -> bool:
+    """A fault of `fault_zone` can change how long `zone`'s hops that wait on its service link take: a fault of
+    the zone itself or of the Region (where those hops go). A fault of another Local Zone cannot (hub-and-spoke);
+    a zone the topology does not know is judged as strictly as an edge zone, as the verifier judges it."""
+    if fault_zone == zone:
+        return True
+    try:
+        return not t.zone(fault_zone).is_edge
+    except KeyError:
+        return False
 
 
 def settled_at(record: Mapping[str, Any]) -> float | None:

@@ -76,7 +76,7 @@ from typing import Any
 
 from harness.contract.files import write_atomic
 from harness.contract.hostcpu import busy_share, cpu_times
-from harness.contract.settled import MEASURING, SWITCH_S, settled_at
+from harness.contract.settled import MEASURING, SWITCH_S
 
 TARGET_BUSY = 0.6
 """The busy share the budget keeps the host under; the rest is for faults (a pod starting costs CPU) and queues."""
@@ -134,10 +134,6 @@ class BudgetDecision:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def settled_at(self) -> float | None:
-        """When the probes run at this decision's rate (None: not decided by measuring): `settled_at`."""
-        return settled_at(self.as_dict())
 
     def summary(self) -> str:
         """One line for the terminal: what the probes run at and why."""

@@ -32,15 +32,17 @@ class RequestWatch:
         zones: list[str],
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        start: int = 0,
     ) -> None:
         """`clock` and `sleep` are what every wait here measures by and pauses with (e2e's warm-up's bound too,
         `harness.e2e.warm_up`): a test drives them as a fake clock whose sleep writes the records due by then,
-        so whether a wait ends in time is the test's schedule, not the load of the machine it runs on."""
+        so whether a wait ends in time is the test's schedule, not the load of the machine it runs on. `start`:
+        the byte offset of a line's start to read from (`answered_before`), not the file's beginning."""
         self.path = path
         self.zones = zones
         self.clock = clock
         self.sleep = sleep
-        self._offset = 0
+        self._offset = start
         self._pending = b""
         # (start, is a probe, went through /api) of the successes
         self._ok: dict[str, list[tuple[float, bool, bool]]] = {z: [] for z in zones}
@@ -148,6 +150,46 @@ class RequestWatch:
             return 0.0, 0.0
         inside = [probe for t, probe in self._done if start <= t < end]
         return len(inside) / span, sum(inside) / span
+
+
+ANSWER_ORDER_SLACK_S = 60.0
+"""How far a record may be written out of its answers' order: each is one append written when its answer came, and
+locust's processes (`--processes`) append side by side; far more than any request's timeout."""
+
+
+def answered_before(path: Path, since: float, chunk: int = 1 << 16) -> int:
+    """The byte offset of a line of `path` before which every record was answered (so started) well before `since`:
+    where a watch of the requests from `since` on may start reading (`RequestWatch(start=)`); 0 when none is.
+
+    A binary search over the file (records are in the order of their answers, within ANSWER_ORDER_SLACK_S): a
+    game day's requests.jsonl grows to gigabytes, and a watch that read it from its beginning, once, in the
+    chaos process, held that much in memory before its first degradation."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 0
+    lo, hi = 0, size  # lo: a line's start answered early enough (0: the file's); hi: past where one may be
+    with path.open("rb") as fh:
+        while hi - lo > chunk:
+            mid = (lo + hi) // 2
+            fh.seek(mid)
+            fh.readline()  # the rest of the line `mid` fell in
+            at = fh.tell()
+            answered = _answered(fh.readline())
+            if answered is not None and answered < since - ANSWER_ORDER_SLACK_S and at < hi:
+                lo = at
+            else:
+                hi = mid
+    return lo
+
+
+def _answered(raw: bytes) -> float | None:
+    """When a record's answer came (its start plus its latency); None for a line that is no record."""
+    try:
+        rec = json.loads(raw)
+        return float(rec.get("ts") or 0.0) + float(rec.get("latency_ms") or 0.0) / 1000.0
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 class Stall:

@@ -17,6 +17,7 @@ from harness.contract.rundir import (
     USERS_FILE,
 )
 from harness.contract.settled import LINK_BASELINE_HOPS
+from harness.contract.settled import reaches_link as settled_reaches_link
 from harness.contract.users import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, WAIT_ENV, users_quiet_bound
 from harness.observe.hops import host_ip_sql
 from harness.topology import ENTRY_API_UPSTREAM, Topology
@@ -40,7 +41,7 @@ from harness.verify.invariants.sql import (
     spans_sql,
     sql_str,
 )
-from harness.verify.rundata import NODE_FAULT_ACTIONS, Fault, stops_nodes, zone_is_edge
+from harness.verify.rundata import NODE_FAULT_ACTIONS, Fault, stops_nodes
 from harness.verify.verdict import (
     AVAILABILITY,
     COVERAGE,
@@ -183,10 +184,10 @@ def link_shown_back(n_after: int, median_after: float | None, n_fast: int, mark:
 
 
 def reaches_link(t: Topology, g: Fault, zone: str) -> bool:
-    """Fault `g` can change how long `zone`'s hops that wait on its link take: a fault of the zone itself or
-    of the Region (where those hops go). A fault of another Local Zone cannot (hub-and-spoke). Shared with e2e's
-    cool-down (`harness.verify.pending`), which waits for a degraded link shown back as this reads it."""
-    return g.zone == zone or not zone_is_edge(t, g.zone)
+    """Fault `g` can change how long `zone`'s hops that wait on its link take (`harness.contract.settled`'s rule,
+    which a degradation's wait for its baseline reads too). Shared with e2e's cool-down (`harness.verify.pending`),
+    which waits for a degraded link shown back as this reads it."""
+    return settled_reaches_link(t, g.zone, zone)
 
 
 class UserChecks(CheckBase):
@@ -1496,7 +1497,7 @@ class UserChecks(CheckBase):
         settled (`RunData.settled`: the probe budget's decision; a run with none on record reads the stretch whole): a
         degradation that is the run's first fault was measured against that warm-up too, and whether it "took
         effect" depended on how cold and busy the machine was then (e2e's warm-up now gives it a settled
-        baseline: `harness.e2e.link_baseline_need`).
+        baseline: `harness.chaos.actions.degrade_link` waits for it).
         A degradation that never reached the link (a rule on the wrong interface, a relay out of the path)
         leaves them as fast as ever; "traffic stayed in-zone under latency" proves nothing then. Before, it
         passed. Fewer than `LINK_EFFECT_MIN_HOPS` such hops in the fault or before it (no baseline: read as 0 ms,
