@@ -50,6 +50,7 @@ from harness.contract.rundir import (
     ACCESSLOG_DIR,
     ACCESSLOG_TS_SQL,
     ACCESSLOG_VALID_SQL,
+    ARRIVAL_IP_SQL,
     REQUEST_COLUMNS,
     REQUESTS_FILE,
     TS_VALID_SQL,
@@ -101,13 +102,18 @@ class Kind:
 # `ts`: the line's start time in epoch seconds, parsed once (Envoy writes ISO text; parsing fifty
 # million of them is a quarter of what a verdict would otherwise spend)
 # `request_id`: the harness's id of the user request a line carries (harness.contract.requestid), else NULL
+# `arrival_ip`: an inbound line's caller's IP (harness.contract.rundir.ARRIVAL_IP_SQL), else NULL
 ACCESSLOGS = Kind(
     "accesslogs",
     ACCESSLOG_COLUMNS,
     ACCESSLOG_VALID_SQL,
     "start_time",
-    (("ts", "DOUBLE", ACCESSLOG_TS_SQL), ("request_id", "BIGINT", request_id_sql("r.request_id"))),
-    frozenset({"request_id"}),
+    (
+        ("ts", "DOUBLE", ACCESSLOG_TS_SQL),
+        ("request_id", "BIGINT", request_id_sql("r.request_id")),
+        ("arrival_ip", "VARCHAR", ARRIVAL_IP_SQL),
+    ),
+    frozenset({"request_id", "downstream_remote_address"}),
 )
 REQUESTS = Kind("requests", REQUEST_COLUMNS, TS_VALID_SQL, "ts")
 KINDS = (ACCESSLOGS, REQUESTS)

@@ -284,6 +284,9 @@ ACCESSLOG_COLUMNS = {
     # read for the harness's request ids only (`harness.columnar.ACCESSLOGS` keeps them as a BIGINT): the
     # inner hops' UUIDs, one per line, would be most of a long run's columnar bytes
     "request_id": "VARCHAR",
+    # read for an inbound line's caller only (`ARRIVAL_IP_SQL`; `harness.columnar.ACCESSLOGS` keeps its IP, on
+    # inbound lines alone): an outbound line's is its own app's loopback address
+    "downstream_remote_address": "VARCHAR",
 }
 # A record without a usable time cannot be placed on the run's timeline: it is skipped and named.
 TS_VALID_SQL = "ts IS NOT NULL"
@@ -295,6 +298,23 @@ INBOUND_SQL = (
     "coalesce(direction = 'inbound' OR (direction IS NULL AND (coalesce(upstream_cluster, '') = 'local_app' "
     "OR regexp_matches(coalesce(upstream_host, ''), '^(127\\.[0-9.]+|\\[::1\\]|::1):[0-9]+$'))), false)"
 )
+
+
+def host_ip_sql(column: str) -> str:
+    """SQL: the IP of an Envoy `host:port` (IPv6 in brackets), NULL when empty."""
+    return (
+        f"(CASE WHEN coalesce({column}, '') IN ('', '-') THEN NULL "
+        f"WHEN {column} LIKE '[%' THEN regexp_extract({column}, '^\\[([^\\]]*)\\]', 1) "
+        f"WHEN length({column}) - length(replace({column}, ':', '')) = 1 THEN split_part({column}, ':', 1) "
+        f"ELSE {column} END)"
+    )
+
+
+# an inbound line's caller: the IP its DOWNSTREAM_REMOTE_ADDRESS names (the calling pod's: the mesh's mTLS goes
+# from pod to pod; a user's request entering a frontend names a node or a load balancer, no pod), NULL on an
+# outbound line (its own app on loopback). What shows a call into a zone the caller may not reach when the
+# caller's own line of it is lost (`harness.observe.hops.create_arrivals`).
+ARRIVAL_IP_SQL = f"(CASE WHEN {INBOUND_SQL} THEN {host_ip_sql('downstream_remote_address')} END)"
 # the pod an access-log file belongs to: its name (accesslogs/<pod>.jsonl), from DuckDB's `filename` column
 FILE_POD_SQL = r"regexp_replace(regexp_extract(filename, '[^/]*$'), '\.jsonl$', '')"
 

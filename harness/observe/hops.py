@@ -81,6 +81,7 @@ from harness.contract.rundir import (
     INVENTORY_FILE,
     SkippedLine,
     hop_inputs,
+    host_ip_sql,
     load_jsonl,
     sql_str,
     topology_path,
@@ -419,11 +420,24 @@ def _load_accesslogs(con: DuckDBPyConnection, run_dir: Path) -> list[SkippedLine
         )
         """
     )
+    # the inbound lines naming a caller's address (`ARRIVAL_IP_SQL`: NULL on every other line, so the inbound test
+    # is not made again per line), on the runner's clock as the hops (the line's pod is the serving one: its
+    # file's, or the local sidecars' `caller_pod`, their own pod)
+    con.execute(
+        f"""
+        CREATE TEMP VIEW raw_arrivals AS
+        SELECT {ts_sql} AS ts, coalesce(nullif(l.caller_pod, ''), f.pod) AS pod, l.arrival_ip AS ip
+        FROM raw_lines l
+        JOIN file_pods f ON f.filename = l.filename
+        {clock_join}
+        WHERE l.arrival_ip IS NOT NULL
+        """
+    )
     return skipped
 
 
 def _drop_accesslogs(con: DuckDBPyConnection) -> None:
-    for view in ("raw", "raw_lines"):
+    for view in ("raw", "raw_arrivals", "raw_lines"):
         con.execute(f"DROP VIEW IF EXISTS {view}")
     for table in ("cluster_names", "file_pods", "clock_pods"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
@@ -485,6 +499,47 @@ def create_request_ids(
     finally:
         if own:
             _drop_records(con, str(source))
+
+
+def create_arrivals(con: DuckDBPyConnection, run_dir: Path, table: str = "arrivals", *, loaded: bool = False) -> None:
+    """Table `table` (ts, serving_pod, serving_zone, caller_pod, caller_zone, calls): the calls the serving
+    sidecars' inbound lines show arriving from a pod of the run (`ARRIVAL_IP_SQL`: the caller's IP, placed by the
+    IP-at-time rule, `resolve_ips`), per serving pod, caller pod and second (`ts`: the second's first).
+
+    The other record of a hop than its caller's outbound line, and the one left when that line is lost: a killed
+    sidecar's last flush interval dies in its buffer, its counters since its last snapshot with its admin. Lines
+    whose address no pod held (users entering the frontend from a node or a load balancer, a gateway) are left
+    out; so are lines without one (a run recorded before the field was read). `loaded`: `_load_accesslogs` has
+    made its views already (`create_hops(view=True)`); else the access logs are read here, their inbound lines
+    alone kept. Needs the inventory's tables (`load_inventory`).
+    """
+    if not loaded and not has_accesslogs(run_dir):
+        con.execute(f"CREATE TABLE {table} (ts DOUBLE, serving_pod VARCHAR, serving_zone VARCHAR, "
+                    "caller_pod VARCHAR, caller_zone VARCHAR, calls BIGINT)")  # fmt: skip
+        return
+    if not loaded:
+        _load_accesslogs(con, run_dir)
+    try:
+        # per second, not per line: a long run has an inbound line per hop; the rule's answer for one address
+        # changes at an inventory event, and an address never moves between zones within a second
+        con.execute(
+            "CREATE TEMP TABLE arrivals_src AS SELECT row_number() OVER () AS id, * FROM ("
+            "SELECT min(ts) AS ts, pod, ip, count(*) AS calls FROM raw_arrivals GROUP BY pod, ip, floor(ts))"
+        )
+        resolve_ips(con, "arrivals_src", "arrivals_res")
+        con.execute(
+            f"""
+            CREATE TABLE {table} AS
+            SELECT a.ts, a.pod AS serving_pod, sp.zone AS serving_zone, r.pod AS caller_pod, r.zone AS caller_zone,
+                   a.calls
+            FROM arrivals_src a JOIN arrivals_res r USING (id) LEFT JOIN ({POD_PLACE_SQL}) sp ON sp.pod = a.pod
+            """
+        )
+        con.execute("DROP TABLE arrivals_src")
+        con.execute("DROP TABLE arrivals_res")
+    finally:
+        if not loaded:
+            _drop_accesslogs(con)
 
 
 def _pieces(con: DuckDBPyConnection, name: str, interval_key: str, slack_s: float) -> None:
@@ -695,16 +750,6 @@ def cluster_zone_names(t: Topology) -> list[tuple[str, str, str]]:
             ns = namespace(t, z) if t.edition is Edition.ENTERPRISE else CE_CONSUL_NAMESPACE
             zones_of.setdefault((consul_name(t, s, z, t.edition), ns), set()).add(z.name)
     return [(n, ns, next(iter(zs))) for (n, ns), zs in sorted(zones_of.items()) if n and len(zs) == 1]
-
-
-def host_ip_sql(column: str) -> str:
-    """SQL: the IP of an Envoy `host:port` (IPv6 in brackets), NULL when empty."""
-    return (
-        f"(CASE WHEN coalesce({column}, '') IN ('', '-') THEN NULL "
-        f"WHEN {column} LIKE '[%' THEN regexp_extract({column}, '^\\[([^\\]]*)\\]', 1) "
-        f"WHEN length({column}) - length(replace({column}, ':', '')) = 1 THEN split_part({column}, ':', 1) "
-        f"ELSE {column} END)"
-    )
 
 
 _HOPS_SQL = f"""

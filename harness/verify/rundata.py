@@ -93,6 +93,7 @@ from harness.observe.hops import (
     POD_PLACE_SQL,
     HopsBuild,
     cluster_zone_names,
+    create_arrivals,
     create_hops,
     create_request_ids,
     current_build,
@@ -641,6 +642,9 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
     # from the access logs, else read apart: a column of its own beside fifty million hops would not fit
     create_request_ids(con, run_dir, t.entry_services, source="raw_text" if run.hops_source == "accesslogs" else None,
                        zone_type="hop_name" if named else "VARCHAR")  # fmt: skip
+    # the calls the serving sidecars' inbound lines show arriving (hub-and-spoke's record of a hop whose caller's
+    # own line was lost), from the same views where the hops came from the access logs
+    create_arrivals(con, run_dir, loaded=run.hops_source == "accesslogs")
     if run.hops_source == "accesslogs":
         drop_hops_view(con, source)
         row = con.execute("SELECT count(*) FROM hops").fetchone()

@@ -34,7 +34,11 @@ reader of a copied verdict does not need this file):
   edge zone (or in a zone the topology does not know) fails it; so does any
   *attempt*: a host in such a zone with connections, connection failures or
   requests in a sidecar's upstream counters (upstream-stats.jsonl; the access
-  log names only the last attempt's host). A host no inventory record
+  log names only the last attempt's host); so does a call an edge zone's
+  sidecar logged on its inbound listener from a pod of another zone (the
+  line's DOWNSTREAM_REMOTE_ADDRESS is the caller pod's IP: the serving side's
+  record of a hop, the one left when the caller's line died in its buffer
+  with its counters, `RoutingChecks._arrived_across`). A host no inventory record
   explains, or a hop with no host (no healthy one on the route), counts in
   the zone its Envoy cluster is named for (the route).
   No counter snapshots (no `start`/`end` snapshot, or a sidecar that made

@@ -348,6 +348,7 @@ class RoutingChecks(CheckBase):
                 0, "hub-and-spoke: no hops recorded (no access logs, hops.jsonl missing or empty): unverified"
             )
         failures += self._routed_to_forbidden_zone()
+        failures += self._arrived_across()
         failures += self._hostless()
         failures += self._unjudged_lines(HUB_AND_SPOKE, hops_only=False)
         attempt_failures, checks, attempt_text = self._attempts()
@@ -443,6 +444,31 @@ class RoutingChecks(CheckBase):
                     "they crossed to another Local Zone, is unverified"
                 )
         return out
+
+    def _arrived_across(self) -> list[str]:
+        """Calls a serving sidecar's inbound lines show arriving from a pod in a zone that may not reach its own
+        (`arrivals`: the caller pod's IP, the line's DOWNSTREAM_REMOTE_ADDRESS): from another edge zone, or from
+        the Region into an edge zone.
+
+        The serving side's record of a hop, read beside the caller's: the caller's outbound line and counters die
+        with it (a killed sidecar's last flush interval never leaves its buffer, its counters since its last
+        snapshot go with its admin), and a Local Zone public-api whose last second before its kill went to another
+        Local Zone's product-api passed, its calls on record only in the inbound lines of the pod that served them.
+        """
+        rows = self.con.execute(
+            """
+            SELECT a.caller_zone, a.serving_zone, sum(a.calls), min(a.ts), arg_min(a.caller_pod, a.ts),
+                   arg_min(a.serving_pod, a.ts), list(DISTINCT a.caller_pod ORDER BY a.caller_pod)[:5]
+            FROM arrivals a JOIN zones sz ON sz.name = a.serving_zone
+            WHERE sz.kind = 'edge' AND a.caller_zone IS NOT NULL AND a.caller_zone <> a.serving_zone
+            GROUP BY ALL ORDER BY min(a.ts)
+            """
+        ).fetchall()
+        return [
+            f"hub-and-spoke: {cz} -> {sz}: {n} calls arrived from {', '.join(callers)} ({cz}) at sidecars in {sz} "
+            f"(their inbound access-log lines name the caller's address), first at {iso(ts)}: {caller} -> {server}"
+            for cz, sz, n, ts, caller, server, callers in rows
+        ]
 
     def _connected(self, zone: str, upstream: str) -> bool:
         """Some sidecar in `zone` has a connection to a host of `upstream` in its upstream counters."""

@@ -90,7 +90,9 @@ DEFINITIONS = {
     "gives with chance >= 1e-6",
     "hub_and_spoke": "no hop of an edge caller served in another edge zone, none of a Region caller served in an "
     "edge zone, and no such host with cx_total + cx_connect_fail + rq_total > 0 in any sidecar's upstream "
-    "counters (attempts a retry hid); a host no inventory record explains at the time, or no host at all (no "
+    "counters (attempts a retry hid), and no call an edge zone's sidecar logged inbound from a pod of another zone "
+    "(the line's downstream address: the serving side's record, left when the caller's died in its buffer); "
+    "a host no inventory record explains at the time, or no host at all (no "
     "healthy one on the route), counts in the zone its Envoy "
     "cluster is named for (when a cluster names another zone's instances), else in the zone of the last pod that "
     "held the address (an endpoint Envoy kept), else it is unverified = fail; a hop with neither an upstream host "
