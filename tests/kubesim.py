@@ -3178,19 +3178,39 @@ class ClusterSim:
         itself only in the Warning event "Failed to pull image X: ...", and "Error: ErrImagePull";
         pkg/kubelet/images/image_manager.go EnsureImageExists). Crash: phase Running, the container waiting
         CrashLoopBackOff "back-off 10s restarting failed container=C pod=P_NS(UID)", its last state terminated
-        with the exit code (pkg/kubelet/kuberuntime/kuberuntime_manager.go doBackOff), never Ready."""
+        with the exit code (pkg/kubelet/kuberuntime/kuberuntime_manager.go doBackOff), never Ready.
+
+        Init containers run first, one after the other (pkg/kubelet/kuberuntime/kuberuntime_manager.go
+        computePodActions: the next init container is started only once the one before it has completed, the
+        app containers only after all of them), so an init container whose image cannot be pulled or which keeps
+        exiting (the meshed pod's consul-connect-inject-init, image hashicorp/consul-k8s-control-plane from
+        Docker Hub) stops the pod there: it is in `initContainerStatuses` with that waiting reason, the init
+        containers after it and every app container waiting "PodInitializing" (kubelet_pods.go
+        convertToAPIContainerStatuses), phase Pending, condition Initialized False, reason
+        ContainersNotInitialized, "containers with incomplete status: [...]" (pkg/kubelet/status/generate.go
+        GeneratePodInitializedCondition); the app containers' images are not pulled yet."""
         spec, meta = pod.get("spec") or {}, pod["metadata"]
         containers = spec.get("containers") or []
-        pull = next((c for c in containers if str(c.get("image")) in self.unpullable), None)
-        crash = next((c for c in containers if str(c.get("image")) in self.crashing), None)
-        if pull is None and crash is None:
-            return False
+        inits = spec.get("initContainers") or []
+        status_now = pod.get("status") or {}
         waiting = [((cs.get("state") or {}).get("waiting") or {}).get("reason")
-                    for cs in (pod.get("status") or {}).get("containerStatuses") or []]  # fmt: skip
+                   for cs in [*(status_now.get("initContainerStatuses") or []),
+                              *(status_now.get("containerStatuses") or [])]]  # fmt: skip
         if any(w in ("ImagePullBackOff", "CrashLoopBackOff") for w in waiting):
             return True
-        statuses = []
-        for c in containers:
+        blocked_init = next(
+            (c for c in inits if str(c.get("image")) in self.unpullable or str(c.get("image")) in self.crashing), None
+        )
+        if blocked_init is not None:
+            pull = blocked_init if str(blocked_init.get("image")) in self.unpullable else None
+            crash = None if pull is not None else blocked_init
+        else:
+            pull = next((c for c in containers if str(c.get("image")) in self.unpullable), None)
+            crash = next((c for c in containers if str(c.get("image")) in self.crashing), None)
+        if pull is None and crash is None:
+            return False
+
+        def stuck_status(c: Obj) -> Obj:
             image = str(c.get("image") or "")
             cs: Obj = {"name": c["name"], "ready": False, "started": False, "restartCount": 0, "image": image}
             if c is pull:
@@ -3201,7 +3221,7 @@ class ClusterSim:
                             "kubelet", now)  # fmt: skip
                 self._event(pod, "Warning", "Failed", "Error: ErrImagePull", "kubelet", now)
                 self._event(pod, "Normal", "BackOff", f'Back-off pulling image "{image}"', "kubelet", now)
-            elif c is crash and pull is None:
+            else:
                 code = self.crashing[image]
                 cs["restartCount"] = 1
                 cs["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": (
@@ -3211,16 +3231,48 @@ class ClusterSim:
                                                   "finishedAt": k8s_time(now)}}  # fmt: skip
                 self._event(pod, "Warning", "BackOff", f"Back-off restarting failed container {c['name']} in pod "
                             f"{meta['name']}_{meta['namespace']}({meta['uid']})", "kubelet", now)  # fmt: skip
-            else:
-                cs["state"] = {"waiting": {"reason": "PodInitializing" if pull is not None else "ContainerCreating"}}
-            statuses.append(cs)
-        conds = {c["type"]: c for c in (pod.get("status") or {}).get("conditions") or []}
+            return cs
+
+        conds = {c["type"]: c for c in status_now.get("conditions") or []}
         for t_ in ("Ready", "ContainersReady"):
             conds[t_] = {"type": t_, "status": "False", "reason": "ContainersNotReady",
                          "lastTransitionTime": k8s_time(now)}  # fmt: skip
-        status = {"phase": "Pending" if pull is not None else "Running", "containerStatuses": statuses,
-                  "conditions": list(conds.values()),
-                  "startTime": (pod.get("status") or {}).get("startTime") or k8s_time(now)}  # fmt: skip
+        status: Obj = {"startTime": status_now.get("startTime") or k8s_time(now)}
+        if blocked_init is not None:
+            at = next(i for i, c in enumerate(inits) if c is blocked_init)
+            init_statuses: list[Obj] = []
+            for i, c in enumerate(inits):
+                base: Obj = {"name": c["name"], "ready": False, "restartCount": 0, "image": str(c.get("image") or "")}
+                if i < at:
+                    done = {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": k8s_time(now),
+                                           "finishedAt": k8s_time(now)}}  # fmt: skip
+                    init_statuses.append({**base, "ready": c.get("restartPolicy") == "Always",
+                                          "state": {"running": {"startedAt": k8s_time(now)}}
+                                          if c.get("restartPolicy") == "Always" else done})  # fmt: skip
+                elif i == at:
+                    init_statuses.append(stuck_status(c))
+                else:
+                    init_statuses.append({**base, "state": {"waiting": {"reason": "PodInitializing"}}})
+            incomplete = [str(c["name"]) for c in inits[at:]]
+            conds["Initialized"] = {"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized",
+                                    "message": f"containers with incomplete status: [{' '.join(incomplete)}]",
+                                    "lastTransitionTime": k8s_time(now)}  # fmt: skip
+            status |= {"phase": "Pending", "initContainerStatuses": init_statuses, "containerStatuses": [
+                {"name": c["name"], "ready": False, "started": False, "restartCount": 0, "image": str(c.get("image")),
+                 "state": {"waiting": {"reason": "PodInitializing"}}} for c in containers]}  # fmt: skip
+        else:
+            statuses = []
+            for app in containers:
+                blocks = app is pull or (app is crash and pull is None)
+                if blocks:
+                    statuses.append(stuck_status(app))
+                    continue
+                image = str(app.get("image") or "")
+                cs: Obj = {"name": app["name"], "ready": False, "started": False, "restartCount": 0, "image": image}
+                cs["state"] = {"waiting": {"reason": "PodInitializing" if pull is not None else "ContainerCreating"}}
+                statuses.append(cs)
+            status |= {"phase": "Pending" if pull is not None else "Running", "containerStatuses": statuses}
+        status["conditions"] = list(conds.values())
         self.patch("v1", "pods", meta["namespace"], meta["name"], {"status": status})
         return True
 

@@ -20,12 +20,19 @@ from urllib.parse import quote
 from harness.backends.base import ConfigEntryStatus, ProgressFn
 from harness.backends.base import no_progress as _no_progress
 from harness.backends.kube.api import AppliedObject, KubeApi, KubeApiError, _labels, _meta
+from harness.backends.kube.helmwait import _last_warning
 from harness.backends.kube.inventory import pod_condition
 from harness.contract.names import (
     CONSUL_API_GROUP,
 )
 from harness.errors import BackendError
 from harness.interrupt import nap
+
+NO_CAUSE_WAITING = frozenset({"ContainerCreating", "PodInitializing"})
+"""Waiting reasons that name no cause: still starting, or waiting for the pod's init containers (whose own status
+says why)."""
+PULL_WAITING = frozenset({"ImagePullBackOff", "ErrImagePull"})
+"""Waiting reasons of a pull the runtime refused: its error is only in the kubelet's Warning event "Failed"."""
 
 
 @dataclass(frozen=True)
@@ -233,7 +240,14 @@ class ApplyMixin(KubeApi):
     def _why_not_ready(self, namespace: str, deployment: str) -> str:
         """ " (<why>)" for a Deployment that is not ready: the first of its pods the scheduler left Pending, with
         the scheduler's own message (PodScheduled False: untolerated taints, too little CPU on a Local Zone's
-        instance), else a container's waiting reason (ImagePullBackOff, CrashLoopBackOff); "" when none says."""
+        instance), else a container's waiting reason (ImagePullBackOff, CrashLoopBackOff), init containers first,
+        an image pull's with the runtime's error from the kubelet's Warning event (Docker Hub's "toomanyrequests"
+        is only there), else an init container that has not completed; "" when none says.
+
+        Init containers first because the kubelet runs them before the app containers (pkg/kubelet/kuberuntime
+        computePodActions): while a meshed pod's consul-connect-inject-init cannot be pulled or keeps exiting,
+        every app container only waits "PodInitializing" (kubelet_pods.go convertToAPIContainerStatuses), which
+        names no cause, and so does "ContainerCreating" (still starting)."""
         try:
             # a list, as `deployments_ready` reads them (the nightly's role may list Deployments, not get one)
             items = (self.request("GET", f"/apis/apps/v1/namespaces/{quote(namespace)}/deployments") or {}).get("items")
@@ -247,11 +261,29 @@ class ApplyMixin(KubeApi):
                 if c.get("type") == "PodScheduled" and c.get("status") == "False":
                     return f" (Pending: {' '.join(str(c.get('message') or c.get('reason') or '').split())[:400]})"
         for p in pods:
+            status = p.get("status") or {}
+            for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+                waiting = (cs.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") and waiting.get("reason") not in NO_CAUSE_WAITING:
+                    msg = " ".join(str(waiting.get("message") or "").split())[:200]
+                    said = f"{cs.get('name')}: {waiting['reason']}{': ' + msg if msg else ''}"
+                    if waiting["reason"] in PULL_WAITING:
+                        failed = _last_warning(self, namespace, str(_meta(p).get("name")), "Failed")
+                        said += f"; the kubelet: {failed}" if failed else ""
+                    return f" ({said})"
+        for p in pods:
+            sidecars = {c.get("name") for c in (p.get("spec") or {}).get("initContainers") or []
+                        if c.get("restartPolicy") == "Always"}  # fmt: skip
+            for cs in (p.get("status") or {}).get("initContainerStatuses") or []:
+                if "running" in (cs.get("state") or {}) and cs.get("name") not in sidecars:
+                    name = str(_meta(p).get("name"))
+                    return (f" (init container {cs.get('name')} has not completed: kubectl logs -n {namespace} {name} "
+                            f"-c {cs.get('name')})")  # fmt: skip
+        for p in pods:
             for cs in (p.get("status") or {}).get("containerStatuses") or []:
                 waiting = (cs.get("state") or {}).get("waiting") or {}
-                if waiting.get("reason") and waiting.get("reason") != "ContainerCreating":
-                    msg = " ".join(str(waiting.get("message") or "").split())[:200]
-                    return f" ({cs.get('name')}: {waiting['reason']}{': ' + msg if msg else ''})"
+                if waiting.get("reason") == "PodInitializing":
+                    return f" ({cs.get('name')}: PodInitializing)"
         return ""
 
     def save_artifacts(self, out: Path, namespaces: Iterable[str]) -> list[str]:

@@ -48,6 +48,10 @@ FINAL_WAITING = {
     "CrashLoopBackOff": "it keeps exiting",
 }
 NODE_NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+PULL_ERROR_CHARS = 500
+"""How much of the kubelet's pull error is kept: containerd puts the registry's own words last (Docker Hub's "429 Too
+Many Requests - Server message: toomanyrequests: You have reached your unauthenticated pull rate limit. ..." ends
+a message of about 400 characters), so a shorter cut kept the URL and lost the cause."""
 STOP_GRACE_S = 30.0  # how long helm gets to mark its release failed after SIGTERM before it is killed
 
 
@@ -143,7 +147,7 @@ def _last_warning(api: KubeApi, namespace: str, pod: str, reason: str) -> str:
     if not events:
         return ""
     last = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
-    return _one_line(last.get("message"), 300)
+    return _one_line(last.get("message"), PULL_ERROR_CHARS)
 
 
 def _container_line(api: KubeApi, namespace: str, pod: str, cs: dict[str, Any]) -> str | None:

@@ -1,0 +1,113 @@
+"""EKS first contact (e51c): what the nightly meets on a real EKS cluster with Local Zones, held to how Kubernetes and
+AWS behave.
+
+A meshed pod on EKS pulls three images from Docker Hub besides its app's: consul-k8s' init container
+(`hashicorp/consul-k8s-control-plane`) first, then the app's and `hashicorp/consul-dataplane`. Docker Hub gives an
+unauthenticated client 10 pulls an hour per IPv4 address (docs.docker.com/docker-hub/usage/pulls/, since April
+2025), and the nodes of a private subnet share their NAT gateway's address: a new cluster's first nightly pulls
+more than that, and the kubelet leaves the pods in ImagePullBackOff with Docker Hub's "toomanyrequests" in its
+Warning event.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.backends.kube import KubeCluster
+from harness.errors import BackendError
+from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.kubesim import CHART_K8S_IMAGE
+from tests.test_backend_existing import _backend
+from tests.test_backend_existing import eks as eks  # the operator's EKS cluster with its Consul, fake kubectl on PATH
+
+pytestmark = pytest.mark.slow
+
+TOO_MANY = (
+    'failed to pull and unpack image "docker.io/{image}": failed to copy: httpReadSeeker: failed open: unexpected '
+    "status code https://registry-1.docker.io/v2/{repo}/manifests/sha256:0e1f: 429 Too Many Requests - Server "
+    "message: toomanyrequests: You have reached your unauthenticated pull rate limit. "
+    "https://www.docker.com/increase-rate-limit"
+)
+"""containerd's error for a pull Docker Hub refused over its rate limit, as the kubelet's Failed event carries it."""
+
+
+def _rate_limited(api: FakeApiServer, image: str) -> str:
+    error = TOO_MANY.format(image=image, repo=image.split(":")[0])
+    api.sim.unpullable[image] = error
+    return error
+
+
+def _up_fails(api: FakeApiServer, tmp_path: Path) -> str:
+    b = _backend(api, tmp_path)
+    b.ready_timeout_s = 6.0
+    try:
+        with pytest.raises(BackendError) as err:
+            b.up(rendered(tmp_path))
+    finally:
+        b.close()
+    text = str(err.value)
+    assert "\n" not in text, text
+    return text
+
+
+def test_a_rate_limited_init_container_image_is_named_when_up_gives_up(
+    eks: KubeCluster, api: FakeApiServer, tmp_path: Path
+) -> None:
+    """Reproducer: Docker Hub refuses the meshed pods' init container image (consul-k8s-control-plane). The kubelet
+    runs init containers first, so the pods stay Pending with it in ImagePullBackOff and every app container
+    waiting "PodInitializing"; the ready wait's error read only the app containers and said "(frontend:
+    PodInitializing)", naming neither the image nor Docker Hub's refusal. Now the init container, its image and
+    the kubelet's error."""
+    error = _rate_limited(api, CHART_K8S_IMAGE)
+    text = _up_fails(api, tmp_path)
+    assert "not ready after 6s" in text, text
+    assert f'(consul-connect-inject-init: ImagePullBackOff: Back-off pulling image "{CHART_K8S_IMAGE}"; the ' \
+           f'kubelet: Failed to pull image "{CHART_K8S_IMAGE}": {error})' in text, text  # fmt: skip
+    assert "PodInitializing" not in text, text
+
+
+def test_a_rate_limited_app_image_is_named_with_docker_hubs_refusal(
+    eks: KubeCluster, api: FakeApiServer, tmp_path: Path
+) -> None:
+    """Reproducer: the app's own image refused (the init container pulled). The app container was named with the
+    kubelet's waiting message alone, "Back-off pulling image X", which is the same for a tag that does not exist, a
+    private registry and Docker Hub's rate limit; the cause is only in the kubelet's Warning event, as helm's wait
+    already reads it. Now that event's words too; the Deployments whose images pull are not named."""
+    image = "hashicorpdemoapp/public-api:v0.0.7"
+    error = _rate_limited(api, image)
+    text = _up_fails(api, tmp_path)
+    assert f'(public-api: ImagePullBackOff: Back-off pulling image "{image}"; the kubelet: Failed to pull image ' \
+           f'"{image}": {error})' in text, text  # fmt: skip
+    assert "/frontend" not in text and "consul-connect-inject-init" not in text, text
+
+
+def test_an_init_container_still_running_is_named_and_a_starting_pod_says_nothing() -> None:
+    """Reproducer (unit): a meshed pod whose consul-connect-inject-init runs on (it waits for the pod's service in
+    Consul) names that init container and where its log is, not the app's "PodInitializing" (as on HEAD). Controls,
+    as on HEAD: a native sidecar (restartPolicy Always) running is no reason; a pod still creating its containers
+    adds nothing."""
+    from harness.backends.kube.apply import ApplyMixin
+    from tests.test_backend_kube import _NotReady
+
+    def pod(init_state: dict[str, Any], *, sidecar: bool = False) -> dict[str, Any]:
+        init = {"name": "consul-connect-inject-init", **({"restartPolicy": "Always"} if sidecar else {})}
+        return {"metadata": {"name": "public-api-7d9-x2"}, "spec": {"initContainers": [init]},
+                "status": {"conditions": [{"type": "PodScheduled", "status": "True"}],
+                           "initContainerStatuses": [{"name": "consul-connect-inject-init", "state": init_state}],
+                           "containerStatuses": [{"name": "public-api",
+                                                  "state": {"waiting": {"reason": "PodInitializing"}}}]}}  # fmt: skip
+
+    why = ApplyMixin._why_not_ready
+    running = {"running": {"startedAt": "2026-12-06T19:00:00Z"}}
+    assert why(_NotReady([pod(running)]), "ns", "public-api") == (  # type: ignore[arg-type]
+        " (init container consul-connect-inject-init has not completed: kubectl logs -n ns public-api-7d9-x2 "
+        "-c consul-connect-inject-init)"
+    )
+    assert why(_NotReady([pod(running, sidecar=True)]), "ns", "public-api") == " (public-api: PodInitializing)"  # type: ignore[arg-type]
+    creating = pod({"waiting": {"reason": "ContainerCreating"}})
+    creating["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] = "ContainerCreating"
+    assert why(_NotReady([creating]), "ns", "public-api") == ""  # type: ignore[arg-type]
