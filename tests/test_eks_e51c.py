@@ -111,3 +111,31 @@ def test_an_init_container_still_running_is_named_and_a_starting_pod_says_nothin
     creating = pod({"waiting": {"reason": "ContainerCreating"}})
     creating["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] = "ContainerCreating"
     assert why(_NotReady([creating]), "ns", "public-api") == ""  # type: ignore[arg-type]
+
+
+def test_a_rate_limited_pull_is_said_while_up_waits_once_per_pod(
+    eks: KubeCluster, api: FakeApiServer, tmp_path: Path
+) -> None:
+    """Reproducer: the ready wait said the scheduler's Unschedulable at once but the kubelet's ImagePullBackOff only
+    when it gave up (900 s on EKS), though the kubelet says it within seconds and helm's wait for Consul's pods
+    already reads it. Now each stuck container is said once, init containers first, with the runtime's error, and
+    the wait goes on (Docker Hub's hourly limit passes)."""
+    error = _rate_limited(api, CHART_K8S_IMAGE)
+    said: list[str] = []
+    b = _backend(api, tmp_path)
+    b.ready_timeout_s = 6.0
+    try:
+        with pytest.raises(BackendError):
+            b.up(rendered(tmp_path), progress=said.append)
+    finally:
+        b.close()
+    stuck = [x for x in said if "ImagePullBackOff" in x]
+    assert stuck, said
+    pods = [x.split(" ", 1)[0] for x in stuck]
+    assert len(pods) == len(set(pods)), stuck  # once per pod, not once per poll
+    assert all(
+        x.endswith(f'the kubelet: Failed to pull image "{CHART_K8S_IMAGE}": {error} (waiting on)') for x in stuck
+    )
+    assert all(" container consul-connect-inject-init: ImagePullBackOff (its image cannot be pulled): " in x
+               for x in stuck), stuck  # fmt: skip
+    assert any(x.startswith("hashicups-lax-1a/frontend-lax-1a-") for x in stuck), stuck

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from harness.backends.base import ConfigEntryStatus, ProgressFn
 from harness.backends.base import no_progress as _no_progress
 from harness.backends.kube.api import AppliedObject, KubeApi, KubeApiError, _labels, _meta
-from harness.backends.kube.helmwait import _last_warning
+from harness.backends.kube.helmwait import FINAL_WAITING, _container_line, _last_warning
 from harness.backends.kube.inventory import pod_condition
 from harness.contract.names import (
     CONSUL_API_GROUP,
@@ -188,7 +188,7 @@ class ApplyMixin(KubeApi):
         an older template left); BackendError naming the laggards, and what each waits for, on timeout."""
         deadline = time.monotonic() + timeout
         last = ""
-        said: set[tuple[str, str, str]] = set()  # (namespace, pod, scheduler's message) already said
+        said: set[tuple[str, str, str]] = set()  # (namespace, pod, scheduler's message or container's reason) said
         while True:
             state = self.deployments_ready(deployments)
             pending = {k: v for k, v in state.items() if not v.done}
@@ -198,7 +198,7 @@ class ApplyMixin(KubeApi):
                 last = msg
             if not pending:
                 return
-            self._say_unschedulable({ns for ns, _name in pending}, said, progress)
+            self._say_stuck_pods({ns for ns, _name in pending}, said, progress)
             if time.monotonic() >= deadline:
                 detail = ", ".join(
                     f"{ns}/{name} {st.text()}" + self._why_not_ready(ns, name)
@@ -207,18 +207,20 @@ class ApplyMixin(KubeApi):
                 raise BackendError(f"not ready after {timeout:.0f}s: {detail}")
             nap(poll)
 
-    def _say_unschedulable(
-        self, namespaces: Iterable[str], said: set[tuple[str, str, str]], progress: ProgressFn
-    ) -> None:
-        """Each pod in `namespaces` kube-scheduler could not place, said in one line with its own message, once
-        per message, while the wait goes on.
+    def _say_stuck_pods(self, namespaces: Iterable[str], said: set[tuple[str, str, str]], progress: ProgressFn) -> None:
+        """Each pod in `namespaces` kube-scheduler could not place, or whose container the kubelet cannot start, said
+        in one line with their own words, once per message (per container and reason for the kubelet), while the
+        wait goes on.
 
         The scheduler records it on the pod as it gives up on a scheduling attempt: phase Pending, condition
         PodScheduled False, reason Unschedulable (v1.PodReasonUnschedulable), message "0/N nodes are available:
         ..." (pkg/scheduler/schedule_one.go handleSchedulingFailure). It retries, and a pod may still be placed
         (a node added, another pod gone), so the wait goes on; but a host too small for the cluster ("Insufficient
         cpu"), an untolerated taint or a zone without nodes is otherwise named only after the whole ready
-        timeout. A list the API refuses is skipped: the timeout's message still names the laggards."""
+        timeout. The kubelet's ImagePullBackOff or CrashLoopBackOff (init containers first: they run first) is
+        said as helm's wait says it for Consul's pods (`helmwait._container_line`: the runtime's pull error, the
+        last exit code), and waited on too: a pull Docker Hub refused over its hourly limit succeeds once the hour
+        is through. A list the API refuses is skipped: the timeout's message still names the laggards."""
         for ns in sorted(namespaces):
             try:
                 pods = self.pods(ns)
@@ -226,16 +228,28 @@ class ApplyMixin(KubeApi):
                 continue
             for p in pods:
                 status = p.get("status") or {}
-                if status.get("phase") != "Pending" or _meta(p).get("deletionTimestamp"):
+                if _meta(p).get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+                    continue
+                name = str(_meta(p).get("name"))
+                for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+                    reason = str(((cs.get("state") or {}).get("waiting") or {}).get("reason") or "")
+                    key = (ns, name, f"container {cs.get('name')}: {reason}")
+                    if reason not in FINAL_WAITING or key in said:
+                        continue
+                    line = _container_line(self, ns, name, cs)
+                    if line:
+                        said.add(key)
+                        progress(f"{line} (waiting on)")
+                if status.get("phase") != "Pending":
                     continue
                 for c in status.get("conditions") or []:
                     if (c.get("type"), c.get("status"), c.get("reason")) != ("PodScheduled", "False", "Unschedulable"):
                         continue
                     why = " ".join(str(c.get("message") or "").split())[:400]
-                    key = (ns, str(_meta(p).get("name")), why)
+                    key = (ns, name, why)
                     if key not in said:
                         said.add(key)
-                        progress(f"{ns}/{key[1]} cannot be scheduled: {why or 'Unschedulable'}")
+                        progress(f"{ns}/{name} cannot be scheduled: {why or 'Unschedulable'}")
 
     def _why_not_ready(self, namespace: str, deployment: str) -> str:
         """ " (<why>)" for a Deployment that is not ready: the first of its pods the scheduler left Pending, with
