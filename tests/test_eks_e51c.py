@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 
+from harness.backends.existing import ExistingBackend
 from harness.backends.kube import KubeCluster
 from harness.errors import BackendError
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.kuberbac import nightly_rules
 from tests.kubesim import CHART_K8S_IMAGE
-from tests.test_backend_existing import _backend
+from tests.test_backend_existing import CONTEXT, ENTRY, _backend
 from tests.test_backend_existing import eks as eks  # the operator's EKS cluster with its Consul, fake kubectl on PATH
 
 pytestmark = pytest.mark.slow
@@ -139,3 +141,58 @@ def test_a_rate_limited_pull_is_said_while_up_waits_once_per_pod(
     assert all(" container consul-connect-inject-init: ImagePullBackOff (its image cannot be pulled): " in x
                for x in stuck), stuck  # fmt: skip
     assert any(x.startswith("hashicups-lax-1a/frontend-lax-1a-") for x in stuck), stuck
+
+
+def _night(api: FakeApiServer, tmp_path: Path, runner: str) -> tuple[ExistingBackend, list[str]]:
+    """One night's `up` on a runner of its own (`runner`: its runs/.backend/), and what it said."""
+    api.grant(CONTEXT, nightly_rules())
+    kc = api.write_kubeconfig(tmp_path / "kubeconfig", CONTEXT)
+    b = ExistingBackend(CONTEXT, kc, (), workdir=tmp_path / runner, entrypoints=[f"{z}={u}" for z, u in ENTRY.items()])
+    b.ready_poll_s = 0.1
+    said: list[str] = []
+    try:
+        b.up(rendered(tmp_path), progress=said.append)
+    except BaseException:
+        b.close()
+        raise
+    return b, said
+
+
+def test_the_next_night_names_what_a_lost_runner_left_on_the_cluster(
+    eks: KubeCluster, api: FakeApiServer, tmp_path: Path
+) -> None:
+    """Reproducer: a night whose runner was lost before its clean-up (a GitHub-hosted runner that stopped answering;
+    the upload leaves runs/.backend/ out, so its record goes with it) left the shop on the cluster. The next night,
+    on a fresh runner, found every object there (409 on create), applied over them as not its own, and its `down`
+    left them all, with no word: the shop stayed in the Local Zones for good, every night. Now `up` says which
+    Deployments an earlier run left (labelled as the harness's, not in this runner's record) and how to remove them,
+    as a WARNING and among the run's warnings (preflight.json, the report's notes)."""
+    first, _said = _night(api, tmp_path, "runner-1")
+    first.close()  # the runner is gone: no down
+    second, said = _night(api, tmp_path, "runner-2")
+    try:
+        warnings = second.cluster_warnings()
+    finally:
+        second.down()
+    (line,) = [x for x in said if "left by an earlier run" in x]
+    assert line.startswith("WARNING: "), line
+    assert "(hashicups-las-1a/frontend-las-1a, " in line and " delete namespace hashicups hashicups-las-1a " in line, (
+        line
+    )
+    assert line.removeprefix("WARNING: ") in warnings, warnings
+    assert eks.request("GET", "/api/v1/namespaces/hashicups-lax-1a")  # left, as the warning says: not this run's
+
+
+def test_control_a_re_up_on_the_same_runner_and_a_first_night_say_nothing_of_leftovers(
+    eks: KubeCluster, api: FakeApiServer, tmp_path: Path
+) -> None:
+    """Control: the first night finds nothing of the harness's; a second `up` on the same runner finds its own
+    record's objects (the ledger knows them: its `down` deletes them)."""
+    first, said = _night(api, tmp_path, "runner-1")
+    first.close()
+    again, said_again = _night(api, tmp_path, "runner-1")
+    try:
+        assert not [x for x in [*said, *said_again] if "left by an earlier run" in x]
+        assert not [w for w in again.cluster_warnings() if "left by an earlier run" in w]
+    finally:
+        again.down()

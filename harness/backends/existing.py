@@ -163,7 +163,7 @@ from harness.backends.kube.forward import find_tool
 from harness.backends.kube.helmwait import HelmRun, Watch, run_watched
 from harness.backends.kube.netpolagent import PolicyAgent, read_policy_agent
 from harness.backends.kube.permissions import CA_SECRET, Mode, Permission, applied_by_resource, needed, refusal, review
-from harness.contract.names import CONSUL_API_GROUP, TAINT_EDGE
+from harness.contract.names import CONSUL_API_GROUP, MANAGED_BY, TAINT_EDGE
 from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.contract.scheduling import BLOCKING_EFFECTS, Placement, Taint, Toleration
 from harness.errors import BackendError, InputError
@@ -871,9 +871,11 @@ class ExistingBackend(KubeBackend):
     def cluster_warnings(self) -> list[str]:
         """The Kubernetes version's (`KubeBackend.cluster_warnings`), and for each zone whose partition was
         planned on this deployment, the network policy enforcer's when what a partition does to open
-        connections there is not known (`PolicyAgent.warning`): the run's result carries it to the report."""
+        connections there is not known (`PolicyAgent.warning`), and what an earlier run left (`_say_leftovers`):
+        the run's result carries them to the report."""
         agents = [a.warning(z) for z, a in sorted(self.policy_agents().items())]
-        return [*super().cluster_warnings(), *(w for w in agents if w)]
+        leftovers = str(self._state().get("leftovers") or "")
+        return [*super().cluster_warnings(), *(w for w in agents if w), *([leftovers] if leftovers else [])]
 
     def _warn_version(self) -> None:
         """As `KubeBackend._warn_version`, without repeating a line planning already printed in this process."""
@@ -1510,6 +1512,7 @@ class ExistingBackend(KubeBackend):
         plan = self.plan_mesh_defaults(manifests)
         applied: list[AppliedObject] = [AppliedObject.from_dict(d) for d in self._state().get("applied", [])]
         known = {(a.kind, a.namespace, a.name) for a in applied}
+        self._say_leftovers(manifests, known)
         backups = dict(self._state().get("mesh_backups") or {})
         for ours, original in plan.take_over:
             key = f"{ours['kind']}/{ours['metadata'].get('namespace')}/{ours['metadata']['name']}"
@@ -1541,6 +1544,44 @@ class ExistingBackend(KubeBackend):
             self.progress(f"waiting for the ALBs of {', '.join(sorted(albs))} to have an address and answer")
             self._alb_urls({z: v for z, v in albs.items() if z not in self.given_entrypoints()}, ALB_WAIT_S)
         self.start_recording()
+
+    def _say_leftovers(self, manifests: Manifests, known: set[tuple[str, str | None, str]]) -> None:
+        """Say, as a WARNING kept among the run's warnings, the run's Deployments an earlier run left on the cluster.
+
+        Why: `down` deletes only what its own `up` created, known from this runner's record (runs/.backend/). A
+        run whose runner was lost before its clean-up (the workflows' upload leaves runs/.backend/ out) took that
+        record with it, and the next night, on a fresh runner, found every object there (409 on create), applied
+        over them as not its own and left them all on `down`: the shop stayed in the zones for good, unsaid. Told
+        apart by what only the harness puts there (the rendered label `app.kubernetes.io/managed-by:
+        edge-harness`) on a Deployment this runner's record does not hold; read with the Deployment list the
+        role already grants (one being deleted, a previous `down`'s namespace still going, is not left). Said, not
+        deleted: they may be another harness run's on the same cluster."""
+        ours = {(str(o["metadata"].get("namespace", "default")), str(o["metadata"]["name"]))
+                for o in manifests.objects if o["kind"] == "Deployment"}  # fmt: skip
+        try:
+            items = (self.cluster.request("GET", "/apis/apps/v1/deployments") or {}).get("items") or []
+        except KubeApiError:
+            items = []
+        left: list[str] = []
+        for d in items:
+            meta = d.get("metadata") or {}
+            key = (str(meta.get("namespace")), str(meta.get("name")))
+            mine = (meta.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY and not meta.get("deletionTimestamp")
+            if key in ours and mine and ("Deployment", *key) not in known:
+                left.append("/".join(key))
+        left.sort()
+        line = ""
+        if left:
+            namespaces = " ".join(sorted({x.split("/", 1)[0] for x in left}))
+            line = (
+                f"{self._where}: {len(left)} of the run's Deployments ({_first(left)}) were on the cluster before "
+                f"this run, labelled {LABEL_MANAGED_BY}={MANAGED_BY}: left by an earlier run whose down did not run "
+                "(its record, runs/.backend/, went with its runner); this run uses them, and its down leaves them "
+                f"and their namespaces: kubectl --context {self.context} delete namespace {namespaces} removes them"
+            )
+            self._said.add(line)
+            self.progress(f"WARNING: {line}")
+        self._save_state(leftovers=line)
 
     def _helm_runner(self, manifests: Manifests, chart: dict[str, Any]) -> HelmRun:
         """helm from PATH, only needed with `install_consul` (Consul is usually there already)."""
