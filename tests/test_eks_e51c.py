@@ -19,11 +19,12 @@ import pytest
 from harness.backends.existing import ExistingBackend
 from harness.backends.kube import KubeCluster
 from harness.errors import BackendError
+from tests.conftest import wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kuberbac import nightly_rules
 from tests.kubesim import CHART_K8S_IMAGE
-from tests.test_backend_existing import CONTEXT, ENTRY, _backend
+from tests.test_backend_existing import CONTEXT, ENTRY, LAX, NODE, _backend
 from tests.test_backend_existing import eks as eks  # the operator's EKS cluster with its Consul, fake kubectl on PATH
 
 pytestmark = pytest.mark.slow
@@ -196,3 +197,38 @@ def test_control_a_re_up_on_the_same_runner_and_a_first_night_say_nothing_of_lef
         assert not [w for w in again.cluster_warnings() if "left by an earlier run" in w]
     finally:
         again.down()
+
+
+def test_a_node_kill_leaves_a_pod_no_controller_would_bring_back(
+    api: FakeApiServer, eks: KubeCluster, tmp_path: Path
+) -> None:
+    """Reproducer: the node kill (cordon, then delete the node's pods) deleted every pod of the node but DaemonSet and
+    mirror pods, a pod no controller owns too (an operator's debug pod, `kubectl run`): nothing re-creates it, so an
+    8-second node fault destroyed it for good, where a node back after 8 s loses no pod, and `kubectl drain` refuses
+    such a pod without --force ("Pods not managed by ReplicationController, ReplicaSet, Job, DaemonSet or
+    StatefulSet ... will be lost forever", kubectl drain's help). Now it stays on the cordoned node, said when the
+    fault starts; control: the node's HashiCups pods (ReplicaSet-owned) are deleted as before and come back."""
+    b = _backend(api, tmp_path, (CONTEXT,), execute=True)
+    said: list[str] = []
+    try:
+        b.up(rendered(tmp_path))
+        node = NODE[LAX]
+        debug = {"name": "sh", "image": "busybox:1.36"}
+        api.seed(eks, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug", "namespace": "ops"},
+                       "spec": {"nodeName": node, "containers": [debug]}})  # fmt: skip
+        assert wait_until(lambda: eks.request("GET", "/api/v1/namespaces/ops/pods/debug")["status"].get("phase")
+                          == "Running", 30)  # fmt: skip
+        shop = [p["metadata"]["name"] for p in eks.pods(f"hashicups-{LAX.removeprefix('us-west-2-')}")
+                if p["spec"].get("nodeName") == node]  # fmt: skip
+        assert shop
+        b.progress = said.append
+        b.kill_node(node)
+        gone = {p["metadata"]["name"] for p in eks.pods() if p["metadata"].get("deletionTimestamp")}
+        assert wait_until(lambda: not {p["metadata"]["name"] for p in eks.pods()} & set(shop), 30), gone
+        b.restore_node(node)
+        left = [p["metadata"] for p in eks.pods("ops") if p["metadata"]["name"] == "debug"]
+        assert left and not left[0].get("deletionTimestamp"), left
+        assert [x for x in said if "ops/debug" in x and "no controller" in x], said
+        assert wait_until(lambda: b.steady_state_problems() == [], 60)
+    finally:
+        b.close()

@@ -1768,7 +1768,14 @@ class ExistingBackend(KubeBackend):
         zone = self.cluster.nodes().get(node, "")
         self._fence("kill_node", zone, node=node)
         self._take_nodes("kill_node", zone, [node])
+        self._say_unmanaged([node])
         self.cluster.drain(node)
+
+    def _say_unmanaged(self, nodes: list[str]) -> None:
+        """Name the pods the drain of `nodes` leaves running: no controller would bring them back (`unmanaged`)."""
+        left = self.cluster.unmanaged_on(nodes)
+        if left:
+            self.progress(f"{', '.join(nodes)}: left running, as no controller would re-create them: {_first(left)}")
 
     @_serialized
     def restore_node(self, node: str) -> None:
@@ -1823,6 +1830,7 @@ class ExistingBackend(KubeBackend):
         self._take_nodes("zone_outage", zone, nodes)
         for n in nodes:
             self.cluster.cordon(n)  # all first: killed pods must not land on a sibling node
+        self._say_unmanaged(list(nodes))
         for n in nodes:
             self.cluster.drain(n)
 

@@ -68,6 +68,21 @@ def control_plane_of(pods: list[dict[str, Any]]) -> dict[str, list[str]]:
     return {n: sorted(v) for n, v in sorted(out.items())}
 
 
+def unmanaged(pod: dict[str, Any]) -> bool:
+    """A pod no controller owns (no ownerReference with `controller: true`: a `kubectl run`, an operator's debug
+    pod) and not the harness's own: deleted, nothing would re-create it, so a node fault of seconds would destroy
+    it for good, where a node back within seconds loses no pod. `kubectl drain` refuses such a pod without
+    --force ("Pods not managed by ReplicationController, ReplicaSet, Job, DaemonSet or StatefulSet ... will be
+    lost forever", kubectl drain's help; pkg/drain/filters.go unreplicatedFilter). Finished pods are not
+    counted (nothing runs)."""
+    meta = _meta(pod)
+    if any(o.get("controller") for o in meta.get("ownerReferences") or []):
+        return False
+    if _labels(pod).get(names.LABEL_MANAGED_BY) == names.MANAGED_BY:
+        return False
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
 class PodChaosMixin(KubeApi):
     """The chaos primitives the kind and existing backends share."""
 
@@ -87,7 +102,8 @@ class PodChaosMixin(KubeApi):
         self.cordon(node, unschedulable=False)
 
     def drain(self, node: str, grace_period_seconds: int = KILL_GRACE_S) -> list[str]:
-        """Cordon `node` and delete its pods (DaemonSet and mirror pods stay, as `kubectl drain` does).
+        """Cordon `node` and delete its pods (DaemonSet and mirror pods stay, as `kubectl drain` does, and so does a
+        pod no controller would re-create: `unmanaged`).
 
         Deletion, not eviction: this is chaos, a PodDisruptionBudget must not
         be able to veto it. Graceful, not forced (KILL_GRACE_S): every pod of
@@ -104,9 +120,19 @@ class PodChaosMixin(KubeApi):
                 continue
             if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
                 continue
+            if unmanaged(p):
+                continue
             self.delete_pod(str(meta.get("namespace")), str(meta["name"]), grace_period_seconds)
             killed.append(f"{meta.get('namespace')}/{meta['name']}")
         return killed
+
+    def unmanaged_on(self, nodes: list[str]) -> list[str]:
+        """`namespace/pod` of each running pod on `nodes` that `drain` leaves because nothing would bring it back."""
+        return sorted(
+            f"{_meta(p).get('namespace')}/{_meta(p).get('name')}"
+            for p in self.pods()
+            if (p.get("spec") or {}).get("nodeName") in nodes and unmanaged(p)
+        )
 
     def pods_of(self, zone: str, service: str) -> list[dict[str, Any]]:
         """HashiCups pods of logical `service` in `zone` (by the renderer's pod labels)."""
