@@ -104,7 +104,7 @@ from harness.backends.kube.backend import KubeBackend
 from harness.backends.kube.forward import find_tool
 from harness.backends.kube.helmwait import HelmRun, Watch, run_watched
 from harness.backends.kube.version import image_minor, supported_range
-from harness.contract.names import LABEL_POD_ZONE
+from harness.contract.names import LABEL_POD_ZONE, LABEL_ZONE
 from harness.errors import BackendError
 from harness.interrupt import nap
 
@@ -270,6 +270,37 @@ def drops(cidrs: Sequence[str]) -> list[str]:
     return [f"-A {CHAIN} {d} {cidr} -j DROP" for cidr in cidrs for d in ("-d", "-s")]
 
 
+class ConfigNode(NamedTuple):
+    """A node of a kind config as kind makes it: the name kind gives it, its labels and its kubeadm taints."""
+
+    name: str
+    labels: Mapping[str, str]
+    taints: frozenset[tuple[str, str, str]]  # (key, value, effect)
+
+
+def config_nodes(cluster: str, config: Mapping[str, Any]) -> list[ConfigNode]:
+    """The nodes `kind create cluster --name cluster` makes of `config`, in its order: each role's first node is
+    `<cluster>-<role>`, the next ones `<cluster>-<role>2`, ... (kind's MakeNodeNamer, pkg/cluster/internal/
+    providers/common/namer.go, called in config order by the docker provider's planCreation); its `labels`, and
+    the taints of its JoinConfiguration/InitConfiguration patches (nodeRegistration.taints, which kubeadm
+    registers the node with)."""
+    counts: dict[str, int] = {}
+    out: list[ConfigNode] = []
+    for node in config.get("nodes") or [{"role": "control-plane"}]:
+        role = str(node.get("role") or "control-plane")
+        counts[role] = counts.get(role, 0) + 1
+        name = f"{cluster}-{role}" + (str(counts[role]) if counts[role] > 1 else "")
+        taints: set[tuple[str, str, str]] = set()
+        for patch in node.get("kubeadmConfigPatches") or []:
+            doc = yaml.safe_load(patch) if isinstance(patch, str) else patch
+            if isinstance(doc, dict) and doc.get("kind") in ("JoinConfiguration", "InitConfiguration"):
+                for t in (doc.get("nodeRegistration") or {}).get("taints") or []:
+                    taints.add((str(t.get("key") or ""), str(t.get("value") or ""), str(t.get("effect") or "")))
+        labels = {str(k): str(v) for k, v in (node.get("labels") or {}).items()}
+        out.append(ConfigNode(name, labels, frozenset(taints)))
+    return out
+
+
 def is_edge(node: NodeInfo) -> bool:
     """A node of a Local or Wavelength Zone (its zone-type label), not of the Region's AZs nor unlabelled."""
     return bool(node.zone_type) and node.zone_type != "availability-zone"
@@ -424,6 +455,8 @@ class KindBackend(KubeBackend):
                 "kind", "create", "cluster", "--name", self.cluster_name,
                 "--config", str(config), "--kubeconfig", str(self.kubeconfig), *(["--image", image] if image else []),
             )  # fmt: skip
+        if exists:
+            self._check_shape(manifests)  # refused here: a cluster of another topology, or a create cut short
         self._save_state(manifests=str(Path(manifests.root).resolve()), cluster=self.cluster_name, entry={})
         self._warn_version()  # a user's image (or a reused cluster) outside the chart's range: said, and run
         if not self._inotify_read:
@@ -450,6 +483,42 @@ class KindBackend(KubeBackend):
             self._impose()
         self._save_state(entry=self._published_ports())
         self.start_recording()
+
+    def _check_shape(self, manifests: Manifests) -> None:
+        """An existing cluster's nodes against the rendered kind config (`config_nodes`): BackendError in one line
+        naming what differs, before anything is installed in it.
+
+        `kind get clusters` names a cluster whatever made it: one kept from another topology's run, or one whose
+        `kind create` was killed before its workers joined (kind deletes the nodes it made only when create
+        returns an error). Reused as it was, the run judged a topology it did not run: another node count per
+        zone (a node loss survivable in the topology, not in the cluster), zones the config does not have."""
+        have = {n.name: n for n in self._node_infos()}
+        missing: list[str] = []
+        differ: list[str] = []
+        for want in config_nodes(self.cluster_name, manifests.kind_config):
+            node = have.pop(want.name, None)
+            if node is None:
+                missing.append(want.name)
+                continue
+            zone = want.labels.get(LABEL_ZONE)
+            if zone is not None and node.labels.get(LABEL_ZONE) != zone:  # the zone says it all (labels follow it)
+                differ.append(f"{want.name} in {node.labels.get(LABEL_ZONE) or 'no zone'}, not {zone}")
+                continue
+            wrong = [f"{k}={node.labels.get(k, '')}" for k, v in sorted(want.labels.items()) if node.labels.get(k) != v]
+            live = {(t.key, t.value, t.effect) for t in node.taints}
+            wrong += [f"no taint {k}={v}:{e}" for k, v, e in sorted(want.taints - live)]
+            if wrong:
+                differ.append(f"{want.name} with {', '.join(wrong)}")
+        problems = [f"{', '.join(missing)}: missing"] if missing else []
+        problems += [f"{', '.join(sorted(have))}: not in the config"] if have else []
+        problems += differ
+        if problems:
+            shown = "; ".join(problems[:4]) + (f"; {len(problems) - 4} more" if len(problems) > 4 else "")
+            raise BackendError(
+                f"{self._where} exists but is not the cluster this topology's kind config makes ({shown}): left "
+                f"from another topology or from a create cut short; `harness down --backend kind --cluster "
+                f"{self.cluster_name}`, then up again"
+            )
 
     def _docker_host_is_here(self) -> bool:
         """Whether the Docker daemon's kernel is this machine's: Linux here, not Docker Desktop (a VM, on Linux
