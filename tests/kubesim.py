@@ -1364,6 +1364,10 @@ class ClusterSim:
         # test ends their grace (`end_force_deleted_grace`), as the kubelet would after the pod's own grace
         self.force_deleted_containers: dict[str, Container] = {}
         self.helm_calls: list[dict[str, Any]] = []
+        # (namespace, release) -> the status of its last revision, as helm keeps it in the cluster (its release
+        # Secret): pending-install/pending-upgrade while a helm runs, deployed or failed as that helm wrote it
+        # before it exited (the fake helm's `helm/record`); a helm killed (SIGKILL) leaves its pending status
+        self.helm_status: dict[tuple[str, str], str] = {}
         self.lb_listeners: dict[tuple[str, str], int] = {}
         # the VPC's subnets as EC2 describes them (ID -> zone, zone type), which the AWS Load Balancer Controller
         # resolves an Ingress's subnets against; and the ALBs it made: DNS name -> AlbRun
@@ -4859,6 +4863,7 @@ class ClusterSim:
         self.nodes.clear()
         self._forget_consul()
         self.kind_cluster = None
+        self.helm_status.clear()  # helm's release records are Secrets in the cluster
         self.crds_terminating.clear()
         for plural in CONSUL_KINDS.values():
             self.unregister(CONSUL_GROUP, plural)
@@ -5005,6 +5010,16 @@ class ClusterSim:
         self, release: str, namespace: str, values: Obj, wait: bool, timeout_s: float, create_ns: bool
     ) -> Obj:
         self.helm_calls.append({"release": release, "namespace": namespace, "values": values})
+        key = (namespace, release)
+        if self.helm_status.get(key, "").startswith("pending-"):
+            # helm pkg/action/upgrade.go prepareUpgrade: the last revision is pending (another helm's, or one killed
+            # before it recorded an outcome: helm/helm#4558), errPending; nothing installed, nothing recorded
+            return {
+                "rc": 1,
+                "stderr": "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress",
+                "recorded": False,
+            }
+        self.helm_status[key] = "pending-upgrade" if key in self.helm_status else "pending-install"
         if self.get("v1", "namespaces", None, namespace) is None:
             if not create_ns:
                 return {
@@ -5350,6 +5365,7 @@ class ClusterSim:
             self.crds_terminating.add(plural)
         self._forget_consul()
         self._crds_tick()
+        self.helm_status.pop((namespace, release), None)
         return {"rc": 0, "stdout": f'release "{release}" uninstalled\n'}
 
     # -- the control API the fake tools call ----------------------------------------------
@@ -5385,6 +5401,9 @@ class ClusterSim:
             return aiohttp.web.json_response(out)
         if path == "helm/uninstall":
             return aiohttp.web.json_response(await self.helm_uninstall(body["release"], body["namespace"]))
+        if path == "helm/record":  # the fake helm writes its outcome into the release's last revision
+            self.helm_status[(body["namespace"], body["release"])] = str(body["status"])
+            return aiohttp.web.json_response({})
         if path == "portforward":
             token = _bearer(request.headers)
             return aiohttp.web.json_response(

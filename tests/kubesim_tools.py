@@ -240,12 +240,14 @@ def _duration(text: str) -> float:
     return total or 300.0
 
 
-def _cancel_on_stop(release: str) -> None:
+def _cancel_on_stop(release: str, namespace: str) -> None:
     """helm install/upgrade on SIGTERM or SIGINT: "Release R has been cancelled.", its context cancelled, the
-    release failed (helm cmd/helm/install.go runInstall's signal.Notify; action.Install failRelease)."""
+    release failed (helm cmd/helm/install.go runInstall's signal.Notify; action.Install failRelease, which writes
+    the revision's status, so that the next upgrade is not refused as pending). SIGKILL leaves it pending."""
     import signal
 
     def cancelled(_signum: int, _frame: Any) -> None:
+        _api("helm/record", {"release": release, "namespace": namespace, "status": "failed"})
         print(f"Release {release} has been cancelled.", flush=True)
         print("Error: INSTALLATION FAILED: context canceled", file=sys.stderr, flush=True)
         os._exit(1)
@@ -267,18 +269,22 @@ def helm(args: list[str]) -> None:
         for i, a in enumerate(args):
             if a in ("-f", "--values"):
                 values.update(_yaml().safe_load(_read(args[i + 1])) or {})
-        _cancel_on_stop(release)
+        namespace = _opt(args, "-n", "--namespace") or "default"
+        _cancel_on_stop(release, namespace)
         out = _api(
             "helm/install",
             {
                 "release": release,
-                "namespace": _opt(args, "-n", "--namespace") or "default",
+                "namespace": namespace,
                 "values": values,
                 "wait": "--wait" in args,
                 "timeout_s": _duration(_opt(args, "--timeout") or "5m"),
                 "create_namespace": "--create-namespace" in args,
             },
         )
+        if out.get("recorded", True):  # helm writes the revision's outcome before it exits
+            status = "failed" if out.get("rc") else "deployed"
+            _api("helm/record", {"release": release, "namespace": namespace, "status": status})
         if not out.get("rc"):
             print(f'Release "{release}" has been upgraded. Happy Helming!')
         _finish(out)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness.errors import BackendError
 from harness.render import render, write
 from harness.render.manifests import Manifests, load
 from harness.topology.model import load_topology
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_kind import Tools, kind_backend
@@ -72,3 +75,74 @@ def test_a_left_over_cluster_of_the_same_shape_is_reused(api: FakeApiServer, too
     finally:
         again.close()
     assert any("exists: reusing it" in s for s in said), said
+
+
+# -- helm stopped by a stop signal ------------------------------------------------------------------------------------
+
+
+def _helm_upgrade(bindir: Path, values: Path, kubeconfig: Path, *, wait: bool) -> list[str]:
+    """`helm upgrade --install` of Consul's chart as `KubeBackend._helm_install` runs it."""
+    return [
+        str(bindir / "helm"), "upgrade", "--install", "consul", "hashicorp/consul", "--version", "1.9.11",
+        "-n", "consul", "--create-namespace", "-f", str(values), "--kubeconfig", str(kubeconfig),
+        *(["--wait", "--timeout", "15m"] if wait else []),
+    ]  # fmt: skip
+
+
+def test_helm_stopped_by_a_stop_signal_leaves_its_release_failed_not_pending(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """helm records a release's outcome in the cluster itself (the revision's Secret): pending-install while it
+    runs, then deployed, or failed when its context is cancelled, which SIGINT/SIGTERM do (cmd/helm/install.go and
+    upgrade.go: signal.Notify, cancel; pkg/action failRelease). Killed (SIGKILL), it records nothing, and every
+    later `helm upgrade --install` of the release is refused: "UPGRADE FAILED: another operation
+    (install/upgrade/rollback) is in progress" (pkg/action/upgrade.go errPending, helm/helm#4558). A stop signal
+    (CI cancelling `harness up`, SIGTERM or SIGHUP to the harness alone; a Ctrl-C) while helm waited for the chart
+    killed helm at once (`run_watched`'s `finally`), so the next `up` of the kept kind cluster (or of an EKS
+    cluster) failed there. helm is now stopped as `run_watched`'s early stop does it: SIGTERM, time to record
+    its release failed, and SIGKILL only after that grace; the next install goes on."""
+    from harness.backends.kube.helmwait import run_watched
+    from harness.interrupt import Interrupted
+
+    values = tmp_path / "consul-values.yaml"
+    values.write_text(yaml.safe_dump(rendered(tmp_path).helm_values))
+    kubeconfig = tmp_path / "kubeconfig"  # (the fake helm talks to the simulation; no node: the chart stays Pending)
+    asked: list[int] = []
+
+    def stop_signal() -> str | None:
+        asked.append(1)
+        if len(asked) >= 3:  # helm has been waiting for the chart's pods a few polls
+            raise Interrupted(signal.SIGTERM)
+        return None
+
+    with pytest.raises(Interrupted):
+        run_watched(_helm_upgrade(tools.bin, values, kubeconfig, wait=True), timeout_s=60, poll_s=0.1,
+                    watch=stop_signal)  # fmt: skip
+    assert api.sim.call(lambda: api.sim.helm_status[("consul", "consul")]) == "failed"
+    again = subprocess.run(_helm_upgrade(tools.bin, values, kubeconfig, wait=False), capture_output=True, text=True,
+                           timeout=60, check=False)  # fmt: skip
+    assert again.returncode == 0 and "another operation" not in again.stderr, again.stderr
+
+
+def test_helm_killed_leaves_its_release_pending(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
+    """The fake's likeness (control): a helm killed outright records nothing; the next upgrade is refused as real
+    helm refuses it, and one that ran to its end leaves the release deployed."""
+    values = tmp_path / "consul-values.yaml"
+    values.write_text(yaml.safe_dump(rendered(tmp_path).helm_values))
+    kubeconfig = tmp_path / "kubeconfig"
+    proc = subprocess.Popen(_helm_upgrade(tools.bin, values, kubeconfig, wait=True), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert wait_until(lambda: api.sim.call(lambda: api.sim.helm_status.get(("consul", "consul"))) is not None, 30)
+    proc.kill()
+    proc.communicate()
+    refused = subprocess.run(_helm_upgrade(tools.bin, values, kubeconfig, wait=False), capture_output=True, text=True,
+                             timeout=60, check=False)  # fmt: skip
+    assert refused.returncode == 1, refused
+    assert (
+        refused.stderr.strip() == "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress"
+    )
+    api.sim.call(lambda: api.sim.helm_status.clear())  # (as `helm rollback` or deleting the pending Secret would)
+    done = subprocess.run(_helm_upgrade(tools.bin, values, kubeconfig, wait=False), capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert api.sim.call(lambda: api.sim.helm_status[("consul", "consul")]) == "deployed"

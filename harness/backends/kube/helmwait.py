@@ -76,11 +76,16 @@ def run_watched(
 ) -> subprocess.CompletedProcess[str]:
     """Run `argv` as `subprocess.run(capture_output=True, text=True)` would, asking `watch` every `poll_s`.
 
-    `watch` returning a line stops the process (SIGTERM, SIGKILL after
-    `stop_grace_s`) and raises `StoppedEarly`; `timeout_s` raises
+    `watch` returning a line stops the process (`_stop`: SIGTERM, SIGKILL
+    after `stop_grace_s`) and raises `StoppedEarly`; `timeout_s` raises
     subprocess.TimeoutExpired as `subprocess.run` does. Any exception (a
-    stop signal's `Interrupted` too) kills the process before it propagates:
-    nothing is left running.
+    stop signal's `Interrupted` too) stops the process the same way before
+    it propagates: nothing is left running, and helm has had its time to
+    record the release failed. Killed outright, helm records nothing: the
+    release stays pending-install (or pending-upgrade) in the cluster, and
+    every later `helm upgrade --install` of it is refused with "another
+    operation (install/upgrade/rollback) is in progress" (pkg/action/upgrade.go
+    errPending, helm/helm#4558): the next `up` of a kept cluster failed there.
     """
     proc = subprocess.Popen(
         list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -95,15 +100,25 @@ def run_watched(
                 pass
             why = watch()
             if why:
-                proc.terminate()
-                try:
-                    proc.communicate(timeout=stop_grace_s)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate()
+                _stop(proc, stop_grace_s)
                 raise StoppedEarly(why, argv)
             if time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(list(argv), timeout_s)
+    finally:
+        _stop(proc, stop_grace_s)
+
+
+def _stop(proc: subprocess.Popen[str], grace_s: float) -> None:
+    """SIGTERM (helm cancels its context and marks the release failed: cmd/helm/install.go and upgrade.go
+    signal.Notify; pkg/action failRelease), SIGKILL if it has not exited after `grace_s`, or at once when another
+    exception (a stop signal the user insists with) cuts the grace short; nothing once it has exited."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.terminate()
+        proc.communicate(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         if proc.poll() is None:
             proc.kill()
