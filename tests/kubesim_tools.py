@@ -163,6 +163,22 @@ def _write_kubeconfig(path: str, cluster: str) -> None:
         )
 
 
+def _remove_kind_entries(path: str, cluster: str) -> None:
+    """What `kind delete cluster` does to the kubeconfig it is given, whether the cluster exists or not: the
+    cluster, user and context named kind-<cluster> removed, the current context unset if it was that one; the
+    file itself stays (kind pkg/cluster/internal/delete/delete.go, kubeconfig/internal/kubeconfig/remove.go)."""
+    if not os.path.exists(path):
+        return
+    cfg = _yaml().safe_load(_read(path)) or {}
+    key = f"kind-{cluster}"
+    for section in ("clusters", "users", "contexts"):
+        cfg[section] = [e for e in cfg.get(section) or [] if e.get("name") != key]
+    if cfg.get("current-context") == key:
+        cfg["current-context"] = ""
+    with open(path, "w") as f:
+        f.write(json.dumps(cfg))
+
+
 def kind(args: list[str]) -> None:
     if args[:1] == ["version"]:
         _finish(_api("kind/version"))
@@ -184,6 +200,7 @@ def kind(args: list[str]) -> None:
         return
     if args[:2] == ["delete", "cluster"]:
         name = _opt(args, "--name") or "kind"
+        _remove_kind_entries(_opt(args, "--kubeconfig") or _home(".kube", "config"), name)
         if name in _api("kind/clusters")["clusters"]:
             _api("kind/delete", {"name": name})
         print(f'Deleting cluster "{name}" ...', file=sys.stderr)

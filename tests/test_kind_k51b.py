@@ -146,3 +146,35 @@ def test_helm_killed_leaves_its_release_pending(api: FakeApiServer, tools: Tools
                           timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert api.sim.call(lambda: api.sim.helm_status[("consul", "consul")]) == "deployed"
+
+
+# -- the kubeconfig of a reused cluster -----------------------------------------------------------------------------
+
+
+def test_a_reused_cluster_is_reached_through_the_kubeconfig_kind_exports_now(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """kind's cluster names are the Docker host's, a backend's workdir is its runs root's (runs/.backend under the
+    directory `harness` runs in): a cluster `edge` made from another directory (another clone, a CI job's
+    checkout) is this one's to reuse too. `up` reused the kubeconfig its own workdir held, whatever it was: one
+    that `kind delete cluster --kubeconfig` of an earlier `down` had emptied (kind removes the kind-<name>
+    cluster, user and context and keeps the file: pkg/cluster/internal/kubeconfig/internal/kubeconfig/
+    remove.go), or one of an earlier cluster of that name (another CA, another API server port). `up` failed on
+    it ("cannot use context kind-edge") though the cluster was there. A reused cluster's kubeconfig is now the
+    one `kind export kubeconfig` writes for it now."""
+    here = kind_backend(tmp_path / "here")
+    here.up(m := rendered(tmp_path))
+    here.down()  # `harness down`: the cluster gone, its kubeconfig file kept without the cluster's entries
+    elsewhere = kind_backend(tmp_path / "elsewhere")
+    elsewhere.up(m)  # the same cluster name, made from another directory
+    elsewhere.close()
+    tools.reset()
+    again = kind_backend(tmp_path / "here")
+    said: list[str] = []
+    try:
+        again.up(m, progress=said.append)
+    finally:
+        again.close()
+    assert any("exists: reusing it" in s for s in said), said
+    assert ["kind", "export", "kubeconfig", "--name", "edge", "--kubeconfig", str(tmp_path / "here" / "kubeconfig")] \
+        in tools.calls()  # fmt: skip

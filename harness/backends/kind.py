@@ -445,10 +445,10 @@ class KindBackend(KubeBackend):
         config.write_text(yaml.safe_dump({**manifests.kind_config, "name": self.cluster_name}, sort_keys=False))
         if exists:
             self.progress(f"kind cluster {self.cluster_name} exists: reusing it")
-            if not self.kubeconfig.is_file():
-                self._run(
-                    "kind", "export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)
-                )
+            # always: the workdir's file may be of an earlier cluster of this name (another CA, another API server
+            # port) or emptied by that cluster's `kind delete` (it keeps the file), and kind's cluster names are the
+            # Docker host's, so the cluster may have been made from another directory; export merges into the file
+            self._run("kind", "export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig))
         else:
             self.progress(f"creating kind cluster {self.cluster_name} ({image or 'kind default node image'})")
             self._run(
