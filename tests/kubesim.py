@@ -1292,6 +1292,9 @@ class ClusterSim:
         self.consul: Consul | None = None
         self.webhook_refusals: list[str] = []  # pods the injector's webhook could not be called for (ns/name)
         self.kind_cluster: str | None = None
+        # a cluster whose `kind create` was killed before `kubeadm init` wrote /etc/kubernetes/admin.conf on its
+        # control-plane: its node containers (and so `kind get clusters`) are there, its kubeconfig cannot be had
+        self.kind_cut_short = False
         # kind: the host's Docker image store (kept across clusters) and what went to the registry: every image a
         # kind node lacks is pulled by its kubelet from Docker Hub, anonymously, from the host's one address
         # (100 pulls per 6 h): (node, image) per pull, and the host's own `docker pull`s
@@ -4863,6 +4866,7 @@ class ClusterSim:
         self.nodes.clear()
         self._forget_consul()
         self.kind_cluster = None
+        self.kind_cut_short = False
         self.helm_status.clear()  # helm's release records are Secrets in the cluster
         self.crds_terminating.clear()
         for plural in CONSUL_KINDS.values():
@@ -5386,7 +5390,9 @@ class ClusterSim:
         if path == "kind/load":
             return aiohttp.web.json_response(self.kind_load(body["name"], list(body.get("images") or [])))
         if path == "kind/clusters":
-            return aiohttp.web.json_response({"clusters": [self.kind_cluster] if self.kind_cluster else []})
+            return aiohttp.web.json_response(
+                {"clusters": [self.kind_cluster] if self.kind_cluster else [], "cut_short": self.kind_cut_short}
+            )
         if path == "docker":
             return aiohttp.web.json_response(await self.docker(list(body.get("args") or [])))
         if path == "helm/install":

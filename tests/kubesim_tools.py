@@ -207,8 +207,16 @@ def kind(args: list[str]) -> None:
         return
     if args[:2] == ["export", "kubeconfig"]:
         name = _opt(args, "--name") or "kind"
-        if name not in _api("kind/clusters")["clusters"]:
+        known = _api("kind/clusters")
+        if name not in known["clusters"]:
             print(f'ERROR: could not locate any control plane nodes for cluster named "{name}"', file=sys.stderr)
+            sys.exit(1)
+        if known.get("cut_short"):  # kind pkg/cluster/internal/kubeconfig/kubeconfig.go get(): cat admin.conf
+            print(
+                'ERROR: failed to get cluster internal kubeconfig: command "docker exec --privileged '
+                f'{name}-control-plane cat /etc/kubernetes/admin.conf" failed with error: exit status 1',
+                file=sys.stderr,
+            )
             sys.exit(1)
         _write_kubeconfig(_opt(args, "--kubeconfig") or _home(".kube", "config"), name)
         return

@@ -178,3 +178,25 @@ def test_a_reused_cluster_is_reached_through_the_kubeconfig_kind_exports_now(
     assert any("exists: reusing it" in s for s in said), said
     assert ["kind", "export", "kubeconfig", "--name", "edge", "--kubeconfig", str(tmp_path / "here" / "kubeconfig")] \
         in tools.calls()  # fmt: skip
+
+
+def test_a_cluster_whose_create_was_cut_short_is_named_as_such(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """`kind create` killed before `kubeadm init` finished (a Ctrl-C of `harness up` while kind creates: kind
+    deletes what it made only when create returns an error, pkg/cluster/internal/create/create.go) leaves node
+    containers, which `kind get clusters` lists, and no /etc/kubernetes/admin.conf, which `kind export kubeconfig`
+    reads (pkg/cluster/internal/kubeconfig/kubeconfig.go: "failed to get cluster internal kubeconfig"). `up`
+    reused it and failed with kind's line alone, naming neither the cause nor the way out; it now says both."""
+    api.sim.call(lambda: setattr(api.sim, "kind_cluster", "edge"))
+    api.sim.call(lambda: setattr(api.sim, "kind_cut_short", True))
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        with pytest.raises(BackendError) as err:
+            backend.up(rendered(tmp_path))
+    finally:
+        backend.close()
+    msg = str(err.value)
+    assert "\n" not in msg and "failed to get cluster internal kubeconfig" in msg, msg
+    assert "create cut short" in msg and "`harness down --backend kind --cluster edge`" in msg, msg
+    assert not [c for c in tools.calls() if c[:1] == ["helm"]]

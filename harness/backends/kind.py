@@ -448,7 +448,7 @@ class KindBackend(KubeBackend):
             # always: the workdir's file may be of an earlier cluster of this name (another CA, another API server
             # port) or emptied by that cluster's `kind delete` (it keeps the file), and kind's cluster names are the
             # Docker host's, so the cluster may have been made from another directory; export merges into the file
-            self._run("kind", "export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig))
+            self._export_kubeconfig()
         else:
             self.progress(f"creating kind cluster {self.cluster_name} ({image or 'kind default node image'})")
             self._run(
@@ -484,6 +484,25 @@ class KindBackend(KubeBackend):
         self._save_state(entry=self._published_ports())
         self.start_recording()
 
+    def _export_kubeconfig(self) -> None:
+        """`kind export kubeconfig` of the existing cluster into the workdir's file; BackendError in one line
+        naming the likely cause and the way out when kind cannot: a cluster whose `kind create` was killed before
+        `kubeadm init` wrote the control-plane's admin.conf (kind deletes what it made only when create returns an
+        error) has node containers, so `kind get clusters` lists it, and no kubeconfig to export."""
+        args = ("export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig))
+        proc = self._run("kind", *args, check=False, timeout=120)
+        if proc.returncode != 0:
+            err = (proc.stderr or proc.stdout or "").strip().splitlines()
+            raise BackendError(
+                f"{self._where} exists but `kind {' '.join(args[:2])}` failed ({err[-1] if err else proc.returncode}): "
+                f"left from a create cut short (or its control-plane container is stopped: `docker start` it); "
+                f"{self._start_over}"
+            )
+
+    @property
+    def _start_over(self) -> str:
+        return f"`harness down --backend kind --cluster {self.cluster_name}`, then up again"
+
     def _check_shape(self, manifests: Manifests) -> None:
         """An existing cluster's nodes against the rendered kind config (`config_nodes`): BackendError in one line
         naming what differs, before anything is installed in it.
@@ -516,8 +535,7 @@ class KindBackend(KubeBackend):
             shown = "; ".join(problems[:4]) + (f"; {len(problems) - 4} more" if len(problems) > 4 else "")
             raise BackendError(
                 f"{self._where} exists but is not the cluster this topology's kind config makes ({shown}): left "
-                f"from another topology or from a create cut short; `harness down --backend kind --cluster "
-                f"{self.cluster_name}`, then up again"
+                f"from another topology or from a create cut short; {self._start_over}"
             )
 
     def _docker_host_is_here(self) -> bool:
