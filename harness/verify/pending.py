@@ -33,7 +33,9 @@ instant, shows its recovery only with enough good hops that such a mesh would
 rarely have served them all in the zone. Three were taken as shown after a
 restore that sent every other call to the Region. A pair is no longer waited
 for once maxRecoveryS has passed since its restore (the cascade's end): the
-verdict decides it from then on (back, or never back).
+verdict decides it from then on (back late, or never back), but one back
+before then by too few hops yet for the verdict's evidence rule, which reads
+the hops after the instant however late they come (`_evidence_owed`).
 
 Each caller's hops count only up to where every caller of the pair is on
 record (`_complete_until`): the sidecars' logs reach the run directory each on
@@ -52,7 +54,7 @@ compacted, a line half written) is a "not yet".
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -107,12 +109,15 @@ class Pending:
     good: str = "serving_zone = caller_zone"  # SQL: a hop served where it belongs (`FaultScoping.expected_sql`)
     outage: bool = False  # an outage nobody injected (`_open_outages`): `fault` says what; no pair, no hop asked
     link: bool = False  # a degraded link not shown back yet (`_links_not_back`): no pair, a hop across it asked
+    evidence: bool = False  # back before maxRecoveryS, by too few hops yet for the verdict (`_evidence_owed`)
 
     def __str__(self) -> str:
         if self.outage:
             return f"{self.upstream} in {self.zone} ({self.fault})"
         if self.link:
             return f"{self.zone}'s link back (after {self.fault})"
+        if self.evidence:
+            return f"{self.zone} -> {self.upstream} (after {self.fault}: back, too few hops after it yet)"
         return f"{self.zone} -> {self.upstream} (after {self.fault})"
 
 
@@ -213,18 +218,21 @@ def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pe
         load_inventory(con, run_dir / INVENTORY_FILE, topology, root=run_dir)
         scoping = FaultScoping(live_run(con, run_dir, topology))
         outages = _open_outages(scoping, now)
-        if not candidates and not links:
-            return outages  # no pair the verdict could still ask, no link: no hop read
+        if not _open(faults, topology, -math.inf) and not links:
+            return outages  # no pair the verdict could ask, no link: no hop read
         create_hops(con, run_dir, topology, inventory_loaded=True)
-        watched = [w for w in _watched(scoping) if now < w.due]
-        if not watched and not links:
-            return outages
+        asked = _watched(scoping)
+        watched = [w for w in asked if now < w.due]
         # the hop columns the verdict's rules read (`rundata`'s hops table): where the hop was served, and `ok`
         con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind, "
                     f"coalesce(({HOP_OK_SQL}), false) AS ok FROM hops")  # fmt: skip
         reached = _reached(run_dir, now)
+        owed = [e for w in asked if now >= w.due and (e := _evidence_owed(con, scoping, w, reached, now)) is not None]
+        if not watched and not links:
+            return owed + outages
         return (
             [w for w in watched if not _shown(con, scoping, w, reached)]
+            + owed
             + _links_not_back(con, scoping, run_dir, now)
             + outages
         )
@@ -444,6 +452,57 @@ def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending, reached: float) 
     return math.inf if row is None or row[0] is None else float(row[0])
 
 
+def _back(con: duckdb.DuckDBPyConnection, w: Pending, reached: float) -> tuple[int, float | None, float | None]:
+    """The pair's recovery so far, over its hops since the restore up to when every caller's are on record
+    (`_complete_until`): how many good hops after its last bad one, the first of them (the verdict's recovery
+    instant, None: none yet), and the newest of its hops (None: none)."""
+    row = con.execute(
+        f"""
+        WITH p AS (SELECT ts, ok, ok AND coalesce(({w.good}), false) AS good FROM phops
+                   WHERE caller_zone = $zone AND upstream = $upstream AND list_contains($callers, caller_service)
+                     AND ts >= $restore AND ts <= $complete),
+             b AS (SELECT coalesce(max(ts) FILTER (WHERE NOT good), $never) AS last_bad FROM p)
+        SELECT count(*) FILTER (WHERE good AND p.ts > b.last_bad),
+               min(p.ts) FILTER (WHERE good AND p.ts > b.last_bad),
+               max(p.ts)
+        FROM p, b
+        """,
+        {"zone": w.zone, "upstream": w.upstream, "callers": list(w.callers), "restore": w.restore,
+         "never": -math.inf, "complete": _complete_until(con, w, reached)},
+    ).fetchone()  # fmt: skip
+    if not row:
+        return 0, None, None
+    return int(row[0]), (None if row[1] is None else float(row[1])), (None if row[2] is None else float(row[2]))
+
+
+def _evidence_owed(
+    con: duckdb.DuckDBPyConnection, s: FaultScoping, w: Pending, reached: float, now: float
+) -> Pending | None:
+    """The pair `w`, past its due, when its records show it back before maxRecoveryS had passed (its recovery
+    instant before `w.due`) by too few good hops yet for the verdict's evidence rule
+    (`FaultScoping.recovery_unshown`): waited for until they do, or until a hop served elsewhere moves the instant
+    past the SLO (the verdict decides it then), or until the pair makes no call for maxRecoveryS.
+
+    The pair was waited for until maxRecoveryS after its restore alone, as if the verdict decided it from then on
+    (back, or never back). But the evidence rule asks the hops after the instant, however late they come: a zone
+    of two product-api replicas that lost one spilled ~30 % of its calls to the Region, as designed, and a
+    recovery after it is shown by ~20 good hops in a row. Back at once, at a zone's one request a second and
+    maxRecoveryS 10 s, the users stopped with 10 of them: the verdict failed the correct mesh ("not shown", a run
+    that goes on longer shows it) and passed it at four requests a second, or on a run that went on.
+
+    Each hop on record either adds to the evidence or, served elsewhere, moves the instant; so the wait ends
+    after as many hops as the rule asks, past the SLO's instant at the latest. Due maxRecoveryS after the
+    pair's newest hop: a pair its users stopped calling is left to the verdict.
+    """
+    after, instant, newest = _back(con, w, reached)
+    if instant is None or instant >= w.due:
+        return None  # not back by maxRecoveryS: the verdict decides it (never back, or late)
+    if s.recovery_unshown("phops", w.zone, w.upstream, list(w.callers), w.inject, w.restore, instant, after) is None:
+        return None
+    due = max(w.due, newest if newest is not None else instant) + s.slo.max_recovery_s
+    return replace(w, due=due, evidence=True) if now < due else None
+
+
 def _shown(con: duckdb.DuckDBPyConnection, s: FaultScoping, w: Pending, reached: float) -> bool:
     """`GOOD_HOPS` good hops after the pair's last bad one since the restore, among the hops up to when every
     caller's are on record (`_complete_until`), and enough of them for the verdict's own evidence rule
@@ -455,21 +514,7 @@ def _shown(con: duckdb.DuckDBPyConnection, s: FaultScoping, w: Pending, reached:
     while the same ten Region hops among the 640 in-zone ones of the five faults after them made a share of
     1.5 %, and the cool-down waited maxRecoveryS for 444 more hops of a recovery on record.
     """
-    row = con.execute(
-        f"""
-        WITH p AS (SELECT ts, ok, ok AND coalesce(({w.good}), false) AS good FROM phops
-                   WHERE caller_zone = $zone AND upstream = $upstream AND list_contains($callers, caller_service)
-                     AND ts >= $restore AND ts <= $complete),
-             b AS (SELECT coalesce(max(ts) FILTER (WHERE NOT good), $never) AS last_bad FROM p)
-        SELECT count(*) FILTER (WHERE good AND p.ts > b.last_bad),
-               min(p.ts) FILTER (WHERE good AND p.ts > b.last_bad)
-        FROM p, b
-        """,
-        {"zone": w.zone, "upstream": w.upstream, "callers": list(w.callers), "restore": w.restore,
-         "never": -math.inf, "complete": _complete_until(con, w, reached)},
-    ).fetchone()  # fmt: skip
-    if not row or int(row[0]) < GOOD_HOPS or row[1] is None:
+    after, instant, _ = _back(con, w, reached)
+    if after < GOOD_HOPS or instant is None:
         return False
-    unshown = s.recovery_unshown("phops", w.zone, w.upstream, list(w.callers), w.inject, w.restore, float(row[1]),
-                                 int(row[0]))  # fmt: skip
-    return unshown is None
+    return s.recovery_unshown("phops", w.zone, w.upstream, list(w.callers), w.inject, w.restore, instant, after) is None
