@@ -283,10 +283,13 @@ def test_drain_cordons_and_kills_pods_on_the_node_but_not_daemonsets(api: FakeAp
     c = api.cluster(tmp_path)
     ds_pod = pod("kube-proxy-x", "kube-system", "z", "kube-proxy", "", "172.18.0.4", "edge-worker3")
     ds_pod["metadata"]["ownerReferences"] = [{"kind": "DaemonSet", "name": "kube-proxy"}]
+    # a Deployment's pod (its ReplicaSet re-creates it); one no controller owns stays (kube.chaos.unmanaged)
+    p1 = lax_pod("p1", "10.244.3.5")
+    p1["metadata"]["ownerReferences"] = [{"kind": "ReplicaSet", "name": "product-api-x", "controller": True}]
     api.seed(
         c,
         *NODES,
-        lax_pod("p1", "10.244.3.5"),
+        p1,
         pod("p2", "hashicups", "us-west-2a", "product-api", "product-api", "10.244.1.5", "edge-worker"),
         ds_pod,
     )

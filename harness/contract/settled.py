@@ -13,10 +13,15 @@ harness.chaos.actions `degrade_link`). Both sides take their figures from here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from harness.topology import Topology
+
+class _Zones(Protocol):
+    """What `reaches_link` asks of a topology (`harness.topology.Topology`, not imported: this module travels with
+    the locustfile into the zones' pods, where only its own modules and the standard library are)."""
+
+    def zone(self, name: str) -> Any: ...
+
 
 MEASURING = "measuring"  # probe-budget.json's reason until the budget has decided (harness.traffic.budget)
 SWITCH_S = 0.25  # after a new factor: every probe has re-read the file (within 2 x its check) and runs at its period
@@ -29,7 +34,7 @@ BASELINE_STALL_S = 8.0
 verdict says what it leaves unverified): e2e's warm-up bound, for the same question."""
 
 
-def reaches_link(t: Topology, fault_zone: str, zone: str) -> bool:
+def reaches_link(t: _Zones, fault_zone: str, zone: str) -> bool:
     """A fault of `fault_zone` can change how long `zone`'s hops that wait on its service link take: a fault of
     the zone itself or of the Region (where those hops go). A fault of another Local Zone cannot (hub-and-spoke);
     a zone the topology does not know is judged as strictly as an edge zone, as the verifier judges it."""
