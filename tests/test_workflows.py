@@ -78,7 +78,7 @@ def test_nightly_eks_schedule_oidc_concurrency_summary() -> None:
     # and the run step leaves it time within the job's limit
     run = next(s for s in steps if "make nightly" in str(s.get("run", "")))
     clean = steps[steps.index(run) + 1]
-    assert clean["if"] == "always()" and clean["run"].startswith("make down BACKEND=existing")
+    assert clean["if"] == "always()" and "\nmake down BACKEND=existing" in clean["run"]
     assert 'CONTEXT="$CONTEXT"' in clean["run"] and 'ALLOW_CONTEXT="$CONTEXT"' in clean["run"]
     assert int(run["timeout-minutes"]) <= int(w["jobs"]["nightly"]["timeout-minutes"]) - 15
 
@@ -103,7 +103,7 @@ def test_gameday_is_manual_with_an_experiment_choice_and_dry_run_by_default() ->
     assert "| tee" in dry["run"] and dry["shell"] == "bash"
     # a cancel (the kill switch) or a timeout: a step that always runs takes the run down, within the job's time
     clean = steps[steps.index(real) + 1]
-    assert clean["if"] == "${{ always() && !inputs.dry_run }}" and clean["run"].startswith("make down BACKEND=existing")
+    assert clean["if"] == "${{ always() && !inputs.dry_run }}" and "\nmake down BACKEND=existing" in clean["run"]
     assert int(real["timeout-minutes"]) <= int(w["jobs"]["gameday"]["timeout-minutes"]) - 15
     creds = next(s for s in steps if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials@"))
     assert int(creds["with"]["role-duration-seconds"]) >= 60 * int(w["jobs"]["gameday"]["timeout-minutes"])
