@@ -357,7 +357,7 @@ def test_the_rendered_consul_values_place_the_server_on_eks_nodes(
     ]  # fmt: skip
     b.down()  # it installed Consul, so it uninstalls it (and the namespace helm created)
     assert wait_until(lambda: c.find_consul() is None, 60)
-    uninstall = ["helm", "uninstall", "consul", "-n", "consul", "--kube-context", "eks-nightly"]
+    uninstall = ["helm", "uninstall", "consul", "-n", "consul", "--timeout=300s", "--kube-context", "eks-nightly"]
     calls = [json.loads(x) for x in (tmp_path / "argv.jsonl").read_text().splitlines()]
     assert [*uninstall, "--kubeconfig", str(tmp_path / "kubeconfig")] in calls
     assert wait_until(lambda: not c.exists("v1", "Namespace", None, "consul"), 60)

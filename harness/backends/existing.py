@@ -435,6 +435,21 @@ def _access_logs_unusable(spec: Mapping[str, Any]) -> str | None:
 RESTORE_ATTEMPTS = 5
 """A taken-over mesh entry is put back over its live version: read again this often when it changed meanwhile."""
 
+# `down`'s two long waits with --install-consul, bounded so that the workflows' clean-up step (timeout-minutes: 15,
+# .github/workflows/nightly-eks.yml and gameday.yml) holds them both and the rest of `down` (API calls): a step
+# cut at its timeout is cancelled mid-`down`, and the upload after it of the night's records is then not reached
+# either. They were the ready timeout (900 s on EKS) and helm's subprocess bound (1200 s): 35 min.
+DOWN_FINALIZER_WAIT_S = 240.0
+"""At most this long (or the ready timeout, if shorter) for consul-k8s' controller to finish the run's deleted
+config-entry CRs: it removes its finalizer seconds after the entry is out of Consul; one still held after this is
+named and Consul is left installed for a later `down` (`_wait_entries_finalized`)."""
+HELM_UNINSTALL_TIMEOUT_S = 300
+"""`helm uninstall --timeout`: helm's own bound on each Kubernetes operation it waits for (its hooks' Jobs; 5m0s,
+helm's default, said explicitly)."""
+HELM_UNINSTALL_BOUND_S = HELM_UNINSTALL_TIMEOUT_S + 30.0
+"""The harness's bound on the `helm uninstall` process: helm's own timeout, and time to start and record the
+release."""
+
 
 HELM_MISSING = "install_consul needs `helm` on PATH (https://helm.sh/docs/intro/install/)"
 
@@ -1590,10 +1605,14 @@ class ExistingBackend(KubeBackend):
             raise BackendError(HELM_MISSING)
 
         def run(args: Sequence[str], watch: Watch | None = None) -> None:
-            if watch is not None:
-                proc = run_watched([helm, *args], timeout_s=1200, poll_s=self.ready_poll_s, watch=watch)
-            else:
-                proc = self._run_fn([helm, *args], capture_output=True, text=True, timeout=1200, check=False)
+            bound = HELM_UNINSTALL_BOUND_S if args[:1] == ["uninstall"] else 1200
+            try:
+                if watch is not None:
+                    proc = run_watched([helm, *args], timeout_s=bound, poll_s=self.ready_poll_s, watch=watch)
+                else:
+                    proc = self._run_fn([helm, *args], capture_output=True, text=True, timeout=bound, check=False)
+            except subprocess.TimeoutExpired:
+                raise BackendError(f"`helm {' '.join(args[:2])}` did not finish within {bound:.0f} s") from None
             if proc.returncode != 0:
                 err = (proc.stderr or "").strip().splitlines()
                 raise BackendError(
@@ -1674,7 +1693,8 @@ class ExistingBackend(KubeBackend):
                 self.cluster.delete(a.api_version, a.kind, None, a.name)
         if isinstance(installed, dict):
             helm = self._helm_runner(self.manifests(), {})
-            helm(["uninstall", str(installed["name"]), "-n", str(installed["namespace"]), *self._helm_target()])
+            helm(["uninstall", str(installed["name"]), "-n", str(installed["namespace"]),
+                  f"--timeout={HELM_UNINSTALL_TIMEOUT_S}s", *self._helm_target()])  # fmt: skip
             if installed.get("namespace_created"):
                 self.cluster.delete("v1", "Namespace", None, str(installed["namespace"]))
             else:
@@ -1697,7 +1717,8 @@ class ExistingBackend(KubeBackend):
         So the CRs are deleted here, each by name, and waited for; one still there after the ready timeout is
         named, and Consul is left installed (its controller can still finish; the next `down` goes on).
         """
-        deadline = time.monotonic() + self.ready_timeout_s
+        wait_s = min(self.ready_timeout_s, DOWN_FINALIZER_WAIT_S)
+        deadline = time.monotonic() + wait_s
         left = list(entries)
         while True:
             left = [a for a in left if self.cluster.exists(a.api_version, a.kind, a.namespace, a.name)]
@@ -1707,7 +1728,7 @@ class ExistingBackend(KubeBackend):
                 names = ", ".join(f"{a.kind} {a.namespace}/{a.name}" for a in left)
                 raise BackendError(
                     f"{self._where}: {len(left)} Consul config entries still await consul-k8s' finalizer "
-                    f"{self.ready_timeout_s:.0f} s after their deletion ({names}); Consul is left installed so its "
+                    f"{wait_s:.0f} s after their deletion ({names}); Consul is left installed so its "
                     "controller can finish them: see `kubectl -n <namespace> describe` of each, then run down again"
                 )
             nap(self.ready_poll_s)
