@@ -158,11 +158,12 @@ class FakeApiServer:
         return list(self.kmock)
 
     def writes(self) -> list[tuple[str, str, Any]]:
-        """Requests that change the cluster (a SelfSubjectAccessReview is a POST that changes nothing)."""
+        """Requests that change the cluster (a SelfSubjectAccessReview is a POST that changes nothing; so is a
+        dry run, `?dryRun=All`, which runs admission and stores nothing)."""
         return [
             (m, p, d)
-            for m, p, _q, d in self.requests()
-            if m in ("POST", "PATCH", "DELETE") and p.rstrip("/") != SELF_ACCESS_REVIEWS
+            for m, p, q, d in self.requests()
+            if m in ("POST", "PATCH", "DELETE") and p.rstrip("/") != SELF_ACCESS_REVIEWS and q.get("dryRun") != "All"
         ]
 
     def install_consul(self, values: dict[str, Any] | None = None, namespace: str = "consul") -> None:

@@ -44,7 +44,9 @@ module does all of that, each behaviour taken from the source named here:
   `-shutdown-grace-period-seconds`; consul-dataplane lifecycle.go
   gracefulShutdown). Here they run until a test says the grace is over
   (`end_force_deleted_grace`): a held state, no wall-clock race.
-  Namespaces cascade. Finalizers hold objects back (kmock semantics).
+  Namespaces cascade: a deleted one is Terminating (its `kubernetes` finalizer) while its content goes, pods
+  within their grace, and refuses new content meanwhile (403, cause NamespaceTerminating; dry runs too).
+  Finalizers hold objects back (kmock semantics).
 - Deployments roll out (kubernetes pkg/controller/deployment rolling.go,
   sync.go calculateStatus): a changed pod template gets a new ReplicaSet
   (`pod-template-hash`), grown within maxSurge while the old one shrinks within
@@ -381,10 +383,15 @@ def field_value(obj: dict[str, Any], path: str) -> str:
 
 
 class ApiError(Exception):
-    """An API answer other than 2xx: the HTTP status, Kubernetes' reason, and the message."""
+    """An API answer other than 2xx: the HTTP status, Kubernetes' reason, and the message; `causes` its
+    details.causes (type, message, field), as the API server sends them."""
 
     code = 500
     reason = "InternalError"
+
+    def __init__(self, message: str = "", causes: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.causes = causes or []
 
 
 class NotFound(ApiError):
@@ -437,8 +444,8 @@ FIELD_LABELS: dict[tuple[str, str], tuple[str, ...]] = {
 }  # fmt: skip
 
 
-def status_obj(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
+def status_obj(code: int, reason: str, message: str, causes: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Status",
         "metadata": {},
@@ -447,6 +454,9 @@ def status_obj(code: int, reason: str, message: str) -> dict[str, Any]:
         "reason": reason,
         "code": code,
     }
+    if causes:
+        out["details"] = {"causes": causes}
+    return out
 
 
 # -- resources -----------------------------------------------------------------
@@ -1528,10 +1538,14 @@ class ClusterSim:
             if nso is None:
                 raise NotFound(f'namespaces "{ns}" not found')
             if (nso.get("metadata") or {}).get("deletionTimestamp"):
+                # the NamespaceLifecycle admission plugin (plugin/pkg/admission/namespace/lifecycle/admission.go):
+                # Forbidden, with the cause NamespaceTerminating (v1.NamespaceTerminatingCause), dry runs included
                 raise Forbidden(
                     f'{plural} "{name}" is forbidden: unable to create new content in namespace {ns} '
-                    "because it is being terminated"
-                )
+                    "because it is being terminated",
+                    [{"type": "NamespaceTerminating", "message": f"namespace {ns} is being terminated",
+                      "field": "metadata.namespace"}],
+                )  # fmt: skip
         for v in (meta.get("labels") or {}).values():
             # apimachinery ValidateLabels -> IsValidLabelValue: at most 63 characters (ValidateObjectMeta, every kind)
             if len(str(v)) > LABEL_VALUE_MAX:
@@ -1540,7 +1554,10 @@ class ClusterSim:
         key = (api_version, plural, ns, name)
         if key in self.objects:
             group = api_version.split("/")[0] if "/" in api_version else ""
-            raise Conflict(f'{plural}{"." + group if group else ""} "{name}" already exists')
+            # the registry's Create (apiserver pkg/registry/generic/registry/store.go): of one being deleted,
+            # AlreadyExists all the same, its message prefixed
+            going = "object is being deleted: " if self.objects[key]["metadata"].get("deletionTimestamp") else ""
+            raise Conflict(f'{going}{plural}{"." + group if group else ""} "{name}" already exists')
         obj["apiVersion"], obj["kind"] = api_version, kind
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = k8s_time()
@@ -1552,6 +1569,11 @@ class ClusterSim:
             self._admit_deployment(obj)
         if kind == "Namespace":
             obj.setdefault("status", {})["phase"] = "Active"
+            # the namespace strategy's PrepareForCreate (pkg/registry/core/namespace/strategy.go): the `kubernetes`
+            # finalizer, which the namespace controller removes once the namespace's content is gone
+            fins = obj.setdefault("spec", {}).setdefault("finalizers", [])
+            if "kubernetes" not in fins:
+                fins.append("kubernetes")
         if kind == "Service":
             self._admit_service(obj)
         if kind == "PersistentVolumeClaim":
@@ -2004,7 +2026,7 @@ class ClusterSim:
                 obj = self.delete(*key, ns, name, int(grace) if grace is not None else None)
                 return aiohttp.web.json_response(obj)
         except ApiError as exc:
-            return aiohttp.web.json_response(status_obj(exc.code, exc.reason, str(exc)), status=exc.code)
+            return aiohttp.web.json_response(status_obj(exc.code, exc.reason, str(exc), exc.causes), status=exc.code)
         return aiohttp.web.json_response(status_obj(405, "MethodNotAllowed", "method not allowed"), status=405)
 
     def throttle(self, requests: int, retry_after: str = "1", methods: Iterable[str] | None = None) -> None:
@@ -2392,6 +2414,12 @@ class ClusterSim:
                 self.unregister(CONSUL_GROUP, plural)
 
     def _namespaces_tick(self) -> None:
+        """The namespace controller (pkg/controller/namespace/deletion/namespaced_resources_deleter.go): a deleted
+        namespace's content is deleted as a client's delete would be (a pod with its own grace: the namespace
+        stays Terminating until its containers have stopped; here `terminate_s`), and once none is left its
+        `kubernetes` finalizer is removed and the namespace goes. Meanwhile it refuses new content (`create`).
+        A pod on a node the simulation does not run, or whose kubelet is stopped, is removed at once (as before:
+        no kubelet here would ever finish it)."""
         self._crds_tick()
         for ns in list(self.items("v1", "namespaces")):
             if not ns["metadata"].get("deletionTimestamp"):
@@ -2401,8 +2429,13 @@ class ClusterSim:
             for av, pl, n, obj_name in content:
                 obj = self.objects.get((av, pl, n, obj_name))
                 if obj is not None and not obj["metadata"].get("deletionTimestamp"):
-                    self.delete(av, pl, n, obj_name, 0 if pl == "pods" else None)
+                    node = self.nodes.get(str((obj.get("spec") or {}).get("nodeName"))) if pl == "pods" else None
+                    kubelet = node is not None and node.up and node.boot_at is None
+                    self.delete(av, pl, n, obj_name, None if pl != "pods" or kubelet else 0)
             if not [k for k in self.objects if k[2] == name]:
+                fins = [f for f in (ns.get("spec") or {}).get("finalizers") or [] if f != "kubernetes"]
+                if fins or ns["metadata"].get("finalizers"):
+                    continue  # another's finalizer: the namespace stays until it is removed
                 self._remove(("v1", "namespaces", None, name))
 
     # Deployments and StatefulSets -> pods

@@ -19,7 +19,9 @@ from harness.errors import BackendError
 from tests.conftest import REPO
 from tests.kubefake import FakeApiServer, fake_tools, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.kubefake import nothing_refused as nothing_refused  # re-exported for pytest
 from tests.test_backend_existing import _backend
+from tests.test_backend_existing import eks as eks  # the operator's EKS cluster, fake kubectl on PATH
 
 WORKFLOWS = REPO / ".github" / "workflows"
 EKS_WORKFLOWS = [("nightly-eks.yml", "nightly"), ("gameday.yml", "gameday")]
@@ -146,3 +148,74 @@ def test_control_a_short_ready_timeout_bounds_the_finalizer_wait(
     b = _backend(api, tmp_path)
     b.ready_timeout_s = 30.0
     assert _finalizer_wait_s(b, monkeypatch) == pytest.approx(30.0, abs=0.5)
+
+
+# -- up right after another run's down: its namespaces still Terminating ------------------------------------------
+
+
+def _night_then_down(api: FakeApiServer, tmp_path: Path, hold: dict[str, Any] | None = None) -> list[str]:
+    """A night's up and down, its pods taking seconds to stop (real: their grace, 30 s by default), so that its
+    namespaces are still Terminating when down returns; `hold` an object with a finalizer left in one of them.
+    Returns the run's namespaces."""
+    night = tmp_path / "night"
+    night.mkdir()
+    b = _backend(api, night)
+    b.up(rendered(night))
+    names = sorted(a["name"] for a in b._state()["applied"] if a["kind"] == "Namespace" and a["created"])
+    assert "hashicups-lax-1a" in names and "consul" not in names  # the operator's Consul namespace is not the run's
+    admin = api.cluster(tmp_path, "admin")
+    if hold is not None:
+        admin.apply_one(hold)
+    api.sim.t.terminate_s = 6.0
+    b.down()
+    b.close()
+    going = admin.request("GET", f"/api/v1/namespaces/{names[0]}")
+    assert going["status"]["phase"] == "Terminating" and going["spec"]["finalizers"] == ["kubernetes"]
+    return names
+
+
+def test_up_right_after_a_down_waits_for_its_namespaces_to_be_gone(
+    eks: KubeCluster, api: FakeApiServer, tmp_path: Path, nothing_refused: None
+) -> None:
+    """Reproducer: a game day queued behind the nightly (one concurrency group) starts as the nightly's down
+    returns, its namespaces Terminating while their pods stop. `up` found each namespace there (409, so taken as
+    not its own) and its first object in one refused, 403 "unable to create new content in namespace ... because
+    it is being terminated" (the NamespaceLifecycle admission plugin; cause NamespaceTerminating): the game day
+    failed. Now `up` says it waits for them, then creates them anew as its own (so its down deletes them)."""
+    names = _night_then_down(api, tmp_path)
+    gameday = tmp_path / "gameday"
+    gameday.mkdir()
+    said: list[str] = []
+    b = _backend(api, gameday, progress=said.append)
+    try:
+        b.up(rendered(gameday))
+        created = {a["name"] for a in b._state()["applied"] if a["kind"] == "Namespace" and a["created"]}
+        assert created == set(names), (created, names)
+        waits = [x for x in said if "is being deleted" in x]
+        assert waits and all("waiting up to 900 s" in x for x in waits), said
+    finally:
+        b.down()
+        b.close()
+
+
+def test_control_a_namespace_held_by_a_finalizer_fails_up_in_one_line_having_created_nothing_in_it(
+    eks: KubeCluster, api: FakeApiServer, tmp_path: Path
+) -> None:
+    """Control: a namespace whose deletion waits on a finalizer nobody removes is waited for within the bound, then
+    named in one line with where to look; nothing was created in it (dry runs only)."""
+    meta = {"name": "held", "namespace": "hashicups-lax-1a", "finalizers": ["example.com/hold"]}
+    hold = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}
+    _night_then_down(api, tmp_path, hold)
+    gameday = tmp_path / "gameday"
+    gameday.mkdir()
+    b = _backend(api, gameday)
+    b.ready_timeout_s = 8.0
+    seen = len(api.requests())
+    with pytest.raises(BackendError) as err:
+        b.up(rendered(gameday))
+    b.close()
+    text = str(err.value)
+    assert "\n" not in text and "namespace hashicups-lax-1a still being deleted 8 s on" in text, text
+    assert "get namespace hashicups-lax-1a -o yaml" in text, text
+    into = [(m, p, q) for m, p, q, _d in api.requests()[seen:] if m == "POST" and "/namespaces/hashicups-lax-1a/" in p]
+    assert into and all(q.get("dryRun") == "All" for _m, _p, q in into), into

@@ -1518,6 +1518,10 @@ class ExistingBackend(KubeBackend):
             self.check_consul(manifests)
         self._save_state(manifests=str(Path(manifests.root).resolve()))
         cluster = self.cluster
+        # the run's namespaces, and Consul's only when the run installs it (else it is the operator's)
+        consul_ns = str(self.helm_release(manifests)["namespace"])
+        needed = [str(o["metadata"]["name"]) for o in manifests.objects if o["kind"] == "Namespace"]
+        self._await_namespaces_gone([ns for ns in needed if ns != consul_ns or self.install_consul])
         if self.install_consul:
             release = self.helm_release(manifests)
             ns_existed = cluster.exists("v1", "Namespace", None, str(release["namespace"]))
@@ -1559,6 +1563,55 @@ class ExistingBackend(KubeBackend):
             self.progress(f"waiting for the ALBs of {', '.join(sorted(albs))} to have an address and answer")
             self._alb_urls({z: v for z, v in albs.items() if z not in self.given_entrypoints()}, ALB_WAIT_S)
         self.start_recording()
+
+    def _namespace_terminating(self, namespace: str) -> bool:
+        """Whether `namespace` is being deleted, asked as the API server answers a create in it: a dry-run create
+        of a ServiceAccount (admission runs, nothing is stored) is Forbidden with the cause NamespaceTerminating
+        while the namespace is Terminating (the NamespaceLifecycle admission plugin, kubernetes
+        plugin/pkg/admission/namespace/lifecycle/admission.go). Needs only the `create serviceaccounts` `up`
+        has in every mode (a GET of the namespace is not in the nightly's role). Any other answer: not
+        terminating (absent, there, or a refusal `up`'s own create then names)."""
+        body = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "edge-harness-namespace-probe"}}
+        try:
+            self.cluster.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", body=body,
+                                 query=[("dryRun", "All")])  # fmt: skip
+        except KubeApiError as exc:
+            return exc.status == 403 and "NamespaceTerminating" in exc.causes
+        return False
+
+    def _await_namespaces_gone(self, namespaces: Sequence[str]) -> None:
+        """Wait (at most the ready timeout, said) for each of the run's namespaces that is being deleted to be gone.
+
+        Why: `down` deletes the run's namespaces and returns; the namespace controller then deletes their content,
+        each pod with its grace (30 s by default; consul-dataplane drains for its own), and only then the
+        namespace. A run right after another's `down` (a game day queued behind a nightly in the workflows'
+        concurrency group) found them Terminating: the namespace's create answered 409 (taken for the
+        operator's, so not its own to delete), and the first object in it 403 "unable to create new content in
+        namespace ... because it is being terminated": `up` failed. Once gone, `up` creates them anew as its own.
+        """
+        bound = self.ready_timeout_s
+        deadline: float | None = None
+        said: set[str] = set()
+        left = list(dict.fromkeys(namespaces))
+        while True:
+            left = [ns for ns in left if self._namespace_terminating(ns)]
+            if not left:
+                return
+            if deadline is None:
+                deadline = time.monotonic() + bound
+            for ns in left:
+                if ns not in said:
+                    said.add(ns)
+                    self.progress(f"namespace {ns} is being deleted (an earlier run's down, or another's): waiting "
+                                  f"up to {bound:.0f} s for it to be gone before applying into it")  # fmt: skip
+            if time.monotonic() >= deadline:
+                raise BackendError(
+                    f"{self._where}: namespace {', '.join(left)} still being deleted {bound:.0f} s on, and a "
+                    "namespace being deleted takes no new object (NamespaceTerminating) until it is gone; what "
+                    f"holds it (pods still stopping, a finalizer): kubectl --context {self.context} get namespace "
+                    f"{left[0]} -o yaml (status.conditions); run up again once it is gone"
+                )
+            nap(self.ready_poll_s)
 
     def _say_leftovers(self, manifests: Manifests, known: set[tuple[str, str | None, str]]) -> None:
         """Say, as a WARNING kept among the run's warnings, the run's Deployments an earlier run left on the cluster.

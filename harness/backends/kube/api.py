@@ -69,11 +69,12 @@ def pod_finished(pod: Mapping[str, Any]) -> bool:
 class KubeApiError(BackendError):
     """A non-2xx answer from the API server, with the status the caller may branch on."""
 
-    def __init__(self, status: int, method: str, path: str, message: str) -> None:
+    def __init__(self, status: int, method: str, path: str, message: str, causes: tuple[str, ...] = ()) -> None:
         self.status = status
         self.method = method
         self.path = path
         self.api_message = message
+        self.causes = causes  # the types of the Status' details.causes (e.g. NamespaceTerminating)
         super().__init__(f"{method} {path}: HTTP {status}: {message}")
 
 
@@ -303,10 +304,13 @@ class KubeApi:
         if not 200 <= resp.status <= 299:
             data = resp.read()
             message = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-            with contextlib.suppress(ValueError, AttributeError):
-                message = str(json.loads(message).get("message", message))
+            causes: tuple[str, ...] = ()
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                body = json.loads(message)
+                message = str(body.get("message", message))
+                causes = tuple(str(c.get("type")) for c in (body.get("details") or {}).get("causes") or [])
             first = message.splitlines()[0][:300] if message else ""
-            raise KubeApiError(resp.status, method, path, first)
+            raise KubeApiError(resp.status, method, path, first, causes)
         if stream:
             return resp.response  # urllib3 HTTPResponse, unread
         data = resp.read()
