@@ -219,3 +219,45 @@ def test_control_a_namespace_held_by_a_finalizer_fails_up_in_one_line_having_cre
     assert "get namespace hashicups-lax-1a -o yaml" in text, text
     into = [(m, p, q) for m, p, q, _d in api.requests()[seen:] if m == "POST" and "/namespaces/hashicups-lax-1a/" in p]
     assert into and all(q.get("dryRun") == "All" for _m, _p, q in into), into
+
+
+# -- a mesh entry taken over by a run whose down never ran --------------------------------------------------------
+
+
+def _night(api: FakeApiServer, tmp_path: Path, name: str, **kw: Any) -> existing.ExistingBackend:
+    """A night on a fresh runner (its own runs/.backend/), up."""
+    d = tmp_path / name
+    d.mkdir()
+    b = _backend(api, d, **kw)
+    b.up(rendered(d))
+    return b
+
+
+def test_a_taken_over_proxy_defaults_whose_down_never_ran_is_put_back_by_a_later_down(
+    eks: KubeCluster, api: FakeApiServer, tmp_path: Path
+) -> None:
+    """Reproducer: a night took the operator's ProxyDefaults "global" over (--own-mesh-defaults) and its runner was
+    lost before the clean-up: the original was only in that runner's runs/.backend/. The next night found the
+    harness's entry there, its access logs usable, kept it as the operator's, and its down left it: the original
+    was lost for good. Now the original rides on the taken-over entry (annotation edge-harness.io/original): a
+    later night with --own-mesh-defaults takes it over again with that original and its down puts it back; one
+    without the flag (whose role may not update it) keeps it and says so. Control:
+    tests/test_backend_existing.py::test_someone_elses_proxy_defaults_is_never_changed_unless_told (a down that
+    runs restores it)."""
+    from tests.test_backend_existing import THEIR_PROXY_DEFAULTS, _proxy_defaults
+
+    api.seed(eks, THEIR_PROXY_DEFAULTS)
+    _night(api, tmp_path, "lost", own_mesh_defaults=True).close()  # its runner lost: no down, its record gone
+    said: list[str] = []
+    plain = _night(api, tmp_path, "plain", progress=said.append)  # the nightly passes no --own-mesh-defaults
+    plain.down()
+    plain.close()
+    (pd,) = _proxy_defaults(eks)
+    assert pd["spec"] != THEIR_PROXY_DEFAULTS["spec"]
+    assert any(x.startswith("WARNING: ProxyDefaults platform/global is an earlier run's") for x in said), said
+    owner = _night(api, tmp_path, "owner", own_mesh_defaults=True)
+    owner.down()
+    owner.close()
+    (pd,) = _proxy_defaults(eks)
+    assert pd["spec"] == THEIR_PROXY_DEFAULTS["spec"]
+    assert existing.ANNOTATION_ORIGINAL not in (pd["metadata"].get("annotations") or {})

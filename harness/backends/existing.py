@@ -432,6 +432,35 @@ def _access_logs_unusable(spec: Mapping[str, Any]) -> str | None:
     return None
 
 
+ANNOTATION_ORIGINAL = "edge-harness.io/original"
+"""On a mesh-wide entry taken over with --own-mesh-defaults: the operator's original (`mesh_backup`), as JSON.
+
+Why: the original was kept only in the runner's state file (runs/.backend/), which a runner lost before its
+clean-up takes along. The next night then found the harness's ProxyDefaults there, with usable access logs, and
+kept it as the operator's: the original was gone for good. Kept on the object itself, any later run with
+--own-mesh-defaults takes it over again with that original, and its `down` puts the original back."""
+
+
+def mesh_backup(original: Mapping[str, Any]) -> dict[str, Any]:
+    """What `down` puts back of a taken-over mesh entry: its kind, name, labels and annotations, and spec."""
+    meta = original.get("metadata") or {}
+    return {"apiVersion": original.get("apiVersion"), "kind": original.get("kind"),
+            "metadata": {k: v for k, v in meta.items() if k in ("name", "namespace", "labels", "annotations")},
+            "spec": original.get("spec")}  # fmt: skip
+
+
+def left_original(live: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The operator's original a taken-over mesh entry carries (`ANNOTATION_ORIGINAL`); None if it carries none."""
+    text = ((live.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ORIGINAL)
+    if not text:
+        return None
+    try:
+        original = json.loads(text)
+    except ValueError:
+        return None
+    return original if isinstance(original, dict) and isinstance(original.get("metadata"), dict) else None
+
+
 RESTORE_ATTEMPTS = 5
 """A taken-over mesh entry is put back over its live version: read again this often when it changed meanwhile."""
 
@@ -1428,6 +1457,23 @@ class ExistingBackend(KubeBackend):
                 continue
             live = lives[0]
             where = f"{obj['kind']} {live['metadata'].get('namespace')}/{name}"
+            original = left_original(live)
+            if original is not None:  # an earlier run's take-over whose down never ran (its runner lost)
+                if not self.own_mesh_defaults:
+                    line = (f"{where} is an earlier run's, taken over with --own-mesh-defaults, whose down never ran "
+                            f"(the operator's original is in its {ANNOTATION_ORIGINAL} annotation): kept as it is; "
+                            "a run with --own-mesh-defaults puts the original back on down")  # fmt: skip
+                    if line not in self._said:
+                        self._said.add(line)
+                        self.progress(f"WARNING: {line}")
+                    plan.keep.append(where)
+                    continue
+                ours["metadata"]["namespace"] = live["metadata"].get("namespace")
+                ours["metadata"].setdefault("annotations", {})[ANNOTATION_ORIGINAL] = json.dumps(original)
+                plan.take_over.append((ours, original))
+                self.progress(f"{where}: an earlier run's take-over whose down never ran; the operator's original, "
+                              "kept on it, is put back on down")  # fmt: skip
+                continue
             unusable = _access_logs_unusable(live.get("spec") or {}) if obj["kind"] == "ProxyDefaults" else ""
             if unusable is None:
                 plan.keep.append(where)
@@ -1440,6 +1486,7 @@ class ExistingBackend(KubeBackend):
                     "restored on down)"
                 )
             ours["metadata"]["namespace"] = live["metadata"].get("namespace")
+            ours["metadata"].setdefault("annotations", {})[ANNOTATION_ORIGINAL] = json.dumps(mesh_backup(live))
             plan.take_over.append((ours, live))
         return plan
 
@@ -1535,10 +1582,7 @@ class ExistingBackend(KubeBackend):
         backups = dict(self._state().get("mesh_backups") or {})
         for ours, original in plan.take_over:
             key = f"{ours['kind']}/{ours['metadata'].get('namespace')}/{ours['metadata']['name']}"
-            backups.setdefault(key, {"apiVersion": original.get("apiVersion"), "kind": original.get("kind"),
-                                     "metadata": {k: v for k, v in (original.get("metadata") or {}).items()
-                                                  if k in ("name", "namespace", "labels", "annotations")},
-                                     "spec": original.get("spec")})  # fmt: skip
+            backups.setdefault(key, mesh_backup(original))
         self._save_state(mesh_backups=backups)
         for kept in plan.keep:
             self.progress(f"{kept}: kept as it is (not created by this run; its access logs are usable)")
