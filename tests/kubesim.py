@@ -5006,6 +5006,13 @@ class ClusterSim:
             nrun = self.nodes.get(node)
             if nrun is None:
                 return {"rc": 1, "stderr": f"Error response from daemon: No such container: {node}"}
+            if port is None and nrun.up:
+                # every published port, one `<container port>/<proto> -> <host ip>:<host port>` line each (docker
+                # cli/command/container/port.go), kind's API server mapping among them (--publish
+                # 127.0.0.1:<random>:6443, kind pkg/cluster/internal/providers/docker/provision.go): each one
+                # published at the container's creation
+                published = {**({6443: 6443} if node.endswith("-control-plane") else {}), **nrun.port_maps}
+                return {"rc": 0, "stdout": "".join(f"{c}/tcp -> 127.0.0.1:{h}\n" for c, h in sorted(published.items()))}
             if port is None or port not in nrun.port_maps or not nrun.up:
                 return {
                     "rc": 1,

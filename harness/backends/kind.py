@@ -276,6 +276,7 @@ class ConfigNode(NamedTuple):
     name: str
     labels: Mapping[str, str]
     taints: frozenset[tuple[str, str, str]]  # (key, value, effect)
+    ports: tuple[str, ...] = ()  # its extraPortMappings' container ports as Docker names them: "30100/tcp"
 
 
 def config_nodes(cluster: str, config: Mapping[str, Any]) -> list[ConfigNode]:
@@ -283,7 +284,7 @@ def config_nodes(cluster: str, config: Mapping[str, Any]) -> list[ConfigNode]:
     `<cluster>-<role>`, the next ones `<cluster>-<role>2`, ... (kind's MakeNodeNamer, pkg/cluster/internal/
     providers/common/namer.go, called in config order by the docker provider's planCreation); its `labels`, and
     the taints of its JoinConfiguration/InitConfiguration patches (nodeRegistration.taints, which kubeadm
-    registers the node with)."""
+    registers the node with), and the ports its extraPortMappings publish."""
     counts: dict[str, int] = {}
     out: list[ConfigNode] = []
     for node in config.get("nodes") or [{"role": "control-plane"}]:
@@ -297,7 +298,9 @@ def config_nodes(cluster: str, config: Mapping[str, Any]) -> list[ConfigNode]:
                 for t in (doc.get("nodeRegistration") or {}).get("taints") or []:
                     taints.add((str(t.get("key") or ""), str(t.get("value") or ""), str(t.get("effect") or "")))
         labels = {str(k): str(v) for k, v in (node.get("labels") or {}).items()}
-        out.append(ConfigNode(name, labels, frozenset(taints)))
+        ports = tuple(f"{m['containerPort']}/{str(m.get('protocol') or 'TCP').lower()}"
+                      for m in node.get("extraPortMappings") or [])  # fmt: skip
+        out.append(ConfigNode(name, labels, frozenset(taints), ports))
     return out
 
 
@@ -531,12 +534,36 @@ class KindBackend(KubeBackend):
         problems = [f"{', '.join(missing)}: missing"] if missing else []
         problems += [f"{', '.join(sorted(have))}: not in the config"] if have else []
         problems += differ
+        if not missing:
+            problems += self._unpublished(manifests)
         if problems:
             shown = "; ".join(problems[:4]) + (f"; {len(problems) - 4} more" if len(problems) > 4 else "")
             raise BackendError(
                 f"{self._where} exists but is not the cluster this topology's kind config makes ({shown}): left "
-                f"from another topology or from a create cut short; {self._start_over}"
+                f"from another topology, another tool or a create cut short; {self._start_over}"
             )
+
+    def _unpublished(self, manifests: Manifests) -> list[str]:
+        """The rendered kind config's extraPortMappings that the existing cluster's nodes do not publish, one problem
+        line each node (`docker port <node>`: every port Docker published, fixed at the container's creation).
+
+        kind publishes a node's extraPortMappings when it creates the node container (`--publish`, kind's
+        provisioning of docker nodes), so a cluster of this name made from another config (by a harness from before
+        the NodePort entry, or by another tool) keeps that config's: the entry points read at up's end (`docker
+        port` of each zone's NodePort) were not there, after the chart, the workloads and the ready wait. Ports it
+        publishes beyond the config's (the API server's 6443, entry ports of zones no longer entered) are harmless.
+        """
+        out: list[str] = []
+        for want in config_nodes(self.cluster_name, manifests.kind_config):
+            ports = want.ports
+            if not ports:
+                continue
+            proc = self._run("docker", "port", want.name, check=False, timeout=60)
+            have = {m.group(1) for m in re.finditer(r"^(\d+/\w+) -> ", proc.stdout or "", re.M)}
+            lacking = [p for p in ports if p not in have]
+            if lacking:
+                out.append(f"{want.name} publishes no host port for {', '.join(lacking)}")
+        return out
 
     def _docker_host_is_here(self) -> bool:
         """Whether the Docker daemon's kernel is this machine's: Linux here, not Docker Desktop (a VM, on Linux

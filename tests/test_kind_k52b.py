@@ -1,0 +1,78 @@
+"""kind on a laptop, second pass (k52b): each test names the real behaviour it follows."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.errors import BackendError
+from harness.render.manifests import Manifests
+from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.test_backend_kind import Tools, kind_backend
+from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
+
+pytestmark = pytest.mark.slow  # a fake API server and fake tools per test: seconds each
+
+
+def _made_without_entry_mappings(m: Manifests) -> Manifests:
+    """`m` as a harness from before the NodePort entry rendered it (its way in was a `kubectl port-forward`): the
+    same nodes, labels and taints, no extraPortMappings on the control-plane; or a cluster of this name another
+    tool made."""
+    config = copy.deepcopy(m.kind_config)
+    for node in config["nodes"]:
+        node.pop("extraPortMappings", None)
+    return dataclasses.replace(m, kind_config=config)
+
+
+# -- a reused cluster's published ports ---------------------------------------------------------------------------
+
+
+def test_a_left_over_cluster_without_the_configs_port_mappings_is_refused_up_front(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """kind publishes a node's extraPortMappings when it creates the node container (`docker run --publish`,
+    kubernetes-sigs/kind pkg/cluster/internal/providers/docker/provision.go generatePortMappings); a container's
+    published ports are fixed at its creation, so a cluster made from another config keeps that config's. A
+    left-over cluster with the same nodes (b11a3d3's check passed it) but made without the entry mappings (by a
+    harness from before the NodePort entry, or by another tool) was reused: Consul's chart, the workloads and
+    the ready wait ran, and up failed only at its end, on `docker port` of an entry NodePort the control-plane
+    does not publish. The published ports are now part of the shape check: refused in one line before anything
+    is installed."""
+    config = tmp_path / "old-kind-config.yaml"
+    config.write_text(yaml.safe_dump(_made_without_entry_mappings(rendered(tmp_path)).kind_config))
+    subprocess.run(["kind", "create", "cluster", "--name", "edge", "--config", str(config), "--kubeconfig",
+                    str(tmp_path / "old-kubeconfig")], check=True, capture_output=True)  # fmt: skip
+    tools.reset()
+    again = kind_backend(tmp_path / "wd")
+    try:
+        with pytest.raises(BackendError) as err:
+            again.up(rendered(tmp_path))
+    finally:
+        again.close()
+    msg = str(err.value)
+    assert "\n" not in msg and "kind cluster edge" in msg, msg
+    assert "publishes no host port for 30100/tcp" in msg and "harness down" in msg, msg
+    assert not [c for c in tools.calls() if c[:1] == ["helm"]], "refused before the chart is installed"
+
+
+def test_a_left_over_cluster_publishing_the_configs_ports_and_more_is_reused(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """Control: a cluster publishing every port the config maps (and more: here the entry ports, where the config
+    maps none, and the API server's 6443) is the shape up needs, and is reused."""
+    first = kind_backend(tmp_path / "wd")
+    first.up(rendered(tmp_path))
+    first.close()
+    said: list[str] = []
+    again = kind_backend(tmp_path / "wd")
+    try:
+        again.up(_made_without_entry_mappings(rendered(tmp_path)), progress=said.append)
+    finally:
+        again.close()
+    assert any("exists: reusing it" in s for s in said), said
