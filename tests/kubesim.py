@@ -1310,6 +1310,11 @@ class ClusterSim:
         # (100 pulls per 6 h): (node, image) per pull, and the host's own `docker pull`s
         self.host_images: set[str] = set()
         self.host_pulls: list[str] = []
+        # images `kind create cluster` pulled itself: a node image not on the host (kind's ensureNodeImages,
+        # pkg/cluster/internal/providers/docker/images.go: `docker inspect --type=image`, else `docker pull`, inside
+        # the create), and how long a pull of one takes here (a ~1 GB node image on a slow link: minutes)
+        self.kind_create_pulls: list[str] = []
+        self.host_pull_s = 0.0
         self.registry_pulls: list[tuple[str, str]] = []
         # what `kind load docker-image` fails with, if it does (Docker Desktop's containerd image store cannot
         # `docker save` a multi-platform image whose other platforms it never pulled: kind#3795)
@@ -4813,6 +4818,10 @@ class ClusterSim:
         if tag is None:
             return {"rc": 1, "stderr": f"ERROR: failed to create cluster: no node image this fake can run: {chosen!r}"}
         self.kind_node_image = str(chosen)
+        if self.kind_node_image not in self.host_images:
+            await asyncio.sleep(self.host_pull_s)
+            self.kind_create_pulls.append(self.kind_node_image)
+            self.host_images.add(self.kind_node_image)
         major, minor, patch = tag.groups()
         self.server_version = {"major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.{patch}"}
         self.kind_cluster = name
@@ -4943,6 +4952,12 @@ class ClusterSim:
                     self.kind_network_next += 1
                     self.nodes[n].entrypoint_until = time.time() + min(self.t.entrypoint_s, self.t.node_boot_s)
             return {"rc": 0, "stdout": "\n".join(rest) + "\n"}
+        if cmd == "inspect" and rest[:1] == ["--type=image"]:
+            # an image on the host: its JSON (exit 0), else `Error: No such image: X` (exit 1)
+            missing = [i for i in rest[1:] if i not in self.host_images]
+            if missing:
+                return {"rc": 1, "stdout": "[]\n", "stderr": f"Error: No such image: {missing[0]}"}
+            return {"rc": 0, "stdout": json.dumps([{"RepoTags": [i]} for i in rest[1:]]) + "\n"}
         if cmd == "inspect":
             return self._docker_inspect(rest)
         if cmd == "image" and rest[:1] == ["ls"]:
@@ -4951,6 +4966,7 @@ class ClusterSim:
             return {"rc": 0, "stdout": "".join(f"{i}\n" for i in sorted(self.host_images))}
         if cmd == "pull":
             image = rest[-1]
+            await asyncio.sleep(self.host_pull_s)
             self.host_pulls.append(image)
             self.host_images.add(image)
             return {"rc": 0, "stdout": f"Status: Downloaded newer image for {image}\n"}

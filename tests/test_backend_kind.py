@@ -107,7 +107,8 @@ def up_refused(tmp_path: Path, prepare: Callable[[KindBackend], None] | None = N
 def up(api: FakeApiServer, tools: Tools, tmp_path: Path) -> Iterator[tuple[KindBackend, Manifests]]:
     """A kind cluster `edge` brought up from the default topology; closed (not deleted) afterwards."""
     m = rendered(tmp_path)
-    api.sim.host_images.update(cluster_images(m))  # a host that ran kind before (its first pulls: their own test)
+    # a host that ran kind before: the node image and the cluster's images there (their first pulls: their own tests)
+    api.sim.host_images.update([*cluster_images(m), KIND_NODE_IMAGES["v0.33.0"]])
     backend = kind_backend(tmp_path / "wd")
     backend.up(m)
     yield backend, m
@@ -156,6 +157,9 @@ def test_up_issues_exactly_the_documented_commands(
     # the Docker host's CPUs and memory (against the pods' requests) and whether it is this machine (its inotify
     # limits read from /proc before `kind create`: not here), from one `docker info`, on every platform
     assert calls[1] == ["docker", "info", "--format", "{{json .}}"]
+    del calls[1]
+    # the node image on the host already (kind's own test), so no pull of it before `kind create` (k52b)
+    assert calls[1] == ["docker", "inspect", "--type=image", KIND_NODE_IMAGES["v0.33.0"]]
     del calls[1]
     # the Docker host's inotify limits, read in a node (kind's known issues), before anything runs in the cluster
     assert calls[2] == ["docker", "exec", "edge-control-plane", "cat", *INOTIFY_PATHS]
@@ -230,7 +234,7 @@ def test_images_are_pulled_once_by_the_host_and_loaded_into_the_nodes(
     g = m.helm_values["global"]
     first = kind_backend(tmp_path / "wd")
     first.up(m)
-    wanted = {g["image"], g["imageK8S"], g["imageConsulDataplane"]} | {
+    wanted = {KIND_NODE_IMAGES["v0.33.0"], g["image"], g["imageK8S"], g["imageConsulDataplane"]} | {
         str(c["image"]) for o in m.of_kind("Deployment") for c in o["spec"]["template"]["spec"]["containers"]
     }
     assert api.sim.call(lambda: list(api.sim.registry_pulls)) == []

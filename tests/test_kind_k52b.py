@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.backends.kind import KIND_NODE_IMAGES, cluster_images
 from harness.errors import BackendError
 from harness.render.manifests import Manifests
 from tests.kubefake import FakeApiServer, rendered
@@ -76,3 +77,63 @@ def test_a_left_over_cluster_publishing_the_configs_ports_and_more_is_reused(
     finally:
         again.close()
     assert any("exists: reusing it" in s for s in said), said
+
+
+# -- the node image, pulled before kind create -------------------------------------------------------------------
+
+
+def test_the_node_image_is_pulled_before_kind_create_with_its_own_line(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """kind pulls a node image the host lacks inside `kind create cluster` (ensureNodeImages: `docker inspect
+    --type=image`, else `docker pull`; kubernetes-sigs/kind pkg/cluster/internal/providers/docker/images.go),
+    about 1 GB within the 900 s the harness gives the create for kubeadm's work too, and says nothing of it. up
+    now pulls it first, saying so, and kind finds it there."""
+    m = rendered(tmp_path)
+    api.sim.host_images.update(cluster_images(m))  # only the node image is missing: a host new to this kind release
+    said: list[str] = []
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        backend.up(m, progress=said.append)
+    finally:
+        backend.close()
+    image = KIND_NODE_IMAGES["v0.33.0"]
+    assert api.sim.call(lambda: list(api.sim.kind_create_pulls)) == [], "kind create pulled the node image itself"
+    calls = tools.calls()
+    create = next(i for i, c in enumerate(calls) if c[:3] == ["kind", "create", "cluster"])
+    assert ["docker", "pull", image] in calls[:create], calls[:create]
+    assert any(s.startswith(f"pulling the kind node image {image}") for s in said), said
+
+
+def test_a_node_image_pull_outlasting_its_bound_is_one_line_before_kind_create(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """A slow link: the node image's pull outlasts its own bound. One line naming the image and what to do, and
+    no `kind create` (which, pulling it itself, ended in "`kind create cluster` did not finish in 900s")."""
+    api.sim.call(lambda: setattr(api.sim, "host_pull_s", 3.0))
+    backend = kind_backend(tmp_path / "wd")
+    backend.node_image_pull_timeout_s = 1.0
+    try:
+        with pytest.raises(BackendError) as err:
+            backend.up(rendered(tmp_path))
+    finally:
+        backend.close()
+    msg = str(err.value)
+    image = KIND_NODE_IMAGES["v0.33.0"]
+    assert "\n" not in msg and f"the kind node image {image} could not be pulled" in msg, msg
+    assert "did not finish in 1s" in msg and f"`docker pull {image}`" in msg, msg
+    assert not [c for c in tools.calls() if c[:2] == ["kind", "create"]], "refused before kind create"
+
+
+def test_a_node_image_on_the_host_is_not_pulled_again(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
+    """Control: the host has the node image (an earlier cluster's): nothing pulled, kind create runs."""
+    m = rendered(tmp_path)
+    api.sim.host_images.update([*cluster_images(m), KIND_NODE_IMAGES["v0.33.0"]])
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        backend.up(m)
+    finally:
+        backend.close()
+    calls = tools.calls()
+    assert not [c for c in calls if c[:2] == ["docker", "pull"]], calls
+    assert [c for c in calls if c[:3] == ["kind", "create", "cluster"]]

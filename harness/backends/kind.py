@@ -156,6 +156,8 @@ NETEM_PROBE = (
     "rc=$?; tc qdisc del dev lo root 2>/dev/null; exit $rc"
 )
 KIND_IMAGE_ENV = "EH_KIND_IMAGE"
+# The bound of the node image's pull before `kind create` (`_pull_node_image`): about 1 GB, so 30 min is ~4.5 Mbit/s
+NODE_IMAGE_PULL_TIMEOUT_S = 1800.0
 # The Docker host's inotify limits, per user, which every kind node's processes share (the fs.inotify sysctls
 # belong to the user namespace: a node container reads the host's own, Docker Desktop's VM's where it runs there).
 # kind's known issues ("Pod errors due to \"too many open files\"", site/content/docs/user/known-issues.md): Ubuntu's
@@ -337,6 +339,7 @@ class KindBackend(KubeBackend):
         self.kubeconfig = Path(kubeconfig) if kubeconfig is not None else self.workdir / "kubeconfig"
         self.node_image_override = node_image or None  # the user's image: used as given (see `node_image`)
         self.unschedulable_final = True  # kind's nodes are the config's, no autoscaler adds one (helmwait)
+        self.node_image_pull_timeout_s = NODE_IMAGE_PULL_TIMEOUT_S
 
     @classmethod
     def from_options(cls, opts: BackendOptions, manifests: Manifests | None = None) -> KindBackend:
@@ -453,6 +456,8 @@ class KindBackend(KubeBackend):
             # Docker host's, so the cluster may have been made from another directory; export merges into the file
             self._export_kubeconfig()
         else:
+            if image:
+                self._pull_node_image(image)  # refused here on a slow link: nothing created yet
             self.progress(f"creating kind cluster {self.cluster_name} ({image or 'kind default node image'})")
             self._run(
                 "kind", "create", "cluster", "--name", self.cluster_name,
@@ -486,6 +491,30 @@ class KindBackend(KubeBackend):
             self._impose()
         self._save_state(entry=self._published_ports())
         self.start_recording()
+
+    def _pull_node_image(self, image: str) -> None:
+        """The node image into the host's Docker before `kind create`, unless it is there (`docker inspect
+        --type=image`, kind's own test): one progress line, its own bound (`node_image_pull_timeout_s`), and a
+        BackendError in one line naming the image, the bound and the way out when the pull fails or outlasts it.
+
+        kind pulls a node image the host lacks inside `kind create cluster` (ensureNodeImages, kubernetes-sigs/kind
+        pkg/cluster/internal/providers/docker/images.go), about 1 GB, silently and within the bound the harness
+        gives the create (900 s) for kubeadm's work too: on a slow link the first up of a host ended in "`kind
+        create cluster` did not finish in 900s", naming neither the download nor what to do, or, where the pull
+        ended just in time, in kubeadm's own timeout. Pulled here, the create finds it (kind skips the pull), and
+        the host keeps it for every later cluster of this kind release."""
+        probe = self._run("docker", "inspect", "--type=image", image, check=False, timeout=60)
+        if probe.returncode == 0:
+            return
+        bound = self.node_image_pull_timeout_s
+        self.progress(f"pulling the kind node image {image} (about 1 GB, once per Docker host; up to {bound:.0f}s)")
+        try:
+            self._run("docker", "pull", image, timeout=bound)
+        except BackendError as exc:
+            raise BackendError(
+                f"the kind node image {image} could not be pulled before `kind create` ({exc}); on a slow or "
+                f"metered link pull it yourself (`docker pull {image}`), then up again"
+            ) from None
 
     def _export_kubeconfig(self) -> None:
         """`kind export kubeconfig` of the existing cluster into the workdir's file; BackendError in one line
