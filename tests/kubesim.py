@@ -543,7 +543,59 @@ KIND_INOTIFY_INSTANCES = 512
 # pod's: kindnet on every node (kind's DaemonSet: 100m / 50Mi); on the control-plane kubeadm's static pods
 # (kube-apiserver 250m, kube-controller-manager 200m, kube-scheduler 100m, etcd 100m / 100Mi) and CoreDNS's two
 # replicas (100m / 70Mi each), which the fake keeps there (they are not API objects in the fake).
-KIND_NODE_PODS = {"worker": (100, 50 * 1024**2), "control-plane": (100 + 650 + 200, (50 + 100 + 140) * 1024**2)}
+KIND_NODE_PODS = {"worker": (100, 50 * 1024**2), "control-plane": (100 + 650, (50 + 100) * 1024**2)}
+# CoreDNS as kubeadm's addon phase deploys it (cmd/kubeadm/app/phases/addons/dns/manifests.go: Deployment coredns in
+# kube-system, 2 replicas, 100m / 70Mi each, tolerating CriticalAddonsOnly and the control-plane taint, a preferred
+# anti-affinity on its own label per host, nodeSelector kubernetes.io/os: linux). Nothing keeps it off the workers:
+# kube-scheduler places it where the control-plane taint is tolerated and resources score best. Its image is
+# preloaded in kindest/node (kind's node image build), so no node pulls it.
+COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.12.1"
+COREDNS_DEPLOYMENT: dict[str, Any] = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "coredns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+    "spec": {
+        "replicas": 2,
+        "selector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+        "template": {
+            "metadata": {"labels": {"k8s-app": "kube-dns"}},
+            "spec": {
+                "priorityClassName": "system-cluster-critical",
+                "tolerations": [
+                    {"key": "CriticalAddonsOnly", "operator": "Exists"},
+                    {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"},
+                ],
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "affinity": {
+                    "podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 100,
+                                "podAffinityTerm": {
+                                    "labelSelector": {
+                                        "matchExpressions": [
+                                            {"key": "k8s-app", "operator": "In", "values": ["kube-dns"]}
+                                        ]
+                                    },
+                                    "topologyKey": "kubernetes.io/hostname",
+                                },
+                            }
+                        ]
+                    }
+                },
+                "containers": [
+                    {
+                        "name": "coredns",
+                        "image": COREDNS_IMAGE,
+                        "resources": {"limits": {"memory": "170Mi"}, "requests": {"cpu": "100m", "memory": "70Mi"}},
+                        "ports": [{"containerPort": 53, "name": "dns", "protocol": "UDP"}],
+                    }
+                ],
+            },
+        },
+    },
+}
 # the kubelet's default hard eviction threshold, memory.available<100Mi, kept off the node's allocatable memory
 KUBELET_EVICTION_HARD = 100 * 1024**2
 _QUANTITY_UNITS = {"m": 0.001, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "": 1}
@@ -4880,6 +4932,7 @@ class ClusterSim:
                     "v1", "nodes", None, node_name, {"status": {"capacity": capacity, "allocatable": allocatable}}
                 )
             self.node_own_pods[node_name] = KIND_NODE_PODS["control-plane" if role == "control-plane" else "worker"]
+            self.nodes[node_name].images.add(COREDNS_IMAGE)
             self.nodes[node_name].ip = f"172.18.0.{i + 2}"
             self.nodes[node_name].ip6 = f"{KIND_V6_PREFIX}{i + 2}" if self.kind_ipv6 else ""
             self.kind_network_next = max(self.kind_network_next, i + 3)
@@ -4894,6 +4947,8 @@ class ClusterSim:
                         "stderr": "ERROR: failed to create cluster: Bind for "
                         f"127.0.0.1:{m.get('hostPort')} failed: port is already allocated",
                     }
+        if self.get("apps/v1", "deployments", "kube-system", "coredns") is None:
+            self.create("apps/v1", "deployments", "kube-system", copy.deepcopy(COREDNS_DEPLOYMENT))
         return {"rc": 0}
 
     async def kind_delete(self) -> Obj:

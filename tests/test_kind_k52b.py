@@ -137,3 +137,63 @@ def test_a_node_image_on_the_host_is_not_pulled_again(api: FakeApiServer, tools:
     calls = tools.calls()
     assert not [c for c in calls if c[:2] == ["docker", "pull"]], calls
     assert [c for c in calls if c[:3] == ["kind", "create", "cluster"]]
+
+
+# -- CoreDNS off the nodes chaos stops ----------------------------------------------------------------------------
+
+
+def _dns_nodes(api: FakeApiServer) -> list[str]:
+    pods = api.sim.call(lambda: api.sim.items("v1", "pods", "kube-system"))
+    return sorted(
+        str((p.get("spec") or {}).get("nodeName") or "")
+        for p in pods
+        if ((p.get("metadata") or {}).get("labels") or {}).get("k8s-app") == "kube-dns"
+        and not (p.get("metadata") or {}).get("deletionTimestamp")
+    )
+
+
+def test_cluster_dns_runs_on_the_control_plane_which_no_chaos_stops(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """kubeadm deploys CoreDNS (2 replicas) tolerating the control-plane taint and pinned to no node
+    (cmd/kubeadm/app/phases/addons/dns/manifests.go), so kube-scheduler may place a replica on an AZ worker,
+    one that az-node-loss stops. Until the node controller marks it NotReady (40-50 s) the kube-dns Service keeps
+    that replica's endpoint, and about half the cluster's lookups go to it and time out. What resolves in the
+    mesh: each pod's consul-connect-inject-init and consul-dataplane reach the Consul servers by their Service's
+    DNS name (the injector's `-addresses consul-server.consul.svc`), when they start: the sidecars of the pods
+    the restored node restarts. Their lookups failing, the zone's pods come back late, and a correct mesh could
+    miss the recovery bound by timing. Both replicas now run on the control-plane, which no fault stops."""
+    m = rendered(tmp_path)
+    api.sim.host_images.update([*cluster_images(m), KIND_NODE_IMAGES["v0.33.0"]])
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        backend.up(m)
+    finally:
+        backend.close()
+    assert _dns_nodes(api) == ["edge-control-plane", "edge-control-plane"]
+
+
+def _dns_pods(api: FakeApiServer) -> list[str]:
+    pods = api.sim.call(lambda: api.sim.items("v1", "pods", "kube-system"))
+    return sorted(
+        str(p["metadata"]["name"]) for p in pods if p["metadata"].get("labels", {}).get("k8s-app") == "kube-dns"
+    )
+
+
+def test_a_reused_cluster_keeps_its_pinned_cluster_dns_as_it_is(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """Control: CoreDNS already on the control-plane (a cluster an earlier up made) is not rolled again: the same
+    pods serve on, on the control-plane."""
+    m = rendered(tmp_path)
+    api.sim.host_images.update([*cluster_images(m), KIND_NODE_IMAGES["v0.33.0"]])
+    seen: list[list[str]] = []
+    for _ in range(2):
+        backend = kind_backend(tmp_path / "wd")
+        try:
+            backend.up(m)
+        finally:
+            backend.close()
+        seen.append(_dns_pods(api))
+    assert seen[0] == seen[1] and len(seen[0]) == 2, seen
+    assert _dns_nodes(api) == ["edge-control-plane", "edge-control-plane"]

@@ -100,6 +100,7 @@ import yaml
 from harness.backends import kindsize
 from harness.backends.base import CHAOS_PRIMITIVES, Status
 from harness.backends.kube import KubeCluster, NodeInfo, ProgressFn, api_client_from_kubeconfig
+from harness.backends.kube.api import KubeApiError
 from harness.backends.kube.backend import KubeBackend
 from harness.backends.kube.forward import find_tool
 from harness.backends.kube.helmwait import HelmRun, Watch, run_watched
@@ -469,6 +470,7 @@ class KindBackend(KubeBackend):
         self._warn_version()  # a user's image (or a reused cluster) outside the chart's range: said, and run
         if not self._inotify_read:
             self._check_inotify()  # before the chart and the workloads: their pods are what too few would break
+        self._pin_cluster_dns()  # before the chart and the workloads, whose sidecars resolve Consul's servers by name
         self._load_images(manifests)
         cluster = self.cluster
         namespaces = [o for o in manifests.objects if o["kind"] == "Namespace"]
@@ -515,6 +517,30 @@ class KindBackend(KubeBackend):
                 f"the kind node image {image} could not be pulled before `kind create` ({exc}); on a slow or "
                 f"metered link pull it yourself (`docker pull {image}`), then up again"
             ) from None
+
+    def _pin_cluster_dns(self, timeout_s: float = BOOT_TIMEOUT_S) -> None:
+        """CoreDNS (kube-system Deployment `coredns`) onto the control-plane node, which no fault stops, rolled out.
+
+        kubeadm deploys it tolerating the control-plane taint and pinned to no node (cmd/kubeadm/app/phases/addons/
+        dns/manifests.go: 2 replicas, a preferred anti-affinity per host), so a replica can run on an AZ worker that
+        az-node-loss or an AZ outage stops: until the node controller marks the node NotReady (40-50 s) the
+        kube-dns Service keeps its endpoint and about half the cluster's lookups go there and time out. The mesh
+        resolves names when a pod starts: consul-connect-inject-init and consul-dataplane reach the Consul servers
+        by their Service's name (`-addresses consul-server.consul.svc`, set by the injector), so the sidecars of
+        the pods a restored node restarts came back late, and the recovery bound could be missed by timing alone.
+        A nodeSelector on the control-plane's role label (merged, a no-op when already there; the taint is
+        tolerated already); the anti-affinity is only preferred, so both replicas fit there. A cluster without
+        that Deployment (another DNS add-on): said, and run."""
+        path = "/apis/apps/v1/namespaces/kube-system/deployments/coredns"
+        patch = {"spec": {"template": {"spec": {"nodeSelector": {"node-role.kubernetes.io/control-plane": ""}}}}}
+        try:
+            self.cluster.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise BackendError(f"{self._where}: CoreDNS could not be pinned to the control-plane: {exc}") from None
+            self.progress(f"{self._where}: no kube-system/coredns Deployment; cluster DNS left where it runs")
+            return
+        self.cluster.wait_deployments_ready([("kube-system", "coredns")], timeout_s, poll=self.ready_poll_s)
 
     def _export_kubeconfig(self) -> None:
         """`kind export kubeconfig` of the existing cluster into the workdir's file; BackendError in one line
