@@ -60,7 +60,7 @@ def test_e2e_refusing_its_input_ends_the_daemon_it_prestarted(tmp_path: Path, mo
     bad = tmp_path / "bad.json"
     bad.write_text('{"title": "x"')
     opts = E2EOptions(topology=DEFAULT_TOPOLOGY, experiments=[bad], runs_root=tmp_path / "runs")
-    with pytest.raises(InputError, match="bad.json"):
+    with pytest.raises(InputError, match=r"bad\.json"):
         run_e2e(opts, BackendOptions(name="local", cluster="ehpre2"), say=lambda _m: None)
     (b,) = made
     assert _waiting(b.state_dir) == [] and not (tmp_path / "runs").exists()

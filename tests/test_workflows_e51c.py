@@ -43,5 +43,8 @@ def test_the_self_hosted_runner_note_names_kubectl_and_an_ubuntu_for_setup_pytho
 def test_control_the_note_is_read_from_the_header_alone() -> None:
     """Control: the paragraph is the header's EH_RUNNER entry, not the rest of the file (which names kubectl nowhere
     but could name setup-python)."""
-    text = "# Repository settings\n#   EH_RUNNER   a label; needs make\n#   EH_TOPOLOGY  kubectl\nname: x\n# kubectl Ubuntu\n"
+    text = (
+        "# Repository settings\n#   EH_RUNNER   a label; needs make\n#   EH_TOPOLOGY  kubectl\nname: x\n"
+        "# kubectl Ubuntu\n"
+    )
     assert _runner_note(text) == "a label; needs make"
