@@ -17,6 +17,7 @@ from harness.backends.local import LocalBackend
 from harness.e2e import E2EOptions, run_e2e
 from harness.errors import InputError
 from harness.topology.model import DEFAULT_TOPOLOGY
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,10 @@ def test_a_prestarted_daemon_closed_unused_starts_nothing_and_is_gone(tmp_path: 
     b = LocalBackend(cluster="ehpre1", state_root=tmp_path)
     b.prestart()
     waiting = b._waiting
-    assert waiting is not None and _waiting(b.state_dir) == [str(waiting.proc.pid)]
+    assert waiting is not None
+    # Popen returns once the child's exec closed its close-on-exec pipe, a moment before the kernel has set up the
+    # new program's arguments (/proc/PID/cmdline reads empty until then): waited for, not slept
+    assert wait_until(lambda: _waiting(b.state_dir) == [str(waiting.proc.pid)]), _waiting(b.state_dir)
     time.sleep(0.3)  # importing, or already waiting for its order
     b.close()
     assert waiting.proc.returncode == 0
