@@ -77,21 +77,6 @@ def kind_backend(workdir: Path, **kw: Any) -> KindBackend:
     return b
 
 
-def refused_up(workdir: Path, manifests: Manifests, **kw: Any) -> str:
-    """`up` of a kind backend in `workdir` (attributes `kw` set on it first) refused: its message, one line."""
-    backend = kind_backend(workdir)
-    for k, v in kw.items():
-        setattr(backend, k, v)
-    try:
-        with pytest.raises(BackendError) as err:
-            backend.up(manifests)
-    finally:
-        backend.close()
-    msg = str(err.value)
-    assert "\n" not in msg, msg
-    return msg
-
-
 def up_saying(tmp_path: Path, **kw: Any) -> list[str]:
     """`up` of the default topology by `kind_backend(tmp_path / "wd", **kw)`, closed after (the cluster stays);
     returns what its progress said. What a test asks of the run it reads from the tools' calls or the cluster."""
@@ -104,15 +89,21 @@ def up_saying(tmp_path: Path, **kw: Any) -> list[str]:
     return said
 
 
-def up_refused(tmp_path: Path, prepare: Callable[[KindBackend], None] | None = None, **kw: Any) -> str:
-    """The BackendError `up` of the default topology by `kind_backend(tmp_path / "wd", **kw)` raised (`prepare`
-    sets the backend up first), closed after: a first-contact check that refuses before anything is created."""
+def up_refused(
+    tmp_path: Path,
+    prepare: Callable[[KindBackend], None] | None = None,
+    manifests: Manifests | None = None,
+    **kw: Any,
+) -> str:
+    """The BackendError `up` of the default topology (or `manifests`) by `kind_backend(tmp_path / "wd", **kw)` raised
+    (`prepare` sets the backend up first), closed after: a first-contact check that refuses before anything is
+    created."""
     backend = kind_backend(tmp_path / "wd", **kw)
     if prepare is not None:
         prepare(backend)
     try:
         with pytest.raises(BackendError) as err:
-            backend.up(rendered(tmp_path))
+            backend.up(rendered(tmp_path) if manifests is None else manifests)
     finally:
         backend.close()
     return str(err.value)

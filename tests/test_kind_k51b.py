@@ -15,7 +15,7 @@ from harness.topology.model import load_topology
 from tests.conftest import REPO, wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.test_backend_kind import Tools, kind_backend, refused_up
+from tests.test_backend_kind import Tools, kind_backend, up_refused
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 pytestmark = pytest.mark.slow  # a fake API server and fake tools per test: seconds each
@@ -49,8 +49,8 @@ def test_a_left_over_cluster_of_another_shape_is_refused_not_reused(
     first.up(rendered(tmp_path))
     first.close()
     tools.reset()
-    msg = refused_up(tmp_path / "wd", _two_nodes_in_first_az(tmp_path))
-    assert "kind cluster edge" in msg, msg
+    msg = up_refused(tmp_path, manifests=_two_nodes_in_first_az(tmp_path))
+    assert "\n" not in msg and "kind cluster edge" in msg, msg
     assert "edge-worker7: missing" in msg and "edge-worker2 in us-west-2b, not us-west-2a" in msg, msg
     assert "harness down" in msg, msg
     assert not [c for c in tools.calls() if c[:1] == ["helm"]], "refused before the chart is installed"
@@ -183,7 +183,7 @@ def test_a_cluster_whose_create_was_cut_short_is_named_as_such(
     reused it and failed with kind's line alone, naming neither the cause nor the way out; it now says both."""
     api.sim.call(lambda: setattr(api.sim, "kind_cluster", "edge"))
     api.sim.call(lambda: setattr(api.sim, "kind_cut_short", True))
-    msg = refused_up(tmp_path / "wd", rendered(tmp_path))
-    assert "failed to get cluster internal kubeconfig" in msg, msg
+    msg = up_refused(tmp_path)
+    assert "\n" not in msg and "failed to get cluster internal kubeconfig" in msg, msg
     assert "create cut short" in msg and "`harness down --backend kind --cluster edge`" in msg, msg
     assert not [c for c in tools.calls() if c[:1] == ["helm"]]

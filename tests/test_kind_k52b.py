@@ -14,7 +14,7 @@ from harness.backends.kind import KIND_NODE_IMAGES, cluster_images
 from harness.render.manifests import Manifests
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.test_backend_kind import Tools, kind_backend, refused_up
+from tests.test_backend_kind import Tools, kind_backend, up_refused
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 pytestmark = pytest.mark.slow  # a fake API server and fake tools per test: seconds each
@@ -49,8 +49,8 @@ def test_a_left_over_cluster_without_the_configs_port_mappings_is_refused_up_fro
     subprocess.run(["kind", "create", "cluster", "--name", "edge", "--config", str(config), "--kubeconfig",
                     str(tmp_path / "old-kubeconfig")], check=True, capture_output=True)  # fmt: skip
     tools.reset()
-    msg = refused_up(tmp_path / "wd", rendered(tmp_path))
-    assert "kind cluster edge" in msg, msg
+    msg = up_refused(tmp_path)
+    assert "\n" not in msg and "kind cluster edge" in msg, msg
     assert "publishes no host port for 30100/tcp" in msg and "harness down" in msg, msg
     assert not [c for c in tools.calls() if c[:1] == ["helm"]], "refused before the chart is installed"
 
@@ -104,9 +104,9 @@ def test_a_node_image_pull_outlasting_its_bound_is_one_line_before_kind_create(
     """A slow link: the node image's pull outlasts its own bound. One line naming the image and what to do, and
     no `kind create` (which, pulling it itself, ended in "`kind create cluster` did not finish in 900s")."""
     api.sim.call(lambda: setattr(api.sim, "host_pull_s", 3.0))
-    msg = refused_up(tmp_path / "wd", rendered(tmp_path), node_image_pull_timeout_s=1.0)
+    msg = up_refused(tmp_path, prepare=lambda b: setattr(b, "node_image_pull_timeout_s", 1.0))
     image = KIND_NODE_IMAGES["v0.33.0"]
-    assert f"the kind node image {image} could not be pulled" in msg, msg
+    assert "\n" not in msg and f"the kind node image {image} could not be pulled" in msg, msg
     assert "did not finish in 1s" in msg and f"`docker pull {image}`" in msg, msg
     assert not [c for c in tools.calls() if c[:2] == ["kind", "create"]], "refused before kind create"
 
