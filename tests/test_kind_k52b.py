@@ -14,7 +14,7 @@ from harness.backends.kind import KIND_NODE_IMAGES, cluster_images
 from harness.render.manifests import Manifests
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.test_backend_kind import Tools, kind_backend, up_refused
+from tests.test_backend_kind import Tools, kind_backend, up_refused, up_saying
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 pytestmark = pytest.mark.slow  # a fake API server and fake tools per test: seconds each
@@ -113,13 +113,8 @@ def test_a_node_image_pull_outlasting_its_bound_is_one_line_before_kind_create(
 
 def test_a_node_image_on_the_host_is_not_pulled_again(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
     """Control: the host has the node image (an earlier cluster's): nothing pulled, kind create runs."""
-    m = rendered(tmp_path)
-    api.sim.host_images.update([*cluster_images(m), KIND_NODE_IMAGES["v0.33.0"]])
-    backend = kind_backend(tmp_path / "wd")
-    try:
-        backend.up(m)
-    finally:
-        backend.close()
+    api.sim.host_images.update([*cluster_images(rendered(tmp_path)), KIND_NODE_IMAGES["v0.33.0"]])
+    up_saying(tmp_path)
     calls = tools.calls()
     assert not [c for c in calls if c[:2] == ["docker", "pull"]], calls
     assert [c for c in calls if c[:3] == ["kind", "create", "cluster"]]
@@ -149,13 +144,8 @@ def test_cluster_dns_runs_on_the_control_plane_which_no_chaos_stops(
     DNS name (the injector's `-addresses consul-server.consul.svc`), when they start: the sidecars of the pods
     the restored node restarts. Their lookups failing, the zone's pods come back late, and a correct mesh could
     miss the recovery bound by timing. Both replicas now run on the control-plane, which no fault stops."""
-    m = rendered(tmp_path)
-    api.sim.host_images.update([*cluster_images(m), KIND_NODE_IMAGES["v0.33.0"]])
-    backend = kind_backend(tmp_path / "wd")
-    try:
-        backend.up(m)
-    finally:
-        backend.close()
+    api.sim.host_images.update([*cluster_images(rendered(tmp_path)), KIND_NODE_IMAGES["v0.33.0"]])
+    up_saying(tmp_path)
     assert _dns_nodes(api) == ["edge-control-plane", "edge-control-plane"]
 
 
