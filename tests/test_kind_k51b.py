@@ -15,7 +15,7 @@ from harness.topology.model import load_topology
 from tests.conftest import REPO, wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.test_backend_kind import Tools, kind_backend, up_refused
+from tests.test_backend_kind import Tools, kind_backend, up_refused, up_saying
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 pytestmark = pytest.mark.slow  # a fake API server and fake tools per test: seconds each
@@ -58,15 +58,8 @@ def test_a_left_over_cluster_of_another_shape_is_refused_not_reused(
 
 def test_a_left_over_cluster_of_the_same_shape_is_reused(api: FakeApiServer, tools: Tools, tmp_path: Path) -> None:
     """Control: the cluster a previous `up` of this topology made (`--keep`) is the shape the config says."""
-    first = kind_backend(tmp_path / "wd")
-    first.up(m := rendered(tmp_path))
-    first.close()
-    said: list[str] = []
-    again = kind_backend(tmp_path / "wd")
-    try:
-        again.up(m, progress=said.append)
-    finally:
-        again.close()
+    up_saying(tmp_path)
+    said = up_saying(tmp_path)
     assert any("exists: reusing it" in s for s in said), said
 
 

@@ -82,14 +82,8 @@ def test_the_node_image_is_pulled_before_kind_create_with_its_own_line(
     --type=image`, else `docker pull`; kubernetes-sigs/kind pkg/cluster/internal/providers/docker/images.go),
     about 1 GB within the 900 s the harness gives the create for kubeadm's work too, and says nothing of it. up
     now pulls it first, saying so, and kind finds it there."""
-    m = rendered(tmp_path)
-    api.sim.host_images.update(cluster_images(m))  # only the node image is missing: a host new to this kind release
-    said: list[str] = []
-    backend = kind_backend(tmp_path / "wd")
-    try:
-        backend.up(m, progress=said.append)
-    finally:
-        backend.close()
+    api.sim.host_images.update(cluster_images(rendered(tmp_path)))  # only the node image missing: new to this kind
+    said = up_saying(tmp_path)
     image = KIND_NODE_IMAGES["v0.33.0"]
     assert api.sim.call(lambda: list(api.sim.kind_create_pulls)) == [], "kind create pulled the node image itself"
     calls = tools.calls()
