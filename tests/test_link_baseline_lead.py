@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from harness.chaos import actions
+from harness.contract import requestwatch as watch
+from harness.contract.requestwatch import ANSWER_ORDER_SLACK_S, RequestWatch, answered_before
 from harness.contract.rundir import CHAOS_FILE, PROBE_BUDGET_FILE, REQUESTS_FILE
 from harness.contract.settled import BASELINE_STALL_S, LINK_BASELINE_HOPS, SWITCH_S
-from harness.traffic import watch
-from harness.traffic.watch import ANSWER_ORDER_SLACK_S, RequestWatch, answered_before
 from tests.test_chaos import LAX, FakeBackend, fake  # noqa: F401  (the fixture)
 from tests.test_e2e_waits import Schedule
 

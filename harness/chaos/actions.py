@@ -533,9 +533,9 @@ def _settled_baseline(b: Backend, zone: str) -> None:
     nothing is waited for. A zone that gains no such request for BASELINE_STALL_S is degraded anyway; the verdict
     says what that leaves unverified.
     """
+    from harness.contract.requestwatch import RequestWatch, answered_before
     from harness.contract.rundir import CHAOS_FILE, PROBE_BUDGET_FILE, REQUESTS_FILE
     from harness.contract.settled import BASELINE_STALL_S, LINK_BASELINE_HOPS, reaches_link, settled_at
-    from harness.traffic.watch import RequestWatch, answered_before
 
     run_dir = _run_dir()
     if run_dir is None:

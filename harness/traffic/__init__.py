@@ -8,6 +8,7 @@ while it grows (warm-up, cool-down); `ProbeBudget` fits the zone probes'
 rate to what this machine carries.
 """
 
+from harness.contract.requestwatch import RequestWatch, Stall
 from harness.traffic.budget import BudgetDecision, ProbeBudget
 from harness.traffic.recorder import RequestRecorder, parse_entrypoints
 from harness.traffic.runner import (
@@ -19,7 +20,6 @@ from harness.traffic.runner import (
     run_traffic,
     summarise_requests,
 )
-from harness.traffic.watch import RequestWatch, Stall
 
 __all__ = [
     "DEFAULT_LOCUSTFILE",

@@ -185,7 +185,7 @@ class ProbeBudget:
 
     `periods` are the probed zones' set periods. `rates(start, end)` gives
     (all requests, probes) answered per second in a window
-    (`harness.traffic.watch.RequestWatch.rates`). `cpu`, `clock` and `sleep`
+    (`harness.contract.requestwatch.RequestWatch.rates`). `cpu`, `clock` and `sleep`
     are injectable so a test can stand in for a machine.
     """
 

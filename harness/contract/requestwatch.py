@@ -2,8 +2,10 @@
 
 e2e's warm-up and cool-down wait for what they are for (users served in
 every zone before the first fault; the last recovery on record) instead of
-sleeping a fixed time, and the probe budget (`harness.traffic.budget`)
-measures how many requests per second the machine carried in a window.
+sleeping a fixed time, the probe budget (`harness.traffic.budget`)
+measures how many requests per second the machine carried in a window, and a
+link's first degradation waits for its settled baseline
+(`harness.chaos.actions`): traffic and chaos both read it, so it is here.
 """
 
 from __future__ import annotations
