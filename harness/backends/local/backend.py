@@ -93,9 +93,7 @@ class LocalBackend(Backend):
     def prestart(self) -> None:
         """The daemon's interpreter and imports, started now for the next `up` (`PrestartedDaemon` says why)."""
         if self._waiting is None:
-            # at the normal class: what runs meanwhile is e2e's input check and rendering, nothing measured, and on
-            # the other core (at the idle class it waited behind them and behind locust's and chaos's imports)
-            self._waiting = PrestartedDaemon(False, self._known_args())
+            self._waiting = PrestartedDaemon(self._known_args())
 
     def _known_args(self) -> list[str]:
         """The daemon's arguments known before its manifests; `_daemon_pid` finds its state directory in them."""

@@ -30,7 +30,7 @@ from typing import Any
 
 from harness.backends.base import CHAOS_METHODS, answers_to_json, dispatch, each_admin
 from harness.errors import HarnessError
-from harness.prestart import IDLE_FLAG, Waiting, idle_asked, take_order
+from harness.prestart import Waiting, take_order
 
 CHAOS_OPS = frozenset(CHAOS_METHODS)  # declared once, in base.PRIMITIVES
 
@@ -214,8 +214,9 @@ class PrestartedDaemon(Waiting):
 
     Why: the start's imports (the topology model, the mesh compiler, the certificates: ~0.45 s on a quiet 2-core
     machine, more under load) came first on the bring-up's critical path, while `harness e2e` checked its inputs
-    and rendered the manifests with the other core idle. Prestarted, they run meanwhile, at the idle class where
-    this process may (`harness.prestart`). Its stdout and stderr go to the state directory's daemon.out once it
+    and rendered the manifests with the other core idle. Prestarted, they run meanwhile, at the normal class:
+    nothing measured runs then (at the idle class, `harness.prestart`, they waited behind e2e's own work and the
+    prestarted locust's and chaos's imports). Its stdout and stderr go to the state directory's daemon.out once it
     has one (the order names it), as a daemon started by `up` has them; closed unused, it exits 0.
 
     `known`: `main`'s arguments known before the manifests, on its command line from the start: `down` and a
@@ -223,10 +224,10 @@ class PrestartedDaemon(Waiting):
     the rest.
     """
 
-    def __init__(self, idle: bool, known: list[str]) -> None:
-        self.idle = idle
+    def __init__(self, known: list[str]) -> None:
+        self.idle = False
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.backends.local.daemon", WAIT_FLAG, *([IDLE_FLAG] if idle else []), *known],
+            [sys.executable, "-m", "harness.backends.local.daemon", WAIT_FLAG, *known],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
 
@@ -244,16 +245,15 @@ def _start_imports() -> None:
 
 def _ordered() -> list[str] | None:
     """A prestarted daemon's command line (None: closed unused), its stdout and stderr then on the order's file."""
-    idle = idle_asked()
     _start_imports()
-    order = take_order(idle)
+    order = take_order(idle=False)
     if order is None:
         return None
     fd = os.open(order["out"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    known = [a for a in sys.argv[1:] if a not in (WAIT_FLAG, IDLE_FLAG)]
+    known = [a for a in sys.argv[1:] if a != WAIT_FLAG]
     return [*known, *(str(a) for a in order["argv"])]
 
 
