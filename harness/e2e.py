@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 TRAFFIC_BOUND_S = 6 * 3600.0
 WARM_REQUESTS = 20  # successful user requests before the first fault, per zone a fault of the plan acts on
-BUDGET_AFTER_REQUESTS = 5  # ... of them served before the probe budget measures (the shop running, not starting)
+SHOWN_SERVED = 2  # ... per zone no fault acts on (`warm_need`): served, and again once its first answer was back
 WARMUP_BOUND_S = 8.0  # how long a zone short of its warm-up may gain no request (the budget's wait included)
 COOL_REQUESTS = 1  # ... and per zone after the last restore, before traffic stops: what coverage's "after" asks
 RECOVERY_POLL_S = 0.5  # how often the cool-down asks the records whether the last recoveries are on them
@@ -340,8 +340,8 @@ def warm_need(zones: list[str], planned: list[PlannedExperiment], topology: Topo
     what that fault's failover is read against. A fault in the Region
     reaches every zone (each Local Zone falls back to it; postgres lives
     there), so then every zone needs them. A zone no fault acts on needs
-    only to be shown served (BUDGET_AFTER_REQUESTS, as the probe budget
-    asks): what the verdict reads there (stayed in-zone, availability)
+    only to be shown served (SHOWN_SERVED, as the probe budget asks):
+    what the verdict reads there (stayed in-zone, availability)
     accumulates over the whole run, not before its first fault, and waiting
     for 20 answers at its users' pace held every run ~1.2 s for nothing.
     """
@@ -349,7 +349,7 @@ def warm_need(zones: list[str], planned: list[PlannedExperiment], topology: Topo
     acted = {z for p in planned for z in p.zones}
     if acted & region:
         acted = set(zones)
-    return {z: WARM_REQUESTS if z in acted else BUDGET_AFTER_REQUESTS for z in zones}
+    return {z: WARM_REQUESTS if z in acted else SHOWN_SERVED for z in zones}
 
 
 def probes_from_below(traffic: TrafficRunner, served: RequestWatch) -> ProbeBudget:
@@ -375,9 +375,15 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
 
     The probe budget (harness.traffic.budget: probes no faster than this
     machine carries) measures the running shop, not its start, so it starts
-    once every zone's users are past their first requests
-    (BUDGET_AFTER_REQUESTS each); the requests its window carries count
-    towards the warm-up's. Its line is said when the warm-up is complete: a
+    once every zone served a request that began after its first answer was
+    back: a zone's first answers pay its cold path (each sidecar's first
+    mTLS connections, product-api's first database connections; an edge
+    zone's first coffees took 400-580 ms, its next ones 100-450 ms), and a
+    request begun after one of them went down the path it had opened. (A
+    fixed five answers per zone, asked before, held every run ~0.9 s longer
+    for the zone whose users are slowest, a Wavelength Zone without probes,
+    and asked nothing of its users' cold starts the warm path does not.)
+    The requests its window carries count towards the warm-up's. Its line is said when the warm-up is complete: a
     game day's chaos waits for it. `budget` None: locust workers
     in the zones' pods, which do not read the budget's file: no decision, so
     the verdict reads a link's baseline from the whole warm-up. `bound_s` is how long a zone still short may gain no
@@ -395,7 +401,8 @@ def warm_up(budget: ProbeBudget | None, served: RequestWatch, bound_s: float, sa
     summary = None
     stall = Stall(served.clock())  # one no-progress clock for the waits below: the bound is the warm-up's, once
     if budget is not None:
-        served.wait(0.0, BUDGET_AFTER_REQUESTS, bound_s, stalled=stall)
+        served.wait(0.0, 1, bound_s, stalled=stall)  # every zone served ...
+        served.wait(served.first_answers(), 1, bound_s, stalled=stall)  # ... and again on the path it opened
         summary = budget.settle().summary()
     warm = WARM_REQUESTS if need is None else need
     short: list[str] = []

@@ -98,7 +98,7 @@ def test_the_warm_up_asks_20_answers_of_the_zones_a_fault_acts_on_and_of_all_wit
     A fault in the Region (every Local Zone falls back there) makes every zone one a fault acts on."""
     from harness.chaos import plan_run
     from harness.chaos.experiment import SHIPPED_EXPERIMENTS as EXPERIMENTS_DIR
-    from harness.e2e import BUDGET_AFTER_REQUESTS, WARM_REQUESTS, warm_need
+    from harness.e2e import SHOWN_SERVED, WARM_REQUESTS, warm_need
     from harness.topology.model import load_topology
 
     t = load_topology()
@@ -108,11 +108,11 @@ def test_the_warm_up_asks_20_answers_of_the_zones_a_fault_acts_on_and_of_all_wit
     acted = set(edge[0].zones)
     assert acted and not acted & {z.name for z in t.region_zones}
     assert {z for z, n in need.items() if n == WARM_REQUESTS} == acted
-    assert {z for z, n in need.items() if n == BUDGET_AFTER_REQUESTS} == set(zones) - acted
+    assert {z for z, n in need.items() if n == SHOWN_SERVED} == set(zones) - acted
     region = plan_run([EXPERIMENTS_DIR / "az-node-loss.json"], t, None)
     assert set(region[0].zones) & {z.name for z in t.region_zones}
     assert warm_need(zones, edge + region, t) == dict.fromkeys(zones, WARM_REQUESTS)
-    assert warm_need(zones, [], t) == dict.fromkeys(zones, BUDGET_AFTER_REQUESTS)  # no chaos: served is enough
+    assert warm_need(zones, [], t) == dict.fromkeys(zones, SHOWN_SERVED)  # no chaos: served is enough
 
 
 def test_the_cool_down_counts_the_shoppers_not_the_zone_probes(tmp_path: Path) -> None:

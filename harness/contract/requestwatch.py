@@ -11,14 +11,24 @@ link's first degradation waits for its settled baseline
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 PROBE_ENDPOINT = "probe"  # the `endpoint` of a zone probe's records (loadtests/hashicups.py `ZoneProbe`)
 PAGE_ENDPOINT = "shop"  # ... of the shoppers' `GET /`, which nginx answers itself; every other one is an /api query
 _KEEP_COMPLETIONS_S = 30.0  # answers this much older than the newest are dropped: rates ask of recent windows
+
+Since = float | Mapping[str, float]
+"""From when requests count: one instant for every zone, or one per zone (a zone not named: none counts)."""
+
+
+def _key(since: Since) -> float | tuple[tuple[str, float], ...]:
+    """`since` as part of a `Stall` question (hashable, the same for the same instants)."""
+    return tuple(sorted(since.items())) if isinstance(since, Mapping) else since
 
 
 class RequestWatch:
@@ -50,6 +60,7 @@ class RequestWatch:
         self._ok: dict[str, list[tuple[float, bool, bool]]] = {z: [] for z in zones}
         self._done: deque[tuple[float, bool]] = deque()  # (answered at, is a probe) of the recent records
         self._newest = 0.0
+        self._first: dict[str, float] = {}  # when each zone's first success was answered (`first_answers`)
 
     def _read(self) -> None:
         try:
@@ -78,22 +89,32 @@ class RequestWatch:
             self._newest = max(self._newest, answered)
             if rec.get("ok") is True and rec.get("zone") in self._ok:
                 self._ok[rec["zone"]].append((start, probe, rec.get("endpoint") != PAGE_ENDPOINT))
+                self._first[rec["zone"]] = min(answered, self._first.get(rec["zone"], answered))
         # records come in answer order (each is written when its answer came): the oldest are at the left
         while self._done and self._done[0][0] < self._newest - _KEEP_COMPLETIONS_S:
             self._done.popleft()
 
-    def served(self, since: float, probes: bool = True, api: bool = False) -> dict[str, int]:
-        """Successful requests per zone that started at `since` or later (`probes` False: the shoppers' only;
-        `api`: only those through the shop's /api, each a query down the chain to postgres in the Region)."""
+    def served(self, since: Since, probes: bool = True, api: bool = False) -> dict[str, int]:
+        """Successful requests per zone that started at `since` (or `since[zone]`; a zone it does not name: never)
+        or later (`probes` False: the shoppers' only; `api`: only those through the shop's /api, each a query down
+        the chain to postgres in the Region)."""
         self._read()
+        at = since if isinstance(since, Mapping) else dict.fromkeys(self._ok, since)
         return {
-            z: sum(1 for t, p, a in ts if t >= since and (probes or not p) and (a or not api))
+            z: sum(1 for t, p, a in ts if t >= at.get(z, math.inf) and (probes or not p) and (a or not api))
             for z, ts in self._ok.items()
         }
 
+    def first_answers(self) -> dict[str, float]:
+        """When each zone's first successful request was answered, for the zones served so far: a request that
+        started at or after it went down a path its first had opened (the probe budget's \"running, not
+        starting\", `harness.e2e.warm_up`)."""
+        self._read()
+        return dict(self._first)
+
     def wait(
         self,
-        since: float,
+        since: Since,
         n: int | Mapping[str, int],
         timeout_s: float,
         probes: bool = True,
@@ -115,7 +136,7 @@ class RequestWatch:
             have, short_by = self._short(since, n, probes, api)
             short = list(short_by)
             if stall is not None:
-                stall.look((since, probes, api), have, short, self.clock())
+                stall.look((_key(since), probes, api), have, short, self.clock())
                 deadline = stall.gained_at + timeout_s
             if not short:
                 return True
@@ -124,13 +145,13 @@ class RequestWatch:
             self.sleep(0.1)
 
     def short_of(
-        self, since: float, n: int | Mapping[str, int], probes: bool = True, api: bool = False
+        self, since: Since, n: int | Mapping[str, int], probes: bool = True, api: bool = False
     ) -> dict[str, tuple[int, int]]:
         """Each watched zone with fewer than `n` (or `n[zone]`) successful requests from `since` on: (had, needed)."""
         return self._short(since, n, probes, api)[1]
 
     def _short(
-        self, since: float, n: int | Mapping[str, int], probes: bool, api: bool
+        self, since: Since, n: int | Mapping[str, int], probes: bool, api: bool
     ) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
         """(requests per zone, the zones short of `n`: (had, needed)): one rule for `wait` and `short_of`, so the
         wait ends exactly when the zones e2e reports short are none (a zone `n` does not name needs nothing)."""
@@ -210,10 +231,10 @@ class Stall:
 
     def __init__(self, started_at: float) -> None:
         self.gained_at = started_at
-        self._seen: dict[tuple[float, bool, bool], dict[str, int]] = {}
+        self._seen: dict[tuple[Any, bool, bool], dict[str, int]] = {}
         self._short: set[str] = set()  # the zones short at the last look
 
-    def look(self, question: tuple[float, bool, bool], have: Mapping[str, int], short: list[str], now: float) -> None:
+    def look(self, question: tuple[Any, bool, bool], have: Mapping[str, int], short: list[str], now: float) -> None:
         """Note `have` (requests per zone for `question`); a zone short now, or at the last look (the request
         that completed it), with more than last time gained."""
         before = self._seen.get(question)
