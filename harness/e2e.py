@@ -18,9 +18,11 @@ probes found in the access logs], artifacts → down → hops → verdict, repor
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -554,6 +556,29 @@ def source_topology(opts: E2EOptions) -> Topology:
     return load_topology(opts.topology)
 
 
+AFTER_TRAFFIC_MODULES = ("harness.verify", "harness.observe", "harness.report")
+"""What reading the records needs (DuckDB, the verdict's rules, the report), and the cool-down's recovery check
+first: imported while the experiments run (`_imported_meanwhile`), not before the bring-up."""
+
+
+def _imported_meanwhile(modules: tuple[str, ...]) -> threading.Thread:
+    """`modules` imported on a thread, now: while the experiments run, this process only waits on them.
+
+    Why: imported at the start of `run_e2e`, they were on the bring-up's critical path (~0.2 s quiet, twice
+    that under load: the local daemon is prestarted after them), needed only once the traffic stops. A
+    failed import is left to the import where they are used, which raises it there.
+    """
+
+    def imports() -> None:
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=imports, name="eh-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_e2e(
     opts: E2EOptions,
     bopts: BackendOptions,
@@ -563,12 +588,9 @@ def run_e2e(
     """The whole loop; `on_start(run_dir, planned)` is called once the run directory exists (progress display)."""
     from harness.chaos import Launcher, chaos_env, plan_run, run_planned, write_plan
     from harness.gameday import check_dry_run, dry_run_e2e
-    from harness.observe import build_hops
     from harness.render.manifests import load
-    from harness.report import write_junit, write_report
     from harness.traffic import RequestWatch, TrafficRunner
     from harness.traffic.runner import DEFAULT_PROBE_PERIOD_S, prestart_locust
-    from harness.verify import judged, write_verdict
 
     name, why = choose(bopts.name)
     bopts.name = name
@@ -660,6 +682,7 @@ def run_e2e(
                     mark_run(run_dir, "traffic")
                     # every zone's users served before the first fault, not a fixed pause (warmup_s: none gained)
                     warm_up(budget, served, opts.warmup_s, say, need=warm_need(list(entry), planned, topology))
+                    after_reads = _imported_meanwhile(AFTER_TRAFFIC_MODULES)
                     res: ChaosResult | None = None  # the experiment just run: its steady state after may be the next
                     for i, p in enumerate(planned):  # one's before (run_planned: no question asked twice in a row)
                         mark_run(run_dir, "chaos")
@@ -693,6 +716,11 @@ def run_e2e(
         except Exception as down_exc:  # said, and the run's own error raised: it is why the run stopped
             say(f"down failed too, the cluster may still be up (`harness down` retries): {down_exc}")
         raise
+    after_reads.join()  # long done: its error, if any, is the import's own below
+    from harness.observe import build_hops
+    from harness.report import write_junit, write_report
+    from harness.verify import judged, write_verdict
+
     # Every record is in the run directory now: the cluster comes down while they are read (its second or so
     # hidden behind observe and verify); its error is raised after them, and Ctrl-C still waits for it.
     with ThreadPoolExecutor(1, thread_name_prefix="eh-down") as pool:
