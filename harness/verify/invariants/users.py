@@ -1723,6 +1723,19 @@ class UserChecks(CheckBase):
             f"{CONNECT_TIMEOUT_S:g}s connect and {ANSWER_TIMEOUT_S:g}s answer timeouts"
         )
 
+    @property
+    def _after_s(self) -> float:
+        """How long after a restore coverage's "after" window looks for a shopper's request: maxRecoveryS, or the
+        users' quiet bound (`_users_gap`) when that is longer.
+
+        The window is there for a request that began after the restore; a zone whose users think longer than
+        maxRecoveryS allows (EH_WAIT=55: users_quiet_bound 68 s against 60 s) sends its next one after the window
+        closed however correct the mesh: "no user requests ... after the fault: recovery unverified", though e2e's
+        cool-down waited for that request (`harness.e2e.cool_down`, to the same bound) and it is on record. Users
+        gone are still caught: none by then, or `_users_gaps` on the zone's quiet spell past the same bound.
+        """
+        return max(self.slo.max_recovery_s, self._users_gap[0])
+
     def _zones_without_shoppers(self) -> list[tuple[str, int]]:
         """(zone, zone-probe requests): the topology's zones no shopper's request entered all run, when some
         other zone's shoppers were recorded (a run with none at all fails availability's "no traffic").
@@ -1790,7 +1803,7 @@ class UserChecks(CheckBase):
                 windows: list[tuple[str, float, float, bool]] = [("during", f.inject, during_end, True)]
                 if f.restore is not None:
                     nxt = self.next_inject(zone, f.restore, f)
-                    after_end = min(self.run_end, f.restore + self.slo.max_recovery_s)
+                    after_end = min(self.run_end, f.restore + self._after_s)
                     if nxt is not None and nxt < after_end:
                         # the zone's next fault began first: its window holds the users the recovery met (cut at
                         # its inject, a burst of faults a few hundred ms apart had users "after" or not by chance)
@@ -1800,7 +1813,7 @@ class UserChecks(CheckBase):
                         if any(g.entry_down for g in self.run.faults if g.zone == zone and g.inject == nxt):
                             # it took the entry point down: no user reaches the zone until its restore, and the
                             # recovery is measured with those after it (`FaultMeasurer._recovery_after_cut`)
-                            after_end = min(self.run_end, max(after_end, g_end + self.slo.max_recovery_s))
+                            after_end = min(self.run_end, max(after_end, g_end + self._after_s))
                     windows.append(("after", f.restore, after_end, False))
                 for name, lo, hi, closed in windows:
                     subject = f"{f.fault} {zone} {name}"
