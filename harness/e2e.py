@@ -335,6 +335,52 @@ def wait_recoveries(run_dir: Path, topology: Topology, say: ProgressFn, poll_s: 
         time.sleep(max(0.0, min(poll_s, min(p.due for p in left) - time.time())))
 
 
+def degraded_first(p: PlannedExperiment, topology: Topology) -> list[str]:
+    """The zones whose link experiment `p` degrades before any other of its actions reaches that link
+    (`harness.contract.settled.reaches_link`): the zones whose baseline `wait_link_baseline` asks before it."""
+    from harness.contract.settled import reaches_link
+
+    out: list[str] = []
+    reached: set[str] = set()
+    for func, zones in p.steps:
+        if func == "degrade_link":
+            out += [z for z in zones if z not in reached and z not in out]
+        reached |= {z.name for z in topology.zones if any(reaches_link(topology, a, z.name) for a in zones)}
+    return out
+
+
+def wait_link_baseline(
+    run_dir: Path,
+    topology: Topology,
+    zones: list[str],
+    say: ProgressFn,
+    poll_s: float = RECOVERY_POLL_S,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Before an experiment that degrades the links of `zones`: each one's baseline on record, when an earlier
+    fault reached the link (`harness.verify.link_baseline_owed`: its recovery on record, and
+    LINK_EFFECT_MIN_HOPS hops of the zone that wait on the link outside it since the run settled).
+
+    The link's first fault waits for its baseline itself (`harness.chaos.actions.degrade_link`); after a fault
+    that reached the link the action cannot tell where that fault's window ends (the verdict ends it at the
+    recovery the hops show, which the chaos process does not read), so it took the baseline to lie between the
+    two. e2e's first experiment begins as the run settles, and the next one follows at once: a correct mesh
+    whose kill of LAX's product-api took 5 s to recover had its link degraded 3.5 s after the restore with no
+    baseline at all ("not shown", unverified), and passed on a machine that began the experiment later. Waited
+    for until the records show it or its `due` passes (then the verdict decides without it).
+    """
+    from harness.verify import link_baseline_owed
+
+    said: set[str] = set()
+    for zone in zones:
+        while (owed := link_baseline_owed(run_dir, topology, zone, clock())) is not None:
+            if zone not in said:
+                say(f"chaos: waiting for {owed} to be on record (at most {max(0.0, owed.due - clock()):.0f} s)")
+                said.add(zone)
+            sleep(max(0.0, min(poll_s, owed.due - clock())))
+
+
 def warm_need(zones: list[str], planned: list[PlannedExperiment], topology: Topology) -> dict[str, int]:
     """Successful requests each zone's users need before the first fault (`warm_up`).
 
@@ -686,6 +732,8 @@ def run_e2e(
                     res: ChaosResult | None = None  # the experiment just run: its steady state after may be the next
                     for i, p in enumerate(planned):  # one's before (run_planned: no question asked twice in a row)
                         mark_run(run_dir, "chaos")
+                        if i:  # the first experiment's faults come after none: its degradations wait themselves
+                            wait_link_baseline(run_dir, topology, degraded_first(p, topology), say)
                         say(f"chaos: {p.id} ({p.file})")
                         started = launcher.take()
                         if i + 1 < len(planned):

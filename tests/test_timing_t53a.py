@@ -3,14 +3,22 @@ as a real mesh records it, next to its control (the broken twin still fails)."""
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from harness.chaos.experiment import SHIPPED_EXPERIMENTS, PlannedExperiment, plan_experiment
 from harness.contract.users import users_quiet_bound
+from harness.topology import load_topology
 from harness.verify import COVERAGE
-from harness.verify.synth import Scenario, write_run
+from harness.verify.rundata import find_topology
+from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_verify_audit import why
-from tests.test_verify_soundness import KILL, LAX, T, failed
-from tests.verdicts import rows, verify, write_rows
+from tests.test_verify_soundness import KILL, LAS, LAX, T0, T, failed
+from tests.verdicts import envoy_start, rows, verify, write_rows
 
 
 # -- 1. coverage's "after" window follows the users' think time, not maxRecoveryS alone ----------------------------
@@ -61,3 +69,127 @@ def test_control_slow_users_gone_past_their_quiet_bound_are_unverified(tmp_path:
         assert failed(v) == {COVERAGE}, (name, why(v))
         text = v.invariant(COVERAGE).message
         assert f"no user requests entering {LAX} after the fault" in text or "no user request entering it" in text, text
+
+
+# -- 2. a link degraded right after a fault that reached it, before that fault's recovery left it a baseline ---------
+SLOW_BACK = replace(KILL, restore=40, recovery_delay_s=5.0)  # LAX's product-api killed 30-40 s, back in LAX at 45 s
+SETTLED_AT = 29.5  # the probe budget decided just before the kill (run settled 0.25 s later): e2e's first fault
+BASE_AT = 43.5  # where the service-link experiment began on base: the kill's 3 s pause and a steady state after it
+
+
+def _kill_only(tmp_path: Path, budget_end_s: float | None = SETTLED_AT, kill: FaultSpec = SLOW_BACK) -> Path:
+    return write_run(tmp_path / "src", Scenario(T, duration_s=120, rate_per_zone=4, faults=[kill],
+                                                budget_end_s=budget_end_s))  # fmt: skip
+
+
+def _as_of(src: Path, dst: Path, now: float) -> Path:
+    """`src` as its run directory stood `now` s into it: the lines logged by then (an access-log line and a
+    request's record are written when the call ends), the chaos, inventory and counter records made by then."""
+    at = T0 + now
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    for name in ("hops.jsonl", "hops.parquet", "hops-build.json"):
+        (dst / name).unlink(missing_ok=True)
+    for log in (dst / "accesslogs").glob("*.jsonl"):
+        write_rows(log, [r for r in rows(log) if envoy_start(r) + float(r.get("duration") or 0) / 1000 <= at])
+    reqs = rows(dst / "requests.jsonl")
+    write_rows(dst / "requests.jsonl", [r for r in reqs if r["ts"] + r["latency_ms"] / 1000 <= at])
+    for name in ("chaos.jsonl", "inventory.jsonl", "upstream-stats.jsonl"):
+        write_rows(dst / name, [r for r in rows(dst / name) if r["ts"] <= at])
+    return dst
+
+
+def _with_link(tmp_path: Path, name: str, at: float, inert: bool = False) -> Path:
+    """The run whose LAX link is degraded by +100 ms for 8 s from `at` s (`inert`: recorded, never applied)."""
+    slow = FaultSpec("slow-link-lax", "link-degraded", LAX, (), at, at + 8, latency_ms=100.0, link_inert=inert)
+    sc = Scenario(T, duration_s=120, rate_per_zone=4, faults=[SLOW_BACK, slow], budget_end_s=SETTLED_AT)
+    return write_run(tmp_path / name, sc)
+
+
+def _service_link() -> PlannedExperiment:
+    return plan_experiment(SHIPPED_EXPERIMENTS / "service-link.json", T)
+
+
+def test_e2e_holds_a_degradation_until_its_baseline_after_a_slow_recovery_is_on_record(tmp_path: Path) -> None:
+    """FINDING. e2e's first experiment (a kill of LAX's product-api) began as the run settled, and its recovery took
+    5 s; the service-link experiment followed 3.5 s after the restore (the kill's 3 s pause, a steady state). Its
+    degradation is judged against LAX's hops that wait on the link since the run settled outside the kill's window,
+    which runs to the recovery the hops show: there were none, and the correct mesh was "not shown: nothing to
+    measure the added 100 ms against" (unverified), while a machine that began the experiment later passed it.
+    The action waits for a baseline only when it is the link's first fault (after one, it cannot see where that
+    fault's window ends). Now e2e waits before such an experiment until the records show the kill's recovery and
+    LINK_EFFECT_MIN_HOPS hops after it (`link_baseline_owed`), polling on its clock: from 43.5 s to 46.5 s here,
+    said once."""
+    from harness.e2e import degraded_first, wait_link_baseline  # base: neither exists
+
+    src = _kill_only(tmp_path)
+    t = load_topology(find_topology(src))
+    view = tmp_path / "live"
+    now = [BASE_AT]
+    _as_of(src, view, now[0])
+
+    def sleep(s: float) -> None:
+        now[0] += s
+        _as_of(src, view, now[0])
+
+    said: list[str] = []
+    wait_link_baseline(view, t, degraded_first(_service_link(), t), said.append, clock=lambda: T0 + now[0],
+                       sleep=sleep)  # fmt: skip
+    assert now[0] == pytest.approx(46.5), now[0]
+    assert len(said) == 1 and f"{LAX}'s link baseline (after {SLOW_BACK.fault}: 0 hops)" in said[0], said
+    # as the verdict reads the runs: begun at 43.5 s (as on base) unverified, at 46.5 s judged and passed
+    base = verify(_with_link(tmp_path, "base", BASE_AT))
+    assert failed(base) == {COVERAGE}, why(base)
+    assert "nothing to measure the added 100 ms against" in base.invariant(COVERAGE).message, why(base)
+    held = verify(_with_link(tmp_path, "held", now[0]))
+    assert held.passed, why(held)
+
+
+def test_control_a_degradation_held_so_that_never_reached_the_link_still_fails(tmp_path: Path) -> None:
+    """Control: the same degradation begun where e2e now begins it, recorded but never applied (`link_inert`),
+    is judged against the baseline the wait put on record: "did not take effect"."""
+    v = verify(_with_link(tmp_path, "inert", 46.5, inert=True))
+    assert failed(v) == {COVERAGE}, why(v)
+    assert "did not take effect" in v.invariant(COVERAGE).message, why(v)
+
+
+@pytest.mark.parametrize(
+    ("why_not", "now"),
+    [
+        ("baseline before the kill", BASE_AT),  # settled at 20.25 s: 10 s of hops before the kill
+        ("no settled instant", BASE_AT),  # the verdict reads the whole stretch (the action does not wait either)
+        ("a kill still on", 35.0),  # the baseline is the stretch before it
+        ("past maxRecoveryS", 40.0 + 60.0),  # a recovery not on record by then is the verdict's to fail
+        ("a fault of another Local Zone", BASE_AT),  # hub-and-spoke: it never reaches LAX's link
+    ],
+)
+def test_control_nothing_is_waited_for_where_the_baseline_is_there_or_no_wait_brings_it(
+    tmp_path: Path, why_not: str, now: float
+) -> None:
+    """None of these asks a wait (`link_baseline_owed` None): a baseline on record, or none that waiting brings."""
+    from harness.verify import link_baseline_owed  # base: absent
+
+    kw: dict[str, Any] = {}
+    if why_not == "baseline before the kill":
+        kw["budget_end_s"] = 20.0
+    if why_not == "no settled instant":
+        kw["budget_end_s"] = None
+    if why_not == "a fault of another Local Zone":
+        kw["kill"] = replace(SLOW_BACK, fault="kill-product-api-las", zone=LAS)
+    src = _kill_only(tmp_path, **kw)
+    t = load_topology(find_topology(src))
+    assert link_baseline_owed(_as_of(src, tmp_path / "live", now), t, LAX, T0 + now) is None
+
+
+def test_only_a_degradation_before_any_other_fault_of_its_experiment_on_the_link_is_held(tmp_path: Path) -> None:
+    """The service-link experiment degrades LAX's link first (then cuts it): held. One that kills LAX's product-api
+    first, then degrades the link, has its degradation after a fault of its own that reached the link: that
+    experiment's own steps decide, not e2e before it (nothing is held)."""
+    from harness.e2e import degraded_first  # base: absent
+
+    assert degraded_first(_service_link(), T) == [LAX]
+    p = _service_link()
+    kill = ("kill_pod", [LAX])
+    assert degraded_first(replace(p, steps=[kill, *p.steps]), T) == []
+    assert degraded_first(replace(p, steps=[("kill_pod", [LAS]), *p.steps]), T) == [LAX]

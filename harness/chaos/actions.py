@@ -528,10 +528,12 @@ def _settled_baseline(b: Backend, zone: str) -> None:
     judged by (unverified). e2e's warm-up waited for them, for the plan's first such degradation, before the first
     fault of any kind (~0.75 s of every e2e: the zone's /api requests are its slowest); asked here, where they are
     needed, the earlier faults of the plan have carried them already. After a fault that reached the link, the
-    baseline lies between the two (no wait, as before). No run directory, no settled instant (the probe budget has
-    not decided, or locust runs in the zones and reads no budget): the verdict then reads the stretch whole, and
-    nothing is waited for. A zone that gains no such request for BASELINE_STALL_S is degraded anyway; the verdict
-    says what that leaves unverified.
+    baseline lies between that fault's recovery (the verdict ends its window there) and this one: the action
+    cannot see where that is (the hops show it, which this process does not read), so it does not wait; e2e
+    does, before an experiment that degrades a link first (`harness.e2e.wait_link_baseline`). No run directory,
+    no settled instant (the probe budget has not decided, or locust runs in the zones and reads no budget): the
+    verdict then reads the stretch whole, and nothing is waited for. A zone that gains no such request for
+    BASELINE_STALL_S is degraded anyway; the verdict says what that leaves unverified.
     """
     from harness.contract.requestwatch import RequestWatch, answered_before
     from harness.contract.rundir import CHAOS_FILE, PROBE_BUDGET_FILE, REQUESTS_FILE

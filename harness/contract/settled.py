@@ -7,7 +7,9 @@ judged against a baseline of those hops (harness.verify.invariants.users `_link_
 warm-up, a link that did slow by its declared latency was "not shown" on a slow machine. So the verdict reads
 that baseline only from the settled run, and e2e's warm-up makes sure the settled run has one before a
 degradation that is the first fault to reach its link (the degradation waits for it:
-harness.chaos.actions `degrade_link`). Both sides take their figures from here.
+harness.chaos.actions `degrade_link`; after a fault that reached the link, e2e waits for that fault's recovery
+and a baseline after it before the experiment: harness.e2e `wait_link_baseline`). Both sides take their figures
+from here.
 """
 
 from __future__ import annotations

@@ -53,13 +53,22 @@ compacted, a line half written) is a "not yet".
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
 
-from harness.contract.rundir import ACCESS_LOG_FLUSH_S, UPSTREAM_STATS_FILE, FaultKind, collected_until, load_jsonl
+from harness.contract.rundir import (
+    ACCESS_LOG_FLUSH_S,
+    PROBE_BUDGET_FILE,
+    UPSTREAM_STATS_FILE,
+    FaultKind,
+    collected_until,
+    load_jsonl,
+)
+from harness.contract.settled import settled_at
 from harness.observe.collector import POLL_INTERVAL_S
 from harness.observe.hops import INVENTORY_FILE, create_hops, load_inventory
 from harness.topology import Topology
@@ -518,3 +527,83 @@ def _shown(con: duckdb.DuckDBPyConnection, s: FaultScoping, w: Pending, reached:
     if after < GOOD_HOPS or instant is None:
         return False
     return s.recovery_unshown("phops", w.zone, w.upstream, list(w.callers), w.inject, w.restore, instant, after) is None
+
+
+@dataclass(frozen=True)
+class LinkBaseline:
+    """A degradation of `zone`'s link begun now would have fewer than `LINK_EFFECT_MIN_HOPS` hops to be judged
+    against (`link_baseline_owed`): `hops` so far; the verdict decides without them from `due` on."""
+
+    zone: str
+    hops: int
+    due: float
+    after: tuple[str, ...]  # the faults that reached the link, whose windows hold no baseline
+
+    def __str__(self) -> str:
+        return f"{self.zone}'s link baseline (after {', '.join(self.after)}: {self.hops} hops)"
+
+
+def link_baseline_owed(run_dir: Path, topology: Topology, zone: str, now: float) -> LinkBaseline | None:
+    """What a degradation of `zone`'s link begun `now` would lack: its baseline, as the verdict reads it
+    (`UserChecks._link_not_slowed`), when the run's earlier faults that reach the link (`reaches_link`) leave it
+    fewer than `LINK_EFFECT_MIN_HOPS` hops of a kind; None when it has them, or when nothing here can bring more.
+
+    The baseline is the zone's hops that wait on the link since the run settled (the probe budget's decision,
+    `harness.contract.settled`), outside each such fault's window: its inject to its restore and measured
+    recovery. The first fault to reach the link waits for its baseline itself (`harness.chaos.actions
+    `degrade_link`); after one that did, the action took the baseline to lie between the two, and did not wait.
+    e2e begins its first fault as soon as the warm-up is complete, often the moment the run settled, and its
+    experiments follow each other with no pause: a kill of LAX's product-api whose recovery took 5 s, followed by
+    the service-link experiment 3.5 s after its restore, left the degradation not one settled hop outside the
+    kill's window, and a correct mesh was "not shown" (unverified). Here each such fault's window ends at its
+    pairs' recovery instant once the records show it (`_shown`, as the cool-down reads it), and is open while
+    they do not. None too without a settled instant (the verdict reads the whole stretch, as the action does),
+    with such a fault still on (the baseline is the stretch before it), or maxRecoveryS after the last of
+    their restores (`due`: a recovery not on record by then is the verdict's to fail).
+    """
+    try:
+        decision = json.loads((run_dir / PROBE_BUDGET_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    settled = settled_at(decision) if isinstance(decision, dict) else None
+    if settled is None:
+        return None
+    reaching = [g for g in faults_of(run_dir, topology) if reaches_link(topology, g, zone) and g.inject <= now]
+    if not reaching or any(g.restore is None for g in reaching):
+        return None
+    due = max(float(g.restore or 0.0) for g in reaching) + topology.slo.max_recovery_s
+    if now >= due:
+        return None
+    after = tuple(g.fault for g in reaching)
+    con = duckdb.connect()
+    try:
+        load_inventory(con, run_dir / INVENTORY_FILE, topology, root=run_dir)
+        scoping = FaultScoping(live_run(con, run_dir, topology))
+        create_hops(con, run_dir, topology, inventory_loaded=True)
+        con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind, "
+                    f"coalesce(({HOP_OK_SQL}), false) AS ok FROM hops")  # fmt: skip
+        topology_tables(con, topology)  # the call graph and placements `LINK_BOUND_SQL` reads, as the verdict's
+        reached = _reached(run_dir, now)
+        windows: list[tuple[str, float, float]] = []
+        for g in scoping.run.faults:
+            if g.fault not in after or g.restore is None:
+                continue
+            end = g.restore
+            for u, callers in scoping.scope(g).recovery:
+                w = Pending(g.fault, g.zone, u, tuple(callers), g.restore, due, g.inject,
+                            good=scoping.expected_sql(g.zone, u))  # fmt: skip
+                instant = _back(con, w, reached)[1]
+                if instant is None or not _shown(con, scoping, w, reached):
+                    end = INF  # its recovery is not on record: no hop after its inject is a baseline yet
+                    break
+                end = max(end, instant)
+            windows.append(("", g.inject, end))
+        since = max(now - LINK_BASELINE_S, settled)
+        row = con.execute(f"WITH {_link_ctes(zone, _in(since, now, windows))} SELECT coalesce(sum(n), 0) FROM kinds")
+        got = row.fetchone()
+        hops = 0 if got is None else int(got[0])
+    except (duckdb.Error, OSError):  # unreadable right now: not yet
+        return LinkBaseline(zone, 0, due, after)
+    finally:
+        con.close()
+    return None if hops >= LINK_EFFECT_MIN_HOPS else LinkBaseline(zone, hops, due, after)
