@@ -193,3 +193,64 @@ def test_only_a_degradation_before_any_other_fault_of_its_experiment_on_the_link
     kill = ("kill_pod", [LAX])
     assert degraded_first(replace(p, steps=[kill, *p.steps]), T) == []
     assert degraded_first(replace(p, steps=[("kill_pod", [LAS]), *p.steps]), T) == [LAX]
+
+
+# -- 3. the cool-down read a link's baseline from the warm-up, where the verdict reads it from the settled run -------
+def _busy_link(tmp_path: Path, lingers: bool = False) -> Path:
+    """LAX's link degraded by +60 ms 40-48 s on a busy machine: every hop of LAX's public-api to product-api (each
+    waits on the link: product-api queries postgres in the Region) takes 200 ms more, none under the latency before
+    or after; 300 ms more in the cold warm-up (before the run settled at 20.25 s); 45 ms more in the catch-up for 8 s
+    after the restore. `lingers`: a rollback that left the latency on."""
+    from tests.test_verify_audit7 import _edit_log
+    from tests.test_verify_soundness import pod_of
+
+    fault = FaultSpec("slow-link-lax", "link-degraded", LAX, (), 40, 48, latency_ms=60.0, link_lingers=lingers)
+    d = write_run(tmp_path / "src", Scenario(T, duration_s=120, rate_per_zone=4, faults=[fault], budget_end_s=20.0))
+
+    def busy(r: dict[str, Any], t: float) -> dict[str, Any]:
+        if "product-api" not in str(r.get("upstream_cluster")):
+            return r
+        extra = 200.0 + (300.0 if t < 20.25 else 0.0) + (45.0 if 48.0 <= t < 56.0 else 0.0)
+        return dict(r, duration=r["duration"] + extra)
+
+    assert _edit_log(d, str(pod_of(d, LAX, "public-api")["pod"]), busy) > 0
+    return d
+
+
+def test_the_cool_down_reads_a_links_baseline_from_the_settled_run_as_the_verdict_does(tmp_path: Path) -> None:
+    """FINDING. The cool-down keeps the users on until a degraded link is shown back as the verdict reads it
+    (`pending._links_not_back`): its hops after the restore at a median excess over their kind's baseline under
+    the mark. The verdict reads that baseline from the run's settled instant on; the cool-down's view of the run
+    (`rundata.live_run`) had no settled instant, so it read the cold warm-up too (300 ms slower here): every
+    excess 300 ms smaller, it took the machine's catch-up after the restore (45 ms over the settled baseline,
+    against a mark of 30) as back 2 s after it, and stopped the users there. The verdict on those records: "did
+    not end at its restore" (a correct rollback failed), while the same run gone on passes. Now the live view
+    reads the settled instant as the verdict does: the cool-down waits until 65 s, and the records there show it
+    back."""
+    from harness.verify import pending_recoveries
+
+    src = _busy_link(tmp_path)
+    t = load_topology(find_topology(src))
+    left = pending_recoveries(_as_of(src, tmp_path / "at50", 50.0), t, T0 + 50.0)
+    assert [str(p) for p in left] == [f"{LAX}'s link back (after slow-link-lax)"], left
+    stopped = verify(_as_of(src, tmp_path / "stopped50", 50.0))  # the records where base stopped the users
+    assert "did not end at its restore" in stopped.invariant(COVERAGE).message, why(stopped)
+    now = 60.0
+    while pending_recoveries(_as_of(src, tmp_path / "live", now), t, T0 + now):
+        now += 1.0
+    assert now == 65.0, now
+    v = verify(_as_of(src, tmp_path / "stopped", now))
+    assert COVERAGE not in failed(v), why(v)
+    assert verify(src).passed
+
+
+def test_control_a_rollback_that_left_the_latency_on_is_waited_for_and_fails(tmp_path: Path) -> None:
+    """Control: the same busy machine with the latency left on after the restore: the cool-down waits for it until
+    maxRecoveryS has passed (the verdict decides from then on), and the verdict fails it."""
+    from harness.verify import pending_recoveries
+
+    src = _busy_link(tmp_path, lingers=True)
+    t = load_topology(find_topology(src))
+    assert [p.link for p in pending_recoveries(_as_of(src, tmp_path / "live", 100.0), t, T0 + 100.0)] == [True]
+    v = verify(src)
+    assert failed(v) == {COVERAGE} and "did not end at its restore" in v.invariant(COVERAGE).message, why(v)

@@ -53,22 +53,13 @@ compacted, a line half written) is a "not yet".
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
 
-from harness.contract.rundir import (
-    ACCESS_LOG_FLUSH_S,
-    PROBE_BUDGET_FILE,
-    UPSTREAM_STATS_FILE,
-    FaultKind,
-    collected_until,
-    load_jsonl,
-)
-from harness.contract.settled import settled_at
+from harness.contract.rundir import ACCESS_LOG_FLUSH_S, UPSTREAM_STATS_FILE, FaultKind, collected_until, load_jsonl
 from harness.observe.collector import POLL_INTERVAL_S
 from harness.observe.hops import INVENTORY_FILE, create_hops, load_inventory
 from harness.topology import Topology
@@ -90,7 +81,15 @@ from harness.verify.invariants.users import (
     link_shown_back,
     reaches_link,
 )
-from harness.verify.rundata import HOP_OK_SQL, Fault, faults_of, live_run, serving_kind_sql, topology_tables
+from harness.verify.rundata import (
+    HOP_OK_SQL,
+    Fault,
+    faults_of,
+    live_run,
+    serving_kind_sql,
+    settled_of,
+    topology_tables,
+)
 from harness.verify.verdict import iso
 
 GOOD_HOPS = 3
@@ -561,11 +560,7 @@ def link_baseline_owed(run_dir: Path, topology: Topology, zone: str, now: float)
     with such a fault still on (the baseline is the stretch before it), or maxRecoveryS after the last of
     their restores (`due`: a recovery not on record by then is the verdict's to fail).
     """
-    try:
-        decision = json.loads((run_dir / PROBE_BUDGET_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    settled = settled_at(decision) if isinstance(decision, dict) else None
+    settled = settled_of(run_dir)
     if settled is None:
         return None
     reaching = [g for g in faults_of(run_dir, topology) if reaches_link(topology, g, zone) and g.inject <= now]

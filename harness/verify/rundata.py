@@ -467,6 +467,16 @@ def _host_load(run: RunData) -> list[SkippedLine]:
     return skipped
 
 
+def settled_of(run_dir: Path) -> float | None:
+    """When the run settled (`harness.contract.settled.settled_at` over probe-budget.json); None without a
+    decision on record (absent, still measuring, unreadable)."""
+    try:
+        data = json.loads((run_dir / PROBE_BUDGET_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return settled_at(data) if isinstance(data, dict) else None
+
+
 def _probe_budget(run: RunData) -> None:
     """When the run settled (`RunData.settled`), and a note when the probe budget slowed the zone probes
     (probe-budget.json): why the resolution is coarser.
@@ -475,9 +485,9 @@ def _probe_budget(run: RunData) -> None:
     measured from the records; it says that the harness chose it to keep its
     own load off the machine, and from what it measured.
     """
+    run.settled = settled_of(run.run_dir)
     try:
         data = json.loads((run.run_dir / PROBE_BUDGET_FILE).read_text(encoding="utf-8"))
-        run.settled = settled_at(data) if isinstance(data, dict) else None
         scale = float(data["scale"])
         target = float(data["target_busy"])
         periods = {str(z): float(p) for z, p in dict(data.get("periods") or {}).items()}
@@ -689,10 +699,12 @@ def live_run(con: duckdb.DuckDBPyConnection, run_dir: Path, t: Topology) -> RunD
     """A run still going, as far as what each fault asks of which pairs goes (`invariants.scope.FaultScoping`, for
     e2e's cool-down): its faults (chaos.jsonl), the pods each node fault killed (`_node_fault_pods`) and the
     readiness (`_readiness`: a declared fault's cascade), over the inventory already in `con`
-    (`observe.hops.create_hops`). No end: its records are still coming, and an outage not over yet is open."""
+    (`observe.hops.create_hops`), and when it settled (`settled_of`: where a link's baseline begins, as the
+    verdict reads it). No end: its records are still coming, and an outage not over yet is open."""
     load_jsonl(con, "chaos", [run_dir / CHAOS_FILE], CHAOS_COLUMNS, root=run_dir)
     run = RunData(con, t, run_dir, [], [], None, float("inf"))
     run.faults = _faults(con, t, run.notes)
+    run.settled = settled_of(run_dir)  # the verdict's, for a link's baseline (`pending._link_back_mark`)
     _node_fault_pods(run)
     _declarations_hit(run)
     _readiness(run)
