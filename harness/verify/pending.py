@@ -460,15 +460,17 @@ def _complete_until(con: duckdb.DuckDBPyConnection, w: Pending, reached: float) 
     return math.inf if row is None or row[0] is None else float(row[0])
 
 
-def _back(con: duckdb.DuckDBPyConnection, w: Pending, reached: float) -> tuple[int, float | None, float | None]:
+def _back(
+    con: duckdb.DuckDBPyConnection, w: Pending, reached: float, before: float = math.inf
+) -> tuple[int, float | None, float | None]:
     """The pair's recovery so far, over its hops since the restore up to when every caller's are on record
-    (`_complete_until`): how many good hops after its last bad one, the first of them (the verdict's recovery
-    instant, None: none yet), and the newest of its hops (None: none)."""
+    (`_complete_until`) and begun before `before`: how many good hops after its last bad one, the first of them (the
+    verdict's recovery instant, None: none yet), and the newest of its hops (None: none)."""
     row = con.execute(
         f"""
         WITH p AS (SELECT ts, ok, ok AND coalesce(({w.good}), false) AS good FROM phops
                    WHERE caller_zone = $zone AND upstream = $upstream AND list_contains($callers, caller_service)
-                     AND ts >= $restore AND ts <= $complete),
+                     AND ts >= $restore AND ts <= $complete AND ts < $before),
              b AS (SELECT coalesce(max(ts) FILTER (WHERE NOT good), $never) AS last_bad FROM p)
         SELECT count(*) FILTER (WHERE good AND p.ts > b.last_bad),
                min(p.ts) FILTER (WHERE good AND p.ts > b.last_bad),
@@ -476,7 +478,7 @@ def _back(con: duckdb.DuckDBPyConnection, w: Pending, reached: float) -> tuple[i
         FROM p, b
         """,
         {"zone": w.zone, "upstream": w.upstream, "callers": list(w.callers), "restore": w.restore,
-         "never": -math.inf, "complete": _complete_until(con, w, reached)},
+         "never": -math.inf, "complete": _complete_until(con, w, reached), "before": before},
     ).fetchone()  # fmt: skip
     if not row:
         return 0, None, None
@@ -511,7 +513,9 @@ def _evidence_owed(
     return replace(w, due=due, evidence=True) if now < due else None
 
 
-def _shown(con: duckdb.DuckDBPyConnection, s: FaultScoping, w: Pending, reached: float) -> bool:
+def _shown(
+    con: duckdb.DuckDBPyConnection, s: FaultScoping, w: Pending, reached: float, before: float = math.inf
+) -> bool:
     """`GOOD_HOPS` good hops after the pair's last bad one since the restore, among the hops up to when every
     caller's are on record (`_complete_until`), and enough of them for the verdict's own evidence rule
     (`FaultScoping.recovery_unshown`: the share the pair sent elsewhere while its upstream was not whole since the
@@ -522,7 +526,7 @@ def _shown(con: duckdb.DuckDBPyConnection, s: FaultScoping, w: Pending, reached:
     while the same ten Region hops among the 640 in-zone ones of the five faults after them made a share of
     1.5 %, and the cool-down waited maxRecoveryS for 444 more hops of a recovery on record.
     """
-    after, instant, _ = _back(con, w, reached)
+    after, instant, _ = _back(con, w, reached, before)
     if after < GOOD_HOPS or instant is None:
         return False
     return s.recovery_unshown("phops", w.zone, w.upstream, list(w.callers), w.inject, w.restore, instant, after) is None
@@ -580,17 +584,22 @@ def link_baseline_owed(run_dir: Path, topology: Topology, zone: str, now: float)
         topology_tables(con, topology)  # the call graph and placements `LINK_BOUND_SQL` reads, as the verdict's
         reached = _reached(run_dir, now)
         windows: list[tuple[str, float, float]] = []
-        for g in scoping.run.faults:
-            if g.fault not in after or g.restore is None:
-                continue
+        ours = sorted((g for g in scoping.run.faults if g.fault in after and g.restore is not None),
+                      key=lambda g: g.inject)  # fmt: skip
+        for i, g in enumerate(ours):
+            assert g.restore is not None
+            # read up to the next fault that reaches the link, as the verdict measures a recovery up to the next
+            # fault: that one's calls (a node kill's new public-api calling the Region before its product-api was
+            # Ready) made an earlier kill's recovery "not shown" for good, its window open to now, no baseline
+            nxt = ours[i + 1].inject if i + 1 < len(ours) else INF
             end = g.restore
             for u, callers in scoping.scope(g).recovery:
                 w = Pending(g.fault, g.zone, u, tuple(callers), g.restore, due, g.inject,
                             good=scoping.expected_sql(g.zone, u))  # fmt: skip
-                instant = _back(con, w, reached)[1]
-                if instant is None or not _shown(con, scoping, w, reached):
-                    end = INF  # its recovery is not on record: no hop after its inject is a baseline yet
-                    break
+                instant = _back(con, w, reached, before=nxt)[1]
+                if instant is None or not _shown(con, scoping, w, reached, before=nxt):
+                    end = nxt  # its recovery is not on record before the next one: no hop after its inject is a
+                    break  # baseline up to there (the last one's: none yet)
                 end = max(end, instant)
             windows.append(("", g.inject, end))
         since = max(now - LINK_BASELINE_S, settled)
