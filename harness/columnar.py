@@ -113,7 +113,7 @@ ACCESSLOGS = Kind(
         ("request_id", "BIGINT", request_id_sql("r.request_id")),
         ("arrival_ip", "VARCHAR", ARRIVAL_IP_SQL),
     ),
-    frozenset({"request_id", "downstream_remote_address"}),
+    frozenset({"request_id", "downstream_remote_address", "downstream_direct_remote_address", "x_forwarded_for"}),
 )
 REQUESTS = Kind("requests", REQUEST_COLUMNS, TS_VALID_SQL, "ts")
 KINDS = (ACCESSLOGS, REQUESTS)

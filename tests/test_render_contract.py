@@ -572,6 +572,7 @@ CONTRACT_ACCESS_LOG_FIELDS = [
     "upstream_local_address",
     "downstream_local_address",
     "downstream_remote_address",
+    "downstream_direct_remote_address",
     "requested_server_name",
     "upstream_transport_failure_reason",
 ]

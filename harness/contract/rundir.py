@@ -181,6 +181,9 @@ ACCESS_LOG_FIELDS: dict[str, str] = {
     "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
     "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
     "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    # not in Consul's default format: the connection's peer (the calling pod), which DOWNSTREAM_REMOTE_ADDRESS is
+    # not when the request carries X-Forwarded-For (`ARRIVAL_IP_SQL`)
+    "downstream_direct_remote_address": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",
     "requested_server_name": "%REQUESTED_SERVER_NAME%",
     "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
 }
@@ -287,6 +290,8 @@ ACCESSLOG_COLUMNS = {
     # read for an inbound line's caller only (`ARRIVAL_IP_SQL`; `harness.columnar.ACCESSLOGS` keeps its IP, on
     # inbound lines alone): an outbound line's is its own app's loopback address
     "downstream_remote_address": "VARCHAR",
+    "downstream_direct_remote_address": "VARCHAR",
+    "x_forwarded_for": "VARCHAR",
 }
 # A record without a usable time cannot be placed on the run's timeline: it is skipped and named.
 TS_VALID_SQL = "ts IS NOT NULL"
@@ -310,11 +315,21 @@ def host_ip_sql(column: str) -> str:
     )
 
 
-# an inbound line's caller: the IP its DOWNSTREAM_REMOTE_ADDRESS names (the calling pod's: the mesh's mTLS goes
-# from pod to pod; a user's request entering a frontend names a node or a load balancer, no pod), NULL on an
-# outbound line (its own app on loopback). What shows a call into a zone the caller may not reach when the
-# caller's own line of it is lost (`harness.observe.hops.create_arrivals`).
-ARRIVAL_IP_SQL = f"(CASE WHEN {INBOUND_SQL} THEN {host_ip_sql('downstream_remote_address')} END)"
+# an inbound line's caller: the IP of the connection's peer (the calling pod's: the mesh's mTLS goes from pod to
+# pod; a user's request entering a frontend names a node or a load balancer, no pod), NULL on an outbound line
+# (its own app on loopback). What shows a call into a zone the caller may not reach when the caller's own line of
+# it is lost (`harness.observe.hops.create_arrivals`). The peer is DOWNSTREAM_DIRECT_REMOTE_ADDRESS. Not
+# DOWNSTREAM_REMOTE_ADDRESS when the request carries X-Forwarded-For: Consul builds the inbound listener's HTTP
+# connection manager without use_remote_address (agent/xds/listeners.go makeHTTPFilter), and Envoy then logs the
+# last X-Forwarded-For address there (conn_manager_utility.cc: "used as the downstream address for logging"),
+# e.g. the users' address an ALB appended and nginx passed on to public-api. A line without the direct address
+# (Consul's default format, an operator's ProxyDefaults) is read by DOWNSTREAM_REMOTE_ADDRESS only without
+# X-Forwarded-For; with it, its caller is unknown (NULL).
+_XFF_EMPTY_SQL = "coalesce(x_forwarded_for, '') IN ('', '-')"
+ARRIVAL_IP_SQL = (
+    f"(CASE WHEN {INBOUND_SQL} THEN coalesce({host_ip_sql('downstream_direct_remote_address')}, "
+    f"CASE WHEN {_XFF_EMPTY_SQL} THEN {host_ip_sql('downstream_remote_address')} END) END)"
+)
 # the pod an access-log file belongs to: its name (accesslogs/<pod>.jsonl), from DuckDB's `filename` column
 FILE_POD_SQL = r"regexp_replace(regexp_extract(filename, '[^/]*$'), '\.jsonl$', '')"
 

@@ -1,0 +1,160 @@
+"""Broken meshes the verdict passed, another pass (s53a).
+
+Each case is a correct synthetic run (harness.verify.synth, kind-style access logs: the serving side's inbound
+lines in its own log) edited the way the broken mesh records it, with its correct twin beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.columnar import ACCESSLOGS, compact
+from harness.render.consul import proxy_defaults
+from harness.topology import load_topology
+from harness.verify import HUB_AND_SPOKE, Verdict
+from harness.verify.synth import FaultSpec, Scenario
+from tests.test_soundness_s51a import CALLER_OF, USER_ADDRESS, _added, _alive, _inbound, _start
+from tests.verdicts import Pristine, envoy_start, rebuilt, rows, verify, write_rows
+
+T = load_topology()
+LAX, LAS = "us-west-2-lax-1a", "us-west-2-las-1a"
+INJECT = 30.0
+KILL_FRONTEND_LAX = FaultSpec("kill-frontend-lax", "service-down", LAX, ("frontend",), INJECT, 50, 0.2, 1.0,
+                              entry_down=True)  # fmt: skip
+# where users come from through a zone's ALB (EKS: `entry/cluster.yaml`): an address outside the cluster
+ALB_CLIENT = "198.51.100.7"
+
+
+def _failed(v: Verdict) -> dict[str, str]:
+    return {i.name: i.message for i in v.invariants if not i.passed}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
+    return Pristine(tmp_path_factory.mktemp("s53a"))
+
+
+# -- 1. an inbound line's caller behind X-Forwarded-For ------------------------------------------------------------
+
+
+def _frontend_run(runs: Pristine, tmp_path: Path) -> Path:
+    sc = Scenario(T, duration_s=60, rate_per_zone=4, faults=[KILL_FRONTEND_LAX], accesslogs="kind")
+    return runs.run(tmp_path / "run", sc)
+
+
+def _inbound_via_alb(d: Path) -> None:
+    """Every inbound line with the addresses a real sidecar logs when users enter through an ALB.
+
+    The ALB appends the user's address to X-Forwarded-For; nginx in the frontend pod passes the request's
+    headers on to public-api (the rendered conf sets Host only); Consul builds the inbound listener's HTTP
+    connection manager without use_remote_address, and Envoy then takes DOWNSTREAM_REMOTE_ADDRESS from the
+    last X-Forwarded-For address (port 0: an address with no port), while DOWNSTREAM_DIRECT_REMOTE_ADDRESS is
+    the peer of the connection, the calling pod. public-api's calls to product-api carry no X-Forwarded-For
+    (the Go app makes its own requests), nor does a TCP connection to postgres."""
+    pods = _alive(d)
+    for f in sorted((d / "accesslogs").glob("*.jsonl")):
+        me = next(p for p, _, _ in pods if p["pod"] == f.stem)
+        caller = CALLER_OF.get(me["service"])
+        zone = LAX if me["service"] == "postgres" else me["zone"]
+        recs = rows(f)
+        for i, r in enumerate(recs):
+            if not _inbound(r) or "downstream_direct_remote_address" in r:
+                continue
+            t = envoy_start(r)
+            ip = next((p["ip"] for p, lo, hi in pods
+                       if p["service"] == caller and p["zone"] == zone and lo <= t < hi), USER_ADDRESS)  # fmt: skip
+            peer = f"{ip}:{40000 + i % 20000}"
+            r["downstream_direct_remote_address"] = peer
+            r["downstream_local_address"] = f"{me['ip']}:20000"
+            if me["service"] in ("frontend", "public-api"):  # the users' request, as the ALB forwarded it
+                r["x_forwarded_for"] = ALB_CLIENT
+                r["downstream_remote_address"] = f"{ALB_CLIENT}:0"
+            else:
+                r["downstream_remote_address"] = peer
+        write_rows(f, recs)
+
+
+def _frontend_last_second_to_las(d: Path) -> int:
+    """LAX's frontend's calls of its last second before its kill went to LAS's public-api: its own lines of them
+    died in its buffer, LAS's public-api's inbound lines record them (through the ALB: X-Forwarded-For set),
+    LAX's public-api's none. Returns how many were moved."""
+    pods = _added(d)
+    caller = next(p for p in pods if p["service"] == "frontend" and p["zone"] == LAX)
+    lax, las = (next(p for p in pods if p["service"] == "public-api" and p["zone"] == z) for z in (LAX, LAS))
+    start = _start(d)
+    acc = d / "accesslogs"
+    recs = rows(acc / f"{caller['pod']}.jsonl")
+    lost = [r for r in recs if not _inbound(r) and r["path"] == "/public-api"
+            and INJECT - 1.0 <= envoy_start(r) - start < INJECT]  # fmt: skip
+    write_rows(acc / f"{caller['pod']}.jsonl", [r for r in recs if r not in lost])
+    times = {r["start_time"] for r in lost}
+    served = rows(acc / f"{lax['pod']}.jsonl")
+    write_rows(acc / f"{lax['pod']}.jsonl", [r for r in served if not (_inbound(r) and r["start_time"] in times)])
+    there = rows(acc / f"{las['pod']}.jsonl")
+    for i, r in enumerate(lost):
+        there.append({**r, "upstream_host": "127.0.0.1:8080", "upstream_cluster": "local_app",
+                      "x_forwarded_for": ALB_CLIENT, "downstream_remote_address": f"{ALB_CLIENT}:0",
+                      "downstream_direct_remote_address": f"{caller['ip']}:{50000 + i}",
+                      "downstream_local_address": f"{las['ip']}:20000"})  # fmt: skip
+    write_rows(acc / f"{las['pod']}.jsonl", sorted(there, key=envoy_start))
+    rebuilt(d)
+    return len(lost)
+
+
+@pytest.mark.parametrize("records", ["jsonl", "parquet"])
+def test_calls_into_another_lz_behind_x_forwarded_for_fail_hub_and_spoke(
+    runs: Pristine, tmp_path: Path, records: str
+) -> None:
+    """A killed LAX frontend's last second into LAS's public-api, on record only in LAS's inbound lines whose
+    DOWNSTREAM_REMOTE_ADDRESS Envoy took from X-Forwarded-For (the users' ALB address, no pod's): the calling
+    pod is the connection's peer, DOWNSTREAM_DIRECT_REMOTE_ADDRESS. Read as the caller, the user's address
+    placed no pod and the calls were left out: the broken mesh passed."""
+    d = _frontend_run(runs, tmp_path)
+    _inbound_via_alb(d)
+    assert _frontend_last_second_to_las(d) >= 3
+    if records == "parquet":
+        assert compact(d, ACCESSLOGS) > 0
+    failed = _failed(verify(d))
+    assert HUB_AND_SPOKE in failed, failed
+    msg = failed[HUB_AND_SPOKE]
+    assert f"{LAX} -> {LAS}" in msg and "frontend-lax-1a" in msg and "inbound" in msg, msg
+
+
+def test_control_inbound_lines_behind_x_forwarded_for_in_zone_pass(runs: Pristine, tmp_path: Path) -> None:
+    """Control: the same run with every inbound line as an ALB entry writes it (callers in-zone) passes."""
+    d = _frontend_run(runs, tmp_path)
+    _inbound_via_alb(d)
+    rebuilt(d)
+    v = verify(d)
+    assert v.passed, _failed(v)
+
+
+def test_x_forwarded_for_naming_a_pod_of_another_zone_is_no_arrival_from_it(runs: Pristine, tmp_path: Path) -> None:
+    """A line without the direct address (Consul's default format, an operator's ProxyDefaults) whose
+    DOWNSTREAM_REMOTE_ADDRESS came from X-Forwarded-For does not name its caller: a user address that a pod of
+    another zone held (addresses are reused) must not fail a correct mesh as a call from that zone."""
+    d = _frontend_run(runs, tmp_path)
+    _inbound_via_alb(d)
+    region_pod = next(p for p in _added(d) if p["zone"] == "us-west-2a" and p["service"] == "public-api")
+    for f in (d / "accesslogs").glob("public-api-lax-1a-*.jsonl"):
+        recs = rows(f)
+        for r in recs:
+            if _inbound(r):
+                r.pop("downstream_direct_remote_address")
+                r["x_forwarded_for"] = region_pod["ip"]
+                r["downstream_remote_address"] = f"{region_pod['ip']}:0"
+        write_rows(f, recs)
+    rebuilt(d)
+    v = verify(d)
+    assert v.passed, _failed(v)
+
+
+def test_rendered_access_log_format_names_the_connections_peer() -> None:
+    """The sidecars log DOWNSTREAM_DIRECT_REMOTE_ADDRESS: the address the verdict places an inbound call by."""
+    spec = proxy_defaults()["spec"]
+    fields: dict[str, Any] = json.loads(spec["accessLogs"]["jsonFormat"])
+    assert fields["downstream_direct_remote_address"] == "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%"
