@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.columnar import ACCESSLOGS, state_file
+from harness.contract.inventory import SLACK_S
 from harness.contract.rundir import ACCESSLOG_DIR, HOPS_FILE, SNAPSHOT_ADMIN_TIMEOUT_S, UPSTREAM_STATS_FILE
 from harness.observe.hops import POD_PLACE_SQL, cluster_namespace_sql, cluster_service_sql, host_ip_sql
 from harness.verify import evidence
@@ -483,14 +484,15 @@ class RoutingChecks(CheckBase):
     # listener answered). A sidecar is asked for its counters on that proof, not on its own lines alone: a
     # product-api's calls are pooled TCP connections to postgres, which Envoy logs when they close, maybe never,
     # so its counters are often the only record of where its calls went (`_unread_at_end`, `_unread_before_death`).
-    _SIDECARS_SEEN_SQL = """
-        SELECT pod, min(ts) AS first_hop, max(ts) AS last_hop FROM (
-            SELECT CAST(caller_pod AS VARCHAR) AS pod, ts FROM hops WHERE caller_pod IS NOT NULL
-            UNION ALL
-            SELECT CAST(serving_pod AS VARCHAR), ts FROM hops
-            WHERE serving_pod IS NOT NULL AND ok AND CAST(upstream AS VARCHAR) IN (SELECT caller FROM calls)
-        ) GROUP BY pod
+    _SIDECAR_HOPS_SQL = """
+        SELECT CAST(caller_pod AS VARCHAR) AS pod, ts FROM hops WHERE caller_pod IS NOT NULL
+        UNION ALL
+        SELECT CAST(serving_pod AS VARCHAR), ts FROM hops
+        WHERE serving_pod IS NOT NULL AND ok AND CAST(upstream AS VARCHAR) IN (SELECT caller FROM calls)
     """
+    _SIDECARS_SEEN_SQL = (
+        f"SELECT pod, min(ts) AS first_hop, max(ts) AS last_hop FROM ({_SIDECAR_HOPS_SQL}) GROUP BY pod"
+    )
 
     def _pods_bypassing(self) -> list[str]:
         """Pods of a caller of a Region-only TCP upstream (product-api -> postgres) that served while nothing of
@@ -578,15 +580,38 @@ class RoutingChecks(CheckBase):
         read it (a pod killed just before a snapshot, still listed while its
         removal is on the way, or one whose Envoy was still starting, was
         rightly not read).
+
+        Asked per Envoy, not per pod name: a pod's name outlives its Envoy
+        (kind restarts a stopped node's pods in place, a new sandbox under a
+        new address: the inventory's `ip` event; a pod re-created under its
+        name is `added` again), and the new Envoy's counters start at zero.
+        Asked per name, a pod that came back was never dead and its last read
+        was the new Envoy's: the first one's attempts since a snapshot that
+        missed it while it served were on no record, and the run passed.
         """
         rows = self.con.execute(
             f"""
             WITH rounds AS (SELECT label, min(ts) AS lo FROM upstream_stats GROUP BY label),
-                 reads AS (SELECT pod, max(ts) AS last_read FROM upstream_stats GROUP BY pod),
-                 dead AS ({DEAD_PODS_SQL}),
-                 callers AS ({self._SIDECARS_SEEN_SQL})
+                 -- each Envoy that died: an inventory interval that ended, up to the pod's next one (its records
+                 -- up to then are that Envoy's; a dead pod's last one runs on to the end). Its hops prove it up
+                 -- only to the inventory's slack before the next one: the IP-at-time rule's bound on how late
+                 -- an address's record may come after its pod's first hops
+                 envoys AS (
+                SELECT pod, start_ts, coalesce(next_start, {INF}) AS until FROM (
+                    SELECT pod, start_ts, end_ts,
+                           lead(start_ts) OVER (PARTITION BY pod ORDER BY start_ts) AS next_start
+                    FROM intervals) WHERE end_ts IS NOT NULL),
+                 callers AS (
+                SELECT e.pod, e.start_ts, min(h.ts) AS first_hop, max(h.ts) AS last_hop
+                FROM envoys e JOIN ({self._SIDECAR_HOPS_SQL}) h ON h.pod = e.pod AND h.ts >= e.start_ts
+                     AND h.ts < e.until - {SLACK_S}
+                GROUP BY ALL),
+                 reads AS (
+                SELECT e.pod, e.start_ts, max(s.ts) AS last_read
+                FROM envoys e JOIN upstream_stats s ON s.pod = e.pod AND s.ts >= e.start_ts AND s.ts < e.until
+                GROUP BY ALL)
             SELECT c.pod, arg_max(r.label, r.lo)
-            FROM callers c JOIN dead d ON d.pod = c.pod LEFT JOIN reads rd ON rd.pod = c.pod
+            FROM callers c LEFT JOIN reads rd ON rd.pod = c.pod AND rd.start_ts = c.start_ts
             JOIN rounds r ON r.lo > coalesce(rd.last_read, -{INF})
                  AND c.first_hop <= r.lo AND c.last_hop > r.lo + {SNAPSHOT_ADMIN_TIMEOUT_S}
             GROUP BY c.pod ORDER BY c.pod

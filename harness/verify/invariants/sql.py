@@ -99,7 +99,8 @@ DEFINITIONS = {
     "nor a response flag, or counters of a sidecar no inventory record places, = unverified = fail; no start/end "
     "counter snapshot, or a sidecar that made hops and was up at the end missing from the end snapshot, or one "
     "that died after hops missed by a snapshot after its last one while its access log shows it up (hops before "
-    "it and past its 5 s admin timeout) = unverified = fail",
+    "it and past its 5 s admin timeout; per Envoy: a pod back under its name after a new address or a re-creation "
+    "runs a new one, its counters from zero) = unverified = fail",
     "failover_s": "first successful Region-served hop after the last successful non-Region hop, the last failed "
     "hop sent to the zone's own instance and the last failed hop that found no upstream host (UH, NR: the chain had "
     "no healthy target), minus when the fault took effect (the fault's effective_at: its inject, or for a fault "
