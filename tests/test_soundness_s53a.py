@@ -242,3 +242,76 @@ def test_control_sidecar_restarted_under_its_name_read_while_up_passes(runs: Pri
     _missed(d, pod, MISSED_WHILE_UP)
     failed = _failed(verify(d))
     assert "missed by a counter snapshot" in failed.get(HUB_AND_SPOKE, ""), failed
+
+
+# -- 3. an undeclared edge in the counters to an address a declared upstream's pod once held -----------------------
+
+PG_CLUSTER = "postgres.default.dc1.internal.0f0f0f0f-synth.consul"
+
+
+def _plain_run(runs: Pristine, tmp_path: Path) -> Path:
+    return runs.run(tmp_path / "run", Scenario(T, duration_s=60, rate_per_zone=4, accesslogs="kind"))
+
+
+def _address_once_product_apis(d: Path) -> dict[str, Any]:
+    """postgres's address was a Region product-api pod's before (kind's host-local IPAM hands a node's freed
+    addresses out again: a product-api killed before the run, postgres started on the same node). Returns
+    postgres's `added` record."""
+    inv = rows(d / "inventory.jsonl")
+    pg = next(e for e in inv if e["event"] == "added" and e["service"] == "postgres")
+    pa = next(e for e in inv if e["event"] == "added" and e["service"] == "product-api" and e["zone"] == pg["zone"])
+    old = {**pa, "pod": "product-api-2a-old", "ip": pg["ip"], "node": pg["node"]}
+    write_rows(d / "inventory.jsonl", [{**old, "ts": pg["ts"] - 30.0}, {**old, "ts": pg["ts"] - 20.0,
+               "event": "removed"}, *inv])  # fmt: skip
+    return pg
+
+
+def _counted(d: Path, caller: str, cluster: str, host: str) -> None:
+    """`caller`'s sidecar counts two connections to `host` in `cluster`, open (pooled: no access-log line), from
+    the 'end' snapshot on."""
+    stats = rows(d / "upstream-stats.jsonl")
+    mine = [s for s in stats if s["pod"] == caller]
+    for label in sorted({s["label"] for s in mine}):
+        ts = next(s["ts"] for s in mine if s["label"] == label)
+        n = 2 if label == "end" else 0
+        stats.append({"ts": ts, "label": label, "pod": caller, "cluster": cluster, "host": host, "cx_total": n,
+                      "cx_connect_fail": 0, "rq_total": n, "rq_error": 0, "rq_timeout": 0, "cx_active": n,
+                      "rq_active": n, "health_flags": "healthy"})  # fmt: skip
+    write_rows(d / "upstream-stats.jsonl", sorted(stats, key=lambda s: s["ts"]))
+
+
+def test_undeclared_edge_to_an_address_a_declared_upstream_once_held_fails_call_graph(
+    runs: Pristine, tmp_path: Path
+) -> None:
+    """A Region public-api's sidecar with a postgres upstream (an edge the topology does not declare) holding
+    two pooled connections to postgres (no line: its counters are the one record) passed: the counters' rule
+    excuses any growth on an address a pod of one of the caller's declared upstreams held before (meant for an
+    endpoint Envoy kept in that upstream's cluster after its pod went), and postgres's address had been a
+    product-api's. Not through a declared upstream's cluster, it is no kept endpoint."""
+    d = _plain_run(runs, tmp_path)
+    pg = _address_once_product_apis(d)
+    caller = next(p for p in _added(d) if p["service"] == "public-api" and p["zone"] == pg["zone"])["pod"]
+    _counted(d, caller, PG_CLUSTER, f"{pg['ip']}:5432")
+    rebuilt(d)
+    failed = _failed(verify(d))
+    assert "call-graph" in failed, failed
+    assert "public-api -> postgres" in failed["call-graph"], failed
+
+
+def test_control_a_kept_endpoint_of_a_declared_upstream_now_anothers_address_passes(
+    runs: Pristine, tmp_path: Path
+) -> None:
+    """Control: the same address grown in the public-api's own product-api cluster (the endpoint Envoy kept after
+    that product-api went, its address now postgres's) passes; without the address's history the postgres
+    upstream fails, as before."""
+    d = _plain_run(runs, tmp_path / "kept")
+    pg = _address_once_product_apis(d)
+    caller = next(p for p in _added(d) if p["service"] == "public-api" and p["zone"] == pg["zone"])["pod"]
+    _counted(d, caller, "62a536d9~product-api.default.dc1.internal.0f0f0f0f-synth.consul", f"{pg['ip']}:9090")
+    rebuilt(d)
+    v = verify(d)
+    assert v.passed, _failed(v)
+    d = _plain_run(runs, tmp_path / "plain")
+    _counted(d, caller, PG_CLUSTER, f"{pg['ip']}:5432")
+    rebuilt(d)
+    assert "public-api -> postgres" in _failed(verify(d)).get("call-graph", "")

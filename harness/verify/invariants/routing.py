@@ -871,9 +871,12 @@ class RoutingChecks(CheckBase):
         replica after the primary's kill (a resolver failing postgres over to postgres-replica: the replica
         written to) leaves no line while it stays open, so no hop, and call-graph judged the hops alone. Growth,
         not the cumulative count: Envoy keeps a gone host's counters, and its address may be another pod's by the
-        next snapshot. An address a pod of one of the caller's declared upstreams held before is left out: Envoy
-        keeps a killed pod's endpoint for a while and its attempts there grow while the address is handed to
-        another pod. Hosts no pod held, and sidecars no record places, are hub-and-spoke's (unverified).
+        next snapshot. An address a pod of one of the caller's declared upstreams held before is left out when
+        it is counted in that upstream's cluster: Envoy keeps a killed pod's endpoint for a while and its
+        attempts there grow while the address is handed to another pod. Left out in any cluster, a public-api
+        holding pooled connections to postgres (an undeclared upstream, no line while they stay open) passed
+        when postgres's address had been a product-api's (a node's freed addresses are handed out again).
+        Hosts no pod held, and sidecars no record places, are hub-and-spoke's (unverified).
         """
         rows = self.con.execute(
             f"""
@@ -886,11 +889,14 @@ class RoutingChecks(CheckBase):
                    sum(g.grown), arg_min(g.label, g.ts), min(g.ts)
             FROM g LEFT JOIN calls c ON c.caller = g.caller_service AND c.upstream = g.host_service
             WHERE g.grown > 0 AND g.caller_service IS NOT NULL AND g.host_service IS NOT NULL AND c.caller IS NULL
-              -- an address a pod of one of the caller's own upstreams held before: an endpoint Envoy kept after
-              -- that pod went (a stale host its attempts still reach), not a route to the pod that has it now
+              -- an address a pod of one of the caller's own upstreams held before, counted in that upstream's
+              -- cluster: an endpoint Envoy kept after that pod went (a stale host its attempts still reach), not
+              -- a route to the pod that has it now. In another cluster it is no kept endpoint of that upstream
               AND NOT EXISTS (
                 SELECT 1 FROM intervals i JOIN calls d ON d.caller = g.caller_service AND d.upstream = i.service
-                WHERE i.ip = {host_ip_sql("g.host")} AND i.start_ts <= g.ts)
+                JOIN consul_names cn ON cn.service = i.service
+                WHERE i.ip = {host_ip_sql("g.host")} AND i.start_ts <= g.ts
+                  AND cn.consul_service = {cluster_service_sql("g.cluster")})
             GROUP BY ALL ORDER BY min(g.ts), g.pod, g.host
             """
         ).fetchall()
