@@ -43,10 +43,18 @@ from harness.contract import names
 from harness.render import database, naming
 from harness.render.kind import edge_taint
 from harness.render.naming import ConsulService, Workload
-from harness.topology.model import ENTRY_API_UPSTREAM, KNOWN_PORTS, Edition, Placement, Service, Topology
+from harness.topology.model import (
+    ENTRY_API_UPSTREAM,
+    KNOWN_PORTS,
+    PRODUCT_API_METRICS_PORT,
+    Edition,
+    Placement,
+    Service,
+    Topology,
+)
+from harness.topology.model import NGINX_PORT as NGINX_PORT  # the topology's port check reads it too
 
 NGINX_IMAGE = "nginx:1.27-alpine"
-NGINX_PORT = 80
 POSTGRES_ENV = {"POSTGRES_DB": "products", "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "password"}
 
 
@@ -91,7 +99,7 @@ def product_api_conf(t: Topology, svc: Service) -> str:
             f"password={POSTGRES_ENV['POSTGRES_PASSWORD']} dbname={POSTGRES_ENV['POSTGRES_DB']} sslmode=disable"
         ),
         "bind_address": f":{svc.container_port}",
-        "metrics_address": ":9103",
+        "metrics_address": f":{PRODUCT_API_METRICS_PORT}",
     }
     return json.dumps(conf, indent=2) + "\n"
 

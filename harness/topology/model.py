@@ -54,6 +54,25 @@ KNOWN_PORTS: dict[str, int] = {
     "postgres-replica": 5433,
 }
 
+# Ports the injected sidecar binds in every meshed pod, beside the app's own and one Envoy listener per upstream on
+# 127.0.0.1:<the upstream's port> (consul-k8s v1.9.11 connect-inject webhook consul_dataplane_sidecar.go; consul-
+# dataplane cmd/consul-dataplane/config.go and pkg/consuldp/lifecycle.go, which "always starts" the graceful port's
+# listener). A service on one of them meets EADDRINUSE in its own pod or in its callers' (`_check_pod_ports`).
+SIDECAR_PORTS: dict[int, str] = {
+    19000: "Envoy's admin (127.0.0.1:19000)",
+    20000: "Envoy's public mTLS listener (constants.ProxyDefaultInboundPort)",
+    20600: "consul-dataplane's graceful-shutdown listener (127.0.0.1, the chart's lifecycle.defaultGracefulPort)",
+}
+# The frontend pod's nginx, the zone's way in (render.hashicups, render.entry); product-api's conf.json
+# `metrics_address` (render.hashicups.product_api_conf)
+NGINX_PORT = 80
+PRODUCT_API_METRICS_PORT = 9103
+# What else the renderer binds in a HashiCups service's pod, beside its own port
+POD_PORTS: dict[str, dict[int, str]] = {
+    "frontend": {NGINX_PORT: "the frontend pod's nginx (the zone's way in)"},
+    "product-api": {PRODUCT_API_METRICS_PORT: "product-api's metrics listener (its conf.json metrics_address)"},
+}
+
 
 _NUMBER_TYPES = (int, float, int | None, float | None)
 
@@ -362,6 +381,7 @@ def _check_cross_fields(t: Topology) -> None:
                 f"services[{i}].port", f"port {s.container_port} already used by {ports[s.container_port]!r}"
             )
         ports[s.container_port] = s.name
+    _check_pod_ports(t)
     # cycles in the call graph would make the mesh loop forever
     graph = {s.name: list(s.upstreams) for s in t.services}
     state: dict[str, int] = {}
@@ -378,6 +398,27 @@ def _check_cross_fields(t: Topology) -> None:
     for n in graph:
         if n not in state:
             visit(n, [])
+
+
+def _check_pod_ports(t: Topology) -> None:
+    """No two listeners of one meshed pod on one port: the app's own, what the renderer adds beside it
+    (`POD_PORTS`), the sidecar's (`SIDECAR_PORTS`) and one Envoy listener per upstream on 127.0.0.1:<its port>.
+
+    The field named is the port of the service whose number collides: the pod's own service, or the upstream.
+    """
+    index = {s.name: i for i, s in enumerate(t.services)}
+    for s in t.services:
+        taken = {**SIDECAR_PORTS, **POD_PORTS.get(s.name, {})}
+        wanted = [(s, "its own port")] + [(t.service(u), f"{s.name}'s upstream listener for {u}") for u in s.upstreams]
+        for svc, what in wanted:
+            port = svc.container_port
+            if port in taken:
+                where = "every meshed pod" if port in SIDECAR_PORTS else f"the {s.name} pod"
+                binder = "the injected consul-dataplane binds it there for " if port in SIDECAR_PORTS else ""
+                raise _CrossFieldError(
+                    f"services[{index[svc.name]}].port",
+                    f"port {port} ({what}) is taken in {where}: {binder}{taken[port]}; choose another port",
+                )
 
 
 def _check_replicas(t: Topology) -> None:

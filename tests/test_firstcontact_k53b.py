@@ -1,0 +1,91 @@
+"""k53b: kind and EKS meet the real thing, third pass (first contact of a user's own topology with the real pods).
+
+Each finding: a reproducer that failed on c7a14e6 and a control that the correct case still passes.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.errors import InputError
+from harness.render import render
+from harness.render.hashicups import NGINX_PORT
+from harness.topology import parse_topology
+from harness.topology.model import Edition
+from tests.conftest import REPO
+
+
+def _base() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((REPO / "fixtures" / "topology.yaml").read_text())
+    return copy.deepcopy(data)
+
+
+def _with(service: dict[str, Any], caller: str | None = None) -> dict[str, Any]:
+    """The default topology plus a service of the user's own, called by `caller` (None: by nobody)."""
+    data = _base()
+    data["services"].append(service)
+    if caller is not None:
+        svc = next(s for s in data["services"] if s["name"] == caller)
+        svc["upstreams"] = [*svc.get("upstreams", []), service["name"]]
+    return data
+
+
+def _refused(data: dict[str, Any]) -> InputError:
+    with pytest.raises(InputError) as info:
+        parse_topology(data, "t.yaml")
+    return info.value
+
+
+# -- 1. a service port the injected sidecar (or the pod's own nginx / metrics) already binds in the pod -------------
+# consul-k8s v1.9.11's connect-inject webhook (control-plane/connect-inject/webhook/consul_dataplane_sidecar.go) runs
+# consul-dataplane in every meshed pod with Envoy's public listener on 20000 (constants.ProxyDefaultInboundPort),
+# its admin on 127.0.0.1:19000 and `-graceful-port=20600` (chart connectInject.sidecarProxy.lifecycle.
+# defaultGracefulPort), whose listener consul-dataplane "always starts" on 127.0.0.1 (pkg/consuldp/lifecycle.go);
+# each upstream of the pod is an Envoy listener on 127.0.0.1:<the upstream's port>. A service of the user's own on
+# one of these ports met EADDRINUSE in its pod (the app or the sidecar crash-looping: `up` timed out) or in its
+# callers' (Envoy refuses the upstream's listener: every call to it failed), with nothing naming the port.
+
+
+@pytest.mark.parametrize("port", [19000, 20000, 20600])
+def test_a_service_on_a_port_the_injected_sidecar_binds_is_refused_naming_it(port: int) -> None:
+    err = _refused(_with({"name": "inventory", "placement": "region", "image": "nginx:1.27-alpine", "port": port}))
+    assert err.field == "services[5].port", str(err)
+    assert str(port) in str(err) and "consul-dataplane" in str(err), str(err)
+
+
+def test_an_upstream_on_the_frontend_pods_nginx_port_is_refused() -> None:
+    """The frontend pod's nginx listens on 80; its upstream listeners are 127.0.0.1:<the upstream's port>."""
+    service = {"name": "catalog", "placement": "region", "image": "nginx:1.27-alpine", "port": NGINX_PORT}
+    err = _refused(_with(service, caller="frontend"))
+    assert err.field == "services[5].port", str(err)
+    assert "nginx" in str(err) and "frontend" in str(err), str(err)
+
+
+def test_an_upstream_on_product_apis_metrics_port_is_refused() -> None:
+    """product-api's conf.json binds its metrics on :9103 (render.hashicups.product_api_conf)."""
+    service = {"name": "pricing", "placement": "region", "image": "nginx:1.27-alpine", "port": 9103}
+    err = _refused(_with(service, caller="product-api"))
+    assert err.field == "services[5].port", str(err)
+    assert "9103" in str(err) and "product-api" in str(err), str(err)
+
+
+def test_control_the_same_ports_where_no_pod_binds_them_twice_are_taken() -> None:
+    """Port 80 or 9103 in a pod without nginx or product-api's metrics, and a port beside the sidecar's, load and
+    render: the check is the pod's, not a list of forbidden numbers."""
+    for service, caller in [
+        ({"name": "catalog", "placement": "region", "image": "nginx:1.27-alpine", "port": NGINX_PORT}, "public-api"),
+        ({"name": "pricing", "placement": "region", "image": "nginx:1.27-alpine", "port": 9103}, "public-api"),
+        ({"name": "inventory", "placement": "region", "image": "nginx:1.27-alpine", "port": 20001}, "product-api"),
+    ]:
+        t = parse_topology(_with(service, caller=caller), "t.yaml")
+        assert render(t, Edition.CE).objects
+
+
+def test_control_the_shipped_topologies_load(tmp_path: Path) -> None:
+    for name in ("topology.yaml", "topology-wide.yaml", "topology-eu.yaml"):
+        parse_topology(yaml.safe_load((REPO / "fixtures" / name).read_text()), name)
