@@ -12,12 +12,17 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.errors import InputError
-from harness.render import render
+from harness.errors import BackendError, InputError
+from harness.render import render, write
 from harness.render.hashicups import NGINX_PORT
+from harness.render.manifests import Manifests, load
 from harness.topology import parse_topology
 from harness.topology.model import Edition
 from tests.conftest import REPO
+from tests.kubefake import FakeApiServer
+from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.test_backend_kind import Tools, kind_backend
+from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 
 def _base() -> dict[str, Any]:
@@ -89,3 +94,80 @@ def test_control_the_same_ports_where_no_pod_binds_them_twice_are_taken() -> Non
 def test_control_the_shipped_topologies_load(tmp_path: Path) -> None:
     for name in ("topology.yaml", "topology-wide.yaml", "topology-eu.yaml"):
         parse_topology(yaml.safe_load((REPO / "fixtures" / name).read_text()), name)
+
+
+# -- 2. kind: a kept cluster re-upped with another topology of the same nodes kept the first one's workloads --------
+# The shape check (b11a3d3, 29f20ea) holds a reused cluster's nodes and published ports to the kind config, nothing
+# else: `harness up` of a topology whose nodes are the same but whose services differ applied the new objects over
+# the old ones and left every Deployment the new render does not have running, meshed and selected by the Services
+# they always were (Kubernetes only does what it is asked: nothing deletes what is no longer applied).
+
+
+def _kind_manifests(tmp_path: Path, name: str, data: dict[str, Any]) -> Manifests:
+    out = tmp_path / name
+    write(render(parse_topology(data, f"{name}.yaml"), Edition.CE), out)
+    return load(out)
+
+
+def _two_primaries() -> dict[str, Any]:
+    """The default topology's nodes with postgres as two Region pods (one per AZ) and no read replica."""
+    data = _base()
+    data["services"] = [s for s in data["services"] if s["name"] != "postgres-replica"]
+    next(s for s in data["services"] if s["name"] == "postgres")["replicas"] = 2
+    return data
+
+
+@pytest.mark.slow  # a fake API server and fake tools: seconds
+def test_a_kept_cluster_running_another_topologys_workloads_is_refused_not_reused(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """A cluster up'd from a topology with postgres in both AZs (postgres-2a, postgres-2b), then up'd from the default
+    one (postgres-2a, and its read replica in 2b): postgres-2b stayed, labelled app=postgres, selected by the
+    `postgres` Service, so consul-k8s' endpoints controller kept it in Consul's catalog as a second `postgres` (an
+    independent primary the callers' Envoys balanced over, the replica's WAL stream among them). az-primary-loss,
+    declared a single point of failure, then stopped a node while the other primary served: the run judged a
+    topology it did not run. Refused now in one line naming them, before anything is installed."""
+    first = kind_backend(tmp_path / "wd")
+    try:
+        first.up(_kind_manifests(tmp_path, "two-primaries", _two_primaries()))
+    finally:
+        first.close()
+    tools.reset()
+    again = kind_backend(tmp_path / "wd")
+    try:
+        with pytest.raises(BackendError) as err:
+            again.up(_kind_manifests(tmp_path, "default", _base()))
+    finally:
+        again.close()
+    msg = str(err.value)
+    assert "\n" not in msg and "kind cluster edge" in msg, msg
+    assert "hashicups/postgres-2b" in msg and "harness down" in msg, msg
+    assert not [c for c in tools.calls() if c[:1] == ["helm"]], "refused before the chart is installed again"
+
+
+@pytest.mark.slow
+def test_control_a_kept_cluster_of_the_same_topology_and_one_being_emptied_are_reused(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """The same render again is reused (its Deployments are the render's); so is one whose extra Deployment is
+    already being deleted (a deletionTimestamp: on its way out, nothing to refuse)."""
+    m = _kind_manifests(tmp_path, "default", _base())
+    for _ in range(2):
+        b = kind_backend(tmp_path / "wd")
+        said: list[str] = []
+        try:
+            b.up(m, progress=said.append)
+        finally:
+            b.close()
+    assert any("exists: reusing it" in s for s in said), said
+    extra = {"metadata": {"name": "left-2b", "namespace": "hashicups", "labels": {"app.kubernetes.io/managed-by":
+             "edge-harness"}, "finalizers": ["example.com/hold"]}}  # fmt: skip
+    api.sim.create("apps/v1", "deployments", "hashicups", {**extra, "spec": {"replicas": 0, "selector": {"matchLabels":
+                   {"app": "left"}}, "template": {"metadata": {"labels": {"app": "left"}}, "spec": {"containers": [
+                   {"name": "c", "image": "nginx:1.27-alpine"}]}}}})  # fmt: skip
+    api.sim.delete("apps/v1", "deployments", "hashicups", "left-2b")
+    b = kind_backend(tmp_path / "wd")
+    try:
+        b.up(m)
+    finally:
+        b.close()

@@ -105,7 +105,7 @@ from harness.backends.kube.backend import KubeBackend
 from harness.backends.kube.forward import find_tool
 from harness.backends.kube.helmwait import HelmRun, Watch, run_watched
 from harness.backends.kube.version import image_minor, supported_range
-from harness.contract.names import LABEL_POD_ZONE, LABEL_ZONE
+from harness.contract.names import LABEL_MANAGED_BY, LABEL_POD_ZONE, LABEL_ZONE, MANAGED_BY
 from harness.errors import BackendError
 from harness.interrupt import nap
 
@@ -466,6 +466,7 @@ class KindBackend(KubeBackend):
             )  # fmt: skip
         if exists:
             self._check_shape(manifests)  # refused here: a cluster of another topology, or a create cut short
+            self._check_workloads(manifests)  # and here: one of the same nodes still running another render's pods
         self._save_state(manifests=str(Path(manifests.root).resolve()), cluster=self.cluster_name, entry={})
         self._warn_version()  # a user's image (or a reused cluster) outside the chart's range: said, and run
         if not self._inotify_read:
@@ -596,6 +597,35 @@ class KindBackend(KubeBackend):
             raise BackendError(
                 f"{self._where} exists but is not the cluster this topology's kind config makes ({shown}): left "
                 f"from another topology, another tool or a create cut short; {self._start_over}"
+            )
+
+    def _check_workloads(self, manifests: Manifests) -> None:
+        """An existing cluster's harness Deployments (labelled managed-by edge-harness) against the rendered ones:
+        BackendError in one line naming those the render does not have, before anything is installed.
+
+        `up` applies the render and deletes nothing, and the shape check holds a reused cluster to its nodes and
+        ports only: a cluster up'd from another topology of the same nodes (other services, replicas, placements)
+        kept that topology's Deployments running, meshed and selected by the Services they always were. A Region
+        service of two pods taken down to one kept its second (postgres-2b stayed a `postgres` in Consul's catalog,
+        a second primary), so a fault declared a single point of failure met a mesh that had none, and the run
+        judged a topology it did not run. One being deleted (a deletionTimestamp) is on its way out: not counted."""
+        ours = {(str(o["metadata"].get("namespace", "default")), str(o["metadata"]["name"]))
+                for o in manifests.objects if o["kind"] == "Deployment"}  # fmt: skip
+        query = [("labelSelector", f"{LABEL_MANAGED_BY}={MANAGED_BY}")]
+        try:
+            items = (self.cluster.request("GET", "/apis/apps/v1/deployments", query=query) or {}).get("items") or []
+        except KubeApiError as exc:
+            raise BackendError(f"{self._where}: its Deployments could not be listed: {exc}") from None
+        left = sorted(
+            f"{meta.get('namespace')}/{meta.get('name')}"
+            for meta in ((d.get("metadata") or {}) for d in items)
+            if (str(meta.get("namespace")), str(meta.get("name"))) not in ours and not meta.get("deletionTimestamp")
+        )
+        if left:
+            shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+            raise BackendError(
+                f"{self._where} exists and runs Deployments this topology does not render ({shown}): left from an up "
+                f"of another topology with the same nodes, they would stay meshed beside this one's; {self._start_over}"
             )
 
     def _unpublished(self, manifests: Manifests) -> list[str]:
