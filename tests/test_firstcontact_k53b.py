@@ -18,9 +18,10 @@ from harness.render.hashicups import NGINX_PORT
 from harness.render.manifests import Manifests, load
 from harness.topology import parse_topology
 from harness.topology.model import Edition
-from tests.conftest import REPO
-from tests.kubefake import FakeApiServer
+from tests.conftest import REPO, wait_until
+from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
+from tests.test_backend_existing import eks as eks  # the operator's EKS cluster, fake kubectl on PATH
 from tests.test_backend_kind import Tools, kind_backend
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
@@ -169,5 +170,61 @@ def test_control_a_kept_cluster_of_the_same_topology_and_one_being_emptied_are_r
     b = kind_backend(tmp_path / "wd")
     try:
         b.up(m)
+    finally:
+        b.close()
+
+
+# -- 3. EKS: the operator's ProxyDefaults, kept or taken over, was looked for where the run's would have been -------
+# Consul has one `global` ProxyDefaults per datacenter, whichever Kubernetes namespace its CRD lives in, and up keeps
+# the operator's (its access logs usable) or, with --own-mesh-defaults, writes the run's into the operator's object
+# (plan_mesh_defaults). The sync status preflight's `crd-synced` gates on was read at the manifests' own place
+# (consul/global): none there, "NotFound", and the gate stopped every such night before its traffic.
+
+
+def _their_usable_proxy_defaults(m: Manifests) -> dict[str, Any]:
+    ours = next(o for o in m.consul_objects if o["kind"] == "ProxyDefaults")
+    return {**ours, "metadata": {"name": "global", "namespace": "platform"}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("own", [False, True], ids=["kept", "taken-over"])
+def test_the_operators_proxy_defaults_kept_or_taken_over_passes_preflights_sync_check(
+    api: FakeApiServer, eks: Any, tmp_path: Path, own: bool
+) -> None:
+    from harness.preflight import run_preflight
+    from tests.test_backend_existing import THEIR_PROXY_DEFAULTS, _backend
+
+    m = rendered(tmp_path)
+    api.seed(eks, THEIR_PROXY_DEFAULTS if own else _their_usable_proxy_defaults(m))
+    b = _backend(api, tmp_path, own_mesh_defaults=own)
+    try:
+        b.up(m)
+        (st,) = [s for s in b.config_entry_status() if s.kind == "ProxyDefaults"]
+        assert st.synced is True, st
+        result = run_preflight(b, settle_s=30)
+        bad = [c for c in result.failures if c.check == "crd-synced"]
+        assert bad == [], bad
+    finally:
+        b.down()
+        b.close()
+
+
+@pytest.mark.slow
+def test_control_the_runs_own_proxy_defaults_is_read_where_it_was_applied(
+    api: FakeApiServer, eks: Any, tmp_path: Path
+) -> None:
+    """With no ProxyDefaults on the cluster the run creates its own at the manifests' place and reads it there; once
+    it is gone (deleted behind the run's back) the status says NotFound, as for any other entry."""
+    from tests.test_backend_existing import _backend
+
+    b = _backend(api, tmp_path)
+    try:
+        b.up(rendered(tmp_path))
+        (st,) = [s for s in b.config_entry_status() if s.kind == "ProxyDefaults"]
+        assert (st.namespace, st.synced) == ("consul", True), st
+        eks.request("DELETE", "/apis/consul.hashicorp.com/v1alpha1/namespaces/consul/proxydefaults/global")
+        gone = [s for s in b.config_entry_status() if s.kind == "ProxyDefaults"]
+        assert wait_until(lambda: [s.reason for s in b.config_entry_status() if s.kind == "ProxyDefaults"] ==
+                          ["NotFound"], 30), gone  # fmt: skip
     finally:
         b.close()

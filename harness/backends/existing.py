@@ -105,6 +105,7 @@ pooled connection failing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -122,6 +123,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from harness.backends.base import (
     CHAOS_PRIMITIVES,
+    ConfigEntryStatus,
     ConsulAccess,
     Status,
     control_plane_refusal,
@@ -1489,6 +1491,43 @@ class ExistingBackend(KubeBackend):
             ours["metadata"].setdefault("annotations", {})[ANNOTATION_ORIGINAL] = json.dumps(mesh_backup(live))
             plan.take_over.append((ours, live))
         return plan
+
+    def config_entry_status(self) -> list[ConfigEntryStatus]:
+        """consul-k8s' `Synced` status of every config-entry CRD the manifests hold, a mesh-wide one read where the
+        cluster's one lives.
+
+        Why: Consul has one `global` ProxyDefaults per datacenter whichever Kubernetes namespace its CRD is in, and
+        `up` keeps the operator's (its access logs usable) or, with --own-mesh-defaults, writes the run's into the
+        operator's object, in its namespace (`plan_mesh_defaults`). Read at the manifests' own place, that entry
+        was "NotFound", and preflight's `crd-synced`, which gates the run, stopped every such night before its
+        traffic. Reported under the manifests' place (what preflight asks for), saying where it was read.
+        """
+        objects = self.manifests().consul_objects
+        moved: dict[tuple[str, str], str] = {}  # (kind, name) -> the namespace it lives in, not the manifests'
+        read: list[dict[str, Any]] = []
+        for obj in objects:
+            meta = obj.get("metadata") or {}
+            name, ns = str(meta.get("name")), str(meta.get("namespace") or "default")
+            if obj["kind"] in MESH_WIDE_KINDS:
+                try:
+                    lives = [str((o.get("metadata") or {}).get("namespace")) for o in self._list_kind(obj)
+                             if (o.get("metadata") or {}).get("name") == name]  # fmt: skip
+                except KubeApiError:
+                    lives = []
+                if lives and ns not in lives:
+                    moved[(str(obj["kind"]), name)] = lives[0]
+                    obj = {**obj, "metadata": {**meta, "namespace": lives[0]}}
+            read.append(obj)
+        out: list[ConfigEntryStatus] = []
+        for st in self.cluster.config_entry_status(read):
+            live_ns = moved.get((st.kind, st.name))
+            if live_ns is not None:
+                where = f"read at {live_ns}/{st.name}, where the cluster's one {st.kind} lives"
+                home = next(str((o.get("metadata") or {}).get("namespace") or "default") for o in objects
+                            if o["kind"] == st.kind and (o.get("metadata") or {}).get("name") == st.name)  # fmt: skip
+                st = dataclasses.replace(st, namespace=home, message=f"{st.message} ({where})".lstrip())
+            out.append(st)
+        return out
 
     def _list_kind(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
         ref = self.cluster.resource(str(obj["apiVersion"]), str(obj["kind"]))
