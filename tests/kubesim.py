@@ -85,7 +85,10 @@ module does all of that, each behaviour taken from the source named here:
   `Synced=False` with reason `ConsulAgentError` and the error text; an
   update of an entry already in Consul that Consul refuses is
   `Synced=Unknown`, `ConsulAgentError`, "updating config entry in consul: ..."
-  (syncUnknownWithError), the entry in Consul left as it was.
+  (syncUnknownWithError), the entry in Consul left as it was. An entry written in Consul itself
+  (`write_outside_kubernetes`: no `consul.hashicorp.com/source-datacenter` meta) is never overwritten nor
+  deleted: a CRD of that name that differs is `Synced=False`, `ExternallyManagedConfigError`, "config entry
+  already exists in Consul"; one that matches is Synced and left as it is (configentry_controller.go).
 - The chart (consul-k8s v1.9.11): server StatefulSet, connect-injector and
   webhook-cert-manager placed by the values' nodeSelector/affinity/
   tolerations (multi-line strings, as the chart types them); CRDs served only
@@ -1247,6 +1250,10 @@ class Consul:
     trust_domain: str = field(default_factory=lambda: f"{uuid.uuid4()}.consul")
     entries: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, name) -> CRD spec
     entry_sources: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> k8s ns/name
+    # (kind, name) of entries written in Consul itself (`consul config write`, Terraform's consul_config_entry, the
+    # HTTP API): no `consul.hashicorp.com/source-datacenter` meta, so consul-k8s' controller never overwrites nor
+    # deletes them (`write_outside_kubernetes`)
+    external: set[tuple[str, str]] = field(default_factory=set)
     inject: bool = True
     tproxy_default: bool = True  # connectInject.transparentProxy.defaultEnabled (the chart's default: true)
     envoy_extra_args: list[str] = field(default_factory=list)
@@ -4349,10 +4356,11 @@ class ClusterSim:
                 spec = c.entries.get((crd_kind, m.group(2)))
                 if spec is None:
                     return _text(404, f'Config entry not found for "{m.group(1)}" / "{m.group(2)}"')
-                return aiohttp.web.json_response(_consul_entry(m.group(1), m.group(2), spec, c.datacenter))
+                external = (crd_kind, m.group(2)) in c.external
+                return aiohttp.web.json_response(_consul_entry(m.group(1), m.group(2), spec, c.datacenter, external))
             return aiohttp.web.json_response(
                 [
-                    _consul_entry(m.group(1), n, s, c.datacenter)
+                    _consul_entry(m.group(1), n, s, c.datacenter, (k, n) in c.external)
                     for (k, n), s in sorted(c.entries.items())
                     if k == crd_kind
                 ]
@@ -4482,8 +4490,9 @@ class ClusterSim:
             return
         error = self._consul_validate(kind, name, obj.get("spec") or {}, src)
         if error is None:
-            c.entries[(kind, name)] = copy.deepcopy(obj.get("spec") or {})
-            c.entry_sources[(kind, name)] = src
+            if (kind, name) not in c.external:  # one written in Consul that the CRD matches: Synced, left as it is
+                c.entries[(kind, name)] = copy.deepcopy(obj.get("spec") or {})
+                c.entry_sources[(kind, name)] = src
             new = {
                 "conditions": [{"type": "Synced", "status": "True", "lastTransitionTime": k8s_time(now)}],
                 "lastSyncedTime": k8s_time(now),
@@ -4512,10 +4521,24 @@ class ClusterSim:
             }
         self.patch(CONSUL_GROUP, plural, ns, name, {"status": new}, status_only=True)
 
+    def write_outside_kubernetes(self, kind: str, name: str, spec: Obj) -> None:
+        """An entry written in Consul itself (`consul config write`, Terraform, the HTTP API), as a CRD's spec would
+        say it: no source-datacenter meta, so the controller refuses a CRD of that name that differs
+        (ExternallyManagedConfigError "config entry already exists in Consul"), and never deletes it."""
+        assert self.consul is not None
+        self.consul.entries[(kind, name)] = copy.deepcopy(spec)
+        self.consul.entry_sources.pop((kind, name), None)
+        self.consul.external.add((kind, name))
+
     def _consul_validate(self, kind: str, name: str, spec: Obj, src: str) -> tuple[str, str] | None:
         c = self.consul
         assert c is not None
         owner = c.entry_sources.get((kind, name))
+        if (kind, name) in c.external and c.entries.get((kind, name)) != spec:
+            # written in Consul, not by this datacenter's controller (no source-datacenter meta), and not what the CRD
+            # says: consul-k8s v1.9.11 configentry_controller.go refuses it, `!matchesConsul && !managedByThisDC &&
+            # !hasMigrationKey` -> syncFailed(ExternallyManagedConfigError, sourceDatacenterMismatchErr(""))
+            return "ExternallyManagedConfigError", "config entry already exists in Consul"
         if owner is not None and owner != src:
             return (
                 "ExternallyManagedConfigError",
@@ -5698,7 +5721,10 @@ def _is_job(pod: Obj) -> bool:
     return (pod.get("spec") or {}).get("restartPolicy") == "Never"
 
 
-def _consul_entry(kind: str, name: str, spec: Obj, dc: str) -> Obj:
+def _consul_entry(kind: str, name: str, spec: Obj, dc: str, external: bool = False) -> Obj:
+    """An entry as Consul's HTTP API returns it; one consul-k8s wrote carries its datacenter in Meta, one written
+    in Consul itself (`external`) no such meta."""
+
     def pascal(v: Any, free_keys: bool = False) -> Any:
         if isinstance(v, dict):
             return {
@@ -5712,7 +5738,11 @@ def _consul_entry(kind: str, name: str, spec: Obj, dc: str) -> Obj:
         "Kind": kind,
         "Name": name,
         **pascal(spec),
-        "Meta": {"consul.hashicorp.com/source-datacenter": dc, "external-source": "kubernetes"},
+        **(
+            {}
+            if external
+            else {"Meta": {"consul.hashicorp.com/source-datacenter": dc, "external-source": "kubernetes"}}
+        ),
     }
 
 

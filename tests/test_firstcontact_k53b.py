@@ -228,3 +228,92 @@ def test_control_the_runs_own_proxy_defaults_is_read_where_it_was_applied(
                           ["NotFound"], 30), gone  # fmt: skip
     finally:
         b.close()
+
+
+# -- 4. EKS: the operator's ProxyDefaults written in Consul itself, not as a CRD -----------------------------------
+# Many platform teams write Consul's mesh-wide defaults with `consul config write` or Terraform's
+# consul_config_entry. Such an entry has no `consul.hashicorp.com/source-datacenter` meta, and consul-k8s v1.9.11's
+# controller never overwrites it: a CRD of that name that differs is Synced=False, ExternallyManagedConfigError,
+# "config entry already exists in Consul" (controllers/configentries/configentry_controller.go, `!matchesConsul &&
+# !managedByThisDC && !hasMigrationKey`, sourceDatacenterMismatchErr("")). up looked for a CRD only: it created the
+# run's, which never synced (the fake overwrote Consul's entry, and deleted it on down); preflight's gate then
+# stopped the night, for a reason --own-mesh-defaults could not help with.
+
+
+def _theirs_in_consul(api: FakeApiServer, spec: dict[str, Any]) -> None:
+    api.sim.call(lambda: api.sim.write_outside_kubernetes("ProxyDefaults", "global", spec))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("own", [False, True], ids=["plain", "own-mesh-defaults"])
+def test_proxy_defaults_written_in_consul_without_usable_logs_is_refused_before_anything_is_applied(
+    api: FakeApiServer, eks: Any, tmp_path: Path, own: bool
+) -> None:
+    from tests.test_backend_existing import _backend
+
+    theirs = {"config": {"protocol": "http"}, "meshGateway": {"mode": "local"}}
+    _theirs_in_consul(api, theirs)
+    before = [(m, p) for m, p, _d in api.writes()]
+    b = _backend(api, tmp_path, own_mesh_defaults=own)
+    try:
+        with pytest.raises(BackendError) as err:
+            b.up(rendered(tmp_path))
+    finally:
+        b.close()
+    msg = str(err.value)
+    assert "\n" not in msg and "proxy-defaults global" in msg and "written in Consul" in msg, msg
+    assert "it has no accessLogs" in msg and "config entry already exists in Consul" in msg, msg
+    assert [(m, p) for m, p, _d in api.writes()] == before, "refused before anything was applied"
+    assert api.sim.consul is not None and api.sim.consul.entries[("ProxyDefaults", "global")] == theirs
+
+
+@pytest.mark.slow
+def test_proxy_defaults_written_in_consul_with_usable_logs_is_kept_and_passes_preflight(
+    api: FakeApiServer, eks: Any, tmp_path: Path
+) -> None:
+    from harness.preflight import run_preflight
+    from tests.test_backend_existing import _backend, _proxy_defaults
+
+    theirs = {"accessLogs": {"enabled": True}, "config": {"protocol": "http"}}
+    _theirs_in_consul(api, theirs)
+    said: list[str] = []
+    b = _backend(api, tmp_path, progress=said.append)
+    try:
+        b.up(rendered(tmp_path))
+        assert _proxy_defaults(eks) == [], "no CRD of the run's over the operator's entry"
+        assert any("proxy-defaults global in Consul" in s and "kept as it is" in s for s in said), said
+        result = run_preflight(b, settle_s=30)
+        assert [c for c in result.failures if c.check == "crd-synced"] == []
+    finally:
+        b.down()
+        b.close()
+    assert api.sim.consul is not None and api.sim.consul.entries[("ProxyDefaults", "global")] == theirs
+
+
+@pytest.mark.slow
+def test_control_the_fake_controller_syncs_a_crd_matching_the_entry_written_in_consul(
+    api: FakeApiServer, eks: Any, tmp_path: Path
+) -> None:
+    """The fake's likeness: a CRD equal to what Consul holds is Synced and the entry left as it is (the controller's
+    `case configEntry.SyncedConditionStatus() != True: syncSuccessful`); one that differs is refused."""
+    for spec, synced in [({"config": {"protocol": "tcp"}}, True), ({"config": {"protocol": "http"}}, False)]:
+        _theirs_in_consul(api, {"config": {"protocol": "tcp"}})
+        crd = {"apiVersion": "consul.hashicorp.com/v1alpha1", "kind": "ProxyDefaults",
+               "metadata": {"name": "global", "namespace": "default"}, "spec": spec}  # fmt: skip
+        api.seed(eks, crd)
+        path = "/apis/consul.hashicorp.com/v1alpha1/namespaces/default/proxydefaults/global"
+
+        def cond(path: str = path) -> dict[str, Any]:
+            live = eks.request("GET", path)
+            return next((c for c in (live.get("status") or {}).get("conditions") or [] if c.get("status") != "Unknown"),
+                        {})  # fmt: skip
+
+        assert wait_until(lambda: bool(cond()), 30)
+        assert (cond()["status"] == "True") is synced, cond()
+        if not synced:
+            assert cond()["message"] == "config entry already exists in Consul", cond()
+        eks.request("DELETE", path)
+        assert wait_until(lambda: not (eks.request("GET", "/apis/consul.hashicorp.com/v1alpha1/proxydefaults") or {})
+                          .get("items"), 30)  # fmt: skip
+        assert api.sim.consul is not None and api.sim.consul.entries[("ProxyDefaults", "global")] == {
+            "config": {"protocol": "tcp"}}  # fmt: skip

@@ -187,6 +187,11 @@ DESTRUCTIVE = frozenset({"kill_node", "zone_outage", "partition_zone"})
 """Primitives that take down more than pods of the run's own Deployments: allow-listed contexts only."""
 MESH_WIDE_KINDS = frozenset({"ProxyDefaults", "Mesh"})
 """Consul config entries that apply to every service of the mesh, not only the run's."""
+CONSUL_SOURCE_DATACENTER = "consul.hashicorp.com/source-datacenter"
+"""The Meta key consul-k8s writes on every entry its controller puts in Consul (absent: written in Consul itself)."""
+CONSUL_ACCESS_LOG_KEYS = (("Enabled", "enabled"), ("DisableListenerLogs", "disableListenerLogs"), ("Type", "type"),
+                          ("Path", "path"), ("JSONFormat", "jsonFormat"), ("TextFormat", "textFormat"))  # fmt: skip
+"""Consul's API's AccessLogs keys (api/config_entry.go AccessLogsConfig) and the CRD's of the same field."""
 MIN_CONSUL = (1, 15)
 """ProxyDefaults `accessLogs` (the records the verdict is built from) exist since Consul 1.15."""
 ALB_WAIT_S = 600.0
@@ -372,6 +377,7 @@ class MeshDefaultsPlan:
     create: list[dict[str, Any]] = field(default_factory=list)  # absent: created (and deleted on down)
     keep: list[str] = field(default_factory=list)  # present, usable as it is: left untouched
     take_over: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)  # (ours, original)
+    in_consul: list[str] = field(default_factory=list)  # kept ones written in Consul itself, no CRD: "Kind/name"
 
 
 ACCESS_LOG_NEEDED = ("start_time", "response_code", "upstream_host", "upstream_cluster")
@@ -1452,6 +1458,8 @@ class ExistingBackend(KubeBackend):
             name = str(obj["metadata"]["name"])
             ours = json.loads(json.dumps(obj))
             lives = [o for o in self._list_kind(obj) if (o.get("metadata") or {}).get("name") == name]
+            if not lives and obj["kind"] == "ProxyDefaults" and self._written_in_consul(name, plan):
+                continue
             if not lives:
                 if obj["kind"] == "ProxyDefaults" and not self.own_mesh_defaults:
                     (ours.get("spec") or {}).get("config", {}).pop("protocol", None)  # see the module docstring
@@ -1492,6 +1500,35 @@ class ExistingBackend(KubeBackend):
             plan.take_over.append((ours, live))
         return plan
 
+    def _written_in_consul(self, name: str, plan: MeshDefaultsPlan) -> bool:
+        """Whether Consul holds a `proxy-defaults` `name` written in Consul itself (no CRD of it on the cluster, no
+        `consul.hashicorp.com/source-datacenter` meta: `consul config write`, Terraform's consul_config_entry, the
+        HTTP API): kept (`plan.keep`) when its access logs are usable, else BackendError in one line.
+
+        consul-k8s never overwrites such an entry: a CRD of that name that differs is Synced=False,
+        ExternallyManagedConfigError "config entry already exists in Consul" (consul-k8s v1.9.11 controllers/
+        configentries/configentry_controller.go), so the run's own, created over it, never synced and preflight's
+        gate stopped the night; --own-mesh-defaults, which takes over a CRD, cannot help with it either.
+        """
+        entry = self.consul_config_entry("proxy-defaults", name)
+        if entry is None or (entry.get("Meta") or {}).get(CONSUL_SOURCE_DATACENTER):
+            return False
+        logs = entry.get("AccessLogs") or {}
+        spec = {"accessLogs": {ours: logs[theirs] for theirs, ours in CONSUL_ACCESS_LOG_KEYS if theirs in logs}}
+        unusable = _access_logs_unusable(spec if logs else {})
+        where = f"proxy-defaults {name} in Consul (written there, not as a CRD)"
+        if unusable is not None:
+            raise BackendError(
+                f"{self._where}: proxy-defaults {name} was written in Consul itself (no CRD of it: `consul config "
+                f"write`, Terraform, the HTTP API) and {unusable}, not the JSON access logs the verdict is built from; "
+                "consul-k8s refuses a CRD over it (config entry already exists in Consul), so neither this run nor "
+                "--own-mesh-defaults can set them: enable them in that entry (accessLogs enabled, to stdout), or "
+                f"delete it from Consul (`consul config delete -kind proxy-defaults -name {name}`) for the run's own"
+            )
+        plan.keep.append(where)
+        plan.in_consul.append(f"ProxyDefaults/{name}")
+        return True
+
     def config_entry_status(self) -> list[ConfigEntryStatus]:
         """consul-k8s' `Synced` status of every config-entry CRD the manifests hold, a mesh-wide one read where the
         cluster's one lives.
@@ -1519,7 +1556,11 @@ class ExistingBackend(KubeBackend):
                     obj = {**obj, "metadata": {**meta, "namespace": lives[0]}}
             read.append(obj)
         out: list[ConfigEntryStatus] = []
+        in_consul = set(self._state().get("mesh_in_consul") or [])
         for st in self.cluster.config_entry_status(read):
+            if st.reason == "NotFound" and f"{st.kind}/{st.name}" in in_consul:  # kept in Consul, as up found it
+                out.append(dataclasses.replace(st, synced=True, reason="", message="kept in Consul, written there"))
+                continue
             live_ns = moved.get((st.kind, st.name))
             if live_ns is not None:
                 where = f"read at {live_ns}/{st.name}, where the cluster's one {st.kind} lives"
@@ -1622,7 +1663,7 @@ class ExistingBackend(KubeBackend):
         for ours, original in plan.take_over:
             key = f"{ours['kind']}/{ours['metadata'].get('namespace')}/{ours['metadata']['name']}"
             backups.setdefault(key, mesh_backup(original))
-        self._save_state(mesh_backups=backups)
+        self._save_state(mesh_backups=backups, mesh_in_consul=plan.in_consul)
         for kept in plan.keep:
             self.progress(f"{kept}: kept as it is (not created by this run; its access logs are usable)")
         mesh = {(o["kind"], o["metadata"]["name"]) for o in manifests.consul_objects if o["kind"] in MESH_WIDE_KINDS}

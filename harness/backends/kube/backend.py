@@ -914,6 +914,32 @@ class KubeBackend(Backend):
         finally:
             relay.close()
 
+    def consul_config_entry(self, kind: str, name: str) -> dict[str, Any] | None:
+        """Consul's own `/v1/config/<kind>/<name>` (None: it holds no such entry), as Consul has it: whatever wrote
+        it (a CRD through consul-k8s, `consul config write`, Terraform). BackendError in one line when the API does
+        not answer it (`check_consul_api`'s words)."""
+        ui = self._consul_ui()
+        access = self._access_for(ui)
+        relay, url = self._relay(ui)
+        where = f"{url} (Service {ui.namespace}/{ui.service}:{ui.port})"
+        path = f"/v1/config/{kind}/{name}"
+        try:
+            with httpx.Client(base_url=url, timeout=15, verify=access.tls_verify(), headers=access.headers) as c:
+                try:
+                    r = c.get(path)
+                except httpx.HTTPError as exc:
+                    raise BackendError(self._unreachable(where, exc, relay, access)) from None
+        finally:
+            relay.close()
+        if r.status_code == 404:
+            return None
+        if r.status_code == 403:
+            raise access.denied(where, r.text)
+        if r.status_code != 200:
+            raise BackendError(f"Consul at {where}: {path} answered HTTP {r.status_code} {r.text[:200]}")
+        entry = r.json()
+        return entry if isinstance(entry, dict) else None
+
     def _unreachable(self, where: str, exc: httpx.HTTPError, relay: ForwardRelay, access: ConsulAccess) -> str:
         """Why the API did not answer, in one line: kubectl's refusal, an unverified certificate, or the error."""
         if relay.errors:
