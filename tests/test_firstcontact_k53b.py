@@ -317,3 +317,20 @@ def test_control_the_fake_controller_syncs_a_crd_matching_the_entry_written_in_c
                           .get("items"), 30)  # fmt: skip
         assert api.sim.consul is not None and api.sim.consul.entries[("ProxyDefaults", "global")] == {
             "config": {"protocol": "tcp"}}  # fmt: skip
+
+
+# -- 5. a service named like the chart's own pods ---------------------------------------------------------------------
+# The chart's pod webhook (consul-k8s v1.9.11 templates/connect-inject-mutatingwebhookconfiguration.yaml) is called
+# only for pods whose label `app` is not `consul` (objectSelector `app NotIn [consul]`: the chart's own pods), and
+# the renderer labels every pod `app: <service name>`: a service named `consul` ran without a sidecar, and up
+# failed after its ready wait, blaming an injector that "does not honour an annotation".
+
+
+def test_a_service_named_like_the_charts_own_pods_is_refused() -> None:
+    err = _refused(_with({"name": "consul", "placement": "region", "image": "nginx:1.27-alpine", "port": 8500}))
+    assert err.field == "services[5].name", str(err)
+    assert "app=consul" in str(err) and "sidecar" in str(err), str(err)
+
+
+def test_control_a_service_whose_name_only_contains_consul_is_taken() -> None:
+    parse_topology(_with({"name": "consul-ui", "placement": "region", "image": "nginx:1.27-alpine", "port": 8500}))

@@ -9,7 +9,7 @@ joins on them. One module, so a renamed label cannot leave a reader behind.
 from __future__ import annotations
 
 from harness.contract.rundir import ACCESS_LOG_FLUSH_S
-from harness.topology.model import Edition, Placement, Service, Topology, Zone
+from harness.topology.model import CHART_APP, Edition, Placement, Service, Topology, Zone
 
 # Node labels (kind config, real clusters) and the taint on edge nodes.
 LABEL_REGION = "topology.kubernetes.io/region"
@@ -35,7 +35,7 @@ MANAGED_BY = "edge-harness"
 # component=<these>): the server holds the catalog, the injector's endpoints controller deregisters a dead pod.
 # The chaos actions find them by these labels before a node fault (backends.kube.chaos.control_plane_of), and
 # the renderer keeps the Region-only workloads off their node by the same ones (render.hashicups).
-CONSUL_APP = "consul"
+CONSUL_APP = CHART_APP  # the topology refuses a service of that name (the chart's pod webhook skips its pods)
 CONTROL_PLANE_COMPONENTS = ("server", "connect-injector")
 LABEL_COMPONENT = "component"
 

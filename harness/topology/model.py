@@ -54,6 +54,10 @@ KNOWN_PORTS: dict[str, int] = {
     "postgres-replica": 5433,
 }
 
+# The label `app` of the Consul chart's own pods (its `consul.name`): the chart's pod webhook skips every pod so
+# labelled (objectSelector `app NotIn [consul]`, consul-k8s v1.9.11 templates/connect-inject-
+# mutatingwebhookconfiguration.yaml), and the renderer labels a service's pods `app: <service name>`
+CHART_APP = "consul"
 # Ports the injected sidecar binds in every meshed pod, beside the app's own and one Envoy listener per upstream on
 # 127.0.0.1:<the upstream's port> (consul-k8s v1.9.11 connect-inject webhook consul_dataplane_sidecar.go; consul-
 # dataplane cmd/consul-dataplane/config.go and pkg/consuldp/lifecycle.go, which "always starts" the graceful port's
@@ -335,6 +339,12 @@ def _check_cross_fields(t: Topology) -> None:
         raise _CrossFieldError("zones", "at least one edge zone (local-zone or wavelength-zone) is required")
     names: dict[str, int] = {}
     for i, s in enumerate(t.services):
+        if s.name == CHART_APP:
+            raise _CrossFieldError(
+                f"services[{i}].name",
+                f"{CHART_APP!r} is the Consul chart's own pods' label (app={CHART_APP}), which consul-k8s' injector "
+                "webhook skips: its pods would run without a sidecar; name the service otherwise",
+            )
         if s.name in names:
             raise _CrossFieldError(
                 f"services[{i}].name", f"duplicate service name {s.name!r} (also services[{names[s.name]}])"
