@@ -1330,6 +1330,44 @@ HOST_COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_time
 Key = tuple[str, str, str | None, str]  # (apiVersion, plural, namespace, name)
 
 
+class Store(dict[Key, Obj]):
+    """The API server's objects by key, kept also per resource (`of`): the controllers list one resource dozens of
+    times a tick (every 20 ms), and a scan of every object each time was most of the simulation's CPU (a kind up:
+    0.8 s of its 1.6 s). Each resource's dict keeps the store's own order (a replaced key keeps its place, a new
+    one goes last), so a listing is what filtering the whole store gave."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._of: dict[tuple[str, str], dict[tuple[str | None, str], Obj]] = {}
+
+    def of(self, api_version: str, plural: str) -> Mapping[tuple[str | None, str], Obj]:
+        """(namespace, name) -> object of one resource, in the store's order (read only: write through the store)."""
+        return self._of.get((api_version, plural)) or {}
+
+    def __setitem__(self, key: Key, obj: Obj) -> None:
+        super().__setitem__(key, obj)
+        self._of.setdefault((key[0], key[1]), {})[(key[2], key[3])] = obj
+
+    def __delitem__(self, key: Key) -> None:
+        super().__delitem__(key)
+        del self._of[(key[0], key[1])][(key[2], key[3])]
+
+    def pop(self, key: Key, *default: Any) -> Any:
+        if key not in self:
+            return super().pop(key, *default)
+        del self._of[(key[0], key[1])][(key[2], key[3])]
+        return super().pop(key)
+
+    def clear(self) -> None:
+        super().clear()
+        self._of.clear()
+
+    def _unindexed(self, *_: Any, **__: Any) -> Any:
+        raise NotImplementedError("Store: set, delete, pop or clear (the per-resource index follows those only)")
+
+    update = setdefault = popitem = __ior__ = _unindexed
+
+
 RBAC_USER = "edge-harness"
 SELF_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 """The user name a refusal names (on EKS: the access entry's username of the workflow's IAM role)."""
@@ -1350,7 +1388,7 @@ class ClusterSim:
         self.t = timings or SimTimings()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.kmock: Any = None  # the kmock emulator (discovery registry, request log)
-        self.objects: dict[Key, Obj] = {}
+        self.objects = Store()
         self.rv = 100
         self.history: collections.deque[tuple[int, tuple[str, str], str, Obj]] = collections.deque()
         self.compacted_rv = 100
@@ -1578,11 +1616,8 @@ class ClusterSim:
         return self.objects.get((api_version, plural, ns, name))
 
     def items(self, api_version: str, plural: str, ns: str | None = None) -> list[Obj]:
-        return [
-            o
-            for (av, pl, n, _name), o in self.objects.items()
-            if av == api_version and pl == plural and (ns is None or n == ns)
-        ]
+        of = self.objects.of(api_version, plural)
+        return list(of.values()) if ns is None else [o for (n, _name), o in of.items() if n == ns]
 
     def create(self, api_version: str, plural: str, ns: str | None, obj: Obj, *, dry_run: bool = False) -> Obj:
         """Create as the API server would (409 raised as KeyError); admission and defaults applied.
