@@ -29,20 +29,27 @@ Standard library only (yaml aside): it runs as a separate process, like the
 real tools. A run makes a hundred-odd calls, so each starts lean: no `site`
 (the venv's path and its .pth files, brought in by `_yaml` for the calls that
 read YAML), no urllib (one HTTP/1.1 request over a socket, `_api`), no
-pathlib; with them a call took ~70 ms of CPU before it did anything.
+pathlib; with them a call took ~70 ms of CPU before it did anything. Nor the
+`json`, `socket` and `typing` modules: they import `re` and `enum` (with
+`typing`, ~33 ms of a call's ~48 ms of CPU, where a bare interpreter takes
+~15 ms); JSON goes through the C accelerator `_json` that `json` itself uses
+(`_dumps`, `_loads`) and the API call through `_socket` (`socket` only in the
+long-lived port-forward).
 """
 
 from __future__ import annotations
 
-import json
+import _json
+import _socket
 import os
-import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not typing's: its import alone costs a call ~7 ms (module docstring); mypy knows the name
 if TYPE_CHECKING:  # at import only for the type checker: the tool itself runs without them (module docstring)
+    import socket
     from pathlib import Path
+    from typing import Any
 
 TOOLS = ("kind", "docker", "helm", "kubectl")
 
@@ -71,6 +78,63 @@ def _yaml() -> Any:
     return yaml
 
 
+def _dumps(value: Any) -> str:
+    """`json.dumps(value)` (its separators, keys and escapes) for what the tools send and print: dicts, lists,
+    strings, numbers, booleans and None; TypeError for anything else, as json's."""
+    if isinstance(value, str):
+        return str(_json.encode_basestring_ascii(value))
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        if value in (float("inf"), float("-inf")):
+            return "Infinity" if value > 0 else "-Infinity"
+        return float.__repr__(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_dumps(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_dumps(_key(k))}: {_dumps(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _key(key: Any) -> str:
+    """A dict key as json.dumps writes it: strings as they are, numbers, booleans and None as their JSON."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        return _dumps(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
+class _Decoding:
+    """What `_json.make_scanner` reads off `json.JSONDecoder()`: its defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}[name]
+
+
+def _loads(text: str) -> Any:
+    """`json.loads(text)` for one JSON document (whitespace around it allowed): ValueError otherwise, as json's."""
+    doc = text.strip(" \t\n\r")
+    try:
+        value, end = _json.make_scanner(_Decoding())(doc, 0)  # type: ignore[arg-type]  # it reads attributes only
+    except StopIteration:
+        raise ValueError(f"Expecting value: {doc[:80]!r}") from None
+    if end != len(doc):
+        raise ValueError(f"Extra data at {end}: {doc[:80]!r}")
+    return value
+
+
 def _read(path: str) -> str:
     with open(path) as f:
         return f.read()
@@ -89,7 +153,7 @@ def _api(path: str, body: dict[str, Any] | None = None, query: str = "", token: 
     base = os.environ["FAKE_API"].rstrip("/")
     hostport = base.split("://", 1)[1]
     host, _, port = hostport.rpartition(":")
-    data = json.dumps(body).encode() if body is not None else b""
+    data = _dumps(body).encode() if body is not None else b""
     target = "/_sim/" + path + (f"?{query}" if query else "")
     head = [
         f"{'POST' if body is not None else 'GET'} {target} HTTP/1.1",
@@ -100,11 +164,18 @@ def _api(path: str, body: dict[str, Any] | None = None, query: str = "", token: 
     ]
     if token:
         head.append(f"Authorization: Bearer {token}")
-    with socket.create_connection((host, int(port)), timeout=60) as s:
+    # the host as bytes: a str one goes through the `idna` codec, whose import brings `re` (and `enum`) back
+    family, kind, proto, _, address = _socket.getaddrinfo(host.encode(), int(port), 0, _socket.SOCK_STREAM)[0]
+    s = _socket.socket(family, kind, proto)
+    try:
+        s.settimeout(60)
+        s.connect(address)
         s.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)
+    finally:
+        s.close()
     raw_head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
     lines = raw_head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
@@ -113,7 +184,7 @@ def _api(path: str, body: dict[str, Any] | None = None, query: str = "", token: 
         payload = _dechunk(payload)
     if not 200 <= status < 300:
         raise OSError(f"HTTP Error {status}: {payload[:200]!r} ({target})")
-    return dict(json.loads(payload))
+    return dict(_loads(payload.decode("utf-8")))
 
 
 def _dechunk(payload: bytes) -> bytes:
@@ -150,7 +221,7 @@ def _write_kubeconfig(path: str, cluster: str) -> None:
     ctx = f"kind-{cluster}"
     with open(path, "w") as f:
         f.write(
-            json.dumps(
+            _dumps(
                 {
                     "apiVersion": "v1",
                     "kind": "Config",
@@ -176,7 +247,7 @@ def _remove_kind_entries(path: str, cluster: str) -> None:
     if cfg.get("current-context") == key:
         cfg["current-context"] = ""
     with open(path, "w") as f:
-        f.write(json.dumps(cfg))
+        f.write(_dumps(cfg))
 
 
 def kind(args: list[str]) -> None:
@@ -249,7 +320,7 @@ def docker(args: list[str]) -> None:
                 # kind nodes by them too (kubesim `docker_host`)
                 **_api("docker/host"),
             }
-            print(json.dumps(info))
+            print(_dumps(info))
             return
         print("27.3.1")
         return
@@ -340,6 +411,7 @@ def _stamp() -> str:
 
 def port_forward(args: list[str]) -> None:
     import contextlib
+    import socket  # a long-lived process: the module's import is nothing here
     import threading
 
     ns = _opt(args, "-n", "--namespace") or "default"
@@ -440,7 +512,7 @@ def main() -> None:
     log = os.environ.get("FAKE_LOG")
     if log:
         with open(log, "a") as f:
-            f.write(json.dumps([name, *args]) + "\n")
+            f.write(_dumps([name, *args]) + "\n")
     {"kind": kind, "docker": docker, "helm": helm, "kubectl": kubectl}[name](args)
 
 
