@@ -341,6 +341,12 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+def _selects(wanted: Iterable[tuple[str, Any]], labels: Mapping[str, Any]) -> bool:
+    """Whether `labels` has every (key, value) of a matchLabels selector (what `labels_of(obj).get(k) == v` for
+    each said, without copying the labels per key)."""
+    return all(labels.get(k) == v for k, v in wanted)
+
+
 def labels_of(obj: dict[str, Any]) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("labels") or {})
 
@@ -1511,6 +1517,7 @@ class ClusterSim:
         self.paused: set[str] = set()  # controllers stopped by a test ("workloads": kube-controller-manager down)
         # the Deployment controller's ReplicaSets: Deployment uid -> pod-template-hash -> ReplicaSet, oldest first
         self.replicasets: dict[str, dict[str, SimReplicaSet]] = {}
+        self._template_hashes: dict[int, tuple[Obj, str]] = {}  # id(template) -> (template, hash): `_template_hash`
         self._task: asyncio.Task[None] | None = None
         # /version; `eks_storage` makes it an EKS one
         self.server_version: dict[str, str] = {"major": "1", "minor": "31", "gitVersion": "v1.31.0"}
@@ -2621,12 +2628,23 @@ class ClusterSim:
             self.patch("apps/v1", plural, ns, name, {"status": status}, status_only=True)
 
     # Deployments: kubernetes/kubernetes pkg/controller/deployment (rolling.go, recreate.go, sync.go, util/)
-    @staticmethod
-    def _template_hash(template: Obj) -> str:
+    def _template_hash(self, template: Obj) -> str:
         """The pod-template-hash of a template (the controller's ComputeHash is an FNV of the template; any
-        stable digest does: it only has to change with the template)."""
+        stable digest does: it only has to change with the template).
+
+        Kept per template dict (held, so its id is not reused): every Deployment is hashed every tick, and the
+        sorted JSON of its template was a fifth of an idle cluster's tick. A stored object is never changed in
+        place (a write stores a new dict: `create` copies, `patch` merges into a new one, `replace` stores the
+        body), so a template dict's content is what it was when hashed; a changed template is another dict."""
+        hit = self._template_hashes.get(id(template))
+        if hit is not None and hit[0] is template:
+            return hit[1]
         digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
-        return "".join("bcdfghjklmnpqrstvwxz2456789"[int(c, 16) % 27] for c in digest[:10])
+        value = "".join("bcdfghjklmnpqrstvwxz2456789"[int(c, 16) % 27] for c in digest[:10])
+        if len(self._template_hashes) >= 4096:  # templates of deleted or changed Deployments: let them go
+            self._template_hashes.clear()
+        self._template_hashes[id(template)] = (template, value)
+        return value
 
     @staticmethod
     def _rolling_bounds(spec: Obj, desired: int) -> tuple[int, int]:
@@ -3805,11 +3823,13 @@ class ClusterSim:
         return [p for p in self.items("v1", "pods") if str(p["metadata"]["uid"]) in uids and self._serving(p)]
 
     def _endpoint_addresses(self, ns: str, selector: Obj) -> tuple[tuple[str, str, str, bool], ...]:
-        """The Endpoints of a Service: (pod, uid, IP, ready) of each selected pod with an IP, not terminating."""
+        """The Endpoints of a Service: (pod, uid, IP, ready) of each selected pod with an IP, not terminating.
+        (Every Service every tick: a pod's labels are read in place, not copied once per selector key.)"""
+        wanted = selector.items()
         return tuple(
             (str(p["metadata"]["name"]), str(p["metadata"]["uid"]), str(p["status"]["podIP"]), self._pod_ready(p))
             for p in self.items("v1", "pods", ns)
-            if all(labels_of(p).get(k) == v for k, v in selector.items())
+            if _selects(wanted, p["metadata"].get("labels") or {})
             and (p.get("status") or {}).get("podIP")
             and not p["metadata"].get("deletionTimestamp")
         )

@@ -49,3 +49,32 @@ def test_writes_the_index_would_miss_are_refused() -> None:
         with pytest.raises(NotImplementedError):
             write()
     assert not store and not store.of("v1", "pods")
+
+
+def test_a_template_hash_follows_the_templates_content_not_its_dict() -> None:
+    """`ClusterSim._template_hash` keeps a hash per template dict: an equal template elsewhere hashes alike, a patched
+    Deployment's template (a new dict) gets its own, and a template dict hashed before is not taken for a new
+    one that reuses its id once it is gone (the cache holds the dict)."""
+    from tests.kubesim import ClusterSim
+
+    sim = ClusterSim()
+    sim.ensure_namespace("ns")
+    template = {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "a", "image": "a:1"}]}}
+    sim.create("apps/v1", "deployments", "ns", {"metadata": {"name": "d"}, "spec": {"template": template}})
+    stored = sim.get("apps/v1", "deployments", "ns", "d")
+    assert stored is not None
+    first = sim._template_hash(stored["spec"]["template"])
+    assert sim._template_hash(stored["spec"]["template"]) == first == sim._template_hash(dict(template))
+    sim.patch(
+        "apps/v1",
+        "deployments",
+        "ns",
+        "d",
+        {"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "a:2"}]}}}},
+    )
+    patched = sim.get("apps/v1", "deployments", "ns", "d")
+    assert patched is not None and sim._template_hash(patched["spec"]["template"]) != first
+    for image in ("b:1", "b:2", "b:3"):  # short-lived dicts: ids CPython may reuse
+        assert sim._template_hash({"spec": {"containers": [{"image": image}]}}) != sim._template_hash(
+            {"spec": {"containers": [{"image": image + "x"}]}}
+        )
