@@ -341,6 +341,22 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+def _same(a: Iterable[Any], b: Iterable[Any]) -> bool:
+    """The same objects (identity), in the same order."""
+    a, b = tuple(a), tuple(b)
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _rs_state(rss: Mapping[str, Any] | None) -> tuple[tuple[str, int, Any], ...]:
+    """A Deployment's ReplicaSets as `_same_rs` compares them: (hash, count, template object) each."""
+    return tuple((h, rs.replicas, rs.template) for h, rs in (rss or {}).items())
+
+
+def _same_rs(a: tuple[tuple[str, int, Any], ...], b: tuple[tuple[str, int, Any], ...]) -> bool:
+    """The same ReplicaSets: hashes and counts equal, templates the same objects."""
+    return len(a) == len(b) and all(x[0] == y[0] and x[1] == y[1] and x[2] is y[2] for x, y in zip(a, b, strict=True))
+
+
 def _selects(wanted: Iterable[tuple[str, Any]], labels: Mapping[str, Any]) -> bool:
     """Whether `labels` has every (key, value) of a matchLabels selector (what `labels_of(obj).get(k) == v` for
     each said, without copying the labels per key)."""
@@ -1517,6 +1533,8 @@ class ClusterSim:
         self.paused: set[str] = set()  # controllers stopped by a test ("workloads": kube-controller-manager down)
         # the Deployment controller's ReplicaSets: Deployment uid -> pod-template-hash -> ReplicaSet, oldest first
         self.replicasets: dict[str, dict[str, SimReplicaSet]] = {}
+        # Deployment uid -> (the Deployment, its pods, its ReplicaSets' state) at its last sync that changed nothing
+        self._steady: dict[str, tuple[Obj, tuple[Obj, ...], tuple[tuple[str, int, Any], ...]]] = {}
         self._template_hashes: dict[int, tuple[Obj, str]] = {}  # id(template) -> (template, hash): `_template_hash`
         self._task: asyncio.Task[None] | None = None
         # /version; `eks_storage` makes it an EKS one
@@ -2682,10 +2700,21 @@ class ClusterSim:
         the controller's next sync: until then `observedGeneration` is the previous generation and every count
         the previous sync's; a test that needs it to lag holds the controller (`paused`: "workloads") rather
         than racing a timer.
+
+        A sync that changed nothing (no write: the store's resourceVersion unmoved) with every ReplicaSet at its
+        count is remembered (`_steady`): the same Deployment object, the same pod objects and the same ReplicaSets
+        make the same sync, which is skipped (a stored object is never changed in place: a write stores a new
+        dict). An idle cluster's Deployments were most of each tick's CPU.
         """
         meta, spec = d["metadata"], d.get("spec") or {}
         ns, name, uid = meta["namespace"], meta["name"], str(meta["uid"])
         owned, live = self._owned(d)
+        steady = self._steady.get(uid)
+        rs_now = _rs_state(self.replicasets.get(uid))
+        if steady is not None and steady[0] is d and _same(steady[1], owned) and _same_rs(steady[2], rs_now):
+            return
+        self._steady.pop(uid, None)
+        rv_before = self.rv
         if meta.get("deletionTimestamp"):
             for p in live:
                 self.delete("v1", "pods", ns, p["metadata"]["name"])
@@ -2781,6 +2810,8 @@ class ClusterSim:
         }
         if any((d.get("status") or {}).get(k) != v for k, v in status.items()):
             self.patch("apps/v1", "deployments", ns, name, {"status": status}, status_only=True)
+        if self.rv == rv_before and all(len(pods.get(h, [])) == rs.replicas for h, rs in rss.items()):
+            self._steady[uid] = (d, tuple(owned), _rs_state(rss))
 
     def _reconcile_daemonset(self, ds: Obj) -> None:
         """The DaemonSet controller, `updateStrategy: OnDelete`: a pod from the current template on every node

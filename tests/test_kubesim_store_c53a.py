@@ -78,3 +78,51 @@ def test_a_template_hash_follows_the_templates_content_not_its_dict() -> None:
         assert sim._template_hash({"spec": {"containers": [{"image": image}]}}) != sim._template_hash(
             {"spec": {"containers": [{"image": image + "x"}]}}
         )
+
+
+def test_a_steady_deployment_still_follows_its_pods_its_spec_and_its_replicasets() -> None:
+    """`ClusterSim._reconcile_deployment` skips a sync whose inputs are the objects of its last sync that changed
+    nothing (`_steady`); every change after that is still seen: a pod gone, a pod Ready, the replicas, the
+    template, a ReplicaSet's count."""
+    from tests.kubesim import ClusterSim
+
+    sim = ClusterSim()
+    sim.ensure_namespace("ns")
+    template = {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "a", "image": "a:1"}]}}
+    spec = {"replicas": 2, "selector": {"matchLabels": {"app": "a"}}, "template": template}
+    sim.create("apps/v1", "deployments", "ns", {"metadata": {"name": "d"}, "spec": spec})
+
+    def settle() -> dict[str, Any]:
+        for _ in range(4):
+            sim._workloads_tick()
+        d = sim.get("apps/v1", "deployments", "ns", "d")
+        assert d is not None
+        uid = str(d["metadata"]["uid"])
+        assert uid in sim._steady, "settled: the last sync changed nothing"
+        return dict(d.get("status") or {})
+
+    def pods() -> list[dict[str, Any]]:
+        return sim.items("v1", "pods", "ns")
+
+    assert settle()["replicas"] == 2 and len(pods()) == 2
+    sim._remove(("v1", "pods", "ns", pods()[0]["metadata"]["name"]))  # gone (no kubelet here to wait for)
+    assert len(pods()) == 1
+    assert settle()["replicas"] == 2 and len(pods()) == 2
+    ready = {"conditions": [{"type": "Ready", "status": "True"}], "podIP": "10.0.0.9"}
+    sim.patch("v1", "pods", "ns", pods()[0]["metadata"]["name"], {"status": ready})
+    assert settle()["readyReplicas"] == 1
+    sim.patch("apps/v1", "deployments", "ns", "d", {"spec": {"replicas": 3}})
+    assert settle()["replicas"] == 3 and len(pods()) == 3
+    patched = {"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "a:2"}]}}}}
+    sim.patch("apps/v1", "deployments", "ns", "d", patched)
+    status = settle()
+    hashes = {
+        p["metadata"]["labels"]["pod-template-hash"] for p in pods() if not p["metadata"].get("deletionTimestamp")
+    }
+    assert len(hashes) == 2 and status["updatedReplicas"] >= 1, (hashes, status)
+    d = sim.get("apps/v1", "deployments", "ns", "d")
+    assert d is not None
+    for rs in sim.replicasets[str(d["metadata"]["uid"])].values():  # a ReplicaSet's count changed from outside
+        rs.replicas += 1
+    sim._workloads_tick()
+    assert len(pods()) > 3 + 1
