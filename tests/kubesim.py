@@ -1361,6 +1361,16 @@ class Store(dict[Key, Obj]):
     def __init__(self) -> None:
         super().__init__()
         self._of: dict[tuple[str, str], dict[tuple[str | None, str], Obj]] = {}
+        self._versions: dict[tuple[str, str, str | None], int] = {}
+
+    def version(self, api_version: str, plural: str, ns: str | None) -> int:
+        """A count that moves with every write of one resource in one namespace (what a listing of it would show
+        differently): a controller's answer computed from that listing holds while it has not moved."""
+        return self._versions.get((api_version, plural, ns), 0)
+
+    def _moved(self, key: Key) -> None:
+        k = (key[0], key[1], key[2])
+        self._versions[k] = self._versions.get(k, 0) + 1
 
     def of(self, api_version: str, plural: str) -> Mapping[tuple[str | None, str], Obj]:
         """(namespace, name) -> object of one resource, in the store's order (read only: write through the store)."""
@@ -1369,20 +1379,25 @@ class Store(dict[Key, Obj]):
     def __setitem__(self, key: Key, obj: Obj) -> None:
         super().__setitem__(key, obj)
         self._of.setdefault((key[0], key[1]), {})[(key[2], key[3])] = obj
+        self._moved(key)
 
     def __delitem__(self, key: Key) -> None:
         super().__delitem__(key)
         del self._of[(key[0], key[1])][(key[2], key[3])]
+        self._moved(key)
 
     def pop(self, key: Key, *default: Any) -> Any:
         if key not in self:
             return super().pop(key, *default)
         del self._of[(key[0], key[1])][(key[2], key[3])]
+        self._moved(key)
         return super().pop(key)
 
     def clear(self) -> None:
         super().clear()
         self._of.clear()
+        for k in self._versions:
+            self._versions[k] += 1
 
     def _unindexed(self, *_: Any, **__: Any) -> Any:
         raise NotImplementedError("Store: set, delete, pop or clear (the per-resource index follows those only)")
@@ -1535,7 +1550,12 @@ class ClusterSim:
         self.replicasets: dict[str, dict[str, SimReplicaSet]] = {}
         # Deployment uid -> (the Deployment, its pods, its ReplicaSets' state) at its last sync that changed nothing
         self._steady: dict[str, tuple[Obj, tuple[Obj, ...], tuple[tuple[str, int, Any], ...]]] = {}
-        self._template_hashes: dict[int, tuple[Obj, str]] = {}  # id(template) -> (template, hash): `_template_hash`
+        self._template_hashes: dict[int, tuple[Obj, str]] = {}
+        # answers computed from one namespace's pods, with the pods' version they hold for (`Store.version`)
+        self._owned_memo: dict[str, tuple[int, tuple[Obj, ...], tuple[Obj, ...]]] = {}
+        self._endpoints_memo: dict[
+            tuple[str, tuple[Any, ...]], tuple[int, tuple[tuple[str, str, str, bool], ...]]
+        ] = {}  # id(template) -> (template, hash): `_template_hash`
         self._task: asyncio.Task[None] | None = None
         # /version; `eks_storage` makes it an EKS one
         self.server_version: dict[str, str] = {"major": "1", "minor": "31", "gitVersion": "v1.31.0"}
@@ -2578,14 +2598,20 @@ class ClusterSim:
                 self.delete("v1", "pods", p["metadata"]["namespace"], p["metadata"]["name"])
 
     def _owned(self, owner: Obj) -> tuple[list[Obj], list[Obj]]:
-        """The pods `owner` controls (its uid in their ownerReferences), and those of them not terminating."""
+        """The pods `owner` controls (its uid in their ownerReferences), and those of them not terminating.
+        (Kept until a pod of its namespace is written: every controller asks every tick.)"""
         meta = owner["metadata"]
-        owned = [
-            p
-            for p in self.items("v1", "pods", meta["namespace"])
-            if any(o.get("uid") == meta["uid"] for o in (p["metadata"].get("ownerReferences") or []))
-        ]
-        return owned, [p for p in owned if not p["metadata"].get("deletionTimestamp")]
+        version = self.objects.version("v1", "pods", meta["namespace"])
+        memo = self._owned_memo.get(str(meta["uid"]))
+        if memo is None or memo[0] != version:
+            owned = tuple(
+                p
+                for p in self.items("v1", "pods", meta["namespace"])
+                if any(o.get("uid") == meta["uid"] for o in (p["metadata"].get("ownerReferences") or []))
+            )
+            memo = (version, owned, tuple(p for p in owned if not p["metadata"].get("deletionTimestamp")))
+            self._owned_memo[str(meta["uid"])] = memo
+        return list(memo[1]), list(memo[2])
 
     def _create_pod(self, owner: Obj, pname: str, ref: Obj, template: Obj, labels: Mapping[str, str]) -> bool:
         """One pod of `template` under `ref` (its controller); False when admission refused it (the webhook): the
@@ -3856,14 +3882,21 @@ class ClusterSim:
     def _endpoint_addresses(self, ns: str, selector: Obj) -> tuple[tuple[str, str, str, bool], ...]:
         """The Endpoints of a Service: (pod, uid, IP, ready) of each selected pod with an IP, not terminating.
         (Every Service every tick: a pod's labels are read in place, not copied once per selector key.)"""
+        version = self.objects.version("v1", "pods", ns)
+        key = (ns, tuple(selector.items()))  # a Service's selector: strings to strings (hashable)
+        memo = self._endpoints_memo.get(key)
+        if memo is not None and memo[0] == version:
+            return memo[1]
         wanted = selector.items()
-        return tuple(
+        addresses = tuple(
             (str(p["metadata"]["name"]), str(p["metadata"]["uid"]), str(p["status"]["podIP"]), self._pod_ready(p))
             for p in self.items("v1", "pods", ns)
             if _selects(wanted, p["metadata"].get("labels") or {})
             and (p.get("status") or {}).get("podIP")
             and not p["metadata"].get("deletionTimestamp")
         )
+        self._endpoints_memo[key] = (version, addresses)
+        return addresses
 
     def _endpoints_tick(self) -> None:
         """consul-k8s' endpoints controller: reconcile each Endpoints that changed (Services in creation order),

@@ -126,3 +126,45 @@ def test_a_steady_deployment_still_follows_its_pods_its_spec_and_its_replicasets
         rs.replicas += 1
     sim._workloads_tick()
     assert len(pods()) > 3 + 1
+
+
+def test_answers_kept_per_namespace_follow_every_write_of_its_pods() -> None:
+    """`Store.version` moves with each write of a resource in a namespace (and only there); the Endpoints and owned
+    pods kept on it (`ClusterSim._endpoint_addresses`, `_owned`) follow a pod added, Ready, terminating, gone."""
+    from tests.kubesim import ClusterSim
+
+    sim = ClusterSim()
+    for ns in ("ns", "other"):
+        sim.ensure_namespace(ns)
+    owner = {"metadata": {"name": "o", "namespace": "ns", "uid": "u1"}}
+    ref = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "o-1", "uid": "u1", "controller": True}]
+
+    def pod(name: str, ip: str) -> dict[str, Any]:
+        meta = {"name": name, "labels": {"app": "a"}, "ownerReferences": ref}
+        return {"metadata": meta, "spec": {"containers": [{"name": "a"}]}, "status": {"podIP": ip}}
+
+    def seen() -> tuple[list[tuple[str, bool]], list[str], list[str]]:
+        eps = [(name, ready) for name, _uid, _ip, ready in sim._endpoint_addresses("ns", {"app": "a"})]
+        owned, live = sim._owned(owner)
+        return eps, [p["metadata"]["name"] for p in owned], [p["metadata"]["name"] for p in live]
+
+    assert seen() == ([], [], [])
+    before = sim.objects.version("v1", "pods", "ns")
+    sim.create("v1", "pods", "ns", pod("p1", "10.0.0.1"))
+    assert sim.objects.version("v1", "pods", "ns") != before
+    assert seen() == ([("p1", False)], ["p1"], ["p1"])
+    other = sim.objects.version("v1", "pods", "ns")
+    sim.create("v1", "pods", "other", pod("q1", "10.0.0.5"))
+    assert sim.objects.version("v1", "pods", "ns") == other  # another namespace's pods: not these
+    assert seen() == ([("p1", False)], ["p1"], ["p1"])
+    sim.patch("v1", "pods", "ns", "p1", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    assert seen() == ([("p1", True)], ["p1"], ["p1"])
+    sim.create("v1", "pods", "ns", pod("p2", "10.0.0.2"))
+    p1 = sim.get("v1", "pods", "ns", "p1")
+    assert p1 is not None  # terminating, as a delete with grace leaves it (stored directly: no kubelet runs here)
+    sim.objects[("v1", "pods", "ns", "p1")] = {**p1, "metadata": {**p1["metadata"], "deletionTimestamp": "x"}}
+    assert seen() == ([("p2", False)], ["p1", "p2"], ["p2"])
+    del sim.objects[("v1", "pods", "ns", "p1")]  # gone (the store's own delete: no kubelet runs here)
+    assert seen() == ([("p2", False)], ["p2"], ["p2"])
+    sim.objects.clear()
+    assert seen() == ([], [], [])
