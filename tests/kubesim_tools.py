@@ -336,20 +336,30 @@ def _duration(text: str) -> float:
     return total or 300.0
 
 
-def _cancel_on_stop(release: str, namespace: str) -> None:
+def _cancel_on_stop(release: str, namespace: str) -> list[bool]:
     """helm install/upgrade on SIGTERM or SIGINT: "Release R has been cancelled.", its context cancelled, the
     release failed (helm cmd/helm/install.go runInstall's signal.Notify; action.Install failRelease, which writes
-    the revision's status, so that the next upgrade is not refused as pending). SIGKILL leaves it pending."""
-    import signal
+    the revision's status, so that the next upgrade is not refused as pending). SIGKILL leaves it pending.
+
+    Installed first thing, before the values files are read: helm's Go binary has its handler within
+    milliseconds of its start, and this process needs ~0.2-0.4 s on a loaded host to import PyYAML (through
+    `site`), in which a SIGTERM killed it as if SIGKILLed (the release left as it was). The returned flag says
+    the install was asked of the cluster: a signal before that has no release to fail. `_signal`, not `signal`
+    (which imports `enum`: module docstring)."""
+    import _signal
+
+    asked = [False]
 
     def cancelled(_signum: int, _frame: Any) -> None:
-        _api("helm/record", {"release": release, "namespace": namespace, "status": "failed"})
+        if asked[0]:
+            _api("helm/record", {"release": release, "namespace": namespace, "status": "failed"})
         print(f"Release {release} has been cancelled.", flush=True)
         print("Error: INSTALLATION FAILED: context canceled", file=sys.stderr, flush=True)
         os._exit(1)
 
-    signal.signal(signal.SIGTERM, cancelled)
-    signal.signal(signal.SIGINT, cancelled)
+    _signal.signal(_signal.SIGTERM, cancelled)
+    _signal.signal(_signal.SIGINT, cancelled)
+    return asked
 
 
 def helm(args: list[str]) -> None:
@@ -361,12 +371,13 @@ def helm(args: list[str]) -> None:
         return
     if args[:2] == ["upgrade", "--install"]:
         release = args[2]
+        namespace = _opt(args, "-n", "--namespace") or "default"
+        asked = _cancel_on_stop(release, namespace)
         values: dict[str, Any] = {}
         for i, a in enumerate(args):
             if a in ("-f", "--values"):
                 values.update(_yaml().safe_load(_read(args[i + 1])) or {})
-        namespace = _opt(args, "-n", "--namespace") or "default"
-        _cancel_on_stop(release, namespace)
+        asked[0] = True  # (the request may be cut by the signal: the cluster may have begun the install)
         out = _api(
             "helm/install",
             {
