@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import shutil
 import tempfile
@@ -38,6 +39,7 @@ from harness.contract.rundir import (
     ACCESS_LOG_FLUSH,
     ACCESSLOG_DIR,
     ARTIFACTS_DIR,
+    CHAOS_FILE,
     CLOCK_PROBES,
     COLLECTED_FILE,
     INVENTORY_FILE,
@@ -379,6 +381,103 @@ def wait_link_baseline(
                 say(f"chaos: waiting for {owed} to be on record (at most {max(0.0, owed.due - clock()):.0f} s)")
                 said.add(zone)
             sleep(max(0.0, min(poll_s, owed.due - clock())))
+
+
+LOOKAHEAD_SETTLE_S = 2.0
+"""The look-ahead asks the next experiment's link hold no sooner than this after the newest restore: the restored
+pods' first calls (their recovery, which the hold reads) are on record, and its records read stays out of them."""
+LOOKAHEAD_RETRY_S = 2.0  # ... and again this long after a check that found a baseline owed (each is a records read)
+LOOKAHEAD_POLL_S = 0.25  # how often it reads the timeline (a small file) for a restore, or a new inject
+
+
+class LinkLookahead:
+    """The next experiment's link hold (`wait_link_baseline`) asked while the experiment before it runs.
+
+    Why: the hold reads the records (a DuckDB build of the run's hops, ~0.3 s on a quiet machine, ~0.9 s at the
+    probe budget's 60 % busy), and asked between two experiments that read was an idle gap on e2e's clock every
+    run (1.1 s before service-link in a bench run), though nothing was owed. The answer does not go stale while no
+    fault is injected: a baseline on record stays on record, and the windows it lies outside of end where the
+    hops show the recoveries. So once every fault of the experiment running is restored (and
+    `LOOKAHEAD_SETTLE_S` past), the hold is asked here; an answer of nothing owed, from a check begun after the
+    newest inject, stands at the gate (`cleared`). Any other answer, or a fault injected after the check began,
+    leaves the gate to ask itself.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        topology: Topology,
+        zones: list[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        owed: Callable[[Path, Topology, str, float], object] | None = None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.topology = topology
+        self.zones = zones
+        self.clock = clock
+        self._owed = owed
+        self._cleared_at: float | None = None  # when a check that found nothing owed began
+        self._last_check: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LinkLookahead:
+        self._thread = threading.Thread(target=self._run, name="eh-link-lookahead", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """No more checks; a check under way is finished (its answer kept)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def cleared(self) -> bool:
+        """True when a check begun after the newest inject found no zone's baseline owed."""
+        if self._cleared_at is None:
+            return False
+        injects = [_ts(r) for r in self._timeline() if r.get("phase") == "inject"]
+        return all(t < self._cleared_at for t in injects)
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):  # a look-ahead that fails leaves the gate to ask: nothing is lost
+            while not self._stop.wait(LOOKAHEAD_POLL_S):
+                self.step()
+
+    def step(self) -> None:
+        """One look: check when every fault so far is restored, `LOOKAHEAD_SETTLE_S` past the newest restore, and
+        not cleared yet (or an inject came after the clearing check), at most every `LOOKAHEAD_RETRY_S`."""
+        now = self.clock()
+        recs = self._timeline()
+        injects = [_ts(r) for r in recs if r.get("phase") == "inject"]
+        restores = [_ts(r) for r in recs if r.get("phase") == "restore"]
+        if not restores or len(restores) < len(injects) or now - max(restores) < LOOKAHEAD_SETTLE_S:
+            return  # a fault on, or just restored: its recovery is not on record yet
+        if self._cleared_at is not None and all(t < self._cleared_at for t in injects):
+            return
+        if self._last_check is not None and now - self._last_check < LOOKAHEAD_RETRY_S:
+            return
+        self._last_check = now
+        owed = self._owed
+        if owed is None:
+            from harness.verify import link_baseline_owed
+
+            owed = link_baseline_owed
+        if all(owed(self.run_dir, self.topology, z, now) is None for z in self.zones):
+            self._cleared_at = now
+
+    def _timeline(self) -> list[dict[str, Any]]:
+        from harness.chaos.timeline import records
+
+        return records(self.run_dir / CHAOS_FILE)
+
+
+def _ts(rec: Mapping[str, Any]) -> float:
+    try:
+        return float(rec.get("ts"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.inf  # unreadable: as if just now (no answer stands against it)
 
 
 def warm_need(zones: list[str], planned: list[PlannedExperiment], topology: Topology) -> dict[str, int]:
@@ -730,15 +829,23 @@ def run_e2e(
                     warm_up(budget, served, opts.warmup_s, say, need=warm_need(list(entry), planned, topology))
                     after_reads = _imported_meanwhile(AFTER_TRAFFIC_MODULES)
                     res: ChaosResult | None = None  # the experiment just run: its steady state after may be the next
+                    ahead: LinkLookahead | None = None  # the next one's link hold, asked while this one runs
                     for i, p in enumerate(planned):  # one's before (run_planned: no question asked twice in a row)
                         mark_run(run_dir, "chaos")
-                        if i:  # the first experiment's faults come after none: its degradations wait themselves
-                            wait_link_baseline(run_dir, topology, degraded_first(p, topology), say)
+                        # the first experiment's faults come after none: its degradations wait themselves
+                        if i and (zones := degraded_first(p, topology)) and not (ahead and ahead.cleared()):
+                            wait_link_baseline(run_dir, topology, zones, say)
                         say(f"chaos: {p.id} ({p.file})")
                         started = launcher.take()
                         if i + 1 < len(planned):
                             launcher.prestart()  # the next one's, while this one runs: no gap between them
-                        res = run_planned(p, run_dir, bopts, started=started, previous=res)
+                        nxt = degraded_first(planned[i + 1], topology) if i + 1 < len(planned) else []
+                        ahead = LinkLookahead(run_dir, topology, nxt).start() if nxt else None
+                        try:
+                            res = run_planned(p, run_dir, bopts, started=started, previous=res)
+                        finally:
+                            if ahead is not None:
+                                ahead.stop()
                         if not res.ok:
                             chaos_ok = False
                             messages.append(f"chaos experiment {p.id}: {res.reason}")
