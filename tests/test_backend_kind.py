@@ -77,13 +77,14 @@ def kind_backend(workdir: Path, **kw: Any) -> KindBackend:
     return b
 
 
-def up_saying(tmp_path: Path, **kw: Any) -> list[str]:
-    """`up` of the default topology by `kind_backend(tmp_path / "wd", **kw)`, closed after (the cluster stays);
-    returns what its progress said. What a test asks of the run it reads from the tools' calls or the cluster."""
+def up_saying(tmp_path: Path, manifests: Manifests | None = None, **kw: Any) -> list[str]:
+    """`up` of `manifests` (default: the default topology's) by `kind_backend(tmp_path / "wd", **kw)`, closed after
+    (the cluster stays); returns what its progress said. What a test asks of the run it reads from the tools' calls
+    or the cluster."""
     said: list[str] = []
     backend = kind_backend(tmp_path / "wd", **kw)
     try:
-        backend.up(rendered(tmp_path), progress=said.append)
+        backend.up(manifests if manifests is not None else rendered(tmp_path), progress=said.append)
     finally:
         backend.close()
     return said

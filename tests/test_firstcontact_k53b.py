@@ -22,7 +22,7 @@ from tests.conftest import REPO, wait_until
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import eks as eks  # the operator's EKS cluster, fake kubectl on PATH
-from tests.test_backend_kind import Tools, kind_backend
+from tests.test_backend_kind import Tools, kind_backend, up_saying
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 
@@ -154,12 +154,7 @@ def test_control_a_kept_cluster_of_the_same_topology_and_one_being_emptied_are_r
     already being deleted (a deletionTimestamp: on its way out, nothing to refuse)."""
     m = _kind_manifests(tmp_path, "default", _base())
     for _ in range(2):
-        b = kind_backend(tmp_path / "wd")
-        said: list[str] = []
-        try:
-            b.up(m, progress=said.append)
-        finally:
-            b.close()
+        said = up_saying(tmp_path, m)
     assert any("exists: reusing it" in s for s in said), said
     extra = {"metadata": {"name": "left-2b", "namespace": "hashicups", "labels": {"app.kubernetes.io/managed-by":
              "edge-harness"}, "finalizers": ["example.com/hold"]}}  # fmt: skip

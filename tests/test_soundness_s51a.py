@@ -14,6 +14,7 @@ lines in its own log) edited the way such a mesh records it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,17 +90,25 @@ def _addresses(d: Path) -> None:
         write_rows(f, recs)
 
 
-def _last_second_to_las(d: Path) -> int:
-    """LAX's public-api's calls of its last second before the kill went to LAS's product-api: its own lines of them
-    died in its buffer (never shipped), LAS's product-api's inbound lines record them (the calling pod's IP), LAX's
-    product-api's record none. Returns how many were moved."""
+def last_second_to_las(
+    d: Path,
+    caller_service: str = "public-api",
+    upstream: str = "product-api",
+    app_port: int = 9090,
+    via: Callable[[str, int], dict[str, Any]] | None = None,
+) -> int:
+    """LAX's `caller_service`'s calls of its last second before the kill went to LAS's `upstream`: its own lines of
+    them died in its buffer (never shipped), LAS's `upstream`'s inbound lines record them (the calling pod's IP),
+    LAX's `upstream`'s record none. `via(caller_ip, i)`: fields the i-th serving line carries besides (e.g. users
+    entering through a load balancer: X-Forwarded-For, the caller then only the connection's peer). Returns how
+    many were moved."""
     pods = _added(d)
-    caller = next(p for p in pods if p["service"] == "public-api" and p["zone"] == LAX)
-    lax, las = (next(p for p in pods if p["service"] == "product-api" and p["zone"] == z) for z in (LAX, LAS))
+    caller = next(p for p in pods if p["service"] == caller_service and p["zone"] == LAX)
+    lax, las = (next(p for p in pods if p["service"] == upstream and p["zone"] == z) for z in (LAX, LAS))
     start = _start(d)
     acc = d / "accesslogs"
     recs = rows(acc / f"{caller['pod']}.jsonl")
-    lost = [r for r in recs if not _inbound(r) and r["path"] == "/product-api"
+    lost = [r for r in recs if not _inbound(r) and r["path"] == f"/{upstream}"
             and INJECT - 1.0 <= envoy_start(r) - start < INJECT]  # fmt: skip
     write_rows(acc / f"{caller['pod']}.jsonl", [r for r in recs if r not in lost])
     times = {r["start_time"] for r in lost}
@@ -107,9 +116,9 @@ def _last_second_to_las(d: Path) -> int:
     write_rows(acc / f"{lax['pod']}.jsonl", [r for r in served if not (_inbound(r) and r["start_time"] in times)])
     there = rows(acc / f"{las['pod']}.jsonl")
     for i, r in enumerate(lost):
-        line = {**r, "upstream_host": "127.0.0.1:9090", "upstream_cluster": "local_app",
+        line = {**r, "upstream_host": f"127.0.0.1:{app_port}", "upstream_cluster": "local_app",
                 "downstream_remote_address": f"{caller['ip']}:{50000 + i}",
-                "downstream_local_address": f"{las['ip']}:20000"}  # fmt: skip
+                "downstream_local_address": f"{las['ip']}:20000", **(via(caller["ip"], i) if via else {})}  # fmt: skip
         if "direction" in r:  # the local sidecars' own fields: the line's pod is the serving one
             line.update(direction="inbound", caller_pod=las["pod"], caller_service=las["consul_service"])
         there.append(line)
@@ -127,7 +136,7 @@ def test_calls_into_another_lz_only_the_serving_side_logged_fail_hub_and_spoke(
     and in the local sidecars' lines, which name their direction and their own pod)."""
     d = _run(runs, tmp_path, logs)
     _addresses(d)
-    assert _last_second_to_las(d) >= 3
+    assert last_second_to_las(d) >= 3
     if records == "parquet":
         assert compact(d, ACCESSLOGS) > 0
     failed = _failed(verify(d))

@@ -17,7 +17,7 @@ from harness.render.consul import proxy_defaults
 from harness.topology import load_topology
 from harness.verify import HUB_AND_SPOKE, Verdict
 from harness.verify.synth import FaultSpec, Scenario
-from tests.test_soundness_s51a import CALLER_OF, USER_ADDRESS, _added, _alive, _inbound, _start
+from tests.test_soundness_s51a import CALLER_OF, USER_ADDRESS, _added, _alive, _inbound, last_second_to_las
 from tests.verdicts import Pristine, envoy_start, rebuilt, rows, verify, write_rows
 
 T = load_topology()
@@ -82,27 +82,12 @@ def _frontend_last_second_to_las(d: Path) -> int:
     """LAX's frontend's calls of its last second before its kill went to LAS's public-api: its own lines of them
     died in its buffer, LAS's public-api's inbound lines record them (through the ALB: X-Forwarded-For set),
     LAX's public-api's none. Returns how many were moved."""
-    pods = _added(d)
-    caller = next(p for p in pods if p["service"] == "frontend" and p["zone"] == LAX)
-    lax, las = (next(p for p in pods if p["service"] == "public-api" and p["zone"] == z) for z in (LAX, LAS))
-    start = _start(d)
-    acc = d / "accesslogs"
-    recs = rows(acc / f"{caller['pod']}.jsonl")
-    lost = [r for r in recs if not _inbound(r) and r["path"] == "/public-api"
-            and INJECT - 1.0 <= envoy_start(r) - start < INJECT]  # fmt: skip
-    write_rows(acc / f"{caller['pod']}.jsonl", [r for r in recs if r not in lost])
-    times = {r["start_time"] for r in lost}
-    served = rows(acc / f"{lax['pod']}.jsonl")
-    write_rows(acc / f"{lax['pod']}.jsonl", [r for r in served if not (_inbound(r) and r["start_time"] in times)])
-    there = rows(acc / f"{las['pod']}.jsonl")
-    for i, r in enumerate(lost):
-        there.append({**r, "upstream_host": "127.0.0.1:8080", "upstream_cluster": "local_app",
-                      "x_forwarded_for": ALB_CLIENT, "downstream_remote_address": f"{ALB_CLIENT}:0",
-                      "downstream_direct_remote_address": f"{caller['ip']}:{50000 + i}",
-                      "downstream_local_address": f"{las['ip']}:20000"})  # fmt: skip
-    write_rows(acc / f"{las['pod']}.jsonl", sorted(there, key=envoy_start))
-    rebuilt(d)
-    return len(lost)
+
+    def through_alb(caller_ip: str, i: int) -> dict[str, Any]:
+        return {"x_forwarded_for": ALB_CLIENT, "downstream_remote_address": f"{ALB_CLIENT}:0",
+                "downstream_direct_remote_address": f"{caller_ip}:{50000 + i}"}  # fmt: skip
+
+    return last_second_to_las(d, "frontend", "public-api", 8080, through_alb)
 
 
 @pytest.mark.parametrize("records", ["jsonl", "parquet"])
