@@ -401,6 +401,13 @@ class LinkLookahead:
     `LOOKAHEAD_SETTLE_S` past), the hold is asked here; an answer of nothing owed, from a check begun after the
     newest inject, stands at the gate (`cleared`). Any other answer, or a fault injected after the check began,
     leaves the gate to ask itself.
+
+    It stands only as long as it lasts (`harness.verify.link_baseline_lasts`): the newest fault's window ends at a
+    recovery instant that one call failed over after the check moves later (a correct mesh's), and the baseline's
+    stretch slides on. Asked as `link_baseline_owed` asks the gate, a check 39 s into a run found the hops after
+    a kill's recovery (34.5 s) enough; a call sent to the Region at 40 s moved that recovery past it, the gate
+    (41 s) would have held, and the answer stood: the degradation began with no baseline ("not shown").
+    `lasts(run_dir, topology, zone, now)`: until when a check's answer of nothing owed stands (-inf: owed).
     """
 
     def __init__(
@@ -410,14 +417,15 @@ class LinkLookahead:
         zones: list[str],
         *,
         clock: Callable[[], float] = time.time,
-        owed: Callable[[Path, Topology, str, float], object] | None = None,
+        lasts: Callable[[Path, Topology, str, float], float] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.topology = topology
         self.zones = zones
         self.clock = clock
-        self._owed = owed
+        self._lasts = lasts
         self._cleared_at: float | None = None  # when a check that found nothing owed began
+        self._until = -math.inf  # ... and until when its answer lasts
         self._last_check: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -434,8 +442,8 @@ class LinkLookahead:
             self._thread.join()
 
     def cleared(self) -> bool:
-        """True when a check begun after the newest inject found no zone's baseline owed."""
-        if self._cleared_at is None:
+        """True when a check begun after the newest inject found no zone's baseline owed, and its answer lasts."""
+        if self._cleared_at is None or self.clock() >= self._until:
             return False
         injects = [_ts(r) for r in self._timeline() if r.get("phase") == "inject"]
         return all(t < self._cleared_at for t in injects)
@@ -454,18 +462,19 @@ class LinkLookahead:
         restores = [_ts(r) for r in recs if r.get("phase") == "restore"]
         if not restores or len(restores) < len(injects) or now - max(restores) < LOOKAHEAD_SETTLE_S:
             return  # a fault on, or just restored: its recovery is not on record yet
-        if self._cleared_at is not None and all(t < self._cleared_at for t in injects):
+        if self._cleared_at is not None and all(t < self._cleared_at for t in injects) and now < self._until:
             return
         if self._last_check is not None and now - self._last_check < LOOKAHEAD_RETRY_S:
             return
         self._last_check = now
-        owed = self._owed
-        if owed is None:
-            from harness.verify import link_baseline_owed
+        lasts = self._lasts
+        if lasts is None:
+            from harness.verify import link_baseline_lasts
 
-            owed = link_baseline_owed
-        if all(owed(self.run_dir, self.topology, z, now) is None for z in self.zones):
-            self._cleared_at = now
+            lasts = link_baseline_lasts
+        until = min((lasts(self.run_dir, self.topology, z, now) for z in self.zones), default=math.inf)
+        if until > now:
+            self._cleared_at, self._until = now, until
 
     def _timeline(self) -> list[dict[str, Any]]:
         from harness.chaos.timeline import records

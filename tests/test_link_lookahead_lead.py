@@ -9,6 +9,7 @@ injected since; anything else leaves the gate to ask.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from harness.e2e import LOOKAHEAD_RETRY_S, LOOKAHEAD_SETTLE_S, LinkLookahead
@@ -23,19 +24,19 @@ def _write(run_dir: Path, *recs: tuple[float, str, str]) -> None:
 
 
 class _Owed:
-    """A stand-in for `link_baseline_owed`: owed while `owing`; notes when it was asked."""
+    """A stand-in for `link_baseline_lasts`: owed (-inf) while `owing`, else lasting; notes when it was asked."""
 
     def __init__(self) -> None:
         self.owing = False
         self.asked: list[float] = []
 
-    def __call__(self, run_dir: Path, topology: object, zone: str, now: float) -> object:
+    def __call__(self, run_dir: Path, topology: object, zone: str, now: float) -> float:
         self.asked.append(now)
-        return "owed" if self.owing else None
+        return -math.inf if self.owing else math.inf
 
 
 def _ahead(tmp_path: Path, owed: _Owed, clock: ManualClock) -> LinkLookahead:
-    return LinkLookahead(tmp_path, T, [LAX], clock=clock, owed=owed)
+    return LinkLookahead(tmp_path, T, [LAX], clock=clock, lasts=owed)
 
 
 def test_nothing_owed_after_the_last_restore_settled_stands_at_the_gate(tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def test_the_thread_asks_and_stops(tmp_path: Path) -> None:
 
     owed = _Owed()
     _write(tmp_path, (time.time() - 10, "kill-node", "inject"), (time.time() - 5, "kill-node", "restore"))
-    ahead = LinkLookahead(tmp_path, T, [LAX], owed=owed).start()
+    ahead = LinkLookahead(tmp_path, T, [LAX], lasts=owed).start()
     deadline = time.monotonic() + 10
     while not owed.asked and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -13,7 +13,8 @@ machine. Public API:
 - `pending_recoveries(run_dir, topology, now) -> [Pending]`: for a run still going, the recoveries its records
   do not show yet (e2e's cool-down waits for them); `link_baseline_owed(run_dir, topology, zone, now)`: the
   baseline a degradation of the zone's link begun now would lack after an earlier fault reached the link (e2e
-  waits for it before such an experiment).
+  waits for it before such an experiment); `link_baseline_lasts(...)`: until when nothing is owed if no fault
+  comes meanwhile (e2e's look-ahead).
 - For the report (which must not reach into the verifier's modules): `judged`,
   `load_run` and `RunData` (the run's records in DuckDB), `pairs`, the SQL
   predicates the invariants use (`IN_ZONE_SQL`, `HUB_VIOLATION_SQL`,
@@ -31,7 +32,7 @@ from harness.contract.rundir import VERDICT_FILE
 from harness.errors import InputError
 from harness.verify.invariants import DEFINITIONS, HUB_VIOLATION_SQL, IN_ZONE_SQL, REQUEST_OK_SQL, Checker
 from harness.verify.penalty import fallback_penalty
-from harness.verify.pending import LinkBaseline, Pending, link_baseline_owed, pending_recoveries
+from harness.verify.pending import LinkBaseline, Pending, link_baseline_lasts, link_baseline_owed, pending_recoveries
 from harness.verify.rundata import RunData, load_run, pairs
 from harness.verify.summary import print_summary
 from harness.verify.verdict import (
@@ -137,6 +138,7 @@ __all__ = [
     "ZonePenalty",
     "iso",
     "judged",
+    "link_baseline_lasts",
     "link_baseline_owed",
     "load_run",
     "load_verdict",

@@ -564,15 +564,37 @@ def link_baseline_owed(run_dir: Path, topology: Topology, zone: str, now: float)
     with such a fault still on (the baseline is the stretch before it), or maxRecoveryS after the last of
     their restores (`due`: a recovery not on record by then is the verdict's to fail).
     """
+    return _link_baseline(run_dir, topology, zone, now, lasting=False)[0]
+
+
+def link_baseline_lasts(run_dir: Path, topology: Topology, zone: str, now: float) -> float:
+    """Until when `link_baseline_owed` finds nothing owed for `zone` if no fault is injected after `now` (-inf: owed
+    now): what an answer asked ahead of the gate (`harness.e2e.LinkLookahead`) may stand on.
+
+    A baseline on record at `now` does not stay on record until the next inject. The window of the newest fault
+    that reaches the link ends at its pairs' recovery instant, the first good hop after their last bad one up to
+    the next fault: one call failed over after `now` (a correct mesh's replica briefly unready) moves it past that
+    call, and every hop before it into the window. So here that fault's window is open (the hops after its inject
+    are no baseline yet), and the baseline's stretch slides (`max(gate - LINK_BASELINE_S, settled)`): the answer
+    lasts until the stretch has passed the hops it stands on (each kind's `LINK_EFFECT_MIN_HOPS`-th newest).
+    """
+    owed, until = _link_baseline(run_dir, topology, zone, now, lasting=True)
+    return -INF if owed is not None else until
+
+
+def _link_baseline(
+    run_dir: Path, topology: Topology, zone: str, now: float, lasting: bool
+) -> tuple[LinkBaseline | None, float]:
+    """`link_baseline_owed`'s answer and, with `lasting`, until when it lasts (`link_baseline_lasts`)."""
     settled = settled_of(run_dir)
     if settled is None:
-        return None
+        return None, INF  # the verdict reads the whole stretch: nothing slides, nothing to wait for
     reaching = [g for g in faults_of(run_dir, topology) if reaches_link(topology, g, zone) and g.inject <= now]
     if not reaching or any(g.restore is None for g in reaching):
-        return None
+        return None, (INF if not reaching else -INF)  # a fault on: asked again once it is restored
     due = max(float(g.restore or 0.0) for g in reaching) + topology.slo.max_recovery_s
     if now >= due:
-        return None
+        return None, INF
     after = tuple(g.fault for g in reaching)
     con = duckdb.connect()
     try:
@@ -592,6 +614,9 @@ def link_baseline_owed(run_dir: Path, topology: Topology, zone: str, now: float)
             # fault: that one's calls (a node kill's new public-api calling the Region before its product-api was
             # Ready) made an earlier kill's recovery "not shown" for good, its window open to now, no baseline
             nxt = ours[i + 1].inject if i + 1 < len(ours) else INF
+            if lasting and nxt == INF:  # its recovery instant moves with any hop sent elsewhere before the next
+                windows.append(("", g.inject, INF))
+                continue
             end = g.restore
             for u, callers in scoping.scope(g).recovery:
                 w = Pending(g.fault, g.zone, u, tuple(callers), g.restore, due, g.inject,
@@ -603,11 +628,22 @@ def link_baseline_owed(run_dir: Path, topology: Topology, zone: str, now: float)
                 end = max(end, instant)
             windows.append(("", g.inject, end))
         since = max(now - LINK_BASELINE_S, settled)
-        row = con.execute(f"WITH {_link_ctes(zone, _in(since, now, windows))} SELECT coalesce(sum(n), 0) FROM kinds")
-        got = row.fetchone()
-        hops = 0 if got is None else int(got[0])
+        base = _in(since, now, windows)
+        row = con.execute(
+            f"""WITH {_link_ctes(zone, base)},
+                     nth AS (SELECT ts, row_number() OVER (PARTITION BY kind ORDER BY ts DESC) AS r FROM bound
+                             WHERE {base})
+                SELECT (SELECT coalesce(sum(n), 0) FROM kinds),
+                       (SELECT max(ts) FROM nth WHERE r = {LINK_EFFECT_MIN_HOPS})"""
+        ).fetchone()
+        hops = 0 if row is None else int(row[0])
+        # the stretch of a later gate begins at max(gate - LINK_BASELINE_S, settled): a kind's baseline lasts while
+        # its LINK_EFFECT_MIN_HOPS-th newest hop is in it; from `due` on nothing is owed at all
+        until = due if row is None or row[1] is None else max(due, float(row[1]) + LINK_BASELINE_S)
     except (duckdb.Error, OSError):  # unreadable right now: not yet
-        return LinkBaseline(zone, 0, due, after)
+        return LinkBaseline(zone, 0, due, after), -INF
     finally:
         con.close()
-    return None if hops >= LINK_EFFECT_MIN_HOPS else LinkBaseline(zone, hops, due, after)
+    if hops < LINK_EFFECT_MIN_HOPS:
+        return LinkBaseline(zone, hops, due, after), -INF
+    return None, until
