@@ -59,6 +59,7 @@ from pathlib import Path
 
 import duckdb
 
+from harness.contract.clock import read_clock
 from harness.contract.rundir import ACCESS_LOG_FLUSH_S, UPSTREAM_STATS_FILE, FaultKind, collected_until, load_jsonl
 from harness.observe.collector import POLL_INTERVAL_S
 from harness.observe.hops import INVENTORY_FILE, create_hops, load_inventory
@@ -605,6 +606,11 @@ def _link_baseline(
                     f"coalesce(({HOP_OK_SQL}), false) AS ok FROM hops")  # fmt: skip
         topology_tables(con, topology)  # the call graph and placements `LINK_BOUND_SQL` reads, as the verdict's
         reached = _reached(run_dir, now)
+        clock = read_clock(run_dir)
+
+        def clock_bound(z: str) -> float:  # `CheckBase._clock_bound`: 0 on one clock or where unmeasured
+            return 0.0 if clock is None else clock.bound(z) or 0.0
+
         windows: list[tuple[str, float, float]] = []
         ours = sorted((g for g in scoping.run.faults if g.fault in after and g.restore is not None),
                       key=lambda g: g.inject)  # fmt: skip
@@ -617,15 +623,20 @@ def _link_baseline(
             if lasting and nxt == INF:  # its recovery instant moves with any hop sent elsewhere before the next
                 windows.append(("", g.inject, INF))
                 continue
-            end = g.restore
+            end, shown, measured = g.restore, True, False
             for u, callers in scoping.scope(g).recovery:
                 w = Pending(g.fault, g.zone, u, tuple(callers), g.restore, due, g.inject,
                             good=scoping.expected_sql(g.zone, u))  # fmt: skip
                 instant = _back(con, w, reached, before=nxt)[1]
                 if instant is None or not _shown(con, scoping, w, reached, before=nxt):
-                    end = nxt  # its recovery is not on record before the next one: no hop after its inject is a
-                    break  # baseline up to there (the last one's: none yet)
-                end = max(end, instant)
+                    end, shown = nxt, False  # its recovery is not on record before the next one: no hop after its
+                    break  # inject is a baseline up to there (the last one's: none yet)
+                end, measured = max(end, instant), True
+            if shown and measured:
+                # the verdict's impact window ends at the recovery instant plus the zone's clock bound where the
+                # nodes keep their own clocks (`_impact_end`): the instant is read from the zone's hops, put on the
+                # runner's clock within that bound
+                end += clock_bound(g.zone)
             windows.append(("", g.inject, end))
         since = max(now - LINK_BASELINE_S, settled)
         base = _in(since, now, windows)
