@@ -1276,6 +1276,8 @@ class Consul:
     # HTTP API): no `consul.hashicorp.com/source-datacenter` meta, so consul-k8s' controller never overwrites nor
     # deletes them (`write_outside_kubernetes`)
     external: set[tuple[str, str]] = field(default_factory=set)
+    # of those, the ones another datacenter's consul-k8s wrote: (kind, name) -> its source-datacenter meta
+    external_dc: dict[tuple[str, str], str] = field(default_factory=dict)
     inject: bool = True
     tproxy_default: bool = True  # connectInject.transparentProxy.defaultEnabled (the chart's default: true)
     envoy_extra_args: list[str] = field(default_factory=list)
@@ -4505,11 +4507,19 @@ class ClusterSim:
                 spec = c.entries.get((crd_kind, m.group(2)))
                 if spec is None:
                     return _text(404, f'Config entry not found for "{m.group(1)}" / "{m.group(2)}"')
-                external = (crd_kind, m.group(2)) in c.external
-                return aiohttp.web.json_response(_consul_entry(m.group(1), m.group(2), spec, c.datacenter, external))
+                # another datacenter's consul-k8s wrote it: its meta; written in Consul itself: none
+                external = (crd_kind, m.group(2)) in c.external and (crd_kind, m.group(2)) not in c.external_dc
+                dc = c.external_dc.get((crd_kind, m.group(2)), c.datacenter)
+                return aiohttp.web.json_response(_consul_entry(m.group(1), m.group(2), spec, dc, external))
             return aiohttp.web.json_response(
                 [
-                    _consul_entry(m.group(1), n, s, c.datacenter, (k, n) in c.external)
+                    _consul_entry(
+                        m.group(1),
+                        n,
+                        s,
+                        c.external_dc.get((k, n), c.datacenter),
+                        (k, n) in c.external and (k, n) not in c.external_dc,
+                    )
                     for (k, n), s in sorted(c.entries.items())
                     if k == crd_kind
                 ]
@@ -4670,14 +4680,25 @@ class ClusterSim:
             }
         self.patch(CONSUL_GROUP, plural, ns, name, {"status": new}, status_only=True)
 
-    def write_outside_kubernetes(self, kind: str, name: str, spec: Obj) -> None:
+    def write_outside_kubernetes(self, kind: str, name: str, spec: Obj, source_datacenter: str = "") -> None:
         """An entry written in Consul itself (`consul config write`, Terraform, the HTTP API), as a CRD's spec would
         say it: no source-datacenter meta, so the controller refuses a CRD of that name that differs
-        (ExternallyManagedConfigError "config entry already exists in Consul"), and never deletes it."""
+        (ExternallyManagedConfigError "config entry already exists in Consul"), and never deletes it.
+
+        `source_datacenter`: written by another datacenter's consul-k8s (a federated or shared Consul), with that
+        meta. This datacenter's controller treats it alike, refused as "config entry managed in different
+        datacenter: <dc>" (configentry_controller.go sourceDatacenterMismatchErr) and never deleted (its delete
+        path removes only entries whose meta names its own datacenter); one naming this datacenter is its own:
+        written over and deleted as any (not modelled here: the CRD of this cluster that wrote it is gone)."""
         assert self.consul is not None
+        assert source_datacenter != self.consul.datacenter, "this datacenter's own entry: the controller's, not this"
         self.consul.entries[(kind, name)] = copy.deepcopy(spec)
         self.consul.entry_sources.pop((kind, name), None)
         self.consul.external.add((kind, name))
+        if source_datacenter:
+            self.consul.external_dc[(kind, name)] = source_datacenter
+        else:
+            self.consul.external_dc.pop((kind, name), None)
 
     def _consul_validate(self, kind: str, name: str, spec: Obj, src: str) -> tuple[str, str] | None:
         c = self.consul
@@ -4686,7 +4707,10 @@ class ClusterSim:
         if (kind, name) in c.external and c.entries.get((kind, name)) != spec:
             # written in Consul, not by this datacenter's controller (no source-datacenter meta), and not what the CRD
             # says: consul-k8s v1.9.11 configentry_controller.go refuses it, `!matchesConsul && !managedByThisDC &&
-            # !hasMigrationKey` -> syncFailed(ExternallyManagedConfigError, sourceDatacenterMismatchErr(""))
+            # !hasMigrationKey` -> syncFailed(ExternallyManagedConfigError, sourceDatacenterMismatchErr(meta))
+            other = c.external_dc.get((kind, name))
+            if other:
+                return "ExternallyManagedConfigError", f'config entry managed in different datacenter: "{other}"'
             return "ExternallyManagedConfigError", "config entry already exists in Consul"
         if owner is not None and owner != src:
             return (
@@ -5401,6 +5425,7 @@ class ClusterSim:
             image_: str,
             claims: list[Obj] | None = None,
             command: list[str] | None = None,
+            env: list[Obj] | None = None,
         ) -> None:
             labels = {**chart_labels, "component": component}
             # the container's resources are the section's (the chart's `toYaml .Values.<section>.resources`),
@@ -5421,6 +5446,7 @@ class ClusterSim:
                                     "ports": ports,
                                     "resources": copy.deepcopy(resources),
                                     **({"command": command} if command else {}),
+                                    **({"env": env} if env else {}),
                                 }
                             ],
                             **placement(section),
@@ -5483,6 +5509,10 @@ class ClusterSim:
                     f"  -default-enable-transparent-proxy={str(c.tproxy_default).lower()} \\\n"
                     "  -listen=:8080\n",
                 ],
+                # _helpers.tpl consul.consulK8sConsulServerEnvVars (those read here): the datacenter its config-entry
+                # controller writes as the entries' source-datacenter meta (inject-connect v1controllers.go
+                # DatacenterName: c.consul.Datacenter, flags/consul.go CONSUL_DATACENTER)
+                env=[{"name": "CONSUL_DATACENTER", "value": c.datacenter}],
             )
             if (
                 self.get(

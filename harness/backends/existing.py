@@ -1511,8 +1511,14 @@ class ExistingBackend(KubeBackend):
         gate stopped the night; --own-mesh-defaults, which takes over a CRD, cannot help with it either.
         """
         entry = self.consul_config_entry("proxy-defaults", name)
-        if entry is None or (entry.get("Meta") or {}).get(CONSUL_SOURCE_DATACENTER):
+        if entry is None:
             return False
+        source = str((entry.get("Meta") or {}).get(CONSUL_SOURCE_DATACENTER) or "")
+        if source:
+            here = self._controller_datacenter()
+            if here is None or source == here:
+                return False  # this datacenter's controller wrote it: the run's CRD is written over it
+            return self._written_elsewhere(name, entry, source, here, plan)
         logs = entry.get("AccessLogs") or {}
         spec = {"accessLogs": {ours: logs[theirs] for theirs, ours in CONSUL_ACCESS_LOG_KEYS if theirs in logs}}
         unusable = _access_logs_unusable(spec if logs else {})
@@ -1528,6 +1534,55 @@ class ExistingBackend(KubeBackend):
         plan.keep.append(where)
         plan.in_consul.append(f"ProxyDefaults/{name}")
         return True
+
+    def _written_elsewhere(
+        self, name: str, entry: Mapping[str, Any], source: str, here: str, plan: MeshDefaultsPlan
+    ) -> bool:
+        """A `proxy-defaults` `name` another datacenter's consul-k8s wrote (its source-datacenter meta names
+        `source`, not this cluster's `here`: a Consul shared or federated with another Kubernetes cluster): kept
+        (`plan.keep`) when its access logs are usable, else BackendError in one line.
+
+        This datacenter's controller treats it as one written in Consul itself: a CRD of that name that differs is
+        Synced=False, ExternallyManagedConfigError 'config entry managed in different datacenter: "<dc>"', and it
+        never deletes it (consul-k8s v1.9.11 controllers/configentries/configentry_controller.go: `!matchesConsul &&
+        !managedByThisDC && !hasMigrationKey` -> sourceDatacenterMismatchErr; its delete path removes only entries
+        whose meta names its own datacenter). So the run's CRD never synced and preflight's gate stopped the night.
+        """
+        logs = entry.get("AccessLogs") or {}
+        spec = {"accessLogs": {ours: logs[theirs] for theirs, ours in CONSUL_ACCESS_LOG_KEYS if theirs in logs}}
+        unusable = _access_logs_unusable(spec if logs else {})
+        if unusable is not None:
+            raise BackendError(
+                f"{self._where}: proxy-defaults {name} in Consul was written by the consul-k8s of datacenter "
+                f"{source!r} (its {CONSUL_SOURCE_DATACENTER} meta), not this cluster's ({here!r}), and {unusable}, "
+                "not the JSON access logs the verdict is built from; consul-k8s here refuses a CRD over it (config "
+                f'entry managed in different datacenter: "{source}"), so neither this run nor --own-mesh-defaults '
+                f"can set them: enable them in {source}'s ProxyDefaults {name} (accessLogs enabled, to stdout), or "
+                f"delete it there for the run's own"
+            )
+        where = f"proxy-defaults {name} in Consul (written by datacenter {source}'s consul-k8s)"
+        plan.keep.append(where)
+        plan.in_consul.append(f"ProxyDefaults/{name}")
+        return True
+
+    def _controller_datacenter(self) -> str | None:
+        """The datacenter consul-k8s' config-entry controller writes as its entries' source-datacenter meta: the
+        connect-injector's CONSUL_DATACENTER (or its -datacenter flag; consul-k8s v1.9.11 inject-connect
+        v1controllers.go DatacenterName, subcommand/flags/consul.go), read from its pod; None when not found."""
+        for pod in self.cluster.pods(selector={"component": "connect-injector"}):
+            if (pod.get("metadata") or {}).get("labels", {}).get("app") != "consul":
+                continue
+            for c in (pod.get("spec") or {}).get("containers") or []:
+                for e in c.get("env") or []:
+                    if e.get("name") == "CONSUL_DATACENTER" and e.get("value"):
+                        return str(e["value"])
+                m = re.search(
+                    r"-datacenter[= ]([\w.-]+)",
+                    " ".join(str(a) for a in [*(c.get("command") or []), *(c.get("args") or [])]),
+                )
+                if m:
+                    return m.group(1)
+        return None
 
     def config_entry_status(self) -> list[ConfigEntryStatus]:
         """consul-k8s' `Synced` status of every config-entry CRD the manifests hold, a mesh-wide one read where the
