@@ -1341,16 +1341,33 @@ class UserChecks(CheckBase):
         """Whether the zone's sidecars counted connect failures, errors or timeouts towards hosts of other zones
         between the partition's inject and restore snapshots. Envoy logs a TCP hop when its connection closes:
         a pooled database connection that hung through the cut is logged after it, from its start before it,
-        so a correct partition may leave no failed hop inside its window; its counters still show the cut."""
+        so a correct partition may leave no failed hop inside its window; its counters still show the cut.
+
+        Per Envoy: a sidecar that restarted between the two snapshots counts from zero, so its restore read is
+        all its growth, not that read less the old Envoy's. Another Envoy is one of another inventory interval
+        (a pod back under its name: a new address, or re-created), or, where the inventory has no record of it
+        (a crash or an OOM kill restarts the container in place, keeping the pod and its address), one whose
+        counters went down, which an Envoy's never do (a reset, as Prometheus reads a counter's). Subtracted
+        across a restart, the old Envoy's earlier failures hid the new one's (a sum below zero: "not shown"
+        on a correct mesh), and one host's reset hid another's growth."""
+        counters = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
+        went_down = " OR ".join(f"coalesce(r.{c}, 0) < coalesce(i.{c}, 0)" for c in counters)
         n = self._one(
-            """
-            SELECT coalesce(sum(r.cx_connect_fail + r.rq_error + r.rq_timeout
-                                - coalesce(i.cx_connect_fail + i.rq_error + i.rq_timeout, 0)), 0)
-            FROM upstream_stats r LEFT JOIN upstream_stats i
-              ON i.label = ? AND i.pod = r.pod AND i.cluster = r.cluster AND i.host = r.host
-            WHERE r.label = ? AND r.caller_zone = ? AND r.host_zone IS NOT NULL AND r.host_zone <> ?
+            f"""
+            WITH envoy AS (SELECT s.*, v.start_ts AS envoy FROM upstream_stats s
+                           ASOF LEFT JOIN intervals v ON v.pod = s.pod AND s.ts >= v.start_ts
+                           WHERE s.label IN (?, ?)),
+                 grown AS (
+                SELECT CASE WHEN i.pod IS NULL OR r.envoy IS DISTINCT FROM i.envoy OR {went_down} THEN 0
+                            ELSE coalesce(i.cx_connect_fail, 0) + coalesce(i.rq_error, 0) + coalesce(i.rq_timeout, 0)
+                       END AS before,
+                       coalesce(r.cx_connect_fail, 0) + coalesce(r.rq_error, 0) + coalesce(r.rq_timeout, 0) AS now
+                FROM envoy r LEFT JOIN envoy i
+                  ON i.label = ? AND i.pod = r.pod AND i.cluster = r.cluster AND i.host = r.host
+                WHERE r.label = ? AND r.caller_zone = ? AND r.host_zone IS NOT NULL AND r.host_zone <> ?)
+            SELECT coalesce(sum(now - before), 0) FROM grown
             """,
-            [f"inject {f.fault}", f"restore {f.fault}", f.zone, f.zone],
+            [f"inject {f.fault}", f"restore {f.fault}", f"inject {f.fault}", f"restore {f.fault}", f.zone, f.zone],
         )
         return bool(n and n > 0)
 
