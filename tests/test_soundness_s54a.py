@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from harness.columnar import ACCESSLOGS, compact
 from harness.topology import load_topology
-from harness.verify import COVERAGE, Verdict
+from harness.verify import COVERAGE, HUB_AND_SPOKE, Verdict
 from harness.verify.synth import FaultSpec, Scenario
 from tests.verdicts import Pristine, envoy_start, rebuilt, rows, verify, write_rows
 
@@ -122,3 +123,48 @@ def test_control_a_restarted_sidecar_that_counted_no_cut_is_still_unverified(run
     _restarted(d, pod, stats, {"cx_total": 0, "cx_connect_fail": 0})
     failed = _failed(verify(d))
     assert COVERAGE in failed and f"partition of {LAX} is not shown to have cut anything" in failed[COVERAGE], failed
+
+
+# -- 2. Consul's default access-log format: an inbound line behind X-Forwarded-For names no caller ---------------
+
+
+def _default_format(d: Path) -> None:
+    """Every line as Consul's default format writes it: no downstream_direct_remote_address."""
+    for f in sorted((d / "accesslogs").glob("*.jsonl")):
+        write_rows(f, [{k: v for k, v in r.items() if k != "downstream_direct_remote_address"} for r in rows(f)])
+    rebuilt(d)
+
+
+@pytest.mark.parametrize("records", ["jsonl", "parquet"])
+def test_calls_into_another_lz_unplaceable_in_the_default_format_are_unverified(
+    runs: Pristine, tmp_path: Path, records: str
+) -> None:
+    """s53a's killed LAX frontend whose last second went to LAS's public-api, recorded in the default format: LAS's
+    inbound lines of those calls carry the ALB's X-Forwarded-For and no peer address, so they name no caller, and
+    the frontend's own lines died with it. The broken mesh passed, saying nothing of what it could not check."""
+    from tests.test_soundness_s53a import _frontend_last_second_to_las, _frontend_run, _inbound_via_alb
+
+    d = _frontend_run(runs, tmp_path)
+    _inbound_via_alb(d)
+    assert _frontend_last_second_to_las(d) >= 3
+    _default_format(d)
+    if records == "parquet":
+        assert compact(d, ACCESSLOGS) > 0
+    failed = _failed(verify(d))
+    assert HUB_AND_SPOKE in failed, failed
+    msg = failed[HUB_AND_SPOKE]
+    assert "frontend-lax-1a" in msg and "public-api-las-1a" in msg, msg
+    assert "no downstream_direct_remote_address" in msg and "unverified" in msg, msg
+
+
+def test_control_the_default_format_with_no_caller_dead_passes(runs: Pristine, tmp_path: Path) -> None:
+    """Control: a correct run in the default format behind an ALB where no sidecar died (a degraded link): every
+    caller's own lines say where its calls went, nothing is left unchecked, and it passes."""
+    from tests.test_soundness_s53a import _inbound_via_alb
+
+    slow = FaultSpec("slow-lax", "link-degraded", LAX, (), 30, 50, 0, 1.0)
+    d = runs.run(tmp_path / "run", Scenario(T, duration_s=60, rate_per_zone=4, faults=[slow], accesslogs="kind"))
+    _inbound_via_alb(d)
+    _default_format(d)
+    v = verify(d)
+    assert v.passed, _failed(v)

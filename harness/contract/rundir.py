@@ -324,11 +324,13 @@ def host_ip_sql(column: str) -> str:
 # last X-Forwarded-For address there (conn_manager_utility.cc: "used as the downstream address for logging"),
 # e.g. the users' address an ALB appended and nginx passed on to public-api. A line without the direct address
 # (Consul's default format, an operator's ProxyDefaults) is read by DOWNSTREAM_REMOTE_ADDRESS only without
-# X-Forwarded-For; with it, its caller is unknown (NULL).
+# X-Forwarded-For; with it, its caller is unknown: UNPLACED_ARRIVAL, so the verdict can say what it could not check
+# (`harness.observe.hops.create_arrivals`' `<table>_unplaced`).
+UNPLACED_ARRIVAL = "?"
 _XFF_EMPTY_SQL = "coalesce(x_forwarded_for, '') IN ('', '-')"
 ARRIVAL_IP_SQL = (
     f"(CASE WHEN {INBOUND_SQL} THEN coalesce({host_ip_sql('downstream_direct_remote_address')}, "
-    f"CASE WHEN {_XFF_EMPTY_SQL} THEN {host_ip_sql('downstream_remote_address')} END) END)"
+    f"CASE WHEN {_XFF_EMPTY_SQL} THEN {host_ip_sql('downstream_remote_address')} ELSE '{UNPLACED_ARRIVAL}' END) END)"
 )
 # the pod an access-log file belongs to: its name (accesslogs/<pod>.jsonl), from DuckDB's `filename` column
 FILE_POD_SQL = r"regexp_replace(regexp_extract(filename, '[^/]*$'), '\.jsonl$', '')"

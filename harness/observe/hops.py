@@ -79,6 +79,7 @@ from harness.contract.rundir import (
     INBOUND_SQL,
     INVENTORY_COLUMNS,
     INVENTORY_FILE,
+    UNPLACED_ARRIVAL,
     SkippedLine,
     hop_inputs,
     host_ip_sql,
@@ -509,13 +510,17 @@ def create_arrivals(con: DuckDBPyConnection, run_dir: Path, table: str = "arriva
     The other record of a hop than its caller's outbound line, and the one left when that line is lost: a killed
     sidecar's last flush interval dies in its buffer, its counters since its last snapshot with its admin. Lines
     whose address no pod held (users entering the frontend from a node or a load balancer, a gateway) are left
-    out; so are lines without one (a run recorded before the field was read). `loaded`: `_load_accesslogs` has
-    made its views already (`create_hops(view=True)`); else the access logs are read here, their inbound lines
-    alone kept. Needs the inventory's tables (`load_inventory`).
+    out; so are lines without one (a run recorded before the field was read). Lines whose caller the format
+    cannot say (`UNPLACED_ARRIVAL`: X-Forwarded-For set, no DOWNSTREAM_DIRECT_REMOTE_ADDRESS, as in Consul's
+    default format) go to `<table>_unplaced` (ts, serving_pod, serving_zone, calls), per serving pod and second.
+    `loaded`: `_load_accesslogs` has made its views already (`create_hops(view=True)`); else the access logs are
+    read here, their inbound lines alone kept. Needs the inventory's tables (`load_inventory`).
     """
+    unplaced = f"CREATE TABLE {table}_unplaced (ts DOUBLE, serving_pod VARCHAR, serving_zone VARCHAR, calls BIGINT)"
     if not loaded and not has_accesslogs(run_dir):
         con.execute(f"CREATE TABLE {table} (ts DOUBLE, serving_pod VARCHAR, serving_zone VARCHAR, "
                     "caller_pod VARCHAR, caller_zone VARCHAR, calls BIGINT)")  # fmt: skip
+        con.execute(unplaced)
         return
     if not loaded:
         _load_accesslogs(con, run_dir)
@@ -526,6 +531,17 @@ def create_arrivals(con: DuckDBPyConnection, run_dir: Path, table: str = "arriva
             "CREATE TEMP TABLE arrivals_src AS SELECT row_number() OVER () AS id, * FROM ("
             "SELECT min(ts) AS ts, pod, ip, count(*) AS calls FROM raw_arrivals GROUP BY pod, ip, floor(ts))"
         )
+        # the lines whose caller the format does not say (X-Forwarded-For set, no direct address), per serving
+        # pod and second: what the verdict could not check
+        con.execute(unplaced)
+        con.execute(
+            f"""
+            INSERT INTO {table}_unplaced
+            SELECT a.ts, a.pod, sp.zone, a.calls FROM arrivals_src a LEFT JOIN ({POD_PLACE_SQL}) sp ON sp.pod = a.pod
+            WHERE a.ip = '{UNPLACED_ARRIVAL}'
+            """
+        )
+        con.execute(f"DELETE FROM arrivals_src WHERE ip = '{UNPLACED_ARRIVAL}'")
         resolve_ips(con, "arrivals_src", "arrivals_res")
         con.execute(
             f"""

@@ -6,7 +6,13 @@ from typing import Any
 
 from harness.columnar import ACCESSLOGS, state_file
 from harness.contract.inventory import SLACK_S
-from harness.contract.rundir import ACCESSLOG_DIR, HOPS_FILE, SNAPSHOT_ADMIN_TIMEOUT_S, UPSTREAM_STATS_FILE
+from harness.contract.rundir import (
+    ACCESS_LOG_FLUSH_S,
+    ACCESSLOG_DIR,
+    HOPS_FILE,
+    SNAPSHOT_ADMIN_TIMEOUT_S,
+    UPSTREAM_STATS_FILE,
+)
 from harness.observe.hops import POD_PLACE_SQL, cluster_namespace_sql, cluster_service_sql, host_ip_sql
 from harness.verify import evidence
 from harness.verify.invariants.base import CheckBase
@@ -350,6 +356,7 @@ class RoutingChecks(CheckBase):
             )
         failures += self._routed_to_forbidden_zone()
         failures += self._arrived_across()
+        failures += self._unplaced_after_a_death()
         failures += self._hostless()
         failures += self._unjudged_lines(HUB_AND_SPOKE, hops_only=False)
         attempt_failures, checks, attempt_text = self._attempts()
@@ -469,6 +476,38 @@ class RoutingChecks(CheckBase):
             f"hub-and-spoke: {cz} -> {sz}: {n} calls arrived from {', '.join(callers)} ({cz}) at sidecars in {sz} "
             f"(their inbound access-log lines name the caller's address), first at {iso(ts)}: {caller} -> {server}"
             for cz, sz, n, ts, caller, server, callers in rows
+        ]
+
+    def _unplaced_after_a_death(self) -> list[str]:
+        """Sidecars that died while calls they could have made arrived at another zone's pods under no known caller.
+
+        A dead Envoy's last flush interval never leaves its buffer: its calls then are on record only in the
+        inbound lines of the pods that served them (`_arrived_across`). An inbound line names its caller only by
+        the connection's peer, DOWNSTREAM_DIRECT_REMOTE_ADDRESS; where the format lacks it (Consul's default, an
+        operator's ProxyDefaults kept) a request carrying X-Forwarded-For (users through an ALB, passed on by
+        nginx) names no caller at all (`UNPLACED_ARRIVAL`). Such lines at a pod of a service the dead one calls,
+        in an edge zone not its own, within its last flush interval (and the inventory's slack around it), may
+        be its calls into another Local Zone: that is unverified, not passed. Unplaced lines while no caller
+        died leave nothing unchecked (the callers' own lines name where they went), and are no failure.
+        """
+        rows = self.con.execute(
+            f"""
+            WITH died AS (SELECT pod, service, zone, end_ts AS at FROM intervals WHERE end_ts IS NOT NULL)
+            SELECT d.pod, d.zone, d.at, sum(u.calls), list(DISTINCT u.serving_pod ORDER BY u.serving_pod)[:3]
+            FROM died d JOIN arrivals_unplaced u
+              ON u.ts >= d.at - {float(ACCESS_LOG_FLUSH_S) + SLACK_S!r} AND u.ts <= d.at + {float(SLACK_S)!r}
+            JOIN zones sz ON sz.name = u.serving_zone AND sz.kind = 'edge' AND u.serving_zone <> d.zone
+            JOIN (SELECT DISTINCT pod, service FROM intervals) sp ON sp.pod = u.serving_pod
+            JOIN calls c ON c.caller = d.service AND c.upstream = sp.service
+            GROUP BY ALL ORDER BY d.at, d.pod
+            """
+        ).fetchall()
+        return [
+            f"hub-and-spoke: {pod} ({zone}) died at {iso(at)}: its last access-log flush interval is on no record of "
+            f"its own, and {n} calls arrived then at {', '.join(servers)} in another zone with X-Forwarded-For and "
+            "no downstream_direct_remote_address (the access-log format lacks it, as Consul's default does): "
+            "whether it called into another Local Zone is unverified"
+            for pod, zone, at, n, servers in rows
         ]
 
     def _connected(self, zone: str, upstream: str) -> bool:
