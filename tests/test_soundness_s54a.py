@@ -6,6 +6,7 @@ question records it, with its twin beside it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from harness.columnar import ACCESSLOGS, compact
 from harness.topology import load_topology
-from harness.verify import COVERAGE, HUB_AND_SPOKE, Verdict
+from harness.verify import COVERAGE, EXPERIMENT_RAN, HUB_AND_SPOKE, Verdict
 from harness.verify.synth import FaultSpec, Scenario
 from tests.verdicts import Pristine, envoy_start, rebuilt, rows, verify, write_rows
 
@@ -166,5 +167,50 @@ def test_control_the_default_format_with_no_caller_dead_passes(runs: Pristine, t
     d = runs.run(tmp_path / "run", Scenario(T, duration_s=60, rate_per_zone=4, faults=[slow], accesslogs="kind"))
     _inbound_via_alb(d)
     _default_format(d)
+    v = verify(d)
+    assert v.passed, _failed(v)
+
+
+# -- 3. a journal that says completed with no steady state checked after the method --------------------------------
+
+
+def _journal_with_hypothesis(d: Path) -> tuple[Path, dict[str, Any]]:
+    """The run's journal as chaostoolkit writes it: the experiment it ran (its steady-state hypothesis with it)."""
+    jp = next((d / "chaos").glob("*/journal.json"))
+    j = json.loads(jp.read_text())
+    probe = j["steady_states"]["before"]["probes"][0]["activity"]
+    j["experiment"]["steady-state-hypothesis"] = {"title": "all pods ready", "probes": [probe]}
+    return jp, j
+
+
+@pytest.mark.parametrize("after", ["never-checked", "no-probes", "not-met"])
+def test_a_completed_journal_without_the_steady_state_after_is_unverified(
+    runs: Pristine, tmp_path: Path, after: str
+) -> None:
+    """chaostoolkit says completed, not deviated, when it never checked the hypothesis after the method
+    (`--hypothesis-strategy before-method-only`: steady_states.after null), and the verdict read only `deviated`:
+    the state the faults left was on no record and experiment-ran passed."""
+    sc = Scenario(T, duration_s=100, rate_per_zone=4, faults=[CUT_2], accesslogs="kind")
+    d = runs.run(tmp_path / "run", sc)
+    jp, j = _journal_with_hypothesis(d)
+    states = j["steady_states"]
+    if after == "never-checked":
+        states["after"] = None
+    elif after == "no-probes":
+        states["after"]["probes"] = []
+    else:  # a probe's tolerance not met, written without the deviation
+        states["after"]["steady_state_met"] = False
+        states["after"]["probes"][0].update(tolerance_met=False, output=False)
+    jp.write_text(json.dumps(j))
+    failed = _failed(verify(d))
+    assert EXPERIMENT_RAN in failed and "steady state after the method" in failed[EXPERIMENT_RAN], failed
+
+
+def test_control_a_completed_journal_with_its_hypothesis_held_after_passes(runs: Pristine, tmp_path: Path) -> None:
+    """Control: the same journal with the hypothesis checked and held after the method passes."""
+    sc = Scenario(T, duration_s=100, rate_per_zone=4, faults=[CUT_2], accesslogs="kind")
+    d = runs.run(tmp_path / "run", sc)
+    jp, j = _journal_with_hypothesis(d)
+    jp.write_text(json.dumps(j))
     v = verify(d)
     assert v.passed, _failed(v)

@@ -201,8 +201,28 @@ def journal_problems(
                 continue
             status_of = r.get("status") if isinstance(r, dict) else None
             problems.append(f"{kind} '{_name(r)}' {status_of}: {_why(r)}")
-    if journal.get("deviated") is True:
-        after = states.get("after") if isinstance(states, dict) else None
+    after = states.get("after") if isinstance(states, dict) else None
+    if journal.get("deviated") is True or (isinstance(after, dict) and after.get("steady_state_met") is False):
         probes = failed_probes(after) if isinstance(after, dict) else ""
         problems.append("the steady state after the method did not hold (deviated)" + (f": {probes}" if probes else ""))
+    elif status == "completed" and (unchecked := _after_unchecked(journal, after)):
+        problems.append(unchecked)
     return problems
+
+
+def _after_unchecked(journal: dict[str, Any], after: Any) -> str:
+    """Why the steady state after this journal's method is unverified ("" when it was checked).
+
+    chaostoolkit leaves `steady_states.after` null when it never checked it (`--hypothesis-strategy
+    before-method-only`, a runner that skipped it) and still says `completed`, not deviated: an experiment whose
+    hypothesis has probes then shows nothing of the state its faults left, and passed as if it held."""
+    experiment = journal.get("experiment")
+    ssh = experiment.get("steady-state-hypothesis") if isinstance(experiment, dict) else None
+    if not isinstance(ssh, dict) or not ssh.get("probes"):
+        return ""  # no hypothesis: nothing to check after the method
+    if isinstance(after, dict) and after.get("steady_state_met") is True and after.get("probes"):
+        return ""
+    return (
+        "the steady state after the method was never checked (no probe of its hypothesis ran after it): the state "
+        "the faults left is unverified"
+    )

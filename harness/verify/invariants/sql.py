@@ -279,7 +279,9 @@ DEFINITIONS = {
     "experiment_ran": "the run completed (run.json status complete with `ended`; see partial), and every "
     "experiment in plan.json has a chaostoolkit journal with status completed, the steady "
     "state met before the method, every planned action in run[] with status succeeded, every fault its output "
-    "names recorded in chaos.jsonl, every other method activity and every rollback succeeded, and no deviation; "
+    "names recorded in chaos.jsonl, every other method activity and every rollback succeeded, and no deviation "
+    "(the hypothesis checked and met after the method: a journal without that check after it, when its experiment "
+    "has a hypothesis, is unverified); "
     "no plan and no chaos records = nothing planned (pass); chaos records without a plan = unverified = fail",
     "partial": "run.json says the run did not complete (status other than complete, or no `ended`): the verdict "
     "judges what was recorded and fails experiment-ran (what the run did not record is unverified); so does a "
