@@ -14,76 +14,9 @@ import pytest
 from tests.conftest import wait_until
 from tests.kubefake import FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
-from tests.kubesim import WebhookFailed
-from tests.test_backend_existing import _cluster
 from tests.test_backend_existing import eks as eks  # the operator's EKS cluster, fake kubectl on PATH
 
 pytestmark = pytest.mark.slow  # a fake API server per test: seconds each
-
-MESH_NS = "mesh-probe"
-
-
-def _pod(name: str, meshed: bool) -> dict[str, Any]:
-    ann = {"consul.hashicorp.com/connect-inject": "true"} if meshed else {}
-    spec = {"containers": [{"name": "c", "image": "x"}]}
-    return {"metadata": {"name": name, "labels": {"app": "probe"}, "annotations": ann}, "spec": spec}
-
-
-def _admitted(api: FakeApiServer, name: str, meshed: bool) -> str:
-    """'' when the API server admits the pod now (a dry run: admission runs, nothing is stored), else why not."""
-    sim = api.sim
-
-    def create() -> str:
-        try:
-            sim.create("v1", "pods", MESH_NS, _pod(name, meshed), dry_run=True)
-        except WebhookFailed as exc:
-            return str(exc)
-        return ""
-
-    return str(sim.call(create))
-
-
-def _server_node(api: FakeApiServer) -> str:
-    sim = api.sim
-    pods = sim.call(lambda: [p for p in sim.items("v1", "pods", "consul")
-                             if p["metadata"]["labels"].get("component") == "server"])  # fmt: skip
-    assert len(pods) == 1, pods
-    return str(pods[0]["spec"]["nodeName"])
-
-
-def test_the_simulated_webhook_refuses_a_meshed_pod_while_no_consul_server_answers(
-    api: FakeApiServer, tmp_path: Path
-) -> None:
-    """The fake's likeness. Since consul-k8s 1.9.2 the pod webhook reads the global proxy-defaults from Consul for
-    every pod it injects (v1.9.11 control-plane/connect-inject/webhook/mesh_webhook.go Handle ->
-    mountAdditionalAccessLogVolume -> control-plane/consul/proxydefaults.go FetchProxyDefaultsFromConsul: only a
-    404 is taken as no entry; any other error is admission.Errored(500), a denial the failurePolicy does not
-    cover). With the server's node stopped a meshed pod is refused, naming the fetch; an unmeshed pod is not
-    (the webhook injects nothing into it); with the server back the meshed pod is admitted. On 97f0bc4's fake
-    the meshed pod was admitted with no server at all."""
-    _cluster(api, tmp_path)
-    sim = api.sim
-    sim.call(lambda: sim.ensure_namespace(MESH_NS))
-    server = _server_node(api)
-    sim.call(lambda: sim.node_down(server))
-    refusal = _admitted(api, "meshed-without-server", meshed=True)
-    assert 'connect-injector.consul.hashicorp.com" denied the request' in refusal
-    assert "error fetch proxy-defaults from consul" in refusal
-    assert sim.call(sim.proxy_defaults_refusals.copy) == [f"{MESH_NS}/meshed-without-server"]
-    assert _admitted(api, "plain-without-server", meshed=False) == ""
-    sim.call(lambda: sim.node_up(server))
-    assert wait_until(lambda: _admitted(api, "meshed-server-back", meshed=True) == "", timeout=60)
-
-
-def test_control_a_meshed_pod_is_admitted_while_the_server_answers(api: FakeApiServer, tmp_path: Path) -> None:
-    """Control: the server running, meshed and unmeshed pods are admitted and nothing is refused."""
-    _cluster(api, tmp_path)
-    sim = api.sim
-    sim.call(lambda: sim.ensure_namespace(MESH_NS))
-    assert _admitted(api, "meshed", meshed=True) == ""
-    assert _admitted(api, "plain", meshed=False) == ""
-    assert sim.call(sim.proxy_defaults_refusals.copy) == []
-
 
 # -- 2. proxy-defaults written by another datacenter's consul-k8s ---------------------------------------------------
 # consul-k8s v1.9.11 controllers/configentries/configentry_controller.go: an entry in Consul whose
