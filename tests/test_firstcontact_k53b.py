@@ -239,15 +239,15 @@ def _theirs_in_consul(api: FakeApiServer, spec: dict[str, Any]) -> None:
     api.sim.call(lambda: api.sim.write_outside_kubernetes("ProxyDefaults", "global", spec))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("own", [False, True], ids=["plain", "own-mesh-defaults"])
-def test_proxy_defaults_written_in_consul_without_usable_logs_is_refused_before_anything_is_applied(
-    api: FakeApiServer, eks: Any, tmp_path: Path, own: bool
-) -> None:
+UNUSABLE = {"config": {"protocol": "http"}, "meshGateway": {"mode": "local"}}  # an operator's entry without accessLogs
+USABLE = {"accessLogs": {"enabled": True}, "config": {"protocol": "http"}}
+
+
+def up_refused_untouched(api: FakeApiServer, tmp_path: Path, theirs: dict[str, Any], own: bool) -> str:
+    """`up` of an EKS backend (`own_mesh_defaults=own`) over an operator's Consul-side proxy-defaults `theirs`, which
+    it must refuse before writing anything, the entry left as it was; returns the refusal's one line."""
     from tests.test_backend_existing import _backend
 
-    theirs = {"config": {"protocol": "http"}, "meshGateway": {"mode": "local"}}
-    _theirs_in_consul(api, theirs)
     before = [(m, p) for m, p, _d in api.writes()]
     b = _backend(api, tmp_path, own_mesh_defaults=own)
     try:
@@ -256,33 +256,51 @@ def test_proxy_defaults_written_in_consul_without_usable_logs_is_refused_before_
     finally:
         b.close()
     msg = str(err.value)
-    assert "\n" not in msg and "proxy-defaults global" in msg and "written in Consul" in msg, msg
-    assert "it has no accessLogs" in msg and "config entry already exists in Consul" in msg, msg
+    assert "\n" not in msg and "proxy-defaults global" in msg, msg
     assert [(m, p) for m, p, _d in api.writes()] == before, "refused before anything was applied"
     assert api.sim.consul is not None and api.sim.consul.entries[("ProxyDefaults", "global")] == theirs
+    return msg
 
 
-@pytest.mark.slow
-def test_proxy_defaults_written_in_consul_with_usable_logs_is_kept_and_passes_preflight(
-    api: FakeApiServer, eks: Any, tmp_path: Path
-) -> None:
+def up_keeps_theirs(api: FakeApiServer, eks: Any, tmp_path: Path, theirs: dict[str, Any]) -> list[str]:
+    """`up` of an EKS backend over an operator's Consul-side proxy-defaults `theirs` with usable access logs: no CRD
+    of the run's over it, preflight's sync check passes, and `down` leaves it as it was; returns what up said."""
     from harness.preflight import run_preflight
     from tests.test_backend_existing import _backend, _proxy_defaults
 
-    theirs = {"accessLogs": {"enabled": True}, "config": {"protocol": "http"}}
-    _theirs_in_consul(api, theirs)
     said: list[str] = []
     b = _backend(api, tmp_path, progress=said.append)
     try:
         b.up(rendered(tmp_path))
         assert _proxy_defaults(eks) == [], "no CRD of the run's over the operator's entry"
-        assert any("proxy-defaults global in Consul" in s and "kept as it is" in s for s in said), said
+        assert any("kept as it is" in s for s in said), said
         result = run_preflight(b, settle_s=30)
         assert [c for c in result.failures if c.check == "crd-synced"] == []
     finally:
         b.down()
         b.close()
     assert api.sim.consul is not None and api.sim.consul.entries[("ProxyDefaults", "global")] == theirs
+    return said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("own", [False, True], ids=["plain", "own-mesh-defaults"])
+def test_proxy_defaults_written_in_consul_without_usable_logs_is_refused_before_anything_is_applied(
+    api: FakeApiServer, eks: Any, tmp_path: Path, own: bool
+) -> None:
+    _theirs_in_consul(api, UNUSABLE)
+    msg = up_refused_untouched(api, tmp_path, UNUSABLE, own)
+    assert "written in Consul" in msg and "it has no accessLogs" in msg, msg
+    assert "config entry already exists in Consul" in msg, msg
+
+
+@pytest.mark.slow
+def test_proxy_defaults_written_in_consul_with_usable_logs_is_kept_and_passes_preflight(
+    api: FakeApiServer, eks: Any, tmp_path: Path
+) -> None:
+    _theirs_in_consul(api, USABLE)
+    said = up_keeps_theirs(api, eks, tmp_path, USABLE)
+    assert any("proxy-defaults global in Consul" in s and "kept as it is" in s for s in said), said
 
 
 @pytest.mark.slow

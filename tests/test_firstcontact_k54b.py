@@ -15,6 +15,7 @@ from tests.conftest import wait_until
 from tests.kubefake import FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import eks as eks  # the operator's EKS cluster, fake kubectl on PATH
+from tests.test_firstcontact_k53b import UNUSABLE, USABLE, up_keeps_theirs, up_refused_untouched
 
 pytestmark = pytest.mark.slow  # a fake API server per test: seconds each
 
@@ -66,47 +67,18 @@ def test_proxy_defaults_of_another_datacenter_without_usable_logs_is_refused_bef
 ) -> None:
     """Before this fix up took the meta for this cluster's own, created the run's CRD over it, and consul-k8s refused
     it (Synced=False): preflight's gate stopped the night after up had applied everything (DID NOT RAISE)."""
-    from harness.errors import BackendError
-    from tests.kubefake import rendered
-    from tests.test_backend_existing import _backend
-
-    theirs = {"config": {"protocol": "http"}, "meshGateway": {"mode": "local"}}
-    _theirs_elsewhere(api, theirs)
-    before = [(m, p) for m, p, _d in api.writes()]
-    b = _backend(api, tmp_path, own_mesh_defaults=own)
-    try:
-        with pytest.raises(BackendError) as err:
-            b.up(rendered(tmp_path))
-    finally:
-        b.close()
-    msg = str(err.value)
-    assert "\n" not in msg and "proxy-defaults global" in msg and repr(OTHER_DC) in msg, msg
-    assert f'config entry managed in different datacenter: "{OTHER_DC}"' in msg and "no accessLogs" in msg, msg
-    assert [(m, p) for m, p, _d in api.writes()] == before, "refused before anything was applied"
-    assert api.sim.consul is not None and api.sim.consul.entries[("ProxyDefaults", "global")] == theirs
+    _theirs_elsewhere(api, UNUSABLE)
+    msg = up_refused_untouched(api, tmp_path, UNUSABLE, own)
+    assert repr(OTHER_DC) in msg and "no accessLogs" in msg, msg
+    assert f'config entry managed in different datacenter: "{OTHER_DC}"' in msg, msg
 
 
 def test_proxy_defaults_of_another_datacenter_with_usable_logs_is_kept_and_passes_preflight(
     api: FakeApiServer, eks: Any, tmp_path: Path
 ) -> None:
-    from harness.preflight import run_preflight
-    from tests.kubefake import rendered
-    from tests.test_backend_existing import _backend, _proxy_defaults
-
-    theirs = {"accessLogs": {"enabled": True}, "config": {"protocol": "http"}}
-    _theirs_elsewhere(api, theirs)
-    said: list[str] = []
-    b = _backend(api, tmp_path, progress=said.append)
-    try:
-        b.up(rendered(tmp_path))
-        assert _proxy_defaults(eks) == [], "no CRD of the run's over the other datacenter's entry"
-        assert any(f"datacenter {OTHER_DC}'s consul-k8s" in s and "kept as it is" in s for s in said), said
-        result = run_preflight(b, settle_s=30)
-        assert [c for c in result.failures if c.check == "crd-synced"] == []
-    finally:
-        b.down()
-        b.close()
-    assert api.sim.consul is not None and api.sim.consul.entries[("ProxyDefaults", "global")] == theirs
+    _theirs_elsewhere(api, USABLE)
+    said = up_keeps_theirs(api, eks, tmp_path, USABLE)
+    assert any(f"datacenter {OTHER_DC}'s consul-k8s" in s and "kept as it is" in s for s in said), said
 
 
 def test_control_proxy_defaults_whose_meta_names_this_datacenter_is_written_over_by_the_runs_crd(
