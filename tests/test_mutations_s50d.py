@@ -29,10 +29,9 @@ from harness.verify import (
     HUB_AND_SPOKE,
     LOCALITY,
     SHARED_SERVICES,
-    Verdict,
 )
 from harness.verify.synth import FaultSpec, Scenario, write_run
-from tests.verdicts import envoy_start, rebuilt, rows, verify, write_rows
+from tests.verdicts import envoy_start, failed_messages, rebuilt, rows, verify, write_rows
 
 AZ, AZ2 = "us-west-2a", "us-west-2b"
 LAX, LAS, WLZ = "us-west-2-lax-1a", "us-west-2-las-1a", "us-west-2-wl1-sfo-wlz-1"
@@ -585,10 +584,6 @@ DEFECTS = [
 ]
 
 
-def _failed(v: Verdict) -> dict[str, str]:
-    return {i.name: i.message for i in v.invariants if not i.passed}
-
-
 @pytest.mark.parametrize("defect", DEFECTS, ids=[d.name for d in DEFECTS])
 def test_a_broken_mesh_fails_its_rule(tmp_path: Path, defect: Defect) -> None:
     """The defect planted, the verdict fails, with the defect's rule among the failures and that rule's message
@@ -598,7 +593,7 @@ def test_a_broken_mesh_fails_its_rule(tmp_path: Path, defect: Defect) -> None:
     d = write_run(tmp_path / "run", sc)
     defect.plant(d)
     v = verify(d)
-    failed = _failed(v)
+    failed = failed_messages(v)
     assert defect.rule in failed, (defect.name, failed)
     for name in defect.names:
         assert name in failed[defect.rule], (defect.name, failed[defect.rule])
@@ -629,7 +624,7 @@ def test_control_the_unbroken_mesh_passes(
     """Control: the runs the defects are planted into, unplanted, pass (so each row's failure is its defect's)."""
     spec: dict[str, Any] = {"duration_s": DURATION_S, "rate_per_zone": RATE, "accesslogs": logs}
     v = verify(write_run(tmp_path / "run", Scenario(_topology(tmp_path, callers), faults=list(faults), **spec)))
-    assert v.passed, _failed(v)
+    assert v.passed, failed_messages(v)
 
 
 def test_control_a_failback_within_the_slo_passes_whenever_the_restore_was_recorded(tmp_path: Path) -> None:
@@ -642,7 +637,7 @@ def test_control_a_failback_within_the_slo_passes_whenever_the_restore_was_recor
         f = kill(recovery_delay_s=1.0, recorded_restore=recorded)
         sc = Scenario(_topology(tmp_path), duration_s=45.0, rate_per_zone=RATE, faults=[f])
         v = verify(write_run(tmp_path / f"run-{recorded}", sc))
-        assert v.passed, _failed(v)
+        assert v.passed, failed_messages(v)
         figures.append(v.faults[0].recovery_s)
     assert figures[0] == figures[1]
     assert figures[0] is not None and 1.0 <= figures[0] <= 1.0 + 1.0 / RATE

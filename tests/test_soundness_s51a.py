@@ -22,9 +22,9 @@ import pytest
 
 from harness.columnar import ACCESSLOGS, compact
 from harness.topology import load_topology
-from harness.verify import HUB_AND_SPOKE, Verdict
+from harness.verify import HUB_AND_SPOKE
 from harness.verify.synth import FaultSpec, Scenario
-from tests.verdicts import Pristine, envoy_start, rebuilt, rows, verify, write_rows
+from tests.verdicts import Pristine, envoy_start, failed_messages, rebuilt, rows, verify, write_rows
 
 T = load_topology()
 AZ, LAX, LAS = "us-west-2a", "us-west-2-lax-1a", "us-west-2-las-1a"
@@ -32,10 +32,6 @@ INJECT = 30.0
 KILL_PUBLIC_API_LAX = FaultSpec("kill-public-api-lax", "service-down", LAX, ("public-api",), INJECT, 50, 0.2, 1.0)
 CALLER_OF = {"product-api": "public-api", "public-api": "frontend", "postgres": "product-api"}
 USER_ADDRESS = "172.18.0.9"  # what reaches an entry pod from outside the mesh: a node's address, no pod's
-
-
-def _failed(v: Verdict) -> dict[str, str]:
-    return {i.name: i.message for i in v.invariants if not i.passed}
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +133,18 @@ def test_calls_into_another_lz_only_the_serving_side_logged_fail_hub_and_spoke(
     d = _run(runs, tmp_path, logs)
     _addresses(d)
     assert last_second_to_las(d) >= 3
+    fails_hub_and_spoke_from_lax(d, records, "public-api-lax-1a")
+
+
+def fails_hub_and_spoke_from_lax(d: Path, records: str, caller: str) -> None:
+    """`d`'s calls into LAS (`last_second_to_las`), read from the JSON lines or (`records` "parquet") from the
+    collector's segments, fail hub-and-spoke naming both zones, the `caller` and the inbound lines."""
     if records == "parquet":
         assert compact(d, ACCESSLOGS) > 0
-    failed = _failed(verify(d))
+    failed = failed_messages(verify(d))
     assert HUB_AND_SPOKE in failed, failed
     msg = failed[HUB_AND_SPOKE]
-    assert f"{LAX} -> {LAS}" in msg and "public-api-lax-1a" in msg and "inbound" in msg, msg
+    assert f"{LAX} -> {LAS}" in msg and caller in msg and "inbound" in msg, msg
 
 
 def test_control_inbound_lines_from_the_callers_own_zone_and_from_users_pass(runs: Pristine, tmp_path: Path) -> None:
@@ -150,8 +152,8 @@ def test_control_inbound_lines_from_the_callers_own_zone_and_from_users_pass(run
     Region's postgres, users from a node's address), passes; so does one whose lines name no address at all."""
     d = _run(runs, tmp_path)
     v = verify(d)
-    assert v.passed, _failed(v)
+    assert v.passed, failed_messages(v)
     _addresses(d)
     rebuilt(d)
     v = verify(d)
-    assert v.passed, _failed(v)
+    assert v.passed, failed_messages(v)

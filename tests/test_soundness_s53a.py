@@ -12,13 +12,20 @@ from typing import Any
 
 import pytest
 
-from harness.columnar import ACCESSLOGS, compact
 from harness.render.consul import proxy_defaults
 from harness.topology import load_topology
-from harness.verify import HUB_AND_SPOKE, Verdict
+from harness.verify import HUB_AND_SPOKE
 from harness.verify.synth import FaultSpec, Scenario
-from tests.test_soundness_s51a import CALLER_OF, USER_ADDRESS, _added, _alive, _inbound, last_second_to_las
-from tests.verdicts import Pristine, envoy_start, rebuilt, rows, verify, write_rows
+from tests.test_soundness_s51a import (
+    CALLER_OF,
+    USER_ADDRESS,
+    _added,
+    _alive,
+    _inbound,
+    fails_hub_and_spoke_from_lax,
+    last_second_to_las,
+)
+from tests.verdicts import Pristine, envoy_start, failed_messages, rebuilt, rows, verify, write_rows
 
 T = load_topology()
 LAX, LAS = "us-west-2-lax-1a", "us-west-2-las-1a"
@@ -27,10 +34,6 @@ KILL_FRONTEND_LAX = FaultSpec("kill-frontend-lax", "service-down", LAX, ("fronte
                               entry_down=True)  # fmt: skip
 # where users come from through a zone's ALB (EKS: `entry/cluster.yaml`): an address outside the cluster
 ALB_CLIENT = "198.51.100.7"
-
-
-def _failed(v: Verdict) -> dict[str, str]:
-    return {i.name: i.message for i in v.invariants if not i.passed}
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +104,7 @@ def test_calls_into_another_lz_behind_x_forwarded_for_fail_hub_and_spoke(
     d = _frontend_run(runs, tmp_path)
     _inbound_via_alb(d)
     assert _frontend_last_second_to_las(d) >= 3
-    if records == "parquet":
-        assert compact(d, ACCESSLOGS) > 0
-    failed = _failed(verify(d))
-    assert HUB_AND_SPOKE in failed, failed
-    msg = failed[HUB_AND_SPOKE]
-    assert f"{LAX} -> {LAS}" in msg and "frontend-lax-1a" in msg and "inbound" in msg, msg
+    fails_hub_and_spoke_from_lax(d, records, "frontend-lax-1a")
 
 
 def test_control_inbound_lines_behind_x_forwarded_for_in_zone_pass(runs: Pristine, tmp_path: Path) -> None:
@@ -115,7 +113,7 @@ def test_control_inbound_lines_behind_x_forwarded_for_in_zone_pass(runs: Pristin
     _inbound_via_alb(d)
     rebuilt(d)
     v = verify(d)
-    assert v.passed, _failed(v)
+    assert v.passed, failed_messages(v)
 
 
 def test_x_forwarded_for_naming_a_pod_of_another_zone_is_no_arrival_from_it(runs: Pristine, tmp_path: Path) -> None:
@@ -135,7 +133,7 @@ def test_x_forwarded_for_naming_a_pod_of_another_zone_is_no_arrival_from_it(runs
         write_rows(f, recs)
     rebuilt(d)
     v = verify(d)
-    assert v.passed, _failed(v)
+    assert v.passed, failed_messages(v)
 
 
 def test_rendered_access_log_format_names_the_connections_peer() -> None:
@@ -208,7 +206,7 @@ def test_snapshot_missing_a_sidecar_that_restarted_under_its_name_is_unverified(
     d = _restart_run(runs, tmp_path)
     pod = _same_name(d, how)
     _missed(d, pod, MISSED_WHILE_UP)
-    failed = _failed(verify(d))
+    failed = failed_messages(verify(d))
     assert HUB_AND_SPOKE in failed, failed
     msg = failed[HUB_AND_SPOKE]
     assert "missed by a counter snapshot" in msg and pod in msg, msg
@@ -221,11 +219,11 @@ def test_control_sidecar_restarted_under_its_name_read_while_up_passes(runs: Pri
         d = _restart_run(runs, tmp_path / how)
         _same_name(d, how)
         v = verify(d)
-        assert v.passed, (how, _failed(v))
+        assert v.passed, (how, failed_messages(v))
     d = _restart_run(runs, tmp_path / "renamed")
     pod = next(p for p in _added(d) if p["zone"] == LAX and p["service"] == "public-api")["pod"]
     _missed(d, pod, MISSED_WHILE_UP)
-    failed = _failed(verify(d))
+    failed = failed_messages(verify(d))
     assert "missed by a counter snapshot" in failed.get(HUB_AND_SPOKE, ""), failed
 
 
@@ -278,7 +276,7 @@ def test_undeclared_edge_to_an_address_a_declared_upstream_once_held_fails_call_
     caller = next(p for p in _added(d) if p["service"] == "public-api" and p["zone"] == pg["zone"])["pod"]
     _counted(d, caller, PG_CLUSTER, f"{pg['ip']}:5432")
     rebuilt(d)
-    failed = _failed(verify(d))
+    failed = failed_messages(verify(d))
     assert "call-graph" in failed, failed
     assert "public-api -> postgres" in failed["call-graph"], failed
 
@@ -295,8 +293,8 @@ def test_control_a_kept_endpoint_of_a_declared_upstream_now_anothers_address_pas
     _counted(d, caller, "62a536d9~product-api.default.dc1.internal.0f0f0f0f-synth.consul", f"{pg['ip']}:9090")
     rebuilt(d)
     v = verify(d)
-    assert v.passed, _failed(v)
+    assert v.passed, failed_messages(v)
     d = _plain_run(runs, tmp_path / "plain")
     _counted(d, caller, PG_CLUSTER, f"{pg['ip']}:5432")
     rebuilt(d)
-    assert "public-api -> postgres" in _failed(verify(d)).get("call-graph", "")
+    assert "public-api -> postgres" in failed_messages(verify(d)).get("call-graph", "")

@@ -14,9 +14,9 @@ import pytest
 
 from harness.columnar import ACCESSLOGS, compact
 from harness.topology import load_topology
-from harness.verify import COVERAGE, EXPERIMENT_RAN, HUB_AND_SPOKE, Verdict
+from harness.verify import COVERAGE, EXPERIMENT_RAN, HUB_AND_SPOKE
 from harness.verify.synth import FaultSpec, Scenario
-from tests.verdicts import Pristine, envoy_start, rebuilt, rows, verify, write_rows
+from tests.verdicts import Pristine, envoy_start, failed_messages, rebuilt, rows, verify, write_rows
 
 T = load_topology()
 LAX = "us-west-2-lax-1a"
@@ -24,10 +24,6 @@ LAX = "us-west-2-lax-1a"
 CUT_1 = FaultSpec("partition-lax-1", "partition", LAX, (), 15, 30, 0.2, 1.0, entry_down=True)
 CUT_2 = FaultSpec("partition-lax-2", "partition", LAX, (), 50, 70, 0.2, 1.0, entry_down=True)
 COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_error", "rq_timeout")
-
-
-def _failed(v: Verdict) -> dict[str, str]:
-    return {i.name: i.message for i in v.invariants if not i.passed}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +77,7 @@ def test_control_a_partition_shown_by_the_counters_alone_passes(runs: Pristine, 
     """Control: the hung connection's sidecar counted the cut's connect failures, no hop failed: passes."""
     d, _, _ = _held_through_the_cut(runs, tmp_path)
     v = verify(d)
-    assert v.passed, _failed(v)
+    assert v.passed, failed_messages(v)
 
 
 def test_a_sidecar_crashed_in_place_during_a_partition_still_shows_the_cut(runs: Pristine, tmp_path: Path) -> None:
@@ -92,7 +88,7 @@ def test_a_sidecar_crashed_in_place_during_a_partition_still_shows_the_cut(runs:
     d, pod, stats = _held_through_the_cut(runs, tmp_path)
     _restarted(d, pod, stats, {"cx_total": 10, "cx_connect_fail": 10})
     v = verify(d)
-    assert v.passed, _failed(v)
+    assert v.passed, failed_messages(v)
 
 
 def test_a_sidecar_back_under_its_name_during_a_partition_counts_from_zero(runs: Pristine, tmp_path: Path) -> None:
@@ -114,7 +110,7 @@ def test_a_sidecar_back_under_its_name_during_a_partition_counts_from_zero(runs:
     ]
     write_rows(d / "inventory.jsonl", sorted(inv, key=lambda e: e["ts"]))
     v = verify(d)
-    assert v.passed, _failed(v)
+    assert v.passed, failed_messages(v)
 
 
 def test_control_a_restarted_sidecar_that_counted_no_cut_is_still_unverified(runs: Pristine, tmp_path: Path) -> None:
@@ -122,7 +118,7 @@ def test_control_a_restarted_sidecar_that_counted_no_cut_is_still_unverified(run
     cut: still not shown."""
     d, pod, stats = _held_through_the_cut(runs, tmp_path)
     _restarted(d, pod, stats, {"cx_total": 0, "cx_connect_fail": 0})
-    failed = _failed(verify(d))
+    failed = failed_messages(verify(d))
     assert COVERAGE in failed and f"partition of {LAX} is not shown to have cut anything" in failed[COVERAGE], failed
 
 
@@ -151,7 +147,7 @@ def test_calls_into_another_lz_unplaceable_in_the_default_format_are_unverified(
     _default_format(d)
     if records == "parquet":
         assert compact(d, ACCESSLOGS) > 0
-    failed = _failed(verify(d))
+    failed = failed_messages(verify(d))
     assert HUB_AND_SPOKE in failed, failed
     msg = failed[HUB_AND_SPOKE]
     assert "frontend-lax-1a" in msg and "public-api-las-1a" in msg, msg
@@ -168,7 +164,7 @@ def test_control_the_default_format_with_no_caller_dead_passes(runs: Pristine, t
     _inbound_via_alb(d)
     _default_format(d)
     v = verify(d)
-    assert v.passed, _failed(v)
+    assert v.passed, failed_messages(v)
 
 
 # -- 3. a journal that says completed with no steady state checked after the method --------------------------------
@@ -202,7 +198,7 @@ def test_a_completed_journal_without_the_steady_state_after_is_unverified(
         states["after"]["steady_state_met"] = False
         states["after"]["probes"][0].update(tolerance_met=False, output=False)
     jp.write_text(json.dumps(j))
-    failed = _failed(verify(d))
+    failed = failed_messages(verify(d))
     assert EXPERIMENT_RAN in failed and "steady state after the method" in failed[EXPERIMENT_RAN], failed
 
 
@@ -213,4 +209,4 @@ def test_control_a_completed_journal_with_its_hypothesis_held_after_passes(runs:
     jp, j = _journal_with_hypothesis(d)
     jp.write_text(json.dumps(j))
     v = verify(d)
-    assert v.passed, _failed(v)
+    assert v.passed, failed_messages(v)

@@ -75,6 +75,11 @@ SHARED = Pristine()
 
 
 # -- editing a run directory's records (the tests that plant a behaviour into a synthetic run) --------------
+def failed_messages(v: Verdict) -> dict[str, str]:
+    """Each failed invariant's message, by name: what a soundness test asks of a broken run."""
+    return {i.name: i.message for i in v.invariants if not i.passed}
+
+
 def rows(path: Path) -> list[dict[str, Any]]:
     """A JSON-lines record file as dicts."""
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
