@@ -395,12 +395,10 @@ class LinkLookahead:
 
     Why: the hold reads the records (a DuckDB build of the run's hops, ~0.3 s on a quiet machine, ~0.9 s at the
     probe budget's 60 % busy), and asked between two experiments that read was an idle gap on e2e's clock every
-    run (1.1 s before service-link in a bench run), though nothing was owed. The answer does not go stale while no
-    fault is injected: a baseline on record stays on record, and the windows it lies outside of end where the
-    hops show the recoveries. So once every fault of the experiment running is restored (and
-    `LOOKAHEAD_SETTLE_S` past), the hold is asked here; an answer of nothing owed, from a check begun after the
-    newest inject, stands at the gate (`cleared`). Any other answer, or a fault injected after the check began,
-    leaves the gate to ask itself.
+    run (1.1 s before service-link in a bench run), though nothing was owed. So once every fault of the experiment
+    running is restored (and `LOOKAHEAD_SETTLE_S` past), the hold is asked here; an answer of nothing owed, from a
+    check begun after the newest inject, stands at the gate (`cleared`) for as long as it lasts. Any other
+    answer, one that no longer lasts, or a fault injected after the check began, leaves the gate to ask itself.
 
     It stands only as long as it lasts (`harness.verify.link_baseline_lasts`): the newest fault's window ends at a
     recovery instant that one call failed over after the check moves later (a correct mesh's), and the baseline's
@@ -443,10 +441,12 @@ class LinkLookahead:
 
     def cleared(self) -> bool:
         """True when a check begun after the newest inject found no zone's baseline owed, and its answer lasts."""
-        if self._cleared_at is None or self.clock() >= self._until:
-            return False
-        injects = [_ts(r) for r in self._timeline() if r.get("phase") == "inject"]
-        return all(t < self._cleared_at for t in injects)
+        return self._stands([_ts(r) for r in self._timeline() if r.get("phase") == "inject"], self.clock())
+
+    def _stands(self, injects: list[float], now: float) -> bool:
+        """The last answer of nothing owed still stands at `now`, given the timeline's `injects`."""
+        cleared = self._cleared_at
+        return cleared is not None and now < self._until and all(t < cleared for t in injects)
 
     def _run(self) -> None:
         with contextlib.suppress(Exception):  # a look-ahead that fails leaves the gate to ask: nothing is lost
@@ -462,7 +462,7 @@ class LinkLookahead:
         restores = [_ts(r) for r in recs if r.get("phase") == "restore"]
         if not restores or len(restores) < len(injects) or now - max(restores) < LOOKAHEAD_SETTLE_S:
             return  # a fault on, or just restored: its recovery is not on record yet
-        if self._cleared_at is not None and all(t < self._cleared_at for t in injects) and now < self._until:
+        if self._stands(injects, now):
             return
         if self._last_check is not None and now - self._last_check < LOOKAHEAD_RETRY_S:
             return
