@@ -229,12 +229,9 @@ def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pe
         outages = _open_outages(scoping, now)
         if not _open(faults, topology, -math.inf) and not links:
             return outages  # no pair the verdict could ask, no link: no hop read
-        create_hops(con, run_dir, topology, inventory_loaded=True)
+        _phops(con, run_dir, topology)
         asked = _watched(scoping)
         watched = [w for w in asked if now < w.due]
-        # the hop columns the verdict's rules read (`rundata`'s hops table): where the hop was served, and `ok`
-        con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind, "
-                    f"coalesce(({HOP_OK_SQL}), false) AS ok FROM hops")  # fmt: skip
         reached = _reached(run_dir, now)
         owed = [e for w in asked if now >= w.due and (e := _evidence_owed(con, scoping, w, reached, now)) is not None]
         if not watched and not links:
@@ -251,6 +248,14 @@ def pending_recoveries(run_dir: Path, topology: Topology, now: float) -> list[Pe
                 for f in candidates + [f for f in links if f not in candidates]]  # fmt: skip
     finally:
         con.close()
+
+
+def _phops(con: duckdb.DuckDBPyConnection, run_dir: Path, topology: Topology) -> None:
+    """View `phops`: the run's hops so far (over the inventory already in `con`) with the columns the verdict's rules
+    read (`rundata`'s hops table): where each hop was served, and `ok`. The cool-down's and the link hold's reads."""
+    create_hops(con, run_dir, topology, inventory_loaded=True)
+    con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind, "
+                f"coalesce(({HOP_OK_SQL}), false) AS ok FROM hops")  # fmt: skip
 
 
 def _link_open(f: Fault, t: Topology, now: float) -> bool:
@@ -601,9 +606,7 @@ def _link_baseline(
     try:
         load_inventory(con, run_dir / INVENTORY_FILE, topology, root=run_dir)
         scoping = FaultScoping(live_run(con, run_dir, topology))
-        create_hops(con, run_dir, topology, inventory_loaded=True)
-        con.execute(f"CREATE TEMP VIEW phops AS SELECT *, {serving_kind_sql(topology)} AS serving_kind, "
-                    f"coalesce(({HOP_OK_SQL}), false) AS ok FROM hops")  # fmt: skip
+        _phops(con, run_dir, topology)
         topology_tables(con, topology)  # the call graph and placements `LINK_BOUND_SQL` reads, as the verdict's
         reached = _reached(run_dir, now)
         clock = read_clock(run_dir)
