@@ -1519,21 +1519,16 @@ class ExistingBackend(KubeBackend):
             if here is None or source == here:
                 return False  # this datacenter's controller wrote it: the run's CRD is written over it
             return self._written_elsewhere(name, entry, source, here, plan)
-        logs = entry.get("AccessLogs") or {}
-        spec = {"accessLogs": {ours: logs[theirs] for theirs, ours in CONSUL_ACCESS_LOG_KEYS if theirs in logs}}
-        unusable = _access_logs_unusable(spec if logs else {})
-        where = f"proxy-defaults {name} in Consul (written there, not as a CRD)"
-        if unusable is not None:
-            raise BackendError(
-                f"{self._where}: proxy-defaults {name} was written in Consul itself (no CRD of it: `consul config "
-                f"write`, Terraform, the HTTP API) and {unusable}, not the JSON access logs the verdict is built from; "
-                "consul-k8s refuses a CRD over it (config entry already exists in Consul), so neither this run nor "
-                "--own-mesh-defaults can set them: enable them in that entry (accessLogs enabled, to stdout), or "
-                f"delete it from Consul (`consul config delete -kind proxy-defaults -name {name}`) for the run's own"
-            )
-        plan.keep.append(where)
-        plan.in_consul.append(f"ProxyDefaults/{name}")
-        return True
+        return self._kept_if_usable(
+            name, entry, plan, f"proxy-defaults {name} in Consul (written there, not as a CRD)",
+            lambda unusable: (
+                f"proxy-defaults {name} was written in Consul itself (no CRD of it: `consul config write`, Terraform, "
+                f"the HTTP API) and {unusable}, not the JSON access logs the verdict is built from; consul-k8s refuses "
+                "a CRD over it (config entry already exists in Consul), so neither this run nor --own-mesh-defaults "
+                "can set them: enable them in that entry (accessLogs enabled, to stdout), or delete it from Consul "
+                f"(`consul config delete -kind proxy-defaults -name {name}`) for the run's own"
+            ),
+        )  # fmt: skip
 
     def _written_elsewhere(
         self, name: str, entry: Mapping[str, Any], source: str, here: str, plan: MeshDefaultsPlan
@@ -1548,19 +1543,29 @@ class ExistingBackend(KubeBackend):
         !managedByThisDC && !hasMigrationKey` -> sourceDatacenterMismatchErr; its delete path removes only entries
         whose meta names its own datacenter). So the run's CRD never synced and preflight's gate stopped the night.
         """
+        return self._kept_if_usable(
+            name, entry, plan, f"proxy-defaults {name} in Consul (written by datacenter {source}'s consul-k8s)",
+            lambda unusable: (
+                f"proxy-defaults {name} in Consul was written by the consul-k8s of datacenter {source!r} (its "
+                f"{CONSUL_SOURCE_DATACENTER} meta), not this cluster's ({here!r}), and {unusable}, not the JSON access "
+                "logs the verdict is built from; consul-k8s here refuses a CRD over it (config entry managed in "
+                f'different datacenter: "{source}"), so neither this run nor --own-mesh-defaults can set them: enable '
+                f"them in {source}'s ProxyDefaults {name} (accessLogs enabled, to stdout), or delete it there for the "
+                "run's own"
+            ),
+        )  # fmt: skip
+
+    def _kept_if_usable(
+        self, name: str, entry: Mapping[str, Any], plan: MeshDefaultsPlan, where: str, refusal: Callable[[str], str]
+    ) -> bool:
+        """A Consul-side proxy-defaults `name` no CRD of the run's can replace: kept as `where` (`plan.keep`, and
+        `plan.in_consul` for preflight's sync check) when its access logs are usable, else BackendError in one line,
+        `refusal(why they are not)`. Consul's API spells the AccessLogs keys its own way (CONSUL_ACCESS_LOG_KEYS)."""
         logs = entry.get("AccessLogs") or {}
         spec = {"accessLogs": {ours: logs[theirs] for theirs, ours in CONSUL_ACCESS_LOG_KEYS if theirs in logs}}
         unusable = _access_logs_unusable(spec if logs else {})
         if unusable is not None:
-            raise BackendError(
-                f"{self._where}: proxy-defaults {name} in Consul was written by the consul-k8s of datacenter "
-                f"{source!r} (its {CONSUL_SOURCE_DATACENTER} meta), not this cluster's ({here!r}), and {unusable}, "
-                "not the JSON access logs the verdict is built from; consul-k8s here refuses a CRD over it (config "
-                f'entry managed in different datacenter: "{source}"), so neither this run nor --own-mesh-defaults '
-                f"can set them: enable them in {source}'s ProxyDefaults {name} (accessLogs enabled, to stdout), or "
-                f"delete it there for the run's own"
-            )
-        where = f"proxy-defaults {name} in Consul (written by datacenter {source}'s consul-k8s)"
+            raise BackendError(f"{self._where}: {refusal(unusable)}")
         plan.keep.append(where)
         plan.in_consul.append(f"ProxyDefaults/{name}")
         return True
