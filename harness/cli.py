@@ -379,6 +379,7 @@ def cmd_chaos(a: argparse.Namespace) -> int:
     from harness.backends import choose, connect
     from harness.backends.fence import engaged_switch, kill_switch_paths
     from harness.chaos import load_experiment, plan_run, run_planned, write_plan
+    from harness.e2e import link_watch
     from harness.gameday import check_dry_run, dry_run_banner, plan_experiment
     from harness.run import new_run_dir
 
@@ -394,7 +395,8 @@ def cmd_chaos(a: argparse.Namespace) -> int:
             detail = f" ({st.detail})" if st.detail not in ("", "not up") else ""
             raise BackendError(f"{b.name} cluster {a.cluster!r} is not up{detail}: run `harness up` first")
         # only the primitives the experiment uses are asked (on EKS a partition needs a probe connection)
-        planned = plan_run([a.experiment], b.manifests().topology, None, a.run_dir, require=b.require_capability)
+        topology = b.manifests().topology
+        planned = plan_run([a.experiment], topology, None, a.run_dir, require=b.require_capability)
         plan = plan_experiment(a.experiment, planned[0].data, b)  # the experiment as it will run: roles resolved
         if plan is not None:
             for line in plan.lines():
@@ -416,7 +418,8 @@ def cmd_chaos(a: argparse.Namespace) -> int:
         b.close()
     run_dir = a.run_dir or new_run_dir(label="chaos")
     write_plan(run_dir, planned)
-    res = run_planned(planned[0], run_dir, bopts)
+    with link_watch(run_dir, topology, planned[0], lambda m: out.print(m, markup=False, highlight=False)):
+        res = run_planned(planned[0], run_dir, bopts)  # its link degradations ask this process for their baseline
     if res.ok:
         out.print(f"chaos: {res.id} ran as planned; journal {res.journal}")
         return EXIT_PASS

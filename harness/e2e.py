@@ -383,6 +383,100 @@ def wait_link_baseline(
             sleep(max(0.0, min(poll_s, owed.due - clock())))
 
 
+class LinkBaselineWatcher:
+    """A game day's answers to `harness.chaos.actions.degrade_link`'s question: is the link's baseline on record?
+
+    After a fault that reached a zone's link, the verdict reads a degradation's baseline between that fault's
+    recovery, as the hops show it, and the degradation; the chaos process cannot read the hops, and did not wait:
+    a game day's `harness chaos` of service-link begun 3.5 s after a kill of LAX's product-api was restored (its
+    recovery took 5 s) degraded the link with no baseline on record, and a correct mesh was "not shown" (unverified)
+    where the same experiment begun later passed. `harness chaos` runs this while its experiment runs: each question
+    on file (`harness.contract.linkwatch`) is answered as e2e's hold asks it (`link_baseline_owed`: owed, and until
+    when at most, or nothing owed), asked again every `poll_s` while owed, said once.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        topology: Topology,
+        say: ProgressFn,
+        *,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = RECOVERY_POLL_S,
+    ) -> None:
+        self.run_dir = run_dir
+        self.topology = topology
+        self.say = say
+        self.clock = clock
+        self.poll_s = poll_s
+        self._answers: dict[str, dict[str, Any]] = {}
+        self._asked_at: dict[str, float] = {}  # zone -> when its question was last asked of the records
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> LinkBaselineWatcher:
+        from harness.contract.linkwatch import write_watch
+
+        write_watch(self.run_dir, self._answers)
+        self._thread = threading.Thread(target=self._run, name="eh-link-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from harness.contract.linkwatch import end_watch
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        end_watch(self.run_dir)
+
+    def _run(self) -> None:
+        while not self._stop.wait(LINK_WATCH_POLL_S):
+            try:
+                self.step()
+            except Exception as exc:  # no answer: its file gone, the action gives up at once, and says so
+                from harness.contract.linkwatch import end_watch
+
+                self.say(f"chaos: the link baseline's answer failed: {exc}")
+                end_watch(self.run_dir)
+                return
+
+    def step(self) -> None:
+        """Answer the questions on file that have no final answer yet (each asked of the records every `poll_s`)."""
+        from harness.contract.linkwatch import asked, write_watch
+        from harness.verify import link_baseline_owed
+
+        changed = False
+        for zone, token in asked(self.run_dir).items():
+            ans = self._answers.get(zone)
+            if ans is not None and ans["token"] == token and ans["owed"] is None:
+                continue  # answered
+            now = self.clock()
+            if ans is not None and ans["token"] == token and now - self._asked_at.get(zone, -math.inf) < self.poll_s:
+                continue
+            self._asked_at[zone] = now
+            owed = link_baseline_owed(self.run_dir, self.topology, zone, now)
+            if owed is not None and (ans is None or ans["token"] != token):
+                self.say(f"chaos: waiting for {owed} to be on record (at most {max(0.0, owed.due - now):.0f} s)")
+            self._answers[zone] = {"token": token, "owed": None if owed is None else str(owed),
+                                   "due": None if owed is None else owed.due}  # fmt: skip
+            changed = True
+        if changed:
+            write_watch(self.run_dir, self._answers)
+
+
+LINK_WATCH_POLL_S = 0.1  # how often the watcher looks for a question (a small file)
+
+
+def link_watch(
+    run_dir: Path, topology: Topology, p: PlannedExperiment, say: ProgressFn
+) -> contextlib.AbstractContextManager[object]:
+    """A `LinkBaselineWatcher` while `p` runs when it degrades a link (`harness chaos`), else nothing."""
+    if any(func == "degrade_link" for func, _zones in p.steps):
+        return LinkBaselineWatcher(run_dir, topology, say)
+    return contextlib.nullcontext()
+
+
 LOOKAHEAD_SETTLE_S = 2.0
 """The look-ahead asks the next experiment's link hold no sooner than this after the newest restore: the restored
 pods' first calls (their recovery, which the hold reads) are on record, and its records read stays out of them."""

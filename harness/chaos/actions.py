@@ -507,7 +507,7 @@ def degrade_link(
     zone = _zone(b, zone, configuration)
     fault = _fault_id("link", zone)
     b.require_capability("set_link", zone)  # refused before it waits (and again, before anything is recorded)
-    _settled_baseline(b, zone)
+    gave_up = _settled_baseline(b, zone)
     # refused (nothing recorded) where the cluster cannot shape links: EKS, kind without sch_netem
     _held_fault(
         b, "set_link", {"zone": zone, "latency_ms": latency_ms, "loss_percent": loss_percent}, fault,
@@ -515,10 +515,10 @@ def degrade_link(
         inject_extra={"latency_ms": latency_ms, "loss_percent": loss_percent},
     )  # fmt: skip
     _snapshot(b, f"restore {fault}")
-    return {"fault": fault, "zone": zone}
+    return {"fault": fault, "zone": zone, **({"baseline": gave_up} if gave_up else {})}
 
 
-def _settled_baseline(b: Backend, zone: str) -> None:
+def _settled_baseline(b: Backend, zone: str) -> str | None:
     """Before the first fault of the run to reach `zone`'s link degrades it: LINK_BASELINE_HOPS successful requests
     through the zone's /api since the run settled (harness.contract.settled), each a hop that waits on the link.
 
@@ -529,11 +529,13 @@ def _settled_baseline(b: Backend, zone: str) -> None:
     fault of any kind (~0.75 s of every e2e: the zone's /api requests are its slowest); asked here, where they are
     needed, the earlier faults of the plan have carried them already. After a fault that reached the link, the
     baseline lies between that fault's recovery (the verdict ends its window there) and this one: the action
-    cannot see where that is (the hops show it, which this process does not read), so it does not wait; e2e
-    does, before an experiment that degrades a link first (`harness.e2e.wait_link_baseline`). No run directory,
+    cannot see where that is (the hops show it, which this process does not read), so it asks the process that
+    started it where one answers (`harness chaos`: `_answered_baseline`), and else does not wait; e2e waits
+    before an experiment that degrades a link first (`harness.e2e.wait_link_baseline`). No run directory,
     no settled instant (the probe budget has not decided, or locust runs in the zones and reads no budget): the
     verdict then reads the stretch whole, and nothing is waited for. A zone that gains no such request for
-    BASELINE_STALL_S is degraded anyway; the verdict says what that leaves unverified.
+    BASELINE_STALL_S is degraded anyway; the verdict says what that leaves unverified. Returns what the journal
+    is to say when a wait was given up (the action's output), else None.
     """
     from harness.contract.requestwatch import RequestWatch, answered_before
     from harness.contract.rundir import CHAOS_FILE, PROBE_BUDGET_FILE, REQUESTS_FILE
@@ -541,31 +543,70 @@ def _settled_baseline(b: Backend, zone: str) -> None:
 
     run_dir = _run_dir()
     if run_dir is None:
-        return
+        return None
     try:
         decision = json.loads((run_dir / PROBE_BUDGET_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return
+        return None
     settled = settled_at(decision) if isinstance(decision, dict) else None
     if settled is None:
-        return
+        return None
     t = topology_of(b)
     for rec in records(run_dir / CHAOS_FILE):
         if rec.get("phase") == "inject" and reaches_link(t, str(rec.get("zone")), zone):
-            return
+            return _answered_baseline(run_dir, zone, t.slo.max_recovery_s)
     path = run_dir / REQUESTS_FILE
     watch = RequestWatch(path, [zone], start=answered_before(path, settled))
     t0 = _now()
     if watch.wait(settled, LINK_BASELINE_HOPS, BASELINE_STALL_S, api=True, stalled=True):
         if _now() - t0 > POLL_S:
             log.info("link baseline: %s's settled requests through /api on record after %.1f s", zone, _now() - t0)
-        return
+        return None
     had = watch.served(settled, api=True).get(zone, 0)
     log.warning(
         "link baseline: %s had %d of %d requests through /api since the run settled and gained none for %g s: "
         "degraded anyway (the verdict says what that leaves unverified)", zone, had, LINK_BASELINE_HOPS,
         BASELINE_STALL_S,
     )  # fmt: skip
+    return None
+
+
+def _answered_baseline(run_dir: Path, zone: str, bound_s: float) -> str | None:
+    """After a fault that reached `zone`'s link: wait until the process that started this one, which reads the
+    records, answers that the baseline the verdict reads is on record (`harness.contract.linkwatch`; it asks
+    `harness.verify.link_baseline_owed`, as e2e's hold does). No such process: nothing to wait for (None).
+
+    Bounded: the answer holds at most maxRecoveryS past the newest restore (`bound_s`, from the question on),
+    and a watcher that stops answers nothing more. Given up, the degradation goes on and what is returned says
+    so in the journal (and chaos.log): the verdict says what that leaves unverified.
+    """
+    from harness.contract import linkwatch
+
+    pid = linkwatch.watching(run_dir)
+    if pid is None:
+        return None
+    token = linkwatch.ask(run_dir, zone)
+    last: list[dict[str, Any]] = []
+
+    def look() -> bool | None:
+        ans = linkwatch.answer_of(run_dir, zone, token)
+        if ans is not None:
+            last[:] = [ans]
+            if ans.get("owed") is None:
+                return True
+        return False if linkwatch.watching(run_dir) is None else None
+
+    done, waited = poll_until(look, bound_s)
+    if done:
+        if waited > POLL_S:
+            log.info("link baseline: %s's on record after %.1f s (as `harness chaos` read the records)", zone, waited)
+        return None
+    owed = f": {last[0].get('owed')}" if last and last[0].get("owed") else ""
+    why = "the process answering stopped" if done is False else ("still owed" if last else "no answer")
+    note = (f"gave up waiting for {zone}'s link baseline ({why} after {waited:.1f} s{owed}): degraded anyway, "
+            "the verdict says what that leaves unverified")  # fmt: skip
+    log.warning("link baseline: %s", note)
+    return note
 
 
 def clear_link(zone: str, configuration: dict[str, Any] | None = None) -> None:

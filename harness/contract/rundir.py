@@ -70,6 +70,8 @@ USERS_FILE = "users.json"  # what the users were configured with: their think ti
 PROBE_BUDGET_FILE = "probe-budget.json"  # the zone probes' rate fitted to this machine (harness.traffic.budget)
 CLOCK_FILE = "clock.jsonl"  # the runner's clock against the nodes' (harness.contract.clock), separate clocks only
 COLLECTED_FILE = "collected.json"  # how far the access logs copied into the run reach (`collected_until`)
+LINK_WATCH_FILE = "link-baseline.json"  # `harness chaos`'s answers to a degradation's question (contract.linkwatch)
+LINK_ASK_FILE = "link-baseline-ask.json"  # ... and the chaos process's questions: zone -> token
 
 
 class FaultKind(StrEnum):
