@@ -1561,6 +1561,9 @@ class ClusterSim:
         self._task: asyncio.Task[None] | None = None
         # /version; `eks_storage` makes it an EKS one
         self.server_version: dict[str, str] = {"major": "1", "minor": "31", "gitVersion": "v1.31.0"}
+        # the gitVersion the fake kubectl reports (`kubectl version --client`); None: the server's minor (a kubectl
+        # within the skew policy), a string such as "v1.37.1": that kubectl, whatever the server runs
+        self.kubectl_version: str | None = None
         self.provisioners_running: set[str] = {LOCAL_PATH}  # non-CSI provisioners; a CSI driver runs with its CSIDriver
         self.csi_broken: dict[str, str] = {}  # CSI driver -> why its controller fails CreateVolume (e.g. no IAM role)
         # (verb, resource) no caller's RBAC grants: answered 403 with the authorizer's message
@@ -5015,6 +5018,16 @@ class ClusterSim:
         if self.get("v1", "namespaces", None, name) is None:
             self.create("v1", "namespaces", None, {"metadata": {"name": name}})
 
+    def kubectl_client_version(self) -> Obj:
+        """`kubectl version --client -o json` as the real one answers it (staging/src/k8s.io/kubectl/pkg/cmd/version:
+        clientVersion with major, minor and gitVersion, then kustomizeVersion), without asking the server."""
+        git = self.kubectl_version or f"v{self.server_version['major']}.{self.server_version['minor']}.2"
+        major, minor = git.lstrip("v").split(".")[:2]
+        return {
+            "clientVersion": {"major": major, "minor": minor, "gitVersion": git, "platform": "linux/amd64"},
+            "kustomizeVersion": "v5.8.1",
+        }
+
     # -- kind ------------------------------------------------------------------------
     def kind_version(self) -> Obj:
         """`kind version` as the real one prints it (pkg/cmd/kind/version: release, Go version, platform)."""
@@ -5668,6 +5681,8 @@ class ClusterSim:
             return aiohttp.web.json_response(self.docker_host)
         if path == "kind/version":
             return aiohttp.web.json_response(self.kind_version())
+        if path == "kubectl/version":
+            return aiohttp.web.json_response(self.kubectl_client_version())
         if path == "kind/delete":
             return aiohttp.web.json_response(await self.kind_delete())
         if path == "kind/load":

@@ -23,7 +23,8 @@ real run issues. What each tool does is whatever the simulated cluster
   real TCP connections to the one pod it resolved. When that pod (instance) is
   gone it keeps listening, as kubectl does; the next connection is closed
   without a byte and the process exits with "lost connection to pod"
-  (kubectl >= 1.23, kubernetes/kubernetes#103526).
+  (kubectl >= 1.23, kubernetes/kubernetes#103526). `version --client [-o json]`
+  reports the simulation's `kubectl_version` (the server's minor by default).
 
 Standard library only (yaml aside): it runs as a separate process, like the
 real tools. A run makes a hundred-odd calls, so each starts lean: no `site`
@@ -511,7 +512,12 @@ def kubectl(args: list[str]) -> None:
         port_forward(args)
         return
     if args[:2] == ["version", "--client"]:
-        print("Client Version: v1.37.1")
+        answer = _api("kubectl/version")
+        if _opt(args, "-o", "--output") == "json":
+            print(_dumps(answer))
+        else:
+            print(f"Client Version: {answer['clientVersion']['gitVersion']}")
+            print(f"Kustomize Version: {answer['kustomizeVersion']}")
         return
     print(f"fake kubectl: unsupported {args}", file=sys.stderr)
     sys.exit(2)

@@ -81,3 +81,31 @@ def version_warning(where: str, git_version: str, rng: SupportedRange | None) ->
         f"{where} runs Kubernetes {minor[0]}.{minor[1]} ({git_version}), outside {rng}, the range {rng.chart} "
         "supports: results may reflect an untested combination"
     )
+
+
+# Kubernetes' version skew policy: "kubectl is supported within one minor version (older or newer) of
+# kube-apiserver" (https://kubernetes.io/releases/version-skew-policy/#kubectl).
+KUBECTL_SKEW = 1
+
+
+def kubectl_skew_warning(where: str, kubectl: str, client_git: str, server_git: str) -> str | None:
+    """One line when the kubectl at `kubectl` (its `version --client` gitVersion `client_git`) is more than
+    KUBECTL_SKEW minors from the API server's `server_git`, or either version does not parse; else None.
+
+    The harness reaches Consul and every sidecar's Envoy admin through `kubectl port-forward`, a protocol both
+    sides speak (WebSocket since 1.31, SPDY before): outside the policy that combination is one nobody tested.
+    """
+    client, server = minor_of(client_git), minor_of(server_git)
+    if client is None or server is None:
+        return (
+            f"{where}: kubectl {kubectl} reports {client_git or '?'} and the API server {server_git or '?'}: "
+            "their skew was not checked"
+        )
+    if client[0] == server[0] and abs(client[1] - server[1]) <= KUBECTL_SKEW:
+        return None
+    low, high = f"{server[0]}.{max(server[1] - KUBECTL_SKEW, 0)}", f"{server[0]}.{server[1] + KUBECTL_SKEW}"
+    return (
+        f"{where} runs Kubernetes {server[0]}.{server[1]} ({server_git}) and the harness's port-forwards run "
+        f"kubectl {client[0]}.{client[1]} ({client_git}, {kubectl}): outside Kubernetes' skew policy (kubectl "
+        f"within one minor of its API server); put a kubectl {low}-{high} first on PATH"
+    )
