@@ -7,12 +7,16 @@ first, then the harness is fixed.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from tests.conftest import REPO
 from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import _backend
@@ -78,3 +82,75 @@ def test_control_a_kubectl_within_one_minor_is_not_said(
     finally:
         b.down()
         b.close()
+
+
+# -- 1b. the EKS workflows' kubectl ------------------------------------------------------------------------------
+# Before this fix neither EKS workflow installed a kubectl: the harness ran the ubuntu-24.04 image's (the newest
+# stable release) or the wheel's 1.37 against a cluster of 1.30-1.34, while e2e-kind.yml pins kubectl 1.35 for its
+# kind 1.34. azure/setup-kubectl v5 (CHANGELOG 5.0.0, #172: "auto-resolve kubectl major.minor to latest patch";
+# src/run.ts resolveKubectlVersion) installs it and adds it first on PATH (core.addPath); EKS's DescribeCluster
+# gives the cluster's version as major.minor (`cluster.version`, e.g. "1.34"), the right the kubeconfig step already
+# needs (update-kubeconfig calls it).
+
+EKS_WORKFLOWS = [("nightly-eks.yml", "nightly"), ("gameday.yml", "gameday")]
+HARNESS_STEP = re.compile(r"\bmake (nightly|deps|down)\b|\.venv/bin/")
+
+
+def _steps(workflow: str, job: str) -> list[dict[str, Any]]:
+    return list(yaml.safe_load((REPO / ".github" / "workflows" / workflow).read_text())["jobs"][job]["steps"])
+
+
+def _run_kubeconfig_step(step: dict[str, Any], tmp_path: Path, describe_rc: int = 0) -> tuple[int, str]:
+    """The kubeconfig step's script as the runner runs it (bash -e), `aws` a stand-in answering as the AWS CLI:
+    update-kubeconfig succeeds, describe-cluster --query cluster.version --output text prints `1.34` (or fails
+    with `describe_rc`, as for a role without eks:DescribeCluster). (rc, what it wrote to $GITHUB_OUTPUT)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    aws = bindir / "aws"
+    aws.write_text(
+        "#!/bin/sh\n"
+        'case "$2" in\n'
+        '  update-kubeconfig) echo "Updated context eks-nightly in $HOME/.kube/config" ;;\n'
+        f"  describe-cluster) [ {describe_rc} = 0 ] || {{ echo 'AccessDeniedException' >&2; exit {describe_rc}; }}\n"
+        '    [ "$7 $8 $9 ${10}" = "--query cluster.version --output text" ] || exit 252; echo 1.34 ;;\n'
+        "  *) exit 252 ;;\n"
+        "esac\n"
+    )
+    aws.chmod(0o755)
+    out = tmp_path / "github_output"
+    out.write_text("")
+    script = re.sub(r"\$\{\{[^}]*\}\}", "x", str(step["run"]))
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "CONTEXT": "eks-nightly", "GITHUB_OUTPUT": str(out),
+           "HOME": str(tmp_path)}  # fmt: skip
+    proc = subprocess.run(["bash", "-e", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    return proc.returncode, out.read_text()
+
+
+@pytest.mark.parametrize(("workflow", "job"), EKS_WORKFLOWS)
+def test_the_eks_workflows_put_a_kubectl_of_the_clusters_minor_first_on_path(
+    workflow: str, job: str, tmp_path: Path
+) -> None:
+    steps = _steps(workflow, job)
+    at = next(i for i, s in enumerate(steps) if "aws eks update-kubeconfig" in str(s.get("run", "")))
+    kubeconfig = steps[at]
+    rc, written = _run_kubeconfig_step(kubeconfig, tmp_path)
+    assert rc == 0 and written.splitlines() == ["kubernetes=1.34"], (rc, written)
+    setup = [(i, s) for i, s in enumerate(steps) if str(s.get("uses", "")).startswith("azure/setup-kubectl@")]
+    assert len(setup) == 1, "no kubectl installed for the cluster's version"
+    i, step = setup[0]
+    assert step["uses"] == "azure/setup-kubectl@v5"  # the first to resolve a major.minor
+    assert step["with"]["version"] == f"${{{{ steps.{kubeconfig['id']}.outputs.kubernetes }}}}"
+    harness = [j for j, s in enumerate(steps) if HARNESS_STEP.search(str(s.get("run", "")))]
+    assert harness and at < i < min(harness), (at, i, harness)
+
+
+@pytest.mark.parametrize(("workflow", "job"), EKS_WORKFLOWS)
+def test_a_cluster_version_that_cannot_be_read_fails_the_kubeconfig_step(
+    workflow: str, job: str, tmp_path: Path
+) -> None:
+    """The version's read is in the kubeconfig step, so its failure is that step's (the clean-up then
+    skips with its one line, test_eks_e52c), not an empty version handed to setup-kubectl."""
+    steps = _steps(workflow, job)
+    kubeconfig = next(s for s in steps if "aws eks update-kubeconfig" in str(s.get("run", "")))
+    rc, written = _run_kubeconfig_step(kubeconfig, tmp_path, describe_rc=254)
+    assert rc == 254 and written == "", (rc, written)
