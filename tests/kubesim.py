@@ -1364,6 +1364,7 @@ class Store(dict[Key, Obj]):
         super().__init__()
         self._of: dict[tuple[str, str], dict[tuple[str | None, str], Obj]] = {}
         self._versions: dict[tuple[str, str, str | None], int] = {}
+        self.writes = 0  # moved by every write of any object (what any listing would show differently)
 
     def version(self, api_version: str, plural: str, ns: str | None) -> int:
         """A count that moves with every write of one resource in one namespace (what a listing of it would show
@@ -1371,6 +1372,7 @@ class Store(dict[Key, Obj]):
         return self._versions.get((api_version, plural, ns), 0)
 
     def _moved(self, key: Key) -> None:
+        self.writes += 1
         k = (key[0], key[1], key[2])
         self._versions[k] = self._versions.get(k, 0) + 1
 
@@ -1398,6 +1400,7 @@ class Store(dict[Key, Obj]):
     def clear(self) -> None:
         super().clear()
         self._of.clear()
+        self.writes += 1
         for k in self._versions:
             self._versions[k] += 1
 
@@ -1558,6 +1561,8 @@ class ClusterSim:
         # consul-k8s' config-entry CRDs found synced at their last reconcile: (plural, namespace, name) -> (the
         # object, its lastSyncedTime as a number): `_reconcile_entry`
         self._entry_synced: dict[tuple[str, str, str], tuple[Obj, float]] = {}
+        # the store's write count at the end of a garbage collector pass that deleted nothing (`_workloads_tick`)
+        self._gc_idle_at: int | None = None
         self._endpoints_memo: dict[
             tuple[str, tuple[Any, ...]], tuple[int, tuple[tuple[str, str, str, bool], ...]]
         ] = {}  # id(template) -> (template, hash): `_template_hash`
@@ -2598,12 +2603,18 @@ class ClusterSim:
             self._reconcile_workload(d, "statefulsets")
         for ds in list(self.items("apps/v1", "daemonsets")):
             self._reconcile_daemonset(ds)
-        # the garbage collector: a pod whose owner is gone is deleted (background cascading deletion)
+        # the garbage collector: a pod whose owner is gone is deleted (background cascading deletion). Its answer
+        # is read from the store alone: a pass that deleted nothing is not made again before the next write (it
+        # was a scan of every object and every pod each tick, a twentieth of a kind e2e's simulation thread)
+        before = self.objects.writes
+        if self._gc_idle_at == before:
+            return
         uids = {str(o["metadata"].get("uid")) for o in self.objects.values()}
         for p in list(self.items("v1", "pods")):
             owners = p["metadata"].get("ownerReferences") or []
             if owners and not p["metadata"].get("deletionTimestamp") and not any(o.get("uid") in uids for o in owners):
                 self.delete("v1", "pods", p["metadata"]["namespace"], p["metadata"]["name"])
+        self._gc_idle_at = before if self.objects.writes == before else None
 
     def _owned(self, owner: Obj) -> tuple[list[Obj], list[Obj]]:
         """The pods `owner` controls (its uid in their ownerReferences), and those of them not terminating.

@@ -1,6 +1,10 @@
-"""`tests.kubesim.ClusterSim._reconcile_entry`: consul-k8s' config-entry controller on the simulated cluster, every
-tick, for every config-entry CRD. A CRD found synced is not read again while it is the same object and its hour
-(the controller's resync period) lasts; every change to it is still synced, and so is the hourly resync."""
+"""Two controllers of the simulated cluster (`tests.kubesim.ClusterSim`) that run every 20 ms tick and repeated
+work where nothing had changed, and what they must still see.
+
+`_reconcile_entry`, consul-k8s' config-entry controller, for every config-entry CRD: one found synced is not read
+again while it is the same object and its hour (the controller's resync period) lasts; every change to it is
+still synced, and so is the hourly resync. The garbage collector (`_workloads_tick`): a pass that deleted nothing
+is not made again before the store's next write; an orphan or an owner gone after a quiet time is still seen."""
 
 from __future__ import annotations
 
@@ -80,3 +84,59 @@ def test_a_synced_entry_still_follows_its_spec_its_deletion_and_the_hourly_resyn
         sim._consul_tick(now)
     assert ("ServiceDefaults", "web") not in c.entries
     assert sim.get(CONSUL_GROUP, PLURAL, "ns", "web") is None
+
+
+# -- the garbage collector (`ClusterSim._workloads_tick`) ------------------------------------------------------------
+def _deployment(sim: ClusterSim) -> None:
+    sim.ensure_namespace("ns")
+    template = {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "a", "image": "a:1"}]}}
+    spec = {"replicas": 2, "selector": {"matchLabels": {"app": "a"}}, "template": template}
+    sim.create("apps/v1", "deployments", "ns", {"metadata": {"name": "d"}, "spec": spec})
+    for _ in range(4):
+        sim._workloads_tick()
+
+
+def _live_pods(sim: ClusterSim) -> list[str]:
+    return [p["metadata"]["name"] for p in sim.items("v1", "pods", "ns") if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_the_garbage_collector_does_not_scan_the_store_again_before_a_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tick used to build the set of every object's uid and look at every pod's owners, with nothing written
+    since the last pass."""
+    sim = ClusterSim()
+    _deployment(sim)
+    scans: list[int] = []
+    real = sim.objects.values
+
+    def counting() -> Any:
+        scans.append(1)
+        return real()
+
+    monkeypatch.setattr(sim.objects, "values", counting, raising=False)
+    for _ in range(50):
+        sim._workloads_tick()
+    assert scans == [], f"{len(scans)} scans of the store over 50 ticks of a cluster where nothing was written"
+
+
+def test_the_garbage_collector_still_deletes_a_pod_whose_owner_goes_after_a_quiet_time() -> None:
+    sim = ClusterSim()
+    _deployment(sim)
+    assert len(_live_pods(sim)) == 2
+    for _ in range(10):  # quiet: nothing to collect
+        sim._workloads_tick()
+    assert len(_live_pods(sim)) == 2
+    # an orphan created meanwhile (its owner's uid is no object's) is collected at the next tick
+    orphan = {"metadata": {"name": "orphan", "ownerReferences": [{"kind": "ReplicaSet", "name": "x", "uid": "gone"}]},
+              "spec": {"containers": [{"name": "a", "image": "a:1"}]}}  # fmt: skip
+    sim.create("v1", "pods", "ns", orphan)
+    assert "orphan" in _live_pods(sim)
+    sim._workloads_tick()
+    assert "orphan" not in _live_pods(sim)
+    for _ in range(10):
+        sim._workloads_tick()
+    # the Deployment removed without its controller's cascade: the garbage collector deletes its pods
+    sim.paused.add("workloads")
+    sim._remove(("apps/v1", "deployments", "ns", "d"))
+    sim.paused.discard("workloads")
+    sim._workloads_tick()
+    assert _live_pods(sim) == []
