@@ -38,7 +38,9 @@ reader of a copied verdict does not need this file):
   sidecar logged on its inbound listener from a pod of another zone (the
   line's DOWNSTREAM_REMOTE_ADDRESS is the caller pod's IP: the serving side's
   record of a hop, the one left when the caller's line died in its buffer
-  with its counters, `RoutingChecks._arrived_across`). A host no inventory record
+  with its counters, `RoutingChecks._arrived_across`); calls arriving at a
+  pod the inventory never had (its zone unknown) from a sidecar that died
+  within its last flush interval after them are unverified, which fails. A host no inventory record
   explains, or a hop with no host (no healthy one on the route), counts in
   the zone its Envoy cluster is named for (the route).
   No counter snapshots (no `start`/`end` snapshot, or a sidecar that made

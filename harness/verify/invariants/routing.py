@@ -356,6 +356,7 @@ class RoutingChecks(CheckBase):
             )
         failures += self._routed_to_forbidden_zone()
         failures += self._arrived_across()
+        failures += self._arrived_at_no_pod_after_a_death()
         failures += self._unplaced_after_a_death()
         failures += self._hostless()
         failures += self._unjudged_lines(HUB_AND_SPOKE, hops_only=False)
@@ -478,6 +479,38 @@ class RoutingChecks(CheckBase):
             for cz, sz, n, ts, caller, server, callers in rows
         ]
 
+    # an Envoy's death (its inventory interval ended: removed, or back under a new address) and the window before
+    # it in which its own lines died in its buffer: its last flush interval, and the inventory's slack around it
+    _DIED_SQL = "SELECT pod, service, zone, end_ts AS at FROM intervals WHERE end_ts IS NOT NULL"
+    _LAST_FLUSH_SQL = f"u.ts >= d.at - {float(ACCESS_LOG_FLUSH_S) + SLACK_S!r} AND u.ts <= d.at + {float(SLACK_S)!r}"
+
+    def _arrived_at_no_pod_after_a_death(self) -> list[str]:
+        """Calls arriving at a pod the inventory never had (an access-log file of its own: a pod re-created under
+        a name the inventory's watch missed, a stray Envoy) from a sidecar that died within its last flush
+        interval after them.
+
+        Such a pod's zone is unknown, so `_arrived_across` cannot place its arrivals. While the caller lives its
+        own outbound lines name the address it called, no pod's on record, and `_routed_to_forbidden_zone` finds
+        it unverified; but a dead caller's last flush interval is on no record of its own, the serving pod's
+        inbound lines are all there is, and a killed LAX public-api whose last second went to a LAS product-api
+        the inventory missed passed. Where those calls were served is unverified, which fails."""
+        rows = self.con.execute(
+            f"""
+            WITH d AS ({self._DIED_SQL})
+            SELECT d.pod, d.zone, d.at, sum(u.calls), list(DISTINCT u.serving_pod ORDER BY u.serving_pod)[:3]
+            FROM d JOIN arrivals u ON u.caller_pod = d.pod AND {self._LAST_FLUSH_SQL}
+            WHERE u.serving_pod NOT IN (SELECT pod FROM intervals)
+            GROUP BY ALL ORDER BY d.at, d.pod
+            """
+        ).fetchall()
+        return [
+            f"hub-and-spoke: {pod} ({zone}) died at {iso(at)}: its last access-log flush interval is on no record of "
+            f"its own, and {n} of its calls then arrived at {', '.join(servers)}, which the inventory never had "
+            "(their inbound access-log lines name the caller's address): which zone served them, and so whether "
+            "they crossed to another Local Zone, is unverified"
+            for pod, zone, at, n, servers in rows
+        ]
+
     def _unplaced_after_a_death(self) -> list[str]:
         """Sidecars that died while calls they could have made arrived at another zone's pods under no known caller.
 
@@ -487,27 +520,33 @@ class RoutingChecks(CheckBase):
         operator's ProxyDefaults kept) a request carrying X-Forwarded-For (users through an ALB, passed on by
         nginx) names no caller at all (`UNPLACED_ARRIVAL`). Such lines at a pod of a service the dead one calls,
         in an edge zone not its own, within its last flush interval (and the inventory's slack around it), may
-        be its calls into another Local Zone: that is unverified, not passed. Unplaced lines while no caller
-        died leave nothing unchecked (the callers' own lines name where they went), and are no failure.
+        be its calls into another Local Zone: that is unverified, not passed; so are such lines at a pod the
+        inventory never had (its zone and service unknown) while a sidecar of a calling service died. Unplaced
+        lines while no caller died leave nothing unchecked (the callers' own lines name where they went), and
+        are no failure.
         """
         rows = self.con.execute(
             f"""
-            WITH died AS (SELECT pod, service, zone, end_ts AS at FROM intervals WHERE end_ts IS NOT NULL)
-            SELECT d.pod, d.zone, d.at, sum(u.calls), list(DISTINCT u.serving_pod ORDER BY u.serving_pod)[:3]
-            FROM died d JOIN arrivals_unplaced u
-              ON u.ts >= d.at - {float(ACCESS_LOG_FLUSH_S) + SLACK_S!r} AND u.ts <= d.at + {float(SLACK_S)!r}
-            JOIN zones sz ON sz.name = u.serving_zone AND sz.kind = 'edge' AND u.serving_zone <> d.zone
-            JOIN (SELECT DISTINCT pod, service FROM intervals) sp ON sp.pod = u.serving_pod
-            JOIN calls c ON c.caller = d.service AND c.upstream = sp.service
+            WITH d AS ({self._DIED_SQL}), known AS (SELECT DISTINCT pod, service FROM intervals)
+            SELECT d.pod, d.zone, d.at, sum(u.calls), list(DISTINCT u.serving_pod ORDER BY u.serving_pod)[:3],
+                   bool_or(sp.pod IS NULL)
+            FROM d JOIN arrivals_unplaced u ON {self._LAST_FLUSH_SQL}
+            LEFT JOIN zones sz ON sz.name = u.serving_zone
+            LEFT JOIN known sp ON sp.pod = u.serving_pod
+            WHERE (sz.kind = 'edge' AND u.serving_zone <> d.zone
+                   AND EXISTS (SELECT 1 FROM calls c WHERE c.caller = d.service AND c.upstream = sp.service))
+               -- a pod the inventory never had: its zone and service unknown, a call from any caller may be there
+               OR (sp.pod IS NULL AND d.service IN (SELECT caller FROM calls))
             GROUP BY ALL ORDER BY d.at, d.pod
             """
         ).fetchall()
         return [
             f"hub-and-spoke: {pod} ({zone}) died at {iso(at)}: its last access-log flush interval is on no record of "
-            f"its own, and {n} calls arrived then at {', '.join(servers)} in another zone with X-Forwarded-For and "
-            "no downstream_direct_remote_address (the access-log format lacks it, as Consul's default does): "
-            "whether it called into another Local Zone is unverified"
-            for pod, zone, at, n, servers in rows
+            f"its own, and {n} calls arrived then at {', '.join(servers)} "
+            f"{'in another zone or a pod the inventory never had' if stray else 'in another zone'} with "
+            "X-Forwarded-For and no downstream_direct_remote_address (the access-log format lacks it, as Consul's "
+            "default does): whether it called into another Local Zone is unverified"
+            for pod, zone, at, n, servers, stray in rows
         ]
 
     def _connected(self, zone: str, upstream: str) -> bool:
