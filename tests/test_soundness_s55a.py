@@ -6,12 +6,14 @@ question records it, with its twin beside it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from harness.topology import load_topology
-from harness.verify import HUB_AND_SPOKE
+from harness.verify import FALLBACK, HUB_AND_SPOKE
+from harness.verify.synth import FaultSpec, Scenario
 from tests.test_soundness_s51a import INJECT, _added, _addresses, _inbound, _run, _start, last_second_to_las
 from tests.verdicts import Pristine, envoy_start, failed_messages, rebuilt, rows, verify, write_rows
 
@@ -101,3 +103,70 @@ def test_unplaced_calls_at_a_pod_the_inventory_never_had_after_a_death_are_unver
     assert HUB_AND_SPOKE in failed, failed
     msg = failed[HUB_AND_SPOKE]
     assert frontend["pod"] in msg and stray in msg and "never had" in msg and "unverified" in msg, msg
+
+
+# -- 2. two faults overlapping in one zone: the failover of callers the first one had taken down -------------------
+
+KILL_PUBLIC_API = FaultSpec("kill-public-api-lax", "service-down", LAX, ("public-api",), 30, 50)
+KILL_PRODUCT_API = FaultSpec("kill-product-api-lax", "service-down", LAX, ("product-api",), 40, 60)
+
+
+def _overlapping(runs: Pristine, tmp_path: Path, faults: list[FaultSpec], misconfig: str | None = None) -> Path:
+    sc = Scenario(T, duration_s=100, rate_per_zone=4, faults=faults, accesslogs="kind", misconfig=misconfig)
+    return runs.run(tmp_path / "run", sc)
+
+
+def test_a_failover_of_callers_back_during_the_fault_is_measured_from_their_return(
+    runs: Pristine, tmp_path: Path
+) -> None:
+    """LAX's public-api killed (30-50 s), its product-api killed while it was down (40-60 s): the pair LAX ->
+    product-api had no caller at the product-api's kill, and the replacement public-api, ready at 50 s, found
+    the Region's product-api at once. Measured from the product-api's kill, its failover read 12 s, past
+    maxFailoverS (5 s) and "traffic too sparse to resolve it": the correct mesh failed."""
+    d = _overlapping(runs, tmp_path, [KILL_PUBLIC_API, KILL_PRODUCT_API])
+    v = verify(d)
+    assert v.passed, failed_messages(v)
+
+
+def test_a_failover_pair_whose_callers_were_down_through_the_fault_has_nothing_to_fail_over(
+    runs: Pristine, tmp_path: Path
+) -> None:
+    """LAX's public-api down (30-70 s) through the whole kill of its product-api (40-50 s): no LAX public-api
+    called product-api, and "no traffic during fault: failover unverified" failed the correct mesh."""
+    nested = [replace(KILL_PUBLIC_API, restore=70), replace(KILL_PRODUCT_API, restore=50)]
+    d = _overlapping(runs, tmp_path, nested)
+    v = verify(d)
+    assert v.passed, failed_messages(v)
+
+
+def test_control_callers_back_during_the_fault_that_never_fail_over_fail(runs: Pristine, tmp_path: Path) -> None:
+    """Control (the broken twin): no failover to the Region configured; the returned public-api's calls still go
+    to LAX's dead product-api: fallback fails for the product-api's kill."""
+    d = _overlapping(runs, tmp_path, [KILL_PUBLIC_API, KILL_PRODUCT_API], misconfig="missing-failover")
+    failed = failed_messages(verify(d))
+    assert FALLBACK in failed and f"{LAX} -> product-api" in failed[FALLBACK], failed
+    assert "kill-product-api-lax" in failed[FALLBACK], failed
+
+
+def test_a_recovery_of_callers_back_after_the_restore_is_measured_from_their_return(
+    runs: Pristine, tmp_path: Path
+) -> None:
+    """LAX's public-api down for 80 s (30-110 s) around a 10 s kill of its product-api (40-50 s): the pair LAX ->
+    product-api had no caller from the product-api's restore until the public-api's return, which then called
+    LAX's product-api at once. Measured from the restore, its recovery read the public-api's 60 s away, "not
+    shown within maxRecoveryS 60s": the correct mesh failed."""
+    long = [replace(KILL_PUBLIC_API, restore=110), replace(KILL_PRODUCT_API, restore=50)]
+    sc = Scenario(T, duration_s=150, rate_per_zone=4, faults=long, accesslogs="kind")
+    v = verify(runs.run(tmp_path / "run", sc))
+    assert v.passed, failed_messages(v)
+    f = next(x for x in v.to_dict()["faults"] if x["fault"] == KILL_PRODUCT_API.fault)
+    assert f["recovery_s"] is not None and f["recovery_s"] < 5, f
+
+
+def test_control_callers_back_after_the_restore_that_never_recover_fail(runs: Pristine, tmp_path: Path) -> None:
+    """Control (the broken twin): no locality, the returned public-api's calls stay with the Region after it came
+    back: the product-api's kill still fails recovery."""
+    long = [replace(KILL_PUBLIC_API, restore=110), replace(KILL_PRODUCT_API, restore=50)]
+    sc = Scenario(T, duration_s=150, rate_per_zone=4, faults=long, accesslogs="kind", misconfig="no-locality")
+    failed = failed_messages(verify(runs.run(tmp_path / "run", sc)))
+    assert FALLBACK in failed and "kill-product-api-lax" in failed[FALLBACK], failed

@@ -54,14 +54,19 @@ reader of a copied verdict does not need this file):
   the last failed hop sent to the zone's own (dead) instance and the last
   failed hop that found no upstream host (UH, NR: the chain had no healthy
   target; a pair flapping to it has not failed over steadily);
-  `failover_s` = F - inject. Recovery, for every pair the fault touched whose
+  `failover_s` = F - inject (F - the callers' return, when all of them were
+  down at the inject by another fault of the zone and called nothing
+  meanwhile; none back before the window ends: no failover to measure). Recovery, for every pair the fault touched whose
   upstream is edge-placed: R = the first successful hop served where it
   belongs (in-zone, or the Region for Region callers) after the last
   successful hop served elsewhere and the last failed hop that found no
   upstream host, within [restore, next fault in the zone or end of run];
   `recovery_s` = R - restore (R - the instant the inventory shows the
   upstream ready again in the zone, and the window from it, when that came
-  before the restore's record: `FaultMeasurer._back_at`). No hop at all for the pair during
+  before the restore's record: `FaultMeasurer._back_at`; R - the callers'
+  return, and the window from it, when another fault of the zone had taken
+  all of them down before this one and kept them down past that, and they
+  called nothing meanwhile: `FaultMeasurer._callers_back`). No hop at all for the pair during
   the fault (or after the restore) is a failure (unverified); a fault without
   a restore record never recovers. Every service a node fault killed a pod
   of must recover, also one its zone kept an instance of (spilling

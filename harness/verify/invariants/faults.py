@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from harness.contract.inventory import SLACK_S
 from harness.observe.hops import host_ip_sql
 from harness.verify import expected
 from harness.verify.invariants.base import CheckBase
@@ -192,8 +193,20 @@ class FaultMeasurer(CheckBase):
         out = Failover(effective_at=self.effective_at(f))
         start = out.effective_at
         measured: list[tuple[float, float | None, float]] = []
+        unasked = 0  # pairs whose callers were down through the fault
         for u, callers in scope.failover:
             end, why = self._failover_end(f, u, fault_end)
+            back = self._callers_back(f, u, callers, f.inject, end)
+            if back is None:  # down through the fault (another fault of the zone): nothing of theirs to fail over
+                pair_results[u] = PairResult(
+                    caller_zone=f.zone, upstream=u, status=PASS, fault=f.fault,
+                    counts={"hops_during": 0, "failover_s": None, "failover_window_end": end},
+                    message=f"{f.zone} -> {u}: its callers ({', '.join(callers)}) were down from before fault "
+                    f"{f.fault} to its end and called nothing: no failover to measure",
+                )  # fmt: skip
+                unasked += 1
+                continue
+            pstart = max(start, back)
             out.window_ends.append(end)
             w = self._measure(
                 f.zone,
@@ -214,7 +227,7 @@ class FaultMeasurer(CheckBase):
                     "hops_during": w.hops,
                     "failed_during": w.failed,
                     "region_served_ok": w.good,
-                    "failover_s": None if w.instant is None else max(0.0, w.instant - start),
+                    "failover_s": None if w.instant is None else max(0.0, w.instant - pstart),
                     "failover_resolution_s": w.resolution,
                     "failover_window_end": end,
                     "lost_hops": w.lost,
@@ -240,10 +253,10 @@ class FaultMeasurer(CheckBase):
                     f"failed, {misplaced}{w.good} Region-served){first}"
                 )
             else:
-                d = max(0.0, w.instant - start)
+                d = max(0.0, w.instant - pstart)
                 measured.append((d, w.resolution, w.instant))
                 # until the failover, or maxFailoverS past the fault's effect when slower: the rest counts as any loss
-                until = w.instant if d <= self.slo.max_failover_s else start + self.slo.max_failover_s
+                until = w.instant if d <= self.slo.max_failover_s else pstart + self.slo.max_failover_s
                 out.spans.append(FailoverSpan(f.zone, u, tuple(callers), f.inject, until))
                 clock = self._clock_bound(f.zone)
                 if d + clock > self.slo.max_failover_s:
@@ -257,9 +270,40 @@ class FaultMeasurer(CheckBase):
             if pr.status in (FAIL, UNVERIFIED):
                 out.ok = False
                 out.messages.append(pr.message)
-        if scope.failover and len(measured) == len(scope.failover):
+        if scope.failover and measured and len(measured) + unasked == len(scope.failover):
             out.failover_s, out.resolution_s, out.instant = max(measured, key=lambda x: x[0])
         return out
+
+    def _callers_back(self, f: Fault, u: str, callers: list[str], at: float, end: float) -> float | None:
+        """When the pair's callers were there to call `u` from `at` on (`f`'s inject for its failover, the restore
+        for its recovery): `at`, or, where every one of them was down at it from before `f` began (the inventory's
+        readiness: another fault of the zone took them down) and called `u` not once meanwhile, the first one's
+        return; None when none was back before `end`.
+
+        A LAX public-api killed, then its product-api while it was down: the replacement public-api found the
+        Region's product-api at once, and measured from the product-api's kill its failover read the ten seconds
+        it was away (past maxFailoverS: the correct mesh failed), or, down through the whole kill, "no traffic:
+        failover unverified"; its recovery read the time from the product-api's restore to the public-api's
+        return (past maxRecoveryS when that was longer). Callers `f` itself took down are not asked: their
+        return is part of its recovery. A caller the inventory says down that still called (a pod unready but
+        running, a withdrawal Envoy had not learnt) is judged from `at` as ever: its calls are the record."""
+        returns = []
+        for c in callers:
+            spans = self.run.down.get(self.run.up_key(f.zone, c), [])
+            back = [INF if hi is None else hi for lo, hi in spans if lo <= f.inject and (hi is None or hi > at)]
+            if not back:
+                return at  # this caller was up at `at`, or down by `f` alone
+            returns.append(min(back))
+        back_at = min(returns)
+        # a replacement's first hop may come before its recorded ready (the inventory is a watch): the slack
+        called = self._one(
+            "SELECT count(*) FROM fhops WHERE caller_zone = ? AND upstream = ? AND list_contains(?, caller_service) "
+            "AND ts >= ? AND ts < ?",
+            [f.zone, u, callers, at, min(back_at, end) - SLACK_S],
+        )
+        if called:
+            return at
+        return back_at if back_at < end else None
 
     def _recovery(self, f: Fault, scope: FaultScope, pair_results: dict[str, PairResult]) -> Recovery:
         """Per recovery pair: the first instant after the restore from which hops are served where they belong."""
@@ -277,6 +321,13 @@ class FaultMeasurer(CheckBase):
         measured: list[tuple[float, float | None]] = []
         for u, callers in scope.recovery:
             since = self._back_at(f, u)
+            # callers another fault of the zone had taken down before this one and kept down past its restore
+            if (back := self._callers_back(f, u, callers, since, hi)) is not None and back > since:
+                out.messages.append(
+                    f"{f.zone} -> {u}: recovery after fault {f.fault} measured from {iso(back)}, when its callers "
+                    f"({', '.join(callers)}), down from before the fault, were back"
+                )
+                since = back
             w = self._recovery_window(f, u, callers, hi, nxt, since)
             self._bound_cut_off(f, callers, w)
             pr = pair_results.get(u) or PairResult(

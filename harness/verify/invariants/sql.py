@@ -110,11 +110,15 @@ DEFINITIONS = {
     "it took down served after the inject, never later than its inject counter snapshot, taken once its primitive "
     "had acted: a docker stop or a drain takes seconds, while the pods still serve); "
     "the window begins at the inject and ends (exclusive) at the restore or when the upstream is up again in the "
-    "zone, whichever is first",
+    "zone, whichever is first; a pair whose callers were all down at the inject (another fault of the zone) and "
+    "called nothing meanwhile is measured from the first one's return (inventory readiness), and has no failover "
+    "to measure when none returned before the window's end",
     "recovery_s": "first successful hop served where it belongs after the last misplaced successful hop and the "
     "last failed hop that found no upstream host, minus restore (or minus the instant the inventory shows the "
     "upstream ready again in the zone, when that came before the restore's record: the clock of a restore recorded "
-    "late starts at the readiness); measured up to the pair's next outage or spill "
+    "late starts at the readiness; or minus the callers' return, when another fault of the zone had taken all of "
+    "them down before this one and kept them down past that instant, and they called nothing meanwhile); "
+    "measured up to the pair's next outage or spill "
     "after the restore, or a later fault elsewhere that takes down a Region-only service the pair's upstream "
     "calls (their misplaced and failed hops are their own), "
     "past it only when the pair was not back before it; a recovery not shown before the zone's next fault, which "
