@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.topology import load_topology
-from harness.verify import FALLBACK, HUB_AND_SPOKE
+from harness.verify import COVERAGE, FALLBACK, HUB_AND_SPOKE
 from harness.verify.synth import FaultSpec, Scenario
 from tests.test_soundness_s51a import INJECT, _added, _addresses, _inbound, _run, _start, last_second_to_las
 from tests.verdicts import Pristine, envoy_start, failed_messages, rebuilt, rows, verify, write_rows
@@ -170,3 +170,59 @@ def test_control_callers_back_after_the_restore_that_never_recover_fail(runs: Pr
     sc = Scenario(T, duration_s=150, rate_per_zone=4, faults=long, accesslogs="kind", misconfig="no-locality")
     failed = failed_messages(verify(runs.run(tmp_path / "run", sc)))
     assert FALLBACK in failed and "kill-product-api-lax" in failed[FALLBACK], failed
+
+
+# -- 3. a user's requests on no record while the entry sidecar logged them -----------------------------------------
+
+
+def _ids_of(d: Path, zone: str, lo: float, hi: float, every: int) -> set[int]:
+    """The ids of every `every`-th user request entering `zone` in [lo, hi) seconds into the run (one user of
+    `every`, the zone's users taking turns)."""
+    start = _start(d)
+    mine = [r for r in rows(d / "requests.jsonl") if r["zone"] == zone and lo <= r["ts"] - start < hi]
+    return {r["request_id"] for r in mine[::every]}
+
+
+def _records_lost(d: Path, ids: set[int], status: int | None) -> int:
+    """The requests `ids` as a user whose records never reached requests.jsonl (an in-zone worker's shipped
+    records lost, a locust worker process gone) made them: the entry sidecar logged each (by its id), answered
+    `status` (None: as it was). Returns how many entry lines name them."""
+    write_rows(d / "requests.jsonl", [r for r in rows(d / "requests.jsonl") if r.get("request_id") not in ids])
+    heads = {f"eh-{n:016x}" for n in ids}
+    n = 0
+    for f in sorted((d / "accesslogs").glob("*.jsonl")):
+        recs = rows(f)
+        for r in recs:
+            if r.get("request_id") in heads:
+                n += 1
+                if status is not None:
+                    r.update(response_code=status, response_flags="UF" if status == 503 else "-")
+        write_rows(f, recs)
+    rebuilt(d)
+    return n
+
+
+def test_a_users_failed_requests_on_no_record_are_unverified(runs: Pristine, tmp_path: Path) -> None:
+    """One of LAX's users met only 503s for 30 s (the entry sidecar logged each of its requests, by its id,
+    answered 503) and its records never reached requests.jsonl: availability judged the other users' requests
+    alone, and the broken mesh passed."""
+    sc = Scenario(T, duration_s=60, rate_per_zone=4, accesslogs="kind")
+    d = runs.run(tmp_path / "run", sc)
+    ids = _ids_of(d, LAX, 15, 45, 3)
+    assert _records_lost(d, ids, 503) >= len(ids) >= 30
+    failed = failed_messages(verify(d))
+    assert COVERAGE in failed, failed
+    msg = failed[COVERAGE]
+    assert LAX in msg and "requests.jsonl" in msg and "unverified" in msg, msg
+
+
+def test_control_requests_in_flight_when_the_users_stopped_pass(runs: Pristine, tmp_path: Path) -> None:
+    """Control: the requests the users had in flight when locust stopped them (their last second: a stopped
+    user's request fires no event, so it has no record) are logged by the entry sidecars with no record, and the
+    run passes."""
+    sc = Scenario(T, duration_s=60, rate_per_zone=4, accesslogs="kind")
+    d = runs.run(tmp_path / "run", sc)
+    ids = _ids_of(d, LAX, 59.5, 61, 1)
+    assert _records_lost(d, ids, None) >= 1
+    v = verify(d)
+    assert v.passed, failed_messages(v)

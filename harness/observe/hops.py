@@ -464,6 +464,7 @@ def create_request_ids(
     *,
     source: str | None = None,
     zone_type: str = "VARCHAR",
+    recorded: str | None = None,
 ) -> None:
     """Table `table` (zone, request_id): the outbound lines of `services`' sidecars carrying a user request's id.
 
@@ -474,12 +475,18 @@ def create_request_ids(
     changes zone) or by its Consul name. `source`: a `read_records` text view over the access logs already
     made (the hops' own `raw_text`); without one the records are read here, their request ids alone.
     `zone_type`: a reader's ENUM of names (a long run has a line per user request: tens of millions).
-    A run without access logs gets an empty table.
+    `recorded`: a table of the users' records (a `request_id` column): then also `<table>_unrecorded` (zone,
+    request_id, ts): the ids of `table` no record names, with their first line's START_TIME (the node's clock),
+    read again only for them (a correct run has few: the requests in flight when the users were stopped).
+    A run without access logs gets empty tables.
     """
     own = source is None
+    unrecorded = f"CREATE TABLE {table}_unrecorded (zone VARCHAR, request_id BIGINT, ts DOUBLE)"
     if own:
         if not has_accesslogs(run_dir):
             con.execute(f"CREATE TABLE {table} (zone {zone_type}, request_id BIGINT)")
+            if recorded is not None:
+                con.execute(unrecorded)
             return
         source = f"{table}_text"
         read_records(con, source, Path(run_dir), ACCESSLOGS, view=True)  # skipped lines: the hops' build names them
@@ -497,6 +504,23 @@ def create_request_ids(
             """,
             [sorted(services)],
         )
+        if recorded is not None:
+            con.execute(unrecorded)
+            con.execute(
+                f"""
+                CREATE TEMP TABLE {table}_lost AS SELECT DISTINCT request_id FROM {table}
+                WHERE request_id NOT IN (SELECT request_id FROM {recorded} WHERE request_id IS NOT NULL)
+                """
+            )
+            con.execute(
+                f"""
+                INSERT INTO {table}_unrecorded
+                SELECT CAST(any_value(i.zone) AS VARCHAR), l.request_id, min(l.ts)
+                FROM {source} l JOIN {table}_lost USING (request_id) JOIN {table} i USING (request_id)
+                WHERE NOT ({INBOUND_SQL}) GROUP BY l.request_id
+                """
+            )
+            con.execute(f"DROP TABLE {table}_lost")
     finally:
         if own:
             _drop_records(con, str(source))

@@ -651,7 +651,7 @@ def _build_hops(run: RunData, skipped: list[SkippedLine]) -> None:
     # the entry hops' request ids (`UserChecks._entry_silent`), from the same text view where the hops came
     # from the access logs, else read apart: a column of its own beside fifty million hops would not fit
     create_request_ids(con, run_dir, t.entry_services, source="raw_text" if run.hops_source == "accesslogs" else None,
-                       zone_type="hop_name" if named else "VARCHAR")  # fmt: skip
+                       zone_type="hop_name" if named else "VARCHAR", recorded="requests")  # fmt: skip
     # the calls the serving sidecars' inbound lines show arriving (hub-and-spoke's record of a hop whose caller's
     # own line was lost), from the same views where the hops came from the access logs
     create_arrivals(con, run_dir, loaded=run.hops_source == "accesslogs")

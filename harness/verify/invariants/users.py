@@ -791,6 +791,13 @@ class UserChecks(CheckBase):
                 f"{' ...' if len(entry) > MAX_OFFENDERS else ''}): their access logs have gaps or were cut short, so "
                 "where the entry's calls went then is unverified"
             )
+        if lost := self._requests_unrecorded():
+            zones = "; ".join(f"{z}: {n}, first at {iso(first)}" for z, n, first in lost[:MAX_OFFENDERS])
+            out.append(
+                f"coverage: the entry sidecars logged user requests by their ids that have no record in "
+                f"{REQUESTS_FILE} ({zones}): the users' records are incomplete (a worker's records that never "
+                "arrived), so what those users met is unverified"
+            )
         if blind := self._entry_ids_lost():
             zones = "; ".join(f"{z}: {n} requests with ids, {pods} {svc} pods" for z, n, svc, pods in blind)
             out.append(
@@ -800,6 +807,33 @@ class UserChecks(CheckBase):
                 "where the entry's calls went is unverified"
             )
         return out
+
+    def _requests_unrecorded(self) -> list[tuple[str, int, float]]:
+        """(zone, requests, the first one's start): user requests an entry sidecar logged by their id
+        (`request_ids_unrecorded`) that no record of requests.jsonl names.
+
+        Each request through `/api` carries an id of its own the users record (harness.contract.requestid), and
+        only they send one: an entry line naming an id no record has is a request whose record was lost (an
+        in-zone worker's records that never arrived, a locust process gone with what it had not written).
+        Availability judges the records alone, so a user of LAX whose requests all met 503s, its records lost,
+        passed beside the zone's other users, whose requests fill every gap `_users_gaps` looks for. Not asked:
+        requests begun within their timeouts (and the zone's clock bound) of the users' last recorded start,
+        which the users may have had in hand when they were stopped, and a run whose records name no id at all
+        (recorded before they did). The line's START_TIME is put on the runner's clock by the zone's offset.
+        """
+        row = self.con.execute("SELECT max(ts), count(request_id) FROM requests WHERE ts IS NOT NULL").fetchone()
+        if row is None or row[0] is None or not row[1]:
+            return []
+        last = float(row[0])
+        offsets = self.run.clock.offsets() if self.run.clock is not None else {}
+        counts: dict[str, list[float]] = {}
+        for zone, ts in self.con.execute(
+            "SELECT coalesce(zone, '?'), ts FROM request_ids_unrecorded WHERE ts IS NOT NULL ORDER BY ts"
+        ).fetchall():
+            at = float(ts) - offsets.get(str(zone), 0.0)
+            if at < last - CONNECT_TIMEOUT_S - ANSWER_TIMEOUT_S - self._capped_bound(str(zone)):
+                counts.setdefault(str(zone), []).append(at)
+        return [(z, len(ts), min(ts)) for z, ts in sorted(counts.items())]
 
     def _entry_ids_lost(self) -> list[tuple[str, int, str, int]]:
         """(zone, requests, entry service, its replicas): zones where the request ids do not reach the entry log.
