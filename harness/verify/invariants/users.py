@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 from typing import Any
 
@@ -826,14 +827,42 @@ class UserChecks(CheckBase):
             return []
         last = float(row[0])
         offsets = self.run.clock.offsets() if self.run.clock is not None else {}
+        downs = self._workers_taken_down()
         counts: dict[str, list[float]] = {}
         for zone, ts in self.con.execute(
             "SELECT coalesce(zone, '?'), ts FROM request_ids_unrecorded WHERE ts IS NOT NULL ORDER BY ts"
         ).fetchall():
             at = float(ts) - offsets.get(str(zone), 0.0)
-            if at < last - CONNECT_TIMEOUT_S - ANSWER_TIMEOUT_S - self._capped_bound(str(zone)):
-                counts.setdefault(str(zone), []).append(at)
+            in_hand = CONNECT_TIMEOUT_S + ANSWER_TIMEOUT_S + self._capped_bound(str(zone))
+            if at >= last - in_hand:
+                continue
+            if any(lo - in_hand <= at <= hi for lo, hi in downs.get(str(zone), ())):
+                continue
+            counts.setdefault(str(zone), []).append(at)
         return [(z, len(ts), min(ts)) for z, ts in sorted(counts.items())]
+
+    def _workers_taken_down(self) -> dict[str, list[tuple[float, float]]]:
+        """Zone -> (inject, restore) of each fault that took down the nodes its in-zone locust workers ran on.
+
+        With `--workers-in-zone` a zone's users run in a worker pod on the zone's own nodes: a zone outage drains
+        them and a node kill stops the worker's node, and the worker dies with the requests it had in hand, which
+        the zone's entry sidecar had logged (a correct mesh failed every zone outage as "records incomplete").
+        The runner's users (every other run) outlive any zone's fault: nothing is excused for them.
+        """
+        if self.run.clock is None or not self.run.clock.requests_in_zones:
+            return {}
+        nodes: dict[str, set[str]] = {}
+        for zone, node in self.con.execute(
+            "SELECT DISTINCT zone, node FROM requests WHERE zone IS NOT NULL AND node IS NOT NULL"
+        ).fetchall():
+            nodes.setdefault(str(zone), set()).add(str(node))
+        out: dict[str, list[tuple[float, float]]] = {}
+        for f in self.run.faults:
+            hi = f.restore if f.restore is not None else math.inf
+            for zone, on in nodes.items():
+                if (f.kind == "zone-down" and f.zone == zone) or (f.node is not None and f.node in on):
+                    out.setdefault(zone, []).append((f.inject, hi))
+        return out
 
     def _entry_ids_lost(self) -> list[tuple[str, int, str, int]]:
         """(zone, requests, entry service, its replicas): zones where the request ids do not reach the entry log.
