@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from harness.topology import Topology, load_topology
+from harness.topology.model import DEFAULT_TOPOLOGY
 from harness.verify import COVERAGE
-from tests.test_soundness_s54a import COUNTERS, CUT_2, LAX, _held_through_the_cut, _label_ts
+from harness.verify.synth import FaultSpec, Scenario
+from tests.test_soundness_s54a import COUNTERS, CUT_2, LAX, T, _held_through_the_cut, _label_ts
 from tests.verdicts import Pristine, failed_messages, rows, verify, write_rows
 
 
@@ -95,5 +99,54 @@ def test_a_crash_in_place_is_shown_by_any_counter_gone_down(runs: Pristine, tmp_
         if s["pod"] == pod and s["host"].endswith(":5432") and s["label"] in (f"restore {CUT_2.fault}", "end"):
             s.update(new)
     write_rows(d / "upstream-stats.jsonl", stats)
+    v = verify(d)
+    assert v.passed, failed_messages(v)
+
+
+# -- 2. calls unplaceable in Consul's default access-log format around a death --------------------------------------
+
+
+def _one_local_zone(tmp: Path) -> Topology:
+    """The default topology with LAX its only edge zone (the Region's two AZs beside it)."""
+    doc = yaml.safe_load(DEFAULT_TOPOLOGY.read_text(encoding="utf-8"))
+    doc["zones"] = [z for z in doc["zones"] if z["type"] == "availability-zone" or z["name"] == LAX]
+    p = tmp / "topology-one-lz.yaml"
+    p.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    t = load_topology(p)
+    assert [z.name for z in t.zones if z.type.value != "availability-zone"] == [LAX], t.zones
+    return t
+
+
+def _behind_an_alb_in_the_default_format(d: Path) -> Path:
+    from tests.test_soundness_s53a import _inbound_via_alb
+    from tests.test_soundness_s54a import _default_format
+
+    _inbound_via_alb(d)
+    _default_format(d)
+    return d
+
+
+def test_a_dead_frontend_with_no_other_edge_zone_leaves_nothing_unplaced(runs: Pristine, tmp_path: Path) -> None:
+    """One Local Zone, its frontend killed, users through an ALB, Consul's default format: the unplaced lines
+    around the death are at LAX's own public-api (the dying frontend's calls, in-zone) and at the Region's (its
+    own frontends', and LAX's failing over: allowed). None can be a call into another Local Zone, there is none,
+    and the correct mesh passes. Asked of any zone, or of the zone's own pods, the rule made it unverified."""
+    from tests.test_soundness_s53a import KILL_FRONTEND_LAX
+
+    sc = Scenario(_one_local_zone(tmp_path), duration_s=60, rate_per_zone=4, faults=[KILL_FRONTEND_LAX],
+                  accesslogs="kind")  # fmt: skip
+    d = _behind_an_alb_in_the_default_format(runs.run(tmp_path / "run", sc))
+    v = verify(d)
+    assert v.passed, failed_messages(v)
+
+
+def test_a_dead_public_api_is_not_held_to_its_callers_unplaced_lines(runs: Pristine, tmp_path: Path) -> None:
+    """LAX's public-api killed, users through an ALB, Consul's default format: the lines that name no caller are
+    the users' (at the frontends) and the frontends' (at the public-apis), none of a call a public-api makes (to
+    product-api: no X-Forwarded-For, the caller's address on the line). Its own calls are all placed and the
+    correct mesh passes; asked of the unplaced lines at any service's pods, the rule made it unverified."""
+    kill = FaultSpec("kill-public-api-lax", "service-down", LAX, ("public-api",), 30, 50, 0.2, 1.0)
+    sc = Scenario(T, duration_s=60, rate_per_zone=4, faults=[kill], accesslogs="kind")
+    d = _behind_an_alb_in_the_default_format(runs.run(tmp_path / "run", sc))
     v = verify(d)
     assert v.passed, failed_messages(v)
