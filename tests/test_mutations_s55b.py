@@ -8,6 +8,7 @@ defect the pass found in a rule itself (the link look-ahead's answer outlasting 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import yaml
 
 from harness.topology import Topology, load_topology
 from harness.topology.model import DEFAULT_TOPOLOGY
-from harness.verify import COVERAGE
+from harness.verify import COVERAGE, EXPERIMENT_RAN
 from harness.verify.synth import FaultSpec, Scenario
 from tests.test_soundness_s54a import COUNTERS, CUT_2, LAX, T, _held_through_the_cut, _label_ts
 from tests.verdicts import Pristine, failed_messages, rows, verify, write_rows
@@ -150,3 +151,44 @@ def test_a_dead_public_api_is_not_held_to_its_callers_unplaced_lines(runs: Prist
     d = _behind_an_alb_in_the_default_format(runs.run(tmp_path / "run", sc))
     v = verify(d)
     assert v.passed, failed_messages(v)
+
+
+# -- 3. a completed journal and its steady state after the method ---------------------------------------------------
+
+
+def _journal(runs: Pristine, tmp_path: Path, probes: bool) -> tuple[Path, Path, dict[str, Any]]:
+    from tests.test_soundness_s54a import _journal_with_hypothesis
+
+    sc = Scenario(T, duration_s=100, rate_per_zone=4, faults=[CUT_2], accesslogs="kind")
+    d = runs.run(tmp_path / "run", sc)
+    jp, j = _journal_with_hypothesis(d)
+    if not probes:
+        j["experiment"]["steady-state-hypothesis"]["probes"] = []
+    return d, jp, j
+
+
+def test_a_hypothesis_without_probes_owes_no_check_after_the_method(runs: Pristine, tmp_path: Path) -> None:
+    """An experiment whose steady-state hypothesis lists no probe has nothing to check after its method: a journal
+    with no steady state after it (chaostoolkit ran none) passes. Asked of any hypothesis, probes or not, the
+    correct run failed experiment-ran ("never checked")."""
+    d, jp, j = _journal(runs, tmp_path, probes=False)
+    j["steady_states"]["after"] = None
+    jp.write_text(json.dumps(j))
+    v = verify(d)
+    assert v.passed, failed_messages(v)
+
+
+def test_a_steady_state_after_not_met_is_said_to_have_not_held(runs: Pristine, tmp_path: Path) -> None:
+    """A hypothesis checked after the method and not met, written without the journal's deviated flag: the
+    failure says it did not hold (a probe's tolerance not met), not that it was never checked. Read off the
+    deviated flag alone, it fell to the "never checked" branch: the verdict failed, for a reason the journal
+    contradicts."""
+    d, jp, j = _journal(runs, tmp_path, probes=True)
+    after = j["steady_states"]["after"]
+    after["steady_state_met"] = False
+    after["probes"][0].update(tolerance_met=False, output=False)
+    jp.write_text(json.dumps(j))
+    failed = failed_messages(verify(d))
+    assert EXPERIMENT_RAN in failed, failed
+    assert "steady state after the method did not hold" in failed[EXPERIMENT_RAN], failed
+    assert "never checked" not in failed[EXPERIMENT_RAN], failed
