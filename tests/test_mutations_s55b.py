@@ -18,7 +18,7 @@ import yaml
 from harness.topology import Topology, load_topology
 from harness.topology.model import DEFAULT_TOPOLOGY
 from harness.verify import COVERAGE, EXPERIMENT_RAN
-from harness.verify.synth import FaultSpec, Scenario
+from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_soundness_s54a import COUNTERS, CUT_2, LAX, T, _held_through_the_cut, _label_ts
 from tests.verdicts import Pristine, failed_messages, rows, verify, write_rows
 
@@ -192,3 +192,32 @@ def test_a_steady_state_after_not_met_is_said_to_have_not_held(runs: Pristine, t
     assert EXPERIMENT_RAN in failed, failed
     assert "steady state after the method did not hold" in failed[EXPERIMENT_RAN], failed
     assert "never checked" not in failed[EXPERIMENT_RAN], failed
+
+
+# -- 4. the link look-ahead's answer: until when it lasts --------------------------------------------------------------
+
+
+def test_the_lookaheads_answer_lapses_with_its_baseline_before_due(tmp_path: Path) -> None:
+    """`link_baseline_lasts` answers until when "nothing owed" stands with no inject after the check: while each
+    kind's `LINK_EFFECT_MIN_HOPS`-th newest baseline hop is in a later gate's stretch (`LINK_BASELINE_S`), and from
+    `due` (maxRecoveryS past the newest restore) on, when nothing is owed at all. Between the two, when the stretch
+    slides past the hops before `due`, the baseline is gone and a degradation begun then is "not shown" (the newest
+    fault's window open: one call failed over before the gate moves its recovery instant past every hop after it,
+    t54a's finding). The answer read max(due, hop + LINK_BASELINE_S) and stood through that gap: here a kill
+    restored at 34 s under a maxRecoveryS of 700 s, its baseline LAX's hops before 30 s, settled at 20 s: the
+    answer lasted to 734 s, the baseline to at most 630 s. A fault held longer than LINK_BASELINE_S less
+    maxRecoveryS meets the same gap under the shipped SLO."""
+    from harness.verify import link_baseline_lasts
+    from harness.verify.invariants.users import LINK_BASELINE_S
+    from tests.test_timing_t53a import _as_of
+    from tests.test_timing_t54a import CHECK, KILLED
+    from tests.test_verify_soundness import T0
+
+    doc = yaml.safe_load(DEFAULT_TOPOLOGY.read_text(encoding="utf-8"))
+    doc["slo"]["maxRecoveryS"] = 700
+    (tmp_path / "topology-slow-slo.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    t = load_topology(tmp_path / "topology-slow-slo.yaml")
+    sc = Scenario(t, duration_s=120, rate_per_zone=4, faults=[KILLED], budget_end_s=20.0)
+    src = write_run(tmp_path / "src", sc)
+    until = link_baseline_lasts(_as_of(src, tmp_path / "live", CHECK), t, LAX, T0 + CHECK)
+    assert T0 + 20.0 + LINK_BASELINE_S < until <= T0 + 30.0 + LINK_BASELINE_S, until - T0

@@ -652,8 +652,9 @@ def _link_baseline(
         ).fetchone()
         hops = 0 if row is None else int(row[0])
         # the stretch of a later gate begins at max(gate - LINK_BASELINE_S, settled): a kind's baseline lasts while
-        # its LINK_EFFECT_MIN_HOPS-th newest hop is in it; from `due` on nothing is owed at all
-        until = due if row is None or row[1] is None else max(due, float(row[1]) + LINK_BASELINE_S)
+        # its LINK_EFFECT_MIN_HOPS-th newest hop is in it, also when `due` is later: from `due` on nothing is owed at
+        # all, but between the two the baseline is gone (asked again then, it is owed until `due`)
+        until = due if row is None or row[1] is None else float(row[1]) + LINK_BASELINE_S
     except (duckdb.Error, OSError):  # unreadable right now: not yet
         return LinkBaseline(zone, 0, due, after), -INF
     finally:
