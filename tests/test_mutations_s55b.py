@@ -20,7 +20,7 @@ from harness.topology.model import DEFAULT_TOPOLOGY
 from harness.verify import COVERAGE, EXPERIMENT_RAN
 from harness.verify.synth import FaultSpec, Scenario, write_run
 from tests.test_soundness_s54a import COUNTERS, CUT_2, LAX, T, _held_through_the_cut, _label_ts
-from tests.verdicts import Pristine, failed_messages, rows, verify, write_rows
+from tests.verdicts import Pristine, envoy_start, failed_messages, rows, verify, write_rows
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +221,34 @@ def test_the_lookaheads_answer_lapses_with_its_baseline_before_due(tmp_path: Pat
     src = write_run(tmp_path / "src", sc)
     until = link_baseline_lasts(_as_of(src, tmp_path / "live", CHECK), t, LAX, T0 + CHECK)
     assert T0 + 20.0 + LINK_BASELINE_S < until <= T0 + 30.0 + LINK_BASELINE_S, until - T0
+
+
+# -- 5. a sidecar missed by a snapshot before its death: its hops up to the slack before the next Envoy -----------
+
+
+def test_a_new_envoys_first_hops_before_its_address_record_are_not_the_old_ones(runs: Pristine, tmp_path: Path) -> None:
+    """LAX's public-api back under its name after its kill (kind: the node restarted, a new sandbox and address,
+    the inventory's `ip` event), the event (and its readiness) on record 0.8 s after the new Envoy's first hop
+    (within the inventory's slack), and a counter snapshot taken at 40 s (LAS's product-api killed again) while
+    the old Envoy was dead and the new one not started. The new Envoy's hops before its record are no proof the
+    old one ran past 40 s: the correct run passes. Read up to the next interval's start (the slack dropped), they
+    made the dead Envoy "missed by a counter snapshot taken while it was up" (unverified)."""
+    from tests.test_soundness_s53a import KILL_PRODUCT_API_LAS, KILL_PUBLIC_API_LAX_AT_35, _same_name
+
+    again = FaultSpec("kill-product-api-las-2", "service-down", "us-west-2-las-1a", ("product-api",), 40.0, 45.0,
+                      0.2, 1.0)  # fmt: skip
+    sc = Scenario(T, duration_s=70, rate_per_zone=4, accesslogs="kind",
+                  faults=[KILL_PRODUCT_API_LAS, KILL_PUBLIC_API_LAX_AT_35, again])  # fmt: skip
+    d = runs.run(tmp_path / "run", sc)
+    pod = _same_name(d, "ip")
+    first = min(envoy_start(r) for r in rows(d / "accesslogs" / f"{pod}.jsonl") if envoy_start(r) > sc.start + 50)
+    inv = rows(d / "inventory.jsonl")
+    for e in inv:
+        if e["pod"] == pod and e["ts"] >= sc.start + 50:
+            e["ts"] = first + 0.8
+    write_rows(d / "inventory.jsonl", sorted(inv, key=lambda e: e["ts"]))
+    # no snapshot read it between its kill and the end (the old Envoy dead, the new one starting at 50 s)
+    stats = rows(d / "upstream-stats.jsonl")
+    write_rows(d / "upstream-stats.jsonl", [s for s in stats if not (s["pod"] == pod and 35 < s["ts"] - sc.start < 60)])
+    v = verify(d)
+    assert v.passed, failed_messages(v)
