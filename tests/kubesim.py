@@ -1440,6 +1440,7 @@ class ClusterSim:
         self.pods: dict[str, PodRun] = {}  # uid -> run state
         self.consul: Consul | None = None
         self.webhook_refusals: list[str] = []  # pods the injector's webhook could not be called for (ns/name)
+        self.proxy_defaults_refusals: list[str] = []  # meshed pods refused for want of a Consul server (ns/name)
         self.kind_cluster: str | None = None
         # a cluster whose `kind create` was killed before `kubeadm init` wrote /etc/kubernetes/admin.conf on its
         # control-plane: its node containers (and so `kind get clusters`) are there, its kubeconfig cannot be had
@@ -2027,6 +2028,7 @@ class ClusterSim:
             return
         if any(x.get("name") == "consul-dataplane" for x in spec.get("containers") or []):
             return
+        self._fetch_proxy_defaults(pod)
         tproxy = self._tproxy_enabled(pod)
         args = [
             "-addresses",
@@ -2051,6 +2053,34 @@ class ClusterSim:
         ann["consul.hashicorp.com/connect-inject-status"] = "injected"
         if tproxy:
             ann[TPROXY_STATUS] = "enabled"
+
+    def _consul_server_serving(self) -> bool:
+        """A Consul server of the install answers its HTTP API: its pod's container runs (its node up)."""
+        c = self.consul
+        assert c is not None
+        return any(
+            labels_of(p).get("app") == "consul" and labels_of(p).get("component") == "server" and self._alive(p)
+            for p in self.items("v1", "pods", c.namespace)
+        )
+
+    def _fetch_proxy_defaults(self, pod: Obj) -> None:
+        """Since consul-k8s 1.9.2 the webhook reads the global proxy-defaults from Consul for every pod it injects
+        (consul-k8s v1.9.11 connect-inject/webhook/mesh_webhook.go Handle -> mountAdditionalAccessLogVolume ->
+        consul/proxydefaults.go FetchProxyDefaultsFromConsul; a 404 is no entry, any other error fails the
+        admission: admission.Errored(500), a denial whatever the failurePolicy, which covers only a webhook
+        that could not be called). No server answering, the meshed pod is refused."""
+        c = self.consul
+        assert c is not None
+        if self._consul_server_serving():
+            return
+        meta = pod.get("metadata") or {}
+        self.proxy_defaults_refusals.append(f"{meta.get('namespace')}/{meta.get('name') or meta.get('generateName')}")
+        raise WebhookFailed(
+            f'admission webhook "{c.fullname}-connect-injector.consul.hashicorp.com" denied the request: unable to '
+            "mount additional access log volume: error fetch proxy-defaults from consul: error fetching global "
+            f'proxy-defaults: Get "http://{c.release}-server.{c.namespace}.svc:8500/v1/config/proxy-defaults/'
+            'global": dial tcp: connect: connection refused'
+        )
 
     def _tproxy_enabled(self, pod: Obj) -> bool:
         """consul-k8s' TransparentProxyEnabled: the pod's annotation, else its namespace's label, else the

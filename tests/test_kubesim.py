@@ -12,6 +12,7 @@ condition, and a port-forward that dies with its pod.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import socket
@@ -368,7 +369,13 @@ def test_transparent_proxy_is_decided_as_consul_k8s_does_and_closes_plain_traffi
     from tests.kubesim import TPROXY, TPROXY_EXCLUDE_INBOUND
 
     c = api.cluster(tmp_path)
+    node = copy.deepcopy(NODES[0])  # with the label a kubelet gives its node (the server's volume is bound to it)
+    node["metadata"]["labels"]["kubernetes.io/hostname"] = node["metadata"]["name"]
+    api.seed(c, node)
     api.install_consul()  # the chart's defaults: connectInject.transparentProxy.defaultEnabled true
+    # as `up` (helm --wait) does: the server answers before meshed pods are created (the webhook reads
+    # proxy-defaults from it for every pod it injects, consul-k8s >= 1.9.2)
+    assert wait_until(lambda: bool(c.find_consul()) and c.find_consul().servers_ready == 1, 60)  # type: ignore[union-attr]
     c.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "m", "labels": {TPROXY: "false"}}})
 
     def meshed(name: str, ns: str, **ann: str) -> list[dict[str, Any]]:
@@ -385,7 +392,7 @@ def test_transparent_proxy_is_decided_as_consul_k8s_does_and_closes_plain_traffi
         ("m", "label"): ({}, False),
         ("m", "annotation"): ({TPROXY: "true"}, True),  # the annotation wins over the namespace's label
     }
-    api.seed(c, NODES[0], *(o for (ns, name), (ann, _on) in cases.items() for o in meshed(name, ns, **ann)))
+    api.seed(c, *(o for (ns, name), (ann, _on) in cases.items() for o in meshed(name, ns, **ann)))
     api.seed(c, *meshed("bad", "n", **{TPROXY: "yes"}))
     assert wait_until(lambda: len(_ready_pods(c, "n")) == 3 and len(_ready_pods(c, "m")) == 2, 60)
     with httpx.Client(timeout=5) as client:

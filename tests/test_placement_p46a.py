@@ -11,6 +11,7 @@ node (podAffinity). The local scheduler and kubesim score preferred pod (anti-)a
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import time
@@ -324,7 +325,7 @@ def _eks_flow(
     objects: list[dict[str, Any]],
     cert_manager: bool = True,
 ) -> ClusterSim:
-    """An EKS-like cluster: the chart installed and scheduled first (as `up` does), then the rendered
+    """An EKS-like cluster: the chart installed, scheduled and Ready first (as `up` does), then the rendered
     Deployments, every pod placed by the sim's scheduler with equal scores broken by `tie_order`.
 
     `cert_manager=False` leaves the webhook-cert-manager out: its pod (pinned to the first AZ) is one more pod
@@ -345,12 +346,25 @@ def _eks_flow(
             sim._scheduler_tick(now)
             sim._volumes_tick(now)
 
+    def chart_ready() -> None:
+        """`helm install --wait`: the chart's pods running and Ready before `up` applies the workloads (the
+        injector's webhook reads proxy-defaults from a Consul server for every meshed pod it admits)."""
+        now = time.time()
+        for k in range(20):
+            asyncio.run(sim._kubelet_tick(now + k))
+            if all(sim._pod_ready(p) for p in sim.items("v1", "pods", "consul")):
+                return
+        raise AssertionError(
+            f"the chart never became ready: {[p['metadata']['name'] for p in sim.items('v1', 'pods', 'consul')]}"
+        )
+
     sim.install_consul(values, release="consul", namespace="consul")
     if not cert_manager:
         for d in sim.items("apps/v1", "deployments", "consul"):
             if d["metadata"]["labels"].get("component") == "webhook-cert-manager":
                 sim.delete("apps/v1", "deployments", "consul", d["metadata"]["name"])
     settle()
+    chart_ready()
     for o in objects:
         sim.ensure_namespace(o["metadata"]["namespace"])
         sim.create("apps/v1", "deployments", o["metadata"]["namespace"], copy.deepcopy(o))
