@@ -7,16 +7,20 @@ first, then the harness is fixed.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.errors import BackendError
 from tests.conftest import wait_until
-from tests.kubefake import FakeApiServer
+from tests.kubefake import FakeApiServer, rendered
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kubesim import WebhookFailed
 from tests.test_backend_existing import _cluster
+from tests.test_backend_kind import Tools, kind_backend, up_saying
+from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 pytestmark = pytest.mark.slow  # a fake API server per test: seconds each
 
@@ -113,3 +117,77 @@ def test_a_deployments_pod_refused_while_no_server_answers_is_created_once_it_an
     assert not c.pods(MESH_NS)
     sim.call(lambda: sim.node_up(server))
     assert wait_until(lambda: len(c.pods(MESH_NS)) == 1, 60)
+
+
+# -- 2. kind: a kept cluster one of whose node containers is stopped --------------------------------------------
+def _edge_node(api: FakeApiServer) -> str:
+    sim = api.sim
+    names = sim.call(lambda: sorted(n for n in sim.nodes if n.startswith("edge-worker")))
+    assert names, names
+    return str(names[-1])
+
+
+@pytest.mark.parametrize("stopped_for", ["just-now", "long-ago"])
+def test_up_reusing_a_kept_cluster_with_a_stopped_node_container_is_refused_naming_it(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, stopped_for: str
+) -> None:
+    """A kept kind cluster one of whose node containers is stopped (a `docker stop`, a run cut short between a
+    node kill and its restore, Docker Desktop bringing back only some containers): the node is still a Node
+    of the API (NotReady once the node controller sees no heartbeat, node-monitor-grace-period), its pods stay
+    as objects (Ready until then; after the eviction timeout of the unreachable taint, 300 s, deleted but
+    Terminating for ever: only the node's kubelet confirms a graceful delete, kubernetes pkg/registry/core/pod
+    and the node lifecycle controller's docs, "Pods on an unreachable node stay Terminating until the node comes
+    back or they are force-deleted"). Reused as it was, `up` installed into a cluster missing a node of the
+    topology: refused now in one line naming it and the ways out, before the chart is installed."""
+    up_saying(tmp_path)
+    node = _edge_node(api)
+    sim = api.sim
+    sim.call(lambda: sim.node_down(node))
+    if stopped_for == "long-ago":
+
+        def age() -> None:
+            sim.nodes[node].down_since = time.time() - 3600
+
+        sim.call(age)
+        assert wait_until(lambda: any(p["metadata"].get("deletionTimestamp") for p in sim.call(
+            lambda: sim._pods_on(node))), 60)  # fmt: skip
+    tools.reset()
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        with pytest.raises(BackendError) as err:
+            backend.up(rendered(tmp_path))
+    finally:
+        backend.close()
+    msg = str(err.value)
+    assert "\n" not in msg and node in msg and "docker start" in msg and "harness down" in msg, msg
+    assert not [c for c in tools.calls() if c[:1] == ["helm"]], "refused before the chart is installed again"
+
+
+def test_control_down_removes_a_kept_cluster_with_a_stopped_node_and_its_terminating_pods(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """Control: `down` (`kind delete cluster`, which removes every node container, running or not) needs no kubelet
+    to confirm anything; the cluster is gone, and an up after it creates a new one."""
+    up_saying(tmp_path)
+    node = _edge_node(api)
+    sim = api.sim
+    sim.call(lambda: sim.node_down(node))
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        backend.down()
+        assert not backend.cluster_exists()
+    finally:
+        backend.close()
+
+
+def test_control_a_kept_cluster_whose_stopped_node_was_started_again_is_reused(
+    api: FakeApiServer, tools: Tools, tmp_path: Path
+) -> None:
+    """Control: the way out the refusal names. The node `docker start`ed again, `up` reuses the cluster."""
+    up_saying(tmp_path)
+    node = _edge_node(api)
+    sim = api.sim
+    sim.call(lambda: sim.node_down(node))
+    sim.call(lambda: sim.node_up(node))
+    said = up_saying(tmp_path)
+    assert any("exists: reusing it" in s for s in said), said

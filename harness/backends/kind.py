@@ -466,6 +466,7 @@ class KindBackend(KubeBackend):
             )  # fmt: skip
         if exists:
             self._check_shape(manifests)  # refused here: a cluster of another topology, or a create cut short
+            self._check_running(manifests)  # and here: one of its node containers stopped
             self._check_workloads(manifests)  # and here: one of the same nodes still running another render's pods
         self._save_state(manifests=str(Path(manifests.root).resolve()), cluster=self.cluster_name, entry={})
         self._warn_version()  # a user's image (or a reused cluster) outside the chart's range: said, and run
@@ -597,6 +598,29 @@ class KindBackend(KubeBackend):
             raise BackendError(
                 f"{self._where} exists but is not the cluster this topology's kind config makes ({shown}): left "
                 f"from another topology, another tool or a create cut short; {self._start_over}"
+            )
+
+    def _check_running(self, manifests: Manifests) -> None:
+        """An existing cluster's node containers all running (`docker inspect`): BackendError in one line naming the
+        stopped ones and the ways out, before anything is installed.
+
+        A kept cluster one of whose nodes was `docker stop`ped (a run cut short between a node kill and its
+        restore, a user's stop, a Docker restart that brought back only some containers) still lists the node in
+        the API: Ready until the node controller misses its heartbeats (node-monitor-grace-period), its pods Ready
+        at their old addresses till then; past the unreachable taint's eviction timeout (300 s) they are deleted
+        and stay Terminating, since only the node's kubelet confirms a graceful delete, until the node is back or
+        they are force-deleted. `up` installed into it as if whole, and the run met a topology missing a node:
+        `_impose` sets the edge rules of running nodes only, and the ready wait saw the stale pods as Ready or
+        timed out on their zone-pinned replacements, naming neither the node nor the cause."""
+        names = [n.name for n in config_nodes(self.cluster_name, manifests.kind_config)]
+        running = {name for name, ep in self._containers(names).items() if ep.ipv4}  # stopped: no address
+        stopped = [name for name in names if name not in running]
+        if stopped:
+            raise BackendError(
+                f"{self._where} exists but its node container{'s' if len(stopped) > 1 else ''} "
+                f"{', '.join(stopped)} {'are' if len(stopped) > 1 else 'is'} stopped (a node kill never restored, "
+                "a `docker stop`, a Docker restart): its pods cannot run, and those deleted stay Terminating until it "
+                f"is back; `docker start {' '.join(stopped)}` and up again, or {self._start_over}"
             )
 
     def _check_workloads(self, manifests: Manifests) -> None:
