@@ -1442,6 +1442,9 @@ class ClusterSim:
         self.webhook_refusals: list[str] = []  # pods the injector's webhook could not be called for (ns/name)
         self.proxy_defaults_refusals: list[str] = []  # meshed pods refused for want of a Consul server (ns/name)
         self.kind_cluster: str | None = None
+        # the runtime kind made the cluster's nodes with (kind's KIND_EXPERIMENTAL_PROVIDER, else its auto-detection:
+        # Docker, whose `docker -v` the fake docker answers): nodes of another runtime are not this Docker's containers
+        self.kind_provider = "docker"
         # a cluster whose `kind create` was killed before `kubeadm init` wrote /etc/kubernetes/admin.conf on its
         # control-plane: its node containers (and so `kind get clusters`) are there, its kubeconfig cannot be had
         self.kind_cut_short = False
@@ -5094,7 +5097,7 @@ class ClusterSim:
         """`kind version` as the real one prints it (pkg/cmd/kind/version: release, Go version, platform)."""
         return {"rc": 0, "stdout": f"kind {self.kind_release} go1.25.1 linux/amd64\n"}
 
-    async def kind_create(self, name: str, config: Obj, image: str | None = None) -> Obj:
+    async def kind_create(self, name: str, config: Obj, image: str | None = None, provider: str = "docker") -> Obj:
         """`kind create cluster`: `image` (--image) overrides every node's image, as kind's CreateWithNodeImage does;
         else the control-plane's `image` in the config, else the kind release's default node image."""
         if self.kind_cluster is not None:
@@ -5189,6 +5192,7 @@ class ClusterSim:
                     }
         if self.get("apps/v1", "deployments", "kube-system", "coredns") is None:
             self.create("apps/v1", "deployments", "kube-system", copy.deepcopy(COREDNS_DEPLOYMENT))
+        self.kind_provider = provider
         return {"rc": 0}
 
     async def kind_delete(self) -> Obj:
@@ -5204,6 +5208,7 @@ class ClusterSim:
         self._forget_consul()
         self.kind_cluster = None
         self.kind_cut_short = False
+        self.kind_provider = "docker"
         self.helm_status.clear()  # helm's release records are Secrets in the cluster
         self.crds_terminating.clear()
         for plural in CONSUL_KINDS.values():
@@ -5227,6 +5232,13 @@ class ClusterSim:
         if not args:
             return {"rc": 1, "stderr": "usage"}
         cmd, rest = args[0], args[1:]
+        if self.kind_provider != "docker" and cmd in ("stop", "start", "exec", "port", "inspect"):
+            # kind made the nodes with podman or nerdctl (KIND_EXPERIMENTAL_PROVIDER): this Docker has no such container
+            theirs = [a for a in rest if a in self.nodes]
+            if theirs and rest[:1] != ["--type=image"]:
+                if cmd == "inspect":
+                    return {"rc": 1, "stdout": "", "stderr": "\n".join(f"Error: No such object: {n}" for n in theirs)}
+                return {"rc": 1, "stderr": f"Error response from daemon: No such container: {theirs[0]}"}
         if cmd in ("stop", "start"):
             for n in rest:
                 if n not in self.nodes:
@@ -5736,7 +5748,9 @@ class ClusterSim:
         q = dict(request.params)
         if path == "kind/create":
             return aiohttp.web.json_response(
-                await self.kind_create(body["name"], body.get("config") or {}, body.get("image") or None)
+                await self.kind_create(
+                    body["name"], body.get("config") or {}, body.get("image") or None, body.get("provider") or "docker"
+                )
             )
         if path == "docker/host":
             return aiohttp.web.json_response(self.docker_host)
@@ -5750,7 +5764,11 @@ class ClusterSim:
             return aiohttp.web.json_response(self.kind_load(body["name"], list(body.get("images") or [])))
         if path == "kind/clusters":
             return aiohttp.web.json_response(
-                {"clusters": [self.kind_cluster] if self.kind_cluster else [], "cut_short": self.kind_cut_short}
+                {
+                    "clusters": [self.kind_cluster] if self.kind_cluster else [],
+                    "cut_short": self.kind_cut_short,
+                    "provider": self.kind_provider,
+                }
             )
         if path == "docker":
             return aiohttp.web.json_response(await self.docker(list(body.get("args") or [])))

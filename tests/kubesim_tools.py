@@ -10,8 +10,12 @@ real run issues. What each tool does is whatever the simulated cluster
   `create cluster --name --config --kubeconfig [--image]` (the cluster's
   nodes, labels, taints and port mappings come from the config as kind reads
   it; the node image, --image or else the release's default, decides the
-  Kubernetes version /version reports), `delete cluster`, `export kubeconfig`.
-- docker: `info`, `stop`/`start` (the node's kubelet stops: the simulation
+  Kubernetes version /version reports), `delete cluster`, `export kubeconfig`;
+  KIND_EXPERIMENTAL_PROVIDER=podman (nerdctl, finch) makes the nodes that
+  runtime's: the fake `docker` then has no such containers, and `get clusters`
+  lists a cluster only to the runtime that made it.
+- docker: `-v` (Docker's, as kind's auto-detection reads it), `info`,
+  `stop`/`start` (the node's kubelet stops: the simulation
   decides what the API shows and when), `exec NODE sh -c SCRIPT` (tc netem
   fails as on a kernel without sch_netem when the simulation says so),
   `port NODE PORT/tcp`.
@@ -251,11 +255,23 @@ def _remove_kind_entries(path: str, cluster: str) -> None:
         f.write(_dumps(cfg))
 
 
+def _kind_provider() -> str:
+    """The runtime kind makes and finds nodes with: KIND_EXPERIMENTAL_PROVIDER when it names one kind knows (kind
+    pkg/internal/runtime GetDefault warns, then uses it), else auto-detection (pkg/cluster/provider.go
+    DetectNodeProvider: Docker when `docker -v` says "Docker version", which the fake docker does)."""
+    wanted = os.environ.get("KIND_EXPERIMENTAL_PROVIDER", "")
+    if wanted in ("podman", "nerdctl", "finch", "nerdctl.lima", "docker"):
+        print(f"using {wanted} due to KIND_EXPERIMENTAL_PROVIDER", file=sys.stderr)
+        return wanted
+    return "docker"
+
+
 def kind(args: list[str]) -> None:
     if args[:1] == ["version"]:
         _finish(_api("kind/version"))
     if args[:2] == ["get", "clusters"]:
-        names = _api("kind/clusters")["clusters"]
+        known = _api("kind/clusters")
+        names = known["clusters"] if known.get("provider", "docker") == _kind_provider() else []
         if names:
             print("\n".join(names))
         else:
@@ -264,7 +280,8 @@ def kind(args: list[str]) -> None:
     if args[:2] == ["create", "cluster"]:
         name = _opt(args, "--name") or "kind"
         config = _yaml().safe_load(_read(_opt(args, "--config") or "/dev/null")) or {}
-        out = _api("kind/create", {"name": name, "config": config, "image": _opt(args, "--image")})
+        out = _api("kind/create", {"name": name, "config": config, "image": _opt(args, "--image"),
+                                   "provider": _kind_provider()})  # fmt: skip
         if out.get("rc"):
             _finish(out)
         _write_kubeconfig(_opt(args, "--kubeconfig") or _home(".kube", "config"), name)
@@ -303,6 +320,9 @@ def kind(args: list[str]) -> None:
 
 
 def docker(args: list[str]) -> None:
+    if args[:1] in (["-v"], ["--version"]):
+        print("Docker version 27.3.1, build ce12230")  # what kind's docker.IsAvailable looks for
+        return
     if args[:1] == ["info"]:
         if os.environ.get("FAKE_DOCKER_DOWN"):
             print("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.", file=sys.stderr)

@@ -1,5 +1,5 @@
 """First contact with the real thing (audit k55b): consul-k8s' pod webhook with no Consul server, kind's kept
-clusters.
+clusters, kind's node runtime.
 
 Each test names the real source it follows; the fakes (`tests.kubesim`) are made to behave as the real thing
 first, then the harness is fixed.
@@ -191,3 +191,63 @@ def test_control_a_kept_cluster_whose_stopped_node_was_started_again_is_reused(
     sim.call(lambda: sim.node_up(node))
     said = up_saying(tmp_path)
     assert any("exists: reusing it" in s for s in said), said
+
+
+# -- 3. kind: KIND_EXPERIMENTAL_PROVIDER names another runtime than the `docker` the backend drives -----------------
+# kind pkg/internal/runtime/runtime.go GetDefault: KIND_EXPERIMENTAL_PROVIDER=podman (nerdctl, finch) makes kind use
+# that runtime, without looking for Docker; pkg/cluster/provider.go DetectNodeProvider looks for Docker (`docker -v`
+# saying "Docker version") only when it is unset. The backend stops, starts, enters and reads the nodes with `docker`.
+
+
+def test_the_fake_kind_makes_the_nodes_with_the_runtime_kind_experimental_provider_names(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fake's likeness: with KIND_EXPERIMENTAL_PROVIDER=podman kind's nodes are podman's, so Docker has no
+    such container, and `kind get clusters` lists the cluster only with the variable set (kind asks the runtime)."""
+    import subprocess
+
+    monkeypatch.setenv("KIND_EXPERIMENTAL_PROVIDER", "podman")
+    cfg = tmp_path / "kind.yaml"
+    cfg.write_text("kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: control-plane\n- role: worker\n")
+    made = subprocess.run(["kind", "create", "cluster", "--name", "edge", "--config", str(cfg), "--kubeconfig",
+                           str(tmp_path / "kc")], capture_output=True, text=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "using podman due to KIND_EXPERIMENTAL_PROVIDER" in made.stderr
+    stop = subprocess.run(["docker", "stop", "edge-worker"], capture_output=True, text=True)
+    assert stop.returncode == 1 and "No such container: edge-worker" in stop.stderr, stop
+    listed = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True)
+    assert listed.stdout.split() == ["edge"]
+    monkeypatch.delenv("KIND_EXPERIMENTAL_PROVIDER")
+    assert subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True).stdout.split() == []
+
+
+def test_up_with_kind_experimental_provider_naming_another_runtime_than_docker_is_refused_before_create(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A laptop set up for rootless podman (KIND_EXPERIMENTAL_PROVIDER=podman exported) with Docker installed too:
+    kind made podman's nodes, and `up` failed reading them with Docker (`docker inspect`: "No such object"; a node
+    kill, `docker stop`, would have met "No such container"). Refused now in one line naming the variable and
+    the ways out, before `kind create`."""
+    monkeypatch.setenv("KIND_EXPERIMENTAL_PROVIDER", "podman")
+    backend = kind_backend(tmp_path / "wd")
+    try:
+        with pytest.raises(BackendError) as err:
+            backend.up(rendered(tmp_path))
+    finally:
+        backend.close()
+    msg = str(err.value)
+    assert "\n" not in msg and "KIND_EXPERIMENTAL_PROVIDER=podman" in msg and "Docker version" in msg, msg
+    assert not [c for c in tools.calls() if c[:2] == ["kind", "create"]], "refused before the cluster is created"
+
+
+@pytest.mark.parametrize("value", ["docker", "unset"])
+def test_control_kind_experimental_provider_docker_or_unset_comes_up(
+    api: FakeApiServer, tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Control: Docker named, or nothing named (kind finds Docker), `up` creates the cluster as before."""
+    if value == "unset":
+        monkeypatch.delenv("KIND_EXPERIMENTAL_PROVIDER", raising=False)
+    else:
+        monkeypatch.setenv("KIND_EXPERIMENTAL_PROVIDER", value)
+    up_saying(tmp_path)
+    assert [c for c in tools.calls() if c[:2] == ["kind", "create"]]

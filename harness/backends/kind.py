@@ -176,6 +176,9 @@ KIND_NODE_IMAGES: dict[str, str] = {
     # https://github.com/kubernetes-sigs/kind/releases/tag/v0.33.0 (default v1.37.0; v1.34.11 listed)
     "v0.33.0": "kindest/node:v1.34.11@sha256:44e222ee2132dab25ff87301682f89eb82c7880ea3a1bf543bfe9708fd08d67d",
 }
+# kind's node runtime override (kind pkg/internal/runtime GetDefault), and the runtimes it names
+KIND_PROVIDER_ENV = "KIND_EXPERIMENTAL_PROVIDER"
+KIND_PROVIDERS = frozenset({"docker", "podman", "nerdctl", "finch", "nerdctl.lima"})
 INSTALL_HINTS = {
     "docker": "https://docs.docker.com/engine/install/",
     "kind": "https://kind.sigs.k8s.io/docs/user/quick-start/#installation",
@@ -361,6 +364,31 @@ class KindBackend(KubeBackend):
         for tool in TOOLS:
             self._tool(tool)
 
+    def _check_provider(self) -> None:
+        """BackendError in one line, before anything is created, when kind would make the nodes with another
+        runtime than the `docker` this backend drives them with.
+
+        kind takes its node runtime from KIND_EXPERIMENTAL_PROVIDER when it names one it knows (podman, nerdctl,
+        finch; kind pkg/internal/runtime GetDefault), and only without it looks for Docker (`docker -v` saying
+        "Docker version", pkg/cluster/provider.go DetectNodeProvider). A rootless-podman or nerdctl set-up exports
+        the variable; with Docker Desktop (or any Docker) also installed, `kind create` made podman's containers
+        and every `docker stop/start/exec/port/inspect` of a node here found no such container: the cluster was
+        created and `up` failed reading its nodes with Docker's "No such object" (a node kill: "No such
+        container"), naming neither the variable nor the way out. With podman's docker-compatible CLI as `docker`
+        (podman-docker: `docker -v` says "podman version") both reach the same containers: taken."""
+        wanted = os.environ.get(KIND_PROVIDER_ENV, "")
+        if wanted in ("", "docker") or wanted not in KIND_PROVIDERS:
+            return  # kind's own choice: Docker when `docker` is Docker's (an unknown value is ignored by kind too)
+        said = (self._run("docker", "-v", check=False, timeout=60).stdout or "").strip().splitlines()
+        version = said[0] if said else ""
+        if version.startswith("Docker version"):
+            raise BackendError(
+                f"{KIND_PROVIDER_ENV}={wanted}: kind would make the nodes with {wanted}, but this backend stops, "
+                f"starts and enters them with `docker`, which here is Docker ({version}), so it would find none of "
+                f"them; unset {KIND_PROVIDER_ENV} to run the cluster on Docker, or put {wanted}'s docker-compatible "
+                "CLI first on PATH as `docker`"
+            )
+
     def _run(
         self, tool: str, *args: str, check: bool = True, timeout: float = 900.0, watch: Watch | None = None
     ) -> subprocess.CompletedProcess[str]:
@@ -441,6 +469,7 @@ class KindBackend(KubeBackend):
         if progress is not None:
             self.progress = progress
         self.check_tools()
+        self._check_provider()  # refused here: kind's nodes would not be this `docker`'s containers
         self._manifests = manifests
         exists = self.cluster_exists()
         image = None if exists else self.node_image(manifests)  # refused here: nothing created yet
