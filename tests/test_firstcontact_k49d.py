@@ -34,7 +34,7 @@ from tests.kubefake import api as api  # the shared fixture, re-exported for pyt
 from tests.kubefake import rendered as kube_rendered
 from tests.kubesim import CHART_K8S_IMAGE, SimTimings
 from tests.test_backend_existing import _backend, _cluster, _new_eks
-from tests.test_backend_kind import Tools, kind_backend
+from tests.test_backend_kind import Tools, kind_backend, up_refused
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 from tests.test_preflight import rendered as rendered  # the preflight fixtures, re-exported for pytest
 from tests.test_preflight import setup as setup
@@ -103,20 +103,14 @@ def test_a_consul_server_no_kind_node_can_hold_stops_helm_at_once_with_the_sched
     once; `up` said nothing until helm's "context deadline exceeded" (15 min; the fake's cap here). Now one line
     with the pod and the scheduler's message, helm cancelled (SIGTERM), and `down` removes the cluster."""
     m = _with_values(kube_rendered(tmp_path), _server_needs_64_cpus)
-    backend = kind_backend(tmp_path / "wd")
-    try:
-        with pytest.raises(BackendError) as err:
-            backend.up(m)
-    finally:
-        backend.close()
-    text = str(err.value)
+    text = up_refused(tmp_path, manifests=m)
     assert "\n" not in text, text
     assert text.startswith("Consul's chart cannot become ready on kind cluster edge: consul/consul-server-0 cannot be "
                            "scheduled: 0/7 nodes are available: "), text  # fmt: skip
     assert "Insufficient cpu" in text and "INSTALLATION FAILED" not in text, text
     assert "`harness down` removes what it installed" in text, text
     assert len(_helm_installs(kind_tools.calls())) == 1
-    backend.down()
+    kind_backend(tmp_path / "wd").down()  # a new backend on the workdir, as `harness down` is
     assert capped.sim.kind_cluster is None
 
 
@@ -152,13 +146,7 @@ def test_a_crash_looping_connect_injector_stops_helm_with_its_exit_code_and_wher
     """Reproducer: consul-k8s' control plane exits at once (a bad flag, a wrong image): CrashLoopBackOff on the pod;
     the line says which container, its last exit code and the command that shows its log."""
     capped.sim.crashing[CHART_K8S_IMAGE] = 1
-    backend = kind_backend(tmp_path / "wd")
-    try:
-        with pytest.raises(BackendError) as err:
-            backend.up(kube_rendered(tmp_path))
-    finally:
-        backend.close()
-    text = str(err.value)
+    text = up_refused(tmp_path, manifests=kube_rendered(tmp_path))
     assert "\n" not in text and "INSTALLATION FAILED" not in text, text
     assert "container connect-injector: CrashLoopBackOff (it keeps exiting): back-off 10s restarting failed " \
            "container=connect-injector pod=consul-connect-injector-" in text, text  # fmt: skip

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 
-from harness.errors import BackendError
 from tests.conftest import wait_until
-from tests.kubefake import FakeApiServer, rendered
+from tests.kubefake import FakeApiServer
 from tests.kubefake import api as api  # the shared fixture, re-exported for pytest
 from tests.kubesim import WebhookFailed
 from tests.test_backend_existing import _cluster
-from tests.test_backend_kind import Tools, kind_backend, up_saying
+from tests.test_backend_kind import Tools, kind_backend, up_refused, up_saying
 from tests.test_backend_kind import tools as tools  # the fake tools on PATH, re-exported for pytest
 
 pytestmark = pytest.mark.slow  # a fake API server per test: seconds each
@@ -152,13 +151,7 @@ def test_up_reusing_a_kept_cluster_with_a_stopped_node_container_is_refused_nami
         assert wait_until(lambda: any(p["metadata"].get("deletionTimestamp") for p in sim.call(
             lambda: sim._pods_on(node))), 60)  # fmt: skip
     tools.reset()
-    backend = kind_backend(tmp_path / "wd")
-    try:
-        with pytest.raises(BackendError) as err:
-            backend.up(rendered(tmp_path))
-    finally:
-        backend.close()
-    msg = str(err.value)
+    msg = up_refused(tmp_path)
     assert "\n" not in msg and node in msg and "docker start" in msg and "harness down" in msg, msg
     assert not [c for c in tools.calls() if c[:1] == ["helm"]], "refused before the chart is installed again"
 
@@ -229,13 +222,7 @@ def test_up_with_kind_experimental_provider_naming_another_runtime_than_docker_i
     kill, `docker stop`, would have met "No such container"). Refused now in one line naming the variable and
     the ways out, before `kind create`."""
     monkeypatch.setenv("KIND_EXPERIMENTAL_PROVIDER", "podman")
-    backend = kind_backend(tmp_path / "wd")
-    try:
-        with pytest.raises(BackendError) as err:
-            backend.up(rendered(tmp_path))
-    finally:
-        backend.close()
-    msg = str(err.value)
+    msg = up_refused(tmp_path)
     assert "\n" not in msg and "KIND_EXPERIMENTAL_PROVIDER=podman" in msg and "Docker version" in msg, msg
     assert not [c for c in tools.calls() if c[:2] == ["kind", "create"]], "refused before the cluster is created"
 

@@ -19,7 +19,14 @@ from harness.topology import Topology, load_topology
 from harness.topology.model import DEFAULT_TOPOLOGY
 from harness.verify import COVERAGE, EXPERIMENT_RAN
 from harness.verify.synth import FaultSpec, Scenario, write_run
-from tests.test_soundness_s54a import COUNTERS, CUT_2, LAX, T, _held_through_the_cut, _label_ts
+from tests.test_soundness_s54a import (
+    COUNTERS,
+    CUT_2,
+    LAX,
+    T,
+    _held_through_the_cut,
+    recreated_under_its_name,
+)
 from tests.verdicts import Pristine, envoy_start, failed_messages, rows, verify, write_rows
 
 
@@ -38,15 +45,7 @@ def _back_under_its_name(d: Path, pod: str, stats: list[dict[str, Any]], new: di
         if s["pod"] == pod and s["host"].endswith(":5432") and s["label"] in (f"restore {CUT_2.fault}", "end"):
             s.update(new)
     write_rows(d / "upstream-stats.jsonl", stats)
-    inv = rows(d / "inventory.jsonl")
-    added = next(e for e in inv if e["event"] == "added" and e["pod"] == pod)
-    at = _label_ts(d, f"inject {CUT_2.fault}") + 10
-    inv += [
-        {**added, "ts": at, "event": "removed"},
-        {**added, "ts": at + 0.2},
-        {**added, "ts": at + 1, "event": "ready"},
-    ]
-    write_rows(d / "inventory.jsonl", sorted(inv, key=lambda e: e["ts"]))
+    recreated_under_its_name(d, pod)
 
 
 def _at_inject(pod: str, stats: list[dict[str, Any]]) -> dict[str, int]:

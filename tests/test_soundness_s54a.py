@@ -91,15 +91,9 @@ def test_a_sidecar_crashed_in_place_during_a_partition_still_shows_the_cut(runs:
     assert v.passed, failed_messages(v)
 
 
-def test_a_sidecar_back_under_its_name_during_a_partition_counts_from_zero(runs: Pristine, tmp_path: Path) -> None:
-    """The pod re-created under its name 10 s into the partition (the inventory's removed, then added, same
-    address): the new Envoy's counters happen to read what the old one's did at the inject, every one of them
-    (no counter went down), yet all of them are its own since it started, inside the cut."""
-    d, pod, stats = _held_through_the_cut(runs, tmp_path)
-    at_inject = next(s for s in stats if s["pod"] == pod and s["host"].endswith(":5432")
-                     and s["label"] == f"inject {CUT_2.fault}")  # fmt: skip
-    assert at_inject["cx_connect_fail"] > 0
-    _restarted(d, pod, stats, {c: at_inject[c] for c in COUNTERS})
+def recreated_under_its_name(d: Path, pod: str) -> None:
+    """The inventory of `pod` re-created under its name, same address, 10 s into the second partition: removed,
+    then added and ready again (a new Envoy the counters' reads after it belong to)."""
     inv = rows(d / "inventory.jsonl")
     added = next(e for e in inv if e["event"] == "added" and e["pod"] == pod)
     at = _label_ts(d, f"inject {CUT_2.fault}") + 10
@@ -109,6 +103,18 @@ def test_a_sidecar_back_under_its_name_during_a_partition_counts_from_zero(runs:
         {**added, "ts": at + 1, "event": "ready"},
     ]
     write_rows(d / "inventory.jsonl", sorted(inv, key=lambda e: e["ts"]))
+
+
+def test_a_sidecar_back_under_its_name_during_a_partition_counts_from_zero(runs: Pristine, tmp_path: Path) -> None:
+    """The pod re-created under its name 10 s into the partition (the inventory's removed, then added, same
+    address): the new Envoy's counters happen to read what the old one's did at the inject, every one of them
+    (no counter went down), yet all of them are its own since it started, inside the cut."""
+    d, pod, stats = _held_through_the_cut(runs, tmp_path)
+    at_inject = next(s for s in stats if s["pod"] == pod and s["host"].endswith(":5432")
+                     and s["label"] == f"inject {CUT_2.fault}")  # fmt: skip
+    assert at_inject["cx_connect_fail"] > 0
+    _restarted(d, pod, stats, {c: at_inject[c] for c in COUNTERS})
+    recreated_under_its_name(d, pod)
     v = verify(d)
     assert v.passed, failed_messages(v)
 
