@@ -290,7 +290,7 @@ class FaultMeasurer(CheckBase):
         returns = []
         for c in callers:
             spans = self.run.down.get(self.run.up_key(f.zone, c), [])
-            back = [INF if hi is None else hi for lo, hi in spans if lo <= f.inject and (hi is None or hi > at)]
+            back = [INF if hi is None else hi for lo, hi in spans if lo < f.inject and (hi is None or hi > at)]
             if not back:
                 return at  # this caller was up at `at`, or down by `f` alone
             returns.append(min(back))
