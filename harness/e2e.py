@@ -362,7 +362,7 @@ def degraded_first(p: PlannedExperiment, topology: Topology) -> list[str]:
 def degraded_after_own(p: PlannedExperiment, topology: Topology) -> list[str]:
     """The zones whose link `p` degrades after one of its own earlier actions reached that link: e2e's hold
     before the experiment cannot cover them (that fault is not yet made), so its `degrade_link` asks this
-    process while it runs (`e2e_link_watch`), as a game day's `harness chaos` answers it."""
+    process while it runs (`link_watch`), as a game day's `harness chaos` answers it."""
     return _degradations(p, topology)[1]
 
 
@@ -484,27 +484,19 @@ LINK_WATCH_POLL_S = 0.1  # how often the watcher looks for a question (a small f
 
 
 def link_watch(
-    run_dir: Path, topology: Topology, p: PlannedExperiment, say: ProgressFn
+    run_dir: Path, topology: Topology, p: PlannedExperiment, say: ProgressFn, *, held: bool = False
 ) -> contextlib.AbstractContextManager[object]:
-    """A `LinkBaselineWatcher` while `p` runs when it degrades a link (`harness chaos`), else nothing."""
-    if any(func == "degrade_link" for func, _zones in p.steps):
-        return LinkBaselineWatcher(run_dir, topology, say)
-    return contextlib.nullcontext()
+    """A `LinkBaselineWatcher` while `p` runs when one of its `degrade_link`s may ask it, else nothing.
 
-
-def e2e_link_watch(
-    run_dir: Path, topology: Topology, p: PlannedExperiment, say: ProgressFn
-) -> contextlib.AbstractContextManager[object]:
-    """e2e's `LinkBaselineWatcher` while `p` runs when it degrades a link after its own earlier fault reached it.
-
-    e2e holds an experiment whose first fault on a link degrades it (`wait_link_baseline`, asked ahead by
-    `LinkLookahead`); an experiment of the operator's that kills LAX's product-api and then slows LAX's link
-    reached it itself, and its degradation began with no baseline when the kill's recovery was slow ("not
-    shown", as a game day's was: t55a). Only then is the watcher run: every `degrade_link` of the experiment
-    asks it once an earlier fault of the run reached its link, and the shipped experiments' would each cost a
+    `harness chaos` (a game day): whenever `p` degrades a link. e2e (`held`): only when `p` degrades a link after
+    its own earlier fault reached it (`degraded_after_own`). e2e holds an experiment whose first fault on a link
+    degrades it (`wait_link_baseline`, asked ahead by `LinkLookahead`), but an operator's experiment that kills
+    LAX's product-api and then slows LAX's link reached it itself, and its degradation began with no baseline
+    when the kill's recovery was slow ("not shown", as a game day's was: t55a). The shipped experiments run
+    without one: every `degrade_link` asks a watcher once an earlier fault of the run reached its link, a
     records read on e2e's critical path for a baseline the hold has just put on record.
     """
-    if degraded_after_own(p, topology):
+    if degraded_after_own(p, topology) if held else any(func == "degrade_link" for func, _zones in p.steps):
         return LinkBaselineWatcher(run_dir, topology, say)
     return contextlib.nullcontext()
 
@@ -977,7 +969,7 @@ def run_e2e(
                         nxt = degraded_first(planned[i + 1], topology) if i + 1 < len(planned) else []
                         ahead = LinkLookahead(run_dir, topology, nxt).start() if nxt else None
                         try:
-                            with e2e_link_watch(run_dir, topology, p, say):
+                            with link_watch(run_dir, topology, p, say, held=True):
                                 res = run_planned(p, run_dir, bopts, started=started, previous=res)
                         finally:
                             if ahead is not None:

@@ -33,11 +33,11 @@ def _service_link() -> PlannedExperiment:
 def test_e2e_answers_a_degradation_after_its_own_experiments_kill_on_the_link(tmp_path: Path) -> None:
     """FINDING. Kill LAX's product-api, then slow LAX's link, in one experiment run by e2e: the watcher runs
     while it does (the action finds it and asks, as a game day's does), and is gone after."""
-    from harness.e2e import LinkBaselineWatcher, e2e_link_watch  # base: e2e ran no watcher
+    from harness.e2e import LinkBaselineWatcher, link_watch  # base: e2e ran no watcher
 
     p = _service_link()
     own = replace(p, steps=[("kill_pod", [LAX]), *p.steps])
-    watch = e2e_link_watch(tmp_path, T, own, lambda _m: None)
+    watch = link_watch(tmp_path, T, own, lambda _m: None, held=True)
     assert isinstance(watch, LinkBaselineWatcher)
     with watch:
         assert linkwatch.watching(tmp_path) == os.getpid()  # degrade_link's `_answered_baseline` asks it
@@ -73,9 +73,9 @@ def test_a_region_fault_before_the_degradation_reaches_every_links_baseline() ->
 def test_control_the_shipped_experiments_run_without_a_watcher(topology: str, tmp_path: Path) -> None:
     """Control: no shipped experiment reaches a link before it degrades it, on the default and the wide topology:
     e2e runs them as before (no watcher, no question asked, nothing on the critical path)."""
-    from harness.e2e import e2e_link_watch
+    from harness.e2e import link_watch
 
     t = load_topology(REPO / "fixtures" / topology)
     for f in sorted(SHIPPED_EXPERIMENTS.glob("*.json")):
         p = plan_experiment(f, t)
-        assert isinstance(e2e_link_watch(tmp_path, t, p, lambda _m: None), contextlib.nullcontext), f.name
+        assert isinstance(link_watch(tmp_path, t, p, lambda _m: None, held=True), contextlib.nullcontext), f.name
