@@ -187,3 +187,27 @@ def test_control_kind_with_the_kubectl_e2e_kind_pins_says_nothing(
     said = up_saying(tmp_path)
     assert not [line for line in said if "skew" in line], said
     assert not [line for line in said if line.startswith("WARNING")], said
+
+
+@pytest.mark.parametrize(
+    ("client", "server", "said"),
+    [
+        ("v1.35.2", "v1.34.11", None),  # one minor newer: within the policy
+        ("v1.33.0", "v1.34.11", None),  # one minor older
+        ("v1.36.3", "v1.34.11", "put a kubectl 1.33-1.35 first on PATH"),
+        ("v1.32.9", "v1.34.11", "put a kubectl 1.33-1.35 first on PATH"),
+        ("", "v1.34.11", "their skew was not checked"),  # `kubectl version --client` gave nothing readable
+        ("v1.35.2", "garbage", "their skew was not checked"),
+    ],
+)
+def test_the_skew_line_holds_kubectl_within_one_minor_and_says_what_it_could_not_read(
+    client: str, server: str, said: str | None
+) -> None:
+    """The rule itself, both of its edges and the branch where a version does not parse (no fake cluster)."""
+    from harness.backends.kube.version import kubectl_skew_warning
+
+    line = kubectl_skew_warning("kind cluster edge", "/usr/bin/kubectl", client, server)
+    if said is None:
+        assert line is None
+    else:
+        assert line is not None and said in line and "\n" not in line, line
